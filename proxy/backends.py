@@ -1,0 +1,184 @@
+"""The backends: which models each one has and has loaded, its health, and the choice.
+
+Model lists come from each backend's `/api/tags` and `/api/ps`, refreshed in the
+background: the request path only reads what the last refresh found.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from proxy.config import Backend, Config
+from proxy.upstream import ConnectionPool, UpstreamError
+
+log = logging.getLogger("autoroute.backends")
+
+
+def normalize_model(name: str) -> str:
+    """Ollama's reading of a model name: case-insensitive, `:latest` when no tag."""
+    name = name.strip().lower()
+    if ":" not in name.rsplit("/", 1)[-1]:
+        name += ":latest"
+    return name
+
+
+class NoBackend(Exception):
+    """No backend can take the request; the message names each one's reason."""
+
+
+class Breaker:
+    """Opens after `threshold` consecutive failures; after `open_seconds` lets a trial
+    through (half-open), which closes it on success or re-opens it on failure."""
+
+    def __init__(self, threshold: int, open_seconds: float) -> None:
+        self.threshold = threshold
+        self.open_seconds = open_seconds
+        self.failures = 0
+        self.opened_at: float | None = None
+
+    def state(self, now: float) -> str:
+        if self.opened_at is None:
+            return "closed"
+        return "half_open" if now - self.opened_at >= self.open_seconds else "open"
+
+    def allows(self, now: float) -> bool:
+        return self.state(now) != "open"
+
+    def success(self) -> None:
+        self.failures = 0
+        self.opened_at = None
+
+    def failure(self, now: float) -> None:
+        self.failures += 1
+        if self.failures >= self.threshold or self.opened_at is not None:
+            self.opened_at = now
+
+
+class BackendState:
+    def __init__(self, index: int, config: Backend, pool: ConnectionPool, breaker: Breaker) -> None:
+        self.index = index
+        self.config = config
+        self.pool = pool
+        self.breaker = breaker
+        self.models: frozenset[str] | None = None  # None: not known yet
+        self.loaded: frozenset[str] = frozenset()
+        self.in_flight = 0
+        self.last_error = ""
+
+    @property
+    def label(self) -> str:
+        return self.config.label
+
+    def failed(self, reason: str) -> None:
+        self.last_error = reason
+        self.breaker.failure(self.pool.loop.time())
+
+    def succeeded(self) -> None:
+        self.last_error = ""
+        self.breaker.success()
+
+
+class BackendPool:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.states: list[BackendState] = []
+        for index, backend in enumerate(config.backends):
+            parts = urlsplit(backend.url)
+            pool = ConnectionPool(
+                parts.hostname or "127.0.0.1", parts.port or 80, config.timeouts.connect_seconds
+            )
+            breaker = Breaker(config.health.failure_threshold, config.health.open_seconds)
+            self.states.append(BackendState(index, backend, pool, breaker))
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.refresh_all()
+        self._task = asyncio.create_task(self._refresh_loop(), name="backend-refresh")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for state in self.states:
+            state.pool.close()
+
+    def usable(self, exclude: Iterable[BackendState] = ()) -> list[BackendState]:
+        now = asyncio.get_running_loop().time()
+        skip = set(map(id, exclude))
+        return [s for s in self.states if id(s) not in skip and s.breaker.allows(now)]
+
+    def unavailable_reason(self) -> str:
+        now = asyncio.get_running_loop().time()
+        reasons = []
+        for s in self.states:
+            state = s.breaker.state(now)
+            why = s.last_error or "unreachable"
+            reasons.append(f"{s.label}: {why}" + (" (circuit open)" if state == "open" else ""))
+        return "no healthy backend: " + "; ".join(reasons)
+
+    def choose(self, model: str | None, exclude: Iterable[BackendState] = ()) -> BackendState:
+        """A backend that has `model`, preferring one where it is loaded, then the one
+        with the fewest requests in flight. With no backend listing the model, any
+        usable one: it answers Ollama's own 404."""
+        candidates = self.usable(exclude)
+        if not candidates:
+            raise NoBackend(self.unavailable_reason())
+        if model is None:
+            return min(candidates, key=lambda s: (s.in_flight, s.index))
+        name = normalize_model(model)
+        having = [s for s in candidates if s.models is not None and name in s.models]
+        if not having:
+            having = [s for s in candidates if s.models is None] or candidates
+        return min(having, key=lambda s: (name not in s.loaded, s.in_flight, s.index))
+
+    async def get_json(self, state: BackendState, path: str) -> Any:
+        """GET a small JSON document from one backend (refreshes and merged lists)."""
+        conn = await state.pool.acquire()
+        try:
+            head = f"GET {path} HTTP/1.1\r\nHost: {state.pool.host_header}\r\n\r\n".encode()
+            async with asyncio.timeout(self.config.timeouts.idle_read_seconds):
+                response = await conn.send("GET", head)
+                body = await conn.read_body()
+        except BaseException:
+            conn.close()
+            raise
+        if response.status != 200:
+            raise UpstreamError(f"GET {path} answered {response.status}")
+        return orjson.loads(body)
+
+    async def refresh(self, state: BackendState) -> None:
+        try:
+            async with asyncio.timeout(max(self.config.health.interval_seconds, 1.0)):
+                tags, ps = await asyncio.gather(
+                    self.get_json(state, "/api/tags"), self.get_json(state, "/api/ps")
+                )
+        except (UpstreamError, TimeoutError, OSError, ValueError) as exc:
+            if state.last_error != str(exc):
+                log.warning("backend %s unhealthy: %s", state.label, exc or "timed out")
+            state.failed(str(exc) or "health check timed out")
+            return
+        state.models = frozenset(
+            normalize_model(m.get("model") or m.get("name", "")) for m in tags.get("models") or ()
+        )
+        state.loaded = frozenset(
+            normalize_model(m.get("model") or m.get("name", "")) for m in ps.get("models") or ()
+        )
+        if state.last_error:
+            log.info("backend %s healthy again", state.label)
+        state.succeeded()
+
+    async def refresh_all(self) -> None:
+        await asyncio.gather(*(self.refresh(s) for s in self.states))
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.health.interval_seconds)
+            await self.refresh_all()

@@ -1,0 +1,151 @@
+"""`autoroute serve | emulate | demo`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import signal
+import sys
+
+import uvloop
+from aiohttp import web
+
+from proxy import config as config_module
+from proxy import logs
+from proxy.config import Backend, Config, ConfigError
+from proxy.server import create_app
+
+log = logging.getLogger("autoroute")
+
+# The demo's two emulated backends: different model sets, so routing is visible.
+DEMO_BACKENDS = (
+    ("gpu-a", 11501, ("qwen2.5:7b", "llama3.1:8b", "qwen2.5-coder:7b", "nomic-embed-text:latest")),
+    ("gpu-b", 11502, ("gemma2:9b", "mistral:7b", "codegemma:7b", "mixtral:8x7b", "qwen3:8b")),
+)
+
+
+async def _start_site(app: web.Application, host: str, port: int) -> web.AppRunner:
+    # handler_cancellation: a client that disconnects cancels its handler, which is how
+    # the relay learns to abort the upstream request (the GPU stops generating).
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port, backlog=1024).start()
+    return runner
+
+
+async def _serve_forever(runners: list[web.AppRunner]) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()
+
+
+def _warn_if_exposed(config: Config) -> None:
+    if config.listen.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning(
+            "listening on %s: anyone who can reach this address can use every backend",
+            config.listen.host,
+        )
+
+
+async def serve(config: Config) -> None:
+    _warn_if_exposed(config)
+    runner = await _start_site(create_app(config), config.listen.host, config.listen.port)
+    log.info(
+        "proxy listening",
+        extra={
+            "fields": {
+                "address": f"http://{config.listen.host}:{config.listen.port}",
+                "backends": [b.url for b in config.backends],
+            }
+        },
+    )
+    await _serve_forever([runner])
+
+
+async def emulate(
+    host: str, port: int, models: tuple[str, ...] | None, chunk_ms: float | None
+) -> None:
+    from proxy.emulator import EmulatorSettings
+    from proxy.emulator import create_app as create_emulator
+
+    settings = EmulatorSettings(models=models, chunk_delay_ms=chunk_ms)
+    runner = await _start_site(create_emulator(settings), host, port)
+    log.info("emulator listening", extra={"fields": {"address": f"http://{host}:{port}"}})
+    await _serve_forever([runner])
+
+
+async def demo(config: Config) -> None:
+    from proxy.emulator import EmulatorSettings
+    from proxy.emulator import create_app as create_emulator
+
+    runners = []
+    for name, port, models in DEMO_BACKENDS:
+        app = create_emulator(EmulatorSettings(models=models))
+        runners.append(await _start_site(app, "127.0.0.1", port))
+        log.info(
+            "emulated backend %s on http://127.0.0.1:%d with %s", name, port, ", ".join(models)
+        )
+    config = dataclasses.replace(
+        config,
+        backends=tuple(Backend(url=f"http://127.0.0.1:{p}", name=n) for n, p, _ in DEMO_BACKENDS),
+    ).check()
+    runners.append(await _start_site(create_app(config), config.listen.host, config.listen.port))
+    address = f"http://{config.listen.host}:{config.listen.port}"
+    print(
+        f"\nautoroute demo: proxy on {address} in front of two emulated Ollama backends.\n"
+        f"  try:  OLLAMA_HOST={address} ollama list   (or)\n"
+        f'        curl {address}/api/chat -d \'{{"model": "llama3.1:8b", '
+        f'"messages": [{{"role": "user", "content": "hello"}}]}}\'\n',
+        file=sys.stderr,
+    )
+    await _serve_forever(runners)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="autoroute", description=__doc__)
+    parser.add_argument("--config", help="config.yaml to read (default: ./config.yaml if present)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the proxy")
+    commands.add_parser("demo", help="run two emulated backends and the proxy in front of them")
+    em = commands.add_parser("emulate", help="run an Ollama emulator (a stand-in GPU backend)")
+    em.add_argument("--host", default="127.0.0.1")
+    em.add_argument("--port", type=int, default=11434)
+    em.add_argument("--models", help="comma-separated model names (default: the whole catalogue)")
+    em.add_argument("--chunk-ms", type=float, default=None, help="fixed delay between chunks")
+    args = parser.parse_args(argv)
+
+    try:
+        config = config_module.load(args.config)
+    except (ConfigError, OSError) as exc:
+        print(f"autoroute: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logs.setup(config.logging.level, config.logging.json)
+
+    if args.command == "serve":
+        main_coro = serve(config)
+    elif args.command == "demo":
+        main_coro = demo(config)
+    else:
+        models = tuple(m.strip() for m in args.models.split(",")) if args.models else None
+        main_coro = emulate(args.host, args.port, models, args.chunk_ms)
+    try:
+        uvloop.run(main_coro)
+    except ConfigError as exc:
+        print(f"autoroute: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"autoroute: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

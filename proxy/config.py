@@ -1,0 +1,224 @@
+"""One typed configuration: `config.yaml` (documented inline) plus environment overrides.
+
+Precedence, lowest first: built-in defaults, the YAML file, `AUTOROUTE_*` variables.
+Any setting can be overridden as `AUTOROUTE_<SECTION>__<KEY>` (for example
+`AUTOROUTE_LISTEN__PORT=8080`); `AUTOROUTE_BACKENDS` takes a comma-separated URL list.
+`OLLAMA_HOST` is deliberately ignored: users point it at the proxy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+from urllib.parse import urlsplit
+
+import yaml
+
+ENV_PREFIX = "AUTOROUTE_"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot work; the message says which key and why."""
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str = "127.0.0.1"
+    port: int = 11435
+
+
+@dataclass(frozen=True)
+class Backend:
+    url: str
+    name: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.name or self.url
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect_seconds: float = 5.0
+    # A stream has no total deadline: a long answer is legitimate. What is bounded is
+    # the silence between two reads, which includes waiting for a model to load.
+    idle_read_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_body_bytes: int = 64 * 1024 * 1024
+    # Uploads (`/api/blobs`, `/api/create`) stream through and are not held in memory,
+    # so they get their own, much larger bound.
+    max_upload_bytes: int = 64 * 1024 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Health:
+    interval_seconds: float = 5.0
+    failure_threshold: int = 3
+    open_seconds: float = 10.0
+    retries: int = 2
+
+
+@dataclass(frozen=True)
+class Routing:
+    # Where `pull`, `push`, `create`, `copy` and `delete` go: "all" backends (the
+    # answer of the first is relayed, the others must agree) or only the "first".
+    admin_target: Literal["all", "first"] = "all"
+
+
+@dataclass(frozen=True)
+class Logging:
+    level: str = "INFO"
+    json: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: Listen = field(default_factory=Listen)
+    backends: tuple[Backend, ...] = (Backend(url="http://127.0.0.1:11434"),)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    limits: Limits = field(default_factory=Limits)
+    health: Health = field(default_factory=Health)
+    routing: Routing = field(default_factory=Routing)
+    logging: Logging = field(default_factory=Logging)
+
+    def check(self) -> Config:
+        if not self.backends:
+            raise ConfigError("backends: at least one backend is required")
+        for backend in self.backends:
+            parts = urlsplit(backend.url)
+            if parts.scheme != "http" or not parts.hostname:
+                raise ConfigError(f"backends: {backend.url!r} is not an http:// URL")
+            port = parts.port or 80
+            if port == self.listen.port and _is_own_address(parts.hostname, self.listen.host):
+                raise ConfigError(
+                    f"backends: {backend.url} is the proxy's own address "
+                    f"{self.listen.host}:{self.listen.port}; it would forward to itself"
+                )
+        return self
+
+
+def _is_own_address(host: str, listen_host: str) -> bool:
+    try:
+        target = {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return False
+    if listen_host in ("0.0.0.0", "::", ""):
+        return any(ipaddress.ip_address(a).is_loopback for a in target) or bool(
+            target & _local_addresses()
+        )
+    try:
+        listen = {str(info[4][0]) for info in socket.getaddrinfo(listen_host, None)}
+    except OSError:
+        return False
+    return bool(target & listen)
+
+
+def _local_addresses() -> set[str]:
+    try:
+        return {str(info[4][0]) for info in socket.getaddrinfo(socket.gethostname(), None)}
+    except OSError:
+        return set()
+
+
+T = TypeVar("T")
+
+
+def _build(cls: type[T], data: Mapping[str, Any], where: str) -> T:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"{where or 'config'}: unknown key(s) {sorted(unknown)}")
+    values = {name: _coerce(hints[name], data[name], f"{where}{name}") for name in data}
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    origin = get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where + ".")  # type: ignore[arg-type]
+    if origin is tuple:
+        (item,) = get_args(hint)[:1]
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list")
+        if item is Backend:
+            return tuple(
+                Backend(url=v) if isinstance(v, str) else _build(Backend, v, where + ".")
+                for v in value
+            )
+        return tuple(_coerce(item, v, where) for v in value)
+    if origin is Literal:
+        if value not in get_args(hint):
+            raise ConfigError(f"{where}: {value!r} is not one of {list(get_args(hint))}")
+        return value
+    if hint is bool:
+        if isinstance(value, str):
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if hint in (int, float, str):
+        try:
+            return hint(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}") from None
+    return value
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "CONFIG":
+            continue
+        path = key[len(ENV_PREFIX) :].lower().split("__")
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return tree
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load(
+    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Config:
+    """Load the configuration; `path=None` means `$AUTOROUTE_CONFIG` or `./config.yaml`
+    when present, else the built-in defaults."""
+    environ = os.environ if environ is None else environ
+    if path is None:
+        path = environ.get(ENV_PREFIX + "CONFIG") or (
+            "config.yaml" if Path("config.yaml").exists() else None
+        )
+    data: dict[str, Any] = {}
+    if path is not None:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        data = loaded
+    data = _merge(data, _env_overrides(environ))
+    return _build(Config, data, "").check()

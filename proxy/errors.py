@@ -1,0 +1,39 @@
+"""Errors in Ollama's shape: `{"error": "..."}` with Ollama's status codes, and the
+OpenAI shape on the `/v1` routes, as Ollama's compatibility layer answers there."""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+
+from proxy.protocol import JSON
+
+_OPENAI_TYPES = {400: "invalid_request_error", 404: "not_found_error", 413: "invalid_request_error"}
+
+
+def error_body(path: str, status: int, message: str) -> bytes:
+    if path.startswith("/v1/"):
+        kind = _OPENAI_TYPES.get(status, "api_error")
+        return orjson.dumps(
+            {"error": {"message": message, "type": kind, "param": None, "code": None}}
+        )
+    return orjson.dumps({"error": message})
+
+
+def error_response(path: str, status: int, message: str) -> web.Response:
+    return web.Response(
+        status=status,
+        body=error_body(path, status, message),
+        content_type=None,
+        headers={"Content-Type": JSON},
+    )
+
+
+def stream_error_line(content_type: str, message: str) -> bytes:
+    """The line Ollama adds when a stream fails after it started (status already 200)."""
+    if content_type.startswith("text/event-stream"):
+        payload = orjson.dumps(
+            {"error": {"message": message, "type": "api_error", "param": None, "code": None}}
+        )
+        return b"data: " + payload + b"\n\n"
+    return orjson.dumps({"error": message}) + b"\n"

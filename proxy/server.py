@@ -1,0 +1,198 @@
+"""The aiohttp application: one catch-all handler that decides where a request goes.
+
+Every path passes through (unknown ones too, so the backend answers as Ollama would);
+the proxy itself only reads a body where the model it names decides the backend, and
+answers by itself only for what no single backend can: merged model lists, limits,
+and the absence of any healthy backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from proxy.backends import BackendPool, BackendState, NoBackend
+from proxy.config import Config
+from proxy.errors import error_response
+from proxy.protocol import JSON, MODEL_ADMIN_PATHS, MODEL_ROUTED_PATHS, REQUEST_ID_HEADER
+from proxy.relay import Outcome, Relay
+
+log = logging.getLogger("autoroute.access")
+
+# Lists the proxy assembles from every backend when there is more than one.
+MERGED_PATHS = {"/api/tags": "models", "/api/ps": "models", "/v1/models": "data"}
+# Bodies below this size are read so that a failed backend can be retried.
+_REPLAYABLE_BYTES = 1024 * 1024
+
+
+def model_of(body: bytes, fields: tuple[str, ...] = ("model",)) -> str | None:
+    """The model a JSON body names, or None (the backend then answers its own error)."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    for name in fields:
+        value = doc.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+class Proxy:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def start(self, app: web.Application) -> None:
+        self.backends = BackendPool(self.config)
+        self.relay = Relay(self.config, self.backends)
+        await self.backends.start()
+
+    async def stop(self, app: web.Application) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await self.backends.stop()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+        outcome = Outcome(request_id)
+        started = time.perf_counter()
+        response: web.StreamResponse | None = None
+        try:
+            response = await self._dispatch(request, outcome)
+        except NoBackend as exc:
+            response = error_response(request.path, 503, str(exc))
+        except web.HTTPRequestEntityTooLarge:
+            limit = self.config.limits.max_body_bytes
+            response = error_response(
+                request.path, 413, f"request body too large (limit {limit} bytes)"
+            )
+        except asyncio.CancelledError:
+            outcome.cancelled = True
+            raise
+        finally:
+            if response is not None and not response.prepared:
+                response.headers[REQUEST_ID_HEADER] = request_id
+                outcome.status = response.status
+            log.info(
+                "request",
+                extra={
+                    "fields": {
+                        "request_id": request_id,
+                        "method": request.method,
+                        "path": request.path,
+                        "status": outcome.status,
+                        "backend": outcome.backend,
+                        "attempts": outcome.attempts,
+                        "bytes": outcome.body_bytes,
+                        "ms": round((time.perf_counter() - started) * 1000, 3),
+                        "error": outcome.error or None,
+                        "cancelled": outcome.cancelled or None,
+                    }
+                },
+            )
+        return response
+
+    async def _dispatch(self, request: web.Request, outcome: Outcome) -> web.StreamResponse:
+        path = request.path
+        method = request.method
+        if method == "POST" and path in MODEL_ROUTED_PATHS:
+            body = await request.read()
+            return await self.relay.forward(request, outcome, body, model_of(body))
+        if path in MERGED_PATHS and method in ("GET", "HEAD") and len(self.backends.states) > 1:
+            return await self._merged(request, MERGED_PATHS[path])
+        if path in MODEL_ADMIN_PATHS:
+            return await self._admin(request, outcome)
+        if path.startswith("/api/blobs/"):
+            # Blobs and the `create` that uses them go to one backend: the first usable.
+            return await self.relay.forward(
+                request, outcome, None if method == "POST" else b"", None, only=self._first()
+            )
+        if path.startswith("/v1/models/") and method == "GET":
+            return await self.relay.forward(request, outcome, b"", path[len("/v1/models/") :])
+        length = request.content_length
+        if request.body_exists and (length is None or length > _REPLAYABLE_BYTES):
+            return await self.relay.forward(request, outcome, None, None)
+        return await self.relay.forward(request, outcome, await request.read(), None)
+
+    def _first(self) -> BackendState:
+        usable = self.backends.usable()
+        if not usable:
+            raise NoBackend(self.backends.unavailable_reason())
+        return usable[0]
+
+    async def _admin(self, request: web.Request, outcome: Outcome) -> web.StreamResponse:
+        """`pull`, `push`, `create`, `copy`, `delete`: see `routing.admin_target`."""
+        body = await request.read()
+        model = model_of(body, ("source", "model", "name"))
+        try:
+            primary = (
+                self._first() if request.path == "/api/create" else self.backends.choose(model)
+            )
+        except NoBackend as exc:
+            return error_response(request.path, 503, str(exc))
+        if self.config.routing.admin_target == "all" and request.path != "/api/create":
+            for other in self.backends.usable(exclude=[primary]):
+                task = asyncio.create_task(self._replicate(request, other, body))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+        return await self.relay.forward(request, outcome, body, model, only=primary)
+
+    async def _replicate(self, request: web.Request, state: BackendState, body: bytes) -> None:
+        outcome = Outcome(uuid.uuid4().hex)
+        try:
+            conn, head = await self.relay._exchange(request, state, body, outcome)
+            await conn.read_body()
+        except Exception as exc:  # a replica failing must not touch the client's answer
+            log.warning("%s %s on %s failed: %s", request.method, request.path, state.label, exc)
+            return
+        log.info("%s %s on %s answered %d", request.method, request.path, state.label, head.status)
+
+    async def _merged(self, request: web.Request, key: str) -> web.StreamResponse:
+        states = self.backends.usable()
+        if not states:
+            return error_response(request.path, 503, self.backends.unavailable_reason())
+        results = await asyncio.gather(
+            *(self.backends.get_json(s, request.path) for s in states), return_exceptions=True
+        )
+        docs = [r for r in results if isinstance(r, dict)]
+        if not docs:
+            return error_response(request.path, 502, f"no backend answered: {results[0]}")
+        seen: set[str] = set()
+        items: list[Any] = []
+        for doc in docs:
+            for item in doc.get(key) or ():
+                ident = item.get("id") or item.get("model") or item.get("name")
+                if ident not in seen:
+                    seen.add(ident)
+                    items.append(item)
+        merged = dict(docs[0])
+        merged[key] = items
+        body = orjson.dumps(merged)
+        response = web.Response(status=200, headers={"Content-Type": JSON})
+        if request.method != "HEAD":
+            response.body = body
+        else:
+            response.content_length = len(body)
+        return response
+
+
+PROXY_KEY = web.AppKey("proxy", Proxy)
+
+
+def create_app(config: Config) -> web.Application:
+    app = web.Application(client_max_size=config.limits.max_body_bytes)
+    proxy = Proxy(config)
+    app[PROXY_KEY] = proxy
+    app.on_startup.append(proxy.start)
+    app.on_cleanup.append(proxy.stop)
+    app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    return app
