@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass, field
 
 from aiohttp import web
+from aiohttp.http_writer import StreamWriter
 
 from proxy.backends import BackendPool, BackendState, NoBackend
 from proxy.config import Config
@@ -81,12 +82,16 @@ class Relay:
         """Relay to the best backend for `model`; `body=None` streams the client's body
         (uploads), which cannot be replayed, so it is never retried."""
         tried: list[BackendState] = []
+        failures: list[str] = []
+        unreachable = True  # every failure so far was a refused or timed-out connect
         retries = self.config.health.retries if body is not None else 0
         while True:
             try:
                 state = only or self.backends.choose(model, tried)
             except NoBackend as exc:
-                return error_response(request.path, 503, outcome.error or str(exc))
+                if failures:
+                    return self._failed(request, outcome, failures, unreachable)
+                return error_response(request.path, 503, str(exc))
             outcome.attempts += 1
             outcome.backend = state.label
             state.in_flight += 1
@@ -95,11 +100,12 @@ class Relay:
             except UpstreamError as exc:
                 state.in_flight -= 1
                 state.failed(str(exc))
-                outcome.error = f"{state.label}: {exc}"
                 log.warning("backend %s failed before answering: %s", state.label, exc)
-                if only is not None or len(tried) >= retries:
-                    return error_response(request.path, 502, outcome.error)
+                failures.append(f"{state.label}: {exc}")
+                unreachable = unreachable and exc.unreachable
                 tried.append(state)
+                if only is not None or len(tried) > retries:
+                    return self._failed(request, outcome, failures, unreachable)
                 continue
             except BaseException:
                 state.in_flight -= 1
@@ -120,12 +126,23 @@ class Relay:
             finally:
                 state.in_flight -= 1
 
+    def _failed(
+        self, request: web.Request, outcome: Outcome, failures: list[str], unreachable: bool
+    ) -> web.StreamResponse:
+        """No answer from any backend tried: 503 when none could be reached (as when no
+        backend is healthy), 502 when one was reached and misbehaved."""
+        if unreachable:
+            outcome.error = "no healthy backend: " + "; ".join(failures)
+            return error_response(request.path, 503, outcome.error)
+        outcome.error = "; ".join(failures)
+        return error_response(request.path, 502, outcome.error)
+
     async def _exchange(
         self, request: web.Request, state: BackendState, body: bytes | None, outcome: Outcome
     ) -> tuple[UpstreamConnection, ResponseHead]:
         # A pooled connection the backend has since closed fails before any answer;
-        # that says nothing about the backend, so try once more on a fresh one.
-        for _ in range(2):
+        # that says nothing about the backend, so try again on another connection.
+        while True:
             conn = await state.pool.acquire()
             head_bytes = request_head(
                 request,
@@ -138,14 +155,13 @@ class Relay:
                 if body is None:
                     await self._upload(request, conn)
                 return conn, await self._wait(waiter, conn)
-            except UpstreamError:
+            except UpstreamError as exc:
                 conn.close()
-                if not conn.reused or body is None:
+                if not exc.stale or body is None:
                     raise
             except BaseException:
                 conn.close()
                 raise
-        raise UpstreamError("connection closed by backend")
 
     async def _upload(self, request: web.Request, conn: UpstreamConnection) -> None:
         limit = self.config.limits.max_upload_bytes
@@ -207,14 +223,14 @@ class Relay:
         if not head.chunked and head.content_length is not None:
             response.content_length = head.content_length
         writer = await response.prepare(request)
-        assert writer is not None
+        assert isinstance(writer, StreamWriter)
         # The upstream's framing goes through verbatim; aiohttp must not add its own.
         writer.chunked = False
         first = conn.take_pending()
         if first:
             await writer.write(first)
         else:
-            writer.send_headers()  # type: ignore[attr-defined]
+            writer.send_headers()
 
         transport = request.transport
         protocol = request.protocol

