@@ -1,0 +1,24 @@
+"""An Ollama emulator: a stand-in for a GPU Ollama server that speaks its HTTP protocol.
+
+Used by tests, benchmarks and the demo (no real Ollama is installed here). Modules:
+
+* catalog.py - the model table (also the pull "registry")
+* state.py - EmulatorSettings, EmulatorState (counters read by tests), STATE_KEY
+* wire.py - Go/Gin wire details: JSON encoding, decode errors, timestamps, 404/405
+* textgen.py - deterministic output plans (text, thinking, JSON, tool calls, embeddings)
+* engine.py - pacing, model loading, disconnect detection, metrics
+* inference.py - validation shared by generate/chat and their compat wrappers
+* native.py - /api/generate, /api/chat, /api/embed, /api/embeddings
+* admin.py - tags, show, ps, pull/push/create/copy/delete, blobs, version, account
+* openai_routes.py - /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models
+* compat.py - /v1/responses (OpenAI Responses API)
+* anthropic_routes.py - /v1/messages (Anthropic Messages API)
+* app.py - create_app(): route table, Gin's 404/405, faults, control routes
+"""
+
+from __future__ import annotations
+
+from .app import create_app
+from .state import STATE_KEY, EmulatorSettings, EmulatorState
+
+__all__ = ["STATE_KEY", "EmulatorSettings", "EmulatorState", "create_app"]

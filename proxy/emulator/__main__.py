@@ -1,0 +1,32 @@
+"""`python -m proxy.emulator --port 11434`: run the emulator as its own process."""
+
+from __future__ import annotations
+
+import argparse
+
+from aiohttp import web
+
+from . import EmulatorSettings, create_app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Ollama emulator")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=11434)
+    parser.add_argument("--models", help="comma-separated subset of the catalogue")
+    parser.add_argument("--load-seconds", type=float, default=0.0)
+    parser.add_argument("--tokens-per-second", type=float, default=60.0)
+    parser.add_argument("--chunk-delay-ms", type=float, default=None)
+    parser.add_argument("--default-tokens", type=int, default=20)
+    parser.add_argument("--frozen-clock", action="store_true")
+    args = parser.parse_args()
+    settings = EmulatorSettings(
+        models=tuple(m for m in args.models.split(",") if m) if args.models else None,
+        load_seconds=args.load_seconds, tokens_per_second=args.tokens_per_second,
+        chunk_delay_ms=args.chunk_delay_ms, default_tokens=args.default_tokens,
+        frozen_clock=args.frozen_clock)
+    web.run_app(create_app(settings), host=args.host, port=args.port, print=None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""/v1/messages (the Anthropic Messages API), shaped like Ollama's anthropic/anthropic.go.
+
+Ollama's middleware sets `relax_thinking`, so `thinking` on a model without the
+capability is dropped instead of refused; max_tokens is mandatory and only caps output.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+from aiohttp import web
+
+from proxy.protocol import SSE
+
+from .compat import _text_of
+from .engine import Piece
+from .inference import Refusal, prepare_chat
+from .native import ChatSink, LazyStream, run_chat
+from .openai_routes import read_oa_body
+from .state import STATE_KEY, EmulatorState, request_digest
+from .wire import dumps, encoder_json, gin_json
+
+
+def _state(request: web.Request) -> EmulatorState:
+    return request.app[STATE_KEY]
+
+
+def anthropic_error(state: EmulatorState, status: int, message: str, key: str) -> dict[str, Any]:
+    etype = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+             404: "not_found_error", 429: "rate_limit_error", 503: "overloaded_error",
+             529: "overloaded_error"}.get(status, "api_error")
+    return {"type": "error", "error": {"type": etype, "message": message},
+            "request_id": "req_" + _hex(state, key, "req")}
+
+
+def _hex(state: EmulatorState, key: str, salt: str) -> str:
+    if state.settings.frozen_clock:
+        return request_digest(salt, key)[:24]
+    return f"{random.getrandbits(96):024x}"
+
+
+def chat_from_anthropic(body: dict[str, Any]) -> dict[str, Any]:
+    messages: list[dict[str, Any]] = []
+    system = body.get("system")
+    if isinstance(system, str) and system:
+        messages.append({"role": "system", "content": system})
+    elif isinstance(system, list):
+        text = "".join(str(b.get("text", "")) for b in system if isinstance(b, dict))
+        if text:
+            messages.append({"role": "system", "content": text})
+    for msg in body.get("messages") or []:
+        if not isinstance(msg, dict):
+            raise Refusal(400, "invalid message")
+        role, content = str(msg.get("role", "")).lower(), msg.get("content")
+        blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
+        text, calls, results = "", [], []
+        for b in blocks if isinstance(blocks, list) else []:
+            if not isinstance(b, dict):
+                continue
+            if b.get("type") == "text":
+                text += str(b.get("text") or "")
+            elif b.get("type") == "tool_use":
+                calls.append({"id": b.get("id"), "function": {"name": b.get("name"),
+                                                              "arguments": b.get("input") or {}}})
+            elif b.get("type") == "tool_result":
+                results.append({"role": "tool", "content": _text_of(b.get("content")) if
+                                not isinstance(b.get("content"), str) else b["content"]})
+        messages += results
+        if text or calls:
+            messages.append({"role": role, "content": text, "tool_calls": calls})
+    tools = [{"type": "function", "function": {"name": t.get("name"),
+                                               "description": t.get("description", ""),
+                                               "parameters": t.get("input_schema") or {}}}
+             for t in body.get("tools") or [] if isinstance(t, dict)]
+    out: dict[str, Any] = {"model": body.get("model") or "", "messages": messages,
+                           "options": {"num_predict": body.get("max_tokens") or 0},
+                           "tools": tools, "stream": bool(body.get("stream"))}
+    thinking = (body.get("thinking") or {}).get("type")
+    if thinking in ("enabled", "disabled"):
+        out["think"] = thinking == "enabled"
+    return out
+
+
+_STOP = {"stop": "end_turn", "length": "max_tokens"}
+
+
+class AnthropicSink(ChatSink):
+    def __init__(self, request: web.Request, stream: bool, key: str) -> None:
+        self.state = _state(request)
+        self.stream = stream
+        self.key = key
+        self.msg_id = "msg_" + _hex(self.state, key, "msg")
+        self.out = LazyStream(request, SSE)
+        self.started = False
+        self.block = -1
+        self.block_kind = ""
+
+    async def error(self, status: int, message: str) -> web.StreamResponse:
+        return encoder_json(status, anthropic_error(self.state, status, message, self.key))
+
+    async def special(self, model: str, created_ns: int, reason: str) -> web.StreamResponse:
+        return await self.done(model, created_ns, reason, {"content": ""}, {})
+
+    async def _event(self, data: dict[str, Any]) -> None:
+        await self.out.send(f"event: {data['type']}\ndata: ".encode() + dumps(data) + b"\n\n")
+
+    async def _open(self, model: str, kind: str, block: dict[str, Any]) -> None:
+        if not self.started:
+            self.started = True
+            await self._event({"type": "message_start", "message": {
+                "id": self.msg_id, "type": "message", "role": "assistant", "model": model,
+                "content": [], "usage": {"input_tokens": 0, "output_tokens": 0}}})
+        if self.block_kind != kind:
+            await self._close()
+            self.block += 1
+            self.block_kind = kind
+            await self._event({"type": "content_block_start", "index": self.block,
+                               "content_block": block})
+
+    async def _close(self) -> None:
+        if self.block_kind:
+            await self._event({"type": "content_block_stop", "index": self.block})
+            self.block_kind = ""
+
+    async def piece(self, model: str, created_ns: int, piece: Piece) -> None:
+        if not self.stream:
+            return
+        if piece.thinking:
+            await self._open(model, "thinking", {"type": "thinking", "thinking": ""})
+            await self._event({"type": "content_block_delta", "index": self.block,
+                               "delta": {"type": "thinking_delta", "thinking": piece.thinking}})
+        for call in piece.tool_calls:
+            fn = call["function"]
+            await self._open(model, "tool_use:" + call["id"], {
+                "type": "tool_use", "id": call["id"], "name": fn["name"], "input": {}})
+            await self._event({"type": "content_block_delta", "index": self.block, "delta": {
+                "type": "input_json_delta", "partial_json": dumps(fn["arguments"]).decode()}})
+        if piece.content:
+            await self._open(model, "text", {"type": "text", "text": ""})
+            await self._event({"type": "content_block_delta", "index": self.block,
+                               "delta": {"type": "text_delta", "text": piece.content}})
+
+    async def done(self, model: str, created_ns: int, reason: str, message: dict[str, Any],
+                   m: dict[str, int]) -> web.StreamResponse:
+        calls = message.get("tool_calls") or []
+        stop = "tool_use" if calls else _STOP.get(reason, reason)
+        usage = {"input_tokens": m.get("prompt_eval_count", 0),
+                 "output_tokens": m.get("eval_count", 0)}
+        if not self.stream:
+            content: list[dict[str, Any]] = []
+            if message.get("thinking"):
+                content.append({"type": "thinking", "thinking": message["thinking"]})
+            if message.get("content"):
+                content.append({"type": "text", "text": message["content"]})
+            content += [{"type": "tool_use", "id": c["id"], "name": c["function"]["name"],
+                         "input": c["function"]["arguments"]} for c in calls]
+            return encoder_json(200, {"id": self.msg_id, "type": "message", "role": "assistant",
+                                      "model": model, "content": content, "stop_reason": stop,
+                                      "usage": usage})
+        if not self.started:
+            await self._open(model, "text", {"type": "text", "text": ""})
+        await self._close()
+        await self._event({"type": "message_delta", "delta": {"stop_reason": stop},
+                           "usage": usage})
+        await self._event({"type": "message_stop"})
+        return await self.out.finish()
+
+
+async def handle_messages(request: web.Request) -> web.StreamResponse:
+    state = _state(request)
+    key = str(time.monotonic_ns())
+    try:
+        body = await read_oa_body(request, "MessagesRequest", {
+            "model": "string", "max_tokens": "int", "messages": "[]anthropic.MessageParam",
+            "system": "any", "stream": "bool", "temperature": "float",
+            "tools": "[]anthropic.Tool", "thinking": "map"})
+        if not body.get("model"):
+            raise Refusal(400, "model is required")
+        if not body.get("max_tokens") or body["max_tokens"] <= 0:
+            raise Refusal(400, "max_tokens is required and must be positive")
+        if not body.get("messages"):
+            raise Refusal(400, "messages is required")
+        chat = chat_from_anthropic(body)
+    except Refusal as exc:
+        return gin_json(exc.status, anthropic_error(state, exc.status, exc.message, key))
+    try:
+        job = prepare_chat(state, chat, relax_thinking=True, limit_is_cap=True)
+    except Refusal as exc:
+        return encoder_json(exc.status, anthropic_error(state, exc.status, exc.message, key))
+    return await run_chat(request, job, AnthropicSink(request, bool(body.get("stream")),
+                                                      job.key))

@@ -1,0 +1,196 @@
+"""Application assembly: the route table of Ollama's GenerateRoutes, Gin's 404/405/
+trailing-slash behaviour, request counting, fault injection and two control routes.
+
+Disconnects are detected without `handler_cancellation` (see engine.py), so the app
+works the same under `web.run_app`, a plain `AppRunner` or aiohttp's test server.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from proxy.protocol import NDJSON, SSE
+
+from . import admin, anthropic_routes, compat, native, openai_routes
+from .engine import ClientGone, wait_forever
+from .state import FAULT_MODES, STATE_KEY, EmulatorSettings, EmulatorState
+from .wire import (
+    BodyError,
+    decode_json,
+    dumps,
+    error,
+    gin_json,
+    gin_method_not_allowed,
+    gin_not_found,
+)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# (method, path, handler) exactly as server/routes.go registers them. Gin does not add
+# HEAD for GET routes, so neither do we.
+ROUTES: tuple[tuple[str, str, Handler], ...] = (
+    ("HEAD", "/", admin.handle_root),
+    ("GET", "/", admin.handle_root),
+    ("HEAD", "/api/version", admin.handle_version),
+    ("GET", "/api/version", admin.handle_version),
+    ("GET", "/api/status", admin.handle_status),
+    ("POST", "/api/pull", admin.handle_pull),
+    ("POST", "/api/push", admin.handle_push),
+    ("HEAD", "/api/tags", admin.handle_tags),
+    ("GET", "/api/tags", admin.handle_tags),
+    ("POST", "/api/show", admin.handle_show),
+    ("DELETE", "/api/delete", admin.handle_delete),
+    ("POST", "/api/me", admin.handle_me),
+    ("POST", "/api/signout", admin.handle_signout),
+    ("DELETE", "/api/user/keys/{encodedKey}", admin.handle_signout),
+    ("POST", "/api/create", admin.handle_create),
+    ("POST", "/api/blobs/{digest}", admin.handle_create_blob),
+    ("HEAD", "/api/blobs/{digest}", admin.handle_head_blob),
+    ("POST", "/api/copy", admin.handle_copy),
+    ("POST", "/api/experimental/web_search", admin.handle_web_experimental),
+    ("POST", "/api/experimental/web_fetch", admin.handle_web_experimental),
+    ("GET", "/api/ps", admin.handle_ps),
+    ("POST", "/api/generate", native.handle_generate),
+    ("POST", "/api/chat", native.handle_chat),
+    ("POST", "/api/embed", native.handle_embed),
+    ("POST", "/api/embeddings", native.handle_embeddings),
+    ("POST", "/v1/chat/completions", openai_routes.handle_chat_completions),
+    ("POST", "/v1/completions", openai_routes.handle_completions),
+    ("POST", "/v1/embeddings", openai_routes.handle_embeddings),
+    ("GET", "/v1/models", openai_routes.handle_models),
+    ("GET", "/v1/models/{model}", openai_routes.handle_model),
+    ("POST", "/v1/responses", compat.handle_responses),
+    ("POST", "/v1/messages", anthropic_routes.handle_messages),
+)
+
+FAULT_PATHS = frozenset({"/api/generate", "/api/chat", "/v1/chat/completions",
+                         "/v1/completions"})
+_RUNNER_DIED = "llama runner process has terminated: exit status 2"
+_GARBAGE = b"\x00\x16\x03 this is not HTTP \xff\xfe\r\n\r\n"
+
+
+def _known_path(path: str) -> bool:
+    for _, pattern, _ in ROUTES:
+        regex = "^" + re.sub(r"\{[^}]+\}", "[^/]+", pattern) + "$"
+        if re.match(regex, path):
+            return True
+    return False
+
+
+def _trailing_slash_redirect(request: web.Request) -> web.StreamResponse | None:
+    """Gin's RedirectTrailingSlash: 301 for GET, 307 otherwise."""
+    path = request.path
+    if len(path) > 1 and path.endswith("/") and _known_path(path.rstrip("/")):
+        target = path.rstrip("/")
+        status = 301 if request.method == "GET" else 307
+        resp = web.Response(status=status, headers={"Location": target})
+        if request.method == "GET":
+            resp.body = f'<a href="{target}">Moved Permanently</a>.\n\n'.encode()
+            resp.headers["Content-Type"] = "text/html; charset=utf-8"
+        return resp
+    return None
+
+
+async def _first_chunk(request: web.Request) -> web.StreamResponse:
+    """Send a response head and one plausible chunk (stall / close_early faults)."""
+    sse = request.path.startswith("/v1/")
+    resp = web.StreamResponse(status=200, headers={"Content-Type": SSE if sse else NDJSON})
+    resp.enable_chunked_encoding()
+    await resp.prepare(request)
+    chunk = (b'data: {"id":"chatcmpl-0","object":"chat.completion.chunk","choices":[]}\n\n'
+             if sse else b'{"model":"emulator","created_at":"2025-01-01T00:00:00Z",'
+                         b'"response":"","done":false}\n')
+    await resp.write(chunk)
+    return resp
+
+
+async def _fault(request: web.Request, state: EmulatorState) -> web.StreamResponse:
+    mode = state.fault
+    await request.read()
+    if mode == "error500":
+        if request.path.startswith("/v1/"):
+            return openai_routes.writer_error(500, _RUNNER_DIED)
+        return error(500, _RUNNER_DIED)
+    if mode == "garbage":
+        transport = request.transport
+        if transport is not None:
+            transport.write(_GARBAGE)
+            transport.close()
+        return web.Response(status=500)  # never reaches the client
+    try:
+        if mode == "hang":
+            await wait_forever(request)
+        resp = await _first_chunk(request)
+        if mode == "close_early":
+            if request.transport is not None:
+                request.transport.abort()
+            return resp
+        await wait_forever(request)  # stall
+    except (ClientGone, ConnectionError):
+        state.note_cancel()
+    return web.Response(status=499)
+
+
+@web.middleware
+async def _gin(request: web.Request, handler: Handler) -> web.StreamResponse:
+    state = request.app[STATE_KEY]
+    state.requests[request.path] += 1
+    if len(request.path) > 1 and request.path.endswith("/"):
+        # Gin never matches a trailing slash here (aiohttp would): redirect or 404.
+        return _trailing_slash_redirect(request) or gin_not_found()
+    if (state.fault != "none" and request.method == "POST" and request.path in FAULT_PATHS):
+        return await _fault(request, state)
+    try:
+        return await handler(request)
+    except web.HTTPMethodNotAllowed:
+        return gin_method_not_allowed()
+    except web.HTTPNotFound:
+        return _trailing_slash_redirect(request) or gin_not_found()
+    except (TypeError, AttributeError, KeyError, ValueError) as exc:
+        # A body shape this emulator does not model; Ollama would answer with some
+        # error too. Answer like Gin's c.JSON(500, ...) rather than aiohttp's HTML.
+        return error(500, f"emulator: unsupported request: {exc}")
+
+
+async def _drop_server_header(request: web.Request, response: web.StreamResponse) -> None:
+    # Go's net/http sends no Server header; aiohttp adds one before this signal fires.
+    response.headers.popall("Server", None)
+    # A Gin handler that writes nothing sends no Content-Type at all.
+    if response.headers.get("Content-Type") == "":
+        del response.headers["Content-Type"]
+
+
+# Emulator control (these two paths do NOT exist in real Ollama) ------------------------
+
+
+async def _set_fault(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    try:
+        body = decode_json(await request.read())
+    except (EOFError, BodyError):
+        return error(400, "expected {\"mode\": ...}")
+    mode = body.get("mode") if isinstance(body, dict) else None
+    if mode not in FAULT_MODES:
+        return error(400, f"mode must be one of {', '.join(FAULT_MODES)}")
+    state.fault = str(mode)
+    return gin_json(200, {"mode": state.fault})
+
+
+async def _get_state(request: web.Request) -> web.Response:
+    return web.Response(body=dumps(request.app[STATE_KEY].snapshot()),
+                        content_type="application/json")
+
+
+def create_app(settings: EmulatorSettings | None = None) -> web.Application:
+    """A fresh emulator; `app[STATE_KEY]` holds its counters and model store."""
+    app = web.Application(middlewares=[_gin])
+    app[STATE_KEY] = EmulatorState(settings or EmulatorSettings())
+    for method, path, handler in ROUTES:
+        app.router.add_route(method, path, handler)
+    app.router.add_route("POST", "/api/emulator/fault", _set_fault)
+    app.router.add_route("GET", "/api/emulator/state", _get_state)
+    app.on_response_prepare.append(_drop_server_header)
+    return app

@@ -1,0 +1,216 @@
+"""The emulator's model catalogue: what `ollama list` would show on a GPU box.
+
+One table (`CATALOG`) of realistic entries. Sizes, parameter counts, quantisations,
+context and embedding lengths follow the Ollama library's published models; digests are
+deterministic (sha256 of the name) because the emulator holds no real weights. The same
+table is the "registry" that `POST /api/pull` draws from: pulling a name outside it fails
+the way Ollama fails for a manifest the registry does not have.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+_REGISTRY_PREFIX = "registry.ollama.ai/library/"
+
+# Prompt templates by family, abridged from the library's Modelfiles: the emulator never
+# renders them, but /api/show returns them and clients look for `.Tools` / `.Suffix`.
+_CHATML = (
+    "{{- if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
+    "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
+    "<|im_start|>assistant\n"
+)
+_CHATML_TOOLS = "{{- if .Tools }}# Tools\n{{ range .Tools }}{{ . }}\n{{ end }}{{ end }}" + _CHATML
+_FIM = "{{- if .Suffix }}<|fim_prefix|>{{ .Prompt }}<|fim_suffix|>{{ .Suffix }}<|fim_middle|>"
+_LLAMA3 = (
+    "{{- if .Tools }}Available tools: {{ range .Tools }}{{ . }}{{ end }}{{ end }}"
+    "{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n"
+    "{{ .Content }}<|eot_id|>{{ end }}<|start_header_id|>assistant<|end_header_id|>\n\n"
+)
+_GEMMA = (
+    "{{- range .Messages }}<start_of_turn>{{ if eq .Role \"user\" }}user{{ else }}model"
+    "{{ end }}\n{{ .Content }}<end_of_turn>\n{{ end }}<start_of_turn>model\n"
+)
+_MISTRAL = "{{- if .Tools }}[AVAILABLE_TOOLS] {{ json .Tools }}[/AVAILABLE_TOOLS]{{ end }}" \
+    "{{- range .Messages }}[INST] {{ .Content }}[/INST]{{ end }}"
+_QWEN3 = _CHATML_TOOLS + "{{ if .Thinking }}<think>\n{{ .Thinking }}\n</think>\n{{ end }}"
+_EMBED = "{{ .Prompt }}"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model as Ollama describes it in /api/tags, /api/show and /api/ps."""
+
+    name: str  # "model:tag", as listed
+    family: str  # details.family
+    parameter_size: str  # details.parameter_size, e.g. "7.6B"
+    quantization_level: str  # details.quantization_level, e.g. "Q4_K_M"
+    size: int  # bytes on disk (sum of the manifest's layers)
+    parameter_count: int  # general.parameter_count
+    context_length: int  # <arch>.context_length
+    embedding_length: int  # <arch>.embedding_length (the vector size for embedders)
+    capabilities: tuple[str, ...]  # /api/show capabilities, in Ollama's order
+    modified_at: str  # RFC 3339, as Go prints a manifest's mtime
+    template: str = _CHATML
+    architecture: str = ""  # general.architecture; defaults to the family
+    families: tuple[str, ...] = ()  # details.families; defaults to (family,)
+    stop: tuple[str, ...] = ()  # PARAMETER stop lines of the Modelfile
+    block_count: int = 32
+    head_count: int = 32
+    head_count_kv: int = 8
+    file_type: int = 15  # general.file_type (15 = Q4_K_M, 2 = Q4_0, 1 = F16)
+    license: str = ""
+    parent_model: str = ""
+    system: str = ""
+    extra_parameters: tuple[tuple[str, Any], ...] = field(default=())
+
+    @property
+    def arch(self) -> str:
+        return self.architecture or self.family
+
+    @property
+    def digest(self) -> str:
+        """Manifest digest as /api/tags prints it: bare sha256 hex."""
+        return hashlib.sha256(f"manifest:{self.name}".encode()).hexdigest()
+
+    @property
+    def model_digest(self) -> str:
+        """Digest of the weights layer ("sha256:<hex>")."""
+        return "sha256:" + hashlib.sha256(f"weights:{self.name}".encode()).hexdigest()
+
+    def has(self, capability: str) -> bool:
+        return capability in self.capabilities
+
+    def renamed(self, name: str, **changes: Any) -> ModelSpec:
+        """A copy stored under another name (copy/create)."""
+        return replace(self, name=name, **changes)
+
+    def layers(self) -> list[tuple[str, int]]:
+        """(digest, size) of each manifest layer, weights first, as pull reports them."""
+        small = [("template", len(self.template)), ("license", 1 + len(self.license)),
+                 ("params", 96)]
+        out = [(self.model_digest, self.size - sum(s for _, s in small))]
+        for kind, size in small:
+            out.append(("sha256:" + hashlib.sha256(f"{kind}:{self.name}".encode())
+                        .hexdigest(), size))
+        return out
+
+    def details(self) -> dict[str, Any]:
+        """api.ModelDetails, field order as in api/types.go."""
+        return {
+            "parent_model": self.parent_model,
+            "format": "gguf",
+            "family": self.family,
+            "families": list(self.families or (self.family,)),
+            "parameter_size": self.parameter_size,
+            "quantization_level": self.quantization_level,
+        }
+
+    def parameters(self) -> list[tuple[str, Any]]:
+        """Modelfile PARAMETER lines, in the order /api/show prints them."""
+        return [("stop", s) for s in self.stop] + list(self.extra_parameters)
+
+    def model_info(self) -> dict[str, Any]:
+        """GGUF key/values as /api/show returns them (a Go map: keys sorted)."""
+        a = self.arch
+        info: dict[str, Any] = {
+            "general.architecture": a,
+            "general.file_type": self.file_type,
+            "general.parameter_count": self.parameter_count,
+            "general.quantization_version": 2,
+            f"{a}.attention.head_count": self.head_count,
+            f"{a}.attention.head_count_kv": self.head_count_kv,
+            f"{a}.block_count": self.block_count,
+            f"{a}.context_length": self.context_length,
+            f"{a}.embedding_length": self.embedding_length,
+            # Arrays longer than five entries are blanked unless verbose (getModelData).
+            "tokenizer.ggml.merges": [],
+            "tokenizer.ggml.model": "bert" if self.has("embedding") else "gpt2",
+            "tokenizer.ggml.token_type": [],
+            "tokenizer.ggml.tokens": [],
+        }
+        return dict(sorted(info.items()))
+
+
+def normalize_name(name: str) -> str:
+    """`llama3.1` -> `llama3.1:latest`; drops the default registry/namespace prefix."""
+    name = name.strip()
+    if name.lower().startswith(_REGISTRY_PREFIX):
+        name = name[len(_REGISTRY_PREFIX):]
+    elif name.lower().startswith("library/"):
+        name = name[len("library/"):]
+    last = name.rsplit("/", 1)[-1]
+    if ":" not in last:
+        name += ":latest"
+    return name
+
+
+def qualified(name: str) -> str:
+    """Fully qualified form Ollama puts in capability errors."""
+    short = normalize_name(name)
+    return short if "/" in short.split(":")[0] else _REGISTRY_PREFIX + short
+
+
+def valid_name(name: str) -> bool:
+    """model.ParseName(...).IsValid(), approximately: non-empty model part, sane chars."""
+    short = normalize_name(name) if name.strip() else ""
+    if not short or short.startswith(":"):
+        return False
+    model, _, tag = short.rpartition(":")
+    ok = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-/")
+    return bool(model) and bool(tag) and set(model) <= ok and set(tag) <= ok - {"/"}
+
+
+_TOOLS = ("completion", "tools")
+
+CATALOG: tuple[ModelSpec, ...] = (
+    ModelSpec("qwen2.5:7b", "qwen2", "7.6B", "Q4_K_M", 4_683_087_332, 7_615_616_512, 32768,
+              3584, _TOOLS, "2025-03-14T09:12:44.118203517Z", _CHATML_TOOLS,
+              stop=("<|im_start|>", "<|im_end|>"), block_count=28, head_count=28,
+              head_count_kv=4, license="Apache License 2.0"),
+    ModelSpec("qwen2.5-coder:7b", "qwen2", "7.6B", "Q4_K_M", 4_683_087_519, 7_615_616_512,
+              32768, 3584, (*_TOOLS, "insert"), "2025-03-13T17:40:02.5531882Z",
+              _FIM + _CHATML_TOOLS, stop=("<|im_start|>", "<|im_end|>"), block_count=28,
+              head_count=28, head_count_kv=4, license="Apache License 2.0"),
+    ModelSpec("llama3.1:8b", "llama", "8.0B", "Q4_K_M", 4_920_753_328, 8_030_261_248, 131072,
+              4096, _TOOLS, "2025-03-12T11:05:37.90412Z", _LLAMA3,
+              stop=("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+              license="LLAMA 3.1 COMMUNITY LICENSE AGREEMENT"),
+    ModelSpec("gemma2:9b", "gemma2", "9.2B", "Q4_0", 5_443_152_417, 9_241_705_984, 8192, 3584,
+              ("completion",), "2025-03-11T08:22:19.003311452Z", _GEMMA,
+              stop=("<start_of_turn>", "<end_of_turn>"), block_count=42, head_count=16,
+              file_type=2, license="Gemma Terms of Use"),
+    ModelSpec("mistral:7b", "llama", "7.2B", "Q4_0", 4_113_301_824, 7_248_023_552, 32768, 4096,
+              _TOOLS, "2025-03-10T15:48:51.64172Z", _MISTRAL,
+              stop=("[INST]", "[/INST]"), file_type=2, license="Apache License 2.0"),
+    ModelSpec("codegemma:7b", "gemma", "9B", "Q4_0", 5_011_852_809, 8_537_680_896, 8192, 3072,
+              ("completion", "insert"), "2025-03-09T10:31:08.27705Z", _FIM + _GEMMA,
+              stop=("<start_of_turn>", "<end_of_turn>", "<|fim_prefix|>"), block_count=28,
+              head_count=16, head_count_kv=16, file_type=2, license="Gemma Terms of Use"),
+    ModelSpec("llama3.3:70b", "llama", "70.6B", "Q4_K_M", 42_520_413_916, 70_553_706_496,
+              131072, 8192, _TOOLS, "2025-03-08T19:02:55.370069Z", _LLAMA3,
+              stop=("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+              block_count=80, head_count=64, license="LLAMA 3.3 COMMUNITY LICENSE AGREEMENT"),
+    ModelSpec("mixtral:8x7b", "llama", "46.7B", "Q4_0", 26_442_481_545, 46_702_792_704, 32768,
+              4096, _TOOLS, "2025-03-07T13:27:40.81998Z", _MISTRAL,
+              stop=("[INST]", "[/INST]"), file_type=2, license="Apache License 2.0"),
+    ModelSpec("qwen3:8b", "qwen3", "8.2B", "Q4_K_M", 5_225_388_164, 8_190_735_360, 40960, 4096,
+              (*_TOOLS, "thinking"), "2025-03-15T21:54:12.6613Z", _QWEN3,
+              stop=("<|im_start|>", "<|im_end|>"), block_count=36, license="Apache License 2.0",
+              extra_parameters=(("repeat_penalty", 1), ("temperature", 0.6), ("top_k", 20),
+                                ("top_p", 0.95))),
+    ModelSpec("llava:7b", "llama", "7B", "Q4_0", 4_733_363_377, 7_241_732_096, 32768, 4096,
+              ("completion", "vision"), "2025-03-06T07:14:33.205511Z", _MISTRAL,
+              families=("llama", "clip"), stop=("[INST]", "[/INST]"), file_type=2,
+              license="Apache License 2.0"),
+    ModelSpec("nomic-embed-text:latest", "nomic-bert", "137M", "F16", 274_302_450, 136_727_040,
+              2048, 768, ("embedding",), "2025-03-05T12:00:41.58391Z", _EMBED, block_count=12,
+              head_count=12, head_count_kv=12, file_type=1, license="Apache License 2.0"),
+    ModelSpec("all-minilm:latest", "bert", "23M", "F16", 45_960_996, 22_565_376, 512, 384,
+              ("embedding",), "2025-03-04T16:45:09.117Z", _EMBED, block_count=6,
+              head_count=12, head_count_kv=12, file_type=1, license="Apache License 2.0"),
+)
+
+REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in CATALOG}

@@ -1,0 +1,226 @@
+"""Validation shared by /api/generate, /api/chat and their OpenAI/Anthropic wrappers.
+
+Checks run in the order of Ollama's GenerateHandler / ChatHandler (server/routes.go), so
+that a request with several problems gets the same first error. `prepare_*` returns a
+`Prepared` job or raises `Refusal(status, message)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from .catalog import ModelSpec, qualified, valid_name
+from .engine import parse_keep_alive
+from .state import EmulatorState
+from .textgen import Plan, count_tokens, plan
+from .wire import BodyError, check_fields, decode_json
+
+GENERATE_FIELDS = {
+    "model": "string", "prompt": "string", "suffix": "string", "system": "string",
+    "template": "string", "context": "[]int", "stream": "bool", "raw": "bool",
+    "format": "any", "keep_alive": "any", "images": "images", "options": "map",
+    "think": "any", "truncate": "bool", "shift": "bool", "logprobs": "bool",
+    "top_logprobs": "int",
+}
+CHAT_FIELDS = {
+    "model": "string", "messages": "messages", "stream": "bool", "format": "any",
+    "keep_alive": "any", "tools": "tools", "options": "map", "think": "any",
+    "truncate": "bool", "shift": "bool", "logprobs": "bool", "top_logprobs": "int",
+}
+# Typed options Ollama's Options.FromMap checks (a mismatch is a 500 from scheduleRunner).
+_OPTION_KINDS = {
+    "num_predict": "integer", "num_ctx": "integer", "seed": "integer", "top_k": "integer",
+    "num_keep": "integer", "num_batch": "integer", "num_gpu": "integer",
+    "temperature": "float32", "top_p": "float32", "min_p": "float32",
+    "repeat_penalty": "float32", "presence_penalty": "float32",
+    "frequency_penalty": "float32", "stop": "array",
+}
+NO_VISION = "this model is missing data required for image input"
+
+
+class Refusal(Exception):
+    """An error answer: HTTP status plus Ollama's message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class Prepared:
+    """A validated inference request, ready for the engine."""
+
+    spec: ModelSpec
+    model: str  # the name as the client wrote it (echoed in every chunk)
+    stream: bool
+    keep_alive: float | None
+    key: str  # canonical input, for deterministic ids and context tokens
+    plan: Plan
+    special: str = ""  # "unload" (answer now) or "load" (answer after loading)
+    late_error: Refusal | None = None  # raised by the runner, i.e. after loading
+    raw: bool = False
+
+
+async def read_body(request: web.Request, struct: str, fields: dict[str, str]) -> dict[str, Any]:
+    """Gin's ShouldBindJSON plus the type checks json.Unmarshal performs."""
+    try:
+        return check_fields(decode_json(await request.read()), struct, fields)
+    except EOFError:
+        raise Refusal(400, "missing request body") from None
+    except BodyError as exc:
+        raise Refusal(400, str(exc)) from None
+
+
+def think_value(value: Any) -> bool | None:
+    """api.ThinkValue: a bool or "high"/"medium"/"low" (which mean on)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        if value not in ("high", "medium", "low"):
+            raise Refusal(400, f'invalid think value: "{value}" (must be "high", "medium", '
+                               '"low", true, or false)')
+        return True
+    raise Refusal(400, 'think must be a boolean or string ("high", "medium", "low", true, '
+                       "or false)")
+
+
+def check_options(options: dict[str, Any] | None) -> int | None:
+    """Options.FromMap's type checks; returns num_predict when given."""
+    for key, kind in _OPTION_KINDS.items():
+        value = (options or {}).get(key)
+        if value is None:
+            continue
+        ok = {"integer": isinstance(value, int | float) and not isinstance(value, bool),
+              "float32": isinstance(value, int | float) and not isinstance(value, bool),
+              "array": isinstance(value, list)}[kind]
+        if not ok:
+            raise Refusal(500, f'option "{key}" must be of type {kind}')
+        if kind == "array" and not all(isinstance(v, str) for v in value):
+            raise Refusal(500, f'option "{key}" must be of an array of strings')
+    n = (options or {}).get("num_predict")
+    return int(n) if n is not None else None
+
+
+def keep_alive_of(body: dict[str, Any]) -> float | None:
+    try:
+        return parse_keep_alive(body.get("keep_alive"))
+    except ValueError as exc:
+        raise Refusal(400, str(exc)) from None
+
+
+def check_format(fmt: Any) -> Refusal | None:
+    """llm.Completion's format check (raised from the runner, hence 500)."""
+    if fmt is None or fmt == "" or fmt == "json" or isinstance(fmt, dict):
+        return None
+    raw = orjson.dumps(fmt).decode()
+    quoted = raw.replace("\\", "\\\\").replace('"', '\\"')
+    return Refusal(500, f'invalid format: "{quoted}"; expected "json" or a valid JSON Schema '
+                        "object")
+
+
+def _canonical(obj: Any) -> str:
+    return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _lookup(state: EmulatorState, name: str, *, empty_status: int, empty_msg: str) -> ModelSpec:
+    if not name.strip():
+        raise Refusal(empty_status, empty_msg)
+    if not valid_name(name):
+        raise Refusal(400, "invalid model name")
+    spec = state.find(name)
+    if spec is None:
+        raise Refusal(404, f"model '{name}' not found")
+    return spec
+
+
+def _thinking(spec: ModelSpec, model: str, think: bool | None, relax: bool) -> bool:
+    if spec.has("thinking"):
+        return True if think is None else think
+    if think:
+        if relax:  # the Anthropic route sets relax_thinking: drop it instead of failing
+            return False
+        raise Refusal(400, f'"{model}" does not support thinking')
+    return False
+
+
+def prepare_generate(state: EmulatorState, body: dict[str, Any]) -> Prepared:
+    model = str(body.get("model") or "")
+    top = body.get("top_logprobs") or 0
+    if top < 0 or top > 20:
+        raise Refusal(400, "top_logprobs must be between 0 and 20")
+    spec = _lookup(state, model, empty_status=404, empty_msg=f"model '{model}' not found")
+    keep_alive = keep_alive_of(body)
+    prompt = str(body.get("prompt") or "")
+    stream = body.get("stream") is not False
+    if not prompt and keep_alive == 0:
+        return Prepared(spec, model, stream, keep_alive, "", plan_empty(), special="unload")
+    raw = bool(body.get("raw"))
+    if raw and (body.get("template") or body.get("system") or body.get("context")):
+        raise Refusal(400, "raw mode does not support template, system, or context")
+    suffix = str(body.get("suffix") or "")
+    think = _thinking(spec, model, think_value(body.get("think")), relax=False)
+    if not spec.has("completion"):
+        raise Refusal(400, f'"{model}" does not support generate')
+    if suffix and not spec.has("insert"):
+        raise Refusal(400, f"{qualified(spec.name)} does not support insert")
+    num_predict = check_options(body.get("options"))
+    if not prompt:
+        return Prepared(spec, model, stream, keep_alive, "", plan_empty(), special="load")
+    images = body.get("images") or []
+    late = Refusal(500, NO_VISION) if images and not spec.has("vision") else None
+    late = late or check_format(body.get("format"))
+    key = _canonical({"p": prompt, "s": suffix, "sys": body.get("system") or "",
+                      "f": body.get("format"), "t": think, "i": len(images)})
+    prompt_tokens = 12 + count_tokens(str(body.get("system") or "") + prompt + suffix) \
+        + 576 * len(images) + len(body.get("context") or [])
+    p = plan(spec, key, prompt_tokens=prompt_tokens, default_tokens=state.settings.default_tokens,
+             num_predict=num_predict, think=think, fmt=body.get("format"))
+    return Prepared(spec, model, stream, keep_alive, key, p, late_error=late, raw=raw)
+
+
+def prepare_chat(state: EmulatorState, body: dict[str, Any], *,
+                 relax_thinking: bool = False, limit_is_cap: bool = False) -> Prepared:
+    model = str(body.get("model") or "")
+    top = body.get("top_logprobs") or 0
+    if top < 0 or top > 20:
+        raise Refusal(400, "top_logprobs must be between 0 and 20")
+    spec = _lookup(state, model, empty_status=400, empty_msg="model is required")
+    keep_alive = keep_alive_of(body)
+    messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+    stream = body.get("stream") is not False
+    if not messages and keep_alive == 0:
+        return Prepared(spec, model, stream, keep_alive, "", plan_empty(), special="unload")
+    tools = body.get("tools") or []
+    think = _thinking(spec, model, think_value(body.get("think")), relax=relax_thinking)
+    if not spec.has("completion"):
+        raise Refusal(400, f'"{model}" does not support chat')
+    if tools and not spec.has("tools"):
+        raise Refusal(400, f"{qualified(spec.name)} does not support tools")
+    num_predict = check_options(body.get("options"))
+    if not messages:
+        return Prepared(spec, model, stream, keep_alive, "", plan_empty(), special="load")
+    has_images = any(m.get("images") for m in messages)
+    late = Refusal(500, NO_VISION) if has_images and not spec.has("vision") else None
+    late = late or check_format(body.get("format"))
+    rendered: list[dict[str, Any]] = [
+        {"r": str(m.get("role") or "").lower(), "c": m.get("content") or "",
+         "tc": m.get("tool_calls") or [], "i": len(m.get("images") or [])} for m in messages]
+    tool_names = [t.get("function", {}).get("name") for t in tools if isinstance(t, dict)]
+    key = _canonical({"m": rendered, "f": body.get("format"), "t": think, "tools": tool_names})
+    prompt_tokens = 6 + sum(4 + count_tokens(str(m["c"])) + 576 * int(m["i"]) for m in rendered)
+    prompt_tokens += count_tokens(_canonical(tools)) if tools else 0
+    p = plan(spec, key, prompt_tokens=prompt_tokens, default_tokens=state.settings.default_tokens,
+             num_predict=num_predict, think=think, fmt=body.get("format"), tools=tools,
+             last_role=str(rendered[-1]["r"]), limit_is_cap=limit_is_cap)
+    return Prepared(spec, model, stream, keep_alive, key, p, late_error=late)
+
+
+def plan_empty() -> Plan:
+    return Plan(prompt_tokens=0)

@@ -1,0 +1,332 @@
+"""Ollama's native inference routes: /api/generate, /api/chat, /api/embed(dings).
+
+Streams are NDJSON written one object per chunk (Ollama flushes after every token);
+the response head goes out with the first chunk, after the model has loaded, exactly
+when Gin's `c.Stream` first writes.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp import web
+
+from proxy.protocol import NDJSON
+
+from .catalog import valid_name
+from .engine import ClientGone, Generation, Piece, pause
+from .inference import (
+    CHAT_FIELDS,
+    GENERATE_FIELDS,
+    Prepared,
+    Refusal,
+    check_options,
+    keep_alive_of,
+    plan_empty,
+    prepare_chat,
+    prepare_generate,
+    read_body,
+)
+from .state import STATE_KEY, EmulatorState
+from .textgen import context_tokens, count_tokens, embedding
+from .wire import dumps, error, gin_json, go_time
+
+
+class LazyStream:
+    """A chunked response whose head is only sent with the first chunk."""
+
+    def __init__(self, request: web.Request, content_type: str, *,
+                 headers: dict[str, str] | None = None) -> None:
+        self.request = request
+        self.content_type = content_type
+        self.headers = headers or {}
+        self.response: web.StreamResponse | None = None
+
+    async def send(self, data: bytes) -> None:
+        if self.response is None:
+            resp = web.StreamResponse(status=200, headers={"Content-Type": self.content_type,
+                                                           **self.headers})
+            resp.enable_chunked_encoding()
+            await resp.prepare(self.request)
+            self.response = resp
+        await self.response.write(data)
+
+    async def finish(self) -> web.StreamResponse:
+        if self.response is None:
+            await self.send(b"")
+        assert self.response is not None
+        try:
+            await self.response.write_eof()
+        except ConnectionError:
+            pass
+        return self.response
+
+
+def _state(request: web.Request) -> EmulatorState:
+    return request.app[STATE_KEY]
+
+
+async def handle_generate(request: web.Request) -> web.StreamResponse:
+    started = time.monotonic()
+    state = _state(request)
+    try:
+        body = await read_body(request, "GenerateRequest", GENERATE_FIELDS)
+        job = prepare_generate(state, body)
+    except Refusal as exc:
+        return error(exc.status, exc.message)
+    head = {"model": job.model, "created_at": go_time(state.now_ns())}
+    gen = Generation(state, request, job.spec, job.plan, job.keep_alive, started)
+    if job.special == "unload":
+        state.touch(job.spec, 0)
+        return gin_json(200, {**head, "response": "", "done": True, "done_reason": "unload"})
+    try:
+        await gen.load()
+    except ClientGone:
+        state.note_cancel()
+        return web.Response(status=499)
+    if job.special == "load":
+        return gin_json(200, {**head, "response": "", "done": True, "done_reason": "load"})
+    if job.late_error:
+        return error(job.late_error.status, job.late_error.message)
+
+    thinking: list[str] = []
+    content: list[str] = []
+    out = LazyStream(request, NDJSON)
+
+    def frame(response: str, thought: str, done: bool) -> dict[str, Any]:
+        # api.GenerateResponse field order: model, created_at, response, thinking, done...
+        f: dict[str, Any] = {"model": job.model, "created_at": go_time(state.now_ns()),
+                             "response": response}
+        if thought:
+            f["thinking"] = thought
+        f["done"] = done
+        return f
+
+    async def on_piece(piece: Piece) -> None:
+        thinking.append(piece.thinking)
+        content.append(piece.content)
+        if job.stream:
+            await out.send(dumps(frame(piece.content, piece.thinking, False)) + b"\n")
+
+    final: dict[str, Any] = {}
+
+    async def on_done(m: dict[str, int]) -> None:
+        if job.stream:
+            f = frame("", "", True)
+        else:
+            f = frame("".join(content), "".join(thinking), True)
+        f["done_reason"] = job.plan.done_reason
+        if not job.raw:
+            f["context"] = context_tokens(job.key, job.plan.prompt_tokens + job.plan.eval_count)
+        f.update(m)
+        final.update(f)
+        if job.stream:
+            await out.send(dumps(f) + b"\n")
+
+    if not await gen.run(on_piece, on_done):
+        return out.response or web.Response(status=499)
+    if job.stream:
+        return await out.finish()
+    return gin_json(200, final)
+
+
+async def handle_chat(request: web.Request) -> web.StreamResponse:
+    state = _state(request)
+    try:
+        body = await read_body(request, "ChatRequest", CHAT_FIELDS)
+        job = prepare_chat(state, body)
+    except Refusal as exc:
+        return error(exc.status, exc.message)
+    return await run_chat(request, job, native_chat_writer(request, job.stream))
+
+
+class ChatSink:
+    """Turns engine pieces into a wire format; subclasses per API."""
+
+    async def error(self, status: int, message: str) -> web.StreamResponse:
+        raise NotImplementedError
+
+    async def special(self, model: str, created_ns: int, reason: str) -> web.StreamResponse:
+        raise NotImplementedError
+
+    async def piece(self, model: str, created_ns: int, piece: Piece) -> None:
+        raise NotImplementedError
+
+    async def done(self, model: str, created_ns: int, reason: str, message: dict[str, Any],
+                   m: dict[str, int]) -> web.StreamResponse:
+        raise NotImplementedError
+
+    def gone(self) -> web.StreamResponse:
+        return web.Response(status=499)
+
+
+async def run_chat(request: web.Request, job: Prepared, sink: ChatSink) -> web.StreamResponse:
+    """Drive a prepared chat job through a sink (native, OpenAI, Responses, Anthropic)."""
+    started = time.monotonic()
+    state = _state(request)
+    gen = Generation(state, request, job.spec, job.plan, job.keep_alive, started)
+    if job.special == "unload":
+        state.touch(job.spec, 0)
+        return await sink.special(job.model, state.now_ns(), "unload")
+    try:
+        await gen.load()
+    except ClientGone:
+        state.note_cancel()
+        return sink.gone()
+    if job.special == "load":
+        return await sink.special(job.model, state.now_ns(), "load")
+    if job.late_error:
+        return await sink.error(job.late_error.status, job.late_error.message)
+    thinking: list[str] = []
+    content: list[str] = []
+    calls: list[dict[str, Any]] = []
+    result: list[web.StreamResponse] = []
+
+    async def on_piece(piece: Piece) -> None:
+        thinking.append(piece.thinking)
+        content.append(piece.content)
+        calls.extend(piece.tool_calls)
+        await sink.piece(job.model, state.now_ns(), piece)
+
+    async def on_done(m: dict[str, int]) -> None:
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(content)}
+        if "".join(thinking):
+            message["thinking"] = "".join(thinking)
+        if calls:
+            message["tool_calls"] = calls
+        result.append(await sink.done(job.model, state.now_ns(), job.plan.done_reason,
+                                      message, m))
+
+    if not await gen.run(on_piece, on_done):
+        return sink.gone()
+    return result[0]
+
+
+class native_chat_writer(ChatSink):
+    """/api/chat's own NDJSON (or single JSON object) format."""
+
+    def __init__(self, request: web.Request, stream: bool) -> None:
+        self.out = LazyStream(request, NDJSON)
+        self.stream = stream
+
+    async def error(self, status: int, message: str) -> web.StreamResponse:
+        return error(status, message)
+
+    async def special(self, model: str, created_ns: int, reason: str) -> web.StreamResponse:
+        return gin_json(200, {"model": model, "created_at": go_time(created_ns),
+                              "message": {"role": "assistant", "content": ""}, "done": True,
+                              "done_reason": reason})
+
+    async def piece(self, model: str, created_ns: int, piece: Piece) -> None:
+        if not self.stream:
+            return
+        msg: dict[str, Any] = {"role": "assistant", "content": piece.content}
+        if piece.thinking:
+            msg["thinking"] = piece.thinking
+        if piece.tool_calls:
+            msg["tool_calls"] = piece.tool_calls
+        await self.out.send(dumps({"model": model, "created_at": go_time(created_ns),
+                                   "message": msg, "done": False}) + b"\n")
+
+    async def done(self, model: str, created_ns: int, reason: str, message: dict[str, Any],
+                   m: dict[str, int]) -> web.StreamResponse:
+        if self.stream:
+            message = {"role": "assistant", "content": ""}
+        f = {"model": model, "created_at": go_time(created_ns), "message": message,
+             "done": True, "done_reason": reason, **m}
+        if not self.stream:
+            return gin_json(200, f)
+        await self.out.send(dumps(f) + b"\n")
+        return await self.out.finish()
+
+
+# Embeddings -----------------------------------------------------------------------------
+
+EMBED_FIELDS = {"model": "string", "input": "any", "keep_alive": "any", "truncate": "bool",
+                "dimensions": "int", "options": "map"}
+EMBEDDINGS_FIELDS = {"model": "string", "prompt": "string", "keep_alive": "any",
+                     "options": "map"}
+TOO_LONG = "the input length exceeds the context length"
+
+
+async def embed_vectors(request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
+    """EmbedHandler's logic; returns api.EmbedResponse or raises Refusal."""
+    started = time.monotonic()
+    state = _state(request)
+    model = str(body.get("model") or "")
+    if not model.strip():
+        raise Refusal(404, f"model '{model}' not found")
+    if not valid_name(model):
+        raise Refusal(400, "invalid model name")
+    raw_input = body.get("input")
+    inputs: list[str] = []
+    if isinstance(raw_input, str):
+        inputs = [raw_input] if raw_input else []
+    elif isinstance(raw_input, list):
+        if not all(isinstance(v, str) for v in raw_input):
+            raise Refusal(400, "invalid input type")
+        inputs = list(raw_input)
+    elif raw_input is not None:
+        raise Refusal(400, "invalid input type")
+    spec = state.find(model)
+    if spec is None:
+        raise Refusal(404, f"model '{model}' not found")
+    check_options(body.get("options"))
+    gen = Generation(state, request, spec, plan_empty(), keep_alive_of(body), started)
+    try:
+        load_ns = await gen.load()
+    except ClientGone:
+        state.note_cancel()
+        raise
+    if not inputs:
+        return {"model": model, "embeddings": []}
+    tokens = [count_tokens(text) or 1 for text in inputs]
+    if body.get("truncate") is False and max(tokens) > spec.context_length:
+        raise Refusal(400, TOO_LONG)
+    dims = body.get("dimensions") or None
+    vectors = [embedding(spec, text, dims) for text in inputs]
+    total = sum(min(t, spec.context_length) for t in tokens)
+    if state.settings.frozen_clock:
+        total_ns = load_ns + int(state.settings.prompt_delay(total) * 1e9) + 250_000
+    else:
+        await pause(request, state.settings.prompt_delay(total))
+        total_ns = int((time.monotonic() - started) * 1e9)
+    return {"model": model, "embeddings": vectors, "total_duration": total_ns,
+            "load_duration": load_ns, "prompt_eval_count": total}
+
+
+async def handle_embed(request: web.Request) -> web.StreamResponse:
+    try:
+        body = await read_body(request, "EmbedRequest", EMBED_FIELDS)
+        return gin_json(200, await embed_vectors(request, body))
+    except Refusal as exc:
+        return error(exc.status, exc.message)
+    except ClientGone:
+        return web.Response(status=499)
+
+
+async def handle_embeddings(request: web.Request) -> web.StreamResponse:
+    """The legacy endpoint: one prompt, float64 values, different not-found text."""
+    state = _state(request)
+    try:
+        body = await read_body(request, "EmbeddingRequest", EMBEDDINGS_FIELDS)
+        model = str(body.get("model") or "")
+        if not model.strip() or not valid_name(model):
+            raise Refusal(400, "model is required")
+        spec = state.find(model)
+        if spec is None:
+            raise Refusal(404, f'model "{model}" not found, try pulling it first')
+        check_options(body.get("options"))
+        gen = Generation(state, request, spec, plan_empty(), keep_alive_of(body),
+                         time.monotonic())
+        await gen.load()
+    except Refusal as exc:
+        return error(exc.status, exc.message)
+    except ClientGone:
+        state.note_cancel()
+        return web.Response(status=499)
+    prompt = str(body.get("prompt") or "")
+    if not prompt:
+        return gin_json(200, {"embedding": []})
+    return gin_json(200, {"embedding": embedding(spec, prompt, widen=True)})

@@ -1,0 +1,351 @@
+"""OpenAI-compatible routes, shaped like Ollama's middleware/openai.go + openai/openai.go.
+
+Request-parsing errors come from the middleware (`AbortWithStatusJSON`: compact JSON,
+`application/json; charset=utf-8`); errors from the wrapped handler go through the
+writer's `writeError` (`json.NewEncoder`: trailing newline, `application/json`). Streams
+are SSE, one event per Ollama frame, the last frame's events flushed together.
+"""
+
+from __future__ import annotations
+
+import base64
+import random
+import struct
+from typing import Any
+
+from aiohttp import web
+
+from proxy.protocol import SSE
+
+from .engine import ClientGone, Piece
+from .inference import Prepared, Refusal, prepare_chat, prepare_generate
+from .native import ChatSink, LazyStream, embed_vectors, run_chat
+from .state import STATE_KEY, EmulatorState, request_digest
+from .wire import BodyError, check_fields, decode_json, dumps, encoder_json, gin_json, unix_of
+
+
+def _state(request: web.Request) -> EmulatorState:
+    return request.app[STATE_KEY]
+
+
+def oa_error(status: int, message: str) -> dict[str, Any]:
+    """openai.NewError: the type follows the status."""
+    etype = {400: "invalid_request_error", 404: "not_found_error"}.get(status, "api_error")
+    return {"error": {"message": message, "type": etype, "param": None, "code": None}}
+
+
+def middleware_error(status: int, message: str) -> web.Response:
+    return gin_json(status, oa_error(status, message))
+
+
+def writer_error(status: int, message: str) -> web.Response:
+    return encoder_json(status, oa_error(status, message))
+
+
+async def read_oa_body(request: web.Request, struct_name: str,
+                       fields: dict[str, str]) -> dict[str, Any]:
+    """The middleware's ShouldBindJSON: an empty body is plain `EOF` here."""
+    try:
+        return check_fields(decode_json(await request.read()), struct_name, fields)
+    except EOFError:
+        raise Refusal(400, "EOF") from None
+    except BodyError as exc:
+        raise Refusal(400, str(exc)) from None
+
+
+def _ids(state: EmulatorState, prefix: str, request_key: str) -> tuple[str, int]:
+    """("chatcmpl-123", created): random like Ollama, or derived under frozen_clock."""
+    if state.settings.frozen_clock:
+        n = int(request_digest(prefix, request_key)[:8], 16) % 999
+    else:
+        n = random.randrange(999)
+    return f"{prefix}-{n}", state.now_ns() // 1_000_000_000
+
+
+def _options(body: dict[str, Any]) -> dict[str, Any]:
+    """FromChatRequest / FromCompleteRequest option mapping."""
+    opts: dict[str, Any] = {}
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        opts["stop"] = [stop]
+    elif isinstance(stop, list):
+        if not all(isinstance(s, str) for s in stop):
+            bad = next(s for s in stop if not isinstance(s, str))
+            raise Refusal(400, f"invalid type for 'stop' field: {type(bad).__name__}")
+        opts["stop"] = stop
+    if body.get("max_tokens") is not None:
+        opts["num_predict"] = body["max_tokens"]
+    opts["temperature"] = body["temperature"] if body.get("temperature") is not None else 1.0
+    if body.get("seed") is not None:
+        opts["seed"] = body["seed"]
+    opts["top_p"] = body["top_p"] if body.get("top_p") else 1.0
+    return opts
+
+
+CHAT_FIELDS = {"model": "string", "messages": "[]openai.Message", "stream": "bool",
+               "stream_options": "map",
+               "max_tokens": "int", "seed": "int", "stop": "any", "temperature": "float",
+               "frequency_penalty": "float", "presence_penalty": "float", "top_p": "float",
+               "response_format": "map", "tools": "[]api.Tool", "reasoning": "map",
+               "reasoning_effort": "string"}
+
+
+def _tool_calls_from_oa(calls: Any) -> list[dict[str, Any]]:
+    out = []
+    for tc in calls or []:
+        fn = tc.get("function", {}) if isinstance(tc, dict) else {}
+        try:
+            args = decode_json(str(fn.get("arguments") or "").encode())
+        except (EOFError, BodyError):
+            raise Refusal(400, "invalid tool call arguments") from None
+        out.append({"function": {"name": fn.get("name", ""), "arguments": args}})
+    return out
+
+
+def chat_from_openai(body: dict[str, Any]) -> dict[str, Any]:
+    """openai.FromChatRequest: an /api/chat body."""
+    messages: list[dict[str, Any]] = []
+    for msg in body.get("messages") or []:
+        if not isinstance(msg, dict):
+            raise Refusal(400, "invalid message format")
+        role, content = msg.get("role", ""), msg.get("content")
+        if isinstance(content, str):
+            messages.append({"role": role, "content": content,
+                             "tool_calls": _tool_calls_from_oa(msg.get("tool_calls"))})
+        elif isinstance(content, list):
+            for part in content:
+                if not isinstance(part, dict):
+                    raise Refusal(400, "invalid message format")
+                if part.get("type") == "text" and isinstance(part.get("text"), str):
+                    messages.append({"role": role, "content": part["text"]})
+                elif part.get("type") == "image_url":
+                    url = part.get("image_url")
+                    url = url.get("url") if isinstance(url, dict) else url
+                    if not isinstance(url, str) or "base64," not in url:
+                        raise Refusal(400, "invalid image input")
+                    messages.append({"role": role, "content": "",
+                                     "images": [url.split("base64,", 1)[1]]})
+                else:
+                    raise Refusal(400, "invalid message format")
+        elif msg.get("tool_calls") is None:
+            raise Refusal(400, f"invalid message content type: {type(content).__name__}")
+        else:
+            messages.append({"role": role, "content": "",
+                             "tool_calls": _tool_calls_from_oa(msg.get("tool_calls"))})
+    fmt: Any = None
+    rf = body.get("response_format") or {}
+    if str(rf.get("type", "")).strip().lower() == "json_object":
+        fmt = "json"
+    elif str(rf.get("type", "")).strip().lower() == "json_schema":
+        fmt = (rf.get("json_schema") or {}).get("schema")
+    effort = (body.get("reasoning") or {}).get("effort") or body.get("reasoning_effort")
+    think: Any = None
+    if effort:
+        if effort not in ("high", "medium", "low", "none"):
+            raise Refusal(400, f"invalid reasoning value: '{effort}' (must be \"high\", "
+                               '"medium", "low", or "none")')
+        think = False if effort == "none" else effort
+    out: dict[str, Any] = {"model": body.get("model") or "", "messages": messages,
+                           "options": _options(body), "stream": bool(body.get("stream")),
+                           "tools": body.get("tools") or []}
+    if fmt is not None:
+        out["format"] = fmt
+    if think is not None:
+        out["think"] = think
+    return out
+
+
+class OpenAIChatSink(ChatSink):
+    """ChatWriter: chat.completion / chat.completion.chunk."""
+
+    def __init__(self, request: web.Request, body: dict[str, Any], key: str,
+                 *, completions: bool = False) -> None:
+        self.state = _state(request)
+        self.stream = bool(body.get("stream"))
+        self.usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        self.completions = completions
+        self.id, self.created = _ids(self.state, "cmpl" if completions else "chatcmpl", key)
+        self.out = LazyStream(request, SSE)
+        self.tool_sent = False
+
+    async def error(self, status: int, message: str) -> web.StreamResponse:
+        return writer_error(status, message)
+
+    async def special(self, model: str, created_ns: int, reason: str) -> web.StreamResponse:
+        return await self.done(model, created_ns, reason, {"role": "assistant", "content": ""},
+                               {})
+
+    def _chunk(self, model: str, delta_or_text: Any, reason: str | None) -> dict[str, Any]:
+        if self.completions:
+            c: dict[str, Any] = {"id": self.id, "object": "text_completion",
+                                 "created": self.created,
+                                 "choices": [{"text": delta_or_text, "index": 0,
+                                              "finish_reason": reason}],
+                                 "model": model, "system_fingerprint": "fp_ollama"}
+            if self.usage:
+                c["usage"] = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+            return c
+        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                "model": model, "system_fingerprint": "fp_ollama",
+                "choices": [{"index": 0, "delta": delta_or_text, "finish_reason": reason}]}
+
+    def _delta(self, content: str, thinking: str, calls: list[dict[str, Any]]) -> dict[str, Any]:
+        d: dict[str, Any] = {"role": "assistant", "content": content}
+        if thinking:
+            d["reasoning"] = thinking
+        if calls:
+            d["tool_calls"] = to_openai_calls(calls)
+        return d
+
+    async def piece(self, model: str, created_ns: int, piece: Piece) -> None:
+        if not self.stream:
+            return
+        if self.completions:
+            chunk = self._chunk(model, piece.content, None)
+        else:
+            chunk = self._chunk(model, self._delta(piece.content, piece.thinking,
+                                                   piece.tool_calls), None)
+            self.tool_sent = self.tool_sent or bool(piece.tool_calls)
+        await self.out.send(b"data: " + dumps(chunk) + b"\n\n")
+
+    async def done(self, model: str, created_ns: int, reason: str, message: dict[str, Any],
+                   m: dict[str, int]) -> web.StreamResponse:
+        prompt, completion = m.get("prompt_eval_count", 0), m.get("eval_count", 0)
+        usage = {"prompt_tokens": prompt, "completion_tokens": completion,
+                 "total_tokens": prompt + completion}
+        calls = message.get("tool_calls") or []
+        if not self.stream:
+            return encoder_json(200, self._complete(model, created_ns, reason, message, usage))
+        if self.completions:
+            last = self._chunk(model, "", reason or None)
+        else:
+            final_reason = "tool_calls" if (self.tool_sent or calls) and reason else reason
+            last = self._chunk(model, self._delta("", "", []), final_reason or None)
+        group = b"data: " + dumps(last) + b"\n\n"
+        if self.usage:
+            group += b"data: " + dumps({**last, "choices": [], "usage": usage}) + b"\n\n"
+        await self.out.send(group + b"data: [DONE]\n\n")
+        return await self.out.finish()
+
+    def _complete(self, model: str, created_ns: int, reason: str, message: dict[str, Any],
+                  usage: dict[str, int]) -> dict[str, Any]:
+        created = created_ns // 1_000_000_000
+        if self.completions:
+            return {"id": self.id, "object": "text_completion", "created": created,
+                    "model": model, "system_fingerprint": "fp_ollama",
+                    "choices": [{"text": message["content"], "index": 0,
+                                 "finish_reason": reason or None}], "usage": usage}
+        calls = message.get("tool_calls") or []
+        msg: dict[str, Any] = {"role": "assistant", "content": message["content"]}
+        if message.get("thinking"):
+            msg["reasoning"] = message["thinking"]
+        if calls:
+            msg["tool_calls"] = to_openai_calls(calls)
+            reason = "tool_calls"
+        return {"id": self.id, "object": "chat.completion", "created": created, "model": model,
+                "system_fingerprint": "fp_ollama",
+                "choices": [{"index": 0, "message": msg, "finish_reason": reason or None}],
+                "usage": usage}
+
+
+def to_openai_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """openai.ToToolCalls: arguments become a JSON string."""
+    return [{"id": c.get("id", ""), "index": c["function"].get("index", 0), "type": "function",
+             "function": {"name": c["function"]["name"],
+                          "arguments": dumps(c["function"]["arguments"]).decode()}}
+            for c in calls]
+
+
+async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
+    state = _state(request)
+    try:
+        body = await read_oa_body(request, "ChatCompletionRequest", CHAT_FIELDS)
+        if not body.get("messages"):
+            raise Refusal(400, "[] is too short - 'messages'")
+        chat = chat_from_openai(body)
+    except Refusal as exc:
+        return middleware_error(exc.status, exc.message)
+    try:
+        job = prepare_chat(state, chat)
+    except Refusal as exc:
+        return writer_error(exc.status, exc.message)
+    return await run_chat(request, job, OpenAIChatSink(request, body, job.key))
+
+
+COMPLETION_FIELDS = {"model": "string", "prompt": "string", "frequency_penalty": "float",
+                     "max_tokens": "int", "presence_penalty": "float", "seed": "int",
+                     "stop": "any", "stream": "bool", "stream_options": "map",
+                     "temperature": "float", "top_p": "float", "suffix": "string"}
+
+
+async def handle_completions(request: web.Request) -> web.StreamResponse:
+    state = _state(request)
+    try:
+        body = await read_oa_body(request, "CompletionRequest", COMPLETION_FIELDS)
+        gen = {"model": body.get("model") or "", "prompt": body.get("prompt") or "",
+               "options": _options(body), "stream": bool(body.get("stream")),
+               "suffix": body.get("suffix") or ""}
+    except Refusal as exc:
+        return middleware_error(exc.status, exc.message)
+    try:
+        job: Prepared = prepare_generate(state, gen)
+    except Refusal as exc:
+        return writer_error(exc.status, exc.message)
+    return await run_chat(request, job, OpenAIChatSink(request, body, job.key, completions=True))
+
+
+async def handle_embeddings(request: web.Request) -> web.StreamResponse:
+    try:
+        body = await read_oa_body(request, "EmbedRequest", {
+            "input": "any", "model": "string", "dimensions": "int", "encoding_format": "string"})
+        fmt = str(body.get("encoding_format") or "")
+        if fmt and fmt.lower() not in ("float", "base64"):
+            raise Refusal(400, f"Invalid value for 'encoding_format' = {fmt}. Supported "
+                               "values: ['float', 'base64'].")
+        inp = body.get("input")
+        if inp == "":
+            inp = [""]
+        if inp is None or inp == []:
+            raise Refusal(400, "invalid input")
+    except Refusal as exc:
+        return middleware_error(exc.status, exc.message)
+    try:
+        result = await embed_vectors(request, {"model": body.get("model") or "", "input": inp,
+                                               "dimensions": body.get("dimensions")})
+    except Refusal as exc:
+        return writer_error(exc.status, exc.message)
+    except ClientGone:
+        return web.Response(status=499)
+    data = []
+    for i, vec in enumerate(result["embeddings"]):
+        value: Any = vec
+        if fmt.lower() == "base64":
+            value = base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode()
+        data.append({"object": "embedding", "embedding": value, "index": i})
+    n = result.get("prompt_eval_count", 0)
+    return encoder_json(200, {"object": "list", "data": data, "model": body.get("model"),
+                              "usage": {"prompt_tokens": n, "total_tokens": n}})
+
+
+def _owner(name: str) -> str:
+    first = name.split(":")[0]
+    return first.split("/")[-2] if first.count("/") >= 1 else "library"
+
+
+async def handle_models(request: web.Request) -> web.Response:
+    state = _state(request)
+    specs = sorted(state.store.values(), key=lambda s: s.modified_at, reverse=True)
+    data = [{"id": s.name, "object": "model", "created": unix_of(s.modified_at),
+             "owned_by": _owner(s.name)} for s in specs]
+    # A nil slice in Go: no models marshals as null.
+    return encoder_json(200, {"object": "list", "data": data or None})
+
+
+async def handle_model(request: web.Request) -> web.Response:
+    state = _state(request)
+    name = request.match_info["model"]
+    spec = state.find(name) if name else None
+    if spec is None:
+        return writer_error(404, f"model '{name}' not found")
+    return encoder_json(200, {"id": name, "object": "model", "created": unix_of(spec.modified_at),
+                              "owned_by": _owner(name)})

@@ -1,0 +1,167 @@
+"""Settings, counters and the mutable model store of one emulator instance.
+
+Everything a test reads in-process hangs off `app[STATE_KEY]`; the same counters are
+served as JSON on `GET /api/emulator/state` for an emulator running in a subprocess.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from proxy.protocol import OLLAMA_VERSION
+
+from .catalog import CATALOG, ModelSpec, normalize_name
+
+FAULT_MODES = ("none", "hang", "stall", "close_early", "garbage", "error500")
+
+# 2025-01-01T00:00:00.123456789Z: the timestamp every body carries under frozen_clock.
+# It keeps a nanosecond fraction so that Go's RFC 3339 formatting is still exercised.
+FROZEN_TIME_NS = 1_735_689_600_123_456_789
+
+# The load_duration a request to an already loaded model reports under frozen_clock
+# (real Ollama reports a few milliseconds of scheduling even when the runner is warm).
+FROZEN_WARM_LOAD_NS = 1_000_000
+
+
+@dataclass(frozen=True)
+class EmulatorSettings:
+    """How the emulated GPU server behaves. All rates are per second."""
+
+    # Models present locally at start-up; None means the whole catalogue.
+    models: tuple[str, ...] | None = None
+    # Seconds the first request to an unloaded model waits (reported as load_duration).
+    load_seconds: float = 0.0
+    # Prompt evaluation speed: the wait before the first token is prompt_tokens / rate.
+    prompt_tokens_per_second: float = 2000.0
+    # Generation speed: the wait between tokens, unless chunk_delay_ms overrides it.
+    tokens_per_second: float = 60.0
+    # Fixed delay between chunks in milliseconds (benchmarks use 5); overrides the rate.
+    chunk_delay_ms: float | None = None
+    # Tokens generated when options.num_predict / max_tokens is absent.
+    default_tokens: int = 20
+    # Fixed created_at and computed (not measured) durations: identical requests then
+    # give byte-identical bodies, which lets tests compare proxied and direct answers.
+    frozen_clock: bool = False
+    version: str = OLLAMA_VERSION
+    # How long a model stays loaded after its last request (/api/ps expires_at).
+    keep_alive_seconds: float = 300.0
+
+    def token_delay(self) -> float:
+        """Seconds between two generated tokens."""
+        if self.chunk_delay_ms is not None:
+            return max(self.chunk_delay_ms, 0.0) / 1000.0
+        return 1.0 / self.tokens_per_second if self.tokens_per_second > 0 else 0.0
+
+    def prompt_delay(self, prompt_tokens: int) -> float:
+        """Seconds spent evaluating a prompt of this many tokens."""
+        if self.prompt_tokens_per_second <= 0:
+            return 0.0
+        return prompt_tokens / self.prompt_tokens_per_second
+
+
+@dataclass
+class EmulatorState:
+    """Counters the tests read, plus this instance's model store and blobs."""
+
+    settings: EmulatorSettings
+    requests: collections.Counter[str] = field(default_factory=collections.Counter)
+    # In-flight generations (streaming or not) on the inference routes.
+    active_streams: int = 0
+    # Generations that ran to their final chunk.
+    completed: int = 0
+    # Generations abandoned because the client went away first.
+    cancelled: int = 0
+    # time.monotonic() at which each of those disconnects was noticed.
+    cancel_times: list[float] = field(default_factory=list)
+    # Loaded model name -> expiry as a Unix time in nanoseconds (an int, kept exact).
+    loaded: dict[str, float] = field(default_factory=dict)
+    fault: str = "none"
+    # Models present on "disk" (name -> spec); starts from the catalogue.
+    store: dict[str, ModelSpec] = field(default_factory=dict)
+    # Digests ("sha256:<hex>") of blobs uploaded through POST /api/blobs.
+    blobs: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        if not self.store:
+            wanted = self.settings.models
+            for spec in CATALOG:
+                if wanted is None or spec.name in {normalize_name(m) for m in wanted}:
+                    self.store[spec.name] = spec
+
+    @property
+    def models(self) -> dict[str, ModelSpec]:
+        """Alias of `store` (name -> spec of every model present)."""
+        return self.store
+
+    # Time ---------------------------------------------------------------------------
+
+    def now_ns(self) -> int:
+        """Wall-clock Unix time in nanoseconds (fixed under frozen_clock)."""
+        return FROZEN_TIME_NS if self.settings.frozen_clock else time.time_ns()
+
+    # Models -------------------------------------------------------------------------
+
+    def find(self, name: str) -> ModelSpec | None:
+        """The stored model a request names, matched the way Ollama does (case-folded,
+        `:latest` implied, `registry.ollama.ai/library/` prefix optional)."""
+        wanted = normalize_name(name).casefold()
+        for stored, spec in self.store.items():
+            if stored.casefold() == wanted:
+                return spec
+        return None
+
+    def touch(self, spec: ModelSpec, keep_alive: float | None) -> None:
+        """Mark a model loaded until now + keep_alive (seconds; negative = forever)."""
+        seconds = self.settings.keep_alive_seconds if keep_alive is None else keep_alive
+        if seconds == 0:
+            self.loaded.pop(spec.name, None)
+            return
+        if seconds < 0:
+            seconds = 10 * 365 * 86400.0
+        self.loaded[spec.name] = self.now_ns() + int(seconds * 1e9)
+
+    def is_loaded(self, spec: ModelSpec) -> bool:
+        expiry = self.loaded.get(spec.name)
+        if expiry is None:
+            return False
+        if not self.settings.frozen_clock and expiry < time.time_ns():
+            del self.loaded[spec.name]
+            return False
+        return True
+
+    # Counters -----------------------------------------------------------------------
+
+    def note_cancel(self) -> None:
+        self.cancelled += 1
+        self.cancel_times.append(time.monotonic())
+
+    def snapshot(self) -> dict[str, Any]:
+        """The counters as JSON-able data (GET /api/emulator/state)."""
+        return {
+            "requests": dict(self.requests),
+            "active_streams": self.active_streams,
+            "completed": self.completed,
+            "cancelled": self.cancelled,
+            "cancel_times": list(self.cancel_times),
+            "loaded": dict(self.loaded),
+            "fault": self.fault,
+            "models": sorted(self.store),
+        }
+
+
+STATE_KEY = web.AppKey("emulator_state", EmulatorState)
+
+
+def request_digest(*parts: str) -> str:
+    """Stable hex digest used for ids that must not vary under frozen_clock."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()

@@ -1,0 +1,223 @@
+"""Deterministic "model output": the same (model, input) always yields the same tokens.
+
+Nothing here sleeps or touches HTTP: `plan()` decides up front what a request will
+produce (thinking tokens, content tokens, tool calls, why it stops) and the engine then
+paces that plan onto the wire.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .catalog import ModelSpec
+
+_VOCAB = (
+    "the model reads your request and answers with a short clear reply about data "
+    "systems networks latency routing tokens queues caching memory threads requests "
+    "responses streaming servers clients load balance throughput graphs vectors layers "
+    "weights gradients context prompt output value signal measure result example simple "
+    "careful fast stable local remote small large first next final each every other"
+).split()
+_THINK_VOCAB = (
+    "okay let me think about what the user wants here first check the question then "
+    "consider the options and pick the best answer carefully step by step"
+).split()
+
+
+class Rng:
+    """A byte stream from sha256(seed, counter): portable and reproducible."""
+
+    def __init__(self, *seed: str) -> None:
+        self._seed = hashlib.sha256("\0".join(seed).encode()).digest()
+        self._counter = 0
+
+    def next(self, modulo: int) -> int:
+        self._counter += 1
+        block = hashlib.sha256(self._seed + self._counter.to_bytes(8, "little")).digest()
+        return int.from_bytes(block[:8], "little") % max(modulo, 1)
+
+    def word(self, vocab: tuple[str, ...] | list[str] = _VOCAB) -> str:
+        return vocab[self.next(len(vocab))]
+
+    def tag(self, length: int) -> str:
+        alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+        return "".join(alphabet[self.next(len(alphabet))] for _ in range(length))
+
+
+def count_tokens(text: str) -> int:
+    """Rough tokenizer: about four characters a token, at least one for non-empty text."""
+    return (len(text) + 3) // 4 if text else 0
+
+
+def prose(rng: Rng, n: int, vocab: list[str] | tuple[str, ...] = _VOCAB) -> list[str]:
+    """n tokens of sentence-shaped text: capitalised starts, periods now and then."""
+    tokens: list[str] = []
+    start = True
+    for i in range(n):
+        w = rng.word(vocab)
+        if start:
+            w = w.capitalize()
+        start = rng.next(9) == 0 or i == n - 1
+        if start:
+            w += "."
+        tokens.append(w if i == 0 else " " + w)
+    return tokens
+
+
+def chunk_text(text: str) -> list[str]:
+    """Split literal text (JSON, tool calls) into token-sized pieces."""
+    return re.findall(r"\s*\S{1,5}", text) or ([text] if text else [])
+
+
+def sample_value(schema: Any, rng: Rng, name: str = "") -> Any:
+    """A plausible value for a JSON-schema node (enough for format and tool args)."""
+    if not isinstance(schema, dict):
+        return rng.word()
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return schema["enum"][rng.next(len(schema["enum"]))]
+    kind = schema.get("type", "string")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "string")
+    if kind == "object":
+        props = schema.get("properties")
+        if not isinstance(props, dict) or not props:
+            return {"value": rng.word()}
+        return {k: sample_value(v, rng, k) for k, v in props.items()}
+    if kind == "array":
+        return [sample_value(schema.get("items", {}), rng, name)]
+    if kind == "integer":
+        return 1 + rng.next(99)
+    if kind == "number":
+        # Always a fraction: Go prints a whole float64 without ".0", Python would not.
+        return rng.next(1000) + 0.25
+    if kind == "boolean":
+        return rng.next(2) == 1
+    if name.lower() in ("city", "location", "place"):
+        return ("Paris", "Tokyo", "Lima", "Oslo", "Cairo")[rng.next(5)]
+    return rng.word() + " " + rng.word()
+
+
+def format_text(fmt: Any, rng: Rng) -> str:
+    """Valid JSON text for `format: "json"` or a JSON-schema format."""
+    if isinstance(fmt, dict):
+        value = sample_value(fmt if fmt.get("type") else {"type": "object", **fmt}, rng)
+    else:
+        value = {"answer": " ".join(rng.word() for _ in range(4)), "confidence": 0.87}
+    return json.dumps(value)
+
+
+def tool_call(tools: list[Any], rng: Rng) -> dict[str, Any] | None:
+    """Pick one tool and fill its arguments (an object, in schema order)."""
+    usable = [t for t in tools if isinstance(t, dict) and isinstance(t.get("function"), dict)
+              and t["function"].get("name")]
+    if not usable:
+        return None
+    fn = usable[rng.next(len(usable))]["function"]
+    params: dict[str, Any] = fn["parameters"] if isinstance(fn.get("parameters"), dict) else {}
+    props: dict[str, Any] = (params["properties"] if isinstance(params.get("properties"), dict)
+                             else {})
+    required: list[Any] = params["required"] if isinstance(params.get("required"), list) else []
+    names = [k for k in props if k in required] or list(props)
+    args = {k: sample_value(props[k], rng, k) for k in names}
+    return {"id": "call_" + rng.tag(8), "function": {"index": 0, "name": fn["name"],
+                                                     "arguments": args}}
+
+
+@dataclass
+class Plan:
+    """What one completion will emit, decided before any pacing."""
+
+    prompt_tokens: int
+    thinking: list[str] = field(default_factory=list)
+    content: list[str] = field(default_factory=list)
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    # Tokens the model "spends" writing tool calls: paced, but not streamed as text.
+    tool_tokens: int = 0
+    done_reason: str = "stop"
+
+    @property
+    def eval_count(self) -> int:
+        return len(self.thinking) + len(self.content) + self.tool_tokens
+
+    @property
+    def text(self) -> str:
+        return "".join(self.content)
+
+
+def plan(spec: ModelSpec, key: str, *, prompt_tokens: int, default_tokens: int,
+         num_predict: int | None = None, think: bool = False, fmt: Any = None,
+         tools: list[Any] | None = None, last_role: str = "user",
+         limit_is_cap: bool = False) -> Plan:
+    """Decide the output for (model, key). `key` is a canonical rendering of the input.
+
+    An explicit num_predict is normally *reached* (the model rambles until cut, answer
+    "length"), which lets tests and benchmarks choose output lengths. With
+    `limit_is_cap` (Anthropic's mandatory max_tokens) it only caps the natural
+    default_tokens-long answer."""
+    rng = Rng(spec.name, key)
+    limit = num_predict if num_predict is not None and num_predict > 0 else None
+    out = Plan(prompt_tokens=prompt_tokens)
+    if think:
+        out.thinking = prose(Rng(spec.name, key, "think"), max(3, default_tokens // 2),
+                             _THINK_VOCAB)
+    call = tool_call(tools, rng) if tools and last_role != "tool" else None
+    raw_call = ""
+    if call is not None:
+        raw_call = json.dumps({"name": call["function"]["name"],
+                               "arguments": call["function"]["arguments"]})
+        out.tool_calls, out.tool_tokens = [call], len(chunk_text(raw_call))
+    elif fmt not in (None, "", "null"):
+        out.content = chunk_text(format_text(fmt, rng))
+    else:
+        exact = limit is not None and not limit_is_cap
+        out.content = prose(rng, limit if exact and limit else default_tokens)
+        if exact:
+            out.done_reason = "length"
+    if limit is not None and out.eval_count > limit:
+        out.done_reason = "length"
+        out.thinking = out.thinking[:limit]
+        room = limit - len(out.thinking)
+        if out.tool_calls:
+            # The call JSON was cut off mid-way: the tool parser gives up and the
+            # partial text surfaces as content.
+            out.content = chunk_text(raw_call)[:room]
+            out.tool_calls, out.tool_tokens = [], 0
+        else:
+            out.content = out.content[:room]
+    return out
+
+
+def context_tokens(key: str, count: int) -> list[int]:
+    """Token ids for /api/generate's deprecated `context` field."""
+    rng = Rng("context", key)
+    return [rng.next(151_000) for _ in range(count)]
+
+
+def embedding(spec: ModelSpec, text: str, dims: int | None = None, *,
+              widen: bool = False) -> list[float]:
+    """A unit vector derived from (model, text), with float32 precision, optionally
+    truncated to `dims` and renormalised (what /api/embed does with `dimensions`).
+
+    /api/embed marshals []float32 (shortest float32 digits); the legacy
+    /api/embeddings converts to float64 first, so `widen` keeps the float32 value's
+    full double expansion (0.1f prints as 0.10000000149011612 there)."""
+    size = spec.embedding_length
+    seed = hashlib.sha256(f"{spec.name}\0{text}".encode()).digest()
+    gen = np.random.default_rng(int.from_bytes(seed[:8], "little"))
+    vec = gen.standard_normal(size).astype(np.float32)
+    vec /= np.float32(max(float(np.linalg.norm(vec)), 1e-12))
+    if dims is not None and 0 < dims < size:
+        vec = vec[:dims]
+        vec /= np.float32(max(float(np.linalg.norm(vec)), 1e-12))
+    # Keep magnitudes >= 1e-4 so every value prints in plain decimal, as Go's float32
+    # formatting does for this range; float(repr(np.float32)) is Go's shortest form.
+    vec = np.where(np.abs(vec) < 1e-4, np.copysign(np.float32(1e-4), vec), vec)
+    if widen:
+        return [float(v) for v in vec]
+    return [float(str(v)) for v in vec]

@@ -1,0 +1,292 @@
+"""Byte-level imitation of what Ollama's Go stack puts on the wire.
+
+* Request bodies are decoded the way Gin's `ShouldBindJSON` (encoding/json) does: the
+  first JSON value is read and trailing bytes ignored, an empty body is `io.EOF`
+  (Ollama answers `missing request body`), syntax and type errors carry Go's wording.
+* Responses are serialised like `json.Marshal`: compact, `<`, `>`, `&`, U+2028 and
+  U+2029 escaped, no trailing newline for `c.JSON` and one for `json.NewEncoder`.
+* Unknown paths and wrong methods get Gin's plain-text `404 page not found` /
+  `405 method not allowed` (Ollama sets `HandleMethodNotAllowed = true`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from proxy.protocol import JSON
+
+GO_PLAIN = "text/plain"  # gin's mimePlain for 404/405 bodies
+JSON_BARE = "application/json"  # what the OpenAI writers and waitForStream set
+
+
+class BodyError(Exception):
+    """A request body Gin would refuse; str(self) is the Go error text."""
+
+
+def _go_numbers(obj: Any) -> Any:
+    """Go prints a whole float64 without a fraction (1, not 1.0)."""
+    if isinstance(obj, float):
+        return int(obj) if obj.is_integer() and abs(obj) < 1e21 else obj
+    if isinstance(obj, dict):
+        return {k: _go_numbers(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_go_numbers(v) for v in obj]
+    return obj
+
+
+def dumps(obj: Any, *, sort_keys: bool = False) -> bytes:
+    """json.Marshal: compact, with Go's HTML-safe escaping (those characters can only
+    occur inside strings, so replacing them in the output is exact)."""
+    raw = orjson.dumps(_go_numbers(obj), option=orjson.OPT_SORT_KEYS if sort_keys else 0)
+    if any(c in raw for c in (b"<", b">", b"&", b"\xe2\x80\xa8", b"\xe2\x80\xa9")):
+        raw = (raw.replace(b"<", b"\\u003c").replace(b">", b"\\u003e").replace(b"&", b"\\u0026")
+               .replace("\u2028".encode(), b"\\u2028").replace("\u2029".encode(), b"\\u2029"))
+    return raw
+
+
+def go_time(ns: float) -> str:
+    """time.Time's JSON form (RFC 3339 with trailing-zero-trimmed nanoseconds, UTC)."""
+    whole, frac = divmod(int(ns), 1_000_000_000)
+    stamp = dt.datetime.fromtimestamp(whole, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    if frac:
+        stamp += "." + f"{frac:09d}".rstrip("0")
+    return stamp + "Z"
+
+
+def unix_of(stamp: str) -> int:
+    """Unix seconds of an RFC 3339 timestamp as go_time() writes it."""
+    whole = stamp.split(".")[0].rstrip("Z")
+    return int(dt.datetime.strptime(whole, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=dt.UTC)
+               .timestamp())
+
+
+def gin_json(status: int, obj: Any, *, sort_keys: bool = False) -> web.Response:
+    """c.JSON / c.AbortWithStatusJSON."""
+    return web.Response(status=status, body=dumps(obj, sort_keys=sort_keys),
+                        headers={"Content-Type": JSON})
+
+
+def encoder_json(status: int, obj: Any, content_type: str = JSON_BARE) -> web.Response:
+    """json.NewEncoder(w).Encode(obj): as Marshal plus a newline."""
+    return web.Response(status=status, body=dumps(obj) + b"\n",
+                        headers={"Content-Type": content_type})
+
+
+def error(status: int, message: str) -> web.Response:
+    """The native `{"error": "..."}` body."""
+    return gin_json(status, {"error": message})
+
+
+def empty_ok() -> web.Response:
+    """A handler that returns without writing: 200, no body, no Content-Type."""
+    resp = web.Response(status=200)
+    resp.content_type = ""  # aiohttp would otherwise announce application/octet-stream
+    return resp
+
+
+def gin_not_found() -> web.Response:
+    return web.Response(status=404, body=b"404 page not found",
+                        headers={"Content-Type": GO_PLAIN})
+
+
+def gin_method_not_allowed() -> web.Response:
+    return web.Response(status=405, body=b"405 method not allowed",
+                        headers={"Content-Type": GO_PLAIN})
+
+
+# Decoding -----------------------------------------------------------------------------
+
+
+def _go_char(c: str) -> str:
+    """strconv.QuoteRune-like rendering used in encoding/json syntax errors."""
+    if c == "'":
+        return "'\\''"
+    if c == '"':
+        return "'\"'"
+    return repr(c) if c.isprintable() else "'" + c.encode("unicode_escape").decode() + "'"
+
+
+def _context_at(doc: str, pos: int) -> str:
+    """Whether position `pos` sits inside an object or an array (for Go's wording)."""
+    stack: list[str] = []
+    in_str = esc = False
+    for c in doc[:pos]:
+        if in_str:
+            if esc:
+                esc = False
+            elif c == "\\":
+                esc = True
+            elif c == '"':
+                in_str = False
+        elif c == '"':
+            in_str = True
+        elif c in "[{":
+            stack.append(c)
+        elif c in "]}" and stack:
+            stack.pop()
+    return stack[-1] if stack else ""
+
+
+def _syntax_message(doc: str, exc: json.JSONDecodeError) -> str:
+    pos = exc.pos
+    if pos >= len(doc) or exc.msg.startswith("Unterminated"):
+        return "unexpected EOF"
+    c = doc[pos]
+    msg = exc.msg
+    if msg.startswith("Expecting property name"):
+        return f"invalid character {_go_char(c)} looking for beginning of object key string"
+    if msg.startswith("Expecting ':'"):
+        return f"invalid character {_go_char(c)} after object key"
+    if msg.startswith("Expecting ','"):
+        if _context_at(doc, pos) == "{":
+            return f"invalid character {_go_char(c)} after object key:value pair"
+        return f"invalid character {_go_char(c)} after array element"
+    if msg.startswith("Invalid control character"):
+        return f"invalid character {_go_char(c)} in string literal"
+    if msg.startswith("Invalid \\escape") or msg.startswith("Invalid \\u"):
+        return f"invalid character {_go_char(doc[pos + 1] if pos + 1 < len(doc) else c)} " \
+               "in string escape code"
+    return f"invalid character {_go_char(c)} looking for beginning of value"
+
+
+def decode_json(raw: bytes) -> Any:
+    """Decode the first JSON value of a body like json.Decoder.Decode.
+
+    Raises EOFError for an empty (or all-whitespace) body and BodyError otherwise."""
+    try:
+        doc = raw.decode()
+    except UnicodeDecodeError:
+        # Go substitutes U+FFFD for invalid UTF-8 inside strings; good enough here.
+        doc = raw.decode(errors="replace")
+    start = len(doc) - len(doc.lstrip(" \t\r\n"))
+    if start == len(doc):
+        raise EOFError
+    try:
+        value, _ = json.JSONDecoder().raw_decode(doc, start)
+    except json.JSONDecodeError as exc:
+        raise BodyError(_syntax_message(doc, exc)) from None
+    except RecursionError:
+        raise BodyError("exceeded max depth") from None
+    return value
+
+
+# Field type checking (the errors json.Unmarshal gives for a wrong type) -----------------
+
+_KIND_OF = {str: "string", bool: "bool", int: "number", float: "number", list: "array",
+            dict: "object"}
+
+_GO_TYPE = {
+    "string": "string", "bool": "bool", "int": "int", "float": "float64",
+    "map": "map[string]interface {}", "[]int": "[]int", "[]string": "[]string",
+    "images": "[]api.ImageData", "messages": "[]api.Message", "tools": "api.Tools",
+    "object": "struct",
+}
+
+
+def _kind(value: Any) -> str:
+    return _KIND_OF.get(type(value), "value")
+
+
+def _fits(value: Any, want: str) -> bool:
+    if value is None or want == "any":
+        return True
+    if want == "string":
+        return isinstance(value, str)
+    if want == "bool":
+        return isinstance(value, bool)
+    if want == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if want == "float":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if want in ("map", "object"):
+        return isinstance(value, dict)
+    return isinstance(value, list)  # every "[]..." kind, messages, tools, images
+
+
+def type_error(value: Any, struct: str, field_path: str, go_type: str) -> BodyError:
+    kind = _kind(value)
+    if kind == "number" and go_type == "int" and isinstance(value, float):
+        kind = f"number {value:g}"
+    return BodyError(f"json: cannot unmarshal {kind} into Go struct field "
+                     f"{struct}.{field_path} of type {go_type}")
+
+
+def check_fields(body: Any, struct: str, fields: Mapping[str, str]) -> dict[str, Any]:
+    """Check `body` against a Go struct description {json name: kind}.
+
+    Kinds: string, bool, int, float, map, object, any, []int, []string, images,
+    messages, tools. Returns the body as a dict (JSON null decodes to the zero struct)."""
+    if body is None:
+        return {}
+    if not isinstance(body, dict):
+        raise BodyError(f"json: cannot unmarshal {_kind(body)} into Go value of type "
+                        f"api.{struct}")
+    for key, want in fields.items():
+        value = body.get(key)
+        if value is None:
+            continue
+        if not _fits(value, want):
+            raise type_error(value, struct, key, _GO_TYPE.get(want, want))
+        if want == "[]int":
+            for item in value:
+                if not _fits(item, "int"):
+                    raise type_error(item, struct, key, "int")
+        elif want == "[]string":
+            for item in value:
+                if not _fits(item, "string"):
+                    raise type_error(item, struct, key, "string")
+        elif want == "images":
+            for item in value:
+                check_image(item, struct, key)
+        elif want == "messages":
+            for item in value:
+                check_message(item)
+    return body
+
+
+def check_image(item: Any, struct: str, key: str) -> None:
+    """api.ImageData is []byte: a base64 string (std alphabet, padded)."""
+    if not isinstance(item, str):
+        raise type_error(item, struct, key, "api.ImageData")
+    alphabet = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+    body = item.rstrip("=")
+    for i, c in enumerate(body):
+        if c not in alphabet:
+            raise BodyError(f"illegal base64 data at input byte {i}")
+    if len(item) % 4 or len(item) - len(body) > 2:
+        raise BodyError(f"illegal base64 data at input byte {len(body)}")
+
+
+_MESSAGE_FIELDS = {"role": "string", "content": "string", "thinking": "string",
+                   "images": "images", "tool_calls": "[]", "tool_name": "string",
+                   "tool_call_id": "string"}
+
+
+def check_message(item: Any) -> None:
+    """api.Message has its own UnmarshalJSON (via an Alias type), so Go reports errors
+    inside it against the struct `Alias` rather than the enclosing request."""
+    if item is None:
+        return
+    if not isinstance(item, dict):
+        raise BodyError(f"json: cannot unmarshal {_kind(item)} into Go value of type "
+                        "api.Alias")
+    for key, want in _MESSAGE_FIELDS.items():
+        value = item.get(key)
+        if value is None:
+            continue
+        if want == "images":
+            if not isinstance(value, list):
+                raise type_error(value, "Alias", key, "[]api.ImageData")
+            for img in value:
+                check_image(img, "Alias", key)
+        elif want == "[]":
+            if not isinstance(value, list):
+                raise type_error(value, "Alias", key, "[]api.ToolCall")
+        elif not _fits(value, want):
+            raise type_error(value, "Alias", key, _GO_TYPE[want])

@@ -1,0 +1,519 @@
+"""The Ollama emulator against the official clients and raw HTTP.
+
+Each test starts its own emulator on a free 127.0.0.1 port (AppRunner + TCPSite) with a
+1 ms chunk delay. The official `ollama` and `openai` clients prove the shapes parse;
+raw aiohttp requests check bytes, status codes and counters. No timing thresholds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import ollama
+import openai
+import pytest
+from aiohttp import web
+
+from proxy.emulator import STATE_KEY, EmulatorSettings, EmulatorState, create_app
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather for a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+@dataclass
+class Emu:
+    url: str
+    state: EmulatorState
+    session: aiohttp.ClientSession
+
+    async def post(
+        self, path: str, body: Any = None, *, raw: bytes | None = None, method: str = "POST"
+    ) -> tuple[int, dict[str, str], bytes]:
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else b"")
+        async with self.session.request(
+            method, self.url + path, data=data, allow_redirects=False
+        ) as r:
+            return r.status, dict(r.headers), await r.read()
+
+    async def wait_for(self, predicate: Any) -> None:
+        """Poll a counter until it changes (bounded by a generous number of rounds)."""
+        for _ in range(500):
+            if predicate():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("condition never became true")
+
+
+async def _start(settings: EmulatorSettings) -> tuple[web.AppRunner, str]:
+    app = create_app(settings)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    return runner, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+async def emu() -> AsyncIterator[Emu]:
+    runner, url = await _start(EmulatorSettings(chunk_delay_ms=1, default_tokens=8))
+    async with aiohttp.ClientSession() as session:
+        yield Emu(url, runner.app[STATE_KEY], session)
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def slow_emu() -> AsyncIterator[Emu]:
+    """Tokens every 50 ms and long answers: room to disconnect mid-generation."""
+    runner, url = await _start(EmulatorSettings(chunk_delay_ms=50, default_tokens=400))
+    async with aiohttp.ClientSession() as session:
+        yield Emu(url, runner.app[STATE_KEY], session)
+    await runner.cleanup()
+
+
+# Housekeeping routes ---------------------------------------------------------------------
+
+
+async def test_root_version_and_gin_errors(emu: Emu) -> None:
+    status, headers, body = await emu.post("/", method="GET")
+    assert (status, body) == (200, b"Ollama is running")
+    status, headers, body = await emu.post("/api/version", method="GET")
+    assert json.loads(body) == {"version": emu.state.settings.version}
+    assert headers["Content-Type"] == "application/json; charset=utf-8"
+    assert "Server" not in headers
+    status, headers, body = await emu.post("/api/nothing", method="GET")
+    assert (status, body, headers["Content-Type"]) == (404, b"404 page not found", "text/plain")
+    status, _, body = await emu.post("/api/tags", {})  # POST on a GET route
+    assert (status, body) == (405, b"405 method not allowed")
+    status, _, body = await emu.post("/api/ps", method="HEAD")  # Gin adds no HEAD
+    assert status == 405
+    status, headers, _ = await emu.post("/api/tags/", method="GET")
+    assert (status, headers["Location"]) == (301, "/api/tags")
+
+
+async def test_list_show_ps(emu: Emu) -> None:
+    client = ollama.AsyncClient(host=emu.url)
+    listed = await client.list()
+    names = [m.model for m in listed.models]
+    assert {"qwen2.5:7b", "qwen3:8b", "nomic-embed-text:latest", "mixtral:8x7b"} <= set(names)
+    qwen = next(m for m in listed.models if m.model == "qwen2.5:7b")
+    assert qwen.details is not None and qwen.details.parameter_size == "7.6B"
+    assert qwen.details.quantization_level == "Q4_K_M" and len(qwen.digest or "") == 64
+
+    shown = await client.show("qwen2.5-coder:7b")
+    assert shown.capabilities == ["completion", "tools", "insert"]
+    assert shown.modelinfo is not None and shown.modelinfo["qwen2.context_length"] == 32768
+    assert "FROM" in (shown.modelfile or "")
+    embedder = await client.show("nomic-embed-text")
+    assert embedder.capabilities == ["embedding"]
+    assert embedder.modelinfo is not None
+    assert embedder.modelinfo["nomic-bert.embedding_length"] == 768
+
+    assert (await client.ps()).models == []
+    await client.generate("llama3.1:8b", "hello")
+    running = (await client.ps()).models
+    assert [m.model for m in running] == ["llama3.1:8b"]
+    assert running[0].size_vram == running[0].size and running[0].expires_at is not None
+    assert running[0].context_length == 4096
+    # keep_alive 0 with an empty prompt unloads, answering done_reason "unload".
+    unloaded = await client.generate("llama3.1:8b", "", keep_alive=0)
+    assert unloaded.done_reason == "unload"
+    assert (await client.ps()).models == []
+
+
+# Generation --------------------------------------------------------------------------------
+
+
+async def test_generate_stream_matches_non_stream(emu: Emu) -> None:
+    client = ollama.AsyncClient(host=emu.url)
+    chunks = [
+        c async for c in await client.generate("qwen2.5:7b", "Why is the sky blue?", stream=True)
+    ]
+    assert len(chunks) == 8 + 1 and all(not c.done for c in chunks[:-1])
+    final = chunks[-1]
+    assert final.done and final.done_reason == "stop" and final.response == ""
+    assert final.eval_count == 8 and final.context and final.prompt_eval_count
+    assert final.total_duration and final.eval_duration and final.load_duration
+    whole = await client.generate("qwen2.5:7b", "Why is the sky blue?")
+    assert whole.response == "".join(c.response or "" for c in chunks) != ""
+    other = await client.generate("qwen2.5:7b", "Something else entirely")
+    assert other.response != whole.response
+    assert emu.state.completed == 3 and emu.state.active_streams == 0
+
+
+async def test_generate_options_format_and_errors(emu: Emu) -> None:
+    client = ollama.AsyncClient(host=emu.url)
+    cut = await client.generate("mistral:7b", "count", options={"num_predict": 3})
+    assert (cut.eval_count, cut.done_reason) == (3, "length")
+    as_json = await client.generate("mistral:7b", "json please", format="json")
+    assert isinstance(json.loads(as_json.response or ""), dict)
+    schema = {
+        "type": "object",
+        "properties": {"age": {"type": "integer"}, "name": {"type": "string"}},
+    }
+    shaped = json.loads((await client.generate("mistral:7b", "x", format=schema)).response or "")
+    assert isinstance(shaped["age"], int) and isinstance(shaped["name"], str)
+    loaded = await client.generate("gemma2:9b", "")
+    assert loaded.done and loaded.done_reason == "load"
+    fim = await client.generate("codegemma:7b", "def f(", suffix="return x")
+    assert fim.response
+    with pytest.raises(ollama.ResponseError) as err:
+        await client.generate("gemma2:9b", "x", suffix="y")
+    assert err.value.status_code == 400
+    assert err.value.error == "registry.ollama.ai/library/gemma2:9b does not support insert"
+    with pytest.raises(ollama.ResponseError) as err:
+        await client.generate("nomic-embed-text", "x")
+    assert err.value.error == '"nomic-embed-text" does not support generate'
+    with pytest.raises(ollama.ResponseError) as err:
+        await client.generate("llama3.1:8b", "what is this", images=["aGVsbG8="])
+    assert err.value.status_code == 500 and "image input" in err.value.error
+    vision = await client.generate("llava:7b", "what is this", images=["aGVsbG8="])
+    assert vision.response
+
+
+async def test_chat_stream_sync_client_and_thinking(emu: Emu) -> None:
+    client = ollama.AsyncClient(host=emu.url)
+    messages = [{"role": "user", "content": "Hello there"}]
+    parts = [c async for c in await client.chat("llama3.1:8b", messages, stream=True)]
+    assert parts[-1].done and parts[-1].message.role == "assistant"
+    text = "".join(p.message.content or "" for p in parts)
+
+    def sync_chat() -> str:
+        return ollama.Client(host=emu.url).chat("llama3.1:8b", messages).message.content or ""
+
+    assert await asyncio.to_thread(sync_chat) == text != ""
+
+    thought = await client.chat("qwen3:8b", messages, think=True)
+    assert thought.message.thinking and thought.message.content
+    streamed = [c async for c in await client.chat("qwen3:8b", messages, stream=True)]
+    first_thinking = next(i for i, c in enumerate(streamed) if c.message.thinking)
+    first_content = next(i for i, c in enumerate(streamed) if c.message.content)
+    assert first_thinking < first_content  # thinking streams first (on by default)
+    no_think = await client.chat("qwen3:8b", messages, think=False)
+    assert not no_think.message.thinking
+    with pytest.raises(ollama.ResponseError) as err:
+        await client.chat("gemma2:9b", messages, think=True)
+    assert (err.value.status_code, err.value.error) == (
+        400,
+        '"gemma2:9b" does not support thinking',
+    )
+
+
+async def test_chat_tools(emu: Emu) -> None:
+    client = ollama.AsyncClient(host=emu.url)
+    ask = [{"role": "user", "content": "Weather in Paris?"}]
+    reply = await client.chat("qwen2.5:7b", ask, tools=[WEATHER_TOOL])
+    calls = reply.message.tool_calls or []
+    assert len(calls) == 1 and calls[0].function.name == "get_weather"
+    assert isinstance(calls[0].function.arguments, dict) and "city" in calls[0].function.arguments
+    again = await client.chat("qwen2.5:7b", ask, tools=[WEATHER_TOOL])
+    assert again.message.tool_calls == reply.message.tool_calls  # deterministic
+    followed = [
+        *ask,
+        reply.message.model_dump(exclude_none=True),
+        {"role": "tool", "content": "18 C, sunny", "tool_name": "get_weather"},
+    ]
+    answer = await client.chat("qwen2.5:7b", followed, tools=[WEATHER_TOOL])
+    assert answer.message.content and not answer.message.tool_calls
+    with pytest.raises(ollama.ResponseError) as err:
+        await client.chat("gemma2:9b", ask, tools=[WEATHER_TOOL])
+    assert err.value.error == "registry.ollama.ai/library/gemma2:9b does not support tools"
+
+
+async def test_embed(emu: Emu) -> None:
+    client = ollama.AsyncClient(host=emu.url)
+    out = await client.embed("nomic-embed-text", ["first", "second"])
+    assert [len(v) for v in out.embeddings] == [768, 768]
+    assert math.isclose(math.fsum(x * x for x in out.embeddings[0]), 1.0, rel_tol=1e-4)
+    small = await client.embed("all-minilm", "one", dimensions=64)
+    assert len(small.embeddings[0]) == 64
+    full = (await client.embed("all-minilm", "one")).embeddings[0]
+    assert len(full) == 384
+    # `dimensions` truncates then renormalises: same direction, larger components.
+    scale = small.embeddings[0][0] / full[0]
+    assert scale > 1 and math.isclose(small.embeddings[0][1] / full[1], scale, rel_tol=1e-3)
+    legacy = await client.embeddings("all-minilm", "one")
+    assert len(legacy.embedding) == 384
+    status, _, body = await emu.post("/api/embed", {"model": "all-minilm", "input": [1, 2]})
+    assert (status, json.loads(body)) == (400, {"error": "invalid input type"})
+
+
+# Model store ---------------------------------------------------------------------------------
+
+
+async def test_pull_create_copy_delete(emu: Emu) -> None:
+    emu_small = EmulatorSettings(models=("qwen2.5:7b",), chunk_delay_ms=1)
+    runner, url = await _start(emu_small)
+    try:
+        client = ollama.AsyncClient(host=url)
+        assert [m.model for m in (await client.list()).models] == ["qwen2.5:7b"]
+        progress = [p async for p in await client.pull("all-minilm", stream=True)]
+        statuses = [p.status for p in progress]
+        assert statuses[0] == "pulling manifest" and statuses[-1] == "success"
+        assert "verifying sha256 digest" in statuses and "writing manifest" in statuses
+        layer = [p for p in progress if p.digest and p.total and p.total > 1_000_000]
+        assert layer and layer[-1].completed == layer[-1].total
+        assert sorted({p.completed or 0 for p in layer}) != [layer[-1].total]  # several steps
+        assert "all-minilm:latest" in [m.model for m in (await client.list()).models]
+        with pytest.raises(ollama.ResponseError) as err:
+            await client.pull("no-such-model:1b")
+        assert "file does not exist" in err.value.error
+
+        created = [
+            p.status
+            async for p in await client.create(
+                "helper:1", from_="qwen2.5:7b", system="Be brief.", stream=True
+            )
+        ]
+        assert created[-1] == "success" and "writing manifest" in created
+        details = (await client.show("helper:1")).details
+        assert details is not None and details.parent_model == "qwen2.5:7b"
+        await client.copy("helper:1", "helper:2")
+        assert (await client.generate("helper:2", "hi")).response
+        await client.delete("helper:1")
+        with pytest.raises(ollama.ResponseError) as err:
+            await client.delete("helper:1")
+        assert (err.value.status_code, err.value.error) == (404, "model 'helper:1' not found")
+        with pytest.raises(ollama.ResponseError) as err:
+            await client.copy("missing:1", "x:1")
+        assert err.value.status_code == 404
+    finally:
+        await runner.cleanup()
+
+
+async def test_blobs(emu: Emu) -> None:
+    payload = b"gguf" * 100_000
+    digest = "sha256:" + hashlib.sha256(payload).hexdigest()
+    assert (await emu.post(f"/api/blobs/{digest}", method="HEAD"))[0] == 404
+    wrong = "sha256:" + "0" * 64
+    status, _, body = await emu.post(f"/api/blobs/{wrong}", raw=payload)
+    assert status == 400
+    assert json.loads(body)["error"] == f'digest mismatch, expected "{wrong}", got "{digest}"'
+    assert (await emu.post(f"/api/blobs/{digest}", raw=payload))[0] == 201
+    assert (await emu.post(f"/api/blobs/{digest}", method="HEAD"))[0] == 200
+    assert (await emu.post("/api/blobs/sha256:abc", method="HEAD"))[0] == 400
+
+
+# Errors on the wire --------------------------------------------------------------------------
+
+
+async def test_request_errors(emu: Emu) -> None:
+    cases: list[tuple[bytes, int, str]] = [
+        (b"", 400, "missing request body"),
+        (b"   ", 400, "missing request body"),
+        (b"{bad", 400, "invalid character 'b' looking for beginning of object key string"),
+        (b'{"model": "x",', 400, "unexpected EOF"),
+        (
+            b'{"model": 5}',
+            400,
+            "json: cannot unmarshal number into Go struct field "
+            "GenerateRequest.model of type string",
+        ),
+        (
+            b'{"model": "qwen2.5:7b", "stream": "yes"}',
+            400,
+            "json: cannot unmarshal string "
+            "into Go struct field GenerateRequest.stream of type bool",
+        ),
+        (b'{"model": "ghost"}', 404, "model 'ghost' not found"),
+    ]
+    for raw, status, message in cases:
+        got_status, headers, body = await emu.post("/api/generate", raw=raw)
+        assert (got_status, json.loads(body)) == (status, {"error": message}), raw
+        assert headers["Content-Type"] == "application/json; charset=utf-8"
+    status, _, body = await emu.post("/api/chat", {"model": ""})
+    assert (status, json.loads(body)) == (400, {"error": "model is required"})
+    status, _, body = await emu.post("/api/chat", {"model": "x", "messages": [{"content": 1}]})
+    assert json.loads(body)["error"] == (
+        "json: cannot unmarshal number into Go struct field Alias.content of type string"
+    )
+    status, _, body = await emu.post("/api/show", {"model": "ghost"})
+    assert (status, json.loads(body)) == (404, {"error": "model 'ghost' not found"})
+
+
+async def test_frozen_clock_is_byte_identical() -> None:
+    runner, url = await _start(EmulatorSettings(frozen_clock=True, chunk_delay_ms=1))
+    try:
+        async with aiohttp.ClientSession() as session:
+            bodies = []
+            for path, body in [
+                (
+                    "/api/chat",
+                    {"model": "qwen2.5:7b", "messages": [{"role": "user", "content": "hi"}]},
+                ),
+                (
+                    "/v1/chat/completions",
+                    {
+                        "model": "qwen2.5:7b",
+                        "stream": True,
+                        "messages": [{"role": "user", "content": "hi"}],
+                    },
+                ),
+            ]:
+                pair = []
+                for _ in range(2):
+                    async with session.post(url + path, json=body) as r:
+                        pair.append(await r.read())
+                assert pair[0] == pair[1] and pair[0]
+                bodies.append(pair[0])
+            assert b'"created_at":"2025-01-01T00:00:00.123456789Z"' in bodies[0]
+    finally:
+        await runner.cleanup()
+
+
+# Cancellation and faults --------------------------------------------------------------------
+
+
+async def test_disconnect_cancels_streaming_and_non_streaming(slow_emu: Emu) -> None:
+    state = slow_emu.state
+    resp = await slow_emu.session.post(
+        slow_emu.url + "/api/generate", json={"model": "qwen2.5:7b", "prompt": "long"}
+    )
+    assert json.loads(await resp.content.readline())["done"] is False
+    assert state.active_streams == 1
+    resp.close()
+    await slow_emu.wait_for(lambda: state.cancelled == 1)
+    assert state.active_streams == 0 and state.completed == 0 and len(state.cancel_times) == 1
+
+    request = asyncio.create_task(
+        slow_emu.session.post(
+            slow_emu.url + "/v1/chat/completions",
+            json={"model": "qwen2.5:7b", "messages": [{"role": "user", "content": "long"}]},
+        )
+    )
+    await slow_emu.wait_for(lambda: state.active_streams == 1)
+    request.cancel()
+    await slow_emu.wait_for(lambda: state.cancelled == 2)
+    assert state.active_streams == 0 and state.completed == 0
+
+
+@pytest.mark.parametrize("mode", ["hang", "stall", "close_early", "garbage", "error500"])
+async def test_fault_modes(emu: Emu, mode: str) -> None:
+    status, _, body = await emu.post("/api/emulator/fault", {"mode": mode})
+    assert (status, json.loads(body)) == (200, {"mode": mode})
+    url = emu.url + "/api/generate"
+    req = {"model": "qwen2.5:7b", "prompt": "x"}
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=0.5)
+    if mode == "error500":
+        async with emu.session.post(url, json=req) as r:
+            assert r.status == 500 and "error" in await r.json()
+    elif mode == "garbage":
+        with pytest.raises(aiohttp.ClientResponseError):
+            await emu.session.post(url, json=req)
+    elif mode == "close_early":
+        async with emu.session.post(url, json=req) as r:
+            assert r.status == 200
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await r.read()
+    elif mode == "stall":
+        async with emu.session.post(url, json=req, timeout=timeout) as r:
+            assert r.status == 200
+            assert json.loads(await r.content.readline())["done"] is False
+            with pytest.raises(asyncio.TimeoutError):
+                await r.read()
+        await emu.wait_for(lambda: emu.state.cancelled == 1)
+    else:  # hang: no head at all
+        with pytest.raises(asyncio.TimeoutError):
+            await emu.session.post(url, json=req, timeout=timeout)
+        await emu.wait_for(lambda: emu.state.cancelled == 1)
+    # Other routes are unaffected, and the state route reports the mode.
+    status, _, body = await emu.post("/api/emulator/state", method="GET")
+    state = json.loads(body)
+    assert state["fault"] == mode and state["requests"]["/api/generate"] == 1
+    assert (await emu.post("/api/version", method="GET"))[0] == 200
+    await emu.post("/api/emulator/fault", {"mode": "none"})
+    assert (await emu.post("/api/generate", {**req, "stream": False}))[0] == 200
+
+
+# OpenAI / Anthropic compatibility -------------------------------------------------------------
+
+
+async def test_openai_sdk(emu: Emu) -> None:
+    client = openai.AsyncOpenAI(base_url=emu.url + "/v1", api_key="ollama")
+    messages: Any = [{"role": "user", "content": "Say hi"}]
+    done = await client.chat.completions.create(model="qwen2.5:7b", messages=messages)
+    assert done.object == "chat.completion" and done.choices[0].finish_reason == "stop"
+    assert done.usage is not None and done.usage.completion_tokens == 8
+    stream = await client.chat.completions.create(
+        model="qwen2.5:7b", messages=messages, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = [c async for c in stream]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == done.choices[0].message.content
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    tools: Any = [WEATHER_TOOL]
+    called = await client.chat.completions.create(
+        model="qwen2.5:7b", messages=messages, tools=tools
+    )
+    call = (called.choices[0].message.tool_calls or [])[0]
+    assert called.choices[0].finish_reason == "tool_calls"
+    assert json.loads(call.function.arguments)["city"]  # type: ignore[union-attr]
+
+    completion = await client.completions.create(model="qwen2.5:7b", prompt="Once")
+    assert completion.choices[0].text and completion.object == "text_completion"
+    pieces = [
+        c
+        async for c in await client.completions.create(
+            model="qwen2.5:7b", prompt="Once", stream=True
+        )
+    ]
+    assert "".join(p.choices[0].text for p in pieces if p.choices) == completion.choices[0].text
+    vectors = await client.embeddings.create(model="nomic-embed-text", input=["a", "b"])
+    assert [len(d.embedding) for d in vectors.data] == [768, 768]
+    models = await client.models.list()
+    assert "llama3.3:70b" in [m.id for m in models.data]
+    assert (await client.models.retrieve("qwen3:8b")).owned_by == "library"
+    with pytest.raises(openai.NotFoundError) as err:
+        await client.chat.completions.create(model="ghost", messages=messages)
+    assert "model 'ghost' not found" in str(err.value)
+    status, _, body = await emu.post("/v1/chat/completions", raw=b"")
+    assert (status, json.loads(body)["error"]["message"]) == (400, "EOF")
+    status, _, body = await emu.post(
+        "/v1/chat/completions", {"model": "qwen2.5:7b", "messages": []}
+    )
+    assert json.loads(body)["error"]["message"] == "[] is too short - 'messages'"
+
+
+async def test_responses_and_messages(emu: Emu) -> None:
+    status, _, body = await emu.post("/v1/responses", {"model": "qwen3:8b", "input": "hi"})
+    resp = json.loads(body)
+    assert status == 200 and resp["object"] == "response" and resp["status"] == "completed"
+    assert [o["type"] for o in resp["output"]] == ["reasoning", "message"]
+    status, headers, body = await emu.post(
+        "/v1/responses", {"model": "qwen2.5:7b", "input": "hi", "stream": True}
+    )
+    events = [line[7:] for line in body.decode().splitlines() if line.startswith("event: ")]
+    assert events[0] == "response.created" and events[-1] == "response.completed"
+    assert "response.output_text.delta" in events and headers["Content-Type"] == "text/event-stream"
+
+    req = {
+        "model": "qwen2.5:7b",
+        "max_tokens": 100,
+        "messages": [{"role": "user", "content": "hello"}],
+    }
+    status, _, body = await emu.post("/v1/messages", req)
+    msg = json.loads(body)
+    assert msg["type"] == "message" and msg["content"][0]["type"] == "text"
+    assert msg["stop_reason"] == "end_turn" and msg["usage"]["output_tokens"] == 8
+    status, _, body = await emu.post("/v1/messages", {**req, "stream": True})
+    kinds = [line[7:] for line in body.decode().splitlines() if line.startswith("event: ")]
+    assert kinds[0] == "message_start" and kinds[-2:] == ["message_delta", "message_stop"]
+    status, _, body = await emu.post("/v1/messages", {**req, "model": "ghost"})
+    assert status == 404 and json.loads(body)["error"]["type"] == "not_found_error"
