@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from typing import cast
 import sys
 import time
+from typing import cast
 
 import orjson
 import uvloop
@@ -74,7 +74,9 @@ def build_request(port: int, path: str, body: dict[str, object]) -> bytes:
     ).encode() + data
 
 
-async def run(port: int, concurrency: int, seconds: float, requests: int, payload: bytes) -> dict[str, object]:
+async def run(
+    port: int, concurrency: int, seconds: float, requests: int, payload: bytes
+) -> dict[str, object]:
     loop = asyncio.get_running_loop()
     ttfc: list[float] = []
     total: list[float] = []

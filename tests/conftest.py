@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from proxy.emulator import EmulatorSettings
+from tests.support import Emulator, Proxy, ServerThread
+
+# Identical requests give byte-identical answers (fixed clock, computed durations), so
+# a response through the proxy can be compared with the direct one byte for byte.
+FROZEN = EmulatorSettings(frozen_clock=True, chunk_delay_ms=1.0)
+
+
+@pytest.fixture(scope="session")
+def servers() -> Iterator[ServerThread]:
+    thread = ServerThread()
+    yield thread
+    thread.close()
+
+
+@pytest.fixture(scope="session")
+def emulator(servers: ServerThread) -> Iterator[Emulator]:
+    """One emulator shared by the read-only tests: do not change its models or faults."""
+    emu = Emulator(servers, FROZEN)
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture(scope="session")
+def proxy(servers: ServerThread, emulator: Emulator) -> Iterator[Proxy]:
+    """The proxy in front of `emulator` alone: a pure pass-through."""
+    prx = Proxy(servers, [emulator.url])
+    yield prx
+    prx.stop()
+
+
+@pytest.fixture
+def own_emulator(servers: ServerThread) -> Iterator[Emulator]:
+    """An emulator of the test's own, free to be changed, broken or stopped."""
+    emu = Emulator(servers, FROZEN)
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture
+def own_proxy(servers: ServerThread, own_emulator: Emulator) -> Iterator[Proxy]:
+    prx = Proxy(servers, [own_emulator.url])
+    yield prx
+    prx.stop()

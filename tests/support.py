@@ -1,0 +1,90 @@
+"""Servers for the tests: emulators and the proxy, each in a thread with its own loop, so
+that the official clients (sync and async) reach them over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+import uvloop
+from aiohttp import web
+
+from proxy.config import Backend, Config, Listen
+from proxy.emulator import STATE_KEY, EmulatorSettings, EmulatorState
+from proxy.emulator import create_app as create_emulator
+from proxy.server import create_app as create_proxy
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerThread:
+    """An event loop in a thread serving aiohttp applications until `close()`."""
+
+    def __init__(self) -> None:
+        self.loop = uvloop.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def call(self, factory: Callable[[], Coroutine[Any, Any, T]], timeout: float = 30) -> T:
+        future: Future[T] = asyncio.run_coroutine_threadsafe(factory(), self.loop)
+        return future.result(timeout)
+
+    def serve(self, app_factory: Callable[[], web.Application], port: int) -> web.AppRunner:
+        async def start() -> web.AppRunner:
+            runner = web.AppRunner(app_factory(), handler_cancellation=True, shutdown_timeout=1)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", port).start()
+            return runner
+
+        return self.call(start)
+
+    def stop(self, runner: web.AppRunner) -> None:
+        self.call(runner.cleanup)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+
+class Emulator:
+    def __init__(self, thread: ServerThread, settings: EmulatorSettings) -> None:
+        self.thread = thread
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.app = create_emulator(settings)
+        self.state: EmulatorState = self.app[STATE_KEY]
+        self.runner: web.AppRunner | None = thread.serve(lambda: self.app, self.port)
+
+    def stop(self) -> None:
+        if self.runner is not None:
+            self.thread.stop(self.runner)
+            self.runner = None
+
+
+class Proxy:
+    def __init__(self, thread: ServerThread, backends: list[str], **sections: Any) -> None:
+        self.thread = thread
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.config = Config(
+            listen=Listen(port=self.port),
+            backends=tuple(Backend(url=u) for u in backends),
+            **sections,
+        ).check()
+        self.app = create_proxy(self.config)
+        self.runner: web.AppRunner | None = thread.serve(lambda: self.app, self.port)
+
+    def stop(self) -> None:
+        if self.runner is not None:
+            self.thread.stop(self.runner)
+            self.runner = None

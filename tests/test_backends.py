@@ -1,0 +1,237 @@
+"""Several backends: routing by model, failover, merged lists, model administration."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from proxy.config import Health
+from proxy.server import PROXY_KEY
+from tests.conftest import FROZEN
+from tests.support import Emulator, Proxy, ServerThread
+
+SHARED = "qwen2.5:7b"
+ONLY_A = "llama3.1:8b"
+ONLY_B = "gemma2:9b"
+
+
+@dataclasses.dataclass
+class Pair:
+    a: Emulator
+    b: Emulator
+    proxy: Proxy
+
+    def refresh(self) -> None:
+        pool = self.proxy.app[PROXY_KEY].backends
+        self.proxy.thread.call(pool.refresh_all)
+
+
+@pytest.fixture
+def pair(servers: ServerThread) -> Iterator[Pair]:
+    a = Emulator(
+        servers, dataclasses.replace(FROZEN, models=(SHARED, ONLY_A, "nomic-embed-text:latest"))
+    )
+    b = Emulator(servers, dataclasses.replace(FROZEN, models=(SHARED, ONLY_B, "mistral:7b")))
+    proxy = Proxy(servers, [a.url, b.url], health=Health(interval_seconds=60, failure_threshold=2))
+    yield Pair(a, b, proxy)
+    proxy.stop()
+    a.stop()
+    b.stop()
+
+
+async def post(url: str, path: str, body: Any) -> tuple[int, bytes]:
+    async with aiohttp.ClientSession() as session, session.post(url + path, json=body) as resp:
+        return resp.status, await resp.read()
+
+
+def generate(model: str, **extra: Any) -> dict[str, Any]:
+    return {"model": model, "prompt": "hello", "stream": False, **extra}
+
+
+async def test_request_goes_to_the_backend_that_has_the_model(pair: Pair) -> None:
+    for model, served, idle in ((ONLY_A, pair.a, pair.b), (ONLY_B, pair.b, pair.a)):
+        before_served = served.state.requests["/api/generate"]
+        before_idle = idle.state.requests["/api/generate"]
+        status, body = await post(pair.proxy.url, "/api/generate", generate(model))
+        assert status == 200
+        assert orjson.loads(body)["model"] == model
+        assert served.state.requests["/api/generate"] == before_served + 1
+        assert idle.state.requests["/api/generate"] == before_idle
+
+
+async def test_prefers_the_backend_where_the_model_is_loaded(pair: Pair) -> None:
+    # Load the shared model on B only (directly), then let the proxy see /api/ps.
+    assert (await post(pair.b.url, "/api/generate", generate(SHARED)))[0] == 200
+    pair.refresh()
+    before = pair.b.state.requests["/api/generate"]
+    for _ in range(3):
+        assert (await post(pair.proxy.url, "/api/generate", generate(SHARED)))[0] == 200
+    assert pair.b.state.requests["/api/generate"] == before + 3
+
+
+async def test_fewest_in_flight_breaks_ties(pair: Pair) -> None:
+    """With the shared model loaded nowhere, concurrent streams spread over both."""
+    async with aiohttp.ClientSession() as session:
+        responses = [
+            await session.post(
+                pair.proxy.url + "/api/generate",
+                json={"model": SHARED, "prompt": "x", "options": {"num_predict": 2000}},
+            )
+            for _ in range(2)
+        ]
+        assert [r.status for r in responses] == [200, 200]
+        assert pair.a.state.active_streams == 1
+        assert pair.b.state.active_streams == 1
+        for r in responses:
+            r.close()
+
+
+async def test_unknown_model_gets_the_backends_own_404(pair: Pair) -> None:
+    direct = await post(pair.a.url, "/api/chat", {"model": "nope:1b", "messages": []})
+    proxied = await post(pair.proxy.url, "/api/chat", {"model": "nope:1b", "messages": []})
+    assert proxied == direct
+    assert direct[0] == 404
+
+
+async def test_merged_lists_have_every_model_once(pair: Pair) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(pair.proxy.url + "/api/tags") as resp:
+            assert resp.headers["Content-Type"].startswith("application/json")
+            names = [m["name"] for m in (await resp.json())["models"]]
+        async with session.get(pair.proxy.url + "/v1/models") as resp:
+            ids = [m["id"] for m in (await resp.json())["data"]]
+    expected = {SHARED, ONLY_A, ONLY_B, "mistral:7b", "nomic-embed-text:latest"}
+    assert sorted(names) == sorted(expected)
+    assert sorted(ids) == sorted(expected)
+
+    await post(pair.a.url, "/api/generate", generate(SHARED))
+    await post(pair.b.url, "/api/generate", generate(SHARED))
+    await post(pair.b.url, "/api/generate", generate(ONLY_B))
+    async with aiohttp.ClientSession() as session, session.get(pair.proxy.url + "/api/ps") as resp:
+        loaded = [m["name"] for m in (await resp.json())["models"]]
+    assert sorted(loaded) == sorted([SHARED, ONLY_B])
+
+
+async def test_backend_down_before_the_request_fails_over(pair: Pair) -> None:
+    pair.a.stop()
+    before = pair.b.state.requests["/api/generate"]
+    status, body = await post(pair.proxy.url, "/api/generate", generate(SHARED))
+    assert status == 200
+    assert orjson.loads(body)["done"] is True
+    assert pair.b.state.requests["/api/generate"] == before + 1
+
+
+async def test_5xx_before_the_first_byte_is_retried_elsewhere(pair: Pair) -> None:
+    pair.a.state.fault = "error500"
+    pair.b.state.fault = "none"
+    for _ in range(4):
+        status, body = await post(pair.proxy.url, "/api/generate", generate(SHARED))
+        assert status == 200, body
+
+
+async def test_all_backends_down_is_503_naming_the_reason(pair: Pair) -> None:
+    pair.a.stop()
+    pair.b.stop()
+    status, body = await post(pair.proxy.url, "/api/generate", generate(SHARED))
+    assert status == 503
+    message = orjson.loads(body)["error"]
+    assert pair.a.url in message and pair.b.url in message
+    # With every circuit now open, the proxy answers at once with the same shape.
+    for _ in range(3):
+        await post(pair.proxy.url, "/api/generate", generate(SHARED))
+    status, body = await post(pair.proxy.url, "/api/chat", {"model": SHARED, "messages": []})
+    assert status == 503 and "no healthy backend" in orjson.loads(body)["error"]
+
+
+@pytest.mark.parametrize("fault", ["close_early", "stall"])
+async def test_backend_failing_mid_stream_ends_with_an_error_line(
+    servers: ServerThread, own_emulator: Emulator, fault: str
+) -> None:
+    from proxy.config import Timeouts
+
+    proxy = Proxy(servers, [own_emulator.url], timeouts=Timeouts(idle_read_seconds=1.0))
+    try:
+        own_emulator.state.fault = fault
+        async with aiohttp.ClientSession() as session:
+            async with session.post(
+                proxy.url + "/api/generate", json={"model": SHARED, "prompt": "x"}
+            ) as resp:
+                assert resp.status == 200
+                lines = [orjson.loads(line) for line in (await resp.read()).splitlines()]
+        assert lines[0]["done"] is False
+        assert set(lines[-1]) == {"error"}
+        own_emulator.state.fault = "none"
+        status, body = await post(proxy.url, "/api/generate", generate(SHARED))
+        assert status == 200 and orjson.loads(body)["done"] is True
+    finally:
+        proxy.stop()
+
+
+async def test_backend_that_never_answers_is_bounded_by_the_idle_timeout(
+    servers: ServerThread, own_emulator: Emulator
+) -> None:
+    from proxy.config import Timeouts
+
+    proxy = Proxy(servers, [own_emulator.url], timeouts=Timeouts(idle_read_seconds=0.5))
+    try:
+        own_emulator.state.fault = "hang"
+        status, body = await post(proxy.url, "/api/generate", generate(SHARED))
+        assert status == 502
+        assert "no data from backend" in orjson.loads(body)["error"]
+    finally:
+        proxy.stop()
+
+
+async def test_garbage_from_the_backend_is_a_502(
+    servers: ServerThread, own_emulator: Emulator
+) -> None:
+    proxy = Proxy(servers, [own_emulator.url])
+    try:
+        own_emulator.state.fault = "garbage"
+        status, body = await post(proxy.url, "/api/generate", generate(SHARED))
+        assert status == 502
+        assert orjson.loads(body)["error"]
+    finally:
+        proxy.stop()
+
+
+async def wait_until(predicate: Any, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.02)
+    return False
+
+
+async def test_admin_all_pulls_and_deletes_on_every_backend(pair: Pair) -> None:
+    status, body = await post(pair.proxy.url, "/api/pull", {"model": "mistral:7b", "stream": False})
+    assert status == 200 and orjson.loads(body) == {"status": "success"}
+    assert await wait_until(
+        lambda: "mistral:7b" in pair.a.state.models and "mistral:7b" in pair.b.state.models
+    )
+
+    async with aiohttp.ClientSession() as session:
+        async with session.delete(
+            pair.proxy.url + "/api/delete", json={"model": "mistral:7b"}
+        ) as resp:
+            assert resp.status == 200
+    assert await wait_until(
+        lambda: "mistral:7b" not in pair.a.state.models and "mistral:7b" not in pair.b.state.models
+    )
+
+
+async def test_pull_streams_progress_through(pair: Pair) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.post(pair.proxy.url + "/api/pull", json={"model": ONLY_A}) as resp:
+            assert resp.headers["Content-Type"].startswith("application/x-ndjson")
+            statuses = [orjson.loads(line)["status"] for line in (await resp.read()).splitlines()]
+    assert statuses[0] == "pulling manifest"
+    assert statuses[-1] == "success"

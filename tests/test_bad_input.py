@@ -1,0 +1,100 @@
+"""Bad input gets the status and error shape Ollama gives, through the proxy."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import aiohttp
+import orjson
+import pytest
+
+from proxy.config import Limits
+from tests.support import Emulator, Proxy, ServerThread
+
+BAD_BODIES = [
+    ("/api/generate", b"{not json"),
+    ("/api/generate", b""),
+    ("/api/generate", b"[1, 2, 3]"),
+    ("/api/generate", b'{"model": 123, "prompt": "x"}'),
+    ("/api/generate", b'{"model": "qwen2.5:7b", "prompt": 5}'),
+    ("/api/generate", b'{"model": "", "prompt": "x"}'),
+    ("/api/chat", b'{"model": "qwen2.5:7b", "messages": "hello"}'),
+    ("/api/chat", b"{"),
+    ("/api/embed", b'{"model": "nomic-embed-text", "input": {"a": 1}}'),
+    ("/api/show", b"null"),
+    ("/v1/chat/completions", b"{not json"),
+    ("/v1/chat/completions", b'{"model": "qwen2.5:7b", "messages": 7}'),
+    ("/v1/embeddings", b""),
+]
+
+
+async def raw(
+    url: str, method: str, path: str, body: bytes | None = None
+) -> tuple[int, str, bytes]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(
+            method, url + path, data=body, headers={"Content-Type": "application/json"}
+        ) as resp,
+    ):
+        return resp.status, resp.headers.get("Content-Type", ""), await resp.read()
+
+
+@pytest.mark.parametrize(
+    ("path", "body"), BAD_BODIES, ids=[f"{p} {b[:20]!r}" for p, b in BAD_BODIES]
+)
+async def test_malformed_bodies_get_the_backends_own_error(
+    emulator: Emulator, proxy: Proxy, path: str, body: bytes
+) -> None:
+    direct = await raw(emulator.url, "POST", path, body)
+    proxied = await raw(proxy.url, "POST", path, body)
+    assert proxied == direct
+    assert 400 <= direct[0] < 500
+    assert "error" in orjson.loads(direct[2])
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/api/generate"),
+        ("PUT", "/api/chat"),
+        ("DELETE", "/api/tags"),
+        ("GET", "/api/nope"),
+        ("PATCH", "/v1/chat/completions"),
+        ("GET", "/v2/anything"),
+    ],
+)
+async def test_wrong_methods_and_unknown_paths_pass_through(
+    emulator: Emulator, proxy: Proxy, method: str, path: str
+) -> None:
+    direct = await raw(emulator.url, method, path)
+    assert direct[0] in (404, 405)
+    assert await raw(proxy.url, method, path) == direct
+
+
+@pytest.fixture
+def small_limit_proxy(servers: ServerThread, emulator: Emulator) -> Iterator[Proxy]:
+    prx = Proxy(servers, [emulator.url], limits=Limits(max_body_bytes=1024))
+    yield prx
+    prx.stop()
+
+
+@pytest.mark.parametrize("path", ["/api/generate", "/v1/chat/completions"])
+async def test_body_over_the_limit_is_413_in_ollama_shape(
+    small_limit_proxy: Proxy, path: str
+) -> None:
+    body = orjson.dumps({"model": "qwen2.5:7b", "prompt": "x" * 4096})
+    status, content_type, answer = await raw(small_limit_proxy.url, "POST", path, body)
+    assert status == 413
+    assert content_type.startswith("application/json")
+    error = orjson.loads(answer)["error"]
+    message = error["message"] if path.startswith("/v1/") else error
+    assert "too large" in message and "1024" in message
+    # The proxy still serves the next request.
+    ok = await raw(
+        small_limit_proxy.url,
+        "POST",
+        "/api/generate",
+        orjson.dumps({"model": "qwen2.5:7b", "prompt": "x", "stream": False}),
+    )
+    assert ok[0] == 200

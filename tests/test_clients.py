@@ -1,0 +1,140 @@
+"""The official `ollama` Python client gets the same results through the proxy as
+directly, sync and async."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import ollama
+import pytest
+
+from tests.support import Emulator, Proxy
+
+MODEL = "qwen2.5:7b"
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather in a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string", "description": "City name"}},
+                "required": ["city"],
+            },
+        },
+    }
+]
+# A 1x1 PNG: what a vision request carries.
+PIXEL = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+)
+
+
+def dump(value: Any) -> Any:
+    if isinstance(value, list):
+        return [dump(v) for v in value]
+    if hasattr(value, "model_dump"):
+        return value.model_dump()
+    return value
+
+
+def calls(client: ollama.Client) -> dict[str, Any]:
+    """Everything a user does with the client, as plain data."""
+    messages = [{"role": "user", "content": "Why is the sky blue?"}]
+    return {
+        "list": dump(client.list()),
+        "show": dump(client.show(MODEL)),
+        "generate": dump(client.generate(model=MODEL, prompt="Hello")),
+        "generate_stream": dump(list(client.generate(model=MODEL, prompt="Hello", stream=True))),
+        "chat": dump(client.chat(model=MODEL, messages=messages)),
+        "chat_stream": dump(list(client.chat(model=MODEL, messages=messages, stream=True))),
+        "chat_tools": dump(
+            client.chat(
+                model=MODEL,
+                messages=[{"role": "user", "content": "Weather in Paris?"}],
+                tools=TOOLS,
+            )
+        ),
+        "chat_image": dump(
+            client.chat(
+                model="llava:7b",
+                messages=[{"role": "user", "content": "What is this?", "images": [PIXEL]}],
+            )
+        ),
+        "chat_think": dump(client.chat(model="qwen3:8b", messages=messages, think=True)),
+        "embed": dump(client.embed(model="nomic-embed-text", input=["one", "two"])),
+        "pull": dump(list(client.pull(MODEL, stream=True))),
+    }
+
+
+def test_sync_client_sees_the_same_results(emulator: Emulator, proxy: Proxy) -> None:
+    direct = calls(ollama.Client(host=emulator.url))
+    proxied = calls(ollama.Client(host=proxy.url))
+    for key in direct:
+        assert proxied[key] == direct[key], key
+    # The calls really did something: spot-check their content.
+    assert any(m["model"] == MODEL for m in direct["list"]["models"])
+    assert len(direct["generate_stream"]) > 2 and direct["generate_stream"][-1]["done"]
+    tool_call = direct["chat_tools"]["message"]["tool_calls"][0]["function"]
+    assert tool_call["name"] == "get_weather" and isinstance(tool_call["arguments"], dict)
+    assert direct["chat_think"]["message"]["thinking"]
+    assert len(direct["embed"]["embeddings"]) == 2
+    assert [p["status"] for p in direct["pull"]][-1] == "success"
+
+
+def test_ps_through_the_proxy(emulator: Emulator, proxy: Proxy) -> None:
+    client = ollama.Client(host=proxy.url)
+    client.generate(model=MODEL, prompt="load me")
+    names = [m.model for m in client.ps().models]
+    assert MODEL in names
+    assert names == [m.model for m in ollama.Client(host=emulator.url).ps().models]
+
+
+async def test_async_client_streams_the_same_chunks(emulator: Emulator, proxy: Proxy) -> None:
+    async def run(host: str) -> list[Any]:
+        client = ollama.AsyncClient(host=host)
+        chunks = [
+            dump(c)
+            async for c in await client.chat(
+                model=MODEL, messages=[{"role": "user", "content": "Count to five"}], stream=True
+            )
+        ]
+        chunks.append(dump(await client.generate(model=MODEL, prompt="Hello")))
+        chunks.append(dump(await client.embed(model="nomic-embed-text", input="x")))
+        chunks.append(dump(await client.show("nomic-embed-text")))
+        return chunks
+
+    direct = await run(emulator.url)
+    assert await run(proxy.url) == direct
+    assert direct[0]["message"]["role"] == "assistant"
+
+
+def test_create_copy_delete_through_the_proxy(own_emulator: Emulator, own_proxy: Proxy) -> None:
+    client = ollama.Client(host=own_proxy.url)
+    progress = [
+        p.status
+        for p in client.create(
+            model="pirate:latest", from_=MODEL, system="Talk like a pirate.", stream=True
+        )
+    ]
+    assert progress[-1] == "success"
+    assert "pirate:latest" in [m.model for m in ollama.Client(host=own_emulator.url).list().models]
+    client.copy("pirate:latest", "pirate2:latest")
+    assert client.show("pirate2:latest").details is not None
+    client.delete("pirate2:latest")
+    with pytest.raises(ollama.ResponseError) as missing:
+        client.show("pirate2:latest")
+    assert missing.value.status_code == 404
+    with pytest.raises(ollama.ResponseError) as gone:
+        client.delete("pirate2:latest")
+    assert gone.value.status_code == 404
+
+
+def test_errors_reach_the_client_as_ollama_errors(emulator: Emulator, proxy: Proxy) -> None:
+    for host in (emulator.url, proxy.url):
+        with pytest.raises(ollama.ResponseError) as error:
+            ollama.Client(host=host).chat(model="no-such:model", messages=[])
+        assert error.value.status_code == 404
+        assert "not found" in error.value.error

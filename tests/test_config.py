@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from proxy import config
+from proxy.config import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_listen_on_11435_and_forward_to_11434() -> None:
+    cfg = config.load(path=None, environ={"AUTOROUTE_CONFIG": str(ROOT / "config.yaml")})
+    assert (cfg.listen.host, cfg.listen.port) == ("127.0.0.1", 11435)
+    assert [b.url for b in cfg.backends] == ["http://127.0.0.1:11434"]
+    assert cfg.routing.admin_target == "all"
+
+
+def test_shipped_config_yaml_equals_builtin_defaults(tmp_path: Path) -> None:
+    """config.yaml documents every key with its default: the two must not drift."""
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    shipped = config.load(ROOT / "config.yaml", environ={})
+    builtin = config.load(empty, environ={})
+    assert [b.url for b in shipped.backends] == [b.url for b in builtin.backends]
+    assert (shipped.listen, shipped.timeouts, shipped.limits, shipped.health) == (
+        builtin.listen,
+        builtin.timeouts,
+        builtin.limits,
+        builtin.health,
+    )
+    assert (shipped.routing, shipped.logging) == (builtin.routing, builtin.logging)
+
+
+def test_environment_overrides_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("listen: {port: 9000}\ntimeouts: {idle_read_seconds: 12}\n")
+    cfg = config.load(
+        path,
+        environ={
+            "AUTOROUTE_LISTEN__PORT": "9100",
+            "AUTOROUTE_BACKENDS": "http://10.0.0.1:11434, http://10.0.0.2:11434",
+            "AUTOROUTE_LOGGING__JSON": "false",
+        },
+    )
+    assert cfg.listen.port == 9100
+    assert cfg.timeouts.idle_read_seconds == 12.0
+    assert [b.url for b in cfg.backends] == ["http://10.0.0.1:11434", "http://10.0.0.2:11434"]
+    assert cfg.logging.json is False
+
+
+def test_ollama_host_is_not_read() -> None:
+    environ = {"OLLAMA_HOST": "http://10.9.9.9:1234", "AUTOROUTE_CONFIG": str(ROOT / "config.yaml")}
+    cfg = config.load(path=None, environ=environ)
+    assert all("10.9.9.9" not in b.url for b in cfg.backends)
+
+
+@pytest.mark.parametrize(
+    "backend",
+    ["http://127.0.0.1:11435", "http://localhost:11435"],
+)
+def test_backend_equal_to_own_address_is_refused(backend: str) -> None:
+    with pytest.raises(ConfigError, match="own address"):
+        config.load(
+            path=None, environ={"AUTOROUTE_CONFIG": "/dev/null", "AUTOROUTE_BACKENDS": backend}
+        )
+
+
+def test_wildcard_listen_refuses_loopback_backend_on_same_port() -> None:
+    with pytest.raises(ConfigError, match="own address"):
+        config.load(
+            path=None,
+            environ={
+                "AUTOROUTE_CONFIG": "/dev/null",
+                "AUTOROUTE_LISTEN__HOST": "0.0.0.0",
+                "AUTOROUTE_BACKENDS": "http://127.0.0.1:11435",
+            },
+        )
+
+
+def test_same_port_on_another_host_is_allowed() -> None:
+    cfg = config.load(
+        path=None,
+        environ={"AUTOROUTE_CONFIG": "/dev/null", "AUTOROUTE_BACKENDS": "http://192.0.2.10:11435"},
+    )
+    assert cfg.backends[0].url == "http://192.0.2.10:11435"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("listen: {prot: 1}", "unknown key"),
+        ("listen: {port: eleven}", "expected int"),
+        ("routing: {admin_target: some}", "not one of"),
+        ("backends: [ftp://x]", "not an http:// URL"),
+        ("backends: []", "at least one backend"),
+        ("- a list", "mapping"),
+    ],
+)
+def test_bad_configuration_names_the_key(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        config.load(path, environ={})

@@ -1,0 +1,59 @@
+"""The `openai` SDK against the proxy's /v1 routes gets what it gets directly."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import openai
+
+from tests.support import Emulator, Proxy
+
+MODEL = "qwen2.5:7b"
+MESSAGES: list[Any] = [{"role": "user", "content": "Why is the sky blue?"}]
+
+
+def client(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=url + "/v1", api_key="ollama", max_retries=0)
+
+
+def calls(sdk: openai.OpenAI) -> dict[str, Any]:
+    stream = sdk.chat.completions.create(
+        model=MODEL, messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+    )
+    return {
+        "chat": sdk.chat.completions.create(model=MODEL, messages=MESSAGES).model_dump(),
+        "chat_stream": [c.model_dump() for c in stream],
+        "completion": sdk.completions.create(model=MODEL, prompt="Once upon a time").model_dump(),
+        "completion_stream": [
+            c.model_dump()
+            for c in sdk.completions.create(model=MODEL, prompt="Once upon a time", stream=True)
+        ],
+        "embeddings": sdk.embeddings.create(
+            model="nomic-embed-text", input=["a", "b"]
+        ).model_dump(),
+        "models": [m.model_dump() for m in sdk.models.list()],
+        "model": sdk.models.retrieve(MODEL).model_dump(),
+    }
+
+
+def test_openai_sdk_sees_the_same_results(emulator: Emulator, proxy: Proxy) -> None:
+    direct = calls(client(emulator.url))
+    proxied = calls(client(proxy.url))
+    for key in direct:
+        assert proxied[key] == direct[key], key
+    assert direct["chat"]["choices"][0]["message"]["content"]
+    assert len(direct["chat_stream"]) > 2
+    assert direct["chat_stream"][-1]["usage"]["completion_tokens"] > 0
+    assert len(direct["embeddings"]["data"]) == 2
+    assert MODEL in [m["id"] for m in direct["models"]]
+
+
+def test_openai_errors_keep_their_shape(emulator: Emulator, proxy: Proxy) -> None:
+    seen = []
+    for url in (emulator.url, proxy.url):
+        try:
+            client(url).chat.completions.create(model="no-such:model", messages=MESSAGES)
+        except openai.NotFoundError as exc:
+            seen.append((exc.status_code, exc.body))
+    assert len(seen) == 2
+    assert seen[0] == seen[1]

@@ -1,0 +1,165 @@
+"""Every endpoint through the proxy answers exactly as the backend does directly."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from tests.support import Emulator, Proxy
+
+MODEL = "qwen2.5:7b"
+CHAT = [{"role": "user", "content": "Why is the sky blue?"}]
+
+# (method, path, JSON body or None)
+ENDPOINTS: list[tuple[str, str, Any]] = [
+    ("GET", "/", None),
+    ("HEAD", "/", None),
+    ("GET", "/api/version", None),
+    ("HEAD", "/api/version", None),
+    ("GET", "/api/status", None),
+    ("GET", "/api/tags", None),
+    ("HEAD", "/api/tags", None),
+    ("POST", "/api/show", {"model": MODEL}),
+    ("POST", "/api/show", {"model": "no-such-model"}),
+    ("POST", "/api/generate", {"model": MODEL, "prompt": "Hello"}),
+    ("POST", "/api/generate", {"model": MODEL, "prompt": "Hello", "stream": False}),
+    (
+        "POST",
+        "/api/generate",
+        {"model": "qwen2.5-coder:7b", "prompt": "def add(", "suffix": "return c"},
+    ),
+    (
+        "POST",
+        "/api/generate",
+        {"model": MODEL, "prompt": "List", "format": "json", "stream": False},
+    ),
+    ("POST", "/api/generate", {"model": "no-such-model", "prompt": "Hello"}),
+    ("POST", "/api/chat", {"model": MODEL, "messages": CHAT}),
+    ("POST", "/api/chat", {"model": MODEL, "messages": CHAT, "stream": False}),
+    ("POST", "/api/chat", {"model": "qwen3:8b", "messages": CHAT, "think": True}),
+    ("POST", "/api/chat", {"model": MODEL, "messages": CHAT, "think": True}),
+    (
+        "POST",
+        "/api/chat",
+        {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "Weather in Paris?"}],
+            "tools": [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": "get_weather",
+                        "description": "Current weather",
+                        "parameters": {
+                            "type": "object",
+                            "properties": {"city": {"type": "string"}},
+                            "required": ["city"],
+                        },
+                    },
+                }
+            ],
+        },
+    ),
+    ("POST", "/api/embed", {"model": "nomic-embed-text", "input": ["a", "b"]}),
+    ("POST", "/api/embeddings", {"model": "nomic-embed-text", "prompt": "a"}),
+    ("GET", "/v1/models", None),
+    ("GET", f"/v1/models/{MODEL}", None),
+    ("GET", "/v1/models/no-such-model", None),
+    ("POST", "/v1/chat/completions", {"model": MODEL, "messages": CHAT}),
+    ("POST", "/v1/chat/completions", {"model": MODEL, "messages": CHAT, "stream": True}),
+    (
+        "POST",
+        "/v1/chat/completions",
+        {
+            "model": MODEL,
+            "messages": CHAT,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    ),
+    ("POST", "/v1/completions", {"model": MODEL, "prompt": "Once upon"}),
+    ("POST", "/v1/completions", {"model": MODEL, "prompt": "Once upon", "stream": True}),
+    ("POST", "/v1/embeddings", {"model": "nomic-embed-text", "input": "hello"}),
+    ("POST", "/v1/responses", {"model": MODEL, "input": "Say hi"}),
+    ("POST", "/v1/messages", {"model": MODEL, "max_tokens": 20, "messages": CHAT}),
+    ("HEAD", "/api/blobs/sha256:" + "0" * 64, None),
+    ("POST", "/api/me", None),
+    ("POST", "/api/signout", None),
+    ("GET", "/no/such/path", None),
+    ("POST", "/api/tags", {}),
+    ("GET", "/api/chat", None),
+]
+
+
+async def fetch(url: str, method: str, path: str, body: Any) -> tuple[int, str, bytes, int]:
+    data = None if body is None else orjson.dumps(body)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(method, url + path, data=data) as resp,
+    ):
+        chunks = [chunk async for chunk in resp.content.iter_any()]
+        return resp.status, resp.headers.get("Content-Type", ""), b"".join(chunks), len(chunks)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"), ENDPOINTS, ids=[f"{m} {p}" for m, p, _ in ENDPOINTS]
+)
+async def test_proxy_answers_as_the_backend(
+    emulator: Emulator, proxy: Proxy, method: str, path: str, body: Any
+) -> None:
+    direct = await fetch(emulator.url, method, path, body)
+    proxied = await fetch(proxy.url, method, path, body)
+    assert proxied[:3] == direct[:3]
+
+
+async def test_ps_lists_the_same_loaded_models(emulator: Emulator, proxy: Proxy) -> None:
+    # expires_at moves with the clock; the set of loaded models and their details don't.
+    await fetch(
+        proxy.url, "POST", "/api/generate", {"model": MODEL, "prompt": "x", "stream": False}
+    )
+    direct = orjson.loads((await fetch(emulator.url, "GET", "/api/ps", None))[2])
+    proxied = orjson.loads((await fetch(proxy.url, "GET", "/api/ps", None))[2])
+    strip = [{k: v for k, v in m.items() if k != "expires_at"} for m in direct["models"]]
+    assert MODEL in {m["name"] for m in direct["models"]}
+    assert [{k: v for k, v in m.items() if k != "expires_at"} for m in proxied["models"]] == strip
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "content_type"),
+    [
+        ("/api/generate", {"model": MODEL, "prompt": "Hello"}, "application/x-ndjson"),
+        ("/api/chat", {"model": MODEL, "messages": CHAT}, "application/x-ndjson"),
+        (
+            "/v1/chat/completions",
+            {"model": MODEL, "messages": CHAT, "stream": True},
+            "text/event-stream",
+        ),
+    ],
+)
+async def test_streams_arrive_chunk_by_chunk(
+    proxy: Proxy, path: str, body: Any, content_type: str
+) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(proxy.url + path, json=body) as resp,
+    ):
+        assert resp.headers["Content-Type"].startswith(content_type)
+        assert resp.headers["X-Accel-Buffering"] == "no"
+        assert resp.headers["X-Request-Id"]
+        chunks = [chunk async for chunk in resp.content.iter_any()]
+    # The emulator writes one event per chunk; the proxy must not merge them into one.
+    assert len(chunks) > 5
+    separator = b"\n" if content_type == "application/x-ndjson" else b"\n\n"
+    assert all(chunk.endswith(separator) for chunk in chunks)
+
+
+async def test_request_id_is_echoed_and_forwarded(proxy: Proxy) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(proxy.url + "/api/version", headers={"X-Request-Id": "abc-123"}) as resp,
+    ):
+        assert resp.headers["X-Request-Id"] == "abc-123"
+        assert (await resp.json())["version"]

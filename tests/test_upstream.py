@@ -1,0 +1,139 @@
+"""The upstream protocol's framing, fed byte streams cut at arbitrary places."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy.upstream import ConnectionPool, UpstreamConnection, UpstreamError, dechunk
+
+
+class FakeTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def abort(self) -> None:
+        self.closed = True
+
+    def close(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def chunked(parts: list[bytes]) -> bytes:
+    return b"".join(b"%x\r\n%b\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
+
+
+def cut(data: bytes, points: list[int]) -> list[bytes]:
+    marks = sorted({p % (len(data) + 1) for p in points} | {0, len(data)})
+    return [data[a:b] for a, b in itertools.pairwise(marks) if b > a]
+
+
+async def exchange(
+    pieces: list[bytes], method: str = "POST"
+) -> tuple[UpstreamConnection, bytes, bool]:
+    pool = ConnectionPool("127.0.0.1", 1, 1.0)
+    conn = UpstreamConnection(pool)
+    transport = FakeTransport()
+    conn.connection_made(transport)
+    head = conn.send(method, b"POST / HTTP/1.1\r\n\r\n")
+    forwarded = bytearray()
+    done = None
+    for piece in pieces:
+        conn.data_received(piece)
+        if done is None and head.done():
+            done = conn.attach(forwarded.extend)
+    await asyncio.sleep(0)
+    finished = done is not None and done.done() and done.exception() is None
+    return conn, bytes(forwarded), finished
+
+
+HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n"
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    parts=st.lists(st.binary(min_size=1, max_size=40), min_size=0, max_size=12),
+    points=st.lists(st.integers(min_value=0, max_value=10_000), max_size=10),
+)
+def test_chunked_body_is_forwarded_verbatim_and_its_end_found(
+    parts: list[bytes], points: list[int]
+) -> None:
+    body = chunked(parts)
+    conn, forwarded, finished = asyncio.run(exchange(cut(HEAD + body, points)))
+    assert forwarded == body
+    assert finished
+    assert dechunk(forwarded) == b"".join(parts)
+    # Fully read and keep-alive: back in the pool for the next request.
+    assert conn in conn.pool._idle
+
+
+@settings(max_examples=100, deadline=None)
+@given(body=st.binary(min_size=0, max_size=200), points=st.lists(st.integers(0, 1000), max_size=6))
+def test_content_length_body(body: bytes, points: list[int]) -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+    _conn, forwarded, finished = asyncio.run(exchange(cut(head + body, points)))
+    assert forwarded == body
+    assert finished
+
+
+def test_head_request_has_no_body_even_with_content_length() -> None:
+    raw = b"HTTP/1.1 200 OK\r\nContent-Length: 17\r\n\r\n"
+    _conn, forwarded, finished = asyncio.run(exchange([raw], method="HEAD"))
+    assert forwarded == b""
+    assert finished
+
+
+def test_connection_close_is_not_reused() -> None:
+    raw = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
+    conn, forwarded, finished = asyncio.run(exchange([raw]))
+    assert finished and forwarded == b"ok"
+    assert conn not in conn.pool._idle
+    assert conn.transport is None
+
+
+def test_garbage_fails_the_exchange() -> None:
+    async def run() -> BaseException | None:
+        pool = ConnectionPool("127.0.0.1", 1, 1.0)
+        conn = UpstreamConnection(pool)
+        conn.connection_made(FakeTransport())
+        head = conn.send("POST", b"x")
+        conn.data_received(b"\x00\x01garbage\r\n\r\n")
+        await asyncio.sleep(0)
+        return head.exception()
+
+    assert isinstance(asyncio.run(run()), UpstreamError)
+
+
+def test_backend_closing_mid_chunk_fails_the_stream() -> None:
+    async def run() -> BaseException | None:
+        pool = ConnectionPool("127.0.0.1", 1, 1.0)
+        conn = UpstreamConnection(pool)
+        conn.connection_made(FakeTransport())
+        head = conn.send("POST", b"x")
+        conn.data_received(HEAD + b"10\r\nhalf")
+        done = conn.attach(lambda data: None)
+        conn.connection_lost(None)
+        await asyncio.sleep(0)
+        assert head.done()
+        return done.exception()
+
+    assert isinstance(asyncio.run(run()), UpstreamError)
