@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import sys
 import time
 from typing import cast
@@ -75,7 +76,7 @@ def build_request(port: int, path: str, body: dict[str, object]) -> bytes:
 
 
 async def run(
-    port: int, concurrency: int, seconds: float, requests: int, payload: bytes
+    port: int, concurrency: int, seconds: float, requests: int, payload: bytes, think: float = 0.0
 ) -> dict[str, object]:
     loop = asyncio.get_running_loop()
     ttfc: list[float] = []
@@ -87,6 +88,11 @@ async def run(
         _, client = await loop.create_connection(StreamClient, "127.0.0.1", port)
         try:
             while time.perf_counter() < deadline and (not requests or len(total) < requests):
+                if think:
+                    # A random pause between requests: without it every request would
+                    # arrive at the same phase of the emulator's millisecond timer
+                    # (libuv's clock), which biases time to first chunk per target.
+                    await asyncio.sleep(random.uniform(0, think))
                 try:
                     first, whole = await client.request(payload)
                 except Exception as exc:
@@ -112,12 +118,15 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--requests", type=int, default=0, help="stop after this many (0: no cap)")
+    parser.add_argument("--think-ms", type=float, default=0.0, help="random pause up to this")
     args = parser.parse_args()
     body: dict[str, object] = {"model": args.model, "prompt": "Write a haiku about proxies."}
     if args.path == "/api/chat":
         body = {"model": args.model, "messages": [{"role": "user", "content": "Write a haiku."}]}
     payload = build_request(args.port, args.path, body)
-    result = uvloop.run(run(args.port, args.concurrency, args.seconds, args.requests, payload))
+    result = uvloop.run(
+        run(args.port, args.concurrency, args.seconds, args.requests, payload, args.think_ms / 1000)
+    )
     sys.stdout.buffer.write(orjson.dumps(result))
 
 

@@ -144,9 +144,8 @@ class BackendPool:
         conn = await state.pool.acquire()
         try:
             head = f"GET {path} HTTP/1.1\r\nHost: {state.pool.host_header}\r\n\r\n".encode()
-            async with asyncio.timeout(self.config.timeouts.idle_read_seconds):
-                response = await conn.send("GET", head)
-                body = await conn.read_body()
+            response = await conn.send("GET", head, b"", self.config.timeouts.idle_read_seconds)
+            body = await conn.read_body()
         except BaseException:
             conn.close()
             raise

@@ -78,6 +78,7 @@ class Routing:
 class Logging:
     level: str = "INFO"
     json: bool = True
+    access: bool = True
 
 
 @dataclass(frozen=True)

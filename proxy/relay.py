@@ -10,11 +10,13 @@ the stream the way Ollama does, with one more line `{"error": "..."}`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from dataclasses import dataclass, field
 
 from aiohttp import web
-from aiohttp.http_writer import StreamWriter
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.web_request import BaseRequest
 
 from proxy.backends import BackendPool, BackendState, NoBackend
 from proxy.config import Config
@@ -34,6 +36,7 @@ class Outcome:
     """What the relay saw, for the access log (and the usage event later)."""
 
     request_id: str
+    model: str | None = None
     backend: str = ""
     status: int = 0
     attempts: int = 0
@@ -95,8 +98,10 @@ class Relay:
             outcome.attempts += 1
             outcome.backend = state.label
             state.in_flight += 1
+            may_retry = only is None and len(tried) < retries and len(self.backends.states) > 1
+            client = ClientLeg(request, outcome)
             try:
-                conn, head = await self._exchange(request, state, body, outcome)
+                conn, head = await self._exchange(request, state, body, client, may_retry)
             except UpstreamError as exc:
                 state.in_flight -= 1
                 state.failed(str(exc))
@@ -110,19 +115,14 @@ class Relay:
             except BaseException:
                 state.in_flight -= 1
                 raise
-            if (
-                head.status >= 500
-                and only is None
-                and len(tried) < retries
-                and len(self.backends.states) > 1
-            ):
+            if head.status >= 500 and may_retry:
                 state.in_flight -= 1
                 conn.close()
                 state.failed(f"answered {head.status}")
                 tried.append(state)
                 continue
             try:
-                return await self._respond(request, state, conn, head, outcome)
+                return await self._respond(request, state, conn, head, client, outcome)
             finally:
                 state.in_flight -= 1
 
@@ -138,8 +138,16 @@ class Relay:
         return error_response(request.path, 502, outcome.error)
 
     async def _exchange(
-        self, request: web.Request, state: BackendState, body: bytes | None, outcome: Outcome
+        self,
+        request: web.Request,
+        state: BackendState,
+        body: bytes | None,
+        client: ClientLeg | None,
+        may_retry: bool = False,
     ) -> tuple[UpstreamConnection, ResponseHead]:
+        """Send the request; with a `client`, its answer starts flowing to the client
+        from the upstream protocol's callback as soon as the head is parsed."""
+        request_id = client.outcome.request_id if client else ""
         # A pooled connection the backend has since closed fails before any answer;
         # that says nothing about the backend, so try again on another connection.
         while True:
@@ -148,13 +156,15 @@ class Relay:
                 request,
                 state.pool.host_header,
                 None if body is None else len(body),
-                outcome.request_id,
+                request_id,
             )
+            if client is not None:
+                conn.on_head = functools.partial(client.on_head, conn, may_retry=may_retry)
             try:
-                waiter = conn.send(request.method, head_bytes, body or b"")
+                waiter = conn.send(request.method, head_bytes, body or b"", self.idle)
                 if body is None:
                     await self._upload(request, conn)
-                return conn, await self._wait(waiter, conn)
+                return conn, await waiter
             except UpstreamError as exc:
                 conn.close()
                 if not exc.stale or body is None:
@@ -173,105 +183,33 @@ class Relay:
             await conn.write_body(b"%x\r\n%b\r\n" % (len(chunk), chunk))
         await conn.write_body(b"0\r\n\r\n")
 
-    async def _wait(
-        self, fut: asyncio.Future[ResponseHead], conn: UpstreamConnection
-    ) -> ResponseHead:
-        """Wait for `fut` while the backend keeps sending: the idle-read timeout bounds
-        the silence, not the whole exchange (loading a model can take minutes)."""
-        loop = conn.loop
-        conn.last_read = loop.time()
-        while True:
-            remaining = conn.last_read + self.idle - loop.time()
-            if remaining <= 0:
-                raise UpstreamError(f"no data from backend for {self.idle:g}s")
-            done, _ = await asyncio.wait((fut,), timeout=remaining)
-            if done:
-                return fut.result()
-
     async def _respond(
         self,
         request: web.Request,
         state: BackendState,
         conn: UpstreamConnection,
         head: ResponseHead,
+        client: ClientLeg,
         outcome: Outcome,
     ) -> web.StreamResponse:
         outcome.status = head.status
-        response = web.StreamResponse(status=head.status, reason=head.reason)
-        headers = response.headers
-        content_type = ""
-        for name, value in head.headers:
-            lname = name.lower()
-            if lname in HOP_BY_HOP:
-                continue
-            if lname == "content-type":
-                content_type = value
-            headers.add(name, value)
-        if content_type.startswith(_STREAM_TYPES):
-            headers["X-Accel-Buffering"] = "no"
-        headers[REQUEST_ID_HEADER] = outcome.request_id
-        for name, value in outcome.extra.items():
-            headers[name] = value
-
-        if head.chunked and request.version < (1, 1):
-            # An HTTP/1.0 client cannot read chunked framing: hand it the whole body.
+        if not client.started:
+            # Only an HTTP/1.0 client is left here: it cannot read chunked framing,
+            # so it gets the whole body at once.
             body = await conn.read_body()
-            response.content_length = len(body)
-            await response.prepare(request)
-            await response.write(body)
+            response = web.Response(status=head.status, reason=head.reason, body=body)
+            for name, value in client.response_headers(head):
+                response.headers.add(name, value)
             return response
-        if not head.chunked and head.content_length is not None:
-            response.content_length = head.content_length
-        writer = await response.prepare(request)
-        assert isinstance(writer, StreamWriter)
-        # The upstream's framing goes through verbatim; aiohttp must not add its own.
-        writer.chunked = False
-        first = conn.take_pending()
-        if first:
-            await writer.write(first)
-        else:
-            writer.send_headers()
-
-        transport = request.transport
-        protocol = request.protocol
-        assert transport is not None
-        paused = False
-
-        async def resume_after_drain() -> None:
-            nonlocal paused
-            try:
-                await writer.drain()
-            finally:
-                paused = False
-                conn.resume_reading()
-
-        def sink(data: bytes) -> None:
-            nonlocal paused
-            if transport.is_closing():
-                return
-            transport.write(data)
-            if protocol.writing_paused and not paused:
-                # A client that stops reading pauses the backend, not a growing buffer.
-                paused = True
-                conn.pause_reading()
-                asyncio.get_running_loop().create_task(resume_after_drain())
-
-        done = conn.attach(sink)
+        assert client.done is not None
         try:
-            await self._wait_done(done, conn, paused_check=lambda: paused)
+            await client.done
         except UpstreamError as exc:
             outcome.error = f"{state.label}: {exc}"
             state.failed(str(exc))
             log.warning("backend %s failed mid-stream: %s", state.label, exc)
-            at_boundary = conn.at_chunk_boundary()
-            conn.close()
-            if head.chunked and at_boundary and not transport.is_closing():
-                line = stream_error_line(content_type, str(exc))
-                transport.write(b"%x\r\n%b\r\n0\r\n\r\n" % (len(line), line))
-            else:
-                # Length-framed or cut inside a chunk: closing is the only honest signal.
-                transport.close()
-            return response
+            client.fail(conn, head, str(exc))
+            return client.response(head)
         except BaseException:
             # The client went away (handler cancelled): stop the backend generating.
             outcome.cancelled = True
@@ -280,21 +218,124 @@ class Relay:
         outcome.body_bytes = conn.body_bytes
         if head.status < 500:
             state.succeeded()
-        return response
+        return client.response(head)
 
-    async def _wait_done(
-        self, done: asyncio.Future[None], conn: UpstreamConnection, paused_check: object
-    ) -> None:
-        loop = conn.loop
-        while True:
-            remaining = conn.last_read + self.idle - loop.time()
-            if remaining <= 0:
-                if callable(paused_check) and paused_check():
-                    # Silent because we paused it for a slow client, not because it hung.
-                    conn.last_read = loop.time()
-                    continue
-                raise UpstreamError(f"backend sent nothing for {self.idle:g}s mid-stream")
-            finished, _ = await asyncio.wait((done,), timeout=remaining)
-            if finished:
-                done.result()
-                return
+
+class RelayedResponse(web.StreamResponse):
+    """What the handler returns once the relay has written the whole answer to the
+    transport itself: aiohttp must neither write a head nor an end of its own."""
+
+    def __init__(self, status: int, keep_alive: bool) -> None:
+        super().__init__(status=status)
+        self._relayed_keep_alive = keep_alive
+
+    @property
+    def keep_alive(self) -> bool:
+        return self._relayed_keep_alive
+
+    @property
+    def prepared(self) -> bool:
+        return True
+
+    async def prepare(self, request: BaseRequest) -> AbstractStreamWriter | None:
+        return None
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        return None
+
+
+class ClientLeg:
+    """The client side of one exchange. The response head is written from the
+    upstream protocol's callback the moment the backend's head arrives, and the body
+    follows from the same callbacks: no task switch between backend and client."""
+
+    def __init__(self, request: web.Request, outcome: Outcome) -> None:
+        transport = request.transport
+        assert transport is not None
+        self.transport = transport
+        self.protocol = request.protocol
+        self.version = request.version
+        self.keep_alive = request.keep_alive
+        self.outcome = outcome
+        self.started = False
+        self.paused = False
+        self.content_type = ""
+        self.done: asyncio.Future[None] | None = None
+        self.conn: UpstreamConnection | None = None
+        self.writer = request.writer
+
+    def response_headers(self, head: ResponseHead) -> list[tuple[str, str]]:
+        headers = []
+        for name, value in head.headers:
+            lname = name.lower()
+            if lname in HOP_BY_HOP:
+                continue
+            if lname == "content-type":
+                self.content_type = value
+            headers.append((name, value))
+        if self.content_type.startswith(_STREAM_TYPES):
+            headers.append(("X-Accel-Buffering", "no"))
+        headers.append((REQUEST_ID_HEADER, self.outcome.request_id))
+        headers.extend(self.outcome.extra.items())
+        return headers
+
+    def on_head(self, conn: UpstreamConnection, head: ResponseHead, may_retry: bool) -> None:
+        """Called by the upstream protocol as soon as the backend's head is parsed."""
+        if head.status >= 500 and may_retry:
+            return  # the handler retries on another backend; nothing sent yet
+        if head.chunked and self.version < (1, 1):
+            return  # the handler buffers the body for an HTTP/1.0 client
+        lines = [f"HTTP/1.1 {head.status} {head.reason}\r\n"]
+        lines += [f"{name}: {value}\r\n" for name, value in self.response_headers(head)]
+        if head.chunked:
+            lines.append("Transfer-Encoding: chunked\r\n")
+        elif head.content_length is not None:
+            lines.append(f"Content-Length: {head.content_length}\r\n")
+        elif not _bodiless(head.status):
+            self.keep_alive = False  # the body ends when the connection does
+        if not self.keep_alive:
+            lines.append("Connection: close\r\n")
+        lines.append("\r\n")
+        self.started = True
+        self.conn = conn
+        self.transport.write("".join(lines).encode("latin-1"))
+        self.done = conn.attach(self.sink)
+
+    def sink(self, data: bytes) -> None:
+        transport = self.transport
+        if transport.is_closing():
+            return
+        transport.write(data)
+        if self.protocol.writing_paused and not self.paused:
+            # A client that stops reading pauses the backend, not a growing buffer.
+            self.paused = True
+            assert self.conn is not None
+            self.conn.pause_reading()
+            asyncio.get_running_loop().create_task(self._resume_after_drain())
+
+    async def _resume_after_drain(self) -> None:
+        try:
+            await self.writer.drain()
+        finally:
+            self.paused = False
+            if self.conn is not None:
+                self.conn.resume_reading()
+
+    def fail(self, conn: UpstreamConnection, head: ResponseHead, message: str) -> None:
+        """End a started response after the backend failed, as Ollama does mid-stream."""
+        at_boundary = conn.at_chunk_boundary()
+        conn.close()
+        if head.chunked and at_boundary and not self.transport.is_closing():
+            line = stream_error_line(self.content_type, message)
+            self.transport.write(b"%x\r\n%b\r\n0\r\n\r\n" % (len(line), line))
+        else:
+            # Length-framed or cut inside a chunk: closing is the only honest signal.
+            self.keep_alive = False
+            self.transport.close()
+
+    def response(self, head: ResponseHead) -> RelayedResponse:
+        return RelayedResponse(head.status, self.keep_alive)
+
+
+def _bodiless(status: int) -> bool:
+    return status in (204, 304) or 100 <= status < 200

@@ -9,9 +9,10 @@ and the absence of any healthy backend.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import os
 import time
-import uuid
 from typing import Any
 
 import orjson
@@ -20,10 +21,11 @@ from aiohttp import web
 from proxy.backends import BackendPool, BackendState, NoBackend
 from proxy.config import Config
 from proxy.errors import error_response
+from proxy.logs import AccessLog
 from proxy.protocol import JSON, MODEL_ADMIN_PATHS, MODEL_ROUTED_PATHS, REQUEST_ID_HEADER
 from proxy.relay import Outcome, Relay
 
-log = logging.getLogger("autoroute.access")
+log = logging.getLogger("autoroute.server")
 
 # Lists the proxy assembles from every backend when there is more than one.
 MERGED_PATHS = {"/api/tags": "models", "/api/ps": "models", "/v1/models": "data"}
@@ -52,19 +54,30 @@ class Proxy:
     def __init__(self, config: Config) -> None:
         self.config = config
         self._background: set[asyncio.Task[None]] = set()
+        logging_on = config.logging.access and log.isEnabledFor(logging.INFO)
+        self.access = AccessLog(enabled=logging_on)
+        # Request ids: a random prefix per process and a counter, unique without a
+        # syscall or a uuid per request.
+        self._id_prefix = os.urandom(6).hex()
+        self._id_counter = itertools.count(1)
+
+    def _new_request_id(self) -> str:
+        return f"{self._id_prefix}{next(self._id_counter):010x}"
 
     async def start(self, app: web.Application) -> None:
         self.backends = BackendPool(self.config)
         self.relay = Relay(self.config, self.backends)
         await self.backends.start()
+        self.access.start()
 
     async def stop(self, app: web.Application) -> None:
         for task in list(self._background):
             task.cancel()
         await self.backends.stop()
+        await self.access.stop()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+        request_id = request.headers.get(REQUEST_ID_HEADER) or self._new_request_id()
         outcome = Outcome(request_id)
         started = time.perf_counter()
         response: web.StreamResponse | None = None
@@ -84,22 +97,20 @@ class Proxy:
             if response is not None and not response.prepared:
                 response.headers[REQUEST_ID_HEADER] = request_id
                 outcome.status = response.status
-            log.info(
-                "request",
-                extra={
-                    "fields": {
-                        "request_id": request_id,
-                        "method": request.method,
-                        "path": request.path,
-                        "status": outcome.status,
-                        "backend": outcome.backend,
-                        "attempts": outcome.attempts,
-                        "bytes": outcome.body_bytes,
-                        "ms": round((time.perf_counter() - started) * 1000, 3),
-                        "error": outcome.error or None,
-                        "cancelled": outcome.cancelled or None,
-                    }
-                },
+            self.access.record(
+                {
+                    "request_id": request_id,
+                    "method": request.method,
+                    "path": request.path,
+                    "model": outcome.model,
+                    "status": outcome.status,
+                    "backend": outcome.backend,
+                    "attempts": outcome.attempts,
+                    "bytes": outcome.body_bytes,
+                    "ms": round((time.perf_counter() - started) * 1000, 3),
+                    "error": outcome.error,
+                    "cancelled": outcome.cancelled or None,
+                }
             )
         return response
 
@@ -108,7 +119,8 @@ class Proxy:
         method = request.method
         if method == "POST" and path in MODEL_ROUTED_PATHS:
             body = await request.read()
-            return await self.relay.forward(request, outcome, body, model_of(body))
+            outcome.model = model_of(body)
+            return await self.relay.forward(request, outcome, body, outcome.model)
         if path == HEALTH_PATH:
             return self._health()
         if path in MERGED_PATHS and method in ("GET", "HEAD") and len(self.backends.states) > 1:
@@ -170,9 +182,8 @@ class Proxy:
         return await self.relay.forward(request, outcome, body, model, only=primary)
 
     async def _replicate(self, request: web.Request, state: BackendState, body: bytes) -> None:
-        outcome = Outcome(uuid.uuid4().hex)
         try:
-            conn, head = await self.relay._exchange(request, state, body, outcome)
+            conn, head = await self.relay._exchange(request, state, body, None)
             await conn.read_body()
         except Exception as exc:  # a replica failing must not touch the client's answer
             log.warning("%s %s on %s failed: %s", request.method, request.path, state.label, exc)

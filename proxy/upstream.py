@@ -11,10 +11,10 @@ know where the body ends so that the connection can be reused.
 from __future__ import annotations
 
 import asyncio
-from typing import cast
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 MAX_HEAD_BYTES = 64 * 1024
 
@@ -115,6 +115,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._done: asyncio.Future[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
         self._write_paused = False
+        self._read_paused = False
+        self._watchdog: asyncio.TimerHandle | None = None
+        # Called with the parsed head, from `data_received`, before any body byte.
+        self.on_head: Callable[[ResponseHead], None] | None = None
 
     # asyncio.Protocol
 
@@ -163,6 +167,8 @@ class UpstreamConnection(asyncio.Protocol):
                 self._left = self.head.content_length or 0
             data = bytes(self._head_buf[end + 4 :])
             self._head_buf.clear()
+            if self.on_head is not None:
+                self.on_head(self.head)
             waiter = self._head_waiter
             if waiter is not None and not waiter.done():
                 waiter.set_result(self.head)
@@ -232,6 +238,7 @@ class UpstreamConnection(asyncio.Protocol):
     def _finish(self, reusable: bool) -> None:
         done = self._done
         self._mode = _NONE
+        self._stop_watchdog()
         if done is not None and not done.done():
             done.set_result(None)
         # Without a consumer yet, the buffered body is still needed: `attach` or
@@ -256,6 +263,7 @@ class UpstreamConnection(asyncio.Protocol):
     def close(self) -> None:
         """Abort the connection: the backend sees the client leave and stops generating."""
         self._mode = _NONE
+        self._stop_watchdog()
         for fut in (self._head_waiter, self._done):
             if fut is None:
                 continue
@@ -270,14 +278,41 @@ class UpstreamConnection(asyncio.Protocol):
 
     # Used by the relay
 
-    def send(self, method: str, head: bytes, body: bytes = b"") -> asyncio.Future[ResponseHead]:
+    def send(
+        self, method: str, head: bytes, body: bytes, idle_timeout: float
+    ) -> asyncio.Future[ResponseHead]:
+        """Start an exchange. The backend may stay silent for at most `idle_timeout`
+        seconds at a time (waiting for the head or between chunks); there is no bound
+        on the whole exchange, since loading a model or a long answer is legitimate."""
         assert self.transport is not None
         self._method = method
         self.body_bytes = 0
         self._head_waiter = self.loop.create_future()
         self._done = self.loop.create_future()
+        self._idle_timeout = idle_timeout
+        self.last_read = self.loop.time()
+        self._watchdog = self.loop.call_at(self.last_read + idle_timeout, self._check_idle)
         self.transport.write(head + body if body else head)
         return self._head_waiter
+
+    def _check_idle(self) -> None:
+        # One timer per exchange, re-armed lazily: cheaper than one per chunk.
+        self._watchdog = None
+        now = self.loop.time()
+        if self._read_paused:
+            self.last_read = now  # silent because we paused it for a slow client
+        deadline = self.last_read + self._idle_timeout
+        if now >= deadline:
+            self._fail(
+                UpstreamError(f"no data from backend for {self._idle_timeout:g}s"), close=True
+            )
+        else:
+            self._watchdog = self.loop.call_at(deadline, self._check_idle)
+
+    def _stop_watchdog(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
 
     async def write_body(self, data: bytes) -> None:
         """Send part of a streamed request body, waiting while the backend is behind."""
@@ -322,10 +357,13 @@ class UpstreamConnection(asyncio.Protocol):
         return dechunk(raw) if head is not None and head.chunked else raw
 
     def pause_reading(self) -> None:
+        self._read_paused = True
         if self.transport is not None:
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
+        self._read_paused = False
+        self.last_read = self.loop.time()
         if self.transport is not None:
             self.transport.resume_reading()
 

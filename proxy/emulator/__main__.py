@@ -22,9 +22,12 @@ def main() -> None:
     args = parser.parse_args()
     settings = EmulatorSettings(
         models=tuple(m for m in args.models.split(",") if m) if args.models else None,
-        load_seconds=args.load_seconds, tokens_per_second=args.tokens_per_second,
-        chunk_delay_ms=args.chunk_delay_ms, default_tokens=args.default_tokens,
-        frozen_clock=args.frozen_clock)
+        load_seconds=args.load_seconds,
+        tokens_per_second=args.tokens_per_second,
+        chunk_delay_ms=args.chunk_delay_ms,
+        default_tokens=args.default_tokens,
+        frozen_clock=args.frozen_clock,
+    )
     web.run_app(create_app(settings), host=args.host, port=args.port, print=None)
 
 

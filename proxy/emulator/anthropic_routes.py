@@ -28,11 +28,20 @@ def _state(request: web.Request) -> EmulatorState:
 
 
 def anthropic_error(state: EmulatorState, status: int, message: str, key: str) -> dict[str, Any]:
-    etype = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-             404: "not_found_error", 429: "rate_limit_error", 503: "overloaded_error",
-             529: "overloaded_error"}.get(status, "api_error")
-    return {"type": "error", "error": {"type": etype, "message": message},
-            "request_id": "req_" + _hex(state, key, "req")}
+    etype = {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        403: "permission_error",
+        404: "not_found_error",
+        429: "rate_limit_error",
+        503: "overloaded_error",
+        529: "overloaded_error",
+    }.get(status, "api_error")
+    return {
+        "type": "error",
+        "error": {"type": etype, "message": message},
+        "request_id": "req_" + _hex(state, key, "req"),
+    }
 
 
 def _hex(state: EmulatorState, key: str, salt: str) -> str:
@@ -62,21 +71,43 @@ def chat_from_anthropic(body: dict[str, Any]) -> dict[str, Any]:
             if b.get("type") == "text":
                 text += str(b.get("text") or "")
             elif b.get("type") == "tool_use":
-                calls.append({"id": b.get("id"), "function": {"name": b.get("name"),
-                                                              "arguments": b.get("input") or {}}})
+                calls.append(
+                    {
+                        "id": b.get("id"),
+                        "function": {"name": b.get("name"), "arguments": b.get("input") or {}},
+                    }
+                )
             elif b.get("type") == "tool_result":
-                results.append({"role": "tool", "content": _text_of(b.get("content")) if
-                                not isinstance(b.get("content"), str) else b["content"]})
+                results.append(
+                    {
+                        "role": "tool",
+                        "content": _text_of(b.get("content"))
+                        if not isinstance(b.get("content"), str)
+                        else b["content"],
+                    }
+                )
         messages += results
         if text or calls:
             messages.append({"role": role, "content": text, "tool_calls": calls})
-    tools = [{"type": "function", "function": {"name": t.get("name"),
-                                               "description": t.get("description", ""),
-                                               "parameters": t.get("input_schema") or {}}}
-             for t in body.get("tools") or [] if isinstance(t, dict)]
-    out: dict[str, Any] = {"model": body.get("model") or "", "messages": messages,
-                           "options": {"num_predict": body.get("max_tokens") or 0},
-                           "tools": tools, "stream": bool(body.get("stream"))}
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": t.get("name"),
+                "description": t.get("description", ""),
+                "parameters": t.get("input_schema") or {},
+            },
+        }
+        for t in body.get("tools") or []
+        if isinstance(t, dict)
+    ]
+    out: dict[str, Any] = {
+        "model": body.get("model") or "",
+        "messages": messages,
+        "options": {"num_predict": body.get("max_tokens") or 0},
+        "tools": tools,
+        "stream": bool(body.get("stream")),
+    }
     thinking = (body.get("thinking") or {}).get("type")
     if thinking in ("enabled", "disabled"):
         out["think"] = thinking == "enabled"
@@ -109,15 +140,26 @@ class AnthropicSink(ChatSink):
     async def _open(self, model: str, kind: str, block: dict[str, Any]) -> None:
         if not self.started:
             self.started = True
-            await self._event({"type": "message_start", "message": {
-                "id": self.msg_id, "type": "message", "role": "assistant", "model": model,
-                "content": [], "usage": {"input_tokens": 0, "output_tokens": 0}}})
+            await self._event(
+                {
+                    "type": "message_start",
+                    "message": {
+                        "id": self.msg_id,
+                        "type": "message",
+                        "role": "assistant",
+                        "model": model,
+                        "content": [],
+                        "usage": {"input_tokens": 0, "output_tokens": 0},
+                    },
+                }
+            )
         if self.block_kind != kind:
             await self._close()
             self.block += 1
             self.block_kind = kind
-            await self._event({"type": "content_block_start", "index": self.block,
-                               "content_block": block})
+            await self._event(
+                {"type": "content_block_start", "index": self.block, "content_block": block}
+            )
 
     async def _close(self) -> None:
         if self.block_kind:
@@ -129,41 +171,80 @@ class AnthropicSink(ChatSink):
             return
         if piece.thinking:
             await self._open(model, "thinking", {"type": "thinking", "thinking": ""})
-            await self._event({"type": "content_block_delta", "index": self.block,
-                               "delta": {"type": "thinking_delta", "thinking": piece.thinking}})
+            await self._event(
+                {
+                    "type": "content_block_delta",
+                    "index": self.block,
+                    "delta": {"type": "thinking_delta", "thinking": piece.thinking},
+                }
+            )
         for call in piece.tool_calls:
             fn = call["function"]
-            await self._open(model, "tool_use:" + call["id"], {
-                "type": "tool_use", "id": call["id"], "name": fn["name"], "input": {}})
-            await self._event({"type": "content_block_delta", "index": self.block, "delta": {
-                "type": "input_json_delta", "partial_json": dumps(fn["arguments"]).decode()}})
+            await self._open(
+                model,
+                "tool_use:" + call["id"],
+                {"type": "tool_use", "id": call["id"], "name": fn["name"], "input": {}},
+            )
+            await self._event(
+                {
+                    "type": "content_block_delta",
+                    "index": self.block,
+                    "delta": {
+                        "type": "input_json_delta",
+                        "partial_json": dumps(fn["arguments"]).decode(),
+                    },
+                }
+            )
         if piece.content:
             await self._open(model, "text", {"type": "text", "text": ""})
-            await self._event({"type": "content_block_delta", "index": self.block,
-                               "delta": {"type": "text_delta", "text": piece.content}})
+            await self._event(
+                {
+                    "type": "content_block_delta",
+                    "index": self.block,
+                    "delta": {"type": "text_delta", "text": piece.content},
+                }
+            )
 
-    async def done(self, model: str, created_ns: int, reason: str, message: dict[str, Any],
-                   m: dict[str, int]) -> web.StreamResponse:
+    async def done(
+        self, model: str, created_ns: int, reason: str, message: dict[str, Any], m: dict[str, int]
+    ) -> web.StreamResponse:
         calls = message.get("tool_calls") or []
         stop = "tool_use" if calls else _STOP.get(reason, reason)
-        usage = {"input_tokens": m.get("prompt_eval_count", 0),
-                 "output_tokens": m.get("eval_count", 0)}
+        usage = {
+            "input_tokens": m.get("prompt_eval_count", 0),
+            "output_tokens": m.get("eval_count", 0),
+        }
         if not self.stream:
             content: list[dict[str, Any]] = []
             if message.get("thinking"):
                 content.append({"type": "thinking", "thinking": message["thinking"]})
             if message.get("content"):
                 content.append({"type": "text", "text": message["content"]})
-            content += [{"type": "tool_use", "id": c["id"], "name": c["function"]["name"],
-                         "input": c["function"]["arguments"]} for c in calls]
-            return encoder_json(200, {"id": self.msg_id, "type": "message", "role": "assistant",
-                                      "model": model, "content": content, "stop_reason": stop,
-                                      "usage": usage})
+            content += [
+                {
+                    "type": "tool_use",
+                    "id": c["id"],
+                    "name": c["function"]["name"],
+                    "input": c["function"]["arguments"],
+                }
+                for c in calls
+            ]
+            return encoder_json(
+                200,
+                {
+                    "id": self.msg_id,
+                    "type": "message",
+                    "role": "assistant",
+                    "model": model,
+                    "content": content,
+                    "stop_reason": stop,
+                    "usage": usage,
+                },
+            )
         if not self.started:
             await self._open(model, "text", {"type": "text", "text": ""})
         await self._close()
-        await self._event({"type": "message_delta", "delta": {"stop_reason": stop},
-                           "usage": usage})
+        await self._event({"type": "message_delta", "delta": {"stop_reason": stop}, "usage": usage})
         await self._event({"type": "message_stop"})
         return await self.out.finish()
 
@@ -172,10 +253,20 @@ async def handle_messages(request: web.Request) -> web.StreamResponse:
     state = _state(request)
     key = str(time.monotonic_ns())
     try:
-        body = await read_oa_body(request, "MessagesRequest", {
-            "model": "string", "max_tokens": "int", "messages": "[]anthropic.MessageParam",
-            "system": "any", "stream": "bool", "temperature": "float",
-            "tools": "[]anthropic.Tool", "thinking": "map"})
+        body = await read_oa_body(
+            request,
+            "MessagesRequest",
+            {
+                "model": "string",
+                "max_tokens": "int",
+                "messages": "[]anthropic.MessageParam",
+                "system": "any",
+                "stream": "bool",
+                "temperature": "float",
+                "tools": "[]anthropic.Tool",
+                "thinking": "map",
+            },
+        )
         if not body.get("model"):
             raise Refusal(400, "model is required")
         if not body.get("max_tokens") or body["max_tokens"] <= 0:
@@ -189,5 +280,4 @@ async def handle_messages(request: web.Request) -> web.StreamResponse:
         job = prepare_chat(state, chat, relax_thinking=True, limit_is_cap=True)
     except Refusal as exc:
         return encoder_json(exc.status, anthropic_error(state, exc.status, exc.message, key))
-    return await run_chat(request, job, AnthropicSink(request, bool(body.get("stream")),
-                                                      job.key))
+    return await run_chat(request, job, AnthropicSink(request, bool(body.get("stream")), job.key))

@@ -66,8 +66,7 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/v1/messages", anthropic_routes.handle_messages),
 )
 
-FAULT_PATHS = frozenset({"/api/generate", "/api/chat", "/v1/chat/completions",
-                         "/v1/completions"})
+FAULT_PATHS = frozenset({"/api/generate", "/api/chat", "/v1/chat/completions", "/v1/completions"})
 _RUNNER_DIED = "llama runner process has terminated: exit status 2"
 _GARBAGE = b"\x00\x16\x03 this is not HTTP \xff\xfe\r\n\r\n"
 
@@ -100,9 +99,12 @@ async def _first_chunk(request: web.Request) -> web.StreamResponse:
     resp = web.StreamResponse(status=200, headers={"Content-Type": SSE if sse else NDJSON})
     resp.enable_chunked_encoding()
     await resp.prepare(request)
-    chunk = (b'data: {"id":"chatcmpl-0","object":"chat.completion.chunk","choices":[]}\n\n'
-             if sse else b'{"model":"emulator","created_at":"2025-01-01T00:00:00Z",'
-                         b'"response":"","done":false}\n')
+    chunk = (
+        b'data: {"id":"chatcmpl-0","object":"chat.completion.chunk","choices":[]}\n\n'
+        if sse
+        else b'{"model":"emulator","created_at":"2025-01-01T00:00:00Z",'
+        b'"response":"","done":false}\n'
+    )
     await resp.write(chunk)
     return resp
 
@@ -141,7 +143,7 @@ async def _gin(request: web.Request, handler: Handler) -> web.StreamResponse:
     if len(request.path) > 1 and request.path.endswith("/"):
         # Gin never matches a trailing slash here (aiohttp would): redirect or 404.
         return _trailing_slash_redirect(request) or gin_not_found()
-    if (state.fault != "none" and request.method == "POST" and request.path in FAULT_PATHS):
+    if state.fault != "none" and request.method == "POST" and request.path in FAULT_PATHS:
         return await _fault(request, state)
     try:
         return await handler(request)
@@ -171,7 +173,7 @@ async def _set_fault(request: web.Request) -> web.Response:
     try:
         body = decode_json(await request.read())
     except (EOFError, BodyError):
-        return error(400, "expected {\"mode\": ...}")
+        return error(400, 'expected {"mode": ...}')
     mode = body.get("mode") if isinstance(body, dict) else None
     if mode not in FAULT_MODES:
         return error(400, f"mode must be one of {', '.join(FAULT_MODES)}")
@@ -180,8 +182,9 @@ async def _set_fault(request: web.Request) -> web.Response:
 
 
 async def _get_state(request: web.Request) -> web.Response:
-    return web.Response(body=dumps(request.app[STATE_KEY].snapshot()),
-                        content_type="application/json")
+    return web.Response(
+        body=dumps(request.app[STATE_KEY].snapshot()), content_type="application/json"
+    )
 
 
 def create_app(settings: EmulatorSettings | None = None) -> web.Application:

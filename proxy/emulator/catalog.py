@@ -30,11 +30,13 @@ _LLAMA3 = (
     "{{ .Content }}<|eot_id|>{{ end }}<|start_header_id|>assistant<|end_header_id|>\n\n"
 )
 _GEMMA = (
-    "{{- range .Messages }}<start_of_turn>{{ if eq .Role \"user\" }}user{{ else }}model"
+    '{{- range .Messages }}<start_of_turn>{{ if eq .Role "user" }}user{{ else }}model'
     "{{ end }}\n{{ .Content }}<end_of_turn>\n{{ end }}<start_of_turn>model\n"
 )
-_MISTRAL = "{{- if .Tools }}[AVAILABLE_TOOLS] {{ json .Tools }}[/AVAILABLE_TOOLS]{{ end }}" \
+_MISTRAL = (
+    "{{- if .Tools }}[AVAILABLE_TOOLS] {{ json .Tools }}[/AVAILABLE_TOOLS]{{ end }}"
     "{{- range .Messages }}[INST] {{ .Content }}[/INST]{{ end }}"
+)
 _QWEN3 = _CHATML_TOOLS + "{{ if .Thinking }}<think>\n{{ .Thinking }}\n</think>\n{{ end }}"
 _EMBED = "{{ .Prompt }}"
 
@@ -89,12 +91,16 @@ class ModelSpec:
 
     def layers(self) -> list[tuple[str, int]]:
         """(digest, size) of each manifest layer, weights first, as pull reports them."""
-        small = [("template", len(self.template)), ("license", 1 + len(self.license)),
-                 ("params", 96)]
+        small = [
+            ("template", len(self.template)),
+            ("license", 1 + len(self.license)),
+            ("params", 96),
+        ]
         out = [(self.model_digest, self.size - sum(s for _, s in small))]
         for kind, size in small:
-            out.append(("sha256:" + hashlib.sha256(f"{kind}:{self.name}".encode())
-                        .hexdigest(), size))
+            out.append(
+                ("sha256:" + hashlib.sha256(f"{kind}:{self.name}".encode()).hexdigest(), size)
+            )
         return out
 
     def details(self) -> dict[str, Any]:
@@ -138,9 +144,9 @@ def normalize_name(name: str) -> str:
     """`llama3.1` -> `llama3.1:latest`; drops the default registry/namespace prefix."""
     name = name.strip()
     if name.lower().startswith(_REGISTRY_PREFIX):
-        name = name[len(_REGISTRY_PREFIX):]
+        name = name[len(_REGISTRY_PREFIX) :]
     elif name.lower().startswith("library/"):
-        name = name[len("library/"):]
+        name = name[len("library/") :]
     last = name.rsplit("/", 1)[-1]
     if ":" not in last:
         name += ":latest"
@@ -166,51 +172,218 @@ def valid_name(name: str) -> bool:
 _TOOLS = ("completion", "tools")
 
 CATALOG: tuple[ModelSpec, ...] = (
-    ModelSpec("qwen2.5:7b", "qwen2", "7.6B", "Q4_K_M", 4_683_087_332, 7_615_616_512, 32768,
-              3584, _TOOLS, "2025-03-14T09:12:44.118203517Z", _CHATML_TOOLS,
-              stop=("<|im_start|>", "<|im_end|>"), block_count=28, head_count=28,
-              head_count_kv=4, license="Apache License 2.0"),
-    ModelSpec("qwen2.5-coder:7b", "qwen2", "7.6B", "Q4_K_M", 4_683_087_519, 7_615_616_512,
-              32768, 3584, (*_TOOLS, "insert"), "2025-03-13T17:40:02.5531882Z",
-              _FIM + _CHATML_TOOLS, stop=("<|im_start|>", "<|im_end|>"), block_count=28,
-              head_count=28, head_count_kv=4, license="Apache License 2.0"),
-    ModelSpec("llama3.1:8b", "llama", "8.0B", "Q4_K_M", 4_920_753_328, 8_030_261_248, 131072,
-              4096, _TOOLS, "2025-03-12T11:05:37.90412Z", _LLAMA3,
-              stop=("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
-              license="LLAMA 3.1 COMMUNITY LICENSE AGREEMENT"),
-    ModelSpec("gemma2:9b", "gemma2", "9.2B", "Q4_0", 5_443_152_417, 9_241_705_984, 8192, 3584,
-              ("completion",), "2025-03-11T08:22:19.003311452Z", _GEMMA,
-              stop=("<start_of_turn>", "<end_of_turn>"), block_count=42, head_count=16,
-              file_type=2, license="Gemma Terms of Use"),
-    ModelSpec("mistral:7b", "llama", "7.2B", "Q4_0", 4_113_301_824, 7_248_023_552, 32768, 4096,
-              _TOOLS, "2025-03-10T15:48:51.64172Z", _MISTRAL,
-              stop=("[INST]", "[/INST]"), file_type=2, license="Apache License 2.0"),
-    ModelSpec("codegemma:7b", "gemma", "9B", "Q4_0", 5_011_852_809, 8_537_680_896, 8192, 3072,
-              ("completion", "insert"), "2025-03-09T10:31:08.27705Z", _FIM + _GEMMA,
-              stop=("<start_of_turn>", "<end_of_turn>", "<|fim_prefix|>"), block_count=28,
-              head_count=16, head_count_kv=16, file_type=2, license="Gemma Terms of Use"),
-    ModelSpec("llama3.3:70b", "llama", "70.6B", "Q4_K_M", 42_520_413_916, 70_553_706_496,
-              131072, 8192, _TOOLS, "2025-03-08T19:02:55.370069Z", _LLAMA3,
-              stop=("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
-              block_count=80, head_count=64, license="LLAMA 3.3 COMMUNITY LICENSE AGREEMENT"),
-    ModelSpec("mixtral:8x7b", "llama", "46.7B", "Q4_0", 26_442_481_545, 46_702_792_704, 32768,
-              4096, _TOOLS, "2025-03-07T13:27:40.81998Z", _MISTRAL,
-              stop=("[INST]", "[/INST]"), file_type=2, license="Apache License 2.0"),
-    ModelSpec("qwen3:8b", "qwen3", "8.2B", "Q4_K_M", 5_225_388_164, 8_190_735_360, 40960, 4096,
-              (*_TOOLS, "thinking"), "2025-03-15T21:54:12.6613Z", _QWEN3,
-              stop=("<|im_start|>", "<|im_end|>"), block_count=36, license="Apache License 2.0",
-              extra_parameters=(("repeat_penalty", 1), ("temperature", 0.6), ("top_k", 20),
-                                ("top_p", 0.95))),
-    ModelSpec("llava:7b", "llama", "7B", "Q4_0", 4_733_363_377, 7_241_732_096, 32768, 4096,
-              ("completion", "vision"), "2025-03-06T07:14:33.205511Z", _MISTRAL,
-              families=("llama", "clip"), stop=("[INST]", "[/INST]"), file_type=2,
-              license="Apache License 2.0"),
-    ModelSpec("nomic-embed-text:latest", "nomic-bert", "137M", "F16", 274_302_450, 136_727_040,
-              2048, 768, ("embedding",), "2025-03-05T12:00:41.58391Z", _EMBED, block_count=12,
-              head_count=12, head_count_kv=12, file_type=1, license="Apache License 2.0"),
-    ModelSpec("all-minilm:latest", "bert", "23M", "F16", 45_960_996, 22_565_376, 512, 384,
-              ("embedding",), "2025-03-04T16:45:09.117Z", _EMBED, block_count=6,
-              head_count=12, head_count_kv=12, file_type=1, license="Apache License 2.0"),
+    ModelSpec(
+        "qwen2.5:7b",
+        "qwen2",
+        "7.6B",
+        "Q4_K_M",
+        4_683_087_332,
+        7_615_616_512,
+        32768,
+        3584,
+        _TOOLS,
+        "2025-03-14T09:12:44.118203517Z",
+        _CHATML_TOOLS,
+        stop=("<|im_start|>", "<|im_end|>"),
+        block_count=28,
+        head_count=28,
+        head_count_kv=4,
+        license="Apache License 2.0",
+    ),
+    ModelSpec(
+        "qwen2.5-coder:7b",
+        "qwen2",
+        "7.6B",
+        "Q4_K_M",
+        4_683_087_519,
+        7_615_616_512,
+        32768,
+        3584,
+        (*_TOOLS, "insert"),
+        "2025-03-13T17:40:02.5531882Z",
+        _FIM + _CHATML_TOOLS,
+        stop=("<|im_start|>", "<|im_end|>"),
+        block_count=28,
+        head_count=28,
+        head_count_kv=4,
+        license="Apache License 2.0",
+    ),
+    ModelSpec(
+        "llama3.1:8b",
+        "llama",
+        "8.0B",
+        "Q4_K_M",
+        4_920_753_328,
+        8_030_261_248,
+        131072,
+        4096,
+        _TOOLS,
+        "2025-03-12T11:05:37.90412Z",
+        _LLAMA3,
+        stop=("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+        license="LLAMA 3.1 COMMUNITY LICENSE AGREEMENT",
+    ),
+    ModelSpec(
+        "gemma2:9b",
+        "gemma2",
+        "9.2B",
+        "Q4_0",
+        5_443_152_417,
+        9_241_705_984,
+        8192,
+        3584,
+        ("completion",),
+        "2025-03-11T08:22:19.003311452Z",
+        _GEMMA,
+        stop=("<start_of_turn>", "<end_of_turn>"),
+        block_count=42,
+        head_count=16,
+        file_type=2,
+        license="Gemma Terms of Use",
+    ),
+    ModelSpec(
+        "mistral:7b",
+        "llama",
+        "7.2B",
+        "Q4_0",
+        4_113_301_824,
+        7_248_023_552,
+        32768,
+        4096,
+        _TOOLS,
+        "2025-03-10T15:48:51.64172Z",
+        _MISTRAL,
+        stop=("[INST]", "[/INST]"),
+        file_type=2,
+        license="Apache License 2.0",
+    ),
+    ModelSpec(
+        "codegemma:7b",
+        "gemma",
+        "9B",
+        "Q4_0",
+        5_011_852_809,
+        8_537_680_896,
+        8192,
+        3072,
+        ("completion", "insert"),
+        "2025-03-09T10:31:08.27705Z",
+        _FIM + _GEMMA,
+        stop=("<start_of_turn>", "<end_of_turn>", "<|fim_prefix|>"),
+        block_count=28,
+        head_count=16,
+        head_count_kv=16,
+        file_type=2,
+        license="Gemma Terms of Use",
+    ),
+    ModelSpec(
+        "llama3.3:70b",
+        "llama",
+        "70.6B",
+        "Q4_K_M",
+        42_520_413_916,
+        70_553_706_496,
+        131072,
+        8192,
+        _TOOLS,
+        "2025-03-08T19:02:55.370069Z",
+        _LLAMA3,
+        stop=("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+        block_count=80,
+        head_count=64,
+        license="LLAMA 3.3 COMMUNITY LICENSE AGREEMENT",
+    ),
+    ModelSpec(
+        "mixtral:8x7b",
+        "llama",
+        "46.7B",
+        "Q4_0",
+        26_442_481_545,
+        46_702_792_704,
+        32768,
+        4096,
+        _TOOLS,
+        "2025-03-07T13:27:40.81998Z",
+        _MISTRAL,
+        stop=("[INST]", "[/INST]"),
+        file_type=2,
+        license="Apache License 2.0",
+    ),
+    ModelSpec(
+        "qwen3:8b",
+        "qwen3",
+        "8.2B",
+        "Q4_K_M",
+        5_225_388_164,
+        8_190_735_360,
+        40960,
+        4096,
+        (*_TOOLS, "thinking"),
+        "2025-03-15T21:54:12.6613Z",
+        _QWEN3,
+        stop=("<|im_start|>", "<|im_end|>"),
+        block_count=36,
+        license="Apache License 2.0",
+        extra_parameters=(
+            ("repeat_penalty", 1),
+            ("temperature", 0.6),
+            ("top_k", 20),
+            ("top_p", 0.95),
+        ),
+    ),
+    ModelSpec(
+        "llava:7b",
+        "llama",
+        "7B",
+        "Q4_0",
+        4_733_363_377,
+        7_241_732_096,
+        32768,
+        4096,
+        ("completion", "vision"),
+        "2025-03-06T07:14:33.205511Z",
+        _MISTRAL,
+        families=("llama", "clip"),
+        stop=("[INST]", "[/INST]"),
+        file_type=2,
+        license="Apache License 2.0",
+    ),
+    ModelSpec(
+        "nomic-embed-text:latest",
+        "nomic-bert",
+        "137M",
+        "F16",
+        274_302_450,
+        136_727_040,
+        2048,
+        768,
+        ("embedding",),
+        "2025-03-05T12:00:41.58391Z",
+        _EMBED,
+        block_count=12,
+        head_count=12,
+        head_count_kv=12,
+        file_type=1,
+        license="Apache License 2.0",
+    ),
+    ModelSpec(
+        "all-minilm:latest",
+        "bert",
+        "23M",
+        "F16",
+        45_960_996,
+        22_565_376,
+        512,
+        384,
+        ("embedding",),
+        "2025-03-04T16:45:09.117Z",
+        _EMBED,
+        block_count=6,
+        head_count=12,
+        head_count_kv=12,
+        file_type=1,
+        license="Apache License 2.0",
+    ),
 )
 
 REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in CATALOG}

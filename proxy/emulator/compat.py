@@ -37,8 +37,11 @@ def _text_of(content: Any) -> str:
     if isinstance(content, str):
         return content
     parts = content if isinstance(content, list) else []
-    return "".join(str(p.get("text", "")) for p in parts
-                   if isinstance(p, dict) and p.get("type") in ("input_text", "output_text"))
+    return "".join(
+        str(p.get("text", ""))
+        for p in parts
+        if isinstance(p, dict) and p.get("type") in ("input_text", "output_text")
+    )
 
 
 def chat_from_responses(body: dict[str, Any]) -> dict[str, Any]:
@@ -53,23 +56,41 @@ def chat_from_responses(body: dict[str, Any]) -> dict[str, Any]:
             raise Refusal(400, "invalid input item")
         kind = item.get("type", "message")
         if kind == "message":
-            messages.append({"role": item.get("role", "user"),
-                             "content": _text_of(item.get("content"))})
+            messages.append(
+                {"role": item.get("role", "user"), "content": _text_of(item.get("content"))}
+            )
         elif kind == "function_call_output":
             messages.append({"role": "tool", "content": str(item.get("output", ""))})
         elif kind == "function_call":
-            messages.append({"role": "assistant", "content": "", "tool_calls": [
-                {"function": {"name": item.get("name", ""), "arguments": {}}}]})
-    tools = [{"type": "function", "function": {"name": t.get("name"),
-                                               "description": t.get("description", ""),
-                                               "parameters": t.get("parameters") or {}}}
-             for t in body.get("tools") or [] if isinstance(t, dict)]
+            messages.append(
+                {
+                    "role": "assistant",
+                    "content": "",
+                    "tool_calls": [{"function": {"name": item.get("name", ""), "arguments": {}}}],
+                }
+            )
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": t.get("name"),
+                "description": t.get("description", ""),
+                "parameters": t.get("parameters") or {},
+            },
+        }
+        for t in body.get("tools") or []
+        if isinstance(t, dict)
+    ]
     options: dict[str, Any] = {}
     if body.get("max_output_tokens") is not None:
         options["num_predict"] = body["max_output_tokens"]
-    out: dict[str, Any] = {"model": body.get("model") or "", "messages": messages,
-                           "options": options, "tools": tools,
-                           "stream": body.get("stream") is True}
+    out: dict[str, Any] = {
+        "model": body.get("model") or "",
+        "messages": messages,
+        "options": options,
+        "tools": tools,
+        "stream": body.get("stream") is True,
+    }
     effort = (body.get("reasoning") or {}).get("effort")
     if effort:
         out["think"] = False if effort == "none" else effort
@@ -102,59 +123,98 @@ class ResponsesSink(ChatSink):
     async def _event(self, name: str, data: dict[str, Any]) -> None:
         data = {**data, "type": name, "sequence_number": self.seq}
         self.seq += 1
-        await self.out.send(f"event: {name}\ndata: ".encode() + dumps(data, sort_keys=True)
-                            + b"\n\n")
+        await self.out.send(
+            f"event: {name}\ndata: ".encode() + dumps(data, sort_keys=True) + b"\n\n"
+        )
 
-    def _response(self, model: str, status: str, output: list[Any],
-                  usage: dict[str, Any] | None) -> dict[str, Any]:
+    def _response(
+        self, model: str, status: str, output: list[Any], usage: dict[str, Any] | None
+    ) -> dict[str, Any]:
         b = self.body
         reasoning = b.get("reasoning") or {}
         return {
-            "id": self.resp_id, "object": "response",
-            "created_at": self.state.now_ns() // 1_000_000_000, "completed_at": None,
-            "status": status, "incomplete_details": None, "model": model,
-            "previous_response_id": None, "instructions": b.get("instructions") or None,
-            "output": output, "error": None, "tools": b.get("tools") or [],
-            "tool_choice": "auto", "truncation": b.get("truncation") or "disabled",
+            "id": self.resp_id,
+            "object": "response",
+            "created_at": self.state.now_ns() // 1_000_000_000,
+            "completed_at": None,
+            "status": status,
+            "incomplete_details": None,
+            "model": model,
+            "previous_response_id": None,
+            "instructions": b.get("instructions") or None,
+            "output": output,
+            "error": None,
+            "tools": b.get("tools") or [],
+            "tool_choice": "auto",
+            "truncation": b.get("truncation") or "disabled",
             "parallel_tool_calls": True,
             "text": {"format": (b.get("text") or {}).get("format") or {"type": "text"}},
             "top_p": b.get("top_p") if b.get("top_p") is not None else 1.0,
-            "presence_penalty": 0, "frequency_penalty": 0, "top_logprobs": 0,
+            "presence_penalty": 0,
+            "frequency_penalty": 0,
+            "top_logprobs": 0,
             "temperature": b.get("temperature") if b.get("temperature") is not None else 1.0,
-            "reasoning": ({"effort": reasoning.get("effort"), "summary": reasoning.get("summary")}
-                          if reasoning.get("effort") or reasoning.get("summary") else None),
-            "usage": usage, "max_output_tokens": b.get("max_output_tokens"),
-            "max_tool_calls": None, "store": False, "background": bool(b.get("background")),
-            "service_tier": "default", "metadata": {}, "safety_identifier": None,
+            "reasoning": (
+                {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")}
+                if reasoning.get("effort") or reasoning.get("summary")
+                else None
+            ),
+            "usage": usage,
+            "max_output_tokens": b.get("max_output_tokens"),
+            "max_tool_calls": None,
+            "store": False,
+            "background": bool(b.get("background")),
+            "service_tier": "default",
+            "metadata": {},
+            "safety_identifier": None,
             "prompt_cache_key": None,
         }
 
     async def _begin(self, model: str) -> None:
         if not self.started:
             self.started = True
-            await self._event("response.created",
-                              {"response": self._response(model, "in_progress", [], None)})
-            await self._event("response.in_progress",
-                              {"response": self._response(model, "in_progress", [], None)})
+            await self._event(
+                "response.created", {"response": self._response(model, "in_progress", [], None)}
+            )
+            await self._event(
+                "response.in_progress", {"response": self._response(model, "in_progress", [], None)}
+            )
 
     def _reasoning_item(self) -> dict[str, Any]:
-        return {"id": self.rs_id, "type": "reasoning",
-                "summary": [{"type": "summary_text", "text": self.thinking}],
-                "encrypted_content": self.thinking}
+        return {
+            "id": self.rs_id,
+            "type": "reasoning",
+            "summary": [{"type": "summary_text", "text": self.thinking}],
+            "encrypted_content": self.thinking,
+        }
 
     def _message_item(self, status: str) -> dict[str, Any]:
-        return {"id": self.item_id, "type": "message", "status": status, "role": "assistant",
-                "content": [{"type": "output_text", "text": self.text, "annotations": [],
-                             "logprobs": []}]}
+        return {
+            "id": self.item_id,
+            "type": "message",
+            "status": status,
+            "role": "assistant",
+            "content": [
+                {"type": "output_text", "text": self.text, "annotations": [], "logprobs": []}
+            ],
+        }
 
     async def _finish_reasoning(self) -> None:
         if self.reasoning_open and not self.reasoning_done:
             self.reasoning_done = True
-            await self._event("response.reasoning_summary_text.done", {
-                "item_id": self.rs_id, "output_index": self.index, "summary_index": 0,
-                "text": self.thinking})
-            await self._event("response.output_item.done", {
-                "output_index": self.index, "item": self._reasoning_item()})
+            await self._event(
+                "response.reasoning_summary_text.done",
+                {
+                    "item_id": self.rs_id,
+                    "output_index": self.index,
+                    "summary_index": 0,
+                    "text": self.thinking,
+                },
+            )
+            await self._event(
+                "response.output_item.done",
+                {"output_index": self.index, "item": self._reasoning_item()},
+            )
             self.index += 1
 
     async def piece(self, model: str, created_ns: int, piece: Piece) -> None:
@@ -166,56 +226,115 @@ class ResponsesSink(ChatSink):
         if piece.thinking:
             if not self.reasoning_open:
                 self.reasoning_open = True
-                await self._event("response.output_item.added", {
+                await self._event(
+                    "response.output_item.added",
+                    {
+                        "output_index": self.index,
+                        "item": {"id": self.rs_id, "type": "reasoning", "summary": []},
+                    },
+                )
+            await self._event(
+                "response.reasoning_summary_text.delta",
+                {
+                    "item_id": self.rs_id,
                     "output_index": self.index,
-                    "item": {"id": self.rs_id, "type": "reasoning", "summary": []}})
-            await self._event("response.reasoning_summary_text.delta", {
-                "item_id": self.rs_id, "output_index": self.index, "summary_index": 0,
-                "delta": piece.thinking})
+                    "summary_index": 0,
+                    "delta": piece.thinking,
+                },
+            )
         for i, call in enumerate(to_openai_calls(piece.tool_calls)):
             await self._finish_reasoning()
             fc = f"fc_{_n(self.state, call['id'], 'fc', 999999)}_{i}"
-            item = {"id": fc, "type": "function_call", "status": "completed",
-                    "call_id": call["id"], "name": call["function"]["name"],
-                    "arguments": call["function"]["arguments"]}
+            item = {
+                "id": fc,
+                "type": "function_call",
+                "status": "completed",
+                "call_id": call["id"],
+                "name": call["function"]["name"],
+                "arguments": call["function"]["arguments"],
+            }
             self.calls.append(item)
             idx = self.index + i
-            await self._event("response.output_item.added", {
-                "output_index": idx, "item": {**item, "status": "in_progress", "arguments": ""}})
-            await self._event("response.function_call_arguments.delta", {
-                "item_id": fc, "output_index": idx, "delta": item["arguments"]})
-            await self._event("response.function_call_arguments.done", {
-                "item_id": fc, "output_index": idx, "arguments": item["arguments"]})
+            await self._event(
+                "response.output_item.added",
+                {"output_index": idx, "item": {**item, "status": "in_progress", "arguments": ""}},
+            )
+            await self._event(
+                "response.function_call_arguments.delta",
+                {"item_id": fc, "output_index": idx, "delta": item["arguments"]},
+            )
+            await self._event(
+                "response.function_call_arguments.done",
+                {"item_id": fc, "output_index": idx, "arguments": item["arguments"]},
+            )
             await self._event("response.output_item.done", {"output_index": idx, "item": item})
         if piece.content and not self.calls:
             await self._finish_reasoning()
             if not self.text_open:
                 self.text_open = True
-                await self._event("response.output_item.added", {
+                await self._event(
+                    "response.output_item.added",
+                    {
+                        "output_index": self.index,
+                        "item": {
+                            "id": self.item_id,
+                            "type": "message",
+                            "status": "in_progress",
+                            "role": "assistant",
+                            "content": [],
+                        },
+                    },
+                )
+                await self._event(
+                    "response.content_part.added",
+                    {
+                        "item_id": self.item_id,
+                        "output_index": self.index,
+                        "content_index": 0,
+                        "part": {
+                            "type": "output_text",
+                            "text": "",
+                            "annotations": [],
+                            "logprobs": [],
+                        },
+                    },
+                )
+            await self._event(
+                "response.output_text.delta",
+                {
+                    "item_id": self.item_id,
                     "output_index": self.index,
-                    "item": {"id": self.item_id, "type": "message", "status": "in_progress",
-                             "role": "assistant", "content": []}})
-                await self._event("response.content_part.added", {
-                    "item_id": self.item_id, "output_index": self.index, "content_index": 0,
-                    "part": {"type": "output_text", "text": "", "annotations": [],
-                             "logprobs": []}})
-            await self._event("response.output_text.delta", {
-                "item_id": self.item_id, "output_index": self.index, "content_index": 0,
-                "delta": piece.content, "logprobs": []})
+                    "content_index": 0,
+                    "delta": piece.content,
+                    "logprobs": [],
+                },
+            )
 
-    async def done(self, model: str, created_ns: int, reason: str, message: dict[str, Any],
-                   m: dict[str, int]) -> web.StreamResponse:
+    async def done(
+        self, model: str, created_ns: int, reason: str, message: dict[str, Any], m: dict[str, int]
+    ) -> web.StreamResponse:
         p, e = m.get("prompt_eval_count", 0), m.get("eval_count", 0)
-        usage = {"input_tokens": p, "output_tokens": e, "total_tokens": p + e,
-                 "input_tokens_details": {"cached_tokens": 0},
-                 "output_tokens_details": {"reasoning_tokens": 0}}
+        usage = {
+            "input_tokens": p,
+            "output_tokens": e,
+            "total_tokens": p + e,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens_details": {"reasoning_tokens": 0},
+        }
         if not self.stream:
             calls = to_openai_calls(message.get("tool_calls") or [])
             output: list[Any] = [self._reasoning_item()] if self.thinking else []
-            output += [{"id": f"fc_{self.resp_id}_{i}", "type": "function_call",
-                        "status": "completed", "call_id": c["id"],
-                        "name": c["function"]["name"], "arguments": c["function"]["arguments"]}
-                       for i, c in enumerate(calls)]
+            output += [
+                {
+                    "id": f"fc_{self.resp_id}_{i}",
+                    "type": "function_call",
+                    "status": "completed",
+                    "call_id": c["id"],
+                    "name": c["function"]["name"],
+                    "arguments": c["function"]["arguments"],
+                }
+                for i, c in enumerate(calls)
+            ]
             if not calls:
                 output.append(self._message_item("completed"))
             if self.thinking:
@@ -227,15 +346,30 @@ class ResponsesSink(ChatSink):
         await self._begin(model)
         await self._finish_reasoning()
         if self.text_open and not self.calls:
-            await self._event("response.output_text.done", {
-                "item_id": self.item_id, "output_index": self.index, "content_index": 0,
-                "text": self.text, "logprobs": []})
+            await self._event(
+                "response.output_text.done",
+                {
+                    "item_id": self.item_id,
+                    "output_index": self.index,
+                    "content_index": 0,
+                    "text": self.text,
+                    "logprobs": [],
+                },
+            )
             part = self._message_item("completed")["content"][0]
-            await self._event("response.content_part.done", {
-                "item_id": self.item_id, "output_index": self.index, "content_index": 0,
-                "part": part})
-            await self._event("response.output_item.done", {
-                "output_index": self.index, "item": self._message_item("completed")})
+            await self._event(
+                "response.content_part.done",
+                {
+                    "item_id": self.item_id,
+                    "output_index": self.index,
+                    "content_index": 0,
+                    "part": part,
+                },
+            )
+            await self._event(
+                "response.output_item.done",
+                {"output_index": self.index, "item": self._message_item("completed")},
+            )
         final: list[Any] = [self._reasoning_item()] if self.reasoning_open else []
         final += self.calls or ([self._message_item("completed")] if self.text_open else [])
         resp = self._response(model, "completed", final, usage)
@@ -247,11 +381,23 @@ class ResponsesSink(ChatSink):
 async def handle_responses(request: web.Request) -> web.StreamResponse:
     state = _state(request)
     try:
-        body = await read_oa_body(request, "ResponsesRequest", {
-            "model": "string", "input": "any", "instructions": "string", "stream": "bool",
-            "max_output_tokens": "int", "temperature": "float", "top_p": "float",
-            "tools": "[]openai.ResponsesTool", "reasoning": "map", "text": "map",
-            "truncation": "string"})
+        body = await read_oa_body(
+            request,
+            "ResponsesRequest",
+            {
+                "model": "string",
+                "input": "any",
+                "instructions": "string",
+                "stream": "bool",
+                "max_output_tokens": "int",
+                "temperature": "float",
+                "top_p": "float",
+                "tools": "[]openai.ResponsesTool",
+                "reasoning": "map",
+                "text": "map",
+                "truncation": "string",
+            },
+        )
         chat = chat_from_responses(body)
     except Refusal as exc:
         return middleware_error(exc.status, exc.message)

@@ -58,8 +58,16 @@ async def wait_forever(request: web.BaseRequest) -> None:
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-_UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
-           "h": 3600.0}
+_UNIT_S = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "μs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
 
 
 def parse_keep_alive(value: Any) -> float | None:
@@ -109,8 +117,15 @@ OnDone = Callable[[dict[str, int]], Awaitable[None]]
 class Generation:
     """One inference request's life: load, prompt evaluation, paced tokens, metrics."""
 
-    def __init__(self, state: EmulatorState, request: web.BaseRequest, spec: ModelSpec,
-                 plan: Plan, keep_alive: float | None, started: float) -> None:
+    def __init__(
+        self,
+        state: EmulatorState,
+        request: web.BaseRequest,
+        spec: ModelSpec,
+        plan: Plan,
+        keep_alive: float | None,
+        started: float,
+    ) -> None:
         self.state = state
         self.request = request
         self.spec = spec
@@ -167,8 +182,9 @@ class Generation:
                 eval_ns = int((now - t_eval) * 1e9)
                 total_ns = int((now - self.started) * 1e9)
             self.state.touch(self.spec, self.keep_alive)
-            await on_done(metrics(total_ns, load_ns, plan.prompt_tokens, prompt_ns,
-                                  plan.eval_count, eval_ns))
+            await on_done(
+                metrics(total_ns, load_ns, plan.prompt_tokens, prompt_ns, plan.eval_count, eval_ns)
+            )
             state.completed += 1
             return True
         except (ClientGone, ConnectionError):
@@ -181,10 +197,16 @@ class Generation:
             state.active_streams -= 1
 
 
-def metrics(total: int, load: int, prompt_count: int, prompt_ns: int, eval_count: int,
-            eval_ns: int) -> dict[str, int]:
+def metrics(
+    total: int, load: int, prompt_count: int, prompt_ns: int, eval_count: int, eval_ns: int
+) -> dict[str, int]:
     """api.Metrics in field order; every field is omitempty, so zeros vanish."""
-    out = {"total_duration": total, "load_duration": load, "prompt_eval_count": prompt_count,
-           "prompt_eval_duration": prompt_ns, "eval_count": eval_count,
-           "eval_duration": eval_ns}
+    out = {
+        "total_duration": total,
+        "load_duration": load,
+        "prompt_eval_count": prompt_count,
+        "prompt_eval_duration": prompt_ns,
+        "eval_count": eval_count,
+        "eval_duration": eval_ns,
+    }
     return {k: v for k, v in out.items() if v}

@@ -20,24 +20,54 @@ from .textgen import Plan, count_tokens, plan
 from .wire import BodyError, check_fields, decode_json
 
 GENERATE_FIELDS = {
-    "model": "string", "prompt": "string", "suffix": "string", "system": "string",
-    "template": "string", "context": "[]int", "stream": "bool", "raw": "bool",
-    "format": "any", "keep_alive": "any", "images": "images", "options": "map",
-    "think": "any", "truncate": "bool", "shift": "bool", "logprobs": "bool",
+    "model": "string",
+    "prompt": "string",
+    "suffix": "string",
+    "system": "string",
+    "template": "string",
+    "context": "[]int",
+    "stream": "bool",
+    "raw": "bool",
+    "format": "any",
+    "keep_alive": "any",
+    "images": "images",
+    "options": "map",
+    "think": "any",
+    "truncate": "bool",
+    "shift": "bool",
+    "logprobs": "bool",
     "top_logprobs": "int",
 }
 CHAT_FIELDS = {
-    "model": "string", "messages": "messages", "stream": "bool", "format": "any",
-    "keep_alive": "any", "tools": "tools", "options": "map", "think": "any",
-    "truncate": "bool", "shift": "bool", "logprobs": "bool", "top_logprobs": "int",
+    "model": "string",
+    "messages": "messages",
+    "stream": "bool",
+    "format": "any",
+    "keep_alive": "any",
+    "tools": "tools",
+    "options": "map",
+    "think": "any",
+    "truncate": "bool",
+    "shift": "bool",
+    "logprobs": "bool",
+    "top_logprobs": "int",
 }
 # Typed options Ollama's Options.FromMap checks (a mismatch is a 500 from scheduleRunner).
 _OPTION_KINDS = {
-    "num_predict": "integer", "num_ctx": "integer", "seed": "integer", "top_k": "integer",
-    "num_keep": "integer", "num_batch": "integer", "num_gpu": "integer",
-    "temperature": "float32", "top_p": "float32", "min_p": "float32",
-    "repeat_penalty": "float32", "presence_penalty": "float32",
-    "frequency_penalty": "float32", "stop": "array",
+    "num_predict": "integer",
+    "num_ctx": "integer",
+    "seed": "integer",
+    "top_k": "integer",
+    "num_keep": "integer",
+    "num_batch": "integer",
+    "num_gpu": "integer",
+    "temperature": "float32",
+    "top_p": "float32",
+    "min_p": "float32",
+    "repeat_penalty": "float32",
+    "presence_penalty": "float32",
+    "frequency_penalty": "float32",
+    "stop": "array",
 }
 NO_VISION = "this model is missing data required for image input"
 
@@ -84,11 +114,14 @@ def think_value(value: Any) -> bool | None:
         return value
     if isinstance(value, str):
         if value not in ("high", "medium", "low"):
-            raise Refusal(400, f'invalid think value: "{value}" (must be "high", "medium", '
-                               '"low", true, or false)')
+            raise Refusal(
+                400,
+                f'invalid think value: "{value}" (must be "high", "medium", "low", true, or false)',
+            )
         return True
-    raise Refusal(400, 'think must be a boolean or string ("high", "medium", "low", true, '
-                       "or false)")
+    raise Refusal(
+        400, 'think must be a boolean or string ("high", "medium", "low", true, or false)'
+    )
 
 
 def check_options(options: dict[str, Any] | None) -> int | None:
@@ -97,9 +130,11 @@ def check_options(options: dict[str, Any] | None) -> int | None:
         value = (options or {}).get(key)
         if value is None:
             continue
-        ok = {"integer": isinstance(value, int | float) and not isinstance(value, bool),
-              "float32": isinstance(value, int | float) and not isinstance(value, bool),
-              "array": isinstance(value, list)}[kind]
+        ok = {
+            "integer": isinstance(value, int | float) and not isinstance(value, bool),
+            "float32": isinstance(value, int | float) and not isinstance(value, bool),
+            "array": isinstance(value, list),
+        }[kind]
         if not ok:
             raise Refusal(500, f'option "{key}" must be of type {kind}')
         if kind == "array" and not all(isinstance(v, str) for v in value):
@@ -121,8 +156,9 @@ def check_format(fmt: Any) -> Refusal | None:
         return None
     raw = orjson.dumps(fmt).decode()
     quoted = raw.replace("\\", "\\\\").replace('"', '\\"')
-    return Refusal(500, f'invalid format: "{quoted}"; expected "json" or a valid JSON Schema '
-                        "object")
+    return Refusal(
+        500, f'invalid format: "{quoted}"; expected "json" or a valid JSON Schema object'
+    )
 
 
 def _canonical(obj: Any) -> str:
@@ -176,17 +212,41 @@ def prepare_generate(state: EmulatorState, body: dict[str, Any]) -> Prepared:
     images = body.get("images") or []
     late = Refusal(500, NO_VISION) if images and not spec.has("vision") else None
     late = late or check_format(body.get("format"))
-    key = _canonical({"p": prompt, "s": suffix, "sys": body.get("system") or "",
-                      "f": body.get("format"), "t": think, "i": len(images)})
-    prompt_tokens = 12 + count_tokens(str(body.get("system") or "") + prompt + suffix) \
-        + 576 * len(images) + len(body.get("context") or [])
-    p = plan(spec, key, prompt_tokens=prompt_tokens, default_tokens=state.settings.default_tokens,
-             num_predict=num_predict, think=think, fmt=body.get("format"))
+    key = _canonical(
+        {
+            "p": prompt,
+            "s": suffix,
+            "sys": body.get("system") or "",
+            "f": body.get("format"),
+            "t": think,
+            "i": len(images),
+        }
+    )
+    prompt_tokens = (
+        12
+        + count_tokens(str(body.get("system") or "") + prompt + suffix)
+        + 576 * len(images)
+        + len(body.get("context") or [])
+    )
+    p = plan(
+        spec,
+        key,
+        prompt_tokens=prompt_tokens,
+        default_tokens=state.settings.default_tokens,
+        num_predict=num_predict,
+        think=think,
+        fmt=body.get("format"),
+    )
     return Prepared(spec, model, stream, keep_alive, key, p, late_error=late, raw=raw)
 
 
-def prepare_chat(state: EmulatorState, body: dict[str, Any], *,
-                 relax_thinking: bool = False, limit_is_cap: bool = False) -> Prepared:
+def prepare_chat(
+    state: EmulatorState,
+    body: dict[str, Any],
+    *,
+    relax_thinking: bool = False,
+    limit_is_cap: bool = False,
+) -> Prepared:
     model = str(body.get("model") or "")
     top = body.get("top_logprobs") or 0
     if top < 0 or top > 20:
@@ -210,15 +270,30 @@ def prepare_chat(state: EmulatorState, body: dict[str, Any], *,
     late = Refusal(500, NO_VISION) if has_images and not spec.has("vision") else None
     late = late or check_format(body.get("format"))
     rendered: list[dict[str, Any]] = [
-        {"r": str(m.get("role") or "").lower(), "c": m.get("content") or "",
-         "tc": m.get("tool_calls") or [], "i": len(m.get("images") or [])} for m in messages]
+        {
+            "r": str(m.get("role") or "").lower(),
+            "c": m.get("content") or "",
+            "tc": m.get("tool_calls") or [],
+            "i": len(m.get("images") or []),
+        }
+        for m in messages
+    ]
     tool_names = [t.get("function", {}).get("name") for t in tools if isinstance(t, dict)]
     key = _canonical({"m": rendered, "f": body.get("format"), "t": think, "tools": tool_names})
     prompt_tokens = 6 + sum(4 + count_tokens(str(m["c"])) + 576 * int(m["i"]) for m in rendered)
     prompt_tokens += count_tokens(_canonical(tools)) if tools else 0
-    p = plan(spec, key, prompt_tokens=prompt_tokens, default_tokens=state.settings.default_tokens,
-             num_predict=num_predict, think=think, fmt=body.get("format"), tools=tools,
-             last_role=str(rendered[-1]["r"]), limit_is_cap=limit_is_cap)
+    p = plan(
+        spec,
+        key,
+        prompt_tokens=prompt_tokens,
+        default_tokens=state.settings.default_tokens,
+        num_predict=num_predict,
+        think=think,
+        fmt=body.get("format"),
+        tools=tools,
+        last_role=str(rendered[-1]["r"]),
+        limit_is_cap=limit_is_cap,
+    )
     return Prepared(spec, model, stream, keep_alive, key, p, late_error=late)
 
 

@@ -36,8 +36,9 @@ from .wire import dumps, error, gin_json, go_time
 class LazyStream:
     """A chunked response whose head is only sent with the first chunk."""
 
-    def __init__(self, request: web.Request, content_type: str, *,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, request: web.Request, content_type: str, *, headers: dict[str, str] | None = None
+    ) -> None:
         self.request = request
         self.content_type = content_type
         self.headers = headers or {}
@@ -45,8 +46,9 @@ class LazyStream:
 
     async def send(self, data: bytes) -> None:
         if self.response is None:
-            resp = web.StreamResponse(status=200, headers={"Content-Type": self.content_type,
-                                                           **self.headers})
+            resp = web.StreamResponse(
+                status=200, headers={"Content-Type": self.content_type, **self.headers}
+            )
             resp.enable_chunked_encoding()
             await resp.prepare(self.request)
             self.response = resp
@@ -96,8 +98,11 @@ async def handle_generate(request: web.Request) -> web.StreamResponse:
 
     def frame(response: str, thought: str, done: bool) -> dict[str, Any]:
         # api.GenerateResponse field order: model, created_at, response, thinking, done...
-        f: dict[str, Any] = {"model": job.model, "created_at": go_time(state.now_ns()),
-                             "response": response}
+        f: dict[str, Any] = {
+            "model": job.model,
+            "created_at": go_time(state.now_ns()),
+            "response": response,
+        }
         if thought:
             f["thinking"] = thought
         f["done"] = done
@@ -153,8 +158,9 @@ class ChatSink:
     async def piece(self, model: str, created_ns: int, piece: Piece) -> None:
         raise NotImplementedError
 
-    async def done(self, model: str, created_ns: int, reason: str, message: dict[str, Any],
-                   m: dict[str, int]) -> web.StreamResponse:
+    async def done(
+        self, model: str, created_ns: int, reason: str, message: dict[str, Any], m: dict[str, int]
+    ) -> web.StreamResponse:
         raise NotImplementedError
 
     def gone(self) -> web.StreamResponse:
@@ -195,8 +201,7 @@ async def run_chat(request: web.Request, job: Prepared, sink: ChatSink) -> web.S
             message["thinking"] = "".join(thinking)
         if calls:
             message["tool_calls"] = calls
-        result.append(await sink.done(job.model, state.now_ns(), job.plan.done_reason,
-                                      message, m))
+        result.append(await sink.done(job.model, state.now_ns(), job.plan.done_reason, message, m))
 
     if not await gen.run(on_piece, on_done):
         return sink.gone()
@@ -214,9 +219,16 @@ class native_chat_writer(ChatSink):
         return error(status, message)
 
     async def special(self, model: str, created_ns: int, reason: str) -> web.StreamResponse:
-        return gin_json(200, {"model": model, "created_at": go_time(created_ns),
-                              "message": {"role": "assistant", "content": ""}, "done": True,
-                              "done_reason": reason})
+        return gin_json(
+            200,
+            {
+                "model": model,
+                "created_at": go_time(created_ns),
+                "message": {"role": "assistant", "content": ""},
+                "done": True,
+                "done_reason": reason,
+            },
+        )
 
     async def piece(self, model: str, created_ns: int, piece: Piece) -> None:
         if not self.stream:
@@ -226,15 +238,26 @@ class native_chat_writer(ChatSink):
             msg["thinking"] = piece.thinking
         if piece.tool_calls:
             msg["tool_calls"] = piece.tool_calls
-        await self.out.send(dumps({"model": model, "created_at": go_time(created_ns),
-                                   "message": msg, "done": False}) + b"\n")
+        await self.out.send(
+            dumps(
+                {"model": model, "created_at": go_time(created_ns), "message": msg, "done": False}
+            )
+            + b"\n"
+        )
 
-    async def done(self, model: str, created_ns: int, reason: str, message: dict[str, Any],
-                   m: dict[str, int]) -> web.StreamResponse:
+    async def done(
+        self, model: str, created_ns: int, reason: str, message: dict[str, Any], m: dict[str, int]
+    ) -> web.StreamResponse:
         if self.stream:
             message = {"role": "assistant", "content": ""}
-        f = {"model": model, "created_at": go_time(created_ns), "message": message,
-             "done": True, "done_reason": reason, **m}
+        f = {
+            "model": model,
+            "created_at": go_time(created_ns),
+            "message": message,
+            "done": True,
+            "done_reason": reason,
+            **m,
+        }
         if not self.stream:
             return gin_json(200, f)
         await self.out.send(dumps(f) + b"\n")
@@ -243,10 +266,15 @@ class native_chat_writer(ChatSink):
 
 # Embeddings -----------------------------------------------------------------------------
 
-EMBED_FIELDS = {"model": "string", "input": "any", "keep_alive": "any", "truncate": "bool",
-                "dimensions": "int", "options": "map"}
-EMBEDDINGS_FIELDS = {"model": "string", "prompt": "string", "keep_alive": "any",
-                     "options": "map"}
+EMBED_FIELDS = {
+    "model": "string",
+    "input": "any",
+    "keep_alive": "any",
+    "truncate": "bool",
+    "dimensions": "int",
+    "options": "map",
+}
+EMBEDDINGS_FIELDS = {"model": "string", "prompt": "string", "keep_alive": "any", "options": "map"}
 TOO_LONG = "the input length exceeds the context length"
 
 
@@ -292,8 +320,13 @@ async def embed_vectors(request: web.Request, body: dict[str, Any]) -> dict[str,
     else:
         await pause(request, state.settings.prompt_delay(total))
         total_ns = int((time.monotonic() - started) * 1e9)
-    return {"model": model, "embeddings": vectors, "total_duration": total_ns,
-            "load_duration": load_ns, "prompt_eval_count": total}
+    return {
+        "model": model,
+        "embeddings": vectors,
+        "total_duration": total_ns,
+        "load_duration": load_ns,
+        "prompt_eval_count": total,
+    }
 
 
 async def handle_embed(request: web.Request) -> web.StreamResponse:
@@ -318,8 +351,7 @@ async def handle_embeddings(request: web.Request) -> web.StreamResponse:
         if spec is None:
             raise Refusal(404, f'model "{model}" not found, try pulling it first')
         check_options(body.get("options"))
-        gen = Generation(state, request, spec, plan_empty(), keep_alive_of(body),
-                         time.monotonic())
+        gen = Generation(state, request, spec, plan_empty(), keep_alive_of(body), time.monotonic())
         await gen.load()
     except Refusal as exc:
         return error(exc.status, exc.message)

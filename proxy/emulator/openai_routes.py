@@ -42,8 +42,9 @@ def writer_error(status: int, message: str) -> web.Response:
     return encoder_json(status, oa_error(status, message))
 
 
-async def read_oa_body(request: web.Request, struct_name: str,
-                       fields: dict[str, str]) -> dict[str, Any]:
+async def read_oa_body(
+    request: web.Request, struct_name: str, fields: dict[str, str]
+) -> dict[str, Any]:
     """The middleware's ShouldBindJSON: an empty body is plain `EOF` here."""
     try:
         return check_fields(decode_json(await request.read()), struct_name, fields)
@@ -82,12 +83,23 @@ def _options(body: dict[str, Any]) -> dict[str, Any]:
     return opts
 
 
-CHAT_FIELDS = {"model": "string", "messages": "[]openai.Message", "stream": "bool",
-               "stream_options": "map",
-               "max_tokens": "int", "seed": "int", "stop": "any", "temperature": "float",
-               "frequency_penalty": "float", "presence_penalty": "float", "top_p": "float",
-               "response_format": "map", "tools": "[]api.Tool", "reasoning": "map",
-               "reasoning_effort": "string"}
+CHAT_FIELDS = {
+    "model": "string",
+    "messages": "[]openai.Message",
+    "stream": "bool",
+    "stream_options": "map",
+    "max_tokens": "int",
+    "seed": "int",
+    "stop": "any",
+    "temperature": "float",
+    "frequency_penalty": "float",
+    "presence_penalty": "float",
+    "top_p": "float",
+    "response_format": "map",
+    "tools": "[]api.Tool",
+    "reasoning": "map",
+    "reasoning_effort": "string",
+}
 
 
 def _tool_calls_from_oa(calls: Any) -> list[dict[str, Any]]:
@@ -110,8 +122,13 @@ def chat_from_openai(body: dict[str, Any]) -> dict[str, Any]:
             raise Refusal(400, "invalid message format")
         role, content = msg.get("role", ""), msg.get("content")
         if isinstance(content, str):
-            messages.append({"role": role, "content": content,
-                             "tool_calls": _tool_calls_from_oa(msg.get("tool_calls"))})
+            messages.append(
+                {
+                    "role": role,
+                    "content": content,
+                    "tool_calls": _tool_calls_from_oa(msg.get("tool_calls")),
+                }
+            )
         elif isinstance(content, list):
             for part in content:
                 if not isinstance(part, dict):
@@ -123,15 +140,21 @@ def chat_from_openai(body: dict[str, Any]) -> dict[str, Any]:
                     url = url.get("url") if isinstance(url, dict) else url
                     if not isinstance(url, str) or "base64," not in url:
                         raise Refusal(400, "invalid image input")
-                    messages.append({"role": role, "content": "",
-                                     "images": [url.split("base64,", 1)[1]]})
+                    messages.append(
+                        {"role": role, "content": "", "images": [url.split("base64,", 1)[1]]}
+                    )
                 else:
                     raise Refusal(400, "invalid message format")
         elif msg.get("tool_calls") is None:
             raise Refusal(400, f"invalid message content type: {type(content).__name__}")
         else:
-            messages.append({"role": role, "content": "",
-                             "tool_calls": _tool_calls_from_oa(msg.get("tool_calls"))})
+            messages.append(
+                {
+                    "role": role,
+                    "content": "",
+                    "tool_calls": _tool_calls_from_oa(msg.get("tool_calls")),
+                }
+            )
     fmt: Any = None
     rf = body.get("response_format") or {}
     if str(rf.get("type", "")).strip().lower() == "json_object":
@@ -142,12 +165,19 @@ def chat_from_openai(body: dict[str, Any]) -> dict[str, Any]:
     think: Any = None
     if effort:
         if effort not in ("high", "medium", "low", "none"):
-            raise Refusal(400, f"invalid reasoning value: '{effort}' (must be \"high\", "
-                               '"medium", "low", or "none")')
+            raise Refusal(
+                400,
+                f"invalid reasoning value: '{effort}' (must be \"high\", "
+                '"medium", "low", or "none")',
+            )
         think = False if effort == "none" else effort
-    out: dict[str, Any] = {"model": body.get("model") or "", "messages": messages,
-                           "options": _options(body), "stream": bool(body.get("stream")),
-                           "tools": body.get("tools") or []}
+    out: dict[str, Any] = {
+        "model": body.get("model") or "",
+        "messages": messages,
+        "options": _options(body),
+        "stream": bool(body.get("stream")),
+        "tools": body.get("tools") or [],
+    }
     if fmt is not None:
         out["format"] = fmt
     if think is not None:
@@ -158,8 +188,9 @@ def chat_from_openai(body: dict[str, Any]) -> dict[str, Any]:
 class OpenAIChatSink(ChatSink):
     """ChatWriter: chat.completion / chat.completion.chunk."""
 
-    def __init__(self, request: web.Request, body: dict[str, Any], key: str,
-                 *, completions: bool = False) -> None:
+    def __init__(
+        self, request: web.Request, body: dict[str, Any], key: str, *, completions: bool = False
+    ) -> None:
         self.state = _state(request)
         self.stream = bool(body.get("stream"))
         self.usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -172,22 +203,29 @@ class OpenAIChatSink(ChatSink):
         return writer_error(status, message)
 
     async def special(self, model: str, created_ns: int, reason: str) -> web.StreamResponse:
-        return await self.done(model, created_ns, reason, {"role": "assistant", "content": ""},
-                               {})
+        return await self.done(model, created_ns, reason, {"role": "assistant", "content": ""}, {})
 
     def _chunk(self, model: str, delta_or_text: Any, reason: str | None) -> dict[str, Any]:
         if self.completions:
-            c: dict[str, Any] = {"id": self.id, "object": "text_completion",
-                                 "created": self.created,
-                                 "choices": [{"text": delta_or_text, "index": 0,
-                                              "finish_reason": reason}],
-                                 "model": model, "system_fingerprint": "fp_ollama"}
+            c: dict[str, Any] = {
+                "id": self.id,
+                "object": "text_completion",
+                "created": self.created,
+                "choices": [{"text": delta_or_text, "index": 0, "finish_reason": reason}],
+                "model": model,
+                "system_fingerprint": "fp_ollama",
+            }
             if self.usage:
                 c["usage"] = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
             return c
-        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                "model": model, "system_fingerprint": "fp_ollama",
-                "choices": [{"index": 0, "delta": delta_or_text, "finish_reason": reason}]}
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": model,
+            "system_fingerprint": "fp_ollama",
+            "choices": [{"index": 0, "delta": delta_or_text, "finish_reason": reason}],
+        }
 
     def _delta(self, content: str, thinking: str, calls: list[dict[str, Any]]) -> dict[str, Any]:
         d: dict[str, Any] = {"role": "assistant", "content": content}
@@ -203,16 +241,21 @@ class OpenAIChatSink(ChatSink):
         if self.completions:
             chunk = self._chunk(model, piece.content, None)
         else:
-            chunk = self._chunk(model, self._delta(piece.content, piece.thinking,
-                                                   piece.tool_calls), None)
+            chunk = self._chunk(
+                model, self._delta(piece.content, piece.thinking, piece.tool_calls), None
+            )
             self.tool_sent = self.tool_sent or bool(piece.tool_calls)
         await self.out.send(b"data: " + dumps(chunk) + b"\n\n")
 
-    async def done(self, model: str, created_ns: int, reason: str, message: dict[str, Any],
-                   m: dict[str, int]) -> web.StreamResponse:
+    async def done(
+        self, model: str, created_ns: int, reason: str, message: dict[str, Any], m: dict[str, int]
+    ) -> web.StreamResponse:
         prompt, completion = m.get("prompt_eval_count", 0), m.get("eval_count", 0)
-        usage = {"prompt_tokens": prompt, "completion_tokens": completion,
-                 "total_tokens": prompt + completion}
+        usage = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
         calls = message.get("tool_calls") or []
         if not self.stream:
             return encoder_json(200, self._complete(model, created_ns, reason, message, usage))
@@ -227,14 +270,27 @@ class OpenAIChatSink(ChatSink):
         await self.out.send(group + b"data: [DONE]\n\n")
         return await self.out.finish()
 
-    def _complete(self, model: str, created_ns: int, reason: str, message: dict[str, Any],
-                  usage: dict[str, int]) -> dict[str, Any]:
+    def _complete(
+        self,
+        model: str,
+        created_ns: int,
+        reason: str,
+        message: dict[str, Any],
+        usage: dict[str, int],
+    ) -> dict[str, Any]:
         created = created_ns // 1_000_000_000
         if self.completions:
-            return {"id": self.id, "object": "text_completion", "created": created,
-                    "model": model, "system_fingerprint": "fp_ollama",
-                    "choices": [{"text": message["content"], "index": 0,
-                                 "finish_reason": reason or None}], "usage": usage}
+            return {
+                "id": self.id,
+                "object": "text_completion",
+                "created": created,
+                "model": model,
+                "system_fingerprint": "fp_ollama",
+                "choices": [
+                    {"text": message["content"], "index": 0, "finish_reason": reason or None}
+                ],
+                "usage": usage,
+            }
         calls = message.get("tool_calls") or []
         msg: dict[str, Any] = {"role": "assistant", "content": message["content"]}
         if message.get("thinking"):
@@ -242,18 +298,31 @@ class OpenAIChatSink(ChatSink):
         if calls:
             msg["tool_calls"] = to_openai_calls(calls)
             reason = "tool_calls"
-        return {"id": self.id, "object": "chat.completion", "created": created, "model": model,
-                "system_fingerprint": "fp_ollama",
-                "choices": [{"index": 0, "message": msg, "finish_reason": reason or None}],
-                "usage": usage}
+        return {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "system_fingerprint": "fp_ollama",
+            "choices": [{"index": 0, "message": msg, "finish_reason": reason or None}],
+            "usage": usage,
+        }
 
 
 def to_openai_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """openai.ToToolCalls: arguments become a JSON string."""
-    return [{"id": c.get("id", ""), "index": c["function"].get("index", 0), "type": "function",
-             "function": {"name": c["function"]["name"],
-                          "arguments": dumps(c["function"]["arguments"]).decode()}}
-            for c in calls]
+    return [
+        {
+            "id": c.get("id", ""),
+            "index": c["function"].get("index", 0),
+            "type": "function",
+            "function": {
+                "name": c["function"]["name"],
+                "arguments": dumps(c["function"]["arguments"]).decode(),
+            },
+        }
+        for c in calls
+    ]
 
 
 async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
@@ -272,19 +341,33 @@ async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
     return await run_chat(request, job, OpenAIChatSink(request, body, job.key))
 
 
-COMPLETION_FIELDS = {"model": "string", "prompt": "string", "frequency_penalty": "float",
-                     "max_tokens": "int", "presence_penalty": "float", "seed": "int",
-                     "stop": "any", "stream": "bool", "stream_options": "map",
-                     "temperature": "float", "top_p": "float", "suffix": "string"}
+COMPLETION_FIELDS = {
+    "model": "string",
+    "prompt": "string",
+    "frequency_penalty": "float",
+    "max_tokens": "int",
+    "presence_penalty": "float",
+    "seed": "int",
+    "stop": "any",
+    "stream": "bool",
+    "stream_options": "map",
+    "temperature": "float",
+    "top_p": "float",
+    "suffix": "string",
+}
 
 
 async def handle_completions(request: web.Request) -> web.StreamResponse:
     state = _state(request)
     try:
         body = await read_oa_body(request, "CompletionRequest", COMPLETION_FIELDS)
-        gen = {"model": body.get("model") or "", "prompt": body.get("prompt") or "",
-               "options": _options(body), "stream": bool(body.get("stream")),
-               "suffix": body.get("suffix") or ""}
+        gen = {
+            "model": body.get("model") or "",
+            "prompt": body.get("prompt") or "",
+            "options": _options(body),
+            "stream": bool(body.get("stream")),
+            "suffix": body.get("suffix") or "",
+        }
     except Refusal as exc:
         return middleware_error(exc.status, exc.message)
     try:
@@ -296,12 +379,18 @@ async def handle_completions(request: web.Request) -> web.StreamResponse:
 
 async def handle_embeddings(request: web.Request) -> web.StreamResponse:
     try:
-        body = await read_oa_body(request, "EmbedRequest", {
-            "input": "any", "model": "string", "dimensions": "int", "encoding_format": "string"})
+        body = await read_oa_body(
+            request,
+            "EmbedRequest",
+            {"input": "any", "model": "string", "dimensions": "int", "encoding_format": "string"},
+        )
         fmt = str(body.get("encoding_format") or "")
         if fmt and fmt.lower() not in ("float", "base64"):
-            raise Refusal(400, f"Invalid value for 'encoding_format' = {fmt}. Supported "
-                               "values: ['float', 'base64'].")
+            raise Refusal(
+                400,
+                f"Invalid value for 'encoding_format' = {fmt}. Supported "
+                "values: ['float', 'base64'].",
+            )
         inp = body.get("input")
         if inp == "":
             inp = [""]
@@ -310,8 +399,10 @@ async def handle_embeddings(request: web.Request) -> web.StreamResponse:
     except Refusal as exc:
         return middleware_error(exc.status, exc.message)
     try:
-        result = await embed_vectors(request, {"model": body.get("model") or "", "input": inp,
-                                               "dimensions": body.get("dimensions")})
+        result = await embed_vectors(
+            request,
+            {"model": body.get("model") or "", "input": inp, "dimensions": body.get("dimensions")},
+        )
     except Refusal as exc:
         return writer_error(exc.status, exc.message)
     except ClientGone:
@@ -323,8 +414,15 @@ async def handle_embeddings(request: web.Request) -> web.StreamResponse:
             value = base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode()
         data.append({"object": "embedding", "embedding": value, "index": i})
     n = result.get("prompt_eval_count", 0)
-    return encoder_json(200, {"object": "list", "data": data, "model": body.get("model"),
-                              "usage": {"prompt_tokens": n, "total_tokens": n}})
+    return encoder_json(
+        200,
+        {
+            "object": "list",
+            "data": data,
+            "model": body.get("model"),
+            "usage": {"prompt_tokens": n, "total_tokens": n},
+        },
+    )
 
 
 def _owner(name: str) -> str:
@@ -335,8 +433,15 @@ def _owner(name: str) -> str:
 async def handle_models(request: web.Request) -> web.Response:
     state = _state(request)
     specs = sorted(state.store.values(), key=lambda s: s.modified_at, reverse=True)
-    data = [{"id": s.name, "object": "model", "created": unix_of(s.modified_at),
-             "owned_by": _owner(s.name)} for s in specs]
+    data = [
+        {
+            "id": s.name,
+            "object": "model",
+            "created": unix_of(s.modified_at),
+            "owned_by": _owner(s.name),
+        }
+        for s in specs
+    ]
     # A nil slice in Go: no models marshals as null.
     return encoder_json(200, {"object": "list", "data": data or None})
 
@@ -347,5 +452,12 @@ async def handle_model(request: web.Request) -> web.Response:
     spec = state.find(name) if name else None
     if spec is None:
         return writer_error(404, f"model '{name}' not found")
-    return encoder_json(200, {"id": name, "object": "model", "created": unix_of(spec.modified_at),
-                              "owned_by": _owner(name)})
+    return encoder_json(
+        200,
+        {
+            "id": name,
+            "object": "model",
+            "created": unix_of(spec.modified_at),
+            "owned_by": _owner(name),
+        },
+    )

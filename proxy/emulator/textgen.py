@@ -114,19 +114,25 @@ def format_text(fmt: Any, rng: Rng) -> str:
 
 def tool_call(tools: list[Any], rng: Rng) -> dict[str, Any] | None:
     """Pick one tool and fill its arguments (an object, in schema order)."""
-    usable = [t for t in tools if isinstance(t, dict) and isinstance(t.get("function"), dict)
-              and t["function"].get("name")]
+    usable = [
+        t
+        for t in tools
+        if isinstance(t, dict) and isinstance(t.get("function"), dict) and t["function"].get("name")
+    ]
     if not usable:
         return None
     fn = usable[rng.next(len(usable))]["function"]
     params: dict[str, Any] = fn["parameters"] if isinstance(fn.get("parameters"), dict) else {}
-    props: dict[str, Any] = (params["properties"] if isinstance(params.get("properties"), dict)
-                             else {})
+    props: dict[str, Any] = (
+        params["properties"] if isinstance(params.get("properties"), dict) else {}
+    )
     required: list[Any] = params["required"] if isinstance(params.get("required"), list) else []
     names = [k for k in props if k in required] or list(props)
     args = {k: sample_value(props[k], rng, k) for k in names}
-    return {"id": "call_" + rng.tag(8), "function": {"index": 0, "name": fn["name"],
-                                                     "arguments": args}}
+    return {
+        "id": "call_" + rng.tag(8),
+        "function": {"index": 0, "name": fn["name"], "arguments": args},
+    }
 
 
 @dataclass
@@ -150,10 +156,19 @@ class Plan:
         return "".join(self.content)
 
 
-def plan(spec: ModelSpec, key: str, *, prompt_tokens: int, default_tokens: int,
-         num_predict: int | None = None, think: bool = False, fmt: Any = None,
-         tools: list[Any] | None = None, last_role: str = "user",
-         limit_is_cap: bool = False) -> Plan:
+def plan(
+    spec: ModelSpec,
+    key: str,
+    *,
+    prompt_tokens: int,
+    default_tokens: int,
+    num_predict: int | None = None,
+    think: bool = False,
+    fmt: Any = None,
+    tools: list[Any] | None = None,
+    last_role: str = "user",
+    limit_is_cap: bool = False,
+) -> Plan:
     """Decide the output for (model, key). `key` is a canonical rendering of the input.
 
     An explicit num_predict is normally *reached* (the model rambles until cut, answer
@@ -164,13 +179,15 @@ def plan(spec: ModelSpec, key: str, *, prompt_tokens: int, default_tokens: int,
     limit = num_predict if num_predict is not None and num_predict > 0 else None
     out = Plan(prompt_tokens=prompt_tokens)
     if think:
-        out.thinking = prose(Rng(spec.name, key, "think"), max(3, default_tokens // 2),
-                             _THINK_VOCAB)
+        out.thinking = prose(
+            Rng(spec.name, key, "think"), max(3, default_tokens // 2), _THINK_VOCAB
+        )
     call = tool_call(tools, rng) if tools and last_role != "tool" else None
     raw_call = ""
     if call is not None:
-        raw_call = json.dumps({"name": call["function"]["name"],
-                               "arguments": call["function"]["arguments"]})
+        raw_call = json.dumps(
+            {"name": call["function"]["name"], "arguments": call["function"]["arguments"]}
+        )
         out.tool_calls, out.tool_tokens = [call], len(chunk_text(raw_call))
     elif fmt not in (None, "", "null"):
         out.content = chunk_text(format_text(fmt, rng))
@@ -199,8 +216,9 @@ def context_tokens(key: str, count: int) -> list[int]:
     return [rng.next(151_000) for _ in range(count)]
 
 
-def embedding(spec: ModelSpec, text: str, dims: int | None = None, *,
-              widen: bool = False) -> list[float]:
+def embedding(
+    spec: ModelSpec, text: str, dims: int | None = None, *, widen: bool = False
+) -> list[float]:
     """A unit vector derived from (model, text), with float32 precision, optionally
     truncated to `dims` and renormalised (what /api/embed does with `dimensions`).
 

@@ -45,8 +45,13 @@ def dumps(obj: Any, *, sort_keys: bool = False) -> bytes:
     occur inside strings, so replacing them in the output is exact)."""
     raw = orjson.dumps(_go_numbers(obj), option=orjson.OPT_SORT_KEYS if sort_keys else 0)
     if any(c in raw for c in (b"<", b">", b"&", b"\xe2\x80\xa8", b"\xe2\x80\xa9")):
-        raw = (raw.replace(b"<", b"\\u003c").replace(b">", b"\\u003e").replace(b"&", b"\\u0026")
-               .replace("\u2028".encode(), b"\\u2028").replace("\u2029".encode(), b"\\u2029"))
+        raw = (
+            raw.replace(b"<", b"\\u003c")
+            .replace(b">", b"\\u003e")
+            .replace(b"&", b"\\u0026")
+            .replace("\u2028".encode(), b"\\u2028")
+            .replace("\u2029".encode(), b"\\u2029")
+        )
     return raw
 
 
@@ -62,20 +67,21 @@ def go_time(ns: float) -> str:
 def unix_of(stamp: str) -> int:
     """Unix seconds of an RFC 3339 timestamp as go_time() writes it."""
     whole = stamp.split(".")[0].rstrip("Z")
-    return int(dt.datetime.strptime(whole, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=dt.UTC)
-               .timestamp())
+    return int(dt.datetime.strptime(whole, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=dt.UTC).timestamp())
 
 
 def gin_json(status: int, obj: Any, *, sort_keys: bool = False) -> web.Response:
     """c.JSON / c.AbortWithStatusJSON."""
-    return web.Response(status=status, body=dumps(obj, sort_keys=sort_keys),
-                        headers={"Content-Type": JSON})
+    return web.Response(
+        status=status, body=dumps(obj, sort_keys=sort_keys), headers={"Content-Type": JSON}
+    )
 
 
 def encoder_json(status: int, obj: Any, content_type: str = JSON_BARE) -> web.Response:
     """json.NewEncoder(w).Encode(obj): as Marshal plus a newline."""
-    return web.Response(status=status, body=dumps(obj) + b"\n",
-                        headers={"Content-Type": content_type})
+    return web.Response(
+        status=status, body=dumps(obj) + b"\n", headers={"Content-Type": content_type}
+    )
 
 
 def error(status: int, message: str) -> web.Response:
@@ -91,13 +97,13 @@ def empty_ok() -> web.Response:
 
 
 def gin_not_found() -> web.Response:
-    return web.Response(status=404, body=b"404 page not found",
-                        headers={"Content-Type": GO_PLAIN})
+    return web.Response(status=404, body=b"404 page not found", headers={"Content-Type": GO_PLAIN})
 
 
 def gin_method_not_allowed() -> web.Response:
-    return web.Response(status=405, body=b"405 method not allowed",
-                        headers={"Content-Type": GO_PLAIN})
+    return web.Response(
+        status=405, body=b"405 method not allowed", headers={"Content-Type": GO_PLAIN}
+    )
 
 
 # Decoding -----------------------------------------------------------------------------
@@ -150,8 +156,10 @@ def _syntax_message(doc: str, exc: json.JSONDecodeError) -> str:
     if msg.startswith("Invalid control character"):
         return f"invalid character {_go_char(c)} in string literal"
     if msg.startswith("Invalid \\escape") or msg.startswith("Invalid \\u"):
-        return f"invalid character {_go_char(doc[pos + 1] if pos + 1 < len(doc) else c)} " \
-               "in string escape code"
+        return (
+            f"invalid character {_go_char(doc[pos + 1] if pos + 1 < len(doc) else c)} "
+            "in string escape code"
+        )
     return f"invalid character {_go_char(c)} looking for beginning of value"
 
 
@@ -178,13 +186,26 @@ def decode_json(raw: bytes) -> Any:
 
 # Field type checking (the errors json.Unmarshal gives for a wrong type) -----------------
 
-_KIND_OF = {str: "string", bool: "bool", int: "number", float: "number", list: "array",
-            dict: "object"}
+_KIND_OF = {
+    str: "string",
+    bool: "bool",
+    int: "number",
+    float: "number",
+    list: "array",
+    dict: "object",
+}
 
 _GO_TYPE = {
-    "string": "string", "bool": "bool", "int": "int", "float": "float64",
-    "map": "map[string]interface {}", "[]int": "[]int", "[]string": "[]string",
-    "images": "[]api.ImageData", "messages": "[]api.Message", "tools": "api.Tools",
+    "string": "string",
+    "bool": "bool",
+    "int": "int",
+    "float": "float64",
+    "map": "map[string]interface {}",
+    "[]int": "[]int",
+    "[]string": "[]string",
+    "images": "[]api.ImageData",
+    "messages": "[]api.Message",
+    "tools": "api.Tools",
     "object": "struct",
 }
 
@@ -213,8 +234,10 @@ def type_error(value: Any, struct: str, field_path: str, go_type: str) -> BodyEr
     kind = _kind(value)
     if kind == "number" and go_type == "int" and isinstance(value, float):
         kind = f"number {value:g}"
-    return BodyError(f"json: cannot unmarshal {kind} into Go struct field "
-                     f"{struct}.{field_path} of type {go_type}")
+    return BodyError(
+        f"json: cannot unmarshal {kind} into Go struct field "
+        f"{struct}.{field_path} of type {go_type}"
+    )
 
 
 def check_fields(body: Any, struct: str, fields: Mapping[str, str]) -> dict[str, Any]:
@@ -225,8 +248,7 @@ def check_fields(body: Any, struct: str, fields: Mapping[str, str]) -> dict[str,
     if body is None:
         return {}
     if not isinstance(body, dict):
-        raise BodyError(f"json: cannot unmarshal {_kind(body)} into Go value of type "
-                        f"api.{struct}")
+        raise BodyError(f"json: cannot unmarshal {_kind(body)} into Go value of type api.{struct}")
     for key, want in fields.items():
         value = body.get(key)
         if value is None:
@@ -263,9 +285,15 @@ def check_image(item: Any, struct: str, key: str) -> None:
         raise BodyError(f"illegal base64 data at input byte {len(body)}")
 
 
-_MESSAGE_FIELDS = {"role": "string", "content": "string", "thinking": "string",
-                   "images": "images", "tool_calls": "[]", "tool_name": "string",
-                   "tool_call_id": "string"}
+_MESSAGE_FIELDS = {
+    "role": "string",
+    "content": "string",
+    "thinking": "string",
+    "images": "images",
+    "tool_calls": "[]",
+    "tool_name": "string",
+    "tool_call_id": "string",
+}
 
 
 def check_message(item: Any) -> None:
@@ -274,8 +302,7 @@ def check_message(item: Any) -> None:
     if item is None:
         return
     if not isinstance(item, dict):
-        raise BodyError(f"json: cannot unmarshal {_kind(item)} into Go value of type "
-                        "api.Alias")
+        raise BodyError(f"json: cannot unmarshal {_kind(item)} into Go value of type api.Alias")
     for key, want in _MESSAGE_FIELDS.items():
         value = item.get(key)
         if value is None:
