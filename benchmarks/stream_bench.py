@@ -92,7 +92,9 @@ class Sample:
         return self.streams / self.seconds if self.seconds else 0.0
 
 
-def loadgen(port: int, concurrency: int, seconds: float, requests: int = 0) -> dict[str, object]:
+def loadgen(
+    port: int, concurrency: int, seconds: float, requests: int = 0, think_ms: float = 0.0
+) -> dict[str, object]:
     out = subprocess.run(
         [
             PY,
@@ -106,6 +108,8 @@ def loadgen(port: int, concurrency: int, seconds: float, requests: int = 0) -> d
             str(seconds),
             "--requests",
             str(requests),
+            "--think-ms",
+            str(think_ms),
         ],
         cwd=ROOT,
         check=True,
@@ -207,7 +211,7 @@ def main() -> None:
                     pid = pids[name]
                     before = cpu_seconds(pid)
                     if concurrency == 1:
-                        result = loadgen(port, 1, 120, single_requests)
+                        result = loadgen(port, 1, 120, single_requests, think_ms=3.0)
                     else:
                         result = loadgen(port, concurrency, many_seconds)
                     sample = results.setdefault((name, concurrency), Sample())

@@ -52,7 +52,7 @@ async def exchange(
     conn = UpstreamConnection(pool)
     transport = FakeTransport()
     conn.connection_made(transport)
-    head = conn.send(method, b"POST / HTTP/1.1\r\n\r\n")
+    head = conn.send(method, b"POST / HTTP/1.1\r\n\r\n", b"", 60.0)
     forwarded = bytearray()
     done = None
     for piece in pieces:
@@ -115,7 +115,7 @@ def test_garbage_fails_the_exchange() -> None:
         pool = ConnectionPool("127.0.0.1", 1, 1.0)
         conn = UpstreamConnection(pool)
         conn.connection_made(FakeTransport())
-        head = conn.send("POST", b"x")
+        head = conn.send("POST", b"x", b"", 60.0)
         conn.data_received(b"\x00\x01garbage\r\n\r\n")
         await asyncio.sleep(0)
         return head.exception()
@@ -128,7 +128,7 @@ def test_backend_closing_mid_chunk_fails_the_stream() -> None:
         pool = ConnectionPool("127.0.0.1", 1, 1.0)
         conn = UpstreamConnection(pool)
         conn.connection_made(FakeTransport())
-        head = conn.send("POST", b"x")
+        head = conn.send("POST", b"x", b"", 60.0)
         conn.data_received(HEAD + b"10\r\nhalf")
         done = conn.attach(lambda data: None)
         conn.connection_lost(None)
@@ -137,3 +137,24 @@ def test_backend_closing_mid_chunk_fails_the_stream() -> None:
         return done.exception()
 
     assert isinstance(asyncio.run(run()), UpstreamError)
+
+
+def test_silent_backend_fails_after_the_idle_timeout_not_before() -> None:
+    async def run() -> tuple[bool, BaseException | None]:
+        pool = ConnectionPool("127.0.0.1", 1, 1.0)
+        conn = UpstreamConnection(pool)
+        conn.connection_made(FakeTransport())
+        head = conn.send("POST", b"x", b"", 0.2)
+        conn.data_received(HEAD + b"3\r\nabc\r\n")
+        done = conn.attach(lambda data: None)
+        for _ in range(4):  # keeps talking: more than the timeout in all, never silent that long
+            await asyncio.sleep(0.1)
+            conn.data_received(b"1\r\nx\r\n")
+        alive = not done.done()
+        await asyncio.wait_for(asyncio.wait((done,)), 5)
+        assert head.done()
+        return alive, done.exception()
+
+    alive, error = asyncio.run(run())
+    assert alive
+    assert isinstance(error, UpstreamError) and "no data from backend" in str(error)

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import io
+import logging
+
+import orjson
+
+from proxy.logs import AccessLog, JsonFormatter
+
+
+def test_access_log_writes_one_json_line_per_request_in_batches() -> None:
+    stream = io.StringIO()
+    access = AccessLog(enabled=True, stream=stream)
+    access.record({"request_id": "r1", "path": "/api/chat", "status": 200, "error": ""})
+    access.record({"request_id": "r2", "path": "/api/tags", "status": 503, "error": "down"})
+    assert stream.getvalue() == ""  # nothing written on the request path
+    access.flush()
+    lines = [orjson.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line["request_id"] for line in lines] == ["r1", "r2"]
+    assert lines[0]["logger"] == "autoroute.access" and lines[0]["ts"].endswith("Z")
+    assert "error" not in lines[0] and lines[1]["error"] == "down"
+
+
+def test_disabled_access_log_writes_nothing() -> None:
+    stream = io.StringIO()
+    access = AccessLog(enabled=False, stream=stream)
+    access.record({"request_id": "r1"})
+    access.flush()
+    assert stream.getvalue() == ""
+
+
+def test_json_formatter_carries_fields() -> None:
+    record = logging.LogRecord(
+        "autoroute", logging.WARNING, __file__, 1, "backend %s down", ("a",), None
+    )
+    record.fields = {"backend": "a", "skip": None}
+    doc = orjson.loads(JsonFormatter().format(record))
+    assert doc["msg"] == "backend a down" and doc["backend"] == "a" and "skip" not in doc
+    assert doc["level"] == "warning"

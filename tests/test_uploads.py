@@ -1,0 +1,80 @@
+"""Blob uploads stream through the proxy without being held in memory."""
+
+from __future__ import annotations
+
+import hashlib
+import tracemalloc
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import ollama
+
+from tests.support import Emulator, Proxy
+
+BLOCK = bytes(range(256)) * 4096  # 1 MiB
+BLOCKS = 48
+
+
+async def body() -> AsyncIterator[bytes]:
+    for _ in range(BLOCKS):
+        yield BLOCK
+
+
+def digest() -> str:
+    h = hashlib.sha256()
+    for _ in range(BLOCKS):
+        h.update(BLOCK)
+    return "sha256:" + h.hexdigest()
+
+
+async def test_large_blob_streams_through_without_being_buffered(
+    own_emulator: Emulator, own_proxy: Proxy
+) -> None:
+    url = f"{own_proxy.url}/api/blobs/{digest()}"
+    async with aiohttp.ClientSession() as session:
+        async with session.head(url) as resp:
+            assert resp.status == 404
+        tracemalloc.start()
+        try:
+            async with session.post(url, data=body()) as resp:
+                assert resp.status == 201
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        async with session.head(url) as resp:
+            assert resp.status == 200
+    # 48 MiB went through (client, proxy and emulator share this process): the peak of
+    # everything allocated meanwhile stays a small fraction of it.
+    assert peak < 8 * 1024 * 1024, peak
+    assert digest() in own_emulator.state.blobs
+
+
+async def test_digest_mismatch_is_the_backends_400(
+    own_emulator: Emulator, own_proxy: Proxy
+) -> None:
+    wrong = "sha256:" + "ab" * 32
+    answers = []
+    for base in (own_emulator.url, own_proxy.url):
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"{base}/api/blobs/{wrong}", data=b"hello") as resp:
+                answers.append((resp.status, await resp.json()))
+    assert answers[0] == answers[1]
+    assert answers[0][0] == 400 and "digest mismatch" in answers[0][1]["error"]
+
+
+def test_ollama_client_creates_a_model_from_an_uploaded_blob(
+    own_emulator: Emulator, own_proxy: Proxy, tmp_path: Path
+) -> None:
+    client = ollama.Client(host=own_proxy.url)
+    data = b"GGUF" + b"\0" * 4096
+    path = tmp_path / "model.gguf"
+    path.write_bytes(data)
+    blob = client.create_blob(path)
+    assert blob == "sha256:" + hashlib.sha256(data).hexdigest()
+    progress = [
+        p.status
+        for p in client.create(model="custom:latest", files={"model.gguf": blob}, stream=True)
+    ]
+    assert progress[-1] == "success"
+    assert "custom:latest" in own_emulator.state.models
