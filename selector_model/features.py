@@ -1,0 +1,379 @@
+"""The one feature definition: serving scores with it and training builds rows with it.
+
+If training and serving ever computed a feature differently, the selector would be
+silently wrong, so nothing else may compute these. A row is
+
+    request features ⊕ candidate features ⊕ one-hot identity over the artifact's models
+
+Request features read only what a decision needs and bound their work: of a long
+conversation only the first and last `SCAN_CHARS` characters are scanned (keyword
+hints only the first and last `HINT_CHARS`), so a 1 MB chat costs what a 4 KB one
+does. Bump `SCHEMA_VERSION` whenever a name, an order or a computation changes: the
+proxy refuses an artifact built on another schema.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+import zlib
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEMA_VERSION = 1
+SCAN_CHARS = 2048
+HINT_CHARS = 768
+HASH_BUCKETS = 16
+HASH_WORDS = 12
+
+LANGUAGES = ("python", "javascript", "typescript", "go", "rust", "java", "cpp", "sql", "shell")
+TASKS = ("fix", "explain", "refactor", "test", "generate", "complete", "summarize", "translate")
+FAMILIES = ("llama", "qwen", "gemma", "mistral", "mixtral", "phi", "deepseek", "nemotron", "other")
+CAPABILITIES = ("tools", "vision", "thinking", "insert")
+
+# Keyword hints, read from lower-cased text: words are looked up in the set of the
+# text's words (one regex pass), symbols with `in`. Regular expressions per hint cost
+# ~0.5 ms each on 8 KB. Approximate by design; what matters is that training and
+# serving read them the same way, here.
+_LANGUAGE_HINTS: dict[str, tuple[frozenset[str], tuple[str, ...]]] = {
+    "python": (frozenset({"def", "elif", "self", "none", "import"}), ("```python", "print(")),
+    "javascript": (frozenset({"function", "const", "console", "var"}), ("```js", "=> ")),
+    "typescript": (frozenset({"interface", "typescript"}), ("```ts", ": string", ": number")),
+    "go": (frozenset({"func", "golang", "goroutine"}), ("```go", ":= ", "package main")),
+    "rust": (frozenset({"fn", "impl", "cargo", "rust"}), ("```rust", "let mut ")),
+    "java": (frozenset({"public", "java", "void"}), ("```java", "system.out")),
+    "cpp": (frozenset({"std", "cpp", "include"}), ("```cpp", "```c++", "#include")),
+    "sql": (frozenset({"select", "from", "where", "join", "sql"}), ("```sql",)),
+    "shell": (frozenset({"bash", "sudo", "grep", "chmod", "echo"}), ("```sh", "```bash")),
+}
+_TASK_HINTS: dict[str, frozenset[str]] = {
+    "fix": frozenset({"fix", "bug", "error", "exception", "traceback", "debug", "broken", "fails"}),
+    "explain": frozenset({"explain", "why", "meaning", "describe", "understand"}),
+    "refactor": frozenset({"refactor", "cleanup", "simplify", "rewrite", "improve"}),
+    "test": frozenset({"test", "tests", "pytest", "jest", "assert", "unittest"}),
+    "generate": frozenset({"write", "implement", "create", "generate", "build"}),
+    "complete": frozenset({"complete", "continue", "finish"}),
+    "summarize": frozenset({"summarize", "summarise", "summary", "tldr"}),
+    "translate": frozenset({"translate", "translation"}),
+}
+_MATH_WORDS = frozenset(
+    {"solve", "equation", "probability", "integer", "calculate", "sum", "product", "remainder"}
+)
+_MATH_SYMBOLS = (" + ", " - ", " * ", " / ", " = ", "^", "\\frac", "\\sqrt")
+_DROP_DIGITS = str.maketrans("", "", "0123456789")
+_DROP_CODE = str.maketrans("", "", "{}();=<>[]")
+_TO_SPACE = str.maketrans({c: " " for c in string.punctuation + string.digits + "\n\t"})
+
+REQUEST_FEATURES: tuple[str, ...] = (
+    "log_chars",
+    "log_est_tokens",
+    "messages",
+    "user_turns",
+    "has_system",
+    "log_system_chars",
+    "log_last_user_chars",
+    "code_fences",
+    "code_char_ratio",
+    "lines",
+    "questions",
+    "numbers",
+    *(f"lang_{name}" for name in LANGUAGES),
+    *(f"task_{name}" for name in TASKS),
+    "multiple_choice",
+    "math",
+    "tools",
+    "log_tools",
+    "images",
+    "format_json",
+    "format_schema",
+    "think",
+    "fim",
+    "raw",
+    "temperature",
+    "log_num_ctx",
+    "log_num_predict",
+    "endpoint_chat",
+    "endpoint_openai",
+    *(f"head_hash_{i}" for i in range(HASH_BUCKETS)),
+    *(f"tail_hash_{i}" for i in range(HASH_BUCKETS)),
+)
+
+CANDIDATE_FEATURES: tuple[str, ...] = (
+    "log_params_b",
+    "quant_bits",
+    "log2_context",
+    *(f"family_{name}" for name in FAMILIES),
+    "is_code",
+    "is_instruct",
+    "loaded",
+    *(f"cap_{name}" for name in CAPABILITIES),
+)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What the registry knows about one model, as the selector sees it."""
+
+    name: str
+    family: str = "other"
+    params_b: float = 7.0
+    quant_bits: float = 4.0
+    context_length: int = 8192
+    capabilities: frozenset[str] = field(default_factory=frozenset)
+    is_code: bool = False
+    is_instruct: bool = True
+    loaded: bool = False
+
+
+def feature_names(known_models: Sequence[str]) -> list[str]:
+    return [*REQUEST_FEATURES, *CANDIDATE_FEATURES, *(f"model={m}" for m in known_models)]
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # OpenAI content parts
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def _has_images(message: Mapping[str, Any]) -> bool:
+    if message.get("images"):
+        return True
+    content = message.get("content")
+    return isinstance(content, list) and any(
+        isinstance(p, dict) and p.get("type") in ("image_url", "input_image", "image")
+        for p in content
+    )
+
+
+class _Scan:
+    """The text of a request, bounded: its total size, and a sample that is the whole
+    text when short, else its first and last `SCAN_CHARS` characters. Memory and work
+    stay bounded however many messages a conversation has."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.head: list[str] = []
+        self.head_len = 0
+        self.tail: deque[str] = deque()
+        self.tail_len = 0
+        self.dropped = False
+
+    def add(self, text: str) -> None:
+        self.total += len(text)
+        if self.head_len < SCAN_CHARS:
+            piece = text[: SCAN_CHARS - self.head_len]
+            self.head.append(piece)
+            self.head_len += len(piece) + 1
+            text = text[len(piece) :]
+            if not text:
+                return
+        text = text[-SCAN_CHARS:]
+        self.tail.append(text)
+        self.tail_len += len(text) + 1
+        while self.tail_len - len(self.tail[0]) - 1 >= SCAN_CHARS:
+            self.tail_len -= len(self.tail.popleft()) + 1
+            self.dropped = True
+
+    def sample(self) -> str:
+        head = "\n".join(self.head)
+        if not self.tail:
+            return head
+        tail = "\n".join(self.tail)
+        if self.dropped or len(tail) > SCAN_CHARS:
+            tail = tail[-SCAN_CHARS:]
+        return head + "\n" + tail
+
+
+def _window(text: str) -> str:
+    return text if len(text) <= 2 * HINT_CHARS else text[:HINT_CHARS] + "\n" + text[-HINT_CHARS:]
+
+
+def _choices(text: str) -> int:
+    """Lines that open like a multiple-choice option: "a)", "(b)", "c.", "d:"."""
+    count = 0
+    for line in text.split("\n"):
+        line = line.lstrip(" (")
+        if len(line) > 2 and line[0] in "abcde" and line[1] in ").:" and line[2] == " ":
+            count += 1
+    return count
+
+
+def _hinted(
+    text: str, words: set[str], hint_words: frozenset[str], symbols: tuple[str, ...]
+) -> float:
+    if not words.isdisjoint(hint_words):
+        return 1.0
+    for symbol in symbols:
+        if symbol in text:
+            return 1.0
+    return 0.0
+
+
+def _hash_words(words: Iterable[str], out: list[float]) -> None:
+    for word in words:
+        out[zlib.crc32(word.encode()) % HASH_BUCKETS] += 1.0
+
+
+def request_features(path: str, body: Mapping[str, Any]) -> list[float]:
+    """Features of one request body (Ollama native or OpenAI shape), in
+    `REQUEST_FEATURES` order."""
+    scan = _Scan()
+    messages = body.get("messages")
+    n_messages = 0
+    user_turns = 0
+    system_chars = 0
+    last_user = ""
+    images = False
+    if isinstance(messages, list):
+        n_messages = len(messages)
+        for message in messages:
+            if not isinstance(message, dict):
+                continue
+            text = _content_text(message.get("content"))
+            role = message.get("role")
+            if role == "system":
+                system_chars += len(text)
+            elif role == "user":
+                user_turns += 1
+                last_user = text
+            images = images or _has_images(message)
+            scan.add(text)
+    for key in ("system", "prompt", "input", "suffix"):
+        value = body.get(key)
+        if isinstance(value, str):
+            if key == "system":
+                system_chars += len(value)
+            elif key in ("prompt", "input"):
+                last_user = value
+                user_turns = max(user_turns, 1)
+            scan.add(value)
+    images = images or bool(body.get("images"))
+    sample = scan.sample()
+    last = (
+        last_user[:SCAN_CHARS] + last_user[-SCAN_CHARS:]
+        if len(last_user) > 2 * SCAN_CHARS
+        else last_user
+    )
+
+    # Keyword hints read a narrower window: instructions sit at the start and the end.
+    low_sample = _window(sample).lower()
+    low_last = _window(last).lower()
+    sample_words = set(low_sample.translate(_TO_SPACE).split())
+    last_words = set(low_last.translate(_TO_SPACE).split())
+    code_chars = len(sample) - len(sample.translate(_DROP_CODE))
+    options = body.get("options") if isinstance(body.get("options"), dict) else {}
+    assert isinstance(options, dict)
+    fmt = body.get("format") or body.get("response_format")
+    tools = body.get("tools") if isinstance(body.get("tools"), list) else []
+    assert isinstance(tools, list)
+    think = body.get("think")
+    temperature = options.get("temperature", body.get("temperature"))
+    num_ctx = options.get("num_ctx")
+    num_predict = options.get("num_predict", body.get("max_tokens"))
+
+    features = [
+        math.log1p(scan.total),
+        math.log1p(scan.total / 4.0),
+        float(n_messages),
+        float(user_turns),
+        1.0 if system_chars else 0.0,
+        math.log1p(system_chars),
+        math.log1p(len(last_user)),
+        float(sample.count("```") // 2),
+        code_chars / len(sample) if sample else 0.0,
+        float(sample.count("\n")),
+        float(last.count("?")),
+        float(len(last) - len(last.translate(_DROP_DIGITS))),
+        *(_hinted(low_sample, sample_words, *_LANGUAGE_HINTS[name]) for name in LANGUAGES),
+        *(0.0 if last_words.isdisjoint(_TASK_HINTS[name]) else 1.0 for name in TASKS),
+        1.0 if _choices(low_last) >= 2 else 0.0,
+        float(len(last_words & _MATH_WORDS) + sum(low_last.count(s) for s in _MATH_SYMBOLS)),
+        1.0 if tools else 0.0,
+        math.log1p(len(tools)),
+        1.0 if images else 0.0,
+        1.0
+        if fmt == "json" or (isinstance(fmt, dict) and fmt.get("type") == "json_object")
+        else 0.0,
+        1.0 if isinstance(fmt, dict) and fmt.get("type") != "json_object" else 0.0,
+        1.0 if think not in (None, False) else 0.0,
+        1.0 if isinstance(body.get("suffix"), str) and body.get("suffix") else 0.0,
+        1.0 if body.get("raw") is True else 0.0,
+        float(temperature) if isinstance(temperature, int | float) else -1.0,
+        math.log2(num_ctx) if isinstance(num_ctx, int | float) and num_ctx > 0 else 0.0,
+        math.log1p(num_predict)
+        if isinstance(num_predict, int | float) and num_predict > 0
+        else 0.0,
+        1.0 if path.endswith("/chat") or path.endswith("/chat/completions") else 0.0,
+        1.0 if path.startswith("/v1/") else 0.0,
+    ]
+    head_hash = [0.0] * HASH_BUCKETS
+    tail_hash = [0.0] * HASH_BUCKETS
+    _hash_words(last[:512].lower().translate(_TO_SPACE).split()[:HASH_WORDS], head_hash)
+    _hash_words(last[-512:].lower().translate(_TO_SPACE).split()[-HASH_WORDS:], tail_hash)
+    features += head_hash
+    features += tail_hash
+    return features
+
+
+def candidate_features(candidate: Candidate) -> list[float]:
+    family = candidate.family if candidate.family in FAMILIES else "other"
+    return [
+        math.log(max(candidate.params_b, 0.01)),
+        float(candidate.quant_bits),
+        math.log2(max(candidate.context_length, 1)),
+        *(1.0 if family == name else 0.0 for name in FAMILIES),
+        1.0 if candidate.is_code else 0.0,
+        1.0 if candidate.is_instruct else 0.0,
+        1.0 if candidate.loaded else 0.0,
+        *(1.0 if name in candidate.capabilities else 0.0 for name in CAPABILITIES),
+    ]
+
+
+def identity(name: str, known_models: Sequence[str]) -> list[float]:
+    """One-hot over the artifact's models; all zero for a model it never saw, which is
+    then scored from its other features alone."""
+    return [1.0 if name == known else 0.0 for known in known_models]
+
+
+def rows(
+    request: Sequence[float], candidates: Sequence[Candidate], known_models: Sequence[str]
+) -> list[list[float]]:
+    """One row per candidate, in `feature_names(known_models)` order."""
+    return [[*request, *candidate_features(c), *identity(c.name, known_models)] for c in candidates]
+
+
+def family_of(name: str, declared: str = "") -> str:
+    """A family from Ollama's `details.family` or, failing that, the model name."""
+    for text in (declared.lower(), name.lower()):
+        for family in FAMILIES[:-1]:
+            if family in text:
+                return family
+    return "other"
+
+
+def params_from(size: str) -> float:
+    """Billions of parameters from Ollama's `parameter_size` ("7.6B", "137M", "8x7B")."""
+    match = re.fullmatch(r"\s*(?:(\d+)x)?(\d+(?:\.\d+)?)\s*([BMK]?)\s*", size or "", re.I)
+    if not match:
+        return 0.0
+    count = float(match.group(2)) * float(match.group(1) or 1)
+    scale = {"B": 1.0, "M": 1e-3, "K": 1e-6, "": 1.0}[match.group(3).upper()]
+    return count * scale
+
+
+def quant_bits_from(level: str) -> float:
+    """Bits per weight from Ollama's `quantization_level` ("Q4_K_M", "F16", "Q8_0")."""
+    level = (level or "").upper()
+    match = re.match(r"I?Q(\d)", level)
+    if match:
+        return float(match.group(1))
+    if level.startswith(("F16", "BF16")):
+        return 16.0
+    if level.startswith("F32"):
+        return 32.0
+    return 4.0
