@@ -12,12 +12,15 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.web_request import BaseRequest
 
+from proxy import final_chunk
 from proxy.backends import BackendPool, BackendState, NoBackend
 from proxy.config import Config
 from proxy.errors import error_response, stream_error_line
@@ -44,6 +47,15 @@ class Outcome:
     error: str = ""
     cancelled: bool = False
     extra: dict[str, str] = field(default_factory=dict)
+    # perf_counter() when the first body byte went to the client, if one did.
+    first_byte_at: float = 0.0
+    # From the answer's last chunk: token counts, durations (ns), done_reason.
+    stats: dict[str, int | str] = field(default_factory=dict)
+    # The request body the proxy read (a reference, not a copy), for the usage event.
+    body: bytes | None = None
+    # Set by `model: auto`: the decision and the request features it was made on.
+    decision: dict[str, Any] | None = None
+    features: list[float] | None = None
 
 
 def request_head(
@@ -216,6 +228,7 @@ class Relay:
             conn.close()
             raise
         outcome.body_bytes = conn.body_bytes
+        outcome.stats = final_chunk.parse(client.previous + client.last)
         if head.status < 500:
             state.succeeded()
         return client.response(head)
@@ -263,6 +276,8 @@ class ClientLeg:
         self.done: asyncio.Future[None] | None = None
         self.conn: UpstreamConnection | None = None
         self.writer = request.writer
+        self.previous = b""
+        self.last = b""
 
     def response_headers(self, head: ResponseHead) -> list[tuple[str, str]]:
         headers = []
@@ -306,6 +321,10 @@ class ClientLeg:
         if transport.is_closing():
             return
         transport.write(data)
+        # Two references per chunk: enough to read the final chunk's counters later.
+        self.previous, self.last = self.last, data
+        if not self.outcome.first_byte_at:
+            self.outcome.first_byte_at = time.perf_counter()
         if self.protocol.writing_paused and not self.paused:
             # A client that stops reading pauses the backend, not a growing buffer.
             self.paused = True

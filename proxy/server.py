@@ -13,6 +13,7 @@ import itertools
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -29,8 +30,9 @@ log = logging.getLogger("autoroute.server")
 
 # Lists the proxy assembles from every backend when there is more than one.
 MERGED_PATHS = {"/api/tags": "models", "/api/ps": "models", "/v1/models": "data"}
-# The proxy's own endpoint; no Ollama path starts with /api/autoroute.
-HEALTH_PATH = "/api/autoroute/health"
+# The proxy's own endpoints live under this prefix; no Ollama path starts with it.
+OWN_PREFIX = "/api/autoroute/"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Bodies below this size are read so that a failed backend can be retried.
 _REPLAYABLE_BYTES = 1024 * 1024
 
@@ -60,6 +62,10 @@ class Proxy:
         # syscall or a uuid per request.
         self._id_prefix = os.urandom(6).hex()
         self._id_counter = itertools.count(1)
+        # The proxy's own endpoints, by (method, path); features register theirs here.
+        self.own_routes: dict[tuple[str, str], Handler] = {
+            ("GET", OWN_PREFIX + "health"): self._health,
+        }
 
     def _new_request_id(self) -> str:
         return f"{self._id_prefix}{next(self._id_counter):010x}"
@@ -110,6 +116,10 @@ class Proxy:
                     "ms": round((time.perf_counter() - started) * 1000, 3),
                     "error": outcome.error,
                     "cancelled": outcome.cancelled or None,
+                    "ttfc_ms": round((outcome.first_byte_at - started) * 1000, 3)
+                    if outcome.first_byte_at
+                    else None,
+                    **outcome.stats,
                 }
             )
         return response
@@ -118,11 +128,14 @@ class Proxy:
         path = request.path
         method = request.method
         if method == "POST" and path in MODEL_ROUTED_PATHS:
-            body = await request.read()
+            body = outcome.body = await request.read()
             outcome.model = model_of(body)
             return await self.relay.forward(request, outcome, body, outcome.model)
-        if path == HEALTH_PATH:
-            return self._health()
+        if path.startswith(OWN_PREFIX):
+            handler = self.own_routes.get((method, path))
+            if handler is None:
+                return error_response(path, 404, f"no such endpoint: {method} {path}")
+            return await handler(request)
         if path in MERGED_PATHS and method in ("GET", "HEAD") and len(self.backends.states) > 1:
             return await self._merged(request, MERGED_PATHS[path])
         if path in MODEL_ADMIN_PATHS:
@@ -139,7 +152,7 @@ class Proxy:
             return await self.relay.forward(request, outcome, None, None)
         return await self.relay.forward(request, outcome, await request.read(), None)
 
-    def _health(self) -> web.Response:
+    async def _health(self, request: web.Request) -> web.Response:
         """The proxy's own liveness (for container health checks) and its view of each
         backend. 200 while the proxy runs, whatever the backends' state."""
         now = asyncio.get_running_loop().time()

@@ -163,3 +163,16 @@ async def test_request_id_is_echoed_and_forwarded(proxy: Proxy) -> None:
     ):
         assert resp.headers["X-Request-Id"] == "abc-123"
         assert (await resp.json())["version"]
+
+
+async def test_own_health_endpoint_reports_backends(emulator: Emulator, proxy: Proxy) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(proxy.url + "/api/autoroute/health") as resp:
+            assert resp.status == 200
+            doc = await resp.json()
+        async with session.get(proxy.url + "/api/autoroute/nope") as resp:
+            assert resp.status == 404
+            assert "no such endpoint" in (await resp.json())["error"]
+    (backend,) = doc["backends"]
+    assert backend["url"] == emulator.url and backend["circuit"] == "closed"
+    assert MODEL in backend["models"]

@@ -1,0 +1,36 @@
+"""What the last chunk of an answer says: token counts, durations, why it stopped.
+
+Read from the tail of the response bytes the relay already forwarded (no second
+parse of the stream): Ollama's final NDJSON line (`done: true`, durations in
+nanoseconds) and the OpenAI shapes' `usage` and `finish_reason`. A counter the tail
+does not hold (a huge `context` array can push early fields out of it) stays absent.
+"""
+
+from __future__ import annotations
+
+import re
+
+_INT_FIELDS = (
+    "total_duration",
+    "load_duration",
+    "prompt_eval_count",
+    "prompt_eval_duration",
+    "eval_count",
+    "eval_duration",
+)
+_INT_RE = re.compile(rb'"(' + b"|".join(f.encode() for f in _INT_FIELDS) + rb')":(\d+)')
+_OPENAI_RE = re.compile(rb'"(prompt_tokens|completion_tokens)":(\d+)')
+_REASON_RE = re.compile(rb'"(?:done_reason|finish_reason|stop_reason)":"([a-z_]+)"')
+_OPENAI_NAMES = {b"prompt_tokens": "prompt_eval_count", b"completion_tokens": "eval_count"}
+
+
+def parse(tail: bytes) -> dict[str, int | str]:
+    stats: dict[str, int | str] = {}
+    for name, value in _INT_RE.findall(tail):
+        stats[name.decode()] = int(value)
+    for name, value in _OPENAI_RE.findall(tail):
+        stats.setdefault(_OPENAI_NAMES[name], int(value))
+    reasons = _REASON_RE.findall(tail)
+    if reasons:
+        stats["done_reason"] = reasons[-1].decode()
+    return stats
