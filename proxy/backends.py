@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -69,6 +69,8 @@ class BackendState:
         self.breaker = breaker
         self.models: frozenset[str] | None = None  # None: not known yet
         self.loaded: frozenset[str] = frozenset()
+        # The last /api/tags entries, for the model registry.
+        self.tags: list[dict[str, Any]] = []
         self.in_flight = 0
         self.last_error = ""
 
@@ -97,6 +99,8 @@ class BackendPool:
             breaker = Breaker(config.health.failure_threshold, config.health.open_seconds)
             self.states.append(BackendState(index, backend, pool, breaker))
         self._task: asyncio.Task[None] | None = None
+        # Called after each refresh of every backend (the model registry is one).
+        self.listeners: list[Callable[[], Awaitable[None]]] = []
 
     async def start(self) -> None:
         await self.refresh_all()
@@ -139,19 +143,25 @@ class BackendPool:
             having = [s for s in candidates if s.models is None] or candidates
         return min(having, key=lambda s: (name not in s.loaded, s.in_flight, s.index))
 
-    async def get_json(self, state: BackendState, path: str) -> Any:
-        """GET a small JSON document from one backend (refreshes and merged lists)."""
+    async def get_json(self, state: BackendState, path: str, post: Any = None) -> Any:
+        """A small JSON document from one backend (refreshes, merged lists, `show`):
+        GET `path`, or POST the JSON `post` to it."""
         conn = await state.pool.acquire()
+        method = "GET" if post is None else "POST"
+        body = b"" if post is None else orjson.dumps(post)
+        head = f"{method} {path} HTTP/1.1\r\nHost: {state.pool.host_header}\r\n"
+        if post is not None:
+            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
         try:
-            head = f"GET {path} HTTP/1.1\r\nHost: {state.pool.host_header}\r\n\r\n".encode()
-            response = await conn.send("GET", head, b"", self.config.timeouts.idle_read_seconds)
-            body = await conn.read_body()
+            timeout = self.config.timeouts.idle_read_seconds
+            response = await conn.send(method, (head + "\r\n").encode(), body, timeout)
+            answer = await conn.read_body()
         except BaseException:
             conn.close()
             raise
         if response.status != 200:
-            raise UpstreamError(f"GET {path} answered {response.status}")
-        return orjson.loads(body)
+            raise UpstreamError(f"{method} {path} answered {response.status}")
+        return orjson.loads(answer)
 
     async def refresh(self, state: BackendState) -> None:
         try:
@@ -164,8 +174,9 @@ class BackendPool:
                 log.warning("backend %s unhealthy: %s", state.label, exc or "timed out")
             state.failed(str(exc) or "health check timed out")
             return
+        state.tags = [m for m in tags.get("models") or () if isinstance(m, dict)]
         state.models = frozenset(
-            normalize_model(m.get("model") or m.get("name", "")) for m in tags.get("models") or ()
+            normalize_model(m.get("model") or m.get("name", "")) for m in state.tags
         )
         state.loaded = frozenset(
             normalize_model(m.get("model") or m.get("name", "")) for m in ps.get("models") or ()
@@ -176,6 +187,8 @@ class BackendPool:
 
     async def refresh_all(self) -> None:
         await asyncio.gather(*(self.refresh(s) for s in self.states))
+        for listener in self.listeners:
+            await listener()
 
     async def _refresh_loop(self) -> None:
         while True:

@@ -82,6 +82,96 @@ class Logging:
 
 
 @dataclass(frozen=True)
+class Profile:
+    """How `auto:<name>` trades quality for speed."""
+
+    # Utility = P(success) - cost_weight * expected_seconds.
+    cost_weight: float = 0.02
+    # Chosen when the selector is unsure, and where nothing better is clearly ahead.
+    default_model: str = ""
+    # Candidates allowed (empty: all) and denied, by model name.
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+    # Share of requests sent to a random eligible model, to learn about it.
+    exploration: float = 0.0
+
+
+def _default_profiles() -> dict[str, Profile]:
+    return {
+        "balanced": Profile(cost_weight=0.02),
+        "fast": Profile(cost_weight=0.2),
+        "best": Profile(cost_weight=0.0),
+    }
+
+
+@dataclass(frozen=True)
+class Selector:
+    # The ONNX artifact (its metadata is the .json beside it); "" is the one shipped
+    # with the package, in selector_model/artifacts/.
+    artifact: str = ""
+    # How often the artifact file is checked for a change (0: only SIGHUP or the
+    # admin endpoint reload it).
+    reload_check_seconds: float = 5.0
+    # The profile plain `auto` uses.
+    default_profile: str = "balanced"
+    profiles: dict[str, Profile] = field(default_factory=_default_profiles)
+    # What `auto` means on /api/embed and /v1/embeddings ("" : refuse with 400).
+    embedding_model: str = ""
+    # Below this margin between the best and the profile's default model, keep the
+    # default: a gamble on a small predicted gain is not worth it.
+    min_gain: float = 0.02
+    # List `auto` and `auto:<profile>` in /api/tags and /v1/models for editors.
+    list_in_tags: bool = True
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Usage events: one per inference request, written off the request path."""
+
+    # Local rotating JSONL file (training reads it). "auto": only when neither
+    # PostgreSQL nor Kafka is configured; "always"; "off".
+    file_mode: Literal["auto", "always", "off"] = "auto"
+    file_path: str = "~/.local/state/autoroute/usage/events.jsonl"
+    file_max_bytes: int = 64 * 1024 * 1024
+    file_backups: int = 10
+    # Store the prompt text in events (its SHA-256 is always stored).
+    log_prompts: bool = False
+    # In-memory queue between the handler and the writers; beyond it events spill.
+    queue_size: int = 100_000
+    batch_size: int = 500
+    flush_interval_seconds: float = 0.1
+    # Events a sink may hold in memory while slow before they spill to its spool.
+    sink_buffer: int = 20_000
+    spool_dir: str = "~/.local/state/autoroute/usage/spool"
+    spool_segment_bytes: int = 16 * 1024 * 1024
+    fsync: Literal["always", "interval", "never"] = "interval"
+    fsync_interval_seconds: float = 1.0
+    # Seconds a sink gets to write what is left at shutdown before the rest spills.
+    drain_seconds: float = 5.0
+    # One sink write (a batch) gives up after this; the batch spills and is retried.
+    write_timeout_seconds: float = 10.0
+    retry_backoff_seconds: float = 0.5
+    retry_backoff_max_seconds: float = 10.0
+    postgres_dsn: str | None = None
+    postgres_pool_size: int = 2
+    kafka_bootstrap: str | None = None
+    kafka_usage_topic: str = "autoroute.usage"
+    kafka_feedback_topic: str = "autoroute.feedback"
+    kafka_create_topics: bool = True
+    kafka_partitions: int = 3
+    kafka_replication_factor: int = 1
+    kafka_linger_ms: int = 20
+    kafka_compression: Literal["zstd", "lz4", "gzip", "none"] = "zstd"
+    kafka_retries: int = 5
+    kafka_request_timeout_ms: int = 5000
+    # In-memory stats window (when PostgreSQL is not configured): events kept per
+    # served model and backend.
+    stats_window: int = 5000
+    # How far back the stats endpoint looks in PostgreSQL.
+    stats_window_seconds: float = 3600.0
+
+
+@dataclass(frozen=True)
 class Config:
     listen: Listen = field(default_factory=Listen)
     backends: tuple[Backend, ...] = (Backend(url="http://127.0.0.1:11434"),)
@@ -90,6 +180,8 @@ class Config:
     health: Health = field(default_factory=Health)
     routing: Routing = field(default_factory=Routing)
     logging: Logging = field(default_factory=Logging)
+    usage: Usage = field(default_factory=Usage)
+    selector: Selector = field(default_factory=Selector)
 
     def check(self) -> Config:
         if not self.backends:
@@ -149,6 +241,11 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     origin = get_origin(hint)
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, where + ".")  # type: ignore[arg-type]
+    if origin is dict:
+        _, item_type = get_args(hint)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping")
+        return {str(k): _coerce(item_type, v or {}, f"{where}.{k}") for k, v in value.items()}
     if origin is tuple:
         (item,) = get_args(hint)[:1]
         if isinstance(value, str):

@@ -9,6 +9,8 @@ from __future__ import annotations
 NDJSON = "application/x-ndjson"
 SSE = "text/event-stream"
 JSON = "application/json; charset=utf-8"
+# Ollama's OpenAI-compatible routes answer without the charset parameter.
+JSON_V1 = "application/json"
 TEXT = "text/plain; charset=utf-8"
 
 # The version the emulator reports. VS Code's Copilot refuses anything below 0.6.4.

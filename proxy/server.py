@@ -13,17 +13,20 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from proxy.auto import AutoError, AutoRouter, profile_of
+from proxy.auto_routes import AutoRoutes
 from proxy.backends import BackendPool, BackendState, NoBackend
 from proxy.config import Config
 from proxy.errors import error_response
 from proxy.logs import AccessLog
-from proxy.protocol import JSON, MODEL_ADMIN_PATHS, MODEL_ROUTED_PATHS, REQUEST_ID_HEADER
+from proxy.protocol import JSON, JSON_V1, MODEL_ADMIN_PATHS, MODEL_ROUTED_PATHS, REQUEST_ID_HEADER
+from proxy.registry import Registry
 from proxy.relay import Outcome, Relay
 
 log = logging.getLogger("autoroute.server")
@@ -33,6 +36,13 @@ MERGED_PATHS = {"/api/tags": "models", "/api/ps": "models", "/v1/models": "data"
 # The proxy's own endpoints live under this prefix; no Ollama path starts with it.
 OWN_PREFIX = "/api/autoroute/"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+EMBED_PATHS = frozenset({"/api/embed", "/api/embeddings", "/v1/embeddings"})
+AUTOROUTE_HEADERS = (
+    "X-Autoroute-Model",
+    "X-Autoroute-Profile",
+    "X-Autoroute-Reason",
+    "X-Autoroute-Score",
+)
 # Bodies below this size are read so that a failed backend can be retried.
 _REPLAYABLE_BYTES = 1024 * 1024
 
@@ -73,8 +83,33 @@ class Proxy:
     async def start(self, app: web.Application) -> None:
         self.backends = BackendPool(self.config)
         self.relay = Relay(self.config, self.backends)
+        self.registry = Registry(self.backends)
+        self.auto = AutoRouter(self.config, self.backends, self.registry)
+        self.auto.scorer.reload()
+        self.auto_routes = AutoRoutes(self.auto)
+        self.own_routes.update(
+            {
+                ("POST", OWN_PREFIX + "explain"): self.auto_routes.explain,
+                ("GET", OWN_PREFIX + "status"): self.auto_routes.status,
+                ("POST", OWN_PREFIX + "reload"): self.auto_routes.reload,
+            }
+        )
         await self.backends.start()
         self.access.start()
+        self._spawn(self._watch_artifact())
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _watch_artifact(self) -> None:
+        interval = self.config.selector.reload_check_seconds
+        if interval <= 0:
+            return
+        while True:
+            await asyncio.sleep(interval)
+            self.auto.scorer.reload_if_changed()
 
     async def stop(self, app: web.Application) -> None:
         for task in list(self._background):
@@ -102,7 +137,13 @@ class Proxy:
         finally:
             if response is not None and not response.prepared:
                 response.headers[REQUEST_ID_HEADER] = request_id
+                for name, value in outcome.extra.items():
+                    response.headers[name] = value
                 outcome.status = response.status
+            if outcome.stats and outcome.backend:
+                served = outcome.decision["chosen"] if outcome.decision else outcome.model
+                if served:
+                    self.auto.observe(outcome.backend, served, outcome.stats)
             self.access.record(
                 {
                     "request_id": request_id,
@@ -128,16 +169,16 @@ class Proxy:
         path = request.path
         method = request.method
         if method == "POST" and path in MODEL_ROUTED_PATHS:
-            body = outcome.body = await request.read()
-            outcome.model = model_of(body)
-            return await self.relay.forward(request, outcome, body, outcome.model)
+            return await self._model_routed(request, outcome)
         if path.startswith(OWN_PREFIX):
             handler = self.own_routes.get((method, path))
             if handler is None:
                 return error_response(path, 404, f"no such endpoint: {method} {path}")
             return await handler(request)
-        if path in MERGED_PATHS and method in ("GET", "HEAD") and len(self.backends.states) > 1:
-            return await self._merged(request, MERGED_PATHS[path])
+        if path in MERGED_PATHS and method in ("GET", "HEAD"):
+            extra = self._auto_entries(path)
+            if extra or len(self.backends.states) > 1:
+                return await self._merged(request, MERGED_PATHS[path], extra)
         if path in MODEL_ADMIN_PATHS:
             return await self._admin(request, outcome)
         if path.startswith("/api/blobs/"):
@@ -146,11 +187,72 @@ class Proxy:
                 request, outcome, None if method == "POST" else b"", None, only=self._first()
             )
         if path.startswith("/v1/models/") and method == "GET":
-            return await self.relay.forward(request, outcome, b"", path[len("/v1/models/") :])
+            name = path[len("/v1/models/") :]
+            entry = next((e for e in self._auto_entries("/v1/models") if e["id"] == name), None)
+            if entry is not None:
+                return web.Response(body=orjson.dumps(entry), headers={"Content-Type": JSON_V1})
+            return await self.relay.forward(request, outcome, b"", name)
         length = request.content_length
         if request.body_exists and (length is None or length > _REPLAYABLE_BYTES):
             return await self.relay.forward(request, outcome, None, None)
         return await self.relay.forward(request, outcome, await request.read(), None)
+
+    async def _model_routed(self, request: web.Request, outcome: Outcome) -> web.StreamResponse:
+        """Requests whose body names the model: `auto` is decided and rewritten here."""
+        body = outcome.body = await request.read()
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            doc = None  # the backend answers malformed JSON with its own error
+        model = doc.get("model") if isinstance(doc, dict) else None
+        if not isinstance(model, str) or not model:
+            return await self.relay.forward(request, outcome, body, None)
+        outcome.model = model
+        profile = profile_of(model, self.config.selector.default_profile)
+        if profile is None:
+            return await self.relay.forward(request, outcome, body, model)
+        assert isinstance(doc, dict)
+        path = request.path
+        if path == "/api/show":
+            return self.auto_routes.show(profile)
+        if path in EMBED_PATHS:
+            chosen = self.config.selector.embedding_model
+            if not chosen:
+                return error_response(
+                    path,
+                    400,
+                    "auto needs selector.embedding_model in the configuration for embeddings",
+                )
+            outcome.extra[AUTOROUTE_HEADERS[0]] = chosen
+            outcome.extra[AUTOROUTE_HEADERS[2]] = "pinned"
+        else:
+            try:
+                choice = self.auto.decide(path, doc, profile)
+            except AutoError as exc:
+                return error_response(path, 400, str(exc))
+            decision = choice.decision
+            chosen = decision.chosen
+            outcome.decision = decision.record()
+            outcome.features = choice.request_features
+            score = decision.score
+            outcome.extra.update(
+                zip(
+                    AUTOROUTE_HEADERS,
+                    (chosen, profile, decision.reason, f"{score.utility:.4f}" if score else ""),
+                    strict=True,
+                )
+            )
+        doc["model"] = chosen
+        return await self.relay.forward(request, outcome, orjson.dumps(doc), chosen)
+
+    def _auto_entries(self, path: str) -> list[dict[str, Any]]:
+        if not self.config.selector.list_in_tags:
+            return []
+        if path == "/api/tags":
+            return self.auto_routes.tag_entries()
+        if path == "/v1/models":
+            return self.auto_routes.model_entries()
+        return []
 
     async def _health(self, request: web.Request) -> web.Response:
         """The proxy's own liveness (for container health checks) and its view of each
@@ -189,9 +291,7 @@ class Proxy:
             return error_response(request.path, 503, str(exc))
         if self.config.routing.admin_target == "all" and request.path != "/api/create":
             for other in self.backends.usable(exclude=[primary]):
-                task = asyncio.create_task(self._replicate(request, other, body))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
+                self._spawn(self._replicate(request, other, body))
         return await self.relay.forward(request, outcome, body, model, only=primary)
 
     async def _replicate(self, request: web.Request, state: BackendState, body: bytes) -> None:
@@ -203,7 +303,9 @@ class Proxy:
             return
         log.info("%s %s on %s answered %d", request.method, request.path, state.label, head.status)
 
-    async def _merged(self, request: web.Request, key: str) -> web.StreamResponse:
+    async def _merged(
+        self, request: web.Request, key: str, extra: list[dict[str, Any]]
+    ) -> web.StreamResponse:
         states = self.backends.usable()
         if not states:
             return error_response(request.path, 503, self.backends.unavailable_reason())
@@ -222,14 +324,11 @@ class Proxy:
                     seen.add(ident)
                     items.append(item)
         merged = dict(docs[0])
-        merged[key] = items
+        merged[key] = items + extra
         body = orjson.dumps(merged)
-        response = web.Response(status=200, headers={"Content-Type": JSON})
-        if request.method != "HEAD":
-            response.body = body
-        else:
-            response.content_length = len(body)
-        return response
+        content_type = JSON_V1 if request.path.startswith("/v1/") else JSON
+        # aiohttp leaves the body out of a HEAD answer and keeps its Content-Length.
+        return web.Response(status=200, body=body, headers={"Content-Type": content_type})
 
 
 PROXY_KEY = web.AppKey("proxy", Proxy)

@@ -10,6 +10,7 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
+import orjson
 import uvloop
 from aiohttp import web
 
@@ -19,6 +20,17 @@ from proxy.emulator import create_app as create_emulator
 from proxy.server import create_app as create_proxy
 
 T = TypeVar("T")
+
+# What the proxy adds to /api/tags and /v1/models with the default profiles.
+AUTO_NAMES = ("auto", "auto:balanced", "auto:fast", "auto:best")
+
+
+def without_auto(body: bytes) -> bytes:
+    """A model list as the backend sent it: the proxy's `auto` entries removed."""
+    doc = orjson.loads(body)
+    key = "models" if "models" in doc else "data"
+    doc[key] = [m for m in doc[key] if (m.get("name") or m.get("id")) not in AUTO_NAMES]
+    return orjson.dumps(doc)
 
 
 def free_port() -> int:

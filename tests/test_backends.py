@@ -15,7 +15,7 @@ import pytest
 from proxy.config import Health
 from proxy.server import PROXY_KEY
 from tests.conftest import FROZEN
-from tests.support import Emulator, Proxy, ServerThread
+from tests.support import AUTO_NAMES, Emulator, Proxy, ServerThread
 
 SHARED = "qwen2.5:7b"
 ONLY_A = "llama3.1:8b"
@@ -107,7 +107,7 @@ async def test_merged_lists_have_every_model_once(pair: Pair) -> None:
             names = [m["name"] for m in (await resp.json())["models"]]
         async with session.get(pair.proxy.url + "/v1/models") as resp:
             ids = [m["id"] for m in (await resp.json())["data"]]
-    expected = {SHARED, ONLY_A, ONLY_B, "mistral:7b", "nomic-embed-text:latest"}
+    expected = {SHARED, ONLY_A, ONLY_B, "mistral:7b", "nomic-embed-text:latest", *AUTO_NAMES}
     assert sorted(names) == sorted(expected)
     assert sorted(ids) == sorted(expected)
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import openai
 
-from tests.support import Emulator, Proxy
+from tests.support import AUTO_NAMES, Emulator, Proxy
 
 MODEL = "qwen2.5:7b"
 MESSAGES: list[Any] = [{"role": "user", "content": "Why is the sky blue?"}]
@@ -31,7 +31,7 @@ def calls(sdk: openai.OpenAI) -> dict[str, Any]:
         "embeddings": sdk.embeddings.create(
             model="nomic-embed-text", input=["a", "b"]
         ).model_dump(),
-        "models": [m.model_dump() for m in sdk.models.list()],
+        "models": [m.model_dump() for m in sdk.models.list() if m.id not in AUTO_NAMES],
         "model": sdk.models.retrieve(MODEL).model_dump(),
     }
 

@@ -1,0 +1,191 @@
+"""`"model": "auto"` and `auto:<profile>`: choose a model for this request, now.
+
+Hard filters first (capabilities the request needs, context length, the profile's
+allow and deny lists), then one onnxruntime batch over the survivors for
+P(success), expected seconds from live telemetry, and the policy's choice. With no
+usable artifact, a documented heuristic stands in (`selector_model.policy`).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from proxy.backends import BackendPool, NoBackend, normalize_model
+from proxy.config import Config
+from proxy.registry import Registry
+from selector_model import artifact as artifact_module
+from selector_model import features
+from selector_model.features import Candidate
+from selector_model.policy import Decision, heuristic_p_success, pick, rank
+from selector_model.scorer import Scorer
+from selector_model.telemetry import Telemetry
+
+AUTO = "auto"
+DEFAULT_OUTPUT_TOKENS = 256
+_LOG_TOKENS = features.REQUEST_FEATURES.index("log_est_tokens")
+
+
+class AutoError(Exception):
+    """The request cannot be routed automatically; a 400 in Ollama's shape."""
+
+
+@dataclass
+class Choice:
+    decision: Decision
+    request_features: list[float]
+
+
+def profile_of(model: str, default: str) -> str | None:
+    """The profile an `auto` model name asks for, or None for a real model name."""
+    lowered = model.strip().lower()
+    if lowered in (AUTO, AUTO + ":latest"):
+        return default
+    if lowered.startswith(AUTO + ":"):
+        return lowered[len(AUTO) + 1 :]
+    return None
+
+
+def required_capabilities(doc: Mapping[str, Any]) -> list[str]:
+    needs = []
+    if doc.get("tools"):
+        needs.append("tools")
+    messages = doc.get("messages")
+    has_images = bool(doc.get("images")) or (
+        isinstance(messages, list)
+        and any(
+            isinstance(m, dict)
+            and (
+                m.get("images")
+                or (
+                    isinstance(m.get("content"), list)
+                    and any(
+                        isinstance(p, dict) and p.get("type") == "image_url" for p in m["content"]
+                    )
+                )
+            )
+            for m in messages
+        )
+    )
+    if has_images:
+        needs.append("vision")
+    if doc.get("suffix"):
+        needs.append("insert")
+    if doc.get("think") not in (None, False):
+        needs.append("thinking")
+    return needs
+
+
+def _output_tokens(doc: Mapping[str, Any]) -> float:
+    options = doc.get("options") if isinstance(doc.get("options"), dict) else {}
+    assert isinstance(options, dict)
+    value = options.get("num_predict", doc.get("max_tokens"))
+    return float(value) if isinstance(value, int | float) and value > 0 else DEFAULT_OUTPUT_TOKENS
+
+
+class AutoRouter:
+    def __init__(self, config: Config, backends: BackendPool, registry: Registry) -> None:
+        self.config = config.selector
+        self.backends = backends
+        self.registry = registry
+        self.telemetry = Telemetry()
+        self.scorer = Scorer(artifact_module.resolve(self.config.artifact))
+        self.rng = random.Random()
+        self.decisions = 0
+
+    def decide(self, path: str, doc: Mapping[str, Any], profile_name: str) -> Choice:
+        profile = self.config.profiles.get(profile_name)
+        if profile is None:
+            configured = ", ".join(f"auto:{p}" for p in sorted(self.config.profiles))
+            raise AutoError(f"unknown profile 'auto:{profile_name}' (configured: {configured})")
+        request = features.request_features(path, doc)
+        prompt_tokens = math.expm1(request[_LOG_TOKENS])
+        needs = required_capabilities(doc)
+        allow = {normalize_model(m) for m in profile.allow}
+        deny = {normalize_model(m) for m in profile.deny}
+        eligible: list[Candidate] = []
+        filtered: dict[str, str] = {}
+        for candidate in self.registry.candidates():
+            missing = [n for n in needs if n not in candidate.capabilities]
+            if allow and candidate.name not in allow:
+                filtered[candidate.name] = "not in the profile's allow list"
+            elif candidate.name in deny:
+                filtered[candidate.name] = "in the profile's deny list"
+            elif missing:
+                filtered[candidate.name] = "lacks " + ", ".join(missing)
+            elif candidate.context_length < prompt_tokens:
+                filtered[candidate.name] = (
+                    f"context {candidate.context_length} < ~{int(prompt_tokens)} prompt tokens"
+                )
+            else:
+                eligible.append(candidate)
+        if not eligible:
+            reasons = "; ".join(f"{m}: {why}" for m, why in sorted(filtered.items()))
+            raise AutoError(
+                f"no model can serve this request with auto:{profile_name}"
+                + (f" ({reasons})" if reasons else " (no models available)")
+            )
+
+        artifact = self.scorer.artifact
+        if artifact is not None:
+            p_success = self.scorer.p_success(artifact, request, eligible)
+        else:
+            p_success = [heuristic_p_success(c) for c in eligible]
+        output_tokens = _output_tokens(doc)
+        seconds = [self._seconds(c, prompt_tokens, output_tokens) for c in eligible]
+        known = {normalize_model(m) for m in artifact.known_models} if artifact else set()
+        ranking = rank([c.name for c in eligible], p_success, seconds, profile.cost_weight, known)
+        chosen, reason, propensity = pick(
+            ranking,
+            normalize_model(profile.default_model) if profile.default_model else "",
+            self.config.min_gain,
+            profile.exploration,
+            self.rng,
+        )
+        if artifact is None and reason != "explore":
+            reason = "fallback"
+        self.decisions += 1
+        decision = Decision(
+            chosen=chosen.name,
+            reason=reason,
+            profile=profile_name,
+            ranking=ranking,
+            filtered=filtered,
+            propensity=propensity,
+            artifact_version=artifact.version if artifact else None,
+        )
+        return Choice(decision, request)
+
+    def _seconds(self, candidate: Candidate, prompt_tokens: float, output_tokens: float) -> float:
+        try:
+            backend = self.backends.choose(candidate.name).label
+        except NoBackend:
+            backend = ""
+        return self.telemetry.expected_seconds(backend, candidate, prompt_tokens, output_tokens)
+
+    def observe(self, backend: str, model: str, stats: Mapping[str, int | str]) -> None:
+        info = self.registry.models.get(normalize_model(model))
+        if info is not None and stats:
+            self.telemetry.observe(backend, info.candidate, stats)
+
+    def status(self) -> dict[str, Any]:
+        artifact = self.scorer.artifact
+        return {
+            "mode": "ml" if artifact else "fallback",
+            "artifact": artifact.describe() if artifact else None,
+            "artifact_error": self.scorer.error,
+            "schema_version": features.SCHEMA_VERSION,
+            "profiles": {
+                name: {"cost_weight": p.cost_weight, "default_model": p.default_model or None}
+                for name, p in self.config.profiles.items()
+            },
+            "default_profile": self.config.default_profile,
+            "candidates": [c.name for c in self.registry.candidates()],
+            "decisions": self.decisions,
+            "telemetry": self.telemetry.snapshot(),
+            "time": time.time(),
+        }

@@ -1,0 +1,129 @@
+"""What `auto` looks like on the wire: its entries in the model lists, its `/api/show`,
+and the proxy's own endpoints `explain`, `status` and `reload` under /api/autoroute/."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from proxy.auto import AUTO, AutoError, AutoRouter, profile_of
+from proxy.errors import error_response
+from proxy.protocol import JSON
+
+_DETAILS = {
+    "parent_model": "",
+    "format": "autoroute",
+    "family": "autoroute",
+    "families": ["autoroute"],
+    "parameter_size": "",
+    "quantization_level": "",
+}
+
+
+def _json(doc: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(doc), headers={"Content-Type": JSON})
+
+
+class AutoRoutes:
+    def __init__(self, auto: AutoRouter) -> None:
+        self.auto = auto
+
+    def names(self) -> list[str]:
+        return [AUTO, *(f"{AUTO}:{p}" for p in self.auto.config.profiles)]
+
+    def _stamp(self) -> float:
+        artifact = self.auto.scorer.artifact
+        return artifact.loaded_at if artifact else time.time()
+
+    def tag_entries(self) -> list[dict[str, Any]]:
+        """`auto` and each profile, shaped as /api/tags entries, so editors list them."""
+        artifact = self.auto.scorer.artifact
+        modified = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._stamp()))
+        digest = artifact.sha256 if artifact else "0" * 64
+        return [
+            {
+                "name": name,
+                "model": name,
+                "modified_at": modified,
+                "size": 0,
+                "digest": digest,
+                "details": _DETAILS,
+            }
+            for name in self.names()
+        ]
+
+    def model_entries(self) -> list[dict[str, Any]]:
+        """The same, shaped as /v1/models entries."""
+        created = int(self._stamp())
+        return [
+            {"id": name, "object": "model", "created": created, "owned_by": "autoroute"}
+            for name in self.names()
+        ]
+
+    def show(self, profile: str) -> web.Response:
+        """`/api/show` for `auto`: capabilities at least one candidate offers, and the
+        largest context among them (editors size their prompts from it)."""
+        if profile not in self.auto.config.profiles:
+            return error_response("/api/show", 404, f"model 'auto:{profile}' not found")
+        candidates = self.auto.registry.candidates()
+        capabilities = sorted({"completion", *(c for m in candidates for c in m.capabilities)})
+        context = max((m.context_length for m in candidates), default=2048)
+        names = ", ".join(m.name for m in candidates) or "none yet"
+        return _json(
+            {
+                "modelfile": f"# auto:{profile}: ollama-autoroute picks one of: {names}\n",
+                "parameters": "",
+                "template": "{{ .Prompt }}",
+                "details": _DETAILS,
+                "model_info": {
+                    "general.architecture": "autoroute",
+                    "autoroute.context_length": context,
+                },
+                "capabilities": capabilities,
+                "modified_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._stamp())),
+            }
+        )
+
+    async def explain(self, request: web.Request) -> web.StreamResponse:
+        """The full ranking for a request body, without generating anything."""
+        try:
+            doc = orjson.loads(await request.read())
+        except orjson.JSONDecodeError as exc:
+            return error_response(request.path, 400, f"invalid JSON: {exc}")
+        if not isinstance(doc, dict):
+            return error_response(request.path, 400, "expected a JSON object")
+        model = doc.get("model") if isinstance(doc.get("model"), str) else AUTO
+        profile = profile_of(str(model), self.auto.config.default_profile)
+        if profile is None:
+            return error_response(request.path, 400, f"'{model}' is not auto or auto:<profile>")
+        path = str(
+            request.query.get("path") or ("/api/chat" if "messages" in doc else "/api/generate")
+        )
+        try:
+            choice = self.auto.decide(path, doc, profile)
+        except AutoError as exc:
+            return error_response(request.path, 400, str(exc))
+        decision = choice.decision
+        return _json(
+            {
+                "model": decision.chosen,
+                "profile": decision.profile,
+                "reason": decision.reason,
+                "propensity": decision.propensity,
+                "artifact_version": decision.artifact_version,
+                "ranking": [s.describe() for s in decision.ranking],
+                "filtered": decision.filtered,
+            }
+        )
+
+    async def status(self, request: web.Request) -> web.StreamResponse:
+        return _json(self.auto.status())
+
+    async def reload(self, request: web.Request) -> web.StreamResponse:
+        """Reload the artifact now; a bad file keeps the current one (409)."""
+        if self.auto.scorer.reload():
+            return _json(self.auto.status())
+        return error_response(request.path, 409, f"artifact not reloaded: {self.auto.scorer.error}")

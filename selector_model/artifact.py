@@ -1,0 +1,125 @@
+"""The selector artifact: an ONNX classifier and the metadata that says how to feed it.
+
+`load` checks everything before anyone scores with it: the metadata parses, names the
+feature schema this code computes, its feature names are ours in our order, and the
+model scores a probe batch. A bad artifact raises `ArtifactError` and never replaces
+a good one (see `selector_model.scorer`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import orjson
+
+from selector_model import features
+
+SHIPPED = Path(__file__).resolve().parent / "artifacts" / "selector.onnx"
+
+
+class ArtifactError(Exception):
+    """The artifact cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class Artifact:
+    path: Path
+    version: str
+    schema_version: int
+    known_models: tuple[str, ...]
+    # Details of the models the artifact knows: name → dict of Candidate fields.
+    models: dict[str, dict[str, Any]]
+    policy: dict[str, Any]
+    metrics: dict[str, Any]
+    session: ort.InferenceSession
+    input_name: str
+    output_name: str
+    positive_column: int
+    width: int
+    loaded_at: float
+    load_seconds: float
+    sha256: str
+
+    def predict(self, rows: np.ndarray) -> np.ndarray:
+        """P(success) for each row."""
+        out = self.session.run([self.output_name], {self.input_name: rows})[0]
+        probabilities: np.ndarray = out[:, self.positive_column]
+        return probabilities
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "version": self.version,
+            "schema_version": self.schema_version,
+            "sha256": self.sha256,
+            "known_models": list(self.known_models),
+            "features": self.width,
+            "metrics": self.metrics,
+            "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at)),
+            "load_seconds": round(self.load_seconds, 4),
+        }
+
+
+def resolve(path: str) -> Path:
+    return Path(path) if path else SHIPPED
+
+
+def load(path: Path) -> Artifact:
+    started = time.perf_counter()
+    meta_path = path.with_suffix(".json")
+    try:
+        raw = path.read_bytes()
+        meta = orjson.loads(meta_path.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise ArtifactError(f"cannot read {path} and {meta_path.name}: {exc}") from None
+    if not isinstance(meta, dict):
+        raise ArtifactError(f"{meta_path}: metadata is not an object")
+    schema = meta.get("schema_version")
+    if schema != features.SCHEMA_VERSION:
+        raise ArtifactError(
+            f"{path}: feature schema {schema!r}, this proxy computes {features.SCHEMA_VERSION}"
+        )
+    known = tuple(meta.get("known_models") or ())
+    expected = features.feature_names(known)
+    if list(meta.get("feature_names") or ()) != expected:
+        raise ArtifactError(f"{path}: feature names differ from selector_model.features")
+    onnx_meta = meta.get("onnx") or {}
+    try:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(raw, options, providers=["CPUExecutionProvider"])
+        input_name = str(onnx_meta.get("input") or session.get_inputs()[0].name)
+        output_name = str(onnx_meta.get("output") or session.get_outputs()[-1].name)
+        column = int(onnx_meta.get("positive_column", 1))
+        probe = np.zeros((2, len(expected)), dtype=np.float32)
+        out = session.run([output_name], {input_name: probe})[0]
+        if getattr(out, "shape", None) != (2, out.shape[1]) or not 0 <= column < out.shape[1]:
+            raise ArtifactError(f"{path}: output {output_name} has shape {out.shape}")
+    except ArtifactError:
+        raise
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise ArtifactError(f"{path}: onnxruntime refused it: {exc}") from None
+    return Artifact(
+        path=path,
+        version=str(meta.get("version") or meta.get("artifact_version") or "unversioned"),
+        schema_version=int(schema),
+        known_models=known,
+        models=dict(meta.get("models") or {}),
+        policy=dict(meta.get("policy") or {}),
+        metrics=dict(meta.get("metrics") or {}),
+        session=session,
+        input_name=input_name,
+        output_name=output_name,
+        positive_column=column,
+        width=len(expected),
+        loaded_at=time.time(),
+        load_seconds=time.perf_counter() - started,
+        sha256=hashlib.sha256(raw).hexdigest(),
+    )

@@ -1,0 +1,66 @@
+"""The artifact in use, scored in one batch per request, and swapped atomically.
+
+A reload (file change, SIGHUP, the admin endpoint) builds a complete new `Artifact`
+first and replaces the reference only when it loaded and passed its checks: requests
+in flight keep the one they started with, and a bad file never replaces a good one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from selector_model import artifact as artifact_module
+from selector_model.artifact import Artifact, ArtifactError
+from selector_model.features import Candidate, rows
+
+log = logging.getLogger("autoroute.selector")
+
+
+class Scorer:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.artifact: Artifact | None = None
+        self.error: str | None = None
+        self._stamp: tuple[float, float] | None = None
+
+    def _file_stamp(self) -> tuple[float, float] | None:
+        try:
+            return (self.path.stat().st_mtime, self.path.with_suffix(".json").stat().st_mtime)
+        except OSError:
+            return None
+
+    def reload(self) -> bool:
+        """Load the artifact file again; keep the current one if the new one fails."""
+        stamp = self._file_stamp()
+        try:
+            new = artifact_module.load(self.path)
+        except ArtifactError as exc:
+            self._stamp = stamp
+            if self.error != str(exc):
+                # Loud, once per distinct failure: routing falls back or stays on the old.
+                log.error(
+                    "selector artifact unusable, %s: %s",
+                    "keeping the previous one" if self.artifact else "using the fallback heuristic",
+                    exc,
+                )
+            self.error = str(exc)
+            return False
+        self.artifact, self.error, self._stamp = new, None, stamp
+        log.info("selector artifact %s loaded from %s", new.version, self.path)
+        return True
+
+    def reload_if_changed(self) -> bool:
+        stamp = self._file_stamp()
+        if stamp is None or stamp == self._stamp:
+            return False
+        return self.reload()
+
+    def p_success(
+        self, artifact: Artifact, request: Sequence[float], candidates: Sequence[Candidate]
+    ) -> list[float]:
+        batch = np.asarray(rows(request, candidates, artifact.known_models), dtype=np.float32)
+        return [float(p) for p in artifact.predict(batch)]

@@ -1,0 +1,102 @@
+"""Expected seconds per candidate, from what the proxy has seen of each (backend, model).
+
+Every final chunk the relay parses carries the prompt-eval and generation durations
+and the load time (nanoseconds); they feed exponentially weighted rates here. Before
+any traffic, a prior from model size and quantization stands in: decoding is bound by
+memory bandwidth, so tokens/s ≈ bandwidth / bytes of weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from selector_model.features import Candidate
+
+# Assumed hardware for the prior: a mid-range GPU and an NVMe disk.
+PRIOR_BANDWIDTH_GBPS = 400.0
+PRIOR_DISK_GBPS = 2.0
+PRIOR_PROMPT_SPEEDUP = 30.0  # prompt evaluation is batched: ~30x decoding speed
+ALPHA = 0.2  # weight of the newest observation
+
+
+@dataclass
+class Rates:
+    prompt_tps: float
+    gen_tps: float
+    load_seconds: float
+    samples: int = 0
+
+
+def prior(candidate: Candidate) -> Rates:
+    weights_gb = max(candidate.params_b, 0.05) * candidate.quant_bits / 8.0
+    gen_tps = PRIOR_BANDWIDTH_GBPS / weights_gb
+    return Rates(
+        prompt_tps=gen_tps * PRIOR_PROMPT_SPEEDUP,
+        gen_tps=gen_tps,
+        load_seconds=weights_gb / PRIOR_DISK_GBPS,
+    )
+
+
+def _ewma(old: float, new: float, samples: int) -> float:
+    return new if samples == 0 else old + ALPHA * (new - old)
+
+
+class Telemetry:
+    def __init__(self) -> None:
+        self._rates: dict[tuple[str, str], Rates] = {}
+
+    def observe(self, backend: str, candidate: Candidate, stats: Mapping[str, int | str]) -> None:
+        """Fold one final chunk's counters into the rates of (backend, model)."""
+        key = (backend, candidate.name)
+        rates = self._rates.get(key) or prior(candidate)
+        n = rates.samples
+        eval_count, eval_ns = stats.get("eval_count"), stats.get("eval_duration")
+        prompt_count, prompt_ns = stats.get("prompt_eval_count"), stats.get("prompt_eval_duration")
+        load_ns = stats.get("load_duration")
+        seen = False
+        if (
+            isinstance(eval_count, int)
+            and isinstance(eval_ns, int)
+            and eval_count > 0
+            and eval_ns > 0
+        ):
+            rates.gen_tps = _ewma(rates.gen_tps, eval_count / (eval_ns / 1e9), n)
+            seen = True
+        if (
+            isinstance(prompt_count, int)
+            and isinstance(prompt_ns, int)
+            and prompt_count > 0
+            and prompt_ns > 0
+        ):
+            rates.prompt_tps = _ewma(rates.prompt_tps, prompt_count / (prompt_ns / 1e9), n)
+            seen = True
+        # A load of a few milliseconds is the warm-runner bookkeeping, not a load.
+        if isinstance(load_ns, int) and load_ns > 50_000_000:
+            rates.load_seconds = _ewma(rates.load_seconds, load_ns / 1e9, n)
+        if seen:
+            rates.samples = n + 1
+            self._rates[key] = rates
+
+    def rates(self, backend: str, candidate: Candidate) -> Rates:
+        return self._rates.get((backend, candidate.name)) or prior(candidate)
+
+    def expected_seconds(
+        self, backend: str, candidate: Candidate, prompt_tokens: float, output_tokens: float
+    ) -> float:
+        rates = self.rates(backend, candidate)
+        seconds = prompt_tokens / rates.prompt_tps + output_tokens / rates.gen_tps
+        return seconds if candidate.loaded else seconds + rates.load_seconds
+
+    def snapshot(self) -> list[dict[str, object]]:
+        return [
+            {
+                "backend": backend,
+                "model": model,
+                "prompt_tokens_per_s": round(r.prompt_tps, 1),
+                "tokens_per_s": round(r.gen_tps, 2),
+                "load_seconds": round(r.load_seconds, 3),
+                "samples": r.samples,
+            }
+            for (backend, model), r in sorted(self._rates.items())
+        ]
