@@ -1,0 +1,198 @@
+"""`model: auto` without an artifact: hard filters, profiles, the fallback heuristic,
+headers, explain, and `auto` as editors see it in the model lists."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import ollama
+import openai
+import orjson
+import pytest
+
+from proxy.config import Profile, Selector
+from tests.support import Emulator, Proxy, ServerThread
+
+TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+PIXEL = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+)
+
+
+def selector(tmp_path: Path, **overrides: Any) -> Selector:
+    profiles = {
+        "balanced": Profile(cost_weight=0.02),
+        "best": Profile(cost_weight=0.0),
+        "fast": Profile(cost_weight=1.0),
+        "coders": Profile(cost_weight=0.0, allow=("qwen2.5-coder:7b", "codegemma:7b")),
+        "nomixtral": Profile(cost_weight=0.0, deny=("mixtral:8x7b",)),
+    }
+    settings: dict[str, Any] = {
+        "artifact": str(tmp_path / "missing.onnx"),
+        "profiles": profiles,
+        "embedding_model": "nomic-embed-text",
+        **overrides,
+    }
+    return Selector(**settings)
+
+
+@pytest.fixture
+def auto_proxy(servers: ServerThread, emulator: Emulator, tmp_path: Path) -> Iterator[Proxy]:
+    prx = Proxy(servers, [emulator.url], selector=selector(tmp_path))
+    yield prx
+    prx.stop()
+
+
+async def explain(proxy: Proxy, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(proxy.url + "/api/autoroute/explain", json=body) as resp,
+    ):
+        return resp.status, await resp.json()
+
+
+def chat(model: str, **extra: Any) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": "Hello there"}], **extra}
+
+
+async def test_fallback_without_artifact_is_visible(auto_proxy: Proxy) -> None:
+    status, ranking = await explain(auto_proxy, chat("auto"))
+    assert status == 200
+    assert ranking["reason"] == "fallback" and ranking["artifact_version"] is None
+    assert ranking["model"] == ranking["ranking"][0]["model"]
+    async with aiohttp.ClientSession() as session:
+        async with session.get(auto_proxy.url + "/api/autoroute/status") as resp:
+            doc = await resp.json()
+    assert doc["mode"] == "fallback" and "missing.onnx" in doc["artifact_error"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "capability"),
+    [
+        ({"tools": TOOLS}, "tools"),
+        ({"think": True}, "thinking"),
+    ],
+)
+async def test_hard_filters_remove_models_without_the_capability(
+    auto_proxy: Proxy, extra: dict[str, Any], capability: str
+) -> None:
+    status, doc = await explain(auto_proxy, chat("auto:best", **extra))
+    assert status == 200
+    assert doc["filtered"], doc
+    assert all(f"lacks {capability}" in why for why in doc["filtered"].values() if "lacks" in why)
+    chosen = doc["model"]
+    async with aiohttp.ClientSession() as session:
+        async with session.post(auto_proxy.url + "/api/show", json={"model": chosen}) as resp:
+            assert capability in (await resp.json())["capabilities"]
+
+
+async def test_images_need_vision_and_suffix_needs_insert(auto_proxy: Proxy) -> None:
+    vision = chat("auto")
+    vision["messages"][0]["images"] = [PIXEL]
+    assert (await explain(auto_proxy, vision))[1]["model"] == "llava:7b"
+    _, fim = await explain(auto_proxy, {"model": "auto", "prompt": "def f(", "suffix": "return x"})
+    assert fim["model"] in ("qwen2.5-coder:7b", "codegemma:7b")
+    assert all("insert" in why for why in fim["filtered"].values())
+
+
+async def test_context_length_filter(auto_proxy: Proxy) -> None:
+    long = chat("auto:best")
+    long["messages"][0]["content"] = "word " * 40_000  # ~50k tokens by the 4-chars rule
+    _, doc = await explain(auto_proxy, long)
+    assert any("context" in why for why in doc["filtered"].values())
+    assert doc["model"] not in doc["filtered"]
+
+
+async def test_profiles_move_the_choice(auto_proxy: Proxy) -> None:
+    _, best = await explain(auto_proxy, chat("auto:best"))
+    _, fast = await explain(auto_proxy, chat("auto:fast"))
+    size = {r["model"]: r["expected_seconds"] for r in best["ranking"]}
+    # "fast" weighs seconds heavily: it picks a model no slower than "best" does.
+    assert size[fast["model"]] <= size[best["model"]]
+    assert fast["model"] != best["model"]
+    _, coders = await explain(auto_proxy, chat("auto:coders"))
+    assert coders["model"] in ("qwen2.5-coder:7b", "codegemma:7b")
+    _, nomix = await explain(auto_proxy, chat("auto:nomixtral"))
+    assert nomix["filtered"].get("mixtral:8x7b") == "in the profile's deny list"
+
+
+async def test_unknown_profile_and_impossible_requests_are_400(auto_proxy: Proxy) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.post(auto_proxy.url + "/api/chat", json=chat("auto:nope")) as resp:
+            assert resp.status == 400
+            assert "unknown profile 'auto:nope'" in (await resp.json())["error"]
+        body = chat("auto:coders", tools=TOOLS)
+        body["messages"][0]["images"] = [PIXEL]
+        async with session.post(auto_proxy.url + "/api/chat", json=body) as resp:
+            assert resp.status == 400
+            assert "no model can serve this request" in (await resp.json())["error"]
+
+
+async def test_explain_matches_what_the_proxy_does(auto_proxy: Proxy) -> None:
+    body = chat("auto:fast", stream=False)
+    _, doc = await explain(auto_proxy, body)
+    async with aiohttp.ClientSession() as session:
+        async with session.post(auto_proxy.url + "/api/chat", json=body) as resp:
+            answer = await resp.json()
+            assert resp.headers["X-Autoroute-Model"] == doc["model"]
+            assert resp.headers["X-Autoroute-Profile"] == "fast"
+            assert resp.headers["X-Autoroute-Reason"] == "fallback"
+            assert float(resp.headers["X-Autoroute-Score"]) == pytest.approx(
+                doc["ranking"][0]["utility"], abs=1e-3
+            )
+    assert answer["model"] == doc["model"]
+
+
+def test_official_clients_see_the_chosen_model(auto_proxy: Proxy) -> None:
+    client = ollama.Client(host=auto_proxy.url)
+    chunks = list(
+        client.chat(model="auto", messages=[{"role": "user", "content": "hi"}], stream=True)
+    )
+    names = {c.model for c in chunks}
+    assert len(names) == 1 and "auto" not in names.pop()
+    reply = client.generate(model="auto:fast", prompt="hi")
+    assert reply.model and not reply.model.startswith("auto")
+
+    sdk = openai.OpenAI(base_url=auto_proxy.url + "/v1", api_key="x", max_retries=0)
+    raw = sdk.chat.completions.with_raw_response.create(
+        model="auto:best", messages=[{"role": "user", "content": "hi"}]
+    )
+    completion = raw.parse()
+    assert completion.model == raw.headers["x-autoroute-model"]
+    assert not completion.model.startswith("auto")
+
+
+async def test_auto_is_listed_and_shown_for_editors(auto_proxy: Proxy) -> None:
+    client = ollama.AsyncClient(host=auto_proxy.url)
+    names = [m.model for m in (await client.list()).models]
+    assert {"auto", "auto:fast", "auto:best", "auto:coders"} <= set(names)
+    show = await client.show("auto")
+    assert show.capabilities is not None and {"completion", "tools", "vision"} <= set(
+        show.capabilities
+    )
+    assert show.modelinfo is not None and show.modelinfo["autoroute.context_length"] >= 32768
+    sdk = openai.AsyncOpenAI(base_url=auto_proxy.url + "/v1", api_key="x", max_retries=0)
+    assert "auto:fast" in [m.id async for m in sdk.models.list()]
+    assert (await sdk.models.retrieve("auto")).owned_by == "autoroute"
+    await sdk.close()
+
+
+async def test_auto_embeddings_use_the_configured_model(
+    auto_proxy: Proxy, servers: ServerThread, emulator: Emulator, tmp_path: Path
+) -> None:
+    client = ollama.AsyncClient(host=auto_proxy.url)
+    embedded = await client.embed(model="auto", input="hello")
+    assert embedded.model == "nomic-embed-text:latest" or embedded.model == "nomic-embed-text"
+    plain = Proxy(servers, [emulator.url], selector=selector(tmp_path, embedding_model=""))
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(
+                plain.url + "/api/embed", json={"model": "auto", "input": "x"}
+            ) as resp:
+                assert resp.status == 400
+                assert "embedding_model" in orjson.loads(await resp.read())["error"]
+    finally:
+        plain.stop()
