@@ -17,6 +17,7 @@ from typing import Any
 
 from proxy.backends import BackendPool, NoBackend, normalize_model
 from proxy.config import Config
+from proxy.experiments import assign
 from proxy.registry import Registry
 from selector_model import artifact as artifact_module
 from selector_model import features
@@ -97,12 +98,20 @@ class AutoRouter:
         self.rng = random.Random()
         self.decisions = 0
 
-    def decide(self, path: str, doc: Mapping[str, Any], profile_name: str) -> Choice:
+    def decide(
+        self, path: str, doc: Mapping[str, Any], profile_name: str, user: str = ""
+    ) -> Choice:
         profile = self.config.profiles.get(profile_name)
         if profile is None:
             configured = ", ".join(f"auto:{p}" for p in sorted(self.config.profiles))
             raise AutoError(f"unknown profile 'auto:{profile_name}' (configured: {configured})")
         request = features.request_features(path, doc)
+        assigned = assign(self.config.experiments, user, path, profile_name, request)
+        pinned = ""
+        if assigned is not None:
+            variant = assigned[2].variants[assigned[1]]
+            profile = self.config.profiles.get(variant.profile, profile)
+            pinned = normalize_model(variant.model) if variant.model else ""
         prompt_tokens = math.expm1(request[_LOG_TOKENS])
         needs = required_capabilities(doc)
         allow = {normalize_model(m) for m in profile.allow}
@@ -148,6 +157,9 @@ class AutoRouter:
         )
         if artifact is None and reason != "explore":
             reason = "fallback"
+        if assigned is not None:
+            reason = "experiment"
+            chosen = next((s for s in ranking if s.name == pinned), chosen)
         self.decisions += 1
         decision = Decision(
             chosen=chosen.name,
@@ -157,6 +169,8 @@ class AutoRouter:
             filtered=filtered,
             propensity=propensity,
             artifact_version=artifact.version if artifact else None,
+            experiment=assigned[0] if assigned else None,
+            variant=assigned[1] if assigned else None,
         )
         return Choice(decision, request)
 

@@ -103,7 +103,9 @@ class AutoRoutes:
             request.query.get("path") or ("/api/chat" if "messages" in doc else "/api/generate")
         )
         try:
-            choice = self.auto.decide(path, doc, profile)
+            choice = self.auto.decide(
+                path, doc, profile, request.headers.get("X-Autoroute-User") or request.remote or ""
+            )
         except AutoError as exc:
             return error_response(request.path, 400, str(exc))
         decision = choice.decision
@@ -114,6 +116,8 @@ class AutoRoutes:
                 "reason": decision.reason,
                 "propensity": decision.propensity,
                 "artifact_version": decision.artifact_version,
+                "experiment": decision.experiment,
+                "variant": decision.variant,
                 "ranking": [s.describe() for s in decision.ranking],
                 "filtered": decision.filtered,
             }

@@ -105,6 +105,30 @@ def _default_profiles() -> dict[str, Profile]:
 
 
 @dataclass(frozen=True)
+class Variant:
+    # Share of the experiment's traffic (weights are normalised over the variants).
+    weight: float = 1.0
+    # What the variant changes: the profile it routes with, or a pinned model.
+    profile: str = ""
+    model: str = ""
+
+
+@dataclass(frozen=True)
+class Experiment:
+    # Share of eligible traffic that enters the experiment at all.
+    share: float = 1.0
+    variants: dict[str, Variant] = field(default_factory=dict)
+    # Which requests are eligible (empty: any): endpoints, auto profiles, task types
+    # (fix, explain, refactor, test, generate, complete, summarize, translate).
+    endpoints: tuple[str, ...] = ()
+    profiles: tuple[str, ...] = ()
+    tasks: tuple[str, ...] = ()
+    # RFC 3339 UTC bounds; empty: unbounded.
+    start: str = ""
+    end: str = ""
+
+
+@dataclass(frozen=True)
 class Selector:
     # The ONNX artifact (its metadata is the .json beside it); "" is the one shipped
     # with the package, in selector_model/artifacts/.
@@ -122,6 +146,9 @@ class Selector:
     min_gain: float = 0.02
     # List `auto` and `auto:<profile>` in /api/tags and /v1/models for editors.
     list_in_tags: bool = True
+    # A/B experiments by name; a user (API key, X-Autoroute-User header, or client
+    # address) always lands in the same variant.
+    experiments: dict[str, Experiment] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,12 @@ def model_of(body: bytes, fields: tuple[str, ...] = ("model",)) -> str | None:
     return None
 
 
+def user_key(request: web.Request) -> str:
+    """Who is asking, for sticky experiment variants: X-Autoroute-User, else the
+    client's address."""
+    return request.headers.get("X-Autoroute-User") or request.remote or ""
+
+
 class Proxy:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -227,7 +233,7 @@ class Proxy:
             outcome.extra[AUTOROUTE_HEADERS[2]] = "pinned"
         else:
             try:
-                choice = self.auto.decide(path, doc, profile)
+                choice = self.auto.decide(path, doc, profile, user_key(request))
             except AutoError as exc:
                 return error_response(path, 400, str(exc))
             decision = choice.decision

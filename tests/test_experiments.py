@@ -1,0 +1,122 @@
+"""A/B experiments: sticky assignment, traffic share, and the significance report."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from proxy import experiments
+from proxy.config import Experiment, Profile, Selector, Variant
+from selector_model import features
+from tests.support import Emulator, Proxy, ServerThread
+
+AB = Experiment(
+    share=0.5,
+    variants={"a": Variant(model="qwen2.5:7b"), "b": Variant(model="mistral:7b")},
+)
+PLAIN = features.request_features("/api/chat", {"messages": [{"role": "user", "content": "hi"}]})
+
+
+def test_assignment_is_sticky_and_shares_traffic() -> None:
+    first = [
+        experiments.assign({"ab": AB}, f"user{i}", "/api/chat", "balanced", PLAIN)
+        for i in range(4000)
+    ]
+    again = [
+        experiments.assign({"ab": AB}, f"user{i}", "/api/chat", "balanced", PLAIN)
+        for i in range(4000)
+    ]
+    assert [a and a[:2] for a in first] == [a and a[:2] for a in again]
+    inside = [a for a in first if a is not None]
+    # 4000 users at share 0.5: 2000 expected, sd ~32; 5 sd either way.
+    assert 1840 <= len(inside) <= 2160
+    variants = Counter(a[1] for a in inside)
+    assert abs(variants["a"] - variants["b"]) <= 5 * (len(inside) ** 0.5)
+
+
+def test_filters_and_time_window() -> None:
+    only_fix = Experiment(variants={"x": Variant()}, tasks=("fix",), endpoints=("/api/chat",))
+    fix = features.request_features(
+        "/api/chat", {"messages": [{"role": "user", "content": "fix this bug"}]}
+    )
+    assert experiments.assign({"e": only_fix}, "u", "/api/chat", "balanced", fix) is not None
+    assert experiments.assign({"e": only_fix}, "u", "/api/chat", "balanced", PLAIN) is None
+    assert experiments.assign({"e": only_fix}, "u", "/api/generate", "balanced", fix) is None
+    ended = Experiment(variants={"x": Variant()}, end="2020-01-01T00:00:00Z")
+    assert experiments.assign({"e": ended}, "u", "/api/chat", "balanced", PLAIN) is None
+
+
+def event(variant: str, ok: bool, ms: float) -> dict[str, Any]:
+    return {
+        "decision": {"experiment": "ab", "variant": variant},
+        "outcome": {
+            "status": 200 if ok else 500,
+            "error": None if ok else "boom",
+            "total_ms": ms,
+            "eval_count": 20,
+        },
+        "rating": None,
+    }
+
+
+def test_report_names_a_winner_only_when_significant() -> None:
+    rng = random.Random(7)
+    clear = [event("a", rng.random() < 0.60, 100 + rng.random()) for _ in range(2000)]
+    clear += [event("b", rng.random() < 0.70, 150 + rng.random()) for _ in range(2000)]
+    result = experiments.report(clear, "ab")
+    assert result["winner"] == "b"
+    (comparison,) = result["comparisons"]
+    assert comparison["success_rate_p"] < 0.001 and comparison["total_ms_p"] < 0.001
+    # 31/50 against 29/50: a lead, but nowhere near significant.
+    close = [event("a", i < 31, 100 + i % 7) for i in range(50)]
+    close += [event("b", i < 29, 100 + i % 5) for i in range(50)]
+    result = experiments.report(close, "ab")
+    assert result["variants"]["a"]["success_rate"] > result["variants"]["b"]["success_rate"]
+    assert result["winner"] is None
+
+
+def test_statistics_match_textbook_values() -> None:
+    # Two-proportion z: 60/100 vs 45/100, z = 2.12, two-sided p = 0.034.
+    assert experiments.two_proportion_p(60, 100, 45, 100) == pytest.approx(0.0339, abs=5e-4)
+    # Student's t two-sided critical values at 5% from any table.
+    for t, df in ((12.706, 1), (2.571, 5), (2.228, 10), (2.042, 30)):
+        assert experiments._t_sf_two_sided(t, df) == pytest.approx(0.05, abs=5e-4)
+    # Welch with equal variances and sizes reduces to Student's t: means 0 and 1, both
+    # samples' variance 1 (n=10 each) give t = 2.236 on 18 df, p = 0.038.
+    a = [-1.5, -1.0, -1.0, -0.5, 0.0, 0.0, 0.5, 1.0, 1.0, 1.5]
+    b = [x + 1 for x in a]
+    assert sum(a) == 0 and sum(x * x for x in a) / 9 == 1
+    assert experiments.welch_p(a, b) == pytest.approx(0.038, abs=2e-3)
+
+
+@pytest.fixture
+def ab_proxy(servers: ServerThread, emulator: Emulator, tmp_path: Path) -> Iterator[Proxy]:
+    selector = Selector(
+        artifact=str(tmp_path / "none.onnx"),
+        profiles={"balanced": Profile()},
+        experiments={"ab": Experiment(share=1.0, variants=AB.variants)},
+    )
+    prx = Proxy(servers, [emulator.url], selector=selector)
+    yield prx
+    prx.stop()
+
+
+async def test_proxy_routes_by_variant_and_stays_sticky(ab_proxy: Proxy) -> None:
+    seen: dict[str, set[str]] = {}
+    async with aiohttp.ClientSession() as session:
+        for user in ("ann", "bob", "cy", "dee", "eve", "fay"):
+            for _ in range(3):
+                body = {"model": "auto", "prompt": "hi", "stream": False}
+                async with session.post(
+                    ab_proxy.url + "/api/generate", json=body, headers={"X-Autoroute-User": user}
+                ) as resp:
+                    assert resp.headers["X-Autoroute-Reason"] == "experiment"
+                    seen.setdefault(user, set()).add((await resp.json())["model"])
+    assert all(len(models) == 1 for models in seen.values())
+    assert set().union(*seen.values()) <= {"qwen2.5:7b", "mistral:7b"}
