@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from aiohttp import web
+
 from proxy.backends import BackendPool, NoBackend, normalize_model
 from proxy.config import Config
 from proxy.experiments import assign
@@ -49,6 +51,12 @@ def profile_of(model: str, default: str) -> str | None:
     if lowered.startswith(AUTO + ":"):
         return lowered[len(AUTO) + 1 :]
     return None
+
+
+def user_key(request: web.Request) -> str:
+    """Who is asking, for sticky experiment variants: X-Autoroute-User, else the
+    client's address."""
+    return request.headers.get("X-Autoroute-User") or request.remote or ""
 
 
 def required_capabilities(doc: Mapping[str, Any]) -> list[str]:

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy.auto import AUTO, AutoError, AutoRouter, profile_of
+from proxy.auto import AUTO, AutoError, AutoRouter, profile_of, user_key
 from proxy.errors import error_response
 from proxy.protocol import JSON
 
@@ -103,9 +103,7 @@ class AutoRoutes:
             request.query.get("path") or ("/api/chat" if "messages" in doc else "/api/generate")
         )
         try:
-            choice = self.auto.decide(
-                path, doc, profile, request.headers.get("X-Autoroute-User") or request.remote or ""
-            )
+            choice = self.auto.decide(path, doc, profile, user_key(request))
         except AutoError as exc:
             return error_response(request.path, 400, str(exc))
         decision = choice.decision

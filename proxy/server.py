@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy.auto import AutoError, AutoRouter, profile_of
+from proxy.auto import AutoError, AutoRouter, profile_of, user_key
 from proxy.auto_routes import AutoRoutes
 from proxy.backends import BackendPool, BackendState, NoBackend
 from proxy.config import Config
@@ -28,6 +28,7 @@ from proxy.logs import AccessLog
 from proxy.protocol import JSON, JSON_V1, MODEL_ADMIN_PATHS, MODEL_ROUTED_PATHS, REQUEST_ID_HEADER
 from proxy.registry import Registry
 from proxy.relay import Outcome, Relay
+from proxy.usage import UsagePipeline, UsageRoutes
 
 log = logging.getLogger("autoroute.server")
 
@@ -62,12 +63,6 @@ def model_of(body: bytes, fields: tuple[str, ...] = ("model",)) -> str | None:
     return None
 
 
-def user_key(request: web.Request) -> str:
-    """Who is asking, for sticky experiment variants: X-Autoroute-User, else the
-    client's address."""
-    return request.headers.get("X-Autoroute-User") or request.remote or ""
-
-
 class Proxy:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -82,6 +77,11 @@ class Proxy:
         self.own_routes: dict[tuple[str, str], Handler] = {
             ("GET", OWN_PREFIX + "health"): self._health,
         }
+        # Usage events: the handler only appends to the pipeline's in-memory queue.
+        self.usage = UsagePipeline(config.usage)
+        usage_routes = UsageRoutes(self.usage)
+        self.own_routes[("POST", OWN_PREFIX + "feedback")] = usage_routes.feedback
+        self.own_routes[("GET", OWN_PREFIX + "stats")] = usage_routes.stats
 
     def _new_request_id(self) -> str:
         return f"{self._id_prefix}{next(self._id_counter):010x}"
@@ -102,6 +102,7 @@ class Proxy:
         )
         await self.backends.start()
         self.access.start()
+        await self.usage.start()
         self._spawn(self._watch_artifact())
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -122,6 +123,8 @@ class Proxy:
             task.cancel()
         await self.backends.stop()
         await self.access.stop()
+        # Last: requests finishing during shutdown still leave their event.
+        await self.usage.stop()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         request_id = request.headers.get(REQUEST_ID_HEADER) or self._new_request_id()
@@ -169,6 +172,7 @@ class Proxy:
                     **outcome.stats,
                 }
             )
+            self.usage.record(request, outcome, started)
         return response
 
     async def _dispatch(self, request: web.Request, outcome: Outcome) -> web.StreamResponse:
