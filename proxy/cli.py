@@ -15,7 +15,7 @@ from aiohttp import web
 from proxy import config as config_module
 from proxy import logs
 from proxy.config import Backend, Config, ConfigError
-from proxy.server import create_app
+from proxy.server import PROXY_KEY, create_app
 
 log = logging.getLogger("autoroute")
 
@@ -57,7 +57,11 @@ def _warn_if_exposed(config: Config) -> None:
 
 async def serve(config: Config) -> None:
     _warn_if_exposed(config)
-    runner = await _start_site(create_app(config), config.listen.host, config.listen.port)
+    app = create_app(config)
+    runner = await _start_site(app, config.listen.host, config.listen.port)
+    # SIGHUP reloads the selector artifact (a bad one keeps the current).
+    proxy = app[PROXY_KEY]
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, proxy.auto.scorer.reload)
     log.info(
         "proxy listening",
         extra={
