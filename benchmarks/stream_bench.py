@@ -93,7 +93,12 @@ class Sample:
 
 
 def loadgen(
-    port: int, concurrency: int, seconds: float, requests: int = 0, think_ms: float = 0.0
+    port: int,
+    concurrency: int,
+    seconds: float,
+    requests: int = 0,
+    think_ms: float = 0.0,
+    model: str = "qwen2.5:7b",
 ) -> dict[str, object]:
     out = subprocess.run(
         [
@@ -110,6 +115,8 @@ def loadgen(
             str(requests),
             "--think-ms",
             str(think_ms),
+            "--model",
+            model,
         ],
         cwd=ROOT,
         check=True,

@@ -1,0 +1,149 @@
+"""Decision latency of `model: auto` inside the proxy, and its end-to-end overhead.
+
+Part 1 (in process): `AutoRouter.decide` — features, hard filters, candidate rows,
+one onnxruntime batch, telemetry and policy — timed for 4, 9 and 16 candidates with
+2 KB and 20 KB prompts, against the shipped artifact.
+Part 2 (processes): the emulator and the proxy; 32 concurrent streams with
+`"model": "auto"` and with a named model, alternating, time to first chunk compared.
+
+    python -m benchmarks.decision_bench [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import time
+from typing import Any
+
+from benchmarks.stream_bench import PY, loadgen, start, wait_ready
+from proxy.auto import AutoRouter
+from proxy.backends import BackendPool
+from proxy.config import Backend, Config
+from proxy.emulator.catalog import CATALOG
+from proxy.registry import ModelInfo, Registry, model_info
+from selector_model import artifact as artifact_module
+
+
+def catalogue(n: int) -> dict[str, ModelInfo]:
+    """n generation models from the emulator's catalogue, with size variants beyond it."""
+    base = [spec for spec in CATALOG if "completion" in spec.capabilities]
+    models: dict[str, ModelInfo] = {}
+    i = 0
+    while len(models) < n:
+        spec = base[i % len(base)]
+        name = spec.name if i < len(base) else f"{spec.name.split(':')[0]}-v{i}:latest"
+        tag = {
+            "details": {
+                "family": spec.family,
+                "parameter_size": spec.parameter_size,
+                "quantization_level": spec.quantization_level,
+            }
+        }
+        show = {
+            "capabilities": list(spec.capabilities),
+            "model_info": {"x.context_length": spec.context_length},
+        }
+        models[name] = model_info(name, tag, show)
+        i += 1
+    return models
+
+
+def prompt(size: int) -> dict[str, Any]:
+    text = (
+        "Refactor this function and explain the bug:\n```python\ndef f(x):\n    return x + 1\n```\n"
+    )
+    filler = "The quick brown fox jumps over the lazy dog. " * (size // 45 + 1)
+    return {
+        "model": "auto",
+        "messages": [
+            {"role": "system", "content": "You are a careful senior engineer."},
+            {"role": "user", "content": (text + filler)[:size]},
+        ],
+    }
+
+
+async def decision_latency(rounds: int) -> list[tuple[int, int, float, float]]:
+    config = Config(backends=(Backend(url="http://127.0.0.1:9"),))
+    pool = BackendPool(config)
+    registry = Registry(pool)
+    auto = AutoRouter(config, pool, registry)
+    if not auto.scorer.reload():
+        raise SystemExit(f"no usable shipped artifact: {auto.scorer.error}")
+    results = []
+    for n in (4, 9, 16):
+        registry.models = catalogue(n)
+        pool.states[0].models = frozenset(registry.models)
+        for size in (2048, 20480):
+            body = prompt(size)
+            for _ in range(200):  # warm up
+                auto.decide("/api/chat", body, "balanced")
+            samples = []
+            for _ in range(rounds):
+                t0 = time.perf_counter()
+                auto.decide("/api/chat", body, "balanced")
+                samples.append(time.perf_counter() - t0)
+            samples.sort()
+            results.append(
+                (n, size, samples[len(samples) // 2] * 1e6, samples[int(len(samples) * 0.99)] * 1e6)
+            )
+    return results
+
+
+def end_to_end(seconds: float, rounds: int) -> tuple[list[float], list[float]]:
+    emu_port, proxy_port = 18534, 18535
+    procs = [
+        start([PY, "-m", "proxy.cli", "emulate", "--port", str(emu_port), "--chunk-ms", "5"]),
+        start(
+            [PY, "-m", "proxy.cli", "serve"],
+            {
+                "AUTOROUTE_CONFIG": os.devnull,
+                "AUTOROUTE_LISTEN__PORT": str(proxy_port),
+                "AUTOROUTE_BACKENDS": f"http://127.0.0.1:{emu_port}",
+            },
+        ),
+    ]
+    try:
+        wait_ready(emu_port)
+        wait_ready(proxy_port)
+        time.sleep(1.0)  # the registry's first refresh
+        named: list[float] = []
+        auto: list[float] = []
+        for _ in range(rounds):
+            for model, sink in (("qwen2.5:7b", named), ("auto", auto)):
+                result = loadgen(proxy_port, 32, seconds, model=model)
+                ttfc = result["ttfc"]
+                assert isinstance(ttfc, list) and not result["errors"], result["errors"]
+                sink.extend(ttfc)
+        return named, auto
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    art = artifact_module.load(artifact_module.SHIPPED)
+    print(f"artifact {art.version}: {len(art.known_models)} known models, {art.width} features")
+    print(f"{'candidates':>10} {'prompt':>7} {'p50 µs':>8} {'p99 µs':>8}  target")
+    for n, size, p50, p99 in asyncio.run(decision_latency(500 if args.quick else 3000)):
+        target = {(9, 2048): 250.0, (16, 20480): 500.0}.get((n, size))
+        mark = f"p99 <= {target:.0f} µs {'met' if p99 <= target else 'MISSED'}" if target else ""
+        print(f"{n:>10} {size // 1024:>5}KB {p50:>8.1f} {p99:>8.1f}  {mark}")
+    named, auto = end_to_end(2.0 if args.quick else 6.0, 1 if args.quick else 3)
+    named.sort()
+    auto.sort()
+    p50n, p50a = named[len(named) // 2] * 1000, auto[len(auto) // 2] * 1000
+    print(
+        f"32 streams through the proxy: ttfc p50 named {p50n:.3f} ms, auto {p50a:.3f} ms,"
+        f" added by auto {p50a - p50n:+.3f} ms (target <= 0.5 ms:"
+        f" {'met' if p50a - p50n <= 0.5 else 'MISSED'}); streams {len(named)} / {len(auto)}"
+    )
+
+
+if __name__ == "__main__":
+    main()
