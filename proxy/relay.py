@@ -278,6 +278,7 @@ class ClientLeg:
         self.writer = request.writer
         self.previous = b""
         self.last = b""
+        self.head_bytes = b""
 
     def response_headers(self, head: ResponseHead) -> list[tuple[str, str]]:
         headers = []
@@ -294,7 +295,9 @@ class ClientLeg:
         headers.extend(self.outcome.extra.items())
         return headers
 
-    def on_head(self, conn: UpstreamConnection, head: ResponseHead, may_retry: bool) -> None:
+    def on_head(
+        self, conn: UpstreamConnection, head: ResponseHead, body_follows: bool, may_retry: bool
+    ) -> None:
         """Called by the upstream protocol as soon as the backend's head is parsed."""
         if head.status >= 500 and may_retry:
             return  # the handler retries on another backend; nothing sent yet
@@ -313,14 +316,23 @@ class ClientLeg:
         lines.append("\r\n")
         self.started = True
         self.conn = conn
-        self.transport.write("".join(lines).encode("latin-1"))
+        head_bytes = "".join(lines).encode("latin-1")
+        if body_follows:
+            # One write for the head and the first chunk, as Ollama sends them.
+            self.head_bytes = head_bytes
+        else:
+            self.transport.write(head_bytes)
         self.done = conn.attach(self.sink)
 
     def sink(self, data: bytes) -> None:
         transport = self.transport
         if transport.is_closing():
             return
-        transport.write(data)
+        if self.head_bytes:
+            transport.write(self.head_bytes + data)
+            self.head_bytes = b""
+        else:
+            transport.write(data)
         # Two references per chunk: enough to read the final chunk's counters later.
         self.previous, self.last = self.last, data
         if not self.outcome.first_byte_at:

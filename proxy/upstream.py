@@ -117,8 +117,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._write_paused = False
         self._read_paused = False
         self._watchdog: asyncio.TimerHandle | None = None
-        # Called with the parsed head, from `data_received`, before any body byte.
-        self.on_head: Callable[[ResponseHead], None] | None = None
+        # Called with the parsed head, from `data_received`, before any body byte, and
+        # whether body bytes came in the same read.
+        self.on_head: Callable[[ResponseHead, bool], None] | None = None
 
     # asyncio.Protocol
 
@@ -168,7 +169,7 @@ class UpstreamConnection(asyncio.Protocol):
             data = bytes(self._head_buf[end + 4 :])
             self._head_buf.clear()
             if self.on_head is not None:
-                self.on_head(self.head)
+                self.on_head(self.head, bool(data) and self._mode != _NONE)
             waiter = self._head_waiter
             if waiter is not None and not waiter.done():
                 waiter.set_result(self.head)

@@ -33,7 +33,7 @@ class Artifact:
     version: str
     schema_version: int
     known_models: tuple[str, ...]
-    # Details of the models the artifact knows: name → dict of Candidate fields.
+    # Details of the models the artifact knows (its training table), by name.
     models: dict[str, dict[str, Any]]
     policy: dict[str, Any]
     metrics: dict[str, Any]
@@ -89,15 +89,14 @@ def load(path: Path) -> Artifact:
     expected = features.feature_names(known)
     if list(meta.get("feature_names") or ()) != expected:
         raise ArtifactError(f"{path}: feature names differ from selector_model.features")
-    onnx_meta = meta.get("onnx") or {}
     try:
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
         session = ort.InferenceSession(raw, options, providers=["CPUExecutionProvider"])
-        input_name = str(onnx_meta.get("input") or session.get_inputs()[0].name)
-        output_name = str(onnx_meta.get("output") or session.get_outputs()[-1].name)
-        column = int(onnx_meta.get("positive_column", 1))
+        input_name = str(meta.get("input_name") or session.get_inputs()[0].name)
+        output_name = str(meta.get("output_name") or session.get_outputs()[-1].name)
+        column = int(meta.get("success_column", 1))
         probe = np.zeros((2, len(expected)), dtype=np.float32)
         out = session.run([output_name], {input_name: probe})[0]
         if getattr(out, "shape", None) != (2, out.shape[1]) or not 0 <= column < out.shape[1]:
@@ -106,14 +105,20 @@ def load(path: Path) -> Artifact:
         raise
     except Exception as exc:  # onnxruntime raises its own exception types
         raise ArtifactError(f"{path}: onnxruntime refused it: {exc}") from None
+    try:
+        models = {str(m["name"]): dict(m) for m in meta.get("models") or ()}
+        policy = dict(meta.get("policy") or {})
+        metrics = dict(meta.get("metrics") or {})
+    except (TypeError, KeyError, ValueError) as exc:
+        raise ArtifactError(f"{meta_path}: malformed metadata: {exc!r}") from None
     return Artifact(
         path=path,
-        version=str(meta.get("version") or meta.get("artifact_version") or "unversioned"),
+        version=str(meta.get("artifact_version") or "unversioned"),
         schema_version=int(schema),
         known_models=known,
-        models=dict(meta.get("models") or {}),
-        policy=dict(meta.get("policy") or {}),
-        metrics=dict(meta.get("metrics") or {}),
+        models=models,
+        policy=policy,
+        metrics=metrics,
         session=session,
         input_name=input_name,
         output_name=output_name,

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from selector_model import artifact as artifact_module
-from selector_model.artifact import Artifact, ArtifactError
+from selector_model.artifact import Artifact
 from selector_model.features import Candidate, rows
 
 log = logging.getLogger("autoroute.selector")
@@ -38,7 +38,7 @@ class Scorer:
         stamp = self._file_stamp()
         try:
             new = artifact_module.load(self.path)
-        except ArtifactError as exc:
+        except Exception as exc:  # whatever is wrong with the file, the proxy keeps serving
             self._stamp = stamp
             if self.error != str(exc):
                 # Loud, once per distinct failure: routing falls back or stays on the old.

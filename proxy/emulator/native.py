@@ -50,6 +50,10 @@ class LazyStream:
                 status=200, headers={"Content-Type": self.content_type, **self.headers}
             )
             resp.enable_chunked_encoding()
+            # Go's net/http writes the head together with the first flushed chunk, in
+            # one segment; aiohttp would send the head on its own. This private switch
+            # (aiohttp's own Response uses it) makes the first write carry both.
+            resp._send_headers_immediately = False
             await resp.prepare(self.request)
             self.response = resp
         await self.response.write(data)
