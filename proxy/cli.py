@@ -124,6 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     em.add_argument("--port", type=int, default=11434)
     em.add_argument("--models", help="comma-separated model names (default: the whole catalogue)")
     em.add_argument("--chunk-ms", type=float, default=None, help="fixed delay between chunks")
+    usage = commands.add_parser("usage", help="usage events").add_subparsers(
+        dest="usage_command", required=True
+    )
+    exp = usage.add_parser("export", help="write usage events (PostgreSQL, else the file)")
+    exp.add_argument("--since", default="24h", help="24h, 7d, 30m or an ISO date/time")
+    exp.add_argument("--format", choices=("jsonl", "parquet"), default="jsonl")
+    exp.add_argument("--output", "-o", help="file to write (default: standard output)")
     args = parser.parse_args(argv)
 
     try:
@@ -133,7 +140,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logs.setup(config.logging.level, config.logging.json)
 
-    if args.command == "serve":
+    if args.command == "usage":
+        from proxy.usage.export import export
+
+        main_coro = export(config.usage, args.since, args.format, args.output)
+    elif args.command == "serve":
         main_coro = serve(config)
     elif args.command == "demo":
         main_coro = demo(config)

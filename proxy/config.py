@@ -189,7 +189,7 @@ class Usage:
     kafka_replication_factor: int = 1
     kafka_linger_ms: int = 20
     kafka_compression: Literal["zstd", "lz4", "gzip", "none"] = "zstd"
-    kafka_retries: int = 5
+    # A batch not acknowledged within this is spilled and retried from the spool.
     kafka_request_timeout_ms: int = 5000
     # In-memory stats window (when PostgreSQL is not configured): events kept per
     # served model and backend.

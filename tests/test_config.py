@@ -31,6 +31,7 @@ def test_shipped_config_yaml_equals_builtin_defaults(tmp_path: Path) -> None:
         builtin.health,
     )
     assert (shipped.routing, shipped.logging) == (builtin.routing, builtin.logging)
+    assert shipped.usage == builtin.usage
 
 
 def test_environment_overrides_file(tmp_path: Path) -> None:

@@ -1,0 +1,166 @@
+"""The usage event: captured cheaply in the handler, completed by the background writer.
+
+`capture` runs in the request handler's `finally:` and only copies references (the
+`Outcome`, a few header strings, two clock readings). Everything that costs
+something (JSON parsing of the body for the prompt, SHA-256, RFC 3339 formatting, the
+API key hash) happens in `complete`, on the writer's side of the queue.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from proxy.relay import Outcome
+from selector_model.features import SCHEMA_VERSION
+
+# Requests that produce usage: those that run a model. `/api/show` names a model too
+# but is metadata an editor polls; it would drown the real traffic.
+USAGE_PATHS = frozenset(
+    {
+        "/api/generate",
+        "/api/chat",
+        "/api/embed",
+        "/api/embeddings",
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/responses",
+        "/v1/messages",
+    }
+)
+USAGE = "usage"
+FEEDBACK = "feedback"
+STAT_KEYS = (
+    "done_reason",
+    "prompt_eval_count",
+    "eval_count",
+    "load_duration",
+    "prompt_eval_duration",
+    "eval_duration",
+    "total_duration",
+)
+
+
+@dataclass(slots=True)
+class Captured:
+    """What the handler hands over: references only, nothing computed."""
+
+    outcome: Outcome
+    method: str
+    path: str
+    started: float  # perf_counter at the request's start
+    ended: float  # perf_counter at the handler's end
+    wall: float  # time.time() at the handler's end
+    user_agent: str | None
+    user: str | None
+    # The raw credential, held in memory only until `complete` hashes it: it is never
+    # written anywhere (an overflow completes the event before it spills).
+    credential: str | None
+
+
+def rfc3339(epoch: float) -> str:
+    return (
+        datetime.fromtimestamp(epoch, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    )
+
+
+def api_key_id(credential: str | None) -> str | None:
+    """A stable, non-reversible id for an API key: enough to group by, useless to log in."""
+    if not credential:
+        return None
+    token = credential.split(" ", 1)[1] if " " in credential else credential
+    return hashlib.sha256(token.strip().encode()).hexdigest()[:16]
+
+
+def _texts(value: Any, out: list[str]) -> None:
+    """Collect the text of a prompt, messages list, or OpenAI/Anthropic content parts."""
+    if isinstance(value, str):
+        out.append(value)
+    elif isinstance(value, list):
+        for item in value:
+            _texts(item, out)
+    elif isinstance(value, dict):
+        if isinstance(value.get("content"), str | list):
+            _texts(value["content"], out)
+        elif isinstance(value.get("text"), str):
+            out.append(value["text"])
+
+
+def prompt_text(body: bytes | None) -> str | None:
+    """System, prompt, messages and input texts joined by newlines, in body order."""
+    if not body:
+        return None
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    parts: list[str] = []
+    for key in ("system", "prompt", "messages", "input"):
+        if key in doc:
+            _texts(doc[key], parts)
+    return "\n".join(parts) if parts else None
+
+
+def complete(c: Captured, log_prompts: bool) -> dict[str, Any]:
+    o = c.outcome
+    decision = o.decision
+    served = decision.get("chosen") if decision else o.model
+    prompt = prompt_text(o.body)
+    stats = o.stats
+    outcome: dict[str, Any] = {"status": o.status, "error": o.error or None}
+    for key in STAT_KEYS:
+        outcome[key] = stats.get(key)
+    outcome["ttfc_ms"] = round((o.first_byte_at - c.started) * 1000, 3) if o.first_byte_at else None
+    outcome["total_ms"] = round((c.ended - c.started) * 1000, 3)
+    outcome["bytes"] = o.body_bytes
+    outcome["cancelled"] = o.cancelled
+    event: dict[str, Any] = {
+        "request_id": o.request_id,
+        # When the request arrived, on the wall clock.
+        "ts": rfc3339(c.wall - (c.ended - c.started)),
+        "endpoint": c.path,
+        "method": c.method,
+        "client": {
+            "user_agent": c.user_agent,
+            "user": c.user,
+            "api_key_id": api_key_id(c.credential),
+        },
+        "requested_model": o.model,
+        "served_model": served,
+        "backend": o.backend or None,
+        "decision": decision,
+        "features": {"schema_version": SCHEMA_VERSION, "request": o.features}
+        if o.features is not None
+        else None,
+        "candidate": None,
+        "prompt_sha256": hashlib.sha256(prompt.encode()).hexdigest() if prompt else None,
+    }
+    if log_prompts:
+        event["prompt"] = prompt
+        # The answer streams through without being buffered; keeping its text would
+        # mean a copy of every chunk on the hot path, so it is not captured.
+        event["response"] = None
+    event["outcome"] = outcome
+    event["rating"] = None
+    return event
+
+
+def feedback(request_id: str, rating: float, comment: str | None) -> dict[str, Any]:
+    now = time.time()
+    return {
+        "feedback_id": hashlib.sha256(
+            f"{request_id}:{now}:{time.perf_counter_ns()}".encode()
+        ).hexdigest()[:24],
+        "request_id": request_id,
+        "rating": rating,
+        "comment": comment,
+        "ts": rfc3339(now),
+    }

@@ -1,0 +1,132 @@
+"""`autoroute usage export --since ... --format jsonl|parquet`: usage events for training
+and analysis, from PostgreSQL when configured, else from the local JSONL files.
+
+Events come out in the shape they were written (the keys training relies on), with
+`rating` filled in (the mean of the request's feedback) when PostgreSQL has any. Parquet
+needs pyarrow (not a runtime dependency); nested objects become columns: `client.*`
+and `outcome.*` flattened, `decision` and `features` as JSON text (their keys vary).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import asyncpg
+import orjson
+
+from proxy.config import Usage
+from proxy.usage.file_sink import feedback_path
+
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """`24h`, `7d`, `30m` (ago) or an ISO 8601 date or time (UTC unless it says)."""
+    now = now or datetime.now(UTC)
+    match = _RELATIVE.match(text.strip())
+    if match:
+        return now - timedelta(**{_UNITS[match[2]]: float(match[1])})
+    when = datetime.fromisoformat(text.strip())
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+async def from_postgres(dsn: str, since: datetime) -> list[dict[str, Any]]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.set_type_codec(
+            "jsonb", encoder=orjson.dumps, decoder=orjson.loads, schema="pg_catalog"
+        )
+        rows = await conn.fetch(
+            "SELECT u.event, f.rating FROM usage_events u LEFT JOIN "
+            "(SELECT request_id, avg(rating) AS rating FROM feedback GROUP BY request_id) f "
+            "ON f.request_id = u.request_id WHERE u.ts >= $1 ORDER BY u.ts",
+            since,
+        )
+    finally:
+        await conn.close()
+    events = []
+    for row in rows:
+        event = dict(row["event"])
+        event["rating"] = row["rating"]
+        events.append(event)
+    return events
+
+
+def _jsonl_lines(path: Path) -> Iterator[bytes]:
+    # Oldest first: events.jsonl.N ... events.jsonl.1, events.jsonl.
+    rotated = sorted(
+        (p for p in path.parent.glob(path.name + ".*") if p.suffix[1:].isdigit()),
+        key=lambda p: -int(p.suffix[1:]),
+    )
+    for file in [*rotated, path]:
+        if file.exists():
+            with open(file, "rb") as f:
+                yield from (line for line in f if line.strip())
+
+
+def from_files(path: str, since: datetime) -> list[dict[str, Any]]:
+    base = Path(path).expanduser()
+    ratings: dict[str, list[float]] = {}
+    for line in _jsonl_lines(feedback_path(base)):
+        doc = orjson.loads(line)
+        ratings.setdefault(doc["request_id"], []).append(float(doc["rating"]))
+    events, seen = [], set()
+    for line in _jsonl_lines(base):
+        event = orjson.loads(line)
+        rid = event["request_id"]
+        if rid in seen or datetime.fromisoformat(event["ts"]) < since:
+            continue  # a spool replay can write an event twice: keep the first
+        seen.add(rid)
+        if rid in ratings:
+            event["rating"] = sum(ratings[rid]) / len(ratings[rid])
+        events.append(event)
+    return events
+
+
+def flat(event: dict[str, Any]) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for key, value in event.items():
+        if key in ("client", "outcome") and isinstance(value, dict):
+            row.update({f"{key}.{k}": v for k, v in value.items()})
+        elif isinstance(value, dict | list):
+            row[key] = orjson.dumps(value).decode()
+        else:
+            row[key] = value
+    return row
+
+
+def write(events: list[dict[str, Any]], fmt: str, out: BinaryIO) -> None:
+    if fmt == "jsonl":
+        for event in events:
+            out.write(orjson.dumps(event) + b"\n")
+        return
+    try:
+        import pyarrow as pa  # type: ignore[import-untyped]
+        import pyarrow.parquet as pq  # type: ignore[import-untyped]
+    except ImportError:
+        raise SystemExit(
+            "autoroute: --format parquet needs pyarrow (pip install pyarrow)"
+        ) from None
+    pq.write_table(pa.Table.from_pylist([flat(e) for e in events]), out)
+
+
+async def export(settings: Usage, since: str, fmt: str, output: str | None) -> None:
+    start = parse_since(since)
+    if settings.postgres_dsn:
+        events = await from_postgres(settings.postgres_dsn, start)
+    else:
+        events = from_files(settings.file_path, start)
+    if output and output != "-":
+        # A one-off command: nothing else runs on this loop, blocking I/O is fine.
+        with open(output, "wb") as f:  # noqa: ASYNC230
+            write(events, fmt, f)
+    else:
+        write(events, fmt, sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+    print(f"autoroute: exported {len(events)} usage events", file=sys.stderr)

@@ -1,0 +1,89 @@
+"""Versioned PostgreSQL schema. Append a migration; never edit one that has shipped.
+
+Applied at connect under an advisory lock (two proxies starting together must not race),
+each in its own transaction, recorded in `schema_migrations`.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+
+MIGRATIONS: tuple[tuple[int, str, str], ...] = (
+    (
+        1,
+        "usage events",
+        """
+        CREATE TABLE usage_events (
+            request_id text PRIMARY KEY,
+            ts timestamptz NOT NULL,
+            endpoint text NOT NULL,
+            method text NOT NULL,
+            user_agent text,
+            client_user text,
+            api_key_id text,
+            requested_model text,
+            served_model text,
+            backend text,
+            status integer NOT NULL,
+            error text,
+            done_reason text,
+            prompt_eval_count bigint,
+            eval_count bigint,
+            load_duration bigint,
+            prompt_eval_duration bigint,
+            eval_duration bigint,
+            total_duration bigint,
+            ttfc_ms double precision,
+            total_ms double precision NOT NULL,
+            bytes bigint NOT NULL,
+            cancelled boolean NOT NULL,
+            prompt_sha256 text,
+            -- The whole event as the proxy wrote it: what training and export read
+            -- (decision and features are in it: event->'decision', event->'features').
+            event jsonb NOT NULL
+        );
+        -- The stats endpoint: recent rows per served model and backend.
+        CREATE INDEX usage_events_model_backend_ts ON usage_events (served_model, backend, ts);
+        -- Export and training: a time range.
+        CREATE INDEX usage_events_ts ON usage_events (ts);
+        """,
+    ),
+    (
+        2,
+        "feedback",
+        """
+        CREATE TABLE feedback (
+            feedback_id text PRIMARY KEY,
+            request_id text NOT NULL,
+            rating double precision NOT NULL,
+            comment text,
+            ts timestamptz NOT NULL
+        );
+        CREATE INDEX feedback_request_id ON feedback (request_id);
+        """,
+    ),
+)
+_LOCK_KEY = 0x6175746F726F7574  # "autorout"
+
+
+async def migrate(conn: asyncpg.Connection) -> list[int]:
+    """Apply what is missing; returns the versions applied now."""
+    applied: list[int] = []
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r[0] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        for version, name, sql in MIGRATIONS:
+            if version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name
+                )
+            applied.append(version)
+    return applied

@@ -1,0 +1,206 @@
+"""The usage pipeline: a bounded in-memory queue filled by the request handler and
+drained by one background dispatcher into a writer per sink.
+
+The handler calls `record()`, which appends references to a deque and returns: no
+await, no I/O, no JSON. The dispatcher completes events (body parsing, hashing,
+serialisation: once, shared by every sink) and hands batches to the sink runners.
+If the queue is full (the dispatcher cannot keep up), the event is completed on the
+spot and spilled to each sink's spool: slower for that request, but nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from proxy.config import Usage
+from proxy.relay import Outcome
+from proxy.usage import event as ev
+from proxy.usage.file_sink import FileSink
+from proxy.usage.kafka import KafkaSink
+from proxy.usage.postgres import PostgresSink
+from proxy.usage.runner import Record, Sink, SinkRunner
+from proxy.usage.stats import MemoryStats, from_postgres
+
+log = logging.getLogger("autoroute.usage")
+USER_HEADER = "X-Autoroute-User"
+
+
+class UsagePipeline:
+    def __init__(self, settings: Usage) -> None:
+        self.settings = settings
+        self.queue: deque[ev.Captured | Record] = deque()
+        self.memory = MemoryStats(settings.stats_window)
+        self.runners: list[SinkRunner] = []
+        self.postgres: PostgresSink | None = None
+        self.overflowed = 0
+        self.invalid = 0
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._warned_at = 0.0
+
+    def sinks(self) -> list[Sink]:
+        s = self.settings
+        sinks: list[Sink] = []
+        if s.postgres_dsn:
+            self.postgres = PostgresSink(s.postgres_dsn, s.postgres_pool_size)
+            sinks.append(self.postgres)
+        if s.kafka_bootstrap:
+            sinks.append(KafkaSink(s))
+        if s.file_mode == "always" or (s.file_mode == "auto" and not sinks):
+            sinks.append(FileSink(s.file_path, s.file_max_bytes, s.file_backups))
+        return sinks
+
+    async def start(self) -> None:
+        self._wake = asyncio.Event()
+        self.runners = [SinkRunner(sink, self.settings) for sink in self.sinks()]
+        for runner in self.runners:
+            runner.start()  # replays a spool left by a crash first
+        self._task = asyncio.create_task(self._run(), name="usage-dispatch")
+        if self.postgres is not None:
+            # Apply migrations now rather than at the first event; a database that is
+            # down only delays this (the first write retries it).
+            asyncio.create_task(self._warm_postgres(), name="usage-migrate")  # noqa: RUF006
+
+    async def _warm_postgres(self) -> None:
+        assert self.postgres is not None
+        try:
+            await self.postgres.ensure_pool()
+        except Exception as exc:
+            log.warning("usage: PostgreSQL not reachable at start: %s", exc)
+
+    def record(self, request: web.Request, outcome: Outcome, started: float) -> None:
+        """Called from the handler's `finally:`; must never block or raise."""
+        if request.path not in ev.USAGE_PATHS or self._wake is None:
+            return
+        headers = request.headers
+        captured = ev.Captured(
+            outcome,
+            request.method,
+            request.path,
+            started,
+            time.perf_counter(),
+            time.time(),
+            headers.get("User-Agent"),
+            headers.get(USER_HEADER),
+            headers.get("Authorization") or headers.get("X-Api-Key"),
+        )
+        self._put(captured)
+
+    def submit_feedback(self, request_id: str, rating: float, comment: str | None) -> str:
+        doc = ev.feedback(request_id, rating, comment)
+        self._put((ev.FEEDBACK, doc, orjson.dumps(doc)))
+        return str(doc["feedback_id"])
+
+    def _put(self, item: ev.Captured | Record) -> None:
+        queue = self.queue
+        if len(queue) >= self.settings.queue_size:
+            self._overflow(item)
+            return
+        queue.append(item)
+        if len(queue) == self.settings.batch_size and self._wake is not None:
+            self._wake.set()
+
+    def _overflow(self, item: ev.Captured | Record) -> None:
+        self.overflowed += 1
+        records = self._complete([item])
+        for runner in self.runners:
+            runner.spill_now(records)
+        now = time.monotonic()
+        if now - self._warned_at > 10:
+            self._warned_at = now
+            log.warning("usage queue full (%d): spilling events to disk", len(self.queue))
+
+    def _complete(self, items: list[ev.Captured | Record]) -> list[Record]:
+        records: list[Record] = []
+        log_prompts = self.settings.log_prompts
+        for item in items:
+            if isinstance(item, tuple):
+                records.append(item)
+                doc = item[1]
+                with contextlib.suppress(Exception):
+                    self.memory.rate(doc["request_id"], float(doc["rating"]))
+                continue
+            try:
+                doc = ev.complete(item, log_prompts)
+                line = orjson.dumps(doc)
+            except Exception:  # a bug here must not stop the pipeline; it is loud
+                self.invalid += 1
+                log.exception("usage: could not build the event for %s", item.outcome.request_id)
+                continue
+            records.append((ev.USAGE, doc, line))
+            self.memory.add(doc)
+        return records
+
+    async def _dispatch(self) -> None:
+        queue = self.queue
+        chunk = self.settings.batch_size * 4
+        while queue:
+            items = [queue.popleft() for _ in range(min(len(queue), chunk))]
+            records = self._complete(items)
+            for runner in self.runners:
+                await runner.accept(records)
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        interval = self.settings.flush_interval_seconds
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), interval)
+            self._wake.clear()
+            await self._dispatch()
+
+    async def stop(self) -> None:
+        """Drain: what the sinks take within `drain_seconds` is written, the rest spills."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._dispatch()
+        self._wake = None
+        await asyncio.gather(*(runner.stop() for runner in self.runners))
+
+    def counters(self) -> dict[str, Any]:
+        return {
+            "queue": len(self.queue),
+            "overflowed": self.overflowed,
+            "invalid": self.invalid,
+            "sinks": {r.name: r.snapshot() for r in self.runners},
+        }
+
+    async def stats(self) -> dict[str, Any]:
+        pool = self.postgres.pool if self.postgres is not None else None
+        if pool is not None:
+            try:
+                models = await from_postgres(pool, self.settings.stats_window_seconds)
+                return {"source": "postgres", "models": models, **self.counters()}
+            except Exception as exc:
+                log.warning("usage stats from PostgreSQL failed, using memory: %s", exc)
+        return {"source": "memory", "models": self.memory.summary(), **self.counters()}
+
+
+def parse_feedback(body: bytes) -> tuple[str, float, str | None]:
+    """`{request_id, rating, comment?}`; ValueError says what is wrong."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise ValueError("body is not JSON") from None
+    if not isinstance(doc, dict):
+        raise ValueError("body must be a JSON object")
+    request_id, rating, comment = doc.get("request_id"), doc.get("rating"), doc.get("comment")
+    if not isinstance(request_id, str) or not 0 < len(request_id) <= 200:
+        raise ValueError("request_id must be a non-empty string")
+    if isinstance(rating, bool) or not isinstance(rating, int | float) or not math.isfinite(rating):
+        raise ValueError("rating must be a number")
+    if comment is not None and (not isinstance(comment, str) or len(comment) > 10_000):
+        raise ValueError("comment must be a string of at most 10000 characters")
+    return request_id, float(rating), comment

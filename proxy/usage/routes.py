@@ -1,0 +1,28 @@
+"""The proxy's own usage endpoints: `POST /api/autoroute/feedback`, `GET .../stats`."""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+
+from proxy.errors import error_response
+from proxy.protocol import JSON
+from proxy.usage.pipeline import UsagePipeline, parse_feedback
+
+
+class UsageRoutes:
+    def __init__(self, pipeline: UsagePipeline) -> None:
+        self.pipeline = pipeline
+
+    async def feedback(self, request: web.Request) -> web.Response:
+        try:
+            request_id, rating, comment = parse_feedback(await request.read())
+        except ValueError as exc:
+            return error_response(request.path, 400, str(exc))
+        feedback_id = self.pipeline.submit_feedback(request_id, rating, comment)
+        body = orjson.dumps({"status": "accepted", "feedback_id": feedback_id})
+        return web.Response(status=202, body=body, headers={"Content-Type": JSON})
+
+    async def stats(self, request: web.Request) -> web.Response:
+        body = orjson.dumps(await self.pipeline.stats())
+        return web.Response(body=body, headers={"Content-Type": JSON})

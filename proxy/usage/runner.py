@@ -1,0 +1,206 @@
+"""One background writer per sink: batches from memory, spills to its spool when the
+sink is slow or down, and replays the spool in order once the sink answers again.
+
+Order: while the spool holds anything, new records go behind it on disk, so replay
+keeps arrival order. The one exception: a batch whose write fails after newer records
+already spilled (the sink was slow and the buffer overflowed meanwhile) lands behind
+those; consumers order by `ts` and de-duplicate by request id anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol, TypeVar
+
+import orjson
+
+from proxy.config import Usage
+from proxy.usage.spool import Spool
+
+log = logging.getLogger("autoroute.usage")
+T = TypeVar("T")
+
+# (kind, document, its JSON) - the JSON is made once and shared by every sink.
+Record = tuple[str, dict[str, Any], bytes]
+_KIND_TAG = {"usage": b"u", "feedback": b"f"}
+_TAG_KIND = {v[0]: k for k, v in _KIND_TAG.items()}
+
+
+class Sink(Protocol):
+    name: str
+
+    async def write(self, records: Sequence[Record]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass
+class Counters:
+    queued: int = 0
+    written: int = 0
+    spilled: int = 0
+    replayed: int = 0
+    dropped: int = 0
+    failures: int = 0
+
+
+def spool_line(record: Record) -> bytes:
+    return _KIND_TAG[record[0]] + record[2] + b"\n"
+
+
+def from_spool(line: bytes) -> Record:
+    body = line[1:]
+    return _TAG_KIND[line[0]], orjson.loads(body), body
+
+
+class SinkRunner:
+    def __init__(self, sink: Sink, settings: Usage) -> None:
+        self.sink = sink
+        self.name = sink.name
+        self.settings = settings
+        self.counters = Counters()
+        self.spool = Spool(
+            settings.spool_dir,
+            sink.name,
+            settings.spool_segment_bytes,
+            settings.fsync,
+            settings.fsync_interval_seconds,
+        )
+        self.buffer: list[Record] = []
+        self.last_error = ""
+        self._io = ThreadPoolExecutor(1, thread_name_prefix=f"usage-{sink.name}")
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._failing = False
+        if self.spool.pending:
+            log.info("usage sink %s: %d spooled events to replay", self.name, self.spool.pending)
+
+    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            **asdict(self.counters),
+            "buffered": len(self.buffer),
+            "spool_pending": self.spool.pending,
+            "healthy": not self._failing,
+            "last_error": self.last_error or None,
+        }
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"usage-sink-{self.name}")
+        if self.spool.pending:
+            self._wake.set()  # a spool left by a crash (or a stop) is replayed first
+
+    async def accept(self, records: list[Record]) -> None:
+        self.counters.queued += len(records)
+        self.buffer.extend(records)
+        if len(self.buffer) >= self.settings.sink_buffer:
+            await self._spill(self._take_all())
+        self._wake.set()
+
+    def spill_now(self, records: list[Record]) -> None:
+        """Synchronous spill, for the queue-overflow path (no await possible there)."""
+        self.counters.queued += len(records)
+        self._spill_sync(records)
+
+    def _take_all(self) -> list[Record]:
+        records, self.buffer = self.buffer, []
+        return records
+
+    def _spill_sync(self, records: list[Record]) -> None:
+        try:
+            self.spool.append([spool_line(r) for r in records])
+            self.counters.spilled += len(records)
+        except OSError as exc:
+            self.counters.dropped += len(records)
+            log.error(
+                "usage sink %s: DROPPED %d events, the spool cannot be written: %s",
+                self.name,
+                len(records),
+                exc,
+            )
+
+    async def _spill(self, records: list[Record]) -> None:
+        if records:
+            await self._in_thread(self._spill_sync, records)
+
+    async def _write(self, records: Sequence[Record]) -> bool:
+        try:
+            await asyncio.wait_for(self.sink.write(records), self.settings.write_timeout_seconds)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.counters.failures += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            if not self._failing:
+                log.warning("usage sink %s failed, spooling: %s", self.name, self.last_error)
+            self._failing = True
+            return False
+        if self._failing:
+            log.info("usage sink %s is back", self.name)
+        self._failing = False
+        self.last_error = ""
+        return True
+
+    async def pump(self) -> bool:
+        """Write what is spooled, then what is buffered. False when the sink failed."""
+        batch_size = self.settings.batch_size
+        if self.spool.pending:
+            await self._spill(self._take_all())  # keep arrival order behind the spool
+            while self.spool.pending:
+                lines, cursor = await self._in_thread(self.spool.read, batch_size)
+                if not lines:
+                    break
+                if not await self._write([from_spool(line) for line in lines]):
+                    return False
+                await self._in_thread(self.spool.commit, cursor, len(lines))
+                self.counters.replayed += len(lines)
+        # Under a backlog, batches grow (to 8x): fewer round trips and transactions is
+        # what lets a sink catch up; when idle they are whatever arrived meanwhile.
+        take = batch_size * 8
+        while self.buffer:
+            batch = self.buffer[:take]
+            del self.buffer[:take]
+            try:
+                ok = await self._write(batch)
+            except asyncio.CancelledError:
+                self.buffer[:0] = batch  # shutdown: it spills with the rest
+                raise
+            if not ok:
+                await self._spill(batch + self._take_all())
+                return False
+            self.counters.written += len(batch)
+        return True
+
+    async def _run(self) -> None:
+        backoff = self.settings.retry_backoff_seconds
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if await self.pump():
+                backoff = self.settings.retry_backoff_seconds
+                continue
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.settings.retry_backoff_max_seconds)
+            self._wake.set()
+
+    async def stop(self) -> None:
+        """Write what is left within `drain_seconds`; spill whatever is still not written."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if not self._failing:
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(self.pump(), self.settings.drain_seconds)
+        await self._spill(self._take_all())
+        await self._in_thread(self.spool.close)
+        with contextlib.suppress(Exception):
+            await self.sink.close()
+        self._io.shutdown(wait=True)

@@ -1,0 +1,189 @@
+"""An append-only on-disk spool: what a sink could not take yet, in arrival order.
+
+Segment files `<16 digits>.seg` hold one record per line; a `cursor` file says how far
+the sink has consumed (segment and byte offset), rewritten atomically after each batch
+the sink accepted, so a crash replays at most one batch twice (sinks de-duplicate by
+request id). A process never appends to a segment it did not create: a segment left by
+a crash may end in a torn line, which replay skips, and new records go to a new one.
+
+One process owns a spool directory, held by `flock` on `lock`; a second process on
+the same `spool_dir` takes the next free slot (`<name>.1`, ...). Methods are called
+from one I/O thread and, on overflow, from the event loop: a lock serialises them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import BinaryIO
+
+log = logging.getLogger("autoroute.usage")
+
+Cursor = tuple[int, int]
+_SLOTS = 16
+
+
+class SpoolBusy(OSError):
+    pass
+
+
+class Spool:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        name: str,
+        segment_bytes: int,
+        fsync: str,
+        fsync_interval: float,
+    ) -> None:
+        self.segment_bytes = segment_bytes
+        self.fsync = fsync
+        self.fsync_interval = fsync_interval
+        self._lock = threading.Lock()
+        self._writer: BinaryIO | None = None
+        self._writer_seg = -1
+        self._writer_size = 0
+        self._synced_at = time.monotonic()
+        self._dirty = False
+        base = Path(root).expanduser()
+        base.mkdir(parents=True, exist_ok=True)
+        for slot in range(_SLOTS):
+            path = base / (name if slot == 0 else f"{name}.{slot}")
+            path.mkdir(exist_ok=True)
+            lock = open(path / "lock", "a+b")  # held for the process's life
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.close()
+                continue
+            self.dir, self._lock_file = path, lock
+            break
+        else:
+            raise SpoolBusy(f"every spool slot under {base} for {name} is in use")
+        self.pending = self._count_pending()
+
+    def _segments(self) -> list[int]:
+        return sorted(int(p.stem) for p in self.dir.glob("*.seg") if p.stem.isdigit())
+
+    def _seg_path(self, seg: int) -> Path:
+        return self.dir / f"{seg:016d}.seg"
+
+    def _cursor(self) -> Cursor:
+        try:
+            seg, offset = (self.dir / "cursor").read_text().split()
+            return int(seg), int(offset)
+        except (OSError, ValueError):
+            return -1, 0
+
+    def _count_pending(self) -> int:
+        seg0, offset0 = self._cursor()
+        total = 0
+        for seg in self._segments():
+            if seg < seg0:
+                continue
+            with open(self._seg_path(seg), "rb") as f:
+                if seg == seg0:
+                    f.seek(offset0)
+                total += sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+        return total
+
+    def append(self, lines: list[bytes]) -> None:
+        """Append records (each ending in a newline). Raises OSError (disk full)."""
+        if not lines:
+            return
+        data = b"".join(lines)
+        with self._lock:
+            if self._writer is None or self._writer_size >= self.segment_bytes:
+                self._rotate()
+            assert self._writer is not None
+            self._writer.write(data)
+            self._writer.flush()
+            self._writer_size += len(data)
+            self.pending += len(lines)
+            self._dirty = True
+            if self.fsync == "always" or (
+                self.fsync == "interval"
+                and time.monotonic() - self._synced_at >= self.fsync_interval
+            ):
+                self._sync_locked()
+
+    def _rotate(self) -> None:
+        if self._writer is not None:
+            self._sync_locked()
+            self._writer.close()
+        segments = self._segments()
+        self._writer_seg = (segments[-1] + 1) if segments else 1
+        self._writer = open(self._seg_path(self._writer_seg), "ab")
+        self._writer_size = 0
+        if self.fsync == "always":
+            fd = os.open(self.dir, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def _sync_locked(self) -> None:
+        if self._writer is not None and self._dirty and self.fsync != "never":
+            os.fsync(self._writer.fileno())
+        self._dirty = False
+        self._synced_at = time.monotonic()
+
+    def sync(self) -> None:
+        with self._lock:
+            self._sync_locked()
+
+    def read(self, max_records: int) -> tuple[list[bytes], Cursor]:
+        """The oldest unconsumed records (without newlines) and the cursor after them."""
+        with self._lock:
+            seg0, offset = self._cursor()
+            for seg in self._segments():
+                if seg < seg0:
+                    self._seg_path(seg).unlink(missing_ok=True)
+                    continue
+                start = offset if seg == seg0 else 0
+                lines: list[bytes] = []
+                with open(self._seg_path(seg), "rb") as f:
+                    f.seek(start)
+                    pos = start
+                    while len(lines) < max_records:
+                        line = f.readline()
+                        if not line.endswith(b"\n"):
+                            if line:  # a torn tail: a crash mid-write; nothing to parse
+                                log.warning("spool %s: skipping a torn record", self.dir)
+                                pos += len(line)
+                            break
+                        pos += len(line)
+                        lines.append(line[:-1])
+                if lines:
+                    return lines, (seg, pos)
+                if seg != self._writer_seg:
+                    # Consumed (or only a torn tail): move past it.
+                    self._write_cursor((seg + 1, 0))
+                    self._seg_path(seg).unlink(missing_ok=True)
+                    continue
+                return [], (seg, pos)
+            return [], (seg0, offset)
+
+    def commit(self, cursor: Cursor, count: int) -> None:
+        with self._lock:
+            self._write_cursor(cursor)
+            self.pending = max(0, self.pending - count)
+
+    def _write_cursor(self, cursor: Cursor) -> None:
+        tmp = self.dir / "cursor.tmp"
+        tmp.write_text(f"{cursor[0]} {cursor[1]}")
+        os.replace(tmp, self.dir / "cursor")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._writer is not None:
+                self._sync_locked()
+                self._writer.close()
+                self._writer = None
+            with contextlib.suppress(OSError):
+                self._lock_file.close()

@@ -1,0 +1,145 @@
+"""Per served model and backend: requests, errors, p50/p95 time to first chunk and total
+time, tokens/s, ratings. From PostgreSQL when configured, else from in-memory windows
+fed by the background writer (never by the handler)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from typing import Any
+
+import asyncpg
+
+Key = tuple[str | None, str | None]
+
+_QUERY = """
+SELECT u.served_model, u.backend,
+       count(*) AS requests,
+       count(*) FILTER (WHERE u.status >= 400 OR u.status = 0 OR u.error IS NOT NULL) AS errors,
+       count(*) FILTER (WHERE u.cancelled) AS cancelled,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY u.ttfc_ms) AS ttfc_p50,
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY u.ttfc_ms) AS ttfc_p95,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY u.total_ms) AS total_p50,
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY u.total_ms) AS total_p95,
+       sum(u.eval_count) FILTER (WHERE u.eval_duration > 0) AS tokens,
+       sum(u.eval_duration) FILTER (WHERE u.eval_duration > 0) AS eval_ns,
+       count(f.rating) AS ratings,
+       avg(f.rating) AS rating_mean
+FROM usage_events u
+LEFT JOIN (SELECT request_id, avg(rating) AS rating FROM feedback GROUP BY request_id) f
+       ON f.request_id = u.request_id
+WHERE u.ts >= now() - make_interval(secs => $1)
+GROUP BY u.served_model, u.backend
+ORDER BY requests DESC
+"""
+
+
+def _entry(
+    key: Key,
+    requests: int,
+    errors: int,
+    cancelled: int,
+    ttfc: tuple[float | None, float | None],
+    total: tuple[float | None, float | None],
+    tokens: int,
+    eval_ns: int,
+    ratings: int,
+    rating_mean: float | None,
+) -> dict[str, Any]:
+    return {
+        "served_model": key[0],
+        "backend": key[1],
+        "requests": requests,
+        "errors": errors,
+        "cancelled": cancelled,
+        "ttfc_ms": {"p50": ttfc[0], "p95": ttfc[1]},
+        "total_ms": {"p50": total[0], "p95": total[1]},
+        "tokens_per_s": round(tokens / eval_ns * 1e9, 3) if eval_ns else None,
+        "ratings": {"count": ratings, "mean": rating_mean},
+    }
+
+
+async def from_postgres(pool: asyncpg.Pool, window_seconds: float) -> list[dict[str, Any]]:
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(_QUERY, float(window_seconds))
+    return [
+        _entry(
+            (r["served_model"], r["backend"]),
+            r["requests"],
+            r["errors"],
+            r["cancelled"],
+            (r["ttfc_p50"], r["ttfc_p95"]),
+            (r["total_p50"], r["total_p95"]),
+            int(r["tokens"] or 0),
+            int(r["eval_ns"] or 0),
+            r["ratings"],
+            r["rating_mean"],
+        )
+        for r in rows
+    ]
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    """Linear interpolation between closest ranks, as PostgreSQL's percentile_cont."""
+    if not values:
+        return None
+    values = sorted(values)
+    pos = (len(values) - 1) * q
+    low = int(pos)
+    high = min(low + 1, len(values) - 1)
+    return values[low] + (values[high] - values[low]) * (pos - low)
+
+
+class MemoryStats:
+    """The last `window` events per (served model, backend), and the ratings of the
+    most recent requests (by id) so feedback can be attributed to a model."""
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        # (ttfc_ms, total_ms, error, cancelled, eval_count, eval_duration, request_id)
+        self.events: dict[Key, deque[tuple[Any, ...]]] = {}
+        self.recent: OrderedDict[str, Key] = OrderedDict()
+        self.ratings: dict[str, float] = {}
+
+    def add(self, event: dict[str, Any]) -> None:
+        key = (event["served_model"], event["backend"])
+        o = event["outcome"]
+        window = self.events.get(key)
+        if window is None:
+            window = self.events[key] = deque(maxlen=self.window)
+        if len(window) == window.maxlen:
+            self.ratings.pop(window[0][6], None)
+        error = o["status"] >= 400 or o["status"] == 0 or o["error"] is not None
+        ec, ed = o.get("eval_count"), o.get("eval_duration")
+        rid = event["request_id"]
+        window.append((o["ttfc_ms"], o["total_ms"], error, o["cancelled"], ec, ed, rid))
+        self.recent[event["request_id"]] = key
+        while len(self.recent) > self.window * 4:
+            self.recent.popitem(last=False)
+
+    def rate(self, request_id: str, rating: float) -> None:
+        if request_id in self.recent:
+            self.ratings[request_id] = rating
+
+    def summary(self) -> list[dict[str, Any]]:
+        out = []
+        for key, window in self.events.items():
+            ttfc = [e[0] for e in window if e[0] is not None]
+            total = [e[1] for e in window]
+            counted = [(e[4], e[5]) for e in window if isinstance(e[5], int) and e[5] > 0]
+            rated = [self.ratings[e[6]] for e in window if e[6] in self.ratings]
+            out.append(
+                _entry(
+                    key,
+                    len(window),
+                    sum(1 for e in window if e[2]),
+                    sum(1 for e in window if e[3]),
+                    (_percentile(ttfc, 0.5), _percentile(ttfc, 0.95)),
+                    (_percentile(total, 0.5), _percentile(total, 0.95)),
+                    sum(c for c, _ in counted if isinstance(c, int)),
+                    sum(d for _, d in counted),
+                    len(rated),
+                    sum(rated) / len(rated) if rated else None,
+                )
+            )
+        out.sort(key=lambda e: -int(e["requests"]))
+        return out

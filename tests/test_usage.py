@@ -1,0 +1,200 @@
+"""Usage events without external services: the spool, the default JSONL file, the
+in-memory stats, queue overflow, shutdown spill, and export."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pyarrow.parquet as pq
+import pytest
+
+from proxy.config import Usage
+from proxy.usage.spool import Spool
+from tests.support import Emulator, Proxy, ServerThread, free_port
+from tests.test_usage_services import read_bytes, wait_for
+
+MODEL = "llama3.1:8b"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_spool_replays_in_order_across_a_crash_and_skips_a_torn_tail(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, "sink", segment_bytes=64, fsync="always", fsync_interval=1)
+    spool.append([b"u%d\n" % n for n in range(10)])  # several 64-byte segments
+    lines, cursor = spool.read(4)
+    assert lines == [b"u0", b"u1", b"u2", b"u3"]
+    spool.commit(cursor, len(lines))
+    lines, _ = spool.read(4)  # read but not committed: the "crash" comes first
+    seg_files = sorted(spool.dir.glob("*.seg"))
+    with open(seg_files[-1], "ab") as f:
+        f.write(b'{"torn')  # a write cut by the crash
+    spool.close()
+
+    again = Spool(tmp_path, "sink", segment_bytes=64, fsync="always", fsync_interval=1)
+    assert again.pending == 6
+    again.append([b"u10\n"])
+    seen = []
+    while True:
+        lines, cursor = again.read(3)
+        if not lines:
+            break
+        again.commit(cursor, len(lines))
+        seen += lines
+    assert seen == [b"u%d" % n for n in range(4, 11)]
+    assert again.pending == 0
+
+
+def test_a_second_process_on_the_same_spool_dir_takes_another_slot(tmp_path: Path) -> None:
+    first = Spool(tmp_path, "postgres", 1 << 20, "never", 1)
+    second = Spool(tmp_path, "postgres", 1 << 20, "never", 1)
+    assert first.dir != second.dir and second.dir.name == "postgres.1"
+    first.close()
+    second.close()
+
+
+@pytest.fixture
+def file_proxy(servers: ServerThread, own_emulator: Emulator, tmp_path: Path) -> Proxy:
+    usage = Usage(
+        file_path=str(tmp_path / "events.jsonl"),
+        spool_dir=str(tmp_path / "spool"),
+        flush_interval_seconds=0.02,
+        log_prompts=True,
+    )
+    return Proxy(servers, [own_emulator.url], usage=usage)
+
+
+async def test_default_sink_is_a_jsonl_file_and_stats_come_from_memory(
+    file_proxy: Proxy,
+) -> None:
+    path = file_proxy.config.usage.file_path
+    try:
+        async with aiohttp.ClientSession(file_proxy.url) as http:
+            ids = []
+            for n in range(5):
+                body = {"model": MODEL, "prompt": f"p{n}", "stream": False}
+                async with http.post("/api/generate", json=body) as resp:
+                    ids.append(resp.headers["X-Request-Id"])
+            body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+            async with http.post("/v1/chat/completions", json=body) as resp:
+                ids.append(resp.headers["X-Request-Id"])
+            async with http.post(
+                "/api/autoroute/feedback", json={"request_id": ids[0], "rating": 0.5}
+            ) as resp:
+                assert resp.status == 202
+
+            async def written() -> bool:
+                return len((await read_bytes(path)).splitlines()) == 6
+
+            await wait_for(written, what="6 events in the file")
+            events = [orjson.loads(line) for line in (await read_bytes(path)).splitlines()]
+            assert [e["request_id"] for e in events] == ids
+            assert events[0]["prompt"] == "p0" and events[0]["response"] is None
+            assert events[0]["prompt_sha256"] == hashlib.sha256(b"p0").hexdigest()
+            assert events[5]["endpoint"] == "/v1/chat/completions"
+            assert events[5]["prompt_sha256"] == hashlib.sha256(b"hi").hexdigest()
+
+            async def rated() -> bool:
+                async with http.get("/api/autoroute/stats") as resp:
+                    stats = orjson.loads(await resp.read())
+                return bool(stats["models"][0]["ratings"]["count"] == 1)
+
+            await wait_for(rated, what="the rating")
+            async with http.get("/api/autoroute/stats") as resp:
+                stats = orjson.loads(await resp.read())
+        assert stats["source"] == "memory"
+        (entry,) = stats["models"]
+        assert entry["served_model"] == MODEL and entry["requests"] == 6
+        assert entry["errors"] == 0 and entry["ratings"] == {"count": 1, "mean": 0.5}
+        assert entry["ttfc_ms"]["p50"] <= entry["ttfc_ms"]["p95"]
+        assert entry["tokens_per_s"] > 0
+        assert stats["sinks"]["file"]["written"] == 7  # 6 events and the feedback
+    finally:
+        file_proxy.stop()
+
+    # Export reads the same file back (jsonl and parquet), with the rating joined.
+    out = Path(path).with_name("export.jsonl")
+    config = Path(path).with_name("c.yaml")
+    config.write_text(f"usage: {{file_path: {path}}}\n")
+    await _autoroute("--config", str(config), "usage", "export", "--since", "1h", "-o", str(out))
+    exported = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    assert [e["request_id"] for e in exported] == ids and exported[0]["rating"] == 0.5
+    parquet = Path(path).with_name("export.parquet")
+    await _autoroute(
+        "--config", str(config), "usage", "export", "--format", "parquet", "-o", str(parquet)
+    )
+    table = pq.read_table(parquet).to_pylist()
+    assert [r["request_id"] for r in table] == ids
+    assert table[0]["outcome.status"] == 200 and table[0]["client.user"] is None
+
+
+async def _autoroute(*args: str) -> None:
+    """The real command line, in its own process."""
+    await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "proxy.cli", *args], check=True, cwd=ROOT
+    )
+
+
+async def test_a_full_queue_spills_to_disk_and_nothing_is_lost(
+    servers: ServerThread, own_emulator: Emulator, tmp_path: Path
+) -> None:
+    usage = Usage(
+        file_path=str(tmp_path / "events.jsonl"),
+        spool_dir=str(tmp_path / "spool"),
+        queue_size=2,
+        flush_interval_seconds=0.5,
+    )
+    prx = Proxy(servers, [own_emulator.url], usage=usage)
+    try:
+        async with aiohttp.ClientSession(prx.url) as http:
+            ids = []
+            for n in range(8):
+                body = {"model": MODEL, "prompt": f"p{n}", "stream": False}
+                async with http.post("/api/generate", json=body) as resp:
+                    ids.append(resp.headers["X-Request-Id"])
+
+            async def settled() -> bool:
+                async with http.get("/api/autoroute/stats") as resp:
+                    stats = orjson.loads(await resp.read())
+                sink = stats["sinks"]["file"]
+                return bool(sink["written"] + sink["replayed"] == 8)
+
+            await wait_for(settled, what="all 8 events written")
+            async with http.get("/api/autoroute/stats") as resp:
+                stats = orjson.loads(await resp.read())
+        assert stats["overflowed"] == 6  # the queue holds 2
+        sink = stats["sinks"]["file"]
+        # The 2 queued events follow the spilled ones into the spool: order is kept.
+        assert sink["spilled"] == sink["replayed"] == 8
+        assert sink["dropped"] == 0
+        lines = (await read_bytes(usage.file_path)).splitlines()
+        assert sorted(orjson.loads(line)["request_id"] for line in lines) == sorted(ids)
+    finally:
+        prx.stop()
+
+
+async def test_shutdown_with_the_database_down_spills_what_is_left(
+    servers: ServerThread, own_emulator: Emulator, tmp_path: Path
+) -> None:
+    usage = Usage(
+        postgres_dsn=f"postgresql://postgres@127.0.0.1:{free_port()}/none",
+        spool_dir=str(tmp_path / "spool"),
+        flush_interval_seconds=0.02,
+        retry_backoff_seconds=0.05,
+    )
+    prx = Proxy(servers, [own_emulator.url], usage=usage)
+    async with aiohttp.ClientSession(prx.url) as http:
+        for n in range(5):
+            body = {"model": MODEL, "prompt": f"p{n}", "stream": False}
+            async with http.post("/api/generate", json=body) as resp:
+                assert resp.status == 200
+    prx.stop()  # what SIGTERM runs: the drain cannot reach PostgreSQL, so it spills
+    spool = Spool(tmp_path / "spool", "postgres", 1 << 20, "never", 1)
+    assert spool.pending == 5
+    lines, _ = spool.read(10)
+    assert all(orjson.loads(line[1:])["outcome"]["status"] == 200 for line in lines)
+    spool.close()

@@ -1,0 +1,241 @@
+"""Faults: PostgreSQL stopped and the broker restarted (empty) while traffic runs; the
+proxy SIGKILLed with events in its spool. Nothing may be lost: exactly once in
+PostgreSQL, at least once in Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from proxy.config import Usage
+from tests.support import Emulator, Proxy, ServerThread, free_port
+from tests.test_usage_services import (
+    Database,
+    PrivatePostgres,
+    Tansu,
+    consume,
+    database_on,
+    postgres_base,
+    wait_for,
+    wait_port,
+)
+
+MODEL = "llama3.1:8b"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def _traffic(url: str, count: int, ids: list[str], concurrency: int = 32) -> None:
+    """`count` requests; every answered request's id goes to `ids`."""
+    todo = iter(range(count))
+
+    async def worker(http: aiohttp.ClientSession) -> None:
+        for n in todo:
+            body = {"model": MODEL, "prompt": f"request {n}", "stream": n % 2 == 0}
+            async with http.post("/api/generate", json=body) as resp:
+                await resp.read()
+                assert resp.status == 200
+                ids.append(resp.headers["X-Request-Id"])
+
+    async with aiohttp.ClientSession(url) as http:
+        await asyncio.gather(*(worker(http) for _ in range(concurrency)))
+
+
+async def _until(ids: list[str], n: int) -> None:
+    async def enough() -> bool:
+        return len(ids) >= n
+
+    await wait_for(enough, what=f"{n} answered requests")
+
+
+async def _counters(url: str) -> dict[str, Any]:
+    async with aiohttp.ClientSession(url) as http, http.get("/api/autoroute/stats") as resp:
+        stats: dict[str, Any] = orjson.loads(await resp.read())
+        return stats
+
+
+def _delivered(sink: dict[str, Any]) -> int:
+    return int(sink["written"] + sink["replayed"])
+
+
+@pytest.fixture
+def private_pg() -> Iterator[PrivatePostgres]:
+    server = PrivatePostgres()  # ours: this test stops it; never the machine's server
+    yield server
+    server.close()
+
+
+async def test_postgres_down_and_broker_restart_mid_run_lose_nothing(
+    servers: ServerThread, own_emulator: Emulator, private_pg: PrivatePostgres, tmp_path: Path
+) -> None:
+    db = await asyncio.to_thread(Database, private_pg.base_dsn)
+    broker = Tansu()
+    usage = Usage(
+        postgres_dsn=db.dsn,
+        kafka_bootstrap=broker.bootstrap,
+        file_mode="off",
+        spool_dir=str(tmp_path / "spool"),
+        flush_interval_seconds=0.02,
+        retry_backoff_seconds=0.1,
+        retry_backoff_max_seconds=0.5,
+        kafka_request_timeout_ms=2000,
+        write_timeout_seconds=3,
+    )
+    prx = Proxy(servers, [own_emulator.url], usage=usage)
+    try:
+        ids: list[str] = []
+        await _traffic(prx.url, 800, ids)
+
+        async def kafka_caught_up() -> bool:
+            stats = await _counters(prx.url)
+            return stats["queue"] == 0 and _delivered(stats["sinks"]["kafka"]) == len(ids)
+
+        await wait_for(kafka_caught_up, what="Kafka to take the first phase")
+        # The broker keeps messages in memory only: read what it has before killing it.
+        before = await consume(broker.bootstrap, usage.kafka_usage_topic, len(ids))
+        seen_in_kafka = {orjson.loads(m.value)["request_id"] for m in before}
+        assert seen_in_kafka == set(ids)
+
+        broker.stop()
+        phase2 = asyncio.create_task(_traffic(prx.url, 1200, ids))
+        await _until(ids, 1000)
+        await asyncio.to_thread(private_pg.stop)  # PostgreSQL goes away mid-traffic
+        await phase2
+
+        async def both_spilled() -> bool:
+            # A batch in flight when its sink died spills once its write times out.
+            sinks = (await _counters(prx.url))["sinks"]
+            return sinks["postgres"]["spilled"] > 0 and sinks["kafka"]["spilled"] > 0
+
+        await wait_for(both_spilled, what="both sinks, down, to spill to the spool")
+
+        phase3 = asyncio.create_task(_traffic(prx.url, 1000, ids))
+        await _until(ids, 2300)
+        broker.start()  # empty: a restarted in-memory broker
+        await asyncio.to_thread(private_pg.start)
+        await phase3
+        total = len(ids)
+        assert total == 3000 and len(set(ids)) == total
+
+        async def all_delivered() -> bool:
+            stats = await _counters(prx.url)
+            sinks = stats["sinks"]
+            return stats["queue"] == 0 and all(
+                s["spool_pending"] == 0 and s["buffered"] == 0 and _delivered(s) >= total
+                for s in sinks.values()
+            )
+
+        await wait_for(all_delivered, seconds=60, what="every sink to catch up")
+        stats = await _counters(prx.url)
+        for sink in stats["sinks"].values():
+            assert sink["dropped"] == 0 and sink["replayed"] > 0
+
+        rows = await db.fetch("SELECT request_id FROM usage_events")
+        assert len(rows) == total  # exactly once: the primary key refuses a second copy
+        assert {r[0] for r in rows} == set(ids)
+
+        after = await consume(broker.bootstrap, usage.kafka_usage_topic, total - len(before))
+        seen_in_kafka |= {orjson.loads(m.value)["request_id"] for m in after}
+        assert seen_in_kafka == set(ids)  # at least once
+    finally:
+        prx.stop()
+        broker.stop()
+        await asyncio.to_thread(db.drop)
+
+
+@pytest.fixture
+def database() -> Iterator[Database]:
+    with postgres_base() as base, database_on(base) as db:
+        yield db
+
+
+def _serve(
+    port: int, backend: str, spool: Path, dsn: str, bootstrap: str
+) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "AUTOROUTE_CONFIG": "/dev/null",
+        "AUTOROUTE_LISTEN__PORT": str(port),
+        "AUTOROUTE_BACKENDS": backend,
+        "AUTOROUTE_LOGGING__ACCESS": "false",
+        "AUTOROUTE_USAGE__POSTGRES_DSN": dsn,
+        "AUTOROUTE_USAGE__KAFKA_BOOTSTRAP": bootstrap,
+        "AUTOROUTE_USAGE__FILE_MODE": "off",
+        "AUTOROUTE_USAGE__SPOOL_DIR": str(spool),
+        "AUTOROUTE_USAGE__FSYNC": "always",
+        "AUTOROUTE_USAGE__FLUSH_INTERVAL_SECONDS": "0.02",
+        "AUTOROUTE_USAGE__RETRY_BACKOFF_SECONDS": "0.1",
+        "AUTOROUTE_USAGE__RETRY_BACKOFF_MAX_SECONDS": "0.5",
+        "AUTOROUTE_USAGE__KAFKA_REQUEST_TIMEOUT_MS": "2000",
+        "AUTOROUTE_USAGE__WRITE_TIMEOUT_SECONDS": "3",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proxy.cli", "serve"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_port(port)
+    return proc
+
+
+async def test_sigkill_then_restart_replays_the_spool(
+    own_emulator: Emulator, database: Database, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    port = free_port()
+    closed = free_port()  # nothing listens: both sinks are down for the first process
+    dead_dsn = f"postgresql://postgres@127.0.0.1:{closed}/x"
+    proc = _serve(port, own_emulator.url, spool, dead_dsn, f"127.0.0.1:{closed}")
+    url = f"http://127.0.0.1:{port}"
+    broker: Tansu | None = None
+    try:
+        first: list[str] = []
+        await _traffic(url, 500, first)
+
+        async def spooled() -> bool:
+            sinks = (await _counters(url))["sinks"]
+            return all(s["spilled"] == len(first) for s in sinks.values())
+
+        await wait_for(spooled, what="the first 500 events on disk")
+        second: list[str] = []
+        in_flight = asyncio.create_task(_traffic(url, 500, second))
+        await _until(second, 100)
+        proc.send_signal(signal.SIGKILL)  # no drain, no goodbye
+        await asyncio.to_thread(proc.wait)
+        with pytest.raises(aiohttp.ClientError):
+            await in_flight
+
+        broker = Tansu()
+        proc = _serve(port, own_emulator.url, spool, database.dsn, broker.bootstrap)
+
+        async def replayed() -> bool:
+            sinks = (await _counters(url))["sinks"]
+            return all(
+                s["replayed"] >= len(first) and s["spool_pending"] == 0 for s in sinks.values()
+            )
+
+        await wait_for(replayed, what="the spool to be replayed")
+        rows = await database.fetch("SELECT request_id FROM usage_events")
+        in_pg = [r[0] for r in rows]
+        assert set(first) <= set(in_pg)
+        assert set(in_pg) <= set(first) | set(second)  # nothing invented
+        assert len(in_pg) == len(set(in_pg))
+        messages = await consume(broker.bootstrap, "autoroute.usage", len(in_pg))
+        in_kafka = {orjson.loads(m.value)["request_id"] for m in messages}
+        assert set(first) <= in_kafka
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(proc.wait, 20)
+        if broker is not None:
+            broker.stop()

@@ -1,0 +1,252 @@
+"""Usage events end to end through the proxy into a real PostgreSQL and a real
+Kafka-protocol broker (and the local file), compared field by field."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+
+from proxy.config import Usage
+from tests.support import Emulator, Proxy, ServerThread
+from tests.test_usage_services import (
+    Database,
+    Tansu,
+    consume,
+    database_on,
+    postgres_base,
+    read_bytes,
+    wait_for,
+)
+
+MODEL = "llama3.1:8b"
+
+
+@pytest.fixture(scope="module")
+def pg_base() -> Iterator[str]:
+    with postgres_base() as dsn:
+        yield dsn
+
+
+@pytest.fixture
+def database(pg_base: str) -> Iterator[Database]:
+    with database_on(pg_base) as db:
+        yield db
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[Tansu]:
+    tansu = Tansu()
+    yield tansu
+    tansu.stop()
+
+
+@pytest.fixture
+def usage_proxy(
+    servers: ServerThread, own_emulator: Emulator, database: Database, broker: Tansu, tmp_path: Path
+) -> Iterator[Proxy]:
+    topic = tmp_path.name.replace("_", "-")[-40:]
+    usage = Usage(
+        postgres_dsn=database.dsn,
+        kafka_bootstrap=broker.bootstrap,
+        kafka_usage_topic=f"usage-{topic}",
+        kafka_feedback_topic=f"feedback-{topic}",
+        file_mode="always",
+        file_path=str(tmp_path / "events.jsonl"),
+        spool_dir=str(tmp_path / "spool"),
+        flush_interval_seconds=0.02,
+    )
+    prx = Proxy(servers, [own_emulator.url], usage=usage)
+    yield prx
+    prx.stop()
+
+
+async def _ndjson(resp: aiohttp.ClientResponse) -> list[dict[str, object]]:
+    return [orjson.loads(line) for line in (await resp.read()).splitlines() if line.strip()]
+
+
+async def test_events_reach_postgres_kafka_and_file_field_by_field(usage_proxy: Proxy) -> None:
+    usage = usage_proxy.config.usage
+    messages = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "why is the sky blue?"},
+    ]
+    headers = {
+        "User-Agent": "usage-test/1",
+        "X-Autoroute-User": "alice",
+        "Authorization": "Bearer sk-secret-key",
+    }
+    async with aiohttp.ClientSession(usage_proxy.url) as http:
+        async with http.post(
+            "/api/chat", json={"model": MODEL, "messages": messages}, headers=headers
+        ) as resp:
+            chat_id = resp.headers["X-Request-Id"]
+            chat_lines = await _ndjson(resp)
+        async with http.post(
+            "/api/generate", json={"model": MODEL, "prompt": "hello", "stream": False}
+        ) as resp:
+            gen_id = resp.headers["X-Request-Id"]
+            gen = orjson.loads(await resp.read())
+        async with http.post(
+            "/api/chat", json={"model": "no-such:model", "messages": messages}
+        ) as resp:
+            missing_id, missing_status = resp.headers["X-Request-Id"], resp.status
+        async with http.get("/api/tags") as resp:  # not inference: no event
+            assert resp.status == 200
+
+        ids = {chat_id, gen_id, missing_id}
+
+        async def rows_arrived() -> bool:
+            rows = await usage_proxy_db.fetch("SELECT count(*) FROM usage_events")
+            return bool(rows[0][0] == 3)
+
+        usage_proxy_db = _db_of(usage_proxy)
+        await wait_for(rows_arrived, what="3 rows in PostgreSQL")
+        rows = {
+            r["request_id"]: r for r in await usage_proxy_db.fetch("SELECT * FROM usage_events")
+        }
+        assert set(rows) == ids
+
+        final = chat_lines[-1]
+        chat = rows[chat_id]
+        event = chat["event"]
+        assert event["request_id"] == chat_id and event["endpoint"] == "/api/chat"
+        assert event["method"] == "POST"
+        assert event["client"]["user_agent"] == "usage-test/1"
+        assert event["client"]["user"] == "alice"
+        assert event["client"]["api_key_id"] == hashlib.sha256(b"sk-secret-key").hexdigest()[:16]
+        assert "sk-secret-key" not in orjson.dumps(event).decode()
+        assert event["requested_model"] == event["served_model"] == MODEL
+        assert event["backend"] == usage_proxy.config.backends[0].label
+        assert event["decision"] is None and event["features"] is None
+        assert event["candidate"] is None and event["rating"] is None
+        assert "prompt" not in event  # log_prompts is off by default
+        expected_sha = hashlib.sha256(b"be brief\nwhy is the sky blue?").hexdigest()
+        assert event["prompt_sha256"] == expected_sha
+        outcome = event["outcome"]
+        assert outcome["status"] == 200 and outcome["error"] is None
+        assert outcome["cancelled"] is False and outcome["bytes"] > 0
+        for key in (
+            "done_reason",
+            "prompt_eval_count",
+            "eval_count",
+            "load_duration",
+            "prompt_eval_duration",
+            "eval_duration",
+            "total_duration",
+        ):
+            assert outcome[key] == final[key], key
+        assert 0 < outcome["ttfc_ms"] <= outcome["total_ms"]
+        assert event["ts"].endswith("Z")
+        assert set(event) == {
+            "request_id",
+            "ts",
+            "endpoint",
+            "method",
+            "client",
+            "requested_model",
+            "served_model",
+            "backend",
+            "decision",
+            "features",
+            "candidate",
+            "prompt_sha256",
+            "outcome",
+            "rating",
+        }
+        # The typed columns say what the event says.
+        assert (chat["status"], chat["client_user"], chat["served_model"]) == (200, "alice", MODEL)
+        assert chat["eval_count"] == final["eval_count"]
+        assert chat["total_duration"] == final["total_duration"]
+        assert chat["ttfc_ms"] == outcome["ttfc_ms"] and chat["total_ms"] == outcome["total_ms"]
+        assert chat["prompt_sha256"] == expected_sha and chat["cancelled"] is False
+        assert chat["ts"].isoformat().replace("+00:00", "Z") == event["ts"]
+
+        assert rows[gen_id]["eval_count"] == gen["eval_count"]
+        assert rows[gen_id]["prompt_sha256"] == hashlib.sha256(b"hello").hexdigest()
+        missing = rows[missing_id]
+        assert missing["status"] == missing_status == 404
+        assert missing["eval_count"] is None
+
+        # Kafka: the same events, keyed by user, else by request id.
+        got = await consume(
+            usage_proxy.config.usage.kafka_bootstrap or "", usage.kafka_usage_topic, 3
+        )
+        by_id = {orjson.loads(m.value)["request_id"]: m for m in got}
+        assert set(by_id) == ids and len(got) == 3
+        for rid, msg in by_id.items():
+            assert orjson.loads(msg.value) == rows[rid]["event"]
+        assert by_id[chat_id].key == b"alice" and by_id[gen_id].key == gen_id.encode()
+
+        # The file: the same events again.
+        lines = (await read_bytes(usage.file_path)).splitlines()
+        from_file = {orjson.loads(line)["request_id"]: orjson.loads(line) for line in lines}
+        assert from_file == {rid: rows[rid]["event"] for rid in ids}
+
+        # Stats from PostgreSQL.
+        async with http.get("/api/autoroute/stats") as resp:
+            stats = orjson.loads(await resp.read())
+        assert stats["source"] == "postgres"
+        entry = next(m for m in stats["models"] if m["served_model"] == MODEL)
+        assert entry["requests"] == 2 and entry["errors"] == 0
+        assert entry["tokens_per_s"] > 0 and entry["ttfc_ms"]["p50"] > 0
+        missing_entry = next(m for m in stats["models"] if m["served_model"] == "no-such:model")
+        assert missing_entry["errors"] == 1
+        sinks = stats["sinks"]
+        assert set(sinks) == {"postgres", "kafka", "file"}
+        for counters in sinks.values():
+            assert counters["written"] == 3 and counters["dropped"] == 0
+            assert counters["spilled"] == 0
+
+
+def _db_of(prx: Proxy) -> Database:
+    return Database.attach(prx.config.usage.postgres_dsn or "")
+
+
+async def test_feedback_round_trip(usage_proxy: Proxy) -> None:
+    usage = usage_proxy.config.usage
+    db = _db_of(usage_proxy)
+    async with aiohttp.ClientSession(usage_proxy.url) as http:
+        async with http.post(
+            "/api/generate", json={"model": MODEL, "prompt": "rate me", "stream": False}
+        ) as resp:
+            rid = resp.headers["X-Request-Id"]
+        async with http.post(
+            "/api/autoroute/feedback", json={"request_id": rid, "rating": 1, "comment": "good"}
+        ) as resp:
+            assert resp.status == 202
+            feedback_id = orjson.loads(await resp.read())["feedback_id"]
+        for bad in ({"request_id": rid}, {"rating": 1}, {"request_id": rid, "rating": "x"}):
+            async with http.post("/api/autoroute/feedback", json=bad) as resp:
+                assert resp.status == 400
+
+        async def feedback_arrived() -> bool:
+            return bool(await db.fetch("SELECT 1 FROM feedback"))
+
+        await wait_for(feedback_arrived, what="feedback row")
+        (row,) = await db.fetch("SELECT * FROM feedback")
+        assert (row["feedback_id"], row["request_id"], row["rating"], row["comment"]) == (
+            feedback_id,
+            rid,
+            1.0,
+            "good",
+        )
+        (message,) = await consume(usage.kafka_bootstrap or "", usage.kafka_feedback_topic, 1)
+        assert orjson.loads(message.value)["feedback_id"] == feedback_id
+        assert message.key == rid.encode()
+        feedback_file = Path(usage.file_path).with_name("events.feedback.jsonl")
+        assert orjson.loads(await read_bytes(feedback_file))["request_id"] == rid
+
+        async def rated() -> bool:
+            async with http.get("/api/autoroute/stats") as resp:
+                stats = orjson.loads(await resp.read())
+            entry = next(m for m in stats["models"] if m["served_model"] == MODEL)
+            return bool(entry["ratings"] == {"count": 1, "mean": 1.0})
+
+        await wait_for(rated, what="the rating in stats")
+    versions = await db.fetch("SELECT version FROM schema_migrations ORDER BY version")
+    assert [v[0] for v in versions] == [1, 2]
