@@ -1,0 +1,356 @@
+"""The offline training pipeline on small slices: data, usage events, parity, artifact,
+evaluation metrics and reproducibility. The full-size training is not run here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from selector_model import features
+from training import cli, evaluate, export, pipeline
+from training.data import (
+    DATA_DIR,
+    dataset_examples,
+    grouped_split,
+    load_llmrouter,
+    load_usage,
+    normalize,
+    sha256,
+)
+from training.models import BY_DATASET_NAME, MODELS
+from training.train import QUICK, REPRO_TOLERANCE, TrainConfig, predict, train
+
+SLICE = 300
+
+
+@pytest.fixture(scope="module")
+def data() -> Any:
+    return load_llmrouter()
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, Any]]:
+    root = tmp_path_factory.mktemp("pipeline")
+    out, reports = root / "artifact", root / "reports"
+    meta = pipeline.build(
+        [pipeline.Source("dataset")], out, reports, "quick", QUICK, max_prompts=SLICE
+    )
+    return out, reports, meta
+
+
+def _parse(add: Any, argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add(parser)
+    return parser.parse_args(argv)
+
+
+# ---------------------------------------------------------------- data
+
+
+def test_model_table_covers_the_scored_models_with_their_prices() -> None:
+    train_rows = json.loads((DATA_DIR / "train.json").read_text())
+    scored = set(train_rows[0]["scores"])
+    assert scored == set(BY_DATASET_NAME)
+    assert len(MODELS) == 9
+    prices = json.loads((DATA_DIR / "default_llm.json").read_text())
+    for spec in MODELS:
+        assert spec.price_per_m == prices[spec.dataset_name]["input_price"]
+        assert spec.price_per_m == prices[spec.dataset_name]["output_price"]
+        assert spec.family in features.FAMILIES
+        assert spec.quant_bits == features.quant_bits_from(spec.quantization) == 4.0
+        candidate = spec.candidate()
+        assert candidate.name == spec.ollama_name and candidate.loaded is False
+    assert len({m.ollama_name for m in MODELS}) == 9
+
+
+def test_bundled_copy_carries_license_and_source() -> None:
+    assert "MIT" in (DATA_DIR / "LICENSE").read_text()
+    assert "LLMRouter" in (DATA_DIR / "SOURCE.txt").read_text()
+
+
+def test_test_split_is_deduplicated_against_train(data: Any) -> None:
+    assert data.dropped_test == 119
+    assert len(data.test) == 381
+    train_texts = {normalize(p.text) for p in data.train}
+    assert not any(normalize(p.text) in train_texts for p in data.test)
+    assert normalize("  Hello\n\tWORLD ") == normalize("hello world")
+
+
+def test_grouped_split_never_splits_a_prompt(data: Any) -> None:
+    examples = dataset_examples(data.train[:200], data.models)
+    groups = [ex.group for ex in examples]
+    tr, va = grouped_split(groups, 0.2, seed=3)
+    assert len(tr) + len(va) == len(groups) and len(va) > 0
+    assert not {groups[i] for i in tr} & {groups[i] for i in va}
+    assert len(va) % len(data.models) == 0  # whole prompts: all 9 models of each
+
+
+def test_uniform_prompts_are_down_weighted(data: Any) -> None:
+    examples = dataset_examples(data.train[:100], data.models, uniform_weight=0.3)
+    for start in range(0, len(examples), 9):
+        group = examples[start : start + 9]
+        labels = {ex.label for ex in group}
+        assert {ex.weight for ex in group} == ({0.3} if len(labels) == 1 else {1.0})
+
+
+# ---------------------------------------------------------------- usage events
+
+
+def _event(
+    text: str,
+    model: str,
+    params_b: float,
+    *,
+    status: int = 200,
+    error: str | None = None,
+    done_reason: str | None = "stop",
+    rating: int | None = None,
+    propensity: float | None = None,
+    schema: int = features.SCHEMA_VERSION,
+) -> dict[str, Any]:
+    body = {"model": "auto", "messages": [{"role": "user", "content": text}]}
+    return {
+        "request_id": f"r-{abs(hash((text, model))) % 10**9}",
+        "endpoint": "/api/chat",
+        "served_model": model,
+        "features": {
+            "schema_version": schema,
+            "request": features.request_features("/api/chat", body),
+        },
+        "candidate": {
+            "name": model,
+            "family": features.family_of(model),
+            "params_b": params_b,
+            "quant_bits": 4.0,
+            "context_length": 8192,
+            "capabilities": [],
+            "is_code": False,
+            "is_instruct": True,
+            "loaded": True,
+        },
+        "decision": {"propensity": propensity},
+        "outcome": {"status": status, "error": error, "done_reason": done_reason},
+        "rating": rating,
+    }
+
+
+def _write_jsonl(path: Path, events: list[dict[str, Any]], extra: str = "") -> Path:
+    path.write_text("".join(json.dumps(e) + "\n" for e in events) + extra)
+    return path
+
+
+def test_usage_events_give_labels_weights_and_skips(tmp_path: Path) -> None:
+    events = [
+        _event("a", "llama3.1:8b", 8.0),
+        _event("b", "llama3.1:8b", 8.0, done_reason="length", propensity=0.25),
+        _event("c", "llama3.1:8b", 8.0, status=500),
+        _event("d", "llama3.1:8b", 8.0, error="upstream closed"),
+        _event("e", "llama3.1:8b", 8.0, done_reason=None),
+        _event("f", "llama3.1:8b", 8.0, rating=-1),
+        _event("g", "llama3.1:8b", 8.0, rating=1),
+        _event("h", "llama3.1:8b", 8.0, schema=features.SCHEMA_VERSION + 1),
+    ]
+    path = _write_jsonl(tmp_path / "usage.jsonl", events, "not json\n\n")
+    examples, stats = load_usage([path])
+    assert (stats.read, stats.used, stats.skipped_schema, stats.skipped_malformed) == (9, 7, 1, 1)
+    assert [ex.label for ex in examples] == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+    assert [ex.weight for ex in examples] == [1.0, 4.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    assert examples[0].candidate == features.Candidate(
+        "llama3.1:8b", "llama", 8.0, 4.0, 8192, frozenset(), False, True, True
+    )
+    assert examples[0].request == events[0]["features"]["request"]
+
+
+def test_train_from_a_usage_file(tmp_path: Path) -> None:
+    """A selector trained only on usage events learns which model served which kind of
+    request well, and its artifact describes the models from the events."""
+    events = []
+    for i in range(120):
+        math_prompt = i % 2 == 0
+        text = (
+            f"Solve the equation {i} + x = {i * 3} and calculate the remainder"
+            if math_prompt
+            else f"Write a short poem about the colour number {i}"
+        )
+        events.append(_event(text, "tiny:1b", 1.0, status=500 if math_prompt else 200))
+        events.append(_event(text, "big:70b", 70.0, propensity=0.5))
+    usage = _write_jsonl(tmp_path / "usage.jsonl", events)
+    args = _parse(
+        cli.add_train_arguments,
+        [
+            "--from",
+            str(usage),
+            "--out",
+            str(tmp_path / "art"),
+            "--report-dir",
+            str(tmp_path / "rep"),
+            "--quick",
+            "--no-progress",
+            "--no-lomo",
+        ],
+    )
+    assert cli.run_train(args) == 0
+    onnx_bytes, meta = export.read_artifact(tmp_path / "art")
+    assert meta["known_models"] == ["tiny:1b", "big:70b"]
+    assert [m["params_b"] for m in meta["models"]] == [1.0, 70.0]
+    assert meta["training"]["sources"][0]["used"] == 240
+    assert "usage/usage.jsonl" in meta["training_data_hashes"]
+    sess = export.session(onnx_bytes)
+    known = meta["known_models"]
+    request = features.request_features(
+        "/api/chat", {"messages": [{"role": "user", "content": "Solve 7 + x = 12, calculate"}]}
+    )
+    tiny = features.Candidate("tiny:1b", params_b=1.0, loaded=True)
+    big = features.Candidate("big:70b", params_b=70.0, loaded=True)
+    x = np.array(features.rows(request, [tiny, big], known), dtype=np.float32)
+    p_tiny, p_big = export.onnx_predict(sess, x)
+    assert p_big > p_tiny
+
+
+def test_postgres_source_is_refused_not_faked() -> None:
+    with pytest.raises(ValueError, match="PostgreSQL"):
+        pipeline.parse_source("postgres://postgres@127.0.0.1:5432/autoroute")
+    args = _parse(cli.add_train_arguments, ["--from", "postgres://x/y", "--no-progress"])
+    assert cli.run_train(args) == 2
+
+
+# ---------------------------------------------------------------- training and export
+
+
+def test_onnx_parity_and_its_failure(data: Any) -> None:
+    known = [m.ollama_name for m in data.models]
+    examples = dataset_examples(data.train[:200], data.models)
+    a = train(examples, known, QUICK)
+    b = train(examples, known, TrainConfig.from_json({**QUICK.to_json(), "seed": 7}))
+    n_features = len(features.feature_names(known))
+    onnx_a = export.to_onnx(a.booster, n_features)
+    assert export.parity(onnx_a, a.booster, a.val.x) <= export.PARITY_TOLERANCE
+    with pytest.raises(export.ParityError):
+        export.parity(onnx_a, b.booster, b.val.x)
+
+
+def test_same_seed_same_predictions(data: Any) -> None:
+    known = [m.ollama_name for m in data.models]
+    examples = dataset_examples(data.train[:250], data.models)
+    config = TrainConfig.from_json({**QUICK.to_json(), "max_depth": 6, "identity_dropout": 0.2})
+    first = train(examples, known, config)
+    second = train(examples, known, config)
+    assert first.best_iteration == second.best_iteration
+    p1 = predict(first.booster, first.val.x)
+    p2 = predict(second.booster, first.val.x)
+    assert float(np.max(np.abs(p1 - p2))) <= REPRO_TOLERANCE
+    n_features = len(features.feature_names(known))
+    assert export.to_onnx(first.booster, n_features) == export.to_onnx(second.booster, n_features)
+
+
+def test_artifact_metadata_and_schema(built: tuple[Path, Path, dict[str, Any]], data: Any) -> None:
+    out, _, meta = built
+    onnx_bytes, on_disk = export.read_artifact(out / "selector.json")
+    assert on_disk == meta
+    assert meta["schema_version"] == features.SCHEMA_VERSION
+    known = meta["known_models"]
+    assert known == [m.ollama_name for m in data.models]
+    assert meta["feature_names"] == features.feature_names(known)
+    assert [m["name"] for m in meta["models"]] == known
+    for row in meta["models"]:
+        spec = BY_DATASET_NAME[row["dataset_name"]]
+        assert row["params_b"] == spec.params_b and row["price_per_m"] == spec.price_per_m
+    assert meta["onnx_sha256"] == sha256(out / "selector.onnx")
+    assert meta["training_data_hashes"]["llmrouter/train.json"] == sha256(DATA_DIR / "train.json")
+    assert meta["opset"] == 15
+    assert meta["parity"]["max_abs_diff"] <= 1e-5
+    assert meta["policy"]["unseen_margin"] >= 0
+    assert meta["artifact_version"].startswith(f"s{features.SCHEMA_VERSION}-")
+    assert {"xgboost-cpu", "onnxmltools", "onnxruntime"} <= set(meta["library_versions"])
+    assert meta["training"]["seconds"] > 0 and meta["metrics"]["test"]["prompts"] == 381
+
+    sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    (inp,) = sess.get_inputs()
+    assert inp.name == meta["input_name"] and inp.shape[1] == len(meta["feature_names"])
+    outputs = {o.name for o in sess.get_outputs()}
+    assert meta["output_name"] in outputs
+    request = features.request_features(
+        "/api/chat", {"messages": [{"role": "user", "content": "2+2?"}]}
+    )
+    candidates = [
+        features.Candidate(name=m["name"], params_b=m["params_b"]) for m in meta["models"]
+    ]
+    x = np.array(features.rows(request, candidates, known), dtype=np.float32)
+    (probs,) = sess.run([meta["output_name"]], {meta["input_name"]: x})
+    assert probs.shape == (len(known), 2)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert ((probs[:, meta["success_column"]] >= 0) & (probs[:, meta["success_column"]] <= 1)).all()
+
+
+def test_report_files_and_contents(built: tuple[Path, Path, dict[str, Any]]) -> None:
+    _, reports, meta = built
+    report = json.loads((reports / "quick.json").read_text())
+    assert report["artifact_version"] == meta["artifact_version"]
+    assert len(report["targets"]) == 3
+    price = report["evaluation"]["price"]
+    assert price["best_single"]["model"] == "nemotron:51b"
+    assert abs(price["best_single"]["quality"] - 0.5966) < 1e-3
+    assert price["oracle"]["quality"] >= max(s["quality"] for s in price["singles"])
+    assert 0 <= price["quality_at_best_cost"] <= 1
+    assert len(report["lomo"]) == 9
+    assert {f["held_out"] for f in report["lomo"]} == set(meta["known_models"])
+    md = (reports / "quick.md").read_text()
+    assert "APGR" in md and "Leave one model out" in md
+    assert (reports / "quick.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_cli_on_the_artifact(
+    built: tuple[Path, Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    out, _, meta = built
+    args = _parse(
+        cli.add_evaluate_arguments,
+        [
+            str(out),
+            "--report-dir",
+            str(tmp_path),
+            "--report-name",
+            "again",
+            "--no-lomo",
+            "--no-progress",
+        ],
+    )
+    assert cli.run_evaluate(args) == 0
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again["evaluation"]["price"]["quality_at_best_cost"] == pytest.approx(
+        meta["metrics"]["test"]["quality_at_best_cost"]
+    )
+    # An artifact from another feature schema is refused.
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "selector.onnx").write_bytes((out / "selector.onnx").read_bytes())
+    (broken / "selector.json").write_text(json.dumps({**meta, "schema_version": -1}))
+    args.artifact = broken
+    assert cli.run_evaluate(args) == 1
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def test_metric_definitions_on_a_hand_made_case() -> None:
+    y = np.array([[1.0, 1.0], [0.0, 1.0], [0.0, 0.0], [1.0, 0.0]])
+    cost = np.array([1.0, 3.0])
+    assert evaluate.oracle(y, cost) == (1.5, 0.75)  # cheapest correct; ties to the cheaper
+    points = [
+        evaluate.Point(0.0, 3.0, 0.5),
+        evaluate.Point(1.0, 2.0, 0.5),
+        evaluate.Point(2.0, 1.0, 0.25),
+    ]
+    # Q(c) = 0.25 on [1, 2), 0.5 on [2, 3]: area above q0 = 0.25 over (0.5-0.25)*(3-1).
+    assert evaluate.apgr(points, 1.0, 0.25, 3.0, 0.5) == pytest.approx(0.5)
+    p = np.array([[0.9, 0.8], [0.2, 0.9], [0.5, 0.4], [0.9, 0.1]])
+    summary = evaluate.summarize(p, y, cost, ["a", "b"], np.tile([0.0, 1.0], (4, 1)), seed=0)
+    assert summary["best_single"]["model"] == "a"  # 0.5 each: the cheaper wins the tie
+    assert summary["router_lambda0"]["quality"] == 1.0 - 0.25  # picks a, b, a, a
+    assert summary["random"] == {"cost": 2.0, "quality": 0.5}

@@ -1,0 +1,171 @@
+"""`autoroute train` and `autoroute evaluate`: argument parsers and runners.
+
+The proxy's CLI wires these in; until then: `python -m training.cli train|evaluate ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from training import pipeline
+from training.data import DATA_DIR
+from training.export import ParityError
+from training.train import QUICK, TrainConfig
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = REPO / "selector_model" / "artifacts"
+DEFAULT_REPORTS = REPO / "training" / "reports"
+QUICK_PROMPTS = 300
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class _Bars:
+    """One tqdm bar (on stderr) per training run; opening the next closes the last."""
+
+    def __init__(self) -> None:
+        from tqdm import tqdm  # type: ignore[import-untyped]
+
+        self._tqdm = tqdm
+        self._bar: Any = None
+
+    def __call__(self, label: str) -> Callable[[int, int], None]:
+        self.close()
+        bar = self._tqdm(desc=f"{label:>20}", unit="tree", file=sys.stderr, mininterval=0.5)
+        self._bar = bar
+
+        def update(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        return update
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def _bars(enabled: bool) -> _Bars | None:
+    return _Bars() if enabled else None
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--from",
+        dest="sources",
+        action="append",
+        metavar="dataset|FILE.jsonl",
+        help="training data: 'dataset' (the bundled LLMRouter scores) or a usage JSON Lines "
+        "file; repeat to combine (default: dataset)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help=f"artifact directory (default: {DEFAULT_OUT})"
+    )
+    parser.add_argument("--report-dir", type=Path, default=DEFAULT_REPORTS)
+    parser.add_argument("--report-name", default="selector")
+    parser.add_argument("--data", type=Path, default=DATA_DIR, help="LLMRouter data directory")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"{QUICK_PROMPTS} prompts and a few shallow trees (a smoke run)",
+    )
+    parser.add_argument("--max-prompts", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--no-lomo", action="store_true", help="skip leave-one-model-out")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    try:
+        sources = [pipeline.parse_source(s) for s in (args.sources or ["dataset"])]
+    except ValueError as exc:
+        _log(f"autoroute train: {exc}")
+        return 2
+    config: TrainConfig = QUICK if args.quick else TrainConfig()
+    if args.seed is not None:
+        config = TrainConfig.from_json({**config.to_json(), "seed": args.seed})
+    max_prompts = args.max_prompts or (QUICK_PROMPTS if args.quick else None)
+    bars = _bars(not args.no_progress)
+    try:
+        meta = pipeline.build(
+            sources,
+            args.out,
+            args.report_dir,
+            args.report_name,
+            config,
+            data_dir=args.data,
+            max_prompts=max_prompts,
+            run_lomo=not args.no_lomo,
+            bars=bars,
+            log=_log,
+        )
+    except ParityError as exc:
+        _log(f"autoroute train: {exc}; no artifact written")
+        return 1
+    except (OSError, ValueError) as exc:
+        _log(f"autoroute train: {exc}")
+        return 1
+    finally:
+        if bars is not None:
+            bars.close()
+    test = meta["metrics"]["test"]
+    _log(
+        f"artifact {meta['artifact_version']} in {args.out}: quality "
+        f"{test['quality_at_best_cost']:.3f} at <= best single model's cost "
+        f"({test['best_single']['quality']:.3f}), match share {test['match_cost_share']}"
+    )
+    return 0
+
+
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "artifact", type=Path, help="artifact directory, or its selector.json / selector.onnx"
+    )
+    parser.add_argument("--report-dir", type=Path, default=DEFAULT_REPORTS)
+    parser.add_argument("--report-name", default="evaluation")
+    parser.add_argument("--data", type=Path, default=DATA_DIR)
+    parser.add_argument("--no-lomo", action="store_true")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    bars = _bars(not args.no_progress)
+    try:
+        out = pipeline.evaluate_artifact(
+            args.artifact,
+            args.report_dir,
+            args.report_name,
+            data_dir=args.data,
+            run_lomo=not args.no_lomo,
+            bars=bars,
+        )
+    except (OSError, ValueError, KeyError, pipeline.SchemaError) as exc:
+        _log(f"autoroute evaluate: {exc}")
+        return 1
+    finally:
+        if bars is not None:
+            bars.close()
+    for t in out["targets"]:
+        _log(f"{'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['value']} (gap {t['gap']})")
+    _log(f"report: {args.report_dir / args.report_name}.md")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.cli")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_train_arguments(sub.add_parser("train", help="train, export and evaluate a selector"))
+    add_evaluate_arguments(sub.add_parser("evaluate", help="evaluate an artifact"))
+    args = parser.parse_args(argv)
+    return run_train(args) if args.command == "train" else run_evaluate(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,268 @@
+"""Training data: the bundled LLMRouter scores and the proxy's own usage events.
+
+Both sources become `Example`s — one (request, candidate model) pair with a label in
+[0, 1] and a weight — whose features come from `selector_model.features` only.
+
+Usage events (JSON Lines, one object per line, as the proxy writes them):
+
+    {"request_id": str, "endpoint": str, "served_model": str,
+     "features": {"schema_version": int, "request": [float, ...]},   # REQUEST_FEATURES order
+     "candidate": {"name": str, "family": str, "params_b": float, "quant_bits": float,
+                   "context_length": int, "capabilities": [str], "is_code": bool,
+                   "is_instruct": bool, "loaded": bool},
+     "decision": {"propensity": float | null},
+     "outcome": {"status": int, "error": str | null, "done_reason": str | null},
+     "rating": int | null}
+
+Label: 1 when status is 200, there is no error, done_reason is "stop" or "length", and
+the rating (when present) is > 0; else 0. Weight: 1/propensity when the decision
+recorded one (exploration), else 1. Events recorded under another feature schema, or
+whose request vector has the wrong length, are skipped and counted.
+
+Only files are read: reading usage from PostgreSQL waits for the usage-logging work to
+fix its table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from selector_model import features
+from training.models import BY_DATASET_NAME, ModelSpec
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "llmrouter"
+DATASET_FILES = ("train.json", "test.json", "default_llm.json")
+SUCCESS_DONE_REASONS = ("stop", "length")
+
+
+def normalize(text: str) -> str:
+    """Prompt text compared for leaks: whitespace collapsed, case folded."""
+    return " ".join(text.split()).casefold()
+
+
+def prompt_request(text: str) -> list[float]:
+    """A dataset prompt as the proxy would see it: one user message on /api/chat."""
+    return features.request_features("/api/chat", {"messages": [{"role": "user", "content": text}]})
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One LLMRouter prompt and each model's score on it (by LLMRouter name)."""
+
+    text: str
+    scores: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    train: list[Prompt]
+    test: list[Prompt]
+    dropped_test: int
+    models: tuple[ModelSpec, ...]
+    hashes: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training or evaluation row before the identity one-hot is fixed."""
+
+    group: str
+    request: list[float] = field(repr=False)
+    candidate: features.Candidate
+    label: float
+    weight: float = 1.0
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _prompts(path: Path) -> list[Prompt]:
+    raw = json.loads(path.read_text())
+    return [
+        Prompt(text=r["question"], scores={k: float(v) for k, v in r["scores"].items()})
+        for r in raw
+    ]
+
+
+def load_llmrouter(data_dir: Path = DATA_DIR) -> Dataset:
+    """Train and test prompts; test prompts whose normalized text occurs in train are
+    dropped (119 of 500 in the shipped data)."""
+    train = _prompts(data_dir / "train.json")
+    test = _prompts(data_dir / "test.json")
+    seen = {normalize(p.text) for p in train}
+    kept = [p for p in test if normalize(p.text) not in seen]
+    names = sorted(set(train[0].scores))
+    unknown = [n for n in names if n not in BY_DATASET_NAME]
+    if unknown:
+        raise ValueError(f"models without an entry in training.models: {unknown}")
+    models = tuple(BY_DATASET_NAME[n] for n in names)
+    hashes = {name: sha256(data_dir / name) for name in DATASET_FILES}
+    return Dataset(train, kept, len(test) - len(kept), models, hashes)
+
+
+def prompt_group(text: str) -> str:
+    return hashlib.sha1(normalize(text).encode()).hexdigest()[:16]
+
+
+def dataset_examples(
+    prompts: Sequence[Prompt],
+    models: Sequence[ModelSpec],
+    uniform_weight: float = 1.0,
+) -> list[Example]:
+    """One example per (prompt, model). Prompts on which every model scored the same
+    say nothing about which model to pick; `uniform_weight` (< 1) down-weights them."""
+    out: list[Example] = []
+    for prompt in prompts:
+        request = prompt_request(prompt.text)
+        group = prompt_group(prompt.text)
+        values = [prompt.scores[m.dataset_name] for m in models]
+        weight = uniform_weight if max(values) == min(values) else 1.0
+        for spec, value in zip(models, values, strict=True):
+            out.append(Example(group, request, spec.candidate(), value, weight))
+    return out
+
+
+def score_matrix(prompts: Sequence[Prompt], models: Sequence[ModelSpec]) -> npt.NDArray[np.float64]:
+    """[prompts, models] scores."""
+    return np.array([[p.scores[m.dataset_name] for m in models] for p in prompts], dtype=np.float64)
+
+
+# ---------------------------------------------------------------- usage events
+
+
+@dataclass
+class UsageStats:
+    read: int = 0
+    used: int = 0
+    skipped_schema: int = 0
+    skipped_malformed: int = 0
+
+
+def _candidate(raw: dict[str, Any]) -> features.Candidate:
+    return features.Candidate(
+        name=str(raw["name"]),
+        family=str(raw.get("family", "other")),
+        params_b=float(raw.get("params_b", 7.0)),
+        quant_bits=float(raw.get("quant_bits", 4.0)),
+        context_length=int(raw.get("context_length", 8192)),
+        capabilities=frozenset(str(c) for c in raw.get("capabilities", ())),
+        is_code=bool(raw.get("is_code", False)),
+        is_instruct=bool(raw.get("is_instruct", True)),
+        loaded=bool(raw.get("loaded", False)),
+    )
+
+
+def usage_label(event: dict[str, Any]) -> float:
+    outcome = event.get("outcome") or {}
+    ok = (
+        outcome.get("status") == 200
+        and not outcome.get("error")
+        and outcome.get("done_reason") in SUCCESS_DONE_REASONS
+    )
+    rating = event.get("rating")
+    if rating is not None and not rating > 0:
+        ok = False
+    return 1.0 if ok else 0.0
+
+
+def usage_weight(event: dict[str, Any]) -> float:
+    propensity = (event.get("decision") or {}).get("propensity")
+    if isinstance(propensity, int | float) and propensity > 0 and math.isfinite(propensity):
+        return 1.0 / float(propensity)
+    return 1.0
+
+
+def usage_example(event: dict[str, Any]) -> Example:
+    """One event as an example; raises KeyError/TypeError/ValueError when malformed."""
+    request = [float(v) for v in event["features"]["request"]]
+    if len(request) != len(features.REQUEST_FEATURES):
+        raise ValueError("request vector length differs from REQUEST_FEATURES")
+    # Group by the request vector: the same prompt asked twice never straddles a split.
+    group = hashlib.sha1(np.asarray(request, dtype=np.float32).tobytes()).hexdigest()[:16]
+    return Example(
+        group, request, _candidate(event["candidate"]), usage_label(event), usage_weight(event)
+    )
+
+
+def load_usage(paths: Iterable[Path]) -> tuple[list[Example], UsageStats]:
+    stats = UsageStats()
+    out: list[Example] = []
+    for path in paths:
+        with path.open(encoding="utf-8") as fh:
+            for line in fh:
+                if not line.strip():
+                    continue
+                stats.read += 1
+                try:
+                    event = json.loads(line)
+                    if event["features"]["schema_version"] != features.SCHEMA_VERSION:
+                        stats.skipped_schema += 1
+                        continue
+                    out.append(usage_example(event))
+                except (KeyError, TypeError, ValueError, AttributeError):
+                    stats.skipped_malformed += 1
+                    continue
+                stats.used += 1
+    return out, stats
+
+
+# ---------------------------------------------------------------- matrices and splits
+
+
+def known_models_of(examples: Iterable[Example]) -> list[str]:
+    """Candidate names in first-seen order: the artifact's identity order."""
+    seen: dict[str, None] = {}
+    for ex in examples:
+        seen.setdefault(ex.candidate.name, None)
+    return list(seen)
+
+
+@dataclass(frozen=True)
+class Matrix:
+    x: npt.NDArray[np.float32]
+    y: npt.NDArray[np.float32]
+    w: npt.NDArray[np.float32]
+    groups: list[str]
+    names: list[str]
+
+
+def matrix(examples: Sequence[Example], known_models: Sequence[str]) -> Matrix:
+    """Rows in `features.feature_names(known_models)` order."""
+    width = len(features.feature_names(known_models))
+    x = np.empty((len(examples), width), dtype=np.float32)
+    for i, ex in enumerate(examples):
+        x[i] = features.rows(ex.request, [ex.candidate], known_models)[0]
+    return Matrix(
+        x=x,
+        y=np.array([ex.label for ex in examples], dtype=np.float32),
+        w=np.array([ex.weight for ex in examples], dtype=np.float32),
+        groups=[ex.group for ex in examples],
+        names=[ex.candidate.name for ex in examples],
+    )
+
+
+def grouped_split(
+    groups: Sequence[str], val_fraction: float, seed: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Row indices (train, validation): every group lies wholly on one side."""
+    unique = sorted(set(groups))
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(unique))
+    n_val = max(1, round(len(unique) * val_fraction)) if len(unique) > 1 else 0
+    val_groups = {unique[i] for i in order[:n_val]}
+    is_val = np.array([g in val_groups for g in groups], dtype=bool)
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)

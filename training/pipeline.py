@@ -1,0 +1,286 @@
+"""Train → export → parity → evaluate → artifact and report, as one call each."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from selector_model import features
+from training import evaluate, export, report
+from training.data import (
+    DATA_DIR,
+    Dataset,
+    Example,
+    UsageStats,
+    dataset_examples,
+    load_llmrouter,
+    load_usage,
+    sha256,
+)
+from training.models import BY_OLLAMA_NAME
+from training.train import Progress, TrainConfig, train
+
+POLICY = evaluate.Policy(unseen_margin=0.0)
+Bars = Callable[[str], Progress | None]
+
+
+class SchemaError(RuntimeError):
+    """The artifact was built on a feature schema this code does not compute."""
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: str  # "dataset" or "usage"
+    path: Path | None = None
+
+
+def parse_source(text: str) -> Source:
+    if text == "dataset":
+        return Source("dataset")
+    if "://" in text:
+        raise ValueError(
+            f"{text}: only 'dataset' and JSON Lines usage files are supported; reading "
+            "usage from PostgreSQL waits for the usage-logging table"
+        )
+    return Source("usage", Path(text))
+
+
+def _subsample(data: Dataset, max_prompts: int | None, seed: int) -> Dataset:
+    if max_prompts is None or max_prompts >= len(data.train):
+        return data
+    order = np.random.default_rng(seed).permutation(len(data.train))[:max_prompts]
+    return replace(data, train=[data.train[i] for i in sorted(order)])
+
+
+def _model_table(known: Sequence[str], usage: Sequence[Example]) -> list[dict[str, Any]]:
+    by_name = {ex.candidate.name: ex.candidate for ex in usage}
+    table = []
+    for name in known:
+        spec = BY_OLLAMA_NAME.get(name)
+        if spec is not None:
+            table.append(spec.to_json())
+            continue
+        c = by_name[name]
+        table.append(
+            {
+                "name": c.name,
+                "dataset_name": None,
+                "family": c.family,
+                "params_b": c.params_b,
+                "quantization": None,
+                "quant_bits": c.quant_bits,
+                "context_length": c.context_length,
+                "capabilities": sorted(c.capabilities),
+                "is_code": c.is_code,
+                "is_instruct": c.is_instruct,
+                "price_per_m": None,
+            }
+        )
+    return table
+
+
+def full_report(
+    meta: dict[str, Any], evaluation: dict[str, Any], lomo: list[dict[str, Any]] | None
+) -> dict[str, Any]:
+    return {
+        "artifact_version": meta["artifact_version"],
+        "created": meta["created"],
+        "known_models": meta["known_models"],
+        "policy": meta["policy"],
+        "targets": report.targets(evaluation, lomo),
+        "evaluation": evaluation,
+        "lomo": lomo,
+        "definitions": list(evaluate.DEFINITIONS),
+        "tried": list(report.TRIED),
+        "training": meta["training"],
+    }
+
+
+def build(
+    sources: Sequence[Source],
+    out_dir: Path,
+    report_dir: Path | None,
+    report_name: str,
+    config: TrainConfig,
+    *,
+    data_dir: Path = DATA_DIR,
+    max_prompts: int | None = None,
+    run_lomo: bool = True,
+    bars: Bars | None = None,
+    log: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
+    """Train an artifact into `out_dir`; returns its metadata (and writes a report)."""
+    started = time.perf_counter()
+    data = _subsample(load_llmrouter(data_dir), max_prompts, config.seed)
+    examples: list[Example] = []
+    usage: list[Example] = []
+    hashes: dict[str, str] = {}
+    source_meta: list[dict[str, Any]] = []
+    known: list[str] = []
+    if any(s.kind == "dataset" for s in sources):
+        examples += dataset_examples(data.train, data.models, config.uniform_weight)
+        known += [m.ollama_name for m in data.models]
+        hashes.update({f"llmrouter/{k}": v for k, v in data.hashes.items()})
+        source_meta.append(
+            {
+                "kind": "dataset",
+                "prompts": len(data.train),
+                "rows": len(examples),
+                "test_prompts": len(data.test),
+                "dropped_test_prompts": data.dropped_test,
+            }
+        )
+    usage_paths = [s.path for s in sources if s.kind == "usage" and s.path is not None]
+    if usage_paths:
+        usage, stats = load_usage(usage_paths)
+        examples += usage
+        for path in usage_paths:
+            hashes[f"usage/{path.name}"] = sha256(path)
+        source_meta.append(
+            {"kind": "usage", "files": [str(p) for p in usage_paths], **stats_dict(stats)}
+        )
+        log(
+            f"usage events: {stats.used} used, {stats.skipped_schema} other schema, "
+            f"{stats.skipped_malformed} malformed"
+        )
+        for ex in usage:
+            if ex.candidate.name not in known:
+                known.append(ex.candidate.name)
+    if not examples:
+        raise ValueError("no training rows")
+
+    log(f"training on {len(examples)} rows, {len(known)} known models")
+    bar = bars("train") if bars else None
+    result = train(examples, known, config, bar)
+    n_features = len(features.feature_names(known))
+    onnx_bytes = export.to_onnx(result.booster, n_features)
+    diff = export.parity(onnx_bytes, result.booster, result.val.x)
+    log(f"parity: max |onnx - xgboost| = {diff:.2e} on {len(result.val.y)} validation rows")
+
+    sess = export.session(onnx_bytes)
+    evaluation = evaluate.evaluate_scorer(
+        lambda x: export.onnx_predict(sess, x), known, data, config.seed
+    )
+    val_p = export.onnx_predict(sess, result.val.x)
+    val_labels = (result.val.y >= 0.5).astype(np.float64)
+    val_auc = evaluate.auc(val_p[:, None].astype(np.float64), val_labels[:, None])
+    created = datetime.now(UTC).replace(microsecond=0)
+    onnx_sha = hashlib.sha256(onnx_bytes).hexdigest()
+    meta: dict[str, Any] = {
+        "artifact_version": f"s{features.SCHEMA_VERSION}-{created:%Y%m%dT%H%M%SZ}-{onnx_sha[:12]}",
+        "created": created.isoformat(),
+        "schema_version": features.SCHEMA_VERSION,
+        "onnx_file": export.ONNX_FILE,
+        "onnx_sha256": onnx_sha,
+        "opset": export.TARGET_OPSET,
+        "input_name": export.INPUT_NAME,
+        "input_shape": [None, n_features],
+        "output_name": export.OUTPUT_NAME,
+        "output_shape": [None, 2],
+        "success_column": export.SUCCESS_COLUMN,
+        "label_output_name": "label",
+        "feature_names": features.feature_names(known),
+        "known_models": known,
+        "models": _model_table(known, usage),
+        "policy": POLICY.to_json(),
+        "training": {
+            "config": config.to_json(),
+            "sources": source_meta,
+            "max_prompts": max_prompts,
+            "rows": result.rows,
+            "trees": result.best_iteration + 1,
+            "seconds": round(result.seconds, 3),
+            "reproducibility_tolerance": 1e-6,
+        },
+        "training_data_hashes": hashes,
+        "parity": {
+            "max_abs_diff": diff,
+            "tolerance": export.PARITY_TOLERANCE,
+            "rows": len(result.val.y),
+        },
+        "metrics": {
+            "validation": {"logloss": result.val_logloss, "auc": val_auc},
+            "test": headline(evaluation),
+        },
+        "library_versions": export.library_versions(),
+    }
+    lomo = None
+    if run_lomo and any(s.kind == "dataset" for s in sources):
+        lomo = evaluate.lomo(data, config, POLICY, bars)
+        meta["metrics"]["lomo"] = [
+            {
+                "held_out": f["held_out"],
+                "quality": f["policy"]["quality"],
+                "best_known_quality": f["best_known_quality"],
+                "meets_target": f["policy"]["meets_target"],
+            }
+            for f in lomo
+        ]
+    meta["training"]["total_seconds"] = round(time.perf_counter() - started, 3)
+    export.write_artifact(out_dir, onnx_bytes, meta)
+    if report_dir is not None:
+        paths = report.write(full_report(meta, evaluation, lomo), report_dir, report_name)
+        log(f"report: {paths['md']}")
+    return meta
+
+
+def headline(evaluation: dict[str, Any]) -> dict[str, Any]:
+    price = evaluation["price"]
+    return {
+        "prompts": evaluation["prompts"],
+        "auc": evaluation["auc"],
+        "best_single": price["best_single"],
+        "quality_at_best_cost": price["quality_at_best_cost"],
+        "match_cost_share": price["match_cost_share"],
+        "apgr": price["apgr"],
+        "gain_over_best": price["gain_over_best"],
+        "gain_ci95": price["gain_ci95"],
+        "router_lambda0": price["router_lambda0"],
+    }
+
+
+def stats_dict(stats: UsageStats) -> dict[str, int]:
+    return {
+        "events": stats.read,
+        "used": stats.used,
+        "skipped_schema": stats.skipped_schema,
+        "skipped_malformed": stats.skipped_malformed,
+    }
+
+
+def evaluate_artifact(
+    path: Path,
+    report_dir: Path,
+    report_name: str,
+    *,
+    data_dir: Path = DATA_DIR,
+    run_lomo: bool = True,
+    bars: Bars | None = None,
+) -> dict[str, Any]:
+    """Re-evaluate a written artifact with onnxruntime; LOMO retrains with its config."""
+    onnx_bytes, meta = export.read_artifact(path)
+    if meta.get("schema_version") != features.SCHEMA_VERSION:
+        raise SchemaError(
+            f"artifact schema {meta.get('schema_version')} != {features.SCHEMA_VERSION}"
+        )
+    known = list(meta["known_models"])
+    if meta["feature_names"] != features.feature_names(known):
+        raise SchemaError("artifact feature names differ from selector_model.features")
+    sess = export.session(onnx_bytes)
+    config = TrainConfig.from_json(meta["training"]["config"])
+    data = _subsample(load_llmrouter(data_dir), meta["training"].get("max_prompts"), config.seed)
+    evaluation = evaluate.evaluate_scorer(
+        lambda x: export.onnx_predict(sess, x), known, data, config.seed
+    )
+    policy = evaluate.Policy(unseen_margin=float(meta["policy"]["unseen_margin"]))
+    lomo = evaluate.lomo(data, config, policy, bars) if run_lomo else None
+    out = full_report(meta, evaluation, lomo)
+    report.write(out, report_dir, report_name)
+    return out

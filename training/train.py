@@ -1,0 +1,172 @@
+"""XGBoost binary classifier: P(success | request features ⊕ candidate features ⊕ identity).
+
+Validation is a grouped split (no prompt on both sides) used for early stopping. Seeds
+and `nthread` are fixed and the `hist` method is deterministic for a fixed thread
+count, so a rerun on the same data reproduces the booster: predictions agree to
+`REPRO_TOLERANCE` (in practice bit for bit; the tolerance covers other CPUs).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import xgboost as xgb
+
+from training.data import Example, Matrix, grouped_split, matrix
+
+REPRO_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides the booster. Chosen on grouped validation splits of
+    the train prompts (never on the test split): deep trees with strong L2 and a small
+    step, because which model wins depends on request x model interactions."""
+
+    max_depth: int = 10
+    eta: float = 0.02
+    min_child_weight: float = 2.0
+    reg_lambda: float = 10.0
+    subsample: float = 0.8
+    colsample_bytree: float = 0.8
+    num_rounds: int = 3000
+    early_stopping_rounds: int = 100
+    val_fraction: float = 0.125
+    seed: int = 0
+    nthread: int = 2
+    # Prompts on which every model scored the same are weighted by this (dataset only).
+    uniform_weight: float = 0.3
+    # Share of training rows also added with the identity one-hot zeroed, so the
+    # booster learns what a model it never saw looks like from its details alone.
+    identity_dropout: float = 0.2
+
+    def xgb_params(self) -> dict[str, Any]:
+        return {
+            "objective": "binary:logistic",
+            "eval_metric": "logloss",
+            "tree_method": "hist",
+            "max_depth": self.max_depth,
+            "eta": self.eta,
+            "min_child_weight": self.min_child_weight,
+            "lambda": self.reg_lambda,
+            "subsample": self.subsample,
+            "colsample_bytree": self.colsample_bytree,
+            "seed": self.seed,
+            "nthread": self.nthread,
+            "verbosity": 0,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> TrainConfig:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+
+QUICK = TrainConfig(max_depth=4, eta=0.3, num_rounds=20, early_stopping_rounds=5)
+
+
+@dataclass
+class TrainResult:
+    booster: xgb.Booster
+    known_models: list[str]
+    best_iteration: int
+    seconds: float
+    val: Matrix
+    val_logloss: float
+    rows: dict[str, int] = field(default_factory=dict)
+
+
+Progress = Callable[[int, int], None]
+
+
+class _ProgressCallback(xgb.callback.TrainingCallback):
+    def __init__(self, report: Progress, total: int) -> None:
+        self.report = report
+        self.total = total
+
+    def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
+        self.report(epoch + 1, self.total)
+        return False
+
+
+def _with_identity_dropout(
+    data: Matrix, n_identity: int, share: float, seed: int
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    if share <= 0 or n_identity == 0:
+        return data.x, data.y, data.w
+    rng = np.random.default_rng(seed + 1)
+    pick = np.flatnonzero(rng.random(len(data.y)) < share)
+    extra = data.x[pick].copy()
+    extra[:, -n_identity:] = 0.0
+    return (
+        np.concatenate([data.x, extra]),
+        np.concatenate([data.y, data.y[pick]]),
+        np.concatenate([data.w, data.w[pick]]),
+    )
+
+
+def train(
+    examples: Sequence[Example],
+    known_models: Sequence[str],
+    config: TrainConfig,
+    progress: Progress | None = None,
+) -> TrainResult:
+    started = time.perf_counter()
+    data = matrix(examples, known_models)
+    train_idx, val_idx = grouped_split(data.groups, config.val_fraction, config.seed)
+    if len(val_idx) == 0 or len(train_idx) == 0:
+        raise ValueError("need at least two distinct prompts for a grouped split")
+    part = Matrix(
+        data.x[train_idx],
+        data.y[train_idx],
+        data.w[train_idx],
+        [data.groups[i] for i in train_idx],
+        [data.names[i] for i in train_idx],
+    )
+    val = Matrix(
+        data.x[val_idx],
+        data.y[val_idx],
+        data.w[val_idx],
+        [data.groups[i] for i in val_idx],
+        [data.names[i] for i in val_idx],
+    )
+    x, y, w = _with_identity_dropout(part, len(known_models), config.identity_dropout, config.seed)
+    dtrain = xgb.DMatrix(x, label=y, weight=w, nthread=config.nthread)
+    dval = xgb.DMatrix(val.x, label=val.y, weight=val.w, nthread=config.nthread)
+    callbacks: list[xgb.callback.TrainingCallback] = []
+    if progress is not None:
+        callbacks.append(_ProgressCallback(progress, config.num_rounds))
+    log: dict[str, Any] = {}
+    booster = xgb.train(
+        config.xgb_params(),
+        dtrain,
+        num_boost_round=config.num_rounds,
+        evals=[(dval, "val")],
+        early_stopping_rounds=config.early_stopping_rounds,
+        evals_result=log,
+        verbose_eval=False,
+        callbacks=callbacks,
+    )
+    best = int(booster.best_iteration)
+    booster = booster[: best + 1]  # keep only the trees early stopping chose
+    return TrainResult(
+        booster=booster,
+        known_models=list(known_models),
+        best_iteration=best,
+        seconds=time.perf_counter() - started,
+        val=val,
+        val_logloss=float(log["val"]["logloss"][best]),
+        rows={"train": len(y), "validation": len(val.y)},
+    )
+
+
+def predict(booster: xgb.Booster, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    return np.asarray(booster.predict(xgb.DMatrix(x)), dtype=np.float32)
