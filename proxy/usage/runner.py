@@ -77,6 +77,7 @@ class SinkRunner:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._failing = False
+        self._stopping = asyncio.Event()
         if self.spool.pending:
             log.info("usage sink %s: %d spooled events to replay", self.name, self.spool.pending)
 
@@ -180,22 +181,28 @@ class SinkRunner:
 
     async def _run(self) -> None:
         backoff = self.settings.retry_backoff_seconds
-        while True:
+        while not self._stopping.is_set():
             await self._wake.wait()
             self._wake.clear()
             if await self.pump():
                 backoff = self.settings.retry_backoff_seconds
                 continue
-            await asyncio.sleep(backoff)
+            # Back off, but wake at once for a stop.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), backoff)
             backoff = min(backoff * 2, self.settings.retry_backoff_max_seconds)
             self._wake.set()
 
     async def stop(self) -> None:
         """Write what is left within `drain_seconds`; spill whatever is still not written."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Let a write in progress finish rather than cancel it: a write handed to a
+            # thread or a broker cannot be taken back, and its batch, put back in the
+            # buffer, would be written a second time below.
+            self._stopping.set()
+            self._wake.set()
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(self._task, self.settings.drain_seconds)
         if not self._failing:
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(self.pump(), self.settings.drain_seconds)
