@@ -24,7 +24,7 @@ from proxy.registry import Registry
 from selector_model import artifact as artifact_module
 from selector_model import features
 from selector_model.features import Candidate
-from selector_model.policy import Decision, heuristic_p_success, pick, rank
+from selector_model.policy import UNKNOWN_MARGIN, Decision, heuristic_p_success, pick, rank
 from selector_model.scorer import Scorer
 from selector_model.telemetry import Telemetry
 
@@ -41,6 +41,7 @@ class AutoError(Exception):
 class Choice:
     decision: Decision
     request_features: list[float]
+    candidate: Candidate  # the chosen model, as the selector saw it
 
 
 def profile_of(model: str, default: str) -> str | None:
@@ -162,6 +163,9 @@ class AutoRouter:
             self.config.min_gain,
             profile.exploration,
             self.rng,
+            float(artifact.policy.get("unseen_margin", UNKNOWN_MARGIN))
+            if artifact
+            else UNKNOWN_MARGIN,
         )
         if artifact is None and reason != "explore":
             reason = "fallback"
@@ -180,7 +184,8 @@ class AutoRouter:
             experiment=assigned[0] if assigned else None,
             variant=assigned[1] if assigned else None,
         )
-        return Choice(decision, request)
+        chosen_candidate = next(c for c in eligible if c.name == chosen.name)
+        return Choice(decision, request, chosen_candidate)
 
     def _seconds(self, candidate: Candidate, prompt_tokens: float, output_tokens: float) -> float:
         try:

@@ -56,6 +56,7 @@ class Outcome:
     # Set by `model: auto`: the decision and the request features it was made on.
     decision: dict[str, Any] | None = None
     features: list[float] | None = None
+    candidate: dict[str, Any] | None = None  # the chosen model's selector features
 
 
 def request_head(

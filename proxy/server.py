@@ -244,6 +244,7 @@ class Proxy:
             chosen = decision.chosen
             outcome.decision = decision.record()
             outcome.features = choice.request_features
+            outcome.candidate = choice.candidate.to_record()
             score = decision.score
             outcome.extra.update(
                 zip(

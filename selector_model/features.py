@@ -127,6 +127,34 @@ class Candidate:
     is_instruct: bool = True
     loaded: bool = False
 
+    def to_record(self) -> dict[str, Any]:
+        """The JSON shape usage events store and training reads back."""
+        return {
+            "name": self.name,
+            "family": self.family,
+            "params_b": self.params_b,
+            "quant_bits": self.quant_bits,
+            "context_length": self.context_length,
+            "capabilities": sorted(self.capabilities),
+            "is_code": self.is_code,
+            "is_instruct": self.is_instruct,
+            "loaded": self.loaded,
+        }
+
+    @classmethod
+    def from_record(cls, raw: Mapping[str, Any]) -> Candidate:
+        return cls(
+            name=str(raw["name"]),
+            family=str(raw.get("family", "other")),
+            params_b=float(raw.get("params_b", 7.0)),
+            quant_bits=float(raw.get("quant_bits", 4.0)),
+            context_length=int(raw.get("context_length", 8192)),
+            capabilities=frozenset(str(c) for c in raw.get("capabilities", ())),
+            is_code=bool(raw.get("is_code", False)),
+            is_instruct=bool(raw.get("is_instruct", True)),
+            loaded=bool(raw.get("loaded", False)),
+        )
+
 
 def feature_names(known_models: Sequence[str]) -> list[str]:
     return [*REQUEST_FEATURES, *CANDIDATE_FEATURES, *(f"model={m}" for m in known_models)]

@@ -20,7 +20,8 @@ from typing import Any
 from selector_model.features import Candidate
 
 # Extra lead a model unknown to the artifact needs over the anchor (it is scored from
-# its family and size alone, which leave-one-model-out evaluation shows is weak).
+# its family and size alone), unless the artifact's own `policy.unseen_margin`, set
+# from its leave-one-model-out evaluation, says otherwise.
 UNKNOWN_MARGIN = 0.05
 
 
@@ -106,6 +107,7 @@ def pick(
     min_gain: float,
     exploration: float,
     rng: random.Random,
+    unknown_margin: float = UNKNOWN_MARGIN,
 ) -> tuple[Scored, str, float]:
     """(choice, reason, propensity) from a ranking sorted best first."""
     greedy = ranking[0]
@@ -114,7 +116,7 @@ def pick(
     if anchor is None:
         anchor = next((s for s in ranking if s.known), None)
     if anchor is not None and greedy is not anchor:
-        needed = min_gain + (0.0 if greedy.known else UNKNOWN_MARGIN)
+        needed = min_gain + (0.0 if greedy.known else unknown_margin)
         if greedy.utility - anchor.utility < needed:
             greedy, reason = anchor, "pinned"
     if exploration > 0 and len(ranking) > 1:

@@ -156,9 +156,11 @@ def test_usage_events_give_labels_weights_and_skips(tmp_path: Path) -> None:
         _event("g", "llama3.1:8b", 8.0, rating=1),
         _event("h", "llama3.1:8b", 8.0, schema=features.SCHEMA_VERSION + 1),
     ]
-    path = _write_jsonl(tmp_path / "usage.jsonl", events, "not json\n\n")
+    # The first event delivered twice (at-least-once delivery) counts once.
+    path = _write_jsonl(tmp_path / "usage.jsonl", [*events, events[0]], "not json\n\n")
     examples, stats = load_usage([path])
-    assert (stats.read, stats.used, stats.skipped_schema, stats.skipped_malformed) == (9, 7, 1, 1)
+    assert (stats.read, stats.used, stats.skipped_schema, stats.skipped_malformed) == (10, 7, 1, 1)
+    assert stats.skipped_duplicate == 1
     assert [ex.label for ex in examples] == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0]
     assert [ex.weight for ex in examples] == [1.0, 4.0, 1.0, 1.0, 1.0, 1.0, 1.0]
     assert examples[0].candidate == features.Candidate(

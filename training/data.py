@@ -150,20 +150,9 @@ class UsageStats:
     used: int = 0
     skipped_schema: int = 0
     skipped_malformed: int = 0
-
-
-def _candidate(raw: dict[str, Any]) -> features.Candidate:
-    return features.Candidate(
-        name=str(raw["name"]),
-        family=str(raw.get("family", "other")),
-        params_b=float(raw.get("params_b", 7.0)),
-        quant_bits=float(raw.get("quant_bits", 4.0)),
-        context_length=int(raw.get("context_length", 8192)),
-        capabilities=frozenset(str(c) for c in raw.get("capabilities", ())),
-        is_code=bool(raw.get("is_code", False)),
-        is_instruct=bool(raw.get("is_instruct", True)),
-        loaded=bool(raw.get("loaded", False)),
-    )
+    # Delivery is at least once (spool replays, Kafka retries): a request id seen
+    # before is the same event again.
+    skipped_duplicate: int = 0
 
 
 def usage_label(event: dict[str, Any]) -> float:
@@ -194,13 +183,18 @@ def usage_example(event: dict[str, Any]) -> Example:
     # Group by the request vector: the same prompt asked twice never straddles a split.
     group = hashlib.sha1(np.asarray(request, dtype=np.float32).tobytes()).hexdigest()[:16]
     return Example(
-        group, request, _candidate(event["candidate"]), usage_label(event), usage_weight(event)
+        group,
+        request,
+        features.Candidate.from_record(event["candidate"]),
+        usage_label(event),
+        usage_weight(event),
     )
 
 
 def load_usage(paths: Iterable[Path]) -> tuple[list[Example], UsageStats]:
     stats = UsageStats()
     out: list[Example] = []
+    seen: set[str] = set()
     for path in paths:
         with path.open(encoding="utf-8") as fh:
             for line in fh:
@@ -209,10 +203,16 @@ def load_usage(paths: Iterable[Path]) -> tuple[list[Example], UsageStats]:
                 stats.read += 1
                 try:
                     event = json.loads(line)
+                    request_id = event.get("request_id")
+                    if request_id is not None and request_id in seen:
+                        stats.skipped_duplicate += 1
+                        continue
                     if event["features"]["schema_version"] != features.SCHEMA_VERSION:
                         stats.skipped_schema += 1
                         continue
                     out.append(usage_example(event))
+                    if request_id is not None:
+                        seen.add(request_id)
                 except (KeyError, TypeError, ValueError, AttributeError):
                     stats.skipped_malformed += 1
                     continue

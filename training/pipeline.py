@@ -148,7 +148,7 @@ def build(
         )
         log(
             f"usage events: {stats.used} used, {stats.skipped_schema} other schema, "
-            f"{stats.skipped_malformed} malformed"
+            f"{stats.skipped_malformed} malformed, {stats.skipped_duplicate} duplicates"
         )
         for ex in usage:
             if ex.candidate.name not in known:
@@ -252,6 +252,7 @@ def stats_dict(stats: UsageStats) -> dict[str, int]:
         "used": stats.used,
         "skipped_schema": stats.skipped_schema,
         "skipped_malformed": stats.skipped_malformed,
+        "skipped_duplicate": stats.skipped_duplicate,
     }
 
 

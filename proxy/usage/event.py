@@ -140,7 +140,7 @@ def complete(c: Captured, log_prompts: bool) -> dict[str, Any]:
         "features": {"schema_version": SCHEMA_VERSION, "request": o.features}
         if o.features is not None
         else None,
-        "candidate": None,
+        "candidate": o.candidate,
         "prompt_sha256": hashlib.sha256(prompt.encode()).hexdigest() if prompt else None,
     }
     if log_prompts:

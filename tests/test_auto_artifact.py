@@ -1,0 +1,252 @@
+"""`model: auto` with real artifacts built by the training pipeline: routing follows
+the artifact in both directions, reloads swap atomically and refuse bad files, the
+safety rule holds, and the proxy's own usage events train the next selector."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from proxy.config import Profile, Selector, Usage
+from selector_model import features
+from selector_model.policy import pick, rank
+from tests.support import Emulator, Proxy, ServerThread
+from training import cli
+from training.data import load_usage
+
+CODER, GENERAL = "qwen2.5-coder:7b", "llama3.1:8b"
+CODE = "Fix this bug:\n```python\ndef add(a, b):\n    return a - b\n```"
+MATH = "Solve the equation 3 + x = 12 and calculate the remainder of x / 4"
+
+
+def _event(text: str, model: str, ok: bool) -> dict[str, Any]:
+    body = {"model": "auto", "messages": [{"role": "user", "content": text}]}
+    candidate = features.Candidate(model, family=features.family_of(model), params_b=7.6)
+    return {
+        "request_id": f"{model}-{abs(hash(text))}",
+        "endpoint": "/api/chat",
+        "served_model": model,
+        "features": {
+            "schema_version": features.SCHEMA_VERSION,
+            "request": features.request_features("/api/chat", body),
+        },
+        "candidate": candidate.to_record(),
+        "decision": {"propensity": 0.5},
+        "outcome": {"status": 200 if ok else 500, "error": None, "done_reason": "stop"},
+        "rating": None,
+    }
+
+
+def train(events_file: Path, out: Path) -> Path:
+    parser = argparse.ArgumentParser()
+    cli.add_train_arguments(parser)
+    args = parser.parse_args(
+        [
+            "--from",
+            str(events_file),
+            "--out",
+            str(out),
+            "--quick",
+            "--no-progress",
+            "--no-lomo",
+            "--report-dir",
+            str(out / "report"),
+        ]
+    )
+    assert cli.run_train(args) == 0
+    return out / "selector.onnx"
+
+
+def synthetic(path: Path, code_model: str, math_model: str) -> Path:
+    """Code prompts succeed on `code_model` only, math prompts on `math_model` only."""
+    events = []
+    for i in range(150):
+        # Distinct lengths make distinct feature vectors: prompts group by their vector.
+        code = CODE + "\n    # keep the sign" * (i % 25) + " again" * (i // 25)
+        math = MATH + " then check" * (i % 25) + " twice" * (i // 25)
+        events += [_event(code, code_model, True), _event(code, math_model, False)]
+        events += [_event(math, math_model, True), _event(math, code_model, False)]
+    path.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
+    return path
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two artifacts that disagree: A sends code to the coder, B sends it elsewhere."""
+    base = tmp_path_factory.mktemp("artifacts")
+    a = train(synthetic(base / "a.jsonl", CODER, GENERAL), base / "a")
+    b = train(synthetic(base / "b.jsonl", GENERAL, CODER), base / "b")
+    return a, b
+
+
+def install(source: Path, target_dir: Path) -> None:
+    for suffix in (".onnx", ".json"):
+        shutil.copyfile(source.with_suffix(suffix), target_dir / f"selector{suffix}")
+
+
+@pytest.fixture
+def live(
+    servers: ServerThread, emulator: Emulator, artifacts: tuple[Path, Path], tmp_path: Path
+) -> Iterator[tuple[Proxy, Path]]:
+    install(artifacts[0], tmp_path)
+    selector = Selector(
+        artifact=str(tmp_path / "selector.onnx"),
+        reload_check_seconds=0.1,
+        profiles={"best": Profile(cost_weight=0.0, allow=(CODER, GENERAL))},
+        default_profile="best",
+        min_gain=0.0,
+    )
+    prx = Proxy(servers, [emulator.url], selector=selector)
+    yield prx, tmp_path
+    prx.stop()
+
+
+async def explain(proxy: Proxy, text: str) -> dict[str, Any]:
+    body = {"model": "auto", "messages": [{"role": "user", "content": text}]}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(proxy.url + "/api/autoroute/explain", json=body) as resp:
+            assert resp.status == 200
+            doc: dict[str, Any] = await resp.json()
+            return doc
+
+
+async def status(proxy: Proxy) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(proxy.url + "/api/autoroute/status") as resp:
+            doc: dict[str, Any] = await resp.json()
+            return doc
+
+
+async def test_routing_follows_the_artifact_both_ways(live: tuple[Proxy, Path]) -> None:
+    proxy, _ = live
+    code, math = await explain(proxy, CODE), await explain(proxy, MATH)
+    assert (code["model"], math["model"]) == (CODER, GENERAL)
+    assert (
+        code["reason"] == "ml" and code["ranking"][0]["p_success"] > code["ranking"][1]["p_success"]
+    )
+    async with aiohttp.ClientSession() as session:
+        body = {"model": "auto", "stream": False, "messages": [{"role": "user", "content": MATH}]}
+        async with session.post(proxy.url + "/api/chat", json=body) as resp:
+            assert resp.headers["X-Autoroute-Model"] == GENERAL
+            assert resp.headers["X-Autoroute-Reason"] == "ml"
+            assert (await resp.json())["model"] == GENERAL
+
+
+async def test_reload_refuses_a_bad_artifact_and_takes_a_good_one(
+    live: tuple[Proxy, Path], artifacts: tuple[Path, Path]
+) -> None:
+    proxy, directory = live
+    first = (await status(proxy))["artifact"]["version"]
+    (directory / "selector.onnx").write_bytes(b"not an onnx model")
+    async with aiohttp.ClientSession() as session:
+        async with session.post(proxy.url + "/api/autoroute/reload") as resp:
+            assert resp.status == 409
+            assert "artifact not reloaded" in (await resp.json())["error"]
+    kept = await status(proxy)
+    assert kept["artifact"]["version"] == first and kept["artifact_error"]
+    assert (await explain(proxy, CODE))["model"] == CODER  # still routing with the old one
+
+    # A good new artifact (which disagrees) is picked up by the file watcher alone.
+    install(artifacts[1], directory)
+    deadline = time.monotonic() + 10
+    for _ in range(400):  # polling another thread's state: no event to wait on
+        if (await status(proxy))["artifact"]["version"] != first or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    assert (await status(proxy))["artifact"]["version"] != first
+    assert (await explain(proxy, CODE))["model"] == GENERAL
+
+
+async def test_other_schema_is_refused(live: tuple[Proxy, Path]) -> None:
+    proxy, directory = live
+    first = (await status(proxy))["artifact"]["version"]
+    meta = orjson.loads((directory / "selector.json").read_bytes())
+    meta["schema_version"] = features.SCHEMA_VERSION + 1
+    (directory / "selector.json").write_bytes(orjson.dumps(meta))
+    async with aiohttp.ClientSession() as session:
+        async with session.post(proxy.url + "/api/autoroute/reload") as resp:
+            assert resp.status == 409
+            assert "feature schema" in (await resp.json())["error"]
+    assert (await status(proxy))["artifact"]["version"] == first
+
+
+def test_safety_rule_prefers_a_known_anchor_over_a_small_unknown_lead() -> None:
+    rng = random.Random(0)
+    ranking = rank(["new:1b", "known:7b"], [0.62, 0.60], [1.0, 1.0], 0.0, {"known:7b"})
+    chosen, reason, propensity = pick(ranking, "", 0.01, 0.0, rng, unknown_margin=0.05)
+    assert (chosen.name, reason, propensity) == ("known:7b", "pinned", 1.0)
+    ranking = rank(["new:1b", "known:7b"], [0.80, 0.60], [1.0, 1.0], 0.0, {"known:7b"})
+    assert pick(ranking, "", 0.01, 0.0, rng, unknown_margin=0.05)[0].name == "new:1b"
+    # A configured default wins over a known model with a lead below min_gain.
+    ranking = rank(["a:1b", "b:1b"], [0.61, 0.60], [1.0, 1.0], 0.0, {"a:1b", "b:1b"})
+    assert pick(ranking, "b:1b", 0.02, 0.0, rng)[0].name == "b:1b"
+
+
+def test_exploration_records_its_propensity() -> None:
+    rng = random.Random(1)
+    ranking = rank(
+        ["a:1b", "b:1b", "c:1b"], [0.9, 0.5, 0.4], [1, 1, 1], 0.0, {"a:1b", "b:1b", "c:1b"}
+    )
+    seen = [pick(ranking, "", 0.0, 0.3, rng) for _ in range(3000)]
+    explored = [s for s in seen if s[1] == "explore"]
+    # 30% explore: 900 expected, sd ~25.
+    assert 775 <= len(explored) <= 1025
+    # Greedy picks: chosen with 1 - 0.3 + 0.3/3; an explored non-greedy pick: 0.3/3.
+    assert {round(p, 6) for c, r, p in seen if r != "explore"} == {0.8}
+    assert {round(p, 6) for c, r, p in explored if c.name != "a:1b"} == {0.1}
+
+
+async def test_the_proxys_own_usage_events_train_a_selector(
+    servers: ServerThread, own_emulator: Emulator, tmp_path: Path
+) -> None:
+    """Traffic through the proxy (exploring, so several models serve) leaves usage
+    events; training reads them back with the features the proxy computed."""
+    events = tmp_path / "usage" / "events.jsonl"
+    selector = Selector(
+        artifact=str(tmp_path / "none.onnx"),
+        profiles={"balanced": Profile(exploration=1.0, allow=(CODER, GENERAL))},
+    )
+    usage = Usage(file_mode="always", file_path=str(events), spool_dir=str(tmp_path / "spool"))
+    prx = Proxy(servers, [own_emulator.url], selector=selector, usage=usage)
+    sent = []
+    try:
+        async with aiohttp.ClientSession() as session:
+            for i in range(40):
+                text = (CODE if i % 2 else MATH) + f" #{i}"
+                # Every fifth request fails at the backend: events with both labels.
+                own_emulator.state.fault = "error500" if i % 5 == 0 else "none"
+                body = {
+                    "model": "auto",
+                    "stream": False,
+                    "messages": [{"role": "user", "content": text}],
+                }
+                async with session.post(prx.url + "/api/chat", json=body) as resp:
+                    assert resp.status == (500 if i % 5 == 0 else 200)
+                    sent.append((text, resp.headers["X-Autoroute-Model"]))
+    finally:
+        prx.stop()  # drains the usage pipeline to the file
+    examples, stats = load_usage([events])
+    assert stats.used == 40
+    assert (
+        {ex.candidate.name for ex in examples} == {model for _, model in sent} == {CODER, GENERAL}
+    )
+    expected = [
+        features.request_features("/api/chat", {"messages": [{"role": "user", "content": t}]})
+        for t, _ in sent
+    ]
+    assert sorted(ex.request for ex in examples) == sorted(expected)
+    assert sorted(ex.label for ex in examples) == [0.0] * 8 + [1.0] * 32
+    assert all(ex.weight == pytest.approx(2.0) for ex in examples)  # propensity 1/2
+    artifact = train(events, tmp_path / "artifact")
+    meta = orjson.loads(artifact.with_suffix(".json").read_bytes())
+    assert sorted(meta["known_models"]) == sorted([CODER, GENERAL])
