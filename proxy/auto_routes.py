@@ -9,7 +9,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from proxy import experiments
 from proxy.auto import AUTO, AutoError, AutoRouter, profile_of, user_key
+from proxy.config import Usage
 from proxy.errors import error_response
 from proxy.protocol import JSON
 
@@ -28,8 +30,9 @@ def _json(doc: Any, status: int = 200) -> web.Response:
 
 
 class AutoRoutes:
-    def __init__(self, auto: AutoRouter) -> None:
+    def __init__(self, auto: AutoRouter, usage: Usage) -> None:
         self.auto = auto
+        self.usage = usage
 
     def names(self) -> list[str]:
         return [AUTO, *(f"{AUTO}:{p}" for p in self.auto.config.profiles)]
@@ -123,6 +126,14 @@ class AutoRoutes:
 
     async def status(self, request: web.Request) -> web.StreamResponse:
         return _json(self.auto.status())
+
+    async def experiment(self, request: web.Request) -> web.StreamResponse:
+        """GET /api/autoroute/experiments/<name>: per-variant results and significance."""
+        name = request.path.rsplit("/", 1)[-1]
+        if name not in self.auto.config.experiments:
+            return error_response(request.path, 404, f"experiment '{name}' not found")
+        events = await experiments.load_events(self.usage, request.query.get("since", "90d"))
+        return _json(experiments.report(events, name))
 
     async def reload(self, request: web.Request) -> web.StreamResponse:
         """Reload the artifact now; a bad file keeps the current one (409)."""

@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import importlib
 import logging
 import signal
 import sys
+from types import ModuleType
 
+import orjson
 import uvloop
 from aiohttp import web
 
@@ -113,6 +116,23 @@ async def demo(config: Config) -> None:
     await _serve_forever(runners)
 
 
+def _training_cli() -> ModuleType | None:
+    """training.cli, when the training extra (xgboost, onnxmltools) is installed."""
+    try:
+        return importlib.import_module("training.cli")
+    except ImportError:
+        return None
+
+
+async def _experiment_report(config: Config, name: str, since: str) -> None:
+    from proxy import experiments
+
+    if name not in config.selector.experiments:
+        raise ConfigError(f"selector.experiments has no experiment '{name}'")
+    events = await experiments.load_events(config.usage, since)
+    print(orjson.dumps(experiments.report(events, name), option=orjson.OPT_INDENT_2).decode())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="autoroute", description=__doc__)
     parser.add_argument("--config", help="config.yaml to read (default: ./config.yaml if present)")
@@ -131,7 +151,28 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("--since", default="24h", help="24h, 7d, 30m or an ISO date/time")
     exp.add_argument("--format", choices=("jsonl", "parquet"), default="jsonl")
     exp.add_argument("--output", "-o", help="file to write (default: standard output)")
+    train = commands.add_parser("train", help="train a selector artifact (needs .[train])")
+    evaluate = commands.add_parser("evaluate", help="evaluate an artifact on the test split")
+    training_cli = _training_cli()
+    if training_cli is not None:
+        training_cli.add_train_arguments(train)
+        training_cli.add_evaluate_arguments(evaluate)
+    experiments = commands.add_parser("experiments", help="A/B experiments").add_subparsers(
+        dest="experiments_command", required=True
+    )
+    report = experiments.add_parser("report", help="per-variant results with significance")
+    report.add_argument("name")
+    report.add_argument("--since", default="90d", help="90d, 24h or an ISO date/time")
     args = parser.parse_args(argv)
+    if args.command in ("train", "evaluate"):
+        if training_cli is None:
+            print(
+                "autoroute: training needs its extra: pip install 'ollama-autoroute[train]'",
+                file=sys.stderr,
+            )
+            return 2
+        run = training_cli.run_train if args.command == "train" else training_cli.run_evaluate
+        return int(run(args))
 
     try:
         config = config_module.load(args.config)
@@ -140,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logs.setup(config.logging.level, config.logging.json)
 
-    if args.command == "usage":
+    if args.command == "experiments":
+        main_coro = _experiment_report(config, args.name, args.since)
+    elif args.command == "usage":
         from proxy.usage.export import export
 
         main_coro = export(config.usage, args.since, args.format, args.output)

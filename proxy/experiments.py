@@ -9,13 +9,14 @@ its lead is significant at `alpha`.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from proxy.config import Experiment
+from proxy.config import Experiment, Usage
 from selector_model.features import REQUEST_FEATURES, TASKS
 
 _TASK_INDEX = {task: REQUEST_FEATURES.index(f"task_{task}") for task in TASKS}
@@ -208,3 +209,13 @@ def report(events: Iterable[Mapping[str, Any]], name: str, alpha: float = 0.05) 
         "comparisons": comparisons,
         "winner": winner,
     }
+
+
+async def load_events(settings: Usage, since: str = "90d") -> list[dict[str, Any]]:
+    """Usage events for a report: PostgreSQL when configured, else the local files."""
+    from proxy.usage.export import from_files, from_postgres, parse_since
+
+    start = parse_since(since)
+    if settings.postgres_dsn:
+        return await from_postgres(settings.postgres_dsn, start)
+    return await asyncio.to_thread(from_files, settings.file_path, start)

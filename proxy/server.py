@@ -92,12 +92,13 @@ class Proxy:
         self.registry = Registry(self.backends)
         self.auto = AutoRouter(self.config, self.backends, self.registry)
         self.auto.scorer.reload()
-        self.auto_routes = AutoRoutes(self.auto)
+        self.auto_routes = AutoRoutes(self.auto, self.config.usage)
         self.own_routes.update(
             {
                 ("POST", OWN_PREFIX + "explain"): self.auto_routes.explain,
                 ("GET", OWN_PREFIX + "status"): self.auto_routes.status,
                 ("POST", OWN_PREFIX + "reload"): self.auto_routes.reload,
+                ("GET", OWN_PREFIX + "experiments/*"): self.auto_routes.experiment,
             }
         )
         await self.backends.start()
@@ -181,7 +182,9 @@ class Proxy:
         if method == "POST" and path in MODEL_ROUTED_PATHS:
             return await self._model_routed(request, outcome)
         if path.startswith(OWN_PREFIX):
-            handler = self.own_routes.get((method, path))
+            handler = self.own_routes.get((method, path)) or self.own_routes.get(
+                (method, path.rsplit("/", 1)[0] + "/*")
+            )
             if handler is None:
                 return error_response(path, 404, f"no such endpoint: {method} {path}")
             return await handler(request)

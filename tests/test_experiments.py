@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections import Counter
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ import aiohttp
 import pytest
 
 from proxy import experiments
-from proxy.config import Experiment, Profile, Selector, Variant
+from proxy.config import Experiment, Profile, Selector, Usage, Variant
 from selector_model import features
 from tests.support import Emulator, Proxy, ServerThread
 
@@ -102,7 +103,12 @@ def ab_proxy(servers: ServerThread, emulator: Emulator, tmp_path: Path) -> Itera
         profiles={"balanced": Profile()},
         experiments={"ab": Experiment(share=1.0, variants=AB.variants)},
     )
-    prx = Proxy(servers, [emulator.url], selector=selector)
+    usage = Usage(
+        file_mode="always",
+        file_path=str(tmp_path / "events.jsonl"),
+        spool_dir=str(tmp_path / "spool"),
+    )
+    prx = Proxy(servers, [emulator.url], selector=selector, usage=usage)
     yield prx
     prx.stop()
 
@@ -120,3 +126,28 @@ async def test_proxy_routes_by_variant_and_stays_sticky(ab_proxy: Proxy) -> None
                     seen.setdefault(user, set()).add((await resp.json())["model"])
     assert all(len(models) == 1 for models in seen.values())
     assert set().union(*seen.values()) <= {"qwen2.5:7b", "mistral:7b"}
+
+
+async def test_report_endpoint_reads_the_proxys_own_events(ab_proxy: Proxy) -> None:
+    async with aiohttp.ClientSession() as session:
+        for i in range(12):
+            body = {"model": "auto", "prompt": "hi", "stream": False}
+            headers = {"X-Autoroute-User": f"user-{i}"}
+            async with session.post(
+                ab_proxy.url + "/api/generate", json=body, headers=headers
+            ) as resp:
+                assert resp.status == 200
+        report: dict[str, Any] = {}
+        for _ in range(100):  # events reach the file a moment after the answers
+            async with session.get(ab_proxy.url + "/api/autoroute/experiments/ab") as resp:
+                assert resp.status == 200
+                report = await resp.json()
+            if sum(v["requests"] for v in report["variants"].values()) == 12:
+                break
+            await asyncio.sleep(0.05)
+        async with session.get(ab_proxy.url + "/api/autoroute/experiments/nope") as resp:
+            assert resp.status == 404
+    assert sum(v["requests"] for v in report["variants"].values()) == 12
+    assert set(report["variants"]) <= {"a", "b"}
+    assert all(v["success_rate"] == 1.0 for v in report["variants"].values())
+    assert report["winner"] is None  # no difference to find
