@@ -73,7 +73,7 @@ async def decision_latency(rounds: int) -> list[tuple[int, int, float, float]]:
         raise SystemExit(f"no usable shipped artifact: {auto.scorer.error}")
     results = []
     for n in (4, 9, 16):
-        registry.models = catalogue(n)
+        registry.set_models(catalogue(n))
         pool.states[0].models = frozenset(registry.models)
         for size in (2048, 20480):
             body = prompt(size)

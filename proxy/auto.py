@@ -8,6 +8,7 @@ usable artifact, a documented heuristic stands in (`selector_model.policy`).
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import time
@@ -17,8 +18,8 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.backends import BackendPool, NoBackend, normalize_model
-from proxy.config import Config
+from proxy.backends import BackendPool, normalize_model
+from proxy.config import Config, Profile
 from proxy.experiments import assign
 from proxy.registry import Registry
 from selector_model import artifact as artifact_module
@@ -123,8 +124,7 @@ class AutoRouter:
             pinned = normalize_model(variant.model) if variant.model else ""
         prompt_tokens = math.expm1(request[_LOG_TOKENS])
         needs = required_capabilities(doc)
-        allow = {normalize_model(m) for m in profile.allow}
-        deny = {normalize_model(m) for m in profile.deny}
+        allow, deny = self._lists(profile)
         eligible: list[Candidate] = []
         filtered: dict[str, str] = {}
         for candidate in self.registry.candidates():
@@ -155,7 +155,7 @@ class AutoRouter:
             p_success = [heuristic_p_success(c) for c in eligible]
         output_tokens = _output_tokens(doc)
         seconds = [self._seconds(c, prompt_tokens, output_tokens) for c in eligible]
-        known = {normalize_model(m) for m in artifact.known_models} if artifact else set()
+        known = set(artifact.known_models) if artifact else set()
         ranking = rank([c.name for c in eligible], p_success, seconds, profile.cost_weight, known)
         chosen, reason, propensity = pick(
             ranking,
@@ -187,11 +187,17 @@ class AutoRouter:
         chosen_candidate = next(c for c in eligible if c.name == chosen.name)
         return Choice(decision, request, chosen_candidate)
 
+    @staticmethod
+    @functools.cache
+    def _lists(profile: Profile) -> tuple[frozenset[str], frozenset[str]]:
+        """A profile's allow and deny lists as model names, normalised once."""
+        return (
+            frozenset(normalize_model(m) for m in profile.allow),
+            frozenset(normalize_model(m) for m in profile.deny),
+        )
+
     def _seconds(self, candidate: Candidate, prompt_tokens: float, output_tokens: float) -> float:
-        try:
-            backend = self.backends.choose(candidate.name).label
-        except NoBackend:
-            backend = ""
+        backend = self.registry.backend_of.get(candidate.name, "")
         return self.telemetry.expected_seconds(backend, candidate, prompt_tokens, output_tokens)
 
     def observe(self, backend: str, model: str, stats: Mapping[str, int | str]) -> None:

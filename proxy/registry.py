@@ -61,6 +61,11 @@ class Registry:
         self.cache = SimpleMemoryCache()
         self.models: dict[str, ModelInfo] = {}
         backends.listeners.append(self.refresh)
+        # The candidate list for the last (models, available, loaded) seen: rebuilt only
+        # when one of them changes, not per request.
+        self._cached: tuple[object, list[Candidate]] = ((), [])
+        self.generation = 0  # bumped by every refresh
+        self.backend_of: dict[str, str] = {}
 
     async def _show(self, state: BackendState, name: str, digest: str) -> dict[str, Any] | None:
         cached = await self.cache.get(digest) if digest else None
@@ -85,7 +90,11 @@ class Registry:
                 show = await self._show(state, name, str(tag.get("digest") or ""))
                 if show is not None:
                     models[name] = model_info(name, tag, show)
+        self.set_models(models)
+
+    def set_models(self, models: dict[str, ModelInfo]) -> None:
         self.models = models
+        self.generation += 1
 
     def loaded(self) -> frozenset[str]:
         loaded: set[str] = set()
@@ -95,12 +104,27 @@ class Registry:
 
     def candidates(self) -> list[Candidate]:
         """Every generation model a usable backend has, with its loaded state."""
+        usable = self.backends.usable()
+        key = (self.generation, *((s.models, s.loaded) for s in usable))
+        if key == self._cached[0]:
+            return self._cached[1]
         available: set[str] = set()
-        for state in self.backends.usable():
+        loaded: set[str] = set()
+        for state in usable:
             available |= state.models or frozenset()
-        loaded = self.loaded()
-        return [
+            loaded |= state.loaded
+        candidates = [
             replace(info.candidate, loaded=name in loaded)
             for name, info in self.models.items()
             if name in available and not info.embedding_only
         ]
+        # Where each would most likely run (loaded there first), for its expected time.
+        self.backend_of = {
+            c.name: min(
+                (s for s in usable if s.models and c.name in s.models),
+                key=lambda s: (c.name not in s.loaded, s.index),
+            ).label
+            for c in candidates
+        }
+        self._cached = (key, candidates)
+        return candidates

@@ -14,6 +14,7 @@ proxy refuses an artifact built on another schema.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import string
@@ -372,7 +373,14 @@ def rows(
     request: Sequence[float], candidates: Sequence[Candidate], known_models: Sequence[str]
 ) -> list[list[float]]:
     """One row per candidate, in `feature_names(known_models)` order."""
-    return [[*request, *candidate_features(c), *identity(c.name, known_models)] for c in candidates]
+    return [[*request, *candidate_block(c, tuple(known_models))] for c in candidates]
+
+
+@functools.lru_cache(maxsize=4096)
+def candidate_block(candidate: Candidate, known_models: tuple[str, ...]) -> tuple[float, ...]:
+    """The candidate's part of a row (its features and identity): it depends on the
+    candidate alone, so serving computes it once per model and loaded state."""
+    return (*candidate_features(candidate), *identity(candidate.name, known_models))
 
 
 def family_of(name: str, declared: str = "") -> str:

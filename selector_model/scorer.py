@@ -7,6 +7,7 @@ in flight keep the one they started with, and a bad file never replaces a good o
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +16,7 @@ import numpy as np
 
 from selector_model import artifact as artifact_module
 from selector_model.artifact import Artifact
-from selector_model.features import Candidate, rows
+from selector_model.features import Candidate, candidate_block
 
 log = logging.getLogger("autoroute.selector")
 
@@ -62,5 +63,21 @@ class Scorer:
     def p_success(
         self, artifact: Artifact, request: Sequence[float], candidates: Sequence[Candidate]
     ) -> list[float]:
-        batch = np.asarray(rows(request, candidates, artifact.known_models), dtype=np.float32)
-        return [float(p) for p in artifact.predict(batch)]
+        """P(success) per candidate, in one onnxruntime batch."""
+        return artifact.predict(self.batch(artifact, request, candidates)).tolist()  # type: ignore[no-any-return]
+
+    @staticmethod
+    def batch(
+        artifact: Artifact, request: Sequence[float], candidates: Sequence[Candidate]
+    ) -> np.ndarray:
+        """The rows of `features.rows`, assembled from the cached candidate blocks."""
+        width = len(request)
+        batch = np.empty((len(candidates), artifact.width), dtype=np.float32)
+        batch[:, :width] = request
+        batch[:, width:] = [_block(c, artifact.known_models) for c in candidates]
+        return batch
+
+
+@functools.lru_cache(maxsize=4096)
+def _block(candidate: Candidate, known_models: tuple[str, ...]) -> np.ndarray:
+    return np.asarray(candidate_block(candidate, known_models), dtype=np.float32)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import numpy as np
 import orjson
 import pytest
 
@@ -250,3 +251,22 @@ async def test_the_proxys_own_usage_events_train_a_selector(
     artifact = train(events, tmp_path / "artifact")
     meta = orjson.loads(artifact.with_suffix(".json").read_bytes())
     assert sorted(meta["known_models"]) == sorted([CODER, GENERAL])
+
+
+def test_scorer_rows_are_the_feature_rows(artifacts: tuple[Path, Path]) -> None:
+    """Serving assembles rows from cached candidate blocks: they must be exactly
+    `features.rows`, the definition training used."""
+    from selector_model import artifact as artifact_module
+    from selector_model.scorer import Scorer
+
+    art = artifact_module.load(artifacts[0])
+    request = features.request_features(
+        "/api/chat", {"messages": [{"role": "user", "content": CODE}]}
+    )
+    candidates = [
+        features.Candidate(CODER, family="qwen", params_b=7.6, capabilities=frozenset({"insert"})),
+        features.Candidate(GENERAL, family="llama", params_b=8.0, loaded=True),
+        features.Candidate("unseen:3b", params_b=3.0),
+    ]
+    expected = np.asarray(features.rows(request, candidates, art.known_models), dtype=np.float32)
+    assert np.array_equal(Scorer.batch(art, request, candidates), expected)
