@@ -9,6 +9,7 @@ import asyncio
 import random
 import shutil
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,8 @@ from selector_model import features
 from selector_model.policy import pick, rank
 from tests.support import Emulator, Proxy, ServerThread
 from training import cli
-from training.data import load_usage
+from training.data import load_usage, usage_examples
+from training.pipeline import postgres_events as pipeline_events
 
 CODER, GENERAL = "qwen2.5-coder:7b", "llama3.1:8b"
 CODE = "Fix this bug:\n```python\ndef add(a, b):\n    return a - b\n```"
@@ -270,3 +272,65 @@ def test_scorer_rows_are_the_feature_rows(artifacts: tuple[Path, Path]) -> None:
     ]
     expected = np.asarray(features.rows(request, candidates, art.known_models), dtype=np.float32)
     assert np.array_equal(Scorer.batch(art, request, candidates), expected)
+
+
+def _post(url: str, doc: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(
+        url, data=orjson.dumps(doc), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        return resp.status, dict(resp.headers), resp.read()
+
+
+def test_train_from_the_events_the_proxy_wrote_to_postgres(
+    servers: ServerThread, own_emulator: Emulator, tmp_path: Path
+) -> None:
+    """`autoroute train --from postgres://…` reads what the proxy's usage pipeline
+    wrote, ratings from the feedback endpoint joined."""
+    from tests.test_usage_services import database_on, postgres_base
+
+    with postgres_base() as base, database_on(base) as db:
+        selector = Selector(
+            artifact=str(tmp_path / "none.onnx"),
+            profiles={"balanced": Profile(exploration=1.0, allow=(CODER, GENERAL))},
+        )
+        usage = Usage(postgres_dsn=db.dsn, file_mode="off", spool_dir=str(tmp_path / "spool"))
+        prx = Proxy(servers, [own_emulator.url], selector=selector, usage=usage)
+        try:
+            for i in range(30):
+                text = (CODE if i % 2 else MATH) + f" #{i}"
+                body = {
+                    "model": "auto",
+                    "stream": False,
+                    "messages": [{"role": "user", "content": text}],
+                }
+                _, headers, _ = _post(prx.url + "/api/chat", body)
+                if i % 3 == 0:  # a user who disliked the answer
+                    feedback = {"request_id": headers["X-Request-Id"], "rating": -1}
+                    assert _post(prx.url + "/api/autoroute/feedback", feedback)[0] == 202
+        finally:
+            prx.stop()  # drains the pipeline into PostgreSQL
+        events = pipeline_events(db.dsn)
+        examples, stats = usage_examples(events)
+        assert stats.used == 30
+        assert sorted(ex.label for ex in examples) == [0.0] * 10 + [1.0] * 20
+        out = tmp_path / "artifact"
+        parser = argparse.ArgumentParser()
+        cli.add_train_arguments(parser)
+        args = parser.parse_args(
+            [
+                "--from",
+                db.dsn,
+                "--out",
+                str(out),
+                "--quick",
+                "--no-progress",
+                "--no-lomo",
+                "--report-dir",
+                str(out),
+            ]
+        )
+        assert cli.run_train(args) == 0
+        meta = orjson.loads((out / "selector.json").read_bytes())
+        assert sorted(meta["known_models"]) == sorted([CODER, GENERAL])
+        assert meta["training"]["sources"][0]["kind"] == "postgres"

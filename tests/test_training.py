@@ -215,11 +215,12 @@ def test_train_from_a_usage_file(tmp_path: Path) -> None:
     assert p_big > p_tiny
 
 
-def test_postgres_source_is_refused_not_faked() -> None:
-    with pytest.raises(ValueError, match="PostgreSQL"):
-        pipeline.parse_source("postgres://postgres@127.0.0.1:5432/autoroute")
-    args = _parse(cli.add_train_arguments, ["--from", "postgres://x/y", "--no-progress"])
-    assert cli.run_train(args) == 2
+def test_sources_parse() -> None:
+    assert pipeline.parse_source("dataset").kind == "dataset"
+    assert pipeline.parse_source("postgresql://postgres@127.0.0.1/usage").kind == "postgres"
+    assert pipeline.parse_source("usage.jsonl").path == Path("usage.jsonl")
+    with pytest.raises(ValueError, match="postgres"):
+        pipeline.parse_source("kafka://broker/topic")
 
 
 # ---------------------------------------------------------------- training and export

@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -191,32 +191,45 @@ def usage_example(event: dict[str, Any]) -> Example:
     )
 
 
-def load_usage(paths: Iterable[Path]) -> tuple[list[Example], UsageStats]:
-    stats = UsageStats()
-    out: list[Example] = []
-    seen: set[str] = set()
+def _lines(paths: Iterable[Path]) -> Iterator[Any]:
+    """Each non-empty line's JSON; a line that is not JSON yields None (malformed)."""
     for path in paths:
         with path.open(encoding="utf-8") as fh:
             for line in fh:
-                if not line.strip():
-                    continue
-                stats.read += 1
-                try:
-                    event = json.loads(line)
-                    request_id = event.get("request_id")
-                    if request_id is not None and request_id in seen:
-                        stats.skipped_duplicate += 1
-                        continue
-                    if event["features"]["schema_version"] != features.SCHEMA_VERSION:
-                        stats.skipped_schema += 1
-                        continue
-                    out.append(usage_example(event))
-                    if request_id is not None:
-                        seen.add(request_id)
-                except (KeyError, TypeError, ValueError, AttributeError):
-                    stats.skipped_malformed += 1
-                    continue
-                stats.used += 1
+                if line.strip():
+                    try:
+                        yield json.loads(line)
+                    except ValueError:
+                        yield None
+
+
+def load_usage(paths: Iterable[Path]) -> tuple[list[Example], UsageStats]:
+    """Examples from usage JSON Lines files (the proxy's local usage file)."""
+    return usage_examples(_lines(paths))
+
+
+def usage_examples(events: Iterable[Any]) -> tuple[list[Example], UsageStats]:
+    """Examples from usage events, wherever they were stored (files, PostgreSQL)."""
+    stats = UsageStats()
+    out: list[Example] = []
+    seen: set[str] = set()
+    for event in events:
+        stats.read += 1
+        try:
+            request_id = event.get("request_id")
+            if request_id is not None and request_id in seen:
+                stats.skipped_duplicate += 1
+                continue
+            if event["features"]["schema_version"] != features.SCHEMA_VERSION:
+                stats.skipped_schema += 1
+                continue
+            out.append(usage_example(event))
+            if request_id is not None:
+                seen.add(request_id)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            stats.skipped_malformed += 1
+            continue
+        stats.used += 1
     return out, stats
 
 

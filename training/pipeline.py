@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections.abc import Callable, Sequence
@@ -9,8 +10,10 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
+import orjson
 
 from selector_model import features
 from training import evaluate, export, report
@@ -23,6 +26,7 @@ from training.data import (
     load_llmrouter,
     load_usage,
     sha256,
+    usage_examples,
 )
 from training.models import BY_OLLAMA_NAME
 from training.train import Progress, TrainConfig, train
@@ -37,19 +41,26 @@ class SchemaError(RuntimeError):
 
 @dataclass(frozen=True)
 class Source:
-    kind: str  # "dataset" or "usage"
+    kind: str  # "dataset", "usage" (a JSON Lines file) or "postgres"
     path: Path | None = None
+    dsn: str = ""
 
 
 def parse_source(text: str) -> Source:
     if text == "dataset":
         return Source("dataset")
+    if text.startswith(("postgres://", "postgresql://")):
+        return Source("postgres", dsn=text)
     if "://" in text:
-        raise ValueError(
-            f"{text}: only 'dataset' and JSON Lines usage files are supported; reading "
-            "usage from PostgreSQL waits for the usage-logging table"
-        )
+        raise ValueError(f"{text}: use 'dataset', a usage JSON Lines file or postgres://…")
     return Source("usage", Path(text))
+
+
+def postgres_events(dsn: str) -> list[dict[str, Any]]:
+    """Every usage event the proxy wrote to PostgreSQL, with feedback ratings joined."""
+    from proxy.usage.export import from_postgres
+
+    return asyncio.run(from_postgres(dsn, datetime.fromtimestamp(0, UTC)))
 
 
 def _subsample(data: Dataset, max_prompts: int | None, seed: int) -> Dataset:
@@ -146,10 +157,23 @@ def build(
         source_meta.append(
             {"kind": "usage", "files": [str(p) for p in usage_paths], **stats_dict(stats)}
         )
-        log(
-            f"usage events: {stats.used} used, {stats.skipped_schema} other schema, "
-            f"{stats.skipped_malformed} malformed, {stats.skipped_duplicate} duplicates"
-        )
+    for source in (s for s in sources if s.kind == "postgres"):
+        events = postgres_events(source.dsn)
+        from_db, stats = usage_examples(events)
+        usage += from_db
+        examples += from_db
+        digest = hashlib.sha256(b"".join(orjson.dumps(e) + b"\n" for e in events))
+        hashes[f"postgres/{urlsplit(source.dsn).path.lstrip('/')}"] = digest.hexdigest()
+        source_meta.append({"kind": "postgres", **stats_dict(stats)})
+    for used in source_meta:
+        if used["kind"] in ("usage", "postgres"):
+            log(
+                f"usage events ({used['kind']}): {used['used']} used, "
+                f"{used['skipped_schema']} other schema, "
+                f"{used['skipped_malformed']} malformed, "
+                f"{used['skipped_duplicate']} duplicates"
+            )
+    if usage:
         for ex in usage:
             if ex.candidate.name not in known:
                 known.append(ex.candidate.name)
