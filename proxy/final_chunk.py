@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import re
 
-_INT_FIELDS = (
-    "total_duration",
-    "load_duration",
+# What `parse` can return, for those who store it (the usage events).
+STATS = (
+    "done_reason",
     "prompt_eval_count",
-    "prompt_eval_duration",
     "eval_count",
+    "load_duration",
+    "prompt_eval_duration",
     "eval_duration",
+    "total_duration",
 )
+_INT_FIELDS = STATS[1:]
 _INT_RE = re.compile(rb'"(' + b"|".join(f.encode() for f in _INT_FIELDS) + rb')":(\d+)')
 _OPENAI_RE = re.compile(rb'"(prompt_tokens|completion_tokens)":(\d+)')
 _REASON_RE = re.compile(rb'"(?:done_reason|finish_reason|stop_reason)":"([a-z_]+)"')

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from proxy import final_chunk
 from proxy.relay import Outcome
 from selector_model.features import SCHEMA_VERSION
 
@@ -36,15 +37,7 @@ USAGE_PATHS = frozenset(
 )
 USAGE = "usage"
 FEEDBACK = "feedback"
-STAT_KEYS = (
-    "done_reason",
-    "prompt_eval_count",
-    "eval_count",
-    "load_duration",
-    "prompt_eval_duration",
-    "eval_duration",
-    "total_duration",
-)
+STAT_KEYS = final_chunk.STATS
 
 
 @dataclass(slots=True)
