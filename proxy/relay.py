@@ -57,6 +57,8 @@ class Outcome:
     decision: dict[str, Any] | None = None
     features: list[float] | None = None
     candidate: dict[str, Any] | None = None  # the chosen model's selector features
+    # The client read slower than the backend wrote: the backend was paused meanwhile.
+    client_paused: bool = False
 
 
 def request_head(
@@ -280,6 +282,7 @@ class ClientLeg:
         self.previous = b""
         self.last = b""
         self.head_bytes = b""
+        self._resume: asyncio.Task[None] | None = None
 
     def response_headers(self, head: ResponseHead) -> list[tuple[str, str]]:
         headers = []
@@ -340,14 +343,16 @@ class ClientLeg:
             self.outcome.first_byte_at = time.perf_counter()
         if self.protocol.writing_paused and not self.paused:
             # A client that stops reading pauses the backend, not a growing buffer.
-            self.paused = True
+            self.paused = self.outcome.client_paused = True
             assert self.conn is not None
             self.conn.pause_reading()
-            asyncio.get_running_loop().create_task(self._resume_after_drain())
+            self._resume = asyncio.get_running_loop().create_task(self._resume_after_drain())
 
     async def _resume_after_drain(self) -> None:
         try:
             await self.writer.drain()
+        except ConnectionError:
+            pass  # the client left; the handler's cancellation closes the backend
         finally:
             self.paused = False
             if self.conn is not None:

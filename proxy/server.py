@@ -167,6 +167,7 @@ class Proxy:
                     "ms": round((time.perf_counter() - started) * 1000, 3),
                     "error": outcome.error,
                     "cancelled": outcome.cancelled or None,
+                    "client_paused": outcome.client_paused or None,
                     "ttfc_ms": round((outcome.first_byte_at - started) * 1000, 3)
                     if outcome.first_byte_at
                     else None,

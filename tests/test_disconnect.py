@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
+from pathlib import Path
 
 import aiohttp
 import orjson
 
-from tests.support import Emulator, Proxy
+from proxy.emulator import EmulatorSettings
+from proxy.server import PROXY_KEY
+from proxy.upstream import dechunk
+from tests.support import Emulator, Proxy, ServerThread
 
 LONG = {"model": "qwen2.5:7b", "prompt": "Tell me everything.", "options": {"num_predict": 100_000}}
 
@@ -83,3 +88,45 @@ async def test_proxy_serves_after_many_disconnects(
         ) as resp:
             assert resp.status == 200
             assert (await resp.json())["done"] is True
+
+
+async def test_slow_reader_pauses_the_backend_and_gets_every_byte(
+    servers: ServerThread, tmp_path: Path
+) -> None:
+    """A client that stops reading: the proxy stops reading the backend instead of
+    buffering the stream, and once the client reads again the stream ends intact."""
+    emulator = Emulator(servers, EmulatorSettings(frozen_clock=True, chunk_delay_ms=0.0))
+    proxy = Proxy(servers, [emulator.url])
+    seen: list[dict[str, object]] = []
+    server = proxy.app[PROXY_KEY]
+    server.access.enabled = True
+    server.access.record = seen.append  # type: ignore[method-assign]
+    try:
+        body = orjson.dumps(
+            {"model": "qwen2.5:7b", "prompt": "go", "options": {"num_predict": 30000}}
+        )
+        request = (
+            f"POST /api/generate HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", proxy.port))
+        sock.sendall(request)
+        await asyncio.sleep(1.0)  # not reading: ~3 MB, more than socket buffers hold
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        received = bytearray()
+        while not received.endswith(b"0\r\n\r\n"):
+            chunk = await loop.sock_recv(sock, 65536)
+            assert chunk, "connection closed before the end of the stream"
+            received += chunk
+        sock.close()
+    finally:
+        proxy.stop()
+        emulator.stop()
+    head, _, framed = bytes(received).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    lines = dechunk(framed).splitlines()
+    assert len(lines) == 30001 and orjson.loads(lines[-1])["done"] is True
+    (record,) = [r for r in seen if r["path"] == "/api/generate"]
+    assert record["client_paused"] is True
