@@ -30,6 +30,7 @@ from proxy.upstream import ResponseHead, UpstreamConnection, UpstreamError
 log = logging.getLogger("autoroute.relay")
 
 _HOP_BY_HOP_BYTES = frozenset(h.encode() for h in HOP_BY_HOP)
+_CREDENTIALS = frozenset({b"authorization", b"x-api-key"})
 _STREAM_TYPES = (NDJSON, SSE)
 _UPLOAD_CHUNK = 256 * 1024
 
@@ -62,14 +63,19 @@ class Outcome:
 
 
 def request_head(
-    request: web.Request, host: str, body_length: int | None, request_id: str
+    request: web.Request,
+    host: str,
+    body_length: int | None,
+    request_id: str,
+    drop: frozenset[bytes] = _HOP_BY_HOP_BYTES,
 ) -> bytes:
-    """The upstream request head: the client's headers minus hop-by-hop ones."""
+    """The upstream request head: the client's headers minus hop-by-hop ones (and
+    minus `drop`, the proxy's own credentials when it checks keys)."""
     parts = [f"{request.method} {request.raw_path} HTTP/1.1\r\nHost: {host}\r\n".encode()]
     has_id = False
     for name, value in request.raw_headers:
         lname = name.lower()
-        if lname in _HOP_BY_HOP_BYTES:
+        if lname in drop:
             continue
         if lname == b"x-request-id":
             has_id = True
@@ -88,6 +94,9 @@ class Relay:
         self.config = config
         self.backends = backends
         self.idle = config.timeouts.idle_read_seconds
+        # With API keys on, the key authenticates the client to the proxy: it is not
+        # the backends' business and must not leak to them.
+        self.drop = _HOP_BY_HOP_BYTES | (_CREDENTIALS if config.auth.keys else frozenset())
 
     async def forward(
         self,
@@ -172,6 +181,7 @@ class Relay:
                 state.pool.host_header,
                 None if body is None else len(body),
                 request_id,
+                self.drop,
             )
             if client is not None:
                 conn.on_head = functools.partial(client.on_head, conn, may_retry=may_retry)

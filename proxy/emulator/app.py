@@ -140,6 +140,7 @@ async def _fault(request: web.Request, state: EmulatorState) -> web.StreamRespon
 async def _gin(request: web.Request, handler: Handler) -> web.StreamResponse:
     state = request.app[STATE_KEY]
     state.requests[request.path] += 1
+    state.last_headers = {k.lower(): v for k, v in request.headers.items()}
     if len(request.path) > 1 and request.path.endswith("/"):
         # Gin never matches a trailing slash here (aiohttp would): redirect or 404.
         return _trailing_slash_redirect(request) or gin_not_found()
