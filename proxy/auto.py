@@ -109,8 +109,14 @@ class AutoRouter:
         self.decisions = 0
 
     def decide(
-        self, path: str, doc: Mapping[str, Any], profile_name: str, user: str = ""
+        self,
+        path: str,
+        doc: Mapping[str, Any],
+        profile_name: str,
+        user: str = "",
+        key_models: frozenset[str] | None = None,
     ) -> Choice:
+        """`key_models`: the API key's allow-list (normalised names), None for any."""
         profile = self.config.profiles.get(profile_name)
         if profile is None:
             configured = ", ".join(f"auto:{p}" for p in sorted(self.config.profiles))
@@ -129,7 +135,9 @@ class AutoRouter:
         filtered: dict[str, str] = {}
         for candidate in self.registry.candidates():
             missing = [n for n in needs if n not in candidate.capabilities]
-            if allow and candidate.name not in allow:
+            if key_models is not None and candidate.name not in key_models:
+                filtered[candidate.name] = "not allowed for this API key"
+            elif allow and candidate.name not in allow:
                 filtered[candidate.name] = "not in the profile's allow list"
             elif candidate.name in deny:
                 filtered[candidate.name] = "in the profile's deny list"

@@ -10,6 +10,7 @@ import logging
 import signal
 import sys
 from types import ModuleType
+from typing import Any
 
 import orjson
 import uvloop
@@ -29,10 +30,23 @@ DEMO_BACKENDS = (
 )
 
 
-async def _start_site(app: web.Application, host: str, port: int) -> web.AppRunner:
+async def _start_site(
+    app: web.Application, host: str, port: int, config: Config | None = None
+) -> web.AppRunner:
     # handler_cancellation: a client that disconnects cancels its handler, which is how
     # the relay learns to abort the upstream request (the GPU stops generating).
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    # With the proxy's config: the shutdown deadline for requests in flight, and the
+    # longest header line the parser accepts (the handler bounds the total).
+    options: dict[str, Any] = (
+        {
+            "shutdown_timeout": config.timeouts.shutdown_seconds,
+            "max_line_size": max(config.limits.max_header_bytes, 8190),
+            "max_field_size": max(config.limits.max_header_bytes, 8190),
+        }
+        if config is not None
+        else {}
+    )
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, **options)
     await runner.setup()
     await web.TCPSite(runner, host, port, backlog=1024).start()
     return runner
@@ -46,14 +60,20 @@ async def _serve_forever(runners: list[web.AppRunner]) -> None:
     try:
         await stop.wait()
     finally:
+        # cleanup(): stop listening, wait up to the runner's shutdown_timeout for
+        # requests in flight (streams included), cancel the rest, then the app's
+        # on_cleanup (the proxy flushes its usage events there).
+        log.info("stopping: no new connections; waiting for requests in flight")
         for runner in reversed(runners):
             await runner.cleanup()
+        log.info("stopped")
 
 
 def _warn_if_exposed(config: Config) -> None:
-    if config.listen.host not in ("127.0.0.1", "localhost", "::1"):
+    if config.listen.host not in ("127.0.0.1", "localhost", "::1") and not config.auth.keys:
         log.warning(
-            "listening on %s: anyone who can reach this address can use every backend",
+            "listening on %s without API keys (auth.keys): anyone who can reach this "
+            "address can use every backend",
             config.listen.host,
         )
 
@@ -61,7 +81,7 @@ def _warn_if_exposed(config: Config) -> None:
 async def serve(config: Config) -> None:
     _warn_if_exposed(config)
     app = create_app(config)
-    runner = await _start_site(app, config.listen.host, config.listen.port)
+    runner = await _start_site(app, config.listen.host, config.listen.port, config)
     # SIGHUP reloads the selector artifact (a bad one keeps the current).
     proxy = app[PROXY_KEY]
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, proxy.auto.scorer.reload)
@@ -104,7 +124,9 @@ async def demo(config: Config) -> None:
         config,
         backends=tuple(Backend(url=f"http://127.0.0.1:{p}", name=n) for n, p, _ in DEMO_BACKENDS),
     ).check()
-    runners.append(await _start_site(create_app(config), config.listen.host, config.listen.port))
+    runners.append(
+        await _start_site(create_app(config), config.listen.host, config.listen.port, config)
+    )
     address = f"http://{config.listen.host}:{config.listen.port}"
     print(
         f"\nautoroute demo: proxy on {address} in front of two emulated Ollama backends.\n"
@@ -138,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="config.yaml to read (default: ./config.yaml if present)")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the proxy")
+    commands.add_parser("hash-key", help="print a new random API key and the sha256 for auth.keys")
     commands.add_parser("demo", help="run two emulated backends and the proxy in front of them")
     em = commands.add_parser("emulate", help="run an Ollama emulator (a stand-in GPU backend)")
     em.add_argument("--host", default="127.0.0.1")
@@ -173,6 +196,13 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         run = training_cli.run_train if args.command == "train" else training_cli.run_evaluate
         return int(run(args))
+
+    if args.command == "hash-key":
+        from proxy.auth import new_key
+
+        key, digest = new_key()
+        print(f"key:    {key}\nsha256: {digest}")
+        return 0
 
     try:
         config = config_module.load(args.config)

@@ -49,11 +49,20 @@ class Timeouts:
     # A stream has no total deadline: a long answer is legitimate. What is bounded is
     # the silence between two reads, which includes waiting for a model to load.
     idle_read_seconds: float = 300.0
+    # SIGTERM/SIGINT: stop accepting, let requests in flight finish for up to this
+    # long, then cancel what is left, flush usage events and exit.
+    shutdown_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
 class Limits:
     max_body_bytes: int = 64 * 1024 * 1024
+    # All request header lines together (431 above it); also the longest single line.
+    max_header_bytes: int = 64 * 1024
+    # Entries in `messages` (chat, /v1/chat/completions, /v1/messages); 0: no limit.
+    max_messages: int = 10_000
+    # Characters of prompt text (system, prompt, suffix, message contents); 0: no limit.
+    max_prompt_chars: int = 4 * 1024 * 1024
     # Uploads (`/api/blobs`, `/api/create`) stream through and are not held in memory,
     # so they get their own, much larger bound.
     max_upload_bytes: int = 64 * 1024 * 1024 * 1024
@@ -199,6 +208,34 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class ApiKey:
+    """One API key: only its SHA-256 is stored (`autoroute hash-key` prints it)."""
+
+    sha256: str
+    # The key's id in usage events and the access log ("": the hash's first 12 hex).
+    name: str = ""
+    # "admin" may also pull, push, create, copy, delete, upload blobs and reload.
+    role: Literal["user", "admin"] = "user"
+    # Models this key may use (empty: any); `auto` only chooses among them.
+    models: tuple[str, ...] = ()
+    # Requests per minute (0: unlimited) and inference requests at once (0: unlimited).
+    requests_per_minute: int = 0
+    max_streams: int = 0
+
+    @property
+    def id(self) -> str:
+        return self.name or self.sha256[:12]
+
+
+@dataclass(frozen=True)
+class Auth:
+    # No keys: anyone who reaches the proxy may use it (as with Ollama itself).
+    keys: tuple[ApiKey, ...] = ()
+    # Serve GET /metrics without a key even when keys are configured.
+    metrics_open: bool = False
+
+
+@dataclass(frozen=True)
 class Config:
     listen: Listen = field(default_factory=Listen)
     backends: tuple[Backend, ...] = (Backend(url="http://127.0.0.1:11434"),)
@@ -209,10 +246,19 @@ class Config:
     logging: Logging = field(default_factory=Logging)
     usage: Usage = field(default_factory=Usage)
     selector: Selector = field(default_factory=Selector)
+    auth: Auth = field(default_factory=Auth)
 
     def check(self) -> Config:
         if not self.backends:
             raise ConfigError("backends: at least one backend is required")
+        seen: set[str] = set()
+        for key in self.auth.keys:
+            digest = key.sha256.lower()
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise ConfigError(f"auth.keys: {key.id!r}: sha256 must be 64 hex digits")
+            if key.id in seen:
+                raise ConfigError(f"auth.keys: the name {key.id!r} is used twice")
+            seen.add(key.id)
         for backend in self.backends:
             parts = urlsplit(backend.url)
             if parts.scheme != "http" or not parts.hostname:

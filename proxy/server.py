@@ -19,12 +19,15 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from proxy import limits as request_limits
+from proxy.auth import KEY_REQUEST, Access
 from proxy.auto import AutoError, AutoRouter, profile_of, user_key
 from proxy.auto_routes import AutoRoutes
 from proxy.backends import BackendPool, BackendState, NoBackend
 from proxy.config import Config
 from proxy.errors import error_response
 from proxy.logs import AccessLog
+from proxy.metrics import METRICS_PATH, Metrics
 from proxy.protocol import JSON, JSON_V1, MODEL_ADMIN_PATHS, MODEL_ROUTED_PATHS, REQUEST_ID_HEADER
 from proxy.registry import Registry
 from proxy.relay import Outcome, Relay
@@ -82,6 +85,12 @@ class Proxy:
         usage_routes = UsageRoutes(self.usage)
         self.own_routes[("POST", OWN_PREFIX + "feedback")] = usage_routes.feedback
         self.own_routes[("GET", OWN_PREFIX + "stats")] = usage_routes.stats
+        self.auth = Access(config.auth)
+        self.metrics = Metrics(
+            lambda name: any(s.models and name in s.models for s in self.backends.states),
+            lambda: self.backends.states,
+            self.usage,
+        )
 
     def _new_request_id(self) -> str:
         return f"{self._id_prefix}{next(self._id_counter):010x}"
@@ -132,8 +141,12 @@ class Proxy:
         outcome = Outcome(request_id)
         started = time.perf_counter()
         response: web.StreamResponse | None = None
+        self.metrics.in_flight += 1
+        refused = None
         try:
-            response = await self._dispatch(request, outcome)
+            response = refused = self._admit(request, started)
+            if response is None:
+                response = await self._dispatch(request, outcome)
         except NoBackend as exc:
             response = error_response(request.path, 503, str(exc))
         except web.HTTPRequestEntityTooLarge:
@@ -150,6 +163,10 @@ class Proxy:
                 for name, value in outcome.extra.items():
                     response.headers[name] = value
                 outcome.status = response.status
+            key = request.get(KEY_REQUEST)
+            self.auth.release(request, key)
+            self.metrics.in_flight -= 1
+            self.metrics.observe(request.path, outcome, started, time.perf_counter())
             if outcome.stats and outcome.backend:
                 served = outcome.decision["chosen"] if outcome.decision else outcome.model
                 if served:
@@ -162,6 +179,7 @@ class Proxy:
                     "model": outcome.model,
                     "status": outcome.status,
                     "backend": outcome.backend,
+                    "key": key.id if key else None,
                     "attempts": outcome.attempts,
                     "bytes": outcome.body_bytes,
                     "ms": round((time.perf_counter() - started) * 1000, 3),
@@ -174,14 +192,30 @@ class Proxy:
                     **outcome.stats,
                 }
             )
-            self.usage.record(request, outcome, started)
+            if refused is None:  # a refused request ran no model: no usage event
+                self.usage.record(request, outcome, started, key.id if key else None)
         return response
+
+    def _admit(self, request: web.Request, now: float) -> web.StreamResponse | None:
+        """Header size, then the API key (when keys are configured): None lets it in."""
+        refused = request_limits.check_headers(request, self.config.limits)
+        if refused is None and self.auth.enabled:
+            _, refused, reason = self.auth.admit(request, now)
+            if refused is not None:
+                self.metrics.deny(reason)
+        return refused
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body, content_type = self.metrics.render()
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def _dispatch(self, request: web.Request, outcome: Outcome) -> web.StreamResponse:
         path = request.path
         method = request.method
         if method == "POST" and path in MODEL_ROUTED_PATHS:
             return await self._model_routed(request, outcome)
+        if path == METRICS_PATH and method in ("GET", "HEAD"):
+            return await self._metrics(request)
         if path.startswith(OWN_PREFIX):
             handler = self.own_routes.get((method, path)) or self.own_routes.get(
                 (method, path.rsplit("/", 1)[0] + "/*")
@@ -218,12 +252,19 @@ class Proxy:
             doc = orjson.loads(body)
         except orjson.JSONDecodeError:
             doc = None  # the backend answers malformed JSON with its own error
+        if isinstance(doc, dict):
+            refused = request_limits.check_body(request.path, doc, self.config.limits)
+            if refused is not None:
+                return refused
         model = doc.get("model") if isinstance(doc, dict) else None
         if not isinstance(model, str) or not model:
             return await self.relay.forward(request, outcome, body, None)
         outcome.model = model
         profile = profile_of(model, self.config.selector.default_profile)
+        key = request.get(KEY_REQUEST)
         if profile is None:
+            if key is not None and not key.allows_model(model):
+                return self._model_denied(request.path, model)
             return await self.relay.forward(request, outcome, body, model)
         assert isinstance(doc, dict)
         path = request.path
@@ -237,13 +278,20 @@ class Proxy:
                     400,
                     "auto needs selector.embedding_model in the configuration for embeddings",
                 )
+            if key is not None and not key.allows_model(chosen):
+                return self._model_denied(path, chosen)
             outcome.extra[AUTOROUTE_HEADERS[0]] = chosen
             outcome.extra[AUTOROUTE_HEADERS[2]] = "pinned"
         else:
+            deciding = time.perf_counter()
             try:
-                choice = self.auto.decide(path, doc, profile, user_key(request))
+                choice = self.auto.decide(
+                    path, doc, profile, user_key(request), key.models if key else None
+                )
             except AutoError as exc:
                 return error_response(path, 400, str(exc))
+            finally:
+                self.metrics.decision.observe(time.perf_counter() - deciding)
             decision = choice.decision
             chosen = decision.chosen
             outcome.decision = decision.record()
@@ -259,6 +307,10 @@ class Proxy:
             )
         doc["model"] = chosen
         return await self.relay.forward(request, outcome, orjson.dumps(doc), chosen)
+
+    @staticmethod
+    def _model_denied(path: str, model: str) -> web.Response:
+        return error_response(path, 403, f"model '{model}' is not allowed for this API key")
 
     def _auto_entries(self, path: str) -> list[dict[str, Any]]:
         if not self.config.selector.list_in_tags:

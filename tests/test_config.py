@@ -32,6 +32,7 @@ def test_shipped_config_yaml_equals_builtin_defaults(tmp_path: Path) -> None:
     )
     assert (shipped.routing, shipped.logging) == (builtin.routing, builtin.logging)
     assert shipped.usage == builtin.usage
+    assert shipped.auth == builtin.auth
 
 
 def test_environment_overrides_file(tmp_path: Path) -> None:

@@ -55,6 +55,8 @@ class Captured:
     # The raw credential, held in memory only until `complete` hashes it: it is never
     # written anywhere (an overflow completes the event before it spills).
     credential: str | None
+    # The configured API key's id when access control is on (then `credential` is None).
+    key_id: str | None = None
 
 
 def rfc3339(epoch: float) -> str:
@@ -124,7 +126,7 @@ def complete(c: Captured, log_prompts: bool) -> dict[str, Any]:
         "client": {
             "user_agent": c.user_agent,
             "user": c.user,
-            "api_key_id": api_key_id(c.credential),
+            "api_key_id": c.key_id or api_key_id(c.credential),
         },
         "requested_model": o.model,
         "served_model": served,

@@ -77,8 +77,11 @@ class UsagePipeline:
         except Exception as exc:
             log.warning("usage: PostgreSQL not reachable at start: %s", exc)
 
-    def record(self, request: web.Request, outcome: Outcome, started: float) -> None:
-        """Called from the handler's `finally:`; must never block or raise."""
+    def record(
+        self, request: web.Request, outcome: Outcome, started: float, key_id: str | None = None
+    ) -> None:
+        """Called from the handler's `finally:`; must never block or raise. `key_id`: the
+        configured API key's id when access control identified one."""
         if request.path not in ev.USAGE_PATHS or self._wake is None:
             return
         headers = request.headers
@@ -91,7 +94,8 @@ class UsagePipeline:
             time.time(),
             headers.get("User-Agent"),
             headers.get(USER_HEADER),
-            headers.get("Authorization") or headers.get("X-Api-Key"),
+            None if key_id else headers.get("Authorization") or headers.get("X-Api-Key"),
+            key_id,
         )
         self._put(captured)
 

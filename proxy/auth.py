@@ -1,0 +1,166 @@
+"""Access control: API keys (stored as SHA-256 hashes), roles, per-key model allow-lists,
+requests per minute and concurrent inference requests. Off when no key is configured.
+
+Everything here runs on the request path and is in memory: one SHA-256 of the
+presented key, dict lookups, a token bucket. A refusal is in Ollama's error shape
+(`{"error": "..."}`, the OpenAI shape on `/v1/...`); 429 carries `Retry-After`.
+The presented key is never stored or logged; only the configured key's id is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import secrets
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from proxy.backends import normalize_model
+from proxy.config import ApiKey, Auth
+from proxy.errors import error_response
+from proxy.protocol import MODEL_ADMIN_PATHS
+
+UNAUTHORIZED = "unauthorized"
+# Liveness probes (container health checks, `ollama` clients checking the server).
+PUBLIC_PATHS = frozenset({"/", "/api/version", "/api/autoroute/health"})
+ADMIN_WRITES = frozenset({("POST", "/api/autoroute/reload")})
+# Requests that run a model: what `max_streams` counts.
+STREAM_PATHS = frozenset(
+    {
+        "/api/generate",
+        "/api/chat",
+        "/api/embed",
+        "/api/embeddings",
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/responses",
+        "/v1/messages",
+    }
+)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key() -> tuple[str, str]:
+    """A new random API key and the SHA-256 to put in `auth.keys`."""
+    key = "ar-" + secrets.token_urlsafe(32)
+    return key, hash_key(key)
+
+
+@dataclass(slots=True)
+class KeyState:
+    """A configured key and its live counters."""
+
+    id: str
+    admin: bool
+    models: frozenset[str] | None  # normalised names; None: any
+    rate: float  # tokens per second (0: unlimited)
+    capacity: float
+    tokens: float
+    stamp: float
+    max_streams: int
+    streams: int = 0
+
+    @classmethod
+    def of(cls, key: ApiKey) -> KeyState:
+        rpm = max(key.requests_per_minute, 0)
+        return cls(
+            id=key.id,
+            admin=key.role == "admin",
+            models=frozenset(normalize_model(m) for m in key.models) if key.models else None,
+            rate=rpm / 60.0,
+            capacity=float(rpm),
+            tokens=float(rpm),
+            stamp=-math.inf,
+            max_streams=max(key.max_streams, 0),
+        )
+
+    def allows_model(self, model: str) -> bool:
+        return self.models is None or normalize_model(model) in self.models
+
+    def take(self, now: float) -> int:
+        """Spend one request from the bucket: 0, or the seconds until one is available."""
+        if self.rate <= 0:
+            return 0
+        tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if tokens < 1.0:
+            self.tokens = tokens
+            return max(1, math.ceil((1.0 - tokens) / self.rate))
+        self.tokens = tokens - 1.0
+        return 0
+
+
+KEY_REQUEST = web.RequestKey("autoroute_key", KeyState)
+STREAM_SLOT = web.RequestKey("autoroute_stream_slot", bool)
+
+
+def _denied(path: str, status: int, message: str, retry_after: int = 0) -> web.Response:
+    response = error_response(path, status, message)
+    if status == 401:
+        response.headers["WWW-Authenticate"] = "Bearer"
+    if retry_after:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
+class Access:
+    def __init__(self, settings: Auth) -> None:
+        self.enabled = bool(settings.keys)
+        self.keys = {k.sha256.lower(): KeyState.of(k) for k in settings.keys}
+        self.public = PUBLIC_PATHS | ({"/metrics"} if settings.metrics_open else set())
+
+    def identify(self, request: web.Request) -> KeyState | None:
+        header = request.headers.get("Authorization")
+        if header is not None:
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer":
+                return None
+        else:
+            token = request.headers.get("X-Api-Key", "")  # Anthropic-style clients
+        token = token.strip()
+        if not token:
+            return None
+        return self.keys.get(hashlib.sha256(token.encode()).hexdigest())
+
+    def admit(
+        self, request: web.Request, now: float
+    ) -> tuple[KeyState | None, web.Response | None, str]:
+        """(the key, None, "") to go on, or (key, the refusal, the reason for metrics).
+        A stream slot taken here is given back by `release`."""
+        path = request.path
+        key = self.identify(request)
+        if key is None:
+            if path in self.public:
+                return None, None, ""
+            return None, _denied(path, 401, UNAUTHORIZED), "unauthorized"
+        request[KEY_REQUEST] = key
+        if not key.admin and (
+            path in MODEL_ADMIN_PATHS
+            or path.startswith("/api/blobs/")
+            or (request.method, path) in ADMIN_WRITES
+        ):
+            return key, _denied(path, 403, f"forbidden: {path} needs an admin key"), "forbidden"
+        wait = key.take(now)
+        if wait:
+            return (
+                key,
+                _denied(path, 429, "rate limit exceeded: too many requests per minute", wait),
+                "rate_limited",
+            )
+        if key.max_streams and path in STREAM_PATHS:
+            if key.streams >= key.max_streams:
+                message = f"too many concurrent requests (limit {key.max_streams})"
+                return key, _denied(path, 429, message, 1), "streams"
+            key.streams += 1
+            request[STREAM_SLOT] = True
+        return key, None, ""
+
+    @staticmethod
+    def release(request: web.Request, key: KeyState | None) -> None:
+        if key is not None and request.get(STREAM_SLOT):
+            key.streams -= 1

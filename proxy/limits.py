@@ -1,0 +1,76 @@
+"""Request limits beyond the body size: header bytes, number of messages, prompt length.
+
+Each refusal is a 4xx in Ollama's shape (`{"error": "..."}`, OpenAI's on `/v1/...`)
+that names the limit. The checks read what the handler already has (raw headers, the
+parsed body): no extra parsing, no I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from proxy.config import Limits
+from proxy.errors import error_response
+
+# Fields whose text is prompt: Ollama's, OpenAI's (chat, completions, responses) and
+# Anthropic's. Images (base64) are not text and are not counted.
+PROMPT_FIELDS = ("system", "prompt", "suffix", "instructions", "input", "messages")
+
+
+def header_bytes(request: web.Request) -> int:
+    """The size of the header lines as sent (`name: value\\r\\n`)."""
+    return sum(len(name) + len(value) + 4 for name, value in request.raw_headers)
+
+
+def check_headers(request: web.Request, limits: Limits) -> web.Response | None:
+    limit = limits.max_header_bytes
+    if limit and header_bytes(request) > limit:
+        return error_response(request.path, 431, f"request headers too large (limit {limit} bytes)")
+    return None
+
+
+def _chars(value: Any, budget: int) -> int:
+    """Characters of text in a prompt value, counted until `budget` is exceeded."""
+    if isinstance(value, str):
+        return len(value)
+    total = 0
+    if isinstance(value, list):
+        for item in value:
+            total += _chars(item, budget - total)
+            if total > budget:
+                break
+    elif isinstance(value, dict):
+        content = value.get("content")
+        if isinstance(content, str | list):
+            total = _chars(content, budget)
+        elif isinstance(value.get("text"), str):
+            total = len(value["text"])
+    return total
+
+
+def prompt_chars(doc: dict[str, Any], budget: int) -> int:
+    total = 0
+    for name in PROMPT_FIELDS:
+        value = doc.get(name)
+        if value is not None:
+            total += _chars(value, budget - total)
+            if total > budget:
+                break
+    return total
+
+
+def check_body(path: str, doc: dict[str, Any], limits: Limits) -> web.Response | None:
+    """The number of messages and the prompt's length of a parsed inference body."""
+    messages = doc.get("messages")
+    if limits.max_messages and isinstance(messages, list) and len(messages) > limits.max_messages:
+        return error_response(
+            path,
+            400,
+            f"too many messages: {len(messages)} (limit {limits.max_messages})",
+        )
+    limit = limits.max_prompt_chars
+    if limit and prompt_chars(doc, limit) > limit:
+        return error_response(path, 413, f"prompt too long (limit {limit} characters)")
+    return None

@@ -1,0 +1,254 @@
+"""`GET /metrics` in Prometheus' text format (prometheus-client), one registry per proxy.
+
+On the request path only in-memory counters and histograms move (a dict lookup for
+the labelled child, then `inc`/`observe`): no I/O, no await. Backend health, circuit
+state, requests in flight and the usage sinks' counters are read when Prometheus
+scrapes, by a collector, so they cost nothing between scrapes.
+
+Label values are bounded: routes outside the known Ollama/OpenAI/own paths count as
+`other`, and a model label is only a model some backend lists (or an `auto` name);
+anything else a client sends counts as `other`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from proxy.backends import normalize_model
+from proxy.protocol import MODEL_ADMIN_PATHS, MODEL_ROUTED_PATHS
+
+if TYPE_CHECKING:
+    from proxy.backends import BackendState
+    from proxy.relay import Outcome
+    from proxy.usage import UsagePipeline
+
+METRICS_PATH = "/metrics"
+CIRCUIT_STATES = ("closed", "half_open", "open")
+# Routes counted under their own name; the rest under a family or `other`.
+KNOWN_ROUTES = frozenset(
+    MODEL_ROUTED_PATHS
+    | MODEL_ADMIN_PATHS
+    | {"/", "/api/version", "/api/tags", "/api/ps", "/v1/models", METRICS_PATH}
+)
+OWN_ROUTES = frozenset(
+    "/api/autoroute/" + name
+    for name in ("health", "explain", "status", "reload", "feedback", "stats")
+)
+# Seconds: a first chunk arrives within milliseconds (loaded model) or minutes (a model
+# loading); a whole answer can take minutes.
+STREAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+DECISION_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+_MAX_MODEL_LABELS = 4096
+
+
+def route_of(path: str) -> str:
+    """The route label of a path: bounded whatever the client sends."""
+    if path in KNOWN_ROUTES or path in OWN_ROUTES:
+        return path
+    if path.startswith("/api/blobs/"):
+        return "/api/blobs/{digest}"
+    if path.startswith("/api/autoroute/experiments/"):
+        return "/api/autoroute/experiments/{name}"
+    if path.startswith("/v1/models/"):
+        return "/v1/models/{model}"
+    return "other"
+
+
+class Metrics:
+    def __init__(
+        self,
+        is_known_model: Callable[[str], bool],
+        backends: Callable[[], Sequence[BackendState]],
+        usage: UsagePipeline,
+    ) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._is_known_model = is_known_model
+        self.in_flight = 0
+        r = self.registry
+        self.requests = Counter(
+            "autoroute_requests",
+            "Requests answered, by route, HTTP status and served model",
+            ("route", "status", "model"),
+            registry=r,
+        )
+        self.ttfc = Histogram(
+            "autoroute_time_to_first_chunk_seconds",
+            "From the request's arrival to its first body byte sent to the client",
+            ("route",),
+            buckets=STREAM_BUCKETS,
+            registry=r,
+        )
+        self.total = Histogram(
+            "autoroute_request_duration_seconds",
+            "From the request's arrival to the end of its answer",
+            ("route",),
+            buckets=STREAM_BUCKETS,
+            registry=r,
+        )
+        self.decision = Histogram(
+            "autoroute_decision_seconds",
+            "Time to choose a model for `model: auto` (filters, scoring, policy)",
+            buckets=DECISION_BUCKETS,
+            registry=r,
+        )
+        self.selections = Counter(
+            "autoroute_selections",
+            "Models chosen by `model: auto`, by model and reason",
+            ("model", "reason"),
+            registry=r,
+        )
+        self.denied = Counter(
+            "autoroute_auth_denied",
+            "Requests refused by access control, by reason",
+            ("reason",),
+            registry=r,
+        )
+        r.register(_StateCollector(self, backends, usage))
+        self._request_children: dict[tuple[str, int, str], Any] = {}
+        self._route_children: dict[str, tuple[Any, Any]] = {}
+        self._selection_children: dict[tuple[str, str], Any] = {}
+        self._denied_children: dict[str, Any] = {}
+        self._model_labels: dict[str, str] = {}
+
+    def model_label(self, name: str | None) -> str:
+        if not name:
+            return ""
+        label = self._model_labels.get(name)
+        if label is not None:
+            return label
+        normal = normalize_model(name)
+        if normal.startswith("auto:") or self._is_known_model(normal):
+            label = name
+            if len(self._model_labels) < _MAX_MODEL_LABELS:
+                self._model_labels[name] = label
+            return label
+        return "other"  # not cached: the model may appear on a backend later
+
+    def observe(self, path: str, outcome: Outcome, started: float, ended: float) -> None:
+        """Called once per request from the handler's `finally:`."""
+        route = route_of(path)
+        status = outcome.status or (499 if outcome.cancelled else 500)
+        decision = outcome.decision
+        served = decision["chosen"] if decision else outcome.model
+        key = (route, status, served or "")
+        child = self._request_children.get(key)
+        if child is None:
+            child = self.requests.labels(route, str(status), self.model_label(served))
+            if len(self._request_children) < _MAX_MODEL_LABELS * 4:
+                self._request_children[key] = child
+        child.inc()
+        pair = self._route_children.get(route)
+        if pair is None:
+            pair = self._route_children[route] = (
+                self.ttfc.labels(route),
+                self.total.labels(route),
+            )
+        if outcome.first_byte_at:
+            pair[0].observe(outcome.first_byte_at - started)
+        pair[1].observe(ended - started)
+        if decision:
+            sel_key = (decision["chosen"], decision["reason"])
+            sel = self._selection_children.get(sel_key)
+            if sel is None:
+                sel = self._selection_children[sel_key] = self.selections.labels(*sel_key)
+            sel.inc()
+
+    def deny(self, reason: str) -> None:
+        child = self._denied_children.get(reason)
+        if child is None:
+            child = self._denied_children[reason] = self.denied.labels(reason)
+        child.inc()
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _StateCollector(Collector):
+    """What is read at scrape time: backends, requests in flight, usage sinks."""
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        backends: Callable[[], Sequence[BackendState]],
+        usage: UsagePipeline,
+    ) -> None:
+        self.metrics = metrics
+        self.backends = backends
+        self.usage = usage
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # collected on demand only: the families depend on the sinks
+
+    def collect(self) -> Iterable[Metric]:
+        in_flight = GaugeMetricFamily(
+            "autoroute_requests_in_flight", "Requests the proxy is handling now"
+        )
+        in_flight.add_metric([], self.metrics.in_flight)
+        yield in_flight
+        healthy = GaugeMetricFamily(
+            "autoroute_backend_healthy",
+            "1 when the backend's circuit lets requests in and its last check succeeded",
+            labels=["backend"],
+        )
+        busy = GaugeMetricFamily(
+            "autoroute_backend_in_flight", "Requests in flight on the backend", labels=["backend"]
+        )
+        circuit = GaugeMetricFamily(
+            "autoroute_backend_circuit_state",
+            "1 for the circuit breaker's current state (closed, half_open, open)",
+            labels=["backend", "state"],
+        )
+        failures = GaugeMetricFamily(
+            "autoroute_backend_consecutive_failures",
+            "Consecutive failures counted by the circuit breaker",
+            labels=["backend"],
+        )
+        for state in self.backends():
+            now = state.pool.loop.time()
+            current = state.breaker.state(now)
+            label = state.label
+            healthy.add_metric([label], float(current != "open" and not state.last_error))
+            busy.add_metric([label], state.in_flight)
+            for name in CIRCUIT_STATES:
+                circuit.add_metric([label, name], float(current == name))
+            failures.add_metric([label], state.breaker.failures)
+        yield from (healthy, busy, circuit, failures)
+
+        counters = self.usage.counters()
+        queue = GaugeMetricFamily(
+            "autoroute_usage_queue_length", "Usage events waiting for the background writer"
+        )
+        queue.add_metric([], counters["queue"])
+        overflowed = CounterMetricFamily(
+            "autoroute_usage_overflowed",
+            "Usage events spilled straight to disk because the queue was full",
+        )
+        overflowed.add_metric([], counters["overflowed"])
+        events = CounterMetricFamily(
+            "autoroute_usage_events",
+            "Usage records per sink: queued, written, spilled, replayed, dropped",
+            labels=["sink", "outcome"],
+        )
+        sink_failures = CounterMetricFamily(
+            "autoroute_usage_sink_failures", "Failed sink writes", labels=["sink"]
+        )
+        pending = GaugeMetricFamily(
+            "autoroute_usage_spool_pending", "Records waiting in the sink's spool", labels=["sink"]
+        )
+        for sink, snap in counters["sinks"].items():
+            for outcome in ("queued", "written", "spilled", "replayed", "dropped"):
+                events.add_metric([sink, outcome], snap[outcome])
+            sink_failures.add_metric([sink], snap["failures"])
+            pending.add_metric([sink], snap["spool_pending"])
+        yield from (queue, overflowed, events, sink_failures, pending)

@@ -1,0 +1,309 @@
+"""Access control: API keys as SHA-256 hashes, roles, per-key model allow-lists (also
+for `model: auto`), requests per minute and concurrent streams, and keys and prompts
+kept out of the logs."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+from multidict import CIMultiDict
+
+from proxy.auth import hash_key, new_key
+from proxy.config import ApiKey, Auth, ConfigError, Usage
+from proxy.config import load as load_config
+from proxy.server import PROXY_KEY
+from tests.support import Emulator, Proxy, ServerThread
+from tests.test_usage_services import read_bytes, wait_for
+
+ADMIN, USER, LIMITED, SINGLE = "k-admin-1", "k-user-1", "k-limited-1", "k-single-1"
+ALLOWED = ("llama3.1:8b", "qwen2.5:7b")
+SECRET_PROMPT = "the secret prompt 7f3a9"
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+def guarded(servers: ServerThread, own_emulator: Emulator, tmp_path: Path) -> Iterator[Proxy]:
+    auth = Auth(
+        keys=(
+            ApiKey(sha256=hash_key(ADMIN), name="ops", role="admin"),
+            ApiKey(sha256=hash_key(USER), name="dev", models=ALLOWED),
+            ApiKey(sha256=hash_key(LIMITED), name="slow", requests_per_minute=2),
+            ApiKey(sha256=hash_key(SINGLE), name="one", max_streams=1),
+        )
+    )
+    usage = Usage(
+        file_path=str(tmp_path / "events.jsonl"),
+        spool_dir=str(tmp_path / "spool"),
+        flush_interval_seconds=0.02,
+    )
+    prx = Proxy(servers, [own_emulator.url], auth=auth, usage=usage)
+    yield prx
+    prx.stop()
+
+
+async def call(
+    url: str,
+    method: str,
+    path: str,
+    key: str | None = None,
+    body: object = None,
+) -> tuple[int, CIMultiDict[str], bytes]:
+    headers = bearer(key) if key else {}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.request(
+            method, url + path, headers=headers, data=None if body is None else orjson.dumps(body)
+        ) as resp,
+    ):
+        return resp.status, CIMultiDict(resp.headers), await resp.read()
+
+
+CHAT = {"model": "llama3.1:8b", "messages": [{"role": "user", "content": "hi"}], "stream": False}
+
+
+async def test_without_keys_everything_is_open(proxy: Proxy) -> None:
+    status, _, _ = await call(proxy.url, "POST", "/api/chat", None, CHAT)
+    assert status == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/api/chat", CHAT),
+        ("GET", "/api/tags", None),
+        ("POST", "/api/pull", {"model": "llama3.1:8b"}),
+        ("GET", "/metrics", None),
+        ("GET", "/api/autoroute/status", None),
+    ],
+)
+@pytest.mark.parametrize("key", [None, "wrong-key"])
+async def test_missing_or_unknown_key_is_401_in_ollamas_shape(
+    guarded: Proxy, method: str, path: str, body: object, key: str | None
+) -> None:
+    status, headers, answer = await call(guarded.url, method, path, key, body)
+    assert status == 401
+    assert orjson.loads(answer) == {"error": "unauthorized"}
+    assert headers["WWW-Authenticate"] == "Bearer"
+
+
+async def test_openai_routes_answer_401_in_openais_shape(guarded: Proxy) -> None:
+    status, _, answer = await call(guarded.url, "POST", "/v1/chat/completions", "nope", CHAT)
+    assert status == 401
+    assert orjson.loads(answer)["error"]["message"] == "unauthorized"
+
+
+async def test_other_schemes_are_not_keys(guarded: Proxy) -> None:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(guarded.url + "/api/tags", headers={"Authorization": f"Basic {USER}"}) as resp,
+    ):
+        assert resp.status == 401
+    # X-Api-Key (Anthropic-style clients) is accepted.
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(guarded.url + "/api/tags", headers={"X-Api-Key": USER}) as resp,
+    ):
+        assert resp.status == 200
+
+
+@pytest.mark.parametrize("path", ["/", "/api/version", "/api/autoroute/health"])
+async def test_liveness_paths_stay_open(guarded: Proxy, path: str) -> None:
+    status, _, _ = await call(guarded.url, "GET", path)
+    assert status == 200
+
+
+ADMIN_ONLY = [
+    ("POST", "/api/pull", {"model": "llama3.1:8b", "stream": False}),
+    ("POST", "/api/copy", {"source": "llama3.1:8b", "destination": "mine:1"}),
+    ("DELETE", "/api/delete", {"model": "mine:1"}),
+    ("POST", "/api/create", {"model": "made:1", "from": "llama3.1:8b", "stream": False}),
+    ("POST", "/api/push", {"model": "llama3.1:8b", "stream": False}),
+    ("HEAD", "/api/blobs/sha256:" + "0" * 64, None),
+    ("POST", "/api/blobs/sha256:" + "0" * 64, None),
+    ("POST", "/api/autoroute/reload", None),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), ADMIN_ONLY)
+async def test_admin_paths_are_403_for_a_user_key(
+    guarded: Proxy, method: str, path: str, body: object
+) -> None:
+    status, _, answer = await call(guarded.url, method, path, USER, body)
+    assert status == 403
+    if method != "HEAD":
+        assert "admin" in orjson.loads(answer)["error"]
+
+
+async def test_admin_key_may_change_the_model_store_and_reload(
+    guarded: Proxy, own_emulator: Emulator
+) -> None:
+    url = guarded.url
+    copy = {"source": "llama3.1:8b", "destination": "mine:1"}
+    assert (await call(url, "POST", "/api/copy", ADMIN, copy))[0] == 200
+    assert (await call(url, "DELETE", "/api/delete", ADMIN, {"model": "mine:1"}))[0] == 200
+    pull = {"model": "llama3.1:8b", "stream": False}
+    assert (await call(url, "POST", "/api/pull", ADMIN, pull))[0] == 200
+    # The reload endpoint answers (200, or 409 when the artifact on disk is unusable).
+    status, _, answer = await call(url, "POST", "/api/autoroute/reload", ADMIN)
+    assert status in (200, 409) and orjson.loads(answer)
+    # Admins are users too.
+    assert (await call(url, "POST", "/api/chat", ADMIN, CHAT))[0] == 200
+
+
+async def test_user_key_may_infer_list_explain_and_give_feedback(guarded: Proxy) -> None:
+    url = guarded.url
+    status, headers, _ = await call(url, "POST", "/api/chat", USER, CHAT)
+    assert status == 200
+    assert (await call(url, "GET", "/api/tags", USER))[0] == 200
+    assert (await call(url, "GET", "/api/autoroute/status", USER))[0] == 200
+    assert (await call(url, "POST", "/api/autoroute/explain", USER, {"prompt": "x"}))[0] == 200
+    feedback = {"request_id": headers["X-Request-Id"], "rating": 1}
+    assert (await call(url, "POST", "/api/autoroute/feedback", USER, feedback))[0] == 202
+    assert (await call(url, "GET", "/metrics", USER))[0] == 200
+
+
+async def test_model_outside_the_keys_allow_list_is_403(guarded: Proxy) -> None:
+    body = {**CHAT, "model": "mistral:7b"}
+    status, _, answer = await call(guarded.url, "POST", "/api/chat", USER, body)
+    assert status == 403
+    assert orjson.loads(answer) == {"error": "model 'mistral:7b' is not allowed for this API key"}
+    # The same model with a key without a list is served.
+    assert (await call(guarded.url, "POST", "/api/chat", ADMIN, body))[0] == 200
+
+
+async def test_auto_only_chooses_among_the_keys_models(guarded: Proxy) -> None:
+    prompts = ["hi", "write a quicksort in rust", "prove that sqrt 2 is irrational " * 50]
+    for prompt in prompts:
+        body = {"model": "auto", "prompt": prompt, "stream": False}
+        status, headers, answer = await call(guarded.url, "POST", "/api/generate", USER, body)
+        assert status == 200, answer
+        assert headers["X-Autoroute-Model"] in ALLOWED
+        assert orjson.loads(answer)["model"] in ALLOWED
+    # With nothing allowed that can serve the request, the reason says why.
+    images = {"model": "auto", "prompt": "what is this", "images": ["aGVsbG8="], "stream": False}
+    status, _, answer = await call(guarded.url, "POST", "/api/generate", USER, images)
+    assert status == 400
+    message = orjson.loads(answer)["error"]
+    assert "not allowed for this API key" in message
+
+
+def test_auto_filter_records_the_key_as_the_reason(guarded: Proxy) -> None:
+    proxy = guarded.app[PROXY_KEY]
+    allowed = frozenset(ALLOWED)
+
+    async def decide() -> dict[str, str]:
+        choice = proxy.auto.decide("/api/generate", {"prompt": "hi"}, "balanced", "", allowed)
+        return choice.decision.filtered
+
+    filtered = guarded.thread.call(decide)
+    assert filtered  # the emulator has more models than the two allowed
+    assert set(filtered.values()) == {"not allowed for this API key"}
+    assert not set(filtered) & allowed
+
+
+async def test_requests_per_minute_answer_429_with_retry_after(guarded: Proxy) -> None:
+    url = guarded.url
+    assert (await call(url, "GET", "/api/tags", LIMITED))[0] == 200
+    assert (await call(url, "GET", "/api/tags", LIMITED))[0] == 200
+    status, headers, answer = await call(url, "GET", "/api/tags", LIMITED)
+    assert status == 429
+    assert 1 <= int(headers["Retry-After"]) <= 30
+    assert "rate limit" in orjson.loads(answer)["error"]
+    # Other keys have their own budget.
+    assert (await call(url, "GET", "/api/tags", USER))[0] == 200
+
+
+async def test_concurrent_streams_beyond_the_limit_answer_429(guarded: Proxy) -> None:
+    body = {"model": "llama3.1:8b", "prompt": "long", "options": {"num_predict": 400}}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            guarded.url + "/api/generate", json=body, headers=bearer(SINGLE)
+        ) as first:
+            assert first.status == 200
+            await first.content.readline()  # the stream is running
+            status, headers, answer = await call(guarded.url, "POST", "/api/generate", SINGLE, body)
+            assert status == 429 and headers["Retry-After"] == "1"
+            assert "concurrent" in orjson.loads(answer)["error"]
+            # Non-inference requests are not streams.
+            assert (await call(guarded.url, "GET", "/api/tags", SINGLE))[0] == 200
+            await first.read()
+        # The slot is given back when the stream ends.
+        short = {**body, "options": {"num_predict": 2}, "stream": False}
+        assert (await call(guarded.url, "POST", "/api/generate", SINGLE, short))[0] == 200
+
+
+async def test_usage_events_carry_the_keys_name_and_logs_carry_no_key_or_prompt(
+    guarded: Proxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    access = guarded.app[PROXY_KEY].access
+    access.enabled, access.stream = True, io.StringIO()
+    body = {"model": "llama3.1:8b", "prompt": SECRET_PROMPT, "stream": False}
+    status, headers, _ = await call(guarded.url, "POST", "/api/generate", USER, body)
+    assert status == 200
+    assert (await call(guarded.url, "POST", "/api/generate", "bad-" + USER, body))[0] == 401
+    path = guarded.config.usage.file_path
+
+    async def written() -> bool:
+        return bool(await read_bytes(path))
+
+    await wait_for(written, what="the usage event")
+    (event,) = [orjson.loads(line) for line in (await read_bytes(path)).splitlines()]
+    assert event["request_id"] == headers["X-Request-Id"]
+    assert event["client"]["api_key_id"] == "dev"
+    await asyncio.to_thread(guarded.stop)
+    logged = access.stream.getvalue() + caplog.text
+    assert '"key":"dev"' in logged  # the access log names the key by its id
+    assert USER not in logged and SECRET_PROMPT not in logged
+
+
+def test_keys_in_config_are_hashes(tmp_path: Path) -> None:
+    key, digest = new_key()
+    assert digest == hash_key(key) and len(digest) == 64
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        f"auth:\n  keys:\n    - {{sha256: {digest}, name: ci, role: admin, models: [a:1]}}\n"
+    )
+    cfg = load_config(path, environ={})
+    (entry,) = cfg.auth.keys
+    assert (entry.id, entry.role, entry.models) == ("ci", "admin", ("a:1",))
+    path.write_text("auth:\n  keys:\n    - {sha256: not-a-hash}\n")
+    with pytest.raises(ConfigError, match="64 hex"):
+        load_config(path, environ={})
+    path.write_text(f"auth:\n  keys:\n    - {{sha256: {digest}, role: root}}\n")
+    with pytest.raises(ConfigError, match="not one of"):
+        load_config(path, environ={})
+
+
+def test_listening_beyond_loopback_without_keys_warns(caplog: pytest.LogCaptureFixture) -> None:
+    from proxy.cli import _warn_if_exposed
+    from proxy.config import Config, Listen
+
+    caplog.set_level(logging.WARNING, logger="autoroute")
+    _warn_if_exposed(Config(listen=Listen(host="0.0.0.0")))
+    assert "without API keys" in caplog.text
+    caplog.clear()
+    keyed = Auth(keys=(ApiKey(sha256=hash_key(USER)),))
+    _warn_if_exposed(Config(listen=Listen(host="0.0.0.0"), auth=keyed))
+    _warn_if_exposed(Config(listen=Listen(host="127.0.0.1")))
+    assert caplog.text == ""
+
+
+async def test_the_proxys_key_is_not_forwarded_to_backends(
+    guarded: Proxy, own_emulator: Emulator
+) -> None:
+    status, _, _ = await call(guarded.url, "POST", "/api/chat", USER, CHAT)
+    assert status == 200
+    forwarded = own_emulator.state.last_headers
+    assert forwarded["x-request-id"] and forwarded["content-type"]  # headers do pass
+    assert "authorization" not in forwarded

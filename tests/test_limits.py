@@ -1,0 +1,95 @@
+"""Limits beyond the body size: header bytes, number of messages, prompt length; each a
+clear 4xx in Ollama's shape (OpenAI's on /v1), and the proxy serves on afterwards."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import aiohttp
+import orjson
+import pytest
+
+from proxy.config import Limits
+from proxy.limits import prompt_chars
+from tests.support import Emulator, Proxy, ServerThread
+
+MODEL = "llama3.1:8b"
+
+
+@pytest.fixture(scope="module")
+def limited(servers: ServerThread, emulator: Emulator) -> Iterator[Proxy]:
+    limits = Limits(max_header_bytes=2048, max_messages=3, max_prompt_chars=100)
+    prx = Proxy(servers, [emulator.url], limits=limits)
+    yield prx
+    prx.stop()
+
+
+async def post(
+    url: str, path: str, body: object, headers: dict[str, str] | None = None
+) -> tuple[int, object]:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(url + path, data=orjson.dumps(body), headers=headers or {}) as resp,
+    ):
+        raw = await resp.read()
+        return resp.status, orjson.loads(raw.splitlines()[0]) if raw else None
+
+
+def messages(n: int) -> list[dict[str, str]]:
+    return [{"role": "user", "content": "hi"}] * n
+
+
+async def test_headers_over_the_limit_are_431(limited: Proxy) -> None:
+    body = {"model": MODEL, "prompt": "x", "stream": False}
+    status, doc = await post(limited.url, "/api/generate", body, {"X-Big": "a" * 3000})
+    assert status == 431
+    assert doc == {"error": "request headers too large (limit 2048 bytes)"}
+    status, _ = await post(limited.url, "/api/generate", body, {"X-Small": "a" * 100})
+    assert status == 200
+
+
+@pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions"])
+@pytest.mark.parametrize("model", [MODEL, "auto"])
+async def test_too_many_messages_is_400(limited: Proxy, path: str, model: str) -> None:
+    status, doc = await post(limited.url, path, {"model": model, "messages": messages(4)})
+    assert status == 400
+    assert isinstance(doc, dict)
+    message = doc["error"]["message"] if path.startswith("/v1/") else doc["error"]
+    assert message == "too many messages: 4 (limit 3)"
+    ok = {"model": model, "messages": messages(3), "stream": False}
+    assert (await post(limited.url, path, ok))[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/generate", {"prompt": "x" * 101}),
+        ("/api/generate", {"prompt": "x" * 60, "suffix": "y" * 60}),
+        ("/api/generate", {"prompt": "x", "system": "s" * 120}),
+        ("/api/chat", {"messages": [{"role": "user", "content": "x" * 60}] * 2}),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": "x" * 101}]}]},
+        ),
+        ("/api/embed", {"input": ["x" * 50, "y" * 51]}),
+    ],
+)
+async def test_prompt_over_the_limit_is_413(
+    limited: Proxy, path: str, body: dict[str, object]
+) -> None:
+    status, doc = await post(limited.url, path, {"model": MODEL, **body})
+    assert status == 413
+    assert isinstance(doc, dict)
+    message = doc["error"]["message"] if path.startswith("/v1/") else doc["error"]
+    assert message == "prompt too long (limit 100 characters)"
+
+
+def test_prompt_chars_counts_text_not_images() -> None:
+    doc = {
+        "system": "ab",
+        "messages": [
+            {"role": "user", "content": "cde", "images": ["A" * 1000]},
+            {"role": "user", "content": [{"type": "text", "text": "fg"}, {"type": "image_url"}]},
+        ],
+    }
+    assert prompt_chars(doc, 10_000) == 7

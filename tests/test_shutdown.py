@@ -1,0 +1,152 @@
+"""SIGTERM: the proxy (a real `python -m proxy.cli serve` process) stops accepting,
+lets streams in flight finish up to `timeouts.shutdown_seconds`, flushes usage events,
+then exits 0."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.support import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = "llama3.1:8b"
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listening on {port}")
+
+
+def refuses(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return True
+    return False
+
+
+@pytest.fixture
+def backend() -> Iterator[int]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proxy.emulator", "--port", str(port), "--chunk-delay-ms", "20"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    wait_listening(port, proc)
+    yield port
+    proc.kill()
+    proc.wait()
+
+
+def start_proxy(
+    backend: int, tmp_path: Path, shutdown_seconds: float
+) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "AUTOROUTE_CONFIG": os.devnull,
+        "AUTOROUTE_LISTEN__PORT": str(port),
+        "AUTOROUTE_BACKENDS": f"http://127.0.0.1:{backend}",
+        "AUTOROUTE_TIMEOUTS__SHUTDOWN_SECONDS": str(shutdown_seconds),
+        "AUTOROUTE_USAGE__FILE_PATH": str(tmp_path / "events.jsonl"),
+        "AUTOROUTE_USAGE__SPOOL_DIR": str(tmp_path / "spool"),
+        # A long flush interval: the event can only be in the file if shutdown flushed it.
+        "AUTOROUTE_USAGE__FLUSH_INTERVAL_SECONDS": "3600",
+        "AUTOROUTE_SELECTOR__RELOAD_CHECK_SECONDS": "0",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proxy.cli", "serve"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    wait_listening(port, proc)
+    return proc, port
+
+
+def start_stream(port: int, tokens: int) -> tuple[http.client.HTTPResponse, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    body = {"model": MODEL, "prompt": "tell me a story", "options": {"num_predict": tokens}}
+    conn.request("POST", "/api/generate", orjson.dumps(body), {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    assert response.status == 200
+    first = orjson.loads(response.readline())
+    assert first["done"] is False
+    return response, response.headers["X-Request-Id"]
+
+
+def stopped(proc: subprocess.Popen[bytes], port: int) -> bool:
+    deadline = time.monotonic() + 30
+    while not refuses(port):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def events(tmp_path: Path) -> list[dict[str, object]]:
+    path = tmp_path / "events.jsonl"
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()] if path.exists() else []
+
+
+def test_sigterm_lets_the_stream_finish_flushes_usage_and_exits_0(
+    backend: int, tmp_path: Path
+) -> None:
+    proc, port = start_proxy(backend, tmp_path, shutdown_seconds=60)
+    try:
+        response, request_id = start_stream(port, tokens=60)  # ~1.2 s at 20 ms a chunk
+        proc.send_signal(signal.SIGTERM)
+        assert stopped(proc, port), "still accepting connections after SIGTERM"
+        lines = [orjson.loads(line) for line in response.read().splitlines()]
+        assert lines[-1]["done"] is True and lines[-1]["done_reason"] == "length"
+        assert len(lines) == 60  # the first was read before the signal
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stderr = proc.stderr.read().decode() if proc.stderr else ""
+    assert "stopped" in stderr
+    (event,) = events(tmp_path)
+    assert event["request_id"] == request_id
+    assert event["outcome"]["status"] == 200 and event["outcome"]["cancelled"] is False  # type: ignore[index]
+
+
+def test_streams_past_the_deadline_are_cut_and_still_leave_their_event(
+    backend: int, tmp_path: Path
+) -> None:
+    proc, port = start_proxy(backend, tmp_path, shutdown_seconds=0.5)
+    try:
+        response, request_id = start_stream(port, tokens=100_000)  # would take half an hour
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        rest = response.read() if not response.isclosed() else b""
+        assert b'"done":true' not in rest
+    except http.client.IncompleteRead as exc:
+        assert b'"done":true' not in exc.partial
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    (event,) = events(tmp_path)
+    assert event["request_id"] == request_id
+    assert event["outcome"]["cancelled"] is True  # type: ignore[index]
