@@ -19,26 +19,14 @@ from aiohttp import web
 from proxy.backends import normalize_model
 from proxy.config import ApiKey, Auth
 from proxy.errors import error_response
-from proxy.protocol import MODEL_ADMIN_PATHS
+from proxy.protocol import INFERENCE_PATHS, MODEL_ADMIN_PATHS
 
 UNAUTHORIZED = "unauthorized"
 # Liveness probes (container health checks, `ollama` clients checking the server).
 PUBLIC_PATHS = frozenset({"/", "/api/version", "/api/autoroute/health"})
 ADMIN_WRITES = frozenset({("POST", "/api/autoroute/reload")})
 # Requests that run a model: what `max_streams` counts.
-STREAM_PATHS = frozenset(
-    {
-        "/api/generate",
-        "/api/chat",
-        "/api/embed",
-        "/api/embeddings",
-        "/v1/chat/completions",
-        "/v1/completions",
-        "/v1/embeddings",
-        "/v1/responses",
-        "/v1/messages",
-    }
-)
+STREAM_PATHS = INFERENCE_PATHS
 
 
 def hash_key(key: str) -> str:

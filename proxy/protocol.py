@@ -32,6 +32,10 @@ MODEL_ROUTED_PATHS = frozenset(
     }
 )
 
+# Requests that run a model: what usage events record and `max_streams` counts.
+# `/api/show` names a model too, but it is metadata editors poll.
+INFERENCE_PATHS = MODEL_ROUTED_PATHS - {"/api/show"}
+
 # Requests that change the model store: sent to the backends chosen by `admin_target`.
 MODEL_ADMIN_PATHS = frozenset({"/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete"})
 

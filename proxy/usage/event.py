@@ -17,24 +17,13 @@ from typing import Any
 import orjson
 
 from proxy import final_chunk
+from proxy.protocol import INFERENCE_PATHS
 from proxy.relay import Outcome
 from selector_model.features import SCHEMA_VERSION
 
-# Requests that produce usage: those that run a model. `/api/show` names a model too
-# but is metadata an editor polls; it would drown the real traffic.
-USAGE_PATHS = frozenset(
-    {
-        "/api/generate",
-        "/api/chat",
-        "/api/embed",
-        "/api/embeddings",
-        "/v1/chat/completions",
-        "/v1/completions",
-        "/v1/embeddings",
-        "/v1/responses",
-        "/v1/messages",
-    }
-)
+# Requests that produce usage: those that run a model (not `/api/show`, which editors
+# poll and which would drown the real traffic).
+USAGE_PATHS = INFERENCE_PATHS
 USAGE = "usage"
 FEEDBACK = "feedback"
 STAT_KEYS = final_chunk.STATS
