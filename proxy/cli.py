@@ -19,7 +19,6 @@ from aiohttp import web
 from proxy import config as config_module
 from proxy import logs
 from proxy.config import Backend, Config, ConfigError
-from proxy.server import PROXY_KEY, create_app
 
 log = logging.getLogger("autoroute")
 
@@ -80,6 +79,10 @@ def _warn_if_exposed(config: Config) -> None:
 
 async def serve(config: Config) -> None:
     _warn_if_exposed(config)
+    # Imported here: the server pulls in onnxruntime and the selector, which
+    # `autoroute emulate` has no use for (it would triple the emulator's memory).
+    from proxy.server import PROXY_KEY, create_app
+
     app = create_app(config)
     runner = await _start_site(app, config.listen.host, config.listen.port, config)
     # SIGHUP reloads the selector artifact (a bad one keeps the current).
@@ -112,6 +115,7 @@ async def emulate(
 async def demo(config: Config) -> None:
     from proxy.emulator import EmulatorSettings
     from proxy.emulator import create_app as create_emulator
+    from proxy.server import create_app
 
     runners = []
     for name, port, models in DEMO_BACKENDS:
@@ -176,7 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("--output", "-o", help="file to write (default: standard output)")
     train = commands.add_parser("train", help="train a selector artifact (needs .[train])")
     evaluate = commands.add_parser("evaluate", help="evaluate an artifact on the test split")
-    training_cli = _training_cli()
+    # xgboost, onnxmltools and matplotlib load only for the commands that use them:
+    # they would add ~150 MB to every `serve` and `emulate` process.
+    words = sys.argv[1:] if argv is None else argv
+    training_cli = _training_cli() if {"train", "evaluate"} & set(words) else None
     if training_cli is not None:
         training_cli.add_train_arguments(train)
         training_cli.add_evaluate_arguments(evaluate)
