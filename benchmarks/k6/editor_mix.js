@@ -2,7 +2,7 @@
 // not streamed) from most users, fewer long chats from the others.
 import http from "k6/http";
 import { check } from "k6";
-import { BASE, headers, lines, load, thresholds } from "./common.js";
+import { AUTO, BASE, headers, lines, load, thresholds } from "./common.js";
 
 const shape = load();
 const chatVus = Math.max(1, Math.floor(shape.vus / 8));
@@ -20,7 +20,7 @@ export const options = {
 };
 
 const FIM_MODEL = __ENV.FIM_MODEL || "qwen2.5-coder:7b";
-const CHAT_MODEL = __ENV.CHAT_MODEL || "auto";
+const CHAT_MODEL = __ENV.CHAT_MODEL || AUTO;
 
 export function fim() {
   const body = {
