@@ -215,6 +215,30 @@ def test_train_from_a_usage_file(tmp_path: Path) -> None:
     assert p_big > p_tiny
 
 
+def test_training_on_one_outcome_class_is_refused_with_the_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events = [_event(f"Write a poem number {i}", "tiny:1b", 1.0) for i in range(40)]
+    usage = _write_jsonl(tmp_path / "usage.jsonl", events)
+    args = _parse(
+        cli.add_train_arguments,
+        [
+            "--from",
+            str(usage),
+            "--out",
+            str(tmp_path / "art"),
+            "--quick",
+            "--no-progress",
+            "--no-lomo",
+            "--report-dir",
+            str(tmp_path / "rep"),
+        ],
+    )
+    assert cli.run_train(args) != 0
+    assert "same outcome" in capsys.readouterr().err
+    assert not (tmp_path / "art").exists()
+
+
 def test_sources_parse() -> None:
     assert pipeline.parse_source("dataset").kind == "dataset"
     assert pipeline.parse_source("postgresql://postgres@127.0.0.1/usage").kind == "postgres"

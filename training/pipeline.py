@@ -179,6 +179,13 @@ def build(
                 known.append(ex.candidate.name)
     if not examples:
         raise ValueError("no training rows")
+    if len({ex.label >= 0.5 for ex in examples}) < 2:
+        # One outcome class teaches a classifier nothing (and XGBoost's intercept then
+        # sits at the boundary of the logit, where the ONNX export cannot follow it).
+        raise ValueError(
+            f"all {len(examples)} training rows have the same outcome: a selector needs "
+            "successes and failures (add --from dataset, or collect failures and ratings)"
+        )
 
     log(f"training on {len(examples)} rows, {len(known)} known models")
     bar = bars("train") if bars else None
