@@ -10,7 +10,6 @@ import logging
 import signal
 import sys
 from types import ModuleType
-from typing import Any
 
 import orjson
 import uvloop
@@ -34,18 +33,14 @@ async def _start_site(
 ) -> web.AppRunner:
     # handler_cancellation: a client that disconnects cancels its handler, which is how
     # the relay learns to abort the upstream request (the GPU stops generating).
-    # With the proxy's config: the shutdown deadline for requests in flight, and the
-    # longest header line the parser accepts (the handler bounds the total).
-    options: dict[str, Any] = (
-        {
-            "shutdown_timeout": config.timeouts.shutdown_seconds,
-            "max_line_size": max(config.limits.max_header_bytes, 8190),
-            "max_field_size": max(config.limits.max_header_bytes, 8190),
-        }
-        if config is not None
-        else {}
-    )
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, **options)
+    # With the proxy's config: its shutdown deadline, client timeouts and header limits
+    # (proxy/connection.py).
+    if config is not None:
+        from proxy.connection import runner as proxy_runner
+
+        runner = proxy_runner(app, config)
+    else:
+        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port, backlog=1024).start()
     return runner

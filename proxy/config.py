@@ -52,6 +52,13 @@ class Timeouts:
     # SIGTERM/SIGINT: stop accepting, let requests in flight finish for up to this
     # long, then cancel what is left, flush usage events and exit.
     shutdown_seconds: float = 30.0
+    # Clients: a request head (request line and headers) must be complete within this
+    # long of its first byte (of the connection opening, for the first request), else
+    # the connection is closed ("slowloris"); 0: no deadline (Ollama has none).
+    client_header_seconds: float = 10.0
+    # An idle keep-alive client connection is closed after this long. Longer than Go's
+    # http.Transport keeps idle connections (90 s), so that clients close them first.
+    client_idle_seconds: float = 120.0
 
 
 @dataclass(frozen=True)

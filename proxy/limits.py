@@ -1,8 +1,9 @@
 """Request limits beyond the body size: header bytes, number of messages, prompt length.
 
 Each refusal is a 4xx in Ollama's shape (`{"error": "..."}`, OpenAI's on `/v1/...`)
-that names the limit. The checks read what the handler already has (raw headers, the
-parsed body): no extra parsing, no I/O.
+that names the limit; header bytes get the plain-text 431 Go's net/http sends. The
+checks read what the handler already has (raw headers, the parsed body): no extra
+parsing, no I/O.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from aiohttp import web
 
 from proxy.config import Limits
 from proxy.errors import error_response
+
+HEAD_TOO_LARGE_BODY = b"431 Request Header Fields Too Large"
 
 # Fields whose text is prompt: Ollama's, OpenAI's (chat, completions, responses) and
 # Anthropic's. Images (base64) are not text and are not counted.
@@ -25,9 +28,20 @@ def header_bytes(request: web.Request) -> int:
 
 
 def check_headers(request: web.Request, limits: Limits) -> web.Response | None:
+    """Header lines over the limit: 431 exactly as Go's net/http (so Ollama) answers a
+    head over its own limit, plain text rather than `{"error": ...}`, since Ollama's
+    JSON errors come from its handlers and Go refuses such a head before any handler
+    runs. The same answer as for a head refused while it arrives (proxy/connection.py).
+    """
     limit = limits.max_header_bytes
     if limit and header_bytes(request) > limit:
-        return error_response(request.path, 431, f"request headers too large (limit {limit} bytes)")
+        response = web.Response(
+            status=431,
+            body=HEAD_TOO_LARGE_BODY,
+            headers={"Content-Type": "text/plain; charset=utf-8"},
+        )
+        response.force_close()  # Connection: close, as Go
+        return response
     return None
 
 

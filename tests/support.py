@@ -15,6 +15,7 @@ import uvloop
 from aiohttp import web
 
 from proxy.config import Backend, Config, Listen
+from proxy.connection import runner as proxy_runner
 from proxy.emulator import STATE_KEY, EmulatorSettings, EmulatorState
 from proxy.emulator import create_app as create_emulator
 from proxy.server import create_app as create_proxy
@@ -51,9 +52,19 @@ class ServerThread:
         future: Future[T] = asyncio.run_coroutine_threadsafe(factory(), self.loop)
         return future.result(timeout)
 
-    def serve(self, app_factory: Callable[[], web.Application], port: int) -> web.AppRunner:
+    def serve(
+        self,
+        app_factory: Callable[[], web.Application],
+        port: int,
+        make_runner: Callable[[web.Application], web.AppRunner] | None = None,
+    ) -> web.AppRunner:
         async def start() -> web.AppRunner:
-            runner = web.AppRunner(app_factory(), handler_cancellation=True, shutdown_timeout=1)
+            app = app_factory()
+            runner = (
+                make_runner(app)
+                if make_runner is not None
+                else web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1)
+            )
             await runner.setup()
             await web.TCPSite(runner, "127.0.0.1", port).start()
             return runner
@@ -82,6 +93,11 @@ class Emulator:
             self.thread.stop(self.runner)
             self.runner = None
 
+    def restart(self) -> None:
+        """Listen again on the same port after `stop()`, with the same state."""
+        if self.runner is None:
+            self.runner = self.thread.serve(lambda: self.app, self.port)
+
 
 class Proxy:
     def __init__(self, thread: ServerThread, backends: list[str], **sections: Any) -> None:
@@ -94,7 +110,12 @@ class Proxy:
             **sections,
         ).check()
         self.app = create_proxy(self.config)
-        self.runner: web.AppRunner | None = thread.serve(lambda: self.app, self.port)
+        # The runner `autoroute serve` uses (client timeouts, header limits).
+        self.runner: web.AppRunner | None = thread.serve(
+            lambda: self.app,
+            self.port,
+            lambda app: proxy_runner(app, self.config, shutdown_timeout=1),
+        )
 
     def stop(self) -> None:
         if self.runner is not None:

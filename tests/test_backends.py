@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.config import Health
 from proxy.server import PROXY_KEY
@@ -235,3 +236,197 @@ async def test_pull_streams_progress_through(pair: Pair) -> None:
             statuses = [orjson.loads(line)["status"] for line in (await resp.read()).splitlines()]
     assert statuses[0] == "pulling manifest"
     assert statuses[-1] == "success"
+
+
+async def scrape_failures(url: str, backend: str) -> tuple[float, str]:
+    """The breaker's consecutive failures and circuit state for `backend`, from /metrics."""
+    async with aiohttp.ClientSession() as session, session.get(url + "/metrics") as resp:
+        text = await resp.text()
+    failures, circuit = -1.0, ""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels.get("backend") != backend:
+                continue
+            if sample.name == "autoroute_backend_consecutive_failures":
+                failures = sample.value
+            elif sample.name == "autoroute_backend_circuit_state" and sample.value == 1:
+                circuit = sample.labels["state"]
+    return failures, circuit
+
+
+async def streamed_error(url: str) -> tuple[int, str]:
+    """A streaming generate that fails: its status and the Ollama-shaped error, from
+    the body (`{"error": ...}`, 502) or the stream's last line (200, already started)."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url + "/api/generate", json={"model": SHARED, "prompt": "x"}) as resp,
+    ):
+        lines = (await resp.read()).splitlines()
+    last = orjson.loads(lines[-1])
+    assert set(last) == {"error"} and isinstance(last["error"], str) and last["error"]
+    if resp.status == 200:
+        assert orjson.loads(lines[0])["done"] is False
+    return resp.status, last["error"]
+
+
+# How each fault reaches the client: a fault before the response head is a 502 with a
+# JSON body; one after it (the stream started, status 200 sent) is the stream's last line.
+FAULT_STATUS = {"hang": 502, "garbage": 502, "stall": 200, "close_early": 200}
+
+
+@pytest.mark.parametrize("fault", sorted(FAULT_STATUS))
+async def test_each_backend_fault_is_an_ollama_error_counted_by_the_breaker(
+    servers: ServerThread, own_emulator: Emulator, fault: str
+) -> None:
+    """Accepts and never answers, stalls mid-stream, speaks garbage, closes early: each
+    reaches the client in Ollama's error shape within the configured idle timeout, and
+    each counts as one failure; at the threshold the circuit opens and the next request
+    is refused at once (503) without reaching the backend."""
+    from proxy.config import Timeouts
+
+    proxy = Proxy(
+        servers,
+        [own_emulator.url],
+        timeouts=Timeouts(idle_read_seconds=0.5),
+        # No background health check during the test: it would reset the count.
+        health=Health(interval_seconds=3600, failure_threshold=2, open_seconds=3600),
+    )
+    backend = own_emulator.url
+    try:
+        assert await scrape_failures(proxy.url, backend) == (0, "closed")
+        own_emulator.state.fault = fault
+        for failures in (1, 2):
+            status, _ = await streamed_error(proxy.url)
+            assert status == FAULT_STATUS[fault]
+            expected = "closed" if failures < 2 else "open"
+            assert await scrape_failures(proxy.url, backend) == (failures, expected)
+        reached = own_emulator.state.requests["/api/generate"]
+        status, body = await post(proxy.url, "/api/generate", generate(SHARED))
+        assert status == 503
+        assert "circuit open" in orjson.loads(body)["error"]
+        assert own_emulator.state.requests["/api/generate"] == reached
+    finally:
+        proxy.stop()
+
+
+async def health_circuit(url: str, backend: str) -> str:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(url + "/api/autoroute/health") as resp,
+    ):
+        doc = await resp.json()
+    (entry,) = [b for b in doc["backends"] if b["url"] == backend]
+    return str(entry["circuit"])
+
+
+async def test_a_flapping_backend_never_loses_a_request(servers: ServerThread) -> None:
+    """Backend A goes down and comes back on the same port, again and again, while
+    clients keep sending streaming and non-streaming requests through the proxy.
+    A's circuit opens while it is down and closes once it is back; every request
+    either succeeds (on A, or on B after a failover) or gets Ollama's error shape, none
+    hangs, and the proxy counted exactly the requests the clients sent."""
+    from proxy.config import Timeouts, Usage
+
+    a = Emulator(servers, dataclasses.replace(FROZEN, models=(SHARED,)))
+    b = Emulator(servers, dataclasses.replace(FROZEN, models=(SHARED,)))
+    # Loaded on both: the proxy then prefers A (the first) whenever it may use it.
+    for emulator in (a, b):
+        assert (await post(emulator.url, "/api/generate", generate(SHARED)))[0] == 200
+    proxy = Proxy(
+        servers,
+        [a.url, b.url],
+        health=Health(interval_seconds=0.1, failure_threshold=2, open_seconds=0.5, retries=2),
+        timeouts=Timeouts(connect_seconds=5, idle_read_seconds=30),
+        usage=Usage(file_mode="off"),
+    )
+    outcomes: dict[str, int] = {"ok": 0, "error": 0}
+    unexpected: list[str] = []
+    sent = 0
+    flapping = True
+
+    async def one_request(session: aiohttp.ClientSession, stream: bool) -> None:
+        body = {"model": SHARED, "prompt": "hello", "stream": stream}
+        async with (
+            asyncio.timeout(120),  # "never hangs", with room for a very slow machine
+            session.post(proxy.url + "/api/generate", json=body) as resp,
+        ):
+            raw = await resp.read()
+        lines = [orjson.loads(line) for line in raw.splitlines()]
+        last = lines[-1] if lines else {}
+        if resp.status == 200 and last.get("done") is True:
+            outcomes["ok"] += 1
+        elif resp.status in (200, 502, 503) and set(last) == {"error"}:
+            outcomes["error"] += 1  # Ollama's shape: the JSON body, or the last line
+        else:
+            unexpected.append(f"{resp.status} {raw[:200]!r}")
+
+    async def client(stream: bool) -> None:
+        nonlocal sent
+        async with aiohttp.ClientSession() as session:
+            while flapping:
+                sent += 1
+                try:
+                    await one_request(session, stream)
+                except (TimeoutError, aiohttp.ClientError) as exc:
+                    unexpected.append(repr(exc))
+
+    async def circuit_becomes(state: str) -> None:
+        deadline = time.monotonic() + 60
+        while await health_circuit(proxy.url, a.url) != state:
+            assert time.monotonic() < deadline, f"A's circuit never became {state}"
+            await asyncio.sleep(0.02)
+
+    async def a_serves() -> None:
+        before = a.state.requests["/api/generate"]
+        deadline = time.monotonic() + 60
+        while a.state.requests["/api/generate"] == before:
+            assert time.monotonic() < deadline, "A never got a request while up"
+            await asyncio.sleep(0.02)
+
+    clients = [asyncio.create_task(client(stream)) for stream in (True, False, True, False)]
+    try:
+        for _ in range(3):
+            await a_serves()
+            await asyncio.to_thread(a.stop)
+            await circuit_becomes("open")
+            await asyncio.to_thread(a.restart)
+            await circuit_becomes("closed")
+        await a_serves()
+        flapping = False
+        await asyncio.gather(*clients)
+        assert unexpected == []
+        assert outcomes["ok"] + outcomes["error"] == sent
+        assert outcomes["ok"] > 0
+
+        async def counted() -> float:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(proxy.url + "/metrics") as resp,
+            ):
+                text = await resp.text()
+            return sum(
+                s.value
+                for f in text_string_to_metric_families(text)
+                for s in f.samples
+                if s.name == "autoroute_requests_total" and s.labels["route"] == "/api/generate"
+            )
+
+        # The proxy's own count: each request the clients sent, once (it is updated
+        # after the answer is written, so it may trail the clients briefly).
+        assert await wait_until_async(counted, sent)
+    finally:
+        flapping = False
+        for task in clients:
+            task.cancel()
+        proxy.stop()
+        a.stop()
+        b.stop()
+
+
+async def wait_until_async(value: Any, expected: float, seconds: float = 60.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if await value() == expected:
+            return True
+        await asyncio.sleep(0.05)
+    return False

@@ -1,0 +1,291 @@
+"""Clients that misbehave: slow heads (slowloris), idle keep-alive connections, heads
+over the size limit (431 as Go's net/http sends it), unparsable requests (Go's 400,
+one log line without the request's bytes), and a client that stops reading a stream.
+Each also checks that the proxy goes on serving everyone else.
+
+No timing thresholds: deadlines below only bound how long "eventually" may take.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Callable, Iterator
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp.http_exceptions import LineTooLong
+
+from proxy.config import Limits, Timeouts, Usage
+from proxy.connection import BAD_REQUEST, HEAD_TOO_LARGE
+from tests.support import Emulator, Proxy, ServerThread
+
+MODEL = "qwen2.5:7b"
+EVENTUALLY = 60.0  # seconds; generous for a slow, noisy 2-core machine
+SECRET = "sk-VerySecretToken0123456789"
+NO_USAGE = Usage(file_mode="off")
+
+
+def proxy_with(servers: ServerThread, emulator: Emulator, **timeouts: float) -> Proxy:
+    return Proxy(
+        servers,
+        [emulator.url],
+        timeouts=Timeouts(**timeouts),
+        limits=Limits(max_header_bytes=2048),
+        usage=NO_USAGE,
+    )
+
+
+@pytest.fixture
+def slow_heads(servers: ServerThread, emulator: Emulator) -> Iterator[Proxy]:
+    """A short head deadline and an idle timeout far beyond any test."""
+    prx = proxy_with(servers, emulator, client_header_seconds=0.5, client_idle_seconds=3600)
+    yield prx
+    prx.stop()
+
+
+async def connect(port: int) -> socket.socket:
+    sock = socket.socket()
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    return sock
+
+
+async def read_until_closed(sock: socket.socket, seconds: float = EVENTUALLY) -> bytes:
+    """Everything the proxy sends until it closes the connection."""
+    loop = asyncio.get_running_loop()
+    received = bytearray()
+    async with asyncio.timeout(seconds):
+        while True:
+            try:
+                chunk = await loop.sock_recv(sock, 65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            received += chunk
+    return bytes(received)
+
+
+async def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
+    """One response with a Content-Length: its head and body."""
+    loop = asyncio.get_running_loop()
+    data = bytearray()
+    async with asyncio.timeout(EVENTUALLY):
+        while b"\r\n\r\n" not in data:
+            chunk = await loop.sock_recv(sock, 65536)
+            assert chunk, f"closed before a response head: {bytes(data)!r}"
+            data += chunk
+        head, _, body = bytes(data).partition(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        while len(body) < length:
+            chunk = await loop.sock_recv(sock, 65536)
+            assert chunk, "closed inside a response body"
+            body += chunk
+    return head, body
+
+
+async def generate(url: str) -> dict[str, object]:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            url + "/api/generate", json={"model": MODEL, "prompt": "hi", "stream": False}
+        ) as resp,
+    ):
+        assert resp.status == 200
+        doc: dict[str, object] = orjson.loads(await resp.read())
+        return doc
+
+
+async def test_slow_heads_are_closed_while_other_clients_are_served(slow_heads: Proxy) -> None:
+    """Connections that dribble a head byte by byte (the bytes keep coming, so no idle
+    timeout would catch them) or that send nothing are closed without an answer."""
+    dribblers = [await connect(slow_heads.port) for _ in range(6)]
+    silent = [await connect(slow_heads.port) for _ in range(2)]
+    loop = asyncio.get_running_loop()
+
+    async def dribble(sock: socket.socket) -> None:
+        await loop.sock_sendall(sock, b"POST /api/generate HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        with contextlib.suppress(OSError):
+            while True:  # one byte at a time, until the proxy hangs up
+                await loop.sock_sendall(sock, b"a")
+                await asyncio.sleep(0.05)
+
+    senders = [asyncio.create_task(dribble(sock)) for sock in dribblers]
+    try:
+        # Meanwhile, ordinary clients are served.
+        for _ in range(3):
+            assert (await generate(slow_heads.url))["done"] is True
+        answers = await asyncio.gather(*(read_until_closed(s) for s in dribblers + silent))
+    finally:
+        for task in senders:
+            task.cancel()
+        for sock in dribblers + silent:
+            sock.close()
+    assert answers == [b""] * len(answers)  # closed, nothing written (as Go does)
+    assert (await generate(slow_heads.url))["done"] is True
+
+
+async def test_a_keep_alive_pause_is_not_a_slow_head(slow_heads: Proxy) -> None:
+    """The head deadline counts from a request's first byte: a keep-alive connection
+    idle for longer than it between two requests is still served."""
+    sock = await connect(slow_heads.port)
+    loop = asyncio.get_running_loop()
+    request = b"GET /api/version HTTP/1.1\r\nHost: x\r\n\r\n"
+    try:
+        for _ in range(2):
+            await loop.sock_sendall(sock, request)
+            head, body = await read_response(sock)
+            assert head.startswith(b"HTTP/1.1 200")
+            assert "version" in orjson.loads(body)
+            await asyncio.sleep(1.5)  # three head deadlines, far below the idle timeout
+    finally:
+        sock.close()
+
+
+async def test_idle_keep_alive_connections_are_closed(
+    servers: ServerThread, emulator: Emulator
+) -> None:
+    proxy = proxy_with(servers, emulator, client_header_seconds=3600, client_idle_seconds=0.5)
+    sock = await connect(proxy.port)
+    try:
+        await asyncio.get_running_loop().sock_sendall(
+            sock, b"GET /api/version HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        head, _ = await read_response(sock)
+        assert head.startswith(b"HTTP/1.1 200")
+        assert await read_until_closed(sock) == b""
+    finally:
+        sock.close()
+        proxy.stop()
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        # One header line longer than the parser accepts.
+        b"POST /api/generate HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n",
+        # A request line (URL) longer than the parser accepts.
+        b"GET /api/tags?" + b"q" * 20_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        # Small lines, together over the limit, with no end in sight.
+        b"GET /api/tags HTTP/1.1\r\nHost: x\r\n" + (b"X-Many: " + b"m" * 56 + b"\r\n") * 1000,
+        # Complete, small lines, together over the limit (checked once the head is parsed).
+        b"GET /api/tags HTTP/1.1\r\nHost: x\r\n"
+        + (b"X-Some: " + b"s" * 56 + b"\r\n") * 40
+        + b"\r\n",
+    ],
+    ids=["long-header", "long-url", "endless-head", "many-headers"],
+)
+async def test_heads_over_the_limit_get_gos_431(slow_heads: Proxy, head: bytes) -> None:
+    sock = await connect(slow_heads.port)
+    try:
+        await asyncio.get_running_loop().sock_sendall(sock, head)
+        answer = await read_until_closed(sock)
+    finally:
+        sock.close()
+    if b"\r\n\r\n" in head and len(head) < 8190:
+        # Parsed: the handler answered, with aiohttp's framing around Go's text.
+        status, _, rest = answer.partition(b"\r\n")
+        assert status == b"HTTP/1.1 431 Request Header Fields Too Large"
+        assert b"\r\nContent-Type: text/plain; charset=utf-8\r\n" in b"\r\n" + rest
+        assert b"\r\nConnection: close\r\n" in b"\r\n" + rest
+        assert answer.endswith(b"\r\n\r\n431 Request Header Fields Too Large")
+    else:
+        assert answer == HEAD_TOO_LARGE  # byte for byte what Go writes
+    assert (await generate(slow_heads.url))["done"] is True
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        f"GET /api/tags HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {SECRET}\r\n"
+        f"this is not a header {SECRET}\r\n\r\n".encode(),
+        f"G\x01T /api/tags?key={SECRET} HTTP/1.1\r\nHost: x\r\n\r\n".encode(),
+        f"GET /api/tags HTTP/1.1\r\nHost: x\r\nX-Key: {SECRET}\x00\r\n\r\n".encode(),
+        f"POST /api/generate HTTP/1.1\r\nHost: x\r\nX-Key: {SECRET}".encode()
+        + b"k" * 10_000
+        + b"\r\n\r\n",
+    ],
+    ids=["bad-header-line", "bad-method", "nul-in-value", "oversized-secret"],
+)
+async def test_unparsable_requests_leave_no_request_bytes_in_logs(
+    slow_heads: Proxy, caplog: pytest.LogCaptureFixture, request_bytes: bytes
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    sock = await connect(slow_heads.port)
+    try:
+        await asyncio.get_running_loop().sock_sendall(sock, request_bytes)
+        answer = await read_until_closed(sock)
+    finally:
+        sock.close()
+    assert answer in (BAD_REQUEST, HEAD_TOO_LARGE)
+    assert SECRET not in caplog.text
+    assert SECRET.encode() not in answer
+    refused = [r for r in caplog.records if r.name == "autoroute.clients"]
+    assert [r.levelno for r in refused] == [logging.WARNING]
+    assert "refused a request from 127.0.0.1" in refused[0].getMessage()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_aiohttp_log_records_about_request_bytes_lose_them(
+    slow_heads: Proxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The safety net under any other path where aiohttp logs a parser error."""
+    caplog.set_level(logging.DEBUG)
+    try:
+        raise LineTooLong(SECRET.encode(), 8190)
+    except LineTooLong as exc:
+        logging.getLogger("aiohttp.server").error(
+            "Error handling request from %s", "127.0.0.1", exc_info=exc
+        )
+    (record,) = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert record.levelno == logging.WARNING
+    assert record.getMessage() == "Error handling request from 127.0.0.1: LineTooLong"
+    assert SECRET not in caplog.text
+
+
+async def test_a_client_that_stops_reading_does_not_hold_up_others(
+    servers: ServerThread, own_emulator: Emulator
+) -> None:
+    """A long stream (100k tokens at 1 ms each) to a client that never reads: everyone
+    else is served meanwhile, and the stream is cancelled upstream once that client
+    leaves (tests/test_disconnect.py checks that the backend is paused meanwhile)."""
+    state = own_emulator.state
+    proxy = Proxy(servers, [own_emulator.url], usage=NO_USAGE)
+    sock = socket.socket()
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", proxy.port))
+        body = orjson.dumps({"model": MODEL, "prompt": "go", "options": {"num_predict": 100_000}})
+        sock.sendall(
+            b"POST /api/generate HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%b"
+            % (len(body), body)
+        )
+        await eventually(lambda: state.active_streams == 1, "the long stream to start")
+        cancelled, completed = state.cancelled, state.completed
+        results = await asyncio.gather(*(generate(proxy.url) for _ in range(5)))
+        assert [r["done"] for r in results] == [True] * 5
+        await eventually(lambda: state.completed == completed + 5, "5 answers counted")
+        assert state.cancelled == cancelled and state.active_streams == 1  # still going
+    finally:
+        sock.close()
+    try:
+        await eventually(lambda: state.cancelled == cancelled + 1, "the stream's cancellation")
+        assert state.completed == completed + 5
+    finally:
+        proxy.stop()
+
+
+async def eventually(predicate: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + EVENTUALLY
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
