@@ -1,5 +1,6 @@
 """Access control: API keys (stored as SHA-256 hashes), roles, per-key model allow-lists,
-requests per minute and concurrent inference requests. Off when no key is configured.
+requests per minute and concurrent inference requests. Off when no key is configured
+and no key store (`auth.postgres_dsn`, see `auth_store`) is.
 
 Everything here runs on the request path and is in memory: one SHA-256 of the
 presented key, dict lookups, a token bucket. A refusal is in Ollama's error shape
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -67,6 +69,16 @@ class KeyState:
             max_streams=max(key.max_streams, 0),
         )
 
+    def update(self, key: ApiKey) -> None:
+        """Take a changed definition of the same key in place. In place, not a new
+        state: requests in flight hold this object and give their stream slot back
+        to it, and the bucket's spent tokens must not refill on a refresh."""
+        fresh = KeyState.of(key)
+        self.id, self.admin, self.models = fresh.id, fresh.admin, fresh.models
+        self.rate, self.capacity = fresh.rate, fresh.capacity
+        self.tokens = min(self.tokens, fresh.capacity)
+        self.max_streams = fresh.max_streams
+
     def allows_model(self, model: str) -> bool:
         return self.models is None or normalize_model(model) in self.models
 
@@ -98,9 +110,29 @@ def _denied(path: str, status: int, message: str, retry_after: int = 0) -> web.R
 
 class Access:
     def __init__(self, settings: Auth) -> None:
-        self.enabled = bool(settings.keys)
+        # A key store configured means keys are wanted, even before (or without) any
+        # being loaded: deny by default rather than open until the first refresh.
+        self.enabled = bool(settings.keys) or bool(settings.postgres_dsn)
+        self.configured = settings.keys
         self.keys = {k.sha256.lower(): KeyState.of(k) for k in settings.keys}
         self.public = PUBLIC_PATHS | ({"/metrics"} if settings.metrics_open else set())
+
+    def replace(self, stored: Iterable[ApiKey]) -> None:
+        """The configured keys plus `stored` become the key set, in one assignment
+        (the request path only ever sees the old dict or the new one). A key present
+        before keeps its state object and so its counters; one absent now is gone.
+        The configuration wins over the store for a hash in both."""
+        old = self.keys
+        keys: dict[str, KeyState] = {}
+        for key in (*stored, *self.configured):
+            digest = key.sha256.lower()
+            state = old.get(digest)
+            if state is None:
+                state = KeyState.of(key)
+            else:
+                state.update(key)
+            keys[digest] = state
+        self.keys = keys
 
     def identify(self, request: web.Request) -> KeyState | None:
         header = request.headers.get("Authorization")

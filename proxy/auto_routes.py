@@ -10,6 +10,7 @@ import orjson
 from aiohttp import web
 
 from proxy import experiments
+from proxy.auth import KEY_REQUEST
 from proxy.auto import AUTO, AutoError, AutoRouter, profile_of, user_key
 from proxy.config import Usage
 from proxy.errors import error_response
@@ -66,12 +67,13 @@ class AutoRoutes:
             for name in self.names()
         ]
 
-    def show(self, profile: str) -> web.Response:
+    def show(self, profile: str, only: frozenset[str] | None = None) -> web.Response:
         """`/api/show` for `auto`: capabilities at least one candidate offers, and the
-        largest context among them (editors size their prompts from it)."""
+        largest context among them (editors size their prompts from it). `only`: the
+        API key's allow-list, the candidates `auto` may choose for that key."""
         if profile not in self.auto.config.profiles:
             return error_response("/api/show", 404, f"model 'auto:{profile}' not found")
-        candidates = self.auto.registry.candidates()
+        candidates = [c for c in self.auto.registry.candidates() if only is None or c.name in only]
         capabilities = sorted({"completion", *(c for m in candidates for c in m.capabilities)})
         context = max((m.context_length for m in candidates), default=2048)
         names = ", ".join(m.name for m in candidates) or "none yet"
@@ -105,11 +107,16 @@ class AutoRoutes:
         path = str(
             request.query.get("path") or ("/api/chat" if "messages" in doc else "/api/generate")
         )
+        # The key's allow-list, as on inference: explain must rank what auto would.
+        key = request.get(KEY_REQUEST)
+        only = key.models if key is not None else None
         try:
-            choice = self.auto.decide(path, doc, profile, user_key(request))
+            choice = self.auto.decide(path, doc, profile, user_key(request), only)
         except AutoError as exc:
             return error_response(request.path, 400, str(exc))
         decision = choice.decision
+        # Models the key cannot see stay out of the answer, as they do from the lists.
+        filtered = {m: why for m, why in decision.filtered.items() if only is None or m in only}
         return _json(
             {
                 "model": decision.chosen,
@@ -120,7 +127,7 @@ class AutoRoutes:
                 "experiment": decision.experiment,
                 "variant": decision.variant,
                 "ranking": [s.describe() for s in decision.ranking],
-                "filtered": decision.filtered,
+                "filtered": filtered,
             }
         )
 

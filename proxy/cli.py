@@ -16,7 +16,7 @@ import uvloop
 from aiohttp import web
 
 from proxy import config as config_module
-from proxy import logs
+from proxy import keys_cli, logs
 from proxy.config import Backend, Config, ConfigError
 
 log = logging.getLogger("autoroute")
@@ -64,7 +64,8 @@ async def _serve_forever(runners: list[web.AppRunner]) -> None:
 
 
 def _warn_if_exposed(config: Config) -> None:
-    if config.listen.host not in ("127.0.0.1", "localhost", "::1") and not config.auth.keys:
+    keyed = bool(config.auth.keys or config.auth.postgres_dsn)
+    if config.listen.host not in ("127.0.0.1", "localhost", "::1") and not keyed:
         log.warning(
             "listening on %s without API keys (auth.keys): anyone who can reach this "
             "address can use every backend",
@@ -188,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     report = experiments.add_parser("report", help="per-variant results with significance")
     report.add_argument("name")
     report.add_argument("--since", default="90d", help="90d, 24h or an ISO date/time")
+    keys_cli.add_parser(commands)
     args = parser.parse_args(argv)
     if args.command in ("train", "evaluate"):
         if training_cli is None:
@@ -213,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logs.setup(config.logging.level, config.logging.json)
 
+    if args.command == "keys":
+        return keys_cli.run(config, args)
     if args.command == "experiments":
         main_coro = _experiment_report(config, args.name, args.since)
     elif args.command == "usage":

@@ -240,6 +240,13 @@ class Auth:
     keys: tuple[ApiKey, ...] = ()
     # Serve GET /metrics without a key even when keys are configured.
     metrics_open: bool = False
+    # Keys also come from this PostgreSQL database (table `autoroute_api_keys`, managed
+    # with `autoroute keys`), in addition to `keys`. Set, access control is on even with
+    # no key anywhere: an empty table lets nobody in.
+    postgres_dsn: str | None = None
+    # How often the stored keys are read again (in the background, never per request):
+    # the longest a revoked key keeps working.
+    refresh_seconds: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -266,6 +273,8 @@ class Config:
             if key.id in seen:
                 raise ConfigError(f"auth.keys: the name {key.id!r} is used twice")
             seen.add(key.id)
+        if self.auth.postgres_dsn and self.auth.refresh_seconds <= 0:
+            raise ConfigError("auth.refresh_seconds: must be above 0 with auth.postgres_dsn")
         for backend in self.backends:
             parts = urlsplit(backend.url)
             if parts.scheme != "http" or not parts.hostname:

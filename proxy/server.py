@@ -21,11 +21,12 @@ from aiohttp import web
 
 from proxy import limits as request_limits
 from proxy.auth import KEY_REQUEST, Access
+from proxy.auth_store import KeyStore
 from proxy.auto import AutoError, AutoRouter, profile_of, user_key
 from proxy.auto_routes import AutoRoutes
-from proxy.backends import BackendPool, BackendState, NoBackend
+from proxy.backends import BackendPool, BackendState, NoBackend, normalize_model
 from proxy.config import Config
-from proxy.errors import error_response
+from proxy.errors import error_body, error_response
 from proxy.logs import AccessLog
 from proxy.metrics import METRICS_PATH, Metrics
 from proxy.protocol import JSON, JSON_V1, MODEL_ADMIN_PATHS, MODEL_ROUTED_PATHS, REQUEST_ID_HEADER
@@ -86,6 +87,7 @@ class Proxy:
         self.own_routes[("POST", OWN_PREFIX + "feedback")] = usage_routes.feedback
         self.own_routes[("GET", OWN_PREFIX + "stats")] = usage_routes.stats
         self.auth = Access(config.auth)
+        self.key_store = KeyStore(config.auth, self.auth) if config.auth.postgres_dsn else None
         self.metrics = Metrics(
             lambda name: any(s.models and name in s.models for s in self.backends.states),
             lambda: self.backends.states,
@@ -113,6 +115,11 @@ class Proxy:
         await self.backends.start()
         self.access.start()
         await self.usage.start()
+        if self.key_store is not None:
+            # Read once before serving (a failure keeps the configured keys), then in
+            # the background: the request path never waits for PostgreSQL.
+            await self.key_store.refresh()
+            self._spawn(self.key_store.run())
         self._spawn(self._watch_artifact())
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -133,6 +140,8 @@ class Proxy:
             task.cancel()
         await self.backends.stop()
         await self.access.stop()
+        if self.key_store is not None:
+            await self.key_store.close()
         # Last: requests finishing during shutdown still leave their event.
         await self.usage.stop()
 
@@ -225,8 +234,10 @@ class Proxy:
             return await handler(request)
         if path in MERGED_PATHS and method in ("GET", "HEAD"):
             extra = self._auto_entries(path)
-            if extra or len(self.backends.states) > 1:
-                return await self._merged(request, MERGED_PATHS[path], extra)
+            key = request.get(KEY_REQUEST)
+            only = key.models if key is not None else None
+            if extra or only is not None or len(self.backends.states) > 1:
+                return await self._merged(request, MERGED_PATHS[path], extra, only)
         if path in MODEL_ADMIN_PATHS:
             return await self._admin(request, outcome)
         if path.startswith("/api/blobs/"):
@@ -239,6 +250,9 @@ class Proxy:
             entry = next((e for e in self._auto_entries("/v1/models") if e["id"] == name), None)
             if entry is not None:
                 return web.Response(body=orjson.dumps(entry), headers={"Content-Type": JSON_V1})
+            key = request.get(KEY_REQUEST)
+            if key is not None and not key.allows_model(name):
+                return self._model_hidden(path, name)
             return await self.relay.forward(request, outcome, b"", name)
         length = request.content_length
         if request.body_exists and (length is None or length > _REPLAYABLE_BYTES):
@@ -257,6 +271,8 @@ class Proxy:
             if refused is not None:
                 return refused
         model = doc.get("model") if isinstance(doc, dict) else None
+        if not model and request.path == "/api/show" and isinstance(doc, dict):
+            model = doc.get("name")  # show still takes the older field, as Ollama does
         if not isinstance(model, str) or not model:
             return await self.relay.forward(request, outcome, body, None)
         outcome.model = model
@@ -264,12 +280,14 @@ class Proxy:
         key = request.get(KEY_REQUEST)
         if profile is None:
             if key is not None and not key.allows_model(model):
+                if request.path == "/api/show":
+                    return self._model_hidden(request.path, model)
                 return self._model_denied(request.path, model)
             return await self.relay.forward(request, outcome, body, model)
         assert isinstance(doc, dict)
         path = request.path
         if path == "/api/show":
-            return self.auto_routes.show(profile)
+            return self.auto_routes.show(profile, key.models if key else None)
         if path in EMBED_PATHS:
             chosen = self.config.selector.embedding_model
             if not chosen:
@@ -311,6 +329,21 @@ class Proxy:
     @staticmethod
     def _model_denied(path: str, model: str) -> web.Response:
         return error_response(path, 403, f"model '{model}' is not allowed for this API key")
+
+    @staticmethod
+    def _model_hidden(path: str, model: str) -> web.Response:
+        """A model outside the key's list on a route that describes models (`/api/show`,
+        `/v1/models/<id>`): answered as Ollama answers for a model it does not have,
+        404 "model 'x' not found", because the lists leave it out and a description
+        must agree with the list (editors probe each name they hold). Running one is a
+        403 instead (`_model_denied`): the caller asked for it by name and "not allowed
+        for this API key" says what to fix. Neither tells whether the model exists:
+        both come before routing, for any name outside the list."""
+        body = error_body(path, 404, f"model '{model}' not found")
+        if path.startswith("/v1/"):
+            # Ollama's OpenAI layer writes errors with a json.Encoder: a trailing newline.
+            return web.Response(status=404, body=body + b"\n", headers={"Content-Type": JSON_V1})
+        return web.Response(status=404, body=body, headers={"Content-Type": JSON})
 
     def _auto_entries(self, path: str) -> list[dict[str, Any]]:
         if not self.config.selector.list_in_tags:
@@ -371,8 +404,15 @@ class Proxy:
         log.info("%s %s on %s answered %d", request.method, request.path, state.label, head.status)
 
     async def _merged(
-        self, request: web.Request, key: str, extra: list[dict[str, Any]]
+        self,
+        request: web.Request,
+        key: str,
+        extra: list[dict[str, Any]],
+        only: frozenset[str] | None = None,
     ) -> web.StreamResponse:
+        """One list from every usable backend; with `only` (an API key's allow-list,
+        normalised names), the models outside it are left out (`auto` entries stay:
+        auto chooses among the allowed models alone)."""
         states = self.backends.usable()
         if not states:
             return error_response(request.path, 503, self.backends.unavailable_reason())
@@ -387,6 +427,10 @@ class Proxy:
         for doc in docs:
             for item in doc.get(key) or ():
                 ident = item.get("id") or item.get("model") or item.get("name")
+                if only is not None and (
+                    not isinstance(ident, str) or normalize_model(ident) not in only
+                ):
+                    continue
                 if ident not in seen:
                     seen.add(ident)
                     items.append(item)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -19,7 +19,7 @@ from proxy.auth import hash_key, new_key
 from proxy.config import ApiKey, Auth, ConfigError, Usage
 from proxy.config import load as load_config
 from proxy.server import PROXY_KEY
-from tests.support import Emulator, Proxy, ServerThread
+from tests.support import AUTO_NAMES, Emulator, Proxy, ServerThread
 from tests.test_usage_services import read_bytes, wait_for
 
 ADMIN, USER, LIMITED, SINGLE = "k-admin-1", "k-user-1", "k-limited-1", "k-single-1"
@@ -295,6 +295,8 @@ def test_listening_beyond_loopback_without_keys_warns(caplog: pytest.LogCaptureF
     caplog.clear()
     keyed = Auth(keys=(ApiKey(sha256=hash_key(USER)),))
     _warn_if_exposed(Config(listen=Listen(host="0.0.0.0"), auth=keyed))
+    stored = Auth(postgres_dsn="postgresql://postgres@127.0.0.1/keys")  # keys in a table
+    _warn_if_exposed(Config(listen=Listen(host="0.0.0.0"), auth=stored))
     _warn_if_exposed(Config(listen=Listen(host="127.0.0.1")))
     assert caplog.text == ""
 
@@ -307,3 +309,74 @@ async def test_the_proxys_key_is_not_forwarded_to_backends(
     forwarded = own_emulator.state.last_headers
     assert forwarded["x-request-id"] and forwarded["content-type"]  # headers do pass
     assert "authorization" not in forwarded
+
+
+def listed(body: bytes) -> set[str]:
+    doc = orjson.loads(body)
+    items = doc["models"] if "models" in doc else doc["data"]
+    return {m.get("name") or m["id"] for m in items or ()}
+
+
+async def test_lists_show_only_the_keys_models(guarded: Proxy) -> None:
+    url = guarded.url
+    outside = {"model": "mistral:7b", "prompt": "hi", "stream": False}
+    inside = {**outside, "model": "llama3.1:8b"}
+    assert (await call(url, "POST", "/api/generate", ADMIN, outside))[0] == 200
+    assert (await call(url, "POST", "/api/generate", USER, inside))[0] == 200
+    for path in ("/api/tags", "/v1/models"):
+        status, _, body = await call(url, "GET", path, USER)
+        assert status == 200
+        # `auto` stays listed: it chooses among the key's models alone.
+        assert listed(body) == {*ALLOWED, *AUTO_NAMES}
+        everything = listed((await call(url, "GET", path, ADMIN))[2])
+        assert {"mistral:7b", *ALLOWED, *AUTO_NAMES} <= everything
+    assert listed((await call(url, "GET", "/api/ps", USER))[2]) == {"llama3.1:8b"}
+    assert {"llama3.1:8b", "mistral:7b"} <= listed((await call(url, "GET", "/api/ps", ADMIN))[2])
+    assert (await call(url, "HEAD", "/api/tags", USER))[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "body_of"),
+    [
+        ("/api/show", lambda m: {"model": m}),
+        ("/api/show", lambda m: {"name": m}),  # the older field Ollama still reads
+        ("/v1/models/{}", lambda m: None),
+    ],
+)
+async def test_describing_a_model_outside_the_list_answers_as_ollama_for_an_unknown_one(
+    guarded: Proxy, own_emulator: Emulator, path: str, body_of: Callable[[str], object]
+) -> None:
+    async def describe(base: str, model: str, key: str | None) -> tuple[int, str, bytes]:
+        if "{}" in path:
+            status, headers, answer = await call(base, "GET", path.format(model), key)
+        else:
+            status, headers, answer = await call(base, "POST", path, key, body_of(model))
+        return status, headers["Content-Type"], answer
+
+    hidden = await describe(guarded.url, "mistral:7b", USER)
+    # What the backend itself says of a model it does not have, name for name.
+    unknown = await describe(own_emulator.url, "no-such:1", None)
+    assert hidden[0] == unknown[0] == 404
+    assert hidden[1:] == (unknown[1], unknown[2].replace(b"no-such:1", b"mistral:7b"))
+    # Inside the list, and for a key without one, the model is described.
+    assert (await describe(guarded.url, "llama3.1:8b", USER))[0] == 200
+    assert (await describe(guarded.url, "mistral:7b", ADMIN))[0] == 200
+
+
+async def test_auto_show_and_explain_see_only_the_keys_models(guarded: Proxy) -> None:
+    url = guarded.url
+    status, _, answer = await call(url, "POST", "/api/show", USER, {"model": "auto"})
+    assert status == 200
+    picks = orjson.loads(answer)["modelfile"].split("picks one of: ", 1)[1].strip()
+    assert set(picks.split(", ")) == set(ALLOWED)
+
+    prompt = {"model": "auto", "prompt": "write a quicksort in rust"}
+    status, _, answer = await call(url, "POST", "/api/autoroute/explain", USER, prompt)
+    assert status == 200
+    doc = orjson.loads(answer)
+    assert doc["model"] in ALLOWED
+    assert {r["model"] for r in doc["ranking"]} <= set(ALLOWED)
+    assert set(doc["filtered"]) <= set(ALLOWED)
+    # A key without a list ranks the emulator's other models too.
+    doc = orjson.loads((await call(url, "POST", "/api/autoroute/explain", ADMIN, prompt))[2])
+    assert {r["model"] for r in doc["ranking"]} - set(ALLOWED)
