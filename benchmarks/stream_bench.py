@@ -1,9 +1,10 @@
 """Streaming overhead of the proxy against a direct connection, in one run.
 
-Starts an emulator (5 ms a chunk, 20 tokens a stream), the proxy, and the naive aiohttp
-pass-through as separate processes, drives each with `benchmarks.loadgen` (and k6 when
-installed) at 1 and 32 concurrent streams, in alternating rounds so that drift of a
-noisy machine hits every target alike, and prints ratios against the direct run.
+Starts an emulator (5 ms a chunk, 20 tokens a stream), the proxy, the naive aiohttp
+pass-through and the floor (a byte pipe with no HTTP, `tcp_relay`) as separate
+processes, drives each with `benchmarks.loadgen` (and k6 when installed) at 1 and 32
+concurrent streams, in alternating rounds so that drift of a noisy machine hits every
+target alike, and prints ratios against the direct run and the floor.
 
     python -m benchmarks.stream_bench            # about two minutes
     python -m benchmarks.stream_bench --quick    # a short smoke run
@@ -180,7 +181,7 @@ def main() -> None:
     single_requests = 60 if args.quick else 300
     many_seconds = 2.0 if args.quick else 6.0
 
-    emu_port, proxy_port, naive_port = 18434, 18435, 18436
+    emu_port, proxy_port, naive_port, floor_port = 18434, 18435, 18436, 18437
     backend = f"http://127.0.0.1:{emu_port}"
     procs = {
         "emulator": start(
@@ -209,15 +210,27 @@ def main() -> None:
         "naive": start(
             [PY, "-m", "benchmarks.naive_proxy", "--port", str(naive_port), "--backend", backend]
         ),
+        "floor": start(
+            [
+                PY,
+                "-m",
+                "benchmarks.tcp_relay",
+                "--port",
+                str(floor_port),
+                "--backend",
+                f"127.0.0.1:{emu_port}",
+            ]
+        ),
     }
     try:
-        for port in (emu_port, proxy_port, naive_port):
+        for port in (emu_port, proxy_port, naive_port, floor_port):
             wait_ready(port)
-        ports = {"direct": emu_port, "proxy": proxy_port, "naive": naive_port}
+        ports = {"direct": emu_port, "proxy": proxy_port, "naive": naive_port, "floor": floor_port}
         pids = {
             "direct": procs["emulator"].pid,
             "proxy": procs["proxy"].pid,
             "naive": procs["naive"].pid,
+            "floor": procs["floor"].pid,
         }
         for port in ports.values():  # warm up pools and caches
             loadgen(port, 8, 1.0)
@@ -260,7 +273,7 @@ def report(
             f"{s.pct(0.5):>7.3f}ms {s.pct(0.99):>7.3f}ms {cpu:>10}"
         )
     print()
-    for name in ("proxy", "naive"):
+    for name in ("proxy", "naive", "floor"):
         d1, p1 = results[("direct", 1)], results[(name, 1)]
         d32, p32 = results[("direct", 32)], results[(name, 32)]
         cpu = p32.cpu / p32.streams * 1000
@@ -282,6 +295,15 @@ def report(
     ]
     for label, ok in checks:
         print(f"  [{'met' if ok else 'MISSED'}] {label}")
+    # The floor is what the kernel and the event loop alone cost to move these bytes
+    # through one more process: the part of the proxy's cost that no code can remove.
+    f1, f32 = results[("floor", 1)], results[("floor", 32)]
+    floor_cpu, proxy_cpu = f32.cpu / f32.streams * 1000, p32.cpu / p32.streams * 1000
+    print(
+        f"  proxy above the floor: cpu {proxy_cpu - floor_cpu:+.3f} ms per stream"
+        f" ({proxy_cpu / floor_cpu:.2f}x the floor's {floor_cpu:.3f} ms),"
+        f" ttfc at 1 stream p50 {p1.pct(0.5) - f1.pct(0.5):+.3f} ms"
+    )
     print()
     for name, summary in k6.items():
         if summary is None:
