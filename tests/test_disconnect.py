@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import time
 from pathlib import Path
 
 import aiohttp
 import orjson
+import pytest
 
 from proxy.emulator import EmulatorSettings
 from proxy.server import PROXY_KEY
-from proxy.upstream import dechunk
+from proxy.upstream import UpstreamConnection, dechunk
 from tests.support import Emulator, Proxy, ServerThread
 
 LONG = {"model": "qwen2.5:7b", "prompt": "Tell me everything.", "options": {"num_predict": 100_000}}
@@ -91,10 +93,18 @@ async def test_proxy_serves_after_many_disconnects(
 
 
 async def test_slow_reader_pauses_the_backend_and_gets_every_byte(
-    servers: ServerThread, tmp_path: Path
+    servers: ServerThread, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A client that stops reading: the proxy stops reading the backend instead of
     buffering the stream, and once the client reads again the stream ends intact."""
+    paused = threading.Event()
+    pause_reading = UpstreamConnection.pause_reading
+
+    def pause_and_tell(conn: UpstreamConnection) -> None:
+        pause_reading(conn)
+        paused.set()
+
+    monkeypatch.setattr(UpstreamConnection, "pause_reading", pause_and_tell)
     emulator = Emulator(servers, EmulatorSettings(frozen_clock=True, chunk_delay_ms=0.0))
     proxy = Proxy(servers, [emulator.url])
     seen: list[dict[str, object]] = []
@@ -112,7 +122,9 @@ async def test_slow_reader_pauses_the_backend_and_gets_every_byte(
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect(("127.0.0.1", proxy.port))
         sock.sendall(request)
-        await asyncio.sleep(1.0)  # not reading: ~3 MB, more than socket buffers hold
+        # Not reading until the proxy has paused the backend (~3 MB are coming, more
+        # than the socket buffers hold); how long that takes depends on the machine.
+        await asyncio.to_thread(paused.wait, 60)
         sock.setblocking(False)
         loop = asyncio.get_running_loop()
         received = bytearray()

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import asyncio
+import threading
+
 import aiohttp
 
 from proxy import final_chunk
@@ -48,12 +51,21 @@ async def test_relay_records_the_final_chunk(emulator: Emulator, proxy: Proxy) -
     server = proxy.app[PROXY_KEY]
     original = server.access.record
     server.access.enabled = True
-    server.access.record = lambda fields: seen.append(fields)  # type: ignore[method-assign]
+    recorded = threading.Event()
+
+    def record(fields: dict[str, object]) -> None:
+        seen.append(fields)
+        recorded.set()
+
+    server.access.record = record  # type: ignore[method-assign]
     try:
         async with aiohttp.ClientSession() as session:
             body = {"model": "qwen2.5:7b", "prompt": "hi", "options": {"num_predict": 7}}
             async with session.post(proxy.url + "/api/generate", json=body) as resp:
                 lines = (await resp.read()).splitlines()
+        # The record is written when the handler ends, which may be after the client
+        # has read the last byte (the relay writes straight to the transport).
+        await asyncio.to_thread(recorded.wait, 30)
     finally:
         server.access.record = original  # type: ignore[method-assign]
         server.access.enabled = False
