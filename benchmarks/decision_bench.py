@@ -2,7 +2,8 @@
 
 Part 1 (in process): `AutoRouter.decide` — features, hard filters, candidate rows,
 one onnxruntime batch, telemetry and policy — timed for 4, 9 and 16 candidates with
-2 KB and 20 KB prompts, against the shipped artifact.
+2 KB and 20 KB prompts, against the shipped artifact; then timed again by stage
+(features, rows, onnxruntime, the rest) by wrapping the functions decide calls.
 Part 2 (processes): the emulator and the proxy; 32 concurrent streams with
 `"model": "auto"` and with a named model, alternating, time to first chunk compared.
 
@@ -13,9 +14,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import statistics
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
+
+import numpy as np
 
 from benchmarks.stream_bench import PY, loadgen, start, wait_ready
 from proxy.auto import AutoRouter
@@ -24,6 +30,10 @@ from proxy.config import Backend, Config
 from proxy.emulator.catalog import CATALOG
 from proxy.registry import ModelInfo, Registry, model_info
 from selector_model import artifact as artifact_module
+from selector_model import features
+from selector_model.artifact import Artifact
+from selector_model.features import Candidate
+from selector_model.scorer import Scorer
 
 
 def catalogue(n: int) -> dict[str, ModelInfo]:
@@ -91,6 +101,86 @@ async def decision_latency(rounds: int) -> list[tuple[int, int, float, float]]:
     return results
 
 
+STAGES = ("features", "rows", "ort")
+
+
+@contextlib.contextmanager
+def timed_stages(spent: dict[str, float]) -> Iterator[None]:
+    """Wrap what `AutoRouter.decide` calls for the request features, the candidate rows
+    and onnxruntime, adding each call's seconds to `spent`: a decide timed by stage on
+    its own path and data (the wrappers' own cost, about a microsecond, lands in the
+    rest)."""
+    originals = (features.request_features, Scorer.batch, Artifact.predict)
+    request_features, batch, predict = originals
+    clock = time.perf_counter
+
+    def timed_features(path: str, body: Mapping[str, Any]) -> list[float]:
+        t0 = clock()
+        try:
+            return request_features(path, body)
+        finally:
+            spent["features"] += clock() - t0
+
+    def timed_batch(
+        artifact: Artifact, request: Sequence[float], candidates: Sequence[Candidate]
+    ) -> np.ndarray:
+        t0 = clock()
+        try:
+            return batch(artifact, request, candidates)
+        finally:
+            spent["rows"] += clock() - t0
+
+    def timed_predict(self: Artifact, rows: np.ndarray) -> np.ndarray:
+        t0 = clock()
+        try:
+            return predict(self, rows)
+        finally:
+            spent["ort"] += clock() - t0
+
+    features.request_features = timed_features
+    Scorer.batch = staticmethod(timed_batch)  # type: ignore[method-assign]
+    Artifact.predict = timed_predict  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        features.request_features = request_features
+        Scorer.batch = staticmethod(batch)  # type: ignore[method-assign]
+        Artifact.predict = predict  # type: ignore[method-assign]
+
+
+async def decision_breakdown(rounds: int) -> list[tuple[int, int, dict[str, float]]]:
+    """Median µs per stage of `AutoRouter.decide`, and of the rest (hard filters,
+    telemetry, policy, the decision), for each configuration."""
+    config = Config(backends=(Backend(url="http://127.0.0.1:9"),))
+    pool = BackendPool(config)
+    registry = Registry(pool)
+    auto = AutoRouter(config, pool, registry)
+    if not auto.scorer.reload():
+        raise SystemExit(f"no usable shipped artifact: {auto.scorer.error}")
+    results = []
+    for n in (4, 9, 16):
+        registry.set_models(catalogue(n))
+        pool.states[0].models = frozenset(registry.models)
+        for size in (2048, 20480):
+            body = prompt(size)
+            samples: dict[str, list[float]] = {stage: [] for stage in (*STAGES, "rest")}
+            with timed_stages(spent := dict.fromkeys(STAGES, 0.0)):
+                for i in range(rounds + 100):  # the first 100 warm up
+                    for stage in STAGES:
+                        spent[stage] = 0.0
+                    t0 = time.perf_counter()
+                    auto.decide("/api/chat", body, "balanced")
+                    total = time.perf_counter() - t0
+                    if i >= 100:
+                        for stage in STAGES:
+                            samples[stage].append(spent[stage])
+                        samples["rest"].append(total - sum(spent.values()))
+            results.append(
+                (n, size, {stage: statistics.median(v) * 1e6 for stage, v in samples.items()})
+            )
+    return results
+
+
 def end_to_end(seconds: float, rounds: int) -> tuple[list[float], list[float]]:
     emu_port, proxy_port = 18534, 18535
     procs = [
@@ -134,6 +224,13 @@ def main() -> None:
         target = {(9, 2048): 250.0, (16, 20480): 500.0}.get((n, size))
         mark = f"p99 <= {target:.0f} µs {'met' if p99 <= target else 'MISSED'}" if target else ""
         print(f"{n:>10} {size // 1024:>5}KB {p50:>8.1f} {p99:>8.1f}  {mark}")
+    print("p50 µs by stage (rest: hard filters, telemetry, policy, the decision):")
+    print(f"{'candidates':>10} {'prompt':>7} {'features':>8} {'rows':>8} {'ort':>8} {'rest':>8}")
+    for n, size, stages in asyncio.run(decision_breakdown(300 if args.quick else 1000)):
+        print(
+            f"{n:>10} {size // 1024:>5}KB"
+            + "".join(f" {stages[stage]:>8.1f}" for stage in (*STAGES, "rest"))
+        )
     named, auto = end_to_end(2.0 if args.quick else 6.0, 1 if args.quick else 3)
     named.sort()
     auto.sort()

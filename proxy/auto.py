@@ -8,7 +8,6 @@ usable artifact, a documented heuristic stands in (`selector_model.policy`).
 
 from __future__ import annotations
 
-import functools
 import math
 import random
 import time
@@ -65,23 +64,19 @@ def required_capabilities(doc: Mapping[str, Any]) -> list[str]:
     needs = []
     if doc.get("tools"):
         needs.append("tools")
+    has_images = bool(doc.get("images"))
     messages = doc.get("messages")
-    has_images = bool(doc.get("images")) or (
-        isinstance(messages, list)
-        and any(
-            isinstance(m, dict)
-            and (
-                m.get("images")
-                or (
-                    isinstance(m.get("content"), list)
-                    and any(
-                        isinstance(p, dict) and p.get("type") == "image_url" for p in m["content"]
-                    )
-                )
-            )
-            for m in messages
-        )
-    )
+    if not has_images and isinstance(messages, list):
+        for m in messages:
+            if not isinstance(m, dict):
+                continue
+            content = m.get("content")
+            if m.get("images") or (
+                isinstance(content, list)
+                and any(isinstance(p, dict) and p.get("type") == "image_url" for p in content)
+            ):
+                has_images = True
+                break
     if has_images:
         needs.append("vision")
     if doc.get("suffix"):
@@ -107,6 +102,9 @@ class AutoRouter:
         self.scorer = Scorer(artifact_module.resolve(self.config.artifact))
         self.rng = random.Random()
         self.decisions = 0
+        # Per profile object: its allow and deny lists normalised, its default model.
+        self._profiles: dict[int, tuple[Profile, frozenset[str], frozenset[str], str]] = {}
+        self._known: tuple[object, frozenset[str]] = (None, frozenset())
 
     def decide(
         self,
@@ -122,7 +120,8 @@ class AutoRouter:
             configured = ", ".join(f"auto:{p}" for p in sorted(self.config.profiles))
             raise AutoError(f"unknown profile 'auto:{profile_name}' (configured: {configured})")
         request = features.request_features(path, doc)
-        assigned = assign(self.config.experiments, user, path, profile_name, request)
+        experiments = self.config.experiments
+        assigned = assign(experiments, user, path, profile_name, request) if experiments else None
         pinned = ""
         if assigned is not None:
             variant = assigned[2].variants[assigned[1]]
@@ -130,21 +129,22 @@ class AutoRouter:
             pinned = normalize_model(variant.model) if variant.model else ""
         prompt_tokens = math.expm1(request[_LOG_TOKENS])
         needs = required_capabilities(doc)
-        allow, deny = self._lists(profile)
+        _, allow, deny, default_model = self._profile(profile)
         eligible: list[Candidate] = []
         filtered: dict[str, str] = {}
         for candidate in self.registry.candidates():
-            missing = [n for n in needs if n not in candidate.capabilities]
-            if key_models is not None and candidate.name not in key_models:
-                filtered[candidate.name] = "not allowed for this API key"
-            elif allow and candidate.name not in allow:
-                filtered[candidate.name] = "not in the profile's allow list"
-            elif candidate.name in deny:
-                filtered[candidate.name] = "in the profile's deny list"
-            elif missing:
-                filtered[candidate.name] = "lacks " + ", ".join(missing)
+            name = candidate.name
+            if key_models is not None and name not in key_models:
+                filtered[name] = "not allowed for this API key"
+            elif allow and name not in allow:
+                filtered[name] = "not in the profile's allow list"
+            elif name in deny:
+                filtered[name] = "in the profile's deny list"
+            elif needs and not candidate.capabilities.issuperset(needs):
+                missing = [n for n in needs if n not in candidate.capabilities]
+                filtered[name] = "lacks " + ", ".join(missing)
             elif candidate.context_length < prompt_tokens:
-                filtered[candidate.name] = (
+                filtered[name] = (
                     f"context {candidate.context_length} < ~{int(prompt_tokens)} prompt tokens"
                 )
             else:
@@ -159,21 +159,27 @@ class AutoRouter:
         artifact = self.scorer.artifact
         if artifact is not None:
             p_success = self.scorer.p_success(artifact, request, eligible)
+            known = self._known_models(artifact)
+            unknown_margin = float(artifact.policy.get("unseen_margin", UNKNOWN_MARGIN))
         else:
             p_success = [heuristic_p_success(c) for c in eligible]
-        output_tokens = _output_tokens(doc)
-        seconds = [self._seconds(c, prompt_tokens, output_tokens) for c in eligible]
-        known = set(artifact.known_models) if artifact else set()
+            known = frozenset()
+            unknown_margin = UNKNOWN_MARGIN
+        backend_of = self.registry.backend_of
+        seconds = self.telemetry.expected_seconds_many(
+            [backend_of.get(c.name, "") for c in eligible],
+            eligible,
+            prompt_tokens,
+            _output_tokens(doc),
+        )
         ranking = rank([c.name for c in eligible], p_success, seconds, profile.cost_weight, known)
         chosen, reason, propensity = pick(
             ranking,
-            normalize_model(profile.default_model) if profile.default_model else "",
+            default_model,
             self.config.min_gain,
             profile.exploration,
             self.rng,
-            float(artifact.policy.get("unseen_margin", UNKNOWN_MARGIN))
-            if artifact
-            else UNKNOWN_MARGIN,
+            unknown_margin,
         )
         if artifact is None and reason != "explore":
             reason = "fallback"
@@ -195,18 +201,25 @@ class AutoRouter:
         chosen_candidate = next(c for c in eligible if c.name == chosen.name)
         return Choice(decision, request, chosen_candidate)
 
-    @staticmethod
-    @functools.cache
-    def _lists(profile: Profile) -> tuple[frozenset[str], frozenset[str]]:
-        """A profile's allow and deny lists as model names, normalised once."""
-        return (
-            frozenset(normalize_model(m) for m in profile.allow),
-            frozenset(normalize_model(m) for m in profile.deny),
-        )
+    def _profile(self, profile: Profile) -> tuple[Profile, frozenset[str], frozenset[str], str]:
+        """A profile's allow and deny lists and default model as model names, normalised
+        once per profile object (the entry holds it, so its id stays its own)."""
+        entry = self._profiles.get(id(profile))
+        if entry is None:
+            if len(self._profiles) >= 256:
+                self._profiles.clear()
+            entry = self._profiles[id(profile)] = (
+                profile,
+                frozenset(normalize_model(m) for m in profile.allow),
+                frozenset(normalize_model(m) for m in profile.deny),
+                normalize_model(profile.default_model) if profile.default_model else "",
+            )
+        return entry
 
-    def _seconds(self, candidate: Candidate, prompt_tokens: float, output_tokens: float) -> float:
-        backend = self.registry.backend_of.get(candidate.name, "")
-        return self.telemetry.expected_seconds(backend, candidate, prompt_tokens, output_tokens)
+    def _known_models(self, artifact: artifact_module.Artifact) -> frozenset[str]:
+        if self._known[0] is not artifact:
+            self._known = (artifact, frozenset(artifact.known_models))
+        return self._known[1]
 
     def observe(self, backend: str, model: str, stats: Mapping[str, int | str]) -> None:
         info = self.registry.models.get(normalize_model(model))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,11 @@ class Artifact:
     loaded_at: float
     load_seconds: float
     sha256: str
+    # Rows with the candidates' parts filled in, by the ids of the candidate objects
+    # (see `selector_model.scorer`); they go away with the artifact.
+    rows: dict[tuple[int, ...], tuple[tuple[features.Candidate, ...], np.ndarray]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
         """P(success) for each row."""

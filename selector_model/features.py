@@ -35,10 +35,10 @@ TASKS = ("fix", "explain", "refactor", "test", "generate", "complete", "summariz
 FAMILIES = ("llama", "qwen", "gemma", "mistral", "mixtral", "phi", "deepseek", "nemotron", "other")
 CAPABILITIES = ("tools", "vision", "thinking", "insert")
 
-# Keyword hints, read from lower-cased text: words are looked up in the set of the
-# text's words (one regex pass), symbols with `in`. Regular expressions per hint cost
-# ~0.5 ms each on 8 KB. Approximate by design; what matters is that training and
-# serving read them the same way, here.
+# Keyword hints, read from lower-cased text: a hint word counts when it is one of the
+# text's words, a symbol when it is in the text. A regular expression per hint would
+# cost ~0.5 ms each on 8 KB. Approximate by design; what matters is that training and
+# serving read them the same way, here (see "How the definitions above are read fast").
 _LANGUAGE_HINTS: dict[str, tuple[frozenset[str], tuple[str, ...]]] = {
     "python": (frozenset({"def", "elif", "self", "none", "import"}), ("```python", "print(")),
     "javascript": (frozenset({"function", "const", "console", "var"}), ("```js", "=> ")),
@@ -64,9 +64,87 @@ _MATH_WORDS = frozenset(
     {"solve", "equation", "probability", "integer", "calculate", "sum", "product", "remainder"}
 )
 _MATH_SYMBOLS = (" + ", " - ", " * ", " / ", " = ", "^", "\\frac", "\\sqrt")
-_DROP_DIGITS = str.maketrans("", "", "0123456789")
-_DROP_CODE = str.maketrans("", "", "{}();=<>[]")
-_TO_SPACE = str.maketrans({c: " " for c in string.punctuation + string.digits + "\n\t"})
+_SEPARATORS = string.punctuation + string.digits + "\n\t"
+
+# How the definitions above are read fast, with the same results (tests/test_features.py
+# pins them):
+# - Words are what is left between whitespace and the separators, all ASCII. They are
+#   made spaces on the UTF-8 bytes (`_spaced`: a table lookup per byte, where
+#   str.translate with a dict looks each character up in the dict), with every other
+#   ASCII whitespace (a no-op for str.split). In an ASCII text a word w is then present
+#   exactly when " w " is in " " + spaced + " ", which one regex finds for all hint
+#   words at once (no word objects, no hashing); other texts split and look words up.
+# - Counts of ASCII characters (digits, code characters) are taken on the UTF-8 bytes,
+#   where an ASCII byte is always that character.
+# - A symbol is looked for only where a character it cannot occur without is (found
+#   with memchr); code fence symbols by reading what follows each "```".
+_TO_SPACE_BYTES = bytes(
+    0x20 if chr(i) in _SEPARATORS or chr(i).isspace() else i for i in range(128)
+) + bytes(range(128, 256))
+_DIGITS = b"0123456789"
+_CODE_CHARS = b"{}();=<>[]"
+
+
+def _utf8(text: str) -> bytes:
+    # surrogatepass: a lone surrogate must not raise here (it never did before).
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _spaced(text: str) -> str:
+    return _utf8(text).translate(_TO_SPACE_BYTES).decode("utf-8", "surrogatepass")
+
+
+def _ascii_count(text_utf8: bytes, chars: bytes) -> int:
+    return len(text_utf8) - len(text_utf8.translate(None, chars))
+
+
+def _word_pattern(words: Iterable[str]) -> re.Pattern[str]:
+    """Which of `words` a padded spaced ASCII text has: " (w1|w2|...)(?= )", the
+    alternatives as a trie (a plain alternation tries every word at every space: twice
+    the cost)."""
+
+    def trie(suffixes: list[str]) -> str:
+        ends = "" in suffixes
+        by_first: dict[str, list[str]] = {}
+        for suffix in sorted(s for s in suffixes if s):
+            by_first.setdefault(suffix[0], []).append(suffix[1:])
+        branches = [re.escape(first) + trie(rest) for first, rest in by_first.items()]
+        if not branches:
+            return ""
+        if len(branches) == 1 and not ends:
+            return branches[0]
+        return "(?:" + "|".join(branches) + ")" + ("?" if ends else "")
+
+    return re.compile(" (" + trie(sorted(set(words))) + ")(?= )")
+
+
+def _probe(symbol: str) -> str | None:
+    """A punctuation character the symbol cannot occur without (a one-character search
+    is a memchr), or None."""
+    return next((c for c in symbol if c in string.punctuation), None)
+
+
+# Per language: its hint words, the tags of its code fences ("```python" -> "python"),
+# its other symbols with their probes.
+_LANGUAGE_CHECKS = tuple(
+    (
+        words,
+        tuple(s[3:] for s in symbols if s.startswith("```")),
+        tuple((s, _probe(s)) for s in symbols if not s.startswith("```")),
+    )
+    for words, symbols in (_LANGUAGE_HINTS[name] for name in LANGUAGES)
+)
+_FENCE_TAG = max(len(tag) for _, tags, _ in _LANGUAGE_CHECKS for tag in tags)
+_TASK_CHECKS = tuple(_TASK_HINTS[name] for name in TASKS)
+_MATH_PROBES = tuple((symbol, _probe(symbol) or symbol) for symbol in _MATH_SYMBOLS)
+_LANGUAGE_WORDS = frozenset().union(*(words for words, _ in _LANGUAGE_HINTS.values()))
+_LAST_WORDS = frozenset().union(*_TASK_CHECKS, _MATH_WORDS)
+_BOTH_WORDS = _LANGUAGE_WORDS | _LAST_WORDS
+_FIND_LANGUAGE_WORDS = _word_pattern(_LANGUAGE_WORDS)
+_FIND_LAST_WORDS = _word_pattern(_LAST_WORDS)
+_FIND_BOTH_WORDS = _word_pattern(_BOTH_WORDS)
+# A line that opens like a multiple-choice option, as `_choices` defines it, in "\n" + text.
+_CHOICE_LINE = re.compile(r"\n[ (]*[a-e][).:] ")
 
 REQUEST_FEATURES: tuple[str, ...] = (
     "log_chars",
@@ -222,30 +300,48 @@ def _window(text: str) -> str:
     return text if len(text) <= 2 * HINT_CHARS else text[:HINT_CHARS] + "\n" + text[-HINT_CHARS:]
 
 
-def _choices(text: str) -> int:
-    """Lines that open like a multiple-choice option: "a)", "(b)", "c.", "d:"."""
-    count = 0
-    for line in text.split("\n"):
-        line = line.lstrip(" (")
-        if len(line) > 2 and line[0] in "abcde" and line[1] in ").:" and line[2] == " ":
-            count += 1
-    return count
-
-
-def _hinted(
-    text: str, words: set[str], hint_words: frozenset[str], symbols: tuple[str, ...]
-) -> float:
-    if not words.isdisjoint(hint_words):
-        return 1.0
-    for symbol in symbols:
-        if symbol in text:
-            return 1.0
-    return 0.0
+def _choices(low: str) -> int:
+    """Lines that open like a multiple-choice option: "a)", "(b)", "c.", "d:" (a line
+    that, leading spaces and "(" stripped, has [a-e], one of ").:" and a space)."""
+    return len(_CHOICE_LINE.findall("\n" + low))
 
 
 def _hash_words(words: Iterable[str], out: list[float]) -> None:
     for word in words:
         out[zlib.crc32(word.encode()) % HASH_BUCKETS] += 1.0
+
+
+def _hint_words(
+    low: str, spaced: str, hint_words: frozenset[str], find: re.Pattern[str]
+) -> frozenset[str]:
+    """Which `hint_words` are among the words of `low` (lower-cased text; `spaced`,
+    `_spaced(low)`)."""
+    if low.isascii():
+        return frozenset(find.findall(" " + spaced + " "))
+    return hint_words.intersection(spaced.split())
+
+
+def _language_hints(low: str, hits: frozenset[str], out: list[float]) -> None:
+    """lang_* of the sample's window (`low`, lower-cased; `hits`, hint words among its
+    words): one of the language's hint words, else one of its symbols in it."""
+    tags = []  # what follows each "```": "```tag" is in the text iff one starts with tag
+    at = low.find("```")
+    while at >= 0:
+        tags.append(low[at + 3 : at + 3 + _FENCE_TAG])
+        at = low.find("```", at + 1)
+    for hint_words, fence_tags, symbols in _LANGUAGE_CHECKS:
+        found = bool(hits) and not hits.isdisjoint(hint_words)
+        if not found and tags:
+            for tag in tags:
+                if tag.startswith(fence_tags):
+                    found = True
+                    break
+        if not found:
+            for symbol, probe in symbols:
+                if (probe is None or probe in low) and symbol in low:
+                    found = True
+                    break
+        out.append(1.0 if found else 0.0)
 
 
 def request_features(path: str, body: Mapping[str, Any]) -> list[float]:
@@ -290,11 +386,27 @@ def request_features(path: str, body: Mapping[str, Any]) -> list[float]:
     )
 
     # Keyword hints read a narrower window: instructions sit at the start and the end.
-    low_sample = _window(sample).lower()
-    low_last = _window(last).lower()
-    sample_words = set(low_sample.translate(_TO_SPACE).split())
-    last_words = set(low_last.translate(_TO_SPACE).split())
-    code_chars = len(sample) - len(sample.translate(_DROP_CODE))
+    # Words: those of the lower-cased window with the separators made spaces.
+    # When the sample's window is the last turn's (one short message, or one long one),
+    # it is read once.
+    window = _window(sample)
+    window_last = _window(last)
+    low_last = window_last.lower()
+    spaced_last = _spaced(low_last)
+    if window == window_last:
+        low_sample = low_last
+        sample_hits = last_hits = _hint_words(low_last, spaced_last, _BOTH_WORDS, _FIND_BOTH_WORDS)
+    else:
+        low_sample = window.lower()
+        sample_hits = _hint_words(
+            low_sample, _spaced(low_sample), _LANGUAGE_WORDS, _FIND_LANGUAGE_WORDS
+        )
+        last_hits = _hint_words(low_last, spaced_last, _LAST_WORDS, _FIND_LAST_WORDS)
+    math_count = len(last_hits & _MATH_WORDS)
+    for symbol, probe in _MATH_PROBES:
+        if probe in low_last:
+            math_count += low_last.count(symbol)
+
     options = body.get("options") if isinstance(body.get("options"), dict) else {}
     assert isinstance(options, dict)
     fmt = body.get("format") or body.get("response_format")
@@ -314,14 +426,17 @@ def request_features(path: str, body: Mapping[str, Any]) -> list[float]:
         math.log1p(system_chars),
         math.log1p(len(last_user)),
         float(sample.count("```") // 2),
-        code_chars / len(sample) if sample else 0.0,
+        _ascii_count(_utf8(sample), _CODE_CHARS) / len(sample) if sample else 0.0,
         float(sample.count("\n")),
         float(last.count("?")),
-        float(len(last) - len(last.translate(_DROP_DIGITS))),
-        *(_hinted(low_sample, sample_words, *_LANGUAGE_HINTS[name]) for name in LANGUAGES),
-        *(0.0 if last_words.isdisjoint(_TASK_HINTS[name]) else 1.0 for name in TASKS),
+        float(_ascii_count(_utf8(last), _DIGITS)),
+    ]
+    _language_hints(low_sample, sample_hits, features)
+    for hint_words in _TASK_CHECKS:
+        features.append(0.0 if last_hits.isdisjoint(hint_words) else 1.0)
+    features += (
         1.0 if _choices(low_last) >= 2 else 0.0,
-        float(len(last_words & _MATH_WORDS) + sum(low_last.count(s) for s in _MATH_SYMBOLS)),
+        float(math_count),
         1.0 if tools else 0.0,
         math.log1p(len(tools)),
         1.0 if images else 0.0,
@@ -339,11 +454,18 @@ def request_features(path: str, body: Mapping[str, Any]) -> list[float]:
         else 0.0,
         1.0 if path.endswith("/chat") or path.endswith("/chat/completions") else 0.0,
         1.0 if path.startswith("/v1/") else 0.0,
-    ]
+    )
+    # Hashes of the first and the last words of the last user turn's first and last 512
+    # characters, lower-cased. Where lower-casing kept every character (ASCII), those are
+    # slices of the window already spaced (512 < HINT_CHARS).
     head_hash = [0.0] * HASH_BUCKETS
     tail_hash = [0.0] * HASH_BUCKETS
-    _hash_words(last[:512].lower().translate(_TO_SPACE).split()[:HASH_WORDS], head_hash)
-    _hash_words(last[-512:].lower().translate(_TO_SPACE).split()[-HASH_WORDS:], tail_hash)
+    if last.isascii():
+        head, tail = spaced_last[:512], spaced_last[-512:]
+    else:
+        head, tail = _spaced(last[:512].lower()), _spaced(last[-512:].lower())
+    _hash_words(head.split(None, HASH_WORDS)[:HASH_WORDS], head_hash)
+    _hash_words(tail.rsplit(None, HASH_WORDS)[-HASH_WORDS:], tail_hash)
     features += head_hash
     features += tail_hash
     return features

@@ -13,7 +13,9 @@ the proxy's own choices.
 from __future__ import annotations
 
 import math
+import operator
 import random
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,9 +25,10 @@ from selector_model.features import Candidate
 # its family and size alone), unless the artifact's own `policy.unseen_margin`, set
 # from its leave-one-model-out evaluation, says otherwise.
 UNKNOWN_MARGIN = 0.05
+_UTILITY = operator.attrgetter("utility")
 
 
-@dataclass
+@dataclass(slots=True)
 class Scored:
     name: str
     p_success: float
@@ -91,13 +94,13 @@ def rank(
     p_success: list[float],
     seconds: list[float],
     cost_weight: float,
-    known: set[str],
+    known: AbstractSet[str],
 ) -> list[Scored]:
     ranking = [
         Scored(name, p, s, p - cost_weight * s, name in known)
         for name, p, s in zip(names, p_success, seconds, strict=True)
     ]
-    ranking.sort(key=lambda s: s.utility, reverse=True)
+    ranking.sort(key=_UTILITY, reverse=True)
     return ranking
 
 

@@ -7,8 +7,8 @@ in flight keep the one they started with, and a bad file never replaces a good o
 
 from __future__ import annotations
 
-import functools
 import logging
+import struct
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,7 +16,7 @@ import numpy as np
 
 from selector_model import artifact as artifact_module
 from selector_model.artifact import Artifact
-from selector_model.features import Candidate, candidate_block
+from selector_model.features import REQUEST_FEATURES, Candidate, candidate_block
 
 log = logging.getLogger("autoroute.selector")
 
@@ -70,14 +70,42 @@ class Scorer:
     def batch(
         artifact: Artifact, request: Sequence[float], candidates: Sequence[Candidate]
     ) -> np.ndarray:
-        """The rows of `features.rows`, assembled from the cached candidate blocks."""
-        width = len(request)
-        batch = np.empty((len(candidates), artifact.width), dtype=np.float32)
-        batch[:, :width] = request
-        batch[:, width:] = [_block(c, artifact.known_models) for c in candidates]
+        """The rows of `features.rows`: a copy of the candidates' cached rows with the
+        request's features written over their first columns."""
+        batch = _rows(artifact, candidates).copy()
+        try:
+            # A native struct rounds each float as numpy's cast does, ~3x faster than
+            # numpy's conversion of a list.
+            batch[:, :_WIDTH] = np.frombuffer(_REQUEST_ROW.pack(*request), np.float32)
+        except struct.error:  # not a request's numbers: numpy says what is wrong
+            batch[:, :_WIDTH] = request
         return batch
 
 
-@functools.lru_cache(maxsize=4096)
-def _block(candidate: Candidate, known_models: tuple[str, ...]) -> np.ndarray:
-    return np.asarray(candidate_block(candidate, known_models), dtype=np.float32)
+_WIDTH = len(REQUEST_FEATURES)
+_REQUEST_ROW = struct.Struct(f"{_WIDTH}f")
+_MAX_ENTRIES = 512
+
+
+def _rows(artifact: Artifact, candidates: Sequence[Candidate]) -> np.ndarray:
+    """Rows with the candidates' parts (their features and identity) filled in and the
+    request's part zero.
+
+    Cached on the artifact (the identity columns are its known models) by the identity
+    of the candidate objects, which the registry keeps while nothing changes, so that a
+    request does not hash them. The entry holds the candidates: their ids cannot be
+    reused while it exists."""
+    # (From a list: tuple(map(...)) would allocate past the tuple free list, and each
+    # call would bring the next garbage collection nearer.)
+    key = tuple([id(c) for c in candidates])
+    cache = artifact.rows
+    entry = cache.get(key)
+    if entry is None:
+        rows = np.zeros((len(candidates), artifact.width), dtype=np.float32)
+        for i, candidate in enumerate(candidates):
+            rows[i, _WIDTH:] = candidate_block(candidate, artifact.known_models)
+        rows.flags.writeable = False
+        if len(cache) >= _MAX_ENTRIES:
+            cache.clear()
+        cache[key] = entry = (tuple(candidates), rows)
+    return entry[1]

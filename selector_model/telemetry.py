@@ -8,7 +8,7 @@ memory bandwidth, so tokens/s ≈ bandwidth / bytes of weights.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from selector_model.features import Candidate
@@ -45,6 +45,8 @@ def _ewma(old: float, new: float, samples: int) -> float:
 class Telemetry:
     def __init__(self) -> None:
         self._rates: dict[tuple[str, str], Rates] = {}
+        # The prior's (prompt_tps, gen_tps, load_seconds) by what it depends on.
+        self._priors: dict[tuple[float, float], tuple[float, float, float]] = {}
 
     def observe(self, backend: str, candidate: Candidate, stats: Mapping[str, int | str]) -> None:
         """Fold one final chunk's counters into the rates of (backend, model)."""
@@ -84,9 +86,40 @@ class Telemetry:
     def expected_seconds(
         self, backend: str, candidate: Candidate, prompt_tokens: float, output_tokens: float
     ) -> float:
-        rates = self.rates(backend, candidate)
-        seconds = prompt_tokens / rates.prompt_tps + output_tokens / rates.gen_tps
-        return seconds if candidate.loaded else seconds + rates.load_seconds
+        return self.expected_seconds_many([backend], [candidate], prompt_tokens, output_tokens)[0]
+
+    def expected_seconds_many(
+        self,
+        backends: Sequence[str],
+        candidates: Sequence[Candidate],
+        prompt_tokens: float,
+        output_tokens: float,
+    ) -> list[float]:
+        """`expected_seconds` of each candidate on its backend, in one call: the hot path
+        of `auto`, so the prior is computed once per model size, not per request."""
+        observed = self._rates
+        priors = self._priors
+        out = []
+        for backend, candidate in zip(backends, candidates, strict=True):
+            rates = observed.get((backend, candidate.name))
+            if rates is not None:
+                prompt_tps, gen_tps, load_seconds = (
+                    rates.prompt_tps,
+                    rates.gen_tps,
+                    rates.load_seconds,
+                )
+            else:
+                key = (candidate.params_b, candidate.quant_bits)
+                cached = priors.get(key)
+                if cached is None:
+                    if len(priors) >= 4096:
+                        priors.clear()
+                    rates = prior(candidate)
+                    cached = priors[key] = (rates.prompt_tps, rates.gen_tps, rates.load_seconds)
+                prompt_tps, gen_tps, load_seconds = cached
+            seconds = prompt_tokens / prompt_tps + output_tokens / gen_tps
+            out.append(seconds if candidate.loaded else seconds + load_seconds)
+        return out
 
     def snapshot(self) -> list[dict[str, object]]:
         return [
