@@ -19,6 +19,7 @@ import asyncpg
 
 from proxy.auth import Access, new_key
 from proxy.config import ApiKey, Auth
+from proxy.pg_migrations import apply
 
 log = logging.getLogger("autoroute.auth")
 
@@ -65,29 +66,9 @@ class KeyCommandError(Exception):
 
 
 async def migrate(conn: asyncpg.Connection) -> list[int]:
-    """Apply what is missing, under an advisory lock (proxies and the CLI may start
-    together); returns the versions applied now."""
-    applied: list[int] = []
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS autoroute_auth_migrations ("
-            " version integer PRIMARY KEY, name text NOT NULL,"
-            " applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        done = {r[0] for r in await conn.fetch("SELECT version FROM autoroute_auth_migrations")}
-        for version, name, sql in MIGRATIONS:
-            if version in done:
-                continue
-            async with conn.transaction():
-                await conn.execute(sql)
-                await conn.execute(
-                    "INSERT INTO autoroute_auth_migrations (version, name) VALUES ($1, $2)",
-                    version,
-                    name,
-                )
-            applied.append(version)
-    return applied
+    """Apply what is missing (proxies and the CLI may start together); returns the
+    versions applied now."""
+    return await apply(conn, MIGRATIONS, "autoroute_auth_migrations", _LOCK_KEY)
 
 
 async def connect(dsn: str) -> asyncpg.Connection:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncpg
 
+from proxy.pg_migrations import apply
+
 MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     (
         1,
@@ -68,22 +70,4 @@ _LOCK_KEY = 0x6175746F726F7574  # "autorout"
 
 async def migrate(conn: asyncpg.Connection) -> list[int]:
     """Apply what is missing; returns the versions applied now."""
-    applied: list[int] = []
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations ("
-            " version integer PRIMARY KEY, name text NOT NULL,"
-            " applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        done = {r[0] for r in await conn.fetch("SELECT version FROM schema_migrations")}
-        for version, name, sql in MIGRATIONS:
-            if version in done:
-                continue
-            async with conn.transaction():
-                await conn.execute(sql)
-                await conn.execute(
-                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name
-                )
-            applied.append(version)
-    return applied
+    return await apply(conn, MIGRATIONS, "schema_migrations", _LOCK_KEY)
