@@ -74,13 +74,20 @@ def prompt(size: int) -> dict[str, Any]:
     }
 
 
-async def decision_latency(rounds: int) -> list[tuple[int, int, float, float]]:
+def router() -> tuple[AutoRouter, BackendPool, Registry]:
+    """The proxy's AutoRouter with the shipped artifact, fed by a registry the bench
+    fills itself (no backend is ever contacted)."""
     config = Config(backends=(Backend(url="http://127.0.0.1:9"),))
     pool = BackendPool(config)
     registry = Registry(pool)
     auto = AutoRouter(config, pool, registry)
     if not auto.scorer.reload():
         raise SystemExit(f"no usable shipped artifact: {auto.scorer.error}")
+    return auto, pool, registry
+
+
+async def decision_latency(rounds: int) -> list[tuple[int, int, float, float]]:
+    auto, pool, registry = router()
     results = []
     for n in (4, 9, 16):
         registry.set_models(catalogue(n))
@@ -151,12 +158,7 @@ def timed_stages(spent: dict[str, float]) -> Iterator[None]:
 async def decision_breakdown(rounds: int) -> list[tuple[int, int, dict[str, float]]]:
     """Median µs per stage of `AutoRouter.decide`, and of the rest (hard filters,
     telemetry, policy, the decision), for each configuration."""
-    config = Config(backends=(Backend(url="http://127.0.0.1:9"),))
-    pool = BackendPool(config)
-    registry = Registry(pool)
-    auto = AutoRouter(config, pool, registry)
-    if not auto.scorer.reload():
-        raise SystemExit(f"no usable shipped artifact: {auto.scorer.error}")
+    auto, pool, registry = router()
     results = []
     for n in (4, 9, 16):
         registry.set_models(catalogue(n))
