@@ -74,37 +74,37 @@ def prompt(size: int) -> dict[str, Any]:
     }
 
 
-def router() -> tuple[AutoRouter, BackendPool, Registry]:
-    """The proxy's AutoRouter with the shipped artifact, fed by a registry the bench
-    fills itself (no backend is ever contacted)."""
+def configurations() -> Iterator[tuple[AutoRouter, int, int, dict[str, Any]]]:
+    """The proxy's AutoRouter with the shipped artifact, set up for each case in turn
+    (4, 9 and 16 candidates, each with a 2 KB and a 20 KB conversation) from a registry
+    the bench fills itself: no backend is ever contacted."""
     config = Config(backends=(Backend(url="http://127.0.0.1:9"),))
     pool = BackendPool(config)
     registry = Registry(pool)
     auto = AutoRouter(config, pool, registry)
     if not auto.scorer.reload():
         raise SystemExit(f"no usable shipped artifact: {auto.scorer.error}")
-    return auto, pool, registry
-
-
-async def decision_latency(rounds: int) -> list[tuple[int, int, float, float]]:
-    auto, pool, registry = router()
-    results = []
     for n in (4, 9, 16):
         registry.set_models(catalogue(n))
         pool.states[0].models = frozenset(registry.models)
         for size in (2048, 20480):
-            body = prompt(size)
-            for _ in range(200):  # warm up
-                auto.decide("/api/chat", body, "balanced")
-            samples = []
-            for _ in range(rounds):
-                t0 = time.perf_counter()
-                auto.decide("/api/chat", body, "balanced")
-                samples.append(time.perf_counter() - t0)
-            samples.sort()
-            results.append(
-                (n, size, samples[len(samples) // 2] * 1e6, samples[int(len(samples) * 0.99)] * 1e6)
-            )
+            yield auto, n, size, prompt(size)
+
+
+async def decision_latency(rounds: int) -> list[tuple[int, int, float, float]]:
+    results = []
+    for auto, n, size, body in configurations():
+        for _ in range(200):  # warm up
+            auto.decide("/api/chat", body, "balanced")
+        samples = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            auto.decide("/api/chat", body, "balanced")
+            samples.append(time.perf_counter() - t0)
+        samples.sort()
+        results.append(
+            (n, size, samples[len(samples) // 2] * 1e6, samples[int(len(samples) * 0.99)] * 1e6)
+        )
     return results
 
 
@@ -158,28 +158,23 @@ def timed_stages(spent: dict[str, float]) -> Iterator[None]:
 async def decision_breakdown(rounds: int) -> list[tuple[int, int, dict[str, float]]]:
     """Median µs per stage of `AutoRouter.decide`, and of the rest (hard filters,
     telemetry, policy, the decision), for each configuration."""
-    auto, pool, registry = router()
     results = []
-    for n in (4, 9, 16):
-        registry.set_models(catalogue(n))
-        pool.states[0].models = frozenset(registry.models)
-        for size in (2048, 20480):
-            body = prompt(size)
-            samples: dict[str, list[float]] = {stage: [] for stage in (*STAGES, "rest")}
-            with timed_stages(spent := dict.fromkeys(STAGES, 0.0)):
-                for i in range(rounds + 100):  # the first 100 warm up
+    for auto, n, size, body in configurations():
+        samples: dict[str, list[float]] = {stage: [] for stage in (*STAGES, "rest")}
+        with timed_stages(spent := dict.fromkeys(STAGES, 0.0)):
+            for i in range(rounds + 100):  # the first 100 warm up
+                for stage in STAGES:
+                    spent[stage] = 0.0
+                t0 = time.perf_counter()
+                auto.decide("/api/chat", body, "balanced")
+                total = time.perf_counter() - t0
+                if i >= 100:
                     for stage in STAGES:
-                        spent[stage] = 0.0
-                    t0 = time.perf_counter()
-                    auto.decide("/api/chat", body, "balanced")
-                    total = time.perf_counter() - t0
-                    if i >= 100:
-                        for stage in STAGES:
-                            samples[stage].append(spent[stage])
-                        samples["rest"].append(total - sum(spent.values()))
-            results.append(
-                (n, size, {stage: statistics.median(v) * 1e6 for stage, v in samples.items()})
-            )
+                        samples[stage].append(spent[stage])
+                    samples["rest"].append(total - sum(spent.values()))
+        results.append(
+            (n, size, {stage: statistics.median(v) * 1e6 for stage, v in samples.items()})
+        )
     return results
 
 
