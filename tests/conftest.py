@@ -6,6 +6,7 @@ import pytest
 
 from proxy.emulator import EmulatorSettings
 from tests.support import Emulator, Proxy, ServerThread
+from tests.test_usage_services import Database, database_on, postgres_base
 
 # Identical requests give byte-identical answers (fixed clock, computed durations), so
 # a response through the proxy can be compared with the direct one byte for byte.
@@ -48,3 +49,17 @@ def own_proxy(servers: ServerThread, own_emulator: Emulator) -> Iterator[Proxy]:
     prx = Proxy(servers, [own_emulator.url])
     yield prx
     prx.stop()
+
+
+@pytest.fixture(scope="module")
+def pg_base() -> Iterator[str]:
+    """A PostgreSQL server for the module: the machine's, else a private one."""
+    with postgres_base() as dsn:
+        yield dsn
+
+
+@pytest.fixture
+def database(pg_base: str) -> Iterator[Database]:
+    """A database of the test's own on `pg_base`, dropped afterwards."""
+    with database_on(pg_base) as db:
+        yield db

@@ -30,26 +30,12 @@ from tests.test_auth import CHAT, bearer, call
 from tests.test_usage_services import (
     Database,
     PrivatePostgres,
-    database_on,
-    postgres_base,
     wait_for,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
 REFRESH = 0.05  # seconds: tests wait on refresh counts, never on this figure
 CONFIGURED = "k-configured-1"
-
-
-@pytest.fixture(scope="module")
-def pg_base() -> Iterator[str]:
-    with postgres_base() as dsn:
-        yield dsn
-
-
-@pytest.fixture
-def database(pg_base: str) -> Iterator[Database]:
-    with database_on(pg_base) as db:
-        yield db
 
 
 KeyedProxy = Callable[..., Proxy]

@@ -169,21 +169,10 @@ def test_usage_events_give_labels_weights_and_skips(tmp_path: Path) -> None:
     assert examples[0].request == events[0]["features"]["request"]
 
 
-def test_train_from_a_usage_file(tmp_path: Path) -> None:
-    """A selector trained only on usage events learns which model served which kind of
-    request well, and its artifact describes the models from the events."""
-    events = []
-    for i in range(120):
-        math_prompt = i % 2 == 0
-        text = (
-            f"Solve the equation {i} + x = {i * 3} and calculate the remainder"
-            if math_prompt
-            else f"Write a short poem about the colour number {i}"
-        )
-        events.append(_event(text, "tiny:1b", 1.0, status=500 if math_prompt else 200))
-        events.append(_event(text, "big:70b", 70.0, propensity=0.5))
+def _train_from_usage(tmp_path: Path, events: list[dict[str, Any]]) -> argparse.Namespace:
+    """`autoroute train --quick` arguments for these events alone, in `tmp_path`."""
     usage = _write_jsonl(tmp_path / "usage.jsonl", events)
-    args = _parse(
+    return _parse(
         cli.add_train_arguments,
         [
             "--from",
@@ -197,6 +186,22 @@ def test_train_from_a_usage_file(tmp_path: Path) -> None:
             "--no-lomo",
         ],
     )
+
+
+def test_train_from_a_usage_file(tmp_path: Path) -> None:
+    """A selector trained only on usage events learns which model served which kind of
+    request well, and its artifact describes the models from the events."""
+    events = []
+    for i in range(120):
+        math_prompt = i % 2 == 0
+        text = (
+            f"Solve the equation {i} + x = {i * 3} and calculate the remainder"
+            if math_prompt
+            else f"Write a short poem about the colour number {i}"
+        )
+        events.append(_event(text, "tiny:1b", 1.0, status=500 if math_prompt else 200))
+        events.append(_event(text, "big:70b", 70.0, propensity=0.5))
+    args = _train_from_usage(tmp_path, events)
     assert cli.run_train(args) == 0
     onnx_bytes, meta = export.read_artifact(tmp_path / "art")
     assert meta["known_models"] == ["tiny:1b", "big:70b"]
@@ -219,21 +224,7 @@ def test_training_on_one_outcome_class_is_refused_with_the_reason(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     events = [_event(f"Write a poem number {i}", "tiny:1b", 1.0) for i in range(40)]
-    usage = _write_jsonl(tmp_path / "usage.jsonl", events)
-    args = _parse(
-        cli.add_train_arguments,
-        [
-            "--from",
-            str(usage),
-            "--out",
-            str(tmp_path / "art"),
-            "--quick",
-            "--no-progress",
-            "--no-lomo",
-            "--report-dir",
-            str(tmp_path / "rep"),
-        ],
-    )
+    args = _train_from_usage(tmp_path, events)
     assert cli.run_train(args) != 0
     assert "same outcome" in capsys.readouterr().err
     assert not (tmp_path / "art").exists()

@@ -17,25 +17,11 @@ from tests.test_usage_services import (
     Database,
     Tansu,
     consume,
-    database_on,
-    postgres_base,
     read_bytes,
     wait_for,
 )
 
 MODEL = "llama3.1:8b"
-
-
-@pytest.fixture(scope="module")
-def pg_base() -> Iterator[str]:
-    with postgres_base() as dsn:
-        yield dsn
-
-
-@pytest.fixture
-def database(pg_base: str) -> Iterator[Database]:
-    with database_on(pg_base) as db:
-        yield db
 
 
 @pytest.fixture(scope="module")
