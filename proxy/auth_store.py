@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -107,6 +108,7 @@ class KeyStore:
         # Reads that worked and that failed: what tests and operators can wait on.
         self.refreshes = 0
         self.failures = 0
+        self.last_success = 0.0  # time.time() of the last read that worked, for /metrics
         self._conn: asyncpg.Connection | None = None
 
     async def refresh(self) -> bool:
@@ -136,6 +138,7 @@ class KeyStore:
             log.info("API keys in PostgreSQL available again: %d live keys", len(stored))
         self.access.replace(stored)
         self.refreshes += 1
+        self.last_success = time.time()
         return True
 
     async def run(self) -> None:

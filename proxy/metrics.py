@@ -29,6 +29,7 @@ from proxy.backends import normalize_model
 from proxy.protocol import MODEL_ADMIN_PATHS, MODEL_ROUTED_PATHS
 
 if TYPE_CHECKING:
+    from proxy.auth_store import KeyStore
     from proxy.backends import BackendState
     from proxy.relay import Outcome
     from proxy.usage import UsagePipeline
@@ -71,6 +72,7 @@ class Metrics:
         is_known_model: Callable[[str], bool],
         backends: Callable[[], Sequence[BackendState]],
         usage: UsagePipeline,
+        key_store: KeyStore | None = None,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._is_known_model = is_known_model
@@ -114,7 +116,7 @@ class Metrics:
             ("reason",),
             registry=r,
         )
-        r.register(_StateCollector(self, backends, usage))
+        r.register(_StateCollector(self, backends, usage, key_store))
         self._request_children: dict[tuple[str, int, str], Any] = {}
         self._route_children: dict[str, tuple[Any, Any]] = {}
         self._selection_children: dict[tuple[str, str], Any] = {}
@@ -182,10 +184,12 @@ class _StateCollector(Collector):
         metrics: Metrics,
         backends: Callable[[], Sequence[BackendState]],
         usage: UsagePipeline,
+        key_store: KeyStore | None,
     ) -> None:
         self.metrics = metrics
         self.backends = backends
         self.usage = usage
+        self.key_store = key_store
 
     def describe(self) -> Iterable[Metric]:
         return []  # collected on demand only: the families depend on the sinks
@@ -252,3 +256,31 @@ class _StateCollector(Collector):
             sink_failures.add_metric([sink], snap["failures"])
             pending.add_metric([sink], snap["spool_pending"])
         yield from (queue, overflowed, events, sink_failures, pending)
+        if self.key_store is not None:
+            yield from _key_store_metrics(self.key_store)
+
+
+def _key_store_metrics(store: KeyStore) -> Iterable[Metric]:
+    """The API-key table's reachability: during an outage the proxy keeps the last keys
+    it read, which only an alert on these can tell an operator."""
+    up = GaugeMetricFamily(
+        "autoroute_api_key_store_up", "1 when the last read of the API-key table worked"
+    )
+    up.add_metric([], float(store.refreshes > 0 and not store.failing))
+    keys = GaugeMetricFamily(
+        "autoroute_api_keys", "API keys the proxy accepts now (configured and stored)"
+    )
+    keys.add_metric([], len(store.access.keys))
+    reads = CounterMetricFamily(
+        "autoroute_api_key_store_reads",
+        "Reads of the API-key table, by result",
+        labels=["result"],
+    )
+    reads.add_metric(["ok"], store.refreshes)
+    reads.add_metric(["failed"], store.failures)
+    last = GaugeMetricFamily(
+        "autoroute_api_key_store_last_success_timestamp_seconds",
+        "Unix time of the last read of the API-key table that worked (0: none yet)",
+    )
+    last.add_metric([], store.last_success)
+    yield from (up, keys, reads, last)

@@ -92,6 +92,7 @@ class Proxy:
             lambda name: any(s.models and name in s.models for s in self.backends.states),
             lambda: self.backends.states,
             self.usage,
+            self.key_store,
         )
 
     def _new_request_id(self) -> str:

@@ -85,6 +85,18 @@ async def status_becomes(prx: Proxy, key: str, status: int) -> None:
     await wait_for(check, what=f"/api/tags answering {status}")
 
 
+async def key_store_metrics(prx: Proxy, key: str) -> dict[str, float]:
+    """The key store's samples in /metrics, by name (with labels)."""
+    status, _, body = await call(prx.url, "GET", "/metrics", key)
+    assert status == 200
+    samples = {}
+    for line in body.decode().splitlines():
+        if line.startswith(("autoroute_api_key", "autoroute_api_keys")):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
+
+
 @asynccontextmanager
 async def connected(dsn: str) -> AsyncIterator[asyncpg.Connection]:
     conn = await auth_store.connect(dsn)
@@ -258,6 +270,10 @@ async def test_outage_keeps_the_last_keys_and_recovery_applies_changes(
     prx = keyed_proxy(db.dsn)
     store = store_of(prx)
     assert (await call(prx.url, "GET", "/api/tags", key))[0] == 200
+    before = await key_store_metrics(prx, key)
+    assert before["autoroute_api_key_store_up"] == 1.0
+    assert before["autoroute_api_keys"] == 1.0
+    assert before["autoroute_api_key_store_last_success_timestamp_seconds"] > 0
 
     await asyncio.to_thread(private_pg.stop)
     failed = store.failures
@@ -268,6 +284,10 @@ async def test_outage_keeps_the_last_keys_and_recovery_applies_changes(
     await wait_for(failing, what="refreshes failing")
     assert (await call(prx.url, "POST", "/api/chat", key, CHAT))[0] == 200
     assert len([r for r in caplog.records if "unavailable" in r.getMessage()]) == 1
+    during = await key_store_metrics(prx, key)
+    assert during["autoroute_api_key_store_up"] == 0.0
+    assert during["autoroute_api_keys"] == 1.0  # the last known key still works
+    assert during['autoroute_api_key_store_reads_total{result="failed"}'] >= failed + 3
 
     await asyncio.to_thread(private_pg.start)
     async with connected(db.dsn) as conn:
