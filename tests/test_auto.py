@@ -14,12 +14,9 @@ import orjson
 import pytest
 
 from proxy.config import Profile, Selector
-from tests.support import Emulator, Proxy, ServerThread
+from tests.support import PIXEL_PNG, Emulator, Proxy, ServerThread
 
 TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
-PIXEL = (
-    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
-)
 
 
 def selector(tmp_path: Path, **overrides: Any) -> Selector:
@@ -91,7 +88,7 @@ async def test_hard_filters_remove_models_without_the_capability(
 
 async def test_images_need_vision_and_suffix_needs_insert(auto_proxy: Proxy) -> None:
     vision = chat("auto")
-    vision["messages"][0]["images"] = [PIXEL]
+    vision["messages"][0]["images"] = [PIXEL_PNG]
     assert (await explain(auto_proxy, vision))[1]["model"] == "llava:7b"
     _, fim = await explain(auto_proxy, {"model": "auto", "prompt": "def f(", "suffix": "return x"})
     assert fim["model"] in ("qwen2.5-coder:7b", "codegemma:7b")
@@ -125,7 +122,7 @@ async def test_unknown_profile_and_impossible_requests_are_400(auto_proxy: Proxy
             assert resp.status == 400
             assert "unknown profile 'auto:nope'" in (await resp.json())["error"]
         body = chat("auto:coders", tools=TOOLS)
-        body["messages"][0]["images"] = [PIXEL]
+        body["messages"][0]["images"] = [PIXEL_PNG]
         async with session.post(auto_proxy.url + "/api/chat", json=body) as resp:
             assert resp.status == 400
             assert "no model can serve this request" in (await resp.json())["error"]

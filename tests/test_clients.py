@@ -9,7 +9,7 @@ from typing import Any
 import ollama
 import pytest
 
-from tests.support import AUTO_NAMES, Emulator, Proxy
+from tests.support import AUTO_NAMES, PIXEL_PNG, Emulator, Proxy
 
 MODEL = "qwen2.5:7b"
 TOOLS = [
@@ -26,10 +26,7 @@ TOOLS = [
         },
     }
 ]
-# A 1x1 PNG: what a vision request carries.
-PIXEL = base64.b64decode(
-    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
-)
+PIXEL = base64.b64decode(PIXEL_PNG)
 
 
 def dump(value: Any) -> Any:
