@@ -14,6 +14,7 @@ from proxy.auth import KEY_REQUEST
 from proxy.auto import AUTO, AutoError, AutoRouter, profile_of, user_key
 from proxy.config import Usage
 from proxy.errors import error_response
+from proxy.limits import read_body
 from proxy.protocol import JSON
 
 _DETAILS = {
@@ -31,9 +32,10 @@ def _json(doc: Any, status: int = 200) -> web.Response:
 
 
 class AutoRoutes:
-    def __init__(self, auto: AutoRouter, usage: Usage) -> None:
+    def __init__(self, auto: AutoRouter, usage: Usage, body_idle_seconds: float = 0.0) -> None:
         self.auto = auto
         self.usage = usage
+        self.body_idle_seconds = body_idle_seconds
 
     def names(self) -> list[str]:
         return [AUTO, *(f"{AUTO}:{p}" for p in self.auto.config.profiles)]
@@ -95,7 +97,7 @@ class AutoRoutes:
     async def explain(self, request: web.Request) -> web.StreamResponse:
         """The full ranking for a request body, without generating anything."""
         try:
-            doc = orjson.loads(await request.read())
+            doc = orjson.loads(await read_body(request, self.body_idle_seconds))
         except orjson.JSONDecodeError as exc:
             return error_response(request.path, 400, f"invalid JSON: {exc}")
         if not isinstance(doc, dict):

@@ -59,6 +59,9 @@ class Timeouts:
     # An idle keep-alive client connection is closed after this long. Longer than Go's
     # http.Transport keeps idle connections (90 s), so that clients close them first.
     client_idle_seconds: float = 120.0
+    # A request body that stops arriving for this long is answered 408 and its
+    # connection closed (nginx's client_body_timeout); 0: no bound (Ollama has none).
+    client_body_idle_seconds: float = 60.0
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Request limits beyond the body size: header bytes, number of messages, prompt length.
+"""Request limits beyond the body size: header bytes, number of messages, prompt length,
+and the client's silence while it sends a body.
 
 Each refusal is a 4xx in Ollama's shape (`{"error": "..."}`, OpenAI's on `/v1/...`)
 that names the limit; header bytes get the plain-text 431 Go's net/http sends. The
@@ -8,6 +9,7 @@ parsing, no I/O.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiohttp import web
@@ -20,6 +22,35 @@ HEAD_TOO_LARGE_BODY = b"431 Request Header Fields Too Large"
 # Fields whose text is prompt: Ollama's, OpenAI's (chat, completions, responses) and
 # Anthropic's. Images (base64) are not text and are not counted.
 PROMPT_FIELDS = ("system", "prompt", "suffix", "instructions", "input", "messages")
+
+
+class BodyTimeout(Exception):
+    """The client stopped sending its request body (`timeouts.client_body_idle_seconds`)."""
+
+    def __init__(self, idle_seconds: float) -> None:
+        super().__init__(f"request body stalled: no bytes received for {idle_seconds:g}s")
+
+
+async def read_body(request: web.Request, idle_seconds: float) -> bytes:
+    """`request.read()` (the app's body limit: 413 above it) with a bound on the client's
+    silence: a body that stops arriving for `idle_seconds` raises `BodyTimeout`, so a
+    client that sends a head and then dribbles its body ("slowloris" on the body) cannot
+    hold a handler forever. The usual body came with its head and is complete: that
+    costs one check, no task and no timer."""
+    content = request.content
+    if idle_seconds <= 0 or content.is_eof():
+        return await request.read()
+    reading = asyncio.ensure_future(request.read())
+    try:
+        while True:
+            received = content.total_bytes
+            done, _ = await asyncio.wait((reading,), timeout=idle_seconds)
+            if done:
+                return reading.result()
+            if content.total_bytes == received:
+                raise BodyTimeout(idle_seconds)
+    finally:
+        reading.cancel()
 
 
 def header_bytes(request: web.Request) -> int:

@@ -83,7 +83,7 @@ class Proxy:
         }
         # Usage events: the handler only appends to the pipeline's in-memory queue.
         self.usage = UsagePipeline(config.usage)
-        usage_routes = UsageRoutes(self.usage)
+        usage_routes = UsageRoutes(self.usage, config.timeouts.client_body_idle_seconds)
         self.own_routes[("POST", OWN_PREFIX + "feedback")] = usage_routes.feedback
         self.own_routes[("GET", OWN_PREFIX + "stats")] = usage_routes.stats
         self.auth = Access(config.auth)
@@ -104,7 +104,9 @@ class Proxy:
         self.registry = Registry(self.backends)
         self.auto = AutoRouter(self.config, self.backends, self.registry)
         self.auto.scorer.reload()
-        self.auto_routes = AutoRoutes(self.auto, self.config.usage)
+        self.auto_routes = AutoRoutes(
+            self.auto, self.config.usage, self.config.timeouts.client_body_idle_seconds
+        )
         self.own_routes.update(
             {
                 ("POST", OWN_PREFIX + "explain"): self.auto_routes.explain,
@@ -164,6 +166,10 @@ class Proxy:
             response = error_response(
                 request.path, 413, f"request body too large (limit {limit} bytes)"
             )
+        except request_limits.BodyTimeout as exc:
+            outcome.error = str(exc)
+            response = error_response(request.path, 408, str(exc))
+            response.force_close()  # the rest of the body may still come: never parse it
         except asyncio.CancelledError:
             outcome.cancelled = True
             raise
@@ -215,6 +221,9 @@ class Proxy:
                 self.metrics.deny(reason)
         return refused
 
+    def _read(self, request: web.Request) -> Awaitable[bytes]:
+        return request_limits.read_body(request, self.config.timeouts.client_body_idle_seconds)
+
     async def _metrics(self, request: web.Request) -> web.Response:
         body, content_type = self.metrics.render()
         return web.Response(body=body, headers={"Content-Type": content_type})
@@ -258,11 +267,11 @@ class Proxy:
         length = request.content_length
         if request.body_exists and (length is None or length > _REPLAYABLE_BYTES):
             return await self.relay.forward(request, outcome, None, None)
-        return await self.relay.forward(request, outcome, await request.read(), None)
+        return await self.relay.forward(request, outcome, await self._read(request), None)
 
     async def _model_routed(self, request: web.Request, outcome: Outcome) -> web.StreamResponse:
         """Requests whose body names the model: `auto` is decided and rewritten here."""
-        body = outcome.body = await request.read()
+        body = outcome.body = await self._read(request)
         try:
             doc = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -382,7 +391,7 @@ class Proxy:
 
     async def _admin(self, request: web.Request, outcome: Outcome) -> web.StreamResponse:
         """`pull`, `push`, `create`, `copy`, `delete`: see `routing.admin_target`."""
-        body = await request.read()
+        body = await self._read(request)
         model = model_of(body, ("source", "model", "name"))
         try:
             primary = (

@@ -25,7 +25,7 @@ T = TypeVar("T")
 # What the proxy adds to /api/tags and /v1/models with the default profiles.
 AUTO_NAMES = ("auto", "auto:balanced", "auto:fast", "auto:best")
 # A 1x1 PNG, base64 as Ollama's `images` carry it: what a vision request sends.
-PIXEL_PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+PIXEL_PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="  # noqa: E501
 
 
 def without_auto(body: bytes) -> bytes:

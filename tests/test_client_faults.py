@@ -1,6 +1,7 @@
-"""Clients that misbehave: slow heads (slowloris), idle keep-alive connections, heads
-over the size limit (431 as Go's net/http sends it), unparsable requests (Go's 400,
-one log line without the request's bytes), and a client that stops reading a stream.
+"""Clients that misbehave: slow heads (slowloris), stalled bodies, idle keep-alive
+connections, heads over the size limit (431 as Go's net/http sends it), unparsable
+requests (Go's 400, one log line without the request's bytes), and a client that stops
+reading a stream.
 Each also checks that the proxy goes on serving everyone else.
 
 No timing thresholds: deadlines below only bound how long "eventually" may take.
@@ -289,3 +290,77 @@ async def eventually(predicate: Callable[[], bool], what: str) -> None:
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+def stall_bound(servers: ServerThread, emulator: Emulator) -> Iterator[Proxy]:
+    """A short bound on a stalled body; the head and idle bounds far beyond any test."""
+    prx = proxy_with(
+        servers,
+        emulator,
+        client_header_seconds=3600,
+        client_idle_seconds=3600,
+        client_body_idle_seconds=0.5,
+    )
+    yield prx
+    prx.stop()
+
+
+BODY = orjson.dumps({"model": MODEL, "prompt": "hi", "stream": False})
+
+
+@pytest.mark.parametrize(
+    ("path", "head", "sent"),
+    [
+        # A JSON body read whole before routing: a tenth of it, then nothing.
+        (
+            "/api/generate",
+            b"Content-Length: %d\r\n" % len(BODY),
+            BODY[: len(BODY) // 10],
+        ),
+        # The proxy's own endpoint, which reads its body too.
+        ("/api/autoroute/explain", b"Content-Length: %d\r\n" % len(BODY), BODY[:5]),
+        # An upload streamed to the backend: one chunk, then nothing.
+        ("/api/blobs/sha256:" + "0" * 64, b"Transfer-Encoding: chunked\r\n", b"4\r\nblob\r\n"),
+    ],
+    ids=["model-routed", "own-endpoint", "upload"],
+)
+async def test_stalled_bodies_get_408_and_others_are_served(
+    stall_bound: Proxy, path: str, head: bytes, sent: bytes
+) -> None:
+    sock = await connect(stall_bound.port)
+    try:
+        await asyncio.get_running_loop().sock_sendall(
+            sock, b"POST %s HTTP/1.1\r\nHost: x\r\n%b\r\n%b" % (path.encode(), head, sent)
+        )
+        # Meanwhile an ordinary client is served.
+        assert (await generate(stall_bound.url))["done"] is True
+        answer = await read_until_closed(sock)
+    finally:
+        sock.close()
+    status, _, rest = answer.partition(b"\r\n")
+    assert status == b"HTTP/1.1 408 Request Timeout"
+    head_lines, _, body = rest.partition(b"\r\n\r\n")
+    assert b"connection: close" in head_lines.lower()
+    assert orjson.loads(body) == {"error": "request body stalled: no bytes received for 0.5s"}
+    assert (await generate(stall_bound.url))["done"] is True
+
+
+async def test_a_slow_body_that_keeps_moving_is_served(stall_bound: Proxy) -> None:
+    """The bound is on silence, not on the whole body: a body dribbled over several
+    times the bound, two bytes well within it each time, is answered."""
+    sock = await connect(stall_bound.port)
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.sock_sendall(
+            sock,
+            b"POST /api/generate HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(BODY),
+        )
+        for at in range(0, len(BODY), 2):
+            await asyncio.sleep(0.05)
+            await loop.sock_sendall(sock, BODY[at : at + 2])
+        head, body = await read_response(sock)
+    finally:
+        sock.close()
+    assert head.startswith(b"HTTP/1.1 200")
+    assert orjson.loads(body)["done"] is True

@@ -6,17 +6,21 @@ import orjson
 from aiohttp import web
 
 from proxy.errors import error_response
+from proxy.limits import read_body
 from proxy.protocol import JSON
 from proxy.usage.pipeline import UsagePipeline, parse_feedback
 
 
 class UsageRoutes:
-    def __init__(self, pipeline: UsagePipeline) -> None:
+    def __init__(self, pipeline: UsagePipeline, body_idle_seconds: float = 0.0) -> None:
         self.pipeline = pipeline
+        self.body_idle_seconds = body_idle_seconds
 
     async def feedback(self, request: web.Request) -> web.Response:
         try:
-            request_id, rating, comment = parse_feedback(await request.read())
+            request_id, rating, comment = parse_feedback(
+                await read_body(request, self.body_idle_seconds)
+            )
         except ValueError as exc:
             return error_response(request.path, 400, str(exc))
         feedback_id = self.pipeline.submit_feedback(request_id, rating, comment)
