@@ -34,14 +34,12 @@ async def _start_site(
 ) -> web.AppRunner:
     # handler_cancellation: a client that disconnects cancels its handler, which is how
     # the relay learns to abort the upstream request (the GPU stops generating).
-    # With the proxy's config: its shutdown deadline, client timeouts and header limits
-    # (proxy/connection.py).
-    if config is not None:
-        from proxy.connection import runner as proxy_runner
+    # With the proxy's config: its shutdown deadline, client timeouts and header limits;
+    # without, Ollama's own (proxy/connection.py).
+    from proxy.connection import ollama_runner
+    from proxy.connection import runner as proxy_runner
 
-        runner = proxy_runner(app, config)
-    else:
-        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    runner = proxy_runner(app, config) if config is not None else ollama_runner(app)
     await runner.setup()
     await web.TCPSite(runner, host, port, backlog=1024).start()
     return runner

@@ -37,7 +37,7 @@ from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 from aiohttp.web_request import BaseRequest
 
-from proxy.config import Config
+from proxy.config import Config, Limits, Timeouts
 from proxy.limits import HEAD_TOO_LARGE_BODY
 from proxy.relay import RelayedResponse
 
@@ -267,3 +267,14 @@ def runner(app: web.Application, config: Config, **overrides: Any) -> web.AppRun
         head_budget=head + REQUEST_LINE_SLACK,
         **options,
     )
+
+
+def ollama_runner(app: web.Application, **overrides: Any) -> web.AppRunner:
+    """Client connections as Ollama's own server treats them, for the emulator: Go's
+    default head limit (1 MiB plus the request-line slack) answered with Go's 431, no
+    head deadline (Ollama sets no ReadHeaderTimeout), aiohttp's keep-alive."""
+    ollama = Config(
+        timeouts=Timeouts(client_header_seconds=0, client_idle_seconds=75.0),
+        limits=Limits(max_header_bytes=GO_MAX_HEADER_BYTES),
+    )
+    return runner(app, ollama, **overrides)

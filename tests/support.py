@@ -15,6 +15,7 @@ import uvloop
 from aiohttp import web
 
 from proxy.config import Backend, Config, Listen
+from proxy.connection import ollama_runner
 from proxy.connection import runner as proxy_runner
 from proxy.emulator import STATE_KEY, EmulatorSettings, EmulatorState
 from proxy.emulator import create_app as create_emulator
@@ -81,6 +82,12 @@ class ServerThread:
         self._thread.join(5)
 
 
+def _ollama(app: web.Application) -> web.AppRunner:
+    """The emulator's connections as `autoroute emulate` serves them (Ollama's own
+    limits), with a short shutdown for tests."""
+    return ollama_runner(app, shutdown_timeout=1)
+
+
 class Emulator:
     def __init__(self, thread: ServerThread, settings: EmulatorSettings) -> None:
         self.thread = thread
@@ -88,7 +95,7 @@ class Emulator:
         self.url = f"http://127.0.0.1:{self.port}"
         self.app = create_emulator(settings)
         self.state: EmulatorState = self.app[STATE_KEY]
-        self.runner: web.AppRunner | None = thread.serve(lambda: self.app, self.port)
+        self.runner: web.AppRunner | None = thread.serve(lambda: self.app, self.port, _ollama)
 
     def stop(self) -> None:
         if self.runner is not None:
@@ -98,7 +105,7 @@ class Emulator:
     def restart(self) -> None:
         """Listen again on the same port after `stop()`, with the same state."""
         if self.runner is None:
-            self.runner = self.thread.serve(lambda: self.app, self.port)
+            self.runner = self.thread.serve(lambda: self.app, self.port, _ollama)
 
 
 class Proxy:

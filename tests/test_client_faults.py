@@ -364,3 +364,19 @@ async def test_a_slow_body_that_keeps_moving_is_served(stall_bound: Proxy) -> No
         sock.close()
     assert head.startswith(b"HTTP/1.1 200")
     assert orjson.loads(body)["done"] is True
+
+
+async def test_the_emulator_refuses_a_head_over_gos_limit_as_ollama_does(
+    emulator: Emulator,
+) -> None:
+    """Ollama's own limit (Go's default, 1 MiB and slack) with Go's exact answer, so
+    that a client sees the same refusal with or without the proxy in front."""
+    sock = await connect(emulator.port)
+    try:
+        await asyncio.get_running_loop().sock_sendall(
+            sock, b"GET /api/tags HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (2 << 20) + b"\r\n\r\n"
+        )
+        answer = await read_until_closed(sock)
+    finally:
+        sock.close()
+    assert answer == HEAD_TOO_LARGE
