@@ -119,10 +119,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--requests", type=int, default=0, help="stop after this many (0: no cap)")
     parser.add_argument("--think-ms", type=float, default=0.0, help="random pause up to this")
+    parser.add_argument(
+        "--num-predict", type=int, default=0, help="tokens per answer (0: the backend's own)"
+    )
     args = parser.parse_args()
     body: dict[str, object] = {"model": args.model, "prompt": "Write a haiku about proxies."}
     if args.path == "/api/chat":
         body = {"model": args.model, "messages": [{"role": "user", "content": "Write a haiku."}]}
+    if args.num_predict:
+        body["options"] = {"num_predict": args.num_predict}
     payload = build_request(args.port, args.path, body)
     result = uvloop.run(
         run(args.port, args.concurrency, args.seconds, args.requests, payload, args.think_ms / 1000)

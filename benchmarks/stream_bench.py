@@ -4,7 +4,9 @@ Starts an emulator (5 ms a chunk, 20 tokens a stream), the proxy, the naive aioh
 pass-through and the floor (a byte pipe with no HTTP, `tcp_relay`) as separate
 processes, drives each with `benchmarks.loadgen` (and k6 when installed) at 1 and 32
 concurrent streams, in alternating rounds so that drift of a noisy machine hits every
-target alike, and prints ratios against the direct run and the floor.
+target alike, and prints ratios against the direct run and the floor. Last, it splits
+each target's CPU into a part per request and a part per chunk, from answers of 3 and
+of 41 chunks.
 
     python -m benchmarks.stream_bench            # about two minutes
     python -m benchmarks.stream_bench --quick    # a short smoke run
@@ -110,6 +112,7 @@ def loadgen(
     requests: int = 0,
     think_ms: float = 0.0,
     model: str = "qwen2.5:7b",
+    num_predict: int = 0,
 ) -> dict[str, object]:
     out = subprocess.run(
         [
@@ -128,6 +131,8 @@ def loadgen(
             str(think_ms),
             "--model",
             model,
+            "--num-predict",
+            str(num_predict),
         ],
         cwd=ROOT,
         check=True,
@@ -246,6 +251,11 @@ def main() -> None:
                         result = loadgen(port, concurrency, many_seconds)
                     sample = results.setdefault((name, concurrency), Sample())
                     sample.add(result, cpu_seconds(pid) - before)
+        split = {
+            name: cpu_split(port, pids[name], many_seconds)
+            for name, port in ports.items()
+            if name != "direct"
+        }
         k6 = {name: k6_run(port, 32, 5 if args.quick else 10) for name, port in ports.items()}
         rss = {name: rss_mib(pid) for name, pid in pids.items()}
     finally:
@@ -253,11 +263,31 @@ def main() -> None:
             proc.terminate()
         for proc in procs.values():
             proc.wait(10)
-    report(results, k6, rss)
+    report(results, split, k6, rss)
+
+
+# Chunks of the two stream lengths `cpu_split` compares (answers of N tokens are N+1
+# NDJSON chunks: the last carries the counters).
+SHORT, LONG = 3, 41
+
+
+def cpu_split(port: int, pid: int, seconds: float) -> tuple[float, float]:
+    """CPU per request and per chunk at 32 streams, in ms: from the CPU per stream of
+    short and long answers, a line through two points (cost = request + n x chunk)."""
+    per_stream = []
+    for chunks in (SHORT, LONG):
+        before = cpu_seconds(pid)
+        result = loadgen(port, 32, seconds, num_predict=chunks - 1)
+        ttfc = result["ttfc"]
+        assert isinstance(ttfc, list)
+        per_stream.append((cpu_seconds(pid) - before) / max(1, len(ttfc)) * 1000)
+    chunk = (per_stream[1] - per_stream[0]) / (LONG - SHORT)
+    return per_stream[0] - SHORT * chunk, chunk
 
 
 def report(
     results: dict[tuple[str, int], Sample],
+    split: dict[str, tuple[float, float]],
     k6: dict[str, dict[str, float] | None],
     rss: dict[str, float],
 ) -> None:
@@ -304,6 +334,11 @@ def report(
         f" ({proxy_cpu / floor_cpu:.2f}x the floor's {floor_cpu:.3f} ms),"
         f" ttfc at 1 stream p50 {p1.pct(0.5) - f1.pct(0.5):+.3f} ms"
     )
+    # Where the CPU goes: a request's own work (parsing, routing, logging, usage) against
+    # the relay of each chunk, which is all the floor does.
+    print(f"cpu split at 32 streams ({SHORT}- and {LONG}-chunk answers):")
+    for name, (request, chunk) in split.items():
+        print(f"  {name:6} {request:.3f} ms per request + {chunk * 1000:.1f} µs per chunk")
     print()
     for name, summary in k6.items():
         if summary is None:
