@@ -91,7 +91,7 @@ async def key_store_metrics(prx: Proxy, key: str) -> dict[str, float]:
     assert status == 200
     samples = {}
     for line in body.decode().splitlines():
-        if line.startswith(("autoroute_api_key", "autoroute_api_keys")):
+        if line.startswith("autoroute_api_key"):  # the key store's families and the key count
             name, value = line.rsplit(" ", 1)
             samples[name] = float(value)
     return samples
