@@ -26,6 +26,7 @@ import numpy as np
 from benchmarks.stream_bench import PY, loadgen, start, wait_ready
 from proxy.auto import AutoRouter
 from proxy.backends import BackendPool
+from proxy.cli import freeze_loaded
 from proxy.config import Backend, Config
 from proxy.emulator.catalog import CATALOG
 from proxy.registry import ModelInfo, Registry, model_info
@@ -96,6 +97,7 @@ async def decision_latency(rounds: int) -> list[tuple[int, int, float, float]]:
     for auto, n, size, body in configurations():
         for _ in range(200):  # warm up
             auto.decide("/api/chat", body, "balanced")
+        freeze_loaded()  # the garbage collector's state as `autoroute serve` leaves it
         samples = []
         for _ in range(rounds):
             t0 = time.perf_counter()

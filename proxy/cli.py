@@ -92,12 +92,16 @@ async def serve(config: Config) -> None:
             }
         },
     )
-    # Everything loaded by now (modules, onnxruntime, the artifact) lives as long as
-    # the process: frozen, it is left out of the collector's full scans, which took
-    # 13-73 ms each with it in (a pause for every stream in flight), ~0 ms without.
+    freeze_loaded()
+    await _serve_forever([runner])
+
+
+def freeze_loaded() -> None:
+    """Everything loaded by now (modules, onnxruntime, the artifact) lives as long as
+    the process: frozen, it is left out of the collector's full scans, which took
+    13-73 ms each with it in (a pause for every stream in flight), ~0 ms without."""
     gc.collect()
     gc.freeze()
-    await _serve_forever([runner])
 
 
 async def emulate(
