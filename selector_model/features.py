@@ -77,7 +77,8 @@ _SEPARATORS = string.punctuation + string.digits + "\n\t"
 # - Counts of ASCII characters (digits, code characters) are taken on the UTF-8 bytes,
 #   where an ASCII byte is always that character.
 # - A symbol is looked for only where a character it cannot occur without is (found
-#   with memchr); code fence symbols by reading what follows each "```".
+#   with memchr); code fence symbols all at once, by one regex over the text's "```"s.
+# - Which language or task a hint word found stands for is looked up, word by word.
 _TO_SPACE_BYTES = bytes(
     0x20 if chr(i) in _SEPARATORS or chr(i).isspace() else i for i in range(128)
 ) + bytes(range(128, 256))
@@ -134,8 +135,19 @@ _LANGUAGE_CHECKS = tuple(
     )
     for words, symbols in (_LANGUAGE_HINTS[name] for name in LANGUAGES)
 )
-_FENCE_TAG = max(len(tag) for _, tags, _ in _LANGUAGE_CHECKS for tag in tags)
+# Which language a hint word or a fence tag stands for: each stands for one.
+_WORD_LANGUAGE = {word: i for i, (words, _, _) in enumerate(_LANGUAGE_CHECKS) for word in words}
+_TAG_LANGUAGE = {tag: i for i, (_, tags, _) in enumerate(_LANGUAGE_CHECKS) for tag in tags}
+assert len(_WORD_LANGUAGE) == sum(len(words) for words, _, _ in _LANGUAGE_CHECKS)
+# "```tag" is in a text iff this finds tag there: no tag has a "`" (a match cannot hide
+# another "```") nor starts another (the match names the one tag that is there).
+_FIND_FENCE = re.compile("```(" + "|".join(re.escape(tag) for tag in _TAG_LANGUAGE) + ")")
+assert not any("`" in tag for tag in _TAG_LANGUAGE)
+assert not any(a != b and b.startswith(a) for a in _TAG_LANGUAGE for b in _TAG_LANGUAGE)
 _TASK_CHECKS = tuple(_TASK_HINTS[name] for name in TASKS)
+# Which task a hint word stands for: each stands for one.
+_WORD_TASK = {word: i for i, words in enumerate(_TASK_CHECKS) for word in words}
+assert len(_WORD_TASK) == sum(len(words) for words in _TASK_CHECKS)
 _MATH_PROBES = tuple((symbol, _probe(symbol) or symbol) for symbol in _MATH_SYMBOLS)
 _LANGUAGE_WORDS = frozenset().union(*(words for words, _ in _LANGUAGE_HINTS.values()))
 _LAST_WORDS = frozenset().union(*_TASK_CHECKS, _MATH_WORDS)
@@ -306,9 +318,10 @@ def _choices(low: str) -> int:
     return len(_CHOICE_LINE.findall("\n" + low))
 
 
-def _hash_words(words: Iterable[str], out: list[float]) -> None:
+def _hash_words(words: Iterable[bytes], out: list[float]) -> None:
+    """Count each word (UTF-8) in its bucket."""
     for word in words:
-        out[zlib.crc32(word.encode()) % HASH_BUCKETS] += 1.0
+        out[zlib.crc32(word) % HASH_BUCKETS] += 1.0
 
 
 def _hint_words(
@@ -324,24 +337,21 @@ def _hint_words(
 def _language_hints(low: str, hits: frozenset[str], out: list[float]) -> None:
     """lang_* of the sample's window (`low`, lower-cased; `hits`, hint words among its
     words): one of the language's hint words, else one of its symbols in it."""
-    tags = []  # what follows each "```": "```tag" is in the text iff one starts with tag
-    at = low.find("```")
-    while at >= 0:
-        tags.append(low[at + 3 : at + 3 + _FENCE_TAG])
-        at = low.find("```", at + 1)
-    for hint_words, fence_tags, symbols in _LANGUAGE_CHECKS:
-        found = bool(hits) and not hits.isdisjoint(hint_words)
-        if not found and tags:
-            for tag in tags:
-                if tag.startswith(fence_tags):
-                    found = True
-                    break
-        if not found:
+    found = [False] * len(LANGUAGES)
+    for word in hits:  # a few words, where asking each language costs a set operation
+        index = _WORD_LANGUAGE.get(word)
+        if index is not None:
+            found[index] = True
+    if "```" in low:  # one scan for every fence tag, however many fences
+        for tag in _FIND_FENCE.findall(low):
+            found[_TAG_LANGUAGE[tag]] = True
+    for index, (_, _, symbols) in enumerate(_LANGUAGE_CHECKS):
+        if not found[index]:
             for symbol, probe in symbols:
                 if (probe is None or probe in low) and symbol in low:
-                    found = True
+                    found[index] = True
                     break
-        out.append(1.0 if found else 0.0)
+    out += [1.0 if hinted else 0.0 for hinted in found]
 
 
 def request_features(path: str, body: Mapping[str, Any]) -> list[float]:
@@ -392,7 +402,8 @@ def request_features(path: str, body: Mapping[str, Any]) -> list[float]:
     window = _window(sample)
     window_last = _window(last)
     low_last = window_last.lower()
-    spaced_last = _spaced(low_last)
+    spaced_last_utf8 = _utf8(low_last).translate(_TO_SPACE_BYTES)  # `_spaced`, as bytes
+    spaced_last = spaced_last_utf8.decode("utf-8", "surrogatepass")
     if window == window_last:
         low_sample = low_last
         sample_hits = last_hits = _hint_words(low_last, spaced_last, _BOTH_WORDS, _FIND_BOTH_WORDS)
@@ -432,8 +443,12 @@ def request_features(path: str, body: Mapping[str, Any]) -> list[float]:
         float(_ascii_count(_utf8(last), _DIGITS)),
     ]
     _language_hints(low_sample, sample_hits, features)
-    for hint_words in _TASK_CHECKS:
-        features.append(0.0 if last_hits.isdisjoint(hint_words) else 1.0)
+    tasks = [0.0] * len(TASKS)
+    for word in last_hits:  # a few words, where asking each task costs a set operation
+        task = _WORD_TASK.get(word)
+        if task is not None:
+            tasks[task] = 1.0
+    features += tasks
     features += (
         1.0 if _choices(low_last) >= 2 else 0.0,
         float(math_count),
@@ -457,15 +472,21 @@ def request_features(path: str, body: Mapping[str, Any]) -> list[float]:
     )
     # Hashes of the first and the last words of the last user turn's first and last 512
     # characters, lower-cased. Where lower-casing kept every character (ASCII), those are
-    # slices of the window already spaced (512 < HINT_CHARS).
+    # slices of the window already spaced (512 < HINT_CHARS), taken as UTF-8 bytes: the
+    # words' encodings without encoding each, and bytes.split splits where str.split does
+    # (the only whitespace left in a spaced ASCII text is " ").
     head_hash = [0.0] * HASH_BUCKETS
     tail_hash = [0.0] * HASH_BUCKETS
     if last.isascii():
-        head, tail = spaced_last[:512], spaced_last[-512:]
+        head_words = spaced_last_utf8[:512].split(None, HASH_WORDS)[:HASH_WORDS]
+        tail_words = spaced_last_utf8[-512:].rsplit(None, HASH_WORDS)[-HASH_WORDS:]
     else:
         head, tail = _spaced(last[:512].lower()), _spaced(last[-512:].lower())
-    _hash_words(head.split(None, HASH_WORDS)[:HASH_WORDS], head_hash)
-    _hash_words(tail.rsplit(None, HASH_WORDS)[-HASH_WORDS:], tail_hash)
+        # Strict UTF-8: a lone surrogate in a hashed word raises, as it always did.
+        head_words = [word.encode() for word in head.split(None, HASH_WORDS)[:HASH_WORDS]]
+        tail_words = [word.encode() for word in tail.rsplit(None, HASH_WORDS)[-HASH_WORDS:]]
+    _hash_words(head_words, head_hash)
+    _hash_words(tail_words, tail_hash)
     features += head_hash
     features += tail_hash
     return features
