@@ -72,6 +72,17 @@ async def read_until_closed(sock: socket.socket, seconds: float = EVENTUALLY) ->
     return bytes(received)
 
 
+async def answer_to(port: int, data: bytes) -> bytes:
+    """Everything a server sends in answer to `data` on a new connection, until it
+    closes the connection."""
+    sock = await connect(port)
+    try:
+        await asyncio.get_running_loop().sock_sendall(sock, data)
+        return await read_until_closed(sock)
+    finally:
+        sock.close()
+
+
 async def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
     """One response with a Content-Length: its head and body."""
     loop = asyncio.get_running_loop()
@@ -186,12 +197,7 @@ async def test_idle_keep_alive_connections_are_closed(
     ids=["long-header", "long-url", "endless-head", "many-headers"],
 )
 async def test_heads_over_the_limit_get_gos_431(slow_heads: Proxy, head: bytes) -> None:
-    sock = await connect(slow_heads.port)
-    try:
-        await asyncio.get_running_loop().sock_sendall(sock, head)
-        answer = await read_until_closed(sock)
-    finally:
-        sock.close()
+    answer = await answer_to(slow_heads.port, head)
     if b"\r\n\r\n" in head and len(head) < 8190:
         # Parsed: the handler answered, with aiohttp's framing around Go's text.
         status, _, rest = answer.partition(b"\r\n")
@@ -221,12 +227,7 @@ async def test_unparsable_requests_leave_no_request_bytes_in_logs(
     slow_heads: Proxy, caplog: pytest.LogCaptureFixture, request_bytes: bytes
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    sock = await connect(slow_heads.port)
-    try:
-        await asyncio.get_running_loop().sock_sendall(sock, request_bytes)
-        answer = await read_until_closed(sock)
-    finally:
-        sock.close()
+    answer = await answer_to(slow_heads.port, request_bytes)
     assert answer in (BAD_REQUEST, HEAD_TOO_LARGE)
     assert SECRET not in caplog.text
     assert SECRET.encode() not in answer
@@ -371,12 +372,5 @@ async def test_the_emulator_refuses_a_head_over_gos_limit_as_ollama_does(
 ) -> None:
     """Ollama's own limit (Go's default, 1 MiB and slack) with Go's exact answer, so
     that a client sees the same refusal with or without the proxy in front."""
-    sock = await connect(emulator.port)
-    try:
-        await asyncio.get_running_loop().sock_sendall(
-            sock, b"GET /api/tags HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (2 << 20) + b"\r\n\r\n"
-        )
-        answer = await read_until_closed(sock)
-    finally:
-        sock.close()
-    assert answer == HEAD_TOO_LARGE
+    head = b"GET /api/tags HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (2 << 20) + b"\r\n\r\n"
+    assert await answer_to(emulator.port, head) == HEAD_TOO_LARGE
