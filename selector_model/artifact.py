@@ -50,10 +50,13 @@ class Artifact:
     rows: dict[tuple[int, ...], tuple[tuple[features.Candidate, ...], np.ndarray]] = field(
         default_factory=dict, repr=False, compare=False
     )
+    # Passed to every run: without one, onnxruntime's binding builds a default per call
+    # (~0.7 µs of a ~33 µs run). A run only reads it, so runs may share it.
+    run_options: ort.RunOptions = field(default_factory=ort.RunOptions, repr=False, compare=False)
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
         """P(success) for each row."""
-        out = self.session.run([self.output_name], {self.input_name: rows})[0]
+        out = self.session.run([self.output_name], {self.input_name: rows}, self.run_options)[0]
         probabilities: np.ndarray = out[:, self.positive_column]
         return probabilities
 
