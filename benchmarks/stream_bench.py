@@ -4,9 +4,11 @@ Starts an emulator (5 ms a chunk, 20 tokens a stream), the proxy, the naive aioh
 pass-through and the floor (a byte pipe with no HTTP, `tcp_relay`) as separate
 processes, drives each with `benchmarks.loadgen` (and k6 when installed) at 1 and 32
 concurrent streams, in alternating rounds so that drift of a noisy machine hits every
-target alike, and prints ratios against the direct run and the floor. Last, it splits
-each target's CPU into a part per request and a part per chunk, from answers of 3 and
-of 41 chunks.
+target alike, and prints ratios against the direct run and the floor. A fifth server,
+`aiohttp_floor`, answers the same streams by itself with aiohttp (no upstream): its
+CPU at 32 streams is what the proxy's server side costs before it relays anything.
+Last, it splits each target's CPU into a part per request and a part per chunk, from
+answers of 3 and of 41 chunks.
 
     python -m benchmarks.stream_bench            # about two minutes
     python -m benchmarks.stream_bench --quick    # a short smoke run
@@ -186,7 +188,7 @@ def main() -> None:
     single_requests = 60 if args.quick else 300
     many_seconds = 2.0 if args.quick else 6.0
 
-    emu_port, proxy_port, naive_port, floor_port = 18434, 18435, 18436, 18437
+    emu_port, proxy_port, naive_port, floor_port, server_port = range(18434, 18439)
     backend = f"http://127.0.0.1:{emu_port}"
     procs = {
         "emulator": start(
@@ -230,12 +232,34 @@ def main() -> None:
     try:
         for port in (emu_port, proxy_port, naive_port, floor_port):
             wait_ready(port)
-        ports = {"direct": emu_port, "proxy": proxy_port, "naive": naive_port, "floor": floor_port}
+        # Paced like the emulator: its first chunk when the emulator's comes.
+        first = Sample()
+        first.add(loadgen(emu_port, 1, 30, 20, think_ms=3.0), 0.0)
+        procs["aiohttp"] = start(
+            [
+                PY,
+                "-m",
+                "benchmarks.aiohttp_floor",
+                "--port",
+                str(server_port),
+                "--first-ms",
+                f"{first.pct(0.5):.3f}",
+            ]
+        )
+        wait_ready(server_port)
+        ports = {
+            "direct": emu_port,
+            "proxy": proxy_port,
+            "naive": naive_port,
+            "floor": floor_port,
+            "aiohttp": server_port,
+        }
         pids = {
             "direct": procs["emulator"].pid,
             "proxy": procs["proxy"].pid,
             "naive": procs["naive"].pid,
             "floor": procs["floor"].pid,
+            "aiohttp": procs["aiohttp"].pid,
         }
         for port in ports.values():  # warm up pools and caches
             loadgen(port, 8, 1.0)
@@ -243,6 +267,8 @@ def main() -> None:
         for _ in range(rounds):
             for concurrency in (1, 32):
                 for name, port in ports.items():
+                    if name == "aiohttp" and concurrency == 1:
+                        continue  # it relays nothing: only its CPU at 32 streams is read
                     pid = pids[name]
                     before = cpu_seconds(pid)
                     if concurrency == 1:
@@ -256,7 +282,11 @@ def main() -> None:
             for name, port in ports.items()
             if name != "direct"
         }
-        k6 = {name: k6_run(port, 32, 5 if args.quick else 10) for name, port in ports.items()}
+        k6 = {
+            name: k6_run(port, 32, 5 if args.quick else 10)
+            for name, port in ports.items()
+            if name != "aiohttp"
+        }
         rss = {name: rss_mib(pid) for name, pid in pids.items()}
     finally:
         for proc in procs.values():
@@ -297,10 +327,10 @@ def report(
         f"{'ttfc p50':>9} {'ttfc p99':>9} {'cpu/stream':>10}"
     )
     for (name, conc), s in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        cpu = f"{s.cpu / s.streams * 1000:.3f} ms" if name != "direct" and s.streams else "-"
+        per_stream = f"{s.cpu / s.streams * 1000:.3f} ms" if s.streams else "-"
         print(
             f"{name:8} {conc:>4} {s.streams:>7} {s.errors:>3} {s.rate:>9.1f} "
-            f"{s.pct(0.5):>7.3f}ms {s.pct(0.99):>7.3f}ms {cpu:>10}"
+            f"{s.pct(0.5):>7.3f}ms {s.pct(0.99):>7.3f}ms {per_stream:>10}"
         )
     print()
     for name in ("proxy", "naive", "floor"):
@@ -333,6 +363,14 @@ def report(
         f"  proxy above the floor: cpu {proxy_cpu - floor_cpu:+.3f} ms per stream"
         f" ({proxy_cpu / floor_cpu:.2f}x the floor's {floor_cpu:.3f} ms),"
         f" ttfc at 1 stream p50 {p1.pct(0.5) - f1.pct(0.5):+.3f} ms"
+    )
+    # aiohttp answering the stream itself: what the proxy's server side costs whatever
+    # the proxy does. A target below it needs a server other than aiohttp's.
+    a32 = results[("aiohttp", 32)]
+    server_cpu = a32.cpu / a32.streams * 1000
+    print(
+        f"  aiohttp alone (answers itself, no upstream): cpu {server_cpu:.3f} ms per stream;"
+        f" proxy {proxy_cpu - server_cpu:+.3f} ms above it ({proxy_cpu / server_cpu:.2f}x)"
     )
     # Where the CPU goes: a request's own work (parsing, routing, logging, usage) against
     # the relay of each chunk, which is all the floor does.
