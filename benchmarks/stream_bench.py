@@ -10,7 +10,7 @@ CPU at 32 streams is what the proxy's server side costs before it relays anythin
 Last, it splits each target's CPU into a part per request and a part per chunk, from
 answers of 3 and of 41 chunks.
 
-    python -m benchmarks.stream_bench            # about two minutes
+    python -m benchmarks.stream_bench            # about eleven minutes
     python -m benchmarks.stream_bench --quick    # a short smoke run
 """
 
