@@ -4,13 +4,15 @@ Starts an emulator (5 ms a chunk, 20 tokens a stream), the proxy, the naive aioh
 pass-through and the floor (a byte pipe with no HTTP, `tcp_relay`) as separate
 processes, drives each with `benchmarks.loadgen` (and k6 when installed) at 1 and 32
 concurrent streams, in alternating rounds so that drift of a noisy machine hits every
-target alike, and prints ratios against the direct run and the floor. A fifth server,
-`aiohttp_floor`, answers the same streams by itself with aiohttp (no upstream): its
-CPU at 32 streams is what the proxy's server side costs before it relays anything.
+target alike, and prints ratios against the direct run and the floor. Two more targets
+take the proxy apart: `bare_relay`, the proxy's relay behind a bare aiohttp handler
+(none of the proxy's own work), and `aiohttp_floor`, aiohttp answering the same streams
+by itself (no upstream), whose CPU at 32 streams is what the proxy's server side costs
+before it relays anything.
 Last, it splits each target's CPU into a part per request and a part per chunk, from
 answers of 3 and of 41 chunks.
 
-    python -m benchmarks.stream_bench            # about eleven minutes
+    python -m benchmarks.stream_bench            # about fourteen minutes
     python -m benchmarks.stream_bench --quick    # a short smoke run
 """
 
@@ -188,7 +190,7 @@ def main() -> None:
     single_requests = 60 if args.quick else 300
     many_seconds = 2.0 if args.quick else 6.0
 
-    emu_port, proxy_port, naive_port, floor_port, server_port = range(18434, 18439)
+    emu_port, proxy_port, naive_port, floor_port, server_port, bare_port = range(18434, 18440)
     backend = f"http://127.0.0.1:{emu_port}"
     procs = {
         "emulator": start(
@@ -228,9 +230,12 @@ def main() -> None:
                 f"127.0.0.1:{emu_port}",
             ]
         ),
+        "bare": start(
+            [PY, "-m", "benchmarks.bare_relay", "--port", str(bare_port), "--backend", backend]
+        ),
     }
     try:
-        for port in (emu_port, proxy_port, naive_port, floor_port):
+        for port in (emu_port, proxy_port, naive_port, floor_port, bare_port):
             wait_ready(port)
         # Paced like the emulator: its first chunk when the emulator's comes.
         first = Sample()
@@ -252,6 +257,7 @@ def main() -> None:
             "proxy": proxy_port,
             "naive": naive_port,
             "floor": floor_port,
+            "bare": bare_port,
             "aiohttp": server_port,
         }
         pids = {
@@ -259,6 +265,7 @@ def main() -> None:
             "proxy": procs["proxy"].pid,
             "naive": procs["naive"].pid,
             "floor": procs["floor"].pid,
+            "bare": procs["bare"].pid,
             "aiohttp": procs["aiohttp"].pid,
         }
         for port in ports.values():  # warm up pools and caches
@@ -333,7 +340,7 @@ def report(
             f"{s.pct(0.5):>7.3f}ms {s.pct(0.99):>7.3f}ms {per_stream:>10}"
         )
     print()
-    for name in ("proxy", "naive", "floor"):
+    for name in ("proxy", "naive", "floor", "bare"):
         d1, p1 = results[("direct", 1)], results[(name, 1)]
         d32, p32 = results[("direct", 32)], results[(name, 32)]
         cpu = p32.cpu / p32.streams * 1000
@@ -363,6 +370,14 @@ def report(
         f"  proxy above the floor: cpu {proxy_cpu - floor_cpu:+.3f} ms per stream"
         f" ({proxy_cpu / floor_cpu:.2f}x the floor's {floor_cpu:.3f} ms),"
         f" ttfc at 1 stream p50 {p1.pct(0.5) - f1.pct(0.5):+.3f} ms"
+    )
+    # The relay alone, behind a bare handler: the proxy's own work (admission, limits,
+    # parsing, routing, metrics, logs, usage) is the difference.
+    b1, b32 = results[("bare", 1)], results[("bare", 32)]
+    bare_cpu = b32.cpu / b32.streams * 1000
+    print(
+        f"  proxy above its bare relay (the proxy's own work): cpu {proxy_cpu - bare_cpu:+.3f} ms"
+        f" per stream, ttfc at 1 stream p50 {p1.pct(0.5) - b1.pct(0.5):+.3f} ms"
     )
     # aiohttp answering the stream itself: what the proxy's server side costs whatever
     # the proxy does. A target below it needs a server other than aiohttp's.
