@@ -22,6 +22,15 @@ from .wire import JSON_BARE, dumps, empty_ok, error, gin_json, go_time
 
 _DIGEST = re.compile(r"^sha256[:-][0-9a-fA-F]{64}$")
 _DEFAULT_NUM_CTX = 4096  # what /api/ps reports as context_length without num_ctx
+# api.PullRequest and api.PushRequest: the same fields.
+_REGISTRY_FIELDS = {
+    "model": "string",
+    "insecure": "bool",
+    "username": "string",
+    "password": "string",
+    "stream": "bool",
+    "name": "string",
+}
 
 
 def _state(request: web.Request) -> EmulatorState:
@@ -215,18 +224,7 @@ def _layer_lines(spec: ModelSpec, verb: str, have: bool) -> list[dict[str, Any]]
 async def handle_pull(request: web.Request) -> web.StreamResponse:
     state = _state(request)
     try:
-        body = await read_body(
-            request,
-            "PullRequest",
-            {
-                "model": "string",
-                "insecure": "bool",
-                "username": "string",
-                "password": "string",
-                "stream": "bool",
-                "name": "string",
-            },
-        )
+        body = await read_body(request, "PullRequest", _REGISTRY_FIELDS)
     except Refusal as exc:
         return error(exc.status, exc.message)
     name = str(body.get("model") or body.get("name") or "")
@@ -256,18 +254,7 @@ async def handle_pull(request: web.Request) -> web.StreamResponse:
 async def handle_push(request: web.Request) -> web.StreamResponse:
     state = _state(request)
     try:
-        body = await read_body(
-            request,
-            "PushRequest",
-            {
-                "model": "string",
-                "insecure": "bool",
-                "username": "string",
-                "password": "string",
-                "stream": "bool",
-                "name": "string",
-            },
-        )
+        body = await read_body(request, "PushRequest", _REGISTRY_FIELDS)
     except Refusal as exc:
         return error(exc.status, exc.message)
     name = str(body.get("model") or body.get("name") or "")
