@@ -4,15 +4,16 @@ Starts an emulator (5 ms a chunk, 20 tokens a stream), the proxy, the naive aioh
 pass-through and the floor (a byte pipe with no HTTP, `tcp_relay`) as separate
 processes, drives each with `benchmarks.loadgen` (and k6 when installed) at 1 and 32
 concurrent streams, in alternating rounds so that drift of a noisy machine hits every
-target alike, and prints ratios against the direct run and the floor. Two more targets
-take the proxy apart: `bare_relay`, the proxy's relay behind a bare aiohttp handler
-(none of the proxy's own work), and `aiohttp_floor`, aiohttp answering the same streams
-by itself (no upstream), whose CPU at 32 streams is what the proxy's server side costs
-before it relays anything.
+target alike, and prints ratios against the direct run and the floor. Three more
+targets take the proxy apart: `bare_relay`, the proxy's relay behind a bare aiohttp
+handler (none of the proxy's own work); `own_server`, a prototype of the same relay
+behind an HTTP/1.1 server of its own instead of aiohttp's; and `aiohttp_floor`, aiohttp
+answering the same streams by itself (no upstream), whose CPU at 32 streams is what the
+proxy's server side costs before it relays anything.
 Last, it splits each target's CPU into a part per request and a part per chunk, from
 answers of 3 and of 41 chunks.
 
-    python -m benchmarks.stream_bench            # about fourteen minutes
+    python -m benchmarks.stream_bench            # about sixteen minutes
     python -m benchmarks.stream_bench --quick    # a short smoke run
 """
 
@@ -190,7 +191,9 @@ def main() -> None:
     single_requests = 60 if args.quick else 300
     many_seconds = 2.0 if args.quick else 6.0
 
-    emu_port, proxy_port, naive_port, floor_port, server_port, bare_port = range(18434, 18440)
+    emu_port, proxy_port, naive_port, floor_port, server_port, bare_port, own_port = range(
+        18434, 18441
+    )
     backend = f"http://127.0.0.1:{emu_port}"
     procs = {
         "emulator": start(
@@ -233,9 +236,20 @@ def main() -> None:
         "bare": start(
             [PY, "-m", "benchmarks.bare_relay", "--port", str(bare_port), "--backend", backend]
         ),
+        "own": start(
+            [
+                PY,
+                "-m",
+                "benchmarks.own_server",
+                "--port",
+                str(own_port),
+                "--backend",
+                f"127.0.0.1:{emu_port}",
+            ]
+        ),
     }
     try:
-        for port in (emu_port, proxy_port, naive_port, floor_port, bare_port):
+        for port in (emu_port, proxy_port, naive_port, floor_port, bare_port, own_port):
             wait_ready(port)
         # Paced like the emulator: its first chunk when the emulator's comes.
         first = Sample()
@@ -258,6 +272,7 @@ def main() -> None:
             "naive": naive_port,
             "floor": floor_port,
             "bare": bare_port,
+            "own": own_port,
             "aiohttp": server_port,
         }
         pids = {
@@ -266,6 +281,7 @@ def main() -> None:
             "naive": procs["naive"].pid,
             "floor": procs["floor"].pid,
             "bare": procs["bare"].pid,
+            "own": procs["own"].pid,
             "aiohttp": procs["aiohttp"].pid,
         }
         for port in ports.values():  # warm up pools and caches
@@ -340,7 +356,7 @@ def report(
             f"{s.pct(0.5):>7.3f}ms {s.pct(0.99):>7.3f}ms {per_stream:>10}"
         )
     print()
-    for name in ("proxy", "naive", "floor", "bare"):
+    for name in ("proxy", "naive", "floor", "bare", "own"):
         d1, p1 = results[("direct", 1)], results[(name, 1)]
         d32, p32 = results[("direct", 32)], results[(name, 32)]
         cpu = p32.cpu / p32.streams * 1000
@@ -378,6 +394,14 @@ def report(
     print(
         f"  proxy above its bare relay (the proxy's own work): cpu {proxy_cpu - bare_cpu:+.3f} ms"
         f" per stream, ttfc at 1 stream p50 {p1.pct(0.5) - b1.pct(0.5):+.3f} ms"
+    )
+    # The same relay behind a server of its own: what aiohttp's server costs on this path.
+    o1, o32 = results[("own", 1)], results[("own", 32)]
+    own_cpu = o32.cpu / o32.streams * 1000
+    print(
+        f"  bare relay above the own-server prototype (aiohttp's server):"
+        f" cpu {bare_cpu - own_cpu:+.3f} ms per stream,"
+        f" ttfc at 1 stream p50 {b1.pct(0.5) - o1.pct(0.5):+.3f} ms"
     )
     # aiohttp answering the stream itself: what the proxy's server side costs whatever
     # the proxy does. A target below it needs a server other than aiohttp's.

@@ -1,0 +1,128 @@
+"""A prototype: the proxy's relay behind an HTTP/1.1 server of its own instead of aiohttp's.
+
+Not the proxy and not for use: it knows keep-alive requests with a Content-Length body
+and nothing else (no chunked uploads, no pipelining, no limits, no timeouts). It exists
+to measure what the streaming path would cost if the proxy parsed request heads itself
+in `data_received`, with one task per request, and relayed with the same upstream
+protocol and client-leg design as `autoroute serve`. `stream_bench` runs it beside
+`bare_relay` (the same relay behind aiohttp's server): the difference between the two
+is what aiohttp's server costs on this path.
+
+    python -m benchmarks.own_server --port 18440 --backend 127.0.0.1:18434
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import cast
+
+import uvloop
+
+from proxy.protocol import HOP_BY_HOP
+from proxy.upstream import ConnectionPool, ResponseHead
+
+_HOP_BY_HOP_BYTES = frozenset(name.encode() for name in HOP_BY_HOP)
+
+
+class ClientProtocol(asyncio.Protocol):
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+        self.busy = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if not self.busy:
+            self._next_request()
+
+    def _next_request(self) -> None:
+        buffer = self.buffer
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        lines = buffer[:end].split(b"\r\n")
+        method, target, _ = lines[0].split(b" ", 2)
+        headers = []
+        length = 0
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            lname = name.strip().lower()
+            if lname == b"content-length":
+                length = int(value)
+            if lname not in _HOP_BY_HOP_BYTES and lname != b"host":
+                headers.append(line)
+        if len(buffer) < end + 4 + length:
+            return  # the body is still coming
+        body = buffer[end + 4 : end + 4 + length]
+        self.buffer = buffer[end + 4 + length :]
+        self.busy = True
+        head = b"%b %b HTTP/1.1\r\nHost: %b\r\n%b\r\nContent-Length: %d\r\n\r\n" % (
+            method,
+            target,
+            self.pool.host_header.encode(),
+            b"\r\n".join(headers),
+            length,
+        )
+        asyncio.get_running_loop().create_task(self._forward(method.decode(), head, body))
+
+    async def _forward(self, method: str, head: bytes, body: bytes) -> None:
+        transport = self.transport
+        assert transport is not None
+        conn = await self.pool.acquire()
+        pending: list[bytes] = []
+
+        def on_head(answer: ResponseHead, body_follows: bool) -> None:
+            lines = [f"HTTP/1.1 {answer.status} {answer.reason}\r\n"]
+            lines += [
+                f"{name}: {value}\r\n"
+                for name, value in answer.headers
+                if name.lower() not in HOP_BY_HOP
+            ]
+            if answer.chunked:
+                lines.append("Transfer-Encoding: chunked\r\n")
+            elif answer.content_length is not None:
+                lines.append(f"Content-Length: {answer.content_length}\r\n")
+            lines.append("\r\n")
+            pending.append("".join(lines).encode("latin-1"))
+
+        def sink(data: bytes) -> None:
+            if pending:
+                data = pending.pop() + data
+            transport.write(data)
+
+        conn.on_head = on_head
+        await conn.send(method, head, body, 60.0)
+        await conn.attach(sink)
+        if pending:  # an answer without a body
+            transport.write(pending.pop())
+        self.busy = False
+        self._next_request()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+
+
+async def serve(port: int, host: str, backend_port: int) -> None:
+    loop = asyncio.get_running_loop()
+    pool = ConnectionPool(host, backend_port, connect_timeout=5.0)
+    server = await loop.create_server(lambda: ClientProtocol(pool), "127.0.0.1", port, backlog=1024)
+    async with server:
+        await server.serve_forever()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--backend", required=True, help="host:port")
+    args = parser.parse_args()
+    host, _, port = args.backend.rpartition(":")
+    uvloop.run(serve(args.port, host, int(port)))
+
+
+if __name__ == "__main__":
+    main()
