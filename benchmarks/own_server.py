@@ -13,12 +13,11 @@ is what aiohttp's server costs on this path.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+from collections.abc import Callable
 from typing import cast
 
-import uvloop
-
+from benchmarks.tcp_relay import run_server
 from proxy.protocol import HOP_BY_HOP
 from proxy.upstream import ConnectionPool, ResponseHead
 
@@ -107,21 +106,13 @@ class ClientProtocol(asyncio.Protocol):
         self.transport = None
 
 
-async def serve(port: int, host: str, backend_port: int) -> None:
-    loop = asyncio.get_running_loop()
-    pool = ConnectionPool(host, backend_port, connect_timeout=5.0)
-    server = await loop.create_server(lambda: ClientProtocol(pool), "127.0.0.1", port, backlog=1024)
-    async with server:
-        await server.serve_forever()
+def protocols(host: str, port: int) -> Callable[[], asyncio.Protocol]:
+    pool = ConnectionPool(host, port, connect_timeout=5.0)
+    return lambda: ClientProtocol(pool)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--backend", required=True, help="host:port")
-    args = parser.parse_args()
-    host, _, port = args.backend.rpartition(":")
-    uvloop.run(serve(args.port, host, int(port)))
+    run_server(__doc__.split("\n")[0], protocols)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import Callable
 from typing import cast
 
 import uvloop
@@ -69,22 +70,29 @@ class ClientSide(Pipe):
         self.pending.clear()
 
 
-async def serve(port: int, host: str, backend_port: int) -> None:
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(
-        lambda: ClientSide(host, backend_port), "127.0.0.1", port, backlog=1024
-    )
-    async with server:
-        await server.serve_forever()
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def run_server(
+    description: str, factory: Callable[[str, int], Callable[[], asyncio.Protocol]]
+) -> None:
+    """Serve on 127.0.0.1:--port, with protocols from `factory(backend host, port)`
+    (called in the running loop), on uvloop until killed."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--backend", required=True, help="host:port")
     args = parser.parse_args()
     host, _, port = args.backend.rpartition(":")
-    uvloop.run(serve(args.port, host, int(port)))
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        protocol = factory(host, int(port))
+        server = await loop.create_server(protocol, "127.0.0.1", args.port, backlog=1024)
+        async with server:
+            await server.serve_forever()
+
+    uvloop.run(serve())
+
+
+def main() -> None:
+    run_server(__doc__.split("\n")[0], lambda host, port: lambda: ClientSide(host, port))
 
 
 if __name__ == "__main__":
