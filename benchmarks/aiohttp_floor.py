@@ -9,8 +9,8 @@ request depends on the rate here (caches are colder between sparser requests).
 
 It has no upstream leg, parses nothing, logs nothing: whatever it costs per stream,
 aiohttp's request handling and the client socket cost the proxy too, before it relays
-a byte. `stream_bench` runs it
-beside the proxy so that the proxy's CPU can be read against it in the same run.
+a byte. `stream_bench` runs it beside the proxy so that the proxy's CPU can be read
+against it in the same run.
 
     python -m benchmarks.aiohttp_floor --port 18438 --first-ms 16
 """

@@ -54,17 +54,17 @@ class ClientProtocol(asyncio.Protocol):
             if lname == b"content-length":
                 length = int(value)
             if lname not in _HOP_BY_HOP_BYTES and lname != b"host":
-                headers.append(line)
+                headers.append(line + b"\r\n")
         if len(buffer) < end + 4 + length:
             return  # the body is still coming
         body = buffer[end + 4 : end + 4 + length]
         self.buffer = buffer[end + 4 + length :]
         self.busy = True
-        head = b"%b %b HTTP/1.1\r\nHost: %b\r\n%b\r\nContent-Length: %d\r\n\r\n" % (
+        head = b"%b %b HTTP/1.1\r\nHost: %b\r\n%bContent-Length: %d\r\n\r\n" % (
             method,
             target,
             self.pool.host_header.encode(),
-            b"\r\n".join(headers),
+            b"".join(headers),
             length,
         )
         asyncio.get_running_loop().create_task(self._forward(method.decode(), head, body))
