@@ -53,6 +53,16 @@ async def read_body(request: web.Request, idle_seconds: float) -> bytes:
         reading.cancel()
 
 
+async def read_chunk(request: web.Request, size: int, idle_seconds: float) -> bytes:
+    """Up to `size` bytes of a body read as a stream (b"" at its end), with the same
+    bound on the client's silence as `read_body`."""
+    try:
+        async with asyncio.timeout(idle_seconds or None):
+            return await request.content.read(size)
+    except TimeoutError:
+        raise BodyTimeout(idle_seconds) from None
+
+
 def header_bytes(request: web.Request) -> int:
     """The size of the header lines as sent (`name: value\\r\\n`)."""
     return sum(len(name) + len(value) + 4 for name, value in request.raw_headers)

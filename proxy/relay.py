@@ -24,7 +24,7 @@ from proxy import final_chunk
 from proxy.backends import BackendPool, BackendState, NoBackend
 from proxy.config import Config
 from proxy.errors import error_response, stream_error_line
-from proxy.limits import BodyTimeout
+from proxy.limits import read_chunk
 from proxy.protocol import HOP_BY_HOP, NDJSON, REQUEST_ID_HEADER, SSE
 from proxy.upstream import ResponseHead, UpstreamConnection, UpstreamError
 
@@ -201,16 +201,9 @@ class Relay:
 
     async def _upload(self, request: web.Request, conn: UpstreamConnection) -> None:
         limit = self.config.limits.max_upload_bytes
-        idle = self.config.timeouts.client_body_idle_seconds or None
+        idle = self.config.timeouts.client_body_idle_seconds
         sent = 0
-        while True:
-            try:
-                async with asyncio.timeout(idle):
-                    chunk = await request.content.read(_UPLOAD_CHUNK)
-            except TimeoutError:
-                raise BodyTimeout(self.config.timeouts.client_body_idle_seconds) from None
-            if not chunk:
-                break
+        while chunk := await read_chunk(request, _UPLOAD_CHUNK, idle):
             sent += len(chunk)
             if sent > limit:
                 raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=sent)
