@@ -96,8 +96,12 @@ def _utf8(text: str) -> bytes:
     return text.encode("utf-8", "surrogatepass")
 
 
+def _spaced_utf8(text: str) -> bytes:
+    return _utf8(text).translate(_TO_SPACE_BYTES)
+
+
 def _spaced(text: str) -> str:
-    return _utf8(text).translate(_TO_SPACE_BYTES).decode("utf-8", "surrogatepass")
+    return _spaced_utf8(text).decode("utf-8", "surrogatepass")
 
 
 def _all_but(chars: bytes) -> bytes:
@@ -450,7 +454,7 @@ def request_features(path: str, body: Mapping[str, Any]) -> list[float]:
     window = _window(sample)
     window_last = _window(last)
     low_last = window_last.lower()
-    spaced_last_utf8 = _utf8(low_last).translate(_TO_SPACE_BYTES)  # `_spaced`, as bytes
+    spaced_last_utf8 = _spaced_utf8(low_last)  # kept: hashed words are cut from it
     spaced_last = spaced_last_utf8.decode("utf-8", "surrogatepass")
     if window == window_last:
         low_sample = low_last
