@@ -109,6 +109,11 @@ class Sample:
     def rate(self) -> float:
         return self.streams / self.seconds if self.seconds else 0.0
 
+    @property
+    def cpu_ms(self) -> float:
+        """CPU per stream, in ms."""
+        return self.cpu / self.streams * 1000 if self.streams else 0.0
+
 
 def loadgen(
     port: int,
@@ -275,15 +280,7 @@ def main() -> None:
             "own": own_port,
             "aiohttp": server_port,
         }
-        pids = {
-            "direct": procs["emulator"].pid,
-            "proxy": procs["proxy"].pid,
-            "naive": procs["naive"].pid,
-            "floor": procs["floor"].pid,
-            "bare": procs["bare"].pid,
-            "own": procs["own"].pid,
-            "aiohttp": procs["aiohttp"].pid,
-        }
+        pids = {name: procs["emulator" if name == "direct" else name].pid for name in ports}
         for port in ports.values():  # warm up pools and caches
             loadgen(port, 8, 1.0)
         results: dict[tuple[str, int], Sample] = {}
@@ -350,7 +347,7 @@ def report(
         f"{'ttfc p50':>9} {'ttfc p99':>9} {'cpu/stream':>10}"
     )
     for (name, conc), s in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        per_stream = f"{s.cpu / s.streams * 1000:.3f} ms" if s.streams else "-"
+        per_stream = f"{s.cpu_ms:.3f} ms" if s.streams else "-"
         print(
             f"{name:8} {conc:>4} {s.streams:>7} {s.errors:>3} {s.rate:>9.1f} "
             f"{s.pct(0.5):>7.3f}ms {s.pct(0.99):>7.3f}ms {per_stream:>10}"
@@ -359,13 +356,12 @@ def report(
     for name in ("proxy", "naive", "floor", "bare", "own"):
         d1, p1 = results[("direct", 1)], results[(name, 1)]
         d32, p32 = results[("direct", 32)], results[(name, 32)]
-        cpu = p32.cpu / p32.streams * 1000
         print(
             f"{name}: throughput ratio at 32 streams {p32.rate / d32.rate:.3f}x direct"
             f" | added ttfc at 1 stream p50 {p1.pct(0.5) - d1.pct(0.5):+.3f} ms,"
             f" p99 {p1.pct(0.99) - d1.pct(0.99):+.3f} ms"
             f" | added ttfc at 32 p50 {p32.pct(0.5) - d32.pct(0.5):+.3f} ms"
-            f" | cpu {cpu:.3f} ms per 20-chunk stream"
+            f" | cpu {p32.cpu_ms:.3f} ms per 20-chunk stream"
         )
     p1, d1 = results[("proxy", 1)], results[("direct", 1)]
     p32, d32, n32 = results[("proxy", 32)], results[("direct", 32)], results[("naive", 32)]
@@ -373,15 +369,15 @@ def report(
         ("throughput >= 0.97x direct at 32 streams", p32.rate / d32.rate >= 0.97),
         ("added ttfc p50 <= 0.3 ms at 1 stream", p1.pct(0.5) - d1.pct(0.5) <= 0.3),
         ("added ttfc p99 <= 1 ms at 1 stream", p1.pct(0.99) - d1.pct(0.99) <= 1.0),
-        ("cpu <= 0.5 ms per 20-chunk stream", p32.cpu / p32.streams * 1000 <= 0.5),
-        ("cpu below the naive pass-through", p32.cpu / p32.streams < n32.cpu / n32.streams),
+        ("cpu <= 0.5 ms per 20-chunk stream", p32.cpu_ms <= 0.5),
+        ("cpu below the naive pass-through", p32.cpu_ms < n32.cpu_ms),
     ]
     for label, ok in checks:
         print(f"  [{'met' if ok else 'MISSED'}] {label}")
     # The floor is what the kernel and the event loop alone cost to move these bytes
     # through one more process: the part of the proxy's cost that no code can remove.
     f1, f32 = results[("floor", 1)], results[("floor", 32)]
-    floor_cpu, proxy_cpu = f32.cpu / f32.streams * 1000, p32.cpu / p32.streams * 1000
+    floor_cpu, proxy_cpu = f32.cpu_ms, p32.cpu_ms
     print(
         f"  proxy above the floor: cpu {proxy_cpu - floor_cpu:+.3f} ms per stream"
         f" ({proxy_cpu / floor_cpu:.2f}x the floor's {floor_cpu:.3f} ms),"
@@ -390,14 +386,14 @@ def report(
     # The relay alone, behind a bare handler: the proxy's own work (admission, limits,
     # parsing, routing, metrics, logs, usage) is the difference.
     b1, b32 = results[("bare", 1)], results[("bare", 32)]
-    bare_cpu = b32.cpu / b32.streams * 1000
+    bare_cpu = b32.cpu_ms
     print(
         f"  proxy above its bare relay (the proxy's own work): cpu {proxy_cpu - bare_cpu:+.3f} ms"
         f" per stream, ttfc at 1 stream p50 {p1.pct(0.5) - b1.pct(0.5):+.3f} ms"
     )
     # The same relay behind a server of its own: what aiohttp's server costs on this path.
     o1, o32 = results[("own", 1)], results[("own", 32)]
-    own_cpu = o32.cpu / o32.streams * 1000
+    own_cpu = o32.cpu_ms
     print(
         f"  bare relay above the own-server prototype (aiohttp's server):"
         f" cpu {bare_cpu - own_cpu:+.3f} ms per stream,"
@@ -406,7 +402,7 @@ def report(
     # aiohttp answering the stream itself: what the proxy's server side costs whatever
     # the proxy does. A target below it needs a server other than aiohttp's.
     a32 = results[("aiohttp", 32)]
-    server_cpu = a32.cpu / a32.streams * 1000
+    server_cpu = a32.cpu_ms
     print(
         f"  aiohttp alone (answers itself, no upstream): cpu {server_cpu:.3f} ms per stream;"
         f" proxy {proxy_cpu - server_cpu:+.3f} ms above it ({proxy_cpu / server_cpu:.2f}x)"
