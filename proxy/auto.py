@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,8 +60,8 @@ def user_key(request: web.Request) -> str:
     return request.headers.get("X-Autoroute-User") or request.remote or ""
 
 
-def required_capabilities(doc: Mapping[str, Any]) -> list[str]:
-    needs = []
+def required_capabilities(doc: Mapping[str, Any]) -> tuple[str, ...]:
+    needs: list[str] = []
     if doc.get("tools"):
         needs.append("tools")
     has_images = bool(doc.get("images"))
@@ -83,7 +83,7 @@ def required_capabilities(doc: Mapping[str, Any]) -> list[str]:
         needs.append("insert")
     if doc.get("think") not in (None, False):
         needs.append("thinking")
-    return needs
+    return tuple(needs)
 
 
 def _output_tokens(doc: Mapping[str, Any]) -> float:
@@ -91,6 +91,18 @@ def _output_tokens(doc: Mapping[str, Any]) -> float:
     assert isinstance(options, dict)
     value = options.get("num_predict", doc.get("max_tokens"))
     return float(value) if isinstance(value, int | float) and value > 0 else DEFAULT_OUTPUT_TOKENS
+
+
+@dataclass(frozen=True)
+class Eligible:
+    """The candidates that pass the hard filters, with what `decide` reads of each.
+    Shared by the requests that filter alike: nothing may change it."""
+
+    candidates: tuple[Candidate, ...]
+    names: list[str]
+    backends: list[str]  # where each would most likely run
+    filtered: dict[str, str]  # model: why it was left out
+    min_context: float  # the smallest context among `candidates` (inf: none)
 
 
 class AutoRouter:
@@ -105,6 +117,11 @@ class AutoRouter:
         # Per profile object: its allow and deny lists normalised, its default model.
         self._profiles: dict[int, tuple[Profile, frozenset[str], frozenset[str], str]] = {}
         self._known: tuple[object, frozenset[str]] = (None, frozenset())
+        # The hard filters' result, but for context length, per (candidate list, profile,
+        # API key's list, needs): the registry keeps its list while nothing changes, so
+        # a request does not filter nor look up each candidate again. The entry holds
+        # the list and the profile: their ids stay theirs.
+        self._eligible: dict[tuple[object, ...], tuple[list[Candidate], Profile, Eligible]] = {}
 
     def decide(
         self,
@@ -129,50 +146,33 @@ class AutoRouter:
             pinned = normalize_model(variant.model) if variant.model else ""
         prompt_tokens = math.expm1(request[_LOG_TOKENS])
         needs = required_capabilities(doc)
-        _, allow, deny, default_model = self._profile(profile)
-        eligible: list[Candidate] = []
-        filtered: dict[str, str] = {}
-        for candidate in self.registry.candidates():
-            name = candidate.name
-            if key_models is not None and name not in key_models:
-                filtered[name] = "not allowed for this API key"
-            elif allow and name not in allow:
-                filtered[name] = "not in the profile's allow list"
-            elif name in deny:
-                filtered[name] = "in the profile's deny list"
-            elif needs and not candidate.capabilities.issuperset(needs):
-                missing = [n for n in needs if n not in candidate.capabilities]
-                filtered[name] = "lacks " + ", ".join(missing)
-            elif candidate.context_length < prompt_tokens:
-                filtered[name] = (
-                    f"context {candidate.context_length} < ~{int(prompt_tokens)} prompt tokens"
-                )
-            else:
-                eligible.append(candidate)
-        if not eligible:
-            reasons = "; ".join(f"{m}: {why}" for m, why in sorted(filtered.items()))
+        default_model = self._profile(profile)[3]
+        listed = self.registry.candidates()
+        eligible = self._eligible_for(listed, profile, key_models, needs)
+        if prompt_tokens > eligible.min_context:
+            # A prompt longer than some candidate's context: filtered for this one alone.
+            eligible = self._filter(listed, profile, key_models, needs, prompt_tokens)
+        if not eligible.candidates:
+            reasons = "; ".join(f"{m}: {why}" for m, why in sorted(eligible.filtered.items()))
             raise AutoError(
                 f"no model can serve this request with auto:{profile_name}"
                 + (f" ({reasons})" if reasons else " (no models available)")
             )
 
+        candidates = eligible.candidates
         artifact = self.scorer.artifact
         if artifact is not None:
-            p_success = self.scorer.p_success(artifact, request, eligible)
+            p_success = self.scorer.p_success(artifact, request, candidates)
             known = self._known_models(artifact)
             unknown_margin = float(artifact.policy.get("unseen_margin", UNKNOWN_MARGIN))
         else:
-            p_success = [heuristic_p_success(c) for c in eligible]
+            p_success = [heuristic_p_success(c) for c in candidates]
             known = frozenset()
             unknown_margin = UNKNOWN_MARGIN
-        backend_of = self.registry.backend_of
         seconds = self.telemetry.expected_seconds_many(
-            [backend_of.get(c.name, "") for c in eligible],
-            eligible,
-            prompt_tokens,
-            _output_tokens(doc),
+            eligible.backends, candidates, prompt_tokens, _output_tokens(doc)
         )
-        ranking = rank([c.name for c in eligible], p_success, seconds, profile.cost_weight, known)
+        ranking = rank(eligible.names, p_success, seconds, profile.cost_weight, known)
         chosen, reason, propensity = pick(
             ranking,
             default_model,
@@ -192,14 +192,72 @@ class AutoRouter:
             reason=reason,
             profile=profile_name,
             ranking=ranking,
-            filtered=filtered,
+            filtered=eligible.filtered,
             propensity=propensity,
             artifact_version=artifact.version if artifact else None,
             experiment=assigned[0] if assigned else None,
             variant=assigned[1] if assigned else None,
         )
-        chosen_candidate = next(c for c in eligible if c.name == chosen.name)
-        return Choice(decision, request, chosen_candidate)
+        return Choice(decision, request, candidates[eligible.names.index(chosen.name)])
+
+    def _eligible_for(
+        self,
+        listed: list[Candidate],
+        profile: Profile,
+        key_models: frozenset[str] | None,
+        needs: tuple[str, ...],
+    ) -> Eligible:
+        """`_filter` but for context length, cached (see `self._eligible`)."""
+        key = (id(listed), id(profile), key_models, needs)
+        entry = self._eligible.get(key)
+        if entry is None:
+            if len(self._eligible) >= 256:
+                self._eligible.clear()
+            entry = self._eligible[key] = (
+                listed,
+                profile,
+                self._filter(listed, profile, key_models, needs, 0.0),
+            )
+        return entry[2]
+
+    def _filter(
+        self,
+        listed: Sequence[Candidate],
+        profile: Profile,
+        key_models: frozenset[str] | None,
+        needs: tuple[str, ...],
+        prompt_tokens: float,
+    ) -> Eligible:
+        """The hard filters: the API key's and the profile's lists, the capabilities the
+        request needs, a context that holds the prompt."""
+        _, allow, deny, _ = self._profile(profile)
+        eligible: list[Candidate] = []
+        filtered: dict[str, str] = {}
+        for candidate in listed:
+            name = candidate.name
+            if key_models is not None and name not in key_models:
+                filtered[name] = "not allowed for this API key"
+            elif allow and name not in allow:
+                filtered[name] = "not in the profile's allow list"
+            elif name in deny:
+                filtered[name] = "in the profile's deny list"
+            elif needs and not candidate.capabilities.issuperset(needs):
+                missing = [n for n in needs if n not in candidate.capabilities]
+                filtered[name] = "lacks " + ", ".join(missing)
+            elif candidate.context_length < prompt_tokens:
+                filtered[name] = (
+                    f"context {candidate.context_length} < ~{int(prompt_tokens)} prompt tokens"
+                )
+            else:
+                eligible.append(candidate)
+        backend_of = self.registry.backend_of
+        return Eligible(
+            candidates=tuple(eligible),
+            names=[c.name for c in eligible],
+            backends=[backend_of.get(c.name, "") for c in eligible],
+            filtered=filtered,
+            min_context=min((c.context_length for c in eligible), default=math.inf),
+        )
 
     def _profile(self, profile: Profile) -> tuple[Profile, frozenset[str], frozenset[str], str]:
         """A profile's allow and deny lists and default model as model names, normalised

@@ -13,7 +13,10 @@ import openai
 import orjson
 import pytest
 
-from proxy.config import Profile, Selector
+from proxy.auto import AutoRouter
+from proxy.backends import BackendPool
+from proxy.config import Backend, Config, Profile, Selector
+from proxy.registry import Registry, model_info
 from tests.support import PIXEL_PNG, Emulator, Proxy, ServerThread
 
 TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
@@ -193,3 +196,49 @@ async def test_auto_embeddings_use_the_configured_model(
                 assert "embedding_model" in orjson.loads(await resp.read())["error"]
     finally:
         plain.stop()
+
+
+async def test_filters_follow_each_request_and_the_registry(tmp_path: Path) -> None:
+    """The hard filters' result is reused between requests: a request that needs
+    something else, a longer prompt, another API key or a registry that changed must
+    each see their own."""
+    config = Config(backends=(Backend(url="http://127.0.0.1:9"),), selector=selector(tmp_path))
+    pool = BackendPool(config)
+    registry = Registry(pool)
+    auto = AutoRouter(config, pool, registry)
+
+    def show(context: int, *capabilities: str) -> dict[str, Any]:
+        return {
+            "capabilities": ["completion", *capabilities],
+            "model_info": {"x.context_length": context},
+        }
+
+    models = {
+        "big:70b": model_info("big:70b", {}, show(131072, "tools")),
+        "small:1b": model_info("small:1b", {}, show(2048)),
+        "mid:8b": model_info("mid:8b", {}, show(8192, "tools")),
+    }
+
+    def set_models(names: set[str]) -> None:
+        registry.set_models({n: m for n, m in models.items() if n in names})
+        pool.states[0].models = frozenset(names)
+
+    def ranked(body: dict[str, Any], key: frozenset[str] | None = None) -> set[str]:
+        decision = auto.decide("/api/chat", body, "best", key_models=key).decision
+        assert not set(decision.filtered) & {s.name for s in decision.ranking}
+        return {s.name for s in decision.ranking}
+
+    set_models(set(models))
+    everything = set(models)
+    assert ranked(chat("auto")) == everything
+    assert ranked(chat("auto", tools=TOOLS)) == {"big:70b", "mid:8b"}
+    assert ranked(chat("auto")) == everything
+    long = chat("auto")
+    long["messages"][0]["content"] = "word " * 4000  # ~5k tokens: over small's 2048
+    assert ranked(long) == {"big:70b", "mid:8b"}
+    assert ranked(chat("auto")) == everything
+    assert ranked(chat("auto"), frozenset({"mid:8b"})) == {"mid:8b"}
+    assert ranked(chat("auto")) == everything
+    set_models({"big:70b", "small:1b"})
+    assert ranked(chat("auto")) == {"big:70b", "small:1b"}
+    assert ranked(chat("auto", tools=TOOLS)) == {"big:70b"}
