@@ -147,11 +147,7 @@ class AutoRouter:
         prompt_tokens = math.expm1(request[_LOG_TOKENS])
         needs = required_capabilities(doc)
         default_model = self._profile(profile)[3]
-        listed = self.registry.candidates()
-        eligible = self._eligible_for(listed, profile, key_models, needs)
-        if prompt_tokens > eligible.min_context:
-            # A prompt longer than some candidate's context: filtered for this one alone.
-            eligible = self._filter(listed, profile, key_models, needs, prompt_tokens)
+        eligible = self._eligible_for(profile, key_models, needs, prompt_tokens)
         if not eligible.candidates:
             reasons = "; ".join(f"{m}: {why}" for m, why in sorted(eligible.filtered.items()))
             raise AutoError(
@@ -202,12 +198,15 @@ class AutoRouter:
 
     def _eligible_for(
         self,
-        listed: list[Candidate],
         profile: Profile,
         key_models: frozenset[str] | None,
         needs: tuple[str, ...],
+        prompt_tokens: float,
     ) -> Eligible:
-        """`_filter` but for context length, cached (see `self._eligible`)."""
+        """`_filter` of the registry's candidates: its result but for context length is
+        cached (see `self._eligible`), and only a prompt longer than some candidate's
+        context is filtered again, for itself alone."""
+        listed = self.registry.candidates()
         key = (id(listed), id(profile), key_models, needs)
         entry = self._eligible.get(key)
         if entry is None:
@@ -218,6 +217,8 @@ class AutoRouter:
                 profile,
                 self._filter(listed, profile, key_models, needs, 0.0),
             )
+        if prompt_tokens > entry[2].min_context:
+            return self._filter(listed, profile, key_models, needs, prompt_tokens)
         return entry[2]
 
     def _filter(
