@@ -324,15 +324,13 @@ SHORT, LONG = 3, 41
 def cpu_split(port: int, pid: int, seconds: float) -> tuple[float, float]:
     """CPU per request and per chunk at 32 streams, in ms: from the CPU per stream of
     short and long answers, a line through two points (cost = request + n x chunk)."""
-    per_stream = []
-    for chunks in (SHORT, LONG):
+    short, long = Sample(), Sample()
+    for chunks, sample in ((SHORT, short), (LONG, long)):
         before = cpu_seconds(pid)
         result = loadgen(port, 32, seconds, num_predict=chunks - 1)
-        ttfc = result["ttfc"]
-        assert isinstance(ttfc, list)
-        per_stream.append((cpu_seconds(pid) - before) / max(1, len(ttfc)) * 1000)
-    chunk = (per_stream[1] - per_stream[0]) / (LONG - SHORT)
-    return per_stream[0] - SHORT * chunk, chunk
+        sample.add(result, cpu_seconds(pid) - before)
+    chunk = (long.cpu_ms - short.cpu_ms) / (LONG - SHORT)
+    return short.cpu_ms - SHORT * chunk, chunk
 
 
 def report(
