@@ -25,8 +25,8 @@ import orjson
 import uvloop
 from aiohttp import web
 
+from proxy.cli import start_site
 from proxy.config import Config
-from proxy.connection import runner
 from proxy.relay import RelayedResponse
 
 CHUNK_SECONDS = 0.005
@@ -104,9 +104,7 @@ async def answer(request: web.Request, first_seconds: float) -> web.StreamRespon
 async def serve(port: int, first_seconds: float) -> None:
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", functools.partial(answer, first_seconds=first_seconds))
-    app_runner = runner(app, Config())
-    await app_runner.setup()
-    await web.TCPSite(app_runner, "127.0.0.1", port, backlog=1024).start()
+    await start_site(app, "127.0.0.1", port, Config())
     await asyncio.Event().wait()
 
 

@@ -19,9 +19,8 @@ import uvloop
 from aiohttp import web
 
 from proxy.backends import BackendPool
-from proxy.cli import freeze_loaded
+from proxy.cli import freeze_loaded, start_site
 from proxy.config import Backend, Config
-from proxy.connection import runner
 from proxy.relay import Outcome, Relay
 
 RELAY = web.AppKey("relay", Relay)
@@ -45,9 +44,7 @@ def create_app(config: Config) -> web.Application:
 
 async def serve(port: int, backend: str) -> None:
     config = Config(backends=(Backend(url=backend),))
-    app_runner = runner(create_app(config), config)
-    await app_runner.setup()
-    await web.TCPSite(app_runner, "127.0.0.1", port, backlog=1024).start()
+    await start_site(create_app(config), "127.0.0.1", port, config)
     freeze_loaded()  # as `autoroute serve` does
     await asyncio.Event().wait()
 

@@ -29,7 +29,7 @@ DEMO_BACKENDS = (
 )
 
 
-async def _start_site(
+async def start_site(
     app: web.Application, host: str, port: int, config: Config | None = None
 ) -> web.AppRunner:
     # handler_cancellation: a client that disconnects cancels its handler, which is how
@@ -79,7 +79,7 @@ async def serve(config: Config) -> None:
     from proxy.server import PROXY_KEY, create_app
 
     app = create_app(config)
-    runner = await _start_site(app, config.listen.host, config.listen.port, config)
+    runner = await start_site(app, config.listen.host, config.listen.port, config)
     # SIGHUP reloads the selector artifact (a bad one keeps the current).
     proxy = app[PROXY_KEY]
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, proxy.auto.scorer.reload)
@@ -111,7 +111,7 @@ async def emulate(
     from proxy.emulator import create_app as create_emulator
 
     settings = EmulatorSettings(models=models, chunk_delay_ms=chunk_ms)
-    runner = await _start_site(create_emulator(settings), host, port)
+    runner = await start_site(create_emulator(settings), host, port)
     log.info("emulator listening", extra={"fields": {"address": f"http://{host}:{port}"}})
     await _serve_forever([runner])
 
@@ -124,7 +124,7 @@ async def demo(config: Config) -> None:
     runners = []
     for name, port, models in DEMO_BACKENDS:
         app = create_emulator(EmulatorSettings(models=models))
-        runners.append(await _start_site(app, "127.0.0.1", port))
+        runners.append(await start_site(app, "127.0.0.1", port))
         log.info(
             "emulated backend %s on http://127.0.0.1:%d with %s", name, port, ", ".join(models)
         )
@@ -133,7 +133,7 @@ async def demo(config: Config) -> None:
         backends=tuple(Backend(url=f"http://127.0.0.1:{p}", name=n) for n, p, _ in DEMO_BACKENDS),
     ).check()
     runners.append(
-        await _start_site(create_app(config), config.listen.host, config.listen.port, config)
+        await start_site(create_app(config), config.listen.host, config.listen.port, config)
     )
     address = f"http://{config.listen.host}:{config.listen.port}"
     print(
