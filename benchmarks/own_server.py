@@ -97,6 +97,7 @@ class ClientProtocol(asyncio.Protocol):
         conn.on_head = on_head
         await conn.send(method, head, body, 60.0)
         await conn.attach(sink)
+        conn.release()
         if pending:  # an answer without a body
             transport.write(pending.pop())
         self.busy = False

@@ -29,6 +29,11 @@ def normalize_model(name: str) -> str:
     return name
 
 
+# Answers that speak of the backend, not of the request: a gateway in front of Ollama
+# that cannot reach it (502, 504), or Ollama refusing more work (503, its full queue).
+UNAVAILABLE_STATUSES = frozenset({502, 503, 504})
+
+
 class NoBackend(Exception):
     """No backend can take the request; the message names each one's reason."""
 
@@ -86,6 +91,22 @@ class BackendState:
         self.last_error = ""
         self.breaker.success()
 
+    def answered(self, status: int) -> None:
+        """What a well-formed answer says about the backend's health. A 500 says
+        nothing: Ollama answers it for requests it cannot run (options or `format` of
+        the wrong type, a template error), which any client can send at will, so
+        counting it would let one client open every circuit. Only the statuses that
+        say the backend cannot serve anyone count as failures; a backend that is truly
+        broken also fails its connects, timeouts and health checks."""
+        if status in UNAVAILABLE_STATUSES:
+            self.failed(f"answered {status}")
+        elif status < 500:
+            self.succeeded()
+
+
+def _having(name: str, states: list[BackendState]) -> list[BackendState]:
+    return [s for s in states if s.models is not None and name in s.models]
+
 
 class BackendPool:
     def __init__(self, config: Config) -> None:
@@ -128,20 +149,32 @@ class BackendPool:
             reasons.append(f"{s.label}: {why}" + (" (circuit open)" if state == "open" else ""))
         return "no healthy backend: " + "; ".join(reasons)
 
-    def choose(self, model: str | None, exclude: Iterable[BackendState] = ()) -> BackendState:
+    def choose(
+        self, model: str | None, exclude: Iterable[BackendState] = (), retry: bool = False
+    ) -> BackendState:
         """A backend that has `model`, preferring one where it is loaded, then the one
         with the fewest requests in flight. With no backend listing the model, any
-        usable one: it answers Ollama's own 404."""
+        usable one: it answers Ollama's own 404; but a `retry` goes only to a backend
+        that lists the model (another one's 404 would hide the first one's answer)."""
         candidates = self.usable(exclude)
         if not candidates:
             raise NoBackend(self.unavailable_reason())
         if model is None:
             return min(candidates, key=lambda s: (s.in_flight, s.index))
         name = normalize_model(model)
-        having = [s for s in candidates if s.models is not None and name in s.models]
+        having = _having(name, candidates)
         if not having:
+            if retry:
+                raise NoBackend(f"no other usable backend has model {model!r}")
             having = [s for s in candidates if s.models is None] or candidates
         return min(having, key=lambda s: (name not in s.loaded, s.in_flight, s.index))
+
+    def can_retry(self, model: str | None, exclude: Iterable[BackendState]) -> bool:
+        """Whether `choose(model, exclude, retry=True)` has a backend to offer."""
+        candidates = self.usable(exclude)
+        if model is None:
+            return bool(candidates)
+        return bool(_having(normalize_model(model), candidates))
 
     async def get_json(self, state: BackendState, path: str, post: Any = None) -> Any:
         """A small JSON document from one backend (refreshes, merged lists, `show`):

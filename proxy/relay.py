@@ -31,6 +31,10 @@ from proxy.upstream import ResponseHead, UpstreamConnection, UpstreamError
 log = logging.getLogger("autoroute.relay")
 
 _HOP_BY_HOP_BYTES = frozenset(h.encode() for h in HOP_BY_HOP)
+# Not forwarded either: `Expect`, since the proxy has read the whole body and answered
+# any `100-continue` itself (the backend's `100` would be a second one), and the
+# client's `X-Request-Id`, since the backend gets the id the proxy uses.
+_NOT_FORWARDED = _HOP_BY_HOP_BYTES | {b"expect", REQUEST_ID_HEADER.lower().encode()}
 _CREDENTIALS = frozenset({b"authorization", b"x-api-key"})
 _STREAM_TYPES = (NDJSON, SSE)
 _UPLOAD_CHUNK = 256 * 1024
@@ -63,26 +67,31 @@ class Outcome:
     client_paused: bool = False
 
 
+def wire(value: str) -> bytes:
+    """A string aiohttp decoded from the wire (UTF-8, undecodable bytes kept as
+    surrogates) as the bytes it came from: never fails on what a client sent."""
+    return value.encode("utf-8", "surrogateescape")
+
+
 def request_head(
     request: web.Request,
     host: str,
     body_length: int | None,
     request_id: str,
-    drop: frozenset[bytes] = _HOP_BY_HOP_BYTES,
+    drop: frozenset[bytes] = _NOT_FORWARDED,
 ) -> bytes:
-    """The upstream request head: the client's headers minus hop-by-hop ones (and
-    minus `drop`, the proxy's own credentials when it checks keys)."""
-    parts = [f"{request.method} {request.raw_path} HTTP/1.1\r\nHost: {host}\r\n".encode()]
-    has_id = False
+    """The upstream request head: the client's headers as it sent them (bytes) minus
+    the ones the proxy does not forward (and minus `drop`, the proxy's own credentials
+    when it checks keys), and the request's id."""
+    parts = [
+        b"%b %b HTTP/1.1\r\nHost: %b\r\n"
+        % (wire(request.method), wire(request.raw_path), wire(host))
+    ]
     for name, value in request.raw_headers:
-        lname = name.lower()
-        if lname in drop:
-            continue
-        if lname == b"x-request-id":
-            has_id = True
-        parts += (name, b": ", value, b"\r\n")
-    if not has_id:
-        parts.append(f"{REQUEST_ID_HEADER}: {request_id}\r\n".encode())
+        if name.lower() not in drop:
+            parts += (name, b": ", value, b"\r\n")
+    if request_id:
+        parts.append(b"%b: %b\r\n" % (REQUEST_ID_HEADER.encode(), wire(request_id)))
     if body_length is None:
         parts.append(b"Transfer-Encoding: chunked\r\n\r\n")
     else:
@@ -97,7 +106,7 @@ class Relay:
         self.idle = config.timeouts.idle_read_seconds
         # With API keys on, the key authenticates the client to the proxy: it is not
         # the backends' business and must not leak to them.
-        self.drop = _HOP_BY_HOP_BYTES | (_CREDENTIALS if config.auth.keys else frozenset())
+        self.drop = _NOT_FORWARDED | (_CREDENTIALS if config.auth.keys else frozenset())
 
     async def forward(
         self,
@@ -108,14 +117,16 @@ class Relay:
         only: BackendState | None = None,
     ) -> web.StreamResponse:
         """Relay to the best backend for `model`; `body=None` streams the client's body
-        (uploads), which cannot be replayed, so it is never retried."""
+        (uploads), which cannot be replayed, so it is never retried. A retry goes only
+        to another backend that has the model; when none is left, the client gets the
+        last backend's own answer, whatever its status."""
         tried: list[BackendState] = []
         failures: list[str] = []
         unreachable = True  # every failure so far was a refused or timed-out connect
         retries = self.config.health.retries if body is not None else 0
         while True:
             try:
-                state = only or self.backends.choose(model, tried)
+                state = only or self.backends.choose(model, tried, retry=bool(tried))
             except NoBackend as exc:
                 if failures:
                     return self._failed(request, outcome, failures, unreachable)
@@ -123,7 +134,11 @@ class Relay:
             outcome.attempts += 1
             outcome.backend = state.label
             state.in_flight += 1
-            may_retry = only is None and len(tried) < retries and len(self.backends.states) > 1
+            may_retry = (
+                only is None
+                and len(tried) < retries
+                and self.backends.can_retry(model, [*tried, state])
+            )
             client = ClientLeg(request, outcome)
             try:
                 conn, head = await self._exchange(request, state, body, client, may_retry)
@@ -143,7 +158,9 @@ class Relay:
             if head.status >= 500 and may_retry:
                 state.in_flight -= 1
                 conn.close()
-                state.failed(f"answered {head.status}")
+                state.answered(head.status)
+                failures.append(f"{state.label}: answered {head.status}")
+                unreachable = False
                 tried.append(state)
                 continue
             try:
@@ -229,23 +246,30 @@ class Relay:
                 response.headers.add(name, value)
             return response
         assert client.done is not None
+        # Once the head went out, the relay has written to the client's transport itself:
+        # nothing may reach aiohttp's handler error path (it would write a 500 after the
+        # relayed bytes), and only the client's leaving is a cancellation.
         try:
             await client.done
+            outcome.stats = final_chunk.parse(client.previous + client.last)
+            state.answered(head.status)
         except UpstreamError as exc:
             outcome.error = f"{state.label}: {exc}"
             state.failed(str(exc))
             log.warning("backend %s failed mid-stream: %s", state.label, exc)
-            client.fail(conn, head, str(exc))
-            return client.response(head)
-        except BaseException:
+            client.fail(head, str(exc))
+        except asyncio.CancelledError:
             # The client went away (handler cancelled): stop the backend generating.
             outcome.cancelled = True
-            conn.close()
             raise
-        outcome.body_bytes = conn.body_bytes
-        outcome.stats = final_chunk.parse(client.previous + client.last)
-        if head.status < 500:
-            state.succeeded()
+        except Exception as exc:
+            # The proxy failed, not the backend: it does not count against its health.
+            log.exception("relaying from %s failed", state.label)
+            outcome.error = f"proxy error: {exc!r}"
+            client.fail(head, outcome.error)
+        finally:
+            outcome.body_bytes = client.body_bytes
+            client.release()
         return client.response(head)
 
 
@@ -275,7 +299,9 @@ class RelayedResponse(web.StreamResponse):
 class ClientLeg:
     """The client side of one exchange. The response head is written from the
     upstream protocol's callback the moment the backend's head arrives, and the body
-    follows from the same callbacks: no task switch between backend and client."""
+    follows from the same callbacks: no task switch between backend and client.
+    What the exchange relayed (bytes, last chunks) is kept here, not on the upstream
+    connection, which goes back to the pool for another request at `release`."""
 
     def __init__(self, request: web.Request, outcome: Outcome) -> None:
         transport = request.transport
@@ -291,12 +317,13 @@ class ClientLeg:
         self.done: asyncio.Future[None] | None = None
         self.conn: UpstreamConnection | None = None
         self.writer = request.writer
+        self.body_bytes = 0
         self.previous = b""
         self.last = b""
         self.head_bytes = b""
         self._resume: asyncio.Task[None] | None = None
 
-    def response_headers(self, head: ResponseHead) -> list[tuple[str, str]]:
+    def _backend_headers(self, head: ResponseHead) -> list[tuple[str, str]]:
         headers = []
         for name, value in head.headers:
             lname = name.lower()
@@ -307,9 +334,13 @@ class ClientLeg:
             headers.append((name, value))
         if self.content_type.startswith(_STREAM_TYPES):
             headers.append(("X-Accel-Buffering", "no"))
-        headers.append((REQUEST_ID_HEADER, self.outcome.request_id))
-        headers.extend(self.outcome.extra.items())
         return headers
+
+    def _own_headers(self) -> list[tuple[str, str]]:
+        return [(REQUEST_ID_HEADER, self.outcome.request_id), *self.outcome.extra.items()]
+
+    def response_headers(self, head: ResponseHead) -> list[tuple[str, str]]:
+        return self._backend_headers(head) + self._own_headers()
 
     def on_head(
         self, conn: UpstreamConnection, head: ResponseHead, body_follows: bool, may_retry: bool
@@ -319,28 +350,35 @@ class ClientLeg:
             return  # the handler retries on another backend; nothing sent yet
         if head.chunked and self.version < (1, 1):
             return  # the handler buffers the body for an HTTP/1.0 client
-        lines = [f"HTTP/1.1 {head.status} {head.reason}\r\n"]
-        lines += [f"{name}: {value}\r\n" for name, value in self.response_headers(head)]
+        # The backend's header lines go out as they came (its head was read as
+        # Latin-1); the proxy's own values may hold what a client sent (an id), as
+        # the bytes it sent.
+        out = bytearray(b"HTTP/1.1 %d %b\r\n" % (head.status, head.reason.encode("latin-1")))
+        for name, value in self._backend_headers(head):
+            out += b"%b: %b\r\n" % (name.encode("latin-1"), value.encode("latin-1"))
+        for name, value in self._own_headers():
+            out += b"%b: %b\r\n" % (wire(name), wire(value))
         if head.chunked:
-            lines.append("Transfer-Encoding: chunked\r\n")
+            out += b"Transfer-Encoding: chunked\r\n"
         elif head.content_length is not None:
-            lines.append(f"Content-Length: {head.content_length}\r\n")
+            out += b"Content-Length: %d\r\n" % head.content_length
         elif not _bodiless(head.status):
             self.keep_alive = False  # the body ends when the connection does
         if not self.keep_alive:
-            lines.append("Connection: close\r\n")
-        lines.append("\r\n")
+            out += b"Connection: close\r\n"
+        out += b"\r\n"
         self.started = True
         self.conn = conn
-        head_bytes = "".join(lines).encode("latin-1")
         if body_follows:
             # One write for the head and the first chunk, as Ollama sends them.
-            self.head_bytes = head_bytes
+            self.head_bytes = bytes(out)
         else:
-            self.transport.write(head_bytes)
+            self.transport.write(out)
         self.done = conn.attach(self.sink)
 
     def sink(self, data: bytes) -> None:
+        # The write comes first: if anything after it fails, the client has exactly
+        # what the upstream connection has read so far.
         transport = self.transport
         if transport.is_closing():
             return
@@ -349,6 +387,7 @@ class ClientLeg:
             self.head_bytes = b""
         else:
             transport.write(data)
+        self.body_bytes += len(data)
         # Two references per chunk: enough to read the final chunk's counters later.
         self.previous, self.last = self.last, data
         if not self.outcome.first_byte_at:
@@ -367,20 +406,31 @@ class ClientLeg:
             pass  # the client left; the handler's cancellation closes the backend
         finally:
             self.paused = False
-            if self.conn is not None:
+            if self.conn is not None:  # None once released: no longer this exchange's
                 self.conn.resume_reading()
 
-    def fail(self, conn: UpstreamConnection, head: ResponseHead, message: str) -> None:
-        """End a started response after the backend failed, as Ollama does mid-stream."""
-        at_boundary = conn.at_chunk_boundary()
-        conn.close()
+    def fail(self, head: ResponseHead, message: str) -> None:
+        """End a started response after a failure, as Ollama does mid-stream."""
+        conn = self.conn
+        at_boundary = conn is not None and conn.at_chunk_boundary()
+        if conn is not None:
+            conn.close()
         if head.chunked and at_boundary and not self.transport.is_closing():
             line = stream_error_line(self.content_type, message)
-            self.transport.write(b"%x\r\n%b\r\n0\r\n\r\n" % (len(line), line))
+            self.transport.write(self.head_bytes + b"%x\r\n%b\r\n0\r\n\r\n" % (len(line), line))
+            self.head_bytes = b""
         else:
-            # Length-framed or cut inside a chunk: closing is the only honest signal.
+            # Length-framed, cut inside a chunk or already ended: closing is the only
+            # honest signal.
             self.keep_alive = False
             self.transport.close()
+
+    def release(self) -> None:
+        """The exchange's bookkeeping is done: its upstream connection goes back (or is
+        closed) and nothing here refers to it any more."""
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.release()
 
     def response(self, head: ResponseHead) -> RelayedResponse:
         return RelayedResponse(head.status, self.keep_alive)

@@ -49,6 +49,11 @@ class ResponseHead:
         return None
 
 
+def interim(status: int) -> bool:
+    """A 1xx head: informational, followed by the final head on the same connection."""
+    return 100 <= status < 200
+
+
 def _parse_head(raw: bytes, method: str) -> tuple[ResponseHead, int]:
     lines = raw.decode("latin-1").split("\r\n")
     version, _, rest = lines[0].partition(" ")
@@ -56,6 +61,9 @@ def _parse_head(raw: bytes, method: str) -> tuple[ResponseHead, int]:
     if not version.startswith("HTTP/1.") or not code.isdigit():
         raise UpstreamError(f"malformed status line {lines[0][:80]!r}")
     status = int(code)
+    if status == 101:
+        # The proxy never asks to switch protocols (it forwards no `Upgrade`).
+        raise UpstreamError("backend switched protocols unasked")
     headers: list[tuple[str, str]] = []
     length: int | None = None
     chunked = False
@@ -75,7 +83,7 @@ def _parse_head(raw: bytes, method: str) -> tuple[ResponseHead, int]:
         elif lname == "connection":
             keep_alive = value.lower() != "close" and (keep_alive or value.lower() == "keep-alive")
         headers.append((name, value))
-    if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+    if method == "HEAD" or status in (204, 304) or interim(status):
         mode = _NONE
     elif chunked:
         mode = _CHUNKED
@@ -89,16 +97,16 @@ def _parse_head(raw: bytes, method: str) -> tuple[ResponseHead, int]:
 
 
 class UpstreamConnection(asyncio.Protocol):
-    """One keep-alive connection; serves one exchange at a time."""
+    """One keep-alive connection. It belongs to one exchange at a time: from
+    `ConnectionPool.acquire` until its owner calls `release` (or `close`), however early
+    the response ended, so that nothing of the next exchange can touch it before."""
 
     def __init__(self, pool: ConnectionPool) -> None:
         self.pool = pool
         self.loop = pool.loop
         self.transport: asyncio.Transport | None = None
         self.reused = False
-        self.body_bytes = 0
         self.last_read = 0.0
-        self.last_data = b""
         self._reset()
 
     def _reset(self) -> None:
@@ -117,6 +125,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._write_paused = False
         self._read_paused = False
         self._watchdog: asyncio.TimerHandle | None = None
+        self._reusable = False
         # Called with the parsed head, from `data_received`, before any body byte, and
         # whether body bytes came in the same read.
         self.on_head: Callable[[ResponseHead, bool], None] | None = None
@@ -152,39 +161,61 @@ class UpstreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_read = self.loop.time()
+        done = self._done
+        if done is None or done.done():
+            # Bytes no exchange asked for (after the end of a response, or on an idle
+            # connection): its framing can no longer be trusted, so it is never reused.
+            self.close()
+            return
         if self.head is None:
-            self._head_buf += data
-            end = self._head_buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self._head_buf) > MAX_HEAD_BYTES:
-                    self._fail(UpstreamError("response head too large"), close=True)
+            rest = self._read_head(data)
+            if rest is None:
                 return
+            data = rest
+        self._body(data)
+
+    def _read_head(self, data: bytes) -> bytes | None:
+        """Parse the final response head, skipping interim (1xx) ones; the body bytes
+        that followed it, or None while it is incomplete or when the exchange ended."""
+        buf = self._head_buf
+        buf += data
+        while True:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > MAX_HEAD_BYTES:
+                    self._fail(UpstreamError("response head too large"), close=True)
+                return None
             try:
-                self.head, self._mode = _parse_head(bytes(self._head_buf[:end]), self._method)
+                head, mode = _parse_head(bytes(buf[:end]), self._method)
             except UpstreamError as exc:
                 self._fail(exc, close=True)
-                return
-            if self._mode == _LENGTH:
-                self._left = self.head.content_length or 0
-            data = bytes(self._head_buf[end + 4 :])
-            self._head_buf.clear()
+                return None
+            del buf[: end + 4]
+            if not interim(head.status):
+                break
+        self.head, self._mode = head, mode
+        if mode == _LENGTH:
+            self._left = head.content_length or 0
+        data = bytes(buf)
+        buf.clear()
+        try:
             if self.on_head is not None:
-                self.on_head(self.head, bool(data) and self._mode != _NONE)
-            waiter = self._head_waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_result(self.head)
-            if self._mode == _NONE:
-                self._finish(reusable=self.head.keep_alive)
-                return
-            if not data:
-                return
-        self._body(data)
+                self.on_head(head, bool(data) and mode != _NONE)
+        except Exception as exc:
+            # The consumer failed, not the backend: the exchange ends with its error.
+            self._fail(exc, close=True)
+            return None
+        waiter = self._head_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(head)
+        if mode == _NONE:
+            self._finish(reusable=head.keep_alive)
+            return None
+        return data or None
 
     # Body framing
 
     def _body(self, data: bytes) -> None:
-        self.body_bytes += len(data)
-        self.last_data = data
         mode = self._mode
         if mode == _CHUNKED:
             try:
@@ -199,7 +230,12 @@ class UpstreamConnection(asyncio.Protocol):
             complete = False
         sink = self._sink
         if sink is not None:
-            sink(data)
+            try:
+                sink(data)
+            except Exception as exc:
+                # The consumer failed, not the backend: the exchange ends with its error.
+                self._fail(exc, close=True)
+                return
         else:
             self._pending.append(data)
         if complete:
@@ -237,22 +273,28 @@ class UpstreamConnection(asyncio.Protocol):
     # Exchange lifecycle
 
     def _finish(self, reusable: bool) -> None:
+        """The response was read to its end. The connection stays with its exchange's
+        owner, who gives it back with `release` once its own bookkeeping is done."""
         done = self._done
         self._mode = _NONE
+        self._reusable = reusable
         self._stop_watchdog()
         if done is not None and not done.done():
             done.set_result(None)
-        # Without a consumer yet, the buffered body is still needed: `attach` or
-        # `read_body` releases the connection once they have taken it.
-        if self._sink is not None:
-            self._release(reusable)
 
-    def _release(self, reusable: bool) -> None:
-        if reusable and self.transport is not None and not self.transport.is_closing():
-            self._reset()
-            self.pool.put_back(self)
-        else:
-            self.close()
+    def release(self) -> None:
+        """The owner is done with this exchange: the connection goes back to the pool
+        if its response was read to its end and it may be kept alive, else it is
+        closed. The owner must not touch it afterwards."""
+        done = self._done
+        complete = done is not None and done.done() and not done.cancelled()
+        if complete and done is not None and done.exception() is None and self._reusable:
+            transport = self.transport
+            if transport is not None and not transport.is_closing():
+                self._reset()
+                self.pool.put_back(self)
+                return
+        self.close()
 
     def _fail(self, exc: Exception, close: bool = False) -> None:
         for fut in (self._head_waiter, self._done):
@@ -287,7 +329,6 @@ class UpstreamConnection(asyncio.Protocol):
         on the whole exchange, since loading a model or a long answer is legitimate."""
         assert self.transport is not None
         self._method = method
-        self.body_bytes = 0
         self._head_waiter = self.loop.create_future()
         self._done = self.loop.create_future()
         self._idle_timeout = idle_timeout
@@ -331,7 +372,8 @@ class UpstreamConnection(asyncio.Protocol):
         return b"".join(pending)
 
     def at_chunk_boundary(self) -> bool:
-        return self._left == 0 and not self._line
+        """Between two chunks, before the last (empty) one: where one more chunk fits."""
+        return self._left == 0 and not self._line and not self._trailers
 
     def attach(self, sink: Callable[[bytes], None]) -> asyncio.Future[None]:
         """Forward the body to `sink` from now on, starting with what already arrived."""
@@ -342,8 +384,6 @@ class UpstreamConnection(asyncio.Protocol):
         for data in pending:
             sink(data)
         self._sink = sink
-        if done.done() and done.exception() is None:
-            self._release(self.head is not None and self.head.keep_alive)
         return done
 
     async def read_body(self) -> bytes:
@@ -354,7 +394,7 @@ class UpstreamConnection(asyncio.Protocol):
         raw = b"".join(self._pending)
         self._pending = []
         head = self.head
-        self._release(head is not None and head.keep_alive)
+        self.release()
         return dechunk(raw) if head is not None and head.chunked else raw
 
     def pause_reading(self) -> None:

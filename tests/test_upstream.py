@@ -82,7 +82,10 @@ def test_chunked_body_is_forwarded_verbatim_and_its_end_found(
     assert forwarded == body
     assert finished
     assert dechunk(forwarded) == b"".join(parts)
-    # Fully read and keep-alive: back in the pool for the next request.
+    # Fully read and keep-alive, but its exchange's until the owner releases it; then
+    # back in the pool for the next request.
+    assert conn not in conn.pool._idle
+    conn.release()
     assert conn in conn.pool._idle
 
 
@@ -106,6 +109,7 @@ def test_connection_close_is_not_reused() -> None:
     raw = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
     conn, forwarded, finished = asyncio.run(exchange([raw]))
     assert finished and forwarded == b"ok"
+    conn.release()
     assert conn not in conn.pool._idle
     assert conn.transport is None
 
