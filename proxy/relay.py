@@ -251,8 +251,6 @@ class Relay:
         # relayed bytes), and only the client's leaving is a cancellation.
         try:
             await client.done
-            outcome.stats = final_chunk.parse(client.previous + client.last)
-            state.answered(head.status)
         except UpstreamError as exc:
             outcome.error = f"{state.label}: {exc}"
             state.failed(str(exc))
@@ -265,8 +263,16 @@ class Relay:
         except Exception as exc:
             # The proxy failed, not the backend: it does not count against its health.
             log.exception("relaying from %s failed", state.label)
-            outcome.error = f"proxy error: {exc!r}"
+            outcome.error = f"proxy error: {exc}"
             client.fail(head, outcome.error)
+        else:
+            try:
+                outcome.stats = final_chunk.parse(client.previous + client.last)
+                state.answered(head.status)
+            except Exception as exc:
+                # The client has its whole answer; only the proxy's record of it failed.
+                log.exception("reading the end of the answer from %s failed", state.label)
+                outcome.error = f"proxy error: {exc}"
         finally:
             outcome.body_bytes = client.body_bytes
             client.release()
