@@ -430,3 +430,53 @@ async def wait_until_async(value: Any, expected: float, seconds: float = 60.0) -
             return True
         await asyncio.sleep(0.05)
     return False
+
+
+# Options Ollama cannot decode into api.Options: scheduleRunner's opts.FromMap fails
+# and handleScheduleError answers 500 with the message, before any stream starts.
+BAD_OPTIONS = {"num_ctx": "x"}
+
+
+async def test_a_bad_request_gets_the_backends_own_500_and_opens_no_circuit(pair: Pair) -> None:
+    """A 500 that the request itself causes is the backend's verdict on the request:
+    retried on the other backend that has the model, then relayed as it came; no
+    circuit counts it, so other clients' requests keep being served on both."""
+    bad = generate(SHARED, options=BAD_OPTIONS)
+    direct = await post(pair.a.url, "/api/generate", bad)
+    assert direct[0] == 500
+    assert orjson.loads(direct[1]) == {"error": 'option "num_ctx" must be of type integer'}
+    for _ in range(4):  # more than the failure threshold (2)
+        assert await post(pair.proxy.url, "/api/generate", bad) == direct
+    for emulator in (pair.a, pair.b):
+        assert await scrape_failures(pair.proxy.url, emulator.url) == (0, "closed")
+    before = (pair.a.state.requests["/api/generate"], pair.b.state.requests["/api/generate"])
+    for model in (ONLY_A, ONLY_B, SHARED, SHARED):
+        status, body = await post(pair.proxy.url, "/api/generate", generate(model))
+        assert status == 200 and orjson.loads(body)["done"] is True
+    after = (pair.a.state.requests["/api/generate"], pair.b.state.requests["/api/generate"])
+    assert after[0] > before[0] and after[1] > before[1]  # both still in use
+
+
+async def test_a_retry_goes_only_to_a_backend_that_has_the_model(pair: Pair) -> None:
+    """A request for a model only A has, which A answers 500: never retried on B
+    (whose 404 would hide A's answer); the client gets A's own answer."""
+    bad = generate(ONLY_A, options=BAD_OPTIONS)
+    direct = await post(pair.a.url, "/api/generate", bad)
+    reached_b = pair.b.state.requests["/api/generate"]
+    for _ in range(3):
+        assert await post(pair.proxy.url, "/api/generate", bad) == direct
+    assert pair.b.state.requests["/api/generate"] == reached_b
+    assert await scrape_failures(pair.proxy.url, pair.a.url) == (0, "closed")
+
+
+async def test_after_the_retries_the_client_gets_the_last_backends_answer(pair: Pair) -> None:
+    """Both backends that have the model answer 500: the client gets the last one's
+    status and body, not a 502/503 of the proxy's own."""
+    pair.a.state.fault = "error500"
+    pair.b.state.fault = "error500"
+    direct = await post(pair.b.url, "/api/generate", generate(SHARED))
+    for _ in range(3):
+        assert await post(pair.proxy.url, "/api/generate", generate(SHARED)) == direct
+    pair.a.state.fault = pair.b.state.fault = "none"
+    status, _ = await post(pair.proxy.url, "/api/generate", generate(SHARED))
+    assert status == 200
