@@ -217,17 +217,23 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _body(self, data: bytes) -> None:
         mode = self._mode
+        end = -1  # where the body ended in `data`, once it did
         if mode == _CHUNKED:
             try:
-                complete = self._scan_chunks(data)
+                end = self._scan_chunks(data)
             except ValueError:
                 self._fail(UpstreamError("malformed chunked body"), close=True)
                 return
         elif mode == _LENGTH:
+            if len(data) >= self._left:
+                end = self._left
             self._left -= len(data)
-            complete = self._left <= 0
-        else:
-            complete = False
+        complete = end >= 0
+        # Bytes after the body's end answer nothing that was asked: they are not
+        # relayed, and the connection is not reused.
+        stray = complete and end < len(data)
+        if stray:
+            data = data[:end]
         sink = self._sink
         if sink is not None:
             try:
@@ -239,9 +245,11 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             self._pending.append(data)
         if complete:
-            self._finish(reusable=self.head is not None and self.head.keep_alive)
+            self._finish(reusable=not stray and self.head is not None and self.head.keep_alive)
 
-    def _scan_chunks(self, data: bytes) -> bool:
+    def _scan_chunks(self, data: bytes) -> int:
+        """Follow the chunk framing through `data`: where the body ended in it (after
+        the last chunk's trailers), or -1 when it goes on."""
         pos = 0
         end = len(data)
         while pos < end:
@@ -253,7 +261,7 @@ class UpstreamConnection(asyncio.Protocol):
             newline = data.find(b"\n", pos)
             if newline < 0:
                 self._line += data[pos:]
-                return False
+                return -1
             line = data[pos:newline]
             pos = newline + 1
             if self._line:
@@ -261,14 +269,14 @@ class UpstreamConnection(asyncio.Protocol):
                 self._line = b""
             if self._trailers:
                 if not line.strip():
-                    return True
+                    return pos
                 continue
             size = int(line.split(b";", 1)[0], 16)
             if size == 0:
                 self._trailers = True
             else:
                 self._left = size + 2
-        return False
+        return -1
 
     # Exchange lifecycle
 

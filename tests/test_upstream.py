@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -162,3 +163,96 @@ def test_silent_backend_fails_after_the_idle_timeout_not_before() -> None:
     alive, error = asyncio.run(run())
     assert alive
     assert isinstance(error, UpstreamError) and "no data from backend" in str(error)
+
+
+INTERIM = st.sampled_from(
+    [
+        b"HTTP/1.1 100 Continue\r\n\r\n",
+        b"HTTP/1.1 102 Processing\r\n\r\n",
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n",
+    ]
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    interim=st.lists(INTERIM, min_size=1, max_size=3),
+    parts=st.lists(st.binary(min_size=1, max_size=40), max_size=6),
+    points=st.lists(st.integers(min_value=0, max_value=10_000), max_size=10),
+)
+def test_interim_heads_are_skipped_and_the_final_answer_relayed(
+    interim: list[bytes], parts: list[bytes], points: list[int]
+) -> None:
+    body = chunked(parts)
+    conn, forwarded, finished = asyncio.run(exchange(cut(b"".join(interim) + HEAD + body, points)))
+    assert conn.head is not None and conn.head.status == 200
+    assert forwarded == body
+    assert finished
+    conn.release()
+    assert conn in conn.pool._idle
+
+
+def test_interim_heads_alone_leave_the_exchange_waiting_and_the_connection_out_of_the_pool() -> (
+    None
+):
+    async def run() -> tuple[UpstreamConnection, bool]:
+        pool = ConnectionPool("127.0.0.1", 1, 1.0)
+        conn = UpstreamConnection(pool)
+        conn.connection_made(FakeTransport())
+        head = conn.send("POST", b"x", b"", 60.0)
+        conn.data_received(b"HTTP/1.1 100 Continue\r\n\r\n")
+        await asyncio.sleep(0)
+        return conn, head.done()
+
+    conn, answered = asyncio.run(run())
+    assert not answered
+    conn.release()  # the owner gives up before the answer: closed, never pooled
+    assert conn not in conn.pool._idle and conn.transport is None
+
+
+def test_switching_protocols_unasked_fails_the_exchange() -> None:
+    async def run() -> BaseException | None:
+        pool = ConnectionPool("127.0.0.1", 1, 1.0)
+        conn = UpstreamConnection(pool)
+        conn.connection_made(FakeTransport())
+        head = conn.send("GET", b"x", b"", 60.0)
+        conn.data_received(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n")
+        await asyncio.sleep(0)
+        return head.exception()
+
+    assert isinstance(asyncio.run(run()), UpstreamError)
+
+
+@pytest.mark.parametrize(
+    ("raw", "body"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", b"ok"),
+        (HEAD + chunked([b"ok"]), chunked([b"ok"])),
+    ],
+)
+def test_bytes_after_the_end_of_an_answer_are_not_relayed_nor_the_connection_reused(
+    raw: bytes, body: bytes
+) -> None:
+    stray = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale"
+    conn, forwarded, finished = asyncio.run(exchange([raw + stray]))
+    assert finished and forwarded == body
+    conn.release()
+    assert conn not in conn.pool._idle and conn.transport is None
+
+
+def test_a_consumer_failure_fails_the_exchange_with_its_own_error() -> None:
+    """An exception in the relay's callback is the relay's, not a backend failure."""
+
+    async def run() -> BaseException | None:
+        pool = ConnectionPool("127.0.0.1", 1, 1.0)
+        conn = UpstreamConnection(pool)
+        conn.connection_made(FakeTransport())
+        conn.send("POST", b"x", b"", 60.0)
+        conn.data_received(HEAD)
+        done = conn.attach(lambda data: [][0])
+        conn.data_received(b"3\r\nabc\r\n")
+        await asyncio.sleep(0)
+        return done.exception()
+
+    error = asyncio.run(run())
+    assert isinstance(error, IndexError) and not isinstance(error, UpstreamError)
