@@ -145,6 +145,9 @@ class Relay:
             except UpstreamError as exc:
                 state.in_flight -= 1
                 state.failed(str(exc))
+                if client.started:  # an upload the backend answered before it ended
+                    log.warning("backend %s failed mid-exchange: %s", state.label, exc)
+                    return client.cut(f"{state.label}: {exc}")
                 log.warning("backend %s failed before answering: %s", state.label, exc)
                 failures.append(f"{state.label}: {exc}")
                 unreachable = unreachable and exc.unreachable
@@ -152,6 +155,13 @@ class Relay:
                 if only is not None or len(tried) > retries:
                     return self._failed(request, outcome, failures, unreachable)
                 continue
+            except Exception as exc:
+                state.in_flight -= 1
+                if client.started:
+                    # The answer's head went out: aiohttp must not answer after it.
+                    log.exception("relaying from %s failed", state.label)
+                    return client.cut(f"proxy error: {exc}")
+                raise
             except BaseException:
                 state.in_flight -= 1
                 raise
@@ -255,7 +265,7 @@ class Relay:
             outcome.error = f"{state.label}: {exc}"
             state.failed(str(exc))
             log.warning("backend %s failed mid-stream: %s", state.label, exc)
-            client.fail(head, str(exc))
+            client.fail(str(exc))
         except asyncio.CancelledError:
             # The client went away (handler cancelled): stop the backend generating.
             outcome.cancelled = True
@@ -264,7 +274,7 @@ class Relay:
             # The proxy failed, not the backend: it does not count against its health.
             log.exception("relaying from %s failed", state.label)
             outcome.error = f"proxy error: {exc}"
-            client.fail(head, outcome.error)
+            client.fail(outcome.error)
         else:
             try:
                 outcome.stats = final_chunk.parse(client.previous + client.last)
@@ -276,7 +286,7 @@ class Relay:
         finally:
             outcome.body_bytes = client.body_bytes
             client.release()
-        return client.response(head)
+        return client.response()
 
 
 class RelayedResponse(web.StreamResponse):
@@ -327,6 +337,7 @@ class ClientLeg:
         self.previous = b""
         self.last = b""
         self.head_bytes = b""
+        self.head: ResponseHead | None = None  # the backend's, once the client has it
         self._resume: asyncio.Task[None] | None = None
 
     def _backend_headers(self, head: ResponseHead) -> list[tuple[str, str]]:
@@ -374,6 +385,7 @@ class ClientLeg:
             out += b"Connection: close\r\n"
         out += b"\r\n"
         self.started = True
+        self.head = head
         self.conn = conn
         if body_follows:
             # One write for the head and the first chunk, as Ollama sends them.
@@ -415,13 +427,14 @@ class ClientLeg:
             if self.conn is not None:  # None once released: no longer this exchange's
                 self.conn.resume_reading()
 
-    def fail(self, head: ResponseHead, message: str) -> None:
+    def fail(self, message: str) -> None:
         """End a started response after a failure, as Ollama does mid-stream."""
         conn = self.conn
         at_boundary = conn is not None and conn.at_chunk_boundary()
         if conn is not None:
             conn.close()
-        if head.chunked and at_boundary and not self.transport.is_closing():
+        chunked = self.head is not None and self.head.chunked
+        if chunked and at_boundary and not self.transport.is_closing():
             line = stream_error_line(self.content_type, message)
             self.transport.write(self.head_bytes + b"%x\r\n%b\r\n0\r\n\r\n" % (len(line), line))
             self.head_bytes = b""
@@ -438,8 +451,18 @@ class ClientLeg:
         if conn is not None:
             conn.release()
 
-    def response(self, head: ResponseHead) -> RelayedResponse:
-        return RelayedResponse(head.status, self.keep_alive)
+    def cut(self, message: str) -> RelayedResponse:
+        """End a started response that failed before its exchange got going."""
+        assert self.head is not None
+        self.outcome.status = self.head.status
+        self.outcome.error = message
+        self.fail(message)
+        self.release()
+        return self.response()
+
+    def response(self) -> RelayedResponse:
+        assert self.head is not None
+        return RelayedResponse(self.head.status, self.keep_alive)
 
 
 def _bodiless(status: int) -> bool:

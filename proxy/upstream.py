@@ -299,6 +299,8 @@ class UpstreamConnection(asyncio.Protocol):
         if complete and done is not None and done.exception() is None and self._reusable:
             transport = self.transport
             if transport is not None and not transport.is_closing():
+                if self._read_paused:  # paused for its last client, not for the next
+                    self.resume_reading()
                 self._reset()
                 self.pool.put_back(self)
                 return

@@ -17,6 +17,7 @@ class FakeTransport(asyncio.Transport):
         super().__init__()
         self.written = bytearray()
         self.closed = False
+        self.reading = True
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.written += data
@@ -31,10 +32,10 @@ class FakeTransport(asyncio.Transport):
         self.closed = True
 
     def pause_reading(self) -> None:
-        pass
+        self.reading = False
 
     def resume_reading(self) -> None:
-        pass
+        self.reading = True
 
 
 def chunked(parts: list[bytes]) -> bytes:
@@ -256,3 +257,24 @@ def test_a_consumer_failure_fails_the_exchange_with_its_own_error() -> None:
 
     error = asyncio.run(run())
     assert isinstance(error, IndexError) and not isinstance(error, UpstreamError)
+
+
+def test_a_connection_paused_for_a_slow_client_reads_again_once_back_in_the_pool() -> None:
+    async def run() -> tuple[UpstreamConnection, FakeTransport]:
+        pool = ConnectionPool("127.0.0.1", 1, 1.0)
+        conn = UpstreamConnection(pool)
+        transport = FakeTransport()
+        conn.connection_made(transport)
+        conn.send("POST", b"x", b"", 60.0)
+        conn.data_received(HEAD)
+        done = conn.attach(lambda data: None)
+        conn.pause_reading()  # the client is slow; the end was already on its way
+        conn.data_received(chunked([b"last"]))
+        await asyncio.sleep(0)
+        assert done.done() and done.exception() is None
+        conn.release()
+        return conn, transport
+
+    conn, transport = asyncio.run(run())
+    assert conn in conn.pool._idle
+    assert transport.reading
