@@ -216,7 +216,7 @@ class Relay:
             try:
                 waiter = conn.send(request.method, head_bytes, body or b"", self.idle)
                 if body is None:
-                    await self._upload(request, conn)
+                    await self._upload(request, conn, waiter)
                 return conn, await waiter
             except UpstreamError as exc:
                 conn.close()
@@ -226,16 +226,33 @@ class Relay:
                 conn.close()
                 raise
 
-    async def _upload(self, request: web.Request, conn: UpstreamConnection) -> None:
+    async def _upload(
+        self,
+        request: web.Request,
+        conn: UpstreamConnection,
+        answered: asyncio.Future[ResponseHead],
+    ) -> None:
         limit = self.config.limits.max_upload_bytes
         idle = self.config.timeouts.client_body_idle_seconds
         sent = 0
-        while chunk := await read_chunk(request, _UPLOAD_CHUNK, idle):
-            sent += len(chunk)
-            if sent > limit:
-                raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=sent)
-            await conn.write_body(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-        await conn.write_body(b"0\r\n\r\n")
+        try:
+            while chunk := await read_chunk(request, _UPLOAD_CHUNK, idle):
+                if answered.done():
+                    break
+                sent += len(chunk)
+                if sent > limit:
+                    raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=sent)
+                await conn.write_body(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+            else:
+                await conn.write_body(b"0\r\n\r\n")
+                return
+        except UpstreamError:
+            if not answered.done():
+                raise
+        # The backend answered before the body ended (a refusal, as a digest that
+        # cannot match): its answer is the client's, the rest of the body is not sent,
+        # and the connection, its request unfinished, is never reused.
+        conn.abandon_request()
 
     async def _respond(
         self,

@@ -126,6 +126,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._read_paused = False
         self._watchdog: asyncio.TimerHandle | None = None
         self._reusable = False
+        self._request_whole = True
         # Called with the parsed head, from `data_received`, before any body byte, and
         # whether body bytes came in the same read.
         self.on_head: Callable[[ResponseHead, bool], None] | None = None
@@ -208,6 +209,9 @@ class UpstreamConnection(asyncio.Protocol):
         waiter = self._head_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(head)
+        drain = self._drain_waiter
+        if drain is not None and not drain.done():
+            drain.set_result(None)  # answered: an upload waiting to send more stops
         if mode == _NONE:
             self._finish(reusable=head.keep_alive)
             return None
@@ -296,7 +300,8 @@ class UpstreamConnection(asyncio.Protocol):
         closed. The owner must not touch it afterwards."""
         done = self._done
         complete = done is not None and done.done() and not done.cancelled()
-        if complete and done is not None and done.exception() is None and self._reusable:
+        reusable = self._reusable and self._request_whole
+        if complete and done is not None and done.exception() is None and reusable:
             transport = self.transport
             if transport is not None and not transport.is_closing():
                 if self._read_paused:  # paused for its last client, not for the next
@@ -374,6 +379,11 @@ class UpstreamConnection(asyncio.Protocol):
         if self._write_paused:
             self._drain_waiter = self.loop.create_future()
             await self._drain_waiter
+
+    def abandon_request(self) -> None:
+        """The request was not sent whole: the backend may still wait for the rest of
+        it, so the connection must not carry another one."""
+        self._request_whole = False
 
     def take_pending(self) -> bytes:
         """The body bytes that arrived with the head, for the relay to send with it."""

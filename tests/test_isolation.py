@@ -38,7 +38,9 @@ class EchoBackend:
     """A raw HTTP/1.1 backend whose answer to a POST is the request's own prompt, so
     that an answer shows whose request it belongs to. To `Expect: 100-continue` it
     answers as Go's net/http does (a `100 Continue` once the handler reads the body);
-    with `interim` it also sends unsolicited 1xx heads before every answer."""
+    with `interim` it also sends unsolicited 1xx heads before every answer. An upload
+    (`/api/blobs/...`) it refuses at once, unread, and closes, as Go's net/http does
+    when a handler answers without reading a large body."""
 
     def __init__(self, interim: bool = False) -> None:
         self.interim = interim
@@ -74,6 +76,15 @@ class EchoBackend:
                         b"HTTP/1.1 100 Continue\r\n\r\n"
                         b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
                     )
+                if path.startswith("/api/blobs/"):
+                    refusal = b'{"error":"digest mismatch"}'
+                    writer.write(
+                        b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
+                        b"Connection: close\r\nContent-Length: %d\r\n\r\n%b"
+                        % (len(refusal), refusal)
+                    )
+                    await writer.drain()
+                    return
                 if headers.get("expect", "").lower() == "100-continue":
                     writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 body = await _read_body(reader, headers)
@@ -534,3 +545,43 @@ async def test_a_failure_after_the_whole_stream_writes_nothing_more(
 
 def _streams(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in records if r["path"] == "/api/generate"]
+
+
+async def test_an_upload_the_backend_refuses_early_gets_that_answer_alone(
+    servers: ServerThread, echo: EchoBackend, tmp_path: Path
+) -> None:
+    """The backend answers an upload before reading it and closes: the client gets that
+    answer and nothing of the proxy's own after it; the backend is not blamed."""
+    proxy = Proxy(
+        servers,
+        [echo.url],
+        usage=usage_in(tmp_path),
+        health=Health(interval_seconds=3600, failure_threshold=1, open_seconds=3600),
+    )
+    try:
+        size = 4 << 20
+        head = (
+            b"POST /api/blobs/sha256:%b HTTP/1.1\r\nHost: proxy\r\n"
+            b"Content-Length: %d\r\n\r\n" % (b"0" * 64, size)
+        )
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        try:
+            writer.write(head + b"x" * (256 << 10))
+            refused = await read_answer(reader)
+            assert refused.status == 400
+            assert orjson.loads(refused.body) == {"error": "digest mismatch"}
+            # The rest of the body, then another request on the same connection: what
+            # comes next is that request's answer, or the end of the connection.
+            writer.write(b"x" * (size - (256 << 10)) + request_bytes("GET", "/api/version"))
+            try:
+                following = await read_answer(reader)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass
+            else:
+                assert following.status == 200, following.framed
+                assert orjson.loads(following.body) == {"version": "0.13.0"}
+        finally:
+            writer.close()
+        assert await scrape_failures(proxy.url, echo.url) == (0, "closed")
+    finally:
+        proxy.stop()
