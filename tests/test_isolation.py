@@ -30,6 +30,7 @@ from tests.test_usage_services import read_bytes, wait_for
 
 MODEL = "qwen2.5:7b"
 ECHO_MODEL = "echo:latest"
+BUSY = "make the backend answer 503"
 # A hang here is a failure (a client waiting for an answer that went to someone else).
 HANG = 30.0
 
@@ -111,6 +112,15 @@ def _echo(method: str, path: str, body: bytes) -> bytes:
         doc: dict[str, Any] = {"models": [{"name": ECHO_MODEL, "model": ECHO_MODEL}]}
     elif path == "/api/ps":
         doc = {"models": []}
+    elif method == "POST" and orjson.loads(body).get("prompt") == BUSY:
+        # Ollama's answer when its queue is full (ErrMaxQueue, handleScheduleError).
+        refusal = orjson.dumps(
+            {"error": "server busy, please try again.  maximum pending requests exceeded"}
+        )
+        return (
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n"
+            b"Content-Length: %d\r\n\r\n%b" % (len(refusal), refusal)
+        )
     elif method == "POST":
         request = orjson.loads(body)
         doc = {"model": request.get("model"), "echo": request.get("prompt"), "done": True}
@@ -583,5 +593,29 @@ async def test_an_upload_the_backend_refuses_early_gets_that_answer_alone(
         finally:
             writer.close()
         assert await scrape_failures(proxy.url, echo.url) == (0, "closed")
+    finally:
+        proxy.stop()
+
+
+async def test_a_backend_that_cannot_serve_anyone_is_counted(
+    servers: ServerThread, echo: EchoBackend, tmp_path: Path
+) -> None:
+    """A 503 (Ollama's full queue) says the backend cannot serve now, whoever asks: the
+    client gets it as it came, and it counts towards the circuit, unlike a 500."""
+    proxy = Proxy(
+        servers,
+        [echo.url],
+        usage=usage_in(tmp_path),
+        health=Health(interval_seconds=3600, failure_threshold=2, open_seconds=3600),
+    )
+    try:
+        busy = request_bytes(
+            "POST", "/api/generate", orjson.dumps({"model": "echo", "prompt": BUSY})
+        )
+        first = await exchange(proxy.port, busy)
+        assert first.status == 503 and "server busy" in orjson.loads(first.body)["error"]
+        assert await scrape_failures(proxy.url, echo.url) == (1, "closed")
+        await exchange(proxy.port, busy)
+        assert await scrape_failures(proxy.url, echo.url) == (2, "open")
     finally:
         proxy.stop()
