@@ -145,9 +145,6 @@ class Relay:
             except UpstreamError as exc:
                 state.in_flight -= 1
                 state.failed(str(exc))
-                if client.started:  # an upload the backend answered before it ended
-                    log.warning("backend %s failed mid-exchange: %s", state.label, exc)
-                    return client.cut(f"{state.label}: {exc}")
                 log.warning("backend %s failed before answering: %s", state.label, exc)
                 failures.append(f"{state.label}: {exc}")
                 unreachable = unreachable and exc.unreachable
@@ -158,7 +155,8 @@ class Relay:
             except Exception as exc:
                 state.in_flight -= 1
                 if client.started:
-                    # The answer's head went out: aiohttp must not answer after it.
+                    # The answer's head went out (an upload the backend answered early,
+                    # whose client then failed): aiohttp must not answer after it.
                     log.exception("relaying from %s failed", state.label)
                     return client.cut(f"proxy error: {exc}")
                 raise

@@ -213,7 +213,8 @@ class UpstreamConnection(asyncio.Protocol):
         if drain is not None and not drain.done():
             drain.set_result(None)  # answered: an upload waiting to send more stops
         if mode == _NONE:
-            self._finish(reusable=head.keep_alive)
+            # A bodiless answer: any byte after its head is a stray one (see `_body`).
+            self._finish(reusable=head.keep_alive and not data)
             return None
         return data or None
 

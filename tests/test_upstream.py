@@ -229,6 +229,7 @@ def test_switching_protocols_unasked_fails_the_exchange() -> None:
     [
         (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", b"ok"),
         (HEAD + chunked([b"ok"]), chunked([b"ok"])),
+        (b"HTTP/1.1 204 No Content\r\n\r\n", b""),
     ],
 )
 def test_bytes_after_the_end_of_an_answer_are_not_relayed_nor_the_connection_reused(
