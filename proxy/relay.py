@@ -67,7 +67,7 @@ class Outcome:
     client_paused: bool = False
 
 
-def wire(value: str) -> bytes:
+def _wire(value: str) -> bytes:
     """A string aiohttp decoded from the wire (UTF-8, undecodable bytes kept as
     surrogates) as the bytes it came from: never fails on what a client sent."""
     return value.encode("utf-8", "surrogateescape")
@@ -85,13 +85,13 @@ def request_head(
     when it checks keys), and the request's id."""
     parts = [
         b"%b %b HTTP/1.1\r\nHost: %b\r\n"
-        % (wire(request.method), wire(request.raw_path), wire(host))
+        % (_wire(request.method), _wire(request.raw_path), _wire(host))
     ]
     for name, value in request.raw_headers:
         if name.lower() not in drop:
             parts += (name, b": ", value, b"\r\n")
     if request_id:
-        parts.append(b"%b: %b\r\n" % (REQUEST_ID_HEADER.encode(), wire(request_id)))
+        parts.append(b"%b: %b\r\n" % (REQUEST_ID_HEADER.encode(), _wire(request_id)))
     if body_length is None:
         parts.append(b"Transfer-Encoding: chunked\r\n\r\n")
     else:
@@ -389,7 +389,7 @@ class ClientLeg:
         for name, value in self._backend_headers(head):
             out += b"%b: %b\r\n" % (name.encode("latin-1"), value.encode("latin-1"))
         for name, value in self._own_headers():
-            out += b"%b: %b\r\n" % (wire(name), wire(value))
+            out += b"%b: %b\r\n" % (_wire(name), _wire(value))
         if head.chunked:
             out += b"Transfer-Encoding: chunked\r\n"
         elif head.content_length is not None:

@@ -49,7 +49,7 @@ class ResponseHead:
         return None
 
 
-def interim(status: int) -> bool:
+def _interim(status: int) -> bool:
     """A 1xx head: informational, followed by the final head on the same connection."""
     return 100 <= status < 200
 
@@ -83,7 +83,7 @@ def _parse_head(raw: bytes, method: str) -> tuple[ResponseHead, int]:
         elif lname == "connection":
             keep_alive = value.lower() != "close" and (keep_alive or value.lower() == "keep-alive")
         headers.append((name, value))
-    if method == "HEAD" or status in (204, 304) or interim(status):
+    if method == "HEAD" or status in (204, 304) or _interim(status):
         mode = _NONE
     elif chunked:
         mode = _CHUNKED
@@ -192,7 +192,7 @@ class UpstreamConnection(asyncio.Protocol):
                 self._fail(exc, close=True)
                 return None
             del buf[: end + 4]
-            if not interim(head.status):
+            if not _interim(head.status):
                 break
         self.head, self._mode = head, mode
         if mode == _LENGTH:
