@@ -110,9 +110,7 @@ def _denied(path: str, status: int, message: str, retry_after: int = 0) -> web.R
 
 class Access:
     def __init__(self, settings: Auth) -> None:
-        # A key store configured means keys are wanted, even before (or without) any
-        # being loaded: deny by default rather than open until the first refresh.
-        self.enabled = bool(settings.keys) or bool(settings.postgres_dsn)
+        self.enabled = settings.enabled
         self.configured = settings.keys
         self.keys = {k.sha256.lower(): KeyState.of(k) for k in settings.keys}
         self.public = PUBLIC_PATHS | ({"/metrics"} if settings.metrics_open else set())
