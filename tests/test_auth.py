@@ -19,7 +19,7 @@ from proxy.auth import hash_key, new_key
 from proxy.config import ApiKey, Auth, ConfigError, Usage
 from proxy.config import load as load_config
 from proxy.server import PROXY_KEY
-from tests.support import AUTO_NAMES, Emulator, Proxy, ServerThread
+from tests.support import AUTO_NAMES, Emulator, Proxy, ServerThread, raw_request
 from tests.test_usage_services import read_bytes, wait_for
 
 ADMIN, USER, LIMITED, SINGLE = "k-admin-1", "k-user-1", "k-limited-1", "k-single-1"
@@ -131,6 +131,12 @@ ADMIN_ONLY = [
     ("HEAD", "/api/blobs/sha256:" + "0" * 64, None),
     ("POST", "/api/blobs/sha256:" + "0" * 64, None),
     ("POST", "/api/autoroute/reload", None),
+    # Ollama's ollama.com account routes: the server's account, not the client's.
+    ("POST", "/api/me", None),
+    ("POST", "/api/signout", None),
+    ("DELETE", "/api/user/keys/c3NoLWVkMjU1MTk", None),
+    ("POST", "/api/experimental/web_search", {"query": "x"}),
+    ("POST", "/api/experimental/web_fetch", {"url": "https://example.com"}),
 ]
 
 
@@ -142,6 +148,33 @@ async def test_admin_paths_are_403_for_a_user_key(
     assert status == 403
     if method != "HEAD":
         assert "admin" in orjson.loads(answer)["error"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"), [r for r in ADMIN_ONLY if "/api/me" in r[1] or "/api/exp" in r[1]]
+)
+async def test_account_paths_pass_for_an_admin_key(
+    guarded: Proxy, own_emulator: Emulator, method: str, path: str, body: object
+) -> None:
+    status, _, _ = await call(guarded.url, method, path, ADMIN, body)
+    assert status != 403
+    assert own_emulator.state.last_headers["x-request-id"]  # it reached the backend
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        (b"X-Api-Key", b"\xff"),
+        (b"Authorization", b"Bearer \xff"),
+        (b"Authorization", b"Bearer \xc3\x28" + USER.encode()),
+        (b"Authorization", "Bearer 中".encode()),
+    ],
+)
+async def test_a_key_that_is_not_utf8_is_401(guarded: Proxy, header: tuple[bytes, bytes]) -> None:
+    status, fields, body = await raw_request(guarded.port, "GET", "/api/tags", [header])
+    assert status == 401
+    assert orjson.loads(body) == {"error": "unauthorized"}
+    assert fields["www-authenticate"] == b"Bearer"
 
 
 async def test_admin_key_may_change_the_model_store_and_reload(
