@@ -34,11 +34,16 @@ def text(value: str | None, limit: int = MAX_TEXT) -> str | None:
     space, at most `limit` characters."""
     if value is None:
         return None
-    if not value.isascii():
-        # Lone surrogates (bytes aiohttp could not decode) back to bytes, then decoded
-        # with replacement: what the client sent, readable, and valid UTF-8.
-        value = utf8(value).decode("utf-8", "replace")
-    return _CONTROL.sub(" ", value[:limit])
+    return _CONTROL.sub(" ", valid(value[:limit]))
+
+
+def valid(value: str) -> str:
+    """`value` with undecodable bytes as U+FFFD: encodable as UTF-8, as JSON requires."""
+    if value.isascii():
+        return value
+    # Lone surrogates (bytes aiohttp could not decode) back to bytes, then decoded
+    # with replacement: what the client sent, readable, and valid UTF-8.
+    return utf8(value).decode("utf-8", "replace")
 
 
 def utf8(value: str) -> bytes:

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from proxy import header_values
 from proxy import limits as request_limits
 from proxy.auth import KEY_REQUEST, Access
 from proxy.auth_store import KeyStore
@@ -149,8 +150,14 @@ class Proxy:
         await self.usage.stop()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        request_id = request.headers.get(REQUEST_ID_HEADER) or self._new_request_id()
-        outcome = Outcome(request_id)
+        # The proxy's own id names the request in its logs and usage events: unique,
+        # whatever clients send. A client's own id, when it is a sane token, is what
+        # the client sees in the answer's header (it correlates by it) and is kept
+        # beside the proxy's; one that is not (not ASCII, spaces, controls, too long)
+        # is replaced by the proxy's.
+        request_id = self._new_request_id()
+        client_id = header_values.request_id(request.headers.get(REQUEST_ID_HEADER))
+        outcome = Outcome(client_id or request_id)
         started = time.perf_counter()
         response: web.StreamResponse | None = None
         self.metrics.in_flight += 1
@@ -175,7 +182,7 @@ class Proxy:
             raise
         finally:
             if response is not None and not response.prepared:
-                response.headers[REQUEST_ID_HEADER] = request_id
+                response.headers[REQUEST_ID_HEADER] = outcome.request_id
                 for name, value in outcome.extra.items():
                     response.headers[name] = value
                 outcome.status = response.status
@@ -190,6 +197,7 @@ class Proxy:
             self.access.record(
                 {
                     "request_id": request_id,
+                    "client_request_id": client_id,
                     "method": request.method,
                     "path": request.path,
                     "model": outcome.model,
@@ -209,7 +217,9 @@ class Proxy:
                 }
             )
             if refused is None:  # a refused request ran no model: no usage event
-                self.usage.record(request, outcome, started, key.id if key else None)
+                self.usage.record(
+                    request, outcome, started, key.id if key else None, (request_id, client_id)
+                )
         return response
 
     def _admit(self, request: web.Request, now: float) -> web.StreamResponse | None:

@@ -130,6 +130,7 @@ async def test_events_reach_postgres_kafka_and_file_field_by_field(usage_proxy: 
         assert event["ts"].endswith("Z")
         assert set(event) == {
             "request_id",
+            "client_request_id",
             "ts",
             "endpoint",
             "method",
@@ -235,4 +236,4 @@ async def test_feedback_round_trip(usage_proxy: Proxy) -> None:
 
         await wait_for(rated, what="the rating in stats")
     versions = await db.fetch("SELECT version FROM schema_migrations ORDER BY version")
-    assert [v[0] for v in versions] == [1, 2]
+    assert [v[0] for v in versions] == [1, 2, 3]
