@@ -152,7 +152,7 @@ class AutoRouter:
             reasons = "; ".join(f"{m}: {why}" for m, why in sorted(eligible.filtered.items()))
             raise AutoError(
                 f"no model can serve this request with auto:{profile_name}"
-                + (f" ({reasons})" if reasons else " (no models available)")
+                + (f" ({reasons})" if reasons else " (none of this API key's models is available)")
             )
 
         candidates = eligible.candidates
@@ -237,8 +237,8 @@ class AutoRouter:
         for candidate in listed:
             name = candidate.name
             if key_models is not None and name not in key_models:
-                filtered[name] = "not allowed for this API key"
-            elif allow and name not in allow:
+                continue  # not even named: a key must not learn of models it cannot use
+            if allow and name not in allow:
                 filtered[name] = "not in the profile's allow list"
             elif name in deny:
                 filtered[name] = "in the profile's deny list"

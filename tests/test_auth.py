@@ -222,15 +222,27 @@ async def test_auto_only_chooses_among_the_keys_models(guarded: Proxy) -> None:
         assert status == 200, answer
         assert headers["X-Autoroute-Model"] in ALLOWED
         assert orjson.loads(answer)["model"] in ALLOWED
-    # With nothing allowed that can serve the request, the reason says why.
+    # With nothing allowed that can serve the request, the reason says why for the
+    # key's models, and names none of the others (vision models among them).
     images = {"model": "auto", "prompt": "what is this", "images": ["aGVsbG8="], "stream": False}
     status, _, answer = await call(guarded.url, "POST", "/api/generate", USER, images)
     assert status == 400
     message = orjson.loads(answer)["error"]
-    assert "not allowed for this API key" in message
+    assert all(f"{m}: lacks vision" in message for m in ALLOWED)
+    hidden = hidden_models(guarded)
+    assert hidden and not [m for m in hidden if m in message]
 
 
-def test_auto_filter_records_the_key_as_the_reason(guarded: Proxy) -> None:
+def hidden_models(prx: Proxy) -> list[str]:
+    """The proxy's candidates that USER's key may not use."""
+
+    async def names() -> list[str]:  # on the proxy's loop: the registry reads its clock
+        return [c.name for c in prx.app[PROXY_KEY].registry.candidates()]
+
+    return [n for n in prx.thread.call(names) if n not in ALLOWED]
+
+
+def test_auto_filter_leaves_out_the_models_the_key_cannot_see(guarded: Proxy) -> None:
     proxy = guarded.app[PROXY_KEY]
     allowed = frozenset(ALLOWED)
 
@@ -238,10 +250,9 @@ def test_auto_filter_records_the_key_as_the_reason(guarded: Proxy) -> None:
         choice = proxy.auto.decide("/api/generate", {"prompt": "hi"}, "balanced", "", allowed)
         return choice.decision.filtered
 
-    filtered = guarded.thread.call(decide)
-    assert filtered  # the emulator has more models than the two allowed
-    assert set(filtered.values()) == {"not allowed for this API key"}
-    assert not set(filtered) & allowed
+    # Both allowed models fit; the others are not named, not even as refused.
+    assert guarded.thread.call(decide) == {}
+    assert hidden_models(guarded)  # there are others
 
 
 async def test_requests_per_minute_answer_429_with_retry_after(guarded: Proxy) -> None:
