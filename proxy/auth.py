@@ -25,8 +25,9 @@ from proxy.errors import error_response
 from proxy.protocol import INFERENCE_PATHS, MODEL_ADMIN_PATHS
 
 UNAUTHORIZED = "unauthorized"
-# Liveness probes (container health checks, `ollama` clients checking the server).
-PUBLIC_PATHS = frozenset({"/", "/api/version", "/api/autoroute/health"})
+# Liveness and readiness probes (container health checks, orchestrators, `ollama`
+# clients checking the server).
+PUBLIC_PATHS = frozenset({"/", "/api/version", "/api/autoroute/health", "/api/autoroute/ready"})
 ADMIN_WRITES = frozenset({("POST", "/api/autoroute/reload")})
 # Ollama's routes that act on the server's ollama.com account (who it is signed in as,
 # signing out, its keys, web search and fetch on its behalf): the server's, not a

@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.backends import BackendPool, normalize_model
+from proxy.backends import BackendPool, NoBackend, normalize_model
 from proxy.config import Config, Profile
 from proxy.experiments import assign
 from proxy.registry import Registry
@@ -149,6 +149,8 @@ class AutoRouter:
         default_model = self._profile(profile)[3]
         eligible = self._eligible_for(profile, key_models, needs, prompt_tokens)
         if not eligible.candidates:
+            self._check_available()
+            # Only the models the key may use are named (see `_filter`).
             reasons = "; ".join(f"{m}: {why}" for m, why in sorted(eligible.filtered.items()))
             raise AutoError(
                 f"no model can serve this request with auto:{profile_name}"
@@ -195,6 +197,14 @@ class AutoRouter:
             variant=assigned[1] if assigned else None,
         )
         return Choice(decision, request, candidates[eligible.names.index(chosen.name)])
+
+    def _check_available(self) -> None:
+        """No candidate at all is the backends' state, not the request's fault: a 503
+        (NoBackend) naming why, rather than the 400 of a request no model fits."""
+        if not self.backends.usable():
+            raise NoBackend(self.backends.unavailable_reason())
+        if not self.registry.candidates():
+            raise NoBackend("no model available: no healthy backend lists a generation model")
 
     def _eligible_for(
         self,

@@ -81,6 +81,7 @@ class Proxy:
         # The proxy's own endpoints, by (method, path); features register theirs here.
         self.own_routes: dict[tuple[str, str], Handler] = {
             ("GET", OWN_PREFIX + "health"): self._health,
+            ("GET", OWN_PREFIX + "ready"): self._ready,
         }
         # Usage events: the handler only appends to the pipeline's in-memory queue.
         self.usage = UsagePipeline(config.usage)
@@ -167,7 +168,8 @@ class Proxy:
             if response is None:
                 response = await self._dispatch(request, outcome)
         except NoBackend as exc:
-            response = error_response(request.path, 503, str(exc))
+            outcome.error = str(exc)
+            response = error_response(request.path, 503, outcome.error)
         except web.HTTPRequestEntityTooLarge:
             limit = self.config.limits.max_body_bytes
             response = error_response(
@@ -376,8 +378,11 @@ class Proxy:
 
     async def _health(self, request: web.Request) -> web.Response:
         """The proxy's own liveness (for container health checks) and its view of each
-        backend. 200 while the proxy runs, whatever the backends' state."""
+        backend. 200 while the proxy runs, whatever the backends' state; `status` says
+        "ok" (every backend usable), "degraded" (some) or "down" (none; see `_ready`)."""
         now = asyncio.get_running_loop().time()
+        usable = len(self.backends.usable())
+        status = "ok" if usable == len(self.backends.states) else "degraded" if usable else "down"
         backends = [
             {
                 "name": s.label,
@@ -390,7 +395,16 @@ class Proxy:
             }
             for s in self.backends.states
         ]
-        body = orjson.dumps({"status": "ok", "backends": backends})
+        body = orjson.dumps({"status": status, "backends": backends})
+        return web.Response(body=body, headers={"Content-Type": JSON})
+
+    async def _ready(self, request: web.Request) -> web.Response:
+        """Readiness, for orchestrators routing traffic: 200 while at least one backend
+        is usable, else 503 naming each backend's reason. Liveness is `_health`."""
+        usable = self.backends.usable()
+        if not usable:
+            return error_response(request.path, 503, self.backends.unavailable_reason())
+        body = orjson.dumps({"status": "ready", "usable": [s.label for s in usable]})
         return web.Response(body=body, headers={"Content-Type": JSON})
 
     def _first(self) -> BackendState:

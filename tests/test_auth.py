@@ -116,7 +116,9 @@ async def test_other_schemes_are_not_keys(guarded: Proxy) -> None:
         assert resp.status == 200
 
 
-@pytest.mark.parametrize("path", ["/", "/api/version", "/api/autoroute/health"])
+@pytest.mark.parametrize(
+    "path", ["/", "/api/version", "/api/autoroute/health", "/api/autoroute/ready"]
+)
 async def test_liveness_paths_stay_open(guarded: Proxy, path: str) -> None:
     status, _, _ = await call(guarded.url, "GET", path)
     assert status == 200
