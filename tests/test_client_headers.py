@@ -21,6 +21,7 @@ from proxy.server import PROXY_KEY
 from proxy.usage import export
 from tests.support import Emulator, Proxy, ServerThread, raw_request
 from tests.test_usage_services import Database, read_bytes, wait_for
+from tests.test_usage_sinks import postgres_ready
 
 GENERATE = orjson.dumps({"model": "llama3.1:8b", "prompt": "hi", "stream": False})
 JSON_TYPE = (b"Content-Type", b"application/json")
@@ -217,6 +218,7 @@ async def test_five_requests_with_one_client_id_are_five_rows(
     usage = usage_in(tmp_path, postgres_dsn=database.dsn)
     prx = Proxy(servers, [own_emulator.url], usage=usage)
     try:
+        prx.thread.call(lambda: postgres_ready(prx))
         async with aiohttp.ClientSession(prx.url) as http:
             for _ in range(5):
                 async with http.post(

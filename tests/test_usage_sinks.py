@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from proxy.config import Usage
+from proxy.server import PROXY_KEY
 from tests.support import Emulator, Proxy, ServerThread
 from tests.test_usage_services import (
     Database,
@@ -47,8 +48,21 @@ def usage_proxy(
         flush_interval_seconds=0.02,
     )
     prx = Proxy(servers, [own_emulator.url], usage=usage)
+    prx.thread.call(lambda: postgres_ready(prx))
     yield prx
     prx.stop()
+
+
+async def postgres_ready(prx: Proxy) -> None:
+    """Until the PostgreSQL sink's start-up (migrations, then its pool) is done: the
+    schema is in place before a test reads tables, however busy the machine."""
+    sink = prx.app[PROXY_KEY].usage.postgres
+    assert sink is not None
+
+    async def ready() -> bool:
+        return sink.pool is not None
+
+    await wait_for(ready, what="the usage schema")
 
 
 async def _ndjson(resp: aiohttp.ClientResponse) -> list[dict[str, object]]:
