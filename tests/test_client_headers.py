@@ -17,7 +17,9 @@ import pytest
 
 from proxy.config import Health, Usage
 from proxy.logs import AccessLog
+from proxy.relay import Outcome
 from proxy.server import PROXY_KEY
+from proxy.usage import event as ev
 from proxy.usage import export
 from tests.support import Emulator, Proxy, ServerThread, raw_request
 from tests.test_usage_services import Database, read_bytes, wait_for
@@ -250,3 +252,16 @@ async def test_five_requests_with_one_client_id_are_five_rows(
             await wait_for(rated, what="the rating in stats")
     finally:
         prx.stop()
+
+
+def test_an_event_takes_any_string_the_request_left() -> None:
+    """Every string of client or backend origin in an event is valid text: the event
+    always serialises (a dropped event is a request that escaped accounting)."""
+    outcome = Outcome("r1", model="m", status=502, error="backend said \udcff")
+    captured = ev.Captured(
+        outcome, "POST", "/api/chat", 0.0, 0.1, 0.2, "ua\udcfe", "user\udcff", "Bearer \udcff"
+    )
+    doc = ev.complete(captured, log_prompts=False)
+    parsed = orjson.loads(orjson.dumps(doc))
+    assert parsed["outcome"]["error"] == "backend said \ufffd"
+    assert parsed["client"]["user_agent"] == "ua\ufffd" and parsed["client"]["user"] == "user\ufffd"

@@ -103,7 +103,8 @@ def complete(c: Captured, log_prompts: bool) -> dict[str, Any]:
     served = decision.get("chosen") if decision else o.model
     prompt = prompt_text(o.body)
     stats = o.stats
-    outcome: dict[str, Any] = {"status": o.status, "error": o.error or None}
+    # An error may quote what a backend or client sent: made valid text like headers.
+    outcome: dict[str, Any] = {"status": o.status, "error": header_values.valid(o.error) or None}
     for key in STAT_KEYS:
         outcome[key] = stats.get(key)
     outcome["ttfc_ms"] = round((o.first_byte_at - c.started) * 1000, 3) if o.first_byte_at else None
