@@ -18,15 +18,22 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from proxy import header_values
 from proxy.backends import normalize_model
 from proxy.config import ApiKey, Auth
 from proxy.errors import error_response
 from proxy.protocol import INFERENCE_PATHS, MODEL_ADMIN_PATHS
 
 UNAUTHORIZED = "unauthorized"
-# Liveness probes (container health checks, `ollama` clients checking the server).
-PUBLIC_PATHS = frozenset({"/", "/api/version", "/api/autoroute/health"})
+# Liveness and readiness probes (container health checks, orchestrators, `ollama`
+# clients checking the server).
+PUBLIC_PATHS = frozenset({"/", "/api/version", "/api/autoroute/health", "/api/autoroute/ready"})
 ADMIN_WRITES = frozenset({("POST", "/api/autoroute/reload")})
+# Ollama's routes that act on the server's ollama.com account (who it is signed in as,
+# signing out, its keys, web search and fetch on its behalf): the server's, not a
+# client's, so only an admin key reaches them.
+ACCOUNT_PATHS = frozenset({"/api/me", "/api/signout"})
+ACCOUNT_PREFIXES = ("/api/user/", "/api/experimental/")
 # Requests that run a model: what `max_streams` counts.
 STREAM_PATHS = INFERENCE_PATHS
 
@@ -110,9 +117,7 @@ def _denied(path: str, status: int, message: str, retry_after: int = 0) -> web.R
 
 class Access:
     def __init__(self, settings: Auth) -> None:
-        # A key store configured means keys are wanted, even before (or without) any
-        # being loaded: deny by default rather than open until the first refresh.
-        self.enabled = bool(settings.keys) or bool(settings.postgres_dsn)
+        self.enabled = settings.enabled
         self.configured = settings.keys
         self.keys = {k.sha256.lower(): KeyState.of(k) for k in settings.keys}
         self.public = PUBLIC_PATHS | ({"/metrics"} if settings.metrics_open else set())
@@ -145,7 +150,8 @@ class Access:
         token = token.strip()
         if not token:
             return None
-        return self.keys.get(hashlib.sha256(token.encode()).hexdigest())
+        # The bytes as sent: a token that is not UTF-8 hashes like any other wrong key.
+        return self.keys.get(hashlib.sha256(header_values.utf8(token)).hexdigest())
 
     def admit(
         self, request: web.Request, now: float
@@ -163,6 +169,8 @@ class Access:
             path in MODEL_ADMIN_PATHS
             or path.startswith("/api/blobs/")
             or (request.method, path) in ADMIN_WRITES
+            or path in ACCOUNT_PATHS
+            or path.startswith(ACCOUNT_PREFIXES)
         ):
             return key, _denied(path, 403, f"forbidden: {path} needs an admin key"), "forbidden"
         wait = key.take(now)

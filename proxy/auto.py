@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.backends import BackendPool, normalize_model
+from proxy.backends import BackendPool, NoBackend, normalize_model
 from proxy.config import Config, Profile
 from proxy.experiments import assign
 from proxy.registry import Registry
@@ -149,10 +149,12 @@ class AutoRouter:
         default_model = self._profile(profile)[3]
         eligible = self._eligible_for(profile, key_models, needs, prompt_tokens)
         if not eligible.candidates:
+            self._check_available()
+            # Only the models the key may use are named (see `_filter`).
             reasons = "; ".join(f"{m}: {why}" for m, why in sorted(eligible.filtered.items()))
             raise AutoError(
                 f"no model can serve this request with auto:{profile_name}"
-                + (f" ({reasons})" if reasons else " (no models available)")
+                + (f" ({reasons})" if reasons else " (none of this API key's models is available)")
             )
 
         candidates = eligible.candidates
@@ -196,6 +198,14 @@ class AutoRouter:
         )
         return Choice(decision, request, candidates[eligible.names.index(chosen.name)])
 
+    def _check_available(self) -> None:
+        """No candidate at all is the backends' state, not the request's fault: a 503
+        (NoBackend) naming why, rather than the 400 of a request no model fits."""
+        if not self.backends.usable():
+            raise NoBackend(self.backends.unavailable_reason())
+        if not self.registry.candidates():
+            raise NoBackend("no model available: no healthy backend lists a generation model")
+
     def _eligible_for(
         self,
         profile: Profile,
@@ -237,8 +247,8 @@ class AutoRouter:
         for candidate in listed:
             name = candidate.name
             if key_models is not None and name not in key_models:
-                filtered[name] = "not allowed for this API key"
-            elif allow and name not in allow:
+                continue  # not even named: a key must not learn of models it cannot use
+            if allow and name not in allow:
                 filtered[name] = "not in the profile's allow list"
             elif name in deny:
                 filtered[name] = "in the profile's deny list"

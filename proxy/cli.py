@@ -63,8 +63,7 @@ async def _serve_forever(runners: list[web.AppRunner]) -> None:
 
 
 def _warn_if_exposed(config: Config) -> None:
-    keyed = bool(config.auth.keys or config.auth.postgres_dsn)
-    if config.listen.host not in ("127.0.0.1", "localhost", "::1") and not keyed:
+    if config.listen.host not in ("127.0.0.1", "localhost", "::1") and not config.auth.enabled:
         log.warning(
             "listening on %s without API keys (auth.keys): anyone who can reach this "
             "address can use every backend",

@@ -251,6 +251,13 @@ class Auth:
     # the longest a revoked key keeps working.
     refresh_seconds: float = 10.0
 
+    @property
+    def enabled(self) -> bool:
+        """Access control is on: keys are checked, and clients' credentials never reach
+        a backend. A key store configured means keys are wanted, even before (or
+        without) any being loaded: deny by default rather than open until it is read."""
+        return bool(self.keys) or bool(self.postgres_dsn)
+
 
 @dataclass(frozen=True)
 class Config:

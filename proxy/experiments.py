@@ -17,13 +17,15 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from proxy.config import Experiment, Usage
+from proxy.header_values import utf8
 from selector_model.features import REQUEST_FEATURES, TASKS
 
 _TASK_INDEX = {task: REQUEST_FEATURES.index(f"task_{task}") for task in TASKS}
 
 
 def _unit(*parts: str) -> float:
-    digest = hashlib.sha256("\x1f".join(parts).encode()).digest()
+    # utf8: a user header with bytes that are not UTF-8 hashes as the bytes it has.
+    digest = hashlib.sha256(utf8("\x1f".join(parts))).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
 

@@ -11,6 +11,10 @@ from typing import Any
 
 import orjson
 
+from proxy.header_values import valid
+
+log = logging.getLogger("autoroute.logs")
+
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -48,17 +52,33 @@ class AccessLog:
     Why not `logging`: a record per request costs a LogRecord, a formatter pass and a
     write syscall with a flush; on a 20-chunk stream that was a fifth of the proxy's
     CPU. Lines are formatted off the request path, in `flush`.
+
+    Any value is written (a string JSON cannot carry is made valid first), and `flush`
+    never raises: the writer task lives as long as the proxy. What cannot be written
+    (a broken stream) or kept (more than `max_pending` lines waiting) is dropped and
+    counted, so the buffer stays bounded.
     """
 
-    def __init__(self, enabled: bool, stream: Any = None, interval: float = 0.25) -> None:
+    def __init__(
+        self,
+        enabled: bool,
+        stream: Any = None,
+        interval: float = 0.25,
+        max_pending: int = 10_000,
+    ) -> None:
         self.enabled = enabled
         self.stream = stream if stream is not None else sys.stderr
         self.interval = interval
+        self.max_pending = max_pending
+        self.dropped = 0  # lines lost, since the start: buffer full or write failed
         self._pending: list[tuple[float, dict[str, Any]]] = []
         self._task: asyncio.Task[None] | None = None
 
     def record(self, fields: dict[str, Any]) -> None:
         if self.enabled:
+            if len(self._pending) >= self.max_pending:
+                self.dropped += 1
+                return
             self._pending.append((time.time(), fields))
 
     def flush(self) -> None:
@@ -75,9 +95,13 @@ class AccessLog:
                 "msg": "request",
             }
             doc.update((k, v) for k, v in fields.items() if v is not None and v != "")
-            lines.append(orjson.dumps(doc, default=str).decode())
-        self.stream.write("\n".join(lines) + "\n")
-        self.stream.flush()
+            lines.append(_dumps(doc))
+        try:
+            self.stream.write("\n".join(lines) + "\n")
+            self.stream.flush()
+        except Exception as exc:  # a closed or full stream: these lines are lost
+            self.dropped += len(lines)
+            log.warning("access log: could not write %d lines: %r", len(lines), exc)
 
     async def _run(self) -> None:
         while True:
@@ -94,3 +118,28 @@ class AccessLog:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self.flush()
+
+
+def _dumps(doc: dict[str, Any]) -> str:
+    try:
+        return orjson.dumps(doc, default=str).decode()
+    except TypeError:  # orjson.JSONEncodeError: a string with undecodable bytes, say
+        pass
+    try:
+        return orjson.dumps(_valid(doc), default=lambda v: valid(str(v))).decode()
+    except TypeError:  # what no string fix makes JSON (an integer over 64 bits)
+        # repr escapes everything JSON could choke on: the line is kept, readable.
+        return orjson.dumps(
+            {k: doc[k] for k in ("ts", "level", "logger", "msg")} | {"unserialisable": repr(doc)}
+        ).decode()
+
+
+def _valid(value: Any) -> Any:
+    """`value` with every string in it (keys too) valid UTF-8."""
+    if isinstance(value, str):
+        return valid(value)
+    if isinstance(value, dict):
+        return {_valid(str(k)): _valid(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_valid(v) for v in value]
+    return value

@@ -106,7 +106,7 @@ class Relay:
         self.idle = config.timeouts.idle_read_seconds
         # With API keys on, the key authenticates the client to the proxy: it is not
         # the backends' business and must not leak to them.
-        self.drop = _NOT_FORWARDED | (_CREDENTIALS if config.auth.keys else frozenset())
+        self.drop = _NOT_FORWARDED | (_CREDENTIALS if config.auth.enabled else frozenset())
 
     async def forward(
         self,

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from proxy import header_values
 from proxy import limits as request_limits
 from proxy.auth import KEY_REQUEST, Access
 from proxy.auth_store import KeyStore
@@ -80,6 +81,7 @@ class Proxy:
         # The proxy's own endpoints, by (method, path); features register theirs here.
         self.own_routes: dict[tuple[str, str], Handler] = {
             ("GET", OWN_PREFIX + "health"): self._health,
+            ("GET", OWN_PREFIX + "ready"): self._ready,
         }
         # Usage events: the handler only appends to the pipeline's in-memory queue.
         self.usage = UsagePipeline(config.usage)
@@ -149,8 +151,14 @@ class Proxy:
         await self.usage.stop()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        request_id = request.headers.get(REQUEST_ID_HEADER) or self._new_request_id()
-        outcome = Outcome(request_id)
+        # The proxy's own id names the request in its logs and usage events: unique,
+        # whatever clients send. A client's own id, when it is a sane token, is what
+        # the client sees in the answer's header (it correlates by it) and is kept
+        # beside the proxy's; one that is not (not ASCII, spaces, controls, too long)
+        # is replaced by the proxy's.
+        request_id = self._new_request_id()
+        client_id = header_values.request_id(request.headers.get(REQUEST_ID_HEADER))
+        outcome = Outcome(client_id or request_id)
         started = time.perf_counter()
         response: web.StreamResponse | None = None
         self.metrics.in_flight += 1
@@ -160,7 +168,8 @@ class Proxy:
             if response is None:
                 response = await self._dispatch(request, outcome)
         except NoBackend as exc:
-            response = error_response(request.path, 503, str(exc))
+            outcome.error = str(exc)
+            response = error_response(request.path, 503, outcome.error)
         except web.HTTPRequestEntityTooLarge:
             limit = self.config.limits.max_body_bytes
             response = error_response(
@@ -175,7 +184,7 @@ class Proxy:
             raise
         finally:
             if response is not None and not response.prepared:
-                response.headers[REQUEST_ID_HEADER] = request_id
+                response.headers[REQUEST_ID_HEADER] = outcome.request_id
                 for name, value in outcome.extra.items():
                     response.headers[name] = value
                 outcome.status = response.status
@@ -190,6 +199,7 @@ class Proxy:
             self.access.record(
                 {
                     "request_id": request_id,
+                    "client_request_id": client_id,
                     "method": request.method,
                     "path": request.path,
                     "model": outcome.model,
@@ -209,7 +219,9 @@ class Proxy:
                 }
             )
             if refused is None:  # a refused request ran no model: no usage event
-                self.usage.record(request, outcome, started, key.id if key else None)
+                self.usage.record(
+                    request, outcome, started, key.id if key else None, (request_id, client_id)
+                )
         return response
 
     def _admit(self, request: web.Request, now: float) -> web.StreamResponse | None:
@@ -366,8 +378,11 @@ class Proxy:
 
     async def _health(self, request: web.Request) -> web.Response:
         """The proxy's own liveness (for container health checks) and its view of each
-        backend. 200 while the proxy runs, whatever the backends' state."""
+        backend. 200 while the proxy runs, whatever the backends' state; `status` says
+        "ok" (every backend usable), "degraded" (some) or "down" (none; see `_ready`)."""
         now = asyncio.get_running_loop().time()
+        usable = len(self.backends.usable())
+        status = "ok" if usable == len(self.backends.states) else "degraded" if usable else "down"
         backends = [
             {
                 "name": s.label,
@@ -380,7 +395,16 @@ class Proxy:
             }
             for s in self.backends.states
         ]
-        body = orjson.dumps({"status": "ok", "backends": backends})
+        body = orjson.dumps({"status": status, "backends": backends})
+        return web.Response(body=body, headers={"Content-Type": JSON})
+
+    async def _ready(self, request: web.Request) -> web.Response:
+        """Readiness, for orchestrators routing traffic: 200 while at least one backend
+        is usable, else 503 naming each backend's reason. Liveness is `_health`."""
+        usable = self.backends.usable()
+        if not usable:
+            return error_response(request.path, 503, self.backends.unavailable_reason())
+        body = orjson.dumps({"status": "ready", "usable": [s.label for s in usable]})
         return web.Response(body=body, headers={"Content-Type": JSON})
 
     def _first(self) -> BackendState:

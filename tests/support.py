@@ -130,3 +130,40 @@ class Proxy:
         if self.runner is not None:
             self.thread.stop(self.runner)
             self.runner = None
+
+
+async def raw_request(
+    port: int, method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes = b""
+) -> tuple[int, dict[str, bytes], bytes]:
+    """One request with header bytes exactly as given (what an HTTP client library
+    would refuse to send), on its own connection: (status, headers by lower-cased
+    name, body with any chunked framing removed)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        head = [f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n".encode()]
+        head += [name + b": " + value + b"\r\n" for name, value in headers]
+        if body:
+            head.append(b"Content-Length: %d\r\n" % len(body))
+        writer.write(b"".join(head) + b"\r\n" + body)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 30)
+    finally:
+        writer.close()
+    head_bytes, _, rest = answer.partition(b"\r\n\r\n")
+    lines = head_bytes.split(b"\r\n")
+    status = int(lines[0].split()[1])
+    fields = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        fields[name.strip().lower().decode()] = value.strip()
+    if fields.get("transfer-encoding") == b"chunked":
+        chunks = []
+        while rest:
+            size_line, _, rest = rest.partition(b"\r\n")
+            size = int(size_line.split(b";")[0], 16)
+            if size == 0:
+                break
+            chunks.append(rest[:size])
+            rest = rest[size + 2 :]
+        rest = b"".join(chunks)
+    return status, fields, rest

@@ -19,7 +19,7 @@ from proxy.auth import hash_key, new_key
 from proxy.config import ApiKey, Auth, ConfigError, Usage
 from proxy.config import load as load_config
 from proxy.server import PROXY_KEY
-from tests.support import AUTO_NAMES, Emulator, Proxy, ServerThread
+from tests.support import AUTO_NAMES, Emulator, Proxy, ServerThread, raw_request
 from tests.test_usage_services import read_bytes, wait_for
 
 ADMIN, USER, LIMITED, SINGLE = "k-admin-1", "k-user-1", "k-limited-1", "k-single-1"
@@ -116,7 +116,9 @@ async def test_other_schemes_are_not_keys(guarded: Proxy) -> None:
         assert resp.status == 200
 
 
-@pytest.mark.parametrize("path", ["/", "/api/version", "/api/autoroute/health"])
+@pytest.mark.parametrize(
+    "path", ["/", "/api/version", "/api/autoroute/health", "/api/autoroute/ready"]
+)
 async def test_liveness_paths_stay_open(guarded: Proxy, path: str) -> None:
     status, _, _ = await call(guarded.url, "GET", path)
     assert status == 200
@@ -131,6 +133,12 @@ ADMIN_ONLY = [
     ("HEAD", "/api/blobs/sha256:" + "0" * 64, None),
     ("POST", "/api/blobs/sha256:" + "0" * 64, None),
     ("POST", "/api/autoroute/reload", None),
+    # Ollama's ollama.com account routes: the server's account, not the client's.
+    ("POST", "/api/me", None),
+    ("POST", "/api/signout", None),
+    ("DELETE", "/api/user/keys/c3NoLWVkMjU1MTk", None),
+    ("POST", "/api/experimental/web_search", {"query": "x"}),
+    ("POST", "/api/experimental/web_fetch", {"url": "https://example.com"}),
 ]
 
 
@@ -142,6 +150,33 @@ async def test_admin_paths_are_403_for_a_user_key(
     assert status == 403
     if method != "HEAD":
         assert "admin" in orjson.loads(answer)["error"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"), [r for r in ADMIN_ONLY if "/api/me" in r[1] or "/api/exp" in r[1]]
+)
+async def test_account_paths_pass_for_an_admin_key(
+    guarded: Proxy, own_emulator: Emulator, method: str, path: str, body: object
+) -> None:
+    status, _, _ = await call(guarded.url, method, path, ADMIN, body)
+    assert status != 403
+    assert own_emulator.state.last_headers["x-request-id"]  # it reached the backend
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        (b"X-Api-Key", b"\xff"),
+        (b"Authorization", b"Bearer \xff"),
+        (b"Authorization", b"Bearer \xc3\x28" + USER.encode()),
+        (b"Authorization", "Bearer 中".encode()),
+    ],
+)
+async def test_a_key_that_is_not_utf8_is_401(guarded: Proxy, header: tuple[bytes, bytes]) -> None:
+    status, fields, body = await raw_request(guarded.port, "GET", "/api/tags", [header])
+    assert status == 401
+    assert orjson.loads(body) == {"error": "unauthorized"}
+    assert fields["www-authenticate"] == b"Bearer"
 
 
 async def test_admin_key_may_change_the_model_store_and_reload(
@@ -189,15 +224,27 @@ async def test_auto_only_chooses_among_the_keys_models(guarded: Proxy) -> None:
         assert status == 200, answer
         assert headers["X-Autoroute-Model"] in ALLOWED
         assert orjson.loads(answer)["model"] in ALLOWED
-    # With nothing allowed that can serve the request, the reason says why.
+    # With nothing allowed that can serve the request, the reason says why for the
+    # key's models, and names none of the others (vision models among them).
     images = {"model": "auto", "prompt": "what is this", "images": ["aGVsbG8="], "stream": False}
     status, _, answer = await call(guarded.url, "POST", "/api/generate", USER, images)
     assert status == 400
     message = orjson.loads(answer)["error"]
-    assert "not allowed for this API key" in message
+    assert all(f"{m}: lacks vision" in message for m in ALLOWED)
+    hidden = hidden_models(guarded)
+    assert hidden and not [m for m in hidden if m in message]
 
 
-def test_auto_filter_records_the_key_as_the_reason(guarded: Proxy) -> None:
+def hidden_models(prx: Proxy) -> list[str]:
+    """The proxy's candidates that USER's key may not use."""
+
+    async def names() -> list[str]:  # on the proxy's loop: the registry reads its clock
+        return [c.name for c in prx.app[PROXY_KEY].registry.candidates()]
+
+    return [n for n in prx.thread.call(names) if n not in ALLOWED]
+
+
+def test_auto_filter_leaves_out_the_models_the_key_cannot_see(guarded: Proxy) -> None:
     proxy = guarded.app[PROXY_KEY]
     allowed = frozenset(ALLOWED)
 
@@ -205,10 +252,9 @@ def test_auto_filter_records_the_key_as_the_reason(guarded: Proxy) -> None:
         choice = proxy.auto.decide("/api/generate", {"prompt": "hi"}, "balanced", "", allowed)
         return choice.decision.filtered
 
-    filtered = guarded.thread.call(decide)
-    assert filtered  # the emulator has more models than the two allowed
-    assert set(filtered.values()) == {"not allowed for this API key"}
-    assert not set(filtered) & allowed
+    # Both allowed models fit; the others are not named, not even as refused.
+    assert guarded.thread.call(decide) == {}
+    assert hidden_models(guarded)  # there are others
 
 
 async def test_requests_per_minute_answer_429_with_retry_after(guarded: Proxy) -> None:

@@ -324,3 +324,24 @@ async def test_migration_is_idempotent_under_concurrency(database: Database) -> 
     results = await asyncio.gather(*(one() for _ in range(4)))
     assert sorted(results) == [[], [], [], [1]]
     assert await one() == []
+
+
+async def test_keys_only_in_postgres_are_not_forwarded_to_backends(
+    database: Database, keyed_proxy: KeyedProxy, own_emulator: Emulator
+) -> None:
+    """Access control is on with a key store alone: the client's key authenticates it
+    to the proxy and never reaches a backend, in either header."""
+    prx = keyed_proxy(database.dsn)
+    async with connected(database.dsn) as conn:
+        key, _ = await auth_store.add_key(conn, "stored")
+    await status_becomes(prx, key, 200)
+    assert (await call(prx.url, "POST", "/api/chat", key, CHAT))[0] == 200
+    forwarded = own_emulator.state.last_headers
+    assert forwarded["x-request-id"]  # the request did reach the backend
+    assert "authorization" not in forwarded
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(prx.url + "/api/chat", json=CHAT, headers={"X-Api-Key": key}) as resp,
+    ):
+        assert resp.status == 200
+    assert "x-api-key" not in own_emulator.state.last_headers

@@ -3,6 +3,7 @@ headers, explain, and `auto` as editors see it in the model lists."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,9 @@ import pytest
 
 from proxy.auto import AutoRouter
 from proxy.backends import BackendPool
-from proxy.config import Backend, Config, Profile, Selector
+from proxy.config import Backend, Config, Health, Profile, Selector
 from proxy.registry import Registry, model_info
+from tests.conftest import FROZEN
 from tests.support import PIXEL_PNG, Emulator, Proxy, ServerThread
 
 TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
@@ -242,3 +244,61 @@ async def test_filters_follow_each_request_and_the_registry(tmp_path: Path) -> N
     set_models({"big:70b", "small:1b"})
     assert ranked(chat("auto")) == {"big:70b", "small:1b"}
     assert ranked(chat("auto", tools=TOOLS)) == {"big:70b"}
+
+
+async def get(url: str) -> tuple[int, dict[str, Any]]:
+    async with aiohttp.ClientSession() as session, session.get(url) as resp:
+        return resp.status, await resp.json()
+
+
+async def health_becomes(proxy: Proxy, status: str) -> dict[str, Any]:
+    for _ in range(600):
+        code, doc = await get(proxy.url + "/api/autoroute/health")
+        assert code == 200  # liveness: the proxy runs, whatever its backends
+        if doc["status"] == status:
+            return doc
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"health never said {status!r}")
+
+
+async def test_no_usable_backend_is_503_and_not_ready_while_health_stays_live(
+    servers: ServerThread, tmp_path: Path
+) -> None:
+    a, b = Emulator(servers, FROZEN), Emulator(servers, FROZEN)
+    profiles = {"balanced": Profile(), "nothing": Profile(allow=("no-such:model",))}
+    health = Health(interval_seconds=0.05, failure_threshold=1, open_seconds=3600)
+    proxy = Proxy(
+        servers, [a.url, b.url], selector=selector(tmp_path, profiles=profiles), health=health
+    )
+    try:
+        await health_becomes(proxy, "ok")
+        assert (await get(proxy.url + "/api/autoroute/ready"))[0] == 200
+        # No model fits the request while backends are up: the request's fault, a 400.
+        status, body = await post_json(proxy.url + "/api/chat", chat("auto:nothing"))
+        assert status == 400 and "no model can serve this request" in body["error"]
+
+        a.stop()
+        doc = await health_becomes(proxy, "degraded")
+        assert [x["circuit"] for x in doc["backends"]] == ["open", "closed"]
+        status, ready = await get(proxy.url + "/api/autoroute/ready")
+        assert status == 200 and ready == {"status": "ready", "usable": [b.url]}
+        assert (await post_json(proxy.url + "/api/chat", chat("auto", stream=False)))[0] == 200
+
+        b.stop()
+        await health_becomes(proxy, "down")
+        status, ready = await get(proxy.url + "/api/autoroute/ready")
+        assert status == 503 and ready["error"].startswith("no healthy backend: ")
+        assert a.url in ready["error"] and b.url in ready["error"]
+        # auto with nothing to route to: the backends' state, named, not the client's.
+        for profile in ("auto", "auto:nothing"):
+            status, body = await post_json(proxy.url + "/api/chat", chat(profile))
+            assert status == 503 and body["error"].startswith("no healthy backend: ")
+    finally:
+        proxy.stop()
+        a.stop()
+        b.stop()
+
+
+async def post_json(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    async with aiohttp.ClientSession() as session, session.post(url, json=body) as resp:
+        return resp.status, orjson.loads(await resp.read())

@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 
 from proxy import experiments
 from proxy.config import Experiment, Profile, Selector, Usage, Variant
 from selector_model import features
-from tests.support import Emulator, Proxy, ServerThread
+from tests.support import Emulator, Proxy, ServerThread, raw_request
 
 AB = Experiment(
     share=0.5,
@@ -151,3 +152,20 @@ async def test_report_endpoint_reads_the_proxys_own_events(ab_proxy: Proxy) -> N
     assert set(report["variants"]) <= {"a", "b"}
     assert all(v["success_rate"] == 1.0 for v in report["variants"].values())
     assert report["winner"] is None  # no difference to find
+
+
+async def test_a_user_header_that_is_not_utf8_is_assigned_stickily(ab_proxy: Proxy) -> None:
+    body = orjson.dumps({"model": "auto", "prompt": "hi", "stream": False})
+    served = set()
+    for _ in range(3):
+        status, fields, answer = await raw_request(
+            ab_proxy.port,
+            "POST",
+            "/api/generate",
+            [(b"X-Autoroute-User", b"ann\xff"), (b"Content-Type", b"application/json")],
+            body,
+        )
+        assert status == 200, answer
+        assert fields["x-autoroute-reason"] == b"experiment"
+        served.add(orjson.loads(answer)["model"])
+    assert len(served) == 1

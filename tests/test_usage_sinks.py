@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from proxy.config import Usage
+from proxy.server import PROXY_KEY
 from tests.support import Emulator, Proxy, ServerThread
 from tests.test_usage_services import (
     Database,
@@ -47,8 +48,21 @@ def usage_proxy(
         flush_interval_seconds=0.02,
     )
     prx = Proxy(servers, [own_emulator.url], usage=usage)
+    prx.thread.call(lambda: postgres_ready(prx))
     yield prx
     prx.stop()
+
+
+async def postgres_ready(prx: Proxy) -> None:
+    """Until the PostgreSQL sink's start-up (migrations, then its pool) is done: the
+    schema is in place before a test reads tables, however busy the machine."""
+    sink = prx.app[PROXY_KEY].usage.postgres
+    assert sink is not None
+
+    async def ready() -> bool:
+        return sink.pool is not None
+
+    await wait_for(ready, what="the usage schema")
 
 
 async def _ndjson(resp: aiohttp.ClientResponse) -> list[dict[str, object]]:
@@ -130,6 +144,7 @@ async def test_events_reach_postgres_kafka_and_file_field_by_field(usage_proxy: 
         assert event["ts"].endswith("Z")
         assert set(event) == {
             "request_id",
+            "client_request_id",
             "ts",
             "endpoint",
             "method",
@@ -235,4 +250,4 @@ async def test_feedback_round_trip(usage_proxy: Proxy) -> None:
 
         await wait_for(rated, what="the rating in stats")
     versions = await db.fetch("SELECT version FROM schema_migrations ORDER BY version")
-    assert [v[0] for v in versions] == [1, 2]
+    assert [v[0] for v in versions] == [1, 2, 3]

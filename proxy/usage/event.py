@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from proxy import final_chunk
+from proxy import final_chunk, header_values
 from proxy.protocol import INFERENCE_PATHS
 from proxy.relay import Outcome
 from selector_model.features import SCHEMA_VERSION
@@ -46,6 +46,10 @@ class Captured:
     credential: str | None
     # The configured API key's id when access control is on (then `credential` is None).
     key_id: str | None = None
+    # The proxy's own id for the request, unique: the event's id. The client's
+    # X-Request-Id (a sane one, else None) is kept beside it, as the client knows it.
+    request_id: str = ""
+    client_request_id: str | None = None
 
 
 def rfc3339(epoch: float) -> str:
@@ -59,7 +63,7 @@ def api_key_id(credential: str | None) -> str | None:
     if not credential:
         return None
     token = credential.split(" ", 1)[1] if " " in credential else credential
-    return hashlib.sha256(token.strip().encode()).hexdigest()[:16]
+    return hashlib.sha256(header_values.utf8(token.strip())).hexdigest()[:16]
 
 
 def _texts(value: Any, out: list[str]) -> None:
@@ -99,7 +103,8 @@ def complete(c: Captured, log_prompts: bool) -> dict[str, Any]:
     served = decision.get("chosen") if decision else o.model
     prompt = prompt_text(o.body)
     stats = o.stats
-    outcome: dict[str, Any] = {"status": o.status, "error": o.error or None}
+    # An error may quote what a backend or client sent: made valid text like headers.
+    outcome: dict[str, Any] = {"status": o.status, "error": header_values.valid(o.error) or None}
     for key in STAT_KEYS:
         outcome[key] = stats.get(key)
     outcome["ttfc_ms"] = round((o.first_byte_at - c.started) * 1000, 3) if o.first_byte_at else None
@@ -107,14 +112,17 @@ def complete(c: Captured, log_prompts: bool) -> dict[str, Any]:
     outcome["bytes"] = o.body_bytes
     outcome["cancelled"] = o.cancelled
     event: dict[str, Any] = {
-        "request_id": o.request_id,
+        "request_id": c.request_id or o.request_id,
+        "client_request_id": c.client_request_id,
         # When the request arrived, on the wall clock.
         "ts": rfc3339(c.wall - (c.ended - c.started)),
         "endpoint": c.path,
         "method": c.method,
         "client": {
-            "user_agent": c.user_agent,
-            "user": c.user,
+            # Client header values: valid UTF-8, no controls, bounded (JSON, the sinks
+            # and a database column take them as they are then).
+            "user_agent": header_values.text(c.user_agent),
+            "user": header_values.text(c.user),
             "api_key_id": c.key_id or api_key_id(c.credential),
         },
         "requested_model": o.model,

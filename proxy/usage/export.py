@@ -21,6 +21,7 @@ import orjson
 
 from proxy.config import Usage
 from proxy.usage.file_sink import feedback_path
+from proxy.usage.stats import FEEDBACK_JOIN
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -43,9 +44,8 @@ async def from_postgres(dsn: str, since: datetime) -> list[dict[str, Any]]:
             "jsonb", encoder=orjson.dumps, decoder=orjson.loads, schema="pg_catalog"
         )
         rows = await conn.fetch(
-            "SELECT u.event, f.rating FROM usage_events u LEFT JOIN "
-            "(SELECT request_id, avg(rating) AS rating FROM feedback GROUP BY request_id) f "
-            "ON f.request_id = u.request_id WHERE u.ts >= $1 ORDER BY u.ts",
+            f"SELECT u.event, f.rating FROM usage_events u {FEEDBACK_JOIN} "
+            "WHERE u.ts >= $1 ORDER BY u.ts",
             since,
         )
     finally:
@@ -83,8 +83,13 @@ def from_files(path: str, since: datetime) -> list[dict[str, Any]]:
         if rid in seen or datetime.fromisoformat(event["ts"]) < since:
             continue  # a spool replay can write an event twice: keep the first
         seen.add(rid)
-        if rid in ratings:
-            event["rating"] = sum(ratings[rid]) / len(ratings[rid])
+        # By either id, as FEEDBACK_JOIN matches them.
+        client_id = event.get("client_request_id")
+        given = ratings.get(rid, [])
+        if client_id and client_id != rid:
+            given = given + ratings.get(client_id, [])
+        if given:
+            event["rating"] = sum(given) / len(given)
         events.append(event)
     return events
 

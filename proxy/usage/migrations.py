@@ -64,6 +64,17 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         CREATE INDEX feedback_request_id ON feedback (request_id);
         """,
     ),
+    (
+        3,
+        "client request ids",
+        """
+        -- request_id is the proxy's own id (unique); the client's X-Request-Id, which
+        -- clients may reuse, is kept here. Feedback names a request by either.
+        ALTER TABLE usage_events ADD COLUMN client_request_id text;
+        CREATE INDEX usage_events_client_request_id ON usage_events (client_request_id)
+            WHERE client_request_id IS NOT NULL;
+        """,
+    ),
 )
 _LOCK_KEY = 0x6175746F726F7574  # "autorout"
 

@@ -78,10 +78,16 @@ class UsagePipeline:
             log.warning("usage: PostgreSQL not reachable at start: %s", exc)
 
     def record(
-        self, request: web.Request, outcome: Outcome, started: float, key_id: str | None = None
+        self,
+        request: web.Request,
+        outcome: Outcome,
+        started: float,
+        key_id: str | None = None,
+        ids: tuple[str, str | None] | None = None,
     ) -> None:
         """Called from the handler's `finally:`; must never block or raise. `key_id`: the
-        configured API key's id when access control identified one."""
+        configured API key's id when access control identified one; `ids`: the proxy's
+        own request id and the client's (see `event.Captured`)."""
         if request.path not in ev.USAGE_PATHS or self._wake is None:
             return
         headers = request.headers
@@ -96,6 +102,7 @@ class UsagePipeline:
             headers.get(USER_HEADER),
             None if key_id else headers.get("Authorization") or headers.get("X-Api-Key"),
             key_id,
+            *(ids or (outcome.request_id, None)),
         )
         self._put(captured)
 

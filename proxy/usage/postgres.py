@@ -21,6 +21,7 @@ from proxy.usage.runner import Record
 
 USAGE_COLUMNS = (
     "request_id",
+    "client_request_id",
     "ts",
     "endpoint",
     "method",
@@ -66,6 +67,7 @@ def usage_row(event: dict[str, Any], line: bytes | None = None) -> tuple[Any, ..
     c = event["client"]
     return (
         event["request_id"],
+        event.get("client_request_id"),  # absent from events written before it existed
         datetime.fromisoformat(event["ts"]),
         event["endpoint"],
         event["method"],

@@ -11,7 +11,16 @@ import asyncpg
 
 Key = tuple[str | None, str | None]
 
-_QUERY = """
+# Feedback names a request by the proxy's id or by the client's X-Request-Id (what the
+# client saw in the answer): a rating by a client id a client reused rates each request
+# that carried it. `u` is usage_events; `f.rating` the mean rating, or NULL.
+FEEDBACK_JOIN = """
+LEFT JOIN LATERAL (SELECT avg(fb.rating) AS rating FROM feedback fb
+                   WHERE fb.request_id = u.request_id OR fb.request_id = u.client_request_id
+                  ) f ON true
+"""
+
+_QUERY = f"""
 SELECT u.served_model, u.backend,
        count(*) AS requests,
        count(*) FILTER (WHERE u.status >= 400 OR u.status = 0 OR u.error IS NOT NULL) AS errors,
@@ -25,8 +34,7 @@ SELECT u.served_model, u.backend,
        count(f.rating) AS ratings,
        avg(f.rating) AS rating_mean
 FROM usage_events u
-LEFT JOIN (SELECT request_id, avg(rating) AS rating FROM feedback GROUP BY request_id) f
-       ON f.request_id = u.request_id
+{FEEDBACK_JOIN}
 WHERE u.ts >= now() - make_interval(secs => $1)
 GROUP BY u.served_model, u.backend
 ORDER BY requests DESC
@@ -99,6 +107,9 @@ class MemoryStats:
         self.events: dict[Key, deque[tuple[Any, ...]]] = {}
         self.recent: OrderedDict[str, Key] = OrderedDict()
         self.ratings: dict[str, float] = {}
+        # Client ids of recent requests, to the proxy ids of the requests that carried
+        # them (feedback may name either; see FEEDBACK_JOIN).
+        self.client_ids: OrderedDict[str, list[str]] = OrderedDict()
 
     def add(self, event: dict[str, Any]) -> None:
         key = (event["served_model"], event["backend"])
@@ -112,13 +123,21 @@ class MemoryStats:
         ec, ed = o.get("eval_count"), o.get("eval_duration")
         rid = event["request_id"]
         window.append((o["ttfc_ms"], o["total_ms"], error, o["cancelled"], ec, ed, rid))
-        self.recent[event["request_id"]] = key
+        self.recent[rid] = key
         while len(self.recent) > self.window * 4:
             self.recent.popitem(last=False)
+        client_id = event.get("client_request_id")
+        if client_id:
+            carried = self.client_ids.pop(client_id, [])
+            carried.append(rid)
+            self.client_ids[client_id] = carried[-self.window :]
+            while len(self.client_ids) > self.window * 4:
+                self.client_ids.popitem(last=False)
 
     def rate(self, request_id: str, rating: float) -> None:
-        if request_id in self.recent:
-            self.ratings[request_id] = rating
+        for rid in (request_id, *self.client_ids.get(request_id, ())):
+            if rid in self.recent:
+                self.ratings[rid] = rating
 
     def summary(self) -> list[dict[str, Any]]:
         out = []

@@ -1,0 +1,267 @@
+"""Client header values the proxy keeps (request ids, user agent, user, credentials),
+sent as raw bytes no client library would send: they never fail a backend, never stop
+the access log, never cost a usage event, and a client's request id never merges two
+requests' events."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+
+from proxy.config import Health, Usage
+from proxy.logs import AccessLog
+from proxy.relay import Outcome
+from proxy.server import PROXY_KEY
+from proxy.usage import event as ev
+from proxy.usage import export
+from tests.support import Emulator, Proxy, ServerThread, raw_request
+from tests.test_usage_services import Database, read_bytes, wait_for
+from tests.test_usage_sinks import postgres_ready
+
+GENERATE = orjson.dumps({"model": "llama3.1:8b", "prompt": "hi", "stream": False})
+JSON_TYPE = (b"Content-Type", b"application/json")
+# Ids a client may send that the proxy does not keep: not Latin-1, not UTF-8, control
+# characters (the parser refuses all but tab itself), a space, too long.
+BAD_IDS = ["中".encode(), b"\xff\xfe", b"a\tb", b"two words", b"x" * 129]
+
+
+def usage_in(tmp_path: Path, **settings: object) -> Usage:
+    return Usage(
+        file_path=str(tmp_path / "events.jsonl"),
+        spool_dir=str(tmp_path / "spool"),
+        flush_interval_seconds=0.02,
+        **settings,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+def file_proxy(servers: ServerThread, own_emulator: Emulator, tmp_path: Path) -> Iterator[Proxy]:
+    """A proxy whose usage events go to a file in the test's directory."""
+    prx = Proxy(servers, [own_emulator.url], usage=usage_in(tmp_path))
+    yield prx
+    prx.stop()
+
+
+async def events_of(prx: Proxy, count: int) -> list[dict[str, object]]:
+    """The usage file's events once it holds `count` of them."""
+    path = prx.config.usage.file_path
+
+    async def written() -> bool:
+        return len((await read_bytes(path)).splitlines()) >= count
+
+    await wait_for(written, what=f"{count} usage events")
+    return [orjson.loads(line) for line in (await read_bytes(path)).splitlines()]
+
+
+@pytest.mark.parametrize("sent", BAD_IDS, ids=["cjk", "not-utf8", "control", "space", "long"])
+async def test_an_invalid_request_id_is_replaced_and_fails_no_backend(
+    servers: ServerThread, own_emulator: Emulator, tmp_path: Path, sent: bytes
+) -> None:
+    # A circuit opens after two failures: enough requests here to open it many times.
+    health = Health(failure_threshold=2)
+    prx = Proxy(servers, [own_emulator.url], health=health, usage=usage_in(tmp_path))
+    try:
+        seen = set()
+        for path, body in [("/api/version", b""), ("/api/generate", GENERATE)] * 3:
+            method = "POST" if body else "GET"
+            headers = [(b"X-Request-Id", sent), JSON_TYPE]
+            status, fields, _ = await raw_request(prx.port, method, path, headers, body)
+            assert status == 200
+            seen.add(fields["x-request-id"])
+        # Each answer carries an id of the proxy's own: a new one each time.
+        assert len(seen) == 6 and sent not in seen
+        assert all(i.isascii() and len(i) == 22 for i in seen)
+        status, _, body = await raw_request(prx.port, "GET", "/api/autoroute/health", [])
+        assert [b["circuit"] for b in orjson.loads(body)["backends"]] == ["closed"]
+        events = await events_of(prx, 3)
+        assert all(e["client_request_id"] is None for e in events)
+    finally:
+        prx.stop()
+
+
+async def test_a_sane_client_request_id_is_echoed(file_proxy: Proxy) -> None:
+    sent = b"trace-7f3a_9:ok/1.0"
+    status, fields, _ = await raw_request(
+        file_proxy.port, "POST", "/api/generate", [(b"X-Request-Id", sent), JSON_TYPE], GENERATE
+    )
+    assert status == 200 and fields["x-request-id"] == sent
+    (event,) = await events_of(file_proxy, 1)
+    assert event["client_request_id"] == sent.decode()
+    assert event["request_id"] != sent.decode()
+
+    # Feedback by the id the client saw reaches the request: in the in-memory stats
+    # and in an export of the files.
+    async with aiohttp.ClientSession(file_proxy.url) as http:
+        feedback = {"request_id": sent.decode(), "rating": 0.5}
+        async with http.post("/api/autoroute/feedback", json=feedback) as resp:
+            assert resp.status == 202
+
+        async def rated() -> bool:
+            async with http.get("/api/autoroute/stats") as resp:
+                stats = orjson.loads(await resp.read())
+            assert stats["source"] == "memory"
+            return bool(stats["models"][0]["ratings"] == {"count": 1, "mean": 0.5})
+
+        await wait_for(rated, what="the rating in stats")
+    feedback_file = Path(file_proxy.config.usage.file_path).with_name("events.feedback.jsonl")
+
+    async def feedback_written() -> bool:
+        return bool(await read_bytes(feedback_file))
+
+    await wait_for(feedback_written, what="the feedback line")
+    (exported,) = export.from_files(
+        file_proxy.config.usage.file_path, datetime.min.replace(tzinfo=UTC)
+    )
+    assert exported["request_id"] == event["request_id"] and exported["rating"] == 0.5
+
+
+HOSTILE = [
+    (b"User-Agent", b"agent \xff\xfe/1.0"),
+    (b"X-Autoroute-User", b"user\xc3\x28\tx"),
+    (b"Authorization", b"Bearer \xff"),  # no keys configured: hashed for the key id
+    (b"X-Request-Id", b"\xff"),
+]
+
+
+async def test_every_served_request_leaves_one_event_whatever_its_headers(
+    file_proxy: Proxy,
+) -> None:
+    for header in HOSTILE:
+        status, _, _ = await raw_request(
+            file_proxy.port, "POST", "/api/generate", [header, JSON_TYPE], GENERATE
+        )
+        assert status == 200
+    status, _, _ = await raw_request(
+        file_proxy.port, "POST", "/api/generate", [*HOSTILE, JSON_TYPE], GENERATE
+    )
+    assert status == 200
+    events = await events_of(file_proxy, len(HOSTILE) + 1)
+    assert len(events) == len(HOSTILE) + 1
+    assert file_proxy.app[PROXY_KEY].usage.invalid == 0
+    last = events[-1]["client"]
+    assert isinstance(last, dict)
+    # What the client sent, readable: bytes that are not UTF-8 as U+FFFD, no controls.
+    assert last["user_agent"] == "agent \ufffd\ufffd/1.0"
+    assert last["user"] == "user\ufffd( x"
+    assert isinstance(last["api_key_id"], str) and len(last["api_key_id"]) == 16
+
+
+async def test_the_access_log_keeps_writing_after_hostile_headers(
+    servers: ServerThread, own_emulator: Emulator, tmp_path: Path
+) -> None:
+    server_log = logging.getLogger("autoroute.server")
+    level = server_log.level
+    server_log.setLevel(logging.INFO)  # the access log is on when INFO is
+    try:
+        prx = Proxy(servers, [own_emulator.url], usage=usage_in(tmp_path))
+    finally:
+        server_log.setLevel(level)
+    access = prx.app[PROXY_KEY].access
+    stream = access.stream = io.StringIO()
+    try:
+        assert access.enabled
+        for header in HOSTILE:
+            status, _, _ = await raw_request(prx.port, "GET", "/api/version", [header])
+            assert status == 200
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(prx.url + "/api/version", headers={"X-Request-Id": "after"}) as resp,
+        ):
+            assert resp.status == 200
+
+        async def logged() -> bool:
+            return '"client_request_id":"after"' in stream.getvalue()
+
+        await wait_for(logged, what="the access log line of the last request")
+        lines = [orjson.loads(line) for line in stream.getvalue().splitlines()]
+        assert len(lines) == len(HOSTILE) + 1
+        assert all(line["path"] == "/api/version" and line["status"] == 200 for line in lines)
+        assert access.dropped == 0
+    finally:
+        prx.stop()
+
+
+class Broken(io.StringIO):
+    def write(self, text: str) -> int:
+        raise OSError("no space left on device")
+
+
+def test_a_failed_access_log_write_is_logged_and_the_buffer_stays_bounded(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    access = AccessLog(enabled=True, stream=Broken(), max_pending=10)
+    for n in range(25):
+        access.record({"request_id": f"r{n}", "path": "/x\udcff"})
+    assert len(access._pending) == 10 and access.dropped == 15
+    with caplog.at_level(logging.WARNING, "autoroute.logs"):
+        access.flush()  # must not raise
+    assert "could not write 10 lines" in caplog.text
+    assert access.dropped == 25 and not access._pending
+    # The stream works again: writing resumes, the undecodable byte as U+FFFD.
+    access.stream = io.StringIO()
+    access.record({"request_id": "ok", "path": "/x\udcff"})
+    access.record({"request_id": "big", "n": 2**70})  # beyond what JSON numbers carry here
+    access.flush()
+    first, second = [orjson.loads(x) for x in access.stream.getvalue().splitlines()]
+    assert first["request_id"] == "ok" and first["path"] == "/x\ufffd"
+    assert "'big'" in second["unserialisable"] and str(2**70) in second["unserialisable"]
+
+
+async def test_five_requests_with_one_client_id_are_five_rows(
+    servers: ServerThread, own_emulator: Emulator, database: Database, tmp_path: Path
+) -> None:
+    usage = usage_in(tmp_path, postgres_dsn=database.dsn)
+    prx = Proxy(servers, [own_emulator.url], usage=usage)
+    try:
+        prx.thread.call(lambda: postgres_ready(prx))
+        async with aiohttp.ClientSession(prx.url) as http:
+            for _ in range(5):
+                async with http.post(
+                    "/api/generate", data=GENERATE, headers={"X-Request-Id": "same-id"}
+                ) as resp:
+                    assert resp.status == 200
+                    assert resp.headers["X-Request-Id"] == "same-id"  # clients rely on it
+
+            async def stored() -> bool:
+                return len(await database.fetch("SELECT 1 FROM usage_events")) >= 5
+
+            await wait_for(stored, what="five rows")
+            rows = await database.fetch("SELECT request_id, client_request_id FROM usage_events")
+            assert len(rows) == 5 and len({r["request_id"] for r in rows}) == 5
+            assert {r["client_request_id"] for r in rows} == {"same-id"}
+
+            # Feedback by the id the client saw: it rates the requests that carried it.
+            async with http.post(
+                "/api/autoroute/feedback", json={"request_id": "same-id", "rating": 1}
+            ) as resp:
+                assert resp.status == 202
+
+            async def rated() -> bool:
+                async with http.get("/api/autoroute/stats") as resp:
+                    stats = orjson.loads(await resp.read())
+                (entry,) = stats["models"]
+                return bool(entry["ratings"] == {"count": 5, "mean": 1.0})
+
+            await wait_for(rated, what="the rating in stats")
+    finally:
+        prx.stop()
+
+
+def test_an_event_takes_any_string_the_request_left() -> None:
+    """Every string of client or backend origin in an event is valid text: the event
+    always serialises (a dropped event is a request that escaped accounting)."""
+    outcome = Outcome("r1", model="m", status=502, error="backend said \udcff")
+    captured = ev.Captured(
+        outcome, "POST", "/api/chat", 0.0, 0.1, 0.2, "ua\udcfe", "user\udcff", "Bearer \udcff"
+    )
+    doc = ev.complete(captured, log_prompts=False)
+    parsed = orjson.loads(orjson.dumps(doc))
+    assert parsed["outcome"]["error"] == "backend said \ufffd"
+    assert parsed["client"]["user_agent"] == "ua\ufffd" and parsed["client"]["user"] == "user\ufffd"
