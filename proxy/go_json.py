@@ -1,0 +1,103 @@
+"""A model-routed request body read as Ollama reads it, and the body forwarded instead.
+
+Ollama decodes bodies with Go's encoding/json (gin's ShouldBindJSON), which differs from
+orjson where a client can exploit it: it matches keys to fields case-insensitively (the
+last match wins: `{"model": "a", "Model": "b"}` runs b), merges a repeated object-valued
+key into what an earlier one set, reads invalid UTF-8 in strings as U+FFFD (a lone
+surrogate escape too), and ignores the bytes after the first JSON value. Checking the
+body orjson reads while forwarding the bytes Go reads would let a client run what it
+was refused.
+
+So the proxy never forwards the client's bytes on these routes: `read` decodes the
+first value as Go does, makes the objects the proxy reads canonical (one key per Go
+field, `selector_model.request_body.canonicalize`) and forwards that document
+serialised. orjson's serialisation has no duplicate key, valid UTF-8 and nothing after
+the value, so the backend reads exactly what the proxy checked. A body that is no JSON
+to Go either goes as sent, with no model, for the backend to answer its own error; one
+the proxy cannot read as Go does (nested deeper than orjson reads or writes, a number
+beyond a double) is refused with a 400, as Ollama refuses what it cannot decode.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import re
+from typing import Any
+
+import orjson
+
+from selector_model.request_body import canonicalize
+
+
+class BodyError(Exception):
+    """The proxy cannot read the body as Ollama would: a 400 in Ollama's shape."""
+
+
+class NotJson(Exception):
+    """No JSON value, to Go's decoder either."""
+
+
+def _per_byte(error: UnicodeError) -> tuple[str, int]:
+    # Go's decoder replaces each byte of an invalid sequence (utf8.DecodeRune reads
+    # one byte of it at a time); Python's "replace" writes one U+FFFD per sequence.
+    assert isinstance(error, UnicodeDecodeError)
+    return "\ufffd" * (error.end - error.start), error.end
+
+
+codecs.register_error("autoroute-go-replace", _per_byte)
+
+# A \uXXXX surrogate escape that is not half of a pair; other escapes are matched whole
+# so that an escaped backslash is never read as the start of one.
+_ESCAPE = re.compile(
+    r"\\(?:u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+    r"|(u[dD][89a-fA-F][0-9a-fA-F]{2})|.)",
+    re.DOTALL,
+)
+_WHITESPACE = " \t\r\n"
+_FIRST_VALUE = json.JSONDecoder()
+
+
+def _lone_surrogate(match: re.Match[str]) -> str:
+    return "\\ufffd" if match.group(1) else match.group(0)
+
+
+def decode(body: bytes) -> Any:
+    """The first JSON value of `body`, read as Go's encoding/json reads it. Raises
+    `NotJson` where Go finds no JSON value either, `BodyError` where the proxy cannot
+    read the value as Go does."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    text = body.decode("utf-8", "autoroute-go-replace").lstrip(_WHITESPACE)
+    if "\\" in text:
+        text = _ESCAPE.sub(_lone_surrogate, text)
+    try:
+        _, end = _FIRST_VALUE.raw_decode(text)
+    except RecursionError:
+        raise BodyError("request body is nested too deeply") from None
+    except ValueError:
+        # json's grammar is Go's (and laxer: NaN, Infinity): Go refuses this too.
+        raise NotJson from None
+    try:
+        return orjson.loads(text[:end])
+    except orjson.JSONDecodeError as exc:  # NaN, a number beyond a double
+        raise BodyError(f"invalid JSON in request body: {exc}") from None
+
+
+def read(body: bytes) -> tuple[Any, bytes]:
+    """The body's document as Ollama reads it, canonical (see the module's docstring),
+    and what the proxy forwards in place of `body`: the document serialised, or, where
+    Go finds no JSON value either, `body` itself (None for the document) for the
+    backend to answer with its own error."""
+    try:
+        doc = decode(body)
+    except NotJson:
+        return None, body
+    if isinstance(doc, dict):
+        canonicalize(doc)
+    try:
+        return doc, orjson.dumps(doc)
+    except orjson.JSONEncodeError:  # orjson writes at most 254 levels
+        raise BodyError("request body is nested too deeply") from None

@@ -1,0 +1,249 @@
+"""The one reading of an inference request body: what it asks a model to read (prompt
+texts, images), what it asks the model to do (tools, fill-in-the-middle, thinking) and
+how much output it allows, across the shapes Ollama serves:
+
+- Ollama `/api/chat` and `/api/generate`: `messages[]{role, content, images}`, `prompt`,
+  `system`, `suffix`, `images`, `think`, `options.num_predict`;
+- `/api/embed`, `/api/embeddings`, `/v1/embeddings`: `input` (a string or strings),
+  `prompt`;
+- OpenAI chat and completions: `content` as parts (`text`, `image_url`), `prompt` as a
+  string or strings, `max_tokens`, `max_completion_tokens`, `reasoning_effort`,
+  `reasoning.effort`;
+- Anthropic `/v1/messages`: `system` as a string or text blocks, content blocks
+  (`text`, `image`, `tool_result` holding blocks), `thinking.type`;
+- Responses `/v1/responses`: `instructions`, `input` as a string or items (messages
+  with `input_text`, `output_text`, `input_image` parts; `function_call_output`),
+  `max_output_tokens`, `reasoning.effort`.
+
+The limits, the usage event, the selector's features and `auto`'s capability filter all
+read a body through here, so what one counts as prompt or image the others do too.
+
+Ollama decodes bodies with Go's encoding/json, which matches an object's keys to struct
+fields case-insensitively (the last match wins). `canonicalize` rewrites the objects read
+here the way Go reads them, so that reading them by exact key agrees with Go; the proxy
+forwards the canonical body, so the backend reads what was checked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any, NamedTuple
+
+# Content parts that carry an image: OpenAI's, Responses', Anthropic's.
+IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
+
+
+class Turn(NamedTuple):
+    """One entry of a conversation."""
+
+    role: str | None
+    text: str  # its text parts joined
+    images: bool
+
+
+def conversation(doc: Mapping[str, Any]) -> list[Any] | None:
+    """The conversation's entries as sent (any type): `messages`, else a Responses
+    `input` list (whose strings, in an embedding request, are texts: see `fields`)."""
+    messages = doc.get("messages")
+    if isinstance(messages, list):
+        return messages
+    entries = doc.get("input")
+    return entries if isinstance(entries, list) else None
+
+
+def turns(doc: Mapping[str, Any]) -> Iterator[Turn]:
+    """The conversation's objects, in order (entries that are not objects are skipped)."""
+    for entry in conversation(doc) or ():
+        if isinstance(entry, dict):
+            yield turn(entry)
+
+
+def turn(entry: Mapping[str, Any]) -> Turn:
+    role = entry.get("role")
+    content = entry.get("content")
+    if isinstance(content, str):
+        text, images = content, False
+    elif isinstance(content, list):
+        pieces: list[str] = []
+        images = _parts(content, pieces)
+        text = "".join(pieces)
+    elif isinstance(entry.get("output"), str):  # a Responses function_call_output
+        text, images = entry["output"], False
+        role = role or "tool"
+    else:
+        text, images = "", False
+    return Turn(role if isinstance(role, str) else None, text, images or bool(entry.get("images")))
+
+
+def _parts(parts: list[Any], texts: list[str]) -> bool:
+    """Collects the text of content parts into `texts`; whether one is an image. A
+    part's text is its `text`; an Anthropic `tool_result` holds its own content."""
+    images = False
+    for part in parts:
+        if not isinstance(part, dict):
+            continue
+        if part.get("type") in IMAGE_PARTS:
+            images = True
+        text = part.get("text")
+        if isinstance(text, str):
+            texts.append(text)
+        else:
+            inner = part.get("content")
+            if isinstance(inner, str):
+                texts.append(inner)
+            elif isinstance(inner, list):
+                images = _parts(inner, texts) or images
+    return images
+
+
+def fields(doc: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    """The texts outside the conversation, as (kind, text): "system" (`system`, as a
+    string or text blocks, and `instructions`), "prompt" (`prompt` and an `input` of
+    strings, each string) and "suffix", in that order. Empty strings too."""
+    system = doc.get("system")
+    if isinstance(system, str):
+        yield "system", system
+    elif isinstance(system, list):
+        pieces: list[str] = []
+        _parts(system, pieces)
+        yield "system", "".join(pieces)
+    instructions = doc.get("instructions")
+    if isinstance(instructions, str):
+        yield "system", instructions
+    for name in ("prompt", "input"):
+        value = doc.get(name)
+        if isinstance(value, str):
+            yield "prompt", value
+        elif isinstance(value, list):
+            for item in value:
+                if isinstance(item, str):
+                    yield "prompt", item
+    suffix = doc.get("suffix")
+    if isinstance(suffix, str):
+        yield "suffix", suffix
+
+
+def texts(doc: Mapping[str, Any]) -> Iterator[str]:
+    """Every prompt text: the system texts, the prompts, the conversation's turns, the
+    suffix."""
+    suffix: list[str] = []
+    for kind, text in fields(doc):
+        if kind == "suffix":
+            suffix.append(text)
+        else:
+            yield text
+    for entry in turns(doc):
+        yield entry.text
+    yield from suffix
+
+
+def has_images(doc: Mapping[str, Any]) -> bool:
+    return bool(doc.get("images")) or any(entry.images for entry in turns(doc))
+
+
+def tool_count(doc: Mapping[str, Any]) -> int:
+    tools = doc.get("tools")
+    return len(tools) if isinstance(tools, list) else 0
+
+
+def suffix(doc: Mapping[str, Any]) -> str:
+    """The text after the insertion point (fill-in-the-middle), "" for none."""
+    value = doc.get("suffix")
+    return value if isinstance(value, str) else ""
+
+
+def thinks(doc: Mapping[str, Any]) -> bool:
+    """Whether the request asks the model to think: Ollama's `think` (true or a level),
+    OpenAI's `reasoning_effort` or `reasoning.effort` (but "none"), Anthropic's
+    `thinking.type` "enabled"."""
+    think = doc.get("think")
+    if think is not None:
+        return think is not False
+    reasoning = doc.get("reasoning")
+    effort = reasoning.get("effort") if isinstance(reasoning, dict) else None
+    effort = effort if effort is not None else doc.get("reasoning_effort")
+    if isinstance(effort, str):
+        return effort != "none"
+    thinking = doc.get("thinking")
+    return isinstance(thinking, dict) and thinking.get("type") == "enabled"
+
+
+# The output bound, by the first of these the body has.
+_OUTPUT_LIMITS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
+def max_output_tokens(doc: Mapping[str, Any]) -> float | None:
+    """The most tokens the request lets the model write (`options.num_predict`, else
+    `max_tokens`, `max_completion_tokens` or `max_output_tokens`), None for no bound."""
+    options = doc.get("options")
+    if isinstance(options, dict) and "num_predict" in options:
+        value = options["num_predict"]
+    else:
+        value = next((doc[name] for name in _OUTPUT_LIMITS if name in doc), None)
+    return float(value) if isinstance(value, int | float) and value > 0 else None
+
+
+# Go's encoding/json compares a key with a field's name after folding both: ASCII letters
+# to upper case, any other rune r to unicode.ToUpper(unicode.ToLower(r)). Of the runes
+# outside ASCII these four fold into ASCII letters, so into the fields' names.
+_GO_FOLDS_TO_ASCII = str.maketrans({"\u017f": "s", "\u212a": "k", "\u0130": "i", "\u0131": "i"})
+
+
+def _canonical_key(key: str) -> str:
+    """The spelling of `key` that names the same Go struct field: lower case (Ollama's
+    fields' JSON names are lower case). A key that folds to no ASCII name matches no
+    field and stays as it is."""
+    if key.isascii():
+        return key.lower()
+    folded = key.translate(_GO_FOLDS_TO_ASCII)
+    return folded.lower() if folded.isascii() else key
+
+
+# Keys that are their own canonical spelling, common enough to skip the check per key.
+_COMMON_KEYS = frozenset(
+    {"role", "content", "images", "type", "text", "image_url", "source", "thinking"}
+    | {"tool_calls", "tool_call_id", "tool_name", "tool_use_id", "id", "name"}
+)
+
+
+def _canonical_object(obj: dict[str, Any]) -> bool:
+    """Rewrites `obj` in place so that it has one key per Go field, lower case, holding
+    the value Go decodes (the last among the keys that fold alike); whether it changed."""
+    if _COMMON_KEYS.issuperset(obj) or all(key.isascii() and key == key.lower() for key in obj):
+        return False
+    items = list(obj.items())
+    obj.clear()
+    for key, value in items:
+        name = _canonical_key(key)
+        obj.pop(name, None)
+        obj[name] = value
+    return True
+
+
+def _canonical_parts(parts: Any) -> bool:
+    changed = False
+    if isinstance(parts, list):
+        for part in parts:
+            if isinstance(part, dict):
+                changed = _canonical_object(part) | changed
+                changed = _canonical_parts(part.get("content")) | changed
+    return changed
+
+
+def canonicalize(doc: dict[str, Any]) -> bool:
+    """Rewrites, in place, the objects this module reads (the body, its `reasoning`,
+    `thinking` and `response_format`, the conversation's entries and their content
+    parts, the system blocks) as Go's decoder reads them (see `_canonical_object`);
+    whether anything changed. `options` stays as sent: Ollama reads it as a map, by
+    exact key."""
+    changed = _canonical_object(doc)
+    for name in ("reasoning", "thinking", "response_format"):
+        value = doc.get(name)
+        if isinstance(value, dict):
+            changed = _canonical_object(value) | changed
+    changed = _canonical_parts(doc.get("system")) | changed
+    for entry in conversation(doc) or ():
+        if isinstance(entry, dict):
+            changed = _canonical_object(entry) | changed
+            changed = _canonical_parts(entry.get("content")) | changed
+    return changed
