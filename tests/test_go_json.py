@@ -129,13 +129,12 @@ class GoBackend:
                 headers={"Content-Type": resp.headers.get("Content-Type", "")},
             )
 
-    def models(self) -> set[str]:
+    def models(self) -> set[Any]:
         """The models the backend was asked to run or describe."""
-        out = set()
-        for path, doc in self.seen:
-            model = doc.get("model") or (doc.get("name") if path == "/api/show" else None)
-            out.add(model)
-        return out
+        return {
+            doc.get("model") or (doc.get("name") if path == "/api/show" else None)
+            for path, doc in self.seen
+        }
 
 
 @pytest.fixture
