@@ -154,16 +154,17 @@ def suffix(doc: Mapping[str, Any]) -> str:
 
 def thinks(doc: Mapping[str, Any]) -> bool:
     """Whether the request asks the model to think: Ollama's `think` (true or a level),
-    OpenAI's `reasoning_effort` or `reasoning.effort` (but "none"), Anthropic's
+    OpenAI's `reasoning.effort` or `reasoning_effort` (but "none"), Anthropic's
     `thinking.type` "enabled"."""
     think = doc.get("think")
     if think is not None:
-        return think is not False
+        return think not in (None, False)
     reasoning = doc.get("reasoning")
-    effort = reasoning.get("effort") if isinstance(reasoning, dict) else None
-    effort = effort if effort is not None else doc.get("reasoning_effort")
-    if isinstance(effort, str):
-        return effort != "none"
+    effort = (reasoning.get("effort") if isinstance(reasoning, dict) else None) or doc.get(
+        "reasoning_effort"
+    )
+    if effort:
+        return bool(effort != "none")
     thinking = doc.get("thinking")
     return isinstance(thinking, dict) and thinking.get("type") == "enabled"
 
