@@ -27,18 +27,15 @@ forwards the canonical body, so the backend reads what was checked.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 # Content parts that carry an image: OpenAI's, Responses', Anthropic's.
 IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
 
 
-class Turn(NamedTuple):
-    """One entry of a conversation."""
-
-    role: str | None
-    text: str  # its text parts joined
-    images: bool
+# One entry of a conversation: its role, its text parts joined, whether it carries an
+# image. A plain tuple: a conversation may have thousands, read on every request.
+Turn = tuple[str | None, str, bool]
 
 
 def conversation(doc: Mapping[str, Any]) -> list[Any] | None:
@@ -55,7 +52,12 @@ def turns(doc: Mapping[str, Any]) -> Iterator[Turn]:
     """The conversation's objects, in order (entries that are not objects are skipped)."""
     for entry in conversation(doc) or ():
         if isinstance(entry, dict):
-            yield turn(entry)
+            role = entry.get("role")
+            content = entry.get("content")
+            if type(role) is str and type(content) is str:  # the common entry, inline
+                yield role, content, bool(entry.get("images"))
+            else:
+                yield turn(entry)
 
 
 def turn(entry: Mapping[str, Any]) -> Turn:
@@ -72,7 +74,7 @@ def turn(entry: Mapping[str, Any]) -> Turn:
         role = role or "tool"
     else:
         text, images = "", False
-    return Turn(role if isinstance(role, str) else None, text, images or bool(entry.get("images")))
+    return role if isinstance(role, str) else None, text, images or bool(entry.get("images"))
 
 
 def _parts(parts: list[Any], texts: list[str]) -> bool:
@@ -132,13 +134,15 @@ def texts(doc: Mapping[str, Any]) -> Iterator[str]:
             suffix.append(text)
         else:
             yield text
-    for entry in turns(doc):
-        yield entry.text
+    for entry in conversation(doc) or ():
+        if isinstance(entry, dict):
+            content = entry.get("content")
+            yield content if type(content) is str else turn(entry)[1]
     yield from suffix
 
 
 def has_images(doc: Mapping[str, Any]) -> bool:
-    return bool(doc.get("images")) or any(entry.images for entry in turns(doc))
+    return bool(doc.get("images")) or any(entry[2] for entry in turns(doc))
 
 
 def tool_count(doc: Mapping[str, Any]) -> int:
@@ -200,17 +204,22 @@ def _canonical_key(key: str) -> str:
     return folded.lower() if folded.isascii() else key
 
 
-# Keys that are their own canonical spelling, common enough to skip the check per key.
+# Keys that are their own canonical spelling, common enough that one set operation
+# (`_is_common`) clears most objects without a look at each key.
 _COMMON_KEYS = frozenset(
-    {"role", "content", "images", "type", "text", "image_url", "source", "thinking"}
-    | {"tool_calls", "tool_call_id", "tool_name", "tool_use_id", "id", "name"}
+    {"model", "messages", "prompt", "system", "suffix", "images", "stream", "options"}
+    | {"format", "tools", "think", "keep_alive", "raw", "input", "instructions", "max_tokens"}
+    | {"temperature", "top_p", "stop", "seed", "response_format", "reasoning_effort"}
+    | {"role", "content", "type", "text", "image_url", "source", "thinking", "tool_calls"}
+    | {"tool_call_id", "tool_name", "tool_use_id", "id", "name", "call_id", "output"}
 )
+_is_common = _COMMON_KEYS.issuperset
 
 
 def _canonical_object(obj: dict[str, Any]) -> bool:
     """Rewrites `obj` in place so that it has one key per Go field, lower case, holding
     the value Go decodes (the last among the keys that fold alike); whether it changed."""
-    if _COMMON_KEYS.issuperset(obj) or all(key.isascii() and key == key.lower() for key in obj):
+    if _is_common(obj) or all(key.isascii() and key == key.lower() for key in obj):
         return False
     items = list(obj.items())
     obj.clear()
@@ -221,13 +230,17 @@ def _canonical_object(obj: dict[str, Any]) -> bool:
     return True
 
 
-def _canonical_parts(parts: Any) -> bool:
+def _canonical_parts(parts: list[Any]) -> bool:
+    """`_canonical_object` on each object of a content list, and on the content lists
+    those hold (an Anthropic `tool_result`)."""
     changed = False
-    if isinstance(parts, list):
-        for part in parts:
-            if isinstance(part, dict):
+    for part in parts:
+        if type(part) is dict:
+            if not _is_common(part):
                 changed = _canonical_object(part) | changed
-                changed = _canonical_parts(part.get("content")) | changed
+            inner = part.get("content")
+            if type(inner) is list:
+                changed = _canonical_parts(inner) | changed
     return changed
 
 
@@ -236,15 +249,17 @@ def canonicalize(doc: dict[str, Any]) -> bool:
     `thinking` and `response_format`, the conversation's entries and their content
     parts, the system blocks) as Go's decoder reads them (see `_canonical_object`);
     whether anything changed. `options` stays as sent: Ollama reads it as a map, by
-    exact key."""
+    exact key. The common case, every key canonical, costs a set operation per object
+    (a conversation of thousands of messages is read this way on every request)."""
     changed = _canonical_object(doc)
     for name in ("reasoning", "thinking", "response_format"):
         value = doc.get(name)
         if isinstance(value, dict):
             changed = _canonical_object(value) | changed
-    changed = _canonical_parts(doc.get("system")) | changed
-    for entry in conversation(doc) or ():
-        if isinstance(entry, dict):
-            changed = _canonical_object(entry) | changed
-            changed = _canonical_parts(entry.get("content")) | changed
+    system = doc.get("system")
+    if type(system) is list:
+        changed = _canonical_parts(system) | changed
+    entries = conversation(doc)
+    if entries is not None:
+        changed = _canonical_parts(entries) | changed
     return changed

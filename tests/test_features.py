@@ -346,7 +346,7 @@ def _reference(path: str, body: Mapping[str, Any]) -> list[float]:
     messages = body.get("messages")
     for message in messages if isinstance(messages, list) else ():
         if isinstance(message, dict):
-            text = request_body.turn(message).text
+            text = request_body.turn(message)[1]
             if message.get("role") == "user":
                 last_user = text
             scan.add(text)
