@@ -55,35 +55,76 @@ _ESCAPE = re.compile(
     re.DOTALL,
 )
 _WHITESPACE = " \t\r\n"
-_FIRST_VALUE = json.JSONDecoder()
+
+
+class _NotANumber(Exception):
+    """NaN or Infinity: no JSON to Go."""
+
+
+def _in_last_order(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose keys stand where each last appeared: Go assigns a field at each
+    of its keys in turn, so among the keys that fold alike the last one's value is what
+    Go keeps (orjson keeps an exact duplicate where it first appeared)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        out.pop(key, None)
+        out[key] = value
+    return out
+
+
+def _number(text: str) -> int | float:
+    """A number as orjson reads one: a 64-bit integer, else a double."""
+    if "." not in text and "e" not in text and "E" not in text and len(text) < 21:
+        value = int(text)
+        if -(2**63) <= value < 2**64:
+            return value
+    number = float(text)
+    if number in (float("inf"), float("-inf")):
+        raise BodyError(f"invalid JSON in request body: number {text[:40]} is beyond a double")
+    return number
+
+
+def _not_a_number(text: str) -> Any:
+    raise _NotANumber
+
+
+_GO_ORDER = json.JSONDecoder(
+    object_pairs_hook=_in_last_order,
+    parse_int=_number,
+    parse_float=_number,
+    parse_constant=_not_a_number,
+)
 
 
 def _lone_surrogate(match: re.Match[str]) -> str:
     return "\\ufffd" if match.group(1) else match.group(0)
 
 
-def decode(body: bytes) -> Any:
-    """The first JSON value of `body`, read as Go's encoding/json reads it. Raises
-    `NotJson` where Go finds no JSON value either, `BodyError` where the proxy cannot
-    read the value as Go does."""
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        pass
+def _read_as_go(body: bytes) -> Any:
+    """The first JSON value of `body` with Go's substitutions (U+FFFD for invalid
+    UTF-8 and lone surrogate escapes) and Go's order among repeated keys."""
     text = body.decode("utf-8", "autoroute-go-replace").lstrip(_WHITESPACE)
     if "\\" in text:
         text = _ESCAPE.sub(_lone_surrogate, text)
     try:
-        _, end = _FIRST_VALUE.raw_decode(text)
+        return _GO_ORDER.raw_decode(text)[0]
     except RecursionError:
         raise BodyError("request body is nested too deeply") from None
-    except ValueError:
-        # json's grammar is Go's (and laxer: NaN, Infinity): Go refuses this too.
+    except (json.JSONDecodeError, _NotANumber):
+        # json's grammar is Go's: Go refuses this body too.
         raise NotJson from None
-    try:
-        return orjson.loads(text[:end])
-    except orjson.JSONDecodeError as exc:  # NaN, a number beyond a double
+    except ValueError as exc:  # an integer of more digits than Python converts
         raise BodyError(f"invalid JSON in request body: {exc}") from None
+
+
+def decode(body: bytes) -> Any:
+    """The first JSON value of `body`, read as Go's encoding/json reads it, keys as
+    sent. Raises `NotJson` where Go finds no JSON value either, `BodyError` where the
+    proxy cannot read the value as Go does."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return _read_as_go(body)
 
 
 def read(body: bytes) -> tuple[Any, bytes]:
@@ -92,7 +133,15 @@ def read(body: bytes) -> tuple[Any, bytes]:
     Go finds no JSON value either, `body` itself (None for the document) for the
     backend to answer with its own error."""
     try:
-        doc = decode(body)
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            doc = _read_as_go(body)
+        else:
+            if isinstance(doc, dict) and canonicalize(doc):
+                # Keys that are not canonical may repeat a field: read again, in
+                # Go's order (rare: orjson's reading serves every other body).
+                doc = _read_as_go(body)
     except NotJson:
         return None, body
     if isinstance(doc, dict):

@@ -18,6 +18,8 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy import go_json
 from proxy.auth import hash_key
@@ -324,3 +326,86 @@ def test_the_reading_matches_the_go_oracle() -> None:
             if oracle.get(key) is not None:
                 assert doc[key] == oracle[key], (body, key)
         assert doc.get("messages") == oracle.get("messages"), body
+
+
+# Bodies Go's decoder accepts and orjson does not, at random -------------------------
+
+SPELLINGS: dict[str, tuple[str, ...]] = {
+    "model": ("model", "Model", "MODEL", "mOdEl"),
+    "prompt": ("prompt", "Prompt", "PROMPT"),
+    "system": ("system", "System", "\u017fystem", "SY\u017fTEM"),
+    "suffix": ("suffix", "Suffix", "suff\u0131x"),
+    "think": ("think", "Think", "thin\u212a"),
+    "messages": ("messages", "Messages", "me\u017f\u017fages"),
+}
+MESSAGE_SPELLINGS: dict[str, tuple[str, ...]] = {
+    "role": ("role", "Role", "ROLE"),
+    "content": ("content", "Content", "CONTENT"),
+    "images": ("images", "Images", "\u0130mages"),
+}
+HOLE = "\ue000"  # becomes one of BROKEN in the body's bytes
+BROKEN = (b"\xff", b"\xc3", b"\xed\xa0\x80", b"\\ud800", b"\\udc00x", b"\xe2\x82\xac")
+TRAILING = (b"", b" x", b'\n{"model":"z"}', b"garbage\xff", b"]")
+texts = st.text(alphabet=st.sampled_from("ab \u00e9\U0001f642" + HOLE), max_size=6)
+
+
+def _members(draw: st.DrawFn, spellings: dict[str, tuple[str, ...]], values: Any) -> bytes:
+    """An object's members, some fields spelled twice or more, in any case."""
+    names = draw(st.lists(st.sampled_from(sorted(spellings)), max_size=7))
+    members = []
+    for name in names:
+        key = draw(st.sampled_from(spellings[name]))
+        members.append(orjson.dumps(key) + b":" + draw(values(name)))
+    return b"{" + b",".join(members) + b"}"
+
+
+def _message_value(name: str) -> st.SearchStrategy[bytes]:
+    if name == "images":
+        return st.lists(st.just("aW1n"), max_size=2).map(orjson.dumps)
+    if name == "role":
+        return st.sampled_from([b'"user"', b'"system"', b'"assistant"'])
+    return texts.map(orjson.dumps)
+
+
+@st.composite
+def _message_object(draw: st.DrawFn) -> bytes:
+    return _members(draw, MESSAGE_SPELLINGS, _message_value)
+
+
+@st.composite
+def _messages(draw: st.DrawFn) -> bytes:
+    return b"[" + b",".join(draw(st.lists(_message_object(), max_size=3))) + b"]"
+
+
+def _body_value(name: str) -> st.SearchStrategy[bytes]:
+    if name == "model":
+        return st.sampled_from([ALLOWED, FORBIDDEN, "auto"]).map(orjson.dumps)
+    if name == "think":
+        return st.sampled_from([b"true", b"false", b'"high"'])
+    if name == "messages":
+        return _messages()
+    return texts.map(orjson.dumps)
+
+
+@st.composite
+def go_bodies(draw: st.DrawFn) -> bytes:
+    body = _members(draw, SPELLINGS, _body_value)
+    while HOLE.encode() in body:
+        body = body.replace(HOLE.encode(), draw(st.sampled_from(BROKEN)), 1)
+    return body + draw(st.sampled_from(TRAILING))
+
+
+@given(go_bodies())
+@settings(max_examples=300, deadline=None)
+def test_the_backend_reads_what_the_proxy_read(body: bytes) -> None:
+    """Whatever the spelling, repetition, bytes and trailer: the body forwarded reads
+    to Go exactly as the proxy read it, and the scalar fields (the model first) are
+    those Go reads from the client's own bytes."""
+    try:
+        doc, forwarded = go_json.read(body)
+    except go_json.BodyError:
+        pytest.fail(f"refused a body Go reads: {body!r}")
+    assert doc == go_decode(forwarded)
+    sent = go_decode(body)
+    for name in ("model", "prompt", "system", "suffix", "think"):
+        assert doc.get(name) == sent.get(name), name
