@@ -96,12 +96,12 @@ def prompt_chars(doc: dict[str, Any], budget: int) -> int:
 
 def check_body(path: str, doc: dict[str, Any], limits: Limits) -> web.Response | None:
     """The number of messages and the prompt's length of a parsed inference body."""
-    messages = request_body.conversation(doc)
-    if limits.max_messages and messages is not None and len(messages) > limits.max_messages:
+    messages = request_body.entry_count(doc)
+    if limits.max_messages and messages is not None and messages > limits.max_messages:
         return error_response(
             path,
             400,
-            f"too many messages: {len(messages)} (limit {limits.max_messages})",
+            f"too many messages: {messages} (limit {limits.max_messages})",
         )
     limit = limits.max_prompt_chars
     if limit and prompt_chars(doc, limit) > limit:

@@ -394,8 +394,7 @@ def request_features(path: str, body: Mapping[str, Any]) -> list[float]:
     """Features of one request body (any shape `request_body` reads), in
     `REQUEST_FEATURES` order."""
     scan = _Scan()
-    entries = request_body.conversation(body)
-    n_messages = len(entries) if entries is not None else 0
+    n_messages = request_body.entry_count(body) or 0
     user_turns = 0
     system_chars = 0
     last_user = ""

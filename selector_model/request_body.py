@@ -38,19 +38,42 @@ IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
 Turn = tuple[str | None, str, bool]
 
 
-def conversation(doc: Mapping[str, Any]) -> list[Any] | None:
-    """The conversation's entries as sent (any type): `messages`, else a Responses
-    `input` list (whose strings, in an embedding request, are texts: see `fields`)."""
-    messages = doc.get("messages")
-    if isinstance(messages, list):
-        return messages
-    entries = doc.get("input")
-    return entries if isinstance(entries, list) else None
+def _lists(doc: Mapping[str, Any]) -> tuple[list[Any] | None, list[Any] | None]:
+    messages, items = doc.get("messages"), doc.get("input")
+    return (
+        messages if isinstance(messages, list) else None,
+        items if isinstance(items, list) else None,
+    )
+
+
+def entries(doc: Mapping[str, Any]) -> Iterator[Any]:
+    """The conversation's entries as sent (any type): `messages`, then the objects of
+    an `input` list (Responses items; an embedding request's strings are texts, see
+    `fields`). Both are read where both are sent: each API reads one of them, and what
+    either carries must count."""
+    messages, items = _lists(doc)
+    if messages is not None:
+        yield from messages
+    if items is not None:
+        for item in items:
+            if isinstance(item, dict):
+                yield item
+
+
+def entry_count(doc: Mapping[str, Any]) -> int | None:
+    """How many entries `entries` gives, None where the body has no conversation."""
+    messages, items = _lists(doc)
+    if messages is None and items is None:
+        return None
+    count = len(messages) if messages is not None else 0
+    if items is not None:
+        count += sum(1 for item in items if isinstance(item, dict))
+    return count
 
 
 def turns(doc: Mapping[str, Any]) -> Iterator[Turn]:
     """The conversation's objects, in order (entries that are not objects are skipped)."""
-    for entry in conversation(doc) or ():
+    for entry in entries(doc):
         if isinstance(entry, dict):
             role = entry.get("role")
             content = entry.get("content")
@@ -134,7 +157,7 @@ def texts(doc: Mapping[str, Any]) -> Iterator[str]:
             suffix.append(text)
         else:
             yield text
-    for entry in conversation(doc) or ():
+    for entry in entries(doc):
         if isinstance(entry, dict):
             content = entry.get("content")
             yield content if type(content) is str else turn(entry)[1]
@@ -259,7 +282,7 @@ def canonicalize(doc: dict[str, Any]) -> bool:
     system = doc.get("system")
     if type(system) is list:
         changed = _canonical_parts(system) | changed
-    entries = conversation(doc)
-    if entries is not None:
-        changed = _canonical_parts(entries) | changed
+    for conversation in _lists(doc):
+        if conversation is not None:
+            changed = _canonical_parts(conversation) | changed
     return changed

@@ -36,7 +36,7 @@ class Shape:
     suffix: str = ""
     thinks: bool = False
     max_output: float | None = None
-    entries: int | None = None  # the conversation's length
+    entries: int | None = None  # the conversation's length, None for none
 
 
 SHAPES: dict[str, Shape] = {
@@ -71,7 +71,7 @@ SHAPES: dict[str, Shape] = {
         entries=2,
     ),
     "ollama_think_false": Shape({"prompt": "P", "think": False}, ["P"]),
-    "ollama_embed": Shape({"input": ["a", "b"]}, ["a", "b"], entries=2),
+    "ollama_embed": Shape({"input": ["a", "b"]}, ["a", "b"], entries=0),
     "ollama_embeddings": Shape({"prompt": "a"}, ["a"]),
     "openai_chat": Shape(
         {
@@ -196,8 +196,8 @@ def test_the_reader_finds_what_each_shape_carries(name: str) -> None:
     assert request_body.suffix(doc) == shape.suffix
     assert request_body.thinks(doc) is shape.thinks
     assert request_body.max_output_tokens(doc) == shape.max_output
-    entries = request_body.conversation(doc)
-    assert (len(entries) if entries is not None else None) == shape.entries
+    assert request_body.entry_count(doc) == shape.entries
+    assert len(list(request_body.entries(doc))) == (shape.entries or 0)
     # The usage event hashes the same texts.
     assert prompt_text(orjson.dumps(doc)) == "\n".join(shape.texts)
 
@@ -300,6 +300,9 @@ OVER_THE_LIMITS = [
         {"input": [{"type": "function_call_output", "call_id": "c", "output": LONG}]},
     ),
     ("/v1/responses", 400, {"input": [{"role": "user", "content": "hi"}] * 4}),
+    # Each API reads one of `messages` and `input`: what either carries counts.
+    ("/v1/responses", 413, {"messages": [], "input": [{"role": "user", "content": LONG}]}),
+    ("/api/chat", 400, {"messages": [], "input": [{"role": "user", "content": "hi"}] * 4}),
 ]
 
 
@@ -310,6 +313,18 @@ async def test_limits_count_anthropic_and_responses_text(
     doc = {"model": "llama3.1:8b", "max_tokens": 8, **body}
     async with aiohttp.ClientSession() as http, http.post(limited.url + path, json=doc) as resp:
         assert resp.status == status
-        message = (await resp.json())["error"]["message"]
+        error = (await resp.json())["error"]
+    message = error["message"] if path.startswith("/v1/") else error
     expected = "prompt too long" if status == 413 else "too many messages"
     assert message.startswith(expected)
+
+
+async def test_an_embedding_batch_is_not_a_conversation(limited: Proxy) -> None:
+    doc = {"model": "nomic-embed-text", "input": ["a", "b", "c", "d", "e"]}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(limited.url + "/api/embed", json=doc) as resp:
+            assert resp.status == 200, await resp.text()
+            assert len((await resp.json())["embeddings"]) == 5
+        doc["input"] = ["x" * 60, "y" * 60]
+        async with http.post(limited.url + "/api/embed", json=doc) as resp:
+            assert resp.status == 413  # their text is prompt all the same
