@@ -107,7 +107,8 @@ def _parts(parts: list[Any], texts: list[str]) -> bool:
     for part in parts:
         if not isinstance(part, dict):
             continue
-        if part.get("type") in IMAGE_PARTS:
+        kind = part.get("type")
+        if type(kind) is str and kind in IMAGE_PARTS:
             images = True
         text = part.get("text")
         if isinstance(text, str):

@@ -183,6 +183,18 @@ SHAPES: dict[str, Shape] = {
         entries=4,
     ),
     "responses_string": Shape({"instructions": "I", "input": "hello"}, ["I", "hello"]),
+    "odd_parts": Shape(
+        {
+            "messages": [
+                {"role": 1, "content": [{"type": ["image"]}, {"text": 5, "content": "c"}, 7]},
+                {"role": "user", "content": None, "output": {"x": 1}},
+                "not an object",
+            ],
+            "system": [{"type": {}}, "s"],
+        },
+        ["", "c", ""],
+        entries=3,
+    ),
 }
 
 
