@@ -292,14 +292,14 @@ def _nested(depth: int) -> Any:
     return value
 
 
-@pytest.mark.parametrize("depth", [255, 300, 1100, 20_000])
+@pytest.mark.parametrize("depth", [255, 1100, 20_000])
 @pytest.mark.parametrize("model", ["auto", ALLOWED])
-@pytest.mark.parametrize("path", ["/api/chat", "/api/generate", "/v1/chat/completions"])
+@pytest.mark.parametrize("path", [*sorted(MODEL_ROUTED_PATHS), "/api/autoroute/explain"])
 async def test_a_deeply_nested_body_is_a_400(
     emulator: Emulator, proxy: Proxy, path: str, model: str, depth: int
 ) -> None:
     nested = b"[" * depth + b"1" + b"]" * depth
-    body = raw_body(path, b'"model":' + _quoted(model) + b',"format":' + nested)
+    body = b'{"model":' + _quoted(model) + b',"prompt":"hi","format":' + nested + b"}"
     async with aiohttp.ClientSession() as http, http.post(proxy.url + path, data=body) as resp:
         assert resp.status == 400
         assert resp.headers["Content-Type"].startswith("application/json")
