@@ -117,16 +117,6 @@ def _read_as_go(body: bytes) -> Any:
         raise BodyError(f"invalid JSON in request body: {exc}") from None
 
 
-def decode(body: bytes) -> Any:
-    """The first JSON value of `body`, read as Go's encoding/json reads it, keys as
-    sent. Raises `NotJson` where Go finds no JSON value either, `BodyError` where the
-    proxy cannot read the value as Go does."""
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return _read_as_go(body)
-
-
 def read(body: bytes) -> tuple[Any, bytes]:
     """The body's document as Ollama reads it, canonical (see the module's docstring),
     and what the proxy forwards in place of `body`: the document serialised, or, where

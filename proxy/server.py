@@ -34,7 +34,6 @@ from proxy.protocol import JSON, JSON_V1, MODEL_ADMIN_PATHS, MODEL_ROUTED_PATHS,
 from proxy.registry import Registry
 from proxy.relay import Outcome, Relay
 from proxy.usage import UsagePipeline, UsageRoutes
-from selector_model.request_body import canonicalize
 
 log = logging.getLogger("autoroute.server")
 
@@ -58,12 +57,11 @@ def model_of(body: bytes, fields: tuple[str, ...] = ("model",)) -> str | None:
     """The model a JSON body names as Ollama reads it (`go_json`), or None (the
     backend then answers its own error)."""
     try:
-        doc = go_json.decode(body)
+        doc, _ = go_json.read(body)
     except go_json.BodyError:
         return None
     if not isinstance(doc, dict):
         return None
-    canonicalize(doc)
     for name in fields:
         value = doc.get(name)
         if isinstance(value, str) and value:
