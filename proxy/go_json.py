@@ -113,8 +113,6 @@ def _read_as_go(body: bytes) -> Any:
     except (json.JSONDecodeError, _NotANumber):
         # json's grammar is Go's: Go refuses this body too.
         raise NotJson from None
-    except ValueError as exc:  # an integer of more digits than Python converts
-        raise BodyError(f"invalid JSON in request body: {exc}") from None
 
 
 def read(body: bytes) -> tuple[Any, bytes]:
@@ -123,17 +121,21 @@ def read(body: bytes) -> tuple[Any, bytes]:
     Go finds no JSON value either, `body` itself (None for the document) for the
     backend to answer with its own error."""
     try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
         try:
-            doc = orjson.loads(body)
-        except orjson.JSONDecodeError:
             doc = _read_as_go(body)
-        else:
-            if isinstance(doc, dict) and canonicalize(doc):
-                # Keys that are not canonical may repeat a field: read again, in
-                # Go's order (rare: orjson's reading serves every other body).
+        except NotJson:
+            return None, body
+    else:
+        if isinstance(doc, dict) and canonicalize(doc):
+            # Keys that are not canonical may repeat a field: read again, in Go's
+            # order (rare: orjson's reading serves every other body). orjson read
+            # it, so it is JSON: never forwarded as sent.
+            try:
                 doc = _read_as_go(body)
-    except NotJson:
-        return None, body
+            except NotJson:
+                raise BodyError("invalid JSON in request body") from None
     if isinstance(doc, dict):
         canonicalize(doc)
     try:
