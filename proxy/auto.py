@@ -22,7 +22,7 @@ from proxy.config import Config, Profile
 from proxy.experiments import assign
 from proxy.registry import Registry
 from selector_model import artifact as artifact_module
-from selector_model import features
+from selector_model import features, request_body
 from selector_model.features import Candidate
 from selector_model.policy import UNKNOWN_MARGIN, Decision, heuristic_p_success, pick, rank
 from selector_model.scorer import Scorer
@@ -60,37 +60,26 @@ def user_key(request: web.Request) -> str:
     return request.headers.get("X-Autoroute-User") or request.remote or ""
 
 
-def required_capabilities(doc: Mapping[str, Any]) -> tuple[str, ...]:
+# Ollama's Anthropic layer drops `thinking` for a model without it instead of failing.
+_RELAXED_THINKING = frozenset({"/v1/messages"})
+
+
+def required_capabilities(path: str, doc: Mapping[str, Any]) -> tuple[str, ...]:
+    """The capabilities a model needs to serve the request, as Ollama checks them."""
     needs: list[str] = []
-    if doc.get("tools"):
+    if request_body.tool_count(doc):
         needs.append("tools")
-    has_images = bool(doc.get("images"))
-    messages = doc.get("messages")
-    if not has_images and isinstance(messages, list):
-        for m in messages:
-            if not isinstance(m, dict):
-                continue
-            content = m.get("content")
-            if m.get("images") or (
-                isinstance(content, list)
-                and any(isinstance(p, dict) and p.get("type") == "image_url" for p in content)
-            ):
-                has_images = True
-                break
-    if has_images:
+    if request_body.has_images(doc):
         needs.append("vision")
-    if doc.get("suffix"):
+    if request_body.suffix(doc):
         needs.append("insert")
-    if doc.get("think") not in (None, False):
+    if path not in _RELAXED_THINKING and request_body.thinks(doc):
         needs.append("thinking")
     return tuple(needs)
 
 
 def _output_tokens(doc: Mapping[str, Any]) -> float:
-    options = doc.get("options") if isinstance(doc.get("options"), dict) else {}
-    assert isinstance(options, dict)
-    value = options.get("num_predict", doc.get("max_tokens"))
-    return float(value) if isinstance(value, int | float) and value > 0 else DEFAULT_OUTPUT_TOKENS
+    return request_body.max_output_tokens(doc) or DEFAULT_OUTPUT_TOKENS
 
 
 @dataclass(frozen=True)
@@ -145,7 +134,7 @@ class AutoRouter:
             profile = self.config.profiles.get(variant.profile, profile)
             pinned = normalize_model(variant.model) if variant.model else ""
         prompt_tokens = math.expm1(request[_LOG_TOKENS])
-        needs = required_capabilities(doc)
+        needs = required_capabilities(path, doc)
         default_model = self._profile(profile)[3]
         eligible = self._eligible_for(profile, key_models, needs, prompt_tokens)
         if not eligible.candidates:

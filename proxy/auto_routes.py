@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy import experiments
+from proxy import experiments, go_json
 from proxy.auth import KEY_REQUEST
 from proxy.auto import AUTO, AutoError, AutoRouter, profile_of, user_key
 from proxy.config import Usage
@@ -96,10 +96,11 @@ class AutoRoutes:
 
     async def explain(self, request: web.Request) -> web.StreamResponse:
         """The full ranking for a request body, without generating anything."""
+        # Read as the inference routes read a body, so that explain ranks what auto would.
         try:
-            doc = orjson.loads(await read_body(request, self.body_idle_seconds))
-        except orjson.JSONDecodeError as exc:
-            return error_response(request.path, 400, f"invalid JSON: {exc}")
+            doc, _ = go_json.read(await read_body(request, self.body_idle_seconds))
+        except go_json.BodyError as exc:
+            return error_response(request.path, 400, str(exc))
         if not isinstance(doc, dict):
             return error_response(request.path, 400, "expected a JSON object")
         model = doc.get("model") if isinstance(doc.get("model"), str) else AUTO

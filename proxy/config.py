@@ -69,9 +69,10 @@ class Limits:
     max_body_bytes: int = 64 * 1024 * 1024
     # All request header lines together (431 above it); also the longest single line.
     max_header_bytes: int = 64 * 1024
-    # Entries in `messages` (chat, /v1/chat/completions, /v1/messages); 0: no limit.
+    # Entries in `messages` (chat, /v1/chat/completions, /v1/messages) and Responses
+    # `input` items; 0: no limit.
     max_messages: int = 10_000
-    # Characters of prompt text (system, prompt, suffix, message contents); 0: no limit.
+    # Characters of prompt text (`selector_model.request_body.texts`); 0: no limit.
     max_prompt_chars: int = 4 * 1024 * 1024
     # Uploads (`/api/blobs`, `/api/create`) stream through and are not held in memory,
     # so they get their own, much larger bound.

@@ -16,12 +16,9 @@ from aiohttp import web
 
 from proxy.config import Limits
 from proxy.errors import error_response
+from selector_model import request_body
 
 HEAD_TOO_LARGE_BODY = b"431 Request Header Fields Too Large"
-
-# Fields whose text is prompt: Ollama's, OpenAI's (chat, completions, responses) and
-# Anthropic's. Images (base64) are not text and are not counted.
-PROMPT_FIELDS = ("system", "prompt", "suffix", "instructions", "input", "messages")
 
 
 class BodyTimeout(Exception):
@@ -86,44 +83,25 @@ def check_headers(request: web.Request, limits: Limits) -> web.Response | None:
     return None
 
 
-def _chars(value: Any, budget: int) -> int:
-    """Characters of text in a prompt value, counted until `budget` is exceeded."""
-    if isinstance(value, str):
-        return len(value)
-    total = 0
-    if isinstance(value, list):
-        for item in value:
-            total += _chars(item, budget - total)
-            if total > budget:
-                break
-    elif isinstance(value, dict):
-        content = value.get("content")
-        if isinstance(content, str | list):
-            total = _chars(content, budget)
-        elif isinstance(value.get("text"), str):
-            total = len(value["text"])
-    return total
-
-
 def prompt_chars(doc: dict[str, Any], budget: int) -> int:
+    """Characters of prompt text (`request_body.texts`: images are not text), counted
+    until `budget` is exceeded."""
     total = 0
-    for name in PROMPT_FIELDS:
-        value = doc.get(name)
-        if value is not None:
-            total += _chars(value, budget - total)
-            if total > budget:
-                break
+    for text in request_body.texts(doc):
+        total += len(text)
+        if total > budget:
+            break
     return total
 
 
 def check_body(path: str, doc: dict[str, Any], limits: Limits) -> web.Response | None:
     """The number of messages and the prompt's length of a parsed inference body."""
-    messages = doc.get("messages")
-    if limits.max_messages and isinstance(messages, list) and len(messages) > limits.max_messages:
+    messages = request_body.entry_count(doc)
+    if limits.max_messages and messages is not None and messages > limits.max_messages:
         return error_response(
             path,
             400,
-            f"too many messages: {len(messages)} (limit {limits.max_messages})",
+            f"too many messages: {messages} (limit {limits.max_messages})",
         )
     limit = limits.max_prompt_chars
     if limit and prompt_chars(doc, limit) > limit:

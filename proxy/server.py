@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy import header_values
+from proxy import go_json, header_values
 from proxy import limits as request_limits
 from proxy.auth import KEY_REQUEST, Access
 from proxy.auth_store import KeyStore
@@ -54,10 +54,11 @@ _REPLAYABLE_BYTES = 1024 * 1024
 
 
 def model_of(body: bytes, fields: tuple[str, ...] = ("model",)) -> str | None:
-    """The model a JSON body names, or None (the backend then answers its own error)."""
+    """The model a JSON body names as Ollama reads it (`go_json`), or None (the
+    backend then answers its own error)."""
     try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
+        doc, _ = go_json.read(body)
+    except go_json.BodyError:
         return None
     if not isinstance(doc, dict):
         return None
@@ -283,11 +284,13 @@ class Proxy:
 
     async def _model_routed(self, request: web.Request, outcome: Outcome) -> web.StreamResponse:
         """Requests whose body names the model: `auto` is decided and rewritten here."""
-        body = outcome.body = await self._read(request)
+        # What is checked is what the backend reads: the body as Ollama decodes it,
+        # forwarded in canonical form, never the client's bytes (see `go_json`).
         try:
-            doc = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            doc = None  # the backend answers malformed JSON with its own error
+            doc, body = go_json.read(await self._read(request))
+        except go_json.BodyError as exc:
+            return error_response(request.path, 400, str(exc))
+        outcome.body = body
         if isinstance(doc, dict):
             refused = request_limits.check_body(request.path, doc, self.config.limits)
             if refused is not None:

@@ -24,6 +24,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from selector_model import request_body
+
 SCHEMA_VERSION = 1
 SCAN_CHARS = 2048
 HINT_CHARS = 768
@@ -299,24 +301,6 @@ def feature_names(known_models: Sequence[str]) -> list[str]:
     return [*REQUEST_FEATURES, *CANDIDATE_FEATURES, *(f"model={m}" for m in known_models)]
 
 
-def _content_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # OpenAI content parts
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return ""
-
-
-def _has_images(message: Mapping[str, Any]) -> bool:
-    if message.get("images"):
-        return True
-    content = message.get("content")
-    return isinstance(content, list) and any(
-        isinstance(p, dict) and p.get("type") in ("image_url", "input_image", "image")
-        for p in content
-    )
-
-
 class _Scan:
     """The text of a request, bounded: its total size, and a sample that is the whole
     text when short, else its first and last `SCAN_CHARS` characters. Memory and work
@@ -407,38 +391,29 @@ def _language_hints(low: str, hits: frozenset[str], out: list[float]) -> None:
 
 
 def request_features(path: str, body: Mapping[str, Any]) -> list[float]:
-    """Features of one request body (Ollama native or OpenAI shape), in
+    """Features of one request body (any shape `request_body` reads), in
     `REQUEST_FEATURES` order."""
     scan = _Scan()
-    messages = body.get("messages")
-    n_messages = 0
+    n_messages = request_body.entry_count(body) or 0
     user_turns = 0
     system_chars = 0
     last_user = ""
     images = False
-    if isinstance(messages, list):
-        n_messages = len(messages)
-        for message in messages:
-            if not isinstance(message, dict):
-                continue
-            text = _content_text(message.get("content"))
-            role = message.get("role")
-            if role == "system":
-                system_chars += len(text)
-            elif role == "user":
-                user_turns += 1
-                last_user = text
-            images = images or _has_images(message)
-            scan.add(text)
-    for key in ("system", "prompt", "input", "suffix"):
-        value = body.get(key)
-        if isinstance(value, str):
-            if key == "system":
-                system_chars += len(value)
-            elif key in ("prompt", "input"):
-                last_user = value
-                user_turns = max(user_turns, 1)
-            scan.add(value)
+    for role, text, has_images in request_body.turns(body):
+        if role == "system":
+            system_chars += len(text)
+        elif role == "user":
+            user_turns += 1
+            last_user = text
+        images = images or has_images
+        scan.add(text)
+    for kind, text in request_body.fields(body):
+        if kind == "system":
+            system_chars += len(text)
+        elif kind == "prompt":
+            last_user = text
+            user_turns = max(user_turns, 1)
+        scan.add(text)
     images = images or bool(body.get("images"))
     sample = scan.sample()
     last = (
@@ -473,12 +448,10 @@ def request_features(path: str, body: Mapping[str, Any]) -> list[float]:
     options = body.get("options") if isinstance(body.get("options"), dict) else {}
     assert isinstance(options, dict)
     fmt = body.get("format") or body.get("response_format")
-    tools = body.get("tools") if isinstance(body.get("tools"), list) else []
-    assert isinstance(tools, list)
-    think = body.get("think")
+    tools = request_body.tool_count(body)
     temperature = options.get("temperature", body.get("temperature"))
     num_ctx = options.get("num_ctx")
-    num_predict = options.get("num_predict", body.get("max_tokens"))
+    num_predict = request_body.max_output_tokens(body)
 
     # Each text's counted characters, in one pass each (see `_all_but`).
     sample_kept = _utf8(sample).translate(None, _ALL_BUT_CODE_OR_NEWLINE)
@@ -511,20 +484,18 @@ def request_features(path: str, body: Mapping[str, Any]) -> list[float]:
         1.0 if _choices(low_last) >= 2 else 0.0,
         float(math_count),
         1.0 if tools else 0.0,
-        math.log1p(len(tools)),
+        math.log1p(tools),
         1.0 if images else 0.0,
         1.0
         if fmt == "json" or (isinstance(fmt, dict) and fmt.get("type") == "json_object")
         else 0.0,
         1.0 if isinstance(fmt, dict) and fmt.get("type") != "json_object" else 0.0,
-        1.0 if think not in (None, False) else 0.0,
-        1.0 if isinstance(body.get("suffix"), str) and body.get("suffix") else 0.0,
+        1.0 if request_body.thinks(body) else 0.0,
+        1.0 if request_body.suffix(body) else 0.0,
         1.0 if body.get("raw") is True else 0.0,
         float(temperature) if isinstance(temperature, int | float) else -1.0,
         math.log2(num_ctx) if isinstance(num_ctx, int | float) and num_ctx > 0 else 0.0,
-        math.log1p(num_predict)
-        if isinstance(num_predict, int | float) and num_predict > 0
-        else 0.0,
+        math.log1p(num_predict) if num_predict else 0.0,
         1.0 if path.endswith("/chat") or path.endswith("/chat/completions") else 0.0,
         1.0 if path.startswith("/v1/") else 0.0,
     )

@@ -25,6 +25,8 @@ BAD_BODIES = [
     ("/v1/chat/completions", b"{not json"),
     ("/v1/chat/completions", b'{"model": "qwen2.5:7b", "messages": 7}'),
     ("/v1/embeddings", b""),
+    ("/api/pull", b"{not json"),
+    ("/api/copy", b'{"source": "qwen2.5:7b", "destination": '),
 ]
 
 

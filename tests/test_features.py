@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from selector_model import features as F
+from selector_model import request_body
 
 
 def vector(path: str, body: dict[str, object]) -> dict[str, float]:
@@ -345,7 +346,7 @@ def _reference(path: str, body: Mapping[str, Any]) -> list[float]:
     messages = body.get("messages")
     for message in messages if isinstance(messages, list) else ():
         if isinstance(message, dict):
-            text = F._content_text(message.get("content"))
+            text = request_body.turn(message)[1]
             if message.get("role") == "user":
                 last_user = text
             scan.add(text)

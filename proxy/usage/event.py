@@ -19,6 +19,7 @@ import orjson
 from proxy import final_chunk, header_values
 from proxy.protocol import INFERENCE_PATHS
 from proxy.relay import Outcome
+from selector_model import request_body
 from selector_model.features import SCHEMA_VERSION
 
 # Requests that produce usage: those that run a model (not `/api/show`, which editors
@@ -66,22 +67,8 @@ def api_key_id(credential: str | None) -> str | None:
     return hashlib.sha256(header_values.utf8(token.strip())).hexdigest()[:16]
 
 
-def _texts(value: Any, out: list[str]) -> None:
-    """Collect the text of a prompt, messages list, or OpenAI/Anthropic content parts."""
-    if isinstance(value, str):
-        out.append(value)
-    elif isinstance(value, list):
-        for item in value:
-            _texts(item, out)
-    elif isinstance(value, dict):
-        if isinstance(value.get("content"), str | list):
-            _texts(value["content"], out)
-        elif isinstance(value.get("text"), str):
-            out.append(value["text"])
-
-
 def prompt_text(body: bytes | None) -> str | None:
-    """System, prompt, messages and input texts joined by newlines, in body order."""
+    """The prompt's texts (`request_body.texts`) joined by newlines."""
     if not body:
         return None
     try:
@@ -90,10 +77,7 @@ def prompt_text(body: bytes | None) -> str | None:
         return None
     if not isinstance(doc, dict):
         return None
-    parts: list[str] = []
-    for key in ("system", "prompt", "messages", "input"):
-        if key in doc:
-            _texts(doc[key], parts)
+    parts = list(request_body.texts(doc))
     return "\n".join(parts) if parts else None
 
 

@@ -1,0 +1,144 @@
+"""A model-routed request body read as Ollama reads it, and the body forwarded instead.
+
+Ollama decodes bodies with Go's encoding/json (gin's ShouldBindJSON), which differs from
+orjson where a client can exploit it: it matches keys to fields case-insensitively (the
+last match wins: `{"model": "a", "Model": "b"}` runs b), merges a repeated object-valued
+key into what an earlier one set, reads invalid UTF-8 in strings as U+FFFD (a lone
+surrogate escape too), and ignores the bytes after the first JSON value. Checking the
+body orjson reads while forwarding the bytes Go reads would let a client run what it
+was refused.
+
+So the proxy never forwards the client's bytes on these routes: `read` decodes the
+first value as Go does, makes the objects the proxy reads canonical (one key per Go
+field, `selector_model.request_body.canonicalize`) and forwards that document
+serialised. orjson's serialisation has no duplicate key, valid UTF-8 and nothing after
+the value, so the backend reads exactly what the proxy checked. A body that is no JSON
+to Go either goes as sent, with no model, for the backend to answer its own error; one
+the proxy cannot read as Go does (nested deeper than orjson reads or writes, a number
+beyond a double) is refused with a 400, as Ollama refuses what it cannot decode.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import re
+from typing import Any
+
+import orjson
+
+from selector_model.request_body import canonicalize
+
+
+class BodyError(Exception):
+    """The proxy cannot read the body as Ollama would: a 400 in Ollama's shape."""
+
+
+class NotJson(Exception):
+    """No JSON value, to Go's decoder either."""
+
+
+def _per_byte(error: UnicodeError) -> tuple[str, int]:
+    # Go's decoder replaces each byte of an invalid sequence (utf8.DecodeRune reads
+    # one byte of it at a time); Python's "replace" writes one U+FFFD per sequence.
+    assert isinstance(error, UnicodeDecodeError)
+    return "\ufffd" * (error.end - error.start), error.end
+
+
+codecs.register_error("autoroute-go-replace", _per_byte)
+
+# A \uXXXX surrogate escape that is not half of a pair; other escapes are matched whole
+# so that an escaped backslash is never read as the start of one.
+_ESCAPE = re.compile(
+    r"\\(?:u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+    r"|(u[dD][89a-fA-F][0-9a-fA-F]{2})|.)",
+    re.DOTALL,
+)
+_WHITESPACE = " \t\r\n"
+
+
+class _NotANumber(Exception):
+    """NaN or Infinity: no JSON to Go."""
+
+
+def _in_last_order(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose keys stand where each last appeared: Go assigns a field at each
+    of its keys in turn, so among the keys that fold alike the last one's value is what
+    Go keeps (orjson keeps an exact duplicate where it first appeared)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        out.pop(key, None)
+        out[key] = value
+    return out
+
+
+def _number(text: str) -> int | float:
+    """A number as orjson reads one: a 64-bit integer, else a double."""
+    if "." not in text and "e" not in text and "E" not in text and len(text) < 21:
+        value = int(text)
+        if -(2**63) <= value < 2**64:
+            return value
+    number = float(text)
+    if number in (float("inf"), float("-inf")):
+        raise BodyError(f"invalid JSON in request body: number {text[:40]} is beyond a double")
+    return number
+
+
+def _not_a_number(text: str) -> Any:
+    raise _NotANumber
+
+
+_GO_ORDER = json.JSONDecoder(
+    object_pairs_hook=_in_last_order,
+    parse_int=_number,
+    parse_float=_number,
+    parse_constant=_not_a_number,
+)
+
+
+def _lone_surrogate(match: re.Match[str]) -> str:
+    return "\\ufffd" if match.group(1) else match.group(0)
+
+
+def _read_as_go(body: bytes) -> Any:
+    """The first JSON value of `body` with Go's substitutions (U+FFFD for invalid
+    UTF-8 and lone surrogate escapes) and Go's order among repeated keys."""
+    text = body.decode("utf-8", "autoroute-go-replace").lstrip(_WHITESPACE)
+    if "\\" in text:
+        text = _ESCAPE.sub(_lone_surrogate, text)
+    try:
+        return _GO_ORDER.raw_decode(text)[0]
+    except RecursionError:
+        raise BodyError("request body is nested too deeply") from None
+    except (json.JSONDecodeError, _NotANumber):
+        # json's grammar is Go's: Go refuses this body too.
+        raise NotJson from None
+
+
+def read(body: bytes) -> tuple[Any, bytes]:
+    """The body's document as Ollama reads it, canonical (see the module's docstring),
+    and what the proxy forwards in place of `body`: the document serialised, or, where
+    Go finds no JSON value either, `body` itself (None for the document) for the
+    backend to answer with its own error."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        try:
+            doc = _read_as_go(body)
+        except NotJson:
+            return None, body
+    else:
+        if isinstance(doc, dict) and canonicalize(doc):
+            # Keys that are not canonical may repeat a field: read again, in Go's
+            # order (rare: orjson's reading serves every other body). orjson read
+            # it, so it is JSON: never forwarded as sent.
+            try:
+                doc = _read_as_go(body)
+            except NotJson:
+                raise BodyError("invalid JSON in request body") from None
+    if isinstance(doc, dict):
+        canonicalize(doc)
+    try:
+        return doc, orjson.dumps(doc)
+    except orjson.JSONEncodeError:  # orjson writes at most 254 levels
+        raise BodyError("request body is nested too deeply") from None

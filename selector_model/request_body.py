@@ -1,0 +1,289 @@
+"""The one reading of an inference request body: what it asks a model to read (prompt
+texts, images), what it asks the model to do (tools, fill-in-the-middle, thinking) and
+how much output it allows, across the shapes Ollama serves:
+
+- Ollama `/api/chat` and `/api/generate`: `messages[]{role, content, images}`, `prompt`,
+  `system`, `suffix`, `images`, `think`, `options.num_predict`;
+- `/api/embed`, `/api/embeddings`, `/v1/embeddings`: `input` (a string or strings),
+  `prompt`;
+- OpenAI chat and completions: `content` as parts (`text`, `image_url`), `prompt` as a
+  string or strings, `max_tokens`, `max_completion_tokens`, `reasoning_effort`,
+  `reasoning.effort`;
+- Anthropic `/v1/messages`: `system` as a string or text blocks, content blocks
+  (`text`, `image`, `tool_result` holding blocks), `thinking.type`;
+- Responses `/v1/responses`: `instructions`, `input` as a string or items (messages
+  with `input_text`, `output_text`, `input_image` parts; `function_call_output`),
+  `max_output_tokens`, `reasoning.effort`.
+
+The limits, the usage event, the selector's features and `auto`'s capability filter all
+read a body through here, so what one counts as prompt or image the others do too.
+
+Ollama decodes bodies with Go's encoding/json, which matches an object's keys to struct
+fields case-insensitively (the last match wins). `canonicalize` rewrites the objects read
+here the way Go reads them, so that reading them by exact key agrees with Go; the proxy
+forwards the canonical body, so the backend reads what was checked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+# Content parts that carry an image: OpenAI's, Responses', Anthropic's.
+IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
+
+
+# One entry of a conversation: its role, its text parts joined, whether it carries an
+# image. A plain tuple: a conversation may have thousands, read on every request.
+Turn = tuple[str | None, str, bool]
+
+
+def _lists(doc: Mapping[str, Any]) -> tuple[list[Any] | None, list[Any] | None]:
+    messages, items = doc.get("messages"), doc.get("input")
+    return (
+        messages if isinstance(messages, list) else None,
+        items if isinstance(items, list) else None,
+    )
+
+
+def entries(doc: Mapping[str, Any]) -> Iterator[Any]:
+    """The conversation's entries as sent (any type): `messages`, then the objects of
+    an `input` list (Responses items; an embedding request's strings are texts, see
+    `fields`). Both are read where both are sent: each API reads one of them, and what
+    either carries must count."""
+    messages, items = _lists(doc)
+    if messages is not None:
+        yield from messages
+    if items is not None:
+        for item in items:
+            if isinstance(item, dict):
+                yield item
+
+
+def entry_count(doc: Mapping[str, Any]) -> int | None:
+    """How many entries `entries` gives, None where the body has no conversation."""
+    messages, items = _lists(doc)
+    if messages is None and items is None:
+        return None
+    count = len(messages) if messages is not None else 0
+    if items is not None:
+        count += sum(1 for item in items if isinstance(item, dict))
+    return count
+
+
+def turns(doc: Mapping[str, Any]) -> Iterator[Turn]:
+    """The conversation's objects, in order (entries that are not objects are skipped)."""
+    for entry in entries(doc):
+        if isinstance(entry, dict):
+            role = entry.get("role")
+            content = entry.get("content")
+            if type(role) is str and type(content) is str:  # the common entry, inline
+                yield role, content, bool(entry.get("images"))
+            else:
+                yield turn(entry)
+
+
+def turn(entry: Mapping[str, Any]) -> Turn:
+    role = entry.get("role")
+    content = entry.get("content")
+    if isinstance(content, str):
+        text, images = content, False
+    elif isinstance(content, list):
+        pieces: list[str] = []
+        images = _parts(content, pieces)
+        text = "".join(pieces)
+    elif isinstance(entry.get("output"), str):  # a Responses function_call_output
+        text, images = entry["output"], False
+        role = role or "tool"
+    else:
+        text, images = "", False
+    return role if isinstance(role, str) else None, text, images or bool(entry.get("images"))
+
+
+def _parts(parts: list[Any], texts: list[str]) -> bool:
+    """Collects the text of content parts into `texts`; whether one is an image. A
+    part's text is its `text`; an Anthropic `tool_result` holds its own content."""
+    images = False
+    for part in parts:
+        if not isinstance(part, dict):
+            continue
+        kind = part.get("type")
+        if type(kind) is str and kind in IMAGE_PARTS:
+            images = True
+        text = part.get("text")
+        if isinstance(text, str):
+            texts.append(text)
+        else:
+            inner = part.get("content")
+            if isinstance(inner, str):
+                texts.append(inner)
+            elif isinstance(inner, list):
+                images = _parts(inner, texts) or images
+    return images
+
+
+def fields(doc: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    """The texts outside the conversation, as (kind, text): "system" (`system`, as a
+    string or text blocks, and `instructions`), "prompt" (`prompt` and an `input` of
+    strings, each string) and "suffix", in that order. Empty strings too."""
+    system = doc.get("system")
+    if isinstance(system, str):
+        yield "system", system
+    elif isinstance(system, list):
+        pieces: list[str] = []
+        _parts(system, pieces)
+        yield "system", "".join(pieces)
+    instructions = doc.get("instructions")
+    if isinstance(instructions, str):
+        yield "system", instructions
+    for name in ("prompt", "input"):
+        value = doc.get(name)
+        if isinstance(value, str):
+            yield "prompt", value
+        elif isinstance(value, list):
+            for item in value:
+                if isinstance(item, str):
+                    yield "prompt", item
+    suffix = doc.get("suffix")
+    if isinstance(suffix, str):
+        yield "suffix", suffix
+
+
+def texts(doc: Mapping[str, Any]) -> Iterator[str]:
+    """Every prompt text: the system texts, the prompts, the conversation's turns, the
+    suffix."""
+    suffix: list[str] = []
+    for kind, text in fields(doc):
+        if kind == "suffix":
+            suffix.append(text)
+        else:
+            yield text
+    for entry in entries(doc):
+        if isinstance(entry, dict):
+            content = entry.get("content")
+            yield content if type(content) is str else turn(entry)[1]
+    yield from suffix
+
+
+def has_images(doc: Mapping[str, Any]) -> bool:
+    return bool(doc.get("images")) or any(entry[2] for entry in turns(doc))
+
+
+def tool_count(doc: Mapping[str, Any]) -> int:
+    tools = doc.get("tools")
+    return len(tools) if isinstance(tools, list) else 0
+
+
+def suffix(doc: Mapping[str, Any]) -> str:
+    """The text after the insertion point (fill-in-the-middle), "" for none."""
+    value = doc.get("suffix")
+    return value if isinstance(value, str) else ""
+
+
+def thinks(doc: Mapping[str, Any]) -> bool:
+    """Whether the request asks the model to think: Ollama's `think` (true or a level),
+    OpenAI's `reasoning.effort` or `reasoning_effort` (but "none"), Anthropic's
+    `thinking.type` "enabled"."""
+    think = doc.get("think")
+    if think is not None:
+        return think not in (None, False)
+    reasoning = doc.get("reasoning")
+    effort = (reasoning.get("effort") if isinstance(reasoning, dict) else None) or doc.get(
+        "reasoning_effort"
+    )
+    if effort:
+        return bool(effort != "none")
+    thinking = doc.get("thinking")
+    return isinstance(thinking, dict) and thinking.get("type") == "enabled"
+
+
+# The output bound, by the first of these the body has.
+_OUTPUT_LIMITS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
+def max_output_tokens(doc: Mapping[str, Any]) -> float | None:
+    """The most tokens the request lets the model write (`options.num_predict`, else
+    `max_tokens`, `max_completion_tokens` or `max_output_tokens`), None for no bound."""
+    options = doc.get("options")
+    if isinstance(options, dict) and "num_predict" in options:
+        value = options["num_predict"]
+    else:
+        value = next((doc[name] for name in _OUTPUT_LIMITS if name in doc), None)
+    return float(value) if isinstance(value, int | float) and value > 0 else None
+
+
+# Go's encoding/json compares a key with a field's name after folding both: ASCII letters
+# to upper case, any other rune r to unicode.ToUpper(unicode.ToLower(r)). Of the runes
+# outside ASCII these four fold into ASCII letters, so into the fields' names.
+_GO_FOLDS_TO_ASCII = str.maketrans({"\u017f": "s", "\u212a": "k", "\u0130": "i", "\u0131": "i"})
+
+
+def _canonical_key(key: str) -> str:
+    """The spelling of `key` that names the same Go struct field: lower case (Ollama's
+    fields' JSON names are lower case). A key that folds to no ASCII name matches no
+    field and stays as it is."""
+    if key.isascii():
+        return key.lower()
+    folded = key.translate(_GO_FOLDS_TO_ASCII)
+    return folded.lower() if folded.isascii() else key
+
+
+# Keys that are their own canonical spelling, common enough that one set operation
+# (`_is_common`) clears most objects without a look at each key.
+_COMMON_KEYS = frozenset(
+    {"model", "messages", "prompt", "system", "suffix", "images", "stream", "options"}
+    | {"format", "tools", "think", "keep_alive", "raw", "input", "instructions", "max_tokens"}
+    | {"temperature", "top_p", "stop", "seed", "response_format", "reasoning_effort"}
+    | {"role", "content", "type", "text", "image_url", "source", "thinking", "tool_calls"}
+    | {"tool_call_id", "tool_name", "tool_use_id", "id", "name", "call_id", "output"}
+)
+_is_common = _COMMON_KEYS.issuperset
+
+
+def _canonical_object(obj: dict[str, Any]) -> bool:
+    """Rewrites `obj` in place so that it has one key per Go field, lower case, holding
+    the value Go decodes (the last among the keys that fold alike); whether it changed."""
+    if _is_common(obj) or all(key.isascii() and key == key.lower() for key in obj):
+        return False
+    items = list(obj.items())
+    obj.clear()
+    for key, value in items:
+        name = _canonical_key(key)
+        obj.pop(name, None)
+        obj[name] = value
+    return True
+
+
+def _canonical_parts(parts: list[Any]) -> bool:
+    """`_canonical_object` on each object of a content list, and on the content lists
+    those hold (an Anthropic `tool_result`)."""
+    changed = False
+    for part in parts:
+        if type(part) is dict:
+            if not _is_common(part):
+                changed = _canonical_object(part) | changed
+            inner = part.get("content")
+            if type(inner) is list:
+                changed = _canonical_parts(inner) | changed
+    return changed
+
+
+def canonicalize(doc: dict[str, Any]) -> bool:
+    """Rewrites, in place, the objects this module reads (the body, its `reasoning`,
+    `thinking` and `response_format`, the conversation's entries and their content
+    parts, the system blocks) as Go's decoder reads them (see `_canonical_object`);
+    whether anything changed. `options` stays as sent: Ollama reads it as a map, by
+    exact key. The common case, every key canonical, costs a set operation per object
+    (a conversation of thousands of messages is read this way on every request)."""
+    changed = _canonical_object(doc)
+    for name in ("reasoning", "thinking", "response_format"):
+        value = doc.get(name)
+        if isinstance(value, dict):
+            changed = _canonical_object(value) | changed
+    system = doc.get("system")
+    if type(system) is list:
+        changed = _canonical_parts(system) | changed
+    for conversation in _lists(doc):
+        if conversation is not None:
+            changed = _canonical_parts(conversation) | changed
+    return changed

@@ -1,0 +1,411 @@
+"""What the backend reads is what the proxy checked: bodies Go's encoding/json (Ollama)
+reads differently from orjson cannot carry a model past an API key's allow-list, nor a
+prompt past the limits, on any model-routed path; a body nested too deeply is a 400.
+
+The backend here is a front for the emulator that decodes each body as Go does (an
+oracle written independently of `proxy.go_json`), forwards what it read and records it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy import go_json
+from proxy.auth import hash_key
+from proxy.config import ApiKey, Auth, Limits
+from proxy.protocol import HOP_BY_HOP, MODEL_ROUTED_PATHS
+from tests.support import Emulator, Proxy, ServerThread, free_port
+
+USER = "k-only-qwen"
+ALLOWED, FORBIDDEN = "qwen2.5:7b", "llama3.1:8b"
+PROBE = "X-Probe"  # marks the test's requests (the registry's own are not recorded)
+
+TEMPLATES: dict[str, dict[str, Any]] = {
+    "/api/generate": {"prompt": "hi", "stream": False},
+    "/api/chat": {"messages": [{"role": "user", "content": "hi"}], "stream": False},
+    "/api/embed": {"input": "hi"},
+    "/api/embeddings": {"prompt": "hi"},
+    "/api/show": {},
+    "/v1/chat/completions": {"messages": [{"role": "user", "content": "hi"}]},
+    "/v1/completions": {"prompt": "hi"},
+    "/v1/embeddings": {"input": "hi"},
+    "/v1/messages": {"max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]},
+    "/v1/responses": {"input": "hi"},
+}
+assert set(TEMPLATES) == MODEL_ROUTED_PATHS
+
+
+# Go's encoding/json decoding into Ollama's request structs --------------------------
+
+
+def _go_fold(key: str) -> str:
+    # foldName: ASCII to upper case, other runes to ToUpper(ToLower(r)).
+    return key.replace("\u0130", "i").lower().upper()
+
+
+def _go_into(old: Any, new: Any) -> Any:
+    """Go decoding `new` into a value that already holds `old`: null leaves a string or
+    number as it was, an object fills a struct or map without clearing it, an array
+    decodes into the slice's existing elements and is cut to its own length."""
+    if new is None:
+        return old if isinstance(old, str | int | float | bool) else None
+    if isinstance(old, dict) and isinstance(new, dict):
+        merged = dict(old)
+        for key, value in new.items():
+            merged[key] = _go_into(merged[key], value) if key in merged else value
+        return merged
+    if isinstance(old, list) and isinstance(new, list):
+        return [_go_into(old[i], v) if i < len(old) else v for i, v in enumerate(new)]
+    return new
+
+
+def _go_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        name = _go_fold(key).lower()
+        out[name] = _go_into(out[name], value) if name in out else value
+    return out
+
+
+def _go_strings(value: Any) -> Any:
+    """Lone surrogates (json keeps those it reads from escapes) as U+FFFD."""
+    if isinstance(value, str):
+        return re.sub("[\ud800-\udfff]", "\ufffd", value)
+    if isinstance(value, list):
+        return [_go_strings(v) for v in value]
+    if isinstance(value, dict):
+        return {_go_strings(k): _go_strings(v) for k, v in value.items()}
+    return value
+
+
+def go_decode(body: bytes) -> Any:
+    """The first JSON value, invalid UTF-8 as U+FFFD, trailing bytes ignored."""
+    text = body.decode("utf-8", "replace").lstrip(" \t\r\n")
+    return _go_strings(json.JSONDecoder(object_pairs_hook=_go_object).raw_decode(text)[0])
+
+
+@dataclass
+class GoBackend:
+    """An HTTP front for the emulator that reads model-routed bodies as Ollama does."""
+
+    target: str
+    seen: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        return app
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        if request.method == "POST" and request.path in MODEL_ROUTED_PATHS:
+            try:
+                doc = go_decode(body)
+            except ValueError:
+                doc = None
+            if isinstance(doc, dict):
+                if PROBE in request.headers:
+                    self.seen.append((request.path, doc))
+                body = json.dumps(doc).encode()
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.request(
+                request.method, self.target + request.path_qs, data=body, headers=headers
+            ) as resp,
+        ):
+            return web.Response(
+                status=resp.status,
+                body=await resp.read(),
+                headers={"Content-Type": resp.headers.get("Content-Type", "")},
+            )
+
+    def models(self) -> set[Any]:
+        """The models the backend was asked to run or describe."""
+        return {
+            doc.get("model") or (doc.get("name") if path == "/api/show" else None)
+            for path, doc in self.seen
+        }
+
+
+@pytest.fixture
+def go_backend(servers: ServerThread, own_emulator: Emulator) -> Iterator[tuple[str, GoBackend]]:
+    backend = GoBackend(own_emulator.url)
+    port = free_port()
+    runner = servers.serve(backend.app, port)
+    yield f"http://127.0.0.1:{port}", backend
+    servers.stop(runner)
+
+
+def guarded_proxy(servers: ServerThread, url: str, limits: Limits | None = None) -> Proxy:
+    auth = Auth(keys=(ApiKey(sha256=hash_key(USER), name="one", models=(ALLOWED,)),))
+    return Proxy(servers, [url], auth=auth, limits=limits or Limits())
+
+
+async def post(url: str, path: str, body: bytes) -> tuple[int, str, bytes]:
+    headers = {"Authorization": f"Bearer {USER}", PROBE: "1"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(url + path, data=body, headers=headers) as resp,
+    ):
+        return resp.status, resp.headers.get("Content-Type", ""), await resp.read()
+
+
+def raw_body(path: str, lead: bytes, tail: bytes = b"", **extra: Any) -> bytes:
+    """The path's template with `lead` (raw members) first and `tail` after the value."""
+    rest = orjson.dumps({**TEMPLATES[path], **extra})[1:-1]
+    return b"{" + lead + (b"," + rest if rest else b"") + b"}" + tail
+
+
+def _quoted(model: str) -> bytes:
+    return orjson.dumps(model)
+
+
+BYPASSES: dict[str, bytes] = {
+    "case_variant": b'"model":' + _quoted(ALLOWED) + b',"Model":' + _quoted(FORBIDDEN),
+    "escaped_case_variant": (
+        b'"model":' + _quoted(ALLOWED) + b',"M\\u004fDEL":' + _quoted(FORBIDDEN)
+    ),
+    "duplicate": b'"model":' + _quoted(ALLOWED) + b',"model":' + _quoted(FORBIDDEN),
+    "invalid_utf8": b'"model":' + _quoted(FORBIDDEN) + b',"x":"\xff\xe2\x82"',
+    "lone_surrogate": b'"model":' + _quoted(FORBIDDEN) + b',"x":"\\ud800"',
+    "trailing_bytes": b'"model":' + _quoted(FORBIDDEN),
+}
+
+
+@pytest.mark.parametrize("path", sorted(MODEL_ROUTED_PATHS))
+async def test_no_body_runs_a_model_outside_the_keys_list(
+    servers: ServerThread, go_backend: tuple[str, GoBackend], path: str
+) -> None:
+    url, backend = go_backend
+    prx = guarded_proxy(servers, url)
+    try:
+        for name, lead in BYPASSES.items():
+            tail = b" x" if name == "trailing_bytes" else b""
+            status, content_type, answer = await post(prx.url, path, raw_body(path, lead, tail))
+            assert status in (403, 404), (name, status, answer)
+            assert content_type.startswith("application/json") and b"error" in answer, name
+        # The allowed model still goes through, in each of those spellings.
+        lead = b'"Model":' + _quoted(FORBIDDEN) + b',"MODEL":' + _quoted(ALLOWED)
+        status, _, answer = await post(prx.url, path, raw_body(path, lead, b" trailing"))
+        assert status not in (403, 404), answer
+    finally:
+        prx.stop()
+    assert backend.models() == {ALLOWED}
+
+
+def _go_prompt_chars(doc: dict[str, Any]) -> int:
+    total = sum(len(doc[k]) for k in ("prompt", "system") if isinstance(doc.get(k), str))
+    for message in doc.get("messages") or ():
+        if isinstance(message, dict) and isinstance(message.get("content"), str):
+            total += len(message["content"])
+    return total
+
+
+LIMITS = Limits(max_messages=2, max_prompt_chars=100)
+BIG = "x" * 500
+
+
+def _message(content: str | None = None) -> dict[str, str]:
+    return {"role": "user"} if content is None else {"role": "user", "content": content}
+
+
+def _chat(members: bytes) -> bytes:
+    """A chat body of the allowed model with these raw members (and no others)."""
+    return b'{"model":' + _quoted(ALLOWED) + b"," + members + b',"stream":false}'
+
+
+OVER_LIMITS: dict[str, tuple[str, bytes]] = {
+    # Go decodes the second array into the first one's elements: the content stays.
+    "duplicate_messages": (
+        "/api/chat",
+        _chat(
+            b'"messages":'
+            + orjson.dumps([_message(BIG)])
+            + b',"messages":'
+            + orjson.dumps([_message()])
+        ),
+    ),
+    "case_variant_messages": (
+        "/api/chat",
+        _chat(b'"Messages":' + orjson.dumps([_message("hi")] * 5)),
+    ),
+    "case_variant_content": (
+        "/api/chat",
+        _chat(b'"messages":[{"role":"user","content":"hi","Content":' + _quoted(BIG) + b"}]"),
+    ),
+    "long_s_system": (
+        "/api/chat",
+        _chat(b'"messages":[{"role":"user","content":"hi"}],"\xc5\xbfystem":' + _quoted(BIG)),
+    ),
+    "trailing_bytes": (
+        "/api/generate",
+        raw_body("/api/generate", b'"model":' + _quoted(ALLOWED), b" x", prompt=BIG),
+    ),
+    "invalid_utf8": (
+        "/api/generate",
+        raw_body("/api/generate", b'"model":' + _quoted(ALLOWED) + b',"x":"\xff"', prompt=BIG),
+    ),
+    "case_variant_prompt": (
+        "/api/generate",
+        raw_body("/api/generate", b'"model":' + _quoted(ALLOWED) + b',"PROMPT":' + _quoted(BIG)),
+    ),
+}
+
+
+async def test_limits_hold_for_what_the_backend_reads(
+    servers: ServerThread, go_backend: tuple[str, GoBackend]
+) -> None:
+    url, backend = go_backend
+    prx = guarded_proxy(servers, url, LIMITS)
+    try:
+        for name, (path, body) in OVER_LIMITS.items():
+            before = len(backend.seen)
+            status, _, answer = await post(prx.url, path, body)
+            if status in (400, 413):
+                assert b"too" in answer, (name, answer)  # "too many messages", "too long"
+                continue
+            (arrived,) = backend.seen[before:]
+            messages = arrived[1].get("messages") or ()
+            assert len(messages) <= LIMITS.max_messages, name
+            assert _go_prompt_chars(arrived[1]) <= LIMITS.max_prompt_chars, name
+    finally:
+        prx.stop()
+    assert backend.seen, "no body within the limits reached the backend"
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("depth", [255, 1100, 20_000])
+@pytest.mark.parametrize("model", ["auto", ALLOWED])
+@pytest.mark.parametrize("path", [*sorted(MODEL_ROUTED_PATHS), "/api/autoroute/explain"])
+async def test_a_deeply_nested_body_is_a_400(
+    emulator: Emulator, proxy: Proxy, path: str, model: str, depth: int
+) -> None:
+    nested = b"[" * depth + b"1" + b"]" * depth
+    body = b'{"model":' + _quoted(model) + b',"prompt":"hi","format":' + nested + b"}"
+    async with aiohttp.ClientSession() as http, http.post(proxy.url + path, data=body) as resp:
+        assert resp.status == 400
+        assert resp.headers["Content-Type"].startswith("application/json")
+        error = orjson.loads(await resp.read())["error"]
+    message = error["message"] if path.startswith("/v1/") else error
+    assert message == "request body is nested too deeply"
+
+
+def test_the_reading_matches_the_go_oracle() -> None:
+    """`go_json.read` reads the top level and the messages as the oracle does."""
+    bodies = [
+        b'{"model":"a","Model":"b","MODEL":"c"}',
+        b'{"model":"a"}  {"model":"b"}',
+        b'{"model":"a\xff","prompt":"\xc3"}',
+        b'{"\xc5\xbfystem":"s","System":"t","thin\xe2\x84\xaa":true}',
+        b'{"messages":[{"role":"user","Content":"x","content":"y","IMAGES":["z"]}]}',
+        b'{"model":"\\ud800\\udc00\\udbff","x":"\\\\ud800"}',
+    ]
+    for body in bodies:
+        doc, forwarded = go_json.read(body)
+        assert orjson.loads(forwarded) == doc
+        oracle = go_decode(body)
+        for key in ("model", "system", "prompt", "think"):
+            if oracle.get(key) is not None:
+                assert doc[key] == oracle[key], (body, key)
+        assert doc.get("messages") == oracle.get("messages"), body
+
+
+# Bodies Go's decoder accepts and orjson does not, at random -------------------------
+
+SPELLINGS: dict[str, tuple[str, ...]] = {
+    "model": ("model", "Model", "MODEL", "mOdEl"),
+    "prompt": ("prompt", "Prompt", "PROMPT"),
+    "system": ("system", "System", "\u017fystem", "SY\u017fTEM"),
+    "suffix": ("suffix", "Suffix", "suff\u0131x"),
+    "think": ("think", "Think", "thin\u212a"),
+    "messages": ("messages", "Messages", "me\u017f\u017fages"),
+}
+MESSAGE_SPELLINGS: dict[str, tuple[str, ...]] = {
+    "role": ("role", "Role", "ROLE"),
+    "content": ("content", "Content", "CONTENT"),
+    "images": ("images", "Images", "\u0130mages"),
+}
+HOLE = "\ue000"  # becomes one of BROKEN in the body's bytes
+BROKEN = (b"\xff", b"\xc3", b"\xed\xa0\x80", b"\\ud800", b"\\udc00x", b"\xe2\x82\xac")
+TRAILING = (b"", b" x", b'\n{"model":"z"}', b"garbage\xff", b"]")
+texts = st.text(alphabet=st.sampled_from("ab \u00e9\U0001f642" + HOLE), max_size=6)
+
+
+def _members(draw: st.DrawFn, spellings: dict[str, tuple[str, ...]], values: Any) -> bytes:
+    """An object's members, some fields spelled twice or more, in any case."""
+    names = draw(st.lists(st.sampled_from(sorted(spellings)), max_size=7))
+    members = []
+    for name in names:
+        key = draw(st.sampled_from(spellings[name]))
+        members.append(orjson.dumps(key) + b":" + draw(values(name)))
+    return b"{" + b",".join(members) + b"}"
+
+
+def _message_value(name: str) -> st.SearchStrategy[bytes]:
+    if name == "images":
+        return st.lists(st.just("aW1n"), max_size=2).map(orjson.dumps)
+    if name == "role":
+        return st.sampled_from([b'"user"', b'"system"', b'"assistant"'])
+    return texts.map(orjson.dumps)
+
+
+@st.composite
+def _message_object(draw: st.DrawFn) -> bytes:
+    return _members(draw, MESSAGE_SPELLINGS, _message_value)
+
+
+@st.composite
+def _messages(draw: st.DrawFn) -> bytes:
+    return b"[" + b",".join(draw(st.lists(_message_object(), max_size=3))) + b"]"
+
+
+def _body_value(name: str) -> st.SearchStrategy[bytes]:
+    if name == "model":
+        return st.sampled_from([ALLOWED, FORBIDDEN, "auto"]).map(orjson.dumps)
+    if name == "think":
+        return st.sampled_from([b"true", b"false", b'"high"'])
+    if name == "messages":
+        return _messages()
+    return texts.map(orjson.dumps)
+
+
+@st.composite
+def go_bodies(draw: st.DrawFn) -> bytes:
+    body = _members(draw, SPELLINGS, _body_value)
+    while HOLE.encode() in body:
+        body = body.replace(HOLE.encode(), draw(st.sampled_from(BROKEN)), 1)
+    return body + draw(st.sampled_from(TRAILING))
+
+
+@given(go_bodies())
+@settings(max_examples=300, deadline=None)
+def test_the_backend_reads_what_the_proxy_read(body: bytes) -> None:
+    """Whatever the spelling, repetition, bytes and trailer: the body forwarded reads
+    to Go exactly as the proxy read it, and the scalar fields (the model first) are
+    those Go reads from the client's own bytes."""
+    try:
+        doc, forwarded = go_json.read(body)
+    except go_json.BodyError:
+        pytest.fail(f"refused a body Go reads: {body!r}")
+    assert doc == go_decode(forwarded)
+    sent = go_decode(body)
+    for name in ("model", "prompt", "system", "suffix", "think"):
+        assert doc.get(name) == sent.get(name), name
