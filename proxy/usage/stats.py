@@ -110,7 +110,8 @@ class MemoryStats:
         # (ttfc_ms, total_ms, error, cancelled, eval_count, eval_duration, request_id),
         # windows ordered from the least recently used key.
         self.events: OrderedDict[Key, deque[tuple[Any, ...]]] = OrderedDict()
-        self.recent: OrderedDict[str, Key] = OrderedDict()
+        # The ids of the latest requests, oldest first: a rating is kept only for these.
+        self.recent: OrderedDict[str, None] = OrderedDict()
         self.ratings: dict[str, float] = {}
 
     def add(self, event: dict[str, Any]) -> None:
@@ -135,7 +136,7 @@ class MemoryStats:
         window.append((o["ttfc_ms"], o["total_ms"], error, o["cancelled"], ec, ed, rid))
         self.size += 1
         recent = self.recent
-        recent[rid] = key
+        recent[rid] = None
         while len(recent) > self.total:
             self.ratings.pop(recent.popitem(last=False)[0], None)
 
