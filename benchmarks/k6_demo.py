@@ -15,7 +15,10 @@ and every check held; a breached threshold makes this command exit non-zero.
 
 The soak runs every workload at once (`k6/soak.js`, 64 VUs) with slow readers beside
 it, after a one-minute warm-up of the same load, and compares the proxy's memory (RSS)
-at the end against its memory after the warm-up (target: within 10%).
+at the end against its memory after the warm-up (target: within 10%). It also prints
+the slope of RSS over the soak's last half (least squares over samples every 10 s,
+MiB per minute): memory that is levelling off shows a slope near 0 there, memory that
+keeps climbing does not.
 """
 
 from __future__ import annotations
@@ -122,6 +125,20 @@ class RssWatch(threading.Thread):
             self.samples.append((time.monotonic() - began, rss_kib(self.pid)))
 
 
+def rss_slope_mib_per_min(samples: list[tuple[float, int]]) -> float:
+    """Least-squares slope of (seconds, KiB) samples, in MiB per minute."""
+    if len(samples) < 2:
+        return 0.0
+    n = len(samples)
+    mean_t = sum(t for t, _ in samples) / n
+    mean_k = sum(k for _, k in samples) / n
+    var = sum((t - mean_t) ** 2 for t, _ in samples)
+    if var == 0:
+        return 0.0
+    cov = sum((t - mean_t) * (k - mean_k) for t, k in samples)
+    return cov / var * 60 / 1024
+
+
 def soak_phase(proxy: str, seconds: int, readers: int) -> tuple[int, dict[str, float], dict]:
     slow = subprocess.Popen(
         [
@@ -150,15 +167,20 @@ def soak(args: argparse.Namespace, proxy: str, proxy_pid: int) -> int:
     warm_rss = rss_kib(proxy_pid)
     print(HEADER)
     print(line("soak warm-up", "proxy", code, warm, f"slow readers {readers}"))
-    watch = RssWatch(proxy_pid, 60)
+    watch = RssWatch(proxy_pid, 10)
     watch.start()
     code2, summary, readers = soak_phase(proxy, args.soak_seconds, args.slow_readers)
     watch.done.set()
     end_rss = rss_kib(proxy_pid)
     print(line("soak", "proxy", code2, summary, f"slow readers {readers}"))
-    curve = ", ".join(f"{t:.0f}s {kib / 1024:.1f}" for t, kib in watch.samples)
+    curve = ", ".join(f"{t:.0f}s {kib / 1024:.1f}" for t, kib in watch.samples[5::6])
     growth = (end_rss - warm_rss) / warm_rss
-    print(f"proxy RSS MiB during the soak: {curve}")
+    print(f"proxy RSS MiB during the soak (each minute): {curve}")
+    last_half = [(t, kib) for t, kib in watch.samples if t >= args.soak_seconds / 2]
+    print(
+        f"proxy RSS slope over the soak's last half ({len(last_half)} samples): "
+        f"{rss_slope_mib_per_min(last_half):+.3f} MiB/min"
+    )
     print(
         f"proxy RSS: {warm_rss / 1024:.1f} MiB after warm-up, {end_rss / 1024:.1f} MiB at "
         f"the end: {growth * 100:+.1f}% (target within ±10%: "

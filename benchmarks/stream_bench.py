@@ -20,6 +20,7 @@ answers of 3 and of 41 chunks.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import shutil
 import subprocess
@@ -70,11 +71,24 @@ def wait_ready(port: int, path: str = "/api/version") -> None:
     raise RuntimeError(f"nothing listening on {port}")
 
 
+def state_home() -> str:
+    """The benchmark run's own XDG_STATE_HOME, removed at exit: a proxy started here
+    records usage there, never into the user's usage file (the one training reads)."""
+    global _STATE_HOME
+    if _STATE_HOME is None:
+        _STATE_HOME = tempfile.mkdtemp(prefix="autoroute-bench-state-")
+        atexit.register(shutil.rmtree, _STATE_HOME, True)
+    return _STATE_HOME
+
+
+_STATE_HOME: str | None = None
+
+
 def start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         args,
         cwd=ROOT,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, "XDG_STATE_HOME": state_home(), **(env or {})},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -209,8 +209,14 @@ class AutoRouter:
         key = (id(listed), id(profile), key_models, needs)
         entry = self._eligible.get(key)
         if entry is None:
-            if len(self._eligible) >= 256:
+            if len(self._eligible) >= 256 or not any(
+                cached[0] is listed for cached in self._eligible.values()
+            ):
+                # The registry makes a new list at each refresh: entries for an older
+                # one are never asked for again, nor the scorer's rows for its
+                # candidates.
                 self._eligible.clear()
+                self.scorer.forget_rows()
             entry = self._eligible[key] = (
                 listed,
                 profile,

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from proxy import config as config_module
 from proxy import keys_cli, logs
-from proxy.config import Backend, Config, ConfigError
+from proxy.config import Backend, Config, ConfigError, state_dir
 
 log = logging.getLogger("autoroute")
 
@@ -115,6 +115,25 @@ async def emulate(
     await _serve_forever([runner])
 
 
+def demo_config(config: Config) -> Config:
+    """The demo's configuration: its emulated backends, and usage events under its own
+    name (`$XDG_STATE_HOME/autoroute-demo/`), never into the file (or the databases)
+    that `serve` records real traffic in and training reads."""
+    own = state_dir("autoroute-demo") / "usage"
+    usage = dataclasses.replace(
+        config.usage,
+        file_path=str(own / "events.jsonl"),
+        spool_dir=str(own / "spool"),
+        postgres_dsn=None,
+        kafka_bootstrap=None,
+    )
+    return dataclasses.replace(
+        config,
+        backends=tuple(Backend(url=f"http://127.0.0.1:{p}", name=n) for n, p, _ in DEMO_BACKENDS),
+        usage=usage,
+    ).check()
+
+
 async def demo(config: Config) -> None:
     from proxy.emulator import EmulatorSettings
     from proxy.emulator import create_app as create_emulator
@@ -127,10 +146,7 @@ async def demo(config: Config) -> None:
         log.info(
             "emulated backend %s on http://127.0.0.1:%d with %s", name, port, ", ".join(models)
         )
-    config = dataclasses.replace(
-        config,
-        backends=tuple(Backend(url=f"http://127.0.0.1:{p}", name=n) for n, p, _ in DEMO_BACKENDS),
-    ).check()
+    config = demo_config(config)
     runners.append(
         await start_site(create_app(config), config.listen.host, config.listen.port, config)
     )
@@ -139,7 +155,8 @@ async def demo(config: Config) -> None:
         f"\nautoroute demo: proxy on {address} in front of two emulated Ollama backends.\n"
         f"  try:  OLLAMA_HOST={address} ollama list   (or)\n"
         f'        curl {address}/api/chat -d \'{{"model": "llama3.1:8b", '
-        f'"messages": [{{"role": "user", "content": "hello"}}]}}\'\n',
+        f'"messages": [{{"role": "user", "content": "hello"}}]}}\'\n'
+        f"  usage events: {config.usage.file_path}\n",
         file=sys.stderr,
     )
     await _serve_forever(runners)

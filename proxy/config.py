@@ -27,6 +27,24 @@ class ConfigError(ValueError):
     """A configuration that cannot work; the message says which key and why."""
 
 
+def state_dir(name: str = "autoroute") -> Path:
+    """Where files the proxy writes for itself live: `$XDG_STATE_HOME/<name>`, and
+    `~/.local/state/<name>` when XDG_STATE_HOME is unset or not absolute (as the XDG
+    base directory specification says). Read when a default is made, so a process
+    (a test run) that sets XDG_STATE_HOME first keeps every default path inside it."""
+    base = os.environ.get("XDG_STATE_HOME", "")
+    root = Path(base) if os.path.isabs(base) else Path.home() / ".local" / "state"
+    return root / name
+
+
+def _usage_file() -> str:
+    return str(state_dir() / "usage" / "events.jsonl")
+
+
+def _spool_dir() -> str:
+    return str(state_dir() / "usage" / "spool")
+
+
 @dataclass(frozen=True)
 class Listen:
     host: str = "127.0.0.1"
@@ -178,7 +196,7 @@ class Usage:
     # Local rotating JSONL file (training reads it). "auto": only when neither
     # PostgreSQL nor Kafka is configured; "always"; "off".
     file_mode: Literal["auto", "always", "off"] = "auto"
-    file_path: str = "~/.local/state/autoroute/usage/events.jsonl"
+    file_path: str = field(default_factory=_usage_file)
     file_max_bytes: int = 64 * 1024 * 1024
     file_backups: int = 10
     # Store the prompt text in events (its SHA-256 is always stored).
@@ -189,7 +207,7 @@ class Usage:
     flush_interval_seconds: float = 0.1
     # Events a sink may hold in memory while slow before they spill to its spool.
     sink_buffer: int = 20_000
-    spool_dir: str = "~/.local/state/autoroute/usage/spool"
+    spool_dir: str = field(default_factory=_spool_dir)
     spool_segment_bytes: int = 16 * 1024 * 1024
     fsync: Literal["always", "interval", "never"] = "interval"
     fsync_interval_seconds: float = 1.0

@@ -54,6 +54,12 @@ class Scorer:
         log.info("selector artifact %s loaded from %s", new.version, self.path)
         return True
 
+    def forget_rows(self) -> None:
+        """Drop the cached candidate rows (`_rows`): for a caller that knows the
+        candidate objects they were made for are gone for good."""
+        if self.artifact is not None:
+            self.artifact.rows.clear()
+
     def reload_if_changed(self) -> bool:
         stamp = self._file_stamp()
         if stamp is None or stamp == self._stamp:

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -7,6 +10,21 @@ import pytest
 from proxy.emulator import EmulatorSettings
 from tests.support import Emulator, Proxy, ServerThread
 from tests.test_usage_services import Database, database_on, postgres_base
+
+# The proxy's default paths (the usage file training reads, the spool) are under
+# XDG_STATE_HOME: pointed at a directory of the run's own before any test module is
+# imported, so no proxy made here (in-process, or a subprocess, which inherits it)
+# writes into the user's real files.
+STATE_HOME = tempfile.mkdtemp(prefix="autoroute-test-state-")
+os.environ["XDG_STATE_HOME"] = STATE_HOME
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_state_home() -> Iterator[None]:
+    os.environ["XDG_STATE_HOME"] = STATE_HOME  # again, should a test have changed it
+    yield
+    shutil.rmtree(STATE_HOME, ignore_errors=True)
+
 
 # Identical requests give byte-identical answers (fixed clock, computed durations), so
 # a response through the proxy can be compared with the direct one byte for byte.

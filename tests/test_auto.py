@@ -302,3 +302,26 @@ async def test_no_usable_backend_is_503_and_not_ready_while_health_stays_live(
 async def post_json(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     async with aiohttp.ClientSession() as session, session.post(url, json=body) as resp:
         return resp.status, orjson.loads(await resp.read())
+
+
+async def test_filter_and_row_caches_hold_only_the_registry_list_in_use(tmp_path: Path) -> None:
+    """Each health check's refresh makes a new candidate list; what was cached for the
+    lists before it is dropped, not kept until a size cap."""
+    config = Config(
+        backends=(Backend(url="http://127.0.0.1:9"),), selector=selector(tmp_path, artifact="")
+    )
+    pool = BackendPool(config)
+    registry = Registry(pool)
+    auto = AutoRouter(config, pool, registry)
+    assert auto.scorer.reload()  # the shipped artifact: its rows cache is in use
+    show = {"capabilities": ["completion", "tools"], "model_info": {"x.context_length": 8192}}
+    models = {n: model_info(n, {}, show) for n in ("llama3.1:8b", "qwen2.5:7b", "mistral:7b")}
+    pool.states[0].models = frozenset(models)
+    for _ in range(1000):
+        registry.set_models(dict(models))  # what each refresh does
+        auto.decide("/api/chat", chat("auto"), "best")
+        auto.decide("/api/chat", chat("auto", tools=TOOLS), "fast")
+    assert len(auto._eligible) == 2  # one per (profile, needs) of the current list
+    artifact = auto.scorer.artifact
+    assert artifact is not None
+    assert 1 <= len(artifact.rows) <= 2

@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import dataclasses
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from proxy import config
+from proxy.cli import demo_config
 from proxy.config import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,3 +109,42 @@ def test_bad_configuration_names_the_key(tmp_path: Path, text: str, message: str
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
         config.load(path, environ={})
+
+
+def test_default_usage_paths_follow_xdg_state_home(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", "/srv/state")
+    assert config.Usage().file_path == "/srv/state/autoroute/usage/events.jsonl"
+    assert config.Usage().spool_dir == "/srv/state/autoroute/usage/spool"
+    for unset in ("", "relative/dir"):  # the XDG specification ignores a relative one
+        monkeypatch.setenv("XDG_STATE_HOME", unset)
+        assert config.state_dir() == Path.home() / ".local" / "state" / "autoroute"
+
+
+def test_tests_never_write_into_the_real_usage_file() -> None:
+    """The run's own state directory (tests/conftest.py) holds every default path:
+    in-process proxies and subprocesses alike, with or without config.yaml."""
+    state_home = Path(os.environ["XDG_STATE_HOME"]).resolve()
+    assert state_home.is_relative_to(Path(tempfile.gettempdir()).resolve())
+    real = Path.home() / ".local" / "state" / "autoroute"
+    for cfg in (config.Config(), config.load(ROOT / "config.yaml", environ={})):
+        for path in (cfg.usage.file_path, cfg.usage.spool_dir):
+            resolved = Path(path).expanduser().resolve()
+            assert resolved.is_relative_to(state_home), path
+            assert not resolved.is_relative_to(real), path
+
+
+def test_the_demo_records_usage_apart_from_serve() -> None:
+    served = config.load(ROOT / "config.yaml", environ={})
+    served = dataclasses.replace(
+        served,
+        usage=dataclasses.replace(
+            served.usage, postgres_dsn="postgresql://db/autoroute", kafka_bootstrap="k:9092"
+        ),
+    )
+    demo = demo_config(served)
+    serve_dir = Path(served.usage.file_path).parent
+    for path in (demo.usage.file_path, demo.usage.spool_dir):
+        assert not Path(path).is_relative_to(serve_dir), path
+    assert demo.usage.file_path != served.usage.file_path
+    # Nor into the databases real traffic is recorded in.
+    assert demo.usage.postgres_dsn is None and demo.usage.kafka_bootstrap is None

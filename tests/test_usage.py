@@ -8,6 +8,7 @@ import hashlib
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
@@ -16,6 +17,7 @@ import pytest
 
 from proxy.config import Usage
 from proxy.usage.spool import Spool
+from proxy.usage.stats import MAX_KEYS, MemoryStats
 from tests.support import Emulator, Proxy, ServerThread, free_port
 from tests.test_usage_services import read_bytes, wait_for
 
@@ -198,3 +200,36 @@ async def test_shutdown_with_the_database_down_spills_what_is_left(
     lines, _ = spool.read(10)
     assert all(orjson.loads(line[1:])["outcome"]["status"] == 200 for line in lines)
     spool.close()
+
+
+def _event(n: int, model: str, backend: str | None = "gpu-a") -> dict[str, Any]:
+    outcome = {
+        "status": 200,
+        "error": None,
+        "cancelled": False,
+        "ttfc_ms": 1.0,
+        "total_ms": 2.0,
+        "eval_count": 10,
+        "eval_duration": 1_000_000,
+    }
+    return {"request_id": f"r{n}", "served_model": model, "backend": backend, "outcome": outcome}
+
+
+def test_memory_stats_stay_within_their_caps_whatever_the_model_names() -> None:
+    """A client naming a new model on every request (each answered 404 with its own
+    served_model) must not add a window per request; a busy model keeps its window."""
+    stats = MemoryStats(window=100)
+    for n in range(100_000):
+        model = "llama3.1:8b" if n % 2 else f"no-such-model-{n}"
+        stats.add(_event(n, model))
+        stats.rate(f"r{n}", 1.0)
+    assert len(stats.events) <= MAX_KEYS
+    assert sum(len(w) for w in stats.events.values()) == stats.size <= stats.total
+    assert len(stats.recent) <= stats.total and len(stats.ratings) <= stats.total
+    busy = stats.events[("llama3.1:8b", "gpu-a")]
+    assert len(busy) == 100 and busy[-1][6] == "r99999"
+    rated = {e[6] for w in stats.events.values() for e in w}
+    assert set(stats.ratings) <= rated  # a rating leaves with its event
+    summary = {e["served_model"]: e for e in stats.summary()}
+    assert summary["llama3.1:8b"]["requests"] == 100
+    assert summary["llama3.1:8b"]["ratings"] == {"count": 100, "mean": 1.0}

@@ -239,3 +239,84 @@ async def test_sigkill_then_restart_replays_the_spool(
         await asyncio.to_thread(proc.wait, 20)
         if broker is not None:
             broker.stop()
+
+
+def _spooled_ids(spool: Path) -> list[str]:
+    """Request ids of the usage records in a sink's spool segments, as on disk now."""
+    ids: list[str] = []
+    for segment in sorted(spool.glob("*.seg")):
+        for line in segment.read_bytes().split(b"\n")[:-1]:  # a torn tail has no newline
+            if line[:1] == b"u":
+                ids.append(orjson.loads(line[1:])["request_id"])
+    return ids
+
+
+async def test_a_failing_sink_spools_each_flush_so_sigkill_loses_nothing_spooled(
+    own_emulator: Emulator, database: Database, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    dead_dsn = f"postgresql://postgres@127.0.0.1:{free_port()}/x"  # nothing listens
+    # A retry an hour away: an event of the down sink that is not on disk by the time
+    # the test looks is one that waits in memory, which a SIGKILL loses.
+    slow_retry = {
+        "AUTOROUTE_USAGE__RETRY_BACKOFF_SECONDS": "3600",
+        "AUTOROUTE_USAGE__RETRY_BACKOFF_MAX_SECONDS": "3600",
+        "AUTOROUTE_USAGE__FLUSH_INTERVAL_SECONDS": "0.1",
+    }
+    proc = _serve_postgres(port, own_emulator.url, spool, dead_dsn, slow_retry)
+    try:
+        sent: list[str] = []
+        await _traffic(url, 1, sent)  # the first write fails: the sink is known down
+
+        async def on_disk(n: int) -> bool:
+            return len(await asyncio.to_thread(_spooled_ids, spool / "postgres")) >= n
+
+        await wait_for(lambda: on_disk(1), what="the first event in the spool")
+        await _traffic(url, 199, sent, concurrency=8)
+        await wait_for(lambda: on_disk(len(sent)), seconds=60, what="every event on disk")
+        proc.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(proc.wait)
+        spooled = _spooled_ids(spool / "postgres")
+        assert sorted(spooled) == sorted(sent)  # each once: none spilled twice
+
+        proc = _serve_postgres(port, own_emulator.url, spool, database.dsn, {})
+
+        async def replayed() -> bool:
+            stats = await _counters(url)
+            sink = stats["sinks"]["postgres"]
+            return bool(sink["replayed"] >= len(sent) and sink["spool_pending"] == 0)
+
+        await wait_for(replayed, what="the spool to be replayed into PostgreSQL")
+        rows = await database.fetch("SELECT request_id FROM usage_events")
+        assert sorted(r[0] for r in rows) == sorted(sent)  # every one, exactly once
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(proc.wait, 20)
+
+
+def _serve_postgres(
+    port: int, backend: str, spool: Path, dsn: str, extra: dict[str, str]
+) -> subprocess.Popen[bytes]:
+    """`autoroute serve` with PostgreSQL as its only usage sink."""
+    env = {
+        **os.environ,
+        "AUTOROUTE_CONFIG": "/dev/null",
+        "AUTOROUTE_LISTEN__PORT": str(port),
+        "AUTOROUTE_BACKENDS": backend,
+        "AUTOROUTE_LOGGING__ACCESS": "false",
+        "AUTOROUTE_USAGE__POSTGRES_DSN": dsn,
+        "AUTOROUTE_USAGE__FILE_MODE": "off",
+        "AUTOROUTE_USAGE__SPOOL_DIR": str(spool),
+        **extra,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proxy.cli", "serve"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_port(port)
+    return proc

@@ -1,6 +1,11 @@
 """One background writer per sink: batches from memory, spills to its spool when the
 sink is slow or down, and replays the spool in order once the sink answers again.
 
+While a sink is failing, what the dispatcher hands over goes to the spool at once
+rather than waiting in memory for the next retry: what a SIGKILL can lose is then
+what the dispatcher had not handed over yet (at most `flush_interval_seconds` of
+events) and a batch whose write was in flight.
+
 Order: while the spool holds anything, new records go behind it on disk, so replay
 keeps arrival order. The one exception: a batch whose write fails after newer records
 already spilled (the sink was slow and the buffer overflowed meanwhile) lands behind
@@ -99,9 +104,13 @@ class SinkRunner:
             self._wake.set()  # a spool left by a crash (or a stop) is replayed first
 
     async def accept(self, records: list[Record]) -> None:
+        """Called by the dispatcher every `flush_interval_seconds` at most. While the
+        sink is failing (or a spool waits to be replayed) the records go to disk now,
+        not to the buffer: a retry may be `retry_backoff_max_seconds` away, and a
+        SIGKILL meanwhile would lose whatever waits in memory."""
         self.counters.queued += len(records)
         self.buffer.extend(records)
-        if len(self.buffer) >= self.settings.sink_buffer:
+        if self._failing or self.spool.pending or len(self.buffer) >= self.settings.sink_buffer:
             await self._spill(self._take_all())
         self._wake.set()
 

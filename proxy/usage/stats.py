@@ -97,42 +97,75 @@ def _percentile(values: list[float], q: float) -> float | None:
     return values[low] + (values[high] - values[low]) * (pos - low)
 
 
+# Keys (served model, backend) held at once: the model is the client's own name for a
+# request no backend knows, so without a cap a client naming a new model each time
+# would add a window per request.
+MAX_KEYS = 64
+
+
 class MemoryStats:
     """The last `window` events per (served model, backend), and the ratings of the
-    most recent requests (by id) so feedback can be attributed to a model."""
+    most recent requests (by id) so feedback can be attributed to a model.
+
+    Bounded: at most MAX_KEYS keys and `window * 4` events in all. Past either, the
+    key used least recently gives up its oldest events (all of them, for a new key),
+    so busy models keep full windows while names seen once drop out."""
 
     def __init__(self, window: int) -> None:
         self.window = window
-        # (ttfc_ms, total_ms, error, cancelled, eval_count, eval_duration, request_id)
-        self.events: dict[Key, deque[tuple[Any, ...]]] = {}
-        self.recent: OrderedDict[str, Key] = OrderedDict()
+        self.total = window * 4
+        self.size = 0  # events in all windows
+        # (ttfc_ms, total_ms, error, cancelled, eval_count, eval_duration, request_id),
+        # windows ordered from the least recently used key.
+        self.events: OrderedDict[Key, deque[tuple[Any, ...]]] = OrderedDict()
+        # The ids of the latest requests, oldest first: a rating is kept only for these.
+        self.recent: OrderedDict[str, None] = OrderedDict()
         self.ratings: dict[str, float] = {}
         # Client ids of recent requests, to the proxy ids of the requests that carried
         # them (feedback may name either; see FEEDBACK_JOIN).
         self.client_ids: OrderedDict[str, list[str]] = OrderedDict()
 
     def add(self, event: dict[str, Any]) -> None:
-        key = (event["served_model"], event["backend"])
+        key: Key = (event["served_model"], event["backend"])
         o = event["outcome"]
-        window = self.events.get(key)
+        events = self.events
+        window = events.get(key)
         if window is None:
-            window = self.events[key] = deque(maxlen=self.window)
+            while len(events) >= MAX_KEYS:
+                self._drop(next(iter(events)), self.window)
+            window = events[key] = deque(maxlen=self.window)
+        else:
+            events.move_to_end(key)
         if len(window) == window.maxlen:
-            self.ratings.pop(window[0][6], None)
+            self.ratings.pop(window.popleft()[6], None)
+            self.size -= 1
+        elif self.size >= self.total:
+            self._drop(next(iter(events)), 1)
         error = o["status"] >= 400 or o["status"] == 0 or o["error"] is not None
         ec, ed = o.get("eval_count"), o.get("eval_duration")
         rid = event["request_id"]
         window.append((o["ttfc_ms"], o["total_ms"], error, o["cancelled"], ec, ed, rid))
-        self.recent[rid] = key
-        while len(self.recent) > self.window * 4:
-            self.recent.popitem(last=False)
+        self.size += 1
+        recent = self.recent
+        recent[rid] = None
+        while len(recent) > self.total:
+            self.ratings.pop(recent.popitem(last=False)[0], None)
         client_id = event.get("client_request_id")
         if client_id:
             carried = self.client_ids.pop(client_id, [])
             carried.append(rid)
             self.client_ids[client_id] = carried[-self.window :]
-            while len(self.client_ids) > self.window * 4:
+            while len(self.client_ids) > self.total:
                 self.client_ids.popitem(last=False)
+
+    def _drop(self, key: Key, count: int) -> None:
+        """The oldest `count` events of `key`'s window; the key too once it is empty."""
+        window = self.events[key]
+        for _ in range(min(count, len(window))):
+            self.ratings.pop(window.popleft()[6], None)
+            self.size -= 1
+        if not window:
+            del self.events[key]
 
     def rate(self, request_id: str, rating: float) -> None:
         for rid in (request_id, *self.client_ids.get(request_id, ())):
