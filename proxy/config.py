@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from selector_model.catalog import AREAS, SPECIALTIES
+
 ENV_PREFIX = "AUTOROUTE_"
 
 
@@ -148,6 +150,32 @@ class Experiment:
 
 
 @dataclass(frozen=True)
+class ModelEntry:
+    """What a user says about one of their models (`selector.models`), for models the
+    catalogue does not list or describes wrongly (selector_model/catalog)."""
+
+    # A catalogue model this one is like: its knowledge is copied, the fields below win.
+    like: str = ""
+    family: str = ""
+    params_b: float = 0.0
+    active_params_b: float = 0.0
+    # Any of code, math, vision, reasoning, tools, embedding.
+    specialties: tuple[str, ...] = ()
+    released: str = ""  # YYYY-MM
+    context_length: int = 0
+    # Scores in [0, 1] by area: knowledge, reasoning, math, code, instruction.
+    areas: dict[str, float] = field(default_factory=dict)
+
+    def given(self) -> dict[str, Any]:
+        """The fields set, as `Catalog.with_overrides` takes them."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) != f.default and not (f.name == "areas" and not self.areas)
+        }
+
+
+@dataclass(frozen=True)
 class Selector:
     # The ONNX artifact (its metadata is the .json beside it); "" is the one shipped
     # with the package, in selector_model/artifacts/.
@@ -168,6 +196,8 @@ class Selector:
     # A/B experiments by name; a user (API key, X-Autoroute-User header, or client
     # address) always lands in the same variant.
     experiments: dict[str, Experiment] = field(default_factory=dict)
+    # The user's own models described for `auto`, by name (see ModelEntry).
+    models: dict[str, ModelEntry] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -276,6 +306,8 @@ class Config:
             if key.id in seen:
                 raise ConfigError(f"auth.keys: the name {key.id!r} is used twice")
             seen.add(key.id)
+        for name, entry in self.selector.models.items():
+            _check_model_entry(name, entry)
         if self.auth.postgres_dsn and self.auth.refresh_seconds <= 0:
             raise ConfigError("auth.refresh_seconds: must be above 0 with auth.postgres_dsn")
         for backend in self.backends:
@@ -289,6 +321,20 @@ class Config:
                     f"{self.listen.host}:{self.listen.port}; it would forward to itself"
                 )
         return self
+
+
+def _check_model_entry(name: str, entry: ModelEntry) -> None:
+    at = f"selector.models.{name}"
+    for area, score in entry.areas.items():
+        if area not in AREAS:
+            raise ConfigError(f"{at}.areas: unknown area {area!r} (one of {list(AREAS)})")
+        if not 0.0 <= score <= 1.0:
+            raise ConfigError(f"{at}.areas.{area}: {score} is not a score in [0, 1]")
+    for specialty in entry.specialties:
+        if specialty not in SPECIALTIES:
+            raise ConfigError(
+                f"{at}.specialties: unknown {specialty!r} (one of {list(SPECIALTIES)})"
+            )
 
 
 def _is_own_address(host: str, listen_host: str) -> bool:
@@ -337,7 +383,10 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         _, item_type = get_args(hint)
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping")
-        return {str(k): _coerce(item_type, v or {}, f"{where}.{k}") for k, v in value.items()}
+        return {
+            str(k): _coerce(item_type, {} if v is None else v, f"{where}.{k}")
+            for k, v in value.items()
+        }
     if origin is tuple:
         (item,) = get_args(hint)[:1]
         if isinstance(value, str):

@@ -35,8 +35,16 @@ UNKNOWN_SIZE_UNCERTAINTY = 0.2
 # The least uncertainty of a model placed by its neighbours.
 PLACED_FLOOR = 0.1
 _GUESSED_SIZE_B = 7.0
-# Specialties that change what a model is good at (tools does not, much).
-_MAJOR = frozenset({"code", "math", "reasoning", "vision"})
+# How far apart a difference in one specialty puts two models. Code, math and
+# reasoning training changes what a model is good at; a vision encoder changes its text
+# ability little; tool calling not at all; an embedding model is another kind of model.
+_SPECIALTY_WEIGHT = {
+    "code": 0.75,
+    "math": 0.75,
+    "reasoning": 0.75,
+    "vision": 0.25,
+    "embedding": 10.0,
+}
 _OVERRIDE_FIELDS = frozenset(
     {
         "like",
@@ -94,12 +102,12 @@ def _distance(probe: _Probe, other: ModelKnowledge) -> float:
     if probe.family and probe.family == other.family:
         family = 0.0
     elif probe.arch and probe.arch == other.arch:
-        family = 0.5
+        family = 0.75
     else:
-        family = 1.0
-    major = len((probe.specialties ^ other.specialties) & _MAJOR)
-    embedding = ("embedding" in probe.specialties) != ("embedding" in other.specialties)
-    return size + family + 0.75 * major + (10.0 if embedding else 0.0)
+        family = 1.5
+    differ = probe.specialties ^ other.specialties
+    specialty = sum(_SPECIALTY_WEIGHT.get(s, 0.0) for s in differ)
+    return size + family + specialty
 
 
 def _probe_of(entry: ModelKnowledge) -> _Probe:
