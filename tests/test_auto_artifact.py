@@ -252,7 +252,7 @@ async def test_the_proxys_own_usage_events_train_a_selector(
     assert all(ex.weight == pytest.approx(2.0) for ex in examples)  # propensity 1/2
     artifact = train(events, tmp_path / "artifact")
     meta = orjson.loads(artifact.with_suffix(".json").read_bytes())
-    assert sorted(meta["known_models"]) == sorted([CODER, GENERAL])
+    assert sorted(meta["trained_on"]) == sorted([CODER, GENERAL])
 
 
 def test_scorer_rows_are_the_feature_rows(artifacts: tuple[Path, Path]) -> None:
@@ -270,7 +270,7 @@ def test_scorer_rows_are_the_feature_rows(artifacts: tuple[Path, Path]) -> None:
         features.Candidate(GENERAL, family="llama", params_b=8.0, loaded=True),
         features.Candidate("unseen:3b", params_b=3.0),
     ]
-    expected = np.asarray(features.rows(request, candidates, art.known_models), dtype=np.float32)
+    expected = np.asarray(features.rows(request, candidates), dtype=np.float32)
     assert np.array_equal(Scorer.batch(art, request, candidates), expected)
 
 
@@ -332,5 +332,5 @@ def test_train_from_the_events_the_proxy_wrote_to_postgres(
         )
         assert cli.run_train(args) == 0
         meta = orjson.loads((out / "selector.json").read_bytes())
-        assert sorted(meta["known_models"]) == sorted([CODER, GENERAL])
+        assert sorted(meta["trained_on"]) == sorted([CODER, GENERAL])
         assert meta["training"]["sources"][0]["kind"] == "postgres"

@@ -101,7 +101,7 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Deduplicated LLMRouter test split: {ev['prompts']} prompts "
         f"({ev['dropped_test_prompts']} dropped because they occur in train). "
-        f"Known models: {', '.join(report['known_models'])}.",
+        f"Trained on: {', '.join(report['trained_on'])} (the artifact knows no model by name).",
         "",
         "## Targets",
         "",
