@@ -28,6 +28,8 @@ from selector_model.features import params_from
 
 DEFAULT_PATH = Path(__file__).with_name("models.yaml")
 NEIGHBOURS = 3
+# How fast a neighbour's weight falls with its distance beyond the nearest one's.
+KERNEL_WIDTH = 0.3
 # Uncertainty of an area score mapped from another benchmark of the area.
 MAPPED_UNCERTAINTY = 0.1
 # Uncertainty added when a model's size is neither declared nor written in its name.
@@ -108,6 +110,13 @@ def _distance(probe: _Probe, other: ModelKnowledge) -> float:
     differ = probe.specialties ^ other.specialties
     specialty = sum(_SPECIALTY_WEIGHT.get(s, 0.0) for s in differ)
     return size + family + specialty
+
+
+def _weights(nearest: list[tuple[float, ModelKnowledge]]) -> list[float]:
+    """Weights of neighbours by distance: the nearest counts most, and one twice as far
+    away (a whole family or specialty further) little."""
+    closest = nearest[0][0]
+    return [math.exp(-(gap - closest) / KERNEL_WIDTH) for gap, _ in nearest]
 
 
 def _probe_of(entry: ModelKnowledge) -> _Probe:
@@ -393,7 +402,7 @@ class Catalog:
         spread: dict[str, float] = {}
         for area in AREAS:
             areas[area], spread[area], _ = self._impute(probe, area, exclude="")
-        weights = [1.0 / (0.15 + d) for d, _ in nearest]
+        weights = _weights(nearest)
         released = sum(w * e.released for w, (_, e) in zip(weights, nearest, strict=True)) / sum(
             weights
         )
@@ -448,8 +457,7 @@ class Catalog:
             return 0.0, 1.0, []
         slope = self._slopes.get(area, 0.0)
         total = value = spread = 0.0
-        for gap, entry in nearest:
-            weight = 1.0 / (0.15 + gap)
+        for weight, (gap, entry) in zip(_weights(nearest), nearest, strict=True):
             shift = slope * math.log2(probe.size_b / entry.effective_params_b)
             value += weight * (self._published[entry.name][area] + shift)
             spread += weight * gap
@@ -631,16 +639,38 @@ def _size_slopes(
     return slopes
 
 
+_ENTRY_FIELDS = frozenset(
+    {
+        "name",
+        "aliases",
+        "latest",
+        "family",
+        "arch",
+        "params_b",
+        "active_params_b",
+        "specialties",
+        "released",
+        "context_length",
+        "scores",
+        "sources",
+        "note",
+    }
+)
+
+
 def _entry(
     name: str, item: Mapping[str, Any], areas: Mapping[str, float], where: str
 ) -> ModelKnowledge:
     at = f"{where}: {name}"
+    unknown = set(item) - _ENTRY_FIELDS
+    if unknown:
+        raise CatalogError(f"{at}: unknown field(s) {sorted(unknown)}")
     try:
         params = float(item["params_b"])
         specialties = frozenset(str(s) for s in item.get("specialties") or ())
-        unknown = specialties - set(SPECIALTIES)
-        if unknown:
-            raise CatalogError(f"{at}: unknown specialties {sorted(unknown)}")
+        strange = specialties - set(SPECIALTIES)
+        if strange:
+            raise CatalogError(f"{at}: unknown specialties {sorted(strange)}")
         return ModelKnowledge(
             name=name,
             family=str(item["family"]),
