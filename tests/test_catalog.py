@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from proxy import config
 from proxy.config import ConfigError
-from selector_model.catalog import AREAS, Catalog, CatalogError, ModelKnowledge
+from selector_model.catalog import AREAS, DEFAULT_PATH, Catalog, CatalogError, ModelKnowledge
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -258,3 +259,46 @@ def test_config_selector_models_feed_the_overrides(tmp_path: Path, catalog: Cata
     bad.write_text("selector: {models: {m: {areas: {coding: 0.5}}}}\n")
     with pytest.raises(ConfigError, match="unknown area"):
         config.load(bad, environ={})
+
+
+def test_every_library_name_has_one_latest_tag(catalog: Catalog) -> None:
+    bases = {entry.name.split(":")[0] for entry in catalog.entries()}
+    for base in bases:
+        assert catalog.resolve(base) is not None, f"{base}:latest names no entry"
+        assert catalog.resolve(base + ":latest") == catalog.resolve(base)
+
+
+def test_placement_predicts_held_out_models_better_than_the_catalogue_mean() -> None:
+    """Leave one model out, place it by family, size and specialties, and compare its
+    imputed areas with its published ones (every third model with published numbers)."""
+    data = yaml.safe_load(DEFAULT_PATH.read_text())
+    full = Catalog.from_data(data)
+    placed_error: list[float] = []
+    mean_error: list[float] = []
+    held_out = [
+        item
+        for item in data["models"]
+        if full.sources(item["name"]) and "embedding" not in (item.get("specialties") or ())
+    ][::3]
+    assert len(held_out) >= 15
+    for item in held_out:
+        rest = Catalog.from_data(
+            {**data, "models": [m for m in data["models"] if m["name"] != item["name"]]}
+        )
+        spec = {
+            "family": item["family"],
+            "params_b": item["params_b"],
+            "specialties": item.get("specialties") or [],
+        }
+        placed = rest.with_overrides({"held-out:latest": spec}).lookup(
+            "held-out", {"family": item.get("arch", "")}
+        )
+        others = [e for e in rest.entries() if "embedding" not in e.specialties]
+        published = full.lookup(item["name"])
+        for area in AREAS:
+            if published.area_uncertainty[area] > 0.1:
+                continue  # not published for this model either
+            mean = sum(e.areas[area] for e in others) / len(others)
+            placed_error.append(abs(placed.areas[area] - published.areas[area]))
+            mean_error.append(abs(mean - published.areas[area]))
+    assert sum(placed_error) < 0.75 * sum(mean_error)

@@ -13,6 +13,7 @@ the distance of those neighbours is the uncertainty the result carries.
 
 from __future__ import annotations
 
+import heapq
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -85,6 +86,10 @@ class _Probe:
     size_b: float
     specialties: frozenset[str]
 
+    @property
+    def log_size(self) -> float:
+        return math.log2(max(self.size_b, 1e-3))
+
 
 def parse_released(value: Any) -> float:
     """`2024-09` (or a year as a number) as a fractional year: 2024.667."""
@@ -99,16 +104,18 @@ def parse_released(value: Any) -> float:
     return round(int(match.group(1)) + (month - 1) / 12, 3)
 
 
-def _distance(probe: _Probe, other: ModelKnowledge) -> float:
-    size = 0.5 * abs(math.log2(max(probe.size_b, 1e-3) / max(other.effective_params_b, 1e-3)))
+def _distance(probe: _Probe, log_size: float, other: _Probe, other_log_size: float) -> float:
+    size = 0.5 * abs(log_size - other_log_size)
     if probe.family and probe.family == other.family:
         family = 0.0
     elif probe.arch and probe.arch == other.arch:
         family = 0.75
     else:
         family = 1.5
-    differ = probe.specialties ^ other.specialties
-    specialty = sum(_SPECIALTY_WEIGHT.get(s, 0.0) for s in differ)
+    specialty = 0.0
+    if probe.specialties != other.specialties:
+        for name in probe.specialties ^ other.specialties:
+            specialty += _SPECIALTY_WEIGHT.get(name, 0.0)
     return size + family + specialty
 
 
@@ -151,13 +158,17 @@ class Catalog:
         self._overrides = dict(overrides or {})
         self._measured = dict(measured or {})
         self._cache: dict[tuple[Any, ...], ModelKnowledge] = {}
+        self._indexed: dict[str, ModelKnowledge] | None = None
+        self._probes: list[tuple[ModelKnowledge, _Probe, float]] = []
 
     # -- loading ---------------------------------------------------------------
 
     @classmethod
     def load(cls, path: Path | None = None) -> Catalog:
         path = DEFAULT_PATH if path is None else Path(path)
-        data = yaml.safe_load(path.read_text())
+        # The C loader, when PyYAML has it, reads the catalogue several times faster.
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        data = yaml.load(path.read_text(), Loader=loader)
         if not isinstance(data, Mapping):
             raise CatalogError(f"{path}: expected a mapping at the top level")
         return cls.from_data(data, where=str(path))
@@ -437,15 +448,27 @@ class Catalog:
     def _nearest(
         self, probe: _Probe, usable: Any, exclude: str = ""
     ) -> list[tuple[float, ModelKnowledge]]:
-        ranked = sorted(
+        log_size = probe.log_size
+        return heapq.nsmallest(
+            NEIGHBOURS,
             (
-                (_distance(probe, entry), entry)
-                for entry in self._entries.values()
+                (_distance(probe, log_size, other, other_log_size), entry)
+                for entry, other, other_log_size in self._index()
                 if entry.name != exclude and usable(entry)
             ),
             key=lambda pair: (pair[0], pair[1].name),
         )
-        return ranked[:NEIGHBOURS]
+
+    def _index(self) -> list[tuple[ModelKnowledge, _Probe, float]]:
+        """Each entry with its probe, built once per set of entries."""
+        if self._indexed is not self._entries:
+            self._probes = [
+                (entry, probe, probe.log_size)
+                for entry in self._entries.values()
+                for probe in (_probe_of(entry),)
+            ]
+            self._indexed = self._entries
+        return self._probes
 
     def _impute(self, probe: _Probe, area: str, exclude: str) -> tuple[float, float, list[str]]:
         """(score, uncertainty, neighbours) of one area from the nearest entries that
