@@ -196,6 +196,8 @@ class Selector:
     # A/B experiments by name; a user (API key, X-Autoroute-User header, or client
     # address) always lands in the same variant.
     experiments: dict[str, Experiment] = field(default_factory=dict)
+    # The model catalogue (a models.yaml); "" is the one shipped in selector_model/catalog/.
+    catalog: str = ""
     # The user's own models described for `auto`, by name (see ModelEntry).
     models: dict[str, ModelEntry] = field(default_factory=dict)
 

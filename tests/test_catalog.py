@@ -302,3 +302,15 @@ def test_placement_predicts_held_out_models_better_than_the_catalogue_mean() -> 
             placed_error.append(abs(placed.areas[area] - published.areas[area]))
             mean_error.append(abs(mean - published.areas[area]))
     assert sum(placed_error) < 0.75 * sum(mean_error)
+
+
+def test_config_names_a_catalogue_file_to_load(tmp_path: Path) -> None:
+    shipped = config.load(ROOT / "config.yaml", environ={}).selector.catalog
+    assert shipped == ""
+    own = tmp_path / "models.yaml"
+    own.write_text(DEFAULT_PATH.read_text().replace("name: qwen2.5:7b\n", "name: qwen2.5:7b-own\n"))
+    cfg = config.load(None, environ={"AUTOROUTE_SELECTOR__CATALOG": str(own)})
+    loaded = Catalog.load(Path(cfg.selector.catalog) if cfg.selector.catalog else None)
+    assert loaded.resolve("qwen2.5:7b-own") == "qwen2.5:7b-own"
+    # The shipped catalogue reads the unknown tag as a variant of qwen2.5:7b.
+    assert Catalog.load().resolve("qwen2.5:7b-own") == "qwen2.5:7b"
