@@ -31,8 +31,12 @@ DEFAULT_PATH = Path(__file__).with_name("models.yaml")
 NEIGHBOURS = 3
 # How fast a neighbour's weight falls with its distance beyond the nearest one's.
 KERNEL_WIDTH = 0.3
-# Uncertainty of an area score mapped from another benchmark of the area.
-MAPPED_UNCERTAINTY = 0.1
+# Uncertainty of an area score mapped from another benchmark of the area, before the
+# mapping's own error is added.
+MAPPED_UNCERTAINTY = 0.05
+# A benchmark is mapped onto its area's scale only when it explains this share of the
+# scale's variance over the models that report both.
+MIN_FIT = 0.3
 # Uncertainty added when a model's size is neither declared nor written in its name.
 UNKNOWN_SIZE_UNCERTAINTY = 0.2
 # The least uncertainty of a model placed by its neighbours.
@@ -489,10 +493,10 @@ class Catalog:
         return score, min(1.0, 0.2 + 0.3 * spread / total), [e.name for _, e in nearest]
 
     def _complete(
-        self, entry: ModelKnowledge, published: Mapping[str, float], mapped: Iterable[str]
+        self, entry: ModelKnowledge, published: Mapping[str, float], mapped: Mapping[str, float]
     ) -> ModelKnowledge:
-        """A catalogue entry with its unpublished areas imputed from its neighbours."""
-        mapped = set(mapped)
+        """A catalogue entry with its unpublished areas imputed from its neighbours;
+        `mapped` holds the uncertainty of areas read from another benchmark."""
         areas: dict[str, float] = {}
         spread: dict[str, float] = {}
         used: list[str] = []
@@ -502,7 +506,7 @@ class Catalog:
                 areas[area], spread[area] = 0.0, 0.0
             elif area in published:
                 areas[area] = published[area]
-                spread[area] = MAPPED_UNCERTAINTY if area in mapped else 0.0
+                spread[area] = mapped.get(area, 0.0)
             else:
                 areas[area], spread[area], near = self._impute(
                     _probe_of(entry), area, exclude=entry.name
@@ -579,62 +583,78 @@ def _read_scores(
     return scores, found
 
 
+@dataclass(frozen=True)
+class _Line:
+    """How one benchmark maps onto its area's scale, and how far off that mapping was
+    on the models that report both (root-mean-square residual)."""
+
+    intercept: float
+    slope: float
+    error: float
+
+    def __call__(self, value: float) -> float:
+        return min(1.0, max(0.0, self.intercept + self.slope * value))
+
+
 def _calibrate(
     scores: Mapping[str, Mapping[str, float]],
     benchmarks: Mapping[str, str],
     same_scale: Mapping[str, str],
-) -> tuple[dict[str, dict[str, float]], dict[str, set[str]]]:
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
     """Per entry, one score per area on the area's scale (its first benchmark); other
     benchmarks of the area are mapped onto it by a line fitted over the entries that
-    report both (a ratio when fewer than three do), or taken as they are when declared
-    on the same scale (a subset of it). Also returns which areas came from a mapped
-    benchmark."""
+    report both, or taken as they are when declared on the same scale (a subset of it).
+    A benchmark that predicts the scale poorly is not mapped (the area is imputed
+    instead). Also returns, per entry, the uncertainty of each mapped area."""
     scale: dict[str, str] = {}
     for bench, area in benchmarks.items():
         scale.setdefault(area, bench)
-    lines: dict[str, tuple[float, float]] = {}
+    lines: dict[str, _Line] = {}
     for bench, area in benchmarks.items():
         if bench == scale[area]:
             continue
         if same_scale.get(bench) == scale[area]:
-            lines[bench] = (0.0, 1.0)
+            lines[bench] = _Line(0.0, 1.0, 0.0)
             continue
         pairs = [
             (s[bench], s[scale[area]]) for s in scores.values() if bench in s and scale[area] in s
         ]
-        lines[bench] = _fit(pairs)
+        line = _fit(pairs)
+        if line is not None:
+            lines[bench] = line
     areas: dict[str, dict[str, float]] = {}
-    mapped: dict[str, set[str]] = {}
+    mapped: dict[str, dict[str, float]] = {}
     for name, own in scores.items():
-        areas[name], mapped[name] = {}, set()
+        areas[name], mapped[name] = {}, {}
         for area, canonical in scale.items():
             if canonical in own:
                 areas[name][area] = own[canonical]
                 continue
-            others = [
-                lines[b][0] + lines[b][1] * v
-                for b, v in own.items()
-                if benchmarks[b] == area and b in lines and lines[b][1] > 0
-            ]
-            if others:
-                areas[name][area] = min(1.0, max(0.0, sum(others) / len(others)))
-                mapped[name].add(area)
+            used = [(lines[b], v) for b, v in own.items() if benchmarks[b] == area and b in lines]
+            if used:
+                areas[name][area] = sum(line(v) for line, v in used) / len(used)
+                error = sum(line.error for line, _ in used) / len(used)
+                mapped[name][area] = min(0.5, MAPPED_UNCERTAINTY + 2.0 * error)
     return areas, mapped
 
 
-def _fit(pairs: list[tuple[float, float]]) -> tuple[float, float]:
-    """(intercept, slope) of y on x; a ratio through 0 for fewer than three pairs or a
-    degenerate fit; (0, 0) (unusable) without pairs."""
-    if not pairs:
-        return 0.0, 0.0
+def _fit(pairs: list[tuple[float, float]]) -> _Line | None:
+    """The least-squares line of y on x, or None when there are fewer than three pairs
+    or x explains less than MIN_FIT of y's variance."""
+    if len(pairs) < 3:
+        return None
     mean_x = sum(x for x, _ in pairs) / len(pairs)
     mean_y = sum(y for _, y in pairs) / len(pairs)
-    var = sum((x - mean_x) ** 2 for x, _ in pairs)
-    if len(pairs) >= 3 and var > 1e-6:
-        slope = sum((x - mean_x) * (y - mean_y) for x, y in pairs) / var
-        if slope > 0:
-            return mean_y - slope * mean_x, slope
-    return 0.0, (mean_y / mean_x if mean_x > 0 else 0.0)
+    var_x = sum((x - mean_x) ** 2 for x, _ in pairs)
+    var_y = sum((y - mean_y) ** 2 for _, y in pairs)
+    if var_x <= 1e-9 or var_y <= 1e-9:
+        return None
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in pairs) / var_x
+    intercept = mean_y - slope * mean_x
+    residual = sum((y - intercept - slope * x) ** 2 for x, y in pairs)
+    if slope <= 0 or 1.0 - residual / var_y < MIN_FIT:
+        return None
+    return _Line(intercept, slope, math.sqrt(residual / len(pairs)))
 
 
 def _size_slopes(
