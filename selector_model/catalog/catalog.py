@@ -31,6 +31,8 @@ DEFAULT_PATH = Path(__file__).with_name("models.yaml")
 NEIGHBOURS = 3
 # How fast a neighbour's weight falls with its distance beyond the nearest one's.
 KERNEL_WIDTH = 0.3
+# The size trend moves a neighbour's score by at most this many doublings of size.
+MAX_DOUBLINGS = 3.0
 # Uncertainty added when a model's size is neither declared nor written in its name.
 UNKNOWN_SIZE_UNCERTAINTY = 0.2
 # The least uncertainty of a model placed by its neighbours.
@@ -122,6 +124,17 @@ def _weights(nearest: list[tuple[float, ModelKnowledge]]) -> list[float]:
     away (a whole family or specialty further) little."""
     closest = nearest[0][0]
     return [math.exp(-(gap - closest) / KERNEL_WIDTH) for gap, _ in nearest]
+
+
+def _along_trend(score: float, slope: float, doublings: float) -> float:
+    """A neighbour's score moved to another size: `slope` per doubling at mid-range,
+    applied on the logit scale so that it flattens near 0 and 1 (a model 8x larger
+    than a strong neighbour gains less than a weak one would), and no further than
+    three doublings."""
+    doublings = max(-MAX_DOUBLINGS, min(MAX_DOUBLINGS, doublings))
+    score = min(0.995, max(0.005, score))
+    logit = math.log(score / (1.0 - score)) + 4.0 * slope * doublings
+    return 1.0 / (1.0 + math.exp(-logit))
 
 
 def _probe_of(entry: ModelKnowledge) -> _Probe:
@@ -383,7 +396,8 @@ class Catalog:
         family = str(spec.get("family") or "") or self._family_of(base)
         arch = str(spec.get("arch") or details.get("family") or "").lower()
         if not arch and family:
-            arch = next((e.arch for e in self._entries.values() if e.family == family), "")
+            archs = [e.arch for e in self._entries.values() if e.family == family and e.arch]
+            arch = max(set(archs), key=archs.count, default="")
         named_total, named_active = names.size_from_name(name)
         total = (
             float(spec.get("params_b") or 0.0)
@@ -479,8 +493,8 @@ class Catalog:
         slope = self._slopes.get(area, 0.0)
         total = value = spread = 0.0
         for weight, (gap, entry) in zip(_weights(nearest), nearest, strict=True):
-            shift = slope * math.log2(probe.size_b / entry.effective_params_b)
-            value += weight * (self._published[entry.name][area] + shift)
+            doublings = math.log2(probe.size_b / entry.effective_params_b)
+            value += weight * _along_trend(self._published[entry.name][area], slope, doublings)
             spread += weight * gap
             total += weight
         score = min(1.0, max(0.0, value / total))
