@@ -167,12 +167,9 @@ class ModelEntry:
     areas: dict[str, float] = field(default_factory=dict)
 
     def given(self) -> dict[str, Any]:
-        """The fields set, as `Catalog.with_overrides` takes them."""
-        return {
-            f.name: getattr(self, f.name)
-            for f in dataclasses.fields(self)
-            if getattr(self, f.name) != f.default and not (f.name == "areas" and not self.areas)
-        }
+        """The fields set (not empty or zero), as `Catalog.with_overrides` takes them."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {name: value for name, value in values.items() if value not in ("", 0, (), {})}
 
 
 @dataclass(frozen=True)
@@ -196,6 +193,8 @@ class Selector:
     # A/B experiments by name; a user (API key, X-Autoroute-User header, or client
     # address) always lands in the same variant.
     experiments: dict[str, Experiment] = field(default_factory=dict)
+    # The model catalogue (a models.yaml); "" is the one shipped in selector_model/catalog/.
+    catalog: str = ""
     # The user's own models described for `auto`, by name (see ModelEntry).
     models: dict[str, ModelEntry] = field(default_factory=dict)
 

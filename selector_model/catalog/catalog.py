@@ -13,6 +13,7 @@ the distance of those neighbours is the uncertainty the result carries.
 
 from __future__ import annotations
 
+import heapq
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -22,14 +23,16 @@ from typing import Any
 
 import yaml
 
-from selector_model.catalog import names
+from selector_model.catalog import names, scales
 from selector_model.catalog.knowledge import AREAS, SPECIALTIES, ModelKnowledge
 from selector_model.features import params_from
 
 DEFAULT_PATH = Path(__file__).with_name("models.yaml")
 NEIGHBOURS = 3
-# Uncertainty of an area score mapped from another benchmark of the area.
-MAPPED_UNCERTAINTY = 0.1
+# How fast a neighbour's weight falls with its distance beyond the nearest one's.
+KERNEL_WIDTH = 0.3
+# The size trend moves a neighbour's score by at most this many doublings of size.
+MAX_DOUBLINGS = 3.0
 # Uncertainty added when a model's size is neither declared nor written in its name.
 UNKNOWN_SIZE_UNCERTAINTY = 0.2
 # The least uncertainty of a model placed by its neighbours.
@@ -83,6 +86,10 @@ class _Probe:
     size_b: float
     specialties: frozenset[str]
 
+    @property
+    def log_size(self) -> float:
+        return math.log2(max(self.size_b, 1e-3))
+
 
 def parse_released(value: Any) -> float:
     """`2024-09` (or a year as a number) as a fractional year: 2024.667."""
@@ -97,17 +104,37 @@ def parse_released(value: Any) -> float:
     return round(int(match.group(1)) + (month - 1) / 12, 3)
 
 
-def _distance(probe: _Probe, other: ModelKnowledge) -> float:
-    size = 0.5 * abs(math.log2(max(probe.size_b, 1e-3) / max(other.effective_params_b, 1e-3)))
+def _distance(probe: _Probe, log_size: float, other: _Probe, other_log_size: float) -> float:
+    size = 0.5 * abs(log_size - other_log_size)
     if probe.family and probe.family == other.family:
         family = 0.0
     elif probe.arch and probe.arch == other.arch:
         family = 0.75
     else:
         family = 1.5
-    differ = probe.specialties ^ other.specialties
-    specialty = sum(_SPECIALTY_WEIGHT.get(s, 0.0) for s in differ)
+    specialty = 0.0
+    if probe.specialties != other.specialties:
+        for name in probe.specialties ^ other.specialties:
+            specialty += _SPECIALTY_WEIGHT.get(name, 0.0)
     return size + family + specialty
+
+
+def _weights(nearest: list[tuple[float, ModelKnowledge]]) -> list[float]:
+    """Weights of neighbours by distance: the nearest counts most, and one twice as far
+    away (a whole family or specialty further) little."""
+    closest = nearest[0][0]
+    return [math.exp(-(gap - closest) / KERNEL_WIDTH) for gap, _ in nearest]
+
+
+def _along_trend(score: float, slope: float, doublings: float) -> float:
+    """A neighbour's score moved to another size: `slope` per doubling at mid-range,
+    applied on the logit scale so that it flattens near 0 and 1 (a model 8x larger
+    than a strong neighbour gains less than a weak one would), and no further than
+    three doublings."""
+    doublings = max(-MAX_DOUBLINGS, min(MAX_DOUBLINGS, doublings))
+    score = min(0.995, max(0.005, score))
+    logit = math.log(score / (1.0 - score)) + 4.0 * slope * doublings
+    return 1.0 / (1.0 + math.exp(-logit))
 
 
 def _probe_of(entry: ModelKnowledge) -> _Probe:
@@ -142,13 +169,17 @@ class Catalog:
         self._overrides = dict(overrides or {})
         self._measured = dict(measured or {})
         self._cache: dict[tuple[Any, ...], ModelKnowledge] = {}
+        self._indexed: dict[str, ModelKnowledge] | None = None
+        self._probes: list[tuple[ModelKnowledge, _Probe, float]] = []
 
     # -- loading ---------------------------------------------------------------
 
     @classmethod
     def load(cls, path: Path | None = None) -> Catalog:
         path = DEFAULT_PATH if path is None else Path(path)
-        data = yaml.safe_load(path.read_text())
+        # The C loader, when PyYAML has it, reads the catalogue several times faster.
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        data = yaml.load(path.read_text(), Loader=loader)
         if not isinstance(data, Mapping):
             raise CatalogError(f"{path}: expected a mapping at the top level")
         return cls.from_data(data, where=str(path))
@@ -194,11 +225,11 @@ class Catalog:
                 if keys.get(key, entry_name) != entry_name:
                     raise CatalogError(f"{at}: {alias!r} already names {keys[key]}")
                 keys[key] = entry_name
-        areas, mapped = _calibrate(scores, benchmarks, same_scale)
+        areas, mapped = scales.calibrate(scores, benchmarks, same_scale)
         skeleton = {
             name: _entry(name, item, {a: 0.0 for a in AREAS}, where) for name, item in raw.items()
         }
-        slopes = _size_slopes(skeleton, areas)
+        slopes = scales.size_slopes(skeleton, areas)
         catalog = cls(skeleton, areas, sources, keys, slopes, int(version))
         catalog._entries = {
             name: catalog._complete(entry, areas[name], mapped[name])
@@ -365,7 +396,8 @@ class Catalog:
         family = str(spec.get("family") or "") or self._family_of(base)
         arch = str(spec.get("arch") or details.get("family") or "").lower()
         if not arch and family:
-            arch = next((e.arch for e in self._entries.values() if e.family == family), "")
+            archs = [e.arch for e in self._entries.values() if e.family == family and e.arch]
+            arch = max(set(archs), key=archs.count, default="")
         named_total, named_active = names.size_from_name(name)
         total = (
             float(spec.get("params_b") or 0.0)
@@ -393,7 +425,7 @@ class Catalog:
         spread: dict[str, float] = {}
         for area in AREAS:
             areas[area], spread[area], _ = self._impute(probe, area, exclude="")
-        weights = [1.0 / (0.15 + d) for d, _ in nearest]
+        weights = _weights(nearest)
         released = sum(w * e.released for w, (_, e) in zip(weights, nearest, strict=True)) / sum(
             weights
         )
@@ -428,15 +460,27 @@ class Catalog:
     def _nearest(
         self, probe: _Probe, usable: Any, exclude: str = ""
     ) -> list[tuple[float, ModelKnowledge]]:
-        ranked = sorted(
+        log_size = probe.log_size
+        return heapq.nsmallest(
+            NEIGHBOURS,
             (
-                (_distance(probe, entry), entry)
-                for entry in self._entries.values()
+                (_distance(probe, log_size, other, other_log_size), entry)
+                for entry, other, other_log_size in self._index()
                 if entry.name != exclude and usable(entry)
             ),
             key=lambda pair: (pair[0], pair[1].name),
         )
-        return ranked[:NEIGHBOURS]
+
+    def _index(self) -> list[tuple[ModelKnowledge, _Probe, float]]:
+        """Each entry with its probe, built once per set of entries."""
+        if self._indexed is not self._entries:
+            self._probes = [
+                (entry, probe, probe.log_size)
+                for entry in self._entries.values()
+                for probe in (_probe_of(entry),)
+            ]
+            self._indexed = self._entries
+        return self._probes
 
     def _impute(self, probe: _Probe, area: str, exclude: str) -> tuple[float, float, list[str]]:
         """(score, uncertainty, neighbours) of one area from the nearest entries that
@@ -448,20 +492,19 @@ class Catalog:
             return 0.0, 1.0, []
         slope = self._slopes.get(area, 0.0)
         total = value = spread = 0.0
-        for gap, entry in nearest:
-            weight = 1.0 / (0.15 + gap)
-            shift = slope * math.log2(probe.size_b / entry.effective_params_b)
-            value += weight * (self._published[entry.name][area] + shift)
+        for weight, (gap, entry) in zip(_weights(nearest), nearest, strict=True):
+            doublings = math.log2(probe.size_b / entry.effective_params_b)
+            value += weight * _along_trend(self._published[entry.name][area], slope, doublings)
             spread += weight * gap
             total += weight
         score = min(1.0, max(0.0, value / total))
         return score, min(1.0, 0.2 + 0.3 * spread / total), [e.name for _, e in nearest]
 
     def _complete(
-        self, entry: ModelKnowledge, published: Mapping[str, float], mapped: Iterable[str]
+        self, entry: ModelKnowledge, published: Mapping[str, float], mapped: Mapping[str, float]
     ) -> ModelKnowledge:
-        """A catalogue entry with its unpublished areas imputed from its neighbours."""
-        mapped = set(mapped)
+        """A catalogue entry with its unpublished areas imputed from its neighbours;
+        `mapped` holds the uncertainty of areas read from another benchmark."""
         areas: dict[str, float] = {}
         spread: dict[str, float] = {}
         used: list[str] = []
@@ -471,7 +514,7 @@ class Catalog:
                 areas[area], spread[area] = 0.0, 0.0
             elif area in published:
                 areas[area] = published[area]
-                spread[area] = MAPPED_UNCERTAINTY if area in mapped else 0.0
+                spread[area] = mapped.get(area, 0.0)
             else:
                 areas[area], spread[area], near = self._impute(
                     _probe_of(entry), area, exclude=entry.name
@@ -548,99 +591,38 @@ def _read_scores(
     return scores, found
 
 
-def _calibrate(
-    scores: Mapping[str, Mapping[str, float]],
-    benchmarks: Mapping[str, str],
-    same_scale: Mapping[str, str],
-) -> tuple[dict[str, dict[str, float]], dict[str, set[str]]]:
-    """Per entry, one score per area on the area's scale (its first benchmark); other
-    benchmarks of the area are mapped onto it by a line fitted over the entries that
-    report both (a ratio when fewer than three do), or taken as they are when declared
-    on the same scale (a subset of it). Also returns which areas came from a mapped
-    benchmark."""
-    scale: dict[str, str] = {}
-    for bench, area in benchmarks.items():
-        scale.setdefault(area, bench)
-    lines: dict[str, tuple[float, float]] = {}
-    for bench, area in benchmarks.items():
-        if bench == scale[area]:
-            continue
-        if same_scale.get(bench) == scale[area]:
-            lines[bench] = (0.0, 1.0)
-            continue
-        pairs = [
-            (s[bench], s[scale[area]]) for s in scores.values() if bench in s and scale[area] in s
-        ]
-        lines[bench] = _fit(pairs)
-    areas: dict[str, dict[str, float]] = {}
-    mapped: dict[str, set[str]] = {}
-    for name, own in scores.items():
-        areas[name], mapped[name] = {}, set()
-        for area, canonical in scale.items():
-            if canonical in own:
-                areas[name][area] = own[canonical]
-                continue
-            others = [
-                lines[b][0] + lines[b][1] * v
-                for b, v in own.items()
-                if benchmarks[b] == area and b in lines and lines[b][1] > 0
-            ]
-            if others:
-                areas[name][area] = min(1.0, max(0.0, sum(others) / len(others)))
-                mapped[name].add(area)
-    return areas, mapped
-
-
-def _fit(pairs: list[tuple[float, float]]) -> tuple[float, float]:
-    """(intercept, slope) of y on x; a ratio through 0 for fewer than three pairs or a
-    degenerate fit; (0, 0) (unusable) without pairs."""
-    if not pairs:
-        return 0.0, 0.0
-    mean_x = sum(x for x, _ in pairs) / len(pairs)
-    mean_y = sum(y for _, y in pairs) / len(pairs)
-    var = sum((x - mean_x) ** 2 for x, _ in pairs)
-    if len(pairs) >= 3 and var > 1e-6:
-        slope = sum((x - mean_x) * (y - mean_y) for x, y in pairs) / var
-        if slope > 0:
-            return mean_y - slope * mean_x, slope
-    return 0.0, (mean_y / mean_x if mean_x > 0 else 0.0)
-
-
-def _size_slopes(
-    entries: Mapping[str, ModelKnowledge], areas: Mapping[str, Mapping[str, float]]
-) -> dict[str, float]:
-    """Per area, how much the score rises per doubling of size within a family (pooled
-    over families, bounded to [0, 0.12])."""
-    slopes: dict[str, float] = {}
-    for area in AREAS:
-        by_family: dict[str, list[tuple[float, float]]] = {}
-        for name, entry in entries.items():
-            if area in areas[name]:
-                by_family.setdefault(entry.family, []).append(
-                    (math.log2(entry.effective_params_b), areas[name][area])
-                )
-        sxy = sxx = 0.0
-        for points in by_family.values():
-            if len(points) < 2:
-                continue
-            mx = sum(x for x, _ in points) / len(points)
-            my = sum(y for _, y in points) / len(points)
-            sxy += sum((x - mx) * (y - my) for x, y in points)
-            sxx += sum((x - mx) ** 2 for x, _ in points)
-        slopes[area] = min(0.12, max(0.0, sxy / sxx)) if sxx > 0 else 0.0
-    return slopes
+_ENTRY_FIELDS = frozenset(
+    {
+        "name",
+        "aliases",
+        "latest",
+        "family",
+        "arch",
+        "params_b",
+        "active_params_b",
+        "specialties",
+        "released",
+        "context_length",
+        "scores",
+        "sources",
+        "note",
+    }
+)
 
 
 def _entry(
     name: str, item: Mapping[str, Any], areas: Mapping[str, float], where: str
 ) -> ModelKnowledge:
     at = f"{where}: {name}"
+    unknown = set(item) - _ENTRY_FIELDS
+    if unknown:
+        raise CatalogError(f"{at}: unknown field(s) {sorted(unknown)}")
     try:
         params = float(item["params_b"])
         specialties = frozenset(str(s) for s in item.get("specialties") or ())
-        unknown = specialties - set(SPECIALTIES)
-        if unknown:
-            raise CatalogError(f"{at}: unknown specialties {sorted(unknown)}")
+        strange = specialties - set(SPECIALTIES)
+        if strange:
+            raise CatalogError(f"{at}: unknown specialties {sorted(strange)}")
         return ModelKnowledge(
             name=name,
             family=str(item["family"]),

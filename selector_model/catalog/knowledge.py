@@ -61,6 +61,10 @@ class ModelKnowledge:
         object.__setattr__(self, "specialties", frozenset(self.specialties))
         object.__setattr__(self, "neighbours", tuple(self.neighbours))
 
+    def __hash__(self) -> int:
+        # The mappings are read-only views, which Python does not hash by themselves.
+        return hash((self.name, self.origin, tuple(self.areas.items()), self.uncertainty))
+
     @property
     def effective_params_b(self) -> float:
         """Size for comparing quality: a mixture of experts counts between its active
