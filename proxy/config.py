@@ -119,7 +119,7 @@ class Profile:
 
 def _default_profiles() -> dict[str, Profile]:
     return {
-        "balanced": Profile(cost_weight=0.02),
+        "balanced": Profile(cost_weight=0.004),
         "fast": Profile(cost_weight=0.2),
         "best": Profile(cost_weight=0.0),
     }
