@@ -436,7 +436,7 @@ def plot(results: Sequence[FleetResult], path: Path) -> Path:
         ax.set_xlabel("cost / best single model's cost")
         ax.set_ylabel("quality (mean score)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="best")  # placed where it hides no point
     if curves:
         ax = axes[0][-1]
         for r in shown:
