@@ -8,9 +8,9 @@ Part 2 (processes): the emulator and the proxy; 32 concurrent streams with
 `"model": "auto"` and with a named model, alternating, time to first chunk compared.
 
 With `--baseline CHECKOUT` (another checkout of the project, e.g. the previous
-release), part 1 also times that checkout's `decide` with its own shipped artifact,
-in a subprocess, alternating with this one's (two rounds each, the better kept on
-either side): machines drift between runs, so a ratio is only meaningful within one.
+release), part 1 times that checkout's `decide` with its own shipped artifact and
+this one's, each in a fresh subprocess, alternating (two rounds each, the better kept
+on either side): machines drift between runs, so a ratio is only meaningful within one.
 
     python -m benchmarks.decision_bench [--quick] [--baseline ../previous-checkout]
 """
@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -223,7 +224,8 @@ Latency = list[tuple[int, int, float, float]]
 
 
 def baseline_latency(checkout: str, rounds: int) -> Latency:
-    """`decision_latency` of another checkout, with its own code and shipped artifact."""
+    """`decision_latency` of a checkout, with its own code and shipped artifact, in a
+    subprocess."""
     code = (
         "import asyncio, json\n"
         "from benchmarks.decision_bench import decision_latency\n"
@@ -262,8 +264,12 @@ def main() -> None:
     theirs: list[Latency] = []
     for _ in range(2 if args.baseline else 1):
         if args.baseline:
+            # Both sides in a fresh subprocess each, alike: in this process the
+            # collector and the caches would hold more than in theirs.
             theirs.append(baseline_latency(args.baseline, rounds))
-        ours.append(asyncio.run(decision_latency(rounds)))
+            ours.append(baseline_latency(str(Path(__file__).resolve().parent.parent), rounds))
+        else:
+            ours.append(asyncio.run(decision_latency(rounds)))
     base = {(n, size): (p50, p99) for n, size, p50, p99 in _better(theirs)} if theirs else {}
     print(f"{'candidates':>10} {'prompt':>7} {'p50 µs':>8} {'p99 µs':>8}  target")
     for n, size, p50, p99 in _better(ours):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 import re
 import string
 import zlib
@@ -596,10 +597,33 @@ def request_features(path: str, body: Mapping[str, Any]) -> list[float]:
 
 
 _AT = {name: i for i, name in enumerate(REQUEST_FEATURES)}
-_LANG_AT = tuple(_AT[f"lang_{name}"] for name in LANGUAGES)
-_CODE_TASKS_AT = tuple(_AT[f"task_{name}"] for name in ("fix", "refactor", "test", "complete"))
-_INSTRUCTION_TASKS_AT = tuple(
-    _AT[f"task_{name}"] for name in ("summarize", "translate", "generate")
+# What `_area_demand` reads, each group taken in one C-level call.
+_LANGS = operator.itemgetter(*(_AT[f"lang_{name}"] for name in LANGUAGES))
+_CODE_TASKS = operator.itemgetter(
+    *(_AT[f"task_{name}"] for name in ("fix", "refactor", "test", "complete"))
+)
+_INSTRUCTION_TASKS = operator.itemgetter(
+    *(_AT[f"task_{name}"] for name in ("summarize", "translate", "generate"))
+)
+_SCALARS = operator.itemgetter(
+    *(
+        _AT[name]
+        for name in (
+            "code_fences",
+            "code_char_ratio",
+            "fim",
+            "math",
+            "numbers",
+            "multiple_choice",
+            "task_explain",
+            "questions",
+            "log_last_user_chars",
+            "format_json",
+            "format_schema",
+            "tools",
+            "has_system",
+        )
+    )
 )
 _LONG_PROMPT = math.log1p(150)  # log_last_user_chars where a prompt starts to be long
 _DEMAND_BASE = 0.2  # what each area gets with no evidence: no hint says "this area only"
@@ -610,29 +634,34 @@ def _area_demand(f: Sequence[float]) -> list[float]:
     features already computed (a few arithmetic operations): evidence per area, plus
     `_DEMAND_BASE`, normalised to sum to 1. Rough by design; the selector weighs it
     against the candidates' area scores."""
+    (
+        fences,
+        code_ratio,
+        fim,
+        maths_hints,
+        numbers,
+        choice,
+        explain,
+        questions,
+        log_last,
+        json_format,
+        schema,
+        tools,
+        system,
+    ) = _SCALARS(f)
     code = (
-        max(f[i] for i in _LANG_AT)
-        + min(f[_AT["code_fences"]], 3.0) / 3.0
-        + min(f[_AT["code_char_ratio"]] * 10.0, 1.0)
-        + f[_AT["fim"]]
-        + 0.5 * max(f[i] for i in _CODE_TASKS_AT)
+        max(_LANGS(f))
+        + min(fences, 3.0) / 3.0
+        + min(code_ratio * 10.0, 1.0)
+        + fim
+        + 0.5 * max(_CODE_TASKS(f))
     )
-    maths = 2.0 * min(f[_AT["math"]], 5.0) / 5.0 + 0.5 * min(f[_AT["numbers"]] / 20.0, 1.0)
-    knowledge = (
-        f[_AT["multiple_choice"]]
-        + 0.5 * f[_AT["task_explain"]]
-        + 0.25 * min(f[_AT["questions"]], 2.0)
+    maths = 2.0 * min(maths_hints, 5.0) / 5.0 + 0.5 * min(numbers / 20.0, 1.0)
+    knowledge = choice + 0.5 * explain + 0.25 * min(questions, 2.0)
+    reasoning = min(max(log_last - _LONG_PROMPT, 0.0) / 3.0, 1.0) + 0.5 * (
+        choice * min(maths_hints, 1.0)
     )
-    reasoning = min(max(f[_AT["log_last_user_chars"]] - _LONG_PROMPT, 0.0) / 3.0, 1.0) + 0.5 * (
-        f[_AT["multiple_choice"]] * min(f[_AT["math"]], 1.0)
-    )
-    instruction = (
-        f[_AT["format_json"]]
-        + f[_AT["format_schema"]]
-        + f[_AT["tools"]]
-        + 0.5 * f[_AT["has_system"]]
-        + 0.5 * max(f[i] for i in _INSTRUCTION_TASKS_AT)
-    )
+    instruction = json_format + schema + tools + 0.5 * system + 0.5 * max(_INSTRUCTION_TASKS(f))
     evidence = [knowledge, reasoning, maths, code, instruction]
     total = sum(evidence) + _DEMAND_BASE * len(evidence)
     return [(_DEMAND_BASE + e) / total for e in evidence]
