@@ -20,6 +20,8 @@ import orjson
 import pytest
 
 from proxy.config import Profile, Selector, Usage
+from proxy.emulator.catalog import CATALOG
+from proxy.registry import model_info
 from selector_model import features
 from selector_model.policy import pick, rank
 from tests.support import Emulator, Proxy, ServerThread
@@ -32,9 +34,21 @@ CODE = "Fix this bug:\n```python\ndef add(a, b):\n    return a - b\n```"
 MATH = "Solve the equation 3 + x = 12 and calculate the remainder of x / 4"
 
 
+def _candidate(model: str) -> features.Candidate:
+    """The model as the proxy's registry describes it when the emulator serves it (its
+    details, and the catalogue's knowledge): the selector tells models apart by that."""
+    spec = next(s for s in CATALOG if s.name == model)
+    show = {
+        "details": spec.details(),
+        "capabilities": list(spec.capabilities),
+        "model_info": spec.model_info(),
+    }
+    return model_info(model, {"details": spec.details()}, show).candidate
+
+
 def _event(text: str, model: str, ok: bool) -> dict[str, Any]:
     body = {"model": "auto", "messages": [{"role": "user", "content": text}]}
-    candidate = features.Candidate(model, family=features.family_of(model), params_b=7.6)
+    candidate = _candidate(model)
     return {
         "request_id": f"{model}-{abs(hash(text))}",
         "endpoint": "/api/chat",
