@@ -41,6 +41,11 @@ TRIED = (
     "monotone constraints (P(success) non-decreasing in size and area scores): kept for "
     "extrapolation to models outside the training range; within noise on leave-3-out "
     "(held-out fleets -4.1 vs -4.0 points without them)",
+    "a column reading both sides, area fit = sum over areas of the request's demand x "
+    "the candidate's score (monotone): on a catalogue fleet it sends math to qwen3:8b "
+    "and multiple choice to phi4:14b instead of llama3.3:70b, but on LLMRouter it reads "
+    "lower (trained-on fleet 0.618 vs 0.620; leave-3-out whole fleets -2.2 vs -0.4 "
+    "points, held-out fleets -4.2 vs -4.1): not kept",
     "the catalogue's area scores as features vs size and specialities only: within noise "
     "on the LLMRouter leave-3-out (held-out fleets -3.0 vs -4.0 points, whole fleet -1.4 "
     "vs -0.0): LLMRouter's outcomes follow its own answer-format grading (qwen2.5-7b 0.16 "
