@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from aiocache import SimpleMemoryCache
@@ -48,9 +49,12 @@ def shipped_catalog() -> Catalog:
 
 
 def catalog_for(config: Config) -> Catalog:
-    """The shipped catalogue with the operator's `selector.models` descriptions."""
+    """The configured catalogue (`selector.catalog`, else the shipped one) with the
+    operator's `selector.models` descriptions."""
+    path = config.selector.catalog
+    catalog = Catalog.load(Path(path)) if path else shipped_catalog()
     models = {name: entry.given() for name, entry in config.selector.models.items()}
-    return shipped_catalog().with_overrides(models) if models else shipped_catalog()
+    return catalog.with_overrides(models) if models else catalog
 
 
 def _context_length(show: dict[str, Any]) -> int:

@@ -5,11 +5,15 @@ by `selector.models`, anything else by its nearest catalogue entries."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from proxy.config import Config, ModelEntry
 from proxy.registry import catalog_for, model_info
 from selector_model import features
+from selector_model.catalog import DEFAULT_PATH, CatalogError
 
 
 def _ollama(params: str, family: str, *capabilities: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -48,3 +52,20 @@ def test_a_users_own_model_is_described_like_the_model_they_name() -> None:
     placed = model_info("my-coder:latest", tag, show)
     assert placed.knowledge is not None and placed.knowledge.origin == "nearest"
     assert placed.candidate.uncertainty > mine.uncertainty
+
+
+def test_a_configured_catalogue_replaces_the_shipped_one(tmp_path: Path) -> None:
+    shipped = DEFAULT_PATH.read_text()
+    # A copy read from the configured path describes alike; a broken one is refused
+    # (the configured file is read, not the shipped one).
+    assert "qwen2.5:7b" in shipped
+    path = tmp_path / "models.yaml"
+    path.write_text(shipped)
+    config = Config()
+    config = replace(config, selector=replace(config.selector, catalog=str(path)))
+    tag, show = _ollama("7.6B", "qwen2", "tools")
+    own = model_info("qwen2.5:7b", tag, show, catalog_for(config)).candidate
+    assert own.areas == model_info("qwen2.5:7b", tag, show).candidate.areas
+    path.write_text("version: 0\n")
+    with pytest.raises(CatalogError):
+        catalog_for(config)
