@@ -7,7 +7,12 @@ one onnxruntime batch, telemetry and policy — timed for 4, 9 and 16 candidates
 Part 2 (processes): the emulator and the proxy; 32 concurrent streams with
 `"model": "auto"` and with a named model, alternating, time to first chunk compared.
 
-    python -m benchmarks.decision_bench [--quick]
+With `--baseline CHECKOUT` (another checkout of the project, e.g. the previous
+release), part 1 times that checkout's `decide` with its own shipped artifact and
+this one's, each in a fresh subprocess, alternating (two rounds each, the better kept
+on either side): machines drift between runs, so a ratio is only meaningful within one.
+
+    python -m benchmarks.decision_bench [--quick] [--baseline ../previous-checkout]
 """
 
 from __future__ import annotations
@@ -15,10 +20,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import statistics
+import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -212,16 +220,67 @@ def end_to_end(seconds: float, rounds: int) -> tuple[list[float], list[float]]:
             proc.wait(10)
 
 
+Latency = list[tuple[int, int, float, float]]
+
+
+def baseline_latency(checkout: str, rounds: int) -> Latency:
+    """`decision_latency` of a checkout, with its own code and shipped artifact, in a
+    subprocess."""
+    code = (
+        "import asyncio, json\n"
+        "from benchmarks.decision_bench import decision_latency\n"
+        f"print(json.dumps(asyncio.run(decision_latency({rounds}))))\n"
+    )
+    out = subprocess.run(
+        [PY, "-c", code],
+        cwd=checkout,
+        env={**os.environ, "PYTHONPATH": os.path.abspath(checkout)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [(int(n), int(s), float(a), float(b)) for n, s, a, b in json.loads(out)]
+
+
+def _better(runs: list[Latency]) -> Latency:
+    """Per configuration, the lowest p50 and p99 over the runs."""
+    return [
+        (n, size, min(r[i][2] for r in runs), min(r[i][3] for r in runs))
+        for i, (n, size, _, _) in enumerate(runs[0])
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--baseline", default="", help="another checkout whose decide is timed alongside"
+    )
     args = parser.parse_args()
     art = artifact_module.load(artifact_module.SHIPPED)
     print(f"artifact {art.version}: {len(art.known_models)} known models, {art.width} features")
+    rounds = 500 if args.quick else 3000
+    ours: list[Latency] = []
+    theirs: list[Latency] = []
+    for _ in range(2 if args.baseline else 1):
+        if args.baseline:
+            # Both sides in a fresh subprocess each, alike: in this process the
+            # collector and the caches would hold more than in theirs.
+            theirs.append(baseline_latency(args.baseline, rounds))
+            ours.append(baseline_latency(str(Path(__file__).resolve().parent.parent), rounds))
+        else:
+            ours.append(asyncio.run(decision_latency(rounds)))
+    base = {(n, size): (p50, p99) for n, size, p50, p99 in _better(theirs)} if theirs else {}
     print(f"{'candidates':>10} {'prompt':>7} {'p50 µs':>8} {'p99 µs':>8}  target")
-    for n, size, p50, p99 in asyncio.run(decision_latency(500 if args.quick else 3000)):
+    for n, size, p50, p99 in _better(ours):
         target = {(9, 2048): 250.0, (16, 20480): 500.0}.get((n, size))
         mark = f"p99 <= {target:.0f} µs {'met' if p99 <= target else 'MISSED'}" if target else ""
+        if (n, size) in base:
+            b50, b99 = base[(n, size)]
+            mark += (
+                f"  baseline p50 {b50:.1f} p99 {b99:.1f}: x{p50 / b50:.2f} / x{p99 / b99:.2f}"
+                f" (target <= x1.25: {'met' if max(p50 / b50, p99 / b99) <= 1.25 else 'MISSED'})"
+            )
         print(f"{n:>10} {size // 1024:>5}KB {p50:>8.1f} {p99:>8.1f}  {mark}")
     print("p50 µs by stage (rest: hard filters, telemetry, policy, the decision):")
     print(f"{'candidates':>10} {'prompt':>7} {'features':>8} {'rows':>8} {'ort':>8} {'rest':>8}")

@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from selector_model.catalog import AREAS, SPECIALTIES
+
 ENV_PREFIX = "AUTOROUTE_"
 
 
@@ -136,7 +138,7 @@ class Profile:
 
 def _default_profiles() -> dict[str, Profile]:
     return {
-        "balanced": Profile(cost_weight=0.02),
+        "balanced": Profile(cost_weight=0.004),
         "fast": Profile(cost_weight=0.2),
         "best": Profile(cost_weight=0.0),
     }
@@ -167,6 +169,29 @@ class Experiment:
 
 
 @dataclass(frozen=True)
+class ModelEntry:
+    """What a user says about one of their models (`selector.models`), for models the
+    catalogue does not list or describes wrongly (selector_model/catalog)."""
+
+    # A catalogue model this one is like: its knowledge is copied, the fields below win.
+    like: str = ""
+    family: str = ""
+    params_b: float = 0.0
+    active_params_b: float = 0.0
+    # Any of code, math, vision, reasoning, tools, embedding.
+    specialties: tuple[str, ...] = ()
+    released: str = ""  # YYYY-MM
+    context_length: int = 0
+    # Scores in [0, 1] by area: knowledge, reasoning, math, code, instruction.
+    areas: dict[str, float] = field(default_factory=dict)
+
+    def given(self) -> dict[str, Any]:
+        """The fields set (not empty or zero), as `Catalog.with_overrides` takes them."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {name: value for name, value in values.items() if value not in ("", 0, (), {})}
+
+
+@dataclass(frozen=True)
 class Selector:
     # The ONNX artifact (its metadata is the .json beside it); "" is the one shipped
     # with the package, in selector_model/artifacts/.
@@ -187,6 +212,10 @@ class Selector:
     # A/B experiments by name; a user (API key, X-Autoroute-User header, or client
     # address) always lands in the same variant.
     experiments: dict[str, Experiment] = field(default_factory=dict)
+    # The model catalogue (a models.yaml); "" is the one shipped in selector_model/catalog/.
+    catalog: str = ""
+    # The user's own models described for `auto`, by name (see ModelEntry).
+    models: dict[str, ModelEntry] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -302,6 +331,8 @@ class Config:
             if key.id in seen:
                 raise ConfigError(f"auth.keys: the name {key.id!r} is used twice")
             seen.add(key.id)
+        for name, entry in self.selector.models.items():
+            _check_model_entry(name, entry)
         if self.auth.postgres_dsn and self.auth.refresh_seconds <= 0:
             raise ConfigError("auth.refresh_seconds: must be above 0 with auth.postgres_dsn")
         for backend in self.backends:
@@ -315,6 +346,20 @@ class Config:
                     f"{self.listen.host}:{self.listen.port}; it would forward to itself"
                 )
         return self
+
+
+def _check_model_entry(name: str, entry: ModelEntry) -> None:
+    at = f"selector.models.{name}"
+    for area, score in entry.areas.items():
+        if area not in AREAS:
+            raise ConfigError(f"{at}.areas: unknown area {area!r} (one of {list(AREAS)})")
+        if not 0.0 <= score <= 1.0:
+            raise ConfigError(f"{at}.areas.{area}: {score} is not a score in [0, 1]")
+    for specialty in entry.specialties:
+        if specialty not in SPECIALTIES:
+            raise ConfigError(
+                f"{at}.specialties: unknown {specialty!r} (one of {list(SPECIALTIES)})"
+            )
 
 
 def _is_own_address(host: str, listen_host: str) -> bool:
@@ -363,7 +408,10 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         _, item_type = get_args(hint)
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping")
-        return {str(k): _coerce(item_type, v or {}, f"{where}.{k}") for k, v in value.items()}
+        return {
+            str(k): _coerce(item_type, {} if v is None else v, f"{where}.{k}")
+            for k, v in value.items()
+        }
     if origin is tuple:
         (item,) = get_args(hint)[:1]
         if isinstance(value, str):

@@ -3,20 +3,33 @@
 Built after every background refresh of the backends: names and details from
 `/api/tags`, capabilities and context length from `/api/show` (fetched once per
 digest and cached with aiocache: identical weights on several backends cost one
-fetch), loaded state from `/api/ps`. The request path only reads `self.models`.
+fetch), loaded state from `/api/ps`; what is known of each model (size, area scores,
+specialities, release date, with its uncertainty) from the model catalogue, looked up
+by name and details, with the operator's `selector.models` overrides applied. The
+request path only reads `self.models`.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from aiocache import SimpleMemoryCache
 
 from proxy.backends import BackendPool, BackendState, normalize_model
+from proxy.config import Config
 from proxy.upstream import UpstreamError
-from selector_model.features import Candidate, family_of, params_from, quant_bits_from
+from selector_model.catalog import Catalog, ModelKnowledge
+from selector_model.features import (
+    AREAS,
+    Candidate,
+    family_of,
+    params_from,
+    quant_bits_from,
+)
 
 log = logging.getLogger("autoroute.registry")
 
@@ -26,6 +39,22 @@ class ModelInfo:
     candidate: Candidate  # with loaded=False; `Registry.candidates` sets it
     details: dict[str, Any]
     embedding_only: bool
+    knowledge: ModelKnowledge | None = None
+
+
+@functools.cache
+def shipped_catalog() -> Catalog:
+    """The catalogue shipped beside the artifact, read once per process."""
+    return Catalog.load()
+
+
+def catalog_for(config: Config) -> Catalog:
+    """The configured catalogue (`selector.catalog`, else the shipped one) with the
+    operator's `selector.models` descriptions."""
+    path = config.selector.catalog
+    catalog = Catalog.load(Path(path)) if path else shipped_catalog()
+    models = {name: entry.given() for name, entry in config.selector.models.items()}
+    return catalog.with_overrides(models) if models else catalog
 
 
 def _context_length(show: dict[str, Any]) -> int:
@@ -36,28 +65,43 @@ def _context_length(show: dict[str, Any]) -> int:
     return 2048  # Ollama's historical default num_ctx
 
 
-def model_info(name: str, tag: dict[str, Any], show: dict[str, Any]) -> ModelInfo:
+def model_info(
+    name: str, tag: dict[str, Any], show: dict[str, Any], catalog: Catalog | None = None
+) -> ModelInfo:
+    """A model as `auto` sees it: Ollama's details, and the catalogue's knowledge
+    (`catalog`, else the shipped catalogue without overrides)."""
     details = show.get("details") or tag.get("details") or {}
     capabilities = frozenset(show.get("capabilities") or tag.get("capabilities") or ("completion",))
     lowered = name.lower()
+    knowledge = (catalog or shipped_catalog()).lookup(name, details, capabilities)
+    reported = params_from(str(details.get("parameter_size") or ""))
     candidate = Candidate(
         name=name,
         family=family_of(name, str(details.get("family") or "")),
-        params_b=params_from(str(details.get("parameter_size") or "")) or 7.0,
+        params_b=reported or knowledge.params_b or 7.0,
         quant_bits=quant_bits_from(str(details.get("quantization_level") or "")),
         context_length=_context_length(show),
         capabilities=capabilities,
-        is_code="code" in lowered or "insert" in capabilities,
+        is_code="code" in lowered or "insert" in capabilities or "code" in knowledge.specialties,
         is_instruct="base" not in lowered and "text" not in lowered.split(":")[-1],
+        active_params_b=knowledge.active_params_b,
+        areas=tuple(float(knowledge.areas[area]) for area in AREAS),
+        specialties=knowledge.specialties,
+        release=knowledge.released,
+        uncertainty=knowledge.uncertainty,
     )
     return ModelInfo(
-        candidate, dict(details), "embedding" in capabilities and "completion" not in capabilities
+        candidate,
+        dict(details),
+        "embedding" in capabilities and "completion" not in capabilities,
+        knowledge,
     )
 
 
 class Registry:
-    def __init__(self, backends: BackendPool) -> None:
+    def __init__(self, backends: BackendPool, catalog: Catalog | None = None) -> None:
         self.backends = backends
+        self.catalog = catalog or catalog_for(backends.config)
         self.cache = SimpleMemoryCache()
         self.models: dict[str, ModelInfo] = {}
         backends.listeners.append(self.refresh)
@@ -89,7 +133,7 @@ class Registry:
                     continue
                 show = await self._show(state, name, str(tag.get("digest") or ""))
                 if show is not None:
-                    models[name] = model_info(name, tag, show)
+                    models[name] = model_info(name, tag, show, self.catalog)
         self.set_models(models)
 
     def set_models(self, models: dict[str, ModelInfo]) -> None:

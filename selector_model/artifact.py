@@ -94,7 +94,7 @@ def load(path: Path) -> Artifact:
             f"{path}: feature schema {schema!r}, this proxy computes {features.SCHEMA_VERSION}"
         )
     known = tuple(meta.get("known_models") or ())
-    expected = features.feature_names(known)
+    expected = features.feature_names()
     if list(meta.get("feature_names") or ()) != expected:
         raise ArtifactError(f"{path}: feature names differ from selector_model.features")
     try:

@@ -3,7 +3,13 @@
 If training and serving ever computed a feature differently, the selector would be
 silently wrong, so nothing else may compute these. A row is
 
-    request features ⊕ candidate features ⊕ one-hot identity over the artifact's models
+    request features ⊕ candidate features
+
+Candidate features describe a model by what is known of it (size, quantization, the
+catalogue's per-area scores and specialities, release date, how uncertain that
+knowledge is), never by its name: a model the selector never saw is scored from the
+same columns as one it was trained on, so its P(success) on a coding prompt follows
+its coding ability.
 
 Request features read only what a decision needs and bound their work: of a long
 conversation only the first and last `SCAN_CHARS` characters are scanned (keyword
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 import re
 import string
 import zlib
@@ -26,7 +33,7 @@ from typing import Any
 
 from selector_model import request_body
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCAN_CHARS = 2048
 HINT_CHARS = 768
 HASH_BUCKETS = 16
@@ -36,6 +43,15 @@ LANGUAGES = ("python", "javascript", "typescript", "go", "rust", "java", "cpp", 
 TASKS = ("fix", "explain", "refactor", "test", "generate", "complete", "summarize", "translate")
 FAMILIES = ("llama", "qwen", "gemma", "mistral", "mixtral", "phi", "deepseek", "nemotron", "other")
 CAPABILITIES = ("tools", "vision", "thinking", "insert")
+# The catalogue's capability areas, each a score in [0, 1], and the specialities it
+# records (selector_model.catalog); a request's "area demand" uses the same areas.
+AREAS = ("knowledge", "reasoning", "math", "code", "instruction")
+SPECIALTIES = ("code", "math", "vision", "reasoning", "tools")
+# What a candidate without catalogue knowledge is taken to have: middling scores,
+# fully uncertain, released at the start of the training data's era.
+UNKNOWN_AREA = 0.5
+DEFAULT_RELEASE = 2024.0
+RELEASE_ORIGIN = 2023.0
 
 # Keyword hints, read from lower-cased text: a hint word counts when it is one of the
 # text's words, a symbol when it is in the text. A regular expression per hint would
@@ -240,14 +256,18 @@ REQUEST_FEATURES: tuple[str, ...] = (
     "endpoint_openai",
     *(f"head_hash_{i}" for i in range(HASH_BUCKETS)),
     *(f"tail_hash_{i}" for i in range(HASH_BUCKETS)),
+    *(f"demand_{area}" for area in AREAS),
 )
 
 CANDIDATE_FEATURES: tuple[str, ...] = (
     "log_params_b",
+    "log_active_params_b",
     "quant_bits",
     "log2_context",
-    *(f"family_{name}" for name in FAMILIES),
-    "is_code",
+    *(f"area_{name}" for name in AREAS),
+    *(f"spec_{name}" for name in SPECIALTIES),
+    "release_years",
+    "uncertainty",
     "is_instruct",
     "loaded",
     *(f"cap_{name}" for name in CAPABILITIES),
@@ -256,7 +276,12 @@ CANDIDATE_FEATURES: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class Candidate:
-    """What the registry knows about one model, as the selector sees it."""
+    """What the registry knows about one model, as the selector sees it.
+
+    `family` and `name` identify it for people (explain, usage events); the selector
+    reads neither. `areas` are the catalogue's scores in `AREAS` order (empty: not
+    known, scored as `UNKNOWN_AREA` with uncertainty 1); `active_params_b` is the
+    parameters used per token (a mixture of experts uses fewer than it has; 0: all)."""
 
     name: str
     family: str = "other"
@@ -267,6 +292,16 @@ class Candidate:
     is_code: bool = False
     is_instruct: bool = True
     loaded: bool = False
+    active_params_b: float = 0.0
+    areas: tuple[float, ...] = ()
+    specialties: frozenset[str] = field(default_factory=frozenset)
+    release: float = DEFAULT_RELEASE  # year, fractional (2024.5: mid 2024)
+    uncertainty: float = 1.0  # 0: measured scores; 1: nothing known beyond the details
+
+    @property
+    def active_b(self) -> float:
+        """Billions of parameters each token runs through: what an answer costs."""
+        return self.active_params_b if self.active_params_b > 0 else self.params_b
 
     def to_record(self) -> dict[str, Any]:
         """The JSON shape usage events store and training reads back."""
@@ -280,6 +315,11 @@ class Candidate:
             "is_code": self.is_code,
             "is_instruct": self.is_instruct,
             "loaded": self.loaded,
+            "active_params_b": self.active_params_b,
+            "areas": list(self.areas),
+            "specialties": sorted(self.specialties),
+            "release": self.release,
+            "uncertainty": self.uncertainty,
         }
 
     @classmethod
@@ -294,11 +334,16 @@ class Candidate:
             is_code=bool(raw.get("is_code", False)),
             is_instruct=bool(raw.get("is_instruct", True)),
             loaded=bool(raw.get("loaded", False)),
+            active_params_b=float(raw.get("active_params_b", 0.0)),
+            areas=tuple(float(a) for a in raw.get("areas", ())),
+            specialties=frozenset(str(c) for c in raw.get("specialties", ())),
+            release=float(raw.get("release", DEFAULT_RELEASE)),
+            uncertainty=float(raw.get("uncertainty", 1.0)),
         )
 
 
-def feature_names(known_models: Sequence[str]) -> list[str]:
-    return [*REQUEST_FEATURES, *CANDIDATE_FEATURES, *(f"model={m}" for m in known_models)]
+def feature_names() -> list[str]:
+    return [*REQUEST_FEATURES, *CANDIDATE_FEATURES]
 
 
 class _Scan:
@@ -518,41 +563,110 @@ def request_features(path: str, body: Mapping[str, Any]) -> list[float]:
     _hash_words(tail_words, tail_hash)
     features += head_hash
     features += tail_hash
+    features += _area_demand(features)
     return features
 
 
+_AT = {name: i for i, name in enumerate(REQUEST_FEATURES)}
+# What `_area_demand` reads, each group taken in one C-level call.
+_LANGS = operator.itemgetter(*(_AT[f"lang_{name}"] for name in LANGUAGES))
+_CODE_TASKS = operator.itemgetter(
+    *(_AT[f"task_{name}"] for name in ("fix", "refactor", "test", "complete"))
+)
+_INSTRUCTION_TASKS = operator.itemgetter(
+    *(_AT[f"task_{name}"] for name in ("summarize", "translate", "generate"))
+)
+_SCALARS = operator.itemgetter(
+    *(
+        _AT[name]
+        for name in (
+            "code_fences",
+            "code_char_ratio",
+            "fim",
+            "math",
+            "numbers",
+            "multiple_choice",
+            "task_explain",
+            "questions",
+            "log_last_user_chars",
+            "format_json",
+            "format_schema",
+            "tools",
+            "has_system",
+        )
+    )
+)
+_LONG_PROMPT = math.log1p(150)  # log_last_user_chars where a prompt starts to be long
+_DEMAND_BASE = 0.2  # what each area gets with no evidence: no hint says "this area only"
+
+
+def _area_demand(f: Sequence[float]) -> list[float]:
+    """What share of the request each of `AREAS` is, estimated from the request
+    features already computed (a few arithmetic operations): evidence per area, plus
+    `_DEMAND_BASE`, normalised to sum to 1. Rough by design; the selector weighs it
+    against the candidates' area scores."""
+    (
+        fences,
+        code_ratio,
+        fim,
+        maths_hints,
+        numbers,
+        choice,
+        explain,
+        questions,
+        log_last,
+        json_format,
+        schema,
+        tools,
+        system,
+    ) = _SCALARS(f)
+    code = (
+        max(_LANGS(f))
+        + min(fences, 3.0) / 3.0
+        + min(code_ratio * 10.0, 1.0)
+        + fim
+        + 0.5 * max(_CODE_TASKS(f))
+    )
+    maths = 2.0 * min(maths_hints, 5.0) / 5.0 + 0.5 * min(numbers / 20.0, 1.0)
+    knowledge = choice + 0.5 * explain + 0.25 * min(questions, 2.0)
+    reasoning = min(max(log_last - _LONG_PROMPT, 0.0) / 3.0, 1.0) + 0.5 * (
+        choice * min(maths_hints, 1.0)
+    )
+    instruction = json_format + schema + tools + 0.5 * system + 0.5 * max(_INSTRUCTION_TASKS(f))
+    evidence = [knowledge, reasoning, maths, code, instruction]
+    total = sum(evidence) + _DEMAND_BASE * len(evidence)
+    return [(_DEMAND_BASE + e) / total for e in evidence]
+
+
 def candidate_features(candidate: Candidate) -> list[float]:
-    family = candidate.family if candidate.family in FAMILIES else "other"
+    areas = candidate.areas if len(candidate.areas) == len(AREAS) else (UNKNOWN_AREA,) * len(AREAS)
+    uncertainty = candidate.uncertainty if len(candidate.areas) == len(AREAS) else 1.0
+    specialties = candidate.specialties | ({"code"} if candidate.is_code else set())
     return [
         math.log(max(candidate.params_b, 0.01)),
+        math.log(max(candidate.active_b, 0.01)),
         float(candidate.quant_bits),
         math.log2(max(candidate.context_length, 1)),
-        *(1.0 if family == name else 0.0 for name in FAMILIES),
-        1.0 if candidate.is_code else 0.0,
+        *(float(a) for a in areas),
+        *(1.0 if name in specialties else 0.0 for name in SPECIALTIES),
+        candidate.release - RELEASE_ORIGIN,
+        float(uncertainty),
         1.0 if candidate.is_instruct else 0.0,
         1.0 if candidate.loaded else 0.0,
         *(1.0 if name in candidate.capabilities else 0.0 for name in CAPABILITIES),
     ]
 
 
-def identity(name: str, known_models: Sequence[str]) -> list[float]:
-    """One-hot over the artifact's models; all zero for a model it never saw, which is
-    then scored from its other features alone."""
-    return [1.0 if name == known else 0.0 for known in known_models]
-
-
-def rows(
-    request: Sequence[float], candidates: Sequence[Candidate], known_models: Sequence[str]
-) -> list[list[float]]:
-    """One row per candidate, in `feature_names(known_models)` order."""
-    return [[*request, *candidate_block(c, tuple(known_models))] for c in candidates]
+def rows(request: Sequence[float], candidates: Sequence[Candidate]) -> list[list[float]]:
+    """One row per candidate, in `feature_names()` order."""
+    return [[*request, *candidate_block(c)] for c in candidates]
 
 
 @functools.lru_cache(maxsize=4096)
-def candidate_block(candidate: Candidate, known_models: tuple[str, ...]) -> tuple[float, ...]:
-    """The candidate's part of a row (its features and identity): it depends on the
-    candidate alone, so serving computes it once per model and loaded state."""
-    return (*candidate_features(candidate), *identity(candidate.name, known_models))
+def candidate_block(candidate: Candidate) -> tuple[float, ...]:
+    """The candidate's part of a row: it depends on the candidate alone, so serving
+    computes it once per model and loaded state."""
+    return tuple(candidate_features(candidate))
 
 
 def family_of(name: str, declared: str = "") -> str:

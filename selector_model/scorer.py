@@ -94,13 +94,11 @@ _MAX_ENTRIES = 512
 
 
 def _rows(artifact: Artifact, candidates: Sequence[Candidate]) -> np.ndarray:
-    """Rows with the candidates' parts (their features and identity) filled in and the
-    request's part zero.
+    """Rows with the candidates' parts filled in and the request's part zero.
 
-    Cached on the artifact (the identity columns are its known models) by the identity
-    of the candidate objects, which the registry keeps while nothing changes, so that a
-    request does not hash them. The entry holds the candidates: their ids cannot be
-    reused while it exists."""
+    Cached on the artifact (its width) by the identity of the candidate objects, which
+    the registry keeps while nothing changes, so that a request does not hash them. The
+    entry holds the candidates: their ids cannot be reused while it exists."""
     # (From a list: tuple(map(...)) would allocate past the tuple free list, and each
     # call would bring the next garbage collection nearer.)
     key = tuple([id(c) for c in candidates])
@@ -109,7 +107,7 @@ def _rows(artifact: Artifact, candidates: Sequence[Candidate]) -> np.ndarray:
     if entry is None:
         rows = np.zeros((len(candidates), artifact.width), dtype=np.float32)
         for i, candidate in enumerate(candidates):
-            rows[i, _WIDTH:] = candidate_block(candidate, artifact.known_models)
+            rows[i, _WIDTH:] = candidate_block(candidate)
         rows.flags.writeable = False
         if len(cache) >= _MAX_ENTRIES:
             cache.clear()

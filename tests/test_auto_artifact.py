@@ -20,6 +20,8 @@ import orjson
 import pytest
 
 from proxy.config import Profile, Selector, Usage
+from proxy.emulator.catalog import CATALOG
+from proxy.registry import model_info
 from selector_model import features
 from selector_model.policy import pick, rank
 from tests.support import Emulator, Proxy, ServerThread
@@ -32,9 +34,21 @@ CODE = "Fix this bug:\n```python\ndef add(a, b):\n    return a - b\n```"
 MATH = "Solve the equation 3 + x = 12 and calculate the remainder of x / 4"
 
 
+def _candidate(model: str) -> features.Candidate:
+    """The model as the proxy's registry describes it when the emulator serves it (its
+    details, and the catalogue's knowledge): the selector tells models apart by that."""
+    spec = next(s for s in CATALOG if s.name == model)
+    show = {
+        "details": spec.details(),
+        "capabilities": list(spec.capabilities),
+        "model_info": spec.model_info(),
+    }
+    return model_info(model, {"details": spec.details()}, show).candidate
+
+
 def _event(text: str, model: str, ok: bool) -> dict[str, Any]:
     body = {"model": "auto", "messages": [{"role": "user", "content": text}]}
-    candidate = features.Candidate(model, family=features.family_of(model), params_b=7.6)
+    candidate = _candidate(model)
     return {
         "request_id": f"{model}-{abs(hash(text))}",
         "endpoint": "/api/chat",
@@ -252,7 +266,7 @@ async def test_the_proxys_own_usage_events_train_a_selector(
     assert all(ex.weight == pytest.approx(2.0) for ex in examples)  # propensity 1/2
     artifact = train(events, tmp_path / "artifact")
     meta = orjson.loads(artifact.with_suffix(".json").read_bytes())
-    assert sorted(meta["known_models"]) == sorted([CODER, GENERAL])
+    assert sorted(meta["trained_on"]) == sorted([CODER, GENERAL])
 
 
 def test_scorer_rows_are_the_feature_rows(artifacts: tuple[Path, Path]) -> None:
@@ -270,7 +284,7 @@ def test_scorer_rows_are_the_feature_rows(artifacts: tuple[Path, Path]) -> None:
         features.Candidate(GENERAL, family="llama", params_b=8.0, loaded=True),
         features.Candidate("unseen:3b", params_b=3.0),
     ]
-    expected = np.asarray(features.rows(request, candidates, art.known_models), dtype=np.float32)
+    expected = np.asarray(features.rows(request, candidates), dtype=np.float32)
     assert np.array_equal(Scorer.batch(art, request, candidates), expected)
 
 
@@ -332,5 +346,5 @@ def test_train_from_the_events_the_proxy_wrote_to_postgres(
         )
         assert cli.run_train(args) == 0
         meta = orjson.loads((out / "selector.json").read_bytes())
-        assert sorted(meta["known_models"]) == sorted([CODER, GENERAL])
+        assert sorted(meta["trained_on"]) == sorted([CODER, GENERAL])
         assert meta["training"]["sources"][0]["kind"] == "postgres"

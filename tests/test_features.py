@@ -23,16 +23,57 @@ def vector(path: str, body: dict[str, object]) -> dict[str, float]:
 
 
 def test_rows_follow_the_named_schema() -> None:
-    known = ["qwen2.5:7b", "llama3.1:8b"]
-    candidates = [F.Candidate(name="qwen2.5:7b", family="qwen"), F.Candidate(name="new:1b")]
-    rows = F.rows(F.request_features("/api/chat", {"messages": []}), candidates, known)
-    names = F.feature_names(known)
-    assert all(len(row) == len(names) for row in rows)
-    assert rows[0][names.index("model=qwen2.5:7b")] == 1.0
-    assert (
-        rows[1][names.index("model=qwen2.5:7b")] == rows[1][names.index("model=llama3.1:8b")] == 0.0
+    coder = F.Candidate(
+        name="qwen2.5-coder:7b",
+        family="qwen",
+        params_b=7.6,
+        areas=(0.6, 0.5, 0.55, 0.8, 0.65),
+        specialties=frozenset({"code"}),
+        release=2024.7,
+        uncertainty=0.1,
+        capabilities=frozenset({"insert"}),
     )
-    assert rows[0][names.index("family_qwen")] == 1.0
+    rows = F.rows(F.request_features("/api/chat", {"messages": []}), [coder, F.Candidate("new:1b")])
+    names = F.feature_names()
+    assert all(len(row) == len(names) for row in rows)
+    assert not any(name.startswith(("model=", "family_")) for name in names)
+    first = dict(zip(names, rows[0], strict=True))
+    assert first["area_code"] == 0.8 and first["spec_code"] == 1.0 and first["cap_insert"] == 1.0
+    assert first["release_years"] == 2024.7 - F.RELEASE_ORIGIN and first["uncertainty"] == 0.1
+    assert first["log_active_params_b"] == first["log_params_b"]  # dense: all parameters
+    # Without catalogue knowledge: middling scores, fully uncertain.
+    second = dict(zip(names, rows[1], strict=True))
+    assert second["area_math"] == F.UNKNOWN_AREA and second["uncertainty"] == 1.0
+
+
+def test_a_model_is_scored_by_what_it_is_not_by_its_name() -> None:
+    """Two candidates alike but for their names (and families) get the same row: the
+    selector has no column that could remember a model by name."""
+    known = dict(params_b=8.0, areas=(0.7, 0.6, 0.5, 0.4, 0.7), release=2024.5, uncertainty=0.0)
+    a = F.Candidate(name="llama3.1:8b", family="llama", **known)  # type: ignore[arg-type]
+    b = F.Candidate(name="my-finetune:latest", family="other", **known)  # type: ignore[arg-type]
+    assert F.candidate_block(a) == F.candidate_block(b)
+    moe = F.Candidate(name="moe:30b", params_b=30.0, active_params_b=3.0)
+    block = dict(zip(F.CANDIDATE_FEATURES, F.candidate_block(moe), strict=True))
+    assert block["log_active_params_b"] < block["log_params_b"] and moe.active_b == 3.0
+    assert F.Candidate.from_record(moe.to_record()) == moe
+
+
+def test_area_demand_follows_what_the_prompt_asks() -> None:
+    def demand(text: str) -> dict[str, float]:
+        values = vector("/api/chat", {"messages": [{"role": "user", "content": text}]})
+        return {area: values[f"demand_{area}"] for area in F.AREAS}
+
+    code = demand("Fix this bug:\n```python\ndef f(x):\n    return x +\n```")
+    maths = demand("Solve the equation 3 * x + 4 = 19 and calculate the remainder of x / 2")
+    choice = demand("Which planet is largest?\nA) Mars\nB) Jupiter\nC) Venus\nD) Earth")
+    plain = demand("hello")
+    assert max(code, key=code.__getitem__) == "code"
+    assert max(maths, key=maths.__getitem__) == "math"
+    assert max(choice, key=choice.__getitem__) == "knowledge"
+    assert set(plain.values()) == {0.2}  # no evidence: an even share
+    for shares in (code, maths, choice, plain):
+        assert abs(sum(shares.values()) - 1.0) < 1e-9
 
 
 def test_request_features_read_the_request() -> None:

@@ -12,10 +12,12 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from proxy.config import Profile
 from selector_model import features
-from training import cli, evaluate, export, pipeline
+from training import cli, evaluate, export, pipeline, replay
 from training.data import (
     DATA_DIR,
+    Dataset,
     dataset_examples,
     grouped_split,
     load_llmrouter,
@@ -66,6 +68,10 @@ def test_model_table_covers_the_scored_models_with_their_prices() -> None:
         assert spec.quant_bits == features.quant_bits_from(spec.quantization) == 4.0
         candidate = spec.candidate()
         assert candidate.name == spec.ollama_name and candidate.loaded is False
+        # Built as serving builds it, with the catalogue's knowledge of the model.
+        assert candidate.params_b == spec.params_b
+        assert candidate.context_length == spec.context_length
+        assert len(candidate.areas) == len(features.AREAS)
     assert len({m.ollama_name for m in MODELS}) == 9
 
 
@@ -204,18 +210,17 @@ def test_train_from_a_usage_file(tmp_path: Path) -> None:
     args = _train_from_usage(tmp_path, events)
     assert cli.run_train(args) == 0
     onnx_bytes, meta = export.read_artifact(tmp_path / "art")
-    assert meta["known_models"] == ["tiny:1b", "big:70b"]
+    assert meta["known_models"] == [] and meta["trained_on"] == ["tiny:1b", "big:70b"]
     assert [m["params_b"] for m in meta["models"]] == [1.0, 70.0]
     assert meta["training"]["sources"][0]["used"] == 240
     assert "usage/usage.jsonl" in meta["training_data_hashes"]
     sess = export.session(onnx_bytes)
-    known = meta["known_models"]
     request = features.request_features(
         "/api/chat", {"messages": [{"role": "user", "content": "Solve 7 + x = 12, calculate"}]}
     )
     tiny = features.Candidate("tiny:1b", params_b=1.0, loaded=True)
     big = features.Candidate("big:70b", params_b=70.0, loaded=True)
-    x = np.array(features.rows(request, [tiny, big], known), dtype=np.float32)
+    x = np.array(features.rows(request, [tiny, big]), dtype=np.float32)
     p_tiny, p_big = export.onnx_predict(sess, x)
     assert p_big > p_tiny
 
@@ -242,11 +247,10 @@ def test_sources_parse() -> None:
 
 
 def test_onnx_parity_and_its_failure(data: Any) -> None:
-    known = [m.ollama_name for m in data.models]
     examples = dataset_examples(data.train[:200], data.models)
-    a = train(examples, known, QUICK)
-    b = train(examples, known, TrainConfig.from_json({**QUICK.to_json(), "seed": 7}))
-    n_features = len(features.feature_names(known))
+    a = train(examples, QUICK)
+    b = train(examples, TrainConfig.from_json({**QUICK.to_json(), "seed": 7}))
+    n_features = len(features.feature_names())
     onnx_a = export.to_onnx(a.booster, n_features)
     assert export.parity(onnx_a, a.booster, a.val.x) <= export.PARITY_TOLERANCE
     with pytest.raises(export.ParityError):
@@ -254,16 +258,15 @@ def test_onnx_parity_and_its_failure(data: Any) -> None:
 
 
 def test_same_seed_same_predictions(data: Any) -> None:
-    known = [m.ollama_name for m in data.models]
     examples = dataset_examples(data.train[:250], data.models)
-    config = TrainConfig.from_json({**QUICK.to_json(), "max_depth": 6, "identity_dropout": 0.2})
-    first = train(examples, known, config)
-    second = train(examples, known, config)
+    config = TrainConfig.from_json({**QUICK.to_json(), "max_depth": 6})
+    first = train(examples, config)
+    second = train(examples, config)
     assert first.best_iteration == second.best_iteration
     p1 = predict(first.booster, first.val.x)
     p2 = predict(second.booster, first.val.x)
     assert float(np.max(np.abs(p1 - p2))) <= REPRO_TOLERANCE
-    n_features = len(features.feature_names(known))
+    n_features = len(features.feature_names())
     assert export.to_onnx(first.booster, n_features) == export.to_onnx(second.booster, n_features)
 
 
@@ -272,9 +275,10 @@ def test_artifact_metadata_and_schema(built: tuple[Path, Path, dict[str, Any]], 
     onnx_bytes, on_disk = export.read_artifact(out / "selector.json")
     assert on_disk == meta
     assert meta["schema_version"] == features.SCHEMA_VERSION
-    known = meta["known_models"]
+    known = meta["trained_on"]
+    assert meta["known_models"] == []  # no model is known by name
     assert known == [m.ollama_name for m in data.models]
-    assert meta["feature_names"] == features.feature_names(known)
+    assert meta["feature_names"] == features.feature_names()
     assert [m["name"] for m in meta["models"]] == known
     for row in meta["models"]:
         spec = BY_DATASET_NAME[row["dataset_name"]]
@@ -296,10 +300,8 @@ def test_artifact_metadata_and_schema(built: tuple[Path, Path, dict[str, Any]], 
     request = features.request_features(
         "/api/chat", {"messages": [{"role": "user", "content": "2+2?"}]}
     )
-    candidates = [
-        features.Candidate(name=m["name"], params_b=m["params_b"]) for m in meta["models"]
-    ]
-    x = np.array(features.rows(request, candidates, known), dtype=np.float32)
+    candidates = [features.Candidate.from_record(m["knowledge"]) for m in meta["models"]]
+    x = np.array(features.rows(request, candidates), dtype=np.float32)
     (probs,) = sess.run([meta["output_name"]], {meta["input_name"]: x})
     assert probs.shape == (len(known), 2)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
@@ -317,7 +319,7 @@ def test_report_files_and_contents(built: tuple[Path, Path, dict[str, Any]]) -> 
     assert price["oracle"]["quality"] >= max(s["quality"] for s in price["singles"])
     assert 0 <= price["quality_at_best_cost"] <= 1
     assert len(report["lomo"]) == 9
-    assert {f["held_out"] for f in report["lomo"]} == set(meta["known_models"])
+    assert {f["held_out"] for f in report["lomo"]} == set(meta["trained_on"])
     md = (reports / "quick.md").read_text()
     assert "APGR" in md and "Leave one model out" in md
     assert (reports / "quick.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -372,3 +374,78 @@ def test_metric_definitions_on_a_hand_made_case() -> None:
     assert summary["best_single"]["model"] == "a"  # 0.5 each: the cheaper wins the tie
     assert summary["router_lambda0"]["quality"] == 1.0 - 0.25  # picks a, b, a, a
     assert summary["random"] == {"cost": 2.0, "quality": 0.5}
+
+
+# ---------------------------------------------------------------- replay (autoroute evaluate)
+
+
+def test_evaluate_replays_through_the_proxy_decision_code(
+    built: tuple[Path, Path, dict[str, Any]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, _, _ = built
+    args = _parse(
+        cli.add_evaluate_arguments,
+        [str(out), "--report-dir", str(tmp_path), "--no-lomo", "--no-progress", "--hold-out", "0"],
+    )
+    assert cli.run_evaluate(args) == 0
+    printed = capsys.readouterr().out
+    assert replay.COST_DEFINITIONS["params"] in printed
+    for row in ("auto:fast", "auto:balanced", "auto:best", "best single", "always-largest"):
+        assert row in printed
+    saved = json.loads((tmp_path / "evaluation-replay.json").read_text())
+    (fleet,) = saved["fleets"]
+    rows = fleet["rows"]
+    assert rows["best single"]["quality"] == pytest.approx(0.5966, abs=1e-3)
+    assert rows["oracle"]["quality"] >= max(r["quality"] for r in rows.values())
+    # Every pick is one of the fleet's models and every prompt got one.
+    for profile in ("auto:fast", "auto:balanced", "auto:best"):
+        assert set(rows[profile]["picks"]) <= set(fleet["fleet"])
+        assert sum(rows[profile]["picks"].values()) == fleet["prompts"] == 381
+    assert (tmp_path / "evaluation-replay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_feedback_hook_sees_every_decision_of_the_learning_half(
+    built: tuple[Path, Path, dict[str, Any]], data: Any
+) -> None:
+    out, _, _ = built
+    calls: list[tuple[str, str, float]] = []
+
+    def factory(router: Any) -> replay.Feedback:
+        def hook(body: Any, model: str, outcome: float) -> None:
+            calls.append((body["messages"][0]["content"], model, outcome))
+
+        return hook
+
+    prompts = data.test[:40]
+    result = replay.in_loop(
+        lambda: replay.replay_fleet(
+            "slice",
+            out,
+            prompts,
+            data.models,
+            {"best": Profile(cost_weight=0.0)},
+            feedback=factory,
+            passes=2,
+        )
+    )
+    assert len(result.curves["best"]) == 3  # before feedback, after each pass
+    assert len(calls) == 2 * 20
+    by_model = {m.ollama_name: m for m in data.models}
+    texts = {p.text: p for p in prompts}
+    for text, model, outcome in calls:
+        assert outcome == texts[text].scores[by_model[model].dataset_name]
+
+
+def test_leave_k_out_holds_models_out_of_training(data: Any) -> None:
+    splits = replay.held_out_splits(data.models, 3, 4, seed=1)
+    assert len(splits) == 4 and len({tuple(s) for s in splits}) == 4
+    assert all(len(s) == 3 for s in splits)
+    small = Dataset(data.train[:300], data.test[:60], 0, data.models, {})
+    results = replay.in_loop(
+        lambda: replay.leave_k_out(
+            small, QUICK, {"best": Profile(cost_weight=0.0)}, k=3, splits=1, seed=1
+        )
+    )
+    everything, held = results
+    assert len(everything.fleet) == 9 and len(everything.unseen) == 3
+    assert sorted(held.fleet) == sorted(held.unseen) == sorted(everything.unseen)

@@ -11,8 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from training import pipeline
-from training.data import DATA_DIR
+from proxy.config import ConfigError, Profile
+from proxy.config import load as load_config
+from training import pipeline, replay
+from training.data import DATA_DIR, load_llmrouter
 from training.export import ParityError
 from training.train import QUICK, TrainConfig
 
@@ -126,13 +128,50 @@ def run_train(args: argparse.Namespace) -> int:
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "artifact", type=Path, help="artifact directory, or its selector.json / selector.onnx"
+        "artifact",
+        type=Path,
+        nargs="?",
+        default=DEFAULT_OUT,
+        help=f"artifact directory, or its selector.json / selector.onnx (default: {DEFAULT_OUT})",
     )
     parser.add_argument("--report-dir", type=Path, default=DEFAULT_REPORTS)
     parser.add_argument("--report-name", default="evaluation")
     parser.add_argument("--data", type=Path, default=DATA_DIR)
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="config.yaml whose selector.profiles are replayed (default: ./config.yaml, "
+        "else the built-in profiles)",
+    )
+    parser.add_argument(
+        "--hold-out",
+        type=int,
+        default=3,
+        metavar="K",
+        help="also train without K models per split and replay fleets where they are "
+        "unseen (0: only the artifact on the models it was trained on; default 3)",
+    )
+    parser.add_argument("--splits", type=int, default=3, help="held-out splits (default 3)")
+    parser.add_argument("--cost", choices=sorted(replay.COST_DEFINITIONS), default="params")
+    parser.add_argument(
+        "--feedback",
+        metavar="MODULE:FUNCTION",
+        default=None,
+        help="a function called with the AutoRouter that returns a hook "
+        "(request body, chosen model, outcome) -> None, fed during feedback passes",
+    )
+    parser.add_argument("--passes", type=int, default=3, help="feedback passes (default 3)")
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-lomo", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
+
+
+def _profiles(path: Path | None) -> dict[str, Profile]:
+    profiles = load_config(path).selector.profiles
+    # The replay reports the three documented profiles, in this order, when configured.
+    ordered = [p for p in replay.PROFILES if p in profiles]
+    return {p: profiles[p] for p in ordered + [p for p in profiles if p not in ordered]}
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -146,7 +185,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
             run_lomo=not args.no_lomo,
             bars=bars,
         )
-    except (OSError, ValueError, KeyError, pipeline.SchemaError) as exc:
+        if bars is not None:
+            bars.close()
+        results = replay.in_loop(lambda: _replay(args, out))
+    except (OSError, ValueError, KeyError, pipeline.SchemaError, ConfigError) as exc:
         _log(f"autoroute evaluate: {exc}")
         return 1
     finally:
@@ -154,8 +196,54 @@ def run_evaluate(args: argparse.Namespace) -> int:
             bars.close()
     for t in out["targets"]:
         _log(f"{'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['value']} (gap {t['gap']})")
-    _log(f"report: {args.report_dir / args.report_name}.md")
+    print(replay.COST_DEFINITIONS[args.cost])
+    for result in results:
+        print(replay.table(result))
+    for kind in ("all 9", "held-out"):
+        text = replay.summary(results, kind)
+        if text:
+            print(text)
+    base = args.report_dir / f"{args.report_name}-replay"
+    replay.write_json(results, args.cost, base.with_suffix(".json"))
+    replay.plot(results, base.with_suffix(".png"))
+    _log(f"report: {args.report_dir / args.report_name}.md, {base}.json, {base}.png")
     return 0
+
+
+def _replay(args: argparse.Namespace, evaluated: dict[str, Any]) -> list[replay.FleetResult]:
+    profiles = _profiles(args.config)
+    directory = args.artifact if args.artifact.is_dir() else args.artifact.parent
+    data = load_llmrouter(args.data)
+    feedback = replay.load_feedback(args.feedback) if args.feedback else None
+    results = [
+        replay.replay_fleet(
+            "trained-on fleet (LLMRouter test split)",
+            directory,
+            data.test,
+            data.models,
+            profiles,
+            cost_kind=args.cost,
+            trained_on=evaluated["trained_on"],
+            feedback=feedback,
+            passes=args.passes,
+            seed=args.seed,
+        )
+    ]
+    if args.hold_out > 0:
+        config = TrainConfig.from_json(evaluated["training"]["config"])
+        results += replay.leave_k_out(
+            data,
+            config,
+            profiles,
+            k=args.hold_out,
+            splits=args.splits,
+            seed=args.seed,
+            cost_kind=args.cost,
+            feedback=feedback,
+            passes=args.passes,
+            log=_log,
+        )
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:

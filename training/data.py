@@ -73,7 +73,7 @@ class Dataset:
 
 @dataclass(frozen=True)
 class Example:
-    """One training or evaluation row before the identity one-hot is fixed."""
+    """One training or evaluation row: a request and a candidate, with its label."""
 
     group: str
     request: list[float] = field(repr=False)
@@ -237,7 +237,7 @@ def usage_examples(events: Iterable[Any]) -> tuple[list[Example], UsageStats]:
 
 
 def known_models_of(examples: Iterable[Example]) -> list[str]:
-    """Candidate names in first-seen order: the artifact's identity order."""
+    """Candidate names in first-seen order: the models the training data covers."""
     seen: dict[str, None] = {}
     for ex in examples:
         seen.setdefault(ex.candidate.name, None)
@@ -253,12 +253,12 @@ class Matrix:
     names: list[str]
 
 
-def matrix(examples: Sequence[Example], known_models: Sequence[str]) -> Matrix:
-    """Rows in `features.feature_names(known_models)` order."""
-    width = len(features.feature_names(known_models))
+def matrix(examples: Sequence[Example]) -> Matrix:
+    """Rows in `features.feature_names()` order."""
+    width = len(features.feature_names())
     x = np.empty((len(examples), width), dtype=np.float32)
     for i, ex in enumerate(examples):
-        x[i] = features.rows(ex.request, [ex.candidate], known_models)[0]
+        x[i] = features.rows(ex.request, [ex.candidate])[0]
     return Matrix(
         x=x,
         y=np.array([ex.label for ex in examples], dtype=np.float32),

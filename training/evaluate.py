@@ -52,7 +52,8 @@ LOMO_TOLERANCE = 0.01
 class Policy:
     """How serving turns P(success) into a choice. `unseen_margin` is subtracted from
     the utility of every candidate whose name is not among the artifact's known
-    models (the safety rule for models the selector never saw)."""
+    models (the safety rule for models the selector never saw); an artifact without
+    names (schema 2) knows none, so it is 0: every candidate is scored alike."""
 
     unseen_margin: float = 0.0
 
@@ -60,7 +61,7 @@ class Policy:
         return {
             "utility": "p_success - lambda * cost / max_cost - unseen_margin * unseen",
             "unseen_margin": self.unseen_margin,
-            "unseen": "a candidate whose name is not in known_models (identity one-hot all 0)",
+            "unseen": "a candidate whose name is not in known_models (none since schema 2)",
             "lambda_units": "probability per max-cost among the candidates",
         }
 
@@ -72,14 +73,13 @@ def score_prompts(
     scorer: Scorer,
     requests: Sequence[list[float]],
     candidates: Sequence[features.Candidate],
-    known_models: Sequence[str],
 ) -> Array:
     """P(success) [prompts, candidates]."""
-    width = len(features.feature_names(known_models))
+    width = len(features.feature_names())
     x = np.empty((len(requests) * len(candidates), width), dtype=np.float32)
     i = 0
     for request in requests:
-        for row in features.rows(request, candidates, known_models):
+        for row in features.rows(request, candidates):
             x[i] = row
             i += 1
     return scorer(x).astype(np.float64).reshape(len(requests), len(candidates))
@@ -195,13 +195,11 @@ def size_prior(models: Sequence[ModelSpec]) -> Array:
     return (logs - logs.min()) / span if span > 0 else np.zeros(len(models))
 
 
-def evaluate_scorer(
-    scorer: Scorer, known_models: Sequence[str], data: Dataset, seed: int = 0
-) -> dict[str, Any]:
+def evaluate_scorer(scorer: Scorer, data: Dataset, seed: int = 0) -> dict[str, Any]:
     models = data.models
     candidates = [m.candidate() for m in models]
     requests = [prompt_request(p.text) for p in data.test]
-    p = score_prompts(scorer, requests, candidates, known_models)
+    p = score_prompts(scorer, requests, candidates)
     y = score_matrix(data.test, models)
     names = [m.ollama_name for m in models]
     prior = np.tile(size_prior(models), (len(y), 1))
@@ -226,17 +224,14 @@ def lomo_fold(
     policy: Policy,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Train without `held_out`'s rows or identity; evaluate with it as an unseen
-    candidate among all models, at λ = 0, with and without the safety margin."""
+    """Train without `held_out`'s rows; evaluate with it as an unseen candidate among
+    all models, at λ = 0, with and without the safety margin."""
     kept = [m for m in data.models if m != held_out]
-    known = [m.ollama_name for m in kept]
-    result = train(
-        dataset_examples(data.train, kept, config.uniform_weight), known, config, progress
-    )
+    result = train(dataset_examples(data.train, kept, config.uniform_weight), config, progress)
     models = data.models
     candidates = [m.candidate() for m in models]
     requests = [prompt_request(t.text) for t in data.test]
-    p = score_prompts(lambda x: predict(result.booster, x), requests, candidates, known)
+    p = score_prompts(lambda x: predict(result.booster, x), requests, candidates)
     y = score_matrix(data.test, models)
     price = np.array([m.price_per_m for m in models])
     unseen = np.array([m == held_out for m in models], dtype=np.float64)
@@ -298,7 +293,7 @@ DEFINITIONS = (
     "oracle: per prompt the cheapest model among those with the prompt's best score",
     "random: uniform choice among the 9 models (expected values)",
     "size-only rule: the router's utility with P replaced by log(parameters) scaled to [0, 1]",
-    "LOMO: retrain without one model's rows and identity; test with all 9 candidates, the "
-    "held-out one unseen (identity one-hot all zero); λ = 0; target ≥ best known single "
+    "LOMO: retrain without one model's rows; test with all 9 candidates, the held-out one "
+    "unseen (scored from its catalogue knowledge); λ = 0; target ≥ best known single "
     "model's quality - 0.01",
 )

@@ -31,13 +31,19 @@ Assumptions, the same for every row:
 | llama3-chatqa-1.5-70b           | llama3-chatqa:70b  | llama    | 70.6 | 8192   |        | 0.90 |
 
 All are instruct models (`is_instruct`); only codegemma is a code model (`is_code`).
+
+A row's candidate is built the way serving builds it: from what Ollama would report
+(`tag`, `show`) through `proxy.registry.model_info`, which attaches the catalogue's
+knowledge of the model (area scores, specialities, release date).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, replace
 from typing import Any
 
+from proxy.registry import ModelInfo, model_info
 from selector_model.features import Candidate
 
 QUANTIZATION = "Q4_K_M"
@@ -60,18 +66,32 @@ class ModelSpec:
     quantization: str = QUANTIZATION
     quant_bits: float = QUANT_BITS
 
+    def tag(self) -> dict[str, Any]:
+        """The model's entry in Ollama's `/api/tags`."""
+        return {
+            "model": self.ollama_name,
+            "name": self.ollama_name,
+            "details": {
+                "family": self.family,
+                "parameter_size": f"{self.params_b}B",
+                "quantization_level": self.quantization,
+            },
+        }
+
+    def show(self) -> dict[str, Any]:
+        """Ollama's `/api/show` of the model."""
+        return {
+            "details": self.tag()["details"],
+            "capabilities": ["completion", *sorted(self.capabilities)],
+            "model_info": {f"{self.family}.context_length": self.context_length},
+        }
+
+    def model_info(self) -> ModelInfo:
+        return _model_info(self)
+
     def candidate(self, loaded: bool = False) -> Candidate:
-        return Candidate(
-            name=self.ollama_name,
-            family=self.family,
-            params_b=self.params_b,
-            quant_bits=self.quant_bits,
-            context_length=self.context_length,
-            capabilities=self.capabilities,
-            is_code=self.is_code,
-            is_instruct=self.is_instruct,
-            loaded=loaded,
-        )
+        candidate = self.model_info().candidate
+        return replace(candidate, loaded=True) if loaded else candidate
 
     def to_json(self) -> dict[str, Any]:
         """The details serving needs to build this model's `Candidate`."""
@@ -133,6 +153,12 @@ MODELS: tuple[ModelSpec, ...] = (
     _spec("llama-3.1-nemotron-51b-instruct", "nemotron:51b", "nemotron", 51.5, 131072, 0.90),
     _spec("llama3-chatqa-1.5-70b", "llama3-chatqa:70b", "llama", 70.6, 8192, 0.90),
 )
+
+
+@functools.lru_cache(maxsize=64)
+def _model_info(spec: ModelSpec) -> ModelInfo:
+    return model_info(spec.ollama_name, spec.tag(), spec.show())
+
 
 BY_DATASET_NAME: dict[str, ModelSpec] = {m.dataset_name: m for m in MODELS}
 BY_OLLAMA_NAME: dict[str, ModelSpec] = {m.ollama_name: m for m in MODELS}

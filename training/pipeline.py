@@ -76,7 +76,7 @@ def _model_table(known: Sequence[str], usage: Sequence[Example]) -> list[dict[st
     for name in known:
         spec = BY_OLLAMA_NAME.get(name)
         if spec is not None:
-            table.append(spec.to_json())
+            table.append({**spec.to_json(), "knowledge": spec.candidate().to_record()})
             continue
         c = by_name[name]
         table.append(
@@ -103,7 +103,7 @@ def full_report(
     return {
         "artifact_version": meta["artifact_version"],
         "created": meta["created"],
-        "known_models": meta["known_models"],
+        "trained_on": meta["trained_on"],
         "policy": meta["policy"],
         "targets": report.targets(evaluation, lomo),
         "evaluation": evaluation,
@@ -187,18 +187,16 @@ def build(
             "successes and failures (add --from dataset, or collect failures and ratings)"
         )
 
-    log(f"training on {len(examples)} rows, {len(known)} known models")
+    log(f"training on {len(examples)} rows from {len(known)} models")
     bar = bars("train") if bars else None
-    result = train(examples, known, config, bar)
-    n_features = len(features.feature_names(known))
+    result = train(examples, config, bar)
+    n_features = len(features.feature_names())
     onnx_bytes = export.to_onnx(result.booster, n_features)
     diff = export.parity(onnx_bytes, result.booster, result.val.x)
     log(f"parity: max |onnx - xgboost| = {diff:.2e} on {len(result.val.y)} validation rows")
 
     sess = export.session(onnx_bytes)
-    evaluation = evaluate.evaluate_scorer(
-        lambda x: export.onnx_predict(sess, x), known, data, config.seed
-    )
+    evaluation = evaluate.evaluate_scorer(lambda x: export.onnx_predict(sess, x), data, config.seed)
     val_p = export.onnx_predict(sess, result.val.x)
     val_labels = (result.val.y >= 0.5).astype(np.float64)
     val_auc = evaluate.auc(val_p[:, None].astype(np.float64), val_labels[:, None])
@@ -217,8 +215,11 @@ def build(
         "output_shape": [None, 2],
         "success_column": export.SUCCESS_COLUMN,
         "label_output_name": "label",
-        "feature_names": features.feature_names(known),
-        "known_models": known,
+        "feature_names": features.feature_names(),
+        # Models the artifact tells apart by name: none; it scores every candidate from
+        # what is known of it. `trained_on` lists the models its rows came from.
+        "known_models": [],
+        "trained_on": known,
         "models": _model_table(known, usage),
         "policy": POLICY.to_json(),
         "training": {
@@ -302,15 +303,12 @@ def evaluate_artifact(
         raise SchemaError(
             f"artifact schema {meta.get('schema_version')} != {features.SCHEMA_VERSION}"
         )
-    known = list(meta["known_models"])
-    if meta["feature_names"] != features.feature_names(known):
+    if meta["feature_names"] != features.feature_names():
         raise SchemaError("artifact feature names differ from selector_model.features")
     sess = export.session(onnx_bytes)
     config = TrainConfig.from_json(meta["training"]["config"])
     data = _subsample(load_llmrouter(data_dir), meta["training"].get("max_prompts"), config.seed)
-    evaluation = evaluate.evaluate_scorer(
-        lambda x: export.onnx_predict(sess, x), known, data, config.seed
-    )
+    evaluation = evaluate.evaluate_scorer(lambda x: export.onnx_predict(sess, x), data, config.seed)
     policy = evaluate.Policy(unseen_margin=float(meta["policy"]["unseen_margin"]))
     lomo = evaluate.lomo(data, config, policy, bars) if run_lomo else None
     out = full_report(meta, evaluation, lomo)

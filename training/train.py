@@ -1,4 +1,9 @@
-"""XGBoost binary classifier: P(success | request features ⊕ candidate features ⊕ identity).
+"""XGBoost binary classifier: P(success | request features ⊕ candidate features).
+
+No column names a model: a candidate is its knowledge (size, area scores,
+specialities...), so the booster cannot memorise the training models by name, and
+P(success) is constrained to rise with a candidate's size and its area scores
+(`TrainConfig.monotone`): a model the data never had is placed by what it can do.
 
 Validation is a grouped split (no prompt on both sides) used for early stopping. Seeds
 and `nthread` are fixed and the `hist` method is deterministic for a fixed thread
@@ -17,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 import xgboost as xgb
 
+from selector_model import features
 from training.data import Example, Matrix, grouped_split, matrix
 
 REPRO_TOLERANCE = 1e-6
@@ -46,9 +52,14 @@ class TrainConfig:
     nthread: int = 2
     # Prompts on which every model scored the same are weighted by this (dataset only).
     uniform_weight: float = 0.1
-    # Share of training rows also added with the identity one-hot zeroed, so the
-    # booster learns what a model it never saw looks like from its details alone.
-    identity_dropout: float = 0.2
+    # Features P(success) may only rise with: with 9 training models, each area score
+    # takes 9 values, and without the constraint a split between two of them says
+    # "this model" rather than "more ability".
+    monotone: tuple[str, ...] = (
+        "log_params_b",
+        "log_active_params_b",
+        *(f"area_{a}" for a in features.AREAS),
+    )
 
     def xgb_params(self) -> dict[str, Any]:
         return {
@@ -64,15 +75,21 @@ class TrainConfig:
             "seed": self.seed,
             "nthread": self.nthread,
             "verbosity": 0,
+            "monotone_constraints": "("
+            + ",".join("1" if n in self.monotone else "0" for n in features.feature_names())
+            + ")",
         }
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "monotone": list(self.monotone)}
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> TrainConfig:
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in raw.items() if k in known})
+        fields = set(cls.__dataclass_fields__)
+        values = {k: v for k, v in raw.items() if k in fields}
+        if "monotone" in values:
+            values["monotone"] = tuple(values["monotone"])
+        return cls(**values)
 
 
 QUICK = TrainConfig(max_depth=4, eta=0.3, num_rounds=20, early_stopping_rounds=5)
@@ -81,7 +98,6 @@ QUICK = TrainConfig(max_depth=4, eta=0.3, num_rounds=20, early_stopping_rounds=5
 @dataclass
 class TrainResult:
     booster: xgb.Booster
-    known_models: list[str]
     best_iteration: int
     seconds: float
     val: Matrix
@@ -102,30 +118,13 @@ class _ProgressCallback(xgb.callback.TrainingCallback):
         return False
 
 
-def _with_identity_dropout(
-    data: Matrix, n_identity: int, share: float, seed: int
-) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-    if share <= 0 or n_identity == 0:
-        return data.x, data.y, data.w
-    rng = np.random.default_rng(seed + 1)
-    pick = np.flatnonzero(rng.random(len(data.y)) < share)
-    extra = data.x[pick].copy()
-    extra[:, -n_identity:] = 0.0
-    return (
-        np.concatenate([data.x, extra]),
-        np.concatenate([data.y, data.y[pick]]),
-        np.concatenate([data.w, data.w[pick]]),
-    )
-
-
 def train(
     examples: Sequence[Example],
-    known_models: Sequence[str],
     config: TrainConfig,
     progress: Progress | None = None,
 ) -> TrainResult:
     started = time.perf_counter()
-    data = matrix(examples, known_models)
+    data = matrix(examples)
     train_idx, val_idx = grouped_split(data.groups, config.val_fraction, config.seed)
     if len(val_idx) == 0 or len(train_idx) == 0:
         raise ValueError("need at least two distinct prompts for a grouped split")
@@ -143,7 +142,7 @@ def train(
         [data.groups[i] for i in val_idx],
         [data.names[i] for i in val_idx],
     )
-    x, y, w = _with_identity_dropout(part, len(known_models), config.identity_dropout, config.seed)
+    x, y, w = part.x, part.y, part.w
     dtrain = xgb.DMatrix(x, label=y, weight=w, nthread=config.nthread)
     dval = xgb.DMatrix(val.x, label=val.y, weight=val.w, nthread=config.nthread)
     callbacks: list[xgb.callback.TrainingCallback] = []
@@ -164,7 +163,6 @@ def train(
     booster = booster[: best + 1]  # keep only the trees early stopping chose
     return TrainResult(
         booster=booster,
-        known_models=list(known_models),
         best_iteration=best,
         seconds=time.perf_counter() - started,
         val=val,

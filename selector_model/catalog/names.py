@@ -1,0 +1,102 @@
+"""Model names as users and registries spell them, reduced to what the catalogue keys on.
+
+Ollama names are `[registry/][namespace/]name[:tag]`; a missing tag means `latest`.
+Tags carry the size and often a variant and a quantization
+(`7b-instruct-q4_K_M`, `70b-fp16`); names pulled from Hugging Face carry the
+quantization as the whole tag (`hf.co/bartowski/Qwen2.5-7B-Instruct-GGUF:Q4_K_M`).
+"""
+
+from __future__ import annotations
+
+import re
+
+_QUANT = re.compile(
+    r"^(i?q\d[a-z0-9_]*|fp16|fp32|bf16|f16|f32|int4|int8|mxfp4|awq|gptq|gguf|mlx|\d+bit)$"
+)
+# Tag words that name a chat/instruct variant: the catalogue describes the chat model.
+_VARIANT = frozenset({"instruct", "chat", "it", "latest"})
+_SIZE = re.compile(r"(?:^|[-_:.])(?:(\d+)x)?(\d+(?:\.\d+)?)([bm])(?=$|[-_:.])")
+_ACTIVE = re.compile(r"(?:^|[-_:.])a(\d+(?:\.\d+)?)b(?=$|[-_:.])")
+
+# Words in a name that say what a model is for.
+NAME_HINTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("code", ("coder", "code", "starcoder", "codestral", "devstral")),
+    ("math", ("math", "mathstral")),
+    ("reasoning", ("r1", "reason", "think", "qwq", "o1")),
+    ("vision", ("vl", "vision", "llava", "minicpm-v", "moondream", "bakllava")),
+    ("embedding", ("embed", "minilm", "bge", "e5", "gte")),
+)
+# Ollama `capabilities` (from /api/show) that imply a specialty.
+CAPABILITY_SPECIALTIES = {
+    "vision": "vision",
+    "tools": "tools",
+    "thinking": "reasoning",
+    "insert": "code",
+    "embedding": "embedding",
+}
+
+
+def split(name: str) -> tuple[str, str]:
+    """(base, tag) of a name, lower-cased, without registry or namespace; tag "latest"
+    when absent. A Hugging Face repository's "-GGUF" suffix goes with its prefix."""
+    text = name.strip().lower()
+    base, _, tag = text.partition(":")
+    if "/" in base:
+        base = base.rsplit("/", 1)[1]
+    base = re.sub(r"[-_.](gguf|ggml|mlx|awq|gptq)$", "", base)
+    return base, tag or "latest"
+
+
+def clean_tag(tag: str) -> str:
+    """A tag without quantization and chat-variant words: `7b-instruct-q4_K_M` -> `7b`.
+    Empty when nothing is left (a tag that was only a quantization)."""
+    words = [w for w in re.split(r"[-_](?=[a-z0-9])", tag) if w]
+    kept = [w for w in words if not _QUANT.match(w) and w not in _VARIANT]
+    # "q4_K_M" splits into "q4", "k", "m": drop single letters left by the split.
+    kept = [w for w in kept if not (len(w) == 1 and w.isalpha())]
+    return "-".join(kept)
+
+
+def keys(name: str) -> list[str]:
+    """Catalogue keys to try for `name`, most specific first: the tag as written, then
+    without quantization and variant words, then with trailing words dropped
+    (`30b-a3b-2507` -> `30b-a3b` -> `30b`), then the bare name (an alias)."""
+    base, tag = split(name)
+    out = [f"{base}:{tag}"]
+    words = clean_tag(tag).split("-") if clean_tag(tag) else []
+    for end in range(len(words), 0, -1):
+        out.append(f"{base}:{'-'.join(words[:end])}")
+    if not words:
+        out.append(f"{base}:latest")
+    out.append(base)
+    return list(dict.fromkeys(out))
+
+
+def size_from_name(name: str) -> tuple[float, float]:
+    """(total, active) billions of parameters written in a name (`8x7b`, `30b-a3b`,
+    `qwen2.5-7b-instruct`, `smollm2:360m`); 0.0 where none is written."""
+    base, tag = split(name)
+    text = f"{base}:{tag}"
+    active_match = _ACTIVE.search(text)
+    active = float(active_match.group(1)) if active_match else 0.0
+    total = 0.0
+    for match in _SIZE.finditer(text):
+        count = float(match.group(2)) * float(match.group(1) or 1)
+        total = count / 1000 if match.group(3) == "m" else count
+        break
+    return total, active
+
+
+def hinted_specialties(name: str) -> set[str]:
+    base, tag = split(name)
+    words = set(re.split(r"[-_:.]", f"{base}-{tag}"))
+    text = f"{base}:{tag}"
+    found: set[str] = set()
+    for specialty, hints in NAME_HINTS:
+        for hint in hints:
+            if hint in words or (len(hint) > 3 and hint in text):
+                found.add(specialty)
+    # "qwen2.5vl", "internvl": a vision suffix glued to the name.
+    if any(word.endswith("vl") for word in words):
+        found.add("vision")
+    return found

@@ -1,0 +1,121 @@
+"""Published results on one scale per area, and how scores grow with size.
+
+Model cards report different benchmarks for the same ability (MMLU, MMLU-Redux or
+MMLU-Pro for knowledge; GPQA, BBH or ARC-C for reasoning; ...). Each area keeps the
+scale of its first benchmark; another benchmark is mapped onto it by a line fitted over
+the models that report both, and only where it predicts that scale.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from selector_model.catalog.knowledge import AREAS, ModelKnowledge
+
+# Uncertainty of an area score mapped from another benchmark of the area, before the
+# mapping's own error is added.
+MAPPED_UNCERTAINTY = 0.05
+# A benchmark is mapped onto its area's scale only when it explains this share of the
+# scale's variance over the models that report both.
+MIN_FIT = 0.3
+
+
+@dataclass(frozen=True)
+class _Line:
+    """How one benchmark maps onto its area's scale, and how far off that mapping was
+    on the models that report both (root-mean-square residual)."""
+
+    intercept: float
+    slope: float
+    error: float
+
+    def __call__(self, value: float) -> float:
+        return min(1.0, max(0.0, self.intercept + self.slope * value))
+
+
+def calibrate(
+    scores: Mapping[str, Mapping[str, float]],
+    benchmarks: Mapping[str, str],
+    same_scale: Mapping[str, str],
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """Per entry, one score per area on the area's scale (its first benchmark); other
+    benchmarks of the area are mapped onto it by a line fitted over the entries that
+    report both, or taken as they are when declared on the same scale (a subset of it).
+    A benchmark that predicts the scale poorly is not mapped (the area is imputed
+    instead). Also returns, per entry, the uncertainty of each mapped area."""
+    scale: dict[str, str] = {}
+    for bench, area in benchmarks.items():
+        scale.setdefault(area, bench)
+    lines: dict[str, _Line] = {}
+    for bench, area in benchmarks.items():
+        if bench == scale[area]:
+            continue
+        if same_scale.get(bench) == scale[area]:
+            lines[bench] = _Line(0.0, 1.0, 0.0)
+            continue
+        pairs = [
+            (s[bench], s[scale[area]]) for s in scores.values() if bench in s and scale[area] in s
+        ]
+        line = fit(pairs)
+        if line is not None:
+            lines[bench] = line
+    areas: dict[str, dict[str, float]] = {}
+    mapped: dict[str, dict[str, float]] = {}
+    for name, own in scores.items():
+        areas[name], mapped[name] = {}, {}
+        for area, canonical in scale.items():
+            if canonical in own:
+                areas[name][area] = own[canonical]
+                continue
+            used = [(lines[b], v) for b, v in own.items() if benchmarks[b] == area and b in lines]
+            if used:
+                areas[name][area] = sum(line(v) for line, v in used) / len(used)
+                error = sum(line.error for line, _ in used) / len(used)
+                mapped[name][area] = min(0.5, MAPPED_UNCERTAINTY + 2.0 * error)
+    return areas, mapped
+
+
+def fit(pairs: list[tuple[float, float]]) -> _Line | None:
+    """The least-squares line of y on x, or None when there are fewer than three pairs
+    or x explains less than MIN_FIT of y's variance."""
+    if len(pairs) < 3:
+        return None
+    mean_x = sum(x for x, _ in pairs) / len(pairs)
+    mean_y = sum(y for _, y in pairs) / len(pairs)
+    var_x = sum((x - mean_x) ** 2 for x, _ in pairs)
+    var_y = sum((y - mean_y) ** 2 for _, y in pairs)
+    if var_x <= 1e-9 or var_y <= 1e-9:
+        return None
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in pairs) / var_x
+    intercept = mean_y - slope * mean_x
+    residual = sum((y - intercept - slope * x) ** 2 for x, y in pairs)
+    if slope <= 0 or 1.0 - residual / var_y < MIN_FIT:
+        return None
+    return _Line(intercept, slope, math.sqrt(residual / len(pairs)))
+
+
+def size_slopes(
+    entries: Mapping[str, ModelKnowledge], areas: Mapping[str, Mapping[str, float]]
+) -> dict[str, float]:
+    """Per area, how much the score rises per doubling of size within a family (pooled
+    over families, bounded to [0, 0.12])."""
+    slopes: dict[str, float] = {}
+    for area in AREAS:
+        by_family: dict[str, list[tuple[float, float]]] = {}
+        for name, entry in entries.items():
+            if area in areas[name]:
+                by_family.setdefault(entry.family, []).append(
+                    (math.log2(entry.effective_params_b), areas[name][area])
+                )
+        sxy = sxx = 0.0
+        for points in by_family.values():
+            if len(points) < 2:
+                continue
+            mx = sum(x for x, _ in points) / len(points)
+            my = sum(y for _, y in points) / len(points)
+            sxy += sum((x - mx) * (y - my) for x, y in points)
+            sxx += sum((x - mx) ** 2 for x, _ in points)
+        slopes[area] = min(0.12, max(0.0, sxy / sxx)) if sxx > 0 else 0.0
+    return slopes

@@ -1,0 +1,321 @@
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from proxy import config
+from proxy.config import ConfigError
+from selector_model.catalog import AREAS, DEFAULT_PATH, Catalog, CatalogError, ModelKnowledge
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def catalog() -> Catalog:
+    return Catalog.load()
+
+
+@pytest.mark.parametrize(
+    ("name", "entry"),
+    [
+        ("qwen2.5:7b", "qwen2.5:7b"),
+        ("qwen2.5", "qwen2.5:7b"),
+        ("qwen2.5:latest", "qwen2.5:7b"),
+        ("Qwen2.5:7B", "qwen2.5:7b"),
+        ("qwen2.5-7b-instruct", "qwen2.5:7b"),
+        ("Qwen/Qwen2.5-7B-Instruct", "qwen2.5:7b"),
+        ("hf.co/bartowski/Qwen2.5-7B-Instruct-GGUF:Q4_K_M", "qwen2.5:7b"),
+        ("qwen2.5:7b-instruct-q4_K_M", "qwen2.5:7b"),
+        ("registry.ollama.ai/library/llama3.1:8b-instruct-fp16", "llama3.1:8b"),
+        ("someone/llama3.1:70b-instruct-q8_0", "llama3.1:70b"),
+        ("qwen3:30b-a3b", "qwen3:30b"),
+        ("qwen3:30b-a3b-q4_K_M", "qwen3:30b"),
+        ("mistral-7b-instruct-v0.3", "mistral:7b"),
+        ("deepseek-r1-distill-qwen-7b", "deepseek-r1:7b"),
+        ("nomic-embed-text", "nomic-embed-text:v1.5"),
+    ],
+)
+def test_names_resolve_to_their_entry(catalog: Catalog, name: str, entry: str) -> None:
+    assert catalog.resolve(name) == entry
+    assert catalog.lookup(name).name == entry
+    assert catalog.lookup(name).origin == "catalogue"
+
+
+@pytest.mark.parametrize("name", ["acme-coder:7b", "qwen2.5:5b", "qwen2.5-coder-7b", "mystery"])
+def test_names_not_listed_do_not_resolve(catalog: Catalog, name: str) -> None:
+    assert catalog.resolve(name) is None
+    assert catalog.lookup(name).origin == "nearest"
+
+
+def test_the_llmrouter_models_are_listed_under_their_dataset_names(catalog: Catalog) -> None:
+    dataset = json.loads((ROOT / "data/llmrouter/default_llm.json").read_text())
+    artifact = json.loads((ROOT / "selector_model/artifacts/selector.json").read_text())
+    trained = {m["dataset_name"]: m["name"] for m in artifact["models"]}
+    assert len(trained) == 9
+    for dataset_name, ollama_name in trained.items():
+        assert dataset_name in dataset
+        assert catalog.resolve(dataset_name) == ollama_name
+        assert catalog.resolve(ollama_name) == ollama_name
+
+
+def test_an_unseen_coder_lands_next_to_the_qwen_coder(catalog: Catalog) -> None:
+    coder = catalog.lookup("qwen2.5-coder:7b")
+    general = catalog.lookup("qwen2.5:7b")
+    found = catalog.lookup(
+        "acme-coder:7b",
+        {"family": "qwen2", "parameter_size": "7.6B", "quantization_level": "Q4_K_M"},
+        ["completion", "insert"],
+    )
+    assert found.origin == "nearest"
+    assert found.neighbours[0] == "qwen2.5-coder:7b"
+    assert "code" in found.specialties
+    assert math.isclose(found.params_b, 7.6)
+    assert abs(found.areas["code"] - coder.areas["code"]) < 0.05
+    assert found.areas["code"] > general.areas["code"] - 0.01
+    assert 0.0 < found.uncertainty <= 1.0
+    assert found.uncertainty > coder.uncertainty
+    assert all(0.0 <= found.areas[a] <= 1.0 for a in AREAS)
+
+
+def test_an_unknown_size_within_a_family_follows_the_size_trend(catalog: Catalog) -> None:
+    small, large = catalog.lookup("gemma3:4b"), catalog.lookup("gemma3:12b")
+    middle = catalog.lookup("gemma3:8b", {"family": "gemma3", "parameter_size": "8.0B"})
+    assert middle.origin == "nearest"
+    assert middle.family == "gemma3"
+    assert set(middle.neighbours[:2]) == {"gemma3:4b", "gemma3:12b"}
+    assert small.areas["knowledge"] < middle.areas["knowledge"] < large.areas["knowledge"]
+
+
+def test_capabilities_and_name_hints_give_specialties(catalog: Catalog) -> None:
+    seeing = catalog.lookup("my-model:3b", {"family": "llama"}, ["completion", "vision"])
+    thinking = catalog.lookup("my-model:14b", {"family": "qwen3"}, ["completion", "thinking"])
+    reasoner = catalog.lookup("bob-r1:8b")
+    embedder = catalog.lookup("acme-embed:latest", {"parameter_size": "335M"}, ["embedding"])
+    assert "vision" in seeing.specialties
+    assert "reasoning" in thinking.specialties
+    assert "reasoning" in reasoner.specialties
+    assert embedder.specialties >= {"embedding"}
+    assert all(score == 0.0 for score in embedder.areas.values())
+    assert all("embedding" in catalog.lookup(n).specialties for n in embedder.neighbours)
+
+
+def test_a_model_of_unknown_size_is_more_uncertain(catalog: Catalog) -> None:
+    sized = catalog.lookup("mystery:7b")
+    unsized = catalog.lookup("mystery:latest")
+    assert unsized.uncertainty > sized.uncertainty > 0.0
+
+
+def test_every_entry_is_complete_and_every_number_has_a_source(catalog: Catalog) -> None:
+    benchmarks = yaml.safe_load(DEFAULT_PATH.read_text())["benchmarks"]
+    area_of = {b: spec if isinstance(spec, str) else spec["area"] for b, spec in benchmarks.items()}
+    entries = catalog.entries()
+    assert len(entries) >= 40
+    for entry in entries:
+        assert set(entry.areas) == set(AREAS)
+        assert all(0.0 <= entry.areas[a] <= 1.0 for a in AREAS), entry.name
+        assert 0.0 <= entry.uncertainty <= 1.0
+        assert entry.params_b > 0 and entry.context_length > 0, entry.name
+        assert 2015 < entry.released < 2030, entry.name
+        for bench, source in catalog.sources(entry.name).items():
+            assert source.benchmark == bench
+            assert 0.0 <= source.value <= 1.0
+            assert source.url.startswith(("https://", "http://", "arXiv:")), entry.name
+        covered = {area_of[bench] for bench in catalog.sources(entry.name)}
+        if "embedding" in entry.specialties:
+            continue
+        for area in set(AREAS) - covered:
+            # No published number for the area: imputed from neighbours, and uncertain.
+            assert entry.area_uncertainty[area] >= 0.2, (entry.name, area)
+            assert entry.neighbours, entry.name
+        if not entry.neighbours:
+            assert covered == set(AREAS), entry.name
+
+
+def test_published_numbers_are_kept_as_they_are(catalog: Catalog) -> None:
+    llama = catalog.lookup("llama3.1:8b")
+    sources = catalog.sources("llama3.1:8b")
+    assert llama.areas["knowledge"] == sources["MMLU"].value
+    assert llama.areas["code"] == sources["HumanEval"].value
+    assert llama.areas["instruction"] == sources["IFEval"].value
+    assert llama.uncertainty == 0.0
+    assert llama.neighbours == ()
+
+
+def test_records_round_trip(catalog: Catalog) -> None:
+    for name in ("qwen3:30b", "acme-coder:7b"):
+        found = catalog.lookup(name, {"family": "qwen2", "parameter_size": "7.6B"})
+        record = json.loads(json.dumps(found.to_record()))
+        assert ModelKnowledge.from_record(record) == found
+
+
+def test_overrides_copy_a_model_and_explicit_fields_win(catalog: Catalog) -> None:
+    configured = catalog.with_overrides(
+        {
+            "my-coder:latest": {"like": "qwen2.5-coder:7b"},
+            "my-ft:latest": {"areas": {"code": 0.7}, "params_b": 8},
+            "tuned-qwen:7b": {
+                "like": "qwen2.5:7b",
+                "areas": {"math": 0.1},
+                "specialties": ["math"],
+            },
+        }
+    )
+    coder = catalog.lookup("qwen2.5-coder:7b")
+    mine = configured.lookup("my-coder")
+    assert (mine.name, mine.origin, mine.neighbours) == (
+        "my-coder",
+        "config",
+        ("qwen2.5-coder:7b",),
+    )
+    assert dict(mine.areas) == dict(coder.areas)
+    assert mine.params_b == coder.params_b
+
+    tuned = configured.lookup("my-ft:latest", {"family": "llama"})
+    assert tuned.origin == "config"
+    assert tuned.areas["code"] == 0.7 and tuned.area_uncertainty["code"] == 0.0
+    assert tuned.params_b == 8.0
+    assert tuned.neighbours and tuned.uncertainty > 0
+
+    qwen = catalog.lookup("qwen2.5:7b")
+    other = configured.lookup("tuned-qwen:7b")
+    assert other.areas["math"] == 0.1 and other.areas["code"] == qwen.areas["code"]
+    assert other.specialties == {"math"}
+    # The catalogue itself is unchanged.
+    assert catalog.lookup("my-coder").origin == "nearest"
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"like": "no-such-model:1b"},
+        {"areas": {"coding": 0.5}},
+        {"areas": {"code": 1.5}},
+        {"specialties": ["poetry"]},
+        {"colour": "blue"},
+        {"released": "last year"},
+    ],
+)
+def test_bad_overrides_are_refused(catalog: Catalog, spec: dict[str, Any]) -> None:
+    with pytest.raises(CatalogError):
+        catalog.with_overrides({"mine:latest": spec})
+
+
+def test_measured_scores_take_precedence(catalog: Catalog) -> None:
+    measured = catalog.with_overrides(
+        {"my-coder:latest": {"like": "qwen2.5-coder:7b"}}
+    ).with_measured({"qwen2.5:7b": {"code": 0.5}, "my-coder": {"math": 0.25}})
+    qwen = measured.lookup("qwen2.5:7b-instruct-q4_K_M")
+    assert qwen.origin == "profile" and qwen.areas["code"] == 0.5
+    assert qwen.areas["math"] == catalog.lookup("qwen2.5:7b").areas["math"]
+    mine = measured.lookup("my-coder:latest")
+    assert mine.origin == "profile" and mine.areas["math"] == 0.25
+    with pytest.raises(CatalogError):
+        catalog.with_measured({"qwen2.5:7b": {"code": -0.1}})
+
+
+def test_a_score_without_a_source_is_refused() -> None:
+    data = {
+        "version": 1,
+        "areas": list(AREAS),
+        "benchmarks": {"MMLU": "knowledge"},
+        "models": [
+            {
+                "name": "x:1b",
+                "family": "x",
+                "params_b": 1,
+                "released": "2024-01",
+                "context_length": 4096,
+                "scores": {"MMLU": 0.5},
+            }
+        ],
+    }
+    with pytest.raises(CatalogError, match="no source"):
+        Catalog.from_data(data)
+    data["models"][0]["sources"] = {"MMLU": "https://example.org/card"}  # type: ignore[index]
+    assert Catalog.from_data(data).lookup("x").areas["knowledge"] == 0.5
+    with pytest.raises(CatalogError, match="version"):
+        Catalog.from_data({**data, "version": 2})
+
+
+def test_config_selector_models_feed_the_overrides(tmp_path: Path, catalog: Catalog) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "selector:\n"
+        "  models:\n"
+        "    my-coder:latest: {like: 'qwen2.5-coder:7b'}\n"
+        "    my-ft:latest: {areas: {code: 0.7}, params_b: 8}\n"
+    )
+    cfg = config.load(path, environ={"AUTOROUTE_SELECTOR__MODELS__MY-FT:LATEST__AREAS__MATH": "0"})
+    given = {name: entry.given() for name, entry in cfg.selector.models.items()}
+    assert given == {
+        "my-coder:latest": {"like": "qwen2.5-coder:7b"},
+        "my-ft:latest": {"areas": {"code": 0.7, "math": 0.0}, "params_b": 8.0},
+    }
+    configured = catalog.with_overrides(given)
+    assert configured.lookup("my-ft").areas["math"] == 0.0
+    assert configured.lookup("my-coder").neighbours == ("qwen2.5-coder:7b",)
+    assert config.load(ROOT / "config.yaml", environ={}).selector.models == {}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("selector: {models: {m: {areas: {coding: 0.5}}}}\n")
+    with pytest.raises(ConfigError, match="unknown area"):
+        config.load(bad, environ={})
+
+
+def test_every_library_name_has_one_latest_tag(catalog: Catalog) -> None:
+    bases = {entry.name.split(":")[0] for entry in catalog.entries()}
+    for base in bases:
+        assert catalog.resolve(base) is not None, f"{base}:latest names no entry"
+        assert catalog.resolve(base + ":latest") == catalog.resolve(base)
+
+
+def test_placement_predicts_held_out_models_better_than_the_catalogue_mean() -> None:
+    """Leave one model out, place it by family, size and specialties, and compare its
+    imputed areas with its published ones (every third model with published numbers)."""
+    data = yaml.safe_load(DEFAULT_PATH.read_text())
+    full = Catalog.from_data(data)
+    placed_error: list[float] = []
+    mean_error: list[float] = []
+    held_out = [
+        item
+        for item in data["models"]
+        if full.sources(item["name"]) and "embedding" not in (item.get("specialties") or ())
+    ][::3]
+    assert len(held_out) >= 15
+    for item in held_out:
+        rest = Catalog.from_data(
+            {**data, "models": [m for m in data["models"] if m["name"] != item["name"]]}
+        )
+        spec = {
+            "family": item["family"],
+            "params_b": item["params_b"],
+            "specialties": item.get("specialties") or [],
+        }
+        placed = rest.with_overrides({"held-out:latest": spec}).lookup(
+            "held-out", {"family": item.get("arch", "")}
+        )
+        others = [e for e in rest.entries() if "embedding" not in e.specialties]
+        published = full.lookup(item["name"])
+        for area in AREAS:
+            if published.area_uncertainty[area] > 0.0:
+                continue  # not published on the area's own scale for this model
+            mean = sum(e.areas[area] for e in others) / len(others)
+            placed_error.append(abs(placed.areas[area] - published.areas[area]))
+            mean_error.append(abs(mean - published.areas[area]))
+    assert sum(placed_error) < 0.75 * sum(mean_error)
+
+
+def test_config_names_a_catalogue_file_to_load(tmp_path: Path) -> None:
+    shipped = config.load(ROOT / "config.yaml", environ={}).selector.catalog
+    assert shipped == ""
+    own = tmp_path / "models.yaml"
+    own.write_text(DEFAULT_PATH.read_text().replace("name: qwen2.5:7b\n", "name: qwen2.5:7b-own\n"))
+    cfg = config.load(None, environ={"AUTOROUTE_SELECTOR__CATALOG": str(own)})
+    loaded = Catalog.load(Path(cfg.selector.catalog) if cfg.selector.catalog else None)
+    assert loaded.resolve("qwen2.5:7b-own") == "qwen2.5:7b-own"
+    # The shipped catalogue reads the unknown tag as a variant of qwen2.5:7b.
+    assert Catalog.load().resolve("qwen2.5:7b-own") == "qwen2.5:7b"

@@ -1,0 +1,71 @@
+"""The registry describes each model by the catalogue's knowledge, as the selector's
+candidate features read it: listed models by their entries, the operator's own models
+by `selector.models`, anything else by its nearest catalogue entries."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from proxy.config import Config, ModelEntry
+from proxy.registry import catalog_for, model_info
+from selector_model import features
+from selector_model.catalog import DEFAULT_PATH, CatalogError
+
+
+def _ollama(params: str, family: str, *capabilities: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    details = {"family": family, "parameter_size": params, "quantization_level": "Q4_K_M"}
+    show = {
+        "details": details,
+        "capabilities": ["completion", *capabilities],
+        "model_info": {f"{family}.context_length": 32768},
+    }
+    return {"details": details}, show
+
+
+def test_a_listed_model_gets_its_catalogue_entry() -> None:
+    tag, show = _ollama("7.6B", "qwen2", "insert")
+    coder = model_info("qwen2.5-coder:7b", tag, show).candidate
+    general = model_info("qwen2.5:7b", *_ollama("7.6B", "qwen2", "tools")).candidate
+    areas = dict(zip(features.AREAS, coder.areas, strict=True))
+    assert areas["code"] > dict(zip(features.AREAS, general.areas, strict=True))["code"]
+    assert "code" in coder.specialties and coder.is_code
+    assert coder.uncertainty < 0.5 and coder.release > 2024
+
+
+def test_a_users_own_model_is_described_like_the_model_they_name() -> None:
+    config = Config()
+    config = replace(
+        config,
+        selector=replace(
+            config.selector, models={"my-coder:latest": ModelEntry(like="qwen2.5-coder:7b")}
+        ),
+    )
+    tag, show = _ollama("7.6B", "qwen2")
+    mine = model_info("my-coder:latest", tag, show, catalog_for(config)).candidate
+    like = model_info("qwen2.5-coder:7b", tag, show).candidate
+    assert mine.areas == like.areas and mine.specialties == like.specialties
+    # Without the description, the same name is placed among its neighbours, less surely.
+    placed = model_info("my-coder:latest", tag, show)
+    assert placed.knowledge is not None and placed.knowledge.origin == "nearest"
+    assert placed.candidate.uncertainty > mine.uncertainty
+
+
+def test_a_configured_catalogue_replaces_the_shipped_one(tmp_path: Path) -> None:
+    shipped = DEFAULT_PATH.read_text()
+    # A copy read from the configured path describes alike; a broken one is refused
+    # (the configured file is read, not the shipped one).
+    assert "qwen2.5:7b" in shipped
+    path = tmp_path / "models.yaml"
+    path.write_text(shipped)
+    config = Config()
+    config = replace(config, selector=replace(config.selector, catalog=str(path)))
+    tag, show = _ollama("7.6B", "qwen2", "tools")
+    own = model_info("qwen2.5:7b", tag, show, catalog_for(config)).candidate
+    assert own.areas == model_info("qwen2.5:7b", tag, show).candidate.areas
+    path.write_text("version: 0\n")
+    with pytest.raises(CatalogError):
+        catalog_for(config)

@@ -1,0 +1,460 @@
+"""`autoroute evaluate`: a dataset replayed through the proxy's own decision code.
+
+Each prompt is sent, as `/api/chat` with `"model": "auto:<profile>"`, to the proxy's
+`AutoRouter.decide` over a fleet of models described as Ollama describes them
+(`/api/tags` details and `/api/show`, turned into candidates by `proxy.registry`, the
+catalogue's knowledge attached as in serving); the score the dataset recorded for the
+chosen model on that prompt is what the client got. Nothing is re-implemented here:
+features, hard filters, scoring, expected seconds and the policy are the proxy's.
+
+Against the same fleet and prompts:
+
+- best single: the one model with the best mean score (ties: the cheaper);
+- always-largest: the model with the most parameters (ties: the better);
+- random: a uniform choice among the fleet (its expected score and cost);
+- oracle: per prompt the cheapest model among those with the prompt's best score.
+
+Cost of an answer (`COST_DEFINITIONS`): by default the chosen model's active
+parameters in billions (what each generated token runs through, so roughly its GPU
+time); `price` uses the dataset's $ per million tokens where it has them.
+
+With a feedback hook (`Feedback`), the prompts are halved: passes over the first half
+call the hook with (request body, chosen model, outcome) after each decision, and after
+every pass the second half is replayed without feedback, giving the learning curve.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import math
+import random
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import orjson
+
+from proxy.auto import AutoRouter
+from proxy.backends import BackendPool
+from proxy.config import Backend, Config, Profile
+from proxy.registry import ModelInfo, Registry
+from selector_model import features
+from training import export
+from training.data import Dataset, Prompt, dataset_examples
+from training.models import ModelSpec
+from training.train import TrainConfig, train
+
+T = TypeVar("T")
+PROFILES = ("fast", "balanced", "best")
+COST_DEFINITIONS = {
+    "params": "cost of an answer = the chosen model's active parameters in billions "
+    "(what each generated token runs through); shares are relative to the best single "
+    "model's",
+    "price": "cost of an answer = the chosen model's price in $ per million tokens "
+    "(LLMRouter's default_llm.json); shares are relative to the best single model's",
+}
+# Called after each decision of a feedback pass with the request body, the model the
+# decision chose and the outcome (the dataset's score for it, in [0, 1]).
+Feedback = Callable[[Mapping[str, Any], str, float], None]
+# Makes a `Feedback` for one AutoRouter (whatever store the router learns from).
+FeedbackFactory = Callable[[AutoRouter], Feedback]
+
+
+@dataclass(frozen=True)
+class FleetModel:
+    """One model of a fleet: what Ollama reports of it, its dataset column, its cost."""
+
+    spec: ModelSpec
+
+    @property
+    def name(self) -> str:
+        return self.spec.ollama_name
+
+
+def in_loop(run: Callable[[], T]) -> T:
+    """`run()` inside an event loop: the proxy's backend pool belongs to one (its
+    connections are never opened here)."""
+
+    async def call() -> T:
+        return run()
+
+    return asyncio.run(call())
+
+
+def body_of(prompt: Prompt, profile: str) -> dict[str, Any]:
+    """A dataset prompt as a client sends it (the request training reads, see
+    `training.data.prompt_request`)."""
+    return {
+        "model": f"auto:{profile}",
+        "messages": [{"role": "user", "content": prompt.text}],
+    }
+
+
+def router_for(
+    artifact_dir: Path, fleet: Sequence[ModelSpec], profiles: Mapping[str, Profile], seed: int
+) -> AutoRouter:
+    """The proxy's AutoRouter with `artifact_dir`'s artifact and the fleet as its one
+    backend's models, all loaded (a warm fleet: no load time in expected seconds). No
+    backend is ever contacted."""
+    base = Config(backends=(Backend(url="http://127.0.0.1:9"),))
+    config = replace(
+        base,
+        selector=replace(
+            base.selector,
+            artifact=str(artifact_dir / export.ONNX_FILE),
+            profiles=dict(profiles),
+        ),
+    )
+    pool = BackendPool(config)
+    registry = Registry(pool)
+    models: dict[str, ModelInfo] = {spec.ollama_name: spec.model_info() for spec in fleet}
+    registry.set_models(models)
+    pool.states[0].models = frozenset(models)
+    pool.states[0].loaded = frozenset(models)
+    router = AutoRouter(config, pool, registry)
+    if not router.scorer.reload():
+        raise ValueError(f"artifact {artifact_dir}: {router.scorer.error}")
+    router.rng = random.Random(seed)
+    return router
+
+
+@dataclass
+class Outcome:
+    quality: float
+    cost: float
+    picks: dict[str, int] = field(default_factory=dict)
+
+
+def _mean_outcome(
+    prompts: Sequence[Prompt], chosen: Sequence[ModelSpec], cost: Mapping[str, float]
+) -> Outcome:
+    picks: dict[str, int] = {}
+    for spec in chosen:
+        picks[spec.ollama_name] = picks.get(spec.ollama_name, 0) + 1
+    return Outcome(
+        quality=float(
+            np.mean([p.scores[s.dataset_name] for p, s in zip(prompts, chosen, strict=True)])
+        ),
+        cost=float(np.mean([cost[s.ollama_name] for s in chosen])),
+        picks=picks,
+    )
+
+
+def decide_all(
+    router: AutoRouter,
+    prompts: Sequence[Prompt],
+    fleet: Sequence[ModelSpec],
+    profile: str,
+    feedback: Feedback | None = None,
+) -> list[ModelSpec]:
+    """The model `auto:<profile>` chooses for each prompt (and the outcome fed back)."""
+    by_name = {spec.ollama_name: spec for spec in fleet}
+    chosen = []
+    for prompt in prompts:
+        body = body_of(prompt, profile)
+        spec = by_name[router.decide("/api/chat", body, profile).decision.chosen]
+        if feedback is not None:
+            feedback(body, spec.ollama_name, prompt.scores[spec.dataset_name])
+        chosen.append(spec)
+    return chosen
+
+
+def costs(fleet: Sequence[ModelSpec], kind: str) -> dict[str, float]:
+    if kind == "price":
+        return {s.ollama_name: s.price_per_m for s in fleet}
+    return {s.ollama_name: s.model_info().candidate.active_b for s in fleet}
+
+
+def baselines(
+    prompts: Sequence[Prompt], fleet: Sequence[ModelSpec], cost: Mapping[str, float]
+) -> dict[str, Outcome]:
+    y = np.array([[p.scores[s.dataset_name] for s in fleet] for p in prompts])
+    c = np.array([cost[s.ollama_name] for s in fleet])
+    means = y.mean(axis=0)
+    best = min(range(len(fleet)), key=lambda i: (-means[i], c[i]))
+    params = [s.model_info().candidate.params_b for s in fleet]
+    largest = min(range(len(fleet)), key=lambda i: (-params[i], -means[i]))
+    top = y.max(axis=1, keepdims=True)
+    oracle = np.where(y >= top - 1e-12, c[None, :], np.inf).argmin(axis=1)
+    return {
+        "best single": Outcome(float(means[best]), float(c[best]), {fleet[best].ollama_name: 1}),
+        "always-largest": Outcome(
+            float(means[largest]), float(c[largest]), {fleet[largest].ollama_name: 1}
+        ),
+        "random": Outcome(float(y.mean()), float(c.mean())),
+        "oracle": Outcome(float(top.mean()), float(c[oracle].mean())),
+    }
+
+
+@dataclass
+class FleetResult:
+    """One fleet's replay: every profile and baseline, and the learning curves."""
+
+    label: str
+    fleet: list[str]
+    unseen: list[str]
+    prompts: int
+    profiles: dict[str, Outcome]
+    baselines: dict[str, Outcome]
+    # Per profile: quality on the evaluation half after 0, 1, ... feedback passes.
+    curves: dict[str, list[float]] = field(default_factory=dict)
+
+    def rows(self) -> list[tuple[str, Outcome]]:
+        return [*((f"auto:{p}", o) for p, o in self.profiles.items()), *self.baselines.items()]
+
+
+def replay_fleet(
+    label: str,
+    artifact_dir: Path,
+    prompts: Sequence[Prompt],
+    fleet: Sequence[ModelSpec],
+    profiles: Mapping[str, Profile],
+    *,
+    cost_kind: str = "params",
+    trained_on: Sequence[str] = (),
+    feedback: FeedbackFactory | None = None,
+    passes: int = 3,
+    seed: int = 0,
+) -> FleetResult:
+    cost = costs(fleet, cost_kind)
+    result = FleetResult(
+        label=label,
+        fleet=[s.ollama_name for s in fleet],
+        unseen=[s.ollama_name for s in fleet if s.ollama_name not in trained_on],
+        prompts=len(prompts),
+        profiles={},
+        baselines=baselines(prompts, fleet, cost),
+    )
+    for profile in profiles:
+        router = router_for(artifact_dir, fleet, profiles, seed)
+        chosen = decide_all(router, prompts, fleet, profile)
+        result.profiles[profile] = _mean_outcome(prompts, chosen, cost)
+        if feedback is None:
+            continue
+        order = np.random.default_rng(seed).permutation(len(prompts))
+        learn = [prompts[i] for i in order[: len(prompts) // 2]]
+        held = [prompts[i] for i in order[len(prompts) // 2 :]]
+        router = router_for(artifact_dir, fleet, profiles, seed)
+        hook = feedback(router)
+        curve = [_mean_outcome(held, decide_all(router, held, fleet, profile), cost).quality]
+        for _ in range(passes):
+            decide_all(router, learn, fleet, profile, hook)
+            curve.append(
+                _mean_outcome(held, decide_all(router, held, fleet, profile), cost).quality
+            )
+        result.curves[profile] = curve
+    return result
+
+
+def load_feedback(spec: str) -> FeedbackFactory:
+    """`module:function`, a `FeedbackFactory` (e.g. the online learner's)."""
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise ValueError(f"--feedback {spec!r}: expected module:function")
+    factory: FeedbackFactory = getattr(importlib.import_module(module), name)
+    return factory
+
+
+# ---------------------------------------------------------------- held-out models
+
+
+def fold_artifact(
+    data: Dataset, kept: Sequence[ModelSpec], config: TrainConfig, out_dir: Path
+) -> Path:
+    """Train on `kept`'s scores only and write an artifact the proxy loads."""
+    result = train(dataset_examples(data.train, kept, config.uniform_weight), config)
+    n_features = len(features.feature_names())
+    onnx_bytes = export.to_onnx(result.booster, n_features)
+    export.parity(onnx_bytes, result.booster, result.val.x)
+    created = datetime.now(UTC).replace(microsecond=0)
+    meta = {
+        "artifact_version": f"s{features.SCHEMA_VERSION}-fold-{created:%Y%m%dT%H%M%SZ}",
+        "created": created.isoformat(),
+        "schema_version": features.SCHEMA_VERSION,
+        "onnx_file": export.ONNX_FILE,
+        "input_name": export.INPUT_NAME,
+        "output_name": export.OUTPUT_NAME,
+        "success_column": export.SUCCESS_COLUMN,
+        "feature_names": features.feature_names(),
+        "known_models": [],
+        "trained_on": [m.ollama_name for m in kept],
+        "policy": {"unseen_margin": 0.0},
+    }
+    export.write_artifact(out_dir, onnx_bytes, meta)
+    return out_dir
+
+
+def held_out_splits(models: Sequence[ModelSpec], k: int, splits: int, seed: int) -> list[list[int]]:
+    """`splits` distinct random sets of `k` model indices."""
+    rng = random.Random(seed)
+    out: list[list[int]] = []
+    seen: set[tuple[int, ...]] = set()
+    limit = math.comb(len(models), k)
+    while len(out) < min(splits, limit):
+        pick = tuple(sorted(rng.sample(range(len(models)), k)))
+        if pick not in seen:
+            seen.add(pick)
+            out.append(list(pick))
+    return out
+
+
+def leave_k_out(
+    data: Dataset,
+    config: TrainConfig,
+    profiles: Mapping[str, Profile],
+    *,
+    k: int,
+    splits: int,
+    seed: int = 0,
+    cost_kind: str = "params",
+    feedback: FeedbackFactory | None = None,
+    passes: int = 3,
+    log: Callable[[str], None] = lambda _: None,
+) -> list[FleetResult]:
+    """Per split: an artifact trained without `k` models, replayed on the whole fleet
+    (those `k` unseen) and on the held-out models alone (every candidate unseen)."""
+    results = []
+    for n, held in enumerate(held_out_splits(data.models, k, splits, seed)):
+        kept = [m for i, m in enumerate(data.models) if i not in held]
+        out = [m for i, m in enumerate(data.models) if i in held]
+        names = ", ".join(m.ollama_name for m in out)
+        log(f"split {n + 1}: training without {names}")
+        with tempfile.TemporaryDirectory() as tmp:
+            art = fold_artifact(data, kept, config, Path(tmp))
+            trained = [m.ollama_name for m in kept]
+            for label, fleet in (
+                (f"split {n + 1}: all 9", data.models),
+                (f"split {n + 1}: held-out {k}", out),
+            ):
+                results.append(
+                    replay_fleet(
+                        label,
+                        art,
+                        data.test,
+                        fleet,
+                        profiles,
+                        cost_kind=cost_kind,
+                        trained_on=trained,
+                        feedback=feedback,
+                        passes=passes,
+                        seed=seed,
+                    )
+                )
+    return results
+
+
+# ---------------------------------------------------------------- printing and plot
+
+
+def table(result: FleetResult) -> str:
+    best = result.baselines["best single"]
+    head = (
+        f"{result.label}: {len(result.fleet)} models ({len(result.unseen)} unseen in "
+        f"training), {result.prompts} prompts"
+    )
+    lines = [head, f"  {'':<16}{'quality':>8}{'cost':>9}{'cost/best':>10}{'vs best':>9}"]
+    for name, o in result.rows():
+        share = o.cost / best.cost if best.cost else float("nan")
+        lines.append(
+            f"  {name:<16}{o.quality:>8.3f}{o.cost:>9.2f}{share:>10.2f}"
+            f"{(o.quality - best.quality) * 100:>+8.1f}p"
+        )
+    for profile, curve in result.curves.items():
+        lines.append(
+            f"  auto:{profile} with feedback (2nd half, passes 0..{len(curve) - 1}): "
+            + " ".join(f"{q:.3f}" for q in curve)
+        )
+    return "\n".join(lines)
+
+
+def summary(results: Sequence[FleetResult], kind: str) -> str:
+    """Means over the fleets whose label contains `kind`, with the worst gap."""
+    chosen = [r for r in results if kind in r.label]
+    if not chosen:
+        return ""
+    names = [name for name, _ in chosen[0].rows()]
+    lines = [
+        f"mean over {len(chosen)} fleets ({kind}):",
+        f"  {'':<16}{'quality':>8}{'cost/best':>10}{'vs best':>9}{'worst':>8}",
+    ]
+    for name in names:
+        q, s, gap = [], [], []
+        for r in chosen:
+            o = dict(r.rows())[name]
+            best = r.baselines["best single"]
+            q.append(o.quality)
+            s.append(o.cost / best.cost if best.cost else float("nan"))
+            gap.append((o.quality - best.quality) * 100)
+        lines.append(
+            f"  {name:<16}{np.mean(q):>8.3f}{np.mean(s):>10.2f}{np.mean(gap):>+8.1f}p"
+            f"{min(gap):>+7.1f}p"
+        )
+    return "\n".join(lines)
+
+
+def to_json(results: Sequence[FleetResult], cost_kind: str) -> dict[str, Any]:
+    return {
+        "cost": COST_DEFINITIONS[cost_kind],
+        "fleets": [
+            {
+                "label": r.label,
+                "fleet": r.fleet,
+                "unseen": r.unseen,
+                "prompts": r.prompts,
+                "rows": {n: o.__dict__ for n, o in r.rows()},
+                "curves": r.curves,
+            }
+            for r in results
+        ],
+    }
+
+
+def plot(results: Sequence[FleetResult], path: Path) -> Path:
+    """Quality against cost share of each fleet (one panel per fleet, at most 6), and
+    the learning curves when there are any; every element is in a legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = list(results)[:6]
+    curves = any(r.curves for r in shown)
+    cols = len(shown) + (1 if curves else 0)
+    fig, axes = plt.subplots(1, cols, figsize=(4.2 * cols, 4.0), squeeze=False)
+    markers = {"auto:fast": "v", "auto:balanced": "o", "auto:best": "^"}
+    for ax, r in zip(axes[0], shown, strict=False):  # the last axis holds the curves
+        best = r.baselines["best single"]
+        for name, o in r.rows():
+            share = o.cost / best.cost if best.cost else 0.0
+            ax.scatter(share, o.quality, marker=markers.get(name, "s"), label=name, s=40)
+        ax.set_title(r.label, fontsize=9)
+        ax.set_xlabel("cost / best single model's cost")
+        ax.set_ylabel("quality (mean score)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")  # placed where it hides no point
+    if curves:
+        ax = axes[0][-1]
+        for r in shown:
+            for profile, curve in r.curves.items():
+                ax.plot(range(len(curve)), curve, marker="o", label=f"{r.label} auto:{profile}")
+        ax.set_title("with feedback: quality on the other half", fontsize=9)
+        ax.set_xlabel("feedback passes")
+        ax.set_ylabel("quality (mean score)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_json(results: Sequence[FleetResult], cost_kind: str, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(orjson.dumps(to_json(results, cost_kind), option=orjson.OPT_INDENT_2))
+    return path
