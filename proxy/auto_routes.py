@@ -142,7 +142,10 @@ class AutoRoutes:
         if name not in self.auto.config.experiments:
             return error_response(request.path, 404, f"experiment '{name}' not found")
         events = await experiments.load_events(self.usage, request.query.get("since", "90d"))
-        return _json(experiments.report(events, name))
+        config = self.auto.config.experiments[name]
+        return _json(
+            experiments.report(events, name, control=config.control, order=config.variants)
+        )
 
     async def reload(self, request: web.Request) -> web.StreamResponse:
         """Reload the artifact now; a bad file keeps the current one (409)."""

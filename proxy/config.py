@@ -137,6 +137,8 @@ class Experiment:
     # Share of eligible traffic that enters the experiment at all.
     share: float = 1.0
     variants: dict[str, Variant] = field(default_factory=dict)
+    # The variant the report compares the others with ("": the first listed).
+    control: str = ""
     # Which requests are eligible (empty: any): endpoints, auto profiles, task types
     # (fix, explain, refactor, test, generate, complete, summarize, translate).
     endpoints: tuple[str, ...] = ()
