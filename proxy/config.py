@@ -111,7 +111,8 @@ class Profile:
     # Candidates allowed (empty: all) and denied, by model name.
     allow: tuple[str, ...] = ()
     deny: tuple[str, ...] = ()
-    # Share of requests sent to a random eligible model, to learn about it.
+    # The most often (share of requests) a model other than the best by prior and
+    # evidence is tried, by Thompson sampling, to learn about it.
     exploration: float = 0.0
 
 
@@ -150,6 +151,28 @@ class Experiment:
 
 
 @dataclass(frozen=True)
+class Learning:
+    """Learning from the proxy's own traffic: outcomes of `auto` decisions (ratings and
+    implicit signals, `selector_model.outcome`) correct the selector per kind of
+    prompt and model (`proxy.learning`)."""
+
+    enabled: bool = True
+    # How many outcomes the selector's P(success) is worth against the evidence.
+    prior_strength: float = 10.0
+    # How often the evidence is written and (with PostgreSQL) every proxy's read back.
+    sync_seconds: float = 2.0
+    # Without usage.postgres_dsn: where the evidence is kept ("": learning.json
+    # beside usage.file_path).
+    state_file: str = ""
+    # Requests whose outcome can still change (a rating, a retry) are remembered.
+    recent_requests: int = 100_000
+    # Monte-Carlo draws for a decision's propensity when a profile explores.
+    draws: int = 64
+    # The decisions' random generator (0: seeded from the OS).
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class Selector:
     # The ONNX artifact (its metadata is the .json beside it); "" is the one shipped
     # with the package, in selector_model/artifacts/.
@@ -170,6 +193,7 @@ class Selector:
     # A/B experiments by name; a user (API key, X-Autoroute-User header, or client
     # address) always lands in the same variant.
     experiments: dict[str, Experiment] = field(default_factory=dict)
+    learning: Learning = field(default_factory=Learning)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,21 @@ knows), is not worth a gamble: the anchor is kept. Exploration, when a profile a
 for it, picks uniformly among the eligible and records the probability of what was
 picked (the propensity), so that training on the proxy's own logs can correct for
 the proxy's own choices.
+
+`choose` adds what the proxy learned from its own traffic (`selector_model.evidence`):
+per candidate a Beta posterior whose prior mean is the selector's P(success), worth
+`prior_strength` outcomes, updated with the evidence for this kind of prompt,
+
+    blend(m) = (prior_strength * P(m) + successes(m)) / (prior_strength + count(m))
+
+The utility uses the blend in place of P; the safety rule reads blended utilities
+(a model's unseen-margin shrinks as its evidence grows). Exploration is Thompson
+sampling: with probability `exploration` the choice is the best of one draw from each
+posterior (cost subtracted alike), so a model ranked lower is tried at most that
+often, and the more likely the less is known about it. The propensity of the choice
+is (1 - exploration) * [it is the greedy choice] + exploration * P(Thompson picks it),
+the latter estimated from `draws` Monte-Carlo draws (the one that chose included;
+an estimate, within about 1/sqrt(draws)).
 """
 
 from __future__ import annotations
@@ -15,9 +30,12 @@ from __future__ import annotations
 import math
 import operator
 import random
+from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from selector_model.features import Candidate
 
@@ -25,6 +43,13 @@ from selector_model.features import Candidate
 # its family and size alone), unless the artifact's own `policy.unseen_margin`, set
 # from its leave-one-model-out evaluation, says otherwise.
 UNKNOWN_MARGIN = 0.05
+# How many outcomes the selector's P(success) is worth against the evidence: the
+# evidence outweighs the prior after this many rated answers of a kind.
+PRIOR_STRENGTH = 10.0
+# Monte-Carlo draws for a decision's propensity under Thompson sampling.
+DRAWS = 64
+# P(success) as a Beta prior mean stays inside (0, 1).
+_P_FLOOR = 0.01
 _UTILITY = operator.attrgetter("utility")
 
 
@@ -33,13 +58,23 @@ class Scored:
     name: str
     p_success: float
     seconds: float
-    utility: float
+    utility: float  # with the blend in place of p_success when there is evidence
     known: bool
+    # What the proxy learned for this kind of prompt: weighted count and mean outcome.
+    evidence_count: float = 0.0
+    evidence_mean: float | None = None
+    blend: float | None = None  # the posterior mean used (None: the prior alone)
 
     def describe(self) -> dict[str, Any]:
         return {
             "model": self.name,
             "p_success": round(self.p_success, 4),
+            "prior": round(self.p_success, 4),
+            "evidence": {
+                "count": round(self.evidence_count, 3),
+                "mean": None if self.evidence_mean is None else round(self.evidence_mean, 4),
+            },
+            "blend": round(self.p_success if self.blend is None else self.blend, 4),
             "expected_seconds": round(self.seconds, 3),
             "utility": round(self.utility, 4),
             "known_to_artifact": self.known,
@@ -49,7 +84,7 @@ class Scored:
 @dataclass
 class Decision:
     chosen: str
-    reason: str  # ml | fallback | pinned | explore | experiment
+    reason: str  # ml | fallback | pinned | learned | explore | experiment
     profile: str
     ranking: list[Scored]
     filtered: dict[str, str] = field(default_factory=dict)
@@ -57,6 +92,7 @@ class Decision:
     artifact_version: str | None = None
     experiment: str | None = None
     variant: str | None = None
+    kind: str | None = None  # the kind of prompt evidence is kept for
 
     @property
     def score(self) -> Scored | None:
@@ -72,6 +108,8 @@ class Decision:
             "profile": self.profile,
             "chosen": self.chosen,
             "p_success": chosen.p_success if chosen else None,
+            "blend": chosen.blend if chosen else None,
+            "kind": self.kind,
             "utility": chosen.utility if chosen else None,
             "runner_up": runner_up.name if runner_up else None,
             "runner_up_p_success": runner_up.p_success if runner_up else None,
@@ -129,3 +167,107 @@ def pick(
             return choice, "explore", share + (1 - exploration) * (choice is greedy)
         return greedy, reason, (1 - exploration) + share
     return greedy, reason, 1.0
+
+
+def _safe_greedy(
+    ranking: Sequence[Scored],
+    default_model: str,
+    min_gain: float,
+    unknown_margin: float,
+    prior_strength: float,
+) -> tuple[Scored, str]:
+    """The best of a ranking sorted best first, but for the safety rule (see the module
+    docstring); an unknown model's margin shrinks with its evidence."""
+    greedy = ranking[0]
+    anchor = next((s for s in ranking if s.name == default_model), None)
+    if anchor is None:
+        anchor = next((s for s in ranking if s.known), None)
+    if anchor is not None and greedy is not anchor:
+        margin = 0.0
+        if not greedy.known:
+            margin = unknown_margin * prior_strength / (prior_strength + greedy.evidence_count)
+        if greedy.utility - anchor.utility < min_gain + margin:
+            return anchor, "pinned"
+    return greedy, "ml"
+
+
+@dataclass
+class Chosen:
+    ranking: list[Scored]  # blended, best first
+    chosen: Scored
+    reason: str  # ml | pinned | learned | explore
+    propensity: float
+
+
+def choose(
+    ranking: list[Scored],
+    evidence: Mapping[str, Sequence[float]],
+    exploration: float,
+    rng: np.random.Generator,
+    default_model: str = "",
+    min_gain: float = 0.02,
+    unknown_margin: float = UNKNOWN_MARGIN,
+    prior_strength: float = PRIOR_STRENGTH,
+    draws: int = DRAWS,
+) -> Chosen:
+    """The choice for one request from `rank`'s ranking (prior utilities, best first)
+    and the evidence for the request's kind, model: (successes, count), as
+    `Evidence.of(kind)` gives it. With no evidence and no exploration this is `pick`'s
+    greedy choice. See the module docstring."""
+    prior_choice, reason = _safe_greedy(
+        ranking, default_model, min_gain, unknown_margin, prior_strength
+    )
+    blended = ranking
+    if evidence:
+        blended = []
+        for s in ranking:
+            got = evidence.get(s.name)
+            if got is None or got[1] <= 0:
+                blended.append(s)
+                continue
+            successes, count = float(got[0]), float(got[1])
+            blend = (prior_strength * s.p_success + successes) / (prior_strength + count)
+            blended.append(
+                Scored(
+                    s.name,
+                    s.p_success,
+                    s.seconds,
+                    s.utility - s.p_success + blend,
+                    s.known,
+                    count,
+                    successes / count,
+                    blend,
+                )
+            )
+        blended.sort(key=_UTILITY, reverse=True)
+        greedy, reason = _safe_greedy(
+            blended, default_model, min_gain, unknown_margin, prior_strength
+        )
+        if greedy.name != prior_choice.name:
+            reason = "learned"
+    else:
+        greedy = prior_choice
+    if exploration <= 0 or len(blended) < 2:
+        return Chosen(blended, greedy, reason, 1.0)
+    k = len(blended)
+    prior = np.fromiter((s.p_success for s in blended), np.float64, k).clip(_P_FLOOR, 1 - _P_FLOOR)
+    counts = np.fromiter((s.evidence_count for s in blended), np.float64, k)
+    wins = counts * np.fromiter((s.evidence_mean or 0.0 for s in blended), np.float64, k)
+    cost = np.fromiter(
+        ((s.p_success if s.blend is None else s.blend) - s.utility for s in blended), np.float64, k
+    )
+    samples = rng.beta(
+        prior_strength * prior + wins,
+        prior_strength * (1 - prior) + counts - wins,
+        size=(max(draws, 1), k),
+    )
+    winners = (samples - cost).argmax(axis=1)
+    shares = np.bincount(winners, minlength=k) / len(winners)
+    chosen = greedy
+    if rng.random() < exploration:
+        chosen = blended[int(winners[0])]
+        if chosen is not greedy:
+            reason = "explore"
+    index = blended.index(chosen)
+    propensity = exploration * float(shares[index]) + (1 - exploration) * (chosen is greedy)
+    return Chosen(blended, chosen, reason, propensity)
