@@ -28,8 +28,9 @@ class Evidence:
         row = self.table.setdefault(kind, {}).setdefault(model, [0.0, 0.0])
         row[0] += successes
         row[1] += count
-        # Taking back what was added leaves float dust: clamp it to the empty row.
-        if row[1] <= 1e-9:
+        # Taking back all that was added leaves float dust: make it the empty row. (A
+        # table of increments holds negative rows: those stay.)
+        if abs(row[1]) <= 1e-9 and abs(row[0]) <= 1e-9:
             row[0] = row[1] = 0.0
 
     def of(self, kind: str) -> Mapping[str, list[float]]:
