@@ -167,7 +167,7 @@ class Learning:
     # Requests whose outcome can still change (a rating, a retry) are remembered.
     recent_requests: int = 100_000
     # Monte-Carlo draws for a decision's propensity when a profile explores.
-    draws: int = 64
+    draws: int = 32
     # The decisions' random generator (0: seeded from the OS).
     seed: int = 0
 
