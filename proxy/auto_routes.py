@@ -157,9 +157,8 @@ class AutoRoutes:
         if name not in self.auto.config.experiments:
             return error_response(request.path, 404, f"experiment '{name}' not found")
         events = await experiments.load_events(self.usage, request.query.get("since", "90d"))
-        config = self.auto.config.experiments[name]
         return _json(
-            experiments.report(events, name, control=config.control, order=config.variants)
+            experiments.configured_report(events, name, self.auto.config.experiments[name])
         )
 
     async def reload(self, request: web.Request) -> web.StreamResponse:

@@ -258,6 +258,13 @@ def report(
     }
 
 
+def configured_report(
+    events: Iterable[Mapping[str, Any]], name: str, experiment: Experiment
+) -> dict[str, Any]:
+    """`report` with the experiment's configured control and variant order."""
+    return report(events, name, control=experiment.control, order=experiment.variants)
+
+
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 

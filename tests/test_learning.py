@@ -147,6 +147,11 @@ def test_learner_takes_back_implicit_outcomes_when_a_rating_or_a_retry_comes(
     ]
     rebuilt = evidence_from_events(events)
     assert rebuilt.of("math")["qwen2.5:7b"] == pytest.approx([successes, count])
+    # Feedback by the id the client sent (kept as client_request_id beside the proxy's).
+    learner.observe("usage", {**_event("r6", 500, "e"), "client_request_id": "mine-1"})
+    learner.observe("feedback", {"request_id": "mine-1", "rating": 0.0})
+    assert evidence.of("math")["qwen2.5:7b"][1] == pytest.approx(count + outcome.RATED)
+    successes, count = evidence.of("math")["qwen2.5:7b"]
     # Requests auto did not decide teach nothing.
     learner.observe("usage", {**_event("r5", 400, "d"), "decision": None})
     assert evidence.of("math")["qwen2.5:7b"] == pytest.approx([successes, count])
@@ -294,6 +299,11 @@ async def test_feedback_changes_later_decisions_and_survives_a_restart(
             assert other["kind"] == "knowledge" and other["model"] == picked
             learning = (await _status(session, prx.url))["learning"]
             assert learning["store"] == "file" and learning["evidence_rows"] == len(taught)
+            # Ratings lie in [0, 1]; anything else is refused as bad input.
+            async with session.post(
+                prx.url + "/api/autoroute/feedback", json={"request_id": "x", "rating": 1.5}
+            ) as resp:
+                assert resp.status == 400 and "between 0" in (await resp.json())["error"]
     finally:
         prx.stop()
     assert state.exists()
