@@ -18,7 +18,7 @@ in PostgreSQL when configured (one indexed read, in the background), else ignore
 (a rebuild from the usage events counts it).
 
 Where it is kept: with the usage PostgreSQL DSN, a table of (kind, model, successes,
-count) that several proxies share: each writes its increments (an upsert that adds)
+count, expected) that several proxies share: each writes its increments (an upsert that adds)
 and reads the totals every `sync_seconds`. Without PostgreSQL, a JSON state file
 beside the usage file. Either is rebuilt from the usage events (with their feedback)
 when it is lost: an empty table, or no state file.
@@ -44,7 +44,7 @@ import orjson
 from proxy.config import Learning, Usage
 from proxy.pg_migrations import apply
 from selector_model import features, outcome
-from selector_model.evidence import Evidence
+from selector_model.evidence import Evidence, Row
 from selector_model.kind import kind_of
 
 log = logging.getLogger("autoroute.learning")
@@ -66,6 +66,7 @@ MIGRATIONS = (
             model text NOT NULL,
             successes double precision NOT NULL,
             count double precision NOT NULL,
+            expected double precision NOT NULL,
             updated_at timestamptz NOT NULL DEFAULT now(),
             PRIMARY KEY (kind, model)
         );
@@ -74,11 +75,12 @@ MIGRATIONS = (
 )
 _LOCK_KEY = 0x6175746F6C726E31  # "autolrn1": its own migrations, apart from usage's
 _UPSERT = (
-    "INSERT INTO autoroute_evidence (kind, model, successes, count) "
-    "SELECT * FROM unnest($1::text[], $2::text[], $3::float8[], $4::float8[]) "
+    "INSERT INTO autoroute_evidence (kind, model, successes, count, expected) "
+    "SELECT * FROM unnest($1::text[], $2::text[], $3::float8[], $4::float8[], $5::float8[]) "
     "ON CONFLICT (kind, model) DO UPDATE SET "
     "successes = autoroute_evidence.successes + excluded.successes, "
-    "count = autoroute_evidence.count + excluded.count, updated_at = now()"
+    "count = autoroute_evidence.count + excluded.count, "
+    "expected = autoroute_evidence.expected + excluded.expected, updated_at = now()"
 )
 _EVENTS = (
     "SELECT u.event, f.rating FROM usage_events u LEFT JOIN "
@@ -87,10 +89,14 @@ _EVENTS = (
 )
 
 
-def decision_of(event: Mapping[str, Any]) -> tuple[str, str] | None:
-    """(kind, chosen model) of an `auto` usage event, or None for another request."""
+def decision_of(event: Mapping[str, Any]) -> tuple[str, str, float] | None:
+    """(kind, chosen model, the selector's P(success) for it) of an `auto` usage event,
+    or None for another request."""
     decision = event.get("decision")
     if not isinstance(decision, Mapping) or not isinstance(decision.get("chosen"), str):
+        return None
+    prior = decision.get("p_success")
+    if isinstance(prior, bool) or not isinstance(prior, int | float):
         return None
     kind = decision.get("kind")
     if not isinstance(kind, str):
@@ -103,7 +109,7 @@ def decision_of(event: Mapping[str, Any]) -> tuple[str, str] | None:
         ):
             return None
         kind = kind_of(vector["request"])
-    return kind, str(decision["chosen"])
+    return kind, str(decision["chosen"]), float(prior)
 
 
 def evidence_from_events(events: Iterable[Mapping[str, Any]]) -> Evidence:
@@ -114,7 +120,8 @@ def evidence_from_events(events: Iterable[Mapping[str, Any]]) -> Evidence:
     for event, result in zip(listed, outcome.grade(listed), strict=True):
         decided = decision_of(event)
         if result is not None and decided is not None:
-            evidence.update(decided[0], decided[1], result.value, result.weight)
+            kind, model, prior = decided
+            evidence.update(kind, model, result.value, prior, result.weight)
     return evidence
 
 
@@ -124,6 +131,7 @@ class _Counted:
 
     kind: str
     model: str
+    prior: float  # the selector's P(success) for the model on this prompt
     answer: Mapping[str, Any]  # the usage event's `outcome` object
     retried: bool = False
     ratings: list[float] = field(default_factory=list)
@@ -170,7 +178,7 @@ class Learner:
             return
         self.observed += 1
         raw = event.get("outcome")
-        counted = _Counted(decided[0], decided[1], raw if isinstance(raw, Mapping) else {})
+        counted = _Counted(*decided, raw if isinstance(raw, Mapping) else {})
         ids = [
             i
             for i in (event.get("request_id"), event.get("client_request_id"))
@@ -225,14 +233,14 @@ class Learner:
         if before == now:
             return
         if before is not None:
-            self._add(counted.kind, counted.model, -before.weight * before.value, -before.weight)
+            self._add(counted, before.value, -before.weight)
         if now is not None:
-            self._add(counted.kind, counted.model, now.weight * now.value, now.weight)
+            self._add(counted, now.value, now.weight)
         counted.applied = now
 
-    def _add(self, kind: str, model: str, successes: float, count: float) -> None:
-        self.evidence.add(kind, model, successes, count)
-        self.pending.add(kind, model, successes, count)
+    def _add(self, counted: _Counted, value: float, weight: float) -> None:
+        self.evidence.update(counted.kind, counted.model, value, counted.prior, weight)
+        self.pending.update(counted.kind, counted.model, value, counted.prior, weight)
         self.dirty = True
 
     # Keeping it (background) ----------------------------------------------------------
@@ -285,7 +293,7 @@ class Learner:
 
     def status(self) -> dict[str, Any]:
         kinds: dict[str, int] = {}
-        for kind, _, _, count in self.evidence.rows():
+        for kind, _, _, count, _ in self.evidence.rows():
             if count > 0:
                 kinds[kind] = kinds.get(kind, 0) + 1
         return {
@@ -310,7 +318,7 @@ class Learner:
         if path.exists():
             doc = orjson.loads(path.read_bytes())
             self.evidence.replace(
-                (str(r[0]), str(r[1]), float(r[2]), float(r[3])) for r in doc["rows"]
+                (str(r[0]), str(r[1]), float(r[2]), float(r[3]), float(r[4])) for r in doc["rows"]
             )
             return
         from proxy.usage.export import from_files
@@ -320,7 +328,7 @@ class Learner:
         self.rebuilt = len(events)
         self._file_save(list(self.evidence.rows()))
 
-    def _file_save(self, rows: list[tuple[str, str, float, float]]) -> None:
+    def _file_save(self, rows: list[Row]) -> None:
         path = self.state_file
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(path.name + f".{os.getpid()}.tmp")
@@ -371,21 +379,25 @@ class Learner:
     async def _pg_sync(self) -> None:
         conn = await self._connection()
         pending, self.pending = self.pending, Evidence()
-        rows = [r for r in pending.rows() if r[3] != 0 or r[2] != 0]
+        rows = [r for r in pending.rows() if any(r[2:])]
         try:
             if rows:
                 await conn.execute(_UPSERT, *_columns(rows))
         except BaseException:
-            for kind, model, successes, count in rows:  # written later, not lost
-                self.pending.add(kind, model, successes, count)
+            for row in rows:  # written later, not lost
+                self.pending.add(*row)
             raise
         await self._resolve_unmatched(conn)
         await self._pg_reload(conn)
 
     async def _pg_reload(self, conn: asyncpg.Connection) -> None:
-        totals = await conn.fetch("SELECT kind, model, successes, count FROM autoroute_evidence")
+        totals = await conn.fetch(
+            "SELECT kind, model, successes, count, expected FROM autoroute_evidence"
+        )
         # What this proxy has counted since it last wrote is not in the totals yet.
-        rows = [(r["kind"], r["model"], r["successes"], r["count"]) for r in totals]
+        rows: list[Row] = [
+            (r["kind"], r["model"], r["successes"], r["count"], r["expected"]) for r in totals
+        ]
         self.evidence.replace([*rows, *self.pending.rows()])
 
     async def _resolve_unmatched(self, conn: asyncpg.Connection) -> None:
@@ -407,7 +419,7 @@ class Learner:
             if decided is None:
                 continue
             raw = event.get("outcome")
-            counted = _Counted(decided[0], decided[1], raw if isinstance(raw, Mapping) else {})
+            counted = _Counted(*decided, raw if isinstance(raw, Mapping) else {})
             # The proxy that served it counted its implicit outcome: take that back.
             counted.applied = outcome.implicit(counted.answer)
             counted.ratings = ratings
@@ -423,12 +435,5 @@ class Learner:
             self.unmatched.popitem(last=False)
 
 
-def _columns(
-    rows: list[tuple[str, str, float, float]],
-) -> tuple[list[str], list[str], list[float], list[float]]:
-    return (
-        [r[0] for r in rows],
-        [r[1] for r in rows],
-        [float(r[2]) for r in rows],
-        [float(r[3]) for r in rows],
-    )
+def _columns(rows: list[Row]) -> tuple[list[Any], ...]:
+    return tuple([r[i] for r in rows] for i in range(5))

@@ -10,17 +10,21 @@ picked (the propensity), so that training on the proxy's own logs can correct fo
 the proxy's own choices.
 
 `choose` adds what the proxy learned from its own traffic (`selector_model.evidence`):
-per candidate a Beta posterior whose prior mean is the selector's P(success), worth
-`prior_strength` outcomes, updated with the evidence for this kind of prompt,
+for each candidate, the outcomes of its answers to this kind of prompt (count n, sum
+s) and what the selector expected of them (sum e of its P(success) then). The blend
+corrects this prompt's P by the gap between outcomes and expectations, shrunk by
+`prior_strength` (n0):
 
-    blend(m) = (prior_strength * P(m) + successes(m)) / (prior_strength + count(m))
+    blend(m) = P(m) + (s(m) - e(m)) / (n0 + n(m))
 
-The utility uses the blend in place of P; the safety rule reads blended utilities
-(a model's unseen-margin shrinks as its evidence grows). Exploration is Thompson
-sampling: with probability `exploration` the choice is the best of one draw from each
-posterior (its normal approximation; cost subtracted alike), so a model ranked lower
-is tried at most that often, and the more likely the less is known about it. The
-propensity of the choice is
+the mean of a Beta posterior whose prior has mean P(m) and weight n0, with the
+evidence centred on this prompt (where P was the same for every outcome, it is
+exactly (n0 * P + s) / (n0 + n)). The utility uses the blend in place of P; the
+safety rule reads blended utilities (a model's unseen-margin shrinks as its evidence
+grows). Exploration is Thompson sampling: with probability `exploration` the choice
+is the best of one draw from each posterior (mean blend, weight n0 + n; by its normal
+approximation; cost subtracted alike), so a model ranked lower is tried at most that
+often, and the more likely the less is known about it. The propensity of the choice is
 
     (1 - exploration) * [it is the greedy choice] + exploration * P(Thompson picks it)
 
@@ -63,9 +67,11 @@ class Scored:
     seconds: float
     utility: float  # with the blend in place of p_success when there is evidence
     known: bool
-    # What the proxy learned for this kind of prompt: weighted count and mean outcome.
+    # What the proxy learned for this kind of prompt: weighted count, mean outcome, and
+    # the mean of what the selector expected of those outcomes.
     evidence_count: float = 0.0
     evidence_mean: float | None = None
+    evidence_expected: float | None = None
     blend: float | None = None  # the posterior mean used (None: the prior alone)
 
     def describe(self) -> dict[str, Any]:
@@ -76,6 +82,9 @@ class Scored:
             "evidence": {
                 "count": round(self.evidence_count, 3),
                 "mean": None if self.evidence_mean is None else round(self.evidence_mean, 4),
+                "expected": None
+                if self.evidence_expected is None
+                else round(self.evidence_expected, 4),
             },
             "blend": round(self.p_success if self.blend is None else self.blend, 4),
             "expected_seconds": round(self.seconds, 3),
@@ -214,7 +223,7 @@ def choose(
     draws: int = DRAWS,
 ) -> Chosen:
     """The choice for one request from `rank`'s ranking (prior utilities, best first)
-    and the evidence for the request's kind, model: (successes, count), as
+    and the evidence for the request's kind, model: (successes, count, expected), as
     `Evidence.of(kind)` gives it. With no evidence and no exploration this is `pick`'s
     greedy choice. See the module docstring."""
     prior_choice, reason = _safe_greedy(
@@ -228,8 +237,9 @@ def choose(
             if got is None or got[1] <= 0:
                 blended.append(s)
                 continue
-            successes, count = float(got[0]), float(got[1])
-            blend = (prior_strength * s.p_success + successes) / (prior_strength + count)
+            successes, count, expected = float(got[0]), float(got[1]), float(got[2])
+            blend = s.p_success + (successes - expected) / (prior_strength + count)
+            blend = min(1 - _P_FLOOR, max(_P_FLOOR, blend))
             blended.append(
                 Scored(
                     s.name,
@@ -239,6 +249,7 @@ def choose(
                     s.known,
                     count,
                     successes / count,
+                    expected / count,
                     blend,
                 )
             )
@@ -253,28 +264,25 @@ def choose(
     if exploration <= 0 or len(blended) < 2:
         return Chosen(blended, greedy, reason, 1.0)
     k = len(blended)
-    # Per candidate: prior, evidence count, successes, cost (what utility subtracts).
+    # Per candidate: the posterior's mean and weight, and the cost utility subtracts.
     table = np.array(
         [
             (
-                s.p_success,
-                s.evidence_count,
-                s.evidence_count * (s.evidence_mean or 0.0),
+                s.p_success if s.blend is None else s.blend,
+                prior_strength + s.evidence_count,
                 (s.p_success if s.blend is None else s.blend) - s.utility,
             )
             for s in blended
         ]
     )
-    prior = table[:, 0].clip(_P_FLOOR, 1 - _P_FLOOR)
-    a = prior_strength * prior + table[:, 2]
-    b = prior_strength * (1 - prior) + table[:, 1] - table[:, 2]
-    cost = table[:, 3]
-    # Each posterior by its normal approximation (mean and variance of Beta(a, b)):
-    # a + b >= prior_strength keeps it close, and normal draws cost a fraction of
-    # Beta draws (gamma variates), which would be most of a decision's time.
-    total = a + b
-    spread = np.sqrt(a * b / (total * total * (total + 1)))
-    samples = a / total + spread * rng.standard_normal((max(draws, 1), k))
+    mean = table[:, 0].clip(_P_FLOOR, 1 - _P_FLOOR)
+    weight, cost = table[:, 1], table[:, 2]
+    # Each posterior, Beta(weight * mean, weight * (1 - mean)), by its normal
+    # approximation (the same mean and variance): weight >= prior_strength keeps it
+    # close, and normal draws cost a fraction of Beta draws (gamma variates), which
+    # would be most of a decision's time.
+    spread = np.sqrt(mean * (1 - mean) / (weight + 1))
+    samples = mean + spread * rng.standard_normal((max(draws, 1), k))
     winners = (samples - cost).argmax(axis=1)
     shares = np.bincount(winners, minlength=k) / len(winners)
     chosen = greedy

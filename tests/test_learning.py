@@ -51,27 +51,33 @@ def test_evidence_moves_the_choice_by_the_beta_posterior() -> None:
     rng = np.random.default_rng(0)
     evidence = Evidence()
     for _ in range(ROUNDS):
-        evidence.update("math", "qwen2.5:7b", 0.0)
-        evidence.update("math", "mistral:7b", 1.0)
+        evidence.update("math", "qwen2.5:7b", 0.0, prior=0.7)
+        evidence.update("math", "mistral:7b", 1.0, prior=0.6)
     chose = choose(_ranking(), evidence.of("math"), 0.0, rng, prior_strength=10.0)
     assert (chose.chosen.name, chose.reason) == ("mistral:7b", "learned")
     row = {s.name: s.describe() for s in chose.ranking}
     assert row["mistral:7b"]["prior"] == 0.6
-    assert row["mistral:7b"]["evidence"] == {"count": ROUNDS, "mean": 1.0}
+    assert row["mistral:7b"]["evidence"] == {"count": ROUNDS, "mean": 1.0, "expected": 0.6}
     assert row["mistral:7b"]["blend"] == pytest.approx(
         (10 * 0.6 + ROUNDS) / (10 + ROUNDS), abs=1e-4
     )
     assert row["qwen2.5:7b"]["blend"] == pytest.approx(7.0 / (10 + ROUNDS), abs=1e-4)
-    assert row["llama3.1:8b"]["evidence"] == {"count": 0.0, "mean": None}
+    assert row["llama3.1:8b"]["evidence"] == {"count": 0.0, "mean": None, "expected": None}
     # Another kind of prompt keeps the prior.
     assert choose(_ranking(), evidence.of("code"), 0.0, rng).chosen.name == "qwen2.5:7b"
+    # The evidence corrects the prior of each prompt: where the selector expected less
+    # of mistral (0.3 on a prompt, where its outcomes came at 0.6 expected), the gap
+    # it missed by still lifts it, from this prompt's prior.
+    low = rank(list(MODELS), [0.70, 0.30, 0.50], [1.0, 1.0, 1.0], 0.0, set(MODELS))
+    lifted = {s.name: s for s in choose(low, evidence.of("math"), 0.0, rng).ranking}
+    assert lifted["mistral:7b"].blend == pytest.approx(0.3 + ROUNDS * 0.4 / (10 + ROUNDS))
     # A prior that is worth more needs more evidence.
     assert choose(_ranking(), evidence.of("math"), 0.0, rng, prior_strength=100).reason == "ml"
 
 
 def test_exploration_bounds_tries_and_propensity_matches_frequency() -> None:
     rng = np.random.default_rng(3)
-    evidence: dict[str, list[float]] = {"mistral:7b": [2.0, 4.0]}
+    evidence: dict[str, list[float]] = {"mistral:7b": [2.0, 4.0, 2.4]}
     n = 4000
     picks = [choose(_ranking(), evidence, 0.2, rng) for _ in range(n)]
     counts = Counter(p.chosen.name for p in picks)
@@ -111,7 +117,7 @@ def _event(rid: str, second: int, prompt: str, **outcome_fields: Any) -> dict[st
         "ts": f"2026-01-01T00:{second // 60:02d}:{second % 60:02d}Z",
         "client": {"user": "ann"},
         "prompt_sha256": prompt,
-        "decision": {"chosen": "qwen2.5:7b", "kind": kind_of(request)},
+        "decision": {"chosen": "qwen2.5:7b", "kind": kind_of(request), "p_success": 0.5},
         "features": {"schema_version": 1, "request": request},
         "outcome": {"status": 200, "error": None, "done_reason": "stop", **outcome_fields},
     }
@@ -123,20 +129,21 @@ def test_learner_takes_back_implicit_outcomes_when_a_rating_or_a_retry_comes(
     evidence = Evidence()
     learner = Learner(Learning(), Usage(file_path=str(tmp_path / "events.jsonl")), evidence)
     learner.observe("usage", _event("r1", 0, "a"))
-    assert evidence.of("math")["qwen2.5:7b"] == pytest.approx([outcome.COMPLETED] * 2)
+    weak = outcome.COMPLETED
+    assert evidence.of("math")["qwen2.5:7b"] == pytest.approx([weak, weak, weak * 0.5])
     learner.observe("feedback", {"request_id": "r1", "rating": 0.0})  # a thumbs-down wins
-    assert evidence.of("math")["qwen2.5:7b"] == pytest.approx([0.0, outcome.RATED])
+    assert evidence.of("math")["qwen2.5:7b"][:2] == pytest.approx([0.0, outcome.RATED])
     learner.observe("usage", _event("r2", 10, "b"))
     learner.observe("usage", _event("r3", 60, "b"))  # b again within 120 s: r2 failed
-    assert evidence.of("math")["qwen2.5:7b"] == pytest.approx(
+    assert evidence.of("math")["qwen2.5:7b"][:2] == pytest.approx(
         [outcome.COMPLETED, 2 * outcome.RATED + outcome.COMPLETED]
     )
     # Feedback that overtakes its event waits for it.
     learner.observe("feedback", {"request_id": "r4", "rating": 1.0})
     learner.observe("usage", _event("r4", 300, "c", done_reason="length"))
-    successes, count = evidence.of("math")["qwen2.5:7b"]
-    assert (successes, count) == pytest.approx(
-        (outcome.COMPLETED + 1.0, 3 * outcome.RATED + outcome.COMPLETED)
+    successes, count, expected = evidence.of("math")["qwen2.5:7b"]
+    assert (successes, count, expected) == pytest.approx(
+        (outcome.COMPLETED + 1.0, 3 * outcome.RATED + outcome.COMPLETED, count * 0.5)
     )
     # The same events read back in one go (a rebuild) give the same evidence.
     events = [
@@ -146,15 +153,15 @@ def test_learner_takes_back_implicit_outcomes_when_a_rating_or_a_retry_comes(
         {**_event("r4", 300, "c", done_reason="length"), "rating": 1.0},
     ]
     rebuilt = evidence_from_events(events)
-    assert rebuilt.of("math")["qwen2.5:7b"] == pytest.approx([successes, count])
+    assert rebuilt.of("math")["qwen2.5:7b"] == pytest.approx([successes, count, expected])
     # Feedback by the id the client sent (kept as client_request_id beside the proxy's).
     learner.observe("usage", {**_event("r6", 500, "e"), "client_request_id": "mine-1"})
     learner.observe("feedback", {"request_id": "mine-1", "rating": 0.0})
     assert evidence.of("math")["qwen2.5:7b"][1] == pytest.approx(count + outcome.RATED)
-    successes, count = evidence.of("math")["qwen2.5:7b"]
+    successes, count, expected = evidence.of("math")["qwen2.5:7b"]
     # Requests auto did not decide teach nothing.
     learner.observe("usage", {**_event("r5", 400, "d"), "decision": None})
-    assert evidence.of("math")["qwen2.5:7b"] == pytest.approx([successes, count])
+    assert evidence.of("math")["qwen2.5:7b"] == pytest.approx([successes, count, expected])
 
 
 # Through the proxy ---------------------------------------------------------------------
@@ -264,9 +271,10 @@ def _check_learned(doc: dict[str, Any], picked: str, runner_up: str) -> None:
     rows = {r["model"]: r for r in doc["ranking"]}
     strength = doc["prior_strength"]
     for row in rows.values():
-        count, mean = row["evidence"]["count"], row["evidence"]["mean"] or 0.0
-        expected = (strength * row["prior"] + count * mean) / (strength + count)
-        assert row["blend"] == pytest.approx(expected, abs=1e-3)
+        evidence = row["evidence"]
+        count = evidence["count"]
+        gap = count * ((evidence["mean"] or 0.0) - (evidence["expected"] or 0.0))
+        assert row["blend"] == pytest.approx(row["prior"] + gap / (strength + count), abs=1e-3)
     assert rows[picked]["evidence"]["mean"] == 0.0
     assert rows[runner_up]["evidence"]["mean"] > 0.99
     assert (
