@@ -187,6 +187,7 @@ class AutoRouter:
             unknown_margin,
             learning.prior_strength,
             learning.draws,
+            learning.known_prior_strength,
         )
         ranking, chosen, reason, propensity = (
             chose.ranking,

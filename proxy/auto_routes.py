@@ -125,6 +125,7 @@ class AutoRoutes:
         except AutoError as exc:
             return error_response(request.path, 400, str(exc))
         decision = choice.decision
+        learning = self.auto.config.learning
         # Models the key cannot see stay out of the answer, as they do from the lists.
         filtered = {m: why for m, why in decision.filtered.items() if only is None or m in only}
         return _json(
@@ -139,7 +140,10 @@ class AutoRoutes:
                 # Per candidate: the selector's prior, the evidence for this kind of
                 # prompt (count, mean outcome) and the blend the choice used.
                 "kind": decision.kind,
-                "prior_strength": self.auto.config.learning.prior_strength,
+                "prior_strength": {
+                    "known": learning.known_prior_strength,
+                    "unseen": learning.prior_strength,
+                },
                 "ranking": [s.describe() for s in decision.ranking],
                 "filtered": filtered,
             }

@@ -300,7 +300,10 @@ class Learner:
             "enabled": self.store != "off",
             "store": self.store,
             "state_file": str(self.state_file) if self.store == "file" else None,
-            "prior_strength": self.settings.prior_strength,
+            "prior_strength": {
+                "known": self.settings.known_prior_strength,
+                "unseen": self.settings.prior_strength,
+            },
             "evidence_rows": sum(kinds.values()),
             "rows_by_kind": kinds,
             "observed_requests": self.observed,

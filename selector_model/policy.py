@@ -12,8 +12,9 @@ the proxy's own choices.
 `choose` adds what the proxy learned from its own traffic (`selector_model.evidence`):
 for each candidate, the outcomes of its answers to this kind of prompt (count n, sum
 s) and what the selector expected of them (sum e of its P(success) then). The blend
-corrects this prompt's P by the gap between outcomes and expectations, shrunk by
-`prior_strength` (n0):
+corrects this prompt's P by the gap between outcomes and expectations, shrunk by the
+prior's strength n0 (`known_prior_strength` for a model the artifact was trained on,
+`prior_strength` for any other):
 
     blend(m) = P(m) + (s(m) - e(m)) / (n0 + n(m))
 
@@ -51,8 +52,11 @@ from selector_model.features import Candidate
 # from its leave-one-model-out evaluation, says otherwise.
 UNKNOWN_MARGIN = 0.05
 # How many outcomes the selector's P(success) is worth against the evidence: the
-# evidence outweighs the prior after this many rated answers of a kind.
+# evidence outweighs the prior after this many rated answers of a kind. For a model
+# the artifact was trained on, its P is worth more (it was fitted on that model's
+# results) than for a model it places by its description alone.
 PRIOR_STRENGTH = 10.0
+KNOWN_PRIOR_STRENGTH = 50.0
 # Monte-Carlo draws for a decision's propensity under Thompson sampling.
 DRAWS = 32
 # P(success) as a Beta prior mean stays inside (0, 1).
@@ -221,6 +225,7 @@ def choose(
     unknown_margin: float = UNKNOWN_MARGIN,
     prior_strength: float = PRIOR_STRENGTH,
     draws: int = DRAWS,
+    known_prior_strength: float = KNOWN_PRIOR_STRENGTH,
 ) -> Chosen:
     """The choice for one request from `rank`'s ranking (prior utilities, best first)
     and the evidence for the request's kind, model: (successes, count, expected), as
@@ -238,7 +243,8 @@ def choose(
                 blended.append(s)
                 continue
             successes, count, expected = float(got[0]), float(got[1]), float(got[2])
-            blend = s.p_success + (successes - expected) / (prior_strength + count)
+            strength = known_prior_strength if s.known else prior_strength
+            blend = s.p_success + (successes - expected) / (strength + count)
             blend = min(1 - _P_FLOOR, max(_P_FLOOR, blend))
             blended.append(
                 Scored(
@@ -269,7 +275,7 @@ def choose(
         [
             (
                 s.p_success if s.blend is None else s.blend,
-                prior_strength + s.evidence_count,
+                (known_prior_strength if s.known else prior_strength) + s.evidence_count,
                 (s.p_success if s.blend is None else s.blend) - s.utility,
             )
             for s in blended

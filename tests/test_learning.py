@@ -53,7 +53,7 @@ def test_evidence_moves_the_choice_by_the_beta_posterior() -> None:
     for _ in range(ROUNDS):
         evidence.update("math", "qwen2.5:7b", 0.0, prior=0.7)
         evidence.update("math", "mistral:7b", 1.0, prior=0.6)
-    chose = choose(_ranking(), evidence.of("math"), 0.0, rng, prior_strength=10.0)
+    chose = choose(_ranking(), evidence.of("math"), 0.0, rng, known_prior_strength=10.0)
     assert (chose.chosen.name, chose.reason) == ("mistral:7b", "learned")
     row = {s.name: s.describe() for s in chose.ranking}
     assert row["mistral:7b"]["prior"] == 0.6
@@ -69,10 +69,20 @@ def test_evidence_moves_the_choice_by_the_beta_posterior() -> None:
     # of mistral (0.3 on a prompt, where its outcomes came at 0.6 expected), the gap
     # it missed by still lifts it, from this prompt's prior.
     low = rank(list(MODELS), [0.70, 0.30, 0.50], [1.0, 1.0, 1.0], 0.0, set(MODELS))
-    lifted = {s.name: s for s in choose(low, evidence.of("math"), 0.0, rng).ranking}
+    lifted = {
+        s.name: s
+        for s in choose(low, evidence.of("math"), 0.0, rng, known_prior_strength=10).ranking
+    }
     assert lifted["mistral:7b"].blend == pytest.approx(0.3 + ROUNDS * 0.4 / (10 + ROUNDS))
-    # A prior that is worth more needs more evidence.
-    assert choose(_ranking(), evidence.of("math"), 0.0, rng, prior_strength=100).reason == "ml"
+    # A prior that is worth more needs more evidence: by default, the prior of a model
+    # the artifact was trained on; a model it never saw learns faster.
+    few = Evidence()
+    for _ in range(2):
+        few.update("math", "qwen2.5:7b", 0.0, prior=0.7)
+        few.update("math", "mistral:7b", 1.0, prior=0.6)
+    assert choose(_ranking(), few.of("math"), 0.0, rng).reason == "ml"
+    unseen = rank(list(MODELS), [0.70, 0.60, 0.50], [1.0, 1.0, 1.0], 0.0, set())
+    assert choose(unseen, few.of("math"), 0.0, rng).chosen.name == "mistral:7b"
 
 
 def test_exploration_bounds_tries_and_propensity_matches_frequency() -> None:
@@ -269,8 +279,8 @@ def _check_learned(doc: dict[str, Any], picked: str, runner_up: str) -> None:
     """The new prompt goes to the runner-up, by the blend of prior and evidence."""
     assert doc["model"] == runner_up and doc["reason"] == "learned" and doc["kind"] == "math"
     rows = {r["model"]: r for r in doc["ranking"]}
-    strength = doc["prior_strength"]
     for row in rows.values():
+        strength = doc["prior_strength"]["known" if row["known_to_artifact"] else "unseen"]
         evidence = row["evidence"]
         count = evidence["count"]
         gap = count * ((evidence["mean"] or 0.0) - (evidence["expected"] or 0.0))
