@@ -33,7 +33,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -127,15 +127,57 @@ def evidence_from_events(events: Iterable[Mapping[str, Any]]) -> Evidence:
 
 @dataclass(slots=True)
 class _Counted:
-    """What the learner counted for one request, to take back when it changes."""
+    """What the learner counted for one request, to take back when it changes. Small:
+    up to `recent_requests` of them are kept (the implicit outcomes are shared)."""
 
     kind: str
     model: str
     prior: float  # the selector's P(success) for the model on this prompt
-    answer: Mapping[str, Any]  # the usage event's `outcome` object
+    implicit: outcome.Result | None  # the answer's implicit outcome, were it not retried
+    if_retried: outcome.Result | None  # the same, had the prompt been sent again soon
     retried: bool = False
-    ratings: list[float] = field(default_factory=list)
+    rating_sum: float = 0.0
+    ratings: int = 0
     applied: outcome.Result | None = None
+
+    @classmethod
+    def of(cls, decided: tuple[str, str, float], event: Mapping[str, Any]) -> _Counted:
+        raw = event.get("outcome")
+        answer = raw if isinstance(raw, Mapping) else {}
+        return cls(*decided, *_implicit(answer))
+
+    def rate(self, ratings: Iterable[float]) -> None:
+        for rating in ratings:
+            self.rating_sum += rating
+            self.ratings += 1
+
+    def result(self) -> outcome.Result | None:
+        if self.ratings:
+            return outcome.rated(self.rating_sum / self.ratings)
+        return self.if_retried if self.retried else self.implicit
+
+
+_IMPLICIT: dict[tuple[Any, ...], tuple[outcome.Result | None, outcome.Result | None]] = {}
+
+
+def _implicit(answer: Mapping[str, Any]) -> tuple[outcome.Result | None, outcome.Result | None]:
+    """(implicit outcome, the same had the prompt been sent again soon), one pair of
+    objects per distinct answer shape (a handful), shared by the requests remembered."""
+    key = (
+        answer.get("status"),
+        bool(answer.get("error")),
+        bool(answer.get("cancelled")),
+        answer.get("done_reason"),
+    )
+    pair = _IMPLICIT.get(key)
+    if pair is None:
+        if len(_IMPLICIT) > 256:  # done_reason is the backend's string: bound the cache
+            _IMPLICIT.clear()
+        pair = _IMPLICIT[key] = (
+            outcome.implicit(answer),
+            outcome.implicit(answer, retried=True),
+        )
+    return pair
 
 
 class Learner:
@@ -177,8 +219,7 @@ class Learner:
         if decided is None:
             return
         self.observed += 1
-        raw = event.get("outcome")
-        counted = _Counted(*decided, raw if isinstance(raw, Mapping) else {})
+        counted = _Counted.of(decided, event)
         ids = [
             i
             for i in (event.get("request_id"), event.get("client_request_id"))
@@ -187,7 +228,7 @@ class Learner:
         for rid in ids:
             waiting = self.unmatched.pop(rid, None)
             if waiting is not None:
-                counted.ratings += waiting[1]
+                counted.rate(waiting[1])
         self._retry(event, counted)
         self._count(counted)
         for rid in ids:
@@ -206,6 +247,8 @@ class Learner:
             earlier[1].retried = True
             self._count(earlier[1])
         self.prompts[key] = (when, counted)
+        if len(self.prompts) > self.settings.recent_requests:
+            self.prompts.popitem(last=False)
         while self.prompts:
             first = next(iter(self.prompts.values()))
             if when - first[0] <= outcome.RETRY_WINDOW_SECONDS:
@@ -215,7 +258,7 @@ class Learner:
     def _feedback(self, request_id: str, rating: float) -> None:
         counted = self.recent.get(request_id)
         if counted is not None:
-            counted.ratings.append(rating)
+            counted.rate((rating,))
             self._count(counted)
             return
         waiting = self.unmatched.setdefault(request_id, (time.monotonic(), []))
@@ -225,10 +268,7 @@ class Learner:
 
     def _count(self, counted: _Counted) -> None:
         """Count a request's outcome as it stands now, taking back what was counted."""
-        if counted.ratings:
-            now: outcome.Result | None = outcome.rated(sum(counted.ratings) / len(counted.ratings))
-        else:
-            now = outcome.implicit(counted.answer, counted.retried)
+        now = counted.result()
         before = counted.applied
         if before == now:
             return
@@ -421,11 +461,10 @@ class Learner:
             decided = decision_of(event)
             if decided is None:
                 continue
-            raw = event.get("outcome")
-            counted = _Counted(*decided, raw if isinstance(raw, Mapping) else {})
+            counted = _Counted.of(decided, event)
             # The proxy that served it counted its implicit outcome: take that back.
-            counted.applied = outcome.implicit(counted.answer)
-            counted.ratings = ratings
+            counted.applied = counted.implicit
+            counted.rate(ratings)
             self._count(counted)
             self.recent[row["request_id"]] = counted
 
