@@ -12,7 +12,7 @@ Usage events (JSON Lines, one object per line, as the proxy writes them):
                    "is_instruct": bool, "loaded": bool},
      "decision": {"propensity": float | null},
      "outcome": {"status": int, "error": str | null, "done_reason": str | null},
-     "rating": int | null}
+     "rating": float | null}   # the mean of its feedback, when joined
 
 Label and weight: the event's outcome by the one definition of success
 (`selector_model.outcome`: a rating wins, else error, cancellation, the same prompt
