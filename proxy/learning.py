@@ -359,11 +359,15 @@ class Learner:
     def _file_start(self) -> None:
         path = self.state_file
         if path.exists():
-            doc = orjson.loads(path.read_bytes())
-            self.evidence.replace(
-                (str(r[0]), str(r[1]), float(r[2]), float(r[3]), float(r[4])) for r in doc["rows"]
-            )
-            return
+            try:
+                doc = orjson.loads(path.read_bytes())
+                self.evidence.replace(
+                    (str(r[0]), str(r[1]), float(r[2]), float(r[3]), float(r[4]))
+                    for r in doc["rows"]
+                )
+                return
+            except (ValueError, KeyError, IndexError, TypeError) as exc:
+                log.warning("learning: %s is unreadable (%s): rebuilding it", path, exc)
         from proxy.usage.export import from_files
 
         events = from_files(self.usage.file_path, datetime.fromtimestamp(0, UTC))

@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import numpy as np
+import orjson
 import pytest
 
 from proxy.config import Learning, Profile, Selector, Usage
@@ -389,3 +390,19 @@ async def test_proxies_share_what_they_learn_through_postgres(
         three.stop()
     _check_learned(doc, picked, runner_up)
     assert learning["rebuilt_from_events"] == 2 * ROUNDS
+
+
+async def test_an_unreadable_state_file_is_rebuilt_from_the_usage_files(tmp_path: Path) -> None:
+    usage = Usage(file_path=str(tmp_path / "events.jsonl"))
+    events = [_event("r1", 0, "a"), _event("r2", 10, "b", error="upstream closed")]
+    (tmp_path / "events.jsonl").write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
+    feedback = {"request_id": "r1", "rating": 0.25, "ts": "2026-01-01T00:00:05Z"}
+    (tmp_path / "events.feedback.jsonl").write_bytes(orjson.dumps(feedback) + b"\n")
+    (tmp_path / "learning.json").write_bytes(b'{"rows": [["math", "x"')  # cut short
+    learner = Learner(Learning(), usage, Evidence())
+    await learner.start()
+    assert learner.rebuilt == 2 and learner.error is None
+    # r1 rated 0.25 (the rating wins), r2 failed: two outcomes of full weight.
+    assert learner.evidence.of("math")["qwen2.5:7b"] == pytest.approx([0.25, 2.0, 1.0])
+    saved = orjson.loads((tmp_path / "learning.json").read_bytes())
+    assert saved["rows"] == [["math", "qwen2.5:7b", 0.25, 2.0, 1.0]]
