@@ -29,6 +29,12 @@ def answered(
     }
 
 
+def graded(event: dict[str, Any], retried: bool = False) -> outcome.Result:
+    result = outcome.of_event(event, retried)
+    assert result is not None
+    return result
+
+
 def test_each_signal_and_a_rating_winning_over_them() -> None:
     base = answered("r", "2026-01-01T00:00:00Z")
     assert outcome.of_event(base) == outcome.Result(1.0, outcome.COMPLETED, "completed")
@@ -37,17 +43,17 @@ def test_each_signal_and_a_rating_winning_over_them() -> None:
     assert outcome.of_event(cut) == outcome.Result(
         outcome.TRUNCATED_VALUE, outcome.TRUNCATED_WEIGHT, "truncated"
     )
-    assert outcome.of_event(answered("r", "x", error="upstream closed")).source == "error"
-    assert outcome.of_event(answered("r", "x", status=502)).value == 0.0
-    assert outcome.of_event(answered("r", "x", cancelled=True)).source == "cancelled"
+    assert graded(answered("r", "x", error="upstream closed")).source == "error"
+    assert graded(answered("r", "x", status=502)).value == 0.0
+    assert graded(answered("r", "x", cancelled=True)).source == "cancelled"
     assert outcome.of_event(answered("r", "x", status=400)) is None  # no model ran
     # A thumbs-up on a cancelled answer, a thumbs-down on a completed one: the rating.
-    assert outcome.of_event({**answered("r", "x", cancelled=True), "rating": 1}).value == 1.0
+    assert graded({**answered("r", "x", cancelled=True), "rating": 1}).value == 1.0
     assert outcome.of_event({**base, "rating": 0}) == outcome.Result(0.0, outcome.RATED, "rating")
-    assert outcome.of_event({**base, "rating": 0.7}).value == 0.7
-    assert outcome.of_event({**base, "rating": 5}).value == 1.0  # clamped into [0, 1]
-    assert outcome.of_event(base, retried=True).source == "retried"
-    assert outcome.of_event({**base, "rating": 1}, retried=True).value == 1.0
+    assert graded({**base, "rating": 0.7}).value == 0.7
+    assert graded({**base, "rating": 5}).value == 1.0  # clamped into [0, 1]
+    assert graded(base, retried=True).source == "retried"
+    assert graded({**base, "rating": 1}, retried=True).value == 1.0
 
 
 def test_the_same_prompt_again_soon_from_the_same_user_fails_the_first() -> None:
