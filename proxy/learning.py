@@ -194,6 +194,7 @@ class Learner:
         self.store = "off" if not settings.enabled else ("postgres" if self.dsn else "file")
         self.conn: asyncpg.Connection | None = None
         self.dirty = False
+        self.started = False  # the store was read (PostgreSQL: or rebuilt)
         self.rebuilt: int | None = None  # events read by the last rebuild
         self.last_sync: float | None = None
         self.error: str | None = None
@@ -311,12 +312,19 @@ class Learner:
             return
         try:
             if self.store == "postgres":
-                await self._pg_sync()
+                if self.started:
+                    await self._pg_sync()
+                else:  # PostgreSQL was not there at start: read (or rebuild) it now
+                    await self._pg_start()
             elif self.dirty:
                 self.dirty = False
                 self.pending = Evidence()  # the file holds the totals
                 snapshot = list(self.evidence.rows())
-                await asyncio.to_thread(self._file_save, snapshot)
+                try:
+                    await asyncio.to_thread(self._file_save, snapshot)
+                except BaseException:
+                    self.dirty = True  # written at the next sync
+                    raise
             self.last_sync = time.time()
             self.error = None
         except Exception as exc:
@@ -407,6 +415,9 @@ class Learner:
                 if rows:
                     await conn.execute(_UPSERT, *_columns(rows))
                 self.rebuilt = len(events)
+                # The events hold what was counted while PostgreSQL was away.
+                self.pending = Evidence()
+        self.started = True
         await self._pg_reload(conn)
 
     @staticmethod
