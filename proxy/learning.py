@@ -43,14 +43,13 @@ import orjson
 
 from proxy.config import Learning, Usage
 from proxy.pg_migrations import apply
+from proxy.usage.event import FEEDBACK, USAGE
 from selector_model import features, outcome
 from selector_model.evidence import Evidence, Row
 from selector_model.kind import kind_of
 
 log = logging.getLogger("autoroute.learning")
 
-USAGE = "usage"
-FEEDBACK = "feedback"
 # Feedback for a request not seen yet (it can overtake its own usage event) waits this
 # long for it before a lookup in PostgreSQL, or being dropped.
 UNMATCHED_SECONDS = 30.0
