@@ -4,10 +4,12 @@
 
 The safety rule: a model the artifact never saw, or a lead smaller than `min_gain`
 over the profile's anchor (its configured default, else the best model the artifact
-knows), is not worth a gamble: the anchor is kept. Exploration, when a profile asks
-for it, picks uniformly among the eligible and records the probability of what was
-picked (the propensity), so that training on the proxy's own logs can correct for
-the proxy's own choices.
+knows), is not worth a gamble: the anchor is kept. Every decision records the
+probability of what was picked (the propensity), so that training on the proxy's own
+logs can correct for the proxy's own choices.
+
+`pick` is the rule from the selector's scores alone, exploring uniformly among the
+eligible (kept as the baseline benchmarks compare with).
 
 `choose` adds what the proxy learned from its own traffic (`selector_model.evidence`):
 for each candidate, the outcomes of its answers to this kind of prompt (count n, sum
@@ -167,15 +169,7 @@ def pick(
     unknown_margin: float = UNKNOWN_MARGIN,
 ) -> tuple[Scored, str, float]:
     """(choice, reason, propensity) from a ranking sorted best first."""
-    greedy = ranking[0]
-    reason = "ml"
-    anchor = next((s for s in ranking if s.name == default_model), None)
-    if anchor is None:
-        anchor = next((s for s in ranking if s.known), None)
-    if anchor is not None and greedy is not anchor:
-        needed = min_gain + (0.0 if greedy.known else unknown_margin)
-        if greedy.utility - anchor.utility < needed:
-            greedy, reason = anchor, "pinned"
+    greedy, reason = _safe_greedy(ranking, default_model, min_gain, unknown_margin, 1.0)
     if exploration > 0 and len(ranking) > 1:
         share = exploration / len(ranking)
         if rng.random() < exploration:
