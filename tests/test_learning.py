@@ -406,3 +406,37 @@ async def test_an_unreadable_state_file_is_rebuilt_from_the_usage_files(tmp_path
     assert learner.evidence.of("math")["qwen2.5:7b"] == pytest.approx([0.25, 2.0, 1.0])
     saved = orjson.loads((tmp_path / "learning.json").read_bytes())
     assert saved["rows"] == [["math", "qwen2.5:7b", 0.25, 2.0, 1.0]]
+
+
+async def test_implicit_signals_through_the_proxy(
+    servers: ServerThread, fleet: Emulator, tmp_path: Path
+) -> None:
+    """Without any rating: the same prompt sent again soon by the same user fails the
+    first answer, an error fails, a completed answer is a weak success."""
+    usage = Usage(file_path=str(tmp_path / "events.jsonl"), spool_dir=str(tmp_path / "spool"))
+    prx = Proxy(servers, [fleet.url], selector=_selector(tmp_path), usage=usage)
+    try:
+        async with aiohttp.ClientSession(headers={"X-Autoroute-User": "ann"}) as session:
+            picked = (await _explain(session, prx.url, _math(0)))["model"]
+            assert (await _ask(session, prx.url, _math(0)))[0] == picked
+            assert (await _ask(session, prx.url, _math(0)))[0] == picked  # asked again
+            fleet.state.fault = "error500"
+            only = {**_math(1), "model": f"auto:only-{MODELS.index(picked)}"}
+            try:
+                async with session.post(prx.url + "/api/chat", json=only) as resp:
+                    assert resp.status == 500
+            finally:
+                fleet.state.fault = "none"
+            # retried: 0 at full weight; error: 0 at full weight; completed: 1, weakly.
+            count = 2 * outcome.FAILED + outcome.COMPLETED
+            doc: dict[str, Any] = {}
+            for _ in range(400):
+                doc = await _explain(session, prx.url, _math(2))
+                row = {r["model"]: r for r in doc["ranking"]}[picked]
+                if row["evidence"]["count"] == pytest.approx(count):
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        prx.stop()
+    assert row["evidence"]["count"] == pytest.approx(count)
+    assert row["evidence"]["mean"] == pytest.approx(outcome.COMPLETED / count, abs=1e-4)
