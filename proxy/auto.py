@@ -9,12 +9,12 @@ usable artifact, a documented heuristic stands in (`selector_model.policy`).
 from __future__ import annotations
 
 import math
-import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from aiohttp import web
 
 from proxy.backends import BackendPool, NoBackend, normalize_model
@@ -23,8 +23,10 @@ from proxy.experiments import assign
 from proxy.registry import Registry
 from selector_model import artifact as artifact_module
 from selector_model import features, request_body
+from selector_model.evidence import Evidence
 from selector_model.features import Candidate
-from selector_model.policy import UNKNOWN_MARGIN, Decision, heuristic_p_success, pick, rank
+from selector_model.kind import kind_of
+from selector_model.policy import UNKNOWN_MARGIN, Decision, choose, heuristic_p_success, rank
 from selector_model.scorer import Scorer
 from selector_model.telemetry import Telemetry
 
@@ -101,7 +103,11 @@ class AutoRouter:
         self.registry = registry
         self.telemetry = Telemetry()
         self.scorer = Scorer(artifact_module.resolve(self.config.artifact))
-        self.rng = random.Random()
+        learning = self.config.learning
+        self.rng = np.random.default_rng(learning.seed or None)
+        # What the proxy learned from its own traffic, per kind of prompt and model:
+        # read here from memory, kept up to date by `proxy.learning.Learner`.
+        self.evidence = Evidence()
         self.decisions = 0
         # Per profile object: its allow and deny lists normalised, its default model.
         self._profiles: dict[int, tuple[Profile, frozenset[str], frozenset[str], str]] = {}
@@ -160,15 +166,27 @@ class AutoRouter:
             eligible.backends, candidates, prompt_tokens, _output_tokens(doc)
         )
         ranking = rank(eligible.names, p_success, seconds, profile.cost_weight, known)
-        chosen, reason, propensity = pick(
+        kind = kind_of(request)
+        learning = self.config.learning
+        chose = choose(
             ranking,
-            default_model,
-            self.config.min_gain,
+            self.evidence.of(kind),
             profile.exploration,
             self.rng,
+            default_model,
+            self.config.min_gain,
             unknown_margin,
+            learning.prior_strength,
+            learning.draws,
+            learning.known_prior_strength,
         )
-        if artifact is None and reason != "explore":
+        ranking, chosen, reason, propensity = (
+            chose.ranking,
+            chose.chosen,
+            chose.reason,
+            chose.propensity,
+        )
+        if artifact is None and reason not in ("explore", "learned"):
             reason = "fallback"
         if assigned is not None:
             reason = "experiment"
@@ -184,6 +202,7 @@ class AutoRouter:
             artifact_version=artifact.version if artifact else None,
             experiment=assigned[0] if assigned else None,
             variant=assigned[1] if assigned else None,
+            kind=kind,
         )
         return Choice(decision, request, candidates[eligible.names.index(chosen.name)])
 

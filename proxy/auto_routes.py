@@ -14,6 +14,7 @@ from proxy.auth import KEY_REQUEST
 from proxy.auto import AUTO, AutoError, AutoRouter, profile_of, user_key
 from proxy.config import Usage
 from proxy.errors import error_response
+from proxy.learning import Learner
 from proxy.limits import read_body
 from proxy.protocol import JSON
 
@@ -32,10 +33,17 @@ def _json(doc: Any, status: int = 200) -> web.Response:
 
 
 class AutoRoutes:
-    def __init__(self, auto: AutoRouter, usage: Usage, body_idle_seconds: float = 0.0) -> None:
+    def __init__(
+        self,
+        auto: AutoRouter,
+        usage: Usage,
+        body_idle_seconds: float = 0.0,
+        learner: Learner | None = None,
+    ) -> None:
         self.auto = auto
         self.usage = usage
         self.body_idle_seconds = body_idle_seconds
+        self.learner = learner
 
     def names(self) -> list[str]:
         return [AUTO, *(f"{AUTO}:{p}" for p in self.auto.config.profiles)]
@@ -118,6 +126,7 @@ class AutoRoutes:
         except AutoError as exc:
             return error_response(request.path, 400, str(exc))
         decision = choice.decision
+        learning = self.auto.config.learning
         # Models the key cannot see stay out of the answer, as they do from the lists.
         filtered = {m: why for m, why in decision.filtered.items() if only is None or m in only}
         return _json(
@@ -129,13 +138,23 @@ class AutoRoutes:
                 "artifact_version": decision.artifact_version,
                 "experiment": decision.experiment,
                 "variant": decision.variant,
+                # Per candidate: the selector's prior, the evidence for this kind of
+                # prompt (count, mean outcome) and the blend the choice used.
+                "kind": decision.kind,
+                "prior_strength": {
+                    "known": learning.known_prior_strength,
+                    "unseen": learning.prior_strength,
+                },
                 "ranking": [s.describe() for s in decision.ranking],
                 "filtered": filtered,
             }
         )
 
     async def status(self, request: web.Request) -> web.StreamResponse:
-        return _json(self.auto.status())
+        doc = self.auto.status()
+        if self.learner is not None:
+            doc["learning"] = self.learner.status()
+        return _json(doc)
 
     async def experiment(self, request: web.Request) -> web.StreamResponse:
         """GET /api/autoroute/experiments/<name>: per-variant results and significance."""
@@ -143,7 +162,9 @@ class AutoRoutes:
         if name not in self.auto.config.experiments:
             return error_response(request.path, 404, f"experiment '{name}' not found")
         events = await experiments.load_events(self.usage, request.query.get("since", "90d"))
-        return _json(experiments.report(events, name))
+        return _json(
+            experiments.configured_report(events, name, self.auto.config.experiments[name])
+        )
 
     async def reload(self, request: web.Request) -> web.StreamResponse:
         """Reload the artifact now; a bad file keeps the current one (409)."""

@@ -176,7 +176,8 @@ async def _experiment_report(config: Config, name: str, since: str) -> None:
     if name not in config.selector.experiments:
         raise ConfigError(f"selector.experiments has no experiment '{name}'")
     events = await experiments.load_events(config.usage, since)
-    print(orjson.dumps(experiments.report(events, name), option=orjson.OPT_INDENT_2).decode())
+    report = experiments.configured_report(events, name, config.selector.experiments[name])
+    print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -132,7 +132,8 @@ class Profile:
     # Candidates allowed (empty: all) and denied, by model name.
     allow: tuple[str, ...] = ()
     deny: tuple[str, ...] = ()
-    # Share of requests sent to a random eligible model, to learn about it.
+    # The most often (share of requests) a model other than the best by prior and
+    # evidence is tried, by Thompson sampling, to learn about it.
     exploration: float = 0.0
 
 
@@ -158,6 +159,8 @@ class Experiment:
     # Share of eligible traffic that enters the experiment at all.
     share: float = 1.0
     variants: dict[str, Variant] = field(default_factory=dict)
+    # The variant the report compares the others with ("": the first listed).
+    control: str = ""
     # Which requests are eligible (empty: any): endpoints, auto profiles, task types
     # (fix, explain, refactor, test, generate, complete, summarize, translate).
     endpoints: tuple[str, ...] = ()
@@ -192,6 +195,30 @@ class ModelEntry:
 
 
 @dataclass(frozen=True)
+class Learning:
+    """Learning from the proxy's own traffic: outcomes of `auto` decisions (ratings and
+    implicit signals, `selector_model.outcome`) correct the selector per kind of
+    prompt and model (`proxy.learning`)."""
+
+    enabled: bool = True
+    # How many outcomes the selector's P(success) is worth against the evidence: for a
+    # model the artifact never saw, and for one it was trained on.
+    prior_strength: float = 10.0
+    known_prior_strength: float = 50.0
+    # How often the evidence is written and (with PostgreSQL) every proxy's read back.
+    sync_seconds: float = 2.0
+    # Without usage.postgres_dsn: where the evidence is kept ("": learning.json
+    # beside usage.file_path).
+    state_file: str = ""
+    # Requests whose outcome can still change (a rating, a retry) are remembered.
+    recent_requests: int = 100_000
+    # Monte-Carlo draws for a decision's propensity when a profile explores.
+    draws: int = 32
+    # The decisions' random generator (0: seeded from the OS).
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class Selector:
     # The ONNX artifact (its metadata is the .json beside it); "" is the one shipped
     # with the package, in selector_model/artifacts/.
@@ -216,6 +243,7 @@ class Selector:
     catalog: str = ""
     # The user's own models described for `auto`, by name (see ModelEntry).
     models: dict[str, ModelEntry] = field(default_factory=dict)
+    learning: Learning = field(default_factory=Learning)
 
 
 @dataclass(frozen=True)

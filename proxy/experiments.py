@@ -1,10 +1,13 @@
 """A/B experiments: sticky assignment of users to variants, and the report.
 
 Assignment hashes (experiment, user) with SHA-256, so a user stays in one variant
-across requests, restarts and replicas of the proxy. The report reads usage events
-and compares variants pairwise against the first: success rate with a two-proportion
-z-test, latency, tokens and rating with Welch's t-test. A winner is named only when
-its lead is significant at `alpha`.
+across requests, restarts and replicas of the proxy. The report reads usage events,
+grades each with the one definition of success (`selector_model.outcome`: a rating
+wins over implicit signals), and compares every variant with the control (the one
+configured as `control`, else the first configured): outcomes, ratings, latency and
+tokens with the Mann-Whitney U test, success counts with Fisher's exact test; both
+hold for binary and constant samples. A winner is named only when its lead in
+outcome is significant at `alpha`.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 
 from proxy.config import Experiment, Usage
 from proxy.header_values import utf8
+from selector_model import outcome
 from selector_model.features import REQUEST_FEATURES, TASKS
 
 _TASK_INDEX = {task: REQUEST_FEATURES.index(f"task_{task}") for task in TASKS}
@@ -72,80 +76,91 @@ def assign(
 
 
 # Statistics ---------------------------------------------------------------------------
+# Tests that hold for binary and for constant samples (ratings are often all 0 or all 1
+# in a variant): Fisher's exact test for success counts, the Mann-Whitney U test with
+# the tie correction for outcomes, ratings, latency and tokens. Both use math alone.
 
 
 def _normal_sf(z: float) -> float:
     return 0.5 * math.erfc(z / math.sqrt(2))
 
 
-def _betacf(a: float, b: float, x: float) -> float:
-    # Continued fraction for the regularised incomplete beta (Numerical Recipes 6.4).
-    tiny = 1e-300
-    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 300):
-        for numerator in (
-            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
-        ):
-            d = 1.0 + numerator * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + numerator / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < 1e-12:
-            break
-    return h
-
-
-def _t_sf_two_sided(t: float, df: float) -> float:
-    """P(|T| > |t|) for Student's t with `df` degrees of freedom."""
-    x = df / (df + t * t)
-    a, b = df / 2.0, 0.5
-    front = math.exp(
-        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    )
-    if x < (a + 1) / (a + b + 2):
-        return front * _betacf(a, b, x) / a
-    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
-
-
 def two_proportion_p(success_a: int, n_a: int, success_b: int, n_b: int) -> float:
+    """The two-proportion z-test: for large samples, where Fisher's sum is long."""
     if n_a == 0 or n_b == 0:
         return 1.0
     pooled = (success_a + success_b) / (n_a + n_b)
     se = math.sqrt(pooled * (1 - pooled) * (1 / n_a + 1 / n_b))
     if se == 0:
-        return 1.0
+        return 1.0  # both all successes or all failures: no difference to find
     z = (success_a / n_a - success_b / n_b) / se
     return 2 * _normal_sf(abs(z))
 
 
-def welch_p(a: list[float], b: list[float]) -> float:
-    if len(a) < 2 or len(b) < 2:
+def fisher_exact_p(success_a: int, n_a: int, success_b: int, n_b: int) -> float:
+    """Two-sided Fisher exact test of the 2x2 table (successes, failures) x (a, b): the
+    probability, with the margins fixed, of a table at most as likely as this one."""
+    if n_a == 0 or n_b == 0:
         return 1.0
-    mean_a, mean_b = sum(a) / len(a), sum(b) / len(b)
-    var_a = sum((x - mean_a) ** 2 for x in a) / (len(a) - 1)
-    var_b = sum((x - mean_b) ** 2 for x in b) / (len(b) - 1)
-    se2 = var_a / len(a) + var_b / len(b)
-    if se2 == 0:
+    successes, total = success_a + success_b, n_a + n_b
+
+    def log_p(k: int) -> float:  # hypergeometric: k of a's n_a are successes
+        return _log_choose(n_a, k) + _log_choose(n_b, successes - k) - _log_choose(total, successes)
+
+    observed = log_p(success_a)
+    low, high = max(0, successes - n_b), min(n_a, successes)
+    # Tables as likely as the observed one, up to rounding, count as "at most as likely".
+    limit = observed + 1e-7
+    p = sum(math.exp(lp) for k in range(low, high + 1) if (lp := log_p(k)) <= limit)
+    return min(1.0, p)
+
+
+def _log_choose(n: int, k: int) -> float:
+    return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+
+
+# Above this many requests the z-test stands in for Fisher's sum (one term per count).
+_FISHER_MAX = 20_000
+
+
+def proportion_p(success_a: int, n_a: int, success_b: int, n_b: int) -> float:
+    if n_a + n_b <= _FISHER_MAX:
+        return fisher_exact_p(success_a, n_a, success_b, n_b)
+    return two_proportion_p(success_a, n_a, success_b, n_b)
+
+
+def mann_whitney_p(a: list[float], b: list[float]) -> float:
+    """Two-sided Mann-Whitney U test, normal approximation with the tie correction and
+    a continuity correction. Samples that are each constant but differ are as far
+    apart as samples can be (a small p when they are large enough); samples that are
+    all one value are no different (p = 1)."""
+    n_a, n_b = len(a), len(b)
+    if n_a == 0 or n_b == 0:
         return 1.0
-    df = se2**2 / ((var_a / len(a)) ** 2 / (len(a) - 1) + (var_b / len(b)) ** 2 / (len(b) - 1))
-    return _t_sf_two_sided((mean_a - mean_b) / math.sqrt(se2), df)
+    pooled = sorted([(x, 0) for x in a] + [(y, 1) for y in b])
+    n = n_a + n_b
+    rank_sum_a = 0.0
+    ties = 0.0
+    i = 0
+    while i < n:
+        j = i
+        while j + 1 < n and pooled[j + 1][0] == pooled[i][0]:
+            j += 1
+        mid_rank = (i + j) / 2 + 1
+        count = j - i + 1
+        ties += count**3 - count
+        rank_sum_a += mid_rank * sum(1 for k in range(i, j + 1) if pooled[k][1] == 0)
+        i = j + 1
+    u = rank_sum_a - n_a * (n_a + 1) / 2
+    mean = n_a * n_b / 2
+    variance = n_a * n_b / 12 * ((n + 1) - ties / (n * (n - 1))) if n > 1 else 0.0
+    if variance <= 0:
+        return 1.0
+    z = max(abs(u - mean) - 0.5, 0.0) / math.sqrt(variance)
+    return min(1.0, 2 * _normal_sf(z))
 
 
 # Report -------------------------------------------------------------------------------
-
-
-def _success(event: Mapping[str, Any]) -> bool:
-    outcome = event.get("outcome") or {}
-    return (
-        outcome.get("status") == 200
-        and not outcome.get("error")
-        and outcome.get("done_reason") in (None, "stop", "length")
-        and not outcome.get("cancelled")
-    )
 
 
 def _metric(event: Mapping[str, Any], name: str) -> float | None:
@@ -156,61 +171,104 @@ def _metric(event: Mapping[str, Any], name: str) -> float | None:
         value = outcome.get("eval_count")
     else:
         value = outcome.get(name)
-    return float(value) if isinstance(value, int | float) else None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
 
 
-def report(events: Iterable[Mapping[str, Any]], name: str, alpha: float = 0.05) -> dict[str, Any]:
+def report(
+    events: Iterable[Mapping[str, Any]],
+    name: str,
+    alpha: float = 0.05,
+    control: str = "",
+    order: Iterable[str] = (),
+) -> dict[str, Any]:
+    """Per variant: requests, the outcome (`selector_model.outcome`: its mean, and the
+    share of successes), latency, tokens, rating; each other variant against the
+    control (`control`, else the first of `order`, the configured variants, present
+    in the events). The winner: the variant with the best mean outcome among those
+    whose outcome differs from the control's at `alpha` (Mann-Whitney), or the
+    control when every other is significantly worse."""
     groups: dict[str, list[Mapping[str, Any]]] = {}
     for event in events:
         decision = event.get("decision") or {}
         if decision.get("experiment") == name and decision.get("variant"):
             groups.setdefault(str(decision["variant"]), []).append(event)
+    outcomes: dict[str, list[float]] = {}
     variants: dict[str, dict[str, Any]] = {}
     for variant, members in groups.items():
-        wins = sum(1 for e in members if _success(e))
+        results = [r for r in outcome.grade(members) if r is not None]
+        values = outcomes[variant] = [r.value for r in results]
+        weight = sum(r.weight for r in results)
+        wins = sum(1 for r in results if r.success)
         row: dict[str, Any] = {
             "requests": len(members),
+            "answered": len(results),
             "successes": wins,
-            "success_rate": wins / len(members),
+            "success_rate": wins / len(results) if results else None,
+            "outcome": {
+                "n": len(values),
+                "mean": sum(r.value * r.weight for r in results) / weight if weight else None,
+            },
         }
         for metric in ("total_ms", "ttfc_ms", "tokens", "rating"):
-            values = [v for e in members if (v := _metric(e, metric)) is not None]
-            row[metric] = {"n": len(values), "mean": sum(values) / len(values) if values else None}
+            got = [v for e in members if (v := _metric(e, metric)) is not None]
+            row[metric] = {"n": len(got), "mean": sum(got) / len(got) if got else None}
         variants[variant] = row
-    names = sorted(variants)
+    configured = [v for v in order if v in variants]
+    rest = sorted(v for v in variants if v not in configured)
+    names = [*configured, *rest]
+    base = control if control in variants else (names[0] if names else None)
     comparisons = []
+    better: list[str] = []
+    worse = 0
+    for other in names:
+        if other == base or base is None:
+            continue
+        a, b = variants[base], variants[other]
+        p_outcome = mann_whitney_p(outcomes[base], outcomes[other])
+        entry: dict[str, Any] = {
+            "baseline": base,
+            "variant": other,
+            "outcome_p": p_outcome,
+            "success_rate_p": proportion_p(
+                a["successes"], a["answered"], b["successes"], b["answered"]
+            ),
+        }
+        for metric in ("total_ms", "tokens", "rating"):
+            xs = [v for e in groups[base] if (v := _metric(e, metric)) is not None]
+            ys = [v for e in groups[other] if (v := _metric(e, metric)) is not None]
+            entry[f"{metric}_p"] = mann_whitney_p(xs, ys)
+        comparisons.append(entry)
+        if p_outcome < alpha:
+            if _mean(outcomes[other]) > _mean(outcomes[base]):
+                better.append(other)
+            else:
+                worse += 1
     winner = None
-    if len(names) >= 2:
-        base = names[0]
-        for other in names[1:]:
-            a, b = variants[base], variants[other]
-            p_success = two_proportion_p(
-                a["successes"], a["requests"], b["successes"], b["requests"]
-            )
-            entry: dict[str, Any] = {
-                "baseline": base,
-                "variant": other,
-                "success_rate_p": p_success,
-            }
-            for metric in ("total_ms", "tokens", "rating"):
-                xs = [v for e in groups[base] if (v := _metric(e, metric)) is not None]
-                ys = [v for e in groups[other] if (v := _metric(e, metric)) is not None]
-                entry[f"{metric}_p"] = welch_p(xs, ys)
-            comparisons.append(entry)
-            if p_success < alpha:
-                leader = other if b["success_rate"] > a["success_rate"] else base
-                if (
-                    winner is None
-                    or variants[leader]["success_rate"] > variants[winner]["success_rate"]
-                ):
-                    winner = leader
+    if better:
+        winner = max(better, key=lambda v: _mean(outcomes[v]))
+    elif base is not None and comparisons and worse == len(comparisons):
+        winner = base
     return {
         "experiment": name,
         "alpha": alpha,
+        "control": base,
         "variants": variants,
         "comparisons": comparisons,
         "winner": winner,
     }
+
+
+def configured_report(
+    events: Iterable[Mapping[str, Any]], name: str, experiment: Experiment
+) -> dict[str, Any]:
+    """`report` with the experiment's configured control and variant order."""
+    return report(events, name, control=experiment.control, order=experiment.variants)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
 
 
 async def load_events(settings: Usage, since: str = "90d") -> list[dict[str, Any]]:

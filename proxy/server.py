@@ -28,6 +28,7 @@ from proxy.auto_routes import AutoRoutes
 from proxy.backends import BackendPool, BackendState, NoBackend, normalize_model
 from proxy.config import Config
 from proxy.errors import error_body, error_response
+from proxy.learning import Learner
 from proxy.logs import AccessLog
 from proxy.metrics import METRICS_PATH, Metrics
 from proxy.protocol import JSON, JSON_V1, MODEL_ADMIN_PATHS, MODEL_ROUTED_PATHS, REQUEST_ID_HEADER
@@ -107,8 +108,14 @@ class Proxy:
         self.registry = Registry(self.backends)
         self.auto = AutoRouter(self.config, self.backends, self.registry)
         self.auto.scorer.reload()
+        # Outcomes of auto's decisions, from the usage pipeline, into auto's evidence.
+        self.learner = Learner(self.config.selector.learning, self.config.usage, self.auto.evidence)
+        self.usage.observers.append(self.learner.observe)
         self.auto_routes = AutoRoutes(
-            self.auto, self.config.usage, self.config.timeouts.client_body_idle_seconds
+            self.auto,
+            self.config.usage,
+            self.config.timeouts.client_body_idle_seconds,
+            self.learner,
         )
         self.own_routes.update(
             {
@@ -120,6 +127,7 @@ class Proxy:
         )
         await self.backends.start()
         self.access.start()
+        await self.learner.start()
         await self.usage.start()
         if self.key_store is not None:
             # Read once before serving (a failure keeps the configured keys), then in
@@ -127,6 +135,7 @@ class Proxy:
             await self.key_store.refresh()
             self._spawn(self.key_store.run())
         self._spawn(self._watch_artifact())
+        self._spawn(self.learner.run())
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -150,6 +159,7 @@ class Proxy:
             await self.key_store.close()
         # Last: requests finishing during shutdown still leave their event.
         await self.usage.stop()
+        await self.learner.close()  # after the last events: their outcomes are kept
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         # The proxy's own id names the request in its logs and usage events: unique,

@@ -4,10 +4,35 @@
 
 The safety rule: a model the artifact never saw, or a lead smaller than `min_gain`
 over the profile's anchor (its configured default, else the best model the artifact
-knows), is not worth a gamble: the anchor is kept. Exploration, when a profile asks
-for it, picks uniformly among the eligible and records the probability of what was
-picked (the propensity), so that training on the proxy's own logs can correct for
-the proxy's own choices.
+knows), is not worth a gamble: the anchor is kept. Every decision records the
+probability of what was picked (the propensity), so that training on the proxy's own
+logs can correct for the proxy's own choices.
+
+`pick` is the rule from the selector's scores alone, exploring uniformly among the
+eligible (kept as the baseline benchmarks compare with).
+
+`choose` adds what the proxy learned from its own traffic (`selector_model.evidence`):
+for each candidate, the outcomes of its answers to this kind of prompt (count n, sum
+s) and what the selector expected of them (sum e of its P(success) then). The blend
+corrects this prompt's P by the gap between outcomes and expectations, shrunk by the
+prior's strength n0 (`known_prior_strength` for a model the artifact was trained on,
+`prior_strength` for any other):
+
+    blend(m) = P(m) + (s(m) - e(m)) / (n0 + n(m))
+
+the mean of a Beta posterior whose prior has mean P(m) and weight n0, with the
+evidence centred on this prompt (where P was the same for every outcome, it is
+exactly (n0 * P + s) / (n0 + n)). The utility uses the blend in place of P; the
+safety rule reads blended utilities (a model's unseen-margin shrinks as its evidence
+grows). Exploration is Thompson sampling: with probability `exploration` the choice
+is the best of one draw from each posterior (mean blend, weight n0 + n; by its normal
+approximation; cost subtracted alike), so a model ranked lower is tried at most that
+often, and the more likely the less is known about it. The propensity of the choice is
+
+    (1 - exploration) * [it is the greedy choice] + exploration * P(Thompson picks it)
+
+the latter estimated from `draws` Monte-Carlo draws, the one that chose included (an
+estimate, within about 1/sqrt(draws); never 0 for a choice Thompson made).
 """
 
 from __future__ import annotations
@@ -15,9 +40,12 @@ from __future__ import annotations
 import math
 import operator
 import random
+from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from selector_model.features import Candidate
 
@@ -25,6 +53,16 @@ from selector_model.features import Candidate
 # its family and size alone), unless the artifact's own `policy.unseen_margin`, set
 # from its leave-one-model-out evaluation, says otherwise.
 UNKNOWN_MARGIN = 0.05
+# How many outcomes the selector's P(success) is worth against the evidence: the
+# evidence outweighs the prior after this many rated answers of a kind. For a model
+# the artifact was trained on, its P is worth more (it was fitted on that model's
+# results) than for a model it places by its description alone.
+PRIOR_STRENGTH = 10.0
+KNOWN_PRIOR_STRENGTH = 50.0
+# Monte-Carlo draws for a decision's propensity under Thompson sampling.
+DRAWS = 32
+# P(success) as a Beta prior mean stays inside (0, 1).
+_P_FLOOR = 0.01
 _UTILITY = operator.attrgetter("utility")
 
 
@@ -33,13 +71,28 @@ class Scored:
     name: str
     p_success: float
     seconds: float
-    utility: float
+    utility: float  # with the blend in place of p_success when there is evidence
     known: bool
+    # What the proxy learned for this kind of prompt: weighted count, mean outcome, and
+    # the mean of what the selector expected of those outcomes.
+    evidence_count: float = 0.0
+    evidence_mean: float | None = None
+    evidence_expected: float | None = None
+    blend: float | None = None  # the posterior mean used (None: the prior alone)
 
     def describe(self) -> dict[str, Any]:
         return {
             "model": self.name,
             "p_success": round(self.p_success, 4),
+            "prior": round(self.p_success, 4),
+            "evidence": {
+                "count": round(self.evidence_count, 3),
+                "mean": None if self.evidence_mean is None else round(self.evidence_mean, 4),
+                "expected": None
+                if self.evidence_expected is None
+                else round(self.evidence_expected, 4),
+            },
+            "blend": round(self.p_success if self.blend is None else self.blend, 4),
             "expected_seconds": round(self.seconds, 3),
             "utility": round(self.utility, 4),
             "known_to_artifact": self.known,
@@ -49,7 +102,7 @@ class Scored:
 @dataclass
 class Decision:
     chosen: str
-    reason: str  # ml | fallback | pinned | explore | experiment
+    reason: str  # ml | fallback | pinned | learned | explore | experiment
     profile: str
     ranking: list[Scored]
     filtered: dict[str, str] = field(default_factory=dict)
@@ -57,6 +110,7 @@ class Decision:
     artifact_version: str | None = None
     experiment: str | None = None
     variant: str | None = None
+    kind: str | None = None  # the kind of prompt evidence is kept for
 
     @property
     def score(self) -> Scored | None:
@@ -72,6 +126,8 @@ class Decision:
             "profile": self.profile,
             "chosen": self.chosen,
             "p_success": chosen.p_success if chosen else None,
+            "blend": chosen.blend if chosen else None,
+            "kind": self.kind,
             "utility": chosen.utility if chosen else None,
             "runner_up": runner_up.name if runner_up else None,
             "runner_up_p_success": runner_up.p_success if runner_up else None,
@@ -113,15 +169,7 @@ def pick(
     unknown_margin: float = UNKNOWN_MARGIN,
 ) -> tuple[Scored, str, float]:
     """(choice, reason, propensity) from a ranking sorted best first."""
-    greedy = ranking[0]
-    reason = "ml"
-    anchor = next((s for s in ranking if s.name == default_model), None)
-    if anchor is None:
-        anchor = next((s for s in ranking if s.known), None)
-    if anchor is not None and greedy is not anchor:
-        needed = min_gain + (0.0 if greedy.known else unknown_margin)
-        if greedy.utility - anchor.utility < needed:
-            greedy, reason = anchor, "pinned"
+    greedy, reason = _safe_greedy(ranking, default_model, min_gain, unknown_margin, 1.0)
     if exploration > 0 and len(ranking) > 1:
         share = exploration / len(ranking)
         if rng.random() < exploration:
@@ -129,3 +177,119 @@ def pick(
             return choice, "explore", share + (1 - exploration) * (choice is greedy)
         return greedy, reason, (1 - exploration) + share
     return greedy, reason, 1.0
+
+
+def _safe_greedy(
+    ranking: Sequence[Scored],
+    default_model: str,
+    min_gain: float,
+    unknown_margin: float,
+    prior_strength: float,
+) -> tuple[Scored, str]:
+    """The best of a ranking sorted best first, but for the safety rule (see the module
+    docstring); an unknown model's margin shrinks with its evidence."""
+    greedy = ranking[0]
+    anchor = next((s for s in ranking if s.name == default_model), None)
+    if anchor is None:
+        anchor = next((s for s in ranking if s.known), None)
+    if anchor is not None and greedy is not anchor:
+        margin = 0.0
+        if not greedy.known:
+            margin = unknown_margin * prior_strength / (prior_strength + greedy.evidence_count)
+        if greedy.utility - anchor.utility < min_gain + margin:
+            return anchor, "pinned"
+    return greedy, "ml"
+
+
+@dataclass
+class Chosen:
+    ranking: list[Scored]  # blended, best first
+    chosen: Scored
+    reason: str  # ml | pinned | learned | explore
+    propensity: float
+
+
+def choose(
+    ranking: list[Scored],
+    evidence: Mapping[str, Sequence[float]],
+    exploration: float,
+    rng: np.random.Generator,
+    default_model: str = "",
+    min_gain: float = 0.02,
+    unknown_margin: float = UNKNOWN_MARGIN,
+    prior_strength: float = PRIOR_STRENGTH,
+    draws: int = DRAWS,
+    known_prior_strength: float = KNOWN_PRIOR_STRENGTH,
+) -> Chosen:
+    """The choice for one request from `rank`'s ranking (prior utilities, best first)
+    and the evidence for the request's kind, model: (successes, count, expected), as
+    `Evidence.of(kind)` gives it. With no evidence and no exploration this is `pick`'s
+    greedy choice. See the module docstring."""
+    prior_choice, reason = _safe_greedy(
+        ranking, default_model, min_gain, unknown_margin, prior_strength
+    )
+    blended = ranking
+    if evidence:
+        blended = []
+        for s in ranking:
+            got = evidence.get(s.name)
+            if got is None or got[1] <= 0:
+                blended.append(s)
+                continue
+            successes, count, expected = float(got[0]), float(got[1]), float(got[2])
+            strength = known_prior_strength if s.known else prior_strength
+            blend = s.p_success + (successes - expected) / (strength + count)
+            blend = min(1 - _P_FLOOR, max(_P_FLOOR, blend))
+            blended.append(
+                Scored(
+                    s.name,
+                    s.p_success,
+                    s.seconds,
+                    s.utility - s.p_success + blend,
+                    s.known,
+                    count,
+                    successes / count,
+                    expected / count,
+                    blend,
+                )
+            )
+        blended.sort(key=_UTILITY, reverse=True)
+        greedy, reason = _safe_greedy(
+            blended, default_model, min_gain, unknown_margin, prior_strength
+        )
+        if greedy.name != prior_choice.name:
+            reason = "learned"
+    else:
+        greedy = prior_choice
+    if exploration <= 0 or len(blended) < 2:
+        return Chosen(blended, greedy, reason, 1.0)
+    k = len(blended)
+    # Per candidate: the posterior's mean and weight, and the cost utility subtracts.
+    table = np.array(
+        [
+            (
+                s.p_success if s.blend is None else s.blend,
+                (known_prior_strength if s.known else prior_strength) + s.evidence_count,
+                (s.p_success if s.blend is None else s.blend) - s.utility,
+            )
+            for s in blended
+        ]
+    )
+    mean = table[:, 0].clip(_P_FLOOR, 1 - _P_FLOOR)
+    weight, cost = table[:, 1], table[:, 2]
+    # Each posterior, Beta(weight * mean, weight * (1 - mean)), by its normal
+    # approximation (the same mean and variance): weight >= prior_strength keeps it
+    # close, and normal draws cost a fraction of Beta draws (gamma variates), which
+    # would be most of a decision's time.
+    spread = np.sqrt(mean * (1 - mean) / (weight + 1))
+    samples = mean + spread * rng.standard_normal((max(draws, 1), k))
+    winners = (samples - cost).argmax(axis=1)
+    shares = np.bincount(winners, minlength=k) / len(winners)
+    chosen = greedy
+    if rng.random() < exploration:
+        chosen = blended[int(winners[0])]
+        if chosen is not greedy:
+            reason = "explore"
+    index = blended.index(chosen)
+    propensity = exploration * float(shares[index]) + (1 - exploration) * (chosen is greedy)
+    return Chosen(blended, chosen, reason, propensity)

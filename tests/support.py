@@ -4,7 +4,9 @@ that the official clients (sync and async) reach them over real sockets."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
+import tempfile
 import threading
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
@@ -14,7 +16,7 @@ import orjson
 import uvloop
 from aiohttp import web
 
-from proxy.config import Backend, Config, Listen
+from proxy.config import Backend, Config, Listen, Usage
 from proxy.connection import ollama_runner
 from proxy.connection import runner as proxy_runner
 from proxy.emulator import STATE_KEY, EmulatorSettings, EmulatorState
@@ -113,6 +115,14 @@ class Proxy:
         self.thread = thread
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # Usage events and what the proxy learns from them stay in a directory of the
+        # proxy's own unless the test says where.
+        self._scratch: str | None = None
+        if "usage" not in sections:
+            self._scratch = tempfile.mkdtemp(prefix="autoroute-proxy-")
+            sections["usage"] = Usage(
+                file_path=f"{self._scratch}/events.jsonl", spool_dir=f"{self._scratch}/spool"
+            )
         self.config = Config(
             listen=Listen(port=self.port),
             backends=tuple(Backend(url=u) for u in backends),
@@ -130,6 +140,9 @@ class Proxy:
         if self.runner is not None:
             self.thread.stop(self.runner)
             self.runner = None
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
 
 
 async def raw_request(

@@ -22,7 +22,7 @@ import pytest
 from proxy.config import Profile, Selector, Usage
 from proxy.emulator.catalog import CATALOG
 from proxy.registry import model_info
-from selector_model import features
+from selector_model import features, outcome
 from selector_model.policy import pick, rank
 from tests.support import Emulator, Proxy, ServerThread
 from training import cli
@@ -263,7 +263,16 @@ async def test_the_proxys_own_usage_events_train_a_selector(
     ]
     assert sorted(ex.request for ex in examples) == sorted(expected)
     assert sorted(ex.label for ex in examples) == [0.0] * 8 + [1.0] * 32
-    assert all(ex.weight == pytest.approx(2.0) for ex in examples)  # propensity 1/2
+    # Weight: the outcome's (`selector_model.outcome`: an error fails with full weight,
+    # a completed answer is a weak success) over the decision's propensity.
+    recorded = [orjson.loads(line) for line in events.read_bytes().splitlines()]
+    assert all(0 < e["decision"]["propensity"] <= 1 for e in recorded)
+    weights = [
+        (outcome.FAILED if e["outcome"]["status"] == 500 else outcome.COMPLETED)
+        / e["decision"]["propensity"]
+        for e in recorded
+    ]
+    assert sorted(ex.weight for ex in examples) == pytest.approx(sorted(weights))
     artifact = train(events, tmp_path / "artifact")
     meta = orjson.loads(artifact.with_suffix(".json").read_bytes())
     assert sorted(meta["trained_on"]) == sorted([CODER, GENERAL])
@@ -320,7 +329,7 @@ def test_train_from_the_events_the_proxy_wrote_to_postgres(
                 }
                 _, headers, _ = _post(prx.url + "/api/chat", body)
                 if i % 3 == 0:  # a user who disliked the answer
-                    feedback = {"request_id": headers["X-Request-Id"], "rating": -1}
+                    feedback = {"request_id": headers["X-Request-Id"], "rating": 0}
                     assert _post(prx.url + "/api/autoroute/feedback", feedback)[0] == 202
         finally:
             prx.stop()  # drains the pipeline into PostgreSQL

@@ -86,15 +86,43 @@ def test_report_names_a_winner_only_when_significant() -> None:
 def test_statistics_match_textbook_values() -> None:
     # Two-proportion z: 60/100 vs 45/100, z = 2.12, two-sided p = 0.034.
     assert experiments.two_proportion_p(60, 100, 45, 100) == pytest.approx(0.0339, abs=5e-4)
-    # Student's t two-sided critical values at 5% from any table.
-    for t, df in ((12.706, 1), (2.571, 5), (2.228, 10), (2.042, 30)):
-        assert experiments._t_sf_two_sided(t, df) == pytest.approx(0.05, abs=5e-4)
-    # Welch with equal variances and sizes reduces to Student's t: means 0 and 1, both
-    # samples' variance 1 (n=10 each) give t = 2.236 on 18 df, p = 0.038.
-    a = [-1.5, -1.0, -1.0, -0.5, 0.0, 0.0, 0.5, 1.0, 1.0, 1.5]
-    b = [x + 1 for x in a]
-    assert sum(a) == 0 and sum(x * x for x in a) / 9 == 1
-    assert experiments.welch_p(a, b) == pytest.approx(0.038, abs=2e-3)
+    # Fisher's exact test: the lady tasting tea (3 of 4 right each way), p = 0.486; and
+    # the table [[6, 2], [1, 4]], p = 0.1026 (as any statistics package gives).
+    assert experiments.fisher_exact_p(3, 4, 1, 4) == pytest.approx(0.4857, abs=1e-4)
+    assert experiments.fisher_exact_p(6, 7, 2, 6) == pytest.approx(0.1026, abs=1e-4)
+    # Mann-Whitney U with continuity correction, normal approximation: [1..5] against
+    # [6..10] gives U = 0, z = 2.507, p = 0.0122.
+    low, high = [1.0, 2.0, 3.0, 4.0, 5.0], [6.0, 7.0, 8.0, 9.0, 10.0]
+    assert experiments.mann_whitney_p(low, high) == pytest.approx(0.0122, abs=2e-4)
+    assert experiments.mann_whitney_p([0.5] * 9, [0.5] * 4) == 1.0
+
+
+def rated(variant: str, rating: float) -> dict[str, Any]:
+    return {**event(variant, True, 100.0), "rating": rating}
+
+
+def test_constant_ratings_name_the_better_variant_against_the_control() -> None:
+    """All 44 rated requests of the control rated 0, all 16 of the treatment rated 1:
+    constant samples, where a Welch test has no variance to divide by. The treatment
+    wins, and the control (configured first, though it sorts last) is the baseline."""
+    ab = Experiment(variants={"old": Variant(model="a:1b"), "new": Variant(model="b:1b")})
+    events = [rated("old", 0.0) for _ in range(44)] + [rated("new", 1.0) for _ in range(16)]
+    result = experiments.report(events, "ab", order=ab.variants)
+    (comparison,) = result["comparisons"]
+    assert result["control"] == comparison["baseline"] == "old"
+    assert comparison["rating_p"] < 1e-6 and comparison["outcome_p"] < 1e-6
+    assert comparison["success_rate_p"] < 1e-6
+    assert result["winner"] == "new"
+    assert result["variants"]["old"]["outcome"] == {"n": 44, "mean": 0.0}
+    assert result["variants"]["new"]["success_rate"] == 1.0
+    # A control named explicitly is the baseline whatever the order.
+    assert experiments.report(events, "ab", control="new", order=ab.variants)["control"] == "new"
+    # The same with the roles swapped: the control wins, the treatment is worse.
+    swapped = [rated("old", 1.0) for _ in range(44)] + [rated("new", 0.0) for _ in range(16)]
+    assert experiments.report(swapped, "ab", order=ab.variants)["winner"] == "old"
+    # All rated alike: nothing to find.
+    same = [rated("old", 1.0) for _ in range(44)] + [rated("new", 1.0) for _ in range(16)]
+    assert experiments.report(same, "ab", order=ab.variants)["winner"] is None
 
 
 @pytest.fixture

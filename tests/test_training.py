@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 
 from proxy.config import Profile
-from selector_model import features
+from selector_model import features, outcome
 from training import cli, evaluate, export, pipeline, replay
 from training.data import (
     DATA_DIR,
@@ -167,8 +167,14 @@ def test_usage_events_give_labels_weights_and_skips(tmp_path: Path) -> None:
     examples, stats = load_usage([path])
     assert (stats.read, stats.used, stats.skipped_schema, stats.skipped_malformed) == (10, 7, 1, 1)
     assert stats.skipped_duplicate == 1
-    assert [ex.label for ex in examples] == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0]
-    assert [ex.weight for ex in examples] == [1.0, 4.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    # By `selector_model.outcome`: a completed answer is a weak success, a truncated one
+    # mostly a failure, errors fail, and a rating (a thumbs-down below 0 counts as 0)
+    # wins with full weight; exploration's 1/propensity multiplies the weight.
+    out = outcome
+    assert [ex.label for ex in examples] == [1.0, out.TRUNCATED_VALUE, 0.0, 0.0, 1.0, 0.0, 1.0]
+    assert [ex.weight for ex in examples] == pytest.approx(
+        [out.COMPLETED, out.TRUNCATED_WEIGHT * 4, 1.0, 1.0, out.COMPLETED, 1.0, 1.0]
+    )
     assert examples[0].candidate == features.Candidate(
         "llama3.1:8b", "llama", 8.0, 4.0, 8192, frozenset(), False, True, True
     )
@@ -432,8 +438,8 @@ def test_the_feedback_hook_sees_every_decision_of_the_learning_half(
     assert len(calls) == 2 * 20
     by_model = {m.ollama_name: m for m in data.models}
     texts = {p.text: p for p in prompts}
-    for text, model, outcome in calls:
-        assert outcome == texts[text].scores[by_model[model].dataset_name]
+    for text, model, score in calls:
+        assert score == texts[text].scores[by_model[model].dataset_name]
 
 
 def test_leave_k_out_holds_models_out_of_training(data: Any) -> None:

@@ -12,12 +12,14 @@ Usage events (JSON Lines, one object per line, as the proxy writes them):
                    "is_instruct": bool, "loaded": bool},
      "decision": {"propensity": float | null},
      "outcome": {"status": int, "error": str | null, "done_reason": str | null},
-     "rating": int | null}
+     "rating": float | null}   # the mean of its feedback, when joined
 
-Label: 1 when status is 200, there is no error, done_reason is "stop" or "length", and
-the rating (when present) is > 0; else 0. Weight: 1/propensity when the decision
-recorded one (exploration), else 1. Events recorded under another feature schema, or
-whose request vector has the wrong length, are skipped and counted.
+Label and weight: the event's outcome by the one definition of success
+(`selector_model.outcome`: a rating wins, else error, cancellation, the same prompt
+sent again soon, truncation, or a completed answer as a weak success), its weight
+times 1/propensity when the decision recorded one (exploration). Events recorded under
+another feature schema, or whose request vector has the wrong length, are skipped and
+counted; so are requests no model answered (a 4xx).
 
 Only files are read: reading usage from PostgreSQL waits for the usage-logging work to
 fix its table.
@@ -36,12 +38,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from selector_model import features
+from selector_model import features, outcome
 from training.models import BY_DATASET_NAME, ModelSpec
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "llmrouter"
 DATASET_FILES = ("train.json", "test.json", "default_llm.json")
-SUCCESS_DONE_REASONS = ("stop", "length")
 
 
 def normalize(text: str) -> str:
@@ -153,19 +154,13 @@ class UsageStats:
     # Delivery is at least once (spool replays, Kafka retries): a request id seen
     # before is the same event again.
     skipped_duplicate: int = 0
+    # Requests no model answered (a 4xx): no outcome to learn from.
+    skipped_unanswered: int = 0
 
 
-def usage_label(event: dict[str, Any]) -> float:
-    outcome = event.get("outcome") or {}
-    ok = (
-        outcome.get("status") == 200
-        and not outcome.get("error")
-        and outcome.get("done_reason") in SUCCESS_DONE_REASONS
-    )
-    rating = event.get("rating")
-    if rating is not None and not rating > 0:
-        ok = False
-    return 1.0 if ok else 0.0
+def usage_label(event: dict[str, Any], retried: bool = False) -> outcome.Result | None:
+    """The event's outcome (`selector_model.outcome`); None when no model answered."""
+    return outcome.of_event(event, retried)
 
 
 def usage_weight(event: dict[str, Any]) -> float:
@@ -175,7 +170,7 @@ def usage_weight(event: dict[str, Any]) -> float:
     return 1.0
 
 
-def usage_example(event: dict[str, Any]) -> Example:
+def usage_example(event: dict[str, Any], result: outcome.Result) -> Example:
     """One event as an example; raises KeyError/TypeError/ValueError when malformed."""
     request = [float(v) for v in event["features"]["request"]]
     if len(request) != len(features.REQUEST_FEATURES):
@@ -186,8 +181,8 @@ def usage_example(event: dict[str, Any]) -> Example:
         group,
         request,
         features.Candidate.from_record(event["candidate"]),
-        usage_label(event),
-        usage_weight(event),
+        result.value,
+        result.weight * usage_weight(event),
     )
 
 
@@ -213,7 +208,10 @@ def usage_examples(events: Iterable[Any]) -> tuple[list[Example], UsageStats]:
     stats = UsageStats()
     out: list[Example] = []
     seen: set[str] = set()
-    for event in events:
+    listed = list(events)
+    # The retry signal is read across all events (a later event says an earlier failed).
+    retried = outcome.retried_ids(e for e in listed if isinstance(e, dict))
+    for event in listed:
         stats.read += 1
         try:
             request_id = event.get("request_id")
@@ -223,7 +221,11 @@ def usage_examples(events: Iterable[Any]) -> tuple[list[Example], UsageStats]:
             if event["features"]["schema_version"] != features.SCHEMA_VERSION:
                 stats.skipped_schema += 1
                 continue
-            out.append(usage_example(event))
+            result = usage_label(event, request_id in retried)
+            if result is None:
+                stats.skipped_unanswered += 1
+                continue
+            out.append(usage_example(event, result))
             if request_id is not None:
                 seen.add(request_id)
         except (KeyError, TypeError, ValueError, AttributeError):

@@ -171,7 +171,8 @@ def build(
                 f"usage events ({used['kind']}): {used['used']} used, "
                 f"{used['skipped_schema']} other schema, "
                 f"{used['skipped_malformed']} malformed, "
-                f"{used['skipped_duplicate']} duplicates"
+                f"{used['skipped_duplicate']} duplicates, "
+                f"{used['skipped_unanswered']} unanswered"
             )
     if usage:
         for ex in usage:
@@ -285,6 +286,7 @@ def stats_dict(stats: UsageStats) -> dict[str, int]:
         "skipped_schema": stats.skipped_schema,
         "skipped_malformed": stats.skipped_malformed,
         "skipped_duplicate": stats.skipped_duplicate,
+        "skipped_unanswered": stats.skipped_unanswered,
     }
 
 

@@ -119,7 +119,7 @@ def router_for(
     router = AutoRouter(config, pool, registry)
     if not router.scorer.reload():
         raise ValueError(f"artifact {artifact_dir}: {router.scorer.error}")
-    router.rng = random.Random(seed)
+    router.rng = np.random.default_rng(seed)
     return router
 
 

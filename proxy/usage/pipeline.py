@@ -16,6 +16,7 @@ import logging
 import math
 import time
 from collections import deque
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -46,6 +47,9 @@ class UsagePipeline:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._warned_at = 0.0
+        # Called with (USAGE or FEEDBACK, the completed document) for every event, on
+        # the writer's side of the queue (online learning reads its outcomes here).
+        self.observers: list[Callable[[str, Mapping[str, Any]], None]] = []
 
     def sinks(self) -> list[Sink]:
         s = self.settings
@@ -139,6 +143,7 @@ class UsagePipeline:
                 doc = item[1]
                 with contextlib.suppress(Exception):
                     self.memory.rate(doc["request_id"], float(doc["rating"]))
+                self._observe(ev.FEEDBACK, doc)
                 continue
             try:
                 doc = ev.complete(item, log_prompts)
@@ -149,7 +154,15 @@ class UsagePipeline:
                 continue
             records.append((ev.USAGE, doc, line))
             self.memory.add(doc)
+            self._observe(ev.USAGE, doc)
         return records
+
+    def _observe(self, what: str, doc: Mapping[str, Any]) -> None:
+        for observer in self.observers:
+            try:
+                observer(what, doc)
+            except Exception:  # an observer's bug must not stop the pipeline; it is loud
+                log.exception("usage: an observer failed on a %s event", what)
 
     async def _dispatch(self) -> None:
         queue = self.queue
@@ -212,6 +225,8 @@ def parse_feedback(body: bytes) -> tuple[str, float, str | None]:
         raise ValueError("request_id must be a non-empty string")
     if isinstance(rating, bool) or not isinstance(rating, int | float) or not math.isfinite(rating):
         raise ValueError("rating must be a number")
+    if not 0 <= rating <= 1:
+        raise ValueError("rating must be between 0 (thumbs-down) and 1 (thumbs-up)")
     if comment is not None and (not isinstance(comment, str) or len(comment) > 10_000):
         raise ValueError("comment must be a string of at most 10000 characters")
     return request_id, float(rating), comment

@@ -1,0 +1,495 @@
+"""Learning from the proxy's own traffic: outcomes of `auto` decisions become evidence
+per (kind of prompt, model) that `auto` blends with the selector's prior
+(`selector_model.policy.choose`).
+
+Where it runs: the usage pipeline hands every completed usage event and every
+feedback to `Learner.observe`, on its background side; `auto` reads the evidence from
+memory (`AutoRouter.evidence`, the same object). Nothing here runs on the request
+path, and the request path never waits for any I/O of this module.
+
+What counts: each answered `auto` request's outcome by the one definition
+(`selector_model.outcome`). An outcome can change after the fact: a rating replaces
+the implicit signals about its request, the same prompt sent again soon fails the
+first answer. So the learner remembers, for the last `recent_requests` requests
+(oldest evicted), what it counted for each (kind, model, outcome) under the proxy's
+request id and the id the client saw, and takes the old outcome back when it counts
+the new one. Feedback for a request it no longer remembers is looked up by request id
+in PostgreSQL when configured (one indexed read, in the background), else ignored
+(a rebuild from the usage events counts it).
+
+Where it is kept: with the usage PostgreSQL DSN, a table of (kind, model, successes,
+count, expected) that several proxies share: each writes its increments (an upsert that adds)
+and reads the totals every `sync_seconds`. Without PostgreSQL, a JSON state file
+beside the usage file. Either is rebuilt from the usage events (with their feedback)
+when it is lost: an empty table, or no state file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+
+from proxy.config import Learning, Usage
+from proxy.pg_migrations import apply
+from proxy.usage.event import FEEDBACK, USAGE
+from selector_model import features, outcome
+from selector_model.evidence import Evidence, Row
+from selector_model.kind import kind_of
+
+log = logging.getLogger("autoroute.learning")
+
+# Feedback for a request not seen yet (it can overtake its own usage event) waits this
+# long for it before a lookup in PostgreSQL, or being dropped.
+UNMATCHED_SECONDS = 30.0
+UNMATCHED_MAX = 10_000
+
+MIGRATIONS = (
+    (
+        1,
+        "evidence",
+        """
+        CREATE TABLE autoroute_evidence (
+            kind text NOT NULL,
+            model text NOT NULL,
+            successes double precision NOT NULL,
+            count double precision NOT NULL,
+            expected double precision NOT NULL,
+            updated_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (kind, model)
+        );
+        """,
+    ),
+)
+_LOCK_KEY = 0x6175746F6C726E31  # "autolrn1": its own migrations, apart from usage's
+_UPSERT = (
+    "INSERT INTO autoroute_evidence (kind, model, successes, count, expected) "
+    "SELECT * FROM unnest($1::text[], $2::text[], $3::float8[], $4::float8[], $5::float8[]) "
+    "ON CONFLICT (kind, model) DO UPDATE SET "
+    "successes = autoroute_evidence.successes + excluded.successes, "
+    "count = autoroute_evidence.count + excluded.count, "
+    "expected = autoroute_evidence.expected + excluded.expected, updated_at = now()"
+)
+_EVENTS = (
+    "SELECT u.event, f.rating FROM usage_events u LEFT JOIN "
+    "(SELECT request_id, avg(rating) AS rating FROM feedback GROUP BY request_id) f "
+    "ON f.request_id = u.request_id"
+)
+
+
+def decision_of(event: Mapping[str, Any]) -> tuple[str, str, float] | None:
+    """(kind, chosen model, the selector's P(success) for it) of an `auto` usage event,
+    or None for another request."""
+    decision = event.get("decision")
+    if not isinstance(decision, Mapping) or not isinstance(decision.get("chosen"), str):
+        return None
+    prior = decision.get("p_success")
+    if isinstance(prior, bool) or not isinstance(prior, int | float):
+        return None
+    kind = decision.get("kind")
+    if not isinstance(kind, str):
+        vector = event.get("features")
+        if (
+            not isinstance(vector, Mapping)
+            or vector.get("schema_version") != features.SCHEMA_VERSION
+            or not isinstance(vector.get("request"), list)
+            or len(vector["request"]) != len(features.REQUEST_FEATURES)
+        ):
+            return None
+        kind = kind_of(vector["request"])
+    return kind, str(decision["chosen"]), float(prior)
+
+
+def evidence_from_events(events: Iterable[Mapping[str, Any]]) -> Evidence:
+    """The evidence a set of usage events (ratings joined) gives: what the learner
+    would have counted had it seen them all."""
+    listed = [e for e in events if decision_of(e) is not None]
+    evidence = Evidence()
+    for event, result in zip(listed, outcome.grade(listed), strict=True):
+        decided = decision_of(event)
+        if result is not None and decided is not None:
+            kind, model, prior = decided
+            evidence.update(kind, model, result.value, prior, result.weight)
+    return evidence
+
+
+@dataclass(slots=True)
+class _Counted:
+    """What the learner counted for one request, to take back when it changes. Small:
+    up to `recent_requests` of them are kept (the implicit outcomes are shared)."""
+
+    kind: str
+    model: str
+    prior: float  # the selector's P(success) for the model on this prompt
+    implicit: outcome.Result | None  # the answer's implicit outcome, were it not retried
+    if_retried: outcome.Result | None  # the same, had the prompt been sent again soon
+    retried: bool = False
+    rating_sum: float = 0.0
+    ratings: int = 0
+    applied: outcome.Result | None = None
+
+    @classmethod
+    def of(cls, decided: tuple[str, str, float], event: Mapping[str, Any]) -> _Counted:
+        raw = event.get("outcome")
+        answer = raw if isinstance(raw, Mapping) else {}
+        return cls(*decided, *_implicit(answer))
+
+    def rate(self, ratings: Iterable[float]) -> None:
+        for rating in ratings:
+            self.rating_sum += rating
+            self.ratings += 1
+
+    def result(self) -> outcome.Result | None:
+        if self.ratings:
+            return outcome.rated(self.rating_sum / self.ratings)
+        return self.if_retried if self.retried else self.implicit
+
+
+_IMPLICIT: dict[tuple[Any, ...], tuple[outcome.Result | None, outcome.Result | None]] = {}
+
+
+def _implicit(answer: Mapping[str, Any]) -> tuple[outcome.Result | None, outcome.Result | None]:
+    """(implicit outcome, the same had the prompt been sent again soon), one pair of
+    objects per distinct answer shape (a handful), shared by the requests remembered."""
+    key = (
+        answer.get("status"),
+        bool(answer.get("error")),
+        bool(answer.get("cancelled")),
+        answer.get("done_reason"),
+    )
+    pair = _IMPLICIT.get(key)
+    if pair is None:
+        if len(_IMPLICIT) > 256:  # done_reason is the backend's string: bound the cache
+            _IMPLICIT.clear()
+        pair = _IMPLICIT[key] = (
+            outcome.implicit(answer),
+            outcome.implicit(answer, retried=True),
+        )
+    return pair
+
+
+class Learner:
+    def __init__(self, settings: Learning, usage: Usage, evidence: Evidence) -> None:
+        self.settings = settings
+        self.usage = usage
+        self.evidence = evidence  # totals: the store's, plus what is not written yet
+        self.pending = Evidence()  # increments not written to PostgreSQL yet
+        self.recent: OrderedDict[str, _Counted] = OrderedDict()
+        self.prompts: OrderedDict[tuple[str, str], tuple[float, _Counted]] = OrderedDict()
+        self.unmatched: OrderedDict[str, tuple[float, list[float]]] = OrderedDict()
+        self.dsn = usage.postgres_dsn
+        self.state_file = self._state_path()
+        self.store = "off" if not settings.enabled else ("postgres" if self.dsn else "file")
+        self.conn: asyncpg.Connection | None = None
+        self.dirty = False
+        self.started = False  # the store was read (PostgreSQL: or rebuilt)
+        self.rebuilt: int | None = None  # events read by the last rebuild
+        self.last_sync: float | None = None
+        self.error: str | None = None
+        self.observed = 0
+
+    def _state_path(self) -> Path:
+        if self.settings.state_file:
+            return Path(self.settings.state_file).expanduser()
+        return Path(self.usage.file_path).expanduser().parent / "learning.json"
+
+    # Observing (the usage pipeline's background side) ------------------------------
+
+    def observe(self, what: str, doc: Mapping[str, Any]) -> None:
+        if self.store == "off":
+            return
+        if what == USAGE:
+            self._event(doc)
+        elif what == FEEDBACK:
+            self._feedback(str(doc.get("request_id")), float(doc["rating"]))
+
+    def _event(self, event: Mapping[str, Any]) -> None:
+        decided = decision_of(event)
+        if decided is None:
+            return
+        self.observed += 1
+        counted = _Counted.of(decided, event)
+        ids = [
+            i
+            for i in (event.get("request_id"), event.get("client_request_id"))
+            if isinstance(i, str) and i
+        ]
+        for rid in ids:
+            waiting = self.unmatched.pop(rid, None)
+            if waiting is not None:
+                counted.rate(waiting[1])
+        self._retry(event, counted)
+        self._count(counted)
+        for rid in ids:
+            self.recent[rid] = counted
+            self.recent.move_to_end(rid)
+        while len(self.recent) > self.settings.recent_requests:
+            self.recent.popitem(last=False)
+
+    def _retry(self, event: Mapping[str, Any], counted: _Counted) -> None:
+        """The same prompt from the same user within the window fails the earlier one."""
+        key, when = outcome.retry_key(event), outcome.event_time(event)
+        if key is None or when is None:
+            return
+        earlier = self.prompts.pop(key, None)
+        if earlier is not None and 0 <= when - earlier[0] <= outcome.RETRY_WINDOW_SECONDS:
+            earlier[1].retried = True
+            self._count(earlier[1])
+        self.prompts[key] = (when, counted)
+        if len(self.prompts) > self.settings.recent_requests:
+            self.prompts.popitem(last=False)
+        while self.prompts:
+            first = next(iter(self.prompts.values()))
+            if when - first[0] <= outcome.RETRY_WINDOW_SECONDS:
+                break
+            self.prompts.popitem(last=False)
+
+    def _feedback(self, request_id: str, rating: float) -> None:
+        counted = self.recent.get(request_id)
+        if counted is not None:
+            counted.rate((rating,))
+            self._count(counted)
+            return
+        waiting = self.unmatched.setdefault(request_id, (time.monotonic(), []))
+        waiting[1].append(rating)
+        while len(self.unmatched) > UNMATCHED_MAX:
+            self.unmatched.popitem(last=False)
+
+    def _count(self, counted: _Counted) -> None:
+        """Count a request's outcome as it stands now, taking back what was counted."""
+        now = counted.result()
+        before = counted.applied
+        if before == now:
+            return
+        if before is not None:
+            self._add(counted, before.value, -before.weight)
+        if now is not None:
+            self._add(counted, now.value, now.weight)
+        counted.applied = now
+
+    def _add(self, counted: _Counted, value: float, weight: float) -> None:
+        self.evidence.update(counted.kind, counted.model, value, counted.prior, weight)
+        self.pending.update(counted.kind, counted.model, value, counted.prior, weight)
+        self.dirty = True
+
+    # Keeping it (background) ----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Read the stored evidence, or rebuild it from the usage events when it is
+        lost. A store that cannot be read now starts empty and is read again later."""
+        if self.store == "off":
+            return
+        try:
+            if self.store == "postgres":
+                await self._pg_start()
+            else:
+                await asyncio.to_thread(self._file_start)
+            self.last_sync = time.time()
+        except Exception as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.warning("learning: could not read the stored evidence: %s", self.error)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.sync_seconds)
+            await self.sync()
+
+    async def sync(self) -> None:
+        """Write what changed and, with PostgreSQL, read every proxy's totals."""
+        if self.store == "off":
+            return
+        try:
+            if self.store == "postgres":
+                if self.started:
+                    await self._pg_sync()
+                else:  # PostgreSQL was not there at start: read (or rebuild) it now
+                    await self._pg_start()
+            elif self.dirty:
+                self.dirty = False
+                self.pending = Evidence()  # the file holds the totals
+                snapshot = list(self.evidence.rows())
+                try:
+                    await asyncio.to_thread(self._file_save, snapshot)
+                except BaseException:
+                    self.dirty = True  # written at the next sync
+                    raise
+            self.last_sync = time.time()
+            self.error = None
+        except Exception as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.warning("learning: sync failed: %s", self.error)
+        self._expire_unmatched()
+
+    async def close(self) -> None:
+        await self.sync()
+        if self.conn is not None:
+            with contextlib.suppress(Exception):
+                await self.conn.close()
+            self.conn = None
+
+    def status(self) -> dict[str, Any]:
+        kinds: dict[str, int] = {}
+        for kind, _, _, count, _ in self.evidence.rows():
+            if count > 0:
+                kinds[kind] = kinds.get(kind, 0) + 1
+        return {
+            "enabled": self.store != "off",
+            "store": self.store,
+            "state_file": str(self.state_file) if self.store == "file" else None,
+            "prior_strength": {
+                "known": self.settings.known_prior_strength,
+                "unseen": self.settings.prior_strength,
+            },
+            "evidence_rows": sum(kinds.values()),
+            "rows_by_kind": kinds,
+            "observed_requests": self.observed,
+            "remembered_requests": len(self.recent),
+            "unmatched_feedback": len(self.unmatched),
+            "rebuilt_from_events": self.rebuilt,
+            "last_sync": self.last_sync,
+            "error": self.error,
+        }
+
+    # The state file -------------------------------------------------------------
+
+    def _file_start(self) -> None:
+        path = self.state_file
+        if path.exists():
+            try:
+                doc = orjson.loads(path.read_bytes())
+                self.evidence.replace(
+                    (str(r[0]), str(r[1]), float(r[2]), float(r[3]), float(r[4]))
+                    for r in doc["rows"]
+                )
+                return
+            except (ValueError, KeyError, IndexError, TypeError) as exc:
+                log.warning("learning: %s is unreadable (%s): rebuilding it", path, exc)
+        from proxy.usage.export import from_files
+
+        events = from_files(self.usage.file_path, datetime.fromtimestamp(0, UTC))
+        self.evidence.replace(evidence_from_events(events).rows())
+        self.rebuilt = len(events)
+        self._file_save(list(self.evidence.rows()))
+
+    def _file_save(self, rows: list[Row]) -> None:
+        path = self.state_file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(path.name + f".{os.getpid()}.tmp")
+        temporary.write_bytes(orjson.dumps({"version": 1, "rows": rows}))
+        os.replace(temporary, path)  # readers see the old file or the new, never half
+
+    # PostgreSQL -------------------------------------------------------------------
+
+    async def _connection(self) -> asyncpg.Connection:
+        if self.conn is None or self.conn.is_closed():
+            assert self.dsn is not None
+            conn = await asyncpg.connect(self.dsn, timeout=5)
+            await conn.set_type_codec(
+                "jsonb", encoder=orjson.dumps, decoder=orjson.loads, schema="pg_catalog"
+            )
+            await apply(conn, MIGRATIONS, "autoroute_learning_migrations", _LOCK_KEY)
+            self.conn = conn
+        return self.conn
+
+    async def _pg_start(self) -> None:
+        conn = await self._connection()
+        async with conn.transaction():
+            # One proxy rebuilds; the others wait here and then find the table filled.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY + 1)
+            if await conn.fetchval("SELECT count(*) FROM autoroute_evidence") == 0:
+                events = await self._pg_events(conn)
+                rebuilt = evidence_from_events(events)
+                rows = list(rebuilt.rows())
+                if rows:
+                    await conn.execute(_UPSERT, *_columns(rows))
+                self.rebuilt = len(events)
+                # The events hold what was counted while PostgreSQL was away.
+                self.pending = Evidence()
+        self.started = True
+        await self._pg_reload(conn)
+
+    @staticmethod
+    async def _pg_events(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+        exists = await conn.fetchval(
+            "SELECT to_regclass('usage_events') IS NOT NULL AND to_regclass('feedback') IS NOT NULL"
+        )
+        if not exists:
+            return []
+        events = []
+        for row in await conn.fetch(_EVENTS):
+            event = dict(row["event"])
+            event["rating"] = row["rating"]
+            events.append(event)
+        return events
+
+    async def _pg_sync(self) -> None:
+        conn = await self._connection()
+        pending, self.pending = self.pending, Evidence()
+        rows = [r for r in pending.rows() if any(r[2:])]
+        try:
+            if rows:
+                await conn.execute(_UPSERT, *_columns(rows))
+        except BaseException:
+            for row in rows:  # written later, not lost
+                self.pending.add(*row)
+            raise
+        await self._resolve_unmatched(conn)
+        await self._pg_reload(conn)
+
+    async def _pg_reload(self, conn: asyncpg.Connection) -> None:
+        totals = await conn.fetch(
+            "SELECT kind, model, successes, count, expected FROM autoroute_evidence"
+        )
+        # What this proxy has counted since it last wrote is not in the totals yet.
+        rows: list[Row] = [
+            (r["kind"], r["model"], r["successes"], r["count"], r["expected"]) for r in totals
+        ]
+        self.evidence.replace([*rows, *self.pending.rows()])
+
+    async def _resolve_unmatched(self, conn: asyncpg.Connection) -> None:
+        """Feedback whose request this proxy does not remember: another proxy served it,
+        or it is older than what is remembered. Its event, by primary key."""
+        now = time.monotonic()
+        due = [rid for rid, (since, _) in self.unmatched.items() if now - since >= 1.0]
+        if not due:
+            return
+        if await conn.fetchval("SELECT to_regclass('usage_events') IS NULL"):
+            return
+        found = await conn.fetch(
+            "SELECT request_id, event FROM usage_events WHERE request_id = ANY($1::text[])", due
+        )
+        for row in found:
+            ratings = self.unmatched.pop(row["request_id"], (0.0, []))[1]
+            event = dict(row["event"])
+            decided = decision_of(event)
+            if decided is None:
+                continue
+            counted = _Counted.of(decided, event)
+            # The proxy that served it counted its implicit outcome: take that back.
+            counted.applied = counted.implicit
+            counted.rate(ratings)
+            self._count(counted)
+            self.recent[row["request_id"]] = counted
+
+    def _expire_unmatched(self) -> None:
+        now = time.monotonic()
+        while self.unmatched:
+            since = next(iter(self.unmatched.values()))[0]
+            if now - since < UNMATCHED_SECONDS:
+                break
+            self.unmatched.popitem(last=False)
+
+
+def _columns(rows: list[Row]) -> tuple[list[Any], ...]:
+    return tuple([r[i] for r in rows] for i in range(5))

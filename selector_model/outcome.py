@@ -1,0 +1,127 @@
+"""The one definition of success: what an answered request's outcome was, in [0, 1].
+
+Online learning (`proxy.learning`), training (`training.data`) and the A/B report
+(`proxy.experiments`) all read outcomes from here. An outcome is a value in [0, 1]
+and a weight, the strength of the evidence:
+
+- An explicit rating, `POST /api/autoroute/feedback` with `rating` in [0, 1], wins over
+  every implicit signal about the same request: a thumbs-up is 1, a thumbs-down 0
+  (several ratings of one request: their mean). Weight `RATED`.
+- An error, or the client cancelling before the end: 0 (weight `FAILED`).
+- The same prompt (its SHA-256) sent again by the same user within
+  `RETRY_WINDOW_SECONDS` of the first: the first answer failed, 0 (weight `FAILED`).
+- An answer cut at the token limit (done_reason "length", or "max_tokens" on the
+  Anthropic API): `TRUNCATED_VALUE`, mostly a failure (the answer is incomplete) but
+  not certainly (the client may have asked for a short answer with num_predict).
+- Otherwise a completed answer: 1, a weak success (weight `COMPLETED`): most answers
+  are taken without a word, good or bad, so silence says little.
+
+A request the client got a 4xx for (bad input, a model it may not use) ran no model:
+it has no outcome. Outcomes of 0.5 and above count as a success where a yes or no is
+needed (`success`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+RATED = 1.0
+FAILED = 1.0
+TRUNCATED_VALUE = 0.2
+TRUNCATED_WEIGHT = 0.5
+COMPLETED = 0.2
+RETRY_WINDOW_SECONDS = 120.0
+TRUNCATED_REASONS = frozenset({"length", "max_tokens"})
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    value: float  # in [0, 1]
+    weight: float  # how much this outcome counts
+    source: str  # rating | error | cancelled | retried | truncated | completed
+
+    @property
+    def success(self) -> bool:
+        return self.value >= 0.5
+
+
+def rated(rating: float) -> Result:
+    return Result(min(1.0, max(0.0, float(rating))), RATED, "rating")
+
+
+def implicit(outcome: Mapping[str, Any], retried: bool = False) -> Result | None:
+    """The outcome of a usage event's `outcome` object without any rating, or None
+    when no model answered (a 4xx)."""
+    status = outcome.get("status")
+    if outcome.get("error") or (isinstance(status, int) and status >= 500):
+        return Result(0.0, FAILED, "error")
+    if isinstance(status, int) and status >= 400:
+        return None
+    if outcome.get("cancelled"):
+        return Result(0.0, FAILED, "cancelled")
+    if retried:
+        return Result(0.0, FAILED, "retried")
+    if outcome.get("done_reason") in TRUNCATED_REASONS:
+        return Result(TRUNCATED_VALUE, TRUNCATED_WEIGHT, "truncated")
+    return Result(1.0, COMPLETED, "completed")
+
+
+def of_event(event: Mapping[str, Any], retried: bool = False) -> Result | None:
+    """A usage event's outcome: its `rating` (the mean of its feedback, as export and
+    the PostgreSQL join fill it in) when present, else the implicit signals."""
+    rating = event.get("rating")
+    if isinstance(rating, int | float) and not isinstance(rating, bool):
+        return rated(rating)
+    outcome = event.get("outcome")
+    return implicit(outcome if isinstance(outcome, Mapping) else {}, retried)
+
+
+def retry_key(event: Mapping[str, Any]) -> tuple[str, str] | None:
+    """Who sent which prompt: (user, prompt SHA-256), or None without a prompt hash.
+    The user is the X-Autoroute-User header, else the API key's id, else anyone (a
+    proxy without either serves one person, or cannot tell people apart)."""
+    prompt = event.get("prompt_sha256")
+    if not isinstance(prompt, str) or not prompt:
+        return None
+    client = event.get("client")
+    client = client if isinstance(client, Mapping) else {}
+    return (str(client.get("user") or client.get("api_key_id") or ""), prompt)
+
+
+def event_time(event: Mapping[str, Any]) -> float | None:
+    """When the request arrived (POSIX seconds), from the event's RFC 3339 `ts`."""
+    ts = event.get("ts")
+    if not isinstance(ts, str):
+        return None
+    try:
+        return datetime.fromisoformat(ts).timestamp()
+    except ValueError:
+        return None
+
+
+def retried_ids(events: Iterable[Mapping[str, Any]]) -> set[str]:
+    """The request ids whose prompt the same user sent again within the window."""
+    sent: dict[tuple[str, str], list[tuple[float, str]]] = {}
+    for event in events:
+        key, when, rid = retry_key(event), event_time(event), event.get("request_id")
+        if key is not None and when is not None and isinstance(rid, str):
+            sent.setdefault(key, []).append((when, rid))
+    retried: set[str] = set()
+    for times in sent.values():
+        times.sort()
+        for (first, rid), (again, _) in itertools.pairwise(times):
+            if again - first <= RETRY_WINDOW_SECONDS:
+                retried.add(rid)
+    return retried
+
+
+def grade(events: Iterable[Mapping[str, Any]]) -> list[Result | None]:
+    """Each event's outcome, in order (None: no model answered); the retry signal is
+    read across all of them."""
+    listed = list(events)
+    retried = retried_ids(listed)
+    return [of_event(e, e.get("request_id") in retried) for e in listed]

@@ -1,0 +1,442 @@
+"""Learning from the proxy's own traffic: evidence per (kind of prompt, model) blended
+with the selector's prior, fed by outcomes (ratings win over implicit signals), kept
+in a state file or PostgreSQL, and changing later decisions through the real HTTP
+endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import numpy as np
+import orjson
+import pytest
+
+from proxy.config import Learning, Profile, Selector, Usage
+from proxy.emulator import EmulatorSettings
+from proxy.learning import Learner, evidence_from_events
+from selector_model import outcome
+from selector_model.evidence import Evidence
+from selector_model.kind import kind_of
+from selector_model.policy import choose, pick, rank
+from tests.support import Emulator, Proxy, ServerThread
+from tests.test_usage_services import Database
+from training.data import prompt_request
+
+MODELS = ("qwen2.5:7b", "mistral:7b", "llama3.1:8b")
+ROUNDS = 8  # ratings of each model before the decision must change
+
+
+# The policy, offline ------------------------------------------------------------------
+
+
+def _ranking() -> list[Any]:
+    return rank(list(MODELS), [0.70, 0.60, 0.50], [1.0, 1.0, 1.0], 0.0, set(MODELS))
+
+
+def test_without_evidence_the_choice_is_the_priors() -> None:
+    rng = np.random.default_rng(0)
+    chose = choose(_ranking(), {}, 0.0, rng)
+    greedy, reason, _ = pick(_ranking(), "", 0.02, 0.0, random.Random(0))
+    assert (chose.chosen.name, chose.reason, chose.propensity) == (greedy.name, reason, 1.0)
+    assert chose.ranking[0].blend is None and chose.ranking[0].describe()["blend"] == 0.7
+
+
+def test_evidence_moves_the_choice_by_the_beta_posterior() -> None:
+    rng = np.random.default_rng(0)
+    evidence = Evidence()
+    for _ in range(ROUNDS):
+        evidence.update("math", "qwen2.5:7b", 0.0, prior=0.7)
+        evidence.update("math", "mistral:7b", 1.0, prior=0.6)
+    chose = choose(_ranking(), evidence.of("math"), 0.0, rng, known_prior_strength=10.0)
+    assert (chose.chosen.name, chose.reason) == ("mistral:7b", "learned")
+    row = {s.name: s.describe() for s in chose.ranking}
+    assert row["mistral:7b"]["prior"] == 0.6
+    assert row["mistral:7b"]["evidence"] == {"count": ROUNDS, "mean": 1.0, "expected": 0.6}
+    assert row["mistral:7b"]["blend"] == pytest.approx(
+        (10 * 0.6 + ROUNDS) / (10 + ROUNDS), abs=1e-4
+    )
+    assert row["qwen2.5:7b"]["blend"] == pytest.approx(7.0 / (10 + ROUNDS), abs=1e-4)
+    assert row["llama3.1:8b"]["evidence"] == {"count": 0.0, "mean": None, "expected": None}
+    # Another kind of prompt keeps the prior.
+    assert choose(_ranking(), evidence.of("code"), 0.0, rng).chosen.name == "qwen2.5:7b"
+    # The evidence corrects the prior of each prompt: where the selector expected less
+    # of mistral (0.3 on a prompt, where its outcomes came at 0.6 expected), the gap
+    # it missed by still lifts it, from this prompt's prior.
+    low = rank(list(MODELS), [0.70, 0.30, 0.50], [1.0, 1.0, 1.0], 0.0, set(MODELS))
+    lifted = {
+        s.name: s
+        for s in choose(low, evidence.of("math"), 0.0, rng, known_prior_strength=10).ranking
+    }
+    assert lifted["mistral:7b"].blend == pytest.approx(0.3 + ROUNDS * 0.4 / (10 + ROUNDS))
+    # A prior that is worth more needs more evidence: by default, the prior of a model
+    # the artifact was trained on; a model it never saw learns faster.
+    few = Evidence()
+    for _ in range(2):
+        few.update("math", "qwen2.5:7b", 0.0, prior=0.7)
+        few.update("math", "mistral:7b", 1.0, prior=0.6)
+    assert choose(_ranking(), few.of("math"), 0.0, rng).reason == "ml"
+    unseen = rank(list(MODELS), [0.70, 0.60, 0.50], [1.0, 1.0, 1.0], 0.0, set())
+    assert choose(unseen, few.of("math"), 0.0, rng).chosen.name == "mistral:7b"
+
+
+def test_exploration_bounds_tries_and_propensity_matches_frequency() -> None:
+    rng = np.random.default_rng(3)
+    evidence: dict[str, list[float]] = {"mistral:7b": [2.0, 4.0, 2.4]}
+    n = 4000
+    picks = [choose(_ranking(), evidence, 0.2, rng) for _ in range(n)]
+    counts = Counter(p.chosen.name for p in picks)
+    others = n - counts["qwen2.5:7b"]
+    # At most the exploration share leaves the best model (0.2 * 4000 = 800, sd ~25).
+    assert 0 < others <= 900
+    assert {p.reason for p in picks if p.chosen.name != "qwen2.5:7b"} == {"explore"}
+    for name in MODELS:
+        # The recorded propensity is the probability of the choice: on average, over the
+        # decisions that chose a model, it is that model's share of choices (within
+        # the Monte-Carlo and sampling noise).
+        recorded = [p.propensity for p in picks if p.chosen.name == name]
+        if len(recorded) >= 50:
+            assert sum(recorded) / len(recorded) == pytest.approx(counts[name] / n, abs=0.03)
+    # A seeded generator makes the decisions repeatable.
+    again = [choose(_ranking(), evidence, 0.2, np.random.default_rng(3)) for _ in range(1)]
+    first = choose(_ranking(), evidence, 0.2, np.random.default_rng(3))
+    assert again[0].chosen.name == first.chosen.name and again[0].propensity == first.propensity
+
+
+def test_kinds_generalise_to_new_prompts() -> None:
+    assert kind_of(prompt_request("Calculate 17 * 23 + 4. What is the result?")) == "math"
+    assert kind_of(prompt_request("Solve the equation 3x + 1 = 10 for x.")) == "math"
+    assert kind_of(prompt_request("def add(a, b):\n    return a + b\nfix this bug")) == "code"
+    assert kind_of(prompt_request("Write a function that reverses a list.")) == "code"
+    assert kind_of(prompt_request("Who wrote The Old Man and the Sea?")) == "knowledge"
+    assert kind_of(prompt_request("Summarize this article: " + "word " * 200)) == "writing"
+
+
+# The learner, offline ------------------------------------------------------------------
+
+
+def _event(rid: str, second: int, prompt: str, **outcome_fields: Any) -> dict[str, Any]:
+    request = prompt_request(f"Calculate {prompt} + 1. What is it?")
+    return {
+        "request_id": rid,
+        "ts": f"2026-01-01T00:{second // 60:02d}:{second % 60:02d}Z",
+        "client": {"user": "ann"},
+        "prompt_sha256": prompt,
+        "decision": {"chosen": "qwen2.5:7b", "kind": kind_of(request), "p_success": 0.5},
+        "features": {"schema_version": 1, "request": request},
+        "outcome": {"status": 200, "error": None, "done_reason": "stop", **outcome_fields},
+    }
+
+
+def test_learner_takes_back_implicit_outcomes_when_a_rating_or_a_retry_comes(
+    tmp_path: Path,
+) -> None:
+    evidence = Evidence()
+    learner = Learner(Learning(), Usage(file_path=str(tmp_path / "events.jsonl")), evidence)
+    learner.observe("usage", _event("r1", 0, "a"))
+    weak = outcome.COMPLETED
+    assert evidence.of("math")["qwen2.5:7b"] == pytest.approx([weak, weak, weak * 0.5])
+    learner.observe("feedback", {"request_id": "r1", "rating": 0.0})  # a thumbs-down wins
+    assert evidence.of("math")["qwen2.5:7b"][:2] == pytest.approx([0.0, outcome.RATED])
+    learner.observe("usage", _event("r2", 10, "b"))
+    learner.observe("usage", _event("r3", 60, "b"))  # b again within 120 s: r2 failed
+    assert evidence.of("math")["qwen2.5:7b"][:2] == pytest.approx(
+        [outcome.COMPLETED, 2 * outcome.RATED + outcome.COMPLETED]
+    )
+    # Feedback that overtakes its event waits for it.
+    learner.observe("feedback", {"request_id": "r4", "rating": 1.0})
+    learner.observe("usage", _event("r4", 300, "c", done_reason="length"))
+    successes, count, expected = evidence.of("math")["qwen2.5:7b"]
+    assert (successes, count, expected) == pytest.approx(
+        (outcome.COMPLETED + 1.0, 3 * outcome.RATED + outcome.COMPLETED, count * 0.5)
+    )
+    # The same events read back in one go (a rebuild) give the same evidence.
+    events = [
+        {**_event("r1", 0, "a"), "rating": 0.0},
+        _event("r2", 10, "b"),
+        _event("r3", 60, "b"),
+        {**_event("r4", 300, "c", done_reason="length"), "rating": 1.0},
+    ]
+    rebuilt = evidence_from_events(events)
+    assert rebuilt.of("math")["qwen2.5:7b"] == pytest.approx([successes, count, expected])
+    # Feedback by the id the client sent (kept as client_request_id beside the proxy's).
+    learner.observe("usage", {**_event("r6", 500, "e"), "client_request_id": "mine-1"})
+    learner.observe("feedback", {"request_id": "mine-1", "rating": 0.0})
+    assert evidence.of("math")["qwen2.5:7b"][1] == pytest.approx(count + outcome.RATED)
+    successes, count, expected = evidence.of("math")["qwen2.5:7b"]
+    # Requests auto did not decide teach nothing.
+    learner.observe("usage", {**_event("r5", 400, "d"), "decision": None})
+    assert evidence.of("math")["qwen2.5:7b"] == pytest.approx([successes, count, expected])
+
+
+# Through the proxy ---------------------------------------------------------------------
+
+
+def _selector(tmp_path: Path, **learning: Any) -> Selector:
+    profiles = {"balanced": Profile(cost_weight=0.0)}
+    profiles.update(
+        {f"only-{i}": Profile(cost_weight=0.0, allow=(m,)) for i, m in enumerate(MODELS)}
+    )
+    return Selector(
+        artifact=str(tmp_path / "none.onnx"),  # the documented heuristic is the prior
+        profiles=profiles,
+        learning=Learning(sync_seconds=0.1, seed=7, **learning),
+    )
+
+
+@pytest.fixture
+def fleet(servers: ServerThread) -> Iterator[Emulator]:
+    emu = Emulator(servers, EmulatorSettings(models=MODELS, frozen_clock=True, chunk_delay_ms=0.0))
+    yield emu
+    emu.stop()
+
+
+def _math(i: int) -> dict[str, Any]:
+    text = f"Calculate {i * 37 % 101} * {i + 12} + {i * 7}. What is the result?"
+    return {"model": "auto", "stream": False, "messages": [{"role": "user", "content": text}]}
+
+
+async def _explain(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> Any:
+    async with session.post(url + "/api/autoroute/explain", json=body) as resp:
+        assert resp.status == 200
+        return await resp.json()
+
+
+async def _status(session: aiohttp.ClientSession, url: str) -> Any:
+    async with session.get(url + "/api/autoroute/status") as resp:
+        assert resp.status == 200
+        return await resp.json()
+
+
+async def _ask(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> tuple[str, str]:
+    """(the model that answered, the request id the client sees)."""
+    async with session.post(url + "/api/chat", json=body) as resp:
+        assert resp.status == 200
+        await resp.read()
+        return resp.headers["X-Autoroute-Model"], resp.headers["X-Request-Id"]
+
+
+async def _rate(session: aiohttp.ClientSession, url: str, request_id: str, rating: float) -> None:
+    body = {"request_id": request_id, "rating": rating}
+    async with session.post(url + "/api/autoroute/feedback", json=body) as resp:
+        assert resp.status == 202
+
+
+Taught = dict[str, list[float]]  # model: the ratings it was given
+
+
+async def _teach(
+    session: aiohttp.ClientSession, serve: str, feedback: str
+) -> tuple[str, str, Taught]:
+    """Math prompts to plain auto: each answer rated 0, unless it came from the
+    runner-up by the prior, rated 1; then the runner-up, asked through a profile that
+    allows it alone, rated 1 on other math prompts. Returns (auto's first pick, the
+    runner-up, the ratings each model got)."""
+    first = await _explain(session, serve, _math(1000))
+    assert first["kind"] == "math" and first["reason"] == "fallback"
+    picked, runner_up = first["model"], first["ranking"][1]["model"]
+    taught: Taught = {}
+    for i in range(ROUNDS):
+        model, rid = await _ask(session, serve, _math(i))
+        rating = 1.0 if model == runner_up else 0.0
+        await _rate(session, feedback, rid, rating)
+        taught.setdefault(model, []).append(rating)
+    assert taught[picked][0] == 0.0  # the first answers came from auto's pick
+    only = f"auto:only-{MODELS.index(runner_up)}"
+    for i in range(ROUNDS):
+        model, rid = await _ask(session, serve, {**_math(100 + i), "model": only})
+        assert model == runner_up
+        await _rate(session, feedback, rid, 1.0)
+        taught.setdefault(model, []).append(1.0)
+    return picked, runner_up, taught
+
+
+async def _until_learned(
+    session: aiohttp.ClientSession, url: str, taught: Taught, prompt: int
+) -> dict[str, Any]:
+    """Explain for a NEW math prompt, once every rating has been counted (each rating
+    replaces the implicit outcome of its request)."""
+    doc: dict[str, Any] = {}
+    for _ in range(400):
+        doc = await _explain(session, url, _math(prompt))
+        rows = {r["model"]: r for r in doc["ranking"]}
+        if all(
+            rows[model]["evidence"]["count"] == len(ratings)
+            and rows[model]["evidence"]["mean"] == pytest.approx(sum(ratings) / len(ratings))
+            for model, ratings in taught.items()
+        ):
+            return doc
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the ratings were not counted: {taught} {doc}")
+
+
+def _check_learned(doc: dict[str, Any], picked: str, runner_up: str) -> None:
+    """The new prompt goes to the runner-up, by the blend of prior and evidence."""
+    assert doc["model"] == runner_up and doc["reason"] == "learned" and doc["kind"] == "math"
+    rows = {r["model"]: r for r in doc["ranking"]}
+    for row in rows.values():
+        strength = doc["prior_strength"]["known" if row["known_to_artifact"] else "unseen"]
+        evidence = row["evidence"]
+        count = evidence["count"]
+        gap = count * ((evidence["mean"] or 0.0) - (evidence["expected"] or 0.0))
+        assert row["blend"] == pytest.approx(row["prior"] + gap / (strength + count), abs=1e-3)
+    assert rows[picked]["evidence"]["mean"] == 0.0
+    assert rows[runner_up]["evidence"]["mean"] > 0.99
+    assert (
+        rows[runner_up]["blend"] > rows[picked]["blend"]
+        and rows[picked]["prior"] >= rows[runner_up]["prior"]
+    )
+
+
+async def test_feedback_changes_later_decisions_and_survives_a_restart(
+    servers: ServerThread, fleet: Emulator, tmp_path: Path
+) -> None:
+    usage = Usage(
+        file_mode="always",
+        file_path=str(tmp_path / "usage" / "events.jsonl"),
+        spool_dir=str(tmp_path / "spool"),
+    )
+    state = tmp_path / "usage" / "learning.json"
+    prx = Proxy(servers, [fleet.url], selector=_selector(tmp_path), usage=usage)
+    try:
+        async with aiohttp.ClientSession() as session:
+            picked, runner_up, taught = await _teach(session, prx.url, prx.url)
+            assert picked != runner_up
+            doc = await _until_learned(session, prx.url, taught, 500)
+            _check_learned(doc, picked, runner_up)
+            # A real request for a new prompt of the same kind goes to the better model.
+            assert (await _ask(session, prx.url, _math(501)))[0] == runner_up
+            # Another kind of prompt is not moved by what was learned about math.
+            knowledge = {**_math(0), "messages": [{"role": "user", "content": "Who wrote Dune?"}]}
+            other = await _explain(session, prx.url, knowledge)
+            assert other["kind"] == "knowledge" and other["model"] == picked
+            learning = (await _status(session, prx.url))["learning"]
+            assert learning["store"] == "file" and learning["evidence_rows"] == len(taught)
+            # Ratings lie in [0, 1]; anything else is refused as bad input.
+            async with session.post(
+                prx.url + "/api/autoroute/feedback", json={"request_id": "x", "rating": 1.5}
+            ) as resp:
+                assert resp.status == 400 and "between 0" in (await resp.json())["error"]
+    finally:
+        prx.stop()
+    assert state.exists()
+
+    # A restart reads the state file.
+    prx = Proxy(servers, [fleet.url], selector=_selector(tmp_path), usage=usage)
+    try:
+        async with aiohttp.ClientSession() as session:
+            doc = await _explain(session, prx.url, _math(600))
+            assert (await _status(session, prx.url))["learning"]["rebuilt_from_events"] is None
+    finally:
+        prx.stop()
+    _check_learned(doc, picked, runner_up)
+
+    # A lost state file is rebuilt from the usage events and their feedback.
+    state.unlink()
+    prx = Proxy(servers, [fleet.url], selector=_selector(tmp_path), usage=usage)
+    try:
+        async with aiohttp.ClientSession() as session:
+            doc = await _explain(session, prx.url, _math(700))
+            learning = (await _status(session, prx.url))["learning"]
+    finally:
+        prx.stop()
+    _check_learned(doc, picked, runner_up)
+    # The first proxy's events: 2 per round, and one more for the real request.
+    assert learning["rebuilt_from_events"] == 2 * ROUNDS + 1
+
+
+async def test_proxies_share_what_they_learn_through_postgres(
+    servers: ServerThread, fleet: Emulator, database: Database, tmp_path: Path
+) -> None:
+    usage = Usage(postgres_dsn=database.dsn, file_mode="off", spool_dir=str(tmp_path / "spool"))
+    one = Proxy(servers, [fleet.url], selector=_selector(tmp_path), usage=usage)
+    two = Proxy(servers, [fleet.url], selector=_selector(tmp_path), usage=usage)
+    try:
+        async with aiohttp.ClientSession() as session:
+            # Served by one, rated through the other: the other finds the decision in
+            # PostgreSQL by request id.
+            picked, runner_up, taught = await _teach(session, one.url, two.url)
+            for url in (one.url, two.url):
+                doc = await _until_learned(session, url, taught, 800)
+                _check_learned(doc, picked, runner_up)
+            learning = (await _status(session, two.url))["learning"]
+            assert learning["store"] == "postgres" and learning["evidence_rows"] == len(taught)
+    finally:
+        one.stop()
+        two.stop()
+
+    # The table lost: the next proxy rebuilds it from usage events and feedback.
+    conn = await asyncpg.connect(database.dsn)
+    try:
+        rows = await conn.fetch("SELECT kind, model, count FROM autoroute_evidence ORDER BY model")
+        assert {(r["kind"], r["model"], round(r["count"], 6)) for r in rows} == {
+            ("math", model, len(ratings)) for model, ratings in taught.items()
+        }
+        await conn.execute("TRUNCATE autoroute_evidence")
+    finally:
+        await conn.close()
+    three = Proxy(servers, [fleet.url], selector=_selector(tmp_path), usage=usage)
+    try:
+        async with aiohttp.ClientSession() as session:
+            doc = await _explain(session, three.url, _math(900))
+            learning = (await _status(session, three.url))["learning"]
+    finally:
+        three.stop()
+    _check_learned(doc, picked, runner_up)
+    assert learning["rebuilt_from_events"] == 2 * ROUNDS
+
+
+async def test_an_unreadable_state_file_is_rebuilt_from_the_usage_files(tmp_path: Path) -> None:
+    usage = Usage(file_path=str(tmp_path / "events.jsonl"))
+    events = [_event("r1", 0, "a"), _event("r2", 10, "b", error="upstream closed")]
+    (tmp_path / "events.jsonl").write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
+    feedback = {"request_id": "r1", "rating": 0.25, "ts": "2026-01-01T00:00:05Z"}
+    (tmp_path / "events.feedback.jsonl").write_bytes(orjson.dumps(feedback) + b"\n")
+    (tmp_path / "learning.json").write_bytes(b'{"rows": [["math", "x"')  # cut short
+    learner = Learner(Learning(), usage, Evidence())
+    await learner.start()
+    assert learner.rebuilt == 2 and learner.error is None
+    # r1 rated 0.25 (the rating wins), r2 failed: two outcomes of full weight.
+    assert learner.evidence.of("math")["qwen2.5:7b"] == pytest.approx([0.25, 2.0, 1.0])
+    saved = orjson.loads((tmp_path / "learning.json").read_bytes())
+    assert saved["rows"] == [["math", "qwen2.5:7b", 0.25, 2.0, 1.0]]
+
+
+async def test_implicit_signals_through_the_proxy(
+    servers: ServerThread, fleet: Emulator, tmp_path: Path
+) -> None:
+    """Without any rating: the same prompt sent again soon by the same user fails the
+    first answer, an error fails, a completed answer is a weak success."""
+    usage = Usage(file_path=str(tmp_path / "events.jsonl"), spool_dir=str(tmp_path / "spool"))
+    prx = Proxy(servers, [fleet.url], selector=_selector(tmp_path), usage=usage)
+    try:
+        async with aiohttp.ClientSession(headers={"X-Autoroute-User": "ann"}) as session:
+            picked = (await _explain(session, prx.url, _math(0)))["model"]
+            assert (await _ask(session, prx.url, _math(0)))[0] == picked
+            assert (await _ask(session, prx.url, _math(0)))[0] == picked  # asked again
+            fleet.state.fault = "error500"
+            only = {**_math(1), "model": f"auto:only-{MODELS.index(picked)}"}
+            try:
+                async with session.post(prx.url + "/api/chat", json=only) as resp:
+                    assert resp.status == 500
+            finally:
+                fleet.state.fault = "none"
+            # retried: 0 at full weight; error: 0 at full weight; completed: 1, weakly.
+            count = 2 * outcome.FAILED + outcome.COMPLETED
+            doc: dict[str, Any] = {}
+            for _ in range(400):
+                doc = await _explain(session, prx.url, _math(2))
+                row = {r["model"]: r for r in doc["ranking"]}[picked]
+                if row["evidence"]["count"] == pytest.approx(count):
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        prx.stop()
+    assert row["evidence"]["count"] == pytest.approx(count)
+    assert row["evidence"]["mean"] == pytest.approx(outcome.COMPLETED / count, abs=1e-4)

@@ -1,0 +1,86 @@
+"""The one definition of success (`selector_model.outcome`), read alike by online
+learning, training and the A/B report."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from selector_model import outcome
+from tests.test_training import _event
+from training.data import usage_examples
+
+
+def answered(
+    rid: str, ts: str, prompt: str = "p1", user: str = "ann", **fields: Any
+) -> dict[str, Any]:
+    return {
+        "request_id": rid,
+        "ts": ts,
+        "client": {"user": user, "api_key_id": None},
+        "prompt_sha256": prompt,
+        "outcome": {
+            "status": 200,
+            "error": None,
+            "done_reason": "stop",
+            "cancelled": False,
+            **fields,
+        },
+        "rating": None,
+    }
+
+
+def graded(event: dict[str, Any], retried: bool = False) -> outcome.Result:
+    result = outcome.of_event(event, retried)
+    assert result is not None
+    return result
+
+
+def test_each_signal_and_a_rating_winning_over_them() -> None:
+    base = answered("r", "2026-01-01T00:00:00Z")
+    assert outcome.of_event(base) == outcome.Result(1.0, outcome.COMPLETED, "completed")
+    assert outcome.COMPLETED < outcome.RATED  # silence says less than a rating
+    cut = answered("r", "2026-01-01T00:00:00Z", done_reason="length")
+    assert outcome.of_event(cut) == outcome.Result(
+        outcome.TRUNCATED_VALUE, outcome.TRUNCATED_WEIGHT, "truncated"
+    )
+    assert graded(answered("r", "x", error="upstream closed")).source == "error"
+    assert graded(answered("r", "x", status=502)).value == 0.0
+    assert graded(answered("r", "x", cancelled=True)).source == "cancelled"
+    assert outcome.of_event(answered("r", "x", status=400)) is None  # no model ran
+    # A thumbs-up on a cancelled answer, a thumbs-down on a completed one: the rating.
+    assert graded({**answered("r", "x", cancelled=True), "rating": 1}).value == 1.0
+    assert outcome.of_event({**base, "rating": 0}) == outcome.Result(0.0, outcome.RATED, "rating")
+    assert graded({**base, "rating": 0.7}).value == 0.7
+    assert graded({**base, "rating": 5}).value == 1.0  # clamped into [0, 1]
+    assert graded(base, retried=True).source == "retried"
+    assert graded({**base, "rating": 1}, retried=True).value == 1.0
+
+
+def test_the_same_prompt_again_soon_from_the_same_user_fails_the_first() -> None:
+    window = outcome.RETRY_WINDOW_SECONDS
+    assert window == 120.0
+    events = [
+        answered("a1", "2026-01-01T00:00:00Z"),
+        answered("a2", "2026-01-01T00:01:30Z"),  # 90 s later: a1 failed
+        answered("a3", "2026-01-01T00:04:00Z"),  # 150 s after a2: a2 stands
+        answered("b1", "2026-01-01T00:00:10Z", user="bob"),  # another user: no retry
+        answered("c1", "2026-01-01T00:00:20Z", prompt="p2"),  # another prompt
+    ]
+    assert outcome.retried_ids(events) == {"a1"}
+    graded = outcome.grade(events)
+    assert [g.source if g else None for g in graded] == ["retried", *["completed"] * 4]
+    # Training reads it the same way.
+    train = [_event("same", "llama3.1:8b", 8.0) for _ in range(2)]
+    for i, (event, ts) in enumerate(zip(train, ("00:00:00", "00:00:30"), strict=True)):
+        event.update(
+            request_id=f"t{i}",
+            ts=f"2026-01-01T{ts}Z",
+            prompt_sha256="h",
+            client={"user": "ann"},
+        )
+    examples, stats = usage_examples(
+        [*train, {**_event("x", "llama3.1:8b", 8.0), "outcome": {"status": 404}}]
+    )
+    assert [ex.label for ex in examples] == [0.0, 1.0]
+    assert [ex.weight for ex in examples] == [outcome.FAILED, outcome.COMPLETED]
+    assert stats.skipped_unanswered == 1
