@@ -16,6 +16,8 @@ from proxy.config import Usage
 from proxy.errors import error_response
 from proxy.limits import read_body
 from proxy.protocol import JSON
+from selector_model.profiling import store as profile_store
+from selector_model.profiling.suite import CURRENT_VERSION as SUITE_VERSION
 
 _DETAILS = {
     "parent_model": "",
@@ -36,6 +38,7 @@ class AutoRoutes:
         self.auto = auto
         self.usage = usage
         self.body_idle_seconds = body_idle_seconds
+        self.profiles = profile_store.StoreCache(auto.config.profiles_path)
 
     def names(self) -> list[str]:
         return [AUTO, *(f"{AUTO}:{p}" for p in self.auto.config.profiles)]
@@ -128,13 +131,25 @@ class AutoRoutes:
                 "artifact_version": decision.artifact_version,
                 "experiment": decision.experiment,
                 "variant": decision.variant,
-                "ranking": [s.describe() for s in decision.ranking],
+                "ranking": [self._with_measured(s.describe()) for s in decision.ranking],
                 "filtered": filtered,
             }
         )
 
+    def _with_measured(self, candidate: dict[str, Any]) -> dict[str, Any]:
+        """A ranking entry with the model's profiled areas, when it has been profiled."""
+        measured = self.profiles.scores(str(candidate.get("model", "")))
+        return {**candidate, "measured": measured} if measured else candidate
+
     async def status(self, request: web.Request) -> web.StreamResponse:
-        return _json(self.auto.status())
+        # "profiling": the profile store (the auto profiles are under "profiles").
+        profiling = {
+            "path": str(self.profiles.path),
+            "suite_version": SUITE_VERSION,
+            "profile_models": list(self.auto.config.profile_models),
+            "models": self.profiles.describe(),
+        }
+        return _json({**self.auto.status(), "profiling": profiling})
 
     async def experiment(self, request: web.Request) -> web.StreamResponse:
         """GET /api/autoroute/experiments/<name>: per-variant results and significance."""

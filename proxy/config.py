@@ -168,6 +168,11 @@ class Selector:
     # A/B experiments by name; a user (API key, X-Autoroute-User header, or client
     # address) always lands in the same variant.
     experiments: dict[str, Experiment] = field(default_factory=dict)
+    # Measured per-area results of profiled models (`autoroute profile`), read by the
+    # selector; a JSON file keyed by model name.
+    profiles_path: str = "~/.local/state/autoroute/profiles.json"
+    # Models the proxy profiles in idle time (empty: never). Each prompt spends GPU time.
+    profile_models: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

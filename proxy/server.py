@@ -29,6 +29,7 @@ from proxy.config import Config
 from proxy.errors import error_body, error_response
 from proxy.logs import AccessLog
 from proxy.metrics import METRICS_PATH, Metrics
+from proxy.profiler import idle_profiler
 from proxy.protocol import JSON, JSON_V1, MODEL_ADMIN_PATHS, MODEL_ROUTED_PATHS, REQUEST_ID_HEADER
 from proxy.registry import Registry
 from proxy.relay import Outcome, Relay
@@ -124,6 +125,8 @@ class Proxy:
             await self.key_store.refresh()
             self._spawn(self.key_store.run())
         self._spawn(self._watch_artifact())
+        if self.config.selector.profile_models:
+            self._spawn(idle_profiler(self).run())
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
