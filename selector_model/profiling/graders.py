@@ -79,7 +79,7 @@ def extract_number(text: str) -> float | None:
 
 
 _LETTER_AFTER_MARK = re.compile(r"answer\s*(?:is)?\s*[:=]?\s*\**\s*\(?([A-J])\b\)?", re.I)
-_LONE_LETTER = re.compile(r"^\W*\(?([A-J])\)?[.):]?\W*$")
+_LONE_LETTER = re.compile(r"^\W*\(?([A-J])\)?[.):]?\W*$", re.I)
 _LETTER_LINE = re.compile(r"^\s*\**\(?([A-J])[).:]", re.M)
 
 
