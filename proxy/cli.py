@@ -182,6 +182,9 @@ def _profile(config: Config, args: argparse.Namespace) -> int:
     except (profiler.ProfileError, SuiteError) as exc:
         print(f"autoroute profile: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("autoroute profile: interrupted; nothing stored", file=sys.stderr)
+        return 130
     return 0
 
 

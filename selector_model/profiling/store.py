@@ -106,9 +106,7 @@ def read(path: str | os.PathLike[str]) -> dict[str, dict[str, AreaResult]]:
 
 def load_results(path: str | os.PathLike[str]) -> dict[str, dict[str, float]]:
     """model -> area -> measured score, for `Catalog.with_measured`."""
-    return {
-        model: {area: r.score for area, r in areas.items()} for model, areas in read(path).items()
-    }
+    return StoreCache(path).measured()
 
 
 @contextmanager
@@ -166,6 +164,14 @@ class StoreCache:
             self._stamp = stamp
         return self._results
 
+    def measured(self) -> dict[str, dict[str, float]]:
+        """model -> area -> score, as `load_results` gives it, for
+        `Catalog.with_measured` on the decision path."""
+        return {
+            model: {area: r.score for area, r in areas.items()}
+            for model, areas in self.results().items()
+        }
+
     def describe(self) -> dict[str, Any]:
         """The store as JSON (status): model -> area -> result."""
         return {
@@ -175,4 +181,4 @@ class StoreCache:
 
     def scores(self, model: str) -> dict[str, float]:
         """The measured areas of one model (empty when never profiled)."""
-        return {area: r.score for area, r in self.results().get(model_key(model), {}).items()}
+        return self.measured().get(model_key(model), {})
