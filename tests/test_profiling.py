@@ -410,6 +410,10 @@ async def test_profile_command_stores_results_shown_in_status_and_explain(
     results = store.load_results(path)
     assert set(results[WEAK]) == set(AREAS)
     assert _mean(results[STRONG]) > _mean(results[WEAK])
+    # The emulator gets round(skill * 10) items of each area right: grading the answers
+    # through the wire measures exactly the skills it was given.
+    for model in (STRONG, WEAK):
+        assert results[model] == pytest.approx(dict(REGISTRY[model].skills), abs=0.051)
 
     selector = Selector(artifact=str(tmp_path / "missing.onnx"), profiles_path=str(path))
     prx = Proxy(servers, [quick_emulator.url], selector=selector)

@@ -4,17 +4,19 @@ Real Ollama knows nothing of this; it exists so that `autoroute profile` (and th
 selector's use of measured results) can be tested and demonstrated without a GPU. A
 prompt whose text is exactly one of the shipped suite's prompts (selector_model/
 profiling/suite_v*.yaml) is answered, by a model with `skills` in its catalogue entry,
-correctly with probability = its skill in the item's area: the item's reference answer,
-else ordinary emulated prose (which every grader rejects). The draw is a hash of
-(model, prompt), so the same model always gets the same items right. Any other prompt,
-or a model without skills, is answered exactly as before.
+with the item's reference answer or else ordinary emulated prose (which every grader
+rejects). Which items a model gets right is decided by a hash of (model, prompt): the
+area's items are ranked by it, and the first round(skill * items in the area) are right.
+So the same model always answers the same way, different models miss different items,
+and profiling measures each area's skill exactly (to the nearest 1/n). Any other
+prompt, or a model without skills, is answered exactly as before.
 """
 
 from __future__ import annotations
 
 import hashlib
 
-from selector_model.profiling.suite import by_prompt
+from selector_model.profiling.suite import Item, Suite, by_prompt
 
 from .catalog import ModelSpec
 from .textgen import Rng, prose
@@ -23,10 +25,16 @@ from .textgen import Rng, prose
 _WRONG_TOKENS = 24
 
 
-def correct(spec: ModelSpec, prompt: str, skill: float) -> bool:
-    """The deterministic draw: u(model, prompt) in [0, 1) below the skill."""
-    digest = hashlib.sha256(f"profiling\0{spec.name}\0{prompt}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") / 2.0**64 < skill
+def _draw(spec: ModelSpec, item: Item) -> bytes:
+    return hashlib.sha256(f"profiling\0{spec.name}\0{item.prompt}".encode()).digest()
+
+
+def correct(spec: ModelSpec, suite: Suite, item: Item, skill: float) -> bool:
+    """Whether the model gets `item` right: its rank among the area's items, ordered by
+    the (model, prompt) hash, is within the skill's share of them."""
+    area = [other for other in suite.items if other.area == item.area]
+    ranked = sorted(area, key=lambda other: _draw(spec, other))
+    return ranked.index(item) < round(skill * len(area))
 
 
 def suite_answer(spec: ModelSpec, prompt: str) -> str | None:
@@ -34,12 +42,13 @@ def suite_answer(spec: ModelSpec, prompt: str) -> str | None:
     skills in the item's area)."""
     if not spec.skills:
         return None
-    item = by_prompt().get(prompt)
-    if item is None:
+    found = by_prompt().get(prompt)
+    if found is None:
         return None
+    suite, item = found
     skill = dict(spec.skills).get(item.area)
     if skill is None:
         return None
-    if correct(spec, prompt, skill):
+    if correct(spec, suite, item, skill):
         return item.reference_answer()
     return "".join(prose(Rng(spec.name, prompt, "wrong"), _WRONG_TOKENS))

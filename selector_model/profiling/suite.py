@@ -153,11 +153,12 @@ def load(version: str = CURRENT_VERSION) -> Suite:
 
 
 @functools.cache
-def by_prompt() -> Mapping[str, Item]:
-    """Every shipped item by the exact text a model receives (the emulator answers these)."""
-    out: dict[str, Item] = {}
+def by_prompt() -> Mapping[str, tuple[Suite, Item]]:
+    """Every shipped item, with its suite, by the exact text a model receives (the
+    emulator answers these)."""
+    out: dict[str, tuple[Suite, Item]] = {}
     for path in sorted(_HERE.glob("suite_v*.yaml")):
-        version = path.stem.removeprefix("suite_v")
-        for item in load(version).items:
-            out[item.prompt] = item
+        suite = load(path.stem.removeprefix("suite_v"))
+        for item in suite.items:
+            out[item.prompt] = (suite, item)
     return out
