@@ -246,7 +246,15 @@ def test_store_reads_past_bad_entries_and_files(tmp_path: Path) -> None:
     good = {"score": 0.5, "n": 8, "suite_version": "1"}
     path.write_text(
         orjson.dumps(
-            {"a:1": {"math": good, "code": {"score": 7, "n": 1, "suite_version": "1"}}, "b:1": 3}
+            {
+                "a:1": {
+                    "math": good,
+                    "code": {"score": 7, "n": 1, "suite_version": "1"},
+                    "poetry": good,
+                    "knowledge": {"score": 0.5},
+                },
+                "b:1": 3,
+            }
         ).decode()
     )
     assert store.load_results(path) == {"a:1": {"math": 0.5}}

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .suite import AREAS
+
 log = logging.getLogger("autoroute.profiling")
 
 
@@ -68,6 +70,8 @@ def _parse(doc: Any) -> dict[str, dict[str, AreaResult]]:
             continue
         kept: dict[str, AreaResult] = {}
         for area, entry in areas.items():
+            if area not in AREAS:
+                continue  # from a newer suite with areas this version does not know
             try:
                 score = float(entry["score"])
                 if not 0.0 <= score <= 1.0:
