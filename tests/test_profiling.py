@@ -23,7 +23,7 @@ from proxy.config import Backend, Config, Health, Selector
 from proxy.emulator import EmulatorSettings
 from proxy.emulator.catalog import REGISTRY
 from proxy.emulator.skills import suite_answer
-from proxy.profiler import IdleProfiler, missing_areas
+from proxy.profiler import IdleProfiler, ProfileError, find_backend, missing_areas, profile
 from selector_model.profiling import store
 from selector_model.profiling.graders import (
     extract_choice,
@@ -543,3 +543,28 @@ async def test_proxy_profiles_listed_models_in_idle_time_and_no_others(
     assert set(profiled) == set(AREAS)
     assert status["profiling"]["profile_models"] == ["qwen2.5-coder:7b"]
     assert quick_emulator.state.requests["/api/chat"] == 50
+
+
+async def test_find_backend_takes_the_first_that_has_the_model(
+    servers: ServerThread, quick_emulator: Emulator
+) -> None:
+    small = Emulator(servers, EmulatorSettings(models=("qwen2.5:7b",)))
+    try:
+        config = Config(backends=(Backend(url=small.url), Backend(url=quick_emulator.url)))
+        async with aiohttp.ClientSession() as session:
+            assert await find_backend(session, config, "Qwen2.5:7B") == small.url
+            assert await find_backend(session, config, STRONG) == quick_emulator.url
+            with pytest.raises(ProfileError, match=f"{small.url}: does not have it"):
+                await find_backend(session, config, "phi4:14b")
+    finally:
+        small.stop()
+
+
+async def test_a_backend_error_stops_the_run(quick_emulator: Emulator) -> None:
+    quick_emulator.state.fault = "error500"
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(ProfileError, match="answered 500: llama runner process"):
+            await profile(session, quick_emulator.url, STRONG, areas=("math",))
+        with pytest.raises(ProfileError, match="answered 404: model 'nope:1b' not found"):
+            quick_emulator.state.fault = "none"
+            await profile(session, quick_emulator.url, "nope:1b", areas=("math",))
