@@ -97,6 +97,7 @@ def test_suite_file_errors_name_the_item() -> None:
         ("Answer: 3/28", 3 / 28),
         ("<think>maybe 7</think>It is 9.", 9.0),
         ("First 5, then 6.", 6.0),
+        ("To answer this, add 2 and 3: that makes 5.", 5.0),
         ("I do not know.", None),
     ],
 )
@@ -115,6 +116,7 @@ def test_extract_number(text: str, value: float | None) -> None:
         ("(b)", "B"),
         ("Let me see.\nC) Mitochondrion", "C"),
         ("The answer is a matter of taste.", None),
+        ("To answer A first: no.\nB) Nitrogen", "B"),
         ("I cannot decide.", None),
     ],
 )

@@ -39,7 +39,9 @@ def _wrong(why: str) -> Grade:
 
 _THINK = re.compile(r"<think>.*?</think>", re.S | re.I)
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?|-?\.\d+")
-_ANSWER_MARK = re.compile(r"answer\s*(?:is)?\s*[:=]?", re.I)
+# "Answer:", "answer =", "the answer is": not the bare word, which prose uses too.
+_MARK = r"answer(?:\s*is)?\s*[:=]|answer\s+is\b"
+_ANSWER_MARK = re.compile(_MARK, re.I)
 _BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
 
 
@@ -78,7 +80,7 @@ def extract_number(text: str) -> float | None:
     return _to_number(numbers[-1]) if numbers else None
 
 
-_LETTER_AFTER_MARK = re.compile(r"answer\s*(?:is)?\s*[:=]?\s*\**\s*\(?([A-J])\b\)?", re.I)
+_LETTER_AFTER_MARK = re.compile(rf"(?:{_MARK})\s*\**\s*\(?([A-J])\b\)?", re.I)
 _LONE_LETTER = re.compile(r"^\W*\(?([A-J])\)?[.):]?\W*$", re.I)
 _LETTER_LINE = re.compile(r"^\s*\**\(?([A-J])[).:]", re.M)
 
