@@ -17,6 +17,8 @@ from proxy.errors import error_response
 from proxy.learning import Learner
 from proxy.limits import read_body
 from proxy.protocol import JSON
+from selector_model.profiling import store as profile_store
+from selector_model.profiling.suite import CURRENT_VERSION as SUITE_VERSION
 
 _DETAILS = {
     "parent_model": "",
@@ -44,6 +46,7 @@ class AutoRoutes:
         self.usage = usage
         self.body_idle_seconds = body_idle_seconds
         self.learner = learner
+        self.profiles = profile_store.StoreCache(auto.config.profiles_path)
 
     def names(self) -> list[str]:
         return [AUTO, *(f"{AUTO}:{p}" for p in self.auto.config.profiles)]
@@ -145,15 +148,27 @@ class AutoRoutes:
                     "known": learning.known_prior_strength,
                     "unseen": learning.prior_strength,
                 },
-                "ranking": [s.describe() for s in decision.ranking],
+                "ranking": [self._with_measured(s.describe()) for s in decision.ranking],
                 "filtered": filtered,
             }
         )
+
+    def _with_measured(self, candidate: dict[str, Any]) -> dict[str, Any]:
+        """A ranking entry with the model's profiled areas, when it has been profiled."""
+        measured = self.profiles.scores(str(candidate.get("model", "")))
+        return {**candidate, "measured": measured} if measured else candidate
 
     async def status(self, request: web.Request) -> web.StreamResponse:
         doc = self.auto.status()
         if self.learner is not None:
             doc["learning"] = self.learner.status()
+        # "profiling": the profile store (the auto profiles are under "profiles").
+        doc["profiling"] = {
+            "path": str(self.profiles.path),
+            "suite_version": SUITE_VERSION,
+            "profile_models": list(self.auto.config.profile_models),
+            "models": self.profiles.describe(),
+        }
         return _json(doc)
 
     async def experiment(self, request: web.Request) -> web.StreamResponse:

@@ -180,6 +180,31 @@ async def _experiment_report(config: Config, name: str, since: str) -> None:
     print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
 
 
+def _profile(config: Config, args: argparse.Namespace) -> int:
+    from proxy import profiler
+    from selector_model.profiling.suite import SuiteError
+
+    try:
+        uvloop.run(
+            profiler.run_cli(
+                config,
+                args.model,
+                backend=args.backend,
+                areas=tuple(args.areas) if args.areas else None,
+                store_path=args.store or config.selector.profiles_path,
+                num_predict=args.num_predict or profiler.DEFAULT_NUM_PREDICT,
+                echo=print,
+            )
+        )
+    except (profiler.ProfileError, SuiteError) as exc:
+        print(f"autoroute profile: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("autoroute profile: interrupted; nothing stored", file=sys.stderr)
+        return 130
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="autoroute", description=__doc__)
     parser.add_argument("--config", help="config.yaml to read (default: ./config.yaml if present)")
@@ -215,6 +240,16 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("name")
     report.add_argument("--since", default="90d", help="90d, 24h or an ISO date/time")
     keys_cli.add_parser(commands)
+    prof = commands.add_parser(
+        "profile", help="measure a model's per-area ability on its backend (spends GPU time)"
+    )
+    prof.add_argument("model")
+    prof.add_argument("--backend", help="backend URL (default: the first configured that has it)")
+    # Also accepted after the subcommand; SUPPRESS keeps a --config given before it.
+    prof.add_argument("--config", default=argparse.SUPPRESS, help="config.yaml to read")
+    prof.add_argument("--areas", nargs="+", help="areas to profile (default: all)")
+    prof.add_argument("--store", help="profile store file (default: selector.profiles_path)")
+    prof.add_argument("--num-predict", type=int, default=None, help="token budget per answer")
     args = parser.parse_args(argv)
     if args.command in ("train", "evaluate"):
         if training_cli is None:
@@ -242,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "keys":
         return keys_cli.run(config, args)
+    if args.command == "profile":
+        return _profile(config, args)
     if args.command == "experiments":
         main_coro = _experiment_report(config, args.name, args.since)
     elif args.command == "usage":

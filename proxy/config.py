@@ -244,6 +244,11 @@ class Selector:
     # The user's own models described for `auto`, by name (see ModelEntry).
     models: dict[str, ModelEntry] = field(default_factory=dict)
     learning: Learning = field(default_factory=Learning)
+    # Measured per-area results of profiled models (`autoroute profile`), read by the
+    # selector; a JSON file keyed by model name.
+    profiles_path: str = "~/.local/state/autoroute/profiles.json"
+    # Models the proxy profiles in idle time (empty: never). Each prompt spends GPU time.
+    profile_models: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from proxy.errors import error_body, error_response
 from proxy.learning import Learner
 from proxy.logs import AccessLog
 from proxy.metrics import METRICS_PATH, Metrics
+from proxy.profiler import idle_profiler
 from proxy.protocol import JSON, JSON_V1, MODEL_ADMIN_PATHS, MODEL_ROUTED_PATHS, REQUEST_ID_HEADER
 from proxy.registry import Registry
 from proxy.relay import Outcome, Relay
@@ -136,6 +137,8 @@ class Proxy:
             self._spawn(self.key_store.run())
         self._spawn(self._watch_artifact())
         self._spawn(self.learner.run())
+        if self.config.selector.profile_models:
+            self._spawn(idle_profiler(self).run())
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)

@@ -6,6 +6,7 @@ Used by tests, benchmarks and the demo (no real Ollama is installed here). Modul
 * state.py - EmulatorSettings, EmulatorState (counters read by tests), STATE_KEY
 * wire.py - Go/Gin wire details: JSON encoding, decode errors, timestamps, 404/405
 * textgen.py - deterministic output plans (text, thinking, JSON, tool calls, embeddings)
+* skills.py - the profiling hook: per-area skill at the profiling suite's prompts
 * engine.py - pacing, model loading, disconnect detection, metrics
 * inference.py - validation shared by generate/chat and their compat wrappers
 * native.py - /api/generate, /api/chat, /api/embed, /api/embeddings

@@ -67,6 +67,9 @@ class ModelSpec:
     parent_model: str = ""
     system: str = ""
     extra_parameters: tuple[tuple[str, Any], ...] = field(default=())
+    # Emulator only: the chance of a correct answer to a profiling-suite prompt, per
+    # capability area (see skills.py). Empty: suite prompts get ordinary emulated text.
+    skills: tuple[tuple[str, float], ...] = ()
 
     @property
     def arch(self) -> str:
@@ -171,6 +174,22 @@ def valid_name(name: str) -> bool:
 
 _TOOLS = ("completion", "tools")
 
+
+def _skills(
+    knowledge: float, reasoning: float, math: float, code: float, instruction: float
+) -> tuple[tuple[str, float], ...]:
+    """Per-area skills, in the suite's area order. Made up for the emulator: a larger or
+    specialised model is better where one would expect, so that profiling (and `auto`
+    in the demo) tells the models apart."""
+    return (
+        ("knowledge", knowledge),
+        ("reasoning", reasoning),
+        ("math", math),
+        ("code", code),
+        ("instruction", instruction),
+    )
+
+
 CATALOG: tuple[ModelSpec, ...] = (
     ModelSpec(
         "qwen2.5:7b",
@@ -189,6 +208,7 @@ CATALOG: tuple[ModelSpec, ...] = (
         head_count=28,
         head_count_kv=4,
         license="Apache License 2.0",
+        skills=_skills(0.7, 0.6, 0.7, 0.65, 0.75),
     ),
     ModelSpec(
         "qwen2.5-coder:7b",
@@ -207,6 +227,7 @@ CATALOG: tuple[ModelSpec, ...] = (
         head_count=28,
         head_count_kv=4,
         license="Apache License 2.0",
+        skills=_skills(0.5, 0.5, 0.55, 0.85, 0.6),
     ),
     ModelSpec(
         "llama3.1:8b",
@@ -222,6 +243,7 @@ CATALOG: tuple[ModelSpec, ...] = (
         _LLAMA3,
         stop=("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
         license="LLAMA 3.1 COMMUNITY LICENSE AGREEMENT",
+        skills=_skills(0.65, 0.5, 0.45, 0.5, 0.75),
     ),
     ModelSpec(
         "gemma2:9b",
@@ -240,6 +262,7 @@ CATALOG: tuple[ModelSpec, ...] = (
         head_count=16,
         file_type=2,
         license="Gemma Terms of Use",
+        skills=_skills(0.7, 0.55, 0.5, 0.45, 0.75),
     ),
     ModelSpec(
         "mistral:7b",
@@ -256,6 +279,7 @@ CATALOG: tuple[ModelSpec, ...] = (
         stop=("[INST]", "[/INST]"),
         file_type=2,
         license="Apache License 2.0",
+        skills=_skills(0.55, 0.35, 0.3, 0.35, 0.6),
     ),
     ModelSpec(
         "codegemma:7b",
@@ -275,6 +299,7 @@ CATALOG: tuple[ModelSpec, ...] = (
         head_count_kv=16,
         file_type=2,
         license="Gemma Terms of Use",
+        skills=_skills(0.4, 0.35, 0.35, 0.7, 0.4),
     ),
     ModelSpec(
         "llama3.3:70b",
@@ -292,6 +317,7 @@ CATALOG: tuple[ModelSpec, ...] = (
         block_count=80,
         head_count=64,
         license="LLAMA 3.3 COMMUNITY LICENSE AGREEMENT",
+        skills=_skills(0.9, 0.8, 0.8, 0.8, 0.9),
     ),
     ModelSpec(
         "mixtral:8x7b",
@@ -308,6 +334,7 @@ CATALOG: tuple[ModelSpec, ...] = (
         stop=("[INST]", "[/INST]"),
         file_type=2,
         license="Apache License 2.0",
+        skills=_skills(0.7, 0.55, 0.5, 0.55, 0.7),
     ),
     ModelSpec(
         "qwen3:8b",
@@ -330,6 +357,7 @@ CATALOG: tuple[ModelSpec, ...] = (
             ("top_k", 20),
             ("top_p", 0.95),
         ),
+        skills=_skills(0.7, 0.75, 0.85, 0.75, 0.75),
     ),
     ModelSpec(
         "llava:7b",
@@ -347,6 +375,7 @@ CATALOG: tuple[ModelSpec, ...] = (
         stop=("[INST]", "[/INST]"),
         file_type=2,
         license="Apache License 2.0",
+        skills=_skills(0.45, 0.35, 0.25, 0.25, 0.5),
     ),
     ModelSpec(
         "nomic-embed-text:latest",

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from .catalog import ModelSpec, qualified, valid_name
 from .engine import parse_keep_alive
+from .skills import suite_answer
 from .state import EmulatorState
 from .textgen import Plan, count_tokens, plan
 from .wire import BodyError, check_fields, decode_json
@@ -236,6 +237,7 @@ def prepare_generate(state: EmulatorState, body: dict[str, Any]) -> Prepared:
         num_predict=num_predict,
         think=think,
         fmt=body.get("format"),
+        answer=suite_answer(spec, prompt) if not suffix else None,
     )
     return Prepared(spec, model, stream, keep_alive, key, p, late_error=late, raw=raw)
 
@@ -293,6 +295,7 @@ def prepare_chat(
         tools=tools,
         last_role=str(rendered[-1]["r"]),
         limit_is_cap=limit_is_cap,
+        answer=suite_answer(spec, str(rendered[-1]["c"])) if rendered[-1]["r"] == "user" else None,
     )
     return Prepared(spec, model, stream, keep_alive, key, p, late_error=late)
 

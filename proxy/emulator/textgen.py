@@ -168,13 +168,15 @@ def plan(
     tools: list[Any] | None = None,
     last_role: str = "user",
     limit_is_cap: bool = False,
+    answer: str | None = None,
 ) -> Plan:
     """Decide the output for (model, key). `key` is a canonical rendering of the input.
 
     An explicit num_predict is normally *reached* (the model rambles until cut, answer
     "length"), which lets tests and benchmarks choose output lengths. With
     `limit_is_cap` (Anthropic's mandatory max_tokens) it only caps the natural
-    default_tokens-long answer."""
+    default_tokens-long answer. `answer`: the text of a reply decided elsewhere (the
+    profiling hook, skills.py), of its natural length, only capped by num_predict."""
     rng = Rng(spec.name, key)
     limit = num_predict if num_predict is not None and num_predict > 0 else None
     out = Plan(prompt_tokens=prompt_tokens)
@@ -191,6 +193,8 @@ def plan(
         out.tool_calls, out.tool_tokens = [call], len(chunk_text(raw_call))
     elif fmt not in (None, "", "null"):
         out.content = chunk_text(format_text(fmt, rng))
+    elif answer is not None:
+        out.content = chunk_text(answer)
     else:
         exact = limit is not None and not limit_is_cap
         out.content = prose(rng, limit if exact and limit else default_tokens)
