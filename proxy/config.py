@@ -47,6 +47,10 @@ def _spool_dir() -> str:
     return str(state_dir() / "usage" / "spool")
 
 
+def _profiles_file() -> str:
+    return str(state_dir() / "profiles.json")
+
+
 @dataclass(frozen=True)
 class Listen:
     host: str = "127.0.0.1"
@@ -246,7 +250,7 @@ class Selector:
     learning: Learning = field(default_factory=Learning)
     # Measured per-area results of profiled models (`autoroute profile`), read by the
     # selector; a JSON file keyed by model name.
-    profiles_path: str = "~/.local/state/autoroute/profiles.json"
+    profiles_path: str = field(default_factory=_profiles_file)
     # Models the proxy profiles in idle time (empty: never). Each prompt spends GPU time.
     profile_models: tuple[str, ...] = ()
 

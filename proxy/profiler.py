@@ -20,6 +20,7 @@ import aiohttp
 
 from proxy.backends import normalize_model
 from proxy.config import Config
+from selector_model.catalog.knowledge import AREAS
 from selector_model.profiling import store
 from selector_model.profiling import suite as suite_module
 from selector_model.profiling.graders import Grade, grade
@@ -55,7 +56,7 @@ class Profile:
             totals.setdefault(item.area, []).append(result.score)
         return {
             area: (sum(totals[area]) / len(totals[area]), len(totals[area]))
-            for area in suite_module.AREAS
+            for area in AREAS
             if area in totals
         }
 

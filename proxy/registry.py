@@ -30,6 +30,7 @@ from selector_model.features import (
     params_from,
     quant_bits_from,
 )
+from selector_model.profiling.store import StoreCache
 
 log = logging.getLogger("autoroute.registry")
 
@@ -102,6 +103,12 @@ class Registry:
     def __init__(self, backends: BackendPool, catalog: Catalog | None = None) -> None:
         self.backends = backends
         self.catalog = catalog or catalog_for(backends.config)
+        # Per-area results of models profiled on the user's own backends
+        # (`autoroute profile`) win over the catalogue's published figures; the store
+        # is re-read only when its file changes.
+        self.profiles = StoreCache(backends.config.selector.profiles_path)
+        self._measured: dict[str, dict[str, float]] = {}
+        self._profiled = self.catalog
         self.cache = SimpleMemoryCache()
         self.models: dict[str, ModelInfo] = {}
         backends.listeners.append(self.refresh)
@@ -124,8 +131,17 @@ class Registry:
             await self.cache.set(digest, show)
         return show
 
+    def _catalog(self) -> Catalog:
+        """The catalogue with the profile store's measured areas applied."""
+        measured = self.profiles.measured()
+        if measured != self._measured:
+            self._measured = measured
+            self._profiled = self.catalog.with_measured(measured)
+        return self._profiled
+
     async def refresh(self) -> None:
         models: dict[str, ModelInfo] = {}
+        catalog = self._catalog()
         for state in self.backends.states:
             for tag in state.tags:
                 name = normalize_model(str(tag.get("model") or tag.get("name") or ""))
@@ -133,7 +149,7 @@ class Registry:
                     continue
                 show = await self._show(state, name, str(tag.get("digest") or ""))
                 if show is not None:
-                    models[name] = model_info(name, tag, show, self.catalog)
+                    models[name] = model_info(name, tag, show, catalog)
         self.set_models(models)
 
     def set_models(self, models: dict[str, ModelInfo]) -> None:

@@ -24,6 +24,7 @@ from proxy.emulator import EmulatorSettings
 from proxy.emulator.catalog import REGISTRY
 from proxy.emulator.skills import suite_answer
 from proxy.profiler import IdleProfiler, ProfileError, find_backend, missing_areas, profile
+from selector_model.catalog.knowledge import AREAS
 from selector_model.profiling import store
 from selector_model.profiling.graders import (
     extract_choice,
@@ -32,7 +33,7 @@ from selector_model.profiling.graders import (
     grade,
     grade_code,
 )
-from selector_model.profiling.suite import AREAS, SuiteError, load, parse
+from selector_model.profiling.suite import SuiteError, load, parse
 from tests.support import Emulator, Proxy, ServerThread
 
 ROOT = Path(__file__).resolve().parent.parent

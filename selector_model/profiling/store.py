@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .suite import AREAS
+from selector_model.catalog.knowledge import AREAS
 
 log = logging.getLogger("autoroute.profiling")
 

@@ -14,8 +14,9 @@ from typing import Any, Literal
 
 import yaml
 
+from selector_model.catalog.knowledge import AREAS
+
 # The selector's capability areas, in its order (the catalogue scores the same five).
-AREAS: tuple[str, ...] = ("knowledge", "reasoning", "math", "code", "instruction")
 Kind = Literal["choice", "number", "code", "instruction"]
 KINDS: tuple[str, ...] = ("choice", "number", "code", "instruction")
 CURRENT_VERSION = "1"
