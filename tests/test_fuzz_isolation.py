@@ -238,7 +238,9 @@ def test_two_keys_in_flight_with_hostile_heads_and_bodies(
     prx, emulators, access, events_path = setup
     expected: dict[Logical, bytes] = {}
     statuses: Counter[int] = Counter()
-    served: list[Sent] = []
+    # Every request the proxy answered itself or relayed (all but heads HTTP cannot
+    # carry): each leaves exactly one usage event.
+    answered: list[Sent] = []
 
     @settings(
         max_examples=EXAMPLES,
@@ -282,8 +284,12 @@ def test_two_keys_in_flight_with_hostile_heads_and_bodies(
             assert one.status, "no answer"
             assert one.status < 500, (one.status, one.body[:300], one.how)
             if one.status != 200:
+                if one.status == 400 and one.body.startswith(b"400 Bad Request"):
+                    continue  # a head HTTP cannot carry (control bytes): Go's answer
                 doc = orjson.loads(one.body.splitlines()[0] if one.body else b"{}")
                 assert isinstance(doc, dict) and isinstance(doc.get("error"), str), one.body
+                assert one.request_id, "an answer carries its X-Request-Id"
+                answered.append(one)
                 continue
             assert one.key == KEY_B or one.logical.model == ALLOWED, (
                 "key A ran a model outside its list",
@@ -292,8 +298,8 @@ def test_two_keys_in_flight_with_hostile_heads_and_bodies(
             )
             want = _expected(emulators[0].port, one.logical, expected)
             assert one.body == want, ("answer is not this request's", one.how, one.body[:200])
-            assert one.request_id, "a served answer carries its X-Request-Id"
-            served.append(one)
+            assert one.request_id, "an answer carries its X-Request-Id"
+            answered.append(one)
 
     pair()
     print(f"\nisolation fuzz: {sum(statuses.values())} requests; by status {dict(statuses)}")
@@ -308,7 +314,8 @@ def test_two_keys_in_flight_with_hostile_heads_and_bodies(
     for backend in orjson.loads(health)["backends"]:
         assert backend["circuit"] == "closed", backend
 
-    # Exactly one usage event per served request, found by the id its answer carried.
+    # Exactly one usage event per answered request, found by the id its answer carried
+    # (the proxy's own, or the client's kept as client_request_id).
     def ids() -> Counter[str]:
         found: Counter[str] = Counter()
         if events_path.exists():
@@ -321,10 +328,13 @@ def test_two_keys_in_flight_with_hostile_heads_and_bodies(
                         found[event[field]] += 1
         return found
 
-    wanted = {s.request_id for s in served}
-    assert _wait_for(lambda: wanted <= set(ids())), wanted - set(ids())
+    # A client may send the same id on several requests: each of them is one event.
+    wanted = Counter(s.request_id for s in answered)
+    assert _wait_for(lambda: all(ids()[i] >= n for i, n in wanted.items()))
     counts = ids()
-    assert all(counts[i] == 1 for i in wanted), {i: counts[i] for i in wanted if counts[i] != 1}
+    assert all(counts[i] == n for i, n in wanted.items()), {
+        i: (counts[i], n) for i, n in wanted.items() if counts[i] != n
+    }
 
     # The access log still writes: a last request's line appears.
     marker = f"marker-{next(_nonces)}"
