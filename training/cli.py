@@ -159,7 +159,8 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="MODULE:FUNCTION",
         default=None,
         help="a function called with the AutoRouter that returns a hook "
-        "(request body, chosen model, outcome) -> None, fed during feedback passes",
+        "(request body, chosen model, outcome) -> None, fed during feedback passes; "
+        "training.replay:online_learner is the proxy's own online learning",
     )
     parser.add_argument("--passes", type=int, default=3, help="feedback passes (default 3)")
     parser.add_argument("--seed", type=int, default=0)

@@ -251,6 +251,23 @@ def replay_fleet(
     return result
 
 
+def online_learner(router: AutoRouter) -> Feedback:
+    """The proxy's own online learning as the feedback: each recorded score is a rating
+    (`POST /api/autoroute/feedback`) of the answer, counted into the router's evidence
+    for the prompt's kind beside the P(success) the selector gave that model, as
+    `proxy.learning` counts a rating."""
+
+    def feed(body: Mapping[str, Any], model: str, score: float) -> None:
+        profile = str(body["model"]).partition(":")[2] or router.config.default_profile
+        choice = router.decide("/api/chat", body, profile)
+        prior = next(s.p_success for s in choice.decision.ranking if s.name == model)
+        kind = choice.decision.kind
+        if kind is not None:
+            router.evidence.update(kind, model, score, prior)
+
+    return feed
+
+
 def load_feedback(spec: str) -> FeedbackFactory:
     """`module:function`, a `FeedbackFactory` (e.g. the online learner's)."""
     module, _, name = spec.partition(":")
