@@ -209,6 +209,27 @@ class Chosen:
     propensity: float
 
 
+# The share of this kind's pooled gap (outcomes minus expectations, over every model
+# with evidence) that a model without evidence of its own is moved by.
+POOL_SHARE = 0.5
+
+
+def _pooled_shift(evidence: Mapping[str, Sequence[float]], prior_strength: float) -> float:
+    """How far a model without evidence moves: the models that were chosen show how far
+    the selector's P(success) is off for this kind of prompt. Without this, only the
+    chosen model's overconfidence is corrected (the chosen is the one whose P was
+    highest, so the most likely overestimated), and the next-ranked model, as
+    overestimated but never tried, takes its place."""
+    gap = count = 0.0
+    for got in evidence.values():
+        if got[1] > 0:
+            gap += float(got[0]) - float(got[2])
+            count += float(got[1])
+    if count <= 0:
+        return 0.0
+    return POOL_SHARE * gap / (prior_strength + count)
+
+
 def choose(
     ranking: list[Scored],
     evidence: Mapping[str, Sequence[float]],
@@ -231,10 +252,27 @@ def choose(
     blended = ranking
     if evidence:
         blended = []
+        shift = _pooled_shift(evidence, prior_strength)
         for s in ranking:
             got = evidence.get(s.name)
             if got is None or got[1] <= 0:
-                blended.append(s)
+                if shift:
+                    blend = min(1 - _P_FLOOR, max(_P_FLOOR, s.p_success + shift))
+                    blended.append(
+                        Scored(
+                            s.name,
+                            s.p_success,
+                            s.seconds,
+                            s.utility - s.p_success + blend,
+                            s.known,
+                            0.0,
+                            None,
+                            None,
+                            blend,
+                        )
+                    )
+                else:
+                    blended.append(s)
                 continue
             successes, count, expected = float(got[0]), float(got[1]), float(got[2])
             strength = known_prior_strength if s.known else prior_strength

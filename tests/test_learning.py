@@ -24,7 +24,7 @@ from proxy.learning import Learner, evidence_from_events
 from selector_model import outcome
 from selector_model.evidence import Evidence
 from selector_model.kind import kind_of
-from selector_model.policy import choose, pick, rank
+from selector_model.policy import POOL_SHARE, choose, pick, rank
 from tests.support import Emulator, Proxy, ServerThread
 from tests.test_usage_services import Database
 from training.data import prompt_request
@@ -280,12 +280,21 @@ def _check_learned(doc: dict[str, Any], picked: str, runner_up: str) -> None:
     """The new prompt goes to the runner-up, by the blend of prior and evidence."""
     assert doc["model"] == runner_up and doc["reason"] == "learned" and doc["kind"] == "math"
     rows = {r["model"]: r for r in doc["ranking"]}
+
+    def gap(row: dict[str, Any]) -> float:
+        evidence = row["evidence"]
+        return float(
+            evidence["count"] * ((evidence["mean"] or 0.0) - (evidence["expected"] or 0.0))
+        )
+
+    # A model without evidence of its own moves by a share of the kind's pooled gap.
+    pooled_count = sum(r["evidence"]["count"] for r in rows.values())
+    pooled = sum(gap(r) for r in rows.values()) / (doc["prior_strength"]["unseen"] + pooled_count)
     for row in rows.values():
         strength = doc["prior_strength"]["known" if row["known_to_artifact"] else "unseen"]
-        evidence = row["evidence"]
-        count = evidence["count"]
-        gap = count * ((evidence["mean"] or 0.0) - (evidence["expected"] or 0.0))
-        assert row["blend"] == pytest.approx(row["prior"] + gap / (strength + count), abs=1e-3)
+        count = row["evidence"]["count"]
+        want = row["prior"] + (gap(row) / (strength + count) if count else POOL_SHARE * pooled)
+        assert row["blend"] == pytest.approx(want, abs=1e-3)
     assert rows[picked]["evidence"]["mean"] == 0.0
     assert rows[runner_up]["evidence"]["mean"] > 0.99
     assert (
