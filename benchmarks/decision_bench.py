@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.stream_bench import PY, loadgen, start, wait_ready
+from benchmarks.servers import PY, check_alive, ensure_free, start, wait_ready
+from benchmarks.stream_bench import loadgen
 from proxy.auto import AutoRouter
 from proxy.backends import BackendPool
 from proxy.cli import freeze_loaded
@@ -190,8 +191,12 @@ async def decision_breakdown(rounds: int) -> list[tuple[int, int, dict[str, floa
 
 def end_to_end(seconds: float, rounds: int) -> tuple[list[float], list[float]]:
     emu_port, proxy_port = 18534, 18535
+    ensure_free(emu_port, proxy_port)
     procs = [
-        start([PY, "-m", "proxy.cli", "emulate", "--port", str(emu_port), "--chunk-ms", "5"]),
+        start(
+            [PY, "-m", "proxy.cli", "emulate", "--port", str(emu_port), "--chunk-ms", "5"],
+            port=emu_port,
+        ),
         start(
             [PY, "-m", "proxy.cli", "serve"],
             {
@@ -199,6 +204,7 @@ def end_to_end(seconds: float, rounds: int) -> tuple[list[float], list[float]]:
                 "AUTOROUTE_LISTEN__PORT": str(proxy_port),
                 "AUTOROUTE_BACKENDS": f"http://127.0.0.1:{emu_port}",
             },
+            port=proxy_port,
         ),
     ]
     try:
@@ -213,6 +219,7 @@ def end_to_end(seconds: float, rounds: int) -> tuple[list[float], list[float]]:
                 ttfc = result["ttfc"]
                 assert isinstance(ttfc, list) and not result["errors"], result["errors"]
                 sink.extend(ttfc)
+        check_alive()
         return named, auto
     finally:
         for proc in procs:

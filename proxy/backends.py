@@ -1,7 +1,9 @@
 """The backends: which models each one has and has loaded, its health, and the choice.
 
 Model lists come from each backend's `/api/tags` and `/api/ps`, refreshed in the
-background: the request path only reads what the last refresh found.
+background: the request path only reads what the last refresh found. `/api/tags` is the
+health check; `/api/ps` is optional information that older Ollama releases and
+Ollama-compatible servers do not serve.
 """
 
 from __future__ import annotations
@@ -32,6 +34,19 @@ def normalize_model(name: str) -> str:
 # Answers that speak of the backend, not of the request: a gateway in front of Ollama
 # that cannot reach it (502, 504), or Ollama refusing more work (503, its full queue).
 UNAVAILABLE_STATUSES = frozenset({502, 503, 504})
+
+
+# Answers to `/api/ps` that say the backend does not have the endpoint, not that it is
+# unwell: its loaded set is then unknown and routing does without it.
+NO_ENDPOINT_STATUSES = frozenset({404, 405, 501})
+
+
+class StatusError(UpstreamError):
+    """The backend answered, with a status other than 200."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class NoBackend(Exception):
@@ -193,14 +208,14 @@ class BackendPool:
             conn.close()
             raise
         if response.status != 200:
-            raise UpstreamError(f"{method} {path} answered {response.status}")
+            raise StatusError(f"{method} {path} answered {response.status}", response.status)
         return orjson.loads(answer)
 
     async def refresh(self, state: BackendState) -> None:
         try:
             async with asyncio.timeout(max(self.config.health.interval_seconds, 1.0)):
                 tags, ps = await asyncio.gather(
-                    self.get_json(state, "/api/tags"), self.get_json(state, "/api/ps")
+                    self.get_json(state, "/api/tags"), self._loaded_models(state)
                 )
         except (UpstreamError, TimeoutError, OSError, ValueError) as exc:
             if state.last_error != str(exc):
@@ -212,11 +227,22 @@ class BackendPool:
             normalize_model(m.get("model") or m.get("name", "")) for m in state.tags
         )
         state.loaded = frozenset(
-            normalize_model(m.get("model") or m.get("name", "")) for m in ps.get("models") or ()
+            normalize_model(m.get("model") or m.get("name", ""))
+            for m in ps.get("models") or ()
+            if isinstance(m, dict)
         )
         if state.last_error:
             log.info("backend %s healthy again", state.label)
         state.succeeded()
+
+    async def _loaded_models(self, state: BackendState) -> Any:
+        """The backend's `/api/ps`, or an empty list when it has no such endpoint."""
+        try:
+            return await self.get_json(state, "/api/ps")
+        except StatusError as exc:
+            if exc.status not in NO_ENDPOINT_STATUSES:
+                raise
+            return {"models": []}
 
     async def refresh_all(self) -> None:
         await asyncio.gather(*(self.refresh(s) for s in self.states))

@@ -11,12 +11,13 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.config import Health
 from proxy.server import PROXY_KEY
 from tests.conftest import FROZEN
-from tests.support import AUTO_NAMES, Emulator, Proxy, ServerThread
+from tests.support import AUTO_NAMES, Emulator, Proxy, ServerThread, free_port
 
 SHARED = "qwen2.5:7b"
 ONLY_A = "llama3.1:8b"
@@ -480,3 +481,65 @@ async def test_after_the_retries_the_client_gets_the_last_backends_answer(pair: 
     pair.a.state.fault = pair.b.state.fault = "none"
     status, _ = await post(pair.proxy.url, "/api/generate", generate(SHARED))
     assert status == 200
+
+
+def _tags_failing_app() -> web.Application:
+    """A backend whose health check fails: `/api/tags` answers 500 while `/api/ps`
+    answers, so only the missing model list can make it unhealthy."""
+
+    async def tags(request: web.Request) -> web.Response:
+        return web.json_response({"error": "model store unreadable"}, status=500)
+
+    async def ps(request: web.Request) -> web.Response:
+        return web.json_response({"models": []})
+
+    app = web.Application()
+    app.router.add_get("/api/tags", tags)
+    app.router.add_get("/api/ps", ps)
+    return app
+
+
+async def test_a_backend_without_api_ps_is_healthy_and_serves(servers: ServerThread) -> None:
+    """An older Ollama (or an Ollama-compatible server) answers 404 to `/api/ps`: it is
+    healthy while `/api/tags` answers, its loaded set is empty, and requests reach it;
+    a backend whose `/api/tags` fails is unhealthy all the same."""
+    old = Emulator(servers, dataclasses.replace(FROZEN, models=(ONLY_A,), ps_missing=True))
+    broken_port = free_port()
+    broken = servers.serve(_tags_failing_app, broken_port)
+    broken_url = f"http://127.0.0.1:{broken_port}"
+    proxy = Proxy(
+        servers, [old.url, broken_url], health=Health(interval_seconds=60, failure_threshold=1)
+    )
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(old.url + "/api/ps") as resp:
+                assert resp.status == 404  # the emulator plays the older server
+            for _ in range(2):  # each refresh keeps the verdict, including after a load
+                status, body = await post(proxy.url, "/api/generate", generate(ONLY_A))
+                assert status == 200 and orjson.loads(body)["done"] is True
+                status, body = await post(
+                    proxy.url,
+                    "/api/chat",
+                    {
+                        "model": ONLY_A,
+                        "messages": [{"role": "user", "content": "hi"}],
+                        "stream": False,
+                    },
+                )
+                assert status == 200 and orjson.loads(body)["done"] is True
+                proxy.thread.call(proxy.app[PROXY_KEY].backends.refresh_all)
+            async with session.get(proxy.url + "/api/autoroute/health") as resp:
+                health = await resp.json()
+        assert health["status"] == "degraded"
+        by_url = {b["url"]: b for b in health["backends"]}
+        assert by_url[old.url]["circuit"] == "closed"
+        assert by_url[old.url]["error"] is None
+        assert by_url[old.url]["models"] == [ONLY_A]
+        assert by_url[old.url]["loaded"] == []
+        assert by_url[broken_url]["circuit"] == "open"
+        assert "/api/tags answered 500" in by_url[broken_url]["error"]
+        assert old.state.requests["/api/generate"] == 2
+    finally:
+        proxy.stop()
+        servers.stop(broken)
+        old.stop()

@@ -18,7 +18,7 @@ from .catalog import REGISTRY, ModelSpec, normalize_name, valid_name
 from .inference import Refusal, read_body
 from .native import LazyStream
 from .state import STATE_KEY, EmulatorState
-from .wire import JSON_BARE, dumps, empty_ok, error, gin_json, go_time
+from .wire import JSON_BARE, dumps, empty_ok, error, gin_json, gin_not_found, go_time
 
 _DIGEST = re.compile(r"^sha256[:-][0-9a-fA-F]{64}$")
 _DEFAULT_NUM_CTX = 4096  # what /api/ps reports as context_length without num_ctx
@@ -73,6 +73,8 @@ async def handle_tags(request: web.Request) -> web.Response:
 
 async def handle_ps(request: web.Request) -> web.Response:
     state = _state(request)
+    if state.settings.ps_missing:
+        return gin_not_found()
     rows = []
     for name, expiry in list(state.loaded.items()):
         spec = state.store.get(name)

@@ -51,6 +51,9 @@ class EmulatorSettings:
     version: str = OLLAMA_VERSION
     # How long a model stays loaded after its last request (/api/ps expires_at).
     keep_alive_seconds: float = 300.0
+    # Answer /api/ps with Gin's 404, as Ollama releases before it and some
+    # Ollama-compatible servers do.
+    ps_missing: bool = False
 
     def token_delay(self) -> float:
         """Seconds between two generated tokens."""
