@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import errno
 import gc
 import importlib
+import importlib.metadata
 import logging
 import signal
 import sys
 from types import ModuleType
+from typing import Any
 
 import orjson
 import uvloop
@@ -18,7 +21,7 @@ from aiohttp import web
 
 from proxy import config as config_module
 from proxy import keys_cli, logs
-from proxy.config import Backend, Config, ConfigError, state_dir
+from proxy.config import ENV_PREFIX, Backend, Config, ConfigError, state_dir
 
 log = logging.getLogger("autoroute")
 
@@ -27,6 +30,15 @@ DEMO_BACKENDS = (
     ("gpu-a", 11501, ("qwen2.5:7b", "llama3.1:8b", "qwen2.5-coder:7b", "nomic-embed-text:latest")),
     ("gpu-b", 11502, ("gemma2:9b", "mistral:7b", "codegemma:7b", "mixtral:8x7b", "qwen3:8b")),
 )
+
+
+class PortInUse(Exception):
+    """A server cannot listen: something else already has its address."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(f"{host}:{port} is already in use")
+        self.host = host
+        self.port = port
 
 
 async def start_site(
@@ -41,7 +53,13 @@ async def start_site(
 
     runner = proxy_runner(app, config) if config is not None else ollama_runner(app)
     await runner.setup()
-    await web.TCPSite(runner, host, port, backlog=1024).start()
+    try:
+        await web.TCPSite(runner, host, port, backlog=1024).start()
+    except OSError as exc:
+        await runner.cleanup()
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUse(host, port) from exc
+        raise
     return runner
 
 
@@ -205,13 +223,101 @@ def _profile(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="autoroute", description=__doc__)
-    parser.add_argument("--config", help="config.yaml to read (default: ./config.yaml if present)")
+TRAIN_EXTRA = (
+    "the training extra (xgboost, onnxmltools, matplotlib) is not installed; "
+    "from a clone of the repository: pip install -e '.[train]'"
+)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("ollama-autoroute")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed: run from a clone without pip install -e .)"
+
+
+def environment_help() -> str:
+    """The `AUTOROUTE_*` variables most people set, with their defaults (as `ollama
+    serve --help` lists OLLAMA_*); any other setting follows the same pattern."""
+    defaults = Config()
+    rows = (
+        ("CONFIG", "config file", "./config.yaml if present"),
+        ("BACKENDS", "comma-separated backend URLs", ",".join(b.url for b in defaults.backends)),
+        ("LISTEN__HOST", "address the proxy listens on", defaults.listen.host),
+        ("LISTEN__PORT", "port the proxy listens on", str(defaults.listen.port)),
+        ("LOGGING__LEVEL", "DEBUG, INFO, WARNING, ERROR, CRITICAL", defaults.logging.level),
+        ("LOGGING__JSON", "log lines as JSON", str(defaults.logging.json).lower()),
+        ("USAGE__FILE_PATH", "usage events file", defaults.usage.file_path),
+    )
+    lines = ["environment variables (a flag wins over a variable, a variable over the file):"]
+    for name, what, default in rows:
+        lines.append(f"  {ENV_PREFIX + name:<28}{what} (default: {default})")
+    lines.append(f"  {ENV_PREFIX + '<SECTION>__<KEY>':<28}any other setting of config.yaml,")
+    lines.append(f"  {'':<28}e.g. {ENV_PREFIX}TIMEOUTS__IDLE_READ_SECONDS=300")
+    return "\n".join(lines)
+
+
+def _command(commands: Any, name: str, help: str) -> argparse.ArgumentParser:
+    """A subcommand whose --help ends with the environment variables."""
+    parser: argparse.ArgumentParser = commands.add_parser(
+        name,
+        help=help,
+        description=help,
+        epilog=environment_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return parser
+
+
+def _config_flag(parser: argparse.ArgumentParser) -> None:
+    # Also accepted after the subcommand; SUPPRESS keeps a --config given before it.
+    parser.add_argument(
+        "--config", default=argparse.SUPPRESS, metavar="FILE", help="config.yaml to read"
+    )
+
+
+def _command_word(words: list[str]) -> str | None:
+    """The subcommand in `words` (skipping `--config FILE` before it)."""
+    skip = False
+    for word in words:
+        if skip:
+            skip = False
+        elif word == "--config":
+            skip = True
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def build_parser(training_cli: ModuleType | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="autoroute",
+        description=__doc__,
+        epilog=environment_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"autoroute {_version()}")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="config.yaml to read (default: $AUTOROUTE_CONFIG, else ./config.yaml if present)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("serve", help="run the proxy")
+    serve_parser = _command(commands, "serve", "run the proxy")
+    _config_flag(serve_parser)
+    serve_parser.add_argument("--host", help="address to listen on (listen.host)")
+    serve_parser.add_argument("--port", type=int, help="port to listen on (listen.port)")
+    serve_parser.add_argument(
+        "--backend",
+        action="append",
+        metavar="URL",
+        help="an Ollama backend, e.g. http://127.0.0.1:11434; repeat for several "
+        "(replaces `backends`)",
+    )
     commands.add_parser("hash-key", help="print a new random API key and the sha256 for auth.keys")
-    commands.add_parser("demo", help="run two emulated backends and the proxy in front of them")
+    demo_parser = _command(commands, "demo", "run emulated backends and the proxy in front of them")
+    _config_flag(demo_parser)
+    demo_parser.add_argument("--port", type=int, help="port the proxy listens on (listen.port)")
     em = commands.add_parser("emulate", help="run an Ollama emulator (a stand-in GPU backend)")
     em.add_argument("--host", default="127.0.0.1")
     em.add_argument("--port", type=int, default=11434)
@@ -220,44 +326,91 @@ def main(argv: list[str] | None = None) -> int:
     usage = commands.add_parser("usage", help="usage events").add_subparsers(
         dest="usage_command", required=True
     )
-    exp = usage.add_parser("export", help="write usage events (PostgreSQL, else the file)")
+    exp = _command(usage, "export", "write usage events (PostgreSQL, else the file)")
+    _config_flag(exp)
     exp.add_argument("--since", default="24h", help="24h, 7d, 30m or an ISO date/time")
     exp.add_argument("--format", choices=("jsonl", "parquet"), default="jsonl")
     exp.add_argument("--output", "-o", help="file to write (default: standard output)")
-    train = commands.add_parser("train", help="train a selector artifact (needs .[train])")
-    evaluate = commands.add_parser("evaluate", help="evaluate an artifact on the test split")
-    # xgboost, onnxmltools and matplotlib load only for the commands that use them:
-    # they would add ~150 MB to every `serve` and `emulate` process.
-    words = sys.argv[1:] if argv is None else argv
-    training_cli = _training_cli() if {"train", "evaluate"} & set(words) else None
+    train = _command(commands, "train", "train a selector artifact (needs the train extra)")
+    evaluate = _command(
+        commands, "evaluate", "evaluate an artifact on the test split (needs the train extra)"
+    )
     if training_cli is not None:
         training_cli.add_train_arguments(train)
         training_cli.add_evaluate_arguments(evaluate)
     experiments = commands.add_parser("experiments", help="A/B experiments").add_subparsers(
         dest="experiments_command", required=True
     )
-    report = experiments.add_parser("report", help="per-variant results with significance")
+    report = _command(experiments, "report", "per-variant results with significance")
+    _config_flag(report)
     report.add_argument("name")
     report.add_argument("--since", default="90d", help="90d, 24h or an ISO date/time")
     keys_cli.add_parser(commands)
-    prof = commands.add_parser(
-        "profile", help="measure a model's per-area ability on its backend (spends GPU time)"
+    prof = _command(
+        commands, "profile", "measure a model's per-area ability on its backend (spends GPU time)"
     )
     prof.add_argument("model")
     prof.add_argument("--backend", help="backend URL (default: the first configured that has it)")
-    # Also accepted after the subcommand; SUPPRESS keeps a --config given before it.
-    prof.add_argument("--config", default=argparse.SUPPRESS, help="config.yaml to read")
+    _config_flag(prof)
     prof.add_argument("--areas", nargs="+", help="areas to profile (default: all)")
     prof.add_argument("--store", help="profile store file (default: selector.profiles_path)")
     prof.add_argument("--num-predict", type=int, default=None, help="token budget per answer")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _with_flags(config: Config, args: argparse.Namespace) -> Config:
+    """The flags of `serve` and `demo` over the loaded configuration."""
+    host = getattr(args, "host", None)
+    port = getattr(args, "port", None)
+    backends = getattr(args, "backend", None)
+    if host is None and port is None and not backends:
+        return config
+    listen = dataclasses.replace(
+        config.listen,
+        host=config.listen.host if host is None else host,
+        port=config.listen.port if port is None else port,
+    )
+    return dataclasses.replace(
+        config,
+        listen=listen,
+        backends=tuple(Backend(url=url) for url in backends) if backends else config.backends,
+    ).check()
+
+
+def port_in_use_message(exc: PortInUse, command: str, config: Config) -> str:
+    """Which port, what moves it, and for the demo that another demo may hold it."""
+    if command == "emulate":
+        return f"autoroute emulate: port {exc.port} on {exc.host} is already in use; use --port"
+    if exc.port == config.listen.port:
+        moves = f"--port, listen.port in the config file or {ENV_PREFIX}LISTEN__PORT"
+        message = (
+            f"autoroute {command}: port {exc.port} on {exc.host} is already in use; "
+            f"choose another with {moves}"
+        )
+    else:
+        message = (
+            f"autoroute {command}: port {exc.port} on {exc.host} (an emulated backend's) "
+            "is already in use"
+        )
+    if command == "demo":
+        message += "; another `autoroute demo` may be running"
+    return message
+
+
+def main(argv: list[str] | None = None) -> int:
+    words = sys.argv[1:] if argv is None else argv
+    # xgboost, onnxmltools and matplotlib load only for the commands that use them:
+    # they would add ~150 MB to every `serve` and `emulate` process.
+    command = _command_word(words)
+    training_cli = _training_cli() if command in ("train", "evaluate") else None
+    if command in ("train", "evaluate") and training_cli is None:
+        # Before parsing: without the extra the commands have no arguments to parse,
+        # and `train --help` would print an empty help.
+        print(f"autoroute {command}: {TRAIN_EXTRA}", file=sys.stderr)
+        return 2
+    args = build_parser(training_cli).parse_args(words)
     if args.command in ("train", "evaluate"):
-        if training_cli is None:
-            print(
-                "autoroute: training needs its extra: pip install 'ollama-autoroute[train]'",
-                file=sys.stderr,
-            )
-            return 2
+        assert training_cli is not None
         run = training_cli.run_train if args.command == "train" else training_cli.run_evaluate
         return int(run(args))
 
@@ -269,8 +422,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     try:
-        config = config_module.load(args.config)
-    except (ConfigError, OSError) as exc:
+        config = _with_flags(config_module.load(args.config), args)
+    except ConfigError as exc:
         print(f"autoroute: configuration error: {exc}", file=sys.stderr)
         return 2
     logs.setup(config.logging.level, config.logging.json)
@@ -296,6 +449,9 @@ def main(argv: list[str] | None = None) -> int:
         uvloop.run(main_coro)
     except ConfigError as exc:
         print(f"autoroute: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except PortInUse as exc:
+        print(port_in_use_message(exc, args.command, config), file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"autoroute: {exc}", file=sys.stderr)

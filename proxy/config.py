@@ -9,6 +9,7 @@ Any setting can be overridden as `AUTOROUTE_<SECTION>__<KEY>` (for example
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import os
 import socket
@@ -26,7 +27,17 @@ ENV_PREFIX = "AUTOROUTE_"
 
 
 class ConfigError(ValueError):
-    """A configuration that cannot work; the message says which key and why."""
+    """A configuration that cannot work; the message says which key and why.
+
+    `key` is the dotted setting at fault ("listen.port") when one is, so that `load`
+    can name where its value came from: the file or an environment variable."""
+
+    def __init__(self, message: str, key: str = "") -> None:
+        super().__init__(message)
+        self.key = key
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def state_dir(name: str = "autoroute") -> Path:
@@ -358,6 +369,12 @@ class Config:
     auth: Auth = field(default_factory=Auth)
 
     def check(self) -> Config:
+        if self.logging.level.upper() not in LOG_LEVELS:
+            raise ConfigError(
+                f"logging.level: {self.logging.level!r} is not a level; use one of "
+                f"{', '.join(LOG_LEVELS)}",
+                key="logging.level",
+            )
         if not self.backends:
             raise ConfigError("backends: at least one backend is required")
         seen: set[str] = set()
@@ -430,11 +447,20 @@ def _build(cls: type[T], data: Mapping[str, Any], where: str) -> T:
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
     hints = get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = set(data) - names
+    unknown = sorted(map(str, set(data) - names))
     if unknown:
-        raise ConfigError(f"{where or 'config'}: unknown key(s) {sorted(unknown)}")
+        raise ConfigError(
+            f"{where.rstrip('.') or 'config'}: unknown key {unknown[0]!r}"
+            f"{_did_you_mean(unknown[0], names)}",
+            key=f"{where}{unknown[0]}",
+        )
     values = {name: _coerce(hints[name], data[name], f"{where}{name}") for name in data}
     return cls(**values)
+
+
+def _did_you_mean(word: str, choices: set[str], render: str = "{}") -> str:
+    close = difflib.get_close_matches(word, sorted(choices), n=1)
+    return f"; did you mean {render.format(close[0])!r}?" if close else ""
 
 
 def _coerce(hint: Any, value: Any, where: str) -> Any:
@@ -444,7 +470,7 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     if origin is dict:
         _, item_type = get_args(hint)
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a mapping")
+            raise ConfigError(f"{where}: expected a mapping", key=where)
         return {
             str(k): _coerce(item_type, {} if v is None else v, f"{where}.{k}")
             for k, v in value.items()
@@ -454,7 +480,7 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"{where}: expected a list")
+            raise ConfigError(f"{where}: expected a list", key=where)
         if item is Backend:
             return tuple(
                 Backend(url=v) if isinstance(v, str) else _build(Backend, v, where + ".")
@@ -463,7 +489,7 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         return tuple(_coerce(item, v, where) for v in value)
     if origin is Literal:
         if value not in get_args(hint):
-            raise ConfigError(f"{where}: {value!r} is not one of {list(get_args(hint))}")
+            raise ConfigError(f"{where}: {value!r} is not one of {list(get_args(hint))}", key=where)
         return value
     if hint is bool:
         if isinstance(value, str):
@@ -472,27 +498,58 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
             if value.lower() in ("0", "false", "no", "off"):
                 return False
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+            raise ConfigError(f"{where}: expected true or false, got {value!r}", key=where)
         return value
     if hint in (int, float, str):
         try:
             return hint(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}") from None
+            raise ConfigError(
+                f"{where}: expected {hint.__name__}, got {value!r}", key=where
+            ) from None
     return value
 
 
-def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The settings `AUTOROUTE_*` variables give, as a tree, and which variable gave
+    each (by dotted setting). A variable that names no setting is an error about that
+    variable: merged into the file's settings, it would read as a mistake in the file."""
     tree: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     for key, value in environ.items():
         if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "CONFIG":
             continue
         path = key[len(ENV_PREFIX) :].lower().split("__")
+        _check_env_path(key, path)
         node = tree
         for part in path[:-1]:
             node = node.setdefault(part, {})
         node[path[-1]] = value
-    return tree
+        sources[".".join(path)] = key
+    return tree, sources
+
+
+def _check_env_path(variable: str, path: list[str]) -> None:
+    hint: Any = Config
+    for depth, part in enumerate(path):
+        if dataclasses.is_dataclass(hint):
+            names = {f.name for f in dataclasses.fields(hint)}
+            if part not in names:
+                prefix = "__".join(path[:depth]).upper()
+                render = ENV_PREFIX + (f"{prefix}__" if prefix else "") + "{}"
+                known = {name.upper() for name in names}
+                hint_text = _did_you_mean(part.upper(), known, render)
+                raise ConfigError(
+                    f"environment variable {variable}: no setting "
+                    f"{'.'.join(path[: depth + 1])}{hint_text}"
+                )
+            hint = get_type_hints(hint)[part]
+        elif get_origin(hint) is dict:
+            hint = get_args(hint)[1]
+        else:
+            raise ConfigError(
+                f"environment variable {variable}: {'.'.join(path[:depth])} has no sub-settings"
+            )
 
 
 def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -515,11 +572,40 @@ def load(
         path = environ.get(ENV_PREFIX + "CONFIG") or (
             "config.yaml" if Path("config.yaml").exists() else None
         )
+    overrides, sources = _env_overrides(environ)
     data: dict[str, Any] = {}
     if path is not None:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-        data = loaded
-    data = _merge(data, _env_overrides(environ))
-    return _build(Config, data, "").check()
+        data = _read_yaml(Path(path))
+    try:
+        return _build(Config, _merge(data, overrides), "").check()
+    except ConfigError as exc:
+        if not exc.key:
+            raise
+        # Name where the bad value came from: a variable, else the file.
+        for setting, variable in sources.items():
+            if exc.key == setting or exc.key.startswith(setting + "."):
+                raise ConfigError(f"environment variable {variable}: {exc}", exc.key) from None
+        if path is not None:
+            raise ConfigError(f"{path}: {exc}", exc.key) from None
+        raise
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        loaded = yaml.safe_load(text) or {}
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = exc.problem or exc.context or "cannot be parsed"
+        raise ConfigError(f"{path}: invalid YAML{at}: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return loaded

@@ -1,0 +1,289 @@
+"""The command line: flags, help with the environment variables, and one-line errors."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from proxy import cli, config
+from proxy.cli import PortInUse, build_parser, main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _shipped_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test starts from the shipped config.yaml and no other AUTOROUTE_* variable."""
+    for name in list(os.environ):
+        if name.startswith("AUTOROUTE_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AUTOROUTE_CONFIG", str(ROOT / "config.yaml"))
+
+
+def _error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    """Runs the CLI expecting exit code 2; its stderr, checked to be one line."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.count("\n") == 1, err
+    return err.strip()
+
+
+@pytest.mark.parametrize("command", [["serve"], ["demo"], ["usage", "export"], ["profile"]])
+def test_help_lists_the_flags_and_the_environment_variables(
+    capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "--config FILE" in out
+    assert "AUTOROUTE_CONFIG" in out
+    assert "AUTOROUTE_BACKENDS          comma-separated backend URLs " in out
+    assert "(default: http://127.0.0.1:11434)" in out
+    assert "AUTOROUTE_LISTEN__HOST      address the proxy listens on (default: 127.0.0.1)" in out
+    assert "AUTOROUTE_LISTEN__PORT      port the proxy listens on (default: 11435)" in out
+    assert "AUTOROUTE_<SECTION>__<KEY>  any other setting of config.yaml" in out
+
+
+def test_serve_help_lists_host_port_and_repeatable_backend(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    out = capsys.readouterr().out
+    assert "--host HOST" in out and "--port PORT" in out
+    assert "--backend URL" in out and "repeat for" in out
+
+
+def test_demo_has_a_port_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    assert "--port PORT" in capsys.readouterr().out
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("autoroute ") and out.split()[1][0].isdigit(), out
+
+
+def test_serve_flags_win_over_file_and_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("listen: {host: 127.0.0.1, port: 9000}\n")
+    monkeypatch.setenv("AUTOROUTE_LISTEN__PORT", "9100")
+    # --config after the subcommand, and before it.
+    for argv in (
+        ["serve", "--config", str(path)],
+        ["--config", str(path), "serve"],
+    ):
+        args = build_parser(None).parse_args(
+            [
+                *argv,
+                "--host",
+                "0.0.0.0",
+                "--port",
+                "9200",
+                "--backend",
+                "http://10.0.0.1:11434",
+                "--backend",
+                "http://10.0.0.2:11434",
+            ]
+        )
+        assert args.config == str(path)
+        loaded = config.load(args.config)
+        assert loaded.listen.port == 9100  # the variable over the file
+        cfg = cli._with_flags(loaded, args)
+        assert (cfg.listen.host, cfg.listen.port) == ("0.0.0.0", 9200)
+        assert [b.url for b in cfg.backends] == ["http://10.0.0.1:11434", "http://10.0.0.2:11434"]
+
+
+def test_demo_port_flag_moves_the_proxy() -> None:
+    args = build_parser(None).parse_args(["demo", "--port", "11999"])
+    cfg = cli.demo_config(cli._with_flags(config.load(None), args))
+    assert cfg.listen.port == 11999
+
+
+@pytest.mark.parametrize("argv", [["train", "--help"], ["train"], ["evaluate"], ["evaluate", "x"]])
+def test_without_the_train_extra_says_how_to_install_it(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, argv: list[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "training.cli", None)  # import fails as if not installed
+    err = _error(capsys, argv)
+    assert err == (
+        f"autoroute {argv[0]}: the training extra (xgboost, onnxmltools, matplotlib) is not "
+        "installed; from a clone of the repository: pip install -e '.[train]'"
+    )
+
+
+def test_with_the_train_extra_train_help_lists_its_flags(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    pytest.importorskip("xgboost")
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "--from dataset|FILE.jsonl" in out
+    assert "AUTOROUTE_LISTEN__PORT" in out
+
+
+def test_invalid_yaml_names_the_file_and_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("listen:\n  port: 1\n host: x\n")
+    err = _error(capsys, ["serve", "--config", str(path)])
+    assert err == (
+        f"autoroute: configuration error: {path}: invalid YAML at line 3, column 2: "
+        "expected <block end>, but found '<block mapping start>'"
+    )
+    assert "<unicode string>" not in err
+
+
+def test_missing_config_file_is_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "absent.yaml"
+    err = _error(capsys, ["--config", str(path), "serve"])
+    assert err == f"autoroute: configuration error: {path}: no such file"
+
+
+def test_unknown_key_suggests_the_closest(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("listen: {prot: 8080}\n")
+    err = _error(capsys, ["serve", "--config", str(path)])
+    assert err == (
+        f"autoroute: configuration error: {path}: listen: unknown key 'prot'; did you mean 'port'?"
+    )
+
+
+def test_unknown_section_suggests_the_closest(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("timeout: {}\n")
+    with pytest.raises(config.ConfigError) as error:
+        config.load(path, environ={})
+    assert str(error.value) == f"{path}: config: unknown key 'timeout'; did you mean 'timeouts'?"
+
+
+def test_bad_logging_level_is_a_clear_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("logging: {level: verbose}\n")
+    err = _error(capsys, ["serve", "--config", str(path)])
+    assert err == (
+        f"autoroute: configuration error: {path}: logging.level: 'verbose' is not a level; "
+        "use one of DEBUG, INFO, WARNING, ERROR, CRITICAL"
+    )
+
+
+def test_environment_variable_typo_is_reported_as_that_variable(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AUTOROUTE_LISTEN__PROT", "8080")
+    err = _error(capsys, ["serve"])
+    assert err == (
+        "autoroute: configuration error: environment variable AUTOROUTE_LISTEN__PROT: "
+        "no setting listen.prot; did you mean 'AUTOROUTE_LISTEN__PORT'?"
+    )
+    assert "config.yaml" not in err
+
+
+def test_environment_variable_bad_value_is_reported_as_that_variable(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AUTOROUTE_LOGGING__LEVEL", "loud")
+    err = _error(capsys, ["serve"])
+    assert err == (
+        "autoroute: configuration error: environment variable AUTOROUTE_LOGGING__LEVEL: "
+        "logging.level: 'loud' is not a level; use one of DEBUG, INFO, WARNING, ERROR, CRITICAL"
+    )
+    monkeypatch.setenv("AUTOROUTE_LOGGING__LEVEL", "INFO")
+    monkeypatch.setenv("AUTOROUTE_LISTEN__PORT", "eleven")
+    err = _error(capsys, ["serve"])
+    assert err == (
+        "autoroute: configuration error: environment variable AUTOROUTE_LISTEN__PORT: "
+        "listen.port: expected int, got 'eleven'"
+    )
+
+
+def test_environment_variable_typo_in_a_nested_setting() -> None:
+    environ = {"AUTOROUTE_SELECTOR__PROFILES__FAST__COST_WEIGT": "1"}
+    with pytest.raises(config.ConfigError) as error:
+        config.load(None, environ={"AUTOROUTE_CONFIG": str(ROOT / "config.yaml"), **environ})
+    assert str(error.value) == (
+        "environment variable AUTOROUTE_SELECTOR__PROFILES__FAST__COST_WEIGT: no setting "
+        "selector.profiles.fast.cost_weigt; did you mean "
+        "'AUTOROUTE_SELECTOR__PROFILES__FAST__COST_WEIGHT'?"
+    )
+
+
+def test_serve_on_a_port_in_use_names_it_and_what_moves_it(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "proxy.cli",
+                "serve",
+                "--port",
+                str(port),
+                "--backend",
+                "http://127.0.0.1:9",
+                "--config",
+                str(ROOT / "config.yaml"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+            env={**os.environ, "AUTOROUTE_USAGE__FILE_PATH": str(tmp_path / "e.jsonl")},
+        )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"autoroute serve: port {port} on 127.0.0.1 is already in use; choose another with "
+        "--port, listen.port in the config file or AUTOROUTE_LISTEN__PORT"
+    )
+
+
+def test_demo_port_in_use_says_another_demo_may_be_running() -> None:
+    cfg = config.load(None)
+    proxy_port = cli.demo_config(cfg).listen.port
+    assert cli.port_in_use_message(PortInUse("127.0.0.1", proxy_port), "demo", cfg) == (
+        f"autoroute demo: port {proxy_port} on 127.0.0.1 is already in use; choose another "
+        "with --port, listen.port in the config file or AUTOROUTE_LISTEN__PORT; "
+        "another `autoroute demo` may be running"
+    )
+    backend_port = proxy_port + 1
+    assert cli.port_in_use_message(PortInUse("127.0.0.1", backend_port), "demo", cfg) == (
+        f"autoroute demo: port {backend_port} on 127.0.0.1 (an emulated backend's) is already "
+        "in use; another `autoroute demo` may be running"
+    )
+
+
+async def test_start_site_reports_the_port_in_use() -> None:
+    from aiohttp import web
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(PortInUse) as error:
+            await cli.start_site(web.Application(), "127.0.0.1", port)
+    assert (error.value.host, error.value.port) == ("127.0.0.1", port)
