@@ -422,7 +422,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     try:
-        config = _with_flags(config_module.load(args.config), args)
+        config = config_module.load(args.config)
+        if args.command in ("serve", "demo"):
+            # `profile --backend` names where to profile, not the proxy's backends.
+            config = _with_flags(config, args)
     except ConfigError as exc:
         print(f"autoroute: configuration error: {exc}", file=sys.stderr)
         return 2
