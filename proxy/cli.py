@@ -11,6 +11,7 @@ import json
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from types import ModuleType
 
 import orjson
@@ -46,11 +47,16 @@ async def start_site(
     return runner
 
 
-async def _serve_forever(runners: list[web.AppRunner]) -> None:
+async def _serve_forever(
+    runners: list[web.AppRunner], ready: Callable[[], None] | None = None
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # `ready` runs once Ctrl-C stops the servers cleanly (the demo's banner says so).
+    if ready is not None:
+        ready()
     try:
         await stop.wait()
     finally:
@@ -194,8 +200,7 @@ async def demo(config: Config) -> None:
     runners.append(
         await start_site(create_app(config), config.listen.host, config.listen.port, config)
     )
-    print(demo_banner(config), flush=True)
-    await _serve_forever(runners)
+    await _serve_forever(runners, lambda: print(demo_banner(config), flush=True))
 
 
 def _training_cli() -> ModuleType | None:
