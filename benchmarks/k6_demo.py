@@ -229,7 +229,7 @@ def main() -> int:
         wait_ready(args.port, "/api/tags")
         proxy = f"http://127.0.0.1:{args.port}"
         # Loads every model once and fills the registry, so neither side pays it timed.
-        run("passthrough", proxy, {"VUS": "4", "DURATION": "3s"})
+        run("passthrough", proxy, {"VUS": "4", "DURATION": "3s", "MODEL": NAMED_MODEL})
         if args.soak:
             return 1 if soak(args, proxy, proxy_proc.pid) else 0
         return 1 if scripts(args, proxy) else 0
