@@ -41,9 +41,11 @@ from benchmarks.stream_bench import k6_path, rss_kib
 from proxy.cli import DEMO_BACKENDS
 
 SCRIPTS = ROOT / "benchmarks" / "k6"
-# gpu-a serves every model the scripts name directly (llama3.1:8b, qwen2.5-coder:7b).
+# gpu-a serves every model the scripts name directly: its first (MODEL, and auto's
+# stand-in on direct runs) and qwen2.5-coder:7b (FIM_MODEL).
 DIRECT = f"http://127.0.0.1:{DEMO_BACKENDS[0][1]}"
-NAMED = {"AUTO_MODEL": "llama3.1:8b"}
+NAMED_MODEL = DEMO_BACKENDS[0][2][0]
+NAMED = {"AUTO_MODEL": NAMED_MODEL}
 SCRIPTS_RUN = ("passthrough", "chat_auto", "editor_mix", "openai_sse")
 
 
@@ -99,7 +101,7 @@ HEADER = f"{'script':12} {'via':7} {'requests':>9} {'failed':>7} {'ttfb p50':>10
 
 
 def scripts(args: argparse.Namespace, proxy: str) -> int:
-    env = {"VUS": str(args.vus), "DURATION": args.duration}
+    env = {"VUS": str(args.vus), "DURATION": args.duration, "MODEL": NAMED_MODEL}
     failed = 0
     print(HEADER)
     for script in SCRIPTS_RUN:
@@ -240,7 +242,7 @@ def main() -> int:
         wait_ready(args.port, "/api/tags")
         proxy = f"http://127.0.0.1:{args.port}"
         # Loads every model once and fills the registry, so neither side pays it timed.
-        run("passthrough", proxy, {"VUS": "4", "DURATION": "3s"})
+        run("passthrough", proxy, {"VUS": "4", "DURATION": "3s", "MODEL": NAMED_MODEL})
         failed = soak(args, proxy, proxy_proc.pid) if args.soak else scripts(args, proxy)
         check_alive()  # numbers from servers that died mid-run are numbers of nothing
         return 1 if failed else 0

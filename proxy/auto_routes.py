@@ -30,6 +30,27 @@ _DETAILS = {
 }
 
 
+# What the answer's X-Autoroute-* headers (and explain's fields of the same names) mean;
+# explain returns it so that the meaning is where the numbers are.
+LEGEND = {
+    "X-Autoroute-Model": "the model auto chose (explain: model)",
+    "X-Autoroute-Profile": "the profile used: auto is auto:<selector.default_profile>",
+    "X-Autoroute-Reason": (
+        "why this model (explain: reason): ml = the best score; pinned = the profile's "
+        "default (or the best model the selector knows) kept, since no other leads it by "
+        "selector.min_gain; learned = the best once outcomes of earlier requests of this "
+        "kind are counted; explore = another candidate tried, to learn about it; "
+        "experiment = an A/B experiment's variant; fallback = no selector artifact, "
+        "a size-based heuristic chose"
+    ),
+    "X-Autoroute-Score": (
+        "the chosen model's utility (explain: ranking[].utility) = P(success) - "
+        "cost_weight * expected seconds, for the profile's cost_weight; higher is "
+        "better, comparable only within one profile"
+    ),
+}
+
+
 def _json(doc: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(doc), headers={"Content-Type": JSON})
 
@@ -150,6 +171,7 @@ class AutoRoutes:
                 },
                 "ranking": [self._with_measured(s.describe()) for s in decision.ranking],
                 "filtered": filtered,
+                "legend": LEGEND,
             }
         )
 

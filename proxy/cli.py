@@ -9,26 +9,28 @@ import errno
 import gc
 import importlib
 import importlib.metadata
+import json
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
 import orjson
-import uvloop
 from aiohttp import web
 
 from proxy import config as config_module
-from proxy import keys_cli, logs
+from proxy import event_loop, keys_cli, logs
 from proxy.config import ENV_PREFIX, Backend, Config, ConfigError, state_dir
 
 log = logging.getLogger("autoroute")
 
-# The demo's two emulated backends: different model sets, so routing is visible.
+# The demo's two emulated backends: a small fast model, a coder, a large model and a
+# vision model, so that `auto` visibly picks differently per prompt and per profile.
 DEMO_BACKENDS = (
-    ("gpu-a", 11501, ("qwen2.5:7b", "llama3.1:8b", "qwen2.5-coder:7b", "nomic-embed-text:latest")),
-    ("gpu-b", 11502, ("gemma2:9b", "mistral:7b", "codegemma:7b", "mixtral:8x7b", "qwen3:8b")),
+    ("gpu-a", 11501, ("llama3.2:3b", "qwen2.5-coder:7b", "nomic-embed-text:latest")),
+    ("gpu-b", 11502, ("llama3.3:70b", "llava:7b")),
 )
 
 
@@ -63,11 +65,16 @@ async def start_site(
     return runner
 
 
-async def _serve_forever(runners: list[web.AppRunner]) -> None:
+async def _serve_forever(
+    runners: list[web.AppRunner], ready: Callable[[], None] | None = None
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # `ready` runs once Ctrl-C stops the servers cleanly (the demo's banner says so).
+    if ready is not None:
+        ready()
     try:
         await stop.wait()
     finally:
@@ -133,10 +140,11 @@ async def emulate(
     await _serve_forever([runner])
 
 
-def demo_config(config: Config) -> Config:
+def demo_config(config: Config, terminal: bool = False) -> Config:
     """The demo's configuration: its emulated backends, and usage events under its own
     name (`$XDG_STATE_HOME/autoroute-demo/`), never into the file (or the databases)
-    that `serve` records real traffic in and training reads."""
+    that `serve` records real traffic in and training reads. On a terminal (`terminal`)
+    it logs readable text instead of JSON lines."""
     own = state_dir("autoroute-demo") / "usage"
     usage = dataclasses.replace(
         config.usage,
@@ -145,11 +153,52 @@ def demo_config(config: Config) -> Config:
         postgres_dsn=None,
         kafka_bootstrap=None,
     )
+    logging_ = dataclasses.replace(config.logging, json=config.logging.json and not terminal)
     return dataclasses.replace(
         config,
         backends=tuple(Backend(url=f"http://127.0.0.1:{p}", name=n) for n, p, _ in DEMO_BACKENDS),
         usage=usage,
+        logging=logging_,
     ).check()
+
+
+# Prompts on which the demo's `auto` chooses differently (see DEMO_BACKENDS).
+DEMO_CODE_PROMPT = "Write a Python function that reverses a linked list."
+DEMO_GENERAL_PROMPT = "Summarize the history of the Roman Empire in three sentences."
+
+
+def _chat_body(model: str, prompt: str) -> str:
+    doc = {"model": model, "messages": [{"role": "user", "content": prompt}], "stream": False}
+    # json, not orjson: its default separators (", ", ": ") read as people write JSON.
+    return json.dumps(doc)
+
+
+def demo_banner(config: Config) -> str:
+    """What the demo prints once it listens: where, which models, what to try."""
+    address = f"http://{config.listen.host}:{config.listen.port}"
+    width = max(len(name) for name, _, _ in DEMO_BACKENDS)
+    backends = "\n".join(
+        f"  {name:<{width}}  http://127.0.0.1:{port}  {', '.join(models)}"
+        for name, port, models in DEMO_BACKENDS
+    )
+    large = DEMO_BACKENDS[1][2][0]
+    return (
+        f"\nautoroute demo: the proxy is on {address}, in front of two emulated Ollama\n"
+        f"backends (no GPU; the answers are made-up text):\n{backends}\n"
+        f"\n"
+        f"Let auto choose; the X-Autoroute-Model header names the model it chose:\n"
+        f"  curl -i {address}/api/chat -d '{_chat_body('auto', DEMO_CODE_PROMPT)}'\n"
+        f"See why, without generating anything (the whole ranking; try another prompt,\n"
+        f"auto:fast or auto:best, or an image):\n"
+        f"  curl {address}/api/autoroute/explain -d "
+        f"'{_chat_body('auto', DEMO_GENERAL_PROMPT)}'\n"
+        f"Name a model yourself, as with Ollama:\n"
+        f"  curl {address}/api/chat -d '{_chat_body(large, 'hello')}'\n"
+        f"  OLLAMA_HOST={address} ollama list\n"
+        f"\n"
+        f"Usage events: {config.usage.file_path}\n"
+        f"Ctrl-C to stop.\n"
+    )
 
 
 async def demo(config: Config) -> None:
@@ -157,6 +206,8 @@ async def demo(config: Config) -> None:
     from proxy.emulator import create_app as create_emulator
     from proxy.server import create_app
 
+    config = demo_config(config, terminal=sys.stderr.isatty())
+    logs.setup(config.logging.level, config.logging.json)
     runners = []
     for name, port, models in DEMO_BACKENDS:
         app = create_emulator(EmulatorSettings(models=models))
@@ -164,20 +215,10 @@ async def demo(config: Config) -> None:
         log.info(
             "emulated backend %s on http://127.0.0.1:%d with %s", name, port, ", ".join(models)
         )
-    config = demo_config(config)
     runners.append(
         await start_site(create_app(config), config.listen.host, config.listen.port, config)
     )
-    address = f"http://{config.listen.host}:{config.listen.port}"
-    print(
-        f"\nautoroute demo: proxy on {address} in front of two emulated Ollama backends.\n"
-        f"  try:  OLLAMA_HOST={address} ollama list   (or)\n"
-        f'        curl {address}/api/chat -d \'{{"model": "llama3.1:8b", '
-        f'"messages": [{{"role": "user", "content": "hello"}}]}}\'\n'
-        f"  usage events: {config.usage.file_path}\n",
-        file=sys.stderr,
-    )
-    await _serve_forever(runners)
+    await _serve_forever(runners, lambda: print(demo_banner(config), flush=True))
 
 
 def _training_cli() -> ModuleType | None:
@@ -203,7 +244,7 @@ def _profile(config: Config, args: argparse.Namespace) -> int:
     from selector_model.profiling.suite import SuiteError
 
     try:
-        uvloop.run(
+        event_loop.run(
             profiler.run_cli(
                 config,
                 args.model,
@@ -449,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
         models = tuple(m.strip() for m in args.models.split(",")) if args.models else None
         main_coro = emulate(args.host, args.port, models, args.chunk_ms)
     try:
-        uvloop.run(main_coro)
+        event_loop.run(main_coro)
     except ConfigError as exc:
         print(f"autoroute: configuration error: {exc}", file=sys.stderr)
         return 2

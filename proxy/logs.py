@@ -65,8 +65,11 @@ class AccessLog:
         stream: Any = None,
         interval: float = 0.25,
         max_pending: int = 10_000,
+        json: bool = True,
     ) -> None:
         self.enabled = enabled
+        # False: one readable `key=value` line per request, for a person at a terminal.
+        self.json = json
         self.stream = stream if stream is not None else sys.stderr
         self.interval = interval
         self.max_pending = max_pending
@@ -95,7 +98,7 @@ class AccessLog:
                 "msg": "request",
             }
             doc.update((k, v) for k, v in fields.items() if v is not None and v != "")
-            lines.append(_dumps(doc))
+            lines.append(_dumps(doc) if self.json else _text(doc))
         try:
             self.stream.write("\n".join(lines) + "\n")
             self.stream.flush()
@@ -132,6 +135,14 @@ def _dumps(doc: dict[str, Any]) -> str:
         return orjson.dumps(
             {k: doc[k] for k in ("ts", "level", "logger", "msg")} | {"unserialisable": repr(doc)}
         ).decode()
+
+
+def _text(doc: dict[str, Any]) -> str:
+    """An access line for a terminal: time, then the request's fields as key=value."""
+    rest = " ".join(
+        f"{k}={valid(str(v))}" for k, v in doc.items() if k not in ("ts", "level", "logger", "msg")
+    )
+    return f"{doc['ts']} {doc['msg']} {rest}"
 
 
 def _valid(value: Any) -> Any:

@@ -76,7 +76,7 @@ class Proxy:
         self.config = config
         self._background: set[asyncio.Task[None]] = set()
         logging_on = config.logging.access and log.isEnabledFor(logging.INFO)
-        self.access = AccessLog(enabled=logging_on)
+        self.access = AccessLog(enabled=logging_on, json=config.logging.json)
         # Request ids: a random prefix per process and a counter, unique without a
         # syscall or a uuid per request.
         self._id_prefix = os.urandom(6).hex()

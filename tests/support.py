@@ -13,9 +13,9 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 import orjson
-import uvloop
 from aiohttp import web
 
+from proxy import event_loop
 from proxy.config import Backend, Config, Listen, Usage
 from proxy.connection import ollama_runner
 from proxy.connection import runner as proxy_runner
@@ -49,7 +49,7 @@ class ServerThread:
     """An event loop in a thread serving aiohttp applications until `close()`."""
 
     def __init__(self) -> None:
-        self.loop = uvloop.new_event_loop()
+        self.loop = event_loop.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
 

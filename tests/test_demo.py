@@ -1,0 +1,206 @@
+"""`autoroute demo`: backends whose models make `auto` visibly choose, a banner that
+shows `auto` first, and readable logs on a terminal."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+import os
+import pty
+import select
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from proxy.cli import (
+    DEMO_BACKENDS,
+    DEMO_CODE_PROMPT,
+    DEMO_GENERAL_PROMPT,
+    demo_banner,
+    demo_config,
+)
+from proxy.config import Config, Listen
+from proxy.emulator import EmulatorSettings
+from proxy.emulator.catalog import REGISTRY
+from proxy.logs import AccessLog
+from tests.support import PIXEL_PNG, Emulator, Proxy, ServerThread, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_MODELS = [m for _, _, models in DEMO_BACKENDS for m in models]
+
+
+def params_b(model: str) -> float:
+    return REGISTRY[model].parameter_count / 1e9
+
+
+def test_the_demo_backends_hold_a_small_a_large_a_coder_and_a_vision_model() -> None:
+    assert all(m in REGISTRY for m in DEMO_MODELS), DEMO_MODELS
+    chat = [m for m in DEMO_MODELS if REGISTRY[m].has("completion")]
+    assert min(params_b(m) for m in chat) < 4  # small and fast
+    assert max(params_b(m) for m in chat) > 30  # large
+    assert any(REGISTRY[m].has("insert") and dict(REGISTRY[m].skills)["code"] >= 0.8 for m in chat)
+    assert any(REGISTRY[m].has("vision") for m in chat)
+    # Each backend serves something the other does not.
+    first, second = (set(models) for _, _, models in DEMO_BACKENDS)
+    assert first - second and second - first
+
+
+def chat(model: str, prompt: str, **extra: Any) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "user", "content": prompt, **extra}
+    return {"model": model, "messages": [message], "stream": False}
+
+
+async def post(url: str, body: dict[str, Any]) -> tuple[int, dict[str, str], dict[str, Any]]:
+    async with aiohttp.ClientSession() as session, session.post(url, json=body) as resp:
+        return resp.status, dict(resp.headers), orjson.loads(await resp.read())
+
+
+async def explain(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    status, _, doc = await post(url + "/api/autoroute/explain", body)
+    assert status == 200, doc
+    return doc
+
+
+@pytest.fixture
+def demo_proxy(servers: ServerThread, tmp_path: Path) -> Iterator[Proxy]:
+    """The demo's backends (as emulators on free ports) behind a proxy with the demo's
+    configuration."""
+    emulators = [Emulator(servers, EmulatorSettings(models=m)) for _, _, m in DEMO_BACKENDS]
+    demo = demo_config(Config(listen=Listen(port=free_port())))
+    proxy = Proxy(servers, [e.url for e in emulators], selector=demo.selector)
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+        for emu in emulators:
+            emu.stop()
+
+
+async def test_auto_chooses_differently_per_prompt_and_profile_on_the_demo(
+    demo_proxy: Proxy,
+) -> None:
+    url = demo_proxy.url
+    # Until the health checks have found every demo model.
+    for _ in range(600):
+        doc = await explain(url, chat("auto:best", "hello"))
+        ranked = {r["model"] for r in doc["ranking"]} | set(doc["filtered"])
+        if {m for m in DEMO_MODELS if REGISTRY[m].has("completion")} <= ranked:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError(f"the demo's models never all reached auto: {doc}")
+
+    code = await explain(url, chat("auto", DEMO_CODE_PROMPT))
+    general = await explain(url, chat("auto", DEMO_GENERAL_PROMPT))
+    image = await explain(url, chat("auto", "What is in this picture?", images=[PIXEL_PNG]))
+    assert code["model"] != general["model"], (code["ranking"], general["ranking"])
+    assert REGISTRY[image["model"]].has("vision")
+    assert not REGISTRY[code["model"]].has("vision")
+    fast = await explain(url, chat("auto:fast", DEMO_GENERAL_PROMPT))
+    best = await explain(url, chat("auto:best", DEMO_GENERAL_PROMPT))
+    assert params_b(fast["model"]) < params_b(best["model"]), (fast["model"], best["model"])
+    # explain says what the answer's headers mean.
+    assert {"X-Autoroute-Reason", "X-Autoroute-Score"} <= set(code["legend"])
+    assert "cost_weight" in code["legend"]["X-Autoroute-Score"]
+
+    # The banner's auto example, answered: the headers name the model explain ranked first.
+    status, headers, answer = await post(url + "/api/chat", chat("auto", DEMO_CODE_PROMPT))
+    assert status == 200 and answer["model"] == code["model"]
+    assert headers["X-Autoroute-Model"] == code["model"]
+    assert headers["X-Autoroute-Reason"] == code["reason"]
+    assert float(headers["X-Autoroute-Score"]) == pytest.approx(
+        code["ranking"][0]["utility"], abs=1e-3
+    )
+
+
+def test_the_banner_shows_auto_first_the_models_and_how_to_stop() -> None:
+    config = demo_config(Config(listen=Listen(port=18123)))
+    banner = demo_banner(config)
+    address = "http://127.0.0.1:18123"
+    assert address in banner
+    for name, port, models in DEMO_BACKENDS:
+        line = next(x for x in banner.splitlines() if x.strip().startswith(name))
+        assert f"http://127.0.0.1:{port}" in line and ", ".join(models) in line
+    curls = [x.strip() for x in banner.splitlines() if x.strip().startswith("curl")]
+    assert '"model": "auto"' in curls[0]  # auto comes first
+    assert any(f"{address}/api/autoroute/explain" in c for c in curls)
+    assert any(f'"model": "{DEMO_BACKENDS[1][2][0]}"' in c for c in curls)
+    assert banner.rstrip().endswith("Ctrl-C to stop.")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_autoroute_demo_prints_the_banner_and_logs_text_on_a_terminal(tmp_path: Path) -> None:
+    """The real command: banner on stdout, readable log lines when stderr is a terminal,
+    the auto example answered, Ctrl-C stops it."""
+    if not all(_port_free(port) for _, port, _ in DEMO_BACKENDS):
+        pytest.skip("another demo holds the demo's backend ports")
+    port = free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "XDG_STATE_HOME": str(tmp_path),
+        "AUTOROUTE_LISTEN__PORT": str(port),
+    }
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proxy.cli", "demo"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=terminal,
+        text=True,
+    )
+    os.close(terminal)
+    try:
+        assert proc.stdout is not None
+        banner = []
+        while not banner or banner[-1].strip() != "Ctrl-C to stop.":
+            line = proc.stdout.readline()
+            assert line, f"the demo ended before its banner: {''.join(banner)}"
+            banner.append(line)
+        text = "".join(banner)
+        assert f"http://127.0.0.1:{port}" in text and '"model": "auto"' in text
+        logged = b""
+        while b"emulated backend gpu-b" not in logged:
+            ready, _, _ = select.select([controller], [], [], 30)
+            assert ready, f"no log line on the terminal: {logged!r}"
+            logged += os.read(controller, 4096)
+        lines = [x for x in logged.decode().splitlines() if x.strip()]
+        assert lines and not any(x.lstrip().startswith("{") for x in lines), lines
+        assert any("INFO" in x and "emulated backend gpu-a" in x for x in lines), lines
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(30)
+        os.close(controller)
+    assert code == 0
+
+
+def test_the_demo_keeps_json_logs_off_a_terminal() -> None:
+    config = Config()
+    assert demo_config(config, terminal=False).logging.json
+    assert not demo_config(config, terminal=True).logging.json
+    quiet = dataclasses.replace(config, logging=dataclasses.replace(config.logging, json=False))
+    assert not demo_config(quiet, terminal=False).logging.json
+
+
+def test_the_access_log_reads_as_text_when_json_is_off() -> None:
+    stream = io.StringIO()
+    access = AccessLog(enabled=True, stream=stream, json=False)
+    access.record({"method": "POST", "path": "/api/chat", "model": "auto", "status": 200})
+    access.flush()
+    line = stream.getvalue().strip()
+    assert not line.startswith("{")
+    assert line.endswith("request method=POST path=/api/chat model=auto status=200"), line
