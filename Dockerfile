@@ -20,7 +20,7 @@ FROM ${BASE}
 ENV PATH=/opt/autoroute/bin:$PATH
 COPY --from=build /wheels /wheels
 RUN python3 -m venv /opt/autoroute \
-    && /opt/autoroute/bin/pip install --no-cache-dir /wheels/*.whl \
+    && /opt/autoroute/bin/pip install --no-cache-dir --no-index /wheels/*.whl \
     && rm -rf /wheels \
     && useradd --create-home --uid 10001 --user-group autoroute \
     && mkdir -p /var/lib/autoroute \
