@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -455,3 +456,36 @@ def test_leave_k_out_holds_models_out_of_training(data: Any) -> None:
     everything, held = results
     assert len(everything.fleet) == 9 and len(everything.unseen) == 3
     assert sorted(held.fleet) == sorted(held.unseen) == sorted(everything.unseen)
+
+
+def test_train_writes_to_the_user_directory_and_installs_only_when_asked(
+    tmp_path: Path,
+) -> None:
+    """Without --out the artifact goes to the user's state directory (the test run's
+    XDG_STATE_HOME), never over the shipped one; --install copies it to the configured
+    selector.artifact, where a running proxy reads it."""
+    shipped = cli.SHIPPED / export.ONNX_FILE
+    before = shipped.read_bytes()
+    events = [
+        _event(f"Write a short poem about the colour number {i}", model, size, status=status)
+        for i in range(60)
+        for model, size, status in (("tiny:1b", 1.0, 500), ("big:70b", 70.0, 200))
+    ]
+    usage = _write_jsonl(tmp_path / "usage.jsonl", events)
+    target = tmp_path / "installed" / "selector.onnx"
+    config = tmp_path / "config.yaml"
+    config.write_text(f"selector:\n  artifact: {target}\n")
+    common = ["--from", str(usage), "--quick", "--no-progress", "--no-lomo"]
+
+    assert cli.run_train(_parse(cli.add_train_arguments, common)) == 0
+    out = cli.user_out()
+    assert str(out).startswith(os.environ["XDG_STATE_HOME"])
+    assert (out / export.ONNX_FILE).exists() and (out / "reports").is_dir()
+    assert not target.exists()
+
+    args = _parse(cli.add_train_arguments, [*common, "--install", "--config", str(config)])
+    assert cli.run_train(args) == 0
+    assert target.read_bytes() == (out / export.ONNX_FILE).read_bytes()
+    meta = json.loads(target.with_suffix(".json").read_bytes())
+    assert meta == json.loads((out / export.META_FILE).read_bytes())
+    assert shipped.read_bytes() == before

@@ -6,21 +6,33 @@ The proxy's CLI wires these in; until then: `python -m training.cli train|evalua
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from proxy.config import ConfigError, Profile
+from proxy.config import ConfigError, Profile, state_dir
 from proxy.config import load as load_config
+from selector_model import artifact as artifact_module
 from training import pipeline, replay
 from training.data import DATA_DIR, load_llmrouter
-from training.export import ParityError
+from training.export import META_FILE, ONNX_FILE, ParityError
 from training.train import QUICK, TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = REPO / "selector_model" / "artifacts"
+# The artifact the proxy ships with (what `evaluate` reads by default).
+SHIPPED = REPO / "selector_model" / "artifacts"
 DEFAULT_REPORTS = REPO / "training" / "reports"
+
+
+def user_out() -> Path:
+    """Where `train` writes unless told: the user's state directory, never over the
+    shipped artifact (`--install` puts it where the proxy reads)."""
+    return state_dir() / "selector"
+
+
 QUICK_PROMPTS = 300
 
 
@@ -68,9 +80,28 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "file; repeat to combine (default: dataset)",
     )
     parser.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT, help=f"artifact directory (default: {DEFAULT_OUT})"
+        "--out",
+        type=Path,
+        default=None,
+        help="artifact directory (default: $XDG_STATE_HOME/autoroute/selector, "
+        "~/.local/state when unset)",
     )
-    parser.add_argument("--report-dir", type=Path, default=DEFAULT_REPORTS)
+    parser.add_argument(
+        "--install",
+        action="store_true",
+        help="also copy the artifact to where the proxy reads it (selector.artifact of "
+        "--config, else the shipped artifact); a running proxy reloads it by itself",
+    )
+    # SUPPRESS: a --config given before the subcommand is kept.
+    parser.add_argument(
+        "--config", default=argparse.SUPPRESS, help="config.yaml naming selector.artifact"
+    )
+    parser.add_argument(
+        "--report-dir",
+        type=Path,
+        default=None,
+        help="report directory (default: reports/ in the artifact directory)",
+    )
     parser.add_argument("--report-name", default="selector")
     parser.add_argument("--data", type=Path, default=DATA_DIR, help="LLMRouter data directory")
     parser.add_argument(
@@ -94,12 +125,14 @@ def run_train(args: argparse.Namespace) -> int:
     if args.seed is not None:
         config = TrainConfig.from_json({**config.to_json(), "seed": args.seed})
     max_prompts = args.max_prompts or (QUICK_PROMPTS if args.quick else None)
+    out: Path = args.out or user_out()
+    report_dir: Path = args.report_dir or out / "reports"
     bars = _bars(not args.no_progress)
     try:
         meta = pipeline.build(
             sources,
-            args.out,
-            args.report_dir,
+            out,
+            report_dir,
             args.report_name,
             config,
             data_dir=args.data,
@@ -119,11 +152,38 @@ def run_train(args: argparse.Namespace) -> int:
             bars.close()
     test = meta["metrics"]["test"]
     _log(
-        f"artifact {meta['artifact_version']} in {args.out}: quality "
+        f"artifact {meta['artifact_version']} in {out} (report in {report_dir}): quality "
         f"{test['quality_at_best_cost']:.3f} at <= best single model's cost "
         f"({test['best_single']['quality']:.3f}), match share {test['match_cost_share']}"
     )
+    if args.install:
+        try:
+            config_file = getattr(args, "config", None)
+            target = install(out, Path(config_file) if config_file else None)
+        except (OSError, ConfigError) as exc:
+            _log(f"autoroute train: --install: {exc}")
+            return 1
+        _log(f"installed as {target} (a running proxy reloads it)")
+    else:
+        _log(
+            "not installed: the proxy keeps its artifact; run again with --install, or set "
+            f"selector.artifact: {out / ONNX_FILE}"
+        )
     return 0
+
+
+def install(out: Path, config_path: Path | None) -> Path:
+    """Copy the artifact in `out` to where the proxy reads it: the metadata first and the
+    model last, each replaced atomically, so a proxy watching the model file reads the
+    pair it belongs with."""
+    configured = load_config(config_path).selector.artifact if config_path else ""
+    target = artifact_module.resolve(configured)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for name, dest in ((META_FILE, target.with_suffix(".json")), (ONNX_FILE, target)):
+        staging = dest.with_name(dest.name + ".tmp")
+        shutil.copyfile(out / name, staging)
+        os.replace(staging, dest)
+    return target
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -131,8 +191,8 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         "artifact",
         type=Path,
         nargs="?",
-        default=DEFAULT_OUT,
-        help=f"artifact directory, or its selector.json / selector.onnx (default: {DEFAULT_OUT})",
+        default=SHIPPED,
+        help=f"artifact directory, or its selector.json / selector.onnx (default: {SHIPPED})",
     )
     parser.add_argument("--report-dir", type=Path, default=DEFAULT_REPORTS)
     parser.add_argument("--report-name", default="evaluation")
