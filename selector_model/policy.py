@@ -80,6 +80,28 @@ class Scored:
     evidence_expected: float | None = None
     blend: float | None = None  # the posterior mean used (None: the prior alone)
 
+    def blended(
+        self,
+        blend: float,
+        count: float = 0.0,
+        mean: float | None = None,
+        expected: float | None = None,
+    ) -> Scored:
+        """This candidate with `blend` (kept inside the floor) in place of its prior in
+        the utility, and the evidence it came from."""
+        blend = min(1 - _P_FLOOR, max(_P_FLOOR, blend))
+        return Scored(
+            self.name,
+            self.p_success,
+            self.seconds,
+            self.utility - self.p_success + blend,
+            self.known,
+            count,
+            mean,
+            expected,
+            blend,
+        )
+
     def describe(self) -> dict[str, Any]:
         return {
             "model": self.name,
@@ -256,41 +278,12 @@ def choose(
         for s in ranking:
             got = evidence.get(s.name)
             if got is None or got[1] <= 0:
-                if shift:
-                    blend = min(1 - _P_FLOOR, max(_P_FLOOR, s.p_success + shift))
-                    blended.append(
-                        Scored(
-                            s.name,
-                            s.p_success,
-                            s.seconds,
-                            s.utility - s.p_success + blend,
-                            s.known,
-                            0.0,
-                            None,
-                            None,
-                            blend,
-                        )
-                    )
-                else:
-                    blended.append(s)
+                blended.append(s.blended(s.p_success + shift) if shift else s)
                 continue
             successes, count, expected = float(got[0]), float(got[1]), float(got[2])
             strength = known_prior_strength if s.known else prior_strength
             blend = s.p_success + (successes - expected) / (strength + count)
-            blend = min(1 - _P_FLOOR, max(_P_FLOOR, blend))
-            blended.append(
-                Scored(
-                    s.name,
-                    s.p_success,
-                    s.seconds,
-                    s.utility - s.p_success + blend,
-                    s.known,
-                    count,
-                    successes / count,
-                    expected / count,
-                    blend,
-                )
-            )
+            blended.append(s.blended(blend, count, successes / count, expected / count))
         blended.sort(key=_UTILITY, reverse=True)
         greedy, reason = _safe_greedy(
             blended, default_model, min_gain, unknown_margin, prior_strength
