@@ -48,9 +48,9 @@ _SPECIALTY_WEIGHT = {
     "vision": 0.25,
     "embedding": 10.0,
 }
-_OVERRIDE_FIELDS = frozenset(
+# What describes a model, in a catalogue entry and in a user's override alike.
+_DESCRIPTION_FIELDS = frozenset(
     {
-        "like",
         "family",
         "arch",
         "params_b",
@@ -58,9 +58,9 @@ _OVERRIDE_FIELDS = frozenset(
         "specialties",
         "released",
         "context_length",
-        "areas",
     }
 )
+_OVERRIDE_FIELDS = _DESCRIPTION_FIELDS | {"like", "areas"}
 
 
 class CatalogError(ValueError):
@@ -591,23 +591,7 @@ def _read_scores(
     return scores, found
 
 
-_ENTRY_FIELDS = frozenset(
-    {
-        "name",
-        "aliases",
-        "latest",
-        "family",
-        "arch",
-        "params_b",
-        "active_params_b",
-        "specialties",
-        "released",
-        "context_length",
-        "scores",
-        "sources",
-        "note",
-    }
-)
+_ENTRY_FIELDS = _DESCRIPTION_FIELDS | {"name", "aliases", "latest", "scores", "sources", "note"}
 
 
 def _entry(
