@@ -158,35 +158,15 @@ def database() -> Iterator[Database]:
         yield db
 
 
-def _serve(
-    port: int, backend: str, spool: Path, dsn: str, bootstrap: str
-) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "AUTOROUTE_CONFIG": "/dev/null",
-        "AUTOROUTE_LISTEN__PORT": str(port),
-        "AUTOROUTE_BACKENDS": backend,
-        "AUTOROUTE_LOGGING__ACCESS": "false",
-        "AUTOROUTE_USAGE__POSTGRES_DSN": dsn,
-        "AUTOROUTE_USAGE__KAFKA_BOOTSTRAP": bootstrap,
-        "AUTOROUTE_USAGE__FILE_MODE": "off",
-        "AUTOROUTE_USAGE__SPOOL_DIR": str(spool),
-        "AUTOROUTE_USAGE__FSYNC": "always",
-        "AUTOROUTE_USAGE__FLUSH_INTERVAL_SECONDS": "0.02",
-        "AUTOROUTE_USAGE__RETRY_BACKOFF_SECONDS": "0.1",
-        "AUTOROUTE_USAGE__RETRY_BACKOFF_MAX_SECONDS": "0.5",
-        "AUTOROUTE_USAGE__KAFKA_REQUEST_TIMEOUT_MS": "2000",
-        "AUTOROUTE_USAGE__WRITE_TIMEOUT_SECONDS": "3",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "proxy.cli", "serve"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_port(port)
-    return proc
+# How the Kafka-and-PostgreSQL test's proxy flushes and retries: fast, for a short test.
+_FAST_SINKS = {
+    "AUTOROUTE_USAGE__FSYNC": "always",
+    "AUTOROUTE_USAGE__FLUSH_INTERVAL_SECONDS": "0.02",
+    "AUTOROUTE_USAGE__RETRY_BACKOFF_SECONDS": "0.1",
+    "AUTOROUTE_USAGE__RETRY_BACKOFF_MAX_SECONDS": "0.5",
+    "AUTOROUTE_USAGE__KAFKA_REQUEST_TIMEOUT_MS": "2000",
+    "AUTOROUTE_USAGE__WRITE_TIMEOUT_SECONDS": "3",
+}
 
 
 async def test_sigkill_then_restart_replays_the_spool(
@@ -196,7 +176,13 @@ async def test_sigkill_then_restart_replays_the_spool(
     port = free_port()
     closed = free_port()  # nothing listens: both sinks are down for the first process
     dead_dsn = f"postgresql://postgres@127.0.0.1:{closed}/x"
-    proc = _serve(port, own_emulator.url, spool, dead_dsn, f"127.0.0.1:{closed}")
+    proc = _serve(
+        port,
+        own_emulator.url,
+        spool,
+        dead_dsn,
+        {"AUTOROUTE_USAGE__KAFKA_BOOTSTRAP": f"127.0.0.1:{closed}", **_FAST_SINKS},
+    )
     url = f"http://127.0.0.1:{port}"
     broker: Tansu | None = None
     try:
@@ -217,7 +203,13 @@ async def test_sigkill_then_restart_replays_the_spool(
             await in_flight
 
         broker = Tansu()
-        proc = _serve(port, own_emulator.url, spool, database.dsn, broker.bootstrap)
+        proc = _serve(
+            port,
+            own_emulator.url,
+            spool,
+            database.dsn,
+            {"AUTOROUTE_USAGE__KAFKA_BOOTSTRAP": broker.bootstrap, **_FAST_SINKS},
+        )
 
         async def replayed() -> bool:
             sinks = (await _counters(url))["sinks"]
@@ -265,7 +257,7 @@ async def test_a_failing_sink_spools_each_flush_so_sigkill_loses_nothing_spooled
         "AUTOROUTE_USAGE__RETRY_BACKOFF_MAX_SECONDS": "3600",
         "AUTOROUTE_USAGE__FLUSH_INTERVAL_SECONDS": "0.1",
     }
-    proc = _serve_postgres(port, own_emulator.url, spool, dead_dsn, slow_retry)
+    proc = _serve(port, own_emulator.url, spool, dead_dsn, slow_retry)
     try:
         sent: list[str] = []
         await _traffic(url, 1, sent)  # the first write fails: the sink is known down
@@ -281,7 +273,7 @@ async def test_a_failing_sink_spools_each_flush_so_sigkill_loses_nothing_spooled
         spooled = _spooled_ids(spool / "postgres")
         assert sorted(spooled) == sorted(sent)  # each once: none spilled twice
 
-        proc = _serve_postgres(port, own_emulator.url, spool, database.dsn, {})
+        proc = _serve(port, own_emulator.url, spool, database.dsn, {})
 
         async def replayed() -> bool:
             stats = await _counters(url)
@@ -296,10 +288,10 @@ async def test_a_failing_sink_spools_each_flush_so_sigkill_loses_nothing_spooled
         await asyncio.to_thread(proc.wait, 20)
 
 
-def _serve_postgres(
+def _serve(
     port: int, backend: str, spool: Path, dsn: str, extra: dict[str, str]
 ) -> subprocess.Popen[bytes]:
-    """`autoroute serve` with PostgreSQL as its only usage sink."""
+    """`autoroute serve` with PostgreSQL as its usage sink (and `extra` settings)."""
     env = {
         **os.environ,
         "AUTOROUTE_CONFIG": "/dev/null",
