@@ -50,8 +50,8 @@ class Artifact:
     rows: dict[tuple[int, ...], tuple[tuple[features.Candidate, ...], np.ndarray]] = field(
         default_factory=dict, repr=False, compare=False
     )
-    # Passed to every run: without one, onnxruntime's binding builds a default per call
-    # (~0.7 µs of a ~33 µs run). A run only reads it, so runs may share it.
+    # Passed to every run: without one, onnxruntime's binding builds a default per call.
+    # A run only reads it, so runs may share it.
     run_options: ort.RunOptions = field(default_factory=ort.RunOptions, repr=False, compare=False)
 
     def predict(self, rows: np.ndarray) -> np.ndarray:

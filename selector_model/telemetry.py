@@ -80,14 +80,6 @@ class Telemetry:
             rates.samples = n + 1
             self._rates[key] = rates
 
-    def rates(self, backend: str, candidate: Candidate) -> Rates:
-        return self._rates.get((backend, candidate.name)) or prior(candidate)
-
-    def expected_seconds(
-        self, backend: str, candidate: Candidate, prompt_tokens: float, output_tokens: float
-    ) -> float:
-        return self.expected_seconds_many([backend], [candidate], prompt_tokens, output_tokens)[0]
-
     def expected_seconds_many(
         self,
         backends: Sequence[str],
@@ -95,8 +87,9 @@ class Telemetry:
         prompt_tokens: float,
         output_tokens: float,
     ) -> list[float]:
-        """`expected_seconds` of each candidate on its backend, in one call: the hot path
-        of `auto`, so the prior is computed once per model size, not per request."""
+        """Expected seconds of each candidate on its backend (prompt evaluation, decoding,
+        and loading unless it is loaded), from its observed rates or else the prior. The
+        hot path of `auto`: the prior is computed once per model size, not per request."""
         observed = self._rates
         priors = self._priors
         out = []

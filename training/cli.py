@@ -1,6 +1,11 @@
 """`autoroute train` and `autoroute evaluate`: argument parsers and runners.
 
-The proxy's CLI wires these in; until then: `python -m training.cli train|evaluate ...`.
+`proxy.cli` adds these arguments to its `train` and `evaluate` subcommands when the
+training extra is installed. `train` builds a selector from the bundled dataset and/or
+recorded usage into the user's state directory and, with `--install`, copies it to where
+the proxy reads it; `evaluate` reports an artifact's quality and replays it through
+`AutoRouter.decide` on the configured profiles. `python -m training.cli train|evaluate`
+runs the same without the proxy's CLI.
 """
 
 from __future__ import annotations

@@ -7,8 +7,7 @@ P(success) is constrained to rise with a candidate's size and its area scores
 
 Validation is a grouped split (no prompt on both sides) used for early stopping. Seeds
 and `nthread` are fixed and the `hist` method is deterministic for a fixed thread
-count, so a rerun on the same data reproduces the booster: predictions agree to
-`REPRO_TOLERANCE` (in practice bit for bit; the tolerance covers other CPUs).
+count, so a rerun on the same data and machine reproduces the booster bit for bit.
 """
 
 from __future__ import annotations
@@ -25,18 +24,14 @@ import xgboost as xgb
 from selector_model import features
 from training.data import Example, Matrix, grouped_split, matrix
 
-REPRO_TOLERANCE = 1e-6
-
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that decides the booster. Chosen on grouped 4-fold validation over
-    the train prompts (never on the test split), 5 seeds each, under a serving budget:
-    onnxruntime scores 9 candidates in <= 60 µs p50, and the time is trees x depth.
-    Shallow trees (depth 5, eta 0.1, at most 280 of them: ~0.5 MB, ~50 µs) route as
-    well on validation as the former depth-10/eta-0.02 booster (326 trees, 6.7 MB,
-    ~240 µs) within seed noise, with a lower cost share to match the best model. The
-    test split reads lower than the deep booster (see training/reports/selector.md)."""
+    the train prompts (never on the test split), 5 seeds each, under a budget on the
+    time to score a request's candidates, which grows with trees x depth: shallow trees
+    and a cap on their number. `training.report.TRIED` lists the alternatives and what
+    they measured; the report (training/reports/selector.md) prints it."""
 
     max_depth: int = 5
     eta: float = 0.1
