@@ -3,7 +3,7 @@
 Used by tests, benchmarks and the demo (no real Ollama is installed here). Modules:
 
 * catalog.py - the model table (also the pull "registry")
-* state.py - EmulatorSettings, EmulatorState (counters read by tests), STATE_KEY
+* state.py - EmulatorSettings, EmulatorState (counters read by tests), STATE_KEY, state_of
 * wire.py - Go/Gin wire details: JSON encoding, decode errors, timestamps, 404/405
 * textgen.py - deterministic output plans (text, thinking, JSON, tool calls, embeddings)
 * skills.py - the profiling hook: per-area skill at the profiling suite's prompts
@@ -12,7 +12,7 @@ Used by tests, benchmarks and the demo (no real Ollama is installed here). Modul
 * native.py - /api/generate, /api/chat, /api/embed, /api/embeddings
 * admin.py - tags, show, ps, pull/push/create/copy/delete, blobs, version, account
 * openai_routes.py - /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models
-* compat.py - /v1/responses (OpenAI Responses API)
+* responses_api.py - /v1/responses (OpenAI Responses API)
 * anthropic_routes.py - /v1/messages (Anthropic Messages API)
 * app.py - create_app(): route table, Gin's 404/405, faults, control routes
 """

@@ -17,7 +17,7 @@ from proxy.protocol import NDJSON, TEXT
 from .catalog import REGISTRY, ModelSpec, normalize_name, valid_name
 from .inference import Refusal, read_body
 from .native import LazyStream
-from .state import STATE_KEY, EmulatorState
+from .state import state_of
 from .wire import JSON_BARE, dumps, empty_ok, error, gin_json, gin_not_found, go_time
 
 _DIGEST = re.compile(r"^sha256[:-][0-9a-fA-F]{64}$")
@@ -33,16 +33,12 @@ _REGISTRY_FIELDS = {
 }
 
 
-def _state(request: web.Request) -> EmulatorState:
-    return request.app[STATE_KEY]
-
-
 async def handle_root(request: web.Request) -> web.Response:
     return web.Response(text="Ollama is running", headers={"Content-Type": TEXT})
 
 
 async def handle_version(request: web.Request) -> web.Response:
-    return gin_json(200, {"version": _state(request).settings.version})
+    return gin_json(200, {"version": state_of(request).settings.version})
 
 
 async def handle_status(request: web.Request) -> web.Response:
@@ -55,7 +51,7 @@ def _modified_ns(spec: ModelSpec) -> str:
 
 
 async def handle_tags(request: web.Request) -> web.Response:
-    state = _state(request)
+    state = state_of(request)
     specs = sorted(state.store.values(), key=lambda s: s.modified_at, reverse=True)
     models = [
         {
@@ -72,7 +68,7 @@ async def handle_tags(request: web.Request) -> web.Response:
 
 
 async def handle_ps(request: web.Request) -> web.Response:
-    state = _state(request)
+    state = state_of(request)
     if state.settings.ps_missing:
         return gin_not_found()
     rows = []
@@ -145,7 +141,7 @@ def show_body(spec: ModelSpec, request_model: str, user_agent: str) -> dict[str,
 
 
 async def handle_show(request: web.Request) -> web.Response:
-    state = _state(request)
+    state = state_of(request)
     try:
         body = await read_body(
             request,
@@ -182,7 +178,7 @@ async def _progress(
 
     A failure after the first line ends the stream with `{"error": ...}`; without
     streaming it is a 500, as streamResponse/waitForStream do for gin.H errors."""
-    state = _state(request)
+    state = state_of(request)
     if not stream:
         await asyncio.sleep(0)
         if fail:
@@ -224,7 +220,7 @@ def _layer_lines(spec: ModelSpec, verb: str, have: bool) -> list[dict[str, Any]]
 
 
 async def handle_pull(request: web.Request) -> web.StreamResponse:
-    state = _state(request)
+    state = state_of(request)
     try:
         body = await read_body(request, "PullRequest", _REGISTRY_FIELDS)
     except Refusal as exc:
@@ -254,7 +250,7 @@ async def handle_pull(request: web.Request) -> web.StreamResponse:
 
 
 async def handle_push(request: web.Request) -> web.StreamResponse:
-    state = _state(request)
+    state = state_of(request)
     try:
         body = await read_body(request, "PushRequest", _REGISTRY_FIELDS)
     except Refusal as exc:
@@ -281,7 +277,7 @@ async def handle_push(request: web.Request) -> web.StreamResponse:
 
 
 async def handle_create(request: web.Request) -> web.StreamResponse:
-    state = _state(request)
+    state = state_of(request)
     try:
         body = await read_body(
             request,
@@ -340,7 +336,7 @@ async def handle_create(request: web.Request) -> web.StreamResponse:
 
 
 async def handle_copy(request: web.Request) -> web.Response:
-    state = _state(request)
+    state = state_of(request)
     try:
         body = await read_body(
             request, "CopyRequest", {"source": "string", "destination": "string"}
@@ -362,7 +358,7 @@ async def handle_copy(request: web.Request) -> web.Response:
 
 
 async def handle_delete(request: web.Request) -> web.Response:
-    state = _state(request)
+    state = state_of(request)
     try:
         body = await read_body(request, "DeleteRequest", {"model": "string", "name": "string"})
     except Refusal as exc:
@@ -387,14 +383,14 @@ async def handle_head_blob(request: web.Request) -> web.Response:
     digest = request.match_info["digest"]
     if not _DIGEST.match(digest):
         return error(400, "invalid digest format")
-    if digest.replace("-", ":", 1) not in _state(request).blobs:
+    if digest.replace("-", ":", 1) not in state_of(request).blobs:
         return error(404, f"blob {dumps(digest).decode()} not found")
     return empty_ok()
 
 
 async def handle_create_blob(request: web.Request) -> web.Response:
     """Hash the upload as it arrives; nothing is kept but the digest."""
-    state = _state(request)
+    state = state_of(request)
     digest = request.match_info["digest"]
     if not _DIGEST.match(digest):
         return error(400, "invalid digest format")

@@ -14,17 +14,13 @@ from aiohttp import web
 
 from proxy.protocol import SSE
 
-from .compat import _text_of
 from .engine import Piece
 from .inference import Refusal, prepare_chat
 from .native import ChatSink, LazyStream, run_chat
 from .openai_routes import read_oa_body
-from .state import STATE_KEY, EmulatorState, request_digest
+from .responses_api import text_of
+from .state import EmulatorState, request_digest, state_of
 from .wire import dumps, encoder_json, gin_json
-
-
-def _state(request: web.Request) -> EmulatorState:
-    return request.app[STATE_KEY]
 
 
 def anthropic_error(state: EmulatorState, status: int, message: str, key: str) -> dict[str, Any]:
@@ -81,7 +77,7 @@ def chat_from_anthropic(body: dict[str, Any]) -> dict[str, Any]:
                 results.append(
                     {
                         "role": "tool",
-                        "content": _text_of(b.get("content"))
+                        "content": text_of(b.get("content"))
                         if not isinstance(b.get("content"), str)
                         else b["content"],
                     }
@@ -119,7 +115,7 @@ _STOP = {"stop": "end_turn", "length": "max_tokens"}
 
 class AnthropicSink(ChatSink):
     def __init__(self, request: web.Request, stream: bool, key: str) -> None:
-        self.state = _state(request)
+        self.state = state_of(request)
         self.stream = stream
         self.key = key
         self.msg_id = "msg_" + _hex(self.state, key, "msg")
@@ -250,7 +246,7 @@ class AnthropicSink(ChatSink):
 
 
 async def handle_messages(request: web.Request) -> web.StreamResponse:
-    state = _state(request)
+    state = state_of(request)
     key = str(time.monotonic_ns())
     try:
         body = await read_oa_body(

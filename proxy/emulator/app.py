@@ -14,9 +14,9 @@ from aiohttp import web
 
 from proxy.protocol import NDJSON, SSE
 
-from . import admin, anthropic_routes, compat, native, openai_routes
+from . import admin, anthropic_routes, native, openai_routes, responses_api
 from .engine import ClientGone, wait_forever
-from .state import FAULT_MODES, STATE_KEY, EmulatorSettings, EmulatorState
+from .state import FAULT_MODES, STATE_KEY, EmulatorSettings, EmulatorState, state_of
 from .wire import (
     BodyError,
     decode_json,
@@ -62,7 +62,7 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/v1/embeddings", openai_routes.handle_embeddings),
     ("GET", "/v1/models", openai_routes.handle_models),
     ("GET", "/v1/models/{model}", openai_routes.handle_model),
-    ("POST", "/v1/responses", compat.handle_responses),
+    ("POST", "/v1/responses", responses_api.handle_responses),
     ("POST", "/v1/messages", anthropic_routes.handle_messages),
 )
 
@@ -138,7 +138,7 @@ async def _fault(request: web.Request, state: EmulatorState) -> web.StreamRespon
 
 @web.middleware
 async def _gin(request: web.Request, handler: Handler) -> web.StreamResponse:
-    state = request.app[STATE_KEY]
+    state = state_of(request)
     state.requests[request.path] += 1
     state.last_headers = {k.lower(): v for k, v in request.headers.items()}
     if len(request.path) > 1 and request.path.endswith("/"):
@@ -170,7 +170,7 @@ async def _drop_server_header(request: web.Request, response: web.StreamResponse
 
 
 async def _set_fault(request: web.Request) -> web.Response:
-    state = request.app[STATE_KEY]
+    state = state_of(request)
     try:
         body = decode_json(await request.read())
     except (EOFError, BodyError):
@@ -183,9 +183,7 @@ async def _set_fault(request: web.Request) -> web.Response:
 
 
 async def _get_state(request: web.Request) -> web.Response:
-    return web.Response(
-        body=dumps(request.app[STATE_KEY].snapshot()), content_type="application/json"
-    )
+    return web.Response(body=dumps(state_of(request).snapshot()), content_type="application/json")
 
 
 def create_app(settings: EmulatorSettings | None = None) -> web.Application:

@@ -28,7 +28,7 @@ from .inference import (
     prepare_generate,
     read_body,
 )
-from .state import STATE_KEY, EmulatorState
+from .state import state_of
 from .textgen import context_tokens, count_tokens, embedding
 from .wire import dumps, error, gin_json, go_time
 
@@ -69,13 +69,9 @@ class LazyStream:
         return self.response
 
 
-def _state(request: web.Request) -> EmulatorState:
-    return request.app[STATE_KEY]
-
-
 async def handle_generate(request: web.Request) -> web.StreamResponse:
     started = time.monotonic()
-    state = _state(request)
+    state = state_of(request)
     try:
         body = await read_body(request, "GenerateRequest", GENERATE_FIELDS)
         job = prepare_generate(state, body)
@@ -141,7 +137,7 @@ async def handle_generate(request: web.Request) -> web.StreamResponse:
 
 
 async def handle_chat(request: web.Request) -> web.StreamResponse:
-    state = _state(request)
+    state = state_of(request)
     try:
         body = await read_body(request, "ChatRequest", CHAT_FIELDS)
         job = prepare_chat(state, body)
@@ -174,7 +170,7 @@ class ChatSink:
 async def run_chat(request: web.Request, job: Prepared, sink: ChatSink) -> web.StreamResponse:
     """Drive a prepared chat job through a sink (native, OpenAI, Responses, Anthropic)."""
     started = time.monotonic()
-    state = _state(request)
+    state = state_of(request)
     gen = Generation(state, request, job.spec, job.plan, job.keep_alive, started)
     if job.special == "unload":
         state.touch(job.spec, 0)
@@ -285,7 +281,7 @@ TOO_LONG = "the input length exceeds the context length"
 async def embed_vectors(request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
     """EmbedHandler's logic; returns api.EmbedResponse or raises Refusal."""
     started = time.monotonic()
-    state = _state(request)
+    state = state_of(request)
     model = str(body.get("model") or "")
     if not model.strip():
         raise Refusal(404, f"model '{model}' not found")
@@ -345,7 +341,7 @@ async def handle_embed(request: web.Request) -> web.StreamResponse:
 
 async def handle_embeddings(request: web.Request) -> web.StreamResponse:
     """The legacy endpoint: one prompt, float64 values, different not-found text."""
-    state = _state(request)
+    state = state_of(request)
     try:
         body = await read_body(request, "EmbeddingRequest", EMBEDDINGS_FIELDS)
         model = str(body.get("model") or "")

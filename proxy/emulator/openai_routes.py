@@ -20,12 +20,8 @@ from proxy.protocol import SSE
 from .engine import ClientGone, Piece
 from .inference import Prepared, Refusal, prepare_chat, prepare_generate
 from .native import ChatSink, LazyStream, embed_vectors, run_chat
-from .state import STATE_KEY, EmulatorState, request_digest
+from .state import EmulatorState, request_digest, state_of
 from .wire import BodyError, check_fields, decode_json, dumps, encoder_json, gin_json, unix_of
-
-
-def _state(request: web.Request) -> EmulatorState:
-    return request.app[STATE_KEY]
 
 
 def oa_error(status: int, message: str) -> dict[str, Any]:
@@ -191,7 +187,7 @@ class OpenAIChatSink(ChatSink):
     def __init__(
         self, request: web.Request, body: dict[str, Any], key: str, *, completions: bool = False
     ) -> None:
-        self.state = _state(request)
+        self.state = state_of(request)
         self.stream = bool(body.get("stream"))
         self.usage = bool((body.get("stream_options") or {}).get("include_usage"))
         self.completions = completions
@@ -326,7 +322,7 @@ def to_openai_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
-    state = _state(request)
+    state = state_of(request)
     try:
         body = await read_oa_body(request, "ChatCompletionRequest", CHAT_FIELDS)
         if not body.get("messages"):
@@ -358,7 +354,7 @@ COMPLETION_FIELDS = {
 
 
 async def handle_completions(request: web.Request) -> web.StreamResponse:
-    state = _state(request)
+    state = state_of(request)
     try:
         body = await read_oa_body(request, "CompletionRequest", COMPLETION_FIELDS)
         gen = {
@@ -431,7 +427,7 @@ def _owner(name: str) -> str:
 
 
 async def handle_models(request: web.Request) -> web.Response:
-    state = _state(request)
+    state = state_of(request)
     specs = sorted(state.store.values(), key=lambda s: s.modified_at, reverse=True)
     data = [
         {
@@ -447,7 +443,7 @@ async def handle_models(request: web.Request) -> web.Response:
 
 
 async def handle_model(request: web.Request) -> web.Response:
-    state = _state(request)
+    state = state_of(request)
     name = request.match_info["model"]
     spec = state.find(name) if name else None
     if spec is None:

@@ -163,6 +163,11 @@ class EmulatorState:
 STATE_KEY = web.AppKey("emulator_state", EmulatorState)
 
 
+def state_of(request: web.Request) -> EmulatorState:
+    """The emulator's state, as a handler reaches it."""
+    return request.app[STATE_KEY]
+
+
 def request_digest(*parts: str) -> str:
     """Stable hex digest used for ids that must not vary under frozen_clock."""
     h = hashlib.sha256()

@@ -16,12 +16,8 @@ from .engine import Piece
 from .inference import Refusal, prepare_chat
 from .native import ChatSink, LazyStream, run_chat
 from .openai_routes import middleware_error, read_oa_body, to_openai_calls, writer_error
-from .state import STATE_KEY, EmulatorState, request_digest
+from .state import EmulatorState, request_digest, state_of
 from .wire import dumps, encoder_json
-
-
-def _state(request: web.Request) -> EmulatorState:
-    return request.app[STATE_KEY]
 
 
 def _n(state: EmulatorState, key: str, salt: str, top: int) -> int:
@@ -33,7 +29,7 @@ def _n(state: EmulatorState, key: str, salt: str, top: int) -> int:
 # Responses ------------------------------------------------------------------------------
 
 
-def _text_of(content: Any) -> str:
+def text_of(content: Any) -> str:
     if isinstance(content, str):
         return content
     parts = content if isinstance(content, list) else []
@@ -57,7 +53,7 @@ def chat_from_responses(body: dict[str, Any]) -> dict[str, Any]:
         kind = item.get("type", "message")
         if kind == "message":
             messages.append(
-                {"role": item.get("role", "user"), "content": _text_of(item.get("content"))}
+                {"role": item.get("role", "user"), "content": text_of(item.get("content"))}
             )
         elif kind == "function_call_output":
             messages.append({"role": "tool", "content": str(item.get("output", ""))})
@@ -99,7 +95,7 @@ def chat_from_responses(body: dict[str, Any]) -> dict[str, Any]:
 
 class ResponsesSink(ChatSink):
     def __init__(self, request: web.Request, body: dict[str, Any], key: str) -> None:
-        self.state = _state(request)
+        self.state = state_of(request)
         self.body = body
         self.stream = body.get("stream") is True
         self.resp_id = f"resp_{_n(self.state, key, 'resp', 999999)}"
@@ -379,7 +375,7 @@ class ResponsesSink(ChatSink):
 
 
 async def handle_responses(request: web.Request) -> web.StreamResponse:
-    state = _state(request)
+    state = state_of(request)
     try:
         body = await read_oa_body(
             request,
