@@ -27,7 +27,7 @@ from proxy.relay import Outcome
 from proxy.usage import UsagePipeline
 from proxy.usage.event import Captured
 from tests.support import free_port
-from tests.test_usage_services import Tansu, database_on, postgres_base
+from tests.usage_services import Tansu, database_on, postgres_base
 
 PROMPT = "Refactor this Python function to use a generator instead of a list. " * 8
 

@@ -9,7 +9,7 @@ import pytest
 
 from proxy.emulator import EmulatorSettings
 from tests.support import Emulator, Proxy, ServerThread
-from tests.test_usage_services import Database, database_on, postgres_base
+from tests.usage_services import Database, database_on, postgres_base
 
 # The proxy's default paths (the usage file training reads, the spool) are under
 # XDG_STATE_HOME: pointed at a directory of the run's own before any test module is

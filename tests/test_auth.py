@@ -20,7 +20,7 @@ from proxy.config import ApiKey, Auth, ConfigError, Usage
 from proxy.config import load as load_config
 from proxy.server import PROXY_KEY
 from tests.support import AUTO_NAMES, Emulator, Proxy, ServerThread, raw_request
-from tests.test_usage_services import read_bytes, wait_for
+from tests.usage_services import read_bytes, wait_for
 
 ADMIN, USER, LIMITED, SINGLE = "k-admin-1", "k-user-1", "k-limited-1", "k-single-1"
 ALLOWED = ("llama3.1:8b", "qwen2.5:7b")

@@ -27,7 +27,7 @@ from proxy.config import load as load_config
 from proxy.server import PROXY_KEY
 from tests.support import AUTO_NAMES, Emulator, Proxy, ServerThread, free_port
 from tests.test_auth import CHAT, bearer, call
-from tests.test_usage_services import (
+from tests.usage_services import (
     Database,
     PrivatePostgres,
     wait_for,
@@ -129,6 +129,7 @@ def names_in(body: bytes) -> set[str]:
     return {m.get("name") or m["id"] for m in items or ()}
 
 
+@pytest.mark.postgres
 async def test_cli_added_key_is_accepted_and_revoked_key_refused(
     database: Database, keyed_proxy: KeyedProxy
 ) -> None:
@@ -171,6 +172,7 @@ async def test_cli_added_key_is_accepted_and_revoked_key_refused(
     assert unknown.returncode == 1 and "no live key" in unknown.stderr
 
 
+@pytest.mark.postgres
 async def test_revoke_by_hash_prefix_takes_exactly_one_key(database: Database) -> None:
     async with connected(database.dsn) as conn:
         _, first = await auth_store.add_key(conn, "a")
@@ -191,6 +193,7 @@ async def test_revoke_by_hash_prefix_takes_exactly_one_key(database: Database) -
         assert {k.prefix for k in listed[:2]} == {first[:8], second[:8]}
 
 
+@pytest.mark.postgres
 async def test_counters_survive_refreshes_and_limit_changes(
     database: Database, keyed_proxy: KeyedProxy
 ) -> None:
@@ -260,6 +263,7 @@ def private_pg() -> Iterator[PrivatePostgres]:
     server.close()
 
 
+@pytest.mark.postgres
 async def test_outage_keeps_the_last_keys_and_recovery_applies_changes(
     private_pg: PrivatePostgres, keyed_proxy: KeyedProxy, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -313,6 +317,7 @@ def test_key_store_settings_come_from_config_and_environment(tmp_path: Path) -> 
         )
 
 
+@pytest.mark.postgres
 async def test_migration_is_idempotent_under_concurrency(database: Database) -> None:
     async def one() -> list[int]:
         conn = await asyncpg.connect(database.dsn)
@@ -326,6 +331,7 @@ async def test_migration_is_idempotent_under_concurrency(database: Database) -> 
     assert await one() == []
 
 
+@pytest.mark.postgres
 async def test_keys_only_in_postgres_are_not_forwarded_to_backends(
     database: Database, keyed_proxy: KeyedProxy, own_emulator: Emulator
 ) -> None:

@@ -305,12 +305,13 @@ def _post(url: str, doc: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
         return resp.status, dict(resp.headers), resp.read()
 
 
+@pytest.mark.postgres
 def test_train_from_the_events_the_proxy_wrote_to_postgres(
     servers: ServerThread, own_emulator: Emulator, tmp_path: Path
 ) -> None:
     """`autoroute train --from postgres://…` reads what the proxy's usage pipeline
     wrote, ratings from the feedback endpoint joined."""
-    from tests.test_usage_services import database_on, postgres_base
+    from tests.usage_services import database_on, postgres_base
 
     with postgres_base() as base, database_on(base) as db:
         selector = Selector(

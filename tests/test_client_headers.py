@@ -22,8 +22,7 @@ from proxy.server import PROXY_KEY
 from proxy.usage import event as ev
 from proxy.usage import export
 from tests.support import Emulator, Proxy, ServerThread, raw_request
-from tests.test_usage_services import Database, read_bytes, wait_for
-from tests.test_usage_sinks import postgres_ready
+from tests.usage_services import Database, postgres_ready, read_bytes, wait_for
 
 GENERATE = orjson.dumps({"model": "llama3.1:8b", "prompt": "hi", "stream": False})
 JSON_TYPE = (b"Content-Type", b"application/json")
@@ -214,6 +213,7 @@ def test_a_failed_access_log_write_is_logged_and_the_buffer_stays_bounded(
     assert "'big'" in second["unserialisable"] and str(2**70) in second["unserialisable"]
 
 
+@pytest.mark.postgres
 async def test_five_requests_with_one_client_id_are_five_rows(
     servers: ServerThread, own_emulator: Emulator, database: Database, tmp_path: Path
 ) -> None:

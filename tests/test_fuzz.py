@@ -30,14 +30,12 @@ from aiohttp.http_exceptions import HttpProcessingError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.auth import hash_key
-from proxy.config import ApiKey, Auth, Limits
+from tests.fuzz_target import AUTH, KEY, LIMITS
 from tests.support import Emulator, Proxy, ServerThread
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
 # Set by benchmarks.fuzz_memory: a proxy and its emulator already running elsewhere.
 EXTERNAL = os.environ.get("FUZZ_PROXY_PORT"), os.environ.get("FUZZ_EMULATOR_PORT")
-KEY = "fuzz-admin-key"
 ROUTES = [
     "/",
     "/api/version",
@@ -175,10 +173,6 @@ def build(
         lines.append(f"Authorization: {auth}")
     lines += [f"Content-Length: {len(body)}", "Connection: close", "", ""]
     return "\r\n".join(lines).encode("latin-1") + body
-
-
-AUTH = Auth(keys=(ApiKey(sha256=hash_key(KEY), name="fuzz", role="admin"),))
-LIMITS = Limits(max_body_bytes=100_000)
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from proxy.server import PROXY_KEY
 from proxy.upstream import dechunk
 from tests.support import Emulator, Proxy, ServerThread
 from tests.test_backends import scrape_failures
-from tests.test_usage_services import read_bytes, wait_for
+from tests.usage_services import read_bytes, wait_for
 
 MODEL = "qwen2.5:7b"
 ECHO_MODEL = "echo:latest"

@@ -26,7 +26,7 @@ from selector_model.evidence import Evidence
 from selector_model.kind import kind_of
 from selector_model.policy import POOL_SHARE, choose, pick, rank
 from tests.support import Emulator, Proxy, ServerThread
-from tests.test_usage_services import Database
+from tests.usage_services import Database
 from training.data import prompt_request
 
 MODELS = ("qwen2.5:7b", "mistral:7b", "llama3.1:8b")
@@ -360,6 +360,7 @@ async def test_feedback_changes_later_decisions_and_survives_a_restart(
     assert learning["rebuilt_from_events"] == 2 * ROUNDS + 1
 
 
+@pytest.mark.postgres
 async def test_proxies_share_what_they_learn_through_postgres(
     servers: ServerThread, fleet: Emulator, database: Database, tmp_path: Path
 ) -> None:

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy.config import Health, Usage
 from proxy.metrics import route_of
 from tests.support import Emulator, Proxy, ServerThread
-from tests.test_usage_services import wait_for
+from tests.usage_services import wait_for
 
 MODEL = "llama3.1:8b"
 

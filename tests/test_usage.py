@@ -19,7 +19,7 @@ from proxy.config import Usage
 from proxy.usage.spool import Spool
 from proxy.usage.stats import MAX_KEYS, MemoryStats
 from tests.support import Emulator, Proxy, ServerThread, free_port
-from tests.test_usage_services import read_bytes, wait_for
+from tests.usage_services import read_bytes, wait_for
 
 MODEL = "llama3.1:8b"
 ROOT = Path(__file__).resolve().parent.parent

@@ -19,7 +19,7 @@ import pytest
 
 from proxy.config import Usage
 from tests.support import Emulator, Proxy, ServerThread, free_port
-from tests.test_usage_services import (
+from tests.usage_services import (
     Database,
     PrivatePostgres,
     Tansu,
@@ -29,6 +29,8 @@ from tests.test_usage_services import (
     wait_for,
     wait_port,
 )
+
+pytestmark = pytest.mark.postgres
 
 MODEL = "llama3.1:8b"
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,6 +76,7 @@ def private_pg() -> Iterator[PrivatePostgres]:
     server.close()
 
 
+@pytest.mark.kafka
 async def test_postgres_down_and_broker_restart_mid_run_lose_nothing(
     servers: ServerThread, own_emulator: Emulator, private_pg: PrivatePostgres, tmp_path: Path
 ) -> None:

@@ -12,15 +12,17 @@ import orjson
 import pytest
 
 from proxy.config import Usage
-from proxy.server import PROXY_KEY
 from tests.support import Emulator, Proxy, ServerThread
-from tests.test_usage_services import (
+from tests.usage_services import (
     Database,
     Tansu,
     consume,
+    postgres_ready,
     read_bytes,
     wait_for,
 )
+
+pytestmark = [pytest.mark.postgres, pytest.mark.kafka]
 
 MODEL = "llama3.1:8b"
 
@@ -51,18 +53,6 @@ def usage_proxy(
     prx.thread.call(lambda: postgres_ready(prx))
     yield prx
     prx.stop()
-
-
-async def postgres_ready(prx: Proxy) -> None:
-    """Until the PostgreSQL sink's start-up (migrations, then its pool) is done: the
-    schema is in place before a test reads tables, however busy the machine."""
-    sink = prx.app[PROXY_KEY].usage.postgres
-    assert sink is not None
-
-    async def ready() -> bool:
-        return sink.pool is not None
-
-    await wait_for(ready, what="the usage schema")
 
 
 async def _ndjson(resp: aiohttp.ClientResponse) -> list[dict[str, object]]:

