@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.servers import PY, check_alive, ensure_free, start, wait_ready
-from benchmarks.stream_bench import loadgen
+from benchmarks import servers
+from benchmarks.servers import PY, check_alive, ensure_free, loadgen, wait_ready
 from proxy.auto import AutoRouter
 from proxy.backends import BackendPool
 from proxy.cli import freeze_loaded
@@ -193,18 +193,10 @@ def end_to_end(seconds: float, rounds: int) -> tuple[list[float], list[float]]:
     emu_port, proxy_port = 18534, 18535
     ensure_free(emu_port, proxy_port)
     procs = [
-        start(
-            [PY, "-m", "proxy.cli", "emulate", "--port", str(emu_port), "--chunk-ms", "5"],
-            port=emu_port,
-        ),
-        start(
-            [PY, "-m", "proxy.cli", "serve"],
-            {
-                "AUTOROUTE_CONFIG": os.devnull,
-                "AUTOROUTE_LISTEN__PORT": str(proxy_port),
-                "AUTOROUTE_BACKENDS": f"http://127.0.0.1:{emu_port}",
-            },
-            port=proxy_port,
+        servers.emulator(emu_port, "--chunk-ms", "5"),
+        servers.proxy(
+            proxy_port,
+            {"AUTOROUTE_CONFIG": os.devnull, "AUTOROUTE_BACKENDS": f"http://127.0.0.1:{emu_port}"},
         ),
     ]
     try:
@@ -222,9 +214,7 @@ def end_to_end(seconds: float, rounds: int) -> tuple[list[float], list[float]]:
         check_alive()
         return named, auto
     finally:
-        for proc in procs:
-            proc.terminate()
-            proc.wait(10)
+        servers.stop(procs, 10)
 
 
 Latency = list[tuple[int, int, float, float]]

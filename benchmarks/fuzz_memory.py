@@ -17,31 +17,26 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import yaml
 
-from benchmarks.servers import PY, ROOT, check_alive, ensure_free, log_file, start, wait_ready
-from benchmarks.stream_bench import rss_kib
+from benchmarks import servers
+from benchmarks.servers import (
+    PY,
+    ROOT,
+    RssWatch,
+    check_alive,
+    ensure_free,
+    log_file,
+    rss_kib,
+    wait_ready,
+)
 from proxy.auth import hash_key
-from tests.test_fuzz import KEY, LIMITS
+from tests.fuzz_target import KEY, LIMITS
 
 PROXY_PORT, EMULATOR_PORT = 11611, 11612
-
-
-class Watch(threading.Thread):
-    def __init__(self, pid: int) -> None:
-        super().__init__(daemon=True)
-        self.pid = pid
-        self.samples: list[tuple[float, int]] = []  # (seconds into the run, RSS KiB)
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        began = time.monotonic()
-        while not self.done.wait(2.0):
-            self.samples.append((time.monotonic() - began, rss_kib(self.pid)))
 
 
 def main() -> int:
@@ -62,17 +57,12 @@ def main() -> int:
     }
     (work / "config.yaml").write_text(yaml.safe_dump(config))
     ensure_free(PROXY_PORT, EMULATOR_PORT)
-    emulator = start(
-        [PY, "-m", "proxy.cli", "emulate", "--port", str(EMULATOR_PORT), "--chunk-ms", "1"],
-        port=EMULATOR_PORT,
-    )
-    proxy = start(
-        [PY, "-m", "proxy.cli", "--config", str(work / "config.yaml"), "serve"], port=PROXY_PORT
-    )
+    emulator = servers.emulator(EMULATOR_PORT, "--chunk-ms", "1")
+    proxy = servers.proxy(PROXY_PORT, config=work / "config.yaml")
     try:
         wait_ready(EMULATOR_PORT)
         wait_ready(PROXY_PORT)
-        watch = Watch(proxy.pid)
+        watch = RssWatch(proxy.pid, 2.0)
         watch.start()
         began = time.monotonic()
         test = subprocess.run(
@@ -93,10 +83,7 @@ def main() -> int:
         final = (time.monotonic() - began, rss_kib(proxy.pid))
         check_alive()
     finally:
-        proxy.terminate()
-        emulator.terminate()
-        proxy.wait(30)
-        emulator.wait(30)
+        servers.stop([proxy, emulator])
     for text in test.stdout.splitlines():
         if text.startswith("fuzz:") or "passed" in text or "failed" in text:
             print(text)

@@ -32,12 +32,20 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
-from benchmarks.servers import PY, ROOT, check_alive, ensure_free, start, tail, wait_ready
-from benchmarks.stream_bench import k6_path, rss_kib
+from benchmarks import servers
+from benchmarks.servers import (
+    PY,
+    ROOT,
+    RssWatch,
+    check_alive,
+    ensure_free,
+    k6_path,
+    rss_kib,
+    tail,
+    wait_ready,
+)
 from proxy.cli import DEMO_BACKENDS
 
 SCRIPTS = ROOT / "benchmarks" / "k6"
@@ -121,21 +129,6 @@ def scripts(args: argparse.Namespace, proxy: str) -> int:
     return failed
 
 
-class RssWatch(threading.Thread):
-    """The proxy's RSS every `every` seconds, for the soak's memory curve."""
-
-    def __init__(self, pid: int, every: float) -> None:
-        super().__init__(daemon=True)
-        self.pid, self.every = pid, every
-        self.samples: list[tuple[float, int]] = []
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        began = time.monotonic()
-        while not self.done.wait(self.every):
-            self.samples.append((time.monotonic() - began, rss_kib(self.pid)))
-
-
 def rss_slope_mib_per_min(samples: list[tuple[float, int]]) -> float:
     """Least-squares slope of (seconds, KiB) samples, in MiB per minute."""
     if len(samples) < 2:
@@ -150,7 +143,9 @@ def rss_slope_mib_per_min(samples: list[tuple[float, int]]) -> float:
     return cov / var * 60 / 1024
 
 
-def soak_phase(proxy: str, seconds: int, readers: int) -> tuple[int, dict[str, float], dict]:
+def soak_phase(
+    proxy: str, seconds: int, readers: int
+) -> tuple[int, dict[str, float], dict[str, object]]:
     slow = subprocess.Popen(
         [
             PY,
@@ -219,21 +214,11 @@ def main() -> int:
     args = parser.parse_args()
     ensure_free(*(port for _, port, _ in DEMO_BACKENDS), args.port)
     procs = [
-        start(
-            [PY, "-m", "proxy.cli", "emulate", "--port", str(port), "--models", ",".join(models)],
-            port=port,
-        )
-        for _, port, models in DEMO_BACKENDS
+        servers.emulator(port, "--models", ",".join(models)) for _, port, models in DEMO_BACKENDS
     ]
     backends = ",".join(f"http://127.0.0.1:{port}" for _, port, _ in DEMO_BACKENDS)
-    proxy_proc = start(
-        [PY, "-m", "proxy.cli", "serve"],
-        {
-            "AUTOROUTE_BACKENDS": backends,
-            "AUTOROUTE_LISTEN__PORT": str(args.port),
-            "AUTOROUTE_LOGGING__ACCESS": "false",
-        },
-        port=args.port,
+    proxy_proc = servers.proxy(
+        args.port, {"AUTOROUTE_BACKENDS": backends, "AUTOROUTE_LOGGING__ACCESS": "false"}
     )
     procs.append(proxy_proc)
     try:
@@ -247,10 +232,7 @@ def main() -> int:
         check_alive()  # numbers from servers that died mid-run are numbers of nothing
         return 1 if failed else 0
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(30)
+        servers.stop(procs)
 
 
 if __name__ == "__main__":

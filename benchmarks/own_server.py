@@ -6,7 +6,8 @@ to measure what the streaming path would cost if the proxy parsed request heads 
 in `data_received`, with one task per request, and relayed with the same upstream
 protocol and client-leg design as `autoroute serve`. `stream_bench` runs it beside
 `bare_relay` (the same relay behind aiohttp's server): the difference between the two
-is what aiohttp's server costs on this path.
+is what aiohttp's server costs on this path. What it found, and why the proxy keeps
+aiohttp's server: docs/design-notes.md.
 
     python -m benchmarks.own_server --port 18440 --backend 127.0.0.1:18434
 """

