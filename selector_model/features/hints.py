@@ -6,8 +6,8 @@ the start and the end, so hints read a narrower window than the rest of the requ
 features: the first and last `HINT_CHARS` characters. Languages are read from the
 conversation's sample, tasks, options and maths from the last user turn.
 
-A regular expression per hint would cost ~0.5 ms each on 8 KB; how the definitions are
-read fast, with the same results (tests/test_features.py pins them):
+A regular expression per hint would scan the text once per hint; how the definitions
+are read fast instead, with the same results (tests/test_features.py pins them):
 
 - In an ASCII text a word w is present exactly when " w " is in " " + spaced + " ",
   which one regex finds for all hint words at once (no word objects, no hashing);
@@ -59,6 +59,8 @@ _CHOICE_LINE = re.compile(r"\n[ (]*[a-e][).:] ")
 
 
 class Hints(NamedTuple):
+    """What `read_hints` read, and the spaced window the word hashes reuse."""
+
     values: list[float]  # lang_*, task_*, multiple_choice, math: `REQUEST_FEATURES` order
     spaced_last: bytes  # the last turn's window, lower-cased, `spaced_utf8`
 
@@ -74,7 +76,9 @@ def read_hints(sample: str, last: str) -> Hints:
     spaced_last_text = spaced_last.decode("utf-8", "surrogatepass")
     if window == window_last:
         low_sample = low_last
-        sample_hits = last_hits = _hint_words(low_last, spaced_last_text, _BOTH_WORDS, _FIND_BOTH)
+        sample_hits = last_hits = _hint_words(
+            low_last, spaced_last_text, _BOTH_WORDS, _FIND_BOTH_WORDS
+        )
     else:
         low_sample = window.lower()
         sample_hits = _hint_words(
@@ -93,6 +97,7 @@ def read_hints(sample: str, last: str) -> Hints:
 
 
 def _window(text: str) -> str:
+    """What hints read of a text: all of it, or its first and last `HINT_CHARS`."""
     return text if len(text) <= 2 * HINT_CHARS else text[:HINT_CHARS] + "\n" + text[-HINT_CHARS:]
 
 
@@ -161,8 +166,7 @@ def _math_count(low: str, hits: frozenset[str]) -> int:
 
 def _word_pattern(words: Iterable[str]) -> re.Pattern[str]:
     """Which of `words` a padded spaced ASCII text has: " (w1|w2|...)(?= )", the
-    alternatives as a trie (a plain alternation tries every word at every space: twice
-    the cost)."""
+    alternatives as a trie (a plain alternation tries every word at every space)."""
 
     def trie(suffixes: list[str]) -> str:
         ends = "" in suffixes
@@ -218,9 +222,9 @@ _LED_LANGUAGE = {
 }
 # Per first character, the symbols that start with it, found by one regex: its literal
 # first character is what the regex engine skips to fast (a set of first characters is
-# tested character by character: 10x slower). A symbol is in a text iff the regex finds
-# it there: no symbol contains another, and none ends with the start of another (a
-# match cannot hide another's occurrence).
+# tested character by character). A symbol is in a text iff the regex finds it there:
+# no symbol contains another, and none ends with the start of another (a match cannot
+# hide another's occurrence).
 _FIND_LED_SYMBOLS = {
     lead: re.compile(
         re.escape(lead)
@@ -247,4 +251,4 @@ _LAST_WORDS = frozenset().union(*_TASK_CHECKS, _MATH_WORDS)
 _BOTH_WORDS = _LANGUAGE_WORDS | _LAST_WORDS
 _FIND_LANGUAGE_WORDS = _word_pattern(_LANGUAGE_WORDS)
 _FIND_LAST_WORDS = _word_pattern(_LAST_WORDS)
-_FIND_BOTH = _word_pattern(_BOTH_WORDS)
+_FIND_BOTH_WORDS = _word_pattern(_BOTH_WORDS)

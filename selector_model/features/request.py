@@ -38,7 +38,7 @@ def request_features(path: str, body: Mapping[str, Any]) -> list[float]:
     """Features of one request body (any shape `request_body` reads), in
     `REQUEST_FEATURES` order."""
     text = _read(body)
-    last = text.last_user
+    last = text.last_user  # its first and last `SCAN_CHARS` characters are read
     if len(last) > 2 * SCAN_CHARS:
         last = last[:SCAN_CHARS] + last[-SCAN_CHARS:]
     hints = read_hints(text.sample, last)
@@ -162,7 +162,7 @@ def _all_but(chars: bytes) -> bytes:
 _ALL_BUT_CODE_OR_NEWLINE = _all_but(b"{}();=<>[]\n")
 _ALL_BUT_DIGITS_OR_QUESTION = _all_but(b"0123456789?")
 # "```" as str.count counts it (non-overlapping, left to right), where the search skips
-# to each "`": str.count compares at every position (twice the time on 2 KB).
+# to each "`": str.count compares at every position.
 _FENCE_MARK = re.compile("```")
 
 
