@@ -92,7 +92,7 @@ class _Scan:
         return head + "\n" + tail
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built on every request, and frozen costs a call per field
 class _Text:
     """What a request gives the model to read."""
 
