@@ -156,12 +156,6 @@ class Registry:
         self.models = models
         self.generation += 1
 
-    def loaded(self) -> frozenset[str]:
-        loaded: set[str] = set()
-        for state in self.backends.usable():
-            loaded |= state.loaded
-        return frozenset(loaded)
-
     def candidates(self) -> list[Candidate]:
         """Every generation model a usable backend has, with its loaded state."""
         usable = self.backends.usable()

@@ -290,6 +290,7 @@ def test_artifact_metadata_and_schema(built: tuple[Path, Path, dict[str, Any]], 
     for row in meta["models"]:
         spec = BY_DATASET_NAME[row["dataset_name"]]
         assert row["params_b"] == spec.params_b and row["price_per_m"] == spec.price_per_m
+        assert features.Candidate.from_record(row) == spec.candidate()
     assert meta["onnx_sha256"] == sha256(out / "selector.onnx")
     assert meta["training_data_hashes"]["llmrouter/train.json"] == sha256(DATA_DIR / "train.json")
     assert meta["opset"] == 15
@@ -307,7 +308,7 @@ def test_artifact_metadata_and_schema(built: tuple[Path, Path, dict[str, Any]], 
     request = features.request_features(
         "/api/chat", {"messages": [{"role": "user", "content": "2+2?"}]}
     )
-    candidates = [features.Candidate.from_record(m["knowledge"]) for m in meta["models"]]
+    candidates = [features.Candidate.from_record(m) for m in meta["models"]]
     x = np.array(features.rows(request, candidates), dtype=np.float32)
     (probs,) = sess.run([meta["output_name"]], {meta["input_name"]: x})
     assert probs.shape == (len(known), 2)

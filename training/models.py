@@ -93,22 +93,6 @@ class ModelSpec:
         candidate = self.model_info().candidate
         return replace(candidate, loaded=True) if loaded else candidate
 
-    def to_json(self) -> dict[str, Any]:
-        """The details serving needs to build this model's `Candidate`."""
-        return {
-            "name": self.ollama_name,
-            "dataset_name": self.dataset_name,
-            "family": self.family,
-            "params_b": self.params_b,
-            "quantization": self.quantization,
-            "quant_bits": self.quant_bits,
-            "context_length": self.context_length,
-            "capabilities": sorted(self.capabilities),
-            "is_code": self.is_code,
-            "is_instruct": self.is_instruct,
-            "price_per_m": self.price_per_m,
-        }
-
 
 def _spec(
     dataset_name: str,

@@ -71,27 +71,21 @@ def _subsample(data: Dataset, max_prompts: int | None, seed: int) -> Dataset:
 
 
 def _model_table(known: Sequence[str], usage: Sequence[Example]) -> list[dict[str, Any]]:
+    """The artifact's models: each its `Candidate` record (`Candidate.from_record` reads
+    a row back), with the dataset's name, the tag's quantization and the price of a
+    model of the bundled data (None for a model only usage events describe)."""
     by_name = {ex.candidate.name: ex.candidate for ex in usage}
     table = []
     for name in known:
         spec = BY_OLLAMA_NAME.get(name)
-        if spec is not None:
-            table.append({**spec.to_json(), "knowledge": spec.candidate().to_record()})
-            continue
-        c = by_name[name]
+        # Loaded is the state of one decision, not a property of the model.
+        candidate = spec.candidate() if spec else replace(by_name[name], loaded=False)
         table.append(
             {
-                "name": c.name,
-                "dataset_name": None,
-                "family": c.family,
-                "params_b": c.params_b,
-                "quantization": None,
-                "quant_bits": c.quant_bits,
-                "context_length": c.context_length,
-                "capabilities": sorted(c.capabilities),
-                "is_code": c.is_code,
-                "is_instruct": c.is_instruct,
-                "price_per_m": None,
+                **candidate.to_record(),
+                "dataset_name": spec.dataset_name if spec else None,
+                "quantization": spec.quantization if spec else None,
+                "price_per_m": spec.price_per_m if spec else None,
             }
         )
     return table

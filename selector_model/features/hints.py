@@ -1,0 +1,254 @@
+"""Keyword hints: which languages, tasks, multiple-choice options and maths a request shows.
+
+Read from lower-cased text: a hint word counts when it is one of the text's words
+(`selector_model.features.words`), a symbol when it is in the text. Instructions sit at
+the start and the end, so hints read a narrower window than the rest of the request
+features: the first and last `HINT_CHARS` characters. Languages are read from the
+conversation's sample, tasks, options and maths from the last user turn.
+
+A regular expression per hint would scan the text once per hint; how the definitions
+are read fast instead, with the same results (tests/test_features.py pins them):
+
+- In an ASCII text a word w is present exactly when " w " is in " " + spaced + " ",
+  which one regex finds for all hint words at once (no word objects, no hashing);
+  other texts split and look words up.
+- A symbol is looked for only where a character it cannot occur without is (found
+  with memchr); code fence symbols all at once, by one regex over the text's "```"s;
+  symbols that start with the same punctuation all at once too, by one regex that
+  skips to that character (`in` compares at almost every position of prose).
+- Which language or task a hint word found stands for is looked up, word by word.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Iterable
+from typing import NamedTuple
+
+from selector_model.features.schema import HINT_CHARS, LANGUAGES, TASKS
+from selector_model.features.words import spaced, spaced_utf8
+
+_LANGUAGE_HINTS: dict[str, tuple[frozenset[str], tuple[str, ...]]] = {
+    "python": (frozenset({"def", "elif", "self", "none", "import"}), ("```python", "print(")),
+    "javascript": (frozenset({"function", "const", "console", "var"}), ("```js", "=> ")),
+    "typescript": (frozenset({"interface", "typescript"}), ("```ts", ": string", ": number")),
+    "go": (frozenset({"func", "golang", "goroutine"}), ("```go", ":= ", "package main")),
+    "rust": (frozenset({"fn", "impl", "cargo", "rust"}), ("```rust", "let mut ")),
+    "java": (frozenset({"public", "java", "void"}), ("```java", "system.out")),
+    "cpp": (frozenset({"std", "cpp", "include"}), ("```cpp", "```c++", "#include")),
+    "sql": (frozenset({"select", "from", "where", "join", "sql"}), ("```sql",)),
+    "shell": (frozenset({"bash", "sudo", "grep", "chmod", "echo"}), ("```sh", "```bash")),
+}
+_TASK_HINTS: dict[str, frozenset[str]] = {
+    "fix": frozenset({"fix", "bug", "error", "exception", "traceback", "debug", "broken", "fails"}),
+    "explain": frozenset({"explain", "why", "meaning", "describe", "understand"}),
+    "refactor": frozenset({"refactor", "cleanup", "simplify", "rewrite", "improve"}),
+    "test": frozenset({"test", "tests", "pytest", "jest", "assert", "unittest"}),
+    "generate": frozenset({"write", "implement", "create", "generate", "build"}),
+    "complete": frozenset({"complete", "continue", "finish"}),
+    "summarize": frozenset({"summarize", "summarise", "summary", "tldr"}),
+    "translate": frozenset({"translate", "translation"}),
+}
+_MATH_WORDS = frozenset(
+    {"solve", "equation", "probability", "integer", "calculate", "sum", "product", "remainder"}
+)
+_MATH_SYMBOLS = (" + ", " - ", " * ", " / ", " = ", "^", "\\frac", "\\sqrt")
+# A line that opens like a multiple-choice option, as `_choices` defines it, in "\n" + text.
+_CHOICE_LINE = re.compile(r"\n[ (]*[a-e][).:] ")
+
+
+class Hints(NamedTuple):
+    """What `read_hints` read, and the spaced window the word hashes reuse."""
+
+    values: list[float]  # lang_*, task_*, multiple_choice, math: `REQUEST_FEATURES` order
+    spaced_last: bytes  # the last turn's window, lower-cased, `spaced_utf8`
+
+
+def read_hints(sample: str, last: str) -> Hints:
+    """The hints of a request whose scanned text is `sample` and whose last user turn
+    (its scanned ends) is `last`. When the sample's window is the last turn's (one short
+    message, or one long one), it is read once."""
+    window = _window(sample)
+    window_last = _window(last)
+    low_last = window_last.lower()
+    spaced_last = spaced_utf8(low_last)
+    spaced_last_text = spaced_last.decode("utf-8", "surrogatepass")
+    if window == window_last:
+        low_sample = low_last
+        sample_hits = last_hits = _hint_words(
+            low_last, spaced_last_text, _BOTH_WORDS, _FIND_BOTH_WORDS
+        )
+    else:
+        low_sample = window.lower()
+        sample_hits = _hint_words(
+            low_sample, spaced(low_sample), _LANGUAGE_WORDS, _FIND_LANGUAGE_WORDS
+        )
+        last_hits = _hint_words(low_last, spaced_last_text, _LAST_WORDS, _FIND_LAST_WORDS)
+    return Hints(
+        [
+            *_language_hints(low_sample, sample_hits),
+            *_task_hints(last_hits),
+            1.0 if _choices(low_last) >= 2 else 0.0,
+            float(_math_count(low_last, last_hits)),
+        ],
+        spaced_last,
+    )
+
+
+def _window(text: str) -> str:
+    """What hints read of a text: all of it, or its first and last `HINT_CHARS`."""
+    return text if len(text) <= 2 * HINT_CHARS else text[:HINT_CHARS] + "\n" + text[-HINT_CHARS:]
+
+
+def _choices(low: str) -> int:
+    """Lines that open like a multiple-choice option: "a)", "(b)", "c.", "d:" (a line
+    that, leading spaces and "(" stripped, has [a-e], one of ").:" and a space)."""
+    return len(_CHOICE_LINE.findall("\n" + low))
+
+
+def _hint_words(
+    low: str, spaced_low: str, hint_words: frozenset[str], find: re.Pattern[str]
+) -> frozenset[str]:
+    """Which `hint_words` are among the words of `low` (lower-cased text; `spaced_low`,
+    `spaced(low)`; `find`, `_word_pattern(hint_words)`)."""
+    if low.isascii():
+        return frozenset(find.findall(" " + spaced_low + " "))
+    return hint_words.intersection(spaced_low.split())
+
+
+def _language_hints(low: str, hits: frozenset[str]) -> list[float]:
+    """lang_* of the sample's window (`low`, lower-cased; `hits`, hint words among its
+    words): one of the language's hint words, else one of its symbols in it."""
+    found = [False] * len(LANGUAGES)
+    for word in hits:  # a few words, where asking each language costs a set operation
+        index = _WORD_LANGUAGE.get(word)
+        if index is not None:
+            found[index] = True
+    if "```" in low:  # one scan for every fence tag, however many fences
+        for tag in _FIND_FENCE.findall(low):
+            found[_TAG_LANGUAGE[tag]] = True
+    for lead, find in _FIND_LED_SYMBOLS.items():
+        if lead in low:  # a memchr; then one scan for the symbols that start with it
+            for symbol in find.findall(low):
+                found[_LED_LANGUAGE[symbol]] = True
+    for index, (_, _, symbols) in enumerate(_LANGUAGE_CHECKS):
+        if not found[index]:
+            for symbol, probe in symbols:
+                if (probe is None or probe in low) and symbol in low:
+                    found[index] = True
+                    break
+    return [1.0 if hinted else 0.0 for hinted in found]
+
+
+def _task_hints(hits: frozenset[str]) -> list[float]:
+    """task_* of the last turn's window (`hits`, hint words among its words)."""
+    tasks = [0.0] * len(TASKS)
+    for word in hits:  # a few words, where asking each task costs a set operation
+        task = _WORD_TASK.get(word)
+        if task is not None:
+            tasks[task] = 1.0
+    return tasks
+
+
+def _math_count(low: str, hits: frozenset[str]) -> int:
+    """Maths words among the last turn's window's words (`hits`), plus each occurrence
+    of a maths symbol in it (`low`, lower-cased)."""
+    count = len(hits & _MATH_WORDS)
+    for symbol, probe in _MATH_PROBES:
+        if probe in low:
+            count += low.count(symbol)
+    return count
+
+
+# The tables the fast reading above uses, built from the definitions ----------------
+
+
+def _word_pattern(words: Iterable[str]) -> re.Pattern[str]:
+    """Which of `words` a padded spaced ASCII text has: " (w1|w2|...)(?= )", the
+    alternatives as a trie (a plain alternation tries every word at every space)."""
+
+    def trie(suffixes: list[str]) -> str:
+        ends = "" in suffixes
+        by_first: dict[str, list[str]] = {}
+        for suffix in sorted(s for s in suffixes if s):
+            by_first.setdefault(suffix[0], []).append(suffix[1:])
+        branches = [re.escape(first) + trie(rest) for first, rest in by_first.items()]
+        if not branches:
+            return ""
+        if len(branches) == 1 and not ends:
+            return branches[0]
+        return "(?:" + "|".join(branches) + ")" + ("?" if ends else "")
+
+    return re.compile(" (" + trie(sorted(set(words))) + ")(?= )")
+
+
+def _probe(symbol: str) -> str | None:
+    """A punctuation character the symbol cannot occur without (a one-character search
+    is a memchr), or None."""
+    return next((c for c in symbol if c in string.punctuation), None)
+
+
+def _led(symbol: str) -> bool:
+    """Whether a (non-fence) symbol starts with punctuation: see `_FIND_LED_SYMBOLS`."""
+    return not symbol.startswith("```") and symbol[0] in string.punctuation
+
+
+# Per language: its hint words, the tags of its code fences ("```python" -> "python"),
+# its other symbols that do not start with punctuation, with their probes.
+_LANGUAGE_CHECKS = tuple(
+    (
+        words,
+        tuple(s[3:] for s in symbols if s.startswith("```")),
+        tuple((s, _probe(s)) for s in symbols if not s.startswith("```") and not _led(s)),
+    )
+    for words, symbols in (_LANGUAGE_HINTS[name] for name in LANGUAGES)
+)
+# Which language a hint word or a fence tag stands for: each stands for one.
+_WORD_LANGUAGE = {word: i for i, (words, _, _) in enumerate(_LANGUAGE_CHECKS) for word in words}
+_TAG_LANGUAGE = {tag: i for i, (_, tags, _) in enumerate(_LANGUAGE_CHECKS) for tag in tags}
+assert len(_WORD_LANGUAGE) == sum(len(words) for words, _, _ in _LANGUAGE_CHECKS)
+# "```tag" is in a text iff this finds tag there: no tag has a "`" (a match cannot hide
+# another "```") nor starts another (the match names the one tag that is there).
+_FIND_FENCE = re.compile("```(" + "|".join(re.escape(tag) for tag in _TAG_LANGUAGE) + ")")
+assert not any("`" in tag for tag in _TAG_LANGUAGE)
+assert not any(a != b and b.startswith(a) for a in _TAG_LANGUAGE for b in _TAG_LANGUAGE)
+# Which language a symbol that starts with punctuation stands for: each stands for one.
+_LED_LANGUAGE = {
+    symbol: i
+    for i, (_, symbols) in enumerate(_LANGUAGE_HINTS[name] for name in LANGUAGES)
+    for symbol in symbols
+    if _led(symbol)
+}
+# Per first character, the symbols that start with it, found by one regex: its literal
+# first character is what the regex engine skips to fast (a set of first characters is
+# tested character by character). A symbol is in a text iff the regex finds it there:
+# no symbol contains another, and none ends with the start of another (a match cannot
+# hide another's occurrence).
+_FIND_LED_SYMBOLS = {
+    lead: re.compile(
+        re.escape(lead)
+        + "(?:"
+        + "|".join(re.escape(s[1:]) for s in _LED_LANGUAGE if s[0] == lead)
+        + ")"
+    )
+    for lead in sorted({symbol[0] for symbol in _LED_LANGUAGE})
+}
+assert not any(
+    a != b and (b in a or any(b.startswith(a[k:]) for k in range(1, len(a))))
+    for a in _LED_LANGUAGE
+    for b in _LED_LANGUAGE
+)
+_TASK_CHECKS = tuple(_TASK_HINTS[name] for name in TASKS)
+# Which task a hint word stands for: each stands for one.
+_WORD_TASK = {word: i for i, words in enumerate(_TASK_CHECKS) for word in words}
+assert len(_WORD_TASK) == sum(len(words) for words in _TASK_CHECKS)
+_MATH_PROBES = tuple((symbol, _probe(symbol) or symbol) for symbol in _MATH_SYMBOLS)
+# The hint words each window is searched for: the sample's languages; the last turn's
+# tasks and maths; both, when the two windows are one.
+_LANGUAGE_WORDS = frozenset().union(*(words for words, _ in _LANGUAGE_HINTS.values()))
+_LAST_WORDS = frozenset().union(*_TASK_CHECKS, _MATH_WORDS)
+_BOTH_WORDS = _LANGUAGE_WORDS | _LAST_WORDS
+_FIND_LANGUAGE_WORDS = _word_pattern(_LANGUAGE_WORDS)
+_FIND_LAST_WORDS = _word_pattern(_LAST_WORDS)
+_FIND_BOTH_WORDS = _word_pattern(_BOTH_WORDS)
