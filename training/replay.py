@@ -300,6 +300,7 @@ def fold_artifact(
         "feature_names": features.feature_names(),
         "known_models": [],
         "trained_on": [m.ollama_name for m in kept],
+        "models": [{"name": m.ollama_name} for m in kept],
         "policy": {"unseen_margin": 0.0},
     }
     export.write_artifact(out_dir, onnx_bytes, meta)
