@@ -15,11 +15,14 @@ eligible (kept as the baseline benchmarks compare with).
 for each candidate, the outcomes of its answers to this kind of prompt (count n, sum
 s) and what the selector expected of them (sum e of its P(success) then). The
 correction is hierarchical. First the kind's shift, how far P is off for this kind of
-prompt over every model with evidence, shrunk toward 0 by the prior's strength n0:
+prompt over every model with evidence, shrunk toward 0 by `prior_strength` n0:
 
-    shift = sum_m (s(m) - e(m)) / (n0 + sum_m n(m))
+    shift = sum_m w(m) * g(m) / (n0 + sum_m w(m)),  g(m) = (s(m) - e(m)) / n(m),
+    w(m) = n(m) * n0(m) / (n0(m) + n(m))
 
-Every candidate moves by it. Then a model's own evidence moves it further only by how
+(a model's mean gap is the kind's plus its own departure, whose spread its prior's
+strength n0(m) sets: it speaks for the kind with at most n0(m) outcomes). Every
+candidate moves by it. Then a model's own evidence moves it further only by how
 far it departs from that shift, shrunk by its prior's strength n0(m)
 (`known_prior_strength` for a model the artifact was fitted on, whose P rests on many
 outcomes of that very model; `prior_strength` for any other):
@@ -31,8 +34,10 @@ the evidence centred on this prompt. Why not each model's own gap alone: the cho
 model is the one whose P was highest, so the most likely overestimated (and a model
 chosen on a kind's hard prompts meets the selector's overconfidence there); correcting
 only it hands its place to the next-ranked, as overestimated but never tried, and
-feedback on a good prior undoes it. Only a difference between models that were both
-tried reorders them. The utility uses the blend in place of P; the
+feedback on a good prior undoes it. With priors the artifact was fitted on, only a
+difference between models that were both tried reorders them; with weak priors (models
+it never saw) a chosen model's shortfall is shared between the kind and the model, so
+a model chosen everywhere can still lose its place. The utility uses the blend in place of P; the
 safety rule reads blended utilities (a model's unseen-margin shrinks as its evidence
 grows). Exploration is Thompson sampling: with probability `exploration` the choice
 is the best of one draw from each posterior (mean blend, weight n0 + n; by its normal
@@ -242,20 +247,27 @@ class Chosen:
     propensity: float
 
 
-def _kind_shift(evidence: Mapping[str, Sequence[float]], prior_strength: float) -> float:
-    """How far the selector's P(success) is off for this kind of prompt, over every
-    model with evidence: the pooled gap between outcomes and expectations, shrunk
-    toward 0 by the prior's strength. Every candidate moves by it; a model's own
-    evidence moves it further only by how much that model differs from the pool
-    (see `choose`)."""
-    gap = count = 0.0
-    for got in evidence.values():
-        if got[1] > 0:
-            gap += float(got[0]) - float(got[2])
-            count += float(got[1])
-    if count <= 0:
+def _kind_shift(
+    evidence: Mapping[str, Sequence[float]], strengths: Mapping[str, float], prior_strength: float
+) -> float:
+    """How far the selector's P(success) is off for this kind of prompt: the models'
+    mean gaps (outcomes minus expectations), each weighted by how much it says about
+    the kind, n * n0 / (n0 + n), shrunk toward 0 by `prior_strength`. A model's gap is
+    the kind's plus its own departure, whose spread its prior's strength n0 sets; so a
+    model with a weak prior (one the artifact never saw) speaks for the kind with at
+    most n0 outcomes however often it was chosen, and the model chosen most does not
+    make the pool its own. (`strengths`: n0 by model, `prior_strength` if absent.)"""
+    gap = weight = 0.0
+    for name, got in evidence.items():
+        count = float(got[1])
+        if count > 0:
+            n0 = strengths.get(name, prior_strength)
+            w = count * n0 / (n0 + count)
+            gap += w * (float(got[0]) - float(got[2])) / count
+            weight += w
+    if weight <= 0:
         return 0.0
-    return gap / (prior_strength + count)
+    return gap / (prior_strength + weight)
 
 
 def choose(
@@ -280,15 +292,15 @@ def choose(
     blended = ranking
     if evidence:
         blended = []
-        shift = _kind_shift(evidence, prior_strength)
+        strengths = {s.name: known_prior_strength if s.known else prior_strength for s in ranking}
+        shift = _kind_shift(evidence, strengths, prior_strength)
         for s in ranking:
             got = evidence.get(s.name)
             if got is None or got[1] <= 0:
                 blended.append(s.blended(s.p_success + shift) if shift else s)
                 continue
             successes, count, expected = float(got[0]), float(got[1]), float(got[2])
-            strength = known_prior_strength if s.known else prior_strength
-            own = (successes - expected - count * shift) / (strength + count)
+            own = (successes - expected - count * shift) / (strengths[s.name] + count)
             blend = s.p_success + shift + own
             blended.append(s.blended(blend, count, successes / count, expected / count))
         blended.sort(key=_UTILITY, reverse=True)
