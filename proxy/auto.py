@@ -301,7 +301,9 @@ class AutoRouter:
 
     def _known_models(self, artifact: artifact_module.Artifact) -> frozenset[str]:
         if self._known[0] is not artifact:
-            self._known = (artifact, frozenset(artifact.known_models))
+            # Known: the models whose outcomes it was fitted on (its training table),
+            # whose P(success) deserves the stronger prior in `choose`.
+            self._known = (artifact, frozenset(artifact.known_models) | frozenset(artifact.models))
         return self._known[1]
 
     def observe(self, backend: str, model: str, stats: Mapping[str, int | str]) -> None:

@@ -219,7 +219,7 @@ class Learning:
     # How many outcomes the selector's P(success) is worth against the evidence: for a
     # model the artifact never saw, and for one it was trained on.
     prior_strength: float = 10.0
-    known_prior_strength: float = 50.0
+    known_prior_strength: float = 200.0
     # How often the evidence is written and (with PostgreSQL) every proxy's read back.
     sync_seconds: float = 2.0
     # Without usage.postgres_dsn: where the evidence is kept ("": learning.json

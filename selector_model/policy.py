@@ -13,16 +13,31 @@ eligible (kept as the baseline benchmarks compare with).
 
 `choose` adds what the proxy learned from its own traffic (`selector_model.evidence`):
 for each candidate, the outcomes of its answers to this kind of prompt (count n, sum
-s) and what the selector expected of them (sum e of its P(success) then). The blend
-corrects this prompt's P by the gap between outcomes and expectations, shrunk by the
-prior's strength n0 (`known_prior_strength` for a model the artifact was trained on,
-`prior_strength` for any other):
+s) and what the selector expected of them (sum e of its P(success) then). The
+correction is hierarchical. First the kind's shift, how far P is off for this kind of
+prompt over every model with evidence, shrunk toward 0 by `prior_strength` n0:
 
-    blend(m) = P(m) + (s(m) - e(m)) / (n0 + n(m))
+    shift = sum_m w(m) * g(m) / (n0 + sum_m w(m)),  g(m) = (s(m) - e(m)) / n(m),
+    w(m) = n(m) * n0(m) / (n0(m) + n(m))
 
-the mean of a Beta posterior whose prior has mean P(m) and weight n0, with the
-evidence centred on this prompt (where P was the same for every outcome, it is
-exactly (n0 * P + s) / (n0 + n)). The utility uses the blend in place of P; the
+(a model's mean gap is the kind's plus its own departure, whose spread its prior's
+strength n0(m) sets: it speaks for the kind with at most n0(m) outcomes). Every
+candidate moves by it. Then a model's own evidence moves it further only by how
+far it departs from that shift, shrunk by its prior's strength n0(m)
+(`known_prior_strength` for a model the artifact was fitted on, whose P rests on many
+outcomes of that very model; `prior_strength` for any other):
+
+    blend(m) = P(m) + shift + (s(m) - e(m) - n(m) * shift) / (n0(m) + n(m))
+
+the mean of a Beta posterior whose prior has mean P(m) + shift and weight n0(m), with
+the evidence centred on this prompt. Why not each model's own gap alone: the chosen
+model is the one whose P was highest, so the most likely overestimated (and a model
+chosen on a kind's hard prompts meets the selector's overconfidence there); correcting
+only it hands its place to the next-ranked, as overestimated but never tried, and
+feedback on a good prior undoes it. With priors the artifact was fitted on, only a
+difference between models that were both tried reorders them; with weak priors (models
+it never saw) a chosen model's shortfall is shared between the kind and the model, so
+a model chosen everywhere can still lose its place. The utility uses the blend in place of P; the
 safety rule reads blended utilities (a model's unseen-margin shrinks as its evidence
 grows). Exploration is Thompson sampling: with probability `exploration` the choice
 is the best of one draw from each posterior (mean blend, weight n0 + n; by its normal
@@ -55,10 +70,11 @@ from selector_model.features import Candidate
 UNKNOWN_MARGIN = 0.05
 # How many outcomes the selector's P(success) is worth against the evidence: the
 # evidence outweighs the prior after this many rated answers of a kind. For a model
-# the artifact was trained on, its P is worth more (it was fitted on that model's
-# results) than for a model it places by its description alone.
+# the artifact was trained on, its P is worth more (it was fitted on thousands of that
+# model's results, hundreds per kind) than for a model it places by its description
+# alone.
 PRIOR_STRENGTH = 10.0
-KNOWN_PRIOR_STRENGTH = 50.0
+KNOWN_PRIOR_STRENGTH = 200.0
 # Monte-Carlo draws for a decision's propensity under Thompson sampling.
 DRAWS = 32
 # P(success) as a Beta prior mean stays inside (0, 1).
@@ -231,25 +247,27 @@ class Chosen:
     propensity: float
 
 
-# The share of this kind's pooled gap (outcomes minus expectations, over every model
-# with evidence) that a model without evidence of its own is moved by.
-POOL_SHARE = 0.5
-
-
-def _pooled_shift(evidence: Mapping[str, Sequence[float]], prior_strength: float) -> float:
-    """How far a model without evidence moves: the models that were chosen show how far
-    the selector's P(success) is off for this kind of prompt. Without this, only the
-    chosen model's overconfidence is corrected (the chosen is the one whose P was
-    highest, so the most likely overestimated), and the next-ranked model, as
-    overestimated but never tried, takes its place."""
-    gap = count = 0.0
-    for got in evidence.values():
-        if got[1] > 0:
-            gap += float(got[0]) - float(got[2])
-            count += float(got[1])
-    if count <= 0:
+def _kind_shift(
+    evidence: Mapping[str, Sequence[float]], strengths: Mapping[str, float], prior_strength: float
+) -> float:
+    """How far the selector's P(success) is off for this kind of prompt: the models'
+    mean gaps (outcomes minus expectations), each weighted by how much it says about
+    the kind, n * n0 / (n0 + n), shrunk toward 0 by `prior_strength`. A model's gap is
+    the kind's plus its own departure, whose spread its prior's strength n0 sets; so a
+    model with a weak prior (one the artifact never saw) speaks for the kind with at
+    most n0 outcomes however often it was chosen, and the model chosen most does not
+    make the pool its own. (`strengths`: n0 by model, `prior_strength` if absent.)"""
+    gap = weight = 0.0
+    for name, got in evidence.items():
+        count = float(got[1])
+        if count > 0:
+            n0 = strengths.get(name, prior_strength)
+            w = count * n0 / (n0 + count)
+            gap += w * (float(got[0]) - float(got[2])) / count
+            weight += w
+    if weight <= 0:
         return 0.0
-    return POOL_SHARE * gap / (prior_strength + count)
+    return gap / (prior_strength + weight)
 
 
 def choose(
@@ -274,15 +292,16 @@ def choose(
     blended = ranking
     if evidence:
         blended = []
-        shift = _pooled_shift(evidence, prior_strength)
+        strengths = {s.name: known_prior_strength if s.known else prior_strength for s in ranking}
+        shift = _kind_shift(evidence, strengths, prior_strength)
         for s in ranking:
             got = evidence.get(s.name)
             if got is None or got[1] <= 0:
                 blended.append(s.blended(s.p_success + shift) if shift else s)
                 continue
             successes, count, expected = float(got[0]), float(got[1]), float(got[2])
-            strength = known_prior_strength if s.known else prior_strength
-            blend = s.p_success + (successes - expected) / (strength + count)
+            own = (successes - expected - count * shift) / (strengths[s.name] + count)
+            blend = s.p_success + shift + own
             blended.append(s.blended(blend, count, successes / count, expected / count))
         blended.sort(key=_UTILITY, reverse=True)
         greedy, reason = _safe_greedy(

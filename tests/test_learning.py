@@ -24,7 +24,7 @@ from proxy.learning import Learner, evidence_from_events
 from selector_model import outcome
 from selector_model.evidence import Evidence
 from selector_model.kind import kind_of
-from selector_model.policy import POOL_SHARE, choose, pick, rank
+from selector_model.policy import choose, pick, rank
 from tests.support import Emulator, Proxy, ServerThread
 from tests.usage_services import Database
 from training.data import prompt_request
@@ -59,11 +59,19 @@ def test_evidence_moves_the_choice_by_the_beta_posterior() -> None:
     row = {s.name: s.describe() for s in chose.ranking}
     assert row["mistral:7b"]["prior"] == 0.6
     assert row["mistral:7b"]["evidence"] == {"count": ROUNDS, "mean": 1.0, "expected": 0.6}
+    # The kind's shift: the models' mean gaps, each weighted by n * n0 / (n0 + n),
+    # shrunk by the prior's strength (10); each model with evidence moves further by
+    # how far its own gap departs from it.
+    weight = ROUNDS * 10 / (10 + ROUNDS)
+    shift = weight * (0.4 - 0.7) / (10 + 2 * weight)
     assert row["mistral:7b"]["blend"] == pytest.approx(
-        (10 * 0.6 + ROUNDS) / (10 + ROUNDS), abs=1e-4
+        0.6 + shift + ROUNDS * (0.4 - shift) / (10 + ROUNDS), abs=1e-4
     )
-    assert row["qwen2.5:7b"]["blend"] == pytest.approx(7.0 / (10 + ROUNDS), abs=1e-4)
+    assert row["qwen2.5:7b"]["blend"] == pytest.approx(
+        0.7 + shift + ROUNDS * (-0.7 - shift) / (10 + ROUNDS), abs=1e-4
+    )
     assert row["llama3.1:8b"]["evidence"] == {"count": 0.0, "mean": None, "expected": None}
+    assert row["llama3.1:8b"]["blend"] == pytest.approx(0.5 + shift, abs=1e-4)
     # Another kind of prompt keeps the prior.
     assert choose(_ranking(), evidence.of("code"), 0.0, rng).chosen.name == "qwen2.5:7b"
     # The evidence corrects the prior of each prompt: where the selector expected less
@@ -74,7 +82,23 @@ def test_evidence_moves_the_choice_by_the_beta_posterior() -> None:
         s.name: s
         for s in choose(low, evidence.of("math"), 0.0, rng, known_prior_strength=10).ranking
     }
-    assert lifted["mistral:7b"].blend == pytest.approx(0.3 + ROUNDS * 0.4 / (10 + ROUNDS))
+    assert lifted["mistral:7b"].blend == pytest.approx(
+        0.3 + shift + ROUNDS * (0.4 - shift) / (10 + ROUNDS)
+    )
+    # With priors the artifact was fitted on, one model's evidence alone moves the
+    # kind, not the order: the chosen model's shortfall may be the selector's on this
+    # kind (or the winner's curse), and nothing says another would have done better.
+    alone = Evidence()
+    for _ in range(ROUNDS):
+        alone.update("math", "qwen2.5:7b", 0.0, prior=0.7)
+    only = choose(_ranking(), alone.of("math"), 0.0, rng)
+    assert only.chosen.name == "qwen2.5:7b"
+    assert [s.name for s in only.ranking] == list(MODELS)
+    assert all(s.blend is not None and s.blend < s.p_success for s in only.ranking)
+    # With the weak priors of models the artifact never saw, the same shortfall is
+    # shared between the kind and the model: the model chosen everywhere loses its place.
+    unseen = rank(list(MODELS), [0.70, 0.60, 0.50], [1.0, 1.0, 1.0], 0.0, set())
+    assert choose(unseen, alone.of("math"), 0.0, rng).chosen.name == "mistral:7b"
     # A prior that is worth more needs more evidence: by default, the prior of a model
     # the artifact was trained on; a model it never saw learns faster.
     few = Evidence()
@@ -287,13 +311,22 @@ def _check_learned(doc: dict[str, Any], picked: str, runner_up: str) -> None:
             evidence["count"] * ((evidence["mean"] or 0.0) - (evidence["expected"] or 0.0))
         )
 
-    # A model without evidence of its own moves by a share of the kind's pooled gap.
-    pooled_count = sum(r["evidence"]["count"] for r in rows.values())
-    pooled = sum(gap(r) for r in rows.values()) / (doc["prior_strength"]["unseen"] + pooled_count)
+    # Every model moves by the kind's shift (the models' mean gaps, each weighted by
+    # n * n0 / (n0 + n)); one with evidence of its own, further by how far its own gap
+    # departs from that.
+    def strength(row: dict[str, Any]) -> float:
+        return float(doc["prior_strength"]["known" if row["known_to_artifact"] else "unseen"])
+
+    def weight(row: dict[str, Any]) -> float:
+        count = float(row["evidence"]["count"])
+        return count * strength(row) / (strength(row) + count)
+
+    tried = [r for r in rows.values() if r["evidence"]["count"]]
+    pooled = sum(weight(r) * gap(r) / r["evidence"]["count"] for r in tried)
+    shift = pooled / (doc["prior_strength"]["unseen"] + sum(weight(r) for r in tried))
     for row in rows.values():
-        strength = doc["prior_strength"]["known" if row["known_to_artifact"] else "unseen"]
         count = row["evidence"]["count"]
-        want = row["prior"] + (gap(row) / (strength + count) if count else POOL_SHARE * pooled)
+        want = row["prior"] + shift + (gap(row) - count * shift) / (strength(row) + count)
         assert row["blend"] == pytest.approx(want, abs=1e-3)
     assert rows[picked]["evidence"]["mean"] == 0.0
     assert rows[runner_up]["evidence"]["mean"] > 0.99

@@ -203,6 +203,8 @@ class FleetResult:
     baselines: dict[str, Outcome]
     # Per profile: quality on the evaluation half after 0, 1, ... feedback passes.
     curves: dict[str, list[float]] = field(default_factory=dict)
+    # The best single model's quality on that half (what the curves are held to).
+    half_best: float | None = None
 
     def rows(self) -> list[tuple[str, Outcome]]:
         return [*((f"auto:{p}", o) for p, o in self.profiles.items()), *self.baselines.items()]
@@ -239,6 +241,7 @@ def replay_fleet(
         order = np.random.default_rng(seed).permutation(len(prompts))
         learn = [prompts[i] for i in order[: len(prompts) // 2]]
         held = [prompts[i] for i in order[len(prompts) // 2 :]]
+        result.half_best = baselines(held, fleet, cost)["best single"].quality
         router = router_for(artifact_dir, fleet, profiles, seed)
         hook = feedback(router)
         curve = [_mean_outcome(held, decide_all(router, held, fleet, profile), cost).quality]
@@ -300,6 +303,7 @@ def fold_artifact(
         "feature_names": features.feature_names(),
         "known_models": [],
         "trained_on": [m.ollama_name for m in kept],
+        "models": [{"name": m.ollama_name} for m in kept],
         "policy": {"unseen_margin": 0.0},
     }
     export.write_artifact(out_dir, onnx_bytes, meta)
@@ -385,6 +389,7 @@ def table(result: FleetResult) -> str:
         lines.append(
             f"  auto:{profile} with feedback (2nd half, passes 0..{len(curve) - 1}): "
             + " ".join(f"{q:.3f}" for q in curve)
+            + f" (best single there {result.half_best:.3f})"
         )
     return "\n".join(lines)
 
@@ -411,6 +416,15 @@ def summary(results: Sequence[FleetResult], kind: str) -> str:
             f"  {name:<16}{np.mean(q):>8.3f}{np.mean(s):>10.2f}{np.mean(gap):>+8.1f}p"
             f"{min(gap):>+7.1f}p"
         )
+    for profile in chosen[0].curves:
+        # On the evaluation half, against that half's best single model.
+        before = [(r.curves[profile][0] - (r.half_best or 0.0)) * 100 for r in chosen]
+        after = [(r.curves[profile][-1] - (r.half_best or 0.0)) * 100 for r in chosen]
+        lines.append(
+            f"  auto:{profile} vs best single on the 2nd half: no feedback "
+            f"{np.mean(before):+.1f}p (worst {min(before):+.1f}p), after feedback "
+            f"{np.mean(after):+.1f}p (worst {min(after):+.1f}p)"
+        )
     return "\n".join(lines)
 
 
@@ -425,6 +439,7 @@ def to_json(results: Sequence[FleetResult], cost_kind: str) -> dict[str, Any]:
                 "prompts": r.prompts,
                 "rows": {n: o.__dict__ for n, o in r.rows()},
                 "curves": r.curves,
+                "curve_best_single": r.half_best,
             }
             for r in results
         ],
