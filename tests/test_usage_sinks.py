@@ -11,8 +11,8 @@ import aiohttp
 import orjson
 import pytest
 
+from proxy.app import APP_KEY
 from proxy.config import Usage
-from proxy.server import PROXY_KEY
 from tests.support import Emulator, Proxy, ServerThread
 from tests.test_usage_services import (
     Database,
@@ -56,7 +56,7 @@ def usage_proxy(
 async def postgres_ready(prx: Proxy) -> None:
     """Until the PostgreSQL sink's start-up (migrations, then its pool) is done: the
     schema is in place before a test reads tables, however busy the machine."""
-    sink = prx.app[PROXY_KEY].usage.postgres
+    sink = prx.app[APP_KEY].usage.postgres
     assert sink is not None
 
     async def ready() -> bool:
