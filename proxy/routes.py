@@ -133,11 +133,6 @@ def find(path: str) -> Route | None:
     return None
 
 
-def access_of(path: str) -> str:
-    route = find(path)
-    return route.access if route is not None else KEY
-
-
 def runs_model(path: str) -> bool:
     route = find(path)
     return route is not None and route.inference
@@ -152,7 +147,7 @@ def label_of(path: str) -> str:
 class Router:
     """The table's handlers, bound to the objects that own them (`owners`, by the name
     a route's handler starts with). Every name is resolved here, once: a handler that
-    does not exist fails the application's start, not a request."""
+    does not exist fails building the application, not a request."""
 
     def __init__(self, owners: Mapping[str, object]) -> None:
         self._handlers = {route.path: _resolve(owners, route.handler) for route in ROUTES}

@@ -7,20 +7,20 @@ from __future__ import annotations
 import aiohttp
 import orjson
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
 from proxy.auth import STREAM_SLOT, Access, hash_key
 from proxy.config import ApiKey, Auth
 from proxy.routes import (
     ADMIN,
-    KEY,
     METRICS_PATH,
     OWN_PREFIX,
     PUBLIC,
     ROUTES,
     SCRAPE,
     Route,
-    access_of,
+    Router,
     find,
     label_of,
     runs_model,
@@ -49,20 +49,29 @@ def test_every_route_is_found_labelled_and_counted_as_its_line_says(route: Route
     assert find(path) is route
     assert label_of(path) == route.label and ":path" not in route.label
     assert runs_model(path) is route.inference
-    assert access_of(path) == route.access
 
 
 def test_each_path_has_one_line() -> None:
     assert len({r.path for r in ROUTES}) == len(ROUTES)
 
 
+def test_a_handler_that_does_not_exist_fails_building_the_router() -> None:
+    class Owner:
+        async def any(self, request: web.Request) -> web.StreamResponse:
+            return web.Response()
+
+    owners = {"handlers": Owner(), "auto_routes": Owner(), "usage_routes": Owner()}
+    with pytest.raises(LookupError, match=r"handlers\.passthrough"):
+        Router(owners)
+
+
 @pytest.mark.parametrize(
     "path",
     ["/api/nothing", "/api/autoroute/experiments/a/b", "/api/blobs", "/metrics/", "/api/chat/"],
 )
-def test_a_path_outside_the_table_is_other_and_needs_a_key(path: str) -> None:
+def test_a_path_outside_the_table_is_other_and_runs_no_model(path: str) -> None:
     assert find(path) is None
-    assert label_of(path) == "other" and access_of(path) == KEY and not runs_model(path)
+    assert label_of(path) == "other" and not runs_model(path)
 
 
 @pytest.mark.parametrize("metrics_open", [False, True])

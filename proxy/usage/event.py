@@ -1,6 +1,7 @@
-"""The usage event: captured cheaply in the handler, completed by the background writer.
+"""The usage event: captured cheaply at the request's end, completed by the background
+writer.
 
-`capture` runs in the request handler's `finally:` and only copies references (the
+`Captured` is made by the pipeline's completion hook and only holds references (the
 `Outcome`, a few header strings, two clock readings). Everything that costs
 something (JSON parsing of the body for the prompt, SHA-256, RFC 3339 formatting, the
 API key hash) happens in `complete`, on the writer's side of the queue.
