@@ -27,7 +27,7 @@ from aiohttp import web
 
 from proxy.cli import start_site
 from proxy.config import Config
-from proxy.relay import RelayedResponse
+from proxy.relayed_response import RelayedResponse
 
 CHUNK_SECONDS = 0.005
 TOKENS = 20  # the emulator's default answer length

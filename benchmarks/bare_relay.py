@@ -21,7 +21,8 @@ from aiohttp import web
 from proxy.backends import BackendPool
 from proxy.cli import freeze_loaded, start_site
 from proxy.config import Backend, Config
-from proxy.relay import Outcome, Relay
+from proxy.outcome import Served
+from proxy.relay import Relay
 
 RELAY = web.AppKey("relay", Relay)
 
@@ -34,7 +35,7 @@ def create_app(config: Config) -> web.Application:
 
     async def forward(request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        return await request.app[RELAY].forward(request, Outcome("bare"), body, None)
+        return await request.app[RELAY].forward(request, Served("bare"), body, None)
 
     app = web.Application()
     app.on_startup.append(start)

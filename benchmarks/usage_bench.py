@@ -23,7 +23,7 @@ import uvloop
 from benchmarks import servers
 from benchmarks.servers import Sample, check_alive, cpu_seconds, loadgen, wait_ready
 from proxy.config import Usage
-from proxy.relay import Outcome
+from proxy.outcome import Decided, Outcome, Served
 from proxy.usage import UsagePipeline
 from proxy.usage.event import Captured
 from tests.support import free_port
@@ -34,9 +34,8 @@ PROMPT = "Refactor this Python function to use a generator instead of a list. " 
 
 def synthetic(n: int) -> Captured:
     body = orjson.dumps({"model": "auto", "messages": [{"role": "user", "content": PROMPT}]})
-    outcome = Outcome(
+    served = Served(
         f"bench{n:012d}",
-        model="auto",
         backend="gpu-a",
         status=200,
         attempts=1,
@@ -51,6 +50,10 @@ def synthetic(n: int) -> Captured:
             "eval_duration": 300_000_000,
             "total_duration": 350_000_000,
         },
+    )
+    decided = Decided(
+        f"bench{n:012d}",
+        model="auto",
         body=body,
         decision={
             "reason": "model",
@@ -67,7 +70,15 @@ def synthetic(n: int) -> Captured:
         features=[float(i) for i in range(24)],
     )
     return Captured(
-        outcome, "POST", "/api/chat", 1.0, 1.4, time.time(), "bench/1", f"u{n % 50}", None
+        Outcome(decided, served),
+        "POST",
+        "/api/chat",
+        1.0,
+        1.4,
+        time.time(),
+        "bench/1",
+        f"u{n % 50}",
+        None,
     )
 
 

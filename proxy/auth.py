@@ -22,20 +22,9 @@ from proxy import header_values
 from proxy.backends import normalize_model
 from proxy.config import ApiKey, Auth
 from proxy.errors import error_response
-from proxy.protocol import INFERENCE_PATHS, MODEL_ADMIN_PATHS
+from proxy.routes import ADMIN, PUBLIC, SCRAPE, find
 
 UNAUTHORIZED = "unauthorized"
-# Liveness and readiness probes (container health checks, orchestrators, `ollama`
-# clients checking the server).
-PUBLIC_PATHS = frozenset({"/", "/api/version", "/api/autoroute/health", "/api/autoroute/ready"})
-ADMIN_WRITES = frozenset({("POST", "/api/autoroute/reload")})
-# Ollama's routes that act on the server's ollama.com account (who it is signed in as,
-# signing out, its keys, web search and fetch on its behalf): the server's, not a
-# client's, so only an admin key reaches them.
-ACCOUNT_PATHS = frozenset({"/api/me", "/api/signout"})
-ACCOUNT_PREFIXES = ("/api/user/", "/api/experimental/")
-# Requests that run a model: what `max_streams` counts.
-STREAM_PATHS = INFERENCE_PATHS
 
 
 def hash_key(key: str) -> str:
@@ -120,7 +109,8 @@ class Access:
         self.enabled = settings.enabled
         self.configured = settings.keys
         self.keys = {k.sha256.lower(): KeyState.of(k) for k in settings.keys}
-        self.public = PUBLIC_PATHS | ({"/metrics"} if settings.metrics_open else set())
+        # Who may call which route is the route table's (`proxy.routes`).
+        self.keyless = frozenset({PUBLIC, SCRAPE} if settings.metrics_open else {PUBLIC})
 
     def replace(self, stored: Iterable[ApiKey]) -> None:
         """The configured keys plus `stored` become the key set, in one assignment
@@ -159,19 +149,14 @@ class Access:
         """(the key, None, "") to go on, or (key, the refusal, the reason for metrics).
         A stream slot taken here is given back by `release`."""
         path = request.path
+        route = find(path)
         key = self.identify(request)
         if key is None:
-            if path in self.public:
+            if route is not None and route.access in self.keyless:
                 return None, None, ""
             return None, _denied(path, 401, UNAUTHORIZED), "unauthorized"
         request[KEY_REQUEST] = key
-        if not key.admin and (
-            path in MODEL_ADMIN_PATHS
-            or path.startswith("/api/blobs/")
-            or (request.method, path) in ADMIN_WRITES
-            or path in ACCOUNT_PATHS
-            or path.startswith(ACCOUNT_PREFIXES)
-        ):
+        if not key.admin and route is not None and route.access == ADMIN:
             return key, _denied(path, 403, f"forbidden: {path} needs an admin key"), "forbidden"
         wait = key.take(now)
         if wait:
@@ -180,7 +165,7 @@ class Access:
                 _denied(path, 429, "rate limit exceeded: too many requests per minute", wait),
                 "rate_limited",
             )
-        if key.max_streams and path in STREAM_PATHS:
+        if key.max_streams and route is not None and route.inference:
             if key.streams >= key.max_streams:
                 message = f"too many concurrent requests (limit {key.max_streams})"
                 return key, _denied(path, 429, message, 1), "streams"

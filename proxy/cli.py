@@ -100,12 +100,12 @@ async def serve(config: Config) -> None:
     _warn_if_exposed(config)
     # Imported here: the server pulls in onnxruntime and the selector, which
     # `autoroute emulate` has no use for (it would triple the emulator's memory).
-    from proxy.server import PROXY_KEY, create_app
+    from proxy.app import APP_KEY, create_app
 
     app = create_app(config)
     runner = await start_site(app, config.listen.host, config.listen.port, config)
     # SIGHUP reloads the selector artifact (a bad one keeps the current).
-    proxy = app[PROXY_KEY]
+    proxy = app[APP_KEY]
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, proxy.auto.scorer.reload)
     log.info(
         "proxy listening",
@@ -202,9 +202,9 @@ def demo_banner(config: Config) -> str:
 
 
 async def demo(config: Config) -> None:
+    from proxy.app import create_app
     from proxy.emulator import EmulatorSettings
     from proxy.emulator import create_app as create_emulator
-    from proxy.server import create_app
 
     config = demo_config(config, terminal=sys.stderr.isatty())
     logs.setup(config.logging.level, config.logging.json)

@@ -39,7 +39,7 @@ from aiohttp.web_request import BaseRequest
 
 from proxy.config import Config, Limits, Timeouts
 from proxy.limits import HEAD_TOO_LARGE_BODY
-from proxy.relay import RelayedResponse
+from proxy.relayed_response import RelayedResponse
 
 log = logging.getLogger("autoroute.clients")
 

@@ -7,11 +7,16 @@ import contextlib
 import logging
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from proxy.header_values import valid
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from proxy.outcome import Outcome
 
 log = logging.getLogger("autoroute.logs")
 
@@ -83,6 +88,35 @@ class AccessLog:
                 self.dropped += 1
                 return
             self._pending.append((time.time(), fields))
+
+    def finished(self, request: web.Request, outcome: Outcome) -> None:
+        """The completion hook: one line for the request."""
+        if not self.enabled:
+            return
+        decided, served = outcome.decided, outcome.served
+        started = decided.started
+        self.record(
+            {
+                "request_id": decided.request_id,
+                "client_request_id": decided.client_request_id,
+                "method": request.method,
+                "path": request.path,
+                "model": decided.model,
+                "status": served.status,
+                "backend": served.backend,
+                "key": decided.key_id,
+                "attempts": served.attempts,
+                "bytes": served.body_bytes,
+                "ms": round((served.ended - started) * 1000, 3),
+                "error": served.error,
+                "cancelled": served.cancelled or None,
+                "client_paused": served.client_paused or None,
+                "ttfc_ms": round((served.first_byte_at - started) * 1000, 3)
+                if served.first_byte_at
+                else None,
+                **served.stats,
+            }
+        )
 
     def flush(self) -> None:
         pending, self._pending = self._pending, []

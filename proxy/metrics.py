@@ -5,14 +5,14 @@ the labelled child, then `inc`/`observe`): no I/O, no await. Backend health, cir
 state, requests in flight and the usage sinks' counters are read when Prometheus
 scrapes, by a collector, so they cost nothing between scrapes.
 
-Label values are bounded: routes outside the known Ollama/OpenAI/own paths count as
-`other`, and a model label is only a model some backend lists (or an `auto` name);
-anything else a client sends counts as `other`.
+Label values are bounded: a route is labelled as the route table (`proxy.routes`)
+names it and a path outside the table counts as `other`; a model label is only a model
+some backend lists (or an `auto` name), anything else a client sends counts as `other`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
@@ -26,26 +26,17 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from proxy.backends import normalize_model
-from proxy.protocol import MODEL_ADMIN_PATHS, MODEL_ROUTED_PATHS
+from proxy.routes import label_of
 
 if TYPE_CHECKING:
+    from aiohttp import web
+
     from proxy.auth_store import KeyStore
-    from proxy.backends import BackendState
-    from proxy.relay import Outcome
+    from proxy.backends import BackendPool
+    from proxy.outcome import Outcome
     from proxy.usage import UsagePipeline
 
-METRICS_PATH = "/metrics"
 CIRCUIT_STATES = ("closed", "half_open", "open")
-# Routes counted under their own name; the rest under a family or `other`.
-KNOWN_ROUTES = frozenset(
-    MODEL_ROUTED_PATHS
-    | MODEL_ADMIN_PATHS
-    | {"/", "/api/version", "/api/tags", "/api/ps", "/v1/models", METRICS_PATH}
-)
-OWN_ROUTES = frozenset(
-    "/api/autoroute/" + name
-    for name in ("health", "explain", "status", "reload", "feedback", "stats")
-)
 # Seconds: a first chunk arrives within milliseconds (loaded model) or minutes (a model
 # loading); a whole answer can take minutes.
 STREAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -53,29 +44,15 @@ DECISION_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 
 _MAX_MODEL_LABELS = 4096
 
 
-def route_of(path: str) -> str:
-    """The route label of a path: bounded whatever the client sends."""
-    if path in KNOWN_ROUTES or path in OWN_ROUTES:
-        return path
-    if path.startswith("/api/blobs/"):
-        return "/api/blobs/{digest}"
-    if path.startswith("/api/autoroute/experiments/"):
-        return "/api/autoroute/experiments/{name}"
-    if path.startswith("/v1/models/"):
-        return "/v1/models/{model}"
-    return "other"
-
-
 class Metrics:
     def __init__(
         self,
-        is_known_model: Callable[[str], bool],
-        backends: Callable[[], Sequence[BackendState]],
+        backends: BackendPool,
         usage: UsagePipeline,
         key_store: KeyStore | None = None,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self._is_known_model = is_known_model
+        self.backends = backends
         self.in_flight = 0
         r = self.registry
         self.requests = Counter(
@@ -130,19 +107,23 @@ class Metrics:
         if label is not None:
             return label
         normal = normalize_model(name)
-        if normal.startswith("auto:") or self._is_known_model(normal):
+        if normal.startswith("auto:") or any(
+            s.models and normal in s.models for s in self.backends.states
+        ):
             label = name
             if len(self._model_labels) < _MAX_MODEL_LABELS:
                 self._model_labels[name] = label
             return label
         return "other"  # not cached: the model may appear on a backend later
 
-    def observe(self, path: str, outcome: Outcome, started: float, ended: float) -> None:
-        """Called once per request from the handler's `finally:`."""
-        route = route_of(path)
-        status = outcome.status or (499 if outcome.cancelled else 500)
-        decision = outcome.decision
-        served = decision["chosen"] if decision else outcome.model
+    def finished(self, request: web.Request, outcome: Outcome) -> None:
+        """The completion hook: the request's counters and durations."""
+        route = label_of(request.path)
+        decided, answer = outcome.decided, outcome.served
+        started = decided.started
+        status = answer.status or (499 if answer.cancelled else 500)
+        decision = decided.decision
+        served = decided.served_model
         key = (route, status, served or "")
         child = self._request_children.get(key)
         if child is None:
@@ -156,9 +137,9 @@ class Metrics:
                 self.ttfc.labels(route),
                 self.total.labels(route),
             )
-        if outcome.first_byte_at:
-            pair[0].observe(outcome.first_byte_at - started)
-        pair[1].observe(ended - started)
+        if answer.first_byte_at:
+            pair[0].observe(answer.first_byte_at - started)
+        pair[1].observe(answer.ended - started)
         if decision:
             sel_key = (decision["chosen"], decision["reason"])
             sel = self._selection_children.get(sel_key)
@@ -182,7 +163,7 @@ class _StateCollector(Collector):
     def __init__(
         self,
         metrics: Metrics,
-        backends: Callable[[], Sequence[BackendState]],
+        backends: BackendPool,
         usage: UsagePipeline,
         key_store: KeyStore | None,
     ) -> None:
@@ -218,7 +199,7 @@ class _StateCollector(Collector):
             "Consecutive failures counted by the circuit breaker",
             labels=["backend"],
         )
-        for state in self.backends():
+        for state in self.backends.states:
             now = state.pool.loop.time()
             current = state.breaker.state(now)
             label = state.label

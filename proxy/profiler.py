@@ -27,7 +27,7 @@ from selector_model.profiling.graders import Grade, grade
 from selector_model.profiling.suite import Item, Suite
 
 if TYPE_CHECKING:
-    from proxy.server import Proxy
+    from proxy.app import App
 
 log = logging.getLogger("autoroute.profiling")
 
@@ -277,7 +277,7 @@ class IdleProfiler:
                 await asyncio.sleep(self.check_seconds)
 
 
-def idle_profiler(proxy: Proxy) -> IdleProfiler:
+def idle_profiler(proxy: App) -> IdleProfiler:
     """The idle profiler of a running proxy: idle means no request in flight, and a
     model's backend is one whose model list has it."""
 

@@ -13,19 +13,17 @@ import asyncio
 import functools
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import Any
 
 from aiohttp import web
-from aiohttp.abc import AbstractStreamWriter
-from aiohttp.web_request import BaseRequest
 
 from proxy import final_chunk
 from proxy.backends import BackendPool, BackendState, NoBackend
 from proxy.config import Config
 from proxy.errors import error_response, stream_error_line
 from proxy.limits import read_chunk
+from proxy.outcome import Served
 from proxy.protocol import HOP_BY_HOP, NDJSON, REQUEST_ID_HEADER, SSE
+from proxy.relayed_response import RelayedResponse
 from proxy.upstream import ResponseHead, UpstreamConnection, UpstreamError
 
 log = logging.getLogger("autoroute.relay")
@@ -38,33 +36,6 @@ _NOT_FORWARDED = _HOP_BY_HOP_BYTES | {b"expect", REQUEST_ID_HEADER.lower().encod
 _CREDENTIALS = frozenset({b"authorization", b"x-api-key"})
 _STREAM_TYPES = (NDJSON, SSE)
 _UPLOAD_CHUNK = 256 * 1024
-
-
-@dataclass(slots=True)
-class Outcome:
-    """What the relay saw, for the access log (and the usage event later)."""
-
-    request_id: str
-    model: str | None = None
-    backend: str = ""
-    status: int = 0
-    attempts: int = 0
-    body_bytes: int = 0
-    error: str = ""
-    cancelled: bool = False
-    extra: dict[str, str] = field(default_factory=dict)
-    # perf_counter() when the first body byte went to the client, if one did.
-    first_byte_at: float = 0.0
-    # From the answer's last chunk: token counts, durations (ns), done_reason.
-    stats: dict[str, int | str] = field(default_factory=dict)
-    # The request body the proxy read (a reference, not a copy), for the usage event.
-    body: bytes | None = None
-    # Set by `model: auto`: the decision and the request features it was made on.
-    decision: dict[str, Any] | None = None
-    features: list[float] | None = None
-    candidate: dict[str, Any] | None = None  # the chosen model's selector features
-    # The client read slower than the backend wrote: the backend was paused meanwhile.
-    client_paused: bool = False
 
 
 def _wire(value: str) -> bytes:
@@ -111,7 +82,7 @@ class Relay:
     async def forward(
         self,
         request: web.Request,
-        outcome: Outcome,
+        outcome: Served,
         body: bytes | None,
         model: str | None,
         only: BackendState | None = None,
@@ -141,7 +112,7 @@ class Relay:
             )
             client = ClientLeg(request, outcome)
             try:
-                conn, head = await self._exchange(request, state, body, client, may_retry)
+                conn, head = await self.exchange(request, state, body, client, may_retry)
             except UpstreamError as exc:
                 state.in_flight -= 1
                 state.failed(str(exc))
@@ -177,7 +148,7 @@ class Relay:
                 state.in_flight -= 1
 
     def _failed(
-        self, request: web.Request, outcome: Outcome, failures: list[str], unreachable: bool
+        self, request: web.Request, outcome: Served, failures: list[str], unreachable: bool
     ) -> web.StreamResponse:
         """No answer from any backend tried: 503 when none could be reached (as when no
         backend is healthy), 502 when one was reached and misbehaved."""
@@ -187,7 +158,7 @@ class Relay:
         outcome.error = "; ".join(failures)
         return error_response(request.path, 502, outcome.error)
 
-    async def _exchange(
+    async def exchange(
         self,
         request: web.Request,
         state: BackendState,
@@ -259,7 +230,7 @@ class Relay:
         conn: UpstreamConnection,
         head: ResponseHead,
         client: ClientLeg,
-        outcome: Outcome,
+        outcome: Served,
     ) -> web.StreamResponse:
         outcome.status = head.status
         if not client.started:
@@ -304,29 +275,6 @@ class Relay:
         return client.response()
 
 
-class RelayedResponse(web.StreamResponse):
-    """What the handler returns once the relay has written the whole answer to the
-    transport itself: aiohttp must neither write a head nor an end of its own."""
-
-    def __init__(self, status: int, keep_alive: bool) -> None:
-        super().__init__(status=status)
-        self._relayed_keep_alive = keep_alive
-
-    @property
-    def keep_alive(self) -> bool:
-        return self._relayed_keep_alive
-
-    @property
-    def prepared(self) -> bool:
-        return True
-
-    async def prepare(self, request: BaseRequest) -> AbstractStreamWriter | None:
-        return None
-
-    async def write_eof(self, data: bytes = b"") -> None:
-        return None
-
-
 class ClientLeg:
     """The client side of one exchange. The response head is written from the
     upstream protocol's callback the moment the backend's head arrives, and the body
@@ -334,7 +282,7 @@ class ClientLeg:
     What the exchange relayed (bytes, last chunks) is kept here, not on the upstream
     connection, which goes back to the pool for another request at `release`."""
 
-    def __init__(self, request: web.Request, outcome: Outcome) -> None:
+    def __init__(self, request: web.Request, outcome: Served) -> None:
         transport = request.transport
         assert transport is not None
         self.transport = transport

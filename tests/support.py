@@ -16,12 +16,12 @@ import orjson
 from aiohttp import web
 
 from proxy import event_loop
+from proxy.app import create_app as create_proxy
 from proxy.config import Backend, Config, Listen, Usage
 from proxy.connection import ollama_runner
 from proxy.connection import runner as proxy_runner
 from proxy.emulator import STATE_KEY, EmulatorSettings, EmulatorState
 from proxy.emulator import create_app as create_emulator
-from proxy.server import create_app as create_proxy
 
 T = TypeVar("T")
 
@@ -128,12 +128,16 @@ class Proxy:
             backends=tuple(Backend(url=u) for u in backends),
             **sections,
         ).check()
-        self.app = create_proxy(self.config)
+        self.app = web.Application()  # the proxy's, once `serve` has built it
+
+        def build() -> web.Application:
+            # In the server thread's loop, which the proxy's connection pools bind to.
+            self.app = create_proxy(self.config)
+            return self.app
+
         # The runner `autoroute serve` uses (client timeouts, header limits).
         self.runner: web.AppRunner | None = thread.serve(
-            lambda: self.app,
-            self.port,
-            lambda app: proxy_runner(app, self.config, shutdown_timeout=1),
+            build, self.port, lambda app: proxy_runner(app, self.config, shutdown_timeout=1)
         )
 
     def stop(self) -> None:

@@ -15,10 +15,10 @@ import orjson
 import pytest
 from multidict import CIMultiDict
 
+from proxy.app import APP_KEY
 from proxy.auth import hash_key, new_key
 from proxy.config import ApiKey, Auth, ConfigError, Usage
 from proxy.config import load as load_config
-from proxy.server import PROXY_KEY
 from tests.support import AUTO_NAMES, Emulator, Proxy, ServerThread, raw_request
 from tests.usage_services import read_bytes, wait_for
 
@@ -239,13 +239,13 @@ def hidden_models(prx: Proxy) -> list[str]:
     """The proxy's candidates that USER's key may not use."""
 
     async def names() -> list[str]:  # on the proxy's loop: the registry reads its clock
-        return [c.name for c in prx.app[PROXY_KEY].registry.candidates()]
+        return [c.name for c in prx.app[APP_KEY].registry.candidates()]
 
     return [n for n in prx.thread.call(names) if n not in ALLOWED]
 
 
 def test_auto_filter_leaves_out_the_models_the_key_cannot_see(guarded: Proxy) -> None:
-    proxy = guarded.app[PROXY_KEY]
+    proxy = guarded.app[APP_KEY]
     allowed = frozenset(ALLOWED)
 
     async def decide() -> dict[str, str]:
@@ -292,7 +292,7 @@ async def test_usage_events_carry_the_keys_name_and_logs_carry_no_key_or_prompt(
     guarded: Proxy, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    access = guarded.app[PROXY_KEY].access
+    access = guarded.app[APP_KEY].access
     access.enabled, access.stream = True, io.StringIO()
     body = {"model": "llama3.1:8b", "prompt": SECRET_PROMPT, "stream": False}
     status, headers, _ = await call(guarded.url, "POST", "/api/generate", USER, body)

@@ -20,11 +20,11 @@ import orjson
 import pytest
 
 from proxy import auth_store
+from proxy.app import APP_KEY
 from proxy.auth import hash_key, new_key
 from proxy.auth_store import KeyStore
 from proxy.config import ApiKey, Auth, ConfigError, Usage
 from proxy.config import load as load_config
-from proxy.server import PROXY_KEY
 from tests.support import AUTO_NAMES, Emulator, Proxy, ServerThread, free_port
 from tests.test_auth import CHAT, bearer, call
 from tests.usage_services import (
@@ -61,7 +61,7 @@ def keyed_proxy(
 
 
 def store_of(prx: Proxy) -> KeyStore:
-    store = prx.app[PROXY_KEY].key_store
+    store = prx.app[APP_KEY].key_store
     assert store is not None
     return store
 
@@ -200,7 +200,7 @@ async def test_counters_survive_refreshes_and_limit_changes(
     async with connected(database.dsn) as conn:
         key, digest = await auth_store.add_key(conn, "busy", requests_per_minute=2, max_streams=1)
     prx = keyed_proxy(database.dsn)
-    state = prx.app[PROXY_KEY].auth.keys[digest]
+    state = prx.app[APP_KEY].auth.keys[digest]
     long = {"model": "llama3.1:8b", "prompt": "long", "options": {"num_predict": 400}}
     async with (
         aiohttp.ClientSession() as http,
@@ -211,7 +211,7 @@ async def test_counters_survive_refreshes_and_limit_changes(
         assert (await call(prx.url, "GET", "/api/tags", key))[0] == 200  # 2nd of 2 a minute
         await refreshed(prx)
         # Same state object: the slot taken and the tokens spent are still counted.
-        assert prx.app[PROXY_KEY].auth.keys[digest] is state
+        assert prx.app[APP_KEY].auth.keys[digest] is state
         assert state.streams == 1
         status, headers, _ = await call(prx.url, "GET", "/api/tags", key)
         assert status == 429 and "Retry-After" in headers
@@ -222,7 +222,7 @@ async def test_counters_survive_refreshes_and_limit_changes(
             digest,
         )
         await refreshed(prx)
-        assert prx.app[PROXY_KEY].auth.keys[digest] is state
+        assert prx.app[APP_KEY].auth.keys[digest] is state
         assert (state.id, state.capacity, state.streams) == ("busier", 3.0, 1)
         assert (await call(prx.url, "GET", "/api/tags", key))[0] == 429
         await first.read()

@@ -14,8 +14,8 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy.app import APP_KEY
 from proxy.config import Health
-from proxy.server import PROXY_KEY
 from tests.conftest import FROZEN
 from tests.support import AUTO_NAMES, Emulator, Proxy, ServerThread, free_port
 
@@ -31,7 +31,7 @@ class Pair:
     proxy: Proxy
 
     def refresh(self) -> None:
-        pool = self.proxy.app[PROXY_KEY].backends
+        pool = self.proxy.app[APP_KEY].backends
         self.proxy.thread.call(pool.refresh_all)
 
 
@@ -527,7 +527,7 @@ async def test_a_backend_without_api_ps_is_healthy_and_serves(servers: ServerThr
                     },
                 )
                 assert status == 200 and orjson.loads(body)["done"] is True
-                proxy.thread.call(proxy.app[PROXY_KEY].backends.refresh_all)
+                proxy.thread.call(proxy.app[APP_KEY].backends.refresh_all)
             async with session.get(proxy.url + "/api/autoroute/health") as resp:
                 health = await resp.json()
         assert health["status"] == "degraded"

@@ -15,10 +15,10 @@ import aiohttp
 import orjson
 import pytest
 
+from proxy.app import APP_KEY
 from proxy.config import Health, Usage
 from proxy.logs import AccessLog
-from proxy.relay import Outcome
-from proxy.server import PROXY_KEY
+from proxy.outcome import Decided, Outcome, Served
 from proxy.usage import event as ev
 from proxy.usage import export
 from tests.support import Emulator, Proxy, ServerThread, raw_request
@@ -143,7 +143,7 @@ async def test_every_served_request_leaves_one_event_whatever_its_headers(
     assert status == 200
     events = await events_of(file_proxy, len(HOSTILE) + 1)
     assert len(events) == len(HOSTILE) + 1
-    assert file_proxy.app[PROXY_KEY].usage.invalid == 0
+    assert file_proxy.app[APP_KEY].usage.invalid == 0
     last = events[-1]["client"]
     assert isinstance(last, dict)
     # What the client sent, readable: bytes that are not UTF-8 as U+FFFD, no controls.
@@ -162,7 +162,7 @@ async def test_the_access_log_keeps_writing_after_hostile_headers(
         prx = Proxy(servers, [own_emulator.url], usage=usage_in(tmp_path))
     finally:
         server_log.setLevel(level)
-    access = prx.app[PROXY_KEY].access
+    access = prx.app[APP_KEY].access
     stream = access.stream = io.StringIO()
     try:
         assert access.enabled
@@ -257,7 +257,9 @@ async def test_five_requests_with_one_client_id_are_five_rows(
 def test_an_event_takes_any_string_the_request_left() -> None:
     """Every string of client or backend origin in an event is valid text: the event
     always serialises (a dropped event is a request that escaped accounting)."""
-    outcome = Outcome("r1", model="m", status=502, error="backend said \udcff")
+    outcome = Outcome(
+        Decided("r1", model="m"), Served("r1", status=502, error="backend said \udcff")
+    )
     captured = ev.Captured(
         outcome, "POST", "/api/chat", 0.0, 0.1, 0.2, "ua\udcfe", "user\udcff", "Bearer \udcff"
     )

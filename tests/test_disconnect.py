@@ -12,8 +12,8 @@ import aiohttp
 import orjson
 import pytest
 
+from proxy.app import APP_KEY
 from proxy.emulator import EmulatorSettings
-from proxy.server import PROXY_KEY
 from proxy.upstream import UpstreamConnection, dechunk
 from tests.support import Emulator, Proxy, ServerThread
 
@@ -108,7 +108,7 @@ async def test_slow_reader_pauses_the_backend_and_gets_every_byte(
     emulator = Emulator(servers, EmulatorSettings(frozen_clock=True, chunk_delay_ms=0.0))
     proxy = Proxy(servers, [emulator.url])
     seen: list[dict[str, object]] = []
-    server = proxy.app[PROXY_KEY]
+    server = proxy.app[APP_KEY]
     server.access.enabled = True
     server.access.record = seen.append  # type: ignore[method-assign]
     try:

@@ -6,7 +6,7 @@ import threading
 import aiohttp
 
 from proxy import final_chunk
-from proxy.server import PROXY_KEY
+from proxy.app import APP_KEY
 from tests.support import Emulator, Proxy
 
 
@@ -48,7 +48,7 @@ def test_nothing_to_read_gives_nothing() -> None:
 
 async def test_relay_records_the_final_chunk(emulator: Emulator, proxy: Proxy) -> None:
     seen = []
-    server = proxy.app[PROXY_KEY]
+    server = proxy.app[APP_KEY]
     original = server.access.record
     server.access.enabled = True
     recorded = threading.Event()

@@ -43,10 +43,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from proxy.app import APP_KEY
 from proxy.auth import hash_key
 from proxy.config import ApiKey, Auth, Usage
 from proxy.emulator import EmulatorSettings
-from proxy.server import PROXY_KEY
 from tests.support import Emulator, Proxy, ServerThread
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "120"))
@@ -195,7 +195,7 @@ def setup(
     )
     prx = Proxy(servers, [e.url for e in emulators], auth=AUTH, usage=usage)
     access = io.StringIO()
-    prx.app[PROXY_KEY].access.stream = access
+    prx.app[APP_KEY].access.stream = access
     # Both models loaded on both emulators: the frozen clock then reports the same
     # load_duration whichever emulator answers, so answers compare byte for byte.
     for emulator in emulators:

@@ -24,12 +24,15 @@ from hypothesis import strategies as st
 from proxy import go_json
 from proxy.auth import hash_key
 from proxy.config import ApiKey, Auth, Limits
-from proxy.protocol import HOP_BY_HOP, MODEL_ROUTED_PATHS
+from proxy.protocol import HOP_BY_HOP
+from proxy.routes import MODEL_ROUTED, ROUTES
 from tests.support import Emulator, Proxy, ServerThread, free_port
 
 USER = "k-only-qwen"
 ALLOWED, FORBIDDEN = "qwen2.5:7b", "llama3.1:8b"
 PROBE = "X-Probe"  # marks the test's requests (the registry's own are not recorded)
+# The paths whose body names the model that decides the backend.
+MODEL_ROUTED_PATHS = frozenset(r.path for r in ROUTES if r.handler == MODEL_ROUTED)
 
 TEMPLATES: dict[str, dict[str, Any]] = {
     "/api/generate": {"prompt": "hi", "stream": False},

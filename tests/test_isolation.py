@@ -19,10 +19,11 @@ import orjson
 import pytest
 
 from proxy import final_chunk
+from proxy.app import APP_KEY
 from proxy.auth import hash_key
 from proxy.config import ApiKey, Auth, Health, Usage
-from proxy.relay import ClientLeg, Outcome
-from proxy.server import PROXY_KEY
+from proxy.outcome import Served
+from proxy.relay import ClientLeg
 from proxy.upstream import dechunk
 from tests.support import Emulator, Proxy, ServerThread
 from tests.test_backends import scrape_failures
@@ -362,7 +363,7 @@ async def test_each_stream_keeps_its_own_byte_count_when_its_connection_is_reuse
     proxy = Proxy(
         servers, [own_emulator.url], usage=usage_in(tmp_path), health=Health(interval_seconds=3600)
     )
-    pool = proxy.app[PROXY_KEY].backends
+    pool = proxy.app[APP_KEY].backends
     neighbours: list[asyncio.Task[Any]] = []
     sink = ClientLeg.sink
 
@@ -414,12 +415,12 @@ async def test_a_cancel_racing_the_end_of_a_stream_leaves_the_next_user_alone(
     proxy = Proxy(
         servers, [own_emulator.url], usage=usage_in(tmp_path), health=Health(interval_seconds=3600)
     )
-    pool = proxy.app[PROXY_KEY].backends
+    pool = proxy.app[APP_KEY].backends
     handlers: dict[int, asyncio.Task[Any]] = {}
     neighbours: list[asyncio.Task[Any]] = []
     init, sink = ClientLeg.__init__, ClientLeg.sink
 
-    def init_and_note(leg: ClientLeg, request: Any, outcome: Outcome) -> None:
+    def init_and_note(leg: ClientLeg, request: Any, outcome: Served) -> None:
         init(leg, request, outcome)
         task = asyncio.current_task()
         assert task is not None
@@ -475,7 +476,7 @@ def recorded(
         health=Health(interval_seconds=3600, failure_threshold=1, open_seconds=3600),
     )
     seen: list[dict[str, Any]] = []
-    server = proxy.app[PROXY_KEY]
+    server = proxy.app[APP_KEY]
     server.access.enabled = True
     server.access.record = seen.append  # type: ignore[method-assign]
     yield proxy, seen

@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.config import Health, Usage
-from proxy.metrics import route_of
+from proxy.routes import label_of
 from tests.support import Emulator, Proxy, ServerThread
 from tests.usage_services import wait_for
 
@@ -141,8 +141,8 @@ async def test_circuit_breaker_state_and_health_follow_a_dead_backend(
 
 
 def test_route_labels_are_bounded() -> None:
-    assert route_of("/api/chat") == "/api/chat"
-    assert route_of("/api/blobs/sha256:abc") == "/api/blobs/{digest}"
-    assert route_of("/v1/models/qwen2.5:7b") == "/v1/models/{model}"
-    assert route_of("/api/autoroute/experiments/x") == "/api/autoroute/experiments/{name}"
-    assert route_of("/x" * 50) == "other"
+    assert label_of("/api/chat") == "/api/chat"
+    assert label_of("/api/blobs/sha256:abc") == "/api/blobs/{digest}"
+    assert label_of("/v1/models/qwen2.5:7b") == "/v1/models/{model}"
+    assert label_of("/api/autoroute/experiments/x") == "/api/autoroute/experiments/{name}"
+    assert label_of("/x" * 50) == "other"

@@ -25,7 +25,7 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from proxy.server import PROXY_KEY
+from proxy.app import APP_KEY
 from tests.support import Proxy, free_port
 
 SHARED_PG = ("127.0.0.1", 5432)
@@ -270,7 +270,7 @@ async def read_bytes(path: str | Path) -> bytes:
 async def postgres_ready(prx: Proxy) -> None:
     """Until the PostgreSQL sink's start-up (migrations, then its pool) is done: the
     schema is in place before a test reads tables, however busy the machine."""
-    sink = prx.app[PROXY_KEY].usage.postgres
+    sink = prx.app[APP_KEY].usage.postgres
     assert sink is not None
 
     async def ready() -> bool:

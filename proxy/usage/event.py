@@ -1,6 +1,7 @@
-"""The usage event: captured cheaply in the handler, completed by the background writer.
+"""The usage event: captured cheaply at the request's end, completed by the background
+writer.
 
-`capture` runs in the request handler's `finally:` and only copies references (the
+`Captured` is made by the pipeline's completion hook and only holds references (the
 `Outcome`, a few header strings, two clock readings). Everything that costs
 something (JSON parsing of the body for the prompt, SHA-256, RFC 3339 formatting, the
 API key hash) happens in `complete`, on the writer's side of the queue.
@@ -17,14 +18,10 @@ from typing import Any
 import orjson
 
 from proxy import final_chunk, header_values
-from proxy.protocol import INFERENCE_PATHS
-from proxy.relay import Outcome
+from proxy.outcome import Outcome
 from selector_model import request_body
 from selector_model.features import SCHEMA_VERSION
 
-# Requests that produce usage: those that run a model (not `/api/show`, which editors
-# poll and which would drown the real traffic).
-USAGE_PATHS = INFERENCE_PATHS
 USAGE = "usage"
 FEEDBACK = "feedback"
 STAT_KEYS = final_chunk.STATS
@@ -82,10 +79,9 @@ def prompt_text(body: bytes | None) -> str | None:
 
 
 def complete(c: Captured, log_prompts: bool) -> dict[str, Any]:
-    o = c.outcome
-    decision = o.decision
-    served = decision.get("chosen") if decision else o.model
-    prompt = prompt_text(o.body)
+    d, o = c.outcome.decided, c.outcome.served
+    decision = d.decision
+    prompt = prompt_text(d.body)
     stats = o.stats
     # An error may quote what a backend or client sent: made valid text like headers.
     outcome: dict[str, Any] = {"status": o.status, "error": header_values.valid(o.error) or None}
@@ -109,14 +105,14 @@ def complete(c: Captured, log_prompts: bool) -> dict[str, Any]:
             "user": header_values.text(c.user),
             "api_key_id": c.key_id or api_key_id(c.credential),
         },
-        "requested_model": o.model,
-        "served_model": served,
+        "requested_model": d.model,
+        "served_model": d.served_model,
         "backend": o.backend or None,
         "decision": decision,
-        "features": {"schema_version": SCHEMA_VERSION, "request": o.features}
-        if o.features is not None
+        "features": {"schema_version": SCHEMA_VERSION, "request": d.features}
+        if d.features is not None
         else None,
-        "candidate": o.candidate,
+        "candidate": d.candidate,
         "prompt_sha256": hashlib.sha256(prompt.encode()).hexdigest() if prompt else None,
     }
     if log_prompts:

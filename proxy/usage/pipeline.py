@@ -23,7 +23,8 @@ import orjson
 from aiohttp import web
 
 from proxy.config import Usage
-from proxy.relay import Outcome
+from proxy.outcome import Outcome
+from proxy.routes import runs_model
 from proxy.usage import event as ev
 from proxy.usage.file_sink import FileSink
 from proxy.usage.kafka import KafkaSink
@@ -81,32 +82,28 @@ class UsagePipeline:
         except Exception as exc:
             log.warning("usage: PostgreSQL not reachable at start: %s", exc)
 
-    def record(
-        self,
-        request: web.Request,
-        outcome: Outcome,
-        started: float,
-        key_id: str | None = None,
-        ids: tuple[str, str | None] | None = None,
-    ) -> None:
-        """Called from the handler's `finally:`; must never block or raise. `key_id`: the
-        configured API key's id when access control identified one; `ids`: the proxy's
-        own request id and the client's (see `event.Captured`)."""
-        if request.path not in ev.USAGE_PATHS or self._wake is None:
+    def record(self, request: web.Request, outcome: Outcome) -> None:
+        """The completion hook; must never block or raise. One event per request that
+        was let in and runs a model (not `/api/show`, which editors poll and which would
+        drown the real traffic)."""
+        decided = outcome.decided
+        if decided.refused or not runs_model(request.path) or self._wake is None:
             return
         headers = request.headers
+        key_id = decided.key_id
         captured = ev.Captured(
             outcome,
             request.method,
             request.path,
-            started,
-            time.perf_counter(),
+            decided.started,
+            outcome.served.ended,
             time.time(),
             headers.get("User-Agent"),
             headers.get(USER_HEADER),
             None if key_id else headers.get("Authorization") or headers.get("X-Api-Key"),
             key_id,
-            *(ids or (outcome.request_id, None)),
+            decided.request_id,
+            decided.client_request_id,
         )
         self._put(captured)
 
@@ -150,7 +147,7 @@ class UsagePipeline:
                 line = orjson.dumps(doc)
             except Exception:  # a bug here must not stop the pipeline; it is loud
                 self.invalid += 1
-                log.exception("usage: could not build the event for %s", item.outcome.request_id)
+                log.exception("usage: could not build the event for %s", item.request_id)
                 continue
             records.append((ev.USAGE, doc, line))
             self.memory.add(doc)

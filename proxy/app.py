@@ -1,0 +1,146 @@
+"""The composition root: every object the proxy serves with, built once from the
+configuration in dependency order, then started and stopped together.
+
+`create_app` runs inside the event loop that will serve (the backends' connection pools
+bind to it), so nothing here is built in a second phase.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+from aiohttp import web
+
+from proxy.auth import Access
+from proxy.auth_store import KeyStore
+from proxy.auto import AutoRouter
+from proxy.auto_routes import AutoRoutes
+from proxy.backends import BackendPool
+from proxy.config import Config
+from proxy.fanout import Fanout
+from proxy.handlers import Handlers
+from proxy.learning import Learner
+from proxy.logs import AccessLog
+from proxy.metrics import Metrics
+from proxy.outcome import Outcome
+from proxy.profiler import idle_profiler
+from proxy.registry import Registry
+from proxy.relay import Relay
+from proxy.routes import Router
+from proxy.server import Server
+from proxy.usage import UsagePipeline, UsageRoutes
+
+log = logging.getLogger("autoroute.server")
+
+
+class App:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._background: set[asyncio.Task[None]] = set()
+        body_idle = config.timeouts.client_body_idle_seconds
+        logging_on = config.logging.access and log.isEnabledFor(logging.INFO)
+        self.access = AccessLog(enabled=logging_on, json=config.logging.json)
+        # Usage events: the handler only appends to the pipeline's in-memory queue.
+        self.usage = UsagePipeline(config.usage)
+        self.usage_routes = UsageRoutes(self.usage, body_idle)
+        self.auth = Access(config.auth)
+        self.key_store = KeyStore(config.auth, self.auth) if config.auth.postgres_dsn else None
+        self.backends = BackendPool(config)
+        self.relay = Relay(config, self.backends)
+        self.registry = Registry(self.backends)
+        self.auto = AutoRouter(config, self.backends, self.registry)
+        # Outcomes of auto's decisions, from the usage pipeline, into auto's evidence.
+        self.learner = Learner(config.selector.learning, config.usage, self.auto.evidence)
+        self.usage.observers.append(self.learner.observe)
+        self.auto_routes = AutoRoutes(self.auto, config.usage, body_idle, self.learner)
+        self.metrics = Metrics(self.backends, self.usage, self.key_store)
+        self.fanout = Fanout(self.backends, self.relay, self._spawn)
+        self.handlers = Handlers(
+            config,
+            self.backends,
+            self.relay,
+            self.auto,
+            self.auto_routes,
+            self.fanout,
+            self.metrics,
+        )
+        # The owners the route table names its handlers by.
+        self.router = Router(
+            {
+                "handlers": self.handlers,
+                "auto_routes": self.auto_routes,
+                "usage_routes": self.usage_routes,
+            }
+        )
+        self.server = Server(
+            config,
+            self.auth,
+            self.metrics,
+            self.router,
+            # Called in this order once per finished request.
+            hooks=(self.metrics.finished, self._telemetry, self.access.finished, self.usage.record),
+        )
+
+    def _telemetry(self, request: web.Request, outcome: Outcome) -> None:
+        """What a backend's answer says of its model's speed, for auto's estimates."""
+        served = outcome.served
+        model = outcome.decided.served_model
+        if served.stats and served.backend and model:
+            self.auto.observe(served.backend, model, served.stats)
+
+    async def start(self, app: web.Application) -> None:
+        self.auto.scorer.reload()
+        await self.backends.start()
+        self.access.start()
+        await self.learner.start()
+        await self.usage.start()
+        if self.key_store is not None:
+            # Read once before serving (a failure keeps the configured keys), then in
+            # the background: the request path never waits for PostgreSQL.
+            await self.key_store.refresh()
+            self._spawn(self.key_store.run())
+        self._spawn(self._watch_artifact())
+        self._spawn(self.learner.run())
+        if self.config.selector.profile_models:
+            self._spawn(idle_profiler(self).run())
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _watch_artifact(self) -> None:
+        interval = self.config.selector.reload_check_seconds
+        if interval <= 0:
+            return
+        while True:
+            await asyncio.sleep(interval)
+            self.auto.scorer.reload_if_changed()
+
+    async def stop(self, app: web.Application) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await self.backends.stop()
+        await self.access.stop()
+        if self.key_store is not None:
+            await self.key_store.close()
+        # Last: requests finishing during shutdown still leave their event.
+        await self.usage.stop()
+        await self.learner.close()  # after the last events: their outcomes are kept
+
+
+APP_KEY = web.AppKey("autoroute", App)
+
+
+def create_app(config: Config) -> web.Application:
+    """The proxy's aiohttp application; call it inside the loop that will serve it."""
+    web_app = web.Application(client_max_size=config.limits.max_body_bytes)
+    app = App(config)
+    web_app[APP_KEY] = app
+    web_app.on_startup.append(app.start)
+    web_app.on_cleanup.append(app.stop)
+    web_app.router.add_route("*", "/{tail:.*}", app.server.handle)
+    return web_app

@@ -1,0 +1,82 @@
+"""Requests that go to every usable backend: the merged model lists, and the copies of a
+model-store change `routing.admin_target = "all"` sends to the backends besides the one
+that answers the client."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from proxy.backends import BackendPool, BackendState, normalize_model
+from proxy.errors import error_response
+from proxy.protocol import JSON, JSON_V1
+from proxy.relay import Relay
+
+log = logging.getLogger("autoroute.server")
+
+Spawn = Callable[[Coroutine[Any, Any, None]], None]
+
+
+class Fanout:
+    def __init__(self, backends: BackendPool, relay: Relay, spawn: Spawn) -> None:
+        self.backends = backends
+        self.relay = relay
+        self.spawn = spawn  # runs a background task the application cancels at stop
+
+    async def merged(
+        self,
+        request: web.Request,
+        key: str,
+        extra: list[dict[str, Any]],
+        only: frozenset[str] | None = None,
+    ) -> web.StreamResponse:
+        """One list (the field `key`) from every usable backend; with `only` (an API
+        key's allow-list, normalised names), the models outside it are left out (`auto`
+        entries, `extra`, stay: auto chooses among the allowed models alone)."""
+        states = self.backends.usable()
+        if not states:
+            return error_response(request.path, 503, self.backends.unavailable_reason())
+        results = await asyncio.gather(
+            *(self.backends.get_json(s, request.path) for s in states), return_exceptions=True
+        )
+        docs = [r for r in results if isinstance(r, dict)]
+        if not docs:
+            return error_response(request.path, 502, f"no backend answered: {results[0]}")
+        seen: set[str] = set()
+        items: list[Any] = []
+        for doc in docs:
+            for item in doc.get(key) or ():
+                ident = item.get("id") or item.get("model") or item.get("name")
+                if only is not None and (
+                    not isinstance(ident, str) or normalize_model(ident) not in only
+                ):
+                    continue
+                if ident not in seen:
+                    seen.add(ident)
+                    items.append(item)
+        merged = dict(docs[0])
+        merged[key] = items + extra
+        body = orjson.dumps(merged)
+        content_type = JSON_V1 if request.path.startswith("/v1/") else JSON
+        # aiohttp leaves the body out of a HEAD answer and keeps its Content-Length.
+        return web.Response(status=200, body=body, headers={"Content-Type": content_type})
+
+    def replicate(self, request: web.Request, body: bytes, primary: BackendState) -> None:
+        """Send the request to every usable backend but `primary`, in the background:
+        the client's answer is the primary's alone."""
+        for other in self.backends.usable(exclude=[primary]):
+            self.spawn(self._replicate(request, other, body))
+
+    async def _replicate(self, request: web.Request, state: BackendState, body: bytes) -> None:
+        try:
+            conn, head = await self.relay.exchange(request, state, body, None)
+            await conn.read_body()
+        except Exception as exc:  # a replica failing must not touch the client's answer
+            log.warning("%s %s on %s failed: %s", request.method, request.path, state.label, exc)
+            return
+        log.info("%s %s on %s answered %d", request.method, request.path, state.label, head.status)

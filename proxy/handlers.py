@@ -1,0 +1,283 @@
+"""The handlers the route table (`proxy.routes`) names for Ollama's paths and the
+proxy's health: pass through, route by the model the body names (`auto` decided and
+rewritten here), merge lists, change the model store, and answer for what no single
+backend can.
+
+The proxy only reads a body where the model it names decides the backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from proxy import go_json
+from proxy import limits as request_limits
+from proxy.auth import KEY_REQUEST
+from proxy.auto import AutoError, AutoRouter, profile_of, user_key
+from proxy.auto_routes import AutoRoutes
+from proxy.backends import BackendPool, BackendState, NoBackend
+from proxy.config import Config
+from proxy.errors import error_body, error_response
+from proxy.fanout import Fanout
+from proxy.metrics import Metrics
+from proxy.outcome import OUTCOME
+from proxy.protocol import JSON, JSON_V1
+from proxy.relay import Relay
+from proxy.routes import find
+
+AUTOROUTE_HEADERS = (
+    "X-Autoroute-Model",
+    "X-Autoroute-Profile",
+    "X-Autoroute-Reason",
+    "X-Autoroute-Score",
+)
+SHOW_PATH = "/api/show"
+CREATE_PATH = "/api/create"
+V1_MODEL_PREFIX = "/v1/models/"
+# Bodies below this size are read so that a failed backend can be retried.
+_REPLAYABLE_BYTES = 1024 * 1024
+
+
+def model_of(body: bytes, fields: tuple[str, ...] = ("model",)) -> str | None:
+    """The model a JSON body names as Ollama reads it (`go_json`), or None (the
+    backend then answers its own error)."""
+    try:
+        doc, _ = go_json.read(body)
+    except go_json.BodyError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    for name in fields:
+        value = doc.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+class Handlers:
+    def __init__(
+        self,
+        config: Config,
+        backends: BackendPool,
+        relay: Relay,
+        auto: AutoRouter,
+        auto_routes: AutoRoutes,
+        fanout: Fanout,
+        metrics: Metrics,
+    ) -> None:
+        self.config = config
+        self.backends = backends
+        self.relay = relay
+        self.auto = auto
+        self.auto_routes = auto_routes
+        self.fanout = fanout
+        self.metrics = metrics
+
+    def _read(self, request: web.Request) -> Awaitable[bytes]:
+        return request_limits.read_body(request, self.config.timeouts.client_body_idle_seconds)
+
+    async def passthrough(self, request: web.Request) -> web.StreamResponse:
+        """To the best backend as it came; a small body is read first so that a failed
+        backend can be retried."""
+        served = request[OUTCOME].served
+        length = request.content_length
+        if request.body_exists and (length is None or length > _REPLAYABLE_BYTES):
+            return await self.relay.forward(request, served, None, None)
+        return await self.relay.forward(request, served, await self._read(request), None)
+
+    async def not_found(self, request: web.Request) -> web.StreamResponse:
+        return error_response(
+            request.path, 404, f"no such endpoint: {request.method} {request.path}"
+        )
+
+    async def scrape(self, request: web.Request) -> web.StreamResponse:
+        """`GET /metrics`, for Prometheus."""
+        body, content_type = self.metrics.render()
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def model_routed(self, request: web.Request) -> web.StreamResponse:
+        """Requests whose body names the model: `auto` is decided and rewritten here."""
+        outcome = request[OUTCOME]
+        decided, served = outcome.decided, outcome.served
+        path = request.path
+        # What is checked is what the backend reads: the body as Ollama decodes it,
+        # forwarded in canonical form, never the client's bytes (see `go_json`).
+        try:
+            doc, body = go_json.read(await self._read(request))
+        except go_json.BodyError as exc:
+            return error_response(path, 400, str(exc))
+        decided.body = body
+        if isinstance(doc, dict):
+            refused = request_limits.check_body(path, doc, self.config.limits)
+            if refused is not None:
+                return refused
+        model = doc.get("model") if isinstance(doc, dict) else None
+        if not model and path == SHOW_PATH and isinstance(doc, dict):
+            model = doc.get("name")  # show still takes the older field, as Ollama does
+        if not isinstance(model, str) or not model:
+            return await self.relay.forward(request, served, body, None)
+        decided.model = model
+        profile = profile_of(model, self.config.selector.default_profile)
+        key = request.get(KEY_REQUEST)
+        if profile is None:
+            if key is not None and not key.allows_model(model):
+                if path == SHOW_PATH:
+                    return self._model_hidden(path, model)
+                return self._model_denied(path, model)
+            return await self.relay.forward(request, served, body, model)
+        assert isinstance(doc, dict)
+        if path == SHOW_PATH:
+            return self.auto_routes.show(profile, key.models if key else None)
+        route = find(path)
+        if route is not None and route.embedding:
+            chosen = self.config.selector.embedding_model
+            if not chosen:
+                return error_response(
+                    path,
+                    400,
+                    "auto needs selector.embedding_model in the configuration for embeddings",
+                )
+            if key is not None and not key.allows_model(chosen):
+                return self._model_denied(path, chosen)
+            served.extra[AUTOROUTE_HEADERS[0]] = chosen
+            served.extra[AUTOROUTE_HEADERS[2]] = "pinned"
+        else:
+            deciding = time.perf_counter()
+            try:
+                choice = self.auto.decide(
+                    path, doc, profile, user_key(request), key.models if key else None
+                )
+            except AutoError as exc:
+                return error_response(path, 400, str(exc))
+            finally:
+                self.metrics.decision.observe(time.perf_counter() - deciding)
+            decision = choice.decision
+            chosen = decision.chosen
+            decided.decision = decision.record()
+            decided.features = choice.request_features
+            decided.candidate = choice.candidate.to_record()
+            score = decision.score
+            served.extra.update(
+                zip(
+                    AUTOROUTE_HEADERS,
+                    (chosen, profile, decision.reason, f"{score.utility:.4f}" if score else ""),
+                    strict=True,
+                )
+            )
+        doc["model"] = chosen
+        return await self.relay.forward(request, served, orjson.dumps(doc), chosen)
+
+    @staticmethod
+    def _model_denied(path: str, model: str) -> web.Response:
+        return error_response(path, 403, f"model '{model}' is not allowed for this API key")
+
+    @staticmethod
+    def _model_hidden(path: str, model: str) -> web.Response:
+        """A model outside the key's list on a route that describes models (`/api/show`,
+        `/v1/models/<id>`): answered as Ollama answers for a model it does not have,
+        404 "model 'x' not found", because the lists leave it out and a description
+        must agree with the list (editors probe each name they hold). Running one is a
+        403 instead (`_model_denied`): the caller asked for it by name and "not allowed
+        for this API key" says what to fix. Neither tells whether the model exists:
+        both come before routing, for any name outside the list."""
+        body = error_body(path, 404, f"model '{model}' not found")
+        if path.startswith("/v1/"):
+            # Ollama's OpenAI layer writes errors with a json.Encoder: a trailing newline.
+            return web.Response(status=404, body=body + b"\n", headers={"Content-Type": JSON_V1})
+        return web.Response(status=404, body=body, headers={"Content-Type": JSON})
+
+    def _auto_entries(self, path: str) -> list[dict[str, Any]]:
+        if not self.config.selector.list_in_tags:
+            return []
+        if path == "/api/tags":
+            return self.auto_routes.tag_entries()
+        if path == "/v1/models":
+            return self.auto_routes.model_entries()
+        return []
+
+    async def merged(self, request: web.Request) -> web.StreamResponse:
+        """A model list: from every backend (with `auto`'s entries, and only the models
+        an API key may use) when there is more than the one backend's list to show."""
+        route = find(request.path)
+        assert route is not None and route.merge
+        extra = self._auto_entries(request.path)
+        key = request.get(KEY_REQUEST)
+        only = key.models if key is not None else None
+        if extra or only is not None or len(self.backends.states) > 1:
+            return await self.fanout.merged(request, route.merge, extra, only)
+        return await self.passthrough(request)
+
+    async def v1_model(self, request: web.Request) -> web.StreamResponse:
+        """`GET /v1/models/<id>`: `auto`'s own entries, else the backend that has it."""
+        path = request.path
+        name = path[len(V1_MODEL_PREFIX) :]
+        entry = next((e for e in self._auto_entries("/v1/models") if e["id"] == name), None)
+        if entry is not None:
+            return web.Response(body=orjson.dumps(entry), headers={"Content-Type": JSON_V1})
+        key = request.get(KEY_REQUEST)
+        if key is not None and not key.allows_model(name):
+            return self._model_hidden(path, name)
+        return await self.relay.forward(request, request[OUTCOME].served, b"", name)
+
+    async def blobs(self, request: web.Request) -> web.StreamResponse:
+        """Blobs, and the `create` that uses them, go to one backend: the first usable."""
+        body = None if request.method == "POST" else b""
+        served = request[OUTCOME].served
+        return await self.relay.forward(request, served, body, None, only=self._first())
+
+    async def admin(self, request: web.Request) -> web.StreamResponse:
+        """`pull`, `push`, `create`, `copy`, `delete`: see `routing.admin_target`."""
+        body = await self._read(request)
+        model = model_of(body, ("source", "model", "name"))
+        creating = request.path == CREATE_PATH
+        try:
+            primary = self._first() if creating else self.backends.choose(model)
+        except NoBackend as exc:
+            return error_response(request.path, 503, str(exc))
+        if self.config.routing.admin_target == "all" and not creating:
+            self.fanout.replicate(request, body, primary)
+        served = request[OUTCOME].served
+        return await self.relay.forward(request, served, body, model, only=primary)
+
+    def _first(self) -> BackendState:
+        usable = self.backends.usable()
+        if not usable:
+            raise NoBackend(self.backends.unavailable_reason())
+        return usable[0]
+
+    async def health(self, request: web.Request) -> web.StreamResponse:
+        """The proxy's own liveness (for container health checks) and its view of each
+        backend. 200 while the proxy runs, whatever the backends' state; `status` says
+        "ok" (every backend usable), "degraded" (some) or "down" (none; see `ready`)."""
+        now = asyncio.get_running_loop().time()
+        usable = len(self.backends.usable())
+        status = "ok" if usable == len(self.backends.states) else "degraded" if usable else "down"
+        backends = [
+            {
+                "name": s.label,
+                "url": s.config.url,
+                "circuit": s.breaker.state(now),
+                "in_flight": s.in_flight,
+                "models": sorted(s.models) if s.models is not None else None,
+                "loaded": sorted(s.loaded),
+                "error": s.last_error or None,
+            }
+            for s in self.backends.states
+        ]
+        body = orjson.dumps({"status": status, "backends": backends})
+        return web.Response(body=body, headers={"Content-Type": JSON})
+
+    async def ready(self, request: web.Request) -> web.StreamResponse:
+        """Readiness, for orchestrators routing traffic: 200 while at least one backend
+        is usable, else 503 naming each backend's reason. Liveness is `health`."""
+        usable = self.backends.usable()
+        if not usable:
+            return error_response(request.path, 503, self.backends.unavailable_reason())
+        body = orjson.dumps({"status": "ready", "usable": [s.label for s in usable]})
+        return web.Response(body=body, headers={"Content-Type": JSON})

@@ -1,0 +1,76 @@
+"""What one request came to: what the request decided and what its answer did.
+
+The handler fills an `Outcome` while the request runs; when it is over, every
+completion hook (metrics, access log, telemetry, usage) reads it once. The relay only
+ever sees `Served`: what it writes is the answer's, never the routing decision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass(slots=True)
+class Decided:
+    """What the request decided, at admission and routing."""
+
+    # The proxy's own id: unique, names the request in its logs and usage events.
+    request_id: str
+    # The client's X-Request-Id when it is a sane token, kept beside the proxy's.
+    client_request_id: str | None = None
+    started: float = 0.0  # perf_counter() at the request's arrival
+    refused: bool = False  # turned away at admission: it ran nothing
+    key_id: str | None = None  # the API key's id when access control identified one
+    model: str | None = None  # as the client named it
+    # The request body the proxy read (a reference, not a copy), for the usage event.
+    body: bytes | None = None
+    # Set by `model: auto`: the decision and the request features it was made on.
+    decision: dict[str, Any] | None = None
+    features: list[float] | None = None
+    candidate: dict[str, Any] | None = None  # the chosen model's selector features
+
+    @property
+    def served_model(self) -> str | None:
+        """The model that answered: auto's choice, else the one named."""
+        return self.decision["chosen"] if self.decision else self.model
+
+
+@dataclass(slots=True)
+class Served:
+    """What the answer did (the relay writes these)."""
+
+    # The id the answer carries in X-Request-Id and the backend receives: the client's
+    # own when it sent a sane one, else the proxy's.
+    request_id: str
+    backend: str = ""
+    status: int = 0
+    attempts: int = 0
+    body_bytes: int = 0
+    error: str = ""
+    cancelled: bool = False
+    # The proxy's own headers on the answer (X-Autoroute-*), besides X-Request-Id.
+    extra: dict[str, str] = field(default_factory=dict)
+    # perf_counter() when the first body byte went to the client, if one did.
+    first_byte_at: float = 0.0
+    # From the answer's last chunk: token counts, durations (ns), done_reason.
+    stats: dict[str, int | str] = field(default_factory=dict)
+    # The client read slower than the backend wrote: the backend was paused meanwhile.
+    client_paused: bool = False
+    ended: float = 0.0  # perf_counter() when the handler finished
+
+
+@dataclass(slots=True)
+class Outcome:
+    decided: Decided
+    served: Served
+
+
+# The outcome of the request being handled, for the route handlers.
+OUTCOME = web.RequestKey("autoroute_outcome", Outcome)
+
+# Called once per finished request, in registration order; must not block or raise.
+Hook = Callable[[web.Request, Outcome], None]

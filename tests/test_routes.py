@@ -1,0 +1,143 @@
+"""The route table is the one place a path's treatment is decided: dispatch reaches
+every route it names, and access control, metric labels and usage events classify
+each path as its table line says."""
+
+from __future__ import annotations
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
+
+from proxy.auth import STREAM_SLOT, Access, hash_key
+from proxy.config import ApiKey, Auth
+from proxy.routes import (
+    ADMIN,
+    METRICS_PATH,
+    OWN_PREFIX,
+    PUBLIC,
+    ROUTES,
+    SCRAPE,
+    Route,
+    Router,
+    find,
+    label_of,
+    runs_model,
+)
+from tests.support import Emulator, Proxy
+
+ADMIN_KEY, USER_KEY = "k-admin", "k-user"
+OWN_ROUTES = [r for r in ROUTES if r.path.startswith(OWN_PREFIX) or r.path == METRICS_PATH]
+
+
+def concrete(route: Route) -> str:
+    """A request path the route takes: each placeholder filled in."""
+    head, _, rest = route.path.partition("{")
+    if not rest:
+        return head
+    return head + ("sha256:abc/x" if rest.endswith(":path}") else "x")
+
+
+def method_of(route: Route) -> str:
+    return min(route.methods) if route.methods else "POST"
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=lambda r: r.path)
+def test_every_route_is_found_labelled_and_counted_as_its_line_says(route: Route) -> None:
+    path = concrete(route)
+    assert find(path) is route
+    assert label_of(path) == route.label and ":path" not in route.label
+    assert runs_model(path) is route.inference
+
+
+def test_each_path_has_one_line() -> None:
+    assert len({r.path for r in ROUTES}) == len(ROUTES)
+
+
+def test_a_handler_that_does_not_exist_fails_building_the_router() -> None:
+    class Owner:
+        async def any(self, request: web.Request) -> web.StreamResponse:
+            return web.Response()
+
+    owners = {"handlers": Owner(), "auto_routes": Owner(), "usage_routes": Owner()}
+    with pytest.raises(LookupError, match=r"handlers\.passthrough"):
+        Router(owners)
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/api/nothing", "/api/autoroute/experiments/a/b", "/api/blobs", "/metrics/", "/api/chat/"],
+)
+def test_a_path_outside_the_table_is_other_and_runs_no_model(path: str) -> None:
+    assert find(path) is None
+    assert label_of(path) == "other" and not runs_model(path)
+
+
+@pytest.mark.parametrize("metrics_open", [False, True])
+@pytest.mark.parametrize("route", ROUTES, ids=lambda r: r.path)
+def test_access_control_decides_by_the_table(route: Route, metrics_open: bool) -> None:
+    access = Access(
+        Auth(
+            keys=(
+                ApiKey(sha256=hash_key(ADMIN_KEY), role="admin"),
+                ApiKey(sha256=hash_key(USER_KEY), max_streams=1),
+            ),
+            metrics_open=metrics_open,
+        )
+    )
+    path, method = concrete(route), method_of(route)
+    _, refused, _ = access.admit(make_mocked_request(method, path), 0.0)
+    keyless = route.access == PUBLIC or (route.access == SCRAPE and metrics_open)
+    assert (refused is None) is keyless
+    if refused is not None:
+        assert refused.status == 401
+
+    request = make_mocked_request(method, path, headers={"Authorization": f"Bearer {USER_KEY}"})
+    key, refused, reason = access.admit(request, 0.0)
+    if route.access == ADMIN:
+        assert refused is not None and refused.status == 403 and reason == "forbidden"
+    else:
+        assert refused is None
+        # An inference route takes the key's one stream slot; nothing else does.
+        assert bool(request.get(STREAM_SLOT)) is route.inference
+        access.release(request, key)
+
+    request = make_mocked_request(method, path, headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    _, refused, _ = access.admit(request, 0.0)
+    assert refused is None
+
+
+async def fetch(url: str, method: str, path: str, body: object = None) -> tuple[int, bytes]:
+    data = None if body is None else orjson.dumps(body)
+    async with aiohttp.ClientSession() as http, http.request(method, url + path, data=data) as r:
+        return r.status, await r.read()
+
+
+@pytest.mark.parametrize("route", OWN_ROUTES, ids=lambda r: r.path)
+async def test_every_own_route_is_reachable_and_only_by_its_methods(
+    own_proxy: Proxy, own_emulator: Emulator, route: Route
+) -> None:
+    path = concrete(route)
+    status, body = await fetch(own_proxy.url, method_of(route), path, {})
+    assert b"no such endpoint" not in body, (status, body)
+    assert own_emulator.state.requests[path] == 0  # answered by the proxy itself
+    assert "DELETE" not in route.methods
+    status, body = await fetch(own_proxy.url, "DELETE", path)
+    if path.startswith(OWN_PREFIX):
+        assert status == 404 and b"no such endpoint" in body
+        assert own_emulator.state.requests[path] == 0
+    else:  # a method the route does not take passes through, as an unknown path does
+        assert own_emulator.state.requests[path] == 1
+
+
+async def test_paths_the_table_does_not_take_pass_through(
+    own_proxy: Proxy, own_emulator: Emulator
+) -> None:
+    # An unknown path, and a model-routed path with a method its route does not take.
+    for method, path in (("GET", "/api/not-in-ollama"), ("GET", "/api/chat")):
+        await fetch(own_proxy.url, method, path)
+        assert own_emulator.state.requests[path] == 1
+    status, body = await fetch(own_proxy.url, "GET", OWN_PREFIX + "nothing")
+    assert status == 404 and b"no such endpoint" in body
+    assert own_emulator.state.requests[OWN_PREFIX + "nothing"] == 0
