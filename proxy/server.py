@@ -35,6 +35,7 @@ from proxy.profiler import idle_profiler
 from proxy.protocol import JSON, JSON_V1, MODEL_ADMIN_PATHS, MODEL_ROUTED_PATHS, REQUEST_ID_HEADER
 from proxy.registry import Registry
 from proxy.relay import Outcome, Relay
+from proxy.upstream import BufferedAnswer
 from proxy.usage import UsagePipeline, UsageRoutes
 
 log = logging.getLogger("autoroute.server")
@@ -446,8 +447,9 @@ class Proxy:
 
     async def _replicate(self, request: web.Request, state: BackendState, body: bytes) -> None:
         try:
-            conn, head = await self.relay._exchange(request, state, body, None)
-            await conn.read_body()
+            answer = BufferedAnswer()
+            head = await self.relay.exchange(request, state, body, answer)
+            await answer.collect()
         except Exception as exc:  # a replica failing must not touch the client's answer
             log.warning("%s %s on %s failed: %s", request.method, request.path, state.label, exc)
             return
