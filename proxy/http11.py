@@ -1,9 +1,9 @@
 """HTTP/1.1 as the upstream leg speaks it, without I/O: request heads are built here,
 and a `ResponseReader` is fed the bytes of one answer, in whatever pieces the network
-delivers them, and returns what they mean as events: `Head`, `Body`, `End`.
+delivers them, and returns what they mean as events: `Head`, body bytes, `End`.
 
-The body is read, not decoded: `Body` events carry the bytes as they came, chunk
-framing included, because the relay forwards them verbatim. The reader parses only
+The body is read, not decoded: its events are the bytes as they came, chunk framing
+included, because the relay forwards them verbatim. The reader parses only
 what it must to know where the answer ends (the head, the chunk sizes, the trailers),
 so that the connection can carry another request after it. What it cannot read raises
 `ProtocolError`.
@@ -42,13 +42,6 @@ class Head:
 
 
 @dataclass(slots=True)
-class Body:
-    """Body bytes as they came, chunk framing included."""
-
-    data: bytes
-
-
-@dataclass(slots=True)
 class End:
     """The answer ended. `reusable`: the connection may carry another request (keep-alive,
     and nothing came after the end: stray bytes answer nothing that was asked)."""
@@ -56,7 +49,9 @@ class End:
     reusable: bool
 
 
-Event = Head | Body | End
+# Body bytes, as they came (chunk framing included), are events of their own: a chunk
+# costs no allocation beyond its bytes.
+Event = Head | bytes | End
 
 
 def request_head(
@@ -217,11 +212,11 @@ class ResponseReader:
                 end = self._left
             self._left -= len(data)
         if end < 0:
-            events.append(Body(data))
+            events.append(data)
             return events
         stray = end < len(data)
         if end:
-            events.append(Body(data[:end] if stray else data))
+            events.append(data[:end] if stray else data)
         self._mode = _DONE
         head = self.head
         events.append(End(reusable=not stray and head is not None and head.keep_alive))
@@ -253,7 +248,11 @@ class ResponseReader:
                 if not line.strip():
                     return pos
                 continue
-            size = _chunk_size(line)
+            # The size's digits, as `_chunk_size` checks them (inlined: once a chunk).
+            digits = line.split(b";", 1)[0].strip()
+            if not digits or len(digits) > _MAX_CHUNK_SIZE_DIGITS or digits.lstrip(_HEX_DIGITS):
+                raise ProtocolError(f"malformed chunk size {line[:40]!r}")
+            size = int(digits, 16)
             if size == 0:
                 self._trailers = True
             else:

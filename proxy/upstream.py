@@ -15,7 +15,7 @@ import asyncio
 from collections import deque
 from typing import Protocol, cast
 
-from proxy.http11 import Body, End, Event, Head, ResponseHead, ResponseReader, dechunk
+from proxy.http11 import End, Event, Head, ResponseHead, ResponseReader, dechunk
 from proxy.upstream_errors import (
     ConnectFailed,
     ConnectionLost,
@@ -81,7 +81,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         end = reader.feed_eof()
         if end is not None:
-            self._deliver([end])
+            self._deliver(self._sink, [end])
             return
         why = f"connection closed by backend{f': {exc}' if exc else ''}"
         self._fail(
@@ -100,27 +100,29 @@ class UpstreamConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.last_read = self.loop.time()
         reader = self._reader
-        if self._sink is None or reader is None or reader.ended:
-            # Bytes no exchange asked for (after the end of a response, or on an idle
-            # connection): its framing can no longer be trusted, so it is never reused.
-            self.close()
+        sink = self._sink
+        if sink is None or reader is None:
+            self.close()  # bytes on an idle connection: see below
             return
         try:
             events = reader.feed(data)
         except ProtocolError as exc:
             self._fail(exc)
             return
-        self._deliver(events)
+        if events:
+            self._deliver(sink, events)
+        elif reader.ended:
+            # Bytes no exchange asked for (after the end of a response): the
+            # connection's framing can no longer be trusted, so it is never reused.
+            self.close()
 
-    def _deliver(self, events: list[Event]) -> None:
-        sink = self._sink
-        assert sink is not None
+    def _deliver(self, sink: Sink, events: list[Event]) -> None:
         try:
             for event in events:
-                if type(event) is Body:
-                    sink.on_body(event.data)
+                if type(event) is bytes:
+                    sink.on_body(event)
                 elif type(event) is Head:
-                    body_follows = any(type(e) is Body for e in events)
+                    body_follows = any(type(e) is bytes for e in events)
                     self._fail_drain(None)  # answered: an upload waiting to send more stops
                     sink.on_head(event.head, body_follows)
                 elif type(event) is End:

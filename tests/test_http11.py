@@ -8,7 +8,6 @@ import pytest
 
 from proxy.http11 import (
     MAX_HEAD_BYTES,
-    Body,
     End,
     Event,
     Head,
@@ -33,9 +32,9 @@ def summary(events: list[Event]) -> Summary:
         if isinstance(event, Head):
             assert head is None and not body
             head = event.head
-        elif isinstance(event, Body):
-            assert head is not None and event.data
-            body += event.data
+        elif isinstance(event, bytes):
+            assert head is not None and event
+            body += event
         else:
             assert isinstance(event, End)
             assert head is not None
