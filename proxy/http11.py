@@ -248,11 +248,7 @@ class ResponseReader:
                 if not line.strip():
                     return pos
                 continue
-            # The size's digits, as `_chunk_size` checks them (inlined: once a chunk).
-            digits = line.split(b";", 1)[0].strip()
-            if not digits or len(digits) > _MAX_CHUNK_SIZE_DIGITS or digits.lstrip(_HEX_DIGITS):
-                raise ProtocolError(f"malformed chunk size {line[:40]!r}")
-            size = int(digits, 16)
+            size = _chunk_size(line)
             if size == 0:
                 self._trailers = True
             else:
