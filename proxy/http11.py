@@ -18,8 +18,9 @@ from proxy.upstream_errors import ProtocolError
 
 MAX_HEAD_BYTES = 64 * 1024
 
-# How the body of an answer ends; _DONE once it has.
-_NONE, _LENGTH, _CHUNKED, _UNTIL_CLOSE, _DONE = range(5)
+# How the body of an answer ends (_NONE: it has none); _HEAD while the head is read,
+# _DONE once the answer ended.
+_NONE, _LENGTH, _CHUNKED, _UNTIL_CLOSE, _HEAD, _DONE = range(6)
 _HEX_DIGITS = b"0123456789abcdefABCDEF"
 _MAX_CHUNK_SIZE_DIGITS = 16
 
@@ -139,7 +140,7 @@ class ResponseReader:
         self.method = method
         self.head: ResponseHead | None = None
         self._buf = bytearray()
-        self._mode = _NONE
+        self._mode = _HEAD
         self._left = 0  # body bytes left (Content-Length), or of the current chunk + CRLF
         self._line = b""  # a chunk-size or trailer line cut by the end of a read
         self._trailers = False
@@ -163,9 +164,9 @@ class ResponseReader:
         mode = self._mode
         if mode == _CHUNKED or mode == _LENGTH or mode == _UNTIL_CLOSE:
             return self._body(data, [])
-        if mode == _DONE:
-            return []  # after the end: the caller decides what stray bytes mean
-        return self._read_head(data)
+        if mode == _HEAD:
+            return self._read_head(data)
+        return []  # after the end: the caller decides what stray bytes mean
 
     def feed_eof(self) -> End | None:
         """The backend closed the connection: the end of an answer framed by the close,
