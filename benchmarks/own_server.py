@@ -19,10 +19,43 @@ from collections.abc import Callable
 from typing import cast
 
 from benchmarks.tcp_relay import run_server
+from proxy.http11 import ResponseHead
 from proxy.protocol import HOP_BY_HOP
-from proxy.upstream import ConnectionPool, ResponseHead
+from proxy.upstream import Answer, ConnectionPool
 
 _HOP_BY_HOP_BYTES = frozenset(name.encode() for name in HOP_BY_HOP)
+
+
+class ClientSink(Answer):
+    """The client leg: the head goes out with the first piece of body, the body as
+    it came (chunk framing included)."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        super().__init__()
+        self.transport = transport
+        self.pending = b""
+
+    def on_head(self, head: ResponseHead, body_follows: bool) -> None:
+        lines = [f"HTTP/1.1 {head.status} {head.reason}\r\n"]
+        lines += [
+            f"{name}: {value}\r\n" for name, value in head.headers if name.lower() not in HOP_BY_HOP
+        ]
+        if head.chunked:
+            lines.append("Transfer-Encoding: chunked\r\n")
+        elif head.content_length is not None:
+            lines.append(f"Content-Length: {head.content_length}\r\n")
+        lines.append("\r\n")
+        out = "".join(lines).encode("latin-1")
+        if body_follows:
+            self.pending = out
+        else:
+            self.transport.write(out)
+        super().on_head(head, body_follows)
+
+    def on_body(self, data: bytes) -> None:
+        if self.pending:
+            data, self.pending = self.pending + data, b""
+        self.transport.write(data)
 
 
 class ClientProtocol(asyncio.Protocol):
@@ -74,33 +107,11 @@ class ClientProtocol(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         conn = await self.pool.acquire()
-        pending: list[bytes] = []
-
-        def on_head(answer: ResponseHead, body_follows: bool) -> None:
-            lines = [f"HTTP/1.1 {answer.status} {answer.reason}\r\n"]
-            lines += [
-                f"{name}: {value}\r\n"
-                for name, value in answer.headers
-                if name.lower() not in HOP_BY_HOP
-            ]
-            if answer.chunked:
-                lines.append("Transfer-Encoding: chunked\r\n")
-            elif answer.content_length is not None:
-                lines.append(f"Content-Length: {answer.content_length}\r\n")
-            lines.append("\r\n")
-            pending.append("".join(lines).encode("latin-1"))
-
-        def sink(data: bytes) -> None:
-            if pending:
-                data = pending.pop() + data
-            transport.write(data)
-
-        conn.on_head = on_head
-        await conn.send(method, head, body, 60.0)
-        await conn.attach(sink)
+        client = ClientSink(transport)
+        client.bind(conn)
+        conn.send(method, head, body, 60.0, client)
+        await client.ended
         conn.release()
-        if pending:  # an answer without a body
-            transport.write(pending.pop())
         self.busy = False
         self._next_request()
 

@@ -17,8 +17,10 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from proxy import http11
 from proxy.config import Backend, Config
-from proxy.upstream import ConnectionPool, UpstreamError
+from proxy.upstream import ConnectionPool, fetch
+from proxy.upstream_errors import UpstreamError
 
 log = logging.getLogger("autoroute.backends")
 
@@ -194,19 +196,17 @@ class BackendPool:
     async def get_json(self, state: BackendState, path: str, post: Any = None) -> Any:
         """A small JSON document from one backend (refreshes, merged lists, `show`):
         GET `path`, or POST the JSON `post` to it."""
-        conn = await state.pool.acquire()
         method = "GET" if post is None else "POST"
         body = b"" if post is None else orjson.dumps(post)
-        head = f"{method} {path} HTTP/1.1\r\nHost: {state.pool.host_header}\r\n"
-        if post is not None:
-            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-        try:
-            timeout = self.config.timeouts.idle_read_seconds
-            response = await conn.send(method, (head + "\r\n").encode(), body, timeout)
-            answer = await conn.read_body()
-        except BaseException:
-            conn.close()
-            raise
+        head = http11.request_head(
+            method.encode(),
+            path.encode(),
+            state.pool.host_header.encode(),
+            [] if post is None else [(b"Content-Type", b"application/json")],
+            length=None if post is None else len(body),
+        )
+        timeout = self.config.timeouts.idle_read_seconds
+        response, answer = await fetch(state.pool, method, head, body, timeout)
         if response.status != 200:
             raise StatusError(f"{method} {path} answered {response.status}", response.status)
         return orjson.loads(answer)

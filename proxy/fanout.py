@@ -16,6 +16,7 @@ from proxy.backends import BackendPool, BackendState, normalize_model
 from proxy.errors import error_response
 from proxy.protocol import JSON, JSON_V1
 from proxy.relay import Relay
+from proxy.upstream import BufferedAnswer
 
 log = logging.getLogger("autoroute.server")
 
@@ -74,8 +75,9 @@ class Fanout:
 
     async def _replicate(self, request: web.Request, state: BackendState, body: bytes) -> None:
         try:
-            conn, head = await self.relay.exchange(request, state, body, None)
-            await conn.read_body()
+            answer = BufferedAnswer()
+            head = await self.relay.exchange(request, state, body, answer)
+            await answer.collect()
         except Exception as exc:  # a replica failing must not touch the client's answer
             log.warning("%s %s on %s failed: %s", request.method, request.path, state.label, exc)
             return

@@ -10,21 +10,22 @@ the stream the way Ollama does, with one more line `{"error": "..."}`.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 
 from aiohttp import web
 
-from proxy import final_chunk
+from proxy import final_chunk, http11
 from proxy.backends import BackendPool, BackendState, NoBackend
 from proxy.config import Config
 from proxy.errors import error_response, stream_error_line
+from proxy.http11 import ResponseHead, dechunk
 from proxy.limits import read_chunk
 from proxy.outcome import Served
 from proxy.protocol import HOP_BY_HOP, NDJSON, REQUEST_ID_HEADER, SSE
 from proxy.relayed_response import RelayedResponse
-from proxy.upstream import ResponseHead, UpstreamConnection, UpstreamError
+from proxy.upstream import Answer, UpstreamConnection
+from proxy.upstream_errors import ConnectFailed, StaleConnection, UpstreamError
 
 log = logging.getLogger("autoroute.relay")
 
@@ -53,21 +54,18 @@ def request_head(
 ) -> bytes:
     """The upstream request head: the client's headers as it sent them (bytes) minus
     the ones the proxy does not forward (and minus `drop`, the proxy's own credentials
-    when it checks keys), and the request's id."""
-    parts = [
-        b"%b %b HTTP/1.1\r\nHost: %b\r\n"
-        % (_wire(request.method), _wire(request.raw_path), _wire(host))
-    ]
-    for name, value in request.raw_headers:
-        if name.lower() not in drop:
-            parts += (name, b": ", value, b"\r\n")
+    when it checks keys), and the request's id; `body_length=None` streams the body."""
+    headers = [(name, value) for name, value in request.raw_headers if name.lower() not in drop]
     if request_id:
-        parts.append(b"%b: %b\r\n" % (REQUEST_ID_HEADER.encode(), _wire(request_id)))
-    if body_length is None:
-        parts.append(b"Transfer-Encoding: chunked\r\n\r\n")
-    else:
-        parts.append(b"Content-Length: %d\r\n\r\n" % body_length)
-    return b"".join(parts)
+        headers.append((REQUEST_ID_HEADER.encode(), _wire(request_id)))
+    return http11.request_head(
+        _wire(request.method),
+        _wire(request.raw_path),
+        _wire(host),
+        headers,
+        length=body_length,
+        chunked=body_length is None,
+    )
 
 
 class Relay:
@@ -110,15 +108,15 @@ class Relay:
                 and len(tried) < retries
                 and self.backends.can_retry(model, [*tried, state])
             )
-            client = ClientLeg(request, outcome)
+            client = ClientLeg(request, outcome, may_retry)
             try:
-                conn, head = await self.exchange(request, state, body, client, may_retry)
+                head = await self.exchange(request, state, body, client, outcome.request_id)
             except UpstreamError as exc:
                 state.in_flight -= 1
                 state.failed(str(exc))
                 log.warning("backend %s failed before answering: %s", state.label, exc)
                 failures.append(f"{state.label}: {exc}")
-                unreachable = unreachable and exc.unreachable
+                unreachable = unreachable and isinstance(exc, ConnectFailed)
                 tried.append(state)
                 if only is not None or len(tried) > retries:
                     return self._failed(request, outcome, failures, unreachable)
@@ -134,16 +132,16 @@ class Relay:
             except BaseException:
                 state.in_flight -= 1
                 raise
-            if head.status >= 500 and may_retry:
+            if client.declined:
                 state.in_flight -= 1
-                conn.close()
+                client.drop()
                 state.answered(head.status)
                 failures.append(f"{state.label}: answered {head.status}")
                 unreachable = False
                 tried.append(state)
                 continue
             try:
-                return await self._respond(request, state, conn, head, client, outcome)
+                return await self._respond(state, head, client, outcome)
             finally:
                 state.in_flight -= 1
 
@@ -163,12 +161,13 @@ class Relay:
         request: web.Request,
         state: BackendState,
         body: bytes | None,
-        client: ClientLeg | None,
-        may_retry: bool = False,
-    ) -> tuple[UpstreamConnection, ResponseHead]:
-        """Send the request; with a `client`, its answer starts flowing to the client
-        from the upstream protocol's callback as soon as the head is parsed."""
-        request_id = client.outcome.request_id if client else ""
+        sink: Answer,
+        request_id: str = "",
+    ) -> ResponseHead:
+        """Send the request to `state`'s backend; its answer goes to `sink` from the
+        upstream connection's callbacks (a client's starts flowing to the client as
+        soon as the head is parsed). The head, once it came; the connection is then
+        `sink.conn`, for its owner to give back."""
         # A pooled connection the backend has since closed fails before any answer;
         # that says nothing about the backend, so try again on another connection.
         while True:
@@ -180,26 +179,22 @@ class Relay:
                 request_id,
                 self.drop,
             )
-            if client is not None:
-                conn.on_head = functools.partial(client.on_head, conn, may_retry=may_retry)
+            sink.bind(conn)
             try:
-                waiter = conn.send(request.method, head_bytes, body or b"", self.idle)
+                conn.send(request.method, head_bytes, body or b"", self.idle, sink)
                 if body is None:
-                    await self._upload(request, conn, waiter)
-                return conn, await waiter
-            except UpstreamError as exc:
+                    await self._upload(request, conn, sink.answered)
+                return await sink.response_head()
+            except StaleConnection:
                 conn.close()
-                if not exc.stale or body is None:
+                if body is None:
                     raise
             except BaseException:
                 conn.close()
                 raise
 
     async def _upload(
-        self,
-        request: web.Request,
-        conn: UpstreamConnection,
-        answered: asyncio.Future[ResponseHead],
+        self, request: web.Request, conn: UpstreamConnection, answered: asyncio.Future[None]
     ) -> None:
         limit = self.config.limits.max_upload_bytes
         idle = self.config.timeouts.client_body_idle_seconds
@@ -216,37 +211,33 @@ class Relay:
                 await conn.write_body(b"0\r\n\r\n")
                 return
         except UpstreamError:
-            if not answered.done():
-                raise
+            # The exchange failed: its sink has the error, which `response_head` raises.
+            pass
         # The backend answered before the body ended (a refusal, as a digest that
         # cannot match): its answer is the client's, the rest of the body is not sent,
         # and the connection, its request unfinished, is never reused.
         conn.abandon_request()
 
     async def _respond(
-        self,
-        request: web.Request,
-        state: BackendState,
-        conn: UpstreamConnection,
-        head: ResponseHead,
-        client: ClientLeg,
-        outcome: Served,
+        self, state: BackendState, head: ResponseHead, client: ClientLeg, outcome: Served
     ) -> web.StreamResponse:
         outcome.status = head.status
         if not client.started:
             # Only an HTTP/1.0 client is left here: it cannot read chunked framing,
             # so it gets the whole body at once.
-            body = await conn.read_body()
-            response = web.Response(status=head.status, reason=head.reason, body=body)
+            try:
+                await client.ended
+            finally:
+                client.release()
+            response = web.Response(status=head.status, reason=head.reason, body=client.body())
             for name, value in client.response_headers(head):
                 response.headers.add(name, value)
             return response
-        assert client.done is not None
         # Once the head went out, the relay has written to the client's transport itself:
         # nothing may reach aiohttp's handler error path (it would write a 500 after the
         # relayed bytes), and only the client's leaving is a cancellation.
         try:
-            await client.done
+            await client.ended
         except UpstreamError as exc:
             outcome.error = f"{state.label}: {exc}"
             state.failed(str(exc))
@@ -275,14 +266,16 @@ class Relay:
         return client.response()
 
 
-class ClientLeg:
-    """The client side of one exchange. The response head is written from the
-    upstream protocol's callback the moment the backend's head arrives, and the body
-    follows from the same callbacks: no task switch between backend and client.
-    What the exchange relayed (bytes, last chunks) is kept here, not on the upstream
-    connection, which goes back to the pool for another request at `release`."""
+class ClientLeg(Answer):
+    """The client side of one exchange, the sink of its upstream connection. The
+    response head is written from the upstream protocol's callback the moment the
+    backend's head arrives, and the body follows from the same callbacks: no task
+    switch between backend and client. What the exchange relayed (bytes, last chunks)
+    is kept here, not on the upstream connection, which goes back to the pool for
+    another request at `release`."""
 
-    def __init__(self, request: web.Request, outcome: Served) -> None:
+    def __init__(self, request: web.Request, outcome: Served, may_retry: bool = False) -> None:
+        super().__init__()
         transport = request.transport
         assert transport is not None
         self.transport = transport
@@ -290,17 +283,20 @@ class ClientLeg:
         self.version = request.version
         self.keep_alive = request.keep_alive
         self.outcome = outcome
+        self.may_retry = may_retry
         self.started = False
+        # The answer is not the client's: a 5xx before any byte reached the client,
+        # when another backend may still answer. `forward` retries.
+        self.declined = False
+        # The body, kept whole for an HTTP/1.0 client that cannot read chunked framing.
+        self.buffered: list[bytes] | None = None
         self.paused = False
         self.content_type = ""
-        self.done: asyncio.Future[None] | None = None
-        self.conn: UpstreamConnection | None = None
         self.writer = request.writer
         self.body_bytes = 0
         self.previous = b""
         self.last = b""
         self.head_bytes = b""
-        self.head: ResponseHead | None = None  # the backend's, once the client has it
         self._resume: asyncio.Task[None] | None = None
 
     def _backend_headers(self, head: ResponseHead) -> list[tuple[str, str]]:
@@ -322,14 +318,17 @@ class ClientLeg:
     def response_headers(self, head: ResponseHead) -> list[tuple[str, str]]:
         return self._backend_headers(head) + self._own_headers()
 
-    def on_head(
-        self, conn: UpstreamConnection, head: ResponseHead, body_follows: bool, may_retry: bool
-    ) -> None:
+    def on_head(self, head: ResponseHead, body_follows: bool) -> None:
         """Called by the upstream protocol as soon as the backend's head is parsed."""
-        if head.status >= 500 and may_retry:
-            return  # the handler retries on another backend; nothing sent yet
-        if head.chunked and self.version < (1, 1):
-            return  # the handler buffers the body for an HTTP/1.0 client
+        if head.status >= 500 and self.may_retry:
+            self.declined = True  # nothing sent yet: the answer is dropped
+        elif head.chunked and self.version < (1, 1):
+            self.buffered = []
+        else:
+            self._start(head, body_follows)
+        super().on_head(head, body_follows)
+
+    def _start(self, head: ResponseHead, body_follows: bool) -> None:
         # The backend's header lines go out as they came (its head was read as
         # Latin-1); the proxy's own values may hold what a client sent (an id), as
         # the bytes it sent.
@@ -342,22 +341,23 @@ class ClientLeg:
             out += b"Transfer-Encoding: chunked\r\n"
         elif head.content_length is not None:
             out += b"Content-Length: %d\r\n" % head.content_length
-        elif not _bodiless(head.status):
+        elif not http11.bodiless(head.status):
             self.keep_alive = False  # the body ends when the connection does
         if not self.keep_alive:
             out += b"Connection: close\r\n"
         out += b"\r\n"
         self.started = True
-        self.head = head
-        self.conn = conn
         if body_follows:
             # One write for the head and the first chunk, as Ollama sends them.
             self.head_bytes = bytes(out)
         else:
             self.transport.write(out)
-        self.done = conn.attach(self.sink)
 
-    def sink(self, data: bytes) -> None:
+    def on_body(self, data: bytes) -> None:
+        if not self.started:
+            if self.buffered is not None:
+                self.buffered.append(data)
+            return  # declined: not the client's
         # The write comes first: if anything after it fails, the client has exactly
         # what the upstream connection has read so far.
         transport = self.transport
@@ -390,6 +390,10 @@ class ClientLeg:
             if self.conn is not None:  # None once released: no longer this exchange's
                 self.conn.resume_reading()
 
+    def body(self) -> bytes:
+        """The buffered body without its chunk framing (HTTP/1.0 clients)."""
+        return dechunk(b"".join(self.buffered or ()))
+
     def fail(self, message: str) -> None:
         """End a started response after a failure, as Ollama does mid-stream."""
         conn = self.conn
@@ -406,6 +410,12 @@ class ClientLeg:
             # honest signal.
             self.keep_alive = False
             self.transport.close()
+
+    def drop(self) -> None:
+        """The answer is not the client's (declined): its connection is closed."""
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.close()
 
     def release(self) -> None:
         """The exchange's bookkeeping is done: its upstream connection goes back (or is
@@ -426,7 +436,3 @@ class ClientLeg:
     def response(self) -> RelayedResponse:
         assert self.head is not None
         return RelayedResponse(self.head.status, self.keep_alive)
-
-
-def _bodiless(status: int) -> bool:
-    return status in (204, 304) or 100 <= status < 200

@@ -2,98 +2,43 @@
 
 Why not aiohttp's client: it wakes a coroutine for every chunk (parser callback →
 future → task step → re-framing on write), about 26 µs a chunk here. This protocol
-finds the chunk boundaries in `data_received` and hands the raw bytes, framing and
-all, to the client's transport from that same callback: no queue, no task switch, no
-re-framing. It parses only what it must: the response head and the chunk sizes, to
-know where the body ends so that the connection can be reused.
+feeds what it reads to an `http11.ResponseReader` in `data_received` and hands the
+events to the exchange's sink from that same callback: the relay's sink writes the
+raw bytes, framing and all, to the client's transport. No queue, no task switch, no
+re-framing. The connection is the I/O only: parsing is `http11`'s, what the answer
+means is the sink's.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import cast
+from typing import Protocol, cast
 
-MAX_HEAD_BYTES = 64 * 1024
-
-_NONE, _LENGTH, _CHUNKED, _UNTIL_CLOSE = range(4)
-
-
-class UpstreamError(Exception):
-    """The backend failed: refused, reset, timed out or spoke something not HTTP.
-    `unreachable` says no connection could be made at all; `stale` that a pooled
-    connection was closed before the backend answered a byte (it had timed it out)."""
-
-    def __init__(self, message: str, unreachable: bool = False, stale: bool = False) -> None:
-        super().__init__(message)
-        self.unreachable = unreachable
-        self.stale = stale
+from proxy.http11 import End, Event, Head, ResponseHead, ResponseReader, dechunk
+from proxy.upstream_errors import (
+    ConnectFailed,
+    ConnectionLost,
+    IdleTimeout,
+    ProtocolError,
+    StaleConnection,
+)
+from proxy.upstream_errors import UpstreamError as UpstreamError
 
 
-@dataclass(slots=True)
-class ResponseHead:
-    status: int
-    reason: str
-    headers: list[tuple[str, str]]
-    content_length: int | None
-    chunked: bool
-    keep_alive: bool
+class Sink(Protocol):
+    """Where an `UpstreamConnection` delivers one answer, from its I/O callbacks:
+    `on_head` once, then `on_body` for each piece of body (framing included), then
+    either `on_end` or `on_error`. A sink that raises ends the exchange with its error
+    (given back to it through `on_error`)."""
 
-    def header(self, name: str) -> str | None:
-        name = name.lower()
-        for key, value in self.headers:
-            if key.lower() == name:
-                return value
-        return None
+    def on_head(self, head: ResponseHead, body_follows: bool) -> None: ...
 
+    def on_body(self, data: bytes) -> None: ...
 
-def _interim(status: int) -> bool:
-    """A 1xx head: informational, followed by the final head on the same connection."""
-    return 100 <= status < 200
+    def on_end(self) -> None: ...
 
-
-def _parse_head(raw: bytes, method: str) -> tuple[ResponseHead, int]:
-    lines = raw.decode("latin-1").split("\r\n")
-    version, _, rest = lines[0].partition(" ")
-    code, _, reason = rest.partition(" ")
-    if not version.startswith("HTTP/1.") or not code.isdigit():
-        raise UpstreamError(f"malformed status line {lines[0][:80]!r}")
-    status = int(code)
-    if status == 101:
-        # The proxy never asks to switch protocols (it forwards no `Upgrade`).
-        raise UpstreamError("backend switched protocols unasked")
-    headers: list[tuple[str, str]] = []
-    length: int | None = None
-    chunked = False
-    keep_alive = version == "HTTP/1.1"
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if not sep:
-            raise UpstreamError(f"malformed header line {line[:80]!r}")
-        value = value.strip()
-        lname = name.lower()
-        if lname == "content-length":
-            if not value.isdigit():
-                raise UpstreamError(f"malformed Content-Length {value[:40]!r}")
-            length = int(value)
-        elif lname == "transfer-encoding":
-            chunked = value.lower().endswith("chunked")
-        elif lname == "connection":
-            keep_alive = value.lower() != "close" and (keep_alive or value.lower() == "keep-alive")
-        headers.append((name, value))
-    if method == "HEAD" or status in (204, 304) or _interim(status):
-        mode = _NONE
-    elif chunked:
-        mode = _CHUNKED
-    elif length is not None:
-        mode = _LENGTH if length else _NONE
-    else:
-        mode = _UNTIL_CLOSE
-        keep_alive = False
-    head = ResponseHead(status, reason, headers, length, chunked, keep_alive)
-    return head, mode
+    def on_error(self, exc: Exception) -> None: ...
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -107,29 +52,19 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.reused = False
         self.last_read = 0.0
+        self._write_paused = False
         self._reset()
 
     def _reset(self) -> None:
-        self.head: ResponseHead | None = None
-        self._method = "GET"
-        self._head_buf = bytearray()
-        self._mode = _NONE
-        self._left = 0
-        self._line = b""
-        self._trailers = False
-        self._pending: list[bytes] = []
-        self._sink: Callable[[bytes], None] | None = None
-        self._head_waiter: asyncio.Future[ResponseHead] | None = None
-        self._done: asyncio.Future[None] | None = None
-        self._drain_waiter: asyncio.Future[None] | None = None
-        self._write_paused = False
-        self._read_paused = False
-        self._watchdog: asyncio.TimerHandle | None = None
+        self._reader: ResponseReader | None = None
+        self._sink: Sink | None = None
+        self._ended = False
         self._reusable = False
         self._request_whole = True
-        # Called with the parsed head, from `data_received`, before any body byte, and
-        # whether body bytes came in the same read.
-        self.on_head: Callable[[ResponseHead, bool], None] | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._read_paused = False
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._idle_timeout = 0.0
 
     # asyncio.Protocol
 
@@ -140,16 +75,18 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self.pool.forget(self)
-        if self._mode == _UNTIL_CLOSE and self.head is not None:
-            self._finish(reusable=False)
+        reader = self._reader
+        if self._sink is None or reader is None or reader.ended:
+            self._fail_drain(ConnectionLost("connection closed"))
             return
-        stale = self.reused and self.head is None and not self._head_buf
-        error = UpstreamError(
-            f"connection closed by backend{f': {exc}' if exc else ''}", stale=stale
+        end = reader.feed_eof()
+        if end is not None:
+            self._deliver(self._sink, [end])
+            return
+        why = f"connection closed by backend{f': {exc}' if exc else ''}"
+        self._fail(
+            StaleConnection(why) if self.reused and not reader.started else ConnectionLost(why)
         )
-        self._fail(error)
-        if self._drain_waiter is not None and not self._drain_waiter.done():
-            self._drain_waiter.set_exception(error)
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -162,147 +99,61 @@ class UpstreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_read = self.loop.time()
-        done = self._done
-        if done is None or done.done():
-            # Bytes no exchange asked for (after the end of a response, or on an idle
-            # connection): its framing can no longer be trusted, so it is never reused.
-            self.close()
+        reader = self._reader
+        sink = self._sink
+        if sink is None or reader is None:
+            self.close()  # bytes on an idle connection: see below
             return
-        if self.head is None:
-            rest = self._read_head(data)
-            if rest is None:
-                return
-            data = rest
-        self._body(data)
-
-    def _read_head(self, data: bytes) -> bytes | None:
-        """Parse the final response head, skipping interim (1xx) ones; the body bytes
-        that followed it, or None while it is incomplete or when the exchange ended."""
-        buf = self._head_buf
-        buf += data
-        while True:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buf) > MAX_HEAD_BYTES:
-                    self._fail(UpstreamError("response head too large"), close=True)
-                return None
-            try:
-                head, mode = _parse_head(bytes(buf[:end]), self._method)
-            except UpstreamError as exc:
-                self._fail(exc, close=True)
-                return None
-            del buf[: end + 4]
-            if not _interim(head.status):
-                break
-        self.head, self._mode = head, mode
-        if mode == _LENGTH:
-            self._left = head.content_length or 0
-        data = bytes(buf)
-        buf.clear()
         try:
-            if self.on_head is not None:
-                self.on_head(head, bool(data) and mode != _NONE)
+            events = reader.feed(data)
+        except ProtocolError as exc:
+            self._fail(exc)
+            return
+        if events:
+            self._deliver(sink, events)
+        elif reader.ended:
+            # Bytes no exchange asked for (after the end of a response): the
+            # connection's framing can no longer be trusted, so it is never reused.
+            self.close()
+
+    def _deliver(self, sink: Sink, events: list[Event]) -> None:
+        try:
+            for event in events:
+                if type(event) is bytes:
+                    sink.on_body(event)
+                elif type(event) is Head:
+                    body_follows = any(type(e) is bytes for e in events)
+                    self._fail_drain(None)  # answered: an upload waiting to send more stops
+                    sink.on_head(event.head, body_follows)
+                elif type(event) is End:
+                    self._ended = True
+                    self._reusable = event.reusable
+                    self._stop_watchdog()
+                    sink.on_end()
         except Exception as exc:
             # The consumer failed, not the backend: the exchange ends with its error.
-            self._fail(exc, close=True)
-            return None
-        waiter = self._head_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(head)
-        drain = self._drain_waiter
-        if drain is not None and not drain.done():
-            drain.set_result(None)  # answered: an upload waiting to send more stops
-        if mode == _NONE:
-            # A bodiless answer: any byte after its head is a stray one (see `_body`).
-            self._finish(reusable=head.keep_alive and not data)
-            return None
-        return data or None
-
-    # Body framing
-
-    def _body(self, data: bytes) -> None:
-        mode = self._mode
-        end = -1  # where the body ended in `data`, once it did
-        if mode == _CHUNKED:
-            try:
-                end = self._scan_chunks(data)
-            except ValueError:
-                self._fail(UpstreamError("malformed chunked body"), close=True)
-                return
-        elif mode == _LENGTH:
-            if len(data) >= self._left:
-                end = self._left
-            self._left -= len(data)
-        complete = end >= 0
-        # Bytes after the body's end answer nothing that was asked: they are not
-        # relayed, and the connection is not reused.
-        stray = complete and end < len(data)
-        if stray:
-            data = data[:end]
-        sink = self._sink
-        if sink is not None:
-            try:
-                sink(data)
-            except Exception as exc:
-                # The consumer failed, not the backend: the exchange ends with its error.
-                self._fail(exc, close=True)
-                return
-        else:
-            self._pending.append(data)
-        if complete:
-            self._finish(reusable=not stray and self.head is not None and self.head.keep_alive)
-
-    def _scan_chunks(self, data: bytes) -> int:
-        """Follow the chunk framing through `data`: where the body ended in it (after
-        the last chunk's trailers), or -1 when it goes on."""
-        pos = 0
-        end = len(data)
-        while pos < end:
-            if self._left:
-                step = min(self._left, end - pos)
-                self._left -= step
-                pos += step
-                continue
-            newline = data.find(b"\n", pos)
-            if newline < 0:
-                self._line += data[pos:]
-                return -1
-            line = data[pos:newline]
-            pos = newline + 1
-            if self._line:
-                line = self._line + line
-                self._line = b""
-            if self._trailers:
-                if not line.strip():
-                    return pos
-                continue
-            size = int(line.split(b";", 1)[0], 16)
-            if size == 0:
-                self._trailers = True
-            else:
-                self._left = size + 2
-        return -1
+            self._fail(exc)
 
     # Exchange lifecycle
 
-    def _finish(self, reusable: bool) -> None:
-        """The response was read to its end. The connection stays with its exchange's
-        owner, who gives it back with `release` once its own bookkeeping is done."""
-        done = self._done
-        self._mode = _NONE
-        self._reusable = reusable
-        self._stop_watchdog()
-        if done is not None and not done.done():
-            done.set_result(None)
+    def send(self, method: str, head: bytes, body: bytes, idle_timeout: float, sink: Sink) -> None:
+        """Start an exchange whose answer goes to `sink`. The backend may stay silent
+        for at most `idle_timeout` seconds at a time (waiting for the head or between
+        chunks); there is no bound on the whole exchange, since loading a model or a
+        long answer is legitimate."""
+        assert self.transport is not None
+        self._reader = ResponseReader(method)
+        self._sink = sink
+        self._idle_timeout = idle_timeout
+        self.last_read = self.loop.time()
+        self._watchdog = self.loop.call_at(self.last_read + idle_timeout, self._check_idle)
+        self.transport.write(head + body if body else head)
 
     def release(self) -> None:
         """The owner is done with this exchange: the connection goes back to the pool
         if its response was read to its end and it may be kept alive, else it is
         closed. The owner must not touch it afterwards."""
-        done = self._done
-        complete = done is not None and done.done() and not done.cancelled()
-        reusable = self._reusable and self._request_whole
-        if complete and done is not None and done.exception() is None and reusable:
+        if self._ended and self._reusable and self._request_whole:
             transport = self.transport
             if transport is not None and not transport.is_closing():
                 if self._read_paused:  # paused for its last client, not for the next
@@ -312,46 +163,32 @@ class UpstreamConnection(asyncio.Protocol):
                 return
         self.close()
 
-    def _fail(self, exc: Exception, close: bool = False) -> None:
-        for fut in (self._head_waiter, self._done):
-            if fut is not None and not fut.done():
-                fut.set_exception(exc)
-        if close:
-            self.close()
+    def _fail(self, exc: Exception) -> None:
+        sink = self._sink
+        self._fail_drain(exc)
+        self.close()
+        if sink is not None:
+            sink.on_error(exc)
+
+    def _fail_drain(self, exc: Exception | None) -> None:
+        """Wake an upload waiting for the backend to read more: with `exc`, or to see
+        that the answer came."""
+        drain = self._drain_waiter
+        if drain is not None and not drain.done():
+            if exc is None:
+                drain.set_result(None)
+            else:
+                drain.set_exception(exc)
 
     def close(self) -> None:
-        """Abort the connection: the backend sees the client leave and stops generating."""
-        self._mode = _NONE
+        """Abort the connection: the backend sees the client leave and stops generating.
+        The sink hears nothing more."""
+        self._sink = None
         self._stop_watchdog()
-        for fut in (self._head_waiter, self._done):
-            if fut is None:
-                continue
-            if not fut.done():
-                fut.cancel()  # the exchange is over: nobody waits for it any more
-            elif not fut.cancelled():
-                fut.exception()  # retrieved: the caller that closes has seen it
         if self.transport is not None:
             self.transport.abort()
             self.transport = None
         self.pool.forget(self)
-
-    # Used by the relay
-
-    def send(
-        self, method: str, head: bytes, body: bytes, idle_timeout: float
-    ) -> asyncio.Future[ResponseHead]:
-        """Start an exchange. The backend may stay silent for at most `idle_timeout`
-        seconds at a time (waiting for the head or between chunks); there is no bound
-        on the whole exchange, since loading a model or a long answer is legitimate."""
-        assert self.transport is not None
-        self._method = method
-        self._head_waiter = self.loop.create_future()
-        self._done = self.loop.create_future()
-        self._idle_timeout = idle_timeout
-        self.last_read = self.loop.time()
-        self._watchdog = self.loop.call_at(self.last_read + idle_timeout, self._check_idle)
-        self.transport.write(head + body if body else head)
-        return self._head_waiter
 
     def _check_idle(self) -> None:
         # One timer per exchange, re-armed lazily: cheaper than one per chunk.
@@ -361,9 +198,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.last_read = now  # silent because we paused it for a slow client
         deadline = self.last_read + self._idle_timeout
         if now >= deadline:
-            self._fail(
-                UpstreamError(f"no data from backend for {self._idle_timeout:g}s"), close=True
-            )
+            self._fail(IdleTimeout(f"no data from backend for {self._idle_timeout:g}s"))
         else:
             self._watchdog = self.loop.call_at(deadline, self._check_idle)
 
@@ -372,10 +207,12 @@ class UpstreamConnection(asyncio.Protocol):
             self._watchdog.cancel()
             self._watchdog = None
 
+    # Used by the exchange's owner
+
     async def write_body(self, data: bytes) -> None:
         """Send part of a streamed request body, waiting while the backend is behind."""
         if self.transport is None:
-            raise UpstreamError("connection closed by backend")
+            raise ConnectionLost("connection closed by backend")
         self.transport.write(data)
         if self._write_paused:
             self._drain_waiter = self.loop.create_future()
@@ -386,37 +223,9 @@ class UpstreamConnection(asyncio.Protocol):
         it, so the connection must not carry another one."""
         self._request_whole = False
 
-    def take_pending(self) -> bytes:
-        """The body bytes that arrived with the head, for the relay to send with it."""
-        pending = self._pending
-        self._pending = []
-        return b"".join(pending)
-
     def at_chunk_boundary(self) -> bool:
         """Between two chunks, before the last (empty) one: where one more chunk fits."""
-        return self._left == 0 and not self._line and not self._trailers
-
-    def attach(self, sink: Callable[[bytes], None]) -> asyncio.Future[None]:
-        """Forward the body to `sink` from now on, starting with what already arrived."""
-        done = self._done
-        assert done is not None
-        pending = self._pending
-        self._pending = []
-        for data in pending:
-            sink(data)
-        self._sink = sink
-        return done
-
-    async def read_body(self) -> bytes:
-        """The whole body, framing removed: for small answers the proxy must inspect."""
-        done = self._done
-        assert done is not None
-        await done
-        raw = b"".join(self._pending)
-        self._pending = []
-        head = self.head
-        self.release()
-        return dechunk(raw) if head is not None and head.chunked else raw
+        return self._reader is not None and self._reader.at_chunk_boundary()
 
     def pause_reading(self) -> None:
         self._read_paused = True
@@ -430,17 +239,90 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.resume_reading()
 
 
-def dechunk(raw: bytes) -> bytes:
-    out = bytearray()
-    pos = 0
-    while True:
-        newline = raw.index(b"\n", pos)
-        size = int(raw[pos:newline].split(b";", 1)[0], 16)
-        if size == 0:
-            return bytes(out)
-        start = newline + 1
-        out += raw[start : start + size]
-        pos = start + size + 2
+class Answer:
+    """The base of the sinks: what the exchange's owner awaits. `answered` resolves
+    when the head came (or the exchange failed before it), `ended` when the answer
+    ended (or with the exchange's error). `bind` gives it the connection of one
+    attempt; the owner gives that connection back (`conn.release`) when done."""
+
+    def __init__(self) -> None:
+        self.conn: UpstreamConnection | None = None
+        self.head: ResponseHead | None = None
+
+    def bind(self, conn: UpstreamConnection) -> None:
+        self.conn = conn
+        self.head = None
+        self.answered: asyncio.Future[None] = conn.loop.create_future()
+        self.ended: asyncio.Future[None] = conn.loop.create_future()
+
+    async def response_head(self) -> ResponseHead:
+        """The head, once it came; the exchange's error if it failed before."""
+        await self.answered
+        if self.head is None:
+            await self.ended  # raises the error
+        assert self.head is not None
+        return self.head
+
+    def on_head(self, head: ResponseHead, body_follows: bool) -> None:
+        self.head = head
+        if not self.answered.done():
+            self.answered.set_result(None)
+
+    def on_body(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def on_end(self) -> None:
+        if not self.ended.done():
+            self.ended.set_result(None)
+
+    def on_error(self, exc: Exception) -> None:
+        if not self.ended.done():
+            self.ended.set_exception(exc)
+        if not self.answered.done():
+            self.answered.set_result(None)
+
+
+class BufferedAnswer(Answer):
+    """A whole answer in memory: for the small documents the proxy reads itself
+    (health checks, merged lists, `show`) and for the replicas of admin requests."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._parts: list[bytes] = []
+
+    def on_body(self, data: bytes) -> None:
+        self._parts.append(data)
+
+    async def collect(self) -> bytes:
+        """Wait for the end of the answer, give the connection back, and return the
+        body without its framing."""
+        conn = self.conn
+        assert conn is not None
+        try:
+            await self.ended
+        except BaseException:
+            conn.close()
+            raise
+        conn.release()
+        self.conn = None
+        raw = b"".join(self._parts)
+        return dechunk(raw) if self.head is not None and self.head.chunked else raw
+
+
+async def fetch(
+    pool: ConnectionPool, method: str, head: bytes, body: bytes, idle_timeout: float
+) -> tuple[ResponseHead, bytes]:
+    """One small request on a pooled connection: the answer's head and whole body."""
+    conn = await pool.acquire()
+    answer = BufferedAnswer()
+    answer.bind(conn)
+    try:
+        conn.send(method, head, body, idle_timeout, answer)
+        response = await answer.response_head()
+    except BaseException:
+        conn.close()
+        raise
+    return response, await answer.collect()
 
 
 class ConnectionPool:
@@ -468,12 +350,10 @@ class ConnectionPool:
                     lambda: UpstreamConnection(self), self.host, self.port
                 )
         except TimeoutError:
-            raise UpstreamError(
-                f"connect to {self.host}:{self.port} timed out", unreachable=True
-            ) from None
+            raise ConnectFailed(f"connect to {self.host}:{self.port} timed out") from None
         except OSError as exc:
-            raise UpstreamError(
-                f"connect to {self.host}:{self.port}: {exc.strerror or exc}", unreachable=True
+            raise ConnectFailed(
+                f"connect to {self.host}:{self.port}: {exc.strerror or exc}"
             ) from None
         return conn
 

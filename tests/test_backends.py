@@ -15,7 +15,8 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.app import APP_KEY
-from proxy.config import Health
+from proxy.backends import BackendPool, StatusError
+from proxy.config import Backend, Config, Health
 from tests.conftest import FROZEN
 from tests.support import AUTO_NAMES, Emulator, Proxy, ServerThread, free_port
 
@@ -543,3 +544,57 @@ async def test_a_backend_without_api_ps_is_healthy_and_serves(servers: ServerThr
         proxy.stop()
         servers.stop(broken)
         old.stop()
+
+
+async def test_the_proxys_own_requests_are_plain_heads_on_one_kept_alive_connection() -> None:
+    """`get_json` (health checks, merged lists, `show`): the request heads as sent, a
+    chunked answer read whole without its framing, a non-200 answer a `StatusError`
+    with its status, and every exchange on the one connection kept alive."""
+    received: list[bytes] = []
+    connections = 0
+    answers = [
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        b'Transfer-Encoding: chunked\r\n\r\n4\r\n{"mo\r\nb\r\ndels": [1]}\r\n0\r\n\r\n',
+        b'HTTP/1.1 200 OK\r\nContent-Length: 14\r\n\r\n{"show": true}',
+        b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\n{}",
+    ]
+
+    async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        while answers:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(
+                (
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                ),
+                0,
+            )
+            received.append(head + await reader.readexactly(length))
+            writer.write(answers.pop(0))
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(backend, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = BackendPool(Config(backends=(Backend(url=f"http://127.0.0.1:{port}"),)))
+    state = pool.states[0]
+    try:
+        assert await pool.get_json(state, "/api/tags") == {"models": [1]}
+        assert await pool.get_json(state, "/api/show", {"model": "m"}) == {"show": True}
+        with pytest.raises(StatusError) as caught:
+            await pool.get_json(state, "/api/ps")
+        assert caught.value.status == 404
+    finally:
+        await pool.stop()
+        server.close()
+    host = f"127.0.0.1:{port}".encode()
+    assert received == [
+        b"GET /api/tags HTTP/1.1\r\nHost: %b\r\n\r\n" % host,
+        b"POST /api/show HTTP/1.1\r\nHost: %b\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 13\r\n\r\n{"model":"m"}' % host,
+        b"GET /api/ps HTTP/1.1\r\nHost: %b\r\n\r\n" % host,
+    ]
+    assert connections == 1

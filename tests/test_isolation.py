@@ -365,7 +365,7 @@ async def test_each_stream_keeps_its_own_byte_count_when_its_connection_is_reuse
     )
     pool = proxy.app[APP_KEY].backends
     neighbours: list[asyncio.Task[Any]] = []
-    sink = ClientLeg.sink
+    sink = ClientLeg.on_body
 
     def sink_then_ask(leg: ClientLeg, data: bytes) -> None:
         sink(leg, data)
@@ -373,7 +373,7 @@ async def test_each_stream_keeps_its_own_byte_count_when_its_connection_is_reuse
             loop = asyncio.get_running_loop()
             neighbours.append(loop.create_task(pool.get_json(pool.states[0], "/api/ps")))
 
-    monkeypatch.setattr(ClientLeg, "sink", sink_then_ask)
+    monkeypatch.setattr(ClientLeg, "on_body", sink_then_ask)
     try:
         prompts = [f"stream {n} " + "word " * n for n in range(16)]
         answers = await asyncio.gather(*(exchange(proxy.port, _stream_request(p)) for p in prompts))
@@ -418,10 +418,10 @@ async def test_a_cancel_racing_the_end_of_a_stream_leaves_the_next_user_alone(
     pool = proxy.app[APP_KEY].backends
     handlers: dict[int, asyncio.Task[Any]] = {}
     neighbours: list[asyncio.Task[Any]] = []
-    init, sink = ClientLeg.__init__, ClientLeg.sink
+    init, sink = ClientLeg.__init__, ClientLeg.on_body
 
-    def init_and_note(leg: ClientLeg, request: Any, outcome: Served) -> None:
-        init(leg, request, outcome)
+    def init_and_note(leg: ClientLeg, request: Any, outcome: Served, may_retry: bool) -> None:
+        init(leg, request, outcome, may_retry)
         task = asyncio.current_task()
         assert task is not None
         handlers[id(leg)] = task
@@ -434,7 +434,7 @@ async def test_a_cancel_racing_the_end_of_a_stream_leaves_the_next_user_alone(
             handlers[id(leg)].cancel()
 
     monkeypatch.setattr(ClientLeg, "__init__", init_and_note)
-    monkeypatch.setattr(ClientLeg, "sink", sink_then_leave)
+    monkeypatch.setattr(ClientLeg, "on_body", sink_then_leave)
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
         writer.write(_stream_request("leaving"))
@@ -493,7 +493,7 @@ async def test_a_proxy_failure_mid_stream_ends_it_with_an_error_line_and_is_an_e
     backend is not blamed, and the connection carries on with the next request."""
     proxy, seen = recorded
     calls: dict[int, int] = {}
-    sink = ClientLeg.sink
+    sink = ClientLeg.on_body
 
     def failing_sink(leg: ClientLeg, data: bytes) -> None:
         sink(leg, data)
@@ -501,13 +501,13 @@ async def test_a_proxy_failure_mid_stream_ends_it_with_an_error_line_and_is_an_e
         if calls[id(leg)] == 3 and not data.endswith(b"0\r\n\r\n"):
             raise RuntimeError("injected relay failure")
 
-    monkeypatch.setattr(ClientLeg, "sink", failing_sink)
+    monkeypatch.setattr(ClientLeg, "on_body", failing_sink)
     body = orjson.dumps({"model": MODEL, "prompt": "x", "options": {"num_predict": 40}})
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
     try:
         writer.write(request_bytes("POST", "/api/generate", body))
         failed = await read_answer(reader)
-        monkeypatch.setattr(ClientLeg, "sink", sink)
+        monkeypatch.setattr(ClientLeg, "on_body", sink)
         writer.write(request_bytes("POST", "/api/generate", body))
         after = await read_answer(reader)
     finally:

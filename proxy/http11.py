@@ -1,0 +1,278 @@
+"""HTTP/1.1 as the upstream leg speaks it, without I/O: request heads are built here,
+and a `ResponseReader` is fed the bytes of one answer, in whatever pieces the network
+delivers them, and returns what they mean as events: `Head`, body bytes, `End`.
+
+The body is read, not decoded: its events are the bytes as they came, chunk framing
+included, because the relay forwards them verbatim. The reader parses only
+what it must to know where the answer ends (the head, the chunk sizes, the trailers),
+so that the connection can carry another request after it. What it cannot read raises
+`ProtocolError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from proxy.upstream_errors import ProtocolError
+
+MAX_HEAD_BYTES = 64 * 1024
+
+# How the body of an answer ends (_NONE: it has none); _HEAD while the head is read,
+# _DONE once the answer ended.
+_NONE, _LENGTH, _CHUNKED, _UNTIL_CLOSE, _HEAD, _DONE = range(6)
+_HEX_DIGITS = b"0123456789abcdefABCDEF"
+_MAX_CHUNK_SIZE_DIGITS = 16
+
+
+@dataclass(slots=True)
+class ResponseHead:
+    status: int
+    reason: str
+    headers: list[tuple[str, str]]
+    content_length: int | None
+    chunked: bool
+    keep_alive: bool
+
+
+@dataclass(slots=True)
+class Head:
+    """The final response head (interim 1xx heads are read and skipped)."""
+
+    head: ResponseHead
+
+
+@dataclass(slots=True)
+class End:
+    """The answer ended. `reusable`: the connection may carry another request (keep-alive,
+    and nothing came after the end: stray bytes answer nothing that was asked)."""
+
+    reusable: bool
+
+
+# Body bytes, as they came (chunk framing included), are events of their own: a chunk
+# costs no allocation beyond its bytes.
+Event = Head | bytes | End
+
+
+def request_head(
+    method: bytes,
+    target: bytes,
+    host: bytes,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+    length: int | None = None,
+    chunked: bool = False,
+) -> bytes:
+    """A request head: the request line, `Host`, `headers` as given, then the body's
+    framing (`Content-Length: length`, chunked, or none for a request without body)."""
+    parts = [b"%b %b HTTP/1.1\r\nHost: %b\r\n" % (method, target, host)]
+    for name, value in headers:
+        parts += (name, b": ", value, b"\r\n")
+    if chunked:
+        parts.append(b"Transfer-Encoding: chunked\r\n\r\n")
+    elif length is not None:
+        parts.append(b"Content-Length: %d\r\n\r\n" % length)
+    else:
+        parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def interim(status: int) -> bool:
+    """A 1xx head: informational, followed by the final head on the same connection."""
+    return 100 <= status < 200
+
+
+def bodiless(status: int) -> bool:
+    """An answer with this status has no body, whatever its headers say."""
+    return status in (204, 304) or interim(status)
+
+
+def _parse_head(raw: bytes, method: str) -> tuple[ResponseHead, int]:
+    lines = raw.decode("latin-1").split("\r\n")
+    version, _, rest = lines[0].partition(" ")
+    code, _, reason = rest.partition(" ")
+    if not version.startswith("HTTP/1.") or len(code) != 3 or not code.isdigit():
+        raise ProtocolError(f"malformed status line {lines[0][:80]!r}")
+    status = int(code)
+    if status == 101:
+        # The proxy never asks to switch protocols (it forwards no `Upgrade`).
+        raise ProtocolError("backend switched protocols unasked")
+    headers: list[tuple[str, str]] = []
+    length: int | None = None
+    chunked = False
+    keep_alive = version == "HTTP/1.1"
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if not sep:
+            raise ProtocolError(f"malformed header line {line[:80]!r}")
+        value = value.strip()
+        lname = name.lower()
+        if lname == "content-length":
+            if not value.isdigit() or (length is not None and int(value) != length):
+                raise ProtocolError(f"malformed Content-Length {value[:40]!r}")
+            length = int(value)
+        elif lname == "transfer-encoding":
+            chunked = value.lower().endswith("chunked")
+        elif lname == "connection":
+            keep_alive = value.lower() != "close" and (keep_alive or value.lower() == "keep-alive")
+        headers.append((name, value))
+    if method == "HEAD" or bodiless(status):
+        mode = _NONE
+    elif chunked:
+        # Chunked framing wins over a Content-Length (RFC 9112, 6.3); a message with
+        # both may have been smuggled, so its connection is not reused.
+        mode = _CHUNKED
+        if length is not None:
+            keep_alive = False
+    elif length is not None:
+        mode = _LENGTH if length else _NONE
+    else:
+        mode = _UNTIL_CLOSE
+        keep_alive = False
+    head = ResponseHead(status, reason, headers, length, chunked, keep_alive)
+    return head, mode
+
+
+class ResponseReader:
+    """Reads one answer to a request made with `method`."""
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.head: ResponseHead | None = None
+        self._buf = bytearray()
+        self._mode = _HEAD
+        self._left = 0  # body bytes left (Content-Length), or of the current chunk + CRLF
+        self._line = b""  # a chunk-size or trailer line cut by the end of a read
+        self._trailers = False
+
+    @property
+    def started(self) -> bool:
+        """Any byte of the answer has arrived."""
+        return self.head is not None or bool(self._buf)
+
+    @property
+    def ended(self) -> bool:
+        return self._mode == _DONE
+
+    def at_chunk_boundary(self) -> bool:
+        """Between two chunks of a chunked body, before the last (empty) one: where one
+        more chunk fits."""
+        return self._mode == _CHUNKED and self._left == 0 and not self._line and not self._trailers
+
+    def feed(self, data: bytes) -> list[Event]:
+        """What `data`, the next bytes from the backend, completes."""
+        mode = self._mode
+        if mode == _CHUNKED or mode == _LENGTH or mode == _UNTIL_CLOSE:
+            return self._body(data, [])
+        if mode == _HEAD:
+            return self._read_head(data)
+        return []  # after the end: the caller decides what stray bytes mean
+
+    def feed_eof(self) -> End | None:
+        """The backend closed the connection: the end of an answer framed by the close,
+        or None when the answer was cut short (or had ended before)."""
+        if self._mode == _UNTIL_CLOSE:
+            self._mode = _DONE
+            return End(reusable=False)
+        return None
+
+    def _read_head(self, data: bytes) -> list[Event]:
+        buf = self._buf
+        buf += data
+        while True:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > MAX_HEAD_BYTES:
+                    raise ProtocolError("response head too large")
+                return []
+            head, mode = _parse_head(bytes(buf[:end]), self.method)
+            del buf[: end + 4]
+            if not interim(head.status):
+                break
+        self.head = head
+        rest = bytes(buf)
+        buf.clear()
+        events: list[Event] = [Head(head)]
+        if mode == _NONE:
+            # A bodiless answer: any byte after its head is a stray one.
+            self._mode = _DONE
+            events.append(End(reusable=head.keep_alive and not rest))
+            return events
+        self._mode = mode
+        if mode == _LENGTH:
+            self._left = head.content_length or 0
+        return self._body(rest, events) if rest else events
+
+    def _body(self, data: bytes, events: list[Event]) -> list[Event]:
+        mode = self._mode
+        end = -1  # where the body ended in `data`, once it did
+        if mode == _CHUNKED:
+            end = self._scan_chunks(data)
+        elif mode == _LENGTH:
+            if len(data) >= self._left:
+                end = self._left
+            self._left -= len(data)
+        if end < 0:
+            events.append(data)
+            return events
+        stray = end < len(data)
+        if end:
+            events.append(data[:end] if stray else data)
+        self._mode = _DONE
+        head = self.head
+        events.append(End(reusable=not stray and head is not None and head.keep_alive))
+        return events
+
+    def _scan_chunks(self, data: bytes) -> int:
+        """Follow the chunk framing through `data`: where the body ended in it (after
+        the last chunk's trailers), or -1 when it goes on."""
+        pos = 0
+        end = len(data)
+        while pos < end:
+            if self._left:
+                step = min(self._left, end - pos)
+                self._left -= step
+                pos += step
+                continue
+            newline = data.find(b"\n", pos)
+            if newline < 0:
+                self._line += data[pos:]
+                if len(self._line) > MAX_HEAD_BYTES:
+                    raise ProtocolError("chunk size line too long")
+                return -1
+            line = data[pos:newline]
+            pos = newline + 1
+            if self._line:
+                line = self._line + line
+                self._line = b""
+            if self._trailers:
+                if not line.strip():
+                    return pos
+                continue
+            size = _chunk_size(line)
+            if size == 0:
+                self._trailers = True
+            else:
+                self._left = size + 2
+        return -1
+
+
+def _chunk_size(line: bytes) -> int:
+    digits = line.split(b";", 1)[0].strip()
+    if not digits or len(digits) > _MAX_CHUNK_SIZE_DIGITS or digits.lstrip(_HEX_DIGITS):
+        raise ProtocolError(f"malformed chunk size {line[:40]!r}")
+    return int(digits, 16)
+
+
+def dechunk(raw: bytes) -> bytes:
+    """A chunked body (as a `ResponseReader` found it whole) without its framing."""
+    out = bytearray()
+    pos = 0
+    while True:
+        newline = raw.index(b"\n", pos)
+        size = _chunk_size(raw[pos:newline])
+        if size == 0:
+            return bytes(out)
+        start = newline + 1
+        out += raw[start : start + size]
+        pos = start + size + 2

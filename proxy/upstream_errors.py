@@ -1,0 +1,29 @@
+"""How an exchange with a backend can fail, one class per cause, so that each caller
+tests the cause it cares about (`except StaleConnection`, `isinstance(exc, ConnectFailed)`)."""
+
+from __future__ import annotations
+
+
+class UpstreamError(Exception):
+    """The backend failed: refused, reset, timed out or spoke something not HTTP."""
+
+
+class ConnectFailed(UpstreamError):
+    """No connection could be made at all (refused, unroutable, connect timed out)."""
+
+
+class ConnectionLost(UpstreamError):
+    """The backend closed or reset the connection before its answer ended."""
+
+
+class StaleConnection(ConnectionLost):
+    """A pooled connection was closed before the backend answered a byte: the backend
+    had timed it out while idle, which says nothing about its health."""
+
+
+class ProtocolError(UpstreamError):
+    """The backend's answer is not HTTP/1.1 as the proxy can read it."""
+
+
+class IdleTimeout(UpstreamError):
+    """The backend stayed silent longer than the idle timeout allows."""

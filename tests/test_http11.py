@@ -1,0 +1,284 @@
+"""The HTTP/1.1 reader as a playbook: bytes in, events out. Every answer is fed in one
+piece and split at every byte offset (in two pieces, and one byte at a time); the
+events must say the same each time."""
+
+from __future__ import annotations
+
+import pytest
+
+from proxy.http11 import (
+    MAX_HEAD_BYTES,
+    End,
+    Event,
+    Head,
+    ResponseHead,
+    ResponseReader,
+    dechunk,
+    request_head,
+)
+from proxy.upstream_errors import ProtocolError
+
+Summary = tuple[ResponseHead | None, bytes, bool | None]
+
+
+def summary(events: list[Event]) -> Summary:
+    """The head, the body bytes joined, and the end's `reusable` (None: not ended),
+    checking the order the events came in: one head, then body, then one end."""
+    head: ResponseHead | None = None
+    body = bytearray()
+    reusable: bool | None = None
+    for event in events:
+        assert reusable is None, f"{event} after the end"
+        if isinstance(event, Head):
+            assert head is None and not body
+            head = event.head
+        elif isinstance(event, bytes):
+            assert head is not None and event
+            body += event
+        else:
+            assert isinstance(event, End)
+            assert head is not None
+            reusable = event.reusable
+    return head, bytes(body), reusable
+
+
+def run(pieces: list[bytes], method: str = "POST", eof: bool = False) -> Summary:
+    reader = ResponseReader(method)
+    events: list[Event] = []
+    for piece in pieces:
+        events += reader.feed(piece)
+    if eof and (end := reader.feed_eof()) is not None:
+        events.append(end)
+    return summary(events)
+
+
+def splits(raw: bytes) -> list[list[bytes]]:
+    """`raw` whole, cut in two at every offset, and one byte at a time."""
+    return [
+        [raw],
+        *([raw[:i], raw[i:]] for i in range(1, len(raw))),
+        [raw[i : i + 1] for i in range(len(raw))],
+    ]
+
+
+def chunked(parts: list[bytes]) -> bytes:
+    return b"".join(b"%x\r\n%b\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
+
+
+NDJSON_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n"
+)
+CHUNKED_BODY = chunked([b'{"response":"a"}\n', b'{"done":true}\n'])
+WITH_EXTENSIONS_AND_TRAILERS = b"5;name=value\r\nhello\r\n0\r\nX-Trailer: yes\r\n\r\n"
+
+# (what the backend sends, the method asked, status, body as relayed, reusable,
+#  whether the close of the connection ends it)
+ANSWERS = [
+    (NDJSON_HEAD + CHUNKED_BODY, "POST", 200, CHUNKED_BODY, True, False),
+    (
+        NDJSON_HEAD + WITH_EXTENSIONS_AND_TRAILERS,
+        "POST",
+        200,
+        WITH_EXTENSIONS_AND_TRAILERS,
+        True,
+        False,
+    ),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", "GET", 200, b"hello", True, False),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", "GET", 200, b"", True, False),
+    (b"HTTP/1.1 204 No Content\r\n\r\n", "DELETE", 204, b"", True, False),
+    (b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n", "GET", 304, b"", True, False),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", "HEAD", 200, b"", True, False),
+    (
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+        + NDJSON_HEAD
+        + CHUNKED_BODY,
+        "POST",
+        200,
+        CHUNKED_BODY,
+        True,
+        False,
+    ),
+    (
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+        "GET",
+        200,
+        b"ok",
+        False,
+        False,
+    ),
+    (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", "GET", 200, b"ok", False, False),
+    (
+        b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok",
+        "GET",
+        200,
+        b"ok",
+        True,
+        False,
+    ),
+    (b"HTTP/1.1 200 OK\r\n\r\nuntil the close", "GET", 200, b"until the close", False, True),
+    # Both framings: chunked wins, and the connection is not trusted with another request.
+    (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + CHUNKED_BODY,
+        "POST",
+        200,
+        CHUNKED_BODY,
+        False,
+        False,
+    ),
+    (
+        b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 2\r\n\r\n{}",
+        "POST",
+        500,
+        b"{}",
+        True,
+        False,
+    ),
+]
+
+
+@pytest.mark.parametrize(("raw", "method", "status", "body", "reusable", "eof"), ANSWERS)
+def test_every_cut_of_an_answer_reads_the_same(
+    raw: bytes, method: str, status: int, body: bytes, reusable: bool, eof: bool
+) -> None:
+    results = [run(pieces, method, eof) for pieces in splits(raw)]
+    head, relayed, ended = results[0]
+    assert head is not None and head.status == status
+    assert relayed == body and ended == reusable
+    for other in results[1:]:
+        assert other == results[0]
+
+
+def test_an_answer_is_open_until_its_end_arrives() -> None:
+    raw = NDJSON_HEAD + CHUNKED_BODY
+    for cut in range(len(NDJSON_HEAD), len(raw)):
+        head, body, ended = run([raw[:cut]])
+        assert head is not None and body == raw[len(NDJSON_HEAD) : cut] and ended is None
+
+
+def test_the_close_cuts_short_an_answer_with_framing() -> None:
+    reader = ResponseReader("POST")
+    reader.feed(NDJSON_HEAD + b"10\r\nhalf")
+    assert reader.feed_eof() is None and not reader.ended
+
+
+@pytest.mark.parametrize("started", [b"", b"HTTP/1.1 2"])
+def test_started_says_whether_any_byte_came(started: bytes) -> None:
+    reader = ResponseReader("GET")
+    reader.feed(started)
+    assert reader.started == bool(started)
+
+
+@pytest.mark.parametrize(
+    ("raw", "body"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", b"ok"),
+        (NDJSON_HEAD + CHUNKED_BODY, CHUNKED_BODY),
+        (b"HTTP/1.1 204 No Content\r\n\r\n", b""),
+    ],
+)
+def test_bytes_after_the_end_are_not_body_and_forbid_reuse(raw: bytes, body: bytes) -> None:
+    stray = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale"
+    reader = ResponseReader("GET")
+    assert summary(reader.feed(raw + stray))[1:] == (body, False)
+    assert reader.ended and reader.feed(b"more") == []
+
+
+def test_chunk_boundaries_are_known() -> None:
+    reader = ResponseReader("POST")
+    reader.feed(NDJSON_HEAD)
+    assert reader.at_chunk_boundary()
+    reader.feed(b"5\r\nhel")
+    assert not reader.at_chunk_boundary()
+    reader.feed(b"lo\r\n")
+    assert reader.at_chunk_boundary()
+    reader.feed(b"0\r\n")
+    assert not reader.at_chunk_boundary()  # in the trailers: no chunk fits any more
+    reader.feed(b"\r\n")
+    assert reader.ended and not reader.at_chunk_boundary()
+
+
+def test_a_length_framed_body_has_no_chunk_boundary() -> None:
+    reader = ResponseReader("GET")
+    reader.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab")
+    assert not reader.at_chunk_boundary()
+
+
+def test_interim_heads_alone_are_no_answer() -> None:
+    for pieces in splits(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 102 Processing\r\n\r\n"):
+        assert run(pieces) == (None, b"", None)
+
+
+BAD = [
+    pytest.param(b"HTTP/2 200 OK\r\n\r\n", id="not HTTP/1"),
+    pytest.param(b"HTTP/1.1 abc OK\r\n\r\n", id="status not a number"),
+    pytest.param(b"HTTP/1.1 2000 OK\r\n\r\n", id="status of four digits"),
+    pytest.param(b"\x00\x01garbage\r\n\r\n", id="garbage"),
+    pytest.param(b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n", id="header without colon"),
+    pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", id="negative length"),
+    pytest.param(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
+        id="two different lengths",
+    ),
+    pytest.param(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n", id="101 unasked"),
+    pytest.param(NDJSON_HEAD + b"zz\r\nhello\r\n0\r\n\r\n", id="chunk size not hex"),
+    pytest.param(NDJSON_HEAD + b"-5\r\nhello\r\n0\r\n\r\n", id="negative chunk size"),
+    pytest.param(NDJSON_HEAD + b"0x5\r\nhello\r\n0\r\n\r\n", id="chunk size with 0x"),
+    pytest.param(NDJSON_HEAD + b"\r\nhello\r\n0\r\n\r\n", id="empty chunk size"),
+    pytest.param(NDJSON_HEAD + b"1" * 17 + b"\r\n", id="chunk size too large"),
+]
+
+
+@pytest.mark.parametrize("raw", BAD)
+def test_what_is_not_http_is_a_protocol_error_wherever_it_is_cut(raw: bytes) -> None:
+    for pieces in splits(raw):
+        with pytest.raises(ProtocolError):
+            run(pieces)
+
+
+def test_an_oversized_head_is_a_protocol_error() -> None:
+    reader = ResponseReader("GET")
+    reader.feed(b"HTTP/1.1 200 OK\r\n")
+    filler = b"X-Filler: " + b"a" * 1000 + b"\r\n"
+    with pytest.raises(ProtocolError, match="too large"):
+        for _ in range(MAX_HEAD_BYTES // len(filler) + 2):
+            reader.feed(filler)
+
+
+def test_a_head_just_under_the_limit_is_read() -> None:
+    filler = b"X-Filler: " + b"a" * (MAX_HEAD_BYTES - 100) + b"\r\n"
+    raw = b"HTTP/1.1 200 OK\r\n" + filler + b"Content-Length: 0\r\n\r\n"
+    head, _body, reusable = run([raw[:5000], raw[5000:]])
+    assert head is not None and head.status == 200 and reusable
+
+
+def test_the_head_keeps_headers_as_sent() -> None:
+    head, _, _ = run([NDJSON_HEAD + CHUNKED_BODY])
+    assert head is not None
+    assert head.reason == "OK" and head.chunked and head.content_length is None
+    assert head.headers == [
+        ("Content-Type", "application/x-ndjson"),
+        ("Transfer-Encoding", "chunked"),
+    ]
+
+
+def test_dechunk_removes_the_framing() -> None:
+    assert dechunk(CHUNKED_BODY) == b'{"response":"a"}\n{"done":true}\n'
+    assert dechunk(WITH_EXTENSIONS_AND_TRAILERS) == b"hello"
+    with pytest.raises(ProtocolError):
+        dechunk(b"zz\r\nhello\r\n0\r\n\r\n")
+
+
+def test_request_heads() -> None:
+    assert (
+        request_head(b"GET", b"/api/tags", b"h:1") == b"GET /api/tags HTTP/1.1\r\nHost: h:1\r\n\r\n"
+    )
+    assert request_head(
+        b"POST", b"/api/show", b"h:1", [(b"Content-Type", b"application/json")], length=2
+    ) == (
+        b"POST /api/show HTTP/1.1\r\nHost: h:1\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n"
+    )
+    assert request_head(b"POST", b"/api/blobs/x", b"h:1", [(b"A", b"b")], chunked=True) == (
+        b"POST /api/blobs/x HTTP/1.1\r\nHost: h:1\r\nA: b\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
