@@ -21,6 +21,7 @@ from aiohttp.abc import AbstractStreamWriter
 from aiohttp.web_request import BaseRequest
 
 from proxy import final_chunk
+from proxy.aiohttp_internals import client_transport, wait_drained, writing_paused
 from proxy.backends import BackendPool, BackendState, NoBackend
 from proxy.config import Config
 from proxy.errors import error_response, stream_error_line
@@ -335,9 +336,7 @@ class ClientLeg:
     connection, which goes back to the pool for another request at `release`."""
 
     def __init__(self, request: web.Request, outcome: Outcome) -> None:
-        transport = request.transport
-        assert transport is not None
-        self.transport = transport
+        self.transport = client_transport(request)
         self.protocol = request.protocol
         self.version = request.version
         self.keep_alive = request.keep_alive
@@ -425,7 +424,7 @@ class ClientLeg:
         self.previous, self.last = self.last, data
         if not self.outcome.first_byte_at:
             self.outcome.first_byte_at = time.perf_counter()
-        if self.protocol.writing_paused and not self.paused:
+        if writing_paused(self.protocol) and not self.paused:
             # A client that stops reading pauses the backend, not a growing buffer.
             self.paused = self.outcome.client_paused = True
             assert self.conn is not None
@@ -434,7 +433,7 @@ class ClientLeg:
 
     async def _resume_after_drain(self) -> None:
         try:
-            await self.writer.drain()
+            await wait_drained(self.writer)
         except ConnectionError:
             pass  # the client left; the handler's cancellation closes the backend
         finally:
