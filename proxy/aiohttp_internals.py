@@ -65,9 +65,9 @@ from proxy.config import AIOHTTP_UNCHECKED_ENV
 log = logging.getLogger("autoroute.aiohttp")
 
 # The aiohttp releases this module and its contract test were checked against: every
-# 3.14.x (the range pyproject.toml pins).
+# 3.14.x, the range pyproject.toml pins.
 CHECKED = ((3, 14), (3, 15))  # from (inclusive), to (exclusive): major, minor
-CHECKED_TEXT = ">=3.14,<3.15"
+CHECKED_TEXT = ">={}.{},<{}.{}".format(*CHECKED[0], *CHECKED[1])
 TOO_MANY_HEADERS = "Too many headers"
 
 # Builds a connection's handler: called as aiohttp's web.Server builds its own,

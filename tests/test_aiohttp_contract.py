@@ -16,6 +16,7 @@ import logging
 import os
 import subprocess
 import sys
+import tomllib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
 from proxy import aiohttp_internals as internals
+from proxy import config
 from proxy.aiohttp_internals import (
     HandlerRunner,
     awaiting_head,
@@ -41,8 +43,8 @@ from proxy.aiohttp_internals import (
 )
 from proxy.config import AIOHTTP_UNCHECKED_ENV
 from proxy.relay import RelayedResponse
+from tests.test_client_faults import EVENTUALLY, eventually
 
-EVENTUALLY = 60.0  # seconds; generous for a slow, noisy 2-core machine
 ROOT = Path(__file__).resolve().parent.parent
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -92,18 +94,12 @@ async def serving(handler: Handler, **options: Any) -> AsyncIterator[tuple[int, 
         await runner.cleanup()
 
 
-async def eventually(predicate: Callable[[], bool]) -> None:
-    async with asyncio.timeout(EVENTUALLY):
-        while not predicate():
-            await asyncio.sleep(0.005)
-
-
 async def read_to_end(reader: asyncio.StreamReader) -> bytes:
     async with asyncio.timeout(EVENTUALLY):
         return await reader.read()
 
 
-async def ok(request: web.Request) -> web.StreamResponse:
+async def ok(request: web.BaseRequest) -> web.StreamResponse:
     return web.Response(text="ok")
 
 
@@ -165,29 +161,29 @@ async def test_request_count_and_awaiting_head_follow_each_head() -> None:
 
     async with serving(held) as (port, made):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        await eventually(lambda: bool(made))
+        await eventually(lambda: bool(made), "the connection")
         conn = made[0]
         assert (request_count(conn), awaiting_head(conn)) == (0, True)
 
         writer.write(b"GET /1 HTTP/1.1\r\nHost: x\r\n")  # half a head
-        await eventually(lambda: len(conn.reads) == 1)
+        await eventually(lambda: len(conn.reads) == 1, "the first read")
         assert conn.reads[-1] == (0, True)
 
         writer.write(b"\r\n")  # the head is complete: the handler runs
-        await eventually(lambda: len(conn.reads) == 2 and bool(inside))
+        await eventually(lambda: len(conn.reads) == 2 and bool(inside), "the handler")
         assert conn.reads[-1] == (1, False)
         assert inside == [(1, False)]
 
         gate.set()
         assert (await reader.readuntil(b"ok")).startswith(b"HTTP/1.1 200 OK\r\n")
-        await eventually(lambda: awaiting_head(conn))  # waiting for the next head
+        await eventually(lambda: awaiting_head(conn), "aiohttp to wait for the next head")
         assert request_count(conn) == 1
 
         writer.write(b"GET /2 HTTP/1.1\r\nHost: x\r\n")
-        await eventually(lambda: len(conn.reads) == 3)
+        await eventually(lambda: len(conn.reads) == 3, "the third read")
         assert conn.reads[-1] == (1, True)
         writer.write(b"Connection: close\r\n\r\n")
-        await eventually(lambda: len(conn.reads) == 4)
+        await eventually(lambda: len(conn.reads) == 4, "the fourth read")
         assert conn.reads[-1][0] == 2
         assert (await read_to_end(reader)).startswith(b"HTTP/1.1 200 OK\r\n")
         writer.close()
@@ -203,13 +199,13 @@ async def test_stop_serving_drops_further_bytes_and_leaves_the_connection_open()
 
     async with serving(noting) as (port, made):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        await eventually(lambda: bool(made))
+        await eventually(lambda: bool(made), "the connection")
         conn = made[0]
         assert not closing(conn)
         stop_serving(conn)
         assert closing(conn)
         writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        await eventually(lambda: bool(conn.reads))
+        await eventually(lambda: bool(conn.reads), "the read")
         # Give the handler task, had one been started, every chance to run.
         for _ in range(10):
             await asyncio.sleep(0)
@@ -357,6 +353,11 @@ async def test_defer_headers_holds_the_head_until_the_first_write(deferred: bool
 # The checked range.
 
 
+def test_pyproject_pins_the_checked_range() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert "aiohttp" + internals.CHECKED_TEXT in project["dependencies"]
+
+
 @pytest.mark.parametrize(
     ("version", "checked"),
     [
@@ -384,6 +385,14 @@ def test_check_version_stops_unless_told_to_run_anyway(caplog: pytest.LogCapture
         internals.check_version("3.15.0", {AIOHTTP_UNCHECKED_ENV: "1"})
     assert [r.levelno for r in caplog.records] == [logging.WARNING]
     assert "aiohttp 3.15.0" in caplog.records[0].getMessage()
+
+
+def test_the_override_is_no_setting() -> None:
+    """Every other AUTOROUTE_* variable names a setting, and an unknown one is an error."""
+    loaded = config.load(ROOT / "config.yaml", environ={AIOHTTP_UNCHECKED_ENV: "1"})
+    assert loaded == config.load(ROOT / "config.yaml", environ={})
+    with pytest.raises(config.ConfigError):
+        config.load(ROOT / "config.yaml", environ={"AUTOROUTE_AIOHTTP_CHECKED": "1"})
 
 
 @pytest.mark.parametrize("unchecked", [False, True], ids=["stops", "warns"])
