@@ -24,6 +24,9 @@ import yaml
 from selector_model.catalog import AREAS, SPECIALTIES
 
 ENV_PREFIX = "AUTOROUTE_"
+# Runs the proxy on an aiohttp its internals were not checked with; read at import,
+# before any configuration (proxy/aiohttp_internals.py), so it names no setting.
+AIOHTTP_UNCHECKED_ENV = ENV_PREFIX + "AIOHTTP_UNCHECKED"
 
 
 class ConfigError(ValueError):
@@ -517,7 +520,7 @@ def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str
     tree: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for key, value in environ.items():
-        if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "CONFIG":
+        if not key.startswith(ENV_PREFIX) or key in (ENV_PREFIX + "CONFIG", AIOHTTP_UNCHECKED_ENV):
             continue
         path = key[len(ENV_PREFIX) :].lower().split("__")
         _check_env_path(key, path)

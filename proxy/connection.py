@@ -15,28 +15,37 @@ unparsable request with `400 Bad Request`, and logs neither. Here:
   still arriving) is answered with Go's exact 431, any other unparsable head with Go's
   400; one WARNING line without any request byte is logged.
 
-How: `ProxyRunner` builds aiohttp's `web.Server` as usual, then serves connections with
+How: the runner builds aiohttp's `web.Server` as usual, then serves connections with
 `ClientConnection`, a `RequestHandler` subclass. Its hooks run once per connection
 (`connection_made`, `connection_lost`) or once per read of the client's socket
 (`data_received`: a counter comparison when the head arrives whole, which is the normal
 case). A head timer runs from the connection's opening to its first head, later only
 while a partial head waits; never per chunk: answers stream from the upstream protocol
-straight to the transport and never pass through here. This leans on aiohttp 3.14's
-RequestHandler internals (`_request_count`, `_waiter`, `_force_close`);
-tests/test_client_faults.py covers each behaviour.
+straight to the transport and never pass through here. What this needs of aiohttp's
+internals goes through proxy/aiohttp_internals.py; tests/test_client_faults.py covers
+each behaviour.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Any
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 from aiohttp.web_request import BaseRequest
 
+from proxy.aiohttp_internals import (
+    HandlerRunner,
+    awaiting_head,
+    closing,
+    head_over_limits,
+    request_count,
+    stop_serving,
+)
 from proxy.config import Config, Limits, Timeouts
 from proxy.limits import HEAD_TOO_LARGE_BODY
 from proxy.relayed_response import RelayedResponse
@@ -85,9 +94,9 @@ class ClientConnection(RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        count = self._request_count
+        count = request_count(self)
         super().data_received(data)
-        if self._request_count != count:
+        if request_count(self) != count:
             # A head was parsed (or failed to parse) in this read: that head's deadline
             # and byte count are over. Bytes of a pipelined next request that arrive
             # while this one is handled are bounded by the parser's limits and, once
@@ -95,7 +104,7 @@ class ClientConnection(RequestHandler):
             self._head_bytes = 0
             self._cancel_head_timer()
             return
-        if not data or self._force_close or not self._awaiting_head():
+        if not data or closing(self) or not awaiting_head(self):
             return  # body bytes, or a connection already being closed
         self._head_bytes += len(data)
         if self._head_bytes > self._head_budget:
@@ -103,18 +112,9 @@ class ClientConnection(RequestHandler):
         elif self._head_timer is None:
             self._arm_head_timer()
 
-    def _awaiting_head(self) -> bool:
-        """Whether bytes arriving now belong to a request head: no request yet on this
-        connection, or aiohttp waits for the next one (the previous body is then
-        complete: aiohttp waits only after lingering over an unread body)."""
-        if self._request_count == 0:
-            return True
-        waiter = self._waiter
-        return waiter is not None and not waiter.done()
-
     def _arm_head_timer(self) -> None:
         if self._head_seconds > 0:
-            loop = self._loop
+            loop = asyncio.get_running_loop()
             self._head_timer = loop.call_at(loop.time() + self._head_seconds, self._head_late)
 
     def _cancel_head_timer(self) -> None:
@@ -124,7 +124,7 @@ class ClientConnection(RequestHandler):
 
     def _head_late(self) -> None:
         self._head_timer = None
-        if self._force_close or self.transport is None or not self._awaiting_head():
+        if closing(self) or self.transport is None or not awaiting_head(self):
             return
         log.info(
             "closed a connection from %s: no complete request head within %gs",
@@ -145,7 +145,7 @@ class ClientConnection(RequestHandler):
             return super().handle_error(request, status, exc, message)
         # An unparsable head. aiohttp's answer and log line would quote its bytes
         # (tokens, prompts); Go's quote nothing.
-        if isinstance(exc, LineTooLong) or exc.message.startswith("Too many headers"):
+        if head_over_limits(exc):
             self._refuse(HEAD_TOO_LARGE, "a request line or header over the size limit")
             status = 431
         else:
@@ -155,60 +155,20 @@ class ClientConnection(RequestHandler):
 
     def _refuse(self, answer: bytes, reason: str) -> None:
         transport = self.transport
-        if transport is None or self._force_close:
+        if transport is None or closing(self):
             return
         log.warning("refused a request from %s: %s", self._peer(), reason)
         # aiohttp drops every further byte and never reuses (nor closes) the connection.
-        self._force_close = True
+        stop_serving(self)
         self._cancel_head_timer()
         transport.write(answer)
         if transport.can_write_eof():
             transport.write_eof()
-        self._loop.call_later(LINGER_SECONDS, transport.close)
+        asyncio.get_running_loop().call_later(LINGER_SECONDS, transport.close)
 
     def _peer(self) -> str:
         peer = self.transport.get_extra_info("peername") if self.transport else None
         return str(peer[0]) if isinstance(peer, tuple) and peer else "?"
-
-
-class _ClientServer(web.Server):
-    """aiohttp's `web.Server` (the protocol factory sites listen with), making
-    `ClientConnection`s."""
-
-    def __init__(self, base: web.Server, head_seconds: float, head_budget: int) -> None:
-        super().__init__(
-            base.request_handler,
-            request_factory=base.request_factory,
-            handler_cancellation=base.handler_cancellation,
-            loop=base._loop,
-            **base._kwargs,
-        )
-        self._head_seconds = head_seconds
-        self._head_budget = head_budget
-
-    def __call__(self) -> RequestHandler:
-        return ClientConnection(
-            self,
-            loop=self._loop,
-            head_seconds=self._head_seconds,
-            head_budget=self._head_budget,
-            **self._kwargs,
-        )
-
-
-class ProxyRunner(web.AppRunner):
-    """`web.AppRunner` serving client connections with `ClientConnection`."""
-
-    def __init__(
-        self, app: web.Application, *, head_seconds: float, head_budget: int, **kwargs: Any
-    ) -> None:
-        super().__init__(app, **kwargs)
-        self._head_settings = (head_seconds, head_budget)
-
-    async def _make_server(self) -> web.Server:
-        # aiohttp's own: runs the application's startup and builds its Server.
-        server = await super()._make_server()
-        return _ClientServer(server, *self._head_settings)
 
 
 class _WithoutRequestBytes(logging.Filter):
@@ -261,12 +221,12 @@ def runner(app: web.Application, config: Config, **overrides: Any) -> web.AppRun
         "max_headers": max(head // 4, 128),
     }
     options.update(overrides)
-    return ProxyRunner(
-        app,
+    connection = functools.partial(
+        ClientConnection,
         head_seconds=config.timeouts.client_header_seconds,
         head_budget=head + REQUEST_LINE_SLACK,
-        **options,
     )
+    return HandlerRunner(app, connection, **options)
 
 
 def ollama_runner(app: web.Application, **overrides: Any) -> web.AppRunner:

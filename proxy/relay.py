@@ -16,6 +16,7 @@ import time
 from aiohttp import web
 
 from proxy import final_chunk, http11
+from proxy.aiohttp_internals import client_transport, wait_drained, writing_paused
 from proxy.backends import BackendPool, BackendState, NoBackend
 from proxy.config import Config
 from proxy.errors import error_response, stream_error_line
@@ -276,9 +277,7 @@ class ClientLeg(Answer):
 
     def __init__(self, request: web.Request, outcome: Served, may_retry: bool = False) -> None:
         super().__init__()
-        transport = request.transport
-        assert transport is not None
-        self.transport = transport
+        self.transport = client_transport(request)
         self.protocol = request.protocol
         self.version = request.version
         self.keep_alive = request.keep_alive
@@ -373,7 +372,7 @@ class ClientLeg(Answer):
         self.previous, self.last = self.last, data
         if not self.outcome.first_byte_at:
             self.outcome.first_byte_at = time.perf_counter()
-        if self.protocol.writing_paused and not self.paused:
+        if writing_paused(self.protocol) and not self.paused:
             # A client that stops reading pauses the backend, not a growing buffer.
             self.paused = self.outcome.client_paused = True
             assert self.conn is not None
@@ -382,7 +381,7 @@ class ClientLeg(Answer):
 
     async def _resume_after_drain(self) -> None:
         try:
-            await self.writer.drain()
+            await wait_drained(self.writer)
         except ConnectionError:
             pass  # the client left; the handler's cancellation closes the backend
         finally:

@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from proxy.aiohttp_internals import defer_headers
 from proxy.protocol import NDJSON
 
 from .catalog import valid_name
@@ -51,9 +52,9 @@ class LazyStream:
             )
             resp.enable_chunked_encoding()
             # Go's net/http writes the head together with the first flushed chunk, in
-            # one segment; aiohttp would send the head on its own. This private switch
-            # (aiohttp's own Response uses it) makes the first write carry both.
-            resp._send_headers_immediately = False
+            # one segment; aiohttp would send the head on its own. Deferred, the head
+            # goes out with the first write.
+            defer_headers(resp)
             await resp.prepare(self.request)
             self.response = resp
         await self.response.write(data)

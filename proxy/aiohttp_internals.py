@@ -1,0 +1,200 @@
+"""Every use of aiohttp's private or undocumented behaviour, behind small named functions.
+
+The proxy serves Go's answers to bad client heads, relays a backend's bytes straight to
+the client's socket and, in the emulator, sends a head with its first chunk as Go does.
+aiohttp has no public API for these, so this module reaches into its internals; nothing
+else in the project does. Each is checked by tests/test_aiohttp_contract.py, so taking a
+new aiohttp release is that test, plus whatever it finds, plus CHECKED below.
+
+What is relied on, and why:
+
+* `RequestHandler._request_count` (heads parsed on a connection, failed ones included):
+  `request_count`, `awaiting_head`. The head deadline and byte budget of
+  proxy/connection.py end when a head is parsed, which only this counter shows from
+  `data_received`.
+* `RequestHandler._waiter` (set while aiohttp waits for the next request): `awaiting_head`.
+  Bytes that arrive then start a new head; bytes that arrive while a handler runs do not.
+* `RequestHandler._force_close`: `closing`, `stop_serving`. Once set, aiohttp drops every
+  further byte and neither reuses nor closes the connection, which lets the proxy write
+  Go's refusal, half-close and linger as Go does.
+* The text "Too many headers" that starts aiohttp's error for a head with more header
+  lines than `max_headers` (both parsers raise a plain `BadHttpMessage`):
+  `head_over_limits`. Go answers such a head with 431, any other bad head with 400.
+* `BaseRunner._make_server` and `web.Server`'s `_loop` and `_kwargs`: `HandlerRunner`.
+  aiohttp builds each connection's `RequestHandler` itself; the hook swaps in the
+  proxy's subclass, built with the very options aiohttp would have used.
+* `RequestHandler.handle_error` is called with status 400 and the parser's
+  `HttpProcessingError` for an unparsable head, and its returned response is what
+  aiohttp sends (proxy/connection.py overrides it).
+* `protocol.writing_paused` (aiohttp's `BaseProtocol`, the transport's protocol):
+  `writing_paused`. The relay writes to the transport itself; this is how it sees a
+  client that stops reading.
+* The writer's `drain()` waits on the transport's flow control, whatever wrote the bytes:
+  `wait_drained`, after writes that bypassed the writer.
+* Bytes written to `request.transport` bypass aiohttp's writer entirely (its
+  `output_size` stays 0), and a response that reports itself prepared and whose
+  `prepare` and `write_eof` write nothing (proxy/relay.py `RelayedResponse`) makes
+  aiohttp add no bytes of its own, closing the connection or not per its `keep_alive`:
+  `client_transport`.
+* `StreamResponse._send_headers_immediately` (aiohttp's own `Response` turns it off):
+  `defer_headers`. Go's net/http writes a streamed head together with its first chunk.
+
+aiohttp outside the checked series stops the process at import with one line saying so;
+an operator who wants to try a newer one sets AUTOROUTE_AIOHTTP_UNCHECKED=1, which turns
+that into a warning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+from aiohttp.web_request import BaseRequest
+
+from proxy.config import AIOHTTP_UNCHECKED_ENV
+
+log = logging.getLogger("autoroute.aiohttp")
+
+# The aiohttp releases this module and its contract test were checked against: every
+# 3.14.x, the range pyproject.toml pins.
+CHECKED = ((3, 14), (3, 15))  # from (inclusive), to (exclusive): major, minor
+CHECKED_TEXT = ">={}.{},<{}.{}".format(*CHECKED[0], *CHECKED[1])
+TOO_MANY_HEADERS = "Too many headers"
+
+# Builds a connection's handler: called as aiohttp's web.Server builds its own,
+# `factory(server, loop=loop, **server_options)`.
+HandlerFactory = Callable[..., web.RequestHandler]
+
+
+def version_problem(version: str) -> str | None:
+    """None for an aiohttp version in the checked range, else what is wrong, in a line."""
+    match = re.match(r"(\d+)\.(\d+)", version)
+    series = (int(match[1]), int(match[2])) if match else None
+    if series is not None and CHECKED[0] <= series < CHECKED[1]:
+        return None
+    return (
+        f"aiohttp {version} is installed, but ollama-autoroute uses aiohttp internals "
+        f"checked only with aiohttp{CHECKED_TEXT} (proxy/aiohttp_internals.py)"
+    )
+
+
+def check_version(version: str, environ: Mapping[str, str]) -> None:
+    """Stop the process when `version` is outside the checked range, unless the
+    environment says to run anyway (then log a warning)."""
+    problem = version_problem(version)
+    if problem is None:
+        return
+    if environ.get(AIOHTTP_UNCHECKED_ENV, "").strip().lower() in ("1", "true", "yes"):
+        log.warning("%s; running anyway as %s asks", problem, AIOHTTP_UNCHECKED_ENV)
+        return
+    raise SystemExit(f"{problem}; set {AIOHTTP_UNCHECKED_ENV}=1 to run anyway")
+
+
+check_version(aiohttp.__version__, os.environ)
+
+
+# Client connections (proxy/connection.py).
+
+
+def request_count(handler: web.RequestHandler) -> int:
+    """How many request heads aiohttp has parsed on this connection, failed ones
+    included."""
+    return handler._request_count
+
+
+def awaiting_head(handler: web.RequestHandler) -> bool:
+    """Whether bytes arriving now belong to a request head: no request yet on this
+    connection, or aiohttp waits for the next one (the previous body is then complete:
+    aiohttp waits only after lingering over an unread body)."""
+    if handler._request_count == 0:
+        return True
+    waiter = handler._waiter
+    return waiter is not None and not waiter.done()
+
+
+def closing(handler: web.RequestHandler) -> bool:
+    """Whether aiohttp serves no further request on this connection."""
+    return handler._force_close
+
+
+def stop_serving(handler: web.RequestHandler) -> None:
+    """aiohttp drops every further byte and neither reuses nor closes the connection:
+    closing it is left to the caller."""
+    handler._force_close = True
+
+
+def head_over_limits(exc: HttpProcessingError) -> bool:
+    """Whether aiohttp refused a head for its size (a line too long, or more header
+    lines than `max_headers`) rather than for its syntax."""
+    return isinstance(exc, LineTooLong) or exc.message.startswith(TOO_MANY_HEADERS)
+
+
+class _Server(web.Server):
+    """aiohttp's `web.Server` (the protocol factory sites listen with), building each
+    connection's handler with `factory`."""
+
+    def __init__(self, base: web.Server, factory: HandlerFactory) -> None:
+        super().__init__(
+            base.request_handler,
+            request_factory=base.request_factory,
+            handler_cancellation=base.handler_cancellation,
+            loop=base._loop,
+            **base._kwargs,
+        )
+        self._handler_factory = factory
+
+    def __call__(self) -> web.RequestHandler:
+        return self._handler_factory(self, loop=self._loop, **self._kwargs)
+
+
+class HandlerRunner(web.AppRunner):
+    """`web.AppRunner` whose connections are served by handlers `factory` builds."""
+
+    def __init__(self, app: web.Application, factory: HandlerFactory, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._handler_factory = factory
+
+    async def _make_server(self) -> web.Server:
+        # aiohttp's own: runs the application's startup and builds its Server.
+        server = await super()._make_server()
+        return _Server(server, self._handler_factory)
+
+
+# Relayed answers (proxy/relay.py).
+
+
+def client_transport(request: BaseRequest) -> asyncio.Transport:
+    """The client's transport, to write an answer on directly: aiohttp's writer never
+    sees these bytes, and the handler then returns a response that writes nothing."""
+    transport = request.transport
+    assert transport is not None
+    return transport
+
+
+def writing_paused(protocol: BaseProtocol) -> bool:
+    """Whether the client's transport has asked its writers to pause (its buffer is
+    over the high-water mark)."""
+    return protocol.writing_paused
+
+
+async def wait_drained(writer: AbstractStreamWriter) -> None:
+    """Wait until the client's transport resumes writing, bytes written to it directly
+    included."""
+    await writer.drain()
+
+
+# The emulator (proxy/emulator/native.py).
+
+
+def defer_headers(response: web.StreamResponse) -> None:
+    """`prepare` keeps the head back: it goes out with the first body write."""
+    response._send_headers_immediately = False

@@ -1,0 +1,420 @@
+"""What proxy/aiohttp_internals.py relies on in aiohttp, checked against the installed
+release: each private name still exists, and still behaves as the proxy needs, on a real
+aiohttp server and real sockets. A new aiohttp release is taken by running this file:
+what fails names the internal to look at again.
+
+No timing thresholds: deadlines below only bound how long "eventually" may take.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+import logging
+import os
+import subprocess
+import sys
+import tomllib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+
+from proxy import aiohttp_internals as internals
+from proxy import config
+from proxy.aiohttp_internals import (
+    HandlerRunner,
+    awaiting_head,
+    client_transport,
+    closing,
+    defer_headers,
+    head_over_limits,
+    request_count,
+    stop_serving,
+    wait_drained,
+    writing_paused,
+)
+from proxy.config import AIOHTTP_UNCHECKED_ENV
+from proxy.relay import RelayedResponse
+from tests.test_client_faults import EVENTUALLY, eventually
+
+ROOT = Path(__file__).resolve().parent.parent
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Recorder(web.RequestHandler):
+    """aiohttp's connection handler, noting after each read of the socket what the
+    adapter reads of it, and each call of `handle_error` (answered with a 599 of its
+    own, to show that its response is the one aiohttp sends)."""
+
+    def __init__(self, manager: web.Server, *, made: list[Recorder], **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        made.append(self)
+        self.reads: list[tuple[int, bool]] = []
+        self.errors: list[tuple[int, BaseException | None]] = []
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self.reads.append((request_count(self), awaiting_head(self)))
+
+    def handle_error(
+        self,
+        request: Any,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        self.errors.append((status, exc))
+        resp = web.Response(status=599, text="recorded")
+        resp.force_close()
+        return resp
+
+
+@contextlib.asynccontextmanager
+async def serving(handler: Handler, **options: Any) -> AsyncIterator[tuple[int, list[Recorder]]]:
+    """A server on a free port whose connections are `Recorder`s, built through the
+    adapter's runner with aiohttp's `options`."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    made: list[Recorder] = []
+    runner = HandlerRunner(app, functools.partial(Recorder, made=made), access_log=None, **options)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield runner.addresses[0][1], made
+    finally:
+        await runner.cleanup()
+
+
+async def read_to_end(reader: asyncio.StreamReader) -> bytes:
+    async with asyncio.timeout(EVENTUALLY):
+        return await reader.read()
+
+
+async def ok(request: web.BaseRequest) -> web.StreamResponse:
+    return web.Response(text="ok")
+
+
+# Names and shapes.
+
+
+@pytest.mark.parametrize("name", ["_request_count", "_waiter", "_force_close"])
+def test_request_handler_keeps_the_slot(name: str) -> None:
+    slots = {s for cls in web.RequestHandler.__mro__ for s in getattr(cls, "__slots__", ())}
+    assert name in slots
+
+
+def test_app_runner_builds_its_server_in_make_server() -> None:
+    assert inspect.iscoroutinefunction(web.AppRunner._make_server)
+
+
+async def test_server_keeps_its_loop_and_handler_options() -> None:
+    loop = asyncio.get_running_loop()
+    server = web.Server(ok, loop=loop, max_headers=7, access_log=None)
+    assert server._loop is loop
+    assert server._kwargs == {"max_headers": 7, "access_log": None}
+
+
+def test_stream_response_sends_its_head_immediately_unless_told() -> None:
+    assert web.StreamResponse._send_headers_immediately is True
+    assert web.Response._send_headers_immediately is False  # aiohttp's own use of it
+
+
+def test_protocol_reports_writing_paused() -> None:
+    assert isinstance(inspect.getattr_static(BaseProtocol, "writing_paused"), property)
+    assert issubclass(web.RequestHandler, BaseProtocol)
+
+
+# Behaviour on a real server.
+
+
+async def test_runner_serves_with_the_factory_handler_and_aiohttp_options() -> None:
+    """`_make_server` and `web.Server._loop`/`_kwargs`: each connection is the
+    factory's handler, with the runner's options (here `max_headers`)."""
+    async with serving(ok, max_headers=3) as (port, made):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = await read_to_end(reader)
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert len(made) == 1 and made[0].max_headers == 3
+
+
+async def test_request_count_and_awaiting_head_follow_each_head() -> None:
+    """`_request_count` counts parsed heads; `_waiter` is pending exactly while aiohttp
+    waits for the next head."""
+    gate = asyncio.Event()
+    inside: list[tuple[int, bool]] = []
+
+    async def held(request: web.Request) -> web.StreamResponse:
+        inside.append((request_count(request.protocol), awaiting_head(request.protocol)))
+        await gate.wait()
+        return web.Response(text="ok")
+
+    async with serving(held) as (port, made):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await eventually(lambda: bool(made), "the connection")
+        conn = made[0]
+        assert (request_count(conn), awaiting_head(conn)) == (0, True)
+
+        writer.write(b"GET /1 HTTP/1.1\r\nHost: x\r\n")  # half a head
+        await eventually(lambda: len(conn.reads) == 1, "the first read")
+        assert conn.reads[-1] == (0, True)
+
+        writer.write(b"\r\n")  # the head is complete: the handler runs
+        await eventually(lambda: len(conn.reads) == 2 and bool(inside), "the handler")
+        assert conn.reads[-1] == (1, False)
+        assert inside == [(1, False)]
+
+        gate.set()
+        assert (await reader.readuntil(b"ok")).startswith(b"HTTP/1.1 200 OK\r\n")
+        await eventually(lambda: awaiting_head(conn), "aiohttp to wait for the next head")
+        assert request_count(conn) == 1
+
+        writer.write(b"GET /2 HTTP/1.1\r\nHost: x\r\n")
+        await eventually(lambda: len(conn.reads) == 3, "the third read")
+        assert conn.reads[-1] == (1, True)
+        writer.write(b"Connection: close\r\n\r\n")
+        await eventually(lambda: len(conn.reads) == 4, "the fourth read")
+        assert conn.reads[-1][0] == 2
+        assert (await read_to_end(reader)).startswith(b"HTTP/1.1 200 OK\r\n")
+        writer.close()
+
+
+async def test_stop_serving_drops_further_bytes_and_leaves_the_connection_open() -> None:
+    """`_force_close`: set, aiohttp parses nothing more and does not close."""
+    handled: list[str] = []
+
+    async def noting(request: web.Request) -> web.StreamResponse:
+        handled.append(request.path)
+        return web.Response(text="ok")
+
+    async with serving(noting) as (port, made):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await eventually(lambda: bool(made), "the connection")
+        conn = made[0]
+        assert not closing(conn)
+        stop_serving(conn)
+        assert closing(conn)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        await eventually(lambda: bool(conn.reads), "the read")
+        # Give the handler task, had one been started, every chance to run.
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert request_count(conn) == 0 and handled == []
+        transport = conn.transport
+        assert transport is not None and not transport.is_closing()
+        transport.close()
+        assert await read_to_end(reader) == b""
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    ("head", "over_limits"),
+    [
+        # More header lines than max_headers: aiohttp's "Too many headers" message.
+        (b"".join(b"X-%d: v\r\n" % i for i in range(10)), True),
+        # A header line longer than max_field_size: LineTooLong.
+        (b"X-Long: " + b"v" * 500 + b"\r\n", True),
+        # Not a header line at all.
+        (b"no colon here\r\n", False),
+    ],
+    ids=["too-many-headers", "line-too-long", "malformed"],
+)
+async def test_bad_heads_reach_handle_error_as_the_adapter_reads_them(
+    head: bytes, over_limits: bool
+) -> None:
+    """`handle_error` gets status 400 and the parser's error; its response is sent;
+    `head_over_limits` tells a size refusal from a syntax one."""
+    async with serving(ok, max_headers=5, max_field_size=100) as (port, made):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n")
+        answer = await read_to_end(reader)
+        writer.close()
+    assert answer.partition(b"\r\n")[0].split(b" ")[1] == b"599"
+    [(status, exc)] = made[0].errors
+    assert status == 400 and isinstance(exc, HttpProcessingError)
+    assert head_over_limits(exc) is over_limits
+
+
+async def test_too_many_headers_is_told_by_its_message_alone() -> None:
+    """The one size refusal with no class of its own: its text is what is relied on."""
+    async with serving(ok, max_headers=5) as (port, made):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        many = b"".join(b"X-%d: v\r\n" % i for i in range(10))
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n")
+        await read_to_end(reader)
+        writer.close()
+    [(_, exc)] = made[0].errors
+    assert isinstance(exc, HttpProcessingError) and not isinstance(exc, LineTooLong)
+    assert exc.message.startswith(internals.TOO_MANY_HEADERS)
+
+
+async def test_raw_writes_pause_and_drain_through_aiohttp() -> None:
+    """`protocol.writing_paused` turns on for bytes written to the transport directly,
+    the writer's `drain()` waits for them, and the writer never counts them."""
+    stalled = asyncio.Event()
+    seen: dict[str, Any] = {}
+    block = b"x" * 65536
+    limit = 1 << 28  # far beyond any socket buffer: reaching it means no pause came
+
+    async def flood(request: web.Request) -> web.StreamResponse:
+        transport = client_transport(request)
+        transport.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+        seen["paused_at_start"] = writing_paused(request.protocol)
+        written = 0
+        while not writing_paused(request.protocol) and written < limit:
+            transport.write(block)
+            written += len(block)
+        seen["written"] = written
+        stalled.set()
+        await wait_drained(request.writer)
+        seen["paused_after_drain"] = writing_paused(request.protocol)
+        seen["writer_output"] = request.writer.output_size
+        return RelayedResponse(200, keep_alive=False)
+
+    async with serving(flood) as (port, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        async with asyncio.timeout(EVENTUALLY):
+            await stalled.wait()  # the client reads nothing until the server stalls
+        answer = await read_to_end(reader)
+        writer.close()
+    assert seen["paused_at_start"] is False
+    assert seen["written"] < limit
+    assert seen["paused_after_drain"] is False
+    assert seen["writer_output"] == 0
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head == b"HTTP/1.1 200 OK\r\nConnection: close"
+    assert len(body) == seen["written"]  # nothing of aiohttp's after the relayed bytes
+
+
+async def test_a_relayed_response_adds_nothing_and_keeps_the_connection() -> None:
+    """A response that reports itself prepared and writes nothing: aiohttp adds no
+    bytes, and reuses the connection or closes it as its `keep_alive` says."""
+    raw = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+
+    async def relayed(request: web.Request) -> web.StreamResponse:
+        if request.path == "/plain":
+            return web.Response(text="plain")
+        client_transport(request).write(raw)
+        return RelayedResponse(200, keep_alive=request.path != "/last")
+
+    async with serving(relayed) as (port, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for path in (b"/a", b"/b", b"/plain", b"/last"):
+            writer.write(b"GET %b HTTP/1.1\r\nHost: x\r\n\r\n" % path)
+        answer = await read_to_end(reader)  # ends only if /last closes the connection
+        writer.close()
+    first, rest = answer[: 2 * len(raw)], answer[2 * len(raw) :]
+    assert first == raw + raw
+    assert rest.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert rest.endswith(b"plain" + raw)
+
+
+@pytest.mark.parametrize("deferred", [True, False], ids=["deferred", "immediate"])
+async def test_defer_headers_holds_the_head_until_the_first_write(deferred: bool) -> None:
+    """`_send_headers_immediately`: off, `prepare` writes nothing; the head goes out
+    with the first chunk."""
+    seen: dict[str, int] = {}
+
+    async def streamed(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        resp.enable_chunked_encoding()
+        resp.force_close()
+        if deferred:
+            defer_headers(resp)
+        await resp.prepare(request)
+        seen["after_prepare"] = request.writer.output_size
+        await resp.write(b"first")
+        seen["after_write"] = request.writer.output_size
+        await resp.write_eof()
+        return resp
+
+    async with serving(streamed) as (port, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = await read_to_end(reader)
+        writer.close()
+    assert (seen["after_prepare"] == 0) is deferred
+    assert seen["after_write"] > len(b"first")
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert answer.endswith(b"\r\n\r\n5\r\nfirst\r\n0\r\n\r\n")
+
+
+# The checked range.
+
+
+def test_pyproject_pins_the_checked_range() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert "aiohttp" + internals.CHECKED_TEXT in project["dependencies"]
+
+
+@pytest.mark.parametrize(
+    ("version", "checked"),
+    [
+        (aiohttp.__version__, True),  # the installed one: else this module stops at import
+        ("3.14.0", True),
+        ("3.14.99", True),
+        ("3.15.0", False),
+        ("3.13.5", False),
+        ("4.0.0a1", False),
+        ("garbage", False),
+    ],
+)
+def test_version_problem(version: str, checked: bool) -> None:
+    problem = internals.version_problem(version)
+    assert (problem is None) is checked
+    if problem is not None:
+        assert version in problem and "\n" not in problem
+
+
+def test_check_version_stops_unless_told_to_run_anyway(caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        internals.check_version("3.15.0", {})
+    assert f"{AIOHTTP_UNCHECKED_ENV}=1" in str(stopped.value.code)
+    with caplog.at_level(logging.WARNING, logger="autoroute.aiohttp"):
+        internals.check_version("3.15.0", {AIOHTTP_UNCHECKED_ENV: "1"})
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+    assert "aiohttp 3.15.0" in caplog.records[0].getMessage()
+
+
+def test_the_override_is_no_setting() -> None:
+    """Every other AUTOROUTE_* variable names a setting, and an unknown one is an error."""
+    loaded = config.load(ROOT / "config.yaml", environ={AIOHTTP_UNCHECKED_ENV: "1"})
+    assert loaded == config.load(ROOT / "config.yaml", environ={})
+    with pytest.raises(config.ConfigError):
+        config.load(ROOT / "config.yaml", environ={"AUTOROUTE_AIOHTTP_CHECKED": "1"})
+
+
+@pytest.mark.parametrize("unchecked", [False, True], ids=["stops", "warns"])
+def test_an_unchecked_aiohttp_at_import(unchecked: bool) -> None:
+    """The real start: importing the proxy's server under another aiohttp version."""
+    env = {k: v for k, v in os.environ.items() if k != AIOHTTP_UNCHECKED_ENV}
+    env["PYTHONPATH"] = str(ROOT)
+    if unchecked:
+        env[AIOHTTP_UNCHECKED_ENV] = "1"
+    code = "import aiohttp; aiohttp.__version__ = '3.99.0'; import proxy.connection"
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=EVENTUALLY,
+        check=False,
+    )
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "aiohttp 3.99.0" in lines[0]
+    if unchecked:
+        assert done.returncode == 0 and "running anyway" in lines[0]
+    else:
+        assert done.returncode == 1 and f"{AIOHTTP_UNCHECKED_ENV}=1" in lines[0]
