@@ -17,9 +17,10 @@ import datetime as dt
 import hashlib
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from proxy.config import Experiment, Usage
+from proxy.config import Experiment, Usage, Variant
 from proxy.header_values import utf8
 from selector_model import outcome
 from selector_model.features import REQUEST_FEATURES, TASKS
@@ -32,6 +33,19 @@ def _unit(*parts: str) -> float:
     # utf8: a user header with bytes that are not UTF-8 hashes as the bytes it has.
     digest = hashlib.sha256(utf8("\x1f".join(parts))).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """The experiment a request takes part in, and its variant."""
+
+    name: str
+    variant: str
+    experiment: Experiment
+
+    @property
+    def config(self) -> Variant:
+        return self.experiment.variants[self.variant]
 
 
 def _active(experiment: Experiment, now: dt.datetime) -> bool:
@@ -50,8 +64,8 @@ def assign(
     profile: str,
     request_features: list[float],
     now: dt.datetime | None = None,
-) -> tuple[str, str, Experiment] | None:
-    """(experiment, variant, its config) for this request, or None."""
+) -> Assignment | None:
+    """The experiment and variant of this request, or None."""
     now = now or dt.datetime.now(dt.UTC)
     for name, experiment in experiments.items():
         if not experiment.variants or not _active(experiment, now):
@@ -71,8 +85,8 @@ def assign(
         for variant, config in experiment.variants.items():
             point -= max(config.weight, 0.0)
             if point < 0:
-                return name, variant, experiment
-        return name, variant, experiment
+                return Assignment(name, variant, experiment)
+        return Assignment(name, variant, experiment)
     return None
 
 

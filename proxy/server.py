@@ -242,9 +242,10 @@ class Proxy:
         """Header size, then the API key (when keys are configured): None lets it in."""
         refused = request_limits.check_headers(request, self.config.limits)
         if refused is None and self.auth.enabled:
-            _, refused, reason = self.auth.admit(request, now)
+            admission = self.auth.admit(request, now)
+            refused = admission.refusal
             if refused is not None:
-                self.metrics.deny(reason)
+                self.metrics.deny(admission.reason)
         return refused
 
     def _read(self, request: web.Request) -> Awaitable[bytes]:
