@@ -46,6 +46,7 @@ ORDER BY requests DESC
 
 def _entry(
     key: Key,
+    *,
     requests: int,
     errors: int,
     cancelled: int,
@@ -75,15 +76,15 @@ async def from_postgres(pool: asyncpg.Pool, window_seconds: float) -> list[dict[
     return [
         _entry(
             (r["served_model"], r["backend"]),
-            r["requests"],
-            r["errors"],
-            r["cancelled"],
-            (r["ttfc_p50"], r["ttfc_p95"]),
-            (r["total_p50"], r["total_p95"]),
-            int(r["tokens"] or 0),
-            int(r["eval_ns"] or 0),
-            r["ratings"],
-            r["rating_mean"],
+            requests=r["requests"],
+            errors=r["errors"],
+            cancelled=r["cancelled"],
+            ttfc=(r["ttfc_p50"], r["ttfc_p95"]),
+            total=(r["total_p50"], r["total_p95"]),
+            tokens=int(r["tokens"] or 0),
+            eval_ns=int(r["eval_ns"] or 0),
+            ratings=r["ratings"],
+            rating_mean=r["rating_mean"],
         )
         for r in rows
     ]
@@ -207,15 +208,15 @@ class MemoryStats:
             out.append(
                 _entry(
                     key,
-                    len(window),
-                    sum(1 for e in window if e.failed),
-                    sum(1 for e in window if e.cancelled),
-                    (_percentile(ttfc, 0.5), _percentile(ttfc, 0.95)),
-                    (_percentile(total, 0.5), _percentile(total, 0.95)),
-                    sum(e.eval_count or 0 for e in timed),
-                    sum(e.eval_duration or 0 for e in timed),
-                    len(rated),
-                    sum(rated) / len(rated) if rated else None,
+                    requests=len(window),
+                    errors=sum(1 for e in window if e.failed),
+                    cancelled=sum(1 for e in window if e.cancelled),
+                    ttfc=(_percentile(ttfc, 0.5), _percentile(ttfc, 0.95)),
+                    total=(_percentile(total, 0.5), _percentile(total, 0.95)),
+                    tokens=sum(e.eval_count or 0 for e in timed),
+                    eval_ns=sum(e.eval_duration or 0 for e in timed),
+                    ratings=len(rated),
+                    rating_mean=sum(rated) / len(rated) if rated else None,
                 )
             )
         out.sort(key=lambda e: -int(e["requests"]))
