@@ -15,6 +15,7 @@ import math
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from aiohttp import web
 
@@ -104,6 +105,16 @@ def _denied(path: str, status: int, message: str, retry_after: int = 0) -> web.R
     return response
 
 
+class Admission(NamedTuple):
+    """What `Access.admit` decided: the request's key (None: none presented), and a
+    refusal with its reason for the metrics, or none to go on. A named tuple: one is
+    made per request."""
+
+    key: KeyState | None
+    refusal: web.Response | None = None
+    reason: str = ""
+
+
 class Access:
     def __init__(self, settings: Auth) -> None:
         self.enabled = settings.enabled
@@ -143,35 +154,31 @@ class Access:
         # The bytes as sent: a token that is not UTF-8 hashes like any other wrong key.
         return self.keys.get(hashlib.sha256(header_values.utf8(token)).hexdigest())
 
-    def admit(
-        self, request: web.Request, now: float
-    ) -> tuple[KeyState | None, web.Response | None, str]:
-        """(the key, None, "") to go on, or (key, the refusal, the reason for metrics).
-        A stream slot taken here is given back by `release`."""
+    def admit(self, request: web.Request, now: float) -> Admission:
+        """Whether the request goes on. A stream slot taken here is given back by
+        `release`."""
         path = request.path
         route = find(path)
         key = self.identify(request)
         if key is None:
             if route is not None and route.access in self.keyless:
-                return None, None, ""
-            return None, _denied(path, 401, UNAUTHORIZED), "unauthorized"
+                return Admission(None)
+            return Admission(None, _denied(path, 401, UNAUTHORIZED), "unauthorized")
         request[KEY_REQUEST] = key
         if not key.admin and route is not None and route.access == ADMIN:
-            return key, _denied(path, 403, f"forbidden: {path} needs an admin key"), "forbidden"
+            refusal = _denied(path, 403, f"forbidden: {path} needs an admin key")
+            return Admission(key, refusal, "forbidden")
         wait = key.take(now)
         if wait:
-            return (
-                key,
-                _denied(path, 429, "rate limit exceeded: too many requests per minute", wait),
-                "rate_limited",
-            )
+            message = "rate limit exceeded: too many requests per minute"
+            return Admission(key, _denied(path, 429, message, wait), "rate_limited")
         if key.max_streams and route is not None and route.inference:
             if key.streams >= key.max_streams:
                 message = f"too many concurrent requests (limit {key.max_streams})"
-                return key, _denied(path, 429, message, 1), "streams"
+                return Admission(key, _denied(path, 429, message, 1), "streams")
             key.streams += 1
             request[STREAM_SLOT] = True
-        return key, None, ""
+        return Admission(key)
 
     @staticmethod
     def release(request: web.Request, key: KeyState | None) -> None:

@@ -96,6 +96,36 @@ class Eligible:
     min_context: float  # the smallest context among `candidates` (inf: none)
 
 
+@dataclass(frozen=True, slots=True)
+class ProfileNames:
+    """A profile's allow and deny lists and default model as normalised model names.
+    It holds the profile, so the profile's id (its cache key) stays its own."""
+
+    profile: Profile
+    allow: frozenset[str]
+    deny: frozenset[str]
+    default_model: str  # "" for none
+
+    @classmethod
+    def of(cls, profile: Profile) -> ProfileNames:
+        return cls(
+            profile,
+            frozenset(normalize_model(m) for m in profile.allow),
+            frozenset(normalize_model(m) for m in profile.deny),
+            normalize_model(profile.default_model) if profile.default_model else "",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Filtered:
+    """A cached `Eligible`, with the candidate list and the profile it was filtered
+    from: held here, their ids (the cache key) stay theirs."""
+
+    listed: list[Candidate]
+    profile: Profile
+    eligible: Eligible
+
+
 class AutoRouter:
     def __init__(self, config: Config, backends: BackendPool, registry: Registry) -> None:
         self.config = config.selector
@@ -109,14 +139,13 @@ class AutoRouter:
         # read here from memory, kept up to date by `proxy.learning.Learner`.
         self.evidence = Evidence()
         self.decisions = 0
-        # Per profile object: its allow and deny lists normalised, its default model.
-        self._profiles: dict[int, tuple[Profile, frozenset[str], frozenset[str], str]] = {}
+        # Per profile object: its lists and default model as model names.
+        self._profiles: dict[int, ProfileNames] = {}
         self._known: tuple[object, frozenset[str]] = (None, frozenset())
         # The hard filters' result, but for context length, per (candidate list, profile,
         # API key's list, needs): the registry keeps its list while nothing changes, so
-        # a request does not filter nor look up each candidate again. The entry holds
-        # the list and the profile: their ids stay theirs.
-        self._eligible: dict[tuple[object, ...], tuple[list[Candidate], Profile, Eligible]] = {}
+        # a request does not filter nor look up each candidate again.
+        self._eligible: dict[tuple[object, ...], _Filtered] = {}
 
     def decide(
         self,
@@ -136,12 +165,12 @@ class AutoRouter:
         assigned = assign(experiments, user, path, profile_name, request) if experiments else None
         pinned = ""
         if assigned is not None:
-            variant = assigned[2].variants[assigned[1]]
+            variant = assigned.config
             profile = self.config.profiles.get(variant.profile, profile)
             pinned = normalize_model(variant.model) if variant.model else ""
         prompt_tokens = math.expm1(request[_LOG_TOKENS])
         needs = required_capabilities(path, doc)
-        default_model = self._profile(profile)[3]
+        default_model = self._profile(profile).default_model
         eligible = self._eligible_for(profile, key_models, needs, prompt_tokens)
         if not eligible.candidates:
             self._check_available()
@@ -200,8 +229,8 @@ class AutoRouter:
             filtered=eligible.filtered,
             propensity=propensity,
             artifact_version=artifact.version if artifact else None,
-            experiment=assigned[0] if assigned else None,
-            variant=assigned[1] if assigned else None,
+            experiment=assigned.name if assigned else None,
+            variant=assigned.variant if assigned else None,
             kind=kind,
         )
         return Choice(decision, request, candidates[eligible.names.index(chosen.name)])
@@ -229,21 +258,19 @@ class AutoRouter:
         entry = self._eligible.get(key)
         if entry is None:
             if len(self._eligible) >= 256 or not any(
-                cached[0] is listed for cached in self._eligible.values()
+                cached.listed is listed for cached in self._eligible.values()
             ):
                 # The registry makes a new list at each refresh: entries for an older
                 # one are never asked for again, nor the scorer's rows for its
                 # candidates.
                 self._eligible.clear()
                 self.scorer.forget_rows()
-            entry = self._eligible[key] = (
-                listed,
-                profile,
-                self._filter(listed, profile, key_models, needs, 0.0),
+            entry = self._eligible[key] = _Filtered(
+                listed, profile, self._filter(listed, profile, key_models, needs, 0.0)
             )
-        if prompt_tokens > entry[2].min_context:
+        if prompt_tokens > entry.eligible.min_context:
             return self._filter(listed, profile, key_models, needs, prompt_tokens)
-        return entry[2]
+        return entry.eligible
 
     def _filter(
         self,
@@ -255,7 +282,8 @@ class AutoRouter:
     ) -> Eligible:
         """The hard filters: the API key's and the profile's lists, the capabilities the
         request needs, a context that holds the prompt."""
-        _, allow, deny, _ = self._profile(profile)
+        names = self._profile(profile)
+        allow, deny = names.allow, names.deny
         eligible: list[Candidate] = []
         filtered: dict[str, str] = {}
         for candidate in listed:
@@ -284,19 +312,13 @@ class AutoRouter:
             min_context=min((c.context_length for c in eligible), default=math.inf),
         )
 
-    def _profile(self, profile: Profile) -> tuple[Profile, frozenset[str], frozenset[str], str]:
-        """A profile's allow and deny lists and default model as model names, normalised
-        once per profile object (the entry holds it, so its id stays its own)."""
+    def _profile(self, profile: Profile) -> ProfileNames:
+        """`ProfileNames` of a profile, made once per profile object."""
         entry = self._profiles.get(id(profile))
         if entry is None:
             if len(self._profiles) >= 256:
                 self._profiles.clear()
-            entry = self._profiles[id(profile)] = (
-                profile,
-                frozenset(normalize_model(m) for m in profile.allow),
-                frozenset(normalize_model(m) for m in profile.deny),
-                normalize_model(profile.default_model) if profile.default_model else "",
-            )
+            entry = self._profiles[id(profile)] = ProfileNames.of(profile)
         return entry
 
     def _known_models(self, artifact: artifact_module.Artifact) -> frozenset[str]:

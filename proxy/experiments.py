@@ -17,12 +17,14 @@ import datetime as dt
 import hashlib
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from proxy.config import Experiment, Usage
+from proxy.config import Experiment, Usage, Variant
 from proxy.header_values import utf8
 from selector_model import outcome
 from selector_model.features import REQUEST_FEATURES, TASKS
+from selector_model.usage_event import UsageEvent
 
 _TASK_INDEX = {task: REQUEST_FEATURES.index(f"task_{task}") for task in TASKS}
 
@@ -31,6 +33,19 @@ def _unit(*parts: str) -> float:
     # utf8: a user header with bytes that are not UTF-8 hashes as the bytes it has.
     digest = hashlib.sha256(utf8("\x1f".join(parts))).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """The experiment a request takes part in, and its variant."""
+
+    name: str
+    variant: str
+    experiment: Experiment
+
+    @property
+    def config(self) -> Variant:
+        return self.experiment.variants[self.variant]
 
 
 def _active(experiment: Experiment, now: dt.datetime) -> bool:
@@ -49,8 +64,8 @@ def assign(
     profile: str,
     request_features: list[float],
     now: dt.datetime | None = None,
-) -> tuple[str, str, Experiment] | None:
-    """(experiment, variant, its config) for this request, or None."""
+) -> Assignment | None:
+    """The experiment and variant of this request, or None."""
     now = now or dt.datetime.now(dt.UTC)
     for name, experiment in experiments.items():
         if not experiment.variants or not _active(experiment, now):
@@ -70,8 +85,8 @@ def assign(
         for variant, config in experiment.variants.items():
             point -= max(config.weight, 0.0)
             if point < 0:
-                return name, variant, experiment
-        return name, variant, experiment
+                return Assignment(name, variant, experiment)
+        return Assignment(name, variant, experiment)
     return None
 
 
@@ -163,21 +178,21 @@ def mann_whitney_p(a: list[float], b: list[float]) -> float:
 # Report -------------------------------------------------------------------------------
 
 
-def _metric(event: Mapping[str, Any], name: str) -> float | None:
-    outcome = event.get("outcome") or {}
+def _metric(event: UsageEvent, name: str) -> float | None:
+    value: float | None
     if name == "rating":
-        value = event.get("rating")
+        value = event.rating
     elif name == "tokens":
-        value = outcome.get("eval_count")
+        value = event.outcome.eval_count
+    elif name == "total_ms":
+        value = event.outcome.total_ms
     else:
-        value = outcome.get(name)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
+        value = event.outcome.ttfc_ms
+    return None if value is None else float(value)
 
 
 def report(
-    events: Iterable[Mapping[str, Any]],
+    events: Iterable[UsageEvent],
     name: str,
     alpha: float = 0.05,
     control: str = "",
@@ -189,15 +204,16 @@ def report(
     in the events). The winner: the variant with the best mean outcome among those
     whose outcome differs from the control's at `alpha` (Mann-Whitney), or the
     control when every other is significantly worse."""
-    groups: dict[str, list[Mapping[str, Any]]] = {}
+    groups: dict[str, list[UsageEvent]] = {}
     for event in events:
-        decision = event.get("decision") or {}
+        decision = event.decision or {}
         if decision.get("experiment") == name and decision.get("variant"):
             groups.setdefault(str(decision["variant"]), []).append(event)
     outcomes: dict[str, list[float]] = {}
     variants: dict[str, dict[str, Any]] = {}
     for variant, members in groups.items():
-        results = [r for r in outcome.grade(members) if r is not None]
+        # `outcome` grades the events' JSON objects (as online learning sees them).
+        results = [r for r in outcome.grade(e.document() for e in members) if r is not None]
         values = outcomes[variant] = [r.value for r in results]
         weight = sum(r.weight for r in results)
         wins = sum(1 for r in results if r.success)
@@ -261,7 +277,7 @@ def report(
 
 
 def configured_report(
-    events: Iterable[Mapping[str, Any]], name: str, experiment: Experiment
+    events: Iterable[UsageEvent], name: str, experiment: Experiment
 ) -> dict[str, Any]:
     """`report` with the experiment's configured control and variant order."""
     return report(events, name, control=experiment.control, order=experiment.variants)
@@ -271,7 +287,7 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
-async def load_events(settings: Usage, since: str = "90d") -> list[dict[str, Any]]:
+async def load_events(settings: Usage, since: str = "90d") -> list[UsageEvent]:
     """Usage events for a report: PostgreSQL when configured, else the local files."""
     from proxy.usage.export import from_files, from_postgres, parse_since
 

@@ -44,7 +44,7 @@ import orjson
 from proxy.config import Learning, Usage
 from proxy.pg_migrations import apply
 from proxy.usage.event import FEEDBACK, USAGE
-from selector_model import features, outcome
+from selector_model import features, outcome, usage_event
 from selector_model.evidence import Evidence, Row
 from selector_model.kind import kind_of
 
@@ -377,7 +377,9 @@ class Learner:
                 log.warning("learning: %s is unreadable (%s): rebuilding it", path, exc)
         from proxy.usage.export import from_files
 
-        events = from_files(self.usage.file_path, datetime.fromtimestamp(0, UTC))
+        events = [
+            e.document() for e in from_files(self.usage.file_path, datetime.fromtimestamp(0, UTC))
+        ]
         self.evidence.replace(evidence_from_events(events).rows())
         self.rebuilt = len(events)
         self._file_save(list(self.evidence.rows()))
@@ -426,12 +428,7 @@ class Learner:
         )
         if not exists:
             return []
-        events = []
-        for row in await conn.fetch(_EVENTS):
-            event = dict(row["event"])
-            event["rating"] = row["rating"]
-            events.append(event)
-        return events
+        return [usage_event.from_row(row).document() for row in await conn.fetch(_EVENTS)]
 
     async def _pg_sync(self) -> None:
         conn = await self._connection()

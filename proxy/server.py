@@ -99,8 +99,9 @@ class Server:
         """Header size, then the API key (when keys are configured): None lets it in."""
         refused = request_limits.check_headers(request, self.config.limits)
         if refused is None and self.auth.enabled:
-            _, refused, reason = self.auth.admit(request, decided.started)
+            admission = self.auth.admit(request, decided.started)
+            refused = admission.refusal
             if refused is not None:
-                self.metrics.deny(reason)
+                self.metrics.deny(admission.reason)
         decided.refused = refused is not None
         return refused

@@ -118,7 +118,7 @@ async def test_a_sane_client_request_id_is_echoed(file_proxy: Proxy) -> None:
     (exported,) = export.from_files(
         file_proxy.config.usage.file_path, datetime.min.replace(tzinfo=UTC)
     )
-    assert exported["request_id"] == event["request_id"] and exported["rating"] == 0.5
+    assert exported.request_id == event["request_id"] and exported.rating == 0.5
 
 
 HOSTILE = [
@@ -263,7 +263,6 @@ def test_an_event_takes_any_string_the_request_left() -> None:
     captured = ev.Captured(
         outcome, "POST", "/api/chat", 0.0, 0.1, 0.2, "ua\udcfe", "user\udcff", "Bearer \udcff"
     )
-    doc = ev.complete(captured, log_prompts=False)
-    parsed = orjson.loads(orjson.dumps(doc))
+    parsed = orjson.loads(ev.complete(captured, log_prompts=False).line())
     assert parsed["outcome"]["error"] == "backend said \ufffd"
     assert parsed["client"]["user_agent"] == "ua\ufffd" and parsed["client"]["user"] == "user\ufffd"

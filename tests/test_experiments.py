@@ -6,6 +6,7 @@ import asyncio
 import random
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 from proxy import experiments
 from proxy.config import Experiment, Profile, Selector, Usage, Variant
 from selector_model import features
+from selector_model.usage_event import Answer, UsageEvent
 from tests.support import Emulator, Proxy, ServerThread, raw_request
 
 AB = Experiment(
@@ -34,11 +36,11 @@ def test_assignment_is_sticky_and_shares_traffic() -> None:
         experiments.assign({"ab": AB}, f"user{i}", "/api/chat", "balanced", PLAIN)
         for i in range(4000)
     ]
-    assert [a and a[:2] for a in first] == [a and a[:2] for a in again]
+    assert first == again
     inside = [a for a in first if a is not None]
     # 4000 users at share 0.5: 2000 expected, sd ~32; 5 sd either way.
     assert 1840 <= len(inside) <= 2160
-    variants = Counter(a[1] for a in inside)
+    variants = Counter(a.variant for a in inside)
     assert abs(variants["a"] - variants["b"]) <= 5 * (len(inside) ** 0.5)
 
 
@@ -54,17 +56,16 @@ def test_filters_and_time_window() -> None:
     assert experiments.assign({"e": ended}, "u", "/api/chat", "balanced", PLAIN) is None
 
 
-def event(variant: str, ok: bool, ms: float) -> dict[str, Any]:
-    return {
-        "decision": {"experiment": "ab", "variant": variant},
-        "outcome": {
-            "status": 200 if ok else 500,
-            "error": None if ok else "boom",
-            "total_ms": ms,
-            "eval_count": 20,
-        },
-        "rating": None,
-    }
+def event(variant: str, ok: bool, ms: float) -> UsageEvent:
+    return UsageEvent(
+        decision={"experiment": "ab", "variant": variant},
+        outcome=Answer(
+            status=200 if ok else 500,
+            error=None if ok else "boom",
+            total_ms=ms,
+            eval_count=20,
+        ),
+    )
 
 
 def test_report_names_a_winner_only_when_significant() -> None:
@@ -97,8 +98,8 @@ def test_statistics_match_textbook_values() -> None:
     assert experiments.mann_whitney_p([0.5] * 9, [0.5] * 4) == 1.0
 
 
-def rated(variant: str, rating: float) -> dict[str, Any]:
-    return {**event(variant, True, 100.0), "rating": rating}
+def rated(variant: str, rating: float) -> UsageEvent:
+    return replace(event(variant, True, 100.0), rating=rating)
 
 
 def test_constant_ratings_name_the_better_variant_against_the_control() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from selector_model import outcome
+from selector_model import outcome, usage_event
 from tests.test_training import _event
 from training.data import usage_examples
 
@@ -78,9 +78,8 @@ def test_the_same_prompt_again_soon_from_the_same_user_fails_the_first() -> None
             prompt_sha256="h",
             client={"user": "ann"},
         )
-    examples, stats = usage_examples(
-        [*train, {**_event("x", "llama3.1:8b", 8.0), "outcome": {"status": 404}}]
-    )
+    unanswered = {**_event("x", "llama3.1:8b", 8.0), "outcome": {"status": 404}}
+    examples, stats = usage_examples([usage_event.read(e) for e in [*train, unanswered]])
     assert [ex.label for ex in examples] == [0.0, 1.0]
     assert [ex.weight for ex in examples] == [outcome.FAILED, outcome.COMPLETED]
     assert stats.skipped_unanswered == 1

@@ -8,7 +8,6 @@ import hashlib
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import orjson
@@ -18,6 +17,7 @@ import pytest
 from proxy.config import Usage
 from proxy.usage.spool import Spool
 from proxy.usage.stats import MAX_KEYS, MemoryStats
+from selector_model.usage_event import Answer, UsageEvent
 from tests.support import Emulator, Proxy, ServerThread, free_port
 from tests.usage_services import read_bytes, wait_for
 
@@ -202,17 +202,9 @@ async def test_shutdown_with_the_database_down_spills_what_is_left(
     spool.close()
 
 
-def _event(n: int, model: str, backend: str | None = "gpu-a") -> dict[str, Any]:
-    outcome = {
-        "status": 200,
-        "error": None,
-        "cancelled": False,
-        "ttfc_ms": 1.0,
-        "total_ms": 2.0,
-        "eval_count": 10,
-        "eval_duration": 1_000_000,
-    }
-    return {"request_id": f"r{n}", "served_model": model, "backend": backend, "outcome": outcome}
+def _event(n: int, model: str, backend: str | None = "gpu-a") -> UsageEvent:
+    outcome = Answer(status=200, ttfc_ms=1.0, total_ms=2.0, eval_count=10, eval_duration=1_000_000)
+    return UsageEvent(request_id=f"r{n}", served_model=model, backend=backend, outcome=outcome)
 
 
 def test_memory_stats_stay_within_their_caps_whatever_the_model_names() -> None:
@@ -227,8 +219,8 @@ def test_memory_stats_stay_within_their_caps_whatever_the_model_names() -> None:
     assert sum(len(w) for w in stats.events.values()) == stats.size <= stats.total
     assert len(stats.recent) <= stats.total and len(stats.ratings) <= stats.total
     busy = stats.events[("llama3.1:8b", "gpu-a")]
-    assert len(busy) == 100 and busy[-1][6] == "r99999"
-    rated = {e[6] for w in stats.events.values() for e in w}
+    assert len(busy) == 100 and busy[-1].request_id == "r99999"
+    rated = {e.request_id for w in stats.events.values() for e in w}
     assert set(stats.ratings) <= rated  # a rating leaves with its event
     summary = {e["served_model"]: e for e in stats.summary()}
     assert summary["llama3.1:8b"]["requests"] == 100

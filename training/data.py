@@ -1,28 +1,19 @@
 """Training data: the bundled LLMRouter scores and the proxy's own usage events.
 
-Both sources become `Example`s — one (request, candidate model) pair with a label in
-[0, 1] and a weight — whose features come from `selector_model.features` only.
+Both sources become `Example`s, each one (request, candidate model) pair with a label
+in [0, 1] and a weight, whose features come from `selector_model.features` only.
 
-Usage events (JSON Lines, one object per line, as the proxy writes them):
+LLMRouter: each prompt's score per model is the label; test prompts whose text also
+occurs in train are dropped.
 
-    {"request_id": str, "endpoint": str, "served_model": str,
-     "features": {"schema_version": int, "request": [float, ...]},   # REQUEST_FEATURES order
-     "candidate": {"name": str, "family": str, "params_b": float, "quant_bits": float,
-                   "context_length": int, "capabilities": [str], "is_code": bool,
-                   "is_instruct": bool, "loaded": bool},
-     "decision": {"propensity": float | null},
-     "outcome": {"status": int, "error": str | null, "done_reason": str | null},
-     "rating": float | null}   # the mean of its feedback, when joined
-
-Label and weight: the event's outcome by the one definition of success
-(`selector_model.outcome`: a rating wins, else error, cancellation, the same prompt
-sent again soon, truncation, or a completed answer as a weak success), its weight
-times 1/propensity when the decision recorded one (exploration). Events recorded under
-another feature schema, or whose request vector has the wrong length, are skipped and
-counted; so are requests no model answered (a 4xx).
-
-Only files are read: reading usage from PostgreSQL waits for the usage-logging work to
-fix its table.
+Usage events (`selector_model.usage_event`, read from the proxy's JSON Lines file or
+from PostgreSQL): the request's feature vector as the proxy computed it, the model
+that answered as the selector saw it, and as label the event's outcome by the one
+definition of success (`selector_model.outcome`: a rating wins, else error,
+cancellation, the same prompt sent again soon, truncation, or a completed answer as a
+weak success), weighted by 1/propensity when the decision recorded one (exploration).
+Events recorded under another feature schema, malformed ones, duplicates (delivery is
+at least once) and requests no model answered (a 4xx) are skipped and counted.
 """
 
 from __future__ import annotations
@@ -33,12 +24,12 @@ import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from selector_model import features, outcome
+from selector_model import features, outcome, usage_event
+from selector_model.usage_event import UsageEvent
 from training.models import BY_DATASET_NAME, ModelSpec
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "llmrouter"
@@ -158,21 +149,18 @@ class UsageStats:
     skipped_unanswered: int = 0
 
 
-def usage_label(event: dict[str, Any], retried: bool = False) -> outcome.Result | None:
-    """The event's outcome (`selector_model.outcome`); None when no model answered."""
-    return outcome.of_event(event, retried)
-
-
-def usage_weight(event: dict[str, Any]) -> float:
-    propensity = (event.get("decision") or {}).get("propensity")
+def usage_weight(event: UsageEvent) -> float:
+    propensity = (event.decision or {}).get("propensity")
     if isinstance(propensity, int | float) and propensity > 0 and math.isfinite(propensity):
         return 1.0 / float(propensity)
     return 1.0
 
 
-def usage_example(event: dict[str, Any], result: outcome.Result) -> Example:
+def usage_example(event: UsageEvent, result: outcome.Result) -> Example:
     """One event as an example; raises KeyError/TypeError/ValueError when malformed."""
-    request = [float(v) for v in event["features"]["request"]]
+    if event.features is None or event.candidate is None:
+        raise ValueError("the event has no request features or no candidate")
+    request = event.features.request
     if len(request) != len(features.REQUEST_FEATURES):
         raise ValueError("request vector length differs from REQUEST_FEATURES")
     # Group by the request vector: the same prompt asked twice never straddles a split.
@@ -180,20 +168,20 @@ def usage_example(event: dict[str, Any], result: outcome.Result) -> Example:
     return Example(
         group,
         request,
-        features.Candidate.from_record(event["candidate"]),
+        features.Candidate.from_record(event.candidate),
         result.value,
         result.weight * usage_weight(event),
     )
 
 
-def _lines(paths: Iterable[Path]) -> Iterator[Any]:
-    """Each non-empty line's JSON; a line that is not JSON yields None (malformed)."""
+def _lines(paths: Iterable[Path]) -> Iterator[UsageEvent | None]:
+    """Each non-empty line's event; a line that is not a JSON object yields None."""
     for path in paths:
-        with path.open(encoding="utf-8") as fh:
+        with path.open("rb") as fh:
             for line in fh:
                 if line.strip():
                     try:
-                        yield json.loads(line)
+                        yield usage_event.parse_line(line)
                     except ValueError:
                         yield None
 
@@ -203,47 +191,48 @@ def load_usage(paths: Iterable[Path]) -> tuple[list[Example], UsageStats]:
     return usage_examples(_lines(paths))
 
 
-def usage_examples(events: Iterable[Any]) -> tuple[list[Example], UsageStats]:
-    """Examples from usage events, wherever they were stored (files, PostgreSQL)."""
+def usage_examples(events: Iterable[UsageEvent | None]) -> tuple[list[Example], UsageStats]:
+    """Examples from usage events, wherever they were stored (files, PostgreSQL); None
+    stands for an event that could not be read."""
     stats = UsageStats()
     out: list[Example] = []
     seen: set[str] = set()
     listed = list(events)
-    # The retry signal is read across all events (a later event says an earlier failed).
-    retried = outcome.retried_ids(e for e in listed if isinstance(e, dict))
-    for event in listed:
+    # `outcome` grades the events' JSON objects. The retry signal is read across all
+    # events (a later event says an earlier failed).
+    documents = [e.document() if e is not None else None for e in listed]
+    retried = outcome.retried_ids(d for d in documents if d is not None)
+    for event, document in zip(listed, documents, strict=True):
         stats.read += 1
+        if event is None or document is None:
+            stats.skipped_malformed += 1
+            continue
+        request_id = event.request_id
+        if request_id and request_id in seen:
+            stats.skipped_duplicate += 1
+            continue
+        if event.features is None:
+            stats.skipped_malformed += 1
+            continue
+        if event.features.schema_version != features.SCHEMA_VERSION:
+            stats.skipped_schema += 1
+            continue
+        result = outcome.of_event(document, request_id in retried)
+        if result is None:
+            stats.skipped_unanswered += 1
+            continue
         try:
-            request_id = event.get("request_id")
-            if request_id is not None and request_id in seen:
-                stats.skipped_duplicate += 1
-                continue
-            if event["features"]["schema_version"] != features.SCHEMA_VERSION:
-                stats.skipped_schema += 1
-                continue
-            result = usage_label(event, request_id in retried)
-            if result is None:
-                stats.skipped_unanswered += 1
-                continue
             out.append(usage_example(event, result))
-            if request_id is not None:
-                seen.add(request_id)
         except (KeyError, TypeError, ValueError, AttributeError):
             stats.skipped_malformed += 1
             continue
+        if request_id:
+            seen.add(request_id)
         stats.used += 1
     return out, stats
 
 
 # ---------------------------------------------------------------- matrices and splits
-
-
-def known_models_of(examples: Iterable[Example]) -> list[str]:
-    """Candidate names in first-seen order: the models the training data covers."""
-    seen: dict[str, None] = {}
-    for ex in examples:
-        seen.setdefault(ex.candidate.name, None)
-    return list(seen)
 
 
 @dataclass(frozen=True)

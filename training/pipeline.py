@@ -13,9 +13,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
-import orjson
 
 from selector_model import features
+from selector_model.usage_event import UsageEvent
 from training import evaluate, export, report
 from training.data import (
     DATA_DIR,
@@ -56,7 +56,7 @@ def parse_source(text: str) -> Source:
     return Source("usage", Path(text))
 
 
-def postgres_events(dsn: str) -> list[dict[str, Any]]:
+def postgres_events(dsn: str) -> list[UsageEvent]:
     """Every usage event the proxy wrote to PostgreSQL, with feedback ratings joined."""
     from proxy.usage.export import from_postgres
 
@@ -156,7 +156,7 @@ def build(
         from_db, stats = usage_examples(events)
         usage += from_db
         examples += from_db
-        digest = hashlib.sha256(b"".join(orjson.dumps(e) + b"\n" for e in events))
+        digest = hashlib.sha256(b"".join(e.line() + b"\n" for e in events))
         hashes[f"postgres/{urlsplit(source.dsn).path.lstrip('/')}"] = digest.hexdigest()
         source_meta.append({"kind": "postgres", **stats_dict(stats)})
     for used in source_meta:

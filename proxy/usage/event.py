@@ -1,5 +1,5 @@
 """The usage event: captured cheaply at the request's end, completed by the background
-writer.
+writer into a `selector_model.usage_event.UsageEvent`.
 
 `Captured` is made by the pipeline's completion hook and only holds references (the
 `Outcome`, a few header strings, two clock readings). Everything that costs
@@ -21,6 +21,7 @@ from proxy import final_chunk, header_values
 from proxy.outcome import Outcome
 from selector_model import request_body
 from selector_model.features import SCHEMA_VERSION
+from selector_model.usage_event import Answer, Client, Features, Feedback, Logged, UsageEvent
 
 USAGE = "usage"
 FEEDBACK = "feedback"
@@ -78,61 +79,58 @@ def prompt_text(body: bytes | None) -> str | None:
     return "\n".join(parts) if parts else None
 
 
-def complete(c: Captured, log_prompts: bool) -> dict[str, Any]:
+def complete(c: Captured, log_prompts: bool) -> UsageEvent:
     d, o = c.outcome.decided, c.outcome.served
     decision = d.decision
     prompt = prompt_text(d.body)
     stats = o.stats
-    # An error may quote what a backend or client sent: made valid text like headers.
-    outcome: dict[str, Any] = {"status": o.status, "error": header_values.valid(o.error) or None}
-    for key in STAT_KEYS:
-        outcome[key] = stats.get(key)
-    outcome["ttfc_ms"] = round((o.first_byte_at - c.started) * 1000, 3) if o.first_byte_at else None
-    outcome["total_ms"] = round((c.ended - c.started) * 1000, 3)
-    outcome["bytes"] = o.body_bytes
-    outcome["cancelled"] = o.cancelled
-    event: dict[str, Any] = {
-        "request_id": c.request_id or o.request_id,
-        "client_request_id": c.client_request_id,
-        # When the request arrived, on the wall clock.
-        "ts": rfc3339(c.wall - (c.ended - c.started)),
-        "endpoint": c.path,
-        "method": c.method,
-        "client": {
-            # Client header values: valid UTF-8, no controls, bounded (JSON, the sinks
-            # and a database column take them as they are then).
-            "user_agent": header_values.text(c.user_agent),
-            "user": header_values.text(c.user),
-            "api_key_id": c.key_id or api_key_id(c.credential),
-        },
-        "requested_model": d.model,
-        "served_model": d.served_model,
-        "backend": o.backend or None,
-        "decision": decision,
-        "features": {"schema_version": SCHEMA_VERSION, "request": d.features}
-        if d.features is not None
-        else None,
-        "candidate": d.candidate,
-        "prompt_sha256": hashlib.sha256(prompt.encode()).hexdigest() if prompt else None,
+    # What the last chunk said: done_reason a string, the counts integers (`final_chunk`).
+    said: dict[str, Any] = {
+        key: value for key in STAT_KEYS if (value := stats.get(key)) is not None
     }
-    if log_prompts:
-        event["prompt"] = prompt
-        # The answer streams through without being buffered; keeping its text would
-        # mean a copy of every chunk on the hot path, so it is not captured.
-        event["response"] = None
-    event["outcome"] = outcome
-    event["rating"] = None
-    return event
+    return UsageEvent(
+        request_id=c.request_id or o.request_id,
+        client_request_id=c.client_request_id,
+        # When the request arrived, on the wall clock.
+        ts=rfc3339(c.wall - (c.ended - c.started)),
+        endpoint=c.path,
+        method=c.method,
+        # Client header values: valid UTF-8, no controls, bounded (JSON, the sinks and
+        # a database column take them as they are then).
+        client=Client(
+            user_agent=header_values.text(c.user_agent),
+            user=header_values.text(c.user),
+            api_key_id=c.key_id or api_key_id(c.credential),
+        ),
+        requested_model=d.model,
+        served_model=d.served_model,
+        backend=o.backend or None,
+        decision=decision,
+        features=Features(SCHEMA_VERSION, d.features) if d.features is not None else None,
+        candidate=d.candidate,
+        prompt_sha256=hashlib.sha256(prompt.encode()).hexdigest() if prompt else None,
+        logged=Logged(prompt) if log_prompts else None,
+        outcome=Answer(
+            status=o.status,
+            # An error may quote what a backend or client sent: made valid text like headers.
+            error=header_values.valid(o.error) or None,
+            **said,
+            ttfc_ms=round((o.first_byte_at - c.started) * 1000, 3) if o.first_byte_at else None,
+            total_ms=round((c.ended - c.started) * 1000, 3),
+            bytes=o.body_bytes,
+            cancelled=o.cancelled,
+        ),
+    )
 
 
-def feedback(request_id: str, rating: float, comment: str | None) -> dict[str, Any]:
+def feedback(request_id: str, rating: float, comment: str | None) -> Feedback:
     now = time.time()
-    return {
-        "feedback_id": hashlib.sha256(
+    return Feedback(
+        feedback_id=hashlib.sha256(
             f"{request_id}:{now}:{time.perf_counter_ns()}".encode()
         ).hexdigest()[:24],
-        "request_id": request_id,
-        "rating": rating,
-        "comment": comment,
-        "ts": rfc3339(now),
-    }
+        request_id=request_id,
+        rating=rating,
+        comment=comment,
+        ts=rfc3339(now),
+    )

@@ -1,7 +1,7 @@
 """`autoroute usage export --since ... --format jsonl|parquet`: usage events for training
 and analysis, from PostgreSQL when configured, else from the local JSONL files.
 
-Events come out in the shape they were written (the keys training relies on), with
+Events come out in the shape they are written (`selector_model.usage_event`), with
 `rating` filled in (the mean of the request's feedback) when PostgreSQL has any. Parquet
 needs pyarrow (not a runtime dependency); nested objects become columns: `client.*`
 and `outcome.*` flattened, `decision` and `features` as JSON text (their keys vary).
@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -22,6 +23,8 @@ import orjson
 from proxy.config import Usage
 from proxy.usage.file_sink import feedback_path
 from proxy.usage.stats import FEEDBACK_JOIN
+from selector_model import usage_event
+from selector_model.usage_event import UsageEvent
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -37,7 +40,7 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
-async def from_postgres(dsn: str, since: datetime) -> list[dict[str, Any]]:
+async def from_postgres(dsn: str, since: datetime) -> list[UsageEvent]:
     conn = await asyncpg.connect(dsn)
     try:
         await conn.set_type_codec(
@@ -50,12 +53,7 @@ async def from_postgres(dsn: str, since: datetime) -> list[dict[str, Any]]:
         )
     finally:
         await conn.close()
-    events = []
-    for row in rows:
-        event = dict(row["event"])
-        event["rating"] = row["rating"]
-        events.append(event)
-    return events
+    return [usage_event.from_row(row) for row in rows]
 
 
 def _jsonl_lines(path: Path) -> Iterator[bytes]:
@@ -70,33 +68,33 @@ def _jsonl_lines(path: Path) -> Iterator[bytes]:
                 yield from (line for line in f if line.strip())
 
 
-def from_files(path: str, since: datetime) -> list[dict[str, Any]]:
+def from_files(path: str, since: datetime) -> list[UsageEvent]:
     base = Path(path).expanduser()
     ratings: dict[str, list[float]] = {}
     for line in _jsonl_lines(feedback_path(base)):
-        doc = orjson.loads(line)
-        ratings.setdefault(doc["request_id"], []).append(float(doc["rating"]))
+        feedback = usage_event.parse_feedback_line(line)
+        ratings.setdefault(feedback.request_id, []).append(feedback.rating)
     events, seen = [], set()
     for line in _jsonl_lines(base):
-        event = orjson.loads(line)
-        rid = event["request_id"]
-        if rid in seen or datetime.fromisoformat(event["ts"]) < since:
+        event = usage_event.parse_line(line)
+        rid = event.request_id
+        if rid in seen or datetime.fromisoformat(event.ts) < since:
             continue  # a spool replay can write an event twice: keep the first
         seen.add(rid)
         # By either id, as FEEDBACK_JOIN matches them.
-        client_id = event.get("client_request_id")
+        client_id = event.client_request_id
         given = ratings.get(rid, [])
         if client_id and client_id != rid:
             given = given + ratings.get(client_id, [])
         if given:
-            event["rating"] = sum(given) / len(given)
+            event = replace(event, rating=sum(given) / len(given))
         events.append(event)
     return events
 
 
-def flat(event: dict[str, Any]) -> dict[str, Any]:
+def flat(event: UsageEvent) -> dict[str, Any]:
     row: dict[str, Any] = {}
-    for key, value in event.items():
+    for key, value in event.document().items():
         if key in ("client", "outcome") and isinstance(value, dict):
             row.update({f"{key}.{k}": v for k, v in value.items()})
         elif isinstance(value, dict | list):
@@ -106,10 +104,10 @@ def flat(event: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def write(events: list[dict[str, Any]], fmt: str, out: BinaryIO) -> None:
+def write(events: list[UsageEvent], fmt: str, out: BinaryIO) -> None:
     if fmt == "jsonl":
         for event in events:
-            out.write(orjson.dumps(event) + b"\n")
+            out.write(event.line() + b"\n")
         return
     try:
         import pyarrow as pa  # type: ignore[import-untyped]

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
-from proxy.usage.event import FEEDBACK
+from proxy.usage.event import FEEDBACK, USAGE
 from proxy.usage.runner import Record
 
 
@@ -75,8 +75,8 @@ class FileSink:
             self._feedback.write(feedback)
 
     async def write(self, records: Sequence[Record]) -> None:
-        usage = b"".join(r[2] + b"\n" for r in records if r[0] != FEEDBACK)
-        feedback = b"".join(r[2] + b"\n" for r in records if r[0] == FEEDBACK)
+        usage = b"".join(r.line + b"\n" for r in records if r.kind == USAGE)
+        feedback = b"".join(r.line + b"\n" for r in records if r.kind == FEEDBACK)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._io, self._write_sync, usage, feedback)
 

@@ -25,17 +25,17 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-
 from aiokafka.partitioner import DefaultPartitioner  # type: ignore[import-untyped]
 
 from proxy.config import Usage
-from proxy.usage.event import FEEDBACK
+from proxy.usage.event import FEEDBACK, USAGE
 from proxy.usage.runner import Record
+from selector_model.usage_event import Feedback, UsageEvent
 
 log = logging.getLogger("autoroute.usage")
 
 
-def message_key(kind: str, doc: dict[str, Any]) -> bytes:
-    if kind == FEEDBACK:
-        return str(doc["request_id"]).encode()
-    user = (doc.get("client") or {}).get("user")
-    return str(user or doc["request_id"]).encode()
+def message_key(event: UsageEvent | Feedback) -> bytes:
+    if isinstance(event, Feedback):
+        return event.request_id.encode()
+    return (event.client.user or event.request_id).encode()
 
 
 class KafkaSink:
@@ -45,7 +45,7 @@ class KafkaSink:
         assert settings.kafka_bootstrap
         self.settings = settings
         self.bootstrap = settings.kafka_bootstrap
-        self.topics = {"usage": settings.kafka_usage_topic, FEEDBACK: settings.kafka_feedback_topic}
+        self.topics = {USAGE: settings.kafka_usage_topic, FEEDBACK: settings.kafka_feedback_topic}
         self.producer: Any = None
         self._partitioner = DefaultPartitioner()
 
@@ -110,13 +110,13 @@ class KafkaSink:
         hashed with the Java client's partitioner, as `send` would."""
         groups: dict[tuple[str, int], list[tuple[bytes, bytes]]] = {}
         partitions: dict[str, list[int]] = {}
-        for kind, doc, line in records:
-            topic = self.topics[kind]
+        for record in records:
+            topic = self.topics[record.kind]
             if topic not in partitions:
                 partitions[topic] = sorted(await producer.partitions_for(topic))
-            key = message_key(kind, doc)
+            key = message_key(record.event)
             partition = self._partitioner(key, partitions[topic], partitions[topic])
-            groups.setdefault((topic, partition), []).append((key, line))
+            groups.setdefault((topic, partition), []).append((key, record.line))
         futures = []
         for (topic, partition), messages in groups.items():
             batch = producer.create_batch()

@@ -31,6 +31,7 @@ from proxy.usage.kafka import KafkaSink
 from proxy.usage.postgres import PostgresSink
 from proxy.usage.runner import Record, Sink, SinkRunner
 from proxy.usage.stats import MemoryStats, from_postgres
+from selector_model.usage_event import Feedback
 
 log = logging.getLogger("autoroute.usage")
 USER_HEADER = "X-Autoroute-User"
@@ -108,9 +109,9 @@ class UsagePipeline:
         self._put(captured)
 
     def submit_feedback(self, request_id: str, rating: float, comment: str | None) -> str:
-        doc = ev.feedback(request_id, rating, comment)
-        self._put((ev.FEEDBACK, doc, orjson.dumps(doc)))
-        return str(doc["feedback_id"])
+        feedback = ev.feedback(request_id, rating, comment)
+        self._put(Record(feedback, orjson.dumps(feedback.document())))
+        return feedback.feedback_id
 
     def _put(self, item: ev.Captured | Record) -> None:
         queue = self.queue
@@ -135,22 +136,22 @@ class UsagePipeline:
         records: list[Record] = []
         log_prompts = self.settings.log_prompts
         for item in items:
-            if isinstance(item, tuple):
+            if isinstance(item, Record):
                 records.append(item)
-                doc = item[1]
-                with contextlib.suppress(Exception):
-                    self.memory.rate(doc["request_id"], float(doc["rating"]))
-                self._observe(ev.FEEDBACK, doc)
+                assert isinstance(item.event, Feedback)  # the only kind queued completed
+                self.memory.rate(item.event.request_id, item.event.rating)
+                self._observe(ev.FEEDBACK, item.event.document())
                 continue
             try:
-                doc = ev.complete(item, log_prompts)
+                event = ev.complete(item, log_prompts)
+                doc = event.document()
                 line = orjson.dumps(doc)
             except Exception:  # a bug here must not stop the pipeline; it is loud
                 self.invalid += 1
                 log.exception("usage: could not build the event for %s", item.request_id)
                 continue
-            records.append((ev.USAGE, doc, line))
-            self.memory.add(doc)
+            records.append(Record(event, line))
+            self.memory.add(event)
             self._observe(ev.USAGE, doc)
         return records
 

@@ -9,90 +9,31 @@ at-least-once replay gives exactly one row per request id.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
-from typing import Any
 
 import asyncpg
 import orjson
 
-from proxy.usage.event import FEEDBACK
 from proxy.usage.migrations import migrate
 from proxy.usage.runner import Record
-
-USAGE_COLUMNS = (
-    "request_id",
-    "client_request_id",
-    "ts",
-    "endpoint",
-    "method",
-    "user_agent",
-    "client_user",
-    "api_key_id",
-    "requested_model",
-    "served_model",
-    "backend",
-    "status",
-    "error",
-    "done_reason",
-    "prompt_eval_count",
-    "eval_count",
-    "load_duration",
-    "prompt_eval_duration",
-    "eval_duration",
-    "total_duration",
-    "ttfc_ms",
-    "total_ms",
-    "bytes",
-    "cancelled",
-    "prompt_sha256",
-    "event",
+from selector_model.usage_event import (
+    COLUMNS,
+    FEEDBACK_COLUMNS,
+    Feedback,
+    UsageEvent,
+    feedback_row,
+    row,
 )
-_COLUMN_LIST = ", ".join(USAGE_COLUMNS)
+
+_COLUMN_LIST = ", ".join(COLUMNS)
 _MOVE = (
     f"INSERT INTO usage_events ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM usage_staging "
     "ON CONFLICT (request_id) DO NOTHING"
 )
 _FEEDBACK = (
-    "INSERT INTO feedback (feedback_id, request_id, rating, comment, ts) "
-    "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (feedback_id) DO NOTHING"
+    f"INSERT INTO feedback ({', '.join(FEEDBACK_COLUMNS)}) "
+    f"VALUES ({', '.join(f'${n}' for n in range(1, len(FEEDBACK_COLUMNS) + 1))}) "
+    "ON CONFLICT (feedback_id) DO NOTHING"
 )
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def usage_row(event: dict[str, Any], line: bytes | None = None) -> tuple[Any, ...]:
-    o = event["outcome"]
-    c = event["client"]
-    return (
-        event["request_id"],
-        event.get("client_request_id"),  # absent from events written before it existed
-        datetime.fromisoformat(event["ts"]),
-        event["endpoint"],
-        event["method"],
-        c.get("user_agent"),
-        c.get("user"),
-        c.get("api_key_id"),
-        event["requested_model"],
-        event["served_model"],
-        event["backend"],
-        o["status"],
-        o["error"],
-        o["done_reason"] if isinstance(o["done_reason"], str) else None,
-        _int(o["prompt_eval_count"]),
-        _int(o["eval_count"]),
-        _int(o["load_duration"]),
-        _int(o["prompt_eval_duration"]),
-        _int(o["eval_duration"]),
-        _int(o["total_duration"]),
-        o["ttfc_ms"],
-        o["total_ms"],
-        o["bytes"],
-        o["cancelled"],
-        event["prompt_sha256"],
-        event if line is None else line,
-    )
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -141,23 +82,11 @@ class PostgresSink:
 
     async def write(self, records: Sequence[Record]) -> None:
         pool = await self.ensure_pool()
-        usage = [usage_row(r[1], r[2]) for r in records if r[0] != FEEDBACK]
-        feedback = [
-            (
-                d["feedback_id"],
-                d["request_id"],
-                float(d["rating"]),
-                d.get("comment"),
-                datetime.fromisoformat(d["ts"]),
-            )
-            for kind, d, _ in records
-            if kind == FEEDBACK
-        ]
+        usage = [row(r.event, r.line) for r in records if isinstance(r.event, UsageEvent)]
+        feedback = [feedback_row(r.event) for r in records if isinstance(r.event, Feedback)]
         async with pool.acquire() as conn, conn.transaction():
             if usage:
-                await conn.copy_records_to_table(
-                    "usage_staging", records=usage, columns=USAGE_COLUMNS
-                )
+                await conn.copy_records_to_table("usage_staging", records=usage, columns=COLUMNS)
                 await conn.execute(_MOVE)
             if feedback:
                 await conn.executemany(_FEEDBACK, feedback)

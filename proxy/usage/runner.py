@@ -22,18 +22,29 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol, TypeVar
 
-import orjson
-
 from proxy.config import Usage
+from proxy.usage.event import FEEDBACK, USAGE
 from proxy.usage.spool import Spool
+from selector_model import usage_event
+from selector_model.usage_event import Feedback, UsageEvent
 
 log = logging.getLogger("autoroute.usage")
 T = TypeVar("T")
 
-# (kind, document, its JSON) - the JSON is made once and shared by every sink.
-Record = tuple[str, dict[str, Any], bytes]
-_KIND_TAG = {"usage": b"u", "feedback": b"f"}
-_TAG_KIND = {v[0]: k for k, v in _KIND_TAG.items()}
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """An event on its way to the sinks, with its JSON: made once, shared by every sink."""
+
+    event: UsageEvent | Feedback
+    line: bytes
+
+    @property
+    def kind(self) -> str:
+        return FEEDBACK if isinstance(self.event, Feedback) else USAGE
+
+
+_KIND_TAG = {USAGE: b"u", FEEDBACK: b"f"}
 
 
 class Sink(Protocol):
@@ -55,12 +66,14 @@ class Counters:
 
 
 def spool_line(record: Record) -> bytes:
-    return _KIND_TAG[record[0]] + record[2] + b"\n"
+    return _KIND_TAG[record.kind] + record.line + b"\n"
 
 
 def from_spool(line: bytes) -> Record:
     body = line[1:]
-    return _TAG_KIND[line[0]], orjson.loads(body), body
+    if line[:1] == _KIND_TAG[USAGE]:
+        return Record(usage_event.parse_line(body), body)
+    return Record(usage_event.parse_feedback_line(body), body)
 
 
 class SinkRunner:

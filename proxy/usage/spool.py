@@ -133,10 +133,6 @@ class Spool:
         self._dirty = False
         self._synced_at = time.monotonic()
 
-    def sync(self) -> None:
-        with self._lock:
-            self._sync_locked()
-
     def read(self, max_records: int) -> tuple[list[bytes], Cursor]:
         """The oldest unconsumed records (without newlines) and the cursor after them."""
         with self._lock:

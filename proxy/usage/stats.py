@@ -5,9 +5,12 @@ fed by the background writer (never by the handler)."""
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+
+from selector_model.usage_event import UsageEvent
 
 Key = tuple[str | None, str | None]
 
@@ -43,6 +46,7 @@ ORDER BY requests DESC
 
 def _entry(
     key: Key,
+    *,
     requests: int,
     errors: int,
     cancelled: int,
@@ -72,15 +76,15 @@ async def from_postgres(pool: asyncpg.Pool, window_seconds: float) -> list[dict[
     return [
         _entry(
             (r["served_model"], r["backend"]),
-            r["requests"],
-            r["errors"],
-            r["cancelled"],
-            (r["ttfc_p50"], r["ttfc_p95"]),
-            (r["total_p50"], r["total_p95"]),
-            int(r["tokens"] or 0),
-            int(r["eval_ns"] or 0),
-            r["ratings"],
-            r["rating_mean"],
+            requests=r["requests"],
+            errors=r["errors"],
+            cancelled=r["cancelled"],
+            ttfc=(r["ttfc_p50"], r["ttfc_p95"]),
+            total=(r["total_p50"], r["total_p95"]),
+            tokens=int(r["tokens"] or 0),
+            eval_ns=int(r["eval_ns"] or 0),
+            ratings=r["ratings"],
+            rating_mean=r["rating_mean"],
         )
         for r in rows
     ]
@@ -95,6 +99,32 @@ def _percentile(values: list[float], q: float) -> float | None:
     low = int(pos)
     high = min(low + 1, len(values) - 1)
     return values[low] + (values[high] - values[low]) * (pos - low)
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """What the stats keep of one usage event."""
+
+    request_id: str
+    ttfc_ms: float | None
+    total_ms: float
+    failed: bool
+    cancelled: bool
+    eval_count: int | None
+    eval_duration: int | None
+
+    @classmethod
+    def of(cls, event: UsageEvent) -> Sample:
+        o = event.outcome
+        return cls(
+            event.request_id,
+            o.ttfc_ms,
+            o.total_ms,
+            o.failed,
+            o.cancelled,
+            o.eval_count,
+            o.eval_duration,
+        )
 
 
 # Keys (served model, backend) held at once: the model is the client's own name for a
@@ -115,9 +145,8 @@ class MemoryStats:
         self.window = window
         self.total = window * 4
         self.size = 0  # events in all windows
-        # (ttfc_ms, total_ms, error, cancelled, eval_count, eval_duration, request_id),
-        # windows ordered from the least recently used key.
-        self.events: OrderedDict[Key, deque[tuple[Any, ...]]] = OrderedDict()
+        # Windows ordered from the least recently used key.
+        self.events: OrderedDict[Key, deque[Sample]] = OrderedDict()
         # The ids of the latest requests, oldest first: a rating is kept only for these.
         self.recent: OrderedDict[str, None] = OrderedDict()
         self.ratings: dict[str, float] = {}
@@ -125,9 +154,8 @@ class MemoryStats:
         # them (feedback may name either; see FEEDBACK_JOIN).
         self.client_ids: OrderedDict[str, list[str]] = OrderedDict()
 
-    def add(self, event: dict[str, Any]) -> None:
-        key: Key = (event["served_model"], event["backend"])
-        o = event["outcome"]
+    def add(self, event: UsageEvent) -> None:
+        key: Key = (event.served_model, event.backend)
         events = self.events
         window = events.get(key)
         if window is None:
@@ -137,20 +165,18 @@ class MemoryStats:
         else:
             events.move_to_end(key)
         if len(window) == window.maxlen:
-            self.ratings.pop(window.popleft()[6], None)
+            self.ratings.pop(window.popleft().request_id, None)
             self.size -= 1
         elif self.size >= self.total:
             self._drop(next(iter(events)), 1)
-        error = o["status"] >= 400 or o["status"] == 0 or o["error"] is not None
-        ec, ed = o.get("eval_count"), o.get("eval_duration")
-        rid = event["request_id"]
-        window.append((o["ttfc_ms"], o["total_ms"], error, o["cancelled"], ec, ed, rid))
+        rid = event.request_id
+        window.append(Sample.of(event))
         self.size += 1
         recent = self.recent
         recent[rid] = None
         while len(recent) > self.total:
             self.ratings.pop(recent.popitem(last=False)[0], None)
-        client_id = event.get("client_request_id")
+        client_id = event.client_request_id
         if client_id:
             carried = self.client_ids.pop(client_id, [])
             carried.append(rid)
@@ -162,7 +188,7 @@ class MemoryStats:
         """The oldest `count` events of `key`'s window; the key too once it is empty."""
         window = self.events[key]
         for _ in range(min(count, len(window))):
-            self.ratings.pop(window.popleft()[6], None)
+            self.ratings.pop(window.popleft().request_id, None)
             self.size -= 1
         if not window:
             del self.events[key]
@@ -175,22 +201,22 @@ class MemoryStats:
     def summary(self) -> list[dict[str, Any]]:
         out = []
         for key, window in self.events.items():
-            ttfc = [e[0] for e in window if e[0] is not None]
-            total = [e[1] for e in window]
-            counted = [(e[4], e[5]) for e in window if isinstance(e[5], int) and e[5] > 0]
-            rated = [self.ratings[e[6]] for e in window if e[6] in self.ratings]
+            ttfc = [e.ttfc_ms for e in window if e.ttfc_ms is not None]
+            total = [e.total_ms for e in window]
+            timed = [e for e in window if (e.eval_duration or 0) > 0]
+            rated = [self.ratings[e.request_id] for e in window if e.request_id in self.ratings]
             out.append(
                 _entry(
                     key,
-                    len(window),
-                    sum(1 for e in window if e[2]),
-                    sum(1 for e in window if e[3]),
-                    (_percentile(ttfc, 0.5), _percentile(ttfc, 0.95)),
-                    (_percentile(total, 0.5), _percentile(total, 0.95)),
-                    sum(c for c, _ in counted if isinstance(c, int)),
-                    sum(d for _, d in counted),
-                    len(rated),
-                    sum(rated) / len(rated) if rated else None,
+                    requests=len(window),
+                    errors=sum(1 for e in window if e.failed),
+                    cancelled=sum(1 for e in window if e.cancelled),
+                    ttfc=(_percentile(ttfc, 0.5), _percentile(ttfc, 0.95)),
+                    total=(_percentile(total, 0.5), _percentile(total, 0.95)),
+                    tokens=sum(e.eval_count or 0 for e in timed),
+                    eval_ns=sum(e.eval_duration or 0 for e in timed),
+                    ratings=len(rated),
+                    rating_mean=sum(rated) / len(rated) if rated else None,
                 )
             )
         out.sort(key=lambda e: -int(e["requests"]))

@@ -1,0 +1,367 @@
+"""The usage event and the feedback record: one schema for every place they go.
+
+The proxy writes one `UsageEvent` per inference request and one `Feedback` per
+rating; the fields below are the JSON object written (a line of the local file, a
+Kafka message, the spool, PostgreSQL's `event` column), in this order, and the
+PostgreSQL columns (`COLUMNS`, `row`). Training, the A/B report and online learning
+read events back with `read` (a JSON object), `parse_line` (a JSON Lines line) and
+`from_row` (a PostgreSQL row of `event` and its joined `rating`).
+
+Reading is lenient, as events outlive the code that wrote them: a key that is absent,
+or whose value has the wrong type, reads as the field's default (a nested object
+missing a required field reads as None). Consumers decide what they cannot use.
+
+Records are built once and never changed after (a reader makes a new one with
+`dataclasses.replace`); they are not frozen dataclasses only because a frozen one
+costs several times as much to build, and the proxy builds one per request on its
+event loop.
+
+This module imports nothing of the proxy: training reads events without it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from operator import attrgetter
+from typing import Any, Protocol, Union, get_args, get_origin, get_type_hints
+
+import orjson
+
+# Field metadata: the PostgreSQL column a field fills (its name by default; None: none),
+# how its value becomes the column's, and `flatten`: a nested object whose fields are
+# written at the enclosing level, and only when it is present.
+_NO_COLUMN: dict[str, Any] = {"column": None}
+
+
+def _timestamp(ts: str) -> datetime:
+    return datetime.fromisoformat(ts)
+
+
+_TIMESTAMP: dict[str, Any] = {"to_column": _timestamp}
+
+
+@dataclass(slots=True)
+class Client:
+    """Who sent the request. Header values are valid UTF-8, without controls, bounded."""
+
+    user_agent: str | None = None
+    user: str | None = field(default=None, metadata={"column": "client_user"})
+    api_key_id: str | None = None  # a hash of the key, or the configured key's id
+
+
+@dataclass(slots=True)
+class Answer:
+    """What came of the request (the event's `outcome` object). Token counts and
+    durations (nanoseconds) are the answer's last chunk's, when it said them."""
+
+    status: int = 0
+    error: str | None = None
+    done_reason: str | None = None
+    prompt_eval_count: int | None = None
+    eval_count: int | None = None
+    load_duration: int | None = None
+    prompt_eval_duration: int | None = None
+    eval_duration: int | None = None
+    total_duration: int | None = None
+    ttfc_ms: float | None = None  # to the first chunk the client got
+    total_ms: float = 0.0
+    bytes: int = 0
+    cancelled: bool = False
+
+    @property
+    def failed(self) -> bool:
+        """An error, or no answer from a model (status 0) or from the proxy (4xx, 5xx)."""
+        return self.status >= 400 or self.status == 0 or self.error is not None
+
+
+@dataclass(slots=True)
+class Features:
+    """The request's feature vector (`selector_model.features.REQUEST_FEATURES` order)
+    and the schema version it was computed under."""
+
+    schema_version: int
+    request: list[float]
+
+
+@dataclass(slots=True)
+class Logged:
+    """The prompt's text and the answer's, with `usage.log_prompts` only. The answer
+    streams through unbuffered, so its text is not captured: `response` is null."""
+
+    prompt: str | None = None
+    response: str | None = None
+
+
+@dataclass(slots=True)
+class UsageEvent:
+    request_id: str = ""  # the proxy's own id: unique
+    client_request_id: str | None = None  # the client's X-Request-Id, as it sent it
+    ts: str = field(default="", metadata=_TIMESTAMP)  # RFC 3339: when the request arrived
+    endpoint: str = ""
+    method: str = ""
+    client: Client = field(default_factory=Client)
+    requested_model: str | None = None
+    served_model: str | None = None
+    backend: str | None = None
+    # `auto`'s decision (`selector_model.policy.Decision.to_json`), else null.
+    decision: dict[str, Any] | None = field(default=None, metadata=_NO_COLUMN)
+    features: Features | None = field(default=None, metadata=_NO_COLUMN)
+    # The chosen model as the selector saw it (`features.Candidate.to_record`).
+    candidate: dict[str, Any] | None = field(default=None, metadata=_NO_COLUMN)
+    prompt_sha256: str | None = None
+    logged: Logged | None = field(default=None, metadata={"flatten": True, "column": None})
+    outcome: Answer = field(default_factory=Answer)
+    # The mean of the request's feedback where a reader joined it; null as written.
+    rating: float | None = field(default=None, metadata=_NO_COLUMN)
+
+    def document(self) -> dict[str, Any]:
+        """The JSON object, as written."""
+        return _document(self)
+
+    def line(self) -> bytes:
+        return orjson.dumps(_document(self))
+
+
+@dataclass(slots=True, kw_only=True)
+class Feedback:
+    """A rating of a request (`POST /api/autoroute/feedback`). What it rates, and how,
+    is all a reader needs: the other fields read as empty when absent."""
+
+    feedback_id: str = ""
+    request_id: str  # the proxy's id of the request, or the client's
+    rating: float  # in [0, 1]
+    comment: str | None = None
+    ts: str = field(default="", metadata=_TIMESTAMP)  # RFC 3339: when it was given
+
+    def document(self) -> dict[str, Any]:
+        return _document(self)
+
+
+# Writing ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _WritePlan:
+    """How a record class becomes its JSON object: runs of fields copied as they are
+    (each run one C-level `attrgetter`), a flattened object after a run, and the
+    fields that hold nested records. Made once per class: a document is written per
+    request, on the proxy's event loop."""
+
+    runs: list[tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]], str | None]]
+    nested: tuple[str, ...]
+
+
+def _getter(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
+    if len(names) == 1:
+        (name,) = names
+        return lambda record: (getattr(record, name),)
+    return attrgetter(*names)
+
+
+def _write_plan(cls: type[Any]) -> _WritePlan:
+    hints = get_type_hints(cls)
+    runs: list[tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]], str | None]] = []
+    run: list[str] = []
+    nested = []
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        is_record = any(dataclasses.is_dataclass(a) for a in (hint, *get_args(hint)))
+        if is_record and f.metadata.get("flatten"):
+            runs.append((tuple(run), _getter(tuple(run)), f.name))
+            run = []
+            continue
+        if is_record:
+            nested.append(f.name)
+        run.append(f.name)
+    runs.append((tuple(run), _getter(tuple(run)), None))
+    return _WritePlan(runs, tuple(nested))
+
+
+_WRITE_PLANS: dict[type[Any], _WritePlan] = {}
+
+
+def _document(record: Any) -> dict[str, Any]:
+    cls = type(record)
+    plan = _WRITE_PLANS.get(cls)
+    if plan is None:
+        plan = _WRITE_PLANS[cls] = _write_plan(cls)
+    doc: dict[str, Any] = {}
+    for names, get, flattened in plan.runs:
+        doc.update(zip(names, get(record), strict=True))
+        if flattened is not None and (value := getattr(record, flattened)) is not None:
+            doc.update(_document(value))
+    for name in plan.nested:
+        if (value := doc[name]) is not None:
+            doc[name] = _document(value)  # in place: the key keeps its position
+    return doc
+
+
+# PostgreSQL ------------------------------------------------------------------------
+
+
+def _columns(cls: type[Any], path: tuple[str, ...] = ()) -> list[tuple[str, tuple[str, ...], Any]]:
+    """(column, attribute path, conversion) per column a record fills, in field order."""
+    out: list[tuple[str, tuple[str, ...], Any]] = []
+    hints = get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        column = f.metadata.get("column", f.name)
+        if column is None:
+            continue
+        hint = hints[f.name]
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+            out += _columns(hint, (*path, f.name))
+        else:
+            out.append((column, (*path, f.name), f.metadata.get("to_column")))
+    return out
+
+
+_USAGE_COLUMNS = _columns(UsageEvent)
+# The usage_events columns, and last the whole event (jsonb): what export and training
+# read back (decision, features and candidate are only there).
+COLUMNS = (*(c[0] for c in _USAGE_COLUMNS), "event")
+_FEEDBACK_COLUMNS = _columns(Feedback)
+FEEDBACK_COLUMNS = tuple(c[0] for c in _FEEDBACK_COLUMNS)
+
+
+def _row(record: Any, plan: list[tuple[str, tuple[str, ...], Any]]) -> list[Any]:
+    values = []
+    for _, path, convert in plan:
+        value = record
+        for name in path:
+            value = getattr(value, name)
+        values.append(convert(value) if convert is not None else value)
+    return values
+
+
+def row(event: UsageEvent, line: bytes) -> tuple[Any, ...]:
+    """The event's values in `COLUMNS` order; `line` (its JSON) fills `event`."""
+    return (*_row(event, _USAGE_COLUMNS), line)
+
+
+def feedback_row(feedback: Feedback) -> tuple[Any, ...]:
+    """The feedback's values in `FEEDBACK_COLUMNS` order."""
+    return tuple(_row(feedback, _FEEDBACK_COLUMNS))
+
+
+# Reading ---------------------------------------------------------------------------
+
+_Reader = Callable[[Any], Any]
+_MISSING = object()
+
+
+def _scalar(kind: type[Any]) -> _Reader:
+    if kind is bool:
+        return lambda v: v if isinstance(v, bool) else _MISSING
+    if kind is int:
+        return lambda v: v if isinstance(v, int) and not isinstance(v, bool) else _MISSING
+    if kind is float:
+        return lambda v: (
+            float(v) if isinstance(v, int | float) and not isinstance(v, bool) else _MISSING
+        )
+    return lambda v: v if isinstance(v, kind) else _MISSING
+
+
+def _floats(value: Any) -> Any:
+    if not isinstance(value, list):
+        return _MISSING
+    try:
+        return [float(v) for v in value]
+    except (TypeError, ValueError):
+        return _MISSING
+
+
+def _reader(hint: Any) -> _Reader:
+    """How a JSON value becomes a field of type `hint`; _MISSING when it cannot."""
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        (inner,) = (a for a in get_args(hint) if a is not type(None))
+        read = _reader(inner)
+        return lambda v: None if v is None else read(v)
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        nested = hint
+        return lambda v: _read(nested, v) if isinstance(v, Mapping) else _MISSING
+    if origin is list:
+        return _floats
+    if origin is dict:
+        return lambda v: v if isinstance(v, dict) else _MISSING
+    return _scalar(hint)
+
+
+# Per field: its name, its reader, whether it has a default, and for a flattened object
+# the keys that make it present.
+_Plan = list[tuple[str, _Reader, bool, tuple[str, ...] | None]]
+_PLANS: dict[type[Any], _Plan] = {}
+
+
+def _plan(cls: type[Any]) -> _Plan:
+    """How to read each field of `cls`, made once per class."""
+    plan = _PLANS.get(cls)
+    if plan is None:
+        hints = get_type_hints(cls)
+        plan = _PLANS[cls] = []
+        for f in dataclasses.fields(cls):
+            keys = None
+            if f.metadata.get("flatten"):
+                (inner,) = (a for a in get_args(hints[f.name]) if a is not type(None))
+                keys = tuple(g.name for g in dataclasses.fields(inner))
+            has_default = (
+                f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+            )
+            plan.append((f.name, _reader(hints[f.name]), has_default, keys))
+    return plan
+
+
+def _read(cls: type[Any], doc: Mapping[str, Any]) -> Any:
+    """A record of `cls` from `doc`, or _MISSING when a required field is unusable."""
+    values: dict[str, Any] = {}
+    for name, read, has_default, flattened in _plan(cls):
+        if flattened is not None:
+            value = read(doc) if any(k in doc for k in flattened) else _MISSING
+        else:
+            raw = doc.get(name, _MISSING)
+            value = _MISSING if raw is _MISSING else read(raw)
+        if value is _MISSING:
+            if not has_default:
+                return _MISSING
+            continue
+        values[name] = value
+    return cls(**values)
+
+
+def read(doc: Mapping[str, Any]) -> UsageEvent:
+    """A usage event from its JSON object (see the module's note on leniency)."""
+    event: UsageEvent = _read(UsageEvent, doc)
+    return event
+
+
+def parse_line(line: bytes | str) -> UsageEvent:
+    """A usage event from a JSON Lines line; ValueError when it is not a JSON object."""
+    doc = orjson.loads(line)  # orjson.JSONDecodeError is a ValueError
+    if not isinstance(doc, dict):
+        raise ValueError("a usage event is a JSON object")
+    return read(doc)
+
+
+class Row(Protocol):
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
+def from_row(row: Row) -> UsageEvent:
+    """A usage event from a PostgreSQL row of `event` (decoded jsonb) and `rating`
+    (its feedback's mean, joined)."""
+    rating = row["rating"]
+    return dataclasses.replace(read(row["event"]), rating=None if rating is None else float(rating))
+
+
+def parse_feedback_line(line: bytes | str) -> Feedback:
+    """A feedback record from its JSON line; ValueError when a field is unusable."""
+    doc = orjson.loads(line)
+    feedback = _read(Feedback, doc) if isinstance(doc, dict) else _MISSING
+    if feedback is _MISSING:
+        raise ValueError(f"not a feedback record: {str(line)[:200]}")
+    assert isinstance(feedback, Feedback)
+    return feedback
