@@ -26,6 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from proxy.backends import normalize_model
+from proxy.dashboard_series import Recent
 from proxy.protocol import MODEL_ADMIN_PATHS, MODEL_ROUTED_PATHS
 
 if TYPE_CHECKING:
@@ -44,7 +45,16 @@ KNOWN_ROUTES = frozenset(
 )
 OWN_ROUTES = frozenset(
     "/api/autoroute/" + name
-    for name in ("health", "explain", "status", "reload", "feedback", "stats")
+    for name in (
+        "health",
+        "explain",
+        "status",
+        "reload",
+        "feedback",
+        "stats",
+        "dashboard",
+        "dashboard.json",
+    )
 )
 # Seconds: a first chunk arrives within milliseconds (loaded model) or minutes (a model
 # loading); a whole answer can take minutes.
@@ -122,6 +132,7 @@ class Metrics:
         self._selection_children: dict[tuple[str, str], Any] = {}
         self._denied_children: dict[str, Any] = {}
         self._model_labels: dict[str, str] = {}
+        self.recent = Recent()  # the status page's charts and choices
 
     def model_label(self, name: str | None) -> str:
         if not name:
@@ -165,6 +176,7 @@ class Metrics:
             if sel is None:
                 sel = self._selection_children[sel_key] = self.selections.labels(*sel_key)
             sel.inc()
+        self.recent.observe(path, status, outcome, started, ended)
 
     def deny(self, reason: str) -> None:
         child = self._denied_children.get(reason)

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy import go_json, header_values
+from proxy import dashboard, go_json, header_values
 from proxy import limits as request_limits
 from proxy.auth import KEY_REQUEST, Access
 from proxy.auth_store import KeyStore
@@ -126,6 +126,7 @@ class Proxy:
                 ("GET", OWN_PREFIX + "experiments/*"): self.auto_routes.experiment,
             }
         )
+        self.own_routes.update(dashboard.Dashboard(self).routes())
         await self.backends.start()
         self.access.start()
         await self.learner.start()
