@@ -137,6 +137,11 @@ def test_plot_has_a_legend_entry_for_everything_drawn_and_names_apart() -> None:
                 assert not first.overlaps(second)
             inside = ax.get_window_extent(renderer)
             assert all(inside.contains(b.x0, b.y0) and inside.contains(b.x1, b.y1) for b in boxes)
+            # Nor does a name cover a marker (here there is room for all of them).
+            offsets = [c.get_offsets() for c in ax.collections]
+            markers = ax.transData.transform(np.concatenate(offsets))
+            for box in boxes:
+                assert not any(box.contains(x, y) for x, y in markers), box
     finally:
         report.plt.close(fig)
 

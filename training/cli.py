@@ -16,7 +16,7 @@ from typing import Any, TextIO
 from proxy.config import ConfigError, Profile, state_dir
 from proxy.config import load as load_config
 from selector_model import artifact as artifact_module
-from training import pipeline, replay
+from training import pipeline, replay, report
 from training.data import DATA_DIR, load_llmrouter
 from training.export import META_FILE, ONNX_FILE, ParityError
 from training.train import QUICK, TrainConfig
@@ -262,6 +262,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     finally:
         if bars is not None:
             bars.close()
+    _log(report.summary(out["evaluation"]["price"]))
     for t in out["targets"]:
         _log(f"{'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['value']} (gap {t['gap']})")
     print(replay.COST_DEFINITIONS[args.cost])

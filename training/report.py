@@ -10,6 +10,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib import cbook
+from matplotlib.path import Path as MplPath
 from matplotlib.text import Text
 
 TARGET_QUALITY = 0.645
@@ -276,35 +279,64 @@ def _panel(ax: Any, summary: dict[str, Any], xlabel: str) -> None:
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
 
 
+def _drawn(ax: Any) -> tuple[Any, list[MplPath]]:
+    """What names should not cover, in display coordinates: each marker's centre and
+    each line as drawn (a step line with its steps)."""
+    points = [ax.transData.transform(c.get_offsets()) for c in ax.collections]
+    lines = []
+    for line in ax.lines:
+        xs, ys = cbook.STEP_LOOKUP_MAP[line.get_drawstyle()](line.get_xdata(), line.get_ydata())
+        lines.append(MplPath(ax.transData.transform(np.column_stack([xs, ys]))))
+    return np.concatenate(points) if points else np.empty((0, 2)), lines
+
+
 def _name_singles(ax: Any, singles: list[dict[str, Any]]) -> None:
-    """Each single model's name beside its marker, at the nearest offset where it
-    overlaps no name placed before it and stays inside the axes (a thin line joins a
-    name set further off to its marker). Run once the layout is final: the check is in
-    display coordinates."""
+    """Each single model's name beside its marker, at the nearest offset where it stays
+    inside the axes, overlaps no name placed before it and covers no marker or line;
+    failing that, the nearest that only keeps clear of the other names. A thin line
+    joins a name set further off to its marker. Run once the layout is final: the
+    checks are in display coordinates."""
     renderer = ax.figure.canvas.get_renderer()
     inside = ax.get_window_extent(renderer)
+    points, lines = _drawn(ax)
     placed: list[Any] = []
+
+    def label(s: dict[str, Any], n: int) -> tuple[Any, Any]:
+        offset = _LABEL_OFFSETS[n]
+        text = ax.annotate(
+            s["model"],
+            (s["cost"], s["quality"]),
+            xytext=offset,
+            textcoords="offset points",
+            fontsize=6,
+            va="bottom" if offset[1] > 0 else "top",
+            ha="left" if offset[0] > 0 else "right",
+            arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.5"} if n >= 4 else None,
+        )
+        text.update_positions(renderer)
+        return text, Text.get_window_extent(text, renderer)  # the words, not the leader
+
     for s in sorted(singles, key=lambda s: (-s["quality"], s["cost"])):
-        for n, offset in enumerate(_LABEL_OFFSETS):
-            text = ax.annotate(
-                s["model"],
-                (s["cost"], s["quality"]),
-                xytext=offset,
-                textcoords="offset points",
-                fontsize=6,
-                va="bottom" if offset[1] > 0 else "top",
-                ha="left" if offset[0] > 0 else "right",
-                arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.5"} if n >= 4 else None,
-            )
-            text.update_positions(renderer)
-            box = Text.get_window_extent(text, renderer)  # the words, not the leader line
-            fits = inside.contains(box.x0, box.y0) and inside.contains(box.x1, box.y1)
-            if (fits and not any(box.overlaps(other) for other in placed)) or (
-                n == len(_LABEL_OFFSETS) - 1
-            ):
-                placed.append(box)
-                break
+        apart, clear = [], []
+        for n in range(len(_LABEL_OFFSETS)):
+            text, box = label(s, n)
             text.remove()
+            fits = inside.contains(box.x0, box.y0) and inside.contains(box.x1, box.y1)
+            if not fits or any(box.overlaps(other) for other in placed):
+                continue
+            apart.append(n)
+            near = box.padded(2)
+            covered = (
+                (points[:, 0] >= near.x0)
+                & (points[:, 0] <= near.x1)
+                & (points[:, 1] >= near.y0)
+                & (points[:, 1] <= near.y1)
+            )
+            if not covered.any() and not any(p.intersects_bbox(near, filled=False) for p in lines):
+                clear.append(n)
+                break
+        text, box = label(s, (clear or apart or [len(_LABEL_OFFSETS) - 1])[0])
+        placed.append(box)
 
 
 def figure(report: dict[str, Any]) -> Any:
