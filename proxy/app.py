@@ -20,6 +20,8 @@ from proxy.auto import AutoRouter
 from proxy.auto_routes import AutoRoutes
 from proxy.backends import BackendPool
 from proxy.config import Config
+from proxy.dashboard import Dashboard
+from proxy.dashboard_series import Recent
 from proxy.fanout import Fanout
 from proxy.handlers import Handlers
 from proxy.learning import Learner
@@ -57,6 +59,8 @@ class App:
         self.usage.observers.append(self.learner.observe)
         self.auto_routes = AutoRoutes(self.auto, config.usage, body_idle, self.learner)
         self.metrics = Metrics(self.backends, self.usage, self.key_store)
+        self.recent = Recent()  # the status page's charts and auto's recent choices
+        self.dashboard = Dashboard(self.backends, self.auto, self.usage, self.metrics, self.recent)
         self.fanout = Fanout(self.backends, self.relay, self._spawn)
         self.handlers = Handlers(
             config,
@@ -73,6 +77,7 @@ class App:
                 "handlers": self.handlers,
                 "auto_routes": self.auto_routes,
                 "usage_routes": self.usage_routes,
+                "dashboard": self.dashboard,
             }
         )
         self.server = Server(
@@ -81,7 +86,13 @@ class App:
             self.metrics,
             self.router,
             # Called in this order once per finished request.
-            hooks=(self.metrics.finished, self._telemetry, self.access.finished, self.usage.record),
+            hooks=(
+                self.metrics.finished,
+                self.recent.finished,
+                self._telemetry,
+                self.access.finished,
+                self.usage.record,
+            ),
         )
 
     def _telemetry(self, request: web.Request, outcome: Outcome) -> None:

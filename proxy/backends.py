@@ -91,6 +91,8 @@ class BackendState:
         self.breaker = breaker
         self.models: frozenset[str] | None = None  # None: not known yet
         self.loaded: frozenset[str] = frozenset()
+        # The last /api/ps entries (sizes, VRAM), for the status page.
+        self.running: list[dict[str, Any]] = []
         # The last /api/tags entries, for the model registry.
         self.tags: list[dict[str, Any]] = []
         self.in_flight = 0
@@ -226,10 +228,9 @@ class BackendPool:
         state.models = frozenset(
             normalize_model(m.get("model") or m.get("name", "")) for m in state.tags
         )
+        state.running = [m for m in ps.get("models") or () if isinstance(m, dict)]
         state.loaded = frozenset(
-            normalize_model(m.get("model") or m.get("name", ""))
-            for m in ps.get("models") or ()
-            if isinstance(m, dict)
+            normalize_model(m.get("model") or m.get("name", "")) for m in state.running
         )
         if state.last_error:
             log.info("backend %s healthy again", state.label)

@@ -111,6 +111,8 @@ ROUTES: tuple[Route, ...] = (
     Route(OWN_PREFIX + "experiments/{name}", GET, "auto_routes.experiment"),
     Route(OWN_PREFIX + "feedback", POST, "usage_routes.feedback"),
     Route(OWN_PREFIX + "stats", GET, "usage_routes.stats"),
+    Route(OWN_PREFIX + "dashboard", GET, "dashboard.html", access=ADMIN),
+    Route(OWN_PREFIX + "dashboard.json", GET, "dashboard.data", access=ADMIN),
 )
 
 _EXACT = {r.path: r for r in ROUTES if not r.path.endswith("}")}

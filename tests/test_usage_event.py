@@ -9,11 +9,11 @@ from dataclasses import replace
 import asyncpg
 import orjson
 import pytest
-from tests.usage_services import Database
 
 from proxy.usage.migrations import migrate
 from selector_model import usage_event
 from selector_model.usage_event import Answer, Client, Features, Logged, UsageEvent
+from tests.usage_services import Database
 
 EVENT = UsageEvent(
     request_id="r1",

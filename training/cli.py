@@ -16,12 +16,12 @@ import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from proxy.config import ConfigError, Profile, state_dir
 from proxy.config import load as load_config
 from selector_model import artifact as artifact_module
-from training import pipeline, replay
+from training import pipeline, replay, report
 from training.data import DATA_DIR, load_llmrouter
 from training.export import META_FILE, ONNX_FILE, ParityError
 from training.train import QUICK, TrainConfig
@@ -41,22 +41,29 @@ def user_out() -> Path:
 QUICK_PROMPTS = 300
 
 
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+def _log(message: str, file: TextIO | None = None) -> None:
+    """One line on stderr. Through tqdm: a progress bar being drawn is cleared, the line
+    written and the bar drawn again below it, so no bar overwrites a log line."""
+    from tqdm import tqdm  # type: ignore[import-untyped]
+
+    tqdm.write(message, file=file or sys.stderr)
 
 
 class _Bars:
-    """One tqdm bar (on stderr) per training run; opening the next closes the last."""
+    """One tqdm bar per training run, labelled with what is being trained; opening the
+    next closes the last. Drawn only on a terminal: in a log file, carriage-return
+    redraws are noise, and the log lines say what ran."""
 
-    def __init__(self) -> None:
-        from tqdm import tqdm  # type: ignore[import-untyped]
+    def __init__(self, file: TextIO | None = None) -> None:
+        from tqdm import tqdm
 
         self._tqdm = tqdm
+        self._file = file or sys.stderr
         self._bar: Any = None
 
     def __call__(self, label: str) -> Callable[[int, int], None]:
         self.close()
-        bar = self._tqdm(desc=f"{label:>20}", unit="tree", file=sys.stderr, mininterval=0.5)
+        bar = self._tqdm(desc=label, unit="tree", file=self._file, mininterval=0.5, disable=None)
         self._bar = bar
 
         def update(done: int, total: int) -> None:
@@ -260,6 +267,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     finally:
         if bars is not None:
             bars.close()
+    _log(report.summary(out["evaluation"]["price"]))
     for t in out["targets"]:
         _log(f"{'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['value']} (gap {t['gap']})")
     print(replay.COST_DEFINITIONS[args.cost])

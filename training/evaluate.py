@@ -137,6 +137,24 @@ def _bootstrap(gains: Array, seed: int) -> tuple[float, float]:
     return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
+def sign_test(differences: Array) -> dict[str, Any]:
+    """Two-sided exact sign test of paired per-prompt differences (scores with partial
+    credit, so not McNemar's 0/1 table): if neither side is better, a prompt on which
+    they differ favours either with probability 1/2. Ties say nothing and are left out."""
+    wins = int((differences > 1e-12).sum())
+    losses = int((differences < -1e-12).sum())
+    differing = wins + losses
+    tail = sum(math.comb(differing, i) for i in range(min(wins, losses) + 1))
+    p_value = min(1.0, 2 * tail / 2**differing) if differing else 1.0
+    return {
+        "test": "two-sided exact sign test over prompts",
+        "wins": wins,
+        "losses": losses,
+        "ties": len(differences) - differing,
+        "p_value": p_value,
+    }
+
+
 def _finite(v: float) -> float | None:
     return None if math.isnan(v) or math.isinf(v) else round(v, 6)
 
@@ -157,14 +175,23 @@ def summarize(
     within = [pt for pt in points if pt.cost <= c1 + 1e-12]
     at_best = max(within, key=lambda pt: (pt.quality, -pt.cost))
     matched = [pt.cost for pt in points if pt.quality >= q1 - 1e-12]
+    rows = np.arange(len(y))
     pick = choose(p, cost, at_best.lam, np.zeros(len(names)))
-    gains = y[np.arange(len(y)), pick] - y[:, best_i]
+    gains = y[rows, pick] - y[:, best_i]
     lo, hi = _bootstrap(gains, seed)
+    # λ = 0 is how the auto:best profile chooses (cost weight 0): against the best
+    # single model prompt by prompt.
+    gains0 = y[rows, choose(p, cost, 0.0, np.zeros(len(names)))] - y[:, best_i]
     oc, oq = oracle(y, cost)
     return {
         "best_single": {"model": names[best_i], "cost": c1, "quality": q1},
         "cheapest_single": {"model": names[cheap_i], "cost": c0, "quality": q0},
         "router_lambda0": {"cost": points[0].cost, "quality": points[0].quality},
+        "lambda0_vs_best": {
+            "gain": float(gains0.mean()),
+            "cost_share": points[0].cost / c1,
+            **sign_test(gains0),
+        },
         "quality_at_best_cost": at_best.quality,
         "lambda_at_best_cost": at_best.lam,
         "cost_at_best_cost_point": at_best.cost,
@@ -269,8 +296,9 @@ def lomo(
     fold_progress: Callable[[str], Progress | None] | None = None,
 ) -> list[dict[str, Any]]:
     folds = []
-    for model in data.models:
-        bar = fold_progress(model.ollama_name) if fold_progress else None
+    for number, model in enumerate(data.models, 1):
+        label = f"leave-one-model-out fold {number}/{len(data.models)}: without {model.ollama_name}"
+        bar = fold_progress(label) if fold_progress else None
         folds.append(lomo_fold(data, model, config, policy, bar))
     return folds
 
@@ -290,6 +318,9 @@ DEFINITIONS = (
     "AUC: ROC AUC of P(success) vs score ≥ 0.5 over all test (prompt, model) rows",
     "gain CI: 2,000-resample prompt bootstrap of (router at its quality-at-best-cost point - "
     "best single model), 2.5% and 97.5% quantiles",
+    "auto:best vs the best single model (the summary): the router at λ = 0, as the auto:best "
+    "profile chooses, against that model prompt by prompt; significance by a two-sided exact "
+    "sign test over the prompts where their scores differ, at the 5% level",
     "oracle: per prompt the cheapest model among those with the prompt's best score",
     "random: uniform choice among the 9 models (expected values)",
     "size-only rule: the router's utility with P replaced by log(parameters) scaled to [0, 1]",

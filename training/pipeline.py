@@ -183,7 +183,7 @@ def build(
         )
 
     log(f"training on {len(examples)} rows from {len(known)} models")
-    bar = bars("train") if bars else None
+    bar = bars("training the selector") if bars else None
     result = train(examples, config, bar)
     n_features = len(features.feature_names())
     onnx_bytes = export.to_onnx(result.booster, n_features)

@@ -10,6 +10,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib import cbook
+from matplotlib.path import Path as MplPath
+from matplotlib.text import Text
 
 TARGET_QUALITY = 0.645
 TARGET_MATCH_SHARE = 0.40
@@ -107,6 +111,31 @@ def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.1%}"
 
 
+SIGNIFICANCE = 0.05
+
+
+def summary(price: dict[str, Any]) -> str:
+    """The report's first sentence: auto:best against the best single model, in quality
+    points and share of its cost, and whether the difference is significant."""
+    best = price["best_single"]["model"]
+    versus = price["lambda0_vs_best"]
+    points = versus["gain"] * 100
+    if round(points, 1) == 0:
+        verb = f"matches the best single model ({best})"
+    elif points > 0:
+        verb = f"beats the best single model ({best}) by {points:.1f} points"
+    else:
+        verb = f"is {-points:.1f} points below the best single model ({best})"
+    p = versus["p_value"]
+    significant = "is" if p < SIGNIFICANCE else "is not"
+    return (
+        f"auto:best {verb} at {versus['cost_share']:.0%} of its cost; the difference "
+        f"{significant} significant ({'p<0.001' if p < 0.001 else f'p={p:.3f}'}, sign test "
+        f"over prompts: better on {versus['wins']}, worse on {versus['losses']}, tied on "
+        f"{versus['ties']})."
+    )
+
+
 def markdown(report: dict[str, Any]) -> str:
     ev = report["evaluation"]
     price = ev["price"]
@@ -114,6 +143,8 @@ def markdown(report: dict[str, Any]) -> str:
     best = price["best_single"]
     lines = [
         f"# Selector evaluation — {report['artifact_version']}",
+        "",
+        summary(price),
         "",
         f"Deduplicated LLMRouter test split: {ev['prompts']} prompts "
         f"({ev['dropped_test_prompts']} dropped because they occur in train). "
@@ -184,6 +215,15 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# Where a model's name may go around its marker (offset points, the text 6 points
+# high), nearest first: right or left of it, ever further above or below.
+_LABEL_OFFSETS = tuple(
+    (dx, dy + sign * 8 * step)
+    for step in range(16)
+    for dx, dy, sign in ((4, 3, 1), (4, -9, -1), (-4, 3, 1), (-4, -9, -1))
+)
+
+
 def _panel(ax: Any, summary: dict[str, Any], xlabel: str) -> None:
     router = sorted(summary["router_curve"], key=lambda p: p["cost"])
     xs, ys, top = [], [], -1.0
@@ -191,8 +231,15 @@ def _panel(ax: Any, summary: dict[str, Any], xlabel: str) -> None:
         top = max(top, p["quality"])
         xs.append(p["cost"])
         ys.append(top)
-    ax.step(xs, ys, where="post", label="router (step frontier)", color="C0")
-    ax.scatter([p["cost"] for p in router], [p["quality"] for p in router], s=8, color="C0")
+    ax.step(xs, ys, where="post", color="C0", label="router: best quality at this cost or less")
+    ax.scatter(
+        [p["cost"] for p in router],
+        [p["quality"] for p in router],
+        s=8,
+        color="C0",
+        alpha=0.6,
+        label="router at each λ",
+    )
     size = sorted(summary["size_only"], key=lambda p: p["cost"])
     ax.scatter(
         [p["cost"] for p in size],
@@ -200,23 +247,22 @@ def _panel(ax: Any, summary: dict[str, Any], xlabel: str) -> None:
         marker="^",
         s=14,
         color="C2",
-        label="size-only rule (λ sweep)",
+        label="size-only rule at each λ",
     )
-    for s in summary["singles"]:
-        ax.scatter([s["cost"]], [s["quality"]], marker="s", color="C1")
-        ax.annotate(
-            s["model"],
-            (s["cost"], s["quality"]),
-            fontsize=6,
-            xytext=(3, 2),
-            textcoords="offset points",
-        )
+    singles = summary["singles"]
+    ax.scatter(
+        [s["cost"] for s in singles],
+        [s["quality"] for s in singles],
+        marker="s",
+        color="C1",
+        label="single models (named)",
+    )
     ax.scatter(
         [summary["random"]["cost"]],
         [summary["random"]["quality"]],
         marker="x",
         color="C3",
-        label="random",
+        label="random choice",
     )
     ax.scatter(
         [summary["oracle"]["cost"]],
@@ -224,20 +270,92 @@ def _panel(ax: Any, summary: dict[str, Any], xlabel: str) -> None:
         marker="*",
         s=80,
         color="C4",
-        label="oracle",
+        label="oracle (cheapest correct model)",
     )
     ax.set_xlabel(xlabel)
     ax.set_ylabel("quality (mean score)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    # Below the axes: the legend cannot cover points or names.
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
+
+
+def _drawn(ax: Any) -> tuple[Any, list[MplPath]]:
+    """What names should not cover, in display coordinates: each marker's centre and
+    each line as drawn (a step line with its steps)."""
+    points = [ax.transData.transform(c.get_offsets()) for c in ax.collections]
+    lines = []
+    for line in ax.lines:
+        xs, ys = cbook.STEP_LOOKUP_MAP[line.get_drawstyle()](line.get_xdata(), line.get_ydata())
+        lines.append(MplPath(ax.transData.transform(np.column_stack([xs, ys]))))
+    return np.concatenate(points) if points else np.empty((0, 2)), lines
+
+
+def _name_singles(ax: Any, singles: list[dict[str, Any]]) -> None:
+    """Each single model's name beside its marker, at the nearest offset where it stays
+    inside the axes, overlaps no name placed before it and covers no marker or line;
+    failing that, the nearest that only keeps clear of the other names. A thin line
+    joins a name set further off to its marker. Run once the layout is final: the
+    checks are in display coordinates."""
+    renderer = ax.figure.canvas.get_renderer()
+    inside = ax.get_window_extent(renderer)
+    points, lines = _drawn(ax)
+    placed: list[Any] = []
+
+    def label(s: dict[str, Any], n: int) -> tuple[Any, Any]:
+        offset = _LABEL_OFFSETS[n]
+        text = ax.annotate(
+            s["model"],
+            (s["cost"], s["quality"]),
+            xytext=offset,
+            textcoords="offset points",
+            fontsize=6,
+            va="bottom" if offset[1] > 0 else "top",
+            ha="left" if offset[0] > 0 else "right",
+            arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.5"} if n >= 4 else None,
+        )
+        text.update_positions(renderer)
+        return text, Text.get_window_extent(text, renderer)  # the words, not the leader
+
+    for s in sorted(singles, key=lambda s: (-s["quality"], s["cost"])):
+        apart, clear = [], []
+        for n in range(len(_LABEL_OFFSETS)):
+            text, box = label(s, n)
+            text.remove()
+            fits = inside.contains(box.x0, box.y0) and inside.contains(box.x1, box.y1)
+            if not fits or any(box.overlaps(other) for other in placed):
+                continue
+            apart.append(n)
+            near = box.padded(2)
+            covered = (
+                (points[:, 0] >= near.x0)
+                & (points[:, 0] <= near.x1)
+                & (points[:, 1] >= near.y0)
+                & (points[:, 1] <= near.y1)
+            )
+            if not covered.any() and not any(p.intersects_bbox(near, filled=False) for p in lines):
+                clear.append(n)
+                break
+        text, box = label(s, (clear or apart or [len(_LABEL_OFFSETS) - 1])[0])
+        placed.append(box)
+
+
+def figure(report: dict[str, Any]) -> Any:
+    fig, axes = plt.subplots(1, 2, figsize=(12, 6))
+    panels = (
+        (axes[0], report["evaluation"]["price"], "mean cost ($ per million tokens)"),
+        (axes[1], report["evaluation"]["params"], "mean cost (parameters, billions)"),
+    )
+    for ax, summary_, xlabel in panels:
+        _panel(ax, summary_, xlabel)
+    fig.suptitle(f"Quality vs cost — {report['artifact_version']}")
+    fig.tight_layout()
+    for ax, summary_, _ in panels:
+        _name_singles(ax, summary_["singles"])
+    return fig
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
-    _panel(axes[0], report["evaluation"]["price"], "mean cost ($ per million tokens)")
-    _panel(axes[1], report["evaluation"]["params"], "mean cost (parameters, billions)")
-    fig.suptitle(f"Quality vs cost — {report['artifact_version']}")
-    fig.tight_layout()
+    fig = figure(report)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
