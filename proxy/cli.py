@@ -196,6 +196,7 @@ def demo_banner(config: Config) -> str:
         f"  curl {address}/api/chat -d '{_chat_body(large, 'hello')}'\n"
         f"  OLLAMA_HOST={address} ollama list\n"
         f"\n"
+        f"Status page (backends, traffic, auto's choices): {address}/api/autoroute/dashboard\n"
         f"Usage events: {config.usage.file_path}\n"
         f"Ctrl-C to stop.\n"
     )

@@ -120,6 +120,14 @@ async def test_auto_chooses_differently_per_prompt_and_profile_on_the_demo(
     assert float(headers["X-Autoroute-Score"]) == pytest.approx(
         code["ranking"][0]["utility"], abs=1e-3
     )
+    # The status page the banner names shows that choice.
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(url + "/api/autoroute/dashboard.json") as resp,
+    ):
+        page = orjson.loads(await resp.read())
+    chosen = {(c["profile"], c["model"]) for c in page["auto"]["choices"]}
+    assert (code["profile"], code["model"]) in chosen, page["auto"]["choices"]
 
 
 def test_the_banner_shows_auto_first_the_models_and_how_to_stop() -> None:
@@ -134,6 +142,7 @@ def test_the_banner_shows_auto_first_the_models_and_how_to_stop() -> None:
     assert '"model": "auto"' in curls[0]  # auto comes first
     assert any(f"{address}/api/autoroute/explain" in c for c in curls)
     assert any(f'"model": "{DEMO_BACKENDS[1][2][0]}"' in c for c in curls)
+    assert f"{address}/api/autoroute/dashboard" in banner
     assert banner.rstrip().endswith("Ctrl-C to stop.")
 
 
