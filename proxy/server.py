@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -23,6 +24,8 @@ from proxy.metrics import Metrics
 from proxy.outcome import OUTCOME, Decided, Hook, Outcome, Served
 from proxy.protocol import REQUEST_ID_HEADER
 from proxy.routes import Router
+
+log = logging.getLogger("autoroute.server")
 
 
 class Server:
@@ -92,7 +95,12 @@ class Server:
             self.metrics.in_flight -= 1
             served.ended = time.perf_counter()
             for hook in self.hooks:
-                hook(request, outcome)
+                try:
+                    hook(request, outcome)
+                except Exception:
+                    # One observer failing must not cost the others their record (the
+                    # usage hook, last, makes the request's one usage event).
+                    log.exception("completion hook %s failed", getattr(hook, "__qualname__", hook))
         return response
 
     def _admit(self, request: web.Request, decided: Decided) -> web.StreamResponse | None:

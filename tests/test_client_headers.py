@@ -266,3 +266,29 @@ def test_an_event_takes_any_string_the_request_left() -> None:
     parsed = orjson.loads(ev.complete(captured, log_prompts=False).line())
     assert parsed["outcome"]["error"] == "backend said \ufffd"
     assert parsed["client"]["user_agent"] == "ua\ufffd" and parsed["client"]["user"] == "user\ufffd"
+
+
+async def test_a_failing_completion_hook_costs_no_other_hook_its_record(
+    file_proxy: Proxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An observer that raises is logged; the hooks after it (the usage event among
+    them) still see the request, and the client's answer is untouched."""
+    server = file_proxy.app[APP_KEY].server
+
+    def broken(request: object, outcome: Outcome) -> None:
+        raise RuntimeError("observer bug")
+
+    server.hooks = (broken, *server.hooks)
+    model = "llama3.1:8b"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            file_proxy.url + "/api/generate",
+            json={"model": model, "prompt": "hi", "stream": False},
+        ) as resp,
+    ):
+        assert resp.status == 200
+        await resp.read()
+    (event,) = await events_of(file_proxy, 1)
+    assert event["served_model"] == model
+    assert "observer bug" in caplog.text
