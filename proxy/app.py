@@ -116,7 +116,7 @@ class App:
         self._spawn(self._watch_artifact())
         self._spawn(self.learner.run())
         if self.config.selector.profile_models:
-            self._spawn(idle_profiler(self).run())
+            self._spawn(idle_profiler(self.config, self.backends, self.metrics).run())
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)

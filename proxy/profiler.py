@@ -27,7 +27,8 @@ from selector_model.profiling.graders import Grade, grade
 from selector_model.profiling.suite import Item, Suite
 
 if TYPE_CHECKING:
-    from proxy.app import App
+    from proxy.backends import BackendPool
+    from proxy.metrics import Metrics
 
 log = logging.getLogger("autoroute.profiling")
 
@@ -277,20 +278,20 @@ class IdleProfiler:
                 await asyncio.sleep(self.check_seconds)
 
 
-def idle_profiler(proxy: App) -> IdleProfiler:
+def idle_profiler(config: Config, backends: BackendPool, metrics: Metrics) -> IdleProfiler:
     """The idle profiler of a running proxy: idle means no request in flight, and a
     model's backend is one whose model list has it."""
 
     def backend_for(model: str) -> str | None:
         name = normalize_model(model)
-        for state in proxy.backends.states:
+        for state in backends.states:
             if state.models is not None and name in state.models:
                 return state.config.url
         return None
 
     return IdleProfiler(
-        proxy.config,
-        busy=lambda: proxy.metrics.in_flight > 0,
+        config,
+        busy=lambda: metrics.in_flight > 0,
         backend_for=backend_for,
-        check_seconds=max(proxy.config.health.interval_seconds, 1.0),
+        check_seconds=max(config.health.interval_seconds, 1.0),
     )
