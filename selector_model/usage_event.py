@@ -107,6 +107,9 @@ class UsageEvent:
     requested_model: str | None = None
     served_model: str | None = None
     backend: str | None = None
+    # The response cache: "hit" (answered from it, `backend` null), "miss" (cacheable,
+    # answered by a backend), null (not cacheable, or no cache).
+    cache: str | None = None
     # `auto`'s decision (`selector_model.policy.Decision.to_json`), else null.
     decision: dict[str, Any] | None = field(default=None, metadata=_NO_COLUMN)
     features: Features | None = field(default=None, metadata=_NO_COLUMN)
