@@ -107,9 +107,6 @@ class UsageEvent:
     requested_model: str | None = None
     served_model: str | None = None
     backend: str | None = None
-    # The response cache: "hit" (answered from it, `backend` null), "miss" (cacheable,
-    # answered by a backend), null (not cacheable, or no cache).
-    cache: str | None = None
     # `auto`'s decision (`selector_model.policy.Decision.to_json`), else null.
     decision: dict[str, Any] | None = field(default=None, metadata=_NO_COLUMN)
     features: Features | None = field(default=None, metadata=_NO_COLUMN)
@@ -120,6 +117,10 @@ class UsageEvent:
     outcome: Answer = field(default_factory=Answer)
     # The mean of the request's feedback where a reader joined it; null as written.
     rating: float | None = field(default=None, metadata=_NO_COLUMN)
+    # The response cache: "hit" (answered from it, `backend` null), "miss" (cacheable,
+    # answered by a backend), null (not cacheable, or no cache). Last: the fields
+    # before it keep the order they have always been written in.
+    cache: str | None = None
 
     def document(self) -> dict[str, Any]:
         """The JSON object, as written."""

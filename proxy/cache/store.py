@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
-from aiocache import RedisCache, SimpleMemoryCache
+from aiocache import SimpleMemoryCache
 from aiocache.serializers import NullSerializer
 from prometheus_client import CollectorRegistry, Counter
 
@@ -191,6 +191,10 @@ def _backend(config: CacheConfig) -> Any:
     ttl = config.ttl_seconds
     if config.backend == "memory":
         return SimpleMemoryCache(serializer=serializer, namespace=config.namespace, ttl=ttl)
+    # aiocache offers its Redis backend only where redis-py is installed
+    # (`aiocache[redis]`): imported when configured, so the memory backend needs none.
+    from aiocache.backends.redis import RedisCache
+
     url = urlsplit(config.redis_url)
     return RedisCache(
         serializer=serializer,
