@@ -372,5 +372,5 @@ def test_the_ollama_client_reads_a_hit(caching: Proxy) -> None:
     chunks = list(
         client.generate(model=MODEL, prompt="Why is the sky blue?", options=GREEDY, stream=True)
     )
-    assert "".join(c.response for c in chunks) == first.response
+    assert "".join(c.response or "" for c in chunks) == first.response
     assert chunks[-1].done and chunks[-1].eval_count == first.eval_count
