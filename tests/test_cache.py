@@ -9,6 +9,7 @@ import hashlib
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,12 @@ import orjson
 import pytest
 
 from proxy.config import ApiKey, Auth, Cache, Usage
+from proxy.learning import decision_of
+from selector_model import features
+from selector_model.usage_event import Answer as UsageAnswer
+from selector_model.usage_event import Features, UsageEvent
 from tests.support import Emulator, Proxy, ServerThread, free_port
+from training.data import usage_examples
 
 MODEL = "qwen2.5:7b"
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -374,3 +380,22 @@ def test_the_ollama_client_reads_a_hit(caching: Proxy) -> None:
     )
     assert "".join(c.response or "" for c in chunks) == first.response
     assert chunks[-1].done and chunks[-1].eval_count == first.eval_count
+
+
+def test_a_replayed_answer_is_no_new_evidence() -> None:
+    """Online learning and training count a model's answer once, not per replay."""
+    event = UsageEvent(
+        request_id="r1",
+        endpoint="/api/chat",
+        served_model=MODEL,
+        decision={"chosen": MODEL, "p_success": 0.8, "propensity": 1.0},
+        features=Features(features.SCHEMA_VERSION, [0.0] * len(features.REQUEST_FEATURES)),
+        candidate={"name": MODEL},
+        outcome=UsageAnswer(status=200, done_reason="stop"),
+        cache="miss",
+    )
+    hit = replace(event, request_id="r2", cache="hit")
+    assert decision_of(event.document()) is not None
+    assert decision_of(hit.document()) is None
+    examples, stats = usage_examples([event, hit])
+    assert (len(examples), stats.used, stats.skipped_unanswered) == (1, 1, 1)

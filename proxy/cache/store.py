@@ -182,7 +182,12 @@ class ResponseCache:
     async def close(self) -> None:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.backend.close()
+        if self.memory:
+            await self.backend.close()
+        else:
+            # aiocache 0.12 closes redis-py's client with `close`, which redis-py 5
+            # deprecates for `aclose`: the client is closed directly.
+            await self.backend.client.aclose()
 
 
 def _backend(config: CacheConfig) -> Any:
