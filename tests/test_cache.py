@@ -5,6 +5,7 @@ deleted afterwards)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
 import uuid
@@ -135,19 +136,28 @@ def _redis_keys(namespace: str) -> list[bytes]:
         client.close()
 
 
+@contextlib.contextmanager
+def redis_namespace() -> Iterator[Cache]:
+    """A Redis cache configuration on a namespace of its own, deleted afterwards."""
+    redis = pytest.importorskip("redis")
+    namespace = f"autoroute-test:{uuid.uuid4().hex}"
+    try:
+        yield Cache(enabled=True, backend="redis", redis_url=REDIS_URL, namespace=namespace)
+    finally:
+        client = redis.Redis.from_url(REDIS_URL)
+        keys = list(client.scan_iter(match=f"{namespace}:*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
 @pytest.fixture(params=["memory", "redis"])
 def cache_config(request: pytest.FixtureRequest) -> Iterator[Cache]:
-    namespace = f"autoroute-test:{uuid.uuid4().hex}"
     if request.param == "memory":
-        yield Cache(enabled=True, namespace=namespace)
+        yield Cache(enabled=True, namespace=f"autoroute-test:{uuid.uuid4().hex}")
         return
-    redis = pytest.importorskip("redis")
-    yield Cache(enabled=True, backend="redis", redis_url=REDIS_URL, namespace=namespace)
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(match=f"{namespace}:*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    with redis_namespace() as config:
+        yield config
 
 
 @pytest.fixture
@@ -399,3 +409,46 @@ def test_a_replayed_answer_is_no_new_evidence() -> None:
     assert decision_of(hit.document()) is None
     examples, stats = usage_examples([event, hit])
     assert (len(examples), stats.used, stats.skipped_unanswered) == (1, 1, 1)
+
+
+def test_proxies_on_one_redis_share_answers(servers: ServerThread, own_emulator: Emulator) -> None:
+    with redis_namespace() as config:
+        first = Proxy(servers, [own_emulator.url], cache=config)
+        second = Proxy(servers, [own_emulator.url], cache=config)
+        try:
+            path, doc = CASES["v1-chat-sse"]
+            miss = fetch(first, path, doc)
+            assert miss.header("X-Autoroute-Cache") == "miss"
+            wait_stored(first, 1)
+            sent = inference_requests(own_emulator)
+            hit = fetch(second, path, doc)
+            assert hit.header("X-Autoroute-Cache") == "hit"
+            assert hit.raw == miss.raw
+            assert inference_requests(own_emulator) == sent
+        finally:
+            first.stop()
+            second.stop()
+
+
+def test_size_bounds(servers: ServerThread, own_emulator: Emulator) -> None:
+    path, doc = CASES["chat-whole"]
+    other = {**doc, "messages": [{"role": "user", "content": "hello"}]}
+    small = Cache(enabled=True, max_entry_bytes=100)
+    proxy = Proxy(servers, [own_emulator.url], cache=small)
+    try:
+        for _ in range(2):  # larger than an entry may be: never kept
+            assert fetch(proxy, path, doc).header("X-Autoroute-Cache") == "miss"
+        assert metrics(proxy).get("autoroute_cache_stored_total") == 0
+    finally:
+        proxy.stop()
+    proxy = Proxy(servers, [own_emulator.url], cache=Cache(enabled=True, max_entries=1))
+    try:
+        fetch(proxy, path, doc)
+        wait_stored(proxy, 1)
+        fetch(proxy, path, other)
+        wait_stored(proxy, 2)
+        # One entry at most: the newer answer pushed the older one out.
+        assert fetch(proxy, path, other).header("X-Autoroute-Cache") == "hit"
+        assert fetch(proxy, path, doc).header("X-Autoroute-Cache") == "miss"
+    finally:
+        proxy.stop()
