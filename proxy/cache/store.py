@@ -81,7 +81,8 @@ class Capture:
     def entry(self, served: Served) -> Entry | None:
         """The entry to keep: only a whole 200 answer that ended with its final chunk
         (its done_reason or finish_reason read), recorded within the size bound. An
-        error, a cancelled or cut-off answer, a bounced retry is not one."""
+        error, a cancelled or cut-off answer, a bounced retry is not one, nor an HTTP/1.0
+        client's answer (the relay buffers it whole instead of relaying it)."""
         head = self.head
         if (
             head is None
@@ -101,6 +102,8 @@ class ResponseCache:
         self.config = config
         self.backend: Any = _backend(config)
         self.memory = config.backend == "memory"
+        # A dict read cannot hang: no timer (aiocache's 0 is none) for the memory backend.
+        self._lookup_timeout = 0 if self.memory else config.lookup_timeout_seconds
         self._tasks: set[asyncio.Task[None]] = set()
         self._warned = 0.0
         self.hits = Counter(
@@ -128,7 +131,7 @@ class ResponseCache:
     async def lookup(self, key: str) -> Entry | None:
         """The entry kept under `key`, else None (a miss, counted)."""
         try:
-            data = await self.backend.get(key, timeout=self.config.lookup_timeout_seconds)
+            data = await self.backend.get(key, timeout=self._lookup_timeout)
             entry = Entry.decode(data) if data is not None else None
         except Exception as exc:  # Redis down or slow, a foreign value: a miss
             self.failures.inc()
