@@ -19,6 +19,7 @@ from proxy.auth_store import KeyStore
 from proxy.auto import AutoRouter
 from proxy.auto_routes import AutoRoutes
 from proxy.backends import BackendPool
+from proxy.cache import ResponseCache
 from proxy.config import Config
 from proxy.dashboard import Dashboard
 from proxy.dashboard_series import Recent
@@ -62,6 +63,9 @@ class App:
         self.recent = Recent()  # the status page's charts and auto's recent choices
         self.dashboard = Dashboard(self.backends, self.auto, self.usage, self.metrics, self.recent)
         self.fanout = Fanout(self.backends, self.relay, self._spawn)
+        self.cache = (
+            ResponseCache(config.cache, self.metrics.registry) if config.cache.enabled else None
+        )
         self.handlers = Handlers(
             config,
             self.backends,
@@ -70,6 +74,7 @@ class App:
             self.auto_routes,
             self.fanout,
             self.metrics,
+            self.cache,
         )
         # The owners the route table names its handlers by.
         self.router = Router(
@@ -136,6 +141,8 @@ class App:
             task.cancel()
         await self.backends.stop()
         await self.access.stop()
+        if self.cache is not None:
+            await self.cache.close()
         if self.key_store is not None:
             await self.key_store.close()
         # Last: requests finishing during shutdown still leave their event.

@@ -359,6 +359,27 @@ class Auth:
 
 
 @dataclass(frozen=True)
+class Cache:
+    """Answers to deterministic requests (temperature 0 or a fixed seed), kept and
+    replayed: `proxy.cache`."""
+
+    enabled: bool = False
+    # "memory": this process only; "redis": shared by every proxy pointing at it.
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Prefix of every key: proxies that should share answers use the same one.
+    namespace: str = "autoroute:cache"
+    ttl_seconds: float = 24 * 3600.0
+    # Answers larger than this (bytes as sent to the client) are not kept.
+    max_entry_bytes: int = 1024 * 1024
+    # Entries the memory backend holds (the oldest goes first); Redis bounds itself
+    # (its `maxmemory` and the TTL).
+    max_entries: int = 10_000
+    # The lookup is the one wait a cacheable request has: past this it is a miss.
+    lookup_timeout_seconds: float = 0.25
+
+
+@dataclass(frozen=True)
 class Config:
     listen: Listen = field(default_factory=Listen)
     backends: tuple[Backend, ...] = (Backend(url="http://127.0.0.1:11434"),)
@@ -370,6 +391,7 @@ class Config:
     usage: Usage = field(default_factory=Usage)
     selector: Selector = field(default_factory=Selector)
     auth: Auth = field(default_factory=Auth)
+    cache: Cache = field(default_factory=Cache)
 
     def check(self) -> Config:
         if self.logging.level.upper() not in LOG_LEVELS:

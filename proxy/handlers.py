@@ -22,11 +22,14 @@ from proxy.auth import KEY_REQUEST
 from proxy.auto import AutoError, AutoRouter, profile_of, user_key
 from proxy.auto_routes import AutoRoutes
 from proxy.backends import BackendPool, BackendState, NoBackend
+from proxy.cache import ResponseCache
+from proxy.cache.key import cache_key, cacheable, scope
+from proxy.cache.replay import CACHE_HEADER, replay
 from proxy.config import Config
 from proxy.errors import error_body, error_response
 from proxy.fanout import Fanout
 from proxy.metrics import Metrics
-from proxy.outcome import OUTCOME
+from proxy.outcome import OUTCOME, Served
 from proxy.protocol import JSON, JSON_V1
 from proxy.relay import Relay
 from proxy.routes import find
@@ -70,6 +73,7 @@ class Handlers:
         auto_routes: AutoRoutes,
         fanout: Fanout,
         metrics: Metrics,
+        cache: ResponseCache | None = None,
     ) -> None:
         self.config = config
         self.backends = backends
@@ -78,6 +82,7 @@ class Handlers:
         self.auto_routes = auto_routes
         self.fanout = fanout
         self.metrics = metrics
+        self.cache = cache
 
     def _read(self, request: web.Request) -> Awaitable[bytes]:
         return request_limits.read_body(request, self.config.timeouts.client_body_idle_seconds)
@@ -130,7 +135,7 @@ class Handlers:
                 if path == SHOW_PATH:
                     return self._model_hidden(path, model)
                 return self._model_denied(path, model)
-            return await self.relay.forward(request, served, body, model)
+            return await self._generate(request, served, doc, body, model)
         assert isinstance(doc, dict)
         if path == SHOW_PATH:
             return self.auto_routes.show(profile, key.models if key else None)
@@ -171,7 +176,26 @@ class Handlers:
                 )
             )
         doc["model"] = chosen
-        return await self.relay.forward(request, served, orjson.dumps(doc), chosen)
+        return await self._generate(request, served, doc, orjson.dumps(doc), chosen)
+
+    async def _generate(
+        self, request: web.Request, served: Served, doc: Any, body: bytes, model: str
+    ) -> web.StreamResponse:
+        """To `model`'s backend, through the response cache when the request is
+        cacheable (`proxy.cache.key`): a hit is replayed, a miss recorded and kept."""
+        cache = self.cache
+        if cache is None or not cacheable(request.path, doc, request.headers.get("Cache-Control")):
+            return await self.relay.forward(request, served, body, model)
+        key = cache_key(request.path, doc, model, scope(request))
+        entry = await cache.lookup(key)
+        if entry is not None:
+            served.cache = "hit"
+            return replay(request, served, entry)
+        served.cache = served.extra[CACHE_HEADER] = "miss"
+        capture = cache.capture(key)
+        response = await self.relay.forward(request, served, body, model, capture=capture)
+        cache.finished(capture, served)
+        return response
 
     @staticmethod
     def _model_denied(path: str, model: str) -> web.Response:

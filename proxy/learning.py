@@ -90,7 +90,9 @@ _EVENTS = (
 
 def decision_of(event: Mapping[str, Any]) -> tuple[str, str, float] | None:
     """(kind, chosen model, the selector's P(success) for it) of an `auto` usage event,
-    or None for another request."""
+    or None for another request (or a replayed answer: `outcome.replayed`)."""
+    if outcome.replayed(event):
+        return None
     decision = event.get("decision")
     if not isinstance(decision, Mapping) or not isinstance(decision.get("chosen"), str):
         return None

@@ -60,6 +60,9 @@ class Served:
     stats: dict[str, int | str] = field(default_factory=dict)
     # The client read slower than the backend wrote: the backend was paused meanwhile.
     client_paused: bool = False
+    # The response cache: "hit" (answered from it), "miss" (cacheable, answered by a
+    # backend), None (not cacheable, or no cache).
+    cache: str | None = None
     ended: float = 0.0  # perf_counter() when the handler finished
 
 

@@ -18,6 +18,7 @@ from aiohttp import web
 from proxy import final_chunk, http11
 from proxy.aiohttp_internals import client_transport, wait_drained, writing_paused
 from proxy.backends import BackendPool, BackendState, NoBackend
+from proxy.cache import Capture
 from proxy.config import Config
 from proxy.errors import error_response, stream_error_line
 from proxy.http11 import ResponseHead, dechunk
@@ -85,9 +86,11 @@ class Relay:
         body: bytes | None,
         model: str | None,
         only: BackendState | None = None,
+        capture: Capture | None = None,
     ) -> web.StreamResponse:
         """Relay to the best backend for `model`; `body=None` streams the client's body
-        (uploads), which cannot be replayed, so it is never retried. A retry goes only
+        (uploads), which cannot be replayed, so it is never retried. `capture` records
+        the answer as the client gets it, for the response cache. A retry goes only
         to another backend that has the model; when none is left, the client gets the
         last backend's own answer, whatever its status."""
         tried: list[BackendState] = []
@@ -109,7 +112,7 @@ class Relay:
                 and len(tried) < retries
                 and self.backends.can_retry(model, [*tried, state])
             )
-            client = ClientLeg(request, outcome, may_retry)
+            client = ClientLeg(request, outcome, may_retry, capture)
             try:
                 head = await self.exchange(request, state, body, client, outcome.request_id)
             except UpstreamError as exc:
@@ -275,8 +278,15 @@ class ClientLeg(Answer):
     is kept here, not on the upstream connection, which goes back to the pool for
     another request at `release`."""
 
-    def __init__(self, request: web.Request, outcome: Served, may_retry: bool = False) -> None:
+    def __init__(
+        self,
+        request: web.Request,
+        outcome: Served,
+        may_retry: bool = False,
+        capture: Capture | None = None,
+    ) -> None:
         super().__init__()
+        self.capture = capture
         self.transport = client_transport(request)
         self.protocol = request.protocol
         self.version = request.version
@@ -332,7 +342,10 @@ class ClientLeg(Answer):
         # Latin-1); the proxy's own values may hold what a client sent (an id), as
         # the bytes it sent.
         out = bytearray(b"HTTP/1.1 %d %b\r\n" % (head.status, head.reason.encode("latin-1")))
-        for name, value in self._backend_headers(head):
+        backend_headers = self._backend_headers(head)
+        if self.capture is not None:
+            self.capture.started(head, backend_headers)
+        for name, value in backend_headers:
             out += b"%b: %b\r\n" % (name.encode("latin-1"), value.encode("latin-1"))
         for name, value in self._own_headers():
             out += b"%b: %b\r\n" % (_wire(name), _wire(value))
@@ -367,6 +380,8 @@ class ClientLeg(Answer):
             self.head_bytes = b""
         else:
             transport.write(data)
+        if self.capture is not None:
+            self.capture.add(data)
         self.body_bytes += len(data)
         # Two references per chunk: enough to read the final chunk's counters later.
         self.previous, self.last = self.last, data

@@ -70,6 +70,12 @@ def implicit(outcome: Mapping[str, Any], retried: bool = False) -> Result | None
     return Result(1.0, COMPLETED, "completed")
 
 
+def replayed(event: Mapping[str, Any]) -> bool:
+    """The answer came from the proxy's response cache: a copy of an answer its own
+    event already counts, so it is no new evidence of the model."""
+    return event.get("cache") == "hit"
+
+
 def of_event(event: Mapping[str, Any], retried: bool = False) -> Result | None:
     """A usage event's outcome: its `rating` (the mean of its feedback, as export and
     the PostgreSQL join fill it in) when present, else the implicit signals."""

@@ -117,6 +117,10 @@ class UsageEvent:
     outcome: Answer = field(default_factory=Answer)
     # The mean of the request's feedback where a reader joined it; null as written.
     rating: float | None = field(default=None, metadata=_NO_COLUMN)
+    # The response cache: "hit" (answered from it, `backend` null), "miss" (cacheable,
+    # answered by a backend), null (not cacheable, or no cache). Last: the fields
+    # before it keep the order they have always been written in.
+    cache: str | None = None
 
     def document(self) -> dict[str, Any]:
         """The JSON object, as written."""

@@ -30,6 +30,7 @@ EVENT = UsageEvent(
     candidate={"name": "llama3.1:8b"},
     prompt_sha256="ab",
     outcome=Answer(status=200, done_reason="stop", eval_count=7, ttfc_ms=1.5, total_ms=9.0),
+    cache="hit",
 )
 
 
@@ -51,6 +52,7 @@ def test_the_columns_are_the_tables(database: Database) -> None:
     assert set(usage_event.FEEDBACK_COLUMNS) == asyncio.run(columns("feedback"))
     row = dict(zip(usage_event.COLUMNS, usage_event.row(EVENT, b"{}"), strict=True))
     assert (row["client_user"], row["status"], row["eval_count"]) == ("ann", 200, 7)
+    assert row["cache"] == "hit"
     assert row["ts"].isoformat() == "2026-01-01T00:00:00.000001+00:00"
 
 
@@ -73,6 +75,7 @@ def test_an_event_reads_back_as_it_was_written() -> None:
         "prompt_sha256",
         "outcome",
         "rating",
+        "cache",
     ]
     logged = replace(EVENT, logged=Logged("why?"))
     doc = logged.document()

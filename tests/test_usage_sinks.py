@@ -148,6 +148,7 @@ async def test_events_reach_postgres_kafka_and_file_field_by_field(usage_proxy: 
             "prompt_sha256",
             "outcome",
             "rating",
+            "cache",
         }
         # The typed columns say what the event says.
         assert (chat["status"], chat["client_user"], chat["served_model"]) == (200, "alice", MODEL)
@@ -240,4 +241,4 @@ async def test_feedback_round_trip(usage_proxy: Proxy) -> None:
 
         await wait_for(rated, what="the rating in stats")
     versions = await db.fetch("SELECT version FROM schema_migrations ORDER BY version")
-    assert [v[0] for v in versions] == [1, 2, 3]
+    assert [v[0] for v in versions] == [1, 2, 3, 4]

@@ -217,7 +217,11 @@ def usage_examples(events: Iterable[UsageEvent | None]) -> tuple[list[Example], 
         if event.features.schema_version != features.SCHEMA_VERSION:
             stats.skipped_schema += 1
             continue
-        result = outcome.of_event(document, request_id in retried)
+        result = (
+            None
+            if outcome.replayed(document)
+            else outcome.of_event(document, request_id in retried)
+        )
         if result is None:
             stats.skipped_unanswered += 1
             continue

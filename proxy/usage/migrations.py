@@ -75,6 +75,15 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
             WHERE client_request_id IS NOT NULL;
         """,
     ),
+    (
+        4,
+        "response cache",
+        """
+        -- 'hit' (answered from the response cache), 'miss' (cacheable, answered by a
+        -- backend), NULL (not cacheable, or no cache).
+        ALTER TABLE usage_events ADD COLUMN cache text;
+        """,
+    ),
 )
 _LOCK_KEY = 0x6175746F726F7574  # "autorout"
 

@@ -1,0 +1,94 @@
+"""Which requests are cacheable, and the key their answer is kept under.
+
+A request is cacheable when its answer is determined by its input: temperature 0 or a
+fixed seed, no tools (a tool call's answer depends on what the tool returns next), and
+no `Cache-Control: no-cache` or `no-store` from the client. Read from the body as the
+backend reads it (`go_json`), after `auto` decided: the key names the model served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from proxy.auth import KEY_REQUEST
+from proxy.usage.event import api_key_id
+
+CACHEABLE_PATHS = frozenset(
+    {"/api/generate", "/api/chat", "/v1/chat/completions", "/v1/completions"}
+)
+# Ollama's own routes stream unless told not to; the OpenAI ones do not unless told to.
+_STREAM_DEFAULT = {"/api/generate": True, "/api/chat": True}
+# Not part of the key as written: `model` is the one served, `stream` as resolved
+# (absent and its default are one entry), `keep_alive` does not change the answer.
+_NOT_KEYED = frozenset({"model", "keep_alive", "stream"})
+_BYPASS = ("no-cache", "no-store")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def deterministic(path: str, doc: Mapping[str, Any]) -> bool:
+    """Temperature 0 or a fixed seed, where this API carries them, and no tools."""
+    if doc.get("tools") or doc.get("functions"):
+        return False
+    if path.startswith("/v1/"):
+        sampling: Any = doc
+    else:
+        sampling = doc.get("options")
+        if not isinstance(sampling, Mapping):
+            return False
+    temperature = sampling.get("temperature")
+    seed = sampling.get("seed")
+    return (_is_number(temperature) and temperature == 0) or (
+        isinstance(seed, int) and not isinstance(seed, bool)
+    )
+
+
+def bypassed(cache_control: str | None) -> bool:
+    """The client asked for a fresh answer (`no-cache`) or for none kept (`no-store`)."""
+    if not cache_control:
+        return False
+    directives = {d.strip().split("=", 1)[0].lower() for d in cache_control.split(",")}
+    return any(d in directives for d in _BYPASS)
+
+
+def cacheable(path: str, doc: Any, cache_control: str | None) -> bool:
+    return (
+        path in CACHEABLE_PATHS
+        and isinstance(doc, dict)
+        and not bypassed(cache_control)
+        and deterministic(path, doc)
+    )
+
+
+def streams(path: str, doc: Mapping[str, Any]) -> bool:
+    stream = doc.get("stream")
+    return stream if isinstance(stream, bool) else _STREAM_DEFAULT.get(path, False)
+
+
+def cache_key(path: str, doc: Mapping[str, Any], model: str, scope: str) -> str:
+    """SHA-256 of the canonical request (sorted keys: the same request written in
+    another field order is the same entry) and the API key's scope."""
+    body = {k: v for k, v in doc.items() if k not in _NOT_KEYED}
+    canonical = orjson.dumps(
+        [scope, path, model, streams(path, doc), body], option=orjson.OPT_SORT_KEYS
+    )
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def scope(request: web.Request) -> str:
+    """Whose answers a request may read: the API key's id when access control knows
+    it, else a hash of the credential the client sent (the backend may tell keys
+    apart), else "no key"."""
+    key = request.get(KEY_REQUEST)
+    if key is not None:
+        return f"key:{key.id}"
+    credential = request.headers.get("Authorization") or request.headers.get("X-Api-Key")
+    hashed = api_key_id(credential)
+    return f"credential:{hashed}" if hashed else "no key"

@@ -1,0 +1,68 @@
+"""Answering a hit: the kept answer's bytes as first sent, behind a head with this
+request's own headers (X-Request-Id, X-Autoroute-*) and `X-Autoroute-Cache: hit`.
+
+A stream goes out as the same chunks (NDJSON lines or SSE events, the final one with
+its counters), in one write: it is all there. An HTTP/1.0 client, which cannot read
+chunked framing, gets the body whole, as the relay gives it.
+"""
+
+from __future__ import annotations
+
+import time
+from email.utils import formatdate
+
+from aiohttp import web
+
+from proxy import final_chunk
+from proxy.aiohttp_internals import client_transport
+from proxy.cache.store import Entry
+from proxy.http11 import dechunk
+from proxy.outcome import Served
+from proxy.protocol import REQUEST_ID_HEADER
+from proxy.relayed_response import RelayedResponse
+
+CACHE_HEADER = "X-Autoroute-Cache"
+# Enough of the end of the answer to hold its final chunk's counters.
+_TAIL_BYTES = 16 * 1024
+
+
+def _wire(value: str) -> bytes:
+    return value.encode("utf-8", "surrogateescape")
+
+
+def _dated(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The kept headers with the backend's `Date` (where it sent one) made now."""
+    now = formatdate(usegmt=True)
+    return [(n, now if n.lower() == "date" else v) for n, v in headers]
+
+
+def replay(request: web.Request, served: Served, entry: Entry) -> web.StreamResponse:
+    served.extra[CACHE_HEADER] = "hit"
+    served.status = entry.status
+    served.stats = final_chunk.parse(entry.body[-_TAIL_BYTES:])
+    own = [(REQUEST_ID_HEADER, served.request_id), *served.extra.items()]
+    if request.version < (1, 1):
+        body = dechunk(entry.body) if entry.chunked else entry.body
+        response = web.Response(status=entry.status, reason=entry.reason, body=body)
+        for name, value in (*_dated(entry.headers), *own):
+            response.headers.add(name, value)
+        served.body_bytes = len(body)
+        served.first_byte_at = time.perf_counter()
+        return response
+    out = bytearray(b"HTTP/1.1 %d %b\r\n" % (entry.status, entry.reason.encode("latin-1")))
+    for name, value in _dated(entry.headers):
+        out += b"%b: %b\r\n" % (name.encode("latin-1"), value.encode("latin-1"))
+    for name, value in own:
+        out += b"%b: %b\r\n" % (_wire(name), _wire(value))
+    if entry.chunked:
+        out += b"Transfer-Encoding: chunked\r\n"
+    else:
+        out += b"Content-Length: %d\r\n" % len(entry.body)
+    keep_alive = request.keep_alive
+    if not keep_alive:
+        out += b"Connection: close\r\n"
+    out += b"\r\n"
+    client_transport(request).write(bytes(out) + entry.body)
+    served.first_byte_at = time.perf_counter()
+    served.body_bytes = len(entry.body)
+    return RelayedResponse(entry.status, keep_alive)

@@ -1,0 +1,454 @@
+"""The response cache end to end: the real proxy in front of an emulator, with the
+in-memory backend and with the machine's Redis (127.0.0.1:6379, a namespace per test,
+deleted afterwards)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import ollama
+import orjson
+import pytest
+
+from proxy.config import ApiKey, Auth, Cache, Usage
+from proxy.learning import decision_of
+from selector_model import features
+from selector_model.usage_event import Answer as UsageAnswer
+from selector_model.usage_event import Features, UsageEvent
+from tests.support import Emulator, Proxy, ServerThread, free_port
+from training.data import usage_examples
+
+MODEL = "qwen2.5:7b"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+GREEDY = {"temperature": 0}
+# (path, body): each API's streaming and whole answers.
+CASES: dict[str, tuple[str, dict[str, Any]]] = {
+    "generate-ndjson": (
+        "/api/generate",
+        {"model": MODEL, "prompt": "Why is the sky blue?", "options": GREEDY},
+    ),
+    "chat-whole": (
+        "/api/chat",
+        {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "hi"}],
+            "stream": False,
+            "options": GREEDY,
+        },
+    ),
+    "v1-chat-sse": (
+        "/v1/chat/completions",
+        {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "hi"}],
+            "stream": True,
+            "temperature": 0,
+        },
+    ),
+    "v1-chat-whole": (
+        "/v1/chat/completions",
+        {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "temperature": 0},
+    ),
+}
+
+
+class Answer:
+    def __init__(self, status: int, headers: list[tuple[str, str]], raw: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.raw = raw  # the body as sent, chunk framing included
+
+    def header(self, name: str) -> str | None:
+        return next((v for n, v in self.headers if n.lower() == name.lower()), None)
+
+
+async def _fetch(port: int, path: str, body: bytes, headers: dict[str, str]) -> Answer:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        head += "".join(f"{n}: {v}\r\n" for n, v in headers.items())
+        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        writer.write(head.encode() + body)
+        answer = await asyncio.wait_for(reader.read(), 30)
+    finally:
+        writer.close()
+    head_bytes, _, raw = answer.partition(b"\r\n\r\n")
+    lines = head_bytes.decode("latin-1").split("\r\n")
+    fields = [(n.strip(), v.strip()) for n, _, v in (line.partition(":") for line in lines[1:])]
+    return Answer(int(lines[0].split()[1]), fields, raw)
+
+
+def fetch(
+    proxy: Proxy, path: str, doc: dict[str, Any], headers: dict[str, str] | None = None
+) -> Answer:
+    return asyncio.run(_fetch(proxy.port, path, orjson.dumps(doc), headers or {}))
+
+
+def metrics(proxy: Proxy) -> dict[str, float]:
+    text = asyncio.run(_get(proxy.port, "/metrics"))
+    values = {}
+    for line in text.splitlines():
+        if line.startswith("autoroute_cache_"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+async def _get(port: int, path: str) -> str:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    answer = await asyncio.wait_for(reader.read(), 30)
+    writer.close()
+    return answer.partition(b"\r\n\r\n")[2].decode()
+
+
+def wait_stored(proxy: Proxy, count: int) -> None:
+    """Storing runs in the background after the answer: wait until it has."""
+    deadline = time.monotonic() + 10
+    while metrics(proxy).get("autoroute_cache_stored_total", 0) < count:
+        assert time.monotonic() < deadline, "the answer was never stored"
+        time.sleep(0.02)
+
+
+def inference_requests(emulator: Emulator) -> int:
+    return sum(
+        n
+        for p, n in emulator.state.requests.items()
+        if p in ("/api/generate", "/api/chat", "/v1/chat/completions")
+    )
+
+
+def _redis_keys(namespace: str) -> list[bytes]:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        return list(client.scan_iter(match=f"{namespace}:*"))
+    finally:
+        client.close()
+
+
+@contextlib.contextmanager
+def redis_namespace() -> Iterator[Cache]:
+    """A Redis cache configuration on a namespace of its own, deleted afterwards."""
+    redis = pytest.importorskip("redis")
+    namespace = f"autoroute-test:{uuid.uuid4().hex}"
+    try:
+        yield Cache(enabled=True, backend="redis", redis_url=REDIS_URL, namespace=namespace)
+    finally:
+        client = redis.Redis.from_url(REDIS_URL)
+        keys = list(client.scan_iter(match=f"{namespace}:*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def cache_config(request: pytest.FixtureRequest) -> Iterator[Cache]:
+    if request.param == "memory":
+        yield Cache(enabled=True, namespace=f"autoroute-test:{uuid.uuid4().hex}")
+        return
+    with redis_namespace() as config:
+        yield config
+
+
+@pytest.fixture
+def caching(servers: ServerThread, own_emulator: Emulator, cache_config: Cache) -> Iterator[Proxy]:
+    prx = Proxy(servers, [own_emulator.url], cache=cache_config)
+    yield prx
+    prx.stop()
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_hit_replays_the_miss(case: str, caching: Proxy, own_emulator: Emulator) -> None:
+    path, doc = CASES[case]
+    miss = fetch(caching, path, doc)
+    assert miss.status == 200
+    assert miss.header("X-Autoroute-Cache") == "miss"
+    wait_stored(caching, 1)
+    sent = inference_requests(own_emulator)
+    hit = fetch(caching, path, doc)
+    assert inference_requests(own_emulator) == sent  # the backend never saw it
+    assert hit.status == 200
+    assert hit.header("X-Autoroute-Cache") == "hit"
+    # The body is the miss's, byte for byte and chunk for chunk (created_at, ids and
+    # durations included: the answer as it was made).
+    assert hit.raw == miss.raw
+    # The same headers, in the same order; only the date, the request's own id and
+    # the cache's verdict differ.
+    varying = {"date", "x-request-id", "x-autoroute-cache"}
+    assert [n for n, _ in hit.headers] == [n for n, _ in miss.headers]
+    assert [h for h in hit.headers if h[0].lower() not in varying] == [
+        h for h in miss.headers if h[0].lower() not in varying
+    ]
+    assert hit.header("X-Request-Id") != miss.header("X-Request-Id")
+    counted = metrics(caching)
+    assert counted["autoroute_cache_hits_total"] == 1
+    assert counted["autoroute_cache_misses_total"] == 1
+    assert counted["autoroute_cache_bytes_saved_total"] > 0
+    if caching.config.cache.backend == "redis":
+        assert len(_redis_keys(caching.config.cache.namespace)) == 1
+
+
+def test_streams_and_whole_answers_are_separate_entries(caching: Proxy) -> None:
+    path, doc = CASES["generate-ndjson"]
+    fetch(caching, path, doc)
+    wait_stored(caching, 1)
+    whole = fetch(caching, path, {**doc, "stream": False})
+    assert whole.header("X-Autoroute-Cache") == "miss"
+    assert whole.header("Content-Type") == "application/json; charset=utf-8"
+    # `stream: true` is Ollama's default: the same entry as leaving it out.
+    assert fetch(caching, path, {**doc, "stream": True}).header("X-Autoroute-Cache") == "hit"
+
+
+def test_what_is_not_cacheable(caching: Proxy, own_emulator: Emulator) -> None:
+    path, doc = CASES["chat-whole"]
+    sampled = {**doc, "options": {"temperature": 0.7}}
+    seeded = {**doc, "options": {"temperature": 0.7, "seed": 42}}
+    tools = {**doc, "tools": [{"type": "function", "function": {"name": "f"}}]}
+    for body, headers in (
+        (sampled, {}),
+        (tools, {}),
+        (doc, {"Cache-Control": "no-cache"}),
+        (doc, {"Cache-Control": "max-age=0, no-store"}),
+    ):
+        sent = inference_requests(own_emulator)
+        for _ in range(2):
+            answer = fetch(caching, path, body, headers)
+            assert answer.status == 200
+            assert answer.header("X-Autoroute-Cache") is None
+        assert inference_requests(own_emulator) == sent + 2
+    # A fixed seed makes sampling repeatable: cacheable at any temperature.
+    assert fetch(caching, path, seeded).header("X-Autoroute-Cache") == "miss"
+    wait_stored(caching, 1)
+    assert fetch(caching, path, seeded).header("X-Autoroute-Cache") == "hit"
+    assert metrics(caching)["autoroute_cache_misses_total"] == 1
+
+
+def test_failed_answers_are_not_kept(caching: Proxy, own_emulator: Emulator) -> None:
+    path, doc = CASES["generate-ndjson"]
+    missing = {**doc, "model": "no-such:model"}
+    assert fetch(caching, path, missing).status == 404
+    for fault in ("error500", "close_early"):
+        own_emulator.state.fault = fault
+        answer = fetch(caching, path, doc)
+        assert answer.header("X-Autoroute-Cache") == "miss"
+    own_emulator.state.fault = "none"
+    time.sleep(0.2)  # room for a store that must not happen
+    assert metrics(caching).get("autoroute_cache_stored_total") == 0
+    assert fetch(caching, path, doc).header("X-Autoroute-Cache") == "miss"
+    wait_stored(caching, 1)
+
+
+def test_a_cancelled_answer_is_not_kept(servers: ServerThread, cache_config: Cache) -> None:
+    from proxy.emulator import EmulatorSettings
+
+    emulator = Emulator(servers, EmulatorSettings(frozen_clock=True, chunk_delay_ms=50))
+    proxy = Proxy(servers, [emulator.url], cache=cache_config)
+    try:
+        path, doc = CASES["generate-ndjson"]
+
+        async def leave_early() -> None:
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+            body = orjson.dumps(doc)
+            writer.write(
+                f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            await reader.readuntil(b"\r\n\r\n")
+            await reader.read(10)
+            writer.close()
+
+        asyncio.run(leave_early())
+        deadline = time.monotonic() + 10
+        while emulator.state.cancelled == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        time.sleep(0.2)
+        assert metrics(proxy).get("autoroute_cache_stored_total") == 0
+    finally:
+        proxy.stop()
+        emulator.stop()
+
+
+def test_keys_never_share(servers: ServerThread, own_emulator: Emulator) -> None:
+    keys = {name: f"secret-{name}-{uuid.uuid4().hex}" for name in ("a", "b")}
+    auth = Auth(
+        keys=tuple(
+            ApiKey(sha256=hashlib.sha256(k.encode()).hexdigest(), name=n) for n, k in keys.items()
+        ),
+        metrics_open=True,
+    )
+    proxy = Proxy(servers, [own_emulator.url], cache=Cache(enabled=True), auth=auth)
+    try:
+        path, doc = CASES["chat-whole"]
+
+        def as_key(name: str) -> str | None:
+            bearer = {"Authorization": f"Bearer {keys[name]}"}
+            return fetch(proxy, path, doc, bearer).header("X-Autoroute-Cache")
+
+        assert as_key("a") == "miss"
+        wait_stored(proxy, 1)
+        assert as_key("b") == "miss"
+        wait_stored(proxy, 2)
+        assert as_key("a") == "hit"
+        assert as_key("b") == "hit"
+    finally:
+        proxy.stop()
+
+
+def test_credentials_scope_the_cache_without_access_control(caching: Proxy) -> None:
+    """With no keys configured, the backend may still tell credentials apart."""
+    path, doc = CASES["chat-whole"]
+    assert (
+        fetch(caching, path, doc, {"Authorization": "Bearer one"}).header("X-Autoroute-Cache")
+        == "miss"
+    )
+    wait_stored(caching, 1)
+    assert fetch(caching, path, doc).header("X-Autoroute-Cache") == "miss"
+    assert (
+        fetch(caching, path, doc, {"Authorization": "Bearer two"}).header("X-Autoroute-Cache")
+        == "miss"
+    )
+    assert (
+        fetch(caching, path, doc, {"Authorization": "Bearer one"}).header("X-Autoroute-Cache")
+        == "hit"
+    )
+
+
+def test_auto_decides_before_the_lookup(caching: Proxy) -> None:
+    path, doc = CASES["chat-whole"]
+    first = fetch(caching, path, {**doc, "model": "auto"})
+    chosen = first.header("X-Autoroute-Model")
+    assert first.header("X-Autoroute-Cache") == "miss" and chosen
+    wait_stored(caching, 1)
+    again = fetch(caching, path, {**doc, "model": "auto"})
+    assert again.header("X-Autoroute-Cache") == "hit"
+    assert again.header("X-Autoroute-Model") == chosen
+    assert again.raw == first.raw
+    # The key names the model served: asking for it by name is the same entry.
+    assert fetch(caching, path, {**doc, "model": chosen}).header("X-Autoroute-Cache") == "hit"
+
+
+def test_usage_events_mark_hits(
+    servers: ServerThread, own_emulator: Emulator, tmp_path: Path
+) -> None:
+    usage = Usage(file_path=str(tmp_path / "events.jsonl"), spool_dir=str(tmp_path / "spool"))
+    proxy = Proxy(servers, [own_emulator.url], cache=Cache(enabled=True), usage=usage)
+    try:
+        path, doc = CASES["generate-ndjson"]
+        fetch(proxy, path, doc)
+        wait_stored(proxy, 1)
+        fetch(proxy, path, doc)
+        fetch(proxy, path, {**doc, "options": {}})
+    finally:
+        proxy.stop()  # the events are written by then
+    events = [orjson.loads(line) for line in (tmp_path / "events.jsonl").read_bytes().splitlines()]
+    assert [e["cache"] for e in events] == ["miss", "hit", None]
+    miss, hit, _ = events
+    assert hit["backend"] is None and miss["backend"]
+    assert hit["outcome"]["status"] == 200
+    assert hit["outcome"]["eval_count"] == miss["outcome"]["eval_count"] > 0
+    assert hit["outcome"]["done_reason"] == "stop"
+    assert hit["outcome"]["bytes"] == miss["outcome"]["bytes"]
+
+
+def test_redis_down_is_a_miss(servers: ServerThread, own_emulator: Emulator) -> None:
+    pytest.importorskip("redis")
+    down = Cache(enabled=True, backend="redis", redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    proxy = Proxy(servers, [own_emulator.url], cache=down)
+    try:
+        path, doc = CASES["chat-whole"]
+        for _ in range(2):
+            answer = fetch(proxy, path, doc)
+            assert answer.status == 200
+            assert answer.header("X-Autoroute-Cache") == "miss"
+        counted = metrics(proxy)
+        assert counted["autoroute_cache_lookup_failures_total"] == 2
+        assert counted["autoroute_cache_misses_total"] == 2
+    finally:
+        proxy.stop()
+
+
+def test_the_ollama_client_reads_a_hit(caching: Proxy) -> None:
+    client = ollama.Client(host=caching.url)
+    first = client.generate(model=MODEL, prompt="Why is the sky blue?", options=GREEDY)
+    wait_stored(caching, 1)
+    second = client.generate(model=MODEL, prompt="Why is the sky blue?", options=GREEDY)
+    assert second == first
+    assert metrics(caching)["autoroute_cache_hits_total"] == 1
+    chunks = list(
+        client.generate(model=MODEL, prompt="Why is the sky blue?", options=GREEDY, stream=True)
+    )
+    assert "".join(c.response or "" for c in chunks) == first.response
+    assert chunks[-1].done and chunks[-1].eval_count == first.eval_count
+
+
+def test_a_replayed_answer_is_no_new_evidence() -> None:
+    """Online learning and training count a model's answer once, not per replay."""
+    event = UsageEvent(
+        request_id="r1",
+        endpoint="/api/chat",
+        served_model=MODEL,
+        decision={"chosen": MODEL, "p_success": 0.8, "propensity": 1.0},
+        features=Features(features.SCHEMA_VERSION, [0.0] * len(features.REQUEST_FEATURES)),
+        candidate={"name": MODEL},
+        outcome=UsageAnswer(status=200, done_reason="stop"),
+        cache="miss",
+    )
+    hit = replace(event, request_id="r2", cache="hit")
+    assert decision_of(event.document()) is not None
+    assert decision_of(hit.document()) is None
+    examples, stats = usage_examples([event, hit])
+    assert (len(examples), stats.used, stats.skipped_unanswered) == (1, 1, 1)
+
+
+def test_proxies_on_one_redis_share_answers(servers: ServerThread, own_emulator: Emulator) -> None:
+    with redis_namespace() as config:
+        first = Proxy(servers, [own_emulator.url], cache=config)
+        second = Proxy(servers, [own_emulator.url], cache=config)
+        try:
+            path, doc = CASES["v1-chat-sse"]
+            miss = fetch(first, path, doc)
+            assert miss.header("X-Autoroute-Cache") == "miss"
+            wait_stored(first, 1)
+            sent = inference_requests(own_emulator)
+            hit = fetch(second, path, doc)
+            assert hit.header("X-Autoroute-Cache") == "hit"
+            assert hit.raw == miss.raw
+            assert inference_requests(own_emulator) == sent
+        finally:
+            first.stop()
+            second.stop()
+
+
+def test_size_bounds(servers: ServerThread, own_emulator: Emulator) -> None:
+    path, doc = CASES["chat-whole"]
+    other = {**doc, "messages": [{"role": "user", "content": "hello"}]}
+    small = Cache(enabled=True, max_entry_bytes=100)
+    proxy = Proxy(servers, [own_emulator.url], cache=small)
+    try:
+        for _ in range(2):  # larger than an entry may be: never kept
+            assert fetch(proxy, path, doc).header("X-Autoroute-Cache") == "miss"
+        assert metrics(proxy).get("autoroute_cache_stored_total") == 0
+    finally:
+        proxy.stop()
+    proxy = Proxy(servers, [own_emulator.url], cache=Cache(enabled=True, max_entries=1))
+    try:
+        fetch(proxy, path, doc)
+        wait_stored(proxy, 1)
+        fetch(proxy, path, other)
+        wait_stored(proxy, 2)
+        # One entry at most: the newer answer pushed the older one out.
+        assert fetch(proxy, path, other).header("X-Autoroute-Cache") == "hit"
+        assert fetch(proxy, path, doc).header("X-Autoroute-Cache") == "miss"
+    finally:
+        proxy.stop()
