@@ -163,7 +163,7 @@ class SharedLimits:
             await asyncio.sleep(refresh_every if self.up else self.settings.retry_seconds)
             try:
                 if self.up:
-                    await self._refresh_held()
+                    await self.refresh_held()
                 else:
                     await self.redis.ping()
                     self.up = True
@@ -171,7 +171,7 @@ class SharedLimits:
             except (RedisError, OSError) as exc:
                 self._down(exc)
 
-    async def _refresh_held(self) -> None:
+    async def refresh_held(self) -> None:
         if self.held:
             members = list(self.held)
             await self._refresh(

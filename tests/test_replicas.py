@@ -21,6 +21,7 @@ from multidict import CIMultiDict
 
 from proxy.auth import hash_key
 from proxy.config import ApiKey, Auth, Shared
+from proxy.shared_limits import STREAMS_FULL, SharedLimits
 from tests.support import Emulator, Proxy, ServerThread, free_port
 from tests.usage_services import wait_for
 
@@ -241,6 +242,36 @@ async def test_the_limits_are_shared_again_when_redis_answers_and_local_when_it_
     finally:
         for proxy in proxies:
             proxy.stop()
+
+
+async def test_a_dead_proxys_slot_expires_and_a_live_ones_is_kept(prefix: str) -> None:
+    """Slots are kept by their proxy's refresh (`run`), not by being taken: one whose
+    proxy stops refreshing (it died) frees itself after `stream_slot_ttl_seconds`."""
+    settings = Shared(redis_url=REDIS, key_prefix=prefix, stream_slot_ttl_seconds=1)
+    dead, live = SharedLimits(settings), SharedLimits(settings)
+    slots = f"{prefix}streams:k"
+    try:
+        assert (await dead.admit("k", 0, 0, 1))[1] is not None
+        assert await live.admit("k", 0, 0, 1) == (STREAMS_FULL, None)
+        await dead.redis.aclose()  # gone without giving the slot back
+
+        async def free() -> bool:
+            return (await live.admit("k", 0, 0, 1))[1] is not None
+
+        await wait_for(free, what="the dead proxy's slot to expire")
+        (member,) = live.held
+        before = await live.redis.zscore(slots, member)
+        await live.refresh_held()
+        after = await live.redis.zscore(slots, member)
+        assert before is not None and after is not None and after > before
+        live.release(member)
+
+        async def released() -> bool:
+            return await live.redis.zcard(slots) == 0
+
+        await wait_for(released, what="the live proxy's slot to be given back")
+    finally:
+        await live.close()
 
 
 # Cache sharing (a cached answer from one proxy is a hit on the other) and budget
