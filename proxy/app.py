@@ -33,7 +33,7 @@ from proxy.registry import Registry
 from proxy.relay import Relay
 from proxy.routes import Router
 from proxy.server import Server
-from proxy.shared_limits import SharedLimits
+from proxy.shared_limits import SharedLimits, SharedLimitsCollector
 from proxy.usage import UsagePipeline, UsageRoutes
 
 log = logging.getLogger("autoroute.server")
@@ -78,6 +78,7 @@ class App:
         )
         if self.shared_limits is not None:
             self.handlers.health_extras["limits"] = self.shared_limits.mode
+            self.metrics.registry.register(SharedLimitsCollector(self.shared_limits))
         # The owners the route table names its handlers by.
         self.router = Router(
             {

@@ -22,10 +22,13 @@ import asyncio
 import itertools
 import logging
 import os
+from collections.abc import Iterable
 from typing import Literal
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
 from proxy.config import Shared
@@ -100,6 +103,7 @@ class SharedLimits:
         # Where Redis is, for the logs: never the URL itself (it may hold a password).
         self.where = f"{parts.hostname}:{parts.port or 6379}" if parts.hostname else parts.path
         self.up = True
+        self.outages = 0
         self._member = f"{os.urandom(6).hex()}:"
         self._counter = itertools.count(1)
         # Slots this process holds, by member: the set they are in.
@@ -182,6 +186,7 @@ class SharedLimits:
     def _down(self, exc: BaseException) -> None:
         if self.up:
             self.up = False
+            self.outages += 1
             log.warning(
                 "shared limits: Redis at %s unreachable (%s); limits are per process "
                 "until it answers again",
@@ -195,3 +200,31 @@ class SharedLimits:
         if self._releasing:
             await asyncio.wait(set(self._releasing), timeout=self.settings.timeout_seconds * 2)
         await self.redis.aclose()
+
+
+class SharedLimitsCollector(Collector):
+    """Whether the limits count across proxies now, for an alert on a Redis outage
+    (the proxies go on serving with per-process limits, which only this tells)."""
+
+    def __init__(self, shared: SharedLimits) -> None:
+        self.shared = shared
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        up = GaugeMetricFamily(
+            "autoroute_shared_limits_up",
+            "1 while keys' limits count in Redis across proxies, 0 while per process",
+        )
+        up.add_metric([], float(self.shared.up))
+        outages = CounterMetricFamily(
+            "autoroute_shared_limits_outages",
+            "Times Redis became unreachable and the limits fell back to per process",
+        )
+        outages.add_metric([], self.shared.outages)
+        held = GaugeMetricFamily(
+            "autoroute_shared_stream_slots_held", "Stream slots this proxy holds in Redis"
+        )
+        held.add_metric([], len(self.shared.held))
+        yield from (up, outages, held)

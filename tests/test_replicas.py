@@ -64,6 +64,15 @@ async def limits_mode(proxy: Proxy) -> str:
     return str(orjson.loads(body)["limits"])
 
 
+async def metric(proxy: Proxy, name: str) -> float:
+    status, _, body = await call(proxy.url, "GET", "/metrics", STREAMER)
+    assert status == 200
+    (value,) = [
+        line.split()[-1] for line in body.decode().splitlines() if line.split(" ")[0] == name
+    ]
+    return float(value)
+
+
 @pytest.fixture
 def prefix() -> Iterator[str]:
     """A key prefix of the test's own; its keys are deleted afterwards."""
@@ -124,6 +133,9 @@ async def test_a_keys_streams_hold_across_both_proxies(replicas: tuple[Proxy, Pr
             assert orjson.loads(body)["error"] == "too many concurrent requests (limit 1)"
         # Requests that are not inference hold no slot.
         assert (await call(two.url, "GET", "/api/tags", STREAMER))[0] == 200
+        assert await metric(one, "autoroute_shared_stream_slots_held") == 1
+        assert await metric(two, "autoroute_shared_stream_slots_held") == 0
+        assert await metric(two, "autoroute_shared_limits_up") == 1
 
 
 async def test_a_slot_is_given_back_when_the_client_disconnects(
@@ -162,6 +174,8 @@ async def test_redis_unreachable_means_limits_per_process_and_a_warning(
         warnings = [r.getMessage() for r in caplog.records if r.name == "autoroute.shared"]
         assert len(warnings) == 2
         assert all("unreachable" in w and "per process" in w for w in warnings)
+        assert await metric(one, "autoroute_shared_limits_up") == 0
+        assert await metric(one, "autoroute_shared_limits_outages_total") == 1
         # Each proxy has the whole rate to itself.
         for proxy in proxies:
             for _ in range(RATE):
