@@ -128,7 +128,9 @@ class SharedLimits:
         self, key_id: str, rate: float, capacity: float, max_streams: int
     ) -> tuple[int, str | None]:
         """(seconds to wait, 0: admitted; `STREAMS_FULL`: every stream slot is taken,
-        and the slot taken, when `max_streams` asks for one). Raises `SharedDown`."""
+        and the slot taken, when `max_streams` asks for one). Raises `SharedDown`.
+        A slot taken for a request cancelled during this call is in no `held`, so
+        nothing refreshes it: it expires after the TTL."""
         member = f"{self._member}{next(self._counter)}" if max_streams else ""
         slots = self._key("streams", key_id)
         try:
