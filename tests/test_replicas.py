@@ -227,6 +227,9 @@ def own_redis() -> Iterator[RedisServer]:
     shutil.rmtree(server.directory, ignore_errors=True)
 
 
+@pytest.mark.skipif(
+    shutil.which("redis-server") is None, reason="needs redis-server to start and stop a Redis"
+)
 async def test_the_limits_are_shared_again_when_redis_answers_and_local_when_it_goes(
     servers: ServerThread,
     own_emulator: Emulator,
