@@ -34,6 +34,7 @@ from proxy.registry import Registry
 from proxy.relay import Relay
 from proxy.routes import Router
 from proxy.server import Server
+from proxy.shared_limits import SharedLimits, SharedLimitsCollector
 from proxy.usage import UsagePipeline, UsageRoutes
 
 log = logging.getLogger("autoroute.server")
@@ -49,7 +50,11 @@ class App:
         # Usage events: the handler only appends to the pipeline's in-memory queue.
         self.usage = UsagePipeline(config.usage)
         self.usage_routes = UsageRoutes(self.usage, body_idle)
-        self.auth = Access(config.auth)
+        # Keys' limits across proxies, when there are keys and a Redis to count in.
+        self.shared_limits = (
+            SharedLimits(config.shared) if config.shared.redis_url and config.auth.enabled else None
+        )
+        self.auth = Access(config.auth, self.shared_limits)
         self.key_store = KeyStore(config.auth, self.auth) if config.auth.postgres_dsn else None
         self.backends = BackendPool(config)
         self.relay = Relay(config, self.backends)
@@ -76,6 +81,9 @@ class App:
             self.metrics,
             self.cache,
         )
+        if self.shared_limits is not None:
+            self.handlers.health_extras["limits"] = self.shared_limits.mode
+            self.metrics.registry.register(SharedLimitsCollector(self.shared_limits))
         # The owners the route table names its handlers by.
         self.router = Router(
             {
@@ -113,6 +121,9 @@ class App:
         self.access.start()
         await self.learner.start()
         await self.usage.start()
+        if self.shared_limits is not None:
+            await self.shared_limits.start()
+            self._spawn(self.shared_limits.run())
         if self.key_store is not None:
             # Read once before serving (a failure keeps the configured keys), then in
             # the background: the request path never waits for PostgreSQL.
@@ -145,6 +156,8 @@ class App:
             await self.cache.close()
         if self.key_store is not None:
             await self.key_store.close()
+        if self.shared_limits is not None:
+            await self.shared_limits.close()
         # Last: requests finishing during shutdown still leave their event.
         await self.usage.stop()
         await self.learner.close()  # after the last events: their outcomes are kept

@@ -1,10 +1,12 @@
 """Access control: API keys (stored as SHA-256 hashes), roles, per-key model allow-lists,
 requests per minute and concurrent inference requests. Off when no key is configured
-and no key store (`auth.postgres_dsn`, see `auth_store`) is.
+and no key store (`auth.postgres_dsn`, see `auth_store`) is. With `shared.redis_url`
+the limits count across proxies (`shared_limits`, one Redis round trip per request).
 
-Everything here runs on the request path and is in memory: one SHA-256 of the
-presented key, dict lookups, a token bucket. A refusal is in Ollama's error shape
-(`{"error": "..."}`, the OpenAI shape on `/v1/...`); 429 carries `Retry-After`.
+Without `shared.redis_url`, everything here runs on the request path and is in memory:
+one SHA-256 of the presented key, dict lookups, a token bucket. A refusal is in
+Ollama's error shape (`{"error": "..."}`, the OpenAI shape on `/v1/...`); 429 carries
+`Retry-After`.
 The presented key is never stored or logged; only the configured key's id is.
 """
 
@@ -23,7 +25,8 @@ from proxy import header_values
 from proxy.backends import normalize_model
 from proxy.config import ApiKey, Auth
 from proxy.errors import error_response
-from proxy.routes import ADMIN, PUBLIC, SCRAPE, find
+from proxy.routes import ADMIN, PUBLIC, SCRAPE, Route, find
+from proxy.shared_limits import STREAMS_FULL, SharedDown, SharedLimits
 
 UNAUTHORIZED = "unauthorized"
 
@@ -94,6 +97,8 @@ class KeyState:
 
 KEY_REQUEST = web.RequestKey("autoroute_key", KeyState)
 STREAM_SLOT = web.RequestKey("autoroute_stream_slot", bool)
+# The stream slot held in Redis (`shared_limits`), by its member name.
+SHARED_SLOT = web.RequestKey("autoroute_shared_slot", str)
 
 
 def _denied(path: str, status: int, message: str, retry_after: int = 0) -> web.Response:
@@ -116,8 +121,10 @@ class Admission(NamedTuple):
 
 
 class Access:
-    def __init__(self, settings: Auth) -> None:
+    def __init__(self, settings: Auth, shared: SharedLimits | None = None) -> None:
         self.enabled = settings.enabled
+        # Limits counted across proxies in Redis: admission goes through `admit_shared`.
+        self.shared = shared
         self.configured = settings.keys
         self.keys = {k.sha256.lower(): KeyState.of(k) for k in settings.keys}
         # Who may call which route is the route table's (`proxy.routes`).
@@ -154,33 +161,83 @@ class Access:
         # The bytes as sent: a token that is not UTF-8 hashes like any other wrong key.
         return self.keys.get(hashlib.sha256(header_values.utf8(token)).hexdigest())
 
-    def admit(self, request: web.Request, now: float) -> Admission:
-        """Whether the request goes on. A stream slot taken here is given back by
-        `release`."""
+    def _authorize(self, request: web.Request) -> tuple[Admission | None, Route | None]:
+        """Who the request is and whether its key may call the route: an `Admission`
+        when that decides it, else None (the limits decide) and the route."""
         path = request.path
         route = find(path)
         key = self.identify(request)
         if key is None:
             if route is not None and route.access in self.keyless:
-                return Admission(None)
-            return Admission(None, _denied(path, 401, UNAUTHORIZED), "unauthorized")
+                return Admission(None), route
+            return Admission(None, _denied(path, 401, UNAUTHORIZED), "unauthorized"), route
         request[KEY_REQUEST] = key
         if not key.admin and route is not None and route.access == ADMIN:
             refusal = _denied(path, 403, f"forbidden: {path} needs an admin key")
-            return Admission(key, refusal, "forbidden")
+            return Admission(key, refusal, "forbidden"), route
+        return None, route
+
+    def admit(self, request: web.Request, now: float) -> Admission:
+        """Whether the request goes on, by this process's counters. A stream slot
+        taken here is given back by `release`."""
+        decided, route = self._authorize(request)
+        if decided is not None:
+            return decided
+        return self._limit_locally(request, request[KEY_REQUEST], route, now)
+
+    async def admit_shared(self, request: web.Request, now: float) -> Admission:
+        """`admit` with the limits counted in Redis (`shared_limits`) when it answers,
+        else by this process's counters."""
+        decided, route = self._authorize(request)
+        if decided is not None:
+            return decided
+        key = request[KEY_REQUEST]
+        shared = self.shared
+        if shared is None or not shared.up:
+            return self._limit_locally(request, key, route, now)
+        streams = key.max_streams if route is not None and route.inference else 0
+        if not key.rate and not streams:
+            return Admission(key)
+        try:
+            wait, slot = await shared.admit(key.id, key.rate, key.capacity, streams)
+        except SharedDown:
+            return self._limit_locally(request, key, route, now)
+        if wait == STREAMS_FULL:
+            return _too_many_streams(request.path, key)
+        if wait:
+            return _rate_limited(request.path, key, wait)
+        if slot is not None:
+            request[SHARED_SLOT] = slot
+        return Admission(key)
+
+    @staticmethod
+    def _limit_locally(
+        request: web.Request, key: KeyState, route: Route | None, now: float
+    ) -> Admission:
         wait = key.take(now)
         if wait:
-            message = "rate limit exceeded: too many requests per minute"
-            return Admission(key, _denied(path, 429, message, wait), "rate_limited")
+            return _rate_limited(request.path, key, wait)
         if key.max_streams and route is not None and route.inference:
             if key.streams >= key.max_streams:
-                message = f"too many concurrent requests (limit {key.max_streams})"
-                return Admission(key, _denied(path, 429, message, 1), "streams")
+                return _too_many_streams(request.path, key)
             key.streams += 1
             request[STREAM_SLOT] = True
         return Admission(key)
 
-    @staticmethod
-    def release(request: web.Request, key: KeyState | None) -> None:
-        if key is not None and request.get(STREAM_SLOT):
+    def release(self, request: web.Request, key: KeyState | None) -> None:
+        if key is None:
+            return
+        if request.get(STREAM_SLOT):
             key.streams -= 1
+        elif self.shared is not None and (slot := request.get(SHARED_SLOT)) is not None:
+            self.shared.release(slot)
+
+
+def _rate_limited(path: str, key: KeyState, wait: int) -> Admission:
+    message = "rate limit exceeded: too many requests per minute"
+    return Admission(key, _denied(path, 429, message, wait), "rate_limited")
+
+
+def _too_many_streams(path: str, key: KeyState) -> Admission:
+    message = f"too many concurrent requests (limit {key.max_streams})"
+    return Admission(key, _denied(path, 429, message, 1), "streams")

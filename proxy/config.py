@@ -380,6 +380,22 @@ class Cache:
 
 
 @dataclass(frozen=True)
+class Shared:
+    """State shared by several proxies behind one address (see config.yaml)."""
+
+    # Per-key request rates and stream caps are counted here rather than per process.
+    redis_url: str | None = None
+    # Every key the proxies write starts with this (several deployments, one Redis).
+    key_prefix: str = "autoroute:"
+    # A stream slot not refreshed for this long is free again (its proxy is gone).
+    stream_slot_ttl_seconds: float = 30.0
+    # While Redis is unreachable, how often it is tried again.
+    retry_seconds: float = 5.0
+    # The longest one Redis call may take before the limits fall back to per process.
+    timeout_seconds: float = 0.5
+
+
+@dataclass(frozen=True)
 class Config:
     listen: Listen = field(default_factory=Listen)
     backends: tuple[Backend, ...] = (Backend(url="http://127.0.0.1:11434"),)
@@ -392,6 +408,7 @@ class Config:
     selector: Selector = field(default_factory=Selector)
     auth: Auth = field(default_factory=Auth)
     cache: Cache = field(default_factory=Cache)
+    shared: Shared = field(default_factory=Shared)
 
     def check(self) -> Config:
         if self.logging.level.upper() not in LOG_LEVELS:
@@ -414,6 +431,7 @@ class Config:
             _check_model_entry(name, entry)
         if self.auth.postgres_dsn and self.auth.refresh_seconds <= 0:
             raise ConfigError("auth.refresh_seconds: must be above 0 with auth.postgres_dsn")
+        _check_shared(self.shared)
         for backend in self.backends:
             parts = urlsplit(backend.url)
             if parts.scheme != "http" or not parts.hostname:
@@ -425,6 +443,20 @@ class Config:
                     f"{self.listen.host}:{self.listen.port}; it would forward to itself"
                 )
         return self
+
+
+def _check_shared(shared: Shared) -> None:
+    if shared.redis_url is not None:
+        scheme = urlsplit(shared.redis_url).scheme
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ConfigError(
+                f"shared.redis_url: {scheme or shared.redis_url!r} is not redis://, "
+                "rediss:// or unix://",
+                key="shared.redis_url",
+            )
+    for name in ("stream_slot_ttl_seconds", "retry_seconds", "timeout_seconds"):
+        if getattr(shared, name) <= 0:
+            raise ConfigError(f"shared.{name}: must be above 0", key=f"shared.{name}")
 
 
 def _check_model_entry(name: str, entry: ModelEntry) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -83,6 +83,8 @@ class Handlers:
         self.fanout = fanout
         self.metrics = metrics
         self.cache = cache
+        # More of the proxy's own state for `health`, by field name (e.g. "limits").
+        self.health_extras: dict[str, Callable[[], object]] = {}
 
     def _read(self, request: web.Request) -> Awaitable[bytes]:
         return request_limits.read_body(request, self.config.timeouts.client_body_idle_seconds)
@@ -294,7 +296,9 @@ class Handlers:
             }
             for s in self.backends.states
         ]
-        body = orjson.dumps({"status": status, "backends": backends})
+        doc: dict[str, object] = {"status": status, "backends": backends}
+        doc.update((name, extra()) for name, extra in self.health_extras.items())
+        body = orjson.dumps(doc)
         return web.Response(body=body, headers={"Content-Type": JSON})
 
     async def ready(self, request: web.Request) -> web.StreamResponse:

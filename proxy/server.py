@@ -16,7 +16,7 @@ from aiohttp import web
 
 from proxy import header_values
 from proxy import limits as request_limits
-from proxy.auth import KEY_REQUEST, Access
+from proxy.auth import KEY_REQUEST, Access, Admission
 from proxy.backends import NoBackend
 from proxy.config import Config
 from proxy.errors import error_response
@@ -42,6 +42,9 @@ class Server:
         self.metrics = metrics
         self.router = router
         self.hooks = tuple(hooks)
+        # Keys' limits counted in Redis: admission awaits one round trip. Without it
+        # admission stays synchronous.
+        self.shared_admission = auth.enabled and auth.shared is not None
         # Request ids: a random prefix per process and a counter, unique without a
         # syscall or a uuid per request.
         self._id_prefix = os.urandom(6).hex()
@@ -65,7 +68,10 @@ class Server:
         response: web.StreamResponse | None = None
         self.metrics.in_flight += 1
         try:
-            response = self._admit(request, decided)
+            if self.shared_admission:
+                response = await self._admit_shared(request, decided)
+            else:
+                response = self._admit(request, decided)
             if response is None:
                 response = await self.router.handler(request.method, request.path)(request)
         except NoBackend as exc:
@@ -107,9 +113,21 @@ class Server:
         """Header size, then the API key (when keys are configured): None lets it in."""
         refused = request_limits.check_headers(request, self.config.limits)
         if refused is None and self.auth.enabled:
-            admission = self.auth.admit(request, decided.started)
-            refused = admission.refusal
-            if refused is not None:
-                self.metrics.deny(admission.reason)
+            refused = self._refusal(self.auth.admit(request, decided.started))
         decided.refused = refused is not None
         return refused
+
+    async def _admit_shared(
+        self, request: web.Request, decided: Decided
+    ) -> web.StreamResponse | None:
+        """`_admit` with the key's limits counted across proxies (`shared.redis_url`)."""
+        refused = request_limits.check_headers(request, self.config.limits)
+        if refused is None:
+            refused = self._refusal(await self.auth.admit_shared(request, decided.started))
+        decided.refused = refused is not None
+        return refused
+
+    def _refusal(self, admission: Admission) -> web.Response | None:
+        if admission.refusal is not None:
+            self.metrics.deny(admission.reason)
+        return admission.refusal

@@ -1,0 +1,297 @@
+"""Several proxies, one behaviour: two proxies on this machine, the same emulator behind
+both and the same Redis (each test under a key prefix of its own), hold one limit per
+key between them; with Redis unreachable each falls back to its own limits and says so,
+and goes back to the shared limits when Redis answers again."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+
+import aiohttp
+import orjson
+import pytest
+import redis.asyncio as aioredis
+from multidict import CIMultiDict
+
+from proxy.auth import hash_key
+from proxy.config import ApiKey, Auth, Shared
+from proxy.shared_limits import STREAMS_FULL, SharedLimits
+from tests.support import Emulator, Proxy, ServerThread, free_port
+from tests.usage_services import wait_for
+
+REDIS = "redis://127.0.0.1:6379/0"
+RATED, STREAMER = "k-rated-1", "k-streamer-1"
+RATE = 3  # requests per minute: one more within a test's run is always refused
+KEYS = Auth(
+    keys=(
+        ApiKey(sha256=hash_key(RATED), name="rated", requests_per_minute=RATE),
+        ApiKey(sha256=hash_key(STREAMER), name="streamer", max_streams=1),
+    )
+)
+# A stream long enough to be running whenever the test looks (1 ms a chunk).
+LONG = {"model": "llama3.1:8b", "prompt": "long", "options": {"num_predict": 100_000}}
+SHORT = {"model": "llama3.1:8b", "prompt": "short", "stream": False}
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def call(
+    url: str, method: str, path: str, key: str | None, body: object = None
+) -> tuple[int, CIMultiDict[str], bytes]:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.request(
+            method,
+            url + path,
+            headers=bearer(key) if key else {},
+            data=None if body is None else orjson.dumps(body),
+        ) as resp,
+    ):
+        return resp.status, CIMultiDict(resp.headers), await resp.read()
+
+
+async def limits_mode(proxy: Proxy) -> str:
+    status, _, body = await call(proxy.url, "GET", "/api/autoroute/health", None)
+    assert status == 200
+    return str(orjson.loads(body)["limits"])
+
+
+async def metric(proxy: Proxy, name: str) -> float:
+    status, _, body = await call(proxy.url, "GET", "/metrics", STREAMER)
+    assert status == 200
+    (value,) = [
+        line.split()[-1] for line in body.decode().splitlines() if line.split(" ")[0] == name
+    ]
+    return float(value)
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    """A key prefix of the test's own; its keys are deleted afterwards."""
+    name = f"autoroute-test-{uuid.uuid4().hex}:"
+    yield name
+
+    async def clean() -> None:
+        client = aioredis.Redis.from_url(REDIS)
+        async for key in client.scan_iter(match=name + "*"):
+            await client.delete(key)
+        await client.aclose()
+
+    asyncio.run(clean())
+
+
+def pair(servers: ServerThread, emulator: Emulator, shared: Shared) -> tuple[Proxy, Proxy]:
+    return (
+        Proxy(servers, [emulator.url], auth=KEYS, shared=shared),
+        Proxy(servers, [emulator.url], auth=KEYS, shared=shared),
+    )
+
+
+@pytest.fixture
+def replicas(
+    servers: ServerThread, own_emulator: Emulator, prefix: str
+) -> Iterator[tuple[Proxy, Proxy]]:
+    # Slots live far longer than any test: a slot freed in a test was given back.
+    shared = Shared(redis_url=REDIS, key_prefix=prefix, stream_slot_ttl_seconds=600)
+    proxies = pair(servers, own_emulator, shared)
+    yield proxies
+    for proxy in proxies:
+        proxy.stop()
+
+
+async def test_a_keys_rate_holds_across_both_proxies(replicas: tuple[Proxy, Proxy]) -> None:
+    one, two = replicas
+    assert [await limits_mode(p) for p in replicas] == ["shared", "shared"]
+    for proxy in (one, two, one)[:RATE]:
+        assert (await call(proxy.url, "GET", "/api/tags", RATED))[0] == 200
+    for proxy in (two, one):
+        status, headers, body = await call(proxy.url, "GET", "/api/tags", RATED)
+        assert status == 429
+        assert int(headers["Retry-After"]) >= 1
+        assert orjson.loads(body)["error"] == "rate limit exceeded: too many requests per minute"
+
+
+async def test_a_keys_streams_hold_across_both_proxies(replicas: tuple[Proxy, Proxy]) -> None:
+    one, two = replicas
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(one.url + "/api/generate", json=LONG, headers=bearer(STREAMER)) as first,
+    ):
+        assert first.status == 200
+        await first.content.readline()  # the stream is running
+        for proxy in (two, one):
+            status, headers, body = await call(proxy.url, "POST", "/api/generate", STREAMER, SHORT)
+            assert status == 429 and headers["Retry-After"] == "1"
+            assert orjson.loads(body)["error"] == "too many concurrent requests (limit 1)"
+        # Requests that are not inference hold no slot.
+        assert (await call(two.url, "GET", "/api/tags", STREAMER))[0] == 200
+        assert await metric(one, "autoroute_shared_stream_slots_held") == 1
+        assert await metric(two, "autoroute_shared_stream_slots_held") == 0
+        assert await metric(two, "autoroute_shared_limits_up") == 1
+
+
+async def test_a_slot_is_given_back_when_the_client_disconnects(
+    replicas: tuple[Proxy, Proxy], prefix: str
+) -> None:
+    one, two = replicas
+    client = aioredis.Redis.from_url(REDIS)
+    slots = f"{prefix}streams:streamer"
+    try:
+        async with aiohttp.ClientSession() as http:
+            resp = await http.post(one.url + "/api/generate", json=LONG, headers=bearer(STREAMER))
+            assert resp.status == 200
+            await resp.content.readline()
+            assert await client.zcard(slots) == 1
+            resp.close()  # mid-stream: the connection goes, the stream had far to go
+
+        async def released() -> bool:
+            return await client.zcard(slots) == 0
+
+        await wait_for(released, what="the slot to be given back")
+        status, _, _ = await call(two.url, "POST", "/api/generate", STREAMER, SHORT)
+        assert status == 200
+    finally:
+        await client.aclose()
+
+
+async def test_redis_unreachable_means_limits_per_process_and_a_warning(
+    servers: ServerThread, own_emulator: Emulator, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="autoroute.shared")
+    closed = f"redis://127.0.0.1:{free_port()}/0"
+    proxies = pair(servers, own_emulator, Shared(redis_url=closed, key_prefix=prefix))
+    try:
+        one, two = proxies
+        assert [await limits_mode(p) for p in proxies] == ["local", "local"]
+        warnings = [r.getMessage() for r in caplog.records if r.name == "autoroute.shared"]
+        assert len(warnings) == 2
+        assert all("unreachable" in w and "per process" in w for w in warnings)
+        assert await metric(one, "autoroute_shared_limits_up") == 0
+        assert await metric(one, "autoroute_shared_limits_outages_total") == 1
+        # Each proxy has the whole rate to itself.
+        for proxy in proxies:
+            for _ in range(RATE):
+                assert (await call(proxy.url, "GET", "/api/tags", RATED))[0] == 200
+            assert (await call(proxy.url, "GET", "/api/tags", RATED))[0] == 429
+        # And a stream slot each.
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(one.url + "/api/generate", json=LONG, headers=bearer(STREAMER)) as first,
+        ):
+            await first.content.readline()
+            assert (await call(one.url, "POST", "/api/generate", STREAMER, SHORT))[0] == 429
+            assert (await call(two.url, "POST", "/api/generate", STREAMER, SHORT))[0] == 200
+    finally:
+        for proxy in proxies:
+            proxy.stop()
+
+
+class RedisServer:
+    """A Redis of the test's own on a free port, started and stopped by the test."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.directory = tempfile.mkdtemp(prefix="autoroute-redis-")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "no", "--dir", self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    server = RedisServer()
+    yield server
+    server.stop()
+    shutil.rmtree(server.directory, ignore_errors=True)
+
+
+@pytest.mark.skipif(
+    shutil.which("redis-server") is None, reason="needs redis-server to start and stop a Redis"
+)
+async def test_the_limits_are_shared_again_when_redis_answers_and_local_when_it_goes(
+    servers: ServerThread,
+    own_emulator: Emulator,
+    own_redis: RedisServer,
+) -> None:
+    shared = Shared(redis_url=own_redis.url, retry_seconds=0.05)
+    proxies = pair(servers, own_emulator, shared)
+    try:
+        one, two = proxies
+        assert await limits_mode(one) == "local"
+        own_redis.start()
+
+        async def shared_again() -> bool:
+            return all([await limits_mode(p) == "shared" for p in proxies])
+
+        await wait_for(shared_again, what="the proxies to use Redis again")
+        # Counted in Redis now: the rate is spent across both.
+        for _ in range(RATE):
+            assert (await call(two.url, "GET", "/api/tags", RATED))[0] == 200
+        assert (await call(one.url, "GET", "/api/tags", RATED))[0] == 429
+
+        own_redis.stop()
+        # The next request finds Redis gone and is let in by one's own counters.
+        status, _, _ = await call(one.url, "POST", "/api/generate", STREAMER, SHORT)
+        assert status == 200
+        assert await limits_mode(one) == "local"
+    finally:
+        for proxy in proxies:
+            proxy.stop()
+
+
+async def test_a_dead_proxys_slot_expires_and_a_live_ones_is_kept(prefix: str) -> None:
+    """Slots are kept by their proxy's refresh (`run`), not by being taken: one whose
+    proxy stops refreshing (it died) frees itself after `stream_slot_ttl_seconds`."""
+    settings = Shared(redis_url=REDIS, key_prefix=prefix, stream_slot_ttl_seconds=1)
+    dead, live = SharedLimits(settings), SharedLimits(settings)
+    slots = f"{prefix}streams:k"
+    try:
+        assert (await dead.admit("k", 0, 0, 1))[1] is not None
+        assert await live.admit("k", 0, 0, 1) == (STREAMS_FULL, None)
+        await dead.redis.aclose()  # gone without giving the slot back
+
+        async def free() -> bool:
+            return (await live.admit("k", 0, 0, 1))[1] is not None
+
+        await wait_for(free, what="the dead proxy's slot to expire")
+        (member,) = live.held
+        before = await live.redis.zscore(slots, member)
+        await live.refresh_held()
+        after = await live.redis.zscore(slots, member)
+        assert before is not None and after is not None and after > before
+        live.release(member)
+
+        async def released() -> bool:
+            return await live.redis.zcard(slots) == 0
+
+        await wait_for(released, what="the live proxy's slot to be given back")
+    finally:
+        await live.close()
+
+
+# Cache sharing (a cached answer from one proxy is a hit on the other) and budget
+# sharing (the cloud budget is spent once) across proxies: their tests belong here,
+# beside these, once the response cache (issue 17 part 1) and the cloud fallback
+# (part 2) are in.
