@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import time
 
 from proxy.backends import BackendPool, BackendState, normalize_model
-from proxy.config import Config
+from proxy.config import Config, ConfigError
 from proxy.memory import Memory
 from proxy.upstream_errors import UpstreamError
 
@@ -46,10 +47,16 @@ class Warmer:
     def __init__(self, config: Config, backends: BackendPool, memory: Memory) -> None:
         self.interval = config.health.interval_seconds
         self.keep_alive = config.warm.keep_alive
-        self.lifetime = keep_alive_seconds(config.warm.keep_alive)
+        try:
+            self.lifetime = keep_alive_seconds(config.warm.keep_alive)
+        except ValueError as exc:
+            raise ConfigError(f"warm.keep_alive: {exc}", key="warm.keep_alive") from None
         self.backends = backends
         self.memory = memory
         self.sets = {s.label: [normalize_model(m) for m in s.config.warm] for s in backends.states}
+        # (backend label, model): when the warmer last loaded it, until `/api/ps` shows
+        # it loaded (the next refresh), so that it is not loaded twice meanwhile.
+        self.sent: dict[tuple[str, str], float] = {}
 
     @property
     def enabled(self) -> bool:
@@ -57,7 +64,10 @@ class Warmer:
 
     async def run(self) -> None:
         while True:
-            await self.check_all()
+            try:
+                await self.check_all()
+            except Exception:
+                log.exception("warm set check failed")
             await asyncio.sleep(self.interval)
 
     async def check_all(self) -> None:
@@ -86,10 +96,18 @@ class Warmer:
                     continue
                 left -= need
             expiry = self.memory.expiry(state, model)
-            if expiry is not None and expiry - time.time() > self.lifetime / 2:
-                found[model] = "loaded"
+            now = time.time()
+            if expiry is not None:
+                self.sent.pop((state.label, model), None)
+                if expiry - now > self.lifetime / 2:
+                    found[model] = "loaded"
+                    continue
+            elif now - self.sent.get((state.label, model), -math.inf) < 2 * self.interval:
+                found[model] = "loaded"  # by the warmer; /api/ps shows it at its next read
                 continue
             found[model] = await self._load(state, model)
+            if found[model] == "loaded":
+                self.sent[(state.label, model)] = time.time()
 
     async def _load(self, state: BackendState, model: str) -> str:
         keep_alive: str | float = self.keep_alive
