@@ -78,7 +78,7 @@ class Telemetry:
         if isinstance(load_ns, int) and load_ns > 50_000_000:
             rates.load_seconds = _ewma(rates.load_seconds, load_ns / 1e9, rates.loads)
             rates.loads += 1
-            seen = True
+            self._rates[key] = rates
         if seen:
             rates.samples = n + 1
             self._rates[key] = rates

@@ -5,6 +5,7 @@ against emulator backends."""
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,9 +13,13 @@ from typing import Any
 import aiohttp
 import pytest
 
-from proxy.config import Backend, Health, Profile, Selector, Warm
+from proxy.auto import AutoRouter
+from proxy.backends import BackendPool
+from proxy.config import Backend, Config, ConfigError, Health, Profile, Selector, Warm
 from proxy.emulator import EmulatorSettings
 from proxy.memory import expiry_of
+from proxy.registry import Registry
+from proxy.warm import Warmer, keep_alive_seconds
 from tests.conftest import FROZEN
 from tests.support import Emulator, Proxy, ServerThread
 
@@ -253,3 +258,22 @@ async def test_auto_does_not_evict_a_model_in_use_unless_the_gain_is_large(
     finally:
         proxy.stop()
         emulator.stop()
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("30m", 1800.0), ("1h30m", 5400.0), ("300", 300.0), ("1.5s", 1.5), ("-1", math.inf)],
+)
+def test_keep_alive_durations_read_as_ollama_reads_them(value: str, seconds: float) -> None:
+    assert keep_alive_seconds(value) == seconds
+
+
+async def test_a_bad_keep_alive_is_a_config_error() -> None:
+    config = Config(
+        backends=(Backend(url="http://127.0.0.1:9", warm=("llama3.2:3b",)),),
+        warm=Warm(keep_alive="soon"),
+    )
+    pool = BackendPool(config)
+    auto = AutoRouter(config, pool, Registry(pool))
+    with pytest.raises(ConfigError, match=r"warm\.keep_alive"):
+        Warmer(config, pool, auto.memory)
