@@ -60,6 +60,16 @@ class Terms:
         }
 
 
+def used_bytes(state: BackendState) -> float:
+    """Bytes of GPU memory the backend's loaded models hold, as its `/api/ps` said."""
+    total = 0.0
+    for entry in state.running:
+        vram = entry.get("size_vram", entry.get("size"))
+        if isinstance(vram, int | float):
+            total += vram
+    return total
+
+
 def _model_name(entry: dict[str, Any]) -> str:
     return normalize_model(str(entry.get("model") or entry.get("name") or ""))
 
@@ -120,12 +130,7 @@ class Memory:
     @staticmethod
     def used(state: BackendState) -> float:
         """GB of GPU memory the backend's loaded models hold."""
-        total = 0.0
-        for entry in state.running:
-            vram = entry.get("size_vram", entry.get("size"))
-            if isinstance(vram, int | float):
-                total += vram / GB
-        return total
+        return used_bytes(state) / GB
 
     def expiry(self, state: BackendState, name: str) -> float | None:
         """Unix seconds when `name` unloads from the backend; None: not loaded."""

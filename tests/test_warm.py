@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.auto import AutoRouter
 from proxy.backends import BackendPool
@@ -161,6 +162,16 @@ async def test_status_shows_memory_per_backend(servers: ServerThread, tmp_path: 
         assert b_status["capacity_gb"] == round(total, 3)
         assert b_status["capacity_from"] == "most seen loaded"
         assert all(m["expires_at"] and m["in_flight"] == 0 for m in b_status["loaded"])
+        async with aiohttp.ClientSession() as session, session.get(proxy.url + "/metrics") as resp:
+            text = await resp.text()
+        gauge = {
+            sample.labels["backend"]: sample.value
+            for family in text_string_to_metric_families(text)
+            if family.name == "autoroute_backend_memory_used_bytes"
+            for sample in family.samples
+        }
+        print("metrics memory:", gauge)
+        assert gauge == {"a": 0.0, "b": sum(m["size_vram"] for m in ps["models"])}
     finally:
         proxy.stop()
         a.stop()
