@@ -36,6 +36,7 @@ from proxy.routes import Router
 from proxy.server import Server
 from proxy.shared_limits import SharedLimits, SharedLimitsCollector
 from proxy.usage import UsagePipeline, UsageRoutes
+from proxy.warm import Warmer
 
 log = logging.getLogger("autoroute.server")
 
@@ -60,6 +61,7 @@ class App:
         self.relay = Relay(config, self.backends)
         self.registry = Registry(self.backends)
         self.auto = AutoRouter(config, self.backends, self.registry)
+        self.warmer = Warmer(config, self.backends, self.auto.memory)
         # Outcomes of auto's decisions, from the usage pipeline, into auto's evidence.
         self.learner = Learner(config.selector.learning, config.usage, self.auto.evidence)
         self.usage.observers.append(self.learner.observe)
@@ -131,6 +133,8 @@ class App:
             self._spawn(self.key_store.run())
         self._spawn(self._watch_artifact())
         self._spawn(self.learner.run())
+        if self.warmer.enabled:
+            self._spawn(self.warmer.run())
         if self.config.selector.profile_models:
             self._spawn(idle_profiler(self.config, self.backends, self.metrics).run())
 

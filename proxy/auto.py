@@ -20,6 +20,7 @@ from aiohttp import web
 from proxy.backends import BackendPool, NoBackend, normalize_model
 from proxy.config import Config, Profile
 from proxy.experiments import assign
+from proxy.memory import Memory, Terms
 from proxy.registry import Registry
 from selector_model import artifact as artifact_module
 from selector_model import features, request_body
@@ -44,6 +45,14 @@ class Choice:
     decision: Decision
     request_features: list[float]
     candidate: Candidate  # the chosen model, as the selector saw it
+    names: Sequence[str] = ()  # the candidates, in the order of `terms`
+    terms: Terms | None = None  # what loading adds to each candidate
+
+    def loading(self, name: str) -> dict[str, Any]:
+        """The load and eviction terms of candidate `name` (explain shows them)."""
+        if self.terms is None or name not in self.names:
+            return {}
+        return self.terms.describe(list(self.names).index(name))
 
 
 def profile_of(model: str, default: str) -> str | None:
@@ -132,6 +141,8 @@ class AutoRouter:
         self.backends = backends
         self.registry = registry
         self.telemetry = Telemetry()
+        # What each backend has loaded and what loading a model costs.
+        self.memory = Memory(config, backends, registry, self.telemetry)
         self.scorer = Scorer(artifact_module.resolve(self.config.artifact))
         learning = self.config.learning
         self.rng = np.random.default_rng(learning.seed or None)
@@ -194,7 +205,16 @@ class AutoRouter:
         seconds = self.telemetry.expected_seconds_many(
             eligible.backends, candidates, prompt_tokens, _output_tokens(doc)
         )
+        terms = self.memory.terms(eligible.backends, candidates)
+        seconds = [run + load for run, load in zip(seconds, terms.load_seconds, strict=True)]
         ranking = rank(eligible.names, p_success, seconds, profile.cost_weight, known)
+        if terms.penalty and any(terms.evicts):
+            # Evicting a model in use is worth it only for a lead above the penalty.
+            evicting = {n for n, e in zip(eligible.names, terms.evicts, strict=True) if e}
+            for scored in ranking:
+                if scored.name in evicting:
+                    scored.utility -= terms.penalty
+            ranking.sort(key=lambda s: s.utility, reverse=True)
         kind = kind_of(request)
         learning = self.config.learning
         chose = choose(
@@ -233,7 +253,13 @@ class AutoRouter:
             variant=assigned.variant if assigned else None,
             kind=kind,
         )
-        return Choice(decision, request, candidates[eligible.names.index(chosen.name)])
+        return Choice(
+            decision,
+            request,
+            candidates[eligible.names.index(chosen.name)],
+            eligible.names,
+            terms,
+        )
 
     def _check_available(self) -> None:
         """No candidate at all is the backends' state, not the request's fault: a 503
@@ -348,5 +374,6 @@ class AutoRouter:
             "candidates": [c.name for c in self.registry.candidates()],
             "decisions": self.decisions,
             "telemetry": self.telemetry.snapshot(),
+            "backends": self.memory.status(),
             "time": time.time(),
         }

@@ -45,8 +45,9 @@ LEGEND = {
     ),
     "X-Autoroute-Score": (
         "the chosen model's utility (explain: ranking[].utility) = P(success) - "
-        "cost_weight * expected seconds, for the profile's cost_weight; higher is "
-        "better, comparable only within one profile"
+        "cost_weight * expected seconds (with the load time of a model not loaded), "
+        "minus warm.evict_penalty when loading it would evict a model in use, for the "
+        "profile's cost_weight; higher is better, comparable only within one profile"
     ),
 }
 
@@ -169,7 +170,12 @@ class AutoRoutes:
                     "known": learning.known_prior_strength,
                     "unseen": learning.prior_strength,
                 },
-                "ranking": [self._with_measured(s.describe()) for s in decision.ranking],
+                # expected_seconds includes load_seconds (0 when loaded); utility
+                # includes evict_penalty when loading would evict a model in use.
+                "ranking": [
+                    self._with_measured({**s.describe(), **choice.loading(s.name)})
+                    for s in decision.ranking
+                ],
                 "filtered": filtered,
                 "legend": LEGEND,
             }

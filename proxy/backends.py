@@ -96,11 +96,30 @@ class BackendState:
         # The last /api/tags entries, for the model registry.
         self.tags: list[dict[str, Any]] = []
         self.in_flight = 0
+        # Requests in flight per model (normalised name): a loaded model in use.
+        self.busy: dict[str, int] = {}
         self.last_error = ""
 
     @property
     def label(self) -> str:
         return self.config.label
+
+    def begin(self, model: str | None) -> None:
+        """A request for `model` (None: no model) goes to this backend."""
+        self.in_flight += 1
+        if model:
+            name = normalize_model(model)
+            self.busy[name] = self.busy.get(name, 0) + 1
+
+    def end(self, model: str | None) -> None:
+        self.in_flight -= 1
+        if model:
+            name = normalize_model(model)
+            left = self.busy.get(name, 0) - 1
+            if left > 0:
+                self.busy[name] = left
+            else:
+                self.busy.pop(name, None)
 
     def failed(self, reason: str) -> None:
         self.last_error = reason

@@ -75,6 +75,10 @@ class Listen:
 class Backend:
     url: str
     name: str = ""
+    # GPU memory (GB) models may use here; 0: the most seen loaded at once (`/api/ps`).
+    vram_gb: float = 0.0
+    # Models kept loaded here, where they fit (see `Warm`).
+    warm: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
@@ -153,6 +157,22 @@ class Profile:
     # The most often (share of requests) a model other than the best by prior and
     # evidence is tried, by Thompson sampling, to learn about it.
     exploration: float = 0.0
+
+
+@dataclass(frozen=True)
+class Warm:
+    """What loading a model costs `auto`, and how backends' warm sets are kept loaded."""
+
+    # The keep_alive a warm model is loaded with (Ollama's duration; renewed at half).
+    keep_alive: str = "30m"
+    # Seconds to load one GB of a model not loaded, until a load was measured.
+    load_seconds_per_gb: float = 0.5
+    # A model's memory: weights (parameters x quantization bits) x this, until
+    # `/api/ps` has shown its size.
+    memory_factor: float = 1.2
+    # Utility a candidate loses when loading it would evict a model with requests in
+    # flight on its backend: chosen then only if it leads by more than this.
+    evict_penalty: float = 0.1
 
 
 def _default_profiles() -> dict[str, Profile]:
@@ -409,6 +429,7 @@ class Config:
     auth: Auth = field(default_factory=Auth)
     cache: Cache = field(default_factory=Cache)
     shared: Shared = field(default_factory=Shared)
+    warm: Warm = field(default_factory=Warm)
 
     def check(self) -> Config:
         if self.logging.level.upper() not in LOG_LEVELS:

@@ -26,6 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from proxy.backends import normalize_model
+from proxy.memory import used_bytes
 from proxy.routes import label_of
 
 if TYPE_CHECKING:
@@ -199,6 +200,11 @@ class _StateCollector(Collector):
             "Consecutive failures counted by the circuit breaker",
             labels=["backend"],
         )
+        memory = GaugeMetricFamily(
+            "autoroute_backend_memory_used_bytes",
+            "GPU memory the backend's loaded models hold (its last /api/ps)",
+            labels=["backend"],
+        )
         for state in self.backends.states:
             now = state.pool.loop.time()
             current = state.breaker.state(now)
@@ -208,7 +214,8 @@ class _StateCollector(Collector):
             for name in CIRCUIT_STATES:
                 circuit.add_metric([label, name], float(current == name))
             failures.add_metric([label], state.breaker.failures)
-        yield from (healthy, busy, circuit, failures)
+            memory.add_metric([label], used_bytes(state))
+        yield from (healthy, busy, circuit, failures, memory)
 
         counters = self.usage.counters()
         queue = GaugeMetricFamily(

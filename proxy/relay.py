@@ -106,7 +106,7 @@ class Relay:
                 return error_response(request.path, 503, str(exc))
             outcome.attempts += 1
             outcome.backend = state.label
-            state.in_flight += 1
+            state.begin(model)
             may_retry = (
                 only is None
                 and len(tried) < retries
@@ -116,7 +116,7 @@ class Relay:
             try:
                 head = await self.exchange(request, state, body, client, outcome.request_id)
             except UpstreamError as exc:
-                state.in_flight -= 1
+                state.end(model)
                 state.failed(str(exc))
                 log.warning("backend %s failed before answering: %s", state.label, exc)
                 failures.append(f"{state.label}: {exc}")
@@ -126,7 +126,7 @@ class Relay:
                     return self._failed(request, outcome, failures, unreachable)
                 continue
             except Exception as exc:
-                state.in_flight -= 1
+                state.end(model)
                 if client.started:
                     # The answer's head went out (an upload the backend answered early,
                     # whose client then failed): aiohttp must not answer after it.
@@ -134,10 +134,10 @@ class Relay:
                     return client.cut(f"proxy error: {exc}")
                 raise
             except BaseException:
-                state.in_flight -= 1
+                state.end(model)
                 raise
             if client.declined:
-                state.in_flight -= 1
+                state.end(model)
                 client.drop()
                 state.answered(head.status)
                 failures.append(f"{state.label}: answered {head.status}")
@@ -147,7 +147,7 @@ class Relay:
             try:
                 return await self._respond(state, head, client, outcome)
             finally:
-                state.in_flight -= 1
+                state.end(model)
 
     def _failed(
         self, request: web.Request, outcome: Served, failures: list[str], unreachable: bool

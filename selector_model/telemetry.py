@@ -1,7 +1,8 @@
 """Expected seconds per candidate, from what the proxy has seen of each (backend, model).
 
 Every final chunk the relay parses carries the prompt-eval and generation durations
-and the load time (nanoseconds); they feed exponentially weighted rates here. Before
+and the load time (nanoseconds); they feed exponentially weighted rates here (a
+load's, `measured_load`, is added by `proxy.memory` to a model not loaded). Before
 any traffic, a prior from model size and quantization stands in: decoding is bound by
 memory bandwidth, so tokens/s ≈ bandwidth / bytes of weights.
 """
@@ -13,9 +14,8 @@ from dataclasses import dataclass
 
 from selector_model.features import Candidate
 
-# Assumed hardware for the prior: a mid-range GPU and an NVMe disk.
+# Assumed hardware for the prior: a mid-range GPU.
 PRIOR_BANDWIDTH_GBPS = 400.0
-PRIOR_DISK_GBPS = 2.0
 PRIOR_PROMPT_SPEEDUP = 30.0  # prompt evaluation is batched: ~30x decoding speed
 ALPHA = 0.2  # weight of the newest observation
 
@@ -26,6 +26,7 @@ class Rates:
     gen_tps: float
     load_seconds: float
     samples: int = 0
+    loads: int = 0  # loads measured (a load_duration well above a warm runner's)
 
 
 def prior(candidate: Candidate) -> Rates:
@@ -34,7 +35,7 @@ def prior(candidate: Candidate) -> Rates:
     return Rates(
         prompt_tps=gen_tps * PRIOR_PROMPT_SPEEDUP,
         gen_tps=gen_tps,
-        load_seconds=weights_gb / PRIOR_DISK_GBPS,
+        load_seconds=0.0,  # until measured: the load's prior is `proxy.memory`'s
     )
 
 
@@ -45,8 +46,8 @@ def _ewma(old: float, new: float, samples: int) -> float:
 class Telemetry:
     def __init__(self) -> None:
         self._rates: dict[tuple[str, str], Rates] = {}
-        # The prior's (prompt_tps, gen_tps, load_seconds) by what it depends on.
-        self._priors: dict[tuple[float, float], tuple[float, float, float]] = {}
+        # The prior's (prompt_tps, gen_tps) by what it depends on.
+        self._priors: dict[tuple[float, float], tuple[float, float]] = {}
 
     def observe(self, backend: str, candidate: Candidate, stats: Mapping[str, int | str]) -> None:
         """Fold one final chunk's counters into the rates of (backend, model)."""
@@ -75,10 +76,17 @@ class Telemetry:
             seen = True
         # A load of a few milliseconds is the warm-runner bookkeeping, not a load.
         if isinstance(load_ns, int) and load_ns > 50_000_000:
-            rates.load_seconds = _ewma(rates.load_seconds, load_ns / 1e9, n)
+            rates.load_seconds = _ewma(rates.load_seconds, load_ns / 1e9, rates.loads)
+            rates.loads += 1
+            self._rates[key] = rates
         if seen:
             rates.samples = n + 1
             self._rates[key] = rates
+
+    def measured_load(self, backend: str, name: str) -> float | None:
+        """Seconds loading `name` took on `backend`, when a load was measured there."""
+        rates = self._rates.get((backend, name))
+        return rates.load_seconds if rates is not None and rates.loads else None
 
     def expected_seconds_many(
         self,
@@ -87,20 +95,17 @@ class Telemetry:
         prompt_tokens: float,
         output_tokens: float,
     ) -> list[float]:
-        """Expected seconds of each candidate on its backend (prompt evaluation, decoding,
-        and loading unless it is loaded), from its observed rates or else the prior. The
-        hot path of `auto`: the prior is computed once per model size, not per request."""
+        """Expected seconds of each candidate on its backend (prompt evaluation and
+        decoding; loading is `proxy.memory`'s term), from its observed rates or else the
+        prior. The hot path of `auto`: the prior is computed once per model size, not
+        per request."""
         observed = self._rates
         priors = self._priors
         out = []
         for backend, candidate in zip(backends, candidates, strict=True):
             rates = observed.get((backend, candidate.name))
             if rates is not None:
-                prompt_tps, gen_tps, load_seconds = (
-                    rates.prompt_tps,
-                    rates.gen_tps,
-                    rates.load_seconds,
-                )
+                prompt_tps, gen_tps = rates.prompt_tps, rates.gen_tps
             else:
                 key = (candidate.params_b, candidate.quant_bits)
                 cached = priors.get(key)
@@ -108,10 +113,9 @@ class Telemetry:
                     if len(priors) >= 4096:
                         priors.clear()
                     rates = prior(candidate)
-                    cached = priors[key] = (rates.prompt_tps, rates.gen_tps, rates.load_seconds)
-                prompt_tps, gen_tps, load_seconds = cached
-            seconds = prompt_tokens / prompt_tps + output_tokens / gen_tps
-            out.append(seconds if candidate.loaded else seconds + load_seconds)
+                    cached = priors[key] = (rates.prompt_tps, rates.gen_tps)
+                prompt_tps, gen_tps = cached
+            out.append(prompt_tokens / prompt_tps + output_tokens / gen_tps)
         return out
 
     def snapshot(self) -> list[dict[str, object]]:
@@ -121,7 +125,7 @@ class Telemetry:
                 "model": model,
                 "prompt_tokens_per_s": round(r.prompt_tps, 1),
                 "tokens_per_s": round(r.gen_tps, 2),
-                "load_seconds": round(r.load_seconds, 3),
+                "load_seconds": round(r.load_seconds, 3) if r.loads else None,
                 "samples": r.samples,
             }
             for (backend, model), r in sorted(self._rates.items())

@@ -111,7 +111,9 @@ class Emulator:
 
 
 class Proxy:
-    def __init__(self, thread: ServerThread, backends: list[str], **sections: Any) -> None:
+    def __init__(
+        self, thread: ServerThread, backends: list[str] | list[Backend], **sections: Any
+    ) -> None:
         self.thread = thread
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -125,7 +127,7 @@ class Proxy:
             )
         self.config = Config(
             listen=Listen(port=self.port),
-            backends=tuple(Backend(url=u) for u in backends),
+            backends=tuple(u if isinstance(u, Backend) else Backend(url=u) for u in backends),
             **sections,
         ).check()
         self.app = web.Application()  # the proxy's, once `serve` has built it

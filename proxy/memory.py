@@ -1,0 +1,194 @@
+"""What each backend has loaded, what a model needs, and what loading one costs `auto`.
+
+Read from each backend's `/api/ps` (`size`, `size_vram`, `expires_at`) after every
+background refresh, and from the registry's models (parameters and quantization from
+`/api/show`). A model's memory need is the size `/api/ps` last showed for it, else its
+weights (parameters x bits) times `warm.memory_factor`. A backend's capacity is its
+configured `vram_gb`, else the most memory seen loaded on it at once (unknown until
+something was loaded).
+
+`auto`'s two terms come from here, computed on the request path from what the last
+refresh found, with no I/O:
+- load seconds: a candidate not loaded costs the load measured for it on its backend
+  (Ollama's `load_duration`, by `Telemetry`), else `warm.load_seconds_per_gb` x its
+  memory need; added to its expected seconds;
+- eviction: loading a candidate evicts a model with requests in flight when the
+  memory of the busy models plus its need exceed the backend's capacity (Ollama keeps
+  a busy runner and makes the new request wait for it); such a candidate loses
+  `warm.evict_penalty` of utility.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from proxy.backends import BackendPool, BackendState, normalize_model
+from proxy.config import Config
+from proxy.registry import Registry
+from selector_model.features import Candidate
+from selector_model.telemetry import Telemetry
+
+GB = 1e9
+
+
+def expiry_of(stamp: object) -> float | None:
+    """Unix seconds of an `/api/ps` `expires_at` (Go's RFC 3339), None if unreadable."""
+    if not isinstance(stamp, str) or not stamp:
+        return None
+    try:
+        return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Terms:
+    """What loading adds to each candidate of one decision."""
+
+    load_seconds: list[float]  # 0 for a loaded candidate
+    evicts: list[bool]  # loading it would evict a model with requests in flight
+    penalty: float  # utility an evicting candidate loses
+
+    def describe(self, index: int) -> dict[str, Any]:
+        return {
+            "load_seconds": round(self.load_seconds[index], 3),
+            "evicts_busy_model": self.evicts[index],
+            "evict_penalty": self.penalty if self.evicts[index] else 0.0,
+        }
+
+
+def used_bytes(state: BackendState) -> float:
+    """Bytes of GPU memory the backend's loaded models hold, as its `/api/ps` said."""
+    total = 0.0
+    for entry in state.running:
+        vram = entry.get("size_vram", entry.get("size"))
+        if isinstance(vram, int | float):
+            total += vram
+    return total
+
+
+def _model_name(entry: dict[str, Any]) -> str:
+    return normalize_model(str(entry.get("model") or entry.get("name") or ""))
+
+
+class Memory:
+    def __init__(
+        self, config: Config, backends: BackendPool, registry: Registry, telemetry: Telemetry
+    ) -> None:
+        self.settings = config.warm
+        self.backends = backends
+        self.registry = registry
+        self.telemetry = telemetry
+        self.by_label = {s.label: s for s in backends.states}
+        self.sizes: dict[str, float] = {}  # model: GB, as /api/ps last showed it
+        self.peak: dict[int, float] = {}  # backend index: most GB seen loaded at once
+        self.needs: dict[str, float] = {}  # model: GB, per registry refresh
+        # Backend label: warm model: its state, as the warmer last found it.
+        self.warm: dict[str, dict[str, str]] = {}
+        backends.listeners.append(self.refresh)
+
+    async def refresh(self) -> None:
+        """After each refresh of the backends (and the registry, listed before)."""
+        for state in self.backends.states:
+            for entry in state.running:
+                size = entry.get("size")
+                if isinstance(size, int | float) and size > 0:
+                    self.sizes[_model_name(entry)] = size / GB
+            self.peak[state.index] = max(self.peak.get(state.index, 0.0), self.used(state))
+        self.needs = {
+            name: self._estimate(name, info.candidate)
+            for name, info in self.registry.models.items()
+        }
+
+    def _estimate(self, name: str, candidate: Candidate | None) -> float:
+        seen = self.sizes.get(name)
+        if seen is not None:
+            return seen
+        if candidate is None:
+            return 0.0
+        weights = max(candidate.params_b, 0.05) * candidate.quant_bits / 8.0
+        return weights * self.settings.memory_factor
+
+    def need(self, name: str) -> float:
+        """GB model `name` needs loaded (0 when nothing is known of it)."""
+        need = self.needs.get(name)
+        if need is None:
+            info = self.registry.models.get(name)
+            need = self._estimate(name, info.candidate if info else None)
+        return need
+
+    def capacity(self, state: BackendState) -> tuple[float | None, str]:
+        """(GB models may use on the backend, where that figure comes from)."""
+        if state.config.vram_gb > 0:
+            return state.config.vram_gb, "config"
+        peak = self.peak.get(state.index, 0.0)
+        return (peak, "most seen loaded") if peak > 0 else (None, "unknown")
+
+    @staticmethod
+    def used(state: BackendState) -> float:
+        """GB of GPU memory the backend's loaded models hold."""
+        return used_bytes(state) / GB
+
+    def expiry(self, state: BackendState, name: str) -> float | None:
+        """Unix seconds when `name` unloads from the backend; None: not loaded."""
+        for entry in state.running:
+            if _model_name(entry) == name:
+                return expiry_of(entry.get("expires_at")) or float("inf")
+        return None
+
+    def _evicts(self, state: BackendState, name: str) -> bool:
+        capacity, _ = self.capacity(state)
+        if capacity is None or not state.busy:
+            return False
+        busy = 0.0
+        for entry in state.running:
+            model = _model_name(entry)
+            if model in state.busy:
+                busy += self.sizes.get(model, 0.0)
+        return busy > 0 and busy + self.need(name) > capacity
+
+    def terms(self, backends: Sequence[str], candidates: Sequence[Candidate]) -> Terms:
+        """The load and eviction terms of each candidate on the backend it would run on
+        (see the module docstring). On `auto`'s hot path: dictionary reads only."""
+        per_gb = self.settings.load_seconds_per_gb
+        loads: list[float] = []
+        evicts: list[bool] = []
+        for label, candidate in zip(backends, candidates, strict=True):
+            if candidate.loaded:
+                loads.append(0.0)
+                evicts.append(False)
+                continue
+            measured = self.telemetry.measured_load(label, candidate.name)
+            loads.append(measured if measured is not None else per_gb * self.need(candidate.name))
+            state = self.by_label.get(label)
+            evicts.append(state is not None and self._evicts(state, candidate.name))
+        return Terms(loads, evicts, self.settings.evict_penalty)
+
+    def status(self) -> list[dict[str, Any]]:
+        """Per backend: memory in use and capacity, what is loaded, the warm set."""
+        out = []
+        for state in self.backends.states:
+            capacity, source = self.capacity(state)
+            out.append(
+                {
+                    "backend": state.label,
+                    "memory_used_gb": round(self.used(state), 3),
+                    "capacity_gb": None if capacity is None else round(capacity, 3),
+                    "capacity_from": source,
+                    "loaded": [
+                        {
+                            "model": _model_name(entry),
+                            "size_gb": round(float(entry.get("size") or 0) / GB, 3),
+                            "vram_gb": round(float(entry.get("size_vram") or 0) / GB, 3),
+                            "expires_at": entry.get("expires_at"),
+                            "in_flight": state.busy.get(_model_name(entry), 0),
+                        }
+                        for entry in state.running
+                    ],
+                    "warm": dict(self.warm.get(state.label, {})),
+                }
+            )
+        return out
