@@ -19,6 +19,7 @@ from proxy.auth_store import KeyStore
 from proxy.auto import AutoRouter
 from proxy.auto_routes import AutoRoutes
 from proxy.backends import BackendPool
+from proxy.cloud import CloudFallback
 from proxy.config import Config
 from proxy.dashboard import Dashboard
 from proxy.dashboard_series import Recent
@@ -62,6 +63,9 @@ class App:
         self.recent = Recent()  # the status page's charts and auto's recent choices
         self.dashboard = Dashboard(self.backends, self.auto, self.usage, self.metrics, self.recent)
         self.fanout = Fanout(self.backends, self.relay, self._spawn)
+        # Off unless configured: then requests no local backend can serve may go out.
+        enabled = config.cloud.enabled and config.cloud.providers
+        self.cloud = CloudFallback(config, self.metrics.registry) if enabled else None
         self.handlers = Handlers(
             config,
             self.backends,
@@ -70,6 +74,7 @@ class App:
             self.auto_routes,
             self.fanout,
             self.metrics,
+            self.cloud,
         )
         # The owners the route table names its handlers by.
         self.router = Router(
@@ -108,6 +113,8 @@ class App:
         self.access.start()
         await self.learner.start()
         await self.usage.start()
+        if self.cloud is not None:
+            await self.cloud.start()
         if self.key_store is not None:
             # Read once before serving (a failure keeps the configured keys), then in
             # the background: the request path never waits for PostgreSQL.
@@ -135,6 +142,8 @@ class App:
         for task in list(self._background):
             task.cancel()
         await self.backends.stop()
+        if self.cloud is not None:
+            await self.cloud.stop()
         await self.access.stop()
         if self.key_store is not None:
             await self.key_store.close()

@@ -22,6 +22,7 @@ from proxy.auth import KEY_REQUEST
 from proxy.auto import AutoError, AutoRouter, profile_of, user_key
 from proxy.auto_routes import AutoRoutes
 from proxy.backends import BackendPool, BackendState, NoBackend
+from proxy.cloud import CloudFallback, lists_locally
 from proxy.config import Config
 from proxy.errors import error_body, error_response
 from proxy.fanout import Fanout
@@ -70,6 +71,7 @@ class Handlers:
         auto_routes: AutoRoutes,
         fanout: Fanout,
         metrics: Metrics,
+        cloud: CloudFallback | None = None,
     ) -> None:
         self.config = config
         self.backends = backends
@@ -78,6 +80,7 @@ class Handlers:
         self.auto_routes = auto_routes
         self.fanout = fanout
         self.metrics = metrics
+        self.cloud = cloud
 
     def _read(self, request: web.Request) -> Awaitable[bytes]:
         return request_limits.read_body(request, self.config.timeouts.client_body_idle_seconds)
@@ -130,7 +133,7 @@ class Handlers:
                 if path == SHOW_PATH:
                     return self._model_hidden(path, model)
                 return self._model_denied(path, model)
-            return await self.relay.forward(request, served, body, model)
+            return await self._local_or_cloud(request, doc, body, model, (model,))
         assert isinstance(doc, dict)
         if path == SHOW_PATH:
             return self.auto_routes.show(profile, key.models if key else None)
@@ -148,6 +151,10 @@ class Handlers:
             served.extra[AUTOROUTE_HEADERS[0]] = chosen
             served.extra[AUTOROUTE_HEADERS[2]] = "pinned"
         else:
+            cloud_names = (f"auto:{profile}",)
+            if self.cloud is not None and self.cloud.preferred(profile):
+                if self.cloud.takes(path, cloud_names):
+                    return await self.cloud.serve(request, doc, cloud_names)
             deciding = time.perf_counter()
             try:
                 choice = self.auto.decide(
@@ -155,6 +162,10 @@ class Handlers:
                 )
             except AutoError as exc:
                 return error_response(path, 400, str(exc))
+            except NoBackend:
+                if self.cloud is None or not self.cloud.takes(path, cloud_names):
+                    raise
+                return await self.cloud.serve(request, doc, cloud_names)
             finally:
                 self.metrics.decision.observe(time.perf_counter() - deciding)
             decision = choice.decision
@@ -171,7 +182,24 @@ class Handlers:
                 )
             )
         doc["model"] = chosen
-        return await self.relay.forward(request, served, orjson.dumps(doc), chosen)
+        names = (chosen, f"auto:{profile}")
+        return await self._local_or_cloud(request, doc, orjson.dumps(doc), chosen, names)
+
+    async def _local_or_cloud(
+        self, request: web.Request, doc: Any, body: bytes, model: str, names: tuple[str, ...]
+    ) -> web.StreamResponse:
+        """To a local backend; to the cloud fallback, where a provider stands in for
+        `names`, only when none can serve: no usable backend lists the model, or every
+        one that does failed or refused."""
+        served = request[OUTCOME].served
+        cloud = self.cloud
+        if cloud is None or not isinstance(doc, dict) or not cloud.takes(request.path, names):
+            return await self.relay.forward(request, served, body, model)
+        if not lists_locally(self.backends, model):
+            return await cloud.serve(request, doc, names)
+        return await self.relay.forward(
+            request, served, body, model, fallback=lambda: cloud.serve(request, doc, names)
+        )
 
     @staticmethod
     def _model_denied(path: str, model: str) -> web.Response:
