@@ -101,10 +101,11 @@ class App:
         )
 
     def _telemetry(self, request: web.Request, outcome: Outcome) -> None:
-        """What a backend's answer says of its model's speed, for auto's estimates."""
+        """What a backend's answer says of its model's speed, for auto's estimates (a
+        cloud fallback's answer says nothing of a local backend's)."""
         served = outcome.served
         model = outcome.decided.served_model
-        if served.stats and served.backend and model:
+        if served.stats and served.backend and model and not served.provider:
             self.auto.observe(served.backend, model, served.stats)
 
     async def start(self, app: web.Application) -> None:

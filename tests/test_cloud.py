@@ -4,7 +4,8 @@ budget in memory and in PostgreSQL. No test reaches the internet."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import orjson
 import pytest
 from aiohttp import web
 
+from proxy.app import APP_KEY
 from proxy.config import Cloud, CloudProvider, Usage
 from tests.cloud_standin import (
     ANSWER,
@@ -284,6 +286,43 @@ async def test_a_profile_that_opts_in_goes_to_the_cloud_first(
         assert status == 200
         assert "X-Autoroute-Backend" not in headers
         assert [b["model"] for b in cloud_server.seen.bodies] == ["fast-cloud"]
+    finally:
+        proxy.stop()
+
+
+def event_lines(path: Path) -> list[bytes]:
+    return path.read_bytes().splitlines() if path.exists() else []
+
+
+async def wait_until(check: Callable[[], bool]) -> None:
+    for _ in range(500):
+        if check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("never happened")
+
+
+async def test_auto_falls_back_when_its_choice_fails_and_learns_nothing_from_it(
+    servers: ServerThread, own_emulator: Emulator, cloud_server: StandIn
+) -> None:
+    proxy = Proxy(servers, [own_emulator.url], cloud=cloud_section(cloud_server.url))
+    app = proxy.app[APP_KEY]
+    events = Path(proxy.config.usage.file_path)
+
+    try:
+        body = {"model": "auto", "messages": MESSAGES, "stream": False}
+        status, headers, _ = await post(proxy.url + "/api/chat", body)
+        assert status == 200 and "X-Autoroute-Backend" not in headers
+        await wait_until(lambda: app.learner.observed == 1)
+        own_emulator.stop()  # auto still lists its models: the relay finds it gone
+        status, headers, answer = await post(proxy.url + "/api/chat", body)
+        assert status == 200, answer
+        assert headers["X-Autoroute-Backend"] == "cloud:openai"
+        assert orjson.loads(answer)["message"]["content"] == ANSWER
+        await wait_until(lambda: len(event_lines(events)) == 2)
+        assert app.learner.observed == 1
+        last = orjson.loads(event_lines(events)[-1])
+        assert last["provider"] == "openai" and last["decision"]["chosen"]
     finally:
         proxy.stop()
 
