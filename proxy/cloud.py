@@ -106,6 +106,27 @@ class CloudFallback:
             await self._session.close()
         await self.budget.close()
 
+    def status(self) -> dict[str, Any]:
+        """For the health endpoint: each provider, its budget and this month's tokens
+        as last counted (never the key)."""
+        month = this_month()
+        return {
+            "prefer_for_profiles": list(self.config.prefer_for_profiles),
+            "providers": [
+                {
+                    "name": name,
+                    "api": provider.api,
+                    "base_url": provider.base_url,
+                    "key_set": bool(os.environ.get(provider.key_env)),
+                    "models": provider.models,
+                    "month": month,
+                    "monthly_token_budget": provider.monthly_token_budget,
+                    "tokens_this_month": self.budget.known.get((name, month), 0),
+                }
+                for name, provider, _ in self.providers
+            ],
+        }
+
     def preferred(self, profile: str) -> bool:
         return profile in self.config.prefer_for_profiles
 

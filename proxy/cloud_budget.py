@@ -29,9 +29,11 @@ def this_month() -> str:
 class Budget:
     def __init__(self, dsn: str | None) -> None:
         self.dsn = dsn
-        self._memory: dict[tuple[str, str], int] = {}
         self._pool: asyncpg.Pool | None = None
         self._connecting = asyncio.Lock()
+        # Per provider and month: the count itself without a DSN; with one, the last
+        # count read or added (for the status endpoint).
+        self.known: dict[tuple[str, str], int] = {}
 
     async def _connected(self) -> asyncpg.Pool:
         async with self._connecting:
@@ -51,7 +53,7 @@ class Budget:
 
     async def spent(self, provider: str, month: str) -> int:
         if not self.dsn:
-            return self._memory.get((provider, month), 0)
+            return self.known.get((provider, month), 0)
         pool = await self._connected()
         try:
             value = await pool.fetchval(
@@ -61,12 +63,13 @@ class Budget:
             )
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             raise BudgetUnavailable(f"cloud budget store unavailable: {exc}") from exc
-        return int(value or 0)
+        self.known[(provider, month)] = int(value or 0)
+        return self.known[(provider, month)]
 
     async def add(self, provider: str, month: str, tokens: int) -> None:
+        key = (provider, month)
+        self.known[key] = self.known.get(key, 0) + tokens
         if not self.dsn:
-            key = (provider, month)
-            self._memory[key] = self._memory.get(key, 0) + tokens
             return
         try:
             pool = await self._connected()

@@ -298,8 +298,10 @@ class Handlers:
             }
             for s in self.backends.states
         ]
-        body = orjson.dumps({"status": status, "backends": backends})
-        return web.Response(body=body, headers={"Content-Type": JSON})
+        doc: dict[str, Any] = {"status": status, "backends": backends}
+        if self.cloud is not None:
+            doc["cloud"] = self.cloud.status()
+        return web.Response(body=orjson.dumps(doc), headers={"Content-Type": JSON})
 
     async def ready(self, request: web.Request) -> web.StreamResponse:
         """Readiness, for orchestrators routing traffic: 200 while at least one backend

@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 
 from proxy.app import APP_KEY
-from proxy.config import Cloud, CloudProvider, Usage
+from proxy.config import Cloud, CloudProvider, Config, ConfigError, Usage
 from tests.cloud_standin import (
     ANSWER,
     ANSWER_WORDS,
@@ -345,8 +345,15 @@ async def test_at_the_budget_the_fallback_stops_with_a_503_naming_it(
         assert len(cloud_server.seen.bodies) == 1
         async with aiohttp.ClientSession() as session:
             metrics = await (await session.get(proxy.url + "/metrics")).text()
-        assert 'autoroute_cloud_tokens_total{kind="completion",provider="openai"} 6.0' in metrics
-        assert "autoroute_cloud_budget_refusals_total 2.0" in metrics
+            spent = 'autoroute_cloud_tokens_total{kind="completion",provider="openai"} 6.0'
+            assert spent in metrics
+            assert "autoroute_cloud_budget_refusals_total 2.0" in metrics
+            async with session.get(proxy.url + "/api/autoroute/health") as resp:
+                health = await resp.json()
+        (provider,) = health["cloud"]["providers"]
+        assert provider["name"] == "openai" and provider["key_set"] is True
+        assert (provider["monthly_token_budget"], provider["tokens_this_month"]) == (10, 11)
+        assert OPENAI_KEY not in orjson.dumps(health).decode()
     finally:
         proxy.stop()
 
@@ -435,3 +442,37 @@ async def test_cloud_is_off_by_default(servers: ServerThread) -> None:
         assert "no healthy backend" in orjson.loads(body)["error"]
     finally:
         proxy.stop()
+
+
+async def test_without_its_budget_store_the_fallback_stays_off(
+    servers: ServerThread, cloud_server: StandIn, tmp_path: Path
+) -> None:
+    gone = f"postgresql://postgres@127.0.0.1:{free_port()}/autoroute"
+    usage = Usage(postgres_dsn=gone, file_mode="off", spool_dir=str(tmp_path / "spool"))
+    proxy = Proxy(servers, [dead_url()], cloud=cloud_section(cloud_server.url), usage=usage)
+    try:
+        body_sent = {"model": LOCAL, "messages": MESSAGES}
+        status, _, body = await post(proxy.url + "/api/chat", body_sent)
+        assert status == 503
+        assert orjson.loads(body)["error"].startswith("cloud budget store unavailable")
+        assert cloud_server.seen.bodies == []
+    finally:
+        proxy.stop()
+
+
+@pytest.mark.parametrize(
+    ("provider", "message"),
+    [
+        (CloudProvider(base_url="api.openai.com", key_env="K"), "is not an http"),
+        (CloudProvider(base_url="https://api.openai.com/v1"), "key_env"),
+        (
+            CloudProvider(base_url="https://x/v1", key_env="K", monthly_token_budget=-1),
+            "must not be negative",
+        ),
+    ],
+)
+def test_a_provider_that_cannot_work_is_a_configuration_error(
+    provider: CloudProvider, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Config(cloud=Cloud(enabled=True, providers={"p": provider})).check()
