@@ -26,6 +26,7 @@ from proxy.cloud_translate import (
     CloudStreamError,
     TranslateError,
     Translator,
+    Unsupported,
     cloud_body,
     read_request,
 )
@@ -153,6 +154,11 @@ class CloudFallback:
         served = request[OUTCOME].served
         try:
             chat = read_request(path, doc)
+        except Unsupported as exc:
+            # Not the client's fault: no local backend could serve, and the cloud
+            # would answer another question.
+            served.error = f"no local backend can serve this request and {exc}"
+            return error_response(path, 503, served.error)
         except TranslateError as exc:
             return error_response(path, 400, str(exc))
         month = this_month()

@@ -27,6 +27,11 @@ class TranslateError(ValueError):
     """The request cannot be put to a cloud API (the client's fault: a 400)."""
 
 
+class Unsupported(TranslateError):
+    """A request the translation would change the meaning of (tools, images, a
+    `format`): the cloud does not take it, rather than answer something else."""
+
+
 class CloudStreamError(Exception):
     """The cloud's answer failed: an error event, or it ended before it said so."""
 
@@ -54,9 +59,9 @@ def _text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(
-            p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)
-        )
+        if any(not isinstance(p, dict) or p.get("type") != "text" for p in content):
+            raise Unsupported("the cloud fallback sends only text parts")
+        return "".join(str(p.get("text", "")) for p in content)
     if content is None:
         return ""
     raise TranslateError("a message's content must be text")
@@ -82,6 +87,9 @@ def _stops(value: Any) -> list[str]:
 
 def read_request(path: str, doc: dict[str, Any]) -> Chat:
     """The request at `path` (one of PATHS) as a `Chat`; TranslateError when it cannot be."""
+    for name in ("tools", "functions", "format", "response_format", "images"):
+        if doc.get(name):
+            raise Unsupported(f"the cloud fallback does not send {name!r}")
     if path == V1_CHAT:
         options = doc
         stream = doc.get("stream") is True
@@ -116,6 +124,8 @@ def read_request(path: str, doc: dict[str, Any]) -> Chat:
                 "assistant",
             ):
                 raise TranslateError("each message needs a role: system, user or assistant")
+            if message.get("images") or message.get("tool_calls"):
+                raise Unsupported("the cloud fallback does not send images or tool calls")
             text = _text(message.get("content"))
             if message["role"] in ("system", "developer"):
                 system.append(text)

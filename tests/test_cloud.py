@@ -160,6 +160,15 @@ async def test_every_local_backend_down_falls_back_in_every_shape(
         assert doc["choices"][0]["message"]["content"] == ANSWER
         assert doc["usage"]["prompt_tokens"] == PROMPT_TOKENS
         assert len(cloud_server.seen.bodies) == 4
+        # What the translation would change the meaning of stays out of the cloud.
+        status, _, body = await post(
+            proxy.url + "/api/chat", {"model": LOCAL, "messages": MESSAGES, "format": "json"}
+        )
+        assert status == 503
+        assert orjson.loads(body)["error"] == (
+            "no local backend can serve this request and the cloud fallback does not send 'format'"
+        )
+        assert len(cloud_server.seen.bodies) == 4
         assert {b["model"] for b in cloud_server.seen.bodies} == {f"{api}-standin-model"}
     finally:
         proxy.stop()

@@ -270,6 +270,15 @@ def test_requests_become_each_apis_own() -> None:
         (GENERATE, {"prompt": ""}, "needs a prompt"),
         (CHAT, {"messages": MESSAGES, "options": {"temperature": "hot"}}, "temperature"),
         (V1_CHAT, {"messages": MESSAGES, "stop": 3}, "stop"),
+        (CHAT, {"messages": MESSAGES, "tools": [{"type": "function"}]}, "'tools'"),
+        (CHAT, {"messages": MESSAGES, "format": "json"}, "'format'"),
+        (GENERATE, {"prompt": "x", "images": ["aGk="]}, "'images'"),
+        (CHAT, {"messages": [{"role": "user", "content": "x", "images": ["aGk="]}]}, "images"),
+        (
+            V1_CHAT,
+            {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+            "only text",
+        ),
     ],
 )
 def test_requests_the_cloud_cannot_take_are_the_clients_fault(
