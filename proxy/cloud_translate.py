@@ -319,12 +319,14 @@ class Translator:
 
     def tokens(self) -> tuple[int, int]:
         """(prompt, completion) tokens as the cloud counted them; without its numbers
-        (a provider that leaves usage out), about four characters a token."""
+        (a provider that leaves usage out, an answer cut short before its final count),
+        about four characters a token, so that nothing spent goes uncounted."""
         r = self.reading
         prompt = r.prompt_tokens if r.prompt_tokens is not None else -(-self.chat.chars() // 4)
-        if r.completion_tokens is not None:
-            return prompt, r.completion_tokens
-        return prompt, -(-sum(map(len, self._text)) // 4)
+        estimate = -(-sum(map(len, self._text)) // 4)
+        if r.completion_tokens is None:
+            return prompt, estimate
+        return prompt, r.completion_tokens if r.ended else max(r.completion_tokens, estimate)
 
     def finish(self) -> bytes:
         """The end of the answer; CloudStreamError when the cloud never ended it."""

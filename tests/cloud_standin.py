@@ -8,6 +8,8 @@ Helpers only: no tests of their own."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +28,11 @@ class Seen:
 
     bodies: list[dict[str, Any]] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
+    # Faults: seconds between words, and the connection dropped after this many words.
+    delay: float = 0.0
+    cut_after: int | None = None
+    # Set when the proxy closed a stream before its end (its client left).
+    gone: threading.Event = field(default_factory=threading.Event)
 
 
 SEEN = web.AppKey("seen", Seen)
@@ -39,6 +46,23 @@ def prompt_tokens(body: dict[str, Any]) -> int:
 def _sse(doc: dict[str, Any], event: str | None = None) -> bytes:
     head = f"event: {event}\n".encode() if event else b""
     return head + b"data: " + orjson.dumps(doc) + b"\n\n"
+
+
+async def _word(
+    request: web.Request, response: web.StreamResponse, seen: Seen, index: int, event: bytes
+) -> bool:
+    """Send one word's event, with the faults set; False when the stream is over."""
+    if seen.cut_after is not None and index >= seen.cut_after:
+        if request.transport is not None:
+            request.transport.abort()
+        return False
+    try:
+        await asyncio.sleep(seen.delay)
+        await response.write(event)
+    except (ConnectionError, asyncio.CancelledError):
+        seen.gone.set()
+        raise
+    return True
 
 
 async def _openai(request: web.Request) -> web.StreamResponse:
@@ -69,7 +93,9 @@ async def _openai(request: web.Request) -> web.StreamResponse:
     for i, word in enumerate(ANSWER_WORDS):
         delta = {"role": "assistant", "content": word} if i == 0 else {"content": word}
         choice = {"index": 0, "delta": delta, "finish_reason": None}
-        await response.write(_sse({**base, "object": "chat.completion.chunk", "choices": [choice]}))
+        chunk = {**base, "object": "chat.completion.chunk", "choices": [choice]}
+        if not await _word(request, response, seen, i, _sse(chunk)):
+            return response
     end = {"index": 0, "delta": {}, "finish_reason": "stop"}
     await response.write(_sse({**base, "object": "chat.completion.chunk", "choices": [end]}))
     if (body.get("stream_options") or {}).get("include_usage"):
@@ -108,13 +134,14 @@ async def _anthropic(request: web.Request) -> web.StreamResponse:
     block = {"type": "content_block_start", "index": 0, "content_block": {"type": "text"}}
     await response.write(_sse(block, "content_block_start"))
     await response.write(_sse({"type": "ping"}, "ping"))
-    for word in ANSWER_WORDS:
+    for i, word in enumerate(ANSWER_WORDS):
         delta = {
             "type": "content_block_delta",
             "index": 0,
             "delta": {"type": "text_delta", "text": word},
         }
-        await response.write(_sse(delta, "content_block_delta"))
+        if not await _word(request, response, seen, i, _sse(delta, "content_block_delta")):
+            return response
     await response.write(_sse({"type": "content_block_stop", "index": 0}, "content_block_stop"))
     end = {
         "type": "message_delta",

@@ -485,3 +485,56 @@ def test_a_provider_that_cannot_work_is_a_configuration_error(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         Config(cloud=Cloud(enabled=True, providers={"p": provider})).check()
+
+
+async def test_a_cloud_stream_cut_short_ends_the_clients_stream_with_an_error(
+    servers: ServerThread, cloud_server: StandIn
+) -> None:
+    cloud_server.seen.cut_after = 2
+    proxy = Proxy(servers, [dead_url()], cloud=cloud_section(cloud_server.url, "anthropic"))
+    try:
+        status, _, body = await post(
+            proxy.url + "/api/chat", {"model": LOCAL, "messages": MESSAGES}
+        )
+        assert status == 200  # the head went out with the first words
+        *words, last = ndjson(body)
+        assert "".join(w["message"]["content"] for w in words) == "".join(ANSWER_WORDS[:2])
+        assert last["error"].startswith("cloud anthropic")
+        # The prompt's tokens (said in message_start) and the words sent still count.
+        async with aiohttp.ClientSession() as session:
+            async with session.get(proxy.url + "/api/autoroute/health") as resp:
+                (provider,) = (await resp.json())["cloud"]["providers"]
+        assert provider["tokens_this_month"] == PROMPT_TOKENS + 5  # 20 characters: 5
+    finally:
+        proxy.stop()
+
+
+async def test_a_client_leaving_closes_the_cloud_stream_and_its_tokens_count(
+    servers: ServerThread, cloud_server: StandIn
+) -> None:
+    cloud_server.seen.delay = 0.2
+    proxy = Proxy(servers, [dead_url()], cloud=cloud_section(cloud_server.url))
+    try:
+        async with aiohttp.ClientSession() as session:
+            body = {"model": LOCAL, "messages": MESSAGES}
+            async with session.post(proxy.url + "/api/chat", json=body) as resp:
+                first = await resp.content.readline()
+                assert orjson.loads(first)["message"]["content"] == ANSWER_WORDS[0]
+                resp.close()  # the client leaves mid-answer
+        await asyncio.to_thread(cloud_server.seen.gone.wait, 10)
+        assert cloud_server.seen.gone.is_set()
+        async with aiohttp.ClientSession() as session:
+
+            async def spent() -> int:
+                async with session.get(proxy.url + "/api/autoroute/health") as resp:
+                    (provider,) = (await resp.json())["cloud"]["providers"]
+                return int(provider["tokens_this_month"])
+
+            for _ in range(250):
+                if await spent():
+                    break
+                await asyncio.sleep(0.02)
+            # The prompt estimated (no usage came), at least the first word's token.
+            assert await spent() >= 2
+    finally:
+        proxy.stop()
