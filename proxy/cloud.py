@@ -145,6 +145,18 @@ class CloudFallback:
         has a provider standing in for it."""
         return path in PATHS and bool(self._candidates(names))
 
+    async def has_budget(self, names: Iterable[str]) -> bool:
+        """Whether a provider standing in for `names` has tokens left this month (for
+        a profile that prefers the cloud: without, it is served locally)."""
+        month = this_month()
+        for name, provider, _ in self._candidates(names):
+            try:
+                if await self.budget.spent(name, month) < provider.monthly_token_budget:
+                    return True
+            except BudgetUnavailable:
+                return False
+        return False
+
     async def serve(
         self, request: web.Request, doc: dict[str, Any], names: Iterable[str]
     ) -> web.StreamResponse:

@@ -152,9 +152,11 @@ class Handlers:
             served.extra[AUTOROUTE_HEADERS[2]] = "pinned"
         else:
             cloud_names = (f"auto:{profile}",)
-            if self.cloud is not None and self.cloud.preferred(profile):
-                if self.cloud.takes(path, cloud_names):
-                    return await self.cloud.serve(request, doc, cloud_names)
+            cloud = self.cloud
+            if cloud is not None and cloud.preferred(profile) and cloud.takes(path, cloud_names):
+                # Its explicit opt-in; with the month's budget spent, it is served locally.
+                if await cloud.has_budget(cloud_names):
+                    return await cloud.serve(request, doc, cloud_names)
             deciding = time.perf_counter()
             try:
                 choice = self.auto.decide(

@@ -297,6 +297,20 @@ async def test_a_profile_that_opts_in_goes_to_the_cloud_first(
         assert [b["model"] for b in cloud_server.seen.bodies] == ["fast-cloud"]
     finally:
         proxy.stop()
+    # With its budget spent, the profile that prefers the cloud is served locally.
+    section = cloud_section(
+        cloud_server.url, budget=0, models={"auto:fast": "fast-cloud"}, prefer=("fast",)
+    )
+    proxy = Proxy(servers, [own_emulator.url], cloud=section)
+    try:
+        status, headers, _ = await post(
+            proxy.url + "/api/chat", {"model": "auto:fast", "messages": MESSAGES}
+        )
+        assert status == 200
+        assert "X-Autoroute-Backend" not in headers
+        assert len(cloud_server.seen.bodies) == 1
+    finally:
+        proxy.stop()
 
 
 def event_lines(path: Path) -> list[bytes]:
