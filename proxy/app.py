@@ -20,6 +20,7 @@ from proxy.auto import AutoRouter
 from proxy.auto_routes import AutoRoutes
 from proxy.backends import BackendPool
 from proxy.cache import ResponseCache
+from proxy.cloud import CloudFallback
 from proxy.config import Config
 from proxy.dashboard import Dashboard
 from proxy.dashboard_series import Recent
@@ -73,6 +74,9 @@ class App:
         self.cache = (
             ResponseCache(config.cache, self.metrics.registry) if config.cache.enabled else None
         )
+        # Off unless configured: then requests no local backend can serve may go out.
+        enabled = config.cloud.enabled and config.cloud.providers
+        self.cloud = CloudFallback(config, self.metrics.registry) if enabled else None
         self.handlers = Handlers(
             config,
             self.backends,
@@ -82,6 +86,7 @@ class App:
             self.fanout,
             self.metrics,
             self.cache,
+            self.cloud,
         )
         if self.shared_limits is not None:
             self.handlers.health_extras["limits"] = self.shared_limits.mode
@@ -111,10 +116,11 @@ class App:
         )
 
     def _telemetry(self, request: web.Request, outcome: Outcome) -> None:
-        """What a backend's answer says of its model's speed, for auto's estimates."""
+        """What a backend's answer says of its model's speed, for auto's estimates (a
+        cloud fallback's answer says nothing of a local backend's)."""
         served = outcome.served
         model = outcome.decided.served_model
-        if served.stats and served.backend and model:
+        if served.stats and served.backend and model and not served.provider:
             self.auto.observe(served.backend, model, served.stats)
 
     async def start(self, app: web.Application) -> None:
@@ -126,6 +132,8 @@ class App:
         if self.shared_limits is not None:
             await self.shared_limits.start()
             self._spawn(self.shared_limits.run())
+        if self.cloud is not None:
+            await self.cloud.start()
         if self.key_store is not None:
             # Read once before serving (a failure keeps the configured keys), then in
             # the background: the request path never waits for PostgreSQL.
@@ -155,6 +163,8 @@ class App:
         for task in list(self._background):
             task.cancel()
         await self.backends.stop()
+        if self.cloud is not None:
+            await self.cloud.stop()
         await self.access.stop()
         if self.cache is not None:
             await self.cache.close()

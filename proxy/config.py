@@ -416,6 +416,38 @@ class Shared:
 
 
 @dataclass(frozen=True)
+class CloudProvider:
+    """One cloud upstream the proxy may fall back to (see `cloud` in config.yaml)."""
+
+    # "openai": OpenAI-compatible chat completions (OpenAI, Groq, Together, OpenRouter,
+    # vLLM); "anthropic": Anthropic messages.
+    api: Literal["openai", "anthropic"] = "openai"
+    # Up to the API's version prefix: https://api.openai.com/v1, https://api.anthropic.com/v1
+    base_url: str = ""
+    # The environment variable holding the key (never the key itself).
+    key_env: str = ""
+    # Which cloud model stands in for which local model or `auto:<profile>`; "*" for
+    # any other.
+    models: dict[str, str] = field(default_factory=dict)
+    # Tokens (prompt and completion, as the cloud counts them) per calendar month (UTC).
+    monthly_token_budget: int = 0
+    # Anthropic requires a limit on the answer's length; used when the request sets none.
+    max_tokens: int = 4096
+    timeout_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
+class Cloud:
+    enabled: bool = False
+    # In order of preference: the first whose `models` maps the request and whose
+    # budget is not spent answers.
+    providers: dict[str, CloudProvider] = field(default_factory=dict)
+    # `auto` profiles whose requests go to the cloud even while a local backend could
+    # serve them (their explicit opt-in); every other request only when none can.
+    prefer_for_profiles: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     listen: Listen = field(default_factory=Listen)
     backends: tuple[Backend, ...] = (Backend(url="http://127.0.0.1:11434"),)
@@ -430,6 +462,7 @@ class Config:
     cache: Cache = field(default_factory=Cache)
     shared: Shared = field(default_factory=Shared)
     warm: Warm = field(default_factory=Warm)
+    cloud: Cloud = field(default_factory=Cloud)
 
     def check(self) -> Config:
         if self.logging.level.upper() not in LOG_LEVELS:
@@ -463,6 +496,8 @@ class Config:
                     f"backends: {backend.url} is the proxy's own address "
                     f"{self.listen.host}:{self.listen.port}; it would forward to itself"
                 )
+        for name, provider in self.cloud.providers.items():
+            _check_cloud_provider(name, provider)
         return self
 
 
@@ -478,6 +513,17 @@ def _check_shared(shared: Shared) -> None:
     for name in ("stream_slot_ttl_seconds", "retry_seconds", "timeout_seconds"):
         if getattr(shared, name) <= 0:
             raise ConfigError(f"shared.{name}: must be above 0", key=f"shared.{name}")
+
+
+def _check_cloud_provider(name: str, provider: CloudProvider) -> None:
+    at = f"cloud.providers.{name}"
+    parts = urlsplit(provider.base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{at}.base_url: {provider.base_url!r} is not an http(s) URL", at)
+    if not provider.key_env:
+        raise ConfigError(f"{at}.key_env: name the environment variable holding the key", at)
+    if provider.monthly_token_budget < 0:
+        raise ConfigError(f"{at}.monthly_token_budget: must not be negative", at)
 
 
 def _check_model_entry(name: str, entry: ModelEntry) -> None:

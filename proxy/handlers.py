@@ -25,13 +25,14 @@ from proxy.backends import BackendPool, BackendState, NoBackend
 from proxy.cache import ResponseCache
 from proxy.cache.key import cache_key, cacheable, scope
 from proxy.cache.replay import CACHE_HEADER, replay
+from proxy.cloud import CloudFallback, lists_locally
 from proxy.config import Config
 from proxy.errors import error_body, error_response
 from proxy.fanout import Fanout
 from proxy.metrics import Metrics
 from proxy.outcome import OUTCOME, Served
 from proxy.protocol import JSON, JSON_V1
-from proxy.relay import Relay
+from proxy.relay import Fallback, Relay
 from proxy.routes import find
 
 AUTOROUTE_HEADERS = (
@@ -74,6 +75,7 @@ class Handlers:
         fanout: Fanout,
         metrics: Metrics,
         cache: ResponseCache | None = None,
+        cloud: CloudFallback | None = None,
     ) -> None:
         self.config = config
         self.backends = backends
@@ -85,6 +87,7 @@ class Handlers:
         self.cache = cache
         # More of the proxy's own state for `health`, by field name (e.g. "limits").
         self.health_extras: dict[str, Callable[[], object]] = {}
+        self.cloud = cloud
 
     def _read(self, request: web.Request) -> Awaitable[bytes]:
         return request_limits.read_body(request, self.config.timeouts.client_body_idle_seconds)
@@ -137,7 +140,7 @@ class Handlers:
                 if path == SHOW_PATH:
                     return self._model_hidden(path, model)
                 return self._model_denied(path, model)
-            return await self._generate(request, served, doc, body, model)
+            return await self._local_or_cloud(request, doc, body, model, (model,))
         assert isinstance(doc, dict)
         if path == SHOW_PATH:
             return self.auto_routes.show(profile, key.models if key else None)
@@ -155,6 +158,12 @@ class Handlers:
             served.extra[AUTOROUTE_HEADERS[0]] = chosen
             served.extra[AUTOROUTE_HEADERS[2]] = "pinned"
         else:
+            cloud_names = (f"auto:{profile}",)
+            cloud = self.cloud
+            if cloud is not None and cloud.preferred(profile) and cloud.takes(path, cloud_names):
+                # Its explicit opt-in; with the month's budget spent, it is served locally.
+                if await cloud.has_budget(cloud_names):
+                    return await cloud.serve(request, doc, cloud_names)
             deciding = time.perf_counter()
             try:
                 choice = self.auto.decide(
@@ -162,6 +171,10 @@ class Handlers:
                 )
             except AutoError as exc:
                 return error_response(path, 400, str(exc))
+            except NoBackend:
+                if self.cloud is None or not self.cloud.takes(path, cloud_names):
+                    raise
+                return await self.cloud.serve(request, doc, cloud_names)
             finally:
                 self.metrics.decision.observe(time.perf_counter() - deciding)
             decision = choice.decision
@@ -178,16 +191,39 @@ class Handlers:
                 )
             )
         doc["model"] = chosen
-        return await self._generate(request, served, doc, orjson.dumps(doc), chosen)
+        names = (chosen, f"auto:{profile}")
+        return await self._local_or_cloud(request, doc, orjson.dumps(doc), chosen, names)
+
+    async def _local_or_cloud(
+        self, request: web.Request, doc: Any, body: bytes, model: str, names: tuple[str, ...]
+    ) -> web.StreamResponse:
+        """To a local backend (through the response cache); to the cloud fallback, where
+        a provider stands in for `names`, only when none can serve: no usable backend
+        lists the model, or every one that does failed or refused."""
+        served = request[OUTCOME].served
+        cloud = self.cloud
+        if cloud is None or not isinstance(doc, dict) or not cloud.takes(request.path, names):
+            return await self._generate(request, served, doc, body, model)
+        if not lists_locally(self.backends, model):
+            return await cloud.serve(request, doc, names)
+        return await self._generate(
+            request, served, doc, body, model, fallback=lambda: cloud.serve(request, doc, names)
+        )
 
     async def _generate(
-        self, request: web.Request, served: Served, doc: Any, body: bytes, model: str
+        self,
+        request: web.Request,
+        served: Served,
+        doc: Any,
+        body: bytes,
+        model: str,
+        fallback: Fallback | None = None,
     ) -> web.StreamResponse:
         """To `model`'s backend, through the response cache when the request is
         cacheable (`proxy.cache.key`): a hit is replayed, a miss recorded and kept."""
         cache = self.cache
         if cache is None or not cacheable(request.path, doc, request.headers.get("Cache-Control")):
-            return await self.relay.forward(request, served, body, model)
+            return await self.relay.forward(request, served, body, model, fallback=fallback)
         key = cache_key(request.path, doc, model, scope(request))
         entry = await cache.lookup(key)
         if entry is not None:
@@ -195,7 +231,9 @@ class Handlers:
             return replay(request, served, entry)
         served.cache = served.extra[CACHE_HEADER] = "miss"
         capture = cache.capture(key)
-        response = await self.relay.forward(request, served, body, model, capture=capture)
+        response = await self.relay.forward(
+            request, served, body, model, fallback=fallback, capture=capture
+        )
         cache.finished(capture, served)
         return response
 
@@ -298,8 +336,9 @@ class Handlers:
         ]
         doc: dict[str, object] = {"status": status, "backends": backends}
         doc.update((name, extra()) for name, extra in self.health_extras.items())
-        body = orjson.dumps(doc)
-        return web.Response(body=body, headers={"Content-Type": JSON})
+        if self.cloud is not None:
+            doc["cloud"] = self.cloud.status()
+        return web.Response(body=orjson.dumps(doc), headers={"Content-Type": JSON})
 
     async def ready(self, request: web.Request) -> web.StreamResponse:
         """Readiness, for orchestrators routing traffic: 200 while at least one backend

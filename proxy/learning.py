@@ -218,7 +218,8 @@ class Learner:
 
     def _event(self, event: Mapping[str, Any]) -> None:
         decided = decision_of(event)
-        if decided is None:
+        # A cloud fallback's answer says nothing of the local model auto chose.
+        if decided is None or event.get("provider"):
             return
         self.observed += 1
         counted = _Counted.of(decided, event)

@@ -47,6 +47,7 @@ class Served:
     # own when it sent a sane one, else the proxy's.
     request_id: str
     backend: str = ""
+    provider: str = ""  # the cloud provider that answered (cloud fallback), else ""
     status: int = 0
     attempts: int = 0
     body_bytes: int = 0

@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from proxy import final_chunk, http11
 from proxy.aiohttp_internals import client_transport, wait_drained, writing_paused
-from proxy.backends import BackendPool, BackendState, NoBackend
+from proxy.backends import UNAVAILABLE_STATUSES, BackendPool, BackendState, NoBackend
 from proxy.cache import Capture
 from proxy.config import Config
 from proxy.errors import error_response, stream_error_line
@@ -39,6 +40,8 @@ _NOT_FORWARDED = _HOP_BY_HOP_BYTES | {b"expect", REQUEST_ID_HEADER.lower().encod
 _CREDENTIALS = frozenset({b"authorization", b"x-api-key"})
 _STREAM_TYPES = (NDJSON, SSE)
 _UPLOAD_CHUNK = 256 * 1024
+# What answers a request no local backend could (the cloud fallback), if anything does.
+Fallback = Callable[[], Awaitable[web.StreamResponse]]
 
 
 def _wire(value: str) -> bytes:
@@ -86,13 +89,16 @@ class Relay:
         body: bytes | None,
         model: str | None,
         only: BackendState | None = None,
+        fallback: Fallback | None = None,
         capture: Capture | None = None,
     ) -> web.StreamResponse:
         """Relay to the best backend for `model`; `body=None` streams the client's body
         (uploads), which cannot be replayed, so it is never retried. `capture` records
         the answer as the client gets it, for the response cache. A retry goes only
         to another backend that has the model; when none is left, the client gets the
-        last backend's own answer, whatever its status."""
+        last backend's own answer, whatever its status. With a `fallback`, a backend
+        saying it cannot serve (502, 503, 504) is not the client's answer either, and
+        `fallback` answers when no backend is left."""
         tried: list[BackendState] = []
         failures: list[str] = []
         unreachable = True  # every failure so far was a refused or timed-out connect
@@ -101,6 +107,8 @@ class Relay:
             try:
                 state = only or self.backends.choose(model, tried, retry=bool(tried))
             except NoBackend as exc:
+                if fallback is not None:
+                    return await fallback()
                 if failures:
                     return self._failed(request, outcome, failures, unreachable)
                 return error_response(request.path, 503, str(exc))
@@ -112,7 +120,7 @@ class Relay:
                 and len(tried) < retries
                 and self.backends.can_retry(model, [*tried, state])
             )
-            client = ClientLeg(request, outcome, may_retry, capture)
+            client = ClientLeg(request, outcome, may_retry, fallback is not None, capture)
             try:
                 head = await self.exchange(request, state, body, client, outcome.request_id)
             except UpstreamError as exc:
@@ -123,6 +131,8 @@ class Relay:
                 unreachable = unreachable and isinstance(exc, ConnectFailed)
                 tried.append(state)
                 if only is not None or len(tried) > retries:
+                    if fallback is not None:
+                        return await fallback()
                     return self._failed(request, outcome, failures, unreachable)
                 continue
             except Exception as exc:
@@ -283,6 +293,7 @@ class ClientLeg(Answer):
         request: web.Request,
         outcome: Served,
         may_retry: bool = False,
+        decline_unavailable: bool = False,
         capture: Capture | None = None,
     ) -> None:
         super().__init__()
@@ -293,6 +304,8 @@ class ClientLeg(Answer):
         self.keep_alive = request.keep_alive
         self.outcome = outcome
         self.may_retry = may_retry
+        # A fallback waits: "cannot serve" (502, 503, 504) is not the client's answer.
+        self.decline_unavailable = decline_unavailable
         self.started = False
         # The answer is not the client's: a 5xx before any byte reached the client,
         # when another backend may still answer. `forward` retries.
@@ -329,7 +342,9 @@ class ClientLeg(Answer):
 
     def on_head(self, head: ResponseHead, body_follows: bool) -> None:
         """Called by the upstream protocol as soon as the backend's head is parsed."""
-        if head.status >= 500 and self.may_retry:
+        if (head.status >= 500 and self.may_retry) or (
+            self.decline_unavailable and head.status in UNAVAILABLE_STATUSES
+        ):
             self.declined = True  # nothing sent yet: the answer is dropped
         elif head.chunked and self.version < (1, 1):
             self.buffered = []

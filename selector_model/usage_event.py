@@ -115,6 +115,8 @@ class UsageEvent:
     prompt_sha256: str | None = None
     logged: Logged | None = field(default=None, metadata={"flatten": True, "column": None})
     outcome: Answer = field(default_factory=Answer)
+    # The cloud provider that answered (cloud fallback), null for a local backend.
+    provider: str | None = None
     # The mean of the request's feedback where a reader joined it; null as written.
     rating: float | None = field(default=None, metadata=_NO_COLUMN)
     # The response cache: "hit" (answered from it, `backend` null), "miss" (cacheable,

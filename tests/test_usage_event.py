@@ -74,6 +74,7 @@ def test_an_event_reads_back_as_it_was_written() -> None:
         "candidate",
         "prompt_sha256",
         "outcome",
+        "provider",
         "rating",
         "cache",
     ]

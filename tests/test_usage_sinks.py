@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from proxy.config import Usage
+from proxy.usage.migrations import MIGRATIONS
 from tests.support import Emulator, Proxy, ServerThread
 from tests.usage_services import (
     Database,
@@ -114,6 +115,7 @@ async def test_events_reach_postgres_kafka_and_file_field_by_field(usage_proxy: 
         assert event["backend"] == usage_proxy.config.backends[0].label
         assert event["decision"] is None and event["features"] is None
         assert event["candidate"] is None and event["rating"] is None
+        assert event["provider"] is None  # a local backend answered
         assert "prompt" not in event  # log_prompts is off by default
         expected_sha = hashlib.sha256(b"be brief\nwhy is the sky blue?").hexdigest()
         assert event["prompt_sha256"] == expected_sha
@@ -147,6 +149,7 @@ async def test_events_reach_postgres_kafka_and_file_field_by_field(usage_proxy: 
             "candidate",
             "prompt_sha256",
             "outcome",
+            "provider",
             "rating",
             "cache",
         }
@@ -241,4 +244,4 @@ async def test_feedback_round_trip(usage_proxy: Proxy) -> None:
 
         await wait_for(rated, what="the rating in stats")
     versions = await db.fetch("SELECT version FROM schema_migrations ORDER BY version")
-    assert [v[0] for v in versions] == [1, 2, 3, 4]
+    assert [v[0] for v in versions] == sorted(m[0] for m in MIGRATIONS)

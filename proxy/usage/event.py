@@ -105,6 +105,7 @@ def complete(c: Captured, log_prompts: bool) -> UsageEvent:
         requested_model=d.model,
         served_model=d.served_model,
         backend=o.backend or None,
+        provider=o.provider or None,
         cache=o.cache,
         decision=decision,
         features=Features(SCHEMA_VERSION, d.features) if d.features is not None else None,

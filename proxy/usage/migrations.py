@@ -84,6 +84,23 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         ALTER TABLE usage_events ADD COLUMN cache text;
         """,
     ),
+    (
+        5,
+        "cloud fallback",
+        """
+        -- The provider that answered (a cloud fallback's name), null for local backends.
+        ALTER TABLE usage_events ADD COLUMN provider text;
+        -- The cloud fallback's tokens per provider and month (YYYY-MM, UTC), shared by
+        -- every proxy: what its monthly budgets are checked against.
+        CREATE TABLE cloud_usage (
+            provider text NOT NULL,
+            month text NOT NULL,
+            tokens bigint NOT NULL,
+            updated_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (provider, month)
+        );
+        """,
+    ),
 )
 _LOCK_KEY = 0x6175746F726F7574  # "autorout"
 

@@ -1,0 +1,315 @@
+"""The cloud fallback: a chat or generate request no local backend can serve (or one
+whose `auto` profile opts in) answered by a cloud provider within its monthly token
+budget, in the client's own format (`proxy.cloud_translate`).
+
+The cloud leg uses an aiohttp client session: it is not the proxy's hot local path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter
+
+from proxy.backends import BackendPool, normalize_model
+from proxy.cloud_budget import Budget, BudgetUnavailable, this_month
+from proxy.cloud_translate import (
+    PATHS,
+    Chat,
+    CloudStreamError,
+    TranslateError,
+    Translator,
+    Unsupported,
+    cloud_body,
+    read_request,
+)
+from proxy.config import CloudProvider, Config
+from proxy.errors import error_response, stream_error_line
+from proxy.outcome import OUTCOME, Served
+from proxy.protocol import REQUEST_ID_HEADER
+
+log = logging.getLogger("autoroute.cloud")
+
+BACKEND_HEADER = "X-Autoroute-Backend"
+_ERROR_BODY_BYTES = 4096
+_READ_BYTES = 64 * 1024
+
+
+def _key(name: str) -> str:
+    """A mapping key as requests are matched: local models as Ollama reads them."""
+    return name if name == "*" or name.startswith("auto:") else normalize_model(name)
+
+
+def lists_locally(backends: BackendPool, model: str) -> bool:
+    """Whether some usable backend lists `model`, or might (its list not read yet)."""
+    name = normalize_model(model)
+    return any(s.models is None or name in s.models for s in backends.usable())
+
+
+def _message(detail: str) -> str:
+    """An API's error body as its message (both APIs say `{"error": {"message"}}`)."""
+    try:
+        doc = orjson.loads(detail)
+    except orjson.JSONDecodeError:
+        return detail.strip()[:500]
+    error = doc.get("error") if isinstance(doc, dict) else None
+    if isinstance(error, dict) and error.get("message"):
+        return str(error["message"])
+    return detail.strip()[:500]
+
+
+async def _write(response: web.StreamResponse, served: Served, data: bytes) -> None:
+    await response.write(data)
+    served.body_bytes += len(data)
+    if not served.first_byte_at:
+        served.first_byte_at = time.perf_counter()
+
+
+class CloudFallback:
+    def __init__(self, config: Config, registry: CollectorRegistry) -> None:
+        self.config = config.cloud
+        self.providers = [
+            (name, provider, {_key(k): v for k, v in provider.models.items()})
+            for name, provider in self.config.providers.items()
+        ]
+        self.budget = Budget(config.usage.postgres_dsn)
+        self._session: aiohttp.ClientSession | None = None
+        self.requests = Counter(
+            "autoroute_cloud_requests",
+            "Requests sent to the cloud fallback, by provider and how they ended",
+            ("provider", "result"),
+            registry=registry,
+        )
+        self.tokens = Counter(
+            "autoroute_cloud_tokens",
+            "Tokens the cloud fallback spent, as the providers counted them",
+            ("provider", "kind"),
+            registry=registry,
+        )
+        self.refused = Counter(
+            "autoroute_cloud_budget_refusals",
+            "Requests refused because every provider's monthly token budget was spent",
+            registry=registry,
+        )
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(auto_decompress=True)
+
+    async def stop(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        await self.budget.close()
+
+    def status(self) -> dict[str, Any]:
+        """For the health endpoint: each provider, its budget and this month's tokens
+        as last counted (never the key)."""
+        month = this_month()
+        return {
+            "prefer_for_profiles": list(self.config.prefer_for_profiles),
+            "providers": [
+                {
+                    "name": name,
+                    "api": provider.api,
+                    "base_url": provider.base_url,
+                    "key_set": bool(os.environ.get(provider.key_env)),
+                    "models": provider.models,
+                    "month": month,
+                    "monthly_token_budget": provider.monthly_token_budget,
+                    "tokens_this_month": self.budget.known.get((name, month), 0),
+                }
+                for name, provider, _ in self.providers
+            ],
+        }
+
+    def preferred(self, profile: str) -> bool:
+        return profile in self.config.prefer_for_profiles
+
+    def _candidates(self, names: Iterable[str]) -> list[tuple[str, CloudProvider, str]]:
+        keys = [_key(n) for n in names] + ["*"]
+        found = []
+        for name, provider, models in self.providers:
+            model = next((models[k] for k in keys if k in models), None)
+            if model is not None:
+                found.append((name, provider, model))
+        return found
+
+    def takes(self, path: str, names: Iterable[str]) -> bool:
+        """Whether a request at `path` for the model `names` (the model, `auto:<profile>`)
+        has a provider standing in for it."""
+        return path in PATHS and bool(self._candidates(names))
+
+    async def has_budget(self, names: Iterable[str]) -> bool:
+        """Whether a provider standing in for `names` has tokens left this month (for
+        a profile that prefers the cloud: without, it is served locally)."""
+        month = this_month()
+        for name, provider, _ in self._candidates(names):
+            try:
+                if await self.budget.spent(name, month) < provider.monthly_token_budget:
+                    return True
+            except BudgetUnavailable:
+                return False
+        return False
+
+    async def serve(
+        self, request: web.Request, doc: dict[str, Any], names: Iterable[str]
+    ) -> web.StreamResponse:
+        """Answer `request` (its JSON body `doc`) from the first provider that maps
+        `names` and has budget left."""
+        path = request.path
+        served = request[OUTCOME].served
+        try:
+            chat = read_request(path, doc)
+        except Unsupported as exc:
+            # Not the client's fault: no local backend could serve, and the cloud
+            # would answer another question.
+            served.error = f"no local backend can serve this request and {exc}"
+            return error_response(path, 503, served.error)
+        except TranslateError as exc:
+            return error_response(path, 400, str(exc))
+        month = this_month()
+        spent_out = []
+        for name, provider, model in self._candidates(names):
+            try:
+                spent = await self.budget.spent(name, month)
+            except BudgetUnavailable as exc:
+                served.error = str(exc)
+                return error_response(path, 503, served.error)
+            if spent >= provider.monthly_token_budget:
+                spent_out.append(
+                    f"{name} {spent}/{provider.monthly_token_budget} tokens in {month}"
+                )
+                continue
+            served.backend = f"cloud:{name}"
+            served.provider = name
+            served.extra[BACKEND_HEADER] = served.backend
+            served.extra["X-Autoroute-Model"] = model
+            return await self._call(request, name, provider, model, chat, month)
+        self.refused.inc()
+        served.error = "cloud fallback monthly token budget spent: " + "; ".join(spent_out)
+        return error_response(path, 503, served.error)
+
+    async def _call(
+        self,
+        request: web.Request,
+        name: str,
+        provider: CloudProvider,
+        model: str,
+        chat: Chat,
+        month: str,
+    ) -> web.StreamResponse:
+        path = request.path
+        served = request[OUTCOME].served
+        key = os.environ.get(provider.key_env, "")
+        if not key:
+            served.error = f"cloud {name}: environment variable {provider.key_env} is not set"
+            self.requests.labels(name, "no_key").inc()
+            return error_response(path, 503, served.error)
+        if provider.api == "openai":
+            url = provider.base_url.rstrip("/") + "/chat/completions"
+            headers = {"Authorization": f"Bearer {key}"}
+        else:
+            url = provider.base_url.rstrip("/") + "/messages"
+            headers = {"x-api-key": key, "anthropic-version": "2023-06-01"}
+        headers["Content-Type"] = "application/json"
+        body = orjson.dumps(cloud_body(provider.api, chat, model, provider.max_tokens))
+        translator = Translator(provider.api, path, chat, model)
+        timeout = aiohttp.ClientTimeout(sock_connect=10, sock_read=provider.timeout_seconds)
+        assert self._session is not None
+        try:
+            async with self._session.post(url, data=body, headers=headers, timeout=timeout) as up:
+                if up.status != 200:
+                    detail = (await up.content.read(_ERROR_BODY_BYTES)).decode("utf-8", "replace")
+                    served.error = f"cloud {name} answered {up.status}: {_message(detail)}"
+                    self.requests.labels(name, f"status_{up.status}").inc()
+                    log.warning("%s", served.error)
+                    return error_response(path, 502, served.error)
+                if chat.stream:
+                    return await self._stream(request, up, translator, name, month)
+                return await self._whole(request, up, translator, name, month)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            served.error = f"cloud {name} failed: {exc or type(exc).__name__}"
+            self.requests.labels(name, "unreachable").inc()
+            log.warning("%s", served.error)
+            return error_response(path, 502, served.error)
+
+    async def _whole(
+        self,
+        request: web.Request,
+        up: aiohttp.ClientResponse,
+        translator: Translator,
+        name: str,
+        month: str,
+    ) -> web.StreamResponse:
+        path = request.path
+        served = request[OUTCOME].served
+        try:
+            async for data in up.content.iter_chunked(_READ_BYTES):
+                translator.feed(data)
+            body = translator.finish()
+        except CloudStreamError as exc:
+            await self._count(served, translator, name, month, "failed")
+            served.error = f"cloud {name}: {exc}"
+            return error_response(path, 502, served.error)
+        await self._count(served, translator, name, month, "ok")
+        served.body_bytes = len(body)
+        return web.Response(body=body, headers={"Content-Type": translator.content_type})
+
+    async def _stream(
+        self,
+        request: web.Request,
+        up: aiohttp.ClientResponse,
+        translator: Translator,
+        name: str,
+        month: str,
+    ) -> web.StreamResponse:
+        served = request[OUTCOME].served
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": translator.content_type,
+                "X-Accel-Buffering": "no",
+                REQUEST_ID_HEADER: served.request_id,
+                **served.extra,
+            }
+        )
+        await response.prepare(request)
+        served.status = 200
+        result = "ok"
+        try:
+            async for data in up.content.iter_chunked(_READ_BYTES):
+                out = translator.feed(data)
+                if out:
+                    await _write(response, served, out)
+            await _write(response, served, translator.finish())
+        except CloudStreamError as exc:
+            result = "failed"
+            served.error = f"cloud {name}: {exc}"
+            await _write(response, served, stream_error_line(translator.content_type, served.error))
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            result = "failed"
+            served.error = f"cloud {name} failed mid-stream: {exc or type(exc).__name__}"
+            await _write(response, served, stream_error_line(translator.content_type, served.error))
+        finally:
+            await self._count(served, translator, name, month, result)
+        await response.write_eof()
+        return response
+
+    async def _count(
+        self, served: Served, translator: Translator, name: str, month: str, result: str
+    ) -> None:
+        """The tokens the cloud said it spent: into the budget, the metrics and the
+        request's stats (its usage event)."""
+        prompt, completion = translator.tokens()
+        served.stats = {"prompt_eval_count": prompt, "eval_count": completion}
+        if translator.reading.reason:
+            served.stats["done_reason"] = translator.reading.reason
+        self.requests.labels(name, result).inc()
+        self.tokens.labels(name, "prompt").inc(prompt)
+        self.tokens.labels(name, "completion").inc(completion)
+        await self.budget.add(name, month, prompt + completion)

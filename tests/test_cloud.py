@@ -1,0 +1,554 @@
+"""The cloud fallback end to end: the real proxy, a stand-in cloud on 127.0.0.1
+(`tests.cloud_standin`), local backends down, up, busy or without the model, the
+budget in memory and in PostgreSQL. No test reaches the internet."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import ollama
+import openai
+import orjson
+import pytest
+from aiohttp import web
+
+from proxy.app import APP_KEY
+from proxy.config import Cloud, CloudProvider, Config, ConfigError, Usage
+from tests.cloud_standin import (
+    ANSWER,
+    ANSWER_WORDS,
+    ANTHROPIC_KEY,
+    OPENAI_KEY,
+    Seen,
+    create_app,
+)
+from tests.support import Emulator, Proxy, ServerThread, free_port
+from tests.usage_services import Database
+
+OPENAI_ENV = "CLOUD_TEST_OPENAI_KEY"
+ANTHROPIC_ENV = "CLOUD_TEST_ANTHROPIC_KEY"
+LOCAL = "qwen2.5:7b"  # a model the emulator has
+MESSAGES: list[Any] = [{"role": "user", "content": "Why is the sky blue?"}]
+PROMPT_TOKENS = 5  # the stand-in's count for MESSAGES
+
+
+class StandIn:
+    def __init__(self, thread: ServerThread) -> None:
+        self.seen = Seen()
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.runner: web.AppRunner | None = thread.serve(lambda: create_app(self.seen), self.port)
+        self.thread = thread
+
+    def stop(self) -> None:
+        if self.runner is not None:
+            self.thread.stop(self.runner)
+            self.runner = None
+
+
+@pytest.fixture
+def cloud_server(servers: ServerThread, monkeypatch: pytest.MonkeyPatch) -> Iterator[StandIn]:
+    monkeypatch.setenv(OPENAI_ENV, OPENAI_KEY)
+    monkeypatch.setenv(ANTHROPIC_ENV, ANTHROPIC_KEY)
+    server = StandIn(servers)
+    yield server
+    server.stop()
+
+
+def cloud_section(
+    url: str,
+    api: str = "openai",
+    budget: int = 1_000_000,
+    models: dict[str, str] | None = None,
+    key_env: str = "",
+    prefer: tuple[str, ...] = (),
+) -> Cloud:
+    provider = CloudProvider(
+        api=api,  # type: ignore[arg-type]
+        base_url=url,
+        key_env=key_env or (OPENAI_ENV if api == "openai" else ANTHROPIC_ENV),
+        models=models if models is not None else {"*": f"{api}-standin-model"},
+        monthly_token_budget=budget,
+    )
+    return Cloud(enabled=True, providers={api: provider}, prefer_for_profiles=prefer)
+
+
+def dead_url() -> str:
+    return f"http://127.0.0.1:{free_port()}"  # nothing listens there
+
+
+def ndjson(body: bytes) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in body.splitlines() if line]
+
+
+def sse(body: bytes) -> list[Any]:
+    out: list[Any] = []
+    for block in body.decode().split("\n\n"):
+        if block.startswith("data: "):
+            data = block[6:]
+            out.append(data if data == "[DONE]" else orjson.loads(data))
+    return out
+
+
+async def post(url: str, body: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
+    async with aiohttp.ClientSession() as session, session.post(url, json=body) as resp:
+        return resp.status, dict(resp.headers), await resp.read()
+
+
+def check_ollama_stream(chunks: list[dict[str, Any]], field: str) -> None:
+    *parts, last = chunks
+    text = "".join(c["message"]["content"] if field == "message" else c["response"] for c in parts)
+    assert text == ANSWER
+    assert not any(c["done"] for c in parts)
+    assert last["done"] is True
+    assert last["done_reason"] == "stop"
+    assert last["prompt_eval_count"] == PROMPT_TOKENS
+    assert last["eval_count"] == len(ANSWER_WORDS)
+
+
+@pytest.mark.parametrize("api", ["openai", "anthropic"])
+async def test_every_local_backend_down_falls_back_in_every_shape(
+    servers: ServerThread, cloud_server: StandIn, api: str
+) -> None:
+    proxy = Proxy(servers, [dead_url()], cloud=cloud_section(cloud_server.url, api))
+    try:
+        # Ollama's NDJSON stream.
+        status, headers, body = await post(
+            proxy.url + "/api/chat", {"model": LOCAL, "messages": MESSAGES}
+        )
+        assert status == 200, body
+        assert headers["X-Autoroute-Backend"] == f"cloud:{api}"
+        assert headers["Content-Type"].startswith("application/x-ndjson")
+        check_ollama_stream(ndjson(body), "message")
+        # One Ollama body.
+        status, headers, body = await post(
+            proxy.url + "/api/generate", {"model": LOCAL, "prompt": "Why?", "stream": False}
+        )
+        assert status == 200, body
+        assert headers["X-Autoroute-Backend"] == f"cloud:{api}"
+        doc = orjson.loads(body)
+        assert doc["response"] == ANSWER
+        assert doc["done"] is True and doc["eval_count"] == len(ANSWER_WORDS)
+        assert doc["prompt_eval_count"] == 1
+        # The OpenAI shape on /v1, streaming (SSE with the usage chunk) and not.
+        status, headers, body = await post(
+            proxy.url + "/v1/chat/completions",
+            {
+                "model": LOCAL,
+                "messages": MESSAGES,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            },
+        )
+        assert status == 200, body
+        assert headers["Content-Type"].startswith("text/event-stream")
+        events = sse(body)
+        assert events[-1] == "[DONE]"
+        assert events[-2]["usage"]["completion_tokens"] == len(ANSWER_WORDS)
+        text = "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-2])
+        assert text == ANSWER
+        assert events[-3]["choices"][0]["finish_reason"] == "stop"
+        status, headers, body = await post(
+            proxy.url + "/v1/chat/completions", {"model": LOCAL, "messages": MESSAGES}
+        )
+        assert status == 200, body
+        doc = orjson.loads(body)
+        assert doc["choices"][0]["message"]["content"] == ANSWER
+        assert doc["usage"]["prompt_tokens"] == PROMPT_TOKENS
+        assert len(cloud_server.seen.bodies) == 4
+        # What the translation would change the meaning of stays out of the cloud.
+        status, _, body = await post(
+            proxy.url + "/api/chat", {"model": LOCAL, "messages": MESSAGES, "format": "json"}
+        )
+        assert status == 503
+        assert orjson.loads(body)["error"] == (
+            "no local backend can serve this request and the cloud fallback does not send 'format'"
+        )
+        assert len(cloud_server.seen.bodies) == 4
+        assert {b["model"] for b in cloud_server.seen.bodies} == {f"{api}-standin-model"}
+    finally:
+        proxy.stop()
+
+
+def test_official_clients_work_against_the_fallback(
+    servers: ServerThread, cloud_server: StandIn
+) -> None:
+    proxy = Proxy(servers, [dead_url()], cloud=cloud_section(cloud_server.url, "anthropic"))
+    try:
+        client = ollama.Client(host=proxy.url)
+        answer = client.chat(LOCAL, messages=MESSAGES)
+        assert answer.message.content == ANSWER
+        assert answer.eval_count == len(ANSWER_WORDS)
+        streamed = list(client.chat(LOCAL, messages=MESSAGES, stream=True))
+        assert "".join(c.message.content or "" for c in streamed) == ANSWER
+        assert streamed[-1].done and streamed[-1].prompt_eval_count == PROMPT_TOKENS
+        generated = client.generate(LOCAL, "Why is the sky blue?")
+        assert generated.response == ANSWER
+        sdk = openai.OpenAI(base_url=proxy.url + "/v1", api_key="unused", max_retries=0)
+        completion = sdk.chat.completions.create(model=LOCAL, messages=MESSAGES)
+        assert completion.choices[0].message.content == ANSWER
+        assert completion.usage is not None and completion.usage.total_tokens == 11
+        chunks = list(
+            sdk.chat.completions.create(
+                model=LOCAL,
+                messages=MESSAGES,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == ANSWER
+        assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6
+    finally:
+        proxy.stop()
+
+
+async def test_a_local_backend_that_can_serve_keeps_the_request(
+    servers: ServerThread, own_emulator: Emulator, cloud_server: StandIn
+) -> None:
+    section = cloud_section(cloud_server.url, models={LOCAL: "gpt-x", "gone:1b": "gpt-x"})
+    proxy = Proxy(servers, [own_emulator.url], cloud=section)
+    try:
+        for stream in (True, False):
+            status, headers, body = await post(
+                proxy.url + "/api/chat", {"model": LOCAL, "messages": MESSAGES, "stream": stream}
+            )
+            assert status == 200, body
+            assert "X-Autoroute-Backend" not in headers
+        # Not mapped and not local: Ollama's own 404, never the cloud.
+        status, _, _ = await post(
+            proxy.url + "/api/chat", {"model": "other:1b", "messages": MESSAGES}
+        )
+        assert status == 404
+        # Embeddings and other routes never go out, even for a mapped model.
+        status, _, _ = await post(proxy.url + "/api/embed", {"model": "gone:1b", "input": "x"})
+        assert status == 404
+        assert cloud_server.seen.bodies == []
+        # A mapped model no local backend lists: the cloud stands in.
+        status, headers, body = await post(
+            proxy.url + "/api/chat", {"model": "gone:1b", "messages": MESSAGES}
+        )
+        assert status == 200, body
+        assert headers["X-Autoroute-Backend"] == "cloud:openai"
+        check_ollama_stream(ndjson(body), "message")
+        assert [b["model"] for b in cloud_server.seen.bodies] == ["gpt-x"]
+    finally:
+        proxy.stop()
+
+
+async def _busy_ollama(request: web.Request) -> web.Response:
+    if request.path == "/api/tags":
+        return web.json_response({"models": [{"name": LOCAL, "model": LOCAL}]})
+    if request.path == "/api/ps":
+        return web.json_response({"models": []})
+    # What Ollama answers with its queue full (OLLAMA_MAX_QUEUE).
+    message = "server busy, please try again.  maximum pending requests exceeded"
+    return web.json_response({"error": message}, status=503)
+
+
+async def test_every_backend_refusing_more_work_falls_back(
+    servers: ServerThread, cloud_server: StandIn
+) -> None:
+    busy = web.Application()
+    busy.router.add_route("*", "/{tail:.*}", _busy_ollama)
+    port = free_port()
+    runner = servers.serve(lambda: busy, port)
+    proxy = Proxy(servers, [f"http://127.0.0.1:{port}"], cloud=cloud_section(cloud_server.url))
+    plain = Proxy(servers, [f"http://127.0.0.1:{port}"])
+    try:
+        status, headers, body = await post(
+            proxy.url + "/api/chat", {"model": LOCAL, "messages": MESSAGES, "stream": False}
+        )
+        assert status == 200, body
+        assert headers["X-Autoroute-Backend"] == "cloud:openai"
+        assert orjson.loads(body)["message"]["content"] == ANSWER
+        # Without the fallback the client gets the backend's own 503.
+        status, _, body = await post(
+            plain.url + "/api/chat", {"model": LOCAL, "messages": MESSAGES}
+        )
+        assert status == 503 and b"maximum pending requests" in body
+    finally:
+        proxy.stop()
+        plain.stop()
+        servers.stop(runner)
+
+
+async def test_a_profile_that_opts_in_goes_to_the_cloud_first(
+    servers: ServerThread, own_emulator: Emulator, cloud_server: StandIn
+) -> None:
+    section = cloud_section(cloud_server.url, models={"auto:fast": "fast-cloud"}, prefer=("fast",))
+    proxy = Proxy(servers, [own_emulator.url], cloud=section)
+    try:
+        status, headers, _ = await post(
+            proxy.url + "/api/chat", {"model": "auto:fast", "messages": MESSAGES}
+        )
+        assert status == 200
+        assert headers["X-Autoroute-Backend"] == "cloud:openai"
+        assert headers["X-Autoroute-Model"] == "fast-cloud"
+        # Another profile, not opted in, stays local while a backend can serve.
+        status, headers, _ = await post(
+            proxy.url + "/api/chat", {"model": "auto:best", "messages": MESSAGES}
+        )
+        assert status == 200
+        assert "X-Autoroute-Backend" not in headers
+        assert [b["model"] for b in cloud_server.seen.bodies] == ["fast-cloud"]
+    finally:
+        proxy.stop()
+    # With its budget spent, the profile that prefers the cloud is served locally.
+    section = cloud_section(
+        cloud_server.url, budget=0, models={"auto:fast": "fast-cloud"}, prefer=("fast",)
+    )
+    proxy = Proxy(servers, [own_emulator.url], cloud=section)
+    try:
+        status, headers, _ = await post(
+            proxy.url + "/api/chat", {"model": "auto:fast", "messages": MESSAGES}
+        )
+        assert status == 200
+        assert "X-Autoroute-Backend" not in headers
+        assert len(cloud_server.seen.bodies) == 1
+    finally:
+        proxy.stop()
+
+
+def event_lines(path: Path) -> list[bytes]:
+    return path.read_bytes().splitlines() if path.exists() else []
+
+
+async def wait_until(check: Callable[[], bool]) -> None:
+    for _ in range(500):
+        if check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("never happened")
+
+
+async def test_auto_falls_back_when_its_choice_fails_and_learns_nothing_from_it(
+    servers: ServerThread, own_emulator: Emulator, cloud_server: StandIn
+) -> None:
+    proxy = Proxy(servers, [own_emulator.url], cloud=cloud_section(cloud_server.url))
+    app = proxy.app[APP_KEY]
+    events = Path(proxy.config.usage.file_path)
+
+    try:
+        body = {"model": "auto", "messages": MESSAGES, "stream": False}
+        status, headers, _ = await post(proxy.url + "/api/chat", body)
+        assert status == 200 and "X-Autoroute-Backend" not in headers
+        await wait_until(lambda: app.learner.observed == 1)
+        own_emulator.stop()  # auto still lists its models: the relay finds it gone
+        status, headers, answer = await post(proxy.url + "/api/chat", body)
+        assert status == 200, answer
+        assert headers["X-Autoroute-Backend"] == "cloud:openai"
+        assert orjson.loads(answer)["message"]["content"] == ANSWER
+        await wait_until(lambda: len(event_lines(events)) == 2)
+        assert app.learner.observed == 1
+        last = orjson.loads(event_lines(events)[-1])
+        assert last["provider"] == "openai" and last["decision"]["chosen"]
+    finally:
+        proxy.stop()
+
+
+async def test_at_the_budget_the_fallback_stops_with_a_503_naming_it(
+    servers: ServerThread, cloud_server: StandIn
+) -> None:
+    # One answer (5 + 6 tokens) goes past a budget of 10; the next is refused.
+    proxy = Proxy(servers, [dead_url()], cloud=cloud_section(cloud_server.url, budget=10))
+    try:
+        body = {"model": LOCAL, "messages": MESSAGES}
+        status, _, _ = await post(proxy.url + "/api/chat", body)
+        assert status == 200
+        status, _, answer = await post(proxy.url + "/api/chat", body)
+        assert status == 503
+        error = orjson.loads(answer)["error"]
+        assert "budget" in error and "openai 11/10 tokens" in error
+        status, _, answer = await post(proxy.url + "/v1/chat/completions", body)
+        assert status == 503 and "budget" in orjson.loads(answer)["error"]["message"]
+        assert len(cloud_server.seen.bodies) == 1
+        async with aiohttp.ClientSession() as session:
+            metrics = await (await session.get(proxy.url + "/metrics")).text()
+            spent = 'autoroute_cloud_tokens_total{kind="completion",provider="openai"} 6.0'
+            assert spent in metrics
+            assert "autoroute_cloud_budget_refusals_total 2.0" in metrics
+            async with session.get(proxy.url + "/api/autoroute/health") as resp:
+                health = await resp.json()
+        (provider,) = health["cloud"]["providers"]
+        assert provider["name"] == "openai" and provider["key_set"] is True
+        assert (provider["monthly_token_budget"], provider["tokens_this_month"]) == (10, 11)
+        assert OPENAI_KEY not in orjson.dumps(health).decode()
+    finally:
+        proxy.stop()
+
+
+async def test_a_wrong_key_is_a_clear_error(
+    servers: ServerThread, cloud_server: StandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(OPENAI_ENV, "sk-wrong")
+    monkeypatch.setenv(ANTHROPIC_ENV, "sk-wrong")
+    for api, said in (("openai", "Incorrect API key provided"), ("anthropic", "invalid x-api-key")):
+        proxy = Proxy(servers, [dead_url()], cloud=cloud_section(cloud_server.url, api))
+        try:
+            status, headers, body = await post(
+                proxy.url + "/api/chat", {"model": LOCAL, "messages": MESSAGES}
+            )
+            assert status == 502
+            assert headers["X-Autoroute-Backend"] == f"cloud:{api}"
+            assert orjson.loads(body) == {"error": f"cloud {api} answered 401: {said}"}
+        finally:
+            proxy.stop()
+    monkeypatch.delenv(OPENAI_ENV)
+    proxy = Proxy(servers, [dead_url()], cloud=cloud_section(cloud_server.url))
+    try:
+        status, _, body = await post(
+            proxy.url + "/api/chat", {"model": LOCAL, "messages": MESSAGES}
+        )
+        assert status == 503
+        assert orjson.loads(body)["error"] == (
+            f"cloud openai: environment variable {OPENAI_ENV} is not set"
+        )
+    finally:
+        proxy.stop()
+    assert cloud_server.seen.bodies == []
+
+
+@pytest.mark.postgres
+async def test_tokens_are_recorded_per_month_in_postgresql(
+    servers: ServerThread, cloud_server: StandIn, database: Database, tmp_path: Path
+) -> None:
+    usage = Usage(postgres_dsn=database.dsn, file_mode="off", spool_dir=str(tmp_path / "spool"))
+    section = cloud_section(cloud_server.url, budget=30)
+    proxy = Proxy(servers, [dead_url()], cloud=section, usage=usage)
+    try:
+        body = {"model": LOCAL, "messages": MESSAGES, "stream": False}
+        for _ in range(2):
+            status, _, answer = await post(proxy.url + "/api/chat", body)
+            assert status == 200, answer
+    finally:
+        proxy.stop()  # flushes the usage events
+    rows = await database.fetch("SELECT provider, month, tokens FROM cloud_usage")
+    assert [(r["provider"], r["tokens"]) for r in rows] == [("openai", 22)]
+    assert (
+        rows[0]["month"]
+        == (await database.fetch("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM') m"))[0]["m"]
+    )
+    events = await database.fetch(
+        "SELECT backend, provider, prompt_eval_count, eval_count, event FROM usage_events"
+    )
+    assert len(events) == 2
+    for e in events:
+        assert (e["backend"], e["provider"]) == ("cloud:openai", "openai")
+        assert (e["prompt_eval_count"], e["eval_count"]) == (PROMPT_TOKENS, len(ANSWER_WORDS))
+        assert e["event"]["provider"] == "openai"
+    # A second proxy on the same database reads the month's count: 22 of 30 leaves room
+    # for one more answer, and then the shared budget is spent for both.
+    first = Proxy(servers, [dead_url()], cloud=section, usage=usage)
+    second = Proxy(servers, [dead_url()], cloud=section, usage=usage)
+    try:
+        status, _, _ = await post(first.url + "/api/chat", body)
+        assert status == 200
+        status, _, answer = await post(second.url + "/api/chat", body)
+        assert status == 503 and "openai 33/30 tokens" in orjson.loads(answer)["error"]
+    finally:
+        first.stop()
+        second.stop()
+
+
+async def test_cloud_is_off_by_default(servers: ServerThread) -> None:
+    proxy = Proxy(servers, [dead_url()])
+    try:
+        status, headers, body = await post(
+            proxy.url + "/api/chat", {"model": LOCAL, "messages": MESSAGES}
+        )
+        assert status == 503
+        assert "X-Autoroute-Backend" not in headers
+        assert "no healthy backend" in orjson.loads(body)["error"]
+    finally:
+        proxy.stop()
+
+
+async def test_without_its_budget_store_the_fallback_stays_off(
+    servers: ServerThread, cloud_server: StandIn, tmp_path: Path
+) -> None:
+    gone = f"postgresql://postgres@127.0.0.1:{free_port()}/autoroute"
+    usage = Usage(postgres_dsn=gone, file_mode="off", spool_dir=str(tmp_path / "spool"))
+    proxy = Proxy(servers, [dead_url()], cloud=cloud_section(cloud_server.url), usage=usage)
+    try:
+        body_sent = {"model": LOCAL, "messages": MESSAGES}
+        status, _, body = await post(proxy.url + "/api/chat", body_sent)
+        assert status == 503
+        assert orjson.loads(body)["error"].startswith("cloud budget store unavailable")
+        assert cloud_server.seen.bodies == []
+    finally:
+        proxy.stop()
+
+
+@pytest.mark.parametrize(
+    ("provider", "message"),
+    [
+        (CloudProvider(base_url="api.openai.com", key_env="K"), "is not an http"),
+        (CloudProvider(base_url="https://api.openai.com/v1"), "key_env"),
+        (
+            CloudProvider(base_url="https://x/v1", key_env="K", monthly_token_budget=-1),
+            "must not be negative",
+        ),
+    ],
+)
+def test_a_provider_that_cannot_work_is_a_configuration_error(
+    provider: CloudProvider, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Config(cloud=Cloud(enabled=True, providers={"p": provider})).check()
+
+
+async def test_a_cloud_stream_cut_short_ends_the_clients_stream_with_an_error(
+    servers: ServerThread, cloud_server: StandIn
+) -> None:
+    cloud_server.seen.cut_after = 2
+    proxy = Proxy(servers, [dead_url()], cloud=cloud_section(cloud_server.url, "anthropic"))
+    try:
+        status, _, body = await post(
+            proxy.url + "/api/chat", {"model": LOCAL, "messages": MESSAGES}
+        )
+        assert status == 200  # the head went out with the first words
+        *words, last = ndjson(body)
+        assert "".join(w["message"]["content"] for w in words) == "".join(ANSWER_WORDS[:2])
+        assert last["error"].startswith("cloud anthropic")
+        # The prompt's tokens (said in message_start) and the words sent still count.
+        async with aiohttp.ClientSession() as session:
+            async with session.get(proxy.url + "/api/autoroute/health") as resp:
+                (provider,) = (await resp.json())["cloud"]["providers"]
+        assert provider["tokens_this_month"] == PROMPT_TOKENS + 5  # 20 characters: 5
+    finally:
+        proxy.stop()
+
+
+async def test_a_client_leaving_closes_the_cloud_stream_and_its_tokens_count(
+    servers: ServerThread, cloud_server: StandIn
+) -> None:
+    cloud_server.seen.delay = 0.2
+    proxy = Proxy(servers, [dead_url()], cloud=cloud_section(cloud_server.url))
+    try:
+        async with aiohttp.ClientSession() as session:
+            body = {"model": LOCAL, "messages": MESSAGES}
+            async with session.post(proxy.url + "/api/chat", json=body) as resp:
+                first = await resp.content.readline()
+                assert orjson.loads(first)["message"]["content"] == ANSWER_WORDS[0]
+                resp.close()  # the client leaves mid-answer
+        await asyncio.to_thread(cloud_server.seen.gone.wait, 10)
+        assert cloud_server.seen.gone.is_set()
+        async with aiohttp.ClientSession() as session:
+
+            async def spent() -> int:
+                async with session.get(proxy.url + "/api/autoroute/health") as resp:
+                    (provider,) = (await resp.json())["cloud"]["providers"]
+                return int(provider["tokens_this_month"])
+
+            for _ in range(250):
+                if await spent():
+                    break
+                await asyncio.sleep(0.02)
+            # The prompt estimated (no usage came), at least the first word's token.
+            assert await spent() >= 2
+    finally:
+        proxy.stop()
