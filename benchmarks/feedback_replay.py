@@ -67,6 +67,7 @@ def main() -> None:
             rng,
             prior_strength=args.prior_strength,
             known_prior_strength=args.known_prior_strength,
+            totals=evidence.totals,
         ).chosen
         return names.index(chosen.name)
 

@@ -208,6 +208,7 @@ class AutoRouter:
             learning.prior_strength,
             learning.draws,
             learning.known_prior_strength,
+            self.evidence.totals,
         )
         ranking, chosen, reason, propensity = (
             chose.ranking,

@@ -13,31 +13,42 @@ eligible (kept as the baseline benchmarks compare with).
 
 `choose` adds what the proxy learned from its own traffic (`selector_model.evidence`):
 for each candidate, the outcomes of its answers to this kind of prompt (count n, sum
-s) and what the selector expected of them (sum e of its P(success) then). The
-correction is hierarchical. First the kind's shift, how far P is off for this kind of
-prompt over every model with evidence, shrunk toward 0 by `prior_strength` n0:
+s) and what the selector expected of them (sum e of its P(success) then), and the same
+sums over every kind (N, S, E). The correction is hierarchical, each level shrunk
+toward the one above by a prior's strength. First the pool's shift over every kind,
+G, then each model's offset from it, o(m), what its answers say about the model
+whatever the prompt; then the kind's shift, how far P is off for this kind of prompt
+over every model with evidence once each model's offset is taken out, shrunk toward G:
 
-    shift = sum_m w(m) * g(m) / (n0 + sum_m w(m)),  g(m) = (s(m) - e(m)) / n(m),
-    w(m) = n(m) * n0(m) / (n0(m) + n(m))
+    G = shift(all kinds, offsets 0, centre 0),   o(m) = (S - E - N * G) / (n0(m) + N)
+    shift = shift(this kind, offsets o, centre G)
+    shift(pool, o, c) = c + sum_m w(m) * (g(m) - o(m) - c) / (n0 + sum_m w(m)),
+    g(m) = (s(m) - e(m)) / n(m),  w(m) = n(m) * n0(m) / (n0(m) + n(m))
 
-(a model's mean gap is the kind's plus its own departure, whose spread its prior's
-strength n0(m) sets: it speaks for the kind with at most n0(m) outcomes). Every
-candidate moves by it. Then a model's own evidence moves it further only by how
-far it departs from that shift, shrunk by its prior's strength n0(m)
+(a model's mean gap is the pool's plus its own departure, whose spread its prior's
+strength n0(m) sets: it speaks for the pool with at most n0(m) outcomes). Every
+candidate moves by the kind's shift and its own offset, so a model's evidence on one
+kind of prompt moves its estimate on every other kind; on its own kind it moves it
+further, by how far it departs from that, shrunk by its prior's strength n0(m)
 (`known_prior_strength` for a model the artifact was fitted on, whose P rests on many
 outcomes of that very model; `prior_strength` for any other):
 
-    blend(m) = P(m) + shift + (s(m) - e(m) - n(m) * shift) / (n0(m) + n(m))
+    blend(m) = P(m) + c(m) + (s(m) - e(m) - n(m) * c(m)) / (n0(m) + n(m)),
+    c(m) = shift + o(m)
 
-the mean of a Beta posterior whose prior has mean P(m) + shift and weight n0(m), with
+the mean of a Beta posterior whose prior has mean P(m) + c(m) and weight n0(m), with
 the evidence centred on this prompt. Why not each model's own gap alone: the chosen
 model is the one whose P was highest, so the most likely overestimated (and a model
 chosen on a kind's hard prompts meets the selector's overconfidence there); correcting
 only it hands its place to the next-ranked, as overestimated but never tried, and
 feedback on a good prior undoes it. With priors the artifact was fitted on, only a
 difference between models that were both tried reorders them; with weak priors (models
-it never saw) a chosen model's shortfall is shared between the kind and the model, so
-a model chosen everywhere can still lose its place. The utility uses the blend in place of P; the
+it never saw) a chosen model's shortfall is shared between the pool and the model, so
+a model chosen everywhere can still lose its place. Why a model level: a model the
+artifact never saw is placed from its description, and that placement's error is
+mostly the model's (its size or family misread), not the kind's; its answers on
+knowledge prompts then say something about its math too, less than math answers would.
+The utility uses the blend in place of P; the
 safety rule reads blended utilities (a model's unseen-margin shrinks as its evidence
 grows). Exploration is Thompson sampling: with probability `exploration` the choice
 is the best of one draw from each posterior (mean blend, weight n0 + n; by its normal
@@ -95,17 +106,24 @@ class Scored:
     evidence_mean: float | None = None
     evidence_expected: float | None = None
     blend: float | None = None  # the posterior mean used (None: the prior alone)
+    # The model's evidence over every kind (weighted count, mean outcome, mean
+    # expectation), which moves it on every kind.
+    model_count: float = 0.0
+    model_mean: float | None = None
+    model_expected: float | None = None
 
     def blended(
         self,
         blend: float,
-        count: float = 0.0,
-        mean: float | None = None,
-        expected: float | None = None,
+        got: Sequence[float] | None = None,
+        totals: Sequence[float] | None = None,
     ) -> Scored:
         """This candidate with `blend` (kept inside the floor) in place of its prior in
-        the utility, and the evidence it came from."""
+        the utility, and the evidence it came from: (successes, count, expected) for
+        this kind and over every kind."""
         blend = min(1 - _P_FLOOR, max(_P_FLOOR, blend))
+        count, mean, expected = _means(got)
+        model_count, model_mean, model_expected = _means(totals)
         return Scored(
             self.name,
             self.p_success,
@@ -116,6 +134,9 @@ class Scored:
             mean,
             expected,
             blend,
+            model_count,
+            model_mean,
+            model_expected,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -130,11 +151,24 @@ class Scored:
                 if self.evidence_expected is None
                 else round(self.evidence_expected, 4),
             },
+            "model_evidence": {
+                "count": round(self.model_count, 3),
+                "mean": None if self.model_mean is None else round(self.model_mean, 4),
+                "expected": None if self.model_expected is None else round(self.model_expected, 4),
+            },
             "blend": round(self.p_success if self.blend is None else self.blend, 4),
             "expected_seconds": round(self.seconds, 3),
             "utility": round(self.utility, 4),
             "known_to_artifact": self.known,
         }
+
+
+def _means(got: Sequence[float] | None) -> tuple[float, float | None, float | None]:
+    """(count, mean outcome, mean expectation) of (successes, count, expected)."""
+    if got is None or got[1] <= 0:
+        return 0.0, None, None
+    count = float(got[1])
+    return count, float(got[0]) / count, float(got[2]) / count
 
 
 @dataclass
@@ -247,14 +281,19 @@ class Chosen:
     propensity: float
 
 
-def _kind_shift(
-    evidence: Mapping[str, Sequence[float]], strengths: Mapping[str, float], prior_strength: float
+def _shift(
+    evidence: Mapping[str, Sequence[float]],
+    strengths: Mapping[str, float],
+    prior_strength: float,
+    offsets: Mapping[str, float],
+    centre: float,
 ) -> float:
-    """How far the selector's P(success) is off for this kind of prompt: the models'
-    mean gaps (outcomes minus expectations), each weighted by how much it says about
-    the kind, n * n0 / (n0 + n), shrunk toward 0 by `prior_strength`. A model's gap is
-    the kind's plus its own departure, whose spread its prior's strength n0 sets; so a
-    model with a weak prior (one the artifact never saw) speaks for the kind with at
+    """How far the selector's P(success) is off over a pool of evidence (one kind's, or
+    every kind's): the models' mean gaps (outcomes minus expectations, less each
+    model's own offset), each weighted by how much it says about the pool,
+    n * n0 / (n0 + n), shrunk toward `centre` by `prior_strength`. A model's gap is the
+    pool's plus its own departure, whose spread its prior's strength n0 sets; so a
+    model with a weak prior (one the artifact never saw) speaks for the pool with at
     most n0 outcomes however often it was chosen, and the model chosen most does not
     make the pool its own. (`strengths`: n0 by model, `prior_strength` if absent.)"""
     gap = weight = 0.0
@@ -263,11 +302,21 @@ def _kind_shift(
         if count > 0:
             n0 = strengths.get(name, prior_strength)
             w = count * n0 / (n0 + count)
-            gap += w * (float(got[0]) - float(got[2])) / count
+            mean_gap = (float(got[0]) - float(got[2])) / count
+            gap += w * (mean_gap - offsets.get(name, 0.0) - centre)
             weight += w
     if weight <= 0:
+        return centre
+    return centre + gap / (prior_strength + weight)
+
+
+def _departure(got: Sequence[float], centre: float, n0: float) -> float:
+    """A model's own departure from `centre` by its evidence (successes, count,
+    expected): the mean gap's excess over it, shrunk by its prior's strength n0."""
+    count = float(got[1])
+    if count <= 0:
         return 0.0
-    return gap / (prior_strength + weight)
+    return (float(got[0]) - float(got[2]) - count * centre) / (n0 + count)
 
 
 def choose(
@@ -281,28 +330,37 @@ def choose(
     prior_strength: float = PRIOR_STRENGTH,
     draws: int = DRAWS,
     known_prior_strength: float = KNOWN_PRIOR_STRENGTH,
+    totals: Mapping[str, Sequence[float]] | None = None,
 ) -> Chosen:
     """The choice for one request from `rank`'s ranking (prior utilities, best first)
     and the evidence for the request's kind, model: (successes, count, expected), as
-    `Evidence.of(kind)` gives it. With no evidence and no exploration this is `pick`'s
+    `Evidence.of(kind)` gives it; `totals`, the same per model over every kind
+    (`Evidence.totals`). With no evidence and no exploration this is `pick`'s
     greedy choice. See the module docstring."""
     prior_choice, reason = _safe_greedy(
         ranking, default_model, min_gain, unknown_margin, prior_strength
     )
     blended = ranking
-    if evidence:
+    if evidence or totals:
         blended = []
         strengths = {s.name: known_prior_strength if s.known else prior_strength for s in ranking}
-        shift = _kind_shift(evidence, strengths, prior_strength)
+        offsets: dict[str, float] = {}
+        overall = 0.0
+        if totals:
+            overall = _shift(totals, strengths, prior_strength, offsets, 0.0)
+            for name, row in totals.items():
+                offsets[name] = _departure(row, overall, strengths.get(name, prior_strength))
+        shift = _shift(evidence, strengths, prior_strength, offsets, overall)
         for s in ranking:
+            centre = shift + offsets.get(s.name, 0.0)
             got = evidence.get(s.name)
-            if got is None or got[1] <= 0:
-                blended.append(s.blended(s.p_success + shift) if shift else s)
+            if not centre and (got is None or got[1] <= 0):
+                blended.append(s)
                 continue
-            successes, count, expected = float(got[0]), float(got[1]), float(got[2])
-            own = (successes - expected - count * shift) / (strengths[s.name] + count)
-            blend = s.p_success + shift + own
-            blended.append(s.blended(blend, count, successes / count, expected / count))
+            blend = s.p_success + centre
+            if got is not None:
+                blend += _departure(got, centre, strengths[s.name])
+            blended.append(s.blended(blend, got, totals.get(s.name) if totals else None))
         blended.sort(key=_UTILITY, reverse=True)
         greedy, reason = _safe_greedy(
             blended, default_model, min_gain, unknown_margin, prior_strength

@@ -110,6 +110,52 @@ def test_evidence_moves_the_choice_by_the_beta_posterior() -> None:
     assert choose(unseen, few.of("math"), 0.0, rng).chosen.name == "mistral:7b"
 
 
+def test_a_models_evidence_on_one_kind_moves_it_on_another_by_less() -> None:
+    rng = np.random.default_rng(0)
+    evidence = Evidence()
+    for _ in range(ROUNDS):
+        evidence.update("knowledge", "qwen2.5:7b", 0.0, prior=0.7)
+    assert evidence.totals["qwen2.5:7b"] == pytest.approx([0.0, ROUNDS, 0.7 * ROUNDS])
+    unseen = rank(list(MODELS), [0.70, 0.60, 0.50], [1.0, 1.0, 1.0], 0.0, set())
+
+    def moved(kind: str, ranking: list[Any]) -> dict[str, float]:
+        """Each model's blend less its prior, for a prompt of `kind`."""
+        chose = choose(ranking, evidence.of(kind), 0.0, rng, totals=evidence.totals)
+        return {
+            s.name: (s.p_success if s.blend is None else s.blend) - s.p_success
+            for s in chose.ranking
+        }
+
+    # Against the other models (which move alike, by the kinds' shift), qwen loses on
+    # math, a kind it has no evidence on, by its offset over every kind; on knowledge,
+    # the kind its evidence is from, by more.
+    knowledge, math = moved("knowledge", unseen), moved("math", unseen)
+    assert math["mistral:7b"] == pytest.approx(math["llama3.1:8b"])
+    assert (
+        0
+        < math["mistral:7b"] - math["qwen2.5:7b"]
+        < knowledge["mistral:7b"] - knowledge["qwen2.5:7b"]
+    )
+    weight = ROUNDS * 10 / (10 + ROUNDS)
+    overall = weight * -0.7 / (10 + weight)
+    offset = ROUNDS * (-0.7 - overall) / (10 + ROUNDS)
+    assert math["qwen2.5:7b"] == pytest.approx(overall + offset)
+    # For a model the artifact never saw, that is enough to change the choice on math;
+    # with the strong prior of a model the artifact was fitted on, it is not.
+    pick_math = choose(unseen, evidence.of("math"), 0.0, rng, totals=evidence.totals)
+    assert (pick_math.chosen.name, pick_math.reason) == ("mistral:7b", "learned")
+    assert choose(_ranking(), {}, 0.0, rng, totals=evidence.totals).chosen.name == "qwen2.5:7b"
+    # Without the totals, only the kind's own evidence counts (as `pick` on math).
+    assert choose(unseen, evidence.of("math"), 0.0, rng).chosen.name == "qwen2.5:7b"
+    # The totals follow the table: taken back, rebuilt from rows.
+    rebuilt = Evidence()
+    rebuilt.replace(evidence.rows())
+    assert rebuilt.totals == evidence.totals
+    for _ in range(ROUNDS):
+        evidence.update("knowledge", "qwen2.5:7b", 0.0, prior=0.7, weight=-1.0)
+    assert evidence.totals == {"qwen2.5:7b": [0.0, 0.0, 0.0]}
+
+
 def test_exploration_bounds_tries_and_propensity_matches_frequency() -> None:
     rng = np.random.default_rng(3)
     evidence: dict[str, list[float]] = {"mistral:7b": [2.0, 4.0, 2.4]}
@@ -300,6 +346,48 @@ async def _until_learned(
     raise AssertionError(f"the ratings were not counted: {taught} {doc}")
 
 
+def _blends(rows: Any, known: float, unseen: float) -> dict[str, float]:
+    """Each explained candidate's blend, from its prior and evidence as explain shows
+    them, by the policy's formulas: the pool's shift G over every kind, each model's
+    offset o from it, the kind's shift (centred on G, the offsets taken out), then the
+    model's own departure on this kind. Every shift weighs a model's mean gap by
+    n * n0 / (n0 + n) and is shrunk by the weak prior's strength."""
+    rows = list(rows)
+
+    def strength(row: dict[str, Any]) -> float:
+        return float(known if row["known_to_artifact"] else unseen)
+
+    def sums(row: dict[str, Any], key: str) -> tuple[float, float]:
+        got = row[key]
+        count = float(got["count"])
+        return count, count * ((got["mean"] or 0.0) - (got["expected"] or 0.0))
+
+    def shift(key: str, offsets: dict[str, float], centre: float) -> float:
+        gap = weight = 0.0
+        for row in rows:
+            count, total = sums(row, key)
+            if count > 0:
+                w = count * strength(row) / (strength(row) + count)
+                gap += w * (total / count - offsets.get(row["model"], 0.0) - centre)
+                weight += w
+        return centre + (gap / (unseen + weight) if weight else 0.0)
+
+    overall = shift("model_evidence", {}, 0.0)
+    offsets = {}
+    for row in rows:
+        count, total = sums(row, "model_evidence")
+        offsets[row["model"]] = (total - count * overall) / (strength(row) + count)
+    kind = shift("evidence", offsets, overall)
+    blends = {}
+    for row in rows:
+        centre = kind + offsets[row["model"]]
+        count, total = sums(row, "evidence")
+        blends[row["model"]] = (
+            row["prior"] + centre + (total - count * centre) / (strength(row) + count)
+        )
+    return blends
+
+
 def _check_learned(doc: dict[str, Any], picked: str, runner_up: str) -> None:
     """The new prompt goes to the runner-up, by the blend of prior and evidence."""
     assert doc["model"] == runner_up and doc["reason"] == "learned" and doc["kind"] == "math"
@@ -311,23 +399,11 @@ def _check_learned(doc: dict[str, Any], picked: str, runner_up: str) -> None:
             evidence["count"] * ((evidence["mean"] or 0.0) - (evidence["expected"] or 0.0))
         )
 
-    # Every model moves by the kind's shift (the models' mean gaps, each weighted by
-    # n * n0 / (n0 + n)); one with evidence of its own, further by how far its own gap
-    # departs from that.
-    def strength(row: dict[str, Any]) -> float:
-        return float(doc["prior_strength"]["known" if row["known_to_artifact"] else "unseen"])
-
-    def weight(row: dict[str, Any]) -> float:
-        count = float(row["evidence"]["count"])
-        return count * strength(row) / (strength(row) + count)
-
-    tried = [r for r in rows.values() if r["evidence"]["count"]]
-    pooled = sum(weight(r) * gap(r) / r["evidence"]["count"] for r in tried)
-    shift = pooled / (doc["prior_strength"]["unseen"] + sum(weight(r) for r in tried))
-    for row in rows.values():
-        count = row["evidence"]["count"]
-        want = row["prior"] + shift + (gap(row) - count * shift) / (strength(row) + count)
-        assert row["blend"] == pytest.approx(want, abs=1e-3)
+    # Every model moves by the kind's shift and its own offset (see `_blends`); one
+    # with evidence of its own, further by how far its own gap departs from that.
+    want = _blends(rows.values(), doc["prior_strength"]["known"], doc["prior_strength"]["unseen"])
+    for name, row in rows.items():
+        assert row["blend"] == pytest.approx(want[name], abs=1e-3)
     assert rows[picked]["evidence"]["mean"] == 0.0
     assert rows[runner_up]["evidence"]["mean"] > 0.99
     assert (
@@ -354,10 +430,25 @@ async def test_feedback_changes_later_decisions_and_survives_a_restart(
             _check_learned(doc, picked, runner_up)
             # A real request for a new prompt of the same kind goes to the better model.
             assert (await _ask(session, prx.url, _math(501)))[0] == runner_up
-            # Another kind of prompt is not moved by what was learned about math.
+            # Another kind of prompt moves by what the ratings say about each model over
+            # every kind, less than math, the kind they were given on.
             knowledge = {**_math(0), "messages": [{"role": "user", "content": "Who wrote Dune?"}]}
             other = await _explain(session, prx.url, knowledge)
-            assert other["kind"] == "knowledge" and other["model"] == picked
+            assert other["kind"] == "knowledge"
+            on_knowledge = {r["model"]: r for r in other["ranking"]}
+            assert on_knowledge[picked]["evidence"]["count"] == 0
+            strengths = other["prior_strength"]
+            want = _blends(on_knowledge.values(), strengths["known"], strengths["unseen"])
+            for name, row in on_knowledge.items():
+                assert row["blend"] == pytest.approx(want[name], abs=1e-3)
+
+            def lead(rows: dict[str, Any]) -> float:
+                """How much the runner-up gained on auto's first pick by the ratings."""
+                gained = rows[runner_up]["blend"] - rows[runner_up]["prior"]
+                return float(gained - rows[picked]["blend"] + rows[picked]["prior"])
+
+            on_math = {r["model"]: r for r in doc["ranking"]}
+            assert 0 < lead(on_knowledge) < lead(on_math)
             learning = (await _status(session, prx.url))["learning"]
             assert learning["store"] == "file" and learning["evidence_rows"] == len(taught)
             # Ratings lie in [0, 1]; anything else is refused as bad input.
