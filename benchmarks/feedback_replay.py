@@ -67,7 +67,7 @@ def main() -> None:
             rng,
             prior_strength=args.prior_strength,
             known_prior_strength=args.known_prior_strength,
-            totals=evidence.totals,
+            kinds=evidence.table,
         ).chosen
         return names.index(chosen.name)
 

@@ -26,7 +26,15 @@ from selector_model import features, request_body
 from selector_model.evidence import Evidence
 from selector_model.features import Candidate
 from selector_model.kind import kind_of
-from selector_model.policy import UNKNOWN_MARGIN, Decision, choose, heuristic_p_success, rank
+from selector_model.policy import (
+    UNKNOWN_MARGIN,
+    Decision,
+    choose,
+    heuristic_p_success,
+    largest,
+    rank,
+    with_catalogue,
+)
 from selector_model.scorer import Scorer
 from selector_model.telemetry import Telemetry
 
@@ -184,8 +192,13 @@ class AutoRouter:
         candidates = eligible.candidates
         artifact = self.scorer.artifact
         if artifact is not None:
-            p_success = self.scorer.p_success(artifact, request, candidates)
             known = self._known_models(artifact)
+            p_success = with_catalogue(
+                self.scorer.p_success(artifact, request, candidates),
+                request,
+                candidates,
+                [name in known for name in eligible.names],
+            )
             unknown_margin = float(artifact.policy.get("unseen_margin", UNKNOWN_MARGIN))
         else:
             p_success = [heuristic_p_success(c) for c in candidates]
@@ -194,6 +207,8 @@ class AutoRouter:
         seconds = self.telemetry.expected_seconds_many(
             eligible.backends, candidates, prompt_tokens, _output_tokens(doc)
         )
+        if not default_model and known.isdisjoint(eligible.names):
+            default_model = largest(candidates)  # the anchor when no candidate is known
         ranking = rank(eligible.names, p_success, seconds, profile.cost_weight, known)
         kind = kind_of(request)
         learning = self.config.learning
@@ -208,7 +223,7 @@ class AutoRouter:
             learning.prior_strength,
             learning.draws,
             learning.known_prior_strength,
-            self.evidence.totals,
+            self.evidence.table if learning.model_level else None,
         )
         ranking, chosen, reason, propensity = (
             chose.ranking,

@@ -1,8 +1,6 @@
 """What the proxy learned from its own traffic: per (kind of prompt, model), the
 weighted sum of outcomes (`selector_model.outcome`), of their weights, and of what
-the selector expected of them (its P(success) for the model on each prompt); and the
-same sums per model over every kind (`totals`), what a model's answers say about the
-model whatever the prompt.
+the selector expected of them (its P(success) for the model on each prompt).
 
 The evidence corrects the selector rather than replacing it: a decision uses the
 prior for this prompt plus the shrunk mean gap between outcomes and expectations
@@ -28,10 +26,6 @@ class Evidence:
         # kind -> model -> [successes, count, expected]: successes = sum(weight * value),
         # count = sum(weight), expected = sum(weight * prior).
         self.table: dict[str, dict[str, list[float]]] = {}
-        # model -> [successes, count, expected] over every kind: what a model's answers
-        # say about the model itself, whatever the kind (kept as the table changes, so a
-        # decision reads it without summing).
-        self.totals: dict[str, list[float]] = {}
 
     def update(
         self, kind: str, model: str, value: float, prior: float, weight: float = 1.0
@@ -42,8 +36,14 @@ class Evidence:
         self.add(kind, model, weight * value, weight, weight * prior)
 
     def add(self, kind: str, model: str, successes: float, count: float, expected: float) -> None:
-        _accumulate(self.table.setdefault(kind, {}), model, successes, count, expected)
-        _accumulate(self.totals, model, successes, count, expected)
+        row = self.table.setdefault(kind, {}).setdefault(model, [0.0, 0.0, 0.0])
+        row[0] += successes
+        row[1] += count
+        row[2] += expected
+        # Taking back all that was added leaves float dust: make it the empty row. (A
+        # table of increments holds negative rows: those stay.)
+        if max(abs(row[0]), abs(row[1]), abs(row[2])) <= 1e-9:
+            row[0] = row[1] = row[2] = 0.0
 
     def of(self, kind: str) -> Mapping[str, list[float]]:
         """model -> [successes, count, expected] for a kind (empty when none)."""
@@ -59,22 +59,9 @@ class Evidence:
 
     def replace(self, rows: Iterable[Row]) -> None:
         table: dict[str, dict[str, list[float]]] = {}
-        totals: dict[str, list[float]] = {}
         for kind, model, successes, count, expected in rows:
-            _accumulate(table.setdefault(kind, {}), model, successes, count, expected)
-            _accumulate(totals, model, successes, count, expected)
+            row = table.setdefault(kind, {}).setdefault(model, [0.0, 0.0, 0.0])
+            row[0] += successes
+            row[1] += count
+            row[2] += expected
         self.table = table
-        self.totals = totals
-
-
-def _accumulate(
-    rows: dict[str, list[float]], model: str, successes: float, count: float, expected: float
-) -> None:
-    row = rows.setdefault(model, [0.0, 0.0, 0.0])
-    row[0] += successes
-    row[1] += count
-    row[2] += expected
-    # Taking back all that was added leaves float dust: make it the empty row. (A table
-    # of increments holds negative rows: those stay.)
-    if max(abs(row[0]), abs(row[1]), abs(row[2])) <= 1e-9:
-        row[0] = row[1] = row[2] = 0.0

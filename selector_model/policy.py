@@ -73,7 +73,7 @@ from typing import Any
 
 import numpy as np
 
-from selector_model.features import Candidate
+from selector_model.features import AREAS, REQUEST_FEATURES, UNKNOWN_AREA, Candidate
 
 # Extra lead a model unknown to the artifact needs over the anchor (it is scored from
 # its family and size alone), unless the artifact's own `policy.unseen_margin`, set
@@ -91,6 +91,7 @@ DRAWS = 32
 # P(success) as a Beta prior mean stays inside (0, 1).
 _P_FLOOR = 0.01
 _UTILITY = operator.attrgetter("utility")
+_PARAMS = operator.attrgetter("params_b")
 
 
 @dataclass(slots=True)
@@ -217,6 +218,52 @@ def heuristic_p_success(candidate: Candidate) -> float:
     return min(0.85, max(0.3, 0.45 + 0.06 * math.log2(max(candidate.params_b, 0.5))))
 
 
+_DEMAND = tuple(REQUEST_FEATURES.index(f"demand_{area}") for area in AREAS)
+
+
+def with_catalogue(
+    p_success: Sequence[float],
+    request: Sequence[float],
+    candidates: Sequence[Candidate],
+    known: Sequence[bool],
+) -> list[float]:
+    """The selector's P(success), with each model it never saw drawn toward what the
+    catalogue says of it for this prompt.
+
+    For a model the artifact was not fitted on, its P is the booster's extrapolation
+    from the model's description, and one feature the training models happened to
+    share (a context length, a family) can carry it far. The catalogue reads the
+    same model directly: its area scores weighed by the prompt's demand for each area,
+    an accuracy for this prompt. Its standing against the fleet, centred on the
+    selector's mean for the fleet on this prompt (a point of benchmark accuracy is
+    taken as a point of P), is a second estimate whose errors are not the booster's.
+    With nothing saying which of the two is better, each gets half, in proportion to
+    what the catalogue knows of the model: none of the catalogue's half when its
+    `uncertainty` is 1 (it placed the model from nothing beyond its details, and its
+    estimate is the fleet's mean). A model the artifact knows keeps its P."""
+    if all(known) or len(candidates) < 2:
+        return list(p_success)
+    demand = [request[i] for i in _DEMAND]
+    total = sum(demand) or 1.0
+    reads = [
+        sum(d * a for d, a in zip(demand, c.areas, strict=True)) / total
+        if len(c.areas) == len(AREAS)
+        else UNKNOWN_AREA
+        for c in candidates
+    ]
+    centre = sum(p_success) / len(p_success) - sum(reads) / len(reads)
+    out = []
+    for p, read, candidate, is_known in zip(p_success, reads, candidates, known, strict=True):
+        share = 0.0 if is_known else 0.5 * (1.0 - min(1.0, max(0.0, candidate.uncertainty)))
+        out.append(p + share * (centre + read - p))
+    return out
+
+
+def largest(candidates: Sequence[Candidate]) -> str:
+    """The name of the largest candidate by parameters (the first of equals)."""
+    return max(candidates, key=_PARAMS).name
+
+
 def rank(
     names: list[str],
     p_success: list[float],
@@ -310,6 +357,44 @@ def _shift(
     return centre + gap / (prior_strength + weight)
 
 
+def _offsets(
+    kinds: Mapping[str, Mapping[str, Sequence[float]]],
+    strengths: Mapping[str, float],
+    prior_strength: float,
+) -> tuple[float, dict[str, float], dict[str, list[float]]]:
+    """(G, o by model, totals by model) from the evidence of every kind (kind -> model
+    -> (successes, count, expected)): each model's gap over every kind, its kinds'
+    mean gaps each weighted by n * n0 / (n0 + n) (a kind's departure has the spread
+    n0 sets, so one kind speaks for the model with at most n0 outcomes, and a model
+    overrated on one kind and underrated on another is not called even); G, the
+    pool's shift, from those by `_shift`'s rule; each model's offset, its gap's excess
+    over G shrunk by n0. `totals` sums the evidence per model, for explain."""
+    pooled: dict[str, list[float]] = {}  # model: [sum of w * gap, sum of w]
+    totals: dict[str, list[float]] = {}
+    for rows in kinds.values():
+        for name, got in rows.items():
+            count = float(got[1])
+            if count <= 0:
+                continue
+            n0 = strengths.get(name, prior_strength)
+            w = count * n0 / (n0 + count)
+            acc = pooled.setdefault(name, [0.0, 0.0])
+            acc[0] += w * (float(got[0]) - float(got[2])) / count
+            acc[1] += w
+            total = totals.setdefault(name, [0.0, 0.0, 0.0])
+            total[0] += float(got[0])
+            total[1] += count
+            total[2] += float(got[2])
+    # Each model as a pool member: its mean gap, on the weight its kinds give it.
+    members = {name: (acc[0], acc[1], 0.0) for name, acc in pooled.items()}
+    overall = _shift(members, strengths, prior_strength, {}, 0.0)
+    offsets = {
+        name: _departure(member, overall, strengths.get(name, prior_strength))
+        for name, member in members.items()
+    }
+    return overall, offsets, totals
+
+
 def _departure(got: Sequence[float], centre: float, n0: float) -> float:
     """A model's own departure from `centre` by its evidence (successes, count,
     expected): the mean gap's excess over it, shrunk by its prior's strength n0."""
@@ -330,26 +415,25 @@ def choose(
     prior_strength: float = PRIOR_STRENGTH,
     draws: int = DRAWS,
     known_prior_strength: float = KNOWN_PRIOR_STRENGTH,
-    totals: Mapping[str, Sequence[float]] | None = None,
+    kinds: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
 ) -> Chosen:
     """The choice for one request from `rank`'s ranking (prior utilities, best first)
     and the evidence for the request's kind, model: (successes, count, expected), as
-    `Evidence.of(kind)` gives it; `totals`, the same per model over every kind
-    (`Evidence.totals`). With no evidence and no exploration this is `pick`'s
+    `Evidence.of(kind)` gives it; `kinds`, the same for every kind (`Evidence.table`),
+    for the models' offsets. With no evidence and no exploration this is `pick`'s
     greedy choice. See the module docstring."""
     prior_choice, reason = _safe_greedy(
         ranking, default_model, min_gain, unknown_margin, prior_strength
     )
     blended = ranking
-    if evidence or totals:
+    if evidence or kinds:
         blended = []
         strengths = {s.name: known_prior_strength if s.known else prior_strength for s in ranking}
-        offsets: dict[str, float] = {}
         overall = 0.0
-        if totals:
-            overall = _shift(totals, strengths, prior_strength, offsets, 0.0)
-            for name, row in totals.items():
-                offsets[name] = _departure(row, overall, strengths.get(name, prior_strength))
+        offsets: dict[str, float] = {}
+        totals: dict[str, list[float]] = {}
+        if kinds:
+            overall, offsets, totals = _offsets(kinds, strengths, prior_strength)
         shift = _shift(evidence, strengths, prior_strength, offsets, overall)
         for s in ranking:
             centre = shift + offsets.get(s.name, 0.0)
@@ -360,7 +444,7 @@ def choose(
             blend = s.p_success + centre
             if got is not None:
                 blend += _departure(got, centre, strengths[s.name])
-            blended.append(s.blended(blend, got, totals.get(s.name) if totals else None))
+            blended.append(s.blended(blend, got, totals.get(s.name)))
         blended.sort(key=_UTILITY, reverse=True)
         greedy, reason = _safe_greedy(
             blended, default_model, min_gain, unknown_margin, prior_strength
