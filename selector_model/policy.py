@@ -4,7 +4,10 @@
 
 The safety rule: a model the artifact never saw, or a lead smaller than `min_gain`
 over the profile's anchor (its configured default, else the best model the artifact
-knows), is not worth a gamble: the anchor is kept. Every decision records the
+knows, else, when it knows none of the candidates, the largest: size is the one
+description that orders models it never saw without training), is not worth a
+gamble: the anchor is kept. `with_catalogue` draws the P of a model the artifact
+never saw toward the catalogue's reading of it. Every decision records the
 probability of what was picked (the propensity), so that training on the proxy's own
 logs can correct for the proxy's own choices.
 
