@@ -36,6 +36,11 @@ def main() -> None:
     parser.add_argument("--exploration", type=float, default=0.3)
     parser.add_argument("--prior-strength", type=float, default=PRIOR_STRENGTH)
     parser.add_argument("--known-prior-strength", type=float, default=KNOWN_PRIOR_STRENGTH)
+    parser.add_argument(
+        "--model-level",
+        action="store_true",
+        help="a model's outcomes on one kind also move it on the others (learning.model_level)",
+    )
     args = parser.parse_args()
 
     dataset = load_llmrouter()
@@ -67,6 +72,7 @@ def main() -> None:
             rng,
             prior_strength=args.prior_strength,
             known_prior_strength=args.known_prior_strength,
+            kinds=evidence.table if args.model_level else None,
         ).chosen
         return names.index(chosen.name)
 

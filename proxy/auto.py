@@ -27,7 +27,15 @@ from selector_model import features, request_body
 from selector_model.evidence import Evidence
 from selector_model.features import Candidate
 from selector_model.kind import kind_of
-from selector_model.policy import UNKNOWN_MARGIN, Decision, choose, heuristic_p_success, rank
+from selector_model.policy import (
+    UNKNOWN_MARGIN,
+    Decision,
+    choose,
+    heuristic_p_success,
+    largest,
+    rank,
+    with_catalogue,
+)
 from selector_model.scorer import Scorer
 from selector_model.telemetry import Telemetry
 
@@ -195,8 +203,13 @@ class AutoRouter:
         candidates = eligible.candidates
         artifact = self.scorer.artifact
         if artifact is not None:
-            p_success = self.scorer.p_success(artifact, request, candidates)
             known = self._known_models(artifact)
+            p_success = with_catalogue(
+                self.scorer.p_success(artifact, request, candidates),
+                request,
+                candidates,
+                [name in known for name in eligible.names],
+            )
             unknown_margin = float(artifact.policy.get("unseen_margin", UNKNOWN_MARGIN))
         else:
             p_success = [heuristic_p_success(c) for c in candidates]
@@ -207,6 +220,14 @@ class AutoRouter:
         )
         terms = self.memory.terms(eligible.backends, candidates)
         seconds = [run + load for run, load in zip(seconds, terms.load_seconds, strict=True)]
+        if not default_model and profile.cost_weight == 0 and known.isdisjoint(eligible.names):
+            # A quality-only profile among models the artifact never saw: size is the
+            # surest sign of quality, so the largest is the anchor another must clearly
+            # beat, unless loading it would evict a model in use (the eviction penalty
+            # decides that). Profiles that weigh cost keep their own trade-off.
+            biggest = largest(candidates)
+            if not terms.evicts[eligible.names.index(biggest)]:
+                default_model = biggest
         ranking = rank(eligible.names, p_success, seconds, profile.cost_weight, known)
         if terms.penalty and any(terms.evicts):
             # Evicting a model in use is worth it only for a lead above the penalty.
@@ -228,6 +249,7 @@ class AutoRouter:
             learning.prior_strength,
             learning.draws,
             learning.known_prior_strength,
+            self.evidence.table if learning.model_level else None,
         )
         ranking, chosen, reason, propensity = (
             chose.ranking,

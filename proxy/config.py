@@ -243,6 +243,9 @@ class Learning:
     # model the artifact never saw, and for one it was trained on.
     prior_strength: float = 10.0
     known_prior_strength: float = 200.0
+    # Whether a model's outcomes on one kind of prompt also move it on every other kind
+    # (its offset over every kind, `selector_model.policy`).
+    model_level: bool = False
     # How often the evidence is written and (with PostgreSQL) every proxy's read back.
     sync_seconds: float = 2.0
     # Without usage.postgres_dsn: where the evidence is kept ("": learning.json

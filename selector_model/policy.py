@@ -4,7 +4,10 @@
 
 The safety rule: a model the artifact never saw, or a lead smaller than `min_gain`
 over the profile's anchor (its configured default, else the best model the artifact
-knows), is not worth a gamble: the anchor is kept. Every decision records the
+knows, else, when it knows none of the candidates, the largest: size is the one
+description that orders models it never saw without training), is not worth a
+gamble: the anchor is kept. `with_catalogue` draws the P of a model the artifact
+never saw toward the catalogue's reading of it. Every decision records the
 probability of what was picked (the propensity), so that training on the proxy's own
 logs can correct for the proxy's own choices.
 
@@ -13,31 +16,42 @@ eligible (kept as the baseline benchmarks compare with).
 
 `choose` adds what the proxy learned from its own traffic (`selector_model.evidence`):
 for each candidate, the outcomes of its answers to this kind of prompt (count n, sum
-s) and what the selector expected of them (sum e of its P(success) then). The
-correction is hierarchical. First the kind's shift, how far P is off for this kind of
-prompt over every model with evidence, shrunk toward 0 by `prior_strength` n0:
+s) and what the selector expected of them (sum e of its P(success) then), and the same
+sums over every kind (N, S, E). The correction is hierarchical, each level shrunk
+toward the one above by a prior's strength. First the pool's shift over every kind,
+G, then each model's offset from it, o(m), what its answers say about the model
+whatever the prompt; then the kind's shift, how far P is off for this kind of prompt
+over every model with evidence once each model's offset is taken out, shrunk toward G:
 
-    shift = sum_m w(m) * g(m) / (n0 + sum_m w(m)),  g(m) = (s(m) - e(m)) / n(m),
-    w(m) = n(m) * n0(m) / (n0(m) + n(m))
+    G = shift(all kinds, offsets 0, centre 0),   o(m) = (S - E - N * G) / (n0(m) + N)
+    shift = shift(this kind, offsets o, centre G)
+    shift(pool, o, c) = c + sum_m w(m) * (g(m) - o(m) - c) / (n0 + sum_m w(m)),
+    g(m) = (s(m) - e(m)) / n(m),  w(m) = n(m) * n0(m) / (n0(m) + n(m))
 
-(a model's mean gap is the kind's plus its own departure, whose spread its prior's
-strength n0(m) sets: it speaks for the kind with at most n0(m) outcomes). Every
-candidate moves by it. Then a model's own evidence moves it further only by how
-far it departs from that shift, shrunk by its prior's strength n0(m)
+(a model's mean gap is the pool's plus its own departure, whose spread its prior's
+strength n0(m) sets: it speaks for the pool with at most n0(m) outcomes). Every
+candidate moves by the kind's shift and its own offset, so a model's evidence on one
+kind of prompt moves its estimate on every other kind; on its own kind it moves it
+further, by how far it departs from that, shrunk by its prior's strength n0(m)
 (`known_prior_strength` for a model the artifact was fitted on, whose P rests on many
 outcomes of that very model; `prior_strength` for any other):
 
-    blend(m) = P(m) + shift + (s(m) - e(m) - n(m) * shift) / (n0(m) + n(m))
+    blend(m) = P(m) + c(m) + (s(m) - e(m) - n(m) * c(m)) / (n0(m) + n(m)),
+    c(m) = shift + o(m)
 
-the mean of a Beta posterior whose prior has mean P(m) + shift and weight n0(m), with
+the mean of a Beta posterior whose prior has mean P(m) + c(m) and weight n0(m), with
 the evidence centred on this prompt. Why not each model's own gap alone: the chosen
 model is the one whose P was highest, so the most likely overestimated (and a model
 chosen on a kind's hard prompts meets the selector's overconfidence there); correcting
 only it hands its place to the next-ranked, as overestimated but never tried, and
 feedback on a good prior undoes it. With priors the artifact was fitted on, only a
 difference between models that were both tried reorders them; with weak priors (models
-it never saw) a chosen model's shortfall is shared between the kind and the model, so
-a model chosen everywhere can still lose its place. The utility uses the blend in place of P; the
+it never saw) a chosen model's shortfall is shared between the pool and the model, so
+a model chosen everywhere can still lose its place. Why a model level: a model the
+artifact never saw is placed from its description, and that placement's error is
+mostly the model's (its size or family misread), not the kind's; its answers on
+knowledge prompts then say something about its math too, less than math answers would.
+The utility uses the blend in place of P; the
 safety rule reads blended utilities (a model's unseen-margin shrinks as its evidence
 grows). Exploration is Thompson sampling: with probability `exploration` the choice
 is the best of one draw from each posterior (mean blend, weight n0 + n; by its normal
@@ -62,7 +76,7 @@ from typing import Any
 
 import numpy as np
 
-from selector_model.features import Candidate
+from selector_model.features import AREAS, REQUEST_FEATURES, UNKNOWN_AREA, Candidate
 
 # Extra lead a model unknown to the artifact needs over the anchor (it is scored from
 # its family and size alone), unless the artifact's own `policy.unseen_margin`, set
@@ -80,6 +94,7 @@ DRAWS = 32
 # P(success) as a Beta prior mean stays inside (0, 1).
 _P_FLOOR = 0.01
 _UTILITY = operator.attrgetter("utility")
+_PARAMS = operator.attrgetter("params_b")
 
 
 @dataclass(slots=True)
@@ -95,17 +110,24 @@ class Scored:
     evidence_mean: float | None = None
     evidence_expected: float | None = None
     blend: float | None = None  # the posterior mean used (None: the prior alone)
+    # The model's evidence over every kind (weighted count, mean outcome, mean
+    # expectation), which moves it on every kind.
+    model_count: float = 0.0
+    model_mean: float | None = None
+    model_expected: float | None = None
 
     def blended(
         self,
         blend: float,
-        count: float = 0.0,
-        mean: float | None = None,
-        expected: float | None = None,
+        got: Sequence[float] | None = None,
+        totals: Sequence[float] | None = None,
     ) -> Scored:
         """This candidate with `blend` (kept inside the floor) in place of its prior in
-        the utility, and the evidence it came from."""
+        the utility, and the evidence it came from: (successes, count, expected) for
+        this kind and over every kind."""
         blend = min(1 - _P_FLOOR, max(_P_FLOOR, blend))
+        count, mean, expected = _means(got)
+        model_count, model_mean, model_expected = _means(totals)
         return Scored(
             self.name,
             self.p_success,
@@ -116,6 +138,9 @@ class Scored:
             mean,
             expected,
             blend,
+            model_count,
+            model_mean,
+            model_expected,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -130,11 +155,24 @@ class Scored:
                 if self.evidence_expected is None
                 else round(self.evidence_expected, 4),
             },
+            "model_evidence": {
+                "count": round(self.model_count, 3),
+                "mean": None if self.model_mean is None else round(self.model_mean, 4),
+                "expected": None if self.model_expected is None else round(self.model_expected, 4),
+            },
             "blend": round(self.p_success if self.blend is None else self.blend, 4),
             "expected_seconds": round(self.seconds, 3),
             "utility": round(self.utility, 4),
             "known_to_artifact": self.known,
         }
+
+
+def _means(got: Sequence[float] | None) -> tuple[float, float | None, float | None]:
+    """(count, mean outcome, mean expectation) of (successes, count, expected)."""
+    if got is None or got[1] <= 0:
+        return 0.0, None, None
+    count = float(got[1])
+    return count, float(got[0]) / count, float(got[2]) / count
 
 
 @dataclass
@@ -181,6 +219,52 @@ def heuristic_p_success(candidate: Candidate) -> float:
     """The fallback's stand-in for P(success) when no artifact can be used: bigger
     models answer better, roughly log-linearly in parameters (documented heuristic)."""
     return min(0.85, max(0.3, 0.45 + 0.06 * math.log2(max(candidate.params_b, 0.5))))
+
+
+_DEMAND = tuple(REQUEST_FEATURES.index(f"demand_{area}") for area in AREAS)
+
+
+def with_catalogue(
+    p_success: Sequence[float],
+    request: Sequence[float],
+    candidates: Sequence[Candidate],
+    known: Sequence[bool],
+) -> list[float]:
+    """The selector's P(success), with each model it never saw drawn toward what the
+    catalogue says of it for this prompt.
+
+    For a model the artifact was not fitted on, its P is the booster's extrapolation
+    from the model's description, and one feature the training models happened to
+    share (a context length, a family) can carry it far. The catalogue reads the
+    same model directly: its area scores weighed by the prompt's demand for each area,
+    an accuracy for this prompt. Its standing against the fleet, centred on the
+    selector's mean for the fleet on this prompt (a point of benchmark accuracy is
+    taken as a point of P), is a second estimate whose errors are not the booster's.
+    With nothing saying which of the two is better, each gets half, in proportion to
+    what the catalogue knows of the model: none of the catalogue's half when its
+    `uncertainty` is 1 (it placed the model from nothing beyond its details, and its
+    estimate is the fleet's mean). A model the artifact knows keeps its P."""
+    if all(known) or len(candidates) < 2:
+        return list(p_success)
+    demand = [request[i] for i in _DEMAND]
+    total = sum(demand) or 1.0
+    reads = [
+        sum(d * a for d, a in zip(demand, c.areas, strict=True)) / total
+        if len(c.areas) == len(AREAS)
+        else UNKNOWN_AREA
+        for c in candidates
+    ]
+    centre = sum(p_success) / len(p_success) - sum(reads) / len(reads)
+    out = []
+    for p, read, candidate, is_known in zip(p_success, reads, candidates, known, strict=True):
+        share = 0.0 if is_known else 0.5 * (1.0 - min(1.0, max(0.0, candidate.uncertainty)))
+        out.append(p + share * (centre + read - p))
+    return out
+
+
+def largest(candidates: Sequence[Candidate]) -> str:
+    """The name of the largest candidate by parameters (the first of equals)."""
+    return max(candidates, key=_PARAMS).name
 
 
 def rank(
@@ -247,14 +331,19 @@ class Chosen:
     propensity: float
 
 
-def _kind_shift(
-    evidence: Mapping[str, Sequence[float]], strengths: Mapping[str, float], prior_strength: float
+def _shift(
+    evidence: Mapping[str, Sequence[float]],
+    strengths: Mapping[str, float],
+    prior_strength: float,
+    offsets: Mapping[str, float],
+    centre: float,
 ) -> float:
-    """How far the selector's P(success) is off for this kind of prompt: the models'
-    mean gaps (outcomes minus expectations), each weighted by how much it says about
-    the kind, n * n0 / (n0 + n), shrunk toward 0 by `prior_strength`. A model's gap is
-    the kind's plus its own departure, whose spread its prior's strength n0 sets; so a
-    model with a weak prior (one the artifact never saw) speaks for the kind with at
+    """How far the selector's P(success) is off over a pool of evidence (one kind's, or
+    every kind's): the models' mean gaps (outcomes minus expectations, less each
+    model's own offset), each weighted by how much it says about the pool,
+    n * n0 / (n0 + n), shrunk toward `centre` by `prior_strength`. A model's gap is the
+    pool's plus its own departure, whose spread its prior's strength n0 sets; so a
+    model with a weak prior (one the artifact never saw) speaks for the pool with at
     most n0 outcomes however often it was chosen, and the model chosen most does not
     make the pool its own. (`strengths`: n0 by model, `prior_strength` if absent.)"""
     gap = weight = 0.0
@@ -263,11 +352,59 @@ def _kind_shift(
         if count > 0:
             n0 = strengths.get(name, prior_strength)
             w = count * n0 / (n0 + count)
-            gap += w * (float(got[0]) - float(got[2])) / count
+            mean_gap = (float(got[0]) - float(got[2])) / count
+            gap += w * (mean_gap - offsets.get(name, 0.0) - centre)
             weight += w
     if weight <= 0:
+        return centre
+    return centre + gap / (prior_strength + weight)
+
+
+def _offsets(
+    kinds: Mapping[str, Mapping[str, Sequence[float]]],
+    strengths: Mapping[str, float],
+    prior_strength: float,
+) -> tuple[float, dict[str, float], dict[str, list[float]]]:
+    """(G, o by model, totals by model) from the evidence of every kind (kind -> model
+    -> (successes, count, expected)): each model's gap over every kind, its kinds'
+    mean gaps each weighted by n * n0 / (n0 + n) (a kind's departure has the spread
+    n0 sets, so one kind speaks for the model with at most n0 outcomes, and a model
+    overrated on one kind and underrated on another is not called even); G, the
+    pool's shift, from those by `_shift`'s rule; each model's offset, its gap's excess
+    over G shrunk by n0. `totals` sums the evidence per model, for explain."""
+    pooled: dict[str, list[float]] = {}  # model: [sum of w * gap, sum of w]
+    totals: dict[str, list[float]] = {}
+    for rows in kinds.values():
+        for name, got in rows.items():
+            count = float(got[1])
+            if count <= 0:
+                continue
+            n0 = strengths.get(name, prior_strength)
+            w = count * n0 / (n0 + count)
+            acc = pooled.setdefault(name, [0.0, 0.0])
+            acc[0] += w * (float(got[0]) - float(got[2])) / count
+            acc[1] += w
+            total = totals.setdefault(name, [0.0, 0.0, 0.0])
+            total[0] += float(got[0])
+            total[1] += count
+            total[2] += float(got[2])
+    # Each model as a pool member: its mean gap, on the weight its kinds give it.
+    members = {name: (acc[0], acc[1], 0.0) for name, acc in pooled.items()}
+    overall = _shift(members, strengths, prior_strength, {}, 0.0)
+    offsets = {
+        name: _departure(member, overall, strengths.get(name, prior_strength))
+        for name, member in members.items()
+    }
+    return overall, offsets, totals
+
+
+def _departure(got: Sequence[float], centre: float, n0: float) -> float:
+    """A model's own departure from `centre` by its evidence (successes, count,
+    expected): the mean gap's excess over it, shrunk by its prior's strength n0."""
+    count = float(got[1])
+    if count <= 0:
         return 0.0
-    return gap / (prior_strength + weight)
+    return (float(got[0]) - float(got[2]) - count * centre) / (n0 + count)
 
 
 def choose(
@@ -281,28 +418,36 @@ def choose(
     prior_strength: float = PRIOR_STRENGTH,
     draws: int = DRAWS,
     known_prior_strength: float = KNOWN_PRIOR_STRENGTH,
+    kinds: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
 ) -> Chosen:
     """The choice for one request from `rank`'s ranking (prior utilities, best first)
     and the evidence for the request's kind, model: (successes, count, expected), as
-    `Evidence.of(kind)` gives it. With no evidence and no exploration this is `pick`'s
+    `Evidence.of(kind)` gives it; `kinds`, the same for every kind (`Evidence.table`),
+    for the models' offsets. With no evidence and no exploration this is `pick`'s
     greedy choice. See the module docstring."""
     prior_choice, reason = _safe_greedy(
         ranking, default_model, min_gain, unknown_margin, prior_strength
     )
     blended = ranking
-    if evidence:
+    if evidence or kinds:
         blended = []
         strengths = {s.name: known_prior_strength if s.known else prior_strength for s in ranking}
-        shift = _kind_shift(evidence, strengths, prior_strength)
+        overall = 0.0
+        offsets: dict[str, float] = {}
+        totals: dict[str, list[float]] = {}
+        if kinds:
+            overall, offsets, totals = _offsets(kinds, strengths, prior_strength)
+        shift = _shift(evidence, strengths, prior_strength, offsets, overall)
         for s in ranking:
+            centre = shift + offsets.get(s.name, 0.0)
             got = evidence.get(s.name)
-            if got is None or got[1] <= 0:
-                blended.append(s.blended(s.p_success + shift) if shift else s)
+            if not centre and (got is None or got[1] <= 0):
+                blended.append(s)
                 continue
-            successes, count, expected = float(got[0]), float(got[1]), float(got[2])
-            own = (successes - expected - count * shift) / (strengths[s.name] + count)
-            blend = s.p_success + shift + own
-            blended.append(s.blended(blend, count, successes / count, expected / count))
+            blend = s.p_success + centre
+            if got is not None:
+                blend += _departure(got, centre, strengths[s.name])
+            blended.append(s.blended(blend, got, totals.get(s.name)))
         blended.sort(key=_UTILITY, reverse=True)
         greedy, reason = _safe_greedy(
             blended, default_model, min_gain, unknown_margin, prior_strength

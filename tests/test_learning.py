@@ -23,8 +23,9 @@ from proxy.emulator import EmulatorSettings
 from proxy.learning import Learner, evidence_from_events
 from selector_model import outcome
 from selector_model.evidence import Evidence
+from selector_model.features import AREAS, REQUEST_FEATURES, Candidate
 from selector_model.kind import kind_of
-from selector_model.policy import choose, pick, rank
+from selector_model.policy import choose, largest, pick, rank, with_catalogue
 from tests.support import Emulator, Proxy, ServerThread
 from tests.usage_services import Database
 from training.data import prompt_request
@@ -108,6 +109,87 @@ def test_evidence_moves_the_choice_by_the_beta_posterior() -> None:
     assert choose(_ranking(), few.of("math"), 0.0, rng).reason == "ml"
     unseen = rank(list(MODELS), [0.70, 0.60, 0.50], [1.0, 1.0, 1.0], 0.0, set())
     assert choose(unseen, few.of("math"), 0.0, rng).chosen.name == "mistral:7b"
+
+
+def test_a_models_evidence_on_one_kind_moves_it_on_another_by_less() -> None:
+    rng = np.random.default_rng(0)
+    evidence = Evidence()
+    for _ in range(ROUNDS):
+        evidence.update("knowledge", "qwen2.5:7b", 0.0, prior=0.7)
+    unseen = rank(list(MODELS), [0.70, 0.60, 0.50], [1.0, 1.0, 1.0], 0.0, set())
+
+    def moved(kind: str, ranking: list[Any]) -> dict[str, float]:
+        """Each model's blend less its prior, for a prompt of `kind`."""
+        chose = choose(ranking, evidence.of(kind), 0.0, rng, kinds=evidence.table)
+        return {
+            s.name: (s.p_success if s.blend is None else s.blend) - s.p_success
+            for s in chose.ranking
+        }
+
+    # Against the other models (which move alike, by the kinds' shift), qwen loses on
+    # math, a kind it has no evidence on, by its offset over every kind; on knowledge,
+    # the kind its evidence is from, by more.
+    knowledge, math = moved("knowledge", unseen), moved("math", unseen)
+    assert math["mistral:7b"] == pytest.approx(math["llama3.1:8b"])
+    lost_on_math = math["mistral:7b"] - math["qwen2.5:7b"]
+    assert 0 < lost_on_math < knowledge["mistral:7b"] - knowledge["qwen2.5:7b"]
+    # The offset: the model's gap (-0.7) on the weight its kind gives it,
+    # W = n * n0 / (n0 + n), less the pool's shift G, shrunk by n0 (10).
+    weight = ROUNDS * 10 / (10 + ROUNDS)
+    member = weight * 10 / (10 + weight)
+    overall = member * -0.7 / (10 + member)
+    assert math["mistral:7b"] == pytest.approx(overall)
+    assert lost_on_math == pytest.approx(-weight * (-0.7 - overall) / (10 + weight))
+    # For a model the artifact never saw, that is enough to change the choice on math;
+    # with the strong prior of a model the artifact was fitted on, it is not.
+    pick_math = choose(unseen, evidence.of("math"), 0.0, rng, kinds=evidence.table)
+    assert (pick_math.chosen.name, pick_math.reason) == ("mistral:7b", "learned")
+    assert choose(_ranking(), {}, 0.0, rng, kinds=evidence.table).chosen.name == "qwen2.5:7b"
+    # Without the other kinds, only the kind's own evidence counts (as `pick` on math).
+    assert choose(unseen, evidence.of("math"), 0.0, rng).chosen.name == "qwen2.5:7b"
+    # Each kind speaks for the model with at most n0 outcomes: a kind with many
+    # outcomes a little below the prior (40 at -0.1) does not drown one with fewer
+    # far above it (8 at +0.5); the model gains on a third kind.
+    mixed = Evidence()
+    for _ in range(40):
+        mixed.update("math", "qwen2.5:7b", 0.6, prior=0.7)
+    for _ in range(8):
+        mixed.update("knowledge", "qwen2.5:7b", 1.0, prior=0.5)
+    on_code = choose(unseen, {}, 0.0, rng, kinds=mixed.table).ranking
+    row = next(s for s in on_code if s.name == "qwen2.5:7b")
+    assert row.describe()["model_evidence"] == {"count": 48, "mean": 0.6667, "expected": 0.6667}
+    others = next(s for s in on_code if s.name == "mistral:7b")
+    assert others.blend is not None and row.blend is not None
+    # (Counted outcome by outcome, the two would cancel: no gain.)
+    assert row.blend - row.p_success > others.blend - others.p_success + 0.02
+
+
+def test_unseen_models_lean_on_the_catalogue_by_what_it_knows() -> None:
+    request = [0.0] * len(REQUEST_FEATURES)
+    request[REQUEST_FEATURES.index("demand_math")] = 1.0  # a math prompt
+    areas = {"strong": 0.9, "weak": 0.3, "vague": 0.3}
+    candidates = [
+        Candidate(name, params_b=size, uncertainty=spread, areas=(areas[name],) * len(AREAS))
+        for name, size, spread in (("strong", 8.0, 0.0), ("weak", 70.0, 0.0), ("vague", 7.0, 1.0))
+    ]
+    # The booster rates the weak model highest; the catalogue, which measured both,
+    # says the opposite: each unseen model moves half way to the catalogue's reading,
+    # centred on the booster's mean (0.5) for the fleet; the one the catalogue knows
+    # nothing about (uncertainty 1) keeps its P.
+    got = with_catalogue([0.4, 0.7, 0.4], request, candidates, [False, False, False])
+    reads = [0.5 + a - 0.5 for a in (0.9, 0.3, 0.3)]
+    assert got == pytest.approx([0.4 + (reads[0] - 0.4) / 2, 0.7 + (reads[1] - 0.7) / 2, 0.4])
+    assert got[0] > got[1]
+    # A model the artifact was fitted on keeps its P; with every one known, all do.
+    assert with_catalogue([0.4, 0.7, 0.4], request, candidates, [True, False, False])[0] == 0.4
+    assert with_catalogue([0.4, 0.7, 0.4], request, candidates, [True] * 3) == [0.4, 0.7, 0.4]
+    # The anchor when no candidate is known: the largest.
+    assert largest(candidates) == "weak"
+    ranking = rank(["strong", "weak", "vague"], got, [1.0] * 3, 0.0, set())
+    near = rank(["strong", "weak"], [0.51, 0.5], [1.0] * 2, 0.0, set())
+    rng = np.random.default_rng(0)
+    assert choose(ranking, {}, 0.0, rng, "weak").chosen.name == "strong"
+    assert choose(near, {}, 0.0, rng, "weak").chosen.name == "weak"  # a lead under min_gain
 
 
 def test_exploration_bounds_tries_and_propensity_matches_frequency() -> None:
@@ -300,6 +382,58 @@ async def _until_learned(
     raise AssertionError(f"the ratings were not counted: {taught} {doc}")
 
 
+def _blends(rows: Any, known: float, unseen: float) -> dict[str, float]:
+    """Each explained candidate's blend, from its prior and evidence as explain shows
+    them, by the policy's formulas: the pool's shift G over every kind, each model's
+    offset o from it, the kind's shift (centred on G, the offsets taken out), then the
+    model's own departure on this kind. Every shift weighs a mean gap by
+    n * n0 / (n0 + n) and is shrunk by the weak prior's strength. (For evidence from
+    one kind, as the test's ratings are.)"""
+    rows = list(rows)
+
+    def strength(row: dict[str, Any]) -> float:
+        return float(known if row["known_to_artifact"] else unseen)
+
+    def sums(row: dict[str, Any], key: str) -> tuple[float, float]:
+        got = row[key]
+        count = float(got["count"])
+        return count, count * ((got["mean"] or 0.0) - (got["expected"] or 0.0))
+
+    def shift(key: str, offsets: dict[str, float], centre: float) -> float:
+        gap = weight = 0.0
+        for row in rows:
+            count, total = sums(row, key)
+            if count > 0:
+                w = count * strength(row) / (strength(row) + count)
+                gap += w * (total / count - offsets.get(row["model"], 0.0) - centre)
+                weight += w
+        return centre + (gap / (unseen + weight) if weight else 0.0)
+
+    # The ratings come from one kind: a model's gap over every kind is that kind's, on
+    # the weight n * n0 / (n0 + n) it gives the model.
+    members = []
+    for row in rows:
+        count, total = sums(row, "model_evidence")
+        if count > 0:
+            weight = count * strength(row) / (strength(row) + count)
+            members.append((row, weight, total / count))
+    pool = sum(w * strength(r) / (strength(r) + w) for r, w, _ in members)
+    gaps = sum(w * strength(r) / (strength(r) + w) * gap for r, w, gap in members)
+    overall = gaps / (unseen + pool) if pool else 0.0
+    offsets = {row["model"]: 0.0 for row in rows}
+    for row, weight, gap in members:
+        offsets[row["model"]] = weight * (gap - overall) / (strength(row) + weight)
+    kind = shift("evidence", offsets, overall)
+    blends = {}
+    for row in rows:
+        centre = kind + offsets[row["model"]]
+        count, total = sums(row, "evidence")
+        blends[row["model"]] = (
+            row["prior"] + centre + (total - count * centre) / (strength(row) + count)
+        )
+    return blends
+
+
 def _check_learned(doc: dict[str, Any], picked: str, runner_up: str) -> None:
     """The new prompt goes to the runner-up, by the blend of prior and evidence."""
     assert doc["model"] == runner_up and doc["reason"] == "learned" and doc["kind"] == "math"
@@ -311,23 +445,11 @@ def _check_learned(doc: dict[str, Any], picked: str, runner_up: str) -> None:
             evidence["count"] * ((evidence["mean"] or 0.0) - (evidence["expected"] or 0.0))
         )
 
-    # Every model moves by the kind's shift (the models' mean gaps, each weighted by
-    # n * n0 / (n0 + n)); one with evidence of its own, further by how far its own gap
-    # departs from that.
-    def strength(row: dict[str, Any]) -> float:
-        return float(doc["prior_strength"]["known" if row["known_to_artifact"] else "unseen"])
-
-    def weight(row: dict[str, Any]) -> float:
-        count = float(row["evidence"]["count"])
-        return count * strength(row) / (strength(row) + count)
-
-    tried = [r for r in rows.values() if r["evidence"]["count"]]
-    pooled = sum(weight(r) * gap(r) / r["evidence"]["count"] for r in tried)
-    shift = pooled / (doc["prior_strength"]["unseen"] + sum(weight(r) for r in tried))
-    for row in rows.values():
-        count = row["evidence"]["count"]
-        want = row["prior"] + shift + (gap(row) - count * shift) / (strength(row) + count)
-        assert row["blend"] == pytest.approx(want, abs=1e-3)
+    # Every model moves by the kind's shift and its own offset (see `_blends`); one
+    # with evidence of its own, further by how far its own gap departs from that.
+    want = _blends(rows.values(), doc["prior_strength"]["known"], doc["prior_strength"]["unseen"])
+    for name, row in rows.items():
+        assert row["blend"] == pytest.approx(want[name], abs=1e-3)
     assert rows[picked]["evidence"]["mean"] == 0.0
     assert rows[runner_up]["evidence"]["mean"] > 0.99
     assert (
@@ -345,7 +467,8 @@ async def test_feedback_changes_later_decisions_and_survives_a_restart(
         spool_dir=str(tmp_path / "spool"),
     )
     state = tmp_path / "usage" / "learning.json"
-    prx = Proxy(servers, [fleet.url], selector=_selector(tmp_path), usage=usage)
+    # With the model level (`learning.model_level`): after the restarts, without it.
+    prx = Proxy(servers, [fleet.url], selector=_selector(tmp_path, model_level=True), usage=usage)
     try:
         async with aiohttp.ClientSession() as session:
             picked, runner_up, taught = await _teach(session, prx.url, prx.url)
@@ -354,10 +477,25 @@ async def test_feedback_changes_later_decisions_and_survives_a_restart(
             _check_learned(doc, picked, runner_up)
             # A real request for a new prompt of the same kind goes to the better model.
             assert (await _ask(session, prx.url, _math(501)))[0] == runner_up
-            # Another kind of prompt is not moved by what was learned about math.
+            # Another kind of prompt moves by what the ratings say about each model over
+            # every kind, less than math, the kind they were given on.
             knowledge = {**_math(0), "messages": [{"role": "user", "content": "Who wrote Dune?"}]}
             other = await _explain(session, prx.url, knowledge)
-            assert other["kind"] == "knowledge" and other["model"] == picked
+            assert other["kind"] == "knowledge"
+            on_knowledge = {r["model"]: r for r in other["ranking"]}
+            assert on_knowledge[picked]["evidence"]["count"] == 0
+            strengths = other["prior_strength"]
+            want = _blends(on_knowledge.values(), strengths["known"], strengths["unseen"])
+            for name, row in on_knowledge.items():
+                assert row["blend"] == pytest.approx(want[name], abs=1e-3)
+
+            def lead(rows: dict[str, Any]) -> float:
+                """How much the runner-up gained on auto's first pick by the ratings."""
+                gained = rows[runner_up]["blend"] - rows[runner_up]["prior"]
+                return float(gained - rows[picked]["blend"] + rows[picked]["prior"])
+
+            on_math = {r["model"]: r for r in doc["ranking"]}
+            assert 0 < lead(on_knowledge) < lead(on_math)
             learning = (await _status(session, prx.url))["learning"]
             assert learning["store"] == "file" and learning["evidence_rows"] == len(taught)
             # Ratings lie in [0, 1]; anything else is refused as bad input.
