@@ -9,7 +9,6 @@ Ollama-compatible servers do not serve.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -17,7 +16,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from proxy import http11
+from proxy import http11, tasks
 from proxy.config import Backend, Config
 from proxy.upstream import ConnectionPool, fetch
 from proxy.upstream_errors import UpstreamError
@@ -167,9 +166,7 @@ class BackendPool:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await tasks.stop(self._task)
         for state in self.states:
             state.pool.close()
 

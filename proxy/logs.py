@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sys
 import time
@@ -11,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from proxy import tasks
 from proxy.header_values import valid
 
 if TYPE_CHECKING:
@@ -151,9 +151,7 @@ class AccessLog:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await tasks.stop(self._task)
         self.flush()
 
 

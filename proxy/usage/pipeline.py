@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from proxy import tasks
 from proxy.config import Usage
 from proxy.outcome import Outcome
 from proxy.routes import runs_model
@@ -183,9 +184,7 @@ class UsagePipeline:
     async def stop(self) -> None:
         """Drain: what the sinks take within `drain_seconds` is written, the rest spills."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await tasks.stop(self._task)
             self._task = None
         await self._dispatch()
         self._wake = None
