@@ -88,6 +88,8 @@ class App:
             self.cache,
             self.cloud,
         )
+        if self.cache is not None:
+            self.handlers.health_extras["cache"] = self.cache.status
         if self.shared_limits is not None:
             self.handlers.health_extras["limits"] = self.shared_limits.mode
             self.metrics.registry.register(SharedLimitsCollector(self.shared_limits))

@@ -194,8 +194,15 @@ def test_a_hit_replays_the_miss(case: str, caching: Proxy, own_emulator: Emulato
     assert counted["autoroute_cache_hits_total"] == 1
     assert counted["autoroute_cache_misses_total"] == 1
     assert counted["autoroute_cache_bytes_saved_total"] > 0
+    # The health endpoint says where answers are kept and what came of it.
+    health = orjson.loads(asyncio.run(_get(caching.port, "/api/autoroute/health")))["cache"]
+    assert health["backend"] == caching.config.cache.backend
+    assert (health["hits"], health["misses"]) == (1, 1)
+    assert health["bytes_saved"] == counted["autoroute_cache_bytes_saved_total"]
     if caching.config.cache.backend == "redis":
         assert len(_redis_keys(caching.config.cache.namespace)) == 1
+    else:
+        assert health["entries"] == 1
 
 
 def test_streams_and_whole_answers_are_separate_entries(caching: Proxy) -> None:

@@ -100,6 +100,7 @@ class Capture:
 class ResponseCache:
     def __init__(self, config: CacheConfig, registry: CollectorRegistry) -> None:
         self.config = config
+        self._registry = registry
         self.backend: Any = _backend(config)
         self.memory = config.backend == "memory"
         # A dict read cannot hang: no timer (aiocache's 0 is none) for the memory backend.
@@ -127,6 +128,18 @@ class ResponseCache:
             "Body bytes answered from the cache instead of a backend",
             registry=registry,
         )
+
+    def status(self) -> dict[str, object]:
+        """For `GET /api/autoroute/health`: where answers are kept and what came of it."""
+        return {
+            "backend": self.config.backend,
+            "ttl_seconds": self.config.ttl_seconds,
+            "entries": len(self.backend._cache) if self.memory else None,
+            **{
+                name: int(self._registry.get_sample_value(f"autoroute_cache_{name}_total") or 0)
+                for name in ("hits", "misses", "bytes_saved")
+            },
+        }
 
     async def lookup(self, key: str) -> Entry | None:
         """The entry kept under `key`, else None (a miss, counted)."""
