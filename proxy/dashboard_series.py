@@ -48,7 +48,7 @@ class Recent:
             return
         decided, served = outcome.decided, outcome.served
         started, ended = decided.started, served.ended
-        status = served.status or (499 if served.cancelled else 500)
+        status = served.final_status
         number = int(ended // BUCKET_SECONDS)
         slot = number % BUCKETS
         if self.period[slot] != number:

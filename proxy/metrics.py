@@ -122,7 +122,7 @@ class Metrics:
         route = label_of(request.path)
         decided, answer = outcome.decided, outcome.served
         started = decided.started
-        status = answer.status or (499 if answer.cancelled else 500)
+        status = answer.final_status
         decision = decided.decision
         served = decided.served_model
         key = (route, status, served or "")

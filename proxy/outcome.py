@@ -66,6 +66,12 @@ class Served:
     cache: str | None = None
     ended: float = 0.0  # perf_counter() when the handler finished
 
+    @property
+    def final_status(self) -> int:
+        """The status the request ended with, as metrics and the status page count it:
+        the answer's, else 499 when the client left first, else 500."""
+        return self.status or (499 if self.cancelled else 500)
+
 
 @dataclass(slots=True)
 class Outcome:
