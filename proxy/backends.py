@@ -32,6 +32,11 @@ def normalize_model(name: str) -> str:
     return name
 
 
+def entry_model(entry: dict[str, Any]) -> str:
+    """The model an entry of `/api/tags` or `/api/ps` names, as Ollama reads it."""
+    return normalize_model(str(entry.get("model") or entry.get("name") or ""))
+
+
 # Answers that speak of the backend, not of the request: a gateway in front of Ollama
 # that cannot reach it (502, 504), or Ollama refusing more work (503, its full queue).
 UNAVAILABLE_STATUSES = frozenset({502, 503, 504})
@@ -241,13 +246,9 @@ class BackendPool:
             state.failed(str(exc) or "health check timed out")
             return
         state.tags = [m for m in tags.get("models") or () if isinstance(m, dict)]
-        state.models = frozenset(
-            normalize_model(m.get("model") or m.get("name", "")) for m in state.tags
-        )
+        state.models = frozenset(entry_model(m) for m in state.tags)
         state.running = [m for m in ps.get("models") or () if isinstance(m, dict)]
-        state.loaded = frozenset(
-            normalize_model(m.get("model") or m.get("name", "")) for m in state.running
-        )
+        state.loaded = frozenset(entry_model(m) for m in state.running)
         if state.last_error:
             log.info("backend %s healthy again", state.label)
         state.succeeded()

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.backends import BackendPool, BackendState, normalize_model
+from proxy.backends import BackendPool, BackendState, entry_model
 from proxy.config import Config
 from proxy.registry import Registry
 from selector_model.features import Candidate
@@ -70,10 +70,6 @@ def used_bytes(state: BackendState) -> float:
     return total
 
 
-def _model_name(entry: dict[str, Any]) -> str:
-    return normalize_model(str(entry.get("model") or entry.get("name") or ""))
-
-
 class Memory:
     def __init__(
         self, config: Config, backends: BackendPool, registry: Registry, telemetry: Telemetry
@@ -96,7 +92,7 @@ class Memory:
             for entry in state.running:
                 size = entry.get("size")
                 if isinstance(size, int | float) and size > 0:
-                    self.sizes[_model_name(entry)] = size / GB
+                    self.sizes[entry_model(entry)] = size / GB
             self.peak[state.index] = max(self.peak.get(state.index, 0.0), self.used(state))
         self.needs = {
             name: self._estimate(name, info.candidate)
@@ -135,7 +131,7 @@ class Memory:
     def expiry(self, state: BackendState, name: str) -> float | None:
         """Unix seconds when `name` unloads from the backend; None: not loaded."""
         for entry in state.running:
-            if _model_name(entry) == name:
+            if entry_model(entry) == name:
                 return expiry_of(entry.get("expires_at")) or float("inf")
         return None
 
@@ -145,7 +141,7 @@ class Memory:
             return False
         busy = 0.0
         for entry in state.running:
-            model = _model_name(entry)
+            model = entry_model(entry)
             if model in state.busy:
                 busy += self.sizes.get(model, 0.0)
         return busy > 0 and busy + self.need(name) > capacity
@@ -180,11 +176,11 @@ class Memory:
                     "capacity_from": source,
                     "loaded": [
                         {
-                            "model": _model_name(entry),
+                            "model": entry_model(entry),
                             "size_gb": round(float(entry.get("size") or 0) / GB, 3),
                             "vram_gb": round(float(entry.get("size_vram") or 0) / GB, 3),
                             "expires_at": entry.get("expires_at"),
-                            "in_flight": state.busy.get(_model_name(entry), 0),
+                            "in_flight": state.busy.get(entry_model(entry), 0),
                         }
                         for entry in state.running
                     ],

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from proxy.backends import normalize_model
+from proxy.backends import entry_model, normalize_model
 from proxy.config import Config
 from selector_model.catalog.knowledge import AREAS
 from selector_model.profiling import store
@@ -157,7 +157,7 @@ async def find_backend(session: aiohttp.ClientSession, config: Config, model: st
             reasons.append(f"{backend.label}: {exc or type(exc).__name__}")
             continue
         names = {
-            normalize_model(str(m.get("model") or m.get("name") or ""))
+            entry_model(m)
             for m in (doc.get("models") or [] if isinstance(doc, dict) else [])
             if isinstance(m, dict)
         }

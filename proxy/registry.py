@@ -19,7 +19,7 @@ from typing import Any
 
 from aiocache import SimpleMemoryCache
 
-from proxy.backends import BackendPool, BackendState, normalize_model
+from proxy.backends import BackendPool, BackendState, entry_model
 from proxy.config import Config
 from proxy.upstream import UpstreamError
 from selector_model.catalog import Catalog, ModelKnowledge
@@ -144,7 +144,7 @@ class Registry:
         catalog = self._catalog()
         for state in self.backends.states:
             for tag in state.tags:
-                name = normalize_model(str(tag.get("model") or tag.get("name") or ""))
+                name = entry_model(tag)
                 if name in models:
                     continue
                 show = await self._show(state, name, str(tag.get("digest") or ""))
