@@ -30,6 +30,7 @@ import orjson
 from aiohttp import web
 
 from proxy.auto_routes import LEGEND
+from proxy.memory import used_bytes
 from proxy.protocol import JSON
 
 if TYPE_CHECKING:
@@ -148,6 +149,6 @@ def _backend(state: BackendState, now: float) -> dict[str, Any]:
         "in_flight": state.in_flight,
         "models": len(state.models) if state.models is not None else None,
         "loaded": loaded,
-        "vram": sum(m["size_vram"] for m in loaded if isinstance(m["size_vram"], int)),
+        "vram": used_bytes(state),
         "error": state.last_error or None,
     }

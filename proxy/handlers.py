@@ -336,8 +336,6 @@ class Handlers:
         ]
         doc: dict[str, object] = {"status": status, "backends": backends}
         doc.update((name, extra()) for name, extra in self.health_extras.items())
-        if self.cloud is not None:
-            doc["cloud"] = self.cloud.status()
         return web.Response(body=orjson.dumps(doc), headers={"Content-Type": JSON})
 
     async def ready(self, request: web.Request) -> web.StreamResponse:
