@@ -250,6 +250,7 @@ class AutoRouter:
             learning.draws,
             learning.known_prior_strength,
             self.evidence.table if learning.model_level else None,
+            learning.optimism,
         )
         ranking, chosen, reason, propensity = (
             chose.ranking,

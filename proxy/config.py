@@ -245,7 +245,11 @@ class Learning:
     known_prior_strength: float = 200.0
     # Whether a model's outcomes on one kind of prompt also move it on every other kind
     # (its offset over every kind, `selector_model.policy`).
-    model_level: bool = False
+    model_level: bool = True
+    # Once there is evidence, how many posterior standard deviations a candidate's
+    # utility gains for what is not known of it, so that greedy choices try a model
+    # little is known about (`selector_model.policy.OPTIMISM`; 0: the posterior mean).
+    optimism: float = 1.0
     # How often the evidence is written and (with PostgreSQL) every proxy's read back.
     sync_seconds: float = 2.0
     # Without usage.postgres_dsn: where the evidence is kept ("": learning.json

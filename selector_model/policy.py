@@ -91,6 +91,12 @@ PRIOR_STRENGTH = 10.0
 KNOWN_PRIOR_STRENGTH = 200.0
 # Monte-Carlo draws for a decision's propensity under Thompson sampling.
 DRAWS = 32
+# Once there is evidence, the greedy choice ranks each candidate by its posterior mean
+# plus this many of its posterior's standard deviations (optimism in the face of
+# uncertainty): a model little is known about is tried until its own outcomes either
+# lift it or narrow its spread, where ranking by the mean alone never tries a model
+# ranked below one that answers at all.
+OPTIMISM = 1.0
 # P(success) as a Beta prior mean stays inside (0, 1).
 _P_FLOOR = 0.01
 _UTILITY = operator.attrgetter("utility")
@@ -115,16 +121,18 @@ class Scored:
     model_count: float = 0.0
     model_mean: float | None = None
     model_expected: float | None = None
+    optimism: float = 0.0  # the bonus for what is not known of it, in the utility
 
     def blended(
         self,
         blend: float,
         got: Sequence[float] | None = None,
         totals: Sequence[float] | None = None,
+        optimism: float = 0.0,
     ) -> Scored:
         """This candidate with `blend` (kept inside the floor) in place of its prior in
-        the utility, and the evidence it came from: (successes, count, expected) for
-        this kind and over every kind."""
+        the utility, plus `optimism`, and the evidence it came from: (successes,
+        count, expected) for this kind and over every kind."""
         blend = min(1 - _P_FLOOR, max(_P_FLOOR, blend))
         count, mean, expected = _means(got)
         model_count, model_mean, model_expected = _means(totals)
@@ -132,7 +140,7 @@ class Scored:
             self.name,
             self.p_success,
             self.seconds,
-            self.utility - self.p_success + blend,
+            self.utility - self.p_success + blend + optimism,
             self.known,
             count,
             mean,
@@ -141,6 +149,7 @@ class Scored:
             model_count,
             model_mean,
             model_expected,
+            optimism,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -161,6 +170,7 @@ class Scored:
                 "expected": None if self.model_expected is None else round(self.model_expected, 4),
             },
             "blend": round(self.p_success if self.blend is None else self.blend, 4),
+            "optimism": round(self.optimism, 4),
             "expected_seconds": round(self.seconds, 3),
             "utility": round(self.utility, 4),
             "known_to_artifact": self.known,
@@ -419,12 +429,14 @@ def choose(
     draws: int = DRAWS,
     known_prior_strength: float = KNOWN_PRIOR_STRENGTH,
     kinds: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
+    optimism: float = OPTIMISM,
 ) -> Chosen:
     """The choice for one request from `rank`'s ranking (prior utilities, best first)
     and the evidence for the request's kind, model: (successes, count, expected), as
     `Evidence.of(kind)` gives it; `kinds`, the same for every kind (`Evidence.table`),
-    for the models' offsets. With no evidence and no exploration this is `pick`'s
-    greedy choice. See the module docstring."""
+    for the models' offsets; `optimism`, the posterior standard deviations added to
+    each candidate's utility once there is evidence. With no evidence and no
+    exploration this is `pick`'s greedy choice. See the module docstring."""
     prior_choice, reason = _safe_greedy(
         ranking, default_model, min_gain, unknown_margin, prior_strength
     )
@@ -441,13 +453,20 @@ def choose(
         for s in ranking:
             centre = shift + offsets.get(s.name, 0.0)
             got = evidence.get(s.name)
-            if not centre and (got is None or got[1] <= 0):
+            count = 0.0 if got is None else max(0.0, float(got[1]))
+            if not centre and not count and not optimism:
                 blended.append(s)
                 continue
+            n0 = strengths[s.name]
             blend = s.p_success + centre
             if got is not None:
-                blend += _departure(got, centre, strengths[s.name])
-            blended.append(s.blended(blend, got, totals.get(s.name)))
+                blend += _departure(got, centre, n0)
+            bonus = 0.0
+            if optimism:
+                # The posterior's spread, as Thompson sampling below draws it.
+                p = min(1 - _P_FLOOR, max(_P_FLOOR, blend))
+                bonus = optimism * math.sqrt(p * (1 - p) / (n0 + count + 1))
+            blended.append(s.blended(blend, got, totals.get(s.name), bonus))
         blended.sort(key=_UTILITY, reverse=True)
         greedy, reason = _safe_greedy(
             blended, default_model, min_gain, unknown_margin, prior_strength
@@ -459,13 +478,14 @@ def choose(
     if exploration <= 0 or len(blended) < 2:
         return Chosen(blended, greedy, reason, 1.0)
     k = len(blended)
-    # Per candidate: the posterior's mean and weight, and the cost utility subtracts.
+    # Per candidate: the posterior's mean and weight, and the cost utility subtracts
+    # (the draws stand for the uncertainty optimism adds to the greedy utility).
     table = np.array(
         [
             (
                 s.p_success if s.blend is None else s.blend,
                 (known_prior_strength if s.known else prior_strength) + s.evidence_count,
-                (s.p_success if s.blend is None else s.blend) - s.utility,
+                (s.p_success if s.blend is None else s.blend) - (s.utility - s.optimism),
             )
             for s in blended
         ]
