@@ -23,7 +23,13 @@ import numpy as np
 from selector_model import artifact as artifact_module
 from selector_model.evidence import Evidence
 from selector_model.kind import kind_of
-from selector_model.policy import KNOWN_PRIOR_STRENGTH, PRIOR_STRENGTH, choose, rank
+from selector_model.policy import (
+    KNOWN_PRIOR_STRENGTH,
+    OPTIMISM,
+    PRIOR_STRENGTH,
+    choose,
+    rank,
+)
 from selector_model.scorer import Scorer
 from training.data import load_llmrouter, prompt_request
 
@@ -38,8 +44,15 @@ def main() -> None:
     parser.add_argument("--known-prior-strength", type=float, default=KNOWN_PRIOR_STRENGTH)
     parser.add_argument(
         "--model-level",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="a model's outcomes on one kind also move it on the others (learning.model_level)",
+    )
+    parser.add_argument(
+        "--optimism",
+        type=float,
+        default=OPTIMISM,
+        help="posterior standard deviations added once there is evidence (learning.optimism)",
     )
     args = parser.parse_args()
 
@@ -73,6 +86,7 @@ def main() -> None:
             prior_strength=args.prior_strength,
             known_prior_strength=args.known_prior_strength,
             kinds=evidence.table if args.model_level else None,
+            optimism=args.optimism,
         ).chosen
         return names.index(chosen.name)
 

@@ -51,12 +51,31 @@ a model chosen everywhere can still lose its place. Why a model level: a model t
 artifact never saw is placed from its description, and that placement's error is
 mostly the model's (its size or family misread), not the kind's; its answers on
 knowledge prompts then say something about its math too, less than math answers would.
-The utility uses the blend in place of P; the
-safety rule reads blended utilities (a model's unseen-margin shrinks as its evidence
-grows). Exploration is Thompson sampling: with probability `exploration` the choice
-is the best of one draw from each posterior (mean blend, weight n0 + n; by its normal
-approximation; cost subtracted alike), so a model ranked lower is tried at most that
-often, and the more likely the less is known about it. The propensity of the choice is
+(Without optimism, that transfer could keep a model from ever being tried on a kind
+after a few poor answers on another; with it, a model's spread on a kind it was not
+tried on stays wide, so it still is.)
+
+Once there is evidence, the utility uses the blend in place of P, plus `optimism`
+standard deviations of the posterior (optimism in the face of uncertainty):
+
+    utility(m) = blend(m) + optimism * sqrt(blend(m) * (1 - blend(m)) / (n0(m) + n(m) + 1))
+                 - cost_weight * expected_seconds(m)
+
+Why: ranked by posterior means alone, the greedy choice only ever learns about the
+model it already picks; a model ranked below it, never tried on this kind, keeps the
+prior's placement (lowered with the kind's shift) however wrong that is. With the
+bonus, a model whose posterior is wide (a weak prior, few outcomes of its own) is tried
+until its outcomes either lift it or narrow its spread below the leader's; the choice
+stays deterministic (propensity 1). Models the artifact was fitted on have spreads
+alike (n0 = 200), so among them the bonus hardly reorders anything, and without any
+evidence there is none: the choice is the prior's. The safety rule reads these
+utilities (a model's unseen-margin shrinks as its evidence grows).
+
+Exploration is Thompson sampling: with probability `exploration` the choice is the
+best of one draw from each posterior (mean blend, weight n0 + n; by its normal
+approximation; cost subtracted alike; the draws stand for the uncertainty, so no
+optimism is added to them), so a model ranked lower is tried at most that often, and
+the more likely the less is known about it. The propensity of the choice is
 
     (1 - exploration) * [it is the greedy choice] + exploration * P(Thompson picks it)
 

@@ -6,6 +6,7 @@ endpoints."""
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from collections import Counter
 from collections.abc import Iterator
@@ -162,6 +163,39 @@ def test_a_models_evidence_on_one_kind_moves_it_on_another_by_less() -> None:
     assert others.blend is not None and row.blend is not None
     # (Counted outcome by outcome, the two would cancel: no gain.)
     assert row.blend - row.p_success > others.blend - others.p_success + 0.02
+
+
+def test_optimism_tries_a_model_little_is_known_about_until_its_outcomes_say() -> None:
+    rng = np.random.default_rng(0)
+    unseen = rank(["first", "second", "third"], [0.6, 0.45, 0.3], [1.0] * 3, 0.0, set())
+    evidence = Evidence()
+    for _ in range(50):
+        evidence.update("math", "first", 0.3, prior=0.6)
+    # By the posterior means alone, the model chosen first keeps its place: its
+    # shortfall is shared with the kind, which lowers the others too, and the second,
+    # never tried, is never found out.
+    means = choose(unseen, evidence.of("math"), 0.0, rng, optimism=0.0)
+    assert means.chosen.name == "first"
+    assert all(s.optimism == 0 for s in means.ranking)
+    # One posterior standard deviation each: the second's prior rests on 10 outcomes'
+    # worth, the first's on 60, so the second is tried (greedily: propensity 1).
+    chose = choose(unseen, evidence.of("math"), 0.0, rng)
+    assert (chose.chosen.name, chose.reason, chose.propensity) == ("second", "learned", 1.0)
+    row = {s.name: s for s in chose.ranking}
+    for s in chose.ranking:
+        assert s.blend is not None
+        spread = math.sqrt(s.blend * (1 - s.blend) / (10 + s.evidence_count + 1))
+        assert s.optimism == pytest.approx(spread)
+        assert s.utility == pytest.approx(s.blend + s.optimism)
+        assert s.describe()["optimism"] == pytest.approx(spread, abs=1e-4)
+    assert row["second"].optimism > 2 * row["first"].optimism
+    # Its own outcomes, worse than the first's, narrow its spread: the first is back.
+    for _ in range(50):
+        evidence.update("math", "second", 0.1, prior=0.45)
+    assert choose(unseen, evidence.of("math"), 0.0, rng).chosen.name == "first"
+    # With no evidence at all, the choice is the prior's, without optimism.
+    prior = choose(unseen, {}, 0.0, rng)
+    assert prior.chosen.name == "first" and all(s.optimism == 0 for s in prior.ranking)
 
 
 def test_unseen_models_lean_on_the_catalogue_by_what_it_knows() -> None:
