@@ -11,8 +11,10 @@ With `--baseline CHECKOUT` (another checkout of the project, e.g. the previous
 release), part 1 times that checkout's `decide` with its own shipped artifact and
 this one's, each in a fresh subprocess, alternating (two rounds each, the better kept
 on either side): machines drift between runs, so a ratio is only meaningful within one.
+With `--learned`, part 1 decides (on both sides) with evidence for every kind of
+prompt and candidate, as a proxy that has learned from its traffic for a while does.
 
-    python -m benchmarks.decision_bench [--quick] [--baseline ../previous-checkout]
+    python -m benchmarks.decision_bench [--quick] [--learned] [--baseline ../previous-checkout]
 """
 
 from __future__ import annotations
@@ -220,13 +222,34 @@ def end_to_end(seconds: float, rounds: int) -> tuple[list[float], list[float]]:
 Latency = list[tuple[int, int, float, float]]
 
 
-def baseline_latency(checkout: str, rounds: int) -> Latency:
+def learned_code(module: str) -> str:
+    """Code that makes `module`'s `configurations` (this benchmark's, in this checkout
+    or another whose benchmark predates this) give routers holding evidence for every
+    kind of prompt and candidate; run before `decision_latency`."""
+    return f"import importlib\nbench = importlib.import_module({module!r})\n" + _LEARNED
+
+
+_LEARNED = """
+from selector_model.kind import KINDS
+_configurations = bench.configurations
+def _learned():
+    for auto, n, size, body in _configurations():
+        for kind in KINDS:
+            for name in auto.registry.models:
+                auto.evidence.update(kind, name, 0.5, 0.6, 20.0)
+        yield auto, n, size, body
+bench.configurations = _learned
+"""
+
+
+def baseline_latency(checkout: str, rounds: int, learned: bool = False) -> Latency:
     """`decision_latency` of a checkout, with its own code and shipped artifact, in a
-    subprocess."""
+    subprocess (`learned`: with `learned_code` run first)."""
     code = (
-        "import asyncio, json\n"
-        "from benchmarks.decision_bench import decision_latency\n"
-        f"print(json.dumps(asyncio.run(decision_latency({rounds}))))\n"
+        (learned_code("benchmarks.decision_bench") if learned else "")
+        + "import asyncio, json\n"
+        + "from benchmarks.decision_bench import decision_latency\n"
+        + f"print(json.dumps(asyncio.run(decision_latency({rounds}))))\n"
     )
     out = subprocess.run(
         [PY, "-c", code],
@@ -253,7 +276,12 @@ def main() -> None:
     parser.add_argument(
         "--baseline", default="", help="another checkout whose decide is timed alongside"
     )
+    parser.add_argument(
+        "--learned", action="store_true", help="decide with evidence for every kind and model"
+    )
     args = parser.parse_args()
+    if args.learned:
+        exec(learned_code(__name__), {})  # the same set-up as in a baseline's subprocess
     art = artifact_module.load(artifact_module.SHIPPED)
     print(f"artifact {art.version}: {len(art.known_models)} known models, {art.width} features")
     rounds = 500 if args.quick else 3000
@@ -263,8 +291,9 @@ def main() -> None:
         if args.baseline:
             # Both sides in a fresh subprocess each, alike: in this process the
             # collector and the caches would hold more than in theirs.
-            theirs.append(baseline_latency(args.baseline, rounds))
-            ours.append(baseline_latency(str(Path(__file__).resolve().parent.parent), rounds))
+            theirs.append(baseline_latency(args.baseline, rounds, args.learned))
+            here = str(Path(__file__).resolve().parent.parent)
+            ours.append(baseline_latency(here, rounds, args.learned))
         else:
             ours.append(asyncio.run(decision_latency(rounds)))
     base = {(n, size): (p50, p99) for n, size, p50, p99 in _better(theirs)} if theirs else {}

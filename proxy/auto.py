@@ -249,7 +249,7 @@ class AutoRouter:
             learning.prior_strength,
             learning.draws,
             learning.known_prior_strength,
-            self.evidence.table if learning.model_level else None,
+            self.evidence if learning.model_level else None,
             learning.optimism,
         )
         ranking, chosen, reason, propensity = (

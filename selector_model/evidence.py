@@ -15,10 +15,15 @@ proxy's business (`proxy.learning`); offline evaluation uses this class alone.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from typing import Any, TypeVar
 
 Row = tuple[str, str, float, float, float]  # kind, model, successes, count, expected
+T = TypeVar("T")
 _EMPTY: Mapping[str, list[float]] = {}
+# Values derived from the whole table that are kept until it changes (a few: one per
+# set of candidates and prior strengths).
+_DERIVED_MAX = 64
 
 
 class Evidence:
@@ -26,6 +31,10 @@ class Evidence:
         # kind -> model -> [successes, count, expected]: successes = sum(weight * value),
         # count = sum(weight), expected = sum(weight * prior).
         self.table: dict[str, dict[str, list[float]]] = {}
+        # Changes with every update, so that what is derived from the table is computed
+        # once per change rather than once per decision (`derived`).
+        self.version = 0
+        self._derived: dict[Hashable, tuple[int, Any]] = {}
 
     def update(
         self, kind: str, model: str, value: float, prior: float, weight: float = 1.0
@@ -40,6 +49,7 @@ class Evidence:
         row[0] += successes
         row[1] += count
         row[2] += expected
+        self.version += 1
         # Taking back all that was added leaves float dust: make it the empty row. (A
         # table of increments holds negative rows: those stay.)
         if max(abs(row[0]), abs(row[1]), abs(row[2])) <= 1e-9:
@@ -65,3 +75,18 @@ class Evidence:
             row[1] += count
             row[2] += expected
         self.table = table
+        self.version += 1
+
+    def derived(self, key: Hashable, make: Callable[[], T]) -> T:
+        """`make()`, a value computed from the table alone (and what `key` names), as
+        computed since the table last changed."""
+        version = self.version  # read first: a change while `make` runs is not missed
+        got = self._derived.get(key)
+        if got is not None and got[0] == version:
+            value: T = got[1]
+            return value
+        value = make()
+        if len(self._derived) >= _DERIVED_MAX:
+            self._derived.clear()
+        self._derived[key] = (version, value)
+        return value

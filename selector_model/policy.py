@@ -95,6 +95,7 @@ from typing import Any
 
 import numpy as np
 
+from selector_model.evidence import Evidence
 from selector_model.features import AREAS, REQUEST_FEATURES, UNKNOWN_AREA, Candidate
 
 # Extra lead a model unknown to the artifact needs over the anchor (it is scored from
@@ -447,27 +448,35 @@ def choose(
     prior_strength: float = PRIOR_STRENGTH,
     draws: int = DRAWS,
     known_prior_strength: float = KNOWN_PRIOR_STRENGTH,
-    kinds: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
+    kinds: Mapping[str, Mapping[str, Sequence[float]]] | Evidence | None = None,
     optimism: float = OPTIMISM,
 ) -> Chosen:
     """The choice for one request from `rank`'s ranking (prior utilities, best first)
     and the evidence for the request's kind, model: (successes, count, expected), as
-    `Evidence.of(kind)` gives it; `kinds`, the same for every kind (`Evidence.table`),
-    for the models' offsets; `optimism`, the posterior standard deviations added to
+    `Evidence.of(kind)` gives it; `kinds`, the same for every kind (`Evidence.table`,
+    or the `Evidence`, whose offsets are then computed once per change of it), for
+    the models' offsets; `optimism`, the posterior standard deviations added to
     each candidate's utility once there is evidence. With no evidence and no
     exploration this is `pick`'s greedy choice. See the module docstring."""
     prior_choice, reason = _safe_greedy(
         ranking, default_model, min_gain, unknown_margin, prior_strength
     )
     blended = ranking
-    if evidence or kinds:
+    every_kind = kinds.table if isinstance(kinds, Evidence) else kinds
+    if evidence or every_kind:
         blended = []
         strengths = {s.name: known_prior_strength if s.known else prior_strength for s in ranking}
         overall = 0.0
         offsets: dict[str, float] = {}
         totals: dict[str, list[float]] = {}
-        if kinds:
-            overall, offsets, totals = _offsets(kinds, strengths, prior_strength)
+        if isinstance(kinds, Evidence):
+            # The same for every decision until the evidence changes.
+            overall, offsets, totals = kinds.derived(
+                (prior_strength, frozenset(strengths.items())),
+                lambda: _offsets(kinds.table, strengths, prior_strength),
+            )
+        elif every_kind:
+            overall, offsets, totals = _offsets(every_kind, strengths, prior_strength)
         shift = _shift(evidence, strengths, prior_strength, offsets, overall)
         for s in ranking:
             centre = shift + offsets.get(s.name, 0.0)

@@ -22,7 +22,7 @@ import pytest
 from proxy.config import Learning, Profile, Selector, Usage
 from proxy.emulator import EmulatorSettings
 from proxy.learning import Learner, evidence_from_events
-from selector_model import outcome
+from selector_model import outcome, policy
 from selector_model.evidence import Evidence
 from selector_model.features import AREAS, REQUEST_FEATURES, Candidate
 from selector_model.kind import kind_of
@@ -196,6 +196,41 @@ def test_optimism_tries_a_model_little_is_known_about_until_its_outcomes_say() -
     # With no evidence at all, the choice is the prior's, without optimism.
     prior = choose(unseen, {}, 0.0, rng)
     assert prior.chosen.name == "first" and all(s.optimism == 0 for s in prior.ranking)
+
+
+def test_offsets_from_the_evidence_are_computed_once_per_change_of_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = np.random.default_rng(0)
+    unseen = rank(list(MODELS), [0.70, 0.60, 0.50], [1.0, 1.0, 1.0], 0.0, set())
+    evidence = Evidence()
+    for _ in range(ROUNDS):
+        evidence.update("knowledge", "qwen2.5:7b", 0.0, prior=0.7)
+    calls = Counter[str]()
+    offsets = policy._offsets
+
+    def counted(*args: Any) -> Any:
+        calls["offsets"] += 1
+        return offsets(*args)
+
+    monkeypatch.setattr(policy, "_offsets", counted)
+
+    def blends() -> list[tuple[str, float | None, float]]:
+        # The Evidence itself (as `auto` passes it) gives what its table gives.
+        by_store = choose(unseen, evidence.of("math"), 0.0, rng, kinds=evidence)
+        by_table = choose(unseen, evidence.of("math"), 0.0, rng, kinds=evidence.table)
+        rows = [(s.name, s.blend, s.utility) for s in by_store.ranking]
+        assert rows == [(s.name, s.blend, s.utility) for s in by_table.ranking]
+        return rows
+
+    first = blends()
+    assert blends() == first
+    assert calls["offsets"] == 3  # once for the store, once per call for the table
+    # A change is seen at the next decision.
+    for _ in range(ROUNDS):
+        evidence.update("code", "mistral:7b", 0.0, prior=0.6)
+    assert blends() != first
+    assert calls["offsets"] == 5
 
 
 def test_unseen_models_lean_on_the_catalogue_by_what_it_knows() -> None:
