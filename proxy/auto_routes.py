@@ -44,7 +44,8 @@ LEGEND = {
         "a size-based heuristic chose"
     ),
     "X-Autoroute-Score": (
-        "the chosen model's utility (explain: ranking[].utility) = P(success) - "
+        "the chosen model's utility (explain: ranking[].utility) = P(success) (once "
+        "outcomes are counted, the blend plus its optimism: selector.learning) - "
         "cost_weight * expected seconds (with the load time of a model not loaded), "
         "minus warm.evict_penalty when loading it would evict a model in use, for the "
         "profile's cost_weight; higher is better, comparable only within one profile"
@@ -164,7 +165,8 @@ class AutoRoutes:
                 "experiment": decision.experiment,
                 "variant": decision.variant,
                 # Per candidate: the selector's prior, the evidence for this kind of
-                # prompt (count, mean outcome) and the blend the choice used.
+                # prompt (count, mean outcome), the blend the choice used and the
+                # optimism added to it.
                 "kind": decision.kind,
                 "prior_strength": {
                     "known": learning.known_prior_strength,
