@@ -243,8 +243,8 @@ class Learning:
     # model the artifact never saw, and for one it was trained on.
     prior_strength: float = 10.0
     known_prior_strength: float = 200.0
-    # Whether a model's outcomes on one kind of prompt also move it on every other kind
-    # (its offset over every kind, `selector_model.policy`).
+    # Whether the outcomes on one kind of prompt of a model the artifact never saw also
+    # move it on every other kind (its offset over every kind, `selector_model.policy`).
     model_level: bool = True
     # Once there is evidence, how many posterior standard deviations a candidate's
     # utility gains for what is not known of it, so that greedy choices try a model

@@ -51,6 +51,9 @@ a model chosen everywhere can still lose its place. Why a model level: a model t
 artifact never saw is placed from its description, and that placement's error is
 mostly the model's (its size or family misread), not the kind's; its answers on
 knowledge prompts then say something about its math too, less than math answers would.
+A model the artifact was fitted on has no offset (o = 0): fitted on its outcomes, the
+artifact leaves it no error of its own across kinds, and what its evidence says over
+every kind is the pool's.
 (Without optimism, that transfer could keep a model from ever being tried on a kind
 after a few poor answers on another; with it, a model's spread on a kind it was not
 tried on stays wide, so it still is.)
@@ -394,6 +397,7 @@ def _offsets(
     kinds: Mapping[str, Mapping[str, Sequence[float]]],
     strengths: Mapping[str, float],
     prior_strength: float,
+    fitted: AbstractSet[str] = frozenset(),
 ) -> tuple[float, dict[str, float], dict[str, list[float]]]:
     """(G, o by model, totals by model) from the evidence of every kind (kind -> model
     -> (successes, count, expected)): each model's gap over every kind, its kinds'
@@ -401,7 +405,10 @@ def _offsets(
     n0 sets, so one kind speaks for the model with at most n0 outcomes, and a model
     overrated on one kind and underrated on another is not called even); G, the
     pool's shift, from those by `_shift`'s rule; each model's offset, its gap's excess
-    over G shrunk by n0. `totals` sums the evidence per model, for explain."""
+    over G shrunk by n0, but for the models the artifact was `fitted` on: fitted on
+    each one's outcomes, it places them with no error of their own to correct across
+    kinds (what their evidence says over every kind is the pool's). `totals` sums the
+    evidence per model, for explain."""
     pooled: dict[str, list[float]] = {}  # model: [sum of w * gap, sum of w]
     totals: dict[str, list[float]] = {}
     for rows in kinds.values():
@@ -424,6 +431,7 @@ def _offsets(
     offsets = {
         name: _departure(member, overall, strengths.get(name, prior_strength))
         for name, member in members.items()
+        if name not in fitted
     }
     return overall, offsets, totals
 
@@ -466,17 +474,18 @@ def choose(
     if evidence or every_kind:
         blended = []
         strengths = {s.name: known_prior_strength if s.known else prior_strength for s in ranking}
+        fitted = frozenset(s.name for s in ranking if s.known)
         overall = 0.0
         offsets: dict[str, float] = {}
         totals: dict[str, list[float]] = {}
         if isinstance(kinds, Evidence):
             # The same for every decision until the evidence changes.
             overall, offsets, totals = kinds.derived(
-                (prior_strength, frozenset(strengths.items())),
-                lambda: _offsets(kinds.table, strengths, prior_strength),
+                (prior_strength, frozenset(strengths.items()), fitted),
+                lambda: _offsets(kinds.table, strengths, prior_strength, fitted),
             )
         elif every_kind:
-            overall, offsets, totals = _offsets(every_kind, strengths, prior_strength)
+            overall, offsets, totals = _offsets(every_kind, strengths, prior_strength, fitted)
         shift = _shift(evidence, strengths, prior_strength, offsets, overall)
         for s in ranking:
             centre = shift + offsets.get(s.name, 0.0)

@@ -165,6 +165,26 @@ def test_a_models_evidence_on_one_kind_moves_it_on_another_by_less() -> None:
     assert row.blend - row.p_success > others.blend - others.p_success + 0.02
 
 
+def test_a_model_the_artifact_was_fitted_on_has_no_offset_of_its_own() -> None:
+    rng = np.random.default_rng(0)
+    evidence = Evidence()
+    for _ in range(100):
+        evidence.update("knowledge", "qwen2.5:7b", 0.0, prior=0.7)
+        evidence.update("knowledge", "mistral:7b", 1.0, prior=0.6)
+    # Fitted on each model's outcomes, the artifact leaves no error of a model's own
+    # to carry across kinds: on math (no evidence) the known models move alike.
+    known = choose(_ranking(), {}, 0.0, rng, kinds=evidence.table).ranking
+    moved = {s.name: (s.p_success if s.blend is None else s.blend) - s.p_success for s in known}
+    assert moved["qwen2.5:7b"] == pytest.approx(moved["mistral:7b"])
+    assert moved["qwen2.5:7b"] == pytest.approx(moved["llama3.1:8b"])
+    # A model it never saw is placed from its description: the same evidence moves
+    # it on math by its own offset.
+    unseen = rank(list(MODELS), [0.70, 0.60, 0.50], [1.0, 1.0, 1.0], 0.0, set())
+    placed = choose(unseen, {}, 0.0, rng, kinds=evidence.table).ranking
+    offset = {s.name: (s.blend or s.p_success) - s.p_success for s in placed}
+    assert offset["mistral:7b"] > offset["llama3.1:8b"] > offset["qwen2.5:7b"]
+
+
 def test_optimism_tries_a_model_little_is_known_about_until_its_outcomes_say() -> None:
     rng = np.random.default_rng(0)
     unseen = rank(["first", "second", "third"], [0.6, 0.45, 0.3], [1.0] * 3, 0.0, set())
