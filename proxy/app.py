@@ -123,7 +123,7 @@ class App:
         """What a backend's answer says of its model's speed, for auto's estimates (a
         cloud fallback's answer says nothing of a local backend's)."""
         served = outcome.served
-        model = outcome.decided.served_model
+        model = served.model
         if served.stats and served.backend and model and not served.provider:
             self.auto.observe(served.backend, model, served.stats)
 

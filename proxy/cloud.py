@@ -33,7 +33,7 @@ from proxy.cloud_translate import (
 from proxy.config import CloudProvider, Config
 from proxy.errors import error_response, stream_error_line
 from proxy.outcome import OUTCOME, Served
-from proxy.protocol import REQUEST_ID_HEADER
+from proxy.protocol import MODEL_HEADER, REQUEST_ID_HEADER
 
 log = logging.getLogger("autoroute.cloud")
 
@@ -189,7 +189,7 @@ class CloudFallback:
             served.backend = f"cloud:{name}"
             served.provider = name
             served.extra[BACKEND_HEADER] = served.backend
-            served.extra["X-Autoroute-Model"] = model
+            served.model = served.extra[MODEL_HEADER] = model
             return await self._call(request, name, provider, model, chat, month)
         self.refused.inc()
         served.error = "cloud fallback monthly token budget spent: " + "; ".join(spent_out)

@@ -31,12 +31,12 @@ from proxy.errors import error_body, error_response
 from proxy.fanout import Fanout
 from proxy.metrics import Metrics
 from proxy.outcome import OUTCOME, Served
-from proxy.protocol import JSON, JSON_V1
+from proxy.protocol import JSON, JSON_V1, MODEL_HEADER
 from proxy.relay import Fallback, Relay
 from proxy.routes import find
 
 AUTOROUTE_HEADERS = (
-    "X-Autoroute-Model",
+    MODEL_HEADER,
     "X-Autoroute-Profile",
     "X-Autoroute-Reason",
     "X-Autoroute-Score",
@@ -201,6 +201,7 @@ class Handlers:
         a provider stands in for `names`, only when none can serve: no usable backend
         lists the model, or every one that does failed or refused."""
         served = request[OUTCOME].served
+        served.model = model  # until the cloud stands in with its own
         cloud = self.cloud
         if cloud is None or not isinstance(doc, dict) or not cloud.takes(request.path, names):
             return await self._generate(request, served, doc, body, model)

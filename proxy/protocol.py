@@ -34,3 +34,5 @@ HOP_BY_HOP = frozenset(
 )
 
 REQUEST_ID_HEADER = "X-Request-Id"
+# The model that answers, when the proxy chose it (auto, the cloud fallback).
+MODEL_HEADER = "X-Autoroute-Model"

@@ -350,6 +350,55 @@ async def test_auto_falls_back_when_its_choice_fails_and_learns_nothing_from_it(
         proxy.stop()
 
 
+async def test_the_served_model_is_the_one_the_client_sees(
+    servers: ServerThread, own_emulator: Emulator, cloud_server: StandIn
+) -> None:
+    """The usage event's served_model is the answer's model as the client sees it: the
+    one named, auto's choice (X-Autoroute-Model), or the cloud model standing in (in
+    X-Autoroute-Model and the answer's body)."""
+    section = cloud_section(cloud_server.url, models={"gone:1b": "gpt-x", "auto:fast": "fast-x"})
+    proxy = Proxy(servers, [own_emulator.url], cloud=section)
+    events = Path(proxy.config.usage.file_path)
+    try:
+        asked = [
+            ({"model": LOCAL}, LOCAL, None),
+            ({"model": "gone:1b"}, "gpt-x", "gpt-x"),  # mapped, listed by no backend
+        ]
+        for body, model, header in asked:
+            status, headers, answer = await post(
+                proxy.url + "/api/chat", {**body, "messages": MESSAGES, "stream": False}
+            )
+            assert status == 200, answer
+            assert headers.get("X-Autoroute-Model") == header
+            assert orjson.loads(answer)["model"] == model
+        status, headers, answer = await post(
+            proxy.url + "/api/chat", {"model": "auto:fast", "messages": MESSAGES, "stream": False}
+        )
+        assert status == 200 and "X-Autoroute-Backend" not in headers, answer
+        chosen = headers["X-Autoroute-Model"]
+        own_emulator.stop()  # auto's choice fails at the relay: the cloud stands in
+        status, headers, answer = await post(
+            proxy.url + "/api/chat", {"model": "auto:fast", "messages": MESSAGES, "stream": True}
+        )
+        assert status == 200, answer
+        assert headers["X-Autoroute-Backend"] == "cloud:openai"
+        assert headers["X-Autoroute-Model"] == "fast-x"
+        assert {line["model"] for line in ndjson(answer)} == {"fast-x"}
+        await wait_until(lambda: len(event_lines(events)) == 4)
+        logged = [orjson.loads(line) for line in event_lines(events)]
+        (local,) = (s.label for s in proxy.app[APP_KEY].backends.states)
+        served = [(e["requested_model"], e["served_model"], e["backend"]) for e in logged]
+        assert served == [
+            (LOCAL, LOCAL, local),
+            ("gone:1b", "gpt-x", "cloud:openai"),
+            ("auto:fast", chosen, local),
+            ("auto:fast", "fast-x", "cloud:openai"),
+        ]
+        assert logged[3]["decision"]["chosen"] == chosen  # what auto decided stays as it was
+    finally:
+        proxy.stop()
+
+
 async def test_at_the_budget_the_fallback_stops_with_a_503_naming_it(
     servers: ServerThread, cloud_server: StandIn
 ) -> None:
