@@ -6,8 +6,8 @@ The data is read from what the proxy already holds: each backend's circuit, mode
 `/api/ps` entries (`BackendState`), each backend's memory and warm set as
 `GET /api/autoroute/status` shows them (`Memory.status`), the last minutes of traffic
 and `auto`'s choices (`Metrics.recent`, see `dashboard_series`), the selector's state
-(`AutoRouter.status`) and the usage sinks' counters (`UsagePipeline.counters`). Nothing here runs on the
-request path of other routes.
+(`AutoRouter.status`) and the usage sinks' counters (`UsagePipeline.counters`).
+Nothing here runs on the request path of other routes.
 
 With API keys on, both routes are for admin keys only, sent as `Authorization: Bearer`
 like every key. A key in the URL (`?key=`) is not accepted: URLs are kept in browser
