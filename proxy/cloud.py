@@ -175,7 +175,17 @@ class CloudFallback:
             return error_response(path, 400, str(exc))
         month = this_month()
         spent_out = []
-        for name, provider, model in self._candidates(names):
+        candidates = self._candidates(names)
+        needs = chat.openai_only()
+        if needs is not None:
+            candidates = [c for c in candidates if c[1].api == "openai"]
+            if not candidates:
+                served.error = (
+                    f"no local backend can serve this request and the cloud fallback sends "
+                    f"{needs} only to OpenAI-compatible providers"
+                )
+                return error_response(path, 503, served.error)
+        for name, provider, model in candidates:
             try:
                 spent = await self.budget.spent(name, month)
             except BudgetUnavailable as exc:
