@@ -219,6 +219,10 @@ def runner(app: web.Application, config: Config, **overrides: Any) -> web.AppRun
         "max_line_size": max(head, 8190),
         "max_field_size": max(head, 8190),
         "max_headers": max(head // 4, 128),
+        # Go's net/http never decodes a request body's Content-Encoding: Ollama reads
+        # the bytes as sent. aiohttp would inflate them (and fail on a body that is not
+        # what its header says, with an unhandled error).
+        "auto_decompress": False,
     }
     options.update(overrides)
     connection = functools.partial(

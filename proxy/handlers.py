@@ -33,7 +33,7 @@ from proxy.metrics import Metrics
 from proxy.outcome import OUTCOME, Served
 from proxy.protocol import JSON, JSON_V1
 from proxy.relay import Fallback, Relay
-from proxy.routes import find
+from proxy.routes import find, runs_model
 
 AUTOROUTE_HEADERS = (
     "X-Autoroute-Model",
@@ -140,6 +140,9 @@ class Handlers:
                 if path == SHOW_PATH:
                     return self._model_hidden(path, model)
                 return self._model_denied(path, model)
+            if runs_model(path):
+                # The answer names the model as the client did; the header says the same.
+                served.extra[AUTOROUTE_HEADERS[0]] = model
             return await self._local_or_cloud(request, doc, body, model, (model,))
         assert isinstance(doc, dict)
         if path == SHOW_PATH:

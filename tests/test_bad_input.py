@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import Iterator
 
 import aiohttp
@@ -31,12 +32,19 @@ BAD_BODIES = [
 
 
 async def raw(
-    url: str, method: str, path: str, body: bytes | None = None
+    url: str,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, str, bytes]:
     async with (
         aiohttp.ClientSession() as session,
         session.request(
-            method, url + path, data=body, headers={"Content-Type": "application/json"}
+            method,
+            url + path,
+            data=body,
+            headers={"Content-Type": "application/json", **(headers or {})},
         ) as resp,
     ):
         return resp.status, resp.headers.get("Content-Type", ""), await resp.read()
@@ -53,6 +61,32 @@ async def test_malformed_bodies_get_the_backends_own_error(
     assert proxied == direct
     assert 400 <= direct[0] < 500
     assert "error" in orjson.loads(direct[2])
+
+
+GENERATE = b'{"model": "qwen2.5:7b", "prompt": "Hello", "stream": false}'
+ENCODED = [
+    ("/api/generate", "gzip", GENERATE),
+    ("/api/generate", "gzip", gzip.compress(GENERATE, mtime=0)),
+    ("/api/chat", "br", b'{"model": "qwen2.5:7b", "messages": [], "stream": false}'),
+    ("/v1/chat/completions", "deflate", b'{"model": "qwen2.5:7b", "messages": []}'),
+    ("/api/pull", "gzip", b'{"model": "qwen2.5:7b", "stream": false}'),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "encoding", "body"),
+    ENCODED,
+    ids=[f"{p} {e} {b[:8]!r}" for p, e, b in ENCODED],
+)
+async def test_content_encoding_is_not_decoded(
+    emulator: Emulator, proxy: Proxy, path: str, encoding: str, body: bytes
+) -> None:
+    """Ollama reads a body's bytes whatever its Content-Encoding says: the JSON as
+    sent, a compressed body as the JSON error it is; never a 5xx of the proxy's."""
+    headers = {"Content-Encoding": encoding}
+    direct = await raw(emulator.url, "POST", path, body, headers)
+    assert direct[0] < 500
+    assert await raw(proxy.url, "POST", path, body, headers) == direct
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from proxy.protocol import NDJSON, SSE
+from proxy.protocol import NDJSON, SSE, drop_server_header
 
 from . import admin, anthropic_routes, native, openai_routes, responses_api
 from .engine import ClientGone, wait_forever
@@ -159,8 +159,7 @@ async def _gin(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 async def _drop_server_header(request: web.Request, response: web.StreamResponse) -> None:
-    # Go's net/http sends no Server header; aiohttp adds one before this signal fires.
-    response.headers.popall("Server", None)
+    await drop_server_header(request, response)
     # A Gin handler that writes nothing sends no Content-Type at all.
     if response.headers.get("Content-Type") == "":
         del response.headers["Content-Type"]
