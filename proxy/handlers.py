@@ -106,6 +106,17 @@ class Handlers:
             request.path, 404, f"no such endpoint: {request.method} {request.path}"
         )
 
+    async def method_not_allowed(self, request: web.Request) -> web.StreamResponse:
+        """One of the proxy's own paths asked with a method it does not take: 405, as
+        Ollama answers a method its route does not take."""
+        route = find(request.path)
+        assert route is not None
+        response = error_response(
+            request.path, 405, f"method not allowed: {request.method} {request.path}"
+        )
+        response.headers["Allow"] = ", ".join(sorted(route.methods))
+        return response
+
     async def scrape(self, request: web.Request) -> web.StreamResponse:
         """`GET /metrics`, for Prometheus."""
         body, content_type = self.metrics.render()
@@ -149,6 +160,12 @@ class Handlers:
             return self.auto_routes.show(profile, key.models if key else None)
         route = find(path)
         if route is not None and route.embedding:
+            try:
+                # Embeddings use no profile, but one that does not exist is the same
+                # 400 as on chat.
+                self.auto.profile(profile)
+            except AutoError as exc:
+                return error_response(path, 400, str(exc))
             chosen = self.config.selector.embedding_model
             if not chosen:
                 return error_response(
