@@ -85,8 +85,9 @@ ROUTES: tuple[Route, ...] = (
     Route("/v1/messages", POST, MODEL_ROUTED, inference=True),
     # What no single backend can answer: one list from all of them.
     Route("/api/tags", READ, MERGED, merge="models"),
-    Route("/api/ps", READ, MERGED, merge="models"),
-    Route("/v1/models", READ, MERGED, merge="data"),
+    # Ollama takes HEAD on /api/tags but not on these two (405 from the backend).
+    Route("/api/ps", GET, MERGED, merge="models"),
+    Route("/v1/models", GET, MERGED, merge="data"),
     Route("/v1/models/{model:path}", GET, "handlers.v1_model"),
     # Changes to the model store: sent to the backends `routing.admin_target` names.
     Route("/api/pull", ANY, MODEL_ADMIN, access=ADMIN),

@@ -66,6 +66,8 @@ ENDPOINTS: list[tuple[str, str, Any]] = [
     ("POST", "/api/embed", {"model": "nomic-embed-text", "input": ["a", "b"]}),
     ("POST", "/api/embeddings", {"model": "nomic-embed-text", "prompt": "a"}),
     ("GET", "/v1/models", None),
+    ("HEAD", "/v1/models", None),
+    ("HEAD", "/api/ps", None),
     ("GET", f"/v1/models/{MODEL}", None),
     ("GET", "/v1/models/no-such-model", None),
     ("POST", "/v1/chat/completions", {"model": MODEL, "messages": CHAT}),
