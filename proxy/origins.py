@@ -21,6 +21,7 @@ from typing import Final
 
 from aiohttp import web
 
+from proxy import header_values
 from proxy.errors import error_response
 
 ORIGIN: Final = "Origin"
@@ -94,8 +95,11 @@ class Origins:
         host = request.host
         if origin in (f"http://{host}", f"https://{host}"):
             return None  # the browser's own page: not a cross-origin request
-        if not self.allows(origin):
-            return error_response(request.path, 403, f"origin not allowed: {origin}")
+        # Only ASCII is echoed back in a header (aiohttp keeps bytes that are not UTF-8
+        # as lone surrogates, which no header or JSON encoder takes).
+        if not (origin.isascii() and self.allows(origin)):
+            shown = header_values.text(origin)
+            return error_response(request.path, 403, f"origin not allowed: {shown}")
         if request.method == "OPTIONS":
             response = web.Response(status=204)
             response.headers.update(

@@ -326,6 +326,12 @@ async def test_browsers_get_ollamas_cross_origin_answers(
         assert "Content-Type" in headers["Access-Control-Allow-Headers"].split(",")
         assert headers["Vary"].startswith("Origin")
     assert [own_emulator.state.requests[path] for path in relayed] == seen
+    # Bytes that are not UTF-8, even where a pattern would match: refused, readably.
+    status, _, body = await raw_request(
+        own_proxy.port, "GET", "/api/tags", [(b"Origin", b"http://localhost:\x80")]
+    )
+    assert status == 403
+    assert orjson.loads(body) == {"error": "origin not allowed: http://localhost:\ufffd"}
     for origin in ("vscode-webview://abc", "http://127.0.0.1:8080", "tauri://localhost"):
         status, headers, _ = await cors(own_proxy.url, "GET", "/api/tags", origin)
         assert status == 200 and headers["Access-Control-Allow-Origin"] == origin
