@@ -108,6 +108,18 @@ async def test_wrong_methods_and_unknown_paths_pass_through(
     assert await raw(proxy.url, method, path) == direct
 
 
+@pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions", "/api/pull"])
+async def test_a_body_of_megabytes_is_served(emulator: Emulator, proxy: Proxy, path: str) -> None:
+    """Ollama sets no body limit (a picture for a vision model runs to megabytes): a
+    body well over aiohttp's default 1 MiB is answered as a small one is."""
+    picture = "A" * (3 * 1024 * 1024)
+    message = {"role": "user", "content": "What is this?", "images": [picture]}
+    body = orjson.dumps({"model": "llava:7b", "messages": [message], "stream": False})
+    direct = await raw(emulator.url, "POST", path, body)
+    assert direct[0] == 200, direct
+    assert await raw(proxy.url, "POST", path, body) == direct
+
+
 @pytest.fixture
 def small_limit_proxy(servers: ServerThread, emulator: Emulator) -> Iterator[Proxy]:
     prx = Proxy(servers, [emulator.url], limits=Limits(max_body_bytes=1024))

@@ -199,7 +199,10 @@ async def _get_state(request: web.Request) -> web.Response:
 
 def create_app(settings: EmulatorSettings | None = None) -> web.Application:
     """A fresh emulator; `app[STATE_KEY]` holds its counters and model store."""
-    app = web.Application(middlewares=[_gin])
+    # Ollama reads a body of any size; aiohttp would refuse one over 1 MiB with its own
+    # plain-text 413 (a picture for a vision model is often more). 1 GiB bounds what a
+    # stand-in holds in memory.
+    app = web.Application(middlewares=[_gin], client_max_size=1 << 30)
     app[STATE_KEY] = EmulatorState(settings or EmulatorSettings())
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
