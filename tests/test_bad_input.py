@@ -127,7 +127,7 @@ def small_limit_proxy(servers: ServerThread, emulator: Emulator) -> Iterator[Pro
     prx.stop()
 
 
-@pytest.mark.parametrize("path", ["/api/generate", "/v1/chat/completions"])
+@pytest.mark.parametrize("path", ["/api/generate", "/v1/chat/completions", "/v1/messages"])
 async def test_body_over_the_limit_is_413_in_ollama_shape(
     small_limit_proxy: Proxy, path: str
 ) -> None:
@@ -135,8 +135,12 @@ async def test_body_over_the_limit_is_413_in_ollama_shape(
     status, content_type, answer = await raw(small_limit_proxy.url, "POST", path, body)
     assert status == 413
     assert content_type.startswith("application/json")
-    error = orjson.loads(answer)["error"]
+    doc = orjson.loads(answer)
+    error = doc["error"]
     message = error["message"] if path.startswith("/v1/") else error
+    if path == "/v1/messages":  # Anthropic's shape, as Ollama's Anthropic layer answers
+        assert doc["type"] == "error" and error["type"] == "request_too_large"
+        assert doc["request_id"].startswith("req_")
     assert "too large" in message and "1024" in message
     # The proxy still serves the next request.
     ok = await raw(
