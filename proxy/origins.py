@@ -25,8 +25,11 @@ from proxy import header_values
 from proxy.errors import error_response
 
 ORIGIN: Final = "Origin"
-# The request's allowed Origin, for the headers of an answer the proxy makes itself.
-CORS_ORIGIN: Final = web.RequestKey("cors_origin", str)
+# An allowed cross-origin request's response headers, for the answers the proxy makes
+# itself (its own, its errors, a replay from the response cache).
+CORS_HEADERS: Final = web.RequestKey("cors_headers", tuple[tuple[str, str], ...])
+# Response headers that answer one request's origin: never kept for another's.
+PER_ORIGIN = frozenset({"access-control-allow-origin", "vary"})
 
 _DEFAULTS = (
     *(
@@ -67,6 +70,7 @@ _ALLOW_HEADERS = ",".join(
 )
 _MAX_AGE = "43200"  # 12 hours
 _REQUEST_HEADERS = "Access-Control-Request-Headers"
+_ALLOW_ORIGIN = "Access-Control-Allow-Origin"
 
 
 class Origins:
@@ -90,8 +94,9 @@ class Origins:
         return any(origin.startswith(p) and origin.endswith(s) for p, s in self.wildcards)
 
     def admit(self, request: web.Request, origin: str) -> web.Response | None:
-        """A request that sent `Origin`: None lets it in (an allowed origin is kept on
-        the request for `add_headers`); the 403 or the preflight's 204 otherwise."""
+        """A request that sent `Origin`: None lets it in (an allowed origin's headers
+        are kept on the request for `add_headers`); the 403 or the preflight's 204
+        otherwise."""
         host = request.host
         if origin in (f"http://{host}", f"https://{host}"):
             return None  # the browser's own page: not a cross-origin request
@@ -112,19 +117,17 @@ class Origins:
             if not self.any:
                 for name in ("Origin", "Access-Control-Request-Method", _REQUEST_HEADERS):
                     response.headers.add("Vary", name)
-            self._allow(response, origin)
+            response.headers[_ALLOW_ORIGIN] = "*" if self.any else origin
             return response
-        request[CORS_ORIGIN] = origin
+        if self.any:
+            request[CORS_HEADERS] = ((_ALLOW_ORIGIN, "*"),)
+        else:
+            request[CORS_HEADERS] = (("Vary", "Origin"), (_ALLOW_ORIGIN, origin))
         return None
 
-    def add_headers(self, request: web.Request, response: web.StreamResponse) -> None:
-        """An answer the proxy made itself to an allowed cross-origin request: the
-        headers Ollama's middleware adds."""
-        origin = request.get(CORS_ORIGIN)
-        if origin is not None:
-            if not self.any:
-                response.headers.add("Vary", "Origin")
-            self._allow(response, origin)
 
-    def _allow(self, response: web.StreamResponse, origin: str) -> None:
-        response.headers["Access-Control-Allow-Origin"] = "*" if self.any else origin
+def add_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """An answer the proxy made itself to an allowed cross-origin request: the headers
+    Ollama's middleware adds."""
+    for name, value in request.get(CORS_HEADERS, ()):
+        response.headers.add(name, value)

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from proxy.origins import ORIGIN, Origins
+from proxy.origins import ORIGIN, Origins, add_headers
 from proxy.protocol import NDJSON, SSE, drop_server_header
 
 from . import admin, anthropic_routes, native, openai_routes, responses_api
@@ -171,7 +171,7 @@ async def _gin(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 async def _drop_server_header(request: web.Request, response: web.StreamResponse) -> None:
     await drop_server_header(request, response)
-    _ORIGINS.add_headers(request, response)
+    add_headers(request, response)
     # A Gin handler that writes nothing sends no Content-Type at all.
     if response.headers.get("Content-Type") == "":
         del response.headers["Content-Type"]
