@@ -29,6 +29,7 @@ from proxy.handlers import Handlers
 from proxy.learning import Learner
 from proxy.logs import AccessLog
 from proxy.metrics import Metrics
+from proxy.origins import add_headers
 from proxy.outcome import Outcome
 from proxy.profiler import idle_profiler
 from proxy.protocol import drop_server_header
@@ -195,5 +196,6 @@ def create_app(config: Config) -> web.Application:
     # Only the answers aiohttp writes (the proxy's own and its errors): relayed ones
     # carry the backend's headers.
     web_app.on_response_prepare.append(drop_server_header)
+    web_app.on_response_prepare.append(add_headers)
     web_app.router.add_route("*", "/{tail:.*}", app.server.handle)
     return web_app

@@ -126,8 +126,12 @@ class Origins:
         return None
 
 
-def add_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """An answer the proxy made itself to an allowed cross-origin request: the headers
-    Ollama's middleware adds."""
-    for name, value in request.get(CORS_HEADERS, ()):
-        response.headers.add(name, value)
+async def add_headers(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """An `on_response_prepare` signal: an answer made here (not relayed, which has
+    the backend's own) to an allowed cross-origin request gets the headers Ollama's
+    middleware adds, unless it holds a backend's already (an HTTP/1.0 client's relayed
+    answer, which aiohttp writes)."""
+    cors = request.get(CORS_HEADERS)
+    if cors and _ALLOW_ORIGIN not in response.headers:
+        for name, value in cors:
+            response.headers.add(name, value)

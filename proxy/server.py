@@ -21,7 +21,7 @@ from proxy.backends import NoBackend
 from proxy.config import Config
 from proxy.errors import error_response
 from proxy.metrics import Metrics
-from proxy.origins import ORIGIN, Origins, add_headers
+from proxy.origins import ORIGIN, Origins
 from proxy.outcome import OUTCOME, Decided, Hook, Outcome, Served
 from proxy.protocol import REQUEST_ID_HEADER
 from proxy.routes import Router
@@ -96,7 +96,6 @@ class Server:
                 response.headers[REQUEST_ID_HEADER] = served.request_id
                 for name, value in served.extra.items():
                     response.headers[name] = value
-                add_headers(request, response)
                 served.status = response.status
             key = request.get(KEY_REQUEST)
             decided.key_id = key.id if key else None

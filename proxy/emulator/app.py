@@ -171,7 +171,7 @@ async def _gin(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 async def _drop_server_header(request: web.Request, response: web.StreamResponse) -> None:
     await drop_server_header(request, response)
-    add_headers(request, response)
+    await add_headers(request, response)
     # A Gin handler that writes nothing sends no Content-Type at all.
     if response.headers.get("Content-Type") == "":
         del response.headers["Content-Type"]
