@@ -166,6 +166,15 @@ class AutoRouter:
         # a request does not filter nor look up each candidate again.
         self._eligible: dict[tuple[object, ...], _Filtered] = {}
 
+    def profile(self, name: str) -> Profile:
+        """The profile `auto:<name>` asks for; AutoError naming those configured when
+        there is none."""
+        profile = self.config.profiles.get(name)
+        if profile is None:
+            configured = ", ".join(f"auto:{p}" for p in sorted(self.config.profiles))
+            raise AutoError(f"unknown profile 'auto:{name}' (configured: {configured})")
+        return profile
+
     def decide(
         self,
         path: str,
@@ -175,10 +184,7 @@ class AutoRouter:
         key_models: frozenset[str] | None = None,
     ) -> Choice:
         """`key_models`: the API key's allow-list (normalised names), None for any."""
-        profile = self.config.profiles.get(profile_name)
-        if profile is None:
-            configured = ", ".join(f"auto:{p}" for p in sorted(self.config.profiles))
-            raise AutoError(f"unknown profile 'auto:{profile_name}' (configured: {configured})")
+        profile = self.profile(profile_name)
         request = features.request_features(path, doc)
         experiments = self.config.experiments
         assigned = assign(experiments, user, path, profile_name, request) if experiments else None

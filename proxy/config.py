@@ -69,6 +69,9 @@ def _profiles_file() -> str:
 class Listen:
     host: str = "127.0.0.1"
     port: int = 11435
+    # Browser origins allowed besides Ollama's own defaults, as OLLAMA_ORIGINS
+    # (`proxy.origins`).
+    origins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

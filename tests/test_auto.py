@@ -126,6 +126,15 @@ async def test_unknown_profile_and_impossible_requests_are_400(auto_proxy: Proxy
         async with session.post(auto_proxy.url + "/api/chat", json=chat("auto:nope")) as resp:
             assert resp.status == 400
             assert "unknown profile 'auto:nope'" in (await resp.json())["error"]
+        # Embeddings take `selector.embedding_model` whatever the profile, but one that
+        # does not exist is refused the same way.
+        embed = {"model": "auto:nope", "input": "x"}
+        async with session.post(auto_proxy.url + "/api/embed", json=embed) as resp:
+            assert resp.status == 400
+            assert "unknown profile 'auto:nope'" in (await resp.json())["error"]
+        async with session.post(auto_proxy.url + "/v1/embeddings", json=embed) as resp:
+            assert resp.status == 400
+            assert "unknown profile 'auto:nope'" in (await resp.json())["error"]["message"]
         body = chat("auto:coders", tools=TOOLS)
         body["messages"][0]["images"] = [PIXEL_PNG]
         async with session.post(auto_proxy.url + "/api/chat", json=body) as resp:
@@ -154,7 +163,9 @@ def test_official_clients_see_the_chosen_model(auto_proxy: Proxy) -> None:
         client.chat(model="auto", messages=[{"role": "user", "content": "hi"}], stream=True)
     )
     names = {c.model for c in chunks}
-    assert len(names) == 1 and "auto" not in names.pop()
+    assert len(names) == 1
+    name = names.pop()
+    assert name and "auto" not in name
     reply = client.generate(model="auto:fast", prompt="hi")
     assert reply.model and not reply.model.startswith("auto")
 

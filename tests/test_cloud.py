@@ -96,8 +96,13 @@ def sse(body: bytes) -> list[Any]:
     return out
 
 
-async def post(url: str, body: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
-    async with aiohttp.ClientSession() as session, session.post(url, json=body) as resp:
+async def post(
+    url: str, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, json=body, headers=headers) as resp,
+    ):
         return resp.status, dict(resp.headers), await resp.read()
 
 
@@ -118,12 +123,15 @@ async def test_every_local_backend_down_falls_back_in_every_shape(
 ) -> None:
     proxy = Proxy(servers, [dead_url()], cloud=cloud_section(cloud_server.url, api))
     try:
-        # Ollama's NDJSON stream.
+        # Ollama's NDJSON stream, to a browser page Ollama lets in.
         status, headers, body = await post(
-            proxy.url + "/api/chat", {"model": LOCAL, "messages": MESSAGES}
+            proxy.url + "/api/chat",
+            {"model": LOCAL, "messages": MESSAGES},
+            {"Origin": "http://localhost:3000"},
         )
         assert status == 200, body
         assert headers["X-Autoroute-Backend"] == f"cloud:{api}"
+        assert headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
         assert headers["Content-Type"].startswith("application/x-ndjson")
         check_ollama_stream(ndjson(body), "message")
         # One Ollama body.
