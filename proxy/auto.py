@@ -34,6 +34,7 @@ from selector_model.policy import (
     heuristic_p_success,
     largest,
     rank,
+    spreads,
     with_catalogue,
 )
 from selector_model.scorer import Scorer
@@ -204,17 +205,17 @@ class AutoRouter:
         artifact = self.scorer.artifact
         if artifact is not None:
             known = self._known_models(artifact)
+            is_known = [name in known for name in eligible.names]
             p_success = with_catalogue(
-                self.scorer.p_success(artifact, request, candidates),
-                request,
-                candidates,
-                [name in known for name in eligible.names],
+                self.scorer.p_success(artifact, request, candidates), request, candidates, is_known
             )
+            spread = spreads(candidates, is_known)
             unknown_margin = float(artifact.policy.get("unseen_margin", UNKNOWN_MARGIN))
         else:
             p_success = [heuristic_p_success(c) for c in candidates]
             known = frozenset()
             unknown_margin = UNKNOWN_MARGIN
+            spread = None
         seconds = self.telemetry.expected_seconds_many(
             eligible.backends, candidates, prompt_tokens, _output_tokens(doc)
         )
@@ -228,7 +229,7 @@ class AutoRouter:
             biggest = largest(candidates)
             if not terms.evicts[eligible.names.index(biggest)]:
                 default_model = biggest
-        ranking = rank(eligible.names, p_success, seconds, profile.cost_weight, known)
+        ranking = rank(eligible.names, p_success, seconds, profile.cost_weight, known, spread)
         if terms.penalty and any(terms.evicts):
             # Evicting a model in use is worth it only for a lead above the penalty.
             evicting = {n for n, e in zip(eligible.names, terms.evicts, strict=True) if e}
@@ -250,6 +251,7 @@ class AutoRouter:
             learning.draws,
             learning.known_prior_strength,
             self.evidence.table if learning.model_level else None,
+            profile.tolerance,
         )
         ranking, chosen, reason, propensity = (
             chose.ranking,
