@@ -95,12 +95,13 @@ UNKNOWN_MARGIN = 0.05
 # alone.
 PRIOR_STRENGTH = 10.0
 KNOWN_PRIOR_STRENGTH = 200.0
-# How far (one standard deviation, in points of P) the P of a model the artifact never
-# saw may be from how it really does: a published benchmark transfers to other prompts
-# only so well (UNSEEN_SPREAD, for a model the catalogue has results for), and a model
-# the catalogue places from its details alone adds as much again (times its
-# `uncertainty`). A model the artifact was fitted on has none: its P is what its own
-# outcomes gave.
+# How far (one standard deviation, as a fraction of P) the P of a model the artifact
+# never saw may be off, per unit of the catalogue's `uncertainty` of it: 0 for a model
+# with published results in every area, this much for one placed from its details
+# alone. Only what the catalogue does not know counts: how well published results
+# transfer to a user's prompts is the same doubt for every model, and counting it
+# would keep the largest whenever models it never saw are close, however clearly the
+# catalogue orders them. A model the artifact was fitted on has none.
 UNSEEN_SPREAD = 0.1
 # A model leads another, for the safety rule, only by more than this many standard
 # deviations of the difference of their P (the spreads above, combined as independent).
@@ -293,7 +294,7 @@ def with_catalogue(
 def spreads(candidates: Sequence[Candidate], known: Sequence[bool]) -> list[float]:
     """How far each candidate's P may be off, one standard deviation (`UNSEEN_SPREAD`)."""
     return [
-        0.0 if is_known else UNSEEN_SPREAD * (1.0 + min(1.0, max(0.0, c.uncertainty)))
+        0.0 if is_known else UNSEEN_SPREAD * min(1.0, max(0.0, c.uncertainty))
         for c, is_known in zip(candidates, known, strict=True)
     ]
 
