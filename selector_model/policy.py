@@ -107,11 +107,10 @@ UNSEEN_SPREAD = 0.1
 # deviations of the difference of their P (the spreads above, combined as independent).
 SWITCH_Z = 1.0
 # The catalogue's share of an unseen model's P (see `with_catalogue`), for a model it
-# has published results for: on models held out of training, the catalogue's reading
-# orders them better than the booster's extrapolation (its errors on pairs of held-out
-# models are about two thirds of the booster's), so it gets the weight inverse
-# variances give it.
-CATALOGUE_SHARE = 2.0 / 3.0
+# has published results for: half. On models held out of training a larger share
+# orders them a little better before any feedback, but leaves the learner unable to
+# correct a pair the catalogue misjudges (the one it rates lower is never tried).
+CATALOGUE_SHARE = 0.5
 # Monte-Carlo draws for a decision's propensity under Thompson sampling.
 DRAWS = 32
 # P(success) as a Beta prior mean stays inside (0, 1).
@@ -353,19 +352,21 @@ def _safe_greedy(
 ) -> tuple[Scored, str]:
     """The best of a ranking sorted best first, but for the safety rule (see the module
     docstring), then with a `tolerance` the cheapest within it (`_cheapest_within`).
-    The margin for what a P may be off shrinks with the leader's evidence."""
+    The margin for what a P may be off shrinks with each model's evidence."""
     greedy = ranking[0]
     choice, reason = greedy, "ml"
     anchor = next((s for s in ranking if s.name == default_model), None)
     if anchor is None:
         anchor = next((s for s in ranking if s.known), None)
     if anchor is not None and greedy is not anchor:
+        # Each one's doubt shrinks with its own evidence.
+        doubt_g = prior_strength / (prior_strength + greedy.evidence_count)
+        doubt_a = prior_strength / (prior_strength + anchor.evidence_count)
         margin = 0.0
         if not anchor.known:
-            margin = SWITCH_Z * math.hypot(greedy.spread, anchor.spread)
+            margin = SWITCH_Z * math.hypot(greedy.spread * doubt_g, anchor.spread * doubt_a)
         if not greedy.known:
-            margin += unknown_margin
-        margin *= prior_strength / (prior_strength + greedy.evidence_count)
+            margin += unknown_margin * doubt_g
         if greedy.utility - anchor.utility < min_gain + margin:
             choice, reason = anchor, "pinned"
     if tolerance > 0:

@@ -64,3 +64,17 @@ def test_tolerance_takes_the_quickest_model_within_it_of_the_choice() -> None:
     assert (chosen.name, reason) == ("mid:14b", "pinned")
     chose = choose(ranking, {}, 0.0, np.random.default_rng(0), tolerance=0.03)
     assert (chose.chosen.name, chose.reason) == ("mid:14b", "cheaper")
+
+
+def test_an_anchors_doubt_shrinks_with_its_own_evidence() -> None:
+    # The largest, unseen and placed from its details alone, rated a little below a
+    # model never tried: kept while only the catalogue speaks for it...
+    ranking = rank(["small:8b", "large:49b"], [0.60, 0.60], [1.0, 6.0], 0.0, set(), [0.0, 0.1])
+    rng = np.random.default_rng(0)
+    kept = choose(ranking, {}, 0.0, rng, "large:49b", 0.02, 0.0)
+    assert kept.chosen.name == "large:49b"
+    # ...and left once its own answers (100 of them, 0.4 each where 0.6 was expected)
+    # have measured it: its spread no longer protects it.
+    evidence = {"large:49b": [40.0, 100.0, 60.0]}
+    left = choose(ranking, evidence, 0.0, rng, "large:49b", 0.02, 0.0)
+    assert (left.chosen.name, left.reason) == ("small:8b", "learned")
