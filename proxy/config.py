@@ -152,6 +152,9 @@ class Profile:
 
     # Utility = P(success) - cost_weight * expected_seconds.
     cost_weight: float = 0.02
+    # Then the quickest model whose utility is within this of the choice's (points of
+    # P(success) as a fraction: 0.03 is 3 points); 0: the choice itself.
+    tolerance: float = 0.0
     # Chosen when the selector is unsure, and where nothing better is clearly ahead.
     default_model: str = ""
     # Candidates allowed (empty: all) and denied, by model name.
@@ -180,7 +183,7 @@ class Warm:
 
 def _default_profiles() -> dict[str, Profile]:
     return {
-        "balanced": Profile(cost_weight=0.004),
+        "balanced": Profile(cost_weight=0.0, tolerance=0.03),
         "fast": Profile(cost_weight=0.2),
         "best": Profile(cost_weight=0.0),
     }

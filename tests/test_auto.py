@@ -31,6 +31,7 @@ def selector(tmp_path: Path, **overrides: Any) -> Selector:
         "fast": Profile(cost_weight=1.0),
         "coders": Profile(cost_weight=0.0, allow=("qwen2.5-coder:7b", "codegemma:7b")),
         "nomixtral": Profile(cost_weight=0.0, deny=("mixtral:8x7b",)),
+        "thrifty": Profile(cost_weight=0.0, tolerance=0.1),
     }
     settings: dict[str, Any] = {
         "artifact": str(tmp_path / "missing.onnx"),
@@ -119,6 +120,18 @@ async def test_profiles_move_the_choice(auto_proxy: Proxy) -> None:
     assert coders["model"] in ("qwen2.5-coder:7b", "codegemma:7b")
     _, nomix = await explain(auto_proxy, chat("auto:nomixtral"))
     assert nomix["filtered"].get("mixtral:8x7b") == "in the profile's deny list"
+
+
+async def test_a_tolerance_takes_the_quickest_model_within_it(auto_proxy: Proxy) -> None:
+    _, best = await explain(auto_proxy, chat("auto:best"))
+    _, thrifty = await explain(auto_proxy, chat("auto:thrifty"))
+    assert thrifty["rule"] == {"cost_weight": 0.0, "tolerance": 0.1, "min_gain": 0.02}
+    by_name = {r["model"]: r for r in thrifty["ranking"]}
+    top = by_name[best["model"]]["utility"]
+    within = [r for r in thrifty["ranking"] if r["utility"] >= top - 0.1]
+    quickest = min(within, key=lambda r: r["expected_seconds"])
+    assert thrifty["model"] == quickest["model"] != best["model"]
+    assert all("spread" in r for r in thrifty["ranking"])
 
 
 async def test_unknown_profile_and_impossible_requests_are_400(auto_proxy: Proxy) -> None:

@@ -102,7 +102,14 @@ async def test_auto_chooses_differently_per_prompt_and_profile_on_the_demo(
     code = await explain(url, chat("auto", DEMO_CODE_PROMPT))
     general = await explain(url, chat("auto", DEMO_GENERAL_PROMPT))
     image = await explain(url, chat("auto", "What is in this picture?", images=[PIXEL_PNG]))
-    assert code["model"] != general["model"], (code["ranking"], general["ranking"])
+    # Plain auto: the quickest model within the profile's tolerance of the best score
+    # (the demo's P put every other model well below the largest on both prompts).
+    for doc in (code, general):
+        assert doc["reason"] in ("ml", "cheaper")
+        top = doc["ranking"][0]["utility"]
+        tolerance = doc["rule"]["tolerance"]
+        within = [r for r in doc["ranking"] if r["utility"] >= top - tolerance]
+        assert doc["model"] == min(within, key=lambda r: r["expected_seconds"])["model"]
     assert REGISTRY[image["model"]].has("vision")
     assert not REGISTRY[code["model"]].has("vision")
     fast = await explain(url, chat("auto:fast", DEMO_GENERAL_PROMPT))
@@ -117,9 +124,8 @@ async def test_auto_chooses_differently_per_prompt_and_profile_on_the_demo(
     assert status == 200 and answer["model"] == code["model"]
     assert headers["X-Autoroute-Model"] == code["model"]
     assert headers["X-Autoroute-Reason"] == code["reason"]
-    assert float(headers["X-Autoroute-Score"]) == pytest.approx(
-        code["ranking"][0]["utility"], abs=1e-3
-    )
+    chosen_utility = next(r["utility"] for r in code["ranking"] if r["model"] == code["model"])
+    assert float(headers["X-Autoroute-Score"]) == pytest.approx(chosen_utility, abs=1e-3)
     # The status page the banner names shows that choice.
     async with (
         aiohttp.ClientSession() as session,
