@@ -183,7 +183,7 @@ class Warm:
 
 def _default_profiles() -> dict[str, Profile]:
     return {
-        "balanced": Profile(cost_weight=0.0, tolerance=0.03),
+        "balanced": Profile(cost_weight=0.004),
         "fast": Profile(cost_weight=0.2),
         "best": Profile(cost_weight=0.0),
     }
