@@ -29,8 +29,10 @@ from proxy.handlers import Handlers
 from proxy.learning import Learner
 from proxy.logs import AccessLog
 from proxy.metrics import Metrics
+from proxy.origins import add_headers
 from proxy.outcome import Outcome
 from proxy.profiler import idle_profiler
+from proxy.protocol import drop_server_header
 from proxy.registry import Registry
 from proxy.relay import Relay
 from proxy.routes import Router
@@ -123,7 +125,7 @@ class App:
         """What a backend's answer says of its model's speed, for auto's estimates (a
         cloud fallback's answer says nothing of a local backend's)."""
         served = outcome.served
-        model = outcome.decided.served_model
+        model = served.model
         if served.stats and served.backend and model and not served.provider:
             self.auto.observe(served.backend, model, served.stats)
 
@@ -191,5 +193,9 @@ def create_app(config: Config) -> web.Application:
     web_app[APP_KEY] = app
     web_app.on_startup.append(app.start)
     web_app.on_cleanup.append(app.stop)
+    # Only the answers aiohttp writes (the proxy's own and its errors): relayed ones
+    # carry the backend's headers.
+    web_app.on_response_prepare.append(drop_server_header)
+    web_app.on_response_prepare.append(add_headers)
     web_app.router.add_route("*", "/{tail:.*}", app.server.handle)
     return web_app

@@ -53,6 +53,8 @@ class KeyState:
     tokens: float
     stamp: float
     max_streams: int
+    # Inference requests of this key running in this process, however admitted: the
+    # per-process limit while Redis is down counts the ones it admitted too.
     streams: int = 0
 
     @classmethod
@@ -96,8 +98,10 @@ class KeyState:
 
 
 KEY_REQUEST = web.RequestKey("autoroute_key", KeyState)
+# The request counts in its key's `streams`.
 STREAM_SLOT = web.RequestKey("autoroute_stream_slot", bool)
-# The stream slot held in Redis (`shared_limits`), by its member name.
+# Its stream slot for Redis (`shared_limits`), by its member name: held there, or to be
+# put there when Redis answers again.
 SHARED_SLOT = web.RequestKey("autoroute_shared_slot", str)
 
 
@@ -208,11 +212,12 @@ class Access:
             return _rate_limited(request.path, key, wait)
         if slot is not None:
             request[SHARED_SLOT] = slot
+            key.streams += 1
+            request[STREAM_SLOT] = True
         return Admission(key)
 
-    @staticmethod
     def _limit_locally(
-        request: web.Request, key: KeyState, route: Route | None, now: float
+        self, request: web.Request, key: KeyState, route: Route | None, now: float
     ) -> Admission:
         wait = key.take(now)
         if wait:
@@ -222,6 +227,9 @@ class Access:
                 return _too_many_streams(request.path, key)
             key.streams += 1
             request[STREAM_SLOT] = True
+            if self.shared is not None:
+                # Redis is down: the stream counts there once it answers again.
+                request[SHARED_SLOT] = self.shared.hold_unregistered(key.id)
         return Admission(key)
 
     def release(self, request: web.Request, key: KeyState | None) -> None:
@@ -229,7 +237,7 @@ class Access:
             return
         if request.get(STREAM_SLOT):
             key.streams -= 1
-        elif self.shared is not None and (slot := request.get(SHARED_SLOT)) is not None:
+        if self.shared is not None and (slot := request.get(SHARED_SLOT)) is not None:
             self.shared.release(slot)
 
 

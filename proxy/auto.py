@@ -34,6 +34,7 @@ from selector_model.policy import (
     heuristic_p_success,
     largest,
     rank,
+    spreads,
     with_catalogue,
 )
 from selector_model.scorer import Scorer
@@ -161,10 +162,21 @@ class AutoRouter:
         # Per profile object: its lists and default model as model names.
         self._profiles: dict[int, ProfileNames] = {}
         self._known: tuple[object, frozenset[str]] = (None, frozenset())
+        # Per candidate tuple and known set: which candidates are known, and spreads.
+        self._spread: tuple[object, object, list[bool], list[float]] = (None, None, [], [])
         # The hard filters' result, but for context length, per (candidate list, profile,
         # API key's list, needs): the registry keeps its list while nothing changes, so
         # a request does not filter nor look up each candidate again.
         self._eligible: dict[tuple[object, ...], _Filtered] = {}
+
+    def profile(self, name: str) -> Profile:
+        """The profile `auto:<name>` asks for; AutoError naming those configured when
+        there is none."""
+        profile = self.config.profiles.get(name)
+        if profile is None:
+            configured = ", ".join(f"auto:{p}" for p in sorted(self.config.profiles))
+            raise AutoError(f"unknown profile 'auto:{name}' (configured: {configured})")
+        return profile
 
     def decide(
         self,
@@ -175,10 +187,7 @@ class AutoRouter:
         key_models: frozenset[str] | None = None,
     ) -> Choice:
         """`key_models`: the API key's allow-list (normalised names), None for any."""
-        profile = self.config.profiles.get(profile_name)
-        if profile is None:
-            configured = ", ".join(f"auto:{p}" for p in sorted(self.config.profiles))
-            raise AutoError(f"unknown profile 'auto:{profile_name}' (configured: {configured})")
+        profile = self.profile(profile_name)
         request = features.request_features(path, doc)
         experiments = self.config.experiments
         assigned = assign(experiments, user, path, profile_name, request) if experiments else None
@@ -204,17 +213,16 @@ class AutoRouter:
         artifact = self.scorer.artifact
         if artifact is not None:
             known = self._known_models(artifact)
+            is_known, spread = self._spreads(eligible, known)
             p_success = with_catalogue(
-                self.scorer.p_success(artifact, request, candidates),
-                request,
-                candidates,
-                [name in known for name in eligible.names],
+                self.scorer.p_success(artifact, request, candidates), request, candidates, is_known
             )
             unknown_margin = float(artifact.policy.get("unseen_margin", UNKNOWN_MARGIN))
         else:
             p_success = [heuristic_p_success(c) for c in candidates]
             known = frozenset()
             unknown_margin = UNKNOWN_MARGIN
+            spread = None
         seconds = self.telemetry.expected_seconds_many(
             eligible.backends, candidates, prompt_tokens, _output_tokens(doc)
         )
@@ -228,7 +236,7 @@ class AutoRouter:
             biggest = largest(candidates)
             if not terms.evicts[eligible.names.index(biggest)]:
                 default_model = biggest
-        ranking = rank(eligible.names, p_success, seconds, profile.cost_weight, known)
+        ranking = rank(eligible.names, p_success, seconds, profile.cost_weight, known, spread)
         if terms.penalty and any(terms.evicts):
             # Evicting a model in use is worth it only for a lead above the penalty.
             evicting = {n for n, e in zip(eligible.names, terms.evicts, strict=True) if e}
@@ -250,6 +258,7 @@ class AutoRouter:
             learning.draws,
             learning.known_prior_strength,
             self.evidence if learning.model_level else None,
+            profile.tolerance,
             learning.optimism,
         )
         ranking, chosen, reason, propensity = (
@@ -369,6 +378,16 @@ class AutoRouter:
                 self._profiles.clear()
             entry = self._profiles[id(profile)] = ProfileNames.of(profile)
         return entry
+
+    def _spreads(self, eligible: Eligible, known: frozenset[str]) -> tuple[list[bool], list[float]]:
+        """Which candidates the artifact knows, and how far each one's P may be off
+        (`policy.spreads`), kept while the candidates and the artifact stay."""
+        cached = self._spread
+        if cached[0] is not eligible.candidates or cached[1] is not known:
+            is_known = [name in known for name in eligible.names]
+            cached = (eligible.candidates, known, is_known, spreads(eligible.candidates, is_known))
+            self._spread = cached
+        return cached[2], cached[3]
 
     def _known_models(self, artifact: artifact_module.Artifact) -> frozenset[str]:
         if self._known[0] is not artifact:

@@ -37,8 +37,11 @@ LEGEND = {
     "X-Autoroute-Profile": "the profile used: auto is auto:<selector.default_profile>",
     "X-Autoroute-Reason": (
         "why this model (explain: reason): ml = the best score; pinned = the profile's "
-        "default (or the best model the selector knows) kept, since no other leads it by "
-        "selector.min_gain; learned = the best once outcomes of earlier requests of this "
+        "default (or the best model the selector knows, or the largest when it knows "
+        "none) kept, since no other leads it by selector.min_gain (and, against a model "
+        "the selector never saw, by what the two scores may be off: ranking[].spread); "
+        "cheaper = the quickest model whose score is within the profile's tolerance of "
+        "the best's; learned = the best once outcomes of earlier requests of this "
         "kind are counted; explore = another candidate tried, to learn about it; "
         "experiment = an A/B experiment's variant; fallback = no selector artifact, "
         "a size-based heuristic chose"
@@ -160,6 +163,8 @@ class AutoRoutes:
                 "model": decision.chosen,
                 "profile": decision.profile,
                 "reason": decision.reason,
+                # The knobs the reason refers to.
+                "rule": self._rule(decision.profile),
                 "propensity": decision.propensity,
                 "artifact_version": decision.artifact_version,
                 "experiment": decision.experiment,
@@ -182,6 +187,17 @@ class AutoRoutes:
                 "legend": LEGEND,
             }
         )
+
+    def _rule(self, profile_name: str) -> dict[str, float] | None:
+        """The profile's cost_weight and tolerance and the selector's min_gain."""
+        profile = self.auto.config.profiles.get(profile_name)
+        if profile is None:
+            return None
+        return {
+            "cost_weight": profile.cost_weight,
+            "tolerance": profile.tolerance,
+            "min_gain": self.auto.config.min_gain,
+        }
 
     def _with_measured(self, candidate: dict[str, Any]) -> dict[str, Any]:
         """A ranking entry with the model's profiled areas, when it has been profiled."""

@@ -33,7 +33,7 @@ from proxy.cloud_translate import (
 from proxy.config import CloudProvider, Config
 from proxy.errors import error_response, stream_error_line
 from proxy.outcome import OUTCOME, Served
-from proxy.protocol import REQUEST_ID_HEADER
+from proxy.protocol import MODEL_HEADER, REQUEST_ID_HEADER
 
 log = logging.getLogger("autoroute.cloud")
 
@@ -175,7 +175,17 @@ class CloudFallback:
             return error_response(path, 400, str(exc))
         month = this_month()
         spent_out = []
-        for name, provider, model in self._candidates(names):
+        candidates = self._candidates(names)
+        needs = chat.openai_only()
+        if needs is not None:
+            candidates = [c for c in candidates if c[1].api == "openai"]
+            if not candidates:
+                served.error = (
+                    f"no local backend can serve this request and the cloud fallback sends "
+                    f"{needs} only to OpenAI-compatible providers"
+                )
+                return error_response(path, 503, served.error)
+        for name, provider, model in candidates:
             try:
                 spent = await self.budget.spent(name, month)
             except BudgetUnavailable as exc:
@@ -189,7 +199,7 @@ class CloudFallback:
             served.backend = f"cloud:{name}"
             served.provider = name
             served.extra[BACKEND_HEADER] = served.backend
-            served.extra["X-Autoroute-Model"] = model
+            served.model = served.extra[MODEL_HEADER] = model
             return await self._call(request, name, provider, model, chat, month)
         self.refused.inc()
         served.error = "cloud fallback monthly token budget spent: " + "; ".join(spent_out)

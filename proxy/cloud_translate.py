@@ -5,6 +5,12 @@ answer (server-sent events) back into the client's format, fed bytes as they com
 
 The cloud is always asked to stream: a client that asked for one body gets the
 stream's text gathered into it, so there is one way of reading each API.
+
+Tools (the tool list, the model's tool calls and the tools' answers) and a `format`
+(`"json"`, or a JSON schema: OpenAI's `response_format`) go only to OpenAI-compatible
+providers, whose chat completions take them in the same sense; Anthropic's messages
+have shapes of their own for both, not translated here, so a provider of that API does
+not take such a request.
 """
 
 from __future__ import annotations
@@ -28,8 +34,8 @@ class TranslateError(ValueError):
 
 
 class Unsupported(TranslateError):
-    """A request the translation would change the meaning of (tools, images, a
-    `format`): the cloud does not take it, rather than answer something else."""
+    """A request the translation would change the meaning of (images, a tool's answer
+    to no tool call): the cloud does not take it, rather than answer something else."""
 
 
 class CloudStreamError(Exception):
@@ -38,9 +44,11 @@ class CloudStreamError(Exception):
 
 @dataclass(slots=True)
 class Chat:
-    """A request as every API reads it: messages of text, the system prompt apart."""
+    """A request as every API reads it: messages of text in OpenAI's chat shape (an
+    assistant's `tool_calls` with their ids and arguments as JSON text, a tool's answer
+    with the `tool_call_id` it answers), the system prompt apart."""
 
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     system: str = ""
     stream: bool = True
     max_tokens: int | None = None
@@ -49,9 +57,26 @@ class Chat:
     stop: list[str] = field(default_factory=list)
     # A /v1 client that asked for the usage chunk (stream_options.include_usage).
     include_usage: bool = False
+    # For OpenAI-compatible providers only (`openai_only`), in their own shape.
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    tool_choice: Any = None
+    response_format: dict[str, Any] | None = None
 
     def chars(self) -> int:
-        return len(self.system) + sum(len(m["content"]) for m in self.messages)
+        calls = (c["function"]["arguments"] for m in self.messages for c in m.get("tool_calls", ()))
+        return (
+            len(self.system)
+            + sum(len(m["content"] or "") for m in self.messages)
+            + sum(map(len, calls))
+        )
+
+    def openai_only(self) -> str | None:
+        """What of the request only an OpenAI-compatible provider is sent, else None."""
+        if self.tools or any(m["role"] == "tool" for m in self.messages):
+            return "tools"
+        if self.response_format is not None:
+            return "a format"
+        return None
 
 
 def _text(content: Any) -> str:
@@ -85,17 +110,137 @@ def _stops(value: Any) -> list[str]:
     raise TranslateError("stop must be a string or a list of strings")
 
 
+def _tools(value: Any) -> list[dict[str, Any]]:
+    """Ollama's and OpenAI's tool list (the same shape): functions with a name."""
+    if not value:
+        return []
+    if not isinstance(value, list):
+        raise TranslateError("tools must be a list")
+    out = []
+    for tool in value:
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if (
+            not isinstance(function, dict)
+            or tool.get("type", "function") != "function"
+            or not isinstance(function.get("name"), str)
+        ):
+            raise TranslateError("each tool must be a function with a name")
+        out.append({"type": "function", "function": function})
+    return out
+
+
+def _format(value: Any) -> dict[str, Any] | None:
+    """Ollama's `format` as OpenAI's `response_format`: "json" any JSON object, a
+    schema that schema."""
+    if value is None or value == "":
+        return None
+    if value == "json":
+        return {"type": "json_object"}
+    if isinstance(value, dict):
+        return {"type": "json_schema", "json_schema": {"name": "response", "schema": value}}
+    raise TranslateError('format must be "json" or a JSON schema')
+
+
+def _response_format(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or value.get("type") not in (
+        "text",
+        "json_object",
+        "json_schema",
+    ):
+        raise TranslateError(
+            "response_format must be an object of type text, json_object or json_schema"
+        )
+    return None if value["type"] == "text" else value
+
+
+def _v1_calls(value: Any) -> list[dict[str, Any]]:
+    """An OpenAI assistant message's tool calls, as the API takes them."""
+    if not isinstance(value, list):
+        raise TranslateError("tool_calls must be a list")
+    out = []
+    for call in value:
+        function = call.get("function") if isinstance(call, dict) else None
+        if (
+            not isinstance(function, dict)
+            or not isinstance(call.get("id"), str)
+            or not isinstance(function.get("name"), str)
+            or not isinstance(function.get("arguments"), str)
+        ):
+            raise TranslateError("each tool call needs an id, a name and arguments")
+        out.append(
+            {
+                "id": call["id"],
+                "type": "function",
+                "function": {"name": function["name"], "arguments": function["arguments"]},
+            }
+        )
+    return out
+
+
+def _ollama_calls(value: Any, pending: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """An Ollama assistant message's tool calls (arguments an object, the id optional)
+    in OpenAI's shape; each is added to `pending`, the calls no tool answered yet."""
+    if not isinstance(value, list):
+        raise TranslateError("tool_calls must be a list")
+    out = []
+    for call in value:
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise TranslateError("each tool call needs a function with a name")
+        arguments = function.get("arguments") or {}
+        if not isinstance(arguments, dict):
+            raise TranslateError("a tool call's arguments must be an object")
+        given = call.get("id")
+        call_id = given if isinstance(given, str) and given else f"call_{len(pending)}"
+        pending.append((call_id, function["name"]))
+        out.append(
+            {
+                "id": call_id,
+                "type": "function",
+                "function": {
+                    "name": function["name"],
+                    "arguments": orjson.dumps(arguments).decode(),
+                },
+            }
+        )
+    return out
+
+
+def _answered(message: dict[str, Any], pending: list[tuple[str, str]]) -> str:
+    """The id of the call an Ollama tool message answers: the id it names, else the
+    oldest unanswered call of the tool it names, else the oldest unanswered call."""
+    named = message.get("tool_call_id")
+    if isinstance(named, str) and named:
+        found = next((p for p in pending if p[0] == named), None)
+        if found is not None:
+            pending.remove(found)
+        return named
+    tool = message.get("tool_name")
+    found = next((p for p in pending if p[1] == tool), None) if tool else None
+    if found is None and pending:
+        found = pending[0]
+    if found is None:
+        raise Unsupported("the cloud fallback sends a tool's answer only after the call it answers")
+    pending.remove(found)
+    return found[0]
+
+
 def read_request(path: str, doc: dict[str, Any]) -> Chat:
     """The request at `path` (one of PATHS) as a `Chat`; TranslateError when it cannot be."""
-    for name in ("tools", "functions", "format", "response_format", "images"):
+    for name in ("functions", "images"):
         if doc.get(name):
             raise Unsupported(f"the cloud fallback does not send {name!r}")
+    if path == GENERATE and doc.get("tools"):
+        raise Unsupported("the cloud fallback does not send 'tools' to generate")
     if path == V1_CHAT:
         options = doc
         stream = doc.get("stream") is True
         limit = doc.get("max_completion_tokens", doc.get("max_tokens"))
         usage = doc.get("stream_options")
         include_usage = isinstance(usage, dict) and usage.get("include_usage") is True
+        response_format = _response_format(doc.get("response_format"))
     else:
         options = doc.get("options") or {}
         if not isinstance(options, dict):
@@ -103,8 +248,10 @@ def read_request(path: str, doc: dict[str, Any]) -> Chat:
         stream = doc.get("stream") is not False  # Ollama streams unless told not to
         limit = options.get("num_predict")
         include_usage = False
+        response_format = _format(doc.get("format"))
     system: list[str] = []
-    messages: list[dict[str, str]] = []
+    messages: list[dict[str, Any]] = []
+    pending: list[tuple[str, str]] = []  # Ollama's tool calls no tool answered yet
     if path == GENERATE:
         if isinstance(doc.get("system"), str) and doc["system"]:
             system.append(doc["system"])
@@ -122,15 +269,31 @@ def read_request(path: str, doc: dict[str, Any]) -> Chat:
                 "developer",
                 "user",
                 "assistant",
+                "tool",
             ):
-                raise TranslateError("each message needs a role: system, user or assistant")
-            if message.get("images") or message.get("tool_calls"):
-                raise Unsupported("the cloud fallback does not send images or tool calls")
+                raise TranslateError("each message needs a role: system, user, assistant or tool")
+            if message.get("images"):
+                raise Unsupported("the cloud fallback does not send images")
+            role = message["role"]
             text = _text(message.get("content"))
-            if message["role"] in ("system", "developer"):
+            if role in ("system", "developer"):
                 system.append(text)
-            else:
-                messages.append({"role": message["role"], "content": text})
+                continue
+            out: dict[str, Any] = {"role": role, "content": text}
+            if role == "assistant" and message.get("tool_calls"):
+                calls = message["tool_calls"]
+                out["tool_calls"] = (
+                    _v1_calls(calls) if path == V1_CHAT else _ollama_calls(calls, pending)
+                )
+                out["content"] = text or None  # what OpenAI itself sends with tool calls
+            elif role == "tool":
+                if path == V1_CHAT:
+                    if not isinstance(message.get("tool_call_id"), str):
+                        raise TranslateError("a tool message needs the tool_call_id it answers")
+                    out["tool_call_id"] = message["tool_call_id"]
+                else:
+                    out["tool_call_id"] = _answered(message, pending)
+            messages.append(out)
         if not messages:
             raise TranslateError("the cloud fallback needs a user message")
     max_tokens = _number(limit, "the token limit")
@@ -144,6 +307,9 @@ def read_request(path: str, doc: dict[str, Any]) -> Chat:
         top_p=_number(options.get("top_p"), "top_p"),
         stop=_stops(options.get("stop")),
         include_usage=include_usage,
+        tools=_tools(doc.get("tools")),
+        tool_choice=doc.get("tool_choice") if path == V1_CHAT else None,
+        response_format=response_format,
     )
 
 
@@ -159,7 +325,14 @@ def cloud_body(api: Api, chat: Chat, model: str, default_max_tokens: int) -> dic
             body["max_tokens"] = chat.max_tokens
         if chat.stop:
             body["stop"] = chat.stop
+        if chat.tools:
+            body["tools"] = chat.tools
+        if chat.tool_choice is not None:
+            body["tool_choice"] = chat.tool_choice
+        if chat.response_format is not None:
+            body["response_format"] = chat.response_format
     else:
+        assert chat.openai_only() is None, "an Anthropic provider does not take this request"
         body["messages"] = chat.messages
         body["max_tokens"] = chat.max_tokens or default_max_tokens
         if chat.system:
@@ -204,6 +377,10 @@ class Reading:
     """What the cloud's answer said so far."""
 
     texts: list[str] = field(default_factory=list)  # new text, taken by the renderer
+    # New tool call pieces as OpenAI streams them, taken by the renderer; and each call
+    # so far by its index: [id, name, arguments' JSON text so far].
+    call_pieces: list[dict[str, Any]] = field(default_factory=list)
+    calls: dict[int, list[str]] = field(default_factory=dict)
     reason: str | None = None  # why it stopped, once it did
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
@@ -239,6 +416,15 @@ def read_openai(name: str, data: str, reading: Reading) -> None:
         delta = choice.get("delta") or {}
         if isinstance(delta.get("content"), str) and delta["content"]:
             reading.texts.append(delta["content"])
+        for piece in delta.get("tool_calls") or ():
+            if not isinstance(piece, dict):
+                raise CloudStreamError("the cloud sent a tool call that is not an object")
+            call = reading.calls.setdefault(int(piece.get("index") or 0), ["", "", ""])
+            function = piece.get("function") or {}
+            call[0] = str(piece.get("id") or call[0])
+            call[1] += str(function.get("name") or "")
+            call[2] += str(function.get("arguments") or "")
+            reading.call_pieces.append(piece)
         if choice.get("finish_reason"):
             reading.reason = str(choice["finish_reason"])
     usage = doc.get("usage")
@@ -312,10 +498,45 @@ class Translator:
         for name, payload in self.events.feed(data):
             self._read(name, payload, self.reading)
         texts, self.reading.texts = self.reading.texts, []
+        pieces, self.reading.call_pieces = self.reading.call_pieces, []
         self._text += texts
         if not self.chat.stream:
             return b""
-        return b"".join(self._chunk(t) for t in texts)
+        out = b"".join(self._chunk(t) for t in texts)
+        if pieces and self.path == V1_CHAT:
+            # As OpenAI streams them; an Ollama client gets the calls whole (`finish`).
+            out += _sse(self._v1_chunk(self._delta({"tool_calls": pieces}), None))
+        return out
+
+    def _delta(self, delta: dict[str, Any]) -> dict[str, Any]:
+        """A /v1 chunk's delta, the first of the answer saying the role."""
+        if not self._role_sent:
+            self._role_sent = True
+            return {"role": "assistant", **delta}
+        return delta
+
+    def _calls(self) -> list[tuple[str, str, str]]:
+        """The answer's tool calls: (id, name, arguments as JSON text), in order."""
+        return [
+            (c[0] or f"call_{i}", c[1], c[2] or "{}") for i, c in sorted(self.reading.calls.items())
+        ]
+
+    def _ollama_calls(self) -> list[dict[str, Any]]:
+        """The tool calls as Ollama writes them: arguments an object."""
+        out = []
+        for index, (call_id, name, arguments) in enumerate(self._calls()):
+            try:
+                parsed = orjson.loads(arguments)
+            except orjson.JSONDecodeError:
+                parsed = None
+            if not isinstance(parsed, dict):
+                raise CloudStreamError(
+                    f"the cloud's call of {name} has arguments that are not a JSON object"
+                )
+            out.append(
+                {"id": call_id, "function": {"index": index, "name": name, "arguments": parsed}}
+            )
+        return out
 
     def tokens(self) -> tuple[int, int]:
         """(prompt, completion) tokens as the cloud counted them; without its numbers
@@ -323,7 +544,8 @@ class Translator:
         about four characters a token, so that nothing spent goes uncounted."""
         r = self.reading
         prompt = r.prompt_tokens if r.prompt_tokens is not None else -(-self.chat.chars() // 4)
-        estimate = -(-sum(map(len, self._text)) // 4)
+        written = sum(map(len, self._text)) + sum(len(c[2]) for c in r.calls.values())
+        estimate = -(-written // 4)
         if r.completion_tokens is None:
             return prompt, estimate
         return prompt, r.completion_tokens if r.ended else max(r.completion_tokens, estimate)
@@ -334,6 +556,7 @@ class Translator:
         if not r.ended and r.reason is None:
             raise CloudStreamError("the cloud's answer ended before it was complete")
         reason = r.reason or "stop"
+        calls = self._calls()
         prompt, completion = self.tokens()
         elapsed = time.monotonic_ns() - self._started
         if self.path == V1_CHAT:
@@ -343,19 +566,20 @@ class Translator:
                 "total_tokens": prompt + completion,
             }
             if not self.chat.stream:
+                message: dict[str, Any] = {"role": "assistant", "content": "".join(self._text)}
+                if calls:
+                    message["content"] = message["content"] or None
+                    message["tool_calls"] = [
+                        {"id": i, "type": "function", "function": {"name": n, "arguments": a}}
+                        for i, n, a in calls
+                    ]
                 return orjson.dumps(
                     {
                         "id": self._id,
                         "object": "chat.completion",
                         "created": self._created,
                         "model": self.model,
-                        "choices": [
-                            {
-                                "index": 0,
-                                "message": {"role": "assistant", "content": "".join(self._text)},
-                                "finish_reason": reason,
-                            }
-                        ],
+                        "choices": [{"index": 0, "message": message, "finish_reason": reason}],
                         "usage": usage,
                     }
                 )
@@ -366,8 +590,27 @@ class Translator:
         final: dict[str, Any] = {"model": self.model, "created_at": _now()}
         # A stream's last line carries no text: the chunks before it had it all.
         text = "" if self.chat.stream else "".join(self._text)
+        head = b""
         if self.path == CHAT:
             final["message"] = {"role": "assistant", "content": text}
+            if calls:
+                # Ollama sends the calls whole in a chunk of their own (in the final
+                # message, without a stream) and says "stop" for them.
+                ollama_calls = self._ollama_calls()
+                if reason == "tool_calls":
+                    reason = "stop"
+                if self.chat.stream:
+                    message = {"role": "assistant", "content": "", "tool_calls": ollama_calls}
+                    head = _line(
+                        {
+                            "model": self.model,
+                            "created_at": _now(),
+                            "message": message,
+                            "done": False,
+                        }
+                    )
+                else:
+                    final["message"]["tool_calls"] = ollama_calls
         else:
             final["response"] = text
         final.update(
@@ -380,15 +623,11 @@ class Translator:
             eval_count=completion,
             eval_duration=elapsed,
         )
-        return _line(final) if self.chat.stream else orjson.dumps(final)
+        return head + _line(final) if self.chat.stream else orjson.dumps(final)
 
     def _chunk(self, text: str) -> bytes:
         if self.path == V1_CHAT:
-            delta = {"content": text}
-            if not self._role_sent:
-                delta = {"role": "assistant", "content": text}
-                self._role_sent = True
-            return _sse(self._v1_chunk(delta, None))
+            return _sse(self._v1_chunk(self._delta({"content": text}), None))
         doc: dict[str, Any] = {"model": self.model, "created_at": _now()}
         if self.path == CHAT:
             doc["message"] = {"role": "assistant", "content": text}
@@ -397,7 +636,7 @@ class Translator:
         doc["done"] = False
         return _line(doc)
 
-    def _v1_chunk(self, delta: dict[str, str] | None, reason: str | None) -> dict[str, Any]:
+    def _v1_chunk(self, delta: dict[str, Any] | None, reason: str | None) -> dict[str, Any]:
         return {
             "id": self._id,
             "object": "chat.completion.chunk",

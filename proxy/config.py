@@ -69,6 +69,9 @@ def _profiles_file() -> str:
 class Listen:
     host: str = "127.0.0.1"
     port: int = 11435
+    # Browser origins allowed besides Ollama's own defaults, as OLLAMA_ORIGINS
+    # (`proxy.origins`).
+    origins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,9 @@ class Profile:
 
     # Utility = P(success) - cost_weight * expected_seconds.
     cost_weight: float = 0.02
+    # Then the quickest model whose utility is within this of the choice's (points of
+    # P(success) as a fraction: 0.03 is 3 points); 0: the choice itself.
+    tolerance: float = 0.0
     # Chosen when the selector is unsure, and where nothing better is clearly ahead.
     default_model: str = ""
     # Candidates allowed (empty: all) and denied, by model name.

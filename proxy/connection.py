@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 from typing import Any
 
 from aiohttp import web
@@ -52,13 +53,28 @@ from proxy.relayed_response import RelayedResponse
 
 log = logging.getLogger("autoroute.clients")
 
+
 # Go's net/http (src/net/http/server.go, conn.serve): written raw on the connection,
 # which is then closed. Ollama's http.Server sets no MaxHeaderBytes, so its limit is
 # Go's default, DefaultMaxHeaderBytes (1 MiB) plus 4096 bytes of slack for the request
 # line (initialReadLimitSize).
-_GO_ERROR_HEADERS = b"\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n"
-HEAD_TOO_LARGE = b"HTTP/1.1 " + HEAD_TOO_LARGE_BODY + _GO_ERROR_HEADERS + HEAD_TOO_LARGE_BODY
-BAD_REQUEST = b"HTTP/1.1 400 Bad Request" + _GO_ERROR_HEADERS + b"400 Bad Request"
+def go_error(status: bytes, request_id: bytes = b"") -> bytes:
+    """Go's answer with `status` (code and reason, also its text), and the proxy's
+    `X-Request-Id` when one is given: the proxy names every answer, these too."""
+    named = b"X-Request-Id: " + request_id + b"\r\n" if request_id else b""
+    return (
+        b"HTTP/1.1 "
+        + status
+        + b"\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        + named
+        + b"Connection: close\r\n\r\n"
+        + status
+    )
+
+
+_BAD_REQUEST_STATUS = b"400 Bad Request"
+HEAD_TOO_LARGE = go_error(HEAD_TOO_LARGE_BODY)
+BAD_REQUEST = go_error(_BAD_REQUEST_STATUS)
 GO_MAX_HEADER_BYTES = 1 << 20
 REQUEST_LINE_SLACK = 4096
 # After a refusal the proxy half-closes and keeps reading (and dropping) what the client
@@ -72,12 +88,19 @@ class ClientConnection(RequestHandler):
     """One client connection: aiohttp's protocol plus a deadline and a byte budget for
     each request head."""
 
-    __slots__ = ("_head_budget", "_head_bytes", "_head_seconds", "_head_timer")
+    __slots__ = ("_head_budget", "_head_bytes", "_head_seconds", "_head_timer", "_request_ids")
 
     def __init__(
-        self, manager: web.Server, *, head_seconds: float, head_budget: int, **kwargs: Any
+        self,
+        manager: web.Server,
+        *,
+        head_seconds: float,
+        head_budget: int,
+        request_ids: bool = True,
+        **kwargs: Any,
     ) -> None:
         super().__init__(manager, **kwargs)
+        self._request_ids = request_ids  # the proxy's refusals name themselves; Go's not
         self._head_seconds = head_seconds
         self._head_budget = head_budget
         self._head_bytes = 0  # bytes of the head still incomplete
@@ -108,7 +131,7 @@ class ClientConnection(RequestHandler):
             return  # body bytes, or a connection already being closed
         self._head_bytes += len(data)
         if self._head_bytes > self._head_budget:
-            self._refuse(HEAD_TOO_LARGE, f"request head over {self._head_budget} bytes")
+            self._refuse(HEAD_TOO_LARGE_BODY, f"request head over {self._head_budget} bytes")
         elif self._head_timer is None:
             self._arm_head_timer()
 
@@ -146,18 +169,23 @@ class ClientConnection(RequestHandler):
         # An unparsable head. aiohttp's answer and log line would quote its bytes
         # (tokens, prompts); Go's quote nothing.
         if head_over_limits(exc):
-            self._refuse(HEAD_TOO_LARGE, "a request line or header over the size limit")
+            self._refuse(HEAD_TOO_LARGE_BODY, "a request line or header over the size limit")
             status = 431
         else:
-            self._refuse(BAD_REQUEST, f"malformed request ({type(exc).__name__})")
+            self._refuse(_BAD_REQUEST_STATUS, f"malformed request ({type(exc).__name__})")
         # The answer is on the wire already: aiohttp must write nothing of its own.
         return RelayedResponse(status, keep_alive=False)
 
-    def _refuse(self, answer: bytes, reason: str) -> None:
+    def _refuse(self, status: bytes, reason: str) -> None:
         transport = self.transport
         if transport is None or closing(self):
             return
-        log.warning("refused a request from %s: %s", self._peer(), reason)
+        # No request was made of these bytes, so no id from the server: a random one,
+        # in the log line too, for the client to quote.
+        request_id = os.urandom(11).hex() if self._request_ids else ""
+        answer = go_error(status, request_id.encode())
+        named = f" ({request_id})" if request_id else ""
+        log.warning("refused a request from %s%s: %s", self._peer(), named, reason)
         # aiohttp drops every further byte and never reuses (nor closes) the connection.
         stop_serving(self)
         self._cancel_head_timer()
@@ -200,9 +228,12 @@ def _from_request_bytes(exc: BaseException | None) -> bool:
 _FILTER = _WithoutRequestBytes()
 
 
-def runner(app: web.Application, config: Config, **overrides: Any) -> web.AppRunner:
+def runner(
+    app: web.Application, config: Config, request_ids: bool = True, **overrides: Any
+) -> web.AppRunner:
     """The proxy's runner: its client timeouts, its header limits (`overrides` replace
-    any of aiohttp's runner options, e.g. a shorter `shutdown_timeout` in tests)."""
+    any of aiohttp's runner options, e.g. a shorter `shutdown_timeout` in tests);
+    `request_ids`: the refusals written before any handler carry an `X-Request-Id`."""
     logging.getLogger("aiohttp.server").addFilter(_FILTER)  # once: addFilter dedupes
     head = config.limits.max_header_bytes or GO_MAX_HEADER_BYTES
     options: dict[str, Any] = {
@@ -219,12 +250,17 @@ def runner(app: web.Application, config: Config, **overrides: Any) -> web.AppRun
         "max_line_size": max(head, 8190),
         "max_field_size": max(head, 8190),
         "max_headers": max(head // 4, 128),
+        # Go's net/http never decodes a request body's Content-Encoding: Ollama reads
+        # the bytes as sent. aiohttp would inflate them (and fail on a body that is not
+        # what its header says, with an unhandled error).
+        "auto_decompress": False,
     }
     options.update(overrides)
     connection = functools.partial(
         ClientConnection,
         head_seconds=config.timeouts.client_header_seconds,
         head_budget=head + REQUEST_LINE_SLACK,
+        request_ids=request_ids,
     )
     return HandlerRunner(app, connection, **options)
 
@@ -237,4 +273,4 @@ def ollama_runner(app: web.Application, **overrides: Any) -> web.AppRunner:
         timeouts=Timeouts(client_header_seconds=0, client_idle_seconds=75.0),
         limits=Limits(max_header_bytes=GO_MAX_HEADER_BYTES),
     )
-    return runner(app, ollama, **overrides)
+    return runner(app, ollama, request_ids=False, **overrides)

@@ -3,10 +3,11 @@ inline, nothing fetched from elsewhere) and `GET /api/autoroute/dashboard.json`,
 data it refreshes itself from.
 
 The data is read from what the proxy already holds: each backend's circuit, models and
-`/api/ps` entries (`BackendState`), the last minutes of traffic and `auto`'s choices
-(`Metrics.recent`, see `dashboard_series`), the selector's state (`AutoRouter.status`)
-and the usage sinks' counters (`UsagePipeline.counters`). Nothing here runs on the
-request path of other routes.
+`/api/ps` entries (`BackendState`), each backend's memory and warm set as
+`GET /api/autoroute/status` shows them (`Memory.status`), the last minutes of traffic
+and `auto`'s choices (`Metrics.recent`, see `dashboard_series`), the selector's state
+(`AutoRouter.status`) and the usage sinks' counters (`UsagePipeline.counters`).
+Nothing here runs on the request path of other routes.
 
 With API keys on, both routes are for admin keys only, sent as `Authorization: Bearer`
 like every key. A key in the URL (`?key=`) is not accepted: URLs are kept in browser
@@ -116,6 +117,7 @@ class Dashboard:
             # Requests being handled, this one (the page's own) left out.
             "in_flight": max(self.metrics.in_flight - 1, 0),
             "backends": [_backend(s, now) for s in self.backends.states],
+            "memory": self.auto.memory.status(),
             "bucket_seconds": recent["bucket_seconds"],
             "series": recent["series"],
             "auto": {

@@ -1,7 +1,10 @@
-"""Errors in Ollama's shape: `{"error": "..."}` with Ollama's status codes, and the
-OpenAI shape on the `/v1` routes, as Ollama's compatibility layer answers there."""
+"""Errors in Ollama's shape: `{"error": "..."}` with Ollama's status codes, the OpenAI
+shape on the `/v1` routes and the Anthropic shape on `/v1/messages`, as Ollama's
+compatibility layers answer there."""
 
 from __future__ import annotations
+
+import os
 
 import orjson
 from aiohttp import web
@@ -18,7 +21,30 @@ _OPENAI_TYPES = {
 }
 
 
+ANTHROPIC_PATH = "/v1/messages"
+# Ollama's anthropic.NewError, and Anthropic's own name for a body too large.
+ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
+
+
 def error_body(path: str, status: int, message: str) -> bytes:
+    if path == ANTHROPIC_PATH:
+        kind = ANTHROPIC_TYPES.get(status, "api_error")
+        return orjson.dumps(
+            {
+                "type": "error",
+                "error": {"type": kind, "message": message},
+                "request_id": "req_" + os.urandom(12).hex(),
+            }
+        )
     if path.startswith("/v1/"):
         kind = _OPENAI_TYPES.get(status, "api_error")
         return orjson.dumps(

@@ -31,12 +31,12 @@ from proxy.errors import error_body, error_response
 from proxy.fanout import Fanout
 from proxy.metrics import Metrics
 from proxy.outcome import OUTCOME, Served
-from proxy.protocol import JSON, JSON_V1
+from proxy.protocol import JSON, JSON_V1, MODEL_HEADER
 from proxy.relay import Fallback, Relay
-from proxy.routes import find
+from proxy.routes import find, runs_model
 
 AUTOROUTE_HEADERS = (
-    "X-Autoroute-Model",
+    MODEL_HEADER,
     "X-Autoroute-Profile",
     "X-Autoroute-Reason",
     "X-Autoroute-Score",
@@ -106,6 +106,17 @@ class Handlers:
             request.path, 404, f"no such endpoint: {request.method} {request.path}"
         )
 
+    async def method_not_allowed(self, request: web.Request) -> web.StreamResponse:
+        """One of the proxy's own paths asked with a method it does not take: 405, as
+        Ollama answers a method its route does not take."""
+        route = find(request.path)
+        assert route is not None
+        response = error_response(
+            request.path, 405, f"method not allowed: {request.method} {request.path}"
+        )
+        response.headers["Allow"] = ", ".join(sorted(route.methods))
+        return response
+
     async def scrape(self, request: web.Request) -> web.StreamResponse:
         """`GET /metrics`, for Prometheus."""
         body, content_type = self.metrics.render()
@@ -140,12 +151,21 @@ class Handlers:
                 if path == SHOW_PATH:
                     return self._model_hidden(path, model)
                 return self._model_denied(path, model)
+            if runs_model(path):
+                # The answer names the model as the client did; the header says the same.
+                served.extra[MODEL_HEADER] = model
             return await self._local_or_cloud(request, doc, body, model, (model,))
         assert isinstance(doc, dict)
         if path == SHOW_PATH:
             return self.auto_routes.show(profile, key.models if key else None)
         route = find(path)
         if route is not None and route.embedding:
+            try:
+                # Embeddings use no profile, but one that does not exist is the same
+                # 400 as on chat.
+                self.auto.profile(profile)
+            except AutoError as exc:
+                return error_response(path, 400, str(exc))
             chosen = self.config.selector.embedding_model
             if not chosen:
                 return error_response(
@@ -155,7 +175,7 @@ class Handlers:
                 )
             if key is not None and not key.allows_model(chosen):
                 return self._model_denied(path, chosen)
-            served.extra[AUTOROUTE_HEADERS[0]] = chosen
+            served.extra[MODEL_HEADER] = chosen
             served.extra[AUTOROUTE_HEADERS[2]] = "pinned"
         else:
             cloud_names = (f"auto:{profile}",)
@@ -201,6 +221,7 @@ class Handlers:
         a provider stands in for `names`, only when none can serve: no usable backend
         lists the model, or every one that does failed or refused."""
         served = request[OUTCOME].served
+        served.model = model  # until the cloud stands in with its own
         cloud = self.cloud
         if cloud is None or not isinstance(doc, dict) or not cloud.takes(request.path, names):
             return await self._generate(request, served, doc, body, model)

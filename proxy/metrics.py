@@ -124,7 +124,7 @@ class Metrics:
         started = decided.started
         status = answer.final_status
         decision = decided.decision
-        served = decided.served_model
+        served = answer.model
         key = (route, status, served or "")
         child = self._request_children.get(key)
         if child is None:

@@ -33,11 +33,6 @@ class Decided:
     features: list[float] | None = None
     candidate: dict[str, Any] | None = None  # the chosen model's selector features
 
-    @property
-    def served_model(self) -> str | None:
-        """The model that answered: auto's choice, else the one named."""
-        return self.decision["chosen"] if self.decision else self.model
-
 
 @dataclass(slots=True)
 class Served:
@@ -48,6 +43,10 @@ class Served:
     request_id: str
     backend: str = ""
     provider: str = ""  # the cloud provider that answered (cloud fallback), else ""
+    # The model that answered as the client sees it (in X-Autoroute-Model when the proxy
+    # chose it): the one named, auto's choice, or the cloud model standing in. Metrics,
+    # auto's telemetry and the usage event read it here.
+    model: str | None = None
     status: int = 0
     attempts: int = 0
     body_bytes: int = 0

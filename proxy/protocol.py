@@ -6,6 +6,11 @@ nanoseconds. Which paths the proxy treats how is the route table's (`proxy.route
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
 NDJSON = "application/x-ndjson"
 SSE = "text/event-stream"
 JSON = "application/json; charset=utf-8"
@@ -34,3 +39,11 @@ HOP_BY_HOP = frozenset(
 )
 
 REQUEST_ID_HEADER = "X-Request-Id"
+# The model that answers: the one named, auto's choice, or the cloud fallback's.
+MODEL_HEADER = "X-Autoroute-Model"
+
+
+async def drop_server_header(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """An `on_response_prepare` signal: Go's net/http sends no `Server` header, and
+    aiohttp adds one to every response it prepares before this signal fires."""
+    response.headers.popall("Server", None)

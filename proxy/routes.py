@@ -6,8 +6,9 @@ all read this table; none keeps a list of paths of its own.
 
 Paths the table does not name pass through to a backend, as Ollama would answer them
 (unknown ones too), except under `OWN_PREFIX`, which no Ollama path uses: there an
-unknown path is 404. A route's flags describe its path whatever the method; a method
-the route does not take goes where an unknown path would.
+unknown path is 404 and a method its route does not take 405. A route's flags describe
+its path whatever the method; elsewhere a method the route does not take passes
+through, as an unknown path does.
 
 A handler is named by the object that owns it and its method, resolved once by
 `Router` against the objects the application built (see `proxy.app`).
@@ -84,8 +85,9 @@ ROUTES: tuple[Route, ...] = (
     Route("/v1/messages", POST, MODEL_ROUTED, inference=True),
     # What no single backend can answer: one list from all of them.
     Route("/api/tags", READ, MERGED, merge="models"),
-    Route("/api/ps", READ, MERGED, merge="models"),
-    Route("/v1/models", READ, MERGED, merge="data"),
+    # Ollama takes HEAD on /api/tags but not on these two (405 from the backend).
+    Route("/api/ps", GET, MERGED, merge="models"),
+    Route("/v1/models", GET, MERGED, merge="data"),
     Route("/v1/models/{model:path}", GET, "handlers.v1_model"),
     # Changes to the model store: sent to the backends `routing.admin_target` names.
     Route("/api/pull", ANY, MODEL_ADMIN, access=ADMIN),
@@ -155,12 +157,15 @@ class Router:
         self._handlers = {route.path: _resolve(owners, route.handler) for route in ROUTES}
         self._passthrough = _resolve(owners, PASS)
         self._not_found = _resolve(owners, "handlers.not_found")
+        self._method_not_allowed = _resolve(owners, "handlers.method_not_allowed")
 
     def handler(self, method: str, path: str) -> Handler:
         route = find(path)
         if route is not None and (not route.methods or method in route.methods):
             return self._handlers[route.path]
-        return self._not_found if path.startswith(OWN_PREFIX) else self._passthrough
+        if not path.startswith(OWN_PREFIX):
+            return self._passthrough
+        return self._not_found if route is None else self._method_not_allowed
 
 
 def _resolve(owners: Mapping[str, object], name: str) -> Handler:

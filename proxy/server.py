@@ -21,6 +21,7 @@ from proxy.backends import NoBackend
 from proxy.config import Config
 from proxy.errors import error_response
 from proxy.metrics import Metrics
+from proxy.origins import ORIGIN, Origins
 from proxy.outcome import OUTCOME, Decided, Hook, Outcome, Served
 from proxy.protocol import REQUEST_ID_HEADER
 from proxy.routes import Router
@@ -42,6 +43,7 @@ class Server:
         self.metrics = metrics
         self.router = router
         self.hooks = tuple(hooks)
+        self.origins = Origins(config.listen.origins)
         # Keys' limits counted in Redis: admission awaits one round trip. Without it
         # admission stays synchronous.
         self.shared_admission = auth.enabled and auth.shared is not None
@@ -110,8 +112,8 @@ class Server:
         return response
 
     def _admit(self, request: web.Request, decided: Decided) -> web.StreamResponse | None:
-        """Header size, then the API key (when keys are configured): None lets it in."""
-        refused = request_limits.check_headers(request, self.config.limits)
+        """`_unkeyed`, then the API key (when keys are configured): None lets it in."""
+        refused = self._unkeyed(request)
         if refused is None and self.auth.enabled:
             refused = self._refusal(self.auth.admit(request, decided.started))
         decided.refused = refused is not None
@@ -121,10 +123,21 @@ class Server:
         self, request: web.Request, decided: Decided
     ) -> web.StreamResponse | None:
         """`_admit` with the key's limits counted across proxies (`shared.redis_url`)."""
-        refused = request_limits.check_headers(request, self.config.limits)
+        refused = self._unkeyed(request)
         if refused is None:
             refused = self._refusal(await self.auth.admit_shared(request, decided.started))
         decided.refused = refused is not None
+        return refused
+
+    def _unkeyed(self, request: web.Request) -> web.Response | None:
+        """What is answered before any key is looked at: a head over the size limit,
+        and a browser's cross-origin request (`proxy.origins`: refused, or a preflight
+        answered), as Ollama answers both before its handlers."""
+        refused = request_limits.check_headers(request, self.config.limits)
+        if refused is None:
+            origin = request.headers.get(ORIGIN)
+            if origin is not None:
+                refused = self.origins.admit(request, origin)
         return refused
 
     def _refusal(self, admission: Admission) -> web.Response | None:

@@ -7,13 +7,19 @@ bucket (the same bucket `auth.KeyState.take` keeps in memory: capacity
 stream slot. Time is Redis's own (`TIME`), so the proxies' clocks need not agree.
 
 A stream slot is a member of a sorted set per key, scored by when it expires. The proxy
-holding it pushes that time forward while the stream runs (`run`) and removes it when
-the request ends, cancelled or not; a proxy that dies leaves slots that expire after
-`stream_slot_ttl_seconds` and are swept by the next admission.
+holding it puts it back with a later expiry while the stream runs (`run`) and removes it
+when the request ends, cancelled or not; a proxy that dies leaves slots that expire
+after `stream_slot_ttl_seconds` and are swept by the next admission.
 
 Redis unreachable or too slow (`timeout_seconds`) raises `SharedDown` to the caller,
 which then applies the per-process limits; `run` tries Redis again every
 `retry_seconds` and the shared limits resume when it answers. Each change is logged.
+A stream admitted by the per-process limits meanwhile still gets a slot name
+(`hold_unregistered`); when Redis answers again, every slot of a stream still running
+here is put into Redis (`keep_held`) before any admission counts there again, so that
+the replicas see every stream that runs, however it was admitted, and admit no new one
+until the total is below `max_streams`. The same put, every third of the TTL, brings
+back slots Redis lost (restarted, or expired during an outage longer than the TTL).
 """
 
 from __future__ import annotations
@@ -68,13 +74,14 @@ redis.call('EXPIRE', KEYS[2], math.ceil(ttl) + 1)
 return {0, 1}
 """
 
-# KEYS: the slot sets. ARGV: ttl, then one member per key. Pushes each slot's expiry
-# forward (XX: a slot already released or expired stays gone).
-REFRESH = """
+# KEYS: the slot sets. ARGV: ttl, then one member per key. Puts each slot in its set
+# (back, if Redis lost it) expiring a TTL from now, whatever the set's count: the
+# streams run already.
+KEEP = """
 local t = redis.call('TIME')
 local until_ = tonumber(t[1]) + tonumber(t[2]) / 1000000 + tonumber(ARGV[1])
 for i, key in ipairs(KEYS) do
-  redis.call('ZADD', key, 'XX', until_, ARGV[i + 1])
+  redis.call('ZADD', key, until_, ARGV[i + 1])
   redis.call('EXPIRE', key, math.ceil(tonumber(ARGV[1])) + 1)
 end
 return 0
@@ -98,7 +105,7 @@ class SharedLimits:
             socket_connect_timeout=settings.timeout_seconds,
         )
         self._admit = self.redis.register_script(ADMIT)
-        self._refresh = self.redis.register_script(REFRESH)
+        self._keep = self.redis.register_script(KEEP)
         parts = urlsplit(settings.redis_url)
         # Where Redis is, for the logs: never the URL itself (it may hold a password).
         self.where = f"{parts.hostname}:{parts.port or 6379}" if parts.hostname else parts.path
@@ -106,8 +113,10 @@ class SharedLimits:
         self.outages = 0
         self._member = f"{os.urandom(6).hex()}:"
         self._counter = itertools.count(1)
-        # Slots this process holds, by member: the set they are in.
+        # Slots this process holds, by member: the set they are in. `held` are in Redis;
+        # `unregistered` were taken by the per-process limits while Redis was down.
         self.held: dict[str, str] = {}
+        self.unregistered: dict[str, str] = {}
         self._releasing: set[asyncio.Task[None]] = set()
 
     def mode(self) -> Literal["shared", "local"]:
@@ -124,14 +133,24 @@ class SharedLimits:
         except (RedisError, OSError) as exc:
             self._down(exc)
 
+    def _new_member(self) -> str:
+        return f"{self._member}{next(self._counter)}"
+
+    def hold_unregistered(self, key_id: str) -> str:
+        """A slot for a stream the per-process limits admitted while Redis is down: put
+        into Redis when it answers again (`keep_held`), unless the stream ended first."""
+        member = self._new_member()
+        self.unregistered[member] = self._key("streams", key_id)
+        return member
+
     async def admit(
         self, key_id: str, rate: float, capacity: float, max_streams: int
     ) -> tuple[int, str | None]:
         """(seconds to wait, 0: admitted; `STREAMS_FULL`: every stream slot is taken,
         and the slot taken, when `max_streams` asks for one). Raises `SharedDown`.
         A slot taken for a request cancelled during this call is in no `held`, so
-        nothing refreshes it: it expires after the TTL."""
-        member = f"{self._member}{next(self._counter)}" if max_streams else ""
+        nothing keeps it: it expires after the TTL."""
+        member = self._new_member() if max_streams else ""
         slots = self._key("streams", key_id)
         try:
             wait, taken = await self._admit(
@@ -148,9 +167,13 @@ class SharedLimits:
 
     def release(self, member: str) -> None:
         """Give a slot back, without making the request wait for Redis."""
+        if self.unregistered.pop(member, None) is not None:
+            return  # not in Redis
         slots = self.held.pop(member, None)
-        if slots is None:
-            return
+        if slots is not None:
+            self._remove_later(slots, member)
+
+    def _remove_later(self, slots: str, member: str) -> None:
         task = asyncio.get_running_loop().create_task(self._remove(slots, member))
         self._releasing.add(task)
         task.add_done_callback(self._releasing.discard)
@@ -159,31 +182,51 @@ class SharedLimits:
         try:
             await self.redis.zrem(slots, member)
         except (RedisError, OSError) as exc:
-            # The slot expires by itself once no longer refreshed.
+            # The slot expires by itself once no longer kept.
             self._down(exc)
 
     async def run(self) -> None:
-        """Keep held slots alive while Redis is up; try it again while it is down."""
-        refresh_every = self.settings.stream_slot_ttl_seconds / 3
+        """Keep held slots in Redis while it is up; try it again while it is down, and
+        count there again once the slots of streams still running are in it."""
+        keep_every = self.settings.stream_slot_ttl_seconds / 3
         while True:
-            await asyncio.sleep(refresh_every if self.up else self.settings.retry_seconds)
+            await asyncio.sleep(keep_every if self.up else self.settings.retry_seconds)
             try:
                 if self.up:
-                    await self.refresh_held()
+                    await self.keep_held()
                 else:
                     await self.redis.ping()
+                    registered = len(self.unregistered)
+                    await self.keep_held()
                     self.up = True
-                    log.info("shared limits: Redis at %s answers again", self.where)
+                    log.info(
+                        "shared limits: Redis at %s answers again; %d stream slots taken "
+                        "meanwhile put into it",
+                        self.where,
+                        registered,
+                    )
             except (RedisError, OSError) as exc:
                 self._down(exc)
 
-    async def refresh_held(self) -> None:
-        if self.held:
-            members = list(self.held)
-            await self._refresh(
-                keys=[self.held[m] for m in members],
-                args=[self.settings.stream_slot_ttl_seconds, *members],
+    async def keep_held(self) -> None:
+        """Put every slot of a stream running here into Redis, expiring a TTL from now:
+        those held, and those taken while Redis was down, which are held from then on.
+        Until none is left unregistered: streams the per-process limits admit while
+        this waits for Redis are put in too. A slot given back meanwhile is removed
+        again (its removal may have reached Redis first)."""
+        while self.held or self.unregistered:
+            batch = {**self.held, **self.unregistered}
+            await self._keep(
+                keys=list(batch.values()),
+                args=[self.settings.stream_slot_ttl_seconds, *batch],
             )
+            for member, slots in batch.items():
+                if self.unregistered.pop(member, None) is not None:
+                    self.held[member] = slots
+                elif member not in self.held:
+                    self._remove_later(slots, member)
+            if not self.unregistered:
+                return
 
     def _down(self, exc: BaseException) -> None:
         if self.up:
@@ -197,7 +240,7 @@ class SharedLimits:
             )
 
     async def close(self) -> None:
-        for member in list(self.held):
+        for member in [*self.held, *self.unregistered]:
             self.release(member)
         if self._releasing:
             await asyncio.wait(set(self._releasing), timeout=self.settings.timeout_seconds * 2)
@@ -229,4 +272,10 @@ class SharedLimitsCollector(Collector):
             "autoroute_shared_stream_slots_held", "Stream slots this proxy holds in Redis"
         )
         held.add_metric([], len(self.shared.held))
-        yield from (up, outages, held)
+        unregistered = GaugeMetricFamily(
+            "autoroute_shared_stream_slots_unregistered",
+            "Streams this proxy admitted by its own limits while Redis was unreachable, "
+            "to be counted in Redis when it answers",
+        )
+        unregistered.add_metric([], len(self.shared.unregistered))
+        yield from (up, outages, held, unregistered)

@@ -2,11 +2,17 @@
 
     utility(m) = P(success | request, m) - cost_weight * expected_seconds(m)
 
-The safety rule: a model the artifact never saw, or a lead smaller than `min_gain`
-over the profile's anchor (its configured default, else the best model the artifact
-knows, else, when it knows none of the candidates, the largest: size is the one
-description that orders models it never saw without training), is not worth a
-gamble: the anchor is kept. `with_catalogue` draws the P of a model the artifact
+The safety rule: a lead smaller than `min_gain` over the profile's anchor (its
+configured default, else the best model the artifact knows, else, when it knows none
+of the candidates, the largest: size is the one description that orders models it
+never saw without training) is not worth a gamble: the anchor is kept. Against an
+anchor the artifact never saw, the lead must also exceed `SWITCH_Z` standard
+deviations of the difference of the two P (each model's `spread`, from what the
+catalogue knows of it): a router that leaves the largest only on such a lead does
+worse than always taking the largest only when its P were off by more than that.
+A profile's `tolerance` then takes the quickest candidate whose utility is within it
+of that choice (reason `cheaper`): "the cheapest model at most 3 points less likely
+to answer well" for 0.03. `with_catalogue` draws the P of a model the artifact
 never saw toward the catalogue's reading of it. Every decision records the
 probability of what was picked (the propensity), so that training on the proxy's own
 logs can correct for the proxy's own choices.
@@ -112,6 +118,22 @@ UNKNOWN_MARGIN = 0.05
 # alone.
 PRIOR_STRENGTH = 10.0
 KNOWN_PRIOR_STRENGTH = 200.0
+# How far (one standard deviation, as a fraction of P) the P of a model the artifact
+# never saw may be off, per unit of the catalogue's `uncertainty` of it: 0 for a model
+# with published results in every area, this much for one placed from its details
+# alone. Only what the catalogue does not know counts: how well published results
+# transfer to a user's prompts is the same doubt for every model, and counting it
+# would keep the largest whenever models it never saw are close, however clearly the
+# catalogue orders them. A model the artifact was fitted on has none.
+UNSEEN_SPREAD = 0.1
+# A model leads another, for the safety rule, only by more than this many standard
+# deviations of the difference of their P (the spreads above, combined as independent).
+SWITCH_Z = 1.0
+# The catalogue's share of an unseen model's P (see `with_catalogue`), for a model it
+# has published results for: half. On models held out of training a larger share
+# orders them a little better before any feedback, but leaves the learner unable to
+# correct a pair the catalogue misjudges (the one it rates lower is never tried).
+CATALOGUE_SHARE = 0.5
 # Monte-Carlo draws for a decision's propensity under Thompson sampling.
 DRAWS = 32
 # Once there is evidence, the greedy choice ranks each candidate by its posterior mean
@@ -144,6 +166,8 @@ class Scored:
     model_count: float = 0.0
     model_mean: float | None = None
     model_expected: float | None = None
+    # How far its P may be off (a standard deviation; 0 for a model the artifact knows).
+    spread: float = 0.0
     optimism: float = 0.0  # the bonus for what is not known of it, in the utility
 
     def blended(
@@ -172,6 +196,7 @@ class Scored:
             model_count,
             model_mean,
             model_expected,
+            self.spread,
             optimism,
         )
 
@@ -193,6 +218,7 @@ class Scored:
                 "expected": None if self.model_expected is None else round(self.model_expected, 4),
             },
             "blend": round(self.p_success if self.blend is None else self.blend, 4),
+            "spread": round(self.spread, 4),
             "optimism": round(self.optimism, 4),
             "expected_seconds": round(self.seconds, 3),
             "utility": round(self.utility, 4),
@@ -273,10 +299,10 @@ def with_catalogue(
     an accuracy for this prompt. Its standing against the fleet, centred on the
     selector's mean for the fleet on this prompt (a point of benchmark accuracy is
     taken as a point of P), is a second estimate whose errors are not the booster's.
-    With nothing saying which of the two is better, each gets half, in proportion to
-    what the catalogue knows of the model: none of the catalogue's half when its
-    `uncertainty` is 1 (it placed the model from nothing beyond its details, and its
-    estimate is the fleet's mean). A model the artifact knows keeps its P."""
+    The catalogue's estimate gets `CATALOGUE_SHARE` (see there why) in proportion to
+    what it knows of the model: none when its `uncertainty` is 1 (it placed the model
+    from nothing beyond its details, and its estimate is the fleet's mean). A model the
+    artifact knows keeps its P."""
     if all(known) or len(candidates) < 2:
         return list(p_success)
     demand = [request[i] for i in _DEMAND]
@@ -290,9 +316,19 @@ def with_catalogue(
     centre = sum(p_success) / len(p_success) - sum(reads) / len(reads)
     out = []
     for p, read, candidate, is_known in zip(p_success, reads, candidates, known, strict=True):
-        share = 0.0 if is_known else 0.5 * (1.0 - min(1.0, max(0.0, candidate.uncertainty)))
+        share = (
+            0.0 if is_known else CATALOGUE_SHARE * (1.0 - min(1.0, max(0.0, candidate.uncertainty)))
+        )
         out.append(p + share * (centre + read - p))
     return out
+
+
+def spreads(candidates: Sequence[Candidate], known: Sequence[bool]) -> list[float]:
+    """How far each candidate's P may be off, one standard deviation (`UNSEEN_SPREAD`)."""
+    return [
+        0.0 if is_known else UNSEEN_SPREAD * min(1.0, max(0.0, c.uncertainty))
+        for c, is_known in zip(candidates, known, strict=True)
+    ]
 
 
 def largest(candidates: Sequence[Candidate]) -> str:
@@ -306,10 +342,14 @@ def rank(
     seconds: list[float],
     cost_weight: float,
     known: AbstractSet[str],
+    spread: Sequence[float] | None = None,
 ) -> list[Scored]:
+    """The candidates by utility, best first; `spread`: how far each P may be off."""
     ranking = [
-        Scored(name, p, s, p - cost_weight * s, name in known)
-        for name, p, s in zip(names, p_success, seconds, strict=True)
+        Scored(name, p, s, p - cost_weight * s, name in known, spread=d)
+        for name, p, s, d in zip(
+            names, p_success, seconds, spread or [0.0] * len(names), strict=True
+        )
     ]
     ranking.sort(key=_UTILITY, reverse=True)
     return ranking
@@ -322,9 +362,10 @@ def pick(
     exploration: float,
     rng: random.Random,
     unknown_margin: float = UNKNOWN_MARGIN,
+    tolerance: float = 0.0,
 ) -> tuple[Scored, str, float]:
     """(choice, reason, propensity) from a ranking sorted best first."""
-    greedy, reason = _safe_greedy(ranking, default_model, min_gain, unknown_margin, 1.0)
+    greedy, reason = _safe_greedy(ranking, default_model, min_gain, unknown_margin, 1.0, tolerance)
     if exploration > 0 and len(ranking) > 1:
         share = exploration / len(ranking)
         if rng.random() < exploration:
@@ -340,20 +381,46 @@ def _safe_greedy(
     min_gain: float,
     unknown_margin: float,
     prior_strength: float,
+    tolerance: float = 0.0,
 ) -> tuple[Scored, str]:
     """The best of a ranking sorted best first, but for the safety rule (see the module
-    docstring); an unknown model's margin shrinks with its evidence."""
+    docstring), then with a `tolerance` the cheapest within it (`_cheapest_within`).
+    The margin for what a P may be off shrinks with each model's evidence."""
     greedy = ranking[0]
+    choice, reason = greedy, "ml"
     anchor = next((s for s in ranking if s.name == default_model), None)
     if anchor is None:
         anchor = next((s for s in ranking if s.known), None)
     if anchor is not None and greedy is not anchor:
+        # Each one's doubt shrinks with its own evidence.
+        doubt_g = prior_strength / (prior_strength + greedy.evidence_count)
+        doubt_a = prior_strength / (prior_strength + anchor.evidence_count)
         margin = 0.0
+        if not anchor.known:
+            margin = SWITCH_Z * math.hypot(greedy.spread * doubt_g, anchor.spread * doubt_a)
         if not greedy.known:
-            margin = unknown_margin * prior_strength / (prior_strength + greedy.evidence_count)
+            margin += unknown_margin * doubt_g
         if greedy.utility - anchor.utility < min_gain + margin:
-            return anchor, "pinned"
-    return greedy, "ml"
+            choice, reason = anchor, "pinned"
+    if tolerance > 0:
+        cheaper = _cheapest_within(ranking, choice, tolerance)
+        if cheaper is not choice:
+            return cheaper, "cheaper"
+    return choice, reason
+
+
+def _cheapest_within(ranking: Sequence[Scored], choice: Scored, tolerance: float) -> Scored:
+    """The quickest candidate (expected seconds) whose utility is within `tolerance` of
+    `choice`'s, `choice` itself when none is quicker. The utilities are taken as they
+    are, without a discount for a spread: a model the artifact never saw would then
+    never be the cheaper one, and a profile that weighs cost would cost what `best`
+    does in a fleet of such models."""
+    bar = choice.utility - tolerance
+    best = choice
+    for s in ranking:
+        if s.seconds < best.seconds and s.utility >= bar:
+            best = s
+    return best
 
 
 @dataclass
@@ -457,6 +524,7 @@ def choose(
     draws: int = DRAWS,
     known_prior_strength: float = KNOWN_PRIOR_STRENGTH,
     kinds: Mapping[str, Mapping[str, Sequence[float]]] | Evidence | None = None,
+    tolerance: float = 0.0,
     optimism: float = OPTIMISM,
 ) -> Chosen:
     """The choice for one request from `rank`'s ranking (prior utilities, best first)
@@ -467,7 +535,7 @@ def choose(
     each candidate's utility once there is evidence. With no evidence and no
     exploration this is `pick`'s greedy choice. See the module docstring."""
     prior_choice, reason = _safe_greedy(
-        ranking, default_model, min_gain, unknown_margin, prior_strength
+        ranking, default_model, min_gain, unknown_margin, prior_strength, tolerance
     )
     blended = ranking
     every_kind = kinds.table if isinstance(kinds, Evidence) else kinds
@@ -506,7 +574,7 @@ def choose(
             blended.append(s.blended(blend, got, totals.get(s.name), bonus))
         blended.sort(key=_UTILITY, reverse=True)
         greedy, reason = _safe_greedy(
-            blended, default_model, min_gain, unknown_margin, prior_strength
+            blended, default_model, min_gain, unknown_margin, prior_strength, tolerance
         )
         if greedy.name != prior_choice.name:
             reason = "learned"

@@ -18,6 +18,11 @@ from aiohttp import web
 
 ANSWER_WORDS = ("Rayleigh ", "scattering ", "makes ", "the ", "sky ", "blue.")
 ANSWER = "".join(ANSWER_WORDS)
+# With tools (and no tool's answer last), a call of the first tool, its arguments in
+# pieces; with a response_format, JSON.
+CALL_ID = "call_standin"
+CALL_PIECES = ('{"city": ', '"Paris"}')
+JSON_WORDS = ('{"colour": ', '"blue"}')
 OPENAI_KEY = "sk-standin-openai"
 ANTHROPIC_KEY = "sk-ant-standin"
 
@@ -84,13 +89,19 @@ async def _openai(request: web.Request) -> web.StreamResponse:
         "total_tokens": prompt + completion,
     }
     base = {"id": "chatcmpl-standin", "created": 1, "model": body["model"]}
+    messages = body.get("messages") or [{}]
+    if body.get("tools") and messages[-1].get("role") != "tool":
+        return await _openai_call(request, body, base, prompt)
+    words = JSON_WORDS if body.get("response_format") else ANSWER_WORDS
+    completion = len(words)
+    usage["completion_tokens"], usage["total_tokens"] = completion, prompt + completion
     if not body.get("stream"):
-        message = {"role": "assistant", "content": ANSWER}
+        message = {"role": "assistant", "content": "".join(words)}
         choice = {"index": 0, "message": message, "finish_reason": "stop"}
         return web.json_response({**base, "choices": [choice], "usage": usage})
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
-    for i, word in enumerate(ANSWER_WORDS):
+    for i, word in enumerate(words):
         delta = {"role": "assistant", "content": word} if i == 0 else {"content": word}
         choice = {"index": 0, "delta": delta, "finish_reason": None}
         chunk = {**base, "object": "chat.completion.chunk", "choices": [choice]}
@@ -101,6 +112,34 @@ async def _openai(request: web.Request) -> web.StreamResponse:
     if (body.get("stream_options") or {}).get("include_usage"):
         chunk = {**base, "object": "chat.completion.chunk", "choices": [], "usage": usage}
         await response.write(_sse(chunk))
+    await response.write(b"data: [DONE]\n\n")
+    await response.write_eof()
+    return response
+
+
+async def _openai_call(
+    request: web.Request, body: dict[str, Any], base: dict[str, Any], prompt: int
+) -> web.StreamResponse:
+    """A streamed call of the first tool, as OpenAI streams one."""
+    name = body["tools"][0]["function"]["name"]
+    first = {"index": 0, "id": CALL_ID, "type": "function"}
+    pieces = [{**first, "function": {"name": name, "arguments": ""}}] + [
+        {"index": 0, "function": {"arguments": a}} for a in CALL_PIECES
+    ]
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    for i, piece in enumerate(pieces):
+        delta: dict[str, Any] = {"tool_calls": [piece]}
+        if i == 0:
+            delta = {"role": "assistant", "content": None, **delta}
+        choice = {"index": 0, "delta": delta, "finish_reason": None}
+        await response.write(_sse({**base, "object": "chat.completion.chunk", "choices": [choice]}))
+    end = {"index": 0, "delta": {}, "finish_reason": "tool_calls"}
+    await response.write(_sse({**base, "object": "chat.completion.chunk", "choices": [end]}))
+    usage = {"prompt_tokens": prompt, "completion_tokens": 3, "total_tokens": prompt + 3}
+    await response.write(
+        _sse({**base, "object": "chat.completion.chunk", "choices": [], "usage": usage})
+    )
     await response.write(b"data: [DONE]\n\n")
     await response.write_eof()
     return response

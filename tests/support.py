@@ -4,6 +4,7 @@ that the official clients (sync and async) reach them over real sockets."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shutil
 import socket
 import tempfile
@@ -125,8 +126,10 @@ class Proxy:
             sections["usage"] = Usage(
                 file_path=f"{self._scratch}/events.jsonl", spool_dir=f"{self._scratch}/spool"
             )
+        # A test's `listen` keeps its other settings; the port is the free one.
+        listen = dataclasses.replace(sections.pop("listen", Listen()), port=self.port)
         self.config = Config(
-            listen=Listen(port=self.port),
+            listen=listen,
             backends=tuple(u if isinstance(u, Backend) else Backend(url=u) for u in backends),
             **sections,
         ).check()

@@ -31,6 +31,7 @@ def selector(tmp_path: Path, **overrides: Any) -> Selector:
         "fast": Profile(cost_weight=1.0),
         "coders": Profile(cost_weight=0.0, allow=("qwen2.5-coder:7b", "codegemma:7b")),
         "nomixtral": Profile(cost_weight=0.0, deny=("mixtral:8x7b",)),
+        "thrifty": Profile(cost_weight=0.0, tolerance=0.1),
     }
     settings: dict[str, Any] = {
         "artifact": str(tmp_path / "missing.onnx"),
@@ -121,11 +122,32 @@ async def test_profiles_move_the_choice(auto_proxy: Proxy) -> None:
     assert nomix["filtered"].get("mixtral:8x7b") == "in the profile's deny list"
 
 
+async def test_a_tolerance_takes_the_quickest_model_within_it(auto_proxy: Proxy) -> None:
+    _, best = await explain(auto_proxy, chat("auto:best"))
+    _, thrifty = await explain(auto_proxy, chat("auto:thrifty"))
+    assert thrifty["rule"] == {"cost_weight": 0.0, "tolerance": 0.1, "min_gain": 0.02}
+    by_name = {r["model"]: r for r in thrifty["ranking"]}
+    top = by_name[best["model"]]["utility"]
+    within = [r for r in thrifty["ranking"] if r["utility"] >= top - 0.1]
+    quickest = min(within, key=lambda r: r["expected_seconds"])
+    assert thrifty["model"] == quickest["model"] != best["model"]
+    assert all("spread" in r for r in thrifty["ranking"])
+
+
 async def test_unknown_profile_and_impossible_requests_are_400(auto_proxy: Proxy) -> None:
     async with aiohttp.ClientSession() as session:
         async with session.post(auto_proxy.url + "/api/chat", json=chat("auto:nope")) as resp:
             assert resp.status == 400
             assert "unknown profile 'auto:nope'" in (await resp.json())["error"]
+        # Embeddings take `selector.embedding_model` whatever the profile, but one that
+        # does not exist is refused the same way.
+        embed = {"model": "auto:nope", "input": "x"}
+        async with session.post(auto_proxy.url + "/api/embed", json=embed) as resp:
+            assert resp.status == 400
+            assert "unknown profile 'auto:nope'" in (await resp.json())["error"]
+        async with session.post(auto_proxy.url + "/v1/embeddings", json=embed) as resp:
+            assert resp.status == 400
+            assert "unknown profile 'auto:nope'" in (await resp.json())["error"]["message"]
         body = chat("auto:coders", tools=TOOLS)
         body["messages"][0]["images"] = [PIXEL_PNG]
         async with session.post(auto_proxy.url + "/api/chat", json=body) as resp:
@@ -154,7 +176,9 @@ def test_official_clients_see_the_chosen_model(auto_proxy: Proxy) -> None:
         client.chat(model="auto", messages=[{"role": "user", "content": "hi"}], stream=True)
     )
     names = {c.model for c in chunks}
-    assert len(names) == 1 and "auto" not in names.pop()
+    assert len(names) == 1
+    name = names.pop()
+    assert name and "auto" not in name
     reply = client.generate(model="auto:fast", prompt="hi")
     assert reply.model and not reply.model.startswith("auto")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import Iterator
 
 import aiohttp
@@ -31,12 +32,19 @@ BAD_BODIES = [
 
 
 async def raw(
-    url: str, method: str, path: str, body: bytes | None = None
+    url: str,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, str, bytes]:
     async with (
         aiohttp.ClientSession() as session,
         session.request(
-            method, url + path, data=body, headers={"Content-Type": "application/json"}
+            method,
+            url + path,
+            data=body,
+            headers={"Content-Type": "application/json", **(headers or {})},
         ) as resp,
     ):
         return resp.status, resp.headers.get("Content-Type", ""), await resp.read()
@@ -53,6 +61,32 @@ async def test_malformed_bodies_get_the_backends_own_error(
     assert proxied == direct
     assert 400 <= direct[0] < 500
     assert "error" in orjson.loads(direct[2])
+
+
+GENERATE = b'{"model": "qwen2.5:7b", "prompt": "Hello", "stream": false}'
+ENCODED = [
+    ("/api/generate", "gzip", GENERATE),
+    ("/api/generate", "gzip", gzip.compress(GENERATE, mtime=0)),
+    ("/api/chat", "br", b'{"model": "qwen2.5:7b", "messages": [], "stream": false}'),
+    ("/v1/chat/completions", "deflate", b'{"model": "qwen2.5:7b", "messages": []}'),
+    ("/api/pull", "gzip", b'{"model": "qwen2.5:7b", "stream": false}'),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "encoding", "body"),
+    ENCODED,
+    ids=[f"{p} {e} {b[:8]!r}" for p, e, b in ENCODED],
+)
+async def test_content_encoding_is_not_decoded(
+    emulator: Emulator, proxy: Proxy, path: str, encoding: str, body: bytes
+) -> None:
+    """Ollama reads a body's bytes whatever its Content-Encoding says: the JSON as
+    sent, a compressed body as the JSON error it is; never a 5xx of the proxy's."""
+    headers = {"Content-Encoding": encoding}
+    direct = await raw(emulator.url, "POST", path, body, headers)
+    assert direct[0] < 500
+    assert await raw(proxy.url, "POST", path, body, headers) == direct
 
 
 @pytest.mark.parametrize(
@@ -74,6 +108,18 @@ async def test_wrong_methods_and_unknown_paths_pass_through(
     assert await raw(proxy.url, method, path) == direct
 
 
+@pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions", "/api/pull"])
+async def test_a_body_of_megabytes_is_served(emulator: Emulator, proxy: Proxy, path: str) -> None:
+    """Ollama sets no body limit (a picture for a vision model runs to megabytes): a
+    body well over aiohttp's default 1 MiB is answered as a small one is."""
+    picture = "A" * (3 * 1024 * 1024)
+    message = {"role": "user", "content": "What is this?", "images": [picture]}
+    body = orjson.dumps({"model": "llava:7b", "messages": [message], "stream": False})
+    direct = await raw(emulator.url, "POST", path, body)
+    assert direct[0] == 200, direct
+    assert await raw(proxy.url, "POST", path, body) == direct
+
+
 @pytest.fixture
 def small_limit_proxy(servers: ServerThread, emulator: Emulator) -> Iterator[Proxy]:
     prx = Proxy(servers, [emulator.url], limits=Limits(max_body_bytes=1024))
@@ -81,7 +127,7 @@ def small_limit_proxy(servers: ServerThread, emulator: Emulator) -> Iterator[Pro
     prx.stop()
 
 
-@pytest.mark.parametrize("path", ["/api/generate", "/v1/chat/completions"])
+@pytest.mark.parametrize("path", ["/api/generate", "/v1/chat/completions", "/v1/messages"])
 async def test_body_over_the_limit_is_413_in_ollama_shape(
     small_limit_proxy: Proxy, path: str
 ) -> None:
@@ -89,8 +135,12 @@ async def test_body_over_the_limit_is_413_in_ollama_shape(
     status, content_type, answer = await raw(small_limit_proxy.url, "POST", path, body)
     assert status == 413
     assert content_type.startswith("application/json")
-    error = orjson.loads(answer)["error"]
+    doc = orjson.loads(answer)
+    error = doc["error"]
     message = error["message"] if path.startswith("/v1/") else error
+    if path == "/v1/messages":  # Anthropic's shape, as Ollama's Anthropic layer answers
+        assert doc["type"] == "error" and error["type"] == "request_too_large"
+        assert doc["request_id"].startswith("req_")
     assert "too large" in message and "1024" in message
     # The proxy still serves the next request.
     ok = await raw(

@@ -205,6 +205,23 @@ def test_a_hit_replays_the_miss(case: str, caching: Proxy, own_emulator: Emulato
         assert health["entries"] == 1
 
 
+def test_a_hit_names_its_own_origin(caching: Proxy) -> None:
+    """A browser's answer names its origin (the backend's CORS headers on a miss):
+    a hit names the hit's origin, or none, never the one the miss was made for."""
+    path, doc = CASES["chat-whole"]
+    miss = fetch(caching, path, doc, {"Origin": "http://localhost:3000"})
+    assert miss.header("Access-Control-Allow-Origin") == "http://localhost:3000"
+    wait_stored(caching, 1)
+    hit = fetch(caching, path, doc, {"Origin": "vscode-webview://editor"})
+    assert hit.header("X-Autoroute-Cache") == "hit"
+    allowed = [v for n, v in hit.headers if n.lower() == "access-control-allow-origin"]
+    assert allowed == ["vscode-webview://editor"]
+    assert [v for n, v in hit.headers if n.lower() == "vary"] == ["Origin"]
+    plain = fetch(caching, path, doc)
+    assert plain.header("X-Autoroute-Cache") == "hit"
+    assert plain.header("Access-Control-Allow-Origin") is None and plain.header("Vary") is None
+
+
 def test_streams_and_whole_answers_are_separate_entries(caching: Proxy) -> None:
     path, doc = CASES["generate-ndjson"]
     fetch(caching, path, doc)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -81,6 +82,14 @@ async def answer_to(port: int, data: bytes) -> bytes:
         return await read_until_closed(sock)
     finally:
         sock.close()
+
+
+def go_answer(answer: bytes) -> bytes:
+    """A refusal the proxy wrote raw, as Go writes it: without the proxy's
+    `X-Request-Id`, which it must carry (22 hex digits, as the proxy's ids)."""
+    named = re.search(rb"\r\nX-Request-Id: ([0-9a-f]{22})\r\n", answer)
+    assert named is not None, answer[:200]
+    return answer[: named.start()] + answer[named.end() - 2 :]
 
 
 async def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
@@ -206,7 +215,7 @@ async def test_heads_over_the_limit_get_gos_431(slow_heads: Proxy, head: bytes) 
         assert b"\r\nConnection: close\r\n" in b"\r\n" + rest
         assert answer.endswith(b"\r\n\r\n431 Request Header Fields Too Large")
     else:
-        assert answer == HEAD_TOO_LARGE  # byte for byte what Go writes
+        assert go_answer(answer) == HEAD_TOO_LARGE  # byte for byte what Go writes
     assert (await generate(slow_heads.url))["done"] is True
 
 
@@ -228,7 +237,7 @@ async def test_unparsable_requests_leave_no_request_bytes_in_logs(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     answer = await answer_to(slow_heads.port, request_bytes)
-    assert answer in (BAD_REQUEST, HEAD_TOO_LARGE)
+    assert go_answer(answer) in (BAD_REQUEST, HEAD_TOO_LARGE)
     assert SECRET not in caplog.text
     assert SECRET.encode() not in answer
     refused = [r for r in caplog.records if r.name == "autoroute.clients"]

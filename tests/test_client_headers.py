@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from proxy.app import APP_KEY
-from proxy.config import Health, Usage
+from proxy.config import Health, Listen, Usage
 from proxy.logs import AccessLog
 from proxy.outcome import Decided, Outcome, Served
 from proxy.usage import event as ev
@@ -292,3 +292,81 @@ async def test_a_failing_completion_hook_costs_no_other_hook_its_record(
     (event,) = await events_of(file_proxy, 1)
     assert event["served_model"] == model
     assert "observer bug" in caplog.text
+
+
+async def cors(url: str, method: str, path: str, origin: str) -> tuple[int, dict[str, str], bytes]:
+    """A browser's request from `origin`: status, headers (several values joined by
+    ", "), body."""
+    headers = {"Origin": origin, "Access-Control-Request-Method": "POST"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(method, url + path, headers=headers, data=b"{}") as resp,
+    ):
+        joined = {name: ", ".join(resp.headers.getall(name)) for name in resp.headers}
+        return resp.status, joined, await resp.read()
+
+
+async def test_browsers_get_ollamas_cross_origin_answers(
+    own_proxy: Proxy, own_emulator: Emulator
+) -> None:
+    """Ollama's CORS policy on every path: an origin it refuses is 403 before any
+    backend or endpoint, a preflight from one it allows is 204 with what it permits,
+    and an answer the proxy makes itself names the allowed origin."""
+    # The proxy polls /api/tags by itself; these two only a client's request reaches.
+    relayed = ("/api/chat", "/no/such/path")
+    seen = [own_emulator.state.requests[path] for path in relayed]
+    for path in ("/api/chat", "/api/tags", "/api/autoroute/feedback", "/no/such/path"):
+        status, headers, body = await cors(own_proxy.url, "POST", path, "http://evil.example")
+        assert status == 403 and "Access-Control-Allow-Origin" not in headers
+        assert orjson.loads(body) == {"error": "origin not allowed: http://evil.example"}
+        status, headers, _ = await cors(own_proxy.url, "OPTIONS", path, "http://localhost:3000")
+        assert status == 204
+        assert headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
+        assert "POST" in headers["Access-Control-Allow-Methods"].split(",")
+        assert "Content-Type" in headers["Access-Control-Allow-Headers"].split(",")
+        assert headers["Vary"].startswith("Origin")
+    assert [own_emulator.state.requests[path] for path in relayed] == seen
+    # Bytes that are not UTF-8, even where a pattern would match: refused, readably.
+    status, _, body = await raw_request(
+        own_proxy.port, "GET", "/api/tags", [(b"Origin", b"http://localhost:\x80")]
+    )
+    assert status == 403
+    assert orjson.loads(body) == {"error": "origin not allowed: http://localhost:\ufffd"}
+    for origin in ("vscode-webview://abc", "http://127.0.0.1:8080", "tauri://localhost"):
+        status, headers, _ = await cors(own_proxy.url, "GET", "/api/tags", origin)
+        assert status == 200 and headers["Access-Control-Allow-Origin"] == origin
+        assert headers["Vary"] == "Origin"
+    # The proxy's own page is no cross-origin request.
+    own = f"http://127.0.0.1:{own_proxy.port}"
+    status, headers, _ = await cors(own_proxy.url, "GET", "/api/autoroute/health", own)
+    assert status == 200 and "Access-Control-Allow-Origin" not in headers
+    # A relayed answer has the backend's own headers, once.
+    status, headers, _ = await cors(own_proxy.url, "GET", "/api/version", "http://localhost")
+    assert status == 200
+    assert headers["Access-Control-Allow-Origin"] == "http://localhost"
+    assert headers["Vary"] == "Origin"
+
+
+@pytest.mark.parametrize(
+    ("origins", "origin", "allowed"),
+    [
+        (("chrome-extension://*",), "chrome-extension://abcdef", "chrome-extension://abcdef"),
+        (("https://ui.example",), "https://ui.example", "https://ui.example"),
+        (("https://ui.example",), "https://other.example", None),
+        (("*",), "https://anyone.example", "*"),
+    ],
+)
+async def test_listen_origins_allow_more_as_ollama_origins_does(
+    servers: ServerThread,
+    own_emulator: Emulator,
+    origins: tuple[str, ...],
+    origin: str,
+    allowed: str | None,
+) -> None:
+    prx = Proxy(servers, [own_emulator.url], listen=Listen(origins=origins))
+    try:
+        status, headers, _ = await cors(prx.url, "GET", "/api/tags", origin)
+    finally:
+        prx.stop()
+    assert status == (200 if allowed else 403)
+    assert headers.get("Access-Control-Allow-Origin") == allowed

@@ -22,6 +22,8 @@ from tests.cloud_standin import (
     ANSWER,
     ANSWER_WORDS,
     ANTHROPIC_KEY,
+    CALL_ID,
+    JSON_WORDS,
     OPENAI_KEY,
     Seen,
     create_app,
@@ -94,8 +96,13 @@ def sse(body: bytes) -> list[Any]:
     return out
 
 
-async def post(url: str, body: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
-    async with aiohttp.ClientSession() as session, session.post(url, json=body) as resp:
+async def post(
+    url: str, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, json=body, headers=headers) as resp,
+    ):
         return resp.status, dict(resp.headers), await resp.read()
 
 
@@ -116,12 +123,15 @@ async def test_every_local_backend_down_falls_back_in_every_shape(
 ) -> None:
     proxy = Proxy(servers, [dead_url()], cloud=cloud_section(cloud_server.url, api))
     try:
-        # Ollama's NDJSON stream.
+        # Ollama's NDJSON stream, to a browser page Ollama lets in.
         status, headers, body = await post(
-            proxy.url + "/api/chat", {"model": LOCAL, "messages": MESSAGES}
+            proxy.url + "/api/chat",
+            {"model": LOCAL, "messages": MESSAGES},
+            {"Origin": "http://localhost:3000"},
         )
         assert status == 200, body
         assert headers["X-Autoroute-Backend"] == f"cloud:{api}"
+        assert headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
         assert headers["Content-Type"].startswith("application/x-ndjson")
         check_ollama_stream(ndjson(body), "message")
         # One Ollama body.
@@ -162,14 +172,180 @@ async def test_every_local_backend_down_falls_back_in_every_shape(
         assert len(cloud_server.seen.bodies) == 4
         # What the translation would change the meaning of stays out of the cloud.
         status, _, body = await post(
-            proxy.url + "/api/chat", {"model": LOCAL, "messages": MESSAGES, "format": "json"}
+            proxy.url + "/api/generate", {"model": LOCAL, "prompt": "?", "images": ["aGk="]}
         )
         assert status == 503
         assert orjson.loads(body)["error"] == (
-            "no local backend can serve this request and the cloud fallback does not send 'format'"
+            "no local backend can serve this request and the cloud fallback does not send 'images'"
         )
+        if api == "anthropic":
+            status, _, body = await post(
+                proxy.url + "/api/chat", {"model": LOCAL, "messages": MESSAGES, "format": "json"}
+            )
+            assert status == 503
+            assert orjson.loads(body)["error"] == (
+                "no local backend can serve this request and the cloud fallback sends "
+                "a format only to OpenAI-compatible providers"
+            )
         assert len(cloud_server.seen.bodies) == 4
         assert {b["model"] for b in cloud_server.seen.bodies} == {f"{api}-standin-model"}
+    finally:
+        proxy.stop()
+
+
+TOOLS: list[Any] = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The weather in a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    }
+]
+CALL = {"name": "get_weather", "arguments": {"city": "Paris"}}
+
+
+async def test_tools_and_formats_reach_an_openai_provider_and_come_back_in_the_clients_shape(
+    servers: ServerThread, cloud_server: StandIn
+) -> None:
+    proxy = Proxy(servers, [dead_url()], cloud=cloud_section(cloud_server.url))
+    seen = cloud_server.seen
+    try:
+        # Ollama's shape: the call whole, its arguments an object, in a chunk of its own
+        # before the final one, or in the one body; "stop" as Ollama says it.
+        ask = {"model": LOCAL, "messages": MESSAGES, "tools": TOOLS}
+        status, _, body = await post(proxy.url + "/api/chat", ask)
+        assert status == 200, body
+        *calls, last = ndjson(body)
+        assert [c["message"]["tool_calls"] for c in calls] == [
+            [{"id": CALL_ID, "function": {"index": 0, **CALL}}]
+        ]
+        assert last["done"] is True and last["done_reason"] == "stop"
+        assert seen.bodies[-1]["tools"] == TOOLS
+        status, _, body = await post(proxy.url + "/api/chat", {**ask, "stream": False})
+        assert status == 200, body
+        (call,) = orjson.loads(body)["message"]["tool_calls"]
+        assert call["function"]["arguments"] == {"city": "Paris"}
+        # The tool's answer goes back with the call it answers (an id made for an
+        # Ollama call without one), and the model's text comes back.
+        history = [
+            *MESSAGES,
+            {"role": "assistant", "content": "", "tool_calls": [{"function": CALL}]},
+            {"role": "tool", "content": "18 degrees", "tool_name": "get_weather"},
+        ]
+        status, _, body = await post(
+            proxy.url + "/api/chat",
+            {"model": LOCAL, "messages": history, "tools": TOOLS, "stream": False},
+        )
+        assert status == 200, body
+        assert orjson.loads(body)["message"]["content"] == ANSWER
+        assert seen.bodies[-1]["messages"][1:] == [
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "call_0",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},
+                    }
+                ],
+            },
+            {"role": "tool", "content": "18 degrees", "tool_call_id": "call_0"},
+        ]
+        # Ollama's format: "json" and a schema, as OpenAI's response_format.
+        schema = {"type": "object", "properties": {"colour": {"type": "string"}}}
+        for given, sent in (
+            ("json", {"type": "json_object"}),
+            (
+                schema,
+                {"type": "json_schema", "json_schema": {"name": "response", "schema": schema}},
+            ),
+        ):
+            status, _, body = await post(
+                proxy.url + "/api/generate",
+                {"model": LOCAL, "prompt": "Colour?", "format": given, "stream": False},
+            )
+            assert status == 200, body
+            assert orjson.loads(orjson.loads(body)["response"]) == {"colour": "blue"}
+            assert seen.bodies[-1]["response_format"] == sent
+    finally:
+        proxy.stop()
+
+
+def test_the_official_clients_get_tool_calls_and_json_from_the_fallback(
+    servers: ServerThread, cloud_server: StandIn
+) -> None:
+    proxy = Proxy(servers, [dead_url()], cloud=cloud_section(cloud_server.url))
+    try:
+        client = ollama.Client(host=proxy.url)
+        for stream in (False, True):
+            answers = client.chat(LOCAL, messages=MESSAGES, tools=TOOLS, stream=stream)
+            calls = [
+                c
+                for a in ([answers] if not stream else answers)
+                for c in a.message.tool_calls or []
+            ]
+            assert [(c.function.name, dict(c.function.arguments)) for c in calls] == [
+                ("get_weather", {"city": "Paris"})
+            ]
+        sdk = openai.OpenAI(base_url=proxy.url + "/v1", api_key="unused", max_retries=0)
+        completion = sdk.chat.completions.create(
+            model=LOCAL, messages=MESSAGES, tools=TOOLS, tool_choice="auto"
+        )
+        choice = completion.choices[0]
+        assert choice.finish_reason == "tool_calls"
+        (call,) = choice.message.tool_calls or []
+        assert call.id == CALL_ID and call.type == "function"
+        assert call.function.name == "get_weather"
+        assert orjson.loads(call.function.arguments) == {"city": "Paris"}
+        assert cloud_server.seen.bodies[-1]["tool_choice"] == "auto"
+        chunks = list(
+            sdk.chat.completions.create(model=LOCAL, messages=MESSAGES, tools=TOOLS, stream=True)
+        )
+        pieces = [t for c in chunks if c.choices for t in c.choices[0].delta.tool_calls or []]
+        assert pieces[0].id == CALL_ID and pieces[0].function is not None
+        assert pieces[0].function.name == "get_weather"
+        arguments = "".join(p.function.arguments or "" for p in pieces if p.function)
+        assert orjson.loads(arguments) == {"city": "Paris"}
+        assert chunks[-1].choices[0].finish_reason == "tool_calls"
+        # The answer to the call, then JSON by response_format.
+        answered = sdk.chat.completions.create(
+            model=LOCAL,
+            messages=[
+                *MESSAGES,
+                {"role": "assistant", "tool_calls": [call.model_dump()]},
+                {"role": "tool", "tool_call_id": call.id, "content": "18 degrees"},
+            ],
+            tools=TOOLS,
+        )
+        assert answered.choices[0].message.content == ANSWER
+        sent = cloud_server.seen.bodies[-1]["messages"]
+        assert sent[-1] == {"role": "tool", "content": "18 degrees", "tool_call_id": CALL_ID}
+        as_json = sdk.chat.completions.create(
+            model=LOCAL, messages=MESSAGES, response_format={"type": "json_object"}
+        )
+        assert as_json.choices[0].message.content == "".join(JSON_WORDS)
+        assert cloud_server.seen.bodies[-1]["response_format"] == {"type": "json_object"}
+    finally:
+        proxy.stop()
+
+
+def test_an_anthropic_provider_is_not_sent_tools(
+    servers: ServerThread, cloud_server: StandIn
+) -> None:
+    proxy = Proxy(servers, [dead_url()], cloud=cloud_section(cloud_server.url, "anthropic"))
+    try:
+        with pytest.raises(ollama.ResponseError) as refused:
+            ollama.Client(host=proxy.url).chat(LOCAL, messages=MESSAGES, tools=TOOLS)
+        assert refused.value.status_code == 503
+        assert "sends tools only to OpenAI-compatible providers" in refused.value.error
+        assert cloud_server.seen.bodies == []
     finally:
         proxy.stop()
 
@@ -346,6 +522,55 @@ async def test_auto_falls_back_when_its_choice_fails_and_learns_nothing_from_it(
         assert app.learner.observed == 1
         last = orjson.loads(event_lines(events)[-1])
         assert last["provider"] == "openai" and last["decision"]["chosen"]
+    finally:
+        proxy.stop()
+
+
+async def test_the_served_model_is_the_one_the_client_sees(
+    servers: ServerThread, own_emulator: Emulator, cloud_server: StandIn
+) -> None:
+    """The usage event's served_model is the answer's model as the client sees it: the
+    one named, auto's choice (X-Autoroute-Model), or the cloud model standing in (in
+    X-Autoroute-Model and the answer's body)."""
+    section = cloud_section(cloud_server.url, models={"gone:1b": "gpt-x", "auto:fast": "fast-x"})
+    proxy = Proxy(servers, [own_emulator.url], cloud=section)
+    events = Path(proxy.config.usage.file_path)
+    try:
+        asked = [
+            ({"model": LOCAL}, LOCAL),
+            ({"model": "gone:1b"}, "gpt-x"),  # mapped, listed by no backend
+        ]
+        for body, model in asked:
+            status, headers, answer = await post(
+                proxy.url + "/api/chat", {**body, "messages": MESSAGES, "stream": False}
+            )
+            assert status == 200, answer
+            assert headers.get("X-Autoroute-Model") == model
+            assert orjson.loads(answer)["model"] == model
+        status, headers, answer = await post(
+            proxy.url + "/api/chat", {"model": "auto:fast", "messages": MESSAGES, "stream": False}
+        )
+        assert status == 200 and "X-Autoroute-Backend" not in headers, answer
+        chosen = headers["X-Autoroute-Model"]
+        own_emulator.stop()  # auto's choice fails at the relay: the cloud stands in
+        status, headers, answer = await post(
+            proxy.url + "/api/chat", {"model": "auto:fast", "messages": MESSAGES, "stream": True}
+        )
+        assert status == 200, answer
+        assert headers["X-Autoroute-Backend"] == "cloud:openai"
+        assert headers["X-Autoroute-Model"] == "fast-x"
+        assert {line["model"] for line in ndjson(answer)} == {"fast-x"}
+        await wait_until(lambda: len(event_lines(events)) == 4)
+        logged = [orjson.loads(line) for line in event_lines(events)]
+        (local,) = (s.label for s in proxy.app[APP_KEY].backends.states)
+        served = [(e["requested_model"], e["served_model"], e["backend"]) for e in logged]
+        assert served == [
+            (LOCAL, LOCAL, local),
+            ("gone:1b", "gpt-x", "cloud:openai"),
+            ("auto:fast", chosen, local),
+            ("auto:fast", "fast-x", "cloud:openai"),
+        ]
+        assert logged[3]["decision"]["chosen"] == chosen  # what auto decided stays as it was
     finally:
         proxy.stop()
 

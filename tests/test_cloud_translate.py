@@ -266,12 +266,28 @@ def test_requests_become_each_apis_own() -> None:
     [
         (CHAT, {"messages": []}, "needs messages"),
         (CHAT, {"messages": [{"role": "system", "content": "x"}]}, "needs a user message"),
-        (CHAT, {"messages": [{"role": "tool", "content": "x"}]}, "role"),
+        (CHAT, {"messages": [{"role": "tool", "content": "x"}]}, "after the call it answers"),
+        (CHAT, {"messages": [{"role": "function", "content": "x"}]}, "role"),
+        (V1_CHAT, {"messages": [{"role": "tool", "content": "x"}]}, "tool_call_id"),
+        (CHAT, {"messages": MESSAGES, "tools": [{"type": "function"}]}, "function with a name"),
+        (CHAT, {"messages": MESSAGES, "format": "yaml"}, "format must be"),
+        (V1_CHAT, {"messages": MESSAGES, "response_format": {"type": "x"}}, "response_format"),
+        (
+            CHAT,
+            {
+                "messages": [
+                    {
+                        "role": "assistant",
+                        "tool_calls": [{"function": {"name": "f", "arguments": "{}"}}],
+                    }
+                ]
+            },
+            "arguments must be an object",
+        ),
         (GENERATE, {"prompt": ""}, "needs a prompt"),
         (CHAT, {"messages": MESSAGES, "options": {"temperature": "hot"}}, "temperature"),
         (V1_CHAT, {"messages": MESSAGES, "stop": 3}, "stop"),
-        (CHAT, {"messages": MESSAGES, "tools": [{"type": "function"}]}, "'tools'"),
-        (CHAT, {"messages": MESSAGES, "format": "json"}, "'format'"),
+        (GENERATE, {"prompt": "x", "tools": [{"type": "function"}]}, "'tools'"),
         (GENERATE, {"prompt": "x", "images": ["aGk="]}, "'images'"),
         (CHAT, {"messages": [{"role": "user", "content": "x", "images": ["aGk="]}]}, "images"),
         (
@@ -286,3 +302,131 @@ def test_requests_the_cloud_cannot_take_are_the_clients_fault(
 ) -> None:
     with pytest.raises(TranslateError, match=message):
         read_request(path, doc)
+
+
+def openai_call_stream(tail: str = 'üße"}') -> bytes:
+    """A call of `f` with its arguments cut mid-string, as OpenAI streams one."""
+    pieces = [
+        {
+            "index": 0,
+            "id": "call_x",
+            "type": "function",
+            "function": {"name": "f", "arguments": ""},
+        },
+        {"index": 0, "function": {"arguments": '{"q": "Gr'}},
+        {"index": 0, "function": {"arguments": tail}},
+    ]
+    out = b""
+    for piece in pieces:
+        choice = {"index": 0, "delta": {"tool_calls": [piece]}, "finish_reason": None}
+        out += b"data: " + orjson.dumps({"choices": [choice]}) + b"\n\n"
+    out += b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}\n\n'
+    out += b'data: {"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3}}\n\n'
+    return out + b"data: [DONE]\n\n"
+
+
+OLLAMA_CALL = {"id": "call_x", "function": {"index": 0, "name": "f", "arguments": {"q": "Grüße"}}}
+TOOL_REQUEST = {"messages": MESSAGES, "tools": [{"type": "function", "function": {"name": "f"}}]}
+CALL_COUNTS = {**FINAL_COUNTS, "eval_count": 3}
+
+
+@pytest.mark.parametrize(
+    ("path", "request_doc", "expected"),
+    [
+        (
+            CHAT,
+            TOOL_REQUEST,
+            [
+                {
+                    "model": "cloud-m",
+                    "message": {"role": "assistant", "content": "", "tool_calls": [OLLAMA_CALL]},
+                    "done": False,
+                },
+                {
+                    "model": "cloud-m",
+                    "message": {"role": "assistant", "content": ""},
+                    **CALL_COUNTS,
+                },
+            ],
+        ),
+        (
+            CHAT,
+            {**TOOL_REQUEST, "stream": False},
+            [
+                {
+                    "model": "cloud-m",
+                    "message": {"role": "assistant", "content": "", "tool_calls": [OLLAMA_CALL]},
+                    **CALL_COUNTS,
+                }
+            ],
+        ),
+        (
+            V1_CHAT,
+            {**TOOL_REQUEST, "stream": False},
+            [
+                {
+                    "object": "chat.completion",
+                    "model": "cloud-m",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {
+                                "role": "assistant",
+                                "content": None,
+                                "tool_calls": [
+                                    {
+                                        "id": "call_x",
+                                        "type": "function",
+                                        "function": {"name": "f", "arguments": '{"q": "Grüße"}'},
+                                    }
+                                ],
+                            },
+                            "finish_reason": "tool_calls",
+                        }
+                    ],
+                    "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
+                }
+            ],
+        ),
+    ],
+)
+def test_tool_calls_read_whole_however_the_stream_is_cut(
+    path: str, request_doc: dict[str, Any], expected: list[Any]
+) -> None:
+    for pieces in splits(openai_call_stream()):
+        assert answer("openai", path, request_doc, pieces) == expected
+
+
+def test_a_v1_stream_passes_tool_call_pieces_on_as_they_come() -> None:
+    for pieces in splits(openai_call_stream()):
+        chunks = answer("openai", V1_CHAT, {**TOOL_REQUEST, "stream": True}, pieces)
+        deltas = [c["choices"][0]["delta"] for c in chunks[:-2]]
+        assert deltas[0]["role"] == "assistant"
+        calls = [t for d in deltas for t in d.get("tool_calls", ())]
+        assert calls[0]["id"] == "call_x" and calls[0]["function"]["name"] == "f"
+        arguments = "".join(t["function"]["arguments"] for t in calls)
+        assert orjson.loads(arguments) == {"q": "Grüße"}
+        assert chunks[-2]["choices"][0]["finish_reason"] == "tool_calls"
+        assert chunks[-1] == "[DONE]"
+
+
+def test_arguments_that_are_not_an_object_are_the_clouds_error() -> None:
+    translator = Translator("openai", CHAT, read_request(CHAT, TOOL_REQUEST), "m")
+    translator.feed(openai_call_stream(tail="üße"))  # the object never closed
+    with pytest.raises(CloudStreamError, match="not a JSON object"):
+        translator.finish()
+
+
+def test_tools_and_formats_go_to_openai_only() -> None:
+    chat = read_request(CHAT, {**TOOL_REQUEST, "format": {"type": "object"}})
+    assert chat.openai_only() == "tools"
+    body = cloud_body("openai", chat, "gpt", 4096)
+    assert body["tools"] == TOOL_REQUEST["tools"]
+    assert body["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "response", "schema": {"type": "object"}},
+    }
+    assert read_request(GENERATE, {"prompt": "x", "format": "json"}).openai_only() == "a format"
+    assert read_request(CHAT, {"messages": MESSAGES}).openai_only() is None
+    with pytest.raises(AssertionError):
+        cloud_body("anthropic", chat, "claude", 4096)

@@ -18,7 +18,7 @@ import pytest
 from aiohttp.test_utils import make_mocked_request
 
 from proxy.auth import hash_key
-from proxy.config import ApiKey, Auth, Health, Usage
+from proxy.config import ApiKey, Auth, Backend, Health, Usage
 from proxy.dashboard_series import BUCKET_SECONDS, BUCKETS, Recent
 from proxy.emulator import EmulatorSettings
 from proxy.outcome import Decided, Outcome, Served
@@ -35,9 +35,10 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 VIEWPORT = {"width": 1400, "height": 1400}
-SECTIONS = ("#backends", "#traffic", "#choices", "#usage")
+SECTIONS = ("#backends", "#memory", "#traffic", "#choices", "#usage")
 ADMIN = "ar-admin-dashboard-key"
 USER = "ar-user-dashboard-key"
+WARM = ("llama3.2:3b", "qwen2.5:7b")  # on 6 GB: the first fits, then the second does not
 PROMPTS = {
     "auto": "Write a Python function that merges two sorted lists.",
     "auto:fast": "Say hello.",
@@ -137,9 +138,11 @@ def _color_pixels(png: bytes, color: tuple[int, int, int], tolerance: int = 40) 
 
 @pytest.fixture
 def served(servers: ServerThread, tmp_path: Path) -> Iterator[tuple[Proxy, list[str]]]:
-    """Two emulators and a third backend nobody listens on (its circuit opens)."""
+    """Two emulators, the first with its memory configured and a warm set of which one
+    model fits, and a third backend nobody listens on (its circuit opens)."""
     settings = EmulatorSettings(chunk_delay_ms=1.0)
     emulators = [Emulator(servers, settings), Emulator(servers, settings)]
+    gpu = Backend(url=emulators[0].url, name="gpu", vram_gb=6.0, warm=WARM)
     dead = f"http://127.0.0.1:{free_port()}"
     usage = Usage(
         file_path=str(tmp_path / "events.jsonl"),
@@ -147,7 +150,8 @@ def served(servers: ServerThread, tmp_path: Path) -> Iterator[tuple[Proxy, list[
         flush_interval_seconds=0.02,
     )
     health = Health(interval_seconds=0.1, failure_threshold=1, open_seconds=3600)
-    prx = Proxy(servers, [*(e.url for e in emulators), dead], usage=usage, health=health)
+    backends = [gpu, Backend(url=emulators[1].url), Backend(url=dead)]
+    prx = Proxy(servers, backends, usage=usage, health=health)
     yield prx, [e.url for e in emulators]
     prx.stop()
     for emulator in emulators:
@@ -165,6 +169,13 @@ def test_dashboard_in_chromium(
         return any(b["loaded"] for b in doc["backends"])
 
     _wait_for(loaded, "a backend's /api/ps to list a loaded model")
+
+    def warmed() -> bool:
+        doc = orjson.loads(_call(prx.url, "/api/autoroute/status")[2])
+        warm = doc["backends"][0]["warm"]
+        return warm.get(WARM[0]) == "loaded" and WARM[1] in warm
+
+    _wait_for(warmed, "the warm set's first check")
 
     page = browser.new_page(viewport=VIEWPORT)
     problems: list[str] = []
@@ -194,6 +205,40 @@ def test_dashboard_in_chromium(
     assert badges.count("closed") == 2 and badges.count("open") == 1
     loaded_text = page.locator("#backends .loaded").all_inner_texts()
     assert any("B)" in text for text in loaded_text), loaded_text  # "name (2.1 GB)"
+
+    # Memory and warm sets: each backend's figures and warm states as the status JSON
+    # gives them (read after the page's refresh: nothing loads or unloads meanwhile).
+    status = orjson.loads(_call(prx.url, "/api/autoroute/status")[2])["backends"]
+    rows = page.locator("#memory tbody tr")
+    assert rows.count() == len(status) == 3
+    for i, memory in enumerate(status):
+        shown = rows.nth(i)
+        assert shown.locator("td").first.inner_text() == memory["backend"]
+        used, _, capacity = shown.locator(".used").inner_text().partition(" GB ")
+        assert abs(float(used) - memory["memory_used_gb"]) <= 0.005
+        if memory["capacity_gb"] is None:
+            assert (capacity, memory["capacity_from"]) == ("(capacity unknown)", "unknown")
+        else:
+            size, _, source = capacity.removeprefix("of ").partition(" GB (")
+            assert abs(float(size) - memory["capacity_gb"]) <= 0.005
+            assert source == memory["capacity_from"] + ")"
+        assert shown.locator(".meter").count() == (1 if memory["capacity_gb"] else 0)
+        items = shown.locator(".warm li")
+        if not memory["warm"]:
+            assert items.all_inner_texts() == ["none"]
+            continue
+        assert items.count() == len(memory["warm"])
+        for item, (model, state) in zip(items.all(), memory["warm"].items(), strict=True):
+            kind, _, detail = state.partition(": ")
+            assert item.locator(".model").inner_text() == model
+            assert item.locator(".badge").inner_text() == kind
+            assert item.locator("div").all_inner_texts() == ([detail] if detail else [])
+    gpu = status[0]
+    assert (gpu["backend"], gpu["capacity_gb"], gpu["capacity_from"]) == ("gpu", 6.0, "config")
+    assert gpu["memory_used_gb"] > 0
+    assert gpu["warm"][WARM[0]] == "loaded"
+    assert gpu["warm"][WARM[1]].startswith("does not fit: needs ")
+    assert status[2]["capacity_from"] == "unknown"
 
     # Charts: the bars and lines are there, in the page's colours.
     requests_png = page.locator("#chart-requests svg").screenshot()

@@ -108,6 +108,24 @@ async def test_root_version_and_gin_errors(emu: Emu) -> None:
     assert (status, headers["Location"]) == (301, "/api/tags")
 
 
+async def test_cross_origin_requests_as_ollamas_cors_middleware(emu: Emu) -> None:
+    async def send(method: str, path: str, origin: str) -> tuple[int, dict[str, str], bytes]:
+        async with emu.session.request(method, emu.url + path, headers={"Origin": origin}) as r:
+            return r.status, dict(r.headers), await r.read()
+
+    # An origin Ollama does not allow: a bare 403 before any handler, on any path.
+    for path in ("/api/tags", "/api/chat", "/no/such/path"):
+        status, headers, body = await send("GET", path, "https://evil.example")
+        assert (status, body) == (403, b"")
+        assert "Content-Type" not in headers and "Access-Control-Allow-Origin" not in headers
+    status, headers, body = await send("OPTIONS", "/api/chat", "http://localhost:5173")
+    assert (status, body) == (204, b"")
+    assert headers["Access-Control-Allow-Origin"] == "http://localhost:5173"
+    assert headers["Access-Control-Max-Age"] == "43200"
+    status, headers, _ = await send("GET", "/api/version", "vscode-webview://x")
+    assert status == 200 and headers["Access-Control-Allow-Origin"] == "vscode-webview://x"
+
+
 async def test_list_show_ps(emu: Emu) -> None:
     client = ollama.AsyncClient(host=emu.url)
     listed = await client.list()

@@ -26,7 +26,7 @@ from selector_model import outcome, policy
 from selector_model.evidence import Evidence
 from selector_model.features import AREAS, REQUEST_FEATURES, Candidate
 from selector_model.kind import kind_of
-from selector_model.policy import choose, largest, pick, rank, with_catalogue
+from selector_model.policy import CATALOGUE_SHARE, choose, largest, pick, rank, with_catalogue
 from tests.support import Emulator, Proxy, ServerThread
 from tests.usage_services import Database
 from training.data import prompt_request
@@ -262,12 +262,16 @@ def test_unseen_models_lean_on_the_catalogue_by_what_it_knows() -> None:
         for name, size, spread in (("strong", 8.0, 0.0), ("weak", 70.0, 0.0), ("vague", 7.0, 1.0))
     ]
     # The booster rates the weak model highest; the catalogue, which measured both,
-    # says the opposite: each unseen model moves half way to the catalogue's reading,
+    # says the opposite: each unseen model moves CATALOGUE_SHARE of the way to the
+    # catalogue's reading,
     # centred on the booster's mean (0.5) for the fleet; the one the catalogue knows
     # nothing about (uncertainty 1) keeps its P.
     got = with_catalogue([0.4, 0.7, 0.4], request, candidates, [False, False, False])
     reads = [0.5 + a - 0.5 for a in (0.9, 0.3, 0.3)]
-    assert got == pytest.approx([0.4 + (reads[0] - 0.4) / 2, 0.7 + (reads[1] - 0.7) / 2, 0.4])
+    share = CATALOGUE_SHARE
+    assert got == pytest.approx(
+        [0.4 + (reads[0] - 0.4) * share, 0.7 + (reads[1] - 0.7) * share, 0.4]
+    )
     assert got[0] > got[1]
     # A model the artifact was fitted on keeps its P; with every one known, all do.
     assert with_catalogue([0.4, 0.7, 0.4], request, candidates, [True, False, False])[0] == 0.4

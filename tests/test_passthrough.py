@@ -66,6 +66,8 @@ ENDPOINTS: list[tuple[str, str, Any]] = [
     ("POST", "/api/embed", {"model": "nomic-embed-text", "input": ["a", "b"]}),
     ("POST", "/api/embeddings", {"model": "nomic-embed-text", "prompt": "a"}),
     ("GET", "/v1/models", None),
+    ("HEAD", "/v1/models", None),
+    ("HEAD", "/api/ps", None),
     ("GET", f"/v1/models/{MODEL}", None),
     ("GET", "/v1/models/no-such-model", None),
     ("POST", "/v1/chat/completions", {"model": MODEL, "messages": CHAT}),
@@ -94,14 +96,34 @@ ENDPOINTS: list[tuple[str, str, Any]] = [
 ]
 
 
-async def fetch(url: str, method: str, path: str, body: Any) -> tuple[int, str, bytes, int]:
+# What the proxy adds to a backend's answer: its own headers, and the framing it
+# chooses for a list it merged; the rest of the head is the backend's.
+PROXY_HEADERS = {
+    "x-request-id",
+    "x-accel-buffering",
+    "x-autoroute-model",
+    "x-autoroute-profile",
+    "x-autoroute-reason",
+    "x-autoroute-score",
+    "content-length",
+    "transfer-encoding",
+}
+
+
+async def fetch(
+    url: str, method: str, path: str, body: Any
+) -> tuple[int, str, bytes, int, set[str]]:
+    """Status, Content-Type, body, how many reads it took, and the header names other
+    than the proxy's own."""
     data = None if body is None else orjson.dumps(body)
     async with (
         aiohttp.ClientSession() as session,
         session.request(method, url + path, data=data) as resp,
     ):
         chunks = [chunk async for chunk in resp.content.iter_any()]
-        return resp.status, resp.headers.get("Content-Type", ""), b"".join(chunks), len(chunks)
+        names = {name.lower() for name in resp.headers} - PROXY_HEADERS
+        content_type = resp.headers.get("Content-Type", "")
+        return resp.status, content_type, b"".join(chunks), len(chunks), names
 
 
 @pytest.mark.parametrize(
@@ -116,9 +138,12 @@ async def test_proxy_answers_as_the_backend(
         # The proxy lists `auto` and its profiles beside the backend's models.
         listed = list(orjson.loads(proxied[2]).values())[-1]
         assert {m.get("name") or m.get("id") for m in listed} >= set(AUTO_NAMES)
-        proxied = (proxied[0], proxied[1], without_auto(proxied[2]), proxied[3])
-        direct = (direct[0], direct[1], orjson.dumps(orjson.loads(direct[2])), direct[3])
+        proxied = (proxied[0], proxied[1], without_auto(proxied[2]), *proxied[3:])
+        direct = (direct[0], direct[1], orjson.dumps(orjson.loads(direct[2])), *direct[3:])
     assert proxied[:3] == direct[:3]
+    # No header of the proxy's making beyond its own (aiohttp's `Server`: Ollama
+    # sends none).
+    assert proxied[4] == direct[4]
 
 
 async def test_ps_lists_the_same_loaded_models(emulator: Emulator, proxy: Proxy) -> None:
@@ -160,6 +185,39 @@ async def test_streams_arrive_chunk_by_chunk(
     assert len(chunks) > 5
     separator = b"\n" if content_type == "application/x-ndjson" else b"\n\n"
     assert all(chunk.endswith(separator) for chunk in chunks)
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/generate", {"model": MODEL, "prompt": "Hello"}),
+        ("/api/generate", {"model": MODEL, "prompt": "Hello", "stream": False}),
+        ("/api/chat", {"model": MODEL, "messages": CHAT}),
+        ("/api/chat", {"model": MODEL, "messages": CHAT, "stream": False}),
+        ("/api/embed", {"model": "nomic-embed-text", "input": "a"}),
+        ("/api/embeddings", {"model": "nomic-embed-text", "prompt": "a"}),
+        ("/v1/chat/completions", {"model": MODEL, "messages": CHAT}),
+        ("/v1/chat/completions", {"model": MODEL, "messages": CHAT, "stream": True}),
+        ("/v1/completions", {"model": MODEL, "prompt": "Once upon", "stream": True}),
+        ("/v1/embeddings", {"model": "nomic-embed-text", "input": "hello"}),
+        ("/v1/responses", {"model": MODEL, "input": "Say hi"}),
+        ("/v1/messages", {"model": MODEL, "max_tokens": 20, "messages": CHAT}),
+    ],
+)
+async def test_a_named_model_is_named_in_the_header(
+    proxy: Proxy, path: str, body: dict[str, Any]
+) -> None:
+    """`X-Autoroute-Model` names the served model for a named model as for `auto`."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(proxy.url + path, json=body) as resp,
+    ):
+        assert resp.status == 200
+        assert resp.headers["X-Autoroute-Model"] == body["model"]
+        answer = await resp.read()
+    if not resp.headers["Content-Type"].startswith(("application/x-ndjson", "text/event-stream")):
+        # Ollama's /api/embeddings answer names no model.
+        assert orjson.loads(answer).get("model", body["model"]) == body["model"]
 
 
 async def test_request_id_is_echoed_and_forwarded(proxy: Proxy) -> None:

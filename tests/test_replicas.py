@@ -261,6 +261,80 @@ async def test_the_limits_are_shared_again_when_redis_answers_and_local_when_it_
             proxy.stop()
 
 
+@pytest.mark.skipif(
+    shutil.which("redis-server") is None, reason="needs redis-server to start and stop a Redis"
+)
+async def test_after_an_outage_redis_counts_every_stream_still_running(
+    servers: ServerThread, own_emulator: Emulator, own_redis: RedisServer
+) -> None:
+    """Streams admitted before Redis went (the restarted Redis has lost their slots) and
+    while it was gone (by a proxy's own counters) are counted in Redis once it answers:
+    no replica admits a new one until the total is below max_streams again."""
+    own_redis.start()
+    shared = Shared(redis_url=own_redis.url, retry_seconds=0.05, stream_slot_ttl_seconds=0.6)
+    proxies = pair(servers, own_emulator, shared)
+    one, two = proxies
+
+    async def count() -> int:
+        """The key's slots in Redis, on a connection of its own (Redis restarts here)."""
+        async with aioredis.Redis.from_url(own_redis.url) as client:
+            return int(await client.zcard("autoroute:streams:streamer"))
+
+    async def counted(n: int) -> bool:
+        return await count() == n
+
+    try:
+        await wait_for(lambda: _all_shared(proxies), what="Redis to answer")
+        async with aiohttp.ClientSession() as http:
+            before = await http.post(one.url + "/api/generate", json=LONG, headers=bearer(STREAMER))
+            assert before.status == 200
+            await before.content.readline()
+            assert await count() == 1
+            own_redis.stop()  # its data with it: the slot is gone
+            # One still counts the stream Redis admitted: its own limit is full.
+            assert (await call(one.url, "POST", "/api/generate", STREAMER, SHORT))[0] == 429
+            # Two admits one by its own counters.
+            during = await http.post(two.url + "/api/generate", json=LONG, headers=bearer(STREAMER))
+            assert during.status == 200
+            await during.content.readline()
+            assert [await limits_mode(p) for p in proxies] == ["local", "local"]
+            assert await metric(two, "autoroute_shared_stream_slots_unregistered") == 1
+
+            own_redis.start()
+            await wait_for(lambda: _all_shared(proxies), what="the proxies to use Redis again")
+            assert await count() == 2  # above max_streams: both run
+            assert await metric(two, "autoroute_shared_stream_slots_unregistered") == 0
+            for proxy in (one, two):
+                status, _, body = await call(proxy.url, "POST", "/api/generate", STREAMER, SHORT)
+                assert status == 429, body
+            during.close()
+            await wait_for(lambda: counted(1), what="the slot of the stream two ended to go")
+            assert (await call(two.url, "POST", "/api/generate", STREAMER, SHORT))[0] == 429
+            before.close()
+            await wait_for(lambda: counted(0), what="the slot of the stream one ended to go")
+        assert (await call(two.url, "POST", "/api/generate", STREAMER, SHORT))[0] == 200
+    finally:
+        for proxy in proxies:
+            proxy.stop()
+
+
+async def _all_shared(proxies: tuple[Proxy, Proxy]) -> bool:
+    return all([await limits_mode(p) == "shared" for p in proxies])
+
+
+async def test_a_slot_given_back_before_redis_answers_is_never_put_into_it(prefix: str) -> None:
+    limits = SharedLimits(Shared(redis_url=REDIS, key_prefix=prefix))
+    slots = f"{prefix}streams:k"
+    try:
+        running, ended = limits.hold_unregistered("k"), limits.hold_unregistered("k")
+        limits.release(ended)
+        await limits.keep_held()
+        assert await limits.redis.zrange(slots, 0, -1) == [running.encode()]
+        assert (limits.held, limits.unregistered) == ({running: slots}, {})
+    finally:
+        await limits.close()
+
+
 async def test_a_dead_proxys_slot_expires_and_a_live_ones_is_kept(prefix: str) -> None:
     """Slots are kept by their proxy's refresh (`run`), not by being taken: one whose
     proxy stops refreshing (it died) frees itself after `stream_slot_ttl_seconds`."""
@@ -278,7 +352,7 @@ async def test_a_dead_proxys_slot_expires_and_a_live_ones_is_kept(prefix: str) -
         await wait_for(free, what="the dead proxy's slot to expire")
         (member,) = live.held
         before = await live.redis.zscore(slots, member)
-        await live.refresh_held()
+        await live.keep_held()
         after = await live.redis.zscore(slots, member)
         assert before is not None and after is not None and after > before
         live.release(member)

@@ -17,6 +17,7 @@ from proxy import final_chunk
 from proxy.aiohttp_internals import client_transport
 from proxy.cache.store import Entry
 from proxy.http11 import dechunk
+from proxy.origins import CORS_HEADERS
 from proxy.outcome import Served
 from proxy.protocol import REQUEST_ID_HEADER
 from proxy.relayed_response import RelayedResponse
@@ -40,7 +41,11 @@ def replay(request: web.Request, served: Served, entry: Entry) -> web.StreamResp
     served.extra[CACHE_HEADER] = "hit"
     served.status = entry.status
     served.stats = final_chunk.parse(entry.body[-_TAIL_BYTES:])
-    own = [(REQUEST_ID_HEADER, served.request_id), *served.extra.items()]
+    own = [
+        (REQUEST_ID_HEADER, served.request_id),
+        *served.extra.items(),
+        *request.get(CORS_HEADERS, ()),
+    ]
     if request.version < (1, 1):
         body = dechunk(entry.body) if entry.chunked else entry.body
         response = web.Response(status=entry.status, reason=entry.reason, body=body)

@@ -21,13 +21,15 @@ from prometheus_client import CollectorRegistry, Counter
 
 from proxy.config import Cache as CacheConfig
 from proxy.http11 import ResponseHead
+from proxy.origins import PER_ORIGIN
 from proxy.outcome import Served
 
 log = logging.getLogger("autoroute.cache")
 
-# Response headers a hit does not repeat: the framing is the replay's own. (`Date` is
-# kept in its place; the replay gives it the hit's time.)
-_NOT_KEPT = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
+# Response headers a hit does not repeat: the framing is the replay's own, and so are
+# the CORS headers, which answer the hit's own origin. (`Date` is kept in its place;
+# the replay gives it the hit's time.)
+_NOT_KEPT = PER_ORIGIN | {"content-length", "transfer-encoding", "connection", "keep-alive"}
 _WARN_EVERY_SECONDS = 60.0
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from proxy.errors import ANTHROPIC_TYPES
 from proxy.protocol import SSE
 
 from .engine import Piece
@@ -24,15 +25,7 @@ from .wire import dumps, encoder_json, gin_json
 
 
 def anthropic_error(state: EmulatorState, status: int, message: str, key: str) -> dict[str, Any]:
-    etype = {
-        400: "invalid_request_error",
-        401: "authentication_error",
-        403: "permission_error",
-        404: "not_found_error",
-        429: "rate_limit_error",
-        503: "overloaded_error",
-        529: "overloaded_error",
-    }.get(status, "api_error")
+    etype = ANTHROPIC_TYPES.get(status, "api_error")
     return {
         "type": "error",
         "error": {"type": etype, "message": message},

@@ -12,7 +12,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from proxy.protocol import NDJSON, SSE
+from proxy.origins import ORIGIN, Origins, add_headers
+from proxy.protocol import NDJSON, SSE, drop_server_header
 
 from . import admin, anthropic_routes, native, openai_routes, responses_api
 from .engine import ClientGone, wait_forever
@@ -136,6 +137,10 @@ async def _fault(request: web.Request, state: EmulatorState) -> web.StreamRespon
     return web.Response(status=499)
 
 
+# Ollama's default origins (no OLLAMA_ORIGINS), as its cors middleware checks them.
+_ORIGINS = Origins()
+
+
 @web.middleware
 async def _gin(request: web.Request, handler: Handler) -> web.StreamResponse:
     state = state_of(request)
@@ -144,6 +149,12 @@ async def _gin(request: web.Request, handler: Handler) -> web.StreamResponse:
     if len(request.path) > 1 and request.path.endswith("/"):
         # Gin never matches a trailing slash here (aiohttp would): redirect or 404.
         return _trailing_slash_redirect(request) or gin_not_found()
+    origin = request.headers.get(ORIGIN)
+    if origin is not None:
+        refused = _ORIGINS.admit(request, origin)
+        if refused is not None:
+            # Gin's cors middleware aborts with a bare status: no body, no type.
+            return web.Response(status=403) if refused.status == 403 else refused
     if state.fault != "none" and request.method == "POST" and request.path in FAULT_PATHS:
         return await _fault(request, state)
     try:
@@ -159,8 +170,8 @@ async def _gin(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 async def _drop_server_header(request: web.Request, response: web.StreamResponse) -> None:
-    # Go's net/http sends no Server header; aiohttp adds one before this signal fires.
-    response.headers.popall("Server", None)
+    await drop_server_header(request, response)
+    await add_headers(request, response)
     # A Gin handler that writes nothing sends no Content-Type at all.
     if response.headers.get("Content-Type") == "":
         del response.headers["Content-Type"]
@@ -188,7 +199,10 @@ async def _get_state(request: web.Request) -> web.Response:
 
 def create_app(settings: EmulatorSettings | None = None) -> web.Application:
     """A fresh emulator; `app[STATE_KEY]` holds its counters and model store."""
-    app = web.Application(middlewares=[_gin])
+    # Ollama reads a body of any size; aiohttp would refuse one over 1 MiB with its own
+    # plain-text 413 (a picture for a vision model is often more). 1 GiB bounds what a
+    # stand-in holds in memory.
+    app = web.Application(middlewares=[_gin], client_max_size=1 << 30)
     app[STATE_KEY] = EmulatorState(settings or EmulatorSettings())
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)

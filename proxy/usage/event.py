@@ -103,7 +103,7 @@ def complete(c: Captured, log_prompts: bool) -> UsageEvent:
             api_key_id=c.key_id or api_key_id(c.credential),
         ),
         requested_model=d.model,
-        served_model=d.served_model,
+        served_model=o.model,
         backend=o.backend or None,
         provider=o.provider or None,
         cache=o.cache,

@@ -1,0 +1,80 @@
+"""The safety rule against an anchor the artifact never saw, and a profile's tolerance."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from selector_model.features import Candidate
+from selector_model.policy import (
+    SWITCH_Z,
+    UNSEEN_SPREAD,
+    choose,
+    pick,
+    rank,
+    spreads,
+)
+
+
+def test_spread_is_what_the_catalogue_does_not_know_of_an_unseen_model() -> None:
+    candidates = [
+        Candidate("published:8b", params_b=8.0, uncertainty=0.0),
+        Candidate("placed:8b", params_b=8.0, uncertainty=1.0),
+        Candidate("known:8b", params_b=8.0, uncertainty=1.0),
+    ]
+    assert spreads(candidates, [False, False, True]) == pytest.approx([0.0, UNSEEN_SPREAD, 0.0])
+
+
+def test_an_unseen_anchor_is_left_only_for_a_lead_beyond_what_both_p_may_be_off() -> None:
+    rng = random.Random(0)
+    spread = [UNSEEN_SPREAD, UNSEEN_SPREAD]
+    needed = SWITCH_Z * UNSEEN_SPREAD * 2**0.5  # sd of the difference of two P
+    # The largest (the anchor when the artifact knows none) is led by less than that.
+    close = rank(["small:7b", "large:9b"], [0.40 + needed, 0.40], [1.0, 2.0], 0.0, set(), spread)
+    assert pick(close, "large:9b", 0.02, 0.0, rng, 0.0)[:2] == (close[1], "pinned")
+    far = rank(
+        ["small:7b", "large:9b"], [0.42 + needed + 0.01, 0.40], [1.0, 2.0], 0.0, set(), spread
+    )
+    assert pick(far, "large:9b", 0.02, 0.0, rng, 0.0)[:2] == (far[0], "ml")
+    # Against a known anchor (spread 0) only min_gain counts, as before.
+    known = rank(["new:7b", "old:9b"], [0.45, 0.40], [1.0, 2.0], 0.0, {"old:9b"}, [0.1, 0.0])
+    assert pick(known, "", 0.02, 0.0, rng, 0.0)[0].name == "new:7b"
+    # `choose` (no evidence) applies the same rule.
+    chose = choose(close, {}, 0.0, np.random.default_rng(0), "large:9b", 0.02, 0.0)
+    assert (chose.chosen.name, chose.reason) == ("large:9b", "pinned")
+
+
+def test_tolerance_takes_the_quickest_model_within_it_of_the_choice() -> None:
+    rng = random.Random(0)
+    names = ["big:70b", "mid:14b", "small:3b"]
+    p = [0.80, 0.78, 0.70]
+    seconds = [20.0, 5.0, 1.0]
+    ranking = rank(names, p, seconds, 0.0, set(names))
+    assert pick(ranking, "", 0.02, 0.0, rng)[:2] == (ranking[0], "ml")
+    chosen, reason, _ = pick(ranking, "", 0.02, 0.0, rng, tolerance=0.03)
+    assert (chosen.name, reason) == ("mid:14b", "cheaper")
+    assert pick(ranking, "", 0.02, 0.0, rng, tolerance=0.11)[0].name == "small:3b"
+    # Nothing quicker within it: the choice stays, with its own reason.
+    assert pick(ranking, "", 0.02, 0.0, rng, tolerance=0.01)[:2] == (ranking[0], "ml")
+    # Within the tolerance of the kept anchor, not of the model that failed to beat it.
+    pinned = rank(names, [0.81, 0.765, 0.70], seconds, 0.0, set(), [0.1, 0.1, 0.1])
+    chosen, reason, _ = pick(pinned, "mid:14b", 0.02, 0.0, rng, 0.0, tolerance=0.03)
+    assert (chosen.name, reason) == ("mid:14b", "pinned")
+    chose = choose(ranking, {}, 0.0, np.random.default_rng(0), tolerance=0.03)
+    assert (chose.chosen.name, chose.reason) == ("mid:14b", "cheaper")
+
+
+def test_an_anchors_doubt_shrinks_with_its_own_evidence() -> None:
+    # The largest, unseen and placed from its details alone, rated a little below a
+    # model never tried: kept while only the catalogue speaks for it...
+    ranking = rank(["small:8b", "large:49b"], [0.60, 0.60], [1.0, 6.0], 0.0, set(), [0.0, 0.1])
+    rng = np.random.default_rng(0)
+    kept = choose(ranking, {}, 0.0, rng, "large:49b", 0.02, 0.0)
+    assert kept.chosen.name == "large:49b"
+    # ...and left once its own answers (100 of them, 0.4 each where 0.6 was expected)
+    # have measured it: its spread no longer protects it.
+    evidence = {"large:49b": [40.0, 100.0, 60.0]}
+    left = choose(ranking, evidence, 0.0, rng, "large:49b", 0.02, 0.0)
+    assert (left.chosen.name, left.reason) == ("small:8b", "learned")
