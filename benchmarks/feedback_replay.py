@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument(
         "--model-level",
         action=argparse.BooleanOptionalAction,
-        default=True,
+        default=False,
         help="a model's outcomes on one kind also move it on the others (learning.model_level)",
     )
     parser.add_argument(

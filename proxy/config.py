@@ -251,7 +251,7 @@ class Learning:
     known_prior_strength: float = 200.0
     # Whether the outcomes on one kind of prompt of a model the artifact never saw also
     # move it on every other kind (its offset over every kind, `selector_model.policy`).
-    model_level: bool = True
+    model_level: bool = False
     # Once there is evidence, how many posterior standard deviations a candidate's
     # utility gains for what is not known of it, so that greedy choices try a model
     # little is known about (`selector_model.policy.OPTIMISM`; 0: the posterior mean).

@@ -60,9 +60,10 @@ knowledge prompts then say something about its math too, less than math answers 
 A model the artifact was fitted on has no offset (o = 0): fitted on its outcomes, the
 artifact leaves it no error of its own across kinds, and what its evidence says over
 every kind is the pool's.
-(Without optimism, that transfer could keep a model from ever being tried on a kind
-after a few poor answers on another; with it, a model's spread on a kind it was not
-tried on stays wide, so it still is.)
+The model level is optional (`learning.model_level`, off by default): it corrects a
+model the artifact misplaced everywhere at once, but a few poor answers of a model on
+one kind then lower it on every other, where it may not be tried again (the safety
+rule keeps the anchor while the other's doubt is wide).
 
 Once there is evidence, the utility uses the blend in place of P, plus `optimism`
 standard deviations of the posterior (optimism in the face of uncertainty):
