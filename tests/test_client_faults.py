@@ -23,7 +23,7 @@ import pytest
 from aiohttp.http_exceptions import LineTooLong
 
 from proxy.config import Limits, Timeouts, Usage
-from proxy.connection import BAD_REQUEST, HEAD_TOO_LARGE
+from proxy.connection import BAD_REQUEST, HEAD_TOO_LARGE, VERSION_NOT_SUPPORTED
 from tests.support import Emulator, Proxy, ServerThread
 
 MODEL = "qwen2.5:7b"
@@ -244,6 +244,52 @@ async def test_unparsable_requests_leave_no_request_bytes_in_logs(
     assert [r.levelno for r in refused] == [logging.WARNING]
     assert "refused a request from 127.0.0.1" in refused[0].getMessage()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+# Request lines Go's net/http refuses and aiohttp's parser serves (or refuses with
+# another status): with Go's status and text.
+ODD_REQUEST_LINES = [
+    (b"GET /api/version\r\n\r\n", BAD_REQUEST),  # no version: HTTP/0.9 to llhttp
+    (b"GET /api/version HTTP/2.0\r\nHost: x\r\n\r\n", VERSION_NOT_SUPPORTED),
+    (b"GET /api/version HTTP/3.0\r\nHost: x\r\n\r\n", VERSION_NOT_SUPPORTED),
+    (b"GET /api/version HTTP/0.9\r\nHost: x\r\n\r\n", VERSION_NOT_SUPPORTED),
+    (b"GET  /api/version HTTP/1.1\r\nHost: x\r\n\r\n", BAD_REQUEST),  # Go: no version
+    (b"\r\nGET /api/version HTTP/2.0\nHost: x\n\n", VERSION_NOT_SUPPORTED),
+]
+ODD_LINE_IDS = ["no-version", "http2", "http3", "http09", "two-spaces", "bare-lf"]
+
+
+@pytest.mark.parametrize(("request_bytes", "go_refusal"), ODD_REQUEST_LINES, ids=ODD_LINE_IDS)
+async def test_odd_request_lines_get_gos_refusal(
+    slow_heads: Proxy, request_bytes: bytes, go_refusal: bytes
+) -> None:
+    answer = await answer_to(slow_heads.port, request_bytes)
+    assert go_answer(answer) == go_refusal
+    assert (await generate(slow_heads.url))["done"] is True
+
+
+async def test_a_request_line_in_pieces_is_checked_once_whole(slow_heads: Proxy) -> None:
+    """The line is judged when its end arrives, however it was split; on a keep-alive
+    connection, each request's own line is."""
+    loop = asyncio.get_running_loop()
+    sock = await connect(slow_heads.port)
+    try:
+        await loop.sock_sendall(sock, b"GET /api/version HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, body = await read_response(sock)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        for piece in (b"GET /api/ver", b"sion HTTP/", b"2.0\r", b"\nHost: x\r\n\r\n"):
+            await loop.sock_sendall(sock, piece)
+            await asyncio.sleep(0.05)  # separate reads, most likely; any split must do
+        assert go_answer(await read_until_closed(sock)) == VERSION_NOT_SUPPORTED
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize(("request_bytes", "go_refusal"), ODD_REQUEST_LINES, ids=ODD_LINE_IDS)
+async def test_the_emulator_refuses_odd_request_lines_as_go_does(
+    emulator: Emulator, request_bytes: bytes, go_refusal: bytes
+) -> None:
+    assert await answer_to(emulator.port, request_bytes) == go_refusal
 
 
 async def test_aiohttp_log_records_about_request_bytes_lose_them(
