@@ -111,6 +111,8 @@ def go_request_line(line: bytes) -> bytes | None:
     if version[0] != 1 and not (version == (2, 0) and method == b"PRI" and target == b"*"):
         return _VERSION_STATUS
     return None
+
+
 GO_MAX_HEADER_BYTES = 1 << 20
 REQUEST_LINE_SLACK = 4096
 # After a refusal the proxy half-closes and keeps reading (and dropping) what the client

@@ -275,7 +275,7 @@ async def test_a_request_line_in_pieces_is_checked_once_whole(slow_heads: Proxy)
     sock = await connect(slow_heads.port)
     try:
         await loop.sock_sendall(sock, b"GET /api/version HTTP/1.1\r\nHost: x\r\n\r\n")
-        head, body = await read_response(sock)
+        head, _ = await read_response(sock)
         assert head.startswith(b"HTTP/1.1 200 ")
         for piece in (b"GET /api/ver", b"sion HTTP/", b"2.0\r", b"\nHost: x\r\n\r\n"):
             await loop.sock_sendall(sock, piece)
