@@ -12,9 +12,9 @@ import os
 import time
 from collections.abc import Sequence
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
-from proxy import header_values
+from proxy import expect, header_values
 from proxy import limits as request_limits
 from proxy.auth import KEY_REQUEST, Access, Admission
 from proxy.backends import NoBackend
@@ -130,10 +130,13 @@ class Server:
         return refused
 
     def _unkeyed(self, request: web.Request) -> web.Response | None:
-        """What is answered before any key is looked at: a head over the size limit,
-        and a browser's cross-origin request (`proxy.origins`: refused, or a preflight
-        answered), as Ollama answers both before its handlers."""
+        """What is answered before any key is looked at: a head over the size limit, an
+        `Expect` Go refuses (`proxy.expect`), and a browser's cross-origin request
+        (`proxy.origins`: refused, or a preflight answered), as Ollama answers each
+        before its handlers."""
         refused = request_limits.check_headers(request, self.config.limits)
+        if refused is None and hdrs.EXPECT in request.headers:
+            refused = expect.refusal(request)
         if refused is None:
             origin = request.headers.get(ORIGIN)
             if origin is not None:

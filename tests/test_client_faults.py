@@ -292,6 +292,53 @@ async def test_the_emulator_refuses_odd_request_lines_as_go_does(
     assert await answer_to(emulator.port, request_bytes) == go_refusal
 
 
+@pytest.mark.parametrize("version", [b"1.1", b"1.0"])
+async def test_an_unknown_expect_gets_gos_417(slow_heads: Proxy, version: bytes) -> None:
+    """Go answers 417 with an empty body and closes, to either version; aiohttp would
+    answer "Unknown Expect: ..." in plain text, to HTTP/1.1 alone, without the id."""
+    body = orjson.dumps({"model": MODEL, "prompt": "hi", "stream": False})
+    answer = await answer_to(
+        slow_heads.port,
+        b"POST /api/generate HTTP/%b\r\nHost: x\r\nExpect: something-else\r\n"
+        b"Content-Length: %d\r\n\r\n%b" % (version, len(body), body),
+    )
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"HTTP/%b 417 Expectation Failed" % version
+    assert rest == b""
+    assert b"Content-Length: 0" in lines
+    assert b"Connection: close" in lines
+    assert any(re.fullmatch(rb"X-Request-Id: [0-9a-f]+", line) for line in lines), head
+    assert not any(line.lower().startswith(b"content-type:") for line in lines), head
+
+
+async def test_expect_100_continue_is_a_token_in_any_case(slow_heads: Proxy) -> None:
+    """Go's hasToken: `100-Continue` is the same expectation; the interim answer comes
+    before the body is sent, the final one after."""
+    loop = asyncio.get_running_loop()
+    body = orjson.dumps({"model": MODEL, "prompt": "hi", "stream": False})
+    sock = await connect(slow_heads.port)
+    try:
+        await loop.sock_sendall(
+            sock,
+            b"POST /api/generate HTTP/1.1\r\nHost: x\r\nExpect: 100-Continue\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body),
+        )
+        interim = b""
+        async with asyncio.timeout(EVENTUALLY):
+            while b"\r\n\r\n" not in interim:
+                chunk = await loop.sock_recv(sock, 65536)
+                assert chunk, interim
+                interim += chunk
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        await loop.sock_sendall(sock, body)
+        head, answer = await read_response(sock)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        assert orjson.loads(answer)["done"] is True
+    finally:
+        sock.close()
+
+
 async def test_aiohttp_log_records_about_request_bytes_lose_them(
     slow_heads: Proxy, caplog: pytest.LogCaptureFixture
 ) -> None:
