@@ -356,7 +356,11 @@ class ClientLeg(Answer):
         # The backend's header lines go out as they came (its head was read as
         # Latin-1); the proxy's own values may hold what a client sent (an id), as
         # the bytes it sent.
-        out = bytearray(b"HTTP/1.1 %d %b\r\n" % (head.status, head.reason.encode("latin-1")))
+        # Go answers an HTTP/1.0 request with an HTTP/1.0 status line (writeStatusLine).
+        version = b"1.1" if self.version >= (1, 1) else b"1.0"
+        out = bytearray(
+            b"HTTP/%b %d %b\r\n" % (version, head.status, head.reason.encode("latin-1"))
+        )
         backend_headers = self._backend_headers(head)
         if self.capture is not None:
             self.capture.started(head, backend_headers)

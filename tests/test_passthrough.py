@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
@@ -240,3 +241,34 @@ async def test_own_health_endpoint_reports_backends(emulator: Emulator, proxy: P
     (backend,) = doc["backends"]
     assert backend["url"] == emulator.url and backend["circuit"] == "closed"
     assert MODEL in backend["models"]
+
+
+async def status_line_to_http10(port: int, method: str, path: str, body: Any) -> bytes:
+    """The status line answering an HTTP/1.0 request."""
+    data = b"" if body is None else orjson.dumps(body)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        length = b"Content-Length: %d\r\n" % len(data) if data else b""
+        writer.write(b"%b %b HTTP/1.0\r\n%b\r\n%b" % (method.encode(), path.encode(), length, data))
+        answer = await asyncio.wait_for(reader.read(), 60)
+    finally:
+        writer.close()
+    return answer.partition(b"\r\n")[0]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [
+        ("GET", "/api/version", None, b"200 OK"),
+        ("POST", "/api/generate", {"model": MODEL, "prompt": "Hi", "stream": False}, b"200 OK"),
+        ("POST", "/api/generate", {"model": MODEL, "prompt": "Hi"}, b"200 OK"),  # streamed
+        ("POST", "/api/show", {"model": "no-such-model"}, b"404 Not Found"),
+    ],
+    ids=["relayed", "model-routed", "streamed", "error"],
+)
+async def test_an_http10_client_gets_an_http10_status_line(
+    proxy: Proxy, method: str, path: str, body: Any, status: bytes
+) -> None:
+    """Go's writeStatusLine answers an HTTP/1.0 request with "HTTP/1.0", relayed
+    answers too."""
+    assert await status_line_to_http10(proxy.port, method, path, body) == b"HTTP/1.0 " + status
