@@ -31,7 +31,7 @@ from proxy.errors import error_body, error_response
 from proxy.fanout import Fanout
 from proxy.metrics import Metrics
 from proxy.outcome import OUTCOME, Served
-from proxy.protocol import JSON, JSON_V1, MODEL_HEADER
+from proxy.protocol import JSON, JSON_V1, MODEL_HEADER, encoded
 from proxy.relay import Fallback, Relay
 from proxy.routes import find, runs_model
 
@@ -304,7 +304,7 @@ class Handlers:
         name = path[len(V1_MODEL_PREFIX) :]
         entry = next((e for e in self._auto_entries("/v1/models") if e["id"] == name), None)
         if entry is not None:
-            return web.Response(body=orjson.dumps(entry), headers={"Content-Type": JSON_V1})
+            return web.Response(body=encoded(entry), headers={"Content-Type": JSON_V1})
         key = request.get(KEY_REQUEST)
         if key is not None and not key.allows_model(name):
             return self._model_hidden(path, name)

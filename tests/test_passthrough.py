@@ -272,3 +272,17 @@ async def test_an_http10_client_gets_an_http10_status_line(
     """Go's writeStatusLine answers an HTTP/1.0 request with "HTTP/1.0", relayed
     answers too."""
     assert await status_line_to_http10(proxy.port, method, path, body) == b"HTTP/1.0 " + status
+
+
+@pytest.mark.parametrize("path", ["/v1/models", "/v1/models/auto", f"/v1/models/{MODEL}"])
+async def test_openai_model_answers_end_as_ollamas_encoder_ends_them(
+    emulator: Emulator, proxy: Proxy, path: str
+) -> None:
+    """Ollama's OpenAI layer writes these with json.NewEncoder: one newline after the
+    value, the proxy's own answers (the merged list, `auto`'s entry) too."""
+    status, content_type, body, _, _ = await fetch(proxy.url, "GET", path, None)
+    assert (status, content_type) == (200, "application/json")
+    assert body.endswith(b"}\n")
+    if path != "/v1/models/auto":
+        direct = (await fetch(emulator.url, "GET", path, None))[2]
+        assert body[-2:] == direct[-2:]
