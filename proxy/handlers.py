@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy import go_json
+from proxy import go_json, request_encoding
 from proxy import limits as request_limits
 from proxy.auth import KEY_REQUEST
 from proxy.auto import AutoError, AutoRouter, profile_of, user_key
@@ -88,6 +88,7 @@ class Handlers:
         # More of the proxy's own state for `health`, by field name (e.g. "limits").
         self.health_extras: dict[str, Callable[[], object]] = {}
         self.cloud = cloud
+        self._body_limit = config.limits.max_body_bytes
 
     def _read(self, request: web.Request) -> Awaitable[bytes]:
         return request_limits.read_body(request, self.config.timeouts.client_body_idle_seconds)
@@ -130,9 +131,12 @@ class Handlers:
         # What is checked is what the backend reads: the body as Ollama decodes it,
         # forwarded in canonical form, never the client's bytes (see `go_json`).
         try:
-            doc, body = go_json.read(await self._read(request))
+            raw = await self._read(request)
+            doc, body = go_json.read(request_encoding.decoded(request, raw, self._body_limit))
         except go_json.BodyError as exc:
             return error_response(path, 400, str(exc))
+        except request_encoding.Undecodable as exc:
+            return exc.response()
         decided.body = body
         if isinstance(doc, dict):
             refused = request_limits.check_body(path, doc, self.config.limits)
