@@ -92,3 +92,18 @@ async def test_routes_ollama_decodes_nothing_on_get_the_body_as_sent(
     proxied = await post(bounded.url + "/api/chat", data, ZSTD)
     assert direct[0] == 400
     assert (proxied[0], proxied[2]) == (direct[0], direct[2])
+
+
+async def test_the_backend_gets_the_decoded_body_without_its_encoding(
+    servers: ServerThread, own_emulator: Emulator
+) -> None:
+    prx = Proxy(servers, [own_emulator.url])
+    try:
+        doc = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}]}
+        status, _, body = await post(prx.url + "/v1/chat/completions", zstd(doc), ZSTD)
+        assert status == 200, body
+        forwarded = own_emulator.state.last_headers
+        assert "content-encoding" not in forwarded
+        assert int(forwarded["content-length"]) == len(orjson.dumps(doc))
+    finally:
+        prx.stop()
