@@ -14,10 +14,11 @@ unparsable request with `400 Bad Request`, and logs neither. Here:
 * a head over `limits.max_header_bytes` (a line, or the lines together while they are
   still arriving) is answered with Go's exact 431, any other unparsable head with Go's
   400; one WARNING line without any request byte is logged;
-* a request line Go reads differently from aiohttp's parser is answered as Go answers
-  it, checked once the line is complete (`go_request_line`): one without an HTTP
-  version (aiohttp's parser reads it as HTTP/0.9 and serves it) gets Go's 400, an
-  HTTP version other than 1.x (2.0, 3.0, 0.9) Go's 505.
+* a connection's first request line, when Go reads it differently from aiohttp's
+  parser, is answered as Go answers it, checked once the line is complete
+  (`go_request_line`): one without an HTTP version (aiohttp's parser reads it as
+  HTTP/0.9 and serves it) gets Go's 400, an HTTP version other than 1.x (2.0, 3.0,
+  0.9) Go's 505.
 
 How: the runner builds aiohttp's `web.Server` as usual, then serves connections with
 `ClientConnection`, a `RequestHandler` subclass. Its hooks run once per connection
@@ -188,8 +189,12 @@ class ClientConnection(RequestHandler):
         """Checks the request line of a head that starts (or whose line goes on) in
         `data`, before aiohttp's parser reads it; True when it was refused."""
         if self._line is None:
-            if closing(self) or not awaiting_head(self):
-                return False  # body bytes, or a connection already being closed
+            # Only a connection's first request line: that one starts with the
+            # connection's first bytes. Where a later one starts is the parser's to know
+            # (the client may send it before aiohttp waits for it); aiohttp's parser
+            # reads those lines alone.
+            if closing(self) or request_count(self) != 0:
+                return False
             data = data.lstrip(b"\r\n")  # line ends before a request line are skipped
             if not data:
                 return False
