@@ -20,6 +20,7 @@ from proxy.auth import KEY_REQUEST, Access, Admission
 from proxy.backends import NoBackend
 from proxy.config import Config
 from proxy.errors import error_response
+from proxy.hosts import HostCheck
 from proxy.metrics import Metrics
 from proxy.origins import ORIGIN, Origins
 from proxy.outcome import OUTCOME, Decided, Hook, Outcome, Served
@@ -44,6 +45,7 @@ class Server:
         self.router = router
         self.hooks = tuple(hooks)
         self.origins = Origins(config.listen.origins)
+        self.hosts = HostCheck(config.listen.host)
         # Keys' limits counted in Redis: admission awaits one round trip. Without it
         # admission stays synchronous.
         self.shared_admission = auth.enabled and auth.shared is not None
@@ -131,9 +133,10 @@ class Server:
 
     def _unkeyed(self, request: web.Request) -> web.Response | None:
         """What is answered before any key is looked at: a head over the size limit, an
-        `Expect` Go refuses (`proxy.expect`), and a browser's cross-origin request
-        (`proxy.origins`: refused, or a preflight answered), as Ollama answers each
-        before its handlers."""
+        `Expect` Go refuses (`proxy.expect`), a browser's cross-origin request
+        (`proxy.origins`: refused, or a preflight answered), and a `Host` that is not
+        local while the proxy listens on loopback (`proxy.hosts`), as Ollama answers
+        each before its handlers."""
         refused = request_limits.check_headers(request, self.config.limits)
         if refused is None and hdrs.EXPECT in request.headers:
             refused = expect.refusal(request)
@@ -141,6 +144,8 @@ class Server:
             origin = request.headers.get(ORIGIN)
             if origin is not None:
                 refused = self.origins.admit(request, origin)
+        if refused is None and self.hosts.active:
+            refused = self.hosts.refusal(request)
         return refused
 
     def _refusal(self, admission: Admission) -> web.Response | None:
