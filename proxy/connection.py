@@ -19,6 +19,9 @@ unparsable request with `400 Bad Request`, and logs neither. Here:
   (`go_request_line`): one without an HTTP version (aiohttp's parser reads it as
   HTTP/0.9 and serves it) gets Go's 400, an HTTP version other than 1.x (2.0, 3.0,
   0.9) Go's 505.
+  A later request on the connection is checked by the version aiohttp's parser read
+  (`refuse_version`, which the proxy's handler calls for a version other than 1.x); a
+  version the parser cannot read there (llhttp: HTTP/3.0) stays its 400.
 
 How: the runner builds aiohttp's `web.Server` as usual, then serves connections with
 `ClientConnection`, a `RequestHandler` subclass. Its hooks run once per connection
@@ -253,6 +256,16 @@ class ClientConnection(RequestHandler):
             self._refuse(_BAD_REQUEST_STATUS, f"malformed request ({type(exc).__name__})")
         # The answer is on the wire already: aiohttp must write nothing of its own.
         return RelayedResponse(status, keep_alive=False)
+
+    def refuse_version(self, request: BaseRequest) -> web.StreamResponse:
+        """Go's refusal for a later request on this connection whose version aiohttp's
+        parser took and Go's refuses (its line was not checked as a first line is).
+        Without the line, a missing version (aiohttp's HTTP/0.9) reads as Go's 400."""
+        major, minor = request.version
+        status = _BAD_REQUEST_STATUS if (major, minor) == (0, 9) else _VERSION_STATUS
+        self._refuse(status, f"request line refused as Go refuses it ({status[:3].decode()})")
+        # The answer is on the wire already: aiohttp must write nothing of its own.
+        return RelayedResponse(int(status[:3]), keep_alive=False)
 
     def _refuse(self, status: bytes, reason: str) -> None:
         transport = self.transport

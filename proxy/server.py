@@ -19,6 +19,7 @@ from proxy import limits as request_limits
 from proxy.auth import KEY_REQUEST, Access, Admission
 from proxy.backends import NoBackend
 from proxy.config import Config
+from proxy.connection import ClientConnection
 from proxy.errors import error_response
 from proxy.hosts import HostCheck
 from proxy.metrics import Metrics
@@ -131,12 +132,14 @@ class Server:
         decided.refused = refused is not None
         return refused
 
-    def _unkeyed(self, request: web.Request) -> web.Response | None:
+    def _unkeyed(self, request: web.Request) -> web.StreamResponse | None:
         """What is answered before any key is looked at: a head over the size limit, an
         `Expect` Go refuses (`proxy.expect`), a browser's cross-origin request
         (`proxy.origins`: refused, or a preflight answered), and a `Host` that is not
         local while the proxy listens on loopback (`proxy.hosts`), as Ollama answers
         each before its handlers."""
+        if request.version.major != 1 and isinstance(request.protocol, ClientConnection):
+            return request.protocol.refuse_version(request)  # Go's 505 (or 400)
         refused = request_limits.check_headers(request, self.config.limits)
         if refused is None and hdrs.EXPECT in request.headers:
             refused = expect.refusal(request)

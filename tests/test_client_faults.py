@@ -282,6 +282,32 @@ async def test_a_request_line_in_pieces_is_checked_once_whole(slow_heads: Proxy)
         sock.close()
 
 
+@pytest.mark.parametrize(
+    ("line", "go_refusal"),
+    [
+        (b"GET /api/version HTTP/2.0", VERSION_NOT_SUPPORTED),
+        (b"GET /api/version", BAD_REQUEST),
+    ],
+    ids=["http2", "no-version"],
+)
+async def test_a_later_request_on_a_connection_gets_gos_refusal_too(
+    slow_heads: Proxy, line: bytes, go_refusal: bytes
+) -> None:
+    """After a first request on a keep-alive connection, the version the parser read
+    decides (one it cannot read, as HTTP/3.0 to llhttp, is its 400)."""
+    loop = asyncio.get_running_loop()
+    sock = await connect(slow_heads.port)
+    try:
+        await loop.sock_sendall(sock, b"GET /api/version HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        head, _ = await read_response(sock)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        rest = b"" if go_refusal == BAD_REQUEST else b"Host: localhost\r\n"
+        await loop.sock_sendall(sock, line + b"\r\n" + rest + b"\r\n")
+        assert go_answer(await read_until_closed(sock)) == go_refusal
+    finally:
+        sock.close()
+
+
 @pytest.mark.parametrize(("request_bytes", "go_refusal"), ODD_REQUEST_LINES, ids=ODD_LINE_IDS)
 async def test_the_emulator_refuses_odd_request_lines_as_go_does(
     emulator: Emulator, request_bytes: bytes, go_refusal: bytes
