@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from proxy import expect
 from proxy.auth import Access
 from proxy.auth_store import KeyStore
 from proxy.auto import AutoRouter
@@ -197,5 +198,7 @@ def create_app(config: Config) -> web.Application:
     # carry the backend's headers.
     web_app.on_response_prepare.append(drop_server_header)
     web_app.on_response_prepare.append(add_headers)
-    web_app.router.add_route("*", "/{tail:.*}", app.server.handle)
+    web_app.router.add_route(
+        "*", "/{tail:.*}", app.server.handle, expect_handler=expect.expect_handler
+    )
     return web_app

@@ -13,7 +13,15 @@ unparsable request with `400 Bad Request`, and logs neither. Here:
 * an idle keep-alive connection is closed after `timeouts.client_idle_seconds`;
 * a head over `limits.max_header_bytes` (a line, or the lines together while they are
   still arriving) is answered with Go's exact 431, any other unparsable head with Go's
-  400; one WARNING line without any request byte is logged.
+  400; one WARNING line without any request byte is logged;
+* a connection's first request line, when Go reads it differently from aiohttp's
+  parser, is answered as Go answers it, checked once the line is complete
+  (`go_request_line`): one without an HTTP version (aiohttp's parser reads it as
+  HTTP/0.9 and serves it) gets Go's 400, an HTTP version other than 1.x (2.0, 3.0,
+  0.9) Go's 505.
+  A later request on the connection is checked by the version aiohttp's parser read
+  (`refuse_version`, which the proxy's handler calls for a version other than 1.x); a
+  version the parser cannot read there (llhttp: HTTP/3.0) stays its 400.
 
 How: the runner builds aiohttp's `web.Server` as usual, then serves connections with
 `ClientConnection`, a `RequestHandler` subclass. Its hooks run once per connection
@@ -73,8 +81,42 @@ def go_error(status: bytes, request_id: bytes = b"") -> bytes:
 
 
 _BAD_REQUEST_STATUS = b"400 Bad Request"
+# Go's statusError for a version other than 1.x: its text is in the status line too.
+_VERSION_STATUS = b"505 HTTP Version Not Supported: unsupported protocol version"
 HEAD_TOO_LARGE = go_error(HEAD_TOO_LARGE_BODY)
 BAD_REQUEST = go_error(_BAD_REQUEST_STATUS)
+VERSION_NOT_SUPPORTED = go_error(_VERSION_STATUS)
+# RFC 9110 token characters: what Go's validMethod accepts in a method.
+_TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+
+
+def _go_version(proto: bytes) -> tuple[int, int] | None:
+    """Go's ParseHTTPVersion: "HTTP/X.Y" with one digit each, else None."""
+    if len(proto) != 8 or not proto.startswith(b"HTTP/") or proto[6:7] != b".":
+        return None
+    major, minor = proto[5:6], proto[7:8]
+    if not (major.isdigit() and minor.isdigit()):
+        return None
+    return int(major), int(minor)
+
+
+def go_request_line(line: bytes) -> bytes | None:
+    """The status Go's net/http refuses a request line with, for what aiohttp's parser
+    reads otherwise (src/net/http/request.go readRequest, server.go
+    http1ServerSupportsRequest); None for a line Go reads (aiohttp then parses it, and
+    refuses the rest as before). `line` is without its line ending."""
+    method, space, rest = line.partition(b" ")
+    target, space2, proto = rest.partition(b" ")
+    if not space or not space2 or not method or not _TOKEN.issuperset(method):
+        return _BAD_REQUEST_STATUS  # "malformed HTTP request", "invalid method"
+    version = _go_version(proto)
+    if version is None:
+        return _BAD_REQUEST_STATUS  # "malformed HTTP version"
+    if version[0] != 1 and not (version == (2, 0) and method == b"PRI" and target == b"*"):
+        return _VERSION_STATUS
+    return None
+
+
 GO_MAX_HEADER_BYTES = 1 << 20
 REQUEST_LINE_SLACK = 4096
 # After a refusal the proxy half-closes and keeps reading (and dropping) what the client
@@ -88,7 +130,14 @@ class ClientConnection(RequestHandler):
     """One client connection: aiohttp's protocol plus a deadline and a byte budget for
     each request head."""
 
-    __slots__ = ("_head_budget", "_head_bytes", "_head_seconds", "_head_timer", "_request_ids")
+    __slots__ = (
+        "_head_budget",
+        "_head_bytes",
+        "_head_seconds",
+        "_head_timer",
+        "_line",
+        "_request_ids",
+    )
 
     def __init__(
         self,
@@ -105,6 +154,8 @@ class ClientConnection(RequestHandler):
         self._head_budget = head_budget
         self._head_bytes = 0  # bytes of the head still incomplete
         self._head_timer: asyncio.TimerHandle | None = None
+        # The start of a request line still incomplete, while one arrives in pieces.
+        self._line: bytearray | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -117,6 +168,8 @@ class ClientConnection(RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if (self._line is not None or self._head_bytes == 0) and self._line_refused(data):
+            return
         count = request_count(self)
         super().data_received(data)
         if request_count(self) != count:
@@ -134,6 +187,34 @@ class ClientConnection(RequestHandler):
             self._refuse(HEAD_TOO_LARGE_BODY, f"request head over {self._head_budget} bytes")
         elif self._head_timer is None:
             self._arm_head_timer()
+
+    def _line_refused(self, data: bytes) -> bool:
+        """Checks the request line of a head that starts (or whose line goes on) in
+        `data`, before aiohttp's parser reads it; True when it was refused."""
+        if self._line is None:
+            # Only a connection's first request line: that one starts with the
+            # connection's first bytes. Where a later one starts is the parser's to know
+            # (the client may send it before aiohttp waits for it); aiohttp's parser
+            # reads those lines alone.
+            if closing(self) or request_count(self) != 0:
+                return False
+            data = data.lstrip(b"\r\n")  # line ends before a request line are skipped
+            if not data:
+                return False
+            self._line = bytearray()
+        end = data.find(b"\n")
+        if end < 0:
+            self._line += data
+            if len(self._line) > self._head_budget:
+                self._line = None  # the head's byte budget answers this one
+            return False
+        line = bytes(self._line) + data[:end]
+        self._line = None
+        status = go_request_line(line.removesuffix(b"\r"))
+        if status is None:
+            return False
+        self._refuse(status, f"request line refused as Go refuses it ({status[:3].decode()})")
+        return True
 
     def _arm_head_timer(self) -> None:
         if self._head_seconds > 0:
@@ -175,6 +256,16 @@ class ClientConnection(RequestHandler):
             self._refuse(_BAD_REQUEST_STATUS, f"malformed request ({type(exc).__name__})")
         # The answer is on the wire already: aiohttp must write nothing of its own.
         return RelayedResponse(status, keep_alive=False)
+
+    def refuse_version(self, request: BaseRequest) -> web.StreamResponse:
+        """Go's refusal for a later request on this connection whose version aiohttp's
+        parser took and Go's refuses (its line was not checked as a first line is).
+        Without the line, a missing version (aiohttp's HTTP/0.9) reads as Go's 400."""
+        major, minor = request.version
+        status = _BAD_REQUEST_STATUS if (major, minor) == (0, 9) else _VERSION_STATUS
+        self._refuse(status, f"request line refused as Go refuses it ({status[:3].decode()})")
+        # The answer is on the wire already: aiohttp must write nothing of its own.
+        return RelayedResponse(int(status[:3]), keep_alive=False)
 
     def _refuse(self, status: bytes, reason: str) -> None:
         transport = self.transport

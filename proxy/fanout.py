@@ -14,7 +14,7 @@ from aiohttp import web
 
 from proxy.backends import BackendPool, BackendState, normalize_model
 from proxy.errors import error_response
-from proxy.protocol import JSON, JSON_V1
+from proxy.protocol import JSON, JSON_V1, encoded
 from proxy.relay import Relay
 from proxy.upstream import BufferedAnswer
 
@@ -62,8 +62,10 @@ class Fanout:
                     items.append(item)
         merged = dict(docs[0])
         merged[key] = items + extra
-        body = orjson.dumps(merged)
-        content_type = JSON_V1 if request.path.startswith("/v1/") else JSON
+        if request.path.startswith("/v1/"):
+            body, content_type = encoded(merged), JSON_V1
+        else:
+            body, content_type = orjson.dumps(merged), JSON
         # aiohttp leaves the body out of a HEAD answer and keeps its Content-Length.
         return web.Response(status=200, body=body, headers={"Content-Type": content_type})
 

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy import go_json
+from proxy import go_json, request_encoding
 from proxy import limits as request_limits
 from proxy.auth import KEY_REQUEST
 from proxy.auto import AutoError, AutoRouter, profile_of, user_key
@@ -31,7 +31,7 @@ from proxy.errors import error_body, error_response
 from proxy.fanout import Fanout
 from proxy.metrics import Metrics
 from proxy.outcome import OUTCOME, Served
-from proxy.protocol import JSON, JSON_V1, MODEL_HEADER
+from proxy.protocol import JSON, JSON_V1, MODEL_HEADER, encoded
 from proxy.relay import Fallback, Relay
 from proxy.routes import find, runs_model
 
@@ -88,6 +88,7 @@ class Handlers:
         # More of the proxy's own state for `health`, by field name (e.g. "limits").
         self.health_extras: dict[str, Callable[[], object]] = {}
         self.cloud = cloud
+        self._body_limit = config.limits.max_body_bytes
 
     def _read(self, request: web.Request) -> Awaitable[bytes]:
         return request_limits.read_body(request, self.config.timeouts.client_body_idle_seconds)
@@ -130,9 +131,12 @@ class Handlers:
         # What is checked is what the backend reads: the body as Ollama decodes it,
         # forwarded in canonical form, never the client's bytes (see `go_json`).
         try:
-            doc, body = go_json.read(await self._read(request))
+            raw = await self._read(request)
+            doc, body = go_json.read(request_encoding.decoded(request, raw, self._body_limit))
         except go_json.BodyError as exc:
             return error_response(path, 400, str(exc))
+        except request_encoding.Undecodable as exc:
+            return exc.response()
         decided.body = body
         if isinstance(doc, dict):
             refused = request_limits.check_body(path, doc, self.config.limits)
@@ -304,7 +308,7 @@ class Handlers:
         name = path[len(V1_MODEL_PREFIX) :]
         entry = next((e for e in self._auto_entries("/v1/models") if e["id"] == name), None)
         if entry is not None:
-            return web.Response(body=orjson.dumps(entry), headers={"Content-Type": JSON_V1})
+            return web.Response(body=encoded(entry), headers={"Content-Type": JSON_V1})
         key = request.get(KEY_REQUEST)
         if key is not None and not key.allows_model(name):
             return self._model_hidden(path, name)

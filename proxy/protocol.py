@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import orjson
+
 if TYPE_CHECKING:
     from aiohttp import web
 
@@ -37,6 +39,13 @@ HOP_BY_HOP = frozenset(
         "host",
     }
 )
+
+
+def encoded(doc: object) -> bytes:
+    """`doc` as Ollama's OpenAI layer writes its answers (middleware/openai.go: Go's
+    json.NewEncoder(w).Encode), which ends the value with a newline."""
+    return orjson.dumps(doc) + b"\n"
+
 
 REQUEST_ID_HEADER = "X-Request-Id"
 # The model that answers: the one named, auto's choice, or the cloud fallback's.

@@ -27,6 +27,7 @@ from proxy.limits import read_chunk
 from proxy.outcome import Served
 from proxy.protocol import HOP_BY_HOP, NDJSON, REQUEST_ID_HEADER, SSE
 from proxy.relayed_response import RelayedResponse
+from proxy.request_encoding import DECODED
 from proxy.upstream import Answer, UpstreamConnection
 from proxy.upstream_errors import ConnectFailed, StaleConnection, UpstreamError
 
@@ -38,6 +39,8 @@ _HOP_BY_HOP_BYTES = frozenset(h.encode() for h in HOP_BY_HOP)
 # client's `X-Request-Id`, since the backend gets the id the proxy uses.
 _NOT_FORWARDED = _HOP_BY_HOP_BYTES | {b"expect", REQUEST_ID_HEADER.lower().encode()}
 _CREDENTIALS = frozenset({b"authorization", b"x-api-key"})
+# Not forwarded with a body the proxy decoded (proxy/request_encoding.py).
+_ENCODING = frozenset({b"content-encoding"})
 _STREAM_TYPES = (NDJSON, SSE)
 _UPLOAD_CHUNK = 256 * 1024
 # What answers a request no local backend could (the cloud fallback), if anything does.
@@ -191,7 +194,7 @@ class Relay:
                 state.pool.host_header,
                 None if body is None else len(body),
                 request_id,
-                self.drop,
+                self.drop | _ENCODING if request.get(DECODED) else self.drop,
             )
             sink.bind(conn)
             try:
@@ -356,7 +359,11 @@ class ClientLeg(Answer):
         # The backend's header lines go out as they came (its head was read as
         # Latin-1); the proxy's own values may hold what a client sent (an id), as
         # the bytes it sent.
-        out = bytearray(b"HTTP/1.1 %d %b\r\n" % (head.status, head.reason.encode("latin-1")))
+        # Go answers an HTTP/1.0 request with an HTTP/1.0 status line (writeStatusLine).
+        version = b"1.1" if self.version >= (1, 1) else b"1.0"
+        out = bytearray(
+            b"HTTP/%b %d %b\r\n" % (version, head.status, head.reason.encode("latin-1"))
+        )
         backend_headers = self._backend_headers(head)
         if self.capture is not None:
             self.capture.started(head, backend_headers)

@@ -12,14 +12,16 @@ import os
 import time
 from collections.abc import Sequence
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
-from proxy import header_values
+from proxy import expect, header_values
 from proxy import limits as request_limits
 from proxy.auth import KEY_REQUEST, Access, Admission
 from proxy.backends import NoBackend
 from proxy.config import Config
+from proxy.connection import ClientConnection
 from proxy.errors import error_response
+from proxy.hosts import HostCheck
 from proxy.metrics import Metrics
 from proxy.origins import ORIGIN, Origins
 from proxy.outcome import OUTCOME, Decided, Hook, Outcome, Served
@@ -44,6 +46,7 @@ class Server:
         self.router = router
         self.hooks = tuple(hooks)
         self.origins = Origins(config.listen.origins)
+        self.hosts = HostCheck(config.listen.host)
         # Keys' limits counted in Redis: admission awaits one round trip. Without it
         # admission stays synchronous.
         self.shared_admission = auth.enabled and auth.shared is not None
@@ -129,15 +132,23 @@ class Server:
         decided.refused = refused is not None
         return refused
 
-    def _unkeyed(self, request: web.Request) -> web.Response | None:
-        """What is answered before any key is looked at: a head over the size limit,
-        and a browser's cross-origin request (`proxy.origins`: refused, or a preflight
-        answered), as Ollama answers both before its handlers."""
+    def _unkeyed(self, request: web.Request) -> web.StreamResponse | None:
+        """What is answered before any key is looked at: a head over the size limit, an
+        `Expect` Go refuses (`proxy.expect`), a browser's cross-origin request
+        (`proxy.origins`: refused, or a preflight answered), and a `Host` that is not
+        local while the proxy listens on loopback (`proxy.hosts`), as Ollama answers
+        each before its handlers."""
+        if request.version.major != 1 and isinstance(request.protocol, ClientConnection):
+            return request.protocol.refuse_version(request)  # Go's 505 (or 400)
         refused = request_limits.check_headers(request, self.config.limits)
+        if refused is None and hdrs.EXPECT in request.headers:
+            refused = expect.refusal(request)
         if refused is None:
             origin = request.headers.get(ORIGIN)
             if origin is not None:
                 refused = self.origins.admit(request, origin)
+        if refused is None and self.hosts.active:
+            refused = self.hosts.refusal(request)
         return refused
 
     def _refusal(self, admission: Admission) -> web.Response | None:

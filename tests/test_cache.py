@@ -104,7 +104,7 @@ def metrics(proxy: Proxy) -> dict[str, float]:
 
 async def _get(port: int, path: str) -> str:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode())
     answer = await asyncio.wait_for(reader.read(), 30)
     writer.close()
     return answer.partition(b"\r\n\r\n")[2].decode()
@@ -284,7 +284,8 @@ def test_a_cancelled_answer_is_not_kept(servers: ServerThread, cache_config: Cac
             reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
             body = orjson.dumps(doc)
             writer.write(
-                f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                f"POST {path} HTTP/1.1\r\nHost: localhost\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n".encode()
                 + body
             )
             await reader.readuntil(b"\r\n\r\n")

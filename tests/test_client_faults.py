@@ -23,7 +23,7 @@ import pytest
 from aiohttp.http_exceptions import LineTooLong
 
 from proxy.config import Limits, Timeouts, Usage
-from proxy.connection import BAD_REQUEST, HEAD_TOO_LARGE
+from proxy.connection import BAD_REQUEST, HEAD_TOO_LARGE, VERSION_NOT_SUPPORTED
 from tests.support import Emulator, Proxy, ServerThread
 
 MODEL = "qwen2.5:7b"
@@ -134,7 +134,7 @@ async def test_slow_heads_are_closed_while_other_clients_are_served(slow_heads: 
     loop = asyncio.get_running_loop()
 
     async def dribble(sock: socket.socket) -> None:
-        await loop.sock_sendall(sock, b"POST /api/generate HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        await loop.sock_sendall(sock, b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
         with contextlib.suppress(OSError):
             while True:  # one byte at a time, until the proxy hangs up
                 await loop.sock_sendall(sock, b"a")
@@ -160,7 +160,7 @@ async def test_a_keep_alive_pause_is_not_a_slow_head(slow_heads: Proxy) -> None:
     idle for longer than it between two requests is still served."""
     sock = await connect(slow_heads.port)
     loop = asyncio.get_running_loop()
-    request = b"GET /api/version HTTP/1.1\r\nHost: x\r\n\r\n"
+    request = b"GET /api/version HTTP/1.1\r\nHost: localhost\r\n\r\n"
     try:
         for _ in range(2):
             await loop.sock_sendall(sock, request)
@@ -179,7 +179,7 @@ async def test_idle_keep_alive_connections_are_closed(
     sock = await connect(proxy.port)
     try:
         await asyncio.get_running_loop().sock_sendall(
-            sock, b"GET /api/version HTTP/1.1\r\nHost: x\r\n\r\n"
+            sock, b"GET /api/version HTTP/1.1\r\nHost: localhost\r\n\r\n"
         )
         head, _ = await read_response(sock)
         assert head.startswith(b"HTTP/1.1 200")
@@ -193,13 +193,14 @@ async def test_idle_keep_alive_connections_are_closed(
     "head",
     [
         # One header line longer than the parser accepts.
-        b"POST /api/generate HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n",
+        b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n",
         # A request line (URL) longer than the parser accepts.
-        b"GET /api/tags?" + b"q" * 20_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /api/tags?" + b"q" * 20_000 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n",
         # Small lines, together over the limit, with no end in sight.
-        b"GET /api/tags HTTP/1.1\r\nHost: x\r\n" + (b"X-Many: " + b"m" * 56 + b"\r\n") * 1000,
+        b"GET /api/tags HTTP/1.1\r\nHost: localhost\r\n"
+        + (b"X-Many: " + b"m" * 56 + b"\r\n") * 1000,
         # Complete, small lines, together over the limit (checked once the head is parsed).
-        b"GET /api/tags HTTP/1.1\r\nHost: x\r\n"
+        b"GET /api/tags HTTP/1.1\r\nHost: localhost\r\n"
         + (b"X-Some: " + b"s" * 56 + b"\r\n") * 40
         + b"\r\n",
     ],
@@ -222,11 +223,11 @@ async def test_heads_over_the_limit_get_gos_431(slow_heads: Proxy, head: bytes) 
 @pytest.mark.parametrize(
     "request_bytes",
     [
-        f"GET /api/tags HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {SECRET}\r\n"
+        f"GET /api/tags HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {SECRET}\r\n"
         f"this is not a header {SECRET}\r\n\r\n".encode(),
-        f"G\x01T /api/tags?key={SECRET} HTTP/1.1\r\nHost: x\r\n\r\n".encode(),
-        f"GET /api/tags HTTP/1.1\r\nHost: x\r\nX-Key: {SECRET}\x00\r\n\r\n".encode(),
-        f"POST /api/generate HTTP/1.1\r\nHost: x\r\nX-Key: {SECRET}".encode()
+        f"G\x01T /api/tags?key={SECRET} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode(),
+        f"GET /api/tags HTTP/1.1\r\nHost: localhost\r\nX-Key: {SECRET}\x00\r\n\r\n".encode(),
+        f"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nX-Key: {SECRET}".encode()
         + b"k" * 10_000
         + b"\r\n\r\n",
     ],
@@ -244,6 +245,126 @@ async def test_unparsable_requests_leave_no_request_bytes_in_logs(
     assert [r.levelno for r in refused] == [logging.WARNING]
     assert "refused a request from 127.0.0.1" in refused[0].getMessage()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+# Request lines Go's net/http refuses and aiohttp's parser serves (or refuses with
+# another status): with Go's status and text.
+ODD_REQUEST_LINES = [
+    (b"GET /api/version\r\n\r\n", BAD_REQUEST),  # no version: HTTP/0.9 to llhttp
+    (b"GET /api/version HTTP/2.0\r\nHost: localhost\r\n\r\n", VERSION_NOT_SUPPORTED),
+    (b"GET /api/version HTTP/3.0\r\nHost: localhost\r\n\r\n", VERSION_NOT_SUPPORTED),
+    (b"GET /api/version HTTP/0.9\r\nHost: localhost\r\n\r\n", VERSION_NOT_SUPPORTED),
+    (b"GET  /api/version HTTP/1.1\r\nHost: localhost\r\n\r\n", BAD_REQUEST),  # Go: no version
+    (b"\r\nGET /api/version HTTP/2.0\nHost: x\n\n", VERSION_NOT_SUPPORTED),
+]
+ODD_LINE_IDS = ["no-version", "http2", "http3", "http09", "two-spaces", "bare-lf"]
+
+
+@pytest.mark.parametrize(("request_bytes", "go_refusal"), ODD_REQUEST_LINES, ids=ODD_LINE_IDS)
+async def test_odd_request_lines_get_gos_refusal(
+    slow_heads: Proxy, request_bytes: bytes, go_refusal: bytes
+) -> None:
+    answer = await answer_to(slow_heads.port, request_bytes)
+    assert go_answer(answer) == go_refusal
+    assert (await generate(slow_heads.url))["done"] is True
+
+
+async def test_a_request_line_in_pieces_is_checked_once_whole(slow_heads: Proxy) -> None:
+    """The line is judged when its end arrives, however it was split."""
+    loop = asyncio.get_running_loop()
+    sock = await connect(slow_heads.port)
+    try:
+        for piece in (b"GET /api/ver", b"sion HTTP/", b"2.0\r", b"\nHost: localhost\r\n\r\n"):
+            await loop.sock_sendall(sock, piece)
+            await asyncio.sleep(0.05)  # separate reads, most likely; any split must do
+        assert go_answer(await read_until_closed(sock)) == VERSION_NOT_SUPPORTED
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize(
+    ("line", "go_refusal"),
+    [
+        (b"GET /api/version HTTP/2.0", VERSION_NOT_SUPPORTED),
+        (b"GET /api/version", BAD_REQUEST),
+    ],
+    ids=["http2", "no-version"],
+)
+async def test_a_later_request_on_a_connection_gets_gos_refusal_too(
+    slow_heads: Proxy, line: bytes, go_refusal: bytes
+) -> None:
+    """After a first request on a keep-alive connection, the version the parser read
+    decides (one it cannot read, as HTTP/3.0 to llhttp, is its 400)."""
+    loop = asyncio.get_running_loop()
+    sock = await connect(slow_heads.port)
+    try:
+        await loop.sock_sendall(sock, b"GET /api/version HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        head, _ = await read_response(sock)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        rest = b"" if go_refusal == BAD_REQUEST else b"Host: localhost\r\n"
+        await loop.sock_sendall(sock, line + b"\r\n" + rest + b"\r\n")
+        assert go_answer(await read_until_closed(sock)) == go_refusal
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize(("request_bytes", "go_refusal"), ODD_REQUEST_LINES, ids=ODD_LINE_IDS)
+async def test_the_emulator_refuses_odd_request_lines_as_go_does(
+    emulator: Emulator, request_bytes: bytes, go_refusal: bytes
+) -> None:
+    assert await answer_to(emulator.port, request_bytes) == go_refusal
+
+
+@pytest.mark.parametrize("version", [b"1.1", b"1.0"])
+@pytest.mark.parametrize("server", ["proxy", "emulator"])
+async def test_an_unknown_expect_gets_gos_417(
+    slow_heads: Proxy, emulator: Emulator, server: str, version: bytes
+) -> None:
+    """Go answers 417 with an empty body and closes, to either version; aiohttp would
+    answer "Unknown Expect: ..." in plain text, to HTTP/1.1 alone, without the id (the
+    proxy names it; the emulator, as Ollama, does not)."""
+    body = orjson.dumps({"model": MODEL, "prompt": "hi", "stream": False})
+    answer = await answer_to(
+        slow_heads.port if server == "proxy" else emulator.port,
+        b"POST /api/generate HTTP/%b\r\nHost: localhost\r\nExpect: something-else\r\n"
+        b"Content-Length: %d\r\n\r\n%b" % (version, len(body), body),
+    )
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"HTTP/%b 417 Expectation Failed" % version
+    assert rest == b""
+    assert b"Content-Length: 0" in lines
+    assert b"Connection: close" in lines
+    named = any(re.fullmatch(rb"X-Request-Id: [0-9a-f]+", line) for line in lines)
+    assert named == (server == "proxy"), head
+    assert not any(line.lower().startswith(b"content-type:") for line in lines), head
+
+
+async def test_expect_100_continue_is_a_token_in_any_case(slow_heads: Proxy) -> None:
+    """Go's hasToken: `100-Continue` is the same expectation; the interim answer comes
+    before the body is sent, the final one after."""
+    loop = asyncio.get_running_loop()
+    body = orjson.dumps({"model": MODEL, "prompt": "hi", "stream": False})
+    sock = await connect(slow_heads.port)
+    try:
+        await loop.sock_sendall(
+            sock,
+            b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nExpect: 100-Continue\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body),
+        )
+        interim = b""
+        async with asyncio.timeout(EVENTUALLY):
+            while b"\r\n\r\n" not in interim:
+                chunk = await loop.sock_recv(sock, 65536)
+                assert chunk, interim
+                interim += chunk
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        await loop.sock_sendall(sock, body)
+        head, answer = await read_response(sock)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        assert orjson.loads(answer)["done"] is True
+    finally:
+        sock.close()
 
 
 async def test_aiohttp_log_records_about_request_bytes_lose_them(
@@ -277,7 +398,7 @@ async def test_a_client_that_stops_reading_does_not_hold_up_others(
         sock.connect(("127.0.0.1", proxy.port))
         body = orjson.dumps({"model": MODEL, "prompt": "go", "options": {"num_predict": 100_000}})
         sock.sendall(
-            b"POST /api/generate HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%b"
+            b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n%b"
             % (len(body), body)
         )
         await eventually(lambda: state.active_streams == 1, "the long stream to start")
@@ -341,7 +462,7 @@ async def test_stalled_bodies_get_408_and_others_are_served(
     sock = await connect(stall_bound.port)
     try:
         await asyncio.get_running_loop().sock_sendall(
-            sock, b"POST %s HTTP/1.1\r\nHost: x\r\n%b\r\n%b" % (path.encode(), head, sent)
+            sock, b"POST %s HTTP/1.1\r\nHost: localhost\r\n%b\r\n%b" % (path.encode(), head, sent)
         )
         # Meanwhile an ordinary client is served.
         assert (await generate(stall_bound.url))["done"] is True
@@ -364,7 +485,8 @@ async def test_a_slow_body_that_keeps_moving_is_served(stall_bound: Proxy) -> No
     try:
         await loop.sock_sendall(
             sock,
-            b"POST /api/generate HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(BODY),
+            b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(BODY),
         )
         for at in range(0, len(BODY), 2):
             await asyncio.sleep(0.05)
@@ -381,5 +503,5 @@ async def test_the_emulator_refuses_a_head_over_gos_limit_as_ollama_does(
 ) -> None:
     """Ollama's own limit (Go's default, 1 MiB and slack) with Go's exact answer, so
     that a client sees the same refusal with or without the proxy in front."""
-    head = b"GET /api/tags HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (2 << 20) + b"\r\n\r\n"
+    head = b"GET /api/tags HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * (2 << 20) + b"\r\n\r\n"
     assert await answer_to(emulator.port, head) == HEAD_TOO_LARGE

@@ -116,7 +116,7 @@ async def test_slow_reader_pauses_the_backend_and_gets_every_byte(
             {"model": "qwen2.5:7b", "prompt": "go", "options": {"num_predict": 30000}}
         )
         request = (
-            f"POST /api/generate HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+            f"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len(body)}\r\n\r\n"
         ).encode() + body
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)

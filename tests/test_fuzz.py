@@ -167,7 +167,7 @@ def exchange(port: int, raw: bytes, method: str) -> tuple[int, bytes]:
 def build(
     method: str, path: str, hdrs: list[tuple[str, str]], auth: str | None, body: bytes
 ) -> bytes:
-    lines = [f"{method} {path} HTTP/1.1", "Host: fuzz"]
+    lines = [f"{method} {path} HTTP/1.1", "Host: localhost"]
     lines += [f"{n}: {v}" for n, v in hdrs if n.lower() not in FRAMING]
     if auth is not None:
         lines.append(f"Authorization: {auth}")

@@ -133,7 +133,7 @@ class Sent:
 
 
 def raw_request(logical: Logical, key: str, body: bytes, head: Head) -> bytes:
-    lines = [f"POST {logical.path} HTTP/1.1".encode(), b"Host: fuzz"]
+    lines = [f"POST {logical.path} HTTP/1.1".encode(), b"Host: localhost"]
     if head.key_header == "bearer":
         lines.append(b"Authorization: Bearer " + key.encode())
     else:
@@ -211,7 +211,7 @@ def setup(
 
 def _plain(path: str, body: bytes) -> bytes:
     return (
-        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len(body)}\r\n"
         "Connection: close\r\n\r\n"
     ).encode() + body
 
@@ -311,7 +311,8 @@ def test_two_keys_in_flight_with_hostile_heads_and_bodies(
 
     # No client opened a circuit.
     _, health, _ = exchange(
-        prx.port, b"GET /api/autoroute/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        prx.port,
+        b"GET /api/autoroute/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     )
     for backend in orjson.loads(health)["backends"]:
         assert backend["circuit"] == "closed", backend
@@ -342,7 +343,7 @@ def test_two_keys_in_flight_with_hostile_heads_and_bodies(
     marker = f"marker-{next(_nonces)}"
     exchange(
         prx.port,
-        f"GET /api/version HTTP/1.1\r\nHost: x\r\nX-Request-Id: {marker}\r\n"
+        f"GET /api/version HTTP/1.1\r\nHost: localhost\r\nX-Request-Id: {marker}\r\n"
         "Connection: close\r\n\r\n".encode(),
     )
     assert _wait_for(lambda: marker in access.getvalue()), access.getvalue()[-500:]

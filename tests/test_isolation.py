@@ -181,7 +181,7 @@ async def read_answer(reader: asyncio.StreamReader) -> Answer:
 def request_bytes(
     method: str, path: str, body: bytes = b"", extra: bytes = b"", key: str | None = None
 ) -> bytes:
-    head = b"%b %b HTTP/1.1\r\nHost: proxy\r\n" % (method.encode(), path.encode())
+    head = b"%b %b HTTP/1.1\r\nHost: localhost\r\n" % (method.encode(), path.encode())
     if key is not None:
         head += b"Authorization: Bearer %b\r\n" % key.encode()
     if body or method == "POST":
@@ -572,7 +572,7 @@ async def test_an_upload_the_backend_refuses_early_gets_that_answer_alone(
     try:
         size = 4 << 20
         head = (
-            b"POST /api/blobs/sha256:%b HTTP/1.1\r\nHost: proxy\r\n"
+            b"POST /api/blobs/sha256:%b HTTP/1.1\r\nHost: localhost\r\n"
             b"Content-Length: %d\r\n\r\n" % (b"0" * 64, size)
         )
         reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
@@ -240,3 +241,48 @@ async def test_own_health_endpoint_reports_backends(emulator: Emulator, proxy: P
     (backend,) = doc["backends"]
     assert backend["url"] == emulator.url and backend["circuit"] == "closed"
     assert MODEL in backend["models"]
+
+
+async def status_line_to_http10(port: int, method: str, path: str, body: Any) -> bytes:
+    """The status line answering an HTTP/1.0 request."""
+    data = b"" if body is None else orjson.dumps(body)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        length = b"Content-Length: %d\r\n" % len(data) if data else b""
+        writer.write(b"%b %b HTTP/1.0\r\n%b\r\n%b" % (method.encode(), path.encode(), length, data))
+        answer = await asyncio.wait_for(reader.read(), 60)
+    finally:
+        writer.close()
+    return answer.partition(b"\r\n")[0]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [
+        ("GET", "/api/version", None, b"200 OK"),
+        ("POST", "/api/generate", {"model": MODEL, "prompt": "Hi", "stream": False}, b"200 OK"),
+        ("POST", "/api/generate", {"model": MODEL, "prompt": "Hi"}, b"200 OK"),  # streamed
+        ("POST", "/api/show", {"model": "no-such-model"}, b"404 Not Found"),
+    ],
+    ids=["relayed", "model-routed", "streamed", "error"],
+)
+async def test_an_http10_client_gets_an_http10_status_line(
+    proxy: Proxy, method: str, path: str, body: Any, status: bytes
+) -> None:
+    """Go's writeStatusLine answers an HTTP/1.0 request with "HTTP/1.0", relayed
+    answers too."""
+    assert await status_line_to_http10(proxy.port, method, path, body) == b"HTTP/1.0 " + status
+
+
+@pytest.mark.parametrize("path", ["/v1/models", "/v1/models/auto", f"/v1/models/{MODEL}"])
+async def test_openai_model_answers_end_as_ollamas_encoder_ends_them(
+    emulator: Emulator, proxy: Proxy, path: str
+) -> None:
+    """Ollama's OpenAI layer writes these with json.NewEncoder: one newline after the
+    value, the proxy's own answers (the merged list, `auto`'s entry) too."""
+    status, content_type, body, _, _ = await fetch(proxy.url, "GET", path, None)
+    assert (status, content_type) == (200, "application/json")
+    assert body.endswith(b"}\n")
+    if path != "/v1/models/auto":
+        direct = (await fetch(emulator.url, "GET", path, None))[2]
+        assert body[-2:] == direct[-2:]

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from proxy import expect
 from proxy.origins import ORIGIN, Origins, add_headers
 from proxy.protocol import NDJSON, SSE, drop_server_header
 
@@ -143,6 +144,9 @@ _ORIGINS = Origins()
 
 @web.middleware
 async def _gin(request: web.Request, handler: Handler) -> web.StreamResponse:
+    refused = expect.refusal(request)  # Go's server answers it before gin runs
+    if refused is not None:
+        return refused
     state = state_of(request)
     state.requests[request.path] += 1
     state.last_headers = {k.lower(): v for k, v in request.headers.items()}
@@ -205,7 +209,7 @@ def create_app(settings: EmulatorSettings | None = None) -> web.Application:
     app = web.Application(middlewares=[_gin], client_max_size=1 << 30)
     app[STATE_KEY] = EmulatorState(settings or EmulatorSettings())
     for method, path, handler in ROUTES:
-        app.router.add_route(method, path, handler)
+        app.router.add_route(method, path, handler, expect_handler=expect.expect_handler)
     app.router.add_route("POST", "/api/emulator/fault", _set_fault)
     app.router.add_route("GET", "/api/emulator/state", _get_state)
     app.on_response_prepare.append(_drop_server_header)

@@ -1,0 +1,71 @@
+"""Request bodies Ollama decompresses: `Content-Encoding: zstd` on its OpenAI- and
+Anthropic-compatible inference routes (the Codex CLI sends its /v1/responses bodies so).
+
+Ollama's cloudPassthroughMiddleware (server/cloud_proxy.go, on each POST route in
+`ZSTD_PATHS`) reads such a body through a zstd decoder whose window is at most 8 MiB
+(`zstd.WithDecoderMaxMemory(8<<20)`), drops the header and reads the JSON inside, so
+`model` there is what routes. Go's net/http decodes no body anywhere else, and neither
+does the proxy.
+
+The proxy decodes it where Ollama does, before anything reads the body, and forwards the
+canonical JSON of what it decoded (as for any model-routed body), without the
+`Content-Encoding` header (`DECODED` tells the relay). What it decodes is bounded by the
+same body limit as a plain body (`limits.max_body_bytes`, 413 above it), counted on the
+decompressed bytes as they come, so a small bomb is refused before it grows. A body
+that is no zstd gets Ollama's 400 `{"error": "..."}` (its gin.H shape on these routes
+too).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import orjson
+import zstandard
+from aiohttp import hdrs, web
+
+from proxy.protocol import JSON
+
+ZSTD_PATHS: Final = frozenset(
+    {
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/responses",
+        "/v1/messages",
+    }
+)
+# What the body's decoder may hold: Ollama's WithDecoderMaxMemory caps its window so.
+MAX_WINDOW_BYTES = 8 << 20
+_CHUNK = 1 << 20
+# Set on a request whose body the proxy decoded: its Content-Encoding is not forwarded.
+DECODED: Final = web.RequestKey("autoroute_body_decoded", bool)
+
+
+class Undecodable(Exception):
+    """A body that says zstd and is not: Ollama's 400."""
+
+    def response(self) -> web.Response:
+        return web.Response(
+            status=400, body=orjson.dumps({"error": str(self)}), headers={"Content-Type": JSON}
+        )
+
+
+def decoded(request: web.Request, body: bytes, limit: int) -> bytes:
+    """`body` as Ollama reads it on this route: decompressed where it decodes zstd,
+    else as sent. Raises `Undecodable`, or aiohttp's 413 over `limit` (0: none)."""
+    # Go's c.GetHeader: the first value, compared exactly.
+    if request.headers.get(hdrs.CONTENT_ENCODING) != "zstd" or request.path not in ZSTD_PATHS:
+        return body
+    out = bytearray()
+    decoder = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW_BYTES)
+    try:
+        with decoder.stream_reader(body, read_across_frames=True) as reader:
+            while chunk := reader.read(_CHUNK):
+                out += chunk
+                if limit and len(out) > limit:
+                    raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(out))
+    except zstandard.ZstdError as exc:
+        raise Undecodable(str(exc)) from None
+    request[DECODED] = True
+    return bytes(out)

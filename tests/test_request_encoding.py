@@ -1,0 +1,109 @@
+"""zstd request bodies, decoded where Ollama decodes them (proxy/request_encoding.py):
+routed by the model inside, bounded by the body limit once decompressed, refused with
+Ollama's 400 when they are no zstd, and left as sent on the routes Ollama leaves them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import aiohttp
+import orjson
+import pytest
+import zstandard
+
+from proxy.config import Limits
+from proxy.protocol import MODEL_HEADER
+from tests.support import Emulator, Proxy, ServerThread
+
+MODEL = "qwen2.5:7b"
+LIMIT = 1 << 20
+ZSTD = {"Content-Encoding": "zstd", "Content-Type": "application/json"}
+
+
+@pytest.fixture(scope="module")
+def bounded(servers: ServerThread, emulator: Emulator) -> Iterator[Proxy]:
+    prx = Proxy(servers, [emulator.url], limits=Limits(max_body_bytes=LIMIT))
+    yield prx
+    prx.stop()
+
+
+def zstd(doc: object) -> bytes:
+    return zstandard.ZstdCompressor().compress(orjson.dumps(doc))
+
+
+async def post(url: str, data: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+    async with aiohttp.ClientSession() as http, http.post(url, data=data, headers=headers) as resp:
+        return resp.status, dict(resp.headers), await resp.read()
+
+
+@pytest.mark.parametrize(
+    ("path", "doc"),
+    [
+        ("/v1/responses", {"model": MODEL, "input": "Why is the sky blue?"}),
+        ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}]}),
+    ],
+)
+async def test_a_zstd_body_is_routed_by_the_model_inside(
+    bounded: Proxy, path: str, doc: dict[str, object]
+) -> None:
+    status, headers, body = await post(bounded.url + path, zstd(doc), ZSTD)
+    assert status == 200, body
+    assert headers[MODEL_HEADER] == MODEL
+    assert orjson.loads(body)["model"] == MODEL
+
+
+async def test_auto_in_a_zstd_body_is_decided(bounded: Proxy) -> None:
+    """The Codex CLI's case: `model: auto` in a compressed /v1/responses body."""
+    doc = {"model": "auto", "input": "Write a Python function that reverses a list."}
+    status, headers, body = await post(bounded.url + "/v1/responses", zstd(doc), ZSTD)
+    assert status == 200, body
+    chosen = headers[MODEL_HEADER]
+    assert chosen and chosen != "auto"
+    assert headers["X-Autoroute-Profile"]
+
+
+async def test_a_zstd_bomb_is_refused_at_the_body_limit(bounded: Proxy) -> None:
+    """A few KiB that would be 256 MiB: refused once the decompressed bytes pass the
+    body limit, as a plain body over it is; the proxy goes on serving."""
+    bomb = zstandard.ZstdCompressor(level=19).compress(b'{"model": "' + b"a" * (256 << 20))
+    assert len(bomb) < LIMIT // 16
+    status, _, body = await post(bounded.url + "/v1/responses", bomb, ZSTD)
+    assert status == 413
+    assert f"limit {LIMIT} bytes" in orjson.loads(body)["error"]["message"]
+    doc = {"model": MODEL, "input": "Hi"}
+    assert (await post(bounded.url + "/v1/responses", zstd(doc), ZSTD))[0] == 200
+
+
+async def test_a_body_that_is_no_zstd_gets_ollamas_400(bounded: Proxy) -> None:
+    data = orjson.dumps({"model": MODEL, "input": "Hi"})
+    status, headers, body = await post(bounded.url + "/v1/responses", data, ZSTD)
+    assert status == 400
+    assert headers["Content-Type"] == "application/json; charset=utf-8"
+    assert list(orjson.loads(body)) == ["error"]  # gin.H, not OpenAI's shape
+
+
+async def test_routes_ollama_decodes_nothing_on_get_the_body_as_sent(
+    emulator: Emulator, bounded: Proxy
+) -> None:
+    """Ollama's native routes read the compressed bytes as JSON, and fail: the same
+    answer through the proxy."""
+    data = zstd({"model": MODEL, "messages": [{"role": "user", "content": "Hi"}]})
+    direct = await post(emulator.url + "/api/chat", data, ZSTD)
+    proxied = await post(bounded.url + "/api/chat", data, ZSTD)
+    assert direct[0] == 400
+    assert (proxied[0], proxied[2]) == (direct[0], direct[2])
+
+
+async def test_the_backend_gets_the_decoded_body_without_its_encoding(
+    servers: ServerThread, own_emulator: Emulator
+) -> None:
+    prx = Proxy(servers, [own_emulator.url])
+    try:
+        doc = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}]}
+        status, _, body = await post(prx.url + "/v1/chat/completions", zstd(doc), ZSTD)
+        assert status == 200, body
+        forwarded = own_emulator.state.last_headers
+        assert "content-encoding" not in forwarded
+        assert int(forwarded["content-length"]) == len(orjson.dumps(doc))
+    finally:
+        prx.stop()
