@@ -109,7 +109,13 @@ class UpstreamConnection(asyncio.Protocol):
         except ProtocolError as exc:
             self._fail(exc)
             return
-        if events:
+        if len(events) == 1 and events[0] is data:
+            # Body bytes only, the answer going on: a stream's chunk, the common case.
+            try:
+                sink.on_body(data)
+            except Exception as exc:
+                self._fail(exc)  # as in `_deliver`
+        elif events:
             self._deliver(sink, events)
         elif reader.ended:
             # Bytes no exchange asked for (after the end of a response): the
