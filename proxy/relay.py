@@ -356,12 +356,12 @@ class ClientLeg(Answer):
         # The backend's header lines go out as they came (its head was read as
         # Latin-1); the proxy's own values may hold what a client sent (an id), as
         # the bytes it sent.
-        out = bytearray(b"HTTP/1.1 %d %b\r\n" % (head.status, head.reason.encode("latin-1")))
         backend_headers = self._backend_headers(head)
         if self.capture is not None:
             self.capture.started(head, backend_headers)
-        for name, value in backend_headers:
-            out += b"%b: %b\r\n" % (name.encode("latin-1"), value.encode("latin-1"))
+        lines = [f"HTTP/1.1 {head.status} {head.reason}\r\n"]
+        lines += [f"{name}: {value}\r\n" for name, value in backend_headers]
+        out = bytearray("".join(lines).encode("latin-1"))  # one encoding for them all
         for name, value in self._own_headers():
             out += b"%b: %b\r\n" % (_wire(name), _wire(value))
         if head.chunked:

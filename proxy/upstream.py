@@ -128,7 +128,8 @@ class UpstreamConnection(asyncio.Protocol):
                 if type(event) is bytes:
                     sink.on_body(event)
                 elif type(event) is Head:
-                    body_follows = any(type(e) is bytes for e in events)
+                    # A head is its read's first event; body bytes with it, the next.
+                    body_follows = len(events) > 1 and type(events[1]) is bytes
                     self._fail_drain(None)  # answered: an upload waiting to send more stops
                     sink.on_head(event.head, body_follows)
                 elif type(event) is End:
