@@ -362,8 +362,7 @@ class ClientLeg(Answer):
         lines = [f"HTTP/1.1 {head.status} {head.reason}\r\n"]
         lines += [f"{name}: {value}\r\n" for name, value in backend_headers]
         out = bytearray("".join(lines).encode("latin-1"))  # one encoding for them all
-        for name, value in self._own_headers():
-            out += b"%b: %b\r\n" % (_wire(name), _wire(value))
+        out += _wire("".join([f"{name}: {value}\r\n" for name, value in self._own_headers()]))
         if head.chunked:
             out += b"Transfer-Encoding: chunked\r\n"
         elif head.content_length is not None:
