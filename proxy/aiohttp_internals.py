@@ -51,7 +51,7 @@ import logging
 import os
 import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 from aiohttp import web
@@ -180,10 +180,12 @@ def client_transport(request: BaseRequest) -> asyncio.Transport:
     return transport
 
 
-def writing_paused(protocol: BaseProtocol) -> bool:
-    """Whether the client's transport has asked its writers to pause (its buffer is
-    over the high-water mark)."""
-    return protocol.writing_paused
+# Whether the client's transport has asked its writers to pause (its buffer is over the
+# high-water mark). The property's own getter: the relay asks after every chunk, and a
+# function around the property would be a second call each time.
+writing_paused: Callable[[BaseProtocol], bool] = cast(
+    Callable[[BaseProtocol], bool], cast(property, BaseProtocol.writing_paused).fget
+)
 
 
 async def wait_drained(writer: AbstractStreamWriter) -> None:

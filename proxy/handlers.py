@@ -158,7 +158,7 @@ class Handlers:
             if runs_model(path):
                 # The answer names the model as the client did; the header says the same.
                 served.extra[MODEL_HEADER] = model
-            return await self._local_or_cloud(request, doc, body, model, (model,))
+            return await self._local_or_cloud(request, served, doc, body, model, (model,))
         assert isinstance(doc, dict)
         if path == SHOW_PATH:
             return self.auto_routes.show(profile, key.models if key else None)
@@ -216,26 +216,34 @@ class Handlers:
             )
         doc["model"] = chosen
         names = (chosen, f"auto:{profile}")
-        return await self._local_or_cloud(request, doc, orjson.dumps(doc), chosen, names)
+        routed = orjson.dumps(doc)
+        return await self._local_or_cloud(request, served, doc, routed, chosen, names)
 
-    async def _local_or_cloud(
-        self, request: web.Request, doc: Any, body: bytes, model: str, names: tuple[str, ...]
-    ) -> web.StreamResponse:
+    # `_local_or_cloud` and `_generate` only choose where a request goes: they return
+    # that coroutine unawaited, so the handler awaits the relay with no frames between.
+    def _local_or_cloud(
+        self,
+        request: web.Request,
+        served: Served,
+        doc: Any,
+        body: bytes,
+        model: str,
+        names: tuple[str, ...],
+    ) -> Awaitable[web.StreamResponse]:
         """To a local backend (through the response cache); to the cloud fallback, where
         a provider stands in for `names`, only when none can serve: no usable backend
         lists the model, or every one that does failed or refused."""
-        served = request[OUTCOME].served
         served.model = model  # until the cloud stands in with its own
         cloud = self.cloud
         if cloud is None or not isinstance(doc, dict) or not cloud.takes(request.path, names):
-            return await self._generate(request, served, doc, body, model)
+            return self._generate(request, served, doc, body, model)
         if not lists_locally(self.backends, model):
-            return await cloud.serve(request, doc, names)
-        return await self._generate(
+            return cloud.serve(request, doc, names)
+        return self._generate(
             request, served, doc, body, model, fallback=lambda: cloud.serve(request, doc, names)
         )
 
-    async def _generate(
+    def _generate(
         self,
         request: web.Request,
         served: Served,
@@ -243,12 +251,24 @@ class Handlers:
         body: bytes,
         model: str,
         fallback: Fallback | None = None,
-    ) -> web.StreamResponse:
+    ) -> Awaitable[web.StreamResponse]:
         """To `model`'s backend, through the response cache when the request is
         cacheable (`proxy.cache.key`): a hit is replayed, a miss recorded and kept."""
         cache = self.cache
         if cache is None or not cacheable(request.path, doc, request.headers.get("Cache-Control")):
-            return await self.relay.forward(request, served, body, model, fallback=fallback)
+            return self.relay.forward(request, served, body, model, fallback=fallback)
+        return self._cached(cache, request, served, doc, body, model, fallback)
+
+    async def _cached(
+        self,
+        cache: ResponseCache,
+        request: web.Request,
+        served: Served,
+        doc: Any,
+        body: bytes,
+        model: str,
+        fallback: Fallback | None,
+    ) -> web.StreamResponse:
         key = cache_key(request.path, doc, model, scope(request))
         entry = await cache.lookup(key)
         if entry is not None:

@@ -23,6 +23,10 @@ MAX_HEAD_BYTES = 64 * 1024
 _NONE, _LENGTH, _CHUNKED, _UNTIL_CLOSE, _HEAD, _DONE = range(6)
 _HEX_DIGITS = b"0123456789abcdefABCDEF"
 _MAX_CHUNK_SIZE_DIGITS = 16
+# Chunk-size lines already read, and their sizes: a stream's chunks repeat a few sizes,
+# so a line is parsed (and checked) once, then looked up. Bounded by count and length.
+_SIZES: dict[bytes, int] = {}
+_MAX_SIZES = 4096
 
 
 @dataclass(slots=True)
@@ -162,7 +166,11 @@ class ResponseReader:
     def feed(self, data: bytes) -> list[Event]:
         """What `data`, the next bytes from the backend, completes."""
         mode = self._mode
-        if mode == _CHUNKED or mode == _LENGTH or mode == _UNTIL_CLOSE:
+        if mode == _CHUNKED:
+            # A streamed answer's next chunks: what nearly every read is, kept short.
+            end = self._scan_chunks(data)
+            return [data] if end < 0 else self._ended(data, end, [])
+        if mode == _LENGTH or mode == _UNTIL_CLOSE:
             return self._body(data, [])
         if mode == _HEAD:
             return self._read_head(data)
@@ -215,6 +223,10 @@ class ResponseReader:
         if end < 0:
             events.append(data)
             return events
+        return self._ended(data, end, events)
+
+    def _ended(self, data: bytes, end: int, events: list[Event]) -> list[Event]:
+        """The body ended at `end` in `data`: its last bytes, then `End`."""
         stray = end < len(data)
         if end:
             events.append(data[:end] if stray else data)
@@ -228,33 +240,42 @@ class ResponseReader:
         the last chunk's trailers), or -1 when it goes on."""
         pos = 0
         end = len(data)
-        while pos < end:
-            if self._left:
-                step = min(self._left, end - pos)
-                self._left -= step
-                pos += step
-                continue
-            newline = data.find(b"\n", pos)
-            if newline < 0:
-                self._line += data[pos:]
-                if len(self._line) > MAX_HEAD_BYTES:
-                    raise ProtocolError("chunk size line too long")
-                return -1
-            line = data[pos:newline]
-            pos = newline + 1
-            if self._line:
-                line = self._line + line
-                self._line = b""
-            if self._trailers:
-                if not line.strip():
-                    return pos
-                continue
-            size = _chunk_size(line)
-            if size == 0:
-                self._trailers = True
-            else:
-                self._left = size + 2
-        return -1
+        left = self._left  # a local while scanning: read once per piece, stored at the end
+        try:
+            while pos < end:
+                if left:
+                    if left >= end - pos:
+                        left -= end - pos
+                        return -1
+                    pos += left
+                    left = 0
+                newline = data.find(b"\n", pos)
+                if newline < 0:
+                    self._line += data[pos:]
+                    if len(self._line) > MAX_HEAD_BYTES:
+                        raise ProtocolError("chunk size line too long")
+                    return -1
+                line = data[pos:newline]
+                pos = newline + 1
+                if self._line:
+                    line = self._line + line
+                    self._line = b""
+                if self._trailers:
+                    if not line.strip():
+                        return pos
+                    continue
+                size = _SIZES.get(line)
+                if size is None:
+                    size = _chunk_size(line)
+                    if len(_SIZES) < _MAX_SIZES and len(line) <= _MAX_CHUNK_SIZE_DIGITS:
+                        _SIZES[line] = size
+                if size == 0:
+                    self._trailers = True
+                else:
+                    left = size + 2
+            return -1
+        finally:
+            self._left = left
 
 
 def _chunk_size(line: bytes) -> int:

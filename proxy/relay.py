@@ -359,18 +359,15 @@ class ClientLeg(Answer):
         # The backend's header lines go out as they came (its head was read as
         # Latin-1); the proxy's own values may hold what a client sent (an id), as
         # the bytes it sent.
-        # Go answers an HTTP/1.0 request with an HTTP/1.0 status line (writeStatusLine).
-        version = b"1.1" if self.version >= (1, 1) else b"1.0"
-        out = bytearray(
-            b"HTTP/%b %d %b\r\n" % (version, head.status, head.reason.encode("latin-1"))
-        )
         backend_headers = self._backend_headers(head)
         if self.capture is not None:
             self.capture.started(head, backend_headers)
-        for name, value in backend_headers:
-            out += b"%b: %b\r\n" % (name.encode("latin-1"), value.encode("latin-1"))
-        for name, value in self._own_headers():
-            out += b"%b: %b\r\n" % (_wire(name), _wire(value))
+        # Go answers an HTTP/1.0 request with an HTTP/1.0 status line (writeStatusLine).
+        version = "1.1" if self.version >= (1, 1) else "1.0"
+        lines = [f"HTTP/{version} {head.status} {head.reason}\r\n"]
+        lines += [f"{name}: {value}\r\n" for name, value in backend_headers]
+        out = bytearray("".join(lines).encode("latin-1"))  # one encoding for them all
+        out += _wire("".join([f"{name}: {value}\r\n" for name, value in self._own_headers()]))
         if head.chunked:
             out += b"Transfer-Encoding: chunked\r\n"
         elif head.content_length is not None:

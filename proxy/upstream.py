@@ -109,7 +109,13 @@ class UpstreamConnection(asyncio.Protocol):
         except ProtocolError as exc:
             self._fail(exc)
             return
-        if events:
+        if len(events) == 1 and events[0] is data:
+            # Body bytes only, the answer going on: a stream's chunk, the common case.
+            try:
+                sink.on_body(data)
+            except Exception as exc:
+                self._fail(exc)  # as in `_deliver`
+        elif events:
             self._deliver(sink, events)
         elif reader.ended:
             # Bytes no exchange asked for (after the end of a response): the
@@ -122,7 +128,8 @@ class UpstreamConnection(asyncio.Protocol):
                 if type(event) is bytes:
                     sink.on_body(event)
                 elif type(event) is Head:
-                    body_follows = any(type(e) is bytes for e in events)
+                    # A head is its read's first event; body bytes with it, the next.
+                    body_follows = len(events) > 1 and type(events[1]) is bytes
                     self._fail_drain(None)  # answered: an upload waiting to send more stops
                     sink.on_head(event.head, body_follows)
                 elif type(event) is End:
