@@ -19,6 +19,8 @@ the private and loopback rules cover.
 
 from __future__ import annotations
 
+import enum
+import functools
 import ipaddress
 import socket
 
@@ -77,6 +79,28 @@ def _local_address(host: str) -> bool:
     )
 
 
+class Verdict(enum.Enum):
+    REFUSED = 0
+    ADDRESS = 1  # a local address: passes, whatever the method
+    NAME = 2  # a local name: passes, and an OPTIONS for it is answered 204
+
+
+@functools.lru_cache(maxsize=1024)
+def verdict(value: str, hostname: str) -> Verdict:
+    """What Ollama's rule says of a `Host` header's value on a machine named
+    `hostname`. Cached: a client names the same host on every request, and parsing it
+    as an address is most of the check's cost."""
+    host = split_host_port(value)
+    if host is None:
+        host = value
+    if _local_address(host):
+        return Verdict.ADDRESS
+    host = host.lower()
+    if host in ("", "localhost", hostname) or host.endswith(_LOCAL_SUFFIXES):
+        return Verdict.NAME
+    return Verdict.REFUSED
+
+
 class HostCheck:
     """Ollama's allowedHostsMiddleware, for a proxy listening on `listen_host`."""
 
@@ -84,21 +108,14 @@ class HostCheck:
         self.active = listens_on_loopback(listen_host)
         self._hostname = socket.gethostname().lower()
 
-    def _allowed_name(self, host: str) -> bool:
-        host = host.lower()
-        return host in ("", "localhost", self._hostname) or host.endswith(_LOCAL_SUFFIXES)
-
     def refusal(self, request: web.BaseRequest) -> web.Response | None:
         """None when the request may go on (always, unless on loopback)."""
         if not self.active:
             return None
-        value = request.headers.get(hdrs.HOST, "")
-        host = split_host_port(value)
-        if host is None:
-            host = value
-        if _local_address(host):
+        found = verdict(request.headers.get(hdrs.HOST, ""), self._hostname)
+        if found is Verdict.ADDRESS:
             return None
-        if self._allowed_name(host):
+        if found is Verdict.NAME:
             if request.method == hdrs.METH_OPTIONS:
                 return web.Response(status=204)
             return None
