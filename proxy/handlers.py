@@ -88,7 +88,6 @@ class Handlers:
         # More of the proxy's own state for `health`, by field name (e.g. "limits").
         self.health_extras: dict[str, Callable[[], object]] = {}
         self.cloud = cloud
-        self._body_limit = config.limits.max_body_bytes
 
     def _read(self, request: web.Request) -> Awaitable[bytes]:
         return request_limits.read_body(request, self.config.timeouts.client_body_idle_seconds)
@@ -132,7 +131,8 @@ class Handlers:
         # forwarded in canonical form, never the client's bytes (see `go_json`).
         try:
             raw = await self._read(request)
-            doc, body = go_json.read(request_encoding.decoded(request, raw, self._body_limit))
+            limit = self.config.limits.max_body_bytes
+            doc, body = go_json.read(request_encoding.decoded(request, raw, limit))
         except go_json.BodyError as exc:
             return error_response(path, 400, str(exc))
         except request_encoding.Undecodable as exc:
