@@ -131,10 +131,17 @@ UNSEEN_SPREAD = 0.1
 # deviations of the difference of their P (the spreads above, combined as independent).
 SWITCH_Z = 1.0
 # The catalogue's share of an unseen model's P (see `with_catalogue`), for a model it
-# has published results for: half. On models held out of training a larger share
-# orders them a little better before any feedback, but leaves the learner unable to
-# correct a pair the catalogue misjudges (the one it rates lower is never tried).
-CATALOGUE_SHARE = 0.5
+# has published results for in every area: all of it. The booster places a model it
+# was not fitted on from its description, and with a few training models one feature
+# they happened to differ by (a release date, a context length, being a code model)
+# stands for their identity: an unseen coder is then rated by what the one trained
+# coder did, not by its own coding results. The catalogue reads those results.
+CATALOGUE_SHARE = 1.0
+# The prompt's area demand is raised to this power before it weighs the catalogue's
+# area scores: each `demand_*` carries a flat share for every area (no hint says "this
+# area only"), so read as weights it would rate a coder on a code prompt half by its
+# general knowledge and mathematics; the power lets the area that dominates decide.
+DEMAND_POWER = 3.0
 # Monte-Carlo draws for a decision's propensity under Thompson sampling.
 DRAWS = 32
 # Once there is evidence, the greedy choice ranks each candidate by its posterior mean
@@ -294,19 +301,19 @@ def with_catalogue(
     catalogue says of it for this prompt.
 
     For a model the artifact was not fitted on, its P is the booster's extrapolation
-    from the model's description, and one feature the training models happened to
-    share (a context length, a family) can carry it far. The catalogue reads the
-    same model directly: its area scores weighed by the prompt's demand for each area,
-    an accuracy for this prompt. Its standing against the fleet, centred on the
-    selector's mean for the fleet on this prompt (a point of benchmark accuracy is
-    taken as a point of P), is a second estimate whose errors are not the booster's.
-    The catalogue's estimate gets `CATALOGUE_SHARE` (see there why) in proportion to
-    what it knows of the model: none when its `uncertainty` is 1 (it placed the model
-    from nothing beyond its details, and its estimate is the fleet's mean). A model the
-    artifact knows keeps its P."""
+    from the model's description (see `CATALOGUE_SHARE` why that misleads). The
+    catalogue reads the same model directly: its area scores weighed by the prompt's
+    demand for each area (`DEMAND_POWER`), an accuracy for this prompt. Put on the
+    selector's scale for this prompt (a point of benchmark accuracy taken as a point of
+    P, offset by how far the selector's P sits from the catalogue's reading, on average,
+    for the models it was fitted on, else for the whole fleet), that is a second
+    estimate whose errors are not the booster's. It replaces the booster's P by
+    `CATALOGUE_SHARE` times what the catalogue knows of the model: nothing when its
+    `uncertainty` is 1 (placed from nothing beyond its details). A model the artifact
+    knows keeps its P."""
     if all(known) or len(candidates) < 2:
         return list(p_success)
-    demand = [request[i] for i in _DEMAND]
+    demand = [request[i] ** DEMAND_POWER for i in _DEMAND]
     total = sum(demand) or 1.0
     reads = [
         sum(d * a for d, a in zip(demand, c.areas, strict=True)) / total
@@ -314,13 +321,19 @@ def with_catalogue(
         else UNKNOWN_AREA
         for c in candidates
     ]
-    centre = sum(p_success) / len(p_success) - sum(reads) / len(reads)
+    # The offset from the models whose P the selector was fitted on: an unseen model's
+    # estimate then stands against theirs, not against the booster's guesses of the
+    # other unseen models (which a fleet of many unseen models would otherwise set).
+    pairs = [(p, r) for p, r, k in zip(p_success, reads, known, strict=True) if k] or list(
+        zip(p_success, reads, strict=True)
+    )
+    centre = sum(p - r for p, r in pairs) / len(pairs)
     out = []
     for p, read, candidate, is_known in zip(p_success, reads, candidates, known, strict=True):
         share = (
             0.0 if is_known else CATALOGUE_SHARE * (1.0 - min(1.0, max(0.0, candidate.uncertainty)))
         )
-        out.append(p + share * (centre + read - p))
+        out.append(min(1 - _P_FLOOR, max(_P_FLOOR, p + share * (centre + read - p))))
     return out
 
 

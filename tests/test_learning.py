@@ -273,8 +273,16 @@ def test_unseen_models_lean_on_the_catalogue_by_what_it_knows() -> None:
         [0.4 + (reads[0] - 0.4) * share, 0.7 + (reads[1] - 0.7) * share, 0.4]
     )
     assert got[0] > got[1]
-    # A model the artifact was fitted on keeps its P; with every one known, all do.
-    assert with_catalogue([0.4, 0.7, 0.4], request, candidates, [True, False, False])[0] == 0.4
+    # A model the artifact was fitted on keeps its P, and the others' readings are
+    # centred on it: "strong" reads 0.9 where the selector says 0.8, so "weak", read
+    # 0.3, is put at 0.3 - 0.1 (by its share), whatever the booster guessed of it.
+    fitted = with_catalogue([0.8, 0.7, 0.4], request, candidates, [True, False, False])
+    assert fitted[0] == 0.8
+    assert fitted[1] == pytest.approx(0.7 + share * (0.8 - 0.9 + 0.3 - 0.7))
+    assert fitted[2] == 0.4
+    # A reading below 0 is still a probability.
+    assert with_catalogue([0.2, 0.7, 0.4], request, candidates, [True, False, False])[1] > 0
+    # With every one known, all keep their P.
     assert with_catalogue([0.4, 0.7, 0.4], request, candidates, [True] * 3) == [0.4, 0.7, 0.4]
     # The anchor when no candidate is known: the largest.
     assert largest(candidates) == "weak"
