@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,28 @@ class Artifact:
     # Passed to every run: without one, onnxruntime's binding builds a default per call.
     # A run only reads it, so runs may share it.
     run_options: ort.RunOptions = field(default_factory=ort.RunOptions, repr=False, compare=False)
+
+    # Each model it was fitted on as training described it (see `as_learned`), by name.
+    learned: Mapping[str, features.Candidate] = field(default_factory=dict, repr=False)
+
+    def as_learned(self, candidate: features.Candidate) -> features.Candidate:
+        """`candidate` with the catalogue's description of it (areas, specialties,
+        release, uncertainty, active parameters) as training recorded it, for a model
+        the artifact was fitted on. The booster placed those models by that description,
+        and a catalogue that has learned more since (a published number of another model
+        moves the benchmark mappings, size trends and neighbours everyone's areas rest
+        on) would move them where their outcomes never were. Any other model: as given."""
+        seen = self.learned.get(candidate.name)
+        if seen is None:
+            return candidate
+        return replace(
+            candidate,
+            active_params_b=seen.active_params_b,
+            areas=seen.areas,
+            specialties=seen.specialties,
+            release=seen.release,
+            uncertainty=seen.uncertainty,
+        )
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
         """P(success) for each row."""
@@ -120,6 +143,7 @@ def load(path: Path) -> Artifact:
     except (TypeError, KeyError, ValueError) as exc:
         raise ArtifactError(f"{meta_path}: malformed metadata: {exc!r}") from None
     return Artifact(
+        learned=_learned(models),
         path=path,
         version=str(meta.get("artifact_version") or "unversioned"),
         schema_version=int(schema),
@@ -136,3 +160,14 @@ def load(path: Path) -> Artifact:
         load_seconds=time.perf_counter() - started,
         sha256=hashlib.sha256(raw).hexdigest(),
     )
+
+
+def _learned(models: Mapping[str, Mapping[str, Any]]) -> dict[str, features.Candidate]:
+    """The training table's descriptions that carry area scores: a row is a candidate
+    record, or holds one under `knowledge` (artifacts of schema 3's first releases)."""
+    learned = {}
+    for name, row in models.items():
+        record = row.get("knowledge", row)
+        if isinstance(record, Mapping) and record.get("areas"):
+            learned[name] = features.Candidate.from_record({**record, "name": name})
+    return learned

@@ -94,7 +94,8 @@ _MAX_ENTRIES = 512
 
 
 def _rows(artifact: Artifact, candidates: Sequence[Candidate]) -> np.ndarray:
-    """Rows with the candidates' parts filled in and the request's part zero.
+    """Rows with the candidates' parts filled in (a model the artifact was fitted on as
+    it learned it, `Artifact.as_learned`) and the request's part zero.
 
     Cached on the artifact (its width) by the identity of the candidate objects, which
     the registry keeps while nothing changes, so that a request does not hash them. The
@@ -107,7 +108,7 @@ def _rows(artifact: Artifact, candidates: Sequence[Candidate]) -> np.ndarray:
     if entry is None:
         rows = np.zeros((len(candidates), artifact.width), dtype=np.float32)
         for i, candidate in enumerate(candidates):
-            rows[i, _WIDTH:] = candidate_block(candidate)
+            rows[i, _WIDTH:] = candidate_block(artifact.as_learned(candidate))
         rows.flags.writeable = False
         if len(cache) >= _MAX_ENTRIES:
             cache.clear()

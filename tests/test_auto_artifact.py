@@ -11,6 +11,7 @@ import shutil
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -293,8 +294,38 @@ def test_scorer_rows_are_the_feature_rows(artifacts: tuple[Path, Path]) -> None:
         features.Candidate(GENERAL, family="llama", params_b=8.0, loaded=True),
         features.Candidate("unseen:3b", params_b=3.0),
     ]
-    expected = np.asarray(features.rows(request, candidates), dtype=np.float32)
+    # The models it was fitted on, as training described them (`Artifact.as_learned`).
+    learned = [art.as_learned(c) for c in candidates]
+    assert learned[0].areas and learned[2] is candidates[2]
+    expected = np.asarray(features.rows(request, learned), dtype=np.float32)
     assert np.array_equal(Scorer.batch(art, request, candidates), expected)
+
+
+def test_the_trained_models_are_scored_as_the_shipped_artifact_learned_them() -> None:
+    """Serving describes a model by today's catalogue; the booster learned each of its
+    training models from the description training recorded. A catalogue that says more
+    of a trained model now (published numbers of other models move the benchmark
+    mappings, the size trends, the neighbours) leaves its P as learned, while an unseen
+    model's P follows what the catalogue says of it."""
+    from selector_model import artifact as artifact_module
+    from selector_model.scorer import Scorer
+
+    art = artifact_module.load(artifact_module.SHIPPED)
+    meta = orjson.loads(artifact_module.SHIPPED.with_suffix(".json").read_bytes())
+    request = features.request_features(
+        "/api/chat", {"messages": [{"role": "user", "content": CODE}]}
+    )
+    scorer = Scorer(artifact_module.SHIPPED)
+    for row in meta["models"]:
+        recorded = row.get("knowledge", row)
+        today = model_info(row["name"], {"details": {"family": row["family"]}}, {}).candidate
+        moved = replace(today, areas=tuple(a / 2 for a in recorded["areas"]), uncertainty=0.9)
+        assert art.as_learned(moved).areas == tuple(recorded["areas"]), row["name"]
+        assert art.as_learned(moved).uncertainty == recorded["uncertainty"], row["name"]
+        assert scorer.p_success(art, request, [moved]) == scorer.p_success(art, request, [today])
+    unseen = model_info("qwen2.5:14b", {"details": {"family": "qwen2"}}, {}).candidate
+    halved = replace(unseen, areas=tuple(a / 2 for a in unseen.areas))
+    assert scorer.p_success(art, request, [halved]) != scorer.p_success(art, request, [unseen])
 
 
 def _post(url: str, doc: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:

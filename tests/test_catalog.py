@@ -63,24 +63,6 @@ def test_the_llmrouter_models_are_listed_under_their_dataset_names(catalog: Cata
         assert catalog.resolve(ollama_name) == ollama_name
 
 
-def test_the_trained_models_are_described_as_the_shipped_artifact_learned_them(
-    catalog: Catalog,
-) -> None:
-    """Serving describes a model by the catalogue, training recorded the description it
-    learned from: an entry added to the catalogue must leave the trained models' areas,
-    specialties, release and uncertainty as the artifact has them (published numbers
-    of other models move the benchmark mappings, the size trend and the neighbours)."""
-    artifact = json.loads((ROOT / "selector_model/artifacts/selector.json").read_text())
-    for model in artifact["models"]:
-        learned = model["knowledge"]
-        now = catalog.lookup(model["name"])
-        assert [now.areas[area] for area in AREAS] == learned["areas"], model["name"]
-        assert now.uncertainty == learned["uncertainty"], model["name"]
-        assert now.released == learned["release"], model["name"]
-        assert sorted(now.specialties) == learned["specialties"], model["name"]
-        assert now.active_params_b == learned["active_params_b"], model["name"]
-
-
 def test_an_unseen_coder_lands_next_to_the_qwen_coder(catalog: Catalog) -> None:
     coder = catalog.lookup("qwen2.5-coder:7b")
     general = catalog.lookup("qwen2.5:7b")
