@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from proxy.config import Profile
+from proxy.config import Profile, Selector
 from selector_model import features, outcome
 from training import cli, evaluate, export, pipeline, replay
 from training.data import (
@@ -442,6 +443,26 @@ def test_the_feedback_hook_sees_every_decision_of_the_learning_half(
     texts = {p.text: p for p in prompts}
     for text, model, score in calls:
         assert score == texts[text].scores[by_model[model].dataset_name]
+
+
+def test_the_replay_decides_with_the_configured_selector_settings(
+    built: tuple[Path, Path, dict[str, Any]], data: Any
+) -> None:
+    """`--config` reaches every setting the decision reads, not only the profiles: a
+    min_gain no lead can pass keeps every prompt on the profile's default model."""
+    out, _, _ = built
+    best = {"best": Profile(cost_weight=0.0, default_model="mistral:7b")}
+
+    def picks(selector: Selector | None) -> dict[str, int]:
+        result = replay.in_loop(
+            lambda: replay.replay_fleet(
+                "slice", out, data.test[:60], data.models, best, selector=selector
+            )
+        )
+        return result.profiles["best"].picks
+
+    assert len(picks(None)) > 1
+    assert picks(replace(Selector(), min_gain=1.0)) == {"mistral:7b": 60}
 
 
 def test_leave_k_out_holds_models_out_of_training(data: Any) -> None:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from proxy.config import ConfigError, Profile, state_dir
+from proxy.config import ConfigError, Profile, Selector, state_dir
 from proxy.config import load as load_config
 from selector_model import artifact as artifact_module
 from training import pipeline, replay, report
@@ -213,8 +213,8 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         "--config",
         type=Path,
         default=None,
-        help="config.yaml whose selector.profiles are replayed (default: ./config.yaml, "
-        "else the built-in profiles)",
+        help="config.yaml whose selector settings (profiles, learning, min_gain, catalogue, "
+        "model descriptions) are replayed (default: ./config.yaml, else the built-ins)",
     )
     parser.add_argument(
         "--hold-out",
@@ -240,8 +240,8 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true")
 
 
-def _profiles(path: Path | None) -> dict[str, Profile]:
-    profiles = load_config(path).selector.profiles
+def _profiles(selector: Selector) -> dict[str, Profile]:
+    profiles = selector.profiles
     # The replay reports the three documented profiles, in this order, when configured.
     ordered = [p for p in replay.PROFILES if p in profiles]
     return {p: profiles[p] for p in ordered + [p for p in profiles if p not in ordered]}
@@ -285,7 +285,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace, evaluated: dict[str, Any]) -> list[replay.FleetResult]:
-    profiles = _profiles(args.config)
+    selector = load_config(args.config).selector
+    profiles = _profiles(selector)
     directory = args.artifact if args.artifact.is_dir() else args.artifact.parent
     data = load_llmrouter(args.data)
     feedback = replay.load_feedback(args.feedback) if args.feedback else None
@@ -301,6 +302,7 @@ def _replay(args: argparse.Namespace, evaluated: dict[str, Any]) -> list[replay.
             feedback=feedback,
             passes=args.passes,
             seed=args.seed,
+            selector=selector,
         )
     ]
     if args.hold_out > 0:
@@ -316,6 +318,7 @@ def _replay(args: argparse.Namespace, evaluated: dict[str, Any]) -> list[replay.
             feedback=feedback,
             passes=args.passes,
             log=_log,
+            selector=selector,
         )
     return results
 

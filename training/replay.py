@@ -41,7 +41,7 @@ import orjson
 
 from proxy.auto import AutoRouter
 from proxy.backends import BackendPool
-from proxy.config import Backend, Config, Profile
+from proxy.config import Backend, Config, Profile, Selector
 from proxy.registry import ModelInfo, Registry
 from selector_model import features
 from training import export
@@ -96,18 +96,26 @@ def body_of(prompt: Prompt, profile: str) -> dict[str, Any]:
 
 
 def router_for(
-    artifact_dir: Path, fleet: Sequence[ModelSpec], profiles: Mapping[str, Profile], seed: int
+    artifact_dir: Path,
+    fleet: Sequence[ModelSpec],
+    profiles: Mapping[str, Profile],
+    seed: int,
+    selector: Selector | None = None,
 ) -> AutoRouter:
     """The proxy's AutoRouter with `artifact_dir`'s artifact and the fleet as its one
-    backend's models, all loaded (a warm fleet: no load time in expected seconds). No
+    backend's models, all loaded (a warm fleet: no load time in expected seconds), and
+    the rest of `selector` (a configuration's: learning, min_gain, the catalogue and
+    the user's model descriptions) but its experiments and idle-time profiling. No
     backend is ever contacted."""
     base = Config(backends=(Backend(url="http://127.0.0.1:9"),))
     config = replace(
         base,
         selector=replace(
-            base.selector,
+            selector or base.selector,
             artifact=str(artifact_dir / export.ONNX_FILE),
             profiles=dict(profiles),
+            experiments={},
+            profile_models=(),
         ),
     )
     pool = BackendPool(config)
@@ -222,6 +230,7 @@ def replay_fleet(
     feedback: FeedbackFactory | None = None,
     passes: int = 3,
     seed: int = 0,
+    selector: Selector | None = None,
 ) -> FleetResult:
     cost = costs(fleet, cost_kind)
     result = FleetResult(
@@ -233,7 +242,7 @@ def replay_fleet(
         baselines=baselines(prompts, fleet, cost),
     )
     for profile in profiles:
-        router = router_for(artifact_dir, fleet, profiles, seed)
+        router = router_for(artifact_dir, fleet, profiles, seed, selector)
         chosen = decide_all(router, prompts, fleet, profile)
         result.profiles[profile] = _mean_outcome(prompts, chosen, cost)
         if feedback is None:
@@ -242,7 +251,7 @@ def replay_fleet(
         learn = [prompts[i] for i in order[: len(prompts) // 2]]
         held = [prompts[i] for i in order[len(prompts) // 2 :]]
         result.half_best = baselines(held, fleet, cost)["best single"].quality
-        router = router_for(artifact_dir, fleet, profiles, seed)
+        router = router_for(artifact_dir, fleet, profiles, seed, selector)
         hook = feedback(router)
         curve = [_mean_outcome(held, decide_all(router, held, fleet, profile), cost).quality]
         for _ in range(passes):
@@ -336,6 +345,7 @@ def leave_k_out(
     feedback: FeedbackFactory | None = None,
     passes: int = 3,
     log: Callable[[str], None] = lambda _: None,
+    selector: Selector | None = None,
 ) -> list[FleetResult]:
     """Per split: an artifact trained without `k` models, replayed on the whole fleet
     (those `k` unseen) and on the held-out models alone (every candidate unseen)."""
@@ -364,6 +374,7 @@ def leave_k_out(
                         feedback=feedback,
                         passes=passes,
                         seed=seed,
+                        selector=selector,
                     )
                 )
     return results
