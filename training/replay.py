@@ -312,7 +312,9 @@ def fold_artifact(
         "feature_names": features.feature_names(),
         "known_models": [],
         "trained_on": [m.ollama_name for m in kept],
-        "models": [{"name": m.ollama_name} for m in kept],
+        # Each model as training described it, as the shipped artifact records them
+        # (serving scores them from it, `Artifact.as_learned`).
+        "models": [m.candidate().to_record() for m in kept],
         "policy": {"unseen_margin": 0.0},
     }
     export.write_artifact(out_dir, onnx_bytes, meta)
