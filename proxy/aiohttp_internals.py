@@ -20,6 +20,13 @@ What is relied on, and why:
 * The text "Too many headers" that starts aiohttp's error for a head with more header
   lines than `max_headers` (both parsers raise a plain `BadHttpMessage`):
   `head_over_limits`. Go answers such a head with 431, any other bad head with 400.
+* The text "Missing 'Host' header" that starts both parsers' error for an HTTP/1.1
+  request without `Host` (a plain `BadHttpMessage`): `missing_host`. Go answers it with
+  its own text.
+* The request line that llhttp's `BadStatusLine` quotes (as a bytes literal on a line of
+  its own in the message, from the start of the line as far as the read that failed
+  holds it): `quoted_request_line`. A later request line on a keep-alive connection is
+  read by llhttp alone, and its refusal says nothing else of the version Go would refuse.
 * `BaseRunner._make_server` and `web.Server`'s `_loop` and `_kwargs`: `HandlerRunner`.
   aiohttp builds each connection's `RequestHandler` itself; the hook swaps in the
   proxy's subclass, built with the very options aiohttp would have used.
@@ -46,6 +53,7 @@ that into a warning.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import logging
 import os
@@ -57,7 +65,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.base_protocol import BaseProtocol
-from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+from aiohttp.http_exceptions import BadStatusLine, HttpProcessingError, LineTooLong
 from aiohttp.web_request import BaseRequest
 
 from proxy.config import AIOHTTP_UNCHECKED_ENV
@@ -69,6 +77,7 @@ log = logging.getLogger("autoroute.aiohttp")
 CHECKED = ((3, 14), (3, 15))  # from (inclusive), to (exclusive): major, minor
 CHECKED_TEXT = ">={}.{},<{}.{}".format(*CHECKED[0], *CHECKED[1])
 TOO_MANY_HEADERS = "Too many headers"
+MISSING_HOST = "Missing 'Host' header"
 
 # Builds a connection's handler: called as aiohttp's web.Server builds its own,
 # `factory(server, loop=loop, **server_options)`.
@@ -136,6 +145,29 @@ def head_over_limits(exc: HttpProcessingError) -> bool:
     """Whether aiohttp refused a head for its size (a line too long, or more header
     lines than `max_headers`) rather than for its syntax."""
     return isinstance(exc, LineTooLong) or exc.message.startswith(TOO_MANY_HEADERS)
+
+
+def missing_host(exc: HttpProcessingError) -> bool:
+    """Whether aiohttp refused a head for an HTTP/1.1 request without `Host`."""
+    return exc.message.startswith(MISSING_HOST)
+
+
+_QUOTED_LINE = re.compile(r"^  (b'.*'|b\".*\")$", re.MULTILINE)
+
+
+def quoted_request_line(exc: HttpProcessingError) -> bytes | None:
+    """The request line a status-line refusal of aiohttp's C parser quotes, None when
+    it quotes none. Only on the error path: it parses the message."""
+    if not isinstance(exc, BadStatusLine):
+        return None
+    found = _QUOTED_LINE.search(exc.message)
+    if found is None:
+        return None
+    try:
+        line = ast.literal_eval(found[1])
+    except (ValueError, SyntaxError):
+        return None
+    return line if isinstance(line, bytes) else None
 
 
 class _Server(web.Server):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from proxy import experiments, go_json
@@ -16,7 +15,7 @@ from proxy.config import Usage
 from proxy.errors import error_response
 from proxy.learning import Learner
 from proxy.limits import read_body
-from proxy.protocol import JSON
+from proxy.protocol import JSON, go_dumps
 from selector_model.profiling import store as profile_store
 from selector_model.profiling.suite import CURRENT_VERSION as SUITE_VERSION
 
@@ -57,7 +56,8 @@ LEGEND = {
 
 
 def _json(doc: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(doc), headers={"Content-Type": JSON})
+    # `show` answers /api/show for auto as Ollama would: with Go's escapes.
+    return web.Response(status=status, body=go_dumps(doc), headers={"Content-Type": JSON})
 
 
 class AutoRoutes:

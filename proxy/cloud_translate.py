@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 import orjson
 
+from proxy.protocol import go_dumps
+
 Api = Literal["openai", "anthropic"]
 CHAT, GENERATE, V1_CHAT = "/api/chat", "/api/generate", "/v1/chat/completions"
 PATHS = frozenset({CHAT, GENERATE, V1_CHAT})
@@ -462,12 +464,14 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+# What the client reads is written as Ollama writes its own answers (json.Marshal,
+# gin's c.JSON): with Go's escapes.
 def _line(doc: dict[str, Any]) -> bytes:
-    return orjson.dumps(doc) + b"\n"
+    return go_dumps(doc) + b"\n"
 
 
 def _sse(doc: dict[str, Any]) -> bytes:
-    return b"data: " + orjson.dumps(doc) + b"\n\n"
+    return b"data: " + go_dumps(doc) + b"\n\n"
 
 
 class Translator:
@@ -573,7 +577,7 @@ class Translator:
                         {"id": i, "type": "function", "function": {"name": n, "arguments": a}}
                         for i, n, a in calls
                     ]
-                return orjson.dumps(
+                return go_dumps(
                     {
                         "id": self._id,
                         "object": "chat.completion",
@@ -623,7 +627,7 @@ class Translator:
             eval_count=completion,
             eval_duration=elapsed,
         )
-        return head + _line(final) if self.chat.stream else orjson.dumps(final)
+        return head + _line(final) if self.chat.stream else go_dumps(final)
 
     def _chunk(self, text: str) -> bytes:
         if self.path == V1_CHAT:

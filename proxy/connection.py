@@ -21,7 +21,10 @@ unparsable request with `400 Bad Request`, and logs neither. Here:
   0.9) Go's 505.
   A later request on the connection is checked by the version aiohttp's parser read
   (`refuse_version`, which the proxy's handler calls for a version other than 1.x); a
-  version the parser cannot read there (llhttp: HTTP/3.0) stays its 400.
+  line the parser refuses there is judged by `go_request_line` from the line its error
+  quotes (llhttp refuses HTTP/3.0: Go's 505), else answered 400;
+* an HTTP/1.1 request without `Host`, which aiohttp's parser refuses, gets Go's 400
+  with Go's text (`missing_host`).
 
 How: the runner builds aiohttp's `web.Server` as usual, then serves connections with
 `ClientConnection`, a `RequestHandler` subclass. Its hooks run once per connection
@@ -52,6 +55,8 @@ from proxy.aiohttp_internals import (
     awaiting_head,
     closing,
     head_over_limits,
+    missing_host,
+    quoted_request_line,
     request_count,
     stop_serving,
 )
@@ -83,6 +88,10 @@ def go_error(status: bytes, request_id: bytes = b"") -> bytes:
 _BAD_REQUEST_STATUS = b"400 Bad Request"
 # Go's statusError for a version other than 1.x: its text is in the status line too.
 _VERSION_STATUS = b"505 HTTP Version Not Supported: unsupported protocol version"
+# Go's readRequest (server.go): `if req.ProtoAtLeast(1, 1) && (!haveHost || len(hosts) ==
+# 0) && !isH2Upgrade && req.Method != "CONNECT"` returns badRequestError("missing required
+# Host header"), a statusError written as the one above.
+_NO_HOST_STATUS = b"400 Bad Request: missing required Host header"
 HEAD_TOO_LARGE = go_error(HEAD_TOO_LARGE_BODY)
 BAD_REQUEST = go_error(_BAD_REQUEST_STATUS)
 VERSION_NOT_SUPPORTED = go_error(_VERSION_STATUS)
@@ -252,8 +261,16 @@ class ClientConnection(RequestHandler):
         if head_over_limits(exc):
             self._refuse(HEAD_TOO_LARGE_BODY, "a request line or header over the size limit")
             status = 431
+        elif missing_host(exc):
+            self._refuse(_NO_HOST_STATUS, "an HTTP/1.1 request without a Host header")
         else:
-            self._refuse(_BAD_REQUEST_STATUS, f"malformed request ({type(exc).__name__})")
+            # A later request line on the connection was only llhttp's to read: one it
+            # refuses for a version Go's ParseHTTPVersion reads (as HTTP/3.0) is Go's 505.
+            line = quoted_request_line(exc)
+            refusal = _BAD_REQUEST_STATUS
+            if line is not None and go_request_line(line) == _VERSION_STATUS:
+                refusal, status = _VERSION_STATUS, 505
+            self._refuse(refusal, f"malformed request ({type(exc).__name__})")
         # The answer is on the wire already: aiohttp must write nothing of its own.
         return RelayedResponse(status, keep_alive=False)
 

@@ -1,15 +1,14 @@
 """Errors in Ollama's shape: `{"error": "..."}` with Ollama's status codes, the OpenAI
 shape on the `/v1` routes and the Anthropic shape on `/v1/messages`, as Ollama's
-compatibility layers answer there."""
+compatibility layers answer there, written with Go's escapes (`protocol.go_dumps`)."""
 
 from __future__ import annotations
 
 import os
 
-import orjson
 from aiohttp import web
 
-from proxy.protocol import JSON
+from proxy.protocol import JSON, go_dumps
 
 _OPENAI_TYPES = {
     400: "invalid_request_error",
@@ -38,7 +37,7 @@ ANTHROPIC_TYPES = {
 def error_body(path: str, status: int, message: str) -> bytes:
     if path == ANTHROPIC_PATH:
         kind = ANTHROPIC_TYPES.get(status, "api_error")
-        return orjson.dumps(
+        return go_dumps(
             {
                 "type": "error",
                 "error": {"type": kind, "message": message},
@@ -47,10 +46,8 @@ def error_body(path: str, status: int, message: str) -> bytes:
         )
     if path.startswith("/v1/"):
         kind = _OPENAI_TYPES.get(status, "api_error")
-        return orjson.dumps(
-            {"error": {"message": message, "type": kind, "param": None, "code": None}}
-        )
-    return orjson.dumps({"error": message})
+        return go_dumps({"error": {"message": message, "type": kind, "param": None, "code": None}})
+    return go_dumps({"error": message})
 
 
 def error_response(path: str, status: int, message: str) -> web.Response:
@@ -65,8 +62,8 @@ def error_response(path: str, status: int, message: str) -> web.Response:
 def stream_error_line(content_type: str, message: str) -> bytes:
     """The line Ollama adds when a stream fails after it started (status already 200)."""
     if content_type.startswith("text/event-stream"):
-        payload = orjson.dumps(
+        payload = go_dumps(
             {"error": {"message": message, "type": "api_error", "param": None, "code": None}}
         )
         return b"data: " + payload + b"\n\n"
-    return orjson.dumps({"error": message}) + b"\n"
+    return go_dumps({"error": message}) + b"\n"

@@ -9,12 +9,11 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from proxy.backends import BackendPool, BackendState, normalize_model
 from proxy.errors import error_response
-from proxy.protocol import JSON, JSON_V1, encoded
+from proxy.protocol import JSON, JSON_V1, encoded, go_dumps
 from proxy.relay import Relay
 from proxy.upstream import BufferedAnswer
 
@@ -65,7 +64,7 @@ class Fanout:
         if request.path.startswith("/v1/"):
             body, content_type = encoded(merged), JSON_V1
         else:
-            body, content_type = orjson.dumps(merged), JSON
+            body, content_type = go_dumps(merged), JSON
         # aiohttp leaves the body out of a HEAD answer and keeps its Content-Length.
         return web.Response(status=200, body=body, headers={"Content-Type": content_type})
 

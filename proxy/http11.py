@@ -285,6 +285,46 @@ def _chunk_size(line: bytes) -> int:
     return int(digits, 16)
 
 
+class Dechunker:
+    """A chunked body's data without its framing, as its pieces arrive (split
+    anywhere): for a client that cannot read chunks. The framing was checked by the
+    `ResponseReader` that read the same bytes."""
+
+    __slots__ = ("_crlf", "_ended", "_left", "_line")
+
+    def __init__(self) -> None:
+        self._ended = False  # the last chunk came: trailers are not the client's
+        self._left = 0  # data bytes left in the current chunk
+        self._crlf = 0  # bytes left of the line end after a chunk's data
+        self._line = b""  # a chunk-size line cut by the end of a piece
+
+    def feed(self, piece: bytes) -> bytes:
+        out = bytearray()
+        pos, end = 0, len(piece)
+        while pos < end and not self._ended:
+            if self._left:
+                take = min(self._left, end - pos)
+                out += piece[pos : pos + take]
+                pos += take
+                self._left -= take
+                if not self._left:
+                    self._crlf = 2
+            elif self._crlf:
+                take = min(self._crlf, end - pos)
+                pos += take
+                self._crlf -= take
+            else:
+                newline = piece.find(b"\n", pos)
+                if newline < 0:
+                    self._line += piece[pos:]
+                    break
+                line, self._line = self._line + piece[pos:newline], b""
+                pos = newline + 1
+                self._left = _chunk_size(line)
+                self._ended = not self._left
+        return bytes(out)
+
+
 def dechunk(raw: bytes) -> bytes:
     """A chunked body (as a `ResponseReader` found it whole) without its framing."""
     out = bytearray()

@@ -41,10 +41,37 @@ HOP_BY_HOP = frozenset(
 )
 
 
+# Go's encoding/json writes these as \u escapes inside strings: <, > and & because
+# json.Marshal, gin's c.JSON and a json.Encoder escape HTML by default, U+2028 and
+# U+2029 always (they end a line in JavaScript). orjson writes them as they are.
+_GO_ESCAPES = (
+    (b"<", b"\\u003c"),
+    (b">", b"\\u003e"),
+    (b"&", b"\\u0026"),
+    ("\u2028".encode(), b"\\u2028"),
+    ("\u2029".encode(), b"\\u2029"),
+)
+
+
+def go_escaped(raw: bytes) -> bytes:
+    """orjson's output with Go's escapes. Exact: those characters occur only inside
+    strings in JSON, and orjson writes each as itself."""
+    if b"<" in raw or b">" in raw or b"&" in raw or b"\xe2\x80" in raw:
+        for char, escape in _GO_ESCAPES:
+            raw = raw.replace(char, escape)
+    return raw
+
+
+def go_dumps(doc: object) -> bytes:
+    """`doc` as Ollama's handlers write JSON (json.Marshal, gin's c.JSON): compact,
+    with Go's escapes."""
+    return go_escaped(orjson.dumps(doc))
+
+
 def encoded(doc: object) -> bytes:
     """`doc` as Ollama's OpenAI layer writes its answers (middleware/openai.go: Go's
     json.NewEncoder(w).Encode), which ends the value with a newline."""
-    return orjson.dumps(doc) + b"\n"
+    return go_dumps(doc) + b"\n"
 
 
 REQUEST_ID_HEADER = "X-Request-Id"

@@ -22,7 +22,7 @@ from proxy.backends import UNAVAILABLE_STATUSES, BackendPool, BackendState, NoBa
 from proxy.cache import Capture
 from proxy.config import Config
 from proxy.errors import error_response, stream_error_line
-from proxy.http11 import ResponseHead, dechunk
+from proxy.http11 import Dechunker, ResponseHead
 from proxy.limits import read_chunk
 from proxy.outcome import Served
 from proxy.protocol import HOP_BY_HOP, NDJSON, REQUEST_ID_HEADER, SSE
@@ -239,17 +239,6 @@ class Relay:
         self, state: BackendState, head: ResponseHead, client: ClientLeg, outcome: Served
     ) -> web.StreamResponse:
         outcome.status = head.status
-        if not client.started:
-            # Only an HTTP/1.0 client is left here: it cannot read chunked framing,
-            # so it gets the whole body at once.
-            try:
-                await client.ended
-            finally:
-                client.release()
-            response = web.Response(status=head.status, reason=head.reason, body=client.body())
-            for name, value in client.response_headers(head):
-                response.headers.add(name, value)
-            return response
         # Once the head went out, the relay has written to the client's transport itself:
         # nothing may reach aiohttp's handler error path (it would write a 500 after the
         # relayed bytes), and only the client's leaving is a cancellation.
@@ -313,8 +302,9 @@ class ClientLeg(Answer):
         # The answer is not the client's: a 5xx before any byte reached the client,
         # when another backend may still answer. `forward` retries.
         self.declined = False
-        # The body, kept whole for an HTTP/1.0 client that cannot read chunked framing.
-        self.buffered: list[bytes] | None = None
+        # An HTTP/1.0 client cannot read chunked framing: a chunked answer reaches it
+        # without, delimited by the connection's close, as Go's net/http streams to it.
+        self.dechunker: Dechunker | None = None
         self.paused = False
         self.content_type = ""
         self.writer = request.writer
@@ -340,18 +330,15 @@ class ClientLeg(Answer):
     def _own_headers(self) -> list[tuple[str, str]]:
         return [(REQUEST_ID_HEADER, self.outcome.request_id), *self.outcome.extra.items()]
 
-    def response_headers(self, head: ResponseHead) -> list[tuple[str, str]]:
-        return self._backend_headers(head) + self._own_headers()
-
     def on_head(self, head: ResponseHead, body_follows: bool) -> None:
         """Called by the upstream protocol as soon as the backend's head is parsed."""
         if (head.status >= 500 and self.may_retry) or (
             self.decline_unavailable and head.status in UNAVAILABLE_STATUSES
         ):
             self.declined = True  # nothing sent yet: the answer is dropped
-        elif head.chunked and self.version < (1, 1):
-            self.buffered = []
         else:
+            if head.chunked and self.version < (1, 1):
+                self.dechunker = Dechunker()
             self._start(head, body_follows)
         super().on_head(head, body_follows)
 
@@ -368,13 +355,14 @@ class ClientLeg(Answer):
         lines += [f"{name}: {value}\r\n" for name, value in backend_headers]
         out = bytearray("".join(lines).encode("latin-1"))  # one encoding for them all
         out += _wire("".join([f"{name}: {value}\r\n" for name, value in self._own_headers()]))
-        if head.chunked:
+        if head.chunked and self.dechunker is None:
             out += b"Transfer-Encoding: chunked\r\n"
         elif head.content_length is not None:
             out += b"Content-Length: %d\r\n" % head.content_length
         elif not http11.bodiless(head.status):
             self.keep_alive = False  # the body ends when the connection does
-        if not self.keep_alive:
+        if not self.keep_alive and self.version >= (1, 1):
+            # Go's writeHeader says so to an HTTP/1.1 client alone.
             out += b"Connection: close\r\n"
         out += b"\r\n"
         self.started = True
@@ -386,19 +374,18 @@ class ClientLeg(Answer):
 
     def on_body(self, data: bytes) -> None:
         if not self.started:
-            if self.buffered is not None:
-                self.buffered.append(data)
             return  # declined: not the client's
         # The write comes first: if anything after it fails, the client has exactly
         # what the upstream connection has read so far.
         transport = self.transport
         if transport.is_closing():
             return
+        out = data if self.dechunker is None else self.dechunker.feed(data)
         if self.head_bytes:
-            transport.write(self.head_bytes + data)
+            transport.write(self.head_bytes + out)
             self.head_bytes = b""
-        else:
-            transport.write(data)
+        elif out:
+            transport.write(out)
         if self.capture is not None:
             self.capture.add(data)
         self.body_bytes += len(data)
@@ -423,10 +410,6 @@ class ClientLeg(Answer):
             if self.conn is not None:  # None once released: no longer this exchange's
                 self.conn.resume_reading()
 
-    def body(self) -> bytes:
-        """The buffered body without its chunk framing (HTTP/1.0 clients)."""
-        return dechunk(b"".join(self.buffered or ()))
-
     def fail(self, message: str) -> None:
         """End a started response after a failure, as Ollama does mid-stream."""
         conn = self.conn
@@ -436,7 +419,10 @@ class ClientLeg(Answer):
         chunked = self.head is not None and self.head.chunked
         if chunked and at_boundary and not self.transport.is_closing():
             line = stream_error_line(self.content_type, message)
-            self.transport.write(self.head_bytes + b"%x\r\n%b\r\n0\r\n\r\n" % (len(line), line))
+            if self.dechunker is None:
+                line = b"%x\r\n%b\r\n0\r\n\r\n" % (len(line), line)
+            # else the close that follows ends the body (keep_alive is off)
+            self.transport.write(self.head_bytes + line)
             self.head_bytes = b""
         else:
             # Length-framed, cut inside a chunk or already ended: closing is the only

@@ -20,11 +20,10 @@ from __future__ import annotations
 
 from typing import Final
 
-import orjson
 import zstandard
 from aiohttp import hdrs, web
 
-from proxy.protocol import JSON
+from proxy.protocol import JSON, go_dumps
 
 ZSTD_PATHS: Final = frozenset(
     {
@@ -47,7 +46,7 @@ class Undecodable(Exception):
 
     def response(self) -> web.Response:
         return web.Response(
-            status=400, body=orjson.dumps({"error": str(self)}), headers={"Content-Type": JSON}
+            status=400, body=go_dumps({"error": str(self)}), headers={"Content-Type": JSON}
         )
 
 

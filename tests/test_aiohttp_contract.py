@@ -36,6 +36,8 @@ from proxy.aiohttp_internals import (
     closing,
     defer_headers,
     head_over_limits,
+    missing_host,
+    quoted_request_line,
     request_count,
     stop_serving,
     wait_drained,
@@ -256,6 +258,32 @@ async def test_too_many_headers_is_told_by_its_message_alone() -> None:
     [(_, exc)] = made[0].errors
     assert isinstance(exc, HttpProcessingError) and not isinstance(exc, LineTooLong)
     assert exc.message.startswith(internals.TOO_MANY_HEADERS)
+
+
+@pytest.mark.parametrize(
+    ("later", "host_missing", "quoted"),
+    [
+        (b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n", True, None),
+        (b"GET / HTTP/3.0\r\nHost: x\r\n\r\n", False, b"GET / HTTP/3.0"),
+        (b"GET / HTTP/1.10\r\nHost: x\r\n\r\n", False, b"GET / HTTP/1.10"),
+    ],
+    ids=["no-host", "http3", "long-version"],
+)
+async def test_refused_later_heads_say_what_the_adapter_reads_of_them(
+    later: bytes, host_missing: bool, quoted: bytes | None
+) -> None:
+    """A later head on a keep-alive connection: an HTTP/1.1 request without Host is
+    refused with aiohttp's "Missing 'Host' header" message (`missing_host`), a request
+    line llhttp refuses is quoted whole by its error (`quoted_request_line`)."""
+    async with serving(ok) as (port, made):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + later)
+        await read_to_end(reader)
+        writer.close()
+    [(status, exc)] = made[0].errors
+    assert status == 400 and isinstance(exc, HttpProcessingError)
+    assert missing_host(exc) is host_missing
+    assert quoted_request_line(exc) == quoted
 
 
 async def test_raw_writes_pause_and_drain_through_aiohttp() -> None:

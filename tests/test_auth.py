@@ -216,6 +216,16 @@ async def test_model_outside_the_keys_allow_list_is_403(guarded: Proxy) -> None:
     assert (await call(guarded.url, "POST", "/api/chat", ADMIN, body))[0] == 200
 
 
+@pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions"])
+async def test_a_refusal_naming_the_model_carries_gos_escapes(guarded: Proxy, path: str) -> None:
+    """The proxy's own error bodies are written as Ollama's encoding/json writes JSON:
+    <, > and & escaped."""
+    status, _, body = await call(guarded.url, "POST", path, USER, {**CHAT, "model": "a<b>&c"})
+    assert status == 403
+    assert b"model 'a\\u003cb\\u003e\\u0026c' is not allowed for this API key" in body
+    assert not any(char in body for char in (b"<", b">", b"&"))
+
+
 async def test_auto_only_chooses_among_the_keys_models(guarded: Proxy) -> None:
     prompts = ["hi", "write a quicksort in rust", "prove that sqrt 2 is irrational " * 50]
     for prompt in prompts:

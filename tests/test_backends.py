@@ -177,6 +177,32 @@ async def test_backend_failing_mid_stream_ends_with_an_error_line(
         proxy.stop()
 
 
+async def test_a_mid_stream_failure_reaches_an_http10_client_unframed(
+    servers: ServerThread, own_emulator: Emulator
+) -> None:
+    """To an HTTP/1.0 client the stream is delimited by the close (as Go's net/http
+    writes it): the error line follows the chunks as they are, then the close."""
+    proxy = Proxy(servers, [own_emulator.url])
+    try:
+        own_emulator.state.fault = "close_early"
+        data = orjson.dumps({"model": SHARED, "prompt": "x"})
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        try:
+            writer.write(b"POST /api/generate HTTP/1.0\r\nContent-Length: %d\r\n\r\n" % len(data))
+            writer.write(data)
+            answer = await asyncio.wait_for(reader.read(), 60)  # until the proxy closes
+        finally:
+            writer.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.0 200 OK\r\n")
+        assert b"transfer-encoding" not in head.lower()
+        lines = [orjson.loads(line) for line in body.splitlines()]
+        assert lines[0]["done"] is False
+        assert set(lines[-1]) == {"error"}
+    finally:
+        proxy.stop()
+
+
 async def test_backend_that_never_answers_is_bounded_by_the_idle_timeout(
     servers: ServerThread, own_emulator: Emulator
 ) -> None:

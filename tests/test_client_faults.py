@@ -286,15 +286,19 @@ async def test_a_request_line_in_pieces_is_checked_once_whole(slow_heads: Proxy)
     ("line", "go_refusal"),
     [
         (b"GET /api/version HTTP/2.0", VERSION_NOT_SUPPORTED),
+        (b"GET /api/version HTTP/3.0", VERSION_NOT_SUPPORTED),
+        (b"GET /api/version HTTP/9.9", VERSION_NOT_SUPPORTED),
+        (b"GET /api/version HTTP/3.01", BAD_REQUEST),  # Go: malformed HTTP version
+        (b"GET /api/version HTTPS/1.1", BAD_REQUEST),
         (b"GET /api/version", BAD_REQUEST),
     ],
-    ids=["http2", "no-version"],
+    ids=["http2", "http3", "http99", "long-version", "https", "no-version"],
 )
 async def test_a_later_request_on_a_connection_gets_gos_refusal_too(
     slow_heads: Proxy, line: bytes, go_refusal: bytes
 ) -> None:
     """After a first request on a keep-alive connection, the version the parser read
-    decides (one it cannot read, as HTTP/3.0 to llhttp, is its 400)."""
+    decides, or for a line it refuses, Go's reading of the line its error quotes."""
     loop = asyncio.get_running_loop()
     sock = await connect(slow_heads.port)
     try:
@@ -313,6 +317,58 @@ async def test_the_emulator_refuses_odd_request_lines_as_go_does(
     emulator: Emulator, request_bytes: bytes, go_refusal: bytes
 ) -> None:
     assert await answer_to(emulator.port, request_bytes) == go_refusal
+
+
+# Go's statusError for an HTTP/1.1 request without Host (server.go readRequest).
+NO_HOST = (
+    b"HTTP/1.1 400 Bad Request: missing required Host header\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n"
+    b"400 Bad Request: missing required Host header"
+)
+
+
+@pytest.mark.parametrize("server", ["proxy", "emulator"])
+@pytest.mark.parametrize("later", [False, True], ids=["first", "later"])
+async def test_an_http11_request_without_host_gets_gos_400(
+    slow_heads: Proxy, emulator: Emulator, server: str, later: bool
+) -> None:
+    """Go refuses it before any handler, with its text in the status line and body, and
+    closes; the proxy names it (X-Request-Id), the emulator, as Ollama, does not."""
+    body = orjson.dumps({"model": MODEL, "prompt": "hi", "stream": False})
+    port = slow_heads.port if server == "proxy" else emulator.port
+    generated = emulator.state.requests["/api/generate"]
+    sock = await connect(port)
+    loop = asyncio.get_running_loop()
+    try:
+        if later:
+            await loop.sock_sendall(sock, b"GET /api/version HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            head, _ = await read_response(sock)
+            assert head.startswith(b"HTTP/1.1 200 ")
+        await loop.sock_sendall(
+            sock,
+            b"POST /api/generate HTTP/1.1\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body),
+        )
+        answer = await read_until_closed(sock)
+    finally:
+        sock.close()
+    assert (go_answer(answer) if server == "proxy" else answer) == NO_HOST
+    assert emulator.state.requests["/api/generate"] == generated
+
+
+@pytest.mark.parametrize("server", ["proxy", "emulator"])
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /api/version HTTP/1.0\r\n\r\n",  # HTTP/1.0 needs no Host
+        b"GET /api/version HTTP/1.1\r\nHost:\r\nConnection: close\r\n\r\n",  # empty: valid
+    ],
+    ids=["http10", "empty-host"],
+)
+async def test_requests_go_serves_without_a_host_name_are_served(
+    slow_heads: Proxy, emulator: Emulator, server: str, request_bytes: bytes
+) -> None:
+    answer = await answer_to(slow_heads.port if server == "proxy" else emulator.port, request_bytes)
+    assert answer.split(b" ", 2)[1] == b"200", answer[:200]
 
 
 @pytest.mark.parametrize("version", [b"1.1", b"1.0"])

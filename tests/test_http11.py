@@ -8,6 +8,7 @@ import pytest
 
 from proxy.http11 import (
     MAX_HEAD_BYTES,
+    Dechunker,
     End,
     Event,
     Head,
@@ -282,3 +283,12 @@ def test_request_heads() -> None:
     assert request_head(b"POST", b"/api/blobs/x", b"h:1", [(b"A", b"b")], chunked=True) == (
         b"POST /api/blobs/x HTTP/1.1\r\nHost: h:1\r\nA: b\r\nTransfer-Encoding: chunked\r\n\r\n"
     )
+
+
+def test_a_chunked_body_loses_its_framing_however_it_is_split() -> None:
+    """What an HTTP/1.0 client is sent of a chunked answer: the data alone, up to the
+    last chunk (its trailers are not the client's)."""
+    raw = b'5;ext=1\r\nhello\r\n1a\r\n{"response":"0123456789"}\n\r\n0\r\nX-Trailer: y\r\n\r\n'
+    for pieces in splits(raw):
+        dechunker = Dechunker()
+        assert b"".join(dechunker.feed(p) for p in pieces) == b'hello{"response":"0123456789"}\n'

@@ -274,6 +274,51 @@ async def test_an_http10_client_gets_an_http10_status_line(
     assert await status_line_to_http10(proxy.port, method, path, body) == b"HTTP/1.0 " + status
 
 
+async def http10_answer(port: int, path: str, body: Any, keep_alive: bool) -> bytes:
+    """All a server sends to a streamed HTTP/1.0 request, until it closes."""
+    data = orjson.dumps(body)
+    connection = b"Connection: keep-alive\r\n" if keep_alive else b""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            b"POST %b HTTP/1.0\r\n%bContent-Length: %d\r\n\r\n%b"
+            % (path.encode(), connection, len(data), data)
+        )
+        return await asyncio.wait_for(reader.read(), 60)  # until the server closes
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("keep_alive", [False, True], ids=["plain", "keep-alive"])
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/generate", {"model": MODEL, "prompt": "Hi"}),
+        ("/api/chat", {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}]}),
+    ],
+    ids=["generate", "chat"],
+)
+async def test_a_stream_reaches_an_http10_client_as_ollama_sends_it(
+    emulator: Emulator, proxy: Proxy, path: str, body: Any, keep_alive: bool
+) -> None:
+    """Go's net/http cannot chunk for an HTTP/1.0 client: it writes the stream as it
+    comes, without Transfer-Encoding, Content-Length or Connection, and closes the
+    connection at its end. Through the proxy: every chunk, the same bytes."""
+    direct = await http10_answer(emulator.port, path, body, keep_alive)
+    proxied = await http10_answer(proxy.port, path, body, keep_alive)
+    for answer in (direct, proxied):
+        head = answer.partition(b"\r\n\r\n")[0]
+        status, *lines = head.split(b"\r\n")
+        assert status == b"HTTP/1.0 200 OK"
+        names = {line.split(b":", 1)[0].lower() for line in lines}
+        assert not names & {b"transfer-encoding", b"content-length", b"connection"}, head
+        assert b"content-type: application/x-ndjson" in head.lower()
+    body = direct.partition(b"\r\n\r\n")[2]
+    chunks = body.splitlines()
+    assert len(chunks) > 2 and orjson.loads(chunks[-1])["done"] is True
+    assert proxied.partition(b"\r\n\r\n")[2] == body
+
+
 @pytest.mark.parametrize("path", ["/v1/models", "/v1/models/auto", f"/v1/models/{MODEL}"])
 async def test_openai_model_answers_end_as_ollamas_encoder_ends_them(
     emulator: Emulator, proxy: Proxy, path: str

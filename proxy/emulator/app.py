@@ -99,7 +99,10 @@ async def _first_chunk(request: web.Request) -> web.StreamResponse:
     """Send a response head and one plausible chunk (stall / close_early faults)."""
     sse = request.path.startswith("/v1/")
     resp = web.StreamResponse(status=200, headers={"Content-Type": SSE if sse else NDJSON})
-    resp.enable_chunked_encoding()
+    if request.version >= (1, 1):
+        resp.enable_chunked_encoding()
+    else:
+        resp.force_close()  # the close ends the body, as Go's (see native.LazyStream)
     await resp.prepare(request)
     chunk = (
         b'data: {"id":"chatcmpl-0","object":"chat.completion.chunk","choices":[]}\n\n'

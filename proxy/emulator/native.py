@@ -35,7 +35,8 @@ from .wire import dumps, error, gin_json, go_time
 
 
 class LazyStream:
-    """A chunked response whose head is only sent with the first chunk."""
+    """A streamed response (chunked, or to an HTTP/1.0 client delimited by the close)
+    whose head is only sent with the first chunk."""
 
     def __init__(
         self, request: web.Request, content_type: str, *, headers: dict[str, str] | None = None
@@ -50,7 +51,14 @@ class LazyStream:
             resp = web.StreamResponse(
                 status=200, headers={"Content-Type": self.content_type, **self.headers}
             )
-            resp.enable_chunked_encoding()
+            if self.request.version >= (1, 1):
+                resp.enable_chunked_encoding()
+            else:
+                # An HTTP/1.0 client cannot read chunks: as Go's net/http, the body
+                # goes out as written and ends when the connection closes (aiohttp
+                # would frame it so too, yet keep an HTTP/1.0 keep-alive connection
+                # open after it).
+                resp.force_close()
             # Go's net/http writes the head together with the first flushed chunk, in
             # one segment; aiohttp would send the head on its own. Deferred, the head
             # goes out with the first write.

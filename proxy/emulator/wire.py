@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy.protocol import JSON
+from proxy.protocol import JSON, go_escaped
 
 GO_PLAIN = "text/plain"  # gin's mimePlain for 404/405 bodies
 JSON_BARE = "application/json"  # what the OpenAI writers and waitForStream set
@@ -44,15 +44,7 @@ def dumps(obj: Any, *, sort_keys: bool = False) -> bytes:
     """json.Marshal: compact, with Go's HTML-safe escaping (those characters can only
     occur inside strings, so replacing them in the output is exact)."""
     raw = orjson.dumps(_go_numbers(obj), option=orjson.OPT_SORT_KEYS if sort_keys else 0)
-    if any(c in raw for c in (b"<", b">", b"&", b"\xe2\x80\xa8", b"\xe2\x80\xa9")):
-        raw = (
-            raw.replace(b"<", b"\\u003c")
-            .replace(b">", b"\\u003e")
-            .replace(b"&", b"\\u0026")
-            .replace("\u2028".encode(), b"\\u2028")
-            .replace("\u2029".encode(), b"\\u2029")
-        )
-    return raw
+    return go_escaped(raw)
 
 
 def go_time(ns: float) -> str:
