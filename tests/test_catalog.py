@@ -319,3 +319,33 @@ def test_config_names_a_catalogue_file_to_load(tmp_path: Path) -> None:
     assert loaded.resolve("qwen2.5:7b-own") == "qwen2.5:7b-own"
     # The shipped catalogue reads the unknown tag as a variant of qwen2.5:7b.
     assert Catalog.load().resolve("qwen2.5:7b-own") == "qwen2.5:7b"
+
+
+def test_no_mapped_or_imputed_score_falls_below_chance(catalog: Catalog) -> None:
+    """MMLU and GPQA are four-way multiple choice: guessing scores 0.25. A score read
+    off a fitted line or imputed from neighbours is never below that; a published
+    one is kept even when it is (gemma3:1b's GPQA)."""
+    assert catalog.lookup("gemma3:1b").areas["reasoning"] < 0.25
+    for entry in catalog.entries():
+        for area in ("knowledge", "reasoning"):
+            if entry.area_uncertainty[area] > 0.0:
+                assert entry.areas[area] >= 0.25, (entry.name, area)
+    for name in ("tiny:135m", "mystery:0.3b"):
+        placed = catalog.lookup(name, {"family": "gemma3"})
+        assert placed.areas["reasoning"] >= 0.25 and placed.areas["knowledge"] >= 0.25
+
+
+def test_a_line_read_beyond_its_data_is_floored_and_less_certain(catalog: Catalog) -> None:
+    """Llama 2 7B's BBH lies below every BBH the BBH-to-GPQA line was fitted on, and the
+    line reads it below chance: the score is chance, with more uncertainty than a BBH
+    read within the fitted range."""
+    below = catalog.lookup("llama2:7b")
+    within = catalog.lookup("granite3.3:8b")
+    assert set(catalog.sources("llama2:7b")) >= {"BBH"} and "GPQA" not in catalog.sources(
+        "llama2:7b"
+    )
+    assert "BBH" in catalog.sources("granite3.3:8b")
+    assert below.areas["reasoning"] == 0.25
+    assert below.area_uncertainty["reasoning"] > within.area_uncertainty["reasoning"] > 0.0
+    # Published numbers are untouched.
+    assert below.areas["knowledge"] == catalog.sources("llama2:7b")["MMLU"].value

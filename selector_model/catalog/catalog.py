@@ -8,7 +8,8 @@ a result on another benchmark of the area is mapped onto that scale by a straigh
 fitted over the models that report both. An area with no result, and every area of a
 model not in the catalogue, is imputed from the nearest catalogue models (same family
 first, then by size and specialty), moved along the size trend seen within families;
-the distance of those neighbours is the uncertainty the result carries.
+the distance of those neighbours is the uncertainty the result carries. No mapped or
+imputed score falls below its scale's chance level.
 """
 
 from __future__ import annotations
@@ -126,15 +127,15 @@ def _weights(nearest: list[tuple[float, ModelKnowledge]]) -> list[float]:
     return [math.exp(-(gap - closest) / KERNEL_WIDTH) for gap, _ in nearest]
 
 
-def _along_trend(score: float, slope: float, doublings: float) -> float:
+def _along_trend(score: float, slope: float, doublings: float, floor: float = 0.0) -> float:
     """A neighbour's score moved to another size: `slope` per doubling at mid-range,
     applied on the logit scale so that it flattens near 0 and 1 (a model 8x larger
     than a strong neighbour gains less than a weak one would), and no further than
-    three doublings."""
+    three doublings; never below `floor` (the scale's chance level)."""
     doublings = max(-MAX_DOUBLINGS, min(MAX_DOUBLINGS, doublings))
     score = min(0.995, max(0.005, score))
     logit = math.log(score / (1.0 - score)) + 4.0 * slope * doublings
-    return 1.0 / (1.0 + math.exp(-logit))
+    return max(floor, 1.0 / (1.0 + math.exp(-logit)))
 
 
 def _probe_of(entry: ModelKnowledge) -> _Probe:
@@ -159,6 +160,7 @@ class Catalog:
         version: int,
         overrides: Mapping[str, Mapping[str, Any]] | None = None,
         measured: Mapping[str, Mapping[str, float]] | None = None,
+        floors: Mapping[str, float] | None = None,
     ) -> None:
         self.version = version
         self._entries = dict(entries)
@@ -166,6 +168,8 @@ class Catalog:
         self._sources = {name: dict(found) for name, found in sources.items()}
         self._keys = dict(keys)
         self._slopes = dict(slopes)
+        # Per area, the chance level of its scale: no imputed score falls below it.
+        self._floors = dict(floors or {})
         self._overrides = dict(overrides or {})
         self._measured = dict(measured or {})
         self._cache: dict[tuple[Any, ...], ModelKnowledge] = {}
@@ -230,7 +234,15 @@ class Catalog:
             name: _entry(name, item, {a: 0.0 for a in AREAS}, where) for name, item in raw.items()
         }
         slopes = scales.size_slopes(skeleton, areas)
-        catalog = cls(skeleton, areas, sources, keys, slopes, int(version))
+        catalog = cls(
+            skeleton,
+            areas,
+            sources,
+            keys,
+            slopes,
+            int(version),
+            floors=scales.floors(benchmarks),
+        )
         catalog._entries = {
             name: catalog._complete(entry, areas[name], mapped[name])
             for name, entry in skeleton.items()
@@ -322,6 +334,7 @@ class Catalog:
             self.version,
             self._overrides if overrides is None else overrides,
             self._measured if measured is None else measured,
+            self._floors,
         )
         derived._entries = self._entries
         return derived
@@ -491,10 +504,12 @@ class Catalog:
         if not nearest:
             return 0.0, 1.0, []
         slope = self._slopes.get(area, 0.0)
+        floor = self._floors.get(area, 0.0)
         total = value = spread = 0.0
         for weight, (gap, entry) in zip(_weights(nearest), nearest, strict=True):
             doublings = math.log2(probe.size_b / entry.effective_params_b)
-            value += weight * _along_trend(self._published[entry.name][area], slope, doublings)
+            published = self._published[entry.name][area]
+            value += weight * _along_trend(published, slope, doublings, floor)
             spread += weight * gap
             total += weight
         score = min(1.0, max(0.0, value / total))
