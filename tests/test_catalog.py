@@ -349,3 +349,38 @@ def test_a_line_read_beyond_its_data_is_floored_and_less_certain(catalog: Catalo
     assert below.area_uncertainty["reasoning"] > within.area_uncertainty["reasoning"] > 0.0
     # Published numbers are untouched.
     assert below.areas["knowledge"] == catalog.sources("llama2:7b")["MMLU"].value
+
+
+def test_neighbours_are_looked_for_in_the_same_era(catalog: Catalog) -> None:
+    """A 2023 Llama 2 does not stand in for models of 2024 and 2025 that have closer
+    contemporaries of their size."""
+    for name in (
+        "nemotron:51b",
+        "olmo2:7b",
+        "falcon3:7b",
+        "command-r7b:7b",
+        "codestral:22b",
+        "devstral:24b",
+        "granite4:small-h",
+        "hermes3:8b",
+    ):
+        entry = catalog.lookup(name)
+        assert entry.released >= 2024.0, name
+        assert not [n for n in entry.neighbours if n.startswith("llama2:")], (
+            name,
+            entry.neighbours,
+        )
+
+
+def test_an_unseen_models_release_date_chooses_its_neighbours(catalog: Catalog) -> None:
+    spec = {"family": "acme", "arch": "llama", "params_b": 70}
+    configured = catalog.with_overrides(
+        {
+            "old:70b": {**spec, "released": "2023-07"},
+            "new:70b": {**spec, "released": "2024-12"},
+        }
+    )
+    old = configured.lookup("old:70b")
+    new = configured.lookup("new:70b")
+    assert "llama2:70b" in old.neighbours
+    assert "llama2:70b" not in new.neighbours

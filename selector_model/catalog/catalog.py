@@ -7,9 +7,9 @@ scale, the first benchmark listed for it under `benchmarks:` (MMLU for knowledge
 a result on another benchmark of the area is mapped onto that scale by a straight line
 fitted over the models that report both. An area with no result, and every area of a
 model not in the catalogue, is imputed from the nearest catalogue models (same family
-first, then by size and specialty), moved along the size trend seen within families;
-the distance of those neighbours is the uncertainty the result carries. No mapped or
-imputed score falls below its scale's chance level.
+first, then by size, specialty and release date), moved along the size trend seen
+within families; the distance of those neighbours is the uncertainty the result
+carries. No mapped or imputed score falls below its scale's chance level.
 """
 
 from __future__ import annotations
@@ -49,6 +49,11 @@ _SPECIALTY_WEIGHT = {
     "vision": 0.25,
     "embedding": 10.0,
 }
+# How far apart a year between releases puts two models. Training data and recipes
+# change from one generation to the next, so a model of another year is a poorer
+# stand-in; a year counts for less than another architecture, so that architecture and
+# size still choose neighbours first.
+_YEAR_WEIGHT = 0.5
 # What describes a model, in a catalogue entry and in a user's override alike.
 _DESCRIPTION_FIELDS = frozenset(
     {
@@ -86,6 +91,8 @@ class _Probe:
     arch: str
     size_b: float
     specialties: frozenset[str]
+    # Fractional year of release; None when not known (a model placed from its name).
+    released: float | None = None
 
     @property
     def log_size(self) -> float:
@@ -106,6 +113,8 @@ def parse_released(value: Any) -> float:
 
 
 def _distance(probe: _Probe, log_size: float, other: _Probe, other_log_size: float) -> float:
+    """How poorly `other` stands in for `probe`, in the units of a family: size,
+    architecture, specialties and release date."""
     size = 0.5 * abs(log_size - other_log_size)
     if probe.family and probe.family == other.family:
         family = 0.0
@@ -117,7 +126,10 @@ def _distance(probe: _Probe, log_size: float, other: _Probe, other_log_size: flo
     if probe.specialties != other.specialties:
         for name in probe.specialties ^ other.specialties:
             specialty += _SPECIALTY_WEIGHT.get(name, 0.0)
-    return size + family + specialty
+    era = 0.0
+    if probe.released is not None and other.released is not None:
+        era = _YEAR_WEIGHT * abs(probe.released - other.released)
+    return size + family + specialty + era
 
 
 def _weights(nearest: list[tuple[float, ModelKnowledge]]) -> list[float]:
@@ -139,7 +151,9 @@ def _along_trend(score: float, slope: float, doublings: float, floor: float = 0.
 
 
 def _probe_of(entry: ModelKnowledge) -> _Probe:
-    return _Probe(entry.family, entry.arch, entry.effective_params_b, entry.specialties)
+    return _Probe(
+        entry.family, entry.arch, entry.effective_params_b, entry.specialties, entry.released
+    )
 
 
 class Catalog:
@@ -432,7 +446,14 @@ class Catalog:
             if family and same:
                 specialties |= frozenset.intersection(*same)
         size = math.sqrt(total * active) if 0 < active < total else total
-        probe = _Probe(family, arch, size, frozenset(specialties))
+        given = spec.get("released")
+        probe = _Probe(
+            family,
+            arch,
+            size,
+            frozenset(specialties),
+            parse_released(given) if given not in (None, "") else None,
+        )
         nearest = self._nearest(probe, lambda e: True)
         areas: dict[str, float] = {}
         spread: dict[str, float] = {}
