@@ -321,6 +321,22 @@ def test_config_names_a_catalogue_file_to_load(tmp_path: Path) -> None:
     assert Catalog.load().resolve("qwen2.5:7b-own") == "qwen2.5:7b"
 
 
+def _catalogue_data() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(DEFAULT_PATH.read_text())
+    return data
+
+
+def _with_scores(data: dict[str, Any], name: str, scores: dict[str, float]) -> dict[str, Any]:
+    """The catalogue data with one model's published scores replaced."""
+    models = []
+    for item in data["models"]:
+        if item["name"] == name:
+            url = "https://example.org/card"
+            item = {**item, "scores": scores, "sources": dict.fromkeys(scores, url)}
+        models.append(item)
+    return {**data, "models": models}
+
+
 def test_no_mapped_or_imputed_score_falls_below_chance(catalog: Catalog) -> None:
     """MMLU and GPQA are four-way multiple choice: guessing scores 0.25. A score read
     off a fitted line or imputed from neighbours is never below that; a published
@@ -384,3 +400,37 @@ def test_an_unseen_models_release_date_chooses_its_neighbours(catalog: Catalog) 
     new = configured.lookup("new:70b")
     assert "llama2:70b" in old.neighbours
     assert "llama2:70b" not in new.neighbours
+
+
+def test_a_code_specialists_code_score_does_not_set_a_general_models() -> None:
+    """llama3.2:1b publishes no code number; the nearest model of its size and
+    architecture is the code specialist deepseek-coder:1.3b, whose code score says
+    little about a general model's. Whatever that specialist scores, llama3.2:1b's code
+    stays about the same (the size trend and the MBPP line move a little with it), and
+    comes from general models."""
+    data = _catalogue_data()
+    shipped = Catalog.from_data(data)
+    general = shipped.lookup("llama3.2:1b")
+    assert "code" not in general.specialties
+    assert not [n for n in general.neighbours if "code" in shipped.lookup(n).specialties]
+    for name in ("llama3.2:1b", "tinyllama:1.1b", "smollm2:1.7b"):
+        assert "deepseek-coder:1.3b" not in shipped.lookup(name).neighbours, name
+    stronger = Catalog.from_data(_with_scores(data, "deepseek-coder:1.3b", {"HumanEval": 0.99}))
+    assert stronger.lookup("deepseek-coder:1.3b").areas["code"] == 0.99
+    for name in ("llama3.2:1b", "tinyllama:1.1b", "smollm2:1.7b"):
+        moved = stronger.lookup(name).areas["code"] - shipped.lookup(name).areas["code"]
+        assert abs(moved) < 0.01, name
+
+
+def test_a_code_specialists_code_score_comes_from_code_specialists() -> None:
+    """devstral publishes no code number: it is imputed from code models, whatever the
+    general models of its size and architecture score."""
+    data = _catalogue_data()
+    shipped = Catalog.from_data(data)
+    devstral = shipped.lookup("devstral:24b")
+    assert "code" in devstral.specialties
+    weaker = Catalog.from_data(
+        _with_scores(data, "mistral-small:24b", {"MMLU": 0.805, "HumanEval": 0.05})
+    )
+    assert weaker.lookup("mistral-small:24b").areas["code"] == 0.05
+    assert abs(weaker.lookup("devstral:24b").areas["code"] - devstral.areas["code"]) < 0.01

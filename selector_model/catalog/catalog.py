@@ -49,6 +49,12 @@ _SPECIALTY_WEIGHT = {
     "vision": 0.25,
     "embedding": 10.0,
 }
+# The area each specialty is about. Imputing that area, a neighbour that differs in the
+# specialty is this much further again (with the weight above, further than another
+# architecture): a code model's code score says little about a general model's, and a
+# general model's little about a code model's.
+_SPECIALTY_AREA = {"code": "code", "math": "math", "reasoning": "reasoning"}
+_AREA_SPECIALTY_WEIGHT = 1.5
 # How far apart a year between releases puts two models. Training data and recipes
 # change from one generation to the next, so a model of another year is a poorer
 # stand-in; a year counts for less than another architecture, so that architecture and
@@ -112,9 +118,12 @@ def parse_released(value: Any) -> float:
     return round(int(match.group(1)) + (month - 1) / 12, 3)
 
 
-def _distance(probe: _Probe, log_size: float, other: _Probe, other_log_size: float) -> float:
-    """How poorly `other` stands in for `probe`, in the units of a family: size,
-    architecture, specialties and release date."""
+def _distance(
+    probe: _Probe, log_size: float, other: _Probe, other_log_size: float, area: str = ""
+) -> float:
+    """How poorly `other` stands in for `probe`: their differences in size,
+    architecture, specialties and release date added up; imputing `area`, also whether
+    they differ in the specialty that area is about."""
     size = 0.5 * abs(log_size - other_log_size)
     if probe.family and probe.family == other.family:
         family = 0.0
@@ -126,6 +135,8 @@ def _distance(probe: _Probe, log_size: float, other: _Probe, other_log_size: flo
     if probe.specialties != other.specialties:
         for name in probe.specialties ^ other.specialties:
             specialty += _SPECIALTY_WEIGHT.get(name, 0.0)
+            if area and _SPECIALTY_AREA.get(name) == area:
+                specialty += _AREA_SPECIALTY_WEIGHT
     era = 0.0
     if probe.released is not None and other.released is not None:
         era = _YEAR_WEIGHT * abs(probe.released - other.released)
@@ -492,13 +503,13 @@ class Catalog:
         return max(prefixes, key=len, default="")
 
     def _nearest(
-        self, probe: _Probe, usable: Any, exclude: str = ""
+        self, probe: _Probe, usable: Any, exclude: str = "", area: str = ""
     ) -> list[tuple[float, ModelKnowledge]]:
         log_size = probe.log_size
         return heapq.nsmallest(
             NEIGHBOURS,
             (
-                (_distance(probe, log_size, other, other_log_size), entry)
+                (_distance(probe, log_size, other, other_log_size, area), entry)
                 for entry, other, other_log_size in self._index()
                 if entry.name != exclude and usable(entry)
             ),
@@ -521,7 +532,7 @@ class Catalog:
         have a published score for it, each moved along the size trend."""
         if "embedding" in probe.specialties:
             return 0.0, 0.0, []
-        nearest = self._nearest(probe, lambda e: area in self._published[e.name], exclude)
+        nearest = self._nearest(probe, lambda e: area in self._published[e.name], exclude, area)
         if not nearest:
             return 0.0, 1.0, []
         slope = self._slopes.get(area, 0.0)
