@@ -319,3 +319,118 @@ def test_config_names_a_catalogue_file_to_load(tmp_path: Path) -> None:
     assert loaded.resolve("qwen2.5:7b-own") == "qwen2.5:7b-own"
     # The shipped catalogue reads the unknown tag as a variant of qwen2.5:7b.
     assert Catalog.load().resolve("qwen2.5:7b-own") == "qwen2.5:7b"
+
+
+def _catalogue_data() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(DEFAULT_PATH.read_text())
+    return data
+
+
+def _with_scores(data: dict[str, Any], name: str, scores: dict[str, float]) -> dict[str, Any]:
+    """The catalogue data with one model's published scores replaced."""
+    models = []
+    for item in data["models"]:
+        if item["name"] == name:
+            url = "https://example.org/card"
+            item = {**item, "scores": scores, "sources": dict.fromkeys(scores, url)}
+        models.append(item)
+    return {**data, "models": models}
+
+
+def test_no_mapped_or_imputed_score_falls_below_chance(catalog: Catalog) -> None:
+    """MMLU and GPQA are four-way multiple choice: guessing scores 0.25. A score read
+    off a fitted line or imputed from neighbours is never below that; a published
+    one is kept even when it is (gemma3:1b's GPQA)."""
+    assert catalog.lookup("gemma3:1b").areas["reasoning"] < 0.25
+    for entry in catalog.entries():
+        for area in ("knowledge", "reasoning"):
+            if entry.area_uncertainty[area] > 0.0:
+                assert entry.areas[area] >= 0.25, (entry.name, area)
+    for name in ("tiny:135m", "mystery:0.3b"):
+        placed = catalog.lookup(name, {"family": "gemma3"})
+        assert placed.areas["reasoning"] >= 0.25 and placed.areas["knowledge"] >= 0.25
+
+
+def test_a_line_read_beyond_its_data_is_floored_and_less_certain(catalog: Catalog) -> None:
+    """Llama 2 7B's BBH lies below every BBH the BBH-to-GPQA line was fitted on, and the
+    line reads it below chance: the score is chance, with more uncertainty than a BBH
+    read within the fitted range."""
+    below = catalog.lookup("llama2:7b")
+    within = catalog.lookup("granite3.3:8b")
+    assert set(catalog.sources("llama2:7b")) >= {"BBH"} and "GPQA" not in catalog.sources(
+        "llama2:7b"
+    )
+    assert "BBH" in catalog.sources("granite3.3:8b")
+    assert below.areas["reasoning"] == 0.25
+    assert below.area_uncertainty["reasoning"] > within.area_uncertainty["reasoning"] > 0.0
+    # Published numbers are untouched.
+    assert below.areas["knowledge"] == catalog.sources("llama2:7b")["MMLU"].value
+
+
+def test_neighbours_are_looked_for_in_the_same_era(catalog: Catalog) -> None:
+    """A 2023 Llama 2 does not stand in for models of 2024 and 2025 that have closer
+    contemporaries of their size."""
+    for name in (
+        "nemotron:51b",
+        "olmo2:7b",
+        "falcon3:7b",
+        "command-r7b:7b",
+        "codestral:22b",
+        "devstral:24b",
+        "granite4:small-h",
+        "hermes3:8b",
+    ):
+        entry = catalog.lookup(name)
+        assert entry.released >= 2024.0, name
+        assert not [n for n in entry.neighbours if n.startswith("llama2:")], (
+            name,
+            entry.neighbours,
+        )
+
+
+def test_an_unseen_models_release_date_chooses_its_neighbours(catalog: Catalog) -> None:
+    spec = {"family": "acme", "arch": "llama", "params_b": 70}
+    configured = catalog.with_overrides(
+        {
+            "old:70b": {**spec, "released": "2023-07"},
+            "new:70b": {**spec, "released": "2024-12"},
+        }
+    )
+    old = configured.lookup("old:70b")
+    new = configured.lookup("new:70b")
+    assert "llama2:70b" in old.neighbours
+    assert "llama2:70b" not in new.neighbours
+
+
+def test_a_code_specialists_code_score_does_not_set_a_general_models() -> None:
+    """llama3.2:1b publishes no code number; the nearest model of its size and
+    architecture is the code specialist deepseek-coder:1.3b, whose code score says
+    little about a general model's. Whatever that specialist scores, llama3.2:1b's code
+    stays about the same (the size trend and the MBPP line move a little with it), and
+    comes from general models."""
+    data = _catalogue_data()
+    shipped = Catalog.from_data(data)
+    general = shipped.lookup("llama3.2:1b")
+    assert "code" not in general.specialties
+    assert not [n for n in general.neighbours if "code" in shipped.lookup(n).specialties]
+    for name in ("llama3.2:1b", "tinyllama:1.1b", "smollm2:1.7b"):
+        assert "deepseek-coder:1.3b" not in shipped.lookup(name).neighbours, name
+    stronger = Catalog.from_data(_with_scores(data, "deepseek-coder:1.3b", {"HumanEval": 0.99}))
+    assert stronger.lookup("deepseek-coder:1.3b").areas["code"] == 0.99
+    for name in ("llama3.2:1b", "tinyllama:1.1b", "smollm2:1.7b"):
+        moved = stronger.lookup(name).areas["code"] - shipped.lookup(name).areas["code"]
+        assert abs(moved) < 0.01, name
+
+
+def test_a_code_specialists_code_score_comes_from_code_specialists() -> None:
+    """devstral publishes no code number: it is imputed from code models, whatever the
+    general models of its size and architecture score."""
+    data = _catalogue_data()
+    shipped = Catalog.from_data(data)
+    devstral = shipped.lookup("devstral:24b")
+    assert "code" in devstral.specialties
+    weaker = Catalog.from_data(
+        _with_scores(data, "mistral-small:24b", {"MMLU": 0.805, "HumanEval": 0.05})
+    )
+    assert weaker.lookup("mistral-small:24b").areas["code"] == 0.05
+    assert abs(weaker.lookup("devstral:24b").areas["code"] - devstral.areas["code"]) < 0.01

@@ -7,8 +7,9 @@ scale, the first benchmark listed for it under `benchmarks:` (MMLU for knowledge
 a result on another benchmark of the area is mapped onto that scale by a straight line
 fitted over the models that report both. An area with no result, and every area of a
 model not in the catalogue, is imputed from the nearest catalogue models (same family
-first, then by size and specialty), moved along the size trend seen within families;
-the distance of those neighbours is the uncertainty the result carries.
+first, then by size, specialty and release date), moved along the size trend seen
+within families; the distance of those neighbours is the uncertainty the result
+carries. No mapped or imputed score falls below its scale's chance level.
 """
 
 from __future__ import annotations
@@ -48,6 +49,17 @@ _SPECIALTY_WEIGHT = {
     "vision": 0.25,
     "embedding": 10.0,
 }
+# The area each specialty is about. Imputing that area, a neighbour that differs in the
+# specialty is this much further again (with the weight above, further than another
+# architecture): a code model's code score says little about a general model's, and a
+# general model's little about a code model's.
+_SPECIALTY_AREA = {"code": "code", "math": "math", "reasoning": "reasoning"}
+_AREA_SPECIALTY_WEIGHT = 1.5
+# How far apart a year between releases puts two models. Training data and recipes
+# change from one generation to the next, so a model of another year is a poorer
+# stand-in; a year counts for less than another architecture, so that architecture and
+# size still choose neighbours first.
+_YEAR_WEIGHT = 0.5
 # What describes a model, in a catalogue entry and in a user's override alike.
 _DESCRIPTION_FIELDS = frozenset(
     {
@@ -85,6 +97,8 @@ class _Probe:
     arch: str
     size_b: float
     specialties: frozenset[str]
+    # Fractional year of release; None when not known (a model placed from its name).
+    released: float | None = None
 
     @property
     def log_size(self) -> float:
@@ -104,7 +118,12 @@ def parse_released(value: Any) -> float:
     return round(int(match.group(1)) + (month - 1) / 12, 3)
 
 
-def _distance(probe: _Probe, log_size: float, other: _Probe, other_log_size: float) -> float:
+def _distance(
+    probe: _Probe, log_size: float, other: _Probe, other_log_size: float, area: str = ""
+) -> float:
+    """How poorly `other` stands in for `probe`: their differences in size,
+    architecture, specialties and release date added up; imputing `area`, also whether
+    they differ in the specialty that area is about."""
     size = 0.5 * abs(log_size - other_log_size)
     if probe.family and probe.family == other.family:
         family = 0.0
@@ -116,7 +135,12 @@ def _distance(probe: _Probe, log_size: float, other: _Probe, other_log_size: flo
     if probe.specialties != other.specialties:
         for name in probe.specialties ^ other.specialties:
             specialty += _SPECIALTY_WEIGHT.get(name, 0.0)
-    return size + family + specialty
+            if area and _SPECIALTY_AREA.get(name) == area:
+                specialty += _AREA_SPECIALTY_WEIGHT
+    era = 0.0
+    if probe.released is not None and other.released is not None:
+        era = _YEAR_WEIGHT * abs(probe.released - other.released)
+    return size + family + specialty + era
 
 
 def _weights(nearest: list[tuple[float, ModelKnowledge]]) -> list[float]:
@@ -126,19 +150,21 @@ def _weights(nearest: list[tuple[float, ModelKnowledge]]) -> list[float]:
     return [math.exp(-(gap - closest) / KERNEL_WIDTH) for gap, _ in nearest]
 
 
-def _along_trend(score: float, slope: float, doublings: float) -> float:
+def _along_trend(score: float, slope: float, doublings: float, floor: float = 0.0) -> float:
     """A neighbour's score moved to another size: `slope` per doubling at mid-range,
     applied on the logit scale so that it flattens near 0 and 1 (a model 8x larger
     than a strong neighbour gains less than a weak one would), and no further than
-    three doublings."""
+    three doublings; never below `floor` (the scale's chance level)."""
     doublings = max(-MAX_DOUBLINGS, min(MAX_DOUBLINGS, doublings))
     score = min(0.995, max(0.005, score))
     logit = math.log(score / (1.0 - score)) + 4.0 * slope * doublings
-    return 1.0 / (1.0 + math.exp(-logit))
+    return max(floor, 1.0 / (1.0 + math.exp(-logit)))
 
 
 def _probe_of(entry: ModelKnowledge) -> _Probe:
-    return _Probe(entry.family, entry.arch, entry.effective_params_b, entry.specialties)
+    return _Probe(
+        entry.family, entry.arch, entry.effective_params_b, entry.specialties, entry.released
+    )
 
 
 class Catalog:
@@ -159,6 +185,7 @@ class Catalog:
         version: int,
         overrides: Mapping[str, Mapping[str, Any]] | None = None,
         measured: Mapping[str, Mapping[str, float]] | None = None,
+        floors: Mapping[str, float] | None = None,
     ) -> None:
         self.version = version
         self._entries = dict(entries)
@@ -166,6 +193,8 @@ class Catalog:
         self._sources = {name: dict(found) for name, found in sources.items()}
         self._keys = dict(keys)
         self._slopes = dict(slopes)
+        # Per area, the chance level of its scale: no imputed score falls below it.
+        self._floors = dict(floors or {})
         self._overrides = dict(overrides or {})
         self._measured = dict(measured or {})
         self._cache: dict[tuple[Any, ...], ModelKnowledge] = {}
@@ -230,7 +259,15 @@ class Catalog:
             name: _entry(name, item, {a: 0.0 for a in AREAS}, where) for name, item in raw.items()
         }
         slopes = scales.size_slopes(skeleton, areas)
-        catalog = cls(skeleton, areas, sources, keys, slopes, int(version))
+        catalog = cls(
+            skeleton,
+            areas,
+            sources,
+            keys,
+            slopes,
+            int(version),
+            floors=scales.floors(benchmarks),
+        )
         catalog._entries = {
             name: catalog._complete(entry, areas[name], mapped[name])
             for name, entry in skeleton.items()
@@ -322,6 +359,7 @@ class Catalog:
             self.version,
             self._overrides if overrides is None else overrides,
             self._measured if measured is None else measured,
+            self._floors,
         )
         derived._entries = self._entries
         return derived
@@ -419,7 +457,14 @@ class Catalog:
             if family and same:
                 specialties |= frozenset.intersection(*same)
         size = math.sqrt(total * active) if 0 < active < total else total
-        probe = _Probe(family, arch, size, frozenset(specialties))
+        given = spec.get("released")
+        probe = _Probe(
+            family,
+            arch,
+            size,
+            frozenset(specialties),
+            parse_released(given) if given not in (None, "") else None,
+        )
         nearest = self._nearest(probe, lambda e: True)
         areas: dict[str, float] = {}
         spread: dict[str, float] = {}
@@ -458,13 +503,13 @@ class Catalog:
         return max(prefixes, key=len, default="")
 
     def _nearest(
-        self, probe: _Probe, usable: Any, exclude: str = ""
+        self, probe: _Probe, usable: Any, exclude: str = "", area: str = ""
     ) -> list[tuple[float, ModelKnowledge]]:
         log_size = probe.log_size
         return heapq.nsmallest(
             NEIGHBOURS,
             (
-                (_distance(probe, log_size, other, other_log_size), entry)
+                (_distance(probe, log_size, other, other_log_size, area), entry)
                 for entry, other, other_log_size in self._index()
                 if entry.name != exclude and usable(entry)
             ),
@@ -487,14 +532,16 @@ class Catalog:
         have a published score for it, each moved along the size trend."""
         if "embedding" in probe.specialties:
             return 0.0, 0.0, []
-        nearest = self._nearest(probe, lambda e: area in self._published[e.name], exclude)
+        nearest = self._nearest(probe, lambda e: area in self._published[e.name], exclude, area)
         if not nearest:
             return 0.0, 1.0, []
         slope = self._slopes.get(area, 0.0)
+        floor = self._floors.get(area, 0.0)
         total = value = spread = 0.0
         for weight, (gap, entry) in zip(_weights(nearest), nearest, strict=True):
             doublings = math.log2(probe.size_b / entry.effective_params_b)
-            value += weight * _along_trend(self._published[entry.name][area], slope, doublings)
+            published = self._published[entry.name][area]
+            value += weight * _along_trend(published, slope, doublings, floor)
             spread += weight * gap
             total += weight
         score = min(1.0, max(0.0, value / total))

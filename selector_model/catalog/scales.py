@@ -3,7 +3,9 @@
 Model cards report different benchmarks for the same ability (MMLU, MMLU-Redux or
 MMLU-Pro for knowledge; GPQA, BBH or ARC-C for reasoning; ...). Each area keeps the
 scale of its first benchmark; another benchmark is mapped onto it by a line fitted over
-the models that report both, and only where it predicts that scale.
+the models that report both, and only where it predicts that scale. A multiple-choice
+scale has a chance level: no model is expected below it, so a mapped or imputed score
+is floored there (a published one is kept as it is).
 """
 
 from __future__ import annotations
@@ -20,19 +22,35 @@ MAPPED_UNCERTAINTY = 0.05
 # A benchmark is mapped onto its area's scale only when it explains this share of the
 # scale's variance over the models that report both.
 MIN_FIT = 0.3
+# The score of guessing on multiple-choice benchmarks (four options; MMLU-Pro has ten).
+# Benchmarks graded on generated answers (MATH, HumanEval, IFEval, ...) have none.
+CHANCE = {"MMLU": 0.25, "MMLU-Redux": 0.25, "MMLU-Pro": 0.1, "GPQA": 0.25, "ARC-C": 0.25}
 
 
 @dataclass(frozen=True)
 class _Line:
     """How one benchmark maps onto its area's scale, and how far off that mapping was
-    on the models that report both (root-mean-square residual)."""
+    on the models that report both (root-mean-square residual); `count`, `mean` and
+    `spread` (sum of squared deviations) describe the values it was fitted on."""
 
     intercept: float
     slope: float
     error: float
+    count: int = 0
+    mean: float = 0.0
+    spread: float = 0.0
 
     def __call__(self, value: float) -> float:
         return min(1.0, max(0.0, self.intercept + self.slope * value))
+
+    def error_at(self, value: float) -> float:
+        """The standard error of the line's prediction at `value`: the residual error,
+        growing with the distance from the values it was fitted on, so that a value
+        read off the line beyond them is less certain than one within."""
+        if self.count == 0 or self.spread <= 0:
+            return self.error
+        leverage = 1.0 / self.count + (value - self.mean) ** 2 / self.spread
+        return self.error * math.sqrt(1.0 + leverage)
 
 
 def calibrate(
@@ -44,10 +62,11 @@ def calibrate(
     benchmarks of the area are mapped onto it by a line fitted over the entries that
     report both, or taken as they are when declared on the same scale (a subset of it).
     A benchmark that predicts the scale poorly is not mapped (the area is imputed
-    instead). Also returns, per entry, the uncertainty of each mapped area."""
-    scale: dict[str, str] = {}
-    for bench, area in benchmarks.items():
-        scale.setdefault(area, bench)
+    instead). A mapped score is no lower than the scale's chance level. Also returns,
+    per entry, the uncertainty of each mapped area: the line's prediction error where
+    it is read, plus what the chance floor had to lift."""
+    scale = scales_of(benchmarks)
+    floor = floors(benchmarks)
     lines: dict[str, _Line] = {}
     for bench, area in benchmarks.items():
         if bench == scale[area]:
@@ -71,10 +90,25 @@ def calibrate(
                 continue
             used = [(lines[b], v) for b, v in own.items() if benchmarks[b] == area and b in lines]
             if used:
-                areas[name][area] = sum(line(v) for line, v in used) / len(used)
-                error = sum(line.error for line, _ in used) / len(used)
-                mapped[name][area] = min(0.5, MAPPED_UNCERTAINTY + 2.0 * error)
+                values = [max(floor[area], line(v)) for line, v in used]
+                lifted = sum(value - line(v) for value, (line, v) in zip(values, used, strict=True))
+                error = 2.0 * sum(line.error_at(v) for line, v in used) + lifted
+                areas[name][area] = sum(values) / len(values)
+                mapped[name][area] = min(0.5, MAPPED_UNCERTAINTY + error / len(used))
     return areas, mapped
+
+
+def scales_of(benchmarks: Mapping[str, str]) -> dict[str, str]:
+    """Per area, the benchmark whose scale it keeps: the first listed for it."""
+    scale: dict[str, str] = {}
+    for bench, area in benchmarks.items():
+        scale.setdefault(area, bench)
+    return scale
+
+
+def floors(benchmarks: Mapping[str, str]) -> dict[str, float]:
+    """Per area, the chance level of its scale (0 where answers are generated)."""
+    return {area: CHANCE.get(bench, 0.0) for area, bench in scales_of(benchmarks).items()}
 
 
 def fit(pairs: list[tuple[float, float]]) -> _Line | None:
@@ -93,7 +127,7 @@ def fit(pairs: list[tuple[float, float]]) -> _Line | None:
     residual = sum((y - intercept - slope * x) ** 2 for x, y in pairs)
     if slope <= 0 or 1.0 - residual / var_y < MIN_FIT:
         return None
-    return _Line(intercept, slope, math.sqrt(residual / len(pairs)))
+    return _Line(intercept, slope, math.sqrt(residual / len(pairs)), len(pairs), mean_x, var_x)
 
 
 def size_slopes(
