@@ -164,7 +164,7 @@ def load(path: Path) -> Artifact:
 
 def _learned(models: Mapping[str, Mapping[str, Any]]) -> dict[str, features.Candidate]:
     """The training table's descriptions that carry area scores: a row is a candidate
-    record, or holds one under `knowledge` (artifacts of schema 3's first releases)."""
+    record, or holds one under `knowledge` (as the shipped artifact's table does)."""
     learned = {}
     for name, row in models.items():
         record = row.get("knowledge", row)
