@@ -327,13 +327,4 @@ class Dechunker:
 
 def dechunk(raw: bytes) -> bytes:
     """A chunked body (as a `ResponseReader` found it whole) without its framing."""
-    out = bytearray()
-    pos = 0
-    while True:
-        newline = raw.index(b"\n", pos)
-        size = _chunk_size(raw[pos:newline])
-        if size == 0:
-            return bytes(out)
-        start = newline + 1
-        out += raw[start : start + size]
-        pos = start + size + 2
+    return Dechunker().feed(raw)
