@@ -211,7 +211,7 @@ async def demo(config: Config) -> None:
     logs.setup(config.logging.level, config.logging.json)
     runners = []
     for name, port, models in DEMO_BACKENDS:
-        app = create_emulator(EmulatorSettings(models=models))
+        app = create_emulator(EmulatorSettings(models=models, speed_by_size=True))
         runners.append(await start_site(app, "127.0.0.1", port))
         log.info(
             "emulated backend %s on http://127.0.0.1:%d with %s", name, port, ", ".join(models)

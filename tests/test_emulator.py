@@ -22,6 +22,7 @@ import pytest
 from aiohttp import web
 
 from proxy.emulator import STATE_KEY, EmulatorSettings, EmulatorState, create_app
+from proxy.emulator.catalog import CATALOG
 
 WEATHER_TOOL = {
     "type": "function",
@@ -394,6 +395,36 @@ async def test_frozen_clock_is_byte_identical() -> None:
             assert b'"created_at":"2025-01-01T00:00:00.123456789Z"' in bodies[0]
     finally:
         await runner.cleanup()
+
+
+async def test_speed_by_size_makes_a_large_model_slower_in_proportion() -> None:
+    """With `speed_by_size` (the demo's backends) a model's reported durations scale
+    with its parameters, so the proxy's telemetry sees quick and slow models; without
+    it every model runs at one speed."""
+
+    async def per_token(settings: EmulatorSettings) -> dict[str, float]:
+        runner, url = await _start(settings)
+        try:
+            out = {}
+            async with aiohttp.ClientSession() as session:
+                for model in ("llama3.2:3b", "llama3.3:70b"):
+                    body = {"model": model, "prompt": "hi", "stream": False}
+                    body["options"] = {"num_predict": 3}
+                    async with session.post(url + "/api/generate", json=body) as r:
+                        doc = await r.json()
+                    out[model] = doc["eval_duration"] / doc["eval_count"]
+            return out
+        finally:
+            await runner.cleanup()
+
+    scaled = await per_token(
+        EmulatorSettings(frozen_clock=True, chunk_delay_ms=1, speed_by_size=True)
+    )
+    sizes = {m.name: m.parameter_count for m in CATALOG}
+    ratio = sizes["llama3.3:70b"] / sizes["llama3.2:3b"]
+    assert scaled["llama3.3:70b"] / scaled["llama3.2:3b"] == pytest.approx(ratio, rel=0.01)
+    flat = await per_token(EmulatorSettings(frozen_clock=True, chunk_delay_ms=1))
+    assert flat["llama3.3:70b"] == flat["llama3.2:3b"]
 
 
 # Cancellation and faults --------------------------------------------------------------------

@@ -160,9 +160,11 @@ class Generation:
         try:
             load_ns = await self.load()
             t_prompt = time.monotonic()
-            await pause(self.request, settings.prompt_delay(plan.prompt_tokens))
+            slowdown = settings.slowdown(self.spec.parameter_count)
+            prompt_delay = settings.prompt_delay(plan.prompt_tokens) * slowdown
+            await pause(self.request, prompt_delay)
             t_eval = time.monotonic()
-            delay = settings.token_delay()
+            delay = settings.token_delay() * slowdown
             for tok in plan.thinking:
                 await pause(self.request, delay)
                 await on_piece(Piece(thinking=tok))
@@ -173,7 +175,7 @@ class Generation:
                 await pause(self.request, delay)
                 await on_piece(Piece(content=tok))
             if settings.frozen_clock:
-                prompt_ns = int(settings.prompt_delay(plan.prompt_tokens) * 1e9)
+                prompt_ns = int(prompt_delay * 1e9)
                 eval_ns = int(delay * plan.eval_count * 1e9)
                 total_ns = load_ns + prompt_ns + eval_ns + 250_000
             else:

@@ -54,12 +54,22 @@ class EmulatorSettings:
     # Answer /api/ps with Gin's 404, as Ollama releases before it and some
     # Ollama-compatible servers do.
     ps_missing: bool = False
+    # The rates above are a 7B model's, every other model's scaled by its size (decoding
+    # and prompt evaluation are bound by reading the weights), so that a demo's fleet
+    # has quick and slow models for `auto:fast` to tell apart. Off: one speed for all.
+    speed_by_size: bool = False
 
     def token_delay(self) -> float:
         """Seconds between two generated tokens."""
         if self.chunk_delay_ms is not None:
             return max(self.chunk_delay_ms, 0.0) / 1000.0
         return 1.0 / self.tokens_per_second if self.tokens_per_second > 0 else 0.0
+
+    def slowdown(self, parameter_count: int) -> float:
+        """How many times a 7B model's time a model of this many parameters takes."""
+        if not self.speed_by_size or parameter_count <= 0:
+            return 1.0
+        return max(parameter_count / 7e9, 0.05)
 
     def prompt_delay(self, prompt_tokens: int) -> float:
         """Seconds spent evaluating a prompt of this many tokens."""
