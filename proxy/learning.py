@@ -122,7 +122,7 @@ def evidence_from_events(events: Iterable[Mapping[str, Any]]) -> Evidence:
         decided = decision_of(event)
         if result is not None and decided is not None:
             kind, model, prior = decided
-            evidence.update(kind, model, result.value, prior, result.weight)
+            evidence.update(kind, model, outcome.against(result, prior), prior, result.weight)
     return evidence
 
 
@@ -276,9 +276,9 @@ class Learner:
         if before == now:
             return
         if before is not None:
-            self._add(counted, before.value, -before.weight)
+            self._add(counted, outcome.against(before, counted.prior), -before.weight)
         if now is not None:
-            self._add(counted, now.value, now.weight)
+            self._add(counted, outcome.against(now, counted.prior), now.weight)
         counted.applied = now
 
     def _add(self, counted: _Counted, value: float, weight: float) -> None:

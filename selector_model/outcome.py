@@ -14,7 +14,8 @@ and a weight, the strength of the evidence:
   Anthropic API): `TRUNCATED_VALUE`, mostly a failure (the answer is incomplete) but
   not certainly (the client may have asked for a short answer with num_predict).
 - Otherwise a completed answer: 1, a weak success (weight `COMPLETED`): most answers
-  are taken without a word, good or bad, so silence says little.
+  are taken without a word, good or bad, so silence says little. To the online
+  estimate of a model it says nothing beyond the answer not failing (`against`).
 
 A request the client got a 4xx for (bad input, a model it may not use) ran no model:
 it has no outcome. Outcomes of 0.5 and above count as a success where a yes or no is
@@ -68,6 +69,18 @@ def implicit(outcome: Mapping[str, Any], retried: bool = False) -> Result | None
     if outcome.get("done_reason") in TRUNCATED_REASONS:
         return Result(TRUNCATED_VALUE, TRUNCATED_WEIGHT, "truncated")
     return Result(1.0, COMPLETED, "completed")
+
+
+def against(result: Result, expected: float) -> float:
+    """What `result` tells the online estimate of the model that answered, beside
+    `expected`, the selector's P(success) for that answer: its value, but for a
+    completed answer the expectation itself. Nearly every answer completes, good or
+    bad, and only the chosen model's answers are there to complete: counted as
+    successes they would lift whichever model is chosen, the more the more often it
+    is. As no news they are what failures and ratings are measured against. Training
+    and the A/B report read the value as it is: there every model's answers are
+    weighed alike."""
+    return expected if result.source == "completed" else result.value
 
 
 def replayed(event: Mapping[str, Any]) -> bool:

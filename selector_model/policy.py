@@ -77,8 +77,11 @@ prior's placement (lowered with the kind's shift) however wrong that is. With th
 bonus, a model whose posterior is wide (a weak prior, few outcomes of its own) is tried
 until its outcomes either lift it or narrow its spread below the leader's; the choice
 stays deterministic (propensity 1). Models the artifact was fitted on have spreads
-alike (n0 = 200), so among them the bonus hardly reorders anything, and without any
-evidence there is none: the choice is the prior's. The safety rule reads these
+alike (n0 = 200), so among them the bonus hardly reorders anything. Without any
+evidence there is none, nor while every outcome of the kind is what the selector
+expected (live traffic without ratings: answers that completed count as no news,
+`outcome.against`): a gamble there would learn nothing, and each untried model would
+be tried on the strength of its wide posterior alone. The safety rule reads these
 utilities (a model's unseen-margin shrinks as its evidence grows).
 
 Exploration is Thompson sampling: with probability `exploration` the choice is the
@@ -517,6 +520,12 @@ def _offsets(
     return overall, offsets, totals
 
 
+def _surprising(evidence: Mapping[str, Sequence[float]]) -> bool:
+    """Whether any outcome in `evidence` differed from what the selector expected of
+    it (a completed answer is counted as just that, `outcome.against`)."""
+    return any(abs(float(got[0]) - float(got[2])) > 1e-9 for got in evidence.values())
+
+
 def _departure(got: Sequence[float], centre: float, n0: float) -> float:
     """A model's own departure from `centre` by its evidence (successes, count,
     expected): the mean gap's excess over it, shrunk by its prior's strength n0."""
@@ -569,6 +578,10 @@ def choose(
         elif every_kind:
             overall, offsets, totals = _offsets(every_kind, strengths, prior_strength, fitted)
         shift = _shift(evidence, strengths, prior_strength, offsets, overall)
+        if optimism and not _surprising(evidence):
+            # Nothing of this kind came out other than the selector expected (answers
+            # completing, no rating, no failure): a gamble would learn nothing.
+            optimism = 0.0
         for s in ranking:
             centre = shift + offsets.get(s.name, 0.0)
             got = evidence.get(s.name)

@@ -50,6 +50,27 @@ def test_without_evidence_the_choice_is_the_priors() -> None:
     assert chose.ranking[0].blend is None and chose.ranking[0].describe()["blend"] == 0.7
 
 
+def test_answers_that_only_completed_leave_the_choice_as_the_priors() -> None:
+    """Live traffic without ratings: every answer completes, whoever gave it. Counted
+    as the selector expected them (`outcome.against`) they move no estimate and start
+    no optimistic gamble on untried models; one surprising outcome does."""
+    rng = np.random.default_rng(0)
+    unseen = rank(list(MODELS), [0.70, 0.68, 0.50], [1.0] * 3, 0.0, {MODELS[0]})
+    evidence = Evidence()
+    done = outcome.Result(1.0, outcome.COMPLETED, "completed")
+    for _ in range(50):
+        evidence.update("code", MODELS[0], outcome.against(done, 0.7), 0.7, done.weight)
+    quiet = choose(unseen, evidence.of("code"), 0.0, rng)
+    assert quiet.chosen.name == MODELS[0]
+    assert [s.utility for s in quiet.ranking] == pytest.approx([0.70, 0.68, 0.50])
+    assert all(s.optimism == 0.0 for s in quiet.ranking)
+    # One thumbs-down is news: the untried models' wide posteriors earn a try.
+    evidence.update("code", MODELS[0], 0.0, 0.7)
+    told = choose(unseen, evidence.of("code"), 0.0, rng)
+    assert told.chosen.name == MODELS[1]
+    assert all(s.optimism > 0.0 for s in told.ranking)
+
+
 def test_evidence_moves_the_choice_by_the_beta_posterior() -> None:
     rng = np.random.default_rng(0)
     evidence = Evidence()
@@ -348,20 +369,21 @@ def test_learner_takes_back_implicit_outcomes_when_a_rating_or_a_retry_comes(
     learner = Learner(Learning(), Usage(file_path=str(tmp_path / "events.jsonl")), evidence)
     learner.observe("usage", _event("r1", 0, "a"))
     weak = outcome.COMPLETED
-    assert evidence.of("math")["qwen2.5:7b"] == pytest.approx([weak, weak, weak * 0.5])
+    # A completed answer is no news: counted as what the selector expected (0.5).
+    assert evidence.of("math")["qwen2.5:7b"] == pytest.approx([weak * 0.5, weak, weak * 0.5])
     learner.observe("feedback", {"request_id": "r1", "rating": 0.0})  # a thumbs-down wins
     assert evidence.of("math")["qwen2.5:7b"][:2] == pytest.approx([0.0, outcome.RATED])
     learner.observe("usage", _event("r2", 10, "b"))
     learner.observe("usage", _event("r3", 60, "b"))  # b again within 120 s: r2 failed
     assert evidence.of("math")["qwen2.5:7b"][:2] == pytest.approx(
-        [outcome.COMPLETED, 2 * outcome.RATED + outcome.COMPLETED]
+        [outcome.COMPLETED * 0.5, 2 * outcome.RATED + outcome.COMPLETED]
     )
     # Feedback that overtakes its event waits for it.
     learner.observe("feedback", {"request_id": "r4", "rating": 1.0})
     learner.observe("usage", _event("r4", 300, "c", done_reason="length"))
     successes, count, expected = evidence.of("math")["qwen2.5:7b"]
     assert (successes, count, expected) == pytest.approx(
-        (outcome.COMPLETED + 1.0, 3 * outcome.RATED + outcome.COMPLETED, count * 0.5)
+        (outcome.COMPLETED * 0.5 + 1.0, 3 * outcome.RATED + outcome.COMPLETED, count * 0.5)
     )
     # The same events read back in one go (a rebuild) give the same evidence.
     events = [
@@ -694,7 +716,7 @@ async def test_implicit_signals_through_the_proxy(
     servers: ServerThread, fleet: Emulator, tmp_path: Path
 ) -> None:
     """Without any rating: the same prompt sent again soon by the same user fails the
-    first answer, an error fails, a completed answer is a weak success."""
+    first answer, an error fails, a completed answer counts as what was expected of it."""
     usage = Usage(file_path=str(tmp_path / "events.jsonl"), spool_dir=str(tmp_path / "spool"))
     prx = Proxy(servers, [fleet.url], selector=_selector(tmp_path), usage=usage)
     try:
@@ -709,7 +731,8 @@ async def test_implicit_signals_through_the_proxy(
                     assert resp.status == 500
             finally:
                 fleet.state.fault = "none"
-            # retried: 0 at full weight; error: 0 at full weight; completed: 1, weakly.
+            # retried: 0 at full weight; error: 0 at full weight; completed: the
+            # selector's expectation, weakly.
             count = 2 * outcome.FAILED + outcome.COMPLETED
             doc: dict[str, Any] = {}
             for _ in range(400):
@@ -721,4 +744,5 @@ async def test_implicit_signals_through_the_proxy(
     finally:
         prx.stop()
     assert row["evidence"]["count"] == pytest.approx(count)
-    assert row["evidence"]["mean"] == pytest.approx(outcome.COMPLETED / count, abs=1e-4)
+    expected = row["evidence"]["expected"]
+    assert row["evidence"]["mean"] == pytest.approx(outcome.COMPLETED * expected / count, abs=1e-3)

@@ -83,3 +83,12 @@ def test_the_same_prompt_again_soon_from_the_same_user_fails_the_first() -> None
     assert [ex.label for ex in examples] == [0.0, 1.0]
     assert [ex.weight for ex in examples] == [outcome.FAILED, outcome.COMPLETED]
     assert stats.skipped_unanswered == 1
+
+
+def test_a_completed_answer_tells_the_online_estimate_only_what_was_expected() -> None:
+    completed = outcome.of_event({"outcome": {"status": 200, "done_reason": "stop"}})
+    assert completed is not None and completed.value == 1.0  # training's weak success
+    assert outcome.against(completed, 0.3) == 0.3
+    failed = outcome.of_event({"outcome": {"status": 500}})
+    assert failed is not None and outcome.against(failed, 0.3) == 0.0
+    assert outcome.against(outcome.rated(0.8), 0.3) == 0.8
