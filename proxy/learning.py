@@ -188,7 +188,7 @@ class Learner:
         self.evidence = evidence  # totals: the store's, plus what is not written yet
         self.pending = Evidence()  # increments not written to PostgreSQL yet
         self.recent: OrderedDict[str, _Counted] = OrderedDict()
-        self.prompts: OrderedDict[tuple[str, str], tuple[float, _Counted]] = OrderedDict()
+        self.prompts: OrderedDict[tuple[str, str, str], tuple[float, _Counted]] = OrderedDict()
         self.unmatched: OrderedDict[str, tuple[float, list[float]]] = OrderedDict()
         self.dsn = usage.postgres_dsn
         self.state_file = self._state_path()
@@ -246,10 +246,11 @@ class Learner:
         if key is None or when is None:
             return
         earlier = self.prompts.pop(key, None)
-        if earlier is not None and 0 <= when - earlier[0] <= outcome.RETRY_WINDOW_SECONDS:
+        if earlier is not None and outcome.retries(earlier[0], when):
             earlier[1].retried = True
             self._count(earlier[1])
-        self.prompts[key] = (when, counted)
+        # Kept by when its answer ended: a retry comes after the answer.
+        self.prompts[key] = (outcome.answer_end(event, when), counted)
         if len(self.prompts) > self.settings.recent_requests:
             self.prompts.popitem(last=False)
         while self.prompts:

@@ -8,8 +8,11 @@ and a weight, the strength of the evidence:
   every implicit signal about the same request: a thumbs-up is 1, a thumbs-down 0
   (several ratings of one request: their mean). Weight `RATED`.
 - An error, or the client cancelling before the end: 0 (weight `FAILED`).
-- The same prompt (its SHA-256) sent again by the same user within
-  `RETRY_WINDOW_SECONDS` of the first: the first answer failed, 0 (weight `FAILED`).
+- The same prompt (its SHA-256) sent again by the same user to the same model name
+  (`auto`, `auto:best`, ...) after the first answer ended and within
+  `RETRY_WINDOW_SECONDS` of its end: the first answer failed, 0 (weight `FAILED`). A
+  copy sent while the first is still answering (a load test, a fan-out) or to another
+  model name (a comparison) says nothing of the first answer.
 - An answer cut at the token limit (done_reason "length", or "max_tokens" on the
   Anthropic API): `TRUNCATED_VALUE`, mostly a failure (the answer is incomplete) but
   not certainly (the client may have asked for a short answer with num_predict).
@@ -99,16 +102,18 @@ def of_event(event: Mapping[str, Any], retried: bool = False) -> Result | None:
     return implicit(outcome if isinstance(outcome, Mapping) else {}, retried)
 
 
-def retry_key(event: Mapping[str, Any]) -> tuple[str, str] | None:
-    """Who sent which prompt: (user, prompt SHA-256), or None without a prompt hash.
-    The user is the X-Autoroute-User header, else the API key's id, else anyone (a
-    proxy without either serves one person, or cannot tell people apart)."""
+def retry_key(event: Mapping[str, Any]) -> tuple[str, str, str] | None:
+    """Who sent which prompt to which model name: (user, requested model, prompt
+    SHA-256), or None without a prompt hash. The user is the X-Autoroute-User header,
+    else the API key's id, else anyone (a proxy without either serves one person, or
+    cannot tell people apart)."""
     prompt = event.get("prompt_sha256")
     if not isinstance(prompt, str) or not prompt:
         return None
     client = event.get("client")
     client = client if isinstance(client, Mapping) else {}
-    return (str(client.get("user") or client.get("api_key_id") or ""), prompt)
+    user = str(client.get("user") or client.get("api_key_id") or "")
+    return (user, str(event.get("requested_model") or ""), prompt)
 
 
 def event_time(event: Mapping[str, Any]) -> float | None:
@@ -122,18 +127,33 @@ def event_time(event: Mapping[str, Any]) -> float | None:
         return None
 
 
+def answer_end(event: Mapping[str, Any], arrived: float) -> float:
+    """When the answer to a request that arrived at `arrived` ended (POSIX seconds)."""
+    answer = event.get("outcome")
+    took = answer.get("total_ms") if isinstance(answer, Mapping) else None
+    if isinstance(took, bool) or not isinstance(took, int | float) or took < 0:
+        return arrived
+    return arrived + took / 1000.0
+
+
+def retries(ended: float, again: float) -> bool:
+    """Whether a request arriving at `again` retries one whose answer `ended` then."""
+    return 0.0 <= again - ended <= RETRY_WINDOW_SECONDS
+
+
 def retried_ids(events: Iterable[Mapping[str, Any]]) -> set[str]:
-    """The request ids whose prompt the same user sent again within the window."""
-    sent: dict[tuple[str, str], list[tuple[float, str]]] = {}
+    """The request ids whose prompt the same user sent again to the same model name
+    after its answer and within the window."""
+    sent: dict[tuple[str, str, str], list[tuple[float, float, str]]] = {}
     for event in events:
         key, when, rid = retry_key(event), event_time(event), event.get("request_id")
         if key is not None and when is not None and isinstance(rid, str):
-            sent.setdefault(key, []).append((when, rid))
+            sent.setdefault(key, []).append((when, answer_end(event, when), rid))
     retried: set[str] = set()
     for times in sent.values():
         times.sort()
-        for (first, rid), (again, _) in itertools.pairwise(times):
-            if again - first <= RETRY_WINDOW_SECONDS:
+        for (_, ended, rid), (again, _, _) in itertools.pairwise(times):
+            if retries(ended, again):
                 retried.add(rid)
     return retried
 

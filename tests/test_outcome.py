@@ -67,6 +67,14 @@ def test_the_same_prompt_again_soon_from_the_same_user_fails_the_first() -> None
         answered("c1", "2026-01-01T00:00:20Z", prompt="p2"),  # another prompt
     ]
     assert outcome.retried_ids(events) == {"a1"}
+    # Sent again to another model name: a comparison; while the first was still
+    # answering (it took 100 s): a load test's copy, not a reaction to the answer.
+    compared = [events[0], {**events[1], "requested_model": "auto:best"}]
+    assert outcome.retried_ids(compared) == set()
+    slow = {**events[0], "outcome": {**events[0]["outcome"], "total_ms": 100_000.0}}
+    assert outcome.retried_ids([slow, events[1]]) == set()
+    ended = {**events[0], "outcome": {**events[0]["outcome"], "total_ms": 60_000.0}}
+    assert outcome.retried_ids([ended, events[1]]) == {"a1"}  # 30 s after its end
     graded = outcome.grade(events)
     assert [g.source if g else None for g in graded] == ["retried", *["completed"] * 4]
     # Training reads it the same way.
