@@ -1,0 +1,223 @@
+"""Instructions the proxy executes per request and per chunk of a streamed answer,
+counted by valgrind's callgrind: the A/B that timings on a shared machine cannot give.
+
+Starts the emulator (5 ms a chunk) and the proxy under callgrind, then sends sequential
+streaming /api/chat requests (one at a time, one keep-alive connection) with answers of
+3 and of 41 chunks, for a named model and for `auto`. Callgrind's counters are zeroed
+before each run and dumped after it; per request and per chunk come from the two runs
+of a model (cost = request + n x chunk). What the proxy executes while idle (its
+timers) is measured alone and subtracted over each run's wall time; the timers that
+do not serve requests (health checks, the learner's sync, the artifact's reload check)
+are slowed to once an hour for every target alike.
+
+`--old REV` measures the proxy of another git revision the same way, after this one,
+and prints the ratios of the two.
+
+    python -m benchmarks.instructions                 # about three minutes
+    python -m benchmarks.instructions --old e8bfb28   # about six
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from benchmarks.servers import PY, BenchmarkError, emulator, ensure_free, start, wait_ready
+from benchmarks.stream_bench import old_tree
+
+EMULATOR_PORT = 18444
+PROXY_PORT = 18445
+MODELS = ("qwen2.5:7b", "auto")
+BACKEND_MODELS = "qwen2.5:7b,llama3.2:3b"
+# Chunks of the two answer lengths (N tokens are N+1 NDJSON lines: the last carries
+# the counters), and the length the summary line adds up.
+SHORT, LONG, SHOWN = 3, 41, 21
+WARMUP = 10
+IDLE_SECONDS = 3.0
+READY_SECONDS = 600.0  # the proxy imports and loads its artifact about 50x slower
+# Timers that do no request's work, once an hour (what is left idle is subtracted).
+QUIET = {
+    "AUTOROUTE_HEALTH__INTERVAL_SECONDS": "3600",
+    "AUTOROUTE_SELECTOR__LEARNING__SYNC_SECONDS": "3600",
+    "AUTOROUTE_SELECTOR__RELOAD_CHECK_SECONDS": "0",
+    "AUTOROUTE_SELECTOR__LEARNING__SEED": "1",
+}
+
+
+@dataclass(frozen=True)
+class Split:
+    request: float
+    chunk: float
+
+    def stream(self, chunks: int) -> float:
+        return self.request + chunks * self.chunk
+
+
+class Callgrind:
+    """A proxy process under callgrind: counters zeroed and dumped on demand."""
+
+    def __init__(self, env: dict[str, str], out: Path) -> None:
+        self.out = out
+        args = [
+            "valgrind",
+            "--tool=callgrind",
+            f"--callgrind-out-file={out / 'callgrind.out'}",
+            PY,
+            "-m",
+            "proxy.cli",
+            "serve",
+        ]
+        self.proc = start(args, env, port=PROXY_PORT)
+
+    def _control(self, option: str) -> None:
+        subprocess.run(
+            ["callgrind_control", option, str(self.proc.pid)], check=True, capture_output=True
+        )
+
+    def zero(self) -> None:
+        self._control("--zero")
+
+    def dump(self) -> int:
+        """Instructions since the last `zero`."""
+        self._control("--dump")
+        numbered = [p for p in self.out.glob("callgrind.out.*") if p.suffix[1:].isdigit()]
+        latest = max(numbered, key=lambda p: int(p.suffix[1:]))
+        found = re.search(rb"^summary: (\d+)$", latest.read_bytes(), re.MULTILINE)
+        if found is None:
+            raise BenchmarkError(f"{latest}: no summary line")
+        latest.unlink()
+        return int(found.group(1))
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(60)
+
+
+def wait_up(proc: subprocess.Popen[bytes], port: int) -> None:
+    deadline = time.monotonic() + READY_SECONDS
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchmarkError(f"the proxy under callgrind exited with status {proc.returncode}")
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/version", timeout=5).read()
+            return
+        except OSError:
+            time.sleep(1.0)
+    raise BenchmarkError(f"the proxy under callgrind did not answer within {READY_SECONDS:.0f} s")
+
+
+def chat(conn: http.client.HTTPConnection, model: str, chunks: int, count: int) -> None:
+    """`count` streamed /api/chat answers of `chunks` chunks each, one after another."""
+    body = orjson.dumps(
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": "Write a haiku."}],
+            "options": {"num_predict": chunks - 1},
+        }
+    )
+    for _ in range(count):
+        conn.request("POST", "/api/chat", body, {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        data = response.read()
+        if response.status != 200 or data.count(b"\n") != chunks:
+            raise BenchmarkError(f"{model}: {response.status} {data[:300]!r}")
+
+
+def measure(env: dict[str, str], requests: int) -> dict[str, Split]:
+    """Per request and per chunk, by model, of the proxy `env` starts."""
+    with tempfile.TemporaryDirectory(prefix="autoroute-callgrind-") as tmp:
+        target = Callgrind(env, Path(tmp))
+        try:
+            wait_up(target.proc, PROXY_PORT)
+            conn = http.client.HTTPConnection("127.0.0.1", PROXY_PORT, timeout=120)
+            for model in MODELS:
+                for chunks in (SHORT, LONG):
+                    chat(conn, model, chunks, WARMUP)
+            target.zero()
+            time.sleep(IDLE_SECONDS)
+            idle_rate = target.dump() / IDLE_SECONDS
+            splits = {}
+            for model in MODELS:
+                cost = {}
+                for chunks in (SHORT, LONG):
+                    target.zero()
+                    began = time.monotonic()
+                    chat(conn, model, chunks, requests)
+                    seconds = time.monotonic() - began
+                    cost[chunks] = (target.dump() - idle_rate * seconds) / requests
+                chunk = (cost[LONG] - cost[SHORT]) / (LONG - SHORT)
+                splits[model] = Split(cost[SHORT] - SHORT * chunk, chunk)
+            conn.close()
+        finally:
+            target.stop()
+    print(f"  (idle: {idle_rate:,.0f} instructions/s subtracted)", flush=True)
+    return splits
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--old", metavar="REV", help="also measure the proxy of git revision REV")
+    parser.add_argument("--requests", type=int, default=30, help="requests per run")
+    args = parser.parse_args()
+    if shutil.which("valgrind") is None:
+        raise BenchmarkError("valgrind is not installed")
+    ensure_free(EMULATOR_PORT, PROXY_PORT)
+    base = {
+        "AUTOROUTE_CONFIG": os.devnull,
+        "AUTOROUTE_LISTEN__PORT": str(PROXY_PORT),
+        "AUTOROUTE_BACKENDS": f"http://127.0.0.1:{EMULATOR_PORT}",
+        "PYTHONHASHSEED": "0",
+        **QUIET,
+    }
+    emu = emulator(EMULATOR_PORT, "--models", BACKEND_MODELS, "--chunk-ms", "5")
+    results: dict[str, dict[str, Split]] = {}
+    try:
+        wait_ready(EMULATOR_PORT)
+        print(
+            f"callgrind: POST /api/chat streamed, one at a time, {args.requests} requests"
+            f" of {SHORT}- and of {LONG}-chunk answers per model",
+            flush=True,
+        )
+        results["proxy"] = measure(base, args.requests)
+        report("proxy", results["proxy"])
+        if args.old:
+            with tempfile.TemporaryDirectory(prefix="autoroute-old-") as tmp:
+                results["old"] = measure(base | old_tree(args.old, Path(tmp)), args.requests)
+            print(f"old: the proxy of {args.old}")
+            report("old", results["old"])
+    finally:
+        emu.terminate()
+        emu.wait(10)
+    if "old" in results:
+        for model in MODELS:
+            new, old = results["proxy"][model], results["old"][model]
+            print(
+                f"proxy/old {model}: per request {new.request / old.request:.3f}x,"
+                f" per chunk {new.chunk / old.chunk:.3f}x,"
+                f" {SHOWN}-chunk stream {new.stream(SHOWN) / old.stream(SHOWN):.3f}x"
+                f" ({new.request - old.request:+,.0f} instructions per request)"
+            )
+
+
+def report(name: str, splits: dict[str, Split]) -> None:
+    for model, split in splits.items():
+        print(
+            f"{name} {model}: per request {split.request:,.0f} instructions,"
+            f" per chunk {split.chunk:,.0f}, {SHOWN}-chunk stream {split.stream(SHOWN):,.0f}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
