@@ -33,7 +33,7 @@ from proxy.metrics import Metrics
 from proxy.outcome import OUTCOME, Served
 from proxy.protocol import JSON, JSON_V1, MODEL_HEADER, encoded
 from proxy.relay import Fallback, Relay
-from proxy.routes import find, runs_model
+from proxy.routes import find
 
 AUTOROUTE_HEADERS = (
     MODEL_HEADER,
@@ -155,14 +155,14 @@ class Handlers:
                 if path == SHOW_PATH:
                     return self._model_hidden(path, model)
                 return self._model_denied(path, model)
-            if runs_model(path):
+            if decided.route is not None and decided.route.inference:
                 # The answer names the model as the client did; the header says the same.
                 served.extra[MODEL_HEADER] = model
             return await self._local_or_cloud(request, served, doc, body, model, (model,))
         assert isinstance(doc, dict)
         if path == SHOW_PATH:
             return self.auto_routes.show(profile, key.models if key else None)
-        route = find(path)
+        route = decided.route
         if route is not None and route.embedding:
             try:
                 # Embeddings use no profile, but one that does not exist is the same

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+
+if TYPE_CHECKING:
+    from proxy.routes import Route
 
 
 @dataclass(slots=True)
@@ -23,6 +26,9 @@ class Decided:
     # The client's X-Request-Id when it is a sane token, kept beside the proxy's.
     client_request_id: str | None = None
     started: float = 0.0  # perf_counter() at the request's arrival
+    # The path's line in the route table (`proxy.routes.find`), None outside it: looked
+    # up once, at arrival, for the handler and the completion hooks.
+    route: Route | None = None
     refused: bool = False  # turned away at admission: it ran nothing
     key_id: str | None = None  # the API key's id when access control identified one
     model: str | None = None  # as the client named it

@@ -26,7 +26,7 @@ from proxy.metrics import Metrics
 from proxy.origins import ORIGIN, Origins
 from proxy.outcome import OUTCOME, Decided, Hook, Outcome, Served
 from proxy.protocol import REQUEST_ID_HEADER
-from proxy.routes import Router
+from proxy.routes import Router, find
 
 log = logging.getLogger("autoroute.server")
 
@@ -64,7 +64,8 @@ class Server:
         request_id = f"{self._id_prefix}{next(self._id_counter):010x}"
         client_id = header_values.request_id(request.headers.get(REQUEST_ID_HEADER))
         return Outcome(
-            Decided(request_id, client_id, time.perf_counter()), Served(client_id or request_id)
+            Decided(request_id, client_id, time.perf_counter(), find(request.path)),
+            Served(client_id or request_id),
         )
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -78,7 +79,8 @@ class Server:
             else:
                 response = self._admit(request, decided)
             if response is None:
-                response = await self.router.handler(request.method, request.path)(request)
+                handler = self.router.handler(request.method, request.path, decided.route)
+                response = await handler(request)
         except NoBackend as exc:
             served.error = str(exc)
             response = error_response(request.path, 503, served.error)
