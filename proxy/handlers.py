@@ -139,9 +139,11 @@ class Handlers:
             return exc.response()
         decided.body = body
         if isinstance(doc, dict):
-            refused = request_limits.check_body(path, doc, self.config.limits)
+            texts: list[str] = []
+            refused = request_limits.check_body(path, doc, self.config.limits, texts)
             if refused is not None:
                 return refused
+            decided.prompt = texts
         model = doc.get("model") if isinstance(doc, dict) else None
         if not model and path == SHOW_PATH and isinstance(doc, dict):
             model = doc.get("name")  # show still takes the older field, as Ollama does

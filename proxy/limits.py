@@ -94,8 +94,12 @@ def prompt_chars(doc: dict[str, Any], budget: int) -> int:
     return total
 
 
-def check_body(path: str, doc: dict[str, Any], limits: Limits) -> web.Response | None:
-    """The number of messages and the prompt's length of a parsed inference body."""
+def check_body(
+    path: str, doc: dict[str, Any], limits: Limits, texts: list[str] | None = None
+) -> web.Response | None:
+    """The number of messages and the prompt's length of a parsed inference body.
+    `texts`, when given, receives the prompt's texts (`request_body.texts`), every one
+    of them when the body passes."""
     messages = request_body.entry_count(doc)
     if limits.max_messages and messages is not None and messages > limits.max_messages:
         return error_response(
@@ -104,6 +108,17 @@ def check_body(path: str, doc: dict[str, Any], limits: Limits) -> web.Response |
             f"too many messages: {messages} (limit {limits.max_messages})",
         )
     limit = limits.max_prompt_chars
-    if limit and prompt_chars(doc, limit) > limit:
-        return error_response(path, 413, f"prompt too long (limit {limit} characters)")
+    if texts is not None:
+        total = 0
+        for text in request_body.texts(doc):
+            texts.append(text)
+            total += len(text)
+            if limit and total > limit:
+                return _prompt_too_long(path, limit)
+    elif limit and prompt_chars(doc, limit) > limit:
+        return _prompt_too_long(path, limit)
     return None
+
+
+def _prompt_too_long(path: str, limit: int) -> web.Response:
+    return error_response(path, 413, f"prompt too long (limit {limit} characters)")

@@ -34,6 +34,9 @@ class Decided:
     model: str | None = None  # as the client named it
     # The request body the proxy read (a reference, not a copy), for the usage event.
     body: bytes | None = None
+    # The body's prompt texts (`selector_model.request_body.texts`) where the handler
+    # read them: the usage event's prompt then needs no second reading of the body.
+    prompt: list[str] | None = None
     # Set by `model: auto`: the decision and the request features it was made on.
     decision: dict[str, Any] | None = None
     features: list[float] | None = None

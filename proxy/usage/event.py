@@ -82,8 +82,12 @@ def prompt_text(body: bytes | None) -> str | None:
 def complete(c: Captured, log_prompts: bool) -> UsageEvent:
     d, o = c.outcome.decided, c.outcome.served
     decision = d.decision
-    prompt = prompt_text(d.body)
-    stats = o.stats
+    parts = d.prompt
+    if parts is None:
+        prompt = prompt_text(d.body)
+    else:
+        prompt = "\n".join(parts) if parts else None  # as `prompt_text` joins them
+    stats: dict[str, Any] = o.stats
     # What the last chunk said: done_reason a string, the counts integers (`final_chunk`).
     said: dict[str, Any] = {
         key: value for key in STAT_KEYS if (value := stats.get(key)) is not None
