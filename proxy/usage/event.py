@@ -26,6 +26,7 @@ from selector_model.usage_event import Answer, Client, Features, Feedback, Logge
 USAGE = "usage"
 FEEDBACK = "feedback"
 STAT_KEYS = final_chunk.STATS
+_STAT_KEYS = frozenset(STAT_KEYS)
 
 
 @dataclass(slots=True)
@@ -89,9 +90,12 @@ def complete(c: Captured, log_prompts: bool) -> UsageEvent:
         prompt = "\n".join(parts) if parts else None  # as `prompt_text` joins them
     stats: dict[str, Any] = o.stats
     # What the last chunk said: done_reason a string, the counts integers (`final_chunk`).
-    said: dict[str, Any] = {
-        key: value for key in STAT_KEYS if (value := stats.get(key)) is not None
-    }
+    # Those are all `Answer`'s fields: taken as they are unless something else is there.
+    said = (
+        stats
+        if stats.keys() <= _STAT_KEYS and None not in stats.values()
+        else {key: value for key in STAT_KEYS if (value := stats.get(key)) is not None}
+    )
     return UsageEvent(
         request_id=c.request_id or o.request_id,
         client_request_id=c.client_request_id,
