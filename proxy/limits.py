@@ -10,6 +10,7 @@ parsing, no I/O.
 from __future__ import annotations
 
 import asyncio
+from itertools import chain
 from typing import Any
 
 from aiohttp import web
@@ -62,7 +63,9 @@ async def read_chunk(request: web.Request, size: int, idle_seconds: float) -> by
 
 def header_bytes(request: web.Request) -> int:
     """The size of the header lines as sent (`name: value\\r\\n`)."""
-    return sum(len(name) + len(value) + 4 for name, value in request.raw_headers)
+    headers = request.raw_headers
+    # Names and values summed by `map`, with no Python frame per header.
+    return sum(map(len, chain.from_iterable(headers))) + 4 * len(headers)
 
 
 def check_headers(request: web.Request, limits: Limits) -> web.Response | None:
