@@ -131,7 +131,8 @@ class AccessLog:
                 "logger": "autoroute.access",
                 "msg": "request",
             }
-            doc.update((k, v) for k, v in fields.items() if v is not None and v != "")
+            # A comprehension: a generator here would be resumed once per field.
+            doc.update({k: v for k, v in fields.items() if v is not None and v != ""})
             lines.append(_dumps(doc) if self.json else _text(doc))
         try:
             self.stream.write("\n".join(lines) + "\n")
