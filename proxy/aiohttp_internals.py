@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -105,10 +106,10 @@ check_version(aiohttp.__version__, os.environ)
 # Client connections (proxy/connection.py).
 
 
-def request_count(handler: web.RequestHandler) -> int:
-    """How many request heads aiohttp has parsed on this connection, failed ones
-    included."""
-    return handler._request_count
+# How many request heads aiohttp has parsed on this connection, failed ones included.
+# An attribute getter, not a function around the attribute: the connection reads it on
+# every read from the client.
+request_count: Callable[[web.RequestHandler], int] = operator.attrgetter("_request_count")
 
 
 def awaiting_head(handler: web.RequestHandler) -> bool:
@@ -121,9 +122,8 @@ def awaiting_head(handler: web.RequestHandler) -> bool:
     return waiter is not None and not waiter.done()
 
 
-def closing(handler: web.RequestHandler) -> bool:
-    """Whether aiohttp serves no further request on this connection."""
-    return handler._force_close
+# Whether aiohttp serves no further request on this connection.
+closing: Callable[[web.RequestHandler], bool] = operator.attrgetter("_force_close")
 
 
 def stop_serving(handler: web.RequestHandler) -> None:
