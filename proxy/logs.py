@@ -94,7 +94,7 @@ class AccessLog:
         if not self.enabled:
             return
         decided, served = outcome.decided, outcome.served
-        started = decided.started
+        ms, ttfc_ms = outcome.ms()
         self.record(
             {
                 "request_id": decided.request_id,
@@ -107,13 +107,11 @@ class AccessLog:
                 "key": decided.key_id,
                 "attempts": served.attempts,
                 "bytes": served.body_bytes,
-                "ms": round((served.ended - started) * 1000, 3),
+                "ms": ms,
                 "error": served.error,
                 "cancelled": served.cancelled or None,
                 "client_paused": served.client_paused or None,
-                "ttfc_ms": round((served.first_byte_at - started) * 1000, 3)
-                if served.first_byte_at
-                else None,
+                "ttfc_ms": ttfc_ms,
                 **served.stats,
             }
         )

@@ -85,6 +85,23 @@ class Served:
 class Outcome:
     decided: Decided
     served: Served
+    _ms: tuple[float, float | None] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    def ms(self) -> tuple[float, float | None]:
+        """The request's duration and its time to the first byte (None when no byte
+        went out), in milliseconds rounded to the microsecond, as the access log and
+        the usage event write them: rounded once, for both. Read once it is over."""
+        ms = self._ms
+        if ms is None:
+            started, served = self.decided.started, self.served
+            first = served.first_byte_at
+            ms = self._ms = (
+                round((served.ended - started) * 1000, 3),
+                round((first - started) * 1000, 3) if first else None,
+            )
+        return ms
 
 
 # The outcome of the request being handled, for the route handlers.

@@ -36,9 +36,7 @@ class Captured:
     outcome: Outcome
     method: str
     path: str
-    started: float  # perf_counter at the request's start
-    ended: float  # perf_counter at the handler's end
-    wall: float  # time.time() at the handler's end
+    wall: float  # time.time() at the handler's end (the outcome has its perf_counter)
     user_agent: str | None
     user: str | None
     # The raw credential, held in memory only until `complete` hashes it: it is never
@@ -88,6 +86,7 @@ def complete(c: Captured, log_prompts: bool) -> UsageEvent:
         prompt = prompt_text(d.body)
     else:
         prompt = "\n".join(parts) if parts else None  # as `prompt_text` joins them
+    total_ms, ttfc_ms = c.outcome.ms()
     stats: dict[str, Any] = o.stats
     # What the last chunk said: done_reason a string, the counts integers (`final_chunk`).
     # Those are all `Answer`'s fields: taken as they are unless something else is there.
@@ -100,7 +99,7 @@ def complete(c: Captured, log_prompts: bool) -> UsageEvent:
         request_id=c.request_id or o.request_id,
         client_request_id=c.client_request_id,
         # When the request arrived, on the wall clock.
-        ts=rfc3339(c.wall - (c.ended - c.started)),
+        ts=rfc3339(c.wall - (o.ended - d.started)),
         endpoint=c.path,
         method=c.method,
         # Client header values: valid UTF-8, no controls, bounded (JSON, the sinks and
@@ -125,8 +124,8 @@ def complete(c: Captured, log_prompts: bool) -> UsageEvent:
             # An error may quote what a backend or client sent: made valid text like headers.
             error=header_values.valid(o.error) or None,
             **said,
-            ttfc_ms=round((o.first_byte_at - c.started) * 1000, 3) if o.first_byte_at else None,
-            total_ms=round((c.ended - c.started) * 1000, 3),
+            ttfc_ms=ttfc_ms,
+            total_ms=total_ms,
             bytes=o.body_bytes,
             cancelled=o.cancelled,
         ),

@@ -97,8 +97,6 @@ class UsagePipeline:
             outcome,
             request.method,
             request.path,
-            decided.started,
-            outcome.served.ended,
             time.time(),
             headers.get("User-Agent"),
             headers.get(USER_HEADER),
