@@ -10,9 +10,9 @@ API key hash) happens in `complete`, on the writer's side of the queue.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -50,10 +50,33 @@ class Captured:
     client_request_id: str | None = None
 
 
+# The latest whole second `rfc3339` wrote, and its text: one tuple, replaced whole.
+_second: tuple[float, str] = (math.nan, "")
+
+
 def rfc3339(epoch: float) -> str:
-    return (
-        datetime.fromtimestamp(epoch, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-    )
+    """`epoch` as `datetime.fromtimestamp(epoch, UTC).isoformat(timespec="microseconds")`
+    writes it, with `Z` for `+00:00`: the microseconds rounded as datetime rounds them
+    (half to even, carried into the second), the second's text made once per second,
+    since formatting a datetime costs many times as much and every event has a time."""
+    fraction, whole = math.modf(epoch)
+    micro = round(fraction * 1e6)
+    if micro >= 1_000_000:
+        micro -= 1_000_000
+        whole += 1.0
+    elif micro < 0:
+        micro += 1_000_000
+        whole -= 1.0
+    global _second
+    second = _second
+    if whole != second[0]:
+        t = time.gmtime(whole)
+        second = _second = (
+            whole,
+            f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}"
+            f"T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}",
+        )
+    return f"{second[1]}.{micro:06d}Z"
 
 
 def api_key_id(credential: str | None) -> str | None:
