@@ -174,8 +174,10 @@ class UsagePipeline:
         assert self._wake is not None
         interval = self.settings.flush_interval_seconds
         while True:
+            # A timeout on this task, not wait_for: that makes a task per wait.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), interval)
+                async with asyncio.timeout(interval):
+                    await self._wake.wait()
             self._wake.clear()
             await self._dispatch()
 

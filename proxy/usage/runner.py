@@ -155,7 +155,9 @@ class SinkRunner:
 
     async def _write(self, records: Sequence[Record]) -> bool:
         try:
-            await asyncio.wait_for(self.sink.write(records), self.settings.write_timeout_seconds)
+            # A timeout on this task, not wait_for: that makes a task per write.
+            async with asyncio.timeout(self.settings.write_timeout_seconds):
+                await self.sink.write(records)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
