@@ -13,8 +13,8 @@ are slowed to once an hour for every target alike.
 `--old REV` measures the proxy of another git revision the same way, after this one,
 and prints the ratios of the two.
 
-    python -m benchmarks.instructions                 # about three minutes
-    python -m benchmarks.instructions --old e8bfb28   # about six
+    python -m benchmarks.instructions                 # about four minutes
+    python -m benchmarks.instructions --old e8bfb28   # about eight
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ BACKEND_MODELS = "qwen2.5:7b,llama3.2:3b"
 # the counters), and the length the summary line adds up.
 SHORT, LONG, SHOWN = 3, 41, 21
 WARMUP = 10
-IDLE_SECONDS = 3.0
+IDLE_SECONDS = 6.0
 READY_SECONDS = 600.0  # the proxy imports and loads its artifact about 50x slower
 # Timers that do no request's work, once an hour (what is left idle is subtracted).
 QUIET = {
@@ -168,7 +168,7 @@ def measure(env: dict[str, str], requests: int) -> dict[str, Split]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--old", metavar="REV", help="also measure the proxy of git revision REV")
-    parser.add_argument("--requests", type=int, default=30, help="requests per run")
+    parser.add_argument("--requests", type=int, default=40, help="requests per run")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         raise BenchmarkError("valgrind is not installed")
