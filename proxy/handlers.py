@@ -18,6 +18,7 @@ from aiohttp import web
 
 from proxy import go_json, request_encoding
 from proxy import limits as request_limits
+from proxy.aiohttp_internals import state_get
 from proxy.auth import KEY_REQUEST
 from proxy.auto import AutoError, AutoRouter, profile_of, user_key
 from proxy.auto_routes import AutoRoutes
@@ -151,7 +152,7 @@ class Handlers:
             return await self.relay.forward(request, served, body, None)
         decided.model = model
         profile = profile_of(model, self.config.selector.default_profile)
-        key = request.get(KEY_REQUEST)
+        key = state_get(request, KEY_REQUEST)
         if profile is None:
             if key is not None and not key.allows_model(model):
                 if path == SHOW_PATH:

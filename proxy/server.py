@@ -16,6 +16,7 @@ from aiohttp import hdrs, web
 
 from proxy import expect, header_values
 from proxy import limits as request_limits
+from proxy.aiohttp_internals import state_get
 from proxy.auth import KEY_REQUEST, Access, Admission
 from proxy.backends import NoBackend
 from proxy.config import Config
@@ -102,7 +103,7 @@ class Server:
                 for name, value in served.extra.items():
                     response.headers[name] = value
                 served.status = response.status
-            key = request.get(KEY_REQUEST)
+            key = state_get(request, KEY_REQUEST)
             decided.key_id = key.id if key else None
             self.auth.release(request, key)
             self.metrics.in_flight -= 1
