@@ -5,16 +5,17 @@ Starts the emulator (5 ms a chunk) and the proxy under callgrind, then sends seq
 streaming /api/chat requests (one at a time, one keep-alive connection) with answers of
 3 and of 41 chunks, for a named model and for `auto`. Callgrind's counters are zeroed
 before each run and dumped after it; per request and per chunk come from the two runs
-of a model (cost = request + n x chunk). What the proxy executes while idle (its
-timers) is measured alone and subtracted over each run's wall time; the timers that
-do not serve requests (health checks, the learner's sync, the artifact's reload check)
-are slowed to once an hour for every target alike.
+of a model (cost = request + n x chunk), in rounds, and the medians over the rounds
+are printed with the range of the per-request figure. What the proxy executes while
+idle (its timers) is measured alone around each round and subtracted over each run's
+wall time; the timers that do not serve requests (health checks, the learner's sync,
+the artifact's reload check) are slowed to once an hour for every target alike.
 
 `--old REV` measures the proxy of another git revision the same way, after this one,
 and prints the ratios of the two.
 
-    python -m benchmarks.instructions                 # about four minutes
-    python -m benchmarks.instructions --old e8bfb28   # about eight
+    python -m benchmarks.instructions                 # about five minutes
+    python -m benchmarks.instructions --old e8bfb28   # about ten
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import http.client
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import tempfile
 import time
@@ -44,7 +46,7 @@ BACKEND_MODELS = "qwen2.5:7b,llama3.2:3b"
 # the counters), and the length the summary line adds up.
 SHORT, LONG, SHOWN = 3, 41, 21
 WARMUP = 10
-IDLE_SECONDS = 6.0
+IDLE_SECONDS = 3.0
 READY_SECONDS = 600.0  # the proxy imports and loads its artifact about 50x slower
 # Timers that do no request's work, once an hour (what is left idle is subtracted).
 QUIET = {
@@ -134,8 +136,16 @@ def chat(conn: http.client.HTTPConnection, model: str, chunks: int, count: int) 
             raise BenchmarkError(f"{model}: {response.status} {data[:300]!r}")
 
 
-def measure(env: dict[str, str], requests: int) -> dict[str, Split]:
-    """Per request and per chunk, by model, of the proxy `env` starts."""
+def idle(target: Callgrind) -> float:
+    """Instructions per second the proxy executes with no request."""
+    target.zero()
+    time.sleep(IDLE_SECONDS)
+    return target.dump() / IDLE_SECONDS
+
+
+def measure(env: dict[str, str], requests: int, rounds: int) -> dict[str, list[Split]]:
+    """Per request and per chunk, by model, of the proxy `env` starts: one split per
+    round, each from a run of each answer length."""
     with tempfile.TemporaryDirectory(prefix="autoroute-callgrind-") as tmp:
         target = Callgrind(env, Path(tmp))
         try:
@@ -144,31 +154,42 @@ def measure(env: dict[str, str], requests: int) -> dict[str, Split]:
             for model in MODELS:
                 for chunks in (SHORT, LONG):
                     chat(conn, model, chunks, WARMUP)
-            target.zero()
-            time.sleep(IDLE_SECONDS)
-            idle_rate = target.dump() / IDLE_SECONDS
-            splits = {}
-            for model in MODELS:
-                cost = {}
-                for chunks in (SHORT, LONG):
-                    target.zero()
-                    began = time.monotonic()
-                    chat(conn, model, chunks, requests)
-                    seconds = time.monotonic() - began
-                    cost[chunks] = (target.dump() - idle_rate * seconds) / requests
-                chunk = (cost[LONG] - cost[SHORT]) / (LONG - SHORT)
-                splits[model] = Split(cost[SHORT] - SHORT * chunk, chunk)
+            idle_rates = [idle(target)]
+            splits: dict[str, list[Split]] = {model: [] for model in MODELS}
+            for _ in range(rounds):
+                for model in MODELS:
+                    cost = {}
+                    for chunks in (SHORT, LONG):
+                        target.zero()
+                        began = time.monotonic()
+                        chat(conn, model, chunks, requests)
+                        seconds = time.monotonic() - began
+                        cost[chunks] = (target.dump(), seconds)
+                    # The idle rate nearest in time: the timers' cost drifts a little.
+                    idle_rates.append(idle(target))
+                    rate = (idle_rates[-2] + idle_rates[-1]) / 2
+                    per = {n: (total - rate * s) / requests for n, (total, s) in cost.items()}
+                    chunk = (per[LONG] - per[SHORT]) / (LONG - SHORT)
+                    splits[model].append(Split(per[SHORT] - SHORT * chunk, chunk))
             conn.close()
         finally:
             target.stop()
-    print(f"  (idle: {idle_rate:,.0f} instructions/s subtracted)", flush=True)
+    low, high = min(idle_rates), max(idle_rates)
+    print(f"  (idle: {low:,.0f} to {high:,.0f} instructions/s, subtracted)", flush=True)
     return splits
+
+
+def median(splits: list[Split]) -> Split:
+    return Split(
+        statistics.median(s.request for s in splits), statistics.median(s.chunk for s in splits)
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--old", metavar="REV", help="also measure the proxy of git revision REV")
-    parser.add_argument("--requests", type=int, default=40, help="requests per run")
+    parser.add_argument("--requests", type=int, default=30, help="requests per run")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each length per model")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         raise BenchmarkError("valgrind is not installed")
@@ -181,19 +202,21 @@ def main() -> None:
         **QUIET,
     }
     emu = emulator(EMULATOR_PORT, "--models", BACKEND_MODELS, "--chunk-ms", "5")
-    results: dict[str, dict[str, Split]] = {}
+    results: dict[str, dict[str, list[Split]]] = {}
     try:
         wait_ready(EMULATOR_PORT)
         print(
-            f"callgrind: POST /api/chat streamed, one at a time, {args.requests} requests"
-            f" of {SHORT}- and of {LONG}-chunk answers per model",
+            f"callgrind: POST /api/chat streamed, one at a time; per model {args.rounds} rounds"
+            f" of {args.requests} requests of {SHORT}- and of {LONG}-chunk answers;"
+            " medians over the rounds",
             flush=True,
         )
-        results["proxy"] = measure(base, args.requests)
+        results["proxy"] = measure(base, args.requests, args.rounds)
         report("proxy", results["proxy"])
         if args.old:
             with tempfile.TemporaryDirectory(prefix="autoroute-old-") as tmp:
-                results["old"] = measure(base | old_tree(args.old, Path(tmp)), args.requests)
+                env = base | old_tree(args.old, Path(tmp))
+                results["old"] = measure(env, args.requests, args.rounds)
             print(f"old: the proxy of {args.old}")
             report("old", results["old"])
     finally:
@@ -201,7 +224,7 @@ def main() -> None:
         emu.wait(10)
     if "old" in results:
         for model in MODELS:
-            new, old = results["proxy"][model], results["old"][model]
+            new, old = median(results["proxy"][model]), median(results["old"][model])
             print(
                 f"proxy/old {model}: per request {new.request / old.request:.3f}x,"
                 f" per chunk {new.chunk / old.chunk:.3f}x,"
@@ -210,11 +233,14 @@ def main() -> None:
             )
 
 
-def report(name: str, splits: dict[str, Split]) -> None:
-    for model, split in splits.items():
+def report(name: str, splits: dict[str, list[Split]]) -> None:
+    for model, rounds in splits.items():
+        split = median(rounds)
+        low, high = min(s.request for s in rounds), max(s.request for s in rounds)
         print(
-            f"{name} {model}: per request {split.request:,.0f} instructions,"
-            f" per chunk {split.chunk:,.0f}, {SHOWN}-chunk stream {split.stream(SHOWN):,.0f}",
+            f"{name} {model}: per request {split.request:,.0f} instructions"
+            f" (rounds {low:,.0f} to {high:,.0f}), per chunk {split.chunk:,.0f},"
+            f" {SHOWN}-chunk stream {split.stream(SHOWN):,.0f}",
             flush=True,
         )
 
