@@ -32,9 +32,11 @@ log = logging.getLogger("autoroute.usage")
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Record:
-    """An event on its way to the sinks, with its JSON: made once, shared by every sink."""
+    """An event on its way to the sinks, with its JSON: made once, shared by every sink,
+    never changed (not a frozen dataclass, which costs several times as much to build,
+    and one is built per event)."""
 
     event: UsageEvent | Feedback
     line: bytes
