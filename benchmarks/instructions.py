@@ -11,11 +11,12 @@ idle (its timers) is measured alone around each round and subtracted over each r
 wall time; the timers that do not serve requests (health checks, the learner's sync,
 the artifact's reload check) are slowed to once an hour for every target alike.
 
-`--old REV` measures the proxy of another git revision the same way, after this one,
-and prints the ratios of the two.
+`--old REV` (repeatable) measures the proxy of another git revision the same way,
+after this one, and prints this one's ratios to it.
 
     python -m benchmarks.instructions                 # about five minutes
     python -m benchmarks.instructions --old e8bfb28   # about ten
+    python -m benchmarks.instructions --old main --old e8bfb28
 """
 
 from __future__ import annotations
@@ -187,7 +188,13 @@ def median(splits: list[Split]) -> Split:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--old", metavar="REV", help="also measure the proxy of git revision REV")
+    parser.add_argument(
+        "--old",
+        metavar="REV",
+        action="append",
+        default=[],
+        help="also measure the proxy of git revision REV (repeatable)",
+    )
     parser.add_argument("--requests", type=int, default=30, help="requests per run")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each length per model")
     args = parser.parse_args()
@@ -213,20 +220,20 @@ def main() -> None:
         )
         results["proxy"] = measure(base, args.requests, args.rounds)
         report("proxy", results["proxy"])
-        if args.old:
+        for rev in args.old:
             with tempfile.TemporaryDirectory(prefix="autoroute-old-") as tmp:
-                env = base | old_tree(args.old, Path(tmp))
-                results["old"] = measure(env, args.requests, args.rounds)
-            print(f"old: the proxy of {args.old}")
-            report("old", results["old"])
+                env = base | old_tree(rev, Path(tmp))
+                results[rev] = measure(env, args.requests, args.rounds)
+            print(f"{rev}: the proxy of git revision {rev}")
+            report(rev, results[rev])
     finally:
         emu.terminate()
         emu.wait(10)
-    if "old" in results:
+    for rev in args.old:
         for model in MODELS:
-            new, old = median(results["proxy"][model]), median(results["old"][model])
+            new, old = median(results["proxy"][model]), median(results[rev][model])
             print(
-                f"proxy/old {model}: per request {new.request / old.request:.3f}x,"
+                f"proxy/{rev} {model}: per request {new.request / old.request:.3f}x,"
                 f" per chunk {new.chunk / old.chunk:.3f}x,"
                 f" {SHOWN}-chunk stream {new.stream(SHOWN) / old.stream(SHOWN):.3f}x"
                 f" ({new.request - old.request:+,.0f} instructions per request)"
