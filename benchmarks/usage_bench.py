@@ -41,6 +41,7 @@ def synthetic(n: int) -> Captured:
         attempts=1,
         body_bytes=4200,
         first_byte_at=1.05,
+        ended=1.4,
         stats={
             "done_reason": "stop",
             "prompt_eval_count": 120,
@@ -68,13 +69,12 @@ def synthetic(n: int) -> Captured:
             "variant": None,
         },
         features=[float(i) for i in range(24)],
+        started=1.0,
     )
     return Captured(
         Outcome(decided, served),
         "POST",
         "/api/chat",
-        1.0,
-        1.4,
         time.time(),
         "bench/1",
         f"u{n % 50}",

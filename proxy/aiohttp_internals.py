@@ -45,6 +45,10 @@ What is relied on, and why:
   `client_transport`.
 * `StreamResponse._send_headers_immediately` (aiohttp's own `Response` turns it off):
   `defer_headers`. Go's net/http writes a streamed head together with its first chunk.
+* `BaseRequest._state`, the dict behind `request[key]`: `state_get`. `request.get` is
+  `Mapping.get`, which finds a missing key by raising and catching KeyError, and the
+  proxy asks every request for keys most requests never have (an API key, a decoded
+  body).
 
 aiohttp outside the checked series stops the process at import with one line saying so;
 an operator who wants to try a newer one sets AUTOROUTE_AIOHTTP_UNCHECKED=1, which turns
@@ -56,10 +60,11 @@ from __future__ import annotations
 import ast
 import asyncio
 import logging
+import operator
 import os
 import re
 from collections.abc import Callable, Mapping
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import aiohttp
 from aiohttp import web
@@ -71,6 +76,7 @@ from aiohttp.web_request import BaseRequest
 from proxy.config import AIOHTTP_UNCHECKED_ENV
 
 log = logging.getLogger("autoroute.aiohttp")
+T = TypeVar("T")
 
 # The aiohttp releases this module and its contract test were checked against: every
 # 3.14.x, the range pyproject.toml pins.
@@ -114,10 +120,10 @@ check_version(aiohttp.__version__, os.environ)
 # Client connections (proxy/connection.py).
 
 
-def request_count(handler: web.RequestHandler) -> int:
-    """How many request heads aiohttp has parsed on this connection, failed ones
-    included."""
-    return handler._request_count
+# How many request heads aiohttp has parsed on this connection, failed ones included.
+# An attribute getter, not a function around the attribute: the connection reads it on
+# every read from the client.
+request_count: Callable[[web.RequestHandler], int] = operator.attrgetter("_request_count")
 
 
 def awaiting_head(handler: web.RequestHandler) -> bool:
@@ -130,9 +136,8 @@ def awaiting_head(handler: web.RequestHandler) -> bool:
     return waiter is not None and not waiter.done()
 
 
-def closing(handler: web.RequestHandler) -> bool:
-    """Whether aiohttp serves no further request on this connection."""
-    return handler._force_close
+# Whether aiohttp serves no further request on this connection.
+closing: Callable[[web.RequestHandler], bool] = operator.attrgetter("_force_close")
 
 
 def stop_serving(handler: web.RequestHandler) -> None:
@@ -199,6 +204,14 @@ class HandlerRunner(web.AppRunner):
         # aiohttp's own: runs the application's startup and builds its Server.
         server = await super()._make_server()
         return _Server(server, self._handler_factory)
+
+
+# Per-request state.
+
+
+def state_get(request: BaseRequest, key: web.RequestKey[T]) -> T | None:
+    """`request.get(key)`, without an exception raised and caught for a missing key."""
+    return cast("T | None", request._state.get(key))
 
 
 # Relayed answers (proxy/relay.py).

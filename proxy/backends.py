@@ -24,12 +24,27 @@ from proxy.upstream_errors import UpstreamError
 log = logging.getLogger("autoroute.backends")
 
 
+# Model names already read, for `normalize_model`: it reads the same few names several
+# times per request (routing, accounting, telemetry). Bounded in entries and in the
+# length of the names kept, since clients choose them.
+_NORMALIZED: dict[str, str] = {}
+_NORMALIZED_ENTRIES = 1024
+_NORMALIZED_LENGTH = 256
+
+
 def normalize_model(name: str) -> str:
     """Ollama's reading of a model name: case-insensitive, `:latest` when no tag."""
-    name = name.strip().lower()
-    if ":" not in name.rsplit("/", 1)[-1]:
-        name += ":latest"
-    return name
+    normal = _NORMALIZED.get(name)
+    if normal is not None:
+        return normal
+    normal = name.strip().lower()
+    if ":" not in normal.rsplit("/", 1)[-1]:
+        normal += ":latest"
+    if len(name) <= _NORMALIZED_LENGTH:
+        if len(_NORMALIZED) >= _NORMALIZED_ENTRIES:
+            _NORMALIZED.clear()
+        _NORMALIZED[name] = normal
+    return normal
 
 
 def entry_model(entry: dict[str, Any]) -> str:

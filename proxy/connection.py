@@ -177,9 +177,12 @@ class ClientConnection(RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if (self._line is not None or self._head_bytes == 0) and self._line_refused(data):
-            return
         count = request_count(self)
+        # Only a connection's first request line is checked (see `_line_refused`).
+        if (
+            self._line is not None or (self._head_bytes == 0 and count == 0)
+        ) and self._line_refused(data):
+            return
         super().data_received(data)
         if request_count(self) != count:
             # A head was parsed (or failed to parse) in this read: that head's deadline

@@ -127,7 +127,10 @@ def read(body: bytes) -> tuple[Any, bytes]:
             doc = _read_as_go(body)
         except NotJson:
             return None, body
+        if isinstance(doc, dict):
+            canonicalize(doc)
     else:
+        # Canonical already (the common case) when canonicalizing changes nothing.
         if isinstance(doc, dict) and canonicalize(doc):
             # Keys that are not canonical may repeat a field: read again, in Go's
             # order (rare: orjson's reading serves every other body). orjson read
@@ -136,8 +139,8 @@ def read(body: bytes) -> tuple[Any, bytes]:
                 doc = _read_as_go(body)
             except NotJson:
                 raise BodyError("invalid JSON in request body") from None
-    if isinstance(doc, dict):
-        canonicalize(doc)
+            if isinstance(doc, dict):
+                canonicalize(doc)
     try:
         return doc, orjson.dumps(doc)
     except orjson.JSONEncodeError:  # orjson writes at most 254 levels

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from proxy import go_json, request_encoding
 from proxy import limits as request_limits
+from proxy.aiohttp_internals import state_get
 from proxy.auth import KEY_REQUEST
 from proxy.auto import AutoError, AutoRouter, profile_of, user_key
 from proxy.auto_routes import AutoRoutes
@@ -33,7 +34,7 @@ from proxy.metrics import Metrics
 from proxy.outcome import OUTCOME, Served
 from proxy.protocol import JSON, JSON_V1, MODEL_HEADER, encoded
 from proxy.relay import Fallback, Relay
-from proxy.routes import find, runs_model
+from proxy.routes import find
 
 AUTOROUTE_HEADERS = (
     MODEL_HEADER,
@@ -139,9 +140,11 @@ class Handlers:
             return exc.response()
         decided.body = body
         if isinstance(doc, dict):
-            refused = request_limits.check_body(path, doc, self.config.limits)
+            texts: list[str] = []
+            refused = request_limits.check_body(path, doc, self.config.limits, texts)
             if refused is not None:
                 return refused
+            decided.prompt = texts
         model = doc.get("model") if isinstance(doc, dict) else None
         if not model and path == SHOW_PATH and isinstance(doc, dict):
             model = doc.get("name")  # show still takes the older field, as Ollama does
@@ -149,20 +152,20 @@ class Handlers:
             return await self.relay.forward(request, served, body, None)
         decided.model = model
         profile = profile_of(model, self.config.selector.default_profile)
-        key = request.get(KEY_REQUEST)
+        key = state_get(request, KEY_REQUEST)
         if profile is None:
             if key is not None and not key.allows_model(model):
                 if path == SHOW_PATH:
                     return self._model_hidden(path, model)
                 return self._model_denied(path, model)
-            if runs_model(path):
+            if decided.route is not None and decided.route.inference:
                 # The answer names the model as the client did; the header says the same.
                 served.extra[MODEL_HEADER] = model
             return await self._local_or_cloud(request, served, doc, body, model, (model,))
         assert isinstance(doc, dict)
         if path == SHOW_PATH:
             return self.auto_routes.show(profile, key.models if key else None)
-        route = find(path)
+        route = decided.route
         if route is not None and route.embedding:
             try:
                 # Embeddings use no profile, but one that does not exist is the same

@@ -27,7 +27,7 @@ from prometheus_client.registry import Collector
 
 from proxy.backends import normalize_model
 from proxy.memory import used_bytes
-from proxy.routes import label_of
+from proxy.routes import route_label
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -119,8 +119,8 @@ class Metrics:
 
     def finished(self, request: web.Request, outcome: Outcome) -> None:
         """The completion hook: the request's counters and durations."""
-        route = label_of(request.path)
         decided, answer = outcome.decided, outcome.served
+        route = route_label(decided.route)
         started = decided.started
         status = answer.final_status
         decision = decided.decision

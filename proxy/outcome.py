@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+
+if TYPE_CHECKING:
+    from proxy.routes import Route
 
 
 @dataclass(slots=True)
@@ -23,11 +26,17 @@ class Decided:
     # The client's X-Request-Id when it is a sane token, kept beside the proxy's.
     client_request_id: str | None = None
     started: float = 0.0  # perf_counter() at the request's arrival
+    # The path's line in the route table (`proxy.routes.find`), None outside it: looked
+    # up once, at arrival, for the handler and the completion hooks.
+    route: Route | None = None
     refused: bool = False  # turned away at admission: it ran nothing
     key_id: str | None = None  # the API key's id when access control identified one
     model: str | None = None  # as the client named it
     # The request body the proxy read (a reference, not a copy), for the usage event.
     body: bytes | None = None
+    # The body's prompt texts (`selector_model.request_body.texts`) where the handler
+    # read them: the usage event's prompt then needs no second reading of the body.
+    prompt: list[str] | None = None
     # Set by `model: auto`: the decision and the request features it was made on.
     decision: dict[str, Any] | None = None
     features: list[float] | None = None
@@ -76,6 +85,23 @@ class Served:
 class Outcome:
     decided: Decided
     served: Served
+    _ms: tuple[float, float | None] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    def ms(self) -> tuple[float, float | None]:
+        """The request's duration and its time to the first byte (None when no byte
+        went out), in milliseconds rounded to the microsecond, as the access log and
+        the usage event write them: rounded once, for both. Read once it is over."""
+        ms = self._ms
+        if ms is None:
+            started, served = self.decided.started, self.served
+            first = served.first_byte_at
+            ms = self._ms = (
+                round((served.ended - started) * 1000, 3),
+                round((first - started) * 1000, 3) if first else None,
+            )
+        return ms
 
 
 # The outcome of the request being handled, for the route handlers.

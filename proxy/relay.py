@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from proxy import final_chunk, http11
-from proxy.aiohttp_internals import client_transport, wait_drained, writing_paused
+from proxy.aiohttp_internals import client_transport, state_get, wait_drained, writing_paused
 from proxy.backends import UNAVAILABLE_STATUSES, BackendPool, BackendState, NoBackend
 from proxy.cache import Capture
 from proxy.config import Config
@@ -194,7 +194,7 @@ class Relay:
                 state.pool.host_header,
                 None if body is None else len(body),
                 request_id,
-                self.drop | _ENCODING if request.get(DECODED) else self.drop,
+                self.drop | _ENCODING if state_get(request, DECODED) else self.drop,
             )
             sink.bind(conn)
             try:

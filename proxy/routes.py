@@ -17,7 +17,7 @@ A handler is named by the object that owns it and its method, resolved once by
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, cast
 
 from aiohttp import web
@@ -60,11 +60,12 @@ class Route:
     # Names its model in the body and, for `auto`, takes `selector.embedding_model`.
     embedding: bool = False
     merge: str = ""  # a model list merged from every backend: the list's field
+    # The metric label: the path, placeholders left in (bounded). Made once: every
+    # request's metrics read it.
+    label: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def label(self) -> str:
-        """The metric label: the path, placeholders left in (bounded)."""
-        return self.path.replace(":path}", "}")
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "label", self.path.replace(":path}", "}"))
 
 
 ROUTES: tuple[Route, ...] = (
@@ -144,7 +145,11 @@ def runs_model(path: str) -> bool:
 
 def label_of(path: str) -> str:
     """The metric label of a path: bounded whatever the client sends."""
-    route = find(path)
+    return route_label(find(path))
+
+
+def route_label(route: Route | None) -> str:
+    """The metric label of a path whose route (`find`) is `route`."""
     return route.label if route is not None else "other"
 
 
@@ -159,8 +164,8 @@ class Router:
         self._not_found = _resolve(owners, "handlers.not_found")
         self._method_not_allowed = _resolve(owners, "handlers.method_not_allowed")
 
-    def handler(self, method: str, path: str) -> Handler:
-        route = find(path)
+    def handler(self, method: str, path: str, route: Route | None) -> Handler:
+        """The handler of a request; `route` is `find(path)`, which the caller has."""
         if route is not None and (not route.methods or method in route.methods):
             return self._handlers[route.path]
         if not path.startswith(OWN_PREFIX):

@@ -16,6 +16,7 @@ from aiohttp import hdrs, web
 
 from proxy import expect, header_values
 from proxy import limits as request_limits
+from proxy.aiohttp_internals import state_get
 from proxy.auth import KEY_REQUEST, Access, Admission
 from proxy.backends import NoBackend
 from proxy.config import Config
@@ -26,7 +27,7 @@ from proxy.metrics import Metrics
 from proxy.origins import ORIGIN, Origins
 from proxy.outcome import OUTCOME, Decided, Hook, Outcome, Served
 from proxy.protocol import REQUEST_ID_HEADER
-from proxy.routes import Router
+from proxy.routes import Router, find
 
 log = logging.getLogger("autoroute.server")
 
@@ -64,7 +65,8 @@ class Server:
         request_id = f"{self._id_prefix}{next(self._id_counter):010x}"
         client_id = header_values.request_id(request.headers.get(REQUEST_ID_HEADER))
         return Outcome(
-            Decided(request_id, client_id, time.perf_counter()), Served(client_id or request_id)
+            Decided(request_id, client_id, time.perf_counter(), find(request.path)),
+            Served(client_id or request_id),
         )
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -78,7 +80,8 @@ class Server:
             else:
                 response = self._admit(request, decided)
             if response is None:
-                response = await self.router.handler(request.method, request.path)(request)
+                handler = self.router.handler(request.method, request.path, decided.route)
+                response = await handler(request)
         except NoBackend as exc:
             served.error = str(exc)
             response = error_response(request.path, 503, served.error)
@@ -100,7 +103,7 @@ class Server:
                 for name, value in served.extra.items():
                     response.headers[name] = value
                 served.status = response.status
-            key = request.get(KEY_REQUEST)
+            key = state_get(request, KEY_REQUEST)
             decided.key_id = key.id if key else None
             self.auth.release(request, key)
             self.metrics.in_flight -= 1

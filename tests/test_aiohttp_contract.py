@@ -26,6 +26,7 @@ import pytest
 from aiohttp import web
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+from aiohttp.test_utils import make_mocked_request
 
 from proxy import aiohttp_internals as internals
 from proxy import config
@@ -128,6 +129,16 @@ async def test_server_keeps_its_loop_and_handler_options() -> None:
 def test_stream_response_sends_its_head_immediately_unless_told() -> None:
     assert web.StreamResponse._send_headers_immediately is True
     assert web.Response._send_headers_immediately is False  # aiohttp's own use of it
+
+
+def test_state_get_reads_what_request_keys_hold() -> None:
+    """`_state` is the dict `request[key]` writes: `state_get` reads what it set, and
+    None for a key it did not."""
+    request = make_mocked_request("GET", "/")
+    here, absent = web.RequestKey("here", int), web.RequestKey("absent", int)
+    request[here] = 7
+    assert internals.state_get(request, here) == request.get(here) == 7
+    assert internals.state_get(request, absent) is request.get(absent) is None
 
 
 def test_protocol_reports_writing_paused() -> None:

@@ -261,7 +261,7 @@ def test_an_event_takes_any_string_the_request_left() -> None:
         Decided("r1", model="m"), Served("r1", status=502, error="backend said \udcff")
     )
     captured = ev.Captured(
-        outcome, "POST", "/api/chat", 0.0, 0.1, 0.2, "ua\udcfe", "user\udcff", "Bearer \udcff"
+        outcome, "POST", "/api/chat", 0.2, "ua\udcfe", "user\udcff", "Bearer \udcff"
     )
     parsed = orjson.loads(ev.complete(captured, log_prompts=False).line())
     assert parsed["outcome"]["error"] == "backend said \ufffd"

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 
 import orjson
 
@@ -37,3 +38,19 @@ def test_json_formatter_carries_fields() -> None:
     doc = orjson.loads(JsonFormatter().format(record))
     assert doc["msg"] == "backend a down" and doc["backend"] == "a" and "skip" not in doc
     assert doc["level"] == "warning"
+
+
+def test_line_times_are_stamped_as_gmtime_writes_them_across_seconds() -> None:
+    """A second's text is made once and kept across flushes: every line still reads
+    the time it was recorded, whatever second came before it."""
+    stream = io.StringIO()
+    access = AccessLog(enabled=True, stream=stream)
+    batches = [[1764758400.25, 1764758400.75, 1764758401.0], [1764758401.5, 1764758399.999]]
+    expected = []
+    for batch in batches:
+        access._pending = [(t, {"request_id": "r"}) for t in batch]
+        access.flush()
+        for t in batch:
+            second = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t))
+            expected.append(f"{second}.{int(t % 1 * 1000):03d}Z")
+    assert [orjson.loads(line)["ts"] for line in stream.getvalue().splitlines()] == expected

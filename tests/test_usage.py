@@ -7,14 +7,18 @@ import asyncio
 import hashlib
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
 import orjson
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.config import Usage
+from proxy.usage import event as ev
 from proxy.usage.spool import Spool
 from proxy.usage.stats import MAX_KEYS, MemoryStats
 from selector_model.usage_event import Answer, UsageEvent
@@ -225,3 +229,13 @@ def test_memory_stats_stay_within_their_caps_whatever_the_model_names() -> None:
     summary = {e["served_model"]: e for e in stats.summary()}
     assert summary["llama3.1:8b"]["requests"] == 100
     assert summary["llama3.1:8b"]["ratings"] == {"count": 100, "mean": 1.0}
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.floats(min_value=-1e10, max_value=1e10, allow_nan=False))
+def test_event_times_are_written_as_datetime_writes_them(epoch: float) -> None:
+    """`rfc3339` (the microseconds rounded by hand, a second's text made once) writes
+    what datetime's isoformat writes, carries and ties included."""
+    for value in (epoch, 1764758400.9999995, 1764758400.0000005, 0.9999996, -1.9999996):
+        expected = datetime.fromtimestamp(value, UTC).isoformat(timespec="microseconds")
+        assert ev.rfc3339(value) == expected.replace("+00:00", "Z")

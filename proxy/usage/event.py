@@ -10,9 +10,9 @@ API key hash) happens in `complete`, on the writer's side of the queue.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -26,6 +26,7 @@ from selector_model.usage_event import Answer, Client, Features, Feedback, Logge
 USAGE = "usage"
 FEEDBACK = "feedback"
 STAT_KEYS = final_chunk.STATS
+_STAT_KEYS = frozenset(STAT_KEYS)
 
 
 @dataclass(slots=True)
@@ -35,9 +36,7 @@ class Captured:
     outcome: Outcome
     method: str
     path: str
-    started: float  # perf_counter at the request's start
-    ended: float  # perf_counter at the handler's end
-    wall: float  # time.time() at the handler's end
+    wall: float  # time.time() at the handler's end (the outcome has its perf_counter)
     user_agent: str | None
     user: str | None
     # The raw credential, held in memory only until `complete` hashes it: it is never
@@ -51,10 +50,33 @@ class Captured:
     client_request_id: str | None = None
 
 
+# The latest whole second `rfc3339` wrote, and its text: one tuple, replaced whole.
+_second: tuple[float, str] = (math.nan, "")
+
+
 def rfc3339(epoch: float) -> str:
-    return (
-        datetime.fromtimestamp(epoch, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-    )
+    """`epoch` as `datetime.fromtimestamp(epoch, UTC).isoformat(timespec="microseconds")`
+    writes it, with `Z` for `+00:00`: the microseconds rounded as datetime rounds them
+    (half to even, carried into the second), the second's text made once per second,
+    since formatting a datetime costs many times as much and every event has a time."""
+    fraction, whole = math.modf(epoch)
+    micro = round(fraction * 1e6)
+    if micro >= 1_000_000:
+        micro -= 1_000_000
+        whole += 1.0
+    elif micro < 0:
+        micro += 1_000_000
+        whole -= 1.0
+    global _second
+    second = _second
+    if whole != second[0]:
+        t = time.gmtime(whole)
+        second = _second = (
+            whole,
+            f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}"
+            f"T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}",
+        )
+    return f"{second[1]}.{micro:06d}Z"
 
 
 def api_key_id(credential: str | None) -> str | None:
@@ -82,17 +104,25 @@ def prompt_text(body: bytes | None) -> str | None:
 def complete(c: Captured, log_prompts: bool) -> UsageEvent:
     d, o = c.outcome.decided, c.outcome.served
     decision = d.decision
-    prompt = prompt_text(d.body)
-    stats = o.stats
+    parts = d.prompt
+    if parts is None:
+        prompt = prompt_text(d.body)
+    else:
+        prompt = "\n".join(parts) if parts else None  # as `prompt_text` joins them
+    total_ms, ttfc_ms = c.outcome.ms()
+    stats: dict[str, Any] = o.stats
     # What the last chunk said: done_reason a string, the counts integers (`final_chunk`).
-    said: dict[str, Any] = {
-        key: value for key in STAT_KEYS if (value := stats.get(key)) is not None
-    }
+    # Those are all `Answer`'s fields: taken as they are unless something else is there.
+    said = (
+        stats
+        if stats.keys() <= _STAT_KEYS and None not in stats.values()
+        else {key: value for key in STAT_KEYS if (value := stats.get(key)) is not None}
+    )
     return UsageEvent(
         request_id=c.request_id or o.request_id,
         client_request_id=c.client_request_id,
         # When the request arrived, on the wall clock.
-        ts=rfc3339(c.wall - (c.ended - c.started)),
+        ts=rfc3339(c.wall - (o.ended - d.started)),
         endpoint=c.path,
         method=c.method,
         # Client header values: valid UTF-8, no controls, bounded (JSON, the sinks and
@@ -117,8 +147,8 @@ def complete(c: Captured, log_prompts: bool) -> UsageEvent:
             # An error may quote what a backend or client sent: made valid text like headers.
             error=header_values.valid(o.error) or None,
             **said,
-            ttfc_ms=round((o.first_byte_at - c.started) * 1000, 3) if o.first_byte_at else None,
-            total_ms=round((c.ended - c.started) * 1000, 3),
+            ttfc_ms=ttfc_ms,
+            total_ms=total_ms,
             bytes=o.body_bytes,
             cancelled=o.cancelled,
         ),

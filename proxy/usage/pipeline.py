@@ -25,7 +25,6 @@ from aiohttp import web
 from proxy import tasks
 from proxy.config import Usage
 from proxy.outcome import Outcome
-from proxy.routes import runs_model
 from proxy.usage import event as ev
 from proxy.usage.file_sink import FileSink
 from proxy.usage.kafka import KafkaSink
@@ -89,7 +88,8 @@ class UsagePipeline:
         was let in and runs a model (not `/api/show`, which editors poll and which would
         drown the real traffic)."""
         decided = outcome.decided
-        if decided.refused or not runs_model(request.path) or self._wake is None:
+        route = decided.route
+        if decided.refused or route is None or not route.inference or self._wake is None:
             return
         headers = request.headers
         key_id = decided.key_id
@@ -97,8 +97,6 @@ class UsagePipeline:
             outcome,
             request.method,
             request.path,
-            decided.started,
-            outcome.served.ended,
             time.time(),
             headers.get("User-Agent"),
             headers.get(USER_HEADER),
@@ -176,8 +174,10 @@ class UsagePipeline:
         assert self._wake is not None
         interval = self.settings.flush_interval_seconds
         while True:
+            # A timeout on this task, not wait_for: that makes a task per wait.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), interval)
+                async with asyncio.timeout(interval):
+                    await self._wake.wait()
             self._wake.clear()
             await self._dispatch()
 

@@ -32,9 +32,11 @@ log = logging.getLogger("autoroute.usage")
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Record:
-    """An event on its way to the sinks, with its JSON: made once, shared by every sink."""
+    """An event on its way to the sinks, with its JSON: made once, shared by every sink,
+    never changed (not a frozen dataclass, which costs several times as much to build,
+    and one is built per event)."""
 
     event: UsageEvent | Feedback
     line: bytes
@@ -155,7 +157,9 @@ class SinkRunner:
 
     async def _write(self, records: Sequence[Record]) -> bool:
         try:
-            await asyncio.wait_for(self.sink.write(records), self.settings.write_timeout_seconds)
+            # A timeout on this task, not wait_for: that makes a task per write.
+            async with asyncio.timeout(self.settings.write_timeout_seconds):
+                await self.sink.write(records)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

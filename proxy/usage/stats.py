@@ -101,9 +101,10 @@ def _percentile(values: list[float], q: float) -> float | None:
     return values[low] + (values[high] - values[low]) * (pos - low)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Sample:
-    """What the stats keep of one usage event."""
+    """What the stats keep of one usage event. Never changed once made; not a frozen
+    dataclass, which costs several times as much to build, and one is built per event."""
 
     request_id: str
     ttfc_ms: float | None
