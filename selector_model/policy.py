@@ -155,6 +155,7 @@ DRAWS = 32
 OPTIMISM = 1.0
 # P(success) as a Beta prior mean stays inside (0, 1).
 _P_FLOOR = 0.01
+_P_CEILING = 1 - _P_FLOOR
 _UTILITY = operator.attrgetter("utility")
 _PARAMS = operator.attrgetter("params_b")
 
@@ -292,6 +293,8 @@ def heuristic_p_success(candidate: Candidate) -> float:
 
 
 _DEMAND = tuple(REQUEST_FEATURES.index(f"demand_{area}") for area in AREAS)
+_AREA_COUNT = 5
+assert len(AREAS) == _AREA_COUNT  # `with_catalogue` spells the areas out
 
 
 def with_catalogue(
@@ -318,25 +321,30 @@ def with_catalogue(
         return list(p_success)
     demand = [request[i] ** DEMAND_POWER for i in _DEMAND]
     total = sum(demand) or 1.0
+    # Spelled out for the five areas: this runs for every candidate of every decision.
+    w0, w1, w2, w3, w4 = (d / total for d in demand)
     reads = [
-        sum(d * a for d, a in zip(demand, c.areas, strict=True)) / total
-        if len(c.areas) == len(AREAS)
+        w0 * a[0] + w1 * a[1] + w2 * a[2] + w3 * a[3] + w4 * a[4]
+        if len(a) == _AREA_COUNT
         else UNKNOWN_AREA
-        for c in candidates
+        for a in [c.areas for c in candidates]
     ]
     # The offset from the models whose P the selector was fitted on: an unseen model's
     # estimate then stands against theirs, not against the booster's guesses of the
     # other unseen models (which a fleet of many unseen models would otherwise set).
-    pairs = [(p, r) for p, r, k in zip(p_success, reads, known, strict=True) if k] or list(
-        zip(p_success, reads, strict=True)
-    )
-    centre = sum(p - r for p, r in pairs) / len(pairs)
+    gaps = [p - r for p, r, k in zip(p_success, reads, known, strict=True) if k] or [
+        p - r for p, r in zip(p_success, reads, strict=True)
+    ]
+    centre = sum(gaps) / len(gaps)
     out = []
     for p, read, candidate, is_known in zip(p_success, reads, candidates, known, strict=True):
-        share = (
-            0.0 if is_known else CATALOGUE_SHARE * (1.0 - min(1.0, max(0.0, candidate.uncertainty)))
-        )
-        out.append(min(1 - _P_FLOOR, max(_P_FLOOR, p + share * (centre + read - p))))
+        if is_known:
+            out.append(p)
+            continue
+        doubt = candidate.uncertainty
+        doubt = 1.0 if doubt > 1.0 else 0.0 if doubt < 0.0 else doubt
+        drawn = p + CATALOGUE_SHARE * (1.0 - doubt) * (centre + read - p)
+        out.append(_P_FLOOR if drawn < _P_FLOOR else _P_CEILING if drawn > _P_CEILING else drawn)
     return out
 
 
