@@ -10,6 +10,7 @@ parsing, no I/O.
 from __future__ import annotations
 
 import asyncio
+import sys
 from itertools import chain
 from typing import Any
 
@@ -86,11 +87,13 @@ def check_headers(request: web.Request, limits: Limits) -> web.Response | None:
     return None
 
 
-def prompt_chars(doc: dict[str, Any], budget: int) -> int:
+def prompt_chars(doc: dict[str, Any], budget: int, into: list[str] | None = None) -> int:
     """Characters of prompt text (`request_body.texts`: images are not text), counted
-    until `budget` is exceeded."""
+    until `budget` is exceeded; `into`, when given, receives each text counted."""
     total = 0
     for text in request_body.texts(doc):
+        if into is not None:
+            into.append(text)
         total += len(text)
         if total > budget:
             break
@@ -98,11 +101,10 @@ def prompt_chars(doc: dict[str, Any], budget: int) -> int:
 
 
 def check_body(
-    path: str, doc: dict[str, Any], limits: Limits, texts: list[str] | None = None
+    path: str, doc: dict[str, Any], limits: Limits, texts: list[str]
 ) -> web.Response | None:
     """The number of messages and the prompt's length of a parsed inference body.
-    `texts`, when given, receives the prompt's texts (`request_body.texts`), every one
-    of them when the body passes."""
+    `texts` receives the prompt's texts, every one of them when the body passes."""
     messages = request_body.entry_count(doc)
     if limits.max_messages and messages is not None and messages > limits.max_messages:
         return error_response(
@@ -111,17 +113,7 @@ def check_body(
             f"too many messages: {messages} (limit {limits.max_messages})",
         )
     limit = limits.max_prompt_chars
-    if texts is not None:
-        total = 0
-        for text in request_body.texts(doc):
-            texts.append(text)
-            total += len(text)
-            if limit and total > limit:
-                return _prompt_too_long(path, limit)
-    elif limit and prompt_chars(doc, limit) > limit:
-        return _prompt_too_long(path, limit)
+    budget = limit or sys.maxsize  # 0: no limit, but the texts are still read
+    if prompt_chars(doc, budget, texts) > budget:
+        return error_response(path, 413, f"prompt too long (limit {limit} characters)")
     return None
-
-
-def _prompt_too_long(path: str, limit: int) -> web.Response:
-    return error_response(path, 413, f"prompt too long (limit {limit} characters)")
