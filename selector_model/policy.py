@@ -156,6 +156,13 @@ OPTIMISM = 1.0
 # P(success) as a Beta prior mean stays inside (0, 1).
 _P_FLOOR = 0.01
 _P_CEILING = 1 - _P_FLOOR
+
+
+def _inside(p: float) -> float:
+    """`p` kept between the floor and the ceiling."""
+    return _P_FLOOR if p < _P_FLOOR else _P_CEILING if p > _P_CEILING else p
+
+
 _UTILITY = operator.attrgetter("utility")
 _PARAMS = operator.attrgetter("params_b")
 
@@ -192,7 +199,7 @@ class Scored:
         """This candidate with `blend` (kept inside the floor) in place of its prior in
         the utility, plus `optimism`, and the evidence it came from: (successes,
         count, expected) for this kind and over every kind."""
-        blend = min(1 - _P_FLOOR, max(_P_FLOOR, blend))
+        blend = _inside(blend)
         count, mean, expected = _means(got)
         model_count, model_mean, model_expected = _means(totals)
         return Scored(
@@ -344,7 +351,7 @@ def with_catalogue(
         doubt = candidate.uncertainty
         doubt = 1.0 if doubt > 1.0 else 0.0 if doubt < 0.0 else doubt
         drawn = p + CATALOGUE_SHARE * (1.0 - doubt) * (centre + read - p)
-        out.append(_P_FLOOR if drawn < _P_FLOOR else _P_CEILING if drawn > _P_CEILING else drawn)
+        out.append(_inside(drawn))
     return out
 
 
@@ -604,7 +611,7 @@ def choose(
             bonus = 0.0
             if optimism:
                 # The posterior's spread, as Thompson sampling below draws it.
-                p = min(1 - _P_FLOOR, max(_P_FLOOR, blend))
+                p = _inside(blend)
                 bonus = optimism * math.sqrt(p * (1 - p) / (n0 + count + 1))
             blended.append(s.blended(blend, got, totals.get(s.name), bonus))
         blended.sort(key=_UTILITY, reverse=True)
@@ -630,7 +637,7 @@ def choose(
             for s in blended
         ]
     )
-    mean = table[:, 0].clip(_P_FLOOR, 1 - _P_FLOOR)
+    mean = table[:, 0].clip(_P_FLOOR, _P_CEILING)
     weight, cost = table[:, 1], table[:, 2]
     # Each posterior, Beta(weight * mean, weight * (1 - mean)), by its normal
     # approximation (the same mean and variance): weight >= prior_strength keeps it
