@@ -54,9 +54,11 @@ class EmulatorSettings:
     # Answer /api/ps with Gin's 404, as Ollama releases before it and some
     # Ollama-compatible servers do.
     ps_missing: bool = False
-    # The rates above are a 7B model's, every other model's scaled by its size (decoding
-    # and prompt evaluation are bound by reading the weights), so that a demo's fleet
-    # has quick and slow models for `auto:fast` to tell apart. Off: one speed for all.
+    # For generation (chat, generate, the OpenAI and Anthropic routes) the rates above
+    # are a 7B model's, every other model's scaled by its size (decoding and prompt
+    # evaluation are bound by reading the weights), so that a demo's fleet has quick and
+    # slow models for `auto:fast` to tell apart; embeddings keep the rates as they are.
+    # Off: one speed for all.
     speed_by_size: bool = False
 
     def token_delay(self) -> float:
