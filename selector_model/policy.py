@@ -348,9 +348,7 @@ def with_catalogue(
         if is_known:
             out.append(p)
             continue
-        doubt = candidate.uncertainty
-        doubt = 1.0 if doubt > 1.0 else 0.0 if doubt < 0.0 else doubt
-        drawn = p + CATALOGUE_SHARE * (1.0 - doubt) * (centre + read - p)
+        drawn = p + CATALOGUE_SHARE * (1.0 - _doubt(candidate)) * (centre + read - p)
         out.append(_inside(drawn))
     return out
 
@@ -358,9 +356,15 @@ def with_catalogue(
 def spreads(candidates: Sequence[Candidate], known: Sequence[bool]) -> list[float]:
     """How far each candidate's P may be off, one standard deviation (`UNSEEN_SPREAD`)."""
     return [
-        0.0 if is_known else UNSEEN_SPREAD * min(1.0, max(0.0, c.uncertainty))
+        0.0 if is_known else UNSEEN_SPREAD * _doubt(c)
         for c, is_known in zip(candidates, known, strict=True)
     ]
+
+
+def _doubt(candidate: Candidate) -> float:
+    """What the catalogue does not know of a candidate, its `uncertainty` in [0, 1]."""
+    doubt = candidate.uncertainty
+    return 1.0 if doubt > 1.0 else 0.0 if doubt < 0.0 else doubt
 
 
 def largest(candidates: Sequence[Candidate]) -> str:
