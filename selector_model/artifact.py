@@ -59,23 +59,8 @@ class Artifact:
     learned: Mapping[str, features.Candidate] = field(default_factory=dict, repr=False)
 
     def as_learned(self, candidate: features.Candidate) -> features.Candidate:
-        """`candidate` with the catalogue's description of it (areas, specialties,
-        release, uncertainty, active parameters) as training recorded it, for a model
-        the artifact was fitted on. The booster placed those models by that description,
-        and a catalogue that has learned more since (a published number of another model
-        moves the benchmark mappings, size trends and neighbours everyone's areas rest
-        on) would move them where their outcomes never were. Any other model: as given."""
-        seen = self.learned.get(candidate.name)
-        if seen is None:
-            return candidate
-        return replace(
-            candidate,
-            active_params_b=seen.active_params_b,
-            areas=seen.areas,
-            specialties=seen.specialties,
-            release=seen.release,
-            uncertainty=seen.uncertainty,
-        )
+        """`candidate` as this artifact learned it (`learned_description`)."""
+        return learned_description(candidate, self.learned)
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
         """P(success) for each row."""
@@ -143,7 +128,7 @@ def load(path: Path) -> Artifact:
     except (TypeError, KeyError, ValueError) as exc:
         raise ArtifactError(f"{meta_path}: malformed metadata: {exc!r}") from None
     return Artifact(
-        learned=_learned(models),
+        learned=learned(models),
         path=path,
         version=str(meta.get("artifact_version") or "unversioned"),
         schema_version=int(schema),
@@ -162,12 +147,35 @@ def load(path: Path) -> Artifact:
     )
 
 
-def _learned(models: Mapping[str, Mapping[str, Any]]) -> dict[str, features.Candidate]:
-    """The training table's descriptions that carry area scores: a row is a candidate
-    record, or holds one under `knowledge` (as the shipped artifact's table does)."""
-    learned = {}
+def learned(models: Mapping[str, Mapping[str, Any]]) -> dict[str, features.Candidate]:
+    """The training table's descriptions that carry area scores, by model name: a row
+    is a candidate record, or holds one under `knowledge` (as the shipped artifact's
+    table does)."""
+    found = {}
     for name, row in models.items():
         record = row.get("knowledge", row)
         if isinstance(record, Mapping) and record.get("areas"):
-            learned[name] = features.Candidate.from_record({**record, "name": name})
-    return learned
+            found[name] = features.Candidate.from_record({**record, "name": name})
+    return found
+
+
+def learned_description(
+    candidate: features.Candidate, learned: Mapping[str, features.Candidate]
+) -> features.Candidate:
+    """`candidate` with the catalogue's description of it (areas, specialties, release,
+    uncertainty, active parameters) as training recorded it (`learned`), for a model
+    the artifact was fitted on. The booster placed those models by that description,
+    and a catalogue that has learned more since (a published number of another model
+    moves the benchmark mappings, size trends and neighbours everyone's areas rest on)
+    would move them where their outcomes never were. Any other model: as given."""
+    seen = learned.get(candidate.name)
+    if seen is None:
+        return candidate
+    return replace(
+        candidate,
+        active_params_b=seen.active_params_b,
+        areas=seen.areas,
+        specialties=seen.specialties,
+        release=seen.release,
+        uncertainty=seen.uncertainty,
+    )

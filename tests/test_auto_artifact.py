@@ -328,6 +328,32 @@ def test_the_trained_models_are_scored_as_the_shipped_artifact_learned_them() ->
     assert scorer.p_success(art, request, [halved]) != scorer.p_success(art, request, [unseen])
 
 
+def test_the_evaluation_scores_the_trained_models_as_serving_does() -> None:
+    """`autoroute evaluate` of a written artifact describes its models as the artifact
+    recorded them, as serving does (`Artifact.as_learned`), not as the catalogue does
+    now: the report's AUC is the one of serving's P(success)."""
+    from selector_model import artifact as artifact_module
+    from selector_model.scorer import Scorer
+    from training import evaluate, export
+    from training.data import load_llmrouter, prompt_request, score_matrix
+
+    data = load_llmrouter()
+    onnx_bytes, meta = export.read_artifact(artifact_module.SHIPPED)
+    session = export.session(onnx_bytes)
+    learned = artifact_module.learned({m["name"]: m for m in meta["models"]})
+    assert sorted(learned) == sorted(m.ollama_name for m in data.models)
+    reported = evaluate.evaluate_scorer(lambda x: export.onnx_predict(session, x), data, 0, learned)
+    art = artifact_module.load(artifact_module.SHIPPED)
+    scorer = Scorer(artifact_module.SHIPPED)
+    candidates = [m.candidate() for m in data.models]
+    served = np.array(
+        [scorer.p_success(art, prompt_request(p.text), candidates) for p in data.test]
+    )
+    assert reported["auc"] == pytest.approx(
+        evaluate.auc(served, score_matrix(data.test, data.models)), abs=1e-6
+    )
+
+
 def _post(url: str, doc: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
     request = urllib.request.Request(
         url, data=orjson.dumps(doc), headers={"Content-Type": "application/json"}

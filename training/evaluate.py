@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +35,7 @@ import numpy as np
 import numpy.typing as npt
 from sklearn.metrics import roc_auc_score  # type: ignore[import-untyped]
 
-from selector_model import features
+from selector_model import artifact, features
 from training.data import Dataset, dataset_examples, prompt_request, score_matrix
 from training.models import ModelSpec
 from training.train import Progress, TrainConfig, predict, train
@@ -222,9 +222,16 @@ def size_prior(models: Sequence[ModelSpec]) -> Array:
     return (logs - logs.min()) / span if span > 0 else np.zeros(len(models))
 
 
-def evaluate_scorer(scorer: Scorer, data: Dataset, seed: int = 0) -> dict[str, Any]:
+def evaluate_scorer(
+    scorer: Scorer,
+    data: Dataset,
+    seed: int = 0,
+    learned: Mapping[str, features.Candidate] | None = None,
+) -> dict[str, Any]:
+    """`learned`: the models as a written artifact recorded them (`artifact.learned`),
+    scored as serving scores them; None for an artifact trained on the catalogue now."""
     models = data.models
-    candidates = [m.candidate() for m in models]
+    candidates = [artifact.learned_description(m.candidate(), learned or {}) for m in models]
     requests = [prompt_request(p.text) for p in data.test]
     p = score_prompts(scorer, requests, candidates)
     y = score_matrix(data.test, models)

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from selector_model import features
+from selector_model import artifact, features
 from selector_model.usage_event import UsageEvent
 from training import evaluate, export, report
 from training.data import (
@@ -304,7 +304,11 @@ def evaluate_artifact(
     sess = export.session(onnx_bytes)
     config = TrainConfig.from_json(meta["training"]["config"])
     data = _subsample(load_llmrouter(data_dir), meta["training"].get("max_prompts"), config.seed)
-    evaluation = evaluate.evaluate_scorer(lambda x: export.onnx_predict(sess, x), data, config.seed)
+    # Its models as it learned them, whatever the catalogue says of them now.
+    learned = artifact.learned({str(m["name"]): m for m in meta.get("models") or ()})
+    evaluation = evaluate.evaluate_scorer(
+        lambda x: export.onnx_predict(sess, x), data, config.seed, learned
+    )
     policy = evaluate.Policy(unseen_margin=float(meta["policy"]["unseen_margin"]))
     lomo = evaluate.lomo(data, config, policy, bars) if run_lomo else None
     out = full_report(meta, evaluation, lomo)
