@@ -91,6 +91,21 @@ def test_an_unknown_size_within_a_family_follows_the_size_trend(catalog: Catalog
     assert small.areas["knowledge"] < middle.areas["knowledge"] < large.areas["knowledge"]
 
 
+def test_a_fine_tune_named_after_its_base_is_placed_beside_it(catalog: Catalog) -> None:
+    # A community fine-tune names its base inside its own name; its neighbours are the
+    # base family's, not whatever models happen to be near it in size.
+    tune = catalog.lookup("dolphin-mixtral:8x7b", {"family": "llama", "parameter_size": "46.7B"})
+    base = catalog.lookup("mixtral:8x7b")
+    stranger = catalog.lookup("dolphin:47b", {"family": "llama", "parameter_size": "46.7B"})
+    assert tune.origin == "nearest"
+    assert tune.family == base.family
+    assert base.name in tune.neighbours[:2]
+    assert abs(tune.areas["code"] - base.areas["code"]) < abs(
+        stranger.areas["code"] - base.areas["code"]
+    )
+    assert catalog.lookup("nous-hermes2-mixtral:8x7b").family == base.family
+
+
 def test_capabilities_and_name_hints_give_specialties(catalog: Catalog) -> None:
     seeing = catalog.lookup("my-model:3b", {"family": "llama"}, ["completion", "vision"])
     thinking = catalog.lookup("my-model:14b", {"family": "qwen3"}, ["completion", "thinking"])

@@ -495,12 +495,19 @@ class Catalog:
 
     def _family_of(self, base: str) -> str:
         """The catalogue family a name belongs to: the family of the entries named
-        `base:...`, else the longest family `base` starts with."""
+        `base:...`, else the longest family `base` starts with (`llama3-gradient`),
+        else the longest family named whole inside it (`dolphin-mixtral`,
+        `nous-hermes2-mixtral`): a fine-tune is closer to its base model than to
+        whatever models are near it in size."""
         for entry in self._entries.values():
             if names.split(entry.name)[0] == base:
                 return entry.family
-        prefixes = [e.family for e in self._entries.values() if base.startswith(e.family + "-")]
-        return max(prefixes, key=len, default="")
+        families = {e.family for e in self._entries.values()}
+        prefixes = [f for f in families if base.startswith(f + "-")]
+        if prefixes:
+            return max(prefixes, key=len)
+        inside = [f for f in families if f"-{f}-" in f"-{base}-"]
+        return max(inside, key=len, default="")
 
     def _nearest(
         self, probe: _Probe, usable: Any, exclude: str = "", area: str = ""
