@@ -90,6 +90,7 @@ def model_info(
         specialties=knowledge.specialties,
         release=knowledge.released,
         uncertainty=knowledge.uncertainty,
+        area_uncertainty=tuple(float(knowledge.area_uncertainty[area]) for area in AREAS),
     )
     return ModelInfo(
         candidate,

@@ -321,9 +321,12 @@ def with_catalogue(
     P, offset by how far the selector's P sits from the catalogue's reading, on average,
     for the models it was fitted on, else for the whole fleet), that is a second
     estimate whose errors are not the booster's. It replaces the booster's P by
-    `CATALOGUE_SHARE` times what the catalogue knows of the model: nothing when its
-    `uncertainty` is 1 (placed from nothing beyond its details). A model the artifact
-    knows keeps its P."""
+    `CATALOGUE_SHARE` times what the catalogue knows of the areas the prompt reads (its
+    `area_uncertainty` weighed as the reading weighs the areas; else its overall
+    `uncertainty`): all of it for a coder's published code results on a code prompt,
+    little for the same coder's imputed knowledge on a trivia question, nothing for a
+    model placed from nothing beyond its details. A model the artifact knows keeps
+    its P."""
     if all(known) or len(candidates) < 2:
         return list(p_success)
     demand = [request[i] ** DEMAND_POWER for i in _DEMAND]
@@ -348,7 +351,14 @@ def with_catalogue(
         if is_known:
             out.append(p)
             continue
-        drawn = p + CATALOGUE_SHARE * (1.0 - _doubt(candidate)) * (centre + read - p)
+        # What the catalogue does not know of the areas this prompt reads.
+        u = candidate.area_uncertainty
+        if len(u) == _AREA_COUNT:
+            doubt = w0 * u[0] + w1 * u[1] + w2 * u[2] + w3 * u[3] + w4 * u[4]
+            doubt = 1.0 if doubt > 1.0 else 0.0 if doubt < 0.0 else doubt
+        else:
+            doubt = _doubt(candidate)
+        drawn = p + CATALOGUE_SHARE * (1.0 - doubt) * (centre + read - p)
         out.append(_inside(drawn))
     return out
 

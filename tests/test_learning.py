@@ -10,6 +10,7 @@ import math
 import random
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -312,6 +313,31 @@ def test_unseen_models_lean_on_the_catalogue_by_what_it_knows() -> None:
     rng = np.random.default_rng(0)
     assert choose(ranking, {}, 0.0, rng, "weak").chosen.name == "strong"
     assert choose(near, {}, 0.0, rng, "weak").chosen.name == "weak"  # a lead under min_gain
+
+
+def test_the_catalogue_counts_as_far_as_it_knows_the_areas_a_prompt_reads() -> None:
+    # A coder with published code results and nothing else: on a code prompt the
+    # catalogue knows what matters and its reading counts whole; on a knowledge prompt
+    # it knows little (the areas were imputed) and the booster's P mostly stays.
+    def prompt(area: str) -> list[float]:
+        request = [0.0] * len(REQUEST_FEATURES)
+        request[REQUEST_FEATURES.index(f"demand_{area}")] = 1.0
+        return request
+
+    doubts = tuple(0.0 if area == "code" else 0.8 for area in AREAS)
+    coder = Candidate("coder", areas=(0.2,) * len(AREAS), uncertainty=0.64, area_uncertainty=doubts)
+    other = Candidate("other", areas=(0.5,) * len(AREAS), uncertainty=0.0)
+    p = [0.7, 0.5]
+    on_code = with_catalogue(p, prompt("code"), [coder, other], [False, True])
+    on_knowledge = with_catalogue(p, prompt("knowledge"), [coder, other], [False, True])
+    # Readings centred on the known model: 0.5 - 0.5 + 0.2 = 0.2.
+    assert on_code[0] == pytest.approx(0.7 + CATALOGUE_SHARE * (0.2 - 0.7))
+    assert on_knowledge[0] == pytest.approx(0.7 + CATALOGUE_SHARE * 0.2 * (0.2 - 0.7))
+    # Without per-area doubts, the model's overall uncertainty counts for every prompt.
+    flat = replace(coder, area_uncertainty=())
+    assert with_catalogue(p, prompt("code"), [flat, other], [False, True])[0] == pytest.approx(
+        0.7 + CATALOGUE_SHARE * 0.36 * (0.2 - 0.7)
+    )
 
 
 def test_exploration_bounds_tries_and_propensity_matches_frequency() -> None:

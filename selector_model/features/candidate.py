@@ -53,6 +53,9 @@ class Candidate:
     specialties: frozenset[str] = field(default_factory=frozenset)
     release: float = DEFAULT_RELEASE  # year, fractional (2024.5: mid 2024)
     uncertainty: float = 1.0  # 0: measured scores; 1: nothing known beyond the details
+    # The same per area, in `AREAS` order (empty: `uncertainty` for each). Not a
+    # feature: the policy weighs it by what a prompt asks for (`policy.with_catalogue`).
+    area_uncertainty: tuple[float, ...] = ()
 
     @property
     def active_b(self) -> float:
@@ -76,6 +79,7 @@ class Candidate:
             "specialties": sorted(self.specialties),
             "release": self.release,
             "uncertainty": self.uncertainty,
+            "area_uncertainty": list(self.area_uncertainty),
         }
 
     @classmethod
@@ -98,6 +102,7 @@ class Candidate:
             specialties=frozenset(str(c) for c in raw.get("specialties", ())),
             release=float(raw.get("release", default.release)),
             uncertainty=float(raw.get("uncertainty", default.uncertainty)),
+            area_uncertainty=tuple(float(a) for a in raw.get("area_uncertainty", ())),
         )
 
 
