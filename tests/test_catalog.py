@@ -106,6 +106,16 @@ def test_a_fine_tune_named_after_its_base_is_placed_beside_it(catalog: Catalog) 
     assert catalog.lookup("nous-hermes2-mixtral:8x7b").family == base.family
 
 
+def test_a_new_size_of_a_listed_family_is_placed_in_that_familys_era(catalog: Catalog) -> None:
+    # StarCoder (2023) has no 1B entry; 1B coders released since score far higher.
+    placed = catalog.lookup("starcoder:1b", {"family": "starcoder", "parameter_size": "1.1B"})
+    family = [e for e in catalog.entries() if e.family == placed.family]
+    assert placed.origin == "nearest" and family
+    assert max(e.released for e in family) < 2024.0
+    assert placed.released < 2024.0
+    assert placed.neighbours[0].startswith("starcoder:")
+
+
 def test_capabilities_and_name_hints_give_specialties(catalog: Catalog) -> None:
     seeing = catalog.lookup("my-model:3b", {"family": "llama"}, ["completion", "vision"])
     thinking = catalog.lookup("my-model:14b", {"family": "qwen3"}, ["completion", "thinking"])

@@ -458,13 +458,13 @@ class Catalog:
                 specialties |= frozenset.intersection(*same)
         size = math.sqrt(total * active) if 0 < active < total else total
         given = spec.get("released")
-        probe = _Probe(
-            family,
-            arch,
-            size,
-            frozenset(specialties),
-            parse_released(given) if given not in (None, "") else None,
-        )
+        era: float | None = parse_released(given) if given not in (None, "") else None
+        if era is None and family:
+            # A new size of a listed family comes from that family's era (a StarCoder
+            # 1B is a 2023 model, whatever 1B coders came out since).
+            dates = [e.released for e in self._entries.values() if e.family == family]
+            era = sum(dates) / len(dates) if dates else None
+        probe = _Probe(family, arch, size, frozenset(specialties), era)
         nearest = self._nearest(probe, lambda e: True)
         areas: dict[str, float] = {}
         spread: dict[str, float] = {}
