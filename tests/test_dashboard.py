@@ -253,7 +253,11 @@ def test_dashboard_in_chromium(
     for profile, model in chosen.items():
         assert f"auto:{profile}" in profiles
         assert model in page.locator("#profiles td.model").all_inner_texts()
-    assert "latest: " in profiles and "ml = the best score" in page.locator("#reasons").inner_text()
+    assert "latest: " in profiles
+    # What each reason means is folded away (the page keeps to one screen) until asked.
+    assert not page.locator("#reasons").is_visible()
+    page.locator("#reasons-box summary").click()
+    assert "ml = the best score" in page.locator("#reasons").inner_text()
 
     # Usage: the file sink, healthy, its spool empty.
     usage = page.locator("#usage tbody tr").first.inner_text()
