@@ -109,11 +109,12 @@ class Memory:
         return weights * self.settings.memory_factor
 
     def need(self, name: str) -> float:
-        """GB model `name` needs loaded (0 when nothing is known of it)."""
+        """GB model `name` needs loaded (0 when nothing is known of it); a model the
+        last refresh did not estimate is estimated once, until the next refresh."""
         need = self.needs.get(name)
         if need is None:
             info = self.registry.models.get(name)
-            need = self._estimate(name, info.candidate if info else None)
+            need = self.needs[name] = self._estimate(name, info.candidate if info else None)
         return need
 
     def capacity(self, state: BackendState) -> tuple[float | None, str]:
@@ -150,6 +151,9 @@ class Memory:
         """The load and eviction terms of each candidate on the backend it would run on
         (see the module docstring). On `auto`'s hot path: dictionary reads only."""
         per_gb = self.settings.load_seconds_per_gb
+        needs = self.needs
+        measured_load = self.telemetry.measured_load
+        by_label = self.by_label
         loads: list[float] = []
         evicts: list[bool] = []
         for label, candidate in zip(backends, candidates, strict=True):
@@ -157,10 +161,15 @@ class Memory:
                 loads.append(0.0)
                 evicts.append(False)
                 continue
-            measured = self.telemetry.measured_load(label, candidate.name)
-            loads.append(measured if measured is not None else per_gb * self.need(candidate.name))
-            state = self.by_label.get(label)
-            evicts.append(state is not None and self._evicts(state, candidate.name))
+            name = candidate.name
+            measured = measured_load(label, name)
+            if measured is None:
+                need = needs.get(name)
+                measured = per_gb * (self.need(name) if need is None else need)
+            loads.append(measured)
+            state = by_label.get(label)
+            # Nothing in flight there: nothing to evict (the common case, checked first).
+            evicts.append(state is not None and bool(state.busy) and self._evicts(state, name))
         return Terms(loads, evicts, self.settings.evict_penalty)
 
     def status(self) -> list[dict[str, Any]]:
