@@ -4,7 +4,8 @@ Every final chunk the relay parses carries the prompt-eval and generation durati
 and the load time (nanoseconds); they feed exponentially weighted rates here (a
 load's, `measured_load`, is added by `proxy.memory` to a model not loaded). Before
 any traffic, a prior from model size and quantization stands in: decoding is bound by
-memory bandwidth, so tokens/s ≈ bandwidth / bytes of weights.
+memory bandwidth, so tokens/s ≈ bandwidth / bytes of the weights each token reads
+(a mixture of experts reads its active parameters, not all it holds).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class Rates:
 
 
 def prior(candidate: Candidate) -> Rates:
-    weights_gb = max(candidate.params_b, 0.05) * candidate.quant_bits / 8.0
+    weights_gb = max(candidate.active_b, 0.05) * candidate.quant_bits / 8.0
     gen_tps = PRIOR_BANDWIDTH_GBPS / weights_gb
     return Rates(
         prompt_tps=gen_tps * PRIOR_PROMPT_SPEEDUP,
@@ -107,7 +108,7 @@ class Telemetry:
             if rates is not None:
                 prompt_tps, gen_tps = rates.prompt_tps, rates.gen_tps
             else:
-                key = (candidate.params_b, candidate.quant_bits)
+                key = (candidate.active_b, candidate.quant_bits)
                 cached = priors.get(key)
                 if cached is None:
                     if len(priors) >= 4096:

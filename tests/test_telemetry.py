@@ -1,0 +1,33 @@
+"""Expected seconds before and after traffic (`selector_model.telemetry`)."""
+
+from __future__ import annotations
+
+import pytest
+
+from selector_model.features import Candidate
+from selector_model.telemetry import Telemetry
+
+
+def test_a_mixture_of_experts_is_expected_to_decode_at_its_active_size() -> None:
+    # Each generated token reads the active experts' weights, not all the model holds:
+    # qwen3:30b-a3b decodes about as fast as a dense 3B model, not as a dense 30B one.
+    moe = Candidate("qwen3:30b", params_b=30.5, active_params_b=3.3)
+    dense_small = Candidate("qwen2.5:3b", params_b=3.3)
+    dense_large = Candidate("qwen2.5:32b", params_b=30.5)
+    telemetry = Telemetry()
+    seconds = telemetry.expected_seconds_many(["a"] * 3, [moe, dense_small, dense_large], 100, 300)
+    assert seconds[0] == pytest.approx(seconds[1])
+    assert seconds[0] < seconds[2] / 5
+
+
+def test_observed_rates_replace_the_prior() -> None:
+    model = Candidate("qwen2.5:7b", params_b=7.6)
+    telemetry = Telemetry()
+    prior = telemetry.expected_seconds_many(["a"], [model], 0, 100)[0]
+    # 100 tokens in 10 s: 10 tokens/s, far slower than the prior's.
+    telemetry.observe("a", model, {"eval_count": 100, "eval_duration": 10_000_000_000})
+    seen = telemetry.expected_seconds_many(["a"], [model], 0, 100)[0]
+    assert seen == pytest.approx(10.0)
+    assert seen > prior
+    # Another backend keeps the prior.
+    assert telemetry.expected_seconds_many(["b"], [model], 0, 100)[0] == pytest.approx(prior)
