@@ -1,0 +1,55 @@
+"""The MMLU-Pro per-question outcomes (`data/mmlu_pro`) as a replay dataset."""
+
+from __future__ import annotations
+
+from proxy.config import Config
+from selector_model import artifact
+from selector_model.catalog import Catalog
+from training import replay
+from training.mmlu_pro_data import BY_OLLAMA_NAME, DATA_FILE, MODELS, fleet, load_prompts
+
+
+def test_the_bundled_outcomes_carry_their_source_and_licence() -> None:
+    readme = (DATA_FILE.parent / "README.md").read_text()
+    assert "https://github.com/TIGER-AI-Lab/MMLU-Pro" in readme
+    assert "Apache License 2.0" in readme
+    assert DATA_FILE.stat().st_size > 1_000_000
+
+
+def test_each_question_scores_every_model_right_or_wrong() -> None:
+    prompts = load_prompts(limit=40, seed=1)
+    assert len(prompts) == 40
+    assert prompts == load_prompts(limit=40, seed=1)  # the same draw for a seed
+    names = {m.dataset_name for m in MODELS}
+    for prompt in prompts:
+        assert set(prompt.scores) == names
+        assert set(prompt.scores.values()) <= {0.0, 1.0}
+        assert "Options:\nA. " in prompt.text and "the answer is (X)" in prompt.text
+    # The models differ: a dataset where every model scored alike would route nothing.
+    means = [sum(p.scores[m.dataset_name] for p in prompts) / 40 for m in MODELS]
+    assert max(means) - min(means) > 0.2
+
+
+def test_the_fleet_maps_to_ollama_names_the_catalogue_knows() -> None:
+    catalog = Catalog.load()
+    assert len(MODELS) == len(BY_OLLAMA_NAME) >= 20
+    for spec in MODELS:
+        knowledge = catalog.lookup(spec.ollama_name, spec.tag()["details"])
+        assert knowledge.params_b > 0
+    # Base runs are `-text` tags, which the proxy reads as not instruct.
+    base = [m for m in MODELS if m.ollama_name.endswith(("-text", "-text-v0.1", "-text-v0.2"))]
+    assert base and all(not m.model_info().candidate.is_instruct for m in base)
+
+
+def test_a_fleet_of_unseen_models_replays_through_the_decision_code() -> None:
+    models = fleet(["llama3.1:70b", "phi3:3.8b", "qwen:7b", "mixtral:8x7b"])
+    prompts = load_prompts(models, limit=30, seed=0)
+    profiles = {"best": Config().selector.profiles["best"]}
+    result = replay.in_loop(
+        lambda: replay.replay_fleet("mmlu-pro", artifact.SHIPPED.parent, prompts, models, profiles)
+    )
+    assert set(result.unseen) == {m.ollama_name for m in models}
+    chosen = result.profiles["best"]
+    assert sum(chosen.picks.values()) == 30
+    assert set(chosen.picks) <= set(result.fleet)
+    assert 0.0 <= chosen.quality <= result.baselines["oracle"].quality <= 1.0
