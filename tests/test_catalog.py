@@ -459,3 +459,26 @@ def test_a_code_specialists_code_score_comes_from_code_specialists() -> None:
     )
     assert weaker.lookup("mistral-small:24b").areas["code"] == 0.05
     assert abs(weaker.lookup("devstral:24b").areas["code"] - devstral.areas["code"]) < 0.01
+
+
+def test_open_llm_leaderboard_results_fill_areas_but_never_replace_a_makers(
+    catalog: Catalog,
+) -> None:
+    """The Open LLM Leaderboard measures differently from the makers (log-likelihood, no
+    chain of thought), so its results are benchmarks of their own, mapped onto each area
+    by a fitted line: they set an area no maker's number sets, and leave alone one that is
+    set (where the entry carries the area's scale, they only fit the line)."""
+    nemotron = catalog.lookup("nemotron:70b")
+    assert {"OLL-MMLU-Pro", "OLL-IFEval"} <= set(catalog.sources("nemotron:70b"))
+    assert 0.0 < nemotron.area_uncertainty["knowledge"] < 0.2
+    # A 70B model's knowledge, read through the line fitted on the makers' MMLU, is
+    # not the raw leaderboard accuracy (about 0.49), which sits on another scale.
+    assert nemotron.areas["knowledge"] > 0.7
+    llama = catalog.lookup("llama3.3:70b")
+    sources = catalog.sources("llama3.3:70b")
+    assert "OLL-IFEval" in sources and "OLL-MMLU-Pro" in sources
+    assert llama.areas["instruction"] == sources["IFEval"].value
+    assert llama.areas["knowledge"] == sources["MMLU"].value
+    # Llama 2 Chat had no instruction result: its imputation (about 0.75) was far above
+    # what the leaderboard measured.
+    assert catalog.lookup("llama2:70b").areas["instruction"] < 0.55
