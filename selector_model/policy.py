@@ -354,8 +354,7 @@ def with_catalogue(
         # What the catalogue does not know of the areas this prompt reads.
         u = candidate.area_uncertainty
         if len(u) == _AREA_COUNT:
-            doubt = w0 * u[0] + w1 * u[1] + w2 * u[2] + w3 * u[3] + w4 * u[4]
-            doubt = 1.0 if doubt > 1.0 else 0.0 if doubt < 0.0 else doubt
+            doubt = _unit(w0 * u[0] + w1 * u[1] + w2 * u[2] + w3 * u[3] + w4 * u[4])
         else:
             doubt = _doubt(candidate)
         drawn = p + CATALOGUE_SHARE * (1.0 - doubt) * (centre + read - p)
@@ -373,8 +372,12 @@ def spreads(candidates: Sequence[Candidate], known: Sequence[bool]) -> list[floa
 
 def _doubt(candidate: Candidate) -> float:
     """What the catalogue does not know of a candidate, its `uncertainty` in [0, 1]."""
-    doubt = candidate.uncertainty
-    return 1.0 if doubt > 1.0 else 0.0 if doubt < 0.0 else doubt
+    return _unit(candidate.uncertainty)
+
+
+def _unit(x: float) -> float:
+    """`x` kept in [0, 1]."""
+    return 1.0 if x > 1.0 else 0.0 if x < 0.0 else x
 
 
 def largest(candidates: Sequence[Candidate]) -> str:
