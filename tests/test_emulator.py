@@ -352,6 +352,8 @@ async def test_request_errors(emu: Emu) -> None:
             "into Go struct field GenerateRequest.stream of type bool",
         ),
         (b'{"model": "ghost"}', 404, "model 'ghost' not found"),
+        # An unparsable name is a missing one to GenerateHandler (and EmbedHandler).
+        (b'{"model": "bad name!!"}', 404, "model 'bad name!!' not found"),
     ]
     for raw, status, message in cases:
         got_status, headers, body = await emu.post("/api/generate", raw=raw)
@@ -359,6 +361,11 @@ async def test_request_errors(emu: Emu) -> None:
         assert headers["Content-Type"] == "application/json; charset=utf-8"
     status, _, body = await emu.post("/api/chat", {"model": ""})
     assert (status, json.loads(body)) == (400, {"error": "model is required"})
+    # ChatHandler answers an unparsable name as a missing one: "model is required".
+    status, _, body = await emu.post("/api/chat", {"model": "bad name!!"})
+    assert (status, json.loads(body)) == (400, {"error": "model is required"})
+    status, _, body = await emu.post("/api/embed", {"model": "bad name!!", "input": "x"})
+    assert (status, json.loads(body)) == (404, {"error": "model 'bad name!!' not found"})
     status, _, body = await emu.post("/api/chat", {"model": "x", "messages": [{"content": 1}]})
     assert json.loads(body)["error"] == (
         "json: cannot unmarshal number into Go struct field Alias.content of type string"

@@ -167,10 +167,10 @@ def _canonical(obj: Any) -> str:
 
 
 def _lookup(state: EmulatorState, name: str, *, empty_status: int, empty_msg: str) -> ModelSpec:
-    if not name.strip():
+    # An unparsable name is answered as a missing one, as Ollama's handlers do
+    # (GenerateHandler: 404 "model 'x' not found"; ChatHandler: 400 "model is required").
+    if not name.strip() or not valid_name(name):
         raise Refusal(empty_status, empty_msg)
-    if not valid_name(name):
-        raise Refusal(400, "invalid model name")
     spec = state.find(name)
     if spec is None:
         raise Refusal(404, f"model '{name}' not found")

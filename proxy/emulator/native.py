@@ -292,10 +292,9 @@ async def embed_vectors(request: web.Request, body: dict[str, Any]) -> dict[str,
     started = time.monotonic()
     state = state_of(request)
     model = str(body.get("model") or "")
-    if not model.strip():
+    if not model.strip() or not valid_name(model):
+        # EmbedHandler answers an unparsable name as a missing one.
         raise Refusal(404, f"model '{model}' not found")
-    if not valid_name(model):
-        raise Refusal(400, "invalid model name")
     raw_input = body.get("input")
     inputs: list[str] = []
     if isinstance(raw_input, str):
