@@ -400,6 +400,9 @@ class AutoRouter:
         info = self.registry.models.get(normalize_model(model))
         if info is not None and stats:
             self.telemetry.observe(backend, info.candidate, stats)
+        state = self.memory.by_label.get(backend)
+        if state is not None and stats:
+            state.model_answered()
 
     def status(self) -> dict[str, Any]:
         artifact = self.scorer.artifact

@@ -60,6 +60,10 @@ UNAVAILABLE_STATUSES = frozenset({502, 503, 504})
 # Answers to `/api/ps` that say the backend does not have the endpoint, not that it is
 # unwell: its loaded set is then unknown and routing does without it.
 NO_ENDPOINT_STATUSES = frozenset({404, 405, 501})
+# An /api/ps that lists nothing this many times in a row, each within this many
+# seconds of a model's answer, does not report what is loaded (see BackendState).
+SILENT_POLLS = 3
+SILENT_WINDOW = 30.0
 
 
 class StatusError(UpstreamError):
@@ -110,6 +114,13 @@ class BackendState:
         self.breaker = breaker
         self.models: frozenset[str] | None = None  # None: not known yet
         self.loaded: frozenset[str] = frozenset()
+        # Whether `loaded` says what is loaded: not when the backend has no /api/ps, nor
+        # when its /api/ps keeps listing nothing right after models answered (Ollama
+        # lists a model for its keep_alive once it has answered). Where it does not,
+        # `auto` charges no model a load it cannot know of (`proxy.memory`).
+        self.reports_loaded = True
+        self.answered_at: float | None = None  # loop time of the last model answer
+        self.silent_polls = 0  # consecutive /api/ps that listed nothing after one
         # The last /api/ps entries (sizes, VRAM), for the status page.
         self.running: list[dict[str, Any]] = []
         # The last /api/tags entries, for the model registry.
@@ -139,6 +150,25 @@ class BackendState:
                 self.busy[name] = left
             else:
                 self.busy.pop(name, None)
+
+    def model_answered(self) -> None:
+        """A model of this backend has just answered (so is loaded, on Ollama)."""
+        self.answered_at = self.pool.loop.time()
+
+    def listed(self, running: list[dict[str, Any]] | None, asked_at: float) -> None:
+        """What an /api/ps asked at `asked_at` listed (None: the backend has none)."""
+        if running is None:
+            self.reports_loaded = False
+            running = []
+        elif running:
+            self.silent_polls = 0
+            self.reports_loaded = True
+        elif self.answered_at is not None and 0 <= asked_at - self.answered_at <= SILENT_WINDOW:
+            self.silent_polls += 1
+            if self.silent_polls >= SILENT_POLLS:
+                self.reports_loaded = False
+        self.running = running
+        self.loaded = frozenset(entry_model(m) for m in running)
 
     def failed(self, reason: str) -> None:
         self.last_error = reason
@@ -250,6 +280,7 @@ class BackendPool:
         return orjson.loads(answer)
 
     async def refresh(self, state: BackendState) -> None:
+        asked_at = state.pool.loop.time()
         try:
             async with asyncio.timeout(max(self.config.health.interval_seconds, 1.0)):
                 tags, ps = await asyncio.gather(
@@ -262,20 +293,22 @@ class BackendPool:
             return
         state.tags = [m for m in tags.get("models") or () if isinstance(m, dict)]
         state.models = frozenset(entry_model(m) for m in state.tags)
-        state.running = [m for m in ps.get("models") or () if isinstance(m, dict)]
-        state.loaded = frozenset(entry_model(m) for m in state.running)
+        state.listed(
+            None if ps is None else [m for m in ps.get("models") or () if isinstance(m, dict)],
+            asked_at,
+        )
         if state.last_error:
             log.info("backend %s healthy again", state.label)
         state.succeeded()
 
     async def _loaded_models(self, state: BackendState) -> Any:
-        """The backend's `/api/ps`, or an empty list when it has no such endpoint."""
+        """The backend's `/api/ps`, or None when it has no such endpoint."""
         try:
             return await self.get_json(state, "/api/ps")
         except StatusError as exc:
             if exc.status not in NO_ENDPOINT_STATUSES:
                 raise
-            return {"models": []}
+            return None
 
     async def refresh_all(self) -> None:
         await asyncio.gather(*(self.refresh(s) for s in self.states))

@@ -11,7 +11,8 @@ something was loaded).
 refresh found, with no I/O:
 - load seconds: a candidate not loaded costs the load measured for it on its backend
   (Ollama's `load_duration`, by `Telemetry`), else `warm.load_seconds_per_gb` x its
-  memory need; added to its expected seconds;
+  memory need; added to its expected seconds. None on a backend whose `/api/ps` does
+  not say what is loaded (`BackendState.reports_loaded`);
 - eviction: loading a candidate evicts a model with requests in flight when the
   memory of the busy models plus its need exceed the backend's capacity (Ollama keeps
   a busy runner and makes the new request wait for it); such a candidate loses
@@ -157,7 +158,10 @@ class Memory:
         loads: list[float] = []
         evicts: list[bool] = []
         for label, candidate in zip(backends, candidates, strict=True):
-            if candidate.loaded:
+            state = by_label.get(label)
+            if candidate.loaded or (state is not None and not state.reports_loaded):
+                # Loaded, or its backend does not say what is loaded: no load charged
+                # (charging every model one would favour the smallest everywhere).
                 loads.append(0.0)
                 evicts.append(False)
                 continue
@@ -167,7 +171,6 @@ class Memory:
                 need = needs.get(name)
                 measured = per_gb * (self.need(name) if need is None else need)
             loads.append(measured)
-            state = by_label.get(label)
             # Nothing in flight there: nothing to evict (the common case, checked first).
             evicts.append(state is not None and bool(state.busy) and self._evicts(state, name))
         return Terms(loads, evicts, self.settings.evict_penalty)
@@ -183,6 +186,7 @@ class Memory:
                     "memory_used_gb": round(self.used(state), 3),
                     "capacity_gb": None if capacity is None else round(capacity, 3),
                     "capacity_from": source,
+                    "reports_loaded": state.reports_loaded,
                     "loaded": [
                         {
                             "model": entry_model(entry),

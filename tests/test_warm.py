@@ -205,6 +205,57 @@ async def test_auto_prefers_the_loaded_of_two_equals_and_explain_shows_the_load(
         emulator.stop()
 
 
+@pytest.mark.parametrize("ps", ["missing", "silent"])
+async def test_no_load_is_charged_where_the_backend_does_not_say_what_is_loaded(
+    servers: ServerThread, tmp_path: Path, ps: str
+) -> None:
+    # Without /api/ps, or with one that lists nothing right after models answered, what
+    # is loaded is unknown: charging every model a load would favour the smallest.
+    settings = EmulatorSettings(
+        frozen_clock=True, models=TWINS, ps_missing=ps == "missing", ps_silent=ps == "silent"
+    )
+    emulator = Emulator(servers, settings)
+    proxy = Proxy(servers, [emulator.url], health=FAST_HEALTH, selector=selector(tmp_path))
+    try:
+        if ps == "silent":
+            # Listing nothing before anything answered is what an idle Ollama says.
+            entries = ranked(await explain(proxy, "fast"))
+            assert entries[TWINS[0]]["load_seconds"] == pytest.approx(TWIN_LOAD_PRIOR, abs=1e-3)
+            assert (await status_of(proxy, emulator.url))["reports_loaded"] is True
+            body = {"model": TWINS[0], "prompt": "hi", "stream": False}
+            await call("POST", proxy.url + "/api/generate", body)
+
+        async def unreported() -> bool:
+            return (await status_of(proxy, emulator.url))["reports_loaded"] is False
+
+        await until(unreported, "the backend taken not to report what is loaded")
+        entries = ranked(await explain(proxy, "fast"))
+        assert {entries[m]["load_seconds"] for m in TWINS} == {0}
+    finally:
+        proxy.stop()
+        emulator.stop()
+
+
+async def test_an_ollama_that_lists_what_answered_keeps_its_loads_charged(
+    servers: ServerThread, tmp_path: Path
+) -> None:
+    emulator = Emulator(servers, EmulatorSettings(frozen_clock=True, models=TWINS))
+    proxy = Proxy(servers, [emulator.url], health=FAST_HEALTH, selector=selector(tmp_path))
+    try:
+        body = {"model": TWINS[0], "prompt": "hi", "stream": False}
+        await call("POST", proxy.url + "/api/generate", body)
+        await until(lambda: _has(proxy, emulator.url, {TWINS[0]}), "the proxy sees it loaded")
+        for _ in range(4):  # more polls than it takes to call a backend silent
+            await asyncio.sleep(FAST_HEALTH.interval_seconds)
+        assert (await status_of(proxy, emulator.url))["reports_loaded"] is True
+        entries = ranked(await explain(proxy, "fast"))
+        assert entries[TWINS[0]]["load_seconds"] == 0
+        assert entries[TWINS[1]]["load_seconds"] == pytest.approx(TWIN_LOAD_PRIOR, abs=1e-3)
+    finally:
+        proxy.stop()
+        emulator.stop()
+
+
 async def test_a_measured_load_replaces_the_prior(servers: ServerThread, tmp_path: Path) -> None:
     # Frozen clock: the emulator reports load_duration = 1 ms + load_seconds exactly.
     settings = EmulatorSettings(frozen_clock=True, models=TWINS, load_seconds=0.3)

@@ -71,6 +71,8 @@ async def handle_ps(request: web.Request) -> web.Response:
     state = state_of(request)
     if state.settings.ps_missing:
         return gin_not_found()
+    if state.settings.ps_silent:
+        return gin_json(200, {"models": []})
     rows = []
     for name, expiry in list(state.loaded.items()):
         spec = state.store.get(name)
