@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from proxy.config import Config
 from selector_model import artifact
 from selector_model.catalog import Catalog
-from training import replay
+from training import mmlu_pro_replay, replay
 from training.mmlu_pro_data import BY_OLLAMA_NAME, DATA_FILE, MODELS, fleet, load_prompts
 
 
@@ -53,3 +55,14 @@ def test_a_fleet_of_unseen_models_replays_through_the_decision_code() -> None:
     assert sum(chosen.picks.values()) == 30
     assert set(chosen.picks) <= set(result.fleet)
     assert 0.0 <= chosen.quality <= result.baselines["oracle"].quality <= 1.0
+
+
+def test_the_replay_runs_a_fleet_of_the_users_choice(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--models", "llama3.1:70b,phi3:3.8b", "--limit", "20", "--passes", "1"]
+    assert mmlu_pro_replay.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "MMLU-Pro fleet of your choice: 2 models (2 unseen in training), 20 prompts" in out
+    assert "auto:best with feedback" in out
+    with pytest.raises(SystemExit) as exited:
+        mmlu_pro_replay.main(["--models", "llama3.1:70b,no-such:1b"])
+    assert exited.value.code == 2

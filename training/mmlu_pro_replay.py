@@ -1,9 +1,12 @@
 """Replays MMLU-Pro questions through `auto` on fleets the shipped selector never saw.
 
     PYTHONPATH=. python -m training.mmlu_pro_replay [--limit 1500] [--seed 0] [--passes 3]
+        [--fleet LABEL-WORD] [--models qwen:72b,phi3:3.8b,...]
 
 The same questions (drawn with `--seed` among those every model of `MODELS` answered)
-go to each fleet; per fleet `replay.table` prints auto's three profiles against best
+go to each fleet (`--models`: one fleet of your choice among `MODELS`' Ollama names,
+the questions those models all answered); per fleet `replay.table` prints auto's
+three profiles against best
 single / always-largest / random / oracle, with cost = active parameters, and the
 feedback curves of the proxy's own online learner (`replay.online_learner`).
 """
@@ -19,7 +22,7 @@ import time
 from proxy.config import load as load_config
 from selector_model import artifact
 from training import replay
-from training.mmlu_pro_data import MODELS, fleet, load_prompts
+from training.mmlu_pro_data import BY_OLLAMA_NAME, MODELS, fleet, load_prompts
 
 INSTRUCT = (
     "llama3.1:8b",
@@ -79,16 +82,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--passes", type=int, default=3)
     parser.add_argument("--fleet", action="append", help="only the fleets whose label has this")
+    parser.add_argument(
+        "--models",
+        help="comma-separated Ollama names of MODELS: replay that fleet instead "
+        f"(one of: {', '.join(m.ollama_name for m in MODELS)})",
+    )
     args = parser.parse_args(argv)
+    fleets = FLEETS
+    if args.models:
+        names = tuple(n.strip() for n in args.models.split(",") if n.strip())
+        unknown = [n for n in names if n not in BY_OLLAMA_NAME]
+        if unknown or len(names) < 2:
+            parser.error(f"--models: two or more of MODELS' names, not {unknown or names}")
+        fleets = {"MMLU-Pro fleet of your choice": names}
     selector = load_config(None).selector
     ordered = [p for p in replay.PROFILES if p in selector.profiles]
     profiles = {p: selector.profiles[p] for p in ordered}
     meta = json.loads(artifact.SHIPPED.with_name("selector.json").read_text())
     trained_on: list[str] = meta["trained_on"]
-    prompts = load_prompts(MODELS, limit=args.limit, seed=args.seed)
+    prompts = load_prompts(
+        fleet(next(iter(fleets.values()))) if args.models else MODELS,
+        limit=args.limit,
+        seed=args.seed,
+    )
     print(replay.COST_DEFINITIONS["params"])
     print(f"artifact trained on: {', '.join(trained_on)}")
-    for label, names in FLEETS.items():
+    for label, names in fleets.items():
         if args.fleet and not any(f in label for f in args.fleet):
             continue
         models = fleet(names)
