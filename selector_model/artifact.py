@@ -163,11 +163,12 @@ def learned_description(
     candidate: features.Candidate, learned: Mapping[str, features.Candidate]
 ) -> features.Candidate:
     """`candidate` with the catalogue's description of it (areas, specialties, release,
-    uncertainty, active parameters) as training recorded it (`learned`), for a model
-    the artifact was fitted on. The booster placed those models by that description,
-    and a catalogue that has learned more since (a published number of another model
-    moves the benchmark mappings, size trends and neighbours everyone's areas rest on)
-    would move them where their outcomes never were. Any other model: as given."""
+    uncertainty overall and per area, active parameters) as training recorded it
+    (`learned`), for a model the artifact was fitted on. The booster placed those
+    models by that description, and a catalogue that has learned more since (a
+    published number of another model moves the benchmark mappings, size trends and
+    neighbours everyone's areas rest on) would move them where their outcomes never
+    were. Any other model: as given."""
     seen = learned.get(candidate.name)
     if seen is None:
         return candidate
@@ -178,4 +179,5 @@ def learned_description(
         specialties=seen.specialties,
         release=seen.release,
         uncertainty=seen.uncertainty,
+        area_uncertainty=seen.area_uncertainty,
     )

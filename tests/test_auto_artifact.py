@@ -322,6 +322,10 @@ def test_the_trained_models_are_scored_as_the_shipped_artifact_learned_them() ->
         moved = replace(today, areas=tuple(a / 2 for a in recorded["areas"]), uncertainty=0.9)
         assert art.as_learned(moved).areas == tuple(recorded["areas"]), row["name"]
         assert art.as_learned(moved).uncertainty == recorded["uncertainty"], row["name"]
+        # Per area as recorded too (the shipped table records none: the overall counts).
+        assert art.as_learned(moved).area_uncertainty == tuple(
+            recorded.get("area_uncertainty", ())
+        ), row["name"]
         assert scorer.p_success(art, request, [moved]) == scorer.p_success(art, request, [today])
     unseen = model_info("qwen2.5:14b", {"details": {"family": "qwen2"}}, {}).candidate
     halved = replace(unseen, areas=tuple(a / 2 for a in unseen.areas))
