@@ -5,8 +5,7 @@ kind is a handful of broad areas read from the request features alone (nothing f
 the prompt's words beyond what `selector_model.features` already hints), in this
 order of precedence:
 
-- code: a programming language hinted (SQL's hint words, "select", "from", "where",
-  are common English: alone they do not count), a code fence, fill-in-the-middle;
+- code: a programming language hinted, a code fence, fill-in-the-middle;
 - math: math words or operators, or several numbers with a question;
 - code again: many code characters without any math;
 - reasoning: a multiple-choice question, or thinking asked for;
@@ -26,7 +25,7 @@ from selector_model.features import LANGUAGES, REQUEST_FEATURES
 KINDS = ("code", "math", "reasoning", "knowledge", "writing", "chat", "other")
 
 _I = {name: i for i, name in enumerate(REQUEST_FEATURES)}
-_LANG = tuple(_I[f"lang_{name}"] for name in LANGUAGES if name != "sql")
+_LANG = tuple(_I[f"lang_{name}"] for name in LANGUAGES)
 _FENCES = _I["code_fences"]
 _CODE_RATIO = _I["code_char_ratio"]
 _FIM = _I["fim"]

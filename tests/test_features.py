@@ -76,6 +76,40 @@ def test_area_demand_follows_what_the_prompt_asks() -> None:
         assert abs(sum(shares.values()) - 1.0) < 1e-9
 
 
+def test_prose_is_not_code_and_a_function_stub_is() -> None:
+    def read(text: str) -> dict[str, float]:
+        return vector("/api/chat", {"messages": [{"role": "user", "content": text}]})
+
+    def top(values: dict[str, float]) -> str:
+        return max(F.AREAS, key=lambda area: values[f"demand_{area}"])
+
+    # Words English shares with programming languages ("where", "from", "select",
+    # "none", "public", "include", "herself.") hint none.
+    prose = read(
+        "Where did the settlers come from, and which public records include them? "
+        "Select one; none of the above is allowed. She did it herself."
+    )
+    assert not any(prose[f"lang_{name}"] for name in F.LANGUAGES)
+    assert top(prose) == "knowledge"
+    # A Python stub whose docstring talks arithmetic asks for code, not a calculation.
+    stub = read(
+        "from typing import List\n\n\ndef sum_product(numbers: List[int]) -> int:\n"
+        '    """Return the sum of the product of each integer pair in the list.\n'
+        "    >>> sum_product([1, 2, 3])\n    11\n    >>> sum_product([])\n    0\n"
+        '    """\n'
+    )
+    assert stub["lang_python"] == 1.0 and top(stub) == "code"
+    for asked in (
+        "Write a SQL query listing each customer's orders",
+        "How do I do this in Python?",
+    ):
+        assert top(read(asked)) == "code"
+    # Numbers with a question: a word problem.
+    assert top(read("Ann has 12 apples and buys 30 more at $2 each. How many has she?")) == "math"
+    # LaTeX's braces are not code.
+    assert top(read("Let $f(x) = \\frac{x^{2}}{x+1}$. Find $f(3)$.")) == "math"
+
+
 def test_request_features_read_the_request() -> None:
     chat = vector(
         "/api/chat",

@@ -368,6 +368,8 @@ def test_kinds_generalise_to_new_prompts() -> None:
     assert kind_of(prompt_request("Solve the equation 3x + 1 = 10 for x.")) == "math"
     assert kind_of(prompt_request("def add(a, b):\n    return a + b\nfix this bug")) == "code"
     assert kind_of(prompt_request("Write a function that reverses a list.")) == "code"
+    assert kind_of(prompt_request("Write a SQL query that counts the orders.")) == "code"
+    assert kind_of(prompt_request("Where does the word come from? Select one.")) == "knowledge"
     assert kind_of(prompt_request("Who wrote The Old Man and the Sea?")) == "knowledge"
     assert kind_of(prompt_request("Summarize this article: " + "word " * 200)) == "writing"
 

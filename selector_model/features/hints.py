@@ -29,16 +29,32 @@ from typing import NamedTuple
 from selector_model.features.schema import HINT_CHARS, LANGUAGES, TASKS
 from selector_model.features.words import spaced, spaced_utf8
 
+# A hint word is one prose seldom uses: "select", "from", "where" (SQL), "none", "self"
+# (Python), "public", "include", "echo" or "cargo" would make a history or law question
+# read as code. "function" stays: "write a function" asks for code more often than
+# "a function of the liver" asks for biology. '"""' and ">>> " are a docstring's.
 _LANGUAGE_HINTS: dict[str, tuple[frozenset[str], tuple[str, ...]]] = {
-    "python": (frozenset({"def", "elif", "self", "none", "import"}), ("```python", "print(")),
-    "javascript": (frozenset({"function", "const", "console", "var"}), ("```js", "=> ")),
+    "python": (
+        frozenset({"python", "def", "elif", "import", "numpy"}),
+        ("```python", "print(", "(self", '"""', ">>> "),
+    ),
+    "javascript": (
+        frozenset({"javascript", "function", "const", "console", "var"}),
+        ("```js", "=> "),
+    ),
     "typescript": (frozenset({"interface", "typescript"}), ("```ts", ": string", ": number")),
     "go": (frozenset({"func", "golang", "goroutine"}), ("```go", ":= ", "package main")),
-    "rust": (frozenset({"fn", "impl", "cargo", "rust"}), ("```rust", "let mut ")),
-    "java": (frozenset({"public", "java", "void"}), ("```java", "system.out")),
-    "cpp": (frozenset({"std", "cpp", "include"}), ("```cpp", "```c++", "#include")),
-    "sql": (frozenset({"select", "from", "where", "join", "sql"}), ("```sql",)),
-    "shell": (frozenset({"bash", "sudo", "grep", "chmod", "echo"}), ("```sh", "```bash")),
+    "rust": (frozenset({"fn", "impl", "rust", "rustc"}), ("```rust", "let mut ")),
+    "java": (
+        frozenset({"java", "jvm"}),
+        ("```java", "system.out", "public static", "public class"),
+    ),
+    "cpp": (frozenset({"cpp", "std"}), ("```cpp", "```c++", "#include", "std::")),
+    "sql": (
+        frozenset({"sql", "sqlite", "mysql", "postgresql"}),
+        ("```sql", "select *", "create table", "insert into"),
+    ),
+    "shell": (frozenset({"bash", "sudo", "grep", "chmod"}), ("```sh", "```bash")),
 }
 _TASK_HINTS: dict[str, frozenset[str]] = {
     "fix": frozenset({"fix", "bug", "error", "exception", "traceback", "debug", "broken", "fails"}),
@@ -53,7 +69,10 @@ _TASK_HINTS: dict[str, frozenset[str]] = {
 _MATH_WORDS = frozenset(
     {"solve", "equation", "probability", "integer", "calculate", "sum", "product", "remainder"}
 )
-_MATH_SYMBOLS = (" + ", " - ", " * ", " / ", " = ", "^", "\\frac", "\\sqrt")
+_MATH_SYMBOLS = (
+    *(" + ", " - ", " * ", " / ", " = ", "^", "$"),
+    *("\\frac", "\\sqrt", "\\cdot", "\\times", "\\pi"),
+)
 # A line that opens like a multiple-choice option, as `_choices` defines it, in "\n" + text.
 _CHOICE_LINE = re.compile(r"\n[ (]*[a-e][).:] ")
 

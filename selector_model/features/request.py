@@ -251,6 +251,7 @@ _SCALARS = operator.itemgetter(
     *(
         _AT[name]
         for name in (
+            "lines",
             "code_fences",
             "code_char_ratio",
             "fim",
@@ -279,6 +280,7 @@ def _area_demand(f: Sequence[float]) -> list[float]:
     plus `_DEMAND_BASE`, normalised to sum to 1. Rough by design; the selector weighs it
     against the candidates' area scores."""
     (
+        lines,
         fences,
         code_ratio,
         fim,
@@ -293,14 +295,22 @@ def _area_demand(f: Sequence[float]) -> list[float]:
         tools,
         system,
     ) = _SCALARS(f)
+    # A language hinted in a text of many lines is a program to read or complete (a
+    # function stub with its docstring): its arithmetic words ("sum", "integer") are
+    # what the code computes, not a maths question, so it weighs up to twice.
     code = (
-        max(_LANGS(f))
+        max(_LANGS(f)) * (1.0 + min(lines / 10.0, 1.0))
         + min(fences, 3.0) / 3.0
         + min(code_ratio * 10.0, 1.0)
         + fim
         + 0.5 * max(_CODE_TASKS(f))
     )
-    maths = 2.0 * min(maths_hints, 5.0) / 5.0 + 0.5 * min(numbers / 20.0, 1.0)
+    # Numbers with a question ask for a computation (a word problem), as `kind_of` reads it.
+    maths = (
+        2.0 * min(maths_hints, 5.0) / 5.0
+        + 0.5 * min(numbers / 20.0, 1.0)
+        + 0.5 * min(numbers / 8.0, 1.0) * min(questions, 1.0)
+    )
     knowledge = choice + 0.5 * explain + 0.25 * min(questions, 2.0)
     reasoning = min(max(log_last - _LONG_PROMPT, 0.0) / 3.0, 1.0) + 0.5 * (
         choice * min(maths_hints, 1.0)
