@@ -100,12 +100,19 @@ def _lone_surrogate(match: re.Match[str]) -> str:
     return "\\ufffd" if match.group(1) else match.group(0)
 
 
-def _read_as_go(body: bytes) -> Any:
-    """The first JSON value of `body` with Go's substitutions (U+FFFD for invalid
-    UTF-8 and lone surrogate escapes) and Go's order among repeated keys."""
-    text = body.decode("utf-8", "autoroute-go-replace").lstrip(_WHITESPACE)
+def go_text(body: bytes) -> str:
+    """`body` as the text Go's decoder reads: U+FFFD for each byte of invalid UTF-8,
+    and a U+FFFD escape for each surrogate escape that is not half of a pair."""
+    text = body.decode("utf-8", "autoroute-go-replace")
     if "\\" in text:
         text = _ESCAPE.sub(_lone_surrogate, text)
+    return text
+
+
+def _read_as_go(body: bytes) -> Any:
+    """The first JSON value of `body` with Go's substitutions (`go_text`) and Go's
+    order among repeated keys."""
+    text = go_text(body).lstrip(_WHITESPACE)
     try:
         return _GO_ORDER.raw_decode(text)[0]
     except RecursionError:

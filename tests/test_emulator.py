@@ -374,6 +374,19 @@ async def test_request_errors(emu: Emu) -> None:
     assert (status, json.loads(body)) == (404, {"error": "model 'ghost' not found"})
 
 
+async def test_text_go_reads_as_replacement_characters(emu: Emu) -> None:
+    """A lone surrogate escape and invalid UTF-8 in a string are U+FFFD to Go's decoder:
+    Ollama answers the request (the emulator once answered 500 on them)."""
+    for text in (b"\\ud800 and \\udfff", b"\xff\xfe", b"\xed\xa0\x80"):
+        raw = b'{"model": "qwen2.5:7b", "stream": false, "messages": [{"role": "user", '
+        raw += b'"content": "' + text + b'"}]}'
+        status, _, body = await emu.post("/api/chat", raw=raw)
+        assert status == 200, (text, body)
+        assert json.loads(body)["done"] is True
+    status, _, body = await emu.post("/api/generate", raw=b'{"model": "\\ud800"}')
+    assert (status, json.loads(body)) == (404, {"error": "model '\ufffd' not found"})
+
+
 async def test_frozen_clock_is_byte_identical() -> None:
     runner, url = await _start(EmulatorSettings(frozen_clock=True, chunk_delay_ms=1))
     try:

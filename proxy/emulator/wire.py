@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from proxy.go_json import go_text
 from proxy.protocol import JSON, go_escaped
 
 GO_PLAIN = "text/plain"  # gin's mimePlain for 404/405 bodies
@@ -159,11 +160,7 @@ def decode_json(raw: bytes) -> Any:
     """Decode the first JSON value of a body like json.Decoder.Decode.
 
     Raises EOFError for an empty (or all-whitespace) body and BodyError otherwise."""
-    try:
-        doc = raw.decode()
-    except UnicodeDecodeError:
-        # Go substitutes U+FFFD for invalid UTF-8 inside strings; good enough here.
-        doc = raw.decode(errors="replace")
+    doc = go_text(raw)
     start = len(doc) - len(doc.lstrip(" \t\r\n"))
     if start == len(doc):
         raise EOFError
