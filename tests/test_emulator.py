@@ -387,6 +387,14 @@ async def test_text_go_reads_as_replacement_characters(emu: Emu) -> None:
     assert (status, json.loads(body)) == (404, {"error": "model '\ufffd' not found"})
 
 
+async def test_a_keep_alive_too_large_for_a_clock_is_no_error(emu: Emu) -> None:
+    """Ollama converts a number of seconds with an overflow, not an error."""
+    for path, extra in (("/api/embed", {"input": "x"}), ("/api/generate", {"prompt": "x"})):
+        body_in = {"model": "qwen2.5:7b", "keep_alive": 1e300, "stream": False, **extra}
+        status, _, body = await emu.post(path, body_in)
+        assert status == 200, (path, body)
+
+
 async def test_frozen_clock_is_byte_identical() -> None:
     runner, url = await _start(EmulatorSettings(frozen_clock=True, chunk_delay_ms=1))
     try:

@@ -19,6 +19,8 @@ from proxy.protocol import OLLAMA_VERSION
 from .catalog import CATALOG, ModelSpec, normalize_name
 
 FAULT_MODES = ("none", "hang", "stall", "close_early", "garbage", "error500")
+# How long "forever" keeps a model loaded.
+_FOREVER_SECONDS = 10 * 365 * 86400.0
 
 # 2025-01-01T00:00:00.123456789Z: the timestamp every body carries under frozen_clock.
 # It keeps a nanosecond fraction so that Go's RFC 3339 formatting is still exercised.
@@ -142,8 +144,10 @@ class EmulatorState:
         if seconds == 0:
             self.loaded.pop(spec.name, None)
             return
-        if seconds < 0:
-            seconds = 10 * 365 * 86400.0
+        # Negative is forever; so is a number too large to add to a clock (Ollama's
+        # conversion of one overflows without an error).
+        if seconds < 0 or seconds > _FOREVER_SECONDS:
+            seconds = _FOREVER_SECONDS
         self.loaded[spec.name] = self.now_ns() + int(seconds * 1e9)
 
     def is_loaded(self, spec: ModelSpec) -> bool:
