@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy import go_json, request_encoding
+from proxy import go_json, header_values, request_encoding
 from proxy import limits as request_limits
 from proxy.aiohttp_internals import state_get
 from proxy.auth import KEY_REQUEST
@@ -150,7 +150,8 @@ class Handlers:
             model = doc.get("name")  # show still takes the older field, as Ollama does
         if not isinstance(model, str) or not model:
             return await self.relay.forward(request, served, body, None)
-        decided.model = model
+        # Kept in logs and usage events: no longer than a name Ollama accepts.
+        decided.model = header_values.text(model, header_values.MAX_MODEL_NAME) or ""
         profile = profile_of(model, self.config.selector.default_profile)
         key = state_get(request, KEY_REQUEST)
         if profile is None:
@@ -158,9 +159,10 @@ class Handlers:
                 if path == SHOW_PATH:
                     return self._model_hidden(path, model)
                 return self._model_denied(path, model)
-            if decided.route is not None and decided.route.inference:
+            named = header_values.model_name(model)
+            if decided.route is not None and decided.route.inference and named:
                 # The answer names the model as the client did; the header says the same.
-                served.extra[MODEL_HEADER] = model
+                served.extra[MODEL_HEADER] = named
             return await self._local_or_cloud(request, served, doc, body, model, (model,))
         assert isinstance(doc, dict)
         if path == SHOW_PATH:

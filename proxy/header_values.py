@@ -15,8 +15,12 @@ import re
 MAX_REQUEST_ID = 128
 # The longest free-text value kept in a usage event (user agent, user name).
 MAX_TEXT = 512
+# The longest model name Ollama accepts (types/model/name.go, isValidLen: a host of 350
+# characters, a namespace, a model and a tag of 80 each, and their separators).
+MAX_MODEL_NAME = 350 + 1 + 80 + 1 + 80 + 1 + 80
 # Printable ASCII without space: a token every log, header and database takes as is.
 _REQUEST_ID = re.compile(rf"[\x21-\x7e]{{1,{MAX_REQUEST_ID}}}")
+_MODEL_NAME = re.compile(rf"[\x21-\x7e]{{1,{MAX_MODEL_NAME}}}")
 # C0 controls, DEL and C1 controls: a log line or a terminal must not receive them.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -27,6 +31,14 @@ def request_id(value: str | None) -> str | None:
     if value is not None and _REQUEST_ID.fullmatch(value):
         return value
     return None
+
+
+def model_name(value: str) -> str | None:
+    """A model name fit to repeat in a response header: printable ASCII without space
+    and no longer than any name Ollama accepts, else None. A name with a line break
+    would write headers of the client's choosing into the answer; one of megabytes, a
+    head no client reads; neither is a name any backend serves."""
+    return value if _MODEL_NAME.fullmatch(value) else None
 
 
 def text(value: str | None, limit: int = MAX_TEXT) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 from collections.abc import Iterator
 
@@ -150,3 +151,32 @@ async def test_body_over_the_limit_is_413_in_ollama_shape(
         orjson.dumps({"model": "qwen2.5:7b", "prompt": "x", "stream": False}),
     )
     assert ok[0] == 200
+
+
+@pytest.mark.parametrize(
+    "model",
+    ["x\r\nSet-Cookie: stolen=1", "x\nSet-Cookie: stolen=1", "y" * 100_000, "a b", "é"],
+    ids=["crlf", "lf", "100k", "space", "non-ascii"],
+)
+async def test_a_model_name_never_writes_the_answers_head(proxy: Proxy, model: str) -> None:
+    """The header that repeats the model's name takes only a name Ollama could accept:
+    a line break would add headers of the client's choosing to the answer (a cookie, a
+    redirect), megabytes a head no client reads. The backend's own error still comes."""
+    body = orjson.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}]})
+    host, port = proxy.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    head = (
+        f"POST /api/chat HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    writer.write(head.encode() + body)
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    head_bytes, _, payload = answer.partition(b"\r\n\r\n")
+    lines = head_bytes.split(b"\r\n")
+    assert lines[0].split(b" ")[1] in (b"400", b"404"), lines[0]
+    assert not any(line.lower().startswith(b"set-cookie") for line in lines)
+    assert all(len(line) < 1000 for line in lines)
+    assert not any(line.lower().startswith(b"x-autoroute-model") for line in lines)
+    assert b'"error"' in payload
