@@ -74,6 +74,34 @@ def file_proxy(servers: ServerThread, own_emulator: Emulator, tmp_path: Path) ->
     return Proxy(servers, [own_emulator.url], usage=usage)
 
 
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        ({"request_id": "a\r\nb", "rating": 1}, "request_id must be the X-Request-Id"),
+        ({"request_id": "x" * 129, "rating": 1}, "request_id must be the X-Request-Id"),
+        ({"request_id": "", "rating": 1}, "request_id must be the X-Request-Id"),
+        ({"request_id": 5, "rating": 1}, "request_id must be the X-Request-Id"),
+        ({"request_id": "abc", "rating": 1.5}, "rating must be between 0"),
+        ({"request_id": "abc", "rating": True}, "rating must be a number"),
+        ([], "body must be a JSON object"),
+    ],
+)
+async def test_feedback_that_cannot_name_an_answer_is_a_400(
+    file_proxy: Proxy, body: object, error: str
+) -> None:
+    """Feedback names the X-Request-Id of an answer: an id no answer could carry (a line
+    break, over 128 characters) is refused, as a rating outside [0, 1] is."""
+    try:
+        async with (
+            aiohttp.ClientSession(file_proxy.url) as http,
+            http.post("/api/autoroute/feedback", json=body) as resp,
+        ):
+            assert resp.status == 400
+            assert orjson.loads(await resp.read())["error"].startswith(error)
+    finally:
+        file_proxy.stop()
+
+
 async def test_default_sink_is_a_jsonl_file_and_stats_come_from_memory(
     file_proxy: Proxy,
 ) -> None:

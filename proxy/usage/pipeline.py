@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy import tasks
+from proxy import header_values, tasks
 from proxy.config import Usage
 from proxy.outcome import Outcome
 from proxy.usage import event as ev
@@ -218,8 +218,12 @@ def parse_feedback(body: bytes) -> tuple[str, float, str | None]:
     if not isinstance(doc, dict):
         raise ValueError("body must be a JSON object")
     request_id, rating, comment = doc.get("request_id"), doc.get("rating"), doc.get("comment")
-    if not isinstance(request_id, str) or not 0 < len(request_id) <= 200:
-        raise ValueError("request_id must be a non-empty string")
+    # Only an id an answer could have carried (`header_values.request_id`) can match.
+    if not isinstance(request_id, str) or header_values.request_id(request_id) is None:
+        raise ValueError(
+            "request_id must be the X-Request-Id of an answer "
+            f"(printable ASCII without spaces, at most {header_values.MAX_REQUEST_ID} characters)"
+        )
     if isinstance(rating, bool) or not isinstance(rating, int | float) or not math.isfinite(rating):
         raise ValueError("rating must be a number")
     if not 0 <= rating <= 1:
