@@ -376,7 +376,7 @@ async def test_request_errors(emu: Emu) -> None:
 
 async def test_text_go_reads_as_replacement_characters(emu: Emu) -> None:
     """A lone surrogate escape and invalid UTF-8 in a string are U+FFFD to Go's decoder:
-    Ollama answers the request (the emulator once answered 500 on them)."""
+    Ollama answers the request, and so does the emulator."""
     for text in (b"\\ud800 and \\udfff", b"\xff\xfe", b"\xed\xa0\x80"):
         raw = b'{"model": "qwen2.5:7b", "stream": false, "messages": [{"role": "user", '
         raw += b'"content": "' + text + b'"}]}'
