@@ -152,7 +152,6 @@ class Memory:
         """The load and eviction terms of each candidate on the backend it would run on
         (see the module docstring). On `auto`'s hot path: dictionary reads only."""
         per_gb = self.settings.load_seconds_per_gb
-        needs = self.needs
         measured_load = self.telemetry.measured_load
         by_label = self.by_label
         loads: list[float] = []
@@ -168,8 +167,7 @@ class Memory:
             name = candidate.name
             measured = measured_load(label, name)
             if measured is None:
-                need = needs.get(name)
-                measured = per_gb * (self.need(name) if need is None else need)
+                measured = per_gb * self.need(name)
             loads.append(measured)
             # Nothing in flight there: nothing to evict (the common case, checked first).
             evicts.append(state is not None and bool(state.busy) and self._evicts(state, name))

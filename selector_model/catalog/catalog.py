@@ -433,8 +433,10 @@ class Catalog:
         base, _ = names.split(name)
         family = str(spec.get("family") or "") or self._family_of(base)
         arch = str(spec.get("arch") or details.get("family") or "").lower()
-        if not arch and family:
-            archs = [e.arch for e in self._entries.values() if e.family == family and e.arch]
+        # The listed models of its family: its architecture, specialties and era.
+        kin = [e for e in self._entries.values() if e.family == family] if family else []
+        if not arch and kin:
+            archs = [e.arch for e in kin if e.arch]
             arch = max(set(archs), key=archs.count, default="")
         named_total, named_active = names.size_from_name(name)
         total = (
@@ -453,17 +455,15 @@ class Catalog:
                 if c in names.CAPABILITY_SPECIALTIES
             }
             specialties |= names.hinted_specialties(name)
-            same = [e.specialties for e in self._entries.values() if e.family == family]
-            if family and same:
-                specialties |= frozenset.intersection(*same)
+            if kin:
+                specialties |= frozenset.intersection(*(e.specialties for e in kin))
         size = math.sqrt(total * active) if 0 < active < total else total
         given = spec.get("released")
         era: float | None = parse_released(given) if given not in (None, "") else None
-        if era is None and family:
+        if era is None and kin:
             # A new size of a listed family comes from that family's era (a StarCoder
             # 1B is a 2023 model, whatever 1B coders came out since).
-            dates = [e.released for e in self._entries.values() if e.family == family]
-            era = sum(dates) / len(dates) if dates else None
+            era = sum(e.released for e in kin) / len(kin)
         probe = _Probe(family, arch, size, frozenset(specialties), era)
         nearest = self._nearest(probe, lambda e: True)
         areas: dict[str, float] = {}
