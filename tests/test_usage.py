@@ -4,9 +4,12 @@ in-memory stats, queue overflow, shutdown spill, and export."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import subprocess
 import sys
+import threading
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,6 +22,7 @@ from hypothesis import strategies as st
 
 from proxy.config import Usage
 from proxy.usage import event as ev
+from proxy.usage.runner import Record, SinkRunner
 from proxy.usage.spool import Spool
 from proxy.usage.stats import MAX_KEYS, MemoryStats
 from selector_model.usage_event import Answer, UsageEvent
@@ -231,6 +235,48 @@ async def test_shutdown_with_the_database_down_spills_what_is_left(
     assert spool.pending == 5
     lines, _ = spool.read(10)
     assert all(orjson.loads(line[1:])["outcome"]["status"] == 200 for line in lines)
+    spool.close()
+
+
+class _DownSink:
+    name = "down"
+
+    async def write(self, records: Sequence[Record]) -> None:
+        raise ConnectionRefusedError("the database is down")
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_spill_cancelled_while_the_disk_thread_is_busy_still_lands(
+    tmp_path: Path,
+) -> None:
+    """A shutdown cancels the dispatcher while its spill waits behind another disk job:
+    the records are out of the buffer by then, so the spill must run all the same."""
+    runner = SinkRunner(_DownSink(), Usage(spool_dir=str(tmp_path)))
+    runner.start()
+    first, second = (
+        Record(e, orjson.dumps(e.document())) for e in (_event(1, MODEL), _event(2, MODEL))
+    )
+    await runner.accept([first])
+
+    async def failed() -> bool:
+        return runner.counters.failures > 0
+
+    await wait_for(failed, what="the sink's first failure")
+    gate = threading.Event()
+    busy = asyncio.get_running_loop().run_in_executor(runner._io, gate.wait)  # the disk thread
+    spilling = asyncio.create_task(runner.accept([second]))
+    await asyncio.sleep(0.05)
+    spilling.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await spilling
+    gate.set()
+    await busy
+    await runner.stop()
+    spool = Spool(tmp_path, "down", 1 << 20, "never", 1)
+    lines, _ = spool.read(10)
+    assert sorted(orjson.loads(line[1:])["request_id"] for line in lines) == ["r1", "r2"]
     spool.close()
 
 

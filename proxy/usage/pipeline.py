@@ -48,6 +48,7 @@ class UsagePipeline:
         self.invalid = 0
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._warned_at = 0.0
         # Called with (USAGE or FEEDBACK, the completed document) for every event, on
         # the writer's side of the queue (online learning reads its outcomes here).
@@ -67,6 +68,7 @@ class UsagePipeline:
 
     async def start(self) -> None:
         self._wake = asyncio.Event()
+        self._stopping = False
         self.runners = [SinkRunner(sink, self.settings) for sink in self.sinks()]
         for runner in self.runners:
             runner.start()  # replays a spool left by a crash first
@@ -173,7 +175,7 @@ class UsagePipeline:
     async def _run(self) -> None:
         assert self._wake is not None
         interval = self.settings.flush_interval_seconds
-        while True:
+        while not self._stopping:
             # A timeout on this task, not wait_for: that makes a task per wait.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(interval):
@@ -184,7 +186,13 @@ class UsagePipeline:
     async def stop(self) -> None:
         """Drain: what the sinks take within `drain_seconds` is written, the rest spills."""
         if self._task is not None:
-            await tasks.stop(self._task)
+            # The dispatcher finishes the round it is in rather than being cancelled in
+            # it: records handed to one sink and not yet to the next would be lost.
+            self._stopping = True
+            if self._wake is not None:
+                self._wake.set()
+            await asyncio.wait({self._task}, timeout=self.settings.drain_seconds)
+            await tasks.stop(self._task)  # cancels one still running; says how it ended
             self._task = None
         await self._dispatch()
         self._wake = None

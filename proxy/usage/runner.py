@@ -102,7 +102,11 @@ class SinkRunner:
             log.info("usage sink %s: %d spooled events to replay", self.name, self.spool.pending)
 
     async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+        # Shielded: a job handed to the disk thread runs even when its waiter is
+        # cancelled (a shutdown). Cancelling one still queued behind another would drop
+        # a spill whose records are out of the buffer already, or a commit.
+        job = asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+        return await asyncio.shield(job)
 
     def snapshot(self) -> dict[str, Any]:
         return {
