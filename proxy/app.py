@@ -198,7 +198,9 @@ def create_app(config: Config) -> web.Application:
     # carry the backend's headers.
     web_app.on_response_prepare.append(drop_server_header)
     web_app.on_response_prepare.append(add_headers)
+    # Every path reaches the route table, even one whose decoded form holds a line
+    # break (`%0a`), which `.*` would not match (aiohttp's plain-text 404).
     web_app.router.add_route(
-        "*", "/{tail:.*}", app.server.handle, expect_handler=expect.expect_handler
+        "*", r"/{tail:[\s\S]*}", app.server.handle, expect_handler=expect.expect_handler
     )
     return web_app

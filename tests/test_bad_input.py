@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from proxy.config import Limits
-from tests.support import Emulator, Proxy, ServerThread
+from tests.support import Emulator, Proxy, ServerThread, raw_request
 
 BAD_BODIES = [
     ("/api/generate", b"{not json"),
@@ -107,6 +107,25 @@ async def test_wrong_methods_and_unknown_paths_pass_through(
     direct = await raw(emulator.url, method, path)
     assert direct[0] in (404, 405)
     assert await raw(proxy.url, method, path) == direct
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/v1/models/a%0d%0aSet-Cookie:%20x=1", "/api/%0a", "/v2/%0d%0a%00", "/api/autoroute/%0a"],
+)
+async def test_a_path_with_encoded_control_characters_is_answered_as_any_other(
+    emulator: Emulator, proxy: Proxy, path: str
+) -> None:
+    """A line break decoded from the path reaches the route table like any character:
+    an Ollama path gets the backend's own answer, the proxy's own prefix its JSON 404."""
+    status, fields, body = await raw_request(proxy.port, "GET", path, [])
+    assert fields["x-request-id"]
+    if path.startswith("/api/autoroute/"):
+        assert status == 404 and "error" in orjson.loads(body)
+    else:
+        direct = await raw_request(emulator.port, "GET", path, [])
+        assert (status, body) == (direct[0], direct[2])
+        assert status == 404
 
 
 @pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions", "/api/pull"])
