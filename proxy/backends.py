@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from proxy import http11, tasks
+from proxy import header_values, http11, tasks
 from proxy.config import Backend, Config
 from proxy.upstream import ConnectionPool, fetch
 from proxy.upstream_errors import UpstreamError
@@ -291,7 +291,13 @@ class BackendPool:
                 log.warning("backend %s unhealthy: %s", state.label, exc or "timed out")
             state.failed(str(exc) or "health check timed out")
             return
-        state.tags = [m for m in tags.get("models") or () if isinstance(m, dict)]
+        # A listed name becomes a response header when `auto` chooses it: only one
+        # Ollama could accept (no line break, not of megabytes) is one of its models.
+        state.tags = [
+            m
+            for m in tags.get("models") or ()
+            if isinstance(m, dict) and header_values.model_name(entry_model(m))
+        ]
         state.models = frozenset(entry_model(m) for m in state.tags)
         state.listed(
             None if ps is None else [m for m in ps.get("models") or () if isinstance(m, dict)],

@@ -624,3 +624,36 @@ async def test_the_proxys_own_requests_are_plain_heads_on_one_kept_alive_connect
         b"GET /api/ps HTTP/1.1\r\nHost: %b\r\n\r\n" % host,
     ]
     assert connections == 1
+
+
+def _odd_names_app() -> web.Application:
+    """A backend whose `/api/tags` lists, beside a real model, names no Ollama accepts:
+    one with a line break and one of 100 KB."""
+    names = [SHARED, "evil\r\nSet-Cookie: stolen=1", "x" * 100_000]
+
+    async def tags(request: web.Request) -> web.Response:
+        return web.json_response({"models": [{"name": n, "model": n} for n in names]})
+
+    async def ps(request: web.Request) -> web.Response:
+        return web.json_response({"models": []})
+
+    app = web.Application()
+    app.router.add_get("/api/tags", tags)
+    app.router.add_get("/api/ps", ps)
+    return app
+
+
+async def test_a_listed_name_no_ollama_accepts_is_no_candidate(servers: ServerThread) -> None:
+    """What a backend lists becomes a header when `auto` chooses it (X-Autoroute-Model):
+    only a name Ollama could accept is taken as one of its models."""
+    port = free_port()
+    backend = servers.serve(_odd_names_app, port)
+    proxy = Proxy(servers, [f"http://127.0.0.1:{port}"])
+    try:
+        proxy.thread.call(proxy.app[APP_KEY].backends.refresh_all)
+        (state,) = proxy.app[APP_KEY].backends.states
+        assert state.models == frozenset({SHARED})
+        assert [t["name"] for t in state.tags] == [SHARED]
+    finally:
+        proxy.stop()
+        servers.stop(backend)
