@@ -177,6 +177,25 @@ async def test_generate_stream_matches_non_stream(emu: Emu) -> None:
     assert emu.state.completed == 3 and emu.state.active_streams == 0
 
 
+async def test_num_predict_is_cut_to_ten_contexts(emu: Emu) -> None:
+    """llm/server.go cuts num_predict above 10x num_ctx down to that: a client's huge
+    num_predict neither runs without end nor has the emulator build an unbounded
+    answer (it once held the event loop and grew without bound)."""
+    options = {"num_predict": 10**15, "num_ctx": 10}
+    status, _, body = await emu.post(
+        "/api/generate",
+        {"model": "mistral:7b", "prompt": "count", "stream": False, "options": options},
+    )
+    assert status == 200
+    assert (json.loads(body)["eval_count"], json.loads(body)["done_reason"]) == (100, "length")
+    chat = {"role": "user", "content": "count"}
+    status, _, body = await emu.post(
+        "/api/chat",
+        {"model": "mistral:7b", "messages": [chat], "stream": False, "options": options},
+    )
+    assert status == 200 and json.loads(body)["eval_count"] == 100
+
+
 async def test_generate_options_format_and_errors(emu: Emu) -> None:
     client = ollama.AsyncClient(host=emu.url)
     cut = await client.generate("mistral:7b", "count", options={"num_predict": 3})

@@ -144,6 +144,23 @@ def check_options(options: dict[str, Any] | None) -> int | None:
     return int(n) if n is not None else None
 
 
+# The context a model runs with when the request sets no num_ctx (/api/ps reports it).
+DEFAULT_NUM_CTX = 4096
+
+
+def capped_num_predict(
+    num_predict: int | None, options: dict[str, Any] | None, spec: ModelSpec
+) -> int | None:
+    """num_predict as the runner takes it: llm/server.go cuts one above 10x the
+    context (num_ctx, at most the model's trained length) down to that, so no request
+    generates without end (nor builds an answer without bound here)."""
+    if num_predict is None or num_predict <= 0:
+        return num_predict
+    num_ctx = (options or {}).get("num_ctx")
+    ctx = num_ctx if num_ctx is not None and num_ctx > 0 else DEFAULT_NUM_CTX
+    return min(num_predict, 10 * int(min(ctx, spec.context_length)))
+
+
 def keep_alive_of(body: dict[str, Any]) -> float | None:
     try:
         return parse_keep_alive(body.get("keep_alive"))
@@ -207,7 +224,8 @@ def prepare_generate(state: EmulatorState, body: dict[str, Any]) -> Prepared:
         raise Refusal(400, f'"{model}" does not support generate')
     if suffix and not spec.has("insert"):
         raise Refusal(400, f"{qualified(spec.name)} does not support insert")
-    num_predict = check_options(body.get("options"))
+    options = body.get("options")
+    num_predict = capped_num_predict(check_options(options), options, spec)
     if not prompt:
         return Prepared(spec, model, stream, keep_alive, "", plan_empty(), special="load")
     images = body.get("images") or []
@@ -265,7 +283,8 @@ def prepare_chat(
         raise Refusal(400, f'"{model}" does not support chat')
     if tools and not spec.has("tools"):
         raise Refusal(400, f"{qualified(spec.name)} does not support tools")
-    num_predict = check_options(body.get("options"))
+    options = body.get("options")
+    num_predict = capped_num_predict(check_options(options), options, spec)
     if not messages:
         return Prepared(spec, model, stream, keep_alive, "", plan_empty(), special="load")
     has_images = any(m.get("images") for m in messages)
