@@ -233,6 +233,25 @@ def test_streams_and_whole_answers_are_separate_entries(caching: Proxy) -> None:
     assert fetch(caching, path, {**doc, "stream": True}).header("X-Autoroute-Cache") == "hit"
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("stream", 0), ("stream", "true"), ("stream", []), ("keep_alive", []), ("keep_alive", "x")],
+)
+def test_a_refused_stream_or_keep_alive_reads_no_kept_answer(
+    caching: Proxy, own_emulator: Emulator, field: str, value: Any
+) -> None:
+    """`stream` and `keep_alive` are left out of the key, but in a form Ollama refuses
+    (a 400) they must not read the answer kept for the valid request."""
+    path, doc = CASES["generate-ndjson"]
+    assert fetch(caching, path, doc).header("X-Autoroute-Cache") == "miss"
+    wait_stored(caching, 1)
+    bad = {**doc, field: value}
+    direct = asyncio.run(_fetch(own_emulator.port, path, orjson.dumps(bad), {}))
+    assert direct.status == 400
+    answer = fetch(caching, path, bad)
+    assert (answer.status, answer.header("X-Autoroute-Cache")) == (400, "miss")
+
+
 def test_what_is_not_cacheable(caching: Proxy, own_emulator: Emulator) -> None:
     path, doc = CASES["chat-whole"]
     sampled = {**doc, "options": {"temperature": 0.7}}

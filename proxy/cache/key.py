@@ -24,7 +24,8 @@ CACHEABLE_PATHS = frozenset(
 # Ollama's own routes stream unless told not to; the OpenAI ones do not unless told to.
 _STREAM_DEFAULT = {"/api/generate": True, "/api/chat": True}
 # Not part of the key as written: `model` is the one served, `stream` as resolved
-# (absent and its default are one entry), `keep_alive` does not change the answer.
+# (absent and its default are one entry), `keep_alive` (a number) does not change the
+# answer.
 _NOT_KEYED = frozenset({"model", "keep_alive", "stream"})
 _BYPASS = ("no-cache", "no-store")
 
@@ -76,6 +77,16 @@ def cache_key(path: str, doc: Mapping[str, Any], model: str, scope: str) -> str:
     """SHA-256 of the canonical request (sorted keys: the same request written in
     another field order is the same entry) and the API key's scope."""
     body = {k: v for k, v in doc.items() if k not in _NOT_KEYED}
+    # `stream` and `keep_alive` leave the key only in a form Ollama takes; any other
+    # (a 400 from Ollama, never kept) stays in it, so it cannot read an answer kept for
+    # a valid request. A keep_alive string stays too: its validity is Go's duration
+    # syntax, and one client sends the same string each time.
+    stream = doc.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        body["stream"] = stream
+    keep_alive = doc.get("keep_alive")
+    if keep_alive is not None and not _is_number(keep_alive):
+        body["keep_alive"] = keep_alive
     canonical = orjson.dumps(
         [scope, path, model, streams(path, doc), body], option=orjson.OPT_SORT_KEYS
     )
