@@ -26,6 +26,7 @@ from tests.usage_services import (
     consume,
     database_on,
     postgres_base,
+    postgres_ready,
     wait_for,
     wait_port,
 )
@@ -315,3 +316,45 @@ def _serve(
     )
     wait_port(port)
     return proc
+
+
+async def test_a_nul_from_a_client_does_not_stop_the_postgres_sink(
+    servers: ServerThread, own_emulator: Emulator, database: Database, tmp_path: Path
+) -> None:
+    """PostgreSQL's text and jsonb hold no NUL: a model name, an error or a comment
+    with one, sent by any client, once failed its batch at every retry, and no event of
+    any client reached the table after it."""
+    usage = Usage(
+        postgres_dsn=database.dsn,
+        file_mode="off",
+        spool_dir=str(tmp_path / "spool"),
+        flush_interval_seconds=0.02,
+        retry_backoff_seconds=0.05,
+        retry_backoff_max_seconds=0.1,
+    )
+    prx = Proxy(servers, [own_emulator.url], usage=usage)
+    try:
+        prx.thread.call(lambda: postgres_ready(prx))
+        async with aiohttp.ClientSession(prx.url) as http:
+            body = {"model": "qwen\u0000", "prompt": "x", "stream": False}
+            async with http.post("/api/generate", json=body) as resp:
+                assert resp.status == 404
+                nul_id = resp.headers["X-Request-Id"]
+            feedback = {"request_id": nul_id, "rating": 1, "comment": "a\u0000b"}
+            async with http.post("/api/autoroute/feedback", json=feedback) as resp:
+                assert resp.status == 202
+            body = {"model": MODEL, "prompt": "after", "stream": False}
+            async with http.post("/api/generate", json=body) as resp:
+                assert resp.status == 200
+                good_id = resp.headers["X-Request-Id"]
+
+        async def stored() -> bool:
+            rows = await database.fetch("SELECT request_id FROM usage_events")
+            notes = await database.fetch("SELECT comment FROM feedback")
+            return {r["request_id"] for r in rows} == {nul_id, good_id} and len(notes) == 1
+
+        await wait_for(stored, seconds=10, what="every event in PostgreSQL")
+        (note,) = await database.fetch("SELECT comment FROM feedback")
+        assert note["comment"] == "a\ufffdb"
+    finally:
+        prx.stop()

@@ -8,7 +8,9 @@ at-least-once replay gives exactly one row per request id.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from typing import Any
 
 import asyncpg
 import orjson
@@ -67,6 +69,28 @@ async def connect(dsn: str, size: int) -> asyncpg.Pool:
     return pool
 
 
+# A `\u0000` escape in JSON text: one not itself escaped (an even run of backslashes,
+# none, before it).
+_NUL_ESCAPE = re.compile(rb"(?<!\\)((?:\\\\)*)\\u0000")
+
+
+def _storable(value: Any) -> Any:
+    """`value` with U+FFFD for each NUL: PostgreSQL's text and jsonb hold none, and a
+    client puts one in a model name, an error it causes or a comment at will; one
+    there fails the whole batch, every client's events with it, at each retry."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if isinstance(value, bytes):
+        return _NUL_ESCAPE.sub(rb"\1\\ufffd", value) if b"\\u0000" in value else value
+    if isinstance(value, list):
+        return [_storable(v) for v in value]
+    return value
+
+
+def _stored(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(_storable(v) for v in values)
+
+
 class PostgresSink:
     name = "postgres"
 
@@ -82,8 +106,10 @@ class PostgresSink:
 
     async def write(self, records: Sequence[Record]) -> None:
         pool = await self.ensure_pool()
-        usage = [row(r.event, r.line) for r in records if isinstance(r.event, UsageEvent)]
-        feedback = [feedback_row(r.event) for r in records if isinstance(r.event, Feedback)]
+        usage = [_stored(row(r.event, r.line)) for r in records if isinstance(r.event, UsageEvent)]
+        feedback = [
+            _stored(feedback_row(r.event)) for r in records if isinstance(r.event, Feedback)
+        ]
         async with pool.acquire() as conn, conn.transaction():
             if usage:
                 await conn.copy_records_to_table("usage_staging", records=usage, columns=COLUMNS)
