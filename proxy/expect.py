@@ -1,12 +1,12 @@
 """`Expect` as Go's net/http (so Ollama) treats it, before any handler.
 
 Go's server (src/net/http/server.go, conn.serve) sends `100 Continue` to an HTTP/1.1
-request whose `Expect` holds the token `100-continue` (ASCII case-insensitive, bounded
-by space, tab or comma: its hasToken); any other non-empty `Expect`, whatever the
-request's version, gets `417 Expectation Failed` with an empty body and the connection
-closed (its sendExpectationFailed). aiohttp's own handler answers 417 with the text
-"Unknown Expect: …" before the proxy's handler runs, so without the proxy's id; and
-only to HTTP/1.1.
+request with a body whose `Expect` holds the token `100-continue` (ASCII
+case-insensitive, bounded by space, tab or comma: its hasToken); any other non-empty
+`Expect`, whatever the request's version, gets `417 Expectation Failed` with an empty
+body and the connection closed (its sendExpectationFailed). aiohttp's own handler
+answers 417 with the text "Unknown Expect: …" before the proxy's handler runs, so
+without the proxy's id; and only to HTTP/1.1.
 
 So the route's expect handler (`expect_handler`) only sends the `100 Continue`, and the
 proxy's handler refuses the rest (`refusal`), as it answers everything else: with its
@@ -28,8 +28,14 @@ def expects_continue(value: str) -> bool:
 
 
 async def expect_handler(request: web.Request) -> None:
-    """The route's expect handler: `100 Continue` where Go sends one; never an answer."""
-    if request.version >= (1, 1) and expects_continue(request.headers.get(hdrs.EXPECT, "")):
+    """The route's expect handler: `100 Continue` where Go sends one; never an answer.
+    Go sends none for a request without a body (its ContentLength 0: `Content-Length: 0`,
+    or neither it nor chunked framing): nothing is left to continue with."""
+    if (
+        request.version >= (1, 1)
+        and request.can_read_body
+        and expects_continue(request.headers.get(hdrs.EXPECT, ""))
+    ):
         # aiohttp's documented way: the interim head goes out through the writer,
         # whose byte count then starts again for the answer.
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")

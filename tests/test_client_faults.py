@@ -423,6 +423,29 @@ async def test_expect_100_continue_is_a_token_in_any_case(slow_heads: Proxy) -> 
         sock.close()
 
 
+@pytest.mark.parametrize("framing", [b"Content-Length: 0\r\n", b""])
+async def test_no_100_continue_without_a_body(slow_heads: Proxy, framing: bytes) -> None:
+    """Go sends `100 Continue` only to a request with a body (ContentLength != 0): one
+    without gets its final answer alone."""
+    sock = await connect(slow_heads.port)
+    try:
+        await asyncio.get_running_loop().sock_sendall(
+            sock,
+            b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\n"
+            + framing
+            + b"\r\n",
+        )
+        first = b""
+        async with asyncio.timeout(EVENTUALLY):
+            while b"\r\n" not in first:
+                chunk = await asyncio.get_running_loop().sock_recv(sock, 1)
+                assert chunk, first
+                first += chunk
+        assert first == b"HTTP/1.1 400 Bad Request\r\n"
+    finally:
+        sock.close()
+
+
 async def test_aiohttp_log_records_about_request_bytes_lose_them(
     slow_heads: Proxy, caplog: pytest.LogCaptureFixture
 ) -> None:
