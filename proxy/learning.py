@@ -44,6 +44,7 @@ import orjson
 from proxy.config import Learning, Usage
 from proxy.pg_migrations import apply
 from proxy.usage.event import FEEDBACK, USAGE
+from proxy.usage.stats import FEEDBACK_JOIN
 from selector_model import features, outcome, usage_event
 from selector_model.evidence import Evidence, Row
 from selector_model.kind import kind_of
@@ -81,11 +82,7 @@ _UPSERT = (
     "count = autoroute_evidence.count + excluded.count, "
     "expected = autoroute_evidence.expected + excluded.expected, updated_at = now()"
 )
-_EVENTS = (
-    "SELECT u.event, f.rating FROM usage_events u LEFT JOIN "
-    "(SELECT request_id, avg(rating) AS rating FROM feedback GROUP BY request_id) f "
-    "ON f.request_id = u.request_id"
-)
+_EVENTS = f"SELECT u.event, f.rating FROM usage_events u {FEEDBACK_JOIN}"
 
 
 def decision_of(event: Mapping[str, Any]) -> tuple[str, str, float] | None:
@@ -136,6 +133,7 @@ class _Counted:
     prior: float  # the selector's P(success) for the model on this prompt
     implicit: outcome.Result | None  # the answer's implicit outcome, were it not retried
     if_retried: outcome.Result | None  # the same, had the prompt been sent again soon
+    api_key_id: str | None = None  # the key the request was made with (its event's)
     retried: bool = False
     rating_sum: float = 0.0
     ratings: int = 0
@@ -145,12 +143,17 @@ class _Counted:
     def of(cls, decided: tuple[str, str, float], event: Mapping[str, Any]) -> _Counted:
         raw = event.get("outcome")
         answer = raw if isinstance(raw, Mapping) else {}
-        return cls(*decided, *_implicit(answer))
+        client = event.get("client")
+        key = client.get("api_key_id") if isinstance(client, Mapping) else None
+        return cls(*decided, *_implicit(answer), key if isinstance(key, str) else None)
 
-    def rate(self, ratings: Iterable[float]) -> None:
-        for rating in ratings:
-            self.rating_sum += rating
-            self.ratings += 1
+    def rate(self, ratings: Iterable[tuple[float, str | None]]) -> None:
+        """Count (rating, the API key that gave it) pairs; one given with another key
+        than the request's does not count (`usage_event.rating_counts`)."""
+        for rating, rater in ratings:
+            if usage_event.rating_counts(rater, self.api_key_id):
+                self.rating_sum += rating
+                self.ratings += 1
 
     def result(self) -> outcome.Result | None:
         if self.ratings:
@@ -189,7 +192,10 @@ class Learner:
         self.pending = Evidence()  # increments not written to PostgreSQL yet
         self.recent: OrderedDict[str, _Counted] = OrderedDict()
         self.prompts: OrderedDict[tuple[str, str, str], tuple[float, _Counted]] = OrderedDict()
-        self.unmatched: OrderedDict[str, tuple[float, list[float]]] = OrderedDict()
+        # Ratings (with the key that gave each) waiting for their request's event.
+        self.unmatched: OrderedDict[str, tuple[float, list[tuple[float, str | None]]]] = (
+            OrderedDict()
+        )
         self.dsn = usage.postgres_dsn
         self.state_file = self._state_path()
         self.store = "off" if not settings.enabled else ("postgres" if self.dsn else "file")
@@ -214,7 +220,12 @@ class Learner:
         if what == USAGE:
             self._event(doc)
         elif what == FEEDBACK:
-            self._feedback(str(doc.get("request_id")), float(doc["rating"]))
+            rater = doc.get("api_key_id")
+            self._feedback(
+                str(doc.get("request_id")),
+                float(doc["rating"]),
+                rater if isinstance(rater, str) else None,
+            )
 
     def _event(self, event: Mapping[str, Any]) -> None:
         decided = decision_of(event)
@@ -259,14 +270,14 @@ class Learner:
                 break
             self.prompts.popitem(last=False)
 
-    def _feedback(self, request_id: str, rating: float) -> None:
+    def _feedback(self, request_id: str, rating: float, rater: str | None) -> None:
         counted = self.recent.get(request_id)
         if counted is not None:
-            counted.rate((rating,))
+            counted.rate(((rating, rater),))
             self._count(counted)
             return
         waiting = self.unmatched.setdefault(request_id, (time.monotonic(), []))
-        waiting[1].append(rating)
+        waiting[1].append((rating, rater))
         while len(self.unmatched) > UNMATCHED_MAX:
             self.unmatched.popitem(last=False)
 

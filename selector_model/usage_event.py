@@ -141,9 +141,21 @@ class Feedback:
     rating: float  # in [0, 1]
     comment: str | None = None
     ts: str = field(default="", metadata=_TIMESTAMP)  # RFC 3339: when it was given
+    # The API key that gave it (its configured id), null when the proxy checks no keys:
+    # with keys, a rating counts only for a request made with the same key
+    # (`rating_counts`).
+    api_key_id: str | None = None
 
     def document(self) -> dict[str, Any]:
         return _document(self)
+
+
+def rating_counts(rater: str | None, requester: str | None) -> bool:
+    """Whether a rating given with API key `rater` (null: the proxy checks no keys)
+    counts for a request whose event names `requester` as its key: with keys, one key
+    rates only its own answers, so no client steers what `auto` learns for another.
+    `FEEDBACK_JOIN` (`proxy.usage.stats`) is the same rule in SQL."""
+    return rater is None or rater == requester
 
 
 # Writing ---------------------------------------------------------------------------

@@ -20,7 +20,8 @@ import numpy as np
 import orjson
 import pytest
 
-from proxy.config import Learning, Profile, Selector, Usage
+from proxy.auth import hash_key
+from proxy.config import ApiKey, Auth, Learning, Profile, Selector, Usage
 from proxy.emulator import EmulatorSettings
 from proxy.learning import Learner, evidence_from_events
 from selector_model import outcome, policy
@@ -680,6 +681,48 @@ async def test_feedback_changes_later_decisions_and_survives_a_restart(
     _check_learned(doc, picked, runner_up)
     # The first proxy's events: 2 per round, and one more for the real request.
     assert learning["rebuilt_from_events"] == 2 * ROUNDS + 1
+
+
+async def test_with_keys_a_rating_counts_only_from_the_key_that_asked(
+    servers: ServerThread, fleet: Emulator, tmp_path: Path
+) -> None:
+    """Request ids are easy to guess (a client sees its own): with API keys, a rating
+    given with another key is kept but counts nowhere, neither in what auto learns
+    (live, and rebuilt from the events) nor in the stats."""
+    ann, bob = "k-ann-1", "k-bob-1"
+    auth = Auth(keys=(ApiKey(sha256=hash_key(ann), name="ann"), ApiKey(sha256=hash_key(bob))))
+    usage = Usage(
+        file_mode="always",
+        file_path=str(tmp_path / "usage" / "events.jsonl"),
+        spool_dir=str(tmp_path / "spool"),
+        flush_interval_seconds=0.02,
+    )
+    as_ann = {"Authorization": f"Bearer {ann}"}
+    prx = Proxy(servers, [fleet.url], selector=_selector(tmp_path), usage=usage, auth=auth)
+    try:
+        async with (
+            aiohttp.ClientSession(headers=as_ann) as ann_http,
+            aiohttp.ClientSession(headers={"Authorization": f"Bearer {bob}"}) as bob_http,
+        ):
+            model, rid = await _ask(ann_http, prx.url, _math(0))
+            await _rate(bob_http, prx.url, rid, 1.0)  # accepted: 202, as any rating
+            await _rate(ann_http, prx.url, rid, 0.0)
+            # Ann's thumbs-down alone: with Bob's thumbs-up the mean would be 0.5.
+            await _until_learned(ann_http, prx.url, {model: [0.0]}, 1)
+            async with ann_http.get(prx.url + "/api/autoroute/stats") as resp:
+                stats = await resp.json()
+            (row,) = [m for m in stats["models"] if m["served_model"] == model]
+            assert row["ratings"] == {"count": 1, "mean": 0.0}
+    finally:
+        prx.stop()
+    # Both ratings are on disk; a rebuild from the events counts Ann's alone.
+    (tmp_path / "usage" / "learning.json").unlink()
+    prx = Proxy(servers, [fleet.url], selector=_selector(tmp_path), usage=usage, auth=auth)
+    try:
+        async with aiohttp.ClientSession(headers=as_ann) as ann_http:
+            await _until_learned(ann_http, prx.url, {model: [0.0]}, 2)
+    finally:
+        prx.stop()
 
 
 @pytest.mark.postgres

@@ -292,7 +292,7 @@ def test_memory_stats_stay_within_their_caps_whatever_the_model_names() -> None:
     for n in range(100_000):
         model = "llama3.1:8b" if n % 2 else f"no-such-model-{n}"
         stats.add(_event(n, model))
-        stats.rate(f"r{n}", 1.0)
+        stats.rate(f"r{n}", 1.0, None)
     assert len(stats.events) <= MAX_KEYS
     assert sum(len(w) for w in stats.events.values()) == stats.size <= stats.total
     assert len(stats.recent) <= stats.total and len(stats.ratings) <= stats.total

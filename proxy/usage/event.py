@@ -155,7 +155,9 @@ def complete(c: Captured, log_prompts: bool) -> UsageEvent:
     )
 
 
-def feedback(request_id: str, rating: float, comment: str | None) -> Feedback:
+def feedback(
+    request_id: str, rating: float, comment: str | None, api_key_id: str | None = None
+) -> Feedback:
     now = time.time()
     return Feedback(
         feedback_id=hashlib.sha256(
@@ -165,4 +167,5 @@ def feedback(request_id: str, rating: float, comment: str | None) -> Feedback:
         rating=rating,
         comment=comment,
         ts=rfc3339(now),
+        api_key_id=api_key_id,
     )

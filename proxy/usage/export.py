@@ -70,10 +70,10 @@ def _jsonl_lines(path: Path) -> Iterator[bytes]:
 
 def from_files(path: str, since: datetime) -> list[UsageEvent]:
     base = Path(path).expanduser()
-    ratings: dict[str, list[float]] = {}
+    ratings: dict[str, list[tuple[float, str | None]]] = {}
     for line in _jsonl_lines(feedback_path(base)):
         feedback = usage_event.parse_feedback_line(line)
-        ratings.setdefault(feedback.request_id, []).append(feedback.rating)
+        ratings.setdefault(feedback.request_id, []).append((feedback.rating, feedback.api_key_id))
     events, seen = [], set()
     for line in _jsonl_lines(base):
         event = usage_event.parse_line(line)
@@ -86,8 +86,10 @@ def from_files(path: str, since: datetime) -> list[UsageEvent]:
         given = ratings.get(rid, [])
         if client_id and client_id != rid:
             given = given + ratings.get(client_id, [])
-        if given:
-            event = replace(event, rating=sum(given) / len(given))
+        key = event.client.api_key_id
+        counted = [rating for rating, rater in given if usage_event.rating_counts(rater, key)]
+        if counted:
+            event = replace(event, rating=sum(counted) / len(counted))
         events.append(event)
     return events
 

@@ -101,6 +101,15 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         );
         """,
     ),
+    (
+        6,
+        "feedback key",
+        """
+        -- The API key that gave a rating (null without keys): with keys, a rating counts
+        -- only for a request made with the same key (FEEDBACK_JOIN).
+        ALTER TABLE feedback ADD COLUMN api_key_id text;
+        """,
+    ),
 )
 _LOCK_KEY = 0x6175746F726F7574  # "autorout"
 

@@ -109,8 +109,11 @@ class UsagePipeline:
         )
         self._put(captured)
 
-    def submit_feedback(self, request_id: str, rating: float, comment: str | None) -> str:
-        feedback = ev.feedback(request_id, rating, comment)
+    def submit_feedback(
+        self, request_id: str, rating: float, comment: str | None, api_key_id: str | None = None
+    ) -> str:
+        """Queue a rating; `api_key_id`: the API key that gave it (None without keys)."""
+        feedback = ev.feedback(request_id, rating, comment, api_key_id)
         self._put(Record(feedback, orjson.dumps(feedback.document())))
         return feedback.feedback_id
 
@@ -140,7 +143,7 @@ class UsagePipeline:
             if isinstance(item, Record):
                 records.append(item)
                 assert isinstance(item.event, Feedback)  # the only kind queued completed
-                self.memory.rate(item.event.request_id, item.event.rating)
+                self.memory.rate(item.event.request_id, item.event.rating, item.event.api_key_id)
                 self._observe(ev.FEEDBACK, item.event.document())
                 continue
             try:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
+from proxy.aiohttp_internals import state_get
+from proxy.auth import KEY_REQUEST
 from proxy.errors import error_response
 from proxy.limits import read_body
 from proxy.protocol import JSON
@@ -23,7 +25,11 @@ class UsageRoutes:
             )
         except ValueError as exc:
             return error_response(request.path, 400, str(exc))
-        feedback_id = self.pipeline.submit_feedback(request_id, rating, comment)
+        # With API keys, the rating counts only for the key's own requests.
+        key = state_get(request, KEY_REQUEST)
+        feedback_id = self.pipeline.submit_feedback(
+            request_id, rating, comment, key.id if key is not None else None
+        )
         body = orjson.dumps({"status": "accepted", "feedback_id": feedback_id})
         return web.Response(status=202, body=body, headers={"Content-Type": JSON})
 
