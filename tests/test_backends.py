@@ -510,12 +510,12 @@ async def test_after_the_retries_the_client_gets_the_last_backends_answer(pair: 
     assert status == 200
 
 
-def _tags_failing_app() -> web.Application:
-    """A backend whose health check fails: `/api/tags` answers 500 while `/api/ps`
-    answers, so only the missing model list can make it unhealthy."""
+def _lists_app(tags_body: dict[str, Any], tags_status: int = 200) -> web.Application:
+    """A backend that answers its model lists only: `/api/tags` as given, `/api/ps`
+    an empty list."""
 
     async def tags(request: web.Request) -> web.Response:
-        return web.json_response({"error": "model store unreadable"}, status=500)
+        return web.json_response(tags_body, status=tags_status)
 
     async def ps(request: web.Request) -> web.Response:
         return web.json_response({"models": []})
@@ -524,6 +524,12 @@ def _tags_failing_app() -> web.Application:
     app.router.add_get("/api/tags", tags)
     app.router.add_get("/api/ps", ps)
     return app
+
+
+def _tags_failing_app() -> web.Application:
+    """A backend whose health check fails: `/api/tags` answers 500 while `/api/ps`
+    answers, so only the missing model list can make it unhealthy."""
+    return _lists_app({"error": "model store unreadable"}, 500)
 
 
 async def test_a_backend_without_api_ps_is_healthy_and_serves(servers: ServerThread) -> None:
@@ -630,17 +636,7 @@ def _odd_names_app() -> web.Application:
     """A backend whose `/api/tags` lists, beside a real model, names no Ollama accepts:
     one with a line break and one of 100 KB."""
     names = [SHARED, "evil\r\nSet-Cookie: stolen=1", "x" * 100_000]
-
-    async def tags(request: web.Request) -> web.Response:
-        return web.json_response({"models": [{"name": n, "model": n} for n in names]})
-
-    async def ps(request: web.Request) -> web.Response:
-        return web.json_response({"models": []})
-
-    app = web.Application()
-    app.router.add_get("/api/tags", tags)
-    app.router.add_get("/api/ps", ps)
-    return app
+    return _lists_app({"models": [{"name": n, "model": n} for n in names]})
 
 
 async def test_a_listed_name_no_ollama_accepts_is_no_candidate(servers: ServerThread) -> None:
