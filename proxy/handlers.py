@@ -168,6 +168,11 @@ class Handlers:
         if path == SHOW_PATH:
             return self.auto_routes.show(profile, key.models if key else None)
         route = decided.route
+        # What the cloud may stand in for besides the model chosen. Not the profile for
+        # a key with a model list: `auto` chooses only among its models, and the cloud
+        # model mapped to the profile is none of them (the one mapped to a model on the
+        # list may stand in for it, as for a request naming it).
+        cloud_names = (f"auto:{profile}",) if key is None or key.models is None else ()
         if route is not None and route.embedding:
             try:
                 # Embeddings use no profile, but one that does not exist is the same
@@ -187,9 +192,13 @@ class Handlers:
             served.extra[MODEL_HEADER] = chosen
             served.extra[AUTOROUTE_HEADERS[2]] = "pinned"
         else:
-            cloud_names = (f"auto:{profile}",)
             cloud = self.cloud
-            if cloud is not None and cloud.preferred(profile) and cloud.takes(path, cloud_names):
+            if (
+                cloud is not None
+                and cloud_names
+                and cloud.preferred(profile)
+                and cloud.takes(path, cloud_names)
+            ):
                 # Its explicit opt-in; with the month's budget spent, it is served locally.
                 if await cloud.has_budget(cloud_names):
                     return await cloud.serve(request, doc, cloud_names)
@@ -201,7 +210,7 @@ class Handlers:
             except AutoError as exc:
                 return error_response(path, 400, str(exc))
             except NoBackend:
-                if self.cloud is None or not self.cloud.takes(path, cloud_names):
+                if self.cloud is None or not cloud_names or not self.cloud.takes(path, cloud_names):
                     raise
                 return await self.cloud.serve(request, doc, cloud_names)
             finally:
@@ -220,7 +229,7 @@ class Handlers:
                 )
             )
         doc["model"] = chosen
-        names = (chosen, f"auto:{profile}")
+        names = (chosen, *cloud_names)
         routed = orjson.dumps(doc)
         return await self._local_or_cloud(request, served, doc, routed, chosen, names)
 

@@ -17,7 +17,8 @@ import pytest
 from aiohttp import web
 
 from proxy.app import APP_KEY
-from proxy.config import Cloud, CloudProvider, Config, ConfigError, Usage
+from proxy.auth import hash_key
+from proxy.config import ApiKey, Auth, Cloud, CloudProvider, Config, ConfigError, Usage
 from tests.cloud_standin import (
     ANSWER,
     ANSWER_WORDS,
@@ -777,3 +778,41 @@ async def test_a_client_leaving_closes_the_cloud_stream_and_its_tokens_count(
             assert await spent() >= 2
     finally:
         proxy.stop()
+
+
+async def test_auto_with_a_keys_model_list_goes_to_the_cloud_only_for_a_model_on_it(
+    servers: ServerThread, own_emulator: Emulator, cloud_server: StandIn
+) -> None:
+    """`auto` chooses only among a key's models: a cloud model mapped to the profile is
+    not one of them, so neither a profile that prefers the cloud nor every backend
+    down sends that key's request there. A key without a list is served as before."""
+    listed, free = "k-listed-1", "k-free-1"
+    auth = Auth(
+        keys=(
+            ApiKey(sha256=hash_key(listed), name="listed", models=(LOCAL,)),
+            ApiKey(sha256=hash_key(free), name="free"),
+        )
+    )
+    section = cloud_section(cloud_server.url, models={"auto:fast": "fast-cloud"}, prefer=("fast",))
+    proxy = Proxy(servers, [own_emulator.url], cloud=section, auth=auth)
+    body = {"model": "auto:fast", "messages": MESSAGES, "stream": False}
+    try:
+        status, headers, answer = await post(proxy.url + "/api/chat", body, bearer(listed))
+        assert status == 200, answer
+        assert "X-Autoroute-Backend" not in headers
+        assert headers["X-Autoroute-Model"] == LOCAL
+        status, headers, _ = await post(proxy.url + "/api/chat", body, bearer(free))
+        assert status == 200 and headers["X-Autoroute-Backend"] == "cloud:openai"
+        assert len(cloud_server.seen.bodies) == 1
+        own_emulator.stop()  # no backend at all: auto:fast has no stand-in for this key
+        for _ in range(2):
+            status, headers, answer = await post(proxy.url + "/api/chat", body, bearer(listed))
+            assert status == 503, answer
+            assert "X-Autoroute-Backend" not in headers
+        assert len(cloud_server.seen.bodies) == 1
+    finally:
+        proxy.stop()
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
