@@ -13,6 +13,7 @@ The presented key is never stored or logged; only the configured key's id is.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import secrets
 from collections.abc import Iterable
@@ -29,6 +30,8 @@ from proxy.routes import ADMIN, PUBLIC, SCRAPE, Route, find
 from proxy.shared_limits import STREAMS_FULL, SharedDown, SharedLimits
 
 UNAUTHORIZED = "unauthorized"
+
+log = logging.getLogger("autoroute.auth")
 
 
 def hash_key(key: str) -> str:
@@ -133,16 +136,42 @@ class Access:
         self.keys = {k.sha256.lower(): KeyState.of(k) for k in settings.keys}
         # Who may call which route is the route table's (`proxy.routes`).
         self.keyless = frozenset({PUBLIC, SCRAPE} if settings.metrics_open else {PUBLIC})
+        # Stored keys left out for an id another key has, by hash: warned about once.
+        self._clashing: frozenset[str] = frozenset()
 
     def replace(self, stored: Iterable[ApiKey]) -> None:
         """The configured keys plus `stored` become the key set, in one assignment
         (the request path only ever sees the old dict or the new one). A key present
         before keeps its state object and so its counters; one absent now is gone.
         The configuration wins over the store for a hash in both."""
+        stored = tuple(stored)  # read twice
         old = self.keys
         keys: dict[str, KeyState] = {}
+        # A key's id is who it is: the scope of its cached answers, whose requests it
+        # may rate, its limits in Redis. The configuration refuses an id used twice;
+        # a stored key whose id a configured key (or an earlier stored one) has is
+        # left out, rather than share what is that key's.
+        configured = {k.sha256.lower() for k in self.configured}
+        taken = {k.id for k in self.configured}
+        clashing: set[str] = set()
+        for key in stored:
+            digest = key.sha256.lower()
+            if digest in configured:
+                continue
+            if key.id in taken:
+                clashing.add(digest)
+                if digest not in self._clashing:
+                    log.warning(
+                        "stored API key %s... left out: the name %r is another key's",
+                        digest[:8],
+                        key.id,
+                    )
+            taken.add(key.id)
+        self._clashing = frozenset(clashing)
         for key in (*stored, *self.configured):
             digest = key.sha256.lower()
+            if digest in clashing:
+                continue
             state = old.get(digest)
             if state is None:
                 state = KeyState.of(key)

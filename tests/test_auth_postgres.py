@@ -23,7 +23,7 @@ from proxy import auth_store
 from proxy.app import APP_KEY
 from proxy.auth import hash_key, new_key
 from proxy.auth_store import KeyStore
-from proxy.config import ApiKey, Auth, ConfigError, Usage
+from proxy.config import ApiKey, Auth, Cache, ConfigError, Usage
 from proxy.config import load as load_config
 from tests.support import AUTO_NAMES, Emulator, Proxy, ServerThread, free_port
 from tests.test_auth import CHAT, bearer, call
@@ -351,3 +351,41 @@ async def test_keys_only_in_postgres_are_not_forwarded_to_backends(
     ):
         assert resp.status == 200
     assert "x-api-key" not in own_emulator.state.last_headers
+
+
+@pytest.mark.postgres
+async def test_a_stored_key_may_not_take_a_configured_keys_name(
+    database: Database,
+    servers: ServerThread,
+    own_emulator: Emulator,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A key's name is who it is: its cached answers, the ratings it may give, its
+    shared limits. The configuration refuses a name used twice; a stored key with a
+    configured key's name is left out (with a warning) rather than read that key's
+    answers, as it did before."""
+    usage = Usage(file_path=str(tmp_path / "events.jsonl"), spool_dir=str(tmp_path / "spool"))
+    auth = Auth(
+        keys=(ApiKey(sha256=hash_key(CONFIGURED), name="team"),),
+        postgres_dsn=database.dsn,
+        refresh_seconds=REFRESH,
+    )
+    prx = Proxy(servers, [own_emulator.url], auth=auth, usage=usage, cache=Cache(enabled=True))
+    try:
+        async with connected(database.dsn) as conn:
+            taken, _ = await auth_store.add_key(conn, "team")
+            other, _ = await auth_store.add_key(conn, "other")
+        with caplog.at_level(logging.WARNING, logger="autoroute.auth"):
+            await status_becomes(prx, other, 200)
+            await refreshed(prx)
+        deterministic = {**CHAT, "options": {"temperature": 0}}
+        status, headers, _ = await call(prx.url, "POST", "/api/chat", CONFIGURED, deterministic)
+        assert status == 200 and headers["X-Autoroute-Cache"] == "miss"
+        status, headers, _ = await call(prx.url, "POST", "/api/chat", taken, deterministic)
+        assert status == 401, headers.get("X-Autoroute-Cache")
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len([w for w in warnings if "'team'" in w]) == 1, warnings
+        assert taken not in caplog.text
+    finally:
+        prx.stop()
