@@ -56,9 +56,10 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     ),
 )
 _LOCK_KEY = 0x6175746F6B657973  # "autokeys"
+# Oldest first: of two stored keys with one id, the older keeps it (`Access.replace`).
 _LIVE = (
     "SELECT sha256, name, role, models, requests_per_minute, max_streams "
-    f"FROM {TABLE} WHERE revoked_at IS NULL"
+    f"FROM {TABLE} WHERE revoked_at IS NULL ORDER BY created_at, sha256"
 )
 
 
