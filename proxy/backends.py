@@ -54,7 +54,14 @@ def entry_model(entry: dict[str, Any]) -> str:
 
 # Answers that speak of the backend, not of the request: a gateway in front of Ollama
 # that cannot reach it (502, 504), or Ollama refusing more work (503, its full queue).
+# Another backend may take the request.
 UNAVAILABLE_STATUSES = frozenset({502, 503, 504})
+# Of those, the ones that say the backend cannot serve anyone: failures for its
+# circuit. Not Ollama's 503: its queue is full now, and one client can fill it at will
+# (enough requests at once); counted, it would let that client open the circuit for
+# every other, where Ollama goes on serving what it queued. A backend that is down
+# behind a gateway answering 503 also fails its health checks.
+UNREACHABLE_STATUSES = frozenset({502, 504})
 
 
 # Answers to `/api/ps` that say the backend does not have the endpoint, not that it is
@@ -185,7 +192,7 @@ class BackendState:
         counting it would let one client open every circuit. Only the statuses that
         say the backend cannot serve anyone count as failures; a backend that is truly
         broken also fails its connects, timeouts and health checks."""
-        if status in UNAVAILABLE_STATUSES:
+        if status in UNREACHABLE_STATUSES:
             self.failed(f"answered {status}")
         elif status < 500:
             self.succeeded()
