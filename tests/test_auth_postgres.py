@@ -364,7 +364,7 @@ async def test_a_stored_key_may_not_take_a_configured_keys_name(
     """A key's name is who it is: its cached answers, the ratings it may give, its
     shared limits. The configuration refuses a name used twice; a stored key with a
     configured key's name is left out (with a warning) rather than read that key's
-    answers, as it did before."""
+    answers."""
     usage = Usage(file_path=str(tmp_path / "events.jsonl"), spool_dir=str(tmp_path / "spool"))
     auth = Auth(
         keys=(ApiKey(sha256=hash_key(CONFIGURED), name="team"),),

@@ -180,7 +180,7 @@ async def test_generate_stream_matches_non_stream(emu: Emu) -> None:
 async def test_num_predict_is_cut_to_ten_contexts(emu: Emu) -> None:
     """llm/server.go cuts num_predict above 10x num_ctx down to that: a client's huge
     num_predict neither runs without end nor has the emulator build an unbounded
-    answer (it once held the event loop and grew without bound)."""
+    answer (building it would hold the event loop and grow without bound)."""
     options = {"num_predict": 10**15, "num_ctx": 10}
     status, _, body = await emu.post(
         "/api/generate",

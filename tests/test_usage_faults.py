@@ -322,8 +322,8 @@ async def test_a_nul_from_a_client_does_not_stop_the_postgres_sink(
     servers: ServerThread, own_emulator: Emulator, database: Database, tmp_path: Path
 ) -> None:
     """PostgreSQL's text and jsonb hold no NUL: a model name, an error or a comment
-    with one, sent by any client, once failed its batch at every retry, and no event of
-    any client reached the table after it."""
+    with one, sent by any client, would fail its batch at every retry and keep every
+    client's events after it from the table; it is stored as U+FFFD."""
     usage = Usage(
         postgres_dsn=database.dsn,
         file_mode="off",
