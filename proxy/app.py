@@ -93,8 +93,6 @@ class App:
         )
         if self.cache is not None:
             self.handlers.health_extras["cache"] = self.cache.status
-        if self.cloud is not None:
-            self.handlers.health_extras["cloud"] = self.cloud.status
         if self.shared_limits is not None:
             self.handlers.health_extras["limits"] = self.shared_limits.mode
             self.metrics.registry.register(SharedLimitsCollector(self.shared_limits))

@@ -107,11 +107,12 @@ class CloudFallback:
             await self._session.close()
         await self.budget.close()
 
-    def status(self) -> dict[str, Any]:
+    def status(self, models: bool = True) -> dict[str, Any]:
         """For the health endpoint: each provider, its budget and this month's tokens
-        as last counted (never the key)."""
+        as last counted (never the key); with `models`, the models it maps (local and
+        cloud names)."""
         month = this_month()
-        return {
+        doc: dict[str, Any] = {
             "prefer_for_profiles": list(self.config.prefer_for_profiles),
             "providers": [
                 {
@@ -127,6 +128,10 @@ class CloudFallback:
                 for name, provider, _ in self.providers
             ],
         }
+        if not models:
+            for entry in doc["providers"]:
+                del entry["models"]
+        return doc
 
     def preferred(self, profile: str) -> bool:
         return profile in self.config.prefer_for_profiles

@@ -86,7 +86,8 @@ class Handlers:
         self.fanout = fanout
         self.metrics = metrics
         self.cache = cache
-        # More of the proxy's own state for `health`, by field name (e.g. "limits").
+        # More of the proxy's own state for `health`, by field name (e.g. "limits"):
+        # none names a model (the cloud's, which does, is `health`'s own).
         self.health_extras: dict[str, Callable[[], object]] = {}
         self.cloud = cloud
 
@@ -377,24 +378,33 @@ class Handlers:
     async def health(self, request: web.Request) -> web.StreamResponse:
         """The proxy's own liveness (for container health checks) and its view of each
         backend. 200 while the proxy runs, whatever the backends' state; `status` says
-        "ok" (every backend usable), "degraded" (some) or "down" (none; see `ready`)."""
+        "ok" (every backend usable), "degraded" (some) or "down" (none; see `ready`).
+
+        Public: with API keys on, a caller without a key that may see every model
+        (`KeyState.sees_every_model`) gets each backend's state without the models it
+        has or has loaded, and the cloud's providers without the models they map."""
         now = asyncio.get_running_loop().time()
         usable = len(self.backends.usable())
         status = "ok" if usable == len(self.backends.states) else "degraded" if usable else "down"
-        backends = [
-            {
+        key = state_get(request, KEY_REQUEST)
+        names = not self.config.auth.enabled or (key is not None and key.sees_every_model)
+        backends = []
+        for s in self.backends.states:
+            backend: dict[str, object] = {
                 "name": s.label,
                 "url": s.config.url,
                 "circuit": s.breaker.state(now),
                 "in_flight": s.in_flight,
-                "models": sorted(s.models) if s.models is not None else None,
-                "loaded": sorted(s.loaded),
-                "error": s.last_error or None,
             }
-            for s in self.backends.states
-        ]
+            if names:
+                backend["models"] = sorted(s.models) if s.models is not None else None
+                backend["loaded"] = sorted(s.loaded)
+            backend["error"] = s.last_error or None
+            backends.append(backend)
         doc: dict[str, object] = {"status": status, "backends": backends}
         doc.update((name, extra()) for name, extra in self.health_extras.items())
+        if self.cloud is not None:
+            doc["cloud"] = self.cloud.status(models=names)
         return web.Response(body=orjson.dumps(doc), headers={"Content-Type": JSON})
 
     async def ready(self, request: web.Request) -> web.StreamResponse:

@@ -814,5 +814,41 @@ async def test_auto_with_a_keys_model_list_goes_to_the_cloud_only_for_a_model_on
         proxy.stop()
 
 
+async def test_with_keys_the_health_names_cloud_models_only_to_a_key_that_sees_every_model(
+    servers: ServerThread, own_emulator: Emulator, cloud_server: StandIn
+) -> None:
+    """The health is public: with keys on, it shows each provider and its budget but
+    not the models it maps (local and cloud names) without a key that may see them all."""
+    listed, free = "k-listed-1", "k-free-1"
+    auth = Auth(
+        keys=(
+            ApiKey(sha256=hash_key(listed), name="listed", models=(LOCAL,)),
+            ApiKey(sha256=hash_key(free), name="free"),
+        )
+    )
+    mapped = {"mistral:7b": "secret-cloud-model"}
+    proxy = Proxy(
+        servers, [own_emulator.url], cloud=cloud_section(cloud_server.url, models=mapped), auth=auth
+    )
+    try:
+        async with aiohttp.ClientSession() as session:
+            seen: dict[str | None, bytes] = {}
+            for key in (None, listed, free):
+                headers = bearer(key) if key else {}
+                async with session.get(
+                    proxy.url + "/api/autoroute/health", headers=headers
+                ) as resp:
+                    assert resp.status == 200
+                    seen[key] = await resp.read()
+        for key in (None, listed):
+            assert b"mistral:7b" not in seen[key] and b"secret-cloud-model" not in seen[key]
+            (provider,) = orjson.loads(seen[key])["cloud"]["providers"]
+            assert provider["name"] == "openai" and "monthly_token_budget" in provider
+        (provider,) = orjson.loads(seen[free])["cloud"]["providers"]
+        assert provider["models"] == mapped
+    finally:
+        proxy.stop()
+
+
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}

@@ -34,5 +34,16 @@ class UsageRoutes:
         return web.Response(status=202, body=body, headers={"Content-Type": JSON})
 
     async def stats(self, request: web.Request) -> web.Response:
-        body = orjson.dumps(await self.pipeline.stats())
+        doc = await self.pipeline.stats()
+        key = state_get(request, KEY_REQUEST)
+        if key is not None and key.models is not None:
+            # A key with a model list sees its models' rows only, as in the model
+            # lists: the other names (backends' models, cloud models, names other
+            # clients sent) are not its to learn.
+            doc["models"] = [
+                row
+                for row in doc["models"]
+                if row["served_model"] is None or key.allows_model(row["served_model"])
+            ]
+        body = orjson.dumps(doc)
         return web.Response(body=body, headers={"Content-Type": JSON})
