@@ -26,7 +26,7 @@ from proxy import header_values
 from proxy.backends import normalize_model
 from proxy.config import ApiKey, Auth
 from proxy.errors import error_response
-from proxy.routes import ADMIN, PUBLIC, SCRAPE, Route, find
+from proxy.routes import ADMIN, FULL, PUBLIC, SCRAPE, Route, find
 from proxy.shared_limits import STREAMS_FULL, SharedDown, SharedLimits
 
 UNAUTHORIZED = "unauthorized"
@@ -87,6 +87,12 @@ class KeyState:
     def allows_model(self, model: str) -> bool:
         return self.models is None or normalize_model(model) in self.models
 
+    @property
+    def sees_every_model(self) -> bool:
+        """May learn the name of every model: an admin key, or one without a model
+        list (which the lists show every model anyway)."""
+        return self.admin or self.models is None
+
     def take(self, now: float) -> int:
         """Spend one request from the bucket: 0, or the seconds until one is available."""
         if self.rate <= 0:
@@ -106,6 +112,10 @@ STREAM_SLOT = web.RequestKey("autoroute_stream_slot", bool)
 # Its stream slot for Redis (`shared_limits`), by its member name: held there, or to be
 # put there when Redis answers again.
 SHARED_SLOT = web.RequestKey("autoroute_shared_slot", str)
+
+
+# Routes a key with a model list may not call (unless keyless, see `Access.keyless`).
+_FULL = frozenset({FULL, SCRAPE})
 
 
 def _denied(path: str, status: int, message: str, retry_after: int = 0) -> web.Response:
@@ -205,9 +215,16 @@ class Access:
                 return Admission(None), route
             return Admission(None, _denied(path, 401, UNAUTHORIZED), "unauthorized"), route
         request[KEY_REQUEST] = key
-        if not key.admin and route is not None and route.access == ADMIN:
+        if route is None or route.access in self.keyless:
+            return None, route
+        if not key.admin and route.access == ADMIN:
             refusal = _denied(path, 403, f"forbidden: {path} needs an admin key")
             return Admission(key, refusal, "forbidden"), route
+        if not key.sees_every_model and route.access in _FULL:
+            # Those views name every model: a key with a model list must not learn the
+            # others' names from them.
+            message = f"forbidden: {path} needs a key without a model list"
+            return Admission(key, _denied(path, 403, message), "forbidden"), route
         return None, route
 
     def admit(self, request: web.Request, now: float) -> Admission:

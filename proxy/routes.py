@@ -31,8 +31,11 @@ METRICS_PATH: Final = "/metrics"
 # Who may call a route when API keys are on.
 PUBLIC: Final = "public"  # anyone: liveness and readiness probes
 KEY: Final = "key"  # any valid key (also what a path outside the table needs)
+# A key that may see every model: an admin key or one without a model list. For the
+# views of the whole fleet, which name every model and cannot be cut to one key's.
+FULL: Final = "full"
 ADMIN: Final = "admin"  # an admin key
-SCRAPE: Final = "scrape"  # public with `auth.metrics_open`, else any valid key
+SCRAPE: Final = "scrape"  # public with `auth.metrics_open`, else as FULL
 
 ANY: frozenset[str] = frozenset()
 GET = frozenset({"GET"})
@@ -109,9 +112,10 @@ ROUTES: tuple[Route, ...] = (
     Route(OWN_PREFIX + "health", GET, "handlers.health", access=PUBLIC),
     Route(OWN_PREFIX + "ready", GET, "handlers.ready", access=PUBLIC),
     Route(OWN_PREFIX + "explain", POST, "auto_routes.explain"),
-    Route(OWN_PREFIX + "status", GET, "auto_routes.status"),
+    Route(OWN_PREFIX + "status", GET, "auto_routes.status", access=FULL),
     Route(OWN_PREFIX + "reload", POST, "auto_routes.reload", access=ADMIN),
-    Route(OWN_PREFIX + "experiments/{name}", GET, "auto_routes.experiment"),
+    # A report over every client's traffic, whose variants may pin any model.
+    Route(OWN_PREFIX + "experiments/{name}", GET, "auto_routes.experiment", access=FULL),
     Route(OWN_PREFIX + "feedback", POST, "usage_routes.feedback"),
     Route(OWN_PREFIX + "stats", GET, "usage_routes.stats"),
     Route(OWN_PREFIX + "dashboard", GET, "dashboard.html", access=ADMIN),

@@ -17,7 +17,16 @@ from multidict import CIMultiDict
 
 from proxy.app import APP_KEY
 from proxy.auth import hash_key, new_key
-from proxy.config import ApiKey, Auth, ConfigError, Usage
+from proxy.config import (
+    ApiKey,
+    Auth,
+    ConfigError,
+    Experiment,
+    Profile,
+    Selector,
+    Usage,
+    Variant,
+)
 from proxy.config import load as load_config
 from tests.support import AUTO_NAMES, Emulator, Proxy, ServerThread, raw_request
 from tests.usage_services import read_bytes, wait_for
@@ -200,11 +209,13 @@ async def test_user_key_may_infer_list_explain_and_give_feedback(guarded: Proxy)
     status, headers, _ = await call(url, "POST", "/api/chat", USER, CHAT)
     assert status == 200
     assert (await call(url, "GET", "/api/tags", USER))[0] == 200
-    assert (await call(url, "GET", "/api/autoroute/status", USER))[0] == 200
     assert (await call(url, "POST", "/api/autoroute/explain", USER, {"prompt": "x"}))[0] == 200
     feedback = {"request_id": headers["X-Request-Id"], "rating": 1}
     assert (await call(url, "POST", "/api/autoroute/feedback", USER, feedback))[0] == 202
-    assert (await call(url, "GET", "/metrics", USER))[0] == 200
+    assert (await call(url, "GET", "/api/autoroute/stats", USER))[0] == 200
+    # The views of the whole fleet: any key without a model list (USER has one).
+    assert (await call(url, "GET", "/api/autoroute/status", SINGLE))[0] == 200
+    assert (await call(url, "GET", "/metrics", SINGLE))[0] == 200
 
 
 async def test_model_outside_the_keys_allow_list_is_403(guarded: Proxy) -> None:
@@ -436,3 +447,145 @@ async def test_auto_show_and_explain_see_only_the_keys_models(guarded: Proxy) ->
     # A key without a list ranks the emulator's other models too.
     doc = orjson.loads((await call(url, "POST", "/api/autoroute/explain", ADMIN, prompt))[2])
     assert {r["model"] for r in doc["ranking"]} - set(ALLOWED)
+
+
+def named(body: bytes, models: list[str]) -> list[str]:
+    """Which of `models` the body names."""
+    return [m for m in models if m.encode() in body]
+
+
+async def served_both(prx: Proxy) -> list[str]:
+    """A request for a model outside USER's list (by the admin key) and one for a
+    model on it (by USER), both counted in the stats; the names USER must not see."""
+    outside = {"model": "mistral:7b", "prompt": "hi", "stream": False}
+    inside = {**outside, "model": "llama3.1:8b"}
+    assert (await call(prx.url, "POST", "/api/generate", ADMIN, outside))[0] == 200
+    assert (await call(prx.url, "POST", "/api/generate", USER, inside))[0] == 200
+
+    async def both_counted() -> bool:
+        rows = orjson.loads((await call(prx.url, "GET", "/api/autoroute/stats", ADMIN))[2])
+        return {"mistral:7b", "llama3.1:8b"} <= {r["served_model"] for r in rows["models"]}
+
+    await wait_for(both_counted, what="both requests in the stats")
+    hidden = hidden_models(prx)
+    assert "mistral:7b" in hidden
+    return hidden
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/api/autoroute/stats", None),
+        ("POST", "/api/autoroute/explain", {"model": "auto", "prompt": "a quicksort in rust"}),
+        ("GET", "/api/autoroute/health", None),
+    ],
+)
+async def test_a_key_with_a_model_list_sees_no_other_models_name(
+    guarded: Proxy, method: str, path: str, body: object
+) -> None:
+    """What USER gets names none of the proxy's other models, which a key without a
+    list does see there: the stats and explain show it its own models, the public
+    health each backend's state without model names."""
+    hidden = await served_both(guarded)
+    status, _, answer = await call(guarded.url, method, path, USER, body)
+    assert status == 200, answer
+    assert named(answer, hidden) == []
+    assert named((await call(guarded.url, method, path, ADMIN, body))[2], hidden)
+    if path.endswith("/stats"):
+        rows = orjson.loads(answer)["models"]
+        assert [r["served_model"] for r in rows] == ["llama3.1:8b"]
+
+
+async def test_health_without_a_key_says_what_is_up_and_names_no_model(guarded: Proxy) -> None:
+    hidden = await served_both(guarded)
+    status, _, answer = await call(guarded.url, "GET", "/api/autoroute/health")
+    assert status == 200 and named(answer, [*hidden, *ALLOWED]) == []
+    health = orjson.loads(answer)
+    assert health["status"] == "ok"
+    label = guarded.config.backends[0].label
+    assert [(b["name"], b["circuit"]) for b in health["backends"]] == [(label, "closed")]
+    # A key that may see every model gets the models too.
+    full = orjson.loads((await call(guarded.url, "GET", "/api/autoroute/health", SINGLE))[2])
+    assert {"mistral:7b", *ALLOWED} <= set(full["backends"][0]["models"])
+
+
+@pytest.mark.parametrize("path", ["/api/autoroute/status", "/metrics"])
+async def test_fleet_views_refuse_a_key_with_a_model_list(guarded: Proxy, path: str) -> None:
+    """Status and metrics name every model and cannot be cut to one key's: a key with
+    a model list is refused as the admin routes refuse a user key; a key without a
+    list, admin or not, reads them."""
+    hidden = await served_both(guarded)
+    status, _, answer = await call(guarded.url, "GET", path, USER)
+    assert status == 403
+    assert orjson.loads(answer) == {"error": f"forbidden: {path} needs a key without a model list"}
+    for key in (SINGLE, ADMIN):
+        status, _, answer = await call(guarded.url, "GET", path, key)
+        assert status == 200 and named(answer, hidden), key
+
+
+async def test_an_experiment_report_refuses_a_key_with_a_model_list(
+    servers: ServerThread, own_emulator: Emulator, tmp_path: Path
+) -> None:
+    """A report covers every client's traffic, and its variants are often named after
+    the models they pin (here one outside USER's list)."""
+    variants = {
+        "qwen2.5:7b": Variant(model="qwen2.5:7b"),
+        "mistral:7b": Variant(model="mistral:7b"),
+    }
+    selector = Selector(
+        artifact=str(tmp_path / "none.onnx"),
+        profiles={"balanced": Profile()},
+        experiments={"ab": Experiment(variants=variants)},
+    )
+    usage = Usage(
+        file_mode="always",
+        file_path=str(tmp_path / "events.jsonl"),
+        spool_dir=str(tmp_path / "spool"),
+        flush_interval_seconds=0.02,
+    )
+    auth = Auth(
+        keys=(
+            ApiKey(sha256=hash_key(ADMIN), name="ops", role="admin"),
+            ApiKey(sha256=hash_key(USER), name="dev", models=ALLOWED),
+        )
+    )
+    prx = Proxy(servers, [own_emulator.url], auth=auth, usage=usage, selector=selector)
+    path = "/api/autoroute/experiments/ab"
+    try:
+        for i in range(8):
+            body = {"model": "auto", "prompt": "hi", "stream": False}
+            headers = {**bearer(ADMIN), "X-Autoroute-User": f"user-{i}"}
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(prx.url + "/api/generate", json=body, headers=headers) as resp,
+            ):
+                assert resp.status == 200
+
+        async def reported() -> bool:
+            report = orjson.loads((await call(prx.url, "GET", path, ADMIN))[2])
+            return "mistral:7b" in report["variants"]
+
+        await wait_for(reported, what="the variant pinning mistral:7b in the report")
+        status, _, answer = await call(prx.url, "GET", path, USER)
+        assert status == 403
+        assert orjson.loads(answer) == {
+            "error": f"forbidden: {path} needs a key without a model list"
+        }
+    finally:
+        await asyncio.to_thread(prx.stop)
+
+
+async def test_metrics_opened_to_anyone_are_open_to_a_key_with_a_model_list(
+    servers: ServerThread, own_emulator: Emulator
+) -> None:
+    """`auth.metrics_open` serves /metrics without a key: the same to a key with a list."""
+    auth = Auth(
+        keys=(ApiKey(sha256=hash_key(USER), name="dev", models=ALLOWED),), metrics_open=True
+    )
+    prx = Proxy(servers, [own_emulator.url], auth=auth)
+    try:
+        assert (await call(prx.url, "GET", "/metrics"))[0] == 200
+        assert (await call(prx.url, "GET", "/metrics", USER))[0] == 200
+        assert (await call(prx.url, "GET", "/api/autoroute/status", USER))[0] == 403
+    finally:
+        await asyncio.to_thread(prx.stop)

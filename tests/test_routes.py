@@ -14,6 +14,7 @@ from proxy.auth import STREAM_SLOT, Access, hash_key
 from proxy.config import ApiKey, Auth
 from proxy.routes import (
     ADMIN,
+    FULL,
     METRICS_PATH,
     OWN_PREFIX,
     PUBLIC,
@@ -27,7 +28,7 @@ from proxy.routes import (
 )
 from tests.support import Emulator, Proxy
 
-ADMIN_KEY, USER_KEY = "k-admin", "k-user"
+ADMIN_KEY, USER_KEY, LISTED_KEY = "k-admin", "k-user", "k-listed"
 OWN_ROUTES = [r for r in ROUTES if r.path.startswith(OWN_PREFIX) or r.path == METRICS_PATH]
 
 
@@ -82,6 +83,7 @@ def test_access_control_decides_by_the_table(route: Route, metrics_open: bool) -
             keys=(
                 ApiKey(sha256=hash_key(ADMIN_KEY), role="admin"),
                 ApiKey(sha256=hash_key(USER_KEY), max_streams=1),
+                ApiKey(sha256=hash_key(LISTED_KEY), models=("a:1",)),
             ),
             metrics_open=metrics_open,
         )
@@ -101,6 +103,15 @@ def test_access_control_decides_by_the_table(route: Route, metrics_open: bool) -
         assert refused is None
         # An inference route takes the key's one stream slot; nothing else does.
         assert bool(request.get(STREAM_SLOT)) is route.inference
+        access.release(request, key)
+
+    # A key with a model list: not where every model is named (unless open to anyone).
+    request = make_mocked_request(method, path, headers={"Authorization": f"Bearer {LISTED_KEY}"})
+    key, refused, reason = access.admit(request, 0.0)
+    if route.access in (ADMIN, FULL) or (route.access == SCRAPE and not metrics_open):
+        assert refused is not None and refused.status == 403 and reason == "forbidden"
+    else:
+        assert refused is None
         access.release(request, key)
 
     request = make_mocked_request(method, path, headers={"Authorization": f"Bearer {ADMIN_KEY}"})
