@@ -89,8 +89,8 @@ class KeyState:
 
     @property
     def sees_every_model(self) -> bool:
-        """May learn the name of every model: an admin key, or one without a model
-        list (which the lists show every model anyway)."""
+        """May learn the name of every model, and use any: an admin key, or one
+        without a model list (which the lists show every model anyway)."""
         return self.admin or self.models is None
 
     def take(self, now: float) -> int:
@@ -221,8 +221,8 @@ class Access:
             refusal = _denied(path, 403, f"forbidden: {path} needs an admin key")
             return Admission(key, refusal, "forbidden"), route
         if not key.sees_every_model and route.access in _FULL:
-            # Those views name every model: a key with a model list must not learn the
-            # others' names from them.
+            # Those name every model, or run one the proxy does not check: a key with
+            # a model list must not learn the others' names, nor use them.
             message = f"forbidden: {path} needs a key without a model list"
             return Admission(key, _denied(path, 403, message), "forbidden"), route
         return None, route

@@ -523,6 +523,27 @@ async def test_fleet_views_refuse_a_key_with_a_model_list(guarded: Proxy, path: 
         assert status == 200 and named(answer, hidden), key
 
 
+async def test_a_transcription_passes_through_only_for_a_key_without_a_model_list(
+    guarded: Proxy, own_emulator: Emulator
+) -> None:
+    """Ollama's /v1/audio/transcriptions names its model in a multipart form, which
+    the proxy does not read: a key with a list would run (and probe for) any model."""
+    path = "/v1/audio/transcriptions"
+    form = aiohttp.FormData()
+    form.add_field("model", "mistral:7b")
+    form.add_field("file", b"RIFF", filename="a.wav", content_type="audio/wav")
+    async with aiohttp.ClientSession() as http:
+        async with http.post(guarded.url + path, data=form, headers=bearer(USER)) as resp:
+            assert resp.status == 403
+            refusal = await resp.json()
+        assert own_emulator.state.requests[path] == 0
+        message = f"forbidden: {path} needs a key without a model list"
+        assert refusal["error"]["message"] == message  # the OpenAI shape, as on /v1/
+        async with http.post(guarded.url + path, data=form, headers=bearer(SINGLE)) as resp:
+            await resp.read()
+        assert own_emulator.state.requests[path] == 1
+
+
 async def test_an_experiment_report_refuses_a_key_with_a_model_list(
     servers: ServerThread, own_emulator: Emulator, tmp_path: Path
 ) -> None:
