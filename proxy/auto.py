@@ -191,6 +191,16 @@ class AutoRouter:
         request = features.request_features(path, doc)
         experiments = self.config.experiments
         assigned = assign(experiments, user, path, profile_name, request) if experiments else None
+        if (
+            assigned is not None
+            and assigned.config.model
+            and key_models is not None
+            and normalize_model(assigned.config.model) not in key_models
+        ):
+            # The variant pins a model this API key may not use: the request is not in
+            # the experiment (recorded under the variant, it would count another
+            # model's answer for it, and explain would name the variant).
+            assigned = None
         pinned = ""
         if assigned is not None:
             variant = assigned.config

@@ -592,6 +592,22 @@ async def test_an_experiment_report_refuses_a_key_with_a_model_list(
         assert orjson.loads(answer) == {
             "error": f"forbidden: {path} needs a key without a model list"
         }
+        # USER's requests whose variant pins mistral:7b (outside its list) are not in
+        # the experiment: served from its list, and explain names no such variant.
+        outside = 0
+        for i in range(8):
+            body = {"model": "auto", "prompt": "hi", "stream": False}
+            headers = {**bearer(USER), "X-Autoroute-User": f"user-{i}"}
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(prx.url + "/api/autoroute/explain", json=body, headers=headers) as resp,
+            ):
+                explained = await resp.json()
+            assert resp.status == 200
+            assert explained["model"] in ALLOWED
+            assert "mistral:7b" not in orjson.dumps(explained).decode()
+            outside += explained["experiment"] is None
+        assert outside > 0  # some of the eight users draw the mistral:7b variant
     finally:
         await asyncio.to_thread(prx.stop)
 
