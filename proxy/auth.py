@@ -48,7 +48,11 @@ def new_key() -> tuple[str, str]:
 class KeyState:
     """A configured key and its live counters."""
 
-    id: str
+    id: str  # its name: what usage events and the access log show
+    # Its SHA-256 (lower-case hex): the key itself, where the name is only a label a
+    # revoked key's successor may take. Whose cached answers a request may read go by
+    # this, never by the name.
+    sha256: str
     admin: bool
     models: frozenset[str] | None  # normalised names; None: any
     rate: float  # tokens per second (0: unlimited)
@@ -65,6 +69,7 @@ class KeyState:
         rpm = max(key.requests_per_minute, 0)
         return cls(
             id=key.id,
+            sha256=key.sha256.lower(),
             admin=key.role == "admin",
             models=frozenset(normalize_model(m) for m in key.models) if key.models else None,
             rate=rpm / 60.0,
@@ -157,10 +162,11 @@ class Access:
         stored = tuple(stored)  # read twice
         old = self.keys
         keys: dict[str, KeyState] = {}
-        # A key's id is who it is: the scope of its cached answers, whose requests it
-        # may rate, its limits in Redis. The configuration refuses an id used twice;
-        # a stored key whose id a configured key (or an earlier stored one) has is
-        # left out, rather than share what is that key's.
+        # A key's id names it in usage events and the access log, keys its limits in
+        # Redis and decides whose requests it may rate (its cached answers go by its
+        # SHA-256). The configuration refuses an id used twice; a stored key whose id
+        # a configured key (or an earlier stored one) has is left out, rather than
+        # share what is that key's.
         configured = {k.sha256.lower() for k in self.configured}
         taken = {k.id for k in self.configured}
         clashing: set[str] = set()

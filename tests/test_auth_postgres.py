@@ -361,10 +361,9 @@ async def test_a_stored_key_may_not_take_a_configured_keys_name(
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A key's name is who it is: its cached answers, the ratings it may give, its
-    shared limits. The configuration refuses a name used twice; a stored key with a
-    configured key's name is left out (with a warning) rather than read that key's
-    answers."""
+    """A key's name is its id in usage events and its shared limits. The configuration
+    refuses a name used twice; a stored key with a configured key's name is left out
+    (with a warning) rather than pass for that key."""
     usage = Usage(file_path=str(tmp_path / "events.jsonl"), spool_dir=str(tmp_path / "spool"))
     auth = Auth(
         keys=(ApiKey(sha256=hash_key(CONFIGURED), name="team"),),
@@ -387,5 +386,50 @@ async def test_a_stored_key_may_not_take_a_configured_keys_name(
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert len([w for w in warnings if "'team'" in w]) == 1, warnings
         assert taken not in caplog.text
+    finally:
+        prx.stop()
+
+
+@pytest.mark.postgres
+async def test_a_new_key_under_a_revoked_keys_name_reads_none_of_its_answers(
+    database: Database, servers: ServerThread, own_emulator: Emulator, tmp_path: Path
+) -> None:
+    """A name is free again once its key is revoked, and may go to someone else: the
+    cache knows a key by the key itself (its hash), so the new key starts empty. The
+    same key asking again still hits."""
+    usage = Usage(file_path=str(tmp_path / "events.jsonl"), spool_dir=str(tmp_path / "spool"))
+    auth = Auth(postgres_dsn=database.dsn, refresh_seconds=REFRESH)
+    prx = Proxy(servers, [own_emulator.url], auth=auth, usage=usage, cache=Cache(enabled=True))
+    deterministic = {**CHAT, "options": {"temperature": 0}}
+
+    async def cache_says(key: str) -> str:
+        status, headers, _ = await call(prx.url, "POST", "/api/chat", key, deterministic)
+        assert status == 200
+        return headers["X-Autoroute-Cache"]
+
+    async def stored(count: int) -> None:
+        async def done() -> bool:
+            status, _, body = await call(prx.url, "GET", "/metrics", keeper)
+            assert status == 200
+            return f"autoroute_cache_stored_total {count}.0" in body.decode()
+
+        await wait_for(done, what=f"{count} answers stored")
+
+    try:
+        async with connected(database.dsn) as conn:
+            old, _ = await auth_store.add_key(conn, "alice")
+            keeper, _ = await auth_store.add_key(conn, "ops", role="admin")
+        await status_becomes(prx, old, 200)
+        assert await cache_says(old) == "miss"
+        await stored(1)
+        assert await cache_says(old) == "hit"
+        async with connected(database.dsn) as conn:
+            await auth_store.revoke_key(conn, "alice")
+            new, _ = await auth_store.add_key(conn, "alice")
+        await status_becomes(prx, old, 401)
+        await status_becomes(prx, new, 200)
+        assert await cache_says(new) == "miss"
+        await stored(2)
+        assert await cache_says(new) == "hit"
     finally:
         prx.stop()

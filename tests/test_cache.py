@@ -349,6 +349,42 @@ def test_keys_never_share(servers: ServerThread, own_emulator: Emulator) -> None
         proxy.stop()
 
 
+def test_a_new_key_under_an_old_keys_name_reads_none_of_its_answers(
+    servers: ServerThread, own_emulator: Emulator
+) -> None:
+    """Redis keeps answers across restarts: a key in `config.yaml` replaced by another
+    under the same name (a rotation, or the name given to someone else) must not read
+    the old key's answers. The same key after the restart still does."""
+    old, new = (f"secret-{uuid.uuid4().hex}" for _ in range(2))
+    path, doc = CASES["chat-whole"]
+
+    def cache_says(prx: Proxy, key: str) -> str | None:
+        return fetch(prx, path, doc, {"Authorization": f"Bearer {key}"}).header("X-Autoroute-Cache")
+
+    def keyed(cache: Cache, key: str) -> Proxy:
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        auth = Auth(keys=(ApiKey(sha256=digest, name="a"),), metrics_open=True)
+        return Proxy(servers, [own_emulator.url], cache=cache, auth=auth)
+
+    with redis_namespace() as cache:
+        prx = keyed(cache, old)
+        try:
+            assert cache_says(prx, old) == "miss"
+            wait_stored(prx, 1)
+        finally:
+            prx.stop()
+        prx = keyed(cache, new)
+        try:
+            assert cache_says(prx, new) == "miss"
+        finally:
+            prx.stop()
+        prx = keyed(cache, old)
+        try:
+            assert cache_says(prx, old) == "hit"
+        finally:
+            prx.stop()
+
+
 def test_credentials_scope_the_cache_without_access_control(caching: Proxy) -> None:
     """With no keys configured, the backend may still tell credentials apart."""
     path, doc = CASES["chat-whole"]

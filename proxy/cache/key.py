@@ -94,12 +94,13 @@ def cache_key(path: str, doc: Mapping[str, Any], model: str, scope: str) -> str:
 
 
 def scope(request: web.Request) -> str:
-    """Whose answers a request may read: the API key's id when access control knows
-    it, else a hash of the credential the client sent (the backend may tell keys
-    apart), else "no key"."""
+    """Whose answers a request may read: the API key when access control knows it (by
+    its SHA-256, not its name: a revoked key's name may go to someone else), else a
+    hash of the credential the client sent (the backend may tell keys apart), else
+    "no key"."""
     key = request.get(KEY_REQUEST)
     if key is not None:
-        return f"key:{key.id}"
+        return f"key:{key.sha256}"
     credential = request.headers.get("Authorization") or request.headers.get("X-Api-Key")
     hashed = api_key_id(credential)
     return f"credential:{hashed}" if hashed else "no key"
