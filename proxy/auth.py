@@ -30,6 +30,9 @@ from proxy.routes import ADMIN, FULL, PUBLIC, SCRAPE, Route, find
 from proxy.shared_limits import STREAMS_FULL, SharedDown, SharedLimits
 
 UNAUTHORIZED = "unauthorized"
+# The hex digits of a key's SHA-256 that usage events and feedback carry
+# (`selector_model.usage_event.Client.api_key_hash`).
+KEY_HASH_CHARS = 16
 
 log = logging.getLogger("autoroute.auth")
 
@@ -50,8 +53,8 @@ class KeyState:
 
     id: str  # its name: what usage events and the access log show
     # Its SHA-256 (lower-case hex): the key itself, where the name is only a label a
-    # revoked key's successor may take. Whose cached answers a request may read go by
-    # this, never by the name.
+    # revoked key's successor may take. Whose cached answers a request may read and
+    # whose requests it may rate go by this (`hash`), never by the name.
     sha256: str
     admin: bool
     models: frozenset[str] | None  # normalised names; None: any
@@ -88,6 +91,12 @@ class KeyState:
         self.rate, self.capacity = fresh.rate, fresh.capacity
         self.tokens = min(self.tokens, fresh.capacity)
         self.max_streams = fresh.max_streams
+
+    @property
+    def hash(self) -> str:
+        """The key's id in usage events and feedback beside its name (`api_key_hash`):
+        its SHA-256's first 16 hex digits, as a keyless proxy's events name a key."""
+        return self.sha256[:KEY_HASH_CHARS]
 
     def allows_model(self, model: str) -> bool:
         return self.models is None or normalize_model(model) in self.models
@@ -162,11 +171,11 @@ class Access:
         stored = tuple(stored)  # read twice
         old = self.keys
         keys: dict[str, KeyState] = {}
-        # A key's id names it in usage events and the access log, keys its limits in
-        # Redis and decides whose requests it may rate (its cached answers go by its
-        # SHA-256). The configuration refuses an id used twice; a stored key whose id
-        # a configured key (or an earlier stored one) has is left out, rather than
-        # share what is that key's.
+        # A key's id names it in usage events and the access log and keys its limits in
+        # Redis (its cached answers and whose requests it may rate go by its hash). The
+        # configuration refuses an id used twice; a stored key whose id a configured
+        # key (or an earlier stored one) has is left out, rather than share what is
+        # that key's.
         configured = {k.sha256.lower() for k in self.configured}
         taken = {k.id for k in self.configured}
         clashing: set[str] = set()

@@ -123,6 +123,10 @@ def evidence_from_events(events: Iterable[Mapping[str, Any]]) -> Evidence:
     return evidence
 
 
+# A rating and the API key that gave it: (rating, the key's id, its hash).
+_Rating = tuple[float, str | None, str | None]
+
+
 @dataclass(slots=True)
 class _Counted:
     """What the learner counted for one request, to take back when it changes. Small:
@@ -134,6 +138,7 @@ class _Counted:
     implicit: outcome.Result | None  # the answer's implicit outcome, were it not retried
     if_retried: outcome.Result | None  # the same, had the prompt been sent again soon
     api_key_id: str | None = None  # the key the request was made with (its event's)
+    api_key_hash: str | None = None
     retried: bool = False
     rating_sum: float = 0.0
     ratings: int = 0
@@ -144,14 +149,20 @@ class _Counted:
         raw = event.get("outcome")
         answer = raw if isinstance(raw, Mapping) else {}
         client = event.get("client")
-        key = client.get("api_key_id") if isinstance(client, Mapping) else None
-        return cls(*decided, *_implicit(answer), key if isinstance(key, str) else None)
+        client = client if isinstance(client, Mapping) else {}
+        key, key_hash = client.get("api_key_id"), client.get("api_key_hash")
+        return cls(
+            *decided,
+            *_implicit(answer),
+            key if isinstance(key, str) else None,
+            key_hash if isinstance(key_hash, str) else None,
+        )
 
-    def rate(self, ratings: Iterable[tuple[float, str | None]]) -> None:
-        """Count (rating, the API key that gave it) pairs; one given with another key
-        than the request's does not count (`usage_event.rating_counts`)."""
-        for rating, rater in ratings:
-            if usage_event.rating_counts(rater, self.api_key_id):
+    def rate(self, ratings: Iterable[_Rating]) -> None:
+        """Count ratings; one given with another key than the request's does not count
+        (`usage_event.rating_counts`)."""
+        for rating, rater, rater_hash in ratings:
+            if usage_event.rating_counts(rater, self.api_key_id, rater_hash, self.api_key_hash):
                 self.rating_sum += rating
                 self.ratings += 1
 
@@ -193,9 +204,7 @@ class Learner:
         self.recent: OrderedDict[str, _Counted] = OrderedDict()
         self.prompts: OrderedDict[tuple[str, str, str], tuple[float, _Counted]] = OrderedDict()
         # Ratings (with the key that gave each) waiting for their request's event.
-        self.unmatched: OrderedDict[str, tuple[float, list[tuple[float, str | None]]]] = (
-            OrderedDict()
-        )
+        self.unmatched: OrderedDict[str, tuple[float, list[_Rating]]] = OrderedDict()
         self.dsn = usage.postgres_dsn
         self.state_file = self._state_path()
         self.store = "off" if not settings.enabled else ("postgres" if self.dsn else "file")
@@ -220,11 +229,14 @@ class Learner:
         if what == USAGE:
             self._event(doc)
         elif what == FEEDBACK:
-            rater = doc.get("api_key_id")
+            rater, rater_hash = doc.get("api_key_id"), doc.get("api_key_hash")
             self._feedback(
                 str(doc.get("request_id")),
-                float(doc["rating"]),
-                rater if isinstance(rater, str) else None,
+                (
+                    float(doc["rating"]),
+                    rater if isinstance(rater, str) else None,
+                    rater_hash if isinstance(rater_hash, str) else None,
+                ),
             )
 
     def _event(self, event: Mapping[str, Any]) -> None:
@@ -270,14 +282,14 @@ class Learner:
                 break
             self.prompts.popitem(last=False)
 
-    def _feedback(self, request_id: str, rating: float, rater: str | None) -> None:
+    def _feedback(self, request_id: str, given: _Rating) -> None:
         counted = self.recent.get(request_id)
         if counted is not None:
-            counted.rate(((rating, rater),))
+            counted.rate((given,))
             self._count(counted)
             return
         waiting = self.unmatched.setdefault(request_id, (time.monotonic(), []))
-        waiting[1].append((rating, rater))
+        waiting[1].append(given)
         while len(self.unmatched) > UNMATCHED_MAX:
             self.unmatched.popitem(last=False)
 

@@ -31,6 +31,7 @@ class Decided:
     route: Route | None = None
     refused: bool = False  # turned away at admission: it ran nothing
     key_id: str | None = None  # the API key's id when access control identified one
+    key_hash: str | None = None  # and its hash (`KeyState.hash`)
     model: str | None = None  # as the client named it
     # The request body the proxy read (a reference, not a copy), for the usage event.
     body: bytes | None = None

@@ -104,7 +104,8 @@ class Server:
                     response.headers[name] = value
                 served.status = response.status
             key = state_get(request, KEY_REQUEST)
-            decided.key_id = key.id if key else None
+            if key is not None:
+                decided.key_id, decided.key_hash = key.id, key.hash
             self.auth.release(request, key)
             self.metrics.in_flight -= 1
             served.ended = time.perf_counter()

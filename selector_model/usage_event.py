@@ -50,6 +50,10 @@ class Client:
     user_agent: str | None = None
     user: str | None = field(default=None, metadata={"column": "client_user"})
     api_key_id: str | None = None  # a hash of the key, or the configured key's id
+    # With access control on, the configured key's hash (the first 16 hex digits of
+    # its SHA-256): the key itself, where the id is its name, which a revoked key's
+    # successor may take. Null without access control (`api_key_id` is the hash then).
+    api_key_hash: str | None = None
 
 
 @dataclass(slots=True)
@@ -141,21 +145,34 @@ class Feedback:
     rating: float  # in [0, 1]
     comment: str | None = None
     ts: str = field(default="", metadata=_TIMESTAMP)  # RFC 3339: when it was given
-    # The API key that gave it (its configured id), null when the proxy checks no keys:
-    # with keys, a rating counts only for a request made with the same key
-    # (`rating_counts`).
+    # The API key that gave it (its configured id, and its hash as in `Client`), null
+    # when the proxy checks no keys: with keys, a rating counts only for a request made
+    # with the same key (`rating_counts`).
     api_key_id: str | None = None
+    api_key_hash: str | None = None
 
     def document(self) -> dict[str, Any]:
         return _document(self)
 
 
-def rating_counts(rater: str | None, requester: str | None) -> bool:
+def rating_counts(
+    rater: str | None,
+    requester: str | None,
+    rater_hash: str | None = None,
+    requester_hash: str | None = None,
+) -> bool:
     """Whether a rating given with API key `rater` (null: the proxy checks no keys)
     counts for a request whose event names `requester` as its key: with keys, one key
     rates only its own answers, so no client steers what `auto` learns for another.
+    The same key is the same hash (`api_key_hash`): a name alone is not enough, as a
+    revoked key's name may go to another key. Only records written before keys had
+    hashes, the rating's and the request's both, are matched by name.
     `FEEDBACK_JOIN` (`proxy.usage.stats`) is the same rule in SQL."""
-    return rater is None or rater == requester
+    if rater is None:
+        return True
+    if rater_hash is None and requester_hash is None:
+        return rater == requester
+    return rater_hash == requester_hash
 
 
 # Writing ---------------------------------------------------------------------------

@@ -328,6 +328,8 @@ async def test_usage_events_carry_the_keys_name_and_logs_carry_no_key_or_prompt(
     (event,) = [orjson.loads(line) for line in (await read_bytes(path)).splitlines()]
     assert event["request_id"] == headers["X-Request-Id"]
     assert event["client"]["api_key_id"] == "dev"
+    # Beside the name, the key itself: its SHA-256's first 16 hex digits, never the key.
+    assert event["client"]["api_key_hash"] == hash_key(USER)[:16]
     await asyncio.to_thread(guarded.stop)
     logged = access.stream.getvalue() + caplog.text
     assert '"key":"dev"' in logged  # the access log names the key by its id

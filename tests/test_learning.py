@@ -20,6 +20,7 @@ import numpy as np
 import orjson
 import pytest
 
+from proxy import auth_store
 from proxy.auth import hash_key
 from proxy.config import ApiKey, Auth, Learning, Profile, Selector, Usage
 from proxy.emulator import EmulatorSettings
@@ -30,6 +31,7 @@ from selector_model.features import AREAS, REQUEST_FEATURES, Candidate
 from selector_model.kind import kind_of
 from selector_model.policy import CATALOGUE_SHARE, choose, largest, pick, rank, with_catalogue
 from tests.support import Emulator, Proxy, ServerThread
+from tests.test_auth_postgres import REFRESH, status_becomes
 from tests.usage_services import Database
 from training.data import prompt_request
 
@@ -721,6 +723,92 @@ async def test_with_keys_a_rating_counts_only_from_the_key_that_asked(
     try:
         async with aiohttp.ClientSession(headers=as_ann) as ann_http:
             await _until_learned(ann_http, prx.url, {model: [0.0]}, 2)
+    finally:
+        prx.stop()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("store", ["file", "postgres"])
+async def test_a_new_key_under_a_revoked_keys_name_may_not_rate_its_requests(
+    store: str, servers: ServerThread, fleet: Emulator, database: Database, tmp_path: Path
+) -> None:
+    """A stored key's name is free again once it is revoked, and may go to someone
+    else: a rating counts only when given with the very key (its hash) that made the
+    request, live, in the stats and in a rebuild from the events."""
+    if store == "file":
+        usage = Usage(
+            file_mode="always",
+            file_path=str(tmp_path / "usage" / "events.jsonl"),
+            spool_dir=str(tmp_path / "spool"),
+            flush_interval_seconds=0.02,
+        )
+    else:
+        usage = Usage(
+            postgres_dsn=database.dsn,
+            file_mode="off",
+            spool_dir=str(tmp_path / "spool"),
+            flush_interval_seconds=0.02,
+        )
+    auth = Auth(postgres_dsn=database.dsn, refresh_seconds=REFRESH)
+    conn = await auth_store.connect(database.dsn)
+    try:
+        old, _ = await auth_store.add_key(conn, "alice")
+    finally:
+        await conn.close()
+    first, second = MODELS[0], MODELS[1]
+
+    async def rows(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+        doc = await _until_learned(http, url, {second: [0.0]}, 500)
+        return {r["model"]: r for r in doc["ranking"]}
+
+    prx = Proxy(servers, [fleet.url], selector=_selector(tmp_path), usage=usage, auth=auth)
+    try:
+        await status_becomes(prx, old, 200)
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {old}"}) as http:
+            model, rid = await _ask(http, prx.url, {**_math(0), "model": "auto:only-0"})
+            assert model == first
+        conn = await auth_store.connect(database.dsn)
+        try:
+            await auth_store.revoke_key(conn, "alice")
+            new, _ = await auth_store.add_key(conn, "alice")
+        finally:
+            await conn.close()
+        await status_becomes(prx, old, 401)
+        await status_becomes(prx, new, 200)
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {new}"}) as http:
+            await _rate(http, prx.url, rid, 1.0)  # accepted, as any rating, and ignored
+            model, own = await _ask(http, prx.url, {**_math(1), "model": "auto:only-1"})
+            assert model == second
+            await _rate(http, prx.url, own, 0.0)
+            # The old key's request keeps its implicit outcome alone (weak), not a rating.
+            learned = await rows(http, prx.url)
+            assert learned[first]["evidence"]["count"] == pytest.approx(outcome.COMPLETED)
+            stats: dict[str, Any] = {}
+            for _ in range(400):
+                async with http.get(prx.url + "/api/autoroute/stats") as resp:
+                    stats = {m["served_model"]: m for m in (await resp.json())["models"]}
+                if second in stats and stats[second]["ratings"]["count"] == 1:
+                    break
+                await asyncio.sleep(0.05)
+            assert stats[second]["ratings"] == {"count": 1, "mean": 0.0}
+            assert stats[first]["ratings"] == {"count": 0, "mean": None}
+    finally:
+        prx.stop()
+    # What is learned, lost, is rebuilt from the events and their feedback the same way.
+    if store == "file":
+        (tmp_path / "usage" / "learning.json").unlink()
+    else:
+        conn = await asyncpg.connect(database.dsn)
+        try:
+            await conn.execute("TRUNCATE autoroute_evidence")
+        finally:
+            await conn.close()
+    prx = Proxy(servers, [fleet.url], selector=_selector(tmp_path), usage=usage, auth=auth)
+    try:
+        await status_becomes(prx, new, 200)
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {new}"}) as http:
+            learned = await rows(http, prx.url)
+            assert learned[first]["evidence"]["count"] == pytest.approx(outcome.COMPLETED)
     finally:
         prx.stop()
 

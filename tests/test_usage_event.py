@@ -56,6 +56,20 @@ def test_the_columns_are_the_tables(database: Database) -> None:
     assert row["ts"].isoformat() == "2026-01-01T00:00:00.000001+00:00"
 
 
+def test_a_rating_counts_for_the_same_key_not_the_same_name() -> None:
+    counts = usage_event.rating_counts
+    assert counts(None, "ann", None, "aa")  # the proxy checks no keys
+    assert counts("ann", "ann", "aa", "aa")
+    assert counts("ann", "ann-renamed", "aa", "aa")  # one key, its name changed
+    assert not counts("ann", "ann", "bb", "aa")  # a new key under a revoked key's name
+    # A record from before keys had hashes beside one from after: not known to match.
+    assert not counts("ann", "ann", "aa", None)
+    assert not counts("ann", "ann", None, "aa")
+    # Both from before: by name, as they were then.
+    assert counts("ann", "ann", None, None)
+    assert not counts("bob", "ann", None, None)
+
+
 def test_an_event_reads_back_as_it_was_written() -> None:
     line = EVENT.line()
     assert usage_event.parse_line(line) == EVENT

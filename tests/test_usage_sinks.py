@@ -110,6 +110,8 @@ async def test_events_reach_postgres_kafka_and_file_field_by_field(usage_proxy: 
         assert event["client"]["user_agent"] == "usage-test/1"
         assert event["client"]["user"] == "alice"
         assert event["client"]["api_key_id"] == hashlib.sha256(b"sk-secret-key").hexdigest()[:16]
+        # Without access control the id is the hash already: nothing beside it.
+        assert event["client"]["api_key_hash"] is None and chat["api_key_hash"] is None
         assert "sk-secret-key" not in orjson.dumps(event).decode()
         assert event["requested_model"] == event["served_model"] == MODEL
         assert event["backend"] == usage_proxy.config.backends[0].label

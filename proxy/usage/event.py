@@ -48,6 +48,7 @@ class Captured:
     # X-Request-Id (a sane one, else None) is kept beside it, as the client knows it.
     request_id: str = ""
     client_request_id: str | None = None
+    key_hash: str | None = None  # the configured API key's hash, beside `key_id`
 
 
 # The latest whole second `rfc3339` wrote, and its text: one tuple, replaced whole.
@@ -131,6 +132,7 @@ def complete(c: Captured, log_prompts: bool) -> UsageEvent:
             user_agent=header_values.text(c.user_agent),
             user=header_values.text(c.user),
             api_key_id=c.key_id or api_key_id(c.credential),
+            api_key_hash=c.key_hash,
         ),
         requested_model=d.model,
         served_model=o.model,
@@ -156,7 +158,11 @@ def complete(c: Captured, log_prompts: bool) -> UsageEvent:
 
 
 def feedback(
-    request_id: str, rating: float, comment: str | None, api_key_id: str | None = None
+    request_id: str,
+    rating: float,
+    comment: str | None,
+    api_key_id: str | None = None,
+    api_key_hash: str | None = None,
 ) -> Feedback:
     now = time.time()
     return Feedback(
@@ -168,4 +174,5 @@ def feedback(
         comment=comment,
         ts=rfc3339(now),
         api_key_id=api_key_id,
+        api_key_hash=api_key_hash,
     )

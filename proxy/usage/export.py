@@ -70,10 +70,12 @@ def _jsonl_lines(path: Path) -> Iterator[bytes]:
 
 def from_files(path: str, since: datetime) -> list[UsageEvent]:
     base = Path(path).expanduser()
-    ratings: dict[str, list[tuple[float, str | None]]] = {}
+    ratings: dict[str, list[tuple[float, str | None, str | None]]] = {}
     for line in _jsonl_lines(feedback_path(base)):
         feedback = usage_event.parse_feedback_line(line)
-        ratings.setdefault(feedback.request_id, []).append((feedback.rating, feedback.api_key_id))
+        ratings.setdefault(feedback.request_id, []).append(
+            (feedback.rating, feedback.api_key_id, feedback.api_key_hash)
+        )
     events, seen = [], set()
     for line in _jsonl_lines(base):
         event = usage_event.parse_line(line)
@@ -86,8 +88,12 @@ def from_files(path: str, since: datetime) -> list[UsageEvent]:
         given = ratings.get(rid, [])
         if client_id and client_id != rid:
             given = given + ratings.get(client_id, [])
-        key = event.client.api_key_id
-        counted = [rating for rating, rater in given if usage_event.rating_counts(rater, key)]
+        key, key_hash = event.client.api_key_id, event.client.api_key_hash
+        counted = [
+            rating
+            for rating, rater, rater_hash in given
+            if usage_event.rating_counts(rater, key, rater_hash, key_hash)
+        ]
         if counted:
             event = replace(event, rating=sum(counted) / len(counted))
         events.append(event)

@@ -110,6 +110,17 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         ALTER TABLE feedback ADD COLUMN api_key_id text;
         """,
     ),
+    (
+        7,
+        "api key hashes",
+        """
+        -- The API key's hash beside its id (its name), in both: a rating counts only
+        -- when its key's hash is the request's (FEEDBACK_JOIN), since a revoked key's
+        -- name may go to another key. Null without keys, and in rows written before.
+        ALTER TABLE usage_events ADD COLUMN api_key_hash text;
+        ALTER TABLE feedback ADD COLUMN api_key_hash text;
+        """,
+    ),
 )
 _LOCK_KEY = 0x6175746F726F7574  # "autorout"
 

@@ -106,14 +106,21 @@ class UsagePipeline:
             key_id,
             decided.request_id,
             decided.client_request_id,
+            decided.key_hash,
         )
         self._put(captured)
 
     def submit_feedback(
-        self, request_id: str, rating: float, comment: str | None, api_key_id: str | None = None
+        self,
+        request_id: str,
+        rating: float,
+        comment: str | None,
+        api_key_id: str | None = None,
+        api_key_hash: str | None = None,
     ) -> str:
-        """Queue a rating; `api_key_id`: the API key that gave it (None without keys)."""
-        feedback = ev.feedback(request_id, rating, comment, api_key_id)
+        """Queue a rating; `api_key_id` and `api_key_hash`: the API key that gave it
+        (None without keys)."""
+        feedback = ev.feedback(request_id, rating, comment, api_key_id, api_key_hash)
         self._put(Record(feedback, orjson.dumps(feedback.document())))
         return feedback.feedback_id
 
@@ -143,7 +150,8 @@ class UsagePipeline:
             if isinstance(item, Record):
                 records.append(item)
                 assert isinstance(item.event, Feedback)  # the only kind queued completed
-                self.memory.rate(item.event.request_id, item.event.rating, item.event.api_key_id)
+                fb = item.event
+                self.memory.rate(fb.request_id, fb.rating, fb.api_key_id, fb.api_key_hash)
                 self._observe(ev.FEEDBACK, item.event.document())
                 continue
             try:

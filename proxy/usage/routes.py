@@ -27,9 +27,12 @@ class UsageRoutes:
             return error_response(request.path, 400, str(exc))
         # With API keys, the rating counts only for the key's own requests.
         key = state_get(request, KEY_REQUEST)
-        feedback_id = self.pipeline.submit_feedback(
-            request_id, rating, comment, key.id if key is not None else None
-        )
+        if key is None:
+            feedback_id = self.pipeline.submit_feedback(request_id, rating, comment)
+        else:
+            feedback_id = self.pipeline.submit_feedback(
+                request_id, rating, comment, key.id, key.hash
+            )
         body = orjson.dumps({"status": "accepted", "feedback_id": feedback_id})
         return web.Response(status=202, body=body, headers={"Content-Type": JSON})
 

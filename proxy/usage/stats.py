@@ -18,11 +18,15 @@ Key = tuple[str | None, str | None]
 # Feedback names a request by the proxy's id or by the client's X-Request-Id (what the
 # client saw in the answer): a rating by a client id a client reused rates each request
 # that carried it; with API keys, only a rating given with the request's own key counts
-# (`usage_event.rating_counts`). `u` is usage_events; `f.rating` the mean rating, or NULL.
+# (`usage_event.rating_counts`: by the key's hash; by name only where neither row has
+# one). `u` is usage_events; `f.rating` the mean rating, or NULL.
 FEEDBACK_JOIN = """
 LEFT JOIN LATERAL (SELECT avg(fb.rating) AS rating FROM feedback fb
                    WHERE (fb.request_id = u.request_id OR fb.request_id = u.client_request_id)
-                     AND (fb.api_key_id IS NULL OR fb.api_key_id = u.api_key_id)
+                     AND (fb.api_key_id IS NULL
+                          OR fb.api_key_hash = u.api_key_hash
+                          OR (fb.api_key_hash IS NULL AND u.api_key_hash IS NULL
+                              AND fb.api_key_id = u.api_key_id))
                   ) f ON true
 """
 
@@ -152,8 +156,8 @@ class MemoryStats:
         # Windows ordered from the least recently used key.
         self.events: OrderedDict[Key, deque[Sample]] = OrderedDict()
         # The ids of the latest requests, oldest first, to the API key each was made
-        # with: a rating is kept only for these (`usage_event.rating_counts`).
-        self.recent: OrderedDict[str, str | None] = OrderedDict()
+        # with (id, hash): a rating is kept only for these (`usage_event.rating_counts`).
+        self.recent: OrderedDict[str, tuple[str | None, str | None]] = OrderedDict()
         self.ratings: dict[str, float] = {}
         # Client ids of recent requests, to the proxy ids of the requests that carried
         # them (feedback may name either; see FEEDBACK_JOIN).
@@ -178,7 +182,8 @@ class MemoryStats:
         window.append(Sample.of(event))
         self.size += 1
         recent = self.recent
-        recent[rid] = event.client.api_key_id
+        client = event.client
+        recent[rid] = (client.api_key_id, client.api_key_hash)
         while len(recent) > self.total:
             self.ratings.pop(recent.popitem(last=False)[0], None)
         client_id = event.client_request_id
@@ -198,10 +203,13 @@ class MemoryStats:
         if not window:
             del self.events[key]
 
-    def rate(self, request_id: str, rating: float, rater: str | None) -> None:
+    def rate(
+        self, request_id: str, rating: float, rater: str | None, rater_hash: str | None = None
+    ) -> None:
         recent = self.recent
         for rid in (request_id, *self.client_ids.get(request_id, ())):
-            if rid in recent and usage_event.rating_counts(rater, recent[rid]):
+            key = recent.get(rid)
+            if key is not None and usage_event.rating_counts(rater, key[0], rater_hash, key[1]):
                 self.ratings[rid] = rating
 
     def summary(self) -> list[dict[str, Any]]:
