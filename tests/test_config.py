@@ -102,6 +102,11 @@ def test_same_port_on_another_host_is_allowed() -> None:
         ("backends: [ftp://x]", "not an http:// URL"),
         ("backends: []", "at least one backend"),
         ("- a list", "mapping"),
+        # A name is a key's id in usage events: two keys in the file never share one.
+        (
+            f"auth: {{keys: [{{sha256: {'a' * 64}, name: x}}, {{sha256: {'b' * 64}, name: x}}]}}",
+            "used twice",
+        ),
     ],
 )
 def test_bad_configuration_names_the_key(tmp_path: Path, text: str, message: str) -> None:
