@@ -66,8 +66,11 @@ async def call(
     path: str,
     key: str | None = None,
     body: object = None,
+    user: str = "",
 ) -> tuple[int, CIMultiDict[str], bytes]:
     headers = bearer(key) if key else {}
+    if user:
+        headers["X-Autoroute-User"] = user
     async with (
         aiohttp.ClientSession() as http,
         http.request(
@@ -575,14 +578,10 @@ async def test_an_experiment_report_refuses_a_key_with_a_model_list(
     prx = Proxy(servers, [own_emulator.url], auth=auth, usage=usage, selector=selector)
     path = "/api/autoroute/experiments/ab"
     try:
+        body = {"model": "auto", "prompt": "hi", "stream": False}
         for i in range(8):
-            body = {"model": "auto", "prompt": "hi", "stream": False}
-            headers = {**bearer(ADMIN), "X-Autoroute-User": f"user-{i}"}
-            async with (
-                aiohttp.ClientSession() as http,
-                http.post(prx.url + "/api/generate", json=body, headers=headers) as resp,
-            ):
-                assert resp.status == 200
+            status, _, _ = await call(prx.url, "POST", "/api/generate", ADMIN, body, f"user-{i}")
+            assert status == 200
 
         async def reported() -> bool:
             report = orjson.loads((await call(prx.url, "GET", path, ADMIN))[2])
@@ -598,14 +597,11 @@ async def test_an_experiment_report_refuses_a_key_with_a_model_list(
         # the experiment: served from its list, and explain names no such variant.
         outside = 0
         for i in range(8):
-            body = {"model": "auto", "prompt": "hi", "stream": False}
-            headers = {**bearer(USER), "X-Autoroute-User": f"user-{i}"}
-            async with (
-                aiohttp.ClientSession() as http,
-                http.post(prx.url + "/api/autoroute/explain", json=body, headers=headers) as resp,
-            ):
-                explained = await resp.json()
-            assert resp.status == 200
+            status, _, answer = await call(
+                prx.url, "POST", "/api/autoroute/explain", USER, body, f"user-{i}"
+            )
+            assert status == 200
+            explained = orjson.loads(answer)
             assert explained["model"] in ALLOWED
             assert "mistral:7b" not in orjson.dumps(explained).decode()
             outside += explained["experiment"] is None
