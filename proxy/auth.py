@@ -236,8 +236,8 @@ class Access:
             refusal = _denied(path, 403, f"forbidden: {path} needs an admin key")
             return Admission(key, refusal, "forbidden"), route
         if not key.sees_every_model and route.access in _FULL:
-            # Those name every model, or run one the proxy does not check: a key with
-            # a model list must not learn the others' names, nor use them.
+            # Those views name every model: a key with a model list must not learn the
+            # others' names from them.
             message = f"forbidden: {path} needs a key without a model list"
             return Admission(key, _denied(path, 403, message), "forbidden"), route
         return None, route

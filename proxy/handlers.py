@@ -3,7 +3,8 @@ proxy's health: pass through, route by the model the body names (`auto` decided 
 rewritten here), merge lists, change the model store, and answer for what no single
 backend can.
 
-The proxy only reads a body where the model it names decides the backend.
+The proxy only reads a body where the model it names decides the backend (a JSON body,
+or the multipart form of an audio transcription).
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
 
-from proxy import go_json, header_values, request_encoding
+from proxy import go_json, header_values, multipart_form, request_encoding
 from proxy import limits as request_limits
 from proxy.aiohttp_internals import state_get
 from proxy.auth import KEY_REQUEST
@@ -45,6 +46,11 @@ AUTOROUTE_HEADERS = (
 SHOW_PATH = "/api/show"
 CREATE_PATH = "/api/create"
 V1_MODEL_PREFIX = "/v1/models/"
+# `auto` chooses among models by what they do with text; none of that says which
+# model transcribes audio.
+AUTO_CANNOT_TRANSCRIBE = (
+    "auto does not choose a model for audio transcriptions: name a model that transcribes audio"
+)
 # Bodies below this size are read so that a failed backend can be retried.
 _REPLAYABLE_BYTES = 1024 * 1024
 
@@ -233,6 +239,43 @@ class Handlers:
         names = (chosen, *cloud_names)
         routed = orjson.dumps(doc)
         return await self._local_or_cloud(request, served, doc, routed, chosen, names)
+
+    async def transcription(self, request: web.Request) -> web.StreamResponse:
+        """`POST /v1/audio/transcriptions`: routed by the model Ollama's multipart form
+        names, read as Go reads it (`multipart_form`); the client's bytes go as sent.
+        What Ollama refuses before it knows the model (a form that does not parse, no
+        model) is refused here with its 400; the rest (no file, an empty one, a model
+        that is not there) is the backend's to answer."""
+        outcome = request[OUTCOME]
+        decided, served = outcome.decided, outcome.served
+        path = request.path
+        body = await self._read(request)
+        decided.prompt = []  # audio: no prompt text for the usage event
+        query = request.raw_path.partition("?")[2]
+        content_type = request.headers.get(hdrs.CONTENT_TYPE)
+        try:
+            model = multipart_form.transcription_model(content_type, query, body)
+        except multipart_form.Refused as exc:
+            return error_response(path, 400, str(exc))
+        decided.model = header_values.text(model, header_values.MAX_MODEL_NAME) or ""
+        profile = profile_of(model, self.config.selector.default_profile)
+        if profile is not None:
+            # As for embeddings without `selector.embedding_model`: a 400 that says what
+            # to do, never `auto` sent on to a backend as a model name. A profile that
+            # does not exist is the same 400 as on chat.
+            try:
+                self.auto.profile(profile)
+            except AutoError as exc:
+                return error_response(path, 400, str(exc))
+            return error_response(path, 400, AUTO_CANNOT_TRANSCRIBE)
+        key = state_get(request, KEY_REQUEST)
+        if key is not None and not key.allows_model(model):
+            return self._model_denied(path, model)
+        named = header_values.model_name(model)
+        if named:
+            served.extra[MODEL_HEADER] = named
+        served.model = model
+        return await self.relay.forward(request, served, body, model)
 
     # `_local_or_cloud` and `_generate` only choose where a request goes: they return
     # that coroutine unawaited, so the handler awaits the relay with no frames between.

@@ -31,9 +31,8 @@ METRICS_PATH: Final = "/metrics"
 # Who may call a route when API keys are on.
 PUBLIC: Final = "public"  # anyone: liveness and readiness probes
 KEY: Final = "key"  # any valid key (also what a path outside the table needs)
-# A key that may see and use every model: an admin key or one without a model list.
-# For the views of the whole fleet, which name every model and cannot be cut to one
-# key's, and for a route whose model the proxy cannot check against a key's list.
+# A key that may see every model: an admin key or one without a model list. For the
+# views of the whole fleet, which name every model and cannot be cut to one key's.
 FULL: Final = "full"
 ADMIN: Final = "admin"  # an admin key
 SCRAPE: Final = "scrape"  # public with `auth.metrics_open`, else as FULL
@@ -88,9 +87,8 @@ ROUTES: tuple[Route, ...] = (
     Route("/v1/embeddings", POST, MODEL_ROUTED, inference=True, embedding=True),
     Route("/v1/responses", POST, MODEL_ROUTED, inference=True),
     Route("/v1/messages", POST, MODEL_ROUTED, inference=True),
-    # Ollama's transcription names its model in a multipart form, which the proxy does
-    # not read: it passes through, for a key that may use every model only.
-    Route("/v1/audio/transcriptions", ANY, PASS, access=FULL),
+    # Names its model in a multipart form (`proxy.multipart_form`), the body as sent.
+    Route("/v1/audio/transcriptions", POST, "handlers.transcription", inference=True),
     # What no single backend can answer: one list from all of them.
     Route("/api/tags", READ, MERGED, merge="models"),
     # Ollama takes HEAD on /api/tags but not on these two (405 from the backend).

@@ -528,24 +528,33 @@ async def test_fleet_views_refuse_a_key_with_a_model_list(guarded: Proxy, path: 
         assert status == 200 and named(answer, hidden), key
 
 
-async def test_a_transcription_passes_through_only_for_a_key_without_a_model_list(
+async def test_a_key_with_a_model_list_transcribes_with_its_models_only(
     guarded: Proxy, own_emulator: Emulator
 ) -> None:
-    """Ollama's /v1/audio/transcriptions names its model in a multipart form, which
-    the proxy does not read: a key with a list would run (and probe for) any model."""
+    """/v1/audio/transcriptions names its model in a multipart form, which the proxy
+    reads (proxy/multipart_form.py): a key with a list runs its models there, no other."""
     path = "/v1/audio/transcriptions"
-    form = aiohttp.FormData()
-    form.add_field("model", "mistral:7b")
-    form.add_field("file", b"RIFF", filename="a.wav", content_type="audio/wav")
+
+    def form(model: str) -> aiohttp.FormData:
+        data = aiohttp.FormData()
+        data.add_field("model", model)
+        data.add_field("file", b"RIFF", filename="a.wav", content_type="audio/wav")
+        return data
+
     async with aiohttp.ClientSession() as http:
-        async with http.post(guarded.url + path, data=form, headers=bearer(USER)) as resp:
+        async with http.post(
+            guarded.url + path, data=form("mistral:7b"), headers=bearer(USER)
+        ) as resp:
             assert resp.status == 403
             refusal = await resp.json()
         assert own_emulator.state.requests[path] == 0
-        message = f"forbidden: {path} needs a key without a model list"
+        message = "model 'mistral:7b' is not allowed for this API key"
         assert refusal["error"]["message"] == message  # the OpenAI shape, as on /v1/
-        async with http.post(guarded.url + path, data=form, headers=bearer(SINGLE)) as resp:
-            await resp.read()
+        async with http.post(
+            guarded.url + path, data=form(ALLOWED[0]), headers=bearer(USER)
+        ) as resp:
+            assert resp.status == 200
+            assert (await resp.json())["text"]
         assert own_emulator.state.requests[path] == 1
 
 

@@ -5,8 +5,16 @@ Ollama's 400s where the proxy decides."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import openai
+import orjson
 import pytest
 
+from proxy.auth import hash_key
+from proxy.config import ApiKey, Auth, Usage
 from proxy.multipart_form import (
     MODEL_REQUIRED,
     PARSE_FAILED,
@@ -16,6 +24,9 @@ from proxy.multipart_form import (
     read_form,
     transcription_model,
 )
+from tests.conftest import FROZEN
+from tests.support import Emulator, Proxy, ServerThread
+from tests.usage_services import read_bytes, wait_for
 
 PATH = "/v1/audio/transcriptions"
 CT = "multipart/form-data; boundary=XyZ"
@@ -171,3 +182,194 @@ def test_go_quote() -> None:
         go_quote(b'a"\\\r\n\t\x00\x7f\xff\xc3\xa9 \xc2\xa0')
         == '"a\\"\\\\\\r\\n\\t\\x00\\x7f\\xffé \\u00a0"'
     )
+
+
+# Through the proxy --------------------------------------------------------------------
+
+LLAMA, QWEN = "llama3.1:8b", "qwen2.5:7b"
+LISTED = "k-listed-1"  # may use QWEN only
+OPEN = "k-open-1"
+
+
+@pytest.fixture
+def fleet(servers: ServerThread) -> Iterator[tuple[Emulator, Emulator]]:
+    from dataclasses import replace
+
+    emulators = (
+        Emulator(servers, replace(FROZEN, models=(LLAMA,))),
+        Emulator(servers, replace(FROZEN, models=(QWEN,))),
+    )
+    yield emulators
+    for emulator in emulators:
+        emulator.stop()
+
+
+@pytest.fixture
+def events_path(tmp_path: Path) -> Path:
+    return tmp_path / "events.jsonl"
+
+
+@pytest.fixture
+def front(
+    servers: ServerThread, fleet: tuple[Emulator, Emulator], events_path: Path, tmp_path: Path
+) -> Iterator[Proxy]:
+    auth = Auth(
+        keys=(
+            ApiKey(sha256=hash_key(LISTED), name="listed", models=(QWEN,)),
+            ApiKey(sha256=hash_key(OPEN), name="open"),
+        )
+    )
+    usage = Usage(
+        file_path=str(events_path),
+        spool_dir=str(tmp_path / "spool"),
+        flush_interval_seconds=0.02,
+    )
+    prx = Proxy(servers, [e.url for e in fleet], auth=auth, usage=usage)
+    yield prx
+    prx.stop()
+
+
+def sdk(url: str, key: str) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=url + "/v1", api_key=key, max_retries=0)
+
+
+def counts(fleet: tuple[Emulator, Emulator]) -> tuple[int, int]:
+    llama, qwen = fleet
+    return llama.state.requests[PATH], qwen.state.requests[PATH]
+
+
+async def test_a_transcription_reaches_the_backend_that_has_its_model(
+    front: Proxy, fleet: tuple[Emulator, Emulator]
+) -> None:
+    client = sdk(front.url, OPEN)
+    for model, expected in ((LLAMA, (1, 0)), (QWEN, (1, 1)), (LLAMA, (2, 1))):
+        answer = await client.audio.transcriptions.create(model=model, file=("a.wav", AUDIO))
+        assert answer.text
+        assert counts(fleet) == expected, model
+    # The answer is the backend's own, unchanged (what TranscriptionWriter writes).
+    direct = await sdk(fleet[1].url, "x").audio.transcriptions.create(
+        model=QWEN, file=("a.wav", AUDIO)
+    )
+    proxied = await client.audio.transcriptions.create(model=QWEN, file=("a.wav", AUDIO))
+    assert proxied.text == direct.text
+
+
+async def test_the_form_goes_as_sent_and_the_query_model_routes(
+    front: Proxy, fleet: tuple[Emulator, Emulator]
+) -> None:
+    body = form(part("model", b"in-form"), part("response_format", b"text"), FILE)
+    headers = {"Content-Type": CT, "Authorization": f"Bearer {OPEN}"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{front.url}{PATH}?model={QWEN}", data=body, headers=headers) as resp,
+    ):
+        assert resp.status == 200
+        assert resp.headers["Content-Type"] == "text/plain"
+        text = await resp.text()
+    assert text and counts(fleet) == (0, 1)  # the query's model, as Ollama reads it
+
+
+async def test_a_key_with_a_model_list_transcribes_with_its_models_only(
+    front: Proxy, fleet: tuple[Emulator, Emulator]
+) -> None:
+    client = sdk(front.url, LISTED)
+    answer = await client.audio.transcriptions.create(model=QWEN, file=("a.wav", AUDIO))
+    assert answer.text and counts(fleet) == (0, 1)
+    with pytest.raises(openai.PermissionDeniedError) as caught:
+        await client.audio.transcriptions.create(model=LLAMA, file=("a.wav", AUDIO))
+    assert caught.value.status_code == 403
+    body = caught.value.body
+    assert isinstance(body, dict)
+    assert body["message"] == f"model '{LLAMA}' is not allowed for this API key"
+    assert counts(fleet) == (0, 1)  # nothing reached a backend
+
+
+async def test_each_transcription_is_one_usage_event(
+    front: Proxy, fleet: tuple[Emulator, Emulator], events_path: Path
+) -> None:
+    client = sdk(front.url, OPEN)
+    await client.audio.transcriptions.create(model=LLAMA, file=("a.wav", AUDIO))
+    await client.audio.transcriptions.create(model=QWEN, file=("b.wav", AUDIO))
+
+    async def events() -> list[dict[str, object]]:
+        return [orjson.loads(line) for line in (await read_bytes(events_path)).splitlines()]
+
+    async def two() -> bool:
+        return len(await events()) >= 2
+
+    await wait_for(two, what="two usage events")
+    seen = await events()
+    assert [(e["endpoint"], e["requested_model"], e["served_model"]) for e in seen] == [
+        (PATH, LLAMA, LLAMA),
+        (PATH, QWEN, QWEN),
+    ]
+    assert [e["outcome"]["status"] for e in seen] == [200, 200]  # type: ignore[index]
+    assert seen[0]["backend"] != seen[1]["backend"]
+
+
+@pytest.mark.parametrize(
+    ("query", "content_type", "body", "message"),
+    [
+        ("", CT, form(FILE), MODEL_REQUIRED),
+        ("model=", CT, form(part("model", b"m"), FILE), MODEL_REQUIRED),
+        (
+            "",
+            "multipart/form-data",
+            form(FILE),
+            PARSE_FAILED + "no multipart boundary param in Content-Type",
+        ),
+        ("", CT, b"no form", PARSE_FAILED + "multipart: NextPart: EOF"),
+    ],
+)
+async def test_a_form_the_proxy_cannot_route_gets_ollamas_400(
+    front: Proxy,
+    fleet: tuple[Emulator, Emulator],
+    query: str,
+    content_type: str,
+    body: bytes,
+    message: str,
+) -> None:
+    headers = {"Content-Type": content_type}
+    answers = []
+    for url, key in ((front.url, OPEN), (fleet[0].url, "")):
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                f"{url}{PATH}?{query}",
+                data=body,
+                headers={**headers, "Authorization": f"Bearer {key}"},
+            ) as resp,
+        ):
+            answers.append((resp.status, resp.headers["Content-Type"], await resp.read()))
+        if url == front.url:
+            assert counts(fleet) == (0, 0)  # the proxy answered
+    proxied, direct = answers
+    assert proxied == direct  # byte for byte, as Ollama's middleware answers
+    error = {"message": message, "type": "invalid_request_error", "param": None, "code": None}
+    assert proxied[0] == 400 and orjson.loads(proxied[2]) == {"error": error}
+
+
+async def test_auto_is_refused_with_a_400_that_says_to_name_a_model(
+    front: Proxy, fleet: tuple[Emulator, Emulator]
+) -> None:
+    client = sdk(front.url, OPEN)
+    with pytest.raises(openai.BadRequestError) as caught:
+        await client.audio.transcriptions.create(model="auto", file=("a.wav", AUDIO))
+    body = caught.value.body
+    assert isinstance(body, dict) and "name a model" in str(body["message"])
+    with pytest.raises(openai.BadRequestError) as caught:
+        await client.audio.transcriptions.create(model="auto:nonesuch", file=("a.wav", AUDIO))
+    body = caught.value.body
+    assert isinstance(body, dict) and "unknown profile 'auto:nonesuch'" in str(body["message"])
+    assert counts(fleet) == (0, 0)
+
+
+async def test_an_unknown_model_gets_the_backends_404(
+    front: Proxy, fleet: tuple[Emulator, Emulator]
+) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        await sdk(front.url, OPEN).audio.transcriptions.create(
+            model="no-such:model", file=("a.wav", AUDIO)
+        )
+    assert caught.value.status_code == 404
+    assert sum(counts(fleet)) == 1

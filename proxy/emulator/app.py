@@ -64,6 +64,7 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/v1/embeddings", openai_routes.handle_embeddings),
     ("GET", "/v1/models", openai_routes.handle_models),
     ("GET", "/v1/models/{model}", openai_routes.handle_model),
+    ("POST", "/v1/audio/transcriptions", openai_routes.handle_transcriptions),
     ("POST", "/v1/responses", responses_api.handle_responses),
     ("POST", "/v1/messages", anthropic_routes.handle_messages),
 )

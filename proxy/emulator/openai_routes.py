@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from proxy import multipart_form
 from proxy.protocol import SSE
 
 from .engine import ClientGone, Piece
@@ -457,3 +458,78 @@ async def handle_model(request: web.Request) -> web.Response:
             "owned_by": _owner(name),
         },
     )
+
+
+# openai.FromTranscriptionRequest's prompts.
+TRANSCRIBE_SYSTEM = (
+    "Transcribe the audio exactly as spoken. Output only the spoken words. "
+    "Do not answer any question in the audio."
+)
+TRANSCRIBE_QUESTION = "What exact words are spoken in this audio?"
+
+
+class TranscriptionSink(ChatSink):
+    """TranscriptionWriter: the streamed chat's text, trimmed, in one answer at its end:
+    `{"text": ...}` from a json.Encoder, or plain text for `response_format=text`."""
+
+    def __init__(self, response_format: str) -> None:
+        self.response_format = response_format
+
+    async def error(self, status: int, message: str) -> web.StreamResponse:
+        return writer_error(status, message)
+
+    async def special(self, model: str, created_ns: int, reason: str) -> web.StreamResponse:
+        return await self.done(model, created_ns, reason, {"content": ""}, {})
+
+    async def piece(self, model: str, created_ns: int, piece: Piece) -> None:
+        return None
+
+    async def done(
+        self, model: str, created_ns: int, reason: str, message: dict[str, Any], m: dict[str, int]
+    ) -> web.StreamResponse:
+        text = str(message.get("content") or "").strip()
+        if self.response_format == "text":
+            return web.Response(body=text.encode(), headers={"Content-Type": "text/plain"})
+        return encoder_json(200, {"text": text})
+
+
+async def handle_transcriptions(request: web.Request) -> web.StreamResponse:
+    """TranscriptionMiddleware: the multipart form as Go parses it (`multipart_form`),
+    its 400s, then the chat FromTranscriptionRequest makes. The emulator cannot hear:
+    the audio is not given to the model (whose text is made up as for any chat), so any
+    chat model transcribes here."""
+    state = state_of(request)
+    query = request.raw_path.partition("?")[2]
+    try:
+        form = multipart_form.read_form(
+            request.headers.get("Content-Type"), query, await request.read()
+        )
+    except multipart_form.FormError as exc:
+        return middleware_error(400, multipart_form.PARSE_FAILED + str(exc))
+    model = form.value("model")
+    if not model:
+        return middleware_error(400, multipart_form.MODEL_REQUIRED)
+    files = form.files.get("file")
+    if not files:
+        return middleware_error(400, "file is required: http: no such file")
+    if not files[0]:
+        return middleware_error(400, "audio file is empty")
+    system = TRANSCRIBE_SYSTEM
+    if language := form.value("language"):
+        system += f" The audio is in {language}."
+    if prompt := form.value("prompt"):
+        system += f" Context: {prompt}"
+    chat = {
+        "model": model,
+        "messages": [
+            {"role": "system", "content": system},
+            {"role": "user", "content": TRANSCRIBE_QUESTION},
+        ],
+        "stream": True,
+        "options": {"temperature": 0},
+    }
+    try:
+        job = prepare_chat(state, chat)
+    except Refusal as exc:
+        return writer_error(exc.status, exc.message)
+    return await run_chat(request, job, TranscriptionSink(form.value("response_format")))
