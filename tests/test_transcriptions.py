@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from proxy.auth import hash_key
-from proxy.config import ApiKey, Auth, Usage
+from proxy.config import ApiKey, Auth, Limits, Usage
 from proxy.multipart_form import (
     MODEL_REQUIRED,
     PARSE_FAILED,
@@ -373,3 +373,21 @@ async def test_an_unknown_model_gets_the_backends_404(
         )
     assert caught.value.status_code == 404
     assert sum(counts(fleet)) == 1
+
+
+async def test_a_form_over_the_body_limit_is_413_and_reaches_no_backend(
+    servers: ServerThread, fleet: tuple[Emulator, Emulator]
+) -> None:
+    prx = Proxy(servers, [e.url for e in fleet], limits=Limits(max_body_bytes=4096))
+    try:
+        body = form(part("model", QWEN.encode()), part("file", b"x" * 8192, "a.wav"))
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(prx.url + PATH, data=body, headers={"Content-Type": CT}) as resp,
+        ):
+            assert resp.status == 413
+            refusal = orjson.loads(await resp.read())
+        assert refusal["error"]["message"] == "request body too large (limit 4096 bytes)"
+        assert counts(fleet) == (0, 0)
+    finally:
+        prx.stop()
