@@ -70,7 +70,8 @@ class Form:
     (each file part's content), by field name."""
 
     values: dict[str, list[str]] = field(default_factory=dict)
-    files: dict[str, list[bytes]] = field(default_factory=dict)
+    # Views into the body: an upload is not copied to find the model beside it.
+    files: dict[str, list[memoryview]] = field(default_factory=dict)
 
     def value(self, name: str) -> str:
         """`FormValue`: the first value, "" for none."""
@@ -369,13 +370,13 @@ class _Parts:
                 continue
             content = self._content()
             if _header(headers, "content-transfer-encoding").lower() == "quoted-printable":
-                content = binascii.a2b_qp(content)
+                content = memoryview(binascii.a2b_qp(content))
             budget -= len(_bytes(name)) + _MAP_ENTRY
             if not params.get("filename", ""):
                 budget -= len(content)
                 if budget < 0:
                     raise FormError(TOO_LARGE)
-                form.values.setdefault(name, []).append(_text(content))
+                form.values.setdefault(name, []).append(_text(bytes(content)))
                 continue
             budget -= _header_size(headers) + _MAP_ENTRY + _FILE_HEADER
             if budget < 0:
@@ -485,7 +486,7 @@ class _Parts:
                 raise FormError("malformed MIME header line: " + _text(kv))
             headers.append((key.lower(), value.lstrip(b" \t")))
 
-    def _content(self) -> bytes:
+    def _content(self) -> memoryview:
         """A part's body, up to its closing delimiter (`scanUntilBoundary` with the
         whole rest of the body in view)."""
         body, start = self.body, self.pos
@@ -494,17 +495,17 @@ class _Parts:
         if body.startswith(dash, start):
             match = self._match_after(start, dash)
             if match > 0:
-                return b""  # an empty part with no line end before the delimiter
+                return memoryview(b"")  # empty, with no line end before the delimiter
             search = start + len(dash)
-        elif dash.startswith(body[start:]):
-            raise FormError(UNEXPECTED_EOF)
+        elif len(body) - start <= len(dash) and dash.startswith(body[start:]):
+            raise FormError(UNEXPECTED_EOF)  # the end, within what may be the delimiter
         while True:
             i = body.find(nl_dash, search)
             if i < 0:
                 raise FormError(UNEXPECTED_EOF)
             if self._match_after(i, nl_dash) > 0:
                 self.pos = i
-                return body[start:i]
+                return memoryview(body)[start:i]
             search = i + len(nl_dash)
 
     def _match_after(self, at: int, prefix: bytes) -> int:
