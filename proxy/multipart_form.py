@@ -480,7 +480,9 @@ class _Parts:
                 pieces.append(_trim(more))
             kv = b" ".join(pieces)
             key, _, value = kv.partition(b":")
-            if not key or not all(_is_token_byte(c) for c in key):
+            # textproto takes a key with a space (before the colon) but does not
+            # canonicalize it: Header.Get never finds it, nor does `_header` here.
+            if not key or not all(_is_token_byte(c) or c == 0x20 for c in key):
                 raise FormError("malformed MIME header line: " + _text(kv))
             if any((c < 0x20 and c != 0x09) or c == 0x7F for c in value):
                 raise FormError("malformed MIME header line: " + _text(kv))

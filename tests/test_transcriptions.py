@@ -90,6 +90,8 @@ def test_an_empty_model_in_the_query_leaves_no_model_whatever_the_form_says() ->
         # Not form-data, or no name: skipped, as Go's ReadForm skips them.
         form(b'--XyZ\r\nContent-Disposition: attachment; name="model"\r\n\r\nx\r\n', FILE),
         form(b"--XyZ\r\nContent-Type: text/plain\r\n\r\nx\r\n", FILE),
+        # A key with a space is taken but never found (textproto leaves it as sent).
+        form(b'--XyZ\r\nContent-Disposition : form-data; name="model"\r\n\r\nx\r\n', FILE),
         b"--XyZ--\r\n",
     ],
 )
