@@ -15,8 +15,8 @@ by that model, so it reads the form the same way:
   `\\r\\n--boundary` followed by `--`, space, tab, CR, LF or the end. A part whose
   Content-Disposition is not `form-data` with a `name` is skipped; one with a
   `filename` is a file, not a value. At most 1000 parts, and 35 MB of values.
-  A part sent quoted-printable is decoded (as Go does for well-formed input; Go's
-  errors on malformed quoted-printable are not reproduced).
+  A part sent `Content-Transfer-Encoding: quoted-printable` is decoded as Go's
+  `quotedprintable.Reader` decodes it, its errors included.
 - `FormValue` is the first of `r.Form[key]`: the query's values come before the form's,
   so `?model=` (empty) wins over a form field and leaves no model.
 
@@ -30,7 +30,6 @@ model or raises `Refused` with the message Ollama answers with 400.
 
 from __future__ import annotations
 
-import binascii
 import unicodedata
 from dataclasses import dataclass, field
 from typing import Final
@@ -370,7 +369,7 @@ class _Parts:
                 continue
             content = self._content()
             if _header(headers, "content-transfer-encoding").lower() == "quoted-printable":
-                content = memoryview(binascii.a2b_qp(content))
+                content = memoryview(_quoted_printable(bytes(content)))
             budget -= len(_bytes(name)) + _MAP_ENTRY
             if not params.get("filename", ""):
                 budget -= len(content)
@@ -554,6 +553,67 @@ def _header_size(headers: list[tuple[bytes, bytes]]) -> int:
             size += len(key) + _MAP_ENTRY
         size += len(value)
     return size
+
+
+# mime/quotedprintable ---------------------------------------------------------------
+
+_QP_BUFFER: Final = 4096  # the decoder's bufio.Reader
+
+
+def _quoted_printable(content: bytes) -> bytes:
+    """Go's `quotedprintable.Reader` over a whole part: `=XX` a byte (lower-case hex
+    too), `=` at a line's end a soft break, trailing space before a line end dropped, a
+    `=` not followed by two hex digits kept as it is, unless at a line's end; FormError
+    with Go's text where it fails."""
+    out = bytearray()
+    pos = 0
+    failure: str | None = None
+    while True:
+        if failure is not None:
+            raise FormError(failure)
+        if pos >= len(content):
+            return bytes(out)
+        # bufio's ReadSlice('\n') with the decoder's 4096-byte buffer.
+        end = content.find(b"\n", pos, pos + _QP_BUFFER)
+        if end >= 0:
+            whole, at_eof = content[pos : end + 1], end + 1 == len(content)
+            pos = end + 1
+        elif len(content) - pos >= _QP_BUFFER:
+            whole, at_eof = content[pos : pos + _QP_BUFFER], False
+            pos += _QP_BUFFER
+            failure = "bufio: buffer full"
+        else:
+            whole, at_eof = content[pos:], True
+            pos = len(content)
+        line = whole.rstrip(b"\n\r \t")
+        if line.endswith(b"="):
+            stripped = whole[len(line) :].lstrip(b" \t")
+            line = line[:-1]
+            ends_a_line = stripped.startswith((b"\n", b"\r\n"))
+            if not ends_a_line and not (not stripped and line and at_eof and failure is None):
+                failure = "quotedprintable: invalid bytes after =: " + go_quote(stripped)
+        elif whole.endswith(b"\n"):
+            line += b"\r\n" if whole.endswith(b"\r\n") else b"\n"
+        i = 0
+        while i < len(line):
+            b = line[i]
+            if b == 0x3D:  # =
+                pair = line[i + 1 : i + 3]
+                bad = next((c for c in pair if c not in _HEX), None)
+                if len(pair) == 2 and bad is None:
+                    out.append(int(pair, 16))
+                    i += 3
+                    continue
+                if not (len(line) - i >= 2 and line[i + 1] not in b"\r\n"):
+                    raise FormError(
+                        UNEXPECTED_EOF
+                        if len(pair) < 2 or bad is None
+                        else f"quotedprintable: invalid hex byte 0x{bad:02x}"
+                    )
+            elif (b < 0x20 and b not in b"\t\r\n") or b == 0x7F:
+                raise FormError(f"quotedprintable: invalid unescaped byte 0x{b:02x} in body")
+            out.append(b)
+            i += 1
 
 
 # strconv.Quote ------------------------------------------------------------------------

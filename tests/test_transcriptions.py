@@ -119,6 +119,20 @@ def test_quoted_and_rfc2231_parameters_are_read_as_go_reads_them() -> None:
     assert transcription_model(quoted_boundary, "", form(part("model", b"b:1"))) == "b:1"
 
 
+def test_a_quoted_printable_value_is_decoded_as_go_decodes_it() -> None:
+    def qp(value: bytes) -> bytes:
+        return form(
+            b'--XyZ\r\nContent-Disposition: form-data; name="model"\r\n'
+            b"Content-Transfer-Encoding: Quoted-Printable\r\n\r\n" + value + b"\r\n"
+        )
+
+    assert transcription_model(CT, "", qp(b"llama3.1=3a=\r\n8b")) == "llama3.1:8b"
+    assert transcription_model(CT, "", qp(b"a=zz")) == "a=zz"  # not an escape: as sent
+    assert refusal(CT, "", qp(b"a==")) == PARSE_FAILED + "unexpected EOF"
+    bad = "quotedprintable: invalid unescaped byte 0x01 in body"
+    assert refusal(CT, "", qp(b"a\x01")) == PARSE_FAILED + bad
+
+
 @pytest.mark.parametrize(
     ("content_type", "body", "error"),
     [
