@@ -267,18 +267,20 @@ def parse_media_type(v: str) -> tuple[str, dict[str, str]]:
         name, value, rest = _consume_param(v)
         if not name:
             if rest.strip(" \t\n\v\f\r") == ";":
-                return media, params  # a trailing semicolon is ignored (and so is the rest)
+                break  # a trailing semicolon is ignored
             raise ValueError("mime: invalid media parameter")
         star = name.find("*")
         into = params if star < 0 else continuation.setdefault(name[:star], {})
-        if name in into:
-            raise ValueError("mime: duplicate parameter name")
+        if into.get(name, value) != value:
+            raise ValueError("mime: duplicate parameter name")  # the same one again is not
         into[name] = value
         v = rest
     for base, pieces in continuation.items():
         single = pieces.get(base + "*")
         if single is not None:
-            params[base] = _decode_2231(single)
+            decoded = _decode_2231(single)
+            if decoded is not None:
+                params[base] = decoded
             continue
         joined: list[str] = []
         n = 0
@@ -289,7 +291,7 @@ def parse_media_type(v: str) -> tuple[str, dict[str, str]]:
             elif simple + "*" in pieces:
                 encoded = pieces[simple + "*"]
                 if n == 0:
-                    joined.append(_decode_2231(encoded))
+                    joined.append(_decode_2231(encoded) or "")
                 else:
                     joined.append(_percent_unescape(encoded) or "")
             else:
@@ -300,11 +302,12 @@ def parse_media_type(v: str) -> tuple[str, dict[str, str]]:
     return media, params
 
 
-def _decode_2231(v: str) -> str:
+def _decode_2231(v: str) -> str | None:
+    """`charset'language'percent-encoded`; None where Go's decode2231Enc fails."""
     parts = v.split("'", 2)
     if len(parts) != 3 or parts[0].lower() not in ("us-ascii", "utf-8"):
-        return ""
-    return _percent_unescape(parts[2]) or ""
+        return None
+    return _percent_unescape(parts[2])
 
 
 def _percent_unescape(v: str) -> str | None:

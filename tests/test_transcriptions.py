@@ -115,6 +115,13 @@ def test_quoted_and_rfc2231_parameters_are_read_as_go_reads_them() -> None:
     assert transcription_model(CT, "", form(quoted)) == "q:1"
     encoded = b"--XyZ\r\nContent-Disposition: form-data; name*=utf-8''mod%65l\r\n\r\ne:1\r\n"
     assert transcription_model(CT, "", form(encoded)) == "e:1"
+    continued = b"--XyZ\r\nContent-Disposition: form-data; name*0=mo; name*1=del;\r\n\r\nc:1\r\n"
+    assert transcription_model(CT, "", form(continued)) == "c:1"
+    # The same parameter twice with one value is no error; with two, no name at all.
+    twice = b'--XyZ\r\nContent-Disposition: form-data; name=model; name="model"\r\n\r\nt:1\r\n'
+    assert transcription_model(CT, "", form(twice)) == "t:1"
+    clash = b"--XyZ\r\nContent-Disposition: form-data; name=model; name=other\r\n\r\nx\r\n"
+    assert refusal(CT, "", form(clash)) == MODEL_REQUIRED
     quoted_boundary = 'multipart/form-data; boundary="XyZ"'
     assert transcription_model(quoted_boundary, "", form(part("model", b"b:1"))) == "b:1"
 
