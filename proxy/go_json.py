@@ -100,6 +100,12 @@ def _lone_surrogate(match: re.Match[str]) -> str:
     return "\\ufffd" if match.group(1) else match.group(0)
 
 
+def go_string(raw: bytes) -> str:
+    """A Go string of these bytes as encoding/json writes it: each byte of invalid
+    UTF-8 a U+FFFD."""
+    return raw.decode("utf-8", "autoroute-go-replace")
+
+
 def go_text(body: bytes) -> str:
     """`body` as the text Go's decoder reads: U+FFFD for each byte of invalid UTF-8,
     and a U+FFFD escape for each surrogate escape that is not half of a pair."""

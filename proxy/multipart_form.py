@@ -34,6 +34,8 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Final
 
+from proxy.go_json import go_string
+
 # Ollama's messages (middleware/openai.go, TranscriptionMiddleware).
 PARSE_FAILED: Final = "failed to parse multipart form: "
 MODEL_REQUIRED: Final = "model is required"
@@ -118,8 +120,9 @@ def _bytes(text: str) -> bytes:
 
 
 def _text(raw: bytes) -> str:
-    """Bytes as a str that keeps each byte (Go strings are bytes)."""
-    return raw.decode("utf-8", "surrogateescape")
+    """A Go string (bytes) as text: as Ollama's JSON would write it (`go_string`), so
+    every message and name made of it is valid UTF-8."""
+    return go_string(raw)
 
 
 # url.ParseQuery ---------------------------------------------------------------------

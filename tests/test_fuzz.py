@@ -59,6 +59,7 @@ ROUTES = [
     "/v1/models/llama3.1:8b",
     "/v1/responses",
     "/v1/messages",
+    "/v1/audio/transcriptions",
     "/api/autoroute/health",
     "/api/autoroute/status",
     "/api/autoroute/explain",

@@ -12,9 +12,12 @@ import aiohttp
 import openai
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.auth import hash_key
 from proxy.config import ApiKey, Auth, Limits, Usage
+from proxy.errors import error_body
 from proxy.multipart_form import (
     MODEL_REQUIRED,
     PARSE_FAILED,
@@ -97,6 +100,14 @@ def test_an_empty_model_in_the_query_leaves_no_model_whatever_the_form_says() ->
 )
 def test_a_form_without_a_model_is_refused_as_ollama_does(body: bytes) -> None:
     assert refusal(CT, "", body) == MODEL_REQUIRED
+
+
+def test_bytes_that_are_not_utf8_read_as_ollamas_json_writes_them() -> None:
+    # Go keeps the bytes; its JSON writes each one that is not UTF-8 as U+FFFD.
+    assert transcription_model(CT, "", form(part("model", b"a\xe2\x82b"))) == "a\ufffd\ufffdb"
+    assert transcription_model(CT, "model=%FFx", b"--XyZ--") == "\ufffdx"
+    broken = b"--XyZ\r\nX-\xff: 1\r\n\r\n\r\n--XyZ--"
+    assert refusal(CT, "", broken) == PARSE_FAILED + "malformed MIME header line: X-\ufffd: 1"
 
 
 def test_the_first_of_several_model_fields_wins() -> None:
@@ -198,6 +209,47 @@ def test_more_than_a_thousand_parts_is_too_large() -> None:
     many = form(*[part("p", b"")] * 1000, part("model", b"m"))
     assert refusal(CT, "", many) == PARSE_FAILED + "multipart: message too large"
     assert transcription_model(CT, "", form(*[part("p", b"")] * 999, part("model", b"m"))) == "m"
+
+
+# What a form is made of, shuffled: whatever comes of it, the answer is a model or
+# Ollama's 400, never an exception of the parser's own.
+_PIECES = [
+    b"--XyZ",
+    b"--",
+    b"\r\n",
+    b"\n",
+    b"\r",
+    b" ",
+    b"\t",
+    b'Content-Disposition: form-data; name="model"',
+    b'Content-Disposition: form-data; name="file"; filename="a.wav"',
+    b"content-disposition:form-data;name*=utf-8''model",
+    b"Content-Transfer-Encoding: quoted-printable",
+    b"=",
+    b"=3",
+    b"=3A",
+    b"llama3.1:8b",
+    b":",
+]
+
+
+@given(
+    pieces=st.lists(st.sampled_from(_PIECES) | st.binary(max_size=8), max_size=40),
+    query=st.text("model=&;%+3Axyz", max_size=12),
+    content_type=st.sampled_from([CT, "multipart/form-data; boundary=", "text/plain", ""]),
+)
+@settings(max_examples=400, deadline=None, database=None)
+def test_any_bytes_give_a_model_or_ollamas_400(
+    pieces: list[bytes], query: str, content_type: str
+) -> None:
+    try:
+        model = transcription_model(content_type, query, b"".join(pieces))
+    except Refused as exc:
+        assert str(exc) == MODEL_REQUIRED or str(exc).startswith(PARSE_FAILED)
+        error_body(PATH, 400, str(exc))  # valid text: the answer can be written
+    else:
+        assert model
+        model.encode()  # valid text, for the key's check, the 403 and the usage event
 
 
 def test_go_quote() -> None:
@@ -305,6 +357,17 @@ async def test_a_key_with_a_model_list_transcribes_with_its_models_only(
     assert isinstance(body, dict)
     assert body["message"] == f"model '{LLAMA}' is not allowed for this API key"
     assert counts(fleet) == (0, 1)  # nothing reached a backend
+    # A name that is no UTF-8 is refused as Ollama's JSON would write it, not a 500.
+    headers = {"Content-Type": CT, "Authorization": f"Bearer {LISTED}"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            front.url + PATH, data=form(part("model", b"\xff:1"), FILE), headers=headers
+        ) as resp,
+    ):
+        assert resp.status == 403
+        refusal = orjson.loads(await resp.read())
+    assert refusal["error"]["message"] == "model '\ufffd:1' is not allowed for this API key"
 
 
 async def test_each_transcription_is_one_usage_event(
