@@ -5,6 +5,7 @@ Ollama's 400s where the proxy decides."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -477,3 +478,33 @@ async def test_a_form_over_the_body_limit_is_413_and_reaches_no_backend(
         assert counts(fleet) == (0, 0)
     finally:
         prx.stop()
+
+
+async def test_a_transcription_holds_one_of_the_keys_streams(servers: ServerThread) -> None:
+    from dataclasses import replace
+
+    slow = Emulator(servers, replace(FROZEN, models=(QWEN,), chunk_delay_ms=100.0))
+    auth = Auth(keys=(ApiKey(sha256=hash_key(OPEN), name="one", max_streams=1),))
+    prx = Proxy(servers, [slow.url], auth=auth)
+    try:
+        client = sdk(prx.url, OPEN)
+        first = asyncio.ensure_future(
+            client.audio.transcriptions.create(model=QWEN, file=("a.wav", AUDIO))
+        )
+
+        async def running() -> bool:
+            return slow.state.requests[PATH] == 1
+
+        await wait_for(running, what="the first transcription at the backend")
+        with pytest.raises(openai.RateLimitError) as caught:
+            await client.audio.transcriptions.create(model=QWEN, file=("b.wav", AUDIO))
+        body = caught.value.body
+        assert isinstance(body, dict)
+        assert body["message"] == "too many concurrent requests (limit 1)"
+        assert (await first).text
+        assert slow.state.requests[PATH] == 1
+        # The stream is given back when the answer is done.
+        assert (await client.audio.transcriptions.create(model=QWEN, file=("c.wav", AUDIO))).text
+    finally:
+        prx.stop()
+        slow.stop()
