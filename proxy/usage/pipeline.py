@@ -110,17 +110,8 @@ class UsagePipeline:
         )
         self._put(captured)
 
-    def submit_feedback(
-        self,
-        request_id: str,
-        rating: float,
-        comment: str | None,
-        api_key_id: str | None = None,
-        api_key_hash: str | None = None,
-    ) -> str:
-        """Queue a rating; `api_key_id` and `api_key_hash`: the API key that gave it
-        (None without keys)."""
-        feedback = ev.feedback(request_id, rating, comment, api_key_id, api_key_hash)
+    def submit_feedback(self, feedback: Feedback) -> str:
+        """Queue a rating (`event.feedback` makes one); its feedback id."""
         self._put(Record(feedback, orjson.dumps(feedback.document())))
         return feedback.feedback_id
 

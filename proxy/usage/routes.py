@@ -10,6 +10,7 @@ from proxy.auth import KEY_REQUEST
 from proxy.errors import error_response
 from proxy.limits import read_body
 from proxy.protocol import JSON
+from proxy.usage import event as ev
 from proxy.usage.pipeline import UsagePipeline, parse_feedback
 
 
@@ -27,12 +28,10 @@ class UsageRoutes:
             return error_response(request.path, 400, str(exc))
         # With API keys, the rating counts only for the key's own requests.
         key = state_get(request, KEY_REQUEST)
-        if key is None:
-            feedback_id = self.pipeline.submit_feedback(request_id, rating, comment)
-        else:
-            feedback_id = self.pipeline.submit_feedback(
-                request_id, rating, comment, key.id, key.hash
-            )
+        given = (key.id, key.hash) if key is not None else (None, None)
+        feedback_id = self.pipeline.submit_feedback(
+            ev.feedback(request_id, rating, comment, *given)
+        )
         body = orjson.dumps({"status": "accepted", "feedback_id": feedback_id})
         return web.Response(status=202, body=body, headers={"Content-Type": JSON})
 
