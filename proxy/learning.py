@@ -127,6 +127,16 @@ def evidence_from_events(events: Iterable[Mapping[str, Any]]) -> Evidence:
 _Rating = tuple[float, str | None, str | None]
 
 
+def _key_of(doc: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """(`api_key_id`, `api_key_hash`) as an event's `client` or a feedback names its
+    key; None for one absent or not a string."""
+    key, key_hash = doc.get("api_key_id"), doc.get("api_key_hash")
+    return (
+        key if isinstance(key, str) else None,
+        key_hash if isinstance(key_hash, str) else None,
+    )
+
+
 @dataclass(slots=True)
 class _Counted:
     """What the learner counted for one request, to take back when it changes. Small:
@@ -148,15 +158,9 @@ class _Counted:
     def of(cls, decided: tuple[str, str, float], event: Mapping[str, Any]) -> _Counted:
         raw = event.get("outcome")
         answer = raw if isinstance(raw, Mapping) else {}
-        client = event.get("client")
-        client = client if isinstance(client, Mapping) else {}
-        key, key_hash = client.get("api_key_id"), client.get("api_key_hash")
-        return cls(
-            *decided,
-            *_implicit(answer),
-            key if isinstance(key, str) else None,
-            key_hash if isinstance(key_hash, str) else None,
-        )
+        raw = event.get("client")
+        client = raw if isinstance(raw, Mapping) else {}
+        return cls(*decided, *_implicit(answer), *_key_of(client))
 
     def rate(self, ratings: Iterable[_Rating]) -> None:
         """Count ratings; one given with another key than the request's does not count
@@ -229,15 +233,7 @@ class Learner:
         if what == USAGE:
             self._event(doc)
         elif what == FEEDBACK:
-            rater, rater_hash = doc.get("api_key_id"), doc.get("api_key_hash")
-            self._feedback(
-                str(doc.get("request_id")),
-                (
-                    float(doc["rating"]),
-                    rater if isinstance(rater, str) else None,
-                    rater_hash if isinstance(rater_hash, str) else None,
-                ),
-            )
+            self._feedback(str(doc.get("request_id")), (float(doc["rating"]), *_key_of(doc)))
 
     def _event(self, event: Mapping[str, Any]) -> None:
         decided = decision_of(event)
