@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from proxy.go_json import go_string
+from proxy.header_values import utf8
 
 # Ollama's messages (middleware/openai.go, TranscriptionMiddleware).
 PARSE_FAILED: Final = "failed to parse multipart form: "
@@ -108,15 +109,10 @@ def read_form(content_type: str | None, raw_query: str, body: bytes) -> Form:
     boundary = params.get("boundary")
     if boundary is None:
         raise FormError(MISSING_BOUNDARY)
-    _Parts(_bytes(boundary), body).read_into(form)
+    _Parts(utf8(boundary), body).read_into(form)
     if query_error is not None:
         raise FormError(query_error)
     return form
-
-
-def _bytes(text: str) -> bytes:
-    """A string aiohttp decoded from the wire as the bytes it came from."""
-    return text.encode("utf-8", "surrogateescape")
 
 
 def _text(raw: bytes) -> str:
@@ -132,7 +128,7 @@ def _parse_query(query: str, into: dict[str, list[str]]) -> str | None:
     """Go's `parseQuery` into `into`; the error it returns, if any. A pair that fails
     is skipped; the first escape error is kept, a semicolon's always replaces it."""
     error: str | None = None
-    rest = _bytes(query)
+    rest = utf8(query)
     while rest:
         pair, _, rest = rest.partition(b"&")
         if b";" in pair:
@@ -315,7 +311,7 @@ def _decode_2231(v: str) -> str | None:
 
 def _percent_unescape(v: str) -> str | None:
     """mime's percentHexUnescape; None where it fails."""
-    raw = _bytes(v)
+    raw = utf8(v)
     out = bytearray()
     i = 0
     while i < len(raw):
@@ -376,7 +372,7 @@ class _Parts:
             content = self._content()
             if _header(headers, "content-transfer-encoding").lower() == "quoted-printable":
                 content = memoryview(_quoted_printable(bytes(content)))
-            budget -= len(_bytes(name)) + _MAP_ENTRY
+            budget -= len(utf8(name)) + _MAP_ENTRY
             if not params.get("filename", ""):
                 budget -= len(content)
                 if budget < 0:
