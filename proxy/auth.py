@@ -53,8 +53,9 @@ class KeyState:
 
     id: str  # its name: what usage events and the access log show
     # Its SHA-256 (lower-case hex): the key itself, where the name is only a label a
-    # revoked key's successor may take. Whose cached answers a request may read and
-    # whose requests it may rate go by this (`hash`), never by the name.
+    # revoked key's successor may take. Whose cached answers a request may read, whose
+    # requests it may rate and its limits in Redis go by this (`hash`), never by the
+    # name.
     sha256: str
     admin: bool
     models: frozenset[str] | None  # normalised names; None: any
@@ -171,11 +172,11 @@ class Access:
         stored = tuple(stored)  # read twice
         old = self.keys
         keys: dict[str, KeyState] = {}
-        # A key's id names it in usage events and the access log and keys its limits in
-        # Redis (its cached answers and whose requests it may rate go by its hash). The
-        # configuration refuses an id used twice; a stored key whose id a configured
-        # key (or an earlier stored one) has is left out, rather than share what is
-        # that key's.
+        # A key's id names it in usage events, the access log and the metrics (its
+        # limits, its cached answers, whose requests it may rate and which prompts it
+        # retries go by its hash). The configuration refuses an id used twice; a stored
+        # key whose id a configured key (or an earlier stored one) has is left out,
+        # rather than pass for that key where people read names.
         configured = {k.sha256.lower() for k in self.configured}
         taken = {k.id for k in self.configured}
         clashing: set[str] = set()
@@ -264,7 +265,7 @@ class Access:
         if not key.rate and not streams:
             return Admission(key)
         try:
-            wait, slot = await shared.admit(key.id, key.rate, key.capacity, streams)
+            wait, slot = await shared.admit(key.hash, key.rate, key.capacity, streams)
         except SharedDown:
             return self._limit_locally(request, key, route, now)
         if wait == STREAMS_FULL:
@@ -290,7 +291,7 @@ class Access:
             request[STREAM_SLOT] = True
             if self.shared is not None:
                 # Redis is down: the stream counts there once it answers again.
-                request[SHARED_SLOT] = self.shared.hold_unregistered(key.id)
+                request[SHARED_SLOT] = self.shared.hold_unregistered(key.hash)
         return Admission(key)
 
     def release(self, request: web.Request, key: KeyState | None) -> None:

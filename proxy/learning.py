@@ -127,16 +127,6 @@ def evidence_from_events(events: Iterable[Mapping[str, Any]]) -> Evidence:
 _Rating = tuple[float, str | None, str | None]
 
 
-def _key_of(doc: Mapping[str, Any]) -> tuple[str | None, str | None]:
-    """(`api_key_id`, `api_key_hash`) as an event's `client` or a feedback names its
-    key; None for one absent or not a string."""
-    key, key_hash = doc.get("api_key_id"), doc.get("api_key_hash")
-    return (
-        key if isinstance(key, str) else None,
-        key_hash if isinstance(key_hash, str) else None,
-    )
-
-
 @dataclass(slots=True)
 class _Counted:
     """What the learner counted for one request, to take back when it changes. Small:
@@ -160,7 +150,7 @@ class _Counted:
         answer = raw if isinstance(raw, Mapping) else {}
         raw = event.get("client")
         client = raw if isinstance(raw, Mapping) else {}
-        return cls(*decided, *_implicit(answer), *_key_of(client))
+        return cls(*decided, *_implicit(answer), *usage_event.key_of(client))
 
     def rate(self, ratings: Iterable[_Rating]) -> None:
         """Count ratings; one given with another key than the request's does not count
@@ -206,7 +196,7 @@ class Learner:
         self.evidence = evidence  # totals: the store's, plus what is not written yet
         self.pending = Evidence()  # increments not written to PostgreSQL yet
         self.recent: OrderedDict[str, _Counted] = OrderedDict()
-        self.prompts: OrderedDict[tuple[str, str, str], tuple[float, _Counted]] = OrderedDict()
+        self.prompts: OrderedDict[outcome.RetryKey, tuple[float, _Counted]] = OrderedDict()
         # Ratings (with the key that gave each) waiting for their request's event.
         self.unmatched: OrderedDict[str, tuple[float, list[_Rating]]] = OrderedDict()
         self.dsn = usage.postgres_dsn
@@ -233,7 +223,9 @@ class Learner:
         if what == USAGE:
             self._event(doc)
         elif what == FEEDBACK:
-            self._feedback(str(doc.get("request_id")), (float(doc["rating"]), *_key_of(doc)))
+            self._feedback(
+                str(doc.get("request_id")), (float(doc["rating"]), *usage_event.key_of(doc))
+            )
 
     def _event(self, event: Mapping[str, Any]) -> None:
         decided = decision_of(event)

@@ -5,6 +5,8 @@ Each admission is one Redis round trip: a Lua script that spends from the key's 
 bucket (the same bucket `auth.KeyState.take` keeps in memory: capacity
 `requests_per_minute`, refilled continuously) and, for an inference request, takes a
 stream slot. Time is Redis's own (`TIME`), so the proxies' clocks need not agree.
+A key's bucket and slots are named by its hash (`auth.KeyState.hash`), never by its
+name, which a revoked key's successor may take.
 
 A stream slot is a member of a sorted set per key, scored by when it expires. The proxy
 holding it puts it back with a later expiry while the stream runs (`run`) and removes it
@@ -123,8 +125,8 @@ class SharedLimits:
         """Where the limits count now: "local" while Redis is unreachable."""
         return "shared" if self.up else "local"
 
-    def _key(self, kind: str, key_id: str) -> str:
-        return f"{self.settings.key_prefix}{kind}:{key_id}"
+    def _key(self, kind: str, key_hash: str) -> str:
+        return f"{self.settings.key_prefix}{kind}:{key_hash}"
 
     async def start(self) -> None:
         """Ask Redis once before serving, so a Redis down at start is said at start."""
@@ -136,25 +138,25 @@ class SharedLimits:
     def _new_member(self) -> str:
         return f"{self._member}{next(self._counter)}"
 
-    def hold_unregistered(self, key_id: str) -> str:
+    def hold_unregistered(self, key_hash: str) -> str:
         """A slot for a stream the per-process limits admitted while Redis is down: put
         into Redis when it answers again (`keep_held`), unless the stream ended first."""
         member = self._new_member()
-        self.unregistered[member] = self._key("streams", key_id)
+        self.unregistered[member] = self._key("streams", key_hash)
         return member
 
     async def admit(
-        self, key_id: str, rate: float, capacity: float, max_streams: int
+        self, key_hash: str, rate: float, capacity: float, max_streams: int
     ) -> tuple[int, str | None]:
         """(seconds to wait, 0: admitted; `STREAMS_FULL`: every stream slot is taken,
         and the slot taken, when `max_streams` asks for one). Raises `SharedDown`.
         A slot taken for a request cancelled during this call is in no `held`, so
         nothing keeps it: it expires after the TTL."""
         member = self._new_member() if max_streams else ""
-        slots = self._key("streams", key_id)
+        slots = self._key("streams", key_hash)
         try:
             wait, taken = await self._admit(
-                keys=[self._key("rate", key_id), slots],
+                keys=[self._key("rate", key_hash), slots],
                 args=[rate, capacity, max_streams, member, self.settings.stream_slot_ttl_seconds],
             )
         except (RedisError, OSError) as exc:

@@ -8,11 +8,11 @@ and a weight, the strength of the evidence:
   every implicit signal about the same request: a thumbs-up is 1, a thumbs-down 0
   (several ratings of one request: their mean). Weight `RATED`.
 - An error, or the client cancelling before the end: 0 (weight `FAILED`).
-- The same prompt (its SHA-256) sent again by the same user to the same model name
-  (`auto`, `auto:best`, ...) after the first answer ended and within
-  `RETRY_WINDOW_SECONDS` of its end: the first answer failed, 0 (weight `FAILED`). A
-  copy sent while the first is still answering (a load test, a fan-out) or to another
-  model name (a comparison) says nothing of the first answer.
+- The same prompt (its SHA-256) sent again by the same user with the same API key
+  (`retry_key`) to the same model name (`auto`, `auto:best`, ...) after the first
+  answer ended and within `RETRY_WINDOW_SECONDS` of its end: the first answer failed,
+  0 (weight `FAILED`). A copy sent while the first is still answering (a load test, a
+  fan-out) or to another model name (a comparison) says nothing of the first answer.
 - An answer cut at the token limit (done_reason "length", or "max_tokens" on the
   Anthropic API): `TRUNCATED_VALUE`, mostly a failure (the answer is incomplete) but
   not certainly (the client may have asked for a short answer with num_predict).
@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from selector_model import usage_event
+
 RATED = 1.0
 FAILED = 1.0
 TRUNCATED_VALUE = 0.2
@@ -40,6 +42,8 @@ TRUNCATED_WEIGHT = 0.5
 COMPLETED = 0.2
 RETRY_WINDOW_SECONDS = 120.0
 TRUNCATED_REASONS = frozenset({"length", "max_tokens"})
+# Who sent which prompt to which model name (`retry_key`).
+RetryKey = tuple[str, str, str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,18 +106,22 @@ def of_event(event: Mapping[str, Any], retried: bool = False) -> Result | None:
     return implicit(outcome if isinstance(outcome, Mapping) else {}, retried)
 
 
-def retry_key(event: Mapping[str, Any]) -> tuple[str, str, str] | None:
-    """Who sent which prompt to which model name: (user, requested model, prompt
-    SHA-256), or None without a prompt hash. The user is the X-Autoroute-User header,
-    else the API key's id, else anyone (a proxy without either serves one person, or
-    cannot tell people apart)."""
+def retry_key(event: Mapping[str, Any]) -> RetryKey | None:
+    """Who sent which prompt to which model name: (API key, user, requested model,
+    prompt SHA-256), or None without a prompt hash. The key is the key itself, its
+    hash (`api_key_hash`), where there is one: its name (`api_key_id`) may go to a
+    revoked key's successor, who then retries nothing of the old key's. The user is
+    the X-Autoroute-User header within that key, as a client chooses the header: one
+    key's clients naming a user fail none of another key's answers. Neither: anyone
+    (a proxy without either serves one person, or cannot tell people apart)."""
     prompt = event.get("prompt_sha256")
     if not isinstance(prompt, str) or not prompt:
         return None
     client = event.get("client")
     client = client if isinstance(client, Mapping) else {}
-    user = str(client.get("user") or client.get("api_key_id") or "")
-    return (user, str(event.get("requested_model") or ""), prompt)
+    name, key_hash = usage_event.key_of(client)
+    user = str(client.get("user") or "")
+    return (key_hash or name or "", user, str(event.get("requested_model") or ""), prompt)
 
 
 def event_time(event: Mapping[str, Any]) -> float | None:
@@ -144,7 +152,7 @@ def retries(ended: float, again: float) -> bool:
 def retried_ids(events: Iterable[Mapping[str, Any]]) -> set[str]:
     """The request ids whose prompt the same user sent again to the same model name
     after its answer and within the window."""
-    sent: dict[tuple[str, str, str], list[tuple[float, float, str]]] = {}
+    sent: dict[RetryKey, list[tuple[float, float, str]]] = {}
     for event in events:
         key, when, rid = retry_key(event), event_time(event), event.get("request_id")
         if key is not None and when is not None and isinstance(rid, str):

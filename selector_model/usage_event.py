@@ -155,6 +155,16 @@ class Feedback:
         return _document(self)
 
 
+def key_of(doc: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """(`api_key_id`, `api_key_hash`) as an event's `client` or a feedback names its
+    key; None for one absent or not a string."""
+    key, key_hash = doc.get("api_key_id"), doc.get("api_key_hash")
+    return (
+        key if isinstance(key, str) else None,
+        key_hash if isinstance(key_hash, str) else None,
+    )
+
+
 def rating_counts(
     rater: str | None,
     requester: str | None,

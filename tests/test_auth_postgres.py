@@ -361,7 +361,7 @@ async def test_a_stored_key_may_not_take_a_configured_keys_name(
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A key's name is its id in usage events and its shared limits. The configuration
+    """A key's name is its id in usage events and the access log. The configuration
     refuses a name used twice; a stored key with a configured key's name is left out
     (with a warning) rather than pass for that key."""
     usage = Usage(file_path=str(tmp_path / "events.jsonl"), spool_dir=str(tmp_path / "spool"))

@@ -100,3 +100,33 @@ def test_a_completed_answer_tells_the_online_estimate_only_what_was_expected() -
     failed = outcome.of_event({"outcome": {"status": 500}})
     assert failed is not None and outcome.against(failed, 0.3) == 0.0
     assert outcome.against(outcome.rated(0.8), 0.3) == 0.8
+
+
+def test_a_retry_is_the_same_keys_not_another_key_under_the_same_name() -> None:
+    """The same user is the same key, by its hash (`api_key_hash`): a key issued under a
+    revoked key's name, or another key whose client sends the same X-Autoroute-User,
+    sending a prompt again fails none of that key's answers. Events from before keys had
+    hashes go by the name, as they were then."""
+
+    def sent(rid: str, ts: str, name: str, key_hash: str | None, user: str | None = None) -> Any:
+        event = answered(rid, ts)
+        event["client"] = {"user": user, "api_key_id": name, "api_key_hash": key_hash}
+        return event
+
+    first, again = "2026-01-01T00:00:00Z", "2026-01-01T00:00:30Z"
+    successor = [sent("a1", first, "alice", "1" * 16), sent("a2", again, "alice", "2" * 16)]
+    assert outcome.retried_ids(successor) == set()
+    same_key = [sent("a1", first, "alice", "1" * 16), sent("a2", again, "alice", "1" * 16)]
+    assert outcome.retried_ids(same_key) == {"a1"}
+    by_user = [
+        sent("a1", first, "alice", "1" * 16, "ann"),
+        sent("a2", again, "bob", "2" * 16, "ann"),
+    ]
+    assert outcome.retried_ids(by_user) == set()
+    own_user = [
+        sent("a1", first, "alice", "1" * 16, "ann"),
+        sent("a2", again, "alice", "1" * 16, "ann"),
+    ]
+    assert outcome.retried_ids(own_user) == {"a1"}
+    before_hashes = [sent("a1", first, "alice", None), sent("a2", again, "alice", None)]
+    assert outcome.retried_ids(before_hashes) == {"a1"}

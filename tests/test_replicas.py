@@ -19,7 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 from multidict import CIMultiDict
 
-from proxy.auth import hash_key
+from proxy.auth import KEY_HASH_CHARS, hash_key
 from proxy.config import ApiKey, Auth, Shared
 from proxy.shared_limits import STREAMS_FULL, SharedLimits
 from tests.support import Emulator, Proxy, ServerThread, free_port
@@ -37,6 +37,11 @@ KEYS = Auth(
 # A stream long enough to be running whenever the test looks (1 ms a chunk).
 LONG = {"model": "llama3.1:8b", "prompt": "long", "options": {"num_predict": 100_000}}
 SHORT = {"model": "llama3.1:8b", "prompt": "short", "stream": False}
+
+
+def slots_of(key: str, prefix: str = "autoroute:") -> str:
+    """The Redis set of a key's stream slots: named by its hash, not its name."""
+    return f"{prefix}streams:{hash_key(key)[:KEY_HASH_CHARS]}"
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -119,6 +124,34 @@ async def test_a_keys_rate_holds_across_both_proxies(replicas: tuple[Proxy, Prox
         assert orjson.loads(body)["error"] == "rate limit exceeded: too many requests per minute"
 
 
+async def test_a_key_under_another_keys_name_has_limits_of_its_own(
+    servers: ServerThread, own_emulator: Emulator, prefix: str
+) -> None:
+    """The limits in Redis are the key's, by its hash: a key issued under a revoked
+    key's name (here one proxy still knows the old key, the other the new one) starts
+    with a full bucket, not what is left of its predecessor's (its stream slots go
+    by the same name in Redis)."""
+    successor = "k-rated-2"
+    renamed = Auth(
+        keys=(
+            ApiKey(sha256=hash_key(successor), name="rated", requests_per_minute=RATE),
+            ApiKey(sha256=hash_key(STREAMER), name="streamer", max_streams=1),
+        )
+    )
+    shared = Shared(redis_url=REDIS, key_prefix=prefix, stream_slot_ttl_seconds=600)
+    old = Proxy(servers, [own_emulator.url], auth=KEYS, shared=shared)
+    new = Proxy(servers, [own_emulator.url], auth=renamed, shared=shared)
+    try:
+        for _ in range(RATE):
+            assert (await call(old.url, "GET", "/api/tags", RATED))[0] == 200
+        assert (await call(old.url, "GET", "/api/tags", RATED))[0] == 429
+        for _ in range(RATE):
+            assert (await call(new.url, "GET", "/api/tags", successor))[0] == 200
+    finally:
+        old.stop()
+        new.stop()
+
+
 async def test_a_keys_streams_hold_across_both_proxies(replicas: tuple[Proxy, Proxy]) -> None:
     one, two = replicas
     async with (
@@ -143,7 +176,7 @@ async def test_a_slot_is_given_back_when_the_client_disconnects(
 ) -> None:
     one, two = replicas
     client = aioredis.Redis.from_url(REDIS)
-    slots = f"{prefix}streams:streamer"
+    slots = slots_of(STREAMER, prefix)
     try:
         async with aiohttp.ClientSession() as http:
             resp = await http.post(one.url + "/api/generate", json=LONG, headers=bearer(STREAMER))
@@ -278,7 +311,7 @@ async def test_after_an_outage_redis_counts_every_stream_still_running(
     async def count() -> int:
         """The key's slots in Redis, on a connection of its own (Redis restarts here)."""
         async with aioredis.Redis.from_url(own_redis.url) as client:
-            return int(await client.zcard("autoroute:streams:streamer"))
+            return int(await client.zcard(slots_of(STREAMER)))
 
     async def counted(n: int) -> bool:
         return await count() == n
