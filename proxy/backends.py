@@ -232,11 +232,16 @@ class BackendPool:
         skip = set(map(id, exclude))
         return [s for s in self.states if id(s) not in skip and s.breaker.allows(now)]
 
-    def unavailable_reason(self) -> str:
+    def unavailable_reason(self, detailed: bool = True) -> str:
+        """Why no backend is usable: each backend's last error; without `detailed`,
+        only each one's circuit, under its public name (`Backend.public_label`)."""
         now = asyncio.get_running_loop().time()
         reasons = []
-        for s in self.states:
+        for i, s in enumerate(self.states):
             state = s.breaker.state(now)
+            if not detailed:
+                reasons.append(f"{s.config.public_label(i)} (circuit {state})")
+                continue
             why = s.last_error or "unreachable"
             reasons.append(f"{s.label}: {why}" + (" (circuit open)" if state == "open" else ""))
         return "no healthy backend: " + "; ".join(reasons)

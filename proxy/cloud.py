@@ -107,10 +107,10 @@ class CloudFallback:
             await self._session.close()
         await self.budget.close()
 
-    def status(self, models: bool = True) -> dict[str, Any]:
+    def status(self, detailed: bool = True) -> dict[str, Any]:
         """For the health endpoint: each provider, its budget and this month's tokens
-        as last counted (never the key); with `models`, the models it maps (local and
-        cloud names)."""
+        as last counted (never the key); `detailed`, its base URL and the models it
+        maps (local and cloud names)."""
         month = this_month()
         doc: dict[str, Any] = {
             "prefer_for_profiles": list(self.config.prefer_for_profiles),
@@ -128,9 +128,9 @@ class CloudFallback:
                 for name, provider, _ in self.providers
             ],
         }
-        if not models:
+        if not detailed:
             for entry in doc["providers"]:
-                del entry["models"]
+                del entry["base_url"], entry["models"]
         return doc
 
     def preferred(self, profile: str) -> bool:

@@ -87,6 +87,11 @@ class Backend:
     def label(self) -> str:
         return self.name or self.url
 
+    def public_label(self, index: int) -> str:
+        """Its name for a caller who may not learn its URL (the public probes with keys
+        on): the configured name, else its place in `backends`."""
+        return self.name or f"backends[{index}]"
+
 
 @dataclass(frozen=True)
 class Timeouts:

@@ -418,43 +418,59 @@ class Handlers:
             raise NoBackend(self.backends.unavailable_reason())
         return usable[0]
 
+    def _sees_fleet(self, request: web.Request) -> bool:
+        """Whether a public probe's caller may learn what names models and hosts: any
+        caller without API keys, else one with a key that may see every model
+        (`KeyState.sees_every_model`)."""
+        key = state_get(request, KEY_REQUEST)
+        return not self.config.auth.enabled or (key is not None and key.sees_every_model)
+
     async def health(self, request: web.Request) -> web.StreamResponse:
         """The proxy's own liveness (for container health checks) and its view of each
         backend. 200 while the proxy runs, whatever the backends' state; `status` says
         "ok" (every backend usable), "degraded" (some) or "down" (none; see `ready`).
 
-        Public: with API keys on, a caller without a key that may see every model
-        (`KeyState.sees_every_model`) gets each backend's state without the models it
-        has or has loaded, and the cloud's providers without the models they map."""
+        Public: with API keys on, a caller who may not see the fleet (`_sees_fleet`)
+        gets each backend's circuit and requests in flight under its public name
+        (`Backend.public_label`), without its URL, its last error (which names hosts
+        and ports), the models it has or has loaded, and the cloud's providers without
+        their base URLs and the models they map."""
         now = asyncio.get_running_loop().time()
         usable = len(self.backends.usable())
         status = "ok" if usable == len(self.backends.states) else "degraded" if usable else "down"
-        key = state_get(request, KEY_REQUEST)
-        names = not self.config.auth.enabled or (key is not None and key.sees_every_model)
+        fleet = self._sees_fleet(request)
         backends = []
-        for s in self.backends.states:
-            backend: dict[str, object] = {
-                "name": s.label,
-                "url": s.config.url,
-                "circuit": s.breaker.state(now),
-                "in_flight": s.in_flight,
-            }
-            if names:
+        for i, s in enumerate(self.backends.states):
+            backend: dict[str, object] = {"name": s.label if fleet else s.config.public_label(i)}
+            if fleet:
+                backend["url"] = s.config.url
+            backend["circuit"] = s.breaker.state(now)
+            backend["in_flight"] = s.in_flight
+            if fleet:
                 backend["models"] = sorted(s.models) if s.models is not None else None
                 backend["loaded"] = sorted(s.loaded)
-            backend["error"] = s.last_error or None
+                backend["error"] = s.last_error or None
             backends.append(backend)
         doc: dict[str, object] = {"status": status, "backends": backends}
         doc.update((name, extra()) for name, extra in self.health_extras.items())
         if self.cloud is not None:
-            doc["cloud"] = self.cloud.status(models=names)
+            doc["cloud"] = self.cloud.status(detailed=fleet)
         return web.Response(body=orjson.dumps(doc), headers={"Content-Type": JSON})
 
     async def ready(self, request: web.Request) -> web.StreamResponse:
         """Readiness, for orchestrators routing traffic: 200 while at least one backend
-        is usable, else 503 naming each backend's reason. Liveness is `health`."""
-        usable = self.backends.usable()
+        is usable, else 503 naming each backend's reason. Liveness is `health`. Public:
+        as `health`, a caller who may not see the fleet gets public names and no error
+        text."""
+        fleet = self._sees_fleet(request)
+        usable = set(map(id, self.backends.usable()))
         if not usable:
-            return error_response(request.path, 503, self.backends.unavailable_reason())
-        body = orjson.dumps({"status": "ready", "usable": [s.label for s in usable]})
+            reason = self.backends.unavailable_reason(detailed=fleet)
+            return error_response(request.path, 503, reason)
+        names = [
+            s.label if fleet else s.config.public_label(i)
+            for i, s in enumerate(self.backends.states)
+            if id(s) in usable
+        ]
+        body = orjson.dumps({"status": "ready", "usable": names})
         return web.Response(body=body, headers={"Content-Type": JSON})

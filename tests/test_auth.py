@@ -20,15 +20,17 @@ from proxy.auth import hash_key, new_key
 from proxy.config import (
     ApiKey,
     Auth,
+    Backend,
     ConfigError,
     Experiment,
+    Health,
     Profile,
     Selector,
     Usage,
     Variant,
 )
 from proxy.config import load as load_config
-from tests.support import AUTO_NAMES, Emulator, Proxy, ServerThread, raw_request
+from tests.support import AUTO_NAMES, Emulator, Proxy, ServerThread, free_port, raw_request
 from tests.usage_services import read_bytes, wait_for
 
 ADMIN, USER, LIMITED, SINGLE = "k-admin-1", "k-user-1", "k-limited-1", "k-single-1"
@@ -507,11 +509,79 @@ async def test_health_without_a_key_says_what_is_up_and_names_no_model(guarded: 
     assert status == 200 and named(answer, [*hidden, *ALLOWED]) == []
     health = orjson.loads(answer)
     assert health["status"] == "ok"
-    label = guarded.config.backends[0].label
-    assert [(b["name"], b["circuit"]) for b in health["backends"]] == [(label, "closed")]
+    assert [(b["name"], b["circuit"]) for b in health["backends"]] == [("backends[0]", "closed")]
     # A key that may see every model gets the models too.
     full = orjson.loads((await call(guarded.url, "GET", "/api/autoroute/health", SINGLE))[2])
     assert {"mistral:7b", *ALLOWED} <= set(full["backends"][0]["models"])
+
+
+async def test_public_probes_name_no_backend_url_and_no_error_text(
+    servers: ServerThread, own_emulator: Emulator
+) -> None:
+    """A backend's URL and its last error (which names hosts, ports and what failed)
+    are the operator's: with keys on, health and readiness give a caller without a key
+    that may see every model each backend's state under its configured name, else its
+    place in `backends`. Without keys they are shown as before."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    backends = [Backend(url=own_emulator.url), Backend(url=dead, name="gpu-b")]
+    health = Health(interval_seconds=3600, failure_threshold=1)
+    keys = Auth(
+        keys=(
+            ApiKey(sha256=hash_key(SINGLE), name="one"),
+            ApiKey(sha256=hash_key(USER), name="dev", models=ALLOWED),
+        )
+    )
+    guarded = Proxy(servers, backends, auth=keys, health=health)
+    open_ = Proxy(servers, backends, health=health)
+    only_dead = Proxy(servers, [dead], auth=keys, health=health)
+
+    async def probe(proxy: Proxy, path: str, key: str | None = None) -> tuple[int, bytes]:
+        status, _, answer = await call(proxy.url, "GET", path, key)
+        return status, answer
+
+    async def failed(proxy: Proxy) -> bool:
+        doc = orjson.loads((await probe(proxy, "/api/autoroute/health", SINGLE))[1])
+        return all(b["error"] for b in doc["backends"] if b["url"] == dead)
+
+    try:
+        for proxy in (guarded, open_, only_dead):
+            await wait_for(lambda proxy=proxy: failed(proxy), what="the dead backend's error")
+        for key in (None, USER):
+            status, answer = await probe(guarded, "/api/autoroute/health", key)
+            assert status == 200
+            assert own_emulator.url.encode() not in answer and dead.encode() not in answer
+            doc = orjson.loads(answer)
+            assert doc["status"] == "degraded"
+            assert [sorted(b) for b in doc["backends"]] == [["circuit", "in_flight", "name"]] * 2
+            assert [(b["name"], b["circuit"]) for b in doc["backends"]] == [
+                ("backends[0]", "closed"),
+                ("gpu-b", "open"),
+            ]
+            status, answer = await probe(guarded, "/api/autoroute/ready", key)
+            assert (status, orjson.loads(answer)) == (
+                200,
+                {"status": "ready", "usable": ["backends[0]"]},
+            )
+            status, answer = await probe(only_dead, "/api/autoroute/ready", key)
+            assert (status, orjson.loads(answer)) == (
+                503,
+                {"error": "no healthy backend: backends[0] (circuit open)"},
+            )
+        # A key that may see every model, or any caller without keys: everything.
+        for proxy, key in ((guarded, SINGLE), (open_, None)):
+            doc = orjson.loads((await probe(proxy, "/api/autoroute/health", key))[1])
+            assert [(b["name"], b["url"]) for b in doc["backends"]] == [
+                (own_emulator.url, own_emulator.url),
+                ("gpu-b", dead),
+            ]
+            assert doc["backends"][0]["error"] is None and doc["backends"][1]["error"]
+            status, answer = await probe(proxy, "/api/autoroute/ready", key)
+            assert orjson.loads(answer)["usable"] == [own_emulator.url]
+        status, answer = await probe(only_dead, "/api/autoroute/ready", SINGLE)
+        assert status == 503 and dead in orjson.loads(answer)["error"]
+    finally:
+        for proxy in (guarded, open_, only_dead):
+            proxy.stop()
 
 
 @pytest.mark.parametrize("path", ["/api/autoroute/status", "/metrics"])
