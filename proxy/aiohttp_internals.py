@@ -30,6 +30,11 @@ What is relied on, and why:
 * `BaseRunner._make_server` and `web.Server`'s `_loop` and `_kwargs`: `HandlerRunner`.
   aiohttp builds each connection's `RequestHandler` itself; the hook swaps in the
   proxy's subclass, built with the very options aiohttp would have used.
+* Both parsers read every CONNECT target as an authority (`URL.build(authority=...)`),
+  `CONNECT /api/chat` too, whose path aiohttp's router then finds no route for;
+  `web.Server`'s `request_factory` is called with each parsed head, whose `url`
+  `_replace` sets: `HandlerRunner` reads an origin-form target as the path, as Go does
+  (and closes the connection after a CONNECT's answer, `should_close`).
 * `RequestHandler.handle_error` is called with status 400 and the parser's
   `HttpProcessingError` for an unparsable head, and its returned response is what
   aiohttp sends (proxy/connection.py overrides it).
@@ -71,7 +76,10 @@ from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_exceptions import BadStatusLine, HttpProcessingError, LineTooLong
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import StreamReader
 from aiohttp.web_request import BaseRequest
+from yarl import URL
 
 from proxy.config import AIOHTTP_UNCHECKED_ENV
 
@@ -88,6 +96,17 @@ MISSING_HOST = "Missing 'Host' header"
 # Builds a connection's handler: called as aiohttp's web.Server builds its own,
 # `factory(server, loop=loop, **server_options)`.
 HandlerFactory = Callable[..., web.RequestHandler]
+# Builds a request from its parsed head, as `web.Server(request_factory=...)` takes it.
+_RequestFactory = Callable[
+    [
+        RawRequestMessage,
+        StreamReader,
+        web.RequestHandler,
+        AbstractStreamWriter,
+        "asyncio.Task[None]",
+    ],
+    BaseRequest,
+]
 
 
 def version_problem(version: str) -> str | None:
@@ -175,6 +194,30 @@ def quoted_request_line(exc: HttpProcessingError) -> bytes | None:
     return line if isinstance(line, bytes) else None
 
 
+def _origin_form_connect(factory: _RequestFactory) -> _RequestFactory:
+    """`factory` reading an origin-form CONNECT's target (`CONNECT /api/chat`) as its
+    path, as Go's net/http does: aiohttp's parsers read every CONNECT target as an
+    authority, so its router would answer with a 404 of its own before the proxy's
+    route table sees the request. A CONNECT's connection closes after its answer:
+    the parsers read no body of a CONNECT, so bytes sent as one would be read as the
+    next request. One comparison per request."""
+
+    def make(
+        message: RawRequestMessage,
+        payload: StreamReader,
+        protocol: web.RequestHandler,
+        writer: AbstractStreamWriter,
+        task: asyncio.Task[None],
+    ) -> BaseRequest:
+        if message.method == "CONNECT":
+            path = message.path
+            url = URL(path, encoded=True) if path.startswith("/") else message.url
+            message = message._replace(url=url, should_close=True)
+        return factory(message, payload, protocol, writer, task)
+
+    return make
+
+
 class _Server(web.Server):
     """aiohttp's `web.Server` (the protocol factory sites listen with), building each
     connection's handler with `factory`."""
@@ -182,7 +225,7 @@ class _Server(web.Server):
     def __init__(self, base: web.Server, factory: HandlerFactory) -> None:
         super().__init__(
             base.request_handler,
-            request_factory=base.request_factory,
+            request_factory=_origin_form_connect(base.request_factory),
             handler_cancellation=base.handler_cancellation,
             loop=base._loop,
             **base._kwargs,

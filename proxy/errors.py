@@ -1,6 +1,7 @@
 """Errors in Ollama's shape: `{"error": "..."}` with Ollama's status codes, the OpenAI
 shape on the `/v1` routes and the Anthropic shape on `/v1/messages`, as Ollama's
-compatibility layers answer there, written with Go's escapes (`protocol.go_dumps`)."""
+compatibility layers answer there, written with Go's escapes (`protocol.go_dumps`); and
+gin's plain-text 404 and 405 for a path or method Ollama's router does not serve."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 from aiohttp import web
 
 from proxy.protocol import JSON, go_dumps
+from proxy.routes import gin_allowed
 
 _OPENAI_TYPES = {
     400: "invalid_request_error",
@@ -67,3 +69,23 @@ def stream_error_line(content_type: str, message: str) -> bytes:
         )
         return b"data: " + payload + b"\n\n"
     return go_dumps({"error": message}) + b"\n"
+
+
+GO_PLAIN = "text/plain"  # gin's mimePlain for its 404 and 405 bodies
+
+
+def gin_not_found() -> web.Response:
+    return web.Response(status=404, body=b"404 page not found", headers={"Content-Type": GO_PLAIN})
+
+
+def gin_refusal(path: str) -> web.Response:
+    """Ollama's answer to a method its router does not serve on `path`: gin's 405 with
+    `Allow` naming the methods it does serve there (gin 1.10), else gin's 404."""
+    allowed = gin_allowed(path)
+    if not allowed:
+        return gin_not_found()
+    return web.Response(
+        status=405,
+        body=b"405 method not allowed",
+        headers={"Content-Type": GO_PLAIN, "Allow": ", ".join(allowed)},
+    )

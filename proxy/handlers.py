@@ -29,7 +29,7 @@ from proxy.cache.key import cache_key, cacheable, scope
 from proxy.cache.replay import CACHE_HEADER, replay
 from proxy.cloud import CloudFallback, lists_locally
 from proxy.config import Config
-from proxy.errors import error_body, error_response
+from proxy.errors import error_body, error_response, gin_refusal
 from proxy.fanout import Fanout
 from proxy.metrics import Metrics
 from proxy.outcome import OUTCOME, Served
@@ -124,6 +124,11 @@ class Handlers:
         )
         response.headers["Allow"] = ", ".join(sorted(route.methods))
         return response
+
+    async def gin_refusal(self, request: web.Request) -> web.StreamResponse:
+        """A CONNECT outside the proxy's own paths: Ollama's answer for its path
+        (`errors.gin_refusal`)."""
+        return gin_refusal(request.path)
 
     async def scrape(self, request: web.Request) -> web.StreamResponse:
         """`GET /metrics`, for Prometheus."""

@@ -23,6 +23,7 @@ from aiohttp import web
 
 from proxy import header_values
 from proxy.errors import error_response
+from proxy.routes import gin_allowed
 
 ORIGIN: Final = "Origin"
 # An allowed cross-origin request's response headers, for the answers the proxy makes
@@ -107,6 +108,11 @@ class Origins:
             return error_response(request.path, 403, f"origin not allowed: {shown}")
         if request.method == "OPTIONS":
             response = web.Response(status=204)
+            # Ollama serves OPTIONS on no route: gin sets its 405's `Allow` before the
+            # middleware answers the preflight, so a path of Ollama's says it.
+            allowed = gin_allowed(request.path)
+            if allowed:
+                response.headers["Allow"] = ", ".join(allowed)
             response.headers.update(
                 {
                     "Access-Control-Allow-Methods": _ALLOW_METHODS,

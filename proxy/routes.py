@@ -8,7 +8,8 @@ Paths the table does not name pass through to a backend, as Ollama would answer 
 (unknown ones too), except under `OWN_PREFIX`, which no Ollama path uses: there an
 unknown path is 404 and a method its route does not take 405. A route's flags describe
 its path whatever the method; elsewhere a method the route does not take passes
-through, as an unknown path does.
+through, as an unknown path does, but CONNECT, which gets Ollama's answer from
+Ollama's own table (`OLLAMA_ROUTES`) and reaches no backend.
 
 A handler is named by the object that owns it and its method, resolved once by
 `Router` against the objects the application built (see `proxy.app`).
@@ -16,6 +17,7 @@ A handler is named by the object that owns it and its method, resolved once by
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, cast
@@ -124,6 +126,69 @@ ROUTES: tuple[Route, ...] = (
     Route(OWN_PREFIX + "dashboard.json", GET, "dashboard.data", access=ADMIN),
 )
 
+# Ollama's own route table (server/routes.go, `GenerateRoutes`), in the order it
+# registers the routes, gin's `:name` written `{name}`: (method, path, the emulator's
+# handler, "<module>.<function>" in `proxy.emulator`). The emulator serves exactly
+# these; the proxy answers from them what no backend is asked (CONNECT, see
+# `Router.handler`) and says in a preflight what gin says (`proxy.origins`).
+# GET /api/experimental/model-recommendations is Ollama's too, not yet the emulator's.
+OLLAMA_ROUTES: tuple[tuple[str, str, str], ...] = (
+    ("HEAD", "/", "admin.handle_root"),
+    ("GET", "/", "admin.handle_root"),
+    ("HEAD", "/api/version", "admin.handle_version"),
+    ("GET", "/api/version", "admin.handle_version"),
+    ("GET", "/api/status", "admin.handle_status"),
+    ("POST", "/api/pull", "admin.handle_pull"),
+    ("POST", "/api/push", "admin.handle_push"),
+    ("HEAD", "/api/tags", "admin.handle_tags"),
+    ("GET", "/api/tags", "admin.handle_tags"),
+    ("POST", "/api/show", "admin.handle_show"),
+    ("DELETE", "/api/delete", "admin.handle_delete"),
+    ("POST", "/api/me", "admin.handle_me"),
+    ("POST", "/api/signout", "admin.handle_signout"),
+    ("DELETE", "/api/user/keys/{encodedKey}", "admin.handle_signout"),
+    ("POST", "/api/create", "admin.handle_create"),
+    ("POST", "/api/blobs/{digest}", "admin.handle_create_blob"),
+    ("HEAD", "/api/blobs/{digest}", "admin.handle_head_blob"),
+    ("POST", "/api/copy", "admin.handle_copy"),
+    ("POST", "/api/experimental/web_search", "admin.handle_web_experimental"),
+    ("POST", "/api/experimental/web_fetch", "admin.handle_web_experimental"),
+    ("GET", "/api/ps", "admin.handle_ps"),
+    ("POST", "/api/generate", "native.handle_generate"),
+    ("POST", "/api/chat", "native.handle_chat"),
+    ("POST", "/api/embed", "native.handle_embed"),
+    ("POST", "/api/embeddings", "native.handle_embeddings"),
+    ("POST", "/v1/chat/completions", "openai_routes.handle_chat_completions"),
+    ("POST", "/v1/completions", "openai_routes.handle_completions"),
+    ("POST", "/v1/embeddings", "openai_routes.handle_embeddings"),
+    ("GET", "/v1/models", "openai_routes.handle_models"),
+    ("GET", "/v1/models/{model}", "openai_routes.handle_model"),
+    ("POST", "/v1/responses", "responses_api.handle_responses"),
+    ("POST", "/v1/audio/transcriptions", "openai_routes.handle_transcriptions"),
+    ("POST", "/v1/messages", "anthropic_routes.handle_messages"),
+)
+
+
+def _gin_pattern(path: str) -> re.Pattern[str]:
+    """A gin path as a pattern: a parameter takes one non-empty segment."""
+    parts = ("[^/]+" if p.startswith("{") else re.escape(p) for p in path.split("/"))
+    return re.compile("/".join(parts) + r"\Z")
+
+
+# gin's method trees, in the order it made them (each method's first registration):
+# the order its 405 lists the methods in `Allow`.
+_GIN_TREES: dict[str, list[re.Pattern[str]]] = {}
+for _method, _path, _ in OLLAMA_ROUTES:
+    _GIN_TREES.setdefault(_method, []).append(_gin_pattern(_path))
+
+
+def gin_allowed(path: str) -> tuple[str, ...]:
+    """The methods Ollama serves `path` with, in the order gin 1.10 lists them in a
+    405's `Allow` (with `HandleMethodNotAllowed`, as Ollama sets it); none: gin's 404.
+    For a method Ollama does not serve on `path` (a served one never asks)."""
+    return tuple(m for m, paths in _GIN_TREES.items() if any(p.match(path) for p in paths))
+
+
 _EXACT = {r.path: r for r in ROUTES if not r.path.endswith("}")}
 # (prefix, takes slashes, route), in table order.
 _PATTERNS = tuple(
@@ -169,13 +234,19 @@ class Router:
         self._passthrough = _resolve(owners, PASS)
         self._not_found = _resolve(owners, "handlers.not_found")
         self._method_not_allowed = _resolve(owners, "handlers.method_not_allowed")
+        self._gin_refusal = _resolve(owners, "handlers.gin_refusal")
 
     def handler(self, method: str, path: str, route: Route | None) -> Handler:
-        """The handler of a request; `route` is `find(path)`, which the caller has."""
-        if route is not None and (not route.methods or method in route.methods):
+        """The handler of a request; `route` is `find(path)`, which the caller has.
+        CONNECT is no route's, not even one taking every method: Ollama serves it on no
+        path, and no backend is asked to open a tunnel. Outside `OWN_PREFIX` it gets
+        Ollama's answer from `OLLAMA_ROUTES` (gin's 405 or 404)."""
+        if route is not None and (
+            method in route.methods or (not route.methods and method != "CONNECT")
+        ):
             return self._handlers[route.path]
         if not path.startswith(OWN_PREFIX):
-            return self._passthrough
+            return self._gin_refusal if method == "CONNECT" else self._passthrough
         return self._not_found if route is None else self._method_not_allowed
 
 

@@ -161,6 +161,41 @@ async def test_runner_serves_with_the_factory_handler_and_aiohttp_options() -> N
     assert len(made) == 1 and made[0].max_headers == 3
 
 
+async def test_an_origin_form_connect_reaches_the_handler_by_its_path() -> None:
+    """Both parsers read a CONNECT target as an authority (the path `/a/b` becomes a
+    host, and the router finds no route); the runner's request factory makes it the
+    request's path again, and its connection closes after the answer."""
+    seen: list[tuple[str, str, str]] = []
+
+    async def record(request: web.BaseRequest) -> web.StreamResponse:
+        seen.append((request.method, request.path, request.query_string))
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", record)
+    plain = web.AppRunner(app, access_log=None)
+    await plain.setup()
+    site = web.TCPSite(plain, "127.0.0.1", 0)
+    await site.start()
+    head = b"CONNECT /a/b?c=1 HTTP/1.1\r\nHost: x\r\n\r\n"
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", plain.addresses[0][1])
+        writer.write(head + b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = await read_to_end(reader)
+        writer.close()
+    finally:
+        await plain.cleanup()
+    assert answer.startswith(b"HTTP/1.1 404 Not Found\r\n") and seen == [("GET", "/", "")]
+    seen.clear()
+    async with serving(record) as (port, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(head + b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = await read_to_end(reader)
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.count(b"HTTP/1.1") == 1
+    assert seen == [("CONNECT", "/a/b", "c=1")]
+
+
 async def test_request_count_and_awaiting_head_follow_each_head() -> None:
     """`_request_count` counts parsed heads; `_waiter` is pending exactly while aiohttp
     waits for the next head."""

@@ -26,7 +26,7 @@ from proxy.routes import (
     label_of,
     runs_model,
 )
-from tests.support import Emulator, Proxy
+from tests.support import Emulator, Proxy, raw_request
 
 ADMIN_KEY, USER_KEY, LISTED_KEY = "k-admin", "k-user", "k-listed"
 OWN_ROUTES = [r for r in ROUTES if r.path.startswith(OWN_PREFIX) or r.path == METRICS_PATH]
@@ -158,3 +158,68 @@ async def test_paths_the_table_does_not_take_pass_through(
     status, body = await fetch(own_proxy.url, "GET", OWN_PREFIX + "nothing")
     assert status == 404 and b"no such endpoint" in body
     assert own_emulator.state.requests[OWN_PREFIX + "nothing"] == 0
+
+
+# Ollama's answer to a method its router serves nowhere on a path (server/routes.go sets
+# gin's HandleMethodNotAllowed): gin 1.10's 405 with `Allow`, the methods it serves
+# there in the order of its method trees (HEAD, GET, POST, DELETE: each one's first
+# registration), else gin's 404.
+GIN_ANSWERS = [
+    ("/api/chat", "POST"),
+    ("/api/generate", "POST"),
+    ("/", "HEAD, GET"),
+    ("/api/version", "HEAD, GET"),
+    ("/api/tags", "HEAD, GET"),
+    ("/api/ps", "GET"),
+    # Not `sha256:abc`: aiohttp's parsers refuse a CONNECT target that is no authority
+    # (a port that is not a number) with 400 before any handler runs.
+    ("/api/blobs/sha256-abc", "HEAD, POST"),
+    ("/api/delete", "DELETE"),
+    ("/api/user/keys/k", "DELETE"),
+    ("/v1/models/x", "GET"),
+    ("/api/not-in-ollama", None),
+    ("/api/chat/", None),  # no trailing-slash redirect for CONNECT
+]
+
+
+@pytest.mark.parametrize(("path", "allow"), GIN_ANSWERS)
+async def test_connect_is_answered_as_ollama_answers_it_and_reaches_no_backend(
+    own_proxy: Proxy, own_emulator: Emulator, path: str, allow: str | None
+) -> None:
+    """Go's net/http reads `CONNECT /api/chat` as a request for the path (aiohttp reads
+    every CONNECT target as an authority), and gin serves CONNECT on no route: the
+    proxy answers it from Ollama's table, as the emulator does, without asking a
+    backend to open a tunnel, and closes the connection (no CONNECT body is read)."""
+    asked = {path: 0}
+    for port in (own_emulator.port, own_proxy.port):
+        asked = dict(own_emulator.state.requests)
+        status, headers, body = await raw_request(port, "CONNECT", path, [])
+        if allow is None:
+            assert (status, body) == (404, b"404 page not found"), port
+            assert "allow" not in headers
+        else:
+            assert (status, body) == (405, b"405 method not allowed"), port
+            assert headers["allow"] == allow.encode(), port
+        assert headers["content-type"] == b"text/plain"
+    if path not in ("/api/tags", "/api/ps"):  # which the proxy's health checks poll
+        assert own_emulator.state.requests == asked  # the proxy asked the emulator nothing
+
+
+async def test_a_method_ollama_does_not_serve_is_its_405_with_allow_through_the_proxy(
+    own_proxy: Proxy, own_emulator: Emulator
+) -> None:
+    """Any other method passes through, and gin's 405 names the methods in `Allow`; a
+    preflight from an allowed origin is answered by the proxy, with the `Allow` gin
+    sets before its CORS middleware answers it."""
+    for method, path, allow in (
+        ("PUT", "/api/generate", "POST"),
+        ("DELETE", "/api/tags", "HEAD, GET"),
+    ):
+        status, headers, body = await raw_request(own_proxy.port, method, path, [])
+        assert (status, body, headers["allow"]) == (405, b"405 method not allowed", allow.encode())
+    preflight = [(b"Origin", b"http://localhost:3000"), (b"Access-Control-Request-Method", b"POST")]
+    for port in (own_emulator.port, own_proxy.port):
+        status, headers, _ = await raw_request(port, "OPTIONS", "/api/chat", preflight)
+        assert (status, headers.get("allow")) == (204, b"POST"), port
+        status, headers, _ = await raw_request(port, "OPTIONS", "/api/not-in-ollama", preflight)
+        assert (status, headers.get("allow")) == (204, None), port

@@ -7,66 +7,37 @@ works the same under `web.run_app`, a plain `AppRunner` or aiohttp's test server
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from yarl import URL
 
 from proxy import expect
+from proxy.errors import gin_not_found, gin_refusal
 from proxy.origins import ORIGIN, Origins, add_headers
 from proxy.protocol import NDJSON, SSE, drop_server_header
+from proxy.routes import OLLAMA_ROUTES, gin_allowed
 
 from . import admin, anthropic_routes, native, openai_routes, responses_api
 from .engine import ClientGone, wait_forever
 from .state import FAULT_MODES, STATE_KEY, EmulatorSettings, EmulatorState, state_of
-from .wire import (
-    BodyError,
-    decode_json,
-    dumps,
-    error,
-    gin_json,
-    gin_method_not_allowed,
-    gin_not_found,
-)
+from .wire import BodyError, decode_json, dumps, error, gin_json
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-# (method, path, handler) exactly as server/routes.go registers them. Gin does not add
-# HEAD for GET routes, so neither do we.
-ROUTES: tuple[tuple[str, str, Handler], ...] = (
-    ("HEAD", "/", admin.handle_root),
-    ("GET", "/", admin.handle_root),
-    ("HEAD", "/api/version", admin.handle_version),
-    ("GET", "/api/version", admin.handle_version),
-    ("GET", "/api/status", admin.handle_status),
-    ("POST", "/api/pull", admin.handle_pull),
-    ("POST", "/api/push", admin.handle_push),
-    ("HEAD", "/api/tags", admin.handle_tags),
-    ("GET", "/api/tags", admin.handle_tags),
-    ("POST", "/api/show", admin.handle_show),
-    ("DELETE", "/api/delete", admin.handle_delete),
-    ("POST", "/api/me", admin.handle_me),
-    ("POST", "/api/signout", admin.handle_signout),
-    ("DELETE", "/api/user/keys/{encodedKey}", admin.handle_signout),
-    ("POST", "/api/create", admin.handle_create),
-    ("POST", "/api/blobs/{digest}", admin.handle_create_blob),
-    ("HEAD", "/api/blobs/{digest}", admin.handle_head_blob),
-    ("POST", "/api/copy", admin.handle_copy),
-    ("POST", "/api/experimental/web_search", admin.handle_web_experimental),
-    ("POST", "/api/experimental/web_fetch", admin.handle_web_experimental),
-    ("GET", "/api/ps", admin.handle_ps),
-    ("POST", "/api/generate", native.handle_generate),
-    ("POST", "/api/chat", native.handle_chat),
-    ("POST", "/api/embed", native.handle_embed),
-    ("POST", "/api/embeddings", native.handle_embeddings),
-    ("POST", "/v1/chat/completions", openai_routes.handle_chat_completions),
-    ("POST", "/v1/completions", openai_routes.handle_completions),
-    ("POST", "/v1/embeddings", openai_routes.handle_embeddings),
-    ("GET", "/v1/models", openai_routes.handle_models),
-    ("GET", "/v1/models/{model}", openai_routes.handle_model),
-    ("POST", "/v1/audio/transcriptions", openai_routes.handle_transcriptions),
-    ("POST", "/v1/responses", responses_api.handle_responses),
-    ("POST", "/v1/messages", anthropic_routes.handle_messages),
+# (method, path, handler) exactly as server/routes.go registers them
+# (`proxy.routes.OLLAMA_ROUTES`). Gin does not add HEAD for GET routes, so neither do we.
+_MODULES = {
+    "admin": admin,
+    "anthropic_routes": anthropic_routes,
+    "native": native,
+    "openai_routes": openai_routes,
+    "responses_api": responses_api,
+}
+ROUTES: tuple[tuple[str, str, Handler], ...] = tuple(
+    (method, path, getattr(_MODULES[owner], name))
+    for method, path, handler in OLLAMA_ROUTES
+    for owner, _, name in [handler.partition(".")]
 )
 
 FAULT_PATHS = frozenset({"/api/generate", "/api/chat", "/v1/chat/completions", "/v1/completions"})
@@ -74,18 +45,10 @@ _RUNNER_DIED = "llama runner process has terminated: exit status 2"
 _GARBAGE = b"\x00\x16\x03 this is not HTTP \xff\xfe\r\n\r\n"
 
 
-def _known_path(path: str) -> bool:
-    for _, pattern, _ in ROUTES:
-        regex = "^" + re.sub(r"\{[^}]+\}", "[^/]+", pattern) + "$"
-        if re.match(regex, path):
-            return True
-    return False
-
-
 def _trailing_slash_redirect(request: web.Request) -> web.StreamResponse | None:
     """Gin's RedirectTrailingSlash: 301 for GET, 307 otherwise."""
     path = request.path
-    if len(path) > 1 and path.endswith("/") and _known_path(path.rstrip("/")):
+    if len(path) > 1 and path.endswith("/") and gin_allowed(path.rstrip("/")):
         target = path.rstrip("/")
         status = 301 if request.method == "GET" else 307
         resp = web.Response(status=status, headers={"Location": target})
@@ -151,11 +114,15 @@ async def _gin(request: web.Request, handler: Handler) -> web.StreamResponse:
     refused = expect.refusal(request)  # Go's server answers it before gin runs
     if refused is not None:
         return refused
+    connect = request.method == "CONNECT"
+    # Go reads an origin-form CONNECT's target as a path, aiohttp as an authority.
+    path = URL(request.raw_path, encoded=True).path if connect else request.path
     state = state_of(request)
-    state.requests[request.path] += 1
+    state.requests[path] += 1
     state.last_headers = {k.lower(): v for k, v in request.headers.items()}
-    if len(request.path) > 1 and request.path.endswith("/"):
+    if len(path) > 1 and path.endswith("/") and not connect:
         # Gin never matches a trailing slash here (aiohttp would): redirect or 404.
+        # It redirects no CONNECT.
         return _trailing_slash_redirect(request) or gin_not_found()
     origin = request.headers.get(ORIGIN)
     if origin is not None:
@@ -163,12 +130,14 @@ async def _gin(request: web.Request, handler: Handler) -> web.StreamResponse:
         if refused is not None:
             # Gin's cors middleware aborts with a bare status: no body, no type.
             return web.Response(status=403) if refused.status == 403 else refused
+    if connect:
+        return gin_refusal(path)  # gin serves CONNECT on no route
     if state.fault != "none" and request.method == "POST" and request.path in FAULT_PATHS:
         return await _fault(request, state)
     try:
         return await handler(request)
     except web.HTTPMethodNotAllowed:
-        return gin_method_not_allowed()
+        return gin_refusal(request.path)
     except web.HTTPNotFound:
         return _trailing_slash_redirect(request) or gin_not_found()
     except (TypeError, AttributeError, KeyError, ValueError) as exc:

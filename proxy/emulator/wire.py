@@ -6,7 +6,8 @@
 * Responses are serialised like `json.Marshal`: compact, `<`, `>`, `&`, U+2028 and
   U+2029 escaped, no trailing newline for `c.JSON` and one for `json.NewEncoder`.
 * Unknown paths and wrong methods get Gin's plain-text `404 page not found` /
-  `405 method not allowed` (Ollama sets `HandleMethodNotAllowed = true`).
+  `405 method not allowed` (Ollama sets `HandleMethodNotAllowed = true`), as
+  `proxy.errors.gin_refusal` writes them.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from aiohttp import web
 from proxy.go_json import go_text
 from proxy.protocol import JSON, go_escaped
 
-GO_PLAIN = "text/plain"  # gin's mimePlain for 404/405 bodies
 JSON_BARE = "application/json"  # what the OpenAI writers and waitForStream set
 
 
@@ -87,16 +87,6 @@ def empty_ok() -> web.Response:
     resp = web.Response(status=200)
     resp.content_type = ""  # aiohttp would otherwise announce application/octet-stream
     return resp
-
-
-def gin_not_found() -> web.Response:
-    return web.Response(status=404, body=b"404 page not found", headers={"Content-Type": GO_PLAIN})
-
-
-def gin_method_not_allowed() -> web.Response:
-    return web.Response(
-        status=405, body=b"405 method not allowed", headers={"Content-Type": GO_PLAIN}
-    )
 
 
 # Decoding -----------------------------------------------------------------------------
