@@ -22,7 +22,7 @@ from aiocache import SimpleMemoryCache
 from proxy.backends import BackendPool, BackendState, entry_model
 from proxy.config import Config
 from proxy.upstream import UpstreamError
-from selector_model.catalog import Catalog, ModelKnowledge
+from selector_model.catalog import Catalog, ModelKnowledge, names
 from selector_model.features import (
     AREAS,
     Candidate,
@@ -84,7 +84,7 @@ def model_info(
         context_length=_context_length(show),
         capabilities=capabilities,
         is_code="code" in lowered or "insert" in capabilities or "code" in knowledge.specialties,
-        is_instruct="base" not in lowered and "text" not in lowered.split(":")[-1],
+        is_instruct=not names.is_pretrained(name),
         active_params_b=knowledge.active_params_b,
         areas=tuple(float(knowledge.areas[area]) for area in AREAS),
         specialties=knowledge.specialties,

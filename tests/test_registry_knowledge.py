@@ -69,3 +69,29 @@ def test_a_configured_catalogue_replaces_the_shipped_one(tmp_path: Path) -> None
     path.write_text("version: 0\n")
     with pytest.raises(CatalogError):
         catalog_for(config)
+
+
+@pytest.mark.parametrize(
+    ("name", "instruct"),
+    [
+        # Ollama's library marks a pretrained model by a tag word: `-text`, `-base`.
+        ("llama3.1:8b-text", False),
+        ("llama3.1:8b-text-q4_K_M", False),
+        ("mistral:7b-text-v0.2", False),
+        ("qwen2.5-coder:7b-base", False),
+        ("qwen2.5-coder:1.5b-base-q8_0", False),
+        ("deepseek-coder-v2:16b-lite-base-q4_0", False),
+        # A Hugging Face name says it in the repository's name.
+        ("hf.co/unsloth/Qwen3-8B-Base-GGUF:Q4_K_M", False),
+        ("llama3.1:8b", True),
+        ("qwen2.5:7b-instruct-q4_K_M", True),
+        ("granite3.1-dense:8b", True),
+        ("nomic-embed-text:v1.5", True),  # `text` in the name: an embedding model's
+        # `base` or `text` inside a word, in the name, its namespace or the tag.
+        ("database-coder:7b", True),
+        ("firebase/llama3.1:8b", True),
+        ("my-model:8b-longtext", True),
+    ],
+)
+def test_a_pretrained_model_is_told_by_whole_words_of_its_tag(name: str, instruct: bool) -> None:
+    assert model_info(name, {}, {}).candidate.is_instruct is instruct

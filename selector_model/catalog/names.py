@@ -15,6 +15,8 @@ _QUANT = re.compile(
 )
 # Tag words that name a chat/instruct variant: the catalogue describes the chat model.
 _VARIANT = frozenset({"instruct", "chat", "it", "latest"})
+# Tag words that name a pretrained (base) variant (`is_pretrained`).
+_PRETRAINED_TAG_WORDS = frozenset({"text", "base"})
 _SIZE = re.compile(r"(?:^|[-_:.])(?:(\d+)x)?(\d+(?:\.\d+)?)([bm])(?=$|[-_:.])")
 _ACTIVE = re.compile(r"(?:^|[-_:.])a(\d+(?:\.\d+)?)b(?=$|[-_:.])")
 
@@ -47,14 +49,30 @@ def split(name: str) -> tuple[str, str]:
     return base, tag or "latest"
 
 
+def _words(text: str) -> list[str]:
+    """The dash- or underscore-separated words of a name or tag."""
+    return [w for w in re.split(r"[-_](?=[a-z0-9])", text) if w]
+
+
 def clean_tag(tag: str) -> str:
     """A tag without quantization and chat-variant words: `7b-instruct-q4_K_M` -> `7b`.
     Empty when nothing is left (a tag that was only a quantization)."""
-    words = [w for w in re.split(r"[-_](?=[a-z0-9])", tag) if w]
+    words = _words(tag)
     kept = [w for w in words if not _QUANT.match(w) and w not in _VARIANT]
     # "q4_K_M" splits into "q4", "k", "m": drop single letters left by the split.
     kept = [w for w in kept if not (len(w) == 1 and w.isalpha())]
     return "-".join(kept)
+
+
+def is_pretrained(name: str) -> bool:
+    """Whether `name` is a pretrained (base) model rather than a chat/instruct one, by
+    Ollama's library convention: `text` or `base` as a whole word of the tag
+    (`llama3.1:8b-text`, `qwen2.5-coder:7b-base`, `deepseek-coder-v2:16b-lite-base-q4_0`),
+    or `base` as a whole word of the name, where a name pulled from Hugging Face says it
+    (`hf.co/unsloth/Qwen3-8B-Base-GGUF:Q4_K_M`). Never a word's part (`database-coder`,
+    a namespace): Ollama's own names (`nomic-embed-text`) and tags say nothing else."""
+    base, tag = split(name)
+    return bool(_PRETRAINED_TAG_WORDS.intersection(_words(tag))) or "base" in _words(base)
 
 
 def keys(name: str) -> list[str]:
