@@ -14,8 +14,10 @@ field, `selector_model.request_body.canonicalize`) and forwards that document
 serialised. orjson's serialisation has no duplicate key, valid UTF-8 and nothing after
 the value, so the backend reads exactly what the proxy checked. A body that is no JSON
 to Go either goes as sent, with no model, for the backend to answer its own error; one
-the proxy cannot read as Go does (nested deeper than orjson reads or writes, a number
-beyond a double) is refused with a 400, as Ollama refuses what it cannot decode.
+the proxy cannot read as Go does (nested deeper than orjson reads or writes) is refused
+with a 400, as Ollama refuses what it cannot decode. A number beyond a double, which
+Go refuses where it decodes it, is forwarded as written (`_number`), for the backend's
+own error.
 """
 
 from __future__ import annotations
@@ -72,15 +74,19 @@ def _in_last_order(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _number(text: str) -> int | float:
-    """A number as orjson reads one: a 64-bit integer, else a double."""
+def _number(text: str) -> int | float | orjson.Fragment:
+    """A number as orjson reads one: a 64-bit integer, else a double; one beyond a
+    double as written, a JSON fragment orjson writes back verbatim. Go refuses such a
+    number wherever it decodes one (ParseFloat into an `any` or a float64, ParseInt into
+    an int), naming the field; it reaches the backend as sent, which answers that, and
+    no check of the proxy's reads it as a number."""
     if "." not in text and "e" not in text and "E" not in text and len(text) < 21:
         value = int(text)
         if -(2**63) <= value < 2**64:
             return value
     number = float(text)
     if number in (float("inf"), float("-inf")):
-        raise BodyError(f"invalid JSON in request body: number {text[:40]} is beyond a double")
+        return orjson.Fragment(text)
     return number
 
 

@@ -64,6 +64,46 @@ async def test_malformed_bodies_get_the_backends_own_error(
     assert "error" in orjson.loads(direct[2])
 
 
+# Numbers beyond a double where Ollama decodes them: Go's ParseFloat (into an `any` or a
+# float64) or ParseInt (into an int) refuses them, json.Unmarshal names the struct field,
+# and Ollama answers 400 with that error.
+_ASK = b'"model": "qwen2.5:7b", "prompt": "x", "stream": false'
+_CHAT = b'"model": "qwen2.5:7b", "messages": [{"role": "user", "content": "x"}], "stream": false'
+BEYOND_A_DOUBLE = [
+    (
+        "/api/generate",
+        b"{" + _ASK + b', "options": {"temperature": 1e400}}',
+        "json: cannot unmarshal number 1e400 into Go struct field "
+        "GenerateRequest.options of type float64",
+    ),
+    (
+        "/api/chat",
+        b"{" + _CHAT + b', "options": {"seed": -1e400}}',
+        "json: cannot unmarshal number -1e400 into Go struct field "
+        "ChatRequest.options of type float64",
+    ),
+    (
+        "/api/generate",
+        b"{" + _ASK + b', "top_logprobs": 1' + b"0" * 400 + b"}",
+        "json: cannot unmarshal number 1" + "0" * 400 + " into Go struct field "
+        "GenerateRequest.top_logprobs of type int",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "message"), BEYOND_A_DOUBLE, ids=[m[-40:] for _, _, m in BEYOND_A_DOUBLE]
+)
+async def test_a_number_beyond_a_double_gets_ollamas_error(
+    emulator: Emulator, proxy: Proxy, path: str, body: bytes, message: str
+) -> None:
+    """The emulator refuses it as Ollama does; the proxy, which cannot hold it as a
+    number, forwards it as written, so the backend's own answer comes back."""
+    direct = await raw(emulator.url, "POST", path, body)
+    assert direct[0] == 400 and orjson.loads(direct[2]) == {"error": message}
+    assert await raw(proxy.url, "POST", path, body) == direct
+
+
 GENERATE = b'{"model": "qwen2.5:7b", "prompt": "Hello", "stream": false}'
 ENCODED = [
     ("/api/generate", "gzip", GENERATE),

@@ -311,6 +311,16 @@ async def test_a_deeply_nested_body_is_a_400(
     assert message == "request body is nested too deeply"
 
 
+@pytest.mark.parametrize("number", [b"1e400", b"-1e400", b"1" + b"0" * 400])
+def test_a_number_beyond_a_double_is_forwarded_as_written(number: bytes) -> None:
+    """Go refuses it where it decodes it, naming the field; the proxy cannot hold it as
+    a number, and forwards it as the client wrote it for the backend to answer."""
+    body = b'{"model":"m","prompt":"hi","options":{"temperature":' + number + b"}}"
+    doc, forwarded = go_json.read(body)
+    assert doc["model"] == "m" and doc["prompt"] == "hi"
+    assert forwarded == b'{"model":"m","prompt":"hi","options":{"temperature":' + number + b"}}"
+
+
 def test_the_reading_matches_the_go_oracle() -> None:
     """`go_json.read` reads the top level and the messages as the oracle does."""
     bodies = [

@@ -2,7 +2,8 @@
 
 * Request bodies are decoded the way Gin's `ShouldBindJSON` (encoding/json) does: the
   first JSON value is read and trailing bytes ignored, an empty body is `io.EOF`
-  (Ollama answers `missing request body`), syntax and type errors carry Go's wording.
+  (Ollama answers `missing request body`), syntax and type errors carry Go's wording,
+  and so does a number beyond a double where Go parses it (`BeyondADouble`).
 * Responses are serialised like `json.Marshal`: compact, `<`, `>`, `&`, U+2028 and
   U+2029 escaped, no trailing newline for `c.JSON` and one for `json.NewEncoder`.
 * Unknown paths and wrong methods get Gin's plain-text `404 page not found` /
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -146,8 +148,46 @@ def _syntax_message(doc: str, exc: json.JSONDecodeError) -> str:
     return f"invalid character {_go_char(c)} looking for beginning of value"
 
 
+class BeyondADouble:
+    """A JSON number beyond a double, as written: Go's ParseFloat (into a float64 or an
+    `any`) and ParseInt (into an int) refuse it, and json.Unmarshal names the field
+    (`check_fields`)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _number(text: str) -> int | float | BeyondADouble:
+    number = float(text)  # rounds as Go's ParseFloat does, to infinity beyond a double
+    if math.isinf(number):
+        return BeyondADouble(text)
+    if "." in text or "e" in text or "E" in text:
+        return number
+    return int(text)
+
+
+_DECODER = json.JSONDecoder(parse_int=_number, parse_float=_number)
+
+
+def _beyond_a_double(value: Any) -> BeyondADouble | None:
+    """The first number beyond a double in `value`, in document order."""
+    if isinstance(value, BeyondADouble):
+        return value
+    children = (
+        value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    )
+    for child in children:
+        found = _beyond_a_double(child)
+        if found is not None:
+            return found
+    return None
+
+
 def decode_json(raw: bytes) -> Any:
-    """Decode the first JSON value of a body like json.Decoder.Decode.
+    """Decode the first JSON value of a body like json.Decoder.Decode; a number beyond
+    a double is a `BeyondADouble`.
 
     Raises EOFError for an empty (or all-whitespace) body and BodyError otherwise."""
     doc = go_text(raw)
@@ -155,7 +195,7 @@ def decode_json(raw: bytes) -> Any:
     if start == len(doc):
         raise EOFError
     try:
-        value, _ = json.JSONDecoder().raw_decode(doc, start)
+        value, _ = _DECODER.raw_decode(doc, start)
     except json.JSONDecodeError as exc:
         raise BodyError(_syntax_message(doc, exc)) from None
     except RecursionError:
@@ -187,6 +227,11 @@ _GO_TYPE = {
     "tools": "api.Tools",
     "object": "struct",
 }
+
+
+# The kinds whose numbers Go parses (the rest hold no number, or keep it unparsed, as
+# a json.RawMessage does): the Go type a number beyond a double fails to become.
+_PARSED_NUMBERS = {"float": "float64", "int": "int", "[]int": "int", "map": "float64"}
 
 
 def _kind(value: Any) -> str:
@@ -232,6 +277,13 @@ def check_fields(body: Any, struct: str, fields: Mapping[str, str]) -> dict[str,
         value = body.get(key)
         if value is None:
             continue
+        beyond = _beyond_a_double(value) if want in _PARSED_NUMBERS else None
+        if beyond is not None:
+            go_type = _PARSED_NUMBERS[want]
+            raise BodyError(
+                f"json: cannot unmarshal number {beyond.text} into Go struct field "
+                f"{struct}.{key} of type {go_type}"
+            )
         if not _fits(value, want):
             raise type_error(value, struct, key, _GO_TYPE.get(want, want))
         if want == "[]int":
