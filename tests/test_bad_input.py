@@ -83,6 +83,12 @@ BEYOND_A_DOUBLE = [
         "ChatRequest.options of type float64",
     ),
     (
+        "/api/embed",
+        b'{"model": "qwen2.5:7b", "input": "x", "keep_alive": 1e400}',
+        "json: cannot unmarshal number 1e400 into Go struct field "
+        "EmbedRequest.keep_alive of type float64",
+    ),
+    (
         "/api/generate",
         b"{" + _ASK + b', "top_logprobs": 1' + b"0" * 400 + b"}",
         "json: cannot unmarshal number 1" + "0" * 400 + " into Go struct field "

@@ -278,12 +278,17 @@ class native_chat_writer(ChatSink):
 EMBED_FIELDS = {
     "model": "string",
     "input": "any",
-    "keep_alive": "any",
+    "keep_alive": "duration",
     "truncate": "bool",
     "dimensions": "int",
     "options": "map",
 }
-EMBEDDINGS_FIELDS = {"model": "string", "prompt": "string", "keep_alive": "any", "options": "map"}
+EMBEDDINGS_FIELDS = {
+    "model": "string",
+    "prompt": "string",
+    "keep_alive": "duration",
+    "options": "map",
+}
 TOO_LONG = "the input length exceeds the context length"
 
 

@@ -230,8 +230,15 @@ _GO_TYPE = {
 
 
 # The kinds whose numbers Go parses (the rest hold no number, or keep it unparsed, as
-# a json.RawMessage does): the Go type a number beyond a double fails to become.
-_PARSED_NUMBERS = {"float": "float64", "int": "int", "[]int": "int", "map": "float64"}
+# a json.RawMessage does): the Go type a number beyond a double fails to become. An
+# api.Duration (`duration`) decodes its value into an `any` first.
+_PARSED_NUMBERS = {
+    "float": "float64",
+    "int": "int",
+    "[]int": "int",
+    "map": "float64",
+    "duration": "float64",
+}
 
 
 def _kind(value: Any) -> str:
@@ -239,7 +246,7 @@ def _kind(value: Any) -> str:
 
 
 def _fits(value: Any, want: str) -> bool:
-    if value is None or want == "any":
+    if value is None or want in ("any", "duration"):
         return True
     if want == "string":
         return isinstance(value, str)
@@ -267,8 +274,9 @@ def type_error(value: Any, struct: str, field_path: str, go_type: str) -> BodyEr
 def check_fields(body: Any, struct: str, fields: Mapping[str, str]) -> dict[str, Any]:
     """Check `body` against a Go struct description {json name: kind}.
 
-    Kinds: string, bool, int, float, map, object, any, []int, []string, images,
-    messages, tools. Returns the body as a dict (JSON null decodes to the zero struct)."""
+    Kinds: string, bool, int, float, map, object, any, duration (an api.Duration:
+    any, its number parsed), []int, []string, images, messages, tools. Returns the
+    body as a dict (JSON null decodes to the zero struct)."""
     if body is None:
         return {}
     if not isinstance(body, dict):
