@@ -9,7 +9,9 @@ Paths the table does not name pass through to a backend, as Ollama would answer 
 unknown path is 404 and a method its route does not take 405. A route's flags describe
 its path whatever the method; elsewhere a method the route does not take passes
 through, as an unknown path does, but CONNECT, which gets Ollama's answer from
-Ollama's own table (`OLLAMA_ROUTES`) and reaches no backend.
+Ollama's own table (`OLLAMA_ROUTES`) and reaches no backend. A path that is not clean
+(`/api//pull`) reaches no route: Go's redirect to the clean one answers it first, as in
+front of Ollama's routes (`proxy.go_mux`).
 
 A handler is named by the object that owns it and its method, resolved once by
 `Router` against the objects the application built (see `proxy.app`).

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from aiohttp import hdrs, web
 
-from proxy import expect, header_values
+from proxy import expect, go_mux, header_values
 from proxy import limits as request_limits
 from proxy.aiohttp_internals import state_get
 from proxy.auth import KEY_REQUEST, Access, Admission
@@ -138,15 +138,18 @@ class Server:
 
     def _unkeyed(self, request: web.Request) -> web.StreamResponse | None:
         """What is answered before any key is looked at: a head over the size limit, an
-        `Expect` Go refuses (`proxy.expect`), a browser's cross-origin request
-        (`proxy.origins`: refused, or a preflight answered), and a `Host` that is not
-        local while the proxy listens on loopback (`proxy.hosts`), as Ollama answers
-        each before its handlers."""
+        `Expect` Go refuses (`proxy.expect`), a path that is not clean (Go's redirect,
+        `proxy.go_mux`: no route, key or backend ever sees such a path), a browser's
+        cross-origin request (`proxy.origins`: refused, or a preflight answered), and
+        a `Host` that is not local while the proxy listens on loopback
+        (`proxy.hosts`), as Ollama answers each before its handlers."""
         if request.version.major != 1 and isinstance(request.protocol, ClientConnection):
             return request.protocol.refuse_version(request)  # Go's 505 (or 400)
         refused = request_limits.check_headers(request, self.config.limits)
         if refused is None and hdrs.EXPECT in request.headers:
             refused = expect.refusal(request)
+        if refused is None:
+            refused = go_mux.redirect(request)
         if refused is None:
             origin = request.headers.get(ORIGIN)
             if origin is not None:

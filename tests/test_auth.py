@@ -14,6 +14,7 @@ import aiohttp
 import orjson
 import pytest
 from multidict import CIMultiDict
+from yarl import URL
 
 from proxy.app import APP_KEY
 from proxy.auth import hash_key, new_key
@@ -164,6 +165,94 @@ async def test_admin_paths_are_403_for_a_user_key(
     assert status == 403
     if method != "HEAD":
         assert "admin" in orjson.loads(answer)["error"]
+
+
+# The model store's routes, and what the backends' health checks poll (not the test's).
+STORE = ADMIN_ONLY[:5]
+POLLED = ("/api/tags", "/api/ps")
+
+
+def unclean(path: str) -> list[str]:
+    """Spellings of `path` Go's ServeMux cleans to it: a doubled slash, a `.` or a `..`
+    segment, a doubled leading slash, a trailing `.`."""
+    head, _, tail = path.rpartition("/")
+    return [
+        f"{head}//{tail}",
+        f"{head}/./{tail}",
+        f"{head}/x/../{tail}",
+        f"/{path}",
+        f"{path}/.",
+    ]
+
+
+def asked(emulator: Emulator) -> dict[str, int]:
+    return {p: n for p, n in emulator.state.requests.items() if p not in POLLED}
+
+
+@pytest.mark.parametrize(("method", "path", "body"), STORE, ids=[r[1] for r in STORE])
+async def test_an_unclean_spelling_of_an_admin_path_is_gos_redirect_reaching_no_backend(
+    guarded: Proxy, own_emulator: Emulator, method: str, path: str, body: object
+) -> None:
+    """Go's ServeMux, in front of Ollama's routes, answers a path that is not clean
+    with a 301 to the clean one before any handler runs, whatever the method: so does
+    the proxy, before keys and backends (the route table would see no route in such a
+    path and pass it through), and so does the emulator."""
+    data = orjson.dumps(body)
+    key = [(b"Authorization", f"Bearer {USER}".encode())]
+    for spelling in [*unclean(path), path.replace("/api/", "/api/./") + "?insecure=true"]:
+        _, question, query = spelling.partition("?")
+        clean = path + question + query
+        for port in (guarded.port, own_emulator.port):
+            before = asked(own_emulator)
+            status, fields, answer = await raw_request(port, method, spelling, key, data)
+            assert (status, fields["location"], answer) == (301, clean.encode(), b""), spelling
+            # Go's http.Redirect writes no body or type but to GET and HEAD.
+            assert fields["content-length"] == b"0" and "content-type" not in fields
+            if port == guarded.port:
+                assert asked(own_emulator) == before, spelling  # no backend saw it
+
+
+@pytest.mark.parametrize(("method", "path", "body"), STORE, ids=[r[1] for r in STORE])
+async def test_following_the_redirect_of_an_unclean_admin_path_is_still_403(
+    guarded: Proxy, own_emulator: Emulator, method: str, path: str, body: object
+) -> None:
+    before = asked(own_emulator)
+    async with aiohttp.ClientSession() as http:
+        for spelling in unclean(path):
+            url = URL(guarded.url + spelling, encoded=True)  # as typed: not normalised
+            async with http.request(method, url, headers=bearer(USER), json=body) as resp:
+                assert [r.status for r in resp.history] == [301], spelling
+                assert resp.status == 403 and "admin" in (await resp.json())["error"]
+    assert asked(own_emulator) == before
+
+
+@pytest.mark.parametrize("path", ["/api%2Fpull", "/api%2fpull", "/api/pul%6C", "/api%2Fpush"])
+async def test_an_escaped_spelling_of_an_admin_path_is_the_admin_path(
+    guarded: Proxy, own_emulator: Emulator, path: str
+) -> None:
+    """Go cleans the path as sent (`%2F` is no slash there), and gin matches the
+    decoded one: `/api%2Fpull` is Ollama's pull. The proxy's table reads the same
+    decoded path, so it takes the same access."""
+    before = asked(own_emulator)
+    status, _, answer = await raw_request(
+        guarded.port, "POST", path, [(b"Authorization", f"Bearer {USER}".encode())], b"{}"
+    )
+    assert status == 403 and "admin" in orjson.loads(answer)["error"]
+    assert asked(own_emulator) == before
+
+
+@pytest.mark.parametrize("path", ["/api/%2e/pull", "/api/x/%2E%2E/pull", "/api/%2e%2e/api/pull"])
+async def test_an_escaped_dot_segment_is_no_route_of_ollamas(
+    guarded: Proxy, own_emulator: Emulator, path: str
+) -> None:
+    """An escaped dot is no dot segment of the path as sent: Go does not clean it away,
+    and gin, which matches the decoded path without cleaning it, has no route there.
+    The proxy passes it through as a path outside its table, and the backend answers
+    gin's 404: no handler of Ollama's runs."""
+    key = [(b"Authorization", f"Bearer {USER}".encode())]
+    for port in (guarded.port, own_emulator.port):
+        status, _, answer = await raw_request(port, "POST", path, key, b"{}")
+        assert (status, answer) == (404, b"404 page not found"), port
 
 
 @pytest.mark.parametrize(

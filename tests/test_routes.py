@@ -10,6 +10,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
+from proxy import go_mux
 from proxy.auth import STREAM_SLOT, Access, hash_key
 from proxy.config import ApiKey, Auth
 from proxy.routes import (
@@ -223,3 +224,54 @@ async def test_a_method_ollama_does_not_serve_is_its_405_with_allow_through_the_
         assert (status, headers.get("allow")) == (204, b"POST"), port
         status, headers, _ = await raw_request(port, "OPTIONS", "/api/not-in-ollama", preflight)
         assert (status, headers.get("allow")) == (204, None), port
+
+
+# Go's ServeMux (src/net/http/server.go, findHandler) in front of Ollama's gin engine:
+# (method, request target, the Location of its 301, None where it lets the request
+# through to gin).
+GO_MUX = [
+    ("POST", "/api//pull", "/api/pull"),
+    ("POST", "//api/pull", "/api/pull"),
+    ("DELETE", "/api/x/../delete", "/api/delete"),
+    ("PUT", "/api/./pull/", "/api/pull/"),  # the trailing slash kept
+    ("POST", "/api/pull/.", "/api/pull"),
+    ("POST", "/..", "/"),  # `..` at the root stays there
+    ("POST", "/api/..", "/"),
+    ("GET", "/api/./tags?a=1&b=/../", "/api/tags?a=1&b=/../"),  # the query as sent
+    ("POST", "/api//pull?", "/api/pull"),  # an empty query: no `?`
+    ("POST", "/a//b?x?", "/a/b?x?"),
+    # The cleaned path is the escaped one, escaped again: `%` becomes `%25`.
+    ("POST", "/api//x%2Fy", "/api/x%252Fy"),
+    # A path that is no valid escaping (`{`) is the decoded path escaped: its `%2e` is
+    # a dot segment then.
+    ("POST", "/api/%2e/pull{", "/api/pull%257B"),
+    ("POST", "/api/%2e/pull", None),  # an escaped dot is no segment of the path as sent
+    ("POST", "/api%2Fpull", None),
+    ("POST", "/api/pull", None),
+    ("POST", "/api/pull?x=/../", None),
+    ("POST", "/.well-known/x", None),
+    ("CONNECT", "/api//pull", None),  # CONNECT is not canonicalized
+    ("OPTIONS", "*", None),
+    ("POST", "/api//%zz", None),  # Go's server refuses the target before the mux (400)
+]
+
+
+@pytest.mark.parametrize(("method", "target", "location"), GO_MUX)
+def test_gos_mux_redirects_a_path_that_is_not_clean(
+    method: str, target: str, location: str | None
+) -> None:
+    expected = None if location is None else location.encode()
+    assert go_mux.location(method, target.encode()) == expected
+
+
+def test_gos_redirect_writes_a_body_to_get_only() -> None:
+    target = b"/api/tags?a=<'\"&>"
+    get = go_mux.redirect_response("GET", 301, target)
+    assert (get.status, get.headers["Location"]) == (301, target.decode())
+    assert get.headers["Content-Type"] == "text/html; charset=utf-8"
+    assert get.body == b'<a href="/api/tags?a=&lt;&#39;&#34;&amp;&gt;">Moved Permanently</a>.\n\n'
+    head = go_mux.redirect_response("HEAD", 301, target)
+    assert head.headers["Content-Type"] == "text/html; charset=utf-8" and not head.body
+    post = go_mux.redirect_response("POST", 307, "/api/pull?q=é".encode())
+    assert post.headers["Location"] == "/api/pull?q=%c3%a9"  # Go's hexEscapeNonASCII
+    assert "Content-Type" not in post.headers and not post.body

@@ -12,8 +12,9 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from yarl import URL
 
-from proxy import expect
+from proxy import expect, go_mux
 from proxy.errors import gin_not_found, gin_refusal
+from proxy.header_values import utf8
 from proxy.origins import ORIGIN, Origins, add_headers
 from proxy.protocol import NDJSON, SSE, drop_server_header
 from proxy.routes import OLLAMA_ROUTES, gin_allowed
@@ -46,16 +47,16 @@ _GARBAGE = b"\x00\x16\x03 this is not HTTP \xff\xfe\r\n\r\n"
 
 
 def _trailing_slash_redirect(request: web.Request) -> web.StreamResponse | None:
-    """Gin's RedirectTrailingSlash: 301 for GET, 307 otherwise."""
+    """Gin's RedirectTrailingSlash: 301 for GET, 307 otherwise, to the path without its
+    slash and with the query, as `http.Redirect` writes it."""
     path = request.path
     if len(path) > 1 and path.endswith("/") and gin_allowed(path.rstrip("/")):
-        target = path.rstrip("/")
+        target = go_mux.escape_path(utf8(path.rstrip("/")))
+        query = utf8(request.raw_path).partition(b"?")[2]
+        if query:
+            target += b"?" + query
         status = 301 if request.method == "GET" else 307
-        resp = web.Response(status=status, headers={"Location": target})
-        if request.method == "GET":
-            resp.body = f'<a href="{target}">Moved Permanently</a>.\n\n'.encode()
-            resp.headers["Content-Type"] = "text/html; charset=utf-8"
-        return resp
+        return go_mux.redirect_response(request.method, status, target)
     return None
 
 
@@ -120,6 +121,10 @@ async def _gin(request: web.Request, handler: Handler) -> web.StreamResponse:
     state = state_of(request)
     state.requests[path] += 1
     state.last_headers = {k.lower(): v for k, v in request.headers.items()}
+    # Go's ServeMux, in front of gin: a path that is not clean runs no handler.
+    redirected = go_mux.redirect(request)
+    if redirected is not None:
+        return redirected
     if len(path) > 1 and path.endswith("/") and not connect:
         # Gin never matches a trailing slash here (aiohttp would): redirect or 404.
         # It redirects no CONNECT.

@@ -1,0 +1,130 @@
+"""The redirect Go's net/http ServeMux answers a path that is not clean with, before
+any of Ollama's handlers runs.
+
+Ollama's server (`server/routes.go`, `Serve`) registers its gin engine on Go's
+`DefaultServeMux` (`http.Handle("/", h)`, an `http.Server` without a Handler), and
+the mux looks at every request first (`src/net/http/server.go`,
+`ServeMux.findHandler`, Go 1.22 on; Ollama builds with 1.26):
+
+* CONNECT is not canonicalized: gin gets its path as sent.
+* Any other method: the mux cleans the *escaped* path (`URL.EscapedPath`, the path as
+  the client sent it when that is a valid encoding, else the decoded path escaped
+  again) as `path.Clean` does, a trailing slash kept (`cleanPath`). When that
+  differs, no handler runs: the answer is `301` to `url.URL{Path: cleaned, RawQuery:
+  query}.String()`, the cleaned path escaped once more (a `%` in it becomes `%25`)
+  and the query as sent (`?` only when there is one).
+* `http.Redirect` writes it: `Location` (bytes beyond ASCII as `%xx`, lower-case
+  hex), `Content-Type: text/html; charset=utf-8` for GET and HEAD, for GET the body
+  `<a href="…">Moved Permanently</a>.` and two line breaks, for any other method no
+  body (Go's server then says `Content-Length: 0`, except to a HEAD).
+
+A percent-encoded dot or slash (`/api/%2e/pull`, `/api%2Fpull`) is no dot segment or
+slash of the escaped path, so no redirect: gin then matches the decoded path
+(`URL.Path`, gin's `UseRawPath` off), so `/api%2Fpull` is Ollama's `/api/pull` and
+`/api/%2e/pull` no route of its (gin does not clean). The proxy's route table reads
+the same decoded path (aiohttp's `request.path`) and relays the path as sent, so its
+access check and the backend agree on which route a request is.
+"""
+
+from __future__ import annotations
+
+import re
+from http import HTTPStatus
+from typing import Final
+
+from aiohttp import hdrs, web
+
+from proxy.header_values import utf8
+
+_HTML: Final = "text/html; charset=utf-8"
+_ALNUM = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+# What Go's `escape(s, encodePath)` leaves as it is (`shouldEscape`): every other
+# byte becomes `%XX`.
+_PATH_SAFE: Final = frozenset(_ALNUM + b"-_.~$&+,/:;=@")
+# What `validEncoded(s, encodePath)` accepts in an escaped path.
+_VALID_ESCAPED: Final = _PATH_SAFE | frozenset(b"!'()*[]%")
+_BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+_PERCENT = re.compile(rb"%([0-9A-Fa-f]{2})")
+# net/http's htmlReplacer, for the redirect's body.
+_HTML_ESCAPES: Final = {
+    ord("&"): b"&amp;",
+    ord("<"): b"&lt;",
+    ord(">"): b"&gt;",
+    ord('"'): b"&#34;",
+    ord("'"): b"&#39;",
+}
+
+
+def escape_path(path: bytes) -> bytes:
+    """Go's `escape(path, encodePath)`."""
+    if all(c in _PATH_SAFE for c in path):
+        return path
+    return b"".join(bytes((c,)) if c in _PATH_SAFE else b"%%%02X" % c for c in path)
+
+
+def _escaped_path(raw: bytes) -> bytes | None:
+    """Go's `URL.EscapedPath` of a request whose path is `raw` as sent; None where Go's
+    `ParseRequestURI` refuses the target (a `%` not followed by two hex digits): its
+    server answers 400 before the mux."""
+    if _BAD_ESCAPE.search(raw):
+        return None
+    if all(c in _VALID_ESCAPED for c in raw):
+        return raw
+    return escape_path(_PERCENT.sub(lambda m: bytes((int(m[1], 16),)), raw))
+
+
+def clean_path(path: bytes) -> bytes:
+    """Go's `cleanPath` of a path starting with `/`: `path.Clean` (no empty, `.` or
+    `..` segment; `..` at the root stays there), the trailing slash kept."""
+    segments: list[bytes] = []
+    for segment in path.split(b"/"):
+        if segment == b"..":
+            if segments:
+                segments.pop()
+        elif segment and segment != b".":
+            segments.append(segment)
+    cleaned = b"/" + b"/".join(segments)
+    if path.endswith(b"/") and cleaned != b"/":
+        cleaned += b"/"
+    return cleaned
+
+
+def location(method: str, target: bytes) -> bytes | None:
+    """The `Location` (as `http.Redirect` takes it, before its escape of bytes beyond
+    ASCII) of the mux's redirect of a `method` request for `target` (its request
+    target as sent); None when the mux lets the request through to gin."""
+    if method == "CONNECT" or not target.startswith(b"/"):
+        return None  # not canonicalized; `*` and absolute forms are no paths of gin's
+    raw, _, query = target.partition(b"?")
+    if b"//" not in raw and b"/." not in raw and b"%" not in raw:
+        return None  # clean as sent: the common case, decided without copying
+    escaped = _escaped_path(raw)
+    if escaped is None:
+        return None
+    cleaned = clean_path(escaped)
+    if cleaned == escaped:
+        return None
+    # An empty query (a target ending in its only `?`) leaves no `?` in the Location.
+    return escape_path(cleaned) + (b"?" + query if query else b"")
+
+
+def redirect(request: web.BaseRequest) -> web.Response | None:
+    """The mux's answer to `request` when its path is not clean, as Go writes it; None
+    for a request the mux lets through."""
+    target = location(request.method, utf8(request.raw_path))
+    return None if target is None else redirect_response(request.method, 301, target)
+
+
+def redirect_response(method: str, status: int, target: bytes) -> web.Response:
+    """Go's `http.Redirect` to `target` (an escaped, clean path and any query) with
+    `status`, answering a `method` request."""
+    # Go's hexEscapeNonASCII: the path is escaped already, so only a query has any.
+    header = "".join(chr(c) if c < 0x80 else f"%{c:x}" for c in target)
+    response = web.Response(status=status, headers={hdrs.LOCATION: header})
+    if method in ("GET", "HEAD"):
+        response.headers[hdrs.CONTENT_TYPE] = _HTML
+    if method == "GET":
+        href = b"".join(_HTML_ESCAPES.get(c, bytes((c,))) for c in target)
+        phrase = HTTPStatus(status).phrase.encode()
+        response.body = b'<a href="' + href + b'">' + phrase + b"</a>.\n\n"
+    return response
