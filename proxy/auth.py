@@ -23,6 +23,7 @@ from typing import NamedTuple
 from aiohttp import web
 
 from proxy import header_values
+from proxy.aiohttp_internals import state_get
 from proxy.backends import normalize_model
 from proxy.config import ApiKey, Auth
 from proxy.errors import error_response
@@ -122,6 +123,17 @@ class KeyState:
 
 
 KEY_REQUEST = web.RequestKey("autoroute_key", KeyState)
+
+
+def sees_fleet(request: web.BaseRequest, keys_on: bool) -> bool:
+    """Whether the caller may learn what names the fleet: backends' URLs, their errors
+    (which name hosts, ports and what failed), every model. Any caller without API
+    keys (`keys_on`), else one with a key that may see every model
+    (`KeyState.sees_every_model`: an admin key, or one without a model list)."""
+    key = state_get(request, KEY_REQUEST)
+    return not keys_on or (key is not None and key.sees_every_model)
+
+
 # The request counts in its key's `streams`.
 STREAM_SLOT = web.RequestKey("autoroute_stream_slot", bool)
 # Its stream slot for Redis (`shared_limits`), by its member name: held there, or to be

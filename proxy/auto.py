@@ -307,7 +307,7 @@ class AutoRouter:
         """No candidate at all is the backends' state, not the request's fault: a 503
         (NoBackend) naming why, rather than the 400 of a request no model fits."""
         if not self.backends.usable():
-            raise NoBackend(self.backends.unavailable_reason())
+            raise self.backends.unavailable()
         if not self.registry.candidates():
             raise NoBackend("no model available: no healthy backend lists a generation model")
 

@@ -82,7 +82,15 @@ class StatusError(UpstreamError):
 
 
 class NoBackend(Exception):
-    """No backend can take the request; the message names each one's reason."""
+    """No backend can take the request; the message names each one's reason, `public`
+    says the same without what only the operator may learn (URLs, error text)."""
+
+    def __init__(self, message: str, public: str | None = None) -> None:
+        super().__init__(message)
+        self.public = message if public is None else public
+
+    def reason(self, detailed: bool) -> str:
+        return str(self) if detailed else self.public
 
 
 class Breaker:
@@ -136,6 +144,11 @@ class BackendState:
         # Requests in flight per model (normalised name): a loaded model in use.
         self.busy: dict[str, int] = {}
         self.last_error = ""
+
+    @property
+    def public_label(self) -> str:
+        """Its name for a caller who may not learn its URL (`Backend.public_label`)."""
+        return self.config.public_label(self.index)
 
     @property
     def label(self) -> str:
@@ -237,14 +250,18 @@ class BackendPool:
         only each one's circuit, under its public name (`Backend.public_label`)."""
         now = asyncio.get_running_loop().time()
         reasons = []
-        for i, s in enumerate(self.states):
+        for s in self.states:
             state = s.breaker.state(now)
             if not detailed:
-                reasons.append(f"{s.config.public_label(i)} (circuit {state})")
+                reasons.append(f"{s.public_label} (circuit {state})")
                 continue
             why = s.last_error or "unreachable"
             reasons.append(f"{s.label}: {why}" + (" (circuit open)" if state == "open" else ""))
         return "no healthy backend: " + "; ".join(reasons)
+
+    def unavailable(self) -> NoBackend:
+        """The error of a request no backend is usable for, both ways of saying why."""
+        return NoBackend(self.unavailable_reason(), self.unavailable_reason(detailed=False))
 
     def choose(
         self, model: str | None, exclude: Iterable[BackendState] = (), retry: bool = False
@@ -255,7 +272,7 @@ class BackendPool:
         that lists the model (another one's 404 would hide the first one's answer)."""
         candidates = self.usable(exclude)
         if not candidates:
-            raise NoBackend(self.unavailable_reason())
+            raise self.unavailable()
         if model is None:
             return min(candidates, key=lambda s: (s.in_flight, s.index))
         name = normalize_model(model)

@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
+from proxy.auth import sees_fleet
 from proxy.backends import BackendPool, BackendState, normalize_model
 from proxy.errors import error_response
 from proxy.protocol import JSON, JSON_V1, encoded, go_dumps
@@ -39,14 +40,18 @@ class Fanout:
         key's allow-list, normalised names), the models outside it are left out (`auto`
         entries, `extra`, stay: auto chooses among the allowed models alone)."""
         states = self.backends.usable()
+        fleet = sees_fleet(request, self.backends.config.auth.enabled)
         if not states:
-            return error_response(request.path, 503, self.backends.unavailable_reason())
+            reason = self.backends.unavailable_reason(detailed=fleet)
+            return error_response(request.path, 503, reason)
         results = await asyncio.gather(
             *(self.backends.get_json(s, request.path) for s in states), return_exceptions=True
         )
         docs = [r for r in results if isinstance(r, dict)]
         if not docs:
-            return error_response(request.path, 502, f"no backend answered: {results[0]}")
+            # The first one's error names its host and port: the operator's.
+            reason = f"no backend answered: {results[0]}" if fleet else "no backend answered"
+            return error_response(request.path, 502, reason)
         seen: set[str] = set()
         items: list[Any] = []
         for doc in docs:

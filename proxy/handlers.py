@@ -20,7 +20,7 @@ from aiohttp import hdrs, web
 from proxy import go_json, header_values, multipart_form, request_encoding
 from proxy import limits as request_limits
 from proxy.aiohttp_internals import state_get
-from proxy.auth import KEY_REQUEST
+from proxy.auth import KEY_REQUEST, sees_fleet
 from proxy.auto import AutoError, AutoRouter, profile_of, user_key
 from proxy.auto_routes import AutoRoutes
 from proxy.backends import BackendPool, BackendState, NoBackend
@@ -411,7 +411,8 @@ class Handlers:
         try:
             primary = self._first() if creating else self.backends.choose(model)
         except NoBackend as exc:
-            return error_response(request.path, 503, str(exc))
+            reason = exc.reason(sees_fleet(request, self.config.auth.enabled))
+            return error_response(request.path, 503, reason)
         if self.config.routing.admin_target == "all" and not creating:
             self.fanout.replicate(request, body, primary)
         served = request[OUTCOME].served
@@ -420,22 +421,15 @@ class Handlers:
     def _first(self) -> BackendState:
         usable = self.backends.usable()
         if not usable:
-            raise NoBackend(self.backends.unavailable_reason())
+            raise self.backends.unavailable()
         return usable[0]
-
-    def _sees_fleet(self, request: web.Request) -> bool:
-        """Whether a public probe's caller may learn what names models and hosts: any
-        caller without API keys, else one with a key that may see every model
-        (`KeyState.sees_every_model`)."""
-        key = state_get(request, KEY_REQUEST)
-        return not self.config.auth.enabled or (key is not None and key.sees_every_model)
 
     async def health(self, request: web.Request) -> web.StreamResponse:
         """The proxy's own liveness (for container health checks) and its view of each
         backend. 200 while the proxy runs, whatever the backends' state; `status` says
         "ok" (every backend usable), "degraded" (some) or "down" (none; see `ready`).
 
-        Public: with API keys on, a caller who may not see the fleet (`_sees_fleet`)
+        Public: with API keys on, a caller who may not see the fleet (`sees_fleet`)
         gets each backend's circuit and requests in flight under its public name
         (`Backend.public_label`), without its URL, its last error (which names hosts
         and ports), the models it has or has loaded, and the cloud's providers without
@@ -443,10 +437,10 @@ class Handlers:
         now = asyncio.get_running_loop().time()
         usable = len(self.backends.usable())
         status = "ok" if usable == len(self.backends.states) else "degraded" if usable else "down"
-        fleet = self._sees_fleet(request)
+        fleet = sees_fleet(request, self.config.auth.enabled)
         backends = []
-        for i, s in enumerate(self.backends.states):
-            backend: dict[str, object] = {"name": s.label if fleet else s.config.public_label(i)}
+        for s in self.backends.states:
+            backend: dict[str, object] = {"name": s.label if fleet else s.public_label}
             if fleet:
                 backend["url"] = s.config.url
             backend["circuit"] = s.breaker.state(now)
@@ -467,15 +461,13 @@ class Handlers:
         is usable, else 503 naming each backend's reason. Liveness is `health`. Public:
         as `health`, a caller who may not see the fleet gets public names and no error
         text."""
-        fleet = self._sees_fleet(request)
+        fleet = sees_fleet(request, self.config.auth.enabled)
         usable = set(map(id, self.backends.usable()))
         if not usable:
             reason = self.backends.unavailable_reason(detailed=fleet)
             return error_response(request.path, 503, reason)
         names = [
-            s.label if fleet else s.config.public_label(i)
-            for i, s in enumerate(self.backends.states)
-            if id(s) in usable
+            s.label if fleet else s.public_label for s in self.backends.states if id(s) in usable
         ]
         body = orjson.dumps({"status": "ready", "usable": names})
         return web.Response(body=body, headers={"Content-Type": JSON})

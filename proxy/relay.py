@@ -18,6 +18,7 @@ from aiohttp import web
 
 from proxy import final_chunk, http11
 from proxy.aiohttp_internals import client_transport, state_get, wait_drained, writing_paused
+from proxy.auth import sees_fleet
 from proxy.backends import UNAVAILABLE_STATUSES, BackendPool, BackendState, NoBackend
 from proxy.cache import Capture
 from proxy.config import Config
@@ -39,6 +40,9 @@ _HOP_BY_HOP_BYTES = frozenset(h.encode() for h in HOP_BY_HOP)
 # client's `X-Request-Id`, since the backend gets the id the proxy uses.
 _NOT_FORWARDED = _HOP_BY_HOP_BYTES | {b"expect", REQUEST_ID_HEADER.lower().encode()}
 _CREDENTIALS = frozenset({b"authorization", b"x-api-key"})
+# A backend's failure as a caller who may not see the fleet reads it (by whether no
+# connection could be made): the error's own text names hosts and ports.
+_FAILED = {True: "unreachable", False: "failed"}
 # Not forwarded with a body the proxy decoded (proxy/request_encoding.py).
 _ENCODING = frozenset({b"content-encoding"})
 _STREAM_TYPES = (NDJSON, SSE)
@@ -103,7 +107,7 @@ class Relay:
         saying it cannot serve (502, 503, 504) is not the client's answer either, and
         `fallback` answers when no backend is left."""
         tried: list[BackendState] = []
-        failures: list[str] = []
+        failures: list[tuple[str, str]] = []  # (the operator's reason, a public one)
         unreachable = True  # every failure so far was a refused or timed-out connect
         retries = self.config.health.retries if body is not None else 0
         while True:
@@ -114,7 +118,8 @@ class Relay:
                     return await fallback()
                 if failures:
                     return self._failed(request, outcome, failures, unreachable)
-                return error_response(request.path, 503, str(exc))
+                reason = exc.reason(sees_fleet(request, self.config.auth.enabled))
+                return error_response(request.path, 503, reason)
             outcome.attempts += 1
             outcome.backend = state.label
             state.begin(model)
@@ -130,8 +135,11 @@ class Relay:
                 state.end(model)
                 state.failed(str(exc))
                 log.warning("backend %s failed before answering: %s", state.label, exc)
-                failures.append(f"{state.label}: {exc}")
-                unreachable = unreachable and isinstance(exc, ConnectFailed)
+                unreached = isinstance(exc, ConnectFailed)
+                failures.append(
+                    (f"{state.label}: {exc}", f"{state.public_label}: " + _FAILED[unreached])
+                )
+                unreachable = unreachable and unreached
                 tried.append(state)
                 if only is not None or len(tried) > retries:
                     if fallback is not None:
@@ -153,7 +161,8 @@ class Relay:
                 state.end(model)
                 client.drop()
                 state.answered(head.status)
-                failures.append(f"{state.label}: answered {head.status}")
+                answered = f": answered {head.status}"
+                failures.append((state.label + answered, state.public_label + answered))
                 unreachable = False
                 tried.append(state)
                 continue
@@ -163,15 +172,22 @@ class Relay:
                 state.end(model)
 
     def _failed(
-        self, request: web.Request, outcome: Served, failures: list[str], unreachable: bool
+        self,
+        request: web.Request,
+        outcome: Served,
+        failures: list[tuple[str, str]],
+        unreachable: bool,
     ) -> web.StreamResponse:
         """No answer from any backend tried: 503 when none could be reached (as when no
-        backend is healthy), 502 when one was reached and misbehaved."""
-        if unreachable:
-            outcome.error = "no healthy backend: " + "; ".join(failures)
-            return error_response(request.path, 503, outcome.error)
-        outcome.error = "; ".join(failures)
-        return error_response(request.path, 502, outcome.error)
+        backend is healthy), 502 when one was reached and misbehaved. `failures` says
+        why, each (the operator's reason, a public one): the client reads the public
+        ones unless it may see the fleet (`sees_fleet`); the outcome keeps the other."""
+        prefix = "no healthy backend: " if unreachable else ""
+        outcome.error = prefix + "; ".join(detailed for detailed, _ in failures)
+        message = outcome.error
+        if not sees_fleet(request, self.config.auth.enabled):
+            message = prefix + "; ".join(public for _, public in failures)
+        return error_response(request.path, 503 if unreachable else 502, message)
 
     async def exchange(
         self,

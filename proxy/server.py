@@ -17,7 +17,7 @@ from aiohttp import hdrs, web
 from proxy import expect, go_mux, header_values
 from proxy import limits as request_limits
 from proxy.aiohttp_internals import state_get
-from proxy.auth import KEY_REQUEST, Access, Admission
+from proxy.auth import KEY_REQUEST, Access, Admission, sees_fleet
 from proxy.backends import NoBackend
 from proxy.config import Config
 from proxy.connection import ClientConnection
@@ -84,7 +84,8 @@ class Server:
                 response = await handler(request)
         except NoBackend as exc:
             served.error = str(exc)
-            response = error_response(request.path, 503, served.error)
+            reason = exc.reason(sees_fleet(request, self.config.auth.enabled))
+            response = error_response(request.path, 503, reason)
         except web.HTTPRequestEntityTooLarge:
             limit = self.config.limits.max_body_bytes
             response = error_response(

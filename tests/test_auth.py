@@ -673,6 +673,53 @@ async def test_public_probes_name_no_backend_url_and_no_error_text(
             proxy.stop()
 
 
+@pytest.mark.parametrize("threshold", [1, 1000], ids=["circuit-open", "connect-refused"])
+async def test_no_healthy_backend_names_urls_and_errors_only_to_who_sees_the_fleet(
+    servers: ServerThread, threshold: int
+) -> None:
+    """Why no backend answered names hosts, ports and what failed: the operator's, as
+    in the public probes. With keys on, a key that may see every model (admin, or one
+    without a model list) reads it; any other gets each backend's public name only.
+    Whether the backend's circuit is open (the proxy asks no backend) or not yet (it
+    tries, and the connection is refused)."""
+    port = free_port()
+    dead = f"http://127.0.0.1:{port}"
+    keys = Auth(
+        keys=(
+            ApiKey(sha256=hash_key(ADMIN), name="ops", role="admin"),
+            ApiKey(sha256=hash_key(SINGLE), name="one"),
+            ApiKey(sha256=hash_key(USER), name="dev", models=ALLOWED),
+        )
+    )
+    health = Health(interval_seconds=3600, failure_threshold=threshold)
+    guarded = Proxy(servers, [dead], auth=keys, health=health)
+    chat_v1 = {"model": "llama3.1:8b", "messages": [{"role": "user", "content": "hi"}]}
+    try:
+        # `auto` with the circuit closed finds no model to choose: a reason naming no
+        # backend, the same for every key.
+        auto_names = threshold == 1
+        for path, body, names in (
+            ("/api/chat", CHAT, True),
+            ("/api/chat", {**CHAT, "model": "auto"}, auto_names),
+            ("/v1/chat/completions", chat_v1, True),
+            ("/api/tags", None, True),
+        ):
+            method = "GET" if body is None else "POST"
+            status, _, answer = await call(guarded.url, method, path, USER, body)
+            assert status in (502, 503), (path, status)
+            public = answer.decode()
+            assert str(port) not in public and "refused" not in public.lower(), (path, public)
+            for key in (ADMIN, SINGLE):
+                full = await call(guarded.url, method, path, key, body)
+                assert full[0] == status, (path, key)
+                if names:
+                    assert str(port) in full[2].decode(), (path, key)
+                else:
+                    assert full[2].decode() == public
+    finally:
+        guarded.stop()
+
+
 @pytest.mark.parametrize("path", ["/api/autoroute/status", "/metrics"])
 async def test_fleet_views_refuse_a_key_with_a_model_list(guarded: Proxy, path: str) -> None:
     """Status and metrics name every model and cannot be cut to one key's: a key with
