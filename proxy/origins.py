@@ -2,7 +2,8 @@
 
 Ollama runs gin-contrib/cors in front of every route (`server/routes.go`,
 `GenerateRoutes`): a request whose `Origin` is not its own host's must come from an
-allowed origin, else 403 before any handler runs; a preflight (`OPTIONS` from an
+allowed origin, else 403 before any handler runs (`AbortWithStatus`: no body, no
+type, whatever the path); a preflight (`OPTIONS` from an
 allowed origin) is 204 with the methods and headers it permits; an allowed origin is
 echoed in `Access-Control-Allow-Origin`. The allowed origins are `OLLAMA_ORIGINS` plus
 localhost, 127.0.0.1 and 0.0.0.0 on any port and the app, file, tauri and VS Code
@@ -21,8 +22,6 @@ from typing import Final
 
 from aiohttp import web
 
-from proxy import header_values
-from proxy.errors import error_response
 from proxy.routes import gin_allowed
 
 ORIGIN: Final = "Origin"
@@ -102,10 +101,9 @@ class Origins:
         if origin in (f"http://{host}", f"https://{host}"):
             return None  # the browser's own page: not a cross-origin request
         # Only ASCII is echoed back in a header (aiohttp keeps bytes that are not UTF-8
-        # as lone surrogates, which no header or JSON encoder takes).
+        # as lone surrogates, which no header encoder takes).
         if not (origin.isascii() and self.allows(origin)):
-            shown = header_values.text(origin)
-            return error_response(request.path, 403, f"origin not allowed: {shown}")
+            return web.Response(status=403)  # gin-contrib/cors's bare AbortWithStatus
         if request.method == "OPTIONS":
             response = web.Response(status=204)
             # Ollama serves OPTIONS on no route: gin sets its 405's `Allow` before the

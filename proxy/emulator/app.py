@@ -133,8 +133,7 @@ async def _gin(request: web.Request, handler: Handler) -> web.StreamResponse:
     if origin is not None:
         refused = _ORIGINS.admit(request, origin)
         if refused is not None:
-            # Gin's cors middleware aborts with a bare status: no body, no type.
-            return web.Response(status=403) if refused.status == 403 else refused
+            return refused
     if connect:
         return gin_refusal(path)  # gin serves CONNECT on no route
     if state.fault != "none" and request.method == "POST" and request.path in FAULT_PATHS:
