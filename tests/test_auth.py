@@ -232,13 +232,20 @@ async def test_an_escaped_spelling_of_an_admin_path_is_the_admin_path(
 ) -> None:
     """Go cleans the path as sent (`%2F` is no slash there), and gin matches the
     decoded one: `/api%2Fpull` is Ollama's pull. The proxy's table reads the same
-    decoded path, so it takes the same access."""
+    decoded path, so it takes the same access; the emulator runs the same handler."""
     before = asked(own_emulator)
     status, _, answer = await raw_request(
         guarded.port, "POST", path, [(b"Authorization", f"Bearer {USER}".encode())], b"{}"
     )
     assert status == 403 and "admin" in orjson.loads(answer)["error"]
     assert asked(own_emulator) == before
+    body = orjson.dumps({"model": "nothing-here:1", "stream": False})
+    clean = "/api/" + ("push" if "push" in path.lower() else "pull")
+    expected = await raw_request(own_emulator.port, "POST", clean, [], body)
+    for port in (own_emulator.port, guarded.port):
+        key = [(b"Authorization", f"Bearer {ADMIN}".encode())] if port == guarded.port else []
+        status, _, answer = await raw_request(port, "POST", path, key, body)
+        assert (status, answer) == (expected[0], expected[2]), port
 
 
 @pytest.mark.parametrize("path", ["/api/%2e/pull", "/api/x/%2E%2E/pull", "/api/%2e%2e/api/pull"])

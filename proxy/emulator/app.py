@@ -106,6 +106,21 @@ async def _fault(request: web.Request, state: EmulatorState) -> web.StreamRespon
     return web.Response(status=499)
 
 
+async def _gin_match(request: web.Request, handler: Handler) -> tuple[web.Request, Handler]:
+    """The request and the handler gin runs: it matches the decoded path (Go's
+    `URL.Path`, gin's `UseRawPath` off), where an escaped slash is a slash, so
+    `/api%2Fpull` is its pull; aiohttp's router matched the path with `%2F` kept."""
+    if "%2f" not in request.raw_path.partition("?")[0].lower():
+        return request, handler
+    decoded = URL.build(path=request.path, query_string=request.query_string)
+    clone = request.clone(rel_url=decoded)
+    match = await request.app.router.resolve(clone)
+    match.add_app(request.app)
+    match.freeze()
+    clone._match_info = match  # what aiohttp's application sets before any handler
+    return clone, match.handler
+
+
 # Ollama's default origins (no OLLAMA_ORIGINS), as its cors middleware checks them.
 _ORIGINS = Origins()
 
@@ -139,6 +154,7 @@ async def _gin(request: web.Request, handler: Handler) -> web.StreamResponse:
     if state.fault != "none" and request.method == "POST" and request.path in FAULT_PATHS:
         return await _fault(request, state)
     try:
+        request, handler = await _gin_match(request, handler)
         return await handler(request)
     except web.HTTPMethodNotAllowed:
         return gin_refusal(request.path)
