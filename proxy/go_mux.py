@@ -44,6 +44,9 @@ _PATH_SAFE: Final = frozenset(_ALNUM + b"-_.~$&+,/:;=@")
 # What `validEncoded(s, encodePath)` accepts in an escaped path.
 _VALID_ESCAPED: Final = _PATH_SAFE | frozenset(b"!'()*[]%")
 _BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+# A target in absolute form: its scheme and authority (`ParseRequestURI`'s `getScheme`,
+# then the authority up to the path or the query).
+_SCHEME_AUTHORITY = re.compile(rb"[A-Za-z][A-Za-z0-9+.-]*://[^/?]*")
 _PERCENT = re.compile(rb"%([0-9A-Fa-f]{2})")
 # net/http's htmlReplacer, for the redirect's body.
 _HTML_ESCAPES: Final = {
@@ -74,8 +77,8 @@ def _escaped_path(raw: bytes) -> bytes | None:
 
 
 def clean_path(path: bytes) -> bytes:
-    """Go's `cleanPath` of a path starting with `/`: `path.Clean` (no empty, `.` or
-    `..` segment; `..` at the root stays there), the trailing slash kept."""
+    """Go's `cleanPath`: rooted, then `path.Clean` (no empty, `.` or `..` segment;
+    `..` at the root stays there), the trailing slash kept."""
     segments: list[bytes] = []
     for segment in path.split(b"/"):
         if segment == b"..":
@@ -93,10 +96,15 @@ def location(method: str, target: bytes) -> bytes | None:
     """The `Location` (as `http.Redirect` takes it, before its escape of bytes beyond
     ASCII) of the mux's redirect of a `method` request for `target` (its request
     target as sent); None when the mux lets the request through to gin."""
-    if method == "CONNECT" or not target.startswith(b"/"):
-        return None  # not canonicalized; `*` and absolute forms are no paths of gin's
+    if method == "CONNECT":
+        return None  # not canonicalized
+    absolute = _SCHEME_AUTHORITY.match(target)
+    if absolute is not None:
+        target = target[absolute.end() :]  # the Location names no host
+    elif not target.startswith(b"/"):
+        return None  # `*`: no path (Go's server answers it before the mux)
     raw, _, query = target.partition(b"?")
-    if b"//" not in raw and b"/." not in raw and b"%" not in raw:
+    if raw and b"//" not in raw and b"/." not in raw and b"%" not in raw:
         return None  # clean as sent: the common case, decided without copying
     escaped = _escaped_path(raw)
     if escaped is None:

@@ -199,8 +199,12 @@ async def test_an_unclean_spelling_of_an_admin_path_is_gos_redirect_reaching_no_
     path and pass it through), and so does the emulator."""
     data = orjson.dumps(body)
     key = [(b"Authorization", f"Bearer {USER}".encode())]
-    for spelling in [*unclean(path), path.replace("/api/", "/api/./") + "?insecure=true"]:
-        _, question, query = spelling.partition("?")
+    for spelling in [
+        *unclean(path),
+        path.replace("/api/", "/api/./") + "?insecure=true",
+        "http://127.0.0.1" + path.replace("/api/", "/api//"),  # the absolute form
+    ]:
+        _, question, query = spelling.partition("?")  # Go keeps the query
         clean = path + question + query
         for port in (guarded.port, own_emulator.port):
             before = asked(own_emulator)

@@ -250,6 +250,10 @@ GO_MUX = [
     ("POST", "/api/pull", None),
     ("POST", "/api/pull?x=/../", None),
     ("POST", "/.well-known/x", None),
+    # The absolute form: the path after the authority, a Location without the host.
+    ("POST", "http://127.0.0.1:11434/api//pull", "/api/pull"),
+    ("GET", "http://127.0.0.1?x=1", "/?x=1"),
+    ("POST", "http://127.0.0.1/api/pull", None),
     ("CONNECT", "/api//pull", None),  # CONNECT is not canonicalized
     ("OPTIONS", "*", None),
     ("POST", "/api//%zz", None),  # Go's server refuses the target before the mux (400)
