@@ -158,6 +158,12 @@ _P_FLOOR = 0.01
 _P_CEILING = 1 - _P_FLOOR
 
 
+def _logit(p: float) -> float:
+    """The log-odds of `p`, kept inside the floor and the ceiling."""
+    p = _inside(p)
+    return math.log(p / (1.0 - p))
+
+
 def _inside(p: float) -> float:
     """`p` kept between the floor and the ceiling."""
     return _P_FLOOR if p < _P_FLOOR else _P_CEILING if p > _P_CEILING else p
@@ -317,16 +323,19 @@ def with_catalogue(
     from the model's description (see `CATALOGUE_SHARE` why that misleads). The
     catalogue reads the same model directly: its area scores weighed by the prompt's
     demand for each area (`DEMAND_POWER`), an accuracy for this prompt. Put on the
-    selector's scale for this prompt (a point of benchmark accuracy taken as a point of
-    P, offset by how far the selector's P sits from the catalogue's reading, on average,
-    for the models it was fitted on, else for the whole fleet), that is a second
-    estimate whose errors are not the booster's. It replaces the booster's P by
-    `CATALOGUE_SHARE` times what the catalogue knows of the areas the prompt reads (its
-    `area_uncertainty` weighed as the reading weighs the areas; else its overall
-    `uncertainty`): all of it for a coder's published code results on a code prompt,
-    little for the same coder's imputed knowledge on a trivia question, nothing for a
-    model placed from nothing beyond its details. A model the artifact knows keeps
-    its P."""
+    selector's scale for this prompt (the reading's log-odds, offset by how far the
+    selector's P sits from the catalogue's reading in log-odds, on average, for the
+    models it was fitted on, else for the whole fleet), that is a second estimate whose
+    errors are not the booster's. Log-odds, not points: an easy prompt puts P of the
+    fitted models far above their benchmark accuracy, and a shift in points would carry
+    every strong model past certainty, where they tie and the catalogue's order of them
+    is lost; a shift in log-odds keeps that order at both ends of the scale. It
+    replaces the booster's P by `CATALOGUE_SHARE` times what the catalogue knows of
+    the areas the prompt reads (its `area_uncertainty` weighed as the reading weighs
+    the areas; else its overall `uncertainty`): all of it for a coder's published
+    code results on a code prompt, little for the same coder's imputed knowledge on a
+    trivia question, nothing for a model placed from nothing beyond its details. A
+    model the artifact knows keeps its P."""
     if all(known) or len(candidates) < 2:
         return list(p_success)
     demand = [request[i] ** DEMAND_POWER for i in _DEMAND]
@@ -342,12 +351,13 @@ def with_catalogue(
     # The offset from the models whose P the selector was fitted on: an unseen model's
     # estimate then stands against theirs, not against the booster's guesses of the
     # other unseen models (which a fleet of many unseen models would otherwise set).
-    gaps = [p - r for p, r, k in zip(p_success, reads, known, strict=True) if k] or [
-        p - r for p, r in zip(p_success, reads, strict=True)
+    logits = [_logit(r) for r in reads]
+    gaps = [_logit(p) - r for p, r, k in zip(p_success, logits, known, strict=True) if k] or [
+        _logit(p) - r for p, r in zip(p_success, logits, strict=True)
     ]
     centre = sum(gaps) / len(gaps)
     out = []
-    for p, read, candidate, is_known in zip(p_success, reads, candidates, known, strict=True):
+    for p, read, candidate, is_known in zip(p_success, logits, candidates, known, strict=True):
         if is_known:
             out.append(p)
             continue
@@ -357,8 +367,8 @@ def with_catalogue(
             doubt = _unit(w0 * u[0] + w1 * u[1] + w2 * u[2] + w3 * u[3] + w4 * u[4])
         else:
             doubt = _doubt(candidate)
-        drawn = p + CATALOGUE_SHARE * (1.0 - doubt) * (centre + read - p)
-        out.append(_inside(drawn))
+        placed = 1.0 / (1.0 + math.exp(-(centre + read)))
+        out.append(_inside(p + CATALOGUE_SHARE * (1.0 - doubt) * (placed - p)))
     return out
 
 

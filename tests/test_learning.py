@@ -288,22 +288,27 @@ def test_unseen_models_lean_on_the_catalogue_by_what_it_knows() -> None:
     ]
     # The booster rates the weak model highest; the catalogue, which measured both,
     # says the opposite: each unseen model moves CATALOGUE_SHARE of the way to the
-    # catalogue's reading,
-    # centred on the booster's mean (0.5) for the fleet; the one the catalogue knows
-    # nothing about (uncertainty 1) keeps its P.
-    got = with_catalogue([0.4, 0.7, 0.4], request, candidates, [False, False, False])
-    reads = [0.5 + a - 0.5 for a in (0.9, 0.3, 0.3)]
+    # catalogue's reading, offset in log-odds by how far the booster sits from the
+    # catalogue over the fleet; the one the catalogue knows nothing about
+    # (uncertainty 1) keeps its P.
+    p = [0.4, 0.7, 0.4]
+    got = with_catalogue(p, request, candidates, [False, False, False])
+    centre = sum(_logit(q) - _logit(a) for q, a in zip(p, (0.9, 0.3, 0.3), strict=True)) / 3
+    reads = [1 / (1 + math.exp(-(centre + _logit(a)))) for a in (0.9, 0.3, 0.3)]
     share = CATALOGUE_SHARE
     assert got == pytest.approx(
         [0.4 + (reads[0] - 0.4) * share, 0.7 + (reads[1] - 0.7) * share, 0.4]
     )
     assert got[0] > got[1]
+
     # A model the artifact was fitted on keeps its P, and the others' readings are
     # centred on it: "strong" reads 0.9 where the selector says 0.8, so "weak", read
-    # 0.3, is put at 0.3 - 0.1 (by its share), whatever the booster guessed of it.
+    # 0.3, is put that many log-odds lower (by its share), whatever the booster
+    # guessed of it.
     fitted = with_catalogue([0.8, 0.7, 0.4], request, candidates, [True, False, False])
     assert fitted[0] == 0.8
-    assert fitted[1] == pytest.approx(0.7 + share * (0.8 - 0.9 + 0.3 - 0.7))
+    placed = 1 / (1 + math.exp(-(_logit(0.8) - _logit(0.9) + _logit(0.3))))
+    assert fitted[1] == pytest.approx(0.7 + share * (placed - 0.7))
     assert fitted[2] == 0.4
     # A reading below 0 is still a probability.
     assert with_catalogue([0.2, 0.7, 0.4], request, candidates, [True, False, False])[1] > 0
@@ -316,6 +321,26 @@ def test_unseen_models_lean_on_the_catalogue_by_what_it_knows() -> None:
     rng = np.random.default_rng(0)
     assert choose(ranking, {}, 0.0, rng, "weak").chosen.name == "strong"
     assert choose(near, {}, 0.0, rng, "weak").chosen.name == "weak"  # a lead under min_gain
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+def test_on_an_easy_prompt_unseen_models_keep_the_catalogues_order() -> None:
+    # A known model far above its benchmark reading (an easy prompt) puts every
+    # stronger unseen model above it; they must not all meet at the ceiling, where the
+    # order the catalogue measured would be lost.
+    request = [0.0] * len(REQUEST_FEATURES)
+    request[REQUEST_FEATURES.index("demand_math")] = 1.0
+    scores = {"known": 0.5, "good": 0.75, "better": 0.83, "best": 0.9}
+    candidates = [
+        Candidate(n, params_b=8.0, uncertainty=0.0, areas=(a,) * len(AREAS))
+        for n, a in scores.items()
+    ]
+    got = with_catalogue([0.84, 0.5, 0.5, 0.5], request, candidates, [True, False, False, False])
+    assert got[0] == 0.84  # a model the artifact knows keeps its P
+    assert got[0] < got[1] < got[2] < got[3] < 0.99
 
 
 def test_the_catalogue_counts_as_far_as_it_knows_the_areas_a_prompt_reads() -> None:
