@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from proxy.config import ConfigError, Profile, Selector, state_dir
+from proxy.config import ConfigError, state_dir
 from proxy.config import load as load_config
 from selector_model import artifact as artifact_module
 from training import pipeline, replay, report
@@ -240,13 +240,6 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true")
 
 
-def _profiles(selector: Selector) -> dict[str, Profile]:
-    profiles = selector.profiles
-    # The replay reports the three documented profiles, in this order, when configured.
-    ordered = [p for p in replay.PROFILES if p in profiles]
-    return {p: profiles[p] for p in ordered + [p for p in profiles if p not in ordered]}
-
-
 def run_evaluate(args: argparse.Namespace) -> int:
     bars = _bars(not args.no_progress)
     try:
@@ -286,7 +279,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def _replay(args: argparse.Namespace, evaluated: dict[str, Any]) -> list[replay.FleetResult]:
     selector = load_config(args.config).selector
-    profiles = _profiles(selector)
+    profiles = replay.profiles_of(selector)
     directory = args.artifact if args.artifact.is_dir() else args.artifact.parent
     data = load_llmrouter(args.data)
     feedback = replay.load_feedback(args.feedback) if args.feedback else None

@@ -96,8 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--models: two or more of MODELS' names, not {unknown or names}")
         fleets = {"MMLU-Pro fleet of your choice": names}
     selector = load_config(None).selector
-    ordered = [p for p in replay.PROFILES if p in selector.profiles]
-    profiles = {p: selector.profiles[p] for p in ordered}
+    profiles = replay.profiles_of(selector)
     meta = json.loads(artifact.SHIPPED.with_name("selector.json").read_text())
     trained_on: list[str] = meta["trained_on"]
     prompts = load_prompts(

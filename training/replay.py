@@ -95,6 +95,14 @@ def body_of(prompt: Prompt, profile: str) -> dict[str, Any]:
     }
 
 
+def profiles_of(selector: Selector) -> dict[str, Profile]:
+    """The profiles a replay reports: the three documented ones first, in this order,
+    when configured, then every other the configuration names."""
+    profiles = selector.profiles
+    ordered = [p for p in PROFILES if p in profiles]
+    return {p: profiles[p] for p in ordered + [p for p in profiles if p not in ordered]}
+
+
 def router_for(
     artifact_dir: Path,
     fleet: Sequence[ModelSpec],
