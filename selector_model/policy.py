@@ -84,6 +84,26 @@ expected (live traffic without ratings: answers that completed count as no news,
 be tried on the strength of its wide posterior alone. The safety rule reads these
 utilities (a model's unseen-margin shrinks as its evidence grows).
 
+One standard deviation does not grow with how often the kind is decided: a model whose
+first answers of a kind were poor falls below a rival the selector rates alike, which
+then takes the kind; the rival's outcomes narrow the rival's spread, not the first's,
+and the first is not tried there again however long the kind is served. So a model
+with r times fewer outcomes of its own than the kind has per candidate (its prior
+counted as outcomes), r = F / (n0(m) + n(m)) with F the sum of n over the candidates
+over their number, gains sqrt(2 ln r) standard deviations of its posterior where that
+exceeds one (the width of MOSS, UCB with the decisions per arm), but never more than
+brings it back where it stood untried:
+
+    bonus(m) = max(optimism * sd(m), min(optimism * z(r) * sd(m), standing(m) - blend(m)))
+    sd(m) = sqrt(blend(m) * (1 - blend(m)) / (n0(m) + n(m) + 1)),  z(r) = sqrt(2 ln r)
+    standing(m) = q + optimism * sqrt(q * (1 - q) / (n0(m) + 1)),  q = P(m) + c(m)
+
+Every model the kind left behind is so tried again as the kind's outcomes grow (with
+the log of them); one whose own answers pushed it far below its prior comes back no
+higher than it stood untried, and one that even untried ranks below the leader is
+never tried on this account. A model the artifact was fitted on (n0 = 200) is behind
+only once the kind has over 330 outcomes per candidate.
+
 Exploration is Thompson sampling: with probability `exploration` the choice is the
 best of one draw from each posterior (mean blend, weight n0 + n; by its normal
 approximation; cost subtracted alike; the draws stand for the uncertainty, so no
@@ -153,6 +173,10 @@ DRAWS = 32
 # lift it or narrow its spread, where ranking by the mean alone never tries a model
 # ranked below one that answers at all.
 OPTIMISM = 1.0
+# A model's bonus widens (`_bonus`) once the kind's outcomes per candidate exceed its
+# own (its prior counted) r times over, for r above this: where MOSS's width,
+# sqrt(2 ln r) standard deviations, passes one.
+_WIDENS = math.exp(0.5)
 # P(success) as a Beta prior mean stays inside (0, 1).
 _P_FLOOR = 0.01
 _P_CEILING = 1 - _P_FLOOR
@@ -577,6 +601,26 @@ def _departure(got: Sequence[float], centre: float, n0: float) -> float:
     return (float(got[0]) - float(got[2]) - count * centre) / (n0 + count)
 
 
+def _bonus(
+    blend: float, untried: float, n0: float, count: float, share: float, optimism: float
+) -> float:
+    """The optimism a candidate's utility gains (see the module docstring): `optimism`
+    standard deviations of its posterior (mean `blend`, weight n0 + `count`, as
+    Thompson sampling draws it), widened to sqrt(2 ln r) of them (MOSS) for a model
+    with r times fewer outcomes of its own (its prior counted) than the kind's `share`
+    per candidate, but never past where it stood untried (mean `untried`, weight n0)."""
+    p = _inside(blend)
+    spread = math.sqrt(p * (1 - p) / (n0 + count + 1))
+    bonus = optimism * spread
+    behind = share / (n0 + count)
+    if behind > _WIDENS:
+        q = _inside(untried)
+        standing = q + optimism * math.sqrt(q * (1 - q) / (n0 + 1))
+        widened = bonus * math.sqrt(2 * math.log(behind))
+        bonus = max(bonus, min(widened, standing - p))
+    return bonus
+
+
 def choose(
     ranking: list[Scored],
     evidence: Mapping[str, Sequence[float]],
@@ -624,6 +668,15 @@ def choose(
             # Nothing of this kind came out other than the selector expected (answers
             # completing, no rating, no failure): a gamble would learn nothing.
             optimism = 0.0
+        # The kind's outcomes per candidate: a model with fewer of its own (its prior
+        # counted as outcomes) than that has been left behind (see `_bonus`).
+        share = 0.0
+        if optimism:
+            for s in ranking:
+                got = evidence.get(s.name)
+                if got is not None:
+                    share += max(0.0, float(got[1]))
+            share /= len(ranking)
         for s in ranking:
             centre = shift + offsets.get(s.name, 0.0)
             got = evidence.get(s.name)
@@ -637,9 +690,7 @@ def choose(
                 blend += _departure(got, centre, n0)
             bonus = 0.0
             if optimism:
-                # The posterior's spread, as Thompson sampling below draws it.
-                p = _inside(blend)
-                bonus = optimism * math.sqrt(p * (1 - p) / (n0 + count + 1))
+                bonus = _bonus(blend, s.p_success + centre, n0, count, share, optimism)
             blended.append(s.blended(blend, got, totals.get(s.name), bonus))
         blended.sort(key=_UTILITY, reverse=True)
         greedy, reason = _safe_greedy(

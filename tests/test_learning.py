@@ -243,6 +243,51 @@ def test_optimism_tries_a_model_little_is_known_about_until_its_outcomes_say() -
     assert prior.chosen.name == "first" and all(s.optimism == 0 for s in prior.ranking)
 
 
+def test_a_model_one_poor_outcome_dropped_is_retried_once_the_kind_is_decided_often() -> None:
+    """Two models the selector rates alike: the first one tried answers once, badly,
+    and the second takes the kind. One standard deviation of optimism never brings the
+    first back however often the kind is decided; a bonus that grows with the kind's
+    outcomes per candidate does, up to where the model stood untried, so a model the
+    prior ranks far below is not tried however often."""
+    rng = np.random.default_rng(0)
+    unseen = rank(["chat", "twin", "far"], [0.60, 0.60, 0.35], [1.0] * 3, 0.0, set())
+
+    def choice(twin_outcomes: int, chat_zeros: int = 1) -> Any:
+        evidence = Evidence()
+        for _ in range(chat_zeros):
+            evidence.update("reasoning", "chat", 0.0, prior=0.6)
+        # The twin answers a little better than the selector expected.
+        evidence.add("reasoning", "twin", 0.7 * twin_outcomes, twin_outcomes, 0.6 * twin_outcomes)
+        return choose(unseen, evidence.of("reasoning"), 0.0, rng)
+
+    # Early on (ten answers of the twin), one posterior standard deviation each: the
+    # twin keeps the kind.
+    early = choice(10)
+    assert early.chosen.name == "twin"
+    for s in early.ranking:
+        assert s.blend is not None
+        spread = math.sqrt(s.blend * (1 - s.blend) / (10 + s.evidence_count + 1))
+        assert s.optimism == pytest.approx(spread)
+    # After 900 of the twin's answers the chat model, one answer of its own against
+    # 300 per candidate, is tried again...
+    late = choice(900)
+    assert (late.chosen.name, late.propensity) == ("chat", 1.0)
+    row = {s.name: s for s in late.ranking}
+    chat, far = row["chat"], row["far"]
+    assert chat.blend is not None and far.blend is not None
+    assert chat.optimism > math.sqrt(chat.blend * (1 - chat.blend) / (10 + 1 + 1)) + 0.05
+    # ...lifted no higher than where it stood untried: its prior moved by the kind's
+    # shift (what moved the far model, which has no outcomes), plus one standard
+    # deviation of that prior.
+    untried = chat.p_success + (far.blend - far.p_success)
+    assert chat.utility <= untried + math.sqrt(untried * (1 - untried) / (10 + 1)) + 1e-9
+    # The far model, never tried, keeps one standard deviation and its place.
+    assert far.optimism == pytest.approx(math.sqrt(far.blend * (1 - far.blend) / (10 + 1)))
+    assert late.ranking[-1].name == "far"
+    # A model whose many outcomes say it is poor is not brought back.
+    assert choice(900, chat_zeros=30).chosen.name == "twin"
+
+
 def test_offsets_from_the_evidence_are_computed_once_per_change_of_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
