@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from selector_model.features import Candidate
+from selector_model.held import Held
 
 # Assumed hardware for the prior: a mid-range GPU.
 PRIOR_BANDWIDTH_GBPS = 400.0
@@ -49,6 +50,10 @@ class Telemetry:
         self._rates: dict[tuple[str, str], Rates] = {}
         # The prior's (prompt_tps, gen_tps) by what it depends on.
         self._priors: dict[tuple[float, float], tuple[float, float]] = {}
+        # Counts every load measured: what `measured_load` says changes only with it.
+        self.loads_measured = 0
+        # Per (backends, candidates) lists: each candidate's key in `_rates` and prior.
+        self._plans: Held[list[tuple[tuple[str, str], tuple[float, float]]]] = Held()
 
     def observe(self, backend: str, candidate: Candidate, stats: Mapping[str, int | str]) -> None:
         """Fold one final chunk's counters into the rates of (backend, model)."""
@@ -80,6 +85,7 @@ class Telemetry:
             rates.load_seconds = _ewma(rates.load_seconds, load_ns / 1e9, rates.loads)
             rates.loads += 1
             self._rates[key] = rates
+            self.loads_measured += 1
         if seen:
             rates.samples = n + 1
             self._rates[key] = rates
@@ -98,26 +104,36 @@ class Telemetry:
     ) -> list[float]:
         """Expected seconds of each candidate on its backend (prompt evaluation and
         decoding; loading is `proxy.memory`'s term), from its observed rates or else the
-        prior. The hot path of `auto`: the prior is computed once per model size, not
-        per request."""
+        prior. The hot path of `auto`: each candidate's key and prior are computed once
+        per list of candidates (`Held`: `auto` passes the same lists while the registry
+        keeps its candidates), the observed rates read per request."""
         observed = self._rates
-        priors = self._priors
         out = []
-        for backend, candidate in zip(backends, candidates, strict=True):
-            rates = observed.get((backend, candidate.name))
+        plan = self._plans.get((backends, candidates), lambda: self._plan(backends, candidates))
+        for key, (prompt_tps, gen_tps) in plan:
+            rates = observed.get(key)
             if rates is not None:
                 prompt_tps, gen_tps = rates.prompt_tps, rates.gen_tps
-            else:
-                key = (candidate.active_b, candidate.quant_bits)
-                cached = priors.get(key)
-                if cached is None:
-                    if len(priors) >= 4096:
-                        priors.clear()
-                    rates = prior(candidate)
-                    cached = priors[key] = (rates.prompt_tps, rates.gen_tps)
-                prompt_tps, gen_tps = cached
             out.append(prompt_tokens / prompt_tps + output_tokens / gen_tps)
         return out
+
+    def _plan(
+        self, backends: Sequence[str], candidates: Sequence[Candidate]
+    ) -> list[tuple[tuple[str, str], tuple[float, float]]]:
+        """Per candidate, its (backend, model) key and its prior's (prompt_tps,
+        gen_tps), the prior computed once per model size."""
+        priors = self._priors
+        plan = []
+        for backend, candidate in zip(backends, candidates, strict=True):
+            key = (candidate.active_b, candidate.quant_bits)
+            cached = priors.get(key)
+            if cached is None:
+                if len(priors) >= 4096:
+                    priors.clear()
+                rates = prior(candidate)
+                cached = priors[key] = (rates.prompt_tps, rates.gen_tps)
+            plan.append(((backend, candidate.name), cached))
+        return plan
 
     def snapshot(self) -> list[dict[str, object]]:
         return [

@@ -31,3 +31,16 @@ def test_observed_rates_replace_the_prior() -> None:
     assert seen > prior
     # Another backend keeps the prior.
     assert telemetry.expected_seconds_many(["b"], [model], 0, 100)[0] == pytest.approx(prior)
+
+
+def test_observed_rates_count_for_the_same_lists_asked_again() -> None:
+    # `auto` asks with the same lists while the registry keeps its candidates: each
+    # one's prior is kept for them, its observed rates still read on every call.
+    model = Candidate("qwen2.5:7b", params_b=7.6)
+    backends, candidates = ["a"], [model]
+    telemetry = Telemetry()
+    prior = telemetry.expected_seconds_many(backends, candidates, 0, 100)[0]
+    telemetry.observe("a", model, {"eval_count": 100, "eval_duration": 10_000_000_000})
+    seen = telemetry.expected_seconds_many(backends, candidates, 0, 100)[0]
+    assert seen == pytest.approx(10.0)
+    assert seen > prior
