@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.backends import BackendPool, BackendState, entry_model
 from proxy.config import Config
 from proxy.registry import Registry
 from selector_model.features import Candidate
+from selector_model.held import Held
 from selector_model.telemetry import Telemetry
 
 GB = 1e9
@@ -43,6 +44,25 @@ def expiry_of(stamp: object) -> float | None:
         return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return None
+
+
+@dataclass(slots=True)
+class _Plan:
+    """What `Memory.terms` reads of each candidate of one list, found once per list,
+    and its last load terms with what they were computed from."""
+
+    labels: list[str]
+    names: list[str]
+    loaded: list[bool]
+    states: list[BackendState | None]  # the backend each would run on
+    # Whether it is charged no load: loaded, or on a backend that does not say what is.
+    free: list[bool] = field(default_factory=list)
+    loads: list[float] = field(default_factory=list)
+    # What `free` and `loads` were computed from: the loads measured so far, the needs,
+    # and each backend's `reports_loaded` (-1: never computed).
+    loads_measured: int = -1
+    needs: dict[str, float] | None = None
+    reports: tuple[bool, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +105,8 @@ class Memory:
         self.needs: dict[str, float] = {}  # model: GB, per registry refresh
         # Backend label: warm model: its state, as the warmer last found it.
         self.warm: dict[str, dict[str, str]] = {}
+        # Per (backends, candidates) lists `terms` is asked about.
+        self._plans: Held[_Plan] = Held()
         backends.listeners.append(self.refresh)
 
     async def refresh(self) -> None:
@@ -150,28 +172,55 @@ class Memory:
 
     def terms(self, backends: Sequence[str], candidates: Sequence[Candidate]) -> Terms:
         """The load and eviction terms of each candidate on the backend it would run on
-        (see the module docstring). On `auto`'s hot path: dictionary reads only."""
-        per_gb = self.settings.load_seconds_per_gb
-        measured_load = self.telemetry.measured_load
-        by_label = self.by_label
-        loads: list[float] = []
-        evicts: list[bool] = []
-        for label, candidate in zip(backends, candidates, strict=True):
-            state = by_label.get(label)
-            if candidate.loaded or (state is not None and not state.reports_loaded):
-                # Loaded, or its backend does not say what is loaded: no load charged
-                # (charging every model one would favour the smallest everywhere).
-                loads.append(0.0)
-                evicts.append(False)
-                continue
-            name = candidate.name
-            measured = measured_load(label, name)
-            if measured is None:
-                measured = per_gb * self.need(name)
-            loads.append(measured)
+        (see the module docstring). On `auto`'s hot path: the load terms are computed
+        again only when what they depend on changed (a load measured, a refresh, a
+        backend starting or stopping to say what is loaded); evictions only when a
+        backend has requests in flight."""
+        plan = self._plans.get((backends, candidates), lambda: self._plan(backends, candidates))
+        loads = self._loads(plan)
+        evicts = [False] * len(loads)
+        for i, state in enumerate(plan.states):
             # Nothing in flight there: nothing to evict (the common case, checked first).
-            evicts.append(state is not None and bool(state.busy) and self._evicts(state, name))
+            if state is not None and state.busy and not plan.free[i]:
+                evicts[i] = self._evicts(state, plan.names[i])
         return Terms(loads, evicts, self.settings.evict_penalty)
+
+    def _plan(self, backends: Sequence[str], candidates: Sequence[Candidate]) -> _Plan:
+        return _Plan(
+            list(backends),
+            [c.name for c in candidates],
+            [c.loaded for c in candidates],
+            [self.by_label.get(label) for label in backends],
+        )
+
+    def _loads(self, plan: _Plan) -> list[float]:
+        """Each candidate's load seconds (a copy: the plan keeps its own): 0 for one
+        loaded, or whose backend does not say what is loaded (charging every model one
+        would favour the smallest everywhere); else the load measured for it there,
+        else `load_seconds_per_gb` x its memory need."""
+        measured_loads = self.telemetry.loads_measured
+        reports = tuple([s.reports_loaded for s in self.backends.states])
+        if (
+            plan.loads_measured != measured_loads
+            or plan.needs is not self.needs
+            or plan.reports != reports
+        ):
+            per_gb = self.settings.load_seconds_per_gb
+            measured_load = self.telemetry.measured_load
+            free = [
+                loaded or (state is not None and not state.reports_loaded)
+                for loaded, state in zip(plan.loaded, plan.states, strict=True)
+            ]
+            loads = []
+            for label, name, skip in zip(plan.labels, plan.names, free, strict=True):
+                if skip:
+                    loads.append(0.0)
+                    continue
+                measured = measured_load(label, name)
+                loads.append(per_gb * self.need(name) if measured is None else measured)
+            plan.free, plan.loads = free, loads
+            plan.loads_measured, plan.needs, plan.reports = measured_loads, self.needs, reports
+        return plan.loads[:]
 
     def status(self) -> list[dict[str, Any]]:
         """Per backend: memory in use and capacity, what is loaded, the warm set."""

@@ -19,7 +19,7 @@ from proxy.backends import BackendPool
 from proxy.config import Backend, Config, ConfigError, Health, Profile, Selector, Warm
 from proxy.emulator import EmulatorSettings
 from proxy.memory import expiry_of
-from proxy.registry import Registry
+from proxy.registry import Registry, model_info
 from proxy.warm import Warmer, keep_alive_seconds
 from tests.conftest import FROZEN
 from tests.support import Emulator, Proxy, ServerThread
@@ -339,3 +339,45 @@ async def test_a_bad_keep_alive_is_a_config_error() -> None:
     auto = AutoRouter(config, pool, Registry(pool))
     with pytest.raises(ConfigError, match=r"warm\.keep_alive"):
         Warmer(config, pool, auto.memory)
+
+
+async def test_load_terms_follow_what_they_depend_on_for_the_same_candidates() -> None:
+    # `auto` asks with the same candidate lists while the registry keeps them: the
+    # load terms still follow a load measured, a refresh that saw a size, a model put
+    # in use, and a backend that stops saying what is loaded.
+    config = Config(backends=(Backend(url="http://127.0.0.1:9", name="gpu", vram_gb=12.0),))
+    pool = BackendPool(config)
+    registry = Registry(pool)
+    auto = AutoRouter(config, pool, registry)
+    registry.set_models(
+        {
+            name: model_info(name, {"details": {"parameter_size": size}}, {})
+            for name, size in (("llama3.2:3b", "3.2B"), ("qwen2.5:7b", "7.6B"))
+        }
+    )
+    state = pool.states[0]
+    state.models = frozenset(registry.models)
+    memory = auto.memory
+    await memory.refresh()
+    backends, candidates = ["gpu", "gpu"], registry.candidates()
+    small = candidates[0].name
+    prior = [0.5 * c.params_b * 4 / 8 * 1.2 for c in candidates]
+
+    def terms() -> tuple[list[float], list[bool]]:
+        got = memory.terms(backends, candidates)
+        return got.load_seconds, got.evicts
+
+    assert terms() == (pytest.approx(prior), [False, False])
+    auto.telemetry.observe("gpu", candidates[1], {"load_duration": 2_000_000_000})
+    assert terms() == (pytest.approx([prior[0], 2.0]), [False, False])
+    state.running = [
+        {"name": small, "model": small, "size": 3_000_000_000},
+        {"name": "other:70b", "model": "other:70b", "size": 9_000_000_000},
+    ]
+    await memory.refresh()  # the 3b's size as /api/ps showed it
+    assert terms() == (pytest.approx([0.5 * 3.0, 2.0]), [False, False])
+    # 9 GB in use: the 3b fits beside it in 12 GB, the 7b does not.
+    state.busy = {"other:70b": 1}
+    assert terms() == (pytest.approx([0.5 * 3.0, 2.0]), [False, True])
+    state.reports_loaded = False
+    assert terms() == ([0.0, 0.0], [False, False])
