@@ -130,6 +130,7 @@ import numpy as np
 
 from selector_model.evidence import Evidence
 from selector_model.features import AREAS, REQUEST_FEATURES, UNKNOWN_AREA, Candidate
+from selector_model.held import Held
 
 # Extra lead a model unknown to the artifact needs over the anchor (it is scored from
 # its family and size alone), unless the artifact's own `policy.unseen_margin`, set
@@ -366,11 +367,15 @@ def with_catalogue(
     total = sum(demand) or 1.0
     # Spelled out for the five areas: this runs for every candidate of every decision.
     w0, w1, w2, w3, w4 = (d / total for d in demand)
+    # A tuple cannot change: its rows are kept (`auto` passes the one it keeps).
+    areas, uncertainties = (
+        _CATALOGUE_ROWS.get((candidates,), lambda: _catalogue_rows(candidates))
+        if isinstance(candidates, tuple)
+        else _catalogue_rows(candidates)
+    )
     reads = [
-        w0 * a[0] + w1 * a[1] + w2 * a[2] + w3 * a[3] + w4 * a[4]
-        if len(a) == _AREA_COUNT
-        else UNKNOWN_AREA
-        for a in [c.areas for c in candidates]
+        UNKNOWN_AREA if a is None else w0 * a[0] + w1 * a[1] + w2 * a[2] + w3 * a[3] + w4 * a[4]
+        for a in areas
     ]
     # The offset from the models whose P the selector was fitted on: an unseen model's
     # estimate then stands against theirs, not against the booster's guesses of the
@@ -381,19 +386,41 @@ def with_catalogue(
     ]
     centre = sum(gaps) / len(gaps)
     out = []
-    for p, read, candidate, is_known in zip(p_success, logits, candidates, known, strict=True):
+    for p, read, u, is_known in zip(p_success, logits, uncertainties, known, strict=True):
         if is_known:
             out.append(p)
             continue
-        # What the catalogue does not know of the areas this prompt reads.
-        u = candidate.area_uncertainty
-        if len(u) == _AREA_COUNT:
-            doubt = _unit(w0 * u[0] + w1 * u[1] + w2 * u[2] + w3 * u[3] + w4 * u[4])
+        # What the catalogue does not know of the areas this prompt reads (`_unit`).
+        if isinstance(u, float):
+            doubt = u
         else:
-            doubt = _doubt(candidate)
+            doubt = w0 * u[0] + w1 * u[1] + w2 * u[2] + w3 * u[3] + w4 * u[4]
+            doubt = 1.0 if doubt > 1.0 else 0.0 if doubt < 0.0 else doubt
         placed = 1.0 / (1.0 + math.exp(-(centre + read)))
-        out.append(_inside(p + CATALOGUE_SHARE * (1.0 - doubt) * (placed - p)))
+        drawn = p + CATALOGUE_SHARE * (1.0 - doubt) * (placed - p)
+        # `_inside`
+        out.append(_P_FLOOR if drawn < _P_FLOOR else _P_CEILING if drawn > _P_CEILING else drawn)
     return out
+
+
+def _catalogue_rows(
+    candidates: Sequence[Candidate],
+) -> tuple[list[tuple[float, ...] | None], list[tuple[float, ...] | float]]:
+    """What `with_catalogue` reads of each candidate, the same for every prompt: its
+    area scores (None: not all five known), and its area uncertainties, else (not all
+    five known) its overall doubt (`_doubt`)."""
+    areas = [c.areas if len(c.areas) == _AREA_COUNT else None for c in candidates]
+    uncertainties = [
+        c.area_uncertainty if len(c.area_uncertainty) == _AREA_COUNT else float(_doubt(c))
+        for c in candidates
+    ]
+    return areas, uncertainties
+
+
+# `_catalogue_rows` by candidate tuple.
+_CATALOGUE_ROWS: Held[tuple[list[tuple[float, ...] | None], list[tuple[float, ...] | float]]] = (
+    Held()
+)
 
 
 def spreads(candidates: Sequence[Candidate], known: Sequence[bool]) -> list[float]:
