@@ -1,16 +1,22 @@
 """`Expect` as Go's net/http (so Ollama) treats it, before any handler.
 
-Go's server (src/net/http/server.go, conn.serve) sends `100 Continue` to an HTTP/1.1
+Go's server (src/net/http/server.go, conn.serve) wraps the body of an HTTP/1.1
 request with a body whose `Expect` holds the token `100-continue` (ASCII
-case-insensitive, bounded by space, tab or comma: its hasToken); any other non-empty
-`Expect`, whatever the request's version, gets `417 Expectation Failed` with an empty
-body and the connection closed (its sendExpectationFailed). aiohttp's own handler
-answers 417 with the text "Unknown Expect: …" before the proxy's handler runs, so
-without the proxy's id; and only to HTTP/1.1.
+case-insensitive, bounded by space, tab or comma: its hasToken) in an
+expectContinueReader: `100 Continue` goes out when a handler first reads the body, and
+an answer given without reading it closes the connection after it (the client may
+never send the body, or send it late, where the next request would be read). Any
+other non-empty `Expect`, whatever the request's version, gets `417 Expectation
+Failed` with an empty body and the connection closed (its sendExpectationFailed).
+aiohttp's own expect handler answers `100 Continue` before any handler runs (so to a
+request the proxy then refuses, inviting a body it never reads) and 417 with the text
+"Unknown Expect: …", without the proxy's id and only to HTTP/1.1.
 
-So the route's expect handler (`expect_handler`) only sends the `100 Continue`, and the
-proxy's handler refuses the rest (`refusal`), as it answers everything else: with its
-`X-Request-Id`, in its log and metrics.
+So the route's expect handler (`expect_handler`) only notes that a `100 Continue` is
+owed; the one reader of request bodies (`proxy.limits`) sends it before its first
+read (`before_reading`); the proxy's handler closes the connection after an answer
+that never read the body (`unread`) and refuses the other expectations (`refusal`),
+as it answers everything else: with its `X-Request-Id`, in its log and metrics.
 """
 
 from __future__ import annotations
@@ -27,19 +33,37 @@ def expects_continue(value: str) -> bool:
     return _CONTINUE.search(value) is not None
 
 
+# The request's client waits for `100 Continue` before it sends its body.
+OWES_CONTINUE = web.RequestKey("autoroute_owes_continue", bool)
+
+
 async def expect_handler(request: web.Request) -> None:
-    """The route's expect handler: `100 Continue` where Go sends one; never an answer.
-    Go sends none for a request without a body (its ContentLength 0: `Content-Length: 0`,
-    or neither it nor chunked framing): nothing is left to continue with."""
+    """The route's expect handler: notes a `100 Continue` where Go would send one at the
+    body's first read; never an answer. Go owes none to a request without a body (its
+    ContentLength 0: `Content-Length: 0`, or neither it nor chunked framing): nothing
+    is left to continue with."""
     if (
         request.version >= (1, 1)
         and request.can_read_body
         and expects_continue(request.headers.get(hdrs.EXPECT, ""))
     ):
+        request[OWES_CONTINUE] = True
+
+
+async def before_reading(request: web.Request) -> None:
+    """The owed `100 Continue`, once, before the body's first read."""
+    if request.get(OWES_CONTINUE):
+        request[OWES_CONTINUE] = False
         # aiohttp's documented way: the interim head goes out through the writer,
         # whose byte count then starts again for the answer.
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0
+
+
+def unread(request: web.Request) -> bool:
+    """Whether the client still waits for `100 Continue`: its body was never read, and
+    the connection closes after the answer, as Go closes it."""
+    return bool(request.get(OWES_CONTINUE))
 
 
 def refusal(request: web.BaseRequest) -> web.Response | None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from proxy import expect
 from proxy.config import Limits
 from proxy.errors import error_response
 from selector_model import request_body
@@ -36,6 +37,7 @@ async def read_body(request: web.Request, idle_seconds: float) -> bytes:
     client that sends a head and then dribbles its body ("slowloris" on the body) cannot
     hold a handler forever. The usual body came with its head and is complete: that
     costs one check, no task and no timer."""
+    await expect.before_reading(request)
     content = request.content
     if idle_seconds <= 0 or content.is_eof():
         return await request.read()
@@ -55,6 +57,7 @@ async def read_body(request: web.Request, idle_seconds: float) -> bytes:
 async def read_chunk(request: web.Request, size: int, idle_seconds: float) -> bytes:
     """Up to `size` bytes of a body read as a stream (b"" at its end), with the same
     bound on the client's silence as `read_body`."""
+    await expect.before_reading(request)
     try:
         async with asyncio.timeout(idle_seconds or None):
             return await request.content.read(size)

@@ -99,6 +99,8 @@ class Server:
             served.cancelled = True
             raise
         finally:
+            if response is not None and expect.unread(request):
+                response.force_close()
             if response is not None and not response.prepared:
                 response.headers[REQUEST_ID_HEADER] = served.request_id
                 for name, value in served.extra.items():

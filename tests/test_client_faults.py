@@ -584,3 +584,28 @@ async def test_the_emulator_refuses_a_head_over_gos_limit_as_ollama_does(
     that a client sees the same refusal with or without the proxy in front."""
     head = b"GET /api/tags HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * (2 << 20) + b"\r\n\r\n"
     assert await answer_to(emulator.port, head) == HEAD_TOO_LARGE
+
+
+async def test_an_answer_given_without_reading_the_body_owes_no_100_continue(
+    slow_heads: Proxy,
+) -> None:
+    """Go sends `100 Continue` when a handler first reads the body: a request answered
+    without it (here a path of the proxy's own that does not exist) gets its final
+    answer alone, and the connection closes after it, since the body may still come."""
+    sock = await connect(slow_heads.port)
+    try:
+        await asyncio.get_running_loop().sock_sendall(
+            sock,
+            b"POST /api/autoroute/nothing-here HTTP/1.1\r\nHost: localhost\r\n"
+            b"Expect: 100-continue\r\nContent-Length: 12\r\n\r\n",
+        )
+        head = b""
+        async with asyncio.timeout(EVENTUALLY):
+            while b"\r\n\r\n" not in head:
+                chunk = await asyncio.get_running_loop().sock_recv(sock, 65536)
+                assert chunk, head
+                head += chunk
+        assert head.startswith(b"HTTP/1.1 404 "), head
+        assert b"connection: close" in head.lower().split(b"\r\n"), head
+    finally:
+        sock.close()
