@@ -114,6 +114,17 @@ async def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
     return head, body
 
 
+async def read_until(sock: socket.socket, end: bytes) -> bytes:
+    """What the proxy sends until `end` has come (and whatever came with it)."""
+    data = b""
+    async with asyncio.timeout(EVENTUALLY):
+        while end not in data:
+            chunk = await asyncio.get_running_loop().sock_recv(sock, 65536)
+            assert chunk, data
+            data += chunk
+    return data
+
+
 async def generate(url: str) -> dict[str, object]:
     async with (
         aiohttp.ClientSession() as http,
@@ -408,12 +419,7 @@ async def test_expect_100_continue_is_a_token_in_any_case(slow_heads: Proxy) -> 
             b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nExpect: 100-Continue\r\n"
             b"Content-Length: %d\r\n\r\n" % len(body),
         )
-        interim = b""
-        async with asyncio.timeout(EVENTUALLY):
-            while b"\r\n\r\n" not in interim:
-                chunk = await loop.sock_recv(sock, 65536)
-                assert chunk, interim
-                interim += chunk
+        interim = await read_until(sock, b"\r\n\r\n")
         assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
         await loop.sock_sendall(sock, body)
         head, answer = await read_response(sock)
@@ -435,13 +441,8 @@ async def test_no_100_continue_without_a_body(slow_heads: Proxy, framing: bytes)
             + framing
             + b"\r\n",
         )
-        first = b""
-        async with asyncio.timeout(EVENTUALLY):
-            while b"\r\n" not in first:
-                chunk = await asyncio.get_running_loop().sock_recv(sock, 1)
-                assert chunk, first
-                first += chunk
-        assert first == b"HTTP/1.1 400 Bad Request\r\n"
+        answer = await read_until(sock, b"\r\n")
+        assert answer.partition(b"\r\n")[0] == b"HTTP/1.1 400 Bad Request"
     finally:
         sock.close()
 
@@ -599,12 +600,7 @@ async def test_an_answer_given_without_reading_the_body_owes_no_100_continue(
             b"POST /api/autoroute/nothing-here HTTP/1.1\r\nHost: localhost\r\n"
             b"Expect: 100-continue\r\nContent-Length: 12\r\n\r\n",
         )
-        head = b""
-        async with asyncio.timeout(EVENTUALLY):
-            while b"\r\n\r\n" not in head:
-                chunk = await asyncio.get_running_loop().sock_recv(sock, 65536)
-                assert chunk, head
-                head += chunk
+        head = await read_until(sock, b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 404 "), head
         assert b"connection: close" in head.lower().split(b"\r\n"), head
     finally:
