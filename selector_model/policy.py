@@ -390,16 +390,13 @@ def with_catalogue(
         if is_known:
             out.append(p)
             continue
-        # What the catalogue does not know of the areas this prompt reads (`_unit`).
+        # What the catalogue does not know of the areas this prompt reads.
         if isinstance(u, float):
             doubt = u
         else:
-            doubt = w0 * u[0] + w1 * u[1] + w2 * u[2] + w3 * u[3] + w4 * u[4]
-            doubt = 1.0 if doubt > 1.0 else 0.0 if doubt < 0.0 else doubt
+            doubt = _unit(w0 * u[0] + w1 * u[1] + w2 * u[2] + w3 * u[3] + w4 * u[4])
         placed = 1.0 / (1.0 + math.exp(-(centre + read)))
-        drawn = p + CATALOGUE_SHARE * (1.0 - doubt) * (placed - p)
-        # `_inside`
-        out.append(_P_FLOOR if drawn < _P_FLOOR else _P_CEILING if drawn > _P_CEILING else drawn)
+        out.append(_inside(p + CATALOGUE_SHARE * (1.0 - doubt) * (placed - p)))
     return out
 
 
