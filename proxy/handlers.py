@@ -20,7 +20,7 @@ from aiohttp import hdrs, web
 from proxy import go_json, header_values, multipart_form, request_encoding
 from proxy import limits as request_limits
 from proxy.aiohttp_internals import state_get
-from proxy.auth import KEY_REQUEST, sees_fleet
+from proxy.auth import KEY_REQUEST, KeyState, sees_fleet
 from proxy.auto import AutoError, AutoRouter, profile_of, user_key
 from proxy.auto_routes import AutoRoutes
 from proxy.backends import BackendPool, BackendState, NoBackend
@@ -167,14 +167,10 @@ class Handlers:
         profile = profile_of(model, self.config.selector.default_profile)
         key = state_get(request, KEY_REQUEST)
         if profile is None:
-            if key is not None and not key.allows_model(model):
-                if path == SHOW_PATH:
-                    return self._model_hidden(path, model)
-                return self._model_denied(path, model)
-            named = header_values.model_name(model)
-            if decided.route is not None and decided.route.inference and named:
-                # The answer names the model as the client did; the header says the same.
-                served.extra[MODEL_HEADER] = named
+            inference = decided.route is not None and decided.route.inference
+            refused = self._named(path, key, model, served, inference)
+            if refused is not None:
+                return refused
             return await self._local_or_cloud(request, served, doc, body, model, (model,))
         assert isinstance(doc, dict)
         if path == SHOW_PATH:
@@ -186,12 +182,11 @@ class Handlers:
         # list may stand in for it, as for a request naming it).
         cloud_names = (f"auto:{profile}",) if key is None or key.models is None else ()
         if route is not None and route.embedding:
-            try:
-                # Embeddings use no profile, but one that does not exist is the same
-                # 400 as on chat.
-                self.auto.profile(profile)
-            except AutoError as exc:
-                return error_response(path, 400, str(exc))
+            # Embeddings use no profile, but one that does not exist is the same 400 as
+            # on chat.
+            refused = self._unknown_profile(path, profile)
+            if refused is not None:
+                return refused
             chosen = self.config.selector.embedding_model
             if not chosen:
                 return error_response(
@@ -268,17 +263,13 @@ class Handlers:
             # As for embeddings without `selector.embedding_model`: a 400 that says what
             # to do, never `auto` sent on to a backend as a model name. A profile that
             # does not exist is the same 400 as on chat.
-            try:
-                self.auto.profile(profile)
-            except AutoError as exc:
-                return error_response(path, 400, str(exc))
+            refused = self._unknown_profile(path, profile)
+            if refused is not None:
+                return refused
             return error_response(path, 400, AUTO_CANNOT_TRANSCRIBE)
-        key = state_get(request, KEY_REQUEST)
-        if key is not None and not key.allows_model(model):
-            return self._model_denied(path, model)
-        named = header_values.model_name(model)
-        if named:
-            served.extra[MODEL_HEADER] = named
+        refused = self._named(path, state_get(request, KEY_REQUEST), model, served, True)
+        if refused is not None:
+            return refused
         served.model = model
         return await self.relay.forward(request, served, body, model)
 
@@ -344,6 +335,29 @@ class Handlers:
         )
         cache.finished(capture, served)
         return response
+
+    def _named(
+        self, path: str, key: KeyState | None, model: str, served: Served, inference: bool
+    ) -> web.Response | None:
+        """A model the client named: refused when its key may not use it (hidden on
+        `/api/show`, `_model_hidden`); else, on an inference route, the answer's header
+        names it as the client did, as the answer does."""
+        if key is not None and not key.allows_model(model):
+            if path == SHOW_PATH:
+                return self._model_hidden(path, model)
+            return self._model_denied(path, model)
+        named = header_values.model_name(model)
+        if inference and named:
+            served.extra[MODEL_HEADER] = named
+        return None
+
+    def _unknown_profile(self, path: str, profile: str) -> web.Response | None:
+        """The 400 for an `auto:<profile>` that is not configured, as chat answers it."""
+        try:
+            self.auto.profile(profile)
+        except AutoError as exc:
+            return error_response(path, 400, str(exc))
+        return None
 
     @staticmethod
     def _model_denied(path: str, model: str) -> web.Response:
@@ -462,12 +476,10 @@ class Handlers:
         as `health`, a caller who may not see the fleet gets public names and no error
         text."""
         fleet = sees_fleet(request, self.config.auth.enabled)
-        usable = set(map(id, self.backends.usable()))
+        usable = self.backends.usable()
         if not usable:
             reason = self.backends.unavailable_reason(detailed=fleet)
             return error_response(request.path, 503, reason)
-        names = [
-            s.label if fleet else s.public_label for s in self.backends.states if id(s) in usable
-        ]
+        names = [s.label if fleet else s.public_label for s in usable]
         body = orjson.dumps({"status": "ready", "usable": names})
         return web.Response(body=body, headers={"Content-Type": JSON})
