@@ -349,7 +349,8 @@ class AutoRouter:
         prompt_tokens: float,
     ) -> Eligible:
         """The hard filters: the API key's and the profile's lists, the capabilities the
-        request needs, a context that holds the prompt."""
+        request needs, a context that holds the prompt, instruct models before base
+        ones."""
         names = self._profile(profile)
         allow, deny = names.allow, names.deny
         eligible: list[Candidate] = []
@@ -371,6 +372,8 @@ class AutoRouter:
                 )
             else:
                 eligible.append(candidate)
+        if "insert" not in needs and any(c.is_instruct for c in eligible):
+            eligible = self._instruct_first(eligible, names, filtered)
         backend_of = self.registry.backend_of
         return Eligible(
             candidates=tuple(eligible),
@@ -379,6 +382,24 @@ class AutoRouter:
             filtered=filtered,
             min_context=min((c.context_length for c in eligible), default=math.inf),
         )
+
+    @staticmethod
+    def _instruct_first(
+        eligible: list[Candidate], names: ProfileNames, filtered: dict[str, str]
+    ) -> list[Candidate]:
+        """Without a chat template a base (pretrained) model continues a conversation
+        rather than answering it, and the catalogue cannot tell it from its chat twin:
+        while an instruct model is eligible, a base one is left out unless the profile
+        names it (its allow list or default model). Fill-in-the-middle requests keep
+        them: code completion is what a base coder is for."""
+        kept: list[Candidate] = []
+        for candidate in eligible:
+            name = candidate.name
+            if candidate.is_instruct or name in names.allow or name == names.default_model:
+                kept.append(candidate)
+            else:
+                filtered[name] = "a base (pretrained) model, and an instruct one is eligible"
+        return kept
 
     def _profile(self, profile: Profile) -> ProfileNames:
         """`ProfileNames` of a profile, made once per profile object."""

@@ -270,6 +270,49 @@ async def test_filters_follow_each_request_and_the_registry(tmp_path: Path) -> N
     assert ranked(chat("auto", tools=TOOLS)) == {"big:70b"}
 
 
+async def test_a_base_model_is_left_out_while_an_instruct_one_is_eligible(tmp_path: Path) -> None:
+    """A base (`-text`, `-base`) model continues a conversation instead of answering
+    it: `auto` sends chats to an instruct model when one can serve, but a profile
+    naming a base model keeps it, fill-in-the-middle keeps base coders, and a fleet of
+    base models alone is still served."""
+    profiles = {
+        "best": Profile(cost_weight=0.0),
+        "raw": Profile(cost_weight=0.0, allow=("llama3.1:70b-text", "llama3.1:8b")),
+    }
+    config = Config(
+        backends=(Backend(url="http://127.0.0.1:9"),),
+        selector=selector(tmp_path, profiles=profiles),
+    )
+    pool = BackendPool(config)
+    registry = Registry(pool)
+    auto = AutoRouter(config, pool, registry)
+    fim = {"capabilities": ["completion", "insert"], "model_info": {"x.context_length": 32768}}
+    models = {
+        "llama3.1:70b-text": model_info("llama3.1:70b-text", {}, {}),
+        "llama3.1:8b": model_info("llama3.1:8b", {}, {}),
+        "qwen2.5-coder:7b-base": model_info("qwen2.5-coder:7b-base", {}, fim),
+    }
+
+    def decide(body: dict[str, Any], profile: str = "best") -> tuple[set[str], dict[str, str]]:
+        decision = auto.decide("/api/generate", body, profile).decision
+        return {s.name for s in decision.ranking}, decision.filtered
+
+    def set_models(names: set[str]) -> None:
+        registry.set_models({n: m for n, m in models.items() if n in names})
+        pool.states[0].models = frozenset(names)
+
+    set_models(set(models))
+    ranked, filtered = decide(chat("auto"))
+    assert ranked == {"llama3.1:8b"}
+    assert set(filtered) == {"llama3.1:70b-text", "qwen2.5-coder:7b-base"}
+    assert all("base (pretrained) model" in why for why in filtered.values())
+    assert decide(chat("auto"), "raw")[0] == {"llama3.1:70b-text", "llama3.1:8b"}
+    fill = {"model": "auto", "prompt": "def f(", "suffix": "return x"}
+    assert decide(fill)[0] == {"qwen2.5-coder:7b-base"}
+    set_models({"llama3.1:70b-text", "qwen2.5-coder:7b-base"})
+    assert decide(chat("auto"))[0] == {"llama3.1:70b-text", "qwen2.5-coder:7b-base"}
+
+
 async def get(url: str) -> tuple[int, dict[str, Any]]:
     async with aiohttp.ClientSession() as session, session.get(url) as resp:
         return resp.status, await resp.json()
