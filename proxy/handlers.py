@@ -422,11 +422,7 @@ class Handlers:
         body = await self._read(request)
         model = model_of(body, ("source", "model", "name"))
         creating = request.path == CREATE_PATH
-        try:
-            primary = self._first() if creating else self.backends.choose(model)
-        except NoBackend as exc:
-            reason = exc.reason(sees_fleet(request, self.config.auth.enabled))
-            return error_response(request.path, 503, reason)
+        primary = self._first() if creating else self.backends.choose(model)
         if self.config.routing.admin_target == "all" and not creating:
             self.fanout.replicate(request, body, primary)
         served = request[OUTCOME].served

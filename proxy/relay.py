@@ -113,13 +113,12 @@ class Relay:
         while True:
             try:
                 state = only or self.backends.choose(model, tried, retry=bool(tried))
-            except NoBackend as exc:
+            except NoBackend:
                 if fallback is not None:
                     return await fallback()
                 if failures:
                     return self._failed(request, outcome, failures, unreachable)
-                reason = exc.reason(sees_fleet(request, self.config.auth.enabled))
-                return error_response(request.path, 503, reason)
+                raise  # answered where every NoBackend is (`Server.handle`)
             outcome.attempts += 1
             outcome.backend = state.label
             state.begin(model)
