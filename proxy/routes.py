@@ -133,7 +133,6 @@ ROUTES: tuple[Route, ...] = (
 # handler, "<module>.<function>" in `proxy.emulator`). The emulator serves exactly
 # these; the proxy answers from them what no backend is asked (CONNECT, see
 # `Router.handler`) and says in a preflight what gin says (`proxy.origins`).
-# GET /api/experimental/model-recommendations is Ollama's too, not yet the emulator's.
 OLLAMA_ROUTES: tuple[tuple[str, str, str], ...] = (
     ("HEAD", "/", "admin.handle_root"),
     ("GET", "/", "admin.handle_root"),
@@ -155,6 +154,7 @@ OLLAMA_ROUTES: tuple[tuple[str, str, str], ...] = (
     ("POST", "/api/copy", "admin.handle_copy"),
     ("POST", "/api/experimental/web_search", "admin.handle_web_experimental"),
     ("POST", "/api/experimental/web_fetch", "admin.handle_web_experimental"),
+    ("GET", "/api/experimental/model-recommendations", "admin.handle_model_recommendations"),
     ("GET", "/api/ps", "admin.handle_ps"),
     ("POST", "/api/generate", "native.handle_generate"),
     ("POST", "/api/chat", "native.handle_chat"),

@@ -109,6 +109,37 @@ async def test_root_version_and_gin_errors(emu: Emu) -> None:
     assert (status, headers["Location"]) == (301, "/api/tags")
 
 
+async def test_model_recommendations_are_ollamas_defaults(emu: Emu) -> None:
+    """GET /api/experimental/model-recommendations (server/routes.go) answers the
+    recommendations Ollama ships (`defaultModelRecommendations`) until ollama.com sends
+    others, which a local emulator never fetches; Go leaves out the zero limits."""
+    status, headers, body = await emu.post("/api/experimental/model-recommendations", method="GET")
+    assert (status, headers["Content-Type"]) == (200, "application/json; charset=utf-8")
+    recommendations = json.loads(body)["recommendations"]
+    assert [r["model"] for r in recommendations] == [
+        "kimi-k2.6:cloud",
+        "glm-5.1:cloud",
+        "qwen3.5:cloud",
+        "minimax-m2.7:cloud",
+        "gemma4",
+        "qwen3.5",
+    ]
+    assert recommendations[0] == {
+        "model": "kimi-k2.6:cloud",
+        "description": "State-of-the-art coding, long-horizon execution, and multimodal agent"
+        " swarm capability",
+        "context_length": 262144,
+        "max_output_tokens": 262144,
+    }
+    assert recommendations[4] == {
+        "model": "gemma4",
+        "description": "Reasoning and code generation locally",
+        "vram_bytes": 12_000_000_000,
+    }
+    status, headers, _ = await emu.post("/api/experimental/model-recommendations", {})
+    assert (status, headers["Allow"]) == (405, "GET")
+
+
 async def test_cross_origin_requests_as_ollamas_cors_middleware(emu: Emu) -> None:
     async def send(method: str, path: str, origin: str) -> tuple[int, dict[str, str], bytes]:
         async with emu.session.request(method, emu.url + path, headers={"Origin": origin}) as r:

@@ -432,3 +432,49 @@ async def handle_web_experimental(request: web.Request) -> web.Response:
     if not (await request.read()).strip():
         return error(400, "missing request body")
     return gin_json(401, {"error": "unauthorized", "signin_url": _signin_url()})
+
+
+# server/model_recommendations.go `defaultModelRecommendations`: what Ollama answers
+# until a refresh from ollama.com replaces them (a local emulator never fetches). Go's
+# `omitempty` leaves out each zero limit. VRAM in format.GigaByte (10^9 bytes).
+_RECOMMENDATIONS = (
+    {
+        "model": "kimi-k2.6:cloud",
+        "description": "State-of-the-art coding, long-horizon execution, and multimodal agent"
+        " swarm capability",
+        "context_length": 262_144,
+        "max_output_tokens": 262_144,
+    },
+    {
+        "model": "glm-5.1:cloud",
+        "description": "Reasoning and code generation",
+        "context_length": 202_752,
+        "max_output_tokens": 131_072,
+    },
+    {
+        "model": "qwen3.5:cloud",
+        "description": "Reasoning, coding, and agentic tool use with vision",
+        "context_length": 262_144,
+        "max_output_tokens": 32_768,
+    },
+    {
+        "model": "minimax-m2.7:cloud",
+        "description": "Fast, efficient coding and real-world productivity",
+        "context_length": 204_800,
+        "max_output_tokens": 128_000,
+    },
+    {
+        "model": "gemma4",
+        "description": "Reasoning and code generation locally",
+        "vram_bytes": 12_000_000_000,
+    },
+    {
+        "model": "qwen3.5",
+        "description": "Reasoning, coding, and visual understanding locally",
+        "vram_bytes": 14_000_000_000,
+    },
+)
+
+
+async def handle_model_recommendations(request: web.Request) -> web.Response:
+    return gin_json(200, {"recommendations": list(_RECOMMENDATIONS)})
