@@ -34,7 +34,15 @@ What is relied on, and why:
   `CONNECT /api/chat` too, whose path aiohttp's router then finds no route for;
   `web.Server`'s `request_factory` is called with each parsed head, whose `url`
   `_replace` sets: `HandlerRunner` reads an origin-form target as the path, as Go does
-  (and closes the connection after a CONNECT's answer, `should_close`).
+  (and closes the connection after a CONNECT's answer, `should_close`). A target with
+  no path (`*`, `http://host`) gets the path `/`, so that the catch-all route takes it:
+  its `raw_path` (the target as sent) is what the answer is made of.
+* llhttp refuses a method it does not know (`FOO`, `get`, an RTSP method) with
+  `BadHttpMethod`, or for an RTSP one a `BadStatusLine` saying "Invalid method for
+  HTTP/x.x request", quoting the line; a CONNECT whose origin-form target the C
+  parser cannot read as an authority (`/api/blobs/sha256:...`) is an `InvalidURLError`
+  whose message is the target: `refused_method_line`. Go's net/http reads any token as
+  a method, and Ollama's router answers it.
 * `RequestHandler.handle_error` is called with status 400 and the parser's
   `HttpProcessingError` for an unparsable head, and its returned response is what
   aiohttp sends (proxy/connection.py overrides it).
@@ -75,7 +83,13 @@ import aiohttp
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.base_protocol import BaseProtocol
-from aiohttp.http_exceptions import BadStatusLine, HttpProcessingError, LineTooLong
+from aiohttp.http_exceptions import (
+    BadHttpMethod,
+    BadStatusLine,
+    HttpProcessingError,
+    InvalidURLError,
+    LineTooLong,
+)
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 from aiohttp.web_request import BaseRequest
@@ -92,6 +106,8 @@ CHECKED = ((3, 14), (3, 15))  # from (inclusive), to (exclusive): major, minor
 CHECKED_TEXT = ">={}.{},<{}.{}".format(*CHECKED[0], *CHECKED[1])
 TOO_MANY_HEADERS = "Too many headers"
 MISSING_HOST = "Missing 'Host' header"
+# llhttp's refusal of a method it knows only for RTSP (DESCRIBE, SETUP, ...).
+HTTP_METHOD_ONLY = "Invalid method for HTTP/x.x request"
 
 # Builds a connection's handler: called as aiohttp's web.Server builds its own,
 # `factory(server, loop=loop, **server_options)`.
@@ -194,13 +210,41 @@ def quoted_request_line(exc: HttpProcessingError) -> bytes | None:
     return line if isinstance(line, bytes) else None
 
 
-def _origin_form_connect(factory: _RequestFactory) -> _RequestFactory:
-    """`factory` reading an origin-form CONNECT's target (`CONNECT /api/chat`) as its
-    path, as Go's net/http does: aiohttp's parsers read every CONNECT target as an
-    authority, so its router would answer with a 404 of its own before the proxy's
-    route table sees the request. A CONNECT's connection closes after its answer:
-    the parsers read no body of a CONNECT, so bytes sent as one would be read as the
-    next request. One comparison per request."""
+def refused_method_line(exc: HttpProcessingError) -> bytes | None:
+    """The request line of a head aiohttp's parser refused for its method alone (one
+    llhttp does not know, or a CONNECT target that is a path the C parser cannot read
+    as an authority), None for any other refusal. Only on the error path. A quoted
+    line is as far as the read that failed holds it; a CONNECT's line is made up of
+    its target (the parser stopped before the version)."""
+    if isinstance(exc, InvalidURLError):
+        target = exc.message
+        if not target.startswith("/"):
+            return None  # an absolute form without a host, or no URL at all
+        return b"CONNECT " + target.encode("latin-1") + b" HTTP/1.1"
+    if isinstance(exc, BadHttpMethod) or (
+        isinstance(exc, BadStatusLine) and HTTP_METHOD_ONLY in exc.message
+    ):
+        return quoted_request_line(exc)
+    return None
+
+
+_ROOT = URL("/")
+
+
+def _go_targets(factory: _RequestFactory) -> _RequestFactory:
+    """`factory` reading request targets as Go's net/http does where aiohttp's
+    parsers read them otherwise, so that the proxy's route table sees the request
+    rather than aiohttp's router answering it with a 404 of its own:
+
+    * an origin-form CONNECT's target (`CONNECT /api/chat`) is its path (aiohttp reads
+      every CONNECT target as an authority); a CONNECT's connection closes after its
+      answer: the parsers read no body of a CONNECT, so bytes sent as one would be
+      read as the next request;
+    * a target with no path (`OPTIONS *`, `CONNECT *`, `GET http://host`) has the path
+      `/` (aiohttp's is empty), its `raw_path` still the target as sent, which Go
+      answers before any handler (`proxy.go_mux.redirect`).
+
+    Two comparisons per request."""
 
     def make(
         message: RawRequestMessage,
@@ -209,13 +253,25 @@ def _origin_form_connect(factory: _RequestFactory) -> _RequestFactory:
         writer: AbstractStreamWriter,
         task: asyncio.Task[None],
     ) -> BaseRequest:
-        if message.method == "CONNECT":
-            path = message.path
-            url = URL(path, encoded=True) if path.startswith("/") else message.url
-            message = message._replace(url=url, should_close=True)
+        if message.method == "CONNECT" or message.path[:1] != "/":
+            message = _go_target(message)
         return factory(message, payload, protocol, writer, task)
 
     return make
+
+
+def _go_target(message: RawRequestMessage) -> RawRequestMessage:
+    path = message.path
+    connect = message.method == "CONNECT"
+    if path == "*":
+        url = _ROOT
+    elif connect:
+        url = URL(path, encoded=True) if path.startswith("/") else message.url
+    elif not message.url.relative().raw_path:
+        url = message.url.with_path("/", keep_query=True)  # `http://host`, `http://host?q`
+    else:
+        return message
+    return message._replace(url=url, should_close=message.should_close or connect)
 
 
 class _Server(web.Server):
@@ -225,7 +281,7 @@ class _Server(web.Server):
     def __init__(self, base: web.Server, factory: HandlerFactory) -> None:
         super().__init__(
             base.request_handler,
-            request_factory=_origin_form_connect(base.request_factory),
+            request_factory=_go_targets(base.request_factory),
             handler_cancellation=base.handler_cancellation,
             loop=base._loop,
             **base._kwargs,

@@ -24,7 +24,15 @@ unparsable request with `400 Bad Request`, and logs neither. Here:
   line the parser refuses there is judged by `go_request_line` from the line its error
   quotes (llhttp refuses HTTP/3.0: Go's 505), else answered 400;
 * an HTTP/1.1 request without `Host`, which aiohttp's parser refuses, gets Go's 400
-  with Go's text (`missing_host`).
+  with Go's text (`missing_host`);
+* a method llhttp does not know but Go reads (any token: `FOO`, `get`, `DESCRIBE`),
+  and a CONNECT whose path aiohttp's C parser cannot read (`/api/blobs/sha256:...`),
+  gets Ollama's answer for its target, read from the request line the parser's error
+  quotes (`unserved_method`: gin's 405 with `Allow` or 404, Go's redirect of a path
+  that is not clean, Go's 400 for `*`). Ollama serves such a method on no route. The
+  parser stops at the method, so the answer comes without the rest of the head read
+  (Go would first refuse a head without `Host`, or over its size), and the connection
+  closes after it (Go's stays open).
 
 How: the runner builds aiohttp's `web.Server` as usual, then serves connections with
 `ClientConnection`, a `RequestHandler` subclass. Its hooks run once per connection
@@ -43,6 +51,9 @@ import asyncio
 import functools
 import logging
 import os
+from collections.abc import Callable
+from email.utils import formatdate
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
@@ -57,10 +68,12 @@ from proxy.aiohttp_internals import (
     head_over_limits,
     missing_host,
     quoted_request_line,
+    refused_method_line,
     request_count,
     stop_serving,
 )
 from proxy.config import Config, Limits, Timeouts
+from proxy.errors import unserved_method
 from proxy.limits import HEAD_TOO_LARGE_BODY
 from proxy.relayed_response import RelayedResponse
 
@@ -124,6 +137,26 @@ def go_request_line(line: bytes) -> bytes | None:
     if version[0] != 1 and not (version == (2, 0) and method == b"PRI" and target == b"*"):
         return _VERSION_STATUS
     return None
+
+
+def _written(response: web.Response, http11: bool, request_id: bytes) -> bytes:
+    """`response` (headers and body, no stream) as Go's server writes a handler's
+    answer on a connection it then closes: the handler's headers, `Date`,
+    `Content-Length`, and for HTTP/1.1 `Connection: close`; the proxy's `X-Request-Id`
+    when one is given."""
+    body = response.body if isinstance(response.body, bytes) else b""
+    lines = [
+        b"HTTP/1.%d %d %s" % (http11, response.status, HTTPStatus(response.status).phrase.encode())
+    ]
+    fields = sorted((k, v) for k, v in response.headers.items() if k.lower() != "connection")
+    lines += [f"{name}: {value}".encode("latin-1") for name, value in fields]
+    if request_id:
+        lines.append(b"X-Request-Id: " + request_id)
+    lines.append(b"Date: " + formatdate(usegmt=True).encode())
+    lines.append(b"Content-Length: %d" % len(body))
+    if http11:
+        lines.append(b"Connection: close")
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
 GO_MAX_HEADER_BYTES = 1 << 20
@@ -266,6 +299,8 @@ class ClientConnection(RequestHandler):
             status = 431
         elif missing_host(exc):
             self._refuse(_NO_HOST_STATUS, "an HTTP/1.1 request without a Host header")
+        elif (answered := self._unserved_method(exc)) is not None:
+            status = answered
         else:
             # A later request line on the connection was only llhttp's to read: one it
             # refuses for a version Go's ParseHTTPVersion reads (as HTTP/3.0) is Go's 505.
@@ -277,6 +312,27 @@ class ClientConnection(RequestHandler):
         # The answer is on the wire already: aiohttp must write nothing of its own.
         return RelayedResponse(status, keep_alive=False)
 
+    def _unserved_method(self, exc: HttpProcessingError) -> int | None:
+        """Ollama's answer, written, to a request whose method the parser refused and
+        Go reads: its status, None when Go refuses the line too (or the error quotes
+        less than the whole line)."""
+        line = refused_method_line(exc)
+        if line is None or go_request_line(line) is not None:
+            return None
+        method, _, rest = line.partition(b" ")
+        target, _, proto = rest.partition(b" ")
+        answer = unserved_method(method.decode("latin-1"), target)
+        if answer is None:
+            return None
+        http11 = proto != b"HTTP/1.0"
+        # The method is not logged: it is the client's bytes.
+        self._refuse(
+            b"%d" % answer.status,
+            f"a method Ollama serves on no route ({answer.status})",
+            lambda named: _written(answer, http11, named),
+        )
+        return answer.status
+
     def refuse_version(self, request: BaseRequest) -> web.StreamResponse:
         """Go's refusal for a later request on this connection whose version aiohttp's
         parser took and Go's refuses (its line was not checked as a first line is).
@@ -287,14 +343,22 @@ class ClientConnection(RequestHandler):
         # The answer is on the wire already: aiohttp must write nothing of its own.
         return RelayedResponse(int(status[:3]), keep_alive=False)
 
-    def _refuse(self, status: bytes, reason: str) -> None:
+    def _refuse(
+        self,
+        status: bytes,
+        reason: str,
+        write: Callable[[bytes], bytes] | None = None,
+    ) -> None:
+        """Answer with Go's raw refusal for `status` (or what `write` makes of the
+        request id) and close the connection as Go does."""
         transport = self.transport
         if transport is None or closing(self):
             return
         # No request was made of these bytes, so no id from the server: a random one,
         # in the log line too, for the client to quote.
         request_id = os.urandom(11).hex() if self._request_ids else ""
-        answer = go_error(status, request_id.encode())
+        raw_id = request_id.encode()
+        answer = go_error(status, raw_id) if write is None else write(raw_id)
         named = f" ({request_id})" if request_id else ""
         log.warning("refused a request from %s%s: %s", self._peer(), named, reason)
         # aiohttp drops every further byte and never reuses (nor closes) the connection.

@@ -8,7 +8,9 @@ from __future__ import annotations
 import os
 
 from aiohttp import web
+from yarl import URL
 
+from proxy import go_mux
 from proxy.protocol import JSON, go_dumps
 from proxy.routes import gin_allowed
 
@@ -89,3 +91,20 @@ def gin_refusal(path: str) -> web.Response:
         body=b"405 method not allowed",
         headers={"Content-Type": GO_PLAIN, "Allow": ", ".join(allowed)},
     )
+
+
+def unserved_method(method: str, target: bytes) -> web.Response | None:
+    """Ollama's answer to a `method` it serves on no route (one aiohttp's parser
+    refuses, as `FOO` or `get`) for `target` as sent: Go's server and mux answer first
+    (a `*` target, a path that is not clean), then gin's 405 or 404 for the decoded
+    path; None for a target Go reads as an authority (a CONNECT's `host:port`)."""
+    if target == b"*":
+        return go_mux.asterisk(method)
+    location = go_mux.location(method, target)
+    if location is not None:
+        return go_mux.redirect_response(method, 301, location)
+    path = go_mux.path_of(target)
+    if path is None:
+        return None
+    decoded = URL(path.decode("utf-8", "surrogateescape"), encoded=True).path
+    return gin_refusal(decoded)

@@ -92,17 +92,29 @@ def clean_path(path: bytes) -> bytes:
     return cleaned
 
 
+def path_of(target: bytes) -> bytes | None:
+    """The path (and query) of a request target as Go's `ParseRequestURI` reads it: an
+    origin-form target itself, an absolute-form one after its scheme and authority;
+    None for any other (`*`, an authority)."""
+    absolute = _SCHEME_AUTHORITY.match(target)
+    if absolute is not None:
+        return target[absolute.end() :]
+    return target if target.startswith(b"/") else None
+
+
 def location(method: str, target: bytes) -> bytes | None:
     """The `Location` (as `http.Redirect` takes it, before its escape of bytes beyond
     ASCII) of the mux's redirect of a `method` request for `target` (its request
     target as sent); None when the mux lets the request through to gin."""
     if method == "CONNECT":
         return None  # not canonicalized
-    absolute = _SCHEME_AUTHORITY.match(target)
-    if absolute is not None:
-        target = target[absolute.end() :]  # the Location names no host
-    elif not target.startswith(b"/"):
-        return None  # `*`: no path (Go's server answers it before the mux)
+    if not target.startswith(b"/"):
+        # The absolute form: the Location names no host. `*` has no path (Go's
+        # server answers it before the mux).
+        path = path_of(target)
+        if path is None:
+            return None
+        target = path
     raw, _, query = target.partition(b"?")
     if raw and b"//" not in raw and b"/." not in raw and b"%" not in raw:
         return None  # clean as sent: the common case, decided without copying
@@ -117,10 +129,25 @@ def location(method: str, target: bytes) -> bytes | None:
 
 
 def redirect(request: web.BaseRequest) -> web.Response | None:
-    """The mux's answer to `request` when its path is not clean, as Go writes it; None
-    for a request the mux lets through."""
-    target = location(request.method, utf8(request.raw_path))
+    """The mux's answer to `request` when its path is not clean, as Go writes it, or
+    Go's answer to a target with no path at all (`asterisk`); None for a request the
+    mux lets through."""
+    raw = request.raw_path
+    if raw == "*":
+        return asterisk(request.method)
+    target = location(request.method, utf8(raw))
     return None if target is None else redirect_response(request.method, 301, target)
+
+
+def asterisk(method: str) -> web.Response:
+    """Go's answer to a request for `*` (src/net/http/server.go), before the mux or
+    any handler of Ollama's: `OPTIONS *` is its server's `globalOptionsHandler` (200,
+    `Content-Length: 0`), any other method the mux's 400 (no body, the connection
+    closed)."""
+    response = web.Response(status=200 if method == "OPTIONS" else 400)
+    if response.status == 400:
+        response.force_close()
+    return response
 
 
 def redirect_response(method: str, status: int, target: bytes) -> web.Response:

@@ -39,6 +39,7 @@ from proxy.aiohttp_internals import (
     head_over_limits,
     missing_host,
     quoted_request_line,
+    refused_method_line,
     request_count,
     stop_serving,
     wait_drained,
@@ -330,6 +331,36 @@ async def test_refused_later_heads_say_what_the_adapter_reads_of_them(
     assert status == 400 and isinstance(exc, HttpProcessingError)
     assert missing_host(exc) is host_missing
     assert quoted_request_line(exc) == quoted
+
+
+@pytest.mark.parametrize(
+    ("head", "line"),
+    [
+        (b"FOO /a?b HTTP/1.1\r\nHost: x\r\n\r\n", b"FOO /a?b HTTP/1.1"),
+        (b"get /a HTTP/1.0\r\n\r\n", b"get /a HTTP/1.0"),
+        (b"DESCRIBE /a HTTP/1.1\r\nHost: x\r\n\r\n", b"DESCRIBE /a HTTP/1.1"),
+        (b"CONNECT /a/sha256:b?c HTTP/1.1\r\n\r\n", b"CONNECT /a/sha256:b?c HTTP/1.1"),
+        (b"GET * HTTP/1.1\r\nHost: x\r\n\r\n", None),  # a target, not a method
+        (b"GET /a HTTP/1.1\r\nno colon\r\n\r\n", None),
+    ],
+    ids=["unknown", "lower-case", "rtsp", "connect-path", "star", "bad-header"],
+)
+@pytest.mark.parametrize("later", [False, True], ids=["first", "later"])
+async def test_a_refused_method_is_told_with_its_line(
+    head: bytes, line: bytes | None, later: bool
+) -> None:
+    """llhttp's refusal of a method it does not know quotes the request line; a
+    CONNECT whose path the C parser cannot read as an authority is an InvalidURLError
+    whose message is the target: `refused_method_line` reads the line of both."""
+    first = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" if later else b""
+    async with serving(ok) as (port, made):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(first + head)
+        await read_to_end(reader)
+        writer.close()
+    [(status, exc)] = made[0].errors
+    assert status == 400 and isinstance(exc, HttpProcessingError)
+    assert refused_method_line(exc) == line
 
 
 async def test_raw_writes_pause_and_drain_through_aiohttp() -> None:

@@ -366,6 +366,68 @@ async def test_an_http11_request_without_host_gets_gos_400(
     assert emulator.state.requests["/api/generate"] == generated
 
 
+# Methods aiohttp's parser refuses and Go's net/http reads (any token is a method to
+# Go), and a CONNECT to a path the C parser cannot read as an authority: Ollama's
+# router serves none of them, so its answer is gin's 405 (with `Allow`) or 404 for the
+# path, after Go's own answers to a path that is not clean and to `*`.
+GIN_405 = b"405 method not allowed"
+UNSERVED_METHODS = [
+    (b"FOO /api/tags HTTP/1.1", 405, {"allow": b"HEAD, GET"}, GIN_405),
+    (b"get /api/tags HTTP/1.1", 405, {"allow": b"HEAD, GET"}, GIN_405),  # Go: a token
+    (b"DESCRIBE /api/chat HTTP/1.1", 405, {"allow": b"POST"}, GIN_405),  # RTSP to llhttp
+    (b"CONNECT /api/blobs/sha256:abc HTTP/1.1", 405, {"allow": b"HEAD, POST"}, GIN_405),
+    (b"FOO http://localhost/api/chat HTTP/1.1", 405, {"allow": b"POST"}, GIN_405),
+    (b"FOO /api/not-in-ollama HTTP/1.0", 404, {"allow": None}, b"404 page not found"),
+    (b"FOO /api//tags?x=1 HTTP/1.1", 301, {"location": b"/api/tags?x=1"}, b""),
+    (b"FOO * HTTP/1.1", 400, {"content-type": None}, b""),
+]
+
+
+@pytest.mark.parametrize("server", ["proxy", "emulator"])
+@pytest.mark.parametrize("later", [False, True], ids=["first", "later"])
+@pytest.mark.parametrize(
+    ("line", "status", "fields", "body"),
+    UNSERVED_METHODS,
+    ids=["foo", "lower-case", "rtsp", "connect-colon", "absolute", "not-found", "unclean", "star"],
+)
+async def test_a_method_the_parser_refuses_gets_ollamas_answer(
+    slow_heads: Proxy,
+    emulator: Emulator,
+    server: str,
+    later: bool,
+    line: bytes,
+    status: int,
+    fields: dict[str, bytes | None],
+    body: bytes,
+) -> None:
+    """Answered as soon as the parser refuses the line, on the first request of a
+    connection or a later one; the connection then closes."""
+    port = slow_heads.port if server == "proxy" else emulator.port
+    sock = await connect(port)
+    loop = asyncio.get_running_loop()
+    try:
+        if later:
+            await loop.sock_sendall(sock, b"GET /api/version HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            head, _ = await read_response(sock)
+            assert head.startswith(b"HTTP/1.1 200 ")
+        await loop.sock_sendall(sock, line + b"\r\nHost: localhost\r\nContent-Length: 2\r\n\r\n{}")
+        answer = await read_until_closed(sock)
+    finally:
+        sock.close()
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.split(b"\r\n")
+    version = line.rsplit(b" ", 1)[1]
+    assert status_line.split(b" ", 2)[:2] == [version, b"%d" % status], answer[:300]
+    headers = {k.lower().decode(): v.strip() for k, _, v in (x.partition(b":") for x in lines)}
+    assert rest == body and headers["content-length"] == b"%d" % len(body)
+    for name, value in fields.items():
+        assert headers.get(name) == value, (name, answer[:300])
+    if body:
+        assert headers["content-type"] == b"text/plain"
+    assert ("x-request-id" in headers) is (server == "proxy")
+    assert (await generate(slow_heads.url))["done"] is True
+
+
 @pytest.mark.parametrize("server", ["proxy", "emulator"])
 @pytest.mark.parametrize(
     "request_bytes",

@@ -226,6 +226,39 @@ async def test_a_method_ollama_does_not_serve_is_its_405_with_allow_through_the_
         assert (status, headers.get("allow")) == (204, None), port
 
 
+# Targets with no path, which aiohttp's router finds no route for (its own 404): Go's
+# mux redirects the absolute form to `/` (with the query), and Go's server answers `*`
+# before the mux, `OPTIONS *` with 200 and any other method with 400, both empty.
+NO_PATH = [
+    ("GET", "http://127.0.0.1", 301, "/", b'<a href="/">Moved Permanently</a>.\n\n'),
+    ("POST", "http://127.0.0.1?x=1", 301, "/?x=1", b""),
+    ("OPTIONS", "*", 200, None, b""),
+    ("CONNECT", "*", 400, None, b""),
+]
+
+
+@pytest.mark.parametrize(("method", "target", "status", "location", "body"), NO_PATH)
+async def test_a_target_without_a_path_gets_gos_answer_and_reaches_no_backend(
+    own_proxy: Proxy,
+    own_emulator: Emulator,
+    method: str,
+    target: str,
+    status: int,
+    location: str | None,
+    body: bytes,
+) -> None:
+    for port in (own_emulator.port, own_proxy.port):
+        asked = own_emulator.state.requests["/"]
+        answer = await raw_request(port, method, target, [])
+        assert answer[0] == status, (port, answer)
+        assert answer[1].get("location") == (location.encode() if location else None), port
+        assert answer[2] == body and answer[1]["content-length"] == b"%d" % len(body), port
+        if not body:
+            assert "content-type" not in answer[1], port
+        if port == own_proxy.port:
+            assert own_emulator.state.requests["/"] == asked  # no backend asked
+
+
 # Go's ServeMux (src/net/http/server.go, findHandler) in front of Ollama's gin engine:
 # (method, request target, the Location of its 301, None where it lets the request
 # through to gin).
