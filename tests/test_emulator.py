@@ -618,6 +618,23 @@ async def test_openai_sdk(emu: Emu) -> None:
     assert json.loads(body)["error"]["message"] == "[] is too short - 'messages'"
 
 
+@pytest.mark.parametrize(
+    ("content", "go_type"),
+    [(None, "<nil>"), (1, "float64"), (True, "bool"), ({"a": 1}, "map[string]interface {}")],
+)
+async def test_a_chat_completion_content_of_no_known_type_is_named_by_gos_type(
+    emu: Emu, content: Any, go_type: str
+) -> None:
+    """openai.FromChatRequest's `fmt.Errorf("invalid message content type: %T", ...)`
+    of a content decoded into an `any`: Go's type names, a JSON number a float64."""
+    messages = [{"role": "user", "content": content}]
+    status, _, body = await emu.post(
+        "/v1/chat/completions", {"model": "qwen2.5:7b", "messages": messages}
+    )
+    error = json.loads(body)["error"]["message"]
+    assert (status, error) == (400, f"invalid message content type: {go_type}")
+
+
 async def test_responses_and_messages(emu: Emu) -> None:
     status, _, body = await emu.post("/v1/responses", {"model": "qwen3:8b", "input": "hi"})
     resp = json.loads(body)

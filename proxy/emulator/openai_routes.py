@@ -111,6 +111,17 @@ def _tool_calls_from_oa(calls: Any) -> list[dict[str, Any]]:
     return out
 
 
+def _go_type_name(value: Any) -> str:
+    """`%T` of a JSON value Go decoded into an `any` (a string or an array never asks)."""
+    if value is None:
+        return "<nil>"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, dict):
+        return "map[string]interface {}"
+    return "float64"  # any JSON number
+
+
 def chat_from_openai(body: dict[str, Any]) -> dict[str, Any]:
     """openai.FromChatRequest: an /api/chat body."""
     messages: list[dict[str, Any]] = []
@@ -143,7 +154,7 @@ def chat_from_openai(body: dict[str, Any]) -> dict[str, Any]:
                 else:
                     raise Refusal(400, "invalid message format")
         elif msg.get("tool_calls") is None:
-            raise Refusal(400, f"invalid message content type: {type(content).__name__}")
+            raise Refusal(400, f"invalid message content type: {_go_type_name(content)}")
         else:
             messages.append(
                 {
