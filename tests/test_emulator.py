@@ -257,6 +257,62 @@ async def test_generate_options_format_and_errors(emu: Emu) -> None:
     assert vision.response
 
 
+@pytest.mark.parametrize(
+    ("think", "status", "error"),
+    [
+        ("max", 200, None),  # api.ThinkValue takes it since Ollama added it
+        ("high", 200, None),
+        (
+            "extreme",
+            400,
+            'invalid think value: "extreme" (must be "high", "medium", "low", "max", true,'
+            " or false)",
+        ),
+        (
+            1,
+            400,
+            'think must be a boolean or string ("high", "medium", "low", "max", true, or false)',
+        ),
+    ],
+)
+async def test_think_values_are_ollamas(
+    emu: Emu, think: Any, status: int, error: str | None
+) -> None:
+    messages = [{"role": "user", "content": "hi"}]
+    body = {"model": "qwen3:8b", "messages": messages, "think": think, "stream": False}
+    got, _, answer = await emu.post("/api/chat", body)
+    assert got == status, answer
+    if error is not None:
+        assert json.loads(answer) == {"error": error}
+
+
+@pytest.mark.parametrize(
+    ("effort", "error"),
+    [
+        ("minimal", None),  # clamped to "low"
+        ("xhigh", None),  # clamped to "max"
+        ("ultra", None),
+        ("max", None),
+        ("none", None),
+        (
+            "extreme",
+            'invalid reasoning value: "extreme" (must be "minimal", "low", "medium", "high",'
+            ' "xhigh", "ultra", "max", or "none")',
+        ),
+    ],
+)
+async def test_reasoning_efforts_are_ollamas(emu: Emu, effort: str, error: str | None) -> None:
+    """openai.thinkFromReasoningEffort: OpenAI's and clients' tiers clamped to
+    Ollama's, anything else refused."""
+    messages = [{"role": "user", "content": "hi"}]
+    body = {"model": "qwen3:8b", "messages": messages, "reasoning_effort": effort}
+    status, _, answer = await emu.post("/v1/chat/completions", body)
+    if error is None:
+        assert status == 200, answer
+    else:
+        assert (status, json.loads(answer)["error"]["message"]) == (400, error)
+
+
 async def test_chat_stream_sync_client_and_thinking(emu: Emu) -> None:
     client = ollama.AsyncClient(host=emu.url)
     messages = [{"role": "user", "content": "Hello there"}]

@@ -108,20 +108,21 @@ async def read_body(request: web.Request, struct: str, fields: dict[str, str]) -
 
 
 def think_value(value: Any) -> bool | None:
-    """api.ThinkValue: a bool or "high"/"medium"/"low" (which mean on)."""
+    """api.ThinkValue: a bool or "high"/"medium"/"low"/"max" (which mean on)."""
     if value is None:
         return None
     if isinstance(value, bool):
         return value
     if isinstance(value, str):
-        if value not in ("high", "medium", "low"):
+        if value not in ("high", "medium", "low", "max"):
             raise Refusal(
                 400,
-                f'invalid think value: "{value}" (must be "high", "medium", "low", true, or false)',
+                f'invalid think value: "{value}" (must be "high", "medium", "low", "max", '
+                "true, or false)",
             )
         return True
     raise Refusal(
-        400, 'think must be a boolean or string ("high", "medium", "low", true, or false)'
+        400, 'think must be a boolean or string ("high", "medium", "low", "max", true, or false)'
     )
 
 

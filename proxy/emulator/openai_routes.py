@@ -111,6 +111,32 @@ def _tool_calls_from_oa(calls: Any) -> list[dict[str, Any]]:
     return out
 
 
+# openai.thinkFromReasoningEffort: OpenAI's tiers and clients' own clamped to Ollama's.
+_EFFORTS: dict[str, Any] = {
+    "none": False,
+    "minimal": "low",
+    "low": "low",
+    "medium": "medium",
+    "high": "high",
+    "max": "max",
+    "xhigh": "max",
+    "ultra": "max",
+}
+
+
+def _think_from_effort(effort: Any) -> Any:
+    """The think value of a reasoning effort: None for none given."""
+    if effort == "":
+        return None
+    if not isinstance(effort, str) or effort not in _EFFORTS:
+        raise Refusal(
+            400,
+            f'invalid reasoning value: "{effort}" (must be "minimal", "low", "medium", '
+            '"high", "xhigh", "ultra", "max", or "none")',
+        )
+    return _EFFORTS[effort]
+
+
 def _go_type_name(value: Any) -> str:
     """`%T` of a JSON value Go decoded into an `any` (a string or an array never asks)."""
     if value is None:
@@ -169,16 +195,12 @@ def chat_from_openai(body: dict[str, Any]) -> dict[str, Any]:
         fmt = "json"
     elif str(rf.get("type", "")).strip().lower() == "json_schema":
         fmt = (rf.get("json_schema") or {}).get("schema")
-    effort = (body.get("reasoning") or {}).get("effort") or body.get("reasoning_effort")
-    think: Any = None
-    if effort:
-        if effort not in ("high", "medium", "low", "none"):
-            raise Refusal(
-                400,
-                f"invalid reasoning value: '{effort}' (must be \"high\", "
-                '"medium", "low", or "none")',
-            )
-        think = False if effort == "none" else effort
+    reasoning = body.get("reasoning")
+    if isinstance(reasoning, dict):
+        effort = reasoning.get("effort") or ""
+    else:
+        effort = body.get("reasoning_effort") or ""
+    think = _think_from_effort(effort)
     out: dict[str, Any] = {
         "model": body.get("model") or "",
         "messages": messages,
