@@ -313,6 +313,45 @@ async def test_reasoning_efforts_are_ollamas(emu: Emu, effort: str, error: str |
         assert (status, json.loads(answer)["error"]["message"]) == (400, error)
 
 
+@pytest.mark.parametrize(
+    ("tools", "error"),
+    [
+        (["x"], "json: cannot unmarshal string into Go struct field {}.tools of type api.Tool"),
+        (
+            [{"type": "function", "function": "x"}],
+            "json: cannot unmarshal string into Go struct field Tool.tools.function of type"
+            " api.ToolFunction",
+        ),
+        (
+            [{"type": 1, "function": {"name": "f"}}],
+            "json: cannot unmarshal number into Go struct field Tool.tools.type of type string",
+        ),
+        (
+            [{"type": "function", "function": {"name": ["f"]}}],
+            "json: cannot unmarshal array into Go struct field ToolFunction.tools.function.name"
+            " of type string",
+        ),
+        (
+            [{"type": "function", "function": {"name": "f", "parameters": {"required": [1]}}}],
+            "json: cannot unmarshal number into Go struct field"
+            " ToolFunctionParameters.tools.function.parameters.required of type string",
+        ),
+    ],
+    ids=["not-an-object", "function", "type", "name", "required"],
+)
+@pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions"])
+async def test_tools_of_the_wrong_shape_get_gos_unmarshal_error(
+    emu: Emu, tools: list[Any], error: str, path: str
+) -> None:
+    messages = [{"role": "user", "content": "hi"}]
+    body = {"model": "qwen2.5:7b", "messages": messages, "tools": tools, "stream": False}
+    status, _, answer = await emu.post(path, body)
+    doc = json.loads(answer)
+    message = doc["error"] if path == "/api/chat" else doc["error"]["message"]
+    struct = "ChatRequest" if path == "/api/chat" else "ChatCompletionRequest"
+    assert (status, message) == (400, error.format(struct))
+
+
 async def test_chat_stream_sync_client_and_thinking(emu: Emu) -> None:
     client = ollama.AsyncClient(host=emu.url)
     messages = [{"role": "user", "content": "Hello there"}]

@@ -308,7 +308,59 @@ def check_fields(body: Any, struct: str, fields: Mapping[str, str]) -> dict[str,
         elif want == "messages":
             for item in value:
                 check_message(item)
+        elif want in ("tools", "[]api.Tool"):
+            for item in value:
+                check_tool(item, struct, key)
     return body
+
+
+# api.Tool, api.ToolFunction and api.ToolFunctionParameters, as far as their types are
+# plain (`properties` has an UnmarshalJSON of its own, unchecked): (JSON name, kind,
+# the Go type named in an error). Go names the innermost struct and the field's whole
+# path from the request (`Tool.tools.function`).
+_TOOL_FIELDS = (("type", "string", "string"), ("function", "object", "api.ToolFunction"))
+_FUNCTION_FIELDS = (
+    ("name", "string", "string"),
+    ("description", "string", "string"),
+    ("parameters", "object", "api.ToolFunctionParameters"),
+)
+_PARAMETERS_FIELDS = (
+    ("type", "string", "string"),
+    ("required", "[]string", "[]string"),
+)
+
+
+def check_tool(item: Any, struct: str, key: str) -> None:
+    """One element of a request's `tools` ([]api.Tool)."""
+    if item is None:
+        return
+    if not isinstance(item, dict):
+        raise type_error(item, struct, key, "api.Tool")
+    _check_struct(item, "Tool", key, _TOOL_FIELDS)
+    function = item.get("function")
+    if isinstance(function, dict):
+        path = f"{key}.function"
+        _check_struct(function, "ToolFunction", path, _FUNCTION_FIELDS)
+        parameters = function.get("parameters")
+        if isinstance(parameters, dict):
+            _check_struct(
+                parameters, "ToolFunctionParameters", f"{path}.parameters", _PARAMETERS_FIELDS
+            )
+
+
+def _check_struct(
+    value: dict[str, Any], struct: str, path: str, fields: tuple[tuple[str, str, str], ...]
+) -> None:
+    for name, kind, go_type in fields:
+        field = value.get(name)
+        if field is None:
+            continue
+        if not _fits(field, kind):
+            raise type_error(field, struct, f"{path}.{name}", go_type)
+        if kind == "[]string":
+            for item in field:
+                if not _fits(item, "string"):
+                    raise type_error(item, struct, f"{path}.{name}", "string")
 
 
 def check_image(item: Any, struct: str, key: str) -> None:
