@@ -22,7 +22,9 @@ What is relied on, and why:
   `head_over_limits`. Go answers such a head with 431, any other bad head with 400.
 * The text "Missing 'Host' header" that starts both parsers' error for an HTTP/1.1
   request without `Host` (a plain `BadHttpMessage`): `missing_host`. Go answers it with
-  its own text.
+  its own text. Likewise "Duplicate 'Host' header" (`duplicate_host`), and the texts
+  of llhttp's and aiohttp's refusals of a Transfer-Encoding (`UNSUPPORTED_TE`:
+  `transfer_encoding_refused`), which Go answers with 501.
 * The request line that llhttp's `BadStatusLine` quotes (as a bytes literal on a line of
   its own in the message, from the start of the line as far as the read that failed
   holds it): `quoted_request_line`. A later request line on a keep-alive connection is
@@ -106,6 +108,14 @@ CHECKED = ((3, 14), (3, 15))  # from (inclusive), to (exclusive): major, minor
 CHECKED_TEXT = ">={}.{},<{}.{}".format(*CHECKED[0], *CHECKED[1])
 TOO_MANY_HEADERS = "Too many headers"
 MISSING_HOST = "Missing 'Host' header"
+DUPLICATE_HOST = "Duplicate 'Host' header"
+# What starts a refusal of the request's Transfer-Encoding: llhttp's (a coding after
+# `chunked`, or one without it), aiohttp's (a second field).
+UNSUPPORTED_TE = (
+    "Invalid `Transfer-Encoding` header value",
+    "Request has invalid `Transfer-Encoding`",
+    "Duplicate 'Transfer-Encoding' header",
+)
 # llhttp's refusal of a method it knows only for RTSP (DESCRIBE, SETUP, ...).
 HTTP_METHOD_ONLY = "Invalid method for HTTP/x.x request"
 
@@ -190,6 +200,16 @@ def head_over_limits(exc: HttpProcessingError) -> bool:
 def missing_host(exc: HttpProcessingError) -> bool:
     """Whether aiohttp refused a head for an HTTP/1.1 request without `Host`."""
     return exc.message.startswith(MISSING_HOST)
+
+
+def duplicate_host(exc: HttpProcessingError) -> bool:
+    """Whether aiohttp refused a head for a second `Host`."""
+    return exc.message.startswith(DUPLICATE_HOST)
+
+
+def transfer_encoding_refused(exc: HttpProcessingError) -> bool:
+    """Whether the parser refused a head for its Transfer-Encoding."""
+    return exc.message.startswith(UNSUPPORTED_TE)
 
 
 _QUOTED_LINE = re.compile(r"^  (b'.*'|b\".*\")$", re.MULTILINE)

@@ -24,7 +24,10 @@ unparsable request with `400 Bad Request`, and logs neither. Here:
   line the parser refuses there is judged by `go_request_line` from the line its error
   quotes (llhttp refuses HTTP/3.0: Go's 505), else answered 400;
 * an HTTP/1.1 request without `Host`, which aiohttp's parser refuses, gets Go's 400
-  with Go's text (`missing_host`);
+  with Go's text (`missing_host`), one with two Go's other 400 (`duplicate_host`);
+* a Transfer-Encoding the parser refuses (a coding other than `chunked`, a list, a
+  second field) gets Go's 501 (`transfer_encoding_refused`). Go refuses "gzip,
+  chunked" too, which llhttp reads as chunked: that one is served (its body as sent);
 * a method llhttp does not know but Go reads (any token: `FOO`, `get`, `DESCRIBE`),
   and a CONNECT whose path aiohttp's C parser cannot read (`/api/blobs/sha256:...`),
   gets Ollama's answer for its target, read from the request line the parser's error
@@ -65,12 +68,14 @@ from proxy.aiohttp_internals import (
     HandlerRunner,
     awaiting_head,
     closing,
+    duplicate_host,
     head_over_limits,
     missing_host,
     quoted_request_line,
     refused_method_line,
     request_count,
     stop_serving,
+    transfer_encoding_refused,
 )
 from proxy.config import Config, Limits, Timeouts
 from proxy.errors import unserved_method
@@ -85,8 +90,9 @@ log = logging.getLogger("autoroute.clients")
 # Go's default, DefaultMaxHeaderBytes (1 MiB) plus 4096 bytes of slack for the request
 # line (initialReadLimitSize).
 def go_error(status: bytes, request_id: bytes = b"") -> bytes:
-    """Go's answer with `status` (code and reason, also its text), and the proxy's
-    `X-Request-Id` when one is given: the proxy names every answer, these too."""
+    """Go's answer with `status` (code and reason, also its text, but for a 501), and
+    the proxy's `X-Request-Id` when one is given: the proxy names every answer, these
+    too."""
     named = b"X-Request-Id: " + request_id + b"\r\n" if request_id else b""
     return (
         b"HTTP/1.1 "
@@ -94,7 +100,7 @@ def go_error(status: bytes, request_id: bytes = b"") -> bytes:
         + b"\r\nContent-Type: text/plain; charset=utf-8\r\n"
         + named
         + b"Connection: close\r\n\r\n"
-        + status
+        + (_UNSUPPORTED_TE_TEXT if status == _UNSUPPORTED_TE_STATUS else status)
     )
 
 
@@ -105,6 +111,11 @@ _VERSION_STATUS = b"505 HTTP Version Not Supported: unsupported protocol version
 # 0) && !isH2Upgrade && req.Method != "CONNECT"` returns badRequestError("missing required
 # Host header"), a statusError written as the one above.
 _NO_HOST_STATUS = b"400 Bad Request: missing required Host header"
+_TOO_MANY_HOSTS_STATUS = b"400 Bad Request: too many Host headers"
+# Go's transferReader refuses a Transfer-Encoding other than one `chunked` (an
+# unsupportedTEError), answered without the value: "Unsupported transfer encoding".
+_UNSUPPORTED_TE_STATUS = b"501 Not Implemented"
+_UNSUPPORTED_TE_TEXT = b"Unsupported transfer encoding"
 HEAD_TOO_LARGE = go_error(HEAD_TOO_LARGE_BODY)
 BAD_REQUEST = go_error(_BAD_REQUEST_STATUS)
 VERSION_NOT_SUPPORTED = go_error(_VERSION_STATUS)
@@ -299,6 +310,11 @@ class ClientConnection(RequestHandler):
             status = 431
         elif missing_host(exc):
             self._refuse(_NO_HOST_STATUS, "an HTTP/1.1 request without a Host header")
+        elif duplicate_host(exc):
+            self._refuse(_TOO_MANY_HOSTS_STATUS, "a request with more than one Host header")
+        elif transfer_encoding_refused(exc):
+            self._refuse(_UNSUPPORTED_TE_STATUS, "a Transfer-Encoding other than chunked")
+            status = 501
         elif (answered := self._unserved_method(exc)) is not None:
             status = answered
         else:

@@ -36,12 +36,14 @@ from proxy.aiohttp_internals import (
     client_transport,
     closing,
     defer_headers,
+    duplicate_host,
     head_over_limits,
     missing_host,
     quoted_request_line,
     refused_method_line,
     request_count,
     stop_serving,
+    transfer_encoding_refused,
     wait_drained,
     writing_paused,
 )
@@ -361,6 +363,33 @@ async def test_a_refused_method_is_told_with_its_line(
     [(status, exc)] = made[0].errors
     assert status == 400 and isinstance(exc, HttpProcessingError)
     assert refused_method_line(exc) == line
+
+
+@pytest.mark.parametrize(
+    ("fields", "te", "hosts"),
+    [
+        (b"Transfer-Encoding: chunked, gzip\r\n", True, False),
+        (b"Transfer-Encoding: identity\r\n", True, False),
+        (b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", True, False),
+        (b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n", True, False),
+        (b"Host: y\r\n", False, True),
+        (b"Content-Length: 2\r\nContent-Length: 2\r\n", False, False),
+    ],
+    ids=["list", "identity", "twice", "two-codings", "two-hosts", "two-lengths"],
+)
+async def test_transfer_encodings_and_hosts_are_told_by_their_messages(
+    fields: bytes, te: bool, hosts: bool
+) -> None:
+    """llhttp's and aiohttp's refusals of a Transfer-Encoding and of a second Host
+    start with the texts `transfer_encoding_refused` and `duplicate_host` look for."""
+    async with serving(ok) as (port, made):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST / HTTP/1.1\r\nHost: x\r\n" + fields + b"\r\n2\r\n{}\r\n0\r\n\r\n")
+        await read_to_end(reader)
+        writer.close()
+    [(status, exc)] = made[0].errors
+    assert status == 400 and isinstance(exc, HttpProcessingError)
+    assert (transfer_encoding_refused(exc), duplicate_host(exc)) == (te, hosts)
 
 
 async def test_raw_writes_pause_and_drain_through_aiohttp() -> None:

@@ -366,6 +366,46 @@ async def test_an_http11_request_without_host_gets_gos_400(
     assert emulator.state.requests["/api/generate"] == generated
 
 
+# Go's transferReader takes one Transfer-Encoding, and only `chunked` (any case): any
+# other, a list, or a second field is its unsupportedTEError, answered raw with 501.
+UNSUPPORTED_TE = (
+    b"HTTP/1.1 501 Not Implemented\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Connection: close\r\n\r\nUnsupported transfer encoding"
+)
+# Go's readRequest: more than one Host is a badRequestError with its own text.
+TOO_MANY_HOSTS = (
+    b"HTTP/1.1 400 Bad Request: too many Host headers\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n"
+    b"400 Bad Request: too many Host headers"
+)
+
+
+@pytest.mark.parametrize("server", ["proxy", "emulator"])
+@pytest.mark.parametrize(
+    ("fields", "go_refusal"),
+    [
+        (b"Transfer-Encoding: chunked, gzip\r\n", UNSUPPORTED_TE),
+        (b"Transfer-Encoding: identity\r\n", UNSUPPORTED_TE),
+        (b"Transfer-Encoding: gzip\r\n", UNSUPPORTED_TE),
+        (b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", UNSUPPORTED_TE),
+        (b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n", UNSUPPORTED_TE),
+        (b"Host: other\r\nTransfer-Encoding: chunked\r\n", TOO_MANY_HOSTS),
+    ],
+    ids=["list", "identity", "gzip", "twice", "two-codings", "two-hosts"],
+)
+async def test_a_transfer_encoding_go_does_not_take_gets_its_501(
+    slow_heads: Proxy, emulator: Emulator, server: str, fields: bytes, go_refusal: bytes
+) -> None:
+    port = slow_heads.port if server == "proxy" else emulator.port
+    answer = await answer_to(
+        port,
+        b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\n" + fields + b"\r\n"
+        b"2\r\n{}\r\n0\r\n\r\n",
+    )
+    assert (go_answer(answer) if server == "proxy" else answer) == go_refusal
+    assert (await generate(slow_heads.url))["done"] is True
+
+
 # Methods aiohttp's parser refuses and Go's net/http reads (any token is a method to
 # Go), and a CONNECT to a path the C parser cannot read as an authority: Ollama's
 # router serves none of them, so its answer is gin's 405 (with `Allow`) or 404 for the
