@@ -531,6 +531,25 @@ async def test_expect_100_continue_is_a_token_in_any_case(slow_heads: Proxy) -> 
         sock.close()
 
 
+@pytest.mark.parametrize("server", ["proxy", "emulator"])
+@pytest.mark.parametrize("path", ["/api/generate", "/v1/completions", "/api/show"])
+async def test_100_continue_comes_at_the_bodys_first_read_as_go_sends_it(
+    slow_heads: Proxy, emulator: Emulator, server: str, path: str
+) -> None:
+    """Go's expectContinueReader writes `100 Continue` at the handler's first read of
+    the body, whether or not the body's bytes have come already: the emulator, as
+    Ollama, and the proxy both send it before the answer."""
+    body = orjson.dumps({"model": MODEL, "prompt": "hi", "stream": False})
+    answer = await answer_to(
+        slow_heads.port if server == "proxy" else emulator.port,
+        b"POST %b HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\n"
+        b"Connection: close\r\nContent-Length: %d\r\n\r\n%b" % (path.encode(), len(body), body),
+    )
+    interim, _, final = answer.partition(b"\r\n\r\n")
+    assert interim == b"HTTP/1.1 100 Continue", answer[:200]
+    assert final.startswith(b"HTTP/1.1 200 OK\r\n"), answer[:200]
+
+
 @pytest.mark.parametrize("framing", [b"Content-Length: 0\r\n", b""])
 async def test_no_100_continue_without_a_body(slow_heads: Proxy, framing: bytes) -> None:
     """Go sends `100 Continue` only to a request with a body (ContentLength != 0): one

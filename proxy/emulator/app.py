@@ -41,6 +41,8 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = tuple(
     for owner, _, name in [handler.partition(".")]
 )
 
+# The methods of Ollama's routes whose handlers read a body (POST, DELETE).
+_READS_BODY = frozenset({"POST", "DELETE"})
 FAULT_PATHS = frozenset({"/api/generate", "/api/chat", "/v1/chat/completions", "/v1/completions"})
 _RUNNER_DIED = "llama runner process has terminated: exit status 2"
 _GARBAGE = b"\x00\x16\x03 this is not HTTP \xff\xfe\r\n\r\n"
@@ -155,6 +157,10 @@ async def _gin(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await _fault(request, state)
     try:
         request, handler = await _gin_match(request, handler)
+        if request.method in _READS_BODY and request.match_info.http_exception is None:
+            # Go's expectContinueReader: `100 Continue` at the handler's first read of
+            # the body, which every Ollama handler of these methods reads first.
+            await expect.before_reading(request)
         return await handler(request)
     except web.HTTPMethodNotAllowed:
         return gin_refusal(request.path)
