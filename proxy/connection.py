@@ -18,7 +18,8 @@ unparsable request with `400 Bad Request`, and logs neither. Here:
   parser, is answered as Go answers it, checked once the line is complete
   (`go_request_line`): one without an HTTP version (aiohttp's parser reads it as
   HTTP/0.9 and serves it) gets Go's 400, an HTTP version other than 1.x (2.0, 3.0,
-  0.9) Go's 505.
+  0.9) Go's 505; line ends before it, which llhttp skips, Go's 400 (Go skips them
+  only after a POST).
   A later request on the connection is checked by the version aiohttp's parser read
   (`refuse_version`, which the proxy's handler calls for a version other than 1.x); a
   line the parser refuses there is judged by `go_request_line` from the line its error
@@ -105,6 +106,7 @@ def go_error(status: bytes, request_id: bytes = b"") -> bytes:
 
 
 _BAD_REQUEST_STATUS = b"400 Bad Request"
+_LINE_ENDS = b"\r\n"
 # Go's statusError for a version other than 1.x: its text is in the status line too.
 _VERSION_STATUS = b"505 HTTP Version Not Supported: unsupported protocol version"
 # Go's readRequest (server.go): `if req.ProtoAtLeast(1, 1) && (!haveHost || len(hosts) ==
@@ -254,9 +256,14 @@ class ClientConnection(RequestHandler):
             # reads those lines alone.
             if closing(self) or request_count(self) != 0:
                 return False
-            data = data.lstrip(b"\r\n")  # line ends before a request line are skipped
             if not data:
                 return False
+            if data[0] in _LINE_ENDS:
+                # Go skips line ends before a request line only after a POST (its
+                # conn.readRequest): a first line that is empty, or starts with a CR,
+                # is no request line to it ("malformed HTTP request").
+                self._refuse(_BAD_REQUEST_STATUS, "request line refused as Go refuses it (400)")
+                return True
             self._line = bytearray()
         end = data.find(b"\n")
         if end < 0:

@@ -266,9 +266,22 @@ ODD_REQUEST_LINES = [
     (b"GET /api/version HTTP/3.0\r\nHost: localhost\r\n\r\n", VERSION_NOT_SUPPORTED),
     (b"GET /api/version HTTP/0.9\r\nHost: localhost\r\n\r\n", VERSION_NOT_SUPPORTED),
     (b"GET  /api/version HTTP/1.1\r\nHost: localhost\r\n\r\n", BAD_REQUEST),  # Go: no version
-    (b"\r\nGET /api/version HTTP/2.0\nHost: x\n\n", VERSION_NOT_SUPPORTED),
+    (b"GET /api/version HTTP/2.0\nHost: x\n\n", VERSION_NOT_SUPPORTED),
+    # Go skips line ends before a request line only after a POST (RFC 7230's tolerance,
+    # conn.readRequest): a connection's first line that is empty is no request line.
+    (b"\r\nGET /api/version HTTP/1.1\r\nHost: x\r\n\r\n", BAD_REQUEST),
+    (b"\nGET /api/version HTTP/1.1\r\nHost: x\r\n\r\n", BAD_REQUEST),
 ]
-ODD_LINE_IDS = ["no-version", "http2", "http3", "http09", "two-spaces", "bare-lf"]
+ODD_LINE_IDS = [
+    "no-version",
+    "http2",
+    "http3",
+    "http09",
+    "two-spaces",
+    "bare-lf",
+    "leading-crlf",
+    "leading-lf",
+]
 
 
 @pytest.mark.parametrize(("request_bytes", "go_refusal"), ODD_REQUEST_LINES, ids=ODD_LINE_IDS)
