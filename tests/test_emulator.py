@@ -352,6 +352,39 @@ async def test_tools_of_the_wrong_shape_get_gos_unmarshal_error(
     assert (status, message) == (400, error.format(struct))
 
 
+@pytest.mark.parametrize(
+    ("path", "raw", "model"),
+    [
+        ("/api/chat", b'{"Model": "qwen2.5:7b", "STREAM": false}', "qwen2.5:7b"),
+        (
+            "/api/chat",
+            b'{"Model": "ghost", "Messages": [{"Role": "user", "Content": "hi"}],'
+            b' "model": "qwen2.5:7b", "stream": false}',
+            "qwen2.5:7b",
+        ),
+        # The last of the keys that fold alike wins, where each of them stands.
+        ("/api/generate", b'{"model": "ghost", "Model": "x", "model": "qwen2.5:7b"}', "qwen2.5:7b"),
+        (
+            "/v1/chat/completions",
+            b'{"MODEL": "qwen2.5:7b", "messages": [{"ROLE": "user", "CONTENT": "hi"}]}',
+            "qwen2.5:7b",
+        ),
+    ],
+    ids=["chat-load", "chat", "last-wins", "openai"],
+)
+async def test_keys_match_fields_whatever_their_case_as_go_decodes_them(
+    emu: Emu, path: str, raw: bytes, model: str
+) -> None:
+    """Go's encoding/json matches a key to a field case-insensitively, the last match
+    winning: Ollama runs what such a body names."""
+    status, _, body = await emu.post(path, raw=raw)
+    assert status == 200, body
+    answer = json.loads(body.splitlines()[-1])
+    assert answer["model"] == model
+    if "choices" in answer:
+        assert answer["choices"][0]["message"]["content"]
+
+
 async def test_chat_stream_sync_client_and_thinking(emu: Emu) -> None:
     client = ollama.AsyncClient(host=emu.url)
     messages = [{"role": "user", "content": "Hello there"}]

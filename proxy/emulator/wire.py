@@ -24,6 +24,7 @@ from aiohttp import web
 
 from proxy.go_json import go_text
 from proxy.protocol import JSON, go_escaped
+from selector_model.request_body import canonicalize
 
 JSON_BARE = "application/json"  # what the OpenAI writers and waitForStream set
 
@@ -168,7 +169,20 @@ def _number(text: str) -> int | float | BeyondADouble:
     return int(text)
 
 
-_DECODER = json.JSONDecoder(parse_int=_number, parse_float=_number)
+def _in_last_order(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose keys stand where each last appeared: Go assigns a field at each
+    of its keys in turn, so among keys that fold alike the last one's value is what it
+    keeps (`check_fields` folds them)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        out.pop(key, None)
+        out[key] = value
+    return out
+
+
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_in_last_order, parse_int=_number, parse_float=_number
+)
 
 
 def _beyond_a_double(value: Any) -> BeyondADouble | None:
@@ -281,6 +295,9 @@ def check_fields(body: Any, struct: str, fields: Mapping[str, str]) -> dict[str,
         return {}
     if not isinstance(body, dict):
         raise BodyError(f"json: cannot unmarshal {_kind(body)} into Go value of type api.{struct}")
+    # Go matches a key to a field whatever its case (`Model` is `model`), the last of
+    # the keys that name a field winning: one lower-case key per field, as Go reads it.
+    canonicalize(body)
     for key, want in fields.items():
         value = body.get(key)
         if value is None:
