@@ -97,9 +97,12 @@ def unserved_method(method: str, target: bytes) -> web.Response | None:
     """Ollama's answer to a `method` it serves on no route (one aiohttp's parser
     refuses, as `FOO` or `get`) for `target` as sent: Go's server and mux answer first
     (a `*` target, a path that is not clean), then gin's 405 or 404 for the decoded
-    path; None for a target Go reads as an authority (a CONNECT's `host:port`)."""
+    path; None for a target Go reads as an authority (a CONNECT's `host:port`), or
+    refuses to read."""
     if target == b"*":
         return go_mux.asterisk(method)
+    if not go_mux.parses(target):
+        return None  # Go's ParseRequestURI refuses it: its server's plain 400
     location = go_mux.location(method, target)
     if location is not None:
         return go_mux.redirect_response(method, 301, location)

@@ -92,6 +92,19 @@ def clean_path(path: bytes) -> bytes:
     return cleaned
 
 
+def parses(target: bytes) -> bool:
+    """Whether Go's `ParseRequestURI` reads an origin- or absolute-form `target`: not
+    a `%` without two hex digits after it in the path, nor an IPv6 host without its
+    `]` (its server answers those with a plain 400)."""
+    absolute = _SCHEME_AUTHORITY.match(target)
+    if absolute is not None:
+        authority = target[target.index(b"//") + 2 : absolute.end()]
+        if authority.rpartition(b"@")[2].startswith(b"[") and b"]" not in authority:
+            return False
+        target = target[absolute.end() :]
+    return _BAD_ESCAPE.search(target.partition(b"?")[0]) is None
+
+
 def path_of(target: bytes) -> bytes | None:
     """The path (and query) of a request target as Go's `ParseRequestURI` reads it: an
     origin-form target itself, an absolute-form one after its scheme and authority;

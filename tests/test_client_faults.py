@@ -437,6 +437,22 @@ UNSERVED_METHODS = [
 
 
 @pytest.mark.parametrize("server", ["proxy", "emulator"])
+@pytest.mark.parametrize(
+    "line", [b"FOO /api/%zz HTTP/1.1", b"FOO http://[::1/api/tags HTTP/1.1"], ids=["escape", "host"]
+)
+async def test_a_method_the_parser_refuses_on_a_target_go_refuses_is_gos_400(
+    slow_heads: Proxy, emulator: Emulator, server: str, line: bytes
+) -> None:
+    """Go's ParseRequestURI refuses the target (a `%` without two hex digits, an IPv6
+    host without its `]`) before any router sees the method: its plain 400."""
+    answer = await answer_to(
+        slow_heads.port if server == "proxy" else emulator.port,
+        line + b"\r\nHost: localhost\r\n\r\n",
+    )
+    assert (go_answer(answer) if server == "proxy" else answer) == BAD_REQUEST
+
+
+@pytest.mark.parametrize("server", ["proxy", "emulator"])
 @pytest.mark.parametrize("later", [False, True], ids=["first", "later"])
 @pytest.mark.parametrize(
     ("line", "status", "fields", "body"),
