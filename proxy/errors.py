@@ -103,7 +103,7 @@ def unserved_method(method: str, target: bytes) -> web.Response | None:
         return go_mux.asterisk(method)
     if not go_mux.parses(target):
         return None  # Go's ParseRequestURI refuses it: its server's plain 400
-    location = go_mux.location(method, target)
+    location = go_mux.location(method, target)  # `parses`: never Unparsable here
     if location is not None:
         return go_mux.redirect_response(method, 301, location)
     path = go_mux.path_of(target)

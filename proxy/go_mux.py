@@ -67,8 +67,7 @@ def escape_path(path: bytes) -> bytes:
 
 def _escaped_path(raw: bytes) -> bytes | None:
     """Go's `URL.EscapedPath` of a request whose path is `raw` as sent; None where Go's
-    `ParseRequestURI` refuses the target (a `%` not followed by two hex digits): its
-    server answers 400 before the mux."""
+    `ParseRequestURI` refuses the target (a `%` not followed by two hex digits)."""
     if _BAD_ESCAPE.search(raw):
         return None
     if all(c in _VALID_ESCAPED for c in raw):
@@ -115,11 +114,19 @@ def path_of(target: bytes) -> bytes | None:
     return target if target.startswith(b"/") else None
 
 
+class Unparsable(Exception):
+    """Go's `ParseRequestURI` refuses the request target: its server answers a plain
+    400 before the mux (`bad_target`)."""
+
+
 def location(method: str, target: bytes) -> bytes | None:
     """The `Location` (as `http.Redirect` takes it, before its escape of bytes beyond
     ASCII) of the mux's redirect of a `method` request for `target` (its request
-    target as sent); None when the mux lets the request through to gin."""
+    target as sent); None when the mux lets the request through to gin. Raises
+    `Unparsable` for a target Go refuses before the mux."""
     if method == "CONNECT":
+        if b"%" in target and not parses(target):
+            raise Unparsable
         return None  # not canonicalized
     if not target.startswith(b"/"):
         # The absolute form: the Location names no host. `*` has no path (Go's
@@ -133,7 +140,7 @@ def location(method: str, target: bytes) -> bytes | None:
         return None  # clean as sent: the common case, decided without copying
     escaped = _escaped_path(raw)
     if escaped is None:
-        return None
+        raise Unparsable
     cleaned = clean_path(escaped)
     if cleaned == escaped:
         return None
@@ -148,8 +155,23 @@ def redirect(request: web.BaseRequest) -> web.Response | None:
     raw = request.raw_path
     if raw == "*":
         return asterisk(request.method)
-    target = location(request.method, utf8(raw))
+    try:
+        target = location(request.method, utf8(raw))
+    except Unparsable:
+        return bad_target()
     return None if target is None else redirect_response(request.method, 301, target)
+
+
+def bad_target() -> web.Response:
+    """Go's answer to a request target its `ParseRequestURI` refuses, written before any
+    handler: `400 Bad Request` as plain text, the connection closed."""
+    response = web.Response(
+        status=400,
+        body=b"400 Bad Request",
+        headers={hdrs.CONTENT_TYPE: "text/plain; charset=utf-8"},
+    )
+    response.force_close()
+    return response
 
 
 def asterisk(method: str) -> web.Response:

@@ -289,7 +289,6 @@ GO_MUX = [
     ("POST", "http://127.0.0.1/api/pull", None),
     ("CONNECT", "/api//pull", None),  # CONNECT is not canonicalized
     ("OPTIONS", "*", None),
-    ("POST", "/api//%zz", None),  # Go's server refuses the target before the mux (400)
 ]
 
 
@@ -299,6 +298,39 @@ def test_gos_mux_redirects_a_path_that_is_not_clean(
 ) -> None:
     expected = None if location is None else location.encode()
     assert go_mux.location(method, target.encode()) == expected
+
+
+@pytest.mark.parametrize(
+    ("method", "target"),
+    [
+        ("GET", "/%zz"),
+        ("POST", "/api//%zz"),  # refused before the mux would redirect it
+        ("POST", "/api/chat%"),
+        ("CONNECT", "/api/%2"),
+        ("GET", "http://127.0.0.1/a%g0"),
+    ],
+)
+async def test_a_target_gos_parser_refuses_is_its_400_before_any_route(
+    own_proxy: Proxy, own_emulator: Emulator, method: str, target: str
+) -> None:
+    """Go's ParseRequestURI refuses a `%` without two hex digits in the path (the query
+    is not checked): its server answers a plain 400 before the mux, gin or any handler
+    (Ollama's 404 never comes), and the backend is not asked."""
+
+    def asked() -> int:  # but the proxy's health checks
+        counts = own_emulator.state.requests
+        return sum(n for path, n in counts.items() if path not in ("/api/tags", "/api/ps"))
+
+    for port in (own_emulator.port, own_proxy.port):
+        before = asked()
+        status, headers, body = await raw_request(port, method, target, [])
+        assert (status, body) == (400, b"400 Bad Request"), (port, status, body)
+        assert headers["content-type"] == b"text/plain; charset=utf-8"
+        assert headers["connection"] == b"close"
+        if port == own_proxy.port:
+            assert asked() == before
+    status, _, _ = await raw_request(own_proxy.port, "GET", "/api/tags?x=%zz", [])
+    assert status == 200  # the query as sent
 
 
 def test_gos_redirect_writes_a_body_to_get_only() -> None:
