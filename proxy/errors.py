@@ -105,7 +105,7 @@ def unserved_method(method: str, target: bytes) -> web.Response | None:
         return None  # Go's ParseRequestURI refuses it: its server's plain 400
     location = go_mux.location(method, target)  # `parses`: never Unparsable here
     if location is not None:
-        return go_mux.redirect_response(method, 301, location)
+        return go_mux.redirect_response(method, go_mux.MUX_REDIRECT, location)
     path = go_mux.path_of(target)
     if path is None:
         return None

@@ -10,9 +10,10 @@ the mux looks at every request first (`src/net/http/server.go`,
 * Any other method: the mux cleans the *escaped* path (`URL.EscapedPath`, the path as
   the client sent it when that is a valid encoding, else the decoded path escaped
   again) as `path.Clean` does, a trailing slash kept (`cleanPath`). When that
-  differs, no handler runs: the answer is `301` to `url.URL{Path: cleaned, RawQuery:
-  query}.String()`, the cleaned path escaped once more (a `%` in it becomes `%25`)
-  and the query as sent (`?` only when there is one).
+  differs, no handler runs: the answer is a redirect (`MUX_REDIRECT`) to
+  `url.URL{Path: cleaned, RawQuery: query}.String()`, the cleaned path escaped once
+  more (a `%` in it becomes `%25`) and the query as sent (`?` only when there is
+  one).
 * `http.Redirect` writes it: `Location` (bytes beyond ASCII as `%xx`, lower-case
   hex), `Content-Type: text/html; charset=utf-8` for GET and HEAD, for GET the body
   `<a href="…">Moved Permanently</a>.` and two line breaks, for any other method no
@@ -37,6 +38,9 @@ from aiohttp import hdrs, web
 from proxy.header_values import utf8
 
 _HTML: Final = "text/html; charset=utf-8"
+# The status of the mux's redirects: 307 since Go 1.26 (which Ollama's go.mod names),
+# so that a client keeps its method and body; 301 from Go 1.22 to 1.25.
+MUX_REDIRECT: Final = 307
 _ALNUM = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 # What Go's `escape(s, encodePath)` leaves as it is (`shouldEscape`): every other
 # byte becomes `%XX`.
@@ -159,7 +163,7 @@ def redirect(request: web.BaseRequest) -> web.Response | None:
         target = location(request.method, utf8(raw))
     except Unparsable:
         return bad_target()
-    return None if target is None else redirect_response(request.method, 301, target)
+    return None if target is None else redirect_response(request.method, MUX_REDIRECT, target)
 
 
 def bad_target() -> web.Response:

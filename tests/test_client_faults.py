@@ -431,7 +431,7 @@ UNSERVED_METHODS = [
     (b"CONNECT /api/blobs/sha256:abc HTTP/1.1", 405, {"allow": b"HEAD, POST"}, GIN_405),
     (b"FOO http://localhost/api/chat HTTP/1.1", 405, {"allow": b"POST"}, GIN_405),
     (b"FOO /api/not-in-ollama HTTP/1.0", 404, {"allow": None}, b"404 page not found"),
-    (b"FOO /api//tags?x=1 HTTP/1.1", 301, {"location": b"/api/tags?x=1"}, b""),
+    (b"FOO /api//tags?x=1 HTTP/1.1", 307, {"location": b"/api/tags?x=1"}, b""),
     (b"FOO * HTTP/1.1", 400, {"content-type": None}, b""),
 ]
 

@@ -227,11 +227,12 @@ async def test_a_method_ollama_does_not_serve_is_its_405_with_allow_through_the_
 
 
 # Targets with no path, which aiohttp's router finds no route for (its own 404): Go's
-# mux redirects the absolute form to `/` (with the query), and Go's server answers `*`
+# mux redirects the absolute form to `/` (with the query, a 307 since Go 1.26), and
+# Go's server answers `*`
 # before the mux, `OPTIONS *` with 200 and any other method with 400, both empty.
 NO_PATH = [
-    ("GET", "http://127.0.0.1", 301, "/", b'<a href="/">Moved Permanently</a>.\n\n'),
-    ("POST", "http://127.0.0.1?x=1", 301, "/?x=1", b""),
+    ("GET", "http://127.0.0.1", 307, "/", b'<a href="/">Temporary Redirect</a>.\n\n'),
+    ("POST", "http://127.0.0.1?x=1", 307, "/?x=1", b""),
     ("OPTIONS", "*", 200, None, b""),
     ("CONNECT", "*", 400, None, b""),
 ]
