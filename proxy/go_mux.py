@@ -16,8 +16,9 @@ the mux looks at every request first (`src/net/http/server.go`,
   one).
 * `http.Redirect` writes it: `Location` (bytes beyond ASCII as `%xx`, lower-case
   hex), `Content-Type: text/html; charset=utf-8` for GET and HEAD, for GET the body
-  `<a href="…">Moved Permanently</a>.` and two line breaks, for any other method no
-  body (Go's server then says `Content-Length: 0`, except to a HEAD).
+  `<a href="…">Temporary Redirect</a>.` (the status's text) and two line breaks,
+  for any other method no body (Go's server then says `Content-Length: 0`, except
+  to a HEAD).
 
 A percent-encoded dot or slash (`/api/%2e/pull`, `/api%2Fpull`) is no dot segment or
 slash of the escaped path, so no redirect: gin then matches the decoded path
