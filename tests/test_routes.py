@@ -261,7 +261,7 @@ async def test_a_target_without_a_path_gets_gos_answer_and_reaches_no_backend(
 
 
 # Go's ServeMux (src/net/http/server.go, findHandler) in front of Ollama's gin engine:
-# (method, request target, the Location of its 301, None where it lets the request
+# (method, request target, the Location of its 307, None where it lets the request
 # through to gin).
 GO_MUX = [
     ("POST", "/api//pull", "/api/pull"),
