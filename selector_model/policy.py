@@ -5,11 +5,14 @@
 The safety rule: a lead smaller than `min_gain` over the profile's anchor (its
 configured default, else the best model the artifact knows, else, when it knows none
 of the candidates, the largest: size is the one description that orders models it
-never saw without training) is not worth a gamble: the anchor is kept. Against an
-anchor the artifact never saw, the lead must also exceed `SWITCH_Z` standard
-deviations of the difference of the two P (each model's `spread`, from what the
-catalogue knows of it): a router that leaves the largest only on such a lead does
-worse than always taking the largest only when its P were off by more than that.
+never saw without training) is not worth a gamble. Against an anchor the artifact
+never saw, the lead must also exceed `SWITCH_Z` standard deviations of the difference
+of the two P (each model's `spread`, from what the catalogue knows of it): a router
+that leaves the largest only on such a lead does worse than always taking the largest
+only when its P were off by more than that. The choice is the best-ranked model that
+leads the anchor so, else the anchor: a model the catalogue places from its details
+alone may be rated first without a clear lead, while one below it, with published
+results, leads clearly.
 A profile's `tolerance` then takes the quickest candidate whose utility is within it
 of that choice (reason `cheaper`): "the cheapest model at most 3 points less likely
 to answer well" for 0.03. `with_catalogue` draws the P of a model the artifact
@@ -149,8 +152,11 @@ KNOWN_PRIOR_STRENGTH = 200.0
 # alone. Only what the catalogue does not know counts: how well published results
 # transfer to a user's prompts is the same doubt for every model, and counting it
 # would keep the largest whenever models it never saw are close, however clearly the
-# catalogue orders them. A model the artifact was fitted on has none.
-UNSEEN_SPREAD = 0.1
+# catalogue orders them. A model the artifact was fitted on has none. The value is
+# what the catalogue's imputation misses by: each published area score imputed from
+# the other models as if unpublished, root mean square error over root mean square
+# uncertainty (tests/test_policy_rules.py measures it on the shipped catalogue).
+UNSEEN_SPREAD = 0.165
 # A model leads another, for the safety rule, only by more than this many standard
 # deviations of the difference of their P (the spreads above, combined as independent).
 SWITCH_Z = 1.0
@@ -493,22 +499,28 @@ def _safe_greedy(
     """The best of a ranking sorted best first, but for the safety rule (see the module
     docstring), then with a `tolerance` the cheapest within it (`_cheapest_within`).
     The margin for what a P may be off shrinks with each model's evidence."""
-    greedy = ranking[0]
-    choice, reason = greedy, "ml"
+    choice, reason = ranking[0], "ml"
     anchor = next((s for s in ranking if s.name == default_model), None)
     if anchor is None:
         anchor = next((s for s in ranking if s.known), None)
-    if anchor is not None and greedy is not anchor:
-        # Each one's doubt shrinks with its own evidence.
-        doubt_g = prior_strength / (prior_strength + greedy.evidence_count)
+    if anchor is not None and choice is not anchor:
+        # The best model that leads the anchor clearly: one ranked below the greedy
+        # choice may, where the greedy one's own doubt is too wide to.
         doubt_a = prior_strength / (prior_strength + anchor.evidence_count)
-        margin = 0.0
-        if not anchor.known:
-            margin = SWITCH_Z * math.hypot(greedy.spread * doubt_g, anchor.spread * doubt_a)
-        if not greedy.known:
-            margin += unknown_margin * doubt_g
-        if greedy.utility - anchor.utility < min_gain + margin:
-            choice, reason = anchor, "pinned"
+        choice, reason = anchor, "pinned"
+        for other in ranking:
+            if other is anchor or other.utility - anchor.utility < min_gain:
+                break  # sorted: none further on leads by min_gain
+            # Each one's doubt shrinks with its own evidence.
+            doubt = prior_strength / (prior_strength + other.evidence_count)
+            margin = 0.0
+            if not anchor.known:
+                margin = SWITCH_Z * math.hypot(other.spread * doubt, anchor.spread * doubt_a)
+            if not other.known:
+                margin += unknown_margin * doubt
+            if other.utility - anchor.utility >= min_gain + margin:
+                choice, reason = other, "ml"
+                break
     if tolerance > 0:
         cheaper = _cheapest_within(ranking, choice, tolerance)
         if cheaper is not choice:

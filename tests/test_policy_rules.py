@@ -7,6 +7,7 @@ import random
 import numpy as np
 import pytest
 
+from selector_model.catalog.catalog import Catalog, _probe_of
 from selector_model.features import Candidate
 from selector_model.policy import (
     SWITCH_Z,
@@ -44,6 +45,40 @@ def test_an_unseen_anchor_is_left_only_for_a_lead_beyond_what_both_p_may_be_off(
     # `choose` (no evidence) applies the same rule.
     chose = choose(close, {}, 0.0, np.random.default_rng(0), "large:9b", 0.02, 0.0)
     assert (chose.chosen.name, chose.reason) == ("large:9b", "pinned")
+
+
+def test_a_model_below_the_greedy_one_that_clearly_leads_the_anchor_is_chosen() -> None:
+    """The best-rated model's doubt may be too wide to leave the anchor for, while the
+    next one, as well placed, leads it clearly: that one is chosen, not the anchor."""
+    rng = random.Random(0)
+    names = ["guessed:35b", "published:70b", "largest:104b"]
+    # guessed: placed from its details alone; published: results in every area.
+    ranking = rank(names, [0.71, 0.68, 0.61], [3.0, 5.0, 8.0], 0.0, set(), [0.12, 0.0, 0.04])
+    assert pick(ranking, "largest:104b", 0.02, 0.0, rng, 0.0)[:2] == (ranking[1], "ml")
+    chose = choose(ranking, {}, 0.0, np.random.default_rng(0), "largest:104b", 0.02, 0.0)
+    assert (chose.chosen.name, chose.reason) == ("published:70b", "ml")
+    # When none leads it clearly, the anchor stays.
+    close = rank(names, [0.71, 0.64, 0.61], [3.0, 5.0, 8.0], 0.0, set(), [0.12, 0.0, 0.04])
+    assert pick(close, "largest:104b", 0.02, 0.0, rng, 0.0)[:2] == (close[2], "pinned")
+
+
+def test_the_unseen_spread_is_the_catalogues_own_imputation_error() -> None:
+    """UNSEEN_SPREAD per unit of uncertainty is what the catalogue's imputation misses
+    by: each published area score imputed as if unpublished, from the other models,
+    against the uncertainty the catalogue gives that imputation (root mean square
+    error over root mean square uncertainty)."""
+    catalog = Catalog.load()
+    errors: list[float] = []
+    stated: list[float] = []
+    for entry in catalog.entries():
+        for area, published in catalog._published.get(entry.name, {}).items():
+            imputed, uncertainty, near = catalog._impute(_probe_of(entry), area, entry.name)
+            if near:
+                errors.append(imputed - published)
+                stated.append(uncertainty)
+    assert len(errors) > 300
+    measured = (sum(e * e for e in errors) / sum(u * u for u in stated)) ** 0.5
+    assert measured == pytest.approx(UNSEEN_SPREAD, rel=0.15)
 
 
 def test_tolerance_takes_the_quickest_model_within_it_of_the_choice() -> None:
