@@ -556,6 +556,59 @@ def test_fast_reading_matches_the_definition(body: dict[str, Any]) -> None:
     assert F.request_features("/api/chat", body) == expected
 
 
+# A conversation that ends with a long last user turn: both hint windows are cut and end
+# with the same text, which the fast reading reads once for both.
+_PIECE_RUNS = st.lists(st.one_of(_BOUNDED, _PIECES, _SYMBOLS, _BOUNDARIES), max_size=200).map(
+    "".join
+)
+# Hints at its start and its end, prose between: where a window is cut falls in either.
+_LONG_TURNS = st.builds(
+    lambda start, between, end: start + " x" * between + end,
+    _PIECE_RUNS,
+    st.integers(300, 1300),
+    _PIECE_RUNS,
+)
+_ENDING_ALIKE = st.builds(
+    lambda before, last: {"messages": [*before, {"role": "user", "content": last}]},
+    st.lists(
+        st.fixed_dictionaries(
+            {"role": st.sampled_from(["user", "system", "assistant"]), "content": _TEXTS}
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+    _LONG_TURNS,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=_ENDING_ALIKE)
+def test_windows_that_end_alike_read_as_the_definition(body: dict[str, Any]) -> None:
+    try:
+        expected = _reference("/api/chat", body)
+    except UnicodeEncodeError:  # a lone surrogate among the hashed words: both refuse it
+        try:
+            F.request_features("/api/chat", body)
+        except UnicodeEncodeError:
+            return
+        raise AssertionError("the definition refused what the fast reading took") from None
+    assert F.request_features("/api/chat", body) == expected
+
+
+def test_a_word_across_where_a_window_ends_alike_is_one_word() -> None:
+    # The last turn (999 characters, its window whole) ends as the conversation's
+    # window does, but 768 characters from its end is "prefix", not a separator: "fix"
+    # there is no word of it.
+    last = "plain " * 38 + "pre" + "fix" + " plain" * 127 + " ok"
+    assert last[-768 - 3 : -768 + 3] == "prefix"
+    body = {
+        "messages": [{"role": "user", "content": "words " * 400}, {"role": "user", "content": last}]
+    }
+    got = dict(zip(F.REQUEST_FEATURES, F.request_features("/api/chat", body), strict=True))
+    assert got["task_fix"] == 0.0
+    assert F.request_features("/api/chat", body) == _reference("/api/chat", body)
+
+
 if __name__ == "__main__":
     PINNED.write_text(
         json.dumps(

@@ -11,7 +11,10 @@ are read fast instead, with the same results (tests/test_features.py pins them):
 
 - In an ASCII text a word w is present exactly when " w " is in " " + spaced + " ",
   which one regex finds for all hint words at once (no word objects, no hashing);
-  other texts split and look words up.
+  other texts split and look words up. Words of a text that a separator splits in two
+  are the words of either part: where both windows end with the same part after a
+  separator (a conversation that ends with its last user turn), that part is read
+  once, for the hint words of both.
 - A symbol is looked for only where a character it cannot occur without is (found
   with memchr); code fence symbols all at once, by one regex over the text's "```"s;
   symbols that start with the same punctuation all at once too, by one regex that
@@ -100,10 +103,32 @@ def read_hints(sample: str, last: str) -> Hints:
         )
     else:
         low_sample = window.lower()
-        sample_hits = _hint_words(
-            low_sample, spaced(low_sample), _LANGUAGE_WORDS, _FIND_LANGUAGE_WORDS
-        )
-        last_hits = _hint_words(low_last, spaced_last_text, _LAST_WORDS, _FIND_LAST_WORDS)
+        spaced_sample = spaced(low_sample)
+        end = spaced_last_text[-HINT_CHARS:]
+        if (
+            len(spaced_last_text) > HINT_CHARS
+            and spaced_last_text[-HINT_CHARS - 1] == " "
+            and len(spaced_sample) > HINT_CHARS
+            and spaced_sample[-HINT_CHARS - 1] == " "
+            and spaced_sample.endswith(end)
+            and low_sample.isascii()
+            and low_last.isascii()
+        ):
+            # Both windows end with the same words after a separator (a conversation
+            # that ends with its last user turn, both windows cut): those are read once.
+            ending = _FIND_BOTH_WORDS.findall(" " + end + " ")
+            # (The part before ends with the separator, a space: its last word is whole.)
+            sample_hits = _LANGUAGE_WORDS.intersection(ending).union(
+                _FIND_LANGUAGE_WORDS.findall(" " + spaced_sample[:-HINT_CHARS])
+            )
+            last_hits = _LAST_WORDS.intersection(ending).union(
+                _FIND_LAST_WORDS.findall(" " + spaced_last_text[:-HINT_CHARS])
+            )
+        else:
+            sample_hits = _hint_words(
+                low_sample, spaced_sample, _LANGUAGE_WORDS, _FIND_LANGUAGE_WORDS
+            )
+            last_hits = _hint_words(low_last, spaced_last_text, _LAST_WORDS, _FIND_LAST_WORDS)
     return Hints(
         [
             *_language_hints(low_sample, sample_hits),
