@@ -84,18 +84,28 @@ def user_key(request: web.Request) -> str:
 _RELAXED_THINKING = frozenset({"/v1/messages"})
 
 
-def required_capabilities(path: str, doc: Mapping[str, Any]) -> tuple[str, ...]:
-    """The capabilities a model needs to serve the request, as Ollama checks them."""
-    needs: list[str] = []
-    if request_body.tool_count(doc):
-        needs.append("tools")
-    if request_body.has_images(doc):
-        needs.append("vision")
-    if request_body.suffix(doc):
-        needs.append("insert")
-    if path not in _RELAXED_THINKING and request_body.thinks(doc):
-        needs.append("thinking")
-    return tuple(needs)
+# The request features that say a capability is needed: `tools` (tools listed),
+# `images` (an image in a turn or the body), `fim` (a suffix), `think` (thinking asked
+# for), each 1.0 when `request_body` finds it, as Ollama checks them.
+_NEEDS = tuple(
+    (features.REQUEST_FEATURES.index(feature), capability)
+    for feature, capability in (
+        ("tools", "tools"),
+        ("images", "vision"),
+        ("fim", "insert"),
+        ("think", "thinking"),
+    )
+)
+
+
+def required_capabilities(path: str, request: Sequence[float]) -> tuple[str, ...]:
+    """The capabilities a model needs to serve the request whose features are
+    `request`, as Ollama checks them: read from the features, which have read the body
+    for them already."""
+    needs = tuple([capability for i, capability in _NEEDS if request[i]])
+    if needs and needs[-1] == "thinking" and path in _RELAXED_THINKING:
+        return needs[:-1]
+    return needs
 
 
 def _output_tokens(doc: Mapping[str, Any]) -> float:
@@ -207,7 +217,7 @@ class AutoRouter:
             profile = self.config.profiles.get(variant.profile, profile)
             pinned = normalize_model(variant.model) if variant.model else ""
         prompt_tokens = math.expm1(request[_LOG_TOKENS])
-        needs = required_capabilities(path, doc)
+        needs = required_capabilities(path, request)
         default_model = self._profile(profile).default_model
         eligible = self._eligible_for(profile, key_models, needs, prompt_tokens)
         if not eligible.candidates:
