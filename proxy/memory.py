@@ -159,16 +159,18 @@ class Memory:
                 return expiry_of(entry.get("expires_at")) or float("inf")
         return None
 
-    def _evicts(self, state: BackendState, name: str) -> bool:
+    def _held_busy(self, state: BackendState) -> tuple[float | None, float]:
+        """(capacity, GB the models with requests in flight hold) of a backend; the
+        capacity None when unknown or nothing is in flight."""
         capacity, _ = self.capacity(state)
         if capacity is None or not state.busy:
-            return False
+            return None, 0.0
         busy = 0.0
         for entry in state.running:
             model = entry_model(entry)
             if model in state.busy:
                 busy += self.sizes.get(model, 0.0)
-        return busy > 0 and busy + self.need(name) > capacity
+        return capacity, busy
 
     def terms(self, backends: Sequence[str], candidates: Sequence[Candidate]) -> Terms:
         """The load and eviction terms of each candidate on the backend it would run on
@@ -179,10 +181,18 @@ class Memory:
         plan = self._plans.get((backends, candidates), lambda: self._plan(backends, candidates))
         loads = self._loads(plan)
         evicts = [False] * len(loads)
+        # Per backend, read once for all its candidates: (capacity, GB held busy).
+        held: dict[int, tuple[float | None, float]] = {}
         for i, state in enumerate(plan.states):
             # Nothing in flight there: nothing to evict (the common case, checked first).
             if state is not None and state.busy and not plan.free[i]:
-                evicts[i] = self._evicts(state, plan.names[i])
+                found = held.get(state.index)
+                if found is None:
+                    found = held[state.index] = self._held_busy(state)
+                capacity, busy = found
+                evicts[i] = (
+                    capacity is not None and busy > 0 and busy + self.need(plan.names[i]) > capacity
+                )
         return Terms(loads, evicts, self.settings.evict_penalty)
 
     def _plan(self, backends: Sequence[str], candidates: Sequence[Candidate]) -> _Plan:
