@@ -371,26 +371,36 @@ def with_catalogue(
         return list(p_success)
     demand = [request[i] ** DEMAND_POWER for i in _DEMAND]
     total = sum(demand) or 1.0
-    # Spelled out for the five areas: this runs for every candidate of every decision.
-    w0, w1, w2, w3, w4 = (d / total for d in demand)
+    # Spelled out for the five areas, and per candidate in plain loops (a comprehension
+    # is a call of its own): this runs for every candidate of every decision.
+    w0, w1, w2, w3, w4 = [d / total for d in demand]
     # A tuple cannot change: its rows are kept (`auto` passes the one it keeps).
     areas, uncertainties = (
         _CATALOGUE_ROWS.get((candidates,), lambda: _catalogue_rows(candidates))
         if isinstance(candidates, tuple)
         else _catalogue_rows(candidates)
     )
-    reads = [
-        UNKNOWN_AREA if a is None else w0 * a[0] + w1 * a[1] + w2 * a[2] + w3 * a[3] + w4 * a[4]
-        for a in areas
-    ]
+    logits = []  # of each reading
+    for a in areas:
+        logits.append(
+            _logit(
+                UNKNOWN_AREA
+                if a is None
+                else w0 * a[0] + w1 * a[1] + w2 * a[2] + w3 * a[3] + w4 * a[4]
+            )
+        )
     # The offset from the models whose P the selector was fitted on: an unseen model's
     # estimate then stands against theirs, not against the booster's guesses of the
     # other unseen models (which a fleet of many unseen models would otherwise set).
-    logits = [_logit(r) for r in reads]
-    gaps = [_logit(p) - r for p, r, k in zip(p_success, logits, known, strict=True) if k] or [
-        _logit(p) - r for p, r in zip(p_success, logits, strict=True)
-    ]
+    gaps = []
+    for p, r, k in zip(p_success, logits, known, strict=True):
+        if k:
+            gaps.append(_logit(p) - r)
+    if not gaps:
+        for p, r in zip(p_success, logits, strict=True):
+            gaps.append(_logit(p) - r)
     centre = sum(gaps) / len(gaps)
+    exp = math.exp
     out = []
     for p, read, u, is_known in zip(p_success, logits, uncertainties, known, strict=True):
         if is_known:
@@ -401,7 +411,7 @@ def with_catalogue(
             doubt = u
         else:
             doubt = _unit(w0 * u[0] + w1 * u[1] + w2 * u[2] + w3 * u[3] + w4 * u[4])
-        placed = 1.0 / (1.0 + math.exp(-(centre + read)))
+        placed = 1.0 / (1.0 + exp(-(centre + read)))
         out.append(_inside(p + CATALOGUE_SHARE * (1.0 - doubt) * (placed - p)))
     return out
 
