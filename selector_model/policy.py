@@ -468,12 +468,27 @@ def rank(
     spread: Sequence[float] | None = None,
 ) -> list[Scored]:
     """The candidates by utility, best first; `spread`: how far each P may be off."""
-    ranking = [
-        Scored(name, p, s, p - cost_weight * s, name in known, spread=d)
-        for name, p, s, d in zip(
-            names, p_success, seconds, spread or [0.0] * len(names), strict=True
+    ranking = []
+    # Every field given in order, as `Scored.blended` does: a keyword argument would
+    # take the slower way into the generated __init__, for every candidate.
+    for name, p, s, d in zip(names, p_success, seconds, spread or [0.0] * len(names), strict=True):
+        ranking.append(
+            Scored(
+                name,
+                p,
+                s,
+                p - cost_weight * s,  # utility
+                name in known,
+                0.0,  # evidence_count, evidence_mean, evidence_expected: none
+                None,
+                None,
+                None,  # blend: the prior alone
+                0.0,  # model_count, model_mean, model_expected: none
+                None,
+                None,
+                d,  # spread
+            )
         )
-    ]
     ranking.sort(key=_UTILITY, reverse=True)
     return ranking
 
