@@ -278,6 +278,26 @@ def test_same_seed_same_predictions(data: Any) -> None:
     assert export.to_onnx(first.booster, n_features) == export.to_onnx(second.booster, n_features)
 
 
+def test_the_refit_learns_every_row_with_the_tree_count_the_split_chose(data: Any) -> None:
+    examples = dataset_examples(data.train[:250], data.models)
+    split = train(examples, TrainConfig.from_json({**QUICK.to_json(), "refit": False}))
+    refit = train(examples, QUICK)
+    assert QUICK.refit and refit.best_iteration == split.best_iteration
+    assert refit.booster.num_boosted_rounds() == split.booster.num_boosted_rounds()
+    assert split.booster.num_boosted_rounds() == split.best_iteration + 1
+    assert refit.rows == {"train": len(examples), "validation": split.rows["validation"]}
+    assert split.rows["train"] == len(examples) - split.rows["validation"]
+    # The held-out figures come from the booster that had not seen the validation rows.
+    assert np.array_equal(refit.val_p, predict(split.booster, split.val.x))
+    assert not np.array_equal(predict(refit.booster, refit.val.x), refit.val_p)
+
+
+def test_a_config_without_refit_reads_as_fitted_on_its_training_part() -> None:
+    raw = {k: v for k, v in TrainConfig().to_json().items() if k != "refit"}
+    assert TrainConfig.from_json(raw).refit is False
+    assert TrainConfig.from_json(TrainConfig().to_json()).refit is True
+
+
 def test_artifact_metadata_and_schema(built: tuple[Path, Path, dict[str, Any]], data: Any) -> None:
     out, _, meta = built
     onnx_bytes, on_disk = export.read_artifact(out / "selector.json")

@@ -192,9 +192,9 @@ def build(
 
     sess = export.session(onnx_bytes)
     evaluation = evaluate.evaluate_scorer(lambda x: export.onnx_predict(sess, x), data, config.seed)
-    val_p = export.onnx_predict(sess, result.val.x)
+    # From the booster that chose the tree count: a refitted one has seen these rows.
     val_labels = (result.val.y >= 0.5).astype(np.float64)
-    val_auc = evaluate.auc(val_p[:, None].astype(np.float64), val_labels[:, None])
+    val_auc = evaluate.auc(result.val_p[:, None].astype(np.float64), val_labels[:, None])
     created = datetime.now(UTC).replace(microsecond=0)
     onnx_sha = hashlib.sha256(onnx_bytes).hexdigest()
     meta: dict[str, Any] = {

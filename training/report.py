@@ -68,6 +68,26 @@ TRIED = (
     "µs instead of 34.4 but loses 0.4 points of quality at the best model's cost (standard "
     "error 0.14) and needs 2.4 points more cost share to match it; eta 0.15 with at most "
     "190: -0.1 points (s.e. 0.17), +5.2 points of cost share: not kept",
+    "refitting on every training prompt with the tree count early stopping chose on the "
+    "12.5% split, instead of leaving the split out (grouped 4-fold validation on train, 14 "
+    "seeds, paired): quality at λ=0 +0.08 points (standard error 0.06), at the best "
+    "model's cost +0.14 (s.e. 0.06), log loss -0.0011 (s.e. 0.0002), AUC +0.0011 (s.e. "
+    "0.0003); two seeds pick differently on 15.4% of prompts instead of 17.9%; the same "
+    "trees, so the same scoring time: kept; read once afterwards over seeds 0-13, the "
+    "test split's quality at the best model's cost is 0.616 on average (sd 0.008, "
+    "0.604-0.631) instead of 0.609 (sd 0.010, 0.594-0.628); the tree count as the mean of "
+    "4 inner grouped folds' early stopping, then a refit: no better (λ=0 -0.11 points vs "
+    "-0.08 for the single split, 6 seeds)",
+    "bagging seeds (margins averaged, one tree ensemble), grouped 4-fold validation on "
+    "train, 6 seeds, paired: 5 boosters of the shipped config (about 1,070 trees, 5 times "
+    "the scoring time) route no better (λ=0 +0.02 points, s.e. 0.09; best cost +0.17) "
+    "though two seeds pick differently on 7.6% of prompts instead of 17.9%; within the "
+    "scoring budget, 2 boosters of at most 115 trees at eta 0.15 or 0.2 (or depth 4, eta "
+    "0.15, 145 trees): -0.2 to -0.4 points at λ=0 (s.e. 0.1); the 5-booster bag distilled "
+    "into one booster of at most 232 trees (its P as soft labels): -0.6 points (2 seeds); "
+    "no row or column sampling: -0.4 points (s.e. 0.1): not kept; read once afterwards "
+    "(seeds 0-4), the bags' test quality at the best model's cost varies less (sd 0.004 "
+    "to 0.005 vs 0.010) at about the same mean (0.611-0.612 vs 0.608)",
     "not reached: the request features are fixed by selector_model.features (shared with "
     "serving); a task-level router that knows each prompt's task family reaches 0.615, so "
     "the remaining gap needs finer prompt signal than the hashed words give",

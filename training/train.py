@@ -5,7 +5,9 @@ specialities...), so the booster cannot memorise the training models by name, an
 P(success) is constrained to rise with a candidate's size and its area scores
 (`TrainConfig.monotone`): a model the data never had is placed by what it can do.
 
-Validation is a grouped split (no prompt on both sides) used for early stopping. Seeds
+Validation is a grouped split (no prompt on both sides) used for early stopping: it
+chooses how many trees, and with `TrainConfig.refit` the booster is then fitted again
+with that many on every row, the validation prompts included. Seeds
 and `nthread` are fixed and the `hist` method is deterministic for a fixed thread
 count, so a rerun on the same data and machine reproduces the booster bit for bit.
 """
@@ -43,6 +45,10 @@ class TrainConfig:
     num_rounds: int = 280
     early_stopping_rounds: int = 100
     val_fraction: float = 0.125
+    # Fit again on all rows with the early-stopped tree count: the split decides how
+    # many trees, not which prompts the booster learns from (on grouped validation this
+    # keeps routing quality, lowers log loss and makes the picks depend less on the seed).
+    refit: bool = True
     seed: int = 0
     nthread: int = 2
     # Prompts on which every model scored the same are weighted by this (dataset only).
@@ -82,6 +88,8 @@ class TrainConfig:
     def from_json(cls, raw: dict[str, Any]) -> TrainConfig:
         fields = set(cls.__dataclass_fields__)
         values = {k: v for k, v in raw.items() if k in fields}
+        # A config without the field describes a booster fitted on its training part only.
+        values.setdefault("refit", False)
         if "monotone" in values:
             values["monotone"] = tuple(values["monotone"])
         return cls(**values)
@@ -97,6 +105,9 @@ class TrainResult:
     seconds: float
     val: Matrix
     val_logloss: float
+    # P(success) on the validation rows from the booster that had not seen them (before
+    # a refit): the held-out figures come from these.
+    val_p: npt.NDArray[np.float32]
     rows: dict[str, int] = field(default_factory=dict)
 
 
@@ -104,12 +115,13 @@ Progress = Callable[[int, int], None]
 
 
 class _ProgressCallback(xgb.callback.TrainingCallback):
-    def __init__(self, report: Progress, total: int) -> None:
+    def __init__(self, report: Progress, total: int, done: int = 0) -> None:
         self.report = report
         self.total = total
+        self.done = done
 
     def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
-        self.report(epoch + 1, self.total)
+        self.report(self.done + epoch + 1, self.total)
         return False
 
 
@@ -156,13 +168,26 @@ def train(
     )
     best = int(booster.best_iteration)
     booster = booster[: best + 1]  # keep only the trees early stopping chose
+    val_p = predict(booster, val.x)
+    rows = {"train": len(y), "validation": len(val.y)}
+    if config.refit:
+        ran = len(log["val"]["logloss"])  # rounds the first fit ran, for the progress bar
+        refit_callbacks: list[xgb.callback.TrainingCallback] = []
+        if progress is not None:
+            refit_callbacks.append(_ProgressCallback(progress, ran + best + 1, ran))
+        dall = xgb.DMatrix(data.x, label=data.y, weight=data.w, nthread=config.nthread)
+        booster = xgb.train(
+            config.xgb_params(), dall, num_boost_round=best + 1, callbacks=refit_callbacks
+        )
+        rows["train"] = len(data.y)
     return TrainResult(
         booster=booster,
         best_iteration=best,
         seconds=time.perf_counter() - started,
         val=val,
         val_logloss=float(log["val"]["logloss"][best]),
-        rows={"train": len(y), "validation": len(val.y)},
+        val_p=val_p,
+        rows=rows,
     )
 
 
