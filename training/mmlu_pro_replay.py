@@ -13,15 +13,9 @@ feedback curves of the proxy's own online learner (`replay.online_learner`).
 
 from __future__ import annotations
 
-import argparse
-import functools
-import json
 import sys
-import time
 
-from proxy.config import load as load_config
-from selector_model import artifact
-from training import replay
+from training import fleet_replay
 from training.mmlu_pro_data import BY_OLLAMA_NAME, MODELS, fleet, load_prompts
 
 INSTRUCT = (
@@ -77,60 +71,22 @@ FLEETS: dict[str, tuple[str, ...]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.mmlu_pro_replay")
-    parser.add_argument("--limit", type=int, default=1500)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--passes", type=int, default=3)
-    parser.add_argument("--fleet", action="append", help="only the fleets whose label has this")
-    parser.add_argument(
-        "--models",
-        help="comma-separated Ollama names of MODELS: replay that fleet instead "
-        f"(one of: {', '.join(m.ollama_name for m in MODELS)})",
-    )
+    parser = fleet_replay.parser("training.mmlu_pro_replay", MODELS, limit=1500)
     args = parser.parse_args(argv)
     fleets = FLEETS
     if args.models:
-        names = tuple(n.strip() for n in args.models.split(",") if n.strip())
-        unknown = [n for n in names if n not in BY_OLLAMA_NAME]
-        if unknown or len(names) < 2:
-            parser.error(f"--models: two or more of MODELS' names, not {unknown or names}")
+        names = fleet_replay.chosen(parser, args.models, BY_OLLAMA_NAME)
         fleets = {"MMLU-Pro fleet of your choice": names}
-    selector = load_config(None).selector
-    profiles = replay.profiles_of(selector)
-    meta = json.loads(artifact.SHIPPED.with_name("selector.json").read_text())
-    trained_on: list[str] = meta["trained_on"]
+    shipped = fleet_replay.Shipped.load()
     prompts = load_prompts(
         fleet(next(iter(fleets.values()))) if args.models else MODELS,
         limit=args.limit,
         seed=args.seed,
     )
-    print(replay.COST_DEFINITIONS["params"])
-    print(f"artifact trained on: {', '.join(trained_on)}")
+    print(shipped.header())
     for label, names in fleets.items():
-        if args.fleet and not any(f in label for f in args.fleet):
-            continue
-        models = fleet(names)
-        start = time.monotonic()
-        result = replay.in_loop(
-            functools.partial(
-                replay.replay_fleet,
-                label,
-                artifact.SHIPPED.parent,
-                prompts,
-                models,
-                profiles,
-                trained_on=trained_on,
-                feedback=replay.online_learner,
-                passes=args.passes,
-                seed=args.seed,
-                selector=selector,
-            )
-        )
-        print(f"fleet: {', '.join(names)}")
-        print(replay.table(result))
-        picks = {p: o.picks for p, o in result.profiles.items()}
-        print(f"  picks: {json.dumps(picks)}")
-        print(f"  ({time.monotonic() - start:.0f}s)", flush=True)
+        if fleet_replay.wanted(label, args.fleet):
+            shipped.print_fleet(label, fleet(names), prompts, args.passes, args.seed)
     return 0
 
 

@@ -13,15 +13,9 @@ names, on the tasks they were all run on (or `--tasks`).
 
 from __future__ import annotations
 
-import argparse
-import functools
-import json
 import sys
-import time
 
-from proxy.config import load as load_config
-from selector_model import artifact
-from training import replay
+from training import fleet_replay
 from training.zeroeval_data import BY_OLLAMA_NAME, MODELS, TASKS, fleet, load_prompts, tasks_of
 
 ALL_TASKS = TASKS
@@ -91,62 +85,25 @@ FLEETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.zeroeval_replay")
-    parser.add_argument("--limit", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--passes", type=int, default=3)
-    parser.add_argument("--fleet", action="append", help="only the fleets whose label has this")
-    parser.add_argument(
-        "--models",
-        help="comma-separated Ollama names of MODELS: replay that fleet instead "
-        f"(one of: {', '.join(m.ollama_name for m in MODELS)})",
-    )
+    parser = fleet_replay.parser("training.zeroeval_replay", MODELS, limit=None)
     parser.add_argument("--tasks", help=f"with --models: comma-separated, of {', '.join(TASKS)}")
     args = parser.parse_args(argv)
     fleets = FLEETS
     if args.models:
-        names = tuple(n.strip() for n in args.models.split(",") if n.strip())
-        unknown = [n for n in names if n not in BY_OLLAMA_NAME]
-        if unknown or len(names) < 2:
-            parser.error(f"--models: two or more of MODELS' names, not {unknown or names}")
+        names = fleet_replay.chosen(parser, args.models, BY_OLLAMA_NAME)
         tasks = tuple(t.strip() for t in (args.tasks or "").split(",") if t.strip()) or tuple(
             tasks_of(fleet(names))
         )
         if not tasks or any(t not in TASKS for t in tasks):
             parser.error(f"--tasks: of {', '.join(TASKS)}; these models share {tasks or 'none'}")
         fleets = {f"ZeroEval fleet of your choice ({', '.join(tasks)})": (names, tasks)}
-    selector = load_config(None).selector
-    profiles = replay.profiles_of(selector)
-    meta = json.loads(artifact.SHIPPED.with_name("selector.json").read_text())
-    trained_on: list[str] = meta["trained_on"]
-    print(replay.COST_DEFINITIONS["params"])
-    print(f"artifact trained on: {', '.join(trained_on)}")
+    shipped = fleet_replay.Shipped.load()
+    print(shipped.header())
     for label, (names, tasks) in fleets.items():
-        if args.fleet and not any(f in label for f in args.fleet):
-            continue
-        models = fleet(names)
-        prompts = load_prompts(models, tasks, limit=args.limit, seed=args.seed)
-        start = time.monotonic()
-        result = replay.in_loop(
-            functools.partial(
-                replay.replay_fleet,
-                label,
-                artifact.SHIPPED.parent,
-                prompts,
-                models,
-                profiles,
-                trained_on=trained_on,
-                feedback=replay.online_learner,
-                passes=args.passes,
-                seed=args.seed,
-                selector=selector,
-            )
-        )
-        print(f"fleet: {', '.join(names)}")
-        print(replay.table(result))
-        picks = {p: o.picks for p, o in result.profiles.items()}
-        print(f"  picks: {json.dumps(picks)}")
-        print(f"  ({time.monotonic() - start:.0f}s)", flush=True)
+        if fleet_replay.wanted(label, args.fleet):
+            models = fleet(names)
+            prompts = load_prompts(models, tasks, limit=args.limit, seed=args.seed)
+            shipped.print_fleet(label, models, prompts, args.passes, args.seed)
     return 0
 
 

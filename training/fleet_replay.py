@@ -1,0 +1,103 @@
+"""What the replays of other datasets' outcomes share (`training.mmlu_pro_replay`,
+`training.zeroeval_replay`): their command line, the shipped artifact and settings,
+and one fleet replayed through `auto` and printed."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import time
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+from proxy.config import Profile, Selector
+from proxy.config import load as load_config
+from selector_model import artifact
+from training import replay
+from training.data import Prompt
+from training.models import ModelSpec
+
+
+def parser(prog: str, models: Sequence[ModelSpec], limit: int | None) -> argparse.ArgumentParser:
+    """The options every dataset replay takes; `models`: those `--models` may name."""
+    parsed = argparse.ArgumentParser(prog=f"python -m {prog}")
+    parsed.add_argument("--limit", type=int, default=limit)
+    parsed.add_argument("--seed", type=int, default=0)
+    parsed.add_argument("--passes", type=int, default=3)
+    parsed.add_argument("--fleet", action="append", help="only the fleets whose label has this")
+    parsed.add_argument(
+        "--models",
+        help="comma-separated Ollama names of MODELS: replay that fleet instead "
+        f"(one of: {', '.join(m.ollama_name for m in models)})",
+    )
+    return parsed
+
+
+def chosen(parsed: argparse.ArgumentParser, raw: str, known: Collection[str]) -> tuple[str, ...]:
+    """The Ollama names `--models` gives: two or more of `known`, else a usage error."""
+    names = tuple(n.strip() for n in raw.split(",") if n.strip())
+    unknown = [n for n in names if n not in known]
+    if unknown or len(names) < 2:
+        parsed.error(f"--models: two or more of MODELS' names, not {unknown or names}")
+    return names
+
+
+def wanted(label: str, only: Sequence[str] | None) -> bool:
+    """Whether `--fleet` (any of its words) asks for the fleet of `label`."""
+    return not only or any(word in label for word in only)
+
+
+@dataclass(frozen=True)
+class Shipped:
+    """The shipped artifact's training fleet, and the configuration's selector
+    settings and profiles, as a replay uses them."""
+
+    selector: Selector
+    profiles: dict[str, Profile]
+    trained_on: list[str]
+
+    @classmethod
+    def load(cls) -> Shipped:
+        selector = load_config(None).selector
+        meta = json.loads(artifact.SHIPPED.with_name("selector.json").read_text())
+        return cls(selector, replay.profiles_of(selector), list(meta["trained_on"]))
+
+    def header(self) -> str:
+        return (
+            f"{replay.COST_DEFINITIONS['params']}\n"
+            f"artifact trained on: {', '.join(self.trained_on)}"
+        )
+
+    def print_fleet(
+        self,
+        label: str,
+        models: Sequence[ModelSpec],
+        prompts: Sequence[Prompt],
+        passes: int,
+        seed: int,
+    ) -> None:
+        """Replays `prompts` through `auto` on `models`, with the proxy's own online
+        learner as feedback, and prints the fleet, `replay.table`, the picks and the
+        time taken."""
+        start = time.monotonic()
+        result = replay.in_loop(
+            functools.partial(
+                replay.replay_fleet,
+                label,
+                artifact.SHIPPED.parent,
+                prompts,
+                models,
+                self.profiles,
+                trained_on=self.trained_on,
+                feedback=replay.online_learner,
+                passes=passes,
+                seed=seed,
+                selector=self.selector,
+            )
+        )
+        print(f"fleet: {', '.join(m.ollama_name for m in models)}")
+        print(replay.table(result))
+        picks = {p: o.picks for p, o in result.profiles.items()}
+        print(f"  picks: {json.dumps(picks)}")
+        print(f"  ({time.monotonic() - start:.0f}s)", flush=True)
