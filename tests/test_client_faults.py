@@ -351,6 +351,15 @@ NO_HOST = (
 )
 
 
+async def one_request_answered(sock: socket.socket) -> None:
+    """A request served on `sock` first, so that the next one is a later request of
+    its connection."""
+    loop = asyncio.get_running_loop()
+    await loop.sock_sendall(sock, b"GET /api/version HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    head, _ = await read_response(sock)
+    assert head.startswith(b"HTTP/1.1 200 ")
+
+
 @pytest.mark.parametrize("server", ["proxy", "emulator"])
 @pytest.mark.parametrize("later", [False, True], ids=["first", "later"])
 async def test_an_http11_request_without_host_gets_gos_400(
@@ -365,9 +374,7 @@ async def test_an_http11_request_without_host_gets_gos_400(
     loop = asyncio.get_running_loop()
     try:
         if later:
-            await loop.sock_sendall(sock, b"GET /api/version HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            head, _ = await read_response(sock)
-            assert head.startswith(b"HTTP/1.1 200 ")
+            await one_request_answered(sock)
         await loop.sock_sendall(
             sock,
             b"POST /api/generate HTTP/1.1\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body),
@@ -476,9 +483,7 @@ async def test_a_method_the_parser_refuses_gets_ollamas_answer(
     loop = asyncio.get_running_loop()
     try:
         if later:
-            await loop.sock_sendall(sock, b"GET /api/version HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            head, _ = await read_response(sock)
-            assert head.startswith(b"HTTP/1.1 200 ")
+            await one_request_answered(sock)
         await loop.sock_sendall(sock, line + b"\r\nHost: localhost\r\nContent-Length: 2\r\n\r\n{}")
         answer = await read_until_closed(sock)
     finally:

@@ -7,8 +7,8 @@ import pytest
 from proxy.config import Config
 from selector_model import artifact
 from selector_model.catalog import Catalog
-from training import mmlu_pro_replay, replay
-from training.mmlu_pro_data import BY_OLLAMA_NAME, DATA_FILE, MODELS, fleet, load_prompts
+from training import mmlu_pro_data, mmlu_pro_replay, replay, zeroeval_data
+from training.mmlu_pro_data import BY_OLLAMA_NAME, DATA_FILE, MODELS, load_prompts
 
 
 def test_the_bundled_outcomes_carry_their_source_and_licence() -> None:
@@ -43,12 +43,22 @@ def test_the_fleet_maps_to_ollama_names_the_catalogue_knows() -> None:
     assert base and all(not m.model_info().candidate.is_instruct for m in base)
 
 
-def test_a_fleet_of_unseen_models_replays_through_the_decision_code() -> None:
-    models = fleet(["llama3.1:70b", "phi3:3.8b", "qwen:7b", "mixtral:8x7b"])
-    prompts = load_prompts(models, limit=30, seed=0)
+@pytest.mark.parametrize(
+    ("dataset", "names"),
+    [
+        ("mmlu-pro", ["llama3.1:70b", "phi3:3.8b", "qwen:7b", "mixtral:8x7b"]),
+        ("zeroeval", ["llama3:70b", "phi3.5:3.8b", "qwen2:7b", "gemma2:27b"]),
+    ],
+)
+def test_a_fleet_of_unseen_models_replays_through_the_decision_code(
+    dataset: str, names: list[str]
+) -> None:
+    data = mmlu_pro_data if dataset == "mmlu-pro" else zeroeval_data
+    models = data.fleet(names)
+    prompts = data.load_prompts(models, limit=30, seed=0)
     profiles = {"best": Config().selector.profiles["best"]}
     result = replay.in_loop(
-        lambda: replay.replay_fleet("mmlu-pro", artifact.SHIPPED.parent, prompts, models, profiles)
+        lambda: replay.replay_fleet(dataset, artifact.SHIPPED.parent, prompts, models, profiles)
     )
     assert set(result.unseen) == {m.ollama_name for m in models}
     chosen = result.profiles["best"]

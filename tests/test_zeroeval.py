@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.config import Config
-from selector_model import artifact
 from selector_model.catalog import Catalog
-from training import replay, zeroeval_build, zeroeval_replay
+from training import zeroeval_build, zeroeval_replay
 from training.zeroeval_data import (
     BY_OLLAMA_NAME,
     DATA_FILE,
@@ -96,20 +94,6 @@ def test_the_fleet_maps_to_ollama_names_the_catalogue_knows() -> None:
         knowledge = catalog.lookup(spec.ollama_name, spec.tag()["details"])
         assert knowledge.params_b > 0
         assert spec.model_info().candidate.is_instruct
-
-
-def test_a_fleet_of_unseen_models_replays_through_the_decision_code() -> None:
-    models = fleet(["llama3:70b", "phi3.5:3.8b", "qwen2:7b", "gemma2:27b"])
-    prompts = load_prompts(models, limit=30, seed=0)
-    profiles = {"best": Config().selector.profiles["best"]}
-    result = replay.in_loop(
-        lambda: replay.replay_fleet("zeroeval", artifact.SHIPPED.parent, prompts, models, profiles)
-    )
-    assert set(result.unseen) == {m.ollama_name for m in models}
-    chosen = result.profiles["best"]
-    assert sum(chosen.picks.values()) == 30
-    assert set(chosen.picks) <= set(result.fleet)
-    assert 0.0 <= chosen.quality <= result.baselines["oracle"].quality <= 1.0
 
 
 def test_the_replay_runs_a_fleet_of_the_users_choice(capsys: pytest.CaptureFixture[str]) -> None:
