@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from selector_model.catalog import Catalog
-from training import zeroeval_build, zeroeval_replay
+from training import outcome_files, zeroeval_build, zeroeval_replay
 from training.zeroeval_data import (
     BY_OLLAMA_NAME,
     DATA_FILE,
@@ -13,7 +13,6 @@ from training.zeroeval_data import (
     TASKS,
     fleet,
     load_prompts,
-    rows,
     tasks_of,
 )
 
@@ -28,7 +27,7 @@ def test_the_bundled_outcomes_carry_their_source_and_licence() -> None:
 def test_every_item_of_the_three_tasks_is_there_with_each_runs_outcome() -> None:
     counts = dict.fromkeys(TASKS, 0)
     runs = {m.dataset_name for m in MODELS}
-    for row in rows():
+    for row in outcome_files.rows(DATA_FILE):
         counts[row["task"]] += 1
         assert set(row["correct"]) <= runs
         assert set(row["correct"].values()) <= {0, 1}

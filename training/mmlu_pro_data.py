@@ -21,14 +21,12 @@ are left out. No prices: replay these fleets with the `params` cost only.
 
 from __future__ import annotations
 
-import gzip
-import json
-import random
 import string
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from training import outcome_files
 from training.data import Prompt
 from training.models import ModelSpec, _spec
 
@@ -96,13 +94,6 @@ def prompt_text(row: dict[str, Any]) -> str:
     return f"{head}\n\nQuestion: {row['question']}\nOptions:\n{options}"
 
 
-def rows(path: Path = DATA_FILE) -> Iterable[dict[str, Any]]:
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            row: dict[str, Any] = json.loads(line)
-            yield row
-
-
 def load_prompts(
     models: Sequence[ModelSpec] = MODELS,
     limit: int | None = None,
@@ -113,16 +104,13 @@ def load_prompts(
     MMLU-Pro name); `limit` of them drawn with `seed` when given, in id order."""
     names = [m.dataset_name for m in models]
     prompts: list[Prompt] = []
-    for row in rows(path):
+    for row in outcome_files.rows(path):
         preds: dict[str, str | None] = row["pred"]
         if not all(n in preds for n in names):
             continue
         scores = {n: float(preds[n] == row["answer"]) for n in names}
         prompts.append(Prompt(prompt_text(row), scores))
-    if limit is not None and limit < len(prompts):
-        keep = sorted(random.Random(seed).sample(range(len(prompts)), limit))
-        prompts = [prompts[i] for i in keep]
-    return prompts
+    return outcome_files.drawn(prompts, limit, seed)
 
 
 def fleet(ollama_names: Iterable[str]) -> list[ModelSpec]:

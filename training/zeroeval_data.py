@@ -20,13 +20,10 @@ whose files the snapshot does not hold. No prices: replay these fleets with the
 
 from __future__ import annotations
 
-import gzip
-import json
-import random
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
+from training import outcome_files
 from training.data import Prompt
 from training.models import ModelSpec, _spec
 
@@ -71,13 +68,6 @@ MODELS: tuple[ModelSpec, ...] = (
 BY_OLLAMA_NAME: dict[str, ModelSpec] = {m.ollama_name: m for m in MODELS}
 
 
-def rows(path: Path = DATA_FILE) -> Iterable[dict[str, Any]]:
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            row: dict[str, Any] = json.loads(line)
-            yield row
-
-
 def load_prompts(
     models: Sequence[ModelSpec],
     tasks: Collection[str] = TASKS,
@@ -90,22 +80,19 @@ def load_prompts(
     order (task, then item)."""
     names = [m.dataset_name for m in models]
     prompts: list[Prompt] = []
-    for row in rows(path):
+    for row in outcome_files.rows(path):
         correct: dict[str, int] = row["correct"]
         if row["task"] not in tasks or not all(n in correct for n in names):
             continue
         prompts.append(Prompt(str(row["question"]), {n: float(correct[n]) for n in names}))
-    if limit is not None and limit < len(prompts):
-        keep = sorted(random.Random(seed).sample(range(len(prompts)), limit))
-        prompts = [prompts[i] for i in keep]
-    return prompts
+    return outcome_files.drawn(prompts, limit, seed)
 
 
 def tasks_of(models: Sequence[ModelSpec], path: Path = DATA_FILE) -> list[str]:
     """The tasks on which every model of `models` has outcomes."""
     names = [m.dataset_name for m in models]
     found: dict[str, bool] = {}
-    for row in rows(path):
+    for row in outcome_files.rows(path):
         task = str(row["task"])
         if task not in found:
             found[task] = all(n in row["correct"] for n in names)
