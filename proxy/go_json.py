@@ -63,7 +63,7 @@ class _NotANumber(Exception):
     """NaN or Infinity: no JSON to Go."""
 
 
-def _in_last_order(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def in_last_order(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """An object whose keys stand where each last appeared: Go assigns a field at each
     of its keys in turn, so among the keys that fold alike the last one's value is what
     Go keeps (orjson keeps an exact duplicate where it first appeared)."""
@@ -95,7 +95,7 @@ def _not_a_number(text: str) -> Any:
 
 
 _GO_ORDER = json.JSONDecoder(
-    object_pairs_hook=_in_last_order,
+    object_pairs_hook=in_last_order,
     parse_int=_number,
     parse_float=_number,
     parse_constant=_not_a_number,

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy.go_json import go_text
+from proxy.go_json import go_text, in_last_order
 from proxy.protocol import JSON, go_escaped
 from selector_model.request_body import canonicalize
 
@@ -169,20 +169,7 @@ def _number(text: str) -> int | float | BeyondADouble:
     return int(text)
 
 
-def _in_last_order(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """An object whose keys stand where each last appeared: Go assigns a field at each
-    of its keys in turn, so among keys that fold alike the last one's value is what it
-    keeps (`check_fields` folds them)."""
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        out.pop(key, None)
-        out[key] = value
-    return out
-
-
-_DECODER = json.JSONDecoder(
-    object_pairs_hook=_in_last_order, parse_int=_number, parse_float=_number
-)
+_DECODER = json.JSONDecoder(object_pairs_hook=in_last_order, parse_int=_number, parse_float=_number)
 
 
 def _beyond_a_double(value: Any) -> BeyondADouble | None:
