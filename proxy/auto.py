@@ -304,6 +304,7 @@ class AutoRouter:
             experiment=assigned.name if assigned else None,
             variant=assigned.variant if assigned else None,
             kind=kind,
+            known_strength=chose.known_strength,
         )
         return Choice(
             decision,

@@ -173,8 +173,13 @@ class AutoRoutes:
                 # prompt (count, mean outcome), the blend the choice used and the
                 # optimism added to it.
                 "kind": decision.kind,
+                # "known": what the evidence of this kind left of the configured
+                # strength of the models the artifact was fitted on ("known_ceiling").
                 "prior_strength": {
-                    "known": learning.known_prior_strength,
+                    "known": learning.known_prior_strength
+                    if decision.known_strength is None
+                    else decision.known_strength,
+                    "known_ceiling": learning.known_prior_strength,
                     "unseen": learning.prior_strength,
                 },
                 # expected_seconds includes load_seconds (0 when loaded); utility

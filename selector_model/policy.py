@@ -43,7 +43,12 @@ candidate moves by the kind's shift and its own offset, so a model's evidence on
 kind of prompt moves its estimate on every other kind; on its own kind it moves it
 further, by how far it departs from that, shrunk by its prior's strength n0(m)
 (`known_prior_strength` for a model the artifact was fitted on, whose P rests on many
-outcomes of that very model; `prior_strength` for any other):
+outcomes of that very model; `prior_strength` for any other). The fitted models'
+strength holds only as far as the kind's evidence bears their P out: it falls toward
+`prior_strength` by how far their outcomes stray from their P beyond chance
+(`fitted_strength`), since a fitted model that answers a kind 20 points below its P
+(another grading, other prompts than the artifact's) says the P of the fitted models
+never tried there are no better known, and they must be tried:
 
     blend(m) = P(m) + c(m) + (s(m) - e(m) - n(m) * c(m)) / (n0(m) + n(m)),
     c(m) = shift + o(m)
@@ -302,6 +307,9 @@ class Decision:
     experiment: str | None = None
     variant: str | None = None
     kind: str | None = None  # the kind of prompt evidence is kept for
+    # The prior strength of the models the artifact was fitted on in this decision
+    # (`fitted_strength`; None: the configured one).
+    known_strength: float | None = None
 
     @property
     def score(self) -> Scored | None:
@@ -573,6 +581,8 @@ class Chosen:
     chosen: Scored
     reason: str  # ml | pinned | learned | explore
     propensity: float
+    # The prior strength the models the artifact was fitted on had (`fitted_strength`).
+    known_strength: float = KNOWN_PRIOR_STRENGTH
 
 
 def _shift(
@@ -647,6 +657,41 @@ def _offsets(
     return overall, offsets, totals
 
 
+def fitted_strength(
+    evidence: Mapping[str, Sequence[float]],
+    fitted: AbstractSet[str],
+    ceiling: float,
+    floor: float,
+) -> float:
+    """The prior strength of the models the artifact was fitted on, as a kind's
+    evidence bears it out: n0 = v / tau^2, with v = p(1 - p) the outcomes' variance
+    and tau^2 how far their P are off beyond sampling noise, estimated from their rows
+    by moments (the count-weighted mean of gap^2 - v / n) and shrunk toward the
+    configured strength as if `ceiling` outcomes had borne that out (tau^2 = v /
+    ceiling): with no evidence, the ceiling; never below `floor`, a model the artifact
+    never saw. Why: a strength of hundreds holds a fitted model's P against its own
+    outcomes and keeps its posterior too narrow to be tried, which is right where the
+    artifact's P hold, and wrong where they do not (another grading, other prompts):
+    one fitted model whose outcomes fall 20 points short of its P on a kind says the
+    P of the fitted models it rivals are no better known there, and they must be
+    tried."""
+    excess = weight = spread = 0.0
+    for name, got in evidence.items():
+        count = float(got[1])
+        if name not in fitted or count <= 0:
+            continue
+        expected = _inside(float(got[2]) / count)
+        variance = expected * (1.0 - expected)
+        gap = (float(got[0]) - float(got[2])) / count
+        excess += count * (gap * gap - variance / count)
+        spread += count * variance
+        weight += count
+    if weight <= 0 or excess <= 0:
+        return ceiling
+    mean_variance = spread / weight
+    return max(floor, min(ceiling, mean_variance * (weight + ceiling) / (excess + mean_variance)))
+
+
 def _surprising(evidence: Mapping[str, Sequence[float]]) -> bool:
     """Whether any outcome in `evidence` differed from what the selector expected of
     it (a completed answer is counted as just that, `outcome.against`)."""
@@ -711,8 +756,12 @@ def choose(
     every_kind = kinds.table if isinstance(kinds, Evidence) else kinds
     if evidence or every_kind:
         blended = []
-        strengths = {s.name: known_prior_strength if s.known else prior_strength for s in ranking}
         fitted = frozenset(s.name for s in ranking if s.known)
+        if fitted and evidence:
+            known_prior_strength = fitted_strength(
+                evidence, fitted, known_prior_strength, prior_strength
+            )
+        strengths = {s.name: known_prior_strength if s.known else prior_strength for s in ranking}
         overall = 0.0
         offsets: dict[str, float] = {}
         totals: dict[str, list[float]] = {}
@@ -762,7 +811,7 @@ def choose(
     else:
         greedy = prior_choice
     if exploration <= 0 or len(blended) < 2:
-        return Chosen(blended, greedy, reason, 1.0)
+        return Chosen(blended, greedy, reason, 1.0, known_prior_strength)
     k = len(blended)
     # Per candidate: the posterior's mean and weight, and the cost utility subtracts
     # (the draws stand for the uncertainty optimism adds to the greedy utility).
@@ -793,4 +842,4 @@ def choose(
             reason = "explore"
     index = blended.index(chosen)
     propensity = exploration * float(shares[index]) + (1 - exploration) * (chosen is greedy)
-    return Chosen(blended, chosen, reason, propensity)
+    return Chosen(blended, chosen, reason, propensity, known_prior_strength)

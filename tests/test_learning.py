@@ -112,16 +112,22 @@ def test_evidence_moves_the_choice_by_the_beta_posterior() -> None:
     assert lifted["mistral:7b"].blend == pytest.approx(
         0.3 + shift + ROUNDS * (0.4 - shift) / (10 + ROUNDS)
     )
-    # With priors the artifact was fitted on, one model's evidence alone moves the
-    # kind, not the order: the chosen model's shortfall may be the selector's on this
+    # With priors the artifact was fitted on, one model's evidence alone, a shortfall
+    # chance allows, moves the kind, not the order: it may be the selector's on this
     # kind (or the winner's curse), and nothing says another would have done better.
     alone = Evidence()
-    for _ in range(ROUNDS):
-        alone.update("math", "qwen2.5:7b", 0.0, prior=0.7)
+    for i in range(ROUNDS):
+        alone.update("math", "qwen2.5:7b", float(i % 2), prior=0.7)
     only = choose(_ranking(), alone.of("math"), 0.0, rng)
     assert only.chosen.name == "qwen2.5:7b"
     assert [s.name for s in only.ranking] == list(MODELS)
     assert all(s.blend is not None and s.blend < s.p_success for s in only.ranking)
+    # A shortfall beyond chance (every answer failed where 0.7 was expected) says the
+    # fitted P are not to be trusted on this kind: the others earn a try.
+    for i in range(ROUNDS):
+        alone.update("math", "qwen2.5:7b", float(i % 2), prior=0.7, weight=-1.0)
+        alone.update("math", "qwen2.5:7b", 0.0, prior=0.7)
+    assert choose(_ranking(), alone.of("math"), 0.0, rng).chosen.name == "mistral:7b"
     # With the weak priors of models the artifact never saw, the same shortfall is
     # shared between the kind and the model: the model chosen everywhere loses its place.
     unseen = rank(list(MODELS), [0.70, 0.60, 0.50], [1.0, 1.0, 1.0], 0.0, set())
@@ -241,6 +247,34 @@ def test_optimism_tries_a_model_little_is_known_about_until_its_outcomes_say() -
     # With no evidence at all, the choice is the prior's, without optimism.
     prior = choose(unseen, {}, 0.0, rng)
     assert prior.chosen.name == "first" and all(s.optimism == 0 for s in prior.ranking)
+
+
+def test_a_fitted_model_far_below_its_p_lets_a_fitted_rival_be_tried() -> None:
+    """Both models were in the artifact's training data. Where the first answers a
+    kind 20 points below its P (another grading, other prompts), the P of the second,
+    never tried there, is no better known: it must be tried, where a strength of
+    hundreds of outcomes would keep its posterior too narrow ever to be, while the
+    first's shortfall, shared with the kind, lowers it too."""
+    rng = np.random.default_rng(0)
+    fitted = rank(["first", "second"], [0.62, 0.60], [1.0] * 2, 0.0, {"first", "second"})
+    evidence = Evidence()
+    for _ in range(300):
+        evidence.update("math", "first", 0.4, prior=0.62)
+    chose = choose(fitted, evidence.of("math"), 0.0, rng)
+    assert (chose.chosen.name, chose.reason) == ("second", "learned")
+    strength = policy.fitted_strength(
+        evidence.of("math"), {"first", "second"}, policy.KNOWN_PRIOR_STRENGTH, 10.0
+    )
+    assert strength == 10.0
+    # Where its outcomes are what its P said, the fitted prior keeps its strength, and
+    # the first its place.
+    kept = Evidence()
+    for i in range(300):
+        kept.update("math", "first", float(i % 50 < 31), prior=0.62)
+    assert policy.fitted_strength(
+        kept.of("math"), {"first", "second"}, policy.KNOWN_PRIOR_STRENGTH, 10.0
+    ) == pytest.approx(policy.KNOWN_PRIOR_STRENGTH)
+    assert choose(fitted, kept.of("math"), 0.0, rng).chosen.name == "first"
 
 
 def test_a_model_one_poor_outcome_dropped_is_retried_once_the_kind_is_decided_often() -> None:
