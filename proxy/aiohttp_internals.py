@@ -45,6 +45,12 @@ What is relied on, and why:
   parser cannot read as an authority (`/api/blobs/sha256:...`) is an `InvalidURLError`
   whose message is the target: `refused_method_line`. Go's net/http reads any token as
   a method, and Ollama's router answers it.
+* The C parser's `max_msg_queue_size` (llhttp pauses after a complete message once that
+  many are in flight, keeps the bytes after it, and parses them at its next feed, an
+  empty one too) and the handler's `_parser`, `_messages` (the queue, a parse error
+  as its last entry) and `_max_msg_queue_size`: `one_message_per_feed`,
+  `feed_held_back`. aiohttp drops the messages a read completed before bytes that do
+  not parse (the error replaces them); Go answers those requests first.
 * `RequestHandler.handle_error` is called with status 400 and the parser's
   `HttpProcessingError` for an unparsable head, and its returned response is what
   aiohttp sends (proxy/connection.py overrides it).
@@ -85,6 +91,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.base_protocol import BaseProtocol
+from aiohttp.helpers import DEFAULT_CHUNK_SIZE
 from aiohttp.http_exceptions import (
     BadHttpMethod,
     BadStatusLine,
@@ -92,8 +99,9 @@ from aiohttp.http_exceptions import (
     InvalidURLError,
     LineTooLong,
 )
-from aiohttp.http_parser import RawRequestMessage
+from aiohttp.http_parser import HttpRequestParser, RawRequestMessage
 from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import RequestPayloadError
 from aiohttp.web_request import BaseRequest
 from yarl import URL
 
@@ -189,6 +197,48 @@ def stop_serving(handler: web.RequestHandler) -> None:
     """aiohttp drops every further byte and neither reuses nor closes the connection:
     closing it is left to the caller."""
     handler._force_close = True
+
+
+def one_message_per_feed(
+    handler: web.RequestHandler,
+    loop: asyncio.AbstractEventLoop,
+    *,
+    max_line_size: int = 8190,
+    max_field_size: int = 8190,
+    max_headers: int = 128,
+    read_bufsize: int = DEFAULT_CHUNK_SIZE,
+    auto_decompress: bool = True,
+    **_: Any,
+) -> None:
+    """Give `handler` a parser built as aiohttp builds it (from the same options) that
+    stops after each complete request and keeps the bytes after it for its next feed
+    (`feed_held_back`), so that a request is queued before bytes behind it that do
+    not parse are refused."""
+    handler._parser = HttpRequestParser(
+        handler,
+        loop,
+        read_bufsize,
+        max_line_size=max_line_size,
+        max_field_size=max_field_size,
+        max_headers=max_headers,
+        payload_exception=RequestPayloadError,
+        auto_decompress=auto_decompress,
+        max_msg_queue_size=1,
+    )
+
+
+def feed_held_back(handler: web.RequestHandler, data_received: Callable[[bytes], None]) -> None:
+    """Parse what a `one_message_per_feed` parser holds back, one request per feed
+    through `data_received` (aiohttp's, which queues it), until it holds nothing
+    complete, a feed fails to parse (its error is then queued after the requests
+    before it), or aiohttp's queue is full (aiohttp then pauses reading, and feeds the
+    parser again as the queue drains)."""
+    messages = handler._messages
+    while not messages or isinstance(messages[-1][0], RawRequestMessage):
+        count = handler._request_count
+        data_received(b"")
+        if handler._request_count == count or len(messages) >= handler._max_msg_queue_size:
+            return
 
 
 def head_over_limits(exc: HttpProcessingError) -> bool:

@@ -29,6 +29,12 @@ unparsable request with `400 Bad Request`, and logs neither. Here:
 * a Transfer-Encoding the parser refuses (a coding other than `chunked`, a list, a
   second field) gets Go's 501 (`transfer_encoding_refused`). Go refuses "gzip,
   chunked" too, which llhttp reads as chunked: that one is served (its body as sent);
+* requests that arrive whole before bytes that do not parse (pipelined in one write)
+  are answered first, in order, and the bytes then get their refusal, as Go reads a
+  connection one request at a time (aiohttp's parser would drop those requests and
+  answer the refusal alone): the parser stops after each request
+  (`one_message_per_feed`) and is fed again until it holds nothing complete
+  (`feed_held_back`);
 * a method llhttp does not know but Go reads (any token: `FOO`, `get`, `DESCRIBE`),
   and a CONNECT whose path aiohttp's C parser cannot read (`/api/blobs/sha256:...`),
   gets Ollama's answer for its target, read from the request line the parser's error
@@ -70,8 +76,10 @@ from proxy.aiohttp_internals import (
     awaiting_head,
     closing,
     duplicate_host,
+    feed_held_back,
     head_over_limits,
     missing_host,
+    one_message_per_feed,
     quoted_request_line,
     refused_method_line,
     request_count,
@@ -204,6 +212,7 @@ class ClientConnection(RequestHandler):
         **kwargs: Any,
     ) -> None:
         super().__init__(manager, **kwargs)
+        one_message_per_feed(self, **kwargs)
         self._request_ids = request_ids  # the proxy's refusals name themselves; Go's not
         self._head_seconds = head_seconds
         self._head_budget = head_budget
@@ -230,6 +239,9 @@ class ClientConnection(RequestHandler):
         ) and self._line_refused(data):
             return
         super().data_received(data)
+        # Requests that came whole in this read, before any bytes behind them that do
+        # not parse: each is queued, and answered, before those bytes are refused.
+        feed_held_back(self, super().data_received)
         if request_count(self) != count:
             # A head was parsed (or failed to parse) in this read: that head's deadline
             # and byte count are over. Bytes of a pipelined next request that arrive

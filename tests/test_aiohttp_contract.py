@@ -14,6 +14,7 @@ import functools
 import inspect
 import logging
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -37,8 +38,10 @@ from proxy.aiohttp_internals import (
     closing,
     defer_headers,
     duplicate_host,
+    feed_held_back,
     head_over_limits,
     missing_host,
+    one_message_per_feed,
     quoted_request_line,
     refused_method_line,
     request_count,
@@ -112,7 +115,10 @@ async def ok(request: web.BaseRequest) -> web.StreamResponse:
 # Names and shapes.
 
 
-@pytest.mark.parametrize("name", ["_request_count", "_waiter", "_force_close"])
+@pytest.mark.parametrize(
+    "name",
+    ["_request_count", "_waiter", "_force_close", "_parser", "_messages", "_max_msg_queue_size"],
+)
 def test_request_handler_keeps_the_slot(name: str) -> None:
     slots = {s for cls in web.RequestHandler.__mro__ for s in getattr(cls, "__slots__", ())}
     assert name in slots
@@ -266,6 +272,60 @@ async def test_stop_serving_drops_further_bytes_and_leaves_the_connection_open()
         transport.close()
         assert await read_to_end(reader) == b""
         writer.close()
+
+
+class InOrder(Recorder):
+    """A `Recorder` whose parser stops after each request, fed again until it holds
+    nothing complete, as the proxy's connections are."""
+
+    def __init__(self, manager: web.Server, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        one_message_per_feed(self, **{k: v for k, v in kwargs.items() if k != "made"})
+
+    def data_received(self, data: bytes) -> None:
+        web.RequestHandler.data_received(self, data)
+        feed_held_back(self, super(Recorder, self).data_received)
+        self.reads.append((request_count(self), awaiting_head(self)))
+
+
+@pytest.mark.parametrize("in_order", [False, True], ids=["aiohttp", "held-back"])
+async def test_requests_before_bytes_that_do_not_parse_are_queued_first(in_order: bool) -> None:
+    """aiohttp's own parser drops the requests a read completed before bytes that do
+    not parse: only the refusal is answered. One that stops after each request, fed
+    again until it holds nothing complete, queues them first, then the refusal."""
+    seen: list[str] = []
+
+    async def noting(request: web.Request) -> web.StreamResponse:
+        seen.append(request.path + ":" + (await request.text()))
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", noting)
+    made: list[Recorder] = []
+    factory = InOrder if in_order else Recorder
+    runner = HandlerRunner(app, functools.partial(factory, made=made), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", runner.addresses[0][1])
+        writer.write(
+            b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"POST /2 HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab"
+            b"\x01 not a request\r\n\r\n"
+        )
+        answer = await read_to_end(reader)
+        writer.close()
+    finally:
+        await runner.cleanup()
+    statuses = re.findall(rb"HTTP/1\.[01] (\d{3}) ", answer)
+    if in_order:
+        assert seen == ["/1:", "/2:ab"]
+        assert statuses == [b"200", b"200", b"599"]
+    else:
+        assert seen == [] and statuses == [b"599"]
+    [(status, exc)] = made[0].errors
+    assert status == 400 and isinstance(exc, HttpProcessingError)
 
 
 @pytest.mark.parametrize(

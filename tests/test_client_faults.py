@@ -760,3 +760,58 @@ async def test_an_answer_given_without_reading_the_body_owes_no_100_continue(
         assert b"connection: close" in head.lower().split(b"\r\n"), head
     finally:
         sock.close()
+
+
+def responses_of(stream: bytes) -> list[tuple[bytes, bytes]]:
+    """The responses (head, body) one after another in `stream`, each framed by its
+    Content-Length (Go's refusals, which have none, end the stream)."""
+    found = []
+    while stream:
+        head, _, rest = stream.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        length = next(
+            (int(x.split(b":", 1)[1]) for x in lines if x.lower().startswith(b"content-length:")),
+            len(rest),
+        )
+        found.append((head, rest[:length]))
+        stream = rest[length:]
+    return found
+
+
+# A valid request and, in the same write, bytes behind it that do not parse: Go's
+# server answers the request, then refuses the bytes with its 400, then closes.
+BODY = orjson.dumps({"model": MODEL})
+PIPELINED = {
+    "get": b"GET /api/version HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    "post": b"POST /api/show HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n%b"
+    % (len(BODY), BODY),
+    "chunked": b"POST /api/show HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"%x\r\n%b\r\n0\r\n\r\n" % (len(BODY), BODY),
+}
+
+
+@pytest.mark.parametrize("server", ["proxy", "emulator"])
+@pytest.mark.parametrize("requests", [1, 2], ids=["one", "two"])
+@pytest.mark.parametrize("kind", list(PIPELINED))
+@pytest.mark.parametrize(
+    "garbage",
+    [b"this is not http\r\n\r\n", b"\x01\x02\x03\r\n\r\n", b"GET / HTTP/1.1\r\nX\r\n\r\n"],
+    ids=["words", "controls", "bad-header"],
+)
+async def test_requests_before_bytes_that_do_not_parse_are_answered_first(
+    slow_heads: Proxy,
+    emulator: Emulator,
+    server: str,
+    requests: int,
+    kind: str,
+    garbage: bytes,
+) -> None:
+    port = slow_heads.port if server == "proxy" else emulator.port
+    answer = await answer_to(port, PIPELINED[kind] * requests + garbage)
+    *served, (refusal, _) = responses_of(answer)
+    assert [head.split(b"\r\n", 1)[0] for head, _ in served] == [b"HTTP/1.1 200 OK"] * requests
+    for _, body in served:
+        assert orjson.loads(body), body
+    assert refusal.startswith(b"HTTP/1.1 400 Bad Request\r\n"), answer[-300:]
+    refused = answer[answer.rindex(b"HTTP/1.1 400 ") :]
+    assert (go_answer(refused) if server == "proxy" else refused) == BAD_REQUEST
