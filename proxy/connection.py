@@ -27,8 +27,9 @@ unparsable request with `400 Bad Request`, and logs neither. Here:
 * an HTTP/1.1 request without `Host`, which aiohttp's parser refuses, gets Go's 400
   with Go's text (`missing_host`), one with two Go's other 400 (`duplicate_host`);
 * a Transfer-Encoding the parser refuses (a coding other than `chunked`, a list, a
-  second field) gets Go's 501 (`transfer_encoding_refused`). Go refuses "gzip,
-  chunked" too, which llhttp reads as chunked: that one is served (its body as sent);
+  second field) gets Go's 501 (`transfer_encoding_refused`), and so does one it
+  reads as chunked and Go does not take (`gzip, chunked`: Go takes `chunked` alone),
+  from the handler before anything else (`refuse_parsed`);
 * requests that arrive whole before bytes that do not parse (pipelined in one write)
   are answered first, in order, and the bytes then get their refusal, as Go reads a
   connection one request at a time (aiohttp's parser would drop those requests and
@@ -66,7 +67,8 @@ from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.http import HttpVersion11
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 from aiohttp.web_request import BaseRequest
@@ -157,6 +159,22 @@ def go_request_line(line: bytes) -> bytes | None:
         return _BAD_REQUEST_STATUS  # "malformed HTTP version"
     if version[0] != 1 and not (version == (2, 0) and method == b"PRI" and target == b"*"):
         return _VERSION_STATUS
+    return None
+
+
+def parsed_head_refusal(request: BaseRequest) -> bytes | None:
+    """The status Go's net/http refuses a head with that aiohttp's parser took, None
+    for one Go reads too (src/net/http/transfer.go `parseTransferEncoding`): a
+    Transfer-Encoding other than exactly `chunked` (any case) on HTTP/1.1, where
+    llhttp takes any list whose last coding is `chunked` (`gzip, chunked`). HTTP/1.0
+    ignores the header in Go."""
+    coding = request.headers.get(hdrs.TRANSFER_ENCODING)
+    if (
+        coding is not None
+        and request.version >= HttpVersion11
+        and not (coding.isascii() and coding.lower() == "chunked")
+    ):
+        return _UNSUPPORTED_TE_STATUS
     return None
 
 
@@ -375,6 +393,16 @@ class ClientConnection(RequestHandler):
         major, minor = request.version
         status = _BAD_REQUEST_STATUS if (major, minor) == (0, 9) else _VERSION_STATUS
         self._refuse(status, f"request line refused as Go refuses it ({status[:3].decode()})")
+        # The answer is on the wire already: aiohttp must write nothing of its own.
+        return RelayedResponse(int(status[:3]), keep_alive=False)
+
+    def refuse_parsed(self, request: BaseRequest) -> web.StreamResponse | None:
+        """Go's refusal, written, of a head aiohttp's parser took and Go's refuses
+        (`parsed_head_refusal`); None for a head Go reads too."""
+        status = parsed_head_refusal(request)
+        if status is None:
+            return None
+        self._refuse(status, f"a head Go refuses ({status[:3].decode()})")
         # The answer is on the wire already: aiohttp must write nothing of its own.
         return RelayedResponse(int(status[:3]), keep_alive=False)
 

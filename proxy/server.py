@@ -146,8 +146,13 @@ class Server:
         cross-origin request (`proxy.origins`: refused, or a preflight answered), and
         a `Host` that is not local while the proxy listens on loopback
         (`proxy.hosts`), as Ollama answers each before its handlers."""
-        if request.version.major != 1 and isinstance(request.protocol, ClientConnection):
-            return request.protocol.refuse_version(request)  # Go's 505 (or 400)
+        protocol = request.protocol
+        if isinstance(protocol, ClientConnection):
+            if request.version.major != 1:
+                return protocol.refuse_version(request)  # Go's 505 (or 400)
+            refused = protocol.refuse_parsed(request)  # Go's 501 (or 400)
+            if refused is not None:
+                return refused
         refused = request_limits.check_headers(request, self.config.limits)
         if refused is None and hdrs.EXPECT in request.headers:
             refused = expect.refusal(request)

@@ -410,19 +410,35 @@ TOO_MANY_HOSTS = (
         (b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", UNSUPPORTED_TE),
         (b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n", UNSUPPORTED_TE),
         (b"Host: other\r\nTransfer-Encoding: chunked\r\n", TOO_MANY_HOSTS),
+        # llhttp reads these as chunked (its last coding); Go takes `chunked` alone.
+        (b"Transfer-Encoding: gzip, chunked\r\n", UNSUPPORTED_TE),
+        (b"Transfer-Encoding: identity,chunked\r\n", UNSUPPORTED_TE),
+        (b"Transfer-Encoding: chunked, chunked\r\n", UNSUPPORTED_TE),
     ],
-    ids=["list", "identity", "gzip", "twice", "two-codings", "two-hosts"],
+    ids=[
+        "list",
+        "identity",
+        "gzip",
+        "twice",
+        "two-codings",
+        "two-hosts",
+        "gzip-chunked",
+        "identity-chunked",
+        "chunked-chunked",
+    ],
 )
 async def test_a_transfer_encoding_go_does_not_take_gets_its_501(
     slow_heads: Proxy, emulator: Emulator, server: str, fields: bytes, go_refusal: bytes
 ) -> None:
     port = slow_heads.port if server == "proxy" else emulator.port
+    generated = emulator.state.requests["/api/generate"]
     answer = await answer_to(
         port,
         b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\n" + fields + b"\r\n"
         b"2\r\n{}\r\n0\r\n\r\n",
     )
     assert (go_answer(answer) if server == "proxy" else answer) == go_refusal
+    assert emulator.state.requests["/api/generate"] == generated  # no handler ran
     assert (await generate(slow_heads.url))["done"] is True
 
 

@@ -13,6 +13,7 @@ from aiohttp import web
 from yarl import URL
 
 from proxy import expect, go_mux
+from proxy.connection import ClientConnection
 from proxy.errors import gin_not_found, gin_refusal
 from proxy.header_values import utf8
 from proxy.origins import ORIGIN, Origins, add_headers
@@ -129,6 +130,11 @@ _ORIGINS = Origins()
 
 @web.middleware
 async def _gin(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if isinstance(request.protocol, ClientConnection):
+        # A head Go's server refuses that aiohttp's parser took (`gzip, chunked`).
+        head_refused = request.protocol.refuse_parsed(request)
+        if head_refused is not None:
+            return head_refused
     refused = expect.refusal(request)  # Go's server answers it before gin runs
     if refused is not None:
         return refused
