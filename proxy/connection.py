@@ -25,7 +25,9 @@ unparsable request with `400 Bad Request`, and logs neither. Here:
   line the parser refuses there is judged by `go_request_line` from the line its error
   quotes (llhttp refuses HTTP/3.0: Go's 505), else answered 400;
 * an HTTP/1.1 request without `Host`, which aiohttp's parser refuses, gets Go's 400
-  with Go's text (`missing_host`), one with two Go's other 400 (`duplicate_host`);
+  with Go's text (`missing_host`), one with two Go's other 400 (`duplicate_host`),
+  one whose `Host` has a byte Go refuses there (`a b`) Go's third, from the handler
+  before anything else (`refuse_parsed`);
 * a Transfer-Encoding the parser refuses (a coding other than `chunked`, a list, a
   second field) gets Go's 501 (`transfer_encoding_refused`), and so does one it
   reads as chunked and Go does not take (`gzip, chunked`: Go takes `chunked` alone),
@@ -62,6 +64,7 @@ import asyncio
 import functools
 import logging
 import os
+import re
 from collections.abc import Callable
 from email.utils import formatdate
 from http import HTTPStatus
@@ -124,6 +127,9 @@ _VERSION_STATUS = b"505 HTTP Version Not Supported: unsupported protocol version
 # Host header"), a statusError written as the one above.
 _NO_HOST_STATUS = b"400 Bad Request: missing required Host header"
 _TOO_MANY_HOSTS_STATUS = b"400 Bad Request: too many Host headers"
+_MALFORMED_HOST_STATUS = b"400 Bad Request: malformed Host header"
+# The bytes golang.org/x/net/http/httpguts's validHostByte admits in a Host.
+_VALID_HOST = re.compile(r"[0-9A-Za-z!$%&'()*+,\-.:;=\[\]_~]*")
 # Go's transferReader refuses a Transfer-Encoding other than one `chunked` (an
 # unsupportedTEError), answered without the value: "Unsupported transfer encoding".
 _UNSUPPORTED_TE_STATUS = b"501 Not Implemented"
@@ -164,17 +170,24 @@ def go_request_line(line: bytes) -> bytes | None:
 
 def parsed_head_refusal(request: BaseRequest) -> bytes | None:
     """The status Go's net/http refuses a head with that aiohttp's parser took, None
-    for one Go reads too (src/net/http/transfer.go `parseTransferEncoding`): a
-    Transfer-Encoding other than exactly `chunked` (any case) on HTTP/1.1, where
-    llhttp takes any list whose last coding is `chunked` (`gzip, chunked`). HTTP/1.0
-    ignores the header in Go."""
-    coding = request.headers.get(hdrs.TRANSFER_ENCODING)
+    for one Go reads too, in Go's order:
+
+    * a Transfer-Encoding other than exactly `chunked` (any case) on HTTP/1.1, where
+      llhttp takes any list whose last coding is `chunked` (`gzip, chunked`): 501
+      (src/net/http/transfer.go `parseTransferEncoding`; HTTP/1.0 ignores it);
+    * a Host with a byte Go's `httpguts.ValidHostHeader` refuses (`a b`): 400 with
+      Go's text (server.go `readRequest`), which llhttp takes as any header value."""
+    headers = request.headers
+    coding = headers.get(hdrs.TRANSFER_ENCODING)
     if (
         coding is not None
         and request.version >= HttpVersion11
         and not (coding.isascii() and coding.lower() == "chunked")
     ):
         return _UNSUPPORTED_TE_STATUS
+    host = headers.get(hdrs.HOST)
+    if host and _VALID_HOST.fullmatch(host) is None:
+        return _MALFORMED_HOST_STATUS
     return None
 
 

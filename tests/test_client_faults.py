@@ -831,3 +831,48 @@ async def test_requests_before_bytes_that_do_not_parse_are_answered_first(
     assert refusal.startswith(b"HTTP/1.1 400 Bad Request\r\n"), answer[-300:]
     refused = answer[answer.rindex(b"HTTP/1.1 400 ") :]
     assert (go_answer(refused) if server == "proxy" else refused) == BAD_REQUEST
+
+
+# Go's readRequest (src/net/http/server.go): a Host its httpguts.ValidHostHeader refuses
+# (a byte outside letters, digits and `!$%&'()*+,-.:;=[]_~`) is a badRequestError, its
+# text in the status line and body, before any handler (so before Ollama's check of
+# the host's name, which would answer 403).
+MALFORMED_HOST = (
+    b"HTTP/1.1 400 Bad Request: malformed Host header\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n"
+    b"400 Bad Request: malformed Host header"
+)
+
+
+@pytest.mark.parametrize("server", ["proxy", "emulator"])
+@pytest.mark.parametrize("later", [False, True], ids=["first", "later"])
+@pytest.mark.parametrize(
+    "host", [b"a b", b"local\\host", b"localhost/x", b'"localhost"', b"h\xc3\xa9", b"a\tb"]
+)
+async def test_a_malformed_host_gets_gos_400(
+    slow_heads: Proxy, emulator: Emulator, server: str, later: bool, host: bytes
+) -> None:
+    port = slow_heads.port if server == "proxy" else emulator.port
+    sock = await connect(port)
+    try:
+        if later:
+            await one_request_answered(sock)
+        await asyncio.get_running_loop().sock_sendall(
+            sock, b"GET /api/version HTTP/1.1\r\nHost: " + host + b"\r\n\r\n"
+        )
+        answer = await read_until_closed(sock)
+    finally:
+        sock.close()
+    assert (go_answer(answer) if server == "proxy" else answer) == MALFORMED_HOST
+
+
+@pytest.mark.parametrize("server", ["proxy", "emulator"])
+@pytest.mark.parametrize("host", [b"127.0.0.1:1", b"[::1]:2", b"localhost", b""])
+async def test_a_host_go_reads_is_no_malformed_host(
+    slow_heads: Proxy, emulator: Emulator, server: str, host: bytes
+) -> None:
+    answer = await answer_to(
+        slow_heads.port if server == "proxy" else emulator.port,
+        b"GET /api/version HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n",
+    )
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer[:200]
