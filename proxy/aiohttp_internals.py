@@ -37,7 +37,8 @@ What is relied on, and why:
   `web.Server`'s `request_factory` is called with each parsed head, whose `url`
   `_replace` sets: `HandlerRunner` reads an origin-form target as the path, as Go does
   (and closes the connection after a CONNECT's answer, `should_close`). A target with
-  no path (`*`, `http://host`) gets the path `/`, so that the catch-all route takes it:
+  no path (`*`, `http://host`, a CONNECT's `host:port`) gets the path `/`, so that
+  the catch-all route takes it:
   its `raw_path` (the target as sent) is what the answer is made of.
 * llhttp refuses a method it does not know (`FOO`, `get`, an RTSP method) with
   `BadHttpMethod`, or for an RTSP one a `BadStatusLine` saying "Invalid method for
@@ -310,9 +311,10 @@ def _go_targets(factory: _RequestFactory) -> _RequestFactory:
       every CONNECT target as an authority); a CONNECT's connection closes after its
       answer: the parsers read no body of a CONNECT, so bytes sent as one would be
       read as the next request;
-    * a target with no path (`OPTIONS *`, `CONNECT *`, `GET http://host`) has the path
-      `/` (aiohttp's is empty), its `raw_path` still the target as sent, which Go
-      answers before any handler (`proxy.go_mux.redirect`).
+    * a target with no path (`OPTIONS *`, `CONNECT *`, `CONNECT host:port`,
+      `GET http://host`) has the path `/` (aiohttp's is empty), its `raw_path` still
+      the target as sent, which Go answers before any handler
+      (`proxy.go_mux.redirect`).
 
     Two comparisons per request."""
 
@@ -336,7 +338,12 @@ def _go_target(message: RawRequestMessage) -> RawRequestMessage:
     if path == "*":
         url = _ROOT
     elif connect:
-        url = URL(path, encoded=True) if path.startswith("/") else message.url
+        if path.startswith("/"):
+            url = URL(path, encoded=True)
+        elif "/" not in path:
+            url = _ROOT  # an authority (`host:port`): no path at all
+        else:
+            url = message.url
     elif not message.url.relative().raw_path:
         url = message.url.with_path("/", keep_query=True)  # `http://host`, `http://host?q`
     else:

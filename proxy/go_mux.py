@@ -6,7 +6,9 @@ Ollama's server (`server/routes.go`, `Serve`) registers its gin engine on Go's
 the mux looks at every request first (`src/net/http/server.go`,
 `ServeMux.findHandler`, Go 1.22 on; Ollama builds with 1.26):
 
-* CONNECT is not canonicalized: gin gets its path as sent.
+* CONNECT is not canonicalized: gin gets its path as sent. An authority
+  (`CONNECT host:port`) has no path: the mux's trailing-slash redirect sends it to
+  `/`.
 * Any other method: the mux cleans the *escaped* path (`URL.EscapedPath`, the path as
   the client sent it when that is a valid encoding, else the decoded path escaped
   again) as `path.Clean` does, a trailing slash kept (`cleanPath`). When that
@@ -132,6 +134,12 @@ def location(method: str, target: bytes) -> bytes | None:
     if method == "CONNECT":
         if b"%" in target and not parses(target):
             raise Unparsable
+        if b"/" not in target:
+            # An authority (`host:port`): Go's URL has the empty path, which the
+            # pattern `/` does not match exactly, and does with a slash added, so
+            # `matchOrRedirect` redirects to cleanPath("") + "/", which
+            # http.Redirect cleans to `/`.
+            return b"/"
         return None  # not canonicalized
     if not target.startswith(b"/"):
         # The absolute form: the Location names no host. `*` has no path (Go's

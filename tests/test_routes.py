@@ -227,14 +227,19 @@ async def test_a_method_ollama_does_not_serve_is_its_405_with_allow_through_the_
 
 
 # Targets with no path, which aiohttp's router finds no route for (its own 404): Go's
-# mux redirects the absolute form to `/` (with the query, a 307 since Go 1.26), and
-# Go's server answers `*`
-# before the mux, `OPTIONS *` with 200 and any other method with 400, both empty.
+# mux redirects the absolute form and a CONNECT's authority to `/` (with the query, a
+# 307 since Go 1.26), and Go's server answers `*` before the mux, `OPTIONS *` with 200
+# and any other method with 400, both empty.
 NO_PATH = [
     ("GET", "http://127.0.0.1", 307, "/", b'<a href="/">Temporary Redirect</a>.\n\n'),
     ("POST", "http://127.0.0.1?x=1", 307, "/?x=1", b""),
     ("OPTIONS", "*", 200, None, b""),
     ("CONNECT", "*", 400, None, b""),
+    # An authority (CONNECT's own form) has the empty path, which the mux's pattern `/`
+    # does not match but matches with a slash added: its redirect to `//` (cleanPath of
+    # the empty path, and the slash), which http.Redirect cleans to `/`.
+    ("CONNECT", "127.0.0.1:11434", 307, "/", b""),
+    ("CONNECT", "example.com:443", 307, "/", b""),
 ]
 
 
