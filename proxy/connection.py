@@ -38,6 +38,11 @@ unparsable request with `400 Bad Request`, and logs neither. Here:
   answer the refusal alone): the parser stops after each request
   (`one_message_per_feed`) and is fed again until it holds nothing complete
   (`feed_held_back`);
+* heads Go reads and llhttp refuses (two equal Content-Lengths, Content-Length with
+  `Transfer-Encoding: chunked`, a header line ending in a bare LF, a folded header
+  line) get Go's plain 400 like any other unparsable head: reading them as Go does
+  would take a second parser over every head. The refusal reaches no backend, so no
+  body can be framed two ways;
 * a method llhttp does not know but Go reads (any token: `FOO`, `get`, `DESCRIBE`),
   and a CONNECT whose path aiohttp's C parser cannot read (`/api/blobs/sha256:...`),
   gets Ollama's answer for its target, read from the request line the parser's error

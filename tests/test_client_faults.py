@@ -876,3 +876,52 @@ async def test_a_host_go_reads_is_no_malformed_host(
         b"GET /api/version HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n",
     )
     assert answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer[:200]
+
+
+# Heads Go's net/http reads and llhttp refuses, with no way to read them as Go does
+# short of parsing every head twice: the proxy answers each with Go's plain 400 and
+# closes, and no backend sees any of it. What Go does with each (src/net/http
+# transfer.go fixLength and parseTransferEncoding, net/textproto reader.go):
+ODD_HEADS = {
+    # Go: served, the duplicate dropped (fixLength); llhttp: "Duplicate Content-Length".
+    "same-lengths": b"Content-Length: 2\r\nContent-Length: 2\r\n",
+    # Go: 400 too ("cannot contain multiple Content-Length headers").
+    "two-lengths": b"Content-Length: 2\r\nContent-Length: 3\r\n",
+    # Go: 400 too (one field "2, 2" is no number to ParseUint).
+    "length-list": b"Content-Length: 2, 2\r\n",
+    # Go: served chunked, the Content-Length dropped once it parses (fixLength);
+    # llhttp refuses both together.
+    "length-then-chunked": b"Content-Length: 2\r\nTransfer-Encoding: chunked\r\n",
+    "chunked-then-length": b"Transfer-Encoding: chunked\r\nContent-Length: 2\r\n",
+    # Go: served (textproto's lines end at LF, a CR before it dropped).
+    "bare-lf": b"X-A: b\nContent-Length: 2\r\n",
+    # Go: served, the lines joined by a space (readContinuedLineSlice).
+    "folded": b"X-A: b\r\n  c\r\nContent-Length: 2\r\n",
+    "folded-tab": b"X-A: b\r\n\tc\r\nContent-Length: 2\r\n",
+}
+
+
+@pytest.mark.parametrize("server", ["proxy", "emulator"])
+@pytest.mark.parametrize("after", [0, 1], ids=["alone", "pipelined"])
+@pytest.mark.parametrize("fields", list(ODD_HEADS.values()), ids=list(ODD_HEADS))
+async def test_a_head_llhttp_refuses_gets_gos_400_and_reaches_no_backend(
+    slow_heads: Proxy, emulator: Emulator, server: str, after: int, fields: bytes
+) -> None:
+    """Never a 5xx nor a close without an answer; a request before it in the same
+    write is answered first."""
+    port = slow_heads.port if server == "proxy" else emulator.port
+    shown = emulator.state.requests["/api/show"]
+    body = b"2\r\n{}\r\n0\r\n\r\n" if b"chunked" in fields else b"{}"
+    answer = await answer_to(
+        port,
+        PIPELINED["get"] * after
+        + b"POST /api/show HTTP/1.1\r\nHost: localhost\r\n"
+        + fields
+        + b"\r\n"
+        + body,
+    )
+    *served, (refusal, _) = responses_of(answer)
+    assert [head.split(b"\r\n", 1)[0] for head, _ in served] == [b"HTTP/1.1 200 OK"] * after
+    refused = answer[answer.index(refusal) :]
+    assert (go_answer(refused) if server == "proxy" else refused) == BAD_REQUEST
+    assert emulator.state.requests["/api/show"] == shown
