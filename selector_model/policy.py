@@ -195,8 +195,9 @@ _P_CEILING = 1 - _P_FLOOR
 
 
 def _logit(p: float) -> float:
-    """The log-odds of `p`, kept inside the floor and the ceiling."""
-    p = _inside(p)
+    """The log-odds of `p`, kept inside the floor and the ceiling (`_inside`, spelled
+    out: `with_catalogue` takes it for every candidate of every decision)."""
+    p = _P_FLOOR if p < _P_FLOOR else _P_CEILING if p > _P_CEILING else p
     return math.log(p / (1.0 - p))
 
 
