@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from selector_model import features as F
 from selector_model import request_body
+from selector_model.features.words import spaced
 
 
 def vector(path: str, body: dict[str, object]) -> dict[str, float]:
@@ -590,6 +591,61 @@ _ENDING_ALIKE = st.builds(
 @given(body=_ENDING_ALIKE)
 def test_windows_that_end_alike_read_as_the_definition(body: dict[str, Any]) -> None:
     _reads_as_the_definition(body)
+
+
+# A system prompt, a last user turn, sometimes a turn after it: the scan's join falls
+# inside the last turn or before it, the sample's window holds the turn's start or not,
+# and where the last turn would stand in the sample is right or wrong; the fast reading
+# reads the text both hint windows hold once, and must read as the definition.
+_SYSTEM_THEN_LAST = st.builds(
+    lambda system, between, last, after: {
+        "messages": [
+            {"role": "system", "content": system + " x" * between},
+            {"role": "user", "content": last},
+            *([{"role": "assistant", "content": after}] if after is not None else []),
+        ]
+    },
+    _PIECE_RUNS,
+    st.integers(0, 1100),
+    st.one_of(
+        _LONG_TURNS, _PIECE_RUNS, st.builds(lambda t, n: t * n, _PIECE_RUNS, st.integers(1, 40))
+    ),
+    st.one_of(st.none(), _TEXTS),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=_SYSTEM_THEN_LAST)
+def test_windows_that_share_the_last_turn_read_as_the_definition(body: dict[str, Any]) -> None:
+    _reads_as_the_definition(body)
+
+
+def test_the_text_both_hint_windows_hold_is_read_once() -> None:
+    """A system prompt and a 2 KB last turn: the scan joins its head and tail inside the
+    turn, the sample's window holds the turn's start after the system prompt and its
+    end but for the join; all that is read once, for both windows."""
+    from selector_model.features import hints
+
+    last = "Fix this:\n```python\ndef f(x):\n    return x + 1\n```\n" + "the lazy dog " * 160
+    last = last[:2048]
+    body = {
+        "messages": [
+            {"role": "system", "content": "You are a careful senior engineer."},
+            {"role": "user", "content": last},
+        ]
+    }
+    scan = F._Scan()
+    for message in body["messages"]:
+        scan.add(message["content"])
+    sample, join = scan.sample(), scan.join()
+    assert sample[join] == "\n" and join < len(sample) - 1  # the join is inside the turn
+    window, window_last = hints._window(sample), hints._window(last)
+    shared, sample_rest, last_rest = hints._cut(
+        spaced(window.lower()), spaced(window_last.lower()), hints._aligned(sample, last, join)
+    )
+    assert len(shared) > 0.9 * len(window_last)
+    assert len(sample_rest) < 0.1 * len(window) and len(last_rest) < 0.1 * len(window_last)
+    assert F.request_features("/api/chat", body) == _reference("/api/chat", body)
 
 
 def test_a_word_across_where_a_window_ends_alike_is_one_word() -> None:

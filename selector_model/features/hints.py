@@ -12,9 +12,11 @@ are read fast instead, with the same results (tests/test_features.py pins them):
 - In an ASCII text a word w is present exactly when " w " is in " " + spaced + " ",
   which one regex finds for all hint words at once (no word objects, no hashing);
   other texts split and look words up. Words of a text that a separator splits in two
-  are the words of either part: where both windows end with the same part after a
-  separator (a conversation that ends with its last user turn), that part is read
-  once, for the hint words of both.
+  are the words of either part: the text both windows hold (the last user turn, which
+  a conversation's sample ends with; its start too, after a short conversation before
+  it), cut between separators, is read once, for the hint words of both. Where it
+  stands in either window follows from the lengths and the scan's join; each part
+  is compared before it is taken as shared.
 - A symbol is looked for only where a character it cannot occur without is (found
   with memchr); code fence symbols all at once, by one regex over the text's "```"s;
   symbols that start with the same punctuation all at once too, by one regex that
@@ -87,10 +89,12 @@ class Hints(NamedTuple):
     spaced_last: bytes  # the last turn's window, lower-cased, `spaced_utf8`
 
 
-def read_hints(sample: str, last: str) -> Hints:
+def read_hints(sample: str, last: str, join: int = -1) -> Hints:
     """The hints of a request whose scanned text is `sample` and whose last user turn
-    (its scanned ends) is `last`. When the sample's window is the last turn's (one short
-    message, or one long one), it is read once."""
+    (its scanned ends) is `last`; `join`, where in `sample` the scan joined its head
+    and tail (-1: nowhere). When the sample's window is the last turn's (one short
+    message, or one long one), it is read once; else the text both windows hold, found
+    from where the last turn would stand in the sample (`_aligned`), is."""
     window = _window(sample)
     window_last = _window(last)
     low_last = window_last.lower()
@@ -104,31 +108,16 @@ def read_hints(sample: str, last: str) -> Hints:
     else:
         low_sample = window.lower()
         spaced_sample = spaced(low_sample)
-        end = spaced_last_text[-HINT_CHARS:]
-        if (
-            len(spaced_last_text) > HINT_CHARS
-            and spaced_last_text[-HINT_CHARS - 1] == " "
-            and len(spaced_sample) > HINT_CHARS
-            and spaced_sample[-HINT_CHARS - 1] == " "
-            and spaced_sample.endswith(end)
-            and low_sample.isascii()
-            and low_last.isascii()
-        ):
-            # Both windows end with the same words after a separator (a conversation
-            # that ends with its last user turn, both windows cut): those are read once.
-            ending = _FIND_BOTH_WORDS.findall(" " + end + " ")
-            # (The part before ends with the separator, a space: its last word is whole.)
-            sample_hits = _LANGUAGE_WORDS.intersection(ending).union(
-                _FIND_LANGUAGE_WORDS.findall(" " + spaced_sample[:-HINT_CHARS])
-            )
-            last_hits = _LAST_WORDS.intersection(ending).union(
-                _FIND_LAST_WORDS.findall(" " + spaced_last_text[:-HINT_CHARS])
-            )
-        else:
-            sample_hits = _hint_words(
-                low_sample, spaced_sample, _LANGUAGE_WORDS, _FIND_LANGUAGE_WORDS
-            )
-            last_hits = _hint_words(low_last, spaced_last_text, _LAST_WORDS, _FIND_LAST_WORDS)
+        # Lower-casing and spacing keep an ASCII text's positions, which `_aligned` gives.
+        aligned = _aligned(sample, last, join) if window.isascii() and last.isascii() else []
+        shared, sample_rest, last_rest = _cut(spaced_sample, spaced_last_text, aligned)
+        both = _FIND_BOTH_WORDS.findall(" " + shared + " ") if shared else ()
+        sample_hits = _LANGUAGE_WORDS.intersection(both).union(
+            _hint_words(low_sample, sample_rest, _LANGUAGE_WORDS, _FIND_LANGUAGE_WORDS)
+        )
+        last_hits = _LAST_WORDS.intersection(both).union(
+            _hint_words(low_last, last_rest, _LAST_WORDS, _FIND_LAST_WORDS)
+        )
     return Hints(
         [
             *_language_hints(low_sample, sample_hits),
@@ -145,6 +134,76 @@ def _window(text: str) -> str:
     return text if len(text) <= 2 * HINT_CHARS else text[:HINT_CHARS] + "\n" + text[-HINT_CHARS:]
 
 
+def _pieces(text: str) -> list[tuple[int, int, int]]:
+    """The parts of `text` its window (`_window`) holds: (start, end, where start
+    stands in the window)."""
+    if len(text) <= 2 * HINT_CHARS:
+        return [(0, len(text), 0)]
+    return [(0, HINT_CHARS, 0), (len(text) - HINT_CHARS, len(text), HINT_CHARS + 1)]
+
+
+def _aligned(sample: str, last: str, join: int) -> list[tuple[int, int, int]]:
+    """Where the sample's window and the last turn's would hold the same text if the
+    sample ended with the last turn (the scan's join, at `join` in the sample, inside
+    it or not): (start in the sample's window, start in the last turn's, length), in
+    the order of both. A guess from positions alone, which `_cut` checks. (Conditional
+    expressions, not min and max: those parse their arguments as keywords may come.)"""
+    at = len(sample) - len(last)  # where the last turn starts in the sample
+    if 0 <= join >= at - 1:
+        at -= 1  # the join is inside it
+    else:
+        join = len(sample)
+    # The sample's window's parts, cut at the join: (start, end) in the last turn's
+    # positions, and where start stands in the window.
+    parts = []
+    for start, end, placed in _pieces(sample):
+        if start < join:
+            parts.append((start - at, (join if join < end else end) - at, placed))
+        if join + 1 < end:
+            lo = join + 1 if join >= start else start
+            parts.append((lo - at - 1, end - at - 1, placed + lo - start))
+    last_pieces = _pieces(last)
+    aligned = []
+    for lo, hi, placed in parts:
+        for start, end, placed_last in last_pieces:
+            common_lo = lo if lo > start else start
+            common_hi = hi if hi < end else end
+            if common_lo < common_hi:
+                aligned.append(
+                    (
+                        placed + common_lo - lo,
+                        placed_last + common_lo - start,
+                        common_hi - common_lo,
+                    )
+                )
+    return aligned
+
+
+def _cut(a: str, b: str, aligned: list[tuple[int, int, int]]) -> tuple[str, str, str]:
+    """(shared, a_rest, b_rest): spaced texts a and b cut, where `aligned` (a's start,
+    b's start, length; in the order of both) finds the same text in both, between its
+    first and last space. A word never spans a space, so the words of a are those of
+    shared and a_rest, the words of b those of shared and b_rest."""
+    shared: list[str] = []
+    a_rest: list[str] = []
+    b_rest: list[str] = []
+    a_at = b_at = 0  # each is cut up to here
+    for a_start, b_start, length in aligned:
+        piece = b[b_start : b_start + length]
+        first, last = piece.find(" "), piece.rfind(" ")
+        if first == last or not a.startswith(piece, a_start):
+            continue  # no words between two spaces, or not the same text
+        shared.append(piece[first : last + 1])
+        a_rest.append(a[a_at : a_start + first])
+        b_rest.append(b[b_at : b_start + first])
+        a_at, b_at = a_start + last + 1, b_start + last + 1
+    if not shared:
+        return "", a, b
+    a_rest.append(a[a_at:])
+    b_rest.append(b[b_at:])
+    return " ".join(shared), " ".join(a_rest), " ".join(b_rest)
+
+
 def _choices(low: str) -> int:
     """Lines that open like a multiple-choice option: "a)", "(b)", "c.", "d:" (a line
     that, leading spaces and "(" stripped, has [a-e], one of ").:" and a space)."""
@@ -154,8 +213,9 @@ def _choices(low: str) -> int:
 def _hint_words(
     low: str, spaced_low: str, hint_words: frozenset[str], find: re.Pattern[str]
 ) -> frozenset[str]:
-    """Which `hint_words` are among the words of `low` (lower-cased text; `spaced_low`,
-    `spaced(low)`; `find`, `_word_pattern(hint_words)`)."""
+    """Which `hint_words` are among the words of `spaced_low`: `spaced(low)` of a
+    lower-cased text, or parts of it joined by spaces (`find`,
+    `_word_pattern(hint_words)`)."""
     if low.isascii():
         return frozenset(find.findall(" " + spaced_low + " "))
     return hint_words.intersection(spaced_low.split())

@@ -41,7 +41,7 @@ def request_features(path: str, body: Mapping[str, Any]) -> list[float]:
     last = text.last_user  # its first and last `SCAN_CHARS` characters are read
     if len(last) > 2 * SCAN_CHARS:
         last = last[:SCAN_CHARS] + last[-SCAN_CHARS:]
-    hints = read_hints(text.sample, last)
+    hints = read_hints(text.sample, last, text.join)
     features = [
         *_sizes(text),
         *_counts(text.sample, last),
@@ -91,6 +91,10 @@ class _Scan:
             tail = tail[-SCAN_CHARS:]
         return head + "\n" + tail
 
+    def join(self) -> int:
+        """Where `sample` joins the head and the tail, -1 for a sample that is all head."""
+        return sum(len(piece) + 1 for piece in self.head) - 1 if self.tail else -1
+
 
 @dataclass(slots=True)  # not frozen: built on every request, and frozen costs a call per field
 class _Text:
@@ -103,6 +107,7 @@ class _Text:
     system_chars: int
     last_user: str  # the last user turn, or the prompt
     images: bool
+    join: int  # `_Scan.join`
 
 
 def _read(body: Mapping[str, Any]) -> _Text:
@@ -135,6 +140,7 @@ def _read(body: Mapping[str, Any]) -> _Text:
         system_chars=system_chars,
         last_user=last_user,
         images=images or bool(body.get("images")),
+        join=scan.join(),
     )
 
 
