@@ -635,13 +635,17 @@ def test_the_text_both_hint_windows_hold_is_read_once() -> None:
         ]
     }
     scan = F._Scan()
-    for message in body["messages"]:
-        scan.add(message["content"])
+    scan.add(body["messages"][0]["content"])
+    last_at = scan.next_at()
+    scan.add(last)
     sample, join = scan.sample(), scan.join()
+    assert sample[last_at:join] == last[: join - last_at]  # the turn's start, in the head
     assert sample[join] == "\n" and join < len(sample) - 1  # the join is inside the turn
     window, window_last = hints._window(sample), hints._window(last)
     shared, sample_rest, last_rest = hints._cut(
-        spaced(window.lower()), spaced(window_last.lower()), hints._aligned(sample, last, join)
+        spaced(window.lower()),
+        spaced(window_last.lower()),
+        hints._aligned(sample, last, join, last_at),
     )
     assert len(shared) > 0.9 * len(window_last)
     assert len(sample_rest) < 0.1 * len(window) and len(last_rest) < 0.1 * len(window_last)

@@ -89,10 +89,11 @@ class Hints(NamedTuple):
     spaced_last: bytes  # the last turn's window, lower-cased, `spaced_utf8`
 
 
-def read_hints(sample: str, last: str, join: int = -1) -> Hints:
+def read_hints(sample: str, last: str, join: int = -1, last_at: int = -1) -> Hints:
     """The hints of a request whose scanned text is `sample` and whose last user turn
     (its scanned ends) is `last`; `join`, where in `sample` the scan joined its head
-    and tail (-1: nowhere). When the sample's window is the last turn's (one short
+    and tail (-1: nowhere), `last_at`, where the last turn starts in its head (-1: not
+    there). When the sample's window is the last turn's (one short
     message, or one long one), it is read once; else the text both windows hold, found
     from where the last turn would stand in the sample (`_aligned`), is."""
     window = _window(sample)
@@ -109,7 +110,9 @@ def read_hints(sample: str, last: str, join: int = -1) -> Hints:
         low_sample = window.lower()
         spaced_sample = spaced(low_sample)
         # Lower-casing and spacing keep an ASCII text's positions, which `_aligned` gives.
-        aligned = _aligned(sample, last, join) if window.isascii() and last.isascii() else []
+        aligned = (
+            _aligned(sample, last, join, last_at) if window.isascii() and last.isascii() else []
+        )
         shared, sample_rest, last_rest = _cut(spaced_sample, spaced_last_text, aligned)
         both = _FIND_BOTH_WORDS.findall(" " + shared + " ") if shared else ()
         sample_hits = _LANGUAGE_WORDS.intersection(both).union(
@@ -142,26 +145,25 @@ def _pieces(text: str) -> list[tuple[int, int, int]]:
     return [(0, HINT_CHARS, 0), (len(text) - HINT_CHARS, len(text), HINT_CHARS + 1)]
 
 
-def _aligned(sample: str, last: str, join: int) -> list[tuple[int, int, int]]:
-    """Where the sample's window and the last turn's would hold the same text if the
-    sample ended with the last turn (the scan's join, at `join` in the sample, inside
-    it or not): (start in the sample's window, start in the last turn's, length), in
+def _aligned(sample: str, last: str, join: int, last_at: int) -> list[tuple[int, int, int]]:
+    """Where the sample's window and the last turn's would hold the same text: the
+    last turn read from `last_at` in the sample's head (up to the scan's `join`), and
+    from the sample's end back in its tail, as the sample ends with it when nothing
+    follows it. (start in the sample's window, start in the last turn's, length), in
     the order of both. A guess from positions alone, which `_cut` checks. (Conditional
     expressions, not min and max: those parse their arguments as keywords may come.)"""
-    at = len(sample) - len(last)  # where the last turn starts in the sample
-    if 0 <= join >= at - 1:
-        at -= 1  # the join is inside it
-    else:
-        join = len(sample)
+    if join < 0:
+        join = len(sample)  # all head
     # The sample's window's parts, cut at the join: (start, end) in the last turn's
     # positions, and where start stands in the window.
     parts = []
     for start, end, placed in _pieces(sample):
-        if start < join:
-            parts.append((start - at, (join if join < end else end) - at, placed))
+        if start < join and last_at >= 0:
+            parts.append((start - last_at, (join if join < end else end) - last_at, placed))
         if join + 1 < end:
             lo = join + 1 if join >= start else start
-            parts.append((lo - at - 1, end - at - 1, placed + lo - start))
+            at = len(sample) - len(last)
+            parts.append((lo - at, end - at, placed + lo - start))
     last_pieces = _pieces(last)
     aligned = []
     for lo, hi, placed in parts:

@@ -41,7 +41,7 @@ def request_features(path: str, body: Mapping[str, Any]) -> list[float]:
     last = text.last_user  # its first and last `SCAN_CHARS` characters are read
     if len(last) > 2 * SCAN_CHARS:
         last = last[:SCAN_CHARS] + last[-SCAN_CHARS:]
-    hints = read_hints(text.sample, last, text.join)
+    hints = read_hints(text.sample, last, text.join, text.last_at)
     features = [
         *_sizes(text),
         *_counts(text.sample, last),
@@ -93,7 +93,11 @@ class _Scan:
 
     def join(self) -> int:
         """Where `sample` joins the head and the tail, -1 for a sample that is all head."""
-        return sum(len(piece) + 1 for piece in self.head) - 1 if self.tail else -1
+        return self.head_len - 1 if self.tail else -1
+
+    def next_at(self) -> int:
+        """Where in `sample` the next text added starts, -1 for one that starts in the tail."""
+        return self.head_len if self.head_len < SCAN_CHARS else -1
 
 
 @dataclass(slots=True)  # not frozen: built on every request, and frozen costs a call per field
@@ -108,6 +112,7 @@ class _Text:
     last_user: str  # the last user turn, or the prompt
     images: bool
     join: int  # `_Scan.join`
+    last_at: int  # where `last_user` starts in `sample`, -1 in the tail
 
 
 def _read(body: Mapping[str, Any]) -> _Text:
@@ -116,6 +121,7 @@ def _read(body: Mapping[str, Any]) -> _Text:
     user_turns = 0
     system_chars = 0
     last_user = ""
+    last_at = -1
     images = False
     for role, text, has_images in request_body.turns(body):
         if role == "system":
@@ -123,6 +129,7 @@ def _read(body: Mapping[str, Any]) -> _Text:
         elif role == "user":
             user_turns += 1
             last_user = text
+            last_at = scan.next_at()
         images = images or has_images
         scan.add(text)
     for kind, text in request_body.fields(body):
@@ -130,6 +137,7 @@ def _read(body: Mapping[str, Any]) -> _Text:
             system_chars += len(text)
         elif kind == "prompt":
             last_user = text
+            last_at = scan.next_at()
             user_turns = max(user_turns, 1)
         scan.add(text)
     return _Text(
@@ -141,6 +149,7 @@ def _read(body: Mapping[str, Any]) -> _Text:
         last_user=last_user,
         images=images or bool(body.get("images")),
         join=scan.join(),
+        last_at=last_at,
     )
 
 
