@@ -15,8 +15,8 @@ are read fast instead, with the same results (tests/test_features.py pins them):
   are the words of either part: the text both windows hold (the last user turn, which
   a conversation's sample ends with; its start too, after a short conversation before
   it), cut between separators, is read once, for the hint words of both. Where it
-  stands in either window follows from the lengths and the scan's join; each part
-  is compared before it is taken as shared.
+  stands in either window follows from where the scan put the turn and joined its
+  head and tail; each part is compared before it is taken as shared.
 - A symbol is looked for only where a character it cannot occur without is (found
   with memchr); code fence symbols all at once, by one regex over the text's "```"s;
   symbols that start with the same punctuation all at once too, by one regex that
@@ -93,9 +93,8 @@ def read_hints(sample: str, last: str, join: int = -1, last_at: int = -1) -> Hin
     """The hints of a request whose scanned text is `sample` and whose last user turn
     (its scanned ends) is `last`; `join`, where in `sample` the scan joined its head
     and tail (-1: nowhere), `last_at`, where the last turn starts in its head (-1: not
-    there). When the sample's window is the last turn's (one short
-    message, or one long one), it is read once; else the text both windows hold, found
-    from where the last turn would stand in the sample (`_aligned`), is."""
+    there). When the sample's window is the last turn's (one short message, or one
+    long one), it is read once; else the text both windows hold (`_aligned`) is."""
     window = _window(sample)
     window_last = _window(last)
     low_last = window_last.lower()
