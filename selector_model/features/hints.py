@@ -149,8 +149,7 @@ def _aligned(sample: str, last: str, join: int, last_at: int) -> list[tuple[int,
     last turn read from `last_at` in the sample's head (up to the scan's `join`), and
     from the sample's end back in its tail, as the sample ends with it when nothing
     follows it. (start in the sample's window, start in the last turn's, length), in
-    the order of both. A guess from positions alone, which `_cut` checks. (Conditional
-    expressions, not min and max: those parse their arguments as keywords may come.)"""
+    the order of both. A guess from positions alone, which `_cut` checks."""
     if join < 0:
         join = len(sample)  # all head
     # The sample's window's parts, cut at the join: (start, end) in the last turn's
