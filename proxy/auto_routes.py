@@ -176,9 +176,7 @@ class AutoRoutes:
                 # "known": what the evidence of this kind left of the configured
                 # strength of the models the artifact was fitted on ("known_ceiling").
                 "prior_strength": {
-                    "known": learning.known_prior_strength
-                    if decision.known_strength is None
-                    else decision.known_strength,
+                    "known": decision.known_strength,
                     "known_ceiling": learning.known_prior_strength,
                     "unseen": learning.prior_strength,
                 },

@@ -309,8 +309,8 @@ class Decision:
     variant: str | None = None
     kind: str | None = None  # the kind of prompt evidence is kept for
     # The prior strength of the models the artifact was fitted on in this decision
-    # (`fitted_strength`; None: the configured one).
-    known_strength: float | None = None
+    # (`fitted_strength`).
+    known_strength: float = KNOWN_PRIOR_STRENGTH
 
     @property
     def score(self) -> Scored | None:
@@ -583,7 +583,7 @@ class Chosen:
     reason: str  # ml | pinned | learned | explore
     propensity: float
     # The prior strength the models the artifact was fitted on had (`fitted_strength`).
-    known_strength: float = KNOWN_PRIOR_STRENGTH
+    known_strength: float
 
 
 def _shift(
