@@ -280,6 +280,7 @@ class AutoRouter:
             self.evidence if learning.model_level else None,
             profile.tolerance,
             learning.optimism,
+            profile.max_loss,
         )
         ranking, chosen, reason, propensity = (
             chose.ranking,

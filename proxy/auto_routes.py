@@ -16,6 +16,7 @@ from proxy.errors import error_response
 from proxy.learning import Learner
 from proxy.limits import read_body
 from proxy.protocol import JSON, go_dumps
+from selector_model.policy import beyond_max_loss
 from selector_model.profiling import store as profile_store
 from selector_model.profiling.suite import CURRENT_VERSION as SUITE_VERSION
 
@@ -35,7 +36,9 @@ LEGEND = {
     "X-Autoroute-Model": "the model auto chose (explain: model)",
     "X-Autoroute-Profile": "the profile used: auto is auto:<selector.default_profile>",
     "X-Autoroute-Reason": (
-        "why this model (explain: reason): ml = the best score; pinned = the profile's "
+        "why this model (explain: reason), among the candidates rated at most the "
+        "profile's max_loss below the best-rated one (the others: "
+        "ranking[].beyond_max_loss): ml = the best score; pinned = the profile's "
         "default (or the best model the selector knows, or the largest when it knows "
         "none) kept, since no other leads it by selector.min_gain (and, against a model "
         "the selector never saw, by what the two scores may be off: ranking[].spread); "
@@ -156,6 +159,10 @@ class AutoRoutes:
             return error_response(request.path, 400, str(exc))
         decision = choice.decision
         learning = self.auto.config.learning
+        profile_settings = self.auto.config.profiles.get(decision.profile)
+        beyond = beyond_max_loss(
+            decision.ranking, profile_settings.max_loss if profile_settings else 0.0
+        )
         # Models the key cannot see stay out of the answer, as they do from the lists.
         filtered = {m: why for m, why in decision.filtered.items() if only is None or m in only}
         return _json(
@@ -182,8 +189,16 @@ class AutoRoutes:
                 },
                 # expected_seconds includes load_seconds (0 when loaded); utility
                 # includes evict_penalty when loading would evict a model in use.
+                # beyond_max_loss: rated further below the best-rated candidate than
+                # the profile's max_loss, so not considered.
                 "ranking": [
-                    self._with_measured({**s.describe(), **choice.loading(s.name)})
+                    self._with_measured(
+                        {
+                            **s.describe(),
+                            **choice.loading(s.name),
+                            "beyond_max_loss": s.name in beyond,
+                        }
+                    )
                     for s in decision.ranking
                 ],
                 "filtered": filtered,
@@ -192,13 +207,14 @@ class AutoRoutes:
         )
 
     def _rule(self, profile_name: str) -> dict[str, float] | None:
-        """The profile's cost_weight and tolerance and the selector's min_gain."""
+        """The profile's cost_weight, tolerance and max_loss and the selector's min_gain."""
         profile = self.auto.config.profiles.get(profile_name)
         if profile is None:
             return None
         return {
             "cost_weight": profile.cost_weight,
             "tolerance": profile.tolerance,
+            "max_loss": profile.max_loss,
             "min_gain": self.auto.config.min_gain,
         }
 

@@ -163,7 +163,7 @@ def demo_config(config: Config, terminal: bool = False) -> Config:
 
 
 # Prompts on which the demo's `auto` chooses differently (see DEMO_BACKENDS).
-DEMO_CODE_PROMPT = "Write a Python function that reverses a linked list."
+DEMO_CODE_PROMPT = "Fix this Python function: def add(a, b): return a - b"
 DEMO_GENERAL_PROMPT = "Summarize the history of the Roman Empire in three sentences."
 
 

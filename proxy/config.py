@@ -160,6 +160,10 @@ class Profile:
     # Then the quickest model whose utility is within this of the choice's (points of
     # P(success) as a fraction: 0.03 is 3 points); 0: the choice itself.
     tolerance: float = 0.0
+    # Candidates rated more than this below the best-rated one (points of P(success)
+    # as a fraction) are not considered: what cost_weight may trade away for speed.
+    # 0: no bound.
+    max_loss: float = 0.0
     # Chosen when the selector is unsure, and where nothing better is clearly ahead.
     default_model: str = ""
     # Candidates allowed (empty: all) and denied, by model name.
@@ -188,7 +192,7 @@ class Warm:
 
 def _default_profiles() -> dict[str, Profile]:
     return {
-        "balanced": Profile(cost_weight=0.004),
+        "balanced": Profile(cost_weight=0.004, max_loss=0.05),
         "fast": Profile(cost_weight=0.2),
         "best": Profile(cost_weight=0.0),
     }

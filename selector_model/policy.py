@@ -15,10 +15,14 @@ alone may be rated first without a clear lead, while one below it, with publishe
 results, leads clearly.
 A profile's `tolerance` then takes the quickest candidate whose utility is within it
 of that choice (reason `cheaper`): "the cheapest model at most 3 points less likely
-to answer well" for 0.03. `with_catalogue` draws the P of a model the artifact
-never saw toward the catalogue's reading of it. Every decision records the
-probability of what was picked (the propensity), so that training on the proxy's own
-logs can correct for the proxy's own choices.
+to answer well" for 0.03. A profile's `max_loss` bounds what cost may take away:
+before the rule, the candidates rated more than that below the best-rated one (P, or
+the blend and its optimism once there is evidence) are out of the running, so a
+profile that weighs cost never trades more than `max_loss` of P(success) for speed.
+`with_catalogue` draws the P of a model the artifact never saw toward the catalogue's
+reading of it. Every decision records the probability of what was picked (the
+propensity), so that training on the proxy's own logs can correct for the proxy's own
+choices.
 
 `pick` is the rule from the selector's scores alone, exploring uniformly among the
 eligible (kept as the baseline benchmarks compare with).
@@ -510,9 +514,12 @@ def pick(
     rng: random.Random,
     unknown_margin: float = UNKNOWN_MARGIN,
     tolerance: float = 0.0,
+    max_loss: float = 0.0,
 ) -> tuple[Scored, str, float]:
     """(choice, reason, propensity) from a ranking sorted best first."""
-    greedy, reason = _safe_greedy(ranking, default_model, min_gain, unknown_margin, 1.0, tolerance)
+    greedy, reason = _safe_greedy(
+        ranking, default_model, min_gain, unknown_margin, 1.0, tolerance, max_loss
+    )
     if exploration > 0 and len(ranking) > 1:
         share = exploration / len(ranking)
         if rng.random() < exploration:
@@ -529,10 +536,14 @@ def _safe_greedy(
     unknown_margin: float,
     prior_strength: float,
     tolerance: float = 0.0,
+    max_loss: float = 0.0,
 ) -> tuple[Scored, str]:
     """The best of a ranking sorted best first, but for the safety rule (see the module
-    docstring), then with a `tolerance` the cheapest within it (`_cheapest_within`).
-    The margin for what a P may be off shrinks with each model's evidence."""
+    docstring), among the candidates within `max_loss` of the best-rated (`_near_best`),
+    then with a `tolerance` the cheapest within it (`_cheapest_within`). The margin for
+    what a P may be off shrinks with each model's evidence."""
+    if max_loss > 0:
+        ranking = _near_best(ranking, max_loss)
     choice, reason = ranking[0], "ml"
     anchor = next((s for s in ranking if s.name == default_model), None)
     if anchor is None:
@@ -560,6 +571,26 @@ def _safe_greedy(
         if cheaper is not choice:
             return cheaper, "cheaper"
     return choice, reason
+
+
+def _rated(scored: Scored) -> float:
+    """What a candidate's utility holds of its chance of a good answer: the prior, or
+    once there is evidence the blend and its optimism."""
+    return (scored.p_success if scored.blend is None else scored.blend) + scored.optimism
+
+
+def _near_best(ranking: Sequence[Scored], max_loss: float) -> list[Scored]:
+    """The candidates rated at most `max_loss` below the best-rated, in ranking order."""
+    bar = max(_rated(s) for s in ranking) - max_loss
+    return [s for s in ranking if _rated(s) >= bar]
+
+
+def beyond_max_loss(ranking: Sequence[Scored], max_loss: float) -> frozenset[str]:
+    """The candidates `max_loss` keeps out of the running (none when it is 0)."""
+    if max_loss <= 0 or not ranking:
+        return frozenset()
+    near = {s.name for s in _near_best(ranking, max_loss)}
+    return frozenset(s.name for s in ranking if s.name not in near)
 
 
 def _cheapest_within(ranking: Sequence[Scored], choice: Scored, tolerance: float) -> Scored:
@@ -742,6 +773,7 @@ def choose(
     kinds: Mapping[str, Mapping[str, Sequence[float]]] | Evidence | None = None,
     tolerance: float = 0.0,
     optimism: float = OPTIMISM,
+    max_loss: float = 0.0,
 ) -> Chosen:
     """The choice for one request from `rank`'s ranking (prior utilities, best first)
     and the evidence for the request's kind, model: (successes, count, expected), as
@@ -751,7 +783,7 @@ def choose(
     each candidate's utility once there is evidence. With no evidence and no
     exploration this is `pick`'s greedy choice. See the module docstring."""
     prior_choice, reason = _safe_greedy(
-        ranking, default_model, min_gain, unknown_margin, prior_strength, tolerance
+        ranking, default_model, min_gain, unknown_margin, prior_strength, tolerance, max_loss
     )
     blended = ranking
     every_kind = kinds.table if isinstance(kinds, Evidence) else kinds
@@ -805,7 +837,7 @@ def choose(
             blended.append(s.blended(blend, got, totals.get(s.name), bonus))
         blended.sort(key=_UTILITY, reverse=True)
         greedy, reason = _safe_greedy(
-            blended, default_model, min_gain, unknown_margin, prior_strength, tolerance
+            blended, default_model, min_gain, unknown_margin, prior_strength, tolerance, max_loss
         )
         if greedy.name != prior_choice.name:
             reason = "learned"

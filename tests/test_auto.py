@@ -32,6 +32,7 @@ def selector(tmp_path: Path, **overrides: Any) -> Selector:
         "coders": Profile(cost_weight=0.0, allow=("qwen2.5-coder:7b", "codegemma:7b")),
         "nomixtral": Profile(cost_weight=0.0, deny=("mixtral:8x7b",)),
         "thrifty": Profile(cost_weight=0.0, tolerance=0.1),
+        "careful": Profile(cost_weight=1.0, max_loss=0.05),
     }
     settings: dict[str, Any] = {
         "artifact": str(tmp_path / "missing.onnx"),
@@ -125,13 +126,32 @@ async def test_profiles_move_the_choice(auto_proxy: Proxy) -> None:
 async def test_a_tolerance_takes_the_quickest_model_within_it(auto_proxy: Proxy) -> None:
     _, best = await explain(auto_proxy, chat("auto:best"))
     _, thrifty = await explain(auto_proxy, chat("auto:thrifty"))
-    assert thrifty["rule"] == {"cost_weight": 0.0, "tolerance": 0.1, "min_gain": 0.02}
+    assert thrifty["rule"] == {
+        "cost_weight": 0.0,
+        "tolerance": 0.1,
+        "max_loss": 0.0,
+        "min_gain": 0.02,
+    }
     by_name = {r["model"]: r for r in thrifty["ranking"]}
     top = by_name[best["model"]]["utility"]
     within = [r for r in thrifty["ranking"] if r["utility"] >= top - 0.1]
     quickest = min(within, key=lambda r: r["expected_seconds"])
     assert thrifty["model"] == quickest["model"] != best["model"]
     assert all("spread" in r for r in thrifty["ranking"])
+
+
+async def test_max_loss_keeps_out_what_is_rated_far_below_the_best(auto_proxy: Proxy) -> None:
+    """`careful` weighs cost as `fast` does, but never takes a model rated more than 5
+    points below the best-rated one: explain marks those."""
+    _, fast = await explain(auto_proxy, chat("auto:fast"))
+    _, careful = await explain(auto_proxy, chat("auto:careful"))
+    assert careful["rule"]["max_loss"] == 0.05
+    top = max(r["p_success"] for r in careful["ranking"])
+    beyond = {r["model"] for r in careful["ranking"] if r["beyond_max_loss"]}
+    assert beyond == {r["model"] for r in careful["ranking"] if r["p_success"] < top - 0.05}
+    assert fast["model"] in beyond
+    assert careful["model"] not in beyond
+    assert not any(r["beyond_max_loss"] for r in fast["ranking"])
 
 
 async def test_unknown_profile_and_impossible_requests_are_400(auto_proxy: Proxy) -> None:

@@ -1,4 +1,5 @@
-"""The safety rule against an anchor the artifact never saw, and a profile's tolerance."""
+"""The safety rule against an anchor the artifact never saw, and a profile's tolerance
+and max_loss."""
 
 from __future__ import annotations
 
@@ -99,6 +100,27 @@ def test_tolerance_takes_the_quickest_model_within_it_of_the_choice() -> None:
     assert (chosen.name, reason) == ("mid:14b", "pinned")
     chose = choose(ranking, {}, 0.0, np.random.default_rng(0), tolerance=0.03)
     assert (chose.chosen.name, chose.reason) == ("mid:14b", "cheaper")
+
+
+def test_max_loss_bounds_the_chance_of_a_good_answer_cost_may_trade_away() -> None:
+    rng = random.Random(0)
+    names = ["big:70b", "mid:14b", "small:3b"]
+    # Utilities at 0.02 per second: 0.40, 0.66, 0.68.
+    ranking = rank(names, [0.80, 0.76, 0.70], [20.0, 5.0, 1.0], 0.02, set(names))
+    assert pick(ranking, "", 0.02, 0.0, rng)[0].name == "small:3b"
+    # 10 points below the best-rated is too much; 4 is not.
+    chosen, reason, _ = pick(ranking, "", 0.02, 0.0, rng, max_loss=0.05)
+    assert (chosen.name, reason) == ("mid:14b", "ml")
+    assert pick(ranking, "", 0.02, 0.0, rng, max_loss=0.03)[0].name == "big:70b"
+    assert pick(ranking, "", 0.02, 0.0, rng, max_loss=0.2)[0].name == "small:3b"
+    chose = choose(ranking, {}, 0.0, np.random.default_rng(0), max_loss=0.05)
+    assert chose.chosen.name == "mid:14b"
+    # Once there is evidence the bound reads the blend and its optimism: the quickest
+    # model answering this kind every time (40 of 40 where 28 were expected) is
+    # within it.
+    evidence = {"small:3b": [40.0, 40.0, 28.0]}
+    learned = choose(ranking, evidence, 0.0, np.random.default_rng(0), max_loss=0.05)
+    assert (learned.chosen.name, learned.reason) == ("small:3b", "learned")
 
 
 def test_an_anchors_doubt_shrinks_with_its_own_evidence() -> None:
