@@ -573,16 +573,18 @@ def _safe_greedy(
     return choice, reason
 
 
-def _rated(scored: Scored) -> float:
-    """What a candidate's utility holds of its chance of a good answer: the prior, or
-    once there is evidence the blend and its optimism."""
-    return (scored.p_success if scored.blend is None else scored.blend) + scored.optimism
-
-
-def _near_best(ranking: Sequence[Scored], max_loss: float) -> list[Scored]:
-    """The candidates rated at most `max_loss` below the best-rated, in ranking order."""
-    bar = max(_rated(s) for s in ranking) - max_loss
-    return [s for s in ranking if _rated(s) >= bar]
+def _near_best(ranking: Sequence[Scored], max_loss: float) -> Sequence[Scored]:
+    """The candidates rated at most `max_loss` below the best-rated, in ranking order
+    (`ranking` itself when that is all of them). A candidate's rating is what its
+    utility holds of its chance of a good answer: the prior, or once there is evidence
+    the blend and its optimism."""
+    # One comprehension, not a call per candidate: this runs in every decision of a
+    # profile with a bound.
+    rated = [(s.p_success if s.blend is None else s.blend) + s.optimism for s in ranking]
+    bar = max(rated) - max_loss
+    if min(rated) >= bar:
+        return ranking
+    return [s for s, r in zip(ranking, rated, strict=True) if r >= bar]
 
 
 def beyond_max_loss(ranking: Sequence[Scored], max_loss: float) -> frozenset[str]:
