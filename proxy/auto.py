@@ -24,6 +24,7 @@ from proxy.memory import Memory, Terms
 from proxy.registry import Registry
 from selector_model import artifact as artifact_module
 from selector_model import features, request_body
+from selector_model.catalog.names import is_safety_classifier
 from selector_model.evidence import Evidence
 from selector_model.features import Candidate
 from selector_model.kind import kind_of
@@ -360,9 +361,9 @@ class AutoRouter:
         needs: tuple[str, ...],
         prompt_tokens: float,
     ) -> Eligible:
-        """The hard filters: the API key's and the profile's lists, the capabilities the
-        request needs, a context that holds the prompt, instruct models before base
-        ones."""
+        """The hard filters: the API key's and the profile's lists, safety classifiers
+        unless the profile names them, the capabilities the request needs, a context
+        that holds the prompt, instruct models before base ones."""
         names = self._profile(profile)
         allow, deny = names.allow, names.deny
         eligible: list[Candidate] = []
@@ -375,6 +376,9 @@ class AutoRouter:
                 filtered[name] = "not in the profile's allow list"
             elif name in deny:
                 filtered[name] = "in the profile's deny list"
+            elif is_safety_classifier(name) and name not in allow and name != names.default_model:
+                # Its answer to any prompt is "safe" or "unsafe".
+                filtered[name] = "a safety classifier: it labels a conversation, not answers it"
             elif needs and not candidate.capabilities.issuperset(needs):
                 missing = [n for n in needs if n not in candidate.capabilities]
                 filtered[name] = "lacks " + ", ".join(missing)

@@ -14,7 +14,7 @@ import openai
 import orjson
 import pytest
 
-from proxy.auto import AutoRouter
+from proxy.auto import AutoError, AutoRouter
 from proxy.backends import BackendPool
 from proxy.config import Backend, Config, Health, Profile, Selector
 from proxy.registry import Registry, model_info
@@ -288,6 +288,39 @@ async def test_filters_follow_each_request_and_the_registry(tmp_path: Path) -> N
     set_models({"big:70b", "small:1b"})
     assert ranked(chat("auto")) == {"big:70b", "small:1b"}
     assert ranked(chat("auto", tools=TOOLS)) == {"big:70b"}
+
+
+async def test_a_safety_classifier_is_left_out_unless_the_profile_names_it(
+    tmp_path: Path,
+) -> None:
+    """Llama Guard answers every prompt with "safe" or "unsafe": `auto` never sends a
+    request to a safety classifier, even when nothing else can serve it, unless the
+    profile names it."""
+    profiles = {
+        "best": Profile(cost_weight=0.0),
+        "moderate": Profile(cost_weight=0.0, default_model="llama-guard3:8b"),
+    }
+    config = Config(
+        backends=(Backend(url="http://127.0.0.1:9"),),
+        selector=selector(tmp_path, profiles=profiles),
+    )
+    pool = BackendPool(config)
+    registry = Registry(pool)
+    auto = AutoRouter(config, pool, registry)
+    names = {"llama-guard3:8b", "shieldgemma:27b", "llama3.2:1b"}
+    registry.set_models({n: model_info(n, {}, {}) for n in names})
+    pool.states[0].models = frozenset(names)
+
+    decision = auto.decide("/api/chat", chat("auto:best"), "best").decision
+    assert {s.name for s in decision.ranking} == {"llama3.2:1b"}
+    assert set(decision.filtered) == {"llama-guard3:8b", "shieldgemma:27b"}
+    assert all("safety classifier" in why for why in decision.filtered.values())
+    named = auto.decide("/api/chat", chat("auto:moderate"), "moderate").decision
+    assert {s.name for s in named.ranking} == {"llama-guard3:8b", "llama3.2:1b"}
+    registry.set_models({n: model_info(n, {}, {}) for n in names - {"llama3.2:1b"}})
+    pool.states[0].models = frozenset(names - {"llama3.2:1b"})
+    with pytest.raises(AutoError, match="no model can serve this request"):
+        auto.decide("/api/chat", chat("auto:best"), "best")
 
 
 async def test_a_base_model_is_left_out_while_an_instruct_one_is_eligible(tmp_path: Path) -> None:

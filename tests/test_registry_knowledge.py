@@ -14,6 +14,7 @@ from proxy.config import Config, ModelEntry
 from proxy.registry import catalog_for, model_info
 from selector_model import features
 from selector_model.catalog import DEFAULT_PATH, CatalogError
+from selector_model.catalog.names import is_safety_classifier
 
 
 def _ollama(params: str, family: str, *capabilities: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -95,3 +96,28 @@ def test_a_configured_catalogue_replaces_the_shipped_one(tmp_path: Path) -> None
 )
 def test_a_pretrained_model_is_told_by_whole_words_of_its_tag(name: str, instruct: bool) -> None:
     assert model_info(name, {}, {}).candidate.is_instruct is instruct
+
+
+@pytest.mark.parametrize(
+    ("name", "classifier"),
+    [
+        ("llama-guard3:8b", True),
+        ("llama-guard3:1b-q8_0", True),
+        ("shieldgemma:9b", True),
+        ("granite3-guardian:8b", True),
+        ("hf.co/QuantFactory/Llama-Guard-3-8B-GGUF:Q4_K_M", True),
+        ("hf.co/bartowski/shieldgemma-2b-GGUF:Q4_K_M", True),
+        ("nemoguard:8b", True),
+        ("wildguard:7b", True),
+        # A word that only contains "guard", and a tag, say nothing of it.
+        ("vanguard:7b", False),
+        ("guardrails-llama:8b", False),
+        ("llama3.1:8b-guard", False),
+        ("granite3.3:8b", False),
+        ("gemma2:9b", False),
+    ],
+)
+def test_a_safety_classifier_is_told_by_a_whole_word_of_its_name(
+    name: str, classifier: bool
+) -> None:
+    assert is_safety_classifier(name) is classifier

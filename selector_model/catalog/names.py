@@ -8,6 +8,7 @@ quantization as the whole tag (`hf.co/bartowski/Qwen2.5-7B-Instruct-GGUF:Q4_K_M`
 
 from __future__ import annotations
 
+import functools
 import re
 
 _QUANT = re.compile(
@@ -17,6 +18,12 @@ _QUANT = re.compile(
 _VARIANT = frozenset({"instruct", "chat", "it", "latest"})
 # Tag words that name a pretrained (base) variant (`is_pretrained`).
 _PRETRAINED_TAG_WORDS = frozenset({"text", "base"})
+# A safety classifier's name: Llama Guard (`llama-guard3`, `Llama-Guard-3-8B`),
+# ShieldGemma, Granite Guardian (`granite3-guardian`), NemoGuard, WildGuard, as a whole
+# word of the name (so not `vanguard`).
+_CLASSIFIER = re.compile(
+    r"(?:^|[-_/.])(?:(?:llama|nemo|wild)?guard(?:ian)?|shieldgemma)\d*(?=$|[-_/.])"
+)
 _SIZE = re.compile(r"(?:^|[-_:.])(?:(\d+)x)?(\d+(?:\.\d+)?)([bm])(?=$|[-_:.])")
 _ACTIVE = re.compile(r"(?:^|[-_:.])a(\d+(?:\.\d+)?)b(?=$|[-_:.])")
 
@@ -73,6 +80,16 @@ def is_pretrained(name: str) -> bool:
     a namespace): Ollama's own names (`nomic-embed-text`) and tags say nothing else."""
     base, tag = split(name)
     return bool(_PRETRAINED_TAG_WORDS.intersection(_words(tag))) or "base" in _words(base)
+
+
+@functools.cache
+def is_safety_classifier(name: str) -> bool:
+    """Whether `name` is a safety classifier: a model that labels a conversation safe or
+    unsafe (Llama Guard, ShieldGemma, Granite Guardian and the like) rather than
+    answering it. Told by its name (the tag says nothing of it); `/api/show` lists
+    `completion` for them as for any chat model."""
+    base, _ = split(name)
+    return _CLASSIFIER.search(base) is not None
 
 
 def keys(name: str) -> list[str]:
