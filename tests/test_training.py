@@ -533,3 +533,51 @@ def test_train_writes_to_the_user_directory_and_installs_only_when_asked(
     meta = json.loads(target.with_suffix(".json").read_bytes())
     assert meta == json.loads((out / export.META_FILE).read_bytes())
     assert shipped.read_bytes() == before
+
+
+def _fleet(
+    unseen: list[str], best: float, balanced: tuple[float, float], largest: float
+) -> replay.FleetResult:
+    """A fleet's replay with the best single model at quality 0.60 and cost 10."""
+    return replay.FleetResult(
+        label="fleet",
+        fleet=["a:7b", "b:70b"],
+        unseen=unseen,
+        prompts=100,
+        profiles={
+            "balanced": replay.Outcome(balanced[0], balanced[1] * 10.0),
+            "best": replay.Outcome(best, 8.0),
+        },
+        baselines={
+            "best single": replay.Outcome(0.60, 10.0),
+            "always-largest": replay.Outcome(largest, 20.0),
+            "random": replay.Outcome(0.40, 15.0),
+            "oracle": replay.Outcome(0.80, 5.0),
+        },
+    )
+
+
+def test_the_issues_targets_are_judged_per_fleet() -> None:
+    met = replay.targets(_fleet(["a:7b"], 0.585, (0.575, 0.5), 0.55))
+    assert [ok for _, ok in met] == [True, True, True]
+    missed = replay.targets(_fleet(["a:7b"], 0.575, (0.565, 0.7), 0.58))
+    assert [ok for _, ok in missed] == [False, False, False]
+    assert missed[0][0] == "auto:best >= best single - 2p: -2.5p"
+    # After feedback, on the other half: within 1 point of the best single model there,
+    # and 5 points gained where it started more than 5 below.
+    learned = _fleet(["a:7b"], 0.585, (0.575, 0.5), 0.55)
+    learned.curves = {"best": [0.52, 0.56, 0.585]}
+    learned.half_best = 0.60
+    assert [ok for _, ok in replay.targets(learned)[3:]] == [False, True]
+    # The trained-on fleet has its own: auto:best >= 0.62 at no more than its cost.
+    assert replay.targets(_fleet([], 0.625, (0.6, 0.5), 0.3)) == [
+        ("auto:best >= 0.620 at <= 1.00x: 0.625 at 0.80x", True)
+    ]
+    text = replay.table(learned)
+    assert "target MISSED auto:best after feedback >= best single - 1p: -1.5p" in text
+    assert "target met    auto:best gains >= 5p with feedback: +6.5p" in text
+    short = _fleet(["a:7b"], 0.575, (0.565, 0.7), 0.58)
+    short.curves, short.half_best = {"best": [0.52, 0.54, 0.55]}, 0.60
+    tally = replay.summary([learned, short], "fleet")
+    assert "target auto:best >= best single - 2p: met in 1 of 2 fleets" in tally
+    assert "target auto:best gains >= 5p with feedback: met in 1 of 2 fleets" in tally

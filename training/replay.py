@@ -412,7 +412,62 @@ def table(result: FleetResult) -> str:
             + " ".join(f"{q:.3f}" for q in curve)
             + f" (best single there {result.half_best:.3f})"
         )
+    lines += [f"  target {'met   ' if met else 'MISSED'} {text}" for text, met in targets(result)]
     return "\n".join(lines)
+
+
+def targets(result: FleetResult) -> list[tuple[str, bool]]:
+    """Issue 14's targets for `auto` on one fleet, each as (what was measured, met): on
+    the fleet the artifact was trained on, `auto:best` >= 0.62 at no more than the best
+    single model's cost; on a fleet with models it never saw, without feedback
+    `auto:best` >= best single - 2 points and >= always-largest, plain `auto`
+    (balanced) >= best single - 3 points at <= 60% of its cost; after feedback, on the
+    other half, `auto:best` >= best single there - 1 point, and 5 points above its
+    no-feedback figure there where that was more than 5 below."""
+    best = result.baselines["best single"]
+    out: list[tuple[str, bool]] = []
+    top = result.profiles.get("best")
+    if top is None:
+        return out
+    if not result.unseen:
+        share = top.cost / best.cost if best.cost else float("nan")
+        out.append(
+            (
+                f"auto:best >= 0.620 at <= 1.00x: {top.quality:.3f} at {share:.2f}x",
+                top.quality >= 0.62 and share <= 1.0,
+            )
+        )
+        return out
+    largest = result.baselines["always-largest"]
+    gap = (top.quality - best.quality) * 100
+    out.append((f"auto:best >= best single - 2p: {gap:+.1f}p", gap >= -2.0 - 1e-9))
+    out.append(
+        (
+            f"auto:best >= always-largest: {top.quality:.3f} vs {largest.quality:.3f}",
+            top.quality >= largest.quality - 1e-9,
+        )
+    )
+    plain = result.profiles.get("balanced")
+    if plain is not None:
+        gap = (plain.quality - best.quality) * 100
+        share = plain.cost / best.cost if best.cost else float("nan")
+        out.append(
+            (
+                f"auto >= best single - 3p at <= 0.60x: {gap:+.1f}p at {share:.2f}x",
+                gap >= -3.0 - 1e-9 and share <= 0.60,
+            )
+        )
+    curve = result.curves.get("best")
+    if curve and result.half_best is not None:
+        before = (curve[0] - result.half_best) * 100
+        after = (curve[-1] - result.half_best) * 100
+        out.append(
+            (f"auto:best after feedback >= best single - 1p: {after:+.1f}p", after >= -1.0 - 1e-9)
+        )
+        if before < -5.0:
+            gain = after - before
+            out.append((f"auto:best gains >= 5p with feedback: {gain:+.1f}p", gain >= 5.0 - 1e-9))
+    return out
 
 
 def summary(results: Sequence[FleetResult], kind: str) -> str:
@@ -437,6 +492,12 @@ def summary(results: Sequence[FleetResult], kind: str) -> str:
             f"  {name:<16}{np.mean(q):>8.3f}{np.mean(s):>10.2f}{np.mean(gap):>+8.1f}p"
             f"{min(gap):>+7.1f}p"
         )
+    met: dict[str, list[bool]] = {}
+    for r in chosen:
+        for text, ok in targets(r):
+            met.setdefault(text.rpartition(": ")[0], []).append(ok)
+    for target, oks in met.items():
+        lines.append(f"  target {target}: met in {sum(oks)} of {len(oks)} fleets")
     for profile in chosen[0].curves:
         # On the evaluation half, against that half's best single model.
         before = [(r.curves[profile][0] - (r.half_best or 0.0)) * 100 for r in chosen]
