@@ -25,10 +25,23 @@ What is relied on, and why:
   its own text. Likewise "Duplicate 'Host' header" (`duplicate_host`), and the texts
   of llhttp's and aiohttp's refusals of a Transfer-Encoding (`UNSUPPORTED_TE`:
   `transfer_encoding_refused`), which Go answers with 501.
+* llhttp's refusal of a head with both Content-Length and Transfer-Encoding starts
+  with one of the texts `LENGTH_WITH_CODING` (a plain `BadHttpMessage`) and quotes,
+  as a bytes literal on a line of its own, the second of the two fields (as far as
+  the read that failed holds it): `length_with_coding_line`. The handler's
+  `_messages` holds the error, as an entry whose `exc` it is, right after the read
+  that failed (`queued_error`): Go answers such a head by its Transfer-Encoding, which
+  only the read's bytes may show.
 * The request line that llhttp's `BadStatusLine` quotes (as a bytes literal on a line of
   its own in the message, from the start of the line as far as the read that failed
   holds it): `quoted_request_line`. A later request line on a keep-alive connection is
   read by llhttp alone, and its refusal says nothing else of the version Go would refuse.
+* aiohttp lingers over (and drains) the payload it queued with a message, not the one
+  the request factory gave the request, and both parsers read an HTTP/1.0 request's
+  chunked body (a Transfer-Encoding whose last coding is `chunked`): `_go_targets`
+  gives such a request `EMPTY_PAYLOAD` and no Transfer-Encoding, and closes the
+  connection after its answer. Go ignores a Transfer-Encoding on HTTP/1.0, so that
+  request has no body.
 * `BaseRunner._make_server` and `web.Server`'s `_loop` and `_kwargs`: `HandlerRunner`.
   aiohttp builds each connection's `RequestHandler` itself; the hook swaps in the
   proxy's subclass, built with the very options aiohttp would have used.
@@ -89,10 +102,11 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, cast
 
 import aiohttp
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.helpers import DEFAULT_CHUNK_SIZE
+from aiohttp.http import HttpVersion11
 from aiohttp.http_exceptions import (
     BadHttpMethod,
     BadStatusLine,
@@ -101,9 +115,10 @@ from aiohttp.http_exceptions import (
     LineTooLong,
 )
 from aiohttp.http_parser import HttpRequestParser, RawRequestMessage
-from aiohttp.streams import StreamReader
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.web_protocol import RequestPayloadError
 from aiohttp.web_request import BaseRequest
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from proxy.config import AIOHTTP_UNCHECKED_ENV
@@ -124,6 +139,11 @@ UNSUPPORTED_TE = (
     "Invalid `Transfer-Encoding` header value",
     "Request has invalid `Transfer-Encoding`",
     "Duplicate 'Transfer-Encoding' header",
+)
+# llhttp's refusal of a head with both fields, by which of the two comes second.
+LENGTH_WITH_CODING = (
+    "Transfer-Encoding can't be present with Content-Length",
+    "Content-Length can't be present with Transfer-Encoding",
 )
 # llhttp's refusal of a method it knows only for RTSP (DESCRIBE, SETUP, ...).
 HTTP_METHOD_ONLY = "Invalid method for HTTP/x.x request"
@@ -263,6 +283,26 @@ def transfer_encoding_refused(exc: HttpProcessingError) -> bool:
     return exc.message.startswith(UNSUPPORTED_TE)
 
 
+def queued_error(handler: web.RequestHandler) -> HttpProcessingError | None:
+    """The parse error aiohttp queued last on this connection, None when the last
+    entry of its queue is a request (or the queue is empty)."""
+    messages = handler._messages
+    if not messages:
+        return None
+    last = messages[-1][0]
+    if isinstance(last, RawRequestMessage):
+        return None
+    return last.exc if isinstance(last.exc, HttpProcessingError) else None
+
+
+def length_with_coding_line(exc: HttpProcessingError) -> bytes | None:
+    """The field line (the second of the two) llhttp quotes when it refuses a head for
+    having both Content-Length and Transfer-Encoding, None for any other refusal."""
+    if not exc.message.startswith(LENGTH_WITH_CODING):
+        return None
+    return _quoted_line(exc)
+
+
 _QUOTED_LINE = re.compile(r"^  (b'.*'|b\".*\")$", re.MULTILINE)
 
 
@@ -271,6 +311,10 @@ def quoted_request_line(exc: HttpProcessingError) -> bytes | None:
     it quotes none. Only on the error path: it parses the message."""
     if not isinstance(exc, BadStatusLine):
         return None
+    return _quoted_line(exc)
+
+
+def _quoted_line(exc: HttpProcessingError) -> bytes | None:
     found = _QUOTED_LINE.search(exc.message)
     if found is None:
         return None
@@ -314,9 +358,14 @@ def _go_targets(factory: _RequestFactory) -> _RequestFactory:
     * a target with no path (`OPTIONS *`, `CONNECT *`, `CONNECT host:port`,
       `GET http://host`) has the path `/` (aiohttp's is empty), its `raw_path` still
       the target as sent, which Go answers before any handler
-      (`proxy.go_mux.redirect`).
+      (`proxy.go_mux.redirect`);
+    * an HTTP/1.0 request the parser read a chunked body of has no body and no
+      Transfer-Encoding (Go ignores the header on HTTP/1.0, and without a
+      Content-Length reads no body), and its connection closes after the answer: the
+      chunks the parser took are never read as a request either (Go, on a keep-alive
+      connection, would read them as its next request line, and refuse it).
 
-    Two comparisons per request."""
+    Three comparisons per request."""
 
     def make(
         message: RawRequestMessage,
@@ -327,6 +376,8 @@ def _go_targets(factory: _RequestFactory) -> _RequestFactory:
     ) -> BaseRequest:
         if message.method == "CONNECT" or message.path[:1] != "/":
             message = _go_target(message)
+        if message.chunked and message.version < HttpVersion11:
+            message, payload = _without_coding(message), EMPTY_PAYLOAD
         return factory(message, payload, protocol, writer, task)
 
     return make
@@ -349,6 +400,20 @@ def _go_target(message: RawRequestMessage) -> RawRequestMessage:
     else:
         return message
     return message._replace(url=url, should_close=message.should_close or connect)
+
+
+def _without_coding(message: RawRequestMessage) -> RawRequestMessage:
+    headers = CIMultiDict(message.headers)
+    headers.popall(hdrs.TRANSFER_ENCODING)
+    raw_headers = tuple(
+        (name, value) for name, value in message.raw_headers if name.lower() != b"transfer-encoding"
+    )
+    return message._replace(
+        headers=CIMultiDictProxy(headers),
+        raw_headers=raw_headers,
+        chunked=False,
+        should_close=True,
+    )
 
 
 class _Server(web.Server):

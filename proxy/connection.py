@@ -31,7 +31,19 @@ unparsable request with `400 Bad Request`, and logs neither. Here:
 * a Transfer-Encoding the parser refuses (a coding other than `chunked`, a list, a
   second field) gets Go's 501 (`transfer_encoding_refused`), and so does one it
   reads as chunked and Go does not take (`gzip, chunked`: Go takes `chunked` alone),
-  from the handler before anything else (`refuse_parsed`);
+  from the handler before anything else (`refuse_parsed`); so does an HTTP/1.1 head
+  with a Content-Length and a Transfer-Encoding other than one `chunked` field (Go
+  judges the coding first), which llhttp refuses for having both: the refusal quotes
+  the second of the two fields, and the head's Transfer-Encoding fields and version
+  are read from the bytes of the read that failed (`length_with_coding`), on the
+  error path only. A head that began in an earlier read, or that the read holds
+  twice with different answers (a body may hold anything), keeps the plain 400;
+* an HTTP/1.0 request with a Transfer-Encoding and no Content-Length has no body, as
+  to Go (which ignores the header on HTTP/1.0): the handler sees none and no
+  Transfer-Encoding, and the connection closes after the answer, so the chunks the
+  parser took as its body are never read as a request (Go, on a keep-alive
+  connection, reads them as its next request line, and answers that with its 400);
+  one whose coding llhttp cannot read as chunked (`gzip`) keeps the parser's 501;
 * requests that arrive whole before bytes that do not parse (pipelined in one write)
   are answered first, in order, and the bytes then get their refusal, as Go reads a
   connection one request at a time (aiohttp's parser would drop those requests and
@@ -39,10 +51,15 @@ unparsable request with `400 Bad Request`, and logs neither. Here:
   (`one_message_per_feed`) and is fed again until it holds nothing complete
   (`feed_held_back`);
 * heads Go reads and llhttp refuses (two equal Content-Lengths, Content-Length with
-  `Transfer-Encoding: chunked`, a header line ending in a bare LF, a folded header
-  line) get Go's plain 400 like any other unparsable head: reading them as Go does
-  would take a second parser over every head. The refusal reaches no backend, so no
-  body can be framed two ways;
+  `Transfer-Encoding: chunked` on HTTP/1.1, Content-Length with any
+  Transfer-Encoding on HTTP/1.0, which Go frames by the Content-Length, a header line
+  ending in a bare LF, a folded header line) get Go's plain 400 like any other
+  unparsable head: reading them as Go does would take a second parser over every
+  head, and aiohttp's request parser has no lenient setting (llhttp's
+  `lenient_chunked_length` would take Content-Length with Transfer-Encoding). Nor can
+  the refused head be parsed again from the read: the parser tells no offset, and a
+  parse started anywhere but at the head's first byte could read a body's bytes as a
+  request. The refusal reaches no backend, so no body can be framed two ways;
 * a method llhttp does not know but Go reads (any token: `FOO`, `get`, `DESCRIBE`),
   and a CONNECT whose path aiohttp's C parser cannot read (`/api/blobs/sha256:...`),
   gets Ollama's answer for its target, read from the request line the parser's error
@@ -88,8 +105,10 @@ from proxy.aiohttp_internals import (
     duplicate_host,
     feed_held_back,
     head_over_limits,
+    length_with_coding_line,
     missing_host,
     one_message_per_feed,
+    queued_error,
     quoted_request_line,
     refused_method_line,
     request_count,
@@ -196,6 +215,57 @@ def parsed_head_refusal(request: BaseRequest) -> bytes | None:
     return None
 
 
+_FIELD_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:")
+_TRANSFER_ENCODING = b"transfer-encoding:"
+
+
+def length_with_coding(data: bytes, line: bytes) -> bytes | None:
+    """Go's 501 for the head llhttp refused for having both Content-Length and
+    Transfer-Encoding, quoting `line` (the second of the two), when `data` (the read
+    that failed) holds that head whole: HTTP/1.1 with a Transfer-Encoding other than
+    one `chunked` field (src/net/http/transfer.go parseTransferEncoding, which Go runs
+    before it reads the Content-Length). None when Go reads the head (one `chunked`:
+    Go drops the Content-Length; HTTP/1.0: Go drops the Transfer-Encoding), or the head
+    is not whole in `data`, or `data` holds `line` in more than one head with
+    different answers. Only on the error path."""
+    needle = b"\r\n" + line + b"\r\n"
+    verdicts = set()
+    at = data.find(needle)
+    while at >= 0:
+        verdicts.add(_length_with_coding_at(data, at))
+        at = data.find(needle, at + 1)
+    verdicts.discard(False)  # the line in no head: in a body
+    return _UNSUPPORTED_TE_STATUS if verdicts == {_UNSUPPORTED_TE_STATUS} else None
+
+
+def _length_with_coding_at(data: bytes, at: int) -> bytes | bool | None:
+    """Go's status for the head around the field line after `data[at]` (None: Go reads
+    it, or not whole in `data`); False when no request line comes before the field
+    lines there."""
+    end = data.find(b"\r\n\r\n", at)
+    before = data[:at].split(b"\r\n")
+    fields = data[at + 2 : end].split(b"\r\n") if end >= 0 else []
+    while before and _FIELD_NAME.match(before[-1]):
+        fields.append(before.pop())
+    if not before:
+        return None  # the head began in an earlier read
+    version = _go_version(before[-1][-8:])
+    if version is None or before[-1][-9:-8] != b" ":
+        return False
+    if end < 0:
+        return None  # the rest of the head is in a later read
+    if version < (1, 1):
+        return None
+    codings = [
+        field[len(_TRANSFER_ENCODING) :].strip(b" \t")
+        for field in fields
+        if field[: len(_TRANSFER_ENCODING)].lower() == _TRANSFER_ENCODING
+    ]
+    if len(codings) == 1 and codings[0].lower() == b"chunked":
+        return None
+    return _UNSUPPORTED_TE_STATUS
+
+
 def _written(response: web.Response, http11: bool, request_id: bytes) -> bytes:
     """`response` (headers and body, no stream) as Go's server writes a handler's
     answer on a connection it then closes: the handler's headers, `Date`,
@@ -236,6 +306,7 @@ class ClientConnection(RequestHandler):
         "_head_timer",
         "_line",
         "_request_ids",
+        "_te_refused",
     )
 
     def __init__(
@@ -256,6 +327,8 @@ class ClientConnection(RequestHandler):
         self._head_timer: asyncio.TimerHandle | None = None
         # The start of a request line still incomplete, while one arrives in pieces.
         self._line: bytearray | None = None
+        # The parse error that Go answers with its 501 (`length_with_coding`).
+        self._te_refused: HttpProcessingError | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -285,6 +358,9 @@ class ClientConnection(RequestHandler):
             # the response is sent, by the keep-alive timeout.
             self._head_bytes = 0
             self._cancel_head_timer()
+            error = queued_error(self)
+            if error is not None and self._te_refused is None:
+                self._judge_refusal(error, data)
             return
         if not data or closing(self) or not awaiting_head(self):
             return  # body bytes, or a connection already being closed
@@ -293,6 +369,15 @@ class ClientConnection(RequestHandler):
             self._refuse(HEAD_TOO_LARGE_BODY, f"request head over {self._head_budget} bytes")
         elif self._head_timer is None:
             self._arm_head_timer()
+
+    def _judge_refusal(self, error: HttpProcessingError, data: bytes) -> None:
+        """Note a parse error of this read that Go answers with its 501, while the
+        read's bytes are at hand: the answer comes when aiohttp gets to the error
+        (`handle_error`), after any request queued before it, and later reads may
+        come first."""
+        line = length_with_coding_line(error)
+        if line is not None and length_with_coding(data, line) is not None:
+            self._te_refused = error
 
     def _line_refused(self, data: bytes) -> bool:
         """Checks the request line of a head that starts (or whose line goes on) in
@@ -367,7 +452,7 @@ class ClientConnection(RequestHandler):
             self._refuse(_NO_HOST_STATUS, "an HTTP/1.1 request without a Host header")
         elif duplicate_host(exc):
             self._refuse(_TOO_MANY_HOSTS_STATUS, "a request with more than one Host header")
-        elif transfer_encoding_refused(exc):
+        elif transfer_encoding_refused(exc) or exc is self._te_refused:
             self._refuse(_UNSUPPORTED_TE_STATUS, "a Transfer-Encoding other than chunked")
             status = 501
         elif (answered := self._unserved_method(exc)) is not None:

@@ -925,3 +925,106 @@ async def test_a_head_llhttp_refuses_gets_gos_400_and_reaches_no_backend(
     refused = answer[answer.index(refusal) :]
     assert (go_answer(refused) if server == "proxy" else refused) == BAD_REQUEST
     assert emulator.state.requests["/api/show"] == shown
+
+
+# Go's transferReader judges the Transfer-Encoding before the Content-Length
+# (src/net/http/transfer.go readTransfer: parseTransferEncoding, then fixLength), so an
+# HTTP/1.1 head with both whose Transfer-Encoding is other than one `chunked` field is
+# its 501, before the Host checks of server.go's readRequest; llhttp refuses any head
+# with both, whichever comes first.
+LENGTH_AND_CODING = {
+    "length-then-gzip": b"Content-Length: 2\r\nTransfer-Encoding: gzip\r\n",
+    "gzip-then-length": b"Transfer-Encoding: gzip\r\nContent-Length: 2\r\n",
+    "length-then-gzip-chunked": b"Content-Length: 2\r\nTransfer-Encoding: gzip, chunked\r\n",
+    "gzip-chunked-then-length": b"Transfer-Encoding: gzip, chunked\r\nContent-Length: 2\r\n",
+    "length-then-two-codings": (
+        b"Content-Length: 2\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n"
+    ),
+    "no-host": b"Content-Length: 2\r\nTransfer-Encoding: identity\r\n",
+}
+
+
+@pytest.mark.parametrize("server", ["proxy", "emulator"])
+@pytest.mark.parametrize("after", [0, 1], ids=["alone", "pipelined"])
+@pytest.mark.parametrize("name", list(LENGTH_AND_CODING))
+async def test_a_length_with_a_coding_go_does_not_take_gets_its_501(
+    slow_heads: Proxy, emulator: Emulator, server: str, after: int, name: str
+) -> None:
+    port = slow_heads.port if server == "proxy" else emulator.port
+    shown = emulator.state.requests["/api/show"]
+    host = b"" if name == "no-host" else b"Host: localhost\r\n"
+    answer = await answer_to(
+        port,
+        PIPELINED["get"] * after
+        + b"POST /api/show HTTP/1.1\r\n"
+        + host
+        + LENGTH_AND_CODING[name]
+        + b"\r\n{}",
+    )
+    *served, (refusal, _) = responses_of(answer)
+    assert [head.split(b"\r\n", 1)[0] for head, _ in served] == [b"HTTP/1.1 200 OK"] * after
+    refused = answer[answer.index(refusal) :]
+    assert (go_answer(refused) if server == "proxy" else refused) == UNSUPPORTED_TE
+    assert emulator.state.requests["/api/show"] == shown
+
+
+# Go ignores (and drops) a Transfer-Encoding on an HTTP/1.0 request (Go issue 12785,
+# transfer.go parseTransferEncoding): without a Content-Length its body is empty, so
+# Ollama's /api/generate answers "missing request body" (server/routes.go
+# GenerateHandler), whatever the client sent after the head.
+MISSING_BODY = b'{"error":"missing request body"}'
+
+
+@pytest.mark.parametrize("server", ["proxy", "emulator"])
+@pytest.mark.parametrize("coding", [b"chunked", b"gzip, chunked"])
+@pytest.mark.parametrize("keep_alive", [False, True], ids=["close", "keep-alive"])
+async def test_an_http10_request_has_no_body_by_its_transfer_encoding(
+    slow_heads: Proxy,
+    emulator: Emulator,
+    server: str,
+    coding: bytes,
+    keep_alive: bool,
+) -> None:
+    """The chunks the client sends are no body; the connection closes after the
+    answer, so that they are never read as a request either (Go, on a keep-alive
+    connection, reads them as its next request line and answers that 400)."""
+    port = slow_heads.port if server == "proxy" else emulator.port
+    generated = emulator.state.requests["/api/generate"]
+    body = orjson.dumps({"model": MODEL, "prompt": "hi", "stream": False})
+    answer = await answer_to(
+        port,
+        b"POST /api/generate HTTP/1.0\r\nTransfer-Encoding: %b\r\n%b\r\n%x\r\n%b\r\n0\r\n\r\n"
+        % (coding, b"Connection: keep-alive\r\n" if keep_alive else b"", len(body), body)
+        + PIPELINED["get"],
+    )
+    [(head, answered)] = responses_of(answer)
+    assert head.startswith(b"HTTP/1.0 400 Bad Request\r\n"), answer[:300]
+    assert answered == MISSING_BODY
+    if server == "emulator":
+        assert emulator.state.requests["/api/generate"] == generated + 1
+        assert "transfer-encoding" not in emulator.state.last_headers
+
+
+# Heads Go reads and the proxy refuses with Go's plain 400, as in ODD_HEADS: Go serves
+# an HTTP/1.0 request with a Content-Length and a Transfer-Encoding by its
+# Content-Length (the Transfer-Encoding dropped), whatever the coding.
+HTTP10_LENGTH_AND_CODING = {
+    "length-then-chunked": b"Content-Length: 2\r\nTransfer-Encoding: chunked\r\n",
+    "chunked-then-length": b"Transfer-Encoding: chunked\r\nContent-Length: 2\r\n",
+    "length-then-gzip": b"Content-Length: 2\r\nTransfer-Encoding: gzip\r\n",
+    "gzip-then-length": b"Transfer-Encoding: gzip\r\nContent-Length: 2\r\n",
+}
+
+
+@pytest.mark.parametrize("server", ["proxy", "emulator"])
+@pytest.mark.parametrize("name", list(HTTP10_LENGTH_AND_CODING))
+async def test_an_http10_length_with_a_coding_gets_the_plain_400(
+    slow_heads: Proxy, emulator: Emulator, server: str, name: str
+) -> None:
+    port = slow_heads.port if server == "proxy" else emulator.port
+    shown = emulator.state.requests["/api/show"]
+    answer = await answer_to(
+        port, b"POST /api/show HTTP/1.0\r\n" + HTTP10_LENGTH_AND_CODING[name] + b"\r\n{}"
+    )
+    assert (go_answer(answer) if server == "proxy" else answer) == BAD_REQUEST
+    assert emulator.state.requests["/api/show"] == shown
