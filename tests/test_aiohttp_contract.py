@@ -40,8 +40,10 @@ from proxy.aiohttp_internals import (
     duplicate_host,
     feed_held_back,
     head_over_limits,
+    length_with_coding_line,
     missing_host,
     one_message_per_feed,
+    queued_error,
     quoted_request_line,
     refused_method_line,
     request_count,
@@ -450,6 +452,86 @@ async def test_transfer_encodings_and_hosts_are_told_by_their_messages(
     [(status, exc)] = made[0].errors
     assert status == 400 and isinstance(exc, HttpProcessingError)
     assert (transfer_encoding_refused(exc), duplicate_host(exc)) == (te, hosts)
+
+
+@pytest.mark.parametrize(
+    ("fields", "line"),
+    [
+        (b"Content-Length: 2\r\nTransfer-Encoding: gzip\r\n", b"Transfer-Encoding: gzip"),
+        (b"Transfer-Encoding: a, b\r\nContent-Length: 2\r\n", b"Content-Length: 2"),
+        (b"Content-Length: 2\r\nTransfer-Encoding: chunked\r\n", b"Transfer-Encoding: chunked"),
+        (b"Content-Length: 2\r\nContent-Length: 2\r\n", None),
+    ],
+    ids=["length-first", "coding-first", "chunked", "two-lengths"],
+)
+@pytest.mark.parametrize("version", [b"1.1", b"1.0"])
+@pytest.mark.parametrize("after", [0, 1], ids=["alone", "pipelined"])
+async def test_a_length_with_a_coding_is_told_by_its_message_and_queued_after_the_read(
+    fields: bytes, line: bytes | None, version: bytes, after: int
+) -> None:
+    """llhttp's refusal of a head with both Content-Length and Transfer-Encoding, on
+    either version, quotes the second field (`length_with_coding_line`), and is the
+    last entry of aiohttp's queue once the read that failed is parsed, after the
+    requests before it (`queued_error`)."""
+    first = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * after
+    seen: list[HttpProcessingError | None] = []
+
+    class Reader(Recorder):
+        def __init__(self, manager: web.Server, **kwargs: Any) -> None:
+            super().__init__(manager, **kwargs)
+            one_message_per_feed(self, **kwargs)
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            feed_held_back(self, super().data_received)
+            seen.append(queued_error(self))
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", ok)
+    made: list[Recorder] = []
+    runner = HandlerRunner(app, functools.partial(Reader, made=made), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", runner.addresses[0][1])
+        writer.write(first + b"POST / HTTP/" + version + b"\r\nHost: x\r\n" + fields + b"\r\n{}")
+        answer = await read_to_end(reader)
+        writer.close()
+    finally:
+        await runner.cleanup()
+    assert answer.count(b"HTTP/1.1 200 OK\r\n") == after
+    [(status, exc)] = made[0].errors
+    assert status == 400 and isinstance(exc, HttpProcessingError)
+    assert seen[0] is exc
+    assert length_with_coding_line(exc) == line
+
+
+@pytest.mark.parametrize("coding", [b"chunked", b"gzip, chunked"])
+async def test_an_http10_chunked_body_reaches_the_handler_as_none(coding: bytes) -> None:
+    """Both parsers read an HTTP/1.0 request's chunked body; the runner's request
+    factory gives the request an empty payload and no Transfer-Encoding, aiohttp drains
+    the body it read after the answer, and the connection closes after that answer."""
+    seen: list[tuple[bytes, bool, str | None]] = []
+
+    async def record(request: web.BaseRequest) -> web.StreamResponse:
+        seen.append(
+            (await request.read(), request.body_exists, request.headers.get("Transfer-Encoding"))
+        )
+        return web.Response(text="ok")
+
+    async with serving(record) as (port, made):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"POST / HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: "
+            + coding
+            + b"\r\n\r\n2\r\n{}\r\n0\r\n\r\nGET / HTTP/1.0\r\n\r\n"
+        )
+        answer = await read_to_end(reader)
+        writer.close()
+    assert answer.startswith(b"HTTP/1.0 200 OK\r\n") and answer.count(b"HTTP/1.0") == 1
+    assert seen == [(b"", False, None)]
+    assert made[0].errors == []
 
 
 async def test_raw_writes_pause_and_drain_through_aiohttp() -> None:

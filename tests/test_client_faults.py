@@ -23,7 +23,12 @@ import pytest
 from aiohttp.http_exceptions import LineTooLong
 
 from proxy.config import Limits, Timeouts, Usage
-from proxy.connection import BAD_REQUEST, HEAD_TOO_LARGE, VERSION_NOT_SUPPORTED
+from proxy.connection import (
+    BAD_REQUEST,
+    HEAD_TOO_LARGE,
+    VERSION_NOT_SUPPORTED,
+    length_with_coding,
+)
 from tests.support import Emulator, Proxy, ServerThread
 
 MODEL = "qwen2.5:7b"
@@ -966,6 +971,69 @@ async def test_a_length_with_a_coding_go_does_not_take_gets_its_501(
     refused = answer[answer.index(refusal) :]
     assert (go_answer(refused) if server == "proxy" else refused) == UNSUPPORTED_TE
     assert emulator.state.requests["/api/show"] == shown
+
+
+GZIP_LINE = b"Transfer-Encoding: gzip"
+SHOW = b"POST /api/show HTTP/1.1\r\nHost: x\r\n"
+
+
+@pytest.mark.parametrize(
+    ("data", "line", "refused"),
+    [
+        (SHOW + b"Content-Length: 2\r\n" + GZIP_LINE + b"\r\n\r\n{}", GZIP_LINE, True),
+        # The Transfer-Encoding fields are read from the whole head, after the line too.
+        (
+            SHOW + b"Transfer-Encoding: chunked\r\nContent-Length: 2\r\nX: y\r\n"
+            b"transfer-encoding:chunked\r\n\r\n",
+            b"Content-Length: 2",
+            True,
+        ),
+        # One `chunked` field, in any case and with blanks around: Go reads the head.
+        (
+            SHOW + b"Transfer-Encoding: \tCHUNKED \r\nContent-Length: 2\r\n\r\n",
+            b"Content-Length: 2",
+            False,
+        ),
+        # HTTP/1.0: Go drops the Transfer-Encoding and reads the head.
+        (
+            b"POST / HTTP/1.0\r\nContent-Length: 2\r\n" + GZIP_LINE + b"\r\n\r\n",
+            GZIP_LINE,
+            False,
+        ),
+        # The head began in an earlier read, or goes on in a later one.
+        (b"Host: x\r\nContent-Length: 2\r\n" + GZIP_LINE + b"\r\n\r\n", GZIP_LINE, False),
+        (SHOW + b"Content-Length: 2\r\n" + GZIP_LINE + b"\r\nX: y", GZIP_LINE, False),
+        # A body before the head (the previous request's) that holds the line.
+        (
+            SHOW + b"Content-Length: 30\r\n\r\n" + b"{\r\n" + GZIP_LINE + b"\r\n\r\n}"
+            b"POST / HTTP/1.1\r\nContent-Length: 2\r\n" + GZIP_LINE + b"\r\n\r\n",
+            GZIP_LINE,
+            True,
+        ),
+        # ... in a head of its own, answered otherwise: the plain 400 stays.
+        (
+            b"POST / HTTP/1.1\r\nContent-Length: 80\r\n\r\n"
+            b"GET / HTTP/1.0\r\nContent-Length: 2\r\n" + GZIP_LINE + b"\r\n\r\n"
+            b"POST / HTTP/1.1\r\nContent-Length: 2\r\n" + GZIP_LINE + b"\r\n\r\n",
+            GZIP_LINE,
+            False,
+        ),
+    ],
+    ids=[
+        "gzip",
+        "chunked-twice",
+        "chunked",
+        "http10",
+        "begun-before",
+        "goes-on",
+        "body-before",
+        "head-in-body",
+    ],
+)
+def test_a_length_with_a_coding_is_judged_from_the_read(
+    data: bytes, line: bytes, refused: bool
+) -> None:
+    assert (length_with_coding(data, line) is not None) is refused
 
 
 # Go ignores (and drops) a Transfer-Encoding on an HTTP/1.0 request (Go issue 12785,
