@@ -227,38 +227,38 @@ def length_with_coding(data: bytes, line: bytes) -> bytes | None:
     before it reads the Content-Length). None when Go reads the head (one `chunked`:
     Go drops the Content-Length; HTTP/1.0: Go drops the Transfer-Encoding), or the head
     is not whole in `data`, or `data` holds `line` in more than one head with
-    different answers. Only on the error path."""
-    needle = b"\r\n" + line + b"\r\n"
+    different answers (a body may hold anything). Only on the error path; one pass
+    over `data`, however often it holds `line`."""
+    lines = data.split(b"\r\n")
     verdicts = set()
-    at = data.find(needle)
-    while at >= 0:
-        verdicts.add(_length_with_coding_at(data, at))
-        at = data.find(needle, at + 1)
+    first = 0  # the first line of the run of field lines the walk is in
+    for end, text in enumerate(lines):
+        if _FIELD_NAME.match(text):
+            continue
+        if line in lines[first:end]:
+            verdicts.add(_length_with_coding_head(lines, first, end))
+        first = end + 1
     verdicts.discard(False)  # the line in no head: in a body
     return _UNSUPPORTED_TE_STATUS if verdicts == {_UNSUPPORTED_TE_STATUS} else None
 
 
-def _length_with_coding_at(data: bytes, at: int) -> bytes | bool | None:
-    """Go's status for the head around the field line after `data[at]` (None: Go reads
-    it, or not whole in `data`); False when no request line comes before the field
-    lines there."""
-    end = data.find(b"\r\n\r\n", at)
-    before = data[:at].split(b"\r\n")
-    fields = data[at + 2 : end].split(b"\r\n") if end >= 0 else []
-    while before and _FIELD_NAME.match(before[-1]):
-        fields.append(before.pop())
-    if not before:
+def _length_with_coding_head(lines: list[bytes], first: int, end: int) -> bytes | bool | None:
+    """Go's status for the head whose field lines are `lines[first:end]` (None: Go
+    reads it, or it is not whole in `lines`); False when no request line comes before
+    them."""
+    if first == 0:
         return None  # the head began in an earlier read
-    version = _go_version(before[-1][-8:])
-    if version is None or before[-1][-9:-8] != b" ":
+    request = lines[first - 1]
+    version = _go_version(request[-8:])
+    if version is None or request[-9:-8] != b" ":
         return False
-    if end < 0:
-        return None  # the rest of the head is in a later read
+    if lines[end] or end == len(lines) - 1:
+        return None  # the head goes on past what `data` holds, or past what is read here
     if version < (1, 1):
         return None
     codings = [
         field[len(_TRANSFER_ENCODING) :].strip(b" \t")
-        for field in fields
+        for field in lines[first:end]
         if field[: len(_TRANSFER_ENCODING)].lower() == _TRANSFER_ENCODING
     ]
     if len(codings) == 1 and codings[0].lower() == b"chunked":
