@@ -240,11 +240,19 @@ class ModelEntry:
     context_length: int = 0
     # Scores in [0, 1] by area: knowledge, reasoning, math, code, instruction.
     areas: dict[str, float] = field(default_factory=dict)
+    # A pretrained (base) model, which `auto` leaves out while an instruct one can serve
+    # (true), or not one (false), where neither its name nor the catalogue says so.
+    pretrained: bool | None = None
 
     def given(self) -> dict[str, Any]:
-        """The fields set (not empty or zero), as `Catalog.with_overrides` takes them."""
+        """The fields set (not empty or zero; a flag when true or false), as
+        `Catalog.with_overrides` takes them."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        return {name: value for name, value in values.items() if value not in ("", 0, (), {})}
+        return {
+            name: value
+            for name, value in values.items()
+            if isinstance(value, bool) or (value is not None and value not in ("", 0, (), {}))
+        }
 
 
 @dataclass(frozen=True)

@@ -84,7 +84,7 @@ def model_info(
         context_length=_context_length(show),
         capabilities=capabilities,
         is_code="code" in lowered or "insert" in capabilities or "code" in knowledge.specialties,
-        is_instruct=not names.is_pretrained(name),
+        is_instruct=not (names.is_pretrained(name) or knowledge.pretrained),
         active_params_b=knowledge.active_params_b,
         areas=tuple(float(knowledge.areas[area]) for area in AREAS),
         specialties=knowledge.specialties,

@@ -82,6 +82,16 @@ def test_a_configured_catalogue_replaces_the_shipped_one(tmp_path: Path) -> None
         ("qwen2.5-coder:7b-base", False),
         ("qwen2.5-coder:1.5b-base-q8_0", False),
         ("deepseek-coder-v2:16b-lite-base-q4_0", False),
+        # Code Llama's and CodeGemma's completion variants.
+        ("codellama:7b-code", False),
+        ("codellama:13b-python-q4_0", False),
+        ("codegemma:7b-code", False),
+        ("codellama:7b-instruct", True),
+        # Where the name says nothing, the catalogue may: StarCoder2 is a base model,
+        # its instruct fine-tune is not.
+        ("starcoder2:3b", False),
+        ("starcoder2:15b-q4_K_M", False),
+        ("starcoder2:15b-instruct", True),
         # A Hugging Face name says it in the repository's name.
         ("hf.co/unsloth/Qwen3-8B-Base-GGUF:Q4_K_M", False),
         ("llama3.1:8b", True),
@@ -96,6 +106,22 @@ def test_a_configured_catalogue_replaces_the_shipped_one(tmp_path: Path) -> None
 )
 def test_a_pretrained_model_is_told_by_whole_words_of_its_tag(name: str, instruct: bool) -> None:
     assert model_info(name, {}, {}).candidate.is_instruct is instruct
+
+
+def test_a_user_says_which_of_their_models_is_pretrained() -> None:
+    config = Config()
+    models = {
+        "my-base:7b": ModelEntry(pretrained=True),
+        "my-starcoder-chat:3b": ModelEntry(like="starcoder2:3b", pretrained=False),
+        "my-starcoder:3b": ModelEntry(like="starcoder2:3b"),
+    }
+    config = replace(config, selector=replace(config.selector, models=models))
+    catalog = catalog_for(config)
+    instruct = {n: model_info(n, {}, {}, catalog).candidate.is_instruct for n in models}
+    assert instruct == {"my-base:7b": False, "my-starcoder-chat:3b": True, "my-starcoder:3b": False}
+    bad = {"my-base:7b": {"pretrained": "yes"}}
+    with pytest.raises(CatalogError, match="pretrained"):
+        catalog.with_overrides(bad)
 
 
 @pytest.mark.parametrize(

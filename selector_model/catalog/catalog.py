@@ -70,6 +70,7 @@ _DESCRIPTION_FIELDS = frozenset(
         "specialties",
         "released",
         "context_length",
+        "pretrained",
     }
 )
 _OVERRIDE_FIELDS = _DESCRIPTION_FIELDS | {"like", "areas"}
@@ -331,6 +332,8 @@ class Catalog:
                     raise CatalogError(f"{at}: unknown specialty {specialty!r}")
             if "released" in spec and spec["released"] not in ("", None):
                 parse_released(spec["released"])
+            if "pretrained" in spec:
+                _flag(spec["pretrained"], f"{at}.pretrained")
             checked[_user_key(name)] = dict(spec)
         return self._derive(overrides={**self._overrides, **checked})
 
@@ -417,6 +420,8 @@ class Catalog:
             changes["released"] = parse_released(spec["released"])
         if spec.get("context_length"):
             changes["context_length"] = int(spec["context_length"])
+        if "pretrained" in spec:
+            changes["pretrained"] = _flag(spec["pretrained"], f"selector.models.{name}.pretrained")
         configured = replace(base, **changes)
         return _with_areas(configured, spec.get("areas") or {}, origin="config", name=name)
 
@@ -583,6 +588,12 @@ class Catalog:
         )
 
 
+def _flag(value: Any, at: str) -> bool:
+    if not isinstance(value, bool):
+        raise CatalogError(f"{at}: {value!r} is not true or false")
+    return value
+
+
 def _user_key(name: str) -> str:
     return ":".join(names.split(name))
 
@@ -671,6 +682,7 @@ def _entry(
             released=parse_released(item["released"]),
             context_length=int(item["context_length"]),
             areas=areas,
+            pretrained=_flag(item.get("pretrained", False), f"{at}: pretrained"),
         )
     except KeyError as missing:
         raise CatalogError(f"{at}: {missing.args[0]} is required") from None

@@ -43,6 +43,10 @@ class ModelKnowledge:
     )
     # Ollama's `details.family` (the architecture: "llama", "qwen2", "gemma3", ...).
     arch: str = ""
+    # A pretrained (base) model, which continues a text rather than answering it, where
+    # its name does not say so (`starcoder2:3b`; `names.is_pretrained` reads the names
+    # that do). Said of a model, never imputed from its neighbours.
+    pretrained: bool = False
 
     def __post_init__(self) -> None:
         missing = [area for area in AREAS if area not in self.areas]
@@ -88,6 +92,7 @@ class ModelKnowledge:
             "origin": self.origin,
             "neighbours": list(self.neighbours),
             "uncertainty": self.uncertainty,
+            "pretrained": self.pretrained,
         }
 
     @classmethod
@@ -108,4 +113,5 @@ class ModelKnowledge:
             origin=record.get("origin", "catalogue"),
             neighbours=tuple(str(n) for n in record.get("neighbours", ())),
             uncertainty=float(record.get("uncertainty", 0.0)),
+            pretrained=bool(record.get("pretrained", False)),
         )

@@ -17,7 +17,9 @@ _QUANT = re.compile(
 # Tag words that name a chat/instruct variant: the catalogue describes the chat model.
 _VARIANT = frozenset({"instruct", "chat", "it", "latest"})
 # Tag words that name a pretrained (base) variant (`is_pretrained`).
-_PRETRAINED_TAG_WORDS = frozenset({"text", "base"})
+# `code` and `python` are Code Llama's and CodeGemma's pretrained completion variants
+# (`codellama:7b-code`, `codellama:7b-python`, `codegemma:7b-code`, `stable-code:3b-code`).
+_PRETRAINED_TAG_WORDS = frozenset({"text", "base", "code", "python"})
 # A safety classifier's name: Llama Guard (`llama-guard3`, `Llama-Guard-3-8B`),
 # ShieldGemma, Granite Guardian (`granite3-guardian`), NemoGuard, WildGuard, as a whole
 # word of the name (so not `vanguard`).
@@ -73,8 +75,9 @@ def clean_tag(tag: str) -> str:
 
 def is_pretrained(name: str) -> bool:
     """Whether `name` is a pretrained (base) model rather than a chat/instruct one, by
-    Ollama's library convention: `text` or `base` as a whole word of the tag
-    (`llama3.1:8b-text`, `qwen2.5-coder:7b-base`, `deepseek-coder-v2:16b-lite-base-q4_0`),
+    Ollama's library convention: `text`, `base`, `code` or `python` as a whole word of
+    the tag (`llama3.1:8b-text`, `qwen2.5-coder:7b-base`, `codellama:7b-code`,
+    `deepseek-coder-v2:16b-lite-base-q4_0`),
     or `base` as a whole word of the name, where a name pulled from Hugging Face says it
     (`hf.co/unsloth/Qwen3-8B-Base-GGUF:Q4_K_M`). Never a word's part (`database-coder`,
     a namespace): Ollama's own names (`nomic-embed-text`) and tags say nothing else."""
