@@ -42,6 +42,8 @@ from selector_model.scorer import Scorer
 from selector_model.telemetry import Telemetry
 
 AUTO = "auto"
+# The tokens an answer is expected to take until a model has finished one (then its
+# own mean, `selector_model.telemetry`); a request's limit caps either.
 DEFAULT_OUTPUT_TOKENS = 256
 _LOG_TOKENS = features.REQUEST_FEATURES.index("log_est_tokens")
 
@@ -107,10 +109,6 @@ def required_capabilities(path: str, request: Sequence[float]) -> tuple[str, ...
     if needs and needs[-1] == "thinking" and path in _RELAXED_THINKING:
         return needs[:-1]
     return needs
-
-
-def _output_tokens(doc: Mapping[str, Any]) -> float:
-    return request_body.max_output_tokens(doc) or DEFAULT_OUTPUT_TOKENS
 
 
 @dataclass(frozen=True)
@@ -245,7 +243,11 @@ class AutoRouter:
             unknown_margin = UNKNOWN_MARGIN
             spread = None
         seconds = self.telemetry.expected_seconds_many(
-            eligible.backends, candidates, prompt_tokens, _output_tokens(doc)
+            eligible.backends,
+            candidates,
+            prompt_tokens,
+            DEFAULT_OUTPUT_TOKENS,
+            request_body.max_output_tokens(doc),
         )
         terms = self.memory.terms(eligible.backends, candidates)
         seconds = [run + load for run, load in zip(seconds, terms.load_seconds, strict=True)]

@@ -6,6 +6,13 @@ load's, `measured_load`, is added by `proxy.memory` to a model not loaded). Befo
 any traffic, a prior from model size and quantization stands in: decoding is bound by
 memory bandwidth, so tokens/s ≈ bandwidth / bytes of the weights each token reads
 (a mixture of experts reads its active parameters, not all it holds).
+
+How long an answer is differs by model as much as speed does: a reasoning model
+(deepseek-r1, qwq, qwen3 thinking) writes its thinking before its answer, and its
+`eval_count` holds both. So the tokens an answer takes are each model's own mean of
+the answers it finished (not those cut at the token limit, which say only that the
+answer would have been longer), the caller's default until it has finished one; a
+request's own limit caps them.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ class Rates:
     load_seconds: float
     samples: int = 0
     loads: int = 0  # loads measured (a load_duration well above a warm runner's)
+    answer_tokens: float = 0.0  # tokens a finished answer took, on average
+    answers: int = 0  # finished answers counted in it
 
 
 def prior(candidate: Candidate) -> Rates:
@@ -72,6 +81,9 @@ class Telemetry:
         ):
             rates.gen_tps = _ewma(rates.gen_tps, eval_count / (eval_ns / 1e9), n)
             seen = True
+            if stats.get("done_reason") != "length":
+                rates.answer_tokens = _ewma(rates.answer_tokens, eval_count, rates.answers)
+                rates.answers += 1
         if (
             isinstance(prompt_count, int)
             and isinstance(prompt_ns, int)
@@ -101,20 +113,28 @@ class Telemetry:
         candidates: Sequence[Candidate],
         prompt_tokens: float,
         output_tokens: float,
+        cap: float | None = None,
     ) -> list[float]:
         """Expected seconds of each candidate on its backend (prompt evaluation and
         decoding; loading is `proxy.memory`'s term), from its observed rates or else the
-        prior. The hot path of `auto`: each candidate's key and prior are computed once
-        per list of candidates (`Held`: `auto` passes the same lists while the registry
-        keeps its candidates), the observed rates read per request."""
+        prior, for an answer of its own mean length once it has finished one, else of
+        `output_tokens`; never longer than `cap` (the request's limit) tokens. The hot
+        path of `auto`: each candidate's key and prior are computed once per list of
+        candidates (`Held`: `auto` passes the same lists while the registry keeps its
+        candidates), the observed rates read per request."""
         observed = self._rates
         out = []
         plan = self._plans.get((backends, candidates), lambda: self._plan(backends, candidates))
         for key, (prompt_tps, gen_tps) in plan:
+            tokens = output_tokens
             rates = observed.get(key)
             if rates is not None:
                 prompt_tps, gen_tps = rates.prompt_tps, rates.gen_tps
-            out.append(prompt_tokens / prompt_tps + output_tokens / gen_tps)
+                if rates.answers:
+                    tokens = rates.answer_tokens
+            if cap is not None and tokens > cap:
+                tokens = cap
+            out.append(prompt_tokens / prompt_tps + tokens / gen_tps)
         return out
 
     def _plan(
@@ -143,6 +163,7 @@ class Telemetry:
                 "prompt_tokens_per_s": round(r.prompt_tps, 1),
                 "tokens_per_s": round(r.gen_tps, 2),
                 "load_seconds": round(r.load_seconds, 3) if r.loads else None,
+                "answer_tokens": round(r.answer_tokens, 1) if r.answers else None,
                 "samples": r.samples,
             }
             for (backend, model), r in sorted(self._rates.items())

@@ -44,3 +44,31 @@ def test_observed_rates_count_for_the_same_lists_asked_again() -> None:
     seen = telemetry.expected_seconds_many(backends, candidates, 0, 100)[0]
     assert seen == pytest.approx(10.0)
     assert seen > prior
+
+
+def test_each_model_is_expected_to_write_answers_as_long_as_its_own() -> None:
+    """A reasoning model's answers hold its thinking: once it has finished answers of
+    2,000 tokens, it is expected to take 2,000 where a terse model of the same speed
+    takes its own 100; an answer cut at the token limit says nothing of the length,
+    and a request's own limit caps what is expected."""
+    thinker = Candidate("deepseek-r1:8b", params_b=8.0)
+    terse = Candidate("llama3.1:8b", params_b=8.0)
+    telemetry = Telemetry()
+    ten_per_second = {"eval_duration": 1_000_000_000, "done_reason": "stop"}
+    telemetry.observe("a", thinker, {**ten_per_second, "eval_count": 2000})
+    telemetry.observe("a", terse, {**ten_per_second, "eval_count": 100})
+    telemetry.observe("a", terse, {**ten_per_second, "eval_count": 4000, "done_reason": "length"})
+    rates = {(r["model"]): r for r in telemetry.snapshot()}
+    assert rates["llama3.1:8b"]["answer_tokens"] == 100
+    seconds = telemetry.expected_seconds_many(["a", "a"], [thinker, terse], 0, 256)
+    thinker_tps = rates["deepseek-r1:8b"]["tokens_per_s"]
+    terse_tps = rates["llama3.1:8b"]["tokens_per_s"]
+    assert seconds == pytest.approx([2000 / thinker_tps, 100 / terse_tps], rel=1e-3)
+    capped = telemetry.expected_seconds_many(["a", "a"], [thinker, terse], 0, 256, cap=500)
+    assert capped == pytest.approx([500 / thinker_tps, 100 / terse_tps], rel=1e-3)
+    # Until a model has finished an answer, the caller's length stands, capped alike.
+    fresh = Candidate("qwen3:8b", params_b=8.2)
+    unseen = telemetry.expected_seconds_many(["a"], [fresh], 0, 256)[0]
+    assert telemetry.expected_seconds_many(["a"], [fresh], 0, 256, cap=128)[0] == pytest.approx(
+        unseen / 2
+    )
