@@ -364,8 +364,9 @@ class AutoRouter:
         prompt_tokens: float,
     ) -> Eligible:
         """The hard filters: the API key's and the profile's lists, safety classifiers
-        unless the profile names them, the capabilities the request needs, a context
-        that holds the prompt, instruct models before base ones."""
+        and remote (cloud) models unless the profile names them, the capabilities the
+        request needs, a context that holds the prompt, instruct models before base
+        ones."""
         names = self._profile(profile)
         allow, deny = names.allow, names.deny
         eligible: list[Candidate] = []
@@ -381,6 +382,11 @@ class AutoRouter:
             elif is_safety_classifier(name) and name not in allow and name != names.default_model:
                 # Its answer to any prompt is "safe" or "unsafe".
                 filtered[name] = "a safety classifier: it labels a conversation, not answers it"
+            elif (
+                (remote := self._remote(name)) and name not in allow and name != names.default_model
+            ):
+                # The prompt would leave the backends the operator runs.
+                filtered[name] = f"runs on {remote}: auto sends a prompt there only if named"
             elif needs and not candidate.capabilities.issuperset(needs):
                 missing = [n for n in needs if n not in candidate.capabilities]
                 filtered[name] = "lacks " + ", ".join(missing)
@@ -400,6 +406,11 @@ class AutoRouter:
             filtered=filtered,
             min_context=min((c.context_length for c in eligible), default=math.inf),
         )
+
+    def _remote(self, name: str) -> str:
+        """Where `name` runs when not on its backend's machine ("" when it does)."""
+        info = self.registry.models.get(name)
+        return info.remote if info is not None else ""
 
     @staticmethod
     def _instruct_first(

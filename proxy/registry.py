@@ -41,6 +41,8 @@ class ModelInfo:
     details: dict[str, Any]
     embedding_only: bool
     knowledge: ModelKnowledge | None = None
+    # Where a remote model runs (an Ollama cloud model's `remote_host`); "" when local.
+    remote: str = ""
 
 
 @functools.cache
@@ -97,7 +99,18 @@ def model_info(
         dict(details),
         "embedding" in capabilities and "completion" not in capabilities,
         knowledge,
+        _remote_host(name, tag, show),
     )
+
+
+def _remote_host(name: str, tag: dict[str, Any], show: dict[str, Any]) -> str:
+    """Where a model that runs off the backend's machine runs: the `remote_host` Ollama
+    lists for a cloud model, or, for a name with the `cloud` tag word Ollama gives
+    them (`gpt-oss:120b-cloud`) and no host listed, "ollama.com"; "" for a local one."""
+    host = show.get("remote_host") or tag.get("remote_host")
+    if isinstance(host, str) and host:
+        return host
+    return "ollama.com" if names.is_cloud(name) else ""
 
 
 class Registry:

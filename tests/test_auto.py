@@ -323,6 +323,41 @@ async def test_a_safety_classifier_is_left_out_unless_the_profile_names_it(
         auto.decide("/api/chat", chat("auto:best"), "best")
 
 
+async def test_a_cloud_model_gets_no_prompt_unless_the_profile_names_it(tmp_path: Path) -> None:
+    """Ollama lists its cloud models (`gpt-oss:120b-cloud`, or any with a `remote_host`)
+    beside local ones: `auto` sends a prompt off the backends only to one a profile
+    names."""
+    profiles = {
+        "best": Profile(cost_weight=0.0),
+        "cloudy": Profile(cost_weight=0.0, allow=("gpt-oss:120b-cloud", "llama3.2:3b")),
+    }
+    config = Config(
+        backends=(Backend(url="http://127.0.0.1:9"),),
+        selector=selector(tmp_path, profiles=profiles),
+    )
+    pool = BackendPool(config)
+    registry = Registry(pool)
+    auto = AutoRouter(config, pool, registry)
+    remote = {"remote_host": "https://ollama.com:443", "remote_model": "kimi-k2:1t"}
+    models = {
+        "gpt-oss:120b-cloud": model_info("gpt-oss:120b-cloud", {}, {}),
+        "kimi-k2:1t": model_info("kimi-k2:1t", remote, {}),
+        "llama3.2:3b": model_info("llama3.2:3b", {}, {}),
+    }
+    registry.set_models(models)
+    pool.states[0].models = frozenset(models)
+
+    decision = auto.decide("/api/chat", chat("auto:best"), "best").decision
+    assert decision.chosen == "llama3.2:3b"
+    assert {s.name for s in decision.ranking} == {"llama3.2:3b"}
+    assert decision.filtered == {
+        "gpt-oss:120b-cloud": "runs on ollama.com: auto sends a prompt there only if named",
+        "kimi-k2:1t": "runs on https://ollama.com:443: auto sends a prompt there only if named",
+    }
+    named = auto.decide("/api/chat", chat("auto:cloudy"), "cloudy").decision
+    assert {s.name for s in named.ranking} == {"gpt-oss:120b-cloud", "llama3.2:3b"}
+
+
 async def test_a_base_model_is_left_out_while_an_instruct_one_is_eligible(tmp_path: Path) -> None:
     """A base (`-text`, `-base`) model continues a conversation instead of answering
     it: `auto` sends chats to an instruct model when one can serve, but a profile

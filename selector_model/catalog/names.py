@@ -85,6 +85,12 @@ def is_pretrained(name: str) -> bool:
     return bool(_PRETRAINED_TAG_WORDS.intersection(_words(tag))) or "base" in _words(base)
 
 
+def is_cloud(name: str) -> bool:
+    """Whether `name` is one of Ollama's cloud models by its name: `cloud` as a whole
+    word of the tag (`gpt-oss:120b-cloud`, `qwen3-coder:480b-cloud`)."""
+    return "cloud" in _words(split(name)[1])
+
+
 @functools.cache
 def is_safety_classifier(name: str) -> bool:
     """Whether `name` is a safety classifier: a model that labels a conversation safe or
