@@ -4,7 +4,7 @@ headers, explain, and `auto` as editors see it in the model lists."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ import pytest
 from proxy.auto import AutoError, AutoRouter
 from proxy.backends import BackendPool
 from proxy.config import Backend, Config, Health, Profile, Selector
-from proxy.registry import Registry, model_info
+from proxy.registry import ModelInfo, Registry, model_info
 from tests.conftest import FROZEN
 from tests.support import PIXEL_PNG, Emulator, Proxy, ServerThread
 
@@ -290,6 +290,25 @@ async def test_filters_follow_each_request_and_the_registry(tmp_path: Path) -> N
     assert ranked(chat("auto", tools=TOOLS)) == {"big:70b"}
 
 
+def offline_router(
+    tmp_path: Path, profiles: dict[str, Profile]
+) -> tuple[AutoRouter, Callable[[dict[str, ModelInfo]], None]]:
+    """An AutoRouter with `profiles` in front of one backend it never contacts, and a
+    function that sets the models that backend has."""
+    config = Config(
+        backends=(Backend(url="http://127.0.0.1:9"),),
+        selector=selector(tmp_path, profiles=profiles),
+    )
+    pool = BackendPool(config)
+    registry = Registry(pool)
+
+    def set_models(models: dict[str, ModelInfo]) -> None:
+        registry.set_models(models)
+        pool.states[0].models = frozenset(models)
+
+    return AutoRouter(config, pool, registry), set_models
+
+
 async def test_a_safety_classifier_is_left_out_unless_the_profile_names_it(
     tmp_path: Path,
 ) -> None:
@@ -300,16 +319,9 @@ async def test_a_safety_classifier_is_left_out_unless_the_profile_names_it(
         "best": Profile(cost_weight=0.0),
         "moderate": Profile(cost_weight=0.0, default_model="llama-guard3:8b"),
     }
-    config = Config(
-        backends=(Backend(url="http://127.0.0.1:9"),),
-        selector=selector(tmp_path, profiles=profiles),
-    )
-    pool = BackendPool(config)
-    registry = Registry(pool)
-    auto = AutoRouter(config, pool, registry)
+    auto, set_models = offline_router(tmp_path, profiles)
     names = {"llama-guard3:8b", "shieldgemma:27b", "llama3.2:1b"}
-    registry.set_models({n: model_info(n, {}, {}) for n in names})
-    pool.states[0].models = frozenset(names)
+    set_models({n: model_info(n, {}, {}) for n in names})
 
     decision = auto.decide("/api/chat", chat("auto:best"), "best").decision
     assert {s.name for s in decision.ranking} == {"llama3.2:1b"}
@@ -317,8 +329,7 @@ async def test_a_safety_classifier_is_left_out_unless_the_profile_names_it(
     assert all("safety classifier" in why for why in decision.filtered.values())
     named = auto.decide("/api/chat", chat("auto:moderate"), "moderate").decision
     assert {s.name for s in named.ranking} == {"llama-guard3:8b", "llama3.2:1b"}
-    registry.set_models({n: model_info(n, {}, {}) for n in names - {"llama3.2:1b"}})
-    pool.states[0].models = frozenset(names - {"llama3.2:1b"})
+    set_models({n: model_info(n, {}, {}) for n in names - {"llama3.2:1b"}})
     with pytest.raises(AutoError, match="no model can serve this request"):
         auto.decide("/api/chat", chat("auto:best"), "best")
 
@@ -331,21 +342,14 @@ async def test_a_cloud_model_gets_no_prompt_unless_the_profile_names_it(tmp_path
         "best": Profile(cost_weight=0.0),
         "cloudy": Profile(cost_weight=0.0, allow=("gpt-oss:120b-cloud", "llama3.2:3b")),
     }
-    config = Config(
-        backends=(Backend(url="http://127.0.0.1:9"),),
-        selector=selector(tmp_path, profiles=profiles),
-    )
-    pool = BackendPool(config)
-    registry = Registry(pool)
-    auto = AutoRouter(config, pool, registry)
+    auto, set_models = offline_router(tmp_path, profiles)
     remote = {"remote_host": "https://ollama.com:443", "remote_model": "kimi-k2:1t"}
     models = {
         "gpt-oss:120b-cloud": model_info("gpt-oss:120b-cloud", {}, {}),
         "kimi-k2:1t": model_info("kimi-k2:1t", remote, {}),
         "llama3.2:3b": model_info("llama3.2:3b", {}, {}),
     }
-    registry.set_models(models)
-    pool.states[0].models = frozenset(models)
+    set_models(models)
 
     decision = auto.decide("/api/chat", chat("auto:best"), "best").decision
     assert decision.chosen == "llama3.2:3b"
@@ -367,13 +371,7 @@ async def test_a_base_model_is_left_out_while_an_instruct_one_is_eligible(tmp_pa
         "best": Profile(cost_weight=0.0),
         "raw": Profile(cost_weight=0.0, allow=("llama3.1:70b-text", "llama3.1:8b")),
     }
-    config = Config(
-        backends=(Backend(url="http://127.0.0.1:9"),),
-        selector=selector(tmp_path, profiles=profiles),
-    )
-    pool = BackendPool(config)
-    registry = Registry(pool)
-    auto = AutoRouter(config, pool, registry)
+    auto, set_fleet = offline_router(tmp_path, profiles)
     fim = {"capabilities": ["completion", "insert"], "model_info": {"x.context_length": 32768}}
     models = {
         "llama3.1:70b-text": model_info("llama3.1:70b-text", {}, {}),
@@ -386,8 +384,7 @@ async def test_a_base_model_is_left_out_while_an_instruct_one_is_eligible(tmp_pa
         return {s.name for s in decision.ranking}, decision.filtered
 
     def set_models(names: set[str]) -> None:
-        registry.set_models({n: m for n, m in models.items() if n in names})
-        pool.states[0].models = frozenset(names)
+        set_fleet({n: m for n, m in models.items() if n in names})
 
     set_models(set(models))
     ranked, filtered = decide(chat("auto"))
