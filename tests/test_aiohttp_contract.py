@@ -89,13 +89,16 @@ class Recorder(web.RequestHandler):
 
 
 @contextlib.asynccontextmanager
-async def serving(handler: Handler, **options: Any) -> AsyncIterator[tuple[int, list[Recorder]]]:
-    """A server on a free port whose connections are `Recorder`s, built through the
-    adapter's runner with aiohttp's `options`."""
+async def serving(
+    handler: Handler, factory: type[Recorder] | None = None, **options: Any
+) -> AsyncIterator[tuple[int, list[Recorder]]]:
+    """A server on a free port whose connections are `factory`s (`Recorder`s unless
+    given), built through the adapter's runner with aiohttp's `options`."""
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handler)
     made: list[Recorder] = []
-    runner = HandlerRunner(app, functools.partial(Recorder, made=made), access_log=None, **options)
+    connection = functools.partial(factory or Recorder, made=made)
+    runner = HandlerRunner(app, connection, access_log=None, **options)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -301,16 +304,8 @@ async def test_requests_before_bytes_that_do_not_parse_are_queued_first(in_order
         seen.append(request.path + ":" + (await request.text()))
         return web.Response(text="ok")
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", noting)
-    made: list[Recorder] = []
-    factory = InOrder if in_order else Recorder
-    runner = HandlerRunner(app, functools.partial(factory, made=made), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", runner.addresses[0][1])
+    async with serving(noting, InOrder if in_order else Recorder) as (port, made):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(
             b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n"
             b"POST /2 HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab"
@@ -318,8 +313,6 @@ async def test_requests_before_bytes_that_do_not_parse_are_queued_first(in_order
         )
         answer = await read_to_end(reader)
         writer.close()
-    finally:
-        await runner.cleanup()
     statuses = re.findall(rb"HTTP/1\.[01] (\d{3}) ", answer)
     if in_order:
         assert seen == ["/1:", "/2:ab"]
@@ -486,20 +479,11 @@ async def test_a_length_with_a_coding_is_told_by_its_message_and_queued_after_th
             feed_held_back(self, super().data_received)
             seen.append(queued_error(self))
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", ok)
-    made: list[Recorder] = []
-    runner = HandlerRunner(app, functools.partial(Reader, made=made), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", runner.addresses[0][1])
+    async with serving(ok, Reader) as (port, made):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(first + b"POST / HTTP/" + version + b"\r\nHost: x\r\n" + fields + b"\r\n{}")
         answer = await read_to_end(reader)
         writer.close()
-    finally:
-        await runner.cleanup()
     assert answer.count(b"HTTP/1.1 200 OK\r\n") == after
     [(status, exc)] = made[0].errors
     assert status == 400 and isinstance(exc, HttpProcessingError)
