@@ -559,19 +559,19 @@ def _fleet(
 
 def test_the_issues_targets_are_judged_per_fleet() -> None:
     met = replay.targets(_fleet(["a:7b"], 0.585, (0.575, 0.5), 0.55))
-    assert [ok for _, ok in met] == [True, True, True]
+    assert [t.met for t in met] == [True, True, True]
     missed = replay.targets(_fleet(["a:7b"], 0.575, (0.565, 0.7), 0.58))
-    assert [ok for _, ok in missed] == [False, False, False]
-    assert missed[0][0] == "auto:best >= best single - 2p: -2.5p"
+    assert [t.met for t in missed] == [False, False, False]
+    assert missed[0][:2] == ("auto:best >= best single - 2p", "-2.5p")
     # After feedback, on the other half: within 1 point of the best single model there,
     # and 5 points gained where it started more than 5 below.
     learned = _fleet(["a:7b"], 0.585, (0.575, 0.5), 0.55)
     learned.curves = {"best": [0.52, 0.56, 0.585]}
     learned.half_best = 0.60
-    assert [ok for _, ok in replay.targets(learned)[3:]] == [False, True]
+    assert [t.met for t in replay.targets(learned)[3:]] == [False, True]
     # The trained-on fleet has its own: auto:best >= 0.62 at no more than its cost.
     assert replay.targets(_fleet([], 0.625, (0.6, 0.5), 0.3)) == [
-        ("auto:best >= 0.620 at <= 1.00x: 0.625 at 0.80x", True)
+        ("auto:best >= 0.620 at <= 1.00x", "0.625 at 0.80x", True)
     ]
     text = replay.table(learned)
     assert "target MISSED auto:best after feedback >= best single - 1p: -1.5p" in text

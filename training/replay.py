@@ -34,7 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import orjson
@@ -401,7 +401,7 @@ def table(result: FleetResult) -> str:
     )
     lines = [head, f"  {'':<16}{'quality':>8}{'cost':>9}{'cost/best':>10}{'vs best':>9}"]
     for name, o in result.rows():
-        share = o.cost / best.cost if best.cost else float("nan")
+        share = _share(o, best)
         lines.append(
             f"  {name:<16}{o.quality:>8.3f}{o.cost:>9.2f}{share:>10.2f}"
             f"{(o.quality - best.quality) * 100:>+8.1f}p"
@@ -412,48 +412,67 @@ def table(result: FleetResult) -> str:
             + " ".join(f"{q:.3f}" for q in curve)
             + f" (best single there {result.half_best:.3f})"
         )
-    lines += [f"  target {'met   ' if met else 'MISSED'} {text}" for text, met in targets(result)]
+    lines += [
+        f"  target {'met   ' if t.met else 'MISSED'} {t.target}: {t.measured}"
+        for t in targets(result)
+    ]
     return "\n".join(lines)
 
 
-def targets(result: FleetResult) -> list[tuple[str, bool]]:
-    """Issue 14's targets for `auto` on one fleet, each as (what was measured, met): on
-    the fleet the artifact was trained on, `auto:best` >= 0.62 at no more than the best
-    single model's cost; on a fleet with models it never saw, without feedback
-    `auto:best` >= best single - 2 points and >= always-largest, plain `auto`
-    (balanced) >= best single - 3 points at <= 60% of its cost; after feedback, on the
-    other half, `auto:best` >= best single there - 1 point, and 5 points above its
-    no-feedback figure there where that was more than 5 below."""
+class Target(NamedTuple):
+    """One of issue 14's targets on one fleet: what it asks, what was measured, met."""
+
+    target: str
+    measured: str
+    met: bool
+
+
+def _share(o: Outcome, best: Outcome) -> float:
+    """`o`'s cost as a multiple of the best single model's."""
+    return o.cost / best.cost if best.cost else float("nan")
+
+
+def targets(result: FleetResult) -> list[Target]:
+    """Issue 14's targets for `auto` on one fleet: on the fleet the artifact was trained
+    on, `auto:best` >= 0.62 at no more than the best single model's cost; on a fleet
+    with models it never saw, without feedback `auto:best` >= best single - 2 points
+    and >= always-largest, plain `auto` (balanced) >= best single - 3 points at <= 60%
+    of its cost; after feedback, on the other half, `auto:best` >= best single there -
+    1 point, and 5 points above its no-feedback figure there where that was more than 5
+    below."""
     best = result.baselines["best single"]
-    out: list[tuple[str, bool]] = []
+    out: list[Target] = []
     top = result.profiles.get("best")
     if top is None:
         return out
     if not result.unseen:
-        share = top.cost / best.cost if best.cost else float("nan")
+        share = _share(top, best)
         out.append(
-            (
-                f"auto:best >= 0.620 at <= 1.00x: {top.quality:.3f} at {share:.2f}x",
+            Target(
+                "auto:best >= 0.620 at <= 1.00x",
+                f"{top.quality:.3f} at {share:.2f}x",
                 top.quality >= 0.62 and share <= 1.0,
             )
         )
         return out
     largest = result.baselines["always-largest"]
     gap = (top.quality - best.quality) * 100
-    out.append((f"auto:best >= best single - 2p: {gap:+.1f}p", gap >= -2.0 - 1e-9))
+    out.append(Target("auto:best >= best single - 2p", f"{gap:+.1f}p", gap >= -2.0 - 1e-9))
     out.append(
-        (
-            f"auto:best >= always-largest: {top.quality:.3f} vs {largest.quality:.3f}",
+        Target(
+            "auto:best >= always-largest",
+            f"{top.quality:.3f} vs {largest.quality:.3f}",
             top.quality >= largest.quality - 1e-9,
         )
     )
     plain = result.profiles.get("balanced")
     if plain is not None:
         gap = (plain.quality - best.quality) * 100
-        share = plain.cost / best.cost if best.cost else float("nan")
+        share = _share(plain, best)
         out.append(
-            (
-                f"auto >= best single - 3p at <= 0.60x: {gap:+.1f}p at {share:.2f}x",
+            Target(
+                "auto >= best single - 3p at <= 0.60x",
+                f"{gap:+.1f}p at {share:.2f}x",
                 gap >= -3.0 - 1e-9 and share <= 0.60,
             )
         )
@@ -462,11 +481,17 @@ def targets(result: FleetResult) -> list[tuple[str, bool]]:
         before = (curve[0] - result.half_best) * 100
         after = (curve[-1] - result.half_best) * 100
         out.append(
-            (f"auto:best after feedback >= best single - 1p: {after:+.1f}p", after >= -1.0 - 1e-9)
+            Target(
+                "auto:best after feedback >= best single - 1p",
+                f"{after:+.1f}p",
+                after >= -1.0 - 1e-9,
+            )
         )
         if before < -5.0:
             gain = after - before
-            out.append((f"auto:best gains >= 5p with feedback: {gain:+.1f}p", gain >= 5.0 - 1e-9))
+            out.append(
+                Target("auto:best gains >= 5p with feedback", f"{gain:+.1f}p", gain >= 5.0 - 1e-9)
+            )
     return out
 
 
@@ -486,7 +511,7 @@ def summary(results: Sequence[FleetResult], kind: str) -> str:
             o = dict(r.rows())[name]
             best = r.baselines["best single"]
             q.append(o.quality)
-            s.append(o.cost / best.cost if best.cost else float("nan"))
+            s.append(_share(o, best))
             gap.append((o.quality - best.quality) * 100)
         lines.append(
             f"  {name:<16}{np.mean(q):>8.3f}{np.mean(s):>10.2f}{np.mean(gap):>+8.1f}p"
@@ -494,8 +519,8 @@ def summary(results: Sequence[FleetResult], kind: str) -> str:
         )
     met: dict[str, list[bool]] = {}
     for r in chosen:
-        for text, ok in targets(r):
-            met.setdefault(text.rpartition(": ")[0], []).append(ok)
+        for t in targets(r):
+            met.setdefault(t.target, []).append(t.met)
     for target, oks in met.items():
         lines.append(f"  target {target}: met in {sum(oks)} of {len(oks)} fleets")
     for profile in chosen[0].curves:
