@@ -159,10 +159,8 @@ class AutoRoutes:
             return error_response(request.path, 400, str(exc))
         decision = choice.decision
         learning = self.auto.config.learning
-        profile_settings = self.auto.config.profiles.get(decision.profile)
-        beyond = beyond_max_loss(
-            decision.ranking, profile_settings.max_loss if profile_settings else 0.0
-        )
+        rule = self._rule(decision.profile)
+        beyond = beyond_max_loss(decision.ranking, rule["max_loss"] if rule else 0.0)
         # Models the key cannot see stay out of the answer, as they do from the lists.
         filtered = {m: why for m, why in decision.filtered.items() if only is None or m in only}
         return _json(
@@ -171,7 +169,7 @@ class AutoRoutes:
                 "profile": decision.profile,
                 "reason": decision.reason,
                 # The knobs the reason refers to.
-                "rule": self._rule(decision.profile),
+                "rule": rule,
                 "propensity": decision.propensity,
                 "artifact_version": decision.artifact_version,
                 "experiment": decision.experiment,

@@ -306,15 +306,15 @@ class Decision:
     reason: str  # ml | fallback | pinned | learned | explore | experiment
     profile: str
     ranking: list[Scored]
+    # The prior strength of the models the artifact was fitted on in this decision
+    # (`fitted_strength`).
+    known_strength: float
     filtered: dict[str, str] = field(default_factory=dict)
     propensity: float = 1.0
     artifact_version: str | None = None
     experiment: str | None = None
     variant: str | None = None
     kind: str | None = None  # the kind of prompt evidence is kept for
-    # The prior strength of the models the artifact was fitted on in this decision
-    # (`fitted_strength`).
-    known_strength: float = KNOWN_PRIOR_STRENGTH
 
     @property
     def score(self) -> Scored | None:
