@@ -46,6 +46,29 @@ def test_names_resolve_to_their_entry(catalog: Catalog, name: str, entry: str) -
     assert catalog.lookup(name).origin == "catalogue"
 
 
+@pytest.mark.parametrize(
+    ("name", "alias", "entry"),
+    [
+        ("tulu3:8b", "allenai/Llama-3.1-Tulu-3-8B", "tulu3:8b"),
+        ("tulu3:70b-q4_K_M", "Llama-3.1-Tulu-3-70B", "tulu3:70b"),
+        ("cogito:8b", "deepcogito/cogito-v1-preview-llama-8B", "cogito:8b"),
+        ("cogito:14b", "cogito-v1-preview-qwen-14B", "cogito:14b"),
+        ("cogito:70b", "deepcogito/cogito-v1-preview-llama-70B", "cogito:70b"),
+        ("dolphin3:8b", "cognitivecomputations/Dolphin3.0-Llama3.1-8B", "dolphin3:8b"),
+        ("dolphin3", "Dolphin3.0-Llama3.1-8B", "dolphin3:8b"),
+    ],
+)
+def test_popular_library_models_resolve_by_ollama_name_and_alias(
+    catalog: Catalog, name: str, alias: str, entry: str
+) -> None:
+    # Fine-tunes of listed families (Tulu 3 and Dolphin 3 of Llama 3.1, Cogito of Llama
+    # and Qwen) have entries of their own: their Ollama names must not fall through to
+    # placement by architecture.
+    assert catalog.lookup(name).name == entry
+    assert catalog.lookup(name).origin == "catalogue"
+    assert catalog.resolve(alias) == entry
+
+
 @pytest.mark.parametrize("name", ["acme-coder:7b", "qwen2.5:5b", "qwen2.5-coder-7b", "mystery"])
 def test_names_not_listed_do_not_resolve(catalog: Catalog, name: str) -> None:
     assert catalog.resolve(name) is None
