@@ -56,6 +56,14 @@ def test_names_resolve_to_their_entry(catalog: Catalog, name: str, entry: str) -
         ("cogito:70b", "deepcogito/cogito-v1-preview-llama-70B", "cogito:70b"),
         ("dolphin3:8b", "cognitivecomputations/Dolphin3.0-Llama3.1-8B", "dolphin3:8b"),
         ("dolphin3", "Dolphin3.0-Llama3.1-8B", "dolphin3:8b"),
+        ("openthinker:7b", "open-thoughts/OpenThinker-7B", "openthinker:7b"),
+        ("openthinker:32b", "OpenThinker-32B", "openthinker:32b"),
+        ("deepscaler:1.5b", "agentica-org/DeepScaleR-1.5B-Preview", "deepscaler:1.5b"),
+        ("mathstral:7b", "mistralai/Mathstral-7B-v0.1", "mathstral:7b"),
+        ("qwen2-math:72b", "Qwen/Qwen2-Math-72B-Instruct", "qwen2-math:72b"),
+        ("smallthinker:3b", "PowerInfer/SmallThinker-3B-Preview", "smallthinker:3b"),
+        ("athene-v2:72b", "Nexusflow/Athene-V2-Chat", "athene-v2:72b"),
+        ("marco-o1:7b", "AIDC-AI/Marco-o1", "marco-o1:7b"),
     ],
 )
 def test_popular_library_models_resolve_by_ollama_name_and_alias(
