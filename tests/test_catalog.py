@@ -69,6 +69,11 @@ def test_names_resolve_to_their_entry(catalog: Catalog, name: str, entry: str) -
         ("smallthinker:3b", "PowerInfer/SmallThinker-3B-Preview", "smallthinker:3b"),
         ("athene-v2:72b", "Nexusflow/Athene-V2-Chat", "athene-v2:72b"),
         ("marco-o1:7b", "AIDC-AI/Marco-o1", "marco-o1:7b"),
+        ("zephyr:7b-beta-q4_0", "HuggingFaceH4/zephyr-7b-beta", "zephyr:7b"),
+        ("openhermes", "teknium/OpenHermes-2.5-Mistral-7B", "openhermes:v2.5"),
+        ("nous-hermes2:10.7b", "NousResearch/Nous-Hermes-2-SOLAR-10.7B", "nous-hermes2:10.7b"),
+        ("vicuna:7b", "lmsys/vicuna-7b-v1.5", "vicuna:7b"),
+        ("orca2:13b", "microsoft/Orca-2-13b", "orca2:13b"),
     ],
 )
 def test_popular_library_models_resolve_by_ollama_name_and_alias(
