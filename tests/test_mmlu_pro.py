@@ -76,3 +76,22 @@ def test_the_replay_runs_a_fleet_of_the_users_choice(capsys: pytest.CaptureFixtu
     with pytest.raises(SystemExit) as exited:
         mmlu_pro_replay.main(["--models", "llama3.1:70b,no-such:1b"])
     assert exited.value.code == 2
+
+
+def test_the_replay_sums_up_a_fleet_over_several_seeds(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["--models", "llama3.1:70b,phi3:3.8b", "--limit", "20", "--passes", "1"]
+    assert mmlu_pro_replay.main([*argv, "--seeds", "0,1"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("MMLU-Pro fleet of your choice: 2 models") == 2
+    assert "mean over 2 replays (seeds 0,1) (MMLU-Pro fleet of your choice):" in out
+    assert "target auto:best >= best single - 2p: met in " in out
+    assert " of 2 replays" in out
+    assert "auto:best vs best single on the 2nd half: no feedback" in out
+    # Each seed is its own draw of questions: the two replays are not one replay twice.
+    tables = [part.split("  picks:")[0] for part in out.split("fleet: ")[1:]]
+    assert len(tables) == 2 and tables[0] != tables[1]
+    with pytest.raises(SystemExit) as exited:
+        mmlu_pro_replay.main([*argv, "--seeds", "0,x"])
+    assert exited.value.code == 2

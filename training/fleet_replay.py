@@ -8,7 +8,7 @@ import argparse
 import functools
 import json
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from proxy.config import Profile, Selector
@@ -24,6 +24,13 @@ def parser(prog: str, models: Sequence[ModelSpec], limit: int | None) -> argpars
     parsed = argparse.ArgumentParser(prog=f"python -m {prog}")
     parsed.add_argument("--limit", type=int, default=limit)
     parsed.add_argument("--seed", type=int, default=0)
+    parsed.add_argument(
+        "--seeds",
+        type=_seeds,
+        help="comma-separated seeds (e.g. 0,1,2,3), in place of --seed: each fleet is "
+        "replayed once per seed (another draw of prompts where --limit draws them, "
+        "another half to learn from), then summed up over them",
+    )
     parsed.add_argument("--passes", type=int, default=3)
     parsed.add_argument("--fleet", action="append", help="only the fleets whose label has this")
     parsed.add_argument(
@@ -32,6 +39,22 @@ def parser(prog: str, models: Sequence[ModelSpec], limit: int | None) -> argpars
         f"(one of: {', '.join(m.ollama_name for m in models)})",
     )
     return parsed
+
+
+def _seeds(raw: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(part) for part in raw.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r}: comma-separated integers") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError("no seed given")
+    return seeds
+
+
+def seeds_of(args: argparse.Namespace) -> tuple[int, ...]:
+    """The seeds a replay runs with: `--seeds`, else `--seed` alone."""
+    seeds: tuple[int, ...] | None = args.seeds
+    return seeds if seeds else (int(args.seed),)
 
 
 def chosen(parsed: argparse.ArgumentParser, raw: str, known: Collection[str]) -> tuple[str, ...]:
@@ -73,10 +96,29 @@ class Shipped:
         self,
         label: str,
         models: Sequence[ModelSpec],
+        prompts_of: Callable[[int], Sequence[Prompt]],
+        passes: int,
+        seeds: Sequence[int],
+    ) -> None:
+        """Replays the prompts `prompts_of(seed)` gives through `auto` on `models`, with
+        the proxy's own online learner as feedback, once per seed, and prints each
+        (`print_replay`); with several seeds, then `replay.summary` over them: one
+        seed's figures after feedback move by points with the half learned from, so a
+        change to the learner is judged on their mean."""
+        results = [
+            self.print_replay(label, models, prompts_of(seed), passes, seed) for seed in seeds
+        ]
+        if len(results) > 1:
+            print(replay.summary(results, label, over=f"seeds {','.join(map(str, seeds))}"))
+
+    def print_replay(
+        self,
+        label: str,
+        models: Sequence[ModelSpec],
         prompts: Sequence[Prompt],
         passes: int,
         seed: int,
-    ) -> None:
+    ) -> replay.FleetResult:
         """Replays `prompts` through `auto` on `models`, with the proxy's own online
         learner as feedback, and prints the fleet, `replay.table`, the picks and the
         time taken."""
@@ -101,3 +143,4 @@ class Shipped:
         picks = {p: o.picks for p, o in result.profiles.items()}
         print(f"  picks: {json.dumps(picks)}")
         print(f"  ({time.monotonic() - start:.0f}s)", flush=True)
+        return result

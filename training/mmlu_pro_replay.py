@@ -1,6 +1,7 @@
 """Replays MMLU-Pro questions through `auto` on fleets the shipped selector never saw.
 
-    PYTHONPATH=. python -m training.mmlu_pro_replay [--limit 1500] [--seed 0] [--passes 3]
+    PYTHONPATH=. python -m training.mmlu_pro_replay [--limit 1500] [--passes 3]
+        [--seed 0 | --seeds 0,1,2]
         [--fleet LABEL-WORD] [--models qwen:72b,phi3:3.8b,...]
 
 The same questions (drawn with `--seed` among those every model of `MODELS` answered)
@@ -16,6 +17,7 @@ from __future__ import annotations
 import sys
 
 from training import fleet_replay
+from training.data import Prompt
 from training.mmlu_pro_data import BY_OLLAMA_NAME, MODELS, fleet, load_prompts
 
 INSTRUCT = (
@@ -78,15 +80,24 @@ def main(argv: list[str] | None = None) -> int:
         names = fleet_replay.chosen(parser, args.models, BY_OLLAMA_NAME)
         fleets = {"MMLU-Pro fleet of your choice": names}
     shipped = fleet_replay.Shipped.load()
-    prompts = load_prompts(
-        fleet(next(iter(fleets.values()))) if args.models else MODELS,
-        limit=args.limit,
-        seed=args.seed,
-    )
+    drawn: dict[int, list[Prompt]] = {}
+
+    def prompts_of(seed: int) -> list[Prompt]:
+        """The questions of `seed`'s draw, the same for every fleet."""
+        if seed not in drawn:
+            drawn[seed] = load_prompts(
+                fleet(next(iter(fleets.values()))) if args.models else MODELS,
+                limit=args.limit,
+                seed=seed,
+            )
+        return drawn[seed]
+
     print(shipped.header())
     for label, names in fleets.items():
         if fleet_replay.wanted(label, args.fleet):
-            shipped.print_fleet(label, fleet(names), prompts, args.passes, args.seed)
+            shipped.print_fleet(
+                label, fleet(names), prompts_of, args.passes, fleet_replay.seeds_of(args)
+            )
     return 0
 
 

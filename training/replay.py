@@ -495,14 +495,17 @@ def targets(result: FleetResult) -> list[Target]:
     return out
 
 
-def summary(results: Sequence[FleetResult], kind: str) -> str:
-    """Means over the fleets whose label contains `kind`, with the worst gap."""
+def summary(results: Sequence[FleetResult], kind: str, over: str = "") -> str:
+    """Means over the fleets whose label contains `kind`, with the worst gap; `over`
+    names what they differ in when they are one fleet replayed several times (its
+    seeds), else they are counted as fleets."""
     chosen = [r for r in results if kind in r.label]
     if not chosen:
         return ""
     names = [name for name, _ in chosen[0].rows()]
+    runs = f"{len(chosen)} replays ({over})" if over else f"{len(chosen)} fleets"
     lines = [
-        f"mean over {len(chosen)} fleets ({kind}):",
+        f"mean over {runs} ({kind}):",
         f"  {'':<16}{'quality':>8}{'cost/best':>10}{'vs best':>9}{'worst':>8}",
     ]
     for name in names:
@@ -522,7 +525,9 @@ def summary(results: Sequence[FleetResult], kind: str) -> str:
         for t in targets(r):
             met.setdefault(t.target, []).append(t.met)
     for target, oks in met.items():
-        lines.append(f"  target {target}: met in {sum(oks)} of {len(oks)} fleets")
+        lines.append(
+            f"  target {target}: met in {sum(oks)} of {len(oks)} {'replays' if over else 'fleets'}"
+        )
     for profile in chosen[0].curves:
         # On the evaluation half, against that half's best single model.
         before = [(r.curves[profile][0] - (r.half_best or 0.0)) * 100 for r in chosen]

@@ -1,6 +1,7 @@
 """Replays ZeroEval items (GSM8K, MATH level 5, CRUXEval-O) through `auto` on fleets.
 
-    PYTHONPATH=. python -m training.zeroeval_replay [--limit N] [--seed 0] [--passes 3]
+    PYTHONPATH=. python -m training.zeroeval_replay [--limit N] [--passes 3]
+        [--seed 0 | --seeds 0,1,2]
         [--fleet LABEL-WORD] [--models qwen2:72b,phi3.5:3.8b,...] [--tasks gsm,crux]
 
 Each fleet is replayed on the items of its tasks that every one of its models was run
@@ -13,6 +14,7 @@ names, on the tasks they were all run on (or `--tasks`).
 
 from __future__ import annotations
 
+import functools
 import sys
 
 from training import fleet_replay
@@ -102,8 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     for label, (names, tasks) in fleets.items():
         if fleet_replay.wanted(label, args.fleet):
             models = fleet(names)
-            prompts = load_prompts(models, tasks, limit=args.limit, seed=args.seed)
-            shipped.print_fleet(label, models, prompts, args.passes, args.seed)
+            shipped.print_fleet(
+                label,
+                models,
+                functools.partial(load_prompts, models, tasks, args.limit),
+                args.passes,
+                fleet_replay.seeds_of(args),
+            )
     return 0
 
 
