@@ -10,10 +10,12 @@ does the proxy.
 The proxy decodes it where Ollama does, before anything reads the body, and forwards the
 canonical JSON of what it decoded (as for any model-routed body), without the
 `Content-Encoding` header (`DECODED` tells the relay). What it decodes is bounded by the
-same body limit as a plain body (`limits.max_body_bytes`, 413 above it), counted on the
-decompressed bytes as they come, so a small bomb is refused before it grows. A body
-that is no zstd gets Ollama's 400 `{"error": "..."}` (its gin.H shape on these routes
-too).
+same body limit as a plain body (`limits.max_body_bytes`, 413 above it), and by
+Ollama's own cap, which reads the decoded body through a 20 MiB `http.MaxBytesReader`
+(`maxDecompressedBodySize`; 400 "http: request body too large" above it), both counted
+on the decompressed bytes as they come, so a small bomb is refused before it grows. A
+body that is no zstd gets Ollama's 400 `{"error": "..."}` (its gin.H shape on these
+routes too).
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ ZSTD_PATHS: Final = frozenset(
 )
 # What the body's decoder may hold: Ollama's WithDecoderMaxMemory caps its window so.
 MAX_WINDOW_BYTES = 8 << 20
+# What Ollama reads of the decoded body (`maxDecompressedBodySize`): a byte more is its 400.
+MAX_DECODED_BYTES = 20 << 20
+TOO_LARGE = "http: request body too large"  # Go's http.MaxBytesError
 _CHUNK = 1 << 20
 # Set on a request whose body the proxy decoded: its Content-Encoding is not forwarded.
 DECODED: Final = web.RequestKey("autoroute_body_decoded", bool)
@@ -52,7 +57,8 @@ class Undecodable(Exception):
 
 def decoded(request: web.Request, body: bytes, limit: int) -> bytes:
     """`body` as Ollama reads it on this route: decompressed where it decodes zstd,
-    else as sent. Raises `Undecodable`, or aiohttp's 413 over `limit` (0: none)."""
+    else as sent. Raises `Undecodable` (no zstd, or past Ollama's cap), or aiohttp's
+    413 over `limit` (0: none)."""
     # Go's c.GetHeader: the first value, compared exactly.
     if request.headers.get(hdrs.CONTENT_ENCODING) != "zstd" or request.path not in ZSTD_PATHS:
         return body
@@ -64,6 +70,8 @@ def decoded(request: web.Request, body: bytes, limit: int) -> bytes:
                 out += chunk
                 if limit and len(out) > limit:
                     raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(out))
+                if len(out) > MAX_DECODED_BYTES:
+                    raise Undecodable(TOO_LARGE)
     except zstandard.ZstdError as exc:
         raise Undecodable(str(exc)) from None
     request[DECODED] = True

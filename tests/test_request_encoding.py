@@ -17,6 +17,8 @@ from tests.support import Emulator, Proxy, ServerThread
 
 MODEL = "qwen2.5:7b"
 LIMIT = 1 << 20
+# Ollama's cap on a decoded zstd body (cloud_proxy.go, maxDecompressedBodySize).
+OLLAMA_ZSTD_CAP = 20 << 20
 ZSTD = {"Content-Encoding": "zstd", "Content-Type": "application/json"}
 
 
@@ -72,6 +74,31 @@ async def test_a_zstd_bomb_is_refused_at_the_body_limit(bounded: Proxy) -> None:
     assert f"limit {LIMIT} bytes" in orjson.loads(body)["error"]["message"]
     doc = {"model": MODEL, "input": "Hi"}
     assert (await post(bounded.url + "/v1/responses", zstd(doc), ZSTD))[0] == 200
+
+
+async def test_a_zstd_body_past_ollamas_cap_gets_its_400(
+    servers: ServerThread, emulator: Emulator
+) -> None:
+    """Ollama reads a zstd body through a 20 MiB MaxBytesReader (cloud_proxy.go,
+    `maxDecompressedBodySize`): one that decodes to more is its 400, whatever the
+    proxy's own body limit (here the default, above the cap), and never reaches a
+    model; one at the cap is served."""
+    prx = Proxy(servers, [emulator.url])
+    try:
+        assert prx.config.limits.max_body_bytes > OLLAMA_ZSTD_CAP
+        doc = orjson.dumps({"model": MODEL, "input": "Hi"})
+        # Padded with the whitespace JSON allows after a value, to the cap and past it.
+        at_cap = doc + b" " * (OLLAMA_ZSTD_CAP - len(doc))
+        compressed = zstandard.ZstdCompressor().compress(at_cap + b" ")
+        status, headers, body = await post(prx.url + "/v1/responses", compressed, ZSTD)
+        assert status == 400, body[:200]
+        assert orjson.loads(body) == {"error": "http: request body too large"}
+        assert headers["Content-Type"] == "application/json; charset=utf-8"
+        compressed = zstandard.ZstdCompressor().compress(at_cap)
+        status, _, body = await post(prx.url + "/v1/responses", compressed, ZSTD)
+        assert status == 200, body[:200]
+    finally:
+        prx.stop()
 
 
 async def test_a_body_that_is_no_zstd_gets_ollamas_400(bounded: Proxy) -> None:
