@@ -552,6 +552,21 @@ async def test_request_errors(emu: Emu) -> None:
     assert (status, json.loads(body)) == (404, {"error": "model 'ghost' not found"})
 
 
+async def test_nan_and_infinity_are_no_json_to_go(emu: Emu) -> None:
+    """Python's json reads NaN, Infinity and -Infinity; Go's scanner refuses each at
+    its first character, before any field is looked at."""
+    cases = [
+        (b"NaN", "invalid character 'N' looking for beginning of value"),
+        (b"Infinity", "invalid character 'I' looking for beginning of value"),
+        (b"-Infinity", "invalid character 'I' in numeric literal"),
+    ]
+    for constant, message in cases:
+        raw = b'{"model": "qwen2.5:7b", "stream": false, "options": {"temperature": '
+        raw += constant + b'}, "prompt": 5}'
+        status, _, body = await emu.post("/api/generate", raw=raw)
+        assert (status, json.loads(body)) == (400, {"error": message}), raw
+
+
 async def test_text_go_reads_as_replacement_characters(emu: Emu) -> None:
     """A lone surrogate escape and invalid UTF-8 in a string are U+FFFD to Go's decoder:
     Ollama answers the request, and so does the emulator."""

@@ -169,7 +169,25 @@ def _number(text: str) -> int | float | BeyondADouble:
     return int(text)
 
 
-_DECODER = json.JSONDecoder(object_pairs_hook=in_last_order, parse_int=_number, parse_float=_number)
+# Go's scanner refuses each at the first character that cannot begin a value (after
+# a minus sign, the first it cannot continue a number with); Python's json reads them.
+_CONSTANTS = {
+    "NaN": "invalid character 'N' looking for beginning of value",
+    "Infinity": "invalid character 'I' looking for beginning of value",
+    "-Infinity": "invalid character 'I' in numeric literal",
+}
+
+
+def _constant(text: str) -> Any:
+    raise BodyError(_CONSTANTS[text])
+
+
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=in_last_order,
+    parse_int=_number,
+    parse_float=_number,
+    parse_constant=_constant,
+)
 
 
 def _beyond_a_double(value: Any) -> BeyondADouble | None:
