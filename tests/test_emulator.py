@@ -552,6 +552,38 @@ async def test_request_errors(emu: Emu) -> None:
     assert (status, json.loads(body)) == (404, {"error": "model 'ghost' not found"})
 
 
+async def test_names_are_judged_as_go_parses_them(emu: Emu) -> None:
+    """model.ParseName(...).IsValid(): host, namespace, model and tag each begin with a
+    letter, digit or underscore and are at most 80 bytes long (a host 350); a dot is no
+    namespace's, a colon only a host's. ChatHandler answers an invalid name 400 "model
+    is required", a valid one it does not have 404."""
+    invalid = [
+        "a" * 81,
+        "m:" + "t" * 81,
+        ".hidden",
+        "-dash:latest",
+        "m:.tag",
+        "my.ns/model",
+        "h" * 351 + "/ns/model",
+        "ns/",
+        "/model",
+    ]
+    valid = [
+        "a" * 80,
+        "m:" + "t" * 80,
+        "localhost:5000/ns/model",
+        "h" * 350 + "/ns/model",
+        "_under/score_",
+        " padded:latest ",  # modelref.ParseRef trims the name first
+    ]
+    for name in invalid:
+        status, _, body = await emu.post("/api/chat", {"model": name})
+        assert (status, json.loads(body)) == (400, {"error": "model is required"}), name
+    for name in valid:
+        status, _, body = await emu.post("/api/chat", {"model": name})
+        assert (status, json.loads(body)) == (404, {"error": f"model '{name}' not found"}), name
+
+
 async def test_nan_and_infinity_are_no_json_to_go(emu: Emu) -> None:
     """Python's json reads NaN, Infinity and -Infinity; Go's scanner refuses each at
     its first character, before any field is looked at."""
