@@ -584,6 +584,24 @@ async def test_names_are_judged_as_go_parses_them(emu: Emu) -> None:
         assert (status, json.loads(body)) == (404, {"error": f"model '{name}' not found"}), name
 
 
+async def test_a_syntax_error_names_the_byte_go_read(emu: Emu) -> None:
+    """Go's scanner reads bytes: its error quotes the offending byte as a rune
+    (strconv.Quote), so a UTF-8 BOM (EF BB BF) is 'ï', an invalid byte is itself, and
+    a control character has Go's escape."""
+    cases = [
+        (b'\xef\xbb\xbf{"model": "qwen2.5:7b"}', "'\u00ef'"),
+        (b"\xff", "'\u00ff'"),
+        ('{"model": \ufffd}'.encode(), "'\u00ef'"),
+        (b'{"model": \xc2\x85}', "'\u00c2'"),
+        (b'{"model": \x85}', "'\\u0085'"),
+        (b'{"model": \x07}', "'\\a'"),
+    ]
+    for raw, char in cases:
+        status, _, body = await emu.post("/api/generate", raw=raw)
+        message = f"invalid character {char} looking for beginning of value"
+        assert (status, json.loads(body)) == (400, {"error": message}), raw
+
+
 async def test_nan_and_infinity_are_no_json_to_go(emu: Emu) -> None:
     """Python's json reads NaN, Infinity and -Infinity; Go's scanner refuses each at
     its first character, before any field is looked at."""

@@ -95,13 +95,34 @@ def empty_ok() -> web.Response:
 # Decoding -----------------------------------------------------------------------------
 
 
-def _go_char(c: str) -> str:
-    """strconv.QuoteRune-like rendering used in encoding/json syntax errors."""
+_GO_ESCAPES = {7: "\\a", 8: "\\b", 9: "\\t", 10: "\\n", 11: "\\v", 12: "\\f", 13: "\\r"}
+
+
+def _go_char(byte: int) -> str:
+    """encoding/json's quoteChar: the byte its scanner stopped at, read as a rune and
+    quoted as strconv.Quote quotes it (between single quotes)."""
+    c = chr(byte)
     if c == "'":
         return "'\\''"
-    if c == '"':
-        return "'\"'"
-    return repr(c) if c.isprintable() else "'" + c.encode("unicode_escape").decode() + "'"
+    if byte in _GO_ESCAPES:
+        return f"'{_GO_ESCAPES[byte]}'"
+    if byte < 0x20 or byte == 0x7F:
+        return f"'\\x{byte:02x}'"
+    if c == "\\":
+        return "'\\\\'"
+    return f"'{c}'" if c.isprintable() else f"'\\u{byte:04x}'"
+
+
+def _byte_at(raw: bytes, doc: str, pos: int) -> int:
+    """The byte of `raw` that `doc[pos]` stands for, `doc` being `go_text(raw)`: Go's
+    scanner reads bytes, and a U+FFFD that `go_text` wrote stands for one byte."""
+    offset = 0
+    for c in doc[:pos]:
+        if c == "\ufffd" and not raw.startswith(b"\xef\xbf\xbd", offset):
+            offset += 1
+        else:
+            offset += len(c.encode())
+    return raw[offset]
 
 
 def _context_at(doc: str, pos: int) -> str:
@@ -125,11 +146,11 @@ def _context_at(doc: str, pos: int) -> str:
     return stack[-1] if stack else ""
 
 
-def _syntax_message(doc: str, exc: json.JSONDecodeError) -> str:
+def _syntax_message(raw: bytes, doc: str, exc: json.JSONDecodeError) -> str:
     pos = exc.pos
     if pos >= len(doc) or exc.msg.startswith("Unterminated"):
         return "unexpected EOF"
-    c = doc[pos]
+    c = _byte_at(raw, doc, pos)
     msg = exc.msg
     if msg.startswith("Expecting property name"):
         return f"invalid character {_go_char(c)} looking for beginning of object key string"
@@ -142,10 +163,8 @@ def _syntax_message(doc: str, exc: json.JSONDecodeError) -> str:
     if msg.startswith("Invalid control character"):
         return f"invalid character {_go_char(c)} in string literal"
     if msg.startswith("Invalid \\escape") or msg.startswith("Invalid \\u"):
-        return (
-            f"invalid character {_go_char(doc[pos + 1] if pos + 1 < len(doc) else c)} "
-            "in string escape code"
-        )
+        escaped = _byte_at(raw, doc, pos + 1) if pos + 1 < len(doc) else c
+        return f"invalid character {_go_char(escaped)} in string escape code"
     return f"invalid character {_go_char(c)} looking for beginning of value"
 
 
@@ -216,7 +235,7 @@ def decode_json(raw: bytes) -> Any:
     try:
         value, _ = _DECODER.raw_decode(doc, start)
     except json.JSONDecodeError as exc:
-        raise BodyError(_syntax_message(doc, exc)) from None
+        raise BodyError(_syntax_message(raw, doc, exc)) from None
     except RecursionError:
         raise BodyError("exceeded max depth") from None
     return value
