@@ -14,8 +14,8 @@ same body limit as a plain body (`limits.max_body_bytes`, 413 above it), and by
 Ollama's own cap, which reads the decoded body through a 20 MiB `http.MaxBytesReader`
 (`maxDecompressedBodySize`; 400 "http: request body too large" above it), both counted
 on the decompressed bytes as they come, so a small bomb is refused before it grows. A
-body that is no zstd gets Ollama's 400 `{"error": "..."}` (its gin.H shape on these
-routes too).
+body that is no zstd, or one cut short inside a frame, gets Ollama's 400 `{"error":
+"..."}` (its gin.H shape on these routes too).
 """
 
 from __future__ import annotations
@@ -42,6 +42,10 @@ MAX_WINDOW_BYTES = 8 << 20
 MAX_DECODED_BYTES = 20 << 20
 TOO_LARGE = "http: request body too large"  # Go's http.MaxBytesError
 _CHUNK = 1 << 20
+# Go's io.ErrUnexpectedEOF: the body ends inside a frame.
+CUT_SHORT = "unexpected EOF"
+_FRAME_MAGIC = 0xFD2FB528
+_SKIPPABLE_MAGIC = 0x184D2A50  # the low 4 bits are the frame's own
 # Set on a request whose body the proxy decoded: its Content-Encoding is not forwarded.
 DECODED: Final = web.RequestKey("autoroute_body_decoded", bool)
 
@@ -57,8 +61,8 @@ class Undecodable(Exception):
 
 def decoded(request: web.Request, body: bytes, limit: int) -> bytes:
     """`body` as Ollama reads it on this route: decompressed where it decodes zstd,
-    else as sent. Raises `Undecodable` (no zstd, or past Ollama's cap), or aiohttp's
-    413 over `limit` (0: none)."""
+    else as sent. Raises `Undecodable` (no zstd, cut short, or past Ollama's cap), or
+    aiohttp's 413 over `limit` (0: none)."""
     # Go's c.GetHeader: the first value, compared exactly.
     if request.headers.get(hdrs.CONTENT_ENCODING) != "zstd" or request.path not in ZSTD_PATHS:
         return body
@@ -74,5 +78,37 @@ def decoded(request: web.Request, body: bytes, limit: int) -> bytes:
                     raise Undecodable(TOO_LARGE)
     except zstandard.ZstdError as exc:
         raise Undecodable(str(exc)) from None
+    if not _whole_frames(body):
+        raise Undecodable(CUT_SHORT)
     request[DECODED] = True
     return bytes(out)
+
+
+def _whole_frames(body: bytes) -> bool:
+    """Whether `body` ends where a frame ends (RFC 8878's layout, walked without
+    decoding). The decoder above reads a body cut inside a frame up to the cut and
+    stops without an error; Ollama's fails with an unexpected EOF. Only a body the
+    decoder read whole comes here: what follows its last frame is no frame start."""
+    size = len(body)
+    at = 0
+    while at < size:
+        if size - at < 8:
+            return False
+        magic = int.from_bytes(body[at : at + 4], "little")
+        if magic & ~0xF == _SKIPPABLE_MAGIC:
+            at += 8 + int.from_bytes(body[at + 4 : at + 8], "little")
+            continue
+        if magic != _FRAME_MAGIC:
+            return True
+        descriptor = body[at + 4]
+        content_size = (0, 2, 4, 8)[descriptor >> 6] or (1 if descriptor & 0x20 else 0)
+        at += 5 + (0 if descriptor & 0x20 else 1) + (0, 1, 2, 4)[descriptor & 3] + content_size
+        last = False
+        while not last:
+            if size - at < 3:
+                return False
+            header = int.from_bytes(body[at : at + 3], "little")
+            last = bool(header & 1)
+            at += 3 + (1 if (header >> 1) & 3 == 1 else header >> 3)
+        at += 4 if descriptor & 4 else 0
+    return at == size

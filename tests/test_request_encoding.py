@@ -101,6 +101,22 @@ async def test_a_zstd_body_past_ollamas_cap_gets_its_400(
         prx.stop()
 
 
+@pytest.mark.parametrize("cut", [1, 4, 20])
+async def test_a_zstd_body_cut_short_gets_ollamas_400(bounded: Proxy, cut: int) -> None:
+    """A frame that ends before its last block (or checksum) is an unexpected EOF to
+    Ollama's decoder, its 400 in gin.H: not the part decoded so far sent on, nor a
+    whole first frame served when the cut falls in a second one."""
+    doc = {"model": MODEL, "input": "Hi"}
+    frame = zstandard.ZstdCompressor(write_checksum=True).compress(orjson.dumps(doc))
+    for data in (frame[:-cut], frame + frame[:-cut]):
+        status, headers, body = await post(bounded.url + "/v1/responses", data, ZSTD)
+        assert status == 400, body[:200]
+        assert orjson.loads(body) == {"error": "unexpected EOF"}
+        assert headers["Content-Type"] == "application/json; charset=utf-8"
+    status, _, body = await post(bounded.url + "/v1/responses", frame, ZSTD)
+    assert status == 200, body[:200]
+
+
 async def test_a_body_that_is_no_zstd_gets_ollamas_400(bounded: Proxy) -> None:
     data = orjson.dumps({"model": MODEL, "input": "Hi"})
     status, headers, body = await post(bounded.url + "/v1/responses", data, ZSTD)
