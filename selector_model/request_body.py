@@ -180,19 +180,25 @@ def suffix(doc: Mapping[str, Any]) -> str:
     return value if isinstance(value, str) else ""
 
 
+# What Ollama reads as asking for thinking: `think`'s levels (api.ThinkValue) and the
+# efforts openai.thinkFromReasoningEffort maps to a level. Any other value (but false,
+# and an effort of "none") it refuses as it decodes the body, before it looks at a
+# model: such a request asks for nothing.
+_THINK_LEVELS = frozenset({"high", "medium", "low", "max"})
+_EFFORTS = frozenset({"minimal", "low", "medium", "high", "xhigh", "ultra", "max"})
+
+
 def thinks(doc: Mapping[str, Any]) -> bool:
     """Whether the request asks the model to think: Ollama's `think` (true or a level),
-    OpenAI's `reasoning.effort` or `reasoning_effort` (but "none"), Anthropic's
-    `thinking.type` "enabled"."""
+    OpenAI's effort (`reasoning.effort` when `reasoning` is there, else
+    `reasoning_effort`; any but "none"), Anthropic's `thinking.type` "enabled"."""
     think = doc.get("think")
     if think is not None:
-        return think not in (None, False)
+        return think is True or (isinstance(think, str) and think in _THINK_LEVELS)
     reasoning = doc.get("reasoning")
-    effort = (reasoning.get("effort") if isinstance(reasoning, dict) else None) or doc.get(
-        "reasoning_effort"
-    )
+    effort = reasoning.get("effort") if isinstance(reasoning, dict) else doc.get("reasoning_effort")
     if effort:
-        return bool(effort != "none")
+        return isinstance(effort, str) and effort in _EFFORTS
     thinking = doc.get("thinking")
     return isinstance(thinking, dict) and thinking.get("type") == "enabled"
 

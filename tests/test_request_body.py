@@ -4,6 +4,7 @@ them, the prompt limits count every shape's text, usage events hash the same tex
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from proxy.config import Limits
 from proxy.usage.event import prompt_text
 from selector_model import request_body
+from tests.conftest import FROZEN
 from tests.support import PIXEL_PNG, Emulator, Proxy, ServerThread
 from tests.test_auto import selector
 
@@ -229,6 +231,64 @@ def test_case_variant_keys_are_read_as_go_reads_them() -> None:
     assert doc["options"] == {"Num_Predict": 5}
     assert request_body.max_output_tokens(doc) is None
     assert not request_body.canonicalize(doc)  # canonical already
+
+
+# What Ollama refuses as it decodes the body (api.ThinkValue, thinkFromReasoningEffort):
+# no thinking asked for, so no model is filtered out for lacking it.
+INVALID_THINKING = [
+    ("/api/chat", {"think": "yes"}),
+    ("/api/chat", {"think": ""}),
+    ("/api/chat", {"think": 1}),
+    ("/api/generate", {"think": "false"}),
+    ("/v1/chat/completions", {"reasoning_effort": "extreme"}),
+    ("/v1/chat/completions", {"reasoning_effort": 5}),
+    ("/v1/chat/completions", {"reasoning": {"effort": "extreme"}}),
+    ("/v1/responses", {"reasoning": {"effort": "extreme"}}),
+]
+VALID_THINKING = [
+    {"think": True},
+    {"think": "max"},
+    {"think": "low"},
+    {"reasoning_effort": "minimal"},
+    {"reasoning_effort": "ultra"},
+    {"reasoning": {"effort": "xhigh"}},
+    {"thinking": {"type": "enabled"}},
+]
+
+
+@pytest.mark.parametrize(("path", "extra"), INVALID_THINKING)
+async def test_a_thinking_value_ollama_refuses_gets_its_answer_through_auto(
+    servers: ServerThread, path: str, extra: dict[str, Any]
+) -> None:
+    """A fleet where no model thinks (the demo's): `auto` must not answer "lacks
+    thinking" for a value Ollama refuses before it looks at any model; the backend
+    answers it, as it answers a client naming a model."""
+    emu = Emulator(servers, dataclasses.replace(FROZEN, models=("llama3.2:3b",)))
+    prx = Proxy(servers, [emu.url])
+    try:
+        body: dict[str, Any] = {"stream": False, **extra}
+        if path == "/api/generate":
+            body["prompt"] = "Hi"
+        elif path == "/v1/responses":
+            body["input"] = "Hi"
+        else:
+            body["messages"] = [{"role": "user", "content": "Hi"}]
+        async with aiohttp.ClientSession() as http:
+            async with http.post(emu.url + path, json={**body, "model": "llama3.2:3b"}) as resp:
+                direct = resp.status, await resp.read()
+            async with http.post(prx.url + path, json={**body, "model": "auto"}) as resp:
+                proxied = resp.status, await resp.read()
+        assert direct[0] == 400
+        assert proxied == direct
+    finally:
+        prx.stop()
+        emu.stop()
+
+
+@pytest.mark.parametrize("extra", VALID_THINKING)
+def test_thinking_is_asked_for_by_the_values_ollama_takes(extra: dict[str, Any]) -> None:
+    assert request_body.thinks(extra)
+    assert not any(request_body.thinks(doc) for _, doc in INVALID_THINKING)
 
 
 @pytest.fixture
