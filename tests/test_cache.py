@@ -276,6 +276,36 @@ def test_what_is_not_cacheable(caching: Proxy, own_emulator: Emulator) -> None:
     assert metrics(caching)["autoroute_cache_misses_total"] == 1
 
 
+def loaded(emulator: Emulator) -> set[str]:
+    return set(emulator.state.loaded)
+
+
+@pytest.mark.parametrize(
+    ("path", "empty"),
+    [
+        ("/api/chat", {"messages": []}),
+        ("/api/chat", {}),
+        ("/api/generate", {"prompt": ""}),
+        ("/api/generate", {}),
+    ],
+)
+def test_loading_and_unloading_are_never_replayed(
+    caching: Proxy, own_emulator: Emulator, path: str, empty: dict[str, Any]
+) -> None:
+    """A chat without messages or a generate without a prompt only loads the model
+    (unloads it with keep_alive 0: ChatHandler, GenerateHandler): its effect on the
+    backend is the point, and a numeric keep_alive is left out of the key, so a kept
+    "unload" answer would stand in for the next load and the model would never load."""
+    body = {"model": MODEL, "stream": False, "options": GREEDY, **empty}
+    for keep_alive, reason in ((0, "unload"), (300, "load"), (0, "unload"), (300, "load")):
+        answer = fetch(caching, path, {**body, "keep_alive": keep_alive})
+        assert answer.status == 200
+        assert answer.header("X-Autoroute-Cache") is None
+        assert orjson.loads(answer.raw)["done_reason"] == reason
+        assert (MODEL in loaded(own_emulator)) is (reason == "load")
+    assert metrics(caching).get("autoroute_cache_stored_total", 0) == 0
+
+
 def test_failed_answers_are_not_kept(caching: Proxy, own_emulator: Emulator) -> None:
     path, doc = CASES["generate-ndjson"]
     missing = {**doc, "model": "no-such:model"}

@@ -1,9 +1,10 @@
 """Which requests are cacheable, and the key their answer is kept under.
 
 A request is cacheable when its answer is determined by its input: temperature 0 or a
-fixed seed, no tools (a tool call's answer depends on what the tool returns next), and
-no `Cache-Control: no-cache` or `no-store` from the client. Read from the body as the
-backend reads it (`go_json`), after `auto` decided: the key names the model served.
+fixed seed, no tools (a tool call's answer depends on what the tool returns next), text
+asked for (not a model loaded or unloaded), and no `Cache-Control: no-cache` or
+`no-store` from the client. Read from the body as the backend reads it (`go_json`),
+after `auto` decided: the key names the model served.
 """
 
 from __future__ import annotations
@@ -59,12 +60,23 @@ def bypassed(cache_control: str | None) -> bool:
     return any(d in directives for d in _BYPASS)
 
 
+def generates(path: str, doc: Mapping[str, Any]) -> bool:
+    """Whether the request asks for text: Ollama answers a chat without messages and a
+    generate without a prompt by loading the model (unloading it with keep_alive 0:
+    ChatHandler, GenerateHandler), an answer whose effect on the backend is the point,
+    and a numeric keep_alive is no part of the key."""
+    if path in ("/api/chat", "/v1/chat/completions"):
+        return bool(doc.get("messages"))
+    return bool(doc.get("prompt"))
+
+
 def cacheable(path: str, doc: Any, cache_control: str | None) -> bool:
     return (
         path in CACHEABLE_PATHS
         and isinstance(doc, dict)
         and not bypassed(cache_control)
         and deterministic(path, doc)
+        and generates(path, doc)
     )
 
 
