@@ -16,6 +16,7 @@ from proxy.errors import error_response
 from proxy.learning import Learner
 from proxy.limits import read_body
 from proxy.protocol import JSON, go_dumps
+from proxy.routes import RANKED_PATHS, find
 from selector_model.policy import beyond_max_loss
 from selector_model.profiling import store as profile_store
 from selector_model.profiling.suite import CURRENT_VERSION as SUITE_VERSION
@@ -150,6 +151,15 @@ class AutoRoutes:
         path = str(
             request.query.get("path") or ("/api/chat" if "messages" in doc else "/api/generate")
         )
+        if path not in RANKED_PATHS:
+            # A ranking here would name a model auto never sends to this route.
+            route = find(path)
+            if route is not None and route.embedding:
+                pinned = self.auto.config.embedding_model or "not set"
+                why = f"it takes selector.embedding_model ({pinned})"
+            else:
+                why = "explain ranks for " + ", ".join(RANKED_PATHS)
+            return error_response(request.path, 400, f"auto ranks no models on {path}: {why}")
         # The key's allow-list, as on inference: explain must rank what auto would.
         key = request.get(KEY_REQUEST)
         only = key.models if key is not None else None

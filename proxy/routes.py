@@ -211,6 +211,13 @@ def find(path: str) -> Route | None:
     return None
 
 
+# The routes where `auto` ranks models: those that route by the model their body names
+# and run one, but embeddings (`selector.embedding_model`, no ranking) and audio.
+RANKED_PATHS: tuple[str, ...] = tuple(
+    r.path for r in ROUTES if r.handler == MODEL_ROUTED and r.inference and not r.embedding
+)
+
+
 def runs_model(path: str) -> bool:
     route = find(path)
     return route is not None and route.inference

@@ -62,6 +62,26 @@ def chat(model: str, **extra: Any) -> dict[str, Any]:
     return {"model": model, "messages": [{"role": "user", "content": "Hello there"}], **extra}
 
 
+@pytest.mark.parametrize(
+    "path", ["/api/embed", "/v1/embeddings", "/v1/audio/transcriptions", "/api/pull", "/nope"]
+)
+async def test_explain_ranks_only_for_a_route_auto_ranks_on(auto_proxy: Proxy, path: str) -> None:
+    """`?path=` picks the route whose rules explain applies; on a route where `auto`
+    ranks nothing (embeddings take `selector.embedding_model`, transcriptions a named
+    model, the rest no model) a chat model's ranking would name a model auto never
+    sends there: a 400 that says so instead, as the route itself answers `auto`."""
+    body = {**chat("auto"), "input": "Hello there"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            auto_proxy.url + "/api/autoroute/explain", params={"path": path}, json=body
+        ) as resp,
+    ):
+        status, doc = resp.status, await resp.json()
+    assert status == 400, doc
+    assert path in doc["error"]
+
+
 async def test_fallback_without_artifact_is_visible(auto_proxy: Proxy) -> None:
     status, ranking = await explain(auto_proxy, chat("auto"))
     assert status == 200
