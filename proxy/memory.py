@@ -178,7 +178,7 @@ class Memory:
         again only when what they depend on changed (a load measured, a refresh, a
         backend starting or stopping to say what is loaded); evictions only when a
         backend has requests in flight."""
-        plan = self._plans.get((backends, candidates), lambda: self._plan(backends, candidates))
+        plan = self._plans.get((backends, candidates), self._plan)
         loads = self._loads(plan)
         evicts = [False] * len(loads)
         # Per backend, read once for all its candidates: (capacity, GB held busy).

@@ -210,6 +210,10 @@ def _inside(p: float) -> float:
     return _P_FLOOR if p < _P_FLOOR else _P_CEILING if p > _P_CEILING else p
 
 
+# The catalogue's reading of a model whose areas it does not know, in log-odds.
+_UNKNOWN_LOGIT = _logit(UNKNOWN_AREA)
+
+
 _UTILITY = operator.attrgetter("utility")
 _PARAMS = operator.attrgetter("params_b")
 
@@ -384,34 +388,37 @@ def with_catalogue(
         return list(p_success)
     demand = [request[i] ** DEMAND_POWER for i in _DEMAND]
     total = sum(demand) or 1.0
-    # Spelled out for the five areas, and per candidate in plain loops (a comprehension
-    # is a call of its own): this runs for every candidate of every decision.
-    w0, w1, w2, w3, w4 = [d / total for d in demand]
+    # Spelled out for the five areas, and per candidate in plain loops with the log-odds
+    # and the bounds written in place (a comprehension or a helper is a call of its
+    # own): this runs for every candidate of every decision.
+    d0, d1, d2, d3, d4 = demand
+    w0, w1, w2, w3, w4 = d0 / total, d1 / total, d2 / total, d3 / total, d4 / total
     # A tuple cannot change: its rows are kept (`auto` passes the one it keeps).
     areas, uncertainties = (
-        _CATALOGUE_ROWS.get((candidates,), lambda: _catalogue_rows(candidates))
+        _CATALOGUE_ROWS.get((candidates,), _catalogue_rows)
         if isinstance(candidates, tuple)
         else _catalogue_rows(candidates)
     )
+    log = math.log
     logits = []  # of each reading
-    for a in areas:
-        logits.append(
-            _logit(
-                UNKNOWN_AREA
-                if a is None
-                else w0 * a[0] + w1 * a[1] + w2 * a[2] + w3 * a[3] + w4 * a[4]
-            )
-        )
     # The offset from the models whose P the selector was fitted on: an unseen model's
     # estimate then stands against theirs, not against the booster's guesses of the
     # other unseen models (which a fleet of many unseen models would otherwise set).
     gaps = []
-    for p, r, k in zip(p_success, logits, known, strict=True):
+    for a, p, k in zip(areas, p_success, known, strict=True):
+        if a is None:
+            read = _UNKNOWN_LOGIT
+        else:
+            x = w0 * a[0] + w1 * a[1] + w2 * a[2] + w3 * a[3] + w4 * a[4]
+            x = _P_FLOOR if x < _P_FLOOR else _P_CEILING if x > _P_CEILING else x
+            read = log(x / (1.0 - x))
+        logits.append(read)
         if k:
-            gaps.append(_logit(p) - r)
+            p = _P_FLOOR if p < _P_FLOOR else _P_CEILING if p > _P_CEILING else p
+            gaps.append(log(p / (1.0 - p)) - read)
     if not gaps:
-        for p, r in zip(p_success, logits, strict=True):
-            gaps.append(_logit(p) - r)
+        for p, read in zip(p_success, logits, strict=True):
+            gaps.append(_logit(p) - read)
     centre = sum(gaps) / len(gaps)
     exp = math.exp
     out = []
@@ -423,9 +430,11 @@ def with_catalogue(
         if isinstance(u, float):
             doubt = u
         else:
-            doubt = _unit(w0 * u[0] + w1 * u[1] + w2 * u[2] + w3 * u[3] + w4 * u[4])
+            doubt = w0 * u[0] + w1 * u[1] + w2 * u[2] + w3 * u[3] + w4 * u[4]
+            doubt = 1.0 if doubt > 1.0 else 0.0 if doubt < 0.0 else doubt
         placed = 1.0 / (1.0 + exp(-(centre + read)))
-        out.append(_inside(p + CATALOGUE_SHARE * (1.0 - doubt) * (placed - p)))
+        q = p + CATALOGUE_SHARE * (1.0 - doubt) * (placed - p)
+        out.append(_P_FLOOR if q < _P_FLOOR else _P_CEILING if q > _P_CEILING else q)
     return out
 
 
@@ -545,9 +554,18 @@ def _safe_greedy(
     if max_loss > 0:
         ranking = _near_best(ranking, max_loss)
     choice, reason = ranking[0], "ml"
-    anchor = next((s for s in ranking if s.name == default_model), None)
-    if anchor is None:
-        anchor = next((s for s in ranking if s.known), None)
+    # Plain loops, not next() over a generator: this runs twice in a decision with
+    # evidence.
+    anchor: Scored | None = None
+    for s in ranking:
+        if s.name == default_model:
+            anchor = s
+            break
+    else:
+        for s in ranking:
+            if s.known:
+                anchor = s
+                break
     if anchor is not None and choice is not anchor:
         # The best model that leads the anchor clearly: one ranked below the greedy
         # choice may, where the greedy one's own doubt is too wide to.

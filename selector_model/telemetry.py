@@ -124,7 +124,7 @@ class Telemetry:
         candidates), the observed rates read per request."""
         observed = self._rates
         out = []
-        plan = self._plans.get((backends, candidates), lambda: self._plan(backends, candidates))
+        plan = self._plans.get((backends, candidates), self._plan)
         for key, (prompt_tps, gen_tps) in plan:
             tokens = output_tokens
             rates = observed.get(key)
