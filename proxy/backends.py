@@ -109,7 +109,10 @@ class Breaker:
         return "half_open" if now - self.opened_at >= self.open_seconds else "open"
 
     def allows(self, now: float) -> bool:
-        return self.state(now) != "open"
+        """Whether the state is not "open" (`state`, read without naming it: every
+        request asks this of each backend)."""
+        opened_at = self.opened_at
+        return opened_at is None or now - opened_at >= self.open_seconds
 
     def success(self) -> None:
         self.failures = 0
@@ -242,6 +245,8 @@ class BackendPool:
 
     def usable(self, exclude: Iterable[BackendState] = ()) -> list[BackendState]:
         now = asyncio.get_running_loop().time()
+        if not exclude:  # most requests exclude none
+            return [s for s in self.states if s.breaker.allows(now)]
         skip = set(map(id, exclude))
         return [s for s in self.states if id(s) not in skip and s.breaker.allows(now)]
 
