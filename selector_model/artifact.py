@@ -48,8 +48,8 @@ class Artifact:
     sha256: str
     # Rows with the candidates' parts filled in, by the ids of the candidate objects
     # (see `selector_model.scorer`); they go away with the artifact.
-    rows: dict[tuple[int, ...], tuple[tuple[features.Candidate, ...], np.ndarray]] = field(
-        default_factory=dict, repr=False, compare=False
+    rows: dict[tuple[int, ...], tuple[tuple[features.Candidate, ...], np.ndarray, list[bytes]]] = (
+        field(default_factory=dict, repr=False, compare=False)
     )
     # Passed to every run: without one, onnxruntime's binding builds a default per call.
     # A run only reads it, so runs may share it.

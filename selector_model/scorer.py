@@ -76,16 +76,21 @@ class Scorer:
     def batch(
         artifact: Artifact, request: Sequence[float], candidates: Sequence[Candidate]
     ) -> np.ndarray:
-        """The rows of `features.rows`: a copy of the candidates' cached rows with the
-        request's features written over their first columns."""
-        batch = _rows(artifact, candidates).copy()
+        """The rows of `features.rows`: the candidates' cached rows with the request's
+        features over their first columns, in a new array."""
+        rows, parts = _rows(artifact, candidates)
         try:
             # A native struct rounds each float as numpy's cast does, without numpy's
             # element-by-element conversion of a Python list.
-            batch[:, :_WIDTH] = np.frombuffer(_REQUEST_ROW.pack(*request), np.float32)
+            request_row = _REQUEST_ROW.pack(*request)
         except struct.error:  # not a request's numbers: numpy says what is wrong
+            batch = rows.copy()
             batch[:, :_WIDTH] = request
-        return batch
+            return batch
+        # The request's bytes joined between the candidates' parts are the rows, one
+        # after another: one join and one array over it, where a copy of the rows and
+        # an assignment into them take numpy's slicing and broadcasting.
+        return np.frombuffer(bytearray(request_row.join(parts)), np.float32).reshape(rows.shape)
 
 
 _WIDTH = len(REQUEST_FEATURES)
@@ -93,9 +98,11 @@ _REQUEST_ROW = struct.Struct(f"{_WIDTH}f")
 _MAX_ENTRIES = 512
 
 
-def _rows(artifact: Artifact, candidates: Sequence[Candidate]) -> np.ndarray:
+def _rows(artifact: Artifact, candidates: Sequence[Candidate]) -> tuple[np.ndarray, list[bytes]]:
     """Rows with the candidates' parts filled in (a model the artifact was fitted on as
-    it learned it, `Artifact.as_learned`) and the request's part zero.
+    it learned it, `Artifact.as_learned`) and the request's part zero, and each row's
+    candidate part as bytes after an empty first piece (what `Scorer.batch` joins the
+    request's bytes between).
 
     Cached on the artifact (its width) by the identity of the candidate objects, which
     the registry keeps while nothing changes, so that a request does not hash them. The
@@ -110,7 +117,8 @@ def _rows(artifact: Artifact, candidates: Sequence[Candidate]) -> np.ndarray:
         for i, candidate in enumerate(candidates):
             rows[i, _WIDTH:] = candidate_block(artifact.as_learned(candidate))
         rows.flags.writeable = False
+        parts = [b"", *(row[_WIDTH:].tobytes() for row in rows)]
         if len(cache) >= _MAX_ENTRIES:
             cache.clear()
-        cache[key] = entry = (tuple(candidates), rows)
-    return entry[1]
+        cache[key] = entry = (tuple(candidates), rows, parts)
+    return entry[1], entry[2]
