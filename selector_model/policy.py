@@ -116,6 +116,19 @@ higher than it stood untried, and one that even untried ranks below the leader i
 never tried on this account. A model the artifact was fitted on (n0 = 200) is behind
 only once the kind has over 330 outcomes per candidate.
 
+Nor is a model judged on its first few answers of a kind: until it has `JUDGED_AFTER`
+of its own there, its bonus keeps it where it stood untried (standing(m) - blend(m),
+at least one standard deviation), or as high as its answers leave plausible where that
+is lower (the Wilson bound, two standard errors, of their mean: none right in 8 is
+not bad luck, and a model that fails every answer is not kept for 20). Why: the
+prompts a model is tried on are those where its P led, not a random sample of the
+kind, and a handful of them can read 30 points below what the model answers over the
+kind (a kind mixes easy and hard prompts, and P is flatter across them than the
+outcomes); judged on those, the fleet's best model is dropped for good after a bad
+start, the more so in a large fleet, where the kind's outcomes per candidate stay too
+few to widen its bonus. A model that stood below the leader untried is not tried on
+this account either.
+
 Exploration is Thompson sampling: with probability `exploration` the choice is the
 best of one draw from each posterior (mean blend, weight n0 + n; by its normal
 approximation; cost subtracted alike; the draws stand for the uncertainty, so no
@@ -193,6 +206,11 @@ OPTIMISM = 1.0
 # own (its prior counted) r times over, for r above this: where MOSS's width,
 # sqrt(2 ln r) standard deviations, passes one.
 _WIDENS = math.exp(0.5)
+# A model is judged on at least this many answers of its own to a kind: until then its
+# optimism keeps it where it stood untried, as far as its answers make that plausible
+# (within this many standard errors of their mean, a Wilson bound; `_bonus`).
+JUDGED_AFTER = 20.0
+_PLAUSIBLE_Z = 2.0
 # P(success) as a Beta prior mean stays inside (0, 1).
 _P_FLOOR = 0.01
 _P_CEILING = 1 - _P_FLOOR
@@ -760,23 +778,46 @@ def _departure(got: Sequence[float], centre: float, n0: float) -> float:
 
 
 def _bonus(
-    blend: float, untried: float, n0: float, count: float, share: float, optimism: float
+    blend: float,
+    untried: float,
+    n0: float,
+    count: float,
+    share: float,
+    optimism: float,
+    own: float = 0.0,
 ) -> float:
     """The optimism a candidate's utility gains (see the module docstring): `optimism`
     standard deviations of its posterior (mean `blend`, weight n0 + `count`, as
     Thompson sampling draws it), widened to sqrt(2 ln r) of them (MOSS) for a model
     with r times fewer outcomes of its own (its prior counted) than the kind's `share`
-    per candidate, but never past where it stood untried (mean `untried`, weight n0)."""
+    per candidate, but never past where it stood untried (mean `untried`, weight n0);
+    up to there for a model with fewer than `JUDGED_AFTER` outcomes of its own (mean
+    `own`), unless they make that implausible."""
     p = _inside(blend)
     spread = math.sqrt(p * (1 - p) / (n0 + count + 1))
     bonus = optimism * spread
     behind = share / (n0 + count)
-    if behind > _WIDENS:
-        q = _inside(untried)
-        standing = q + optimism * math.sqrt(q * (1 - q) / (n0 + 1))
-        widened = bonus * math.sqrt(2 * math.log(behind))
-        bonus = max(bonus, min(widened, standing - p))
-    return bonus
+    judged = count >= JUDGED_AFTER
+    if judged and behind <= _WIDENS:
+        return bonus
+    q = _inside(untried)
+    standing = q + optimism * math.sqrt(q * (1 - q) / (n0 + 1))
+    if not judged:
+        if count > 0:
+            standing = min(standing, _upper(own, count))
+        return max(bonus, standing - p)
+    widened = bonus * math.sqrt(2 * math.log(behind))
+    return max(bonus, min(widened, standing - p))
+
+
+def _upper(mean: float, count: float) -> float:
+    """The Wilson upper bound, `_PLAUSIBLE_Z` standard errors, of a success rate whose
+    `count` outcomes averaged `mean`: what a model's few answers leave plausible (no
+    answer right in 8 leaves at most 0.33; one wrong answer, 0.8)."""
+    m = min(1.0, max(0.0, mean))
+    z2 = _PLAUSIBLE_Z * _PLAUSIBLE_Z
+    root = _PLAUSIBLE_Z * math.sqrt(m * (1 - m) / count + z2 / (4 * count * count))
+    return (m + z2 / (2 * count) + root) / (1 + z2 / count)
 
 
 def choose(
@@ -853,7 +894,8 @@ def choose(
                 blend += _departure(got, centre, n0)
             bonus = 0.0
             if optimism:
-                bonus = _bonus(blend, s.p_success + centre, n0, count, share, optimism)
+                own = float(got[0]) / count if got is not None and count > 0 else 0.0
+                bonus = _bonus(blend, s.p_success + centre, n0, count, share, optimism, own)
             blended.append(s.blended(blend, got, totals.get(s.name), bonus))
         blended.sort(key=_UTILITY, reverse=True)
         greedy, reason = _safe_greedy(

@@ -277,18 +277,60 @@ def test_a_fitted_model_far_below_its_p_lets_a_fitted_rival_be_tried() -> None:
     assert choose(fitted, kept.of("math"), 0.0, rng).chosen.name == "first"
 
 
-def test_a_model_one_poor_outcome_dropped_is_retried_once_the_kind_is_decided_often() -> None:
-    """Two models the selector rates alike: the first one tried answers once, badly,
-    and the second takes the kind. One standard deviation of optimism never brings the
-    first back however often the kind is decided; a bonus that grows with the kind's
-    outcomes per candidate does, up to where the model stood untried, so a model the
-    prior ranks far below is not tried however often."""
+def test_a_model_is_not_judged_on_its_first_few_answers_of_a_kind() -> None:
+    """Two models the selector rates alike: the first one tried answers once, badly.
+    One answer says little (a model is tried where its P led, not on a random sample
+    of the kind): it stays where it stood untried and is tried again. Answers that make
+    that standing implausible (none right in 8 where 0.6 was expected) are not bad
+    luck: the other takes the kind."""
     rng = np.random.default_rng(0)
     unseen = rank(["chat", "twin", "far"], [0.60, 0.60, 0.35], [1.0] * 3, 0.0, set())
 
-    def choice(twin_outcomes: int, chat_zeros: int = 1) -> Any:
+    def choice(chat_zeros: int) -> Any:
         evidence = Evidence()
         for _ in range(chat_zeros):
+            evidence.update("reasoning", "chat", 0.0, prior=0.6)
+        # The twin answers as the selector expected.
+        evidence.add("reasoning", "twin", 6.0, 10.0, 6.0)
+        return choose(unseen, evidence.of("reasoning"), 0.0, rng)
+
+    once = choice(1)
+    assert once.chosen.name == "chat"
+    row = {s.name: s for s in once.ranking}
+    chat, far = row["chat"], row["far"]
+    assert chat.blend is not None and far.blend is not None
+    # Where it stood untried: its prior moved by the kind's shift (what moved the far
+    # model, which has no outcomes), plus one standard deviation of that prior.
+    untried = chat.p_success + (far.blend - far.p_success)
+    standing = untried + math.sqrt(untried * (1 - untried) / (10 + 1))
+    assert chat.utility == pytest.approx(standing)
+    assert chat.blend < chat.p_success - 0.05  # its answer counts in its mean
+    never = choice(8)
+    assert never.chosen.name == "twin"
+    row = {s.name: s for s in never.ranking}
+    chat = row["chat"]
+    assert chat.blend is not None
+    spread = math.sqrt(chat.blend * (1 - chat.blend) / (10 + 8 + 1))
+    assert chat.optimism == pytest.approx(max(spread, policy._upper(0.0, 8) - chat.blend))
+    assert chat.utility < standing - 0.2
+
+
+def test_a_model_poor_answers_dropped_is_retried_once_the_kind_is_decided_often() -> None:
+    """Two models the selector rates alike: the first one tried answers a kind worse
+    than expected over the answers it is judged on, and the second takes the kind. One
+    standard deviation of optimism never brings the first back however often the kind
+    is decided; a bonus that grows with the kind's outcomes per candidate does, up to
+    where the model stood untried, so a model the prior ranks far below is not tried
+    however often."""
+    rng = np.random.default_rng(0)
+    unseen = rank(["chat", "twin", "far"], [0.60, 0.60, 0.35], [1.0] * 3, 0.0, set())
+    judged = int(policy.JUDGED_AFTER)
+
+    def choice(twin_outcomes: int, chat_zeros: int = judged // 2) -> Any:
+        evidence = Evidence()
+        for i in range(judged):
+            evidence.update("reasoning", "chat", float(i >= chat_zeros), prior=0.6)
+        for _ in range(chat_zeros - judged):
             evidence.update("reasoning", "chat", 0.0, prior=0.6)
         # The twin answers a little better than the selector expected.
         evidence.add("reasoning", "twin", 0.7 * twin_outcomes, twin_outcomes, 0.6 * twin_outcomes)
@@ -302,14 +344,14 @@ def test_a_model_one_poor_outcome_dropped_is_retried_once_the_kind_is_decided_of
         assert s.blend is not None
         spread = math.sqrt(s.blend * (1 - s.blend) / (10 + s.evidence_count + 1))
         assert s.optimism == pytest.approx(spread)
-    # After 900 of the twin's answers the chat model, one answer of its own against
-    # 300 per candidate, is tried again...
+    # After 900 of the twin's answers the chat model, its 20 answers (half of them
+    # right) against 300 per candidate, is tried again...
     late = choice(900)
     assert (late.chosen.name, late.propensity) == ("chat", 1.0)
     row = {s.name: s for s in late.ranking}
     chat, far = row["chat"], row["far"]
     assert chat.blend is not None and far.blend is not None
-    assert chat.optimism > math.sqrt(chat.blend * (1 - chat.blend) / (10 + 1 + 1)) + 0.05
+    assert chat.optimism > math.sqrt(chat.blend * (1 - chat.blend) / (10 + judged + 1)) + 0.05
     # ...lifted no higher than where it stood untried: its prior moved by the kind's
     # shift (what moved the far model, which has no outcomes), plus one standard
     # deviation of that prior.
