@@ -679,8 +679,12 @@ async def test_speed_by_size_makes_a_large_model_slower_in_proportion() -> None:
             out = {}
             async with aiohttp.ClientSession() as session:
                 for model in ("llama3.2:3b", "llama3.3:70b"):
-                    body = {"model": model, "prompt": "hi", "stream": False}
-                    body["options"] = {"num_predict": 3}
+                    body = {
+                        "model": model,
+                        "prompt": "hi",
+                        "stream": False,
+                        "options": {"num_predict": 3},
+                    }
                     async with session.post(url + "/api/generate", json=body) as r:
                         doc = await r.json()
                     out[model] = doc["eval_duration"] / doc["eval_count"]
