@@ -87,6 +87,31 @@ def test_popular_library_models_resolve_by_ollama_name_and_alias(
     assert catalog.resolve(alias) == entry
 
 
+def test_a_tag_ollama_points_at_another_architecture_finds_that_entry(catalog: Catalog) -> None:
+    """Ollama moves a tag to a new model now and then: `deepseek-r1:8b` was the Llama 3.1
+    distill and is now DeepSeek-R1-0528's Qwen3 distill. The architecture the backend
+    reports (`details.family`) tells them apart: the entry of the same family listed
+    with that architecture is the one meant; an architecture the family does not list
+    keeps the named entry."""
+    qwen3 = {"family": "qwen3", "parameter_size": "8.2B"}
+    llama = {"family": "llama", "parameter_size": "8.0B"}
+    assert catalog.lookup("deepseek-r1:8b", qwen3).name == "deepseek-r1:8b-0528-qwen3"
+    assert catalog.lookup("deepseek-r1:latest", qwen3).name == "deepseek-r1:8b-0528-qwen3"
+    assert catalog.lookup("deepseek-r1:8b", llama).name == "deepseek-r1:8b"
+    assert catalog.lookup("deepseek-r1:8b").name == "deepseek-r1:8b"
+    assert catalog.lookup("deepseek-r1:8b-0528-qwen3-q4_K_M", qwen3).name == (
+        "deepseek-r1:8b-0528-qwen3"
+    )
+    assert catalog.lookup("deepseek-r1:8b-llama-distill-q4_K_M", llama).name == "deepseek-r1:8b"
+    # No deepseek-r1 entry is listed as gemma3: the name's entry stands.
+    gemma3 = {"family": "gemma3", "parameter_size": "8.0B"}
+    assert catalog.lookup("deepseek-r1:8b", gemma3).name == "deepseek-r1:8b"
+    # The arch is compared as Ollama spells it, whatever the case.
+    assert catalog.lookup("deepseek-r1:8b", {"family": "Qwen3"}).name == (
+        "deepseek-r1:8b-0528-qwen3"
+    )
+
+
 @pytest.mark.parametrize("name", ["acme-coder:7b", "qwen2.5:5b", "qwen2.5-coder-7b", "mystery"])
 def test_names_not_listed_do_not_resolve(catalog: Catalog, name: str) -> None:
     assert catalog.resolve(name) is None

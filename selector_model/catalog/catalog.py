@@ -381,6 +381,8 @@ class Catalog:
             found = self._configured(name, spec, details, capabilities)
         else:
             resolved = self.resolve(name)
+            if resolved is not None:
+                resolved = self._same_arch(resolved, details)
             found = (
                 self._entries[resolved]
                 if resolved is not None
@@ -390,6 +392,25 @@ class Catalog:
         if measured:
             found = _with_areas(found, measured, origin="profile", name=name)
         return found
+
+    def _same_arch(self, resolved: str, details: Mapping[str, Any]) -> str:
+        """The entry a name resolved to, or the entry of its family that the backend's
+        reported architecture (`details.family`) says is meant: Ollama moves a tag to a
+        new model now and then (`deepseek-r1:8b`, once the Llama 3.1 distill, is now the
+        Qwen3 one), and the name alone would then describe the model it replaced. Among
+        the family's entries with that architecture, the one nearest the reported size;
+        the named entry when none has it."""
+        entry = self._entries[resolved]
+        arch = str(details.get("family") or "").lower()
+        if not arch or not entry.arch or entry.arch == arch:
+            return resolved
+        size = params_from(str(details.get("parameter_size", ""))) or entry.params_b
+        same = [
+            key for key, e in self._entries.items() if e.family == entry.family and e.arch == arch
+        ]
+        if not same:
+            return resolved
+        return min(same, key=lambda key: abs(self._entries[key].params_b - size))
 
     def _configured(
         self,
