@@ -442,7 +442,7 @@ class Catalog:
         if spec.get("context_length"):
             changes["context_length"] = int(spec["context_length"])
         if "pretrained" in spec:
-            changes["pretrained"] = _flag(spec["pretrained"], f"selector.models.{name}.pretrained")
+            changes["pretrained"] = spec["pretrained"] is True  # checked by with_overrides
         configured = replace(base, **changes)
         return _with_areas(configured, spec.get("areas") or {}, origin="config", name=name)
 
