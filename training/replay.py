@@ -503,7 +503,8 @@ def summary(results: Sequence[FleetResult], kind: str, over: str = "") -> str:
     if not chosen:
         return ""
     names = [name for name, _ in chosen[0].rows()]
-    runs = f"{len(chosen)} replays ({over})" if over else f"{len(chosen)} fleets"
+    unit = "replays" if over else "fleets"
+    runs = f"{len(chosen)} {unit}" + (f" ({over})" if over else "")
     lines = [
         f"mean over {runs} ({kind}):",
         f"  {'':<16}{'quality':>8}{'cost/best':>10}{'vs best':>9}{'worst':>8}",
@@ -525,9 +526,7 @@ def summary(results: Sequence[FleetResult], kind: str, over: str = "") -> str:
         for t in targets(r):
             met.setdefault(t.target, []).append(t.met)
     for target, oks in met.items():
-        lines.append(
-            f"  target {target}: met in {sum(oks)} of {len(oks)} {'replays' if over else 'fleets'}"
-        )
+        lines.append(f"  target {target}: met in {sum(oks)} of {len(oks)} {unit}")
     for profile in chosen[0].curves:
         # On the evaluation half, against that half's best single model.
         before = [(r.curves[profile][0] - (r.half_best or 0.0)) * 100 for r in chosen]
