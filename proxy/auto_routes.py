@@ -13,9 +13,10 @@ from proxy.auth import KEY_REQUEST
 from proxy.auto import AUTO, AutoError, AutoRouter, profile_of, user_key
 from proxy.config import Usage
 from proxy.errors import error_response
+from proxy.keep_alive import unloads
 from proxy.learning import Learner
 from proxy.limits import read_body
-from proxy.protocol import JSON, go_dumps
+from proxy.protocol import JSON, go_dumps, go_now
 from proxy.routes import RANKED_PATHS, find
 from selector_model.policy import beyond_max_loss
 from selector_model.profiling import store as profile_store
@@ -134,6 +135,23 @@ class AutoRoutes:
                 "modified_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._stamp())),
             }
         )
+
+    def loading(self, path: str, model: str, keep_alive: Any) -> web.Response | None:
+        """Ollama's answer to a generate without a prompt or a chat without messages
+        (GenerateHandler, ChatHandler): done, with `done_reason` "unload" for a zero
+        `keep_alive`, else "load". None for a `keep_alive` Ollama refuses: that 400 is
+        the backend's to write, as for any other field."""
+        try:
+            reason = "unload" if unloads(keep_alive) else "load"
+        except ValueError:
+            return None
+        doc: dict[str, Any] = {"model": model, "created_at": go_now()}
+        if path == "/api/chat":
+            doc["message"] = {"role": "assistant", "content": ""}
+        else:
+            doc["response"] = ""
+        doc.update(done=True, done_reason=reason)
+        return _json(doc)
 
     async def explain(self, request: web.Request) -> web.StreamResponse:
         """The full ranking for a request body, without generating anything."""

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
 
-from proxy.protocol import go_dumps
+from proxy.protocol import go_dumps, go_now
 
 Api = Literal["openai", "anthropic"]
 CHAT, GENERATE, V1_CHAT = "/api/chat", "/api/generate", "/v1/chat/completions"
@@ -460,10 +459,6 @@ def read_anthropic(name: str, data: str, reading: Reading) -> None:
         reading.ended = True
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
 # What the client reads is written as Ollama writes its own answers (json.Marshal,
 # gin's c.JSON): with Go's escapes.
 def _line(doc: dict[str, Any]) -> bytes:
@@ -591,7 +586,7 @@ class Translator:
             if self.chat.include_usage:
                 out += _sse({**self._v1_chunk(None, None), "choices": [], "usage": usage})
             return out + b"data: [DONE]\n\n"
-        final: dict[str, Any] = {"model": self.model, "created_at": _now()}
+        final: dict[str, Any] = {"model": self.model, "created_at": go_now()}
         # A stream's last line carries no text: the chunks before it had it all.
         text = "" if self.chat.stream else "".join(self._text)
         head = b""
@@ -608,7 +603,7 @@ class Translator:
                     head = _line(
                         {
                             "model": self.model,
-                            "created_at": _now(),
+                            "created_at": go_now(),
                             "message": message,
                             "done": False,
                         }
@@ -632,7 +627,7 @@ class Translator:
     def _chunk(self, text: str) -> bytes:
         if self.path == V1_CHAT:
             return _sse(self._v1_chunk(self._delta({"content": text}), None))
-        doc: dict[str, Any] = {"model": self.model, "created_at": _now()}
+        doc: dict[str, Any] = {"model": self.model, "created_at": go_now()}
         if self.path == CHAT:
             doc["message"] = {"role": "assistant", "content": text}
         else:

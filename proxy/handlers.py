@@ -25,7 +25,7 @@ from proxy.auto import AutoError, AutoRouter, profile_of, user_key
 from proxy.auto_routes import AutoRoutes
 from proxy.backends import BackendPool, BackendState, NoBackend
 from proxy.cache import ResponseCache
-from proxy.cache.key import cache_key, cacheable, scope
+from proxy.cache.key import cache_key, cacheable, generates, scope
 from proxy.cache.replay import CACHE_HEADER, replay
 from proxy.cloud import CloudFallback, lists_locally
 from proxy.config import Config
@@ -45,6 +45,7 @@ AUTOROUTE_HEADERS = (
 )
 SHOW_PATH = "/api/show"
 CREATE_PATH = "/api/create"
+LOADING_PATHS = ("/api/generate", "/api/chat")
 V1_MODEL_PREFIX = "/v1/models/"
 # `auto` chooses among models by what they do with text; none of that says which
 # model transcribes audio.
@@ -175,6 +176,15 @@ class Handlers:
         assert isinstance(doc, dict)
         if path == SHOW_PATH:
             return self.auto_routes.show(profile, key.models if key else None)
+        if path in LOADING_PATHS and not generates(path, doc):
+            # `ollama run auto` loads and `ollama stop auto` unloads: `auto` holds no model
+            # of its own, so neither touches a backend (unloading whichever model an
+            # empty prompt would be routed to would stop one that others are using).
+            answered = self._unknown_profile(path, profile) or self.auto_routes.loading(
+                path, model, doc.get("keep_alive")
+            )
+            if answered is not None:
+                return answered
         route = decided.route
         # What the cloud may stand in for besides the model chosen. Not the profile for
         # a key with a model list: `auto` chooses only among its models, and the cloud

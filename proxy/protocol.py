@@ -6,6 +6,8 @@ nanoseconds. Which paths the proxy treats how is the route table's (`proxy.route
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import orjson
@@ -66,6 +68,14 @@ def go_dumps(doc: object) -> bytes:
     """`doc` as Ollama's handlers write JSON (json.Marshal, gin's c.JSON): compact,
     with Go's escapes."""
     return go_escaped(orjson.dumps(doc))
+
+
+def go_now() -> str:
+    """The time now as Go writes a time.Time in JSON (RFC 3339, UTC, nanoseconds with
+    trailing zeros trimmed), as in every `created_at` Ollama writes."""
+    whole, frac = divmod(time.time_ns(), 1_000_000_000)
+    stamp = datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{stamp}.{frac:09d}".rstrip("0").rstrip(".") + "Z"
 
 
 def encoded(doc: object) -> bytes:

@@ -13,34 +13,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import re
 import time
 
 from proxy.backends import BackendPool, BackendState, normalize_model
 from proxy.config import Config, ConfigError
+from proxy.keep_alive import keep_alive_seconds
 from proxy.memory import Memory
 from proxy.upstream_errors import UpstreamError
 
 log = logging.getLogger("autoroute.warm")
-
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
-
-
-def keep_alive_seconds(value: str) -> float:
-    """Seconds of an Ollama keep_alive: a number of seconds or a Go duration ("30m",
-    "1h30m"); negative: forever (inf). Raises ValueError for anything else."""
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        sign = -1.0 if text.startswith("-") else 1.0
-        body = text.lstrip("+-")
-        parts = _PART.findall(body)
-        if not parts or "".join(n + u for n, u in parts) != body:
-            raise ValueError(f"not a duration: {value!r}") from None
-        seconds = sign * sum(float(n) * _UNITS[u] for n, u in parts)
-    return float("inf") if seconds < 0 else seconds
 
 
 class Warmer:

@@ -246,6 +246,41 @@ async def test_auto_is_listed_and_shown_for_editors(auto_proxy: Proxy) -> None:
     await sdk.close()
 
 
+async def test_loading_and_unloading_auto_touch_no_backend(
+    auto_proxy: Proxy, emulator: Emulator
+) -> None:
+    """`ollama run auto` sends a chat without messages (a load) and `ollama stop auto`
+    the same with keep_alive 0 (an unload). Ollama answers both done, with done_reason
+    "load" or "unload", and `auto` has no model of its own to load or unload: unloading
+    the one an empty prompt would be routed to would stop a model others are using."""
+    client = ollama.AsyncClient(host=auto_proxy.url)
+    await client.generate(model="qwen2.5:7b", prompt="hi", options={"num_predict": 1})
+    before = set(emulator.state.loaded)
+    assert "qwen2.5:7b" in before
+    for model in ("auto", "auto:best"):
+        stopped = await client.generate(model=model, keep_alive=0)
+        assert (stopped.model, stopped.done, stopped.done_reason) == (model, True, "unload")
+        assert stopped.response == ""
+        for keep_alive in ("0s", "-0m", 0.0):
+            stopped_chat = await client.chat(model=model, keep_alive=keep_alive)
+            assert stopped_chat.done_reason == "unload"
+            assert stopped_chat.message.role == "assistant"
+        run = await client.chat(model=model)
+        assert (run.model, run.done, run.done_reason) == (model, True, "load")
+        assert (await client.generate(model=model, keep_alive="5m")).done_reason == "load"
+    assert set(emulator.state.loaded) == before
+    with pytest.raises(ollama.ResponseError) as unknown:
+        await client.generate(model="auto:nope", keep_alive=0)
+    assert unknown.value.status_code == 400
+    # A keep_alive Ollama refuses is routed as before, and the backend's 400 answers it.
+    with pytest.raises(ollama.ResponseError) as refused:
+        await client.generate(model="auto", keep_alive="10")
+    assert refused.value.status_code == 400 and "duration" in refused.value.error
+    # A request that generates still goes to a model.
+    answer = await client.generate(model="auto", prompt="hi", options={"num_predict": 1})
+    assert not answer.model.startswith("auto")
+
+
 async def test_auto_embeddings_use_the_configured_model(
     auto_proxy: Proxy, servers: ServerThread, emulator: Emulator, tmp_path: Path
 ) -> None:

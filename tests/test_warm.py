@@ -18,9 +18,10 @@ from proxy.auto import AutoRouter
 from proxy.backends import BackendPool
 from proxy.config import Backend, Config, ConfigError, Health, Profile, Selector, Warm
 from proxy.emulator import EmulatorSettings
+from proxy.keep_alive import keep_alive_seconds
 from proxy.memory import expiry_of
 from proxy.registry import Registry, model_info
-from proxy.warm import Warmer, keep_alive_seconds
+from proxy.warm import Warmer
 from tests.conftest import FROZEN
 from tests.support import Emulator, Proxy, ServerThread
 
