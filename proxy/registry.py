@@ -11,7 +11,6 @@ request path only reads `self.models`.
 
 from __future__ import annotations
 
-import functools
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -45,17 +44,11 @@ class ModelInfo:
     remote: str = ""
 
 
-@functools.cache
-def shipped_catalog() -> Catalog:
-    """The catalogue shipped beside the artifact, read once per process."""
-    return Catalog.load()
-
-
 def catalog_for(config: Config) -> Catalog:
     """The configured catalogue (`selector.catalog`, else the shipped one) with the
     operator's `selector.models` descriptions."""
     path = config.selector.catalog
-    catalog = Catalog.load(Path(path)) if path else shipped_catalog()
+    catalog = Catalog.load(Path(path)) if path else Catalog.shipped()
     models = {name: entry.given() for name, entry in config.selector.models.items()}
     return catalog.with_overrides(models) if models else catalog
 
@@ -76,7 +69,7 @@ def model_info(
     details = show.get("details") or tag.get("details") or {}
     capabilities = frozenset(show.get("capabilities") or tag.get("capabilities") or ("completion",))
     lowered = name.lower()
-    knowledge = (catalog or shipped_catalog()).lookup(name, details, capabilities)
+    knowledge = (catalog or Catalog.shipped()).lookup(name, details, capabilities)
     reported = params_from(str(details.get("parameter_size") or ""))
     candidate = Candidate(
         name=name,

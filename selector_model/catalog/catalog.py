@@ -14,6 +14,7 @@ carries. No mapped or imputed score falls below its scale's chance level.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import math
 import re
@@ -213,6 +214,12 @@ class Catalog:
         if not isinstance(data, Mapping):
             raise CatalogError(f"{path}: expected a mapping at the top level")
         return cls.from_data(data, where=str(path))
+
+    @staticmethod
+    @functools.cache
+    def shipped() -> Catalog:
+        """The shipped catalogue, read once per process."""
+        return Catalog.load()
 
     @classmethod
     def from_data(cls, data: Mapping[str, Any], where: str = "catalogue") -> Catalog:
