@@ -131,11 +131,23 @@ def freeze_loaded() -> None:
 async def emulate(
     host: str, port: int, models: tuple[str, ...] | None, chunk_ms: float | None
 ) -> None:
-    from proxy.emulator import EmulatorSettings
+    from proxy.emulator import STATE_KEY, EmulatorSettings
     from proxy.emulator import create_app as create_emulator
+    from proxy.emulator.state import InvalidModelName
 
     settings = EmulatorSettings(models=models, chunk_delay_ms=chunk_ms)
-    runner = await start_site(create_emulator(settings), host, port)
+    try:
+        app = create_emulator(settings)
+    except InvalidModelName as exc:
+        raise ConfigError(f"--models: {exc}") from None
+    synthesized = app[STATE_KEY].synthesized
+    if synthesized:
+        log.info(
+            "models not in the emulator's table, described as Ollama would list them: %s",
+            ", ".join(str(s) for s in synthesized),
+            extra={"fields": {"synthesized": [s.spec.name for s in synthesized]}},
+        )
+    runner = await start_site(app, host, port)
     log.info("emulator listening", extra={"fields": {"address": f"http://{host}:{port}"}})
     await _serve_forever([runner])
 
@@ -363,7 +375,11 @@ def build_parser(training_cli: ModuleType | None) -> argparse.ArgumentParser:
     em = commands.add_parser("emulate", help="run an Ollama emulator (a stand-in GPU backend)")
     em.add_argument("--host", default="127.0.0.1")
     em.add_argument("--port", type=int, default=11434)
-    em.add_argument("--models", help="comma-separated model names (default: the whole catalogue)")
+    em.add_argument(
+        "--models",
+        help="comma-separated Ollama model names, any (default: the emulator's table); one "
+        "the table does not list is described from the selector's catalogue or its name",
+    )
     em.add_argument("--chunk-ms", type=float, default=None, help="fixed delay between chunks")
     usage = commands.add_parser("usage", help="usage events").add_subparsers(
         dest="usage_command", required=True
@@ -488,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "demo":
         main_coro = demo(config)
     else:
-        models = tuple(m.strip() for m in args.models.split(",")) if args.models else None
+        models = tuple(m.strip() for m in (args.models or "").split(",") if m.strip()) or None
         main_coro = emulate(args.host, args.port, models, args.chunk_ms)
     try:
         event_loop.run(main_coro)

@@ -3,6 +3,7 @@
 Used by tests, benchmarks and the demo (no real Ollama is installed here). Modules:
 
 * catalog.py - the model table (also the pull "registry")
+* synthesized.py - any other model name, described as Ollama would describe it
 * state.py - EmulatorSettings, EmulatorState (counters read by tests), STATE_KEY, state_of
 * wire.py - Go/Gin wire details: JSON encoding, decode errors, timestamps, 404/405
 * textgen.py - deterministic output plans (text, thinking, JSON, tool calls, embeddings)

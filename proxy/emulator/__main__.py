@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from aiohttp import web
 
-from . import EmulatorSettings, create_app
+from . import STATE_KEY, EmulatorSettings, create_app
+from .state import InvalidModelName
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Ollama emulator")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=11434)
-    parser.add_argument("--models", help="comma-separated subset of the catalogue")
+    parser.add_argument("--models", help="comma-separated model names (default: the table)")
     parser.add_argument("--load-seconds", type=float, default=0.0)
     parser.add_argument("--tokens-per-second", type=float, default=60.0)
     parser.add_argument("--chunk-delay-ms", type=float, default=None)
@@ -28,7 +30,13 @@ def main() -> None:
         default_tokens=args.default_tokens,
         frozen_clock=args.frozen_clock,
     )
-    web.run_app(create_app(settings), host=args.host, port=args.port, print=None)
+    try:
+        app = create_app(settings)
+    except InvalidModelName as exc:
+        parser.error(f"--models: {exc}")
+    for made in app[STATE_KEY].synthesized:
+        print(f"not in the emulator's table: {made}", file=sys.stderr)
+    web.run_app(app, host=args.host, port=args.port, print=None)
 
 
 if __name__ == "__main__":

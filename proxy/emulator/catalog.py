@@ -4,7 +4,8 @@ One table (`CATALOG`) of realistic entries. Sizes, parameter counts, quantisatio
 context and embedding lengths follow the Ollama library's published models; digests are
 deterministic (sha256 of the name) because the emulator holds no real weights. The same
 table is the "registry" that `POST /api/pull` draws from: pulling a name outside it fails
-the way Ollama fails for a manifest the registry does not have.
+the way Ollama fails for a manifest the registry does not have. A model name the table
+does not list, asked for at start (`--models`), is described by synthesized.py.
 """
 
 from __future__ import annotations
@@ -37,8 +38,24 @@ _MISTRAL = (
     "{{- if .Tools }}[AVAILABLE_TOOLS] {{ json .Tools }}[/AVAILABLE_TOOLS]{{ end }}"
     "{{- range .Messages }}[INST] {{ .Content }}[/INST]{{ end }}"
 )
-_QWEN3 = _CHATML_TOOLS + "{{ if .Thinking }}<think>\n{{ .Thinking }}\n</think>\n{{ end }}"
+_THINK = "{{ if .Thinking }}<think>\n{{ .Thinking }}\n</think>\n{{ end }}"
+_QWEN3 = _CHATML_TOOLS + _THINK
 _EMBED = "{{ .Prompt }}"
+CHATML_STOP = ("<|im_start|>", "<|im_end|>")
+
+
+def template_for(capabilities: tuple[str, ...]) -> str:
+    """A template with what each capability needs, for a model the table does not list:
+    Ollama reads tools, insert and thinking off a template's `.Tools`, `.Suffix` and
+    think tags, and clients look for them there too."""
+    if "embedding" in capabilities:
+        return _EMBED
+    template = _CHATML_TOOLS if "tools" in capabilities else _CHATML
+    if "insert" in capabilities:
+        template = _FIM + template
+    if "thinking" in capabilities:
+        template += _THINK
+    return template
 
 
 @dataclass(frozen=True)
@@ -237,7 +254,7 @@ CATALOG: tuple[ModelSpec, ...] = (
         _TOOLS,
         "2025-03-14T09:12:44.118203517Z",
         _CHATML_TOOLS,
-        stop=("<|im_start|>", "<|im_end|>"),
+        stop=CHATML_STOP,
         block_count=28,
         head_count=28,
         head_count_kv=4,
@@ -256,7 +273,7 @@ CATALOG: tuple[ModelSpec, ...] = (
         (*_TOOLS, "insert"),
         "2025-03-13T17:40:02.5531882Z",
         _FIM + _CHATML_TOOLS,
-        stop=("<|im_start|>", "<|im_end|>"),
+        stop=CHATML_STOP,
         block_count=28,
         head_count=28,
         head_count_kv=4,
@@ -400,7 +417,7 @@ CATALOG: tuple[ModelSpec, ...] = (
         (*_TOOLS, "thinking"),
         "2025-03-15T21:54:12.6613Z",
         _QWEN3,
-        stop=("<|im_start|>", "<|im_end|>"),
+        stop=CHATML_STOP,
         block_count=36,
         license="Apache License 2.0",
         extra_parameters=(

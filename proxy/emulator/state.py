@@ -16,7 +16,8 @@ from aiohttp import web
 
 from proxy.protocol import OLLAMA_VERSION
 
-from .catalog import CATALOG, ModelSpec, normalize_name
+from .catalog import CATALOG, REGISTRY, ModelSpec, normalize_name, valid_name
+from .synthesized import Synthesized, synthesize
 
 FAULT_MODES = ("none", "hang", "stall", "close_early", "garbage", "error500")
 # How long "forever" keeps a model loaded.
@@ -35,7 +36,8 @@ FROZEN_WARM_LOAD_NS = 1_000_000
 class EmulatorSettings:
     """How the emulated GPU server behaves. All rates are per second."""
 
-    # Models present locally at start-up; None means the whole catalogue.
+    # Models present locally at start-up, any Ollama model names (synthesized.py
+    # describes those the table does not list); None means the whole table.
     models: tuple[str, ...] | None = None
     # Seconds the first request to an unloaded model waits (reported as load_duration).
     load_seconds: float = 0.0
@@ -108,13 +110,12 @@ class EmulatorState:
     store: dict[str, ModelSpec] = field(default_factory=dict)
     # Digests ("sha256:<hex>") of blobs uploaded through POST /api/blobs.
     blobs: set[str] = field(default_factory=set)
+    # The models of settings.models that the table does not list, as described.
+    synthesized: tuple[Synthesized, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.store:
-            wanted = self.settings.models
-            for spec in CATALOG:
-                if wanted is None or spec.name in {normalize_name(m) for m in wanted}:
-                    self.store[spec.name] = spec
+            self.store, self.synthesized = starting_models(self.settings.models)
 
     @property
     def models(self) -> dict[str, ModelSpec]:
@@ -177,6 +178,39 @@ class EmulatorState:
             "fault": self.fault,
             "models": sorted(self.store),
         }
+
+
+class InvalidModelName(ValueError):
+    """A name in settings.models that Ollama would not accept as a model name."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"{name!r} is not a valid Ollama model name")
+
+
+def starting_models(
+    wanted: tuple[str, ...] | None,
+) -> tuple[dict[str, ModelSpec], tuple[Synthesized, ...]]:
+    """The store an emulator starts with, and which of its models were synthesized: the
+    table's entry for a name it lists (matched as `find` matches), any other name
+    described by `synthesize`."""
+    if wanted is None:
+        return {spec.name: spec for spec in CATALOG}, ()
+    table = {name.casefold(): spec for name, spec in REGISTRY.items()}
+    store: dict[str, ModelSpec] = {}
+    synthesized: list[Synthesized] = []
+    for name in wanted:
+        if not valid_name(name):
+            raise InvalidModelName(name)
+        key = normalize_name(name).casefold()
+        if any(stored.casefold() == key for stored in store):
+            continue
+        spec = table.get(key)
+        if spec is None:
+            made = synthesize(name)
+            synthesized.append(made)
+            spec = made.spec
+        store[spec.name] = spec
+    return store, tuple(synthesized)
 
 
 STATE_KEY = web.AppKey("emulator_state", EmulatorState)
