@@ -35,6 +35,11 @@ def catalog() -> Catalog:
         ("someone/llama3.1:70b-instruct-q8_0", "llama3.1:70b"),
         ("qwen3:30b-a3b", "qwen3:30b"),
         ("qwen3:30b-a3b-q4_K_M", "qwen3:30b"),
+        # Qwen3's July 2025 updates are models of their own under the qwen3 name.
+        ("qwen3:4b-thinking-2507-q4_K_M", "qwen3:4b-thinking-2507"),
+        ("qwen3:235b-a22b-instruct-2507-q4_K_M", "qwen3:235b-a22b-instruct-2507"),
+        ("qwen3:235b-a22b-thinking-2507", "qwen3:235b-a22b-thinking-2507"),
+        ("Qwen/Qwen3-235B-A22B-Instruct-2507", "qwen3:235b-a22b-instruct-2507"),
         ("mistral-7b-instruct-v0.3", "mistral:7b"),
         ("deepseek-r1-distill-qwen-7b", "deepseek-r1:7b"),
         ("nomic-embed-text", "nomic-embed-text:v1.5"),
@@ -74,6 +79,35 @@ def test_names_resolve_to_their_entry(catalog: Catalog, name: str, entry: str) -
         ("nous-hermes2:10.7b", "NousResearch/Nous-Hermes-2-SOLAR-10.7B", "nous-hermes2:10.7b"),
         ("vicuna:7b", "lmsys/vicuna-7b-v1.5", "vicuna:7b"),
         ("orca2:13b", "microsoft/Orca-2-13b", "orca2:13b"),
+        ("mistral-small:22b", "mistralai/Mistral-Small-Instruct-2409", "mistral-small:22b"),
+        ("falcon3:1b", "tiiuae/Falcon3-1B-Instruct", "falcon3:1b"),
+        ("falcon3:3b-instruct-q4_K_M", "Falcon3-3B-Instruct", "falcon3:3b"),
+        ("falcon3:10b", "tiiuae/Falcon3-10B-Instruct", "falcon3:10b"),
+        ("aya", "CohereForAI/aya-23-8B", "aya:8b"),
+        ("aya:35b", "CohereForAI/aya-23-35B", "aya:35b"),
+        ("hermes3:3b", "NousResearch/Hermes-3-Llama-3.2-3B", "hermes3:3b"),
+        ("granite3.1-moe:1b", "ibm-granite/granite-3.1-1b-a400m-instruct", "granite3.1-moe:1b"),
+        ("granite3.1-moe", "ibm-granite/granite-3.1-3b-a800m-instruct", "granite3.1-moe:3b"),
+        ("llama3-gradient", "gradientai/Llama-3-8B-Instruct-Gradient-1048k", "llama3-gradient:8b"),
+        ("llama3-groq-tool-use:8b", "Groq/Llama-3-Groq-8B-Tool-Use", "llama3-groq-tool-use:8b"),
+        ("smollm:135m", "HuggingFaceTB/SmolLM-135M-Instruct", "smollm:135m"),
+        ("smollm:360m", "HuggingFaceTB/SmolLM-360M-Instruct", "smollm:360m"),
+        ("smollm", "HuggingFaceTB/SmolLM-1.7B-Instruct", "smollm:1.7b"),
+        ("deepseek-v3.1", "deepseek-ai/DeepSeek-V3.1", "deepseek-v3.1:671b"),
+        ("r1-1776:70b", "perplexity-ai/r1-1776-distill-llama-70b", "r1-1776:70b"),
+        ("deepcoder:14b", "agentica-org/DeepCoder-14B-Preview", "deepcoder:14b"),
+        ("deepcoder:1.5b", "agentica-org/DeepCoder-1.5B-Preview", "deepcoder:1.5b"),
+        (
+            "dolphin-mistral",
+            "cognitivecomputations/dolphin-2.8-mistral-7b-v02",
+            "dolphin-mistral:7b",
+        ),
+        ("llava-llama3:8b", "xtuner/llava-llama-3-8b-v1_1", "llava-llama3:8b"),
+        ("llama2-uncensored", "georgesung/llama2_7b_chat_uncensored", "llama2-uncensored:7b"),
+        ("llama2-uncensored:70b", "llama2-uncensored:70b-chat-q4_0", "llama2-uncensored:70b"),
+        ("starcoder:1b", "bigcode/starcoderbase-1b", "starcoder:1b"),
+        ("starcoder:7b", "bigcode/starcoderbase-7b", "starcoder:7b"),
+        ("granite3.2:2b", "ibm-granite/granite-3.2-2b-instruct", "granite3.2:2b"),
     ],
 )
 def test_popular_library_models_resolve_by_ollama_name_and_alias(
@@ -173,8 +207,8 @@ def test_a_fine_tune_named_after_its_base_is_placed_beside_it(catalog: Catalog) 
 
 
 def test_a_new_size_of_a_listed_family_is_placed_in_that_familys_era(catalog: Catalog) -> None:
-    # StarCoder (2023) has no 1B entry; 1B coders released since score far higher.
-    placed = catalog.lookup("starcoder:1b", {"family": "starcoder", "parameter_size": "1.1B"})
+    # StarCoder (2023) has no 2B entry; 2B coders released since score far higher.
+    placed = catalog.lookup("starcoder:2b", {"family": "starcoder", "parameter_size": "2.0B"})
     family = [e for e in catalog.entries() if e.family == placed.family]
     assert placed.origin == "nearest" and family
     assert max(e.released for e in family) < 2024.0
