@@ -108,6 +108,23 @@ def test_names_resolve_to_their_entry(catalog: Catalog, name: str, entry: str) -
         ("starcoder:1b", "bigcode/starcoderbase-1b", "starcoder:1b"),
         ("starcoder:7b", "bigcode/starcoderbase-7b", "starcoder:7b"),
         ("granite3.2:2b", "ibm-granite/granite-3.2-2b-instruct", "granite3.2:2b"),
+        (
+            "wizard-vicuna-uncensored",
+            "cognitivecomputations/Wizard-Vicuna-7B-Uncensored",
+            "wizard-vicuna-uncensored:7b",
+        ),
+        (
+            "wizard-vicuna-uncensored:30b",
+            "Wizard-Vicuna-30B-Uncensored",
+            "wizard-vicuna-uncensored:30b",
+        ),
+        ("sailor2", "sail/Sailor2-8B-Chat", "sailor2:8b"),
+        ("sailor2:20b", "sail/Sailor2-20B-Chat", "sailor2:20b"),
+        (
+            "command-r7b-arabic",
+            "CohereLabs/c4ai-command-r7b-arabic-02-2025",
+            "command-r7b-arabic:7b",
+        ),
     ],
 )
 def test_popular_library_models_resolve_by_ollama_name_and_alias(
