@@ -135,3 +135,30 @@ def test_errors_reach_the_client_as_ollama_errors(emulator: Emulator, proxy: Pro
             ollama.Client(host=host).chat(model="no-such:model", messages=[])
         assert error.value.status_code == 404
         assert "not found" in error.value.error
+
+
+def test_logprobs_reach_the_client(emulator: Emulator, proxy: Proxy) -> None:
+    """`logprobs` / `top_logprobs` (Ollama 0.12.11 on): one entry per generated token,
+    in the chunk that carries the token, all of them in a whole answer."""
+    client = ollama.Client(host=proxy.url)
+    answer = client.generate(model=MODEL, prompt="Hello", logprobs=True, top_logprobs=2)
+    assert answer.logprobs is not None and len(answer.logprobs) == answer.eval_count
+    assert "".join(p.token for p in answer.logprobs) == answer.response
+    for entry in answer.logprobs:
+        assert entry.logprob <= 0
+        assert entry.top_logprobs is not None and len(entry.top_logprobs) == 2
+        assert entry.top_logprobs[0].logprob >= entry.top_logprobs[1].logprob
+    messages = [{"role": "user", "content": "Why is the sky blue?"}]
+    chunks = list(
+        client.chat(model="qwen3:8b", messages=messages, stream=True, think=True, logprobs=True)
+    )
+    tokens = [c.message.thinking or c.message.content for c in chunks[:-1]]
+    assert [p.token for c in chunks[:-1] for p in c.logprobs or []] == tokens
+    assert all(p.top_logprobs is None for c in chunks for p in c.logprobs or [])
+    assert chunks[-1].logprobs is None
+    # Without `logprobs` there are none, and top_logprobs is bounded as Ollama bounds it.
+    assert client.chat(model=MODEL, messages=messages).logprobs is None
+    with pytest.raises(ollama.ResponseError) as refused:
+        client.chat(model=MODEL, messages=messages, logprobs=True, top_logprobs=21)
+    assert refused.value.status_code == 400
+    assert refused.value.error == "top_logprobs must be between 0 and 20"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import openai
+import pytest
 
 from tests.support import AUTO_NAMES, Emulator, Proxy
 
@@ -57,3 +58,45 @@ def test_openai_errors_keep_their_shape(emulator: Emulator, proxy: Proxy) -> Non
             seen.append((exc.status_code, exc.body))
     assert len(seen) == 2
     assert seen[0] == seen[1]
+
+
+def test_chat_logprobs_reach_the_sdk(emulator: Emulator, proxy: Proxy) -> None:
+    """FromChatRequest passes logprobs on; ToChatCompletion / toChunk put them in
+    `choices[0].logprobs.content`. /v1/completions takes an int (both switch and
+    count) that GenerateHandler bounds, and ToCompletion never returns logprobs."""
+    sdk = client(proxy.url)
+    done = sdk.chat.completions.create(
+        model=MODEL, messages=MESSAGES, logprobs=True, top_logprobs=3
+    )
+    choice = done.choices[0]
+    assert choice.logprobs is not None and choice.logprobs.content is not None
+    assert "".join(t.token for t in choice.logprobs.content) == choice.message.content
+    assert all(len(t.top_logprobs) == 3 for t in choice.logprobs.content)
+    chunks = list(
+        sdk.chat.completions.create(model=MODEL, messages=MESSAGES, logprobs=True, stream=True)
+    )
+    streamed = [c.choices[0] for c in chunks if c.choices and c.choices[0].delta.content]
+    assert all(c.logprobs and c.logprobs.content for c in streamed)
+    assert [t.token for c in streamed for t in c.logprobs.content] == [  # type: ignore[union-attr]
+        c.delta.content for c in streamed
+    ]
+    assert sdk.chat.completions.create(model=MODEL, messages=MESSAGES).choices[0].logprobs is None
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.chat.completions.create(model=MODEL, messages=MESSAGES, logprobs=True, top_logprobs=21)
+    assert refused.value.body == {
+        "message": "top_logprobs must be between 0 and 20",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": None,
+    }
+    assert (
+        sdk.completions.create(model=MODEL, prompt="Once", logprobs=2).choices[0].logprobs is None
+    )
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.completions.create(model=MODEL, prompt="Once", logprobs=21)
+    assert refused.value.body == {
+        "message": "top_logprobs must be between 0 and 20",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": None,
+    }

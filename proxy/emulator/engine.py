@@ -108,6 +108,8 @@ class Piece:
     thinking: str = ""
     content: str = ""
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    # api.Logprob entries for the piece's token, when the request asked for them.
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
 
 
 OnPiece = Callable[[Piece], Awaitable[None]]

@@ -14,10 +14,10 @@ import orjson
 from aiohttp import web
 
 from .catalog import ModelSpec, qualified, valid_name
-from .engine import parse_keep_alive
+from .engine import Piece, parse_keep_alive
 from .skills import suite_answer
 from .state import EmulatorState
-from .textgen import Plan, count_tokens, plan
+from .textgen import Plan, count_tokens, plan, token_logprob
 from .wire import BodyError, check_fields, decode_json
 
 GENERATE_FIELDS = {
@@ -95,6 +95,8 @@ class Prepared:
     special: str = ""  # "unload" (answer now) or "load" (answer after loading)
     late_error: Refusal | None = None  # raised by the runner, i.e. after loading
     raw: bool = False
+    # `top_logprobs` when the request asked for `logprobs`, else None.
+    logprobs: int | None = None
 
 
 async def read_body(request: web.Request, struct: str, fields: dict[str, str]) -> dict[str, Any]:
@@ -258,7 +260,9 @@ def prepare_generate(state: EmulatorState, body: dict[str, Any]) -> Prepared:
         fmt=body.get("format"),
         answer=suite_answer(spec, prompt) if not suffix else None,
     )
-    return Prepared(spec, model, stream, keep_alive, key, p, late_error=late, raw=raw)
+    return Prepared(
+        spec, model, stream, keep_alive, key, p, late_error=late, raw=raw, logprobs=_logprobs(body)
+    )
 
 
 def prepare_chat(
@@ -317,7 +321,22 @@ def prepare_chat(
         limit_is_cap=limit_is_cap,
         answer=suite_answer(spec, str(rendered[-1]["c"])) if rendered[-1]["r"] == "user" else None,
     )
-    return Prepared(spec, model, stream, keep_alive, key, p, late_error=late)
+    return Prepared(
+        spec, model, stream, keep_alive, key, p, late_error=late, logprobs=_logprobs(body)
+    )
+
+
+def _logprobs(body: dict[str, Any]) -> int | None:
+    return int(body.get("top_logprobs") or 0) if body.get("logprobs") else None
+
+
+def piece_logprobs(job: Prepared, position: int, piece: Piece) -> list[dict[str, Any]]:
+    """The runner's logprobs for the token a piece carries (a tool call's tokens reach
+    the client as a call, not as text, and carry none here)."""
+    token = piece.thinking or piece.content
+    if job.logprobs is None or not token:
+        return []
+    return [token_logprob(job.key, position, token, job.logprobs)]
 
 
 def plan_empty() -> Plan:

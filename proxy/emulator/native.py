@@ -24,6 +24,7 @@ from .inference import (
     Refusal,
     check_options,
     keep_alive_of,
+    piece_logprobs,
     plan_empty,
     prepare_chat,
     prepare_generate,
@@ -103,6 +104,7 @@ async def handle_generate(request: web.Request) -> web.StreamResponse:
 
     thinking: list[str] = []
     content: list[str] = []
+    logprobs: list[dict[str, Any]] = []
     out = LazyStream(request, NDJSON)
 
     def frame(response: str, thought: str, done: bool) -> dict[str, Any]:
@@ -118,10 +120,15 @@ async def handle_generate(request: web.Request) -> web.StreamResponse:
         return f
 
     async def on_piece(piece: Piece) -> None:
+        piece.logprobs = piece_logprobs(job, len(content), piece)
         thinking.append(piece.thinking)
         content.append(piece.content)
+        logprobs.extend(piece.logprobs)
         if job.stream:
-            await out.send(dumps(frame(piece.content, piece.thinking, False)) + b"\n")
+            f = frame(piece.content, piece.thinking, False)
+            if piece.logprobs:
+                f["logprobs"] = piece.logprobs  # api.GenerateResponse's last field
+            await out.send(dumps(f) + b"\n")
 
     final: dict[str, Any] = {}
 
@@ -134,6 +141,8 @@ async def handle_generate(request: web.Request) -> web.StreamResponse:
         if not job.raw:
             f["context"] = context_tokens(job.key, job.plan.prompt_tokens + job.plan.eval_count)
         f.update(m)
+        if logprobs and not job.stream:
+            f["logprobs"] = logprobs  # after the metrics, as api.GenerateResponse has it
         final.update(f)
         if job.stream:
             await out.send(dumps(f) + b"\n")
@@ -199,6 +208,7 @@ async def run_chat(request: web.Request, job: Prepared, sink: ChatSink) -> web.S
     result: list[web.StreamResponse] = []
 
     async def on_piece(piece: Piece) -> None:
+        piece.logprobs = piece_logprobs(job, len(content), piece)
         thinking.append(piece.thinking)
         content.append(piece.content)
         calls.extend(piece.tool_calls)
@@ -223,6 +233,7 @@ class native_chat_writer(ChatSink):
     def __init__(self, request: web.Request, stream: bool) -> None:
         self.out = LazyStream(request, NDJSON)
         self.stream = stream
+        self.logprobs: list[dict[str, Any]] = []
 
     async def error(self, status: int, message: str) -> web.StreamResponse:
         return error(status, message)
@@ -241,32 +252,33 @@ class native_chat_writer(ChatSink):
 
     async def piece(self, model: str, created_ns: int, piece: Piece) -> None:
         if not self.stream:
+            self.logprobs.extend(piece.logprobs)
             return
         msg: dict[str, Any] = {"role": "assistant", "content": piece.content}
         if piece.thinking:
             msg["thinking"] = piece.thinking
         if piece.tool_calls:
             msg["tool_calls"] = piece.tool_calls
-        await self.out.send(
-            dumps(
-                {"model": model, "created_at": go_time(created_ns), "message": msg, "done": False}
-            )
-            + b"\n"
-        )
+        f = {"model": model, "created_at": go_time(created_ns), "message": msg, "done": False}
+        if piece.logprobs:
+            f["logprobs"] = piece.logprobs
+        await self.out.send(dumps(f) + b"\n")
 
     async def done(
         self, model: str, created_ns: int, reason: str, message: dict[str, Any], m: dict[str, int]
     ) -> web.StreamResponse:
         if self.stream:
             message = {"role": "assistant", "content": ""}
-        f = {
+        f: dict[str, Any] = {
             "model": model,
             "created_at": go_time(created_ns),
             "message": message,
             "done": True,
             "done_reason": reason,
-            **m,
         }
+        if self.logprobs:
+            f["logprobs"] = self.logprobs  # api.ChatResponse: before the metrics
+        f.update(m)
         if not self.stream:
             return gin_json(200, f)
         await self.out.send(dumps(f) + b"\n")

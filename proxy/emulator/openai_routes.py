@@ -96,6 +96,8 @@ CHAT_FIELDS = {
     "tools": "[]api.Tool",
     "reasoning": "map",
     "reasoning_effort": "string",
+    "logprobs": "bool",
+    "top_logprobs": "int",
 }
 
 
@@ -207,6 +209,8 @@ def chat_from_openai(body: dict[str, Any]) -> dict[str, Any]:
         "options": _options(body),
         "stream": bool(body.get("stream")),
         "tools": body.get("tools") or [],
+        "logprobs": body.get("logprobs") is True,
+        "top_logprobs": body.get("top_logprobs") or 0,
     }
     if fmt is not None:
         out["format"] = fmt
@@ -228,6 +232,7 @@ class OpenAIChatSink(ChatSink):
         self.id, self.created = _ids(self.state, "cmpl" if completions else "chatcmpl", key)
         self.out = LazyStream(request, SSE)
         self.tool_sent = False
+        self.logprobs: list[dict[str, Any]] = []  # a whole answer's, for ToChatCompletion
 
     async def error(self, status: int, message: str) -> web.StreamResponse:
         return writer_error(status, message)
@@ -235,7 +240,13 @@ class OpenAIChatSink(ChatSink):
     async def special(self, model: str, created_ns: int, reason: str) -> web.StreamResponse:
         return await self.done(model, created_ns, reason, {"role": "assistant", "content": ""}, {})
 
-    def _chunk(self, model: str, delta_or_text: Any, reason: str | None) -> dict[str, Any]:
+    def _chunk(
+        self,
+        model: str,
+        delta_or_text: Any,
+        reason: str | None,
+        logprobs: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
         if self.completions:
             c: dict[str, Any] = {
                 "id": self.id,
@@ -248,13 +259,16 @@ class OpenAIChatSink(ChatSink):
             if self.usage:
                 c["usage"] = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
             return c
+        choice: dict[str, Any] = {"index": 0, "delta": delta_or_text, "finish_reason": reason}
+        if logprobs:
+            choice["logprobs"] = {"content": logprobs}
         return {
             "id": self.id,
             "object": "chat.completion.chunk",
             "created": self.created,
             "model": model,
             "system_fingerprint": "fp_ollama",
-            "choices": [{"index": 0, "delta": delta_or_text, "finish_reason": reason}],
+            "choices": [choice],
         }
 
     def _delta(self, content: str, thinking: str, calls: list[dict[str, Any]]) -> dict[str, Any]:
@@ -267,13 +281,14 @@ class OpenAIChatSink(ChatSink):
 
     async def piece(self, model: str, created_ns: int, piece: Piece) -> None:
         if not self.stream:
+            self.logprobs.extend(piece.logprobs)
             return
         if self.completions:
+            # ToCompleteChunk carries no logprobs.
             chunk = self._chunk(model, piece.content, None)
         else:
-            chunk = self._chunk(
-                model, self._delta(piece.content, piece.thinking, piece.tool_calls), None
-            )
+            delta = self._delta(piece.content, piece.thinking, piece.tool_calls)
+            chunk = self._chunk(model, delta, None, piece.logprobs)
             self.tool_sent = self.tool_sent or bool(piece.tool_calls)
         await self.out.send(b"data: " + dumps(chunk) + b"\n\n")
 
@@ -328,13 +343,16 @@ class OpenAIChatSink(ChatSink):
         if calls:
             msg["tool_calls"] = to_openai_calls(calls)
             reason = "tool_calls"
+        choice: dict[str, Any] = {"index": 0, "message": msg, "finish_reason": reason or None}
+        if self.logprobs:
+            choice["logprobs"] = {"content": self.logprobs}
         return {
             "id": self.id,
             "object": "chat.completion",
             "created": created,
             "model": model,
             "system_fingerprint": "fp_ollama",
-            "choices": [{"index": 0, "message": msg, "finish_reason": reason or None}],
+            "choices": [choice],
             "usage": usage,
         }
 
@@ -384,6 +402,7 @@ COMPLETION_FIELDS = {
     "temperature": "float",
     "top_p": "float",
     "suffix": "string",
+    "logprobs": "int",
 }
 
 
@@ -398,6 +417,9 @@ async def handle_completions(request: web.Request) -> web.StreamResponse:
             "stream": bool(body.get("stream")),
             "suffix": body.get("suffix") or "",
         }
+        # FromCompleteRequest: a positive count asks for logprobs and is their top count.
+        if (body.get("logprobs") or 0) > 0:
+            gen["logprobs"], gen["top_logprobs"] = True, body["logprobs"]
     except Refusal as exc:
         return middleware_error(exc.status, exc.message)
     try:

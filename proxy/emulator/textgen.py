@@ -214,6 +214,28 @@ def plan(
     return out
 
 
+def token_logprob(key: str, position: int, token: str, top: int) -> dict[str, Any]:
+    """An api.Logprob for the token at `position` of the answer to `key`: its log
+    probability and, when `top` > 0, the `top` likeliest tokens there (it among them,
+    first, as the sampler took the likeliest), each with its UTF-8 bytes as
+    toAPILogprobs gives them."""
+    rng = Rng("logprob", key, str(position))
+
+    def entry(text: str, logprob: float) -> dict[str, Any]:
+        out: dict[str, Any] = {"token": text, "logprob": logprob}
+        if text:
+            out["bytes"] = list(text.encode())
+        return out
+
+    chosen = -rng.next(2000) / 1000.0
+    result = entry(token, chosen)
+    if top > 0:
+        others = sorted(chosen - (1 + rng.next(6000)) / 1000.0 for _ in range(top - 1))
+        alternatives = [entry(" " + rng.word(), lp) for lp in reversed(others)]
+        result["top_logprobs"] = [entry(token, chosen), *alternatives]
+    return result
+
+
 def context_tokens(key: str, count: int) -> list[int]:
     """Token ids for /api/generate's deprecated `context` field."""
     rng = Rng("context", key)
