@@ -2,8 +2,11 @@
 
 Read from the tail of the response bytes the relay already forwarded (no second
 parse of the stream): Ollama's final NDJSON line (`done: true`, durations in
-nanoseconds) and the OpenAI shapes' `usage` and `finish_reason`. A counter the tail
-does not hold (a huge `context` array can push early fields out of it) stays absent.
+nanoseconds) and the OpenAI shapes' `usage` and `finish_reason`. A whole
+/api/generate answer ends with its `logprobs`, after the counters: the relay keeps
+the reads that held the counters (`COUNTERS_MARK`) for this too. A field the tail
+does not hold (a huge `context` array can push `done_reason`, before it, out of the
+reads kept) stays absent.
 """
 
 from __future__ import annotations
@@ -21,6 +24,11 @@ STATS = (
     "total_duration",
 )
 _INT_FIELDS = STATS[1:]
+# In every read that holds Ollama's counters (four `*_duration` fields in a row, so a
+# read boundary cannot hide them all); never in a token's text, where a quote is
+# escaped.
+COUNTERS_MARK = b'_duration":'
+
 _INT_RE = re.compile(rb'"(' + b"|".join(f.encode() for f in _INT_FIELDS) + rb')":(\d+)')
 _OPENAI_RE = re.compile(rb'"(prompt_tokens|completion_tokens)":(\d+)')
 _REASON_RE = re.compile(rb'"(?:done_reason|finish_reason|stop_reason)":"([a-z_]+)"')

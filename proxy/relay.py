@@ -275,7 +275,7 @@ class Relay:
             client.fail(outcome.error)
         else:
             try:
-                outcome.stats = final_chunk.parse(client.previous + client.last)
+                outcome.stats = final_chunk.parse(client.tail())
                 state.answered(head.status)
             except Exception as exc:
                 # The client has its whole answer; only the proxy's record of it failed.
@@ -326,6 +326,9 @@ class ClientLeg(Answer):
         self.body_bytes = 0
         self.previous = b""
         self.last = b""
+        # The two reads that held the answer's durations, when they are not the last
+        # two: a whole /api/generate answer has its logprobs after its counters.
+        self.counters: tuple[bytes, bytes] | None = None
         self.head_bytes = b""
         self._resume: asyncio.Task[None] | None = None
 
@@ -406,6 +409,8 @@ class ClientLeg(Answer):
         self.body_bytes += len(data)
         # Two references per chunk: enough to read the final chunk's counters later.
         self.previous, self.last = self.last, data
+        if final_chunk.COUNTERS_MARK in data:
+            self.counters = (self.previous, data)
         if not self.outcome.first_byte_at:
             self.outcome.first_byte_at = time.perf_counter()
         if writing_paused(self.protocol) and not self.paused:
@@ -414,6 +419,14 @@ class ClientLeg(Answer):
             assert self.conn is not None
             self.conn.pause_reading()
             self._resume = asyncio.get_running_loop().create_task(self._resume_after_drain())
+
+    def tail(self) -> bytes:
+        """What `final_chunk.parse` reads: the last two reads, after the two that held
+        the counters when those came earlier (the tail's own values win)."""
+        kept = self.previous + self.last
+        if self.counters is None or self.counters[1] is self.last:
+            return kept  # the counters' reads are the last two (a stream's final line)
+        return b"".join(self.counters) + kept
 
     async def _resume_after_drain(self) -> None:
         try:

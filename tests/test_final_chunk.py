@@ -2,12 +2,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from typing import Any
 
 import aiohttp
+import ollama
 
 from proxy import final_chunk
 from proxy.app import APP_KEY
-from tests.support import Emulator, Proxy
+from proxy.emulator import EmulatorSettings
+from tests.support import Emulator, Proxy, ServerThread
 
 
 def test_ollama_final_line() -> None:
@@ -46,30 +49,70 @@ def test_nothing_to_read_gives_nothing() -> None:
     assert final_chunk.parse(b'{"error":"boom"}\n') == {}
 
 
+class Recorded:
+    """The access-log records the proxy writes while `with` lasts."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.server = proxy.app[APP_KEY]
+        self.seen: list[dict[str, Any]] = []
+        self.written = threading.Event()
+
+    def __enter__(self) -> Recorded:
+        self.original = self.server.access.record
+        self.server.access.enabled = True
+
+        def record(fields: dict[str, Any]) -> None:
+            self.seen.append(fields)
+            self.written.set()
+
+        self.server.access.record = record  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.access.record = self.original  # type: ignore[method-assign]
+        self.server.access.enabled = False
+
+    async def of(self, path: str) -> dict[str, Any]:
+        # The record is written when the handler ends, which may be after the client
+        # has read the last byte (the relay writes straight to the transport).
+        await asyncio.to_thread(self.written.wait, 30)
+        (fields,) = [f for f in self.seen if f["path"] == path]
+        return fields
+
+
 async def test_relay_records_the_final_chunk(emulator: Emulator, proxy: Proxy) -> None:
-    seen = []
-    server = proxy.app[APP_KEY]
-    original = server.access.record
-    server.access.enabled = True
-    recorded = threading.Event()
-
-    def record(fields: dict[str, object]) -> None:
-        seen.append(fields)
-        recorded.set()
-
-    server.access.record = record  # type: ignore[method-assign]
-    try:
+    with Recorded(proxy) as recorded:
         async with aiohttp.ClientSession() as session:
             body = {"model": "qwen2.5:7b", "prompt": "hi", "options": {"num_predict": 7}}
             async with session.post(proxy.url + "/api/generate", json=body) as resp:
                 lines = (await resp.read()).splitlines()
-        # The record is written when the handler ends, which may be after the client
-        # has read the last byte (the relay writes straight to the transport).
-        await asyncio.to_thread(recorded.wait, 30)
-    finally:
-        server.access.record = original  # type: ignore[method-assign]
-        server.access.enabled = False
+        fields = await recorded.of("/api/generate")
     assert len(lines) == 8
-    (fields,) = [f for f in seen if f["path"] == "/api/generate"]
     assert fields["eval_count"] == 7 and fields["done_reason"] == "length"
     assert 0 < fields["ttfc_ms"] <= fields["ms"]
+
+
+async def test_counters_before_a_long_logprobs_list_are_recorded(
+    servers: ServerThread,
+) -> None:
+    """A whole /api/generate answer ends with its logprobs, after the counters
+    (api.GenerateResponse's field order): asked for many tokens with their top
+    alternatives, the list fills far more than the last reads the relay keeps."""
+    quick = Emulator(servers, EmulatorSettings(frozen_clock=True, chunk_delay_ms=0.0))
+    prx = Proxy(servers, [quick.url])
+    try:
+        with Recorded(prx) as recorded:
+            answer = await ollama.AsyncClient(host=prx.url).generate(
+                model="qwen2.5:7b",
+                prompt="hi",
+                options={"num_predict": 1500},
+                logprobs=True,
+                top_logprobs=20,
+            )
+            fields = await recorded.of("/api/generate")
+    finally:
+        prx.stop()
+        quick.stop()
+    assert answer.logprobs is not None and len(answer.logprobs) == 1500
+    assert fields["eval_count"] == 1500 and fields["done_reason"] == "length"
+    assert fields["prompt_eval_count"] == answer.prompt_eval_count
