@@ -162,3 +162,21 @@ def test_logprobs_reach_the_client(emulator: Emulator, proxy: Proxy) -> None:
         client.chat(model=MODEL, messages=messages, logprobs=True, top_logprobs=21)
     assert refused.value.status_code == 400
     assert refused.value.error == "top_logprobs must be between 0 and 20"
+
+
+def test_a_backend_dying_mid_stream_is_an_error_the_client_raises(
+    own_emulator: Emulator, own_proxy: Proxy
+) -> None:
+    """The stream's chunks up to the failure parse as what the client asked for, and
+    the proxy's closing `{"error": ...}` line is raised as Ollama's client raises it."""
+    own_emulator.state.fault = "close_early"
+    client = ollama.Client(host=own_proxy.url)
+    for chunks in (
+        client.chat(model=MODEL, messages=[{"role": "user", "content": "hi"}], stream=True),
+        client.generate(model=MODEL, prompt="hi", stream=True),
+    ):
+        seen: list[Any] = []
+        with pytest.raises(ollama.ResponseError) as failed:
+            seen.extend(chunks)
+        assert [c.model for c in seen] == [MODEL]
+        assert "connection closed by backend" in failed.value.error

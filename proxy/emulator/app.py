@@ -8,6 +8,7 @@ works the same under `web.run_app`, a plain `AppRunner` or aiohttp's test server
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from yarl import URL
@@ -23,7 +24,7 @@ from proxy.routes import OLLAMA_ROUTES, gin_allowed
 from . import admin, anthropic_routes, native, openai_routes, responses_api
 from .engine import ClientGone, wait_forever
 from .state import FAULT_MODES, STATE_KEY, EmulatorSettings, EmulatorState, state_of
-from .wire import BodyError, decode_json, dumps, error, gin_json
+from .wire import BodyError, decode_json, dumps, error, gin_json, go_time
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -63,8 +64,45 @@ def _trailing_slash_redirect(request: web.Request) -> web.StreamResponse | None:
     return None
 
 
-async def _first_chunk(request: web.Request) -> web.StreamResponse:
-    """Send a response head and one plausible chunk (stall / close_early faults)."""
+def _first_chunk_of(path: str, model: str, now_ns: int) -> bytes:
+    """The first chunk the route streams (stall / close_early faults): its own shape,
+    so that a client parses it as it would Ollama's before the failure."""
+    stamp = go_time(now_ns)
+    created = now_ns // 1_000_000_000
+    if path == "/api/chat":
+        chunk: dict[str, Any] = {
+            "model": model,
+            "created_at": stamp,
+            "message": {"role": "assistant", "content": ""},
+            "done": False,
+        }
+    elif path == "/api/generate":
+        chunk = {"model": model, "created_at": stamp, "response": "", "done": False}
+    elif path == "/v1/completions":
+        chunk = {
+            "id": "cmpl-0",
+            "object": "text_completion",
+            "created": created,
+            "choices": [{"text": "", "index": 0, "finish_reason": None}],
+            "model": model,
+            "system_fingerprint": "fp_ollama",
+        }
+    else:
+        chunk = {
+            "id": "chatcmpl-0",
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "system_fingerprint": "fp_ollama",
+            "choices": [
+                {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+            ],
+        }
+    return b"data: " + dumps(chunk) + b"\n\n" if path.startswith("/v1/") else dumps(chunk) + b"\n"
+
+
+async def _first_chunk(request: web.Request, model: str) -> web.StreamResponse:
+    """Send a response head and the route's first chunk (stall / close_early faults)."""
     sse = request.path.startswith("/v1/")
     resp = web.StreamResponse(status=200, headers={"Content-Type": SSE if sse else NDJSON})
     if request.version >= (1, 1):
@@ -72,19 +110,17 @@ async def _first_chunk(request: web.Request) -> web.StreamResponse:
     else:
         resp.force_close()  # the close ends the body, as Go's (see native.LazyStream)
     await resp.prepare(request)
-    chunk = (
-        b'data: {"id":"chatcmpl-0","object":"chat.completion.chunk","choices":[]}\n\n'
-        if sse
-        else b'{"model":"emulator","created_at":"2025-01-01T00:00:00Z",'
-        b'"response":"","done":false}\n'
-    )
-    await resp.write(chunk)
+    await resp.write(_first_chunk_of(request.path, model, state_of(request).now_ns()))
     return resp
 
 
 async def _fault(request: web.Request, state: EmulatorState) -> web.StreamResponse:
     mode = state.fault
-    await request.read()
+    try:
+        body = decode_json(await request.read())
+    except (EOFError, BodyError):
+        body = None
+    model = body.get("model") if isinstance(body, dict) else None
     if mode == "error500":
         if request.path.startswith("/v1/"):
             return openai_routes.writer_error(500, _RUNNER_DIED)
@@ -98,7 +134,7 @@ async def _fault(request: web.Request, state: EmulatorState) -> web.StreamRespon
     try:
         if mode == "hang":
             await wait_forever(request)
-        resp = await _first_chunk(request)
+        resp = await _first_chunk(request, model if isinstance(model, str) else "")
         if mode == "close_early":
             if request.transport is not None:
                 request.transport.abort()
