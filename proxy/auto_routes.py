@@ -4,6 +4,7 @@ and the proxy's own endpoints `explain`, `status` and `reload` under /api/autoro
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -60,6 +61,13 @@ LEGEND = {
 }
 
 
+@dataclass(frozen=True)
+class Offer:
+    names: list[str]
+    capabilities: list[str]
+    context_length: int
+
+
 def _json(doc: Any, status: int = 200) -> web.Response:
     # `show` answers /api/show for auto as Ollama would: with Go's escapes.
     return web.Response(status=status, body=go_dumps(doc), headers={"Content-Type": JSON})
@@ -86,11 +94,14 @@ class AutoRoutes:
         artifact = self.auto.scorer.artifact
         return artifact.loaded_at if artifact else time.time()
 
-    def tag_entries(self) -> list[dict[str, Any]]:
-        """`auto` and each profile, shaped as /api/tags entries, so editors list them."""
+    def tag_entries(self, only: frozenset[str] | None = None) -> list[dict[str, Any]]:
+        """`auto` and each profile, shaped as /api/tags entries, so editors list them,
+        with what Ollama lists from 0.30 on: the capabilities and the context length
+        (as `show` gives them, for an API key's allow-list `only`)."""
         artifact = self.auto.scorer.artifact
         modified = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._stamp()))
         digest = artifact.sha256 if artifact else "0" * 64
+        offer = self._offer(only)
         return [
             {
                 "name": name,
@@ -98,7 +109,8 @@ class AutoRoutes:
                 "modified_at": modified,
                 "size": 0,
                 "digest": digest,
-                "details": _DETAILS,
+                "details": {**_DETAILS, "context_length": offer.context_length},
+                "capabilities": offer.capabilities,
             }
             for name in self.names()
         ]
@@ -111,16 +123,23 @@ class AutoRoutes:
             for name in self.names()
         ]
 
-    def show(self, profile: str, only: frozenset[str] | None = None) -> web.Response:
-        """`/api/show` for `auto`: capabilities at least one candidate offers, and the
+    def _offer(self, only: frozenset[str] | None) -> Offer:
+        """What `auto` can do: capabilities at least one candidate offers, and the
         largest context among them (editors size their prompts from it). `only`: the
         API key's allow-list, the candidates `auto` may choose for that key."""
+        candidates = [c for c in self.auto.registry.candidates() if only is None or c.name in only]
+        return Offer(
+            names=[m.name for m in candidates],
+            capabilities=sorted({"completion", *(c for m in candidates for c in m.capabilities)}),
+            context_length=max((m.context_length for m in candidates), default=2048),
+        )
+
+    def show(self, profile: str, only: frozenset[str] | None = None) -> web.Response:
+        """`/api/show` for `auto`: what it offers (`_offer`)."""
         if profile not in self.auto.config.profiles:
             return error_response("/api/show", 404, f"model 'auto:{profile}' not found")
-        candidates = [c for c in self.auto.registry.candidates() if only is None or c.name in only]
-        capabilities = sorted({"completion", *(c for m in candidates for c in m.capabilities)})
-        context = max((m.context_length for m in candidates), default=2048)
-        names = ", ".join(m.name for m in candidates) or "none yet"
+        offer = self._offer(only)
+        names = ", ".join(offer.names) or "none yet"
         return _json(
             {
                 "modelfile": f"# auto:{profile}: ollama-autoroute picks one of: {names}\n",
@@ -129,9 +148,9 @@ class AutoRoutes:
                 "details": _DETAILS,
                 "model_info": {
                     "general.architecture": "autoroute",
-                    "autoroute.context_length": context,
+                    "autoroute.context_length": offer.context_length,
                 },
-                "capabilities": capabilities,
+                "capabilities": offer.capabilities,
                 "modified_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._stamp())),
             }
         )

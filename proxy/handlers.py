@@ -388,11 +388,11 @@ class Handlers:
             return web.Response(status=404, body=body + b"\n", headers={"Content-Type": JSON_V1})
         return web.Response(status=404, body=body, headers={"Content-Type": JSON})
 
-    def _auto_entries(self, path: str) -> list[dict[str, Any]]:
+    def _auto_entries(self, path: str, only: frozenset[str] | None = None) -> list[dict[str, Any]]:
         if not self.config.selector.list_in_tags:
             return []
         if path == "/api/tags":
-            return self.auto_routes.tag_entries()
+            return self.auto_routes.tag_entries(only)
         if path == "/v1/models":
             return self.auto_routes.model_entries()
         return []
@@ -402,9 +402,9 @@ class Handlers:
         an API key may use) when there is more than the one backend's list to show."""
         route = find(request.path)
         assert route is not None and route.merge
-        extra = self._auto_entries(request.path)
         key = request.get(KEY_REQUEST)
         only = key.models if key is not None else None
+        extra = self._auto_entries(request.path, only)
         if extra or only is not None or len(self.backends.states) > 1:
             return await self.fanout.merged(request, route.merge, extra, only)
         return await self.passthrough(request)

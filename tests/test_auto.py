@@ -281,6 +281,24 @@ async def test_loading_and_unloading_auto_touch_no_backend(
     assert not answer.model.startswith("auto")
 
 
+async def test_auto_lists_what_it_offers_as_ollama_lists_a_model(auto_proxy: Proxy) -> None:
+    """Ollama 0.30 lists each model's capabilities and context length in /api/tags
+    (`ollama launch` sets up tools, vision and the context window from them): `auto`'s
+    entries say what its /api/show says."""
+    client = ollama.AsyncClient(host=auto_proxy.url)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(auto_proxy.url + "/api/tags") as resp:
+            listed = {m["name"]: m for m in (await resp.json())["models"]}
+    for name in ("auto", "auto:fast"):
+        show = await client.show(name)
+        assert show.modelinfo is not None
+        assert listed[name]["capabilities"] == show.capabilities
+        assert (
+            listed[name]["details"]["context_length"] == show.modelinfo["autoroute.context_length"]
+        )
+    assert list(listed["auto"])[-1] == "capabilities"  # api.ListModelResponse's order
+
+
 async def test_auto_embeddings_use_the_configured_model(
     auto_proxy: Proxy, servers: ServerThread, emulator: Emulator, tmp_path: Path
 ) -> None:
