@@ -61,6 +61,10 @@ LEGEND = {
 }
 
 
+# The capability clients switch on for every request to a model that lists it.
+_DEFAULTS_ON = "thinking"
+
+
 @dataclass(frozen=True)
 class Offer:
     names: list[str]
@@ -126,11 +130,18 @@ class AutoRoutes:
     def _offer(self, only: frozenset[str] | None) -> Offer:
         """What `auto` can do: capabilities at least one candidate offers, and the
         largest context among them (editors size their prompts from it). `only`: the
-        API key's allow-list, the candidates `auto` may choose for that key."""
+        API key's allow-list, the candidates `auto` may choose for that key.
+
+        Not "thinking": clients turn thinking on for every request to a model that
+        lists it (`ollama run` sends `think: true`, `ollama launch` configures its
+        integrations to reason), and `auto` then chooses among thinking models alone. A
+        thinking model `auto` chooses thinks by default, and a request that asks for
+        thinking still gets a model that can."""
         candidates = [c for c in self.auto.registry.candidates() if only is None or c.name in only]
+        offered = {"completion", *(c for m in candidates for c in m.capabilities)}
         return Offer(
             names=[m.name for m in candidates],
-            capabilities=sorted({"completion", *(c for m in candidates for c in m.capabilities)}),
+            capabilities=sorted(offered - {_DEFAULTS_ON}),
             context_length=max((m.context_length for m in candidates), default=2048),
         )
 

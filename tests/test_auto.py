@@ -281,6 +281,22 @@ async def test_loading_and_unloading_auto_touch_no_backend(
     assert not answer.model.startswith("auto")
 
 
+def test_ollama_run_auto_leaves_the_choice_open(auto_proxy: Proxy) -> None:
+    """`ollama run <model>` turns `think` on for every message when /api/show lists
+    "thinking" (cmd.inferThinkingOption), as `ollama launch` configures reasoning from
+    /api/tags: `auto` does not list it, so such a client does not hold every request to
+    the thinking models; a request that asks for thinking still gets one."""
+    client = ollama.Client(host=auto_proxy.url)
+    messages = [{"role": "user", "content": "hi"}]
+    capabilities = client.show("auto:fast").capabilities or []
+    think = True if "thinking" in capabilities else None  # what `ollama run` sends
+    as_run = client.chat(model="auto:fast", messages=messages, think=think)
+    assert as_run.model == client.chat(model="auto:fast", messages=messages).model
+    assert as_run.model != "qwen3:8b"
+    assert client.chat(model="auto:fast", messages=messages, think=True).model == "qwen3:8b"
+    assert {"completion", "tools", "vision"} <= set(capabilities)
+
+
 async def test_auto_lists_what_it_offers_as_ollama_lists_a_model(auto_proxy: Proxy) -> None:
     """Ollama 0.30 lists each model's capabilities and context length in /api/tags
     (`ollama launch` sets up tools, vision and the context window from them): `auto`'s
