@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import openai
+import pydantic
 import pytest
 
 from tests.support import AUTO_NAMES, Emulator, Proxy
@@ -96,6 +97,39 @@ def test_chat_logprobs_reach_the_sdk(emulator: Emulator, proxy: Proxy) -> None:
         sdk.completions.create(model=MODEL, prompt="Once", logprobs=21)
     assert refused.value.body == {
         "message": "top_logprobs must be between 0 and 20",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": None,
+    }
+
+
+class Person(pydantic.BaseModel):
+    name: str
+    age: int
+
+
+def test_responses_take_a_json_schema_and_clients_reasoning_tiers(
+    emulator: Emulator, proxy: Proxy
+) -> None:
+    """openai.FromResponsesRequest: `text.format` json_schema becomes the chat's format
+    (what `responses.parse` relies on), and `reasoning.effort` goes through
+    thinkFromReasoningEffort as on chat completions (Codex sends "minimal" and
+    "xhigh")."""
+    sdk = client(proxy.url)
+    parsed = sdk.responses.parse(model=MODEL, input="Name someone.", text_format=Person)
+    assert isinstance(parsed.output_parsed, Person)
+    for effort in ("minimal", "xhigh"):
+        answer = sdk.responses.create(
+            model="qwen3:8b",
+            input="hi",
+            reasoning={"effort": effort},  # type: ignore[typeddict-item]
+        )
+        assert [item.type for item in answer.output] == ["reasoning", "message"]
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.responses.create(model="qwen3:8b", input="hi", reasoning={"effort": "extreme"})  # type: ignore[typeddict-item]
+    assert refused.value.body == {
+        "message": 'invalid reasoning value: "extreme" (must be "minimal", "low", "medium", '
+        '"high", "xhigh", "ultra", "max", or "none")',
         "type": "invalid_request_error",
         "param": None,
         "code": None,

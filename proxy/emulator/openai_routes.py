@@ -126,7 +126,7 @@ _EFFORTS: dict[str, Any] = {
 }
 
 
-def _think_from_effort(effort: Any) -> Any:
+def think_from_effort(effort: Any) -> Any:
     """The think value of a reasoning effort: None for none given."""
     if effort == "":
         return None
@@ -202,7 +202,7 @@ def chat_from_openai(body: dict[str, Any]) -> dict[str, Any]:
         effort = reasoning.get("effort") or ""
     else:
         effort = body.get("reasoning_effort") or ""
-    think = _think_from_effort(effort)
+    think = think_from_effort(effort)
     out: dict[str, Any] = {
         "model": body.get("model") or "",
         "messages": messages,

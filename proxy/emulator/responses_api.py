@@ -15,7 +15,13 @@ from proxy.protocol import SSE
 from .engine import Piece
 from .inference import Refusal, prepare_chat
 from .native import ChatSink, LazyStream, run_chat
-from .openai_routes import middleware_error, read_oa_body, to_openai_calls, writer_error
+from .openai_routes import (
+    middleware_error,
+    read_oa_body,
+    think_from_effort,
+    to_openai_calls,
+    writer_error,
+)
 from .state import EmulatorState, request_digest, state_of
 from .wire import dumps, encoder_json
 
@@ -87,9 +93,13 @@ def chat_from_responses(body: dict[str, Any]) -> dict[str, Any]:
         "tools": tools,
         "stream": body.get("stream") is True,
     }
-    effort = (body.get("reasoning") or {}).get("effort")
-    if effort:
-        out["think"] = False if effort == "none" else effort
+    # Only a json_schema format with a schema becomes the chat's format.
+    fmt = (body.get("text") or {}).get("format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema" and fmt.get("schema"):
+        out["format"] = fmt["schema"]
+    think = think_from_effort((body.get("reasoning") or {}).get("effort") or "")
+    if think is not None:
+        out["think"] = think
     return out
 
 
