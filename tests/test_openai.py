@@ -8,7 +8,7 @@ import openai
 import pydantic
 import pytest
 
-from tests.support import AUTO_NAMES, Emulator, Proxy
+from tests.support import AUTO_NAMES, PIXEL_PNG, Emulator, Proxy
 
 MODEL = "qwen2.5:7b"
 MESSAGES: list[Any] = [{"role": "user", "content": "Why is the sky blue?"}]
@@ -134,3 +134,45 @@ def test_responses_take_a_json_schema_and_clients_reasoning_tiers(
         "param": None,
         "code": None,
     }
+
+
+def test_image_urls_are_read_as_ollama_reads_them(emulator: Emulator, proxy: Proxy) -> None:
+    """openai.decodeImageURL, for chat completions and the Responses API alike: base64
+    data URLs of the types Ollama takes, a web address refused with its own message; an
+    image in a Responses input reaches the model as on chat."""
+    sdk = client(proxy.url)
+    web = "https://example.com/cat.png"
+    cases: list[tuple[str, str]] = [
+        (web, "image URLs are not currently supported, please use base64 encoded data instead"),
+        ("data:image/gif;base64," + PIXEL_PNG, "invalid image input"),
+        ("data:image/png;base64,!!!", "invalid image input"),
+    ]
+    for url, message in cases:
+        with pytest.raises(openai.BadRequestError) as chat_refused:
+            sdk.chat.completions.create(
+                model="llava:7b",
+                messages=[
+                    {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}
+                ],
+            )
+        with pytest.raises(openai.BadRequestError) as responses_refused:
+            sdk.responses.create(model="llava:7b", input=image_input(url))
+        for refused in (chat_refused, responses_refused):
+            assert refused.value.body["message"] == message  # type: ignore[index]
+    image = "data:image/png;base64," + PIXEL_PNG
+    assert sdk.responses.create(model="llava:7b", input=image_input(image)).output_text
+    with pytest.raises(openai.InternalServerError) as blind:
+        sdk.responses.create(model=MODEL, input=image_input(image))
+    assert blind.value.body["message"] == "this model is missing data required for image input"  # type: ignore[index]
+
+
+def image_input(url: str) -> Any:
+    return [
+        {
+            "role": "user",
+            "content": [
+                {"type": "input_text", "text": "What is this?"},
+                {"type": "input_image", "image_url": url, "detail": "auto"},
+            ],
+        }
+    ]

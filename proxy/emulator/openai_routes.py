@@ -9,6 +9,7 @@ are SSE, one event per Ollama frame, the last frame's events flushed together.
 from __future__ import annotations
 
 import base64
+import binascii
 import random
 import struct
 from typing import Any
@@ -139,6 +140,32 @@ def think_from_effort(effort: Any) -> Any:
     return _EFFORTS[effort]
 
 
+INVALID_IMAGE = "invalid image input"
+_IMAGE_PREFIXES = (
+    "data:;base64,",
+    *(f"data:image/{t};base64," for t in ("jpeg", "jpg", "png", "webp")),
+)
+
+
+def decode_image_url(url: str) -> str:
+    """openai.decodeImageURL: the base64 of a data URL of a type Ollama takes (or of no
+    type, as /api/chat takes bare base64); a web address is refused."""
+    if url.startswith(("http://", "https://")):
+        raise Refusal(
+            400, "image URLs are not currently supported, please use base64 encoded data instead"
+        )
+    prefix = next((p for p in _IMAGE_PREFIXES if url.startswith(p)), None)
+    if prefix is None:
+        raise Refusal(400, INVALID_IMAGE)
+    data = url[len(prefix) :]
+    try:
+        # Go's StdEncoding skips line breaks and wants the padding.
+        base64.b64decode(data.replace("\r", "").replace("\n", ""), validate=True)
+    except binascii.Error:
+        raise Refusal(400, INVALID_IMAGE) from None
+    return data
+
+
 def _go_type_name(value: Any) -> str:
     """`%T` of a JSON value Go decoded into an `any` (a string or an array never asks)."""
     if value is None:
@@ -174,10 +201,10 @@ def chat_from_openai(body: dict[str, Any]) -> dict[str, Any]:
                 elif part.get("type") == "image_url":
                     url = part.get("image_url")
                     url = url.get("url") if isinstance(url, dict) else url
-                    if not isinstance(url, str) or "base64," not in url:
-                        raise Refusal(400, "invalid image input")
+                    if not isinstance(url, str):
+                        raise Refusal(400, INVALID_IMAGE)
                     messages.append(
-                        {"role": role, "content": "", "images": [url.split("base64,", 1)[1]]}
+                        {"role": role, "content": "", "images": [decode_image_url(url)]}
                     )
                 else:
                     raise Refusal(400, "invalid message format")

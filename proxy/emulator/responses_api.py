@@ -16,6 +16,7 @@ from .engine import Piece
 from .inference import Refusal, prepare_chat
 from .native import ChatSink, LazyStream, run_chat
 from .openai_routes import (
+    decode_image_url,
     middleware_error,
     read_oa_body,
     think_from_effort,
@@ -46,6 +47,20 @@ def text_of(content: Any) -> str:
     )
 
 
+def images_of(content: Any) -> list[str]:
+    """convertResponsesContent's images (a part without an address is skipped); a file
+    part is refused, as Ollama refuses it."""
+    images = []
+    for part in content if isinstance(content, list) else []:
+        if not isinstance(part, dict):
+            continue
+        if part.get("type") == "input_file":
+            raise Refusal(400, "file inputs are not currently supported")
+        if part.get("type") == "input_image" and part.get("image_url"):
+            images.append(decode_image_url(str(part["image_url"])))
+    return images
+
+
 def chat_from_responses(body: dict[str, Any]) -> dict[str, Any]:
     messages: list[dict[str, Any]] = []
     if body.get("instructions"):
@@ -58,9 +73,12 @@ def chat_from_responses(body: dict[str, Any]) -> dict[str, Any]:
             raise Refusal(400, "invalid input item")
         kind = item.get("type", "message")
         if kind == "message":
-            messages.append(
-                {"role": item.get("role", "user"), "content": text_of(item.get("content"))}
-            )
+            content = item.get("content")
+            message = {"role": item.get("role", "user"), "content": text_of(content)}
+            images = images_of(content)
+            if images:
+                message["images"] = images
+            messages.append(message)
         elif kind == "function_call_output":
             messages.append({"role": "tool", "content": str(item.get("output", ""))})
         elif kind == "function_call":
