@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import httpx
 import ollama
 import openai
 import orjson
@@ -229,6 +230,60 @@ def test_official_clients_see_the_chosen_model(auto_proxy: Proxy) -> None:
     completion = raw.parse()
     assert completion.model == raw.headers["x-autoroute-model"]
     assert not completion.model.startswith("auto")
+
+
+@pytest.mark.parametrize("model", ["auto", "auto:best", "auto:fast"])
+def test_every_client_call_names_the_model_that_served_it(auto_proxy: Proxy, model: str) -> None:
+    """Through `auto`, each inference call of the official clients parses, and its
+    answer's `model` (every chunk's, every event's) is the X-Autoroute-Model header's,
+    a real model; every answer has an X-Request-Id."""
+    seen: list[httpx.Response] = []
+    hooks = {"response": [seen.append]}
+    client = ollama.Client(host=auto_proxy.url, event_hooks=hooks)
+    sdk = openai.OpenAI(
+        base_url=auto_proxy.url + "/v1",
+        api_key="x",
+        max_retries=0,
+        http_client=httpx.Client(event_hooks=hooks),
+    )
+    messages: Any = [{"role": "user", "content": "Why is the sky blue?"}]
+    answers: list[Any] = [
+        client.generate(model=model, prompt="hi"),
+        list(client.generate(model=model, prompt="hi", stream=True, think=True)),
+        client.chat(model=model, messages=messages, format="json"),
+        list(client.chat(model=model, messages=messages, stream=True, tools=TOOLS)),
+        client.embed(model=model, input=["a", "b"]),
+        client.embeddings(model=model, prompt="a"),
+        sdk.chat.completions.create(model=model, messages=messages, reasoning_effort="high"),
+        list(
+            sdk.chat.completions.create(
+                model=model, messages=messages, stream=True, stream_options={"include_usage": True}
+            )
+        ),
+        sdk.completions.create(model=model, prompt="Once"),
+        sdk.embeddings.create(model=model, input="a"),
+        sdk.responses.create(model=model, input="hi"),
+        list(sdk.responses.create(model=model, input="hi", stream=True)),
+    ]
+    assert len(seen) == len(answers)
+    for response, answer in zip(seen, answers, strict=True):
+        served = response.headers["X-Autoroute-Model"]
+        assert response.headers["X-Request-Id"] and not served.startswith("auto")
+        named = models_in([answer])
+        assert named <= {served}, response.request.url.path
+        assert named or response.request.url.path == "/api/embeddings"
+
+
+def models_in(value: Any) -> set[str]:
+    """Every `model` an answer names, in its chunks, events and nested objects."""
+    if hasattr(value, "model_dump"):
+        value = value.model_dump()
+    if isinstance(value, dict):
+        here = {value["model"]} if isinstance(value.get("model"), str) else set()
+        return here.union(*(models_in(v) for v in value.values()))
+    if isinstance(value, list):
+        return set().union(*(models_in(v) for v in value))
+    return set()
 
 
 async def test_auto_is_listed_and_shown_for_editors(auto_proxy: Proxy) -> None:
