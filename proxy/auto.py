@@ -19,6 +19,7 @@ from aiohttp import web
 
 from proxy.backends import BackendPool, NoBackend, normalize_model
 from proxy.config import Config, Profile
+from proxy.continuations import Continuations
 from proxy.experiments import assign
 from proxy.memory import Memory, Terms
 from proxy.registry import Registry
@@ -45,6 +46,7 @@ AUTO = "auto"
 # The tokens an answer is expected to take until a model has finished one (then its
 # own mean, `selector_model.telemetry`); a request's limit caps either.
 DEFAULT_OUTPUT_TOKENS = 256
+GENERATE_PATH = "/api/generate"
 _LOG_TOKENS = features.REQUEST_FEATURES.index("log_est_tokens")
 
 
@@ -167,6 +169,8 @@ class AutoRouter:
         # What the proxy learned from its own traffic, per kind of prompt and model:
         # read here from memory, kept up to date by `proxy.learning.Learner`.
         self.evidence = Evidence()
+        # Which model wrote each /api/generate context `auto` answered with.
+        self.continuations = Continuations()
         self.decisions = 0
         # Per profile object: its lists and default model as model names.
         self._profiles: dict[int, ProfileNames] = {}
@@ -296,6 +300,12 @@ class AutoRouter:
         if assigned is not None:
             reason = "experiment"
             chosen = next((s for s in ranking if s.name == pinned), chosen)
+        if path == GENERATE_PATH and "context" in doc:
+            # A conversation goes on with the model whose token ids its context holds.
+            wrote = self.continuations.model_of(doc["context"])
+            kept = next((s for s in ranking if s.name == wrote), None)
+            if kept is not None:
+                chosen, reason, propensity = kept, "context", 1.0
         self.decisions += 1
         decision = Decision(
             chosen=chosen.name,

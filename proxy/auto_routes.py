@@ -48,8 +48,9 @@ LEGEND = {
         "cheaper = the quickest model whose score is within the profile's tolerance of "
         "the best's; learned = the best once outcomes of earlier requests of this "
         "kind are counted; explore = another candidate tried, to learn about it; "
-        "experiment = an A/B experiment's variant; fallback = no selector artifact, "
-        "a size-based heuristic chose"
+        "experiment = an A/B experiment's variant; context = the model that wrote the "
+        "/api/generate context the request continues; fallback = no selector "
+        "artifact, a size-based heuristic chose"
     ),
     "X-Autoroute-Score": (
         "the chosen model's utility (explain: ranking[].utility) = P(success) (once "

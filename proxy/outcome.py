@@ -68,6 +68,8 @@ class Served:
     first_byte_at: float = 0.0
     # From the answer's last chunk: token counts, durations (ns), done_reason.
     stats: dict[str, int | str] = field(default_factory=dict)
+    # The end of the /api/generate context the answer returned (`proxy.continuations`).
+    context_ending: str | None = None
     # The client read slower than the backend wrote: the backend was paused meanwhile.
     client_paused: bool = False
     # The response cache: "hit" (answered from it), "miss" (cacheable, answered by a

@@ -22,6 +22,7 @@ from proxy.auth import sees_fleet
 from proxy.backends import UNAVAILABLE_STATUSES, BackendPool, BackendState, NoBackend
 from proxy.cache import Capture
 from proxy.config import Config
+from proxy.continuations import answered_ending
 from proxy.errors import error_response, stream_error_line
 from proxy.http11 import Dechunker, ResponseHead
 from proxy.limits import read_chunk
@@ -275,7 +276,9 @@ class Relay:
             client.fail(outcome.error)
         else:
             try:
-                outcome.stats = final_chunk.parse(client.tail())
+                tail = client.tail()
+                outcome.stats = final_chunk.parse(tail)
+                outcome.context_ending = answered_ending(tail)
                 state.answered(head.status)
             except Exception as exc:
                 # The client has its whole answer; only the proxy's record of it failed.

@@ -22,6 +22,7 @@ from proxy.registry import ModelInfo, Registry, model_info
 from tests.conftest import FROZEN
 from tests.support import PIXEL_PNG, Emulator, Proxy, ServerThread
 
+SHORT = {"num_predict": 4}
 TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
 
 
@@ -368,6 +369,45 @@ async def test_auto_lists_what_it_offers_as_ollama_lists_a_model(auto_proxy: Pro
             listed[name]["details"]["context_length"] == show.modelinfo["autoroute.context_length"]
         )
     assert list(listed["auto"])[-1] == "capabilities"  # api.ListModelResponse's order
+
+
+async def test_a_generate_context_goes_on_with_the_model_that_wrote_it(
+    auto_proxy: Proxy,
+) -> None:
+    """`/api/generate` continues a conversation by the `context` the last answer
+    returned: that model's token ids, noise to any other model. `auto` sends it back to
+    the model that wrote it, whatever it would choose for the new prompt alone."""
+    client = ollama.AsyncClient(host=auto_proxy.url)
+    # An image needs a vision model, which `auto` chooses for no text prompt alone.
+    first = await client.generate(
+        model="auto:best", prompt="What is in this picture?", images=[PIXEL_PNG], options=SHORT
+    )
+    assert first.context
+    _, ranked = await explain(auto_proxy, {"model": "auto:best", "prompt": "And then?"})
+    assert ranked["model"] != first.model
+    raw = await client._client.post(
+        "/api/generate",
+        json={
+            "model": "auto:best",
+            "prompt": "And then?",
+            "context": first.context,
+            "stream": False,
+            "options": SHORT,
+        },
+    )
+    answer = raw.json()
+    assert answer["model"] == first.model == raw.headers["x-autoroute-model"]
+    assert raw.headers["x-autoroute-reason"] == "context"
+    streamed = [
+        part
+        async for part in await client.generate(
+            model="auto:best", prompt="And then?", context=answer["context"], stream=True
+        )
+    ]
+    assert {part.model for part in streamed} == {first.model}
+    # A context no answer of this proxy returned is routed as any request.
+    other = await client.generate(model="auto:best", prompt="And then?", context=[1, 2, 3])
+    assert other.model == ranked["model"]
 
 
 async def test_auto_embeddings_use_the_configured_model(

@@ -1,0 +1,67 @@
+"""Which model wrote a `/api/generate` context, so that `auto` continues it there.
+
+An `/api/generate` answer ends with `context`, the conversation so far as the model's
+own token ids; a client continues the conversation by sending it back with the next
+prompt (the `ollama` library's `generate(context=...)`, older integrations, load
+tests). Token ids mean nothing to another model's tokenizer: `auto` choosing another
+model for the next turn would feed it noise. So the proxy remembers, for each answer
+`auto` chose the model of, the end of the context it returned, and a request whose
+context ends the same goes to that model while it can serve the request.
+
+The end (`ENDING` token ids) stands for the whole: the ids of two conversations end
+alike only where their last answers do, and then either model has its own context. The
+memory is this proxy's, bounded; a context it does not know (another replica's, one
+older than it remembers, one from before a restart) is routed as any request.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from typing import Any
+
+# How many token ids at the end of a context stand for it.
+ENDING = 16
+# Contexts remembered, least recently used dropped first.
+REMEMBERED = 10_000
+# The end of the context array in Ollama's final /api/generate chunk (json.Marshal of
+# GenerateResponse: `context` then the metrics, `total_duration` first): up to ENDING
+# ids, from a number's start.
+_END = re.compile(rb"[\[,]((?:\d+,){0,%d}\d+)\],\"total_duration\":" % (ENDING - 1))
+
+
+def answered_ending(tail: bytes) -> str | None:
+    """The ending of the context an answer's last bytes hold ("id,id,..."), if any."""
+    at = tail.rfind(b'],"total_duration":')
+    if at < 0:
+        return None
+    found = _END.search(tail, max(0, at - 24 * ENDING), at + 19)
+    return found.group(1).decode() if found else None
+
+
+def sent_ending(context: Any) -> str | None:
+    """The ending of the context a request sends back, as `answered_ending` writes it."""
+    if not isinstance(context, list) or not context:
+        return None
+    tail = context[-ENDING:]
+    if not all(type(i) is int for i in tail):
+        return None
+    return ",".join(map(str, tail))
+
+
+class Continuations:
+    def __init__(self, size: int = REMEMBERED) -> None:
+        self.size = size
+        self._models: OrderedDict[str, str] = OrderedDict()
+
+    def remember(self, ending: str, model: str) -> None:
+        models = self._models
+        models[ending] = model
+        models.move_to_end(ending)
+        if len(models) > self.size:
+            models.popitem(last=False)
+
+    def model_of(self, context: Any) -> str | None:
+        """The model that wrote `context` (a request's `context` field), if remembered."""
+        ending = sent_ending(context)
+        return None if ending is None else self._models.get(ending)
