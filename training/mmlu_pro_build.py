@@ -19,30 +19,24 @@ that question's `pred`; rows that are not objects (a few stray strings) are skip
 
 from __future__ import annotations
 
-import gzip
 import io
 import json
-import subprocess
 import sys
 import zipfile
 from pathlib import Path
 from typing import Any
+
+from training import outcome_files
 
 OUT = Path(__file__).resolve().parent.parent / "data" / "mmlu_pro" / "outcomes.jsonl.gz"
 PREFIX = "eval_results/model_outputs_"
 SUFFIX = "_5shots.zip"
 
 
-def _git(repo: Path, *args: str) -> bytes:
-    return subprocess.run(
-        ["git", f"--git-dir={repo}", *args], check=True, capture_output=True
-    ).stdout
-
-
 def zips(repo: Path) -> dict[str, str]:
     """Model name -> blob id of its outputs zip, for the blobs the snapshot holds."""
     found: dict[str, str] = {}
-    listing = _git(repo, "ls-tree", "-r", "-l", "HEAD", "eval_results/").decode()
+    listing = outcome_files.git(repo, "ls-tree", "-r", "-l", "HEAD", "eval_results/").decode()
     for line in listing.splitlines():
         meta, _, path = line.partition("\t")
         _mode, _kind, blob, size = meta.split()
@@ -57,7 +51,7 @@ def zips(repo: Path) -> dict[str, str]:
 
 
 def outputs(repo: Path, blob: str) -> list[Any]:
-    with zipfile.ZipFile(io.BytesIO(_git(repo, "cat-file", "blob", blob))) as archive:
+    with zipfile.ZipFile(io.BytesIO(outcome_files.git(repo, "cat-file", "blob", blob))) as archive:
         (name,) = [n for n in archive.namelist() if n.endswith(".json")]
         rows: list[Any] = json.loads(archive.read(name))
     return rows
@@ -86,10 +80,7 @@ def build(repo: Path, out: Path = OUT) -> int:
             pred = row.get("pred")
             entry["pred"][model] = pred if isinstance(pred, str) else None
         print(f"{model}: {len(rows)} questions", file=sys.stderr)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with gzip.open(out, "wt", encoding="utf-8") as f:
-        for qid in sorted(questions):
-            f.write(json.dumps(questions[qid], ensure_ascii=False) + "\n")
+    outcome_files.write_rows(out, (questions[qid] for qid in sorted(questions)))
     return len(questions)
 
 

@@ -37,15 +37,15 @@ ZeroEval never ran on it, is absent from `correct`.
 from __future__ import annotations
 
 import ast
-import gzip
 import json
 import operator
 import re
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from training import outcome_files
 
 OUT = Path(__file__).resolve().parent.parent / "data" / "zeroeval" / "outcomes.jsonl.gz"
 TASKS = ("gsm", "math-l5", "crux")
@@ -88,16 +88,10 @@ FILES: dict[tuple[str, str], str] = {
 }
 
 
-def _git(repo: Path, *args: str) -> bytes:
-    return subprocess.run(
-        ["git", f"--git-dir={repo}", *args], check=True, capture_output=True
-    ).stdout
-
-
 def present(repo: Path, task: str) -> dict[str, str]:
     """File stem -> blob id, for the files of a task's folder the snapshot holds."""
     found: dict[str, str] = {}
-    listing = _git(repo, "ls-tree", "-l", "HEAD", f"result_dirs/{task}/").decode()
+    listing = outcome_files.git(repo, "ls-tree", "-l", "HEAD", f"result_dirs/{task}/").decode()
     for line in listing.splitlines():
         meta, _, path = line.partition("\t")
         _mode, kind, blob, size = meta.split()
@@ -241,7 +235,9 @@ def build(repo: Path, out: Path = OUT) -> dict[str, dict[str, tuple[float, float
             if blob is None:
                 print(f"{task}: no file for {run}", file=sys.stderr)
                 continue
-            rows: list[dict[str, Any]] = json.loads(_git(repo, "cat-file", "blob", blob))
+            rows: list[dict[str, Any]] = json.loads(
+                outcome_files.git(repo, "cat-file", "blob", blob)
+            )
             right = summarised = 0
             for item in rows:
                 key = (task, str(item["id"]))
@@ -259,16 +255,13 @@ def build(repo: Path, out: Path = OUT) -> dict[str, dict[str, tuple[float, float
                 summarised += grade(task, run, item, as_summarised=True)
                 items[key]["correct"][run] = int(ok)
             accuracy[task][run] = (right / len(rows), summarised / len(rows))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with gzip.open(out, "wt", encoding="utf-8") as f:
-        for key in order:
-            f.write(json.dumps(items[key], ensure_ascii=False) + "\n")
+    outcome_files.write_rows(out, (items[key] for key in order))
     return accuracy
 
 
 def published(repo: Path, task: str) -> dict[str, float]:
     """ZeroEval's own accuracy per model name, from its committed summary."""
-    rows = json.loads(_git(repo, "show", f"HEAD:result_dirs/{task}.summary.json"))
+    rows = json.loads(outcome_files.git(repo, "show", f"HEAD:result_dirs/{task}.summary.json"))
     return {r["Model"]: float(r["Acc"]) / 100 for r in rows if r["Mode"] == "greedy"}
 
 
