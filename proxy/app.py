@@ -54,7 +54,6 @@ class App:
         self.access = AccessLog(enabled=logging_on, json=config.logging.json)
         # Usage events: the handler only appends to the pipeline's in-memory queue.
         self.usage = UsagePipeline(config.usage)
-        self.usage_routes = UsageRoutes(self.usage, body_idle)
         # Keys' limits across proxies, when there are keys and a Redis to count in.
         self.shared_limits = (
             SharedLimits(config.shared) if config.shared.redis_url and config.auth.enabled else None
@@ -62,6 +61,7 @@ class App:
         self.auth = Access(config.auth, self.shared_limits)
         self.key_store = KeyStore(config.auth, self.auth) if config.auth.postgres_dsn else None
         self.backends = BackendPool(config)
+        self.usage_routes = UsageRoutes(self.usage, self.backends, config.auth.enabled, body_idle)
         self.relay = Relay(config, self.backends)
         self.registry = Registry(self.backends)
         self.auto = AutoRouter(config, self.backends, self.registry)

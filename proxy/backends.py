@@ -243,6 +243,15 @@ class BackendPool:
         for state in self.states:
             state.pool.close()
 
+    def public_name(self, label: str) -> str | None:
+        """The public name (`BackendState.public_label`) of the backend a usage event
+        names by its `label`; None for one no longer configured, whose label may be
+        its URL."""
+        for state in self.states:
+            if state.label == label:
+                return state.public_label
+        return None
+
     def usable(self, exclude: Iterable[BackendState] = ()) -> list[BackendState]:
         now = asyncio.get_running_loop().time()
         if not exclude:  # most requests exclude none

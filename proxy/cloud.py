@@ -38,6 +38,9 @@ from proxy.protocol import MODEL_HEADER, REQUEST_ID_HEADER
 log = logging.getLogger("autoroute.cloud")
 
 BACKEND_HEADER = "X-Autoroute-Backend"
+# A provider standing in, as usage events and stats name the backend: its configured
+# name, which the public health shows too.
+CLOUD_BACKEND_PREFIX = "cloud:"
 _ERROR_BODY_BYTES = 4096
 _READ_BYTES = 64 * 1024
 
@@ -201,7 +204,7 @@ class CloudFallback:
                     f"{name} {spent}/{provider.monthly_token_budget} tokens in {month}"
                 )
                 continue
-            served.backend = f"cloud:{name}"
+            served.backend = CLOUD_BACKEND_PREFIX + name
             served.provider = name
             served.extra[BACKEND_HEADER] = served.backend
             served.model = served.extra[MODEL_HEADER] = model

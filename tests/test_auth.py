@@ -9,6 +9,7 @@ import io
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
@@ -602,6 +603,59 @@ async def test_a_key_with_a_model_list_sees_no_other_models_name(
     if path.endswith("/stats"):
         rows = orjson.loads(answer)["models"]
         assert [r["served_model"] for r in rows] == ["llama3.1:8b"]
+
+
+async def test_stats_name_backends_and_sink_errors_only_to_who_sees_the_fleet(
+    servers: ServerThread, own_emulator: Emulator, tmp_path: Path
+) -> None:
+    """The stats' rows name the backend that served and the sinks say why they fail
+    (a path, a host and port): the operator's, as in the public probes. A key with a
+    model list reads each backend under its public name and no sink's error; a key
+    that may see every model reads both."""
+    unwritable = tmp_path / "events-dir"  # a directory: the file sink cannot write it
+    unwritable.mkdir()
+    usage = Usage(
+        file_path=str(unwritable),
+        spool_dir=str(tmp_path / "spool"),
+        flush_interval_seconds=0.02,
+    )
+    auth = Auth(
+        keys=(
+            ApiKey(sha256=hash_key(SINGLE), name="one"),
+            ApiKey(sha256=hash_key(USER), name="dev", models=ALLOWED),
+        )
+    )
+    prx = Proxy(servers, [own_emulator.url], auth=auth, usage=usage)
+    try:
+        body = {"model": "llama3.1:8b", "prompt": "hi", "stream": False}
+        assert (await call(prx.url, "POST", "/api/generate", USER, body))[0] == 200
+
+        async def stats(key: str) -> dict[str, Any]:
+            doc: dict[str, Any] = orjson.loads(
+                (await call(prx.url, "GET", "/api/autoroute/stats", key))[2]
+            )
+            return doc
+
+        async def failing() -> bool:
+            doc = await stats(SINGLE)
+            return bool(doc["models"]) and bool(doc["sinks"]["file"]["last_error"])
+
+        await wait_for(failing, what="the request counted and the sink's error")
+        full = await stats(SINGLE)
+        assert [r["backend"] for r in full["models"]] == [own_emulator.url]
+        assert str(unwritable) in full["sinks"]["file"]["last_error"]
+
+        status, _, answer = await call(prx.url, "GET", "/api/autoroute/stats", USER)
+        assert status == 200
+        assert own_emulator.url.encode() not in answer and str(unwritable).encode() not in answer
+        doc = orjson.loads(answer)
+        assert [(r["served_model"], r["backend"]) for r in doc["models"]] == [
+            ("llama3.1:8b", "backends[0]")
+        ]
+        sink = doc["sinks"]["file"]
+        assert "last_error" not in sink and sink["healthy"] is False
+    finally:
+        prx.stop()
 
 
 async def test_health_without_a_key_says_what_is_up_and_names_no_model(guarded: Proxy) -> None:

@@ -6,7 +6,9 @@ import orjson
 from aiohttp import web
 
 from proxy.aiohttp_internals import state_get
-from proxy.auth import KEY_REQUEST
+from proxy.auth import KEY_REQUEST, sees_fleet
+from proxy.backends import BackendPool
+from proxy.cloud import CLOUD_BACKEND_PREFIX
 from proxy.errors import error_response
 from proxy.limits import read_body
 from proxy.protocol import JSON
@@ -15,8 +17,16 @@ from proxy.usage.pipeline import UsagePipeline, parse_feedback
 
 
 class UsageRoutes:
-    def __init__(self, pipeline: UsagePipeline, body_idle_seconds: float = 0.0) -> None:
+    def __init__(
+        self,
+        pipeline: UsagePipeline,
+        backends: BackendPool,
+        keys_on: bool,
+        body_idle_seconds: float = 0.0,
+    ) -> None:
         self.pipeline = pipeline
+        self.backends = backends
+        self.keys_on = keys_on  # API keys configured (`Auth.enabled`)
         self.body_idle_seconds = body_idle_seconds
 
     async def feedback(self, request: web.Request) -> web.Response:
@@ -47,5 +57,17 @@ class UsageRoutes:
                 for row in doc["models"]
                 if row["served_model"] is None or key.allows_model(row["served_model"])
             ]
+        if not sees_fleet(request, self.keys_on):
+            # As in the public probes (`Handlers.health`): each backend under its public
+            # name, and no sink's error, which names paths, hosts and ports.
+            for row in doc["models"]:
+                row["backend"] = self._public_backend(row["backend"])
+            for sink in doc["sinks"].values():
+                sink.pop("last_error", None)
         body = orjson.dumps(doc)
         return web.Response(body=body, headers={"Content-Type": JSON})
+
+    def _public_backend(self, label: str | None) -> str | None:
+        if label is None or label.startswith(CLOUD_BACKEND_PREFIX):
+            return label
+        return self.backends.public_name(label)
