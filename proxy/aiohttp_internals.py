@@ -65,6 +65,11 @@ What is relied on, and why:
   as its last entry) and `_max_msg_queue_size`: `one_message_per_feed`,
   `feed_held_back`. aiohttp drops the messages a read completed before bytes that do
   not parse (the error replaces them); Go answers those requests first.
+* llhttp's refusal of chunked framing inside a body (the reasons `CHUNK_ERRORS` names,
+  or another) leaves that body's payload open, neither ended nor failed, and queues
+  the error as for a head; the payload is the queued request's, or the one the
+  handler running (`RequestHandler._current_request`) reads: `fail_open_body`. Go's
+  chunked reader fails the handler's read instead, which Ollama answers.
 * `RequestHandler.handle_error` is called with status 400 and the parser's
   `HttpProcessingError` for an unparsable head, and its returned response is what
   aiohttp sends (proxy/connection.py overrides it).
@@ -147,6 +152,15 @@ LENGTH_WITH_CODING = (
 )
 # llhttp's refusal of a method it knows only for RTSP (DESCRIBE, SETUP, ...).
 HTTP_METHOD_ONLY = "Invalid method for HTTP/x.x request"
+# What starts llhttp's refusal of a chunk's framing, and the error Go's chunked reader
+# (net/http/internal/chunked.go) gives the handler reading that body; any other framing
+# it refuses inside a body is Go's `MALFORMED_CHUNKS`.
+CHUNK_ERRORS = (
+    ("Invalid character in chunk size", "invalid byte in chunk length"),
+    ("Chunk size overflow", "http chunk length too large"),
+    ("Missing expected CR after chunk size", "chunked line ends with bare LF"),
+)
+MALFORMED_CHUNKS = "malformed chunked encoding"
 
 # Builds a connection's handler: called as aiohttp's web.Server builds its own,
 # `factory(server, loop=loop, **server_options)`.
@@ -293,6 +307,37 @@ def queued_error(handler: web.RequestHandler) -> HttpProcessingError | None:
     if isinstance(last, RawRequestMessage):
         return None
     return last.exc if isinstance(last.exc, HttpProcessingError) else None
+
+
+def fail_open_body(handler: web.RequestHandler, exc: HttpProcessingError) -> bool:
+    """When `exc`, the parse error aiohttp queued last (`queued_error`), broke the body
+    of a request whose payload is still open: its reader fails with Go's error for the
+    framing (a `RequestPayloadError`, without the request's bytes), as Go's chunked
+    reader fails the handler's read, and the error leaves the queue: the request's own
+    answer is the one the client gets. A request being handled is the connection's
+    last (nothing after a broken body can be read as a request): the connection closes
+    after its answer. False, nothing done, for an error no open body had: a head's."""
+    entries = list(handler._messages)[:-1]
+    payload: StreamReader | None = None
+    current = True
+    for message, queued in reversed(entries):
+        if isinstance(message, RawRequestMessage) and not queued.is_eof():
+            payload, current = queued, False
+            break
+    request = handler._current_request
+    if payload is None and request is not None and not request.content.is_eof():
+        payload = request.content
+    if payload is None or payload.exception() is not None:
+        return False
+    handler._messages.pop()
+    text = next((go for llhttp, go in CHUNK_ERRORS if exc.message.startswith(llhttp)), None)
+    payload.set_exception(RequestPayloadError(text or MALFORMED_CHUNKS))
+    # Ended too: aiohttp lingers after an answer over a payload not ended, and reading
+    # this one raises.
+    payload.feed_eof()
+    if current:
+        handler.close()
+    return True
 
 
 def length_with_coding_line(exc: HttpProcessingError) -> bytes | None:

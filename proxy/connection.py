@@ -50,6 +50,11 @@ unparsable request with `400 Bad Request`, and logs neither. Here:
   answer the refusal alone): the parser stops after each request
   (`one_message_per_feed`) and is fed again until it holds nothing complete
   (`feed_held_back`);
+* chunked framing that breaks inside a body the handler reads (or will) fails that
+  read with Go's error for it, as Go's chunked reader does, which the handler answers
+  with Ollama's 400 `{"error": ...}`; the connection closes after that answer
+  (`fail_open_body`). Framing that breaks in the read that brought the head gets Go's
+  plain 400 like an unparsable head (aiohttp's parser drops that request);
 * heads Go reads and llhttp refuses (two equal Content-Lengths, Content-Length with
   `Transfer-Encoding: chunked` on HTTP/1.1, Content-Length with any
   Transfer-Encoding on HTTP/1.0, which Go frames by the Content-Length, a header line
@@ -103,6 +108,7 @@ from proxy.aiohttp_internals import (
     awaiting_head,
     closing,
     duplicate_host,
+    fail_open_body,
     feed_held_back,
     head_over_limits,
     length_with_coding_line,
@@ -359,7 +365,7 @@ class ClientConnection(RequestHandler):
             self._head_bytes = 0
             self._cancel_head_timer()
             error = queued_error(self)
-            if error is not None and self._te_refused is None:
+            if error is not None and not fail_open_body(self, error) and self._te_refused is None:
                 self._judge_refusal(error, data)
             return
         if not data or closing(self) or not awaiting_head(self):

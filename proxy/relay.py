@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from proxy import final_chunk, http11
 from proxy.aiohttp_internals import client_transport, state_get, wait_drained, writing_paused
@@ -246,6 +247,13 @@ class Relay:
         except UpstreamError:
             # The exchange failed: its sink has the error, which `response_head` raises.
             pass
+        except RequestPayloadError:
+            # The client's body broke (`aiohttp_internals.fail_open_body`): the client's
+            # fault, answered with Ollama's 400 (`Server.handle`), unless the backend
+            # answered already, as Ollama does without reading the body: that answer is
+            # the client's.
+            if not answered.done():
+                raise
         # The backend answered before the body ended (a refusal, as a digest that
         # cannot match): its answer is the client's, the rest of the body is not sent,
         # and the connection, its request unfinished, is never reused.

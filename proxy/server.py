@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 
 from aiohttp import hdrs, web
+from aiohttp.web_protocol import RequestPayloadError
 
 from proxy import expect, go_mux, header_values
 from proxy import limits as request_limits
@@ -95,6 +96,12 @@ class Server:
             served.error = str(exc)
             response = error_response(request.path, 408, str(exc))
             response.force_close()  # the rest of the body may still come: never parse it
+        except RequestPayloadError as exc:
+            # A body whose framing broke (`aiohttp_internals.fail_open_body`): Ollama
+            # answers the error its read of the body got, and nothing after it parses.
+            served.error = str(exc)
+            response = error_response(request.path, 400, str(exc))
+            response.force_close()
         except asyncio.CancelledError:
             served.cancelled = True
             raise

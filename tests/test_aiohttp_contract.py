@@ -28,6 +28,7 @@ from aiohttp import web
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.test_utils import make_mocked_request
+from aiohttp.web_protocol import RequestPayloadError
 
 from proxy import aiohttp_internals as internals
 from proxy import config
@@ -38,6 +39,7 @@ from proxy.aiohttp_internals import (
     closing,
     defer_headers,
     duplicate_host,
+    fail_open_body,
     feed_held_back,
     head_over_limits,
     length_with_coding_line,
@@ -122,7 +124,15 @@ async def ok(request: web.BaseRequest) -> web.StreamResponse:
 
 @pytest.mark.parametrize(
     "name",
-    ["_request_count", "_waiter", "_force_close", "_parser", "_messages", "_max_msg_queue_size"],
+    [
+        "_request_count",
+        "_waiter",
+        "_force_close",
+        "_parser",
+        "_messages",
+        "_max_msg_queue_size",
+        "_current_request",
+    ],
 )
 def test_request_handler_keeps_the_slot(name: str) -> None:
     slots = {s for cls in web.RequestHandler.__mro__ for s in getattr(cls, "__slots__", ())}
@@ -489,6 +499,64 @@ async def test_a_length_with_a_coding_is_told_by_its_message_and_queued_after_th
     assert status == 400 and isinstance(exc, HttpProcessingError)
     assert seen[0] is exc
     assert length_with_coding_line(exc) == line
+
+
+@pytest.mark.parametrize(
+    ("framing", "go"),
+    [
+        (b"zz\r\n", "invalid byte in chunk length"),
+        (b"1" * 20 + b"\r\n", "http chunk length too large"),
+        (b"5\nhello\n", "chunked line ends with bare LF"),
+        (b"5\r\nhelloXX", internals.MALFORMED_CHUNKS),
+    ],
+    ids=["not-hex", "too-large", "bare-lf", "no-crlf-after-data"],
+)
+async def test_broken_chunk_framing_leaves_the_body_open_and_is_queued(
+    framing: bytes, go: str
+) -> None:
+    """llhttp's refusal of a chunk's framing, after the head came in an earlier read:
+    the body being read stays open, neither ended nor failed, and the error is queued
+    (`queued_error`) with the reason `CHUNK_ERRORS` reads as Go's error. `fail_open_body`
+    then fails the handler's read with Go's text and the connection closes after the
+    answer, with no other answer."""
+    reading = asyncio.Event()
+    seen: list[tuple[bool, bool, HttpProcessingError | None]] = []
+    failed: list[BaseException] = []
+
+    class Reader(Recorder):
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            error = queued_error(self)
+            if error is not None:
+                request = self._current_request
+                assert request is not None
+                content = request.content
+                seen.append((content.is_eof(), content.exception() is None, error))
+                assert fail_open_body(self, error)
+
+    async def read(request: web.Request) -> web.StreamResponse:
+        reading.set()
+        try:
+            await request.read()
+        except RequestPayloadError as exc:
+            failed.append(exc)
+            return web.Response(status=400, text=str(exc))
+        return web.Response(text="ok")
+
+    async with serving(read, Reader) as (port, made):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        async with asyncio.timeout(EVENTUALLY):
+            await reading.wait()
+        writer.write(framing)
+        answer = await read_to_end(reader)
+        writer.close()
+    [(eof, no_exception, error)] = seen
+    assert not eof and no_exception and error is not None
+    assert [str(exc) for exc in failed] == [go]
+    assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n") and answer.endswith(go.encode())
+    assert answer.count(b"HTTP/1.1") == 1
+    assert made[0].errors == []
 
 
 @pytest.mark.parametrize("coding", [b"chunked", b"gzip, chunked"])

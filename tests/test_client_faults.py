@@ -733,6 +733,81 @@ async def test_stalled_bodies_get_408_and_others_are_served(
     assert (await generate(stall_bound.url))["done"] is True
 
 
+@pytest.fixture
+def patient(servers: ServerThread, emulator: Emulator) -> Iterator[Proxy]:
+    """A body may pause for an hour: only a broken one may end the wait."""
+    prx = proxy_with(servers, emulator, client_body_idle_seconds=3600)
+    yield prx
+    prx.stop()
+
+
+@pytest.mark.parametrize(
+    ("framing", "error"),
+    [
+        (b"zz\r\n", "invalid byte in chunk length"),
+        (b"1" * 20 + b"\r\n", "http chunk length too large"),
+        (b"5\r\nhelloXX", "malformed chunked encoding"),
+    ],
+    ids=["not-hex", "too-large", "no-crlf-after-data"],
+)
+@pytest.mark.parametrize(
+    "path",
+    ["/api/generate", "/api/autoroute/explain", "/api/copy", "/api/blobs/sha256:" + "0" * 64],
+    ids=["model-routed", "own-endpoint", "read-whole", "upload"],
+)
+async def test_a_chunked_body_that_breaks_gets_ollamas_400_at_once(
+    patient: Proxy, path: str, framing: bytes, error: str
+) -> None:
+    """Chunked framing that breaks after the head was taken (its bytes come in a
+    later read): Go's chunked reader fails the handler's read of the body at once, and
+    Ollama answers that error, 400 `{"error": ...}`, and closes the connection. The
+    proxy's read of the body fails likewise, never waiting for bytes that cannot make
+    a body (an upload streamed to the backend too), and others are served."""
+    sock = await connect(patient.port)
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.sock_sendall(
+            sock,
+            b"POST %s HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
+            % path.encode(),
+        )
+        await asyncio.sleep(0.2)  # the handler is reading the body
+        await loop.sock_sendall(sock, b'4\r\n{"a"\r\n' + framing)
+        answer = await read_until_closed(sock, 10)
+    finally:
+        sock.close()
+    status, _, rest = answer.partition(b"\r\n")
+    assert status == b"HTTP/1.1 400 Bad Request", answer
+    head_lines, _, body = rest.partition(b"\r\n\r\n")
+    assert b"connection: close" in head_lines.lower()
+    assert orjson.loads(body) == {"error": error}
+    assert (await generate(patient.url))["done"] is True
+
+
+async def test_a_body_that_breaks_after_the_backend_answered_leaves_that_answer(
+    patient: Proxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An upload to a path Ollama answers without reading the body (gin's 404): the
+    backend's answer is the client's, whole, when the body's framing breaks after it;
+    the connection closes after it, and the proxy logs no failure of its own."""
+    sock = await connect(patient.port)
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.sock_sendall(
+            sock,
+            b"POST /api/no-such-path HTTP/1.1\r\nHost: localhost\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n4\r\nblob\r\n",
+        )
+        head, body = await read_response(sock)
+        await loop.sock_sendall(sock, b"zz\r\n")
+        assert await read_until_closed(sock, 10) == b""
+    finally:
+        sock.close()
+    assert head.startswith(b"HTTP/1.1 404 Not Found\r\n") and body == b"404 page not found"
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert (await generate(patient.url))["done"] is True
+
+
 async def test_a_slow_body_that_keeps_moving_is_served(stall_bound: Proxy) -> None:
     """The bound is on silence, not on the whole body: a body dribbled over several
     times the bound, two bytes well within it each time, is answered."""
