@@ -52,6 +52,7 @@ V1_MODEL_PREFIX = "/v1/models/"
 AUTO_CANNOT_TRANSCRIBE = (
     "auto does not choose a model for audio transcriptions: name a model that transcribes audio"
 )
+AUTO_EMBEDDING_DENIED = "auto's embedding model is not allowed for this API key"
 # Bodies below this size are read so that a failed backend can be retried.
 _REPLAYABLE_BYTES = 1024 * 1024
 
@@ -205,7 +206,8 @@ class Handlers:
                     "auto needs selector.embedding_model in the configuration for embeddings",
                 )
             if key is not None and not key.allows_model(chosen):
-                return self._model_denied(path, chosen)
+                # Not named: `auto` names no model outside the key's list.
+                return error_response(path, 403, AUTO_EMBEDDING_DENIED)
             served.extra[MODEL_HEADER] = chosen
             served.extra[AUTOROUTE_HEADERS[2]] = "pinned"
         else:

@@ -605,6 +605,40 @@ async def test_a_key_with_a_model_list_sees_no_other_models_name(
         assert [r["served_model"] for r in rows] == ["llama3.1:8b"]
 
 
+@pytest.mark.parametrize("path", ["/api/embed", "/api/embeddings", "/v1/embeddings"])
+async def test_auto_embeddings_name_no_model_outside_the_keys_list(
+    servers: ServerThread, own_emulator: Emulator, path: str
+) -> None:
+    """`auto` embeds with `selector.embedding_model`: a key whose list lacks it is
+    refused without its name, as `auto` names no model outside a key's list; a key
+    that may use it embeds."""
+    auth = Auth(
+        keys=(
+            ApiKey(sha256=hash_key(USER), name="dev", models=ALLOWED),
+            ApiKey(sha256=hash_key(SINGLE), name="one", models=("nomic-embed-text",)),
+        )
+    )
+    prx = Proxy(
+        servers,
+        [own_emulator.url],
+        auth=auth,
+        selector=Selector(embedding_model="nomic-embed-text"),
+    )
+    try:
+        body = {"model": "auto", "input": "hi"} if path != "/api/embeddings" else None
+        body = body or {"model": "auto", "prompt": "hi"}
+        status, _, answer = await call(prx.url, "POST", path, USER, body)
+        assert status == 403
+        assert b"nomic" not in answer
+        error = orjson.loads(answer)["error"]
+        message = error["message"] if path.startswith("/v1/") else error
+        assert message == "auto's embedding model is not allowed for this API key"
+        status, headers, _ = await call(prx.url, "POST", path, SINGLE, body)
+        assert status == 200 and headers["X-Autoroute-Model"] == "nomic-embed-text"
+    finally:
+        prx.stop()
+
+
 async def test_stats_name_backends_and_sink_errors_only_to_who_sees_the_fleet(
     servers: ServerThread, own_emulator: Emulator, tmp_path: Path
 ) -> None:
