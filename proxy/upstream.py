@@ -146,8 +146,9 @@ class UpstreamConnection(asyncio.Protocol):
     def send(self, method: str, head: bytes, body: bytes, idle_timeout: float, sink: Sink) -> None:
         """Start an exchange whose answer goes to `sink`. The backend may stay silent
         for at most `idle_timeout` seconds at a time (waiting for the head or between
-        chunks); there is no bound on the whole exchange, since loading a model or a
-        long answer is legitimate."""
+        chunks; while a streamed body goes up, since it last took a piece of it);
+        there is no bound on the whole exchange, since loading a model or a long
+        answer is legitimate."""
         assert self.transport is not None
         self._reader = ResponseReader(method)
         self._sink = sink
@@ -220,6 +221,10 @@ class UpstreamConnection(asyncio.Protocol):
         """Send part of a streamed request body, waiting while the backend is behind."""
         if self.transport is None:
             raise ConnectionLost("connection closed by backend")
+        # The backend owes no answer before it has the whole body: the silence the idle
+        # timeout bounds starts again with each piece it takes. One that stops taking
+        # them pauses this write, and its silence counts from the last one.
+        self.last_read = self.loop.time()
         self.transport.write(data)
         if self._write_paused:
             self._drain_waiter = self.loop.create_future()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import tracemalloc
 from collections.abc import AsyncIterator
@@ -10,7 +11,8 @@ from pathlib import Path
 import aiohttp
 import ollama
 
-from tests.support import Emulator, Proxy
+from proxy.config import Health, Timeouts
+from tests.support import Emulator, Proxy, ServerThread
 
 BLOCK = bytes(range(256)) * 4096  # 1 MiB
 BLOCKS = 48
@@ -48,6 +50,43 @@ async def test_large_blob_streams_through_without_being_buffered(
     # everything allocated meanwhile stays a small fraction of it.
     assert peak < 8 * 1024 * 1024, peak
     assert digest() in own_emulator.state.blobs
+
+
+async def test_an_upload_longer_than_the_idle_timeout_goes_through(
+    servers: ServerThread, own_emulator: Emulator
+) -> None:
+    """The backend owes no answer before it has the whole body: an upload that takes
+    longer than `idle_read_seconds` (each piece well within it) is no silent backend,
+    and neither fails nor counts against its circuit."""
+    prx = Proxy(
+        servers,
+        [own_emulator.url],
+        timeouts=Timeouts(idle_read_seconds=0.5),
+        health=Health(interval_seconds=3600),
+    )
+    pieces = [BLOCK[:1024]] * 6
+
+    async def slowly() -> AsyncIterator[bytes]:
+        for piece in pieces:
+            await asyncio.sleep(0.2)
+            yield piece
+
+    blob = "sha256:" + hashlib.sha256(b"".join(pieces)).hexdigest()
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{prx.url}/api/blobs/{blob}", data=slowly()) as resp,
+        ):
+            assert resp.status == 201, await resp.read()
+        assert blob in own_emulator.state.blobs
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(prx.url + "/api/autoroute/health") as resp,
+        ):
+            [backend] = (await resp.json())["backends"]
+        assert (backend["circuit"], backend["error"]) == ("closed", None)
+    finally:
+        prx.stop()
 
 
 async def test_digest_mismatch_is_the_backends_400(
