@@ -25,7 +25,7 @@ from proxy.auto import AutoError, AutoRouter, profile_of, user_key
 from proxy.auto_routes import AutoRoutes
 from proxy.backends import BackendPool, BackendState, NoBackend
 from proxy.cache import ResponseCache
-from proxy.cache.key import cache_key, cacheable, generates, scope
+from proxy.cache.key import cache_key, cacheable, generates, scope, streams
 from proxy.cache.replay import CACHE_HEADER, replay
 from proxy.cloud import CloudFallback, lists_locally
 from proxy.config import Config
@@ -154,6 +154,8 @@ class Handlers:
             return exc.response()
         decided.body = body
         if isinstance(doc, dict):
+            route = decided.route
+            served.whole_answer = route is not None and route.inference and not streams(path, doc)
             texts: list[str] = []
             refused = request_limits.check_body(path, doc, self.config.limits, texts)
             if refused is not None:

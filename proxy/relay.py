@@ -32,7 +32,7 @@ from proxy.protocol import HOP_BY_HOP, NDJSON, REQUEST_ID_HEADER, SSE
 from proxy.relayed_response import RelayedResponse
 from proxy.request_encoding import DECODED
 from proxy.upstream import Answer, UpstreamConnection
-from proxy.upstream_errors import ConnectFailed, StaleConnection, UpstreamError
+from proxy.upstream_errors import ConnectFailed, IdleTimeout, StaleConnection, UpstreamError
 
 log = logging.getLogger("autoroute.relay")
 
@@ -134,7 +134,12 @@ class Relay:
                 head = await self.exchange(request, state, body, client, outcome.request_id)
             except UpstreamError as exc:
                 state.end(model)
-                state.failed(str(exc))
+                # A whole answer's silence is the generation the client asked for: not
+                # the backend failing (a hung backend fails its health checks), and it
+                # would take as long on another.
+                own_length = outcome.whole_answer and isinstance(exc, IdleTimeout)
+                if not own_length:
+                    state.failed(str(exc))
                 log.warning("backend %s failed before answering: %s", state.label, exc)
                 unreached = isinstance(exc, ConnectFailed)
                 failures.append(
@@ -142,7 +147,7 @@ class Relay:
                 )
                 unreachable = unreachable and unreached
                 tried.append(state)
-                if only is not None or len(tried) > retries:
+                if own_length or only is not None or len(tried) > retries:
                     if fallback is not None:
                         return await fallback()
                     return self._failed(request, outcome, failures, unreachable)

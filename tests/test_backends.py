@@ -337,6 +337,51 @@ async def test_each_backend_fault_is_an_ollama_error_counted_by_the_breaker(
         proxy.stop()
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/generate", generate(SHARED, options={"num_predict": 60})),
+        (
+            "/v1/chat/completions",
+            {"model": SHARED, "messages": [{"role": "user", "content": "x"}], "max_tokens": 60},
+        ),
+    ],
+    ids=["ollama-stream-false", "openai-whole"],
+)
+async def test_a_whole_answer_longer_than_the_idle_timeout_opens_no_circuit(
+    servers: ServerThread, path: str, body: dict[str, Any]
+) -> None:
+    """An answer that comes whole (`stream: false`, OpenAI's default) comes after the
+    whole generation, whose length the client sets: the backend's silence until then
+    is the request's, not the backend failing. Past `idle_read_seconds` the client
+    gets the 502, the backend's circuit counts nothing (any client could open it
+    for everyone), and the request is not run again on the other backend (it would
+    take as long there); the next requests are served."""
+    from proxy.config import Timeouts
+
+    slow = dataclasses.replace(FROZEN, chunk_delay_ms=20.0, models=(SHARED,))
+    a, b = Emulator(servers, slow), Emulator(servers, slow)
+    proxy = Proxy(
+        servers,
+        [a.url, b.url],
+        timeouts=Timeouts(idle_read_seconds=0.5),
+        health=Health(interval_seconds=3600, failure_threshold=1, open_seconds=3600),
+    )
+    try:
+        for _ in range(2):
+            status, answer = await post(proxy.url, path, body)
+            assert status == 502 and b"no data from backend" in answer
+        assert a.state.requests[path] + b.state.requests[path] == 2
+        for emulator in (a, b):
+            assert await scrape_failures(proxy.url, emulator.url) == (0, "closed")
+        status, answer = await post(proxy.url, "/api/generate", generate(SHARED))
+        assert status == 200 and orjson.loads(answer)["done"] is True
+    finally:
+        proxy.stop()
+        a.stop()
+        b.stop()
+
+
 async def health_circuit(url: str, backend: str) -> str:
     async with (
         aiohttp.ClientSession() as session,
