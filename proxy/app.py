@@ -61,7 +61,9 @@ class App:
         self.auth = Access(config.auth, self.shared_limits)
         self.key_store = KeyStore(config.auth, self.auth) if config.auth.postgres_dsn else None
         self.backends = BackendPool(config)
-        self.usage_routes = UsageRoutes(self.usage, self.backends, config.auth.enabled, body_idle)
+        self.usage_routes = UsageRoutes(
+            self.usage, self.backends, config.auth.enabled, body_idle, config.limits.max_json_values
+        )
         self.relay = Relay(config, self.backends)
         self.registry = Registry(self.backends)
         self.auto = AutoRouter(config, self.backends, self.registry)
@@ -69,7 +71,9 @@ class App:
         # Outcomes of auto's decisions, from the usage pipeline, into auto's evidence.
         self.learner = Learner(config.selector.learning, config.usage, self.auto.evidence)
         self.usage.observers.append(self.learner.observe)
-        self.auto_routes = AutoRoutes(self.auto, config.usage, body_idle, self.learner)
+        self.auto_routes = AutoRoutes(
+            self.auto, config.usage, body_idle, self.learner, config.limits.max_json_values
+        )
         self.metrics = Metrics(self.backends, self.usage, self.key_store)
         self.recent = Recent()  # the status page's charts and auto's recent choices
         self.dashboard = Dashboard(self.backends, self.auto, self.usage, self.metrics, self.recent)

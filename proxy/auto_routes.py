@@ -85,10 +85,12 @@ class AutoRoutes:
         usage: Usage,
         body_idle_seconds: float = 0.0,
         learner: Learner | None = None,
+        max_json_values: int = 0,
     ) -> None:
         self.auto = auto
         self.usage = usage
         self.body_idle_seconds = body_idle_seconds
+        self.max_json_values = max_json_values  # `limits.max_json_values`
         self.learner = learner
         self.profiles = profile_store.StoreCache(auto.config.profiles_path)
 
@@ -188,9 +190,10 @@ class AutoRoutes:
         """The full ranking for a request body, without generating anything."""
         # Read as the inference routes read a body, so that explain ranks what auto would.
         try:
-            doc, _ = go_json.read(await read_body(request, self.body_idle_seconds))
+            body = await read_body(request, self.body_idle_seconds)
+            doc, _ = go_json.read(body, self.max_json_values)
         except go_json.BodyError as exc:
-            return error_response(request.path, 400, str(exc))
+            return error_response(request.path, exc.status, str(exc))
         if not isinstance(doc, dict):
             return error_response(request.path, 400, "expected a JSON object")
         model = doc.get("model") if isinstance(doc.get("model"), str) else AUTO

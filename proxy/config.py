@@ -124,6 +124,9 @@ class Limits:
     max_messages: int = 10_000
     # Characters of prompt text (`selector_model.request_body.texts`); 0: no limit.
     max_prompt_chars: int = 4 * 1024 * 1024
+    # JSON values (objects, arrays, strings, numbers...) in a body the proxy reads;
+    # 0: no limit.
+    max_json_values: int = 1_000_000
     # Uploads (`/api/blobs`, `/api/create`) stream through and are not held in memory,
     # so they get their own, much larger bound.
     max_upload_bytes: int = 64 * 1024 * 1024 * 1024

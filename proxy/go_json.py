@@ -33,7 +33,16 @@ from selector_model.request_body import canonicalize
 
 
 class BodyError(Exception):
-    """The proxy cannot read the body as Ollama would: a 400 in Ollama's shape."""
+    """The proxy cannot read the body as Ollama would: answered with `status` in
+    Ollama's shape."""
+
+    status = 400
+
+
+class TooManyValues(BodyError):
+    """More JSON values than the proxy reads in one body (`limits.max_json_values`)."""
+
+    status = 413
 
 
 class NotJson(Exception):
@@ -134,11 +143,41 @@ def _read_as_go(body: bytes) -> Any:
         raise NotJson from None
 
 
-def read(body: bytes) -> tuple[Any, bytes]:
+# A JSON string, escapes and all: what `values` reads as one plain value.
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_BLANKS = b" \t\r\n"
+
+
+def values(body: bytes, limit: int) -> None:
+    """Raise `TooManyValues` when `body` holds more than `limit` JSON values (0: no
+    limit). Each value read becomes an object in the proxy's memory, tens of bytes for
+    a two-byte `[]`, and reading them holds the event loop: megabytes of tiny values
+    (which Ollama's decoder skips in a field it does not read) would cost the proxy
+    gigabytes and seconds in which no other client is served. Counted from the bytes,
+    no object made: a value is the document, or follows a comma or opens a non-empty
+    container, so `1 + commas + containers` bounds the count; a string is a key or a
+    value, and each key has a value, so there are at least half as many values as
+    strings (two quotes each, less the escaped ones). Only a body the two bounds do not
+    decide, commas or brackets in its strings, is counted exactly, each string read as
+    a plain value and the blanks left out: a few strings then, a quick pass."""
+    if not limit or 1 + body.count(b",") + body.count(b"[") + body.count(b"{") <= limit:
+        return
+    refused = TooManyValues(f"request body has too many JSON values (limit {limit})")
+    if (body.count(b'"') - body.count(b'\\"')) // 4 > limit:
+        raise refused
+    bare = _STRING.sub(b"0", body).translate(None, _BLANKS)
+    empty = bare.count(b"[]") + bare.count(b"{}")
+    if 1 + bare.count(b",") + bare.count(b"[") + bare.count(b"{") - empty > limit:
+        raise refused
+
+
+def read(body: bytes, max_values: int = 0) -> tuple[Any, bytes]:
     """The body's document as Ollama reads it, canonical (see the module's docstring),
     and what the proxy forwards in place of `body`: the document serialised, or, where
     Go finds no JSON value either, `body` itself (None for the document) for the
-    backend to answer with its own error."""
+    backend to answer with its own error. More than `max_values` values (`values`) are
+    refused before any is read."""
+    values(body, max_values)
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:

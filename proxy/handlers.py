@@ -57,11 +57,12 @@ AUTO_EMBEDDING_DENIED = "auto's embedding model is not allowed for this API key"
 _REPLAYABLE_BYTES = 1024 * 1024
 
 
-def model_of(body: bytes, fields: tuple[str, ...] = ("model",)) -> str | None:
+def model_of(body: bytes, max_values: int, fields: tuple[str, ...] = ("model",)) -> str | None:
     """The model a JSON body names as Ollama reads it (`go_json`), or None (the
-    backend then answers its own error)."""
+    backend then answers its own error, or the body holds more than `max_values`
+    values)."""
     try:
-        doc, _ = go_json.read(body)
+        doc, _ = go_json.read(body, max_values)
     except go_json.BodyError:
         return None
     if not isinstance(doc, dict):
@@ -147,9 +148,11 @@ class Handlers:
         try:
             raw = await self._read(request)
             limit = self.config.limits.max_body_bytes
-            doc, body = go_json.read(request_encoding.decoded(request, raw, limit))
+            doc, body = go_json.read(
+                request_encoding.decoded(request, raw, limit), self.config.limits.max_json_values
+            )
         except go_json.BodyError as exc:
-            return error_response(path, 400, str(exc))
+            return error_response(path, exc.status, str(exc))
         except request_encoding.Undecodable as exc:
             return exc.response()
         decided.body = body
@@ -434,7 +437,7 @@ class Handlers:
     async def admin(self, request: web.Request) -> web.StreamResponse:
         """`pull`, `push`, `create`, `copy`, `delete`: see `routing.admin_target`."""
         body = await self._read(request)
-        model = model_of(body, ("source", "model", "name"))
+        model = model_of(body, self.config.limits.max_json_values, ("source", "model", "name"))
         creating = request.path == CREATE_PATH
         primary = self._first() if creating else self.backends.choose(model)
         if self.config.routing.admin_target == "all" and not creating:

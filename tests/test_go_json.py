@@ -422,3 +422,33 @@ def test_the_backend_reads_what_the_proxy_read(body: bytes) -> None:
     sent = go_decode(body)
     for name in ("model", "prompt", "system", "suffix", "think"):
         assert doc.get(name) == sent.get(name), name
+
+
+def _count(value: Any) -> int:
+    """The JSON values `value` is made of, itself included."""
+    if isinstance(value, dict):
+        return 1 + sum(_count(v) for v in value.values())
+    if isinstance(value, list):
+        return 1 + sum(_count(v) for v in value)
+    return 1
+
+
+_TRICKY = st.text(alphabet=st.sampled_from('ab,[]{}":\\ \t\n\u00e9'), max_size=8)
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | _TRICKY,
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(_TRICKY, inner, max_size=5),
+    max_leaves=40,
+)
+
+
+@given(_JSON, st.sampled_from([None, 1]))
+@settings(max_examples=300, deadline=None)
+def test_values_counts_a_body_exactly_at_its_limit(doc: Any, indent: int | None) -> None:
+    """`values` refuses a body exactly when it holds more values than the limit,
+    whatever its strings hold (commas, brackets, quotes, escapes) and its blanks."""
+    body = json.dumps(doc, indent=indent, ensure_ascii=False).encode()
+    count = _count(doc)
+    go_json.values(body, count)
+    if count > 1:
+        with pytest.raises(go_json.TooManyValues):
+            go_json.values(body, count - 1)

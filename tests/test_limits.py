@@ -102,3 +102,39 @@ def test_prompt_chars_counts_text_not_images() -> None:
         ],
     }
     assert prompt_chars(doc, 10_000) == 7
+
+
+@pytest.fixture(scope="module")
+def values_bound(servers: ServerThread, emulator: Emulator) -> Iterator[Proxy]:
+    prx = Proxy(servers, [emulator.url], limits=Limits(max_json_values=1000))
+    yield prx
+    prx.stop()
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/generate", {"model": MODEL, "prompt": "x", "stream": False}),
+        (
+            "/v1/chat/completions",
+            {"model": MODEL, "messages": [{"role": "user", "content": "x"}]},
+        ),
+        ("/api/autoroute/explain", {"model": "auto", "prompt": "x"}),
+        ("/api/autoroute/feedback", {"request_id": "r-1", "rating": 1}),
+    ],
+)
+async def test_a_body_of_too_many_json_values_is_413(
+    values_bound: Proxy, path: str, body: dict[str, object]
+) -> None:
+    """Each JSON value the proxy reads is an object in its memory, tens of bytes for a
+    two-byte `[]`, and reading them holds its event loop: a body of many tiny values
+    (megabytes of `[],[],...`, which Ollama's decoder skips in a field it does not
+    read) is refused before it is read. Commas and brackets in strings are no values."""
+    status, doc = await post(values_bound.url, path, {**body, "x": [[]] * 1000})
+    assert status == 413
+    assert isinstance(doc, dict)
+    message = doc["error"]["message"] if path.startswith("/v1/") else doc["error"]
+    assert message == "request body has too many JSON values (limit 1000)"
+    for fine in ({**body, "x": [[]] * 900}, {**body, "note": "[{}], " * 2000}):
+        status, _ = await post(values_bound.url, path, fine)
+        assert status in (200, 202), (status, path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
+from proxy import go_json
 from proxy.aiohttp_internals import state_get
 from proxy.auth import KEY_REQUEST, sees_fleet
 from proxy.backends import BackendPool
@@ -23,17 +24,21 @@ class UsageRoutes:
         backends: BackendPool,
         keys_on: bool,
         body_idle_seconds: float = 0.0,
+        max_json_values: int = 0,
     ) -> None:
         self.pipeline = pipeline
         self.backends = backends
         self.keys_on = keys_on  # API keys configured (`Auth.enabled`)
         self.body_idle_seconds = body_idle_seconds
+        self.max_json_values = max_json_values  # `limits.max_json_values`
 
     async def feedback(self, request: web.Request) -> web.Response:
         try:
-            request_id, rating, comment = parse_feedback(
-                await read_body(request, self.body_idle_seconds)
-            )
+            body = await read_body(request, self.body_idle_seconds)
+            go_json.values(body, self.max_json_values)
+            request_id, rating, comment = parse_feedback(body)
+        except go_json.TooManyValues as exc:
+            return error_response(request.path, exc.status, str(exc))
         except ValueError as exc:
             return error_response(request.path, 400, str(exc))
         # With API keys, the rating counts only for the key's own requests.
