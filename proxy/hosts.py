@@ -4,11 +4,12 @@ Ollama's allowedHostsMiddleware (server/routes.go), behind its CORS middleware o
 route, protects a server bound to a loopback address from DNS rebinding: a page on
 another site whose name the attacker re-points at 127.0.0.1 reaches it with the
 attacker's name in `Host`. Unless the listener's address is loopback the check is off.
-On, a request passes when its host (`Host` without a port, as Go's net.SplitHostPort
-splits it, else the whole value) is an IP address that is loopback, private or
-unspecified (Go's netip rules), or empty, `localhost`, the machine's own hostname, or a
-name under .localhost, .local or .internal; an `OPTIONS` for one of those names is
-answered 204 there; any other host gets 403 with an empty body.
+On, a request passes when its host (`Host`, or an absolute target's authority, as Go
+reads them; without a port, as Go's net.SplitHostPort splits it, else the whole value)
+is an IP address that is loopback, private or unspecified (Go's netip rules), or empty,
+`localhost`, the machine's own hostname, or a name under .localhost, .local or
+.internal; an `OPTIONS` for one of those names is answered 204 there; any other host
+gets 403 with an empty body.
 
 The proxy forwards with the backend's own address in `Host`, so a backend on loopback
 cannot see what the client named: the proxy applies Ollama's rule itself while it
@@ -79,6 +80,19 @@ def _local_address(host: str) -> bool:
     )
 
 
+def request_host(request: web.BaseRequest) -> str:
+    """The request's host as Go's net/http sets `Request.Host`, which Ollama checks: an
+    absolute target's authority without its userinfo (`GET http://host/path`; the
+    Host line is then ignored), else the Host line."""
+    target = request.raw_path  # the target as sent
+    if not target.startswith("/"):
+        _, scheme_ends, rest = target.partition("://")
+        if scheme_ends:
+            authority = rest.partition("?")[0].partition("/")[0]
+            return authority.rpartition("@")[2]
+    return request.headers.get(hdrs.HOST, "")
+
+
 class Verdict(enum.Enum):
     REFUSED = 0
     ADDRESS = 1  # a local address: passes, whatever the method
@@ -112,7 +126,7 @@ class HostCheck:
         """None when the request may go on (always, unless on loopback)."""
         if not self.active:
             return None
-        found = verdict(request.headers.get(hdrs.HOST, ""), self._hostname)
+        found = verdict(request_host(request), self._hostname)
         if found is Verdict.ADDRESS:
             return None
         if found is Verdict.NAME:

@@ -113,3 +113,28 @@ def test_the_check_is_on_only_while_listening_on_loopback() -> None:
 )
 def test_host_and_port_split_as_go_splits_them(value: str, host: str | None) -> None:
     assert split_host_port(value) == host
+
+
+@pytest.mark.parametrize(
+    ("target", "host", "refused"),
+    [
+        # Go reads the host from an absolute target and ignores the Host line.
+        (b"http://evil.example/api/version", b"localhost", True),
+        (b"http://user@evil.example:80/api/version", b"127.0.0.1", True),
+        (b"http://localhost:11435/api/version", b"evil.example", False),
+        (b"http://[::1]:11435/api/version", b"evil.example", False),
+    ],
+)
+async def test_an_absolute_target_names_the_host_as_go_reads_it(
+    proxy: Proxy, target: bytes, host: bytes, refused: bool
+) -> None:
+    """Go's net/http takes an absolute request target's host as the request's Host
+    (the Host line is ignored), and that is what Ollama's check reads."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    try:
+        writer.write(b"GET %b HTTP/1.1\r\nHost: %b\r\nConnection: close\r\n\r\n" % (target, host))
+        data = await asyncio.wait_for(reader.read(), EVENTUALLY)
+    finally:
+        writer.close()
+    status = data.partition(b"\r\n")[0]
+    assert status == (b"HTTP/1.1 403 Forbidden" if refused else b"HTTP/1.1 200 OK"), data[:300]
