@@ -156,8 +156,8 @@ class Handlers:
         except request_encoding.Undecodable as exc:
             return exc.response()
         decided.body = body
+        route = decided.route
         if isinstance(doc, dict):
-            route = decided.route
             served.whole_answer = route is not None and route.inference and not streams(path, doc)
             texts: list[str] = []
             refused = request_limits.check_body(path, doc, self.config.limits, texts)
@@ -174,7 +174,7 @@ class Handlers:
         profile = profile_of(model, self.config.selector.default_profile)
         key = state_get(request, KEY_REQUEST)
         if profile is None:
-            inference = decided.route is not None and decided.route.inference
+            inference = route is not None and route.inference
             refused = self._named(path, key, model, served, inference)
             if refused is not None:
                 return refused
@@ -191,7 +191,6 @@ class Handlers:
             )
             if answered is not None:
                 return answered
-        route = decided.route
         # What the cloud may stand in for besides the model chosen. Not the profile for
         # a key with a model list: `auto` chooses only among its models, and the cloud
         # model mapped to the profile is none of them (the one mapped to a model on the
