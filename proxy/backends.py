@@ -32,12 +32,24 @@ _NORMALIZED_ENTRIES = 1024
 _NORMALIZED_LENGTH = 256
 
 
+# What Ollama assumes of a name that leaves them out (types/model/name.go), and so
+# leaves out of the name it shows (`Name.DisplayShortest`).
+_DEFAULT_HOST = "registry.ollama.ai/"
+_DEFAULT_NAMESPACE = "library/"
+
+
 def normalize_model(name: str) -> str:
-    """Ollama's reading of a model name: case-insensitive, `:latest` when no tag."""
+    """Ollama's reading of a model name: case-insensitive, `:latest` when no tag, and
+    as it shows it: `registry.ollama.ai/library/llama3.1` is `llama3.1:latest`, and
+    `registry.ollama.ai/someone/m` is `someone/m:latest`."""
     normal = _NORMALIZED.get(name)
     if normal is not None:
         return normal
     normal = name.strip().lower()
+    if normal.count("/") == 2 and normal.startswith(_DEFAULT_HOST):
+        normal = normal[len(_DEFAULT_HOST) :]
+    if normal.count("/") == 1 and normal.startswith(_DEFAULT_NAMESPACE):
+        normal = normal[len(_DEFAULT_NAMESPACE) :]
     if ":" not in normal.rsplit("/", 1)[-1]:
         normal += ":latest"
     if len(name) <= _NORMALIZED_LENGTH:

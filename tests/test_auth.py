@@ -605,6 +605,30 @@ async def test_a_key_with_a_model_list_sees_no_other_models_name(
         assert [r["served_model"] for r in rows] == ["llama3.1:8b"]
 
 
+@pytest.mark.parametrize(
+    ("spelling", "allowed"),
+    [
+        ("registry.ollama.ai/library/llama3.1:8b", True),
+        ("Registry.Ollama.AI/Library/llama3.1:8b", True),
+        ("library/llama3.1:8b", True),
+        ("registry.ollama.ai/library/mistral:7b", False),
+        ("other.example/library/llama3.1:8b", False),
+        ("registry.ollama.ai/someone/llama3.1:8b", False),
+    ],
+)
+async def test_a_model_on_the_list_in_its_long_spelling_is_that_model(
+    guarded: Proxy, spelling: str, allowed: bool
+) -> None:
+    """Ollama reads `registry.ollama.ai/library/llama3.1:8b` and `library/llama3.1:8b`
+    as `llama3.1:8b` (model.ParseName, the default host and namespace): the key that
+    may use the one may use the others, and no other model passes for it."""
+    body = {**CHAT, "model": spelling}
+    status, _, answer = await call(guarded.url, "POST", "/api/chat", USER, body)
+    assert status == (200 if allowed else 403), answer
+    status, _, answer = await call(guarded.url, "POST", "/api/show", USER, {"model": spelling})
+    assert status == (200 if allowed else 404), answer
+
+
 @pytest.mark.parametrize("path", ["/api/embed", "/api/embeddings", "/v1/embeddings"])
 async def test_auto_embeddings_name_no_model_outside_the_keys_list(
     servers: ServerThread, own_emulator: Emulator, path: str
