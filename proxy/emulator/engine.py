@@ -14,7 +14,6 @@ they are paced exactly like streams and only differ in what is written.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -55,50 +54,6 @@ async def wait_forever(request: web.BaseRequest) -> None:
     """Never return; raise ClientGone once the client leaves (hang / stall faults)."""
     while True:
         await pause(request, 3600.0)
-
-
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-_UNIT_S = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "µs": 1e-6,
-    "μs": 1e-6,
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-}
-
-
-def parse_keep_alive(value: Any) -> float | None:
-    """api.Duration: a number of seconds or a Go duration string; negative = forever.
-
-    Raises ValueError with Go's message for what Ollama rejects."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        kind = {bool: "bool", list: "[]interface {}", dict: "map[string]interface {}"}
-        raise ValueError(f"unsupported duration type: '{kind.get(type(value), 'string')}'")
-    if isinstance(value, int | float):
-        return float(value)
-    text = value.strip()
-    sign = -1.0 if text.startswith("-") else 1.0
-    body = text.lstrip("+-")
-    if body == "0":
-        return 0.0
-    if not body or body == "":
-        raise ValueError(f'time: invalid duration "{value}"')
-    pos, total = 0, 0.0
-    for m in _DURATION.finditer(body):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _UNIT_S[m.group(2)]
-        pos = m.end()
-    if pos != len(body):
-        if re.fullmatch(r"\d+(\.\d*)?", body):
-            raise ValueError(f'time: missing unit in duration "{value}"')
-        raise ValueError(f'time: invalid duration "{value}"')
-    return sign * total
 
 
 @dataclass

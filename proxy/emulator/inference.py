@@ -13,8 +13,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from proxy.keep_alive import parse as parse_keep_alive
+
 from .catalog import ModelSpec, qualified, valid_name
-from .engine import Piece, parse_keep_alive
+from .engine import Piece
 from .skills import suite_answer
 from .state import EmulatorState
 from .textgen import Plan, count_tokens, plan, token_logprob
