@@ -30,7 +30,10 @@ from selector_model.catalog.knowledge import AREAS, SPECIALTIES, ModelKnowledge
 from selector_model.features import params_from
 
 DEFAULT_PATH = Path(__file__).with_name("models.yaml")
-NEIGHBOURS = 3
+# How many of the nearest entries an imputation reads. Each published area score left
+# out and imputed from the other entries (its family left out too, as for a model placed
+# from its details alone), six miss it by less than three do, and more add nothing.
+NEIGHBOURS = 6
 # How fast a neighbour's weight falls with its distance beyond the nearest one's.
 KERNEL_WIDTH = 0.3
 # The size trend moves a neighbour's score by at most this many doublings of size.
