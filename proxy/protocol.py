@@ -70,12 +70,19 @@ def go_dumps(doc: object) -> bytes:
     return go_escaped(orjson.dumps(doc))
 
 
+def go_time(ns: float) -> str:
+    """time.Time's JSON form (RFC 3339 with trailing-zero-trimmed nanoseconds, UTC), as
+    in every `created_at` Ollama writes."""
+    whole, frac = divmod(int(ns), 1_000_000_000)
+    stamp = datetime.fromtimestamp(whole, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    if frac:
+        stamp += "." + f"{frac:09d}".rstrip("0")
+    return stamp + "Z"
+
+
 def go_now() -> str:
-    """The time now as Go writes a time.Time in JSON (RFC 3339, UTC, nanoseconds with
-    trailing zeros trimmed), as in every `created_at` Ollama writes."""
-    whole, frac = divmod(time.time_ns(), 1_000_000_000)
-    stamp = datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{stamp}.{frac:09d}".rstrip("0").rstrip(".") + "Z"
+    """The time now as `go_time` writes it."""
+    return go_time(time.time_ns())
 
 
 def encoded(doc: object) -> bytes:

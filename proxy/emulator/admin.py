@@ -13,13 +13,13 @@ from typing import Any
 from aiohttp import web
 
 from proxy.errors import gin_not_found
-from proxy.protocol import NDJSON, TEXT
+from proxy.protocol import NDJSON, TEXT, go_time
 
 from .catalog import REGISTRY, ModelSpec, normalize_name, valid_name
 from .inference import Refusal, read_body
 from .native import LazyStream
 from .state import state_of
-from .wire import JSON_BARE, dumps, empty_ok, error, gin_json, go_time
+from .wire import JSON_BARE, dumps, empty_ok, error, gin_json
 
 _DIGEST = re.compile(r"^sha256[:-][0-9a-fA-F]{64}$")
 _DEFAULT_NUM_CTX = 4096  # what /api/ps reports as context_length without num_ctx

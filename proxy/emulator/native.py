@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy.aiohttp_internals import defer_headers
-from proxy.protocol import NDJSON
+from proxy.protocol import NDJSON, go_time
 
 from .catalog import valid_name
 from .engine import ClientGone, Generation, Piece, pause
@@ -32,7 +32,7 @@ from .inference import (
 )
 from .state import state_of
 from .textgen import context_tokens, count_tokens, embedding
-from .wire import dumps, error, gin_json, go_time
+from .wire import dumps, error, gin_json
 
 
 class LazyStream:

@@ -19,10 +19,10 @@ import hashlib
 import re
 from dataclasses import dataclass
 
+from proxy.protocol import go_time
 from selector_model.catalog import Catalog, ModelKnowledge, names
 
 from .catalog import CHATML_STOP, ModelSpec, normalize_name, template_for
-from .wire import go_time
 
 _DEFAULT_QUANTIZATION = "Q4_K_M"
 # The library publishes embedding models unquantized.

@@ -51,15 +51,6 @@ def dumps(obj: Any, *, sort_keys: bool = False) -> bytes:
     return go_escaped(raw)
 
 
-def go_time(ns: float) -> str:
-    """time.Time's JSON form (RFC 3339 with trailing-zero-trimmed nanoseconds, UTC)."""
-    whole, frac = divmod(int(ns), 1_000_000_000)
-    stamp = dt.datetime.fromtimestamp(whole, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    if frac:
-        stamp += "." + f"{frac:09d}".rstrip("0")
-    return stamp + "Z"
-
-
 def unix_of(stamp: str) -> int:
     """Unix seconds of an RFC 3339 timestamp as go_time() writes it."""
     whole = stamp.split(".")[0].rstrip("Z")
