@@ -11,6 +11,7 @@ import yaml
 from proxy import config
 from proxy.config import ConfigError
 from selector_model.catalog import AREAS, DEFAULT_PATH, Catalog, CatalogError, ModelKnowledge
+from selector_model.catalog import catalog as catalog_module
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -231,6 +232,71 @@ def test_a_new_size_of_a_listed_family_is_placed_in_that_familys_era(catalog: Ca
     assert max(e.released for e in family) < 2024.0
     assert placed.released < 2024.0
     assert placed.neighbours[0].startswith("starcoder:")
+
+
+def test_a_later_generation_than_the_catalogue_lists_is_placed_beside_its_line(
+    catalog: Catalog,
+) -> None:
+    # A line's next generation is placed with the generation before it, a step above,
+    # and later; architecture and size alone would put gemma4 among 2023-2024 12B models.
+    gemma3 = catalog.lookup("gemma3:12b")
+    gemma4 = catalog.lookup("gemma4:12b", {"family": "gemma4", "parameter_size": "12B"})
+    assert (gemma4.origin, gemma4.family) == ("nearest", "gemma3")
+    assert gemma4.neighbours[0] == "gemma3:12b"
+    assert gemma4.released > gemma3.released
+    assert all(gemma4.areas[a] > gemma3.areas[a] for a in AREAS)
+    # Between two listed generations: beside the one before it.
+    assert catalog.lookup("qwen2.7:7b").family == "qwen2.5"
+    # The line, not a shorter family its name starts with; a longer one is a fine-tune's.
+    assert catalog.lookup("mistral-small4:24b").family == "mistral-small3.2"
+    assert catalog.lookup("llama3.1-uncensored:8b").family == "llama3.1"
+    # Sizes and chat words are not part of a line's name.
+    assert catalog.lookup("qwen3.5-9b-instruct:q4_K_M").family == "qwen3"
+    assert catalog.lookup("qwen3.5-coder:7b").family == "qwen3-coder"
+    # Older than every listed generation, or of no listed line: placed by its details.
+    assert catalog.lookup("falcon:40b", {"family": "falcon"}).family == "falcon"
+    assert catalog.lookup("zorblax5:7b").family != "zorblax"
+
+
+def test_the_generation_step_is_what_the_catalogues_own_lines_show(
+    catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each generation of a line the catalogue lists after another (gemma3 after gemma2,
+    qwen3 after qwen2.5, ...) left out whole and placed from its name, size and
+    architecture: on the logit scale its published scores in each area lie, on average,
+    GENERATION_STEP above the placement without a step, and the step brings the
+    placements closer."""
+    shipped_step = dict(catalog_module.GENERATION_STEP)
+    monkeypatch.setattr(catalog_module, "GENERATION_STEP", dict.fromkeys(AREAS, 0.0))
+    residuals: dict[str, list[float]] = {area: [] for area in AREAS}
+    misses: dict[str, list[float]] = {"without": [], "shipped": []}
+    families = {e.family for e in catalog.entries()}
+    for family in sorted(families):
+        rest = {e.name: e for e in catalog.entries() if e.family != family}
+        left_out = Catalog(
+            rest, catalog._published, {}, {}, catalog._slopes, 1, floors=catalog._floors
+        )
+        if not left_out._family_of(family)[1]:
+            continue
+        for entry in catalog.entries():
+            if entry.family != family:
+                continue
+            details = {"family": entry.arch, "parameter_size": f"{entry.params_b}B"}
+            placed = left_out._place(entry.name, details, ("completion",))
+            for area, published in catalog._published[entry.name].items():
+                residuals[area].append(_logit(published) - _logit(placed.areas[area]))
+                moved = catalog_module._shifted(placed.areas[area], shipped_step[area])
+                misses["without"].append((placed.areas[area] - published) ** 2)
+                misses["shipped"].append((moved - published) ** 2)
+    assert sum(len(found) for found in residuals.values()) > 200
+    for area, found in residuals.items():
+        assert sum(found) / len(found) == pytest.approx(shipped_step[area], abs=0.1), area
+    assert sum(misses["shipped"]) < sum(misses["without"])
+
+
+def _logit(score: float) -> float:
+    score = min(0.995, max(0.005, score))
+    return math.log(score / (1.0 - score))
 
 
 def test_capabilities_and_name_hints_give_specialties(catalog: Catalog) -> None:

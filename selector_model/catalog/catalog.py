@@ -64,6 +64,21 @@ _AREA_SPECIALTY_WEIGHT = 1.5
 # stand-in; a year counts for less than another architecture, so that architecture and
 # size still choose neighbours first.
 _YEAR_WEIGHT = 0.5
+# A later generation of a line than the catalogue lists (`gemma4`, `qwen3.5`) is placed
+# with the latest generation listed before it, as if of that family, and each area moved
+# this far up on the logit scale: the catalogue's own generations, each left out whole
+# and placed so beside the one before, lie this far on average above their placement
+# without a step (tests/test_catalog.py measures it). Math moved most from one
+# generation to the next, knowledge least.
+GENERATION_STEP = {
+    "knowledge": 0.2,
+    "reasoning": 0.3,
+    "math": 0.9,
+    "code": 0.5,
+    "instruction": 0.6,
+}
+# The years between two generations of a line, as the catalogue's lines show it.
+GENERATION_YEARS = 0.4
 # What describes a model, in a catalogue entry and in a user's override alike.
 _DESCRIPTION_FIELDS = frozenset(
     {
@@ -161,8 +176,13 @@ def _along_trend(score: float, slope: float, doublings: float, floor: float = 0.
     than a strong neighbour gains less than a weak one would), and no further than
     three doublings; never below `floor` (the scale's chance level)."""
     doublings = max(-MAX_DOUBLINGS, min(MAX_DOUBLINGS, doublings))
+    return _shifted(score, 4.0 * slope * doublings, floor)
+
+
+def _shifted(score: float, logits: float, floor: float = 0.0) -> float:
+    """`score` moved by `logits` on the logit scale, never below `floor`."""
     score = min(0.995, max(0.005, score))
-    logit = math.log(score / (1.0 - score)) + 4.0 * slope * doublings
+    logit = math.log(score / (1.0 - score)) + logits
     return max(floor, 1.0 / (1.0 + math.exp(-logit)))
 
 
@@ -467,7 +487,9 @@ class Catalog:
         nearest catalogue entries."""
         spec = spec or {}
         base, _ = names.split(name)
-        family = str(spec.get("family") or "") or self._family_of(base)
+        family, generations = str(spec.get("family") or ""), 0
+        if not family:
+            family, generations = self._family_of(base)
         arch = str(spec.get("arch") or details.get("family") or "").lower()
         # The listed models of its family: its architecture, specialties and era.
         kin = [e for e in self._entries.values() if e.family == family] if family else []
@@ -499,17 +521,22 @@ class Catalog:
         if era is None and kin:
             # A new size of a listed family comes from that family's era (a StarCoder
             # 1B is a 2023 model, whatever 1B coders came out since).
-            era = sum(e.released for e in kin) / len(kin)
+            era = sum(e.released for e in kin) / len(kin) + generations * GENERATION_YEARS
         probe = _Probe(family, arch, size, frozenset(specialties), era)
         nearest = self._nearest(probe, lambda e: True)
         areas: dict[str, float] = {}
         spread: dict[str, float] = {}
         for area in AREAS:
             areas[area], spread[area], _ = self._impute(probe, area, exclude="")
+            if generations and areas[area] > 0.0:
+                shift = generations * GENERATION_STEP[area]
+                areas[area] = _shifted(areas[area], shift, self._floors.get(area, 0.0))
         weights = _weights(nearest)
         released = sum(w * e.released for w, (_, e) in zip(weights, nearest, strict=True)) / sum(
             weights
         )
+        if generations and era is not None:
+            released = era
         context = int(details.get("context_length") or 0) or nearest[0][1].context_length
         uncertainty = sum(spread.values()) / len(AREAS)
         uncertainty += UNKNOWN_SIZE_UNCERTAINTY if guessed else 0.0
@@ -529,21 +556,34 @@ class Catalog:
             area_uncertainty=spread,
         )
 
-    def _family_of(self, base: str) -> str:
-        """The catalogue family a name belongs to: the family of the entries named
-        `base:...`, else the longest family `base` starts with (`llama3-gradient`),
-        else the longest family named whole inside it (`dolphin-mixtral`,
-        `nous-hermes2-mixtral`): a fine-tune is closer to its base model than to
-        whatever models are near it in size."""
+    def _family_of(self, base: str) -> tuple[str, int]:
+        """The catalogue family a name belongs to, and how many generations later than
+        that family it is: the family of the entries named `base:...`, else the
+        longest family `base` starts with (`llama3-gradient`), else the longest family
+        named whole inside it (`dolphin-mixtral`, `nous-hermes2-mixtral`): a fine-tune
+        is closer to its base model than to whatever models are near it in size. A
+        later generation of a line than the catalogue lists (`gemma4`,
+        `mistral-small4`) belongs to the latest generation listed before it, one
+        generation later, unless a longer family starts its name (`llama3.1-...` is a
+        fine-tune of llama3.1, not a later llama2-...). A generation older than every
+        listed one is placed by its details: a line's later generations say little of
+        its earlier ones (gemma3's math, placed a step back, is still far above
+        gemma2's)."""
         for entry in self._entries.values():
             if names.split(entry.name)[0] == base:
-                return entry.family
+                return entry.family, 0
         families = {e.family for e in self._entries.values()}
-        prefixes = [f for f in families if base.startswith(f + "-")]
-        if prefixes:
-            return max(prefixes, key=len)
+        prefix = max((f for f in families if base.startswith(f + "-")), key=len, default="")
+        line, number = names.generation(base)
+        if len(prefix) < len(line[0]):
+            listed = {f: names.generation(f) for f in families}
+            earlier = {f: n for f, (other, n) in listed.items() if other == line and n < number}
+            if earlier:
+                return max(earlier, key=lambda f: earlier[f]), 1
+        if prefix:
+            return prefix, 0
         inside = [f for f in families if f"-{f}-" in f"-{base}-"]
-        return max(inside, key=len, default="")
+        return max(inside, key=len, default=""), 0
 
     def _nearest(
         self, probe: _Probe, usable: Any, exclude: str = "", area: str = ""

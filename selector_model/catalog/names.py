@@ -26,6 +26,10 @@ _PRETRAINED_TAG_WORDS = frozenset({"text", "base", "code", "python"})
 _CLASSIFIER = re.compile(
     r"(?:^|[-_/.])(?:(?:llama|nemo|wild)?guard(?:ian)?|shieldgemma)\d*(?=$|[-_/.])"
 )
+# A model line's name and generation: `qwen2.5-coder` is generation 2.5 of the line
+# (qwen, -coder), `deepseek-v3` generation 3 of deepseek, `mistral-small3.1` 3.1 of
+# mistral-small.
+_GENERATION = re.compile(r"([a-z][a-z-]*?)-?v?(\d+(?:\.\d+)?)((?:-[a-z][a-z0-9-]*)?)")
 _SIZE = re.compile(r"(?:^|[-_:.])(?:(\d+)x)?(\d+(?:\.\d+)?)([bm])(?=$|[-_:.])")
 _ACTIVE = re.compile(r"(?:^|[-_:.])a(\d+(?:\.\d+)?)b(?=$|[-_:.])")
 
@@ -129,6 +133,19 @@ def size_from_name(name: str) -> tuple[float, float]:
         total = count / 1000 if match.group(3) == "m" else count
         break
     return total, active
+
+
+def generation(base: str) -> tuple[tuple[str, str], float]:
+    """The line a model name belongs to and its generation in it: `qwen3.5-coder` is
+    generation 3.5 of (qwen, -coder), `gemma4` generation 4 of (gemma, ), and a name
+    without a number generation 1 of its own line (`gemma`, before `gemma2`). Sizes and
+    chat-variant words are not part of it (`qwen3.5-9b-instruct` is `qwen3.5`)."""
+    kept = [w for w in _words(base) if not _SIZE.fullmatch(w) and w not in _VARIANT]
+    text = "-".join(kept) or base
+    match = _GENERATION.fullmatch(text)
+    if match is None:
+        return (text, ""), 1.0
+    return (match.group(1).rstrip("-"), match.group(3)), float(match.group(2))
 
 
 def hinted_specialties(name: str) -> set[str]:
