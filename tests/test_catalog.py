@@ -126,6 +126,9 @@ def test_names_resolve_to_their_entry(catalog: Catalog, name: str, entry: str) -
             "CohereLabs/c4ai-command-r7b-arabic-02-2025",
             "command-r7b-arabic:7b",
         ),
+        ("falcon", "tiiuae/falcon-7b-instruct", "falcon:7b"),
+        ("falcon:40b-instruct-q4_0", "falcon-40b-instruct", "falcon:40b"),
+        ("falcon:180b-chat", "tiiuae/falcon-180B-chat", "falcon:180b"),
     ],
 )
 def test_popular_library_models_resolve_by_ollama_name_and_alias(
