@@ -162,6 +162,9 @@ def test_names_resolve_to_their_entry(catalog: Catalog, name: str, entry: str) -
         ("yarn-llama2", "NousResearch/Yarn-Llama-2-7b-64k", "yarn-llama2:7b-64k"),
         ("yarn-llama2:7b-128k", "Yarn-Llama-2-7b-128k", "yarn-llama2:7b-128k"),
         ("yarn-llama2:13b-128k", "NousResearch/Yarn-Llama-2-13b-128k", "yarn-llama2:13b-128k"),
+        ("wizard-math", "WizardLM/WizardMath-7B-V1.1", "wizard-math:7b"),
+        ("wizard-math:13b-q4_0", "WizardLM/WizardMath-13B-V1.0", "wizard-math:13b"),
+        ("wizard-math:70b", "WizardMath-70B-V1.0", "wizard-math:70b"),
     ],
 )
 def test_popular_library_models_resolve_by_ollama_name_and_alias(
