@@ -165,6 +165,20 @@ def test_names_resolve_to_their_entry(catalog: Catalog, name: str, entry: str) -
         ("wizard-math", "WizardLM/WizardMath-7B-V1.1", "wizard-math:7b"),
         ("wizard-math:13b-q4_0", "WizardLM/WizardMath-13B-V1.0", "wizard-math:13b"),
         ("wizard-math:70b", "WizardMath-70B-V1.0", "wizard-math:70b"),
+        ("openhermes:v2", "teknium/OpenHermes-2-Mistral-7B", "openhermes:v2"),
+        (
+            "nous-hermes2-mixtral",
+            "NousResearch/Nous-Hermes-2-Mixtral-8x7B-DPO",
+            "nous-hermes2-mixtral:8x7b-dpo",
+        ),
+        (
+            "nous-hermes2-mixtral:8x7b-sft-q4_0",
+            "Nous-Hermes-2-Mixtral-8x7B-SFT",
+            "nous-hermes2-mixtral:8x7b-sft",
+        ),
+        ("wizardlm:7b-q4_0", "WizardLM/WizardLM-7B-V1.0", "wizardlm:7b"),
+        ("wizardlm:13b-llama2-q4_0", "WizardLM/WizardLM-13B-V1.2", "wizardlm:13b-llama2"),
+        ("wizardlm:70b-llama2-q4_0", "WizardLMTeam/WizardLM-70B-V1.0", "wizardlm:70b-llama2"),
     ],
 )
 def test_popular_library_models_resolve_by_ollama_name_and_alias(
@@ -260,7 +274,10 @@ def test_a_fine_tune_named_after_its_base_is_placed_beside_it(catalog: Catalog) 
     assert abs(tune.areas["code"] - base.areas["code"]) < abs(
         stranger.areas["code"] - base.areas["code"]
     )
-    assert catalog.lookup("nous-hermes2-mixtral:8x7b").family == base.family
+    # Once a fine-tune has entries of its own, its other tags are placed among them.
+    listed_tune = catalog.lookup("nous-hermes2-mixtral:8x7b")
+    assert listed_tune.family == "nous-hermes2-mixtral"
+    assert listed_tune.neighbours[0].startswith("nous-hermes2-mixtral:")
 
 
 def test_a_new_size_of_a_listed_family_is_placed_in_that_familys_era(catalog: Catalog) -> None:
