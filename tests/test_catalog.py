@@ -179,6 +179,8 @@ def test_names_resolve_to_their_entry(catalog: Catalog, name: str, entry: str) -
         ("wizardlm:7b-q4_0", "WizardLM/WizardLM-7B-V1.0", "wizardlm:7b"),
         ("wizardlm:13b-llama2-q4_0", "WizardLM/WizardLM-13B-V1.2", "wizardlm:13b-llama2"),
         ("wizardlm:70b-llama2-q4_0", "WizardLMTeam/WizardLM-70B-V1.0", "wizardlm:70b-llama2"),
+        ("goliath", "alpindale/goliath-120b", "goliath:120b"),
+        ("megadolphin", "cognitivecomputations/MegaDolphin-120b", "megadolphin:120b"),
     ],
 )
 def test_popular_library_models_resolve_by_ollama_name_and_alias(
