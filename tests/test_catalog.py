@@ -181,6 +181,8 @@ def test_names_resolve_to_their_entry(catalog: Catalog, name: str, entry: str) -
         ("wizardlm:70b-llama2-q4_0", "WizardLMTeam/WizardLM-70B-V1.0", "wizardlm:70b-llama2"),
         ("goliath", "alpindale/goliath-120b", "goliath:120b"),
         ("megadolphin", "cognitivecomputations/MegaDolphin-120b", "megadolphin:120b"),
+        ("xwinlm", "Xwin-LM/Xwin-LM-7B-V0.2", "xwinlm:7b"),
+        ("xwinlm:13b-v0.2-q4_0", "Xwin-LM/Xwin-LM-13B-V0.1", "xwinlm:13b"),
     ],
 )
 def test_popular_library_models_resolve_by_ollama_name_and_alias(
