@@ -183,6 +183,9 @@ def test_names_resolve_to_their_entry(catalog: Catalog, name: str, entry: str) -
         ("megadolphin", "cognitivecomputations/MegaDolphin-120b", "megadolphin:120b"),
         ("xwinlm", "Xwin-LM/Xwin-LM-7B-V0.2", "xwinlm:7b"),
         ("xwinlm:13b-v0.2-q4_0", "Xwin-LM/Xwin-LM-13B-V0.1", "xwinlm:13b"),
+        ("meditron", "epfl-llm/meditron-7b", "meditron:7b"),
+        ("meditron:70b-q4_0", "epfl-llm/meditron-70b", "meditron:70b"),
+        ("stable-code", "stabilityai/stable-code-3b", "stable-code:3b"),
     ],
 )
 def test_popular_library_models_resolve_by_ollama_name_and_alias(
