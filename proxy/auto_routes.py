@@ -252,7 +252,7 @@ class AutoRoutes:
                 # beyond_max_loss: rated further below the best-rated candidate than
                 # the profile's max_loss, so not considered.
                 "ranking": [
-                    self._with_measured(
+                    self._described(
                         {
                             **s.describe(),
                             **choice.loading(s.name),
@@ -278,9 +278,26 @@ class AutoRoutes:
             "min_gain": self.auto.config.min_gain,
         }
 
-    def _with_measured(self, candidate: dict[str, Any]) -> dict[str, Any]:
-        """A ranking entry with the model's profiled areas, when it has been profiled."""
-        measured = self.profiles.scores(str(candidate.get("model", "")))
+    def _described(self, candidate: dict[str, Any]) -> dict[str, Any]:
+        """A ranking entry with what the catalogue knows of the model (its areas, where
+        they come from: `catalogue`, `config`, `profile` or `nearest`, and for a placed
+        model the entries it was placed beside) and its profiled areas, when it has been
+        profiled."""
+        name = str(candidate.get("model", ""))
+        info = self.auto.registry.models.get(name)
+        if info is not None and info.knowledge is not None:
+            known = info.knowledge
+            candidate = {
+                **candidate,
+                "catalogue": {
+                    "origin": known.origin,
+                    "family": known.family,
+                    "areas": {area: round(score, 3) for area, score in known.areas.items()},
+                    "uncertainty": round(known.uncertainty, 3),
+                    "neighbours": list(known.neighbours[:3]),
+                },
+            }
+        measured = self.profiles.scores(name)
         return {**candidate, "measured": measured} if measured else candidate
 
     async def status(self, request: web.Request) -> web.StreamResponse:

@@ -249,3 +249,16 @@ async def test_auto_routes_among_the_fleet(fleet_proxy: Proxy) -> None:
     client = ollama.AsyncClient(host=fleet_proxy.url)
     reply = await client.chat(model="auto", messages=[{"role": "user", "content": "hi"}])
     assert reply.model in FLEET
+
+
+async def test_explain_says_what_the_catalogue_knows_of_each_candidate(
+    fleet_proxy: Proxy,
+) -> None:
+    doc = await _explain(fleet_proxy, _chat("Summarize the history of Rome."))
+    ranked = {row["model"]: row["catalogue"] for row in doc["ranking"]}
+    listed, placed = ranked["qwen3:14b"], ranked["mycorp-assistant:14b"]
+    # A listed model's neighbours are those its unpublished areas were imputed from.
+    assert (listed["origin"], listed["family"]) == ("catalogue", "qwen3")
+    assert placed["origin"] == "nearest" and len(placed["neighbours"]) == 3
+    assert placed["uncertainty"] > listed["uncertainty"]
+    assert set(placed["areas"]) == {"knowledge", "reasoning", "math", "code", "instruction"}
