@@ -313,6 +313,11 @@ def test_a_later_generation_than_the_catalogue_lists_is_placed_beside_its_line(
     # The line, not a shorter family its name starts with; a longer one is a fine-tune's.
     assert catalog.lookup("mistral-small4:24b").family == "mistral-small3.2"
     assert catalog.lookup("llama3.1-uncensored:8b").family == "llama3.1"
+    # A listed generation, however spelt, is that family; a date is no generation.
+    llama3 = catalog.lookup("llama-3:8b")
+    assert (llama3.family, llama3.neighbours[0]) == ("llama3", "llama3:8b")
+    assert llama3.released == pytest.approx(catalog.lookup("llama3:8b").released, abs=0.1)
+    assert catalog.lookup("mistral-small-2501:24b").family == "mistral-small"
     # Sizes and chat words are not part of a line's name.
     assert catalog.lookup("qwen3.5-9b-instruct:q4_K_M").family == "qwen3"
     assert catalog.lookup("qwen3.5-coder:7b").family == "qwen3-coder"

@@ -72,7 +72,7 @@ _YEAR_WEIGHT = 0.5
 # generation to the next, knowledge least.
 GENERATION_STEP = {
     "knowledge": 0.2,
-    "reasoning": 0.3,
+    "reasoning": 0.2,
     "math": 0.9,
     "code": 0.5,
     "instruction": 0.6,
@@ -564,8 +564,9 @@ class Catalog:
         is closer to its base model than to whatever models are near it in size. A
         later generation of a line than the catalogue lists (`gemma4`,
         `mistral-small4`) belongs to the latest generation listed before it, one
-        generation later, unless a longer family starts its name (`llama3.1-...` is a
-        fine-tune of llama3.1, not a later llama2-...). A generation older than every
+        generation later (a generation it lists, however spelt, is that family:
+        `llama-3` is llama3), unless a longer family starts its name (`llama3.1-...` is
+        a fine-tune of llama3.1, not a later llama2-...). A generation older than every
         listed one is placed by its details: a line's later generations say little of
         its earlier ones (gemma3's math, placed a step back, is still far above
         gemma2's)."""
@@ -575,11 +576,15 @@ class Catalog:
         families = {e.family for e in self._entries.values()}
         prefix = max((f for f in families if base.startswith(f + "-")), key=len, default="")
         line, number = names.generation(base)
-        if len(prefix) < len(line[0]):
-            listed = {f: names.generation(f) for f in families}
-            earlier = {f: n for f, (other, n) in listed.items() if other == line and n < number}
-            if earlier:
-                return max(earlier, key=lambda f: earlier[f]), 1
+        if len(prefix) <= len(line[0]):
+            listed = {
+                f: n
+                for f, (other, n) in ((f, names.generation(f)) for f in families)
+                if other == line and n <= number
+            }
+            if listed:
+                latest = max(listed, key=lambda f: listed[f])
+                return latest, int(listed[latest] < number)
         if prefix:
             return prefix, 0
         inside = [f for f in families if f"-{f}-" in f"-{base}-"]

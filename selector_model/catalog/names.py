@@ -28,8 +28,8 @@ _CLASSIFIER = re.compile(
 )
 # A model line's name and generation: `qwen2.5-coder` is generation 2.5 of the line
 # (qwen, -coder), `deepseek-v3` generation 3 of deepseek, `mistral-small3.1` 3.1 of
-# mistral-small.
-_GENERATION = re.compile(r"([a-z][a-z-]*?)-?v?(\d+(?:\.\d+)?)((?:-[a-z][a-z0-9-]*)?)")
+# mistral-small. A number of three or more digits is a date (`-2409`), not a generation.
+_GENERATION = re.compile(r"([a-z][a-z-]*?)-?v?(\d{1,2}(?:\.\d+)?)((?:-[a-z][a-z0-9-]*)?)")
 _SIZE = re.compile(r"(?:^|[-_:.])(?:(\d+)x)?(\d+(?:\.\d+)?)([bm])(?=$|[-_:.])")
 _ACTIVE = re.compile(r"(?:^|[-_:.])a(\d+(?:\.\d+)?)b(?=$|[-_:.])")
 
