@@ -25,7 +25,7 @@ from proxy.auto import AutoError, AutoRouter, profile_of, user_key
 from proxy.auto_routes import AutoRoutes
 from proxy.backends import BackendPool, BackendState, NoBackend
 from proxy.cache import ResponseCache
-from proxy.cache.key import cache_key, cacheable, generates, scope, streams
+from proxy.cache.key import cache_key, cacheable, generates, scope
 from proxy.cache.replay import CACHE_HEADER, replay
 from proxy.cloud import CloudFallback, lists_locally
 from proxy.config import Config
@@ -157,8 +157,8 @@ class Handlers:
             return exc.response()
         decided.body = body
         route = decided.route
+        served.runs_model = route is not None and route.inference
         if isinstance(doc, dict):
-            served.whole_answer = route is not None and route.inference and not streams(path, doc)
             texts: list[str] = []
             refused = request_limits.check_body(path, doc, self.config.limits, texts)
             if refused is not None:
@@ -265,6 +265,7 @@ class Handlers:
         outcome = request[OUTCOME]
         decided, served = outcome.decided, outcome.served
         path = request.path
+        served.runs_model = True
         body = await self._read(request)
         decided.prompt = []  # audio: no prompt text for the usage event
         query = request.raw_path.partition("?")[2]

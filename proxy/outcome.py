@@ -75,10 +75,12 @@ class Served:
     # The response cache: "hit" (answered from it), "miss" (cacheable, answered by a
     # backend), None (not cacheable, or no cache).
     cache: str | None = None
-    # A model's answer that comes whole, after the whole generation (`stream: false`,
-    # OpenAI's default, embeddings): the backend's silence before it is the request's
-    # own length, which the client sets (set by the handler, read by the relay).
-    whole_answer: bool = False
+    # The request runs a model (an inference route): the backend's silence before the
+    # answer's head is the request's own length, which the client sets: the model's
+    # loading and the prompt's evaluation before a stream's first chunk, the whole
+    # generation before an answer that comes whole (`stream: false`, OpenAI's
+    # default, embeddings). Set by the handler, read by the relay.
+    runs_model: bool = False
     ended: float = 0.0  # perf_counter() when the handler finished
 
     @property

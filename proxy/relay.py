@@ -134,10 +134,11 @@ class Relay:
                 head = await self.exchange(request, state, body, client, outcome.request_id)
             except UpstreamError as exc:
                 state.end(model)
-                # A whole answer's silence is the generation the client asked for: not
-                # the backend failing (a hung backend fails its health checks), and it
+                # A model's silence before its answer is the prompt's evaluation (and,
+                # for a whole answer, the generation) the client asked for: not the
+                # backend failing (a hung backend fails its health checks), and it
                 # would take as long on another.
-                own_length = outcome.whole_answer and isinstance(exc, IdleTimeout)
+                own_length = outcome.runs_model and isinstance(exc, IdleTimeout)
                 if not own_length:
                     state.failed(str(exc))
                 log.warning("backend %s failed before answering: %s", state.label, exc)

@@ -314,16 +314,19 @@ async def streamed_error(url: str) -> tuple[int, str]:
 
 # How each fault reaches the client: a fault before the response head is a 502 with a
 # JSON body; one after it (the stream started, status 200 sent) is the stream's last line.
-FAULT_STATUS = {"hang": 502, "garbage": 502, "stall": 200, "close_early": 200}
+# Not "hang" (a model's request accepted and never answered): to the proxy it is a
+# prompt still being evaluated, the request's own length
+# (`test_a_prompt_evaluated_longer_than_the_idle_timeout_opens_no_circuit`).
+FAULT_STATUS = {"garbage": 502, "stall": 200, "close_early": 200}
 
 
 @pytest.mark.parametrize("fault", sorted(FAULT_STATUS))
 async def test_each_backend_fault_is_an_ollama_error_counted_by_the_breaker(
     servers: ServerThread, own_emulator: Emulator, fault: str
 ) -> None:
-    """Accepts and never answers, stalls mid-stream, speaks garbage, closes early: each
-    reaches the client in Ollama's error shape within the configured idle timeout, and
-    each counts as one failure; at the threshold the circuit opens and the next request
+    """Stalls mid-stream, speaks garbage, closes early: each reaches the client in
+    Ollama's error shape within the configured idle timeout, and each counts as one
+    failure; at the threshold the circuit opens and the next request
     is refused at once (503) without reaching the backend."""
     from proxy.config import Timeouts
 
@@ -375,6 +378,59 @@ async def test_a_whole_answer_longer_than_the_idle_timeout_opens_no_circuit(
     from proxy.config import Timeouts
 
     slow = dataclasses.replace(FROZEN, chunk_delay_ms=20.0, models=(SHARED,))
+    a, b = Emulator(servers, slow), Emulator(servers, slow)
+    proxy = Proxy(
+        servers,
+        [a.url, b.url],
+        timeouts=Timeouts(idle_read_seconds=0.5),
+        health=Health(interval_seconds=3600, failure_threshold=1, open_seconds=3600),
+    )
+    try:
+        for _ in range(2):
+            status, answer = await post(proxy.url, path, body)
+            assert status == 502 and b"no data from backend" in answer
+        assert a.state.requests[path] + b.state.requests[path] == 2
+        for emulator in (a, b):
+            assert await scrape_failures(proxy.url, emulator.url) == (0, "closed")
+        status, answer = await post(proxy.url, "/api/generate", generate(SHARED))
+        assert status == 200 and orjson.loads(answer)["done"] is True
+    finally:
+        proxy.stop()
+        a.stop()
+        b.stop()
+
+
+# Some 200 tokens: seconds of prompt evaluation at 100 tokens a second.
+LONG_PROMPT = "x " * 200
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/generate", {"model": SHARED, "prompt": LONG_PROMPT}),
+        (
+            "/v1/chat/completions",
+            {
+                "model": SHARED,
+                "messages": [{"role": "user", "content": LONG_PROMPT}],
+                "stream": True,
+            },
+        ),
+    ],
+    ids=["ollama-stream", "openai-stream"],
+)
+async def test_a_prompt_evaluated_longer_than_the_idle_timeout_opens_no_circuit(
+    servers: ServerThread, path: str, body: dict[str, Any]
+) -> None:
+    """A stream's first chunk comes once the model has read the whole prompt, whose
+    length the client sets: the backend's silence until then is the request's, as
+    before a whole answer. Past `idle_read_seconds` the client gets the 502, no
+    circuit counts it (a few long prompts would otherwise open every backend's
+    circuit, each tried on every backend), and it is not evaluated again on the
+    other backend; the next requests are served."""
+    from proxy.config import Timeouts
+
+    slow = dataclasses.replace(FROZEN, prompt_tokens_per_second=100.0, models=(SHARED,))
     a, b = Emulator(servers, slow), Emulator(servers, slow)
     proxy = Proxy(
         servers,
