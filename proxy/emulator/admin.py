@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy.errors import gin_not_found
+from proxy.go_types import SHOW_FIELDS
 from proxy.protocol import NDJSON, TEXT, go_time
 
 from .catalog import REGISTRY, ModelSpec, normalize_name, valid_name
@@ -146,18 +147,7 @@ def show_body(spec: ModelSpec, request_model: str, user_agent: str) -> dict[str,
 async def handle_show(request: web.Request) -> web.Response:
     state = state_of(request)
     try:
-        body = await read_body(
-            request,
-            "ShowRequest",
-            {
-                "model": "string",
-                "system": "string",
-                "template": "string",
-                "verbose": "bool",
-                "options": "map",
-                "name": "string",
-            },
-        )
+        body = await read_body(request, "ShowRequest", SHOW_FIELDS)
     except Refusal as exc:
         return error(exc.status, exc.message)
     name = str(body.get("model") or body.get("name") or "")

@@ -16,6 +16,7 @@ from yarl import URL
 from proxy import expect, go_mux
 from proxy.connection import ClientConnection
 from proxy.errors import gin_not_found, gin_refusal
+from proxy.go_types import BodyError
 from proxy.header_values import utf8
 from proxy.origins import ORIGIN, Origins, add_headers
 from proxy.protocol import NDJSON, SSE, drop_server_header, go_time
@@ -24,7 +25,7 @@ from proxy.routes import OLLAMA_ROUTES, gin_allowed
 from . import admin, anthropic_routes, native, openai_routes, responses_api
 from .engine import ClientGone, wait_forever
 from .state import FAULT_MODES, STATE_KEY, EmulatorSettings, EmulatorState, state_of
-from .wire import BodyError, decode_json, dumps, error, gin_json
+from .wire import decode_json, dumps, error, gin_json
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

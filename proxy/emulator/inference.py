@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from proxy.go_types import BodyError, check_fields
 from proxy.keep_alive import parse as parse_keep_alive
 
 from .catalog import ModelSpec, qualified, valid_name
@@ -20,41 +21,8 @@ from .engine import Piece
 from .skills import suite_answer
 from .state import EmulatorState
 from .textgen import Plan, count_tokens, plan, token_logprob
-from .wire import BodyError, check_fields, decode_json
+from .wire import decode_json
 
-GENERATE_FIELDS = {
-    "model": "string",
-    "prompt": "string",
-    "suffix": "string",
-    "system": "string",
-    "template": "string",
-    "context": "[]int",
-    "stream": "bool",
-    "raw": "bool",
-    "format": "any",
-    "keep_alive": "duration",
-    "images": "images",
-    "options": "map",
-    "think": "any",
-    "truncate": "bool",
-    "shift": "bool",
-    "logprobs": "bool",
-    "top_logprobs": "int",
-}
-CHAT_FIELDS = {
-    "model": "string",
-    "messages": "messages",
-    "stream": "bool",
-    "format": "any",
-    "keep_alive": "duration",
-    "tools": "tools",
-    "options": "map",
-    "think": "any",
-    "truncate": "bool",
-    "shift": "bool",
-    "logprobs": "bool",
-    "top_logprobs": "int",
-}
 # Typed options Ollama's Options.FromMap checks (a mismatch is a 500 from scheduleRunner).
 _OPTION_KINDS = {
     "num_predict": "integer",

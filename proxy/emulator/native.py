@@ -13,13 +13,12 @@ from typing import Any
 from aiohttp import web
 
 from proxy.aiohttp_internals import defer_headers
+from proxy.go_types import CHAT_FIELDS, GENERATE_FIELDS
 from proxy.protocol import NDJSON, go_time
 
 from .catalog import valid_name
 from .engine import ClientGone, Generation, Piece, pause
 from .inference import (
-    CHAT_FIELDS,
-    GENERATE_FIELDS,
     Prepared,
     Refusal,
     check_options,

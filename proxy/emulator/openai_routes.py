@@ -17,13 +17,14 @@ from typing import Any
 from aiohttp import web
 
 from proxy import multipart_form
+from proxy.go_types import BodyError, check_fields
 from proxy.protocol import SSE
 
 from .engine import ClientGone, Piece
 from .inference import Prepared, Refusal, prepare_chat, prepare_generate
 from .native import ChatSink, LazyStream, embed_vectors, run_chat
 from .state import EmulatorState, request_digest, state_of
-from .wire import BodyError, check_fields, decode_json, dumps, encoder_json, gin_json, unix_of
+from .wire import decode_json, dumps, encoder_json, gin_json, unix_of
 
 
 def oa_error(status: int, message: str) -> dict[str, Any]:

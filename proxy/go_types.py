@@ -1,0 +1,353 @@
+"""Ollama's request structs as Go's encoding/json reads them: the type errors
+json.Unmarshal gives for a value of the wrong kind (`check_fields`), and the structs of
+the routes whose answer is written without a backend where `auto` is named (`refusal`).
+
+The emulator checks every body it decodes with these; the proxy checks the bodies it
+answers itself (`auto`'s `/api/show`, its load and unload), which a backend never
+reads, so that a body Ollama refuses is refused there too, with Ollama's 400.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from proxy.go_json import in_last_order
+from selector_model.request_body import canonicalize
+
+
+class BodyError(Exception):
+    """A request body Gin would refuse; str(self) is the Go error text."""
+
+
+class BeyondADouble:
+    """A JSON number beyond a double, as written: Go's ParseFloat (into a float64 or an
+    `any`) and ParseInt (into an int) refuse it, and json.Unmarshal names the field
+    (`check_fields`)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def go_number(text: str) -> int | float | BeyondADouble:
+    """A JSON number as Go reads it: an integer, a double, or one beyond a double."""
+    number = float(text)  # rounds as Go's ParseFloat does, to infinity beyond a double
+    if math.isinf(number):
+        return BeyondADouble(text)
+    if "." in text or "e" in text or "E" in text:
+        return number
+    return int(text)
+
+
+# Go's scanner refuses each at the first character that cannot begin a value (after
+# a minus sign, the first it cannot continue a number with); Python's json reads them.
+_CONSTANTS = {
+    "NaN": "invalid character 'N' looking for beginning of value",
+    "Infinity": "invalid character 'I' looking for beginning of value",
+    "-Infinity": "invalid character 'I' in numeric literal",
+}
+
+
+def _constant(text: str) -> Any:
+    raise BodyError(_CONSTANTS[text])
+
+
+DECODER = json.JSONDecoder(
+    object_pairs_hook=in_last_order,
+    parse_int=go_number,
+    parse_float=go_number,
+    parse_constant=_constant,
+)
+
+
+def _beyond_a_double(value: Any) -> BeyondADouble | None:
+    """The first number beyond a double in `value`, in document order."""
+    if isinstance(value, BeyondADouble):
+        return value
+    children = (
+        value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    )
+    for child in children:
+        found = _beyond_a_double(child)
+        if found is not None:
+            return found
+    return None
+
+
+# Field type checking (the errors json.Unmarshal gives for a wrong type) -----------------
+
+_KIND_OF = {
+    str: "string",
+    bool: "bool",
+    int: "number",
+    float: "number",
+    list: "array",
+    dict: "object",
+}
+
+_GO_TYPE = {
+    "string": "string",
+    "bool": "bool",
+    "int": "int",
+    "float": "float64",
+    "map": "map[string]interface {}",
+    "[]int": "[]int",
+    "[]string": "[]string",
+    "images": "[]api.ImageData",
+    "messages": "[]api.Message",
+    "tools": "api.Tools",
+    "object": "struct",
+}
+
+
+# The kinds whose numbers Go parses (the rest hold no number, or keep it unparsed, as
+# a json.RawMessage does): the Go type a number beyond a double fails to become. An
+# api.Duration (`duration`) decodes its value into an `any` first.
+_PARSED_NUMBERS = {
+    "float": "float64",
+    "int": "int",
+    "[]int": "int",
+    "map": "float64",
+    "duration": "float64",
+}
+
+
+def _kind(value: Any) -> str:
+    return _KIND_OF.get(type(value), "value")
+
+
+def _fits(value: Any, want: str) -> bool:
+    if value is None or want in ("any", "duration"):
+        return True
+    if want == "string":
+        return isinstance(value, str)
+    if want == "bool":
+        return isinstance(value, bool)
+    if want == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if want == "float":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if want in ("map", "object"):
+        return isinstance(value, dict)
+    return isinstance(value, list)  # every "[]..." kind, messages, tools, images
+
+
+def type_error(value: Any, struct: str, field_path: str, go_type: str) -> BodyError:
+    kind = _kind(value)
+    if kind == "number" and go_type == "int" and isinstance(value, float):
+        kind = f"number {value:g}"
+    return BodyError(
+        f"json: cannot unmarshal {kind} into Go struct field "
+        f"{struct}.{field_path} of type {go_type}"
+    )
+
+
+def check_fields(body: Any, struct: str, fields: Mapping[str, str]) -> dict[str, Any]:
+    """Check `body` against a Go struct description {json name: kind}.
+
+    Kinds: string, bool, int, float, map, object, any, duration (an api.Duration:
+    any, its number parsed), []int, []string, images, messages, tools. Returns the
+    body as a dict (JSON null decodes to the zero struct)."""
+    if body is None:
+        return {}
+    if not isinstance(body, dict):
+        raise BodyError(f"json: cannot unmarshal {_kind(body)} into Go value of type api.{struct}")
+    # Go matches a key to a field whatever its case (`Model` is `model`), the last of
+    # the keys that name a field winning: one lower-case key per field, as Go reads it.
+    canonicalize(body)
+    for key, want in fields.items():
+        value = body.get(key)
+        if value is None:
+            continue
+        beyond = _beyond_a_double(value) if want in _PARSED_NUMBERS else None
+        if beyond is not None:
+            go_type = _PARSED_NUMBERS[want]
+            raise BodyError(
+                f"json: cannot unmarshal number {beyond.text} into Go struct field "
+                f"{struct}.{key} of type {go_type}"
+            )
+        if not _fits(value, want):
+            raise type_error(value, struct, key, _GO_TYPE.get(want, want))
+        if want == "[]int":
+            for item in value:
+                if not _fits(item, "int"):
+                    raise type_error(item, struct, key, "int")
+        elif want == "[]string":
+            for item in value:
+                if not _fits(item, "string"):
+                    raise type_error(item, struct, key, "string")
+        elif want == "images":
+            for item in value:
+                check_image(item, struct, key)
+        elif want == "messages":
+            for item in value:
+                check_message(item)
+        elif want in ("tools", "[]api.Tool"):
+            for item in value:
+                check_tool(item, struct, key)
+    return body
+
+
+# api.Tool, api.ToolFunction and api.ToolFunctionParameters, as far as their types are
+# plain (`properties` has an UnmarshalJSON of its own, unchecked): (JSON name, kind,
+# the Go type named in an error). Go names the innermost struct and the field's whole
+# path from the request (`Tool.tools.function`).
+_TOOL_FIELDS = (("type", "string", "string"), ("function", "object", "api.ToolFunction"))
+_FUNCTION_FIELDS = (
+    ("name", "string", "string"),
+    ("description", "string", "string"),
+    ("parameters", "object", "api.ToolFunctionParameters"),
+)
+_PARAMETERS_FIELDS = (
+    ("type", "string", "string"),
+    ("required", "[]string", "[]string"),
+)
+
+
+def check_tool(item: Any, struct: str, key: str) -> None:
+    """One element of a request's `tools` ([]api.Tool)."""
+    if item is None:
+        return
+    if not isinstance(item, dict):
+        raise type_error(item, struct, key, "api.Tool")
+    _check_struct(item, "Tool", key, _TOOL_FIELDS)
+    function = item.get("function")
+    if isinstance(function, dict):
+        path = f"{key}.function"
+        _check_struct(function, "ToolFunction", path, _FUNCTION_FIELDS)
+        parameters = function.get("parameters")
+        if isinstance(parameters, dict):
+            _check_struct(
+                parameters, "ToolFunctionParameters", f"{path}.parameters", _PARAMETERS_FIELDS
+            )
+
+
+def _check_struct(
+    value: dict[str, Any], struct: str, path: str, fields: tuple[tuple[str, str, str], ...]
+) -> None:
+    for name, kind, go_type in fields:
+        field = value.get(name)
+        if field is None:
+            continue
+        if not _fits(field, kind):
+            raise type_error(field, struct, f"{path}.{name}", go_type)
+        if kind == "[]string":
+            for item in field:
+                if not _fits(item, "string"):
+                    raise type_error(item, struct, f"{path}.{name}", "string")
+
+
+def check_image(item: Any, struct: str, key: str) -> None:
+    """api.ImageData is []byte: a base64 string (std alphabet, padded)."""
+    if not isinstance(item, str):
+        raise type_error(item, struct, key, "api.ImageData")
+    alphabet = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+    body = item.rstrip("=")
+    for i, c in enumerate(body):
+        if c not in alphabet:
+            raise BodyError(f"illegal base64 data at input byte {i}")
+    if len(item) % 4 or len(item) - len(body) > 2:
+        raise BodyError(f"illegal base64 data at input byte {len(body)}")
+
+
+_MESSAGE_FIELDS = {
+    "role": "string",
+    "content": "string",
+    "thinking": "string",
+    "images": "images",
+    "tool_calls": "[]",
+    "tool_name": "string",
+    "tool_call_id": "string",
+}
+
+
+def check_message(item: Any) -> None:
+    """api.Message has its own UnmarshalJSON (via an Alias type), so Go reports errors
+    inside it against the struct `Alias` rather than the enclosing request."""
+    if item is None:
+        return
+    if not isinstance(item, dict):
+        raise BodyError(f"json: cannot unmarshal {_kind(item)} into Go value of type api.Alias")
+    for key, want in _MESSAGE_FIELDS.items():
+        value = item.get(key)
+        if value is None:
+            continue
+        if want == "images":
+            if not isinstance(value, list):
+                raise type_error(value, "Alias", key, "[]api.ImageData")
+            for img in value:
+                check_image(img, "Alias", key)
+        elif want == "[]":
+            if not isinstance(value, list):
+                raise type_error(value, "Alias", key, "[]api.ToolCall")
+        elif not _fits(value, want):
+            raise type_error(value, "Alias", key, _GO_TYPE[want])
+
+
+# The request structs of api/types.go, {json name: kind} (see `check_fields`).
+GENERATE_FIELDS = {
+    "model": "string",
+    "prompt": "string",
+    "suffix": "string",
+    "system": "string",
+    "template": "string",
+    "context": "[]int",
+    "stream": "bool",
+    "raw": "bool",
+    "format": "any",
+    "keep_alive": "duration",
+    "images": "images",
+    "options": "map",
+    "think": "any",
+    "truncate": "bool",
+    "shift": "bool",
+    "logprobs": "bool",
+    "top_logprobs": "int",
+}
+CHAT_FIELDS = {
+    "model": "string",
+    "messages": "messages",
+    "stream": "bool",
+    "format": "any",
+    "keep_alive": "duration",
+    "tools": "tools",
+    "options": "map",
+    "think": "any",
+    "truncate": "bool",
+    "shift": "bool",
+    "logprobs": "bool",
+    "top_logprobs": "int",
+}
+SHOW_FIELDS = {
+    "model": "string",
+    "system": "string",
+    "template": "string",
+    "verbose": "bool",
+    "options": "map",
+    "name": "string",
+}
+# What Ollama's handler on each path decodes its body into.
+_STRUCTS = {
+    "/api/generate": ("GenerateRequest", GENERATE_FIELDS),
+    "/api/chat": ("ChatRequest", CHAT_FIELDS),
+    "/api/show": ("ShowRequest", SHOW_FIELDS),
+}
+
+
+def refusal(path: str, body: bytes) -> str | None:
+    """Go's error decoding `body` into the struct Ollama's handler for `path` reads
+    (`_STRUCTS`), None when it decodes (or `path` has none here). `body` is JSON (the
+    proxy's canonical body, `go_json.read`); read again here for the numbers beyond a
+    double, which Go refuses where it parses them."""
+    struct = _STRUCTS.get(path)
+    if struct is None:
+        return None
+    try:
+        check_fields(DECODER.decode(body.decode()), *struct)
+    except BodyError as exc:
+        return str(exc)
+    return None
