@@ -1,10 +1,11 @@
-"""Ollama's request structs as Go's encoding/json reads them: the type errors
-json.Unmarshal gives for a value of the wrong kind (`check_fields`), and the structs of
-the routes whose answer is written without a backend where `auto` is named (`refusal`).
+"""Ollama's request structs as Go's encoding/json reads them: the errors json.Unmarshal
+gives for a value of the wrong kind (`check_fields`, api.ThinkValue's own), and what
+Ollama's handlers refuse of a body before they look at its model (`refusal`).
 
-The emulator checks every body it decodes with these; the proxy checks the bodies it
-answers itself (`auto`'s `/api/show`, its load and unload), which a backend never
-reads, so that a body Ollama refuses is refused there too, with Ollama's 400.
+The emulator checks every body it decodes with these. The proxy checks a body where it
+answers in a backend's place for `auto` (its `/api/show`, its load and unload, a
+request no model can serve): Ollama reads the body before the model, so a body it
+refuses gets its 400 there too, never an answer a backend would not give.
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ def _kind(value: Any) -> str:
 
 
 def _fits(value: Any, want: str) -> bool:
-    if value is None or want in ("any", "duration"):
+    if value is None or want in ("any", "duration", "think"):
         return True
     if want == "string":
         return isinstance(value, str)
@@ -150,7 +151,8 @@ def check_fields(body: Any, struct: str, fields: Mapping[str, str]) -> dict[str,
     """Check `body` against a Go struct description {json name: kind}.
 
     Kinds: string, bool, int, float, map, object, any, duration (an api.Duration:
-    any, its number parsed), []int, []string, images, messages, tools. Returns the
+    any, its number parsed), think (an api.ThinkValue), []int, []string, images,
+    messages, tools. Returns the
     body as a dict (JSON null decodes to the zero struct)."""
     if body is None:
         return {}
@@ -183,6 +185,8 @@ def check_fields(body: Any, struct: str, fields: Mapping[str, str]) -> dict[str,
         elif want == "images":
             for item in value:
                 check_image(item, struct, key)
+        elif want == "think":
+            think_value(value)
         elif want == "messages":
             for item in value:
                 check_message(item)
@@ -302,7 +306,7 @@ GENERATE_FIELDS = {
     "keep_alive": "duration",
     "images": "images",
     "options": "map",
-    "think": "any",
+    "think": "think",
     "truncate": "bool",
     "shift": "bool",
     "logprobs": "bool",
@@ -316,7 +320,7 @@ CHAT_FIELDS = {
     "keep_alive": "duration",
     "tools": "tools",
     "options": "map",
-    "think": "any",
+    "think": "think",
     "truncate": "bool",
     "shift": "bool",
     "logprobs": "bool",
@@ -330,24 +334,50 @@ SHOW_FIELDS = {
     "options": "map",
     "name": "string",
 }
-# What Ollama's handler on each path decodes its body into.
+# What Ollama's handler on each path decodes its body into, and whether it then checks
+# `top_logprobs` (`top_logprobs_refusal`).
 _STRUCTS = {
-    "/api/generate": ("GenerateRequest", GENERATE_FIELDS),
-    "/api/chat": ("ChatRequest", CHAT_FIELDS),
-    "/api/show": ("ShowRequest", SHOW_FIELDS),
+    "/api/generate": ("GenerateRequest", GENERATE_FIELDS, True),
+    "/api/chat": ("ChatRequest", CHAT_FIELDS, True),
+    "/api/show": ("ShowRequest", SHOW_FIELDS, False),
 }
 
 
+def think_value(value: Any) -> bool | None:
+    """api.ThinkValue: a bool, or "high"/"medium"/"low"/"max" (which mean on); its
+    UnmarshalJSON refuses anything else as the body is decoded."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        if value not in ("high", "medium", "low", "max"):
+            raise BodyError(
+                f'invalid think value: "{value}" (must be "high", "medium", "low", "max", '
+                "true, or false)"
+            )
+        return True
+    raise BodyError(
+        'think must be a boolean or string ("high", "medium", "low", "max", true, or false)'
+    )
+
+
+def top_logprobs_refusal(body: Mapping[str, Any]) -> str | None:
+    """GenerateHandler's and ChatHandler's first check once the body is decoded."""
+    top = body.get("top_logprobs") or 0
+    return "top_logprobs must be between 0 and 20" if top < 0 or top > 20 else None
+
+
 def refusal(path: str, body: bytes) -> str | None:
-    """Go's error decoding `body` into the struct Ollama's handler for `path` reads
-    (`_STRUCTS`), None when it decodes (or `path` has none here). `body` is JSON (the
-    proxy's canonical body, `go_json.read`); read again here for the numbers beyond a
-    double, which Go refuses where it parses them."""
+    """What Ollama's handler for `path` answers with a 400 before it looks at the
+    model: an error decoding `body` into its struct (`_STRUCTS`), or `top_logprobs`
+    out of range; None for a body it goes on with (or a path without a struct here).
+    `body` is JSON (the proxy's canonical body, `go_json.read`), read again here for
+    the numbers beyond a double, which Go refuses where it parses them."""
     struct = _STRUCTS.get(path)
     if struct is None:
         return None
+    name, fields, logprobs = struct
     try:
-        check_fields(DECODER.decode(body.decode()), *struct)
+        doc = check_fields(DECODER.decode(body.decode()), name, fields)
     except BodyError as exc:
         return str(exc)
-    return None
+    return top_logprobs_refusal(doc) if logprobs else None

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from aiohttp import hdrs, web
 
-from proxy import go_json, header_values, multipart_form, request_encoding
+from proxy import go_json, go_types, header_values, multipart_form, request_encoding
 from proxy import limits as request_limits
 from proxy.aiohttp_internals import state_get
 from proxy.auth import KEY_REQUEST, KeyState, sees_fleet
@@ -72,6 +72,15 @@ def model_of(body: bytes, max_values: int, fields: tuple[str, ...] = ("model",))
         if isinstance(value, str) and value:
             return value
     return None
+
+
+def _refused(path: str, body: bytes) -> web.Response | None:
+    """Ollama's 400 for a body its handler refuses before it looks at the model
+    (`go_types.refusal`), None for one it goes on with. Where the proxy answers for
+    `auto` in a backend's place, this comes first, as from Ollama; a body routed to a
+    backend gets it from there."""
+    refused = go_types.refusal(path, body)
+    return None if refused is None else error_response(path, 400, refused)
 
 
 class Handlers:
@@ -181,13 +190,17 @@ class Handlers:
             return await self._local_or_cloud(request, served, doc, body, model, (model,))
         assert isinstance(doc, dict)
         if path == SHOW_PATH:
-            return self.auto_routes.show(profile, key.models if key else None)
+            return _refused(path, body) or self.auto_routes.show(
+                profile, key.models if key else None
+            )
         if path in LOADING_PATHS and not generates(path, doc):
             # `ollama run auto` loads and `ollama stop auto` unloads: `auto` holds no model
             # of its own, so neither touches a backend (unloading whichever model an
             # empty prompt would be routed to would stop one that others are using).
-            answered = self._unknown_profile(path, profile) or self.auto_routes.loading(
-                path, model, doc.get("keep_alive")
+            answered = (
+                _refused(path, body)
+                or self._unknown_profile(path, profile)
+                or self.auto_routes.loading(path, model, doc.get("keep_alive"))
             )
             if answered is not None:
                 return answered
@@ -231,7 +244,7 @@ class Handlers:
                     path, doc, profile, user_key(request), key.models if key else None
                 )
             except AutoError as exc:
-                return error_response(path, 400, str(exc))
+                return _refused(path, body) or error_response(path, 400, str(exc))
             except NoBackend:
                 if self.cloud is None or not cloud_names or not self.cloud.takes(path, cloud_names):
                     raise

@@ -337,6 +337,51 @@ async def test_loading_and_unloading_auto_touch_no_backend(
     assert not answer.model.startswith("auto")
 
 
+async def post_raw(url: str, path: str, body: bytes) -> tuple[int, bytes]:
+    async with aiohttp.ClientSession() as session, session.post(url + path, data=body) as resp:
+        return resp.status, await resp.read()
+
+
+# Bodies Ollama refuses as it reads them, before it looks at the model (`{model}` is
+# where the model's name goes): a load or an unload, a show, and requests `auto` finds
+# no model for (the coders profile has no vision model).
+REFUSED_BEFORE_THE_MODEL = [
+    ("/api/generate", '{{"model": "{model}", "stream": "no"}}'),
+    ("/api/generate", '{{"model": "{model}", "keep_alive": 0, "options": "x"}}'),
+    ("/api/generate", '{{"model": "{model}", "context": [1e400]}}'),
+    ("/api/generate", '{{"model": "{model}", "think": 5}}'),
+    ("/api/generate", '{{"model": "{model}", "top_logprobs": 50}}'),
+    ("/api/chat", '{{"model": "{model}", "messages": {{}}}}'),
+    ("/api/chat", '{{"model": "{model}", "tools": "x", "keep_alive": "0s"}}'),
+    ("/api/chat", '{{"model": "{model}", "think": "hard"}}'),
+    ("/api/show", '{{"model": "{model}", "verbose": "x"}}'),
+    ("/api/show", '{{"name": "{model}", "options": 1}}'),
+    ("/api/generate", '{{"model": "{model}", "prompt": "hi", "images": ["%%%"]}}'),
+    (
+        "/api/chat",
+        '{{"model": "{model}", "stream": 1, "messages": '
+        '[{{"role": "user", "content": "hi", "images": ["' + PIXEL_PNG + '"]}}]}}',
+    ),
+]
+
+
+@pytest.mark.parametrize(("path", "template"), REFUSED_BEFORE_THE_MODEL)
+async def test_auto_refuses_a_body_as_ollama_does_before_the_model(
+    auto_proxy: Proxy, emulator: Emulator, path: str, template: str
+) -> None:
+    """Where the proxy answers for `auto` itself (its load and unload, its show, a
+    request no model can serve), a body Ollama refuses as it reads it gets Ollama's
+    400: the same answer a backend gives to that body naming one of its models, never
+    a "load", a description or a "no model can serve" that Ollama would not write."""
+    status, expected = await post_raw(
+        emulator.url, path, template.format(model="qwen2.5:7b").encode()
+    )
+    assert status == 400
+    for model in ("auto", "auto:coders"):
+        answer = await post_raw(auto_proxy.url, path, template.format(model=model).encode())
+        assert answer == (400, expected)
+
+
 def test_ollama_run_auto_leaves_the_choice_open(auto_proxy: Proxy) -> None:
     """`ollama run <model>` turns `think` on for every message when /api/show lists
     "thinking" (cmd.inferThinkingOption), as `ollama launch` configures reasoning from

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from proxy import go_types
 from proxy.go_types import BodyError, check_fields
 from proxy.keep_alive import parse as parse_keep_alive
 
@@ -80,22 +81,12 @@ async def read_body(request: web.Request, struct: str, fields: dict[str, str]) -
 
 
 def think_value(value: Any) -> bool | None:
-    """api.ThinkValue: a bool or "high"/"medium"/"low"/"max" (which mean on)."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str):
-        if value not in ("high", "medium", "low", "max"):
-            raise Refusal(
-                400,
-                f'invalid think value: "{value}" (must be "high", "medium", "low", "max", '
-                "true, or false)",
-            )
-        return True
-    raise Refusal(
-        400, 'think must be a boolean or string ("high", "medium", "low", "max", true, or false)'
-    )
+    """api.ThinkValue (`go_types.think_value`), for the bodies the OpenAI and Anthropic
+    routes convert, which `check_fields` has not read."""
+    try:
+        return go_types.think_value(value)
+    except BodyError as exc:
+        raise Refusal(400, str(exc)) from None
 
 
 def check_options(options: dict[str, Any] | None) -> int | None:
@@ -179,9 +170,9 @@ def _thinking(spec: ModelSpec, model: str, think: bool | None, relax: bool) -> b
 
 def prepare_generate(state: EmulatorState, body: dict[str, Any]) -> Prepared:
     model = str(body.get("model") or "")
-    top = body.get("top_logprobs") or 0
-    if top < 0 or top > 20:
-        raise Refusal(400, "top_logprobs must be between 0 and 20")
+    refused = go_types.top_logprobs_refusal(body)
+    if refused is not None:
+        raise Refusal(400, refused)
     spec = _lookup(state, model, empty_status=404, empty_msg=f"model '{model}' not found")
     keep_alive = keep_alive_of(body)
     prompt = str(body.get("prompt") or "")
@@ -243,9 +234,9 @@ def prepare_chat(
     limit_is_cap: bool = False,
 ) -> Prepared:
     model = str(body.get("model") or "")
-    top = body.get("top_logprobs") or 0
-    if top < 0 or top > 20:
-        raise Refusal(400, "top_logprobs must be between 0 and 20")
+    refused = go_types.top_logprobs_refusal(body)
+    if refused is not None:
+        raise Refusal(400, refused)
     spec = _lookup(state, model, empty_status=400, empty_msg="model is required")
     keep_alive = keep_alive_of(body)
     messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
