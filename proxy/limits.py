@@ -37,6 +37,12 @@ async def read_body(request: web.Request, idle_seconds: float) -> bytes:
     client that sends a head and then dribbles its body ("slowloris" on the body) cannot
     hold a handler forever. The usual body came with its head and is complete: that
     costs one check, no task and no timer."""
+    length, limit = request.content_length, request.client_max_size
+    if expect.unread(request) and length is not None and 0 < limit < length:
+        # Declared longer than the limit, from a client that waits for `100 Continue`
+        # before it sends a byte: refused now (the connection then closes, the body
+        # never sent), not invited only to be read up to the limit and refused.
+        raise web.HTTPRequestEntityTooLarge(limit, length)
     await expect.before_reading(request)
     content = request.content
     if idle_seconds <= 0 or content.is_eof():

@@ -218,6 +218,35 @@ async def test_body_over_the_limit_is_413_in_ollama_shape(
     assert ok[0] == 200
 
 
+async def test_a_body_declared_over_the_limit_is_413_before_100_continue(
+    small_limit_proxy: Proxy,
+) -> None:
+    """A client that waits for `100 Continue` before sending a body longer than the
+    limit gets the 413 at once, not an invitation to send bytes the proxy would only
+    read to refuse; the connection closes (the body never came), and the proxy serves
+    on."""
+    host, port = small_limit_proxy.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        b"Expect: 100-continue\r\nContent-Length: 4096\r\n\r\n"
+    )
+    await writer.drain()
+    status_line = await reader.readline()
+    assert status_line.startswith(b"HTTP/1.1 413 "), status_line
+    head, _, body = (await reader.read()).partition(b"\r\n\r\n")  # read to the close
+    writer.close()
+    assert b"\r\nConnection: close\r\n" in head + b"\r\n"
+    assert orjson.loads(body) == {"error": "request body too large (limit 1024 bytes)"}
+    ok = await raw(
+        small_limit_proxy.url,
+        "POST",
+        "/api/generate",
+        orjson.dumps({"model": "qwen2.5:7b", "prompt": "x", "stream": False}),
+    )
+    assert ok[0] == 200
+
+
 @pytest.mark.parametrize(
     "model",
     ["x\r\nSet-Cookie: stolen=1", "x\nSet-Cookie: stolen=1", "y" * 100_000, "a b", "é"],
