@@ -59,6 +59,20 @@ def normalize_model(name: str) -> str:
     return normal
 
 
+def cloud_source(name: str) -> bool:
+    """Whether Ollama sends a request naming `name` to ollama.com itself (its
+    modelref.ParseRef): the part after the last `:` is `cloud`, or ends in `-cloud`
+    without a `/` (`gpt-oss:20b:cloud`, `gpt-oss:120b-cloud`), whatever its case and
+    the blanks around it. Ollama answers such a request from there, whether or not the
+    model is on the backend, and with a 502 when it cannot reach ollama.com."""
+    _, colon, suffix = name.rpartition(":")
+    if not colon:
+        return False
+    tail = suffix.strip()
+    lowered = tail.lower()
+    return lowered == "cloud" or ("/" not in tail and lowered.endswith("-cloud"))
+
+
 def entry_model(entry: dict[str, Any]) -> str:
     """The model an entry of `/api/tags` or `/api/ps` names, as Ollama reads it."""
     return normalize_model(str(entry.get("model") or entry.get("name") or ""))
@@ -213,15 +227,18 @@ class BackendState:
         self.last_error = ""
         self.breaker.success()
 
-    def answered(self, status: int) -> None:
-        """What a well-formed answer says about the backend's health. A 500 says
-        nothing: Ollama answers it for requests it cannot run (options or `format` of
-        the wrong type, a template error), which any client can send at will, so
-        counting it would let one client open every circuit. Only the statuses that
-        say the backend cannot serve anyone count as failures; a backend that is truly
-        broken also fails its connects, timeouts and health checks."""
+    def answered(self, status: int, model: str | None) -> None:
+        """What a well-formed answer to a request for `model` says about the backend's
+        health. A 500 says nothing: Ollama answers it for requests it cannot run
+        (options or `format` of the wrong type, a template error), which any client
+        can send at will, so counting it would let one client open every circuit. Only
+        the statuses that say the backend cannot serve anyone count as failures, and
+        not for a model Ollama runs on ollama.com (`cloud_source`), whose 502 says
+        that ollama.com is out of the backend's reach; a backend that is truly broken
+        also fails its connects, timeouts and health checks."""
         if status in UNREACHABLE_STATUSES:
-            self.failed(f"answered {status}")
+            if model is None or not cloud_source(model):
+                self.failed(f"answered {status}")
         elif status < 500:
             self.succeeded()
 

@@ -167,14 +167,14 @@ class Relay:
             if client.declined:
                 state.end(model)
                 client.drop()
-                state.answered(head.status)
+                state.answered(head.status, model)
                 answered = f": answered {head.status}"
                 failures.append((state.label + answered, state.public_label + answered))
                 unreachable = False
                 tried.append(state)
                 continue
             try:
-                return await self._respond(state, head, client, outcome)
+                return await self._respond(state, head, client, outcome, model)
             finally:
                 state.end(model)
 
@@ -266,7 +266,12 @@ class Relay:
         conn.abandon_request()
 
     async def _respond(
-        self, state: BackendState, head: ResponseHead, client: ClientLeg, outcome: Served
+        self,
+        state: BackendState,
+        head: ResponseHead,
+        client: ClientLeg,
+        outcome: Served,
+        model: str | None,
     ) -> web.StreamResponse:
         outcome.status = head.status
         # Once the head went out, the relay has written to the client's transport itself:
@@ -293,7 +298,7 @@ class Relay:
                 tail = client.tail()
                 outcome.stats = final_chunk.parse(tail)
                 outcome.context_ending = answered_ending(tail)
-                state.answered(head.status)
+                state.answered(head.status, model)
             except Exception as exc:
                 # The client has its whole answer; only the proxy's record of it failed.
                 log.exception("reading the end of the answer from %s failed", state.label)

@@ -453,6 +453,37 @@ async def test_a_prompt_evaluated_longer_than_the_idle_timeout_opens_no_circuit(
         b.stop()
 
 
+@pytest.mark.parametrize("name", ["qwen2.5:7b:cloud", "gpt-oss:120b-cloud", "x:8B-Cloud"])
+async def test_a_cloud_model_out_of_reach_opens_no_circuit(
+    servers: ServerThread, name: str
+) -> None:
+    """Ollama sends a request naming a model of its cloud (`:cloud`, `-cloud`) to
+    ollama.com itself, and answers 502 when it cannot reach it (a machine without
+    internet access, an outage there): that says nothing of the backend, and any
+    client can name such a model, so no circuit counts it. The client gets that 502;
+    the next requests are served."""
+    backend = dataclasses.replace(FROZEN, models=(SHARED,))
+    a, b = Emulator(servers, backend), Emulator(servers, backend)
+    proxy = Proxy(
+        servers,
+        [a.url, b.url],
+        health=Health(interval_seconds=3600, failure_threshold=1, open_seconds=3600),
+    )
+    try:
+        chat = {"model": name, "messages": [{"role": "user", "content": "hi"}], "stream": False}
+        for _ in range(2):
+            status, answer = await post(proxy.url, "/api/chat", chat)
+            assert status == 502 and "ollama.com" in orjson.loads(answer)["error"]
+        for emulator in (a, b):
+            assert await scrape_failures(proxy.url, emulator.url) == (0, "closed")
+        status, answer = await post(proxy.url, "/api/generate", generate(SHARED))
+        assert status == 200 and orjson.loads(answer)["done"] is True
+    finally:
+        proxy.stop()
+        a.stop()
+        b.stop()
+
+
 async def health_circuit(url: str, backend: str) -> str:
     async with (
         aiohttp.ClientSession() as session,

@@ -14,6 +14,7 @@ import orjson
 from aiohttp import web
 
 from proxy import go_types
+from proxy.backends import cloud_source
 from proxy.go_types import BodyError, check_fields
 from proxy.keep_alive import parse as parse_keep_alive
 
@@ -42,6 +43,8 @@ _OPTION_KINDS = {
     "stop": "array",
 }
 NO_VISION = "this model is missing data required for image input"
+# Where Ollama sends a request for a model of its cloud (server/cloud_proxy.go).
+_CLOUD_URL = "https://ollama.com:443"
 
 
 class Refusal(Exception):
@@ -147,7 +150,13 @@ def _canonical(obj: Any) -> str:
     return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS).decode()
 
 
-def _lookup(state: EmulatorState, name: str, *, empty_status: int, empty_msg: str) -> ModelSpec:
+def _lookup(
+    state: EmulatorState, name: str, path: str, *, empty_status: int, empty_msg: str
+) -> ModelSpec:
+    if cloud_source(name):
+        # Ollama sends it to ollama.com (proxyCloudJSONRequest), which the emulated
+        # machine cannot reach: Go's client error, as a 502.
+        raise Refusal(502, f'Post "{_CLOUD_URL}{path}": dial tcp: lookup ollama.com: no such host')
     # An unparsable name is answered as a missing one, as Ollama's handlers do
     # (GenerateHandler: 404 "model 'x' not found"; ChatHandler: 400 "model is required").
     if not name.strip() or not valid_name(name):
@@ -173,7 +182,9 @@ def prepare_generate(state: EmulatorState, body: dict[str, Any]) -> Prepared:
     refused = go_types.top_logprobs_refusal(body)
     if refused is not None:
         raise Refusal(400, refused)
-    spec = _lookup(state, model, empty_status=404, empty_msg=f"model '{model}' not found")
+    spec = _lookup(
+        state, model, "/api/generate", empty_status=404, empty_msg=f"model '{model}' not found"
+    )
     keep_alive = keep_alive_of(body)
     prompt = str(body.get("prompt") or "")
     stream = body.get("stream") is not False
@@ -237,7 +248,7 @@ def prepare_chat(
     refused = go_types.top_logprobs_refusal(body)
     if refused is not None:
         raise Refusal(400, refused)
-    spec = _lookup(state, model, empty_status=400, empty_msg="model is required")
+    spec = _lookup(state, model, "/api/chat", empty_status=400, empty_msg="model is required")
     keep_alive = keep_alive_of(body)
     messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
     stream = body.get("stream") is not False
