@@ -4,6 +4,7 @@ headers, explain, and `auto` as editors see it in the model lists."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -300,6 +301,27 @@ async def test_auto_is_listed_and_shown_for_editors(auto_proxy: Proxy) -> None:
     assert "auto:fast" in [m.id async for m in sdk.models.list()]
     assert (await sdk.models.retrieve("auto")).owned_by == "autoroute"
     await sdk.close()
+
+
+async def test_a_backend_model_named_auto_is_reached_by_its_full_name(
+    servers: ServerThread, tmp_path: Path
+) -> None:
+    """`auto` and `auto:<tag>` are the proxy's. A backend's model of that name is
+    reached as Ollama also reads it, `library/auto` or `registry.ollama.ai/library/auto`
+    (any tag), which the proxy routes as any model name."""
+    own = Emulator(servers, dataclasses.replace(FROZEN, models=("auto", "qwen2.5:7b")))
+    prx = Proxy(servers, [own.url], selector=selector(tmp_path))
+    try:
+        client = ollama.AsyncClient(host=prx.url)
+        for name in ("library/auto", "registry.ollama.ai/library/auto:latest"):
+            answer = await client.generate(model=name, prompt="hi", options=SHORT)
+            assert answer.model == name
+            assert (await client.show(name)).details.family != "autoroute"
+        assert own.state.requests["/api/generate"] == 2
+        assert (await client.show("auto")).details.family == "autoroute"
+    finally:
+        prx.stop()
+        own.stop()
 
 
 async def test_loading_and_unloading_auto_touch_no_backend(
