@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
+
+import orjson
 
 from proxy.go_json import in_last_order
 from selector_model.request_body import canonicalize
@@ -65,10 +68,14 @@ DECODER = json.JSONDecoder(
 )
 
 
-def _beyond_a_double(value: Any) -> BeyondADouble | None:
-    """The first number beyond a double in `value`, in document order."""
+def _beyond_a_double(value: Any) -> str | None:
+    """The first number beyond a double in `value`, in document order, as written: a
+    `BeyondADouble` (the emulator's reading) or the JSON fragment the proxy's reading
+    keeps it as (`go_json`)."""
     if isinstance(value, BeyondADouble):
-        return value
+        return value.text
+    if isinstance(value, orjson.Fragment):
+        return orjson.dumps(value).decode()
     children = (
         value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
     )
@@ -88,6 +95,8 @@ _KIND_OF = {
     float: "number",
     list: "array",
     dict: "object",
+    BeyondADouble: "number",
+    orjson.Fragment: "number",
 }
 
 _GO_TYPE = {
@@ -169,7 +178,7 @@ def check_fields(body: Any, struct: str, fields: Mapping[str, str]) -> dict[str,
         if beyond is not None:
             go_type = _PARSED_NUMBERS[want]
             raise BodyError(
-                f"json: cannot unmarshal number {beyond.text} into Go struct field "
+                f"json: cannot unmarshal number {beyond} into Go struct field "
                 f"{struct}.{key} of type {go_type}"
             )
         if not _fits(value, want):
@@ -245,17 +254,21 @@ def _check_struct(
                     raise type_error(item, struct, f"{path}.{name}", "string")
 
 
+# Standard base64, padded: what `check_image` lets through, matched in one pass (an
+# image is megabytes).
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+_BASE64_DIGIT = re.compile(r"[^A-Za-z0-9+/]")
+
+
 def check_image(item: Any, struct: str, key: str) -> None:
     """api.ImageData is []byte: a base64 string (std alphabet, padded)."""
     if not isinstance(item, str):
         raise type_error(item, struct, key, "api.ImageData")
-    alphabet = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+    if len(item) % 4 == 0 and _BASE64.fullmatch(item):
+        return
     body = item.rstrip("=")
-    for i, c in enumerate(body):
-        if c not in alphabet:
-            raise BodyError(f"illegal base64 data at input byte {i}")
-    if len(item) % 4 or len(item) - len(body) > 2:
-        raise BodyError(f"illegal base64 data at input byte {len(body)}")
+    wrong = _BASE64_DIGIT.search(body)
+    raise BodyError(f"illegal base64 data at input byte {wrong.start() if wrong else len(body)}")
 
 
 _MESSAGE_FIELDS = {
@@ -366,18 +379,17 @@ def top_logprobs_refusal(body: Mapping[str, Any]) -> str | None:
     return "top_logprobs must be between 0 and 20" if top < 0 or top > 20 else None
 
 
-def refusal(path: str, body: bytes) -> str | None:
+def refusal(path: str, doc: dict[str, Any]) -> str | None:
     """What Ollama's handler for `path` answers with a 400 before it looks at the
-    model: an error decoding `body` into its struct (`_STRUCTS`), or `top_logprobs`
-    out of range; None for a body it goes on with (or a path without a struct here).
-    `body` is JSON (the proxy's canonical body, `go_json.read`), read again here for
-    the numbers beyond a double, which Go refuses where it parses them."""
+    model: an error decoding the body (`doc`, as `go_json.read` reads it) into its
+    struct (`_STRUCTS`), or `top_logprobs` out of range; None for a body it goes on
+    with (or a path without a struct here)."""
     struct = _STRUCTS.get(path)
     if struct is None:
         return None
     name, fields, logprobs = struct
     try:
-        doc = check_fields(DECODER.decode(body.decode()), name, fields)
+        check_fields(doc, name, fields)
     except BodyError as exc:
         return str(exc)
     return top_logprobs_refusal(doc) if logprobs else None

@@ -74,12 +74,12 @@ def model_of(body: bytes, max_values: int, fields: tuple[str, ...] = ("model",))
     return None
 
 
-def _refused(path: str, body: bytes) -> web.Response | None:
+def _refused(path: str, doc: dict[str, Any]) -> web.Response | None:
     """Ollama's 400 for a body its handler refuses before it looks at the model
     (`go_types.refusal`), None for one it goes on with. Where the proxy answers for
     `auto` in a backend's place, this comes first, as from Ollama; a body routed to a
     backend gets it from there."""
-    refused = go_types.refusal(path, body)
+    refused = go_types.refusal(path, doc)
     return None if refused is None else error_response(path, 400, refused)
 
 
@@ -190,7 +190,7 @@ class Handlers:
             return await self._local_or_cloud(request, served, doc, body, model, (model,))
         assert isinstance(doc, dict)
         if path == SHOW_PATH:
-            return _refused(path, body) or self.auto_routes.show(
+            return _refused(path, doc) or self.auto_routes.show(
                 profile, key.models if key else None
             )
         if path in LOADING_PATHS and not generates(path, doc):
@@ -198,7 +198,7 @@ class Handlers:
             # of its own, so neither touches a backend (unloading whichever model an
             # empty prompt would be routed to would stop one that others are using).
             answered = (
-                _refused(path, body)
+                _refused(path, doc)
                 or self._unknown_profile(path, profile)
                 or self.auto_routes.loading(path, model, doc.get("keep_alive"))
             )
@@ -244,7 +244,7 @@ class Handlers:
                     path, doc, profile, user_key(request), key.models if key else None
                 )
             except AutoError as exc:
-                return _refused(path, body) or error_response(path, 400, str(exc))
+                return _refused(path, doc) or error_response(path, 400, str(exc))
             except NoBackend:
                 if self.cloud is None or not cloud_names or not self.cloud.takes(path, cloud_names):
                     raise
