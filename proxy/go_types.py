@@ -10,15 +10,12 @@ refuses gets its 400 there too, never an answer a backend would not give.
 
 from __future__ import annotations
 
-import json
-import math
 import re
 from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
-from proxy.go_json import in_last_order
 from selector_model.request_body import canonicalize
 
 
@@ -35,37 +32,6 @@ class BeyondADouble:
 
     def __init__(self, text: str) -> None:
         self.text = text
-
-
-def go_number(text: str) -> int | float | BeyondADouble:
-    """A JSON number as Go reads it: an integer, a double, or one beyond a double."""
-    number = float(text)  # rounds as Go's ParseFloat does, to infinity beyond a double
-    if math.isinf(number):
-        return BeyondADouble(text)
-    if "." in text or "e" in text or "E" in text:
-        return number
-    return int(text)
-
-
-# Go's scanner refuses each at the first character that cannot begin a value (after
-# a minus sign, the first it cannot continue a number with); Python's json reads them.
-_CONSTANTS = {
-    "NaN": "invalid character 'N' looking for beginning of value",
-    "Infinity": "invalid character 'I' looking for beginning of value",
-    "-Infinity": "invalid character 'I' in numeric literal",
-}
-
-
-def _constant(text: str) -> Any:
-    raise BodyError(_CONSTANTS[text])
-
-
-DECODER = json.JSONDecoder(
-    object_pairs_hook=in_last_order,
-    parse_int=go_number,
-    parse_float=go_number,
-    parse_constant=_constant,
-)
 
 
 def _beyond_a_double(value: Any) -> str | None:

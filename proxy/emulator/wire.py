@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from proxy.go_json import go_text
-from proxy.go_types import DECODER, BodyError
+from proxy.go_json import go_text, in_last_order
+from proxy.go_types import BeyondADouble, BodyError
 from proxy.protocol import JSON, go_escaped
 
 JSON_BARE = "application/json"  # what the OpenAI writers and waitForStream set
@@ -153,6 +154,37 @@ def _syntax_message(raw: bytes, doc: str, exc: json.JSONDecodeError) -> str:
     return f"invalid character {_go_char(c)} looking for beginning of value"
 
 
+def _number(text: str) -> int | float | BeyondADouble:
+    """A JSON number as Go reads it: an integer, a double, or one beyond a double."""
+    number = float(text)  # rounds as Go's ParseFloat does, to infinity beyond a double
+    if math.isinf(number):
+        return BeyondADouble(text)
+    if "." in text or "e" in text or "E" in text:
+        return number
+    return int(text)
+
+
+# Go's scanner refuses each at the first character that cannot begin a value (after
+# a minus sign, the first it cannot continue a number with); Python's json reads them.
+_CONSTANTS = {
+    "NaN": "invalid character 'N' looking for beginning of value",
+    "Infinity": "invalid character 'I' looking for beginning of value",
+    "-Infinity": "invalid character 'I' in numeric literal",
+}
+
+
+def _constant(text: str) -> Any:
+    raise BodyError(_CONSTANTS[text])
+
+
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=in_last_order,
+    parse_int=_number,
+    parse_float=_number,
+    parse_constant=_constant,
+)
+
+
 def decode_json(raw: bytes) -> Any:
     """Decode the first JSON value of a body like json.Decoder.Decode; a number beyond
     a double is a `proxy.go_types.BeyondADouble`.
@@ -163,7 +195,7 @@ def decode_json(raw: bytes) -> Any:
     if start == len(doc):
         raise EOFError
     try:
-        value, _ = DECODER.raw_decode(doc, start)
+        value, _ = _DECODER.raw_decode(doc, start)
     except json.JSONDecodeError as exc:
         raise BodyError(_syntax_message(raw, doc, exc)) from None
     except RecursionError:
