@@ -39,13 +39,17 @@ _DEFAULT_NAMESPACE = "library/"
 
 
 def normalize_model(name: str) -> str:
-    """Ollama's reading of a model name: case-insensitive, `:latest` when no tag, and
-    as it shows it: `registry.ollama.ai/library/llama3.1` is `llama3.1:latest`, and
+    """Ollama's reading of a model name: case-insensitive, `:latest` when no tag, a
+    `:local` source suffix left out (`source`), and as it shows it:
+    `registry.ollama.ai/library/llama3.1` is `llama3.1:latest`, and
     `registry.ollama.ai/someone/m` is `someone/m:latest`."""
     normal = _NORMALIZED.get(name)
     if normal is not None:
         return normal
-    normal = name.strip().lower()
+    base, asked = source(name)
+    # `:local` asks for the model on the backend, the one the name names without it;
+    # a cloud name stays as it is: another model, which runs on ollama.com.
+    normal = (base if asked == LOCAL else name).strip().lower()
     if normal.count("/") == 2 and normal.startswith(_DEFAULT_HOST):
         normal = normal[len(_DEFAULT_HOST) :]
     if normal.count("/") == 1 and normal.startswith(_DEFAULT_NAMESPACE):
@@ -59,18 +63,32 @@ def normalize_model(name: str) -> str:
     return normal
 
 
+# Where a name asks its model to run (modelref.ParseRef's source suffix).
+CLOUD, LOCAL = "cloud", "local"
+
+
+def source(name: str) -> tuple[str, str]:
+    """The name without its source suffix, and the source it asks for, as Ollama's
+    modelref.ParseRef reads them: the part after the last `:` is `cloud` or `local`
+    (`gpt-oss:20b:cloud`), or ends in `-cloud` without a `/` (`gpt-oss:120b-cloud`,
+    whose base keeps the rest of its tag), whatever its case and the blanks around it;
+    else the name itself and "". Ollama sends a request for a `cloud` one to
+    ollama.com itself, whether or not the model is on the backend, and answers a 502
+    when it cannot reach it; a `local` one is the model on the backend."""
+    head, colon, suffix = name.rpartition(":")
+    if colon:
+        tail = suffix.strip()
+        lowered = tail.lower()
+        if lowered in (CLOUD, LOCAL):
+            return head, lowered
+        if "/" not in tail and lowered.endswith("-cloud"):
+            return f"{head}:{tail[: -len('-cloud')]}", CLOUD
+    return name, ""
+
+
 def cloud_source(name: str) -> bool:
-    """Whether Ollama sends a request naming `name` to ollama.com itself (its
-    modelref.ParseRef): the part after the last `:` is `cloud`, or ends in `-cloud`
-    without a `/` (`gpt-oss:20b:cloud`, `gpt-oss:120b-cloud`), whatever its case and
-    the blanks around it. Ollama answers such a request from there, whether or not the
-    model is on the backend, and with a 502 when it cannot reach ollama.com."""
-    _, colon, suffix = name.rpartition(":")
-    if not colon:
-        return False
-    tail = suffix.strip()
-    lowered = tail.lower()
-    return lowered == "cloud" or ("/" not in tail and lowered.endswith("-cloud"))
+    """Whether Ollama sends a request naming `name` to ollama.com itself (`source`)."""
+    return source(name)[1] == CLOUD
 
 
 def entry_model(entry: dict[str, Any]) -> str:

@@ -614,14 +614,18 @@ async def test_a_key_with_a_model_list_sees_no_other_models_name(
         ("registry.ollama.ai/library/mistral:7b", False),
         ("other.example/library/llama3.1:8b", False),
         ("registry.ollama.ai/someone/llama3.1:8b", False),
+        ("llama3.1:8b:local", True),
+        ("llama3.1:8b:cloud", False),
+        ("llama3.1:8b-cloud", False),
     ],
 )
 async def test_a_model_on_the_list_in_its_long_spelling_is_that_model(
     guarded: Proxy, spelling: str, allowed: bool
 ) -> None:
-    """Ollama reads `registry.ollama.ai/library/llama3.1:8b` and `library/llama3.1:8b`
-    as `llama3.1:8b` (model.ParseName, the default host and namespace): the key that
-    may use the one may use the others, and no other model passes for it."""
+    """Ollama reads `registry.ollama.ai/library/llama3.1:8b`, `library/llama3.1:8b`
+    and `llama3.1:8b:local` as `llama3.1:8b` (model.ParseName, the default host and
+    namespace; modelref.ParseRef, the source suffix): the key that may use the one may
+    use the others, and no other model passes for it (`:cloud` runs on ollama.com)."""
     body = {**CHAT, "model": spelling}
     status, _, answer = await call(guarded.url, "POST", "/api/chat", USER, body)
     assert status == (200 if allowed else 403), answer

@@ -69,16 +69,20 @@ async def test_request_goes_to_the_backend_that_has_the_model(pair: Pair) -> Non
         assert idle.state.requests["/api/generate"] == before_idle
 
 
-@pytest.mark.parametrize("prefix", ["registry.ollama.ai/library/", "library/"])
+@pytest.mark.parametrize(
+    "spelling", ["registry.ollama.ai/library/{}", "library/{}", "{}:local", "{}:LOCAL "]
+)
 async def test_a_model_named_in_its_long_spelling_goes_to_the_backend_that_has_it(
-    pair: Pair, prefix: str
+    pair: Pair, spelling: str
 ) -> None:
-    """Ollama reads the default host and namespace as absent: the model is the one the
-    backend lists under its short name."""
+    """Ollama reads the default host and namespace as absent, and a `:local` source
+    suffix as asking for the model on the machine (modelref.ParseRef): the model is the
+    one the backend lists under its short name."""
     for model, served, idle in ((ONLY_A, pair.a, pair.b), (ONLY_B, pair.b, pair.a)):
         for _ in range(3):
             before = (served.state.requests["/api/generate"], idle.state.requests["/api/generate"])
-            status, _ = await post(pair.proxy.url, "/api/generate", generate(prefix + model))
+            name = spelling.format(model)
+            status, _ = await post(pair.proxy.url, "/api/generate", generate(name))
             assert status == 200
             after = (served.state.requests["/api/generate"], idle.state.requests["/api/generate"])
             assert after == (before[0] + 1, before[1])

@@ -12,12 +12,13 @@ from typing import Any
 
 from aiohttp import web
 
+from proxy.backends import CLOUD, source
 from proxy.errors import gin_not_found
 from proxy.go_types import SHOW_FIELDS
 from proxy.protocol import NDJSON, TEXT, go_time
 
 from .catalog import REGISTRY, ModelSpec, normalize_name, valid_name
-from .inference import Refusal, read_body
+from .inference import Refusal, cloud_out_of_reach, read_body
 from .native import LazyStream
 from .state import state_of
 from .wire import JSON_BARE, dumps, empty_ok, error, gin_json
@@ -153,11 +154,15 @@ async def handle_show(request: web.Request) -> web.Response:
     name = str(body.get("model") or body.get("name") or "")
     if not name:
         return error(400, "model is required")
-    if not valid_name(name):
+    base, asked = source(name)
+    if asked == CLOUD:
+        refusal = cloud_out_of_reach(request.path)
+        return error(refusal.status, refusal.message)
+    if not valid_name(base):
         return error(400, "invalid model name")
-    spec = state.find(name)
+    spec = state.find(base)
     if spec is None:
-        return error(404, f"model '{name}' not found")
+        return error(404, f"model '{base}' not found")
     return gin_json(200, show_body(spec, name, request.headers.get("User-Agent", "")))
 
 

@@ -14,7 +14,7 @@ import orjson
 from aiohttp import web
 
 from proxy import go_types
-from proxy.backends import cloud_source
+from proxy.backends import CLOUD, source
 from proxy.go_types import BodyError, check_fields
 from proxy.keep_alive import parse as parse_keep_alive
 
@@ -150,18 +150,23 @@ def _canonical(obj: Any) -> str:
     return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS).decode()
 
 
+def cloud_out_of_reach(path: str) -> Refusal:
+    """Ollama's answer to a request it sends to ollama.com (proxyCloudJSONRequest), which
+    the emulated machine cannot reach: Go's client error, as a 502."""
+    return Refusal(502, f'Post "{_CLOUD_URL}{path}": dial tcp: lookup ollama.com: no such host')
+
+
 def _lookup(
     state: EmulatorState, name: str, path: str, *, empty_status: int, empty_msg: str
 ) -> ModelSpec:
-    if cloud_source(name):
-        # Ollama sends it to ollama.com (proxyCloudJSONRequest), which the emulated
-        # machine cannot reach: Go's client error, as a 502.
-        raise Refusal(502, f'Post "{_CLOUD_URL}{path}": dial tcp: lookup ollama.com: no such host')
+    base, asked = source(name)
+    if asked == CLOUD:
+        raise cloud_out_of_reach(path)
     # An unparsable name is answered as a missing one, as Ollama's handlers do
     # (GenerateHandler: 404 "model 'x' not found"; ChatHandler: 400 "model is required").
-    if not name.strip() or not valid_name(name):
+    if not base.strip() or not valid_name(base):
         raise Refusal(empty_status, empty_msg)
-    spec = state.find(name)
+    spec = state.find(base)
     if spec is None:
         raise Refusal(404, f"model '{name}' not found")
     return spec
