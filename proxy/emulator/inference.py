@@ -84,8 +84,9 @@ async def read_body(request: web.Request, struct: str, fields: dict[str, str]) -
 
 
 def think_value(value: Any) -> bool | None:
-    """api.ThinkValue (`go_types.think_value`), for the bodies the OpenAI and Anthropic
-    routes convert, which `check_fields` has not read."""
+    """api.ThinkValue (`go_types.think_value`), its refusal a 400: a native body's
+    `think` was checked as the body was read (`check_fields`), the one the OpenAI and
+    Anthropic routes convert to is checked here."""
     try:
         return go_types.think_value(value)
     except BodyError as exc:
