@@ -188,11 +188,12 @@ def read(body: bytes, max_values: int = 0) -> tuple[Any, bytes]:
         if isinstance(doc, dict):
             canonicalize(doc)
     else:
-        # Canonical already (the common case) when canonicalizing changes nothing.
+        # Canonical now (keys renamed in place), unless two keys of an object fold
+        # alike: which of them Go keeps depends on their order in the body.
         if isinstance(doc, dict) and canonicalize(doc):
-            # Keys that are not canonical may repeat a field: read again, in Go's
-            # order (rare: orjson's reading serves every other body). orjson read
-            # it, so it is JSON: never forwarded as sent.
+            # Read again, in Go's order (rare: orjson's reading serves every other
+            # body, a body of renamed keys too). orjson read it, so it is JSON: never
+            # forwarded as sent.
             try:
                 doc = _read_as_go(body)
             except NotJson:

@@ -248,7 +248,9 @@ _is_common = _COMMON_KEYS.issuperset
 
 def _canonical_object(obj: dict[str, Any]) -> bool:
     """Rewrites `obj` in place so that it has one key per Go field, lower case, holding
-    the value Go decodes (the last among the keys that fold alike); whether it changed."""
+    the value of the last among the keys that fold alike; whether two keys did. Go's
+    decoder then keeps the last of them in the body, which need not be the last here
+    (a parser keeps an exact duplicate where it first appeared)."""
     if _is_common(obj) or all(key.isascii() and key == key.lower() for key in obj):
         return False
     items = list(obj.items())
@@ -257,7 +259,7 @@ def _canonical_object(obj: dict[str, Any]) -> bool:
         name = _canonical_key(key)
         obj.pop(name, None)
         obj[name] = value
-    return True
+    return len(obj) < len(items)
 
 
 def _canonical_parts(parts: list[Any]) -> bool:
@@ -278,9 +280,10 @@ def canonicalize(doc: dict[str, Any]) -> bool:
     """Rewrites, in place, the objects this module reads (the body, its `reasoning`,
     `thinking` and `response_format`, the conversation's entries and their content
     parts, the system blocks) as Go's decoder reads them (see `_canonical_object`);
-    whether anything changed. `options` stays as sent: Ollama reads it as a map, by
-    exact key. The common case, every key canonical, costs a set operation per object
-    (a conversation of thousands of messages is read this way on every request)."""
+    whether two keys of an object folded alike. `options` stays as sent: Ollama reads
+    it as a map, by exact key. The common case, every key canonical, costs a set
+    operation per object (a conversation of thousands of messages is read this way on
+    every request)."""
     changed = _canonical_object(doc)
     for name in ("reasoning", "thinking", "response_format"):
         value = doc.get(name)

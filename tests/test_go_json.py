@@ -424,6 +424,26 @@ def test_the_backend_reads_what_the_proxy_read(body: bytes) -> None:
         assert doc.get(name) == sent.get(name), name
 
 
+def test_keys_only_renamed_are_not_read_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keys that fold to distinct fields are renamed in place: reading the body again in
+    Go's order (a Python pass over every key, seconds for a body of a million) is for
+    keys that fold alike, whose order decides which one Go keeps."""
+    renamed = b'{"Model": "m", "PROMPT": "p", "Options": {"Top_K": 1}}'
+    alike = b'{"model": "a", "Model": "b"}'
+    read_again: list[bytes] = []
+    go_order = go_json._read_as_go
+
+    def spy(body: bytes) -> Any:
+        read_again.append(body)
+        return go_order(body)
+
+    monkeypatch.setattr(go_json, "_read_as_go", spy)
+    doc, _ = go_json.read(renamed)
+    assert doc == {"model": "m", "prompt": "p", "options": {"Top_K": 1}}
+    assert go_json.read(alike)[0] == {"model": "b"}
+    assert read_again == [alike]
+
+
 def _count(value: Any) -> int:
     """The JSON values `value` is made of, itself included."""
     if isinstance(value, dict):
