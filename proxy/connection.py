@@ -208,11 +208,11 @@ def parsed_head_refusal(request: BaseRequest) -> bytes | None:
     * a Host with a byte Go's `httpguts.ValidHostHeader` refuses (`a b`): 400 with
       Go's text (server.go `readRequest`), which llhttp takes as any header value."""
     headers = request.headers
-    coding = headers.get(hdrs.TRANSFER_ENCODING)
+    codings = headers.getall(hdrs.TRANSFER_ENCODING, ())
     if (
-        coding is not None
+        codings
         and request.version >= HttpVersion11
-        and not (coding.isascii() and coding.lower() == "chunked")
+        and not _go_takes_codings([c.encode("utf-8", "surrogateescape") for c in codings])
     ):
         return _UNSUPPORTED_TE_STATUS
     host = headers.get(hdrs.HOST)
@@ -267,9 +267,14 @@ def _length_with_coding_head(lines: list[bytes], first: int, end: int) -> bytes 
         for field in lines[first:end]
         if field[: len(_TRANSFER_ENCODING)].lower() == _TRANSFER_ENCODING
     ]
-    if len(codings) == 1 and codings[0].lower() == b"chunked":
-        return None
-    return _UNSUPPORTED_TE_STATUS
+    return None if _go_takes_codings(codings) else _UNSUPPORTED_TE_STATUS
+
+
+def _go_takes_codings(fields: list[bytes]) -> bool:
+    """Whether Go's transferReader takes these Transfer-Encoding fields of an HTTP/1.1
+    head: one field, `chunked` in any ASCII case (src/net/http/transfer.go
+    parseTransferEncoding)."""
+    return len(fields) == 1 and fields[0].lower() == b"chunked"
 
 
 def _written(response: web.Response, http11: bool, request_id: bytes) -> bytes:
