@@ -214,7 +214,13 @@ def max_output_tokens(doc: Mapping[str, Any]) -> float | None:
     if isinstance(options, dict) and "num_predict" in options:
         value = options["num_predict"]
     else:
-        value = next((doc[name] for name in _OUTPUT_LIMITS if name in doc), None)
+        # A plain loop, not next() over a generator (an object and a frame of its own):
+        # `auto` reads this twice per decision.
+        value = None
+        for name in _OUTPUT_LIMITS:
+            if name in doc:
+                value = doc[name]
+                break
     return float(value) if isinstance(value, int | float) and value > 0 else None
 
 
