@@ -18,6 +18,7 @@ order of precedence:
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 
 from selector_model.features import LANGUAGES, REQUEST_FEATURES
@@ -25,7 +26,9 @@ from selector_model.features import LANGUAGES, REQUEST_FEATURES
 KINDS = ("code", "math", "reasoning", "knowledge", "writing", "chat", "other")
 
 _I = {name: i for i, name in enumerate(REQUEST_FEATURES)}
-_LANG = tuple(_I[f"lang_{name}"] for name in LANGUAGES)
+# Groups read in one C-level call each (any() over a generator is an object and a
+# frame of its own, for every decision).
+_LANG = operator.itemgetter(*(_I[f"lang_{name}"] for name in LANGUAGES))
 _FENCES = _I["code_fences"]
 _CODE_RATIO = _I["code_char_ratio"]
 _FIM = _I["fim"]
@@ -37,7 +40,9 @@ _THINK = _I["think"]
 _USER_TURNS = _I["user_turns"]
 _HAS_SYSTEM = _I["has_system"]
 _LAST_USER = _I["log_last_user_chars"]
-_WRITING = tuple(_I[f"task_{name}"] for name in ("summarize", "translate", "generate"))
+_WRITING = operator.itemgetter(
+    *(_I[f"task_{name}"] for name in ("summarize", "translate", "generate"))
+)
 # A question of at most this many characters in its last turn is "short".
 _SHORT = math.log1p(400)
 # Code characters ({}();=<>[]) per character above which a text reads as code.
@@ -46,7 +51,7 @@ _CODE_SHARE = 0.04
 
 def kind_of(request: Sequence[float]) -> str:
     """The kind of a request, from its `REQUEST_FEATURES` vector."""
-    if any(request[i] for i in _LANG) or request[_FENCES] > 0 or request[_FIM] > 0:
+    if any(_LANG(request)) or request[_FENCES] > 0 or request[_FIM] > 0:
         return "code"
     if request[_MATH] >= 1 or (request[_NUMBERS] >= 2 and request[_QUESTIONS] >= 1):
         return "math"
@@ -54,7 +59,7 @@ def kind_of(request: Sequence[float]) -> str:
         return "code"
     if request[_CHOICE] > 0 or request[_THINK] > 0:
         return "reasoning"
-    if any(request[i] for i in _WRITING):
+    if any(_WRITING(request)):
         return "writing"
     if request[_USER_TURNS] <= 1 and request[_LAST_USER] <= _SHORT:
         return "knowledge"
