@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy.app import APP_KEY
 from proxy.backends import BackendPool, StatusError
 from proxy.config import Backend, Config, Health
+from proxy.emulator import EmulatorSettings
 from tests.conftest import FROZEN
 from tests.support import AUTO_NAMES, Emulator, Proxy, ServerThread, free_port
 
@@ -359,60 +360,26 @@ async def test_each_backend_fault_is_an_ollama_error_counted_by_the_breaker(
         proxy.stop()
 
 
+# Some 200 tokens: seconds of prompt evaluation at 100 tokens a second.
+LONG_PROMPT = "x " * 200
+# An answer generated slowly (whole: after the generation), and a prompt read slowly
+# (a stream's first chunk: after the prompt's evaluation).
+SLOW_GENERATION = dataclasses.replace(FROZEN, chunk_delay_ms=20.0, models=(SHARED,))
+SLOW_PROMPT = dataclasses.replace(FROZEN, prompt_tokens_per_second=100.0, models=(SHARED,))
+
+
 @pytest.mark.parametrize(
-    ("path", "body"),
+    ("slow", "path", "body"),
     [
-        ("/api/generate", generate(SHARED, options={"num_predict": 60})),
+        (SLOW_GENERATION, "/api/generate", generate(SHARED, options={"num_predict": 60})),
         (
+            SLOW_GENERATION,
             "/v1/chat/completions",
             {"model": SHARED, "messages": [{"role": "user", "content": "x"}], "max_tokens": 60},
         ),
-    ],
-    ids=["ollama-stream-false", "openai-whole"],
-)
-async def test_a_whole_answer_longer_than_the_idle_timeout_opens_no_circuit(
-    servers: ServerThread, path: str, body: dict[str, Any]
-) -> None:
-    """An answer that comes whole (`stream: false`, OpenAI's default) comes after the
-    whole generation, whose length the client sets: the backend's silence until then
-    is the request's, not the backend failing. Past `idle_read_seconds` the client
-    gets the 502, the backend's circuit counts nothing (any client could open it
-    for everyone), and the request is not run again on the other backend (it would
-    take as long there); the next requests are served."""
-    from proxy.config import Timeouts
-
-    slow = dataclasses.replace(FROZEN, chunk_delay_ms=20.0, models=(SHARED,))
-    a, b = Emulator(servers, slow), Emulator(servers, slow)
-    proxy = Proxy(
-        servers,
-        [a.url, b.url],
-        timeouts=Timeouts(idle_read_seconds=0.5),
-        health=Health(interval_seconds=3600, failure_threshold=1, open_seconds=3600),
-    )
-    try:
-        for _ in range(2):
-            status, answer = await post(proxy.url, path, body)
-            assert status == 502 and b"no data from backend" in answer
-        assert a.state.requests[path] + b.state.requests[path] == 2
-        for emulator in (a, b):
-            assert await scrape_failures(proxy.url, emulator.url) == (0, "closed")
-        status, answer = await post(proxy.url, "/api/generate", generate(SHARED))
-        assert status == 200 and orjson.loads(answer)["done"] is True
-    finally:
-        proxy.stop()
-        a.stop()
-        b.stop()
-
-
-# Some 200 tokens: seconds of prompt evaluation at 100 tokens a second.
-LONG_PROMPT = "x " * 200
-
-
-@pytest.mark.parametrize(
-    ("path", "body"),
-    [
-        ("/api/generate", {"model": SHARED, "prompt": LONG_PROMPT}),
+        (SLOW_PROMPT, "/api/generate", {"model": SHARED, "prompt": LONG_PROMPT}),
         (
+            SLOW_PROMPT,
             "/v1/chat/completions",
             {
                 "model": SHARED,
@@ -421,20 +388,20 @@ LONG_PROMPT = "x " * 200
             },
         ),
     ],
-    ids=["ollama-stream", "openai-stream"],
+    ids=["ollama-stream-false", "openai-whole", "ollama-stream", "openai-stream"],
 )
-async def test_a_prompt_evaluated_longer_than_the_idle_timeout_opens_no_circuit(
-    servers: ServerThread, path: str, body: dict[str, Any]
+async def test_a_models_silence_longer_than_the_idle_timeout_opens_no_circuit(
+    servers: ServerThread, slow: EmulatorSettings, path: str, body: dict[str, Any]
 ) -> None:
-    """A stream's first chunk comes once the model has read the whole prompt, whose
-    length the client sets: the backend's silence until then is the request's, as
-    before a whole answer. Past `idle_read_seconds` the client gets the 502, no
-    circuit counts it (a few long prompts would otherwise open every backend's
-    circuit, each tried on every backend), and it is not evaluated again on the
-    other backend; the next requests are served."""
+    """A model answers once it has read the whole prompt (a stream's first chunk) or
+    generated the whole answer (`stream: false`, OpenAI's default); both take as long
+    as the client asks for: the backend's silence until then is the request's, not the
+    backend failing. Past `idle_read_seconds` the client gets the 502, the backend's
+    circuit counts nothing (any client could open every backend's circuit, each tried
+    on every backend), and the request is not run again on the other backend (it would
+    take as long there); the next requests are served."""
     from proxy.config import Timeouts
 
-    slow = dataclasses.replace(FROZEN, prompt_tokens_per_second=100.0, models=(SHARED,))
     a, b = Emulator(servers, slow), Emulator(servers, slow)
     proxy = Proxy(
         servers,
