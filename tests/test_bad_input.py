@@ -209,13 +209,13 @@ async def test_body_over_the_limit_is_413_in_ollama_shape(
         assert doc["request_id"].startswith("req_")
     assert "too large" in message and "1024" in message
     # The proxy still serves the next request.
-    ok = await raw(
-        small_limit_proxy.url,
-        "POST",
-        "/api/generate",
-        orjson.dumps({"model": "qwen2.5:7b", "prompt": "x", "stream": False}),
-    )
-    assert ok[0] == 200
+    assert await _serves_a_request(small_limit_proxy)
+
+
+async def _serves_a_request(proxy: Proxy) -> bool:
+    """Whether the proxy answers a small generate with a 200."""
+    body = orjson.dumps({"model": "qwen2.5:7b", "prompt": "x", "stream": False})
+    return (await raw(proxy.url, "POST", "/api/generate", body))[0] == 200
 
 
 async def test_a_body_declared_over_the_limit_is_413_before_100_continue(
@@ -238,13 +238,7 @@ async def test_a_body_declared_over_the_limit_is_413_before_100_continue(
     writer.close()
     assert b"\r\nConnection: close\r\n" in head + b"\r\n"
     assert orjson.loads(body) == {"error": "request body too large (limit 1024 bytes)"}
-    ok = await raw(
-        small_limit_proxy.url,
-        "POST",
-        "/api/generate",
-        orjson.dumps({"model": "qwen2.5:7b", "prompt": "x", "stream": False}),
-    )
-    assert ok[0] == 200
+    assert await _serves_a_request(small_limit_proxy)
 
 
 @pytest.mark.parametrize(
