@@ -360,6 +360,14 @@ async def test_each_backend_fault_is_an_ollama_error_counted_by_the_breaker(
         proxy.stop()
 
 
+async def _counted_nothing_and_serves(proxy: Proxy, *emulators: Emulator) -> None:
+    """No circuit counted a failure of these backends, and the next request is served."""
+    for emulator in emulators:
+        assert await scrape_failures(proxy.url, emulator.url) == (0, "closed")
+    status, answer = await post(proxy.url, "/api/generate", generate(SHARED))
+    assert status == 200 and orjson.loads(answer)["done"] is True
+
+
 # Some 200 tokens: seconds of prompt evaluation at 100 tokens a second.
 LONG_PROMPT = "x " * 200
 # An answer generated slowly (whole: after the generation), and a prompt read slowly
@@ -414,10 +422,7 @@ async def test_a_models_silence_longer_than_the_idle_timeout_opens_no_circuit(
             status, answer = await post(proxy.url, path, body)
             assert status == 502 and b"no data from backend" in answer
         assert a.state.requests[path] + b.state.requests[path] == 2
-        for emulator in (a, b):
-            assert await scrape_failures(proxy.url, emulator.url) == (0, "closed")
-        status, answer = await post(proxy.url, "/api/generate", generate(SHARED))
-        assert status == 200 and orjson.loads(answer)["done"] is True
+        await _counted_nothing_and_serves(proxy, a, b)
     finally:
         proxy.stop()
         a.stop()
@@ -445,10 +450,7 @@ async def test_a_cloud_model_out_of_reach_opens_no_circuit(
         for _ in range(2):
             status, answer = await post(proxy.url, "/api/chat", chat)
             assert status == 502 and "ollama.com" in orjson.loads(answer)["error"]
-        for emulator in (a, b):
-            assert await scrape_failures(proxy.url, emulator.url) == (0, "closed")
-        status, answer = await post(proxy.url, "/api/generate", generate(SHARED))
-        assert status == 200 and orjson.loads(answer)["done"] is True
+        await _counted_nothing_and_serves(proxy, a, b)
     finally:
         proxy.stop()
         a.stop()
