@@ -186,6 +186,30 @@ def test_names_resolve_to_their_entry(catalog: Catalog, name: str, entry: str) -
         ("meditron", "epfl-llm/meditron-7b", "meditron:7b"),
         ("meditron:70b-q4_0", "epfl-llm/meditron-70b", "meditron:70b"),
         ("stable-code", "stabilityai/stable-code-3b", "stable-code:3b"),
+        ("olmo-3", "allenai/Olmo-3-7B-Think", "olmo-3:7b"),
+        ("olmo-3:7b-think-q4_K_M", "Olmo-3-7B-Think", "olmo-3:7b"),
+        ("olmo-3:7b-instruct", "allenai/Olmo-3-7B-Instruct", "olmo-3:7b-instruct"),
+        ("olmo-3:32b-think", "allenai/Olmo-3-32B-Think", "olmo-3:32b"),
+        ("olmo-3.1:32b", "allenai/Olmo-3.1-32B-Think", "olmo-3.1:32b"),
+        ("olmo-3.1:32b-instruct", "allenai/Olmo-3.1-32B-Instruct", "olmo-3.1:32b-instruct"),
+        ("ministral-3:3b", "mistralai/Ministral-3-3B-Instruct-2512", "ministral-3:3b"),
+        ("ministral-3", "mistralai/Ministral-3-8B-Instruct-2512", "ministral-3:8b"),
+        ("ministral-3:14b", "Ministral-3-14B-Instruct-2512", "ministral-3:14b"),
+        (
+            "nemotron-3-nano:30b",
+            "nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16",
+            "nemotron-3-nano:30b",
+        ),
+        (
+            "qwen3-next:80b-a3b-instruct-q8_0",
+            "Qwen/Qwen3-Next-80B-A3B-Instruct",
+            "qwen3-next:80b-a3b-instruct",
+        ),
+        (
+            "qwen3-next:80b-a3b-thinking-q4_K_M",
+            "Qwen/Qwen3-Next-80B-A3B-Thinking",
+            "qwen3-next:80b-a3b-thinking",
+        ),
     ],
 )
 def test_popular_library_models_resolve_by_ollama_name_and_alias(
