@@ -210,6 +210,10 @@ def test_names_resolve_to_their_entry(catalog: Catalog, name: str, entry: str) -
             "Qwen/Qwen3-Next-80B-A3B-Thinking",
             "qwen3-next:80b-a3b-thinking",
         ),
+        ("kimi-k2-thinking:cloud", "moonshotai/Kimi-K2-Thinking", "kimi-k2-thinking:cloud"),
+        ("kimi-k2:1t-cloud", "moonshotai/Kimi-K2-Instruct-0905", "kimi-k2:1t"),
+        ("glm-4.6:cloud", "zai-org/GLM-4.6", "glm-4.6:cloud"),
+        ("minimax-m2:cloud", "MiniMaxAI/MiniMax-M2", "minimax-m2:cloud"),
     ],
 )
 def test_popular_library_models_resolve_by_ollama_name_and_alias(
