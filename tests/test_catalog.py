@@ -214,6 +214,20 @@ def test_names_resolve_to_their_entry(catalog: Catalog, name: str, entry: str) -
         ("kimi-k2:1t-cloud", "moonshotai/Kimi-K2-Instruct-0905", "kimi-k2:1t"),
         ("glm-4.6:cloud", "zai-org/GLM-4.6", "glm-4.6:cloud"),
         ("minimax-m2:cloud", "MiniMaxAI/MiniMax-M2", "minimax-m2:cloud"),
+        ("qwen3-vl:4b", "Qwen/Qwen3-VL-4B-Thinking", "qwen3-vl:4b"),
+        ("granite4:350m", "ibm-granite/granite-4.0-350m", "granite4:350m"),
+        ("granite4:350m-h", "ibm-granite/granite-4.0-h-350m", "granite4:350m-h"),
+        ("granite4:1b", "ibm-granite/granite-4.0-1b", "granite4:1b"),
+        ("granite4:1b-h", "ibm-granite/granite-4.0-h-1b", "granite4:1b-h"),
+        ("embeddinggemma", "google/embeddinggemma-300m", "embeddinggemma:300m"),
+        ("functiongemma", "google/functiongemma-270m-it", "functiongemma:270m"),
+        ("rnj-1", "EssentialAI/rnj-1-instruct", "rnj-1:8b"),
+        (
+            "devstral-small-2:24b",
+            "mistralai/Devstral-Small-2-24B-Instruct-2512",
+            "devstral-small-2:24b",
+        ),
+        ("devstral-2:123b-cloud", "mistralai/Devstral-2-123B-Instruct-2512", "devstral-2:123b"),
     ],
 )
 def test_popular_library_models_resolve_by_ollama_name_and_alias(
