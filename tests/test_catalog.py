@@ -228,6 +228,8 @@ def test_names_resolve_to_their_entry(catalog: Catalog, name: str, entry: str) -
             "devstral-small-2:24b",
         ),
         ("devstral-2:123b-cloud", "mistralai/Devstral-2-123B-Instruct-2512", "devstral-2:123b"),
+        ("glm-4.7:cloud", "zai-org/GLM-4.7", "glm-4.7:cloud"),
+        ("deepseek-v3.2:cloud", "deepseek-ai/DeepSeek-V3.2", "deepseek-v3.2:671b"),
     ],
 )
 def test_popular_library_models_resolve_by_ollama_name_and_alias(
