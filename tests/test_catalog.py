@@ -215,6 +215,7 @@ def test_names_resolve_to_their_entry(catalog: Catalog, name: str, entry: str) -
         ("glm-4.6:cloud", "zai-org/GLM-4.6", "glm-4.6:cloud"),
         ("minimax-m2:cloud", "MiniMaxAI/MiniMax-M2", "minimax-m2:cloud"),
         ("qwen3-vl:4b", "Qwen/Qwen3-VL-4B-Thinking", "qwen3-vl:4b"),
+        ("qwen3-vl:30b", "Qwen/Qwen3-VL-30B-A3B-Thinking", "qwen3-vl:30b"),
         ("granite4:350m", "ibm-granite/granite-4.0-350m", "granite4:350m"),
         ("granite4:350m-h", "ibm-granite/granite-4.0-h-350m", "granite4:350m-h"),
         ("granite4:1b", "ibm-granite/granite-4.0-1b", "granite4:1b"),
