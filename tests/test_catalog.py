@@ -230,6 +230,7 @@ def test_names_resolve_to_their_entry(catalog: Catalog, name: str, entry: str) -
         ),
         ("devstral-2:123b-cloud", "mistralai/Devstral-2-123B-Instruct-2512", "devstral-2:123b"),
         ("glm-4.7:cloud", "zai-org/GLM-4.7", "glm-4.7:cloud"),
+        ("lfm2.5-thinking", "LiquidAI/LFM2.5-1.2B-Thinking", "lfm2.5-thinking:1.2b"),
         ("deepseek-v3.2:cloud", "deepseek-ai/DeepSeek-V3.2", "deepseek-v3.2:671b"),
     ],
 )
