@@ -36,6 +36,11 @@ def catalog() -> Catalog:
         ("someone/llama3.1:70b-instruct-q8_0", "llama3.1:70b"),
         ("qwen3:30b-a3b", "qwen3:30b"),
         ("qwen3:30b-a3b-q4_K_M", "qwen3:30b"),
+        # A quantization is one word of the tag, whatever its underscores; a tag that
+        # names a variant entry keeps it (the bare tag is another model).
+        ("olmo-3:7b-instruct-q4_K_M", "olmo-3:7b-instruct"),
+        ("granite4:micro-h-q4_K_M", "granite4:micro-h"),
+        ("granite4:tiny-h-q8_0", "granite4:tiny-h"),
         # Qwen3's July 2025 updates are models of their own under the qwen3 name.
         ("qwen3:4b-thinking-2507-q4_K_M", "qwen3:4b-thinking-2507"),
         ("qwen3:235b-a22b-instruct-2507-q4_K_M", "qwen3:235b-a22b-instruct-2507"),

@@ -67,14 +67,20 @@ def _words(text: str) -> list[str]:
     return [w for w in re.split(r"[-_](?=[a-z0-9])", text) if w]
 
 
+def _unquantized(tag: str) -> list[str]:
+    """The words of a tag without its quantization, which is one dash-separated word
+    whatever its underscores (`q4_K_M`, `q8_0`): `tiny-h-q8_0` -> tiny, h."""
+    words: list[str] = []
+    for part in tag.split("-"):
+        if part and not _QUANT.match(part):
+            words += [w for w in part.split("_") if w]
+    return words
+
+
 def clean_tag(tag: str) -> str:
     """A tag without quantization and chat-variant words: `7b-instruct-q4_K_M` -> `7b`.
     Empty when nothing is left (a tag that was only a quantization)."""
-    words = _words(tag)
-    kept = [w for w in words if not _QUANT.match(w) and w not in _VARIANT]
-    # "q4_K_M" splits into "q4", "k", "m": drop single letters left by the split.
-    kept = [w for w in kept if not (len(w) == 1 and w.isalpha())]
-    return "-".join(kept)
+    return "-".join(w for w in _unquantized(tag) if w not in _VARIANT)
 
 
 def is_pretrained(name: str) -> bool:
@@ -107,10 +113,15 @@ def is_safety_classifier(name: str) -> bool:
 
 def keys(name: str) -> list[str]:
     """Catalogue keys to try for `name`, most specific first: the tag as written, then
-    without quantization and variant words, then with trailing words dropped
-    (`30b-a3b-2507` -> `30b-a3b` -> `30b`), then the bare name (an alias)."""
+    without its quantization (`7b-instruct-q4_K_M` -> `7b-instruct`, an entry of its
+    own where the bare tag is another model), then without variant words too, then
+    with trailing words dropped (`30b-a3b-2507` -> `30b-a3b` -> `30b`), then the bare
+    name (an alias)."""
     base, tag = split(name)
     out = [f"{base}:{tag}"]
+    unquantized = "-".join(_unquantized(tag))
+    if unquantized:
+        out.append(f"{base}:{unquantized}")
     words = clean_tag(tag).split("-") if clean_tag(tag) else []
     for end in range(len(words), 0, -1):
         out.append(f"{base}:{'-'.join(words[:end])}")
