@@ -69,7 +69,7 @@ _YEAR_WEIGHT = 0.5
 # this far up on the logit scale: the catalogue's own generations, each left out whole
 # and placed so beside the one before, lie this far on average above their placement
 # without a step (tests/test_catalog.py measures it). Math moved most from one
-# generation to the next, knowledge least.
+# generation to the next, knowledge and reasoning least.
 GENERATION_STEP = {
     "knowledge": 0.2,
     "reasoning": 0.2,
