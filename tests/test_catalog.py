@@ -219,8 +219,32 @@ def test_names_resolve_to_their_entry(catalog: Catalog, name: str, entry: str) -
         ("kimi-k2:1t-cloud", "moonshotai/Kimi-K2-Instruct-0905", "kimi-k2:1t"),
         ("glm-4.6:cloud", "zai-org/GLM-4.6", "glm-4.6:cloud"),
         ("minimax-m2:cloud", "MiniMaxAI/MiniMax-M2", "minimax-m2:cloud"),
+        ("qwen3-vl", "Qwen/Qwen3-VL-8B-Thinking", "qwen3-vl:8b"),
+        ("qwen3-vl:8b-thinking-q4_K_M", "Qwen3-VL-8B-Thinking", "qwen3-vl:8b"),
+        ("qwen3-vl:8b-instruct-q4_K_M", "Qwen/Qwen3-VL-8B-Instruct", "qwen3-vl:8b-instruct"),
+        ("qwen3-vl:2b", "Qwen/Qwen3-VL-2B-Thinking", "qwen3-vl:2b"),
+        ("qwen3-vl:2b-instruct", "Qwen/Qwen3-VL-2B-Instruct", "qwen3-vl:2b-instruct"),
         ("qwen3-vl:4b", "Qwen/Qwen3-VL-4B-Thinking", "qwen3-vl:4b"),
+        ("qwen3-vl:4b-instruct-q8_0", "Qwen/Qwen3-VL-4B-Instruct", "qwen3-vl:4b-instruct"),
         ("qwen3-vl:30b", "Qwen/Qwen3-VL-30B-A3B-Thinking", "qwen3-vl:30b"),
+        (
+            "qwen3-vl:30b-a3b-instruct-q4_K_M",
+            "Qwen/Qwen3-VL-30B-A3B-Instruct",
+            "qwen3-vl:30b-a3b-instruct",
+        ),
+        ("qwen3-vl:32b-thinking-q8_0", "Qwen/Qwen3-VL-32B-Thinking", "qwen3-vl:32b"),
+        ("qwen3-vl:32b-instruct", "Qwen/Qwen3-VL-32B-Instruct", "qwen3-vl:32b-instruct"),
+        ("qwen3-vl:235b-cloud", "Qwen/Qwen3-VL-235B-A22B-Thinking", "qwen3-vl:235b"),
+        (
+            "qwen3-vl:235b-instruct-cloud",
+            "Qwen/Qwen3-VL-235B-A22B-Instruct",
+            "qwen3-vl:235b-instruct",
+        ),
+        (
+            "qwen3-vl:235b-a22b-instruct-q4_K_M",
+            "qwen3-vl-235b-a22b-instruct",
+            "qwen3-vl:235b-instruct",
+        ),
         ("granite4:350m", "ibm-granite/granite-4.0-350m", "granite4:350m"),
         ("granite4:350m-h", "ibm-granite/granite-4.0-h-350m", "granite4:350m-h"),
         ("granite4:1b", "ibm-granite/granite-4.0-1b", "granite4:1b"),
@@ -248,6 +272,27 @@ def test_popular_library_models_resolve_by_ollama_name_and_alias(
     assert catalog.lookup(name).name == entry
     assert catalog.lookup(name).origin == "catalogue"
     assert catalog.resolve(alias) == entry
+
+
+@pytest.mark.parametrize(
+    ("bare", "instruct"),
+    [
+        ("qwen3-vl:2b", "qwen3-vl:2b-instruct"),
+        ("qwen3-vl:4b", "qwen3-vl:4b-instruct"),
+        ("qwen3-vl:8b", "qwen3-vl:8b-instruct"),
+        ("qwen3-vl:30b", "qwen3-vl:30b-a3b-instruct"),
+        ("qwen3-vl:32b", "qwen3-vl:32b-instruct"),
+        ("qwen3-vl:235b", "qwen3-vl:235b-instruct"),
+    ],
+)
+def test_bare_qwen3_vl_tags_are_the_thinking_models(
+    catalog: Catalog, bare: str, instruct: str
+) -> None:
+    # Ollama's bare qwen3-vl tags carry the Thinking weights (their digest is their
+    # `-thinking` tag's), which always think; the Instruct weights are the `-instruct` tags.
+    assert "reasoning" in catalog.lookup(bare).specialties
+    assert "reasoning" not in catalog.lookup(instruct).specialties
+    assert catalog.lookup(instruct).specialties >= {"tools", "vision"}
 
 
 def test_a_tag_ollama_points_at_another_architecture_finds_that_entry(catalog: Catalog) -> None:
