@@ -166,7 +166,6 @@ class Handlers:
             return exc.response()
         decided.body = body
         route = decided.route
-        served.runs_model = route is not None and route.inference
         if isinstance(doc, dict):
             texts: list[str] = []
             refused = request_limits.check_body(path, doc, self.config.limits, texts)
@@ -278,7 +277,6 @@ class Handlers:
         outcome = request[OUTCOME]
         decided, served = outcome.decided, outcome.served
         path = request.path
-        served.runs_model = True
         body = await self._read(request)
         decided.prompt = []  # audio: no prompt text for the usage event
         query = request.raw_path.partition("?")[2]

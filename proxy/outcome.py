@@ -75,12 +75,6 @@ class Served:
     # The response cache: "hit" (answered from it), "miss" (cacheable, answered by a
     # backend), None (not cacheable, or no cache).
     cache: str | None = None
-    # The request runs a model (an inference route): the backend's silence before the
-    # answer's head is the request's own length, which the client sets: the model's
-    # loading and the prompt's evaluation before a stream's first chunk, the whole
-    # generation before an answer that comes whole (`stream: false`, OpenAI's
-    # default, embeddings). Set by the handler, read by the relay.
-    runs_model: bool = False
     ended: float = 0.0  # perf_counter() when the handler finished
 
     @property

@@ -31,6 +31,7 @@ from proxy.outcome import Served
 from proxy.protocol import HOP_BY_HOP, NDJSON, REQUEST_ID_HEADER, SSE
 from proxy.relayed_response import RelayedResponse
 from proxy.request_encoding import DECODED
+from proxy.routes import runs_model
 from proxy.upstream import Answer, UpstreamConnection
 from proxy.upstream_errors import ConnectFailed, IdleTimeout, StaleConnection, UpstreamError
 
@@ -134,11 +135,14 @@ class Relay:
                 head = await self.exchange(request, state, body, client, outcome.request_id)
             except UpstreamError as exc:
                 state.end(model)
-                # A model's silence before its answer is the prompt's evaluation (and,
-                # for a whole answer, the generation) the client asked for: not the
-                # backend failing (a hung backend fails its health checks), and it
-                # would take as long on another.
-                own_length = outcome.runs_model and isinstance(exc, IdleTimeout)
+                # On a route that runs a model, its silence before the answer's head
+                # is the request's own length, which the client sets: the model's
+                # loading and the prompt's evaluation before a stream's first chunk,
+                # the whole generation before an answer that comes whole (`stream:
+                # false`, OpenAI's default, embeddings). Not the backend failing (a
+                # hung backend fails its health checks), and it would take as long on
+                # another.
+                own_length = isinstance(exc, IdleTimeout) and runs_model(request.path)
                 if not own_length:
                     state.failed(str(exc))
                 log.warning("backend %s failed before answering: %s", state.label, exc)
