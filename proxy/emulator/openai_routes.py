@@ -9,7 +9,6 @@ are SSE, one event per Ollama frame, the last frame's events flushed together.
 from __future__ import annotations
 
 import base64
-import binascii
 import random
 import struct
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy import multipart_form
-from proxy.go_types import BodyError, check_fields
+from proxy.go_types import BodyError, base64_error, check_fields
 from proxy.protocol import SSE
 
 from .engine import ClientGone, Piece
@@ -159,11 +158,8 @@ def decode_image_url(url: str) -> str:
     if prefix is None:
         raise Refusal(400, INVALID_IMAGE)
     data = url[len(prefix) :]
-    try:
-        # Go's StdEncoding skips line breaks and wants the padding.
-        base64.b64decode(data.replace("\r", "").replace("\n", ""), validate=True)
-    except binascii.Error:
-        raise Refusal(400, INVALID_IMAGE) from None
+    if base64_error(data) is not None:
+        raise Refusal(400, INVALID_IMAGE)
     return data
 
 
