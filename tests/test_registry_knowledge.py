@@ -13,7 +13,7 @@ import pytest
 from proxy.config import Config, ModelEntry
 from proxy.registry import catalog_for, model_info
 from selector_model import features
-from selector_model.catalog import DEFAULT_PATH, CatalogError
+from selector_model.catalog import DEFAULT_PATH, CatalogError, names
 from selector_model.catalog.names import is_safety_classifier
 
 
@@ -147,3 +147,21 @@ def test_a_safety_classifier_is_told_by_a_whole_word_of_its_name(
     name: str, classifier: bool
 ) -> None:
     assert is_safety_classifier(name) is classifier
+
+
+@pytest.mark.parametrize(
+    ("name", "quantization"),
+    [
+        ("llama3.1:8b-instruct-q4_K_M", "q4_k_m"),
+        ("qwen2.5:72b-instruct-q8_0", "q8_0"),
+        ("llama3.1:70b-fp16", "fp16"),
+        ("gpt-oss:20b-mxfp4", "mxfp4"),
+        ("hf.co/bartowski/Qwen2.5-7B-Instruct-GGUF:Q4_K_M", "q4_k_m"),
+        ("granite4:tiny-h-q8_0", "q8_0"),
+        ("llama3.1:8b", ""),
+        ("llama3.1", ""),
+        ("qwen3:8b-q4_K_M-custom", "q4_k_m"),
+    ],
+)
+def test_a_quantization_is_a_whole_dash_word_of_the_tag(name: str, quantization: str) -> None:
+    assert names.quantization(name) == quantization

@@ -51,7 +51,6 @@ _QUANTIZATIONS = {
 }
 # The spellings of tags that Ollama's file type names write otherwise.
 _QUANT_SPELLINGS = {"FP16": "F16", "FP32": "F32"}
-_QUANT_TAG = re.compile(r"(?:^|[-_])(i?q\d(?:_[a-z0-9]+)*|fp16|fp32|f16|f32|bf16|mxfp4)$")
 # Gemma 3n's `e4b`: four billion effective parameters.
 _EFFECTIVE_SIZE = re.compile(r"(?:^|[-_:.])e(\d+(?:\.\d+)?)b(?=$|[-_:.])")
 # (most parameters, embedding length, blocks, attention heads): a transformer's shape
@@ -147,10 +146,7 @@ def _quantization(name: str, default: str = "") -> str:
     """The quantization the tag names (`8b-instruct-q8_0`: Q8_0), else `default`, else
     Ollama's default, Q4_K_M."""
     default = default or _DEFAULT_QUANTIZATION
-    found = _QUANT_TAG.search(names.split(name)[1])
-    if found is None:
-        return default
-    level = found.group(1).upper()
+    level = names.quantization(name).upper()
     level = _QUANT_SPELLINGS.get(level, level)
     return level if level in _QUANTIZATIONS else default
 

@@ -77,6 +77,16 @@ def _unquantized(tag: str) -> list[str]:
     return words
 
 
+def quantization(name: str) -> str:
+    """The quantization a name's tag names, as written (`8b-instruct-q4_K_M`:
+    q4_k_m; `70b-fp16`: fp16), "" when it names none: a whole dash word of the tag,
+    the last such."""
+    for part in reversed(split(name)[1].split("-")):
+        if _QUANT.match(part):
+            return part
+    return ""
+
+
 def clean_tag(tag: str) -> str:
     """A tag without quantization and chat-variant words: `7b-instruct-q4_K_M` -> `7b`.
     Empty when nothing is left (a tag that was only a quantization)."""
