@@ -165,3 +165,34 @@ def test_a_safety_classifier_is_told_by_a_whole_word_of_its_name(
 )
 def test_a_quantization_is_a_whole_dash_word_of_the_tag(name: str, quantization: str) -> None:
     assert names.quantization(name) == quantization
+
+
+@pytest.mark.parametrize(
+    ("name", "entry"),
+    [
+        # bartowski's repositories put the original organisation before an underscore.
+        ("hf.co/bartowski/microsoft_Phi-4-mini-instruct-GGUF:Q4_K_M", "phi4-mini:3.8b"),
+        ("hf.co/bartowski/google_gemma-3-12b-it-GGUF:Q4_K_M", "gemma3:12b"),
+        ("hf.co/bartowski/Qwen_Qwen3-8B-GGUF:Q8_0", "qwen3:8b"),
+        ("hf.co/bartowski/meta-llama_Llama-3.3-70B-Instruct-GGUF:Q4_K_M", "llama3.3:70b"),
+        (
+            "hf.co/bartowski/mistralai_Mistral-Small-3.2-24B-Instruct-2506-GGUF:Q4_K_M",
+            "mistral-small3.2:24b",
+        ),
+        # Without one, the name as it is.
+        ("hf.co/unsloth/gemma-3-12b-it-GGUF:Q4_K_M", "gemma3:12b"),
+    ],
+)
+def test_a_hugging_face_name_with_its_organisation_resolves(name: str, entry: str) -> None:
+    assert catalog_for(Config()).resolve(name) == entry
+
+
+def test_a_hugging_face_name_with_its_organisation_is_placed_as_its_model() -> None:
+    catalog = catalog_for(Config())
+    details = {"family": "gemma4", "parameter_size": "12B"}
+    prefixed = catalog.lookup("hf.co/bartowski/google_gemma-4-12b-it-GGUF:Q4_K_M", details, ())
+    plain = catalog.lookup("gemma4:12b", details, ())
+    assert (prefixed.family, prefixed.areas) == (plain.family, plain.areas)
+    # An underscore inside a model's own name (a size before it) is not an organisation.
+    assert names.without_organisation("hf.co/x/Llama-3.1-8B-Lexi-Uncensored_V2-GGUF:Q4_K_M") == ""
+    assert names.without_organisation("google_gemma-3-12b-it") == ""  # no namespace

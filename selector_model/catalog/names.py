@@ -30,6 +30,9 @@ _CLASSIFIER = re.compile(
 # (qwen, -coder), `deepseek-v3` generation 3 of deepseek, `mistral-small3.1` 3.1 of
 # mistral-small. A number of three or more digits is a date (`-2409`), not a generation.
 _GENERATION = re.compile(r"([a-z][a-z-]*?)-?v?(\d{1,2}(?:\.\d+)?)((?:-[a-z][a-z0-9-]*)?)")
+# A Hugging Face organisation's name as a repository may lead with it: letters, digits
+# and dashes, no size (`meta-llama`, `01-ai`; not `llama-3.1-8b-lexi`).
+_ORGANISATION = re.compile(r"(?![^_]*\d+(?:\.\d+)?[bm](?:$|-))[a-z0-9][a-z0-9-]*")
 _SIZE = re.compile(r"(?:^|[-_:.])(?:(\d+)x)?(\d+(?:\.\d+)?)([bm])(?=$|[-_:.])")
 _ACTIVE = re.compile(r"(?:^|[-_:.])a(\d+(?:\.\d+)?)b(?=$|[-_:.])")
 
@@ -126,7 +129,27 @@ def keys(name: str) -> list[str]:
     without its quantization (`7b-instruct-q4_K_M` -> `7b-instruct`, an entry of its
     own where the bare tag is another model), then without variant words too, then
     with trailing words dropped (`30b-a3b-2507` -> `30b-a3b` -> `30b`), then the bare
-    name (an alias)."""
+    name (an alias); for a name from a namespace, the same keys of it without an
+    organisation it leads with last (`without_organisation`)."""
+    out = _keys(name)
+    rest = without_organisation(name)
+    if rest:
+        out += _keys(f"{rest}:{split(name)[1]}")
+    return list(dict.fromkeys(out))
+
+
+def without_organisation(name: str) -> str:
+    """The base of a name from a namespace without the organisation its repository
+    leads with before an underscore (bartowski's `google_gemma-3-12b-it-GGUF`:
+    `gemma-3-12b-it`), "" when it has none. Only a reading to try after the name as
+    it is: an underscore is also a model's own (`orca_mini_3b`)."""
+    if "/" not in name:
+        return ""
+    organisation, underscore, rest = split(name)[0].partition("_")
+    return rest if underscore and rest and _ORGANISATION.fullmatch(organisation) else ""
+
+
+def _keys(name: str) -> list[str]:
     base, tag = split(name)
     out = [f"{base}:{tag}"]
     unquantized = "-".join(_unquantized(tag))
@@ -138,7 +161,7 @@ def keys(name: str) -> list[str]:
     if not words:
         out.append(f"{base}:latest")
     out.append(base)
-    return list(dict.fromkeys(out))
+    return out
 
 
 def size_from_name(name: str) -> tuple[float, float]:
