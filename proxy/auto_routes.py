@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy import experiments, go_json
+from proxy import experiments, go_json, go_types
 from proxy.auth import KEY_REQUEST
 from proxy.auto import AUTO, AutoError, AutoRouter, profile_of, user_key
 from proxy.config import Usage
@@ -169,22 +169,33 @@ class AutoRoutes:
             }
         )
 
-    def loading(self, path: str, model: str, keep_alive: Any) -> web.Response | None:
+    def loading(self, path: str, model: str, doc: dict[str, Any]) -> web.Response | None:
         """Ollama's answer to a generate without a prompt or a chat without messages
         (GenerateHandler, ChatHandler): done, with `done_reason` "unload" for a zero
-        `keep_alive`, else "load". None for a `keep_alive` Ollama refuses: that 400 is
-        the backend's to write, as for any other field."""
+        `keep_alive`; else what the handler refuses of the request alone before it
+        loads a model that completes text, as `auto`'s candidates do (generate's
+        raw-mode 400, `go_types.raw_refusal`; scheduleRunner's Options.FromMap, a 500
+        from handleScheduleError, `go_types.options_refusal`), then done with "load".
+        None for a `keep_alive` Ollama refuses: that 400 is the backend's to write, as
+        for any other field."""
         try:
-            reason = "unload" if unloads(keep_alive) else "load"
+            reason = "unload" if unloads(doc.get("keep_alive")) else "load"
         except ValueError:
             return None
-        doc: dict[str, Any] = {"model": model, "created_at": go_now()}
+        if reason == "load":
+            raw = go_types.raw_refusal(doc) if path == "/api/generate" else None
+            if raw is not None:
+                return error_response(path, 400, raw)
+            options = go_types.options_refusal(doc.get("options"))
+            if options is not None:
+                return error_response(path, 500, options)
+        answer: dict[str, Any] = {"model": model, "created_at": go_now()}
         if path == "/api/chat":
-            doc["message"] = {"role": "assistant", "content": ""}
+            answer["message"] = {"role": "assistant", "content": ""}
         else:
-            doc["response"] = ""
-        doc.update(done=True, done_reason=reason)
-        return _json(doc)
+            answer["response"] = ""
+        answer.update(done=True, done_reason=reason)
+        return _json(answer)
 
     async def explain(self, request: web.Request) -> web.StreamResponse:
         """The full ranking for a request body, without generating anything."""

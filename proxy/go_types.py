@@ -398,6 +398,67 @@ def top_logprobs_refusal(body: Mapping[str, Any]) -> str | None:
     return "top_logprobs must be between 0 and 20" if top < 0 or top > 20 else None
 
 
+def raw_refusal(body: Mapping[str, Any]) -> str | None:
+    """GenerateHandler's 400 for raw mode with what only a template uses (once the
+    model is found and the request is not an unload)."""
+    if body.get("raw") and (body.get("template") or body.get("system") or body.get("context")):
+        return "raw mode does not support template, system, or context"
+    return None
+
+
+# api.Options with its embedded api.Runner (api/types.go): each field's JSON name and
+# the kind of Go value Options.FromMap sets it from (an int or a pointer to one, a
+# float32, a bool or a pointer to one, a []string).
+OPTION_KINDS = {
+    "num_ctx": "integer",
+    "num_batch": "integer",
+    "num_gpu": "integer",
+    "main_gpu": "integer",
+    "use_mmap": "boolean",
+    "num_thread": "integer",
+    "draft_num_predict": "integer",
+    "num_keep": "integer",
+    "seed": "integer",
+    "num_predict": "integer",
+    "top_k": "integer",
+    "top_p": "float32",
+    "min_p": "float32",
+    "typical_p": "float32",
+    "repeat_last_n": "integer",
+    "temperature": "float32",
+    "repeat_penalty": "float32",
+    "presence_penalty": "float32",
+    "frequency_penalty": "float32",
+    "stop": "array",
+}
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def options_refusal(options: Mapping[str, Any] | None) -> str | None:
+    """Options.FromMap's error for a request's `options` (decoded as a
+    map[string]any: every number a float64), None when it sets them all: a name that
+    is no option is skipped (with a warning), a null too. scheduleRunner returns it
+    before it loads the model, and handleScheduleError answers it with a 500.
+
+    Go ranges over the map in random order, so of several wrong values it names any
+    one; this names the first in the request."""
+    for key, value in (options or {}).items():
+        kind = OPTION_KINDS.get(key)
+        if kind is None or value is None:
+            continue
+        if kind == "array":
+            if not isinstance(value, list):
+                return f'option "{key}" must be of type array'
+            if not all(isinstance(item, str) for item in value):
+                return f'option "{key}" must be of an array of strings'
+        elif not (isinstance(value, bool) if kind == "boolean" else _number(value)):
+            return f'option "{key}" must be of type {kind}'
+    return None
+
+
 def refusal(path: str, doc: dict[str, Any]) -> str | None:
     """What Ollama's handler for `path` answers with a 400 before it looks at the
     model: an error decoding the body (`doc`, as `go_json.read` reads it) into its

@@ -199,7 +199,7 @@ class Handlers:
             answered = (
                 _refused(path, doc)
                 or self._unknown_profile(path, profile)
-                or self.auto_routes.loading(path, model, doc.get("keep_alive"))
+                or self.auto_routes.loading(path, model, doc)
             )
             if answered is not None:
                 return answered

@@ -404,6 +404,98 @@ async def test_auto_refuses_a_body_as_ollama_does_before_the_model(
         assert answer == (400, expected)
 
 
+# Loads Ollama refuses whatever the model (one that completes text, as `auto`'s
+# candidates do): GenerateHandler's raw-mode 400, then scheduleRunner's
+# Options.FromMap, whose error handleScheduleError answers with a 500. An unload
+# (keep_alive 0) is answered before either.
+REFUSED_LOADS = [
+    (
+        "/api/generate",
+        {"options": {"num_ctx": "x"}},
+        500,
+        'option "num_ctx" must be of type integer',
+    ),
+    ("/api/chat", {"options": {"stop": "x"}}, 500, 'option "stop" must be of type array'),
+    (
+        "/api/chat",
+        {"keep_alive": "5m", "options": {"stop": ["a", 1]}},
+        500,
+        'option "stop" must be of an array of strings',
+    ),
+    (
+        "/api/generate",
+        {"options": {"typical_p": "x"}},
+        500,
+        'option "typical_p" must be of type float32',
+    ),
+    (
+        "/api/chat",
+        {"options": {"repeat_last_n": [1]}},
+        500,
+        'option "repeat_last_n" must be of type integer',
+    ),
+    (
+        "/api/generate",
+        {"options": {"main_gpu": True}},
+        500,
+        'option "main_gpu" must be of type integer',
+    ),
+    ("/api/chat", {"options": {"use_mmap": 1}}, 500, 'option "use_mmap" must be of type boolean'),
+    (
+        "/api/generate",
+        {"options": {"draft_num_predict": {}}},
+        500,
+        'option "draft_num_predict" must be of type integer',
+    ),
+    (
+        "/api/generate",
+        {"raw": True, "system": "be brief", "options": {"num_ctx": "x"}},
+        400,
+        "raw mode does not support template, system, or context",
+    ),
+    ("/api/generate", {"keep_alive": 0, "options": {"num_ctx": "x"}}, 200, ""),
+    ("/api/chat", {"keep_alive": "0s", "options": {"stop": 1}}, 200, ""),
+    # Options Ollama leaves alone: an unknown name (a warning), a null, a float num_ctx.
+    ("/api/generate", {"options": {"nope": "x", "seed": None, "num_ctx": 2048.5}}, 200, ""),
+]
+
+
+@pytest.mark.parametrize(("path", "fields", "status", "error"), REFUSED_LOADS)
+async def test_auto_load_refuses_what_ollama_refuses_of_any_model(
+    auto_proxy: Proxy,
+    emulator: Emulator,
+    path: str,
+    fields: dict[str, Any],
+    status: int,
+    error: str,
+) -> None:
+    """`ollama run auto` loads with the client's options: Ollama decodes them into
+    api.Options as it schedules the load (Options.FromMap), and a value of the wrong
+    type is its 500 for any model, as a raw-mode generate with a system prompt is its
+    400. `auto` loads nothing, but answers the same, never a "load" Ollama would not
+    write."""
+    direct = await post_raw(emulator.url, path, orjson.dumps({"model": "qwen2.5:7b", **fields}))
+    assert direct[0] == status
+    if error:
+        assert orjson.loads(direct[1]) == {"error": error}
+    for model in ("auto", "auto:coders"):
+        answer = await post_raw(auto_proxy.url, path, orjson.dumps({"model": model, **fields}))
+        assert answer[0] == status
+        if error:
+            assert answer[1] == direct[1]
+        else:
+            assert orjson.loads(answer[1])["done_reason"] == orjson.loads(direct[1])["done_reason"]
+    # A request that generates is the chosen backend's to refuse: the same answer.
+    if error:
+        generating = (
+            {"prompt": "hi"}
+            if path == "/api/generate"
+            else {"messages": [{"role": "user", "content": "hi"}]}
+        )
+        body = {"model": "auto", **generating, **fields, "stream": False}
+        assert await post_raw(auto_proxy.url, path, orjson.dumps(body)) == (status, direct[1])
+
+
 def test_ollama_run_auto_leaves_the_choice_open(auto_proxy: Proxy) -> None:
     """`ollama run <model>` turns `think` on for every message when /api/show lists
     "thinking" (cmd.inferThinkingOption), as `ollama launch` configures reasoning from

@@ -25,23 +25,6 @@ from .state import EmulatorState
 from .textgen import Plan, count_tokens, plan, token_logprob
 from .wire import decode_json
 
-# Typed options Ollama's Options.FromMap checks (a mismatch is a 500 from scheduleRunner).
-_OPTION_KINDS = {
-    "num_predict": "integer",
-    "num_ctx": "integer",
-    "seed": "integer",
-    "top_k": "integer",
-    "num_keep": "integer",
-    "num_batch": "integer",
-    "num_gpu": "integer",
-    "temperature": "float32",
-    "top_p": "float32",
-    "min_p": "float32",
-    "repeat_penalty": "float32",
-    "presence_penalty": "float32",
-    "frequency_penalty": "float32",
-    "stop": "array",
-}
 NO_VISION = "this model is missing data required for image input"
 # Where Ollama sends a request for a model of its cloud (server/cloud_proxy.go).
 _CLOUD_URL = "https://ollama.com:443"
@@ -94,20 +77,11 @@ def think_value(value: Any) -> bool | None:
 
 
 def check_options(options: dict[str, Any] | None) -> int | None:
-    """Options.FromMap's type checks; returns num_predict when given."""
-    for key, kind in _OPTION_KINDS.items():
-        value = (options or {}).get(key)
-        if value is None:
-            continue
-        ok = {
-            "integer": isinstance(value, int | float) and not isinstance(value, bool),
-            "float32": isinstance(value, int | float) and not isinstance(value, bool),
-            "array": isinstance(value, list),
-        }[kind]
-        if not ok:
-            raise Refusal(500, f'option "{key}" must be of type {kind}')
-        if kind == "array" and not all(isinstance(v, str) for v in value):
-            raise Refusal(500, f'option "{key}" must be of an array of strings')
+    """Options.FromMap's type checks (`go_types.options_refusal`, a 500 from
+    scheduleRunner); returns num_predict when given."""
+    refused = go_types.options_refusal(options)
+    if refused is not None:
+        raise Refusal(500, refused)
     n = (options or {}).get("num_predict")
     return int(n) if n is not None else None
 
@@ -197,8 +171,9 @@ def prepare_generate(state: EmulatorState, body: dict[str, Any]) -> Prepared:
     if not prompt and keep_alive == 0:
         return Prepared(spec, model, stream, keep_alive, "", plan_empty(), special="unload")
     raw = bool(body.get("raw"))
-    if raw and (body.get("template") or body.get("system") or body.get("context")):
-        raise Refusal(400, "raw mode does not support template, system, or context")
+    refused = go_types.raw_refusal(body)
+    if refused is not None:
+        raise Refusal(400, refused)
     suffix = str(body.get("suffix") or "")
     think = _thinking(spec, model, think_value(body.get("think")), relax=False)
     if not spec.has("completion"):
