@@ -17,7 +17,14 @@ from typing import Any
 import orjson
 from aiohttp import hdrs, web
 
-from proxy import go_json, go_types, header_values, multipart_form, request_encoding
+from proxy import (
+    go_json,
+    go_types,
+    header_values,
+    multipart_form,
+    openai_chat,
+    request_encoding,
+)
 from proxy import limits as request_limits
 from proxy.aiohttp_internals import state_get
 from proxy.auth import KEY_REQUEST, KeyState, sees_fleet
@@ -46,6 +53,7 @@ AUTOROUTE_HEADERS = (
 SHOW_PATH = "/api/show"
 CREATE_PATH = "/api/create"
 LOADING_PATHS = ("/api/generate", "/api/chat")
+OPENAI_CHAT_PATH = "/v1/chat/completions"
 V1_MODEL_PREFIX = "/v1/models/"
 # `auto` chooses among models by what they do with text; none of that says which
 # model transcribes audio.
@@ -76,10 +84,14 @@ def model_of(body: bytes, max_values: int, fields: tuple[str, ...] = ("model",))
 
 def _refused(path: str, doc: dict[str, Any]) -> web.Response | None:
     """Ollama's 400 for a body its handler refuses before it looks at the model
-    (`go_types.refusal`), None for one it goes on with. Where the proxy answers for
-    `auto` in a backend's place, this comes first, as from Ollama; a body routed to a
-    backend gets it from there."""
-    refused = go_types.refusal(path, doc)
+    (`go_types.refusal`; on chat completions, what the OpenAI middleware refuses as it
+    converts the body, `openai_chat.refusal`), None for one it goes on with. Where the
+    proxy answers for `auto` in a backend's place, this comes first, as from Ollama; a
+    body routed to a backend gets it from there."""
+    if path == OPENAI_CHAT_PATH:
+        refused = openai_chat.refusal(doc)
+    else:
+        refused = go_types.refusal(path, doc)
     return None if refused is None else error_response(path, 400, refused)
 
 

@@ -496,6 +496,65 @@ async def test_auto_load_refuses_what_ollama_refuses_of_any_model(
         assert await post_raw(auto_proxy.url, path, orjson.dumps(body)) == (status, direct[1])
 
 
+def _image(url: str) -> dict[str, Any]:
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+# Chat completions Ollama's OpenAI middleware refuses as it converts them, before it
+# looks at the model (ChatMiddleware: the body's binding, no messages, then
+# openai.FromChatRequest, message by message): `auto:coders` has no vision model.
+REFUSED_OPENAI_CHATS = [
+    {"messages": [{"role": "user", "content": [_image("http://example.com/cat.png")]}]},
+    {
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "what is it?"}]},
+            {"role": "user", "content": [_image("https://example.com/cat.png")]},
+        ],
+        "reasoning_effort": "extreme",
+    },
+    {"messages": [{"role": "user", "content": [_image("data:image/gif;base64," + PIXEL_PNG)]}]},
+    {"messages": [{"role": "user", "content": [_image("data:image/png;base64,!!!")]}]},
+    # The first error in the request is the one answered.
+    {
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": 1}]},
+            {"role": "user", "content": [_image("http://example.com/cat.png")]},
+        ]
+    },
+    {
+        "messages": [{"role": "user", "content": [_image("http://example.com/cat.png")]}],
+        "stream": "yes",
+    },
+]
+
+
+@pytest.mark.parametrize("fields", REFUSED_OPENAI_CHATS)
+async def test_auto_refuses_an_openai_chat_as_ollama_converts_it(
+    auto_proxy: Proxy, emulator: Emulator, fields: dict[str, Any]
+) -> None:
+    """Ollama converts a chat completion before it looks for the model: an image given
+    by its web address is its 400 ("image URLs are not currently supported"), for a
+    model that sees images or not, named or not. Where `auto` finds no model to serve
+    the request, or is asked for a profile that does not exist, the client gets that
+    400 as from Ollama, not `auto`'s own."""
+    direct = await post_raw(
+        emulator.url, "/v1/chat/completions", orjson.dumps({"model": "qwen2.5:7b", **fields})
+    )
+    assert direct[0] == 400
+    for model in ("auto", "auto:coders", "auto:nope"):
+        body = orjson.dumps({"model": model, **fields})
+        assert await post_raw(auto_proxy.url, "/v1/chat/completions", body) == direct
+    # A request it takes still gets `auto`'s own answer when no model can serve it.
+    body = {
+        "model": "auto:coders",
+        "messages": [{"role": "user", "content": [_image("data:image/png;base64," + PIXEL_PNG)]}],
+        "stop": ["a", 1],
+    }
+    status, answer = await post_raw(auto_proxy.url, "/v1/chat/completions", orjson.dumps(body))
+    assert status == 400
+    assert "no model can serve" in orjson.loads(answer)["error"]["message"]
+
+
 def test_ollama_run_auto_leaves_the_choice_open(auto_proxy: Proxy) -> None:
     """`ollama run <model>` turns `think` on for every message when /api/show lists
     "thinking" (cmd.inferThinkingOption), as `ollama launch` configures reasoning from

@@ -832,6 +832,49 @@ async def test_a_chat_completion_content_of_no_known_type_is_named_by_gos_type(
     assert (status, error) == (400, f"invalid message content type: {go_type}")
 
 
+@pytest.mark.parametrize(
+    ("parts", "extra", "status", "error"),
+    [
+        # An image_url that is neither a string nor an object with a string url.
+        ([{"type": "image_url", "image_url": 1}], {}, 400, "invalid message format"),
+        ([{"type": "image_url", "image_url": {"url": 1}}], {}, 400, "invalid message format"),
+        # FromChatRequest keeps a stop list's strings and drops the rest (only
+        # FromCompleteRequest refuses them).
+        ([{"type": "text", "text": "hi"}], {"stop": ["a", 1, None]}, 200, ""),
+        ([{"type": "text", "text": "hi"}], {"stop": 5}, 200, ""),
+        # The tool calls of a message of parts go with its last part, converted as any
+        # message's: json.Unmarshal of the whole `arguments`.
+        (
+            [{"type": "text", "text": "hi"}],
+            {"tool_calls": [{"function": {"name": "f", "arguments": "{"}}]},
+            400,
+            "invalid tool call arguments",
+        ),
+        (
+            "hi",
+            {"tool_calls": [{"function": {"name": "f", "arguments": '{"a": 1} x'}}]},
+            400,
+            "invalid tool call arguments",
+        ),
+    ],
+)
+async def test_a_chat_completion_is_converted_as_from_chat_request(
+    emu: Emu, parts: Any, extra: dict[str, Any], status: int, error: str
+) -> None:
+    """openai.FromChatRequest's errors and what it lets through, for a model that can
+    take the request (`tool_calls` go in the message, the rest in the body)."""
+    message: dict[str, Any] = {"role": "user", "content": parts}
+    if "tool_calls" in extra:
+        message["tool_calls"] = extra["tool_calls"]
+    fields = {k: v for k, v in extra.items() if k != "tool_calls"}
+    status_, _, body = await emu.post(
+        "/v1/chat/completions", {"model": "qwen2.5:7b", "messages": [message], **fields}
+    )
+    assert status_ == status
+    if error:
+        assert json.loads(body)["error"]["message"] == error
+
+
 async def test_responses_and_messages(emu: Emu) -> None:
     status, _, body = await emu.post("/v1/responses", {"model": "qwen3:8b", "input": "hi"})
     resp = json.loads(body)

@@ -10,7 +10,8 @@ import pytest
 
 from proxy import go_types
 from proxy.emulator.inference import Refusal
-from proxy.emulator.openai_routes import INVALID_IMAGE, decode_image_url
+from proxy.emulator.openai_routes import decode_image_url
+from proxy.openai_chat import INVALID_IMAGE
 
 PNG = base64.b64encode(bytes(range(256)) * 3).decode()
 

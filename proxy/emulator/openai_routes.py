@@ -15,8 +15,8 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy import multipart_form
-from proxy.go_types import BodyError, base64_error, check_fields
+from proxy import multipart_form, openai_chat
+from proxy.go_types import BodyError, check_fields
 from proxy.protocol import SSE
 
 from .engine import ClientGone, Piece
@@ -62,7 +62,7 @@ def _ids(state: EmulatorState, prefix: str, request_key: str) -> tuple[str, int]
 
 
 def _options(body: dict[str, Any]) -> dict[str, Any]:
-    """FromChatRequest / FromCompleteRequest option mapping."""
+    """FromCompleteRequest's option mapping (FromChatRequest's is `openai_chat`'s)."""
     opts: dict[str, Any] = {}
     stop = body.get("stop")
     if isinstance(stop, str):
@@ -81,166 +81,20 @@ def _options(body: dict[str, Any]) -> dict[str, Any]:
     return opts
 
 
-CHAT_FIELDS = {
-    "model": "string",
-    "messages": "[]openai.Message",
-    "stream": "bool",
-    "stream_options": "map",
-    "max_tokens": "int",
-    "seed": "int",
-    "stop": "any",
-    "temperature": "float",
-    "frequency_penalty": "float",
-    "presence_penalty": "float",
-    "top_p": "float",
-    "response_format": "map",
-    "tools": "[]api.Tool",
-    "reasoning": "map",
-    "reasoning_effort": "string",
-    "logprobs": "bool",
-    "top_logprobs": "int",
-}
-
-
-def _tool_calls_from_oa(calls: Any) -> list[dict[str, Any]]:
-    out = []
-    for tc in calls or []:
-        fn = tc.get("function", {}) if isinstance(tc, dict) else {}
-        try:
-            args = decode_json(str(fn.get("arguments") or "").encode())
-        except (EOFError, BodyError):
-            raise Refusal(400, "invalid tool call arguments") from None
-        out.append({"function": {"name": fn.get("name", ""), "arguments": args}})
-    return out
-
-
-# openai.thinkFromReasoningEffort: OpenAI's tiers and clients' own clamped to Ollama's.
-_EFFORTS: dict[str, Any] = {
-    "none": False,
-    "minimal": "low",
-    "low": "low",
-    "medium": "medium",
-    "high": "high",
-    "max": "max",
-    "xhigh": "max",
-    "ultra": "max",
-}
+def decode_image_url(url: str) -> str:
+    """`openai_chat.decode_image_url`, its refusal a 400."""
+    try:
+        return openai_chat.decode_image_url(url)
+    except BodyError as exc:
+        raise Refusal(400, str(exc)) from None
 
 
 def think_from_effort(effort: Any) -> Any:
-    """The think value of a reasoning effort: None for none given."""
-    if effort == "":
-        return None
-    if not isinstance(effort, str) or effort not in _EFFORTS:
-        raise Refusal(
-            400,
-            f'invalid reasoning value: "{effort}" (must be "minimal", "low", "medium", '
-            '"high", "xhigh", "ultra", "max", or "none")',
-        )
-    return _EFFORTS[effort]
-
-
-INVALID_IMAGE = "invalid image input"
-_IMAGE_PREFIXES = (
-    "data:;base64,",
-    *(f"data:image/{t};base64," for t in ("jpeg", "jpg", "png", "webp")),
-)
-
-
-def decode_image_url(url: str) -> str:
-    """openai.decodeImageURL: the base64 of a data URL of a type Ollama takes (or of no
-    type, as /api/chat takes bare base64); a web address is refused."""
-    if url.startswith(("http://", "https://")):
-        raise Refusal(
-            400, "image URLs are not currently supported, please use base64 encoded data instead"
-        )
-    prefix = next((p for p in _IMAGE_PREFIXES if url.startswith(p)), None)
-    if prefix is None:
-        raise Refusal(400, INVALID_IMAGE)
-    data = url[len(prefix) :]
-    if base64_error(data) is not None:
-        raise Refusal(400, INVALID_IMAGE)
-    return data
-
-
-def _go_type_name(value: Any) -> str:
-    """`%T` of a JSON value Go decoded into an `any` (a string or an array never asks)."""
-    if value is None:
-        return "<nil>"
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, dict):
-        return "map[string]interface {}"
-    return "float64"  # any JSON number
-
-
-def chat_from_openai(body: dict[str, Any]) -> dict[str, Any]:
-    """openai.FromChatRequest: an /api/chat body."""
-    messages: list[dict[str, Any]] = []
-    for msg in body.get("messages") or []:
-        if not isinstance(msg, dict):
-            raise Refusal(400, "invalid message format")
-        role, content = msg.get("role", ""), msg.get("content")
-        if isinstance(content, str):
-            messages.append(
-                {
-                    "role": role,
-                    "content": content,
-                    "tool_calls": _tool_calls_from_oa(msg.get("tool_calls")),
-                }
-            )
-        elif isinstance(content, list):
-            for part in content:
-                if not isinstance(part, dict):
-                    raise Refusal(400, "invalid message format")
-                if part.get("type") == "text" and isinstance(part.get("text"), str):
-                    messages.append({"role": role, "content": part["text"]})
-                elif part.get("type") == "image_url":
-                    url = part.get("image_url")
-                    url = url.get("url") if isinstance(url, dict) else url
-                    if not isinstance(url, str):
-                        raise Refusal(400, INVALID_IMAGE)
-                    messages.append(
-                        {"role": role, "content": "", "images": [decode_image_url(url)]}
-                    )
-                else:
-                    raise Refusal(400, "invalid message format")
-        elif msg.get("tool_calls") is None:
-            raise Refusal(400, f"invalid message content type: {_go_type_name(content)}")
-        else:
-            messages.append(
-                {
-                    "role": role,
-                    "content": "",
-                    "tool_calls": _tool_calls_from_oa(msg.get("tool_calls")),
-                }
-            )
-    fmt: Any = None
-    rf = body.get("response_format") or {}
-    if str(rf.get("type", "")).strip().lower() == "json_object":
-        fmt = "json"
-    elif str(rf.get("type", "")).strip().lower() == "json_schema":
-        fmt = (rf.get("json_schema") or {}).get("schema")
-    reasoning = body.get("reasoning")
-    if isinstance(reasoning, dict):
-        effort = reasoning.get("effort") or ""
-    else:
-        effort = body.get("reasoning_effort") or ""
-    think = think_from_effort(effort)
-    out: dict[str, Any] = {
-        "model": body.get("model") or "",
-        "messages": messages,
-        "options": _options(body),
-        "stream": bool(body.get("stream")),
-        "tools": body.get("tools") or [],
-        "logprobs": body.get("logprobs") is True,
-        "top_logprobs": body.get("top_logprobs") or 0,
-    }
-    if fmt is not None:
-        out["format"] = fmt
-    if think is not None:
-        out["think"] = think
-    return out
+    """`openai_chat.think_from_effort`, its refusal a 400."""
+    try:
+        return openai_chat.think_from_effort(effort)
+    except BodyError as exc:
+        raise Refusal(400, str(exc)) from None
 
 
 class OpenAIChatSink(ChatSink):
@@ -400,12 +254,12 @@ def to_openai_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
 async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
     state = state_of(request)
     try:
-        body = await read_oa_body(request, "ChatCompletionRequest", CHAT_FIELDS)
-        if not body.get("messages"):
-            raise Refusal(400, "[] is too short - 'messages'")
-        chat = chat_from_openai(body)
+        body = await read_oa_body(request, "ChatCompletionRequest", {})
+        chat = openai_chat.converted(body)
     except Refusal as exc:
         return middleware_error(exc.status, exc.message)
+    except BodyError as exc:
+        return middleware_error(400, str(exc))
     try:
         job = prepare_chat(state, chat)
     except Refusal as exc:

@@ -1,0 +1,252 @@
+"""A chat completion as Ollama's OpenAI middleware converts it into an /api/chat body
+(middleware/openai.go ChatMiddleware, openai/openai.go FromChatRequest), and what it
+refuses on the way (`refusal`), with a 400, before any handler looks at the model.
+
+Shared by the emulator, which serves the converted chat, and the proxy, which answers
+for `auto` in a backend's place where no model can serve a request (or the profile
+does not exist): a body Ollama refuses while converting it gets that 400 there too.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from proxy.go_types import BodyError, base64_error, check_fields
+
+# openai.ChatCompletionRequest, {json name: kind} (see `go_types.check_fields`).
+CHAT_FIELDS = {
+    "model": "string",
+    "messages": "[]openai.Message",
+    "stream": "bool",
+    "stream_options": "map",
+    "max_tokens": "int",
+    "seed": "int",
+    "stop": "any",
+    "temperature": "float",
+    "frequency_penalty": "float",
+    "presence_penalty": "float",
+    "top_p": "float",
+    "response_format": "map",
+    "tools": "[]api.Tool",
+    "reasoning": "map",
+    "reasoning_effort": "string",
+    "logprobs": "bool",
+    "top_logprobs": "int",
+}
+NO_MESSAGES = "[] is too short - 'messages'"
+INVALID_FORMAT = "invalid message format"
+INVALID_IMAGE = "invalid image input"
+IMAGE_URLS_REFUSED = (
+    "image URLs are not currently supported, please use base64 encoded data instead"
+)
+_IMAGE_PREFIXES = (
+    "data:;base64,",
+    *(f"data:image/{t};base64," for t in ("jpeg", "jpg", "png", "webp")),
+)
+
+
+def decode_image_url(url: str) -> str:
+    """openai.decodeImageURL: the base64 of a data URL of a type Ollama takes (or of no
+    type, as /api/chat takes bare base64); a web address is refused (BodyError)."""
+    if url.startswith(("http://", "https://")):
+        raise BodyError(IMAGE_URLS_REFUSED)
+    prefix = next((p for p in _IMAGE_PREFIXES if url.startswith(p)), None)
+    if prefix is None:
+        raise BodyError(INVALID_IMAGE)
+    data = url[len(prefix) :]
+    if base64_error(data) is not None:
+        raise BodyError(INVALID_IMAGE)
+    return data
+
+
+# openai.thinkFromReasoningEffort: OpenAI's tiers and clients' own clamped to Ollama's.
+_EFFORTS: dict[str, Any] = {
+    "none": False,
+    "minimal": "low",
+    "low": "low",
+    "medium": "medium",
+    "high": "high",
+    "max": "max",
+    "xhigh": "max",
+    "ultra": "max",
+}
+
+
+def think_from_effort(effort: Any) -> Any:
+    """The think value of a reasoning effort: None for none given."""
+    if effort == "":
+        return None
+    if not isinstance(effort, str) or effort not in _EFFORTS:
+        raise BodyError(
+            f'invalid reasoning value: "{effort}" (must be "minimal", "low", "medium", '
+            '"high", "xhigh", "ultra", "max", or "none")'
+        )
+    return _EFFORTS[effort]
+
+
+def go_type_name(value: Any) -> str:
+    """`%T` of a JSON value Go decoded into an `any`."""
+    if value is None:
+        return "<nil>"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, dict):
+        return "map[string]interface {}"
+    if isinstance(value, list):
+        return "[]interface {}"
+    return "float64"  # any JSON number
+
+
+def _not_a_float64(text: str) -> Any:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(text)  # Go's ParseFloat: out of range
+    return value
+
+
+def _whole(text: str) -> Any:
+    _not_a_float64(text)
+    return int(text)
+
+
+def _no_constant(text: str) -> Any:
+    raise ValueError(text)
+
+
+def _arguments(text: str) -> Any:
+    """json.Unmarshal of a tool call's `arguments` (into an ordered map of `any`): the
+    whole text one JSON value, every number a float64."""
+    try:
+        return json.loads(
+            text, parse_float=_not_a_float64, parse_int=_whole, parse_constant=_no_constant
+        )
+    except (ValueError, RecursionError):
+        raise BodyError("invalid tool call arguments") from None
+
+
+def tool_calls(calls: Any) -> list[dict[str, Any]]:
+    """openai.FromCompletionToolCall."""
+    out = []
+    for tc in calls or []:
+        fn = tc.get("function", {}) if isinstance(tc, dict) else {}
+        out.append(
+            {
+                "function": {
+                    "name": fn.get("name", ""),
+                    "arguments": _arguments(str(fn.get("arguments") or "")),
+                }
+            }
+        )
+    return out
+
+
+def _options(body: dict[str, Any]) -> dict[str, Any]:
+    """FromChatRequest's options: a stop list keeps its strings (only
+    FromCompleteRequest refuses the rest)."""
+    opts: dict[str, Any] = {}
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        opts["stop"] = [stop]
+    elif isinstance(stop, list):
+        opts["stop"] = [s for s in stop if isinstance(s, str)]
+    if body.get("max_tokens") is not None:
+        opts["num_predict"] = body["max_tokens"]
+    opts["temperature"] = body["temperature"] if body.get("temperature") is not None else 1.0
+    if body.get("seed") is not None:
+        opts["seed"] = body["seed"]
+    for name in ("frequency_penalty", "presence_penalty"):
+        if body.get(name) is not None:
+            opts[name] = body[name]
+    opts["top_p"] = body["top_p"] if body.get("top_p") is not None else 1.0
+    return opts
+
+
+def _image_url(part: dict[str, Any]) -> str:
+    url = part.get("image_url")
+    url = url.get("url") if isinstance(url, dict) else url
+    if not isinstance(url, str):
+        raise BodyError(INVALID_FORMAT)
+    return url
+
+
+def chat_from_openai(body: dict[str, Any]) -> dict[str, Any]:
+    """openai.FromChatRequest: the /api/chat body of a chat completion whose body has
+    been bound (`CHAT_FIELDS`); BodyError with its message for what it refuses."""
+    messages: list[dict[str, Any]] = []
+    for msg in body.get("messages") or []:
+        if not isinstance(msg, dict):
+            raise BodyError(INVALID_FORMAT)
+        role, content = msg.get("role", ""), msg.get("content")
+        if isinstance(content, str):
+            messages.append(
+                {"role": role, "content": content, "tool_calls": tool_calls(msg.get("tool_calls"))}
+            )
+        elif isinstance(content, list):
+            for part in content:
+                if not isinstance(part, dict):
+                    raise BodyError(INVALID_FORMAT)
+                if part.get("type") == "text" and isinstance(part.get("text"), str):
+                    messages.append({"role": role, "content": part["text"]})
+                elif part.get("type") == "image_url":
+                    image = decode_image_url(_image_url(part))
+                    messages.append({"role": role, "content": "", "images": [image]})
+                else:
+                    raise BodyError(INVALID_FORMAT)
+            if messages and msg.get("tool_calls"):
+                # The message's calls go with the last of the messages its parts made.
+                messages[-1]["tool_calls"] = tool_calls(msg.get("tool_calls"))
+        elif msg.get("tool_calls") is None:
+            raise BodyError(f"invalid message content type: {go_type_name(content)}")
+        else:
+            messages.append(
+                {"role": role, "content": "", "tool_calls": tool_calls(msg.get("tool_calls"))}
+            )
+    fmt: Any = None
+    rf = body.get("response_format") or {}
+    if str(rf.get("type", "")).strip().lower() == "json_object":
+        fmt = "json"
+    elif str(rf.get("type", "")).strip().lower() == "json_schema":
+        fmt = (rf.get("json_schema") or {}).get("schema")
+    reasoning = body.get("reasoning")
+    if isinstance(reasoning, dict):
+        effort = reasoning.get("effort") or ""
+    else:
+        effort = body.get("reasoning_effort") or ""
+    think = think_from_effort(effort)
+    out: dict[str, Any] = {
+        "model": body.get("model") or "",
+        "messages": messages,
+        "options": _options(body),
+        "stream": bool(body.get("stream")),
+        "tools": body.get("tools") or [],
+        "logprobs": body.get("logprobs") is True,
+        "top_logprobs": body.get("top_logprobs") or 0,
+    }
+    if fmt is not None:
+        out["format"] = fmt
+    if think is not None:
+        out["think"] = think
+    return out
+
+
+def converted(doc: Any) -> dict[str, Any]:
+    """ChatMiddleware: the body bound to openai.ChatCompletionRequest, refused without
+    messages, then converted (`chat_from_openai`); BodyError with the message of its
+    400."""
+    body = check_fields(doc, "ChatCompletionRequest", CHAT_FIELDS)
+    if not body.get("messages"):
+        raise BodyError(NO_MESSAGES)
+    return chat_from_openai(body)
+
+
+def refusal(doc: Any) -> str | None:
+    """What ChatMiddleware refuses of a chat completion body (`doc`, as `go_json.read`
+    reads it) with a 400, None for one it passes on to ChatHandler."""
+    try:
+        converted(doc)
+    except BodyError as exc:
+        return str(exc)
+    return None
