@@ -285,9 +285,15 @@ def check_image(item: Any, struct: str, key: str) -> None:
     """api.ImageData is []byte: a base64 string (`base64_error`)."""
     if not isinstance(item, str):
         raise type_error(item, struct, key, "api.ImageData")
-    wrong = base64_error(item)
+    wrong = base64_refusal(item)
     if wrong is not None:
-        raise BodyError(f"illegal base64 data at input byte {wrong}")
+        raise BodyError(wrong)
+
+
+def base64_refusal(src: str) -> str | None:
+    """Go's error text for base64 it refuses (`base64_error`), None when it decodes."""
+    wrong = base64_error(src)
+    return None if wrong is None else f"illegal base64 data at input byte {wrong}"
 
 
 _MESSAGE_FIELDS = {

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from proxy.go_types import BodyError, base64_error, check_fields
+from proxy.go_types import BodyError, base64_error, base64_refusal, check_fields
 
 # openai.ChatCompletionRequest, {json name: kind} (see `go_types.check_fields`).
 CHAT_FIELDS = {
@@ -172,6 +172,20 @@ def _image_url(part: dict[str, Any]) -> str:
     return url
 
 
+def _audio(part: dict[str, Any]) -> str:
+    """The base64 data of an input_audio part, as FromChatRequest takes it."""
+    audio = part.get("input_audio")
+    if not isinstance(audio, dict):
+        raise BodyError("invalid input_audio format")
+    data = audio.get("data")
+    if not isinstance(data, str):
+        raise BodyError("invalid input_audio format: missing data")
+    wrong = base64_refusal(data)
+    if wrong is not None:
+        raise BodyError(f"invalid input_audio base64 data: {wrong}")
+    return data
+
+
 def chat_from_openai(body: dict[str, Any]) -> dict[str, Any]:
     """openai.FromChatRequest: the /api/chat body of a chat completion whose body has
     been bound (`CHAT_FIELDS`); BodyError with its message for what it refuses."""
@@ -193,6 +207,9 @@ def chat_from_openai(body: dict[str, Any]) -> dict[str, Any]:
                 elif part.get("type") == "image_url":
                     image = decode_image_url(_image_url(part))
                     messages.append({"role": role, "content": "", "images": [image]})
+                elif part.get("type") == "input_audio":
+                    # Ollama hands the audio to the model as it hands an image.
+                    messages.append({"role": role, "content": "", "images": [_audio(part)]})
                 else:
                     raise BodyError(INVALID_FORMAT)
             if messages and msg.get("tool_calls"):

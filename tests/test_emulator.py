@@ -838,6 +838,20 @@ async def test_a_chat_completion_content_of_no_known_type_is_named_by_gos_type(
         # An image_url that is neither a string nor an object with a string url.
         ([{"type": "image_url", "image_url": 1}], {}, 400, "invalid message format"),
         ([{"type": "image_url", "image_url": {"url": 1}}], {}, 400, "invalid message format"),
+        # An input_audio part: its data is standard base64, as an image's.
+        ([{"type": "input_audio", "input_audio": 1}], {}, 400, "invalid input_audio format"),
+        (
+            [{"type": "input_audio", "input_audio": {"format": "wav"}}],
+            {},
+            400,
+            "invalid input_audio format: missing data",
+        ),
+        (
+            [{"type": "input_audio", "input_audio": {"data": "AAA"}}],
+            {},
+            400,
+            "invalid input_audio base64 data: illegal base64 data at input byte 0",
+        ),
         # FromChatRequest keeps a stop list's strings and drops the rest (only
         # FromCompleteRequest refuses them).
         ([{"type": "text", "text": "hi"}], {"stop": ["a", 1, None]}, 200, ""),
