@@ -261,6 +261,19 @@ def test_names_resolve_to_their_entry(catalog: Catalog, name: str, entry: str) -
         ("glm-4.7:cloud", "zai-org/GLM-4.7", "glm-4.7:cloud"),
         ("lfm2.5-thinking", "LiquidAI/LFM2.5-1.2B-Thinking", "lfm2.5-thinking:1.2b"),
         ("deepseek-v3.2:cloud", "deepseek-ai/DeepSeek-V3.2", "deepseek-v3.2:671b"),
+        # Qwen3's July 2025 updates: models of their own, not the April hybrid ones.
+        ("qwen3:4b-instruct-2507-q4_K_M", "Qwen/Qwen3-4B-Instruct-2507", "qwen3:4b-instruct-2507"),
+        ("qwen3:4b-instruct", "qwen3-4b-instruct-2507", "qwen3:4b-instruct-2507"),
+        (
+            "qwen3:30b-a3b-instruct-2507-q4_K_M",
+            "hf.co/unsloth/Qwen3-30B-A3B-Instruct-2507-GGUF:Q4_K_M",
+            "qwen3:30b-a3b-instruct-2507",
+        ),
+        (
+            "qwen3:30b-a3b-thinking-2507-q8_0",
+            "Qwen/Qwen3-30B-A3B-Thinking-2507",
+            "qwen3:30b-a3b-thinking-2507",
+        ),
     ],
 )
 def test_popular_library_models_resolve_by_ollama_name_and_alias(
@@ -293,6 +306,28 @@ def test_bare_qwen3_vl_tags_are_the_thinking_models(
     assert "reasoning" in catalog.lookup(bare).specialties
     assert "reasoning" not in catalog.lookup(instruct).specialties
     assert catalog.lookup(instruct).specialties >= {"tools", "vision"}
+
+
+@pytest.mark.parametrize(
+    ("instruct", "thinking"),
+    [
+        ("qwen3:4b-instruct-2507", "qwen3:4b-thinking-2507"),
+        ("qwen3:30b-a3b-instruct-2507", "qwen3:30b-a3b-thinking-2507"),
+        ("qwen3:235b-a22b-instruct-2507", "qwen3:235b-a22b-thinking-2507"),
+    ],
+)
+def test_qwen3_2507_instruct_models_do_not_reason_and_thinking_ones_do(
+    catalog: Catalog, instruct: str, thinking: str
+) -> None:
+    # The July 2025 Instruct models never think, the Thinking ones always do; each has
+    # its card's results on every area's scale the card reports (no area of the April
+    # hybrid model's stands in for them).
+    assert catalog.lookup(instruct).specialties == {"tools"}
+    assert catalog.lookup(thinking).specialties == {"reasoning", "tools"}
+    for name in (instruct, thinking):
+        assert set(catalog.sources(name)) >= {"MMLU-Pro", "MMLU-Redux", "GPQA", "IFEval"}
+        assert catalog.lookup(name).area_uncertainty["reasoning"] == 0.0
+        assert catalog.lookup(name).area_uncertainty["instruction"] == 0.0
 
 
 def test_a_tag_ollama_points_at_another_architecture_finds_that_entry(catalog: Catalog) -> None:
