@@ -5,7 +5,9 @@ that answers the client."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
+import math
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -21,6 +23,36 @@ from proxy.upstream import BufferedAnswer
 log = logging.getLogger("autoroute.server")
 
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
+
+# The order one Ollama gives each merged list, newest (or longest remaining) first by a
+# time compared in whole seconds, a stable sort: `/api/tags` by modified_at
+# (server/model_list_cache.go, sortListModelResponses), `/v1/models` in that order
+# (created is modified_at.Unix(), openai.ToListCompletion), `/api/ps` by expires_at
+# (PsHandler).
+_ORDER = {"/api/tags": "modified_at", "/v1/models": "created", "/api/ps": "expires_at"}
+_GO_ZERO_TIME = -62135596800  # time.Time{}.Unix(): a field absent or unreadable
+
+
+def _unix(value: Any) -> int:
+    """time.Time.Unix() of a list entry's time: an RFC 3339 text or Unix seconds."""
+    try:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return math.floor(value)
+        if isinstance(value, str):
+            return math.floor(datetime.datetime.fromisoformat(value).timestamp())
+    except (ValueError, OverflowError, OSError):
+        pass
+    return _GO_ZERO_TIME
+
+
+def in_ollamas_order(path: str, items: list[Any]) -> list[Any]:
+    """`items` of the list at `path` in the order one Ollama lists them."""
+    field = _ORDER.get(path)
+    if field is None:
+        return items
+    return sorted(
+        items, key=lambda item: -_unix(item.get(field) if isinstance(item, dict) else None)
+    )
 
 
 class Fanout:
@@ -65,7 +97,9 @@ class Fanout:
                     seen.add(ident)
                     items.append(item)
         merged = dict(docs[0])
-        merged[key] = items + extra
+        # Each backend's list is in Ollama's order, the lists one after the other are
+        # not; `auto`'s entries (`extra`) stay at the end.
+        merged[key] = in_ollamas_order(request.path, items) + extra
         if request.path.startswith("/v1/"):
             body, content_type = encoded(merged), JSON_V1
         else:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
+import math
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -773,3 +775,32 @@ async def test_a_listed_name_no_ollama_accepts_is_no_candidate(servers: ServerTh
     finally:
         proxy.stop()
         servers.stop(backend)
+
+
+def _go_unix(stamp: str) -> int:
+    """time.Time.Unix() of an RFC 3339 time as Ollama writes it."""
+    return math.floor(datetime.datetime.fromisoformat(stamp).timestamp())
+
+
+async def test_merged_lists_are_in_ollamas_order(pair: Pair) -> None:
+    """One Ollama lists its models most recently modified first
+    (server/model_list_cache.go sortListModelResponses), `/v1/models` in that order
+    (openai.ToListCompletion), and its running models longest time remaining first
+    (PsHandler): the fleet's merged lists are in that order too, whatever backend each
+    model comes from (`auto`'s entries stay at the end of the list)."""
+    # Loaded on A first with the shorter keep_alive: A's backend lists it first, the
+    # fleet's order puts B's (longer remaining) first.
+    await post(pair.a.url, "/api/generate", generate(ONLY_A, keep_alive="1m"))
+    await post(pair.b.url, "/api/generate", generate(ONLY_B, keep_alive="30m"))
+    await post(pair.a.url, "/api/generate", generate(SHARED, keep_alive="10m"))
+    async with aiohttp.ClientSession() as session:
+        async with session.get(pair.proxy.url + "/api/tags") as resp:
+            models = [m for m in (await resp.json())["models"] if m["name"] not in AUTO_NAMES]
+        async with session.get(pair.proxy.url + "/v1/models") as resp:
+            data = [m for m in (await resp.json())["data"] if m["id"] not in AUTO_NAMES]
+        async with session.get(pair.proxy.url + "/api/ps") as resp:
+            running = (await resp.json())["models"]
+    by_modified = sorted(models, key=lambda m: -_go_unix(m["modified_at"]))
+    assert [m["name"] for m in models] == [m["name"] for m in by_modified]
+    assert [m["id"] for m in data] == [m["model"] for m in by_modified]
+    assert [m["name"] for m in running] == [ONLY_B, SHARED, ONLY_A]
