@@ -77,11 +77,82 @@ def decoded(request: web.Request, body: bytes, limit: int) -> bytes:
                 if len(out) > MAX_DECODED_BYTES:
                     raise Undecodable(TOO_LARGE)
     except zstandard.ZstdError as exc:
-        raise Undecodable(str(exc)) from None
+        raise Undecodable(_header_refusal(body) or str(exc)) from None
     if not _whole_frames(body):
-        raise Undecodable(CUT_SHORT)
+        raise Undecodable(_header_refusal(body) or CUT_SHORT)
     request[DECODED] = True
     return bytes(out)
+
+
+# klauspost/compress's words (zstd/zstd.go, frameDec.reset in zstd/framedec.go) for a
+# frame header its decoder refuses; Ollama's 400 says them.
+MAGIC_MISMATCH = "invalid input: magic number mismatch"
+RESERVED_BIT = "reserved bit set on frame header"
+WINDOW_EXCEEDED = "window size exceeded"
+SIZE_EXCEEDED = "decompressed size exceeds configured limit"
+
+
+def _header_refusal(body: bytes) -> str | None:
+    """What Ollama's decoder says of the first frame header it refuses in `body` (the
+    frames walked as `_whole_frames` walks them), or None when every header it reaches
+    is one it reads: a body python-zstandard refused for what the decoder finds inside a
+    frame keeps python-zstandard's words. frameDec.reset: a frame start with 1 to 3
+    bytes left, or a header cut short, is an unexpected EOF; a start that is no frame
+    (nor skippable frame) a magic number mismatch; then the reserved bit, a window past
+    8 MiB (WithDecoderMaxMemory caps the window too), and a single segment's content
+    size past 8 MiB. Headers only: a body whose first frame's blocks are corrupt and
+    whose second frame's header is refused too gets the header's words, where Go
+    stops at the blocks (with words of its own, which python-zstandard's do not match
+    anyway)."""
+    size = len(body)
+    at = 0
+    while at < size:
+        if size - at < 4:
+            return CUT_SHORT
+        magic = int.from_bytes(body[at : at + 4], "little")
+        if magic & ~0xF == _SKIPPABLE_MAGIC:
+            if size - at < 8:
+                return CUT_SHORT
+            at += 8 + int.from_bytes(body[at + 4 : at + 8], "little")
+            continue
+        if magic != _FRAME_MAGIC:
+            return MAGIC_MISMATCH
+        if size - at < 5:
+            return CUT_SHORT
+        descriptor = body[at + 4]
+        if descriptor & 0x08:
+            return RESERVED_BIT
+        single = bool(descriptor & 0x20)
+        window = 0
+        at += 5
+        if not single:
+            if size - at < 1:
+                return CUT_SHORT
+            base = 1 << (10 + (body[at] >> 3))
+            window = base + (base // 8) * (body[at] & 7)
+            at += 1
+        # The dictionary id, then the content size: read before the window is checked.
+        at += (0, 1, 2, 4)[descriptor & 3]
+        content_size_bytes = (0, 2, 4, 8)[descriptor >> 6] or (1 if single else 0)
+        if size - at < content_size_bytes:
+            return CUT_SHORT
+        content_size = int.from_bytes(body[at : at + content_size_bytes], "little")
+        if content_size_bytes == 2:
+            content_size += 256
+        if window > MAX_WINDOW_BYTES:
+            return WINDOW_EXCEEDED
+        if single and content_size > MAX_WINDOW_BYTES:
+            return SIZE_EXCEEDED
+        at += content_size_bytes
+        last = False
+        while not last:
+            if size - at < 3:
+                return None  # cut inside the frame's blocks: the caller's EOF
+            header = int.from_bytes(body[at : at + 3], "little")
+            last = bool(header & 1)
+            at += 3 + (1 if (header >> 1) & 3 == 1 else header >> 3)
+        at += 4 if descriptor & 4 else 0
+    return None
 
 
 def _whole_frames(body: bytes) -> bool:

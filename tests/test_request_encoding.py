@@ -125,6 +125,49 @@ async def test_a_body_that_is_no_zstd_gets_ollamas_400(bounded: Proxy) -> None:
     assert list(orjson.loads(body)) == ["error"]  # gin.H, not OpenAI's shape
 
 
+def _reserved_bit(frame: bytes) -> bytes:
+    return frame[:4] + bytes([frame[4] | 0x08]) + frame[5:]
+
+
+# What klauspost/compress's zstd decoder (v1.18.3, Ollama's) says of a frame header it
+# refuses (zstd/framedec.go, frameDec.reset; its errors in zstd/zstd.go), with the
+# window capped at WithDecoderMaxMemory's 8 MiB: Ollama's 400 names it.
+_FRAME = zstd({"model": MODEL, "input": "Hi"})
+_HEADER_REFUSALS = {
+    "json, no frame": (orjson.dumps({"model": MODEL}), "invalid input: magic number mismatch"),
+    "json after a frame": (_FRAME + orjson.dumps({"a": 1}), "invalid input: magic number mismatch"),
+    "3 bytes after a frame": (_FRAME + b"xyz", "unexpected EOF"),
+    "2 bytes": (b"ab", "unexpected EOF"),
+    "reserved bit": (_reserved_bit(_FRAME), "reserved bit set on frame header"),
+    # No content size written: a window descriptor (16 MiB here), not a single segment.
+    "16 MiB window": (
+        zstandard.ZstdCompressor(
+            compression_params=zstandard.ZstdCompressionParameters(
+                window_log=24, write_content_size=False
+            )
+        ).compress(orjson.dumps({"model": MODEL, "input": " " * (9 << 20)})),
+        "window size exceeded",
+    ),
+    "9 MiB single segment": (
+        zstandard.ZstdCompressor(
+            compression_params=zstandard.ZstdCompressionParameters(window_log=24)
+        ).compress(orjson.dumps({"model": MODEL, "input": " " * (9 << 20)})),
+        "decompressed size exceeds configured limit",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(_HEADER_REFUSALS))
+async def test_a_zstd_frame_header_ollama_refuses_gets_its_message(
+    bounded: Proxy, case: str
+) -> None:
+    data, message = _HEADER_REFUSALS[case]
+    status, headers, body = await post(bounded.url + "/v1/chat/completions", data, ZSTD)
+    assert status == 400, body[:200]
+    assert orjson.loads(body) == {"error": message}
+    assert headers["Content-Type"] == "application/json; charset=utf-8"
+
+
 async def test_routes_ollama_decodes_nothing_on_get_the_body_as_sent(
     emulator: Emulator, bounded: Proxy
 ) -> None:
