@@ -96,6 +96,9 @@ def _kind(value: Any) -> str:
     return _KIND_OF.get(type(value), "value")
 
 
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
+
+
 def _fits(value: Any, want: str) -> bool:
     if value is None or want in ("any", "duration", "think"):
         return True
@@ -104,7 +107,11 @@ def _fits(value: Any, want: str) -> bool:
     if want == "bool":
         return isinstance(value, bool)
     if want == "int":
-        return isinstance(value, int) and not isinstance(value, bool)
+        # Go's int: ParseInt into 64 bits; a larger integer (a double holds it, orjson
+        # reads up to 2**64 - 1) overflows and json.Unmarshal refuses it.
+        return (
+            isinstance(value, int) and not isinstance(value, bool) and _INT_MIN <= value <= _INT_MAX
+        )
     if want == "float":
         return isinstance(value, int | float) and not isinstance(value, bool)
     if want in ("map", "object"):
@@ -116,6 +123,8 @@ def type_error(value: Any, struct: str, field_path: str, go_type: str) -> BodyEr
     kind = _kind(value)
     if kind == "number" and go_type == "int" and isinstance(value, float):
         kind = f"number {value:g}"
+    elif kind == "number" and go_type == "int" and isinstance(value, int):
+        kind = f"number {value}"  # beyond Go's int: an integer is written as read
     return BodyError(
         f"json: cannot unmarshal {kind} into Go struct field "
         f"{struct}.{field_path} of type {go_type}"

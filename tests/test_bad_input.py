@@ -110,6 +110,36 @@ async def test_a_number_beyond_a_double_gets_ollamas_error(
     assert await raw(proxy.url, "POST", path, body) == direct
 
 
+# Integers a double holds but Go's int (64 bits) does not: ParseInt overflows and
+# json.Unmarshal refuses them with the number as written (encoding/json literalStore).
+BEYOND_AN_INT = [
+    (
+        b"{" + _ASK + b', "top_logprobs": 9223372036854775808}',
+        "json: cannot unmarshal number 9223372036854775808 into Go struct field "
+        "GenerateRequest.top_logprobs of type int",
+    ),
+    (
+        b"{" + _ASK + b', "context": [1, 18446744073709551615]}',
+        "json: cannot unmarshal number 18446744073709551615 into Go struct field "
+        "GenerateRequest.context of type int",
+    ),
+]
+
+
+@pytest.mark.parametrize(("body", "message"), BEYOND_AN_INT, ids=["top_logprobs", "context"])
+async def test_an_integer_beyond_gos_int_gets_ollamas_error(
+    emulator: Emulator, proxy: Proxy, body: bytes, message: str
+) -> None:
+    """Refused as Ollama refuses it: by the emulator, through the proxy, and by the
+    proxy itself where it answers for `auto` (a load, an empty prompt)."""
+    direct = await raw(emulator.url, "POST", "/api/generate", body)
+    assert direct[0] == 400 and orjson.loads(direct[2]) == {"error": message}
+    assert await raw(proxy.url, "POST", "/api/generate", body) == direct
+    load = body.replace(b'"qwen2.5:7b", "prompt": "x"', b'"auto", "prompt": ""')
+    status, _, answer = await raw(proxy.url, "POST", "/api/generate", load)
+    assert (status, orjson.loads(answer)) == (400, {"error": message})
+
+
 GENERATE = b'{"model": "qwen2.5:7b", "prompt": "Hello", "stream": false}'
 ENCODED = [
     ("/api/generate", "gzip", GENERATE),
