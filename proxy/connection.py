@@ -606,6 +606,11 @@ def runner(
         # the bytes as sent. aiohttp would inflate them (and fail on a body that is not
         # what its header says, with an unhandled error).
         "auto_decompress": False,
+        # An answer given before the body was read (a refusal, a request still owed its
+        # `100 Continue`) closes the connection after dropping what arrives for this
+        # long, as Go's server closes after such an answer (closeWriteAndWait); aiohttp
+        # would wait ten seconds for a body the client may never send.
+        "lingering_time": LINGER_SECONDS,
     }
     options.update(overrides)
     connection = functools.partial(

@@ -1171,3 +1171,23 @@ async def test_an_http10_length_with_a_coding_gets_the_plain_400(
     )
     assert (go_answer(answer) if server == "proxy" else answer) == BAD_REQUEST
     assert emulator.state.requests["/api/show"] == shown
+
+
+async def test_a_refusal_of_a_body_never_sent_closes_the_connection_as_go_does(
+    slow_heads: Proxy,
+) -> None:
+    """A body over the limit that waits for `100 Continue` is refused without reading
+    it, and Go then closes the connection (closeWriteAndWait: half a second): the
+    socket is not held open waiting for a body the client will never send (aiohttp
+    would linger ten seconds over it)."""
+    sock = await connect(slow_heads.port)
+    try:
+        await asyncio.get_running_loop().sock_sendall(
+            sock,
+            b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\n"
+            b"Content-Length: %d\r\n\r\n" % (1 << 30),
+        )
+        answer = await read_until_closed(sock, seconds=5.0)
+    finally:
+        sock.close()
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
