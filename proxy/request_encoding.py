@@ -143,15 +143,10 @@ def _header_refusal(body: bytes) -> str | None:
             return WINDOW_EXCEEDED
         if single and content_size > MAX_WINDOW_BYTES:
             return SIZE_EXCEEDED
-        at += content_size_bytes
-        last = False
-        while not last:
-            if size - at < 3:
-                return None  # cut inside the frame's blocks: the caller's EOF
-            header = int.from_bytes(body[at : at + 3], "little")
-            last = bool(header & 1)
-            at += 3 + (1 if (header >> 1) & 3 == 1 else header >> 3)
-        at += 4 if descriptor & 4 else 0
+        end = _frame_end(body, at + content_size_bytes, descriptor)
+        if end is None:
+            return None  # cut inside the frame's blocks: the caller's EOF
+        at = end
     return None
 
 
@@ -174,12 +169,23 @@ def _whole_frames(body: bytes) -> bool:
         descriptor = body[at + 4]
         content_size = (0, 2, 4, 8)[descriptor >> 6] or (1 if descriptor & 0x20 else 0)
         at += 5 + (0 if descriptor & 0x20 else 1) + (0, 1, 2, 4)[descriptor & 3] + content_size
-        last = False
-        while not last:
-            if size - at < 3:
-                return False
-            header = int.from_bytes(body[at : at + 3], "little")
-            last = bool(header & 1)
-            at += 3 + (1 if (header >> 1) & 3 == 1 else header >> 3)
-        at += 4 if descriptor & 4 else 0
+        end = _frame_end(body, at, descriptor)
+        if end is None:
+            return False
+        at = end
     return at == size
+
+
+def _frame_end(body: bytes, at: int, descriptor: int) -> int | None:
+    """Where a frame whose blocks start at `at` ends, its checksum (which the frame
+    header `descriptor` says it has) included; None when `body` ends inside a block
+    header."""
+    size = len(body)
+    last = False
+    while not last:
+        if size - at < 3:
+            return None
+        header = int.from_bytes(body[at : at + 3], "little")
+        last = bool(header & 1)
+        at += 3 + (1 if (header >> 1) & 3 == 1 else header >> 3)
+    return at + (4 if descriptor & 4 else 0)
