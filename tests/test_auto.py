@@ -16,7 +16,7 @@ import openai
 import orjson
 import pytest
 
-from proxy.auto import AutoError, AutoRouter
+from proxy.auto import AutoError, AutoRouter, profile_of
 from proxy.backends import BackendPool
 from proxy.config import Backend, Config, Health, Profile, Selector
 from proxy.registry import ModelInfo, Registry, model_info
@@ -879,3 +879,24 @@ async def test_filter_and_row_caches_hold_only_the_registry_list_in_use(tmp_path
     artifact = auto.scorer.artifact
     assert artifact is not None
     assert 1 <= len(artifact.rows) <= 2
+
+
+@pytest.mark.parametrize(
+    ("model", "profile"),
+    [
+        ("auto", "balanced"),
+        ("AUTO:Best", "best"),
+        ("auto:latest", "balanced"),
+        # `:local` asks for the model on the backend (Ollama's modelref), which for
+        # `auto` is the proxy's own: the name without it.
+        ("auto:local", "balanced"),
+        ("auto:best:local", "best"),
+        ("auto:best:LOCAL ", "best"),
+        ("auto:nonexistent", "nonexistent"),
+        ("qwen2.5:7b", None),
+        ("qwen2.5:7b:local", None),
+        ("library/auto", None),
+    ],
+)
+def test_the_profile_an_auto_name_asks_for(model: str, profile: str | None) -> None:
+    assert profile_of(model, "balanced") == profile
