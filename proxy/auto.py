@@ -78,7 +78,9 @@ def profile_of(model: str, default: str) -> str | None:
     if lowered in (AUTO, AUTO + ":latest"):
         return default
     if lowered.startswith(AUTO + ":"):
-        return lowered[len(AUTO) + 1 :]
+        # `auto:` names nothing (Ollama's model.ParseName finds its tag missing): as any
+        # name it cannot parse, it is no profile.
+        return lowered[len(AUTO) + 1 :] or None
     return None
 
 

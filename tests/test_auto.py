@@ -900,3 +900,24 @@ async def test_filter_and_row_caches_hold_only_the_registry_list_in_use(tmp_path
 )
 def test_the_profile_an_auto_name_asks_for(model: str, profile: str | None) -> None:
     assert profile_of(model, "balanced") == profile
+
+
+@pytest.mark.parametrize(
+    ("path", "fields"),
+    [
+        ("/api/show", {}),
+        ("/api/generate", {"prompt": "hi"}),
+        ("/api/chat", {"messages": [{"role": "user", "content": "hi"}]}),
+    ],
+)
+async def test_an_auto_name_with_an_empty_tag_is_ollamas_invalid_name(
+    auto_proxy: Proxy, emulator: Emulator, path: str, fields: dict[str, Any]
+) -> None:
+    """`auto:` is no name Ollama parses (model.ParseName leaves its tag missing): the
+    400 it gives any such name (writeModelRefParseError), not an unknown profile's, as
+    for a model's name with its tag missing."""
+    direct = await post_raw(emulator.url, path, orjson.dumps({"model": "qwen2.5:", **fields}))
+    assert direct == (400, b'{"error":"invalid model name"}')
+    for model in ("auto:", "qwen2.5:", "AUTO:"):
+        answer = await post_raw(auto_proxy.url, path, orjson.dumps({"model": model, **fields}))
+        assert answer == direct

@@ -530,8 +530,12 @@ async def test_request_errors(emu: Emu) -> None:
             "into Go struct field GenerateRequest.stream of type bool",
         ),
         (b'{"model": "ghost"}', 404, "model 'ghost' not found"),
-        # An unparsable name is a missing one to GenerateHandler (and EmbedHandler).
-        (b'{"model": "bad name!!"}', 404, "model 'bad name!!' not found"),
+        # No name is a missing one to GenerateHandler (and EmbedHandler); a name
+        # model.ParseName cannot qualify is Ollama's 400 to every handler
+        # (writeModelRefParseError).
+        (b'{"model": ""}', 404, "model '' not found"),
+        (b'{"model": "bad name!!"}', 400, "invalid model name"),
+        (b'{"model": "qwen2.5:"}', 400, "invalid model name"),
     ]
     for raw, status, message in cases:
         got_status, headers, body = await emu.post("/api/generate", raw=raw)
@@ -539,11 +543,11 @@ async def test_request_errors(emu: Emu) -> None:
         assert headers["Content-Type"] == "application/json; charset=utf-8"
     status, _, body = await emu.post("/api/chat", {"model": ""})
     assert (status, json.loads(body)) == (400, {"error": "model is required"})
-    # ChatHandler answers an unparsable name as a missing one: "model is required".
-    status, _, body = await emu.post("/api/chat", {"model": "bad name!!"})
-    assert (status, json.loads(body)) == (400, {"error": "model is required"})
-    status, _, body = await emu.post("/api/embed", {"model": "bad name!!", "input": "x"})
-    assert (status, json.loads(body)) == (404, {"error": "model 'bad name!!' not found"})
+    for path in ("/api/chat", "/api/embed", "/api/embeddings"):
+        status, _, body = await emu.post(path, {"model": "bad name!!", "input": "x"})
+        assert (status, json.loads(body)) == (400, {"error": "invalid model name"})
+    status, _, body = await emu.post("/api/embed", {"model": "", "input": "x"})
+    assert (status, json.loads(body)) == (404, {"error": "model '' not found"})
     status, _, body = await emu.post("/api/chat", {"model": "x", "messages": [{"content": 1}]})
     assert json.loads(body)["error"] == (
         "json: cannot unmarshal number into Go struct field Alias.content of type string"
@@ -555,8 +559,8 @@ async def test_request_errors(emu: Emu) -> None:
 async def test_names_are_judged_as_go_parses_them(emu: Emu) -> None:
     """model.ParseName(...).IsValid(): host, namespace, model and tag each begin with a
     letter, digit or underscore and are at most 80 bytes long (a host 350); a dot is no
-    namespace's, a colon only a host's. ChatHandler answers an invalid name 400 "model
-    is required", a valid one it does not have 404."""
+    namespace's, a colon only a host's. ChatHandler answers an invalid name 400 "invalid
+    model name" (writeModelRefParseError), a valid one it does not have 404."""
     invalid = [
         "a" * 81,
         "m:" + "t" * 81,
@@ -578,7 +582,7 @@ async def test_names_are_judged_as_go_parses_them(emu: Emu) -> None:
     ]
     for name in invalid:
         status, _, body = await emu.post("/api/chat", {"model": name})
-        assert (status, json.loads(body)) == (400, {"error": "model is required"}), name
+        assert (status, json.loads(body)) == (400, {"error": "invalid model name"}), name
     for name in valid:
         status, _, body = await emu.post("/api/chat", {"model": name})
         assert (status, json.loads(body)) == (404, {"error": f"model '{name}' not found"}), name
@@ -626,8 +630,9 @@ async def test_text_go_reads_as_replacement_characters(emu: Emu) -> None:
         status, _, body = await emu.post("/api/chat", raw=raw)
         assert status == 200, (text, body)
         assert json.loads(body)["done"] is True
+    # A name read as U+FFFD is none model.ParseName qualifies.
     status, _, body = await emu.post("/api/generate", raw=b'{"model": "\\ud800"}')
-    assert (status, json.loads(body)) == (404, {"error": "model '\ufffd' not found"})
+    assert (status, json.loads(body)) == (400, {"error": "invalid model name"})
 
 
 async def test_a_keep_alive_too_large_for_a_clock_is_no_error(emu: Emu) -> None:

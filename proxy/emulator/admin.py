@@ -17,7 +17,7 @@ from proxy.errors import gin_not_found
 from proxy.go_types import SHOW_FIELDS
 from proxy.protocol import NDJSON, TEXT, go_time
 
-from .catalog import REGISTRY, ModelSpec, normalize_name, valid_name
+from .catalog import INVALID_NAME, REGISTRY, ModelSpec, normalize_name, valid_name
 from .inference import Refusal, cloud_out_of_reach, read_body
 from .native import LazyStream
 from .state import state_of
@@ -159,7 +159,7 @@ async def handle_show(request: web.Request) -> web.Response:
         refusal = cloud_out_of_reach(request.path)
         return error(refusal.status, refusal.message)
     if not valid_name(base):
-        return error(400, "invalid model name")
+        return error(400, INVALID_NAME)
     spec = state.find(base)
     if spec is None:
         return error(404, f"model '{base}' not found")
@@ -225,7 +225,7 @@ async def handle_pull(request: web.Request) -> web.StreamResponse:
         return error(exc.status, exc.message)
     name = str(body.get("model") or body.get("name") or "")
     if not valid_name(name):
-        return error(400, "invalid model name")
+        return error(400, INVALID_NAME)
     stream = body.get("stream") is not False
     spec = REGISTRY.get(normalize_name(name))
     if spec is None:
@@ -299,7 +299,7 @@ async def handle_create(request: web.Request) -> web.StreamResponse:
         return error(exc.status, exc.message)
     name = str(body.get("model") or body.get("name") or "")
     if not valid_name(name):
-        return error(400, "invalid model name")
+        return error(400, INVALID_NAME)
     stream = body.get("stream") is not False
     base: ModelSpec | None
     if body.get("from"):

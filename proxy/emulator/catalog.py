@@ -199,6 +199,11 @@ def _cut_promised(s: str, sep: str) -> tuple[str, str, bool]:
     return before or _MISSING, after or _MISSING, True
 
 
+# errtypes.InvalidModelNameErrMsg: Ollama's 400 for a name model.ParseName cannot
+# qualify (writeModelRefParseError), whatever the handler.
+INVALID_NAME = "invalid model name"
+
+
 def valid_name(name: str) -> bool:
     """model.ParseName(...).IsValid() of the name modelref.ParseRef leaves (trimmed):
     host, namespace, model and tag, the missing ones defaulted, each valid."""

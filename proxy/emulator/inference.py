@@ -18,7 +18,7 @@ from proxy.backends import CLOUD, source
 from proxy.go_types import BodyError, check_fields
 from proxy.keep_alive import parse as parse_keep_alive
 
-from .catalog import ModelSpec, qualified, valid_name
+from .catalog import INVALID_NAME, ModelSpec, qualified, valid_name
 from .engine import Piece
 from .skills import suite_answer
 from .state import EmulatorState
@@ -137,10 +137,13 @@ def _lookup(
     base, asked = source(name)
     if asked == CLOUD:
         raise cloud_out_of_reach(path)
-    # An unparsable name is answered as a missing one, as Ollama's handlers do
-    # (GenerateHandler: 404 "model 'x' not found"; ChatHandler: 400 "model is required").
-    if not base.strip() or not valid_name(base):
+    # writeModelRefParseError: no name at all gets the handler's own answer
+    # (GenerateHandler: 404 "model '' not found"; ChatHandler: 400 "model is required"),
+    # a name model.ParseName cannot qualify Ollama's 400.
+    if not base.strip():
         raise Refusal(empty_status, empty_msg)
+    if not valid_name(base):
+        raise Refusal(400, INVALID_NAME)
     spec = state.find(base)
     if spec is None:
         raise Refusal(404, f"model '{name}' not found")

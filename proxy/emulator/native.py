@@ -16,7 +16,7 @@ from proxy.aiohttp_internals import defer_headers
 from proxy.go_types import CHAT_FIELDS, GENERATE_FIELDS
 from proxy.protocol import NDJSON, go_time
 
-from .catalog import valid_name
+from .catalog import INVALID_NAME, valid_name
 from .engine import ClientGone, Generation, Piece, pause
 from .inference import (
     Prepared,
@@ -308,9 +308,10 @@ async def embed_vectors(request: web.Request, body: dict[str, Any]) -> dict[str,
     started = time.monotonic()
     state = state_of(request)
     model = str(body.get("model") or "")
-    if not model.strip() or not valid_name(model):
-        # EmbedHandler answers an unparsable name as a missing one.
+    if not model.strip():
         raise Refusal(404, f"model '{model}' not found")
+    if not valid_name(model):
+        raise Refusal(400, INVALID_NAME)
     raw_input = body.get("input")
     inputs: list[str] = []
     if isinstance(raw_input, str):
@@ -369,8 +370,10 @@ async def handle_embeddings(request: web.Request) -> web.StreamResponse:
     try:
         body = await read_body(request, "EmbeddingRequest", EMBEDDINGS_FIELDS)
         model = str(body.get("model") or "")
-        if not model.strip() or not valid_name(model):
+        if not model.strip():
             raise Refusal(400, "model is required")
+        if not valid_name(model):
+            raise Refusal(400, INVALID_NAME)
         spec = state.find(model)
         if spec is None:
             raise Refusal(404, f'model "{model}" not found, try pulling it first')
