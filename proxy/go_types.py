@@ -3,9 +3,10 @@ gives for a value of the wrong kind (`check_fields`, api.ThinkValue's own), and 
 Ollama's handlers refuse of a body before they look at its model (`refusal`).
 
 The emulator checks every body it decodes with these. The proxy checks a body where it
-answers in a backend's place for `auto` (its `/api/show`, its load and unload, a
-request no model can serve): Ollama reads the body before the model, so a body it
-refuses gets its 400 there too, never an answer a backend would not give.
+answers in a backend's place for `auto` (its `/api/show`, its load and unload, its
+embeddings without an embedding model, a request no model can serve): Ollama reads
+the body before the model, so a body it refuses gets its 400 there too, never an
+answer a backend would not give.
 """
 
 from __future__ import annotations
@@ -383,10 +384,26 @@ SHOW_FIELDS = {
 }
 # What Ollama's handler on each path decodes its body into, and whether it then checks
 # `top_logprobs` (`top_logprobs_refusal`).
+EMBED_FIELDS = {
+    "model": "string",
+    "input": "any",
+    "keep_alive": "duration",
+    "truncate": "bool",
+    "dimensions": "int",
+    "options": "map",
+}
+EMBEDDINGS_FIELDS = {
+    "model": "string",
+    "prompt": "string",
+    "keep_alive": "duration",
+    "options": "map",
+}
 _STRUCTS = {
     "/api/generate": ("GenerateRequest", GENERATE_FIELDS, True),
     "/api/chat": ("ChatRequest", CHAT_FIELDS, True),
     "/api/show": ("ShowRequest", SHOW_FIELDS, False),
+    "/api/embed": ("EmbedRequest", EMBED_FIELDS, False),
+    "/api/embeddings": ("EmbeddingRequest", EMBEDDINGS_FIELDS, False),
 }
 
 

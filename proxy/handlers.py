@@ -222,8 +222,8 @@ class Handlers:
         cloud_names = (f"auto:{profile}",) if key is None or key.models is None else ()
         if route is not None and route.embedding:
             # Embeddings use no profile, but one that does not exist is the same 400 as
-            # on chat.
-            refused = self._unknown_profile(path, profile)
+            # on chat; a body Ollama cannot read is its 400 before either.
+            refused = _refused(path, doc) or self._unknown_profile(path, profile)
             if refused is not None:
                 return refused
             chosen = self.config.selector.embedding_model

@@ -921,3 +921,27 @@ async def test_an_auto_name_with_an_empty_tag_is_ollamas_invalid_name(
     for model in ("auto:", "qwen2.5:", "AUTO:"):
         answer = await post_raw(auto_proxy.url, path, orjson.dumps({"model": model, **fields}))
         assert answer == direct
+
+
+@pytest.mark.parametrize(
+    ("path", "fields"),
+    [
+        ("/api/embed", {"input": "x", "truncate": "yes"}),
+        ("/api/embed", {"input": "x", "dimensions": 1.5}),
+        ("/api/embeddings", {"prompt": 1}),
+    ],
+)
+async def test_an_auto_embedding_body_ollama_cannot_read_gets_its_400_first(
+    servers: ServerThread, emulator: Emulator, tmp_path: Path, path: str, fields: dict[str, Any]
+) -> None:
+    """EmbedHandler and EmbeddingsHandler bind the body before they look at the model:
+    a field of the wrong type is their 400 for `auto` too, before the 400 of a proxy
+    with no embedding model configured (as with one, from the backend)."""
+    direct = await post_raw(emulator.url, path, orjson.dumps({"model": "all-minilm", **fields}))
+    assert direct[0] == 400
+    plain = Proxy(servers, [emulator.url], selector=selector(tmp_path, embedding_model=""))
+    try:
+        answer = await post_raw(plain.url, path, orjson.dumps({"model": "auto", **fields}))
+    finally:
+        plain.stop()
+    assert answer == direct

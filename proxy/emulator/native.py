@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy.aiohttp_internals import defer_headers
-from proxy.go_types import CHAT_FIELDS, GENERATE_FIELDS
+from proxy.go_types import CHAT_FIELDS, EMBED_FIELDS, EMBEDDINGS_FIELDS, GENERATE_FIELDS
 from proxy.protocol import NDJSON, go_time
 
 from .catalog import INVALID_NAME, valid_name
@@ -286,20 +286,6 @@ class native_chat_writer(ChatSink):
 
 # Embeddings -----------------------------------------------------------------------------
 
-EMBED_FIELDS = {
-    "model": "string",
-    "input": "any",
-    "keep_alive": "duration",
-    "truncate": "bool",
-    "dimensions": "int",
-    "options": "map",
-}
-EMBEDDINGS_FIELDS = {
-    "model": "string",
-    "prompt": "string",
-    "keep_alive": "duration",
-    "options": "map",
-}
 TOO_LONG = "the input length exceeds the context length"
 
 
