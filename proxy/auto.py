@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
-from proxy.backends import LOCAL, BackendPool, NoBackend, normalize_model, source
+from proxy.backends import BackendPool, NoBackend, normalize_model, without_local
 from proxy.config import Config, Profile
 from proxy.continuations import Continuations
 from proxy.experiments import assign
@@ -73,8 +73,7 @@ def profile_of(model: str, default: str) -> str | None:
     """The profile an `auto` model name asks for, or None for a real model name. A
     `:local` source suffix asks for the model on the backend, which for `auto` is the
     proxy's own: `auto:best:local` is `auto:best`."""
-    base, asked = source(model)
-    lowered = (base if asked == LOCAL else model).strip().lower()
+    lowered = without_local(model).strip().lower()
     if lowered in (AUTO, AUTO + ":latest"):
         return default
     if lowered.startswith(AUTO + ":"):

@@ -46,10 +46,7 @@ def normalize_model(name: str) -> str:
     normal = _NORMALIZED.get(name)
     if normal is not None:
         return normal
-    base, asked = source(name)
-    # `:local` asks for the model on the backend, the one the name names without it;
-    # a cloud name stays as it is: another model, which runs on ollama.com.
-    normal = (base if asked == LOCAL else name).strip().lower()
+    normal = without_local(name).strip().lower()
     if normal.count("/") == 2 and normal.startswith(_DEFAULT_HOST):
         normal = normal[len(_DEFAULT_HOST) :]
     if normal.count("/") == 1 and normal.startswith(_DEFAULT_NAMESPACE):
@@ -84,6 +81,14 @@ def source(name: str) -> tuple[str, str]:
         if "/" not in tail and lowered.endswith("-cloud"):
             return f"{head}:{tail[: -len('-cloud')]}", CLOUD
     return name, ""
+
+
+def without_local(name: str) -> str:
+    """`name` without a `:local` source suffix (`source`): it asks for the model on the
+    backend, the one the name names without it. A cloud name stays as it is: another
+    model, which runs on ollama.com."""
+    base, asked = source(name)
+    return base if asked == LOCAL else name
 
 
 def cloud_source(name: str) -> bool:
