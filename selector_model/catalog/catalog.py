@@ -490,9 +490,11 @@ class Catalog:
         family, generations = str(spec.get("family") or ""), 0
         if not family:
             family, generations = self._family_of(base)
-        if not family and names.without_organisation(name):
+        if not family:
             # A repository named after its organisation first: its model's name.
-            family, generations = self._family_of(names.without_organisation(name))
+            rest = names.without_organisation(name)
+            if rest:
+                family, generations = self._family_of(rest)
         arch = str(spec.get("arch") or details.get("family") or "").lower()
         # The listed models of its family: its architecture, specialties and era.
         kin = [e for e in self._entries.values() if e.family == family] if family else []
