@@ -137,8 +137,8 @@ def check_fields(body: Any, struct: str, fields: Mapping[str, str]) -> dict[str,
 
     Kinds: string, bool, int, float, map, object, any, duration (an api.Duration:
     any, its number parsed), think (an api.ThinkValue), []int, []string, images,
-    messages, tools. Returns the
-    body as a dict (JSON null decodes to the zero struct)."""
+    messages, tools. Returns the body as a dict (JSON null decodes to the zero
+    struct)."""
     if body is None:
         return {}
     if not isinstance(body, dict):
@@ -382,8 +382,6 @@ SHOW_FIELDS = {
     "options": "map",
     "name": "string",
 }
-# What Ollama's handler on each path decodes its body into, and whether it then checks
-# `top_logprobs` (`top_logprobs_refusal`).
 EMBED_FIELDS = {
     "model": "string",
     "input": "any",
@@ -398,6 +396,8 @@ EMBEDDINGS_FIELDS = {
     "keep_alive": "duration",
     "options": "map",
 }
+# What Ollama's handler on each path decodes its body into, and whether it then checks
+# `top_logprobs` (`top_logprobs_refusal`).
 _STRUCTS = {
     "/api/generate": ("GenerateRequest", GENERATE_FIELDS, True),
     "/api/chat": ("ChatRequest", CHAT_FIELDS, True),
