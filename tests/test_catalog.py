@@ -10,8 +10,14 @@ import yaml
 
 from proxy import config
 from proxy.config import ConfigError
-from selector_model.catalog import AREAS, DEFAULT_PATH, Catalog, CatalogError, ModelKnowledge
-from selector_model.catalog import catalog as catalog_module
+from selector_model.catalog import (
+    AREAS,
+    DEFAULT_PATH,
+    Catalog,
+    CatalogError,
+    ModelKnowledge,
+    placement,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -465,26 +471,25 @@ def test_the_generation_step_is_what_the_catalogues_own_lines_show(
     architecture: on the logit scale its published scores in each area lie, on average,
     GENERATION_STEP above the placement without a step, and the step brings the
     placements closer."""
-    shipped_step = dict(catalog_module.GENERATION_STEP)
-    monkeypatch.setattr(catalog_module, "GENERATION_STEP", dict.fromkeys(AREAS, 0.0))
+    shipped_step = dict(placement.GENERATION_STEP)
+    monkeypatch.setattr(placement, "GENERATION_STEP", dict.fromkeys(AREAS, 0.0))
     residuals: dict[str, list[float]] = {area: [] for area in AREAS}
     misses: dict[str, list[float]] = {"without": [], "shipped": []}
     families = {e.family for e in catalog.entries()}
+    near = catalog.neighbourhood
     for family in sorted(families):
         rest = {e.name: e for e in catalog.entries() if e.family != family}
-        left_out = Catalog(
-            rest, catalog._published, {}, {}, catalog._slopes, 1, floors=catalog._floors
-        )
-        if not left_out._family_of(family)[1]:
+        left_out = placement.Neighbourhood(rest, near.published, near.slopes, near.floors)
+        if not left_out.family_of(family)[1]:
             continue
         for entry in catalog.entries():
             if entry.family != family:
                 continue
             details = {"family": entry.arch, "parameter_size": f"{entry.params_b}B"}
-            placed = left_out._place(entry.name, details, ("completion",))
-            for area, published in catalog._published[entry.name].items():
+            placed = left_out.place(entry.name, details, ("completion",))
+            for area, published in near.published[entry.name].items():
                 residuals[area].append(_logit(published) - _logit(placed.areas[area]))
-                moved = catalog_module._shifted(placed.areas[area], shipped_step[area])
+                moved = placement.shifted(placed.areas[area], shipped_step[area])
                 misses["without"].append((placed.areas[area] - published) ** 2)
                 misses["shipped"].append((moved - published) ** 2)
     assert sum(len(found) for found in residuals.values()) > 200

@@ -8,7 +8,8 @@ import random
 import numpy as np
 import pytest
 
-from selector_model.catalog.catalog import Catalog, _probe_of
+from selector_model.catalog.catalog import Catalog
+from selector_model.catalog.placement import probe_of
 from selector_model.features import Candidate
 from selector_model.policy import (
     SWITCH_Z,
@@ -71,9 +72,10 @@ def test_the_unseen_spread_is_the_catalogues_own_imputation_error() -> None:
     catalog = Catalog.load()
     errors: list[float] = []
     stated: list[float] = []
+    neighbourhood = catalog.neighbourhood
     for entry in catalog.entries():
-        for area, published in catalog._published.get(entry.name, {}).items():
-            imputed, uncertainty, near = catalog._impute(_probe_of(entry), area, entry.name)
+        for area, published in neighbourhood.published.get(entry.name, {}).items():
+            imputed, uncertainty, near = neighbourhood.impute(probe_of(entry), area, entry.name)
             if near:
                 errors.append(imputed - published)
                 stated.append(uncertainty)

@@ -6,17 +6,14 @@ each with its source. Benchmarks differ between model cards, so each area has on
 scale, the first benchmark listed for it under `benchmarks:` (MMLU for knowledge, ...);
 a result on another benchmark of the area is mapped onto that scale by a straight line
 fitted over the models that report both. An area with no result, and every area of a
-model not in the catalogue, is imputed from the nearest catalogue models (same family
-first, then by size, specialty and release date), moved along the size trend seen
-within families; the distance of those neighbours is the uncertainty the result
-carries. No mapped or imputed score falls below its scale's chance level.
+model not in the catalogue, is imputed from the nearest catalogue models
+(`selector_model.catalog.placement`). No mapped or imputed score falls below its
+scale's chance level.
 """
 
 from __future__ import annotations
 
 import functools
-import heapq
-import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -27,58 +24,10 @@ import yaml
 
 from selector_model.catalog import names, scales
 from selector_model.catalog.knowledge import AREAS, SPECIALTIES, ModelKnowledge
+from selector_model.catalog.placement import Neighbourhood
 from selector_model.features import params_from
 
 DEFAULT_PATH = Path(__file__).with_name("models.yaml")
-# How many of the nearest entries an imputation reads. Each published area score left
-# out and imputed from the other entries (its family left out too, as for a model placed
-# from its details alone), six miss it by less than three do, and more add nothing.
-NEIGHBOURS = 6
-# How fast a neighbour's weight falls with its distance beyond the nearest one's.
-KERNEL_WIDTH = 0.3
-# The size trend moves a neighbour's score by at most this many doublings of size.
-MAX_DOUBLINGS = 3.0
-# Uncertainty added when a model's size is neither declared nor written in its name.
-UNKNOWN_SIZE_UNCERTAINTY = 0.2
-# The least uncertainty of a model placed by its neighbours.
-PLACED_FLOOR = 0.1
-_GUESSED_SIZE_B = 7.0
-# How far apart a difference in one specialty puts two models. Code, math and
-# reasoning training changes what a model is good at; a vision encoder changes its text
-# ability little; tool calling not at all; an embedding model is another kind of model.
-_SPECIALTY_WEIGHT = {
-    "code": 0.75,
-    "math": 0.75,
-    "reasoning": 0.75,
-    "vision": 0.25,
-    "embedding": 10.0,
-}
-# The area each specialty is about. Imputing that area, a neighbour that differs in the
-# specialty is this much further again (with the weight above, further than another
-# architecture): a code model's code score says little about a general model's, and a
-# general model's little about a code model's.
-_SPECIALTY_AREA = {"code": "code", "math": "math", "reasoning": "reasoning"}
-_AREA_SPECIALTY_WEIGHT = 1.5
-# How far apart a year between releases puts two models. Training data and recipes
-# change from one generation to the next, so a model of another year is a poorer
-# stand-in; a year counts for less than another architecture, so that architecture and
-# size still choose neighbours first.
-_YEAR_WEIGHT = 0.5
-# A later generation of a line than the catalogue lists (`gemma4`, `qwen3.5`) is placed
-# with the latest generation listed before it, as if of that family, and each area moved
-# this far up on the logit scale: the catalogue's own generations, each left out whole
-# and placed so beside the one before, lie this far on average above their placement
-# without a step (tests/test_catalog.py measures it). Math moved most from one
-# generation to the next, knowledge and reasoning least.
-GENERATION_STEP = {
-    "knowledge": 0.2,
-    "reasoning": 0.2,
-    "math": 0.9,
-    "code": 0.5,
-    "instruction": 0.6,
-}
-# The years between two generations of a line, as the catalogue's lines show it.
-GENERATION_YEARS = 0.4
 # What describes a model, in a catalogue entry and in a user's override alike.
 _DESCRIPTION_FIELDS = frozenset(
     {
@@ -109,22 +58,6 @@ class Source:
     title: str = ""
 
 
-@dataclass(frozen=True)
-class _Probe:
-    """What placement compares: a model's family, architecture, size and specialties."""
-
-    family: str
-    arch: str
-    size_b: float
-    specialties: frozenset[str]
-    # Fractional year of release; None when not known (a model placed from its name).
-    released: float | None = None
-
-    @property
-    def log_size(self) -> float:
-        return math.log2(max(self.size_b, 1e-3))
-
-
 def parse_released(value: Any) -> float:
     """`2024-09` (or a year as a number) as a fractional year: 2024.667."""
     if isinstance(value, int | float):
@@ -138,60 +71,6 @@ def parse_released(value: Any) -> float:
     return round(int(match.group(1)) + (month - 1) / 12, 3)
 
 
-def _distance(
-    probe: _Probe, log_size: float, other: _Probe, other_log_size: float, area: str = ""
-) -> float:
-    """How poorly `other` stands in for `probe`: their differences in size,
-    architecture, specialties and release date added up; imputing `area`, also whether
-    they differ in the specialty that area is about."""
-    size = 0.5 * abs(log_size - other_log_size)
-    if probe.family and probe.family == other.family:
-        family = 0.0
-    elif probe.arch and probe.arch == other.arch:
-        family = 0.75
-    else:
-        family = 1.5
-    specialty = 0.0
-    if probe.specialties != other.specialties:
-        for name in probe.specialties ^ other.specialties:
-            specialty += _SPECIALTY_WEIGHT.get(name, 0.0)
-            if area and _SPECIALTY_AREA.get(name) == area:
-                specialty += _AREA_SPECIALTY_WEIGHT
-    era = 0.0
-    if probe.released is not None and other.released is not None:
-        era = _YEAR_WEIGHT * abs(probe.released - other.released)
-    return size + family + specialty + era
-
-
-def _weights(nearest: list[tuple[float, ModelKnowledge]]) -> list[float]:
-    """Weights of neighbours by distance: the nearest counts most, and one twice as far
-    away (a whole family or specialty further) little."""
-    closest = nearest[0][0]
-    return [math.exp(-(gap - closest) / KERNEL_WIDTH) for gap, _ in nearest]
-
-
-def _along_trend(score: float, slope: float, doublings: float, floor: float = 0.0) -> float:
-    """A neighbour's score moved to another size: `slope` per doubling at mid-range,
-    applied on the logit scale so that it flattens near 0 and 1 (a model 8x larger
-    than a strong neighbour gains less than a weak one would), and no further than
-    three doublings; never below `floor` (the scale's chance level)."""
-    doublings = max(-MAX_DOUBLINGS, min(MAX_DOUBLINGS, doublings))
-    return _shifted(score, 4.0 * slope * doublings, floor)
-
-
-def _shifted(score: float, logits: float, floor: float = 0.0) -> float:
-    """`score` moved by `logits` on the logit scale, never below `floor`."""
-    score = min(0.995, max(0.005, score))
-    logit = math.log(score / (1.0 - score)) + logits
-    return max(floor, 1.0 / (1.0 + math.exp(-logit)))
-
-
-def _probe_of(entry: ModelKnowledge) -> _Probe:
-    return _Probe(
-        entry.family, entry.arch, entry.effective_params_b, entry.specialties, entry.released
-    )
-
-
 class Catalog:
     """Published model knowledge plus placement of models it does not list.
 
@@ -202,29 +81,22 @@ class Catalog:
 
     def __init__(
         self,
-        entries: Mapping[str, ModelKnowledge],
-        published: Mapping[str, Mapping[str, float]],
+        neighbourhood: Neighbourhood,
         sources: Mapping[str, Mapping[str, Source]],
         keys: Mapping[str, str],
-        slopes: Mapping[str, float],
         version: int,
         overrides: Mapping[str, Mapping[str, Any]] | None = None,
         measured: Mapping[str, Mapping[str, float]] | None = None,
-        floors: Mapping[str, float] | None = None,
     ) -> None:
         self.version = version
-        self._entries = dict(entries)
-        self._published = {name: dict(areas) for name, areas in published.items()}
+        # The entries, complete, and what placing a model among them reads.
+        self.neighbourhood = neighbourhood
+        self._entries = neighbourhood.entries
         self._sources = {name: dict(found) for name, found in sources.items()}
         self._keys = dict(keys)
-        self._slopes = dict(slopes)
-        # Per area, the chance level of its scale: no imputed score falls below it.
-        self._floors = dict(floors or {})
         self._overrides = dict(overrides or {})
         self._measured = dict(measured or {})
         self._cache: dict[tuple[Any, ...], ModelKnowledge] = {}
-        self._indexed: dict[str, ModelKnowledge] | None = None
-        self._probes: list[tuple[ModelKnowledge, _Probe, float]] = []
 
     # -- loading ---------------------------------------------------------------
 
@@ -290,20 +162,14 @@ class Catalog:
             name: _entry(name, item, {a: 0.0 for a in AREAS}, where) for name, item in raw.items()
         }
         slopes = scales.size_slopes(skeleton, areas)
-        catalog = cls(
-            skeleton,
-            areas,
-            sources,
-            keys,
-            slopes,
-            int(version),
-            floors=scales.floors(benchmarks),
-        )
-        catalog._entries = {
-            name: catalog._complete(entry, areas[name], mapped[name])
+        floors = scales.floors(benchmarks)
+        # Each entry's unpublished areas imputed from the others' published ones.
+        partial = Neighbourhood(skeleton, areas, slopes, floors)
+        entries = {
+            name: partial.complete(entry, areas[name], mapped[name])
             for name, entry in skeleton.items()
         }
-        return catalog
+        return cls(Neighbourhood(entries, areas, slopes, floors), sources, keys, int(version))
 
     # -- queries -----------------------------------------------------------------
 
@@ -383,19 +249,14 @@ class Catalog:
         overrides: Mapping[str, Mapping[str, Any]] | None = None,
         measured: Mapping[str, Mapping[str, float]] | None = None,
     ) -> Catalog:
-        derived = Catalog(
-            {},
-            self._published,
+        return Catalog(
+            self.neighbourhood,
             self._sources,
             self._keys,
-            self._slopes,
             self.version,
             self._overrides if overrides is None else overrides,
             self._measured if measured is None else measured,
-            self._floors,
         )
-        derived._entries = self._entries
-        return derived
 
     def _find(self, table: Mapping[str, Any], name: str) -> Any:
         for key in names.keys(name):
@@ -416,7 +277,7 @@ class Catalog:
             found = (
                 self._entries[resolved]
                 if resolved is not None
-                else self._place(name, details, capabilities)
+                else self.neighbourhood.place(name, details, capabilities)
             )
         measured = self._find(self._measured, name)
         if measured:
@@ -455,7 +316,9 @@ class Catalog:
             assert resolved is not None  # checked by with_overrides
             base = replace(self._entries[resolved], neighbours=(resolved,))
         else:
-            base = self._place(name, details, capabilities, spec)
+            given = spec.get("released")
+            released = parse_released(given) if given not in (None, "") else None
+            base = self.neighbourhood.place(name, details, capabilities, spec, released)
         changes: dict[str, Any] = {"name": name, "origin": "config"}
         for key in ("family", "arch"):
             if spec.get(key):
@@ -475,198 +338,6 @@ class Catalog:
             changes["pretrained"] = spec["pretrained"] is True  # checked by with_overrides
         configured = replace(base, **changes)
         return _with_areas(configured, spec.get("areas") or {}, origin="config", name=name)
-
-    def _place(
-        self,
-        name: str,
-        details: Mapping[str, Any],
-        capabilities: tuple[str, ...],
-        spec: Mapping[str, Any] | None = None,
-    ) -> ModelKnowledge:
-        """Describe a model the catalogue does not list and impute its areas from its
-        nearest catalogue entries."""
-        spec = spec or {}
-        base, _ = names.split(name)
-        family, generations = str(spec.get("family") or ""), 0
-        if not family:
-            family, generations = self._family_of(base)
-        if not family:
-            # A repository named after its organisation first: its model's name.
-            rest = names.without_organisation(name)
-            if rest:
-                family, generations = self._family_of(rest)
-        arch = str(spec.get("arch") or details.get("family") or "").lower()
-        # The listed models of its family: its architecture, specialties and era.
-        kin = [e for e in self._entries.values() if e.family == family] if family else []
-        if not arch and kin:
-            archs = [e.arch for e in kin if e.arch]
-            arch = max(set(archs), key=archs.count, default="")
-        named_total, named_active = names.size_from_name(name)
-        total = (
-            float(spec.get("params_b") or 0.0)
-            or params_from(str(details.get("parameter_size", "")))
-            or named_total
-        )
-        guessed = total <= 0
-        total = total if total > 0 else _GUESSED_SIZE_B
-        active = float(spec.get("active_params_b") or 0.0) or named_active or total
-        specialties = set(spec.get("specialties") or ())
-        if not specialties:
-            specialties = {
-                names.CAPABILITY_SPECIALTIES[c]
-                for c in capabilities
-                if c in names.CAPABILITY_SPECIALTIES
-            }
-            specialties |= names.hinted_specialties(name)
-            if kin:
-                specialties |= frozenset.intersection(*(e.specialties for e in kin))
-        size = math.sqrt(total * active) if 0 < active < total else total
-        given = spec.get("released")
-        era: float | None = parse_released(given) if given not in (None, "") else None
-        if era is None and kin:
-            # A new size of a listed family comes from that family's era (a StarCoder
-            # 1B is a 2023 model, whatever 1B coders came out since).
-            era = sum(e.released for e in kin) / len(kin) + generations * GENERATION_YEARS
-        probe = _Probe(family, arch, size, frozenset(specialties), era)
-        nearest = self._nearest(probe, lambda e: True)
-        areas: dict[str, float] = {}
-        spread: dict[str, float] = {}
-        for area in AREAS:
-            areas[area], spread[area], _ = self._impute(probe, area, exclude="")
-            if generations and areas[area] > 0.0:
-                shift = generations * GENERATION_STEP[area]
-                areas[area] = _shifted(areas[area], shift, self._floors.get(area, 0.0))
-        weights = _weights(nearest)
-        released = sum(w * e.released for w, (_, e) in zip(weights, nearest, strict=True)) / sum(
-            weights
-        )
-        if generations and era is not None:
-            released = era
-        context = int(details.get("context_length") or 0) or nearest[0][1].context_length
-        uncertainty = sum(spread.values()) / len(AREAS)
-        uncertainty += UNKNOWN_SIZE_UNCERTAINTY if guessed else 0.0
-        return ModelKnowledge(
-            name=name,
-            family=family or arch or "other",
-            arch=arch,
-            params_b=total,
-            active_params_b=active,
-            specialties=frozenset(specialties),
-            released=round(released, 3),
-            context_length=context,
-            areas=areas,
-            origin="nearest",
-            neighbours=tuple(e.name for _, e in nearest),
-            uncertainty=min(1.0, max(PLACED_FLOOR, uncertainty)),
-            area_uncertainty=spread,
-        )
-
-    def _family_of(self, base: str) -> tuple[str, int]:
-        """The catalogue family a name belongs to, and how many generations later than
-        that family it is: the family of the entries named `base:...`, else the
-        longest family `base` starts with (`llama3-gradient`), else the longest family
-        named whole inside it (`dolphin-mixtral`, `nous-hermes2-mixtral`): a fine-tune
-        is closer to its base model than to whatever models are near it in size. A
-        later generation of a line than the catalogue lists (`gemma4`,
-        `mistral-small4`) belongs to the latest generation listed before it, one
-        generation later (a generation it lists, however spelt, is that family:
-        `llama-3` is llama3), unless a longer family starts its name (`llama3.1-...` is
-        a fine-tune of llama3.1, not a later llama2-...). A generation older than every
-        listed one is placed by its details: a line's later generations say little of
-        its earlier ones (gemma3's math, placed a step back, is still far above
-        gemma2's)."""
-        for entry in self._entries.values():
-            if names.split(entry.name)[0] == base:
-                return entry.family, 0
-        families = {e.family for e in self._entries.values()}
-        prefix = max((f for f in families if base.startswith(f + "-")), key=len, default="")
-        line, number = names.generation(base)
-        if len(prefix) <= len(line[0]):
-            listed = {
-                f: n
-                for f, (other, n) in ((f, names.generation(f)) for f in families)
-                if other == line and n <= number
-            }
-            if listed:
-                latest = max(listed, key=lambda f: listed[f])
-                return latest, int(listed[latest] < number)
-        if prefix:
-            return prefix, 0
-        inside = [f for f in families if f"-{f}-" in f"-{base}-"]
-        return max(inside, key=len, default=""), 0
-
-    def _nearest(
-        self, probe: _Probe, usable: Any, exclude: str = "", area: str = ""
-    ) -> list[tuple[float, ModelKnowledge]]:
-        log_size = probe.log_size
-        return heapq.nsmallest(
-            NEIGHBOURS,
-            (
-                (_distance(probe, log_size, other, other_log_size, area), entry)
-                for entry, other, other_log_size in self._index()
-                if entry.name != exclude and usable(entry)
-            ),
-            key=lambda pair: (pair[0], pair[1].name),
-        )
-
-    def _index(self) -> list[tuple[ModelKnowledge, _Probe, float]]:
-        """Each entry with its probe, built once per set of entries."""
-        if self._indexed is not self._entries:
-            self._probes = [
-                (entry, probe, probe.log_size)
-                for entry in self._entries.values()
-                for probe in (_probe_of(entry),)
-            ]
-            self._indexed = self._entries
-        return self._probes
-
-    def _impute(self, probe: _Probe, area: str, exclude: str) -> tuple[float, float, list[str]]:
-        """(score, uncertainty, neighbours) of one area from the nearest entries that
-        have a published score for it, each moved along the size trend."""
-        if "embedding" in probe.specialties:
-            return 0.0, 0.0, []
-        nearest = self._nearest(probe, lambda e: area in self._published[e.name], exclude, area)
-        if not nearest:
-            return 0.0, 1.0, []
-        slope = self._slopes.get(area, 0.0)
-        floor = self._floors.get(area, 0.0)
-        total = value = spread = 0.0
-        for weight, (gap, entry) in zip(_weights(nearest), nearest, strict=True):
-            doublings = math.log2(probe.size_b / entry.effective_params_b)
-            published = self._published[entry.name][area]
-            value += weight * _along_trend(published, slope, doublings, floor)
-            spread += weight * gap
-            total += weight
-        score = min(1.0, max(0.0, value / total))
-        return score, min(1.0, 0.2 + 0.3 * spread / total), [e.name for _, e in nearest]
-
-    def _complete(
-        self, entry: ModelKnowledge, published: Mapping[str, float], mapped: Mapping[str, float]
-    ) -> ModelKnowledge:
-        """A catalogue entry with its unpublished areas imputed from its neighbours;
-        `mapped` holds the uncertainty of areas read from another benchmark."""
-        areas: dict[str, float] = {}
-        spread: dict[str, float] = {}
-        used: list[str] = []
-        for area in AREAS:
-            if "embedding" in entry.specialties:
-                # An embedding model does not generate text: it answers no prompt.
-                areas[area], spread[area] = 0.0, 0.0
-            elif area in published:
-                areas[area] = published[area]
-                spread[area] = mapped.get(area, 0.0)
-            else:
-                areas[area], spread[area], near = self._impute(
-                    _probe_of(entry), area, exclude=entry.name
-                )
-                used += near
-        return replace(
-            entry,
-            areas=areas,
-            area_uncertainty=spread,
-            uncertainty=round(sum(spread.values()) / len(AREAS), 4),
-            neighbours=tuple(dict.fromkeys(used)),
-        )
 
 
 def _flag(value: Any, at: str) -> bool:
