@@ -18,6 +18,7 @@ import ollama
 import orjson
 import pytest
 
+from proxy.cache.key import deterministic
 from proxy.config import ApiKey, Auth, Cache, Usage
 from proxy.learning import decision_of
 from selector_model import features
@@ -256,9 +257,12 @@ def test_what_is_not_cacheable(caching: Proxy, own_emulator: Emulator) -> None:
     path, doc = CASES["chat-whole"]
     sampled = {**doc, "options": {"temperature": 0.7}}
     seeded = {**doc, "options": {"temperature": 0.7, "seed": 42}}
+    # A negative seed is no seed: Ollama's runners then draw a random one.
+    unseeded = {**doc, "options": {"temperature": 0.7, "seed": -1}}
     tools = {**doc, "tools": [{"type": "function", "function": {"name": "f"}}]}
     for body, headers in (
         (sampled, {}),
+        (unseeded, {}),
         (tools, {}),
         (doc, {"Cache-Control": "no-cache"}),
         (doc, {"Cache-Control": "max-age=0, no-store"}),
@@ -274,6 +278,22 @@ def test_what_is_not_cacheable(caching: Proxy, own_emulator: Emulator) -> None:
     wait_stored(caching, 1)
     assert fetch(caching, path, seeded).header("X-Autoroute-Cache") == "hit"
     assert metrics(caching)["autoroute_cache_misses_total"] == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "doc", "fixed"),
+    [
+        ("/v1/chat/completions", {"temperature": 0.7, "seed": 7}, True),
+        ("/v1/chat/completions", {"temperature": 0.7, "seed": 0}, True),
+        ("/v1/chat/completions", {"temperature": 0.7, "seed": -1}, False),
+        ("/v1/completions", {"temperature": 1, "seed": -5}, False),
+        ("/api/generate", {"options": {"temperature": 0.7, "seed": -1}}, False),
+        ("/api/generate", {"options": {"temperature": 0, "seed": -1}}, True),
+    ],
+)
+def test_only_a_seed_ollama_keeps_is_fixed(path: str, doc: dict[str, Any], fixed: bool) -> None:
+    """Ollama's runners draw a random seed for a negative one (-1 is its default)."""
+    assert deterministic(path, doc) is fixed
 
 
 def loaded(emulator: Emulator) -> set[str]:

@@ -1,10 +1,11 @@
 """Which requests are cacheable, and the key their answer is kept under.
 
 A request is cacheable when its answer is determined by its input: temperature 0 or a
-fixed seed, no tools (a tool call's answer depends on what the tool returns next), text
-asked for (not a model loaded or unloaded), and no `Cache-Control: no-cache` or
-`no-store` from the client. Read from the body as the backend reads it (`go_json`),
-after `auto` decided: the key names the model served.
+fixed seed (not a negative one, which asks for a random seed), no tools (a tool call's
+answer depends on what the tool returns next), text asked for (not a model loaded or
+unloaded), and no `Cache-Control: no-cache` or `no-store` from the client. Read from
+the body as the backend reads it (`go_json`), after `auto` decided: the key names the
+model served.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def _is_number(value: Any) -> bool:
 
 
 def deterministic(path: str, doc: Mapping[str, Any]) -> bool:
-    """Temperature 0 or a fixed seed, where this API carries them, and no tools."""
+    """Temperature 0 or a fixed seed (0 or more), where this API carries them, and no tools."""
     if doc.get("tools") or doc.get("functions"):
         return False
     if path.startswith("/v1/"):
@@ -47,8 +48,10 @@ def deterministic(path: str, doc: Mapping[str, Any]) -> bool:
             return False
     temperature = sampling.get("temperature")
     seed = sampling.get("seed")
+    # A negative seed is none: Ollama's runners draw a random one for it (-1 is
+    # Ollama's own default, which clients may send as it is).
     return (_is_number(temperature) and temperature == 0) or (
-        isinstance(seed, int) and not isinstance(seed, bool)
+        isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0
     )
 
 
