@@ -112,6 +112,12 @@ class Timeouts:
     # A request body that stops arriving for this long is answered 408 and its
     # connection closed (nginx's client_body_timeout); 0: no bound (Ollama has none).
     client_body_idle_seconds: float = 60.0
+    # A client that takes in nothing of its answer for this long (a stream paused on a
+    # full socket) is disconnected, which cancels its backend request, as nginx's
+    # send_timeout does: else one client that stops reading holds a backend's
+    # generation slot for as long as it keeps the connection. 0: no bound (Ollama has
+    # none).
+    client_write_idle_seconds: float = 60.0
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,7 @@ class Relay:
         self.config = config
         self.backends = backends
         self.idle = config.timeouts.idle_read_seconds
+        self.write_idle = config.timeouts.client_write_idle_seconds
         # With API keys on, the key authenticates the client to the proxy: it is not
         # the backends' business and must not leak to them.
         self.drop = _NOT_FORWARDED | (_CREDENTIALS if config.auth.enabled else frozenset())
@@ -130,7 +131,9 @@ class Relay:
                 and len(tried) < retries
                 and self.backends.can_retry(model, [*tried, state])
             )
-            client = ClientLeg(request, outcome, may_retry, fallback is not None, capture)
+            client = ClientLeg(
+                request, outcome, may_retry, fallback is not None, capture, self.write_idle
+            )
             try:
                 head = await self.exchange(request, state, body, client, outcome.request_id)
             except UpstreamError as exc:
@@ -328,9 +331,12 @@ class ClientLeg(Answer):
         may_retry: bool = False,
         decline_unavailable: bool = False,
         capture: Capture | None = None,
+        write_idle: float = 0.0,
     ) -> None:
         super().__init__()
         self.capture = capture
+        # How long a paused answer waits for the client to take some of it (0: forever).
+        self.write_idle = write_idle
         self.transport = client_transport(request)
         self.protocol = request.protocol
         self.version = request.version
@@ -456,7 +462,13 @@ class ClientLeg(Answer):
 
     async def _resume_after_drain(self) -> None:
         try:
-            await wait_drained(self.writer)
+            async with asyncio.timeout(self.write_idle or None):
+                await wait_drained(self.writer)
+        except TimeoutError:
+            # The client took in nothing for that long: it is let go as if it had
+            # left, so that the handler's cancellation closes the backend's request.
+            self.outcome.error = f"client read nothing for {self.write_idle:g}s"
+            self.transport.abort()
         except ConnectionError:
             pass  # the client left; the handler's cancellation closes the backend
         finally:

@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from proxy.app import APP_KEY
+from proxy.config import Timeouts
 from proxy.emulator import EmulatorSettings
 from proxy.upstream import UpstreamConnection, dechunk
 from tests.support import Emulator, Proxy, ServerThread
@@ -142,3 +143,42 @@ async def test_slow_reader_pauses_the_backend_and_gets_every_byte(
     assert len(lines) == 30001 and orjson.loads(lines[-1])["done"] is True
     (record,) = [r for r in seen if r["path"] == "/api/generate"]
     assert record["client_paused"] is True
+
+
+async def test_a_client_that_stops_reading_is_cut_off_and_frees_the_backend(
+    servers: ServerThread,
+) -> None:
+    """A client that takes in nothing of its stream for `client_write_idle_seconds` is
+    disconnected, and its backend request cancelled: it cannot hold a generation slot
+    for as long as it keeps its connection open."""
+    emulator = Emulator(servers, EmulatorSettings(frozen_clock=True, chunk_delay_ms=0.0))
+    proxy = Proxy(servers, [emulator.url], timeouts=Timeouts(client_write_idle_seconds=0.3))
+    state = emulator.state
+    cancelled = state.cancelled
+    try:
+        # Far more than the socket buffers between the three hold (~30 MB): the backend
+        # is still generating when the client stops.
+        options = {"num_predict": 1_000_000, "num_ctx": 32768}
+        body = orjson.dumps({"model": "qwen2.5:7b", "prompt": "go", "options": options})
+        request = (
+            f"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", proxy.port))
+        sock.sendall(request)
+        # Never reading: the proxy pauses the backend, then gives up on the client.
+        assert await wait_for(lambda: state.cancelled > cancelled, 60)
+        assert await wait_for(lambda: state.active_streams == 0)
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        received = bytearray()
+        while chunk := await loop.sock_recv(sock, 65536):
+            received += chunk
+        sock.close()
+    finally:
+        proxy.stop()
+        emulator.stop()
+    # What was sent before the cut arrives, then the connection ends: no end of stream.
+    assert received.startswith(b"HTTP/1.1 200")
+    assert not received.endswith(b"0\r\n\r\n")
