@@ -50,9 +50,10 @@ async def start_site(
     # the relay learns to abort the upstream request (the GPU stops generating).
     # With the proxy's config: its shutdown deadline, client timeouts and header limits;
     # without, Ollama's own (proxy/connection.py).
-    from proxy.connection import ollama_runner
+    from proxy.connection import ollama_runner, raise_open_files_limit
     from proxy.connection import runner as proxy_runner
 
+    raise_open_files_limit()
     runner = proxy_runner(app, config) if config is not None else ollama_runner(app)
     await runner.setup()
     try:

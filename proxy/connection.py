@@ -580,6 +580,26 @@ def _from_request_bytes(exc: BaseException | None) -> bool:
 _FILTER = _WithoutRequestBytes()
 
 
+def raise_open_files_limit() -> None:
+    """The soft limit on open files raised to the hard one, as every Go program
+    (Ollama) does at start: each client connection and each upstream one is a file,
+    and at a soft limit of 1024 (systemd's default for a service) one client holding
+    a thousand idle connections would leave none for anyone else, where Ollama serves
+    on. Where the system refuses (macOS caps an unlimited hard limit) or has no such
+    limit (Windows), the limit stays as it is."""
+    try:
+        import resource
+    except ImportError:
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):
+        log.debug("open files: the soft limit stays at %d", soft)
+
+
 def runner(
     app: web.Application, config: Config, request_ids: bool = True, **overrides: Any
 ) -> web.AppRunner:

@@ -287,3 +287,29 @@ async def test_start_site_reports_the_port_in_use() -> None:
         with pytest.raises(PortInUse) as error:
             await cli.start_site(web.Application(), "127.0.0.1", port)
     assert (error.value.host, error.value.port) == ("127.0.0.1", port)
+
+
+def test_a_server_may_hold_as_many_connections_as_the_system_lets_it() -> None:
+    """A server raises its soft limit on open files to the hard one, as every Go program
+    (Ollama) does at start: at a soft limit of 1024 (systemd's default) one client
+    holding a thousand idle connections would lock every other client out."""
+    script = """
+import asyncio, resource, socket
+from aiohttp import web
+from proxy import cli
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+async def main():
+    runner = await cli.start_site(web.Application(), "127.0.0.1", port)
+    await runner.cleanup()
+asyncio.run(main())
+print(resource.getrlimit(resource.RLIMIT_NOFILE)[0] == hard)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "True"
