@@ -367,7 +367,9 @@ class Handlers:
         entry = await cache.lookup(key)
         if entry is not None:
             served.cache = "hit"
-            return replay(request, served, entry)
+            return await replay(
+                request, served, entry, self.config.timeouts.client_write_idle_seconds
+            )
         served.cache = served.extra[CACHE_HEADER] = "miss"
         capture = cache.capture(key)
         response = await self.relay.forward(

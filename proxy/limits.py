@@ -17,8 +17,10 @@ from typing import Any
 from aiohttp import web
 
 from proxy import expect
+from proxy.aiohttp_internals import client_transport, wait_drained, writing_paused
 from proxy.config import Limits
 from proxy.errors import error_response
+from proxy.outcome import Served
 from selector_model import request_body
 
 HEAD_TOO_LARGE_BODY = b"431 Request Header Fields Too Large"
@@ -58,6 +60,30 @@ async def read_body(request: web.Request, idle_seconds: float) -> bytes:
                 raise BodyTimeout(idle_seconds)
     finally:
         reading.cancel()
+
+
+def write_stalled(idle_seconds: float) -> str:
+    """Why a client that took in nothing of its answer was let go."""
+    return f"client read nothing for {idle_seconds:g}s"
+
+
+async def client_took(request: web.Request, idle_seconds: float, served: Served) -> bool:
+    """Wait until the client has taken in enough of what was written to it (its
+    transport back under the low-water mark): at once when it is. False when it left,
+    or when it took nothing for `idle_seconds` (0: no bound): its connection is then
+    aborted and `served` says why."""
+    if not writing_paused(request.protocol):
+        return True
+    try:
+        async with asyncio.timeout(idle_seconds or None):
+            await wait_drained(request.writer)
+    except TimeoutError:
+        served.error = write_stalled(idle_seconds)
+        client_transport(request).abort()
+        return False
+    except ConnectionError:
+        return False
+    return True
 
 
 async def read_chunk(request: web.Request, size: int, idle_seconds: float) -> bytes:

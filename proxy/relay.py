@@ -26,7 +26,7 @@ from proxy.config import Config
 from proxy.continuations import answered_ending
 from proxy.errors import error_response, stream_error_line
 from proxy.http11 import Dechunker, ResponseHead
-from proxy.limits import read_chunk
+from proxy.limits import read_chunk, write_stalled
 from proxy.outcome import Served
 from proxy.protocol import HOP_BY_HOP, NDJSON, REQUEST_ID_HEADER, SSE
 from proxy.relayed_response import RelayedResponse
@@ -467,7 +467,7 @@ class ClientLeg(Answer):
         except TimeoutError:
             # The client took in nothing for that long: it is let go as if it had
             # left, so that the handler's cancellation closes the backend's request.
-            self.outcome.error = f"client read nothing for {self.write_idle:g}s"
+            self.outcome.error = write_stalled(self.write_idle)
             self.transport.abort()
         except ConnectionError:
             pass  # the client left; the handler's cancellation closes the backend

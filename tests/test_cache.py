@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,8 +19,10 @@ import ollama
 import orjson
 import pytest
 
+from proxy.app import APP_KEY
 from proxy.cache.key import deterministic
-from proxy.config import ApiKey, Auth, Cache, Usage
+from proxy.config import ApiKey, Auth, Cache, Timeouts, Usage
+from proxy.emulator import EmulatorSettings
 from proxy.learning import decision_of
 from selector_model import features
 from selector_model.usage_event import Answer as UsageAnswer
@@ -582,3 +585,45 @@ def test_size_bounds(servers: ServerThread, own_emulator: Emulator) -> None:
         assert fetch(proxy, path, doc).header("X-Autoroute-Cache") == "miss"
     finally:
         proxy.stop()
+
+
+def test_a_hit_the_client_does_not_read_is_cut_off(servers: ServerThread) -> None:
+    """A kept answer goes out no faster than the client takes it: one that takes
+    nothing for `client_write_idle_seconds` is disconnected, not left holding the whole
+    answer in the proxy's memory."""
+    emulator = Emulator(servers, EmulatorSettings(frozen_clock=True, chunk_delay_ms=0.0))
+    prx = Proxy(
+        servers,
+        [emulator.url],
+        cache=Cache(enabled=True, max_entry_bytes=64 * 1024 * 1024),
+        timeouts=Timeouts(client_write_idle_seconds=0.3),
+    )
+    seen: list[dict[str, Any]] = []
+    server = prx.app[APP_KEY]
+    server.access.enabled = True
+    server.access.record = seen.append  # type: ignore[method-assign]
+    # Far more than the socket buffers between the two hold (~20 MB).
+    options = {"temperature": 0, "num_predict": 200_000, "num_ctx": 32768}
+    messages = [{"role": "user", "content": "Tell me everything."}]
+    doc = {"model": MODEL, "messages": messages, "options": options}
+    try:
+        assert fetch(prx, "/api/chat", doc).header("X-Autoroute-Cache") == "miss"
+        wait_stored(prx, 1)
+        body = orjson.dumps(doc)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", prx.port))
+        sock.sendall(
+            b"POST /api/chat HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n%b"
+            % (len(body), body)
+        )
+        deadline = time.monotonic() + 60
+        while not any(r.get("cancelled") for r in seen):
+            assert time.monotonic() < deadline, "the unread hit was never cut off"
+            time.sleep(0.02)
+        sock.close()
+    finally:
+        prx.stop()
+        emulator.stop()
+    hit = next(r for r in seen if r.get("cancelled"))
+    assert hit["error"] == "client read nothing for 0.3s"

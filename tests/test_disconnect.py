@@ -182,3 +182,38 @@ async def test_a_client_that_stops_reading_is_cut_off_and_frees_the_backend(
     # What was sent before the cut arrives, then the connection ends: no end of stream.
     assert received.startswith(b"HTTP/1.1 200")
     assert not received.endswith(b"0\r\n\r\n")
+
+
+async def test_answers_pipelined_to_a_client_that_does_not_read_them_do_not_pile_up(
+    servers: ServerThread,
+) -> None:
+    """Short answers to requests pipelined by a client that reads none of them stop
+    once its socket is full, and the client is disconnected after
+    `client_write_idle_seconds`: they do not pile up in the proxy's memory for as long
+    as it sends requests."""
+    emulator = Emulator(servers, EmulatorSettings(frozen_clock=True))
+    proxy = Proxy(servers, [emulator.url], timeouts=Timeouts(client_write_idle_seconds=0.3))
+    # Small socket buffers on both sides (an accepted socket takes the listening one's),
+    # so that a few answers fill them: the requests sent after those wait in them.
+    assert proxy.runner is not None
+    for site in proxy.runner.sites:
+        for listening in site._server.sockets:  # type: ignore[attr-defined]
+            listening.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            listening.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    count = 5_000
+    one = b"GET /api/version HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    try:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        sock.connect(("127.0.0.1", proxy.port))
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        # Never reading: the proxy stops reading the requests, then gives up on the client.
+        with pytest.raises(ConnectionError):
+            await asyncio.wait_for(loop.sock_sendall(sock, one * count), 60)
+        sock.close()
+    finally:
+        proxy.stop()
+        emulator.stop()
+    assert emulator.state.requests["/api/version"] < count

@@ -2,8 +2,10 @@
 request's own headers (X-Request-Id, X-Autoroute-*) and `X-Autoroute-Cache: hit`.
 
 A stream goes out as the same chunks (NDJSON lines or SSE events, the final one with
-its counters), in one write: it is all there. An HTTP/1.0 client, which cannot read
-chunked framing, gets the body whole, as the relay gives it.
+its counters), as fast as the client takes them: it is all there, but written at once
+it would sit in the proxy's memory for as long as a client that does not read keeps
+its connection. An HTTP/1.0 client, which cannot read chunked framing, gets the body
+whole, as the relay gives it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from proxy import final_chunk
 from proxy.aiohttp_internals import client_transport
 from proxy.cache.store import Entry
 from proxy.http11 import dechunk
+from proxy.limits import client_took
 from proxy.origins import CORS_HEADERS
 from proxy.outcome import Served
 from proxy.protocol import REQUEST_ID_HEADER
@@ -25,6 +28,8 @@ from proxy.relayed_response import RelayedResponse
 CACHE_HEADER = "X-Autoroute-Cache"
 # Enough of the end of the answer to hold its final chunk's counters.
 _TAIL_BYTES = 16 * 1024
+# Written to the client's transport at a time, each after the client took the last.
+_SLICE_BYTES = 64 * 1024
 
 
 def _wire(value: str) -> bytes:
@@ -37,7 +42,11 @@ def _dated(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(n, now if n.lower() == "date" else v) for n, v in headers]
 
 
-def replay(request: web.Request, served: Served, entry: Entry) -> web.StreamResponse:
+async def replay(
+    request: web.Request, served: Served, entry: Entry, write_idle: float
+) -> web.StreamResponse:
+    """`write_idle`: how long the client may take nothing before it is let go
+    (`timeouts.client_write_idle_seconds`)."""
     served.extra[CACHE_HEADER] = "hit"
     served.status = entry.status
     served.stats = final_chunk.parse(entry.body[-_TAIL_BYTES:])
@@ -67,7 +76,13 @@ def replay(request: web.Request, served: Served, entry: Entry) -> web.StreamResp
     if not keep_alive:
         out += b"Connection: close\r\n"
     out += b"\r\n"
-    client_transport(request).write(bytes(out) + entry.body)
+    transport = client_transport(request)
     served.first_byte_at = time.perf_counter()
     served.body_bytes = len(entry.body)
+    whole = memoryview(bytes(out) + entry.body)
+    for start in range(0, len(whole), _SLICE_BYTES):
+        transport.write(whole[start : start + _SLICE_BYTES])
+        if not await client_took(request, write_idle, served):
+            served.cancelled = True
+            return RelayedResponse(entry.status, False)
     return RelayedResponse(entry.status, keep_alive)
