@@ -7,6 +7,7 @@ The cloud leg uses an aiohttp client session: it is not the proxy's hot local pa
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -18,6 +19,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
+from proxy.aiohttp_internals import client_transport
 from proxy.backends import BackendPool, normalize_model
 from proxy.cloud_budget import Budget, BudgetUnavailable, this_month
 from proxy.cloud_translate import (
@@ -32,6 +34,7 @@ from proxy.cloud_translate import (
 )
 from proxy.config import CloudProvider, Config
 from proxy.errors import error_response, stream_error_line
+from proxy.limits import write_stalled
 from proxy.outcome import OUTCOME, Served
 from proxy.protocol import MODEL_HEADER, REQUEST_ID_HEADER
 
@@ -68,8 +71,19 @@ def _message(detail: str) -> str:
     return detail.strip()[:500]
 
 
-async def _write(response: web.StreamResponse, served: Served, data: bytes) -> None:
-    await response.write(data)
+class _ClientStalled(Exception):
+    """The client took in nothing of its answer for `timeouts.client_write_idle_seconds`."""
+
+
+async def _write(
+    response: web.StreamResponse, served: Served, data: bytes, idle_seconds: float
+) -> None:
+    try:
+        async with asyncio.timeout(idle_seconds or None):
+            await response.write(data)
+    except TimeoutError:
+        served.error = write_stalled(idle_seconds)
+        raise _ClientStalled from None
     served.body_bytes += len(data)
     if not served.first_byte_at:
         served.first_byte_at = time.perf_counter()
@@ -78,6 +92,9 @@ async def _write(response: web.StreamResponse, served: Served, data: bytes) -> N
 class CloudFallback:
     def __init__(self, config: Config, registry: CollectorRegistry) -> None:
         self.config = config.cloud
+        # A client that stops reading a stream is let go after this long, as the relay
+        # lets it go (the cloud's stream is then closed).
+        self.write_idle = config.timeouts.client_write_idle_seconds
         self.providers = [
             (name, provider, {_key(k): v for k, v in provider.models.items()})
             for name, provider in self.config.providers.items()
@@ -299,22 +316,36 @@ class CloudFallback:
         await response.prepare(request)
         served.status = 200
         result = "ok"
+        idle = self.write_idle
+        stalled = False
         try:
-            async for data in up.content.iter_chunked(_READ_BYTES):
-                out = translator.feed(data)
-                if out:
-                    await _write(response, served, out)
-            await _write(response, served, translator.finish())
-        except CloudStreamError as exc:
-            result = "failed"
-            served.error = f"cloud {name}: {exc}"
-            await _write(response, served, stream_error_line(translator.content_type, served.error))
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            result = "failed"
-            served.error = f"cloud {name} failed mid-stream: {exc or type(exc).__name__}"
-            await _write(response, served, stream_error_line(translator.content_type, served.error))
+            # The error line of a failed stream may find the client stalled too.
+            try:
+                async for data in up.content.iter_chunked(_READ_BYTES):
+                    out = translator.feed(data)
+                    if out:
+                        await _write(response, served, out, idle)
+                await _write(response, served, translator.finish(), idle)
+            except CloudStreamError as exc:
+                result = "failed"
+                served.error = f"cloud {name}: {exc}"
+                line = stream_error_line(translator.content_type, served.error)
+                await _write(response, served, line, idle)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                result = "failed"
+                served.error = f"cloud {name} failed mid-stream: {exc or type(exc).__name__}"
+                line = stream_error_line(translator.content_type, served.error)
+                await _write(response, served, line, idle)
+        except _ClientStalled:
+            stalled = True
         finally:
             await self._count(served, translator, name, month, result)
+        if stalled:
+            # Counted, then let go as a client that left: the cloud's stream closes
+            # with this handler.
+            served.cancelled = True
+            client_transport(request).abort()
+            return response
         await response.write_eof()
         return response
 

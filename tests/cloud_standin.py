@@ -36,6 +36,8 @@ class Seen:
     # Faults: seconds between words, and the connection dropped after this many words.
     delay: float = 0.0
     cut_after: int | None = None
+    # A streamed answer's words sent this many times over: a long answer.
+    repeat: int = 1
     # Set when the proxy closed a stream before its end (its client left).
     gone: threading.Event = field(default_factory=threading.Event)
 
@@ -92,7 +94,7 @@ async def _openai(request: web.Request) -> web.StreamResponse:
     messages = body.get("messages") or [{}]
     if body.get("tools") and messages[-1].get("role") != "tool":
         return await _openai_call(request, body, base, prompt)
-    words = JSON_WORDS if body.get("response_format") else ANSWER_WORDS
+    words = JSON_WORDS if body.get("response_format") else ANSWER_WORDS * seen.repeat
     completion = len(words)
     usage["completion_tokens"], usage["total_tokens"] = completion, prompt + completion
     if not body.get("stream"):

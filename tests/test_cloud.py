@@ -5,6 +5,7 @@ budget in memory and in PostgreSQL. No test reaches the internet."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,16 @@ from aiohttp import web
 
 from proxy.app import APP_KEY
 from proxy.auth import hash_key
-from proxy.config import ApiKey, Auth, Cloud, CloudProvider, Config, ConfigError, Usage
+from proxy.config import (
+    ApiKey,
+    Auth,
+    Cloud,
+    CloudProvider,
+    Config,
+    ConfigError,
+    Timeouts,
+    Usage,
+)
 from tests.cloud_standin import (
     ANSWER,
     ANSWER_WORDS,
@@ -776,6 +786,35 @@ async def test_a_client_leaving_closes_the_cloud_stream_and_its_tokens_count(
                 await asyncio.sleep(0.02)
             # The prompt estimated (no usage came), at least the first word's token.
             assert await spent() >= 2
+    finally:
+        proxy.stop()
+
+
+async def test_a_client_that_stops_reading_a_cloud_stream_is_cut_off(
+    servers: ServerThread, cloud_server: StandIn
+) -> None:
+    """As for a local backend: a client that takes in nothing of its answer for
+    `client_write_idle_seconds` is disconnected, and the cloud's stream closed."""
+    cloud_server.seen.repeat = 50_000  # ~15 MB: more than the socket buffers hold
+    proxy = Proxy(
+        servers,
+        [dead_url()],
+        cloud=cloud_section(cloud_server.url),
+        timeouts=Timeouts(client_write_idle_seconds=0.3),
+    )
+    try:
+        body = orjson.dumps({"model": LOCAL, "messages": MESSAGES})
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", proxy.port))
+        sock.sendall(
+            b"POST /api/chat HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n%b"
+            % (len(body), body)
+        )
+        # Never reading.
+        await asyncio.to_thread(cloud_server.seen.gone.wait, 60)
+        assert cloud_server.seen.gone.is_set()
+        sock.close()
     finally:
         proxy.stop()
 
