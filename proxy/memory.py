@@ -55,10 +55,13 @@ class _Plan:
     names: list[str]
     loaded: list[bool]
     states: list[BackendState | None]  # the backend each would run on
+    # Those backends, each once: with none of them busy, nothing can be evicted.
+    backends: tuple[BackendState, ...]
     # Whether it is charged no load: loaded, or on a backend that does not say what is.
     free: list[bool] = field(default_factory=list)
-    loads: list[float] = field(default_factory=list)
-    # What `free` and `loads` were computed from: the loads measured so far, the needs,
+    # The terms while none of `backends` is busy: the load seconds and no eviction.
+    idle: Terms | None = None
+    # What `free` and `idle` were computed from: the loads measured so far, the needs,
     # and each backend's `reports_loaded` (-1: never computed).
     loads_measured: int = -1
     needs: dict[str, float] | None = None
@@ -67,7 +70,9 @@ class _Plan:
 
 @dataclass(frozen=True, slots=True)
 class Terms:
-    """What loading adds to each candidate of one decision."""
+    """What loading adds to each candidate of one decision. One may serve every
+    decision while what it was computed from stays (`Memory.terms`): read, never
+    changed."""
 
     load_seconds: list[float]  # 0 for a loaded candidate
     evicts: list[bool]  # loading it would evict a model with requests in flight
@@ -179,8 +184,15 @@ class Memory:
         backend starting or stopping to say what is loaded); evictions only when a
         backend has requests in flight."""
         plan = self._plans.get((backends, candidates), self._plan)
-        loads = self._loads(plan)
-        evicts = [False] * len(loads)
+        idle = self._idle(plan)
+        for backend in plan.backends:
+            if backend.busy:
+                break
+        else:
+            # Nothing in flight on any of their backends (the common case): nothing to
+            # evict, and the terms are those kept with the loads.
+            return idle
+        evicts = [False] * len(plan.states)
         # Per backend, read once for all its candidates: (capacity, GB held busy).
         held: dict[int, tuple[float | None, float]] = {}
         for i, state in enumerate(plan.states):
@@ -193,25 +205,28 @@ class Memory:
                 evicts[i] = (
                     capacity is not None and busy > 0 and busy + self.need(plan.names[i]) > capacity
                 )
-        return Terms(loads, evicts, self.settings.evict_penalty)
+        return Terms(idle.load_seconds, evicts, idle.penalty)
 
     def _plan(self, backends: Sequence[str], candidates: Sequence[Candidate]) -> _Plan:
+        states = [self.by_label.get(label) for label in backends]
         return _Plan(
             list(backends),
             [c.name for c in candidates],
             [c.loaded for c in candidates],
-            [self.by_label.get(label) for label in backends],
+            states,
+            tuple({id(s): s for s in states if s is not None}.values()),
         )
 
-    def _loads(self, plan: _Plan) -> list[float]:
-        """Each candidate's load seconds (a copy: the plan keeps its own): 0 for one
-        loaded, or whose backend does not say what is loaded (charging every model one
-        would favour the smallest everywhere); else the load measured for it there,
-        else `load_seconds_per_gb` x its memory need."""
+    def _idle(self, plan: _Plan) -> Terms:
+        """The terms of the plan's candidates while none of their backends is busy:
+        each one's load seconds, 0 for one loaded, or whose backend does not say what is
+        loaded (charging every model one would favour the smallest everywhere); else the
+        load measured for it there, else `load_seconds_per_gb` x its memory need."""
         measured_loads = self.telemetry.loads_measured
         reports = tuple([s.reports_loaded for s in self.backends.states])
         if (
-            plan.loads_measured != measured_loads
+            plan.idle is None
+            or plan.loads_measured != measured_loads
             or plan.needs is not self.needs
             or plan.reports != reports
         ):
@@ -228,9 +243,10 @@ class Memory:
                     continue
                 measured = measured_load(label, name)
                 loads.append(per_gb * self.need(name) if measured is None else measured)
-            plan.free, plan.loads = free, loads
+            plan.free = free
+            plan.idle = Terms(loads, [False] * len(loads), self.settings.evict_penalty)
             plan.loads_measured, plan.needs, plan.reports = measured_loads, self.needs, reports
-        return plan.loads[:]
+        return plan.idle
 
     def status(self) -> list[dict[str, Any]]:
         """Per backend: memory in use and capacity, what is loaded, the warm set."""
