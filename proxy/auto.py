@@ -250,15 +250,15 @@ class AutoRouter:
             known = frozenset()
             unknown_margin = UNKNOWN_MARGIN
             spread = None
+        terms = self.memory.terms(eligible.backends, candidates)
         seconds = self.telemetry.expected_seconds_many(
             eligible.backends,
             candidates,
             prompt_tokens,
             DEFAULT_OUTPUT_TOKENS,
             request_body.max_output_tokens(doc),
+            terms.load_seconds,
         )
-        terms = self.memory.terms(eligible.backends, candidates)
-        seconds = [run + load for run, load in zip(seconds, terms.load_seconds, strict=True)]
         if not default_model and profile.cost_weight == 0 and known.isdisjoint(eligible.names):
             # A quality-only profile among models the artifact never saw: size is the
             # surest sign of quality, so the largest is the anchor another must clearly

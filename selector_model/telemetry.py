@@ -114,18 +114,23 @@ class Telemetry:
         prompt_tokens: float,
         output_tokens: float,
         cap: float | None = None,
+        loads: Sequence[float] = (),
     ) -> list[float]:
         """Expected seconds of each candidate on its backend (prompt evaluation and
-        decoding; loading is `proxy.memory`'s term), from its observed rates or else the
-        prior, for an answer of its own mean length once it has finished one, else of
-        `output_tokens`; never longer than `cap` (the request's limit) tokens. The hot
-        path of `auto`: each candidate's key and prior are computed once per list of
-        candidates (`Held`: `auto` passes the same lists while the registry keeps its
-        candidates), the observed rates read per request."""
+        decoding), from its observed rates or else the prior, for an answer of its own
+        mean length once it has finished one, else of `output_tokens`; never longer than
+        `cap` (the request's limit) tokens; plus its entry in `loads` when given (the
+        seconds loading it takes, `proxy.memory`'s term). The hot path of `auto`: each
+        candidate's key and prior are computed once per list of candidates (`Held`:
+        `auto` passes the same lists while the registry keeps its candidates), the
+        observed rates read per request, and the load added in the same loop rather
+        than in a second pass over the list."""
         observed = self._rates
         out = []
         plan = self._plans.get((backends, candidates), self._plan)
-        for key, (prompt_tps, gen_tps) in plan:
+        if loads and len(loads) != len(plan):
+            raise ValueError(f"{len(loads)} load terms for {len(plan)} candidates")
+        for i, (key, (prompt_tps, gen_tps)) in enumerate(plan):
             tokens = output_tokens
             rates = observed.get(key)
             if rates is not None:
@@ -134,7 +139,8 @@ class Telemetry:
                     tokens = rates.answer_tokens
             if cap is not None and tokens > cap:
                 tokens = cap
-            out.append(prompt_tokens / prompt_tps + tokens / gen_tps)
+            seconds = prompt_tokens / prompt_tps + tokens / gen_tps
+            out.append(seconds + loads[i] if loads else seconds)
         return out
 
     def _plan(
