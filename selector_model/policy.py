@@ -575,11 +575,12 @@ def _safe_greedy(
     # Plain loops, not next() over a generator: this runs twice in a decision with
     # evidence.
     anchor: Scored | None = None
-    for s in ranking:
-        if s.name == default_model:
-            anchor = s
-            break
-    else:
+    if default_model:  # no candidate is named "": most profiles have no default
+        for s in ranking:
+            if s.name == default_model:
+                anchor = s
+                break
+    if anchor is None:
         for s in ranking:
             if s.known:
                 anchor = s
