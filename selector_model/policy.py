@@ -411,69 +411,75 @@ def with_catalogue(
     # own): this runs for every candidate of every decision.
     d0, d1, d2, d3, d4 = demand
     w0, w1, w2, w3, w4 = d0 / total, d1 / total, d2 / total, d3 / total, d4 / total
-    # A tuple cannot change: its rows are kept (`auto` passes the one it keeps).
-    areas, uncertainties = (
-        _CATALOGUE_ROWS.get((candidates,), _catalogue_rows)
+    # A tuple cannot change: its rows are kept (`auto` passes the one it keeps, and the
+    # same `known` list with it).
+    areas, fitted, unseen = (
+        _CATALOGUE_ROWS.get((candidates, known), _catalogue_rows)
         if isinstance(candidates, tuple)
-        else _catalogue_rows(candidates)
+        else _catalogue_rows(candidates, known)
     )
     log = math.log
-    logits = []  # of each reading
+    reads = []  # the log-odds of each candidate's reading
+    for a in areas:
+        if a is None:
+            reads.append(_UNKNOWN_LOGIT)
+            continue
+        a0, a1, a2, a3, a4 = a
+        x = w0 * a0 + w1 * a1 + w2 * a2 + w3 * a3 + w4 * a4
+        x = _P_FLOOR if x < _P_FLOOR else _P_CEILING if x > _P_CEILING else x
+        reads.append(log(x / (1.0 - x)))
     # The offset from the models whose P the selector was fitted on: an unseen model's
     # estimate then stands against theirs, not against the booster's guesses of the
     # other unseen models (which a fleet of many unseen models would otherwise set).
     gaps = []
-    for a, p, k in zip(areas, p_success, known, strict=True):
-        if a is None:
-            read = _UNKNOWN_LOGIT
-        else:
-            x = w0 * a[0] + w1 * a[1] + w2 * a[2] + w3 * a[3] + w4 * a[4]
-            x = _P_FLOOR if x < _P_FLOOR else _P_CEILING if x > _P_CEILING else x
-            read = log(x / (1.0 - x))
-        logits.append(read)
-        if k:
-            p = _P_FLOOR if p < _P_FLOOR else _P_CEILING if p > _P_CEILING else p
-            gaps.append(log(p / (1.0 - p)) - read)
+    for i in fitted:
+        p = p_success[i]
+        p = _P_FLOOR if p < _P_FLOOR else _P_CEILING if p > _P_CEILING else p
+        gaps.append(log(p / (1.0 - p)) - reads[i])
     if not gaps:
-        for p, read in zip(p_success, logits, strict=True):
+        for p, read in zip(p_success, reads, strict=True):
             gaps.append(_logit(p) - read)
     centre = sum(gaps) / len(gaps)
     exp = math.exp
-    out = []
-    for p, read, u, is_known in zip(p_success, logits, uncertainties, known, strict=True):
-        if is_known:
-            out.append(p)
-            continue
+    out = list(p_success)  # a model the artifact knows keeps its P
+    for i, u in unseen:
         # What the catalogue does not know of the areas this prompt reads.
         if isinstance(u, float):
             doubt = u
         else:
-            doubt = w0 * u[0] + w1 * u[1] + w2 * u[2] + w3 * u[3] + w4 * u[4]
+            u0, u1, u2, u3, u4 = u
+            doubt = w0 * u0 + w1 * u1 + w2 * u2 + w3 * u3 + w4 * u4
             doubt = 1.0 if doubt > 1.0 else 0.0 if doubt < 0.0 else doubt
-        placed = 1.0 / (1.0 + exp(-(centre + read)))
+        p = out[i]
+        placed = 1.0 / (1.0 + exp(-(centre + reads[i])))
         q = p + CATALOGUE_SHARE * (1.0 - doubt) * (placed - p)
-        out.append(_P_FLOOR if q < _P_FLOOR else _P_CEILING if q > _P_CEILING else q)
+        out[i] = _P_FLOOR if q < _P_FLOOR else _P_CEILING if q > _P_CEILING else q
     return out
 
 
-def _catalogue_rows(
-    candidates: Sequence[Candidate],
-) -> tuple[list[tuple[float, ...] | None], list[tuple[float, ...] | float]]:
-    """What `with_catalogue` reads of each candidate, the same for every prompt: its
-    area scores (None: not all five known), and its area uncertainties, else (not all
-    five known) its overall doubt (`_doubt`)."""
+_Rows = tuple[
+    list[tuple[float, ...] | None], list[int], list[tuple[int, tuple[float, ...] | float]]
+]
+
+
+def _catalogue_rows(candidates: Sequence[Candidate], known: Sequence[bool]) -> _Rows:
+    """What `with_catalogue` reads of the candidates, the same for every prompt: each
+    one's area scores (None: not all five known); the positions of those the artifact
+    knows; and the position of each other one with its area uncertainties, else (not
+    all five known) its overall doubt (`_doubt`). Split by `known` so that a decision
+    walks the models it knows only for the offset and the others only to place them."""
     areas = [c.areas if len(c.areas) == _AREA_COUNT else None for c in candidates]
-    uncertainties = [
-        c.area_uncertainty if len(c.area_uncertainty) == _AREA_COUNT else float(_doubt(c))
-        for c in candidates
+    fitted = [i for i, is_known in enumerate(known) if is_known]
+    unseen: list[tuple[int, tuple[float, ...] | float]] = [
+        (i, c.area_uncertainty if len(c.area_uncertainty) == _AREA_COUNT else float(_doubt(c)))
+        for i, (c, is_known) in enumerate(zip(candidates, known, strict=True))
+        if not is_known
     ]
-    return areas, uncertainties
+    return areas, fitted, unseen
 
 
-# `_catalogue_rows` by candidate tuple.
-_CATALOGUE_ROWS: Held[tuple[list[tuple[float, ...] | None], list[tuple[float, ...] | float]]] = (
-    Held()
-)
+# `_catalogue_rows` by candidate tuple and list of which are known.
+_CATALOGUE_ROWS: Held[_Rows] = Held()
 
 
 def spreads(candidates: Sequence[Candidate], known: Sequence[bool]) -> list[float]:
