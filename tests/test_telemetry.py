@@ -46,6 +46,19 @@ def test_observed_rates_count_for_the_same_lists_asked_again() -> None:
     assert seen > prior
 
 
+def test_load_seconds_given_are_added_to_each_candidate() -> None:
+    # `auto` hands over `proxy.memory`'s load terms, one per candidate, to be added
+    # as it would add them itself.
+    small, large = Candidate("qwen2.5:3b", params_b=3.3), Candidate("qwen2.5:32b", params_b=30.5)
+    telemetry = Telemetry()
+    backends, candidates = ["a", "a"], [small, large]
+    alone = telemetry.expected_seconds_many(backends, candidates, 100, 300)
+    loaded = telemetry.expected_seconds_many(backends, candidates, 100, 300, None, [0.0, 2.5])
+    assert loaded == [alone[0] + 0.0, alone[1] + 2.5]
+    with pytest.raises(ValueError):
+        telemetry.expected_seconds_many(backends, candidates, 100, 300, None, [1.0])
+
+
 def test_each_model_is_expected_to_write_answers_as_long_as_its_own() -> None:
     """A reasoning model's answers hold its thinking: once it has finished answers of
     2,000 tokens, it is expected to take 2,000 where a terse model of the same speed
