@@ -133,7 +133,9 @@ def test_with_the_train_extra_train_help_lists_its_flags(
         main(["train", "--help"])
     assert exit_.value.code == 0
     out = capsys.readouterr().out
-    assert "--from dataset|FILE.jsonl" in out
+    # `--from` takes a PostgreSQL DSN too (training/pipeline.py reads its usage events)
+    assert "--from dataset|FILE.jsonl|postgres://..." in out
+    assert "PostgreSQL" in out
     assert "AUTOROUTE_LISTEN__PORT" in out
 
 

@@ -87,9 +87,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--from",
         dest="sources",
         action="append",
-        metavar="dataset|FILE.jsonl",
-        help="training data: 'dataset' (the bundled LLMRouter scores) or a usage JSON Lines "
-        "file; repeat to combine (default: dataset)",
+        metavar="dataset|FILE.jsonl|postgres://...",
+        help="training data: 'dataset' (the bundled LLMRouter scores), a usage JSON Lines "
+        "file or a PostgreSQL DSN (the usage events stored there); repeat to combine "
+        "(default: dataset)",
     )
     parser.add_argument(
         "--out",
