@@ -1,6 +1,6 @@
 """Does feedback on some prompts improve decisions on new prompts of the same kind?
 
-Offline, with the decision code `auto` runs (`selector_model.policy.choose`, the
+Offline, with the decision code `auto` runs (`selector_model.posterior.choose`, the
 evidence of `selector_model.evidence`, the kinds of `selector_model.kind`) on the
 deduplicated LLMRouter test split: each seed splits the prompts in two halves; the
 first half is decided three times over (exploring at `--exploration`), each answer's
@@ -23,13 +23,8 @@ import numpy as np
 from selector_model import artifact as artifact_module
 from selector_model.evidence import Evidence
 from selector_model.kind import kind_of
-from selector_model.policy import (
-    KNOWN_PRIOR_STRENGTH,
-    OPTIMISM,
-    PRIOR_STRENGTH,
-    choose,
-    rank,
-)
+from selector_model.policy import rank
+from selector_model.posterior import KNOWN_PRIOR_STRENGTH, OPTIMISM, PRIOR_STRENGTH, choose
 from selector_model.scorer import Scorer
 from training.data import load_llmrouter, prompt_request
 

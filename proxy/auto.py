@@ -26,19 +26,12 @@ from proxy.registry import Registry
 from selector_model import artifact as artifact_module
 from selector_model import features, request_body
 from selector_model.catalog.names import is_safety_classifier
+from selector_model.catalogue_prior import spreads, with_catalogue
 from selector_model.evidence import Evidence
 from selector_model.features import Candidate
 from selector_model.kind import kind_of
-from selector_model.policy import (
-    UNKNOWN_MARGIN,
-    Decision,
-    choose,
-    heuristic_p_success,
-    largest,
-    rank,
-    spreads,
-    with_catalogue,
-)
+from selector_model.policy import UNKNOWN_MARGIN, Decision, heuristic_p_success, largest, rank
+from selector_model.posterior import choose
 from selector_model.scorer import Scorer
 from selector_model.telemetry import Telemetry
 
@@ -455,7 +448,7 @@ class AutoRouter:
 
     def _spreads(self, eligible: Eligible, known: frozenset[str]) -> tuple[list[bool], list[float]]:
         """Which candidates the artifact knows, and how far each one's P may be off
-        (`policy.spreads`), kept while the candidates and the artifact stay."""
+        (`catalogue_prior.spreads`), kept while the candidates and the artifact stay."""
         cached = self._spread
         if cached[0] is not eligible.candidates or cached[1] is not known:
             is_known = [name in known for name in eligible.names]

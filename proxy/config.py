@@ -280,7 +280,7 @@ class Learning:
     model_level: bool = False
     # Once there is evidence, how many posterior standard deviations a candidate's
     # utility gains for what is not known of it, so that greedy choices try a model
-    # little is known about (`selector_model.policy.OPTIMISM`; 0: the posterior mean).
+    # little is known about (`selector_model.posterior.OPTIMISM`; 0: the posterior mean).
     optimism: float = 1.0
     # How often the evidence is written and (with PostgreSQL) every proxy's read back.
     sync_seconds: float = 2.0

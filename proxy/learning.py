@@ -1,6 +1,6 @@
 """Learning from the proxy's own traffic: outcomes of `auto` decisions become evidence
 per (kind of prompt, model) that `auto` blends with the selector's prior
-(`selector_model.policy.choose`).
+(`selector_model.posterior.choose`).
 
 Where it runs: the usage pipeline hands every completed usage event and every
 feedback to `Learner.observe`, on its background side; `auto` reads the evidence from

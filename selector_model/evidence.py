@@ -4,7 +4,7 @@ the selector expected of them (its P(success) for the model on each prompt).
 
 The evidence corrects the selector rather than replacing it: a decision uses the
 prior for this prompt plus the shrunk mean gap between outcomes and expectations
-(`selector_model.policy.choose`), so the selector's per-prompt judgement survives
+(`selector_model.posterior.choose`), so the selector's per-prompt judgement survives
 however much evidence there is, and a model it misjudges on a kind of prompt (one it
 never saw in training, say) is corrected for every prompt of that kind.
 

@@ -25,11 +25,13 @@ from proxy.auth import hash_key
 from proxy.config import ApiKey, Auth, Learning, Profile, Selector, Usage
 from proxy.emulator import EmulatorSettings
 from proxy.learning import Learner, evidence_from_events
-from selector_model import outcome, policy
+from selector_model import outcome, posterior
+from selector_model.catalogue_prior import CATALOGUE_SHARE, with_catalogue
 from selector_model.evidence import Evidence
 from selector_model.features import AREAS, REQUEST_FEATURES, Candidate
 from selector_model.kind import kind_of
-from selector_model.policy import CATALOGUE_SHARE, choose, largest, pick, rank, with_catalogue
+from selector_model.policy import largest, pick, rank
+from selector_model.posterior import choose
 from tests.support import Emulator, Proxy, ServerThread
 from tests.test_auth_postgres import REFRESH, status_becomes
 from tests.usage_services import Database
@@ -262,8 +264,8 @@ def test_a_fitted_model_far_below_its_p_lets_a_fitted_rival_be_tried() -> None:
         evidence.update("math", "first", 0.4, prior=0.62)
     chose = choose(fitted, evidence.of("math"), 0.0, rng)
     assert (chose.chosen.name, chose.reason) == ("second", "learned")
-    strength = policy.fitted_strength(
-        evidence.of("math"), {"first", "second"}, policy.KNOWN_PRIOR_STRENGTH, 10.0
+    strength = posterior.fitted_strength(
+        evidence.of("math"), {"first", "second"}, posterior.KNOWN_PRIOR_STRENGTH, 10.0
     )
     assert strength == 10.0
     # Where its outcomes are what its P said, the fitted prior keeps its strength, and
@@ -271,9 +273,9 @@ def test_a_fitted_model_far_below_its_p_lets_a_fitted_rival_be_tried() -> None:
     kept = Evidence()
     for i in range(300):
         kept.update("math", "first", float(i % 50 < 31), prior=0.62)
-    assert policy.fitted_strength(
-        kept.of("math"), {"first", "second"}, policy.KNOWN_PRIOR_STRENGTH, 10.0
-    ) == pytest.approx(policy.KNOWN_PRIOR_STRENGTH)
+    assert posterior.fitted_strength(
+        kept.of("math"), {"first", "second"}, posterior.KNOWN_PRIOR_STRENGTH, 10.0
+    ) == pytest.approx(posterior.KNOWN_PRIOR_STRENGTH)
     assert choose(fitted, kept.of("math"), 0.0, rng).chosen.name == "first"
 
 
@@ -311,7 +313,7 @@ def test_a_model_is_not_judged_on_its_first_few_answers_of_a_kind() -> None:
     chat = row["chat"]
     assert chat.blend is not None
     spread = math.sqrt(chat.blend * (1 - chat.blend) / (10 + 8 + 1))
-    assert chat.optimism == pytest.approx(max(spread, policy._upper(0.0, 8) - chat.blend))
+    assert chat.optimism == pytest.approx(max(spread, posterior._upper(0.0, 8) - chat.blend))
     assert chat.utility < standing - 0.2
 
 
@@ -324,7 +326,7 @@ def test_a_model_poor_answers_dropped_is_retried_once_the_kind_is_decided_often(
     however often."""
     rng = np.random.default_rng(0)
     unseen = rank(["chat", "twin", "far"], [0.60, 0.60, 0.35], [1.0] * 3, 0.0, set())
-    judged = int(policy.JUDGED_AFTER)
+    judged = int(posterior.JUDGED_AFTER)
 
     def choice(twin_outcomes: int, chat_zeros: int = judged // 2) -> Any:
         evidence = Evidence()
@@ -373,13 +375,13 @@ def test_offsets_from_the_evidence_are_computed_once_per_change_of_it(
     for _ in range(ROUNDS):
         evidence.update("knowledge", "qwen2.5:7b", 0.0, prior=0.7)
     calls = Counter[str]()
-    offsets = policy._offsets
+    offsets = posterior._offsets
 
     def counted(*args: Any) -> Any:
         calls["offsets"] += 1
         return offsets(*args)
 
-    monkeypatch.setattr(policy, "_offsets", counted)
+    monkeypatch.setattr(posterior, "_offsets", counted)
 
     def blends() -> list[tuple[str, float | None, float]]:
         # The Evidence itself (as `auto` passes it) gives what its table gives.

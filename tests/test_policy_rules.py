@@ -10,15 +10,10 @@ import pytest
 
 from selector_model.catalog.catalog import Catalog
 from selector_model.catalog.placement import probe_of
+from selector_model.catalogue_prior import UNSEEN_SPREAD, spreads
 from selector_model.features import Candidate
-from selector_model.policy import (
-    SWITCH_Z,
-    UNSEEN_SPREAD,
-    choose,
-    pick,
-    rank,
-    spreads,
-)
+from selector_model.policy import SWITCH_Z, pick, rank
+from selector_model.posterior import choose
 
 
 def test_spread_is_what_the_catalogue_does_not_know_of_an_unseen_model() -> None:

@@ -54,7 +54,7 @@ class Candidate:
     release: float = DEFAULT_RELEASE  # year, fractional (2024.5: mid 2024)
     uncertainty: float = 1.0  # 0: measured scores; 1: nothing known beyond the details
     # The same per area, in `AREAS` order (empty: `uncertainty` for each). Not a
-    # feature: the policy weighs it by what a prompt asks for (`policy.with_catalogue`).
+    # feature: the policy weighs it by what a prompt asks for (`catalogue_prior.with_catalogue`).
     area_uncertainty: tuple[float, ...] = ()
 
     @property
