@@ -46,6 +46,31 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def small_send_buffers(proxy: Proxy) -> None:
+    """Small socket buffers on the proxy's side of each client connection (an accepted
+    socket takes the listening one's), so that an answer of a few hundred kB fills
+    them."""
+    assert proxy.runner is not None
+    for site in proxy.runner.sites:
+        for listening in site._server.sockets:  # type: ignore[attr-defined]
+            listening.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            listening.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+
+
+def slow_reader(port: int, path: str, body: bytes) -> socket.socket:
+    """A socket with a small receive buffer (a few answer chunks fill it) that has sent
+    `POST path` with `body` to 127.0.0.1:`port` and read nothing yet: a client that
+    reads slowly, or never."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(
+        b"POST %b HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n%b"
+        % (path.encode(), len(body), body)
+    )
+    return sock
+
+
 class ServerThread:
     """An event loop in a thread serving aiohttp applications until `close()`."""
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,7 +26,14 @@ from proxy.learning import decision_of
 from selector_model import features
 from selector_model.usage_event import Answer as UsageAnswer
 from selector_model.usage_event import Features, UsageEvent
-from tests.support import Emulator, Proxy, ServerThread, free_port
+from tests.support import (
+    Emulator,
+    Proxy,
+    ServerThread,
+    free_port,
+    slow_reader,
+    small_send_buffers,
+)
 from training.data import usage_examples
 
 MODEL = "qwen2.5:7b"
@@ -602,21 +608,15 @@ def test_a_hit_the_client_does_not_read_is_cut_off(servers: ServerThread) -> Non
     server = prx.app[APP_KEY]
     server.access.enabled = True
     server.access.record = seen.append  # type: ignore[method-assign]
-    # Far more than the socket buffers between the two hold (~20 MB).
-    options = {"temperature": 0, "num_predict": 200_000, "num_ctx": 32768}
+    # Far more than the socket buffers between the two hold, made small (~2 MB).
+    small_send_buffers(prx)
+    options = {"temperature": 0, "num_predict": 20_000, "num_ctx": 32768}
     messages = [{"role": "user", "content": "Tell me everything."}]
     doc = {"model": MODEL, "messages": messages, "options": options}
     try:
         assert fetch(prx, "/api/chat", doc).header("X-Autoroute-Cache") == "miss"
         wait_stored(prx, 1)
-        body = orjson.dumps(doc)
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect(("127.0.0.1", prx.port))
-        sock.sendall(
-            b"POST /api/chat HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n%b"
-            % (len(body), body)
-        )
+        sock = slow_reader(prx.port, "/api/chat", orjson.dumps(doc))
         deadline = time.monotonic() + 60
         while not any(r.get("cancelled") for r in seen):
             assert time.monotonic() < deadline, "the unread hit was never cut off"

@@ -29,7 +29,7 @@ from proxy.connection import (
     VERSION_NOT_SUPPORTED,
     length_with_coding,
 )
-from tests.support import Emulator, Proxy, ServerThread
+from tests.support import Emulator, Proxy, ServerThread, slow_reader
 
 MODEL = "qwen2.5:7b"
 EVENTUALLY = 60.0  # seconds; generous for a slow, noisy 2-core machine
@@ -648,15 +648,9 @@ async def test_a_client_that_stops_reading_does_not_hold_up_others(
     leaves (tests/test_disconnect.py checks that the backend is paused meanwhile)."""
     state = own_emulator.state
     proxy = Proxy(servers, [own_emulator.url], usage=NO_USAGE)
-    sock = socket.socket()
+    body = orjson.dumps({"model": MODEL, "prompt": "go", "options": {"num_predict": 100_000}})
+    sock = slow_reader(proxy.port, "/api/generate", body)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect(("127.0.0.1", proxy.port))
-        body = orjson.dumps({"model": MODEL, "prompt": "go", "options": {"num_predict": 100_000}})
-        sock.sendall(
-            b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n%b"
-            % (len(body), body)
-        )
         await eventually(lambda: state.active_streams == 1, "the long stream to start")
         cancelled, completed = state.cancelled, state.completed
         results = await asyncio.gather(*(generate(proxy.url) for _ in range(5)))

@@ -5,7 +5,6 @@ budget in memory and in PostgreSQL. No test reaches the internet."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ from tests.cloud_standin import (
     Seen,
     create_app,
 )
-from tests.support import Emulator, Proxy, ServerThread, free_port
+from tests.support import Emulator, Proxy, ServerThread, free_port, slow_reader
 from tests.usage_services import Database
 
 OPENAI_ENV = "CLOUD_TEST_OPENAI_KEY"
@@ -804,13 +803,7 @@ async def test_a_client_that_stops_reading_a_cloud_stream_is_cut_off(
     )
     try:
         body = orjson.dumps({"model": LOCAL, "messages": MESSAGES})
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect(("127.0.0.1", proxy.port))
-        sock.sendall(
-            b"POST /api/chat HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n%b"
-            % (len(body), body)
-        )
+        sock = slow_reader(proxy.port, "/api/chat", body)
         # Never reading.
         await asyncio.to_thread(cloud_server.seen.gone.wait, 60)
         assert cloud_server.seen.gone.is_set()

@@ -16,7 +16,7 @@ from proxy.app import APP_KEY
 from proxy.config import Timeouts
 from proxy.emulator import EmulatorSettings
 from proxy.upstream import UpstreamConnection, dechunk
-from tests.support import Emulator, Proxy, ServerThread
+from tests.support import Emulator, Proxy, ServerThread, slow_reader, small_send_buffers
 
 LONG = {"model": "qwen2.5:7b", "prompt": "Tell me everything.", "options": {"num_predict": 100_000}}
 
@@ -116,13 +116,7 @@ async def test_slow_reader_pauses_the_backend_and_gets_every_byte(
         body = orjson.dumps(
             {"model": "qwen2.5:7b", "prompt": "go", "options": {"num_predict": 30000}}
         )
-        request = (
-            f"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len(body)}\r\n\r\n"
-        ).encode() + body
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect(("127.0.0.1", proxy.port))
-        sock.sendall(request)
+        sock = slow_reader(proxy.port, "/api/generate", body)
         # Not reading until the proxy has paused the backend (~3 MB are coming, more
         # than the socket buffers hold); how long that takes depends on the machine.
         await asyncio.to_thread(paused.wait, 60)
@@ -160,13 +154,7 @@ async def test_a_client_that_stops_reading_is_cut_off_and_frees_the_backend(
         # is still generating when the client stops.
         options = {"num_predict": 1_000_000, "num_ctx": 32768}
         body = orjson.dumps({"model": "qwen2.5:7b", "prompt": "go", "options": options})
-        request = (
-            f"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len(body)}\r\n\r\n"
-        ).encode() + body
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect(("127.0.0.1", proxy.port))
-        sock.sendall(request)
+        sock = slow_reader(proxy.port, "/api/generate", body)
         # Never reading: the proxy pauses the backend, then gives up on the client.
         assert await wait_for(lambda: state.cancelled > cancelled, 60)
         assert await wait_for(lambda: state.active_streams == 0)
@@ -193,13 +181,9 @@ async def test_answers_pipelined_to_a_client_that_does_not_read_them_do_not_pile
     as it sends requests."""
     emulator = Emulator(servers, EmulatorSettings(frozen_clock=True))
     proxy = Proxy(servers, [emulator.url], timeouts=Timeouts(client_write_idle_seconds=0.3))
-    # Small socket buffers on both sides (an accepted socket takes the listening one's),
-    # so that a few answers fill them: the requests sent after those wait in them.
-    assert proxy.runner is not None
-    for site in proxy.runner.sites:
-        for listening in site._server.sockets:  # type: ignore[attr-defined]
-            listening.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-            listening.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    # Small socket buffers on both sides, so that a few answers fill them: the requests
+    # sent after those wait in them.
+    small_send_buffers(proxy)
     count = 5_000
     one = b"GET /api/version HTTP/1.1\r\nHost: localhost\r\n\r\n"
     try:
