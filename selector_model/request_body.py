@@ -203,6 +203,22 @@ def thinks(doc: Mapping[str, Any]) -> bool:
     return isinstance(thinking, dict) and thinking.get("type") == "enabled"
 
 
+def declines_thinking(doc: Mapping[str, Any]) -> bool:
+    """Whether the request tells a model that thinks not to: Ollama's `think: false`,
+    OpenAI's effort "none" (`reasoning.effort`, else `reasoning_effort`), Anthropic's
+    `thinking.type` "disabled". Without any of these a thinking model thinks, as
+    Ollama leaves it to the model."""
+    think = doc.get("think")
+    if think is not None:
+        return think is False
+    reasoning = doc.get("reasoning")
+    effort = reasoning.get("effort") if isinstance(reasoning, dict) else doc.get("reasoning_effort")
+    if effort:
+        return bool(effort == "none")
+    thinking = doc.get("thinking")
+    return isinstance(thinking, dict) and thinking.get("type") == "disabled"
+
+
 # The output bound, by the first of these the body has.
 _OUTPUT_LIMITS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 

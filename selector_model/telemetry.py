@@ -11,8 +11,9 @@ How long an answer is differs by model as much as speed does: a reasoning model
 (deepseek-r1, qwq, qwen3 thinking) writes its thinking before its answer, and its
 `eval_count` holds both. So the tokens an answer takes are each model's own mean of
 the answers it finished (not those cut at the token limit, which say only that the
-answer would have been longer), the caller's default until it has finished one; a
-request's own limit caps them.
+answer would have been longer), the caller's default until it has finished one (for a
+model that thinks, unless the request tells it not to, `THINKING_TOKENS` times that);
+a request's own limit caps them.
 """
 
 from __future__ import annotations
@@ -27,6 +28,13 @@ from selector_model.held import Held
 PRIOR_BANDWIDTH_GBPS = 400.0
 PRIOR_PROMPT_SPEEDUP = 30.0  # prompt evaluation is batched: ~30x decoding speed
 ALPHA = 0.2  # weight of the newest observation
+# How many times the caller's default answer length a model that thinks (capability
+# `thinking`) is taken to write before it has finished an answer here: its thinking
+# comes first, hundreds of tokens even on the simplest questions (OptimalThinkingBench,
+# arXiv:2508.13141) and many times a plain model's answer on basic maths (LLMThinkBench,
+# arXiv:2507.04023). Without it a thinking mixture of experts, quick per token, would
+# look the quickest answer of a fleet until its first answers were counted.
+THINKING_TOKENS = 4.0
 
 
 @dataclass
@@ -62,7 +70,9 @@ class Telemetry:
         # Counts every load measured: what `measured_load` says changes only with it.
         self.loads_measured = 0
         # Per (backends, candidates) lists: each candidate's key in `_rates` and prior.
-        self._plans: Held[list[tuple[tuple[str, str], tuple[float, float]]]] = Held()
+        # Per (backends, candidates) lists: each candidate's key in `_rates`, prior and
+        # whether it thinks.
+        self._plans: Held[list[tuple[tuple[str, str], tuple[float, float], bool]]] = Held()
 
     def observe(self, backend: str, candidate: Candidate, stats: Mapping[str, int | str]) -> None:
         """Fold one final chunk's counters into the rates of (backend, model)."""
@@ -115,12 +125,14 @@ class Telemetry:
         output_tokens: float,
         cap: float | None = None,
         loads: Sequence[float] = (),
+        thinking: bool = False,
     ) -> list[float]:
         """Expected seconds of each candidate on its backend (prompt evaluation and
         decoding), from its observed rates or else the prior, for an answer of its own
-        mean length once it has finished one, else of `output_tokens`; never longer than
-        `cap` (the request's limit) tokens; plus its entry in `loads` when given (the
-        seconds loading it takes, `proxy.memory`'s term). The hot path of `auto`: each
+        mean length once it has finished one, else of `output_tokens` (`THINKING_TOKENS`
+        times that for a model that thinks, when `thinking`: the request lets it); never
+        longer than `cap` (the request's limit) tokens; plus its entry in `loads` when
+        given (the seconds loading it takes, `proxy.memory`'s term). The hot path of `auto`: each
         candidate's key and prior are computed once per list of candidates (`Held`:
         `auto` passes the same lists while the registry keeps its candidates), the
         observed rates read per request, and the load added in the same loop rather
@@ -130,8 +142,9 @@ class Telemetry:
         plan = self._plans.get((backends, candidates), self._plan)
         if loads and len(loads) != len(plan):
             raise ValueError(f"{len(loads)} load terms for {len(plan)} candidates")
-        for i, (key, (prompt_tps, gen_tps)) in enumerate(plan):
-            tokens = output_tokens
+        thought = output_tokens * THINKING_TOKENS if thinking else output_tokens
+        for i, (key, (prompt_tps, gen_tps), thinker) in enumerate(plan):
+            tokens = thought if thinker else output_tokens
             rates = observed.get(key)
             if rates is not None:
                 prompt_tps, gen_tps = rates.prompt_tps, rates.gen_tps
@@ -145,9 +158,9 @@ class Telemetry:
 
     def _plan(
         self, backends: Sequence[str], candidates: Sequence[Candidate]
-    ) -> list[tuple[tuple[str, str], tuple[float, float]]]:
-        """Per candidate, its (backend, model) key and its prior's (prompt_tps,
-        gen_tps), the prior computed once per model size."""
+    ) -> list[tuple[tuple[str, str], tuple[float, float], bool]]:
+        """Per candidate, its (backend, model) key, its prior's (prompt_tps, gen_tps),
+        the prior computed once per model size, and whether it thinks."""
         priors = self._priors
         plan = []
         for backend, candidate in zip(backends, candidates, strict=True):
@@ -158,7 +171,7 @@ class Telemetry:
                     priors.clear()
                 rates = prior(candidate)
                 cached = priors[key] = (rates.prompt_tps, rates.gen_tps)
-            plan.append(((backend, candidate.name), cached))
+            plan.append(((backend, candidate.name), cached, "thinking" in candidate.capabilities))
         return plan
 
     def snapshot(self) -> list[dict[str, object]]:

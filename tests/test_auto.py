@@ -945,3 +945,33 @@ async def test_an_auto_embedding_body_ollama_cannot_read_gets_its_400_first(
     finally:
         plain.stop()
     assert answer == direct
+
+
+async def test_a_thinking_model_is_expected_to_take_longer_unless_told_not_to_think(
+    tmp_path: Path,
+) -> None:
+    """Before it has answered here, a model that thinks is expected to write its
+    thinking first (`telemetry.THINKING_TOKENS` times the answer), so a profile that
+    weighs time does not take it for the quickest; a request that turns thinking off
+    expects it to take as long as any model of its size."""
+    auto, set_models = offline_router(tmp_path, {"fast": Profile(cost_weight=0.2)})
+
+    def show(*capabilities: str) -> dict[str, Any]:
+        return {"capabilities": ["completion", *capabilities], "model_info": {}}
+
+    tag = {"details": {"parameter_size": "8B", "quantization_level": "Q4_K_M"}}
+    set_models(
+        {
+            "thinker:8b": model_info("thinker:8b", tag, show("thinking")),
+            "plain:8b": model_info("plain:8b", tag, show()),
+        }
+    )
+
+    def seconds(body: dict[str, Any]) -> dict[str, float]:
+        decision = auto.decide("/api/chat", body, "fast").decision
+        return {s.name: s.seconds for s in decision.ranking}
+
+    thinks = seconds(chat("auto:fast"))
+    assert thinks["thinker:8b"] > 2 * thinks["plain:8b"]  # loading and the prompt alike
+    told_not_to = seconds(chat("auto:fast", think=False))
+    assert told_not_to["thinker:8b"] == pytest.approx(told_not_to["plain:8b"])

@@ -400,3 +400,23 @@ async def test_an_embedding_batch_is_not_a_conversation(limited: Proxy) -> None:
         doc["input"] = ["x" * 60, "y" * 60]
         async with http.post(limited.url + "/api/embed", json=doc) as resp:
             assert resp.status == 413  # their text is prompt all the same
+
+
+@pytest.mark.parametrize(
+    ("doc", "declines"),
+    [
+        ({"think": False}, True),
+        ({"reasoning_effort": "none"}, True),
+        ({"reasoning": {"effort": "none"}}, True),
+        ({"thinking": {"type": "disabled"}}, True),
+        ({}, False),  # Ollama leaves it to the model, and a thinking model thinks
+        ({"think": True}, False),
+        ({"think": "low"}, False),
+        ({"reasoning_effort": "high"}, False),
+        ({"thinking": {"type": "enabled", "budget_tokens": 1024}}, False),
+    ],
+)
+def test_a_request_declines_thinking_only_when_it_says_so(
+    doc: dict[str, Any], declines: bool
+) -> None:
+    assert request_body.declines_thinking(doc) is declines

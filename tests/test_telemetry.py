@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from selector_model.features import Candidate
-from selector_model.telemetry import Telemetry
+from selector_model.telemetry import THINKING_TOKENS, Telemetry
 
 
 def test_a_mixture_of_experts_is_expected_to_decode_at_its_active_size() -> None:
@@ -85,3 +85,25 @@ def test_each_model_is_expected_to_write_answers_as_long_as_its_own() -> None:
     assert telemetry.expected_seconds_many(["a"], [fresh], 0, 256, cap=128)[0] == pytest.approx(
         unseen / 2
     )
+
+
+def test_a_model_that_thinks_is_taken_to_write_its_thinking_first() -> None:
+    # Until it has finished an answer, a thinking model is taken to write THINKING_TOKENS
+    # times the default (its thinking, then the answer), unless the request tells it
+    # not to think; once it has finished one, its own mean length counts.
+    plain = Candidate("plain:8b", params_b=8.0, capabilities=frozenset({"completion"}))
+    thinker = Candidate(
+        "thinker:8b", params_b=8.0, capabilities=frozenset({"completion", "thinking"})
+    )
+    backends, candidates = ["a", "a"], [plain, thinker]
+    telemetry = Telemetry()
+    alone, thinking = telemetry.expected_seconds_many(backends, candidates, 0, 100, thinking=True)
+    assert thinking == pytest.approx(alone * THINKING_TOKENS)
+    told_not_to = telemetry.expected_seconds_many(backends, candidates, 0, 100, thinking=False)
+    assert told_not_to[1] == pytest.approx(alone)
+    # 300 tokens (its thinking and answer) at 30 tokens/s: 10 s.
+    telemetry.observe(
+        "a", thinker, {"eval_count": 300, "eval_duration": 10_000_000_000, "done_reason": "stop"}
+    )
+    seen = telemetry.expected_seconds_many(backends, candidates, 0, 100, thinking=True)
+    assert seen[1] == pytest.approx(10.0)
