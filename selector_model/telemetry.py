@@ -69,7 +69,6 @@ class Telemetry:
         self._priors: dict[tuple[float, float], tuple[float, float]] = {}
         # Counts every load measured: what `measured_load` says changes only with it.
         self.loads_measured = 0
-        # Per (backends, candidates) lists: each candidate's key in `_rates` and prior.
         # Per (backends, candidates) lists: each candidate's key in `_rates`, prior and
         # whether it thinks.
         self._plans: Held[list[tuple[tuple[str, str], tuple[float, float], bool]]] = Held()
@@ -132,10 +131,10 @@ class Telemetry:
         mean length once it has finished one, else of `output_tokens` (`THINKING_TOKENS`
         times that for a model that thinks, when `thinking`: the request lets it); never
         longer than `cap` (the request's limit) tokens; plus its entry in `loads` when
-        given (the seconds loading it takes, `proxy.memory`'s term). The hot path of `auto`: each
-        candidate's key and prior are computed once per list of candidates (`Held`:
-        `auto` passes the same lists while the registry keeps its candidates), the
-        observed rates read per request, and the load added in the same loop rather
+        given (the seconds loading it takes, `proxy.memory`'s term). The hot path of
+        `auto`: each candidate's key and prior are computed once per list of candidates
+        (`Held`: `auto` passes the same lists while the registry keeps its candidates),
+        the observed rates read per request, and the load added in the same loop rather
         than in a second pass over the list."""
         observed = self._rates
         out = []
