@@ -251,7 +251,7 @@ class AutoRouter:
             DEFAULT_OUTPUT_TOKENS,
             request_body.max_output_tokens(doc),
             terms.load_seconds,
-            not request_body.declines_thinking(doc),
+            request_body.thinking(doc) is not False,
         )
         if not default_model and profile.cost_weight == 0 and known.isdisjoint(eligible.names):
             # A quality-only profile among models the artifact never saw: size is the

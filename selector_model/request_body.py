@@ -188,35 +188,27 @@ _THINK_LEVELS = frozenset({"high", "medium", "low", "max"})
 _EFFORTS = frozenset({"minimal", "low", "medium", "high", "xhigh", "ultra", "max"})
 
 
-def thinks(doc: Mapping[str, Any]) -> bool:
-    """Whether the request asks the model to think: Ollama's `think` (true or a level),
-    OpenAI's effort (`reasoning.effort` when `reasoning` is there, else
-    `reasoning_effort`; any but "none"), Anthropic's `thinking.type` "enabled"."""
+def thinking(doc: Mapping[str, Any]) -> bool | None:
+    """What the request says of thinking, from the first of these it has: Ollama's
+    `think`, OpenAI's effort (`reasoning.effort` when `reasoning` is there, else
+    `reasoning_effort`), Anthropic's `thinking.type`. True where it asks for it (`think`
+    true or a level, an effort of `_EFFORTS`, "enabled"), False where it turns it off
+    (`think: false`, the effort "none", "disabled"), None where it says neither: Ollama
+    then leaves it to the model, and a thinking model thinks."""
     think = doc.get("think")
     if think is not None:
-        return think is True or (isinstance(think, str) and think in _THINK_LEVELS)
+        if think is True or (isinstance(think, str) and think in _THINK_LEVELS):
+            return True
+        return False if think is False else None
     reasoning = doc.get("reasoning")
     effort = reasoning.get("effort") if isinstance(reasoning, dict) else doc.get("reasoning_effort")
     if effort:
-        return isinstance(effort, str) and effort in _EFFORTS
-    thinking = doc.get("thinking")
-    return isinstance(thinking, dict) and thinking.get("type") == "enabled"
-
-
-def declines_thinking(doc: Mapping[str, Any]) -> bool:
-    """Whether the request tells a model that thinks not to: Ollama's `think: false`,
-    OpenAI's effort "none" (`reasoning.effort`, else `reasoning_effort`), Anthropic's
-    `thinking.type` "disabled". Without any of these a thinking model thinks, as
-    Ollama leaves it to the model."""
-    think = doc.get("think")
-    if think is not None:
-        return think is False
-    reasoning = doc.get("reasoning")
-    effort = reasoning.get("effort") if isinstance(reasoning, dict) else doc.get("reasoning_effort")
-    if effort:
-        return bool(effort == "none")
-    thinking = doc.get("thinking")
-    return isinstance(thinking, dict) and thinking.get("type") == "disabled"
+        if isinstance(effort, str) and effort in _EFFORTS:
+            return True
+        return False if effort == "none" else None
+    block = doc.get("thinking")
+    kind = block.get("type") if isinstance(block, dict) else None
+    return True if kind == "enabled" else False if kind == "disabled" else None
 
 
 # The output bound, by the first of these the body has.

@@ -12,7 +12,7 @@ How long an answer is differs by model as much as speed does: a reasoning model
 `eval_count` holds both. So the tokens an answer takes are each model's own mean of
 the answers it finished (not those cut at the token limit, which say only that the
 answer would have been longer), the caller's default until it has finished one (for a
-model that thinks, unless the request tells it not to, `THINKING_TOKENS` times that);
+model that thinks, unless the request turns thinking off, `THINKING_TOKENS` times that);
 a request's own limit caps them.
 """
 

@@ -208,7 +208,7 @@ def test_the_reader_finds_what_each_shape_carries(name: str) -> None:
     assert request_body.has_images(doc) is shape.images
     assert request_body.tool_count(doc) == shape.tools
     assert request_body.suffix(doc) == shape.suffix
-    assert request_body.thinks(doc) is shape.thinks
+    assert (request_body.thinking(doc) is True) is shape.thinks
     assert request_body.max_output_tokens(doc) == shape.max_output
     assert request_body.entry_count(doc) == shape.entries
     assert len(list(request_body.entries(doc))) == (shape.entries or 0)
@@ -227,7 +227,7 @@ def test_case_variant_keys_are_read_as_go_reads_them() -> None:
     }
     assert request_body.canonicalize(doc)
     assert list(request_body.texts(doc)) == ["s", "t"]
-    assert request_body.has_images(doc) and request_body.thinks(doc)
+    assert request_body.has_images(doc) and request_body.thinking(doc) is True
     assert doc["options"] == {"Num_Predict": 5}
     assert request_body.max_output_tokens(doc) is None
     assert not request_body.canonicalize(doc)  # canonical already
@@ -287,8 +287,8 @@ async def test_a_thinking_value_ollama_refuses_gets_its_answer_through_auto(
 
 @pytest.mark.parametrize("extra", VALID_THINKING)
 def test_thinking_is_asked_for_by_the_values_ollama_takes(extra: dict[str, Any]) -> None:
-    assert request_body.thinks(extra)
-    assert not any(request_body.thinks(doc) for _, doc in INVALID_THINKING)
+    assert request_body.thinking(extra) is True
+    assert not any(request_body.thinking(doc) is True for _, doc in INVALID_THINKING)
 
 
 @pytest.fixture
@@ -419,4 +419,4 @@ async def test_an_embedding_batch_is_not_a_conversation(limited: Proxy) -> None:
 def test_a_request_declines_thinking_only_when_it_says_so(
     doc: dict[str, Any], declines: bool
 ) -> None:
-    assert request_body.declines_thinking(doc) is declines
+    assert (request_body.thinking(doc) is False) is declines

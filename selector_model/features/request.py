@@ -217,7 +217,7 @@ def _asks(path: str, body: Mapping[str, Any], images: bool) -> list[float]:
         if fmt == "json" or (isinstance(fmt, dict) and fmt.get("type") == "json_object")
         else 0.0,
         1.0 if isinstance(fmt, dict) and fmt.get("type") != "json_object" else 0.0,
-        1.0 if request_body.thinks(body) else 0.0,
+        1.0 if request_body.thinking(body) is True else 0.0,
         1.0 if request_body.suffix(body) else 0.0,
         1.0 if body.get("raw") is True else 0.0,
         float(temperature) if isinstance(temperature, int | float) else -1.0,
