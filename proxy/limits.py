@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from asyncio import Transport
 from itertools import chain
 from typing import Any
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 
 from proxy import expect
 from proxy.aiohttp_internals import client_transport, wait_drained, writing_paused
@@ -74,12 +76,21 @@ async def client_took(request: web.Request, idle_seconds: float, served: Served)
     aborted and `served` says why."""
     if not writing_paused(request.protocol):
         return True
+    return await drained_within(request.writer, client_transport(request), idle_seconds, served)
+
+
+async def drained_within(
+    writer: AbstractStreamWriter, transport: Transport, idle_seconds: float, served: Served
+) -> bool:
+    """`client_took`'s wait, for a writer already paused (the relay's client leg waits
+    so): False when the client left, or when it took nothing for `idle_seconds` (0: no
+    bound): `transport` is then aborted and `served` says why."""
     try:
         async with asyncio.timeout(idle_seconds or None):
-            await wait_drained(request.writer)
+            await wait_drained(writer)
     except TimeoutError:
         served.error = write_stalled(idle_seconds)
-        client_transport(request).abort()
+        transport.abort()
         return False
     except ConnectionError:
         return False

@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
 from proxy import final_chunk, http11
-from proxy.aiohttp_internals import client_transport, state_get, wait_drained, writing_paused
+from proxy.aiohttp_internals import client_transport, state_get, writing_paused
 from proxy.auth import sees_fleet
 from proxy.backends import UNAVAILABLE_STATUSES, BackendPool, BackendState, NoBackend
 from proxy.cache import Capture
@@ -26,7 +26,7 @@ from proxy.config import Config
 from proxy.continuations import answered_ending
 from proxy.errors import error_response, stream_error_line
 from proxy.http11 import Dechunker, ResponseHead
-from proxy.limits import read_chunk, write_stalled
+from proxy.limits import drained_within, read_chunk
 from proxy.outcome import Served
 from proxy.protocol import HOP_BY_HOP, NDJSON, REQUEST_ID_HEADER, SSE
 from proxy.relayed_response import RelayedResponse
@@ -462,15 +462,10 @@ class ClientLeg(Answer):
 
     async def _resume_after_drain(self) -> None:
         try:
-            async with asyncio.timeout(self.write_idle or None):
-                await wait_drained(self.writer)
-        except TimeoutError:
-            # The client took in nothing for that long: it is let go as if it had
-            # left, so that the handler's cancellation closes the backend's request.
-            self.outcome.error = write_stalled(self.write_idle)
-            self.transport.abort()
-        except ConnectionError:
-            pass  # the client left; the handler's cancellation closes the backend
+            # A client that left, or took nothing for `write_idle` (then let go as if
+            # it had left), ends the exchange: the handler's cancellation closes the
+            # backend's request.
+            await drained_within(self.writer, self.transport, self.write_idle, self.outcome)
         finally:
             self.paused = False
             if self.conn is not None:  # None once released: no longer this exchange's
