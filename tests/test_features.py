@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -172,6 +173,43 @@ def test_model_details_parse_like_ollama_writes_them() -> None:
     assert F.quant_bits_from("Q4_K_M") == 4.0 and F.quant_bits_from("F16") == 16.0
     assert F.family_of("mixtral:8x7b", "llama") == "llama"
     assert F.family_of("mixtral:8x7b") == "mixtral" and F.family_of("foo:1b") == "other"
+
+
+@pytest.mark.parametrize(
+    ("size", "billions"),
+    [
+        # format.HumanNumber writes a count below a thousand bare: a raw count, which a
+        # server that does not format it (or gives the integer itself) also sends.
+        ("8030261248", 8.030261248),
+        ("137000000", 0.137),
+        ("500K", 0.0005),
+        ("1.0T", 1000.0),
+        # A bare number that small is no model's count: unknown, so the name and the
+        # catalogue decide the size, not a model taken for 8 billion of billions.
+        ("8", 0.0),
+        ("", 0.0),
+        ("unknown", 0.0),
+    ],
+)
+def test_a_parameter_size_is_read_as_ollama_formats_counts(size: str, billions: float) -> None:
+    assert F.params_from(size) == pytest.approx(billions)
+
+
+@pytest.mark.parametrize(
+    ("level", "bits"),
+    [
+        ("Q8_0", 8.0),
+        ("IQ2_XS", 2.0),
+        ("BF16", 16.0),
+        ("F32", 32.0),
+        ("FP8", 8.0),
+        ("F8_E4M3", 8.0),
+        ("MXFP4", 4.0),
+        ("", 4.0),
+    ],
+)
+def test_a_quantization_level_gives_its_bits_per_weight(level: str, bits: float) -> None:
+    assert F.quant_bits_from(level) == bits
 
 
 def test_many_messages_are_bounded_too() -> None:

@@ -144,17 +144,29 @@ def family_of(name: str, declared: str = "") -> str:
 
 
 def params_from(size: str) -> float:
-    """Billions of parameters from Ollama's `parameter_size` ("7.6B", "137M", "8x7B")."""
-    match = re.fullmatch(r"\s*(?:(\d+)x)?(\d+(?:\.\d+)?)\s*([BMK]?)\s*", size or "", re.I)
+    """Billions of parameters from Ollama's `parameter_size` ("7.6B", "137M", "8x7B").
+
+    Ollama's format.HumanNumber writes B, M and K, and a count below a thousand bare:
+    a bare number is a raw count, as a server that gives the integer itself sends it.
+    One too small to be any model's count says nothing (0: the name and the catalogue
+    decide the size)."""
+    match = re.fullmatch(r"\s*(?:(\d+)x)?(\d+(?:\.\d+)?)\s*([TBMK]?)\s*", size or "", re.I)
     if not match:
         return 0.0
     count = float(match.group(2)) * float(match.group(1) or 1)
-    scale = {"B": 1.0, "M": 1e-3, "K": 1e-6, "": 1.0}[match.group(3).upper()]
-    return count * scale
+    unit = match.group(3).upper()
+    if not unit:
+        return count / 1e9 if count >= _SMALLEST_COUNT else 0.0
+    return count * {"T": 1e3, "B": 1.0, "M": 1e-3, "K": 1e-6}[unit]
+
+
+# Fewer parameters than this, given as a bare count, is no language model.
+_SMALLEST_COUNT = 1e5
 
 
 def quant_bits_from(level: str) -> float:
-    """Bits per weight from Ollama's `quantization_level` ("Q4_K_M", "F16", "Q8_0")."""
+    """Bits per weight from Ollama's `quantization_level` ("Q4_K_M", "F16", "Q8_0",
+    "FP8", "MXFP4"); 4 when it names none of them."""
     level = (level or "").upper()
     match = re.match(r"I?Q(\d)", level)
     if match:
@@ -163,4 +175,6 @@ def quant_bits_from(level: str) -> float:
         return 16.0
     if level.startswith("F32"):
         return 32.0
+    if level.startswith(("FP8", "F8")):
+        return 8.0
     return 4.0
