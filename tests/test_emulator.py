@@ -188,6 +188,23 @@ async def test_list_show_ps(emu: Emu) -> None:
     assert (await client.ps()).models == []
 
 
+async def test_show_missing_answers_gins_404_while_tags_lists_the_models() -> None:
+    """`show_missing` stands in for an Ollama-compatible server without /api/show: the
+    route is Gin's plain 404, whatever the body, and the models are still listed."""
+    runner, url = await _start(EmulatorSettings(models=("qwen2.5:7b",), show_missing=True))
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(url + "/api/tags") as r:
+                assert [m["model"] for m in (await r.json())["models"]] == ["qwen2.5:7b"]
+            for body in (b'{"model": "qwen2.5:7b"}', b"not json"):
+                async with session.post(url + "/api/show", data=body) as r:
+                    assert r.status == 404
+                    assert r.headers["Content-Type"] == "text/plain"
+                    assert await r.read() == b"404 page not found"
+    finally:
+        await runner.cleanup()
+
+
 # Generation --------------------------------------------------------------------------------
 
 

@@ -147,6 +147,8 @@ def show_body(spec: ModelSpec, request_model: str, user_agent: str) -> dict[str,
 
 async def handle_show(request: web.Request) -> web.Response:
     state = state_of(request)
+    if state.settings.show_missing:
+        return gin_not_found()
     try:
         body = await read_body(request, "ShowRequest", SHOW_FIELDS)
     except Refusal as exc:
