@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 
 from proxy.protocol import go_time
-from selector_model.catalog import Catalog, ModelKnowledge, names
+from selector_model.catalog import Catalog, names, ollama_capabilities
 
 from .catalog import CHATML_STOP, ModelSpec, normalize_name, template_for
 
@@ -96,7 +96,7 @@ def synthesize(name: str) -> Synthesized:
     knowledge = catalog.lookup(name, {"parameter_size": f"{size_b}B"} if size_b else {})
     arch = knowledge.arch or (knowledge.family if entry else "") or _first_word(name)
     count = round(knowledge.params_b * 1e9)
-    capabilities = _capabilities(name, knowledge)
+    capabilities = ollama_capabilities(name, knowledge)
     embedder = capabilities == ("embedding",)
     quantization = _quantization(name, _EMBEDDER_QUANTIZATION if embedder else "")
     file_type, bits = _QUANTIZATIONS[quantization]
@@ -149,23 +149,6 @@ def _quantization(name: str, default: str = "") -> str:
     level = names.quantization(name).upper()
     level = _QUANT_SPELLINGS.get(level, level)
     return level if level in _QUANTIZATIONS else default
-
-
-def _capabilities(name: str, knowledge: ModelKnowledge) -> tuple[str, ...]:
-    """/api/show capabilities from the specialities, in the order Ollama appends them
-    (server/images.go: the weights' completion or embedding and vision, then what the
-    template supports). A pretrained model continues text: no tools, no thinking."""
-    specialties = knowledge.specialties
-    if "embedding" in specialties:
-        return ("embedding",)
-    chat = not (knowledge.pretrained or names.is_pretrained(name))
-    wanted = (
-        ("vision", "vision" in specialties),
-        ("tools", chat and "tools" in specialties),
-        ("insert", "code" in specialties),
-        ("thinking", chat and "reasoning" in specialties),
-    )
-    return ("completion", *(capability for capability, has in wanted if has))
 
 
 def _shape(count: int) -> tuple[int, int, int]:

@@ -5,7 +5,12 @@ capabilities)` describes any model, listed or not (see `catalog.py`).
 """
 
 from selector_model.catalog.catalog import DEFAULT_PATH, Catalog, CatalogError, Source
-from selector_model.catalog.knowledge import AREAS, SPECIALTIES, ModelKnowledge
+from selector_model.catalog.knowledge import (
+    AREAS,
+    SPECIALTIES,
+    ModelKnowledge,
+    ollama_capabilities,
+)
 
 __all__ = [
     "AREAS",
@@ -15,4 +20,5 @@ __all__ = [
     "CatalogError",
     "ModelKnowledge",
     "Source",
+    "ollama_capabilities",
 ]

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
+from selector_model.catalog import names
+
 AREAS: tuple[str, ...] = ("knowledge", "reasoning", "math", "code", "instruction")
 SPECIALTIES: tuple[str, ...] = ("code", "math", "vision", "reasoning", "tools", "embedding")
 Origin = Literal["catalogue", "config", "profile", "nearest"]
@@ -115,3 +117,24 @@ class ModelKnowledge:
             uncertainty=float(record.get("uncertainty", 0.0)),
             pretrained=bool(record.get("pretrained", False)),
         )
+
+
+def ollama_capabilities(
+    name: str, knowledge: ModelKnowledge, *, insert: bool = True
+) -> tuple[str, ...]:
+    """The capabilities Ollama's /api/show would list for the model `knowledge`
+    describes, from its specialities, in the order Ollama appends them
+    (server/images.go: the weights' completion or embedding and vision, then what the
+    template supports). A pretrained model continues text: no tools, no thinking. A
+    code model takes a suffix (`insert`) unless `insert` is False."""
+    specialties = knowledge.specialties
+    if "embedding" in specialties:
+        return ("embedding",)
+    chat = not (knowledge.pretrained or names.is_pretrained(name))
+    wanted = (
+        ("vision", "vision" in specialties),
+        ("tools", chat and "tools" in specialties),
+        ("insert", insert and "code" in specialties),
+        ("thinking", chat and "reasoning" in specialties),
+    )
+    return ("completion", *(capability for capability, has in wanted if has))
