@@ -5,8 +5,11 @@ Built after every background refresh of the backends: names and details from
 digest and cached with aiocache: identical weights on several backends cost one
 fetch), loaded state from `/api/ps`; what is known of each model (size, area scores,
 specialities, release date, with its uncertainty) from the model catalogue, looked up
-by name and details, with the operator's `selector.models` overrides applied. The
-request path only reads `self.models`.
+by name and details, with the operator's `selector.models` overrides applied. A model
+whose `/api/show` cannot be read (a server without the route, a transient error) is
+still a candidate, described from its `/api/tags` entry and the catalogue; its show is
+asked again at every refresh until it answers. The request path only reads
+`self.models`.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from aiocache import SimpleMemoryCache
 from proxy.backends import BackendPool, BackendState, entry_model
 from proxy.config import Config
 from proxy.upstream import UpstreamError
-from selector_model.catalog import Catalog, ModelKnowledge, names
+from selector_model.catalog import Catalog, ModelKnowledge, names, ollama_capabilities
 from selector_model.features import (
     AREAS,
     Candidate,
@@ -53,8 +56,8 @@ def catalog_for(config: Config) -> Catalog:
     return catalog.with_overrides(models) if models else catalog
 
 
-def _context_length(show: dict[str, Any]) -> int:
-    info = show.get("model_info") or {}
+def _context_length(show: dict[str, Any] | None) -> int:
+    info = (show or {}).get("model_info") or {}
     for key, value in info.items():
         if key.endswith(".context_length") and isinstance(value, int):
             return value
@@ -62,14 +65,31 @@ def _context_length(show: dict[str, Any]) -> int:
 
 
 def model_info(
-    name: str, tag: dict[str, Any], show: dict[str, Any], catalog: Catalog | None = None
+    name: str, tag: dict[str, Any], show: dict[str, Any] | None, catalog: Catalog | None = None
 ) -> ModelInfo:
     """A model as `auto` sees it: Ollama's details, and the catalogue's knowledge
-    (`catalog`, else the shipped catalogue without overrides)."""
-    details = show.get("details") or tag.get("details") or {}
-    capabilities = frozenset(show.get("capabilities") or tag.get("capabilities") or ("completion",))
+    (`catalog`, else the shipped catalogue without overrides). `show` is the model's
+    /api/show answer, None when it could not be read: the `/api/tags` entry and the
+    catalogue then say what show would have."""
+    shown = show or {}
+    details = shown.get("details") or tag.get("details") or {}
+    listed = shown.get("capabilities") or tag.get("capabilities")
+    catalog = catalog or Catalog.shipped()
+    if show is None and not listed:
+        knowledge = catalog.lookup(name, details)
+        # Not `insert`: Ollama lists it for a template that reads `.Suffix`
+        # (server/images.go), and the catalogue's `code` says a model is good at code,
+        # not that its template does (Ollama's own magicoder, starcoder2-instruct and
+        # codellama-70b-instruct templates do not). Auto otherwise sends a
+        # fill-in-the-middle request only to a model whose show lists insert; a wrong
+        # guess would send it where Ollama answers 400 "does not support insert",
+        # rather than to a model known to take it or the proxy's own 400 saying why
+        # no model can.
+        capabilities = frozenset(ollama_capabilities(name, knowledge, insert=False))
+    else:
+        capabilities = frozenset(listed or ("completion",))
+        knowledge = catalog.lookup(name, details, capabilities)
     lowered = name.lower()
-    knowledge = (catalog or Catalog.shipped()).lookup(name, details, capabilities)
     reported = params_from(str(details.get("parameter_size") or ""))
     candidate = Candidate(
         name=name,
@@ -92,7 +112,7 @@ def model_info(
         dict(details),
         "embedding" in capabilities and "completion" not in capabilities,
         knowledge,
-        _remote_host(name, tag, show),
+        _remote_host(name, tag, shown),
     )
 
 
@@ -124,16 +144,33 @@ class Registry:
         self._cached: tuple[object, list[Candidate]] = ((), [])
         self.generation = 0  # bumped by every refresh
         self.backend_of: dict[str, str] = {}
+        # (backend, model) whose show failed and has not answered since: warned once.
+        self._unshown: set[tuple[str, str]] = set()
 
     async def _show(self, state: BackendState, name: str, digest: str) -> dict[str, Any] | None:
+        """The model's /api/show answer (kept by digest), or None when it cannot be read;
+        a failure is not kept, so the next refresh asks again."""
         cached = await self.cache.get(digest) if digest else None
         if cached is not None:
             return dict(cached)
+        failing = (state.label, name)
         try:
             show: dict[str, Any] = await self.backends.get_json(state, "/api/show", {"model": name})
         except (UpstreamError, ValueError) as exc:
-            log.warning("show %s on %s failed: %s", name, state.label, exc)
+            # Once until it answers: a server without the route fails every refresh.
+            if failing not in self._unshown:
+                self._unshown.add(failing)
+                log.warning(
+                    "show %s on %s failed (%s): described from its tags entry and the "
+                    "catalogue until it answers",
+                    name,
+                    state.label,
+                    exc,
+                )
             return None
+        if failing in self._unshown:
+            self._unshown.discard(failing)
+            log.info("show %s on %s answers again", name, state.label)
         if digest:
             await self.cache.set(digest, show)
         return show
@@ -148,15 +185,26 @@ class Registry:
 
     async def refresh(self) -> None:
         models: dict[str, ModelInfo] = {}
+        # Described without a show: another backend's show, when it answers, wins.
+        guessed: set[str] = set()
+        listed: set[tuple[str, str]] = set()
         catalog = self._catalog()
         for state in self.backends.states:
             for tag in state.tags:
                 name = entry_model(tag)
-                if name in models:
+                listed.add((state.label, name))
+                if name in models and name not in guessed:
                     continue
                 show = await self._show(state, name, str(tag.get("digest") or ""))
                 if show is not None:
-                    models[name] = model_info(name, tag, show, catalog)
+                    guessed.discard(name)
+                elif name in models:
+                    continue
+                else:
+                    guessed.add(name)
+                models[name] = model_info(name, tag, show, catalog)
+        # A model no longer listed is forgotten: listed again, its failure is news.
+        self._unshown &= listed
         self.set_models(models)
 
     def set_models(self, models: dict[str, ModelInfo]) -> None:

@@ -646,6 +646,63 @@ async def test_auto_embeddings_use_the_configured_model(
         plain.stop()
 
 
+# A chat model with tools, a coder without them, an embedding model: what a server
+# without /api/show lists.
+SHOWLESS = ("qwen2.5:7b", "codegemma:7b", "nomic-embed-text:latest")
+
+
+@pytest.fixture
+def showless_proxy(servers: ServerThread, tmp_path: Path) -> Iterator[tuple[Emulator, Proxy]]:
+    own = Emulator(servers, dataclasses.replace(FROZEN, models=SHOWLESS, show_missing=True))
+    prx = Proxy(servers, [own.url], selector=selector(tmp_path))
+    yield own, prx
+    prx.stop()
+    own.stop()
+
+
+async def test_auto_serves_the_models_of_a_backend_without_api_show(
+    showless_proxy: tuple[Emulator, Proxy],
+) -> None:
+    """A backend whose /api/show is Gin's 404 still lists its models in /api/tags and
+    serves them: auto chooses among them, described from their tags entries and the
+    catalogue, never the embedding model for a chat, and a request with tools only a
+    model the catalogue knows to call them."""
+    own, prx = showless_proxy
+    assert own.state.requests["/api/show"] >= len(SHOWLESS)  # asked, and 404 each time
+    chats = {"qwen2.5:7b", "codegemma:7b"}
+    async with aiohttp.ClientSession() as session:
+        for profile in ("auto", "auto:best", "auto:fast"):
+            body = chat(profile, stream=False, options=SHORT)
+            status, doc = await explain(prx, body)
+            assert status == 200, doc
+            assert {r["model"] for r in doc["ranking"]} == chats
+            async with session.post(prx.url + "/api/chat", json=body) as resp:
+                answer = await resp.json()
+                assert resp.status == 200, answer
+                assert answer["model"] == resp.headers["X-Autoroute-Model"] == doc["model"]
+                assert answer["model"] in chats and answer["done"] is True
+
+        status, doc = await explain(prx, chat("auto:best", tools=TOOLS))
+        assert status == 200, doc
+        assert doc["model"] == "qwen2.5:7b"
+        assert doc["filtered"] == {"codegemma:7b": "lacks tools"}
+        served = own.state.requests["/api/chat"]
+        body = chat("auto", tools=TOOLS, stream=False, options=SHORT)
+        async with session.post(prx.url + "/api/chat", json=body) as resp:
+            assert resp.status == 200, await resp.text()
+            assert resp.headers["X-Autoroute-Model"] == "qwen2.5:7b"
+        assert own.state.requests["/api/chat"] == served + 1
+
+        # Fill in the middle needs `insert`, which only /api/show tells: the proxy's own
+        # 400 naming why, as for any request no model can serve.
+        fim = {"model": "auto", "prompt": "def f(", "suffix": "return x", "stream": False}
+        async with session.post(prx.url + "/api/generate", json=fim) as resp:
+            assert resp.status == 400
+            error = (await resp.json())["error"]
+            assert "no model can serve this request" in error
+            assert "codegemma:7b: lacks insert" in error
+
+
 async def test_filters_follow_each_request_and_the_registry(tmp_path: Path) -> None:
     """The hard filters' result is reused between requests: a request that needs
     something else, a longer prompt, another API key or a registry that changed must

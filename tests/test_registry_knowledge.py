@@ -4,17 +4,21 @@ by `selector.models`, anything else by its nearest catalogue entries."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from proxy.config import Config, ModelEntry
+from proxy.app import APP_KEY
+from proxy.config import Config, Health, ModelEntry
 from proxy.registry import catalog_for, model_info
 from selector_model import features
 from selector_model.catalog import DEFAULT_PATH, CatalogError, names
 from selector_model.catalog.names import is_safety_classifier
+from tests.conftest import FROZEN
+from tests.support import Emulator, Proxy, ServerThread
 
 
 def _ollama(params: str, family: str, *capabilities: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -196,3 +200,82 @@ def test_a_hugging_face_name_with_its_organisation_is_placed_as_its_model() -> N
     # An underscore inside a model's own name (a size before it) is not an organisation.
     assert names.without_organisation("hf.co/x/Llama-3.1-8B-Lexi-Uncensored_V2-GGUF:Q4_K_M") == ""
     assert names.without_organisation("google_gemma-3-12b-it") == ""  # no namespace
+
+
+def test_a_model_without_show_is_described_from_its_tags_entry() -> None:
+    """When /api/show cannot be read, the tags entry's details and the catalogue
+    describe the model: capabilities the entry lists win, else the catalogue's (tools
+    for a chat model that calls them; embedding alone for an embedding model); the
+    context is Ollama's historical default."""
+    tag, _ = _ollama("7.6B", "qwen2")
+    guessed = model_info("qwen2.5:7b", tag, None)
+    assert guessed.candidate.capabilities == {"completion", "tools"}
+    assert guessed.candidate.context_length == 2048
+    assert guessed.candidate.params_b == 7.6 and not guessed.embedding_only
+    assert guessed.knowledge is not None and guessed.knowledge.origin == "catalogue"
+    listed = model_info("qwen2.5:7b", {**tag, "capabilities": ["completion"]}, None)
+    assert listed.candidate.capabilities == {"completion"}
+    embedder = model_info("nomic-embed-text:latest", {"details": {"family": "nomic-bert"}}, None)
+    assert embedder.embedding_only and embedder.candidate.capabilities == {"embedding"}
+    # A coder is still a coder, but fill in the middle is not guessed (see model_info).
+    coder = model_info("qwen2.5-coder:7b", tag, None).candidate
+    assert coder.is_code and coder.capabilities == {"completion", "tools"}
+
+
+async def test_a_failed_show_is_asked_again_and_its_answer_replaces_the_guess(
+    servers: ServerThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A show that failed is not remembered: every refresh asks again (warning once
+    per backend and model, not every refresh), and once it answers, its capabilities
+    and context replace what the tags entry and the catalogue gave."""
+    caplog.set_level(logging.WARNING, logger="autoroute.registry")
+    coder = "qwen2.5-coder:7b"
+    own = Emulator(servers, replace(FROZEN, models=(coder,), show_missing=True))
+    # Refreshed by the test alone.
+    prx = Proxy(servers, [own.url], health=Health(interval_seconds=3600))
+    try:
+        app = prx.app[APP_KEY]
+        guessed = app.registry.models[coder].candidate
+        assert guessed.capabilities == {"completion", "tools"}
+        assert guessed.context_length == 2048
+        asked = own.state.requests["/api/show"]
+        assert asked >= 1
+        for _ in range(3):
+            prx.thread.call(app.backends.refresh_all)
+        assert own.state.requests["/api/show"] == asked + 3
+        assert app.registry.models[coder].candidate == guessed
+        warned = [r for r in caplog.records if coder in r.getMessage()]
+        assert len(warned) == 1 and warned[0].levelno == logging.WARNING
+
+        own.state.settings = replace(own.state.settings, show_missing=False)
+        prx.thread.call(app.backends.refresh_all)
+        shown = app.registry.models[coder].candidate
+        assert shown.capabilities == {"completion", "tools", "insert"}
+        assert shown.context_length == 32768
+        assert own.state.requests["/api/show"] == asked + 4
+        # An answer is kept (by digest): the next refresh asks nothing.
+        prx.thread.call(app.backends.refresh_all)
+        assert own.state.requests["/api/show"] == asked + 4
+        assert app.registry.models[coder].candidate == shown
+    finally:
+        prx.stop()
+        own.stop()
+
+
+async def test_another_backends_show_replaces_a_guess(servers: ServerThread) -> None:
+    """The same model on a backend without /api/show (listed first) and on one with it:
+    the second backend's show describes it, not the first's tags entry."""
+    coder = "qwen2.5-coder:7b"
+    showless = Emulator(servers, replace(FROZEN, models=(coder,), show_missing=True))
+    showing = Emulator(servers, replace(FROZEN, models=(coder,)))
+    prx = Proxy(servers, [showless.url, showing.url], health=Health(interval_seconds=3600))
+    try:
+        shown = prx.app[APP_KEY].registry.models[coder].candidate
+        assert showless.state.requests["/api/show"] >= 1
+        assert showing.state.requests["/api/show"] == 1
+        assert shown.capabilities == {"completion", "tools", "insert"}
+        assert shown.context_length == 32768
+    finally:
+        prx.stop()
+        showless.stop()
+        showing.stop()
