@@ -96,7 +96,11 @@ def model_info(
         family=family_of(name, str(details.get("family") or "")),
         params_b=reported or knowledge.params_b or 7.0,
         quant_bits=quant_bits_from(str(details.get("quantization_level") or "")),
-        context_length=_context_length(show),
+        # Without a show, the catalogue's context length: Ollama's historical default
+        # would keep every prompt past 2048 tokens from a model that takes it.
+        context_length=_context_length(show)
+        if show is not None
+        else (knowledge.context_length or _context_length(None)),
         capabilities=capabilities,
         is_code="code" in lowered or "insert" in capabilities or "code" in knowledge.specialties,
         is_instruct=not (names.is_pretrained(name) or knowledge.pretrained),

@@ -206,11 +206,13 @@ def test_a_model_without_show_is_described_from_its_tags_entry() -> None:
     """When /api/show cannot be read, the tags entry's details and the catalogue
     describe the model: capabilities the entry lists win, else the catalogue's (tools
     for a chat model that calls them; embedding alone for an embedding model); the
-    context is Ollama's historical default."""
+    context is the catalogue's, not Ollama's historical default of 2048, which would
+    keep every longer prompt from the model."""
     tag, _ = _ollama("7.6B", "qwen2")
     guessed = model_info("qwen2.5:7b", tag, None)
     assert guessed.candidate.capabilities == {"completion", "tools"}
-    assert guessed.candidate.context_length == 2048
+    assert guessed.knowledge is not None
+    assert guessed.candidate.context_length == guessed.knowledge.context_length == 32768
     assert guessed.candidate.params_b == 7.6 and not guessed.embedding_only
     assert guessed.knowledge is not None and guessed.knowledge.origin == "catalogue"
     listed = model_info("qwen2.5:7b", {**tag, "capabilities": ["completion"]}, None)
@@ -237,7 +239,7 @@ async def test_a_failed_show_is_asked_again_and_its_answer_replaces_the_guess(
         app = prx.app[APP_KEY]
         guessed = app.registry.models[coder].candidate
         assert guessed.capabilities == {"completion", "tools"}
-        assert guessed.context_length == 2048
+        assert guessed.context_length == app.registry.models[coder].knowledge.context_length
         asked = own.state.requests["/api/show"]
         assert asked >= 1
         for _ in range(3):
