@@ -205,6 +205,21 @@ async def test_show_missing_answers_gins_404_while_tags_lists_the_models() -> No
         await runner.cleanup()
 
 
+async def test_show_hang_never_answers_show_while_tags_answers() -> None:
+    """`show_hang` stands in for a server whose /api/show never answers: the models are
+    still listed, a show waits until the client leaves."""
+    runner, url = await _start(EmulatorSettings(models=("qwen2.5:7b",), show_hang=True))
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(url + "/api/tags") as r:
+                assert [m["model"] for m in (await r.json())["models"]] == ["qwen2.5:7b"]
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await session.post(url + "/api/show", json={"model": "qwen2.5:7b"})
+    finally:
+        await runner.cleanup()
+
+
 # Generation --------------------------------------------------------------------------------
 
 

@@ -18,6 +18,7 @@ from proxy.go_types import SHOW_FIELDS
 from proxy.protocol import NDJSON, TEXT, go_time
 
 from .catalog import INVALID_NAME, REGISTRY, ModelSpec, normalize_name, valid_name
+from .engine import ClientGone, wait_forever
 from .inference import Refusal, cloud_out_of_reach, read_body
 from .native import LazyStream
 from .state import state_of
@@ -147,6 +148,12 @@ def show_body(spec: ModelSpec, request_model: str, user_agent: str) -> dict[str,
 
 async def handle_show(request: web.Request) -> web.Response:
     state = state_of(request)
+    if state.settings.show_hang:
+        try:
+            await wait_forever(request)
+        except ClientGone:
+            pass
+        return web.Response(status=499)  # never reaches the client
     if state.settings.show_missing:
         return gin_not_found()
     try:

@@ -64,6 +64,9 @@ class EmulatorSettings:
     # Answer /api/show with Gin's 404 while /api/tags lists the models, as some
     # Ollama-compatible servers do.
     show_missing: bool = False
+    # Never answer /api/show (until the client leaves) while /api/tags lists the models,
+    # as a server stuck reading a model's file does.
+    show_hang: bool = False
     # For generation (chat, generate, the OpenAI and Anthropic routes) the rates above
     # are a 7B model's, every other model's scaled by its size (decoding and prompt
     # evaluation are bound by reading the weights), so that a demo's fleet has quick and
