@@ -374,10 +374,18 @@ class BackendPool:
             raise StatusError(f"{method} {path} answered {response.status}", response.status)
         return orjson.loads(answer)
 
+    @property
+    def refresh_seconds(self) -> float:
+        """How long a refresh may wait for one backend's answer (its `/api/tags` and
+        `/api/ps`, a model's `/api/show`): about a refresh interval, so that a backend
+        that hangs holds up neither the proxy's start nor the checks of the others for
+        longer, and never less than a second, which a loaded backend may need."""
+        return max(self.config.health.interval_seconds, 1.0)
+
     async def refresh(self, state: BackendState) -> None:
         asked_at = state.pool.loop.time()
         try:
-            async with asyncio.timeout(max(self.config.health.interval_seconds, 1.0)):
+            async with asyncio.timeout(self.refresh_seconds):
                 tags, ps = await asyncio.gather(
                     self.get_json(state, "/api/tags"), self._loaded_models(state)
                 )

@@ -6,14 +6,15 @@ digest and cached with aiocache: identical weights on several backends cost one
 fetch), loaded state from `/api/ps`; what is known of each model (size, area scores,
 specialities, release date, with its uncertainty) from the model catalogue, looked up
 by name and details, with the operator's `selector.models` overrides applied. A model
-whose `/api/show` cannot be read (a server without the route, a transient error) is
-still a candidate, described from its `/api/tags` entry and the catalogue; its show is
-asked again at every refresh until it answers. The request path only reads
-`self.models`.
+whose `/api/show` cannot be read (a server without the route, a transient error, no
+answer within a backend's refresh bound) is still a candidate, described from its
+`/api/tags` entry and the catalogue; its show is asked again at every refresh until it
+answers. The request path only reads `self.models`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -159,8 +160,13 @@ class Registry:
             return dict(cached)
         failing = (state.label, name)
         try:
-            show: dict[str, Any] = await self.backends.get_json(state, "/api/show", {"model": name})
-        except (UpstreamError, ValueError) as exc:
+            # Bounded as the backend's own refresh is: the registry's refresh is part of
+            # every refresh of the backends, and of the proxy's start.
+            async with asyncio.timeout(self.backends.refresh_seconds):
+                show: dict[str, Any] = await self.backends.get_json(
+                    state, "/api/show", {"model": name}
+                )
+        except (UpstreamError, TimeoutError, OSError, ValueError) as exc:
             # Once until it answers: a server without the route fails every refresh.
             if failing not in self._unshown:
                 self._unshown.add(failing)
@@ -169,7 +175,7 @@ class Registry:
                     "catalogue until it answers",
                     name,
                     state.label,
-                    exc,
+                    exc or "timed out",
                 )
             return None
         if failing in self._unshown:
@@ -188,28 +194,37 @@ class Registry:
         return self._profiled
 
     async def refresh(self) -> None:
-        models: dict[str, ModelInfo] = {}
-        # Described without a show: another backend's show, when it answers, wins.
-        guessed: set[str] = set()
-        listed: set[tuple[str, str]] = set()
         catalog = self._catalog()
+        # Each model's entries in `/api/tags`, in the backends' order.
+        listings: dict[str, list[tuple[BackendState, dict[str, Any]]]] = {}
         for state in self.backends.states:
             for tag in state.tags:
-                name = entry_model(tag)
-                listed.add((state.label, name))
-                if name in models and name not in guessed:
-                    continue
-                show = await self._show(state, name, str(tag.get("digest") or ""))
-                if show is not None:
-                    guessed.discard(name)
-                elif name in models:
-                    continue
-                else:
-                    guessed.add(name)
-                models[name] = model_info(name, tag, show, catalog)
+                listings.setdefault(entry_model(tag), []).append((state, tag))
+        # The models at once: shows that hang hold the refresh for one bound (`_show`)
+        # per backend that lists the model, not one per model. Uncapped: the connection
+        # pool opens a connection for each show in flight (nothing queues behind a hung
+        # one), Ollama serves each in its own goroutine, and a show is asked only for
+        # weights not yet shown or whose show failed.
+        described = await asyncio.gather(
+            *(self._describe(name, found, catalog) for name, found in listings.items())
+        )
         # A model no longer listed is forgotten: listed again, its failure is news.
-        self._unshown &= listed
-        self.set_models(models)
+        self._unshown &= {
+            (state.label, name) for name, found in listings.items() for state, _ in found
+        }
+        self.set_models(dict(zip(listings, described, strict=True)))
+
+    async def _describe(
+        self, name: str, found: list[tuple[BackendState, dict[str, Any]]], catalog: Catalog
+    ) -> ModelInfo:
+        """The model as the show of the first backend in `found` whose show answers
+        describes it (one after another: identical weights are shown once, by digest),
+        else as the first backend's tags entry and the catalogue do."""
+        for state, tag in found:
+            show = await self._show(state, name, str(tag.get("digest") or ""))
+            if show is not None:
+                return model_info(name, tag, show, catalog)
+        return model_info(name, found[0][1], None, catalog)
 
     def set_models(self, models: dict[str, ModelInfo]) -> None:
         self.models = models

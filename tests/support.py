@@ -9,6 +9,7 @@ import shutil
 import socket
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from typing import Any, TypeVar
@@ -69,6 +70,16 @@ def slow_reader(port: int, path: str, body: bytes) -> socket.socket:
         % (path.encode(), len(body), body)
     )
     return sock
+
+
+async def wait_until(predicate: Callable[[], object], seconds: float = 10.0) -> bool:
+    """Whether `predicate` holds within `seconds`, asked every 20 ms."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.02)
+    return False
 
 
 class ServerThread:

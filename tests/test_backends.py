@@ -21,7 +21,7 @@ from proxy.backends import BackendPool, StatusError
 from proxy.config import Backend, Config, Health
 from proxy.emulator import EmulatorSettings
 from tests.conftest import FROZEN
-from tests.support import AUTO_NAMES, Emulator, Proxy, ServerThread, free_port
+from tests.support import AUTO_NAMES, Emulator, Proxy, ServerThread, free_port, wait_until
 
 SHARED = "qwen2.5:7b"
 ONLY_A = "llama3.1:8b"
@@ -251,15 +251,6 @@ async def test_garbage_from_the_backend_is_a_502(
         assert orjson.loads(body)["error"]
     finally:
         proxy.stop()
-
-
-async def wait_until(predicate: Any, seconds: float = 10.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.02)
-    return False
 
 
 async def test_admin_all_pulls_and_deletes_on_every_backend(pair: Pair) -> None:

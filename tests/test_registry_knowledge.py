@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from proxy.app import APP_KEY
@@ -18,7 +19,7 @@ from selector_model import features
 from selector_model.catalog import DEFAULT_PATH, CatalogError, names
 from selector_model.catalog.names import is_safety_classifier
 from tests.conftest import FROZEN
-from tests.support import Emulator, Proxy, ServerThread
+from tests.support import Emulator, Proxy, ServerThread, wait_until
 
 
 def _ollama(params: str, family: str, *capabilities: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -281,3 +282,60 @@ async def test_another_backends_show_replaces_a_guess(servers: ServerThread) -> 
         prx.stop()
         showless.stop()
         showing.stop()
+
+
+# Models whose /api/show never answers on the backend the tests below make hang.
+HUNG = ("qwen2.5:7b", "llama3.1:8b", "gemma2:9b")
+
+
+async def test_shows_that_hang_hold_neither_the_start_nor_auto(servers: ServerThread) -> None:
+    """A backend that lists its models but never answers their shows: the proxy starts
+    all the same (within `ServerThread.call`'s 30 s, where one hung show alone would
+    hold it for the idle read timeout), every model a candidate described from its
+    tags entry and the catalogue, and `auto` answers with one of them."""
+    own = Emulator(servers, replace(FROZEN, models=HUNG, show_hang=True))
+    try:
+        prx = Proxy(servers, [own.url], health=Health(interval_seconds=0.5))
+        try:
+            assert own.state.requests["/api/show"] >= len(HUNG)
+            assert set(prx.app[APP_KEY].registry.models) == set(HUNG)
+            body = {
+                "model": "auto",
+                "messages": [{"role": "user", "content": "hi"}],
+                "stream": False,
+                "options": {"num_predict": 4},
+            }
+            async with aiohttp.ClientSession() as session:
+                async with session.post(prx.url + "/api/chat", json=body) as resp:
+                    assert resp.status == 200, await resp.text()
+                    assert resp.headers["X-Autoroute-Model"] in HUNG
+        finally:
+            prx.stop()
+    finally:
+        own.stop()
+
+
+async def test_shows_that_hang_do_not_stall_the_other_backends_checks(
+    servers: ServerThread,
+) -> None:
+    """While one backend's shows hang, the refreshes go on: the other backend is still
+    checked, its going down noticed, and the hung shows asked again each refresh."""
+    # Shows that fail let the proxy start; failed, they are asked again every refresh.
+    hung = Emulator(servers, replace(FROZEN, models=HUNG, show_missing=True))
+    other = Emulator(servers, replace(FROZEN, models=("qwen2.5-coder:7b",)))
+    prx = Proxy(servers, [hung.url, other.url], health=Health(interval_seconds=0.5))
+    try:
+        hung.state.settings = replace(hung.state.settings, show_missing=False, show_hang=True)
+        asked = hung.state.requests["/api/show"]
+        # A refresh waits on the hung shows.
+        assert await wait_until(lambda: hung.state.requests["/api/show"] > asked)
+        checked = other.state.requests["/api/tags"]
+        assert await wait_until(lambda: other.state.requests["/api/tags"] >= checked + 3, 30)
+        assert hung.state.requests["/api/show"] >= asked + 3 * len(HUNG)
+        other.stop()
+        state = prx.app[APP_KEY].backends.states[1]
+        assert await wait_until(lambda: state.last_error != "", 30)
+    finally:
+        prx.stop()
+        hung.stop()
+        other.stop()
