@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -65,30 +66,77 @@ def _context_length(show: dict[str, Any] | None) -> int:
     return 2048  # Ollama's historical default num_ctx
 
 
+# A Go template action, `{{ ... }}`, read whole past string literals and comments that
+# hold braces; then the literals and comments inside one, which name no field.
+_LITERAL = r'"(?:\\.|[^"\\])*"|`[^`]*`|\'(?:\\.|[^\'\\])*\'|/\*.*?\*/'
+_ACTION = re.compile(r"\{\{((?:" + _LITERAL + r"|[^}\"`'/]|/(?!\*)|\}(?!\}))*)\}\}", re.S)
+_INERT = re.compile(_LITERAL, re.S)
+# Each name of a field or variable chain: `.Tools`, `$.Tools`, `$m.Function.Name`.
+_FIELD = re.compile(r"\.([A-Za-z_]\w*)")
+
+
+def _template_fields(template: str) -> set[str]:
+    """The field names a Go template's actions read, lower-cased, as Ollama's
+    template.Vars collects them (template/template.go): not text outside actions,
+    literals or comments."""
+    return {
+        field.lower()
+        for action in _ACTION.finditer(template)
+        for field in _FIELD.findall(_INERT.sub(" ", action.group(1)))
+    }
+
+
+def _decided_capabilities(show: dict[str, Any]) -> tuple[str, ...]:
+    """What an Ollama whose /api/show lists no capabilities (before 0.6.4) still serves,
+    decided as it decides them from what show carries (server/images.go,
+    Model.CheckCapabilities, and Model.Capabilities in the versions that list them):
+    embedding alone when the weights pool (`<architecture>.pooling_type`), else
+    completion; vision for a vision encoder in the weights or a projector; tools and
+    insert when the template reads `.Tools` / `.Suffix`. Empty without a template: a
+    stand-in server's show, which says nothing of them."""
+    template = show.get("template")
+    if not isinstance(template, str) or not template:
+        return ()
+    weights = show.get("model_info") or {}
+    architecture = weights.get("general.architecture")
+    if f"{architecture}.pooling_type" in weights:
+        return ("embedding",)
+    fields = _template_fields(template)
+    sees = f"{architecture}.vision.block_count" in weights or bool(show.get("projector_info"))
+    wanted = (
+        ("vision", sees),
+        ("tools", "tools" in fields),
+        ("insert", "suffix" in fields),
+    )
+    return ("completion", *(capability for capability, has in wanted if has))
+
+
 def model_info(
     name: str, tag: dict[str, Any], show: dict[str, Any] | None, catalog: Catalog | None = None
 ) -> ModelInfo:
     """A model as `auto` sees it: Ollama's details, and the catalogue's knowledge
     (`catalog`, else the shipped catalogue without overrides). `show` is the model's
     /api/show answer, None when it could not be read: the `/api/tags` entry and the
-    catalogue then say what show would have."""
+    catalogue then say what show would have. Capabilities are those show lists (Ollama
+    leaves an empty list out), else the tags entry's, else those Ollama decides from
+    show's template and weights, else the catalogue's."""
     shown = show or {}
     details = shown.get("details") or tag.get("details") or {}
-    listed = shown.get("capabilities") or tag.get("capabilities")
+    listed = shown.get("capabilities") or tag.get("capabilities") or _decided_capabilities(shown)
     catalog = catalog or Catalog.shipped()
-    if show is None and not listed:
+    if not listed:
         knowledge = catalog.lookup(name, details)
         # Not `insert`: Ollama lists it for a template that reads `.Suffix`
         # (server/images.go), and the catalogue's `code` says a model is good at code,
         # not that its template does (Ollama's own magicoder, starcoder2-instruct and
         # codellama-70b-instruct templates do not). Auto otherwise sends a
-        # fill-in-the-middle request only to a model whose show lists insert; a wrong
-        # guess would send it where Ollama answers 400 "does not support insert",
-        # rather than to a model known to take it or the proxy's own 400 saying why
-        # no model can.
+        # fill-in-the-middle request only to a model whose show lists insert or whose
+        # template reads `.Suffix`; a wrong guess would send it where Ollama answers 400
+        # "does not support insert", rather than to a model known to take it or the
+        # proxy's own 400 saying why no model can.
         capabilities = frozenset(ollama_capabilities(name, knowledge, insert=False))
     else:
-        capabilities = frozenset(listed or ("completion",))
+        capabilities = frozenset(listed)
         knowledge = catalog.lookup(name, details, capabilities)
     lowered = name.lower()
     reported = params_from(str(details.get("parameter_size") or ""))

@@ -339,3 +339,186 @@ async def test_shows_that_hang_do_not_stall_the_other_backends_checks(
         prx.stop()
         hung.stop()
         other.stop()
+
+
+# Templates as the Ollama library's Modelfiles carry them (abridged), and show bodies as
+# an Ollama before 0.6.4 answers them: no `capabilities`, which it decides from these.
+_LLAMA31 = """{{- if or .System .Tools }}<|start_header_id|>system<|end_header_id|>
+{{- if .System }}
+
+{{ .System }}
+{{- end }}
+{{- if .Tools }}
+
+You are a helpful assistant with tool calling capabilities.
+{{- end }}<|eot_id|>
+{{- end }}
+{{- range $i, $_ := .Messages }}
+{{- $last := eq (len (slice $.Messages $i)) 1 }}
+{{- if eq .Role "user" }}<|start_header_id|>user<|end_header_id|>
+{{- if and $.Tools $last }}
+
+Respond in the format {"name": function name, "parameters": dictionary of argument name \
+and its value}. Do not use variables.
+
+{{ range $.Tools }}
+{{- . }}
+{{ end }}
+{{ .Content }}<|eot_id|>
+{{- else }}
+
+{{ .Content }}<|eot_id|>
+{{- end }}{{ if $last }}<|start_header_id|>assistant<|end_header_id|>
+
+{{ end }}
+{{- else if eq .Role "assistant" }}<|start_header_id|>assistant<|end_header_id|>
+{{- if .ToolCalls }}
+{{ range .ToolCalls }}
+{"name": "{{ .Function.Name }}", "parameters": {{ .Function.Arguments }}}{{ end }}
+{{- else }}
+
+{{ .Content }}
+{{- end }}{{ if not $last }}<|eot_id|>{{ end }}
+{{- else if eq .Role "tool" }}<|start_header_id|>ipython<|end_header_id|>
+
+{{ .Content }}<|eot_id|>{{ if $last }}<|start_header_id|>assistant<|end_header_id|>
+
+{{ end }}
+{{- end }}
+{{- end }}"""
+_QWEN25_CODER = """{{- if .Suffix }}<|fim_prefix|>{{ .Prompt }}<|fim_suffix|>{{ .Suffix }}\
+<|fim_middle|>
+{{- else if .Messages }}
+{{- if or .System .Tools }}<|im_start|>system
+{{- if .System }}
+{{ .System }}
+{{- end }}
+{{- if .Tools }}
+
+# Tools
+
+<tools>
+{{- range .Tools }}
+{"type": "function", "function": {{ .Function }}}
+{{- end }}
+</tools>
+{{- end }}<|im_end|>
+{{ end }}
+{{- range $i, $_ := .Messages }}
+{{- $last := eq (len (slice $.Messages $i)) 1 -}}
+<|im_start|>{{ .Role }}
+{{ .Content }}{{ if not $last }}<|im_end|>
+{{ end }}
+{{- end }}<|im_start|>assistant
+{{ end }}
+{{- else }}
+{{- if .System }}<|im_start|>system
+{{ .System }}<|im_end|>
+{{ end }}{{ if .Prompt }}<|im_start|>user
+{{ .Prompt }}<|im_end|>
+{{ end }}<|im_start|>assistant
+{{ end }}{{ .Response }}{{ if .Response }}<|im_end|>{{ end }}"""
+_CODEGEMMA_CODE = (
+    "{{- if .Suffix }}<|fim_prefix|>{{ .Prompt }}<|fim_suffix|>{{ .Suffix }}<|fim_middle|>"
+    "{{- else }}{{ .Prompt }}{{- end }}"
+)
+_LLAVA = "[INST] {{ if .System }}{{ .System }} {{ end }}{{ .Prompt }} [/INST]"
+_GEMMA3 = """{{- range $i, $_ := .Messages }}
+{{- $last := eq (len (slice $.Messages $i)) 1 }}
+{{- if or (eq .Role "user") (eq .Role "system") }}<start_of_turn>user
+{{ .Content }}<end_of_turn>
+{{ if $last }}<start_of_turn>model
+{{ end }}
+{{- else if eq .Role "assistant" }}<start_of_turn>model
+{{ .Content }}{{ if not $last }}<end_of_turn>
+{{ end }}
+{{- end }}
+{{- end }}"""
+
+
+def _old_show(
+    family: str, params: str, template: str, **info: Any
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A tags entry and an /api/show body without `capabilities`, as Ollama 0.3 to 0.6.3
+    answer: the template, the GGUF's key/values (`info` added) and the details."""
+    details = {"format": "gguf", "family": family, "parameter_size": params}
+    model_info = {
+        "general.architecture": family,
+        f"{family}.context_length": 32768,
+        f"{family}.block_count": 28,
+        **info,
+    }
+    return {"details": details}, {
+        "template": template,
+        "details": details,
+        "model_info": model_info,
+    }
+
+
+def _capabilities(name: str, tag: dict[str, Any], show: dict[str, Any]) -> set[str]:
+    return set(model_info(name, tag, show).candidate.capabilities)
+
+
+def test_a_show_without_capabilities_is_read_as_ollama_decides_them() -> None:
+    """An Ollama before 0.6.4 lists no capabilities in /api/show but serves tools,
+    fill in the middle, images and embeddings, deciding them from the model: completion
+    unless the weights pool (`<arch>.pooling_type`: embedding alone), vision for a vision
+    encoder or a projector, tools and insert for a template that reads `.Tools` /
+    `.Suffix`. Auto reads them the same way rather than taking every model for
+    completion alone."""
+    assert _capabilities("llama3.1:8b", *_old_show("llama", "8.0B", _LLAMA31)) == {
+        "completion",
+        "tools",
+    }
+    coder = _old_show("qwen2", "7.6B", _QWEN25_CODER)
+    assert _capabilities("qwen2.5-coder:7b", *coder) == {"completion", "tools", "insert"}
+    fim = _old_show("gemma", "9B", _CODEGEMMA_CODE)
+    assert _capabilities("codegemma:7b-code", *fim) == {"completion", "insert"}
+    assert _capabilities("gemma2:9b", *_old_show("gemma2", "9.2B", "{{ .Prompt }}")) == {
+        "completion"
+    }
+
+    embedder = model_info(
+        "mxbai-embed-large:latest",
+        *_old_show("bert", "334M", "{{ .Prompt }}", **{"bert.pooling_type": 2}),
+    )
+    assert embedder.embedding_only and embedder.candidate.capabilities == {"embedding"}
+
+    tag, llava = _old_show("llama", "7B", _LLAVA)
+    llava["projector_info"] = {
+        "clip.has_vision_encoder": True,
+        "clip.vision.block_count": 23,
+        "general.architecture": "clip",
+    }
+    assert _capabilities("llava:7b", tag, llava) == {"completion", "vision"}
+    gemma3 = _old_show("gemma3", "4.3B", _GEMMA3, **{"gemma3.vision.block_count": 27})
+    assert _capabilities("gemma3:4b", *gemma3) == {"completion", "vision"}
+
+
+@pytest.mark.parametrize(
+    ("template", "capabilities"),
+    [
+        # Only a field an action reads counts: not text, a comment or a string literal.
+        ('Tools: .Tools .Suffix {{/* .Tools */}}{{ ".Suffix }}" }}', {"completion"}),
+        ("{{- range $.Tools }}{{ . }}{{ end }}", {"completion", "tools"}),
+        ("{{ with .Tools }}{{ . }}{{ end }}{{ .Prompt }}", {"completion", "tools"}),
+        ("{{ if .suffix }}{{ .Prompt }}{{ end }}", {"completion", "insert"}),  # any case
+        ("{{ $tools := 1 }}{{ .ToolCalls }}{{ .Toolset }}", {"completion"}),
+    ],
+)
+def test_a_templates_fields_are_read_as_ollama_reads_them(
+    template: str, capabilities: set[str]
+) -> None:
+    assert _capabilities("x:1b", *_old_show("llama", "1B", template)) == capabilities
+
+
+def test_a_show_that_lists_capabilities_or_carries_no_template() -> None:
+    """Capabilities show lists are taken as they are; a show without them and without a
+    template (a stand-in server's) is described like a model without a show, from the
+    catalogue, rather than as completion alone."""
+    tag, show = _old_show("llama", "8.0B", _LLAMA31)
+    listed = model_info("llama3.1:8b", tag, {**show, "capabilities": ["completion"]})
+    assert listed.candidate.capabilities == {"completion"}
+    bare = {"details": show["details"], "model_info": show["model_info"]}
+    assert _capabilities("qwen2.5:7b", tag, bare) == {"completion", "tools"}
+    assert model_info("nomic-embed-text:latest", {}, {}).embedding_only
