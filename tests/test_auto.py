@@ -703,6 +703,50 @@ async def test_auto_serves_the_models_of_a_backend_without_api_show(
             assert "codegemma:7b: lacks insert" in error
 
 
+async def test_auto_serves_what_an_ollama_before_0_6_4_serves(
+    servers: ServerThread, tmp_path: Path
+) -> None:
+    """An Ollama before 0.6.4 lists no capabilities in /api/show yet serves tools,
+    fill in the middle and images, deciding them from each model's template and weights:
+    auto sends each such request to a model that takes it, and a chat never to the
+    embedding model, rather than answering that no model can serve it."""
+    models = ("llama3.1:8b", "gemma2:9b", "codegemma:7b", "llava:7b", "nomic-embed-text:latest")
+    old = Emulator(servers, dataclasses.replace(FROZEN, models=models, version="0.6.3"))
+    prx = Proxy(servers, [old.url], selector=selector(tmp_path))
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(old.url + "/api/show", json={"model": "llava:7b"}) as resp:
+                shown = await resp.json()
+                assert "capabilities" not in shown and shown["projector_info"]
+
+            status, doc = await explain(prx, chat("auto:best", stream=False, options=SHORT))
+            assert status == 200, doc
+            assert "nomic-embed-text:latest" not in {r["model"] for r in doc["ranking"]}
+            for path, body, model in (
+                (
+                    "/api/chat",
+                    chat("auto", tools=TOOLS, stream=False, options=SHORT),
+                    "llama3.1:8b",
+                ),
+                (
+                    "/api/generate",
+                    {"model": "auto", "prompt": "def f(", "suffix": "return x", "stream": False},
+                    "codegemma:7b",
+                ),
+                (
+                    "/api/generate",
+                    {"model": "auto", "prompt": "What is this?", "images": [PIXEL_PNG]},
+                    "llava:7b",
+                ),
+            ):
+                async with session.post(prx.url + path, json={**body, "stream": False}) as resp:
+                    assert resp.status == 200, await resp.text()
+                    assert resp.headers["X-Autoroute-Model"] == model
+    finally:
+        prx.stop()
+        old.stop()
+
+
 async def test_filters_follow_each_request_and_the_registry(tmp_path: Path) -> None:
     """The hard filters' result is reused between requests: a request that needs
     something else, a longer prompt, another API key or a registry that changed must

@@ -157,7 +157,26 @@ class ModelSpec:
             "tokenizer.ggml.token_type": [],
             "tokenizer.ggml.tokens": [],
         }
+        # What Ollama decides embedding and vision from (server/images.go).
+        if self.has("embedding"):
+            info[f"{a}.pooling_type"] = 1  # mean
+        if self.has("vision") and not self.projector_info():
+            info[f"{a}.vision.block_count"] = 27
         return dict(sorted(info.items()))
+
+    def projector_info(self) -> dict[str, Any]:
+        """The key/values of a vision projector beside the weights (llava's clip), as
+        /api/show lists them; empty for a model without one."""
+        if not (self.has("vision") and "clip" in self.families):
+            return {}
+        return {
+            "clip.has_llava_projector": True,
+            "clip.has_vision_encoder": True,
+            "clip.projector_type": "mlp",
+            "clip.vision.block_count": 23,
+            "clip.vision.image_size": 336,
+            "general.architecture": "clip",
+        }
 
 
 def normalize_name(name: str) -> str:

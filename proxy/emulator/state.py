@@ -52,6 +52,7 @@ class EmulatorSettings:
     # Fixed created_at and computed (not measured) durations: identical requests then
     # give byte-identical bodies, which lets tests compare proxied and direct answers.
     frozen_clock: bool = False
+    # /api/version's answer; before 0.6.4, /api/show lists no capabilities.
     version: str = OLLAMA_VERSION
     # How long a model stays loaded after its last request (/api/ps expires_at).
     keep_alive_seconds: float = 300.0
