@@ -58,12 +58,16 @@ def catalog_for(config: Config) -> Catalog:
     return catalog.with_overrides(models) if models else catalog
 
 
-def _context_length(show: dict[str, Any] | None) -> int:
+def _context_length(show: dict[str, Any] | None, knowledge: ModelKnowledge) -> int:
+    """The context the weights take (`<architecture>.context_length` in show's
+    `model_info`), else the catalogue's: a show that could not be read or carries no
+    weights (a stand-in server) says nothing of it, and Ollama's historical default of
+    2048 would keep every longer prompt from a model that takes it."""
     info = (show or {}).get("model_info") or {}
     for key, value in info.items():
         if key.endswith(".context_length") and isinstance(value, int):
             return value
-    return 2048  # Ollama's historical default num_ctx
+    return knowledge.context_length or 2048
 
 
 # A Go template action, `{{ ... }}`, read whole past string literals and comments that
@@ -145,11 +149,7 @@ def model_info(
         family=family_of(name, str(details.get("family") or "")),
         params_b=reported or knowledge.params_b or 7.0,
         quant_bits=quant_bits_from(str(details.get("quantization_level") or "")),
-        # Without a show, the catalogue's context length: Ollama's historical default
-        # would keep every prompt past 2048 tokens from a model that takes it.
-        context_length=_context_length(show)
-        if show is not None
-        else (knowledge.context_length or _context_length(None)),
+        context_length=_context_length(show, knowledge),
         capabilities=capabilities,
         is_code="code" in lowered or "insert" in capabilities or "code" in knowledge.specialties,
         is_instruct=not (names.is_pretrained(name) or knowledge.pretrained),

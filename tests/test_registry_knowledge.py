@@ -522,3 +522,16 @@ def test_a_show_that_lists_capabilities_or_carries_no_template() -> None:
     bare = {"details": show["details"], "model_info": show["model_info"]}
     assert _capabilities("qwen2.5:7b", tag, bare) == {"completion", "tools"}
     assert model_info("nomic-embed-text:latest", {}, {}).embedding_only
+
+
+def test_a_show_without_the_weights_context_takes_the_catalogues() -> None:
+    """A show that names no `<architecture>.context_length` (a stand-in server's) says
+    nothing of the context: the catalogue's stands, not Ollama's historical 2048, which
+    would keep every longer prompt from the model; the weights' own, when shown, win."""
+    tag, show = _ollama("7.6B", "qwen2")
+    bare = {"details": show["details"], "capabilities": ["completion", "tools"]}
+    described = model_info("qwen2.5:7b", tag, bare)
+    assert described.knowledge is not None
+    assert described.candidate.context_length == described.knowledge.context_length == 32768
+    own = {**bare, "model_info": {"qwen2.context_length": 8192}}
+    assert model_info("qwen2.5:7b", tag, own).candidate.context_length == 8192
