@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from proxy import header_values, http11, tasks
+from proxy import header_values, http11, ollama_answers, tasks
 from proxy.config import Backend, Config
 from proxy.upstream import ConnectionPool, fetch
 from proxy.upstream_errors import UpstreamError
@@ -386,8 +386,8 @@ class BackendPool:
         asked_at = state.pool.loop.time()
         try:
             async with asyncio.timeout(self.refresh_seconds):
-                tags, ps = await asyncio.gather(
-                    self.get_json(state, "/api/tags"), self._loaded_models(state)
+                listed, running = await asyncio.gather(
+                    self._listed_models(state), self._loaded_models(state)
                 )
         except (UpstreamError, TimeoutError, OSError, ValueError) as exc:
             if state.last_error != str(exc):
@@ -396,28 +396,27 @@ class BackendPool:
             return
         # A listed name becomes a response header when `auto` chooses it: only one
         # Ollama could accept (no line break, not of megabytes) is one of its models.
-        state.tags = [
-            m
-            for m in tags.get("models") or ()
-            if isinstance(m, dict) and header_values.model_name(entry_model(m))
-        ]
+        state.tags = [m for m in listed if header_values.model_name(entry_model(m))]
         state.models = frozenset(entry_model(m) for m in state.tags)
-        state.listed(
-            None if ps is None else [m for m in ps.get("models") or () if isinstance(m, dict)],
-            asked_at,
-        )
+        state.listed(running, asked_at)
         if state.last_error:
             log.info("backend %s healthy again", state.label)
         state.succeeded()
 
-    async def _loaded_models(self, state: BackendState) -> Any:
-        """The backend's `/api/ps`, or None when it has no such endpoint."""
+    async def _listed_models(self, state: BackendState) -> list[dict[str, Any]]:
+        """The entries of the backend's `/api/tags`, its health check."""
+        return ollama_answers.listed_models(await self.get_json(state, "/api/tags"))
+
+    async def _loaded_models(self, state: BackendState) -> list[dict[str, Any]] | None:
+        """The entries of the backend's `/api/ps`, or None when it has no such
+        endpoint."""
         try:
-            return await self.get_json(state, "/api/ps")
+            answer = await self.get_json(state, "/api/ps")
         except StatusError as exc:
             if exc.status not in NO_ENDPOINT_STATUSES:
                 raise
             return None
+        return ollama_answers.running_models(answer)
 
     async def refresh_all(self) -> None:
         await asyncio.gather(*(self.refresh(s) for s in self.states))

@@ -16,6 +16,7 @@ from aiohttp import web
 from proxy.auth import sees_fleet
 from proxy.backends import BackendPool, BackendState, normalize_model
 from proxy.errors import error_response
+from proxy.ollama_answers import objects
 from proxy.protocol import JSON, JSON_V1, encoded, go_dumps
 from proxy.relay import Relay
 from proxy.upstream import BufferedAnswer
@@ -87,10 +88,12 @@ class Fanout:
         seen: set[str] = set()
         items: list[Any] = []
         for doc in docs:
-            for item in doc.get(key) or ():
+            # A backend may list anything (see `ollama_answers`): only the objects that
+            # name a model are models.
+            for item in objects(doc.get(key)):
                 ident = item.get("id") or item.get("model") or item.get("name")
-                if only is not None and (
-                    not isinstance(ident, str) or normalize_model(ident) not in only
+                if not isinstance(ident, str) or (
+                    only is not None and normalize_model(ident) not in only
                 ):
                     continue
                 if ident not in seen:

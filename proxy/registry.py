@@ -23,6 +23,7 @@ from typing import Any
 
 from aiocache import SimpleMemoryCache
 
+from proxy import ollama_answers
 from proxy.backends import BackendPool, BackendState, entry_model
 from proxy.config import Config
 from proxy.upstream import UpstreamError
@@ -65,7 +66,8 @@ def _context_length(show: dict[str, Any] | None, knowledge: ModelKnowledge) -> i
     2048 would keep every longer prompt from a model that takes it."""
     info = (show or {}).get("model_info") or {}
     for key, value in info.items():
-        if key.endswith(".context_length") and isinstance(value, int):
+        # A map of any values (Go's map[string]any): a count of tokens or nothing.
+        if key.endswith(".context_length") and type(value) is int and value > 0:
             return value
     return knowledge.context_length or 2048
 
@@ -211,9 +213,8 @@ class Registry:
             # Bounded as the backend's own refresh is: the registry's refresh is part of
             # every refresh of the backends, and of the proxy's start.
             async with asyncio.timeout(self.backends.refresh_seconds):
-                show: dict[str, Any] = await self.backends.get_json(
-                    state, "/api/show", {"model": name}
-                )
+                answer = await self.backends.get_json(state, "/api/show", {"model": name})
+            show = ollama_answers.shown(answer)
         except (UpstreamError, TimeoutError, OSError, ValueError) as exc:
             # Once until it answers: a server without the route fails every refresh.
             if failing not in self._unshown:
