@@ -120,6 +120,8 @@ NO_ENDPOINT_STATUSES = frozenset({404, 405, 501})
 # seconds of a model's answer, does not report what is loaded (see BackendState).
 SILENT_POLLS = 3
 SILENT_WINDOW = 30.0
+# How many distinct unexpected refresh errors are remembered as logged.
+_ERRORS_KEPT = 100
 
 
 class StatusError(UpstreamError):
@@ -282,6 +284,8 @@ class BackendPool:
             breaker = Breaker(config.health.failure_threshold, config.health.open_seconds)
             self.states.append(BackendState(index, backend, pool, breaker))
         self._task: asyncio.Task[None] | None = None
+        # The unexpected refresh errors logged (`_unexpected`), each once.
+        self._errors: set[tuple[str, str]] = set()
         # Called after each refresh of every backend (the model registry is one).
         self.listeners: list[Callable[[], Awaitable[None]]] = []
 
@@ -419,9 +423,35 @@ class BackendPool:
         return ollama_answers.running_models(answer)
 
     async def refresh_all(self) -> None:
-        await asyncio.gather(*(self.refresh(s) for s in self.states))
+        """Refresh every backend, then run the listeners. An error none of them expects
+        (a bug, an answer read wrongly) is logged and goes no further: it would stop
+        the refreshes of every backend for good, or the proxy's start. A backend
+        whose refresh raised one is failed (what it lists is not known); a listener
+        that raised one keeps what it had, and the others still run."""
+        results = await asyncio.gather(
+            *(self.refresh(s) for s in self.states), return_exceptions=True
+        )
+        for state, result in zip(self.states, results, strict=True):
+            if isinstance(result, Exception):
+                self._unexpected(f"refreshing backend {state.label}", result)
+                state.failed(f"health check failed: {result!r}")
         for listener in self.listeners:
-            await listener()
+            try:
+                await listener()
+            except Exception as exc:
+                self._unexpected(f"refresh listener {listener.__qualname__}", exc)
+
+    def _unexpected(self, where: str, exc: Exception) -> None:
+        """Log an unexpected error of a refresh with its traceback, once per place and
+        error: the next refreshes would raise it again at every interval."""
+        key = (where, repr(exc))
+        if key in self._errors:
+            log.debug("%s failed again: %r", where, exc)
+            return
+        if len(self._errors) >= _ERRORS_KEPT:
+            self._errors.clear()
+        self._errors.add(key)
+        log.error("%s failed: %r", where, exc, exc_info=exc)
 
     async def _refresh_loop(self) -> None:
         while True:

@@ -264,3 +264,52 @@ async def test_a_backend_of_another_shape_neither_stops_the_proxy_nor_the_others
     # Nothing unexpected in the proxy (its own errors, a handler's that aiohttp logs).
     mine = ("autoroute", "aiohttp")
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith(mine)]
+
+
+async def test_the_refreshes_outlive_an_unexpected_error(
+    servers: ServerThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A backend's refresh and a refresh listener that raise what nobody expects: each
+    error is logged with its traceback once (not every refresh), that backend fails
+    its health check, the other backend is refreshed, the other listeners still run,
+    and the refreshes go on."""
+    caplog.set_level(logging.ERROR, logger="autoroute.backends")
+    broken = Emulator(servers, dataclasses.replace(FROZEN, models=(ODD,)))
+    healthy = Emulator(servers, dataclasses.replace(FROZEN, models=(HEALTHY,)))
+    proxy = Proxy(
+        servers,
+        [broken.url, healthy.url],
+        health=Health(interval_seconds=0.2, failure_threshold=1),
+    )
+    try:
+        pool = proxy.app[APP_KEY].backends
+        listed_models = pool._listed_models
+        after: list[int] = []
+
+        async def failing_list(state: Any) -> Any:
+            if state.index == 0:
+                raise RuntimeError("a refresh's bug")
+            return await listed_models(state)
+
+        async def failing_listener() -> None:
+            raise RuntimeError("a listener's bug")
+
+        async def counting() -> None:
+            after.append(1)
+
+        pool._listed_models = failing_list  # type: ignore[method-assign]
+        pool.listeners[:0] = [failing_listener]
+        pool.listeners.append(counting)
+        checked = healthy.state.requests["/api/tags"]
+        assert await wait_until(lambda: healthy.state.requests["/api/tags"] >= checked + 3)
+        assert await wait_until(lambda: len(after) >= 3)
+        assert pool._task is not None and not pool._task.done()
+        assert pool.states[0].last_error == 'health check failed: RuntimeError("a refresh\'s bug")'
+        assert pool.states[1].last_error == ""
+        for bug in ("a refresh's bug", "a listener's bug"):
+            logged = [r for r in caplog.records if bug in r.getMessage()]
+            assert len(logged) == 1 and logged[0].exc_info is not None, bug
+    finally:
+        proxy.stop()
+        healthy.stop()
+        broken.stop()
