@@ -186,6 +186,13 @@ def test_a_quantization_is_a_whole_dash_word_of_the_tag(name: str, quantization:
         ),
         # Without one, the name as it is.
         ("hf.co/unsloth/gemma-3-12b-it-GGUF:Q4_K_M", "gemma3:12b"),
+        # Meta's repositories lead Llama 3 and 3.1 with "Meta-"; a transformers
+        # conversion ends in "-hf".
+        ("hf.co/bartowski/Meta-Llama-3.1-70B-Instruct-GGUF:Q4_K_M", "llama3.1:70b"),
+        ("meta-llama/Meta-Llama-3.1-70B-Instruct", "llama3.1:70b"),
+        ("codellama/CodeLlama-34b-Instruct-hf", "codellama:34b"),
+        ("nvidia/Llama-3.1-Nemotron-70B-Instruct-HF", "nemotron:70b"),
+        ("hf.co/TheBloke/CodeLlama-34B-Instruct-GGUF:Q4_K_M", "codellama:34b"),
     ],
 )
 def test_a_hugging_face_name_with_its_organisation_resolves(name: str, entry: str) -> None:

@@ -54,6 +54,13 @@ CAPABILITY_SPECIALTIES = {
 }
 
 
+# What a repository's name says of its packaging, not of the model: a format
+# (`-GGUF`), a quantizer's, or a transformers conversion (`CodeLlama-34b-Instruct-hf`).
+_PACKAGING = re.compile(r"(?:[-_.](?:gguf|ggml|mlx|awq|gptq|hf))+$")
+# Meta's repositories lead Llama 3 and 3.1 with the maker (`Meta-Llama-3.1-70B-Instruct`).
+_MAKER = re.compile(r"^meta-(?=llama)")
+
+
 def split(name: str) -> tuple[str, str]:
     """(base, tag) of a name, lower-cased, without registry or namespace; tag "latest"
     when absent. A Hugging Face repository's "-GGUF" suffix goes with its prefix."""
@@ -61,7 +68,7 @@ def split(name: str) -> tuple[str, str]:
     base, _, tag = text.partition(":")
     if "/" in base:
         base = base.rsplit("/", 1)[1]
-    base = re.sub(r"[-_.](gguf|ggml|mlx|awq|gptq)$", "", base)
+    base = _PACKAGING.sub("", base)
     return base, tag or "latest"
 
 
@@ -130,11 +137,16 @@ def keys(name: str) -> list[str]:
     own where the bare tag is another model), then without variant words too, then
     with trailing words dropped (`30b-a3b-2507` -> `30b-a3b` -> `30b`), then the bare
     name (an alias); for a name from a namespace, the same keys of it without an
-    organisation it leads with last (`without_organisation`)."""
+    organisation it leads with (`without_organisation`), then without the maker's
+    name Meta's repositories lead with (`Meta-Llama-3.1-70B-Instruct`)."""
     out = _keys(name)
+    base, tag = split(name)
     rest = without_organisation(name)
     if rest:
-        out += _keys(f"{rest}:{split(name)[1]}")
+        out += _keys(f"{rest}:{tag}")
+    unmade = _MAKER.sub("", rest or base)
+    if unmade != (rest or base):
+        out += _keys(f"{unmade}:{tag}")
     return list(dict.fromkeys(out))
 
 
