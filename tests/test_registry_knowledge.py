@@ -193,6 +193,10 @@ def test_a_quantization_is_a_whole_dash_word_of_the_tag(name: str, quantization:
         ("codellama/CodeLlama-34b-Instruct-hf", "codellama:34b"),
         ("nvidia/Llama-3.1-Nemotron-70B-Instruct-HF", "nemotron:70b"),
         ("hf.co/TheBloke/CodeLlama-34B-Instruct-GGUF:Q4_K_M", "codellama:34b"),
+        # A context length, a quantization or quantization-aware training in a
+        # repository's name describe a build of the model, not another model.
+        ("hf.co/bartowski/Qwen2.5-Coder-7B-Instruct-128K-GGUF:Q4_K_M", "qwen2.5-coder:7b"),
+        ("hf.co/google/gemma-3-4b-it-qat-q4_0-gguf", "gemma3:4b"),
     ],
 )
 def test_a_hugging_face_name_with_its_organisation_resolves(name: str, entry: str) -> None:

@@ -57,6 +57,9 @@ CAPABILITY_SPECIALTIES = {
 # What a repository's name says of its packaging, not of the model: a format
 # (`-GGUF`), a quantizer's, or a transformers conversion (`CodeLlama-34b-Instruct-hf`).
 _PACKAGING = re.compile(r"(?:[-_.](?:gguf|ggml|mlx|awq|gptq|hf))+$")
+# Words of a repository's name that describe a build of the model, not another model:
+# a context length (`-128K`), quantization-aware training (`-qat`), a quantization.
+_BUILD_WORD = re.compile(r"\d+k|qat")
 # Meta's repositories lead Llama 3 and 3.1 with the maker (`Meta-Llama-3.1-70B-Instruct`).
 _MAKER = re.compile(r"^meta-(?=llama)")
 
@@ -138,7 +141,8 @@ def keys(name: str) -> list[str]:
     with trailing words dropped (`30b-a3b-2507` -> `30b-a3b` -> `30b`), then the bare
     name (an alias); for a name from a namespace, the same keys of it without an
     organisation it leads with (`without_organisation`), then without the maker's
-    name Meta's repositories lead with (`Meta-Llama-3.1-70B-Instruct`)."""
+    name Meta's repositories lead with (`Meta-Llama-3.1-70B-Instruct`), then without
+    the words of its name that describe a build (`-128K`, `-qat-q4_0`)."""
     out = _keys(name)
     base, tag = split(name)
     rest = without_organisation(name)
@@ -147,6 +151,11 @@ def keys(name: str) -> list[str]:
     unmade = _MAKER.sub("", rest or base)
     if unmade != (rest or base):
         out += _keys(f"{unmade}:{tag}")
+    built = "-".join(
+        w for w in unmade.split("-") if not (_BUILD_WORD.fullmatch(w) or _QUANT.match(w))
+    )
+    if built and built != unmade:
+        out += _keys(f"{built}:{tag}")
     return list(dict.fromkeys(out))
 
 
