@@ -29,18 +29,30 @@ _INT_FIELDS = STATS[1:]
 # escaped.
 COUNTERS_MARK = b'_duration":'
 
-_INT_RE = re.compile(rb'"(' + b"|".join(f.encode() for f in _INT_FIELDS) + rb')":(\d+)')
-_OPENAI_RE = re.compile(rb'"(prompt_tokens|completion_tokens)":(\d+)')
+# A count or duration is a Go int (int64): whole digits the number ends with. A fraction,
+# an exponent or a sign (a broken server's) is not one, nor what int64 cannot hold
+# (`_whole`): read as absent, never as its first digits or as a number no sink stores.
+_WHOLE = rb"(\d{1,19})(?=[,}\s])"
+_INT_MAX = (1 << 63) - 1
+_INT_RE = re.compile(rb'"(' + b"|".join(f.encode() for f in _INT_FIELDS) + rb')":' + _WHOLE)
+_OPENAI_RE = re.compile(rb'"(prompt_tokens|completion_tokens)":' + _WHOLE)
 _REASON_RE = re.compile(rb'"(?:done_reason|finish_reason|stop_reason)":"([a-z_]+)"')
 _OPENAI_NAMES = {b"prompt_tokens": "prompt_eval_count", b"completion_tokens": "eval_count"}
+
+
+def _whole(value: bytes) -> int | None:
+    number = int(value)
+    return number if number <= _INT_MAX else None
 
 
 def parse(tail: bytes) -> dict[str, int | str]:
     stats: dict[str, int | str] = {}
     for name, value in _INT_RE.findall(tail):
-        stats[name.decode()] = int(value)
+        if (number := _whole(value)) is not None:
+            stats[name.decode()] = number
     for name, value in _OPENAI_RE.findall(tail):
-        stats.setdefault(_OPENAI_NAMES[name], int(value))
+        if (number := _whole(value)) is not None:
+            stats.setdefault(_OPENAI_NAMES[name], number)
     reasons = _REASON_RE.findall(tail)
     if reasons:
         stats["done_reason"] = reasons[-1].decode()

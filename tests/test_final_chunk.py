@@ -49,6 +49,19 @@ def test_nothing_to_read_gives_nothing() -> None:
     assert final_chunk.parse(b'{"error":"boom"}\n') == {}
 
 
+def test_a_counter_that_is_no_whole_int64_is_absent() -> None:
+    """Ollama's counters are Go ints (int64) and durations: a fraction, an exponent, a
+    sign or a count beyond int64 (a broken server's) is not one, and read as absent
+    rather than as its first digits or as a number no sink can store."""
+    tail = (
+        b'{"done":true,"done_reason":"stop","total_duration":1.5e9,"load_duration":-5,'
+        b'"prompt_eval_count":2.5,"prompt_eval_duration":' + b"9" * 30 + b","
+        b'"eval_count":9223372036854775808,"eval_duration":9223372036854775807}\n'
+        b'data: {"usage":{"prompt_tokens":7.5,"completion_tokens":1e3}}\n\n'
+    )
+    assert final_chunk.parse(tail) == {"done_reason": "stop", "eval_duration": (1 << 63) - 1}
+
+
 class Recorded:
     """The access-log records the proxy writes while `with` lasts."""
 
