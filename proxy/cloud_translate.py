@@ -398,6 +398,51 @@ def _json(data: str) -> dict[str, Any]:
     return doc
 
 
+# An event's fields, read by type (an OpenAI-compatible server behind `base_url`, a
+# gateway, may send another shape). What holds the answer (choices, deltas, tool
+# calls) of another type is the cloud's error: the client's answer cannot be read. What
+# only the proxy reads (token counts, why it stopped) of another type is absent.
+
+
+def _object(value: object, what: str) -> dict[str, Any]:
+    """An object, absent ({}) when null or left out."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise CloudStreamError(f"the cloud sent {what} that is not an object")
+    return value
+
+
+def _objects(value: object, what: str, each: str) -> list[dict[str, Any]]:
+    """A list of objects, none when null or left out."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise CloudStreamError(f"the cloud sent {what} that are not a list")
+    return [_object(item, each) for item in value]
+
+
+def _tokens(value: object) -> int | None:
+    """A token count: a whole number an int64 holds, not negative; anything else is
+    absent (then estimated: a negative count would give budget back, a huge one is
+    one no sink stores)."""
+    if type(value) is int and 0 <= value < 1 << 63:
+        return value
+    return None
+
+
+def _count(reading: Reading, prompt: object, completion: object) -> None:
+    """The cloud's counts so far: each one read replaces the last, an absent one not."""
+    if (tokens := _tokens(prompt)) is not None:
+        reading.prompt_tokens = tokens
+    if (tokens := _tokens(completion)) is not None:
+        reading.completion_tokens = tokens
+
+
+def _reason(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
 def _error_message(doc: dict[str, Any]) -> str:
     error = doc.get("error")
     if isinstance(error, dict):
@@ -413,25 +458,25 @@ def read_openai(name: str, data: str, reading: Reading) -> None:
     doc = _json(data)
     if "error" in doc:
         raise CloudStreamError(_error_message(doc))
-    for choice in doc.get("choices") or ():
-        delta = choice.get("delta") or {}
+    for choice in _objects(doc.get("choices"), "choices", "a choice"):
+        delta = _object(choice.get("delta"), "a delta")
         if isinstance(delta.get("content"), str) and delta["content"]:
             reading.texts.append(delta["content"])
-        for piece in delta.get("tool_calls") or ():
-            if not isinstance(piece, dict):
-                raise CloudStreamError("the cloud sent a tool call that is not an object")
-            call = reading.calls.setdefault(int(piece.get("index") or 0), ["", "", ""])
-            function = piece.get("function") or {}
+        for piece in _objects(delta.get("tool_calls"), "tool calls", "a tool call"):
+            index = piece.get("index") or 0
+            if type(index) is not int:
+                raise CloudStreamError("the cloud sent a tool call index that is not a number")
+            call = reading.calls.setdefault(index, ["", "", ""])
+            function = _object(piece.get("function"), "a function")
             call[0] = str(piece.get("id") or call[0])
             call[1] += str(function.get("name") or "")
             call[2] += str(function.get("arguments") or "")
             reading.call_pieces.append(piece)
-        if choice.get("finish_reason"):
-            reading.reason = str(choice["finish_reason"])
+        if reason := _reason(choice.get("finish_reason")):
+            reading.reason = reason
     usage = doc.get("usage")
     if isinstance(usage, dict):
-        reading.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-        reading.completion_tokens = int(usage.get("completion_tokens") or 0)
+        _count(reading, usage.get("prompt_tokens"), usage.get("completion_tokens"))
 
 
 def read_anthropic(name: str, data: str, reading: Reading) -> None:
@@ -441,20 +486,22 @@ def read_anthropic(name: str, data: str, reading: Reading) -> None:
     if kind == "error":
         raise CloudStreamError(_error_message(doc))
     if kind == "message_start":
-        usage = (doc.get("message") or {}).get("usage") or {}
-        reading.prompt_tokens = int(usage.get("input_tokens") or 0)
-        reading.completion_tokens = int(usage.get("output_tokens") or 0)
+        message = doc.get("message")
+        usage = message.get("usage") if isinstance(message, dict) else None
+        if isinstance(usage, dict):
+            _count(reading, usage.get("input_tokens"), usage.get("output_tokens"))
     elif kind == "content_block_delta":
-        delta = doc.get("delta") or {}
+        delta = _object(doc.get("delta"), "a delta")
         if delta.get("type") == "text_delta" and delta.get("text"):
             reading.texts.append(str(delta["text"]))
     elif kind == "message_delta":
-        reason = (doc.get("delta") or {}).get("stop_reason")
+        said = doc.get("delta")
+        reason = _reason(said.get("stop_reason")) if isinstance(said, dict) else None
         if reason:
-            reading.reason = _ANTHROPIC_REASONS.get(reason, str(reason))
-        usage = doc.get("usage") or {}
-        if "output_tokens" in usage:
-            reading.completion_tokens = int(usage["output_tokens"] or 0)
+            reading.reason = _ANTHROPIC_REASONS.get(reason, reason)
+        counts = doc.get("usage")
+        if isinstance(counts, dict):
+            _count(reading, None, counts.get("output_tokens"))
     elif kind == "message_stop":
         reading.ended = True
 

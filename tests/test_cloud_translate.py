@@ -218,6 +218,65 @@ def test_an_error_event_or_a_cut_stream_is_an_error() -> None:
         translator.finish()
 
 
+def _events(*docs: Any) -> bytes:
+    return b"".join(b"data: " + orjson.dumps(d) + b"\n\n" for d in docs)
+
+
+_OPENAI_END = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+_ANTHROPIC_END = {"type": "message_stop"}
+# Events of another shape than the API's (an OpenAI-compatible server behind
+# `base_url`, a gateway): "" where the answer reads on (the field read as absent),
+# else what the CloudStreamError says (what the client would read is not there).
+_ODD_EVENTS: list[tuple[str, Any, str]] = [
+    ("openai", {"choices": 5}, "choices that are not a list"),
+    ("openai", {"choices": ["x"]}, "a choice that is not an object"),
+    ("openai", {"choices": [{"delta": "x"}]}, "a delta that is not an object"),
+    ("openai", {"choices": [{"delta": {"tool_calls": 5}}]}, "tool calls that are not a list"),
+    ("openai", {"choices": [{"delta": {"tool_calls": [{"index": "a"}]}}]}, "tool call index"),
+    (
+        "openai",
+        {"choices": [{"delta": {"tool_calls": [{"index": 0, "function": "f"}]}}]},
+        "a function that is not an object",
+    ),
+    ("openai", {"choices": [{"delta": {}, "finish_reason": 5}]}, ""),
+    ("openai", {"choices": [], "usage": [1]}, ""),
+    ("openai", {"choices": [], "usage": {"prompt_tokens": "many", "completion_tokens": 1.5}}, ""),
+    ("openai", {"choices": [], "usage": {"prompt_tokens": -1000, "completion_tokens": -5}}, ""),
+    ("openai", {"choices": [], "usage": {"prompt_tokens": 10**19, "completion_tokens": True}}, ""),
+    ("anthropic", {"type": "message_start", "message": "x"}, ""),
+    ("anthropic", {"type": "message_start", "message": {"usage": [1]}}, ""),
+    ("anthropic", {"type": "message_start", "message": {"usage": {"input_tokens": "x"}}}, ""),
+    ("anthropic", {"type": "message_start", "message": {"usage": {"input_tokens": -9}}}, ""),
+    ("anthropic", {"type": "content_block_delta", "delta": "x"}, "a delta that is not an object"),
+    ("anthropic", {"type": "message_delta", "delta": [1], "usage": {"output_tokens": 3}}, ""),
+    ("anthropic", {"type": "message_delta", "delta": {}, "usage": "output_tokens"}, ""),
+    ("anthropic", {"type": "message_delta", "delta": {"stop_reason": [1]}}, ""),
+    ("anthropic", {"type": "message_delta", "delta": {}, "usage": {"output_tokens": 2.5}}, ""),
+    ("anthropic", {"type": "message_delta", "delta": {}, "usage": {"output_tokens": 10**19}}, ""),
+    ("anthropic", {"type": 5}, ""),
+]
+
+
+@pytest.mark.parametrize(("api", "event", "error"), _ODD_EVENTS)
+def test_an_event_of_another_shape_is_read_or_is_the_clouds_error(
+    api: str, event: Any, error: str
+) -> None:
+    """Never another exception (a handler's 500, a stream cut without its error line);
+    a count that is no whole number of tokens in int64 is absent, and estimated: a
+    negative one would give budget back, a huge one no sink can store."""
+    end = _OPENAI_END if api == "openai" else _ANTHROPIC_END
+    translator = Translator(api, CHAT, read_request(CHAT, {"messages": MESSAGES}), "m")
+    if error:
+        with pytest.raises(CloudStreamError, match=error):
+            translator.feed(_events(event, end))
+        return
+    translator.feed(_events(event, end))
+    translator.finish()
+    for count in translator.tokens():
+        assert type(count) is int and 0 <= count < 1 << 63
+    assert translator.reading.reason in (None, "stop")
+
+
 def test_requests_become_each_apis_own() -> None:
     doc = {
         "messages": [
