@@ -9,10 +9,14 @@ is): one that is not an object, or whose `models` is not a list. Below that, a m
 entry of the wrong shape is left out and a field of the wrong type is read as absent,
 as a field the answer leaves out: the rest of a list or a show still describes usable
 models. Fields nobody reads are kept as they are.
+
+A show from an Ollama before 0.6.4 lists no capabilities: `decided_capabilities` reads
+them off its template and weights, as that Ollama decides them.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -176,3 +180,48 @@ def running_models(answer: object) -> list[dict[str, Any]]:
 def shown(answer: object) -> dict[str, Any]:
     """An `/api/show` answer."""
     return _typed(_document(answer, "POST /api/show"), _SHOWN)
+
+
+# A Go template action, `{{ ... }}`, read whole past string literals and comments that
+# hold braces; then the literals and comments inside one, which name no field.
+_LITERAL = r'"(?:\\.|[^"\\])*"|`[^`]*`|\'(?:\\.|[^\'\\])*\'|/\*.*?\*/'
+_ACTION = re.compile(r"\{\{((?:" + _LITERAL + r"|[^}\"`'/]|/(?!\*)|\}(?!\}))*)\}\}", re.S)
+_INERT = re.compile(_LITERAL, re.S)
+# Each name of a field or variable chain: `.Tools`, `$.Tools`, `$m.Function.Name`.
+_FIELD = re.compile(r"\.([A-Za-z_]\w*)")
+
+
+def _template_fields(template: str) -> set[str]:
+    """The field names a Go template's actions read, lower-cased, as Ollama's
+    template.Vars collects them (template/template.go): not text outside actions,
+    literals or comments."""
+    return {
+        field.lower()
+        for action in _ACTION.finditer(template)
+        for field in _FIELD.findall(_INERT.sub(" ", action.group(1)))
+    }
+
+
+def decided_capabilities(show: dict[str, Any]) -> tuple[str, ...]:
+    """What an Ollama whose /api/show lists no capabilities (before 0.6.4) still serves,
+    decided as it decides them from what show carries (server/images.go,
+    Model.CheckCapabilities, and Model.Capabilities in the versions that list them):
+    embedding alone when the weights pool (`<architecture>.pooling_type`), else
+    completion; vision for a vision encoder in the weights or a projector; tools and
+    insert when the template reads `.Tools` / `.Suffix`. Empty without a template: a
+    stand-in server's show, which says nothing of them."""
+    template = show.get("template")
+    if not isinstance(template, str) or not template:
+        return ()
+    weights = show.get("model_info") or {}
+    architecture = weights.get("general.architecture")
+    if f"{architecture}.pooling_type" in weights:
+        return ("embedding",)
+    fields = _template_fields(template)
+    sees = f"{architecture}.vision.block_count" in weights or bool(show.get("projector_info"))
+    wanted = (
+        ("vision", sees),
+        ("tools", "tools" in fields),
+        ("insert", "suffix" in fields),
+    )
+    return ("completion", *(capability for capability, has in wanted if has))

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -72,51 +71,6 @@ def _context_length(show: dict[str, Any] | None, knowledge: ModelKnowledge) -> i
     return knowledge.context_length or 2048
 
 
-# A Go template action, `{{ ... }}`, read whole past string literals and comments that
-# hold braces; then the literals and comments inside one, which name no field.
-_LITERAL = r'"(?:\\.|[^"\\])*"|`[^`]*`|\'(?:\\.|[^\'\\])*\'|/\*.*?\*/'
-_ACTION = re.compile(r"\{\{((?:" + _LITERAL + r"|[^}\"`'/]|/(?!\*)|\}(?!\}))*)\}\}", re.S)
-_INERT = re.compile(_LITERAL, re.S)
-# Each name of a field or variable chain: `.Tools`, `$.Tools`, `$m.Function.Name`.
-_FIELD = re.compile(r"\.([A-Za-z_]\w*)")
-
-
-def _template_fields(template: str) -> set[str]:
-    """The field names a Go template's actions read, lower-cased, as Ollama's
-    template.Vars collects them (template/template.go): not text outside actions,
-    literals or comments."""
-    return {
-        field.lower()
-        for action in _ACTION.finditer(template)
-        for field in _FIELD.findall(_INERT.sub(" ", action.group(1)))
-    }
-
-
-def _decided_capabilities(show: dict[str, Any]) -> tuple[str, ...]:
-    """What an Ollama whose /api/show lists no capabilities (before 0.6.4) still serves,
-    decided as it decides them from what show carries (server/images.go,
-    Model.CheckCapabilities, and Model.Capabilities in the versions that list them):
-    embedding alone when the weights pool (`<architecture>.pooling_type`), else
-    completion; vision for a vision encoder in the weights or a projector; tools and
-    insert when the template reads `.Tools` / `.Suffix`. Empty without a template: a
-    stand-in server's show, which says nothing of them."""
-    template = show.get("template")
-    if not isinstance(template, str) or not template:
-        return ()
-    weights = show.get("model_info") or {}
-    architecture = weights.get("general.architecture")
-    if f"{architecture}.pooling_type" in weights:
-        return ("embedding",)
-    fields = _template_fields(template)
-    sees = f"{architecture}.vision.block_count" in weights or bool(show.get("projector_info"))
-    wanted = (
-        ("vision", sees),
-        ("tools", "tools" in fields),
-        ("insert", "suffix" in fields),
-    )
-    return ("completion", *(capability for capability, has in wanted if has))
-
-
 def model_info(
     name: str, tag: dict[str, Any], show: dict[str, Any] | None, catalog: Catalog | None = None
 ) -> ModelInfo:
@@ -128,7 +82,11 @@ def model_info(
     show's template and weights, else the catalogue's."""
     shown = show or {}
     details = shown.get("details") or tag.get("details") or {}
-    listed = shown.get("capabilities") or tag.get("capabilities") or _decided_capabilities(shown)
+    listed = (
+        shown.get("capabilities")
+        or tag.get("capabilities")
+        or ollama_answers.decided_capabilities(shown)
+    )
     catalog = catalog or Catalog.shipped()
     if not listed:
         knowledge = catalog.lookup(name, details)
