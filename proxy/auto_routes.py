@@ -292,8 +292,9 @@ class AutoRoutes:
     def _described(self, candidate: dict[str, Any]) -> dict[str, Any]:
         """A ranking entry with what the catalogue knows of the model (its areas, where
         they come from: `catalogue`, `config`, `profile` or `nearest`, and for a placed
-        model the entries it was placed beside) and its profiled areas, when it has been
-        profiled."""
+        model the entries it was placed beside), its capabilities and what said them
+        (`registry.CAPABILITIES_FROM`: all but `show` are read off something else than
+        the list Ollama gives), and its profiled areas, when it has been profiled."""
         name = str(candidate.get("model", ""))
         info = self.auto.registry.models.get(name)
         if info is not None and info.knowledge is not None:
@@ -307,6 +308,12 @@ class AutoRoutes:
                     "uncertainty": round(known.uncertainty, 3),
                     "neighbours": list(known.neighbours[:3]),
                 },
+            }
+        if info is not None:
+            listed = sorted(info.candidate.capabilities)
+            candidate = {
+                **candidate,
+                "capabilities": {"listed": listed, "from": info.capabilities_from},
             }
         measured = self.profiles.scores(name)
         return {**candidate, "measured": measured} if measured else candidate

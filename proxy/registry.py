@@ -47,6 +47,15 @@ class ModelInfo:
     knowledge: ModelKnowledge | None = None
     # Where a remote model runs (an Ollama cloud model's `remote_host`); "" when local.
     remote: str = ""
+    # What said the candidate's capabilities (`CAPABILITIES_FROM`), for explain: all but
+    # "show" are read off something else than the list Ollama gives.
+    capabilities_from: str = "show"
+
+
+# Where a model's capabilities come from, in the order `model_info` tries them: the
+# list show gives, the tags entry's, what an Ollama before 0.6.4 decides them from
+# (show's template and weights), the catalogue's knowledge of the model.
+CAPABILITIES_FROM = ("show", "tags", "template", "catalogue")
 
 
 def catalog_for(config: Config) -> Catalog:
@@ -82,13 +91,15 @@ def model_info(
     show's template and weights, else the catalogue's."""
     shown = show or {}
     details = shown.get("details") or tag.get("details") or {}
-    listed = (
-        shown.get("capabilities")
-        or tag.get("capabilities")
-        or ollama_answers.decided_capabilities(shown)
+    sources = (
+        shown.get("capabilities"),
+        tag.get("capabilities"),
+        ollama_answers.decided_capabilities(shown),
     )
+    found = next((i for i, listed in enumerate(sources) if listed), len(sources))
+    source = CAPABILITIES_FROM[found]
     catalog = catalog or Catalog.shipped()
-    if not listed:
+    if source == "catalogue":
         knowledge = catalog.lookup(name, details)
         # Not `insert`: Ollama lists it for a template that reads `.Suffix`
         # (server/images.go), and the catalogue's `code` says a model is good at code,
@@ -100,7 +111,7 @@ def model_info(
         # proxy's own 400 saying why no model can.
         capabilities = frozenset(ollama_capabilities(name, knowledge, insert=False))
     else:
-        capabilities = frozenset(listed)
+        capabilities = frozenset(sources[found] or ())
         knowledge = catalog.lookup(name, details, capabilities)
     lowered = name.lower()
     reported = params_from(str(details.get("parameter_size") or ""))
@@ -126,6 +137,7 @@ def model_info(
         "embedding" in capabilities and "completion" not in capabilities,
         knowledge,
         _remote_host(name, tag, shown),
+        source,
     )
 
 

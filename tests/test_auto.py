@@ -211,6 +211,8 @@ async def test_explain_matches_what_the_proxy_does(auto_proxy: Proxy) -> None:
                 doc["ranking"][0]["utility"], abs=1e-3
             )
     assert answer["model"] == doc["model"]
+    # A current Ollama's show lists each model's capabilities.
+    assert all(r["capabilities"]["from"] == "show" for r in doc["ranking"])
 
 
 def test_official_clients_see_the_chosen_model(auto_proxy: Proxy) -> None:
@@ -686,6 +688,9 @@ async def test_auto_serves_the_models_of_a_backend_without_api_show(
         assert status == 200, doc
         assert doc["model"] == "qwen2.5:7b"
         assert doc["filtered"] == {"codegemma:7b": "lacks tools"}
+        # Explain says the capabilities are the catalogue's guess, not what show listed.
+        (entry,) = doc["ranking"]
+        assert entry["capabilities"] == {"listed": ["completion", "tools"], "from": "catalogue"}
         served = own.state.requests["/api/chat"]
         body = chat("auto", tools=TOOLS, stream=False, options=SHORT)
         async with session.post(prx.url + "/api/chat", json=body) as resp:
@@ -722,6 +727,9 @@ async def test_auto_serves_what_an_ollama_before_0_6_4_serves(
             status, doc = await explain(prx, chat("auto:best", stream=False, options=SHORT))
             assert status == 200, doc
             assert "nomic-embed-text:latest" not in {r["model"] for r in doc["ranking"]}
+            said = {r["model"]: r["capabilities"] for r in doc["ranking"]}
+            assert {r["from"] for r in said.values()} == {"template"}, said
+            assert "vision" in said["llava:7b"]["listed"], said
             for path, body, model in (
                 (
                     "/api/chat",
