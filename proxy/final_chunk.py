@@ -36,7 +36,9 @@ _WHOLE = rb"(\d{1,19})(?=[,}\s])"
 _INT_MAX = (1 << 63) - 1
 _INT_RE = re.compile(rb'"(' + b"|".join(f.encode() for f in _INT_FIELDS) + rb')":' + _WHOLE)
 _OPENAI_RE = re.compile(rb'"(prompt_tokens|completion_tokens)":' + _WHOLE)
-_REASON_RE = re.compile(rb'"(?:done_reason|finish_reason|stop_reason)":"([a-z_]+)"')
+# A reason is a short word ("stop", "tool_calls", "stop_sequence"); a longer run of
+# letters is a broken server's and read as absent, not kept in every usage event.
+_REASON_RE = re.compile(rb'"(?:done_reason|finish_reason|stop_reason)":"([a-z_]{1,32})"')
 _OPENAI_NAMES = {b"prompt_tokens": "prompt_eval_count", b"completion_tokens": "eval_count"}
 
 

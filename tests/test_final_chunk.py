@@ -62,6 +62,17 @@ def test_a_counter_that_is_no_whole_int64_is_absent() -> None:
     assert final_chunk.parse(tail) == {"done_reason": "stop", "eval_duration": (1 << 63) - 1}
 
 
+def test_a_reason_of_no_known_length_is_absent() -> None:
+    """Every reason Ollama, OpenAI and Anthropic give is a short word ("stop",
+    "tool_calls", "stop_sequence"): a broken server's megabyte of letters is none, and
+    is not carried into every usage event and log line of the request."""
+    long = b"x" * 1_000_000
+    assert final_chunk.parse(b'{"done":true,"done_reason":"' + long + b'"}\n') == {}
+    assert final_chunk.parse(b'{"done":true,"done_reason":"stop_sequence"}\n') == {
+        "done_reason": "stop_sequence"
+    }
+
+
 class Recorded:
     """The access-log records the proxy writes while `with` lasts."""
 
