@@ -369,7 +369,7 @@ async def handle_copy(request: web.Request) -> web.Response:
     spec = state.find(src)
     if spec is None:
         return error(404, f"model {dumps(src).decode()} not found")
-    state.store[normalize_name(dst)] = spec.renamed(
+    state.store[normalize_name(dst)] = spec.copied(
         normalize_name(dst), modified_at=go_time(state.now_ns())
     )
     return empty_ok()

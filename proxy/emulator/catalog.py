@@ -87,6 +87,9 @@ class ModelSpec:
     # Emulator only: the chance of a correct answer to a profiling-suite prompt, per
     # capability area (see skills.py). Empty: suite prompts get ordinary emulated text.
     skills: tuple[tuple[str, float], ...] = ()
+    # The name whose manifest this one is a copy of (`/api/copy`): a copy lists the
+    # same digest and layers, as Ollama's copy of the manifest file does; "" for its own.
+    manifest: str = ""
 
     @property
     def arch(self) -> str:
@@ -95,19 +98,25 @@ class ModelSpec:
     @property
     def digest(self) -> str:
         """Manifest digest as /api/tags prints it: bare sha256 hex."""
-        return hashlib.sha256(f"manifest:{self.name}".encode()).hexdigest()
+        return hashlib.sha256(f"manifest:{self.manifest or self.name}".encode()).hexdigest()
 
     @property
     def model_digest(self) -> str:
         """Digest of the weights layer ("sha256:<hex>")."""
-        return "sha256:" + hashlib.sha256(f"weights:{self.name}".encode()).hexdigest()
+        weights = self.manifest or self.name
+        return "sha256:" + hashlib.sha256(f"weights:{weights}".encode()).hexdigest()
 
     def has(self, capability: str) -> bool:
         return capability in self.capabilities
 
     def renamed(self, name: str, **changes: Any) -> ModelSpec:
-        """A copy stored under another name (copy/create)."""
-        return replace(self, name=name, **changes)
+        """A model made from this one under another name (create), with its own
+        manifest."""
+        return replace(self, name=name, manifest="", **changes)
+
+    def copied(self, name: str, **changes: Any) -> ModelSpec:
+        """This model's manifest stored under another name as well (copy)."""
+        return replace(self, name=name, manifest=self.manifest or self.name, **changes)
 
     def layers(self) -> list[tuple[str, int]]:
         """(digest, size) of each manifest layer, weights first, as pull reports them."""
@@ -119,7 +128,11 @@ class ModelSpec:
         out = [(self.model_digest, self.size - sum(s for _, s in small))]
         for kind, size in small:
             out.append(
-                ("sha256:" + hashlib.sha256(f"{kind}:{self.name}".encode()).hexdigest(), size)
+                (
+                    "sha256:"
+                    + hashlib.sha256(f"{kind}:{self.manifest or self.name}".encode()).hexdigest(),
+                    size,
+                )
             )
         return out
 
