@@ -374,7 +374,7 @@ class AutoRouter:
         """The hard filters: the API key's and the profile's lists, safety classifiers
         and remote (cloud) models unless the profile names them, the capabilities the
         request needs, a context that holds the prompt, instruct models before base
-        ones."""
+        ones, each model's weights once."""
         names = self._profile(profile)
         allow, deny = names.allow, names.deny
         eligible: list[Candidate] = []
@@ -406,6 +406,7 @@ class AutoRouter:
                 eligible.append(candidate)
         if "insert" not in needs and any(c.is_instruct for c in eligible):
             eligible = self._instruct_first(eligible, names, filtered)
+        eligible = self._weights_once(eligible, names, filtered)
         backend_of = self.registry.backend_of
         return Eligible(
             candidates=tuple(eligible),
@@ -437,6 +438,32 @@ class AutoRouter:
             else:
                 filtered[name] = "a base (pretrained) model, and an instruct one is eligible"
         return kept
+
+    def _weights_once(
+        self, eligible: list[Candidate], names: ProfileNames, filtered: dict[str, str]
+    ) -> list[Candidate]:
+        """Names of one digest (`ollama cp`, or `llama3.2` and `llama3.2:3b` pulled
+        both) are one model's weights: ranked twice, its feedback would be split between
+        them and exploration would try it twice. One eligible name stands for them,
+        chosen by name alone so that it is the same at every request and refresh and
+        the evidence gathers under it: the profile's default model, else an explicit
+        tag before `:latest` (which a later pull may point at other weights), else the
+        first in sorted order. A model without a digest is never merged."""
+        models = self.registry.models
+        by_digest: dict[str, list[str]] = {}
+        for candidate in eligible:
+            info = models.get(candidate.name)
+            if info is not None and info.digest:
+                by_digest.setdefault(info.digest, []).append(candidate.name)
+        dropped: dict[str, str] = {}
+        for same in by_digest.values():
+            if len(same) > 1:
+                kept = min(same, key=lambda n: (n != names.default_model, n.endswith(":latest"), n))
+                dropped |= {n: f"the same weights as {kept}" for n in same if n != kept}
+        if not dropped:
+            return eligible
+        filtered |= dropped
+        return [c for c in eligible if c.name not in dropped]
 
     def _profile(self, profile: Profile) -> ProfileNames:
         """`ProfileNames` of a profile, made once per profile object."""

@@ -50,6 +50,9 @@ class ModelInfo:
     # What said the candidate's capabilities (`CAPABILITIES_FROM`), for explain: all but
     # "show" are read off something else than the list Ollama gives.
     capabilities_from: str = "show"
+    # The weights' digest as `/api/tags` lists it, the same on every backend that lists
+    # the name; "" when unknown or when backends list other weights under the name.
+    digest: str = ""
 
 
 # Where a model's capabilities come from, in the order `model_info` tries them: the
@@ -138,6 +141,7 @@ def model_info(
         knowledge,
         _remote_host(name, tag, shown),
         source,
+        str(tag.get("digest") or ""),
     )
 
 
@@ -238,12 +242,19 @@ class Registry:
     ) -> ModelInfo:
         """The model as the show of the first backend in `found` whose show answers
         describes it (one after another: identical weights are shown once, by digest),
-        else as the first backend's tags entry and the catalogue do."""
+        else as the first backend's tags entry and the catalogue do. Its digest is kept
+        only when every backend lists the same weights under the name: `auto` takes
+        names of one digest for one model."""
         for state, tag in found:
             show = await self._show(state, name, str(tag.get("digest") or ""))
             if show is not None:
-                return model_info(name, tag, show, catalog)
-        return model_info(name, found[0][1], None, catalog)
+                break
+        else:
+            tag = found[0][1]
+        info = model_info(name, tag, show, catalog)
+        if len({str(tag.get("digest") or "") for _, tag in found}) > 1:
+            info = replace(info, digest="")
+        return info
 
     def set_models(self, models: dict[str, ModelInfo]) -> None:
         self.models = models

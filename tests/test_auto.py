@@ -16,6 +16,7 @@ import openai
 import orjson
 import pytest
 
+from proxy.app import APP_KEY
 from proxy.auto import AutoError, AutoRouter, profile_of
 from proxy.backends import BackendPool
 from proxy.config import Backend, Config, Health, Profile, Selector
@@ -1084,3 +1085,119 @@ async def test_a_thinking_model_is_expected_to_take_longer_unless_told_not_to_th
     assert thinks["thinker:8b"] > 2 * thinks["plain:8b"]  # loading and the prompt alike
     told_not_to = seconds(chat("auto:fast", think=False))
     assert told_not_to["thinker:8b"] == pytest.approx(told_not_to["plain:8b"])
+
+
+async def test_names_of_the_same_weights_are_one_candidate(tmp_path: Path) -> None:
+    """`ollama pull llama3.2` then `ollama pull llama3.2:3b` (or `ollama cp`) lists one
+    model's weights under two names of one digest: `auto` ranks, explores and learns
+    them as one model, under the name an API key may use, and explain says which name
+    stands for the others. Other weights, or no digest, are other models."""
+    profiles = {
+        "best": Profile(cost_weight=0.0),
+        "latest": Profile(cost_weight=0.0, default_model="llama3.2:latest"),
+    }
+    auto, set_models = offline_router(tmp_path, profiles)
+
+    def tagged(name: str, digest: str | None) -> ModelInfo:
+        return model_info(name, {"name": name, "digest": digest} if digest else {"name": name}, {})
+
+    def decide(key: frozenset[str] | None = None, profile: str = "best") -> Any:
+        return auto.decide("/api/chat", chat("auto"), profile, key_models=key).decision
+
+    set_models(
+        {
+            "llama3.2:latest": tagged("llama3.2:latest", "a" * 64),
+            "llama3.2:3b": tagged("llama3.2:3b", "a" * 64),
+            "qwen3:8b": tagged("qwen3:8b", "b" * 64),
+        }
+    )
+    decision = decide()
+    assert {s.name for s in decision.ranking} == {"llama3.2:3b", "qwen3:8b"}
+    assert decision.filtered == {"llama3.2:latest": "the same weights as llama3.2:3b"}
+    # A key allowed only one of the names has the weights under that name.
+    only_latest = decide(frozenset({"llama3.2:latest", "qwen3:8b"}))
+    assert {s.name for s in only_latest.ranking} == {"llama3.2:latest", "qwen3:8b"}
+    assert only_latest.filtered == {}
+    # The profile's default model stands for its weights.
+    named = decide(profile="latest")
+    assert {s.name for s in named.ranking} == {"llama3.2:latest", "qwen3:8b"}
+    assert named.filtered == {"llama3.2:3b": "the same weights as llama3.2:latest"}
+
+    set_models(
+        {
+            "llama3.2:latest": tagged("llama3.2:latest", "a" * 64),
+            "llama3.2:3b": tagged("llama3.2:3b", "c" * 64),
+            "mine:latest": tagged("mine:latest", None),
+            "mine:v1": tagged("mine:v1", None),
+        }
+    )
+    decision = decide()
+    assert {s.name for s in decision.ranking} == {
+        "llama3.2:latest",
+        "llama3.2:3b",
+        "mine:latest",
+        "mine:v1",
+    }
+    assert decision.filtered == {}
+
+
+async def test_a_copied_model_is_explained_as_the_same_weights(
+    servers: ServerThread, tmp_path: Path
+) -> None:
+    """`ollama cp llama3.1:8b llama3.1:latest` on a backend: both names are listed, with
+    one digest, and explain ranks the weights once, under the explicit tag."""
+    own = Emulator(servers, FROZEN)
+    prx = Proxy(
+        servers, [own.url], selector=selector(tmp_path), health=Health(interval_seconds=3600)
+    )
+    try:
+        copy = {"source": "llama3.1:8b", "destination": "llama3.1:latest"}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(own.url + "/api/copy", json=copy) as resp,
+        ):
+            assert resp.status == 200
+        prx.thread.call(prx.app[APP_KEY].backends.refresh_all)
+        _, tags = await get(own.url + "/api/tags")
+        digests = {m["name"]: m["digest"] for m in tags["models"]}
+        assert digests["llama3.1:latest"] == digests["llama3.1:8b"]
+        assert len(set(digests.values())) == len(digests) - 1
+        status, doc = await explain(prx, chat("auto:best"))
+        assert status == 200, doc
+        assert doc["filtered"]["llama3.1:latest"] == "the same weights as llama3.1:8b"
+        ranked = {entry["model"] for entry in doc["ranking"]}
+        assert "llama3.1:8b" in ranked and "llama3.1:latest" not in ranked
+    finally:
+        prx.stop()
+        own.stop()
+
+
+async def test_a_name_with_other_weights_on_another_backend_is_not_merged(
+    servers: ServerThread, tmp_path: Path
+) -> None:
+    """`mine:1` is a copy of llama3.1:8b on one backend and of qwen2.5:7b on another:
+    the name stands for no one digest, so it is a model of its own."""
+    first, second = Emulator(servers, FROZEN), Emulator(servers, FROZEN)
+    prx = Proxy(
+        servers,
+        [first.url, second.url],
+        selector=selector(tmp_path),
+        health=Health(interval_seconds=3600),
+    )
+    try:
+        async with aiohttp.ClientSession() as session:
+            for emu, source in ((first, "llama3.1:8b"), (second, "qwen2.5:7b")):
+                copy = {"source": source, "destination": "mine:1"}
+                async with session.post(emu.url + "/api/copy", json=copy) as resp:
+                    assert resp.status == 200
+        app = prx.app[APP_KEY]
+        prx.thread.call(app.backends.refresh_all)
+        assert app.registry.models["mine:1"].digest == ""
+        assert app.registry.models["llama3.1:8b"].digest
+        status, doc = await explain(prx, chat("auto:best"))
+        assert status == 200, doc
+        assert "mine:1" not in doc["filtered"] and "llama3.1:8b" not in doc["filtered"]
+    finally:
+        prx.stop()
+        first.stop()
+        second.stop()
