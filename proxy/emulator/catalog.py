@@ -96,15 +96,19 @@ class ModelSpec:
         return self.architecture or self.family
 
     @property
+    def _origin(self) -> str:
+        """The name the manifest was made under: every digest of a copy is its source's."""
+        return self.manifest or self.name
+
+    @property
     def digest(self) -> str:
         """Manifest digest as /api/tags prints it: bare sha256 hex."""
-        return hashlib.sha256(f"manifest:{self.manifest or self.name}".encode()).hexdigest()
+        return hashlib.sha256(f"manifest:{self._origin}".encode()).hexdigest()
 
     @property
     def model_digest(self) -> str:
         """Digest of the weights layer ("sha256:<hex>")."""
-        weights = self.manifest or self.name
-        return "sha256:" + hashlib.sha256(f"weights:{weights}".encode()).hexdigest()
+        return "sha256:" + hashlib.sha256(f"weights:{self._origin}".encode()).hexdigest()
 
     def has(self, capability: str) -> bool:
         return capability in self.capabilities
@@ -116,7 +120,7 @@ class ModelSpec:
 
     def copied(self, name: str, **changes: Any) -> ModelSpec:
         """This model's manifest stored under another name as well (copy)."""
-        return replace(self, name=name, manifest=self.manifest or self.name, **changes)
+        return replace(self, name=name, manifest=self._origin, **changes)
 
     def layers(self) -> list[tuple[str, int]]:
         """(digest, size) of each manifest layer, weights first, as pull reports them."""
@@ -128,11 +132,7 @@ class ModelSpec:
         out = [(self.model_digest, self.size - sum(s for _, s in small))]
         for kind, size in small:
             out.append(
-                (
-                    "sha256:"
-                    + hashlib.sha256(f"{kind}:{self.manifest or self.name}".encode()).hexdigest(),
-                    size,
-                )
+                ("sha256:" + hashlib.sha256(f"{kind}:{self._origin}".encode()).hexdigest(), size)
             )
         return out
 
