@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import orjson
 
-from proxy.protocol import go_dumps, go_now
+from proxy.protocol import count, go_dumps, go_now
 
 Api = Literal["openai", "anthropic"]
 CHAT, GENERATE, V1_CHAT = "/api/chat", "/api/generate", "/v1/chat/completions"
@@ -422,20 +422,12 @@ def _objects(value: object, what: str, each: str) -> list[dict[str, Any]]:
     return [_object(item, each) for item in value]
 
 
-def _tokens(value: object) -> int | None:
-    """A token count: a whole number an int64 holds, not negative; anything else is
-    absent (then estimated: a negative count would give budget back, a huge one is
-    one no sink stores)."""
-    if type(value) is int and 0 <= value < 1 << 63:
-        return value
-    return None
-
-
 def _count(reading: Reading, prompt: object, completion: object) -> None:
-    """The cloud's counts so far: each one read replaces the last, an absent one not."""
-    if (tokens := _tokens(prompt)) is not None:
+    """The cloud's counts so far: each one read replaces the last, an absent one (or
+    one that is no count: a negative one would give budget back) not."""
+    if (tokens := count(prompt)) is not None:
         reading.prompt_tokens = tokens
-    if (tokens := _tokens(completion)) is not None:
+    if (tokens := count(completion)) is not None:
         reading.completion_tokens = tokens
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import re
 
+from proxy.protocol import INT64_MAX
+
 # What `parse` can return, for those who store it (the usage events).
 STATS = (
     "done_reason",
@@ -31,9 +33,9 @@ COUNTERS_MARK = b'_duration":'
 
 # A count or duration is a Go int (int64): whole digits the number ends with. A fraction,
 # an exponent or a sign (a broken server's) is not one, nor what int64 cannot hold
-# (`_whole`): read as absent, never as its first digits or as a number no sink stores.
+# (`_whole`): read as absent, never as its first digits or as a number no sink stores
+# (`protocol.count`'s rule, on bytes).
 _WHOLE = rb"(\d{1,19})(?=[,}\s])"
-_INT_MAX = (1 << 63) - 1
 _INT_RE = re.compile(rb'"(' + b"|".join(f.encode() for f in _INT_FIELDS) + rb')":' + _WHOLE)
 _OPENAI_RE = re.compile(rb'"(prompt_tokens|completion_tokens)":' + _WHOLE)
 # A reason is a short word ("stop", "tool_calls", "stop_sequence"); a longer run of
@@ -44,7 +46,7 @@ _OPENAI_NAMES = {b"prompt_tokens": "prompt_eval_count", b"completion_tokens": "e
 
 def _whole(value: bytes) -> int | None:
     number = int(value)
-    return number if number <= _INT_MAX else None
+    return number if number <= INT64_MAX else None
 
 
 def parse(tail: bytes) -> dict[str, int | str]:

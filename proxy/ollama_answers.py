@@ -20,6 +20,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from proxy.protocol import count
+
 
 class ShapeError(ValueError):
     """A backend's answer is JSON, but of no shape Ollama answers."""
@@ -51,20 +53,10 @@ def _string(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _count(value: object) -> int | None:
-    """A size (Go's int64) that is not negative. A whole number written as a float
-    (`2.5e9`, which Go refuses) is read as it: the size is no less known."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    return value if isinstance(value, int) and value >= 0 else None
-
-
 def _positive(value: object) -> int | None:
     """A length in tokens: 0 or less says nothing of the model."""
-    count = _count(value)
-    return count if count else None
+    length = count(value)
+    return length if length else None
 
 
 def _strings(value: object) -> list[str] | None:
@@ -117,7 +109,7 @@ _LISTED: dict[str, Reader] = {
     "remote_model": _string,
     "remote_host": _string,
     "modified_at": _string,
-    "size": _count,
+    "size": count,
     "digest": _string,
     "details": _details,
     "capabilities": _strings,
@@ -126,11 +118,11 @@ _LISTED: dict[str, Reader] = {
 _RUNNING: dict[str, Reader] = {
     "name": _string,
     "model": _string,
-    "size": _count,
+    "size": count,
     "digest": _string,
     "details": _details,
     "expires_at": _string,
-    "size_vram": _count,
+    "size_vram": count,
     "context_length": _positive,
 }
 # The fields of api.ShowResponse the registry reads; `model_info` and `projector_info`

@@ -91,6 +91,21 @@ def encoded(doc: object) -> bytes:
     return go_dumps(doc) + b"\n"
 
 
+# Ollama's counts and sizes (token counts, durations in nanoseconds, bytes) are Go
+# int64s; a sink stores nothing larger.
+INT64_MAX = (1 << 63) - 1
+
+
+def count(value: object) -> int | None:
+    """A count or size from a decoded answer (Ollama's or a cloud's): an integer an
+    int64 holds, not negative, as Go's json.Unmarshal reads one; anything else (a
+    float, even a whole one, a string, a boolean) is absent, never a guess a sink
+    stores or a budget is given back by. `final_chunk` reads the same from bytes."""
+    if type(value) is int and 0 <= value <= INT64_MAX:
+        return value
+    return None
+
+
 REQUEST_ID_HEADER = "X-Request-Id"
 # The model that answers: the one named, auto's choice, or the cloud fallback's.
 MODEL_HEADER = "X-Autoroute-Model"

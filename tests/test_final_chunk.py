@@ -1,13 +1,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from typing import Any
 
 import aiohttp
 import ollama
+import pytest
 
-from proxy import final_chunk
+from proxy import final_chunk, protocol
 from proxy.app import APP_KEY
 from proxy.emulator import EmulatorSettings
 from tests.support import Emulator, Proxy, ServerThread
@@ -29,6 +31,18 @@ def test_ollama_final_line() -> None:
         "eval_count": 20,
         "eval_duration": 800,
     }
+
+
+@pytest.mark.parametrize(
+    "value", [0, 12, (1 << 63) - 1, 1 << 63, -1, 12.0, 2.5, 1e3, True, "12", None]
+)
+def test_counts_read_from_bytes_as_from_objects(value: object) -> None:
+    """The final chunk's byte reader and `protocol.count` (what reads a decoded answer)
+    agree on what a count is."""
+    body = {"done": True, "eval_count": value, "eval_duration": 800}
+    tail = json.dumps(body, separators=(",", ":")).encode() + b"\n"
+    got = final_chunk.parse(tail).get("eval_count")
+    assert got == protocol.count(value)
 
 
 def test_openai_usage_and_finish_reason() -> None:
