@@ -13,7 +13,9 @@ written to escape, which is why profiling only runs models an operator names.
 from __future__ import annotations
 
 import functools
+import math
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -106,7 +108,10 @@ def run_tests(
         home = Path(work)
         (home / "answer.py").write_text(code, encoding="utf-8")
         (home / "tests.py").write_text(tests, encoding="utf-8")
-        driver = _DRIVER.format(cpu_seconds=max(1, int(timeout)), memory_bytes=memory_bytes)
+        # The CPU limit is a second past the wall clock's, a backstop: a loop the clock
+        # ends reads as timed out, not as whichever of the two limits won the race.
+        cpu_seconds = math.ceil(timeout) + 1
+        driver = _DRIVER.format(cpu_seconds=cpu_seconds, memory_bytes=memory_bytes)
         (home / "driver.py").write_text(driver, encoding="utf-8")
         command = [*_netns_prefix(), sys.executable, "-I", "-S", "-B", "driver.py"]
         try:
@@ -124,4 +129,13 @@ def run_tests(
     if done.returncode == 0:
         return Outcome(True)
     tail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-3:]
+    if done.returncode < 0 and not tail:
+        return Outcome(False, f"killed by {_signal_name(-done.returncode)}")
     return Outcome(False, " | ".join(tail) or f"exit status {done.returncode}")
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
