@@ -478,7 +478,8 @@ class ClientLeg(Answer):
         if conn is not None:
             conn.close()
         chunked = self.head is not None and self.head.chunked
-        if chunked and at_boundary and not self.transport.is_closing():
+        stream = self.content_type.startswith(_STREAM_TYPES)
+        if chunked and stream and at_boundary and not self.transport.is_closing():
             line = stream_error_line(self.content_type, message)
             if self.dechunker is None:
                 line = b"%x\r\n%b\r\n0\r\n\r\n" % (len(line), line)
@@ -486,8 +487,9 @@ class ClientLeg(Answer):
             self.transport.write(self.head_bytes + line)
             self.head_bytes = b""
         else:
-            # Length-framed, cut inside a chunk or already ended: closing is the only
-            # honest signal.
+            # Length-framed, a whole answer (its JSON would end in an error line, a
+            # complete 200 that is no JSON), cut inside a chunk or already ended:
+            # closing is the only honest signal.
             self.keep_alive = False
             self.transport.close()
 

@@ -225,6 +225,47 @@ async def test_a_mid_stream_failure_reaches_an_http10_client_unframed(
         proxy.stop()
 
 
+def _cut_app(model: str) -> web.Application:
+    """A backend listing `model` whose chat answers are cut: a chunked
+    `application/json` body (what Go's net/http frames a large `stream: false` answer
+    as) that stops halfway through its one JSON document when the connection drops."""
+
+    async def infer(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(headers={"Content-Type": "application/json; charset=utf-8"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        half = b'{"model":"%b","message":{"role":"assistant","content":"He' % model.encode()
+        await resp.write(half)
+        assert request.transport is not None
+        request.transport.abort()
+        return resp
+
+    app = _lists_app({"models": [{"name": model, "model": model, "digest": "d1", "size": 1}]})
+    app.router.add_post("/api/chat", infer)
+    return app
+
+
+async def test_a_whole_answer_cut_short_reaches_the_client_cut(servers: ServerThread) -> None:
+    """A JSON answer (not a stream) that breaks off is not ended as a stream is, with an
+    error line and the last chunk: that would hand the client a complete 200 whose body
+    is no JSON. The client sees the cut as it would from the backend itself."""
+    port = free_port()
+    cut = servers.serve(lambda: _cut_app(SHARED), port)
+    proxy = Proxy(servers, [f"http://127.0.0.1:{port}"])
+    body = {"model": SHARED, "messages": [{"role": "user", "content": "hi"}], "stream": False}
+    try:
+        for url in (f"http://127.0.0.1:{port}", proxy.url):
+            async with aiohttp.ClientSession() as session:
+                async with session.post(url + "/api/chat", json=body) as resp:
+                    assert resp.status == 200
+                    with pytest.raises(aiohttp.ClientPayloadError):
+                        await resp.read()
+    finally:
+        proxy.stop()
+        servers.stop(cut)
+
+
 async def test_backend_that_never_answers_is_bounded_by_the_idle_timeout(
     servers: ServerThread, own_emulator: Emulator
 ) -> None:
