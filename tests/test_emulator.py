@@ -23,6 +23,8 @@ from aiohttp import web
 
 from proxy.emulator import STATE_KEY, EmulatorSettings, EmulatorState, create_app
 from proxy.emulator.catalog import CATALOG
+from proxy.emulator.state import FROZEN_TIME_NS
+from proxy.protocol import go_time
 
 WEATHER_TOOL = {
     "type": "function",
@@ -673,6 +675,25 @@ async def test_a_keep_alive_too_large_for_a_clock_is_no_error(emu: Emu) -> None:
         body_in = {"model": "qwen2.5:7b", "keep_alive": 1e300, "stream": False, **extra}
         status, _, body = await emu.post(path, body_in)
         assert status == 200, (path, body)
+
+
+async def test_a_model_kept_forever_expires_as_ollamas_does() -> None:
+    """A negative keep_alive is Go's largest Duration (api.Duration.UnmarshalJSON), so
+    /api/ps says now + 2^63-1 ns (292 years ahead), which `ollama ps` shows as
+    "Forever" (format.HumanTime: more than 20 years ahead)."""
+    runner, url = await _start(EmulatorSettings(frozen_clock=True, chunk_delay_ms=1))
+    forever = go_time(FROZEN_TIME_NS + (1 << 63) - 1)
+    try:
+        async with aiohttp.ClientSession() as session:
+            for keep_alive in (-1, "-1m"):
+                body = {"model": "qwen2.5:7b", "prompt": "", "keep_alive": keep_alive}
+                async with session.post(url + "/api/generate", json=body) as r:
+                    assert r.status == 200
+                async with session.get(url + "/api/ps") as r:
+                    models = (await r.json())["models"]
+                assert [(m["name"], m["expires_at"]) for m in models] == [("qwen2.5:7b", forever)]
+    finally:
+        await runner.cleanup()
 
 
 async def test_frozen_clock_is_byte_identical() -> None:

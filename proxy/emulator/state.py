@@ -20,8 +20,9 @@ from .catalog import CATALOG, REGISTRY, ModelSpec, normalize_name, valid_name
 from .synthesized import Synthesized, synthesize
 
 FAULT_MODES = ("none", "hang", "stall", "close_early", "garbage", "error500")
-# How long "forever" keeps a model loaded.
-_FOREVER_SECONDS = 10 * 365 * 86400.0
+# How long "forever" keeps a model loaded: Go's largest Duration, what Ollama reads a
+# negative keep_alive as (api.Duration), so /api/ps says about 292 years from now.
+_FOREVER_NS = (1 << 63) - 1
 
 # 2025-01-01T00:00:00.123456789Z: the timestamp every body carries under frozen_clock.
 # It keeps a nanosecond fraction so that Go's RFC 3339 formatting is still exercised.
@@ -154,9 +155,8 @@ class EmulatorState:
             return
         # Negative is forever; so is a number too large to add to a clock (Ollama's
         # conversion of one overflows without an error).
-        if seconds < 0 or seconds > _FOREVER_SECONDS:
-            seconds = _FOREVER_SECONDS
-        self.loaded[spec.name] = self.now_ns() + int(seconds * 1e9)
+        forever = seconds < 0 or seconds * 1e9 > _FOREVER_NS
+        self.loaded[spec.name] = self.now_ns() + (_FOREVER_NS if forever else int(seconds * 1e9))
 
     def is_loaded(self, spec: ModelSpec) -> bool:
         expiry = self.loaded.get(spec.name)
