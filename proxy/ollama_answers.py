@@ -17,7 +17,7 @@ them off its template and weights, as that Ollama decides them.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from proxy.protocol import count
@@ -217,3 +217,20 @@ def decided_capabilities(show: dict[str, Any]) -> tuple[str, ...]:
         ("insert", "suffix" in fields),
     )
     return ("completion", *(capability for capability, has in wanted if has))
+
+
+# The architectures (`details.family`) whose thinking a request cannot turn off: Ollama
+# runs gpt-oss through its harmony parser (server/routes.go, shouldUseHarmony), whose
+# effort is a level, and ignores `think: true/false` for it
+# (docs/capabilities/thinking.mdx: "the trace cannot be fully disabled").
+_THINKS_ALWAYS = frozenset({"gptoss", "gpt-oss"})
+
+
+def thinks_always(details: Mapping[str, Any], capabilities: Iterable[str]) -> bool:
+    """Whether a model thinks whatever a request says: one that thinks (`thinking`
+    among its capabilities) of an architecture whose thinking Ollama does not let a
+    request turn off."""
+    family = details.get("family")
+    return (
+        "thinking" in capabilities and isinstance(family, str) and family.lower() in _THINKS_ALWAYS
+    )

@@ -133,6 +133,7 @@ def model_info(
         release=knowledge.released,
         uncertainty=knowledge.uncertainty,
         area_uncertainty=tuple(float(knowledge.area_uncertainty[area]) for area in AREAS),
+        thinks_always=ollama_answers.thinks_always(details, capabilities),
     )
     return ModelInfo(
         candidate,

@@ -12,8 +12,8 @@ How long an answer is differs by model as much as speed does: a reasoning model
 `eval_count` holds both. So the tokens an answer takes are each model's own mean of
 the answers it finished (not those cut at the token limit, which say only that the
 answer would have been longer), the caller's default until it has finished one (for a
-model that thinks, unless the request turns thinking off, `THINKING_TOKENS` times that);
-a request's own limit caps them.
+model that thinks, unless the request turns thinking off where it can, `THINKING_TOKENS`
+times that); a request's own limit caps them.
 """
 
 from __future__ import annotations
@@ -35,6 +35,10 @@ ALPHA = 0.2  # weight of the newest observation
 # arXiv:2507.04023). Without it a thinking mixture of experts, quick per token, would
 # look the quickest answer of a fleet until its first answers were counted.
 THINKING_TOKENS = 4.0
+# What `Telemetry.expected_seconds_many` reads of a candidate: its key in the observed
+# rates, its prior's (prompt_tps, gen_tps), whether it thinks, and whether it thinks
+# whatever a request says.
+_Step = tuple[tuple[str, str], tuple[float, float], bool, bool]
 
 
 @dataclass
@@ -69,9 +73,9 @@ class Telemetry:
         self._priors: dict[tuple[float, float], tuple[float, float]] = {}
         # Counts every load measured: what `measured_load` says changes only with it.
         self.loads_measured = 0
-        # Per (backends, candidates) lists: each candidate's key in `_rates`, prior and
-        # whether it thinks.
-        self._plans: Held[list[tuple[tuple[str, str], tuple[float, float], bool]]] = Held()
+        # Per (backends, candidates) lists: each candidate's key in `_rates`, prior,
+        # whether it thinks and whether it thinks whatever a request says.
+        self._plans: Held[list[_Step]] = Held()
 
     def observe(self, backend: str, candidate: Candidate, stats: Mapping[str, int | str]) -> None:
         """Fold one final chunk's counters into the rates of (backend, model)."""
@@ -129,7 +133,8 @@ class Telemetry:
         """Expected seconds of each candidate on its backend (prompt evaluation and
         decoding), from its observed rates or else the prior, for an answer of its own
         mean length once it has finished one, else of `output_tokens` (`THINKING_TOKENS`
-        times that for a model that thinks, when `thinking`: the request lets it); never
+        times that for a model that thinks, when `thinking`: the request lets it, or
+        whatever the request says for one that cannot stop, `Candidate.thinks_always`); never
         longer than `cap` (the request's limit) tokens; plus its entry in `loads` when
         given (the seconds loading it takes, `proxy.memory`'s term). The hot path of
         `auto`: each candidate's key and prior are computed once per list of candidates
@@ -141,9 +146,9 @@ class Telemetry:
         plan = self._plans.get((backends, candidates), self._plan)
         if loads and len(loads) != len(plan):
             raise ValueError(f"{len(loads)} load terms for {len(plan)} candidates")
-        thought = output_tokens * THINKING_TOKENS if thinking else output_tokens
-        for i, (key, (prompt_tps, gen_tps), thinker) in enumerate(plan):
-            tokens = thought if thinker else output_tokens
+        thought = output_tokens * THINKING_TOKENS
+        for i, (key, (prompt_tps, gen_tps), thinker, always) in enumerate(plan):
+            tokens = thought if always or (thinker and thinking) else output_tokens
             rates = observed.get(key)
             if rates is not None:
                 prompt_tps, gen_tps = rates.prompt_tps, rates.gen_tps
@@ -155,11 +160,10 @@ class Telemetry:
             out.append(seconds + loads[i] if loads else seconds)
         return out
 
-    def _plan(
-        self, backends: Sequence[str], candidates: Sequence[Candidate]
-    ) -> list[tuple[tuple[str, str], tuple[float, float], bool]]:
+    def _plan(self, backends: Sequence[str], candidates: Sequence[Candidate]) -> list[_Step]:
         """Per candidate, its (backend, model) key, its prior's (prompt_tps, gen_tps),
-        the prior computed once per model size, and whether it thinks."""
+        the prior computed once per model size, whether it thinks, and whether it thinks
+        whatever a request says."""
         priors = self._priors
         plan = []
         for backend, candidate in zip(backends, candidates, strict=True):
@@ -170,7 +174,10 @@ class Telemetry:
                     priors.clear()
                 rates = prior(candidate)
                 cached = priors[key] = (rates.prompt_tps, rates.gen_tps)
-            plan.append(((backend, candidate.name), cached, "thinking" in candidate.capabilities))
+            thinks = "thinking" in candidate.capabilities
+            plan.append(
+                ((backend, candidate.name), cached, thinks, thinks and candidate.thinks_always)
+            )
         return plan
 
     def snapshot(self) -> list[dict[str, object]]:

@@ -1087,6 +1087,40 @@ async def test_a_thinking_model_is_expected_to_take_longer_unless_told_not_to_th
     assert told_not_to["thinker:8b"] == pytest.approx(told_not_to["plain:8b"])
 
 
+@pytest.mark.parametrize(
+    "off",
+    [{"think": False}, {"reasoning_effort": "none"}, {"thinking": {"type": "disabled"}}],
+)
+async def test_gpt_oss_is_expected_to_think_even_when_told_not_to(
+    tmp_path: Path, off: dict[str, Any]
+) -> None:
+    """Ollama ignores `think: false` for gpt-oss (its effort is a level; the trace
+    cannot be turned off, docs/capabilities/thinking.mdx): a request that turns
+    thinking off still waits for its thinking, so it is not taken for as quick as a
+    model of its size that answers at once."""
+    auto, set_models = offline_router(tmp_path, {"fast": Profile(cost_weight=0.2)})
+    show = {"capabilities": ["completion", "tools", "thinking"], "model_info": {}}
+    # Names the catalogue does not list: the architecture alone tells them apart.
+    harmony = {"details": {"family": "gptoss", "parameter_size": "8B"}}
+    qwen3 = {"details": {"family": "qwen3", "parameter_size": "8B"}}
+    set_models(
+        {
+            "harmony-ft:8b": model_info("harmony-ft:8b", harmony, show),
+            "qwen-ft:8b": model_info("qwen-ft:8b", qwen3, show),
+        }
+    )
+
+    def seconds(**body: Any) -> dict[str, float]:
+        decision = auto.decide("/api/chat", chat("auto:fast", **body), "fast").decision
+        return {s.name: s.seconds for s in decision.ranking}
+
+    thinks = seconds()
+    assert thinks["harmony-ft:8b"] == pytest.approx(thinks["qwen-ft:8b"])
+    told_not_to = seconds(**off)
+    assert told_not_to["harmony-ft:8b"] == pytest.approx(thinks["harmony-ft:8b"])
+    assert told_not_to["qwen-ft:8b"] < thinks["qwen-ft:8b"] / 2
+
+
 async def test_names_of_the_same_weights_are_one_candidate(tmp_path: Path) -> None:
     """`ollama pull llama3.2` then `ollama pull llama3.2:3b` (or `ollama cp`) lists one
     model's weights under two names of one digest: `auto` ranks, explores and learns

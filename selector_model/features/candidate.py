@@ -56,6 +56,9 @@ class Candidate:
     # The same per area, in `AREAS` order (empty: `uncertainty` for each). Not a
     # feature: the policy weighs it by what a prompt asks for (`catalogue_prior.with_catalogue`).
     area_uncertainty: tuple[float, ...] = ()
+    # Thinks whatever a request says (Ollama ignores `think: false` for gpt-oss). Not a
+    # feature: what an answer is expected to take reads it (`selector_model.telemetry`).
+    thinks_always: bool = False
 
     @property
     def active_b(self) -> float:
@@ -80,6 +83,7 @@ class Candidate:
             "release": self.release,
             "uncertainty": self.uncertainty,
             "area_uncertainty": list(self.area_uncertainty),
+            "thinks_always": self.thinks_always,
         }
 
     @classmethod
@@ -103,6 +107,7 @@ class Candidate:
             release=float(raw.get("release", default.release)),
             uncertainty=float(raw.get("uncertainty", default.uncertainty)),
             area_uncertainty=tuple(float(a) for a in raw.get("area_uncertainty", ())),
+            thinks_always=bool(raw.get("thinks_always", default.thinks_always)),
         )
 
 
