@@ -41,6 +41,7 @@ AUTO = "auto"
 DEFAULT_OUTPUT_TOKENS = 256
 GENERATE_PATH = "/api/generate"
 _LOG_TOKENS = features.REQUEST_FEATURES.index("log_est_tokens")
+_LOG_CHARS = features.REQUEST_FEATURES.index("log_chars")
 
 
 class AutoError(Exception):
@@ -219,7 +220,8 @@ class AutoRouter:
         prompt_tokens = math.expm1(request[_LOG_TOKENS])
         needs = required_capabilities(path, request)
         default_model = self._profile(profile).default_model
-        eligible = self._eligible_for(profile, key_models, needs, prompt_tokens)
+        chars = math.expm1(request[_LOG_CHARS])
+        eligible = self._eligible_for(profile, key_models, needs, chars, doc)
         if not eligible.candidates:
             self._check_available()
             # Only the models the key may use are named (see `_filter`).
@@ -339,11 +341,14 @@ class AutoRouter:
         profile: Profile,
         key_models: frozenset[str] | None,
         needs: tuple[str, ...],
-        prompt_tokens: float,
+        chars: float,
+        doc: Mapping[str, Any],
     ) -> Eligible:
         """`_filter` of the registry's candidates: its result but for context length is
         cached (see `self._eligible`), and only a prompt longer than some candidate's
-        context is filtered again, for itself alone."""
+        context is filtered again, for itself alone. A prompt's tokens are its UTF-8
+        bytes over four (`request_body.prompt_tokens`), never more than its `chars`:
+        only a prompt of more characters than a context holds is counted."""
         listed = self.registry.candidates()
         key = (id(listed), id(profile), key_models, needs)
         entry = self._eligible.get(key)
@@ -359,8 +364,10 @@ class AutoRouter:
             entry = self._eligible[key] = _Filtered(
                 listed, profile, self._filter(listed, profile, key_models, needs, 0.0)
             )
-        if prompt_tokens > entry.eligible.min_context:
-            return self._filter(listed, profile, key_models, needs, prompt_tokens)
+        if chars > entry.eligible.min_context:
+            prompt_tokens = request_body.prompt_tokens(doc)
+            if prompt_tokens > entry.eligible.min_context:
+                return self._filter(listed, profile, key_models, needs, prompt_tokens)
         return entry.eligible
 
     def _filter(

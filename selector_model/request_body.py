@@ -165,6 +165,23 @@ def texts(doc: Mapping[str, Any]) -> Iterator[str]:
     yield from suffix
 
 
+# UTF-8 bytes a token takes, about: a byte-level BPE tokenizer (Llama 3, Qwen, Gemma,
+# gpt-oss) reads English at some four bytes a token, and a script of more bytes a
+# character at fewer characters a token (a CJK character, three bytes, is near a token
+# of its own, where four characters a token would count it a quarter).
+BYTES_PER_TOKEN = 4.0
+
+
+def prompt_tokens(doc: Mapping[str, Any]) -> float:
+    """About how many tokens the prompt texts (`texts`) take: their UTF-8 bytes over
+    `BYTES_PER_TOKEN`, never fewer than their characters over it."""
+    size = 0
+    for text in texts(doc):
+        # isascii is a flag of the string, so only other texts are encoded.
+        size += len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+    return size / BYTES_PER_TOKEN
+
+
 def has_images(doc: Mapping[str, Any]) -> bool:
     return bool(doc.get("images")) or any(entry[2] for entry in turns(doc))
 

@@ -134,6 +134,35 @@ async def test_context_length_filter(auto_proxy: Proxy) -> None:
     assert doc["model"] not in doc["filtered"]
 
 
+async def test_a_prompt_in_a_script_of_more_bytes_is_counted_by_its_bytes(
+    tmp_path: Path,
+) -> None:
+    """A tokenizer reads bytes: a CJK character is three bytes of UTF-8 and near a token
+    of its own, not a quarter of one as four characters a token says. A Chinese
+    document of 24,000 characters is some 18,000 tokens, beyond a 16K context, and the
+    model with that context is left out, as it is for an English text of as many
+    tokens; the same number of ASCII characters is 6,000 and fits."""
+    auto, set_models = offline_router(tmp_path, {"best": Profile(cost_weight=0.0)})
+
+    def show(context: int) -> dict[str, Any]:
+        return {"capabilities": ["completion"], "model_info": {"x.context_length": context}}
+
+    set_models(
+        {
+            "short:14b": model_info("short:14b", {}, show(16384)),
+            "long:12b": model_info("long:12b", {}, show(131072)),
+        }
+    )
+
+    def filtered(text: str) -> dict[str, str]:
+        body = {"model": "auto", "messages": [{"role": "user", "content": text}]}
+        return auto.decide("/api/chat", body, "best").decision.filtered
+
+    assert filtered("a" * 24_000) == {}
+    assert filtered("罗马帝国" * 6_000) == {"short:14b": "context 16384 < ~18000 prompt tokens"}
+    assert filtered("word " * 16_000) == {"short:14b": "context 16384 < ~20000 prompt tokens"}
+
+
 async def test_profiles_move_the_choice(auto_proxy: Proxy) -> None:
     _, best = await explain(auto_proxy, chat("auto:best"))
     _, fast = await explain(auto_proxy, chat("auto:fast"))
