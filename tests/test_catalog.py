@@ -361,6 +361,47 @@ def test_a_tag_ollama_points_at_another_architecture_finds_that_entry(catalog: C
     )
 
 
+@pytest.mark.parametrize(
+    ("name", "entry"),
+    [
+        # Ollama's bare, `latest`, `-chat` and `v1.5` yi tags serve the Yi-1.5 chat models.
+        ("yi", "yi:6b"),
+        ("yi:6b", "yi:6b"),
+        ("yi:9b", "yi:9b"),
+        ("yi:34b", "yi:34b"),
+        ("yi:34b-chat", "yi:34b"),
+        ("yi:9b-chat-v1.5-q4_0", "yi:9b"),
+        ("yi:6b-chat-v1.5-q8_0", "yi:6b"),
+        ("yi:34b-chat-v1.5-fp16", "yi:34b"),
+        ("01-ai/Yi-1.5-9B-Chat", "yi:9b"),
+        ("Yi-1.5-6B-Chat", "yi:6b"),
+        ("hf.co/bartowski/Yi-1.5-34B-Chat-GGUF:Q4_K_M", "yi:34b"),
+        # Yi 1.0: its Hugging Face names and the library's quantized `-chat` tags without
+        # `v1.5`, which still serve the 2023 chat models.
+        ("yi-34b-chat", "yi:34b-chat-q4_0"),
+        ("01-ai/Yi-34B-Chat", "yi:34b-chat-q4_0"),
+        ("01-ai/Yi-6B-Chat", "yi:6b-chat-q4_0"),
+        ("hf.co/TheBloke/Yi-34B-Chat-GGUF:Q4_K_M", "yi:34b-chat-q4_0"),
+        ("yi:6b-chat-q4_0", "yi:6b-chat-q4_0"),
+        ("yi:6b-chat-q8_0", "yi:6b-chat-q4_0"),
+        ("yi:34b-chat-q4_K_M", "yi:34b-chat-q4_0"),
+    ],
+)
+def test_yi_tags_resolve_to_the_version_ollama_serves(
+    catalog: Catalog, name: str, entry: str
+) -> None:
+    assert catalog.resolve(name) == entry
+
+
+def test_the_yi_1_5_chat_models_carry_their_published_results(catalog: Catalog) -> None:
+    for name in ("yi:6b", "yi:9b", "yi:34b"):
+        assert catalog.lookup(name).released == pytest.approx(2024.333)
+        assert catalog.lookup(name).context_length == 4096
+    assert set(catalog.sources("yi:34b")) >= {"MMLU", "MMLU-Pro", "GSM8K", "MATH", "HumanEval"}
+    assert set(catalog.sources("yi:9b")) >= {"MMLU", "GSM8K", "MATH", "HumanEval"}
+    assert catalog.lookup("yi:6b-chat-q4_0").released == pytest.approx(2023.833)
+
+
 @pytest.mark.parametrize("name", ["acme-coder:7b", "qwen2.5:5b", "qwen2.5-coder-7b", "mystery"])
 def test_names_not_listed_do_not_resolve(catalog: Catalog, name: str) -> None:
     assert catalog.resolve(name) is None

@@ -33,6 +33,11 @@ _GENERATION = re.compile(r"([a-z][a-z-]*?)-?v?(\d{1,2}(?:\.\d+)?)((?:-[a-z][a-z0
 # A Hugging Face organisation's name as a repository may lead with it: letters, digits
 # and dashes, no size (`meta-llama`, `01-ai`; not `llama-3.1-8b-lexi`).
 _ORGANISATION = re.compile(r"(?![^_]*\d+(?:\.\d+)?[bm](?:$|-))[a-z0-9][a-z0-9-]*")
+# An alias's last tag word that stands for every quantization of the tag before it
+# (`yi:6b-chat-*`): a quantized tag can be another model than the bare tag it shortens
+# to, where the library moved the bare tag to a new model and kept the old model's
+# quantized tags.
+ANY_QUANTIZATION = "*"
 _SIZE = re.compile(r"(?:^|[-_:.])(?:(\d+)x)?(\d+(?:\.\d+)?)([bm])(?=$|[-_:.])")
 _ACTIVE = re.compile(r"(?:^|[-_:.])a(\d+(?:\.\d+)?)b(?=$|[-_:.])")
 
@@ -136,7 +141,8 @@ def is_safety_classifier(name: str) -> bool:
 
 def keys(name: str) -> list[str]:
     """Catalogue keys to try for `name`, most specific first: the tag as written, then
-    without its quantization (`7b-instruct-q4_K_M` -> `7b-instruct`, an entry of its
+    any quantization of the tag without it (`7b-instruct-*`), then without its
+    quantization (`7b-instruct-q4_K_M` -> `7b-instruct`, an entry of its
     own where the bare tag is another model), then without variant words too, then
     with trailing words dropped (`30b-a3b-2507` -> `30b-a3b` -> `30b`), then the bare
     name (an alias); for a name from a namespace, the same keys of it without an
@@ -174,6 +180,8 @@ def _keys(name: str) -> list[str]:
     base, tag = split(name)
     out = [f"{base}:{tag}"]
     unquantized = "-".join(_unquantized(tag))
+    if unquantized and quantization(name):
+        out.append(f"{base}:{unquantized}-{ANY_QUANTIZATION}")
     if unquantized:
         out.append(f"{base}:{unquantized}")
     words = clean_tag(tag).split("-") if clean_tag(tag) else []
