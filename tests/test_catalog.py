@@ -402,6 +402,28 @@ def test_the_yi_1_5_chat_models_carry_their_published_results(catalog: Catalog) 
     assert catalog.lookup("yi:6b-chat-q4_0").released == pytest.approx(2023.833)
 
 
+@pytest.mark.parametrize(
+    ("name", "entry"),
+    [
+        # Models pulled from Hugging Face that Ollama's library does not serve (QwQ-32B is
+        # `qwq:32b`; its November 2024 preview is another model).
+        ("hf.co/bartowski/QwQ-32B-Preview-GGUF:Q4_K_M", "qwq-32b-preview:latest"),
+        ("Qwen/QwQ-32B-Preview", "qwq-32b-preview:latest"),
+        ("qwq:32b", "qwq:32b"),
+        ("hf.co/Qwen/QwQ-32B-GGUF:Q4_K_M", "qwq:32b"),
+        (
+            "hf.co/bartowski/Ministral-8B-Instruct-2410-GGUF:Q4_K_M",
+            "ministral-8b-instruct-2410:latest",
+        ),
+        ("mistralai/Ministral-8B-Instruct-2410", "ministral-8b-instruct-2410:latest"),
+    ],
+)
+def test_models_pulled_from_hugging_face_find_their_entry(
+    catalog: Catalog, name: str, entry: str
+) -> None:
+    assert catalog.resolve(name) == entry
+
+
 @pytest.mark.parametrize("name", ["acme-coder:7b", "qwen2.5:5b", "qwen2.5-coder-7b", "mystery"])
 def test_names_not_listed_do_not_resolve(catalog: Catalog, name: str) -> None:
     assert catalog.resolve(name) is None
