@@ -50,7 +50,7 @@ MODELS: tuple[ModelSpec, ...] = (
     _spec("Phi-3-mini-4k-instruct", "phi3:3.8b", "phi3", 3.8, 4096, 0.0),
     _spec("Qwen1.5-7B-Chat", "qwen:7b", "qwen2", 7.7, 32768, 0.0),
     _spec("Qwen1.5-72B-Chat", "qwen:72b", "qwen2", 72.3, 32768, 0.0),
-    _spec("Yi-6b-Chat", "yi:6b", "llama", 6.1, 4096, 0.0),
+    _spec("Yi-6b-Chat", "yi:6b-chat-q4_0", "llama", 6.1, 4096, 0.0),
     _spec("c4ai-command-r-v01", "command-r:35b-v0.1", "command-r", 32.3, 131072, 0.0, ("tools",)),
     _spec(
         "DeepSeek-Coder-V2",

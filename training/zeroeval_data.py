@@ -51,9 +51,7 @@ MODELS: tuple[ModelSpec, ...] = (
     _spec("Qwen2.5-7B-Instruct", "qwen2.5:7b", "qwen2", 7.6, 32768, 0.0, ("tools",)),
     _spec("Qwen2.5-32B-Instruct", "qwen2.5:32b", "qwen2", 32.8, 32768, 0.0, ("tools",)),
     _spec("Qwen2.5-72B-Instruct", "qwen2.5:72b", "qwen2", 72.7, 32768, 0.0, ("tools",)),
-    # Ollama's `yi:9b` and `yi:34b` serve Yi-1.5; the catalogue's `yi:34b` entry
-    # describes Yi 1.0 and it has no `yi:9b` (its knowledge is imputed): what the proxy
-    # knows of these tags, as a user pulling them would meet it.
+    # Ollama's `yi:9b` and `yi:34b` serve Yi-1.5, the catalogue's entries of those tags.
     _spec("Yi-1.5-9B-Chat", "yi:9b", "llama", 8.8, 4096, 0.0),
     _spec("Yi-1.5-34B-Chat", "yi:34b", "llama", 34.4, 4096, 0.0),
     _spec("gemma-2-2b-it", "gemma2:2b", "gemma2", 2.6, 8192, 0.0),
