@@ -194,6 +194,9 @@ class BackendState:
         self.running: list[dict[str, Any]] = []
         # The last /api/tags entries, for the model registry.
         self.tags: list[dict[str, Any]] = []
+        # Model-store changes applied from the backend's answers (`BackendPool.changed`):
+        # lists asked before one may not show it, and do not replace what it said.
+        self.changes = 0
         self.in_flight = 0
         # Requests in flight per model (normalised name): a loaded model in use.
         self.busy: dict[str, int] = {}
@@ -353,6 +356,21 @@ class BackendPool:
             having = [s for s in candidates if s.models is None] or candidates
         return min(having, key=lambda s: (name not in s.loaded, s.in_flight, s.index))
 
+    def changed(self, state: BackendState, added: str = "", removed: str = "") -> None:
+        """The backend of `state` said it now has the model `added` or no longer has
+        `removed` (normalised names; `proxy.model_changes`): what the proxy knows of it
+        says so at once, until its next refresh lists what it lists."""
+        if state.models is None:
+            return  # not listed yet: any request may go there, and the refresh will say
+        state.changes += 1
+        models = set(state.models)
+        if added and header_values.model_name(added):
+            models.add(added)
+        if removed:
+            models.discard(removed)
+            state.tags = [tag for tag in state.tags if entry_model(tag) != removed]
+        state.models = frozenset(models)
+
     def can_retry(self, model: str | None, exclude: Iterable[BackendState]) -> bool:
         """Whether `choose(model, exclude, retry=True)` has a backend to offer."""
         candidates = self.usable(exclude)
@@ -388,6 +406,7 @@ class BackendPool:
 
     async def refresh(self, state: BackendState) -> None:
         asked_at = state.pool.loop.time()
+        changes = state.changes
         try:
             async with asyncio.timeout(self.refresh_seconds):
                 listed, running = await asyncio.gather(
@@ -398,10 +417,13 @@ class BackendPool:
                 log.warning("backend %s unhealthy: %s", state.label, exc or "timed out")
             state.failed(str(exc) or "health check timed out")
             return
-        # A listed name becomes a response header when `auto` chooses it: only one
-        # Ollama could accept (no line break, not of megabytes) is one of its models.
-        state.tags = [m for m in listed if header_values.model_name(entry_model(m))]
-        state.models = frozenset(entry_model(m) for m in state.tags)
+        # A list asked before a change the backend has since answered may not have it:
+        # what the change said stands until the next refresh.
+        if state.changes == changes:
+            # A listed name becomes a response header when `auto` chooses it: only one
+            # Ollama could accept (no line break, not of megabytes) is one of its models.
+            state.tags = [m for m in listed if header_values.model_name(entry_model(m))]
+            state.models = frozenset(entry_model(m) for m in state.tags)
         state.listed(running, asked_at)
         if state.last_error:
             log.info("backend %s healthy again", state.label)

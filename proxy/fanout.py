@@ -16,6 +16,7 @@ from aiohttp import web
 from proxy.auth import sees_fleet
 from proxy.backends import BackendPool, BackendState, normalize_model
 from proxy.errors import error_response
+from proxy.model_changes import ChangeWatch, ModelChange
 from proxy.ollama_answers import objects
 from proxy.protocol import JSON, JSON_V1, encoded, go_dumps
 from proxy.relay import Relay
@@ -110,18 +111,29 @@ class Fanout:
         # aiohttp leaves the body out of a HEAD answer and keeps its Content-Length.
         return web.Response(status=200, body=body, headers={"Content-Type": content_type})
 
-    def replicate(self, request: web.Request, body: bytes, primary: BackendState) -> None:
+    def replicate(
+        self,
+        request: web.Request,
+        body: bytes,
+        primary: BackendState,
+        change: ModelChange | None = None,
+    ) -> None:
         """Send the request to every usable backend but `primary`, in the background:
-        the client's answer is the primary's alone."""
+        the client's answer is the primary's alone. What it changes in a backend's
+        model list (`change`) is applied as that backend's answer says it succeeded."""
         for other in self.backends.usable(exclude=[primary]):
-            self.spawn(self._replicate(request, other, body))
+            self.spawn(self._replicate(request, other, body, change))
 
-    async def _replicate(self, request: web.Request, state: BackendState, body: bytes) -> None:
+    async def _replicate(
+        self, request: web.Request, state: BackendState, body: bytes, change: ModelChange | None
+    ) -> None:
         try:
             answer = BufferedAnswer()
             head = await self.relay.exchange(request, state, body, answer)
-            await answer.collect()
+            text = await answer.collect()
         except Exception as exc:  # a replica failing must not touch the client's answer
             log.warning("%s %s on %s failed: %s", request.method, request.path, state.label, exc)
             return
         log.info("%s %s on %s answered %d", request.method, request.path, state.label, head.status)
+        if change is not None:
+            ChangeWatch(self.backends, state, change).answered(head.status, text)

@@ -21,6 +21,7 @@ from proxy import (
     go_json,
     go_types,
     header_values,
+    model_changes,
     multipart_form,
     openai_chat,
     request_encoding,
@@ -65,21 +66,14 @@ AUTO_EMBEDDING_DENIED = "auto's embedding model is not allowed for this API key"
 _REPLAYABLE_BYTES = 1024 * 1024
 
 
-def model_of(body: bytes, max_values: int, fields: tuple[str, ...] = ("model",)) -> str | None:
-    """The model a JSON body names as Ollama reads it (`go_json`), or None (the
-    backend then answers its own error, or the body holds more than `max_values`
-    values)."""
+def document_of(body: bytes, max_values: int) -> Any:
+    """A JSON body as Ollama reads it (`go_json`), or None (the backend then answers
+    its own error, or the body holds more than `max_values` values)."""
     try:
         doc, _ = go_json.read(body, max_values)
     except go_json.BodyError:
         return None
-    if not isinstance(doc, dict):
-        return None
-    for name in fields:
-        value = doc.get(name)
-        if isinstance(value, str) and value:
-            return value
-    return None
+    return doc
 
 
 def _refused(path: str, doc: dict[str, Any]) -> web.Response | None:
@@ -460,15 +454,22 @@ class Handlers:
         return await self.relay.forward(request, served, body, None, only=self._first())
 
     async def admin(self, request: web.Request) -> web.StreamResponse:
-        """`pull`, `push`, `create`, `copy`, `delete`: see `routing.admin_target`."""
+        """`pull`, `push`, `create`, `copy`, `delete`: see `routing.admin_target`. What
+        the request changes in a backend's model list is known before its client reads
+        that it succeeded (`proxy.model_changes`)."""
         body = await self._read(request)
-        model = model_of(body, self.config.limits.max_json_values, ("source", "model", "name"))
+        doc = document_of(body, self.config.limits.max_json_values)
+        model = model_changes.named(doc, "source", "model", "name") or None
+        change = model_changes.change_of(request.method, request.path, doc)
         creating = request.path == CREATE_PATH
         primary = self._first() if creating else self.backends.choose(model)
         if self.config.routing.admin_target == "all" and not creating:
-            self.fanout.replicate(request, body, primary)
+            self.fanout.replicate(request, body, primary, change)
+        watch = None
+        if change is not None:
+            watch = model_changes.ChangeWatch(self.backends, primary, change)
         served = request[OUTCOME].served
-        return await self.relay.forward(request, served, body, model, only=primary)
+        return await self.relay.forward(request, served, body, model, only=primary, watch=watch)
 
     def _first(self) -> BackendState:
         usable = self.backends.usable()

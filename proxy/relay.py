@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
@@ -52,6 +53,15 @@ _STREAM_TYPES = (NDJSON, SSE)
 _UPLOAD_CHUNK = 256 * 1024
 # What answers a request no local backend could (the cloud fallback), if anything does.
 Fallback = Callable[[], Awaitable[web.StreamResponse]]
+
+
+class Watch(Protocol):
+    """What reads an answer before the client does (`WatchedLeg`): its head, then each
+    piece of its body as the backend sent it, framing included. It must not raise."""
+
+    def on_head(self, head: ResponseHead) -> None: ...
+
+    def on_body(self, data: bytes) -> None: ...
 
 
 def _wire(value: str) -> bytes:
@@ -102,10 +112,13 @@ class Relay:
         only: BackendState | None = None,
         fallback: Fallback | None = None,
         capture: Capture | None = None,
+        watch: Watch | None = None,
     ) -> web.StreamResponse:
         """Relay to the best backend for `model`; `body=None` streams the client's body
         (uploads), which cannot be replayed, so it is never retried. `capture` records
-        the answer as the client gets it, for the response cache. A retry goes only
+        the answer as the client gets it, for the response cache; `watch` reads it
+        before the client does (one backend's answer, `only`, with neither `fallback`
+        nor `capture`). A retry goes only
         to another backend that has the model; when none is left, the client gets the
         last backend's own answer, whatever its status. With a `fallback`, a backend
         saying it cannot serve (502, 503, 504) is not the client's answer either, and
@@ -131,9 +144,12 @@ class Relay:
                 and len(tried) < retries
                 and self.backends.can_retry(model, [*tried, state])
             )
-            client = ClientLeg(
-                request, outcome, may_retry, fallback is not None, capture, self.write_idle
-            )
+            if watch is None:
+                client = ClientLeg(
+                    request, outcome, may_retry, fallback is not None, capture, self.write_idle
+                )
+            else:
+                client = WatchedLeg(watch, request, outcome, may_retry, write_idle=self.write_idle)
             try:
                 head = await self.exchange(request, state, body, client, outcome.request_id)
             except UpstreamError as exc:
@@ -518,3 +534,29 @@ class ClientLeg(Answer):
     def response(self) -> RelayedResponse:
         assert self.head is not None
         return RelayedResponse(self.head.status, self.keep_alive)
+
+
+class WatchedLeg(ClientLeg):
+    """A client leg whose answer `watch` reads first, piece by piece, before the piece
+    goes on to the client: for the few answers the proxy must act on before the client
+    can (`proxy.model_changes`). Not for the requests that run a model."""
+
+    def __init__(
+        self,
+        watch: Watch,
+        request: web.Request,
+        outcome: Served,
+        may_retry: bool = False,
+        write_idle: float = 0.0,
+    ) -> None:
+        super().__init__(request, outcome, may_retry, write_idle=write_idle)
+        self.watch = watch
+
+    def on_head(self, head: ResponseHead, body_follows: bool) -> None:
+        self.watch.on_head(head)
+        super().on_head(head, body_follows)
+
+    def on_body(self, data: bytes) -> None:
+        if self.started:
+            self.watch.on_body(data)
+        super().on_body(data)
