@@ -356,6 +356,10 @@ class BackendPool:
             having = [s for s in candidates if s.models is None] or candidates
         return min(having, key=lambda s: (name not in s.loaded, s.in_flight, s.index))
 
+    def lists(self, model: str) -> bool:
+        """Whether some usable backend lists `model`."""
+        return bool(_having(normalize_model(model), self.usable()))
+
     def changed(self, state: BackendState, added: str = "", removed: str = "") -> None:
         """The backend of `state` said it now has the model `added` or no longer has
         `removed` (normalised names; `proxy.model_changes`): what the proxy knows of it

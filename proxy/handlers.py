@@ -462,7 +462,7 @@ class Handlers:
         model = model_changes.named(doc, "source", "model", "name") or None
         change = model_changes.change_of(request.method, request.path, doc)
         creating = request.path == CREATE_PATH
-        primary = self._first() if creating else self.backends.choose(model)
+        primary = self._create_target(doc) if creating else self.backends.choose(model)
         if self.config.routing.admin_target == "all" and not creating:
             self.fanout.replicate(request, body, primary, change)
         watch = None
@@ -470,6 +470,15 @@ class Handlers:
             watch = model_changes.ChangeWatch(self.backends, primary, change)
         served = request[OUTCOME].served
         return await self.relay.forward(request, served, body, model, only=primary, watch=watch)
+
+    def _create_target(self, doc: Any) -> BackendState:
+        """A create built on a model (`model_changes.create_base`) goes to a backend
+        that has it, else (Ollama would pull it) to the first usable one, which also
+        has the blobs a create from files names (`blobs`)."""
+        base = model_changes.create_base(doc)
+        if base is not None and self.backends.lists(base):
+            return self.backends.choose(base)
+        return self._first()
 
     def _first(self) -> BackendState:
         usable = self.backends.usable()

@@ -1,5 +1,5 @@
 """What a model-store request changes on the backend that runs it, and when its answer
-says it did.
+says it did; which model a create builds on (`create_base`), for where it runs.
 
 The background refresh learns of a pulled, created, copied or deleted model only at
 its next round, seconds later, while a client sends its next request (`ollama pull x &&
@@ -87,6 +87,19 @@ def change_of(method: str, path: str, doc: Any) -> ModelChange | None:
         name = named(doc, "model", "name")
         change = ModelChange(removed=_pulled(name)) if name else None
     return change
+
+
+def create_base(doc: Any) -> str | None:
+    """The model a create request builds on when only a backend that has it should run
+    it: its `from`, a model name (Ollama's client turns a Modelfile's `FROM <path>`
+    into `files`), when the request names no blob (`files`, `adapters`,
+    `draft_files`), since blobs are uploaded to the first backend (`handlers.blobs`)."""
+    if not isinstance(doc, dict):
+        return None
+    base = named(doc, "from")
+    if not base or any(doc.get(blobs) for blobs in ("files", "adapters", "draft_files")):
+        return None
+    return base
 
 
 class ChangeWatch:

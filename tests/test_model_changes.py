@@ -178,6 +178,40 @@ async def test_a_pull_that_fails_changes_nothing(first_only: Fleet) -> None:
     assert status == 404
 
 
+@pytest.mark.parametrize("stream", [True, False])
+async def test_create_from_a_model_on_the_second_backend(fleet: Fleet, stream: bool) -> None:
+    body = {"model": "mine:latest", "from": "llava:7b", "system": "Be brief.", "stream": stream}
+    status, answer = await post(fleet.proxy.url, "/api/create", body)
+    assert status == 200, answer
+    assert orjson.loads(answer.splitlines()[-1]) == {"status": "success"}
+    assert "mine:latest" in fleet.b.state.store
+    assert "mine:latest" not in fleet.a.state.store
+
+    status, shown = await post(fleet.proxy.url, "/api/show", {"model": "mine:latest"})
+    assert status == 200, shown
+    assert orjson.loads(shown)["system"] == "Be brief."
+    status, answer = await post(fleet.proxy.url, "/api/chat", chat("mine"))
+    assert status == 200, answer
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        # Ollama pulls a `from` model it does not have: which backend does is the first's.
+        {"from": "qwen3:8b"},
+        # Blobs go to the first backend (`handlers.blobs`): the create that names them too.
+        {"from": "llava:7b", "adapters": {"a.gguf": "sha256:" + "0" * 64}},
+        {"files": {"m.gguf": "sha256:" + "0" * 64}},
+    ],
+)
+async def test_other_creates_go_to_the_first_backend(fleet: Fleet, extra: dict[str, Any]) -> None:
+    body = {"model": "mine:latest", "stream": False, **extra}
+    before = (fleet.a.state.requests["/api/create"], fleet.b.state.requests["/api/create"])
+    await post(fleet.proxy.url, "/api/create", body)
+    after = (fleet.a.state.requests["/api/create"], fleet.b.state.requests["/api/create"])
+    assert after == (before[0] + 1, before[1])
+
+
 async def test_changes_reach_the_background_refresh_unharmed(fleet: Fleet) -> None:
     """A refresh after the change lists what the backends list: the same."""
     client = ollama.AsyncClient(host=fleet.proxy.url)
