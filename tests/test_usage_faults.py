@@ -358,3 +358,43 @@ async def test_a_nul_from_a_client_does_not_stop_the_postgres_sink(
         assert note["comment"] == "a\ufffdb"
     finally:
         prx.stop()
+
+
+async def test_a_model_name_too_long_for_an_index_does_not_stop_the_postgres_sink(
+    servers: ServerThread, own_emulator: Emulator, database: Database, tmp_path: Path
+) -> None:
+    """A name no model has goes to the backend (which says 400) and, as the answer's
+    model, into `served_model`, an indexed column: an index entry holds some 2.7 kB at
+    most, so a client's 12,000-character name, kept whole, failed its batch at every
+    retry and kept every client's events after it from the table."""
+    usage = Usage(
+        postgres_dsn=database.dsn,
+        file_mode="off",
+        spool_dir=str(tmp_path / "spool"),
+        flush_interval_seconds=0.02,
+        retry_backoff_seconds=0.05,
+        retry_backoff_max_seconds=0.1,
+    )
+    prx = Proxy(servers, [own_emulator.url], usage=usage)
+    try:
+        prx.thread.call(lambda: postgres_ready(prx))
+        long_name = os.urandom(6000).hex()  # random: no compression brings it under
+        ids = []
+        async with aiohttp.ClientSession(prx.url) as http:
+            for model in (long_name, MODEL):
+                body = {"model": model, "prompt": "x", "stream": False}
+                async with http.post("/api/generate", json=body) as resp:
+                    assert resp.status == (400 if model == long_name else 200)
+                    ids.append(resp.headers["X-Request-Id"])
+
+        async def stored() -> bool:
+            rows = await database.fetch("SELECT request_id FROM usage_events")
+            return {r["request_id"] for r in rows} == set(ids)
+
+        await wait_for(stored, seconds=10, what="both events in PostgreSQL")
+        (row,) = await database.fetch(
+            "SELECT served_model FROM usage_events WHERE request_id = $1", ids[0]
+        )
+        assert long_name.startswith(row["served_model"])
+    finally:
+        prx.stop()

@@ -135,7 +135,10 @@ def complete(c: Captured, log_prompts: bool) -> UsageEvent:
             api_key_hash=c.key_hash,
         ),
         requested_model=d.model,
-        served_model=o.model,
+        # As the client may name it (a name no model has goes to the backend as sent):
+        # bounded as `requested_model` is, since PostgreSQL indexes it, and an index
+        # entry larger than some 2.7 kB fails the whole batch at every retry.
+        served_model=header_values.text(o.model, header_values.MAX_MODEL_NAME),
         backend=o.backend or None,
         provider=o.provider or None,
         cache=o.cache,
