@@ -398,3 +398,69 @@ async def test_a_model_name_too_long_for_an_index_does_not_stop_the_postgres_sin
         assert long_name.startswith(row["served_model"])
     finally:
         prx.stop()
+
+
+async def test_a_sink_that_hangs_spools_each_flush_before_its_write_times_out(
+    servers: ServerThread, own_emulator: Emulator, private_pg: PrivatePostgres, tmp_path: Path
+) -> None:
+    """A database (or broker) that stops answering rather than refusing leaves a write
+    hanging until `write_timeout_seconds` (10 s by default; a stopped broker keeps
+    aiokafka retrying as long): what arrives meanwhile must reach the spool within a
+    flush or two, not wait in memory, where a SIGKILL loses it."""
+    db = await asyncio.to_thread(Database, private_pg.base_dsn)
+    spool = tmp_path / "spool"
+    usage = Usage(
+        postgres_dsn=db.dsn,
+        file_mode="off",
+        spool_dir=str(spool),
+        flush_interval_seconds=0.05,
+        write_timeout_seconds=3600,  # the hang outlasts the test: only a stall is seen
+        retry_backoff_seconds=0.05,
+        retry_backoff_max_seconds=0.1,
+    )
+    prx = Proxy(servers, [own_emulator.url], usage=usage)
+    stopped: list[int] = []
+    try:
+        prx.thread.call(lambda: postgres_ready(prx))
+        first: list[str] = []
+        await _traffic(prx.url, 1, first)
+
+        async def written() -> bool:
+            return len(await db.fetch("SELECT request_id FROM usage_events")) == 1
+
+        await wait_for(written, what="the first event in PostgreSQL")
+        rows = await db.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            db.name,
+        )
+        stopped = [r["pid"] for r in rows]
+        for pid in stopped:  # the proxy's sessions: alive, silent
+            os.kill(pid, signal.SIGSTOP)
+        hung: list[str] = []
+        await _traffic(prx.url, 1, hung)  # its write hangs
+        await asyncio.sleep(0.5)
+        later: list[str] = []
+        await _traffic(prx.url, 20, later, concurrency=4)
+
+        async def on_disk() -> bool:
+            spooled = await asyncio.to_thread(_spooled_ids, spool / "postgres")
+            return set(later) <= set(spooled)
+
+        await wait_for(on_disk, seconds=10, what="the events after the hang on disk")
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+        stopped = []
+        sent = first + hung + later
+
+        async def all_stored() -> bool:
+            rows = await db.fetch("SELECT request_id FROM usage_events")
+            return len(rows) == len(sent)
+
+        await wait_for(all_stored, what="every event in PostgreSQL")
+        rows = await db.fetch("SELECT request_id FROM usage_events")
+        assert sorted(r["request_id"] for r in rows) == sorted(sent)
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+        prx.stop()
+        await asyncio.to_thread(db.drop)
