@@ -464,3 +464,76 @@ async def test_a_sink_that_hangs_spools_each_flush_before_its_write_times_out(
             os.kill(pid, signal.SIGCONT)
         prx.stop()
         await asyncio.to_thread(db.drop)
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 kB file system of the test's own, which a few hundred events fill: a real
+    ENOSPC (mounting one needs root; elsewhere the test skips)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs: {made.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+async def test_a_full_spool_disk_drops_what_it_must_and_replays_the_rest(
+    servers: ServerThread,
+    own_emulator: Emulator,
+    private_pg: PrivatePostgres,
+    full_disk: Path,
+) -> None:
+    """PostgreSQL down and the spool's disk full: what the spool could not take is
+    counted dropped; once PostgreSQL is back, what it took is replayed and new events
+    are written, though the disk stays full (the cursor file cannot be rewritten
+    there: a cursor that only moves on disk stopped the replay, and the writer's task
+    died of the ENOSPC, its sink reported healthy)."""
+    db = await asyncio.to_thread(Database, private_pg.base_dsn)
+    usage = Usage(
+        postgres_dsn=db.dsn,
+        file_mode="off",
+        spool_dir=str(full_disk / "spool"),
+        flush_interval_seconds=0.02,
+        retry_backoff_seconds=0.05,
+        retry_backoff_max_seconds=0.2,
+        write_timeout_seconds=3,
+    )
+    prx = Proxy(servers, [own_emulator.url], usage=usage)
+    try:
+        prx.thread.call(lambda: postgres_ready(prx))
+        await asyncio.to_thread(private_pg.stop)
+        sent: list[str] = []
+        await _traffic(prx.url, 300, sent, concurrency=8)
+
+        async def dropping() -> bool:
+            sink = (await _counters(prx.url))["sinks"]["postgres"]
+            return bool(sink["dropped"] > 0 and sink["spilled"] + sink["dropped"] == len(sent))
+
+        await wait_for(dropping, what="the spool to fill and drop")
+        await asyncio.to_thread(private_pg.start)
+
+        async def drained() -> bool:
+            sink = (await _counters(prx.url))["sinks"]["postgres"]
+            return bool(sink["spool_pending"] == 0 and sink["buffered"] == 0)
+
+        await wait_for(drained, seconds=20, what="the spool to be replayed")
+        await _traffic(prx.url, 10, sent)
+
+        async def settled() -> bool:
+            sink = (await _counters(prx.url))["sinks"]["postgres"]
+            return bool(sink["written"] + sink["replayed"] + sink["dropped"] == len(sent))
+
+        await wait_for(settled, what="the last events written")
+        sink = (await _counters(prx.url))["sinks"]["postgres"]
+        rows = await db.fetch("SELECT request_id FROM usage_events")
+        stored = [r["request_id"] for r in rows]
+        assert len(stored) == len(set(stored)) == len(sent) - sink["dropped"]
+        assert set(stored) <= set(sent)
+        assert set(sent[-10:]) <= set(stored)
+    finally:
+        prx.stop()
+        await asyncio.to_thread(db.drop)

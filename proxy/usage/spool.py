@@ -3,8 +3,12 @@
 Segment files `<16 digits>.seg` hold one record per line; a `cursor` file says how far
 the sink has consumed (segment and byte offset), rewritten atomically after each batch
 the sink accepted, so a crash replays at most one batch twice (sinks de-duplicate by
-request id). A process never appends to a segment it did not create: a segment left by
+request id). The cursor lives in memory and the file follows it: on a full disk the
+file cannot be rewritten, and replay goes on (a crash then replays more, de-duplicated
+likewise). A process never appends to a segment it did not create: a segment left by
 a crash may end in a torn line, which replay skips, and new records go to a new one.
+An append the disk could not take is cut back off the segment: no torn line in the
+middle, where the next record would be glued to it.
 
 One process owns a spool directory, held by `flock` on `lock`; a second process on
 the same `spool_dir` takes the next free slot (`<name>.1`, ...). Methods are called
@@ -19,8 +23,8 @@ import logging
 import os
 import threading
 import time
+from io import FileIO
 from pathlib import Path
-from typing import BinaryIO
 
 log = logging.getLogger("autoroute.usage")
 
@@ -45,7 +49,7 @@ class Spool:
         self.fsync = fsync
         self.fsync_interval = fsync_interval
         self._lock = threading.Lock()
-        self._writer: BinaryIO | None = None
+        self._writer: FileIO | None = None
         self._writer_seg = -1
         self._writer_size = 0
         self._synced_at = time.monotonic()
@@ -65,6 +69,8 @@ class Spool:
             break
         else:
             raise SpoolBusy(f"every spool slot under {base} for {name} is in use")
+        self._at = self._cursor()  # how far the sink has consumed; the file follows
+        self._cursor_failing = False
         self.pending = self._count_pending()
 
     def _segments(self) -> list[int]:
@@ -81,7 +87,7 @@ class Spool:
             return -1, 0
 
     def _count_pending(self) -> int:
-        seg0, offset0 = self._cursor()
+        seg0, offset0 = self._at
         total = 0
         for seg in self._segments():
             if seg < seg0:
@@ -100,9 +106,18 @@ class Spool:
         with self._lock:
             if self._writer is None or self._writer_size >= self.segment_bytes:
                 self._rotate()
-            assert self._writer is not None
-            self._writer.write(data)
-            self._writer.flush()
+            writer = self._writer
+            assert writer is not None
+            view = memoryview(data)
+            try:
+                while view:  # unbuffered: no bytes held back to reach the disk later
+                    view = view[writer.write(view) or 0 :]
+            except OSError:
+                # Part of the batch may be on disk: cut it off, so the segment ends in
+                # the last whole record and the records counted dropped stay dropped.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(writer.fileno(), self._writer_size)
+                raise
             self._writer_size += len(data)
             self.pending += len(lines)
             self._dirty = True
@@ -114,11 +129,14 @@ class Spool:
 
     def _rotate(self) -> None:
         if self._writer is not None:
-            self._sync_locked()
-            self._writer.close()
+            writer, self._writer = self._writer, None  # closed even if the sync fails
+            try:
+                self._sync_locked(writer)
+            finally:
+                writer.close()
         segments = self._segments()
         self._writer_seg = (segments[-1] + 1) if segments else 1
-        self._writer = open(self._seg_path(self._writer_seg), "ab")
+        self._writer = open(self._seg_path(self._writer_seg), "ab", buffering=0)
         self._writer_size = 0
         if self.fsync == "always":
             fd = os.open(self.dir, os.O_RDONLY)
@@ -127,16 +145,17 @@ class Spool:
             finally:
                 os.close(fd)
 
-    def _sync_locked(self) -> None:
-        if self._writer is not None and self._dirty and self.fsync != "never":
-            os.fsync(self._writer.fileno())
+    def _sync_locked(self, writer: FileIO | None = None) -> None:
+        writer = writer or self._writer
+        if writer is not None and self._dirty and self.fsync != "never":
+            os.fsync(writer.fileno())
         self._dirty = False
         self._synced_at = time.monotonic()
 
     def read(self, max_records: int) -> tuple[list[bytes], Cursor]:
         """The oldest unconsumed records (without newlines) and the cursor after them."""
         with self._lock:
-            seg0, offset = self._cursor()
+            seg0, offset = self._at
             for seg in self._segments():
                 if seg < seg0:
                     self._seg_path(seg).unlink(missing_ok=True)
@@ -171,9 +190,17 @@ class Spool:
             self.pending = max(0, self.pending - count)
 
     def _write_cursor(self, cursor: Cursor) -> None:
+        self._at = cursor
         tmp = self.dir / "cursor.tmp"
-        tmp.write_text(f"{cursor[0]} {cursor[1]}")
-        os.replace(tmp, self.dir / "cursor")
+        try:
+            tmp.write_text(f"{cursor[0]} {cursor[1]}")
+            os.replace(tmp, self.dir / "cursor")
+        except OSError as exc:
+            if not self._cursor_failing:
+                log.warning("spool %s: the cursor file cannot be written: %s", self.dir, exc)
+            self._cursor_failing = True
+            return
+        self._cursor_failing = False
 
     def close(self) -> None:
         with self._lock:
