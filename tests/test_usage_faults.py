@@ -537,3 +537,42 @@ async def test_a_full_spool_disk_drops_what_it_must_and_replays_the_rest(
     finally:
         prx.stop()
         await asyncio.to_thread(db.drop)
+
+
+async def test_stats_answer_from_memory_while_the_database_is_silent(
+    servers: ServerThread, own_emulator: Emulator, private_pg: PrivatePostgres, tmp_path: Path
+) -> None:
+    """`/api/autoroute/stats` reads PostgreSQL, and falls back to memory when that fails:
+    a database that stops answering (rather than refusing) must fail it too, or the
+    status that says how the sinks are doing hangs as long as the database does."""
+    db = await asyncio.to_thread(Database, private_pg.base_dsn)
+    usage = Usage(postgres_dsn=db.dsn, file_mode="off", spool_dir=str(tmp_path / "spool"))
+    prx = Proxy(servers, [own_emulator.url], usage=usage)
+    stopped: list[int] = []
+    try:
+        prx.thread.call(lambda: postgres_ready(prx))
+        sent: list[str] = []
+        await _traffic(prx.url, 1, sent)
+        assert (await _counters(prx.url))["source"] == "postgres"
+        rows = await db.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            db.name,
+        )
+        stopped = [r["pid"] for r in rows]
+        for pid in stopped:  # the proxy's sessions: alive, silent
+            os.kill(pid, signal.SIGSTOP)
+        timeout = aiohttp.ClientTimeout(total=8)
+        sources = []
+        async with aiohttp.ClientSession(prx.url, timeout=timeout) as http:
+            for _ in range(3):  # more than the pool's connections
+                async with http.get("/api/autoroute/stats") as resp:
+                    stats = orjson.loads(await resp.read())
+                sources.append(stats["source"])
+                assert stats["sinks"]["postgres"]["queued"] == 1
+        # The silent session is dropped: a new one (the server takes them) may answer.
+        assert sources[0] == "memory"
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+        prx.stop()
+        await asyncio.to_thread(db.drop)

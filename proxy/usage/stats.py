@@ -77,9 +77,18 @@ def _entry(
     }
 
 
-async def from_postgres(pool: asyncpg.Pool, window_seconds: float) -> list[dict[str, Any]]:
-    async with pool.acquire() as conn:
-        rows = await conn.fetch(_QUERY, float(window_seconds))
+async def from_postgres(
+    pool: asyncpg.Pool, window_seconds: float, seconds: float = 2.0
+) -> list[dict[str, Any]]:
+    """Per model and backend over the window; TimeoutError after about `seconds` (each
+    step's) when the database does not answer. The connection's release has its own
+    timeout: a query cancelled on a silent server leaves a release that waits for the
+    server, and would hold the caller (and the pool's connection) as long."""
+    conn = await pool.acquire(timeout=seconds)
+    try:
+        rows = await conn.fetch(_QUERY, float(window_seconds), timeout=seconds)
+    finally:
+        await pool.release(conn, timeout=seconds)
     return [
         _entry(
             (r["served_model"], r["backend"]),
