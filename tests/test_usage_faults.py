@@ -576,3 +576,52 @@ async def test_stats_answer_from_memory_while_the_database_is_silent(
             os.kill(pid, signal.SIGCONT)
         prx.stop()
         await asyncio.to_thread(db.drop)
+
+
+async def test_a_write_to_a_silent_database_times_out_and_the_next_connection_takes_it(
+    servers: ServerThread, own_emulator: Emulator, private_pg: PrivatePostgres, tmp_path: Path
+) -> None:
+    """`write_timeout_seconds` bounds a write whose session stopped answering: the
+    cancelled write must not then wait, in its rollback and its connection's release,
+    for that session (it waited as long as the session did, its sink reported healthy
+    and nothing was replayed), and a new session, which the server takes, writes."""
+    db = await asyncio.to_thread(Database, private_pg.base_dsn)
+    usage = Usage(
+        postgres_dsn=db.dsn,
+        file_mode="off",
+        spool_dir=str(tmp_path / "spool"),
+        flush_interval_seconds=0.05,
+        write_timeout_seconds=1,
+        retry_backoff_seconds=0.05,
+        retry_backoff_max_seconds=0.2,
+    )
+    prx = Proxy(servers, [own_emulator.url], usage=usage)
+    stopped: list[int] = []
+    try:
+        prx.thread.call(lambda: postgres_ready(prx))
+        sent: list[str] = []
+        await _traffic(prx.url, 1, sent)
+
+        async def stored() -> bool:
+            rows = await db.fetch("SELECT request_id FROM usage_events")
+            return len(rows) == len(sent)
+
+        await wait_for(stored, what="the first event in PostgreSQL")
+        rows = await db.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            db.name,
+        )
+        stopped = [r["pid"] for r in rows]
+        for pid in stopped:  # the proxy's sessions: alive, silent
+            os.kill(pid, signal.SIGSTOP)
+        await _traffic(prx.url, 20, sent, concurrency=4)
+        await wait_for(stored, seconds=20, what="every event in PostgreSQL, sessions silent")
+        rows = await db.fetch("SELECT request_id FROM usage_events")
+        assert sorted(r["request_id"] for r in rows) == sorted(sent)
+        sink = (await _counters(prx.url))["sinks"]["postgres"]
+        assert sink["failures"] >= 1
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+        prx.stop()
+        await asyncio.to_thread(db.drop)

@@ -110,12 +110,24 @@ class PostgresSink:
         feedback = [
             _stored(feedback_row(r.event)) for r in records if isinstance(r.event, Feedback)
         ]
-        async with pool.acquire() as conn, conn.transaction():
+        conn = await pool.acquire()
+        try:
+            transaction = conn.transaction()
+            await transaction.start()
             if usage:
                 await conn.copy_records_to_table("usage_staging", records=usage, columns=COLUMNS)
                 await conn.execute(_MOVE)
             if feedback:
                 await conn.executemany(_FEEDBACK, feedback)
+            await transaction.commit()
+        except BaseException:
+            # Closed, not rolled back: a write cancelled by the runner's timeout, on a
+            # session that stopped answering, would wait for that session in a ROLLBACK
+            # and again in the release. The server rolls back a closed session's work.
+            conn.terminate()
+            raise
+        finally:
+            await pool.release(conn)
 
     async def close(self) -> None:
         if self.pool is not None:
