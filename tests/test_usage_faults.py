@@ -625,3 +625,44 @@ async def test_a_write_to_a_silent_database_times_out_and_the_next_connection_ta
             os.kill(pid, signal.SIGCONT)
         prx.stop()
         await asyncio.to_thread(db.drop)
+
+
+async def test_a_spool_line_that_does_not_parse_is_dropped_not_fatal(
+    servers: ServerThread, own_emulator: Emulator, database: Database, tmp_path: Path
+) -> None:
+    """A spool line that is not a record (a torn write with the next record glued to
+    it, as an append cut short by a full disk left them, or a damaged disk) is counted
+    dropped and skipped: it raised out of the replay, whose task died, and every event
+    after it stayed on disk, the sink reported healthy."""
+    segment = tmp_path / "spool" / "postgres" / "0000000000000001.seg"
+    segment.parent.mkdir(parents=True)
+    good = [
+        orjson.dumps({"request_id": f"spooled-{n}", "ts": "2026-01-01T00:00:00Z"}) for n in range(2)
+    ]
+    segment.write_bytes(b"u" + good[0] + b'\nu{"request_id": "torn' + b"u" + good[1] + b"\n")
+    segment.write_bytes(segment.read_bytes() + b"u" + good[1] + b"\n")
+    usage = Usage(
+        postgres_dsn=database.dsn,
+        file_mode="off",
+        spool_dir=str(tmp_path / "spool"),
+        flush_interval_seconds=0.02,
+        retry_backoff_seconds=0.05,
+        retry_backoff_max_seconds=0.1,
+    )
+    prx = Proxy(servers, [own_emulator.url], usage=usage)
+    try:
+        sent: list[str] = []
+        await _traffic(prx.url, 3, sent)
+
+        async def drained() -> bool:
+            sink = (await _counters(prx.url))["sinks"]["postgres"]
+            # Live events that came while the spool was pending were spooled behind it.
+            return bool(sink["spool_pending"] == 0 and _delivered(sink) == len(sent) + 2)
+
+        await wait_for(drained, seconds=10, what="the spool to be replayed")
+        sink = (await _counters(prx.url))["sinks"]["postgres"]
+        assert sink["dropped"] == 1
+        rows = await database.fetch("SELECT request_id FROM usage_events")
+        assert sorted(r["request_id"] for r in rows) == sorted([*sent, "spooled-0", "spooled-1"])
+    finally:
+        prx.stop()

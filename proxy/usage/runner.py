@@ -205,10 +205,11 @@ class SinkRunner:
                 lines, cursor = await self._in_thread(self.spool.read, batch_size)
                 if not lines:
                     break
-                if not await self._write([from_spool(line) for line in lines]):
+                records = self._parsed(lines)
+                if records and not await self._write(records):
                     return False
                 await self._in_thread(self.spool.commit, cursor, len(lines))
-                self.counters.replayed += len(lines)
+                self.counters.replayed += len(records)
         # Under a backlog, batches grow (to 8x): fewer round trips and transactions is
         # what lets a sink catch up; when idle they are whatever arrived meanwhile.
         take = batch_size * 8
@@ -225,6 +226,24 @@ class SinkRunner:
                 return False
             self.counters.written += len(batch)
         return True
+
+    def _parsed(self, lines: list[bytes]) -> list[Record]:
+        """The spooled records; a line that is not one (a torn write with the next
+        record glued to it, a damaged disk) is dropped, loudly, rather than raised out
+        of the replay, which would then stop at it for good."""
+        records: list[Record] = []
+        for line in lines:
+            try:
+                records.append(from_spool(line))
+            except ValueError as exc:
+                self.counters.dropped += 1
+                log.error(
+                    "usage sink %s: DROPPED a spooled line that is not a record (%s): %r",
+                    self.name,
+                    exc,
+                    line[:200],
+                )
+        return records
 
     async def _run(self) -> None:
         backoff = self.settings.retry_backoff_seconds
