@@ -1,9 +1,8 @@
 """One background writer per sink: batches from memory, spills to its spool when the
 sink is slow or down, and replays the spool in order once the sink answers again.
 
-While a sink is failing, or a write to it has lasted longer than a flush (a sink
-that hangs), what the dispatcher hands over goes to the spool at once rather than
-waiting in memory for the next retry or the write's timeout: what a SIGKILL can lose is then
+While a sink is failing, what the dispatcher hands over goes to the spool at once
+rather than waiting in memory for the next retry: what a SIGKILL can lose is then
 what the dispatcher had not handed over yet (at most `flush_interval_seconds` of
 events) and a batch whose write was in flight.
 
@@ -18,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -99,7 +97,6 @@ class SinkRunner:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._failing = False
-        self._writing_since = 0.0  # monotonic start of the write in flight; 0: none
         self._stopping = asyncio.Event()
         if self.spool.pending:
             log.info("usage sink %s: %d spooled events to replay", self.name, self.spool.pending)
@@ -129,23 +126,12 @@ class SinkRunner:
         """Called by the dispatcher every `flush_interval_seconds` at most. While the
         sink is failing (or a spool waits to be replayed) the records go to disk now,
         not to the buffer: a retry may be `retry_backoff_max_seconds` away, and a
-        SIGKILL meanwhile would lose whatever waits in memory. So too while a write has
-        taken longer than a flush: a sink that hangs rather than refusing (a stopped
-        broker, a silent database) is not known to fail until `write_timeout_seconds`."""
+        SIGKILL meanwhile would lose whatever waits in memory."""
         self.counters.queued += len(records)
         self.buffer.extend(records)
-        if (
-            self._failing
-            or self.spool.pending
-            or len(self.buffer) >= self.settings.sink_buffer
-            or self._stalled()
-        ):
+        if self._failing or self.spool.pending or len(self.buffer) >= self.settings.sink_buffer:
             await self._spill(self._take_all())
         self._wake.set()
-
-    def _stalled(self) -> bool:
-        since = self._writing_since
-        return bool(since) and time.monotonic() - since > self.settings.flush_interval_seconds
 
     def spill_now(self, records: list[Record]) -> None:
         """Synchronous spill, for the queue-overflow path (no await possible there)."""
@@ -174,7 +160,6 @@ class SinkRunner:
             await self._in_thread(self._spill_sync, records)
 
     async def _write(self, records: Sequence[Record]) -> bool:
-        self._writing_since = time.monotonic()
         try:
             # A timeout on this task, not wait_for: that makes a task per write.
             async with asyncio.timeout(self.settings.write_timeout_seconds):
@@ -188,8 +173,6 @@ class SinkRunner:
                 log.warning("usage sink %s failed, spooling: %s", self.name, self.last_error)
             self._failing = True
             return False
-        finally:
-            self._writing_since = 0.0
         if self._failing:
             log.info("usage sink %s is back", self.name)
         self._failing = False
