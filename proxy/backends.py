@@ -96,6 +96,24 @@ def cloud_source(name: str) -> bool:
     return source(name)[1] == CLOUD
 
 
+RESPONSES_PATH = "/v1/responses"
+
+
+def searches_the_web(path: str, doc: Any) -> bool:
+    """Whether Ollama runs this request's web searches itself, through ollama.com: a
+    Responses request declaring the `web_search` tool (`openai.HasWebSearchTool`, a
+    tool's `type` read case-insensitively as Go reads the field). It answers 502 when
+    its search cannot reach ollama.com, whatever the state of the backend."""
+    if path != RESPONSES_PATH or not isinstance(doc, dict):
+        return False
+    tools = doc.get("tools")
+    return isinstance(tools, list) and any(
+        isinstance(tool, dict)
+        and any(k.lower() == "type" and v == "web_search" for k, v in tool.items())
+        for tool in tools
+    )
+
+
 def entry_model(entry: dict[str, Any]) -> str:
     """The model an entry of `/api/tags` or `/api/ps` names, as Ollama reads it."""
     return normalize_model(str(entry.get("model") or entry.get("name") or ""))
@@ -255,17 +273,18 @@ class BackendState:
         self.last_error = ""
         self.breaker.success()
 
-    def answered(self, status: int, model: str | None) -> None:
+    def answered(self, status: int, model: str | None, offsite: bool = False) -> None:
         """What a well-formed answer to a request for `model` says about the backend's
         health. A 500 says nothing: Ollama answers it for requests it cannot run
         (options or `format` of the wrong type, a template error), which any client
         can send at will, so counting it would let one client open every circuit. Only
         the statuses that say the backend cannot serve anyone count as failures, and
-        not for a model Ollama runs on ollama.com (`cloud_source`), whose 502 says
-        that ollama.com is out of the backend's reach; a backend that is truly broken
-        also fails its connects, timeouts and health checks."""
+        not for a model Ollama runs on ollama.com (`cloud_source`) nor a request it
+        sends there itself (`offsite`: `searches_the_web`), whose 502 says that
+        ollama.com is out of the backend's reach; a backend that is truly broken also
+        fails its connects, timeouts and health checks."""
         if status in UNREACHABLE_STATUSES:
-            if model is None or not cloud_source(model):
+            if not offsite and (model is None or not cloud_source(model)):
                 self.failed(f"answered {status}")
         elif status < 500:
             self.succeeded()

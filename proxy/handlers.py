@@ -31,7 +31,7 @@ from proxy.aiohttp_internals import state_get
 from proxy.auth import KEY_REQUEST, KeyState, sees_fleet
 from proxy.auto import AutoError, AutoRouter, profile_of, user_key
 from proxy.auto_routes import AutoRoutes
-from proxy.backends import BackendPool, BackendState, NoBackend
+from proxy.backends import BackendPool, BackendState, NoBackend, searches_the_web
 from proxy.cache import ResponseCache
 from proxy.cache.key import cache_key, cacheable, generates, scope
 from proxy.cache.replay import CACHE_HEADER, replay
@@ -172,6 +172,7 @@ class Handlers:
             return exc.response()
         decided.body = body
         route = decided.route
+        served.offsite = searches_the_web(path, doc)
         if isinstance(doc, dict):
             texts: list[str] = []
             refused = request_limits.check_body(path, doc, self.config.limits, texts)

@@ -190,7 +190,7 @@ class Relay:
             if client.declined:
                 state.end(model)
                 client.drop()
-                state.answered(head.status, model)
+                state.answered(head.status, model, outcome.offsite)
                 answered = f": answered {head.status}"
                 failures.append((state.label + answered, state.public_label + answered))
                 unreachable = False
@@ -321,7 +321,7 @@ class Relay:
                 tail = client.tail()
                 outcome.stats = final_chunk.parse(tail)
                 outcome.context_ending = answered_ending(tail)
-                state.answered(head.status, model)
+                state.answered(head.status, model, outcome.offsite)
             except Exception as exc:
                 # The client has its whole answer; only the proxy's record of it failed.
                 log.exception("reading the end of the answer from %s failed", state.label)

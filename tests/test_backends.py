@@ -491,6 +491,68 @@ async def test_a_cloud_model_out_of_reach_opens_no_circuit(
         b.stop()
 
 
+# What Ollama answers a non-streaming /v1/responses with the `web_search` tool when the
+# model's search cannot reach ollama.com (WebSearchResponsesWriter.writeWebSearchError).
+_SEARCH_FAILED = {
+    "error": {
+        "message": 'Post "https://ollama.com:443/api/web_search": dial tcp: lookup ollama.com',
+        "type": "api_error",
+        "param": None,
+        "code": None,
+    }
+}
+
+
+def _searching_app() -> web.Application:
+    """A healthy Ollama on a machine without internet access: it lists SHARED, answers
+    /v1/responses, and answers 502 to one that declares the `web_search` tool."""
+
+    async def tags(request: web.Request) -> web.Response:
+        return web.json_response({"models": [{"name": SHARED, "model": SHARED}]})
+
+    async def ps(request: web.Request) -> web.Response:
+        return web.json_response({"models": []})
+
+    async def responses(request: web.Request) -> web.Response:
+        body = await request.json()
+        if any(tool.get("type") == "web_search" for tool in body.get("tools") or []):
+            return web.json_response(_SEARCH_FAILED, status=502)
+        return web.json_response({"object": "response", "status": "completed"})
+
+    app = web.Application()
+    app.router.add_get("/api/tags", tags)
+    app.router.add_get("/api/ps", ps)
+    app.router.add_post("/v1/responses", responses)
+    return app
+
+
+async def test_a_web_search_out_of_reach_opens_no_circuit(servers: ServerThread) -> None:
+    """Ollama runs the Responses API's `web_search` tool itself, through ollama.com,
+    and answers 502 when it cannot reach it (a GPU server without internet access):
+    that says nothing of the backend, and any client can declare the tool, so no
+    circuit counts it, as for a cloud model. The client gets that 502; the next
+    requests are served."""
+    ports = (free_port(), free_port())
+    runners = [servers.serve(_searching_app, port) for port in ports]
+    urls = [f"http://127.0.0.1:{port}" for port in ports]
+    proxy = Proxy(
+        servers, urls, health=Health(interval_seconds=3600, failure_threshold=1, open_seconds=3600)
+    )
+    try:
+        search = {"model": SHARED, "input": "news today", "tools": [{"type": "web_search"}]}
+        for _ in range(2):
+            status, answer = await post(proxy.url, "/v1/responses", search)
+            assert (status, orjson.loads(answer)) == (502, _SEARCH_FAILED)
+        for url in urls:
+            assert await scrape_failures(proxy.url, url) == (0, "closed")
+        status, _ = await post(proxy.url, "/v1/responses", {"model": SHARED, "input": "hi"})
+        assert status == 200
+    finally:
+        proxy.stop()
+        for runner in runners:
+            servers.stop(runner)
+
+
 async def health_circuit(url: str, backend: str) -> str:
     async with (
         aiohttp.ClientSession() as session,
