@@ -215,6 +215,9 @@ class BackendState:
         # Model-store changes applied from the backend's answers (`BackendPool.changed`):
         # lists asked before one may not show it, and do not replace what it said.
         self.changes = 0
+        # Of those, the models that run on another host (a `remote_host`: a local name
+        # of a cloud model), by normalised name: Ollama relays that host's answer.
+        self.remote: frozenset[str] = frozenset()
         self.in_flight = 0
         # Requests in flight per model (normalised name): a loaded model in use.
         self.busy: dict[str, int] = {}
@@ -279,15 +282,19 @@ class BackendState:
         (options or `format` of the wrong type, a template error), which any client
         can send at will, so counting it would let one client open every circuit. Only
         the statuses that say the backend cannot serve anyone count as failures, and
-        not for a model Ollama runs on ollama.com (`cloud_source`) nor a request it
-        sends there itself (`offsite`: `searches_the_web`), whose 502 says that
-        ollama.com is out of the backend's reach; a backend that is truly broken also
-        fails its connects, timeouts and health checks."""
+        not for a model Ollama runs on another host (`cloud_source`, or listed with a
+        `remote_host`: `remote`) nor a request it sends to ollama.com itself (`offsite`:
+        `searches_the_web`), whose 502 says that host is out of the backend's reach; a
+        backend that is truly broken also fails its connects, timeouts and health
+        checks."""
         if status in UNREACHABLE_STATUSES:
-            if not offsite and (model is None or not cloud_source(model)):
+            if not offsite and (model is None or not self._runs_elsewhere(model)):
                 self.failed(f"answered {status}")
         elif status < 500:
             self.succeeded()
+
+    def _runs_elsewhere(self, model: str) -> bool:
+        return cloud_source(model) or normalize_model(model) in self.remote
 
 
 def _having(name: str, states: list[BackendState]) -> list[BackendState]:
@@ -447,6 +454,7 @@ class BackendPool:
             # Ollama could accept (no line break, not of megabytes) is one of its models.
             state.tags = [m for m in listed if header_values.model_name(entry_model(m))]
             state.models = frozenset(entry_model(m) for m in state.tags)
+            state.remote = frozenset(entry_model(m) for m in state.tags if m.get("remote_host"))
         state.listed(running, asked_at)
         if state.last_error:
             log.info("backend %s healthy again", state.label)

@@ -553,6 +553,66 @@ async def test_a_web_search_out_of_reach_opens_no_circuit(servers: ServerThread)
             servers.stop(runner)
 
 
+# A local name of a model that runs on ollama.com (`ollama cp gpt-oss:120b-cloud
+# team-model`): /api/tags lists it with the host it runs on.
+ALIAS = "team-model:latest"
+# What Ollama answers for it when ollama.com answers 502 (ChatHandler relays the
+# remote's status with its api.StatusError).
+_REMOTE_FAILED = {"StatusCode": 502, "Status": "502 Bad Gateway", "error": "upstream error"}
+
+
+def _aliasing_app() -> web.Application:
+    """A healthy Ollama listing SHARED and ALIAS, during an outage of ollama.com."""
+
+    async def tags(request: web.Request) -> web.Response:
+        remote = {"remote_model": "gpt-oss:120b", "remote_host": "https://ollama.com:443"}
+        models = [{"name": SHARED, "model": SHARED}, {"name": ALIAS, "model": ALIAS, **remote}]
+        return web.json_response({"models": models})
+
+    async def ps(request: web.Request) -> web.Response:
+        return web.json_response({"models": []})
+
+    async def chat(request: web.Request) -> web.Response:
+        body = await request.json()
+        if body["model"] == ALIAS:
+            return web.json_response(_REMOTE_FAILED, status=502)
+        return web.json_response({"model": body["model"], "done": True})
+
+    app = web.Application()
+    app.router.add_get("/api/tags", tags)
+    app.router.add_get("/api/ps", ps)
+    app.router.add_post("/api/chat", chat)
+    return app
+
+
+async def test_a_local_name_of_a_cloud_model_out_of_reach_opens_no_circuit(
+    servers: ServerThread,
+) -> None:
+    """A model the backend lists with a `remote_host` runs there, not on the backend:
+    Ollama relays that host's status, and its 502 says the host is out of reach, as
+    for a name ending in `-cloud`. Any client can name the model, so no circuit
+    counts it; the client gets that 502 and the next requests are served."""
+    ports = (free_port(), free_port())
+    runners = [servers.serve(_aliasing_app, port) for port in ports]
+    urls = [f"http://127.0.0.1:{port}" for port in ports]
+    proxy = Proxy(
+        servers, urls, health=Health(interval_seconds=3600, failure_threshold=1, open_seconds=3600)
+    )
+    try:
+        chat = {"model": ALIAS, "messages": [{"role": "user", "content": "hi"}], "stream": False}
+        for _ in range(2):
+            status, answer = await post(proxy.url, "/api/chat", chat)
+            assert (status, orjson.loads(answer)) == (502, _REMOTE_FAILED)
+        for url in urls:
+            assert await scrape_failures(proxy.url, url) == (0, "closed")
+        status, _ = await post(proxy.url, "/api/chat", {**chat, "model": SHARED})
+        assert status == 200
+    finally:
+        proxy.stop()
+        for runner in runners:
+            servers.stop(runner)
+
+
 async def health_circuit(url: str, backend: str) -> str:
     async with (
         aiohttp.ClientSession() as session,
