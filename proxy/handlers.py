@@ -440,6 +440,10 @@ class Handlers:
         """`GET /v1/models/<id>`: `auto`'s own entries, else the backend that has it."""
         path = request.path
         name = path[len(V1_MODEL_PREFIX) :]
+        if not name or "/" in name:
+            # No model id: Ollama's `:model` is one non-empty segment, and its router
+            # answers such a path (a redirect, a 404) before any handler reads a name.
+            return await self.passthrough(request)
         entry = next((e for e in self._auto_entries("/v1/models") if e["id"] == name), None)
         if entry is not None:
             return web.Response(body=encoded(entry), headers={"Content-Type": JSON_V1})

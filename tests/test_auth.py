@@ -539,6 +539,25 @@ async def test_describing_a_model_outside_the_list_answers_as_ollama_for_an_unkn
     assert (await describe(guarded.url, "mistral:7b", ADMIN))[0] == 200
 
 
+@pytest.mark.parametrize("path", ["/v1/models/", "/v1/models/llama3.1:8b/x"])
+async def test_a_path_no_model_id_fits_gets_ollamas_router_answer_for_any_key(
+    guarded: Proxy, own_emulator: Emulator, path: str
+) -> None:
+    """Ollama's `/v1/models/:model` takes one non-empty segment: an empty one gets gin's
+    redirect to `/v1/models`, two get its plain 404, before any handler reads a model
+    name. A key with a model list gets those answers too, not a model's 404."""
+    direct = await raw_request(own_emulator.port, "GET", path, [])
+    for key in (USER, ADMIN):
+        status, headers, body = await raw_request(
+            guarded.port, "GET", path, [(b"Authorization", b"Bearer " + key.encode())]
+        )
+        assert (status, headers.get("location"), body) == (
+            direct[0],
+            direct[1].get("location"),
+            direct[2],
+        )
+
+
 async def test_auto_show_and_explain_see_only_the_keys_models(guarded: Proxy) -> None:
     url = guarded.url
     status, _, answer = await call(url, "POST", "/api/show", USER, {"model": "auto"})
