@@ -110,6 +110,20 @@ async def test_a_number_beyond_a_double_gets_ollamas_error(
     assert await raw(proxy.url, "POST", path, body) == direct
 
 
+@pytest.mark.parametrize("path", ["/api/chat", "/api/generate"])
+@pytest.mark.parametrize("fmt", [b"1e400", b"[1,-1e400]"])
+async def test_a_format_beyond_a_double_gets_ollamas_invalid_format(
+    emulator: Emulator, proxy: Proxy, path: str, fmt: bytes
+) -> None:
+    """`format` is a json.RawMessage: Go keeps its bytes without reading the number,
+    and the runner refuses what is neither "json" nor a schema object with its 500."""
+    body = b"{" + (_CHAT if path == "/api/chat" else _ASK) + b', "format": ' + fmt + b"}"
+    direct = await raw(emulator.url, "POST", path, body)
+    expected = f'invalid format: "{fmt.decode()}"; expected "json" or a valid JSON Schema object'
+    assert direct[0] == 500 and orjson.loads(direct[2]) == {"error": expected}
+    assert await raw(proxy.url, "POST", path, body) == direct
+
+
 # Integers a double holds but Go's int (64 bits) does not: ParseInt overflows and
 # json.Unmarshal refuses them with the number as written (encoding/json literalStore).
 BEYOND_AN_INT = [

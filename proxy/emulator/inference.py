@@ -110,11 +110,19 @@ def keep_alive_of(body: dict[str, Any]) -> float | None:
         raise Refusal(400, str(exc)) from None
 
 
+def _as_written(value: Any) -> orjson.Fragment:
+    """A number beyond a double as the client wrote it: a json.RawMessage (`format`)
+    keeps its bytes, and Go never reads the number."""
+    if isinstance(value, go_types.BeyondADouble):
+        return orjson.Fragment(value.text)
+    raise TypeError
+
+
 def check_format(fmt: Any) -> Refusal | None:
     """llm.Completion's format check (raised from the runner, hence 500)."""
     if fmt is None or fmt == "" or fmt == "json" or isinstance(fmt, dict):
         return None
-    raw = orjson.dumps(fmt).decode()
+    raw = orjson.dumps(fmt, default=_as_written).decode()
     quoted = raw.replace("\\", "\\\\").replace('"', '\\"')
     return Refusal(
         500, f'invalid format: "{quoted}"; expected "json" or a valid JSON Schema object'
@@ -122,7 +130,7 @@ def check_format(fmt: Any) -> Refusal | None:
 
 
 def _canonical(obj: Any) -> str:
-    return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS).decode()
+    return orjson.dumps(obj, default=_as_written, option=orjson.OPT_SORT_KEYS).decode()
 
 
 def cloud_out_of_reach(path: str) -> Refusal:
