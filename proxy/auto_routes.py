@@ -202,7 +202,7 @@ class AutoRoutes:
         # Read as the inference routes read a body, so that explain ranks what auto would.
         try:
             body = await read_body(request, self.body_idle_seconds)
-            doc, _ = go_json.read(body, self.max_json_values)
+            doc, _ = await go_json.read_off_loop(body, self.max_json_values)
         except go_json.BodyError as exc:
             return error_response(request.path, exc.status, str(exc))
         if not isinstance(doc, dict):

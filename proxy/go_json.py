@@ -22,6 +22,7 @@ own error.
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import json
 import re
@@ -171,6 +172,13 @@ def values(body: bytes, limit: int) -> None:
         raise refused
 
 
+# A body orjson cannot read as Go does, larger than this, is read in a worker thread:
+# the reading in Go's way costs a Python call per byte of invalid UTF-8 and per escape,
+# seconds for megabytes, in which the event loop would serve no other client. Below it,
+# a few milliseconds at most: not worth the thread.
+INLINE_BYTES = 64 * 1024
+
+
 def read(body: bytes, max_values: int = 0) -> tuple[Any, bytes]:
     """The body's document as Ollama reads it, canonical (see the module's docstring),
     and what the proxy forwards in place of `body`: the document serialised, or, where
@@ -178,28 +186,56 @@ def read(body: bytes, max_values: int = 0) -> tuple[Any, bytes]:
     backend to answer with its own error. More than `max_values` values (`values`) are
     refused before any is read."""
     values(body, max_values)
+    doc, gos_way = _orjson_reading(body)
+    return _read_in_gos_way(body, gos_way) if gos_way else _written(doc)
+
+
+async def read_off_loop(body: bytes, max_values: int = 0) -> tuple[Any, bytes]:
+    """`read`, for a request's handler: a body over `INLINE_BYTES` that must be read in
+    Go's way is read in a worker thread, so that a client cannot hold the event loop
+    with one."""
+    values(body, max_values)
+    doc, gos_way = _orjson_reading(body)
+    if not gos_way:
+        return _written(doc)
+    if len(body) <= INLINE_BYTES:
+        return _read_in_gos_way(body, gos_way)
+    return await asyncio.to_thread(_read_in_gos_way, body, gos_way)
+
+
+# Why orjson's reading of a body is not Go's: orjson refuses it, or two keys of an
+# object fold alike (which of them Go keeps depends on their order in the body).
+_REFUSED, _FOLDED = "refused", "folded"
+
+
+def _orjson_reading(body: bytes) -> tuple[Any, str]:
+    """orjson's reading of `body`, canonical (keys renamed in place), and "" when it is
+    Go's; else why not (`_REFUSED`, `_FOLDED`), for `_read_in_gos_way`. orjson's reading
+    serves every other body, a body of renamed keys too."""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
-        try:
-            doc = _read_as_go(body)
-        except NotJson:
-            return None, body
-        if isinstance(doc, dict):
-            canonicalize(doc)
-    else:
-        # Canonical now (keys renamed in place), unless two keys of an object fold
-        # alike: which of them Go keeps depends on their order in the body.
-        if isinstance(doc, dict) and canonicalize(doc):
-            # Read again, in Go's order (rare: orjson's reading serves every other
-            # body, a body of renamed keys too). orjson read it, so it is JSON: never
-            # forwarded as sent.
-            try:
-                doc = _read_as_go(body)
-            except NotJson:
-                raise BodyError("invalid JSON in request body") from None
-            if isinstance(doc, dict):
-                canonicalize(doc)
+        return None, _REFUSED
+    if isinstance(doc, dict) and canonicalize(doc):
+        return None, _FOLDED
+    return doc, ""
+
+
+def _read_in_gos_way(body: bytes, why: str) -> tuple[Any, bytes]:
+    """`read` where orjson's reading is not Go's (`why`). A body orjson read is JSON:
+    never forwarded as sent."""
+    try:
+        doc = _read_as_go(body)
+    except NotJson:
+        if why == _FOLDED:
+            raise BodyError("invalid JSON in request body") from None
+        return None, body
+    if isinstance(doc, dict):
+        canonicalize(doc)
+    return _written(doc)
+
+
+def _written(doc: Any) -> tuple[Any, bytes]:
     try:
         return doc, orjson.dumps(doc)
     except orjson.JSONEncodeError:  # orjson writes at most 254 levels

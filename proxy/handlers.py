@@ -163,7 +163,7 @@ class Handlers:
         try:
             raw = await self._read(request)
             limit = self.config.limits.max_body_bytes
-            doc, body = go_json.read(
+            doc, body = await go_json.read_off_loop(
                 request_encoding.decoded(request, raw, limit), self.config.limits.max_json_values
             )
         except go_json.BodyError as exc:

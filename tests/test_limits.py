@@ -3,6 +3,7 @@ clear 4xx in Ollama's shape (OpenAI's on /v1), and the proxy serves on afterward
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import aiohttp
@@ -138,3 +139,34 @@ async def test_a_body_of_too_many_json_values_is_413(
     for fine in ({**body, "x": [[]] * 900}, {**body, "note": "[{}], " * 2000}):
         status, _ = await post(values_bound.url, path, fine)
         assert status in (200, 202), (status, path)
+
+
+@pytest.mark.parametrize("path", ["/api/chat", "/api/autoroute/explain"])
+async def test_reading_a_body_as_go_does_holds_no_other_client(proxy: Proxy, path: str) -> None:
+    """A body orjson cannot read (invalid UTF-8, which Go reads as U+FFFD byte by byte)
+    is read as Go reads it at a Python call per invalid byte: seconds for megabytes.
+    Meanwhile the proxy answers its other clients at once, not when that is over."""
+    text = b"\xff" * (3 * 1024 * 1024)
+    body = b'{"model": "%s", "stream": false, "prompt": "%s"}' % (MODEL.encode(), text)
+    async with aiohttp.ClientSession() as session:
+
+        async def hostile() -> float:
+            started = asyncio.get_running_loop().time()
+            async with session.post(proxy.url + path, data=body) as resp:
+                await resp.read()
+            return asyncio.get_running_loop().time() - started
+
+        async def version() -> float:
+            started = asyncio.get_running_loop().time()
+            async with session.get(proxy.url + "/api/version") as resp:
+                assert resp.status == 200
+            return asyncio.get_running_loop().time() - started
+
+        reading = asyncio.create_task(hostile())
+        waits = []
+        while not reading.done():
+            waits.append(await version())
+            await asyncio.sleep(0.01)
+        took = await reading
+    assert took > 0.3  # long enough to tell a held loop from a free one
+    assert max(waits) < took / 3, (max(waits), took)
