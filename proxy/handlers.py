@@ -289,7 +289,7 @@ class Handlers:
         query = request.raw_path.partition("?")[2]
         content_type = request.headers.get(hdrs.CONTENT_TYPE)
         try:
-            model = multipart_form.transcription_model(content_type, query, body)
+            model = await multipart_form.transcription_model_off_loop(content_type, query, body)
         except multipart_form.Refused as exc:
             return error_response(path, 400, str(exc))
         decided.model = header_values.text(model, header_values.MAX_MODEL_NAME) or ""

@@ -508,3 +508,53 @@ async def test_a_transcription_holds_one_of_the_keys_streams(servers: ServerThre
     finally:
         prx.stop()
         slow.stop()
+
+
+@pytest.fixture
+def apart(servers: ServerThread) -> Iterator[Proxy]:
+    """A proxy in front of an emulator with an event loop of its own: the emulator reads
+    a form as the proxy does, and would hold a shared loop itself."""
+    own = ServerThread()
+    emulator = Emulator(own, FROZEN)
+    prx = Proxy(servers, [emulator.url])
+    yield prx
+    prx.stop()
+    emulator.stop()
+    own.close()
+
+
+async def test_reading_a_large_form_holds_no_other_client(apart: Proxy) -> None:
+    """A quoted-printable part is decoded as Go's reader decodes it, byte by byte in
+    Python: most of a second for a few megabytes. Meanwhile the proxy answers its other
+    clients at once, not when that is over."""
+    proxy = apart
+    audio = (b"A" * 998 + b"\r\n") * (8 * 1024)
+    file = (
+        b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+        b"Content-Transfer-Encoding: quoted-printable\r\n\r\n" + audio + b"\r\n"
+    )
+    body = form(part("model", b"llama3.1:8b"), file)
+    loop = asyncio.get_running_loop()
+    async with aiohttp.ClientSession() as session:
+
+        async def hostile() -> float:
+            started = loop.time()
+            headers = {"Content-Type": CT}
+            async with session.post(proxy.url + PATH, data=body, headers=headers) as resp:
+                await resp.read()
+            return loop.time() - started
+
+        async def health() -> float:  # the proxy's own answer
+            started = loop.time()
+            async with session.get(proxy.url + "/api/autoroute/health") as resp:
+                assert resp.status == 200
+            return loop.time() - started
+
+        reading = asyncio.create_task(hostile())
+        waits = []
+        while not reading.done():
+            waits.append(await health())
+            await asyncio.sleep(0.01)
+        took = await reading
+    assert took > 0.3  # long enough to tell a held loop from a free one
+    assert max(waits) < took / 3, (max(waits), took)
