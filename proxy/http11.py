@@ -16,7 +16,13 @@ from dataclasses import dataclass
 
 from proxy.upstream_errors import ProtocolError
 
-MAX_HEAD_BYTES = 64 * 1024
+# An answer's head may echo the request's (Ollama echoes an allowed `Origin` in
+# `Access-Control-Allow-Origin`): it is read up to twice the longest head Ollama's own
+# server takes (Go's DefaultMaxHeaderBytes, 1 MiB, and its 4 KiB of slack), so that no
+# client can make a healthy backend's answer unreadable. Go's Transport reads 10 MiB.
+MAX_HEAD_BYTES = 2 << 20
+# A chunk-size or trailer line, which no client's bytes make longer.
+MAX_LINE_BYTES = 64 * 1024
 
 # How the body of an answer ends (_NONE: it has none); _HEAD while the head is read,
 # _DONE once the answer ended.
@@ -186,15 +192,19 @@ class ResponseReader:
 
     def _read_head(self, data: bytes) -> list[Event]:
         buf = self._buf
+        # The head's end is looked for in the new bytes (and the three before them), not
+        # from the start again: a long head comes in many pieces.
+        start = max(len(buf) - 3, 0)
         buf += data
         while True:
-            end = buf.find(b"\r\n\r\n")
+            end = buf.find(b"\r\n\r\n", start)
             if end < 0:
                 if len(buf) > MAX_HEAD_BYTES:
                     raise ProtocolError("response head too large")
                 return []
             head, mode = _parse_head(bytes(buf[:end]), self.method)
             del buf[: end + 4]
+            start = 0
             if not interim(head.status):
                 break
         self.head = head
@@ -252,7 +262,7 @@ class ResponseReader:
                 newline = data.find(b"\n", pos)
                 if newline < 0:
                     self._line += data[pos:]
-                    if len(self._line) > MAX_HEAD_BYTES:
+                    if len(self._line) > MAX_LINE_BYTES:
                         raise ProtocolError("chunk size line too long")
                     return -1
                 line = data[pos:newline]

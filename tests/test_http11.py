@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from proxy.config import Limits
 from proxy.http11 import (
     MAX_HEAD_BYTES,
     Dechunker,
@@ -251,6 +252,26 @@ def test_a_head_just_under_the_limit_is_read() -> None:
     raw = b"HTTP/1.1 200 OK\r\n" + filler + b"Content-Length: 0\r\n\r\n"
     head, _body, reusable = run([raw[:5000], raw[5000:]])
     assert head is not None and head.status == 200 and reusable
+
+
+def test_a_head_echoing_the_longest_origin_a_client_may_send_is_read_however_cut() -> None:
+    """Ollama echoes an allowed `Origin` in `Access-Control-Allow-Origin`, and the
+    proxy forwards a client's head of up to `limits.max_header_bytes`: the answer's
+    head is then that much longer than the client's header. It is read however the
+    network cuts it (a refusal would fail a healthy backend on a client's word), and
+    so is one echoing the longest head Ollama's own server takes (Go's 1 MiB)."""
+    for room in (Limits().max_header_bytes, (1 << 20) + 4096):
+        origin = b"http://localhost:" + b"1" * (room - 100)
+        raw = (
+            b"HTTP/1.1 200 OK\r\nAccess-Control-Allow-Origin: " + origin + b"\r\n"
+            b"Content-Type: application/json; charset=utf-8\r\nVary: Origin\r\n"
+            b"Date: Sat, 05 Dec 2026 05:00:00 GMT\r\nContent-Length: 2\r\n\r\n{}"
+        )
+        for size in (1460, 16384, len(raw)):  # a network's segments, reads, all at once
+            pieces = [raw[at : at + size] for at in range(0, len(raw), size)]
+            head, body, reusable = run(pieces, "GET")
+            assert head is not None and head.status == 200
+            assert (body, reusable) == (b"{}", True)
 
 
 def test_the_head_keeps_headers_as_sent() -> None:
