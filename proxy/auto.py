@@ -87,28 +87,21 @@ def user_key(request: web.Request) -> str:
 _RELAXED_THINKING = frozenset({"/v1/messages"})
 
 
-# The request features that say a capability is needed: `tools` (tools listed),
-# `images` (an image in a turn or the body), `fim` (a suffix), `think` (thinking asked
-# for), each 1.0 when `request_body` finds it, as Ollama checks them.
-_NEEDS = tuple(
-    (features.REQUEST_FEATURES.index(feature), capability)
-    for feature, capability in (
-        ("tools", "tools"),
-        ("images", "vision"),
-        ("fim", "insert"),
-        ("think", "thinking"),
-    )
-)
-
-
-def required_capabilities(path: str, request: Sequence[float]) -> tuple[str, ...]:
-    """The capabilities a model needs to serve the request whose features are
-    `request`, as Ollama checks them: read from the features, which have read the body
-    for them already."""
-    needs = tuple([capability for i, capability in _NEEDS if request[i]])
-    if needs and needs[-1] == "thinking" and path in _RELAXED_THINKING:
-        return needs[:-1]
-    return needs
+def required_capabilities(asks: request_body.Asks, path: str) -> tuple[str, ...]:
+    """The capabilities a model needs to serve a request that `asks` this on `path`, as
+    Ollama's handler checks them: tools listed need `tools`, an image `vision`, a
+    suffix `insert`, thinking asked for `thinking` (but on a route whose handler drops
+    it for a model without it)."""
+    needs: list[str] = []
+    if asks.tools:
+        needs.append("tools")
+    if asks.images:
+        needs.append("vision")
+    if asks.insert:
+        needs.append("insert")
+    if asks.thinking and path not in _RELAXED_THINKING:
+        needs.append("thinking")
+    return tuple(needs)
 
 
 @dataclass(frozen=True)
@@ -218,7 +211,10 @@ class AutoRouter:
             profile = self.config.profiles.get(variant.profile, profile)
             pinned = normalize_model(variant.model) if variant.model else ""
         prompt_tokens = math.expm1(request[_LOG_TOKENS])
-        needs = required_capabilities(path, request)
+        # Read from the route's own fields, not from the features, which read every
+        # API's fields at once: a field the route's request lacks asks nothing.
+        asks = request_body.asks(path, doc)
+        needs = required_capabilities(asks, path)
         default_model = self._profile(profile).default_model
         chars = math.expm1(request[_LOG_CHARS])
         eligible = self._eligible_for(profile, key_models, needs, chars, doc)
@@ -253,7 +249,7 @@ class AutoRouter:
             DEFAULT_OUTPUT_TOKENS,
             request_body.max_output_tokens(doc),
             terms.load_seconds,
-            request_body.thinking(doc) is not False,
+            asks.thinking is not False,
         )
         if not default_model and profile.cost_weight == 0 and known.isdisjoint(eligible.names):
             # A quality-only profile among models the artifact never saw: size is the

@@ -16,7 +16,9 @@ how much output it allows, across the shapes Ollama serves:
   `max_output_tokens`, `reasoning.effort`.
 
 The limits, the usage event, the selector's features and `auto`'s capability filter all
-read a body through here, so what one counts as prompt or image the others do too.
+read a body through here, so what one counts as prompt or image the others do too. The
+features read every shape at once, whatever the route; `auto`'s capability filter reads
+only the fields of the route's own request (`asks`), as Ollama's handler does.
 
 Ollama decodes bodies with Go's encoding/json, which matches an object's keys to struct
 fields case-insensitively (the last match wins). `canonicalize` rewrites the objects read
@@ -26,8 +28,8 @@ forwards the canonical body, so the backend reads what was checked.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, NamedTuple
 
 # Content parts that carry an image: OpenAI's, Responses', Anthropic's.
 IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
@@ -214,18 +216,187 @@ def thinking(doc: Mapping[str, Any]) -> bool | None:
     then leaves it to the model, and a thinking model thinks."""
     think = doc.get("think")
     if think is not None:
-        if think is True or (isinstance(think, str) and think in _THINK_LEVELS):
-            return True
-        return False if think is False else None
+        return _think(think)
     reasoning = doc.get("reasoning")
     effort = reasoning.get("effort") if isinstance(reasoning, dict) else doc.get("reasoning_effort")
     if effort:
-        if isinstance(effort, str) and effort in _EFFORTS:
-            return True
-        return False if effort == "none" else None
+        return _effort(effort)
     block = doc.get("thinking")
     kind = block.get("type") if isinstance(block, dict) else None
     return True if kind == "enabled" else False if kind == "disabled" else None
+
+
+def _think(value: Any) -> bool | None:
+    """An api.ThinkValue: true or a level asks for thinking, false turns it off."""
+    if value is True or (isinstance(value, str) and value in _THINK_LEVELS):
+        return True
+    return False if value is False else None
+
+
+def _effort(value: Any) -> bool | None:
+    """An OpenAI reasoning effort, as openai.thinkFromReasoningEffort maps it."""
+    if isinstance(value, str) and value in _EFFORTS:
+        return True
+    return False if value == "none" else None
+
+
+class Asks(NamedTuple):
+    """What a request asks of the model besides reading text, as its route's handler
+    reads it (`asks`)."""
+
+    tools: bool  # tools listed
+    images: bool  # an image the model is to read
+    insert: bool  # a suffix: fill-in-the-middle
+    thinking: bool | None  # as `thinking`: True asks for it, False turns it off
+
+
+_NOTHING = Asks(False, False, False, None)
+
+
+def _listed(value: Any) -> bool:
+    return isinstance(value, list) and bool(value)
+
+
+def _list(doc: Mapping[str, Any], name: str) -> list[Any]:
+    value = doc.get(name)
+    return value if isinstance(value, list) else []
+
+
+def _typed(parts: Any, kind: str) -> Iterator[dict[str, Any]]:
+    """The objects of a content list whose `type` is `kind`."""
+    if isinstance(parts, list):
+        for part in parts:
+            if isinstance(part, dict) and part.get("type") == kind:
+                yield part
+
+
+def _generate(doc: Mapping[str, Any]) -> Asks:
+    """api.GenerateRequest: `images`, `suffix`, `think`; no tools, no messages."""
+    return Asks(False, _listed(doc.get("images")), bool(suffix(doc)), _think(doc.get("think")))
+
+
+def _chat(doc: Mapping[str, Any]) -> Asks:
+    """api.ChatRequest: `tools`, `messages[].images`, `think`; no suffix, no images
+    of its own."""
+    images = False
+    for message in _list(doc, "messages"):
+        if isinstance(message, dict) and message.get("images"):
+            images = _listed(message["images"])
+            if images:
+                break
+    return Asks(tool_count(doc) > 0, images, False, _think(doc.get("think")))
+
+
+def _openai_chat(doc: Mapping[str, Any]) -> Asks:
+    """openai.ChatCompletionRequest as openai.FromChatRequest converts it: `tools`,
+    `image_url` content parts, `reasoning.effort` when `reasoning` is there, else
+    `reasoning_effort`; its messages have no `images`, the request no `think`."""
+    images = False
+    for message in _list(doc, "messages"):
+        # Most turns' content is a string: only a list is looked into.
+        if isinstance(message, dict) and type(content := message.get("content")) is list:
+            images = any(_typed(content, "image_url"))
+            if images:
+                break
+    reasoning = doc.get("reasoning")
+    if reasoning is None:
+        think = _effort(doc.get("reasoning_effort"))
+    else:
+        think = _effort(reasoning.get("effort")) if isinstance(reasoning, dict) else None
+    return Asks(tool_count(doc) > 0, images, False, think)
+
+
+def _completions(doc: Mapping[str, Any]) -> Asks:
+    """openai.CompletionRequest as openai.FromCompleteRequest converts it: `suffix`
+    alone."""
+    return Asks(False, False, bool(suffix(doc)), None)
+
+
+def _responses_image(parts: Any) -> bool:
+    """An `input_image` part convertResponsesContent decodes: one with an image_url."""
+    return any(part.get("image_url") for part in _typed(parts, "input_image"))
+
+
+def _responses(doc: Mapping[str, Any]) -> Asks:
+    """openai.ResponsesRequest as openai.FromResponsesRequest converts it: `tools`,
+    images in `input` messages and function call outputs, `reasoning.effort`."""
+    images = False
+    for item in _list(doc, "input"):
+        if not isinstance(item, dict):
+            continue
+        kind = item.get("type") or ("message" if item.get("role") else "")
+        if kind == "message":
+            images = _responses_image(item.get("content"))
+        elif kind == "function_call_output":
+            images = _responses_image(item.get("output"))
+        if images:
+            break
+    reasoning = doc.get("reasoning")
+    think = _effort(reasoning.get("effort")) if isinstance(reasoning, dict) else None
+    return Asks(tool_count(doc) > 0, images, False, think)
+
+
+# Anthropic's output_config.effort values anthropic.FromMessagesRequest takes for a
+# thinking level, after trimming and lower-casing ("xhigh" as "high").
+_ANTHROPIC_EFFORTS = frozenset({"high", "medium", "low", "max", "xhigh"})
+
+
+def _anthropic_image(blocks: list[Any]) -> bool:
+    """Whether content blocks hold an `image`, or a `tool_result` holding one."""
+    for block in blocks:
+        if isinstance(block, dict):
+            kind = block.get("type")
+            if kind == "image" or (
+                kind == "tool_result" and any(_typed(block.get("content"), "image"))
+            ):
+                return True
+    return False
+
+
+def _messages(doc: Mapping[str, Any]) -> Asks:
+    """anthropic.MessagesRequest as anthropic.FromMessagesRequest converts it: `tools`,
+    `image` blocks (in a `tool_result` too), `thinking.type`, else
+    `output_config.effort`."""
+    images = False
+    for message in _list(doc, "messages"):
+        # Most turns' content is a string: only a list is looked into.
+        if isinstance(message, dict) and type(content := message.get("content")) is list:
+            images = _anthropic_image(content)
+            if images:
+                break
+    block = doc.get("thinking")
+    kind = block.get("type") if isinstance(block, dict) else None
+    think = True if kind == "enabled" else False if kind == "disabled" else None
+    if think is None:
+        config = doc.get("output_config")
+        effort = config.get("effort") if isinstance(config, dict) else None
+        if isinstance(effort, str) and effort.strip().lower() in _ANTHROPIC_EFFORTS:
+            think = True
+    return Asks(tool_count(doc) > 0, images, False, think)
+
+
+# The request each route's handler decodes its body into, as its reader here. A field
+# that request lacks is dropped unread: it asks nothing of the model, whatever another
+# route would make of it.
+_ROUTES: dict[str, Callable[[Mapping[str, Any]], Asks]] = {
+    "/api/generate": _generate,
+    "/api/chat": _chat,
+    "/v1/chat/completions": _openai_chat,
+    "/v1/completions": _completions,
+    "/v1/responses": _responses,
+    "/v1/messages": _messages,
+}
+
+
+def asks(path: str, doc: Mapping[str, Any]) -> Asks:
+    """What the request on `path` asks of the model, read only from the fields of the
+    request that route's handler decodes (`_ROUTES`; a path without one asks nothing).
+    Unlike `has_images`, `tool_count`, `suffix` and `thinking`, which read every shape
+    at once for the selector's features, a field another API would read counts
+    nothing here: a `suffix` on a chat is ignored by Ollama, so it asks for no
+    `insert`."""
+    reader = _ROUTES.get(path)
+    return _NOTHING if reader is None else reader(doc)
 
 
 # The output bound, by the first of these the body has.
@@ -309,14 +480,14 @@ def _canonical_parts(parts: list[Any]) -> bool:
 
 def canonicalize(doc: dict[str, Any]) -> bool:
     """Rewrites, in place, the objects this module reads (the body, its `reasoning`,
-    `thinking` and `response_format`, the conversation's entries and their content
-    parts, the system blocks) as Go's decoder reads them (see `_canonical_object`);
-    whether two keys of an object folded alike. `options` stays as sent: Ollama reads
-    it as a map, by exact key. The common case, every key canonical, costs a set
-    operation per object (a conversation of thousands of messages is read this way on
-    every request)."""
+    `thinking`, `response_format` and `output_config`, the conversation's entries and
+    their content parts, the system blocks) as Go's decoder reads them (see
+    `_canonical_object`); whether two keys of an object folded alike. `options` stays
+    as sent: Ollama reads it as a map, by exact key. The common case, every key
+    canonical, costs a set operation per object (a conversation of thousands of
+    messages is read this way on every request)."""
     changed = _canonical_object(doc)
-    for name in ("reasoning", "thinking", "response_format"):
+    for name in ("reasoning", "thinking", "response_format", "output_config"):
         value = doc.get(name)
         if isinstance(value, dict):
             changed = _canonical_object(value) | changed

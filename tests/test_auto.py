@@ -1116,12 +1116,18 @@ async def test_a_thinking_model_is_expected_to_take_longer_unless_told_not_to_th
     assert told_not_to["thinker:8b"] == pytest.approx(told_not_to["plain:8b"])
 
 
-@pytest.mark.parametrize(
-    "off",
-    [{"think": False}, {"reasoning_effort": "none"}, {"thinking": {"type": "disabled"}}],
-)
+# Each API's way of turning thinking off, and the routes whose request has it.
+THINKING_OFF = [
+    (("/api/chat",), {"think": False}),
+    (("/v1/chat/completions",), {"reasoning_effort": "none"}),
+    (("/v1/chat/completions", "/v1/responses"), {"reasoning": {"effort": "none"}}),
+    (("/v1/messages",), {"thinking": {"type": "disabled"}}),
+]
+
+
+@pytest.mark.parametrize(("paths", "off"), THINKING_OFF)
 async def test_gpt_oss_is_expected_to_think_even_when_told_not_to(
-    tmp_path: Path, off: dict[str, Any]
+    tmp_path: Path, paths: tuple[str, ...], off: dict[str, Any]
 ) -> None:
     """Ollama ignores `think: false` for gpt-oss (its effort is a level; the trace
     cannot be turned off, docs/capabilities/thinking.mdx): a request that turns
@@ -1140,7 +1146,7 @@ async def test_gpt_oss_is_expected_to_think_even_when_told_not_to(
     )
 
     def seconds(**body: Any) -> dict[str, float]:
-        decision = auto.decide("/api/chat", chat("auto:fast", **body), "fast").decision
+        decision = auto.decide(paths[0], chat("auto:fast", **body), "fast").decision
         return {s.name: s.seconds for s in decision.ranking}
 
     thinks = seconds()
@@ -1148,6 +1154,30 @@ async def test_gpt_oss_is_expected_to_think_even_when_told_not_to(
     told_not_to = seconds(**off)
     assert told_not_to["harmony-ft:8b"] == pytest.approx(thinks["harmony-ft:8b"])
     assert told_not_to["qwen-ft:8b"] < thinks["qwen-ft:8b"] / 2
+
+
+@pytest.mark.parametrize(("paths", "off"), THINKING_OFF)
+async def test_thinking_is_turned_off_only_by_a_field_the_route_has(
+    tmp_path: Path, paths: tuple[str, ...], off: dict[str, Any]
+) -> None:
+    """Each way of turning thinking off, sent on the other routes, is a field their
+    request lacks: Ollama drops it, and the thinking model thinks, so it is expected
+    to take as long as when nothing is said."""
+    auto, set_models = offline_router(tmp_path, {"fast": Profile(cost_weight=0.2)})
+    show = {"capabilities": ["completion", "thinking"], "model_info": {}}
+    tag = {"details": {"parameter_size": "8B", "quantization_level": "Q4_K_M"}}
+    set_models({"thinker:8b": model_info("thinker:8b", tag, show)})
+
+    def seconds(route: str, body: dict[str, Any]) -> float:
+        return auto.decide(route, body, "fast").decision.ranking[0].seconds
+
+    for route in ("/api/chat", "/v1/chat/completions", "/v1/responses", "/v1/messages"):
+        thinks = seconds(route, chat("auto:fast"))
+        told = seconds(route, chat("auto:fast", **off))
+        if route in paths:
+            assert told < thinks / 2, route
+        else:
+            assert told == pytest.approx(thinks), route
 
 
 async def test_names_of_the_same_weights_are_one_candidate(tmp_path: Path) -> None:
@@ -1264,3 +1294,175 @@ async def test_a_name_with_other_weights_on_another_backend_is_not_merged(
         prx.stop()
         first.stop()
         second.stop()
+
+
+# What each route's request says before the field under test: a prompt Ollama answers.
+ROUTE_BODIES: dict[str, dict[str, Any]] = {
+    "/api/generate": {"prompt": "Hi", "options": SHORT},
+    "/api/chat": {"messages": [{"role": "user", "content": "Hi"}], "options": SHORT},
+    "/v1/chat/completions": {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4},
+    "/v1/completions": {"prompt": "Hi", "max_tokens": 4},
+    "/v1/responses": {"input": "Hi", "max_output_tokens": 4},
+    "/v1/messages": {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4},
+}
+PNG_URL = "data:image/png;base64," + PIXEL_PNG
+OLLAMA_IMAGE_TURN = {"role": "user", "content": "What is it?", "images": [PIXEL_PNG]}
+ANTHROPIC_IMAGE = {
+    "type": "image",
+    "source": {"type": "base64", "media_type": "image/png", "data": PIXEL_PNG},
+}
+NAMED_TOOL = {"type": "function", "name": "lookup", "parameters": {"type": "object"}}
+
+# Fields the route's request does not have (api.GenerateRequest, api.ChatRequest,
+# openai.ChatCompletionRequest, openai.CompletionRequest, openai.ResponsesRequest,
+# anthropic.MessagesRequest): Ollama decodes the body without them, so they ask
+# nothing of the model.
+IGNORED_FIELDS: list[tuple[str, dict[str, Any]]] = [
+    ("/api/chat", {"suffix": "return x"}),
+    ("/api/chat", {"images": [PIXEL_PNG]}),
+    ("/api/chat", {"reasoning_effort": "high"}),
+    ("/api/chat", {"thinking": {"type": "enabled"}}),
+    ("/api/chat", {"input": [OLLAMA_IMAGE_TURN]}),
+    ("/api/generate", {"messages": [OLLAMA_IMAGE_TURN]}),
+    ("/api/generate", {"tools": TOOLS}),
+    ("/api/generate", {"reasoning": {"effort": "high"}}),
+    ("/v1/chat/completions", {"suffix": "return x"}),
+    ("/v1/chat/completions", {"think": True}),
+    ("/v1/chat/completions", {"thinking": {"type": "enabled"}}),
+    ("/v1/chat/completions", {"images": [PIXEL_PNG]}),
+    ("/v1/chat/completions", {"messages": [OLLAMA_IMAGE_TURN]}),
+    ("/v1/chat/completions", {"reasoning": {}, "reasoning_effort": "high"}),
+    ("/v1/completions", {"tools": TOOLS}),
+    ("/v1/completions", {"images": [PIXEL_PNG]}),
+    ("/v1/completions", {"think": True}),
+    ("/v1/completions", {"reasoning_effort": "high"}),
+    ("/v1/responses", {"suffix": "return x"}),
+    ("/v1/responses", {"think": True}),
+    ("/v1/responses", {"reasoning_effort": "high"}),
+    ("/v1/responses", {"images": [PIXEL_PNG]}),
+    ("/v1/responses", {"messages": [OLLAMA_IMAGE_TURN]}),
+    ("/v1/responses", {"input": [{"role": "user", "content": "Hi", "images": [PIXEL_PNG]}]}),
+    (
+        "/v1/responses",
+        {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": ""}]}]},
+    ),
+    ("/v1/messages", {"suffix": "return x"}),
+    ("/v1/messages", {"images": [PIXEL_PNG]}),
+    ("/v1/messages", {"messages": [OLLAMA_IMAGE_TURN]}),
+]
+# Fields the route's request has, each asking for a capability gemma2 lacks.
+ASKING_FIELDS: list[tuple[str, dict[str, Any], str]] = [
+    ("/api/generate", {"suffix": "return x"}, "insert"),
+    ("/api/generate", {"images": [PIXEL_PNG]}, "vision"),
+    ("/api/generate", {"think": True}, "thinking"),
+    ("/api/chat", {"tools": TOOLS}, "tools"),
+    ("/api/chat", {"messages": [OLLAMA_IMAGE_TURN]}, "vision"),
+    ("/api/chat", {"think": "low"}, "thinking"),
+    ("/v1/chat/completions", {"tools": TOOLS}, "tools"),
+    (
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": [_image(PNG_URL)]}]},
+        "vision",
+    ),
+    ("/v1/chat/completions", {"reasoning_effort": "high"}, "thinking"),
+    ("/v1/chat/completions", {"reasoning": {"effort": "low"}}, "thinking"),
+    ("/v1/completions", {"suffix": "return x"}, "insert"),
+    ("/v1/responses", {"tools": [NAMED_TOOL]}, "tools"),
+    (
+        "/v1/responses",
+        {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": PNG_URL}]}]},
+        "vision",
+    ),
+    (
+        "/v1/responses",
+        {
+            "input": [
+                {"type": "function_call", "call_id": "c", "name": "lookup", "arguments": "{}"},
+                {
+                    "type": "function_call_output",
+                    "call_id": "c",
+                    "output": [{"type": "input_image", "image_url": PNG_URL}],
+                },
+            ]
+        },
+        "vision",
+    ),
+    ("/v1/responses", {"reasoning": {"effort": "high"}}, "thinking"),
+    ("/v1/messages", {"tools": [{"name": "f", "input_schema": {"type": "object"}}]}, "tools"),
+    ("/v1/messages", {"messages": [{"role": "user", "content": [ANTHROPIC_IMAGE]}]}, "vision"),
+    (
+        "/v1/messages",
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "tool_result", "tool_use_id": "t", "content": [ANTHROPIC_IMAGE]}
+                    ],
+                }
+            ]
+        },
+        "vision",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def plain_fleet(servers: ServerThread) -> Iterator[tuple[Emulator, Proxy]]:
+    """A fleet of one model that completes text and nothing else (no tools, vision,
+    insert or thinking)."""
+    emu = Emulator(servers, dataclasses.replace(FROZEN, models=("gemma2:9b",)))
+    prx = Proxy(servers, [emu.url])
+    yield emu, prx
+    prx.stop()
+    emu.stop()
+
+
+@pytest.mark.parametrize(("path", "fields"), IGNORED_FIELDS)
+async def test_a_field_the_route_does_not_have_asks_no_capability(
+    plain_fleet: tuple[Emulator, Proxy], path: str, fields: dict[str, Any]
+) -> None:
+    """A `suffix` on a chat, images in `messages` of a generate, tools on a completion:
+    Ollama's handler reads the body into its route's request, which has no such field,
+    and answers. `auto` serves it as the model named would be served, rather than a
+    400 for a capability nothing asks for."""
+    emu, prx = plain_fleet
+    body = {**ROUTE_BODIES[path], **fields, "stream": False}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(emu.url + path, json={**body, "model": "gemma2:9b"}) as resp:
+            assert resp.status == 200, await resp.text()
+        async with http.post(prx.url + path, json={**body, "model": "auto"}) as resp:
+            assert resp.status == 200, await resp.text()
+            assert resp.headers["X-Autoroute-Model"] == "gemma2:9b"
+
+
+@pytest.mark.parametrize(("path", "fields", "capability"), ASKING_FIELDS)
+async def test_a_field_the_route_has_still_asks_its_capability(
+    plain_fleet: tuple[Emulator, Proxy], path: str, fields: dict[str, Any], capability: str
+) -> None:
+    """The same fields where the route's request has them: the model must have the
+    capability, and a fleet without one answers `auto`'s 400 naming it."""
+    _, prx = plain_fleet
+    body = {**ROUTE_BODIES[path], **fields, "model": "auto", "stream": False}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(prx.url + path, json=body) as resp:
+            assert resp.status == 400, await resp.text()
+            doc = await resp.json()
+    error = doc["error"]["message"] if path.startswith("/v1/") else doc["error"]
+    assert f"gemma2:9b: lacks {capability}" in error, error
+
+
+@pytest.mark.parametrize(("path", "fields", "capability"), ASKING_FIELDS)
+async def test_a_capable_model_serves_what_the_route_asks(
+    auto_proxy: Proxy, path: str, fields: dict[str, Any], capability: str
+) -> None:
+    body = {**ROUTE_BODIES[path], **fields, "model": "auto:best"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            auto_proxy.url + "/api/autoroute/explain", params={"path": path}, json=body
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+            doc = await resp.json()
+        async with http.post(auto_proxy.url + "/api/show", json={"model": doc["model"]}) as resp:
+            assert capability in (await resp.json())["capabilities"]
+    assert any(why == f"lacks {capability}" for why in doc["filtered"].values()), doc

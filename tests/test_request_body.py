@@ -420,3 +420,31 @@ def test_a_request_declines_thinking_only_when_it_says_so(
     doc: dict[str, Any], declines: bool
 ) -> None:
     assert (request_body.thinking(doc) is False) is declines
+
+
+@pytest.mark.parametrize(
+    ("path", "doc", "thinks"),
+    [
+        ("/v1/messages", {"Output_Config": {"Effort": " XHigh "}}, True),
+        ("/v1/messages", {"output_config": {"effort": "none"}}, None),
+        (
+            "/v1/messages",
+            {"thinking": {"type": "disabled"}, "output_config": {"effort": "high"}},
+            False,
+        ),
+        ("/v1/chat/completions", {"reasoning": None, "reasoning_effort": "low"}, True),
+        ("/v1/chat/completions", {"reasoning": {}, "reasoning_effort": "low"}, None),
+        ("/v1/responses", {"reasoning_effort": "low"}, None),
+        ("/v1/completions", {"think": True}, None),
+        ("/api/generate", {"think": "max"}, True),
+        ("/api/embed", {"think": True}, None),
+    ],
+)
+def test_thinking_is_read_from_the_fields_of_the_routes_request(
+    path: str, doc: dict[str, Any], thinks: bool | None
+) -> None:
+    """anthropic.FromMessagesRequest takes `output_config.effort` (trimmed, lower-cased)
+    where `thinking` says nothing; openai.FromChatRequest reads `reasoning_effort` only
+    without `reasoning`; a route whose request has no thinking field reads none."""
+    request_body.canonicalize(doc)
+    assert request_body.asks(path, doc).thinking is thinks
