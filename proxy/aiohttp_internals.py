@@ -65,6 +65,16 @@ What is relied on, and why:
   as its last entry) and `_max_msg_queue_size`: `one_message_per_feed`,
   `feed_held_back`. aiohttp drops the messages a read completed before bytes that do
   not parse (the error replaces them); Go answers those requests first.
+* llhttp pauses after a request that asks to switch protocols (`Connection: upgrade`
+  with an `Upgrade`), at once on the parser's next feed (a `one_message_per_feed`
+  parser has paused after the request already), and the C parser then drops every byte
+  of that feed (the requests pipelined behind it) unless it takes the connection as
+  upgraded (`websocket`, and then aiohttp feeds them again one request only, leaving
+  the rest in the parser): its `set_upgraded(True)` around that one feed makes it give
+  them back, from the pause on, as its tail: `one_message_per_feed` (`_GoRequestParser`).
+  Go's net/http switches only for a handler that hijacks the connection, which Ollama
+  never does: it serves the request and those behind it. A CONNECT keeps aiohttp's way
+  (its connection closes after its answer).
 * llhttp's refusal of chunked framing inside a body (the reasons `CHUNK_ERRORS` names,
   or another) leaves that body's payload open, neither ended nor failed, and queues
   the error as for a head; the payload is the queued request's, or the one the
@@ -234,6 +244,47 @@ def stop_serving(handler: web.RequestHandler) -> None:
     handler._force_close = True
 
 
+class _GoRequestParser(HttpRequestParser):
+    """aiohttp's C request parser that reads on, as HTTP/1.1, after a request asking
+    to switch protocols (see the module's notes), from the feed after that request's
+    body has ended. The normal case costs one attribute test per feed and one per
+    request."""
+
+    __slots__ = ("_asked",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The body of the last request that asked to switch protocols, until llhttp has
+        # made its pause after it.
+        self._asked: StreamReader | None = None
+
+    def feed_data(  # type: ignore[override]
+        self, data: bytes
+    ) -> tuple[list[tuple[RawRequestMessage, StreamReader]], bool, bytes]:
+        asked = self._asked
+        if asked is not None and asked.is_eof():
+            data = self._after_upgrade(asked, data)
+        messages, upgraded, tail = HttpRequestParser.feed_data(self, data)
+        if messages:
+            message, payload = messages[-1]
+            if message.upgrade and message.method != hdrs.METH_CONNECT:
+                self._asked = payload
+        return messages, upgraded, tail
+
+    def _after_upgrade(self, asked: StreamReader, data: bytes) -> bytes:
+        """The bytes the parser holds and `data`, given back by the feed that meets
+        llhttp's pause after the request that asked to switch protocols."""
+        self._asked = None
+        if asked.exception() is not None:
+            return data  # a body that broke: the parser is failed, nothing to read on
+        self.set_upgraded(True)
+        try:
+            _, _, tail = HttpRequestParser.feed_data(self, data)
+        finally:
+            self.set_upgraded(False)
+        return tail
+
+
 def one_message_per_feed(
     handler: web.RequestHandler,
     loop: asyncio.AbstractEventLoop,
@@ -248,8 +299,9 @@ def one_message_per_feed(
     """Give `handler` a parser built as aiohttp builds it (from the same options) that
     stops after each complete request and keeps the bytes after it for its next feed
     (`feed_held_back`), so that a request is queued before bytes behind it that do
-    not parse are refused."""
-    handler._parser = HttpRequestParser(
+    not parse are refused; and that reads on after a request asking to switch
+    protocols, as Go does (`_GoRequestParser`)."""
+    handler._parser = _GoRequestParser(
         handler,
         loop,
         read_bufsize,

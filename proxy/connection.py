@@ -50,6 +50,10 @@ unparsable request with `400 Bad Request`, and logs neither. Here:
   answer the refusal alone): the parser stops after each request
   (`one_message_per_feed`) and is fed again until it holds nothing complete
   (`feed_held_back`);
+* a request asking to switch protocols (`Upgrade: h2c`, `websocket`) is served as any
+  other, and so are the requests pipelined behind it, in order, as Go serves them
+  (Ollama hijacks no connection); aiohttp's C parser would drop those
+  (`one_message_per_feed`);
 * chunked framing that breaks inside a body the handler reads (or will) fails that
   read with Go's error for it, as Go's chunked reader does, which the handler answers
   with Ollama's 400 `{"error": ...}`; the connection closes after that answer

@@ -18,6 +18,7 @@ import re
 import subprocess
 import sys
 import tomllib
+import types
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import pytest
 from aiohttp import web
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+from aiohttp.http_parser import HttpRequestParser
 from aiohttp.test_utils import make_mocked_request
 from aiohttp.web_protocol import RequestPayloadError
 
@@ -331,6 +333,37 @@ async def test_requests_before_bytes_that_do_not_parse_are_queued_first(in_order
         assert seen == [] and statuses == [b"599"]
     [(status, exc)] = made[0].errors
     assert status == 400 and isinstance(exc, HttpProcessingError)
+
+
+@pytest.mark.parametrize("upgrade", [b"h2c", b"websocket"])
+@pytest.mark.parametrize("adapted", [False, True], ids=["aiohttp", "adapter"])
+async def test_requests_behind_one_asking_to_switch_protocols_are_read(
+    upgrade: bytes, adapted: bool
+) -> None:
+    """aiohttp's C parser, stopping after each request, drops the bytes behind a
+    request that asks to switch protocols (h2c), or gives them back as the tail of a
+    connection it takes as upgraded (websocket), at its next feed. The adapter's reads
+    them on as requests, one per feed."""
+    handler = types.SimpleNamespace()
+    loop = asyncio.get_running_loop()
+    asked = b"GET /u HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: %b\r\n\r\n"
+    behind = b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\n"
+    if adapted:
+        one_message_per_feed(handler, loop)  # type: ignore[arg-type]
+        parser = handler._parser
+    else:  # as `one_message_per_feed` built it before the adapter read on
+        parser = HttpRequestParser(
+            handler, loop, 2**16, payload_exception=RequestPayloadError, max_msg_queue_size=1
+        )
+    feeds = [parser.feed_data(data) for data in (asked % upgrade + behind, b"", b"", b"")]
+    read = [([m.path for m, _ in messages], upgraded, tail) for messages, upgraded, tail in feeds]
+    if adapted:
+        assert [paths for paths, _, _ in read] == [["/u"], ["/1"], ["/2"], []]
+        assert all(not upgraded and tail == b"" for _, upgraded, tail in read)
+    elif upgrade == b"h2c":
+        assert read == [(["/u"], False, b"")] + [([], False, b"")] * 3
+    else:
+        assert read[:2] == [(["/u"], False, b""), ([], True, behind)]
 
 
 @pytest.mark.parametrize(

@@ -907,6 +907,59 @@ async def test_requests_before_bytes_that_do_not_parse_are_answered_first(
     assert (go_answer(refused) if server == "proxy" else refused) == BAD_REQUEST
 
 
+# Go's net/http switches protocols only for a handler that hijacks the connection, and
+# reads an `Upgrade: h2c` request as any other (HTTP/2 without TLS is its `PRI *`
+# preface alone, server.go isH2Upgrade); Ollama hijacks none: each such request gets
+# its answer, and requests behind it on the connection theirs, in order.
+UPGRADES = {
+    "h2c": b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+    b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n",
+    "websocket": b"Connection: Upgrade\r\nUpgrade: websocket\r\n"
+    b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+}
+UPGRADE_ASKED = {
+    "get": b"GET /api/version HTTP/1.1\r\nHost: localhost\r\n%b\r\n",
+    "post": b"POST /api/show HTTP/1.1\r\nHost: localhost\r\n%%bContent-Length: %d\r\n\r\n%b"
+    % (len(BODY), BODY),
+}
+
+
+async def served(reader: asyncio.StreamReader) -> None:
+    """The next answer on the connection: a 200 with a JSON body, the connection open."""
+    async with asyncio.timeout(EVENTUALLY):
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = re.search(rb"\r\ncontent-length: (\d+)\r\n", head.lower())
+        assert length is not None, head
+        body = await reader.readexactly(int(length[1]))
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n"), head
+    assert b"connection: close" not in head.lower(), head
+    assert orjson.loads(body), body
+
+
+@pytest.mark.parametrize("server", ["proxy", "emulator"])
+@pytest.mark.parametrize("asked", list(UPGRADE_ASKED))
+@pytest.mark.parametrize("upgrade", list(UPGRADES))
+@pytest.mark.parametrize("pipelined", [True, False], ids=["pipelined", "one-by-one"])
+async def test_an_upgrade_is_ignored_as_go_ignores_it(
+    slow_heads: Proxy, emulator: Emulator, server: str, asked: str, upgrade: str, pipelined: bool
+) -> None:
+    port = slow_heads.port if server == "proxy" else emulator.port
+    requests = [UPGRADE_ASKED[asked] % UPGRADES[upgrade], PIPELINED["get"], PIPELINED["post"]]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        if pipelined:
+            writer.write(b"".join(requests))
+        for request in requests:
+            if not pipelined:
+                writer.write(request)
+            await served(reader)
+        # The connection serves on after them.
+        writer.write(PIPELINED["get"])
+        await served(reader)
+    finally:
+        writer.close()
+
+
 # Go's readRequest (src/net/http/server.go): a Host its httpguts.ValidHostHeader refuses
 # (a byte outside letters, digits and `!$%&'()*+,-.:;=[]_~`) is a badRequestError, its
 # text in the status line and body, before any handler (so before Ollama's check of
