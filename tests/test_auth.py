@@ -739,6 +739,55 @@ async def test_stats_name_backends_and_sink_errors_only_to_who_sees_the_fleet(
         prx.stop()
 
 
+async def test_a_key_with_a_model_list_sees_no_counts_of_other_keys_refused_requests(
+    servers: ServerThread, own_emulator: Emulator, tmp_path: Path
+) -> None:
+    """Requests the proxy refuses before any model serves them (a model outside the
+    key's list) count in a row without a model, over every key, and in the usage
+    pipeline's and sinks' counts of events: a key with a model list reads neither, only
+    its models' rows and whether each sink is healthy. A key that may see every model
+    reads them all."""
+    other = "k-other-1"
+    auth = Auth(
+        keys=(
+            ApiKey(sha256=hash_key(ADMIN), name="ops", role="admin"),
+            ApiKey(sha256=hash_key(USER), name="dev", models=ALLOWED),
+            ApiKey(sha256=hash_key(other), name="other", models=("mistral:7b",)),
+        )
+    )
+    usage = Usage(
+        file_path=str(tmp_path / "events.jsonl"),
+        spool_dir=str(tmp_path / "spool"),
+        flush_interval_seconds=0.02,
+    )
+    prx = Proxy(servers, [own_emulator.url], auth=auth, usage=usage)
+    try:
+        body = {"model": "llama3.1:8b", "prompt": "hi", "stream": False}
+        assert (await call(prx.url, "POST", "/api/generate", USER, body))[0] == 200
+        for _ in range(3):
+            assert (await call(prx.url, "POST", "/api/generate", other, body))[0] == 403
+
+        async def stats(key: str) -> dict[str, Any]:
+            doc: dict[str, Any] = orjson.loads(
+                (await call(prx.url, "GET", "/api/autoroute/stats", key))[2]
+            )
+            return doc
+
+        async def refusals_counted() -> bool:
+            doc = await stats(ADMIN)
+            return doc["sinks"]["file"]["written"] == 4 and any(
+                row["served_model"] is None and row["requests"] == 3 for row in doc["models"]
+            )
+
+        await wait_for(refusals_counted, what="the refused requests in the stats")
+        doc = await stats(USER)
+        assert [(r["served_model"], r["requests"]) for r in doc["models"]] == [("llama3.1:8b", 1)]
+        assert set(doc) == {"source", "models", "sinks"}
+        assert doc["sinks"] == {"file": {"healthy": True}}
+    finally:
+        prx.stop()
+
+
 async def test_health_without_a_key_says_what_is_up_and_names_no_model(guarded: Proxy) -> None:
     hidden = await served_both(guarded)
     status, _, answer = await call(guarded.url, "GET", "/api/autoroute/health")

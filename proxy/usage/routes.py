@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 from aiohttp import web
 
 from proxy import go_json
 from proxy.aiohttp_internals import state_get
-from proxy.auth import KEY_REQUEST, sees_fleet
+from proxy.auth import KEY_REQUEST, KeyState, sees_fleet
 from proxy.backends import BackendPool
 from proxy.cloud import CLOUD_BACKEND_PREFIX
 from proxy.errors import error_response
@@ -54,23 +56,33 @@ class UsageRoutes:
         doc = await self.pipeline.stats()
         key = state_get(request, KEY_REQUEST)
         if key is not None and key.models is not None:
-            # A key with a model list sees its models' rows only, as in the model
-            # lists: the other names (backends' models, cloud models, names other
-            # clients sent) are not its to learn.
-            doc["models"] = [
-                row
-                for row in doc["models"]
-                if row["served_model"] is None or key.allows_model(row["served_model"])
-            ]
+            doc = self._for_model_list(doc, key)
         if not sees_fleet(request, self.keys_on):
             # As in the public probes (`Handlers.health`): each backend under its public
-            # name, and no sink's error, which names paths, hosts and ports.
+            # name (such a caller has a key with a model list, and so no sink's error,
+            # which names paths, hosts and ports).
             for row in doc["models"]:
                 row["backend"] = self._public_backend(row["backend"])
-            for sink in doc["sinks"].values():
-                sink.pop("last_error", None)
         body = orjson.dumps(doc)
         return web.Response(body=body, headers={"Content-Type": JSON})
+
+    @staticmethod
+    def _for_model_list(doc: dict[str, Any], key: KeyState) -> dict[str, Any]:
+        """What a key with a model list reads of the stats: its models' rows only, as in
+        the model lists (the other names, of backends' models, cloud models and names
+        other clients sent, are not its to learn), and each sink's health without its
+        counts. The row without a model counts every key's requests refused before any
+        model served them, and the pipeline's and sinks' counts take in every key's
+        events: other tenants' traffic."""
+        return {
+            "source": doc["source"],
+            "models": [
+                row
+                for row in doc["models"]
+                if row["served_model"] is not None and key.allows_model(row["served_model"])
+            ],
+            "sinks": {name: {"healthy": sink["healthy"]} for name, sink in doc["sinks"].items()},
+        }
 
     def _public_backend(self, label: str | None) -> str | None:
         if label is None or label.startswith(CLOUD_BACKEND_PREFIX):
