@@ -17,7 +17,10 @@ import aiohttp
 import orjson
 import pytest
 
+from proxy.app import APP_KEY
 from proxy.config import Usage
+from proxy.usage.runner import Record
+from selector_model import usage_event
 from tests.support import Emulator, Proxy, ServerThread, free_port
 from tests.usage_services import (
     Database,
@@ -600,5 +603,74 @@ async def test_a_spool_line_that_does_not_parse_is_dropped_not_fatal(
         assert sink["dropped"] == 1
         rows = await database.fetch("SELECT request_id FROM usage_events")
         assert sorted(r["request_id"] for r in rows) == sorted([*sent, "spooled-0", "spooled-1"])
+    finally:
+        prx.stop()
+
+
+def _spooled_event(request_id: str, **fields: Any) -> bytes:
+    return orjson.dumps(
+        {
+            "request_id": request_id,
+            "ts": "2026-01-01T00:00:00Z",
+            "endpoint": "/api/generate",
+            "method": "POST",
+            "outcome": {"status": 200},
+            **fields,
+        }
+    )
+
+
+async def test_a_record_postgres_refuses_is_dropped_and_the_rest_written(
+    servers: ServerThread, own_emulator: Emulator, database: Database, tmp_path: Path
+) -> None:
+    """A record PostgreSQL refuses as data failed its whole batch at every retry, and
+    every event after it stayed in the spool: the batch is written in halves until the
+    bad record is alone, which is dropped (counted, logged); the rest is written. Bad
+    here: a served model too long for its index, as a spool written before that name
+    was bounded holds it (the server refuses it: program limit exceeded); a status past
+    a 32-bit integer (asyncpg refuses to encode it); the same name among live events."""
+    long_name = os.urandom(6000).hex()  # random: no compression brings it under
+    spooled = [
+        _spooled_event("spooled-0"),
+        _spooled_event("spooled-long-name", served_model=long_name),
+        _spooled_event("spooled-1"),
+        _spooled_event("spooled-huge-status", outcome={"status": 2**31}),
+        _spooled_event("spooled-2"),
+    ]
+    segment = tmp_path / "spool" / "postgres" / "0000000000000001.seg"
+    segment.parent.mkdir(parents=True)
+    segment.write_bytes(b"".join(b"u" + line + b"\n" for line in spooled))
+    usage = Usage(
+        postgres_dsn=database.dsn,
+        file_mode="off",
+        spool_dir=str(tmp_path / "spool"),
+        flush_interval_seconds=0.02,
+        retry_backoff_seconds=0.05,
+        retry_backoff_max_seconds=0.1,
+    )
+    prx = Proxy(servers, [own_emulator.url], usage=usage)
+    try:
+        sent: list[str] = []
+        await _traffic(prx.url, 40, sent, concurrency=4)
+        bad_line = _spooled_event("live-long-name", served_model=long_name)
+        bad = Record(usage_event.parse_line(bad_line), bad_line)
+        runner = prx.app[APP_KEY].usage.runners[0]
+        prx.thread.call(lambda: runner.accept([bad]))
+        await _traffic(prx.url, 40, sent, concurrency=4)
+        good = {*sent, "spooled-0", "spooled-1", "spooled-2"}
+
+        async def settled() -> bool:
+            sink = (await _counters(prx.url))["sinks"]["postgres"]
+            return bool(
+                sink["spool_pending"] == 0
+                and sink["buffered"] == 0
+                and _delivered(sink) + sink["dropped"] == len(good) + 3
+            )
+
+        await wait_for(settled, seconds=20, what="every record written or dropped")
+        sink = (await _counters(prx.url))["sinks"]["postgres"]
+        assert sink["dropped"] == 3 and sink["healthy"]
+        rows = await database.fetch("SELECT request_id FROM usage_events")
+        assert sorted(r["request_id"] for r in rows) == sorted(good)
     finally:
         prx.stop()

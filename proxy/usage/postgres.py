@@ -4,6 +4,10 @@ A batch is copied (binary protocol; jsonb through a binary codec) into a per-ses
 temporary staging table, then moved with `INSERT ... ON CONFLICT DO NOTHING` in the
 same transaction: a replayed event whose row exists is skipped, so the spool's
 at-least-once replay gives exactly one row per request id.
+
+A batch that fails on what a record holds raises `Refused`, and the runner isolates the
+record (`_REFUSED`); every other failure (connection, timeout, a server shutting down or
+out of disk) is raised as it is, and the batch is spooled and retried.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import asyncpg
 import orjson
 
 from proxy.usage.migrations import migrate
-from proxy.usage.runner import Record
+from proxy.usage.runner import Record, Refused
 from selector_model.usage_event import (
     COLUMNS,
     FEEDBACK_COLUMNS,
@@ -69,6 +73,23 @@ async def connect(dsn: str, size: int) -> asyncpg.Pool:
     return pool
 
 
+# What a batch's records hold, refused by the server or by asyncpg's encoding: SQLSTATE
+# classes 22 (data exception: a value out of range, text not valid in the encoding), 23
+# (integrity constraint violation) and 54 (program limit exceeded: an index entry too
+# large); client side, a number beyond its column's type (OverflowError) and a value the
+# codec cannot encode (ValueError: a lone surrogate; asyncpg's own DataError, raised for
+# a bad query argument, is one). Raised again by the same records at every retry. Never
+# a connection error, a timeout, a shutdown (class 57), a server out of disk or memory
+# (53) or a schema not yet migrated (42): those pass, and the batch is retried.
+_REFUSED = (
+    asyncpg.DataError,
+    asyncpg.IntegrityConstraintViolationError,
+    asyncpg.ProgramLimitExceededError,
+    OverflowError,
+    ValueError,
+)
+
+
 # A `\u0000` escape in JSON text: one not itself escaped (an even run of backslashes,
 # none, before it).
 _NUL_ESCAPE = re.compile(rb"(?<!\\)((?:\\\\)*)\\u0000")
@@ -106,10 +127,15 @@ class PostgresSink:
 
     async def write(self, records: Sequence[Record]) -> None:
         pool = await self.ensure_pool()
-        usage = [_stored(row(r.event, r.line)) for r in records if isinstance(r.event, UsageEvent)]
-        feedback = [
-            _stored(feedback_row(r.event)) for r in records if isinstance(r.event, Feedback)
-        ]
+        try:
+            usage = [
+                _stored(row(r.event, r.line)) for r in records if isinstance(r.event, UsageEvent)
+            ]
+            feedback = [
+                _stored(feedback_row(r.event)) for r in records if isinstance(r.event, Feedback)
+            ]
+        except ValueError as exc:  # a spooled record's `ts` that is no time
+            raise Refused(f"{type(exc).__name__}: {exc}") from exc
         conn = await pool.acquire()
         try:
             transaction = conn.transaction()
@@ -120,11 +146,13 @@ class PostgresSink:
             if feedback:
                 await conn.executemany(_FEEDBACK, feedback)
             await transaction.commit()
-        except BaseException:
+        except BaseException as exc:
             # Closed, not rolled back: a write cancelled by the runner's timeout, on a
             # session that stopped answering, would wait for that session in a ROLLBACK
             # and again in the release. The server rolls back a closed session's work.
             conn.terminate()
+            if isinstance(exc, _REFUSED):
+                raise Refused(f"{type(exc).__name__}: {exc}") from exc
             raise
         finally:
             await pool.release(conn)

@@ -10,6 +10,10 @@ Order: while the spool holds anything, new records go behind it on disk, so repl
 keeps arrival order. The one exception: a batch whose write fails after newer records
 already spilled (the sink was slow and the buffer overflowed meanwhile) lands behind
 those; consumers order by `ts` and de-duplicate by request id anyway.
+
+A record the sink refuses as data (`Refused`: it fails the same way at every retry) is
+found by writing its batch in halves until it is alone, and dropped, loudly; the rest
+of the batch is written in order. One bad record never holds the records behind it.
 """
 
 from __future__ import annotations
@@ -49,6 +53,18 @@ class Record:
 _KIND_TAG = {USAGE: b"u", FEEDBACK: b"f"}
 
 
+class Refused(Exception):
+    """A sink's refusal of what records hold, not of the moment (a value no column
+    takes, a message larger than the broker allows): the same records fail the same way
+    at every retry. Raised by a sink only for such errors, never for a connection, a
+    timeout or a server that is down, which spool and retry."""
+
+
+# Ids of records dropped as refused lately: a batch retried after a transient failure
+# met while isolating one drops it again, and counts and logs it only once.
+_REFUSED_MEMORY = 1024
+
+
 class Sink(Protocol):
     name: str
 
@@ -69,6 +85,11 @@ class Counters:
 
 def spool_line(record: Record) -> bytes:
     return _KIND_TAG[record.kind] + record.line + b"\n"
+
+
+def record_id(record: Record) -> str:
+    event = record.event
+    return event.feedback_id if isinstance(event, Feedback) else event.request_id
 
 
 def from_spool(line: bytes) -> Record:
@@ -98,6 +119,7 @@ class SinkRunner:
         self._task: asyncio.Task[None] | None = None
         self._failing = False
         self._stopping = asyncio.Event()
+        self._refused: dict[str, None] = {}
         if self.spool.pending:
             log.info("usage sink %s: %d spooled events to replay", self.name, self.spool.pending)
 
@@ -159,11 +181,22 @@ class SinkRunner:
         if records:
             await self._in_thread(self._spill_sync, records)
 
-    async def _write(self, records: Sequence[Record]) -> bool:
+    async def _send(self, records: Sequence[Record]) -> None:
+        # A timeout on this task, not wait_for: that makes a task per write.
+        async with asyncio.timeout(self.settings.write_timeout_seconds):
+            await self.sink.write(records)
+
+    async def _write(self, records: Sequence[Record]) -> int | None:
+        """Write `records`: how many were dropped as refused (0 mostly), or None when
+        the sink failed, and the batch is to be retried whole (what was written of it
+        meanwhile is de-duplicated by the sinks' consumers)."""
         try:
-            # A timeout on this task, not wait_for: that makes a task per write.
-            async with asyncio.timeout(self.settings.write_timeout_seconds):
-                await self.sink.write(records)
+            try:
+                await self._send(records)
+                dropped = 0
+            except Refused as exc:
+                self.counters.failures += 1
+                dropped = await self._isolate(records, exc)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -172,12 +205,44 @@ class SinkRunner:
             if not self._failing:
                 log.warning("usage sink %s failed, spooling: %s", self.name, self.last_error)
             self._failing = True
-            return False
+            return None
         if self._failing:
             log.info("usage sink %s is back", self.name)
         self._failing = False
         self.last_error = ""
-        return True
+        return dropped
+
+    async def _isolate(self, records: Sequence[Record], refused: Refused) -> int:
+        """Write a refused batch in halves, in order, until each refused record is
+        alone; drop those. How many were dropped. A transient failure raises, as from
+        `_send`."""
+        if len(records) == 1:
+            self._drop_refused(records[0], refused)
+            return 1
+        middle = len(records) // 2
+        dropped = 0
+        for half in (records[:middle], records[middle:]):
+            try:
+                await self._send(half)
+            except Refused as exc:
+                dropped += await self._isolate(half, exc)
+        return dropped
+
+    def _drop_refused(self, record: Record, refused: Refused) -> None:
+        rid = record_id(record)
+        if rid in self._refused:
+            return
+        self._refused[rid] = None
+        if len(self._refused) > _REFUSED_MEMORY:
+            del self._refused[next(iter(self._refused))]
+        self.counters.dropped += 1
+        log.error(
+            "usage sink %s: DROPPED %s event %s, refused as data: %s",
+            self.name,
+            record.kind,
+            rid,
+            refused,
+        )
 
     async def pump(self) -> bool:
         """Write what is spooled, then what is buffered. False when the sink failed."""
@@ -189,10 +254,11 @@ class SinkRunner:
                 if not lines:
                     break
                 records = self._parsed(lines)
-                if records and not await self._write(records):
+                dropped = await self._write(records) if records else 0
+                if dropped is None:
                     return False
                 await self._in_thread(self.spool.commit, cursor, len(lines))
-                self.counters.replayed += len(records)
+                self.counters.replayed += len(records) - dropped
         # Under a backlog, batches grow (to 8x): fewer round trips and transactions is
         # what lets a sink catch up; when idle they are whatever arrived meanwhile.
         take = batch_size * 8
@@ -200,14 +266,14 @@ class SinkRunner:
             batch = self.buffer[:take]
             del self.buffer[:take]
             try:
-                ok = await self._write(batch)
+                dropped = await self._write(batch)
             except asyncio.CancelledError:
                 self.buffer[:0] = batch  # shutdown: it spills with the rest
                 raise
-            if not ok:
+            if dropped is None:
                 await self._spill(batch + self._take_all())
                 return False
-            self.counters.written += len(batch)
+            self.counters.written += len(batch) - dropped
         return True
 
     def _parsed(self, lines: list[bytes]) -> list[Record]:
