@@ -3,16 +3,24 @@ Kafka-protocol broker (and the local file), compared field by field."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
 import pytest
+from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
+from aiokafka.errors import MessageSizeTooLargeError  # type: ignore[import-untyped]
 
 from proxy.config import Usage
+from proxy.usage.kafka import KafkaSink
 from proxy.usage.migrations import MIGRATIONS
+from proxy.usage.runner import Record, SinkRunner
+from selector_model import usage_event
 from tests.support import Emulator, Proxy, ServerThread
 from tests.usage_services import (
     Database,
@@ -247,3 +255,53 @@ async def test_feedback_round_trip(usage_proxy: Proxy) -> None:
         await wait_for(rated, what="the rating in stats")
     versions = await db.fetch("SELECT version FROM schema_migrations ORDER BY version")
     assert [v[0] for v in versions] == sorted(m[0] for m in MIGRATIONS)
+
+
+async def test_a_message_too_large_for_the_broker_is_dropped_and_the_rest_sent(
+    broker: Tansu, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broker refuses a record batch larger than its `message.max.bytes` (an event
+    with a long logged prompt) with MESSAGE_SIZE_TOO_LARGE, which aiokafka does not
+    retry: the batch failed at every retry and every event after it stayed in the
+    spool. Tansu takes any size, so the refusal is made here as aiokafka reports the
+    broker's (the batch's future fails with MessageSizeTooLargeError); the rest is real."""
+    limit = 64 * 1024
+    send_batch = AIOKafkaProducer.send_batch
+
+    async def refusing(self: Any, batch: Any, topic: str, *, partition: int) -> Any:
+        if batch.size() > limit:
+            future = asyncio.get_running_loop().create_future()
+            future.set_exception(MessageSizeTooLargeError())
+            return future
+        return await send_batch(self, batch, topic, partition=partition)
+
+    monkeypatch.setattr(AIOKafkaProducer, "send_batch", refusing)
+    topic = "usage-" + tmp_path.name.replace("_", "-")[-40:]
+    settings = Usage(
+        kafka_bootstrap=broker.bootstrap,
+        kafka_usage_topic=topic,
+        kafka_feedback_topic=topic + "-feedback",
+        file_mode="off",
+        spool_dir=str(tmp_path / "spool"),
+        retry_backoff_seconds=0.05,
+        retry_backoff_max_seconds=0.1,
+    )
+    docs = [{"request_id": f"event-{n}", "ts": "2026-01-01T00:00:00Z"} for n in range(100)]
+    docs.insert(37, {"request_id": "too-large", "prompt": os.urandom(100_000).hex()})
+    lines = [orjson.dumps(doc) for doc in docs]
+    runner = SinkRunner(KafkaSink(settings), settings)
+    runner.start()
+    try:
+        await runner.accept([Record(usage_event.parse_line(line), line) for line in lines])
+        counters = runner.counters
+
+        async def settled() -> bool:
+            return counters.written + counters.dropped == len(lines) and not runner.buffer
+
+        await wait_for(settled, seconds=20, what="every record sent or dropped")
+        assert counters.dropped == 1 and runner.spool.pending == 0
+    finally:
+        await runner.stop()
+    messages = await consume(broker.bootstrap, topic, len(lines) - 1)
+    sent = {orjson.loads(m.value)["request_id"] for m in messages}
+    assert sent == {doc["request_id"] for doc in docs} - {"too-large"}

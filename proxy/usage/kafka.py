@@ -8,8 +8,9 @@ spilled to the spool and sent again later, including any of its messages the bro
 had in fact stored. Every message carries its `request_id` (feedback its
 `feedback_id`), so consumers de-duplicate on it, as the PostgreSQL sink does.
 
-Any failure discards the producer; the next attempt builds a new one and re-creates the
-topics (when allowed), which also covers a broker restarted with empty storage.
+Any failure but a refusal discards the producer; the next attempt builds a new one and
+re-creates the topics (when allowed), which also covers a broker restarted with empty
+storage. A refusal (`_REFUSED`) raises `Refused`, and the runner isolates the record.
 """
 
 from __future__ import annotations
@@ -22,14 +23,24 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
+from aiokafka.errors import (  # type: ignore[import-untyped]
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+)
 from aiokafka.partitioner import DefaultPartitioner  # type: ignore[import-untyped]
 
 from proxy.config import Usage
 from proxy.usage.event import FEEDBACK, USAGE
-from proxy.usage.runner import Record
+from proxy.usage.runner import Record, Refused
 from selector_model.usage_event import Feedback, UsageEvent
 
 log = logging.getLogger("autoroute.usage")
+
+# What the broker refuses for what a batch holds, the same at every retry: a message or
+# a record batch larger than it takes (`message.max.bytes`, the topic's
+# `max.message.bytes`: an event with a long logged prompt). aiokafka does not retry
+# these. Not CORRUPT_MESSAGE: a checksum that fails is damage on the way, retried.
+_REFUSED = (MessageSizeTooLargeError, RecordListTooLargeError)
 
 
 def message_key(event: UsageEvent | Feedback) -> bytes:
@@ -99,10 +110,15 @@ class KafkaSink:
         except BaseException:
             await self._discard()
             raise
-        for result in results:
-            if isinstance(result, BaseException):
-                await self._discard()
-                raise result
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if not failed:
+            return
+        transient = [e for e in failed if not isinstance(e, _REFUSED)]
+        if transient:
+            await self._discard()
+            raise transient[0]
+        # The producer is sound: kept for the halves the runner writes next.
+        raise Refused(f"{type(failed[0]).__name__}: {failed[0]}") from failed[0]
 
     async def _send_batches(self, producer: Any, records: Sequence[Record]) -> list[Any]:
         """One record batch per partition rather than one `send` per message: `send`
