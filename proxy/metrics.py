@@ -227,6 +227,11 @@ class _StateCollector(Collector):
             "Usage events spilled straight to disk because the queue was full",
         )
         overflowed.add_metric([], counters["overflowed"])
+        invalid = CounterMetricFamily(
+            "autoroute_usage_invalid",
+            "Usage events that could not be built (logged), so never reached a sink",
+        )
+        invalid.add_metric([], counters["invalid"])
         events = CounterMetricFamily(
             "autoroute_usage_events",
             "Usage records per sink: queued, written, spilled, replayed, dropped",
@@ -243,7 +248,7 @@ class _StateCollector(Collector):
                 events.add_metric([sink, outcome], snap[outcome])
             sink_failures.add_metric([sink], snap["failures"])
             pending.add_metric([sink], snap["spool_pending"])
-        yield from (queue, overflowed, events, sink_failures, pending)
+        yield from (queue, overflowed, invalid, events, sink_failures, pending)
         if self.key_store is not None:
             yield from _key_store_metrics(self.key_store)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -12,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.config import Health, Usage
 from proxy.routes import label_of
+from proxy.usage import event as usage_events
 from tests.support import Emulator, Proxy, ServerThread
 from tests.usage_services import wait_for
 
@@ -146,3 +148,32 @@ def test_route_labels_are_bounded() -> None:
     assert label_of("/v1/models/qwen2.5:7b") == "/v1/models/{model}"
     assert label_of("/api/autoroute/experiments/x") == "/api/autoroute/experiments/{name}"
     assert label_of("/x" * 50) == "other"
+
+
+async def test_usage_events_that_could_not_be_built_are_counted(
+    metered: Proxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An event whose building fails (a bug, logged) is counted `invalid` in the stats;
+    /metrics said nothing of it, so no alert could see events going missing."""
+    complete = usage_events.complete
+
+    def failing(c: usage_events.Captured, log_prompts: bool) -> Any:
+        if c.outcome.decided.prompt == ["bad"]:
+            raise RuntimeError("a bug building the event")
+        return complete(c, log_prompts)
+
+    monkeypatch.setattr(usage_events, "complete", failing)
+    async with aiohttp.ClientSession(metered.url) as http:
+        for prompt in ("bad", "good"):
+            body = {"model": MODEL, "prompt": prompt, "stream": False}
+            async with http.post("/api/generate", json=body) as resp:
+                assert resp.status == 200
+
+        async def written() -> bool:
+            m = await scrape(http)
+            return value(m, "autoroute_usage_events_total", sink="file", outcome="written") == 1
+
+        await wait_for(written, what="the good event written")
+        m = await scrape(http)
+    assert m[("autoroute_usage_invalid_total", frozenset())] == 1
+    assert value(m, "autoroute_usage_events_total", sink="file", outcome="queued") == 1
