@@ -217,7 +217,7 @@ class AutoRouter:
         needs = required_capabilities(asks, path)
         default_model = self._profile(profile).default_model
         chars = math.expm1(request[_LOG_CHARS])
-        eligible = self._eligible_for(profile, key_models, needs, chars, doc)
+        eligible = self._eligible_for(profile, key_models, needs, chars, path, doc)
         if not eligible.candidates:
             self._check_available()
             # Only the models the key may use are named (see `_filter`).
@@ -338,13 +338,16 @@ class AutoRouter:
         key_models: frozenset[str] | None,
         needs: tuple[str, ...],
         chars: float,
+        path: str,
         doc: Mapping[str, Any],
     ) -> Eligible:
         """`_filter` of the registry's candidates: its result but for context length is
         cached (see `self._eligible`), and only a prompt longer than some candidate's
-        context is filtered again, for itself alone. A prompt's tokens are its UTF-8
-        bytes over four (`request_body.prompt_tokens`), never more than its `chars`:
-        only a prompt of more characters than a context holds is counted."""
+        context is filtered again, for itself alone. A prompt's tokens are the UTF-8
+        bytes over four of the texts the route's request has
+        (`request_body.prompt_tokens`), never more than `chars` (every shape's
+        characters, the features'): only a prompt of more characters than a context
+        holds is counted."""
         listed = self.registry.candidates()
         key = (id(listed), id(profile), key_models, needs)
         entry = self._eligible.get(key)
@@ -361,7 +364,7 @@ class AutoRouter:
                 listed, profile, self._filter(listed, profile, key_models, needs, 0.0)
             )
         if chars > entry.eligible.min_context:
-            prompt_tokens = request_body.prompt_tokens(doc)
+            prompt_tokens = request_body.prompt_tokens(path, doc)
             if prompt_tokens > entry.eligible.min_context:
                 return self._filter(listed, profile, key_models, needs, prompt_tokens)
         return entry.eligible

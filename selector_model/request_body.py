@@ -17,8 +17,9 @@ how much output it allows, across the shapes Ollama serves:
 
 The limits, the usage event, the selector's features and `auto`'s capability filter all
 read a body through here, so what one counts as prompt or image the others do too. The
-features read every shape at once, whatever the route; `auto`'s capability filter reads
-only the fields of the route's own request (`asks`), as Ollama's handler does.
+features read every shape at once, whatever the route; `auto`'s capability and context
+filters read only the fields of the route's own request (`asks`, `prompt_tokens`), as
+Ollama's handler does.
 
 Ollama decodes bodies with Go's encoding/json, which matches an object's keys to struct
 fields case-insensitively (the last match wins). `canonicalize` rewrites the objects read
@@ -174,11 +175,12 @@ def texts(doc: Mapping[str, Any]) -> Iterator[str]:
 BYTES_PER_TOKEN = 4.0
 
 
-def prompt_tokens(doc: Mapping[str, Any]) -> float:
-    """About how many tokens the prompt texts (`texts`) take: their UTF-8 bytes over
+def prompt_tokens(path: str, doc: Mapping[str, Any]) -> float:
+    """About how many tokens the prompt texts of the request on `path` take (`texts`
+    of the fields its route's request has, `route_texts`): their UTF-8 bytes over
     `BYTES_PER_TOKEN`, never fewer than their characters over it."""
     size = 0
-    for text in texts(doc):
+    for text in route_texts(path, doc):
         # isascii is a flag of the string, so only other texts are encoded.
         size += len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
     return size / BYTES_PER_TOKEN
@@ -375,16 +377,24 @@ def _messages(doc: Mapping[str, Any]) -> Asks:
     return Asks(tool_count(doc) > 0, images, False, think)
 
 
-# The request each route's handler decodes its body into, as its reader here. A field
-# that request lacks is dropped unread: it asks nothing of the model, whatever another
-# route would make of it.
-_ROUTES: dict[str, Callable[[Mapping[str, Any]], Asks]] = {
-    "/api/generate": _generate,
-    "/api/chat": _chat,
-    "/v1/chat/completions": _openai_chat,
-    "/v1/completions": _completions,
-    "/v1/responses": _responses,
-    "/v1/messages": _messages,
+class _Route(NamedTuple):
+    """What a route's handler reads of a body: the fields of its request that hold
+    prompt text (as `texts` reads them), and its reader of what the request asks."""
+
+    texts: frozenset[str]
+    asks: Callable[[Mapping[str, Any]], Asks]
+
+
+# The request each route's handler decodes its body into. A field that request lacks
+# is dropped unread: it asks nothing of the model and the model does not read it,
+# whatever another route would make of it.
+_ROUTES: dict[str, _Route] = {
+    "/api/generate": _Route(frozenset({"system", "prompt", "suffix"}), _generate),
+    "/api/chat": _Route(frozenset({"messages"}), _chat),
+    "/v1/chat/completions": _Route(frozenset({"messages"}), _openai_chat),
+    "/v1/completions": _Route(frozenset({"prompt", "suffix"}), _completions),
+    "/v1/responses": _Route(frozenset({"instructions", "input"}), _responses),
+    "/v1/messages": _Route(frozenset({"system", "messages"}), _messages),
 }
 
 
@@ -395,8 +405,19 @@ def asks(path: str, doc: Mapping[str, Any]) -> Asks:
     at once for the selector's features, a field another API would read counts
     nothing here: a `suffix` on a chat is ignored by Ollama, so it asks for no
     `insert`."""
-    reader = _ROUTES.get(path)
-    return _NOTHING if reader is None else reader(doc)
+    route = _ROUTES.get(path)
+    return _NOTHING if route is None else route.asks(doc)
+
+
+def route_texts(path: str, doc: Mapping[str, Any]) -> Iterator[str]:
+    """The prompt texts the model reads of the request on `path`: `texts` of the
+    fields its route's request has (`_ROUTES`), so that a `prompt` sent to /api/chat,
+    which Ollama drops unread, is none. A path without an entry reads every shape's,
+    as `texts` does: what its handler reads is not known here."""
+    route = _ROUTES.get(path)
+    if route is None:
+        return texts(doc)
+    return texts({name: doc[name] for name in route.texts if name in doc})
 
 
 # The output bound, by the first of these the body has.

@@ -1466,3 +1466,57 @@ async def test_a_capable_model_serves_what_the_route_asks(
         async with http.post(auto_proxy.url + "/api/show", json={"model": doc["model"]}) as resp:
             assert capability in (await resp.json())["capabilities"]
     assert any(why == f"lacks {capability}" for why in doc["filtered"].values()), doc
+
+
+# More bytes than gemma2:9b's context (8192 tokens) holds at four bytes a token.
+LONG_TEXT = "word " * 8_000
+
+
+@pytest.mark.parametrize(
+    ("path", "fields"),
+    [
+        ("/api/chat", {"prompt": LONG_TEXT}),
+        ("/api/chat", {"system": LONG_TEXT, "suffix": LONG_TEXT}),
+        ("/api/generate", {"messages": [{"role": "user", "content": LONG_TEXT}]}),
+        ("/api/generate", {"input": LONG_TEXT, "instructions": LONG_TEXT}),
+    ],
+)
+async def test_a_long_text_in_a_field_the_route_does_not_have_fits_any_context(
+    plain_fleet: tuple[Emulator, Proxy], path: str, fields: dict[str, Any]
+) -> None:
+    """Ollama decodes the body into its route's request, which drops a `prompt` sent
+    to /api/chat unread: the model reads a short message, which any context holds.
+    `auto` serves it rather than a 400 for a prompt no context could hold."""
+    _, prx = plain_fleet
+    body = {**ROUTE_BODIES[path], **fields, "model": "auto", "stream": False}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(prx.url + path, json=body) as resp:
+            assert resp.status == 200, await resp.text()
+            assert resp.headers["X-Autoroute-Model"] == "gemma2:9b"
+
+
+@pytest.mark.parametrize(
+    ("path", "fields"),
+    [
+        ("/api/chat", {"messages": [{"role": "user", "content": LONG_TEXT}]}),
+        ("/api/generate", {"prompt": LONG_TEXT}),
+        ("/api/generate", {"system": LONG_TEXT}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": LONG_TEXT}]}),
+        ("/v1/completions", {"prompt": LONG_TEXT}),
+        ("/v1/responses", {"input": LONG_TEXT}),
+        ("/v1/responses", {"instructions": LONG_TEXT}),
+        ("/v1/messages", {"system": LONG_TEXT}),
+    ],
+)
+async def test_a_long_text_in_a_field_the_route_has_is_filtered_by_context(
+    plain_fleet: tuple[Emulator, Proxy], path: str, fields: dict[str, Any]
+) -> None:
+    """The same text where the route's request has it: no context holds it."""
+    _, prx = plain_fleet
+    body = {**ROUTE_BODIES[path], **fields, "model": "auto", "stream": False}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(prx.url + path, json=body) as resp:
+            assert resp.status == 400, await resp.text()
+            doc = await resp.json()
+    error = doc["error"]["message"] if path.startswith("/v1/") else doc["error"]
+    assert "gemma2:9b: context 8192 < ~10000 prompt tokens" in error, error
