@@ -223,6 +223,12 @@ def thinking(doc: Mapping[str, Any]) -> bool | None:
     effort = reasoning.get("effort") if isinstance(reasoning, dict) else doc.get("reasoning_effort")
     if effort:
         return _effort(effort)
+    return _thinking_block(doc)
+
+
+def _thinking_block(doc: Mapping[str, Any]) -> bool | None:
+    """Anthropic's `thinking.type`: "enabled" asks for thinking, "disabled" turns it
+    off."""
     block = doc.get("thinking")
     kind = block.get("type") if isinstance(block, dict) else None
     return True if kind == "enabled" else False if kind == "disabled" else None
@@ -264,6 +270,16 @@ def _list(doc: Mapping[str, Any], name: str) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
+def _in_content_lists(doc: Mapping[str, Any], found: Callable[[list[Any]], bool]) -> bool:
+    """Whether `found` holds of the content list of some message (OpenAI's and
+    Anthropic's shape). Most turns' content is a string: only a list is looked into."""
+    for message in _list(doc, "messages"):
+        if isinstance(message, dict) and type(content := message.get("content")) is list:
+            if found(content):
+                return True
+    return False
+
+
 def _typed(parts: Any, kind: str) -> Iterator[dict[str, Any]]:
     """The objects of a content list whose `type` is `kind`."""
     if isinstance(parts, list):
@@ -293,13 +309,7 @@ def _openai_chat(doc: Mapping[str, Any]) -> Asks:
     """openai.ChatCompletionRequest as openai.FromChatRequest converts it: `tools`,
     `image_url` content parts, `reasoning.effort` when `reasoning` is there, else
     `reasoning_effort`; its messages have no `images`, the request no `think`."""
-    images = False
-    for message in _list(doc, "messages"):
-        # Most turns' content is a string: only a list is looked into.
-        if isinstance(message, dict) and type(content := message.get("content")) is list:
-            images = any(_typed(content, "image_url"))
-            if images:
-                break
+    images = _in_content_lists(doc, lambda parts: any(_typed(parts, "image_url")))
     reasoning = doc.get("reasoning")
     if reasoning is None:
         think = _effort(doc.get("reasoning_effort"))
@@ -359,16 +369,8 @@ def _messages(doc: Mapping[str, Any]) -> Asks:
     """anthropic.MessagesRequest as anthropic.FromMessagesRequest converts it: `tools`,
     `image` blocks (in a `tool_result` too), `thinking.type`, else
     `output_config.effort`."""
-    images = False
-    for message in _list(doc, "messages"):
-        # Most turns' content is a string: only a list is looked into.
-        if isinstance(message, dict) and type(content := message.get("content")) is list:
-            images = _anthropic_image(content)
-            if images:
-                break
-    block = doc.get("thinking")
-    kind = block.get("type") if isinstance(block, dict) else None
-    think = True if kind == "enabled" else False if kind == "disabled" else None
+    images = _in_content_lists(doc, _anthropic_image)
+    think = _thinking_block(doc)
     if think is None:
         config = doc.get("output_config")
         effort = config.get("effort") if isinstance(config, dict) else None
