@@ -41,6 +41,21 @@ def without_auto(body: bytes) -> bytes:
     return orjson.dumps(doc)
 
 
+def on_a_loop() -> bool:
+    """Whether the calling thread runs an event loop (a worker thread does not)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def error_text(path: str, doc: Any) -> str:
+    """The message of an error answer: OpenAI's `{"error": {"message"}}` on /v1,
+    Ollama's `{"error"}` elsewhere."""
+    return str(doc["error"]["message"] if path.startswith("/v1/") else doc["error"])
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -22,7 +22,7 @@ from proxy.backends import BackendPool
 from proxy.config import Backend, Config, Health, Profile, Selector
 from proxy.registry import ModelInfo, Registry, model_info
 from tests.conftest import FROZEN
-from tests.support import PIXEL_PNG, Emulator, Proxy, ServerThread
+from tests.support import PIXEL_PNG, Emulator, Proxy, ServerThread, error_text
 
 SHORT = {"num_predict": 4}
 TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
@@ -1436,6 +1436,15 @@ async def test_a_field_the_route_does_not_have_asks_no_capability(
             assert resp.headers["X-Autoroute-Model"] == "gemma2:9b"
 
 
+async def _auto_refused(prx: Proxy, path: str, fields: dict[str, Any]) -> str:
+    """The message of `auto`'s 400 to the route's body with `fields`."""
+    body = {**ROUTE_BODIES[path], **fields, "model": "auto", "stream": False}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(prx.url + path, json=body) as resp:
+            assert resp.status == 400, await resp.text()
+            return error_text(path, await resp.json())
+
+
 @pytest.mark.parametrize(("path", "fields", "capability"), ASKING_FIELDS)
 async def test_a_field_the_route_has_still_asks_its_capability(
     plain_fleet: tuple[Emulator, Proxy], path: str, fields: dict[str, Any], capability: str
@@ -1443,12 +1452,7 @@ async def test_a_field_the_route_has_still_asks_its_capability(
     """The same fields where the route's request has them: the model must have the
     capability, and a fleet without one answers `auto`'s 400 naming it."""
     _, prx = plain_fleet
-    body = {**ROUTE_BODIES[path], **fields, "model": "auto", "stream": False}
-    async with aiohttp.ClientSession() as http:
-        async with http.post(prx.url + path, json=body) as resp:
-            assert resp.status == 400, await resp.text()
-            doc = await resp.json()
-    error = doc["error"]["message"] if path.startswith("/v1/") else doc["error"]
+    error = await _auto_refused(prx, path, fields)
     assert f"gemma2:9b: lacks {capability}" in error, error
 
 
@@ -1513,10 +1517,5 @@ async def test_a_long_text_in_a_field_the_route_has_is_filtered_by_context(
 ) -> None:
     """The same text where the route's request has it: no context holds it."""
     _, prx = plain_fleet
-    body = {**ROUTE_BODIES[path], **fields, "model": "auto", "stream": False}
-    async with aiohttp.ClientSession() as http:
-        async with http.post(prx.url + path, json=body) as resp:
-            assert resp.status == 400, await resp.text()
-            doc = await resp.json()
-    error = doc["error"]["message"] if path.startswith("/v1/") else doc["error"]
+    error = await _auto_refused(prx, path, fields)
     assert "gemma2:9b: context 8192 < ~10000 prompt tokens" in error, error

@@ -3,7 +3,6 @@ clear 4xx in Ollama's shape (OpenAI's on /v1), and the proxy serves on afterward
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +13,7 @@ import pytest
 from proxy import go_json
 from proxy.config import Limits
 from proxy.limits import prompt_chars
-from tests.support import Emulator, Proxy, ServerThread
+from tests.support import Emulator, Proxy, ServerThread, error_text, on_a_loop
 
 MODEL = "llama3.1:8b"
 
@@ -66,7 +65,7 @@ async def test_too_many_messages_is_400(limited: Proxy, path: str, model: str) -
     status, doc = await post(limited.url, path, {"model": model, "messages": messages(4)})
     assert status == 400
     assert isinstance(doc, dict)
-    message = doc["error"]["message"] if path.startswith("/v1/") else doc["error"]
+    message = error_text(path, doc)
     assert message == "too many messages: 4 (limit 3)"
     ok = {"model": model, "messages": messages(3), "stream": False}
     assert (await post(limited.url, path, ok))[0] == 200
@@ -92,7 +91,7 @@ async def test_prompt_over_the_limit_is_413(
     status, doc = await post(limited.url, path, {"model": MODEL, **body})
     assert status == 413
     assert isinstance(doc, dict)
-    message = doc["error"]["message"] if path.startswith("/v1/") else doc["error"]
+    message = error_text(path, doc)
     assert message == "prompt too long (limit 100 characters)"
 
 
@@ -136,20 +135,11 @@ async def test_a_body_of_too_many_json_values_is_413(
     status, doc = await post(values_bound.url, path, {**body, "x": [[]] * 1000})
     assert status == 413
     assert isinstance(doc, dict)
-    message = doc["error"]["message"] if path.startswith("/v1/") else doc["error"]
+    message = error_text(path, doc)
     assert message == "request body has too many JSON values (limit 1000)"
     for fine in ({**body, "x": [[]] * 900}, {**body, "note": "[{}], " * 2000}):
         status, _ = await post(values_bound.url, path, fine)
         assert status in (200, 202), (status, path)
-
-
-def on_a_loop() -> bool:
-    """Whether the calling thread runs an event loop (a worker thread does not)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
 
 
 @pytest.mark.parametrize("path", ["/api/chat", "/api/autoroute/explain"])

@@ -30,7 +30,7 @@ from proxy.multipart_form import (
     transcription_model,
 )
 from tests.conftest import FROZEN
-from tests.support import Emulator, Proxy, ServerThread
+from tests.support import Emulator, Proxy, ServerThread, on_a_loop
 from tests.usage_services import read_bytes, wait_for
 
 PATH = "/v1/audio/transcriptions"
@@ -524,15 +524,6 @@ def apart(servers: ServerThread) -> Iterator[Proxy]:
     own.close()
 
 
-def _on_a_loop() -> bool:
-    """Whether the calling thread runs an event loop (a worker thread does not)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
-
-
 async def test_reading_a_large_form_holds_no_other_client(
     apart: Proxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -545,7 +536,7 @@ async def test_reading_a_large_form_holds_no_other_client(
     read = multipart_form.transcription_model
 
     def watched(content_type: str | None, raw_query: str, body: bytes) -> str:
-        readings.append((len(body), _on_a_loop()))
+        readings.append((len(body), on_a_loop()))
         return read(content_type, raw_query, body)
 
     monkeypatch.setattr(multipart_form, "transcription_model", watched)
