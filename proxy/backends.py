@@ -9,6 +9,7 @@ Ollama-compatible servers do not serve.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -140,6 +141,10 @@ SILENT_POLLS = 3
 SILENT_WINDOW = 30.0
 # How many distinct unexpected refresh errors are remembered as logged.
 _ERRORS_KEPT = 100
+# A refresh a model change brings forward (`BackendPool.changed`) comes at least this
+# long after the one before: a client pulling in a loop gets the backends listed about
+# once a second, not back to back.
+_EARLY_REFRESH_GAP = 1.0
 
 
 class StatusError(UpstreamError):
@@ -317,6 +322,10 @@ class BackendPool:
         self._errors: set[tuple[str, str]] = set()
         # Called after each refresh of every backend (the model registry is one).
         self.listeners: list[Callable[[], Awaitable[None]]] = []
+        # Set when a backend says it has a model it did not list (`changed`): the next
+        # refresh comes early, so that the model is described and offered to `auto`
+        # before the interval ends (the proxy already routes to it by name).
+        self._added = asyncio.Event()
 
     async def start(self) -> None:
         await self.refresh_all()
@@ -396,6 +405,7 @@ class BackendPool:
         models = set(state.models)
         if added and header_values.model_name(added):
             models.add(added)
+            self._added.set()
         if removed:
             models.discard(removed)
             state.tags = [tag for tag in state.tags if entry_model(tag) != removed]
@@ -507,6 +517,12 @@ class BackendPool:
         log.error("%s failed: %r", where, exc, exc_info=exc)
 
     async def _refresh_loop(self) -> None:
+        interval = self.config.health.interval_seconds
+        gap = min(interval, _EARLY_REFRESH_GAP)
         while True:
-            await asyncio.sleep(self.config.health.interval_seconds)
+            await asyncio.sleep(gap)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval - gap):
+                    await self._added.wait()
+            self._added.clear()
             await self.refresh_all()

@@ -169,6 +169,18 @@ async def test_a_pulled_model_runs_on_the_backend_that_pulled_it(
     assert status == 200, body
 
 
+async def test_a_pulled_model_becomes_an_auto_candidate_before_the_next_interval(
+    fleet: Fleet,
+) -> None:
+    """`ollama pull x` then `auto`: the pulled model is described (its show asked) and
+    offered to `auto` by a refresh the change brings forward, not a minute later."""
+    registry = fleet.proxy.app[APP_KEY].registry
+    assert PULLED not in {c.name for c in registry.candidates()}
+    status, body = await post(fleet.proxy.url, "/api/pull", {"model": PULLED, "stream": False})
+    assert status == 200, body
+    assert await wait_until(lambda: PULLED in {c.name for c in registry.candidates()})
+
+
 async def test_a_pull_that_fails_changes_nothing(first_only: Fleet) -> None:
     status, body = await post(fleet_url := first_only.proxy.url, "/api/pull", {"model": "nope:1b"})
     assert status == 200
