@@ -13,9 +13,12 @@ the implicit signals about its request, the same prompt sent again soon fails th
 first answer. So the learner remembers, for the last `recent_requests` requests
 (oldest evicted), what it counted for each (kind, model, outcome) under the proxy's
 request id and the id the client saw, and takes the old outcome back when it counts
-the new one. Feedback for a request it no longer remembers is looked up by request id
-in PostgreSQL when configured (one indexed read, in the background), else ignored
-(a rebuild from the usage events counts it).
+the new one. An id names every remembered request that carried it (a client's id
+reused, or one of another client's ids sent as its own): a rating counts for each of
+them made with the key that gave it, as a rebuild from the events counts it. Feedback
+for a request it does not remember (none of the rating's key carried its id) is looked
+up by request id in PostgreSQL when configured (one indexed read, in the background),
+else ignored (a rebuild from the usage events counts it).
 
 Where it is kept: with the usage PostgreSQL DSN, a table of (kind, model, successes,
 count, expected) that several proxies share: each writes its increments (an upsert that adds)
@@ -55,6 +58,8 @@ log = logging.getLogger("autoroute.learning")
 # long for it before a lookup in PostgreSQL, or being dropped.
 UNMATCHED_SECONDS = 30.0
 UNMATCHED_MAX = 10_000
+# The most requests one id names in memory (the latest): a rating recounts each.
+PER_ID = 1_000
 
 MIGRATIONS = (
     (
@@ -139,6 +144,7 @@ class _Counted:
     if_retried: outcome.Result | None  # the same, had the prompt been sent again soon
     api_key_id: str | None = None  # the key the request was made with (its event's)
     api_key_hash: str | None = None
+    request_id: str = ""  # the proxy's id of the request
     retried: bool = False
     rating_sum: float = 0.0
     ratings: int = 0
@@ -150,14 +156,25 @@ class _Counted:
         answer = raw if isinstance(raw, Mapping) else {}
         raw = event.get("client")
         client = raw if isinstance(raw, Mapping) else {}
-        return cls(*decided, *_implicit(answer), *usage_event.key_of(client))
+        rid = event.get("request_id")
+        return cls(
+            *decided,
+            *_implicit(answer),
+            *usage_event.key_of(client),
+            rid if isinstance(rid, str) else "",
+        )
+
+    def takes(self, given: _Rating) -> bool:
+        """Whether a rating counts for this request: not one given with another key
+        than the request's (`usage_event.rating_counts`)."""
+        _, rater, rater_hash = given
+        return usage_event.rating_counts(rater, self.api_key_id, rater_hash, self.api_key_hash)
 
     def rate(self, ratings: Iterable[_Rating]) -> None:
-        """Count ratings; one given with another key than the request's does not count
-        (`usage_event.rating_counts`)."""
-        for rating, rater, rater_hash in ratings:
-            if usage_event.rating_counts(rater, self.api_key_id, rater_hash, self.api_key_hash):
-                self.rating_sum += rating
+        """Count the ratings this request `takes`."""
+        for given in ratings:
+            if self.takes(given):
+                self.rating_sum += given[0]
                 self.ratings += 1
 
     def result(self) -> outcome.Result | None:
@@ -195,7 +212,10 @@ class Learner:
         self.usage = usage
         self.evidence = evidence  # totals: the store's, plus what is not written yet
         self.pending = Evidence()  # increments not written to PostgreSQL yet
-        self.recent: OrderedDict[str, _Counted] = OrderedDict()
+        # Request ids (the proxy's, and the client's) to the requests that carried each,
+        # the id used last at the end; `held` counts the requests in all.
+        self.recent: OrderedDict[str, list[_Counted]] = OrderedDict()
+        self.held = 0
         self.prompts: OrderedDict[outcome.RetryKey, tuple[float, _Counted]] = OrderedDict()
         # Ratings (with the key that gave each) waiting for their request's event.
         self.unmatched: OrderedDict[str, tuple[float, list[_Rating]]] = OrderedDict()
@@ -240,16 +260,34 @@ class Learner:
             if isinstance(i, str) and i
         ]
         for rid in ids:
-            waiting = self.unmatched.pop(rid, None)
+            waiting = self.unmatched.get(rid)
             if waiting is not None:
-                counted.rate(waiting[1])
+                # Ratings given with another key wait on for a request of theirs.
+                taken = [r for r in waiting[1] if counted.takes(r)]
+                counted.rate(taken)
+                waiting[1][:] = [r for r in waiting[1] if r not in taken]
+                if not waiting[1]:
+                    del self.unmatched[rid]
         self._retry(event, counted)
         self._count(counted)
+        self._remember(ids, counted)
+
+    def _remember(self, ids: Iterable[str], counted: _Counted) -> None:
+        """`counted` under each of its ids, beside the other requests that carried it;
+        the requests of the ids used longest ago forgotten past `recent_requests`."""
+        recent = self.recent
         for rid in ids:
-            self.recent[rid] = counted
-            self.recent.move_to_end(rid)
-        while len(self.recent) > self.settings.recent_requests:
-            self.recent.popitem(last=False)
+            carried = recent.pop(rid, None)
+            if carried is None:
+                carried = []
+            elif len(carried) >= PER_ID:
+                del carried[0]
+                self.held -= 1
+            carried.append(counted)
+            recent[rid] = carried
+            self.held += 1
+        while self.held > self.settings.recent_requests and len(recent) > 1:
+            self.held -= len(recent.popitem(last=False)[1])
 
     def _retry(self, event: Mapping[str, Any], counted: _Counted) -> None:
         """The same prompt from the same user within the window fails the earlier one."""
@@ -271,10 +309,16 @@ class Learner:
             self.prompts.popitem(last=False)
 
     def _feedback(self, request_id: str, given: _Rating) -> None:
-        counted = self.recent.get(request_id)
-        if counted is not None:
-            counted.rate((given,))
-            self._count(counted)
+        # Each remembered request that carried the id and was made with the rating's
+        # key; with none, the rating waits for its request (another client's carrying
+        # the id does not stand in for it).
+        taken = False
+        for counted in self.recent.get(request_id, ()):
+            if counted.takes(given):
+                counted.rate((given,))
+                self._count(counted)
+                taken = True
+        if taken:
             return
         waiting = self.unmatched.setdefault(request_id, (time.monotonic(), []))
         waiting[1].append(given)
@@ -369,7 +413,7 @@ class Learner:
             "evidence_rows": sum(kinds.values()),
             "rows_by_kind": kinds,
             "observed_requests": self.observed,
-            "remembered_requests": len(self.recent),
+            "remembered_requests": self.held,
             "unmatched_feedback": len(self.unmatched),
             "rebuilt_from_events": self.rebuilt,
             "last_sync": self.last_sync,
@@ -482,7 +526,10 @@ class Learner:
             "SELECT request_id, event FROM usage_events WHERE request_id = ANY($1::text[])", due
         )
         for row in found:
-            ratings = self.unmatched.pop(row["request_id"], (0.0, []))[1]
+            rid = row["request_id"]
+            ratings = self.unmatched.pop(rid, (0.0, []))[1]
+            if any(c.request_id == rid for c in self.recent.get(rid, ())):
+                continue  # remembered here: the ratings were offered to it, not for it
             event = dict(row["event"])
             decided = decision_of(event)
             if decided is None:
@@ -492,7 +539,7 @@ class Learner:
             counted.applied = counted.implicit
             counted.rate(ratings)
             self._count(counted)
-            self.recent[row["request_id"]] = counted
+            self._remember((row["request_id"],), counted)
 
     def _expire_unmatched(self) -> None:
         now = time.monotonic()

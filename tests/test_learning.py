@@ -583,6 +583,31 @@ def test_learner_takes_back_implicit_outcomes_when_a_rating_or_a_retry_comes(
     assert evidence.of("math")["qwen2.5:7b"] == pytest.approx([successes, count, expected])
 
 
+def test_a_rating_waiting_for_its_request_is_not_taken_by_another_keys_request(
+    tmp_path: Path,
+) -> None:
+    """A rating can overtake its request's event (another proxy served it); a request
+    of another key that carries the same id, coming first, leaves it waiting."""
+    evidence = Evidence()
+    learner = Learner(Learning(), Usage(file_path=str(tmp_path / "events.jsonl")), evidence)
+
+    def by(name: str, rid: str, second: int, client_id: str) -> dict[str, Any]:
+        event = _event(rid, second, name, done_reason="stop")
+        client = {"user": name, "api_key_id": name, "api_key_hash": f"{name}-hash"}
+        return {**event, "client": client, "client_request_id": client_id}
+
+    learner.observe(
+        "feedback",
+        {"request_id": "c1", "rating": 0.0, "api_key_id": "ann", "api_key_hash": "ann-hash"},
+    )
+    learner.observe("usage", by("bob", "r1", 0, "c1"))
+    learner.observe("usage", by("ann", "r2", 10, "c1"))
+    # Bob's answer: its implicit outcome; Ann's: her thumbs-down.
+    assert evidence.of("math")["qwen2.5:7b"][:2] == pytest.approx(
+        [outcome.COMPLETED * 0.5, outcome.COMPLETED + outcome.RATED]
+    )
+
+
 # Through the proxy ---------------------------------------------------------------------
 
 
@@ -871,6 +896,47 @@ async def test_with_keys_a_rating_counts_only_from_the_key_that_asked(
     try:
         async with aiohttp.ClientSession(headers=as_ann) as ann_http:
             await _until_learned(ann_http, prx.url, {model: [0.0]}, 2)
+    finally:
+        prx.stop()
+
+
+async def test_another_key_sending_the_same_request_id_takes_no_rating_away(
+    servers: ServerThread, fleet: Emulator, tmp_path: Path
+) -> None:
+    """Request ids are easy to guess, and a client chooses its own `X-Request-Id`: a
+    request of another key carrying the id of one of Ann's (the proxy's id, or Ann's
+    own) leaves Ann's rating of it counted in what auto learns, as in a rebuild from
+    the events; the other key's rating of that id counts for its own request alone."""
+    ann, bob = "k-ann-2", "k-bob-2"
+    auth = Auth(keys=(ApiKey(sha256=hash_key(ann), name="ann"), ApiKey(sha256=hash_key(bob))))
+    prx = Proxy(servers, [fleet.url], selector=_selector(tmp_path), auth=auth)
+    try:
+        async with (
+            aiohttp.ClientSession(headers={"Authorization": f"Bearer {ann}"}) as ann_http,
+            aiohttp.ClientSession(headers={"Authorization": f"Bearer {bob}"}) as bob_http,
+        ):
+            model, proxy_id = await _ask(ann_http, prx.url, _math(0))
+            client_id = "ann-chat-1"
+            ann_http.headers["X-Request-Id"] = client_id
+            assert (await _ask(ann_http, prx.url, _math(1)))[0] == model
+            del ann_http.headers["X-Request-Id"]
+            # Bob's requests carry both ids, on another model than Ann's.
+            other = f"auto:only-{(MODELS.index(model) + 1) % len(MODELS)}"
+            for i, rid in enumerate((proxy_id, client_id)):
+                bob_http.headers["X-Request-Id"] = rid
+                bob_model, seen = await _ask(bob_http, prx.url, {**_math(2 + i), "model": other})
+                assert seen == rid and bob_model != model
+            del bob_http.headers["X-Request-Id"]
+            await _rate(bob_http, prx.url, proxy_id, 1.0)  # Bob's own request's rating
+            await _rate(ann_http, prx.url, proxy_id, 0.0)
+            await _rate(ann_http, prx.url, client_id, 0.0)
+            # Both of Ann's thumbs-down alone (Bob's thumbs-up would make a mean above 0),
+            # and of Bob's two requests one rated, the other with its implicit outcome.
+            doc = await _until_learned(ann_http, prx.url, {model: [0.0, 0.0]}, 10)
+            rows = {r["model"]: r for r in doc["ranking"]}
+            assert rows[bob_model]["evidence"]["count"] == pytest.approx(
+                outcome.RATED + outcome.COMPLETED
+            )
     finally:
         prx.stop()
 
