@@ -18,7 +18,7 @@ import numpy as np
 from aiohttp import web
 
 from proxy.backends import BackendPool, NoBackend, normalize_model, without_local
-from proxy.config import Config, Profile
+from proxy.config import Config, Profile, Variant
 from proxy.continuations import Continuations
 from proxy.experiments import assign
 from proxy.memory import Memory, Terms
@@ -197,13 +197,12 @@ class AutoRouter:
         assigned = assign(experiments, user, path, profile_name, request) if experiments else None
         if (
             assigned is not None
-            and assigned.config.model
             and key_models is not None
-            and normalize_model(assigned.config.model) not in key_models
+            and not self._serves_key(assigned.config, key_models)
         ):
-            # The variant pins a model this API key may not use: the request is not in
-            # the experiment (recorded under the variant, it would count another
-            # model's answer for it, and explain would name the variant).
+            # The variant cannot serve this API key: the request is not in the
+            # experiment (recorded under the variant, it would count another model's
+            # answer for it, or a refusal, and explain would name the variant).
             assigned = None
         pinned = ""
         if assigned is not None:
@@ -470,6 +469,20 @@ class AutoRouter:
             return eligible
         filtered |= dropped
         return [c for c in eligible if c.name not in dropped]
+
+    def _serves_key(self, variant: Variant, key_models: frozenset[str]) -> bool:
+        """Whether an experiment's variant can serve a key with the model list
+        `key_models`: the model it pins is on the list, and the profile it routes with
+        (if any) allows one of the list's models."""
+        if variant.model and normalize_model(variant.model) not in key_models:
+            return False
+        profile = self.config.profiles.get(variant.profile)
+        if profile is None:
+            return True  # the request's own profile
+        names = self._profile(profile)
+        return any(
+            (not names.allow or m in names.allow) and m not in names.deny for m in key_models
+        )
 
     def _profile(self, profile: Profile) -> ProfileNames:
         """`ProfileNames` of a profile, made once per profile object."""

@@ -1021,6 +1021,59 @@ async def test_an_experiment_report_refuses_a_key_with_a_model_list(
         await asyncio.to_thread(prx.stop)
 
 
+async def test_a_variant_whose_profile_has_none_of_a_keys_models_leaves_it_out(
+    servers: ServerThread, own_emulator: Emulator, tmp_path: Path
+) -> None:
+    """An experiment one team's operator sets up must not break another team's
+    requests: a variant routing with a profile that allows none of the key's models
+    leaves the request out of the experiment, as a variant pinning a model outside the
+    list does, and `auto` decides it with the profile it asked for."""
+    selector = Selector(
+        artifact=str(tmp_path / "none.onnx"),
+        profiles={"balanced": Profile(), "mistral-only": Profile(allow=("mistral:7b",))},
+        experiments={
+            "ab": Experiment(
+                variants={
+                    "control": Variant(profile="balanced"),
+                    "m": Variant(profile="mistral-only"),
+                }
+            )
+        },
+    )
+    auth = Auth(
+        keys=(
+            ApiKey(sha256=hash_key(ADMIN), name="ops", role="admin"),
+            ApiKey(sha256=hash_key(USER), name="dev", models=ALLOWED),
+        )
+    )
+    prx = Proxy(servers, [own_emulator.url], auth=auth, selector=selector)
+    try:
+        body = {"model": "auto", "prompt": "hi", "stream": False}
+        drawn = {"control": 0, "m": 0}
+        for i in range(12):
+            user = f"user-{i}"
+            status, _, answer = await call(
+                prx.url, "POST", "/api/autoroute/explain", ADMIN, body, user
+            )
+            variant = orjson.loads(answer)["variant"]
+            drawn[variant] += 1
+            status, headers, _ = await call(prx.url, "POST", "/api/generate", USER, body, user)
+            assert status == 200, (variant, answer)
+            assert headers["X-Autoroute-Model"] in ALLOWED
+            status, _, answer = await call(
+                prx.url, "POST", "/api/autoroute/explain", USER, body, user
+            )
+            explained = orjson.loads(answer)
+            assert status == 200 and explained["model"] in ALLOWED
+            if variant == "m":
+                assert explained["experiment"] is None and explained["reason"] != "experiment"
+            else:
+                assert (explained["experiment"], explained["variant"]) == ("ab", "control")
+        assert drawn["m"] > 0 and drawn["control"] > 0
+    finally:
+        await asyncio.to_thread(prx.stop)
+
+
 async def test_metrics_opened_to_anyone_are_open_to_a_key_with_a_model_list(
     servers: ServerThread, own_emulator: Emulator
 ) -> None:
