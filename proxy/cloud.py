@@ -20,6 +20,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
 from proxy.aiohttp_internals import client_transport
+from proxy.auth import sees_fleet
 from proxy.backends import BackendPool, normalize_model
 from proxy.cloud_budget import Budget, BudgetUnavailable, this_month
 from proxy.cloud_translate import (
@@ -92,6 +93,7 @@ async def _write(
 class CloudFallback:
     def __init__(self, config: Config, registry: CollectorRegistry) -> None:
         self.config = config.cloud
+        self.keys_on = config.auth.enabled  # for `sees_fleet`
         # A client that stops reading a stream is let go after this long, as the relay
         # lets it go (the cloud's stream is then closed).
         self.write_idle = config.timeouts.client_write_idle_seconds
@@ -182,6 +184,20 @@ class CloudFallback:
                 return False
         return False
 
+    def _said(self, request: web.Request, error: str, public: str) -> str:
+        """What the client reads of a cloud failure: `error`, which the usage event and
+        the log keep, or `public` to a caller who may not see the fleet (`sees_fleet`),
+        as the relay words a local backend's failure. `public` says which provider
+        failed and how, not the provider's own words (OpenAI's 401 quotes a part of the
+        operator's key), the host it could not reach, or where the operator's key is
+        read from."""
+        request[OUTCOME].served.error = error
+        return error if sees_fleet(request, self.keys_on) else public
+
+    def _failed(self, request: web.Request, status: int, error: str, public: str) -> web.Response:
+        """The error answer of a request the cloud did not serve (see `_said`)."""
+        return error_response(request.path, status, self._said(request, error, public))
+
     async def serve(
         self, request: web.Request, doc: dict[str, Any], names: Iterable[str]
     ) -> web.StreamResponse:
@@ -214,8 +230,7 @@ class CloudFallback:
             try:
                 spent = await self.budget.spent(name, month)
             except BudgetUnavailable as exc:
-                served.error = str(exc)
-                return error_response(path, 503, served.error)
+                return self._failed(request, 503, str(exc), "cloud budget store unavailable")
             if spent >= provider.monthly_token_budget:
                 spent_out.append(
                     f"{name} {spent}/{provider.monthly_token_budget} tokens in {month}"
@@ -243,9 +258,13 @@ class CloudFallback:
         served = request[OUTCOME].served
         key = os.environ.get(provider.key_env, "")
         if not key:
-            served.error = f"cloud {name}: environment variable {provider.key_env} is not set"
             self.requests.labels(name, "no_key").inc()
-            return error_response(path, 503, served.error)
+            return self._failed(
+                request,
+                503,
+                f"cloud {name}: environment variable {provider.key_env} is not set",
+                f"cloud {name}: no API key is set",
+            )
         if provider.api == "openai":
             url = provider.base_url.rstrip("/") + "/chat/completions"
             headers = {"Authorization": f"Bearer {key}"}
@@ -261,18 +280,22 @@ class CloudFallback:
             async with self._session.post(url, data=body, headers=headers, timeout=timeout) as up:
                 if up.status != 200:
                     detail = (await up.content.read(_ERROR_BODY_BYTES)).decode("utf-8", "replace")
-                    served.error = f"cloud {name} answered {up.status}: {_message(detail)}"
+                    answered = f"cloud {name} answered {up.status}"
                     self.requests.labels(name, f"status_{up.status}").inc()
+                    refusal = self._failed(
+                        request, 502, f"{answered}: {_message(detail)}", answered
+                    )
                     log.warning("%s", served.error)
-                    return error_response(path, 502, served.error)
+                    return refusal
                 if chat.stream:
                     return await self._stream(request, up, translator, name, month)
                 return await self._whole(request, up, translator, name, month)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            served.error = f"cloud {name} failed: {exc or type(exc).__name__}"
             self.requests.labels(name, "unreachable").inc()
+            failed = f"cloud {name} failed"
+            refusal = self._failed(request, 502, f"{failed}: {exc or type(exc).__name__}", failed)
             log.warning("%s", served.error)
-            return error_response(path, 502, served.error)
+            return refusal
 
     async def _whole(
         self,
@@ -282,7 +305,6 @@ class CloudFallback:
         name: str,
         month: str,
     ) -> web.StreamResponse:
-        path = request.path
         served = request[OUTCOME].served
         try:
             async for data in up.content.iter_chunked(_READ_BYTES):
@@ -290,8 +312,7 @@ class CloudFallback:
             body = translator.finish()
         except CloudStreamError as exc:
             await self._count(served, translator, name, month, "failed")
-            served.error = f"cloud {name}: {exc}"
-            return error_response(path, 502, served.error)
+            return self._failed(request, 502, f"cloud {name}: {exc}", f"cloud {name} failed")
         await self._count(served, translator, name, month, "ok")
         served.body_bytes = len(body)
         return web.Response(body=body, headers={"Content-Type": translator.content_type})
@@ -328,13 +349,14 @@ class CloudFallback:
                 await _write(response, served, translator.finish(), idle)
             except CloudStreamError as exc:
                 result = "failed"
-                served.error = f"cloud {name}: {exc}"
-                line = stream_error_line(translator.content_type, served.error)
+                said = self._said(request, f"cloud {name}: {exc}", f"cloud {name} failed")
+                line = stream_error_line(translator.content_type, said)
                 await _write(response, served, line, idle)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 result = "failed"
-                served.error = f"cloud {name} failed mid-stream: {exc or type(exc).__name__}"
-                line = stream_error_line(translator.content_type, served.error)
+                failed = f"cloud {name} failed mid-stream"
+                said = self._said(request, f"{failed}: {exc or type(exc).__name__}", failed)
+                line = stream_error_line(translator.content_type, said)
                 await _write(response, served, line, idle)
         except _ClientStalled:
             stalled = True

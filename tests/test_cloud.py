@@ -647,6 +647,44 @@ async def test_a_wrong_key_is_a_clear_error(
     assert cloud_server.seen.bodies == []
 
 
+async def test_with_keys_cloud_errors_are_detailed_only_to_a_key_that_sees_every_model(
+    servers: ServerThread, cloud_server: StandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As for a local backend's failure: a key with a model list reads which provider
+    failed and how (its status), not the provider's own words (OpenAI's 401 quotes a
+    part of the operator's key), the host it could not reach, or the environment
+    variable the operator's key is read from. A key that may see every model reads
+    them all."""
+    listed, free = "k-listed-1", "k-free-1"
+    auth = Auth(
+        keys=(
+            ApiKey(sha256=hash_key(listed), name="listed", models=(LOCAL,)),
+            ApiKey(sha256=hash_key(free), name="free"),
+        )
+    )
+    body = {"model": LOCAL, "messages": MESSAGES, "stream": False}
+    dead_cloud = dead_url()
+    cases = (
+        ("sk-wrong", cloud_server.url, 502, "cloud openai answered 401", "Incorrect API key"),
+        ("sk-wrong", dead_cloud, 502, "cloud openai failed", dead_cloud[len("http://") :]),
+        (None, cloud_server.url, 503, "cloud openai: no API key is set", OPENAI_ENV),
+    )
+    for env, url, status, public, detail in cases:
+        if env is None:
+            monkeypatch.delenv(OPENAI_ENV, raising=False)
+        else:
+            monkeypatch.setenv(OPENAI_ENV, env)
+        proxy = Proxy(servers, [dead_url()], cloud=cloud_section(url), auth=auth)
+        try:
+            got, _, answer = await post(proxy.url + "/api/chat", body, bearer(listed))
+            assert (got, orjson.loads(answer)) == (status, {"error": public})
+            got, _, answer = await post(proxy.url + "/api/chat", body, bearer(free))
+            error = orjson.loads(answer)["error"]
+            assert got == status and error.startswith("cloud openai") and detail in error
+        finally:
+            proxy.stop()
+
+
 @pytest.mark.postgres
 async def test_tokens_are_recorded_per_month_in_postgresql(
     servers: ServerThread, cloud_server: StandIn, database: Database, tmp_path: Path
