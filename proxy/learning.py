@@ -212,9 +212,10 @@ class Learner:
         self.usage = usage
         self.evidence = evidence  # totals: the store's, plus what is not written yet
         self.pending = Evidence()  # increments not written to PostgreSQL yet
-        # Request ids (the proxy's, and the client's) to the requests that carried each,
-        # the id used last at the end; `held` counts the requests in all.
-        self.recent: OrderedDict[str, list[_Counted]] = OrderedDict()
+        # Request ids (the proxy's, and the client's) to the request that carried each,
+        # or the requests when several did (`carrying`), the id used last at the end;
+        # `held` counts the requests in all.
+        self.recent: OrderedDict[str, _Counted | tuple[_Counted, ...]] = OrderedDict()
         self.held = 0
         self.prompts: OrderedDict[outcome.RetryKey, tuple[float, _Counted]] = OrderedDict()
         # Ratings (with the key that gave each) waiting for their request's event.
@@ -254,11 +255,12 @@ class Learner:
             return
         self.observed += 1
         counted = _Counted.of(decided, event)
-        ids = [
+        # Each id once: a client may send its own request's proxy id as its id.
+        ids = dict.fromkeys(
             i
             for i in (event.get("request_id"), event.get("client_request_id"))
             if isinstance(i, str) and i
-        ]
+        )
         for rid in ids:
             waiting = self.unmatched.get(rid)
             if waiting is not None:
@@ -277,17 +279,23 @@ class Learner:
         the requests of the ids used longest ago forgotten past `recent_requests`."""
         recent = self.recent
         for rid in ids:
-            carried = recent.pop(rid, None)
-            if carried is None:
-                carried = []
-            elif len(carried) >= PER_ID:
-                del carried[0]
+            carried = self.carrying(rid)
+            recent.pop(rid, None)
+            if len(carried) >= PER_ID:
+                carried = carried[1:]
                 self.held -= 1
-            carried.append(counted)
-            recent[rid] = carried
+            recent[rid] = (*carried, counted) if carried else counted
             self.held += 1
         while self.held > self.settings.recent_requests and len(recent) > 1:
-            self.held -= len(recent.popitem(last=False)[1])
+            forgotten = recent.popitem(last=False)[1]
+            self.held -= len(forgotten) if isinstance(forgotten, tuple) else 1
+
+    def carrying(self, rid: str) -> tuple[_Counted, ...]:
+        """The remembered requests that carried the id `rid`."""
+        held = self.recent.get(rid)
+        if held is None:
+            return ()
+        return held if isinstance(held, tuple) else (held,)
 
     def _retry(self, event: Mapping[str, Any], counted: _Counted) -> None:
         """The same prompt from the same user within the window fails the earlier one."""
@@ -313,7 +321,7 @@ class Learner:
         # key; with none, the rating waits for its request (another client's carrying
         # the id does not stand in for it).
         taken = False
-        for counted in self.recent.get(request_id, ()):
+        for counted in self.carrying(request_id):
             if counted.takes(given):
                 counted.rate((given,))
                 self._count(counted)
@@ -528,7 +536,7 @@ class Learner:
         for row in found:
             rid = row["request_id"]
             ratings = self.unmatched.pop(rid, (0.0, []))[1]
-            if any(c.request_id == rid for c in self.recent.get(rid, ())):
+            if any(c.request_id == rid for c in self.carrying(rid)):
                 continue  # remembered here: the ratings were offered to it, not for it
             event = dict(row["event"])
             decided = decision_of(event)
