@@ -683,6 +683,19 @@ async def test_with_keys_cloud_errors_are_detailed_only_to_a_key_that_sees_every
             assert got == status and error.startswith("cloud openai") and detail in error
         finally:
             proxy.stop()
+    # A stream the cloud cuts short ends with an error line worded the same way.
+    cloud_server.seen.cut_after = 2
+    monkeypatch.setenv(OPENAI_ENV, OPENAI_KEY)
+    proxy = Proxy(servers, [dead_url()], cloud=cloud_section(cloud_server.url), auth=auth)
+    try:
+        streamed = {**body, "stream": True}
+        got, _, answer = await post(proxy.url + "/api/chat", streamed, bearer(listed))
+        assert got == 200 and ndjson(answer)[-1] == {"error": "cloud openai failed mid-stream"}
+        got, _, answer = await post(proxy.url + "/api/chat", streamed, bearer(free))
+        error = ndjson(answer)[-1]["error"]
+        assert got == 200 and error.startswith("cloud openai failed mid-stream: ")
+    finally:
+        proxy.stop()
 
 
 @pytest.mark.postgres
