@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
+import re
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -180,9 +182,26 @@ def _dumps(doc: dict[str, Any]) -> str:
 def _text(doc: dict[str, Any]) -> str:
     """An access line for a terminal: time, then the request's fields as key=value."""
     rest = " ".join(
-        f"{k}={valid(str(v))}" for k, v in doc.items() if k not in ("ts", "level", "logger", "msg")
+        f"{k}={_text_value(v)}" for k, v in doc.items() if k not in ("ts", "level", "logger", "msg")
     )
     return f"{doc['ts']} {doc['msg']} {rest}"
+
+
+# What a value written bare may not hold: it would end the field, or start another.
+_NOT_BARE = re.compile(r'[\s"=\\]')
+
+
+def _text_value(value: Any) -> str:
+    """A field's value in a text line, as logfmt writes it: bare, or quoted as a JSON
+    string where it holds a blank, `=`, a quote, a backslash or anything unprintable.
+    A client writes much of a line (its path, its model's name, an error the backend
+    words after it): quoted, it stays one field of one line, so no client writes a
+    line or a field (`key=...`) of its own, nor a terminal escape. Escaped as ASCII
+    where it holds something unprintable (U+2028 ends a line for some readers)."""
+    text = valid(str(value))
+    if text and not _NOT_BARE.search(text) and text.isprintable():
+        return text
+    return json.dumps(text, ensure_ascii=not text.isprintable())
 
 
 def _valid(value: Any) -> Any:

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
+import re
 import time
 
 import orjson
@@ -54,3 +56,39 @@ def test_line_times_are_stamped_as_gmtime_writes_them_across_seconds() -> None:
             second = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t))
             expected.append(f"{second}.{int(t % 1 * 1000):03d}Z")
     assert [orjson.loads(line)["ts"] for line in stream.getvalue().splitlines()] == expected
+
+
+_FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
+
+
+def _fields(line: str) -> list[tuple[str, str]]:
+    """A text access line's fields as a reader splits them: `key=value`, a quoted value
+    read as the JSON string it is."""
+    return [(k, json.loads(v) if v.startswith('"') else v) for k, v in _FIELD.findall(line)]
+
+
+def test_a_text_line_is_one_request_whatever_its_client_sent() -> None:
+    """A path, a model name or an error text with spaces, `=`, quotes, line breaks or
+    terminal escapes is written quoted and escaped: one line per request, whose
+    fields are the request's own. A client cannot write a line, or a field, that says
+    another API key made a request."""
+    stream = io.StringIO()
+    access = AccessLog(enabled=True, stream=stream, json=False)
+    forged = "2026-12-05T07:00:00.000Z request request_id=x path=/api/chat key=alice"
+    path = "/api/tags\n" + forged
+    model = 'qwen key=alice "x\\'
+    error = "refused\r\x1b[2K\u2028key=alice"
+    access.record({"path": path, "model": model, "key": "bob", "error": error, "status": 404})
+    access.record({"path": "/api/chat", "model": "qwen2.5:7b", "key": "bob", "status": 200})
+    access.flush()
+    first, second = stream.getvalue().splitlines()
+    assert _fields(first) == [
+        ("path", path),
+        ("model", model),
+        ("key", "bob"),
+        ("error", error),
+        ("status", "404"),
+    ]
+    assert first.isprintable()
+    # Plain values stay as they were.
+    assert second.endswith("request path=/api/chat model=qwen2.5:7b key=bob status=200")
