@@ -463,6 +463,32 @@ def test_credentials_scope_the_cache_without_access_control(caching: Proxy) -> N
     )
 
 
+def test_every_credential_header_scopes_the_cache_without_access_control(
+    caching: Proxy,
+) -> None:
+    """The backend (or a gateway in front of it) may tell clients apart by any of the
+    credentials a client sends: an OpenAI client's `Authorization` is often the
+    placeholder Ollama's documentation suggests (`Bearer ollama`) beside the real key
+    in `X-Api-Key`, and a session may be a cookie. A client whose credentials differ
+    in any of them reads none of another's answers: a hit would skip the backend's
+    check of them."""
+    path, doc = CASES["chat-whole"]
+    placeholder = {"Authorization": "Bearer ollama"}
+    senders = (
+        {**placeholder, "X-Api-Key": "alice"},
+        {**placeholder, "X-Api-Key": "mallory"},
+        placeholder,
+        {"Cookie": "session=alice"},
+        {"Cookie": "session=mallory"},
+        {},
+    )
+    for stored, headers in enumerate(senders):
+        assert fetch(caching, path, doc, headers).header("X-Autoroute-Cache") == "miss", headers
+        wait_stored(caching, stored + 1)
+    for headers in senders:
+        assert fetch(caching, path, doc, headers).header("X-Autoroute-Cache") == "hit", headers
+
+
 def test_auto_decides_before_the_lookup(caching: Proxy) -> None:
     path, doc = CASES["chat-whole"]
     first = fetch(caching, path, {**doc, "model": "auto"})

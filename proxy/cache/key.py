@@ -18,7 +18,7 @@ import orjson
 from aiohttp import web
 
 from proxy.auth import KEY_REQUEST
-from proxy.usage.event import api_key_id
+from proxy.header_values import utf8
 
 CACHEABLE_PATHS = frozenset(
     {"/api/generate", "/api/chat", "/v1/chat/completions", "/v1/completions"}
@@ -30,6 +30,9 @@ _STREAM_DEFAULT = {"/api/generate": True, "/api/chat": True}
 # answer.
 _NOT_KEYED = frozenset({"model", "keep_alive", "stream"})
 _BYPASS = ("no-cache", "no-store")
+# The headers the backend, or a gateway in front of it, may tell clients apart by when
+# the proxy checks no keys: each goes to it as sent (`Proxy-Authorization` does not).
+_CREDENTIALS = ("Authorization", "X-Api-Key", "Cookie")
 
 
 def _is_number(value: Any) -> bool:
@@ -111,11 +114,16 @@ def cache_key(path: str, doc: Mapping[str, Any], model: str, scope: str) -> str:
 def scope(request: web.Request) -> str:
     """Whose answers a request may read: the API key when access control knows it (by
     its SHA-256, not its name: a revoked key's name may go to someone else), else a
-    hash of the credential the client sent (the backend may tell keys apart), else
-    "no key"."""
+    hash of every credential the client sent (`_CREDENTIALS`: the backend may tell
+    clients apart by any of them, and a hit skips its check), else "no key"."""
     key = request.get(KEY_REQUEST)
     if key is not None:
         return f"key:{key.sha256}"
-    credential = request.headers.get("Authorization") or request.headers.get("X-Api-Key")
-    hashed = api_key_id(credential)
-    return f"credential:{hashed}" if hashed else "no key"
+    digest = hashlib.sha256()
+    sent = False
+    for name in _CREDENTIALS:
+        for value in request.headers.getall(name, ()):
+            raw = utf8(value)
+            digest.update(b"%s:%d:%s" % (name.encode(), len(raw), raw))
+            sent = True
+    return f"credential:{digest.hexdigest()}" if sent else "no key"
