@@ -474,7 +474,7 @@ def test_every_credential_header_scopes_the_cache_without_access_control(
     check of them."""
     path, doc = CASES["chat-whole"]
     placeholder = {"Authorization": "Bearer ollama"}
-    senders = (
+    senders: tuple[dict[str, str], ...] = (
         {**placeholder, "X-Api-Key": "alice"},
         {**placeholder, "X-Api-Key": "mallory"},
         placeholder,
