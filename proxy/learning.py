@@ -58,7 +58,9 @@ log = logging.getLogger("autoroute.learning")
 # long for it before a lookup in PostgreSQL, or being dropped.
 UNMATCHED_SECONDS = 30.0
 UNMATCHED_MAX = 10_000
-# The most requests one id names in memory (the latest): a rating recounts each.
+# The most requests one id names in memory: a rating recounts each. Past it, the id
+# forgets the oldest request of the new one's key (else its oldest), so that no key
+# sending many requests with another's id pushes that key's own out.
 PER_ID = 1_000
 
 MIGRATIONS = (
@@ -282,7 +284,11 @@ class Learner:
             carried = self.carrying(rid)
             recent.pop(rid, None)
             if len(carried) >= PER_ID:
-                carried = carried[1:]
+                same = (counted.api_key_id, counted.api_key_hash)
+                drop = next(
+                    (i for i, c in enumerate(carried) if (c.api_key_id, c.api_key_hash) == same), 0
+                )
+                carried = carried[:drop] + carried[drop + 1 :]
                 self.held -= 1
             recent[rid] = (*carried, counted) if carried else counted
             self.held += 1

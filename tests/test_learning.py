@@ -24,7 +24,7 @@ from proxy import auth_store
 from proxy.auth import hash_key
 from proxy.config import ApiKey, Auth, Learning, Profile, Selector, Usage
 from proxy.emulator import EmulatorSettings
-from proxy.learning import Learner, evidence_from_events
+from proxy.learning import PER_ID, Learner, evidence_from_events
 from selector_model import outcome, posterior
 from selector_model.catalogue_prior import CATALOGUE_SHARE, with_catalogue
 from selector_model.evidence import Evidence
@@ -605,6 +605,34 @@ def test_a_rating_waiting_for_its_request_is_not_taken_by_another_keys_request(
     # Bob's answer: its implicit outcome; Ann's: her thumbs-down.
     assert evidence.of("math")["qwen2.5:7b"][:2] == pytest.approx(
         [outcome.COMPLETED * 0.5, outcome.COMPLETED + outcome.RATED]
+    )
+
+
+def test_requests_of_another_key_carrying_an_id_do_not_push_the_keys_own_out(
+    tmp_path: Path,
+) -> None:
+    """An id names a bounded number of requests: past it, another key sending many
+    requests with that id forgets its own oldest, never the one Ann made with it."""
+    evidence = Evidence()
+    learner = Learner(Learning(), Usage(file_path=str(tmp_path / "events.jsonl")), evidence)
+
+    def by(name: str, rid: str, second: int) -> dict[str, Any]:
+        event = _event(rid, second, f"{name}-{rid}")
+        client = {"user": name, "api_key_id": name, "api_key_hash": f"{name}-hash"}
+        return {**event, "client": client, "client_request_id": "c1"}
+
+    learner.observe("usage", by("ann", "r0", 0))
+    for i in range(1, PER_ID + 5):
+        learner.observe("usage", by("bob", f"r{i}", i % 3600))
+    assert len(learner.carrying("c1")) == PER_ID
+    successes, count, _ = evidence.of("math")["qwen2.5:7b"]
+    learner.observe(
+        "feedback",
+        {"request_id": "c1", "rating": 0.0, "api_key_id": "ann", "api_key_hash": "ann-hash"},
+    )
+    # Ann's request: its implicit outcome (weak) replaced by her thumbs-down.
+    assert evidence.of("math")["qwen2.5:7b"][:2] == pytest.approx(
+        [successes - outcome.COMPLETED * 0.5, count - outcome.COMPLETED + outcome.RATED]
     )
 
 
