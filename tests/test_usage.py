@@ -25,7 +25,7 @@ from proxy.usage import event as ev
 from proxy.usage.runner import Record, SinkRunner
 from proxy.usage.spool import Spool
 from proxy.usage.stats import MAX_KEYS, MemoryStats
-from selector_model.usage_event import Answer, UsageEvent
+from selector_model.usage_event import Answer, Client, UsageEvent
 from tests.support import Emulator, Proxy, ServerThread, free_port
 from tests.usage_services import read_bytes, wait_for
 
@@ -298,6 +298,27 @@ def test_memory_stats_stay_within_their_caps_whatever_the_model_names() -> None:
     summary = {e["served_model"]: e for e in stats.summary()}
     assert summary["llama3.1:8b"]["requests"] == 100
     assert summary["llama3.1:8b"]["ratings"] == {"count": 100, "mean": 1.0}
+
+
+def test_requests_of_another_key_carrying_an_id_do_not_push_the_keys_own_out_of_stats() -> None:
+    """A client id names the latest `window` requests that carried it: another key
+    sending many requests with Ann's id forgets its own oldest, not Ann's, whose rating
+    by that id still reaches her request."""
+    stats = MemoryStats(window=100)
+
+    def carrying(n: int, key: str) -> UsageEvent:
+        event = _event(n, "llama3.1:8b" if key == "ann" else "qwen2.5:7b")
+        event.client = Client(api_key_id=key, api_key_hash=f"{key}-hash")
+        event.client_request_id = "c1"
+        return event
+
+    stats.add(carrying(0, "ann"))
+    for n in range(1, 150):
+        stats.add(carrying(n, "bob"))
+    stats.rate("c1", 0.0, "ann", "ann-hash")
+    summary = {e["served_model"]: e for e in stats.summary()}
+    assert summary["llama3.1:8b"]["ratings"] == {"count": 1, "mean": 0.0}
+    assert summary["qwen2.5:7b"]["ratings"] == {"count": 0, "mean": None}
 
 
 @settings(max_examples=2000, deadline=None)

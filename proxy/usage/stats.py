@@ -198,8 +198,13 @@ class MemoryStats:
         client_id = event.client_request_id
         if client_id:
             carried = self.client_ids.pop(client_id, [])
+            if len(carried) >= self.window:
+                # The oldest of this key's (else the oldest): no key sending many
+                # requests with another's id pushes that key's own out.
+                key = recent[rid]
+                del carried[next((i for i, r in enumerate(carried) if recent.get(r) == key), 0)]
             carried.append(rid)
-            self.client_ids[client_id] = carried[-self.window :]
+            self.client_ids[client_id] = carried
             while len(self.client_ids) > self.total:
                 self.client_ids.popitem(last=False)
 
