@@ -518,6 +518,16 @@ async def test_pull_create_copy_delete(emu: Emu) -> None:
         assert details is not None and details.parent_model == "qwen2.5:7b"
         await client.copy("helper:1", "helper:2")
         assert (await client.generate("helper:2", "hi")).response
+        # A digest is the manifest's, as Ollama's: a copy lists its source's, a create
+        # of the same name from another base (or with another system) another one.
+        digests = {m.model: m.digest for m in (await client.list()).models}
+        assert digests["helper:2"] == digests["helper:1"]
+        await client.create("helper:2", from_="all-minilm")
+        again = {m.model: m.digest for m in (await client.list()).models}
+        assert again["helper:2"] not in (digests["helper:1"], digests["qwen2.5:7b"])
+        await client.create("helper:2", from_="qwen2.5:7b", system="Be long.")
+        once_more = {m.model: m.digest for m in (await client.list()).models}
+        assert once_more["helper:2"] not in (digests["helper:1"], again["helper:2"])
         await client.delete("helper:1")
         with pytest.raises(ollama.ResponseError) as err:
             await client.delete("helper:1")

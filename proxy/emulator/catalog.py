@@ -90,6 +90,10 @@ class ModelSpec:
     # The name whose manifest this one is a copy of (`/api/copy`): a copy lists the
     # same digest and layers, as Ollama's copy of the manifest file does; "" for its own.
     manifest: str = ""
+    # What a created model's manifest holds beyond its name (`renamed`: the base's
+    # manifest and what the create changed): Ollama's digest is the hash of the
+    # manifest's bytes, so two creates of one name from other bases list other digests.
+    made_from: str = ""
 
     @property
     def arch(self) -> str:
@@ -103,7 +107,8 @@ class ModelSpec:
     @property
     def digest(self) -> str:
         """Manifest digest as /api/tags prints it: bare sha256 hex."""
-        return hashlib.sha256(f"manifest:{self._origin}".encode()).hexdigest()
+        made = f"\0{self.made_from}" if self.made_from else ""
+        return hashlib.sha256(f"manifest:{self._origin}{made}".encode()).hexdigest()
 
     @property
     def model_digest(self) -> str:
@@ -116,7 +121,9 @@ class ModelSpec:
     def renamed(self, name: str, **changes: Any) -> ModelSpec:
         """A model made from this one under another name (create), with its own
         manifest."""
-        return replace(self, name=name, manifest="", **changes)
+        kept = sorted((k, repr(v)) for k, v in changes.items() if k != "modified_at")
+        made_from = f"{self.digest}{kept}"
+        return replace(self, name=name, manifest="", made_from=made_from, **changes)
 
     def copied(self, name: str, **changes: Any) -> ModelSpec:
         """This model's manifest stored under another name as well (copy)."""
