@@ -220,6 +220,10 @@ class BackendState:
         # Model-store changes applied from the backend's answers (`BackendPool.changed`):
         # lists asked before one may not show it, and do not replace what it said.
         self.changes = 0
+        # The models such a change added (or replaced: a pull, create or copy over one
+        # it had) since the last list: the digest of their weights is not known until
+        # the next list says it (`BackendPool.weights`).
+        self.unweighed: set[str] = set()
         # Of those, the models that run on another host (a `remote_host`: a local name
         # of a cloud model), by normalised name: Ollama relays that host's answer.
         self.remote: frozenset[str] = frozenset()
@@ -326,6 +330,12 @@ class BackendPool:
         # refresh comes early, so that the model is described and offered to `auto`
         # before the interval ends (the proxy already routes to it by name).
         self._added = asyncio.Event()
+        # The weights each model name stands for, by normalised name, for the response
+        # cache's key (`weights_of`): the digests every backend lists under the name,
+        # sorted and joined; a name some backend lists without a known digest (one a
+        # change through the proxy has just added, or a list without digests) is not
+        # in it. Built at every refresh and change: the request path only reads it.
+        self.weights: dict[str, str] = {}
 
     async def start(self) -> None:
         await self.refresh_all()
@@ -406,10 +416,41 @@ class BackendPool:
         if added and header_values.model_name(added):
             models.add(added)
             self._added.set()
+            state.unweighed.add(added)
         if removed:
             models.discard(removed)
             state.tags = [tag for tag in state.tags if entry_model(tag) != removed]
+            state.unweighed.discard(removed)
         state.models = frozenset(models)
+        self._weigh()
+
+    def weights_of(self, model: str) -> str:
+        """What `model` stands for on the backends (`weights`): "" when not known."""
+        return self.weights.get(normalize_model(model), "")
+
+    def _weigh(self) -> None:
+        """`weights` from what each backend lists now. Every backend that lists a name
+        counts, its circuit open or not: a key that moved with circuits would
+        only lose answers. Two backends listing other weights under one name make one
+        key of both digests, which changes when either does."""
+        digests: dict[str, set[str]] = {}
+        unknown: set[str] = set()
+        for state in self.states:
+            if state.models is None:
+                continue
+            listed: set[str] = set()
+            for tag in state.tags:
+                name = entry_model(tag)
+                digest = tag.get("digest")
+                if isinstance(digest, str) and digest and name not in state.unweighed:
+                    digests.setdefault(name, set()).add(digest)
+                    listed.add(name)
+                else:
+                    unknown.add(name)
+            unknown |= state.models - listed
+        self.weights = {
+            name: ",".join(sorted(found)) for name, found in digests.items() if name not in unknown
+        }
 
     def can_retry(self, model: str | None, exclude: Iterable[BackendState]) -> bool:
         """Whether `choose(model, exclude, retry=True)` has a backend to offer."""
@@ -465,6 +506,7 @@ class BackendPool:
             state.tags = [m for m in listed if header_values.model_name(entry_model(m))]
             state.models = frozenset(entry_model(m) for m in state.tags)
             state.remote = frozenset(entry_model(m) for m in state.tags if m.get("remote_host"))
+            state.unweighed.clear()
         state.listed(running, asked_at)
         if state.last_error:
             log.info("backend %s healthy again", state.label)
@@ -498,6 +540,7 @@ class BackendPool:
             if isinstance(result, Exception):
                 self._unexpected(f"refreshing backend {state.label}", result)
                 state.failed(f"health check failed: {result!r}")
+        self._weigh()
         for listener in self.listeners:
             try:
                 await listener()

@@ -346,7 +346,13 @@ class Handlers:
         cache = self.cache
         if cache is None or not cacheable(request.path, doc, request.headers.get("Cache-Control")):
             return self.relay.forward(request, served, body, model, fallback=fallback)
-        return self._cached(cache, request, served, doc, body, model, fallback)
+        weights = self.backends.weights_of(model)
+        if not weights:
+            # Weights not known by digest (a model just pulled, created or copied, until
+            # the next list; one no backend lists): an answer kept under the name alone
+            # would be replayed after other weights take the name.
+            return self.relay.forward(request, served, body, model, fallback=fallback)
+        return self._cached(cache, request, served, doc, body, model, weights, fallback)
 
     async def _cached(
         self,
@@ -356,9 +362,10 @@ class Handlers:
         doc: Any,
         body: bytes,
         model: str,
+        weights: str,
         fallback: Fallback | None,
     ) -> web.StreamResponse:
-        key = cache_key(request.path, doc, model, scope(request))
+        key = cache_key(request.path, doc, model, weights, scope(request))
         entry = await cache.lookup(key)
         if entry is not None:
             served.cache = "hit"

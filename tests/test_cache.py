@@ -31,6 +31,7 @@ from tests.support import (
     Proxy,
     ServerThread,
     free_port,
+    raw_request,
     slow_reader,
     small_send_buffers,
 )
@@ -653,3 +654,75 @@ def test_a_hit_the_client_does_not_read_is_cut_off(servers: ServerThread) -> Non
         emulator.stop()
     hit = next(r for r in seen if r.get("cancelled"))
     assert hit["error"] == "client read nothing for 0.3s"
+
+
+def _store_request(prx: Proxy, method: str, path: str, doc: dict[str, Any]) -> int:
+    """A model-store request through the proxy; its status (pull and create: 200 and a
+    success line, checked)."""
+    status, _, body = asyncio.run(raw_request(prx.port, method, path, [], orjson.dumps(doc)))
+    assert status != 200 or path not in ("/api/pull", "/api/create") or b"success" in body
+    return status
+
+
+def _refresh(prx: Proxy) -> None:
+    prx.thread.call(prx.app[APP_KEY].backends.refresh_all)
+
+
+# Changes of the model under the name MODEL through the proxy, and whether the weights
+# it names after them are other weights (a pull of the same model brings the same).
+CHANGES: dict[str, tuple[list[tuple[str, str, dict[str, Any]]], bool]] = {
+    "copied-over": ([("POST", "/api/copy", {"source": "llama3.1:8b", "destination": MODEL})], True),
+    "re-created": ([("POST", "/api/create", {"model": MODEL, "from": "llama3.1:8b"})], True),
+    "re-pulled": ([("POST", "/api/pull", {"model": MODEL, "stream": False})], False),
+    "deleted-and-pulled": (
+        [
+            ("DELETE", "/api/delete", {"model": MODEL}),
+            ("POST", "/api/pull", {"model": MODEL, "stream": False}),
+        ],
+        False,
+    ),
+}
+
+
+@pytest.mark.parametrize("change", CHANGES)
+def test_a_model_changed_under_its_name_gets_none_of_its_old_answers(
+    change: str, caching: Proxy, own_emulator: Emulator
+) -> None:
+    """Once a pull, create, copy or delete through the proxy has said it succeeded, the
+    next request for the name is not answered from what the old weights said: it goes
+    to the backend, at once (before any refresh). Once a refresh has listed the digest
+    under the name, answers are kept and replayed again: those of the old weights only
+    when the digest is theirs."""
+    path, doc = CASES["chat-whole"]
+    assert fetch(caching, path, doc).header("X-Autoroute-Cache") == "miss"
+    wait_stored(caching, 1)
+    assert fetch(caching, path, doc).header("X-Autoroute-Cache") == "hit"
+    requests, other_weights = CHANGES[change]
+    for method, store_path, body in requests:
+        assert _store_request(caching, method, store_path, body) == 200
+    sent = inference_requests(own_emulator)
+    after = fetch(caching, path, doc)
+    assert after.status == 200
+    assert after.header("X-Autoroute-Cache") is None  # neither looked up nor kept
+    assert inference_requests(own_emulator) == sent + 1
+    _refresh(caching)
+    if other_weights:
+        assert fetch(caching, path, doc).header("X-Autoroute-Cache") == "miss"
+        wait_stored(caching, 2)
+    assert fetch(caching, path, doc).header("X-Autoroute-Cache") == "hit"
+
+
+def test_weights_changed_on_the_backend_itself_are_new_entries(
+    caching: Proxy, own_emulator: Emulator
+) -> None:
+    """A model changed on the backend directly (not through the proxy) counts from the
+    refresh that lists its new digest: the answers of the old weights are not read."""
+    path, doc = CASES["chat-whole"]
+    assert fetch(caching, path, doc).header("X-Autoroute-Cache") == "miss"
+    wait_stored(caching, 1)
+    store = own_emulator.state.store
+    store[MODEL] = store["llama3.1:8b"].copied(MODEL)
+    _refresh(caching)
+    sent = inference_requests(own_emulator)
+    assert fetch(caching, path, doc).header("X-Autoroute-Cache") == "miss"
+    assert inference_requests(own_emulator) == sent + 1

@@ -393,3 +393,39 @@ async def test_a_refresh_asked_before_a_change_does_not_undo_it(
     await pool.refresh(state)  # asked after the change: what the backend lists now
     assert state.models == {"a:latest"}
     state.pool.close()
+
+
+async def test_the_weights_a_name_stands_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the response cache keys a model's answers by: every digest the backends list
+    under the name (one key for two backends of other weights, which changes when
+    either does); none while a backend lists the name without a digest it knows, as
+    after a change through the proxy until a list asked after it says which."""
+    backends = (Backend(url="http://127.0.0.1:9"), Backend(url="http://127.0.0.1:10"))
+    pool = BackendPool(Config(backends=backends))
+    a, b = pool.states
+    listings = {
+        id(a): [{"name": "m:latest", "digest": "d1"}, {"name": "bare", "digest": ""}],
+        id(b): [{"name": "m:latest", "digest": "d2"}],
+    }
+
+    async def listed(state: object) -> list[dict[str, Any]]:
+        return listings[id(state)]
+
+    async def loaded(_: object) -> list[dict[str, Any]]:
+        return []
+
+    monkeypatch.setattr(pool, "_listed_models", listed)
+    monkeypatch.setattr(pool, "_loaded_models", loaded)
+    await pool.refresh_all()
+    assert pool.weights_of("M") == "d1,d2"
+    assert pool.weights_of("bare") == pool.weights_of("absent") == ""
+    pool.changed(b, added="m:latest")  # re-pulled, re-created or copied over on b
+    assert pool.weights_of("m") == ""
+    pool.changed(b, removed="m:latest")  # then deleted there: a's weights alone
+    assert pool.weights_of("m") == "d1"
+    pool.changed(b, added="m:latest")
+    listings[id(b)] = [{"name": "m:latest", "digest": "d3"}]
+    await pool.refresh_all()
+    assert pool.weights_of("m") == "d1,d3"
+    for state in pool.states:
+        state.pool.close()

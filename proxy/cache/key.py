@@ -5,7 +5,7 @@ fixed seed (not a negative one, which asks for a random seed), no tools (a tool 
 answer depends on what the tool returns next), text asked for (not a model loaded or
 unloaded), and no `Cache-Control: no-cache` or `no-store` from the client. Read from
 the body as the backend reads it (`go_json`), after `auto` decided: the key names the
-model served.
+model served, and the digest of the weights the backends list under its name.
 """
 
 from __future__ import annotations
@@ -91,9 +91,11 @@ def streams(path: str, doc: Mapping[str, Any]) -> bool:
     return stream if isinstance(stream, bool) else _STREAM_DEFAULT.get(path, False)
 
 
-def cache_key(path: str, doc: Mapping[str, Any], model: str, scope: str) -> str:
+def cache_key(path: str, doc: Mapping[str, Any], model: str, weights: str, scope: str) -> str:
     """SHA-256 of the canonical request (sorted keys: the same request written in
-    another field order is the same entry) and the API key's scope."""
+    another field order is the same entry), the weights the backends list under the
+    model's name (`BackendPool.weights`: other weights under the same name, pulled,
+    created or copied over it, are other entries) and the API key's scope."""
     body = {k: v for k, v in doc.items() if k not in _NOT_KEYED}
     # `stream` and `keep_alive` leave the key only in a form Ollama takes; any other
     # (a 400 from Ollama, never kept) stays in it, so it cannot read an answer kept for
@@ -106,7 +108,7 @@ def cache_key(path: str, doc: Mapping[str, Any], model: str, scope: str) -> str:
     if keep_alive is not None and not _is_number(keep_alive):
         body["keep_alive"] = keep_alive
     canonical = orjson.dumps(
-        [scope, path, model, streams(path, doc), body], option=orjson.OPT_SORT_KEYS
+        [scope, path, model, weights, streams(path, doc), body], option=orjson.OPT_SORT_KEYS
     )
     return hashlib.sha256(canonical).hexdigest()
 
