@@ -99,7 +99,8 @@ class App:
         if self.cache is not None:
             self.handlers.health_extras["cache"] = self.cache.status
         if self.shared_limits is not None:
-            self.handlers.health_extras["limits"] = self.shared_limits.mode
+            limits = self.shared_limits
+            self.handlers.health_extras["limits"] = lambda _: limits.mode()
             self.metrics.registry.register(SharedLimitsCollector(self.shared_limits))
         # The owners the route table names its handlers by.
         self.router = Router(

@@ -130,9 +130,9 @@ class CloudFallback:
         await self.budget.close()
 
     def status(self, detailed: bool = True) -> dict[str, Any]:
-        """For the health endpoint: each provider, its budget and this month's tokens
-        as last counted (never the key); `detailed`, its base URL and the models it
-        maps (local and cloud names)."""
+        """For the health endpoint: each provider and its budget (never the key);
+        `detailed`, its base URL, the models it maps (local and cloud names) and this
+        month's tokens as last counted (every key's requests)."""
         month = this_month()
         doc: dict[str, Any] = {
             "prefer_for_profiles": list(self.config.prefer_for_profiles),
@@ -152,7 +152,7 @@ class CloudFallback:
         }
         if not detailed:
             for entry in doc["providers"]:
-                del entry["base_url"], entry["models"]
+                del entry["base_url"], entry["models"], entry["tokens_this_month"]
         return doc
 
     def preferred(self, profile: str) -> bool:

@@ -110,9 +110,11 @@ class Handlers:
         self.fanout = fanout
         self.metrics = metrics
         self.cache = cache
-        # More of the proxy's own state for `health`, by field name (e.g. "limits"):
-        # none names a model (the cloud's, which does, is `health`'s own).
-        self.health_extras: dict[str, Callable[[], object]] = {}
+        # More of the proxy's own state for `health`, by field name (e.g. "limits"),
+        # each called with whether the caller sees the fleet (`sees_fleet`): without,
+        # nothing that counts requests, which are every key's. None names a model (the
+        # cloud's, which does, is `health`'s own).
+        self.health_extras: dict[str, Callable[[bool], object]] = {}
         self.cloud = cloud
 
     def _read(self, request: web.Request) -> Awaitable[bytes]:
@@ -504,10 +506,12 @@ class Handlers:
         "ok" (every backend usable), "degraded" (some) or "down" (none; see `ready`).
 
         Public: with API keys on, a caller who may not see the fleet (`sees_fleet`)
-        gets each backend's circuit and requests in flight under its public name
-        (`Backend.public_label`), without its URL, its last error (which names hosts
-        and ports), the models it has or has loaded, and the cloud's providers without
-        their base URLs and the models they map."""
+        gets each backend's circuit under its public name (`Backend.public_label`),
+        without its URL, its last error (which names hosts and ports), the models it
+        has or has loaded, and the cloud's providers without their base URLs and the
+        models they map; and nothing that counts requests, every key's: neither a
+        backend's requests in flight, nor the cache's hits, misses and entries, nor
+        the cloud's tokens this month."""
         now = asyncio.get_running_loop().time()
         usable = len(self.backends.usable())
         status = "ok" if usable == len(self.backends.states) else "degraded" if usable else "down"
@@ -518,14 +522,14 @@ class Handlers:
             if fleet:
                 backend["url"] = s.config.url
             backend["circuit"] = s.breaker.state(now)
-            backend["in_flight"] = s.in_flight
             if fleet:
+                backend["in_flight"] = s.in_flight
                 backend["models"] = sorted(s.models) if s.models is not None else None
                 backend["loaded"] = sorted(s.loaded)
                 backend["error"] = s.last_error or None
             backends.append(backend)
         doc: dict[str, object] = {"status": status, "backends": backends}
-        doc.update((name, extra()) for name, extra in self.health_extras.items())
+        doc.update((name, extra(fleet)) for name, extra in self.health_extras.items())
         if self.cloud is not None:
             doc["cloud"] = self.cloud.status(detailed=fleet)
         return web.Response(body=orjson.dumps(doc), headers={"Content-Type": JSON})

@@ -837,7 +837,7 @@ async def test_public_probes_name_no_backend_url_and_no_error_text(
             assert own_emulator.url.encode() not in answer and dead.encode() not in answer
             doc = orjson.loads(answer)
             assert doc["status"] == "degraded"
-            assert [sorted(b) for b in doc["backends"]] == [["circuit", "in_flight", "name"]] * 2
+            assert [sorted(b) for b in doc["backends"]] == [["circuit", "name"]] * 2
             assert [(b["name"], b["circuit"]) for b in doc["backends"]] == [
                 ("backends[0]", "closed"),
                 ("gpu-b", "open"),

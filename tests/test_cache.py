@@ -726,3 +726,59 @@ def test_weights_changed_on_the_backend_itself_are_new_entries(
     sent = inference_requests(own_emulator)
     assert fetch(caching, path, doc).header("X-Autoroute-Cache") == "miss"
     assert inference_requests(own_emulator) == sent + 1
+
+
+def test_the_public_health_counts_no_other_keys_traffic(
+    servers: ServerThread, own_emulator: Emulator
+) -> None:
+    """The cache's hits, misses, entries and bytes saved, and each backend's requests in
+    flight, count every key's requests: with keys on, the public health gives them only
+    to a caller that may see the fleet (a key without a model list). The others read
+    where answers are kept, and each backend's name and circuit."""
+    free, listed = (f"secret-{uuid.uuid4().hex}" for _ in range(2))
+    auth = Auth(
+        keys=(
+            ApiKey(sha256=hashlib.sha256(free.encode()).hexdigest(), name="free"),
+            ApiKey(sha256=hashlib.sha256(listed.encode()).hexdigest(), name="l", models=(MODEL,)),
+        )
+    )
+    proxy = Proxy(servers, [own_emulator.url], cache=Cache(enabled=True), auth=auth)
+    path, doc = CASES["chat-whole"]
+    bearer = {"Authorization": f"Bearer {free}"}
+
+    def health(key: str | None) -> dict[str, Any]:
+        headers = [(b"Authorization", f"Bearer {key}".encode())] if key else []
+        status, _, body = asyncio.run(
+            raw_request(proxy.port, "GET", "/api/autoroute/health", headers)
+        )
+        assert status == 200
+        answer: dict[str, Any] = orjson.loads(body)
+        return answer
+
+    try:
+        assert fetch(proxy, path, doc, bearer).header("X-Autoroute-Cache") == "miss"
+        deadline = time.monotonic() + 10
+        while health(free)["cache"]["entries"] != 1:
+            assert time.monotonic() < deadline, "the answer was never stored"
+            time.sleep(0.02)
+        assert fetch(proxy, path, doc, bearer).header("X-Autoroute-Cache") == "hit"
+        full = health(free)
+        assert full["cache"] == {
+            "backend": "memory",
+            "ttl_seconds": proxy.config.cache.ttl_seconds,
+            "entries": 1,
+            "hits": 1,
+            "misses": 1,
+            "bytes_saved": full["cache"]["bytes_saved"],
+        }
+        assert full["cache"]["bytes_saved"] > 0 and "in_flight" in full["backends"][0]
+        for key in (None, listed):
+            public = health(key)
+            assert public["cache"] == {
+                "backend": "memory",
+                "ttl_seconds": proxy.config.cache.ttl_seconds,
+            }
+            assert public["backends"] == [{"name": "backends[0]", "circuit": "closed"}]
+            assert public["status"] == "ok"
+    finally:
+        proxy.stop()

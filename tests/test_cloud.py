@@ -901,7 +901,8 @@ async def test_with_keys_the_health_names_cloud_models_only_to_a_key_that_sees_e
     servers: ServerThread, own_emulator: Emulator, cloud_server: StandIn
 ) -> None:
     """The health is public: with keys on, it shows each provider and its budget but
-    not the models it maps (local and cloud names) without a key that may see them all."""
+    not the models it maps (local and cloud names) nor this month's tokens (every key's
+    requests) without a key that may see them all."""
     listed, free = "k-listed-1", "k-free-1"
     auth = Auth(
         keys=(
@@ -927,8 +928,10 @@ async def test_with_keys_the_health_names_cloud_models_only_to_a_key_that_sees_e
             assert b"mistral:7b" not in seen[key] and b"secret-cloud-model" not in seen[key]
             (provider,) = orjson.loads(seen[key])["cloud"]["providers"]
             assert provider["name"] == "openai" and "monthly_token_budget" in provider
+            # This month's tokens count every key's requests.
+            assert "tokens_this_month" not in provider
         (provider,) = orjson.loads(seen[free])["cloud"]["providers"]
-        assert provider["models"] == mapped
+        assert provider["models"] == mapped and provider["tokens_this_month"] == 0
     finally:
         proxy.stop()
 

@@ -131,11 +131,17 @@ class ResponseCache:
             registry=registry,
         )
 
-    def status(self) -> dict[str, object]:
-        """For `GET /api/autoroute/health`: where answers are kept and what came of it."""
-        return {
+    def status(self, detailed: bool = True) -> dict[str, object]:
+        """For `GET /api/autoroute/health`: where answers are kept and, `detailed`, what
+        came of it (every key's requests: only for a caller who sees the fleet)."""
+        kept: dict[str, object] = {
             "backend": self.config.backend,
             "ttl_seconds": self.config.ttl_seconds,
+        }
+        if not detailed:
+            return kept
+        return {
+            **kept,
             "entries": len(self.backend._cache) if self.memory else None,
             **{
                 name: int(self._registry.get_sample_value(f"autoroute_cache_{name}_total") or 0)
