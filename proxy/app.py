@@ -160,10 +160,11 @@ class App:
         if self.config.selector.profile_models:
             self._spawn(idle_profiler(self.config, self.backends, self.metrics).run())
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     async def _watch_artifact(self) -> None:
         interval = self.config.selector.reload_check_seconds

@@ -24,7 +24,7 @@ from proxy.upstream import BufferedAnswer
 
 log = logging.getLogger("autoroute.server")
 
-Spawn = Callable[[Coroutine[Any, Any, None]], None]
+Spawn = Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]]
 
 # The order one Ollama gives each merged list, newest (or longest remaining) first by a
 # time compared in whole seconds, a stable sort: `/api/tags` by modified_at
@@ -117,12 +117,15 @@ class Fanout:
         body: bytes,
         primary: BackendState,
         change: ModelChange | None = None,
-    ) -> None:
+    ) -> list[asyncio.Task[None]]:
         """Send the request to every usable backend but `primary`, in the background:
         the client's answer is the primary's alone. What it changes in a backend's
-        model list (`change`) is applied as that backend's answer says it succeeded."""
-        for other in self.backends.usable(exclude=[primary]):
+        model list (`change`) is applied as that backend's answer says it succeeded.
+        The replicas' tasks, for the caller to cancel should the client leave."""
+        return [
             self.spawn(self._replicate(request, other, body, change))
+            for other in self.backends.usable(exclude=[primary])
+        ]
 
     async def _replicate(
         self, request: web.Request, state: BackendState, body: bytes, change: ModelChange | None

@@ -477,13 +477,22 @@ class Handlers:
         change = model_changes.change_of(request.method, request.path, doc)
         creating = request.path == CREATE_PATH
         primary = self._create_target(doc) if creating else self.backends.choose(model)
+        replicas: list[asyncio.Task[None]] = []
         if self.config.routing.admin_target == "all" and not creating:
-            self.fanout.replicate(request, body, primary, change)
+            replicas = self.fanout.replicate(request, body, primary, change)
         watch = None
         if change is not None:
             watch = model_changes.ChangeWatch(self.backends, primary, change)
         served = request[OUTCOME].served
-        return await self.relay.forward(request, served, body, model, only=primary, watch=watch)
+        try:
+            return await self.relay.forward(request, served, body, model, only=primary, watch=watch)
+        except asyncio.CancelledError:
+            # The client left: Ollama stops a pull or push whose client leaves, and the
+            # replicas are that client's request too (a download of many gigabytes on
+            # every other backend that no one can stop otherwise).
+            for replica in replicas:
+                replica.cancel()
+            raise
 
     def _create_target(self, doc: Any) -> BackendState:
         """A create built on a model (`model_changes.create_base`) goes to a backend

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime
+import functools
 import math
 import time
 from collections.abc import Iterator
@@ -958,3 +959,51 @@ async def test_merged_lists_are_in_ollamas_order(pair: Pair) -> None:
     assert [m["name"] for m in models] == [m["name"] for m in by_modified]
     assert [m["id"] for m in data] == [m["model"] for m in by_modified]
     assert [m["name"] for m in running] == [ONLY_B, SHARED, ONLY_A]
+
+
+def _endless_pull_app(label: str, pulling: set[str], left: set[str]) -> web.Application:
+    """A backend whose `/api/pull` streams progress until its client leaves, as a
+    download of a large model does: `pulling` holds `label` while it runs, `left` once
+    the client went away."""
+
+    async def pull(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await resp.prepare(request)
+        pulling.add(label)
+        try:
+            while True:
+                await resp.write(b'{"status":"pulling 1234","total":100,"completed":1}\n')
+                await asyncio.sleep(0.02)
+        except (asyncio.CancelledError, ConnectionError):
+            left.add(label)
+            raise
+
+    app = _lists_app({"models": [{"name": SHARED, "model": SHARED, "digest": "d1", "size": 1}]})
+    app.router.add_post("/api/pull", pull)
+    return app
+
+
+async def test_a_pull_its_client_leaves_stops_on_every_backend(servers: ServerThread) -> None:
+    """With `admin_target: all` a pull goes to every backend; a client that leaves
+    (Ctrl-C on `ollama pull`) stops it on each of them, as Ollama stops a pull whose
+    client left, not only on the one whose progress it read."""
+    pulling: set[str] = set()
+    left: set[str] = set()
+    ports = [free_port(), free_port()]
+    runners = [
+        servers.serve(functools.partial(_endless_pull_app, label, pulling, left), port)
+        for label, port in zip("ab", ports, strict=True)
+    ]
+    proxy = Proxy(servers, [f"http://127.0.0.1:{port}" for port in ports])
+    try:
+        async with aiohttp.ClientSession() as session:
+            resp = await session.post(proxy.url + "/api/pull", json={"model": SHARED})
+            assert orjson.loads(await resp.content.readline())["status"].startswith("pulling")
+            assert await wait_until(lambda: pulling == {"a", "b"})
+            resp.close()  # the client leaves mid-download
+        assert await wait_until(lambda: left == {"a", "b"})
+    finally:
+        proxy.stop()
+        for runner in runners:
+            servers.stop(runner)
