@@ -324,17 +324,24 @@ class BufferedAnswer(Answer):
 async def fetch(
     pool: ConnectionPool, method: str, head: bytes, body: bytes, idle_timeout: float
 ) -> tuple[ResponseHead, bytes]:
-    """One small request on a pooled connection: the answer's head and whole body."""
-    conn = await pool.acquire()
-    answer = BufferedAnswer()
-    answer.bind(conn)
-    try:
-        conn.send(method, head, body, idle_timeout, answer)
-        response = await answer.response_head()
-    except BaseException:
-        conn.close()
-        raise
-    return response, await answer.collect()
+    """One small request on a pooled connection: the answer's head and whole body. A
+    pooled connection the backend closed before any answer says nothing about the
+    backend (its keep-alive ran out as the request went out): the request goes again
+    on another connection, as the relay sends a client's."""
+    while True:
+        conn = await pool.acquire()
+        answer = BufferedAnswer()
+        answer.bind(conn)
+        try:
+            conn.send(method, head, body, idle_timeout, answer)
+            response = await answer.response_head()
+        except StaleConnection:
+            conn.close()
+            continue
+        except BaseException:
+            conn.close()
+            raise
+        return response, await answer.collect()
 
 
 class ConnectionPool:

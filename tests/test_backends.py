@@ -1007,3 +1007,60 @@ async def test_a_pull_its_client_leaves_stops_on_every_backend(servers: ServerTh
         proxy.stop()
         for runner in runners:
             servers.stop(runner)
+
+
+async def _one_request_per_connection(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """A backend that keeps a connection alive after its answer, then closes it when
+    the next request comes, unanswered: a keep-alive that timed out as the request
+    arrived (a server's idle timeout, a load balancer in front of Ollama)."""
+    try:
+        await reader.readuntil(b"\r\n\r\n")
+        tags = orjson.dumps(
+            {"models": [{"name": SHARED, "model": SHARED, "digest": "d1", "size": 1}]}
+        )
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\n"
+            b"Content-Length: %d\r\n\r\n%b" % (len(tags), tags)
+        )
+        await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    writer.close()
+
+
+async def test_a_kept_alive_connection_closed_as_a_request_goes_out_fails_no_check(
+    servers: ServerThread,
+) -> None:
+    """A pooled connection the backend closes as the proxy's own request goes out
+    (health check, merged list) says nothing of the backend: that request is sent again
+    on a new connection, as a client's is, rather than counted against the backend or
+    answered with a 502."""
+    port = free_port()
+
+    async def listen() -> asyncio.Server:
+        return await asyncio.start_server(_one_request_per_connection, "127.0.0.1", port)
+
+    server = servers.call(listen)
+    url = f"http://127.0.0.1:{port}"
+    proxy = Proxy(servers, [url], health=Health(interval_seconds=60, failure_threshold=2))
+    pool = proxy.app[APP_KEY].backends
+    try:
+        for _ in range(3):  # each check after the first finds its connections kept alive
+            proxy.thread.call(pool.refresh_all)
+            assert await scrape_failures(proxy.url, url) == (0, "closed")
+        async with aiohttp.ClientSession() as session:
+            for _ in range(2):
+                async with session.get(proxy.url + "/api/tags") as resp:
+                    assert resp.status == 200
+                    names = [m["name"] for m in (await resp.json())["models"]]
+                    assert names == [SHARED, *AUTO_NAMES]
+    finally:
+        proxy.stop()
+        servers.call(lambda: _closed(server))
+
+
+async def _closed(server: asyncio.Server) -> None:
+    server.close()
+    await server.wait_closed()
