@@ -63,9 +63,14 @@ def error_response(path: str, status: int, message: str) -> web.Response:
     )
 
 
-def stream_error_line(content_type: str, message: str) -> bytes:
-    """The line Ollama adds when a stream fails after it started (status already 200)."""
+def stream_error_line(content_type: str, message: str, path: str = "") -> bytes:
+    """The line Ollama adds when a stream fails after it started (status already 200);
+    on `/v1/messages`, Anthropic's `error` event, the one its clients raise on (they
+    skip an event they do not know, as a `data:` line with no event name is)."""
     if content_type.startswith("text/event-stream"):
+        if path == ANTHROPIC_PATH:
+            error = {"type": "error", "error": {"type": "api_error", "message": message}}
+            return b"event: error\ndata: " + go_dumps(error) + b"\n\n"
         payload = go_dumps(
             {"error": {"message": message, "type": "api_error", "param": None, "code": None}}
         )

@@ -354,6 +354,7 @@ class ClientLeg(Answer):
         # How long a paused answer waits for the client to take some of it (0: forever).
         self.write_idle = write_idle
         self.transport = client_transport(request)
+        self.path = request.path  # the route, whose shape a stream's error line takes
         self.protocol = request.protocol
         self.version = request.version
         self.keep_alive = request.keep_alive
@@ -496,7 +497,7 @@ class ClientLeg(Answer):
         chunked = self.head is not None and self.head.chunked
         stream = self.content_type.startswith(_STREAM_TYPES)
         if chunked and stream and at_boundary and not self.transport.is_closing():
-            line = stream_error_line(self.content_type, message)
+            line = stream_error_line(self.content_type, message, self.path)
             if self.dechunker is None:
                 line = b"%x\r\n%b\r\n0\r\n\r\n" % (len(line), line)
             # else the close that follows ends the body (keep_alive is off)

@@ -1064,3 +1064,57 @@ async def test_a_kept_alive_connection_closed_as_a_request_goes_out_fails_no_che
 async def _closed(server: asyncio.Server) -> None:
     server.close()
     await server.wait_closed()
+
+
+def _messages_cut_app(model: str) -> web.Application:
+    """A backend listing `model` whose `/v1/messages` streams fail after their first
+    event: the connection drops between two chunks, as a runner that dies does."""
+
+    async def messages(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        start = {"type": "message_start", "message": {"id": "msg_1", "type": "message"}}
+        await resp.write(b"event: message_start\ndata: " + orjson.dumps(start) + b"\n\n")
+        await asyncio.sleep(0.05)  # the chunk goes out whole before the drop
+        assert request.transport is not None
+        request.transport.abort()
+        return resp
+
+    app = _lists_app({"models": [{"name": model, "model": model, "digest": "d1", "size": 1}]})
+    app.router.add_post("/v1/messages", messages)
+    return app
+
+
+async def test_a_messages_stream_that_fails_ends_with_anthropics_error_event(
+    servers: ServerThread,
+) -> None:
+    """A `/v1/messages` stream cut by its backend ends with Anthropic's `event: error`
+    (the shape of the route's other errors), the one an Anthropic client raises on: a
+    line in OpenAI's shape, with no event name, is one it skips, and the client would
+    take the cut stream for a whole one."""
+    port = free_port()
+    cut = servers.serve(lambda: _messages_cut_app(SHARED), port)
+    proxy = Proxy(servers, [f"http://127.0.0.1:{port}"])
+    body = {
+        "model": SHARED,
+        "max_tokens": 100,
+        "stream": True,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(proxy.url + "/v1/messages", json=body) as resp:
+                assert resp.status == 200
+                text = await resp.read()
+    finally:
+        proxy.stop()
+        servers.stop(cut)
+    events = [event.split(b"\n") for event in text.strip(b"\n").split(b"\n\n")]
+    assert events[0][0] == b"event: message_start"
+    name, data = events[-1]
+    assert name == b"event: error"
+    error = orjson.loads(data.removeprefix(b"data: "))
+    assert error["type"] == "error" and error["error"]["type"] == "api_error"
+    assert "connection closed by backend" in error["error"]["message"]

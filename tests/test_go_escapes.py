@@ -75,9 +75,10 @@ def test_error_bodies_are_written_as_go_writes_them(path: str) -> None:
     assert MARK in (doc["error"] if path == "/api/chat" else doc["error"]["message"])
 
 
+@pytest.mark.parametrize("path", ["/api/chat", "/v1/messages"])
 @pytest.mark.parametrize("content_type", ["application/x-ndjson", "text/event-stream"])
-def test_a_streams_error_line_is_written_as_go_writes_it(content_type: str) -> None:
-    line = stream_error_line(content_type, MARK)
+def test_a_streams_error_line_is_written_as_go_writes_it(content_type: str, path: str) -> None:
+    line = stream_error_line(content_type, MARK, path)
     assert escaped_as_go(line)
-    payload = line.removeprefix(b"data: ").rstrip(b"\n")
+    payload = line.removeprefix(b"event: error\n").removeprefix(b"data: ").rstrip(b"\n")
     assert go_marshal(orjson.loads(payload)) == payload
