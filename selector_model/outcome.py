@@ -7,7 +7,10 @@ and a weight, the strength of the evidence:
 - An explicit rating, `POST /api/autoroute/feedback` with `rating` in [0, 1], wins over
   every implicit signal about the same request: a thumbs-up is 1, a thumbs-down 0
   (several ratings of one request: their mean). Weight `RATED`.
-- An error, or the client cancelling before the end: 0 (weight `FAILED`).
+- An error, or the client cancelling before the end: 0 (weight `FAILED`). Not a client
+  that left before the answer began (no status: nothing of it reached the client, as
+  when an editor cancels a completion at the next keystroke): it judged nothing of
+  the answer, and counted it would let any client drive a model's estimate to 0.
 - The same prompt (its SHA-256) sent again by the same user with the same API key
   (`retry_key`) to the same model name (`auto`, `auto:best`, ...) after the first
   answer ended and within `RETRY_WINDOW_SECONDS` of its end: the first answer failed,
@@ -21,8 +24,8 @@ and a weight, the strength of the evidence:
   estimate of a model it says nothing beyond the answer not failing (`against`).
 
 A request the client got a 4xx for (bad input, a model it may not use) ran no model:
-it has no outcome. Outcomes of 0.5 and above count as a success where a yes or no is
-needed (`success`).
+it has no outcome; nor has one the client left before its answer began. Outcomes of
+0.5 and above count as a success where a yes or no is needed (`success`).
 """
 
 from __future__ import annotations
@@ -63,8 +66,10 @@ def rated(rating: float) -> Result:
 
 def implicit(outcome: Mapping[str, Any], retried: bool = False) -> Result | None:
     """The outcome of a usage event's `outcome` object without any rating, or None
-    when no model answered (a 4xx)."""
+    when no model answered (a 4xx) or the client left before the answer began."""
     status = outcome.get("status")
+    if outcome.get("cancelled") and not status:
+        return None
     if outcome.get("error") or (isinstance(status, int) and status >= 500):
         return Result(0.0, FAILED, "error")
     if isinstance(status, int) and status >= 400:

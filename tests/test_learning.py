@@ -32,7 +32,7 @@ from selector_model.features import AREAS, REQUEST_FEATURES, Candidate
 from selector_model.kind import kind_of
 from selector_model.policy import largest, pick, rank
 from selector_model.posterior import choose
-from tests.support import Emulator, Proxy, ServerThread
+from tests.support import Emulator, Proxy, ServerThread, wait_until
 from tests.test_auth_postgres import REFRESH, status_becomes
 from tests.usage_services import Database
 from training.data import prompt_request
@@ -1147,3 +1147,45 @@ async def test_implicit_signals_through_the_proxy(
     assert row["evidence"]["count"] == pytest.approx(count)
     expected = row["evidence"]["expected"]
     assert row["evidence"]["mean"] == pytest.approx(outcome.COMPLETED * expected / count, abs=1e-3)
+
+
+async def test_a_client_that_leaves_before_the_answer_began_says_nothing_of_the_model(
+    servers: ServerThread, tmp_path: Path
+) -> None:
+    """A client that leaves before any byte of the answer reached it (an editor that
+    cancels a completion at the next keystroke, a client's timeout, a storm of
+    cancelled requests) judged nothing of the answer: its request counts neither for
+    nor against the model, or any client could drive a model's estimate to nothing."""
+    emu = Emulator(servers, EmulatorSettings(models=MODELS, frozen_clock=True, chunk_delay_ms=1))
+    usage = Usage(file_path=str(tmp_path / "events.jsonl"), spool_dir=str(tmp_path / "spool"))
+    prx = Proxy(servers, [emu.url], selector=_selector(tmp_path), usage=usage)
+    model = MODELS[0]
+    only = {**_math(1), "model": "auto:only-0"}
+    # A whole answer (`stream: false`) of 100k tokens: nothing of it reaches the client
+    # before the client leaves.
+    long = {**only, "options": {"num_predict": 100_000}}
+
+    async def leave_early(session: aiohttp.ClientSession) -> None:
+        left = emu.state.cancelled + 1
+        task = asyncio.create_task(session.post(prx.url + "/api/chat", json=long))
+        assert await wait_until(lambda: emu.state.active_streams > 0)
+        task.cancel()
+        assert await wait_until(lambda: emu.state.cancelled >= left)
+
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(3):
+                await leave_early(session)
+            assert (await _ask(session, prx.url, only))[0] == model  # one completed answer
+            row: dict[str, Any] = {}
+            for _ in range(400):
+                doc = await _explain(session, prx.url, _math(2))
+                row = {r["model"]: r for r in doc["ranking"]}[model]
+                if row["evidence"]["count"] >= outcome.COMPLETED:
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        prx.stop()
+        emu.stop()
+    # The completed answer alone (its events come in the order the requests ended).
+    assert row["evidence"]["count"] == pytest.approx(outcome.COMPLETED)

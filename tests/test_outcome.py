@@ -47,6 +47,8 @@ def test_each_signal_and_a_rating_winning_over_them() -> None:
     assert graded(answered("r", "x", status=502)).value == 0.0
     assert graded(answered("r", "x", cancelled=True)).source == "cancelled"
     assert outcome.of_event(answered("r", "x", status=400)) is None  # no model ran
+    # The client left before the answer began (no status): it judged nothing of it.
+    assert outcome.of_event(answered("r", "x", status=0, cancelled=True)) is None
     # A thumbs-up on a cancelled answer, a thumbs-down on a completed one: the rating.
     assert graded({**answered("r", "x", cancelled=True), "rating": 1}).value == 1.0
     assert outcome.of_event({**base, "rating": 0}) == outcome.Result(0.0, outcome.RATED, "rating")
