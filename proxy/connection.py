@@ -362,7 +362,20 @@ class ClientConnection(RequestHandler):
             self._line is not None or (self._head_bytes == 0 and count == 0)
         ) and self._line_refused(data):
             return
-        super().data_received(data)
+        end = data.find(b"\r\n\r\n") + 4
+        if 4 <= end < len(data) and b"chunked" in data[:end].lower():
+            # The end of a head with chunked framing and bytes after it: the head goes
+            # to the parser alone, as Go reads a head before any of its body. A body
+            # that breaks in this read then fails that request's read of it (Ollama's
+            # 400), rather than failing the whole read, head and all, as one
+            # unparsable request. (A length-framed body cannot break; where these bytes
+            # are body, the cut changes nothing: the parser reads on from where it
+            # stopped.) A head refused is the read's error: nothing after it is read.
+            super().data_received(data[:end])
+            if queued_error(self) is None:
+                super().data_received(data[end:])
+        else:
+            super().data_received(data)
         # Requests that came whole in this read, before any bytes behind them that do
         # not parse: each is queued, and answered, before those bytes are refused.
         feed_held_back(self, super().data_received)

@@ -751,24 +751,29 @@ def patient(servers: ServerThread, emulator: Emulator) -> Iterator[Proxy]:
     ["/api/generate", "/api/autoroute/explain", "/api/copy", "/api/blobs/sha256:" + "0" * 64],
     ids=["model-routed", "own-endpoint", "read-whole", "upload"],
 )
+@pytest.mark.parametrize("together", [False, True], ids=["later-read", "same-read"])
 async def test_a_chunked_body_that_breaks_gets_ollamas_400_at_once(
-    patient: Proxy, path: str, framing: bytes, error: str
+    patient: Proxy, path: str, framing: bytes, error: str, together: bool
 ) -> None:
-    """Chunked framing that breaks after the head was taken (its bytes come in a
-    later read): Go's chunked reader fails the handler's read of the body at once, and
-    Ollama answers that error, 400 `{"error": ...}`, and closes the connection. The
-    proxy's read of the body fails likewise, never waiting for bytes that cannot make
-    a body (an upload streamed to the backend too), and others are served."""
+    """Chunked framing that breaks after the head (its bytes in a later read, or in
+    the head's own): Go reads the head alone, its chunked reader fails the handler's
+    read of the body at once, and Ollama answers that error, 400 `{"error": ...}`, and
+    closes the connection, however the bytes came. The proxy's read of the body fails
+    likewise, never waiting for bytes that cannot make a body (an upload streamed to
+    the backend too), and others are served."""
     sock = await connect(patient.port)
     loop = asyncio.get_running_loop()
+    head = (
+        b"POST %s HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n" % path.encode()
+    )
+    body = b'4\r\n{"a"\r\n' + framing
     try:
-        await loop.sock_sendall(
-            sock,
-            b"POST %s HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
-            % path.encode(),
-        )
-        await asyncio.sleep(0.2)  # the handler is reading the body
-        await loop.sock_sendall(sock, b'4\r\n{"a"\r\n' + framing)
+        if together:
+            await loop.sock_sendall(sock, head + body)
+        else:
+            await loop.sock_sendall(sock, head)
+            await asyncio.sleep(0.2)  # the handler is reading the body
+            await loop.sock_sendall(sock, body)
         answer = await read_until_closed(sock, 10)
     finally:
         sock.close()
