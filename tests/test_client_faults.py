@@ -785,6 +785,56 @@ async def test_a_chunked_body_that_breaks_gets_ollamas_400_at_once(
     assert (await generate(patient.url))["done"] is True
 
 
+# What Ollama answers a chunked body that breaks, by route: its handler's read of the
+# body fails (Go's chunked reader) and it answers that error; CreateBlobHandler answers
+# the failure of its copy of the body with a 500 (server/routes.go).
+BROKEN_BODY_ANSWERS = {
+    "/api/generate": (400, {"error": "invalid byte in chunk length"}),
+    "/api/show": (400, {"error": "invalid byte in chunk length"}),
+    "/v1/chat/completions": (
+        400,
+        {
+            "error": {
+                "message": "invalid byte in chunk length",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": None,
+            }
+        },
+    ),
+    "/api/blobs/sha256:" + "0" * 64: (500, {"error": "invalid byte in chunk length"}),
+}
+
+
+@pytest.mark.parametrize("together", [False, True], ids=["later-read", "same-read"])
+@pytest.mark.parametrize("path", list(BROKEN_BODY_ANSWERS))
+async def test_the_emulator_answers_a_chunked_body_that_breaks_as_ollama_does(
+    emulator: Emulator, path: str, together: bool
+) -> None:
+    sock = await connect(emulator.port)
+    loop = asyncio.get_running_loop()
+    head = (
+        b"POST %s HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n" % path.encode()
+    )
+    body = b'4\r\n{"a"\r\nzz\r\n'
+    try:
+        if together:
+            await loop.sock_sendall(sock, head + body)
+        else:
+            await loop.sock_sendall(sock, head)
+            await asyncio.sleep(0.2)  # the handler is reading the body
+            await loop.sock_sendall(sock, body)
+        answer = await read_until_closed(sock, 10)
+    finally:
+        sock.close()
+    status, error = BROKEN_BODY_ANSWERS[path]
+    line, _, rest = answer.partition(b"\r\n")
+    assert line.startswith(b"HTTP/1.1 %d " % status), answer
+    head_lines, _, got = rest.partition(b"\r\n\r\n")
+    assert b"connection: close" in head_lines.lower()
+    assert orjson.loads(got) == error
+
+
 async def test_a_body_that_breaks_after_the_backend_answered_leaves_that_answer(
     patient: Proxy, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -11,11 +11,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from yarl import URL
 
 from proxy import expect, go_mux
 from proxy.connection import ClientConnection
-from proxy.errors import gin_not_found, gin_refusal
+from proxy.errors import error_response, gin_not_found, gin_refusal
 from proxy.go_types import BodyError
 from proxy.header_values import utf8
 from proxy.origins import ORIGIN, Origins, add_headers
@@ -48,6 +49,7 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = tuple(
 _READS_BODY = frozenset({"POST", "DELETE"})
 FAULT_PATHS = frozenset({"/api/generate", "/api/chat", "/v1/chat/completions", "/v1/completions"})
 _RUNNER_DIED = "llama runner process has terminated: exit status 2"
+_BLOBS = "/api/blobs/"
 _GARBAGE = b"\x00\x16\x03 this is not HTTP \xff\xfe\r\n\r\n"
 
 
@@ -205,6 +207,14 @@ async def _gin(request: web.Request, handler: Handler) -> web.StreamResponse:
             # the body, which every Ollama handler of these methods reads first.
             await expect.before_reading(request)
         return await handler(request)
+    except RequestPayloadError as exc:
+        # A body whose framing broke: Go's chunked reader fails the handler's read of
+        # it, and Ollama answers that error (CreateBlobHandler, failing its copy of the
+        # body, with a 500; the others with their 400), then closes the connection.
+        status = 500 if request.path.startswith(_BLOBS) else 400
+        response = error_response(request.path, status, str(exc))
+        response.force_close()
+        return response
     except web.HTTPMethodNotAllowed:
         return gin_refusal(request.path)
     except web.HTTPNotFound:
