@@ -218,6 +218,12 @@ RANKED_PATHS: tuple[str, ...] = tuple(
 )
 
 
+def runs_a_model(route: Route | None, method: str) -> bool:
+    """Whether a request to `route` (`find` of its path) with `method` runs a model:
+    any other method on the path runs nothing (the backend answers gin's 405)."""
+    return route is not None and route.inference and (not route.methods or method in route.methods)
+
+
 def runs_model(path: str) -> bool:
     route = find(path)
     return route is not None and route.inference

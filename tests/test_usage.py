@@ -170,6 +170,39 @@ async def test_default_sink_is_a_jsonl_file_and_stats_come_from_memory(
     assert table[0]["outcome.status"] == 200 and table[0]["client.user"] is None
 
 
+async def test_a_method_an_inference_route_does_not_serve_leaves_no_event(
+    file_proxy: Proxy,
+) -> None:
+    """A GET, HEAD, OPTIONS, PUT or DELETE on a path that runs a model with a POST
+    runs nothing (the backend answers gin's 405): no usage event, as for `/api/show`;
+    the request that does run one has its event, the one in the file."""
+    path = file_proxy.config.usage.file_path
+    try:
+        async with aiohttp.ClientSession(file_proxy.url) as http:
+            for method, route in [
+                ("GET", "/api/chat"),
+                ("HEAD", "/api/generate"),
+                ("OPTIONS", "/api/chat"),
+                ("PUT", "/v1/chat/completions"),
+                ("DELETE", "/api/embed"),
+                ("GET", "/v1/messages"),
+            ]:
+                async with http.request(method, route) as resp:
+                    assert resp.status == 405
+            body = {"model": MODEL, "prompt": "p", "stream": False}
+            async with http.post("/api/generate", json=body) as resp:
+                ran = resp.headers["X-Request-Id"]
+
+            async def written() -> bool:
+                return bool(await read_bytes(path))
+
+            await wait_for(written, what="an event in the file")
+    finally:
+        file_proxy.stop()  # flushes every event queued
+    events = [orjson.loads(line) for line in (await read_bytes(path)).splitlines()]
+    assert [e["request_id"] for e in events] == [ran]
+
+
 async def _autoroute(*args: str) -> None:
     """The real command line, in its own process."""
     await asyncio.to_thread(

@@ -25,6 +25,7 @@ from aiohttp import web
 from proxy import header_values, tasks
 from proxy.config import Usage
 from proxy.outcome import Outcome
+from proxy.routes import runs_a_model
 from proxy.usage import event as ev
 from proxy.usage.file_sink import FileSink
 from proxy.usage.kafka import KafkaSink
@@ -90,8 +91,7 @@ class UsagePipeline:
         was let in and runs a model (not `/api/show`, which editors poll and which would
         drown the real traffic)."""
         decided = outcome.decided
-        route = decided.route
-        if decided.refused or route is None or not route.inference or self._wake is None:
+        if decided.refused or not runs_a_model(decided.route, request.method) or self._wake is None:
             return
         headers = request.headers
         key_id = decided.key_id
