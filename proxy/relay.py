@@ -32,7 +32,7 @@ from proxy.outcome import Served
 from proxy.protocol import HOP_BY_HOP, NDJSON, REQUEST_ID_HEADER, SSE
 from proxy.relayed_response import RelayedResponse
 from proxy.request_encoding import DECODED
-from proxy.routes import runs_model
+from proxy.routes import silent_at_length
 from proxy.upstream import Answer, UpstreamConnection
 from proxy.upstream_errors import ConnectFailed, IdleTimeout, StaleConnection, UpstreamError
 
@@ -158,10 +158,11 @@ class Relay:
                 # is the request's own length, which the client sets: the model's
                 # loading and the prompt's evaluation before a stream's first chunk,
                 # the whole generation before an answer that comes whole (`stream:
-                # false`, OpenAI's default, embeddings). Not the backend failing (a
-                # hung backend fails its health checks), and it would take as long on
-                # another.
-                own_length = isinstance(exc, IdleTimeout) and runs_model(request.path)
+                # false`, OpenAI's default, embeddings); so is a pull's, push's or
+                # create's before its whole answer, the length of its work. Not the
+                # backend failing (a hung backend fails its health checks), and it
+                # would take as long on another.
+                own_length = isinstance(exc, IdleTimeout) and silent_at_length(request.path)
                 if not own_length:
                     state.failed(str(exc))
                 log.warning("backend %s failed before answering: %s", state.label, exc)

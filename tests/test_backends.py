@@ -1118,3 +1118,52 @@ async def test_a_messages_stream_that_fails_ends_with_anthropics_error_event(
     error = orjson.loads(data.removeprefix(b"data: "))
     assert error["type"] == "error" and error["error"]["type"] == "api_error"
     assert "connection closed by backend" in error["error"]["message"]
+
+
+def _slow_admin_app() -> web.Application:
+    """A backend whose pull, push and create answer whole (`stream: false`) once their
+    work is done, after a silence: a download, an upload, a quantization."""
+
+    async def whole_after_work(request: web.Request) -> web.Response:
+        await request.read()
+        await asyncio.sleep(1.0)
+        return web.json_response({"status": "success"})
+
+    app = _lists_app({"models": [{"name": SHARED, "model": SHARED, "digest": "d1", "size": 1}]})
+    for path in ("/api/pull", "/api/push", "/api/create"):
+        app.router.add_post(path, whole_after_work)
+    return app
+
+
+@pytest.mark.parametrize("path", ["/api/pull", "/api/push", "/api/create"])
+async def test_a_pulls_silence_before_its_whole_answer_opens_no_circuit(
+    servers: ServerThread, path: str
+) -> None:
+    """A pull, push or create asked with `stream: false` is answered once its work is
+    done (Ollama's waitForStream): its silence until then is the length of the work
+    the client asked for (a download's, a quantization's), not the backend failing.
+    Past `idle_read_seconds` the client gets the 502; the backend's circuit counts
+    nothing, or one client's pulls would take a backend away from every client."""
+    from proxy.config import Timeouts
+
+    port = free_port()
+    runner = servers.serve(_slow_admin_app, port)
+    url = f"http://127.0.0.1:{port}"
+    proxy = Proxy(
+        servers,
+        [url],
+        timeouts=Timeouts(idle_read_seconds=0.3),
+        health=Health(interval_seconds=60, failure_threshold=1),
+    )
+    body = {"model": "mine", "stream": False}
+    if path == "/api/create":
+        body["from"] = SHARED
+    try:
+        status, answer = await post(proxy.url, path, body)
+        assert status == 502 and "no data from backend" in orjson.loads(answer)["error"]
+        assert await scrape_failures(proxy.url, url) == (0, "closed")
+        status, _ = await post(proxy.url, "/api/generate", generate(SHARED))
+        assert status != 503  # the backend is still there for everyone
+    finally:
+        proxy.stop()
+        servers.stop(runner)
