@@ -294,16 +294,33 @@ class Answer:
             self.answered.set_result(None)
 
 
+# The most of one answer a `BufferedAnswer` holds: far above any real model list,
+# `show` or admin answer, far below what a broken or foreign server can send (an
+# answer without an end would hold the proxy's memory until it is killed).
+MAX_DOCUMENT_BYTES = 64 << 20
+
+
 class BufferedAnswer(Answer):
     """A whole answer in memory: for the small documents the proxy reads itself
-    (health checks, merged lists, `show`) and for the replicas of admin requests."""
+    (health checks, merged lists, `show`) and for the replicas of admin requests. One
+    over `MAX_DOCUMENT_BYTES` fails the exchange."""
 
     def __init__(self) -> None:
         super().__init__()
         self._parts: list[bytes] = []
+        self._size = 0
 
     def on_body(self, data: bytes) -> None:
+        self._size += len(data)
+        if self._size > MAX_DOCUMENT_BYTES:
+            raise ProtocolError(f"answer over {MAX_DOCUMENT_BYTES} bytes")
         self._parts.append(data)
+
+    def on_error(self, exc: Exception) -> None:
+        # What came of a failed answer is of no use, and the error (its traceback
+        # reaches this answer) may outlive the exchange until a cyclic collection.
+        self._parts = []
+        super().on_error(exc)
 
     async def collect(self) -> bytes:
         """Wait for the end of the answer, give the connection back, and return the

@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy import upstream
 from proxy.app import APP_KEY
 from proxy.backends import BackendPool, StatusError
 from proxy.config import Backend, Config, Health
@@ -1164,6 +1165,56 @@ async def test_a_pulls_silence_before_its_whole_answer_opens_no_circuit(
         assert await scrape_failures(proxy.url, url) == (0, "closed")
         status, _ = await post(proxy.url, "/api/generate", generate(SHARED))
         assert status != 503  # the backend is still there for everyone
+    finally:
+        proxy.stop()
+        servers.stop(runner)
+
+
+def _huge_tags_app(size: int) -> web.Application:
+    """A backend whose `/api/tags` is a chunked document of some `size` bytes: a broken
+    or foreign server can send such a document, or one without an end."""
+
+    async def tags(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        model = SHARED.encode()
+        await resp.write(b'{"models":[{"name":"%b","model":"%b"}],"x":"' % (model, model))
+        for _ in range(size >> 16):
+            await resp.write(b"a" * (1 << 16))
+        await resp.write(b'"}')
+        return resp
+
+    async def ps(request: web.Request) -> web.Response:
+        return web.json_response({"models": []})
+
+    app = web.Application()
+    app.router.add_get("/api/tags", tags)
+    app.router.add_get("/api/ps", ps)
+    return app
+
+
+async def test_a_document_over_the_bound_from_a_backend_is_refused_not_held(
+    servers: ServerThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The documents the proxy reads itself (model lists, `show`) are held whole in
+    memory, so they are bounded: a backend sending one larger than
+    `upstream.MAX_DOCUMENT_BYTES` (or one without an end) fails that request, as an
+    answer that is no HTTP does, rather than growing the proxy's memory until it is
+    killed with every client's stream. (The bound is made small here.)"""
+    port = free_port()
+    runner = servers.serve(lambda: _huge_tags_app(4 << 20), port)
+    proxy = Proxy(servers, [f"http://127.0.0.1:{port}"], health=Health(interval_seconds=60))
+    try:
+        async with aiohttp.ClientSession() as session:
+            monkeypatch.setattr(upstream, "MAX_DOCUMENT_BYTES", 8 << 20)
+            async with session.get(proxy.url + "/api/tags") as resp:
+                assert resp.status == 200  # within the bound: the list
+                assert SHARED in [m["name"] for m in (await resp.json())["models"]]
+            monkeypatch.setattr(upstream, "MAX_DOCUMENT_BYTES", 1 << 20)
+            async with session.get(proxy.url + "/api/tags") as resp:
+                assert resp.status == 502
+                assert (await resp.json())["error"].startswith("no backend answered")
     finally:
         proxy.stop()
         servers.stop(runner)

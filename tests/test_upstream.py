@@ -5,15 +5,24 @@ it may, and failures reach the sink as their own error types."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
+import tracemalloc
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from proxy import upstream
 from proxy.http11 import ResponseHead, dechunk
-from proxy.upstream import Answer, ConnectionPool, UpstreamConnection
-from proxy.upstream_errors import ConnectionLost, IdleTimeout, ProtocolError, StaleConnection
+from proxy.upstream import Answer, BufferedAnswer, ConnectionPool, UpstreamConnection
+from proxy.upstream_errors import (
+    ConnectionLost,
+    IdleTimeout,
+    ProtocolError,
+    StaleConnection,
+    UpstreamError,
+)
 
 
 class FakeTransport(asyncio.Transport):
@@ -350,3 +359,43 @@ def test_a_closed_connection_tells_its_sink_nothing_more() -> None:
 
     sink = asyncio.run(run())
     assert sink.events == ["head"] and not sink.ended.done()
+
+
+@pytest.mark.parametrize("failure", ["over-the-bound", "connection-lost"])
+def test_a_buffered_answer_that_fails_holds_none_of_its_body(
+    failure: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A document the proxy reads itself fails past `MAX_DOCUMENT_BYTES` (or when the
+    backend goes away); what had come of it is let go with the failure, not held
+    until a cyclic collection by the error it raised (whose traceback reaches the
+    answer): a backend failing such answers again and again must not pile them up."""
+    monkeypatch.setattr(upstream, "MAX_DOCUMENT_BYTES", 4 << 20)
+    piece = b"%x\r\n%b\r\n" % (1 << 16, b"a" * (1 << 16))
+
+    async def run() -> int:
+        conn, _transport, _ = started()
+        answer = BufferedAnswer()
+        answer.bind(conn)
+        conn.send("GET", b"GET /api/tags HTTP/1.1\r\n\r\n", b"", 5.0, answer)
+        conn.data_received(HEAD)
+        for _ in range(80 if failure == "over-the-bound" else 32):  # 5 MB, or 2
+            if conn.transport is None:
+                break
+            conn.data_received(bytes(bytearray(piece)))  # a new object each time
+        if failure == "connection-lost":
+            conn.connection_lost(None)
+        with pytest.raises(UpstreamError):
+            await answer.collect()
+        held = tracemalloc.get_traced_memory()[0]
+        del answer, conn
+        return held
+
+    gc.disable()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        held = asyncio.run(run())
+    finally:
+        tracemalloc.stop()
+        gc.enable()
+    assert held - before < 1 << 20
