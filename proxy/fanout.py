@@ -117,22 +117,29 @@ class Fanout:
         body: bytes,
         primary: BackendState,
         change: ModelChange | None = None,
+        waits: bool = False,
     ) -> list[asyncio.Task[None]]:
         """Send the request to every usable backend but `primary`, in the background:
         the client's answer is the primary's alone. What it changes in a backend's
         model list (`change`) is applied as that backend's answer says it succeeded.
-        The replicas' tasks, for the caller to cancel should the client leave."""
+        The replicas' tasks, for the caller to cancel should the client leave.
+        `waits`: see `Relay.forward`."""
         return [
-            self.spawn(self._replicate(request, other, body, change))
+            self.spawn(self._replicate(request, other, body, change, waits))
             for other in self.backends.usable(exclude=[primary])
         ]
 
     async def _replicate(
-        self, request: web.Request, state: BackendState, body: bytes, change: ModelChange | None
+        self,
+        request: web.Request,
+        state: BackendState,
+        body: bytes,
+        change: ModelChange | None,
+        waits: bool,
     ) -> None:
         try:
             answer = BufferedAnswer()
-            head = await self.relay.exchange(request, state, body, answer)
+            head = await self.relay.exchange(request, state, body, answer, waits=waits)
             text = await answer.collect()
         except Exception as exc:  # a replica failing must not touch the client's answer
             log.warning("%s %s on %s failed: %s", request.method, request.path, state.label, exc)

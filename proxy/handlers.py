@@ -53,6 +53,7 @@ AUTOROUTE_HEADERS = (
 )
 SHOW_PATH = "/api/show"
 CREATE_PATH = "/api/create"
+_WHOLE_AFTER_WORK = frozenset({"/api/pull", "/api/push", CREATE_PATH})
 LOADING_PATHS = ("/api/generate", "/api/chat")
 OPENAI_CHAT_PATH = "/v1/chat/completions"
 V1_MODEL_PREFIX = "/v1/models/"
@@ -476,16 +477,26 @@ class Handlers:
         model = model_changes.named(doc, "source", "model", "name") or None
         change = model_changes.change_of(request.method, request.path, doc)
         creating = request.path == CREATE_PATH
+        # Asked with `stream: false`, a pull, push or create is answered once its work
+        # is done (Ollama's waitForStream): a download, an upload, a quantization, of
+        # any length, with nothing sent before.
+        waits = (
+            request.path in _WHOLE_AFTER_WORK
+            and isinstance(doc, dict)
+            and doc.get("stream") is False
+        )
         primary = self._create_target(doc) if creating else self.backends.choose(model)
         replicas: list[asyncio.Task[None]] = []
         if self.config.routing.admin_target == "all" and not creating:
-            replicas = self.fanout.replicate(request, body, primary, change)
+            replicas = self.fanout.replicate(request, body, primary, change, waits)
         watch = None
         if change is not None:
             watch = model_changes.ChangeWatch(self.backends, primary, change)
         served = request[OUTCOME].served
         try:
-            return await self.relay.forward(request, served, body, model, only=primary, watch=watch)
+            return await self.relay.forward(
+                request, served, body, model, only=primary, watch=watch, waits=waits
+            )
         except asyncio.CancelledError:
             # The client left: Ollama stops a pull or push whose client leaves, and the
             # replicas are that client's request too (a download of many gigabytes on

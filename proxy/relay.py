@@ -32,7 +32,7 @@ from proxy.outcome import Served
 from proxy.protocol import HOP_BY_HOP, NDJSON, REQUEST_ID_HEADER, SSE
 from proxy.relayed_response import RelayedResponse
 from proxy.request_encoding import DECODED
-from proxy.routes import silent_at_length
+from proxy.routes import runs_model
 from proxy.upstream import Answer, UpstreamConnection
 from proxy.upstream_errors import ConnectFailed, IdleTimeout, StaleConnection, UpstreamError
 
@@ -113,12 +113,15 @@ class Relay:
         fallback: Fallback | None = None,
         capture: Capture | None = None,
         watch: Watch | None = None,
+        waits: bool = False,
     ) -> web.StreamResponse:
         """Relay to the best backend for `model`; `body=None` streams the client's body
         (uploads), which cannot be replayed, so it is never retried. `capture` records
         the answer as the client gets it, for the response cache; `watch` reads it
         before the client does (one backend's answer, `only`, with neither `fallback`
-        nor `capture`). A retry goes only
+        nor `capture`). `waits`: the answer comes whole once work of any length is
+        done (a pull asked with `stream: false`), so the backend's silence before it is
+        not bounded by `idle_read_seconds`. A retry goes only
         to another backend that has the model; when none is left, the client gets the
         last backend's own answer, whatever its status. With a `fallback`, a backend
         saying it cannot serve (502, 503, 504) is not the client's answer either, and
@@ -151,18 +154,17 @@ class Relay:
             else:
                 client = WatchedLeg(watch, request, outcome, may_retry, write_idle=self.write_idle)
             try:
-                head = await self.exchange(request, state, body, client, outcome.request_id)
+                head = await self.exchange(request, state, body, client, outcome.request_id, waits)
             except UpstreamError as exc:
                 state.end(model)
                 # On a route that runs a model, its silence before the answer's head
                 # is the request's own length, which the client sets: the model's
                 # loading and the prompt's evaluation before a stream's first chunk,
                 # the whole generation before an answer that comes whole (`stream:
-                # false`, OpenAI's default, embeddings); so is a pull's, push's or
-                # create's before its whole answer, the length of its work. Not the
-                # backend failing (a hung backend fails its health checks), and it
-                # would take as long on another.
-                own_length = isinstance(exc, IdleTimeout) and silent_at_length(request.path)
+                # false`, OpenAI's default, embeddings). Not the backend failing (a
+                # hung backend fails its health checks), and it would take as long on
+                # another.
+                own_length = isinstance(exc, IdleTimeout) and runs_model(request.path)
                 if not own_length:
                     state.failed(str(exc))
                 log.warning("backend %s failed before answering: %s", state.label, exc)
@@ -227,11 +229,13 @@ class Relay:
         body: bytes | None,
         sink: Answer,
         request_id: str = "",
+        waits: bool = False,
     ) -> ResponseHead:
         """Send the request to `state`'s backend; its answer goes to `sink` from the
         upstream connection's callbacks (a client's starts flowing to the client as
         soon as the head is parsed). The head, once it came; the connection is then
-        `sink.conn`, for its owner to give back."""
+        `sink.conn`, for its owner to give back. `waits`: see `forward`."""
+        idle = None if waits else self.idle
         # A pooled connection the backend has since closed fails before any answer;
         # that says nothing about the backend, so try again on another connection.
         while True:
@@ -245,7 +249,7 @@ class Relay:
             )
             sink.bind(conn)
             try:
-                conn.send(request.method, head_bytes, body or b"", self.idle, sink)
+                conn.send(request.method, head_bytes, body or b"", idle, sink)
                 if body is None:
                     await self._upload(request, conn, sink.answered)
                 return await sink.response_head()

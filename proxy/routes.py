@@ -224,19 +224,6 @@ def runs_a_model(route: Route | None, method: str) -> bool:
     return route is not None and route.inference and (not route.methods or method in route.methods)
 
 
-# Changes to the model store that last as long as their work (a download, an upload,
-# a quantization): asked with `stream: false`, Ollama answers once it is done.
-_WORKS_AT_LENGTH = frozenset({"/api/pull", "/api/push", "/api/create"})
-
-
-def silent_at_length(path: str) -> bool:
-    """Whether a backend's silence before its answer to a request on `path` is the
-    request's own length, the work its client asked for, rather than the backend
-    failing: a route that runs a model (its loading, its prompt, a whole answer), or
-    a pull, push or create."""
-    return runs_model(path) or path in _WORKS_AT_LENGTH
-
-
 def runs_model(path: str) -> bool:
     route = find(path)
     return route is not None and route.inference

@@ -143,18 +143,21 @@ class UpstreamConnection(asyncio.Protocol):
 
     # Exchange lifecycle
 
-    def send(self, method: str, head: bytes, body: bytes, idle_timeout: float, sink: Sink) -> None:
+    def send(
+        self, method: str, head: bytes, body: bytes, idle_timeout: float | None, sink: Sink
+    ) -> None:
         """Start an exchange whose answer goes to `sink`. The backend may stay silent
         for at most `idle_timeout` seconds at a time (waiting for the head or between
-        chunks; while a streamed body goes up, since it last took a piece of it);
-        there is no bound on the whole exchange, since loading a model or a long
-        answer is legitimate."""
+        chunks; while a streamed body goes up, since it last took a piece of it), for
+        any time with None; there is no bound on the whole exchange, since loading a
+        model or a long answer is legitimate."""
         assert self.transport is not None
         self._reader = ResponseReader(method)
         self._sink = sink
-        self._idle_timeout = idle_timeout
         self.last_read = self.loop.time()
-        self._watchdog = self.loop.call_at(self.last_read + idle_timeout, self._check_idle)
+        if idle_timeout is not None:
+            self._idle_timeout = idle_timeout
+            self._watchdog = self.loop.call_at(self.last_read + idle_timeout, self._check_idle)
         self.transport.write(head + body if body else head)
 
     def release(self) -> None:
