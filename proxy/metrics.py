@@ -7,7 +7,8 @@ scrapes, by a collector, so they cost nothing between scrapes.
 
 Label values are bounded: a route is labelled as the route table (`proxy.routes`)
 names it and a path outside the table counts as `other`; a model label is only a model
-some backend lists (or an `auto` name), anything else a client sends counts as `other`.
+some backend lists (or an `auto` name), as Ollama reads it (lower case, with its tag),
+and anything else a client sends counts as `other`.
 """
 
 from __future__ import annotations
@@ -111,7 +112,9 @@ class Metrics:
         if normal.startswith("auto:") or any(
             s.models and normal in s.models for s in self.backends.states
         ):
-            label = name
+            # Ollama's reading of the name, not the client's spelling of it: every case
+            # mix and registry prefix of one model is one series, not one each.
+            label = normal
             if len(self._model_labels) < _MAX_MODEL_LABELS:
                 self._model_labels[name] = label
             return label

@@ -177,3 +177,20 @@ async def test_usage_events_that_could_not_be_built_are_counted(
         m = await scrape(http)
     assert m[("autoroute_usage_invalid_total", frozenset())] == 1
     assert value(m, "autoroute_usage_events_total", sink="file", outcome="queued") == 1
+
+
+async def test_spellings_of_one_model_share_one_label(metered: Proxy) -> None:
+    """Ollama reads a model name case-insensitively, with or without its registry and
+    namespace: each spelling a client sends is the same model, and one series. Labelled
+    as sent, a client could make a new series per request (every case mix of a name)."""
+    spellings = ("LLAMA3.1:8B", "Llama3.1:8b", "registry.ollama.ai/library/llama3.1:8b")
+    async with aiohttp.ClientSession(metered.url) as http:
+        for name in spellings:
+            body = {"model": name, "prompt": "hi", "stream": False}
+            async with http.post("/api/generate", json=body) as resp:
+                assert resp.status == 200
+        m = await scrape(http)
+    req = "autoroute_requests_total"
+    assert value(m, req, route="/api/generate", status="200", model=MODEL) == 3
+    models = {dict(labels).get("model") for name, labels in m if name == req}
+    assert not models & set(spellings)
