@@ -113,7 +113,7 @@ async def serve(config: Config) -> None:
         extra={
             "fields": {
                 "address": f"http://{config.listen.host}:{config.listen.port}",
-                "backends": [b.url for b in config.backends],
+                "backends": [b.shown_url for b in config.backends],
             }
         },
     )

@@ -84,8 +84,15 @@ class Backend:
     warm: tuple[str, ...] = ()
 
     @property
+    def shown_url(self) -> str:
+        """The URL without its credentials (`http://user:password@host`, which the
+        backend's requests carry): what logs, metrics, status pages and usage events
+        name, none of which may hold a password."""
+        return without_userinfo(self.url)
+
+    @property
     def label(self) -> str:
-        return self.name or self.url
+        return self.name or self.shown_url
 
     def public_label(self, index: int) -> str:
         """Its name for a caller who may not learn its URL (the public probes with keys
@@ -528,11 +535,11 @@ class Config:
         for backend in self.backends:
             parts = urlsplit(backend.url)
             if parts.scheme != "http" or not parts.hostname:
-                raise ConfigError(f"backends: {backend.url!r} is not an http:// URL")
+                raise ConfigError(f"backends: {backend.shown_url!r} is not an http:// URL")
             port = parts.port or 80
             if port == self.listen.port and _is_own_address(parts.hostname, self.listen.host):
                 raise ConfigError(
-                    f"backends: {backend.url} is the proxy's own address "
+                    f"backends: {backend.shown_url} is the proxy's own address "
                     f"{self.listen.host}:{self.listen.port}; it would forward to itself"
                 )
         for name, provider in self.cloud.providers.items():
@@ -600,6 +607,13 @@ def _local_addresses() -> set[str]:
         return {str(info[4][0]) for info in socket.getaddrinfo(socket.gethostname(), None)}
     except OSError:
         return set()
+
+
+def without_userinfo(url: str) -> str:
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
 T = TypeVar("T")

@@ -144,7 +144,7 @@ def _backend(state: BackendState, now: float) -> dict[str, Any]:
     ]
     return {
         "name": state.label,
-        "url": state.config.url,
+        "url": state.config.shown_url,
         "circuit": circuit,
         "healthy": circuit != "open" and not state.last_error,
         "failures": state.breaker.failures,

@@ -540,7 +540,7 @@ class Handlers:
         for s in self.backends.states:
             backend: dict[str, object] = {"name": s.label if fleet else s.public_label}
             if fleet:
-                backend["url"] = s.config.url
+                backend["url"] = s.config.shown_url
             backend["circuit"] = s.breaker.state(now)
             if fleet:
                 backend["in_flight"] = s.in_flight

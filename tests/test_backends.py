@@ -1227,3 +1227,47 @@ async def test_a_document_over_the_bound_from_a_backend_is_refused_not_held(
     finally:
         proxy.stop()
         servers.stop(runner)
+
+
+async def test_a_backend_password_is_shown_nowhere(
+    servers: ServerThread, own_emulator: Emulator, tmp_path: Any, caplog: Any
+) -> None:
+    """A backend behind basic auth is configured as `http://user:password@host`: its
+    requests carry the credentials, but no log line, metric, status page or usage event
+    names the password (they name the URL without them)."""
+    from proxy.config import Usage
+
+    secret = "S3cretBackendPw"
+    live = own_emulator.url.replace("http://", f"http://ops:{secret}@")
+    dead = f"http://ops:{secret}@127.0.0.1:{free_port()}"
+    events = tmp_path / "events.jsonl"
+    usage = Usage(
+        file_path=str(events), spool_dir=str(tmp_path / "spool"), flush_interval_seconds=0.02
+    )
+    caplog.set_level("DEBUG")
+    proxy = Proxy(servers, [live, dead], usage=usage, health=Health(failure_threshold=1))
+    try:
+        body = {"model": ONLY_A, "prompt": "hi", "stream": False}
+        async with aiohttp.ClientSession(proxy.url) as http:
+            async with http.post("/api/generate", json=body) as resp:
+                assert resp.status == 200
+            pages = []
+            for path in (
+                "/metrics",
+                "/api/autoroute/health",
+                "/api/autoroute/ready",
+                "/api/autoroute/status",
+                "/api/autoroute/stats",
+                "/api/autoroute/dashboard.json",
+            ):
+                async with http.get(path) as resp:
+                    pages.append(await resp.text())
+        assert await wait_until(lambda: events.exists() and events.read_text())
+    finally:
+        proxy.stop()
+    shown = own_emulator.url
+    assert shown in pages[1]  # the health page names the backend by its URL...
+    for page in pages:
+        assert secret not in page  # ...without its password
+    assert secret not in events.read_text()
+    assert caplog.records and not [r for r in caplog.records if secret in r.getMessage()]
