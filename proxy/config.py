@@ -16,6 +16,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import UnionType
 from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit
 
@@ -517,8 +518,13 @@ class Config:
                 f"{', '.join(LOG_LEVELS)}",
                 key="logging.level",
             )
+        if not 1 <= self.listen.port <= 65535:
+            raise ConfigError(
+                f"listen.port: {self.listen.port} is not a port (1-65535)", "listen.port"
+            )
+        _check_numbers(self)
         if not self.backends:
-            raise ConfigError("backends: at least one backend is required")
+            raise ConfigError("backends: at least one backend is required", key="backends")
         seen: set[str] = set()
         for key in self.auth.keys:
             digest = key.sha256.lower()
@@ -535,16 +541,79 @@ class Config:
         for backend in self.backends:
             parts = urlsplit(backend.url)
             if parts.scheme != "http" or not parts.hostname:
-                raise ConfigError(f"backends: {backend.shown_url!r} is not an http:// URL")
-            port = parts.port or 80
+                raise ConfigError(
+                    f"backends: {backend.shown_url!r} is not an http:// URL", key="backends"
+                )
+            try:
+                port = parts.port or 80
+            except ValueError:
+                raise ConfigError(
+                    f"backends: {backend.shown_url!r} has no valid port", key="backends"
+                ) from None
             if port == self.listen.port and _is_own_address(parts.hostname, self.listen.host):
                 raise ConfigError(
                     f"backends: {backend.shown_url} is the proxy's own address "
-                    f"{self.listen.host}:{self.listen.port}; it would forward to itself"
+                    f"{self.listen.host}:{self.listen.port}; it would forward to itself",
+                    key="backends",
                 )
         for name, provider in self.cloud.providers.items():
             _check_cloud_provider(name, provider)
         return self
+
+
+# Settings that 0 would break rather than switch off (a timeout that expires at once,
+# health checks with no pause between them, a batch of nothing); any other number may
+# be 0 where its comment says what 0 means. None may be negative.
+_ABOVE_ZERO = frozenset(
+    {
+        "timeouts.connect_seconds",
+        "timeouts.idle_read_seconds",
+        "limits.max_body_bytes",
+        "limits.max_header_bytes",
+        "limits.max_upload_bytes",
+        "health.interval_seconds",
+        "health.failure_threshold",
+        "usage.file_max_bytes",
+        "usage.queue_size",
+        "usage.batch_size",
+        "usage.flush_interval_seconds",
+        "usage.sink_buffer",
+        "usage.spool_segment_bytes",
+        "usage.write_timeout_seconds",
+        "usage.postgres_pool_size",
+        "usage.kafka_partitions",
+        "usage.kafka_replication_factor",
+        "usage.kafka_request_timeout_ms",
+        "usage.stats_window",
+        "usage.stats_window_seconds",
+        "selector.learning.sync_seconds",
+        "selector.learning.recent_requests",
+        "selector.learning.draws",
+        "cache.ttl_seconds",
+        "cache.max_entry_bytes",
+        "cache.max_entries",
+        "cache.lookup_timeout_seconds",
+    }
+)
+
+
+def _check_numbers(node: Any, where: str = "") -> None:
+    """Every number in the configuration is 0 or more, and above 0 in `_ABOVE_ZERO`."""
+    within = f"{where}." if where else ""
+    if dataclasses.is_dataclass(node):
+        for f in dataclasses.fields(node):
+            _check_numbers(getattr(node, f.name), within + f.name)
+    elif isinstance(node, dict):
+        for name, value in node.items():
+            _check_numbers(value, within + str(name))
+    elif isinstance(node, tuple):
+        for value in node:
+            _check_numbers(value, where)
+    elif isinstance(node, int | float) and not isinstance(node, bool):
+        if node < 0:
+            raise ConfigError(f"{where}: must not be negative", key=where)
+        if node == 0 and where in _ABOVE_ZERO:
+            raise ConfigError(f"{where}: must be above 0", key=where)
 
 
 def _check_shared(shared: Shared) -> None:
@@ -620,17 +689,24 @@ T = TypeVar("T")
 
 
 def _build(cls: type[T], data: Mapping[str, Any], where: str) -> T:
+    at = where.rstrip(".")
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+        raise ConfigError(
+            f"{at or 'config'}: expected a mapping, got {type(data).__name__}", key=at
+        )
     hints = get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    names = {f.name for f in fields}
     unknown = sorted(map(str, set(data) - names))
     if unknown:
         raise ConfigError(
-            f"{where.rstrip('.') or 'config'}: unknown key {unknown[0]!r}"
-            f"{_did_you_mean(unknown[0], names)}",
+            f"{at or 'config'}: unknown key {unknown[0]!r}{_did_you_mean(unknown[0], names)}",
             key=f"{where}{unknown[0]}",
         )
+    for f in fields:
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if required and f.name not in data:
+            raise ConfigError(f"{at or 'config'}: missing key {f.name!r}", key=at)
     values = {name: _coerce(hints[name], data[name], f"{where}{name}") for name in data}
     return cls(**values)
 
@@ -664,6 +740,10 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
                 for v in value
             )
         return tuple(_coerce(item, v, where) for v in value)
+    if origin is UnionType:
+        # `str | None`, `bool | None`: null, else the value as the other type.
+        (inner,) = [arg for arg in get_args(hint) if arg is not type(None)]
+        return None if value is None else _coerce(inner, value, where)
     if origin is Literal:
         if value not in get_args(hint):
             raise ConfigError(f"{where}: {value!r} is not one of {list(get_args(hint))}", key=where)
@@ -678,12 +758,17 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected true or false, got {value!r}", key=where)
         return value
     if hint in (int, float, str):
+        # int() and str() take what YAML reads that was never meant as one: a
+        # true (1), 1.7 (1), a list or a mapping (its repr).
+        wrong = isinstance(value, bool | list | dict) or (
+            hint is int and isinstance(value, float) and not value.is_integer()
+        )
         try:
-            return hint(value)
+            if not wrong:
+                return hint(value)
         except (TypeError, ValueError):
-            raise ConfigError(
-                f"{where}: expected {hint.__name__}, got {value!r}", key=where
-            ) from None
+            pass
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}", key=where)
     return value
 
 

@@ -153,3 +153,50 @@ def test_the_demo_records_usage_apart_from_serve() -> None:
     assert demo.usage.file_path != served.usage.file_path
     # Nor into the databases real traffic is recorded in.
     assert demo.usage.postgres_dsn is None and demo.usage.kafka_bootstrap is None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # A port outside 1-65535: listening on 70000 took 4464 (70000 - 65536) unsaid.
+        ("listen: {port: 70000}", "listen.port: 70000 is not a port"),
+        ("listen: {port: -5}", "listen.port: -5 is not a port"),
+        ("listen: {port: 0}", "listen.port: 0 is not a port"),
+        # Numbers YAML reads that int() would have cut or turned into 1.
+        ("listen: {port: 1.7}", "listen.port: expected int, got 1.7"),
+        ("listen: {port: true}", "listen.port: expected int, got True"),
+        ("timeouts: {connect_seconds: yes}", "timeouts.connect_seconds: expected float"),
+        ("listen: {host: [a, b]}", "listen.host: expected str, got"),
+        ("usage: {postgres_dsn: {host: db}}", "usage.postgres_dsn: expected str, got"),
+        # Negative amounts mean nothing anywhere.
+        ("timeouts: {shutdown_seconds: -3}", "timeouts.shutdown_seconds: must not be negative"),
+        ("limits: {max_body_bytes: -1}", "limits.max_body_bytes: must not be negative"),
+        ("health: {retries: -2}", "health.retries: must not be negative"),
+        (
+            "selector: {profiles: {fast: {cost_weight: -1}}}",
+            "selector.profiles.fast.cost_weight: must not be negative",
+        ),
+        # 0 where it does not mean "no limit": health checks with no pause between
+        # them (a busy loop against every backend), reads that time out at once.
+        ("health: {interval_seconds: 0}", "health.interval_seconds: must be above 0"),
+        ("timeouts: {idle_read_seconds: 0}", "timeouts.idle_read_seconds: must be above 0"),
+        ("usage: {batch_size: 0}", "usage.batch_size: must be above 0"),
+        # A backend without a URL, or with a port no URL can have: no traceback.
+        ("backends: [{name: a}]", "backends: missing key 'url'"),
+        ("backends: ['http://x:99999']", "backends: 'http://x:99999' has no valid port"),
+        ("backends: ['http://x:1;http://y:2']", "has no valid port"),
+    ],
+)
+def test_values_no_setting_can_take_are_refused(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=f"^{path}: .*{message}"):
+        config.load(path, environ={})
+
+
+def test_a_section_given_as_a_plain_value_names_its_variable() -> None:
+    with pytest.raises(ConfigError) as caught:
+        config.load(path=None, environ={"AUTOROUTE_CONFIG": "/dev/null", "AUTOROUTE_LISTEN": "5"})
+    assert str(caught.value) == (
+        "environment variable AUTOROUTE_LISTEN: listen: expected a mapping, got str"
+    )
