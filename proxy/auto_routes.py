@@ -336,7 +336,14 @@ class AutoRoutes:
         name = request.path.rsplit("/", 1)[-1]
         if name not in self.auto.config.experiments:
             return error_response(request.path, 404, f"experiment '{name}' not found")
-        events = await experiments.load_events(self.usage, request.query.get("since", "90d"))
+        from proxy.usage.export import parse_since  # as load_events imports it
+
+        since = request.query.get("since", "90d")
+        try:
+            parse_since(since)
+        except ValueError as exc:
+            return error_response(request.path, 400, f"since: {exc}")
+        events = await experiments.load_events(self.usage, since)
         return _json(
             experiments.configured_report(events, name, self.auto.config.experiments[name])
         )

@@ -312,6 +312,29 @@ def environment_help() -> str:
     return "\n".join(lines)
 
 
+def _port(text: str) -> int:
+    """A --port: a number from 1 to 65535 (the system would take 70000 as 4464)."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
+    return port
+
+
+def _since(text: str) -> str:
+    """A --since that `parse_since` reads (24h, 7d, an ISO date), checked here so that
+    a typo is a usage error rather than a traceback."""
+    from proxy.usage.export import parse_since
+
+    try:
+        parse_since(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _command(commands: Any, name: str, help: str) -> argparse.ArgumentParser:
     """A subcommand whose --help ends with the environment variables."""
     parser: argparse.ArgumentParser = commands.add_parser(
@@ -361,7 +384,7 @@ def build_parser(training_cli: ModuleType | None) -> argparse.ArgumentParser:
     serve_parser = _command(commands, "serve", "run the proxy")
     _config_flag(serve_parser)
     serve_parser.add_argument("--host", help="address to listen on (listen.host)")
-    serve_parser.add_argument("--port", type=int, help="port to listen on (listen.port)")
+    serve_parser.add_argument("--port", type=_port, help="port to listen on (listen.port)")
     serve_parser.add_argument(
         "--backend",
         action="append",
@@ -372,10 +395,10 @@ def build_parser(training_cli: ModuleType | None) -> argparse.ArgumentParser:
     commands.add_parser("hash-key", help="print a new random API key and the sha256 for auth.keys")
     demo_parser = _command(commands, "demo", "run emulated backends and the proxy in front of them")
     _config_flag(demo_parser)
-    demo_parser.add_argument("--port", type=int, help="port the proxy listens on (listen.port)")
+    demo_parser.add_argument("--port", type=_port, help="port the proxy listens on (listen.port)")
     em = commands.add_parser("emulate", help="run an Ollama emulator (a stand-in GPU backend)")
     em.add_argument("--host", default="127.0.0.1")
-    em.add_argument("--port", type=int, default=11434)
+    em.add_argument("--port", type=_port, default=11434)
     em.add_argument(
         "--models",
         help="comma-separated Ollama model names, any (default: the emulator's table); one "
@@ -387,7 +410,7 @@ def build_parser(training_cli: ModuleType | None) -> argparse.ArgumentParser:
     )
     exp = _command(usage, "export", "write usage events (PostgreSQL, else the file)")
     _config_flag(exp)
-    exp.add_argument("--since", default="24h", help="24h, 7d, 30m or an ISO date/time")
+    exp.add_argument("--since", type=_since, default="24h", help="24h, 7d, 30m or an ISO date/time")
     exp.add_argument("--format", choices=("jsonl", "parquet"), default="jsonl")
     exp.add_argument("--output", "-o", help="file to write (default: standard output)")
     train = _command(commands, "train", "train a selector artifact (needs the train extra)")
@@ -403,7 +426,7 @@ def build_parser(training_cli: ModuleType | None) -> argparse.ArgumentParser:
     report = _command(experiments, "report", "per-variant results with significance")
     _config_flag(report)
     report.add_argument("name")
-    report.add_argument("--since", default="90d", help="90d, 24h or an ISO date/time")
+    report.add_argument("--since", type=_since, default="90d", help="90d, 24h or an ISO date/time")
     keys_cli.add_parser(commands)
     prof = _command(
         commands, "profile", "measure a model's per-area ability on its backend (spends GPU time)"

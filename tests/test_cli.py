@@ -315,3 +315,35 @@ print(resource.getrlimit(resource.RLIMIT_NOFILE)[0] == hard)
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "True"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        # The system takes a port above 65535 modulo 65536: 70000 listened on 4464.
+        (["serve", "--port", "70000"], "argument --port: '70000' is not a port (1-65535)"),
+        (["demo", "--port", "-1"], "argument --port: '-1' is not a port (1-65535)"),
+        (["emulate", "--port", "0"], "argument --port: '0' is not a port (1-65535)"),
+        # A --since neither relative nor a date was a ValueError's traceback.
+        (["usage", "export", "--since", "yesterday"], "argument --since: 'yesterday' is"),
+        (["usage", "export", "--since", "99999999d"], "argument --since: '99999999d' is"),
+        (["experiments", "report", "x", "--since", "1 week"], "argument --since: '1 week' is"),
+    ],
+)
+def test_a_flag_value_out_of_range_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and message in err
+
+
+def test_a_bad_value_in_the_file_is_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("backends: [{name: gpu-a}]\n")
+    err = _error(capsys, ["--config", str(path), "serve"])
+    assert err == f"autoroute: configuration error: {path}: backends: missing key 'url'"

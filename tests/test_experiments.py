@@ -198,3 +198,16 @@ async def test_a_user_header_that_is_not_utf8_is_assigned_stickily(ab_proxy: Pro
         assert fields["x-autoroute-reason"] == b"experiment"
         served.add(orjson.loads(answer)["model"])
     assert len(served) == 1
+
+
+async def test_report_endpoint_answers_a_bad_since_with_400(ab_proxy: Proxy) -> None:
+    """`?since=` that is neither a time ago nor a date is the caller's mistake: a 400
+    that says what it takes, not a 500."""
+    async with aiohttp.ClientSession() as session:
+        url = ab_proxy.url + "/api/autoroute/experiments/ab?since=yesterday"
+        async with session.get(url) as resp:
+            assert resp.status == 400
+            error = (await resp.json())["error"]
+    assert (
+        error == "since: 'yesterday' is neither a time ago (24h, 7d, 30m) nor an ISO date or time"
+    )

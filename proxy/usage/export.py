@@ -31,12 +31,18 @@ _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks
 
 
 def parse_since(text: str, now: datetime | None = None) -> datetime:
-    """`24h`, `7d`, `30m` (ago) or an ISO 8601 date or time (UTC unless it says)."""
+    """`24h`, `7d`, `30m` (ago) or an ISO 8601 date or time (UTC unless it says); a
+    ValueError that says so for anything else."""
     now = now or datetime.now(UTC)
     match = _RELATIVE.match(text.strip())
-    if match:
-        return now - timedelta(**{_UNITS[match[2]]: float(match[1])})
-    when = datetime.fromisoformat(text.strip())
+    try:
+        if match:
+            return now - timedelta(**{_UNITS[match[2]]: float(match[1])})
+        when = datetime.fromisoformat(text.strip())
+    except (ValueError, OverflowError):
+        raise ValueError(
+            f"{text!r} is neither a time ago (24h, 7d, 30m) nor an ISO date or time"
+        ) from None
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
