@@ -221,6 +221,8 @@ def create_app(config: Config) -> web.Application:
     app = App(config)
     web_app[APP_KEY] = app
     web_app.on_startup.append(app.start)
+    # Shutdown: the requests in flight get timeouts.shutdown_seconds, then are cancelled.
+    web_app.on_shutdown.append(lambda _: app.server.drain())
     web_app.on_cleanup.append(app.stop)
     # Only the answers aiohttp writes (the proxy's own and its errors): relayed ones
     # carry the backend's headers.

@@ -11,6 +11,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from aiohttp import hdrs, web
 from aiohttp.web_protocol import RequestPayloadError
@@ -56,6 +57,8 @@ class Server:
         # syscall or a uuid per request.
         self._id_prefix = os.urandom(6).hex()
         self._id_counter = itertools.count(1)
+        # The tasks of the requests being handled, for `drain`.
+        self.handling: set[asyncio.Task[Any]] = set()
 
     def _outcome(self, request: web.Request) -> Outcome:
         # The proxy's own id names the request in its logs and usage events: unique,
@@ -70,11 +73,32 @@ class Server:
             Served(client_id or request_id),
         )
 
+    async def drain(self) -> None:
+        """Shutdown, once the server stops accepting: let the requests in flight finish
+        for up to `timeouts.shutdown_seconds`, then cancel the rest and wait for them to
+        end (a cancelled request still leaves its usage event). aiohttp's own wait (its
+        `shutdown_timeout`) then has nothing left to wait for: it would wait as long
+        again, since what it cancels after the first wait is only the request's body
+        read, which a stream being relayed never notices."""
+        pending = set(self.handling)
+        if not pending:
+            return
+        log.info("waiting for %d requests in flight", len(pending))
+        _, late = await asyncio.wait(pending, timeout=self.config.timeouts.shutdown_seconds)
+        for task in late:
+            task.cancel()
+        if late:
+            log.warning("cancelled %d requests still in flight at the deadline", len(late))
+            await asyncio.wait(late)
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         outcome = request[OUTCOME] = self._outcome(request)
         decided, served = outcome.decided, outcome.served
         response: web.StreamResponse | None = None
         self.metrics.in_flight += 1
+        task = asyncio.current_task()
+        if task is not None:
+            self.handling.add(task)
         try:
             if self.shared_admission:
                 response = await self._admit_shared(request, decided)
@@ -118,6 +142,8 @@ class Server:
                 decided.key_id, decided.key_hash = key.id, key.hash
             self.auth.release(request, key)
             self.metrics.in_flight -= 1
+            if task is not None:
+                self.handling.discard(task)
             served.ended = time.perf_counter()
             for hook in self.hooks:
                 try:

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from proxy import event_loop
 from proxy.app import create_app as create_proxy
-from proxy.config import Backend, Config, Listen, Usage
+from proxy.config import Backend, Config, Listen, Timeouts, Usage
 from proxy.connection import ollama_runner
 from proxy.connection import runner as proxy_runner
 from proxy.emulator import STATE_KEY, EmulatorSettings, EmulatorState
@@ -179,6 +179,12 @@ class Proxy:
             )
         # A test's `listen` keeps its other settings; the port is the free one.
         listen = dataclasses.replace(sections.pop("listen", Listen()), port=self.port)
+        # Stopping waits at most a second for requests in flight (the runner's
+        # shutdown_timeout below, and the proxy's own deadline).
+        timeouts = sections.pop("timeouts", Timeouts())
+        sections["timeouts"] = dataclasses.replace(
+            timeouts, shutdown_seconds=min(timeouts.shutdown_seconds, 1)
+        )
         self.config = Config(
             listen=listen,
             backends=tuple(u if isinstance(u, Backend) else Backend(url=u) for u in backends),

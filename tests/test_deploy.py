@@ -81,6 +81,13 @@ def test_the_example_deployment_passes() -> None:
             "",
             "services.lb: does not depend on ['proxy-2']",
         ),
+        (
+            "compose.yaml",
+            "  stop_grace_period: 45s\n",
+            "",
+            "services.proxy-1: stop_grace_period 10s is not longer than "
+            "timeouts.shutdown_seconds + usage.drain_seconds (35 s)",
+        ),
     ],
 )
 def test_a_broken_copy_fails(tmp_path: Path, file: str, old: str, new: str, problem: str) -> None:

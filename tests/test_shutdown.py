@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -149,4 +150,58 @@ def test_streams_past_the_deadline_are_cut_and_still_leave_their_event(
             proc.kill()
     (event,) = events(tmp_path)
     assert event["request_id"] == request_id
+    assert event["outcome"]["cancelled"] is True  # type: ignore[index]
+
+
+async def test_the_deadline_cuts_streams_before_aiohttp_waits_for_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiohttp waits its `shutdown_timeout` for a request, then cancels only its body
+    read (which a relayed stream never notices) and waits as long again: a stream past
+    the deadline ran for twice `timeouts.shutdown_seconds` (60 s by default, past a
+    30 s grace period before SIGKILL, with its usage event not yet written). The proxy
+    cuts it at the deadline itself, so aiohttp's connections have no request left
+    when their shutdown starts."""
+    import dataclasses
+
+    import aiohttp
+    from aiohttp import web_protocol
+
+    from proxy.app import create_app
+    from proxy.cli import start_site
+    from proxy.config import Backend, Config, Timeouts, Usage
+    from proxy.emulator import EmulatorSettings
+    from proxy.emulator import create_app as create_emulator
+
+    in_progress: list[bool] = []
+    shutdown = web_protocol.RequestHandler.shutdown
+
+    async def spy(self: web_protocol.RequestHandler, *args: Any) -> None:
+        in_progress.append(self._request_in_progress)
+        await shutdown(self, *args)
+
+    monkeypatch.setattr(web_protocol.RequestHandler, "shutdown", spy)
+    backend_port, port = free_port(), free_port()
+    settings = EmulatorSettings(models=(MODEL,), chunk_delay_ms=20)
+    backend = await start_site(create_emulator(settings), "127.0.0.1", backend_port)
+    config = Config(
+        backends=(Backend(url=f"http://127.0.0.1:{backend_port}"),),
+        timeouts=Timeouts(shutdown_seconds=0.2),
+        usage=Usage(file_path=str(tmp_path / "events.jsonl"), spool_dir=str(tmp_path / "s")),
+    )
+    config = dataclasses.replace(config, listen=dataclasses.replace(config.listen, port=port))
+    proxy = await start_site(create_app(config.check()), "127.0.0.1", port, config)
+    try:
+        body = {"model": MODEL, "prompt": "a story", "options": {"num_predict": 100_000}}
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"http://127.0.0.1:{port}/api/generate", json=body) as resp:
+                assert resp.status == 200
+                await resp.content.readline()
+                await proxy.cleanup()
+                with pytest.raises(aiohttp.ClientPayloadError):
+                    await resp.read()
+    finally:
+        await backend.cleanup()
+    assert in_progress == [False]
+    (event,) = events(tmp_path)
     assert event["outcome"]["cancelled"] is True  # type: ignore[index]
