@@ -538,6 +538,7 @@ class Config:
         if self.auth.postgres_dsn and self.auth.refresh_seconds <= 0:
             raise ConfigError("auth.refresh_seconds: must be above 0 with auth.postgres_dsn")
         _check_shared(self.shared)
+        _check_services(self)
         for backend in self.backends:
             parts = urlsplit(backend.url)
             if parts.scheme != "http" or not parts.hostname:
@@ -628,6 +629,40 @@ def _check_shared(shared: Shared) -> None:
     for name in ("stream_slot_ttl_seconds", "retry_seconds", "timeout_seconds"):
         if getattr(shared, name) <= 0:
             raise ConfigError(f"shared.{name}: must be above 0", key=f"shared.{name}")
+
+
+def _check_services(config: Config) -> None:
+    """The databases' and brokers' addresses are read when first used, and a wrong one
+    then fails every write or read while the proxy runs on: refused here instead."""
+    for key, dsn in (
+        ("usage.postgres_dsn", config.usage.postgres_dsn),
+        ("auth.postgres_dsn", config.auth.postgres_dsn),
+    ):
+        if not dsn:
+            continue
+        parts = urlsplit(dsn)
+        shown = without_userinfo(dsn)
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ConfigError(f"{key}: {shown!r} is not a postgresql:// URL", key=key)
+        try:
+            _ = parts.port
+        except ValueError:
+            raise ConfigError(f"{key}: {shown!r} has no valid port", key=key) from None
+    if config.usage.kafka_bootstrap:
+        for address in config.usage.kafka_bootstrap.split(","):
+            host, _, port = address.strip().rpartition(":")
+            if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise ConfigError(
+                    f"usage.kafka_bootstrap: {address.strip()!r} is not host:port",
+                    key="usage.kafka_bootstrap",
+                )
+    scheme = urlsplit(config.cache.redis_url).scheme
+    if scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(
+            f"cache.redis_url: {scheme or without_userinfo(config.cache.redis_url)!r} "
+            "is not redis://, rediss:// or unix://",
+            key="cache.redis_url",
+        )
 
 
 def _check_cloud_provider(name: str, provider: CloudProvider) -> None:

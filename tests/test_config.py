@@ -200,3 +200,32 @@ def test_a_section_given_as_a_plain_value_names_its_variable() -> None:
     assert str(caught.value) == (
         "environment variable AUTOROUTE_LISTEN: listen: expected a mapping, got str"
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # Each was accepted, then failed at every write or read, the proxy running on.
+        ("usage: {postgres_dsn: 'db.internal/usage'}", "usage.postgres_dsn: 'db.internal/"),
+        ("auth: {postgres_dsn: 'mysql://db/keys'}", "auth.postgres_dsn: 'mysql://db/keys'"),
+        ("usage: {postgres_dsn: 'postgresql://db:x/usage'}", "usage.postgres_dsn: .* port"),
+        ("usage: {kafka_bootstrap: 'kafka'}", "usage.kafka_bootstrap: 'kafka' is not host:port"),
+        ("usage: {kafka_bootstrap: 'a:1,b:c'}", "usage.kafka_bootstrap: 'b:c' is not host:port"),
+        ("cache: {redis_url: 'http://cache:6379'}", "cache.redis_url: 'http' is not redis://"),
+    ],
+)
+def test_service_addresses_that_cannot_work_are_refused(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=f"^{path}: {message}"):
+        config.load(path, environ={})
+
+
+def test_a_refused_dsn_does_not_show_its_password(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("usage: {postgres_dsn: 'postgres://u:hunter2@db:port/usage'}")
+    with pytest.raises(ConfigError) as caught:
+        config.load(path, environ={})
+    assert "hunter2" not in str(caught.value)
