@@ -398,10 +398,17 @@ class Learner:
                     self.dirty = True  # written at the next sync
                     raise
             self.last_sync = time.time()
+            if self.error is not None:
+                log.info("learning: sync works again")
             self.error = None
         except Exception as exc:
-            self.error = f"{type(exc).__name__}: {exc}"
-            log.warning("learning: sync failed: %s", self.error)
+            error = f"{type(exc).__name__}: {exc}"
+            # Once per failure, not at every sync (every 2 s while a store is down).
+            if error != self.error:
+                log.warning("learning: sync failed: %s", error)
+            else:
+                log.debug("learning: sync failed again: %s", error)
+            self.error = error
         self._expire_unmatched()
 
     async def close(self) -> None:

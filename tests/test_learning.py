@@ -1189,3 +1189,27 @@ async def test_a_client_that_leaves_before_the_answer_began_says_nothing_of_the_
         emu.stop()
     # The completed answer alone (its events come in the order the requests ended).
     assert row["evidence"]["count"] == pytest.approx(outcome.COMPLETED)
+
+
+async def test_a_store_down_is_one_warning_and_its_return_one_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Sync runs every `sync_seconds` (2 s): a store that stays down was a warning each
+    time, 1800 an hour. The first failure warns, the same failure again is debug, and
+    the store answering again says so once."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the state file's directory should be")
+    settings = Learning(state_file=str(blocker / "learning.json"))
+    learner = Learner(settings, Usage(file_path=str(tmp_path / "events.jsonl")), Evidence())
+    caplog.set_level("DEBUG", logger="autoroute.learning")
+    for _ in range(3):
+        learner.dirty = True
+        await learner.sync()
+    assert learner.error is not None
+    blocker.unlink()
+    await learner.sync()
+    assert learner.error is None
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert [level for level, _ in lines] == ["WARNING", "DEBUG", "DEBUG", "INFO"]
+    assert lines[0][1].startswith("learning: sync failed: ")
+    assert lines[3][1] == "learning: sync works again"
