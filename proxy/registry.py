@@ -20,13 +20,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import yaml
 from aiocache import SimpleMemoryCache
 
 from proxy import ollama_answers
 from proxy.backends import BackendPool, BackendState, entry_model
-from proxy.config import Config
+from proxy.config import Config, ConfigError
 from proxy.upstream import UpstreamError
 from selector_model.catalog import Catalog, ModelKnowledge, names, ollama_capabilities
+from selector_model.catalog.catalog import CatalogError
 from selector_model.features import (
     AREAS,
     Candidate,
@@ -65,9 +67,16 @@ def catalog_for(config: Config) -> Catalog:
     """The configured catalogue (`selector.catalog`, else the shipped one) with the
     operator's `selector.models` descriptions."""
     path = config.selector.catalog
-    catalog = Catalog.load(Path(path)) if path else Catalog.shipped()
+    try:
+        catalog = Catalog.load(Path(path)) if path else Catalog.shipped()
+    except (OSError, yaml.YAMLError, CatalogError) as exc:
+        reason = f"{path}: {exc.strerror}" if isinstance(exc, OSError) and exc.strerror else exc
+        raise ConfigError(f"selector.catalog: {reason}", key="selector.catalog") from None
     models = {name: entry.given() for name, entry in config.selector.models.items()}
-    return catalog.with_overrides(models) if models else catalog
+    try:
+        return catalog.with_overrides(models) if models else catalog
+    except CatalogError as exc:
+        raise ConfigError(f"selector.models: {exc}", key="selector.models") from None
 
 
 def _context_length(show: dict[str, Any] | None, knowledge: ModelKnowledge) -> int:

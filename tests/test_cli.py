@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 
 from proxy import cli, config
 from proxy.cli import PortInUse, build_parser, main
+from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -347,3 +349,22 @@ def test_a_bad_value_in_the_file_is_one_line(
     path.write_text("backends: [{name: gpu-a}]\n")
     err = _error(capsys, ["--config", str(path), "serve"])
     assert err == f"autoroute: configuration error: {path}: backends: missing key 'url'"
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("selector: {catalog: /nonexistent/models.yaml}", "selector.catalog: /nonexistent/"),
+        ("selector: {catalog: CONFIG}", "selector.catalog: .*: version"),
+        ("selector: {models: {'my:1b': {like: 'nosuch:1b'}}}", "selector.models: .*nosuch:1b"),
+    ],
+)
+def test_a_catalogue_that_cannot_be_read_is_a_configuration_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, setting: str, message: str
+) -> None:
+    """Missing, not a catalogue, or a model `like` one it does not list: each was a
+    traceback or an errno line naming no setting."""
+    path = tmp_path / "c.yaml"
+    path.write_text(f"listen: {{port: {free_port()}}}\n" + setting.replace("CONFIG", str(path)))
+    err = _error(capsys, ["--config", str(path), "serve"])
+    assert re.match(f"autoroute: configuration error: {message}", err), err

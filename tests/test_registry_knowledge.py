@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from proxy.app import APP_KEY
-from proxy.config import Config, Health, ModelEntry
+from proxy.config import Config, ConfigError, Health, ModelEntry
 from proxy.registry import catalog_for, model_info
 from selector_model import features
 from selector_model.catalog import DEFAULT_PATH, CatalogError, names
@@ -73,7 +73,8 @@ def test_a_configured_catalogue_replaces_the_shipped_one(tmp_path: Path) -> None
     own = model_info("qwen2.5:7b", tag, show, catalog_for(config)).candidate
     assert own.areas == model_info("qwen2.5:7b", tag, show).candidate.areas
     path.write_text("version: 0\n")
-    with pytest.raises(CatalogError):
+    # The operator's mistake, named by its setting (autoroute exits 2 with it).
+    with pytest.raises(ConfigError, match=r"^selector\.catalog: .*version 0 is not 1"):
         catalog_for(config)
 
 
