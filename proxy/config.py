@@ -539,6 +539,7 @@ class Config:
             raise ConfigError("auth.refresh_seconds: must be above 0 with auth.postgres_dsn")
         _check_shared(self.shared)
         _check_services(self)
+        _check_profile_names(self)
         for backend in self.backends:
             parts = urlsplit(backend.url)
             if parts.scheme != "http" or not parts.hostname:
@@ -629,6 +630,24 @@ def _check_shared(shared: Shared) -> None:
     for name in ("stream_slot_ttl_seconds", "retry_seconds", "timeout_seconds"):
         if getattr(shared, name) <= 0:
             raise ConfigError(f"shared.{name}: must be above 0", key=f"shared.{name}")
+
+
+def _check_profile_names(config: Config) -> None:
+    """Settings that name an `auto` profile name one `selector.profiles` defines: else
+    every request they route is a 400 "unknown profile" (plain `auto`, for the default)."""
+    profiles = config.selector.profiles
+    named = [("selector.default_profile", config.selector.default_profile)]
+    named += [("cloud.prefer_for_profiles", p) for p in config.cloud.prefer_for_profiles]
+    for name, experiment in config.selector.experiments.items():
+        at = f"selector.experiments.{name}"
+        named += [(f"{at}.profiles", p) for p in experiment.profiles]
+        named += [(f"{at}.variants.{v}.profile", s.profile) for v, s in experiment.variants.items()]
+    for key, profile in named:
+        if profile and profile not in profiles:
+            raise ConfigError(
+                f"{key}: {profile!r} is not a profile in selector.profiles ({', '.join(profiles)})",
+                key=key,
+            )
 
 
 def _check_services(config: Config) -> None:
@@ -742,8 +761,31 @@ def _build(cls: type[T], data: Mapping[str, Any], where: str) -> T:
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         if required and f.name not in data:
             raise ConfigError(f"{at or 'config'}: missing key {f.name!r}", key=at)
-    values = {name: _coerce(hints[name], data[name], f"{where}{name}") for name in data}
+    values = {
+        name: _coerce(hints[name], _over_defaults(fields, name, data[name]), f"{where}{name}")
+        for name in data
+    }
     return cls(**values)
+
+
+def _over_defaults(fields: tuple[dataclasses.Field[Any], ...], name: str, value: Any) -> Any:
+    """A mapping of sections with built-in entries (`selector.profiles`) given in part:
+    the built-in entries stay and each given one changes only the keys it names, as a
+    section's keys do (`AUTOROUTE_SELECTOR__PROFILES__FAST__DEFAULT_MODEL` keeps every
+    other profile, and fast's cost_weight)."""
+    (f,) = [f for f in fields if f.name == name]
+    if f.default_factory is dataclasses.MISSING or not isinstance(value, Mapping):
+        return value
+    defaults = f.default_factory()
+    if not isinstance(defaults, dict) or not defaults:
+        return value
+    merged = {k: dataclasses.asdict(v) for k, v in defaults.items()}
+    for key, given in value.items():
+        if str(key) in merged and isinstance(given, Mapping):
+            merged[str(key)] = _merge(merged[str(key)], given)
+        else:
+            merged[str(key)] = given
+    return merged
 
 
 def _did_you_mean(word: str, choices: set[str], render: str = "{}") -> str:

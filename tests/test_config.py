@@ -229,3 +229,35 @@ def test_a_refused_dsn_does_not_show_its_password(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         config.load(path, environ={})
     assert "hunter2" not in str(caught.value)
+
+
+def test_one_profile_setting_keeps_the_other_profiles_and_settings() -> None:
+    """`AUTOROUTE_SELECTOR__PROFILES__FAST__DEFAULT_MODEL` (or a file naming only that)
+    made `fast` the only profile, with the cost_weight of no profile: plain `auto`
+    (balanced) then answered every request 400 "unknown profile"."""
+    cfg = config.load(
+        path=None,
+        environ={
+            "AUTOROUTE_CONFIG": "/dev/null",
+            "AUTOROUTE_SELECTOR__PROFILES__FAST__DEFAULT_MODEL": "llama3.2:3b",
+        },
+    )
+    builtin = config.Selector().profiles
+    assert set(cfg.selector.profiles) == set(builtin)
+    fast = cfg.selector.profiles["fast"]
+    assert fast == dataclasses.replace(builtin["fast"], default_model="llama3.2:3b")
+    assert cfg.selector.profiles["balanced"] == builtin["balanced"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("selector: {default_profile: nope}", "selector.default_profile: 'nope' is not"),
+        ("cloud: {prefer_for_profiles: [nada]}", "cloud.prefer_for_profiles: 'nada' is not"),
+    ],
+)
+def test_a_profile_no_profile_defines_is_refused(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=f"^{path}: {message} a profile in selector.profiles"):
+        config.load(path, environ={})
