@@ -43,6 +43,17 @@ class PortInUse(Exception):
         self.port = port
 
 
+class CannotListen(Exception):
+    """A server cannot listen on its address for another reason: a host that does not
+    resolve or is no address of this machine, a port it may not bind."""
+
+    def __init__(self, host: str, port: int, reason: str) -> None:
+        super().__init__(f"cannot listen on {host}:{port}: {reason}")
+        self.host = host
+        self.port = port
+        self.reason = reason
+
+
 async def start_site(
     app: web.Application, host: str, port: int, config: Config | None = None
 ) -> web.AppRunner:
@@ -62,7 +73,7 @@ async def start_site(
         await runner.cleanup()
         if exc.errno == errno.EADDRINUSE:
             raise PortInUse(host, port) from exc
-        raise
+        raise CannotListen(host, port, exc.strerror or str(exc)) from exc
     return runner
 
 
@@ -98,13 +109,13 @@ def _warn_if_exposed(config: Config) -> None:
 
 
 async def serve(config: Config) -> None:
-    _warn_if_exposed(config)
     # Imported here: the server pulls in onnxruntime and the selector, which
     # `autoroute emulate` has no use for (it would triple the emulator's memory).
     from proxy.app import APP_KEY, create_app
 
     app = create_app(config)
     runner = await start_site(app, config.listen.host, config.listen.port, config)
+    _warn_if_exposed(config)
     # SIGHUP reloads the selector artifact (a bad one keeps the current).
     proxy = app[APP_KEY]
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, proxy.auto.scorer.reload)
@@ -537,6 +548,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except PortInUse as exc:
         print(port_in_use_message(exc, args.command, config), file=sys.stderr)
+        return 2
+    except CannotListen as exc:
+        settings = " (listen.host, listen.port)" if args.command == "serve" else ""
+        print(
+            f"autoroute {args.command}: cannot listen on {exc.host}:{exc.port}{settings}: "
+            f"{exc.reason}",
+            file=sys.stderr,
+        )
         return 2
     except OSError as exc:
         print(f"autoroute: {exc}", file=sys.stderr)

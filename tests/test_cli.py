@@ -368,3 +368,34 @@ def test_a_catalogue_that_cannot_be_read_is_a_configuration_error(
     path.write_text(f"listen: {{port: {free_port()}}}\n" + setting.replace("CONFIG", str(path)))
     err = _error(capsys, ["--config", str(path), "serve"])
     assert re.match(f"autoroute: configuration error: {message}", err), err
+
+
+@pytest.mark.parametrize(
+    ("host", "reason"),
+    [("999.1.1.1", "Name or service not known"), ("192.0.2.1", "cannot assign requested")],
+)
+def test_serve_on_an_address_it_cannot_take_names_it_and_the_setting(
+    tmp_path: Path, host: str, reason: str
+) -> None:
+    """A host that does not resolve, or is no address of this machine: the errno line
+    (`autoroute: [Errno -2] Name or service not known`, exit 1) named neither the
+    address nor the setting."""
+    port = free_port()
+    argv = ["serve", "--host", host, "--port", str(port), "--backend", "http://127.0.0.1:9"]
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy.cli", *argv, "--config", str(ROOT / "config.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, "AUTOROUTE_USAGE__FILE_PATH": str(tmp_path / "e.jsonl")},
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith(
+        f"autoroute serve: cannot listen on {host}:{port} (listen.host, listen.port): "
+    )
+    assert reason.lower() in last.lower()
+    # Nothing listened, so nothing was exposed to warn of.
+    assert "without API keys" not in result.stderr
