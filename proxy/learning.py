@@ -454,7 +454,12 @@ class Learner:
                 )
                 return
             except (ValueError, KeyError, IndexError, TypeError) as exc:
-                log.warning("learning: %s is unreadable (%s): rebuilding it", path, exc)
+                # Kept aside, not overwritten: the path may name a file not the learner's.
+                aside = path.with_name(path.name + ".unreadable")
+                os.replace(path, aside)
+                log.warning(
+                    "learning: %s is unreadable (%s): kept as %s, rebuilding it", path, exc, aside
+                )
         from proxy.usage.export import from_files
 
         events = [

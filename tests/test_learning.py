@@ -1213,3 +1213,18 @@ async def test_a_store_down_is_one_warning_and_its_return_one_line(
     assert [level for level, _ in lines] == ["WARNING", "DEBUG", "DEBUG", "INFO"]
     assert lines[0][1].startswith("learning: sync failed: ")
     assert lines[3][1] == "learning: sync works again"
+
+
+async def test_an_unreadable_state_file_is_kept_aside_not_overwritten(tmp_path: Path) -> None:
+    """A state_file that is not the learner's (a path mistyped onto another file, a
+    file cut short) is rebuilt from the usage events; its bytes stay beside it rather
+    than being overwritten."""
+    state = tmp_path / "learning.json"
+    original = b"not the learner's: an operator's file at a mistyped path\n"
+    state.write_bytes(original)
+    settings = Learning(state_file=str(state))
+    learner = Learner(settings, Usage(file_path=str(tmp_path / "events.jsonl")), Evidence())
+    await learner.start()
+    assert learner.error is None and learner.rebuilt == 0
+    assert orjson.loads(state.read_bytes())["rows"] == []
+    assert (tmp_path / "learning.json.unreadable").read_bytes() == original
