@@ -399,3 +399,28 @@ def test_serve_on_an_address_it_cannot_take_names_it_and_the_setting(
     assert reason.lower() in last.lower()
     # Nothing listened, so nothing was exposed to warn of.
     assert "without API keys" not in result.stderr
+
+
+def test_a_spool_dir_that_cannot_be_made_is_a_configuration_error(tmp_path: Path) -> None:
+    """`usage.spool_dir` naming a file: `autoroute: [Errno 17] File exists: ...`
+    (exit 1) named no setting."""
+    taken = tmp_path / "a-file"
+    taken.write_text("")
+    argv = ["serve", "--port", str(free_port()), "--backend", "http://127.0.0.1:9"]
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy.cli", *argv, "--config", str(ROOT / "config.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "AUTOROUTE_USAGE__FILE_PATH": str(tmp_path / "e.jsonl"),
+            "AUTOROUTE_USAGE__SPOOL_DIR": str(taken),
+        },
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"autoroute: configuration error: usage.spool_dir: cannot use {taken}: File exists"
+    )

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol, TypeVar
 
-from proxy.config import Usage
+from proxy.config import ConfigError, Usage
 from proxy.usage.event import FEEDBACK, USAGE
 from proxy.usage.spool import Spool
 from selector_model import usage_event
@@ -105,13 +105,20 @@ class SinkRunner:
         self.name = sink.name
         self.settings = settings
         self.counters = Counters()
-        self.spool = Spool(
-            settings.spool_dir,
-            sink.name,
-            settings.spool_segment_bytes,
-            settings.fsync,
-            settings.fsync_interval_seconds,
-        )
+        try:
+            self.spool = Spool(
+                settings.spool_dir,
+                sink.name,
+                settings.spool_segment_bytes,
+                settings.fsync,
+                settings.fsync_interval_seconds,
+            )
+        except OSError as exc:
+            # Where events wait while a sink is down: without it the proxy cannot start.
+            raise ConfigError(
+                f"usage.spool_dir: cannot use {settings.spool_dir}: {exc.strerror or exc}",
+                key="usage.spool_dir",
+            ) from None
         self.buffer: list[Record] = []
         self.last_error = ""
         self._io = ThreadPoolExecutor(1, thread_name_prefix=f"usage-{sink.name}")
