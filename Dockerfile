@@ -37,7 +37,8 @@ USER 10001:10001
 WORKDIR /home/autoroute
 EXPOSE 11435
 # Healthy means ready: /api/autoroute/ready answers 503 while no backend is usable.
+# Asked where the proxy listens, read as it reads it (the config file, then AUTOROUTE_*).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
-    CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/api/autoroute/ready' % os.environ.get('AUTOROUTE_LISTEN__PORT', '11435'), timeout=2)"]
+    CMD ["python3", "-c", "import urllib.request; from proxy.config import load; at = load().listen; host = '127.0.0.1' if at.host in ('0.0.0.0', '::', '') else at.host; host = '[%s]' % host if ':' in host else host; urllib.request.urlopen('http://%s:%d/api/autoroute/ready' % (host, at.port), timeout=2)"]
 ENTRYPOINT ["autoroute"]
 CMD ["serve"]

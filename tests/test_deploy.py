@@ -101,3 +101,42 @@ def test_a_broken_copy_fails(tmp_path: Path, file: str, old: str, new: str, prob
     result = check(tmp_path / "deploy")
     assert result.returncode == 1
     assert problem in result.stderr, result.stderr
+
+
+def test_the_image_health_check_asks_the_port_the_config_file_sets(tmp_path: Path) -> None:
+    """The Dockerfile's HEALTHCHECK asks `/api/autoroute/ready` where the proxy listens:
+    with `listen.port` set in the mounted config file (not AUTOROUTE_LISTEN__PORT) it
+    asked 11435, and the container stayed unhealthy."""
+    import http.server
+    import json
+    import threading
+
+    asked: list[str] = []
+
+    class Ready(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            self.send_response(200 if self.path == "/api/autoroute/ready" else 404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ready)
+    port = server.server_address[1]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    config = tmp_path / "config.yaml"
+    config.write_text(f"listen: {{host: 0.0.0.0, port: {port}}}\n")
+    line = next(line for line in (ROOT / "Dockerfile").read_text().splitlines() if "CMD [" in line)
+    command = json.loads(line.split("CMD", 1)[1])
+    assert command[0] == "python3"
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "AUTOROUTE_CONFIG": str(config)}
+    try:
+        result = subprocess.run(
+            [sys.executable, *command[1:]], env=env, capture_output=True, timeout=60, check=False
+        )
+    finally:
+        server.shutdown()
+    assert result.returncode == 0, result.stderr
+    assert asked == ["/api/autoroute/ready"]
