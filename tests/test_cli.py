@@ -424,3 +424,25 @@ def test_a_spool_dir_that_cannot_be_made_is_a_configuration_error(tmp_path: Path
     assert result.stderr.splitlines()[-1] == (
         f"autoroute: configuration error: usage.spool_dir: cannot use {taken}: File exists"
     )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        # Loaded only after the evaluation (minutes), then an ImportError's traceback.
+        (["--feedback", "no_such_module:hook"], "argument --feedback: 'no_such_module:hook'"),
+        (["--feedback", "training.replay:no_such_hook"], "argument --feedback: 'training"),
+        (["--hold-out", "-1"], "argument --hold-out: '-1' is not 0 or more"),
+        (["--passes", "-2"], "argument --passes: '-2' is not 0 or more"),
+        (["--splits", "0"], "argument --splits: '0' is not 1 or more"),
+    ],
+)
+def test_evaluate_refuses_a_bad_flag_before_it_starts(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    pytest.importorskip("xgboost")
+    parser = build_parser(cli._training_cli())
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(["evaluate", *argv])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err

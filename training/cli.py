@@ -219,26 +219,53 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--hold-out",
-        type=int,
+        type=_at_least(0),
         default=3,
         metavar="K",
         help="also train without K models per split and replay fleets where they are "
         "unseen (0: only the artifact on the models it was trained on; default 3)",
     )
-    parser.add_argument("--splits", type=int, default=3, help="held-out splits (default 3)")
+    parser.add_argument(
+        "--splits", type=_at_least(1), default=3, help="held-out splits (default 3)"
+    )
     parser.add_argument("--cost", choices=sorted(replay.COST_DEFINITIONS), default="params")
     parser.add_argument(
         "--feedback",
         metavar="MODULE:FUNCTION",
+        type=_feedback,
         default=None,
         help="a function called with the AutoRouter that returns a hook "
         "(request body, chosen model, outcome) -> None, fed during feedback passes; "
         "training.replay:online_learner is the proxy's own online learning",
     )
-    parser.add_argument("--passes", type=int, default=3, help="feedback passes (default 3)")
+    parser.add_argument(
+        "--passes", type=_at_least(0), default=3, help="feedback passes (default 3)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-lomo", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
+
+
+def _at_least(low: int) -> Callable[[str], int]:
+    def count(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {low} or more")
+        return value
+
+    return count
+
+
+def _feedback(spec: str) -> str:
+    """A --feedback that loads: checked before the evaluation's minutes, not after."""
+    try:
+        replay.load_feedback(spec)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(f"{spec!r}: {exc}") from None
+    return spec
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
