@@ -769,23 +769,35 @@ def _build(cls: type[T], data: Mapping[str, Any], where: str) -> T:
 
 
 def _over_defaults(fields: tuple[dataclasses.Field[Any], ...], name: str, value: Any) -> Any:
-    """A mapping of sections with built-in entries (`selector.profiles`) given in part:
-    the built-in entries stay and each given one changes only the keys it names, as a
-    section's keys do (`AUTOROUTE_SELECTOR__PROFILES__FAST__DEFAULT_MODEL` keeps every
-    other profile, and fast's cost_weight)."""
+    """A mapping of sections with built-in entries (`selector.profiles`): the entries
+    listed replace the built-in set, and one named as a built-in keeps the built-in's
+    values for the keys it leaves out (`fast: {default_model: x}` keeps fast's
+    cost_weight, not a profile's default)."""
     (f,) = [f for f in fields if f.name == name]
     if f.default_factory is dataclasses.MISSING or not isinstance(value, Mapping):
         return value
     defaults = f.default_factory()
     if not isinstance(defaults, dict) or not defaults:
         return value
-    merged = {k: dataclasses.asdict(v) for k, v in defaults.items()}
-    for key, given in value.items():
-        if str(key) in merged and isinstance(given, Mapping):
-            merged[str(key)] = _merge(merged[str(key)], given)
-        else:
-            merged[str(key)] = given
-    return merged
+    return {
+        str(key): _merge(dataclasses.asdict(defaults[str(key)]), given)
+        if str(key) in defaults and isinstance(given, Mapping)
+        else given
+        for key, given in value.items()
+    }
+
+
+def _with_builtin_profiles(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """A variable that changes a profile (`AUTOROUTE_SELECTOR__PROFILES__FAST__...`)
+    changes the profiles in effect: the file's, else the built-in ones, all kept."""
+    selector = overrides.get("selector")
+    if not isinstance(selector, Mapping) or "profiles" not in selector:
+        return data
+    section = data.get("selector")
+    if section is not None and (not isinstance(section, Mapping) or "profiles" in section):
+        return data
+    builtin = {k: dataclasses.asdict(v) for k, v in _default_profiles().items()}
+    return _merge(data, {"selector": {"profiles": builtin}})
 
 
 def _did_you_mean(word: str, choices: set[str], render: str = "{}") -> str:
@@ -916,7 +928,9 @@ def load(
     if path is not None:
         data = _read_yaml(Path(path))
     try:
-        return _build(Config, _merge(data, overrides), "").check()
+        return _build(
+            Config, _merge(_with_builtin_profiles(data, overrides), overrides), ""
+        ).check()
     except ConfigError as exc:
         if not exc.key:
             raise

@@ -249,6 +249,22 @@ def test_one_profile_setting_keeps_the_other_profiles_and_settings() -> None:
     assert cfg.selector.profiles["balanced"] == builtin["balanced"]
 
 
+def test_profiles_listed_in_the_file_replace_the_built_in_set(tmp_path: Path) -> None:
+    """As config.yaml says: listing profiles replaces the three. One named as a built-in
+    keeps the built-in's values for what it leaves out."""
+    path = tmp_path / "c.yaml"
+    path.write_text("selector: {profiles: {balanced: {}, fast: {default_model: 'x:1b'}}}")
+    cfg = config.load(path, environ={})
+    builtin = config.Selector().profiles
+    assert cfg.selector.profiles == {
+        "balanced": builtin["balanced"],
+        "fast": dataclasses.replace(builtin["fast"], default_model="x:1b"),
+    }
+    path.write_text("selector: {profiles: {fast: {}}}")
+    with pytest.raises(ConfigError, match="default_profile: 'balanced' is not a profile"):
+        config.load(path, environ={})
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
