@@ -52,6 +52,10 @@ def setup(level: str = "INFO", json: bool = True) -> None:
     root.setLevel(level.upper())
     # aiohttp's own access log would duplicate ours.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # aiokafka logs each reconnect attempt to a broker that is down at ERROR, every few
+    # seconds for the whole outage; the Kafka sink reports its failures itself, once
+    # per outage, and /metrics counts what spilled.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
 
 
 class AccessLog:

@@ -92,3 +92,24 @@ def test_a_text_line_is_one_request_whatever_its_client_sent() -> None:
     assert first.isprintable()
     # Plain values stay as they were.
     assert second.endswith("request path=/api/chat model=qwen2.5:7b key=bob status=200")
+
+
+def test_a_broker_down_is_not_an_error_line_per_reconnect() -> None:
+    """aiokafka logs every reconnect attempt to a broker that is down at ERROR (every
+    few seconds, for as long as the outage lasts); the Kafka sink says it once
+    ("usage sink kafka failed, spooling") and /metrics counts what spilled."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = (
+        "import logging; from proxy import logs; logs.setup('INFO', True); "
+        "logging.getLogger('aiokafka.conn').error('Unable connect to \"kafka:9092\"'); "
+        "logging.getLogger('autoroute.usage').warning('usage sink kafka failed, spooling')"
+    )
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=root, check=True
+    )
+    lines = [orjson.loads(line) for line in result.stderr.splitlines()]
+    assert [line["logger"] for line in lines] == ["autoroute.usage"]
