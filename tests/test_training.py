@@ -581,3 +581,12 @@ def test_the_issues_targets_are_judged_per_fleet() -> None:
     tally = replay.summary([learned, short], "fleet")
     assert "target auto:best >= best single - 2p: met in 1 of 2 fleets" in tally
     assert "target auto:best gains >= 5p with feedback: met in 1 of 2 fleets" in tally
+
+
+def test_an_artifact_path_that_does_not_exist_is_named_as_given(tmp_path: Path) -> None:
+    """`autoroute evaluate /no/such.onnx` said `No such file or directory:
+    '/no/selector.json'`: the file it looked for beside the path, not the path given."""
+    missing = tmp_path / "nowhere" / "selector.onnx"
+    with pytest.raises(FileNotFoundError) as caught:
+        export.read_artifact(missing)
+    assert caught.value.filename == str(missing)

@@ -9,6 +9,7 @@ never sees metadata without its model.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
@@ -107,6 +108,8 @@ def write_artifact(out_dir: Path, onnx_bytes: bytes, meta: dict[str, Any]) -> tu
 
 def read_artifact(path: Path) -> tuple[bytes, dict[str, Any]]:
     """An artifact from its directory, its `.json` or its `.onnx` path."""
+    if not path.exists():
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
     directory = path if path.is_dir() else path.parent
     meta = json.loads((directory / META_FILE).read_text())
     onnx_bytes = (directory / str(meta.get("onnx_file", ONNX_FILE))).read_bytes()
