@@ -26,16 +26,28 @@ def add_parser(commands: Any) -> None:
     revoke = keys.add_parser("revoke", help="revoke a key by name or hash prefix")
     for parser in (add, listing, revoke):
         parser.add_argument("--dsn", help="PostgreSQL DSN (default: auth.postgres_dsn)")
-    add.add_argument("--name", required=True, help="the key's id in usage events and logs")
+    add.add_argument(
+        "--name", required=True, type=_name, help="the key's id in usage events and logs"
+    )
     add.add_argument("--role", choices=("user", "admin"), default="user")
     add.add_argument("--models", default="", help="comma-separated allow-list (default: any)")
     add.add_argument("--rpm", type=_count, default=0, help="requests per minute (0: unlimited)")
     add.add_argument("--max-streams", type=_count, default=0, help="inference at once (0: any)")
-    revoke.add_argument("name_or_prefix", metavar="NAME_OR_PREFIX")
+    revoke.add_argument("name_or_prefix", metavar="NAME_OR_PREFIX", type=_name)
+
+
+def _name(text: str) -> str:
+    # Empty, `keys revoke "$NAME"` with NAME unset would revoke a key stored without one.
+    if not text.strip():
+        raise argparse.ArgumentTypeError("a key's name must not be empty")
+    return text.strip()
 
 
 def _count(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1  # argparse would name the function: "invalid _count value"
     if value < 0:
         raise argparse.ArgumentTypeError("must be 0 (unlimited) or more")
     return value

@@ -446,3 +446,22 @@ def test_evaluate_refuses_a_bad_flag_before_it_starts(
         parser.parse_args(["evaluate", *argv])
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        # A key stored without a name, and `keys revoke "$NAME"` with NAME unset revoking it.
+        (["keys", "add", "--name", ""], "argument --name: a key's name must not be empty"),
+        (["keys", "add", "--name", "  "], "argument --name: a key's name must not be empty"),
+        (["keys", "revoke", ""], "argument NAME_OR_PREFIX: a key's name must not be empty"),
+        (["keys", "add", "--name", "a", "--rpm", "ten"], "argument --rpm: must be 0"),
+    ],
+)
+def test_keys_refuse_an_empty_name(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--dsn", "postgresql://127.0.0.1:9/none"])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
