@@ -334,6 +334,16 @@ def _port(text: str) -> int:
     return port
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not 1 or more")
+    return value
+
+
 def _since(text: str) -> str:
     """A --since that `parse_since` reads (24h, 7d, an ISO date), checked here so that
     a typo is a usage error rather than a traceback."""
@@ -447,7 +457,7 @@ def build_parser(training_cli: ModuleType | None) -> argparse.ArgumentParser:
     _config_flag(prof)
     prof.add_argument("--areas", nargs="+", help="areas to profile (default: all)")
     prof.add_argument("--store", help="profile store file (default: selector.profiles_path)")
-    prof.add_argument("--num-predict", type=int, default=None, help="token budget per answer")
+    prof.add_argument("--num-predict", type=_positive, default=None, help="token budget per answer")
     return parser
 
 

@@ -465,3 +465,15 @@ def test_keys_refuse_an_empty_name(
         main([*argv, "--dsn", "postgresql://127.0.0.1:9/none"])
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "many"])
+def test_profile_num_predict_is_a_positive_count(
+    capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    """0 was taken as the default silently, and -1 (Ollama's "no limit") would let a
+    profiling prompt generate until the context is full."""
+    with pytest.raises(SystemExit) as exit_:
+        build_parser(None).parse_args(["profile", "m:1b", "--num-predict", value])
+    assert exit_.value.code == 2
+    assert f"argument --num-predict: {value!r} is not 1 or more" in capsys.readouterr().err
