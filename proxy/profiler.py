@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from proxy.backends import entry_model, normalize_model
-from proxy.config import Config
+from proxy.config import Config, without_userinfo
 from selector_model.catalog.knowledge import AREAS
 from selector_model.profiling import store
 from selector_model.profiling import suite as suite_module
@@ -84,10 +84,10 @@ async def ask(
             doc: Any = await resp.json(content_type=None)
             status = resp.status
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        raise ProfileError(f"{backend}: {exc or type(exc).__name__}") from exc
+        raise ProfileError(f"{without_userinfo(backend)}: {exc or type(exc).__name__}") from exc
     if status != 200 or not isinstance(doc, dict):
         why = doc.get("error") if isinstance(doc, dict) else None
-        raise ProfileError(f"{backend} answered {status}: {why or doc}")
+        raise ProfileError(f"{without_userinfo(backend)} answered {status}: {why or doc}")
     message = doc.get("message")
     content = message.get("content") if isinstance(message, dict) else None
     return content if isinstance(content, str) else ""
@@ -108,7 +108,9 @@ async def profile(
 
     `before_each` runs before every prompt (the idle profiler waits there for quiet)."""
     suite = suite or suite_module.load()
-    result = Profile(model=model, backend=backend, suite_version=suite.version)
+    # Recorded (and shown in the status) without the URL's credentials, if it has any.
+    shown = without_userinfo(backend)
+    result = Profile(model=model, backend=shown, suite_version=suite.version)
     for item in suite.select(areas):
         if before_each is not None:
             await before_each()
@@ -183,7 +185,7 @@ async def run_cli(
     async with client_session(config) as session:
         url = backend or await find_backend(session, config, model)
         echo(
-            f"profiling {model} on {url}: suite v{suite.version}, "
+            f"profiling {model} on {without_userinfo(url)}: suite v{suite.version}, "
             f"{len(suite.select(areas))} prompts, one at a time"
         )
 
@@ -255,7 +257,12 @@ class IdleProfiler:
             backend = self.backend_for(model) if areas else None
             if not areas or backend is None:
                 continue
-            log.info("profiling %s on %s in idle time (areas: %s)", model, backend, areas)
+            log.info(
+                "profiling %s on %s in idle time (areas: %s)",
+                model,
+                without_userinfo(backend),
+                areas,
+            )
             try:
                 result = await profile(
                     session, backend, model, suite=suite, areas=areas, before_each=self._quiet

@@ -571,3 +571,15 @@ async def test_a_backend_error_stops_the_run(quick_emulator: Emulator) -> None:
         with pytest.raises(ProfileError, match="answered 404: model 'nope:1b' not found"):
             quick_emulator.state.fault = "none"
             await profile(session, quick_emulator.url, "nope:1b", areas=("math",))
+
+
+async def test_a_profile_records_its_backend_without_the_password(
+    quick_emulator: Emulator,
+) -> None:
+    """The store is read back into /api/autoroute/status (`profiling.models`): a backend
+    behind basic auth (`http://user:password@host`) is recorded without its password."""
+    secret = "S3cretProfilePw"
+    url = quick_emulator.url.replace("http://", f"http://ops:{secret}@")
+    async with aiohttp.ClientSession() as session:
+        result = await profile(session, url, STRONG, areas=("math",))
+    assert result.backend == quick_emulator.url
