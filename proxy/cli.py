@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 from aiohttp import web
@@ -344,6 +345,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _http_url(text: str) -> str:
+    parts = urlsplit(text)
+    if parts.scheme != "http" or not parts.hostname:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an http:// URL")
+    return text
+
+
 def _since(text: str) -> str:
     """A --since that `parse_since` reads (24h, 7d, an ISO date), checked here so that
     a typo is a usage error rather than a traceback."""
@@ -453,7 +461,11 @@ def build_parser(training_cli: ModuleType | None) -> argparse.ArgumentParser:
         commands, "profile", "measure a model's per-area ability on its backend (spends GPU time)"
     )
     prof.add_argument("model")
-    prof.add_argument("--backend", help="backend URL (default: the first configured that has it)")
+    prof.add_argument(
+        "--backend",
+        type=_http_url,
+        help="backend URL (default: the first configured that has it)",
+    )
     _config_flag(prof)
     prof.add_argument("--areas", nargs="+", help="areas to profile (default: all)")
     prof.add_argument("--store", help="profile store file (default: selector.profiles_path)")

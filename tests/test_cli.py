@@ -477,3 +477,12 @@ def test_profile_num_predict_is_a_positive_count(
         build_parser(None).parse_args(["profile", "m:1b", "--num-predict", value])
     assert exit_.value.code == 2
     assert f"argument --num-predict: {value!r} is not 1 or more" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["ftp://gpu-a", "gpu-a:11434", "http://"])
+def test_profile_backend_is_an_http_url(capsys: pytest.CaptureFixture[str], value: str) -> None:
+    """`--backend ftp://x` went on to print `ftp://x: ftp://x/api/chat` as its error."""
+    with pytest.raises(SystemExit) as exit_:
+        build_parser(None).parse_args(["profile", "m:1b", "--backend", value])
+    assert exit_.value.code == 2
+    assert f"argument --backend: {value!r} is not an http:// URL" in capsys.readouterr().err
