@@ -546,6 +546,15 @@ class Config:
                 raise ConfigError(
                     f"backends: {backend.shown_url!r} is not an http:// URL", key="backends"
                 )
+            if "@" in parts.netloc:
+                # The relay's own HTTP client sends none of a URL's credentials: a backend
+                # behind basic auth would refuse every request while looking configured.
+                raise ConfigError(
+                    f"backends: {backend.shown_url!r}: credentials in a backend URL are "
+                    "not sent; reach the backend without them (a private network, or a "
+                    "reverse proxy in front of it that adds them)",
+                    key="backends",
+                )
             try:
                 port = parts.port or 80
             except ValueError:

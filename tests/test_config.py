@@ -277,3 +277,18 @@ def test_a_profile_no_profile_defines_is_refused(tmp_path: Path, text: str, mess
     path.write_text(text)
     with pytest.raises(ConfigError, match=f"^{path}: {message} a profile in selector.profiles"):
         config.load(path, environ={})
+
+
+def test_a_backend_url_with_credentials_is_refused_without_showing_them(tmp_path: Path) -> None:
+    """The relay's HTTP client sends no credentials of a backend URL: a backend behind
+    basic auth (`http://user:password@host`) refused every request, and the password
+    was in every log line, metric, status page and usage event naming the backend."""
+    path = tmp_path / "c.yaml"
+    path.write_text("backends: ['http://ops:S3cretPw@gpu-a:11434']")
+    with pytest.raises(ConfigError) as caught:
+        config.load(path, environ={})
+    assert str(caught.value) == (
+        f"{path}: backends: 'http://gpu-a:11434': credentials in a backend URL are not "
+        "sent; reach the backend without them (a private network, or a reverse proxy in "
+        "front of it that adds them)"
+    )
