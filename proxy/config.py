@@ -529,14 +529,19 @@ class Config:
         for key in self.auth.keys:
             digest = key.sha256.lower()
             if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-                raise ConfigError(f"auth.keys: {key.id!r}: sha256 must be 64 hex digits")
+                raise ConfigError(
+                    f"auth.keys: {key.id!r}: sha256 must be 64 hex digits", key="auth.keys"
+                )
             if key.id in seen:
-                raise ConfigError(f"auth.keys: the name {key.id!r} is used twice")
+                raise ConfigError(f"auth.keys: the name {key.id!r} is used twice", key="auth.keys")
             seen.add(key.id)
         for name, entry in self.selector.models.items():
             _check_model_entry(name, entry)
         if self.auth.postgres_dsn and self.auth.refresh_seconds <= 0:
-            raise ConfigError("auth.refresh_seconds: must be above 0 with auth.postgres_dsn")
+            raise ConfigError(
+                "auth.refresh_seconds: must be above 0 with auth.postgres_dsn",
+                key="auth.refresh_seconds",
+            )
         _check_shared(self.shared)
         _check_services(self)
         _check_profile_names(self)
@@ -708,13 +713,18 @@ def _check_model_entry(name: str, entry: ModelEntry) -> None:
     at = f"selector.models.{name}"
     for area, score in entry.areas.items():
         if area not in AREAS:
-            raise ConfigError(f"{at}.areas: unknown area {area!r} (one of {list(AREAS)})")
+            raise ConfigError(
+                f"{at}.areas: unknown area {area!r} (one of {list(AREAS)})", key=f"{at}.areas"
+            )
         if not 0.0 <= score <= 1.0:
-            raise ConfigError(f"{at}.areas.{area}: {score} is not a score in [0, 1]")
+            raise ConfigError(
+                f"{at}.areas.{area}: {score} is not a score in [0, 1]", key=f"{at}.areas.{area}"
+            )
     for specialty in entry.specialties:
         if specialty not in SPECIALTIES:
             raise ConfigError(
-                f"{at}.specialties: unknown {specialty!r} (one of {list(SPECIALTIES)})"
+                f"{at}.specialties: unknown {specialty!r} (one of {list(SPECIALTIES)})",
+                key=f"{at}.specialties",
             )
 
 

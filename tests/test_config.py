@@ -292,3 +292,34 @@ def test_a_backend_url_with_credentials_is_refused_without_showing_them(tmp_path
         "sent; reach the backend without them (a private network, or a reverse proxy in "
         "front of it that adds them)"
     )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        (
+            "AUTOROUTE_SELECTOR__MODELS__MINE__AREAS__CODE",
+            "2",
+            "selector.models.mine.areas.code: 2.0 is not a score in [0, 1]",
+        ),
+        ("AUTOROUTE_AUTH__REFRESH_SECONDS", "0", "auth.refresh_seconds: must be above 0"),
+    ],
+)
+def test_a_bad_value_from_a_variable_names_the_variable(
+    variable: str, value: str, message: str
+) -> None:
+    environ = {
+        "AUTOROUTE_CONFIG": "/dev/null",
+        "AUTOROUTE_AUTH__POSTGRES_DSN": "postgresql://db/keys",
+        variable: value,
+    }
+    with pytest.raises(ConfigError) as caught:
+        config.load(path=None, environ=environ)
+    assert str(caught.value).startswith(f"environment variable {variable}: {message}")
+
+
+def test_a_bad_key_in_the_file_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("auth: {keys: [{sha256: abc, name: ops}]}")
+    with pytest.raises(ConfigError, match=f"^{path}: auth.keys: 'ops': sha256 must be 64"):
+        config.load(path, environ={})
