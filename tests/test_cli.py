@@ -486,3 +486,19 @@ def test_profile_backend_is_an_http_url(capsys: pytest.CaptureFixture[str], valu
         build_parser(None).parse_args(["profile", "m:1b", "--backend", value])
     assert exit_.value.code == 2
     assert f"argument --backend: {value!r} is not an http:// URL" in capsys.readouterr().err
+
+
+def test_usage_export_with_postgresql_down_says_which_database(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It said `autoroute: [Errno 111] Connection refused`, naming nothing."""
+    port = free_port()
+    monkeypatch.setenv("AUTOROUTE_USAGE__POSTGRES_DSN", f"postgresql://u:pw@127.0.0.1:{port}/x")
+    assert main(["usage", "export"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(
+        f"autoroute: cannot read usage events from PostgreSQL (usage.postgres_dsn, "
+        f"127.0.0.1:{port}): "
+    )
+    assert "pw" not in err

@@ -16,6 +16,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
+from urllib.parse import urlsplit
 
 import asyncpg
 import orjson
@@ -47,7 +48,16 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
 
 
 async def from_postgres(dsn: str, since: datetime) -> list[UsageEvent]:
-    conn = await asyncpg.connect(dsn)
+    try:
+        conn = await asyncpg.connect(dsn)
+    except (OSError, asyncpg.PostgresError) as exc:
+        # Which database, without its password: the errno line alone named nothing.
+        parts = urlsplit(dsn)
+        where = f"{parts.hostname}:{parts.port or 5432}"
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise OSError(
+            f"cannot read usage events from PostgreSQL (usage.postgres_dsn, {where}): {reason}"
+        ) from exc
     try:
         await conn.set_type_codec(
             "jsonb", encoder=orjson.dumps, decoder=orjson.loads, schema="pg_catalog"
