@@ -21,8 +21,9 @@ up by request id in PostgreSQL when configured (one indexed read, in the backgro
 else ignored (a rebuild from the usage events counts it).
 
 Where it is kept: with the usage PostgreSQL DSN, a table of (kind, model, successes,
-count, expected) that several proxies share: each writes its increments (an upsert that adds)
-and reads the totals every `sync_seconds`. Without PostgreSQL, a JSON state file
+count, expected, and the six sums of where the model stood, `evidence.COLUMNS`) that
+several proxies share: each writes its increments (an upsert that adds) and reads the
+totals every `sync_seconds`. Without PostgreSQL, a JSON state file
 beside the usage file. Either is rebuilt from the usage events (with their feedback)
 when it is lost: an empty table, or no state file.
 """
@@ -49,7 +50,7 @@ from proxy.pg_migrations import apply
 from proxy.usage.event import FEEDBACK, USAGE
 from proxy.usage.stats import FEEDBACK_JOIN
 from selector_model import features, outcome, usage_event
-from selector_model.evidence import Evidence, Row
+from selector_model.evidence import COLUMNS, Evidence, Row
 from selector_model.kind import kind_of
 
 log = logging.getLogger("autoroute.learning")
@@ -79,22 +80,44 @@ MIGRATIONS = (
         );
         """,
     ),
+    (
+        2,
+        "evidence: where the model stood",
+        # Rows counted before hold outcomes of unknown margin: counted at margin 0 and
+        # each at its row's mean P (`evidence.widened`), adding no spread and no trend.
+        """
+        ALTER TABLE autoroute_evidence
+            ADD COLUMN margins double precision NOT NULL DEFAULT 0,
+            ADD COLUMN margin_squares double precision NOT NULL DEFAULT 0,
+            ADD COLUMN margin_gaps double precision NOT NULL DEFAULT 0,
+            ADD COLUMN prior_squares double precision NOT NULL DEFAULT 0,
+            ADD COLUMN prior_margins double precision NOT NULL DEFAULT 0,
+            ADD COLUMN prior_gaps double precision NOT NULL DEFAULT 0;
+        UPDATE autoroute_evidence
+            SET prior_squares = expected * expected / count,
+                prior_gaps = expected * (successes - expected) / count
+            WHERE count > 0;
+        """,
+    ),
 )
 _LOCK_KEY = 0x6175746F6C726E31  # "autolrn1": its own migrations, apart from usage's
 _UPSERT = (
-    "INSERT INTO autoroute_evidence (kind, model, successes, count, expected) "
-    "SELECT * FROM unnest($1::text[], $2::text[], $3::float8[], $4::float8[], $5::float8[]) "
-    "ON CONFLICT (kind, model) DO UPDATE SET "
-    "successes = autoroute_evidence.successes + excluded.successes, "
-    "count = autoroute_evidence.count + excluded.count, "
-    "expected = autoroute_evidence.expected + excluded.expected, updated_at = now()"
+    f"INSERT INTO autoroute_evidence (kind, model, {', '.join(COLUMNS)}) "
+    "SELECT * FROM unnest($1::text[], $2::text[], "
+    + ", ".join(f"${i + 3}::float8[]" for i in range(len(COLUMNS)))
+    + ") ON CONFLICT (kind, model) DO UPDATE SET "
+    + "".join(f"{c} = autoroute_evidence.{c} + excluded.{c}, " for c in COLUMNS)
+    + "updated_at = now()"
 )
+_TOTALS = f"SELECT kind, model, {', '.join(COLUMNS)} FROM autoroute_evidence"
 _EVENTS = f"SELECT u.event, f.rating FROM usage_events u {FEEDBACK_JOIN}"
 
 
-def decision_of(event: Mapping[str, Any]) -> tuple[str, str, float] | None:
-    """(kind, chosen model, the selector's P(success) for it) of an `auto` usage event,
-    or None for another request (or a replayed answer: `outcome.replayed`)."""
+def decision_of(event: Mapping[str, Any]) -> tuple[str, str, float, float] | None:
+    """(kind, chosen model, the selector's P(success) for it, its margin over the best
+    other candidate's) of an `auto` usage event, or None for another request (or a
+    replayed answer: `outcome.replayed`). An event recorded before decisions recorded
+    the margin gives 0 (no more than the model's P tied the best other's)."""
     if outcome.replayed(event):
         return None
     decision = event.get("decision")
@@ -114,7 +137,10 @@ def decision_of(event: Mapping[str, Any]) -> tuple[str, str, float] | None:
         ):
             return None
         kind = kind_of(vector["request"])
-    return kind, str(decision["chosen"]), float(prior)
+    margin = decision.get("margin")
+    if isinstance(margin, bool) or not isinstance(margin, int | float):
+        margin = 0.0
+    return kind, str(decision["chosen"]), float(prior), float(margin)
 
 
 def evidence_from_events(events: Iterable[Mapping[str, Any]]) -> Evidence:
@@ -125,8 +151,10 @@ def evidence_from_events(events: Iterable[Mapping[str, Any]]) -> Evidence:
     for event, result in zip(listed, outcome.grade(listed), strict=True):
         decided = decision_of(event)
         if result is not None and decided is not None:
-            kind, model, prior = decided
-            evidence.update(kind, model, outcome.against(result, prior), prior, result.weight)
+            kind, model, prior, margin = decided
+            evidence.update(
+                kind, model, outcome.against(result, prior), prior, result.weight, margin
+            )
     return evidence
 
 
@@ -142,6 +170,7 @@ class _Counted:
     kind: str
     model: str
     prior: float  # the selector's P(success) for the model on this prompt
+    margin: float  # that P minus the best other candidate's
     implicit: outcome.Result | None  # the answer's implicit outcome, were it not retried
     if_retried: outcome.Result | None  # the same, had the prompt been sent again soon
     api_key_id: str | None = None  # the key the request was made with (its event's)
@@ -153,7 +182,7 @@ class _Counted:
     applied: outcome.Result | None = None
 
     @classmethod
-    def of(cls, decided: tuple[str, str, float], event: Mapping[str, Any]) -> _Counted:
+    def of(cls, decided: tuple[str, str, float, float], event: Mapping[str, Any]) -> _Counted:
         raw = event.get("outcome")
         answer = raw if isinstance(raw, Mapping) else {}
         raw = event.get("client")
@@ -352,8 +381,10 @@ class Learner:
         counted.applied = now
 
     def _add(self, counted: _Counted, value: float, weight: float) -> None:
-        self.evidence.update(counted.kind, counted.model, value, counted.prior, weight)
-        self.pending.update(counted.kind, counted.model, value, counted.prior, weight)
+        for evidence in (self.evidence, self.pending):
+            evidence.update(
+                counted.kind, counted.model, value, counted.prior, weight, counted.margin
+            )
         self.dirty = True
 
     # Keeping it (background) ----------------------------------------------------------
@@ -420,7 +451,7 @@ class Learner:
 
     def status(self) -> dict[str, Any]:
         kinds: dict[str, int] = {}
-        for kind, _, _, count, _ in self.evidence.rows():
+        for kind, _, _, count, *_ in self.evidence.rows():
             if count > 0:
                 kinds[kind] = kinds.get(kind, 0) + 1
         return {
@@ -448,10 +479,11 @@ class Learner:
         if path.exists():
             try:
                 doc = orjson.loads(path.read_bytes())
-                self.evidence.replace(
-                    (str(r[0]), str(r[1]), float(r[2]), float(r[3]), float(r[4]))
-                    for r in doc["rows"]
-                )
+                # Version 1's rows hold three sums: `Evidence.replace` widens them.
+                rows = [r for r in doc["rows"] if len(r) in (5, 2 + len(COLUMNS))]
+                if len(rows) != len(doc["rows"]):
+                    raise ValueError("a row of another width")
+                self.evidence.replace(rows)
                 return
             except (ValueError, KeyError, IndexError, TypeError) as exc:
                 # Kept aside, not overwritten: the path may name a file not the learner's.
@@ -473,7 +505,7 @@ class Learner:
         path = self.state_file
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(path.name + f".{os.getpid()}.tmp")
-        temporary.write_bytes(orjson.dumps({"version": 1, "rows": rows}))
+        temporary.write_bytes(orjson.dumps({"version": 2, "rows": rows}))
         os.replace(temporary, path)  # readers see the old file or the new, never half
 
     # PostgreSQL -------------------------------------------------------------------
@@ -524,19 +556,15 @@ class Learner:
                 await conn.execute(_UPSERT, *_columns(rows))
         except BaseException:
             for row in rows:  # written later, not lost
-                self.pending.add(*row)
+                self.pending.add(row[0], row[1], *row[2:])
             raise
         await self._resolve_unmatched(conn)
         await self._pg_reload(conn)
 
     async def _pg_reload(self, conn: asyncpg.Connection) -> None:
-        totals = await conn.fetch(
-            "SELECT kind, model, successes, count, expected FROM autoroute_evidence"
-        )
+        totals = await conn.fetch(_TOTALS)
         # What this proxy has counted since it last wrote is not in the totals yet.
-        rows: list[Row] = [
-            (r["kind"], r["model"], r["successes"], r["count"], r["expected"]) for r in totals
-        ]
+        rows = [tuple(r) for r in totals]
         self.evidence.replace([*rows, *self.pending.rows()])
 
     async def _resolve_unmatched(self, conn: asyncpg.Connection) -> None:
@@ -577,4 +605,4 @@ class Learner:
 
 
 def _columns(rows: list[Row]) -> tuple[list[Any], ...]:
-    return tuple([r[i] for r in rows] for i in range(5))
+    return tuple([r[i] for r in rows] for i in range(2 + len(COLUMNS)))

@@ -188,6 +188,11 @@ class Decision:
             "profile": self.profile,
             "chosen": self.chosen,
             "p_success": chosen.p_success if chosen else None,
+            # Its P minus the best other candidate's: where it stood, which the evidence
+            # records with the outcome (`selector_model.posterior.margin_of`).
+            "margin": None
+            if chosen is None
+            else chosen.p_success - max((s.p_success for s in others), default=chosen.p_success),
             "blend": chosen.blend if chosen else None,
             "kind": self.kind,
             "utility": chosen.utility if chosen else None,

@@ -52,6 +52,21 @@ model the artifact misplaced everywhere at once, but a few poor answers of a mod
 one kind then lower it on every other, where it may not be tried again (the safety
 rule keeps the anchor while the other's doubt is wide).
 
+A model's own departure also depends on where it stands on the prompt: its margin d
+(its P minus the best other candidate's P) and its P. The evidence keeps, beside the
+three sums, the sums of d, d^2, d * gap, P^2, P * d and P * gap over the model's
+outcomes (`evidence.COLUMNS`), and the departure adds the ridge fit of the gap on
+(d, P) (slopes shrunk toward 0 by `SLOPE_PRIOR`), read at this prompt's (d, P) kept
+within one standard deviation of their means over those outcomes:
+
+    departure(m) += b_d * (clip(d) - mean d) + b_P * (clip(P) - mean P)
+
+Why: a model is tried only where its P led, and its gap there is not its gap on the
+kind's other prompts (selection on where it stood: a model the selector underrates
+overall answers the prompts where it leads further above its P than the rest); the
+choice is a function of the P, so how the gap moves with the margin and P can be read
+off the model's own outcomes, and carried only as far as they reach.
+
 Once there is evidence, the utility uses the blend in place of P, plus `optimism`
 standard deviations of the posterior (optimism in the face of uncertainty):
 
@@ -126,7 +141,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from selector_model.evidence import Evidence
+from selector_model.evidence import WIDTH, Evidence
 from selector_model.policy import (
     P_CEILING,
     P_FLOOR,
@@ -160,6 +175,11 @@ _WIDENS = math.exp(0.5)
 # (within this many standard errors of their mean, a Wilson bound; `_bonus`).
 JUDGED_AFTER = 20.0
 _PLAUSIBLE_Z = 2.0
+# The prior on the slopes of a model's gap in its margin and its P (`fit_trend`): a slope
+# of sqrt(0.25 / SLOPE_PRIOR), 0.5 (the gap's change per unit of margin or of P), is
+# one prior standard deviation, for outcomes of variance 0.25; so a model's outcomes
+# must spread over margins (or P) before its correction depends on them.
+SLOPE_PRIOR = 1.0
 
 _UTILITY = operator.attrgetter("utility")
 
@@ -288,12 +308,69 @@ def _surprising(evidence: Mapping[str, Sequence[float]]) -> bool:
 
 
 def _departure(got: Sequence[float], centre: float, n0: float) -> float:
-    """A model's own departure from `centre` by its evidence (successes, count,
-    expected): the mean gap's excess over it, shrunk by its prior's strength n0."""
+    """A model's own departure from `centre` by its evidence (the sums of
+    `evidence.COLUMNS`): the mean gap's excess over it, shrunk by its prior's strength
+    n0. Where the model stands on the prompt adds its `Trend`."""
     count = float(got[1])
     if count <= 0:
         return 0.0
     return (float(got[0]) - float(got[2]) - count * centre) / (n0 + count)
+
+
+@dataclass(frozen=True, slots=True)
+class Trend:
+    """How a model's gap (outcome - P) moves with where it stood on the prompts it
+    answered, its margin over the best other candidate's P and its P: the ridge fit of
+    the gap on both over its outcomes (slopes shrunk toward 0 by `SLOPE_PRIOR`, in
+    outcomes per unit of slope squared), about their means, carried only within one
+    standard deviation of them (`at`). The same for every prompt until the evidence
+    changes (`trends`)."""
+
+    by_margin: float
+    margin: float
+    margin_reach: float
+    by_prior: float
+    prior: float
+    prior_reach: float
+
+    def at(self, margin: float, prior: float) -> float:
+        """The gap's departure from the model's mean gap where it stands at (`margin`,
+        `prior`); beyond one standard deviation of either, the value at that edge."""
+        m, reach = self.margin, self.margin_reach
+        p, spread = self.prior, self.prior_reach
+        return self.by_margin * (min(m + reach, max(m - reach, margin)) - m) + self.by_prior * (
+            min(p + spread, max(p - spread, prior)) - p
+        )
+
+
+def fit_trend(got: Sequence[float], slope_prior: float = SLOPE_PRIOR) -> Trend | None:
+    """The `Trend` of a model's evidence row, or None where it has none (no outcomes,
+    a row without where the model stood, or a fit that does not solve)."""
+    count = float(got[1]) if len(got) >= WIDTH else 0.0
+    if count <= 0:
+        return None
+    mean_gap = (float(got[0]) - float(got[2])) / count
+    margin, prior = float(got[3]) / count, float(got[2]) / count
+    margin_var = max(0.0, float(got[4]) / count - margin * margin)
+    prior_var = max(0.0, float(got[6]) / count - prior * prior)
+    covariance = float(got[7]) / count - prior * margin
+    margin_gap = float(got[5]) / count - margin * mean_gap
+    prior_gap = float(got[8]) / count - prior * mean_gap
+    a11 = count * margin_var + slope_prior
+    a22 = count * prior_var + slope_prior
+    a12 = count * covariance
+    det = a11 * a22 - a12 * a12
+    if det <= 0:
+        return None
+    by_margin = count * (a22 * margin_gap - a12 * prior_gap) / det
+    by_prior = count * (a11 * prior_gap - a12 * margin_gap) / det
+    return Trend(by_margin, margin, math.sqrt(margin_var), by_prior, prior, math.sqrt(prior_var))
+
+
+def trends(evidence: Mapping[str, Sequence[float]]) -> dict[str, Trend]:
+    """Each model's `Trend` on one kind's evidence (`Evidence.of`)."""
+    fits = ((name, fit_trend(got)) for name, got in evidence.items())
+    return {name: fit for name, fit in fits if fit is not None}
 
 
 def _bonus(
@@ -337,6 +414,25 @@ def _upper(mean: float, count: float) -> float:
     z2 = _PLAUSIBLE_Z * _PLAUSIBLE_Z
     root = _PLAUSIBLE_Z * math.sqrt(m * (1 - m) / count + z2 / (4 * count * count))
     return (m + z2 / (2 * count) + root) / (1 + z2 / count)
+
+
+def _top_two(ranking: Sequence[Scored]) -> tuple[float, float]:
+    """The highest and second-highest P of the candidates (the highest twice for one)."""
+    first = second = -math.inf
+    for s in ranking:
+        if s.p_success > first:
+            first, second = s.p_success, first
+        elif s.p_success > second:
+            second = s.p_success
+    return first, second if second > -math.inf else first
+
+
+def margin_of(ranking: Sequence[Scored], name: str) -> float:
+    """`name`'s P minus the highest P of the other candidates (0 alone): where the model
+    stood in the decision, as the evidence records it with each outcome."""
+    first, second = _top_two(ranking)
+    p = next(s.p_success for s in ranking if s.name == name)
+    return p - (second if p >= first else first)
 
 
 def choose(
@@ -400,6 +496,14 @@ def choose(
                 if got is not None:
                     share += max(0.0, float(got[1]))
             share /= len(ranking)
+        first, second = _top_two(ranking)
+        # Fitted once per change of the evidence (the kind's rows are updated in place,
+        # and replaced whole with a new version).
+        fits = (
+            kinds.derived(("trends", id(evidence)), lambda: trends(evidence))
+            if isinstance(kinds, Evidence) and evidence
+            else trends(evidence)
+        )
         for s in ranking:
             centre = shift + offsets.get(s.name, 0.0)
             got = evidence.get(s.name)
@@ -411,6 +515,10 @@ def choose(
             blend = s.p_success + centre
             if got is not None:
                 blend += _departure(got, centre, n0)
+                fit = fits.get(s.name)
+                if fit is not None:
+                    margin = s.p_success - (second if s.p_success >= first else first)
+                    blend += fit.at(margin, s.p_success)
             bonus = 0.0
             if optimism:
                 own = float(got[0]) / count if got is not None and count > 0 else 0.0

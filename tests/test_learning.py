@@ -27,7 +27,7 @@ from proxy.emulator import EmulatorSettings
 from proxy.learning import PER_ID, Learner, evidence_from_events
 from selector_model import outcome, posterior
 from selector_model.catalogue_prior import CATALOGUE_SHARE, with_catalogue
-from selector_model.evidence import Evidence
+from selector_model.evidence import COLUMNS, Evidence
 from selector_model.features import AREAS, REQUEST_FEATURES, Candidate
 from selector_model.kind import kind_of
 from selector_model.policy import largest, pick, rank
@@ -366,6 +366,41 @@ def test_a_model_poor_answers_dropped_is_retried_once_the_kind_is_decided_often(
     assert choice(900, chat_zeros=30).chosen.name == "twin"
 
 
+def test_a_lift_read_where_a_model_led_is_not_carried_to_prompts_where_it_trails() -> None:
+    """Selection bias: a model is tried where its P led, and its gap there is not its
+    gap elsewhere. "big" (P 0.4 on the prompts it was chosen for) answered those where
+    it led by 0.2 all right and those where it led by nothing half right: a mean gap
+    of +0.35, read only where it led. "rival" answered its 20 at its P. Its gap,
+    fitted on where it stood, falls with its margin; on a prompt where it trails by
+    0.2, the lift is the fit's at the lowest margin it was tried at (a lead of 0.1 less
+    than its mean), not its mean: the rival keeps that prompt. Where it leads as it
+    did, the lift holds."""
+    rng = np.random.default_rng(0)
+    evidence = Evidence()
+    for i in range(40):
+        evidence.update("math", "big", float(i % 2), prior=0.4, margin=0.0)
+        evidence.update("math", "big", 1.0, prior=0.4, margin=0.2)
+    for i in range(20):
+        evidence.update("math", "rival", float(i % 2), prior=0.5, margin=0.0)
+
+    def blends(p_big: float, p_rival: float) -> tuple[str, dict[str, float]]:
+        ranking = rank(["big", "rival"], [p_big, p_rival], [1.0, 1.0], 0.0, set())
+        chose = choose(ranking, evidence.of("math"), 0.0, rng, min_gain=0.0, unknown_margin=0.0)
+        return chose.chosen.name, {s.name: s.blend or 0.0 for s in chose.ranking}
+
+    trails, at = blends(0.3, 0.5)
+    assert trails == "rival"
+    # The slope of its gap in its margin, ridge fit: n cov / (n var + SLOPE_PRIOR).
+    slope = 80 * (0.1 * 0.25) / (80 * 0.01 + posterior.SLOPE_PRIOR)
+    _, plain = blends(0.5, 0.3)  # the same mean lift, where it leads by 0.2...
+    lifted_at_mean = plain["big"] - 0.5 - slope * (0.2 - 0.1)
+    # ...carried to where it trails only as far as one standard deviation (0.1) below
+    # where it stood on average.
+    assert at["big"] - 0.3 == pytest.approx(lifted_at_mean - slope * 0.1)
+    leads, _ = blends(0.5, 0.3)
+    assert leads == "big"
+
+
 def test_offsets_from_the_evidence_are_computed_once_per_change_of_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -535,7 +570,12 @@ def _event(rid: str, second: int, prompt: str, **outcome_fields: Any) -> dict[st
         "ts": f"2026-01-01T00:{second // 60:02d}:{second % 60:02d}Z",
         "client": {"user": "ann"},
         "prompt_sha256": prompt,
-        "decision": {"chosen": "qwen2.5:7b", "kind": kind_of(request), "p_success": 0.5},
+        "decision": {
+            "chosen": "qwen2.5:7b",
+            "kind": kind_of(request),
+            "p_success": 0.5,
+            "margin": 0.1,
+        },
         "features": {"schema_version": 1, "request": request},
         "outcome": {"status": 200, "error": None, "done_reason": "stop", **outcome_fields},
     }
@@ -549,7 +589,9 @@ def test_learner_takes_back_implicit_outcomes_when_a_rating_or_a_retry_comes(
     learner.observe("usage", _event("r1", 0, "a"))
     weak = outcome.COMPLETED
     # A completed answer is no news: counted as what the selector expected (0.5).
-    assert evidence.of("math")["qwen2.5:7b"] == pytest.approx([weak * 0.5, weak, weak * 0.5])
+    assert evidence.of("math")["qwen2.5:7b"][:4] == pytest.approx(
+        [weak * 0.5, weak, weak * 0.5, weak * 0.1]
+    )
     learner.observe("feedback", {"request_id": "r1", "rating": 0.0})  # a thumbs-down wins
     assert evidence.of("math")["qwen2.5:7b"][:2] == pytest.approx([0.0, outcome.RATED])
     learner.observe("usage", _event("r2", 10, "b"))
@@ -560,7 +602,7 @@ def test_learner_takes_back_implicit_outcomes_when_a_rating_or_a_retry_comes(
     # Feedback that overtakes its event waits for it.
     learner.observe("feedback", {"request_id": "r4", "rating": 1.0})
     learner.observe("usage", _event("r4", 300, "c", done_reason="length"))
-    successes, count, expected = evidence.of("math")["qwen2.5:7b"]
+    successes, count, expected = evidence.of("math")["qwen2.5:7b"][:3]
     assert (successes, count, expected) == pytest.approx(
         (outcome.COMPLETED * 0.5 + 1.0, 3 * outcome.RATED + outcome.COMPLETED, count * 0.5)
     )
@@ -572,15 +614,17 @@ def test_learner_takes_back_implicit_outcomes_when_a_rating_or_a_retry_comes(
         {**_event("r4", 300, "c", done_reason="length"), "rating": 1.0},
     ]
     rebuilt = evidence_from_events(events)
-    assert rebuilt.of("math")["qwen2.5:7b"] == pytest.approx([successes, count, expected])
+    # Every sum, where the model stood (its margin, 0.1) included.
+    assert rebuilt.of("math")["qwen2.5:7b"] == pytest.approx(evidence.of("math")["qwen2.5:7b"])
+    assert evidence.of("math")["qwen2.5:7b"][3:5] == pytest.approx([0.1 * count, 0.01 * count])
     # Feedback by the id the client sent (kept as client_request_id beside the proxy's).
     learner.observe("usage", {**_event("r6", 500, "e"), "client_request_id": "mine-1"})
     learner.observe("feedback", {"request_id": "mine-1", "rating": 0.0})
     assert evidence.of("math")["qwen2.5:7b"][1] == pytest.approx(count + outcome.RATED)
-    successes, count, expected = evidence.of("math")["qwen2.5:7b"]
+    before = list(evidence.of("math")["qwen2.5:7b"])
     # Requests auto did not decide teach nothing.
     learner.observe("usage", {**_event("r5", 400, "d"), "decision": None})
-    assert evidence.of("math")["qwen2.5:7b"] == pytest.approx([successes, count, expected])
+    assert evidence.of("math")["qwen2.5:7b"] == pytest.approx(before)
 
 
 def test_a_rating_waiting_for_its_request_is_not_taken_by_another_keys_request(
@@ -625,7 +669,7 @@ def test_requests_of_another_key_carrying_an_id_do_not_push_the_keys_own_out(
     for i in range(1, PER_ID + 5):
         learner.observe("usage", by("bob", f"r{i}", i % 3600))
     assert len(learner.carrying("c1")) == PER_ID
-    successes, count, _ = evidence.of("math")["qwen2.5:7b"]
+    successes, count, *_ = evidence.of("math")["qwen2.5:7b"]
     learner.observe(
         "feedback",
         {"request_id": "c1", "rating": 0.0, "api_key_id": "ann", "api_key_hash": "ann-hash"},
@@ -1108,9 +1152,10 @@ async def test_an_unreadable_state_file_is_rebuilt_from_the_usage_files(tmp_path
     await learner.start()
     assert learner.rebuilt == 2 and learner.error is None
     # r1 rated 0.25 (the rating wins), r2 failed: two outcomes of full weight.
-    assert learner.evidence.of("math")["qwen2.5:7b"] == pytest.approx([0.25, 2.0, 1.0])
+    assert learner.evidence.of("math")["qwen2.5:7b"][:4] == pytest.approx([0.25, 2.0, 1.0, 0.2])
     saved = orjson.loads((tmp_path / "learning.json").read_bytes())
-    assert saved["rows"] == [["math", "qwen2.5:7b", 0.25, 2.0, 1.0]]
+    assert [row[:6] for row in saved["rows"]] == [["math", "qwen2.5:7b", 0.25, 2.0, 1.0, 0.2]]
+    assert len(saved["rows"][0]) == 2 + len(COLUMNS)
 
 
 async def test_implicit_signals_through_the_proxy(

@@ -44,6 +44,7 @@ from proxy.backends import BackendPool
 from proxy.config import Backend, Config, Profile, Selector
 from proxy.registry import ModelInfo, Registry
 from selector_model import features
+from selector_model.posterior import margin_of
 from training import export
 from training.data import Dataset, Prompt, dataset_examples
 from training.models import ModelSpec
@@ -274,16 +275,17 @@ def replay_fleet(
 def online_learner(router: AutoRouter) -> Feedback:
     """The proxy's own online learning as the feedback: each recorded score is a rating
     (`POST /api/autoroute/feedback`) of the answer, counted into the router's evidence
-    for the prompt's kind beside the P(success) the selector gave that model, as
-    `proxy.learning` counts a rating."""
+    for the prompt's kind beside the P(success) the selector gave that model and its
+    margin over the best other candidate's, as `proxy.learning` counts a rating."""
 
     def feed(body: Mapping[str, Any], model: str, score: float) -> None:
         profile = str(body["model"]).partition(":")[2] or router.config.default_profile
         choice = router.decide("/api/chat", body, profile)
-        prior = next(s.p_success for s in choice.decision.ranking if s.name == model)
+        ranking = choice.decision.ranking
+        prior = next(s.p_success for s in ranking if s.name == model)
         kind = choice.decision.kind
         if kind is not None:
-            router.evidence.update(kind, model, score, prior)
+            router.evidence.update(kind, model, score, prior, margin=margin_of(ranking, model))
 
     return feed
 
