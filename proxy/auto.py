@@ -283,6 +283,7 @@ class AutoRouter:
             profile.tolerance,
             learning.optimism,
             profile.max_loss,
+            self.evidence,
         )
         ranking, chosen, reason, propensity = (
             chose.ranking,

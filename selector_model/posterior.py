@@ -450,13 +450,16 @@ def choose(
     tolerance: float = 0.0,
     optimism: float = OPTIMISM,
     max_loss: float = 0.0,
+    store: Evidence | None = None,
 ) -> Chosen:
     """The choice for one request from `rank`'s ranking (prior utilities, best first)
     and the evidence for the request's kind, model: (successes, count, expected), as
     `Evidence.of(kind)` gives it; `kinds`, the same for every kind (`Evidence.table`,
     or the `Evidence`, whose offsets are then computed once per change of it), for
     the models' offsets; `optimism`, the posterior standard deviations added to
-    each candidate's utility once there is evidence. With no evidence and no
+    each candidate's utility once there is evidence; `store`, the `Evidence`
+    `evidence` is read from, for what is derived from it once per change of it (as
+    `kinds` when that is one). With no evidence and no
     exploration this is `pick`'s greedy choice. See the module docstring."""
     prior_choice, reason = safe_greedy(
         ranking, default_model, min_gain, unknown_margin, prior_strength, tolerance, max_loss
@@ -499,9 +502,11 @@ def choose(
         first, second = _top_two(ranking)
         # Fitted once per change of the evidence (the kind's rows are updated in place,
         # and replaced whole with a new version).
+        if isinstance(kinds, Evidence):
+            store = kinds
         fits = (
-            kinds.derived(("trends", id(evidence)), lambda: trends(evidence))
-            if isinstance(kinds, Evidence) and evidence
+            store.derived(("trends", id(evidence)), lambda: trends(evidence))
+            if store is not None and evidence
             else trends(evidence)
         )
         for s in ranking:
