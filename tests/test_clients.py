@@ -180,3 +180,38 @@ def test_a_backend_dying_mid_stream_is_an_error_the_client_raises(
             seen.extend(chunks)
         assert [c.model for c in seen] == [MODEL]
         assert "connection closed by backend" in failed.value.error
+
+
+def test_a_tool_schema_with_a_whole_number_beyond_64_bits_is_served(
+    emulator: Emulator, proxy: Proxy
+) -> None:
+    """A schema number such as 1e20 is a float64 to Ollama, which json.Marshal writes
+    in full (`100000000000000000000`) wherever it writes the tools again: Ollama
+    answers the chat, directly and through the proxy alike."""
+    tools: list[Any] = [
+        {
+            "type": "function",
+            "function": {
+                "name": "pick",
+                "description": "Pick a bound",
+                "parameters": {
+                    "type": "object",
+                    "properties": {
+                        "bound": {
+                            "type": "number",
+                            "description": "The bound",
+                            "enum": [1e20],
+                        }
+                    },
+                },
+            },
+        }
+    ]
+    messages = [{"role": "user", "content": "Pick one"}]
+    answers = [
+        ollama.Client(host=host).chat(model=MODEL, messages=messages, tools=tools).model_dump()
+        for host in (emulator.url, proxy.url)
+    ]
+    assert answers[0] == answers[1]
+    call = answers[0]["message"]["tool_calls"][0]["function"]
+    assert call == {"name": "pick", "arguments": {"bound": 1e20}}

@@ -176,3 +176,31 @@ def image_input(url: str) -> Any:
             ],
         }
     ]
+
+
+def test_responses_echo_a_whole_number_beyond_64_bits_as_go_writes_it(
+    emulator: Emulator, proxy: Proxy
+) -> None:
+    """ToResponse echoes the request's tools, whose parameters are a map[string]any:
+    1e20, and the integer 10**20 (as Python's json writes it), are a float64 there,
+    which json.Marshal writes in full."""
+    tools: Any = [
+        {
+            "type": "function",
+            "name": "pick",
+            "parameters": {
+                "type": "object",
+                "properties": {"bound": {"type": "number", "enum": [1e20, -1e20, 0.5, 10**20]}},
+            },
+            "strict": False,
+        }
+    ]
+    for url in (emulator.url, proxy.url):
+        raw = client(url).responses.with_raw_response.create(model=MODEL, input="hi", tools=tools)
+        assert (
+            b'"enum":[100000000000000000000,-100000000000000000000,0.5,100000000000000000000]'
+            in raw.content
+        )
+        echoed = raw.parse().tools[0]
+        assert echoed.type == "function"
+        assert echoed.parameters == tools[0]["parameters"]

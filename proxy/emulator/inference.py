@@ -130,7 +130,24 @@ def check_format(fmt: Any) -> Refusal | None:
 
 
 def _canonical(obj: Any) -> str:
-    return orjson.dumps(obj, default=_as_written, option=orjson.OPT_SORT_KEYS).decode()
+    try:
+        raw = orjson.dumps(obj, default=_as_written, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        # An integer beyond 64 bits, which orjson does not write: Go reads it into a
+        # float64 (an `any`), and so does this key.
+        raw = orjson.dumps(_as_doubles(obj), default=_as_written, option=orjson.OPT_SORT_KEYS)
+    return raw.decode()
+
+
+def _as_doubles(obj: Any) -> Any:
+    """`obj` with each integer beyond 64 bits a float, as Go's decoder reads it."""
+    if isinstance(obj, dict):
+        return {k: _as_doubles(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_as_doubles(v) for v in obj]
+    if isinstance(obj, int) and not isinstance(obj, bool) and not -(2**63) <= obj < 2**64:
+        return float(obj)
+    return obj
 
 
 def cloud_out_of_reach(path: str) -> Refusal:

@@ -29,9 +29,17 @@ JSON_BARE = "application/json"  # what the OpenAI writers and waitForStream set
 
 
 def _go_numbers(obj: Any) -> Any:
-    """Go prints a whole float64 without a fraction (1, not 1.0)."""
+    """Go prints a whole float64 below 1e21 without a fraction or exponent (1, not 1.0;
+    1e20 in full). orjson writes integers of 64 bits only: a larger one goes verbatim.
+    An integer beyond 64 bits read from a request is a float64 in Go (an `any`; an
+    integer field refuses it), and printed as one."""
+    if isinstance(obj, int) and not isinstance(obj, bool) and not -(2**63) <= obj < 2**64:
+        obj = float(obj)
     if isinstance(obj, float):
-        return int(obj) if obj.is_integer() and abs(obj) < 1e21 else obj
+        if not obj.is_integer() or abs(obj) >= 1e21:
+            return obj
+        whole = int(obj)
+        return whole if -(2**63) <= whole < 2**64 else orjson.Fragment(str(whole).encode())
     if isinstance(obj, dict):
         return {k: _go_numbers(v) for k, v in obj.items()}
     if isinstance(obj, list):
