@@ -215,3 +215,28 @@ def test_a_tool_schema_with_a_whole_number_beyond_64_bits_is_served(
     assert answers[0] == answers[1]
     call = answers[0]["message"]["tool_calls"][0]["function"]
     assert call == {"name": "pick", "arguments": {"bound": 1e20}}
+
+
+def test_create_from_a_model_not_yet_pulled_pulls_it(
+    own_emulator: Emulator, own_proxy: Proxy
+) -> None:
+    """CreateHandler's parseFromModel pulls a `from` model it does not have
+    (`ollama create` from a library model never pulled); one the registry lacks fails
+    that pull: the stream's error line, or without streaming waitForStream's 500."""
+    for host in (own_emulator.url, own_proxy.url):
+        client = ollama.Client(host=host)
+        client.delete("mistral:7b")
+        progress = [p.status for p in client.create(model="mine", from_="mistral:7b", stream=True)]
+        assert progress[0] == "pulling manifest"
+        assert progress.count("success") == 2 and progress[-1] == "success"
+        names = [m.model for m in client.list().models]
+        assert "mistral:7b" in names and "mine:latest" in names
+        seen: list[Any] = []
+        with pytest.raises(ollama.ResponseError) as failed:
+            seen.extend(client.create(model="other", from_="no-such-model:1b", stream=True))
+        assert [p.status for p in seen] == ["pulling manifest"]
+        assert failed.value.error == "pull model manifest: file does not exist"
+        with pytest.raises(ollama.ResponseError) as whole:
+            client.create(model="other", from_="no-such-model:1b")
+        assert whole.value.status_code == 500
+        assert whole.value.error == "pull model manifest: file does not exist"

@@ -21,7 +21,7 @@ from .catalog import INVALID_NAME, REGISTRY, ModelSpec, normalize_name, valid_na
 from .engine import ClientGone, wait_forever
 from .inference import Refusal, cloud_out_of_reach, read_body
 from .native import LazyStream
-from .state import state_of
+from .state import EmulatorState, state_of
 from .wire import JSON_BARE, dumps, empty_ok, error, gin_json
 
 _DIGEST = re.compile(r"^sha256[:-][0-9a-fA-F]{64}$")
@@ -247,14 +247,22 @@ async def handle_pull(request: web.Request) -> web.StreamResponse:
     if not valid_name(name):
         return error(400, INVALID_NAME)
     stream = body.get("stream") is not False
+    spec, lines = _pulled(state, name)
+    if spec is None:
+        return await _progress(request, lines, stream, fail=_NOT_IN_REGISTRY)
+    return await _progress(request, lines, stream)
+
+
+_NOT_IN_REGISTRY = "pull model manifest: file does not exist"
+
+
+def _pulled(state: EmulatorState, name: str) -> tuple[ModelSpec | None, list[dict[str, Any]]]:
+    """PullModel: the model the registry has under `name`, now local, and the progress
+    lines of pulling it; None and the lines before the failure when the registry lacks
+    it (`_NOT_IN_REGISTRY`)."""
     spec = REGISTRY.get(normalize_name(name))
     if spec is None:
-        return await _progress(
-            request,
-            [{"status": "pulling manifest"}],
-            stream,
-            fail="pull model manifest: file does not exist",
-        )
+        return None, [{"status": "pulling manifest"}]
     have = spec.name in state.store
     lines = [
         {"status": "pulling manifest"},
@@ -264,7 +272,7 @@ async def handle_pull(request: web.Request) -> web.StreamResponse:
         {"status": "success"},
     ]
     state.store[spec.name] = spec
-    return await _progress(request, lines, stream)
+    return spec, lines
 
 
 async def handle_push(request: web.Request) -> web.StreamResponse:
@@ -322,10 +330,15 @@ async def handle_create(request: web.Request) -> web.StreamResponse:
         return error(400, INVALID_NAME)
     stream = body.get("stream") is not False
     base: ModelSpec | None
+    # parseFromModel pulls a `from` model that is not local (PullModel's progress
+    # lines come first in the stream); a failed pull is a gin.H error without a status.
+    pulled: list[dict[str, Any]] = []
     if body.get("from"):
         base = state.find(str(body["from"]))
         if base is None:
-            return error(404, f"model '{body['from']}' not found")
+            base, pulled = _pulled(state, str(body["from"]))
+            if base is None:
+                return await _progress(request, pulled, stream, fail=_NOT_IN_REGISTRY)
     elif body.get("files"):
         missing = [d for d in body["files"].values() if str(d) not in state.blobs]
         if missing:
@@ -343,7 +356,7 @@ async def handle_create(request: web.Request) -> web.StreamResponse:
     new = base.renamed(
         normalize_name(name), parent_model=base.name, modified_at=go_time(state.now_ns()), **changes
     )
-    lines = [{"status": f"using existing layer {d}"} for d, _ in base.layers()[:1]]
+    lines = pulled + [{"status": f"using existing layer {d}"} for d, _ in base.layers()[:1]]
     lines += [
         {"status": "creating new layer sha256:" + hashlib.sha256(repr(k).encode()).hexdigest()}
         for k in changes.items()
