@@ -240,3 +240,24 @@ def test_create_from_a_model_not_yet_pulled_pulls_it(
             client.create(model="other", from_="no-such-model:1b")
         assert whole.value.status_code == 500
         assert whole.value.error == "pull model manifest: file does not exist"
+
+
+def test_create_quantizes_only_what_ollama_can(own_emulator: Emulator, own_proxy: Proxy) -> None:
+    """createModel parses the type (ggml.ParseFileType) and quantizes only F16, BF16 and
+    F32 weights: other weights, or an unknown type, fail the create with a gin.H error
+    without a status (a 500 without streaming)."""
+    for host in (own_emulator.url, own_proxy.url):
+        client = ollama.Client(host=host)
+        with pytest.raises(ollama.ResponseError) as quantized:
+            client.create(model="q8", from_=MODEL, quantize="q8_0")
+        assert quantized.value.status_code == 500
+        assert quantized.value.error == (
+            "quantization is only supported for F16, BF16 and F32 models"
+        )
+        with pytest.raises(ollama.ResponseError) as unknown:
+            list(client.create(model="q9", from_="nomic-embed-text", quantize="q9", stream=True))
+        assert unknown.value.error == (
+            "unsupported quantization type Q9 - supported types are F32, F16, Q4_K_S, Q4_K_M, Q8_0"
+        )
+        names = [m.model for m in client.list().models]
+        assert "q8:latest" not in names and "q9:latest" not in names

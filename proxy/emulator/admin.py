@@ -339,6 +339,8 @@ async def handle_create(request: web.Request) -> web.StreamResponse:
             base, pulled = _pulled(state, str(body["from"]))
             if base is None:
                 return await _progress(request, pulled, stream, fail=_NOT_IN_REGISTRY)
+        if refused := _quantize_refusal(str(body.get("quantize") or ""), base):
+            return await _progress(request, pulled, stream, fail=refused)
     elif body.get("files"):
         missing = [d for d in body["files"].values() if str(d) not in state.blobs]
         if missing:
@@ -364,6 +366,24 @@ async def handle_create(request: web.Request) -> web.StreamResponse:
     lines += [{"status": "writing manifest"}, {"status": "success"}]
     state.store[new.name] = new
     return await _progress(request, lines, stream)
+
+
+# ggml.ParseFileType's types, and those its error lists (BF16 is read, not listed).
+_FILE_TYPES = ("F32", "F16", "Q8_0", "Q4_K_S", "Q4_K_M", "Q4_K", "BF16")
+_LISTED_TYPES = "F32, F16, Q4_K_S, Q4_K_M, Q8_0"
+
+
+def _quantize_refusal(quantize: str, base: ModelSpec) -> str:
+    """createModel's refusal of a `quantize` of these weights, before any layer is
+    written: an unknown type, or weights already quantized. "" when it goes ahead."""
+    if not quantize:
+        return ""
+    wanted = quantize.upper()
+    if wanted not in _FILE_TYPES:
+        return f"unsupported quantization type {wanted} - supported types are {_LISTED_TYPES}"
+    if base.quantization_level not in ("F16", "BF16", "F32"):
+        return "quantization is only supported for F16, BF16 and F32 models"
+    return ""
 
 
 async def handle_copy(request: web.Request) -> web.Response:
