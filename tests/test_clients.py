@@ -261,3 +261,46 @@ def test_create_quantizes_only_what_ollama_can(own_emulator: Emulator, own_proxy
         )
         names = [m.model for m in client.list().models]
         assert "q8:latest" not in names and "q9:latest" not in names
+
+
+def test_show_describes_a_created_model_as_ollama_does(
+    own_emulator: Emulator, own_proxy: Proxy
+) -> None:
+    """CreateHandler's setParameters keeps the base's parameters the request does not
+    name (a `stop` list replaces the base's), setLicense adds a license to the base's,
+    and /api/show writes the Modelfile with parser.Command's quoting: a value quoted
+    only when it has a newline or an outer space (\"\"\" when it has a quote too)."""
+    for host in (own_emulator.url, own_proxy.url):
+        client = ollama.Client(host=host)
+        base = client.show(MODEL)
+        assert base.template is not None and base.license is not None
+        client.create(
+            model="pirate",
+            from_=MODEL,
+            system="Talk like a pirate.",
+            parameters={"temperature": 0.1, "stop": ["arr", "<|im_end|>"]},
+            license="MIT",
+            messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "arr"}],
+        )
+        shown = client.show("pirate")
+        assert shown.parameters is not None
+        assert sorted(shown.parameters.splitlines()) == [
+            'stop                           "<|im_end|>"',
+            'stop                           "arr"',
+            "temperature                    0.1",
+        ]
+        assert shown.license == base.license + "\nMIT"
+        lines = (shown.modelfile or "").splitlines()
+        template = '"""' if '"' in base.template else '"'
+        assert f"TEMPLATE {template}{base.template.splitlines()[0]}" in lines
+        for line in (
+            "SYSTEM Talk like a pirate.",
+            "PARAMETER stop arr",
+            "PARAMETER stop <|im_end|>",
+            "PARAMETER temperature 0.1",
+            "LICENSE MIT",
+            "MESSAGE user hi",
+            "MESSAGE assistant arr",
+        ):
+            assert line in lines, line
+        assert not any("'" in line for line in lines if line.startswith("PARAMETER"))

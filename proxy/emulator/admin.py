@@ -15,6 +15,7 @@ from aiohttp import web
 from proxy.backends import CLOUD, source
 from proxy.errors import gin_not_found
 from proxy.go_types import SHOW_FIELDS
+from proxy.multipart_form import go_quote
 from proxy.protocol import NDJSON, TEXT, go_time
 
 from .catalog import INVALID_NAME, REGISTRY, ModelSpec, normalize_name, valid_name
@@ -104,12 +105,30 @@ async def handle_ps(request: web.Request) -> web.Response:
 
 
 def _go_value(value: Any) -> str:
-    """fmt's %#v for the scalar types Modelfile parameters hold."""
+    """fmt's %#v for the scalar types Modelfile parameters hold: a string as
+    strconv.Quote writes it (the body's JSON escapes `<` and `>` in turn)."""
     if isinstance(value, str):
-        return dumps(value).decode()
+        return go_quote(value.encode())
+    return _go_text(value)
+
+
+def _go_text(value: Any) -> str:
+    """fmt's %v of a parameter's value (a float64 when it is a JSON number)."""
+    if isinstance(value, str):
+        return value
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e21:
+        return str(int(value))
     return repr(value)
+
+
+def _quote(text: str) -> str:
+    """parser's quote: a Modelfile argument quoted only when it has a newline or an
+    outer space, with triple quotes when it also holds a quote."""
+    if "\n" in text or text.startswith(" ") or text.endswith(" "):
+        return f'"""{text}"""' if '"' in text else f'"{text}"'
+    return text
 
 
 def _lists_capabilities(version: str) -> bool:
@@ -128,14 +147,17 @@ def show_body(spec: ModelSpec, request_model: str, user_agent: str, version: str
         f"# FROM {spec.name}",
         "",
         f"FROM /root/.ollama/models/blobs/{spec.model_digest.replace(':', '-')}",
-        f'TEMPLATE """{spec.template}"""',
+        f"TEMPLATE {_quote(spec.template)}",
     ]
-    modelfile += [f"PARAMETER {k} {v}" for k, v in spec.parameters()]
-    if spec.license:
-        modelfile.append(f'LICENSE """{spec.license}"""')
+    if spec.system:
+        modelfile.append(f"SYSTEM {_quote(spec.system)}")
+    modelfile += [f"PARAMETER {k} {_quote(_go_text(v))}" for k, v in spec.parameters()]
+    licenses = spec.all_licenses()
+    modelfile += [f"LICENSE {_quote(text)}" for text in licenses]
+    modelfile += [f"MESSAGE {role} {_quote(content)}" for role, content in spec.messages]
     body: dict[str, Any] = {}
-    if spec.license:
-        body["license"] = spec.license
+    if licenses:
+        body["license"] = "\n".join(licenses)
     body["modelfile"] = "\n".join(modelfile) + "\n"
     if params:
         body["parameters"] = "\n".join(params)
@@ -143,6 +165,8 @@ def show_body(spec: ModelSpec, request_model: str, user_agent: str, version: str
     if spec.system:
         body["system"] = spec.system
     body["details"] = spec.details()
+    if spec.messages:
+        body["messages"] = [{"role": r, "content": c} for r, c in spec.messages]
     info = spec.model_info()
     if user_agent.startswith("GitHubCopilotChat/"):
         info["general.basename"] = request_model
@@ -349,23 +373,55 @@ async def handle_create(request: web.Request) -> web.StreamResponse:
     else:
         return error(400, "neither 'from' or 'files' was specified")
     changes: dict[str, Any] = {}
+    written: dict[str, Any] = {}  # the layers the create writes, for its progress lines
     if body.get("template"):
-        changes["template"] = str(body["template"])
+        changes["template"] = written["template"] = str(body["template"])
     if body.get("system"):
-        changes["system"] = str(body["system"])
+        changes["system"] = written["system"] = str(body["system"])
     if isinstance(body.get("parameters"), dict):
-        changes["extra_parameters"] = tuple(body["parameters"].items())
+        written["parameters"] = params = body["parameters"]
+        changes.update(_parameters(base, params))
+    if added := _licenses(body.get("license")):
+        changes["licenses"] = base.licenses + added
+        written["license"] = added
+    if isinstance(body.get("messages"), list) and body["messages"]:
+        changes["messages"] = written["messages"] = tuple(
+            (str(m.get("role") or ""), str(m.get("content") or ""))
+            for m in body["messages"]
+            if isinstance(m, dict)
+        )
     new = base.renamed(
         normalize_name(name), parent_model=base.name, modified_at=go_time(state.now_ns()), **changes
     )
     lines = pulled + [{"status": f"using existing layer {d}"} for d, _ in base.layers()[:1]]
     lines += [
         {"status": "creating new layer sha256:" + hashlib.sha256(repr(k).encode()).hexdigest()}
-        for k in changes.items()
+        for k in written.items()
     ]
     lines += [{"status": "writing manifest"}, {"status": "success"}]
     state.store[new.name] = new
     return await _progress(request, lines, stream)
+
+
+def _parameters(base: ModelSpec, params: dict[str, Any]) -> dict[str, Any]:
+    """setParameters: the request's parameters, and the base's for each key the request
+    does not name (a `stop` it names replaces the base's stop list)."""
+    changes: dict[str, Any] = {}
+    if "stop" in params:
+        stop = params["stop"]
+        changes["stop"] = tuple(_go_text(s) for s in (stop if isinstance(stop, list) else [stop]))
+    kept = [(k, v) for k, v in base.extra_parameters if k not in params]
+    changes["extra_parameters"] = tuple(kept + [(k, v) for k, v in params.items() if k != "stop"])
+    return changes
+
+
+def _licenses(value: Any) -> tuple[str, ...]:
+    """The licenses a create adds (CreateRequest.License: a string or a list of them)."""
+    if isinstance(value, str):
+        return (value,) if value else ()
+    if isinstance(value, list):
+        return tuple(str(v) for v in value)
+    return ()
 
 
 # ggml.ParseFileType's types, and those its error lists (BF16 is read, not listed).

@@ -84,6 +84,10 @@ class ModelSpec:
     parent_model: str = ""
     system: str = ""
     extra_parameters: tuple[tuple[str, Any], ...] = field(default=())
+    # What a create adds: licenses after the base's (setLicense appends a layer) and
+    # the MESSAGE history, (role, content) pairs (setMessages replaces it).
+    licenses: tuple[str, ...] = ()
+    messages: tuple[tuple[str, str], ...] = ()
     # Emulator only: the chance of a correct answer to a profiling-suite prompt, per
     # capability area (see skills.py). Empty: suite prompts get ordinary emulated text.
     skills: tuple[tuple[str, float], ...] = ()
@@ -155,8 +159,16 @@ class ModelSpec:
         }
 
     def parameters(self) -> list[tuple[str, Any]]:
-        """Modelfile PARAMETER lines, in the order /api/show prints them."""
-        return [("stop", s) for s in self.stop] + list(self.extra_parameters)
+        """Modelfile PARAMETER lines, in the order /api/show prints them: a list value
+        one line per element, as GetModelInfo and Model.String print a []any."""
+        lines: list[tuple[str, Any]] = [("stop", s) for s in self.stop]
+        for key, value in self.extra_parameters:
+            lines += [(key, v) for v in value] if isinstance(value, list) else [(key, value)]
+        return lines
+
+    def all_licenses(self) -> list[str]:
+        """Model.License: the base's license layer, then those creates added."""
+        return ([self.license] if self.license else []) + list(self.licenses)
 
     def model_info(self) -> dict[str, Any]:
         """GGUF key/values as /api/show returns them (a Go map: keys sorted)."""
