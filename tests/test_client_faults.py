@@ -737,6 +737,28 @@ def patient(servers: ServerThread, emulator: Emulator) -> Iterator[Proxy]:
     prx.stop()
 
 
+async def send_broken_chunked(port: int, path: str, framing: bytes, together: bool) -> bytes:
+    """A chunked POST to `path` whose first chunk is whole and whose framing then breaks
+    (`framing`), sent with its head (`together`) or in a later read while the handler
+    reads the body; what came back until the connection closed."""
+    sock = await connect(port)
+    loop = asyncio.get_running_loop()
+    head = (
+        b"POST %s HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n" % path.encode()
+    )
+    body = b'4\r\n{"a"\r\n' + framing
+    try:
+        if together:
+            await loop.sock_sendall(sock, head + body)
+        else:
+            await loop.sock_sendall(sock, head)
+            await asyncio.sleep(0.2)  # the handler is reading the body
+            await loop.sock_sendall(sock, body)
+        return await read_until_closed(sock, 10)
+    finally:
+        sock.close()
+
+
 @pytest.mark.parametrize(
     ("framing", "error"),
     [
@@ -761,22 +783,7 @@ async def test_a_chunked_body_that_breaks_gets_ollamas_400_at_once(
     closes the connection, however the bytes came. The proxy's read of the body fails
     likewise, never waiting for bytes that cannot make a body (an upload streamed to
     the backend too), and others are served."""
-    sock = await connect(patient.port)
-    loop = asyncio.get_running_loop()
-    head = (
-        b"POST %s HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n" % path.encode()
-    )
-    body = b'4\r\n{"a"\r\n' + framing
-    try:
-        if together:
-            await loop.sock_sendall(sock, head + body)
-        else:
-            await loop.sock_sendall(sock, head)
-            await asyncio.sleep(0.2)  # the handler is reading the body
-            await loop.sock_sendall(sock, body)
-        answer = await read_until_closed(sock, 10)
-    finally:
-        sock.close()
+    answer = await send_broken_chunked(patient.port, path, framing, together)
     status, _, rest = answer.partition(b"\r\n")
     assert status == b"HTTP/1.1 400 Bad Request", answer
     head_lines, _, body = rest.partition(b"\r\n\r\n")
@@ -811,22 +818,7 @@ BROKEN_BODY_ANSWERS = {
 async def test_the_emulator_answers_a_chunked_body_that_breaks_as_ollama_does(
     emulator: Emulator, path: str, together: bool
 ) -> None:
-    sock = await connect(emulator.port)
-    loop = asyncio.get_running_loop()
-    head = (
-        b"POST %s HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n" % path.encode()
-    )
-    body = b'4\r\n{"a"\r\nzz\r\n'
-    try:
-        if together:
-            await loop.sock_sendall(sock, head + body)
-        else:
-            await loop.sock_sendall(sock, head)
-            await asyncio.sleep(0.2)  # the handler is reading the body
-            await loop.sock_sendall(sock, body)
-        answer = await read_until_closed(sock, 10)
-    finally:
-        sock.close()
+    answer = await send_broken_chunked(emulator.port, path, b"zz\r\n", together)
     status, error = BROKEN_BODY_ANSWERS[path]
     line, _, rest = answer.partition(b"\r\n")
     assert line.startswith(b"HTTP/1.1 %d " % status), answer
