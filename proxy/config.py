@@ -902,6 +902,13 @@ def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str
 def _check_env_path(variable: str, path: list[str]) -> None:
     hint: Any = Config
     for depth, part in enumerate(path):
+        if not part:
+            # `AUTOROUTE_=x` or `AUTOROUTE_LISTEN__=x`: nothing to name, nor to suggest.
+            after = f" after {'.'.join(path[:depth])}" if depth else ""
+            raise ConfigError(
+                f"environment variable {variable}: an empty setting name{after}; a setting is "
+                f"overridden as {ENV_PREFIX}<SECTION>__<KEY>, for example {ENV_PREFIX}LISTEN__PORT"
+            )
         if dataclasses.is_dataclass(hint):
             names = {f.name for f in dataclasses.fields(hint)}
             if part not in names:

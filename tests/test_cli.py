@@ -502,3 +502,18 @@ def test_usage_export_with_postgresql_down_says_which_database(
         f"127.0.0.1:{port}): "
     )
     assert "pw" not in err
+
+
+@pytest.mark.parametrize(
+    ("variable", "after"),
+    [("AUTOROUTE_", ""), ("AUTOROUTE_LISTEN__", " after listen"), ("AUTOROUTE___PORT", "")],
+)
+def test_environment_variable_with_an_empty_setting_name_says_so(variable: str, after: str) -> None:
+    """A variable with nothing (or nothing between two `__`) where a setting's name goes
+    names no setting: the error names the variable and what is missing in it."""
+    with pytest.raises(config.ConfigError) as error:
+        config.load(None, environ={"AUTOROUTE_CONFIG": str(ROOT / "config.yaml"), variable: "x"})
+    assert str(error.value) == (
+        f"environment variable {variable}: an empty setting name{after}; a setting is "
+        "overridden as AUTOROUTE_<SECTION>__<KEY>, for example AUTOROUTE_LISTEN__PORT"
+    )
