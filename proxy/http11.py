@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from proxy import header_values
 from proxy.upstream_errors import ProtocolError
 
 # An answer's head may echo the request's (Ollama echoes an allowed `Origin` in
@@ -97,12 +98,20 @@ def bodiless(status: int) -> bool:
     return status in (204, 304) or interim(status)
 
 
+def _quoted(raw: bytes, limit: int) -> str:
+    """The first `limit` bytes a backend sent, quoted as text for an error: the error
+    ends in a mid-stream error line and a log line, so it is valid UTF-8 (U+FFFD for
+    what is not), without control characters (each a space) or the line's own CRLF."""
+    shown = header_values.text(raw[:limit].decode("utf-8", "replace"), limit) or ""
+    return f'"{shown.strip()}"'
+
+
 def _parse_head(raw: bytes, method: str) -> tuple[ResponseHead, int]:
     lines = raw.decode("latin-1").split("\r\n")
     version, _, rest = lines[0].partition(" ")
     code, _, reason = rest.partition(" ")
     if not version.startswith("HTTP/1.") or len(code) != 3 or not code.isdigit():
-        raise ProtocolError(f"malformed status line {lines[0][:80]!r}")
+        raise ProtocolError(f"malformed status line {_quoted(lines[0].encode('latin-1'), 80)}")
     status = int(code)
     if status == 101:
         # The proxy never asks to switch protocols (it forwards no `Upgrade`).
@@ -114,12 +123,13 @@ def _parse_head(raw: bytes, method: str) -> tuple[ResponseHead, int]:
     for line in lines[1:]:
         name, sep, value = line.partition(":")
         if not sep:
-            raise ProtocolError(f"malformed header line {line[:80]!r}")
+            raise ProtocolError(f"malformed header line {_quoted(line.encode('latin-1'), 80)}")
         value = value.strip()
         lname = name.lower()
         if lname == "content-length":
             if not value.isdigit() or (length is not None and int(value) != length):
-                raise ProtocolError(f"malformed Content-Length {value[:40]!r}")
+                shown = _quoted(value.encode("latin-1"), 40)
+                raise ProtocolError(f"malformed Content-Length {shown}")
             length = int(value)
         elif lname == "transfer-encoding":
             chunked = value.lower().endswith("chunked")
@@ -291,7 +301,7 @@ class ResponseReader:
 def _chunk_size(line: bytes) -> int:
     digits = line.split(b";", 1)[0].strip()
     if not digits or len(digits) > _MAX_CHUNK_SIZE_DIGITS or digits.lstrip(_HEX_DIGITS):
-        raise ProtocolError(f"malformed chunk size {line[:40]!r}")
+        raise ProtocolError(f"malformed chunk size {_quoted(line, 40)}")
     return int(digits, 16)
 
 

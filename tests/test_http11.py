@@ -238,6 +238,28 @@ def test_what_is_not_http_is_a_protocol_error_wherever_it_is_cut(raw: bytes) -> 
             run(pieces)
 
 
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (NDJSON_HEAD + b"zz\r\nhello\r\n0\r\n\r\n", 'malformed chunk size "zz"'),
+        (NDJSON_HEAD + b"z\x00\x1b[2J\xff;x\r\n", 'malformed chunk size "z  [2J\ufffd;x"'),
+        (NDJSON_HEAD + b"g" * 100 + b"\r\n", f'malformed chunk size "{"g" * 40}"'),
+        (b"HTTP/2 200 OK\r\n\r\n", 'malformed status line "HTTP/2 200 OK"'),
+        (b"HTTP/1.1 200 OK\r\nno colon\x07\r\n\r\n", 'malformed header line "no colon"'),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", 'malformed Content-Length "-1"'),
+    ],
+    ids=["chunk size", "chunk size with controls", "long chunk size", "status", "header", "length"],
+)
+def test_a_protocol_error_quotes_what_came_as_text_a_person_reads(raw: bytes, message: str) -> None:
+    """The error ends as a mid-stream error line (JSON) and a log line: what the backend
+    sent is quoted as text, bounded, no control character in it, no Python literal
+    (`b'zz\\r'`), the same wherever the bytes were cut."""
+    for pieces in splits(raw):
+        with pytest.raises(ProtocolError) as error:
+            run(pieces)
+        assert str(error.value) == message
+
+
 def test_an_oversized_head_is_a_protocol_error() -> None:
     reader = ResponseReader("GET")
     reader.feed(b"HTTP/1.1 200 OK\r\n")
