@@ -27,7 +27,7 @@ from proxy.aiohttp_internals import state_get
 from proxy.backends import normalize_model
 from proxy.config import ApiKey, Auth
 from proxy.errors import error_response
-from proxy.routes import ADMIN, FULL, PUBLIC, SCRAPE, Route, find
+from proxy.routes import ADMIN, FULL, PUBLIC, SCRAPE, Route, find, runs_a_model
 from proxy.shared_limits import STREAMS_FULL, SharedDown, SharedLimits
 
 UNAUTHORIZED = "unauthorized"
@@ -273,7 +273,7 @@ class Access:
         shared = self.shared
         if shared is None or not shared.up:
             return self._limit_locally(request, key, route, now)
-        streams = key.max_streams if route is not None and route.inference else 0
+        streams = key.max_streams if runs_a_model(route, request.method) else 0
         if not key.rate and not streams:
             return Admission(key)
         try:
@@ -296,7 +296,8 @@ class Access:
         wait = key.take(now)
         if wait:
             return _rate_limited(request.path, key, wait)
-        if key.max_streams and route is not None and route.inference:
+        # A method the route does not serve runs nothing (gin's 405): no stream.
+        if key.max_streams and runs_a_model(route, request.method):
             if key.streams >= key.max_streams:
                 return _too_many_streams(request.path, key)
             key.streams += 1

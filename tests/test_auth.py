@@ -416,6 +416,28 @@ async def test_concurrent_streams_beyond_the_limit_answer_429(guarded: Proxy) ->
         assert (await call(guarded.url, "POST", "/api/generate", SINGLE, short))[0] == 200
 
 
+async def test_a_method_an_inference_route_does_not_serve_takes_no_stream_slot(
+    guarded: Proxy,
+) -> None:
+    """A GET, PUT or DELETE on a path that runs a model with a POST runs nothing (the
+    backend answers gin's 405): it is no stream, so a key whose slots are all taken
+    gets that 405, not a 429 for a stream it never asked for."""
+    body = {"model": "llama3.1:8b", "prompt": "long", "options": {"num_predict": 400}}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            guarded.url + "/api/generate", json=body, headers=bearer(SINGLE)
+        ) as first:
+            assert first.status == 200
+            await first.content.readline()  # the stream is running: the only slot taken
+            for method, path in [
+                ("GET", "/api/chat"),
+                ("DELETE", "/api/generate"),
+                ("PUT", "/v1/chat/completions"),
+            ]:
+                assert (await call(guarded.url, method, path, SINGLE))[0] == 405, (method, path)
+            await first.read()
+
+
 async def test_usage_events_carry_the_keys_name_and_logs_carry_no_key_or_prompt(
     guarded: Proxy, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -171,6 +171,24 @@ async def test_a_keys_streams_hold_across_both_proxies(replicas: tuple[Proxy, Pr
         assert await metric(two, "autoroute_shared_limits_up") == 1
 
 
+async def test_a_method_an_inference_route_does_not_serve_takes_no_shared_slot(
+    replicas: tuple[Proxy, Proxy],
+) -> None:
+    """A GET, PUT or DELETE on a path that runs a model with a POST runs nothing (gin's
+    405): it takes no slot in Redis, so with the key's one slot taken on the other
+    proxy it gets that 405, not a 429."""
+    one, two = replicas
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(one.url + "/api/generate", json=LONG, headers=bearer(STREAMER)) as first,
+    ):
+        assert first.status == 200
+        await first.content.readline()  # the stream is running: the only slot taken
+        for method, path in [("GET", "/api/chat"), ("DELETE", "/api/generate")]:
+            assert (await call(two.url, method, path, STREAMER))[0] == 405, (method, path)
+        assert await metric(two, "autoroute_shared_stream_slots_held") == 0
+
+
 async def test_a_slot_is_given_back_when_the_client_disconnects(
     replicas: tuple[Proxy, Proxy], prefix: str
 ) -> None:
