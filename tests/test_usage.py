@@ -12,6 +12,7 @@ import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
@@ -22,12 +23,13 @@ from hypothesis import strategies as st
 
 from proxy.config import Usage
 from proxy.usage import event as ev
+from proxy.usage.postgres import PostgresSink
 from proxy.usage.runner import Record, SinkRunner
 from proxy.usage.spool import Spool
-from proxy.usage.stats import MAX_KEYS, MemoryStats
+from proxy.usage.stats import MAX_KEYS, MemoryStats, from_postgres
 from selector_model.usage_event import Answer, Client, UsageEvent
 from tests.support import Emulator, Proxy, ServerThread, free_port
-from tests.usage_services import read_bytes, wait_for
+from tests.usage_services import Database, read_bytes, wait_for
 
 MODEL = "llama3.1:8b"
 ROOT = Path(__file__).resolve().parent.parent
@@ -362,3 +364,56 @@ def test_event_times_are_written_as_datetime_writes_them(epoch: float) -> None:
     for value in (epoch, 1764758400.9999995, 1764758400.0000005, 0.9999996, -1.9999996):
         expected = datetime.fromtimestamp(value, UTC).isoformat(timespec="microseconds")
         assert ev.rfc3339(value) == expected.replace("+00:00", "Z")
+
+
+# One model as clients spell it (case, registry and namespace), and a cloud model,
+# which Ollama never reads: its name is the provider's, kept as it is.
+_SPELLINGS = ("LLAMA3.2:3B", "registry.ollama.ai/library/llama3.2:3b", "llama3.2:3b")
+
+
+def _spelled(now: str) -> list[UsageEvent]:
+    outcome = Answer(status=200, ttfc_ms=1.0, total_ms=2.0, eval_count=10, eval_duration=1_000_000)
+    local = [
+        UsageEvent(request_id=f"r{n}", ts=now, served_model=name, backend="gpu-a", outcome=outcome)
+        for n, name in enumerate(_SPELLINGS)
+    ]
+    cloud = UsageEvent(
+        request_id="c",
+        ts=now,
+        served_model="GPT-4o-Mini",
+        backend="cloud:openai",
+        provider="openai",
+        outcome=outcome,
+    )
+    return [*local, cloud]
+
+
+def _rows(summary: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
+    return {(e["served_model"], e["backend"]): e["requests"] for e in summary}
+
+
+_ROWS = {("llama3.2:3b", "gpu-a"): 3, ("GPT-4o-Mini", "cloud:openai"): 1}
+
+
+def test_memory_stats_have_one_row_per_model_however_it_was_spelled() -> None:
+    """Ollama reads a model name case-insensitively, with or without its registry and
+    namespace: every spelling is one model, one row, named as Ollama reads it (as the
+    metrics label it)."""
+    stats = MemoryStats(window=100)
+    for event in _spelled(ev.rfc3339(datetime.now(UTC).timestamp())):
+        stats.add(event)
+    assert _rows(stats.summary()) == _ROWS
+
+
+async def test_postgres_stats_have_one_row_per_model_however_it_was_spelled(
+    database: Database,
+) -> None:
+    """The same from PostgreSQL, where the events keep the client's spelling."""
+    sink = PostgresSink(database.dsn, 2)
+    try:
+        events = _spelled(ev.rfc3339(datetime.now(UTC).timestamp()))
+        await sink.write([Record(e, e.line()) for e in events])
+        summary = await from_postgres(await sink.ensure_pool(), 3600)
+    finally:
+        await sink.close()
+    assert _rows(summary) == _ROWS

@@ -1,6 +1,11 @@
 """Per served model and backend: requests, errors, p50/p95 time to first chunk and total
 time, tokens/s, ratings. From PostgreSQL when configured, else from in-memory windows
-fed by the background writer (never by the handler)."""
+fed by the background writer (never by the handler).
+
+A model is named as Ollama reads its name (`backends.normalize_model`, as the metrics
+label it): the events keep the client's spelling, and every spelling of one model
+(case, registry and namespace) is one row, not one each. A cloud model's name is the
+provider's, which Ollama never reads: kept as it is."""
 
 from __future__ import annotations
 
@@ -10,10 +15,19 @@ from typing import Any
 
 import asyncpg
 
+from proxy.backends import normalize_model
 from selector_model import usage_event
 from selector_model.usage_event import UsageEvent
 
 Key = tuple[str | None, str | None]
+
+
+def model_name(served_model: str | None, provider: str | None) -> str | None:
+    """The row's model name: as Ollama reads it, unless a cloud provider served it."""
+    if not served_model or provider:
+        return served_model
+    return normalize_model(served_model)
+
 
 # Feedback names a request by the proxy's id or by the client's X-Request-Id (what the
 # client saw in the answer): a rating by a client id a client reused rates each request
@@ -30,8 +44,16 @@ LEFT JOIN LATERAL (SELECT avg(fb.rating) AS rating FROM feedback fb
                   ) f ON true
 """
 
+# The names served by local backends in the window, to be named as Ollama reads them.
+_NAMES = """
+SELECT DISTINCT served_model FROM usage_events
+WHERE ts >= now() - make_interval(secs => $1) AND served_model IS NOT NULL AND provider IS NULL
+"""
+
+# $2 and $3: those names and how Ollama reads them; a name not among them (written
+# since, or a cloud model's) is its row's as it is.
 _QUERY = f"""
-SELECT u.served_model, u.backend,
+SELECT coalesce(n.normal, u.served_model) AS served_model, u.backend,
        count(*) AS requests,
        count(*) FILTER (WHERE u.status >= 400 OR u.status = 0 OR u.error IS NOT NULL) AS errors,
        count(*) FILTER (WHERE u.cancelled) AS cancelled,
@@ -44,9 +66,11 @@ SELECT u.served_model, u.backend,
        count(f.rating) AS ratings,
        avg(f.rating) AS rating_mean
 FROM usage_events u
+LEFT JOIN unnest($2::text[], $3::text[]) AS n(name, normal)
+       ON n.name = u.served_model AND u.provider IS NULL
 {FEEDBACK_JOIN}
 WHERE u.ts >= now() - make_interval(secs => $1)
-GROUP BY u.served_model, u.backend
+GROUP BY 1, u.backend
 ORDER BY requests DESC
 """
 
@@ -85,8 +109,13 @@ async def from_postgres(
     timeout: a query cancelled on a silent server leaves a release that waits for the
     server, and would hold the caller (and the pool's connection) as long."""
     conn = await pool.acquire(timeout=seconds)
+    window = float(window_seconds)
     try:
-        rows = await conn.fetch(_QUERY, float(window_seconds), timeout=seconds)
+        # No transaction around both (its BEGIN would have no timeout): a name written
+        # between them is its row's as sent until the next call.
+        names = [r[0] for r in await conn.fetch(_NAMES, window, timeout=seconds)]
+        normals = [model_name(name, None) for name in names]
+        rows = await conn.fetch(_QUERY, window, names, normals, timeout=seconds)
     finally:
         await pool.release(conn, timeout=seconds)
     return [
@@ -173,7 +202,7 @@ class MemoryStats:
         self.client_ids: OrderedDict[str, list[str]] = OrderedDict()
 
     def add(self, event: UsageEvent) -> None:
-        key: Key = (event.served_model, event.backend)
+        key: Key = (model_name(event.served_model, event.provider), event.backend)
         events = self.events
         window = events.get(key)
         if window is None:
