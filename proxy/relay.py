@@ -33,8 +33,8 @@ from proxy.protocol import HOP_BY_HOP, NDJSON, REQUEST_ID_HEADER, SSE
 from proxy.relayed_response import RelayedResponse
 from proxy.request_encoding import DECODED
 from proxy.routes import runs_model
-from proxy.upstream import Answer, UpstreamConnection
-from proxy.upstream_errors import ConnectFailed, IdleTimeout, StaleConnection, UpstreamError
+from proxy.upstream import Answer, UpstreamConnection, exchange
+from proxy.upstream_errors import ConnectFailed, IdleTimeout, UpstreamError
 
 log = logging.getLogger("autoroute.relay")
 
@@ -236,30 +236,22 @@ class Relay:
         soon as the head is parsed). The head, once it came; the connection is then
         `sink.conn`, for its owner to give back. `waits`: see `forward`."""
         idle = None if waits else self.idle
-        # A pooled connection the backend has since closed fails before any answer;
-        # that says nothing about the backend, so try again on another connection.
-        while True:
-            conn = await state.pool.acquire()
-            head_bytes = request_head(
-                request,
-                state.pool.host_header,
-                None if body is None else len(body),
-                request_id,
-                self.drop | _ENCODING if state_get(request, DECODED) else self.drop,
-            )
-            sink.bind(conn)
-            try:
-                conn.send(request.method, head_bytes, body or b"", idle, sink)
-                if body is None:
-                    await self._upload(request, conn, sink.answered)
-                return await sink.response_head()
-            except StaleConnection:
-                conn.close()
-                if body is None:
-                    raise
-            except BaseException:
-                conn.close()
-                raise
+        head_bytes = request_head(
+            request,
+            state.pool.host_header,
+            None if body is None else len(body),
+            request_id,
+            self.drop | _ENCODING if state_get(request, DECODED) else self.drop,
+        )
+        upload = None
+        if body is None:
+
+            def upload(conn: UpstreamConnection) -> Awaitable[None]:
+                return self._upload(request, conn, sink.answered)
+
+        return await exchange(
+            state.pool, request.method, head_bytes, body or b"", idle, sink, upload
+        )
 
     async def _upload(
         self, request: web.Request, conn: UpstreamConnection, answered: asyncio.Future[None]

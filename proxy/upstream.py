@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Protocol, cast
 
 from proxy.http11 import End, Event, Head, ResponseHead, ResponseReader, dechunk
@@ -341,27 +342,46 @@ class BufferedAnswer(Answer):
         return dechunk(raw) if self.head is not None and self.head.chunked else raw
 
 
-async def fetch(
-    pool: ConnectionPool, method: str, head: bytes, body: bytes, idle_timeout: float
-) -> tuple[ResponseHead, bytes]:
-    """One small request on a pooled connection: the answer's head and whole body. A
-    pooled connection the backend closed before any answer says nothing about the
-    backend (its keep-alive ran out as the request went out): the request goes again
-    on another connection, as the relay sends a client's."""
+async def exchange(
+    pool: ConnectionPool,
+    method: str,
+    head: bytes,
+    body: bytes,
+    idle_timeout: float | None,
+    sink: Answer,
+    upload: Callable[[UpstreamConnection], Awaitable[None]] | None = None,
+) -> ResponseHead:
+    """Send one request on a pooled connection, its answer to `sink` (bound to the
+    connection of the attempt that got it, `sink.conn`, for its owner to give back);
+    the head, once it came. A pooled connection the backend closed before any answer
+    says nothing about the backend (its keep-alive ran out as the request went out):
+    the request goes again on another connection, unless its body is streamed up
+    (`upload`), which cannot be replayed."""
     while True:
         conn = await pool.acquire()
-        answer = BufferedAnswer()
-        answer.bind(conn)
+        sink.bind(conn)
         try:
-            conn.send(method, head, body, idle_timeout, answer)
-            response = await answer.response_head()
+            conn.send(method, head, body, idle_timeout, sink)
+            if upload is not None:
+                await upload(conn)
+            return await sink.response_head()
         except StaleConnection:
             conn.close()
-            continue
+            if upload is not None:
+                raise
         except BaseException:
             conn.close()
             raise
-        return response, await answer.collect()
+
+
+async def fetch(
+    pool: ConnectionPool, method: str, head: bytes, body: bytes, idle_timeout: float
+) -> tuple[ResponseHead, bytes]:
+    """One small request on a pooled connection (`exchange`): the answer's head and
+    whole body."""
+    answer = BufferedAnswer()
+    response = await exchange(pool, method, head, body, idle_timeout, answer)
+    return response, await answer.collect()
 
 
 class ConnectionPool:
