@@ -188,11 +188,10 @@ class Decision:
             "profile": self.profile,
             "chosen": self.chosen,
             "p_success": chosen.p_success if chosen else None,
-            # Its P minus the best other candidate's: where it stood, which the evidence
-            # records with the outcome (`selector_model.posterior.margin_of`).
+            # Where it stood, which the evidence records with the outcome.
             "margin": None
             if chosen is None
-            else chosen.p_success - max((s.p_success for s in others), default=chosen.p_success),
+            else margin_of(chosen.p_success, top_two(self.ranking)),
             "blend": chosen.blend if chosen else None,
             "kind": self.kind,
             "utility": chosen.utility if chosen else None,
@@ -204,6 +203,25 @@ class Decision:
             "experiment": self.experiment,
             "variant": self.variant,
         }
+
+
+def top_two(ranking: Sequence[Scored]) -> tuple[float, float]:
+    """The highest and second-highest P of the candidates (the highest twice for one)."""
+    first = second = -math.inf
+    for s in ranking:
+        if s.p_success > first:
+            first, second = s.p_success, first
+        elif s.p_success > second:
+            second = s.p_success
+    return first, second if second > -math.inf else first
+
+
+def margin_of(p: float, top: tuple[float, float]) -> float:
+    """A candidate's P minus the highest P of the other candidates (0 alone), from its
+    P and the ranking's two highest (`top_two`): where the model stood in the decision,
+    as the evidence records it with each outcome (`selector_model.posterior`)."""
+    first, second = top
+    return p - (second if p >= first else first)
 
 
 def heuristic_p_success(candidate: Candidate) -> float:

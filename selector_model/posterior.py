@@ -148,7 +148,9 @@ from selector_model.policy import (
     UNKNOWN_MARGIN,
     Scored,
     inside,
+    margin_of,
     safe_greedy,
+    top_two,
 )
 
 # How many outcomes the selector's P(success) is worth against the evidence: the
@@ -416,25 +418,6 @@ def _upper(mean: float, count: float) -> float:
     return (m + z2 / (2 * count) + root) / (1 + z2 / count)
 
 
-def _top_two(ranking: Sequence[Scored]) -> tuple[float, float]:
-    """The highest and second-highest P of the candidates (the highest twice for one)."""
-    first = second = -math.inf
-    for s in ranking:
-        if s.p_success > first:
-            first, second = s.p_success, first
-        elif s.p_success > second:
-            second = s.p_success
-    return first, second if second > -math.inf else first
-
-
-def margin_of(ranking: Sequence[Scored], name: str) -> float:
-    """`name`'s P minus the highest P of the other candidates (0 alone): where the model
-    stood in the decision, as the evidence records it with each outcome."""
-    first, second = _top_two(ranking)
-    p = next(s.p_success for s in ranking if s.name == name)
-    return p - (second if p >= first else first)
-
-
 def choose(
     ranking: list[Scored],
     evidence: Mapping[str, Sequence[float]],
@@ -499,7 +482,7 @@ def choose(
                 if got is not None:
                     share += max(0.0, float(got[1]))
             share /= len(ranking)
-        first, second = _top_two(ranking)
+        top = top_two(ranking)
         # Fitted once per change of the evidence (the kind's rows are updated in place,
         # and replaced whole with a new version).
         if isinstance(kinds, Evidence):
@@ -522,8 +505,7 @@ def choose(
                 blend += _departure(got, centre, n0)
                 fit = fits.get(s.name)
                 if fit is not None:
-                    margin = s.p_success - (second if s.p_success >= first else first)
-                    blend += fit.at(margin, s.p_success)
+                    blend += fit.at(margin_of(s.p_success, top), s.p_success)
             bonus = 0.0
             if optimism:
                 own = float(got[0]) / count if got is not None and count > 0 else 0.0

@@ -44,7 +44,7 @@ from proxy.backends import BackendPool
 from proxy.config import Backend, Config, Profile, Selector
 from proxy.registry import ModelInfo, Registry
 from selector_model import features
-from selector_model.posterior import margin_of
+from selector_model.policy import margin_of, top_two
 from training import export
 from training.data import Dataset, Prompt, dataset_examples
 from training.models import ModelSpec
@@ -285,7 +285,9 @@ def online_learner(router: AutoRouter) -> Feedback:
         prior = next(s.p_success for s in ranking if s.name == model)
         kind = choice.decision.kind
         if kind is not None:
-            router.evidence.update(kind, model, score, prior, margin=margin_of(ranking, model))
+            router.evidence.update(
+                kind, model, score, prior, margin=margin_of(prior, top_two(ranking))
+            )
 
     return feed
 
