@@ -84,6 +84,12 @@ async def call(
         return resp.status, CIMultiDict(resp.headers), await resp.read()
 
 
+async def stats(url: str, key: str) -> dict[str, Any]:
+    """`GET /api/autoroute/stats` as `key` sees it."""
+    doc: dict[str, Any] = orjson.loads((await call(url, "GET", "/api/autoroute/stats", key))[2])
+    return doc
+
+
 CHAT = {"model": "llama3.1:8b", "messages": [{"role": "user", "content": "hi"}], "stream": False}
 
 
@@ -733,18 +739,12 @@ async def test_stats_name_backends_and_sink_errors_only_to_who_sees_the_fleet(
         body = {"model": "llama3.1:8b", "prompt": "hi", "stream": False}
         assert (await call(prx.url, "POST", "/api/generate", USER, body))[0] == 200
 
-        async def stats(key: str) -> dict[str, Any]:
-            doc: dict[str, Any] = orjson.loads(
-                (await call(prx.url, "GET", "/api/autoroute/stats", key))[2]
-            )
-            return doc
-
         async def failing() -> bool:
-            doc = await stats(SINGLE)
+            doc = await stats(prx.url, SINGLE)
             return bool(doc["models"]) and bool(doc["sinks"]["file"]["last_error"])
 
         await wait_for(failing, what="the request counted and the sink's error")
-        full = await stats(SINGLE)
+        full = await stats(prx.url, SINGLE)
         assert [r["backend"] for r in full["models"]] == [own_emulator.url]
         assert str(unwritable) in full["sinks"]["file"]["last_error"]
 
@@ -789,20 +789,14 @@ async def test_a_key_with_a_model_list_sees_no_counts_of_other_keys_refused_requ
         for _ in range(3):
             assert (await call(prx.url, "POST", "/api/generate", other, body))[0] == 403
 
-        async def stats(key: str) -> dict[str, Any]:
-            doc: dict[str, Any] = orjson.loads(
-                (await call(prx.url, "GET", "/api/autoroute/stats", key))[2]
-            )
-            return doc
-
         async def refusals_counted() -> bool:
-            doc = await stats(ADMIN)
+            doc = await stats(prx.url, ADMIN)
             return doc["sinks"]["file"]["written"] == 4 and any(
                 row["served_model"] is None and row["requests"] == 3 for row in doc["models"]
             )
 
         await wait_for(refusals_counted, what="the refused requests in the stats")
-        doc = await stats(USER)
+        doc = await stats(prx.url, USER)
         assert [(r["served_model"], r["requests"]) for r in doc["models"]] == [("llama3.1:8b", 1)]
         assert set(doc) == {"source", "models", "sinks"}
         assert doc["sinks"] == {"file": {"healthy": True}}
