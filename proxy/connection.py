@@ -362,15 +362,16 @@ class ClientConnection(RequestHandler):
             self._line is not None or (self._head_bytes == 0 and count == 0)
         ) and self._line_refused(data):
             return
-        end = data.find(b"\r\n\r\n") + 4
+        # Only a read that a head is awaited for can end one: body reads (an upload's
+        # gigabytes) are not searched.
+        end = data.find(b"\r\n\r\n") + 4 if awaiting_head(self) else 0
         if 4 <= end < len(data) and b"chunked" in data[:end].lower():
             # The end of a head with chunked framing and bytes after it: the head goes
             # to the parser alone, as Go reads a head before any of its body. A body
             # that breaks in this read then fails that request's read of it (Ollama's
             # 400), rather than failing the whole read, head and all, as one
-            # unparsable request. (A length-framed body cannot break; where these bytes
-            # are body, the cut changes nothing: the parser reads on from where it
-            # stopped.) A head refused is the read's error: nothing after it is read.
+            # unparsable request. (A length-framed body cannot break.) A head refused
+            # is the read's error: nothing after it is read.
             super().data_received(data[:end])
             if queued_error(self) is None:
                 super().data_received(data[end:])
