@@ -188,14 +188,19 @@ class SharedLimits:
             self._down(exc)
 
     async def run(self) -> None:
-        """Keep held slots in Redis while it is up; try it again while it is down, and
-        count there again once the slots of streams still running are in it."""
+        """Keep held slots in Redis while it is up (ping it when none is held); try it
+        again while it is down, and count there again once the slots of streams still
+        running are in it."""
         keep_every = self.settings.stream_slot_ttl_seconds / 3
         while True:
             await asyncio.sleep(keep_every if self.up else self.settings.retry_seconds)
             try:
-                if self.up:
+                if self.up and (self.held or self.unregistered):
                     await self.keep_held()
+                elif self.up:
+                    # Nothing to keep: a ping finds Redis gone all the same, so that
+                    # health and the metrics say so before the next request does.
+                    await self.redis.ping()
                 else:
                     await self.redis.ping()
                     registered = len(self.unregistered)

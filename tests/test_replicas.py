@@ -315,6 +315,31 @@ async def test_the_limits_are_shared_again_when_redis_answers_and_local_when_it_
 @pytest.mark.skipif(
     shutil.which("redis-server") is None, reason="needs redis-server to start and stop a Redis"
 )
+async def test_health_says_local_once_redis_goes_though_no_request_came(
+    servers: ServerThread,
+    own_emulator: Emulator,
+    own_redis: RedisServer,
+) -> None:
+    # An idle proxy holds no stream slot, so nothing it keeps in Redis finds it gone:
+    # its health would say "shared" until the next request.
+    shared = Shared(redis_url=own_redis.url, retry_seconds=0.05, stream_slot_ttl_seconds=0.15)
+    own_redis.start()
+    proxy = Proxy(servers, [own_emulator.url], auth=KEYS, shared=shared)
+    try:
+
+        async def is_(mode: str) -> bool:
+            return await limits_mode(proxy) == mode
+
+        await wait_for(lambda: is_("shared"), what="the proxy to use Redis")
+        own_redis.stop()
+        await wait_for(lambda: is_("local"), seconds=10, what="health to say the limits are local")
+    finally:
+        proxy.stop()
+
+
+@pytest.mark.skipif(
+    shutil.which("redis-server") is None, reason="needs redis-server to start and stop a Redis"
+)
 async def test_after_an_outage_redis_counts_every_stream_still_running(
     servers: ServerThread, own_emulator: Emulator, own_redis: RedisServer
 ) -> None:
