@@ -31,7 +31,14 @@ from proxy.aiohttp_internals import state_get
 from proxy.auth import KEY_REQUEST, KeyState, sees_fleet
 from proxy.auto import AutoError, AutoRouter, profile_of, user_key
 from proxy.auto_routes import AutoRoutes
-from proxy.backends import BackendPool, BackendState, NoBackend, searches_the_web
+from proxy.backends import (
+    BackendPool,
+    BackendState,
+    NoBackend,
+    searches_the_web,
+    source,
+    valid_name,
+)
 from proxy.cache import ResponseCache
 from proxy.cache.key import cache_key, cacheable, generates, scope
 from proxy.cache.replay import CACHE_HEADER, replay
@@ -388,8 +395,11 @@ class Handlers:
     ) -> web.Response | None:
         """A model the client named: refused when its key may not use it (hidden on
         `/api/show`, `_model_hidden`); else, on an inference route, the answer's header
-        names it as the client did, as the answer does."""
-        if key is not None and not key.allows_model(model):
+        names it as the client did, as the answer does. A name Ollama cannot parse
+        (`valid_name`) names no model on any key's list or any backend: it goes on for
+        the backend's own 400, the same for every key, as Ollama checks a name before
+        it looks for the model."""
+        if key is not None and valid_name(source(model)[0]) and not key.allows_model(model):
             if path == SHOW_PATH:
                 return self._model_hidden(path, model)
             return self._model_denied(path, model)

@@ -344,10 +344,44 @@ async def test_model_outside_the_keys_allow_list_is_403(guarded: Proxy) -> None:
 async def test_a_refusal_naming_the_model_carries_gos_escapes(guarded: Proxy, path: str) -> None:
     """The proxy's own error bodies are written as Ollama's encoding/json writes JSON:
     <, > and & escaped."""
-    status, _, body = await call(guarded.url, "POST", path, USER, {**CHAT, "model": "a<b>&c"})
-    assert status == 403
-    assert b"model 'a\\u003cb\\u003e\\u0026c' is not allowed for this API key" in body
-    assert not any(char in body for char in (b"<", b">", b"&"))
+    body = {**CHAT, "model": "auto:a<b>&c"}
+    status, _, answer = await call(guarded.url, "POST", path, USER, body)
+    assert status == 400
+    assert b"unknown profile 'auto:a\\u003cb\\u003e\\u0026c'" in answer
+    assert not any(char in answer for char in (b"<", b">", b"&"))
+
+
+@pytest.mark.parametrize(
+    ("path", "body_of"),
+    [
+        ("/api/chat", lambda m: {**CHAT, "model": m}),
+        ("/api/generate", lambda m: {"model": m, "prompt": "hi", "stream": False}),
+        ("/v1/chat/completions", lambda m: {**CHAT, "model": m}),
+        ("/api/embed", lambda m: {"model": m, "input": "hi"}),
+        ("/api/show", lambda m: {"model": m}),
+    ],
+)
+@pytest.mark.parametrize("model", ["a<b>&c", "qwen 2.5", "qwen:", "x" * 300, " \t"])
+async def test_a_name_ollama_cannot_parse_gets_its_answer_whatever_the_key(
+    guarded: Proxy,
+    own_emulator: Emulator,
+    path: str,
+    body_of: Callable[[str], object],
+    model: str,
+) -> None:
+    """A name Ollama refuses to parse is no model on any key's list and no backend's:
+    Ollama's answer (400 "invalid model name", or the handler's own for a blank one)
+    for a key with a model list as for one without, not "not allowed for this API
+    key", which would say the name could be allowed."""
+    direct = await call(own_emulator.url, "POST", path, None, body_of(model))
+    assert 400 <= direct[0] < 500
+    for key in (USER, ADMIN):
+        status, headers, answer = await call(guarded.url, "POST", path, key, body_of(model))
+        assert (status, headers["Content-Type"], answer) == (
+            direct[0],
+            direct[1]["Content-Type"],
+            direct[2],
+        ), key
 
 
 async def test_auto_only_chooses_among_the_keys_models(guarded: Proxy) -> None:

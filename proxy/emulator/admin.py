@@ -12,13 +12,13 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.backends import CLOUD, source
+from proxy.backends import CLOUD, INVALID_NAME, source, valid_name
 from proxy.errors import gin_not_found
 from proxy.go_types import SHOW_FIELDS
 from proxy.multipart_form import go_quote
 from proxy.protocol import NDJSON, TEXT, go_time
 
-from .catalog import INVALID_NAME, REGISTRY, ModelSpec, normalize_name, valid_name
+from .catalog import REGISTRY, ModelSpec, normalize_name
 from .engine import ClientGone, wait_forever
 from .inference import Refusal, cloud_out_of_reach, read_body
 from .native import LazyStream

@@ -230,55 +230,6 @@ def qualified(name: str) -> str:
     return short if "/" in short.split(":")[0] else _REGISTRY_PREFIX + short
 
 
-# types/model/name.go: what may follow a part's first byte (a letter, digit or
-# underscore), and its most bytes, for host, namespace, model and tag.
-_WORD = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
-_PARTS = (
-    (_WORD | frozenset("-.:"), 350),  # host
-    (_WORD | frozenset("-"), 80),  # namespace
-    (_WORD | frozenset("-."), 80),  # model
-    (_WORD | frozenset("-."), 80),  # tag
-)
-_MISSING = "!MISSING!"  # name.go's MissingPart: a separator with nothing beside it
-
-
-def _cut_promised(s: str, sep: str) -> tuple[str, str, bool]:
-    """name.go's cutPromised: `s` cut at the last `sep`, an empty side `_MISSING`."""
-    before, found, after = s.rpartition(sep)
-    if not found:
-        return s, "", False
-    return before or _MISSING, after or _MISSING, True
-
-
-# errtypes.InvalidModelNameErrMsg: Ollama's 400 for a name model.ParseName cannot
-# qualify (writeModelRefParseError), whatever the handler.
-INVALID_NAME = "invalid model name"
-
-
-def valid_name(name: str) -> bool:
-    """model.ParseName(...).IsValid() of the name modelref.ParseRef leaves (trimmed):
-    host, namespace, model and tag, the missing ones defaulted, each valid."""
-    s = name.strip()
-    host = namespace = tag = ""
-    if s.rfind(":") > s.rfind("/"):
-        s, tag, _ = _cut_promised(s, ":")
-    s, model, promised = _cut_promised(s, "/")
-    if not promised:
-        model = s
-    else:
-        s, namespace, promised = _cut_promised(s, "/")
-        if not promised:
-            namespace = s
-        else:
-            scheme, found, after = s.partition("://")
-            host = after if found else scheme
-    parts = (host or "registry.ollama.ai", namespace or "library", model, tag or "latest")
-    return all(
-        0 < len(part.encode()) <= longest and part[0] in _WORD and set(part) <= allowed
-        for part, (allowed, longest) in zip(parts, _PARTS, strict=True)
-    )
-
-
 _TOOLS = ("completion", "tools")
 
 

@@ -14,11 +14,11 @@ import orjson
 from aiohttp import web
 
 from proxy import go_types
-from proxy.backends import CLOUD, source
+from proxy.backends import CLOUD, INVALID_NAME, source, valid_name
 from proxy.go_types import BodyError, check_fields
 from proxy.keep_alive import parse as parse_keep_alive
 
-from .catalog import INVALID_NAME, ModelSpec, qualified, valid_name
+from .catalog import ModelSpec, qualified
 from .engine import Piece
 from .skills import suite_answer
 from .state import EmulatorState

@@ -13,10 +13,10 @@ from typing import Any
 from aiohttp import web
 
 from proxy.aiohttp_internals import defer_headers
+from proxy.backends import INVALID_NAME, valid_name
 from proxy.go_types import CHAT_FIELDS, EMBED_FIELDS, EMBEDDINGS_FIELDS, GENERATE_FIELDS
 from proxy.protocol import NDJSON, go_time
 
-from .catalog import INVALID_NAME, valid_name
 from .engine import ClientGone, Generation, Piece, pause
 from .inference import (
     Prepared,

@@ -14,9 +14,10 @@ from typing import Any
 
 from aiohttp import web
 
+from proxy.backends import valid_name
 from proxy.protocol import OLLAMA_VERSION
 
-from .catalog import CATALOG, REGISTRY, ModelSpec, normalize_name, valid_name
+from .catalog import CATALOG, REGISTRY, ModelSpec, normalize_name
 from .synthesized import Synthesized, synthesize
 
 FAULT_MODES = ("none", "hang", "stall", "close_early", "garbage", "error500")
