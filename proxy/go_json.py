@@ -13,11 +13,12 @@ first value as Go does, makes the objects the proxy reads canonical (one key per
 field, `selector_model.request_body.canonicalize`) and forwards that document
 serialised. orjson's serialisation has no duplicate key, valid UTF-8 and nothing after
 the value, so the backend reads exactly what the proxy checked. A body that is no JSON
-to Go either goes as sent, with no model, for the backend to answer its own error; one
-the proxy cannot read as Go does (nested deeper than orjson reads or writes) is refused
-with a 400, as Ollama refuses what it cannot decode. A number beyond a double, which
-Go refuses where it decodes it, is forwarded as written (`_number`), for the backend's
-own error.
+to Go either goes as sent, with no model, for the backend to answer its own error; so
+does one nested deeper than Go reads (`GO_MAX_DEPTH`). One nested deeper than orjson
+reads or writes, which Go reads, is read to `KEPT_DEPTH` and each value below is
+forwarded as written (`_read_deep`): the proxy reads nothing that deep. A number beyond
+a double, which Go refuses where it decodes it, is forwarded as written (`_number`),
+for the backend's own error.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import asyncio
 import codecs
 import json
 import re
+import secrets
 from typing import Any
 
 import orjson
@@ -131,6 +133,10 @@ def go_text(body: bytes) -> str:
     return text
 
 
+class _TooDeep(Exception):
+    """Nested deeper than orjson or Python's json reads or writes: `_read_deep`."""
+
+
 def _read_as_go(body: bytes) -> Any:
     """The first JSON value of `body` with Go's substitutions (`go_text`) and Go's
     order among repeated keys."""
@@ -138,7 +144,7 @@ def _read_as_go(body: bytes) -> Any:
     try:
         return _GO_ORDER.raw_decode(text)[0]
     except RecursionError:
-        raise BodyError("request body is nested too deeply") from None
+        raise _TooDeep from None
     except (json.JSONDecodeError, _NotANumber):
         # json's grammar is Go's: Go refuses this body too.
         raise NotJson from None
@@ -186,8 +192,11 @@ def read(body: bytes, max_values: int = 0) -> tuple[Any, bytes]:
     backend to answer with its own error. More than `max_values` values (`values`) are
     refused before any is read."""
     values(body, max_values)
-    doc, gos_way = _orjson_reading(body)
-    return _read_in_gos_way(body, gos_way) if gos_way else _written(doc)
+    try:
+        doc, gos_way = _orjson_reading(body)
+        return _read_in_gos_way(body, gos_way) if gos_way else _written(doc)
+    except _TooDeep:
+        return _read_deep(body)
 
 
 async def read_off_loop(body: bytes, max_values: int = 0) -> tuple[Any, bytes]:
@@ -196,11 +205,16 @@ async def read_off_loop(body: bytes, max_values: int = 0) -> tuple[Any, bytes]:
     with one."""
     values(body, max_values)
     doc, gos_way = _orjson_reading(body)
-    if not gos_way:
-        return _written(doc)
-    if len(body) <= INLINE_BYTES:
-        return _read_in_gos_way(body, gos_way)
-    return await asyncio.to_thread(_read_in_gos_way, body, gos_way)
+    try:
+        if not gos_way:
+            return _written(doc)
+        if len(body) <= INLINE_BYTES:
+            return _read_in_gos_way(body, gos_way)
+        return await asyncio.to_thread(_read_in_gos_way, body, gos_way)
+    except _TooDeep:
+        if len(body) <= INLINE_BYTES:
+            return _read_deep(body)
+        return await asyncio.to_thread(_read_deep, body)
 
 
 # Why orjson's reading of a body is not Go's: orjson refuses it, or two keys of an
@@ -239,4 +253,93 @@ def _written(doc: Any) -> tuple[Any, bytes]:
     try:
         return doc, orjson.dumps(doc)
     except orjson.JSONEncodeError:  # orjson writes at most 254 levels
+        raise _TooDeep from None
+
+
+# Go's decoder refuses a value nested deeper than this (scanner.go's maxNestingDepth),
+# whatever the field: "exceeded max depth".
+GO_MAX_DEPTH = 10_000
+# How deep the proxy reads a body too deep for orjson: far below its 254 levels and
+# Python's recursion limit, far above anything the proxy reads (a content part of a
+# message is five levels down).
+KEPT_DEPTH = 64
+# A JSON string, or a run of opening or of closing brackets outside strings: what
+# `_deep_values` steps through (a run at a time: a deep value is mostly such runs).
+_STRING_OR_BRACKETS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[{]+|[\]}]+', re.DOTALL)
+_QUOTE, _OPENING = ord('"'), frozenset(b"[{")
+
+
+def _deep_values(body: bytes) -> list[tuple[int, int]] | None:
+    """The spans of the values that open at level `KEPT_DEPTH` + 1 in the first value
+    of `body`, in order; None when it opens more than `GO_MAX_DEPTH` levels."""
+    spans: list[tuple[int, int]] = []
+    depth = start = 0
+    for match in _STRING_OR_BRACKETS.finditer(body):
+        at = match.start()
+        first = body[at]
+        if first == _QUOTE:  # a string: no bracket in it counts
+            continue
+        run = match.end() - at
+        if first in _OPENING:
+            if depth <= KEPT_DEPTH < depth + run:  # one of them opens level KEPT_DEPTH + 1
+                start = at + KEPT_DEPTH - depth
+            depth += run
+            if depth > GO_MAX_DEPTH:
+                return None
+            continue
+        if depth - run <= KEPT_DEPTH < depth:  # one of them closes level KEPT_DEPTH + 1
+            spans.append((start, at + depth - KEPT_DEPTH))
+        depth -= run
+        if depth <= 0:
+            break
+    return spans
+
+
+def _read_deep(body: bytes) -> tuple[Any, bytes]:
+    """`read` of a body nested deeper than orjson or Python's json go. Go reads it, up
+    to `GO_MAX_DEPTH` levels, so the proxy does not refuse it: it reads the body with
+    each value below `KEPT_DEPTH` replaced by a placeholder string of its own, and
+    forwards that document with each such value put back where its placeholder stands,
+    as the client wrote it. What Go reads there is what it would read in the client's
+    body; the proxy reads none of it. A value Go keeps no longer (a repeated key's
+    earlier one) is left out, as Go leaves it out. Deeper than Go reads, the body is
+    no JSON to Go: it goes as sent, for the backend to answer its own error."""
+    spans = _deep_values(body)
+    if spans is None:
+        return None, body
+    if not spans:  # too deep for Python's stack well above `KEPT_DEPTH`: not expected
+        raise BodyError("request body is nested too deeply")
+    tag = secrets.token_hex(16)
+    pieces: list[bytes] = []
+    kept = 0
+    for number, (start, end) in enumerate(spans):
+        pieces += (body[kept:start], b'"%s-%d"' % (tag.encode(), number))
+        kept = end
+    pieces.append(body[kept:])
+    shallow = b"".join(pieces)
+    try:
+        doc, gos_way = _orjson_reading(shallow)
+        if gos_way:
+            doc, forwarded = _read_in_gos_way(shallow, gos_way)
+            if forwarded is shallow:  # no JSON to Go once shallow, so none as sent
+                return None, body
+    except _TooDeep:
         raise BodyError("request body is nested too deeply") from None
+    _put_back(doc, {f"{tag}-{n}": body[start:end] for n, (start, end) in enumerate(spans)})
+    return _written(doc)
+
+
+def _put_back(value: Any, placed: dict[str, bytes]) -> None:
+    """Puts each value `_read_deep` left out back where its placeholder stands, as
+    written (an `orjson.Fragment`, which orjson writes verbatim)."""
+    if isinstance(value, dict):
+        items: Any = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return
+    for key, item in list(items):
+        if isinstance(item, str) and item in placed:
+            value[key] = orjson.Fragment(placed[item])
+        else:
+            _put_back(item, placed)

@@ -1,6 +1,6 @@
 """What the backend reads is what the proxy checked: bodies Go's encoding/json (Ollama)
 reads differently from orjson cannot carry a model past an API key's allow-list, nor a
-prompt past the limits, on any model-routed path; a body nested too deeply is a 400.
+prompt past the limits, on any model-routed path, however deep it is nested.
 
 The backend here is a front for the emulator that decodes each body as Go does (an
 oracle written independently of `proxy.go_json`), forwards what it read and records it.
@@ -295,20 +295,58 @@ def _nested(depth: int) -> Any:
     return value
 
 
-@pytest.mark.parametrize("depth", [255, 1100, 20_000])
-@pytest.mark.parametrize("model", ["auto", ALLOWED])
-@pytest.mark.parametrize("path", [*sorted(MODEL_ROUTED_PATHS), "/api/autoroute/explain"])
-async def test_a_deeply_nested_body_is_a_400(
-    emulator: Emulator, proxy: Proxy, path: str, model: str, depth: int
+def _deeply(depth: int, inner: bytes = b"1") -> bytes:
+    return b"[" * depth + inner + b"]" * depth
+
+
+# Nested deeper than orjson writes (254 levels) and reads (1024), and than Go reads:
+# its scanner takes 10,000 levels (maxNestingDepth), the body's object one of them.
+@pytest.mark.parametrize("depth", [255, 600, 9_999, 10_000, 20_000])
+@pytest.mark.parametrize("path", ["/api/generate", "/api/chat", "/v1/chat/completions"])
+async def test_a_deeply_nested_body_is_answered_as_the_backend_answers_it(
+    emulator: Emulator, proxy: Proxy, path: str, depth: int
 ) -> None:
-    nested = b"[" * depth + b"1" + b"]" * depth
-    body = b'{"model":' + _quoted(model) + b',"prompt":"hi","format":' + nested + b"}"
+    """Ollama reads a body nested as deep as Go's decoder goes (an unknown field is
+    skipped, whatever its depth) and refuses a deeper one with Go's "exceeded max
+    depth": through the proxy, each gets the answer the backend gives it directly."""
+    body = raw_body(path, b'"model":' + _quoted(ALLOWED) + b',"x":' + _deeply(depth))
+    async with aiohttp.ClientSession() as http:
+        async with http.post(emulator.url + path, data=body) as resp:
+            direct = resp.status, await resp.read()
+        async with http.post(proxy.url + path, data=body) as resp:
+            proxied = resp.status, await resp.read()
+    assert proxied == direct
+    if depth < 1000:  # deeper, the emulator's Python decoder gives up before Go's would
+        assert direct[0] == 200
+
+
+@pytest.mark.parametrize("depth", [255, 600])
+@pytest.mark.parametrize("path", ["/api/chat", "/api/autoroute/explain"])
+async def test_auto_routes_a_deeply_nested_body(proxy: Proxy, path: str, depth: int) -> None:
+    body = raw_body("/api/chat", b'"model":"auto","x":' + _deeply(depth))
     async with aiohttp.ClientSession() as http, http.post(proxy.url + path, data=body) as resp:
-        assert resp.status == 400
-        assert resp.headers["Content-Type"].startswith("application/json")
-        error = orjson.loads(await resp.read())["error"]
-    message = error["message"] if path.startswith("/v1/") else error
-    assert message == "request body is nested too deeply"
+        assert resp.status == 200, await resp.read()
+
+
+def test_values_below_the_depth_read_are_forwarded_as_written() -> None:
+    """Each value below `KEPT_DEPTH` goes as the client wrote it, invalid UTF-8 and
+    all (Go reads it there as it reads it in the client's body); what the proxy reads
+    above it is read as Go reads it: the last of the keys that fold alike, and nothing
+    after the first value."""
+    deep = _deeply(go_json.KEPT_DEPTH + 400, b'"\xff", {"Model": "z"}')
+    shallow = b'{"a": [' + b'{"b": ' * 3 + b"2" + b"}" * 3 + b"]}"
+    body = b'{"model": "m", "Model": "n", "x": ' + deep + b', "y": ' + shallow + b"} trailing"
+    doc, forwarded = go_json.read(body)
+    assert doc["model"] == "n" and doc["y"] == orjson.loads(shallow)
+    kept = _deeply(go_json.KEPT_DEPTH - 1, deep[go_json.KEPT_DEPTH - 1 : -go_json.KEPT_DEPTH + 1])
+    assert forwarded == b'{"model":"n","x":' + kept + b',"y":' + orjson.dumps(doc["y"]) + b"}"
+
+
+@pytest.mark.parametrize("depth", [10_000, 20_000])
+def test_a_body_deeper_than_go_reads_goes_as_sent(depth: int) -> None:
+    """No JSON to Go ("exceeded max depth"): the backend answers its own error."""
+    body = b'{"model": "m", "x": ' + _deeply(depth) + b"}"
+    assert go_json.read(body) == (None, body)
 
 
 @pytest.mark.parametrize("number", [b"1e400", b"-1e400", b"1" + b"0" * 400])
