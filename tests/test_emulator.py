@@ -632,6 +632,19 @@ async def test_names_are_judged_as_go_parses_them(emu: Emu) -> None:
         assert (status, json.loads(body)) == (404, {"error": f"model '{name}' not found"}), name
 
 
+@pytest.mark.parametrize("path", ["/api/embed", "/api/embeddings"])
+async def test_embeddings_read_a_names_source_as_chat_does(emu: Emu, path: str) -> None:
+    """EmbedHandler and EmbeddingsHandler parse the name with parseAndValidateModelRef,
+    as chat does: a `:cloud` one is sent to ollama.com (out of reach here: Go's client
+    error, 502), a `:local` one is the model on the machine."""
+    body = {"model": "qwen2.5:7b:cloud", "input": "x", "prompt": "x"}
+    status, _, answer = await emu.post(path, body)
+    unreachable = f'Post "https://ollama.com:443{path}": dial tcp: lookup ollama.com: no such host'
+    assert (status, json.loads(answer)) == (502, {"error": unreachable})
+    status, _, answer = await emu.post(path, {**body, "model": "nomic-embed-text:local"})
+    assert status == 200, answer
+
+
 async def test_a_syntax_error_names_the_byte_go_read(emu: Emu) -> None:
     """Go's scanner reads bytes: its error quotes the offending byte as a rune
     (strconv.Quote), so a UTF-8 BOM (EF BB BF) is 'ï', an invalid byte is itself, and

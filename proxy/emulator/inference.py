@@ -156,9 +156,9 @@ def cloud_out_of_reach(path: str) -> Refusal:
     return Refusal(502, f'Post "{_CLOUD_URL}{path}": dial tcp: lookup ollama.com: no such host')
 
 
-def _lookup(
-    state: EmulatorState, name: str, path: str, *, empty_status: int, empty_msg: str
-) -> ModelSpec:
+def model_ref(name: str, path: str, *, empty_status: int, empty_msg: str) -> str:
+    """parseAndValidateModelRef as each inference handler answers it: the name without
+    its source suffix; a cloud one is sent to ollama.com (`cloud_out_of_reach`)."""
     base, asked = source(name)
     if asked == CLOUD:
         raise cloud_out_of_reach(path)
@@ -169,6 +169,13 @@ def _lookup(
         raise Refusal(empty_status, empty_msg)
     if not valid_name(base):
         raise Refusal(400, INVALID_NAME)
+    return base
+
+
+def _lookup(
+    state: EmulatorState, name: str, path: str, *, empty_status: int, empty_msg: str
+) -> ModelSpec:
+    base = model_ref(name, path, empty_status=empty_status, empty_msg=empty_msg)
     spec = state.find(base)
     if spec is None:
         raise Refusal(404, f"model '{name}' not found")

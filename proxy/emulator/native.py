@@ -13,7 +13,6 @@ from typing import Any
 from aiohttp import web
 
 from proxy.aiohttp_internals import defer_headers
-from proxy.backends import INVALID_NAME, valid_name
 from proxy.go_types import CHAT_FIELDS, EMBED_FIELDS, EMBEDDINGS_FIELDS, GENERATE_FIELDS
 from proxy.protocol import NDJSON, go_time
 
@@ -23,6 +22,7 @@ from .inference import (
     Refusal,
     check_options,
     keep_alive_of,
+    model_ref,
     piece_logprobs,
     plan_empty,
     prepare_chat,
@@ -294,10 +294,7 @@ async def embed_vectors(request: web.Request, body: dict[str, Any]) -> dict[str,
     started = time.monotonic()
     state = state_of(request)
     model = str(body.get("model") or "")
-    if not model.strip():
-        raise Refusal(404, f"model '{model}' not found")
-    if not valid_name(model):
-        raise Refusal(400, INVALID_NAME)
+    base = model_ref(model, "/api/embed", empty_status=404, empty_msg=f"model '{model}' not found")
     raw_input = body.get("input")
     inputs: list[str] = []
     if isinstance(raw_input, str):
@@ -308,7 +305,7 @@ async def embed_vectors(request: web.Request, body: dict[str, Any]) -> dict[str,
         inputs = list(raw_input)
     elif raw_input is not None:
         raise Refusal(400, "invalid input type")
-    spec = state.find(model)
+    spec = state.find(base)
     if spec is None:
         raise Refusal(404, f"model '{model}' not found")
     check_options(body.get("options"))
@@ -356,11 +353,8 @@ async def handle_embeddings(request: web.Request) -> web.StreamResponse:
     try:
         body = await read_body(request, "EmbeddingRequest", EMBEDDINGS_FIELDS)
         model = str(body.get("model") or "")
-        if not model.strip():
-            raise Refusal(400, "model is required")
-        if not valid_name(model):
-            raise Refusal(400, INVALID_NAME)
-        spec = state.find(model)
+        base = model_ref(model, "/api/embeddings", empty_status=400, empty_msg="model is required")
+        spec = state.find(base)
         if spec is None:
             raise Refusal(404, f'model "{model}" not found, try pulling it first')
         check_options(body.get("options"))
