@@ -663,6 +663,33 @@ async def test_a_syntax_error_names_the_byte_go_read(emu: Emu) -> None:
         assert (status, json.loads(body)) == (400, {"error": message}), raw
 
 
+async def test_a_literal_go_cannot_finish_is_named_as_its_scanner_names_it(emu: Emu) -> None:
+    """Go's scanner reads `true`, `false`, `null` and numbers a byte at a time: a body
+    that ends inside one is "unexpected EOF" (Decoder.readValue), a wrong byte inside
+    one is named with what the literal expected there."""
+    cases = [
+        (b"f", "unexpected EOF"),
+        (b"nul", "unexpected EOF"),
+        (b"fals}", "invalid character '}' in literal false (expecting 'e')"),
+        (b"tRue}", "invalid character 'R' in literal true (expecting 'r')"),
+        (b"nulx}", "invalid character 'x' in literal null (expecting 'l')"),
+        (b"-", "unexpected EOF"),
+        (b"-}", "invalid character '}' in numeric literal"),
+        (b"1.", "unexpected EOF"),
+        (b"1.}", "invalid character '}' after decimal point in numeric literal"),
+        (b"1.e5}", "invalid character 'e' after decimal point in numeric literal"),
+        (b"1e", "unexpected EOF"),
+        (b"1e}", "invalid character '}' in exponent of numeric literal"),
+        (b"2.5E+}", "invalid character '}' in exponent of numeric literal"),
+        (b"1.5.}", "invalid character '.' after object key:value pair"),
+        (b"[1e3e]}", "invalid character 'e' after array element"),
+    ]
+    for value, message in cases:
+        raw = b'{"model": "qwen2.5:7b", "x": ' + value
+        status, _, body = await emu.post("/api/generate", raw=raw)
+        assert (status, json.loads(body)) == (400, {"error": message}), raw
+
+
 async def test_nan_and_infinity_are_no_json_to_go(emu: Emu) -> None:
     """Python's json reads NaN, Infinity and -Infinity; Go's scanner refuses each at
     its first character, before any field is looked at."""

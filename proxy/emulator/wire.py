@@ -140,10 +140,55 @@ def _context_at(doc: str, pos: int) -> str:
     return stack[-1] if stack else ""
 
 
+# The literals Go's scanner reads a byte at a time, by their first byte.
+_LITERALS = {"t": "true", "f": "false", "n": "null"}
+_NUMBER_CHARS = frozenset("0123456789.eE+-")
+
+
+def _in_literal(raw: bytes, doc: str, pos: int, msg: str) -> str | None:
+    """Go's error where Python's json stopped at `pos` inside a literal or a number
+    Go's scanner reads further (its stateT..., stateNeg, stateDot, stateE, stateESign):
+    "unexpected EOF" where the body ends first, else the byte it refused and why;
+    None where the scanner stops at `pos` too."""
+    if msg.startswith("Expecting value"):
+        word = _LITERALS.get(doc[pos])
+        if word is not None:
+            for i in range(1, len(word)):
+                if pos + i >= len(doc):
+                    return "unexpected EOF"
+                if doc[pos + i] != word[i]:
+                    refused = _go_char(_byte_at(raw, doc, pos + i))
+                    return f"invalid character {refused} in literal {word} (expecting '{word[i]}')"
+            return None
+        if doc[pos] != "-":
+            return None
+        at, why = pos + 1, "in numeric literal"
+    else:
+        start = pos
+        while start and doc[start - 1] in _NUMBER_CHARS:
+            start -= 1
+        number = doc[start:pos]
+        if not number or not number[-1].isdigit() or "e" in number.lower():
+            return None
+        if doc[pos] == "." and "." not in number:
+            at, why = pos + 1, "after decimal point in numeric literal"
+        elif doc[pos] in "eE":
+            at = pos + 2 if doc[pos + 1 : pos + 2] in ("+", "-") else pos + 1
+            why = "in exponent of numeric literal"
+        else:
+            return None
+    if at >= len(doc):
+        return "unexpected EOF"
+    return f"invalid character {_go_char(_byte_at(raw, doc, at))} {why}"
+
+
 def _syntax_message(raw: bytes, doc: str, exc: json.JSONDecodeError) -> str:
     pos = exc.pos
     if pos >= len(doc) or exc.msg.startswith("Unterminated"):
         return "unexpected EOF"
+    in_literal = _in_literal(raw, doc, pos, exc.msg)
+    if in_literal is not None:
+        return in_literal
     c = _byte_at(raw, doc, pos)
     msg = exc.msg
     if msg.startswith("Expecting property name"):
