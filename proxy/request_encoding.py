@@ -90,6 +90,7 @@ MAGIC_MISMATCH = "invalid input: magic number mismatch"
 RESERVED_BIT = "reserved bit set on frame header"
 WINDOW_EXCEEDED = "window size exceeded"
 SIZE_EXCEEDED = "decompressed size exceeds configured limit"
+UNKNOWN_DICTIONARY = "unknown dictionary"  # Decoder.setDict: Ollama registers none
 
 
 def _header_refusal(body: bytes) -> str | None:
@@ -99,11 +100,12 @@ def _header_refusal(body: bytes) -> str | None:
     frame keeps python-zstandard's words. frameDec.reset: a frame start with 1 to 3
     bytes left, or a header cut short, is an unexpected EOF; a start that is no frame
     (nor skippable frame) a magic number mismatch; then the reserved bit, a window past
-    8 MiB (WithDecoderMaxMemory caps the window too), and a single segment's content
-    size past 8 MiB. Headers only: a body whose first frame's blocks are corrupt and
-    whose second frame's header is refused too gets the header's words, where Go
-    stops at the blocks (with words of its own, which python-zstandard's do not match
-    anyway)."""
+    8 MiB (WithDecoderMaxMemory caps the window too), a single segment's content size
+    past 8 MiB, and (Decoder.setDict, once the header is read) a dictionary id other
+    than 0, which names no dictionary Ollama has. Headers only: a body whose first
+    frame's blocks are corrupt and whose second frame's header is refused too gets the
+    header's words, where Go stops at the blocks (with words of its own, which
+    python-zstandard's do not match anyway)."""
     size = len(body)
     at = 0
     while at < size:
@@ -132,7 +134,9 @@ def _header_refusal(body: bytes) -> str | None:
             window = base + (base // 8) * (body[at] & 7)
             at += 1
         # The dictionary id, then the content size: read before the window is checked.
-        at += (0, 1, 2, 4)[descriptor & 3]
+        id_bytes = (0, 1, 2, 4)[descriptor & 3]
+        dictionary = int.from_bytes(body[at : at + id_bytes], "little")
+        at += id_bytes
         content_size_bytes = (0, 2, 4, 8)[descriptor >> 6] or (1 if single else 0)
         if size - at < content_size_bytes:
             return CUT_SHORT
@@ -143,6 +147,8 @@ def _header_refusal(body: bytes) -> str | None:
             return WINDOW_EXCEEDED
         if single and content_size > MAX_WINDOW_BYTES:
             return SIZE_EXCEEDED
+        if dictionary:
+            return UNKNOWN_DICTIONARY
         end = _frame_end(body, at + content_size_bytes, descriptor)
         if end is None:
             return None  # cut inside the frame's blocks: the caller's EOF

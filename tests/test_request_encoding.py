@@ -129,6 +129,14 @@ def _reserved_bit(frame: bytes) -> bytes:
     return frame[:4] + bytes([frame[4] | 0x08]) + frame[5:]
 
 
+def _dictionary(frame: bytes, id_byte: int) -> bytes:
+    """`frame` with a one-byte dictionary id in its header (none was written)."""
+    descriptor = frame[4]
+    assert descriptor & 3 == 0
+    at = 5 if descriptor & 0x20 else 6  # after the window descriptor, if any
+    return frame[:4] + bytes([descriptor | 1]) + frame[5:at] + bytes([id_byte]) + frame[at:]
+
+
 # What klauspost/compress's zstd decoder (v1.18.3, Ollama's) says of a frame header it
 # refuses (zstd/framedec.go, frameDec.reset; its errors in zstd/zstd.go), with the
 # window capped at WithDecoderMaxMemory's 8 MiB: Ollama's 400 names it.
@@ -139,6 +147,8 @@ _HEADER_REFUSALS = {
     "3 bytes after a frame": (_FRAME + b"xyz", "unexpected EOF"),
     "2 bytes": (b"ab", "unexpected EOF"),
     "reserved bit": (_reserved_bit(_FRAME), "reserved bit set on frame header"),
+    # Decoder.setDict, once the header is read: Ollama registers no dictionary.
+    "a dictionary": (_dictionary(_FRAME, 7), "unknown dictionary"),
     # No content size written: a window descriptor (16 MiB here), not a single segment.
     "16 MiB window": (
         zstandard.ZstdCompressor(
@@ -155,6 +165,13 @@ _HEADER_REFUSALS = {
         "decompressed size exceeds configured limit",
     ),
 }
+
+
+async def test_a_zstd_frame_naming_dictionary_0_is_read(bounded: Proxy) -> None:
+    """Go's decoder reads a dictionary id of 0 as none (Decoder.setDict)."""
+    data = _dictionary(_FRAME, 0)
+    status, _, body = await post(bounded.url + "/v1/responses", data, ZSTD)
+    assert status == 200, body[:200]
 
 
 @pytest.mark.parametrize("case", list(_HEADER_REFUSALS))
