@@ -41,7 +41,7 @@ class ResponseHead:
     status: int
     reason: str
     headers: list[tuple[str, str]]
-    content_length: int | None
+    content_length: int | None  # the body's length where it frames the body, else None
     chunked: bool
     keep_alive: bool
 
@@ -139,11 +139,13 @@ def _parse_head(raw: bytes, method: str) -> tuple[ResponseHead, int]:
     if method == "HEAD" or bodiless(status):
         mode = _NONE
     elif chunked:
-        # Chunked framing wins over a Content-Length (RFC 9112, 6.3); a message with
-        # both may have been smuggled, so its connection is not reused.
+        # Chunked framing wins over a Content-Length (RFC 9112, 6.3), which then says
+        # nothing of the body and is not passed on; a message with both may have been
+        # smuggled, so its connection is not reused.
         mode = _CHUNKED
         if length is not None:
             keep_alive = False
+            length = None
     elif length is not None:
         mode = _LENGTH if length else _NONE
     else:

@@ -333,6 +333,31 @@ async def test_an_odd_answer_is_relayed_as_it_came(
     assert not _errors_logged(caplog), _errors_logged(caplog)
 
 
+async def test_an_answer_framed_two_ways_reaches_a_keep_alive_http10_client_framed_one_way(
+    fleet: Fleet,
+) -> None:
+    """A backend's answer with both Content-Length and chunked framing is chunked (RFC
+    9112, 6.3: the Content-Length is not forwarded). An HTTP/1.0 client that asks to keep
+    its connection gets the body without chunked framing: its end is the connection's
+    close, never the backend's Content-Length, which would leave the body's rest to be
+    read as the next answer (or wait for bytes that never come)."""
+    name = "Content-Length and chunked"
+    body = orjson.dumps(_request("/api/chat", ODD, False))
+    reader, writer = await asyncio.open_connection("127.0.0.1", fleet.proxy.port)
+    try:
+        writer.write(
+            b"POST /api/chat HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: %d\r\n"
+            b"%b: %b\r\n\r\n%b" % (len(body), CASE_HEADER.encode(), name.encode(), body)
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+        fields = dict(line.lower().split(": ", 1) for line in head.decode().split("\r\n")[1:-2])
+        assert "content-length" not in fields, head
+        rest = await asyncio.wait_for(reader.read(), 30)
+    finally:
+        writer.close()
+    assert head.startswith(b"HTTP/1.0 200 ") and rest == CASES[name].body
+
+
 def _errors_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
     """What the proxy or aiohttp logged at ERROR or above."""
     return [
