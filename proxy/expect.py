@@ -54,6 +54,12 @@ async def before_reading(request: web.Request) -> None:
     """The owed `100 Continue`, once, before the body's first read."""
     if request.get(OWES_CONTINUE):
         request[OWES_CONTINUE] = False
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            # The client left (its connection's loss may not have cancelled the
+            # handler yet): nothing to write, and the read that follows finds it gone,
+            # as any read of a body whose client left.
+            return
         # aiohttp's documented way: the interim head goes out through the writer,
         # whose byte count then starts again for the answer.
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")

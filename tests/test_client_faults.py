@@ -14,8 +14,10 @@ import contextlib
 import logging
 import re
 import socket
+import struct
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -32,6 +34,7 @@ from proxy.connection import (
     length_with_coding,
 )
 from tests.support import Emulator, Proxy, ServerThread, slow_reader
+from tests.usage_services import read_bytes, wait_for
 
 MODEL = "qwen2.5:7b"
 EVENTUALLY = 60.0  # seconds; generous for a slow, noisy 2-core machine
@@ -623,6 +626,50 @@ async def test_no_100_continue_without_a_body(slow_heads: Proxy, framing: bytes)
         assert answer.partition(b"\r\n")[0] == b"HTTP/1.1 400 Bad Request"
     finally:
         sock.close()
+
+
+@pytest.mark.parametrize("leaving", ["close", "reset"])
+async def test_a_client_that_leaves_owed_its_100_continue_is_a_cancellation(
+    servers: ServerThread,
+    emulator: Emulator,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    leaving: str,
+) -> None:
+    """A client sends a head with `Expect: 100-continue` and leaves before the proxy
+    owes it the interim answer: it left, as one that leaves while its body is read.
+    Nothing is written to its closed connection, nothing is logged as an error, and
+    its usage event says it was cancelled."""
+    caplog.set_level(logging.WARNING)
+    events = tmp_path / "events.jsonl"
+    usage = Usage(
+        file_path=str(events), spool_dir=str(tmp_path / "spool"), flush_interval_seconds=0.02
+    )
+    proxy = Proxy(servers, [emulator.url], usage=usage)
+    body = orjson.dumps({"model": MODEL, "prompt": "hi", "stream": False})
+    head = (
+        b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    )
+    clients = 5
+    try:
+        for _ in range(clients):
+            sock = await connect(proxy.port)
+            if leaving == "reset":
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            await asyncio.get_running_loop().sock_sendall(sock, head)
+            sock.close()
+
+        async def all_written() -> bool:
+            return len((await read_bytes(events)).splitlines()) == clients
+
+        await wait_for(all_written, what="an event for each client")
+    finally:
+        proxy.stop()
+    outcomes = [orjson.loads(line)["outcome"] for line in events.read_bytes().splitlines()]
+    assert all(outcome["cancelled"] for outcome in outcomes), outcomes
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, errors
 
 
 async def test_aiohttp_log_records_about_request_bytes_lose_them(
