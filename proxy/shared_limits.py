@@ -40,6 +40,7 @@ from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
 from proxy.config import Shared
+from proxy.tasks import cancellation_lost
 
 log = logging.getLogger("autoroute.shared")
 
@@ -150,8 +151,10 @@ class SharedLimits:
     ) -> tuple[int, str | None]:
         """(seconds to wait, 0: admitted; `STREAMS_FULL`: every stream slot is taken,
         and the slot taken, when `max_streams` asks for one). Raises `SharedDown`.
-        A slot taken for a request cancelled during this call is in no `held`, so
-        nothing keeps it: it expires after the TTL."""
+        A request cancelled during this call (its client left) ends with its
+        cancellation, also when redis-py lost it (`tasks.cancellation_lost`): a slot it
+        was seen to take goes back at once; one taken by a call cut short is in no
+        `held`, so nothing keeps it: it expires after the TTL."""
         member = self._new_member() if max_streams else ""
         slots = self._key("streams", key_hash)
         try:
@@ -161,7 +164,13 @@ class SharedLimits:
             )
         except (RedisError, OSError) as exc:
             self._down(exc)
+            if cancellation_lost():
+                raise asyncio.CancelledError from exc
             raise SharedDown from exc
+        if cancellation_lost():
+            if taken:
+                self._remove_later(slots, member)
+            raise asyncio.CancelledError
         if not taken:
             return int(wait), None
         self.held[member] = slots

@@ -12,6 +12,7 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import aiohttp
 import orjson
@@ -19,6 +20,7 @@ import pytest
 import redis.asyncio as aioredis
 from multidict import CIMultiDict
 
+from proxy.app import APP_KEY
 from proxy.auth import KEY_HASH_CHARS, hash_key
 from proxy.config import ApiKey, Auth, Shared
 from proxy.shared_limits import STREAMS_FULL, SharedLimits
@@ -392,6 +394,55 @@ async def test_after_an_outage_redis_counts_every_stream_still_running(
     finally:
         for proxy in proxies:
             proxy.stop()
+
+
+async def test_a_client_that_leaves_while_redis_admits_it_is_a_cancellation(
+    servers: ServerThread,
+    own_emulator: Emulator,
+    prefix: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Clients send a whole request and leave at once, while the proxy asks Redis
+    whether to let them in. redis-py's write of a command (Python 3.11's `wait_for`)
+    can end normally when the cancellation arrives as it completes, and the cancellation
+    is then lost; the request must still end there, as any request whose client left: a
+    cancellation, nothing logged as an error."""
+    caplog.set_level(logging.WARNING)
+    roomy = "k-roomy-1"  # admitted by Redis, never refused there
+    auth = Auth(keys=(ApiKey(sha256=hash_key(roomy), requests_per_minute=1_000_000),))
+    shared = Shared(redis_url=REDIS, key_prefix=prefix)
+    proxy = Proxy(servers, [own_emulator.url], auth=auth, shared=shared)
+    server = proxy.app[APP_KEY]
+    seen: list[dict[str, Any]] = []
+    server.access.enabled = True
+    server.access.record = seen.append  # type: ignore[method-assign]
+    body = orjson.dumps(SHORT)
+    request = b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer %b\r\n" % (
+        roomy.encode()
+    ) + b"Content-Length: %d\r\n\r\n%b" % (len(body), body)
+    try:
+        await wait_for(lambda: _shared(proxy), what="Redis to answer")
+        for _ in range(10):
+            _, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+            writer.write(request)
+            writer.close()
+
+        async def settled() -> bool:
+            # Some requests ended, none runs (a client may leave before its request
+            # is read: no handler, no record).
+            return bool(seen) and not server.server.handling
+
+        await wait_for(settled, what="the requests to end")
+    finally:
+        proxy.stop()
+    left = [(r["status"], r["cancelled"], r["error"]) for r in seen if r["path"] == "/api/generate"]
+    assert left and all(cancelled for _, cancelled, _ in left), left
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, errors
+
+
+async def _shared(proxy: Proxy) -> bool:
+    return await limits_mode(proxy) == "shared"
 
 
 async def _all_shared(proxies: tuple[Proxy, Proxy]) -> bool:
