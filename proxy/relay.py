@@ -141,7 +141,6 @@ class Relay:
                 raise  # answered where every NoBackend is (`Server.handle`)
             outcome.attempts += 1
             outcome.backend = state.label
-            state.begin(model)
             may_retry = (
                 only is None
                 and len(tried) < retries
@@ -153,6 +152,8 @@ class Relay:
                 )
             else:
                 client = WatchedLeg(watch, request, outcome, may_retry, write_idle=self.write_idle)
+            # Counted in flight from here, where every way out below ends it.
+            state.begin(model)
             try:
                 head = await self.exchange(request, state, body, client, outcome.request_id, waits)
             except UpstreamError as exc:

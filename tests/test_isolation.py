@@ -624,3 +624,30 @@ async def test_a_full_queue_is_relayed_and_opens_no_circuit(
         assert (await exchange(proxy.port, served)).status == 200
     finally:
         proxy.stop()
+
+
+async def test_a_client_leg_that_cannot_be_made_leaves_nothing_in_flight(
+    recorded: tuple[Proxy, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Making the client's side of an exchange fails before anything is sent (the
+    client's connection gone as the request reaches the relay, when the cancellation
+    that says so was lost): the backend is not left counting a request in flight, which
+    routing reads as its load for as long as the proxy runs."""
+    proxy, _ = recorded
+    init = ClientLeg.__init__
+
+    def failing_init(leg: ClientLeg, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("injected failure making the client leg")
+
+    monkeypatch.setattr(ClientLeg, "__init__", failing_init)
+    failed = await exchange(proxy.port, _stream_request("no leg"))
+    assert failed.status == 500
+    monkeypatch.setattr(ClientLeg, "__init__", init)
+    states = proxy.app[APP_KEY].backends.states
+
+    async def counts() -> list[int]:
+        return [state.in_flight for state in states]
+
+    assert await asyncio.to_thread(proxy.thread.call, counts) == [0]
+    after = await exchange(proxy.port, _stream_request("after"))
+    assert after.status == 200 and after.lines()[-1]["done"] is True
