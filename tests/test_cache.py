@@ -17,8 +17,10 @@ from typing import Any
 import ollama
 import orjson
 import pytest
+from prometheus_client import CollectorRegistry
 
 from proxy.app import APP_KEY
+from proxy.cache import ResponseCache
 from proxy.cache.key import deterministic
 from proxy.config import ApiKey, Auth, Cache, Timeouts, Usage
 from proxy.emulator import EmulatorSettings
@@ -782,3 +784,29 @@ def test_the_public_health_counts_no_other_keys_traffic(
             assert public["status"] == "ok"
     finally:
         proxy.stop()
+
+
+async def test_a_lookup_the_client_leaves_as_it_completes_ends_cancelled() -> None:
+    """The client leaves (its handler is cancelled) just as Redis's answer to the lookup
+    came: Python 3.11's `wait_for`, aiocache's bound on the lookup, then returns that
+    answer and the cancellation is lost, and the request went on for a client that is
+    gone (a replay on a connection that no longer exists). The lookup ends with the
+    cancellation."""
+    with redis_namespace() as config:
+        cache = ResponseCache(config, CollectorRegistry())
+        read = cache.backend._get
+        lookup: asyncio.Task[Any] | None = None
+
+        async def read_then_leave(*args: Any, **kwargs: Any) -> Any:
+            value = await read(*args, **kwargs)
+            assert lookup is not None
+            asyncio.get_running_loop().call_soon(lookup.cancel)  # as the answer comes
+            return value
+
+        cache.backend._get = read_then_leave
+        try:
+            lookup = asyncio.ensure_future(cache.lookup("k"))
+            with pytest.raises(asyncio.CancelledError):
+                await lookup
+        finally:
+            await cache.close()

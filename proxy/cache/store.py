@@ -23,6 +23,7 @@ from proxy.config import Cache as CacheConfig
 from proxy.http11 import ResponseHead
 from proxy.origins import PER_ORIGIN
 from proxy.outcome import Served
+from proxy.tasks import cancellation_lost
 
 log = logging.getLogger("autoroute.cache")
 
@@ -150,7 +151,9 @@ class ResponseCache:
         }
 
     async def lookup(self, key: str) -> Entry | None:
-        """The entry kept under `key`, else None (a miss, counted)."""
+        """The entry kept under `key`, else None (a miss, counted). A request cancelled
+        during the lookup (its client left) ends with its cancellation, also when the
+        lookup's bound lost it (`tasks.cancellation_lost`)."""
         try:
             data = await self.backend.get(key, timeout=self._lookup_timeout)
             entry = Entry.decode(data) if data is not None else None
@@ -158,6 +161,8 @@ class ResponseCache:
             self.failures.inc()
             self._warn(f"cache lookup failed, answering from a backend: {exc!r}")
             entry = None
+        if cancellation_lost():
+            raise asyncio.CancelledError
         if entry is None:
             self.misses.inc()
         else:
