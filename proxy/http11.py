@@ -106,11 +106,17 @@ def _quoted(raw: bytes, limit: int) -> str:
     return f'"{shown.strip()}"'
 
 
+def _digits(text: str) -> bool:
+    """ASCII digits only: `str.isdigit` takes other digits (Latin-1's superscripts)
+    that `int` refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def _parse_head(raw: bytes, method: str) -> tuple[ResponseHead, int]:
     lines = raw.decode("latin-1").split("\r\n")
     version, _, rest = lines[0].partition(" ")
     code, _, reason = rest.partition(" ")
-    if not version.startswith("HTTP/1.") or len(code) != 3 or not code.isdigit():
+    if not version.startswith("HTTP/1.") or len(code) != 3 or not _digits(code):
         raise ProtocolError(f"malformed status line {_quoted(lines[0].encode('latin-1'), 80)}")
     status = int(code)
     if status == 101:
@@ -127,7 +133,7 @@ def _parse_head(raw: bytes, method: str) -> tuple[ResponseHead, int]:
         value = value.strip()
         lname = name.lower()
         if lname == "content-length":
-            if not value.isdigit() or (length is not None and int(value) != length):
+            if not _digits(value) or (length is not None and int(value) != length):
                 shown = _quoted(value.encode("latin-1"), 40)
                 raise ProtocolError(f"malformed Content-Length {shown}")
             length = int(value)

@@ -218,6 +218,9 @@ BAD = [
     pytest.param(b"\x00\x01garbage\r\n\r\n", id="garbage"),
     pytest.param(b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n", id="header without colon"),
     pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", id="negative length"),
+    # Latin-1 superscripts are digits to Python's isdigit, not to int(): no number.
+    pytest.param(b"HTTP/1.1 2\xb20 OK\r\n\r\n", id="status with a superscript digit"),
+    pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: \xb9\r\n\r\n", id="superscript length"),
     pytest.param(
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
         id="two different lengths",
