@@ -429,6 +429,10 @@ class ClientLeg(Answer):
         if not self.keep_alive and self.version >= (1, 1):
             # Go's writeHeader says so to an HTTP/1.1 client alone.
             out += b"Connection: close\r\n"
+        elif self.keep_alive and self.version < (1, 1):
+            # An HTTP/1.0 client that asked to keep its connection keeps it only when
+            # told so: Go's writeHeader says so for an answer of known length.
+            out += b"Connection: keep-alive\r\n"
         out += b"\r\n"
         self.started = True
         if body_follows:

@@ -319,6 +319,50 @@ async def test_a_stream_reaches_an_http10_client_as_ollama_sends_it(
     assert proxied.partition(b"\r\n\r\n")[2] == body
 
 
+async def http10_keep_alive_heads(port: int, method: str, path: str, body: Any) -> list[bytes]:
+    """The heads of two HTTP/1.0 keep-alive requests sent one after the other on one
+    connection, each after the answer to the one before."""
+    data = b"" if body is None else orjson.dumps(body)
+    length = b"Content-Length: %d\r\n" % len(data) if data else b""
+    request = b"%b %b HTTP/1.0\r\nConnection: keep-alive\r\n%b\r\n%b" % (
+        method.encode(),
+        path.encode(),
+        length,
+        data,
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    heads = []
+    try:
+        for _ in range(2):
+            writer.write(request)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
+            fields = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:-2])
+            await reader.readexactly(int(fields[b"Content-Length"]))
+            heads.append(head)
+    finally:
+        writer.close()
+    return heads
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/api/version", None),
+        ("POST", "/api/generate", {"model": MODEL, "prompt": "Hi", "stream": False}),
+    ],
+    ids=["relayed", "model-routed"],
+)
+async def test_an_http10_keep_alive_client_is_told_its_connection_stays_open(
+    emulator: Emulator, proxy: Proxy, method: str, path: str, body: Any
+) -> None:
+    """Go's writeHeader answers an HTTP/1.0 request that asks to keep its connection,
+    with an answer of known length, with `Connection: keep-alive`, and keeps it: an
+    HTTP/1.0 client reuses a connection only when told so. Relayed answers too."""
+    for port in (emulator.port, proxy.port):
+        heads = await http10_keep_alive_heads(port, method, path, body)
+        assert all(b"\r\nConnection: keep-alive\r\n" in head for head in heads), heads
+
+
 @pytest.mark.parametrize("path", ["/v1/models", "/v1/models/auto", f"/v1/models/{MODEL}"])
 async def test_openai_model_answers_end_as_ollamas_encoder_ends_them(
     emulator: Emulator, proxy: Proxy, path: str
