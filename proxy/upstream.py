@@ -26,6 +26,8 @@ from proxy.upstream_errors import (
 )
 from proxy.upstream_errors import UpstreamError as UpstreamError
 
+_OVERRUN = "malformed answer head on a reused connection (an earlier answer may have run on)"
+
 
 class Sink(Protocol):
     """Where an `UpstreamConnection` delivers one answer, from its I/O callbacks:
@@ -108,7 +110,13 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             events = reader.feed(data)
         except ProtocolError as exc:
-            self._fail(exc)
+            failure = exc
+            if self.reused and reader.head is None:
+                # Before this answer's head, on a connection that carried others: the
+                # bytes may be the end of an earlier answer that ran past its framing,
+                # another client's, so the error does not quote them.
+                failure = ProtocolError(_OVERRUN)
+            self._fail(failure)
             return
         if len(events) == 1 and events[0] is data:
             # Body bytes only, the answer going on: a stream's chunk, the common case.

@@ -651,3 +651,78 @@ async def test_a_client_leg_that_cannot_be_made_leaves_nothing_in_flight(
     assert await asyncio.to_thread(proxy.thread.call, counts) == [0]
     after = await exchange(proxy.port, _stream_request("after"))
     assert after.status == 200 and after.lines()[-1]["done"] is True
+
+
+class OverrunningBackend:
+    """A broken backend whose answer runs past its Content-Length: the rest of it comes
+    on the same connection once the next request has (so, deterministically, where the
+    next answer's head should be)."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        rest = b""
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                writer.write(rest)  # the last answer's end, where this one's belongs
+                rest = b""
+                lines = head.decode("latin-1").split("\r\n")
+                method, path, _ = lines[0].split(" ", 2)
+                headers = {}
+                for line in lines[1:]:
+                    name, _, value = line.partition(":")
+                    headers[name.strip().lower()] = value.strip()
+                answer = _echo(method, path, await _read_body(reader, headers))
+                if path == "/api/generate":
+                    head_end = answer.index(b"\r\n\r\n") + 4
+                    body = answer[head_end:]
+                    answer = answer[:head_end].replace(
+                        b"Content-Length: %d" % len(body), b"Content-Length: 10"
+                    )
+                    answer, rest = answer + body[:10], body[10:]
+                writer.write(answer)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+async def test_an_answer_that_ran_past_its_end_is_not_quoted_to_the_next_client(
+    servers: ServerThread, tmp_path: Path
+) -> None:
+    """A broken backend's answer runs past its Content-Length and the rest comes where
+    the next request's answer should, on the pooled connection: the next client gets
+    an error, and nothing of the earlier answer in it (the bytes before an answer's
+    head on a reused connection may be another client's)."""
+    backend = OverrunningBackend()
+    servers.call(backend.start)
+    proxy = Proxy(
+        servers, [backend.url], usage=usage_in(tmp_path), health=Health(interval_seconds=3600)
+    )
+    try:
+        first = orjson.dumps({"model": "echo", "prompt": "SECRET-OF-A"})
+        answer_a = await exchange(proxy.port, request_bytes("POST", "/api/generate", first))
+        assert answer_a.status == 200
+        second = orjson.dumps({"model": "echo", "prompt": "question of B"})
+        answer_b = await exchange(proxy.port, request_bytes("POST", "/api/generate", second))
+        assert answer_b.status == 502
+        assert b"SECRET-OF-A" not in answer_b.framed, answer_b.framed
+    finally:
+        proxy.stop()
+        servers.call(backend.stop)
