@@ -124,7 +124,7 @@ def _parse_head(raw: bytes, method: str) -> tuple[ResponseHead, int]:
         raise ProtocolError("backend switched protocols unasked")
     headers: list[tuple[str, str]] = []
     length: int | None = None
-    chunked = False
+    codings: list[str] = []
     keep_alive = version == "HTTP/1.1"
     for line in lines[1:]:
         name, sep, value = line.partition(":")
@@ -138,10 +138,16 @@ def _parse_head(raw: bytes, method: str) -> tuple[ResponseHead, int]:
                 raise ProtocolError(f"malformed Content-Length {shown}")
             length = int(value)
         elif lname == "transfer-encoding":
-            chunked = value.lower().endswith("chunked")
+            codings.append(value)
         elif lname == "connection":
             keep_alive = value.lower() != "close" and (keep_alive or value.lower() == "keep-alive")
         headers.append((name, value))
+    # Go's transport (transfer.go, parseTransferEncoding): an HTTP/1.0 answer's
+    # Transfer-Encoding is ignored; a later one is one field, `chunked`, or unreadable.
+    chunked = bool(codings) and version != "HTTP/1.0"
+    if chunked and (len(codings) != 1 or codings[0].lower() != "chunked"):
+        shown = _quoted(", ".join(codings).encode("latin-1"), 40)
+        raise ProtocolError(f"unsupported Transfer-Encoding {shown}")
     if method == "HEAD" or bodiless(status):
         mode = _NONE
     elif chunked:

@@ -226,6 +226,20 @@ BAD = [
         id="two different lengths",
     ),
     pytest.param(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n", id="101 unasked"),
+    # Go's transport takes one Transfer-Encoding field, `chunked`, and no other coding.
+    pytest.param(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n"
+        b"Content-Length: 5\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        id="two transfer encodings",
+    ),
+    pytest.param(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: 2\r\n\r\nok",
+        id="transfer encoding gzip",
+    ),
+    pytest.param(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        id="transfer encoding gzip, chunked",
+    ),
     pytest.param(NDJSON_HEAD + b"zz\r\nhello\r\n0\r\n\r\n", id="chunk size not hex"),
     pytest.param(NDJSON_HEAD + b"-5\r\nhello\r\n0\r\n\r\n", id="negative chunk size"),
     pytest.param(NDJSON_HEAD + b"0x5\r\nhello\r\n0\r\n\r\n", id="chunk size with 0x"),
