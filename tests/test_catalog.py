@@ -55,6 +55,11 @@ def catalog() -> Catalog:
         ("mistral-7b-instruct-v0.3", "mistral:7b"),
         ("deepseek-r1-distill-qwen-7b", "deepseek-r1:7b"),
         ("nomic-embed-text", "nomic-embed-text:v1.5"),
+        # Library tags that name a size by a word.
+        ("deepseek-coder-v2:lite", "deepseek-coder-v2:16b"),
+        ("deepseek-coder-v2:lite-instruct-q4_0", "deepseek-coder-v2:16b"),
+        ("deepseek-v2:lite", "deepseek-v2:16b"),
+        ("phi3:medium", "phi3:14b"),
     ],
 )
 def test_names_resolve_to_their_entry(catalog: Catalog, name: str, entry: str) -> None:
