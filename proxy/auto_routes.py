@@ -73,6 +73,19 @@ class Offer:
     context_length: int
 
 
+def _template(capabilities: list[str]) -> str:
+    """A template that reads the fields a model's reads for each of these capabilities:
+    Ollama decides tools and insert from the fields a template reads (server/images.go,
+    goTemplateCapabilities), and clients decide from the template too (Continue
+    completes in the middle only for a model whose template reads `.Suffix`, else it
+    sends a prompt of its own templating in raw mode). The chosen model's template is
+    the one Ollama applies."""
+    tools = "{{ if .Tools }}{{ .Tools }}{{ end }}" if "tools" in capabilities else ""
+    if "insert" in capabilities:
+        return tools + "{{ if .Suffix }}{{ .Prompt }}{{ .Suffix }}{{ else }}{{ .Prompt }}{{ end }}"
+    return tools + "{{ .Prompt }}"
+
+
 def _json(doc: Any, status: int = 200) -> web.Response:
     # `show` answers /api/show for auto as Ollama would: with Go's escapes.
     return web.Response(status=status, body=go_dumps(doc), headers={"Content-Type": JSON})
@@ -158,7 +171,7 @@ class AutoRoutes:
             {
                 "modelfile": f"# auto:{profile}: ollama-autoroute picks one of: {names}\n",
                 "parameters": "",
-                "template": "{{ .Prompt }}",
+                "template": _template(offer.capabilities),
                 "details": _DETAILS,
                 "model_info": {
                     "general.architecture": "autoroute",

@@ -88,6 +88,7 @@ import aiohttp
 import orjson
 import pytest
 
+from proxy import ollama_answers
 from tests.support import Emulator, Proxy, ServerThread, without_auto
 
 # Headers ------------------------------------------------------------------------------
@@ -822,3 +823,46 @@ async def test_openwebui_openai_chat_stream(emulator: Emulator, proxy: Proxy) ->
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
     assert text.strip()
+
+
+# `auto`, as these clients read it ------------------------------------------------------
+
+
+async def test_continue_autocomplete_with_auto_fills_in_the_middle(
+    emulator: Emulator, proxy: Proxy
+) -> None:
+    """Continue decides fill-in-the-middle from `.Suffix` in show's template; without it
+    it sends a prompt it templated itself, with its default model's FIM tokens, in raw
+    mode, which no model `auto` may choose has been trained on. `auto`'s template reads
+    what a model's does for each capability it lists, as Ollama decides them."""
+    got = await send(
+        proxy.url, "POST", "/api/show", js_stringify({"name": "auto"}), CONTINUE_HEADERS
+    )
+    assert got.status == 200
+    show = got.json()
+    assert "insert" in show["capabilities"]
+    assert ".Suffix" in show["template"]
+    # The template says what the list says, read as Ollama reads a template's fields.
+    decided = ollama_answers.decided_capabilities({**show, "capabilities": None})
+    for capability in ("tools", "insert"):
+        assert (capability in decided) == (capability in show["capabilities"]), capability
+    # streamFim to `auto`: the request goes to a model that takes a suffix.
+    request = {
+        "model": "auto",
+        "prompt": "def fibonacci(n):\n    if n <",
+        "suffix": "\n\nprint(fibonacci(10))\n",
+        "options": {"temperature": 0.01, "num_predict": 24, "num_ctx": 8192},
+        "keep_alive": 1800,
+    }
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            proxy.url + "/api/generate", data=js_stringify(request), headers=CONTINUE_HEADERS
+        ) as resp,
+    ):
+        chosen = resp.headers["X-Autoroute-Model"]
+        lines = [json.loads(line) for line in (await resp.read()).splitlines()]
+    assert resp.status == 200
+    assert lines[-1]["done"] is True and lines[-1]["model"] == chosen
+    shown = await send(emulator.url, "POST", "/api/show", js_stringify({"model": chosen}), {})
+    assert "insert" in shown.json()["capabilities"]
