@@ -17,7 +17,7 @@ from proxy.errors import error_response
 from proxy.keep_alive import unloads
 from proxy.learning import Learner
 from proxy.limits import read_body
-from proxy.protocol import JSON, go_dumps, go_now
+from proxy.protocol import COPILOT_CHAT_USER_AGENT_PREFIX, JSON, go_dumps, go_now
 from proxy.routes import RANKED_PATHS, find
 from selector_model.policy import beyond_max_loss
 from selector_model.profiling import store as profile_store
@@ -161,22 +161,33 @@ class AutoRoutes:
             context_length=max((m.context_length for m in candidates), default=2048),
         )
 
-    def show(self, profile: str, only: frozenset[str] | None = None) -> web.Response:
-        """`/api/show` for `auto`: what it offers (`_offer`)."""
+    def show(
+        self,
+        profile: str,
+        only: frozenset[str] | None = None,
+        requested: str = "",
+        user_agent: str = "",
+    ) -> web.Response:
+        """`/api/show` for `auto`: what it offers (`_offer`). `requested`: the name the
+        body asked for, which Ollama gives Copilot Chat as `general.basename`."""
         if profile not in self.auto.config.profiles:
             return error_response("/api/show", 404, f"model 'auto:{profile}' not found")
         offer = self._offer(only)
         names = ", ".join(offer.names) or "none yet"
+        info: dict[str, Any] = {
+            "general.architecture": "autoroute",
+            "autoroute.context_length": offer.context_length,
+        }
+        if user_agent.startswith(COPILOT_CHAT_USER_AGENT_PREFIX):
+            info["general.basename"] = requested
         return _json(
             {
                 "modelfile": f"# auto:{profile}: ollama-autoroute picks one of: {names}\n",
                 "parameters": "",
                 "template": _template(offer.capabilities),
                 "details": _DETAILS,
-                "model_info": {
-                    "general.architecture": "autoroute",
-                    "autoroute.context_length": offer.context_length,
-                },
+                # A Go map: its keys in order, as encoding/json writes them.
+                "model_info": dict(sorted(info.items())),
                 "capabilities": offer.capabilities,
                 "modified_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._stamp())),
             }

@@ -207,7 +207,10 @@ class Handlers:
         assert isinstance(doc, dict)
         if path == SHOW_PATH:
             return _refused(path, doc) or self.auto_routes.show(
-                profile, key.models if key else None
+                profile,
+                key.models if key else None,
+                model,
+                request.headers.get(hdrs.USER_AGENT, ""),
             )
         if path in LOADING_PATHS and not generates(path, doc):
             # `ollama run auto` loads and `ollama stop auto` unloads: `auto` holds no model

@@ -25,6 +25,11 @@ TEXT = "text/plain; charset=utf-8"
 # The version the emulator reports. VS Code's Copilot refuses anything below 0.6.4.
 OLLAMA_VERSION = "0.13.0"
 
+# Ollama's show sets model_info["general.basename"] to the name asked for when the
+# User-Agent starts with this (server/routes.go, ShowHandler): VS Code's Copilot Chat
+# names a model by general.basename.
+COPILOT_CHAT_USER_AGENT_PREFIX = "GitHubCopilotChat/"
+
 # RFC 9110 §7.6.1 hop-by-hop headers, plus the framing headers the proxy sets itself.
 HOP_BY_HOP = frozenset(
     {

@@ -866,3 +866,21 @@ async def test_continue_autocomplete_with_auto_fills_in_the_middle(
     assert lines[-1]["done"] is True and lines[-1]["model"] == chosen
     shown = await send(emulator.url, "POST", "/api/show", js_stringify({"model": chosen}), {})
     assert "insert" in shown.json()["capabilities"]
+
+
+@pytest.mark.parametrize("model", ["auto", "auto:fast", "Auto"])
+async def test_copilot_reads_auto_by_the_name_it_asked_for(proxy: Proxy, model: str) -> None:
+    """VS Code's Copilot Chat names a model by show's `general.basename`; Ollama sets it
+    to the requested name for a User-Agent of GitHubCopilotChat/ (server/routes.go,
+    ShowHandler), and to nothing else for `auto`, which has no weights to name."""
+    body = js_stringify({"model": model})
+    copilot = {"Content-Type": "application/json", "User-Agent": "GitHubCopilotChat/0.41.1"}
+    got = await send(proxy.url, "POST", "/api/show", body, copilot)
+    assert got.status == 200
+    info = got.json()["model_info"]
+    assert info["general.basename"] == model
+    assert list(info) == sorted(info)  # a Go map's keys, as encoding/json orders them
+    # What Copilot reads for the context window: model_info[<architecture>.context_length].
+    assert info[f"{info['general.architecture']}.context_length"] >= 32768
+    other = await send(proxy.url, "POST", "/api/show", body, {"User-Agent": "node-fetch"})
+    assert "general.basename" not in other.json()["model_info"]

@@ -16,7 +16,7 @@ from proxy.backends import CLOUD, INVALID_NAME, source, valid_name
 from proxy.errors import gin_not_found
 from proxy.go_types import SHOW_FIELDS
 from proxy.multipart_form import go_quote
-from proxy.protocol import NDJSON, TEXT, go_time
+from proxy.protocol import COPILOT_CHAT_USER_AGENT_PREFIX, NDJSON, TEXT, go_time
 
 from .catalog import REGISTRY, ModelSpec, normalize_name
 from .engine import ClientGone, wait_forever
@@ -168,7 +168,7 @@ def show_body(spec: ModelSpec, request_model: str, user_agent: str, version: str
     if spec.messages:
         body["messages"] = [{"role": r, "content": c} for r, c in spec.messages]
     info = spec.model_info()
-    if user_agent.startswith("GitHubCopilotChat/"):
+    if user_agent.startswith(COPILOT_CHAT_USER_AGENT_PREFIX):
         info["general.basename"] = request_model
         info = dict(sorted(info.items()))
     body["model_info"] = info
