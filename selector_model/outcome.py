@@ -10,7 +10,10 @@ and a weight, the strength of the evidence:
 - An error, or the client cancelling before the end: 0 (weight `FAILED`). Not a client
   that left before the answer began (no status: nothing of it reached the client, as
   when an editor cancels a completion at the next keystroke): it judged nothing of
-  the answer, and counted it would let any client drive a model's estimate to 0.
+  the answer, and counted it would let any client drive a model's estimate to 0. Nor
+  a fill-in-the-middle request (a suffix: an editor's autocomplete, `fills_in`) the
+  client cancelled: editors cancel one at the next keystroke whatever its answer said,
+  and counted, every key pressed would fail the model that completes code.
 - The same prompt (its SHA-256) sent again by the same user with the same API key
   (`retry_key`) to the same model name (`auto`, `auto:best`, ...) after the first
   answer ended and within `RETRY_WINDOW_SECONDS` of its end: the first answer failed,
@@ -37,6 +40,7 @@ from datetime import datetime
 from typing import Any
 
 from selector_model import usage_event
+from selector_model.features.schema import REQUEST_FEATURES, SCHEMA_VERSION
 
 RATED = 1.0
 FAILED = 1.0
@@ -64,9 +68,12 @@ def rated(rating: float) -> Result:
     return Result(min(1.0, max(0.0, float(rating))), RATED, "rating")
 
 
-def implicit(outcome: Mapping[str, Any], retried: bool = False) -> Result | None:
+def implicit(
+    outcome: Mapping[str, Any], retried: bool = False, fills_in: bool = False
+) -> Result | None:
     """The outcome of a usage event's `outcome` object without any rating, or None
-    when no model answered (a 4xx) or the client left before the answer began."""
+    when no model answered (a 4xx), the client left before the answer began, or it
+    cancelled a fill-in-the-middle request (`fills_in`)."""
     status = outcome.get("status")
     if outcome.get("cancelled") and not status:
         return None
@@ -75,7 +82,7 @@ def implicit(outcome: Mapping[str, Any], retried: bool = False) -> Result | None
     if isinstance(status, int) and status >= 400:
         return None
     if outcome.get("cancelled"):
-        return Result(0.0, FAILED, "cancelled")
+        return None if fills_in else Result(0.0, FAILED, "cancelled")
     if retried:
         return Result(0.0, FAILED, "retried")
     if outcome.get("done_reason") in TRUNCATED_REASONS:
@@ -95,6 +102,20 @@ def against(result: Result, expected: float) -> float:
     return expected if result.source == "completed" else result.value
 
 
+_FIM = REQUEST_FEATURES.index("fim")
+
+
+def fills_in(event: Mapping[str, Any]) -> bool:
+    """Whether a usage event's request was fill-in-the-middle (it had a suffix), as
+    its request features say: those of `auto`'s requests, the ones anything learns
+    from (an event of another schema, or without them, reads as no)."""
+    recorded = event.get("features")
+    if not isinstance(recorded, Mapping) or recorded.get("schema_version") != SCHEMA_VERSION:
+        return False
+    values = recorded.get("request")
+    return isinstance(values, list) and len(values) > _FIM and values[_FIM] == 1.0
+
+
 def replayed(event: Mapping[str, Any]) -> bool:
     """The answer came from the proxy's response cache: a copy of an answer its own
     event already counts, so it is no new evidence of the model."""
@@ -108,7 +129,7 @@ def of_event(event: Mapping[str, Any], retried: bool = False) -> Result | None:
     if isinstance(rating, int | float) and not isinstance(rating, bool):
         return rated(rating)
     outcome = event.get("outcome")
-    return implicit(outcome if isinstance(outcome, Mapping) else {}, retried)
+    return implicit(outcome if isinstance(outcome, Mapping) else {}, retried, fills_in(event))
 
 
 def retry_key(event: Mapping[str, Any]) -> RetryKey | None:

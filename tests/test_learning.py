@@ -1236,6 +1236,66 @@ async def test_a_client_that_leaves_before_the_answer_began_says_nothing_of_the_
     assert row["evidence"]["count"] == pytest.approx(outcome.COMPLETED)
 
 
+async def test_an_autocomplete_cut_short_by_the_next_keystroke_says_nothing_of_the_model(
+    servers: ServerThread, tmp_path: Path
+) -> None:
+    """An editor's autocomplete (a generate with a suffix, fill-in-the-middle: Continue,
+    Copilot-style ghost text) is cancelled at the next keystroke once its answer has
+    begun, whatever the answer said: the user typed on. Counted as a failure, each key
+    pressed would fail the model that completes code, and `auto` would learn to send
+    code elsewhere. A chat cut short still counts against its model."""
+    coder = "qwen2.5-coder:7b"
+    emu = Emulator(servers, EmulatorSettings(models=(coder,), frozen_clock=True, chunk_delay_ms=5))
+    usage = Usage(file_path=str(tmp_path / "events.jsonl"), spool_dir=str(tmp_path / "spool"))
+    prx = Proxy(servers, [emu.url], selector=_selector(tmp_path), usage=usage)
+    prefix = "def fibonacci(n):\n    if n <"
+    fim = {
+        "model": "auto",
+        "prompt": prefix,
+        "suffix": "\n\nprint(fibonacci(10))\n",
+        "options": {"num_predict": 200},
+    }
+
+    async def cut_short(session: aiohttp.ClientSession, path: str, body: Any) -> None:
+        left = emu.state.cancelled + 1
+        async with session.post(prx.url + path, json=body) as resp:
+            assert resp.status == 200
+            assert resp.headers["X-Autoroute-Model"] == coder
+            await resp.content.readline()  # the answer has begun; then the next key
+        assert await wait_until(lambda: emu.state.cancelled >= left)
+
+    async def count(session: aiohttp.ClientSession, at_least: float) -> float:
+        row: dict[str, Any] = {}
+        for _ in range(400):
+            row = {r["model"]: r for r in (await _explain(session, prx.url, fim))["ranking"]}
+            if row[coder]["evidence"]["count"] >= at_least:
+                break
+            await asyncio.sleep(0.05)
+        return float(row[coder]["evidence"]["count"])
+
+    try:
+        async with aiohttp.ClientSession() as session:
+            for i in range(3):
+                await cut_short(session, "/api/generate", {**fim, "prompt": prefix + " " * i})
+            done = {**fim, "options": {}}  # to its end: done_reason "stop"
+            async with session.post(prx.url + "/api/generate", json=done) as resp:
+                assert resp.status == 200
+                await resp.read()  # one completed answer
+            assert await count(session, outcome.COMPLETED) == pytest.approx(outcome.COMPLETED)
+            chat = {
+                "model": "auto",
+                "prompt": prefix,
+                "options": {"num_predict": 200},
+            }
+            await cut_short(session, "/api/generate", chat)  # no suffix: a failure
+            assert await count(session, outcome.COMPLETED + outcome.FAILED) == pytest.approx(
+                outcome.COMPLETED + outcome.FAILED
+            )
+    finally:
+        prx.stop()
+        emu.stop()
+
+
 async def test_a_store_down_is_one_warning_and_its_return_one_line(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from selector_model import outcome, usage_event
+from selector_model import features, outcome, usage_event
 from tests.test_training import _event
 from training.data import usage_examples
 
@@ -56,6 +56,30 @@ def test_each_signal_and_a_rating_winning_over_them() -> None:
     assert graded({**base, "rating": 5}).value == 1.0  # clamped into [0, 1]
     assert graded(base, retried=True).source == "retried"
     assert graded({**base, "rating": 1}, retried=True).value == 1.0
+
+
+def test_a_fill_in_the_middle_the_client_cancelled_has_no_outcome() -> None:
+    """Editors cancel an autocomplete (a suffix) at the next keystroke, whatever it
+    said: read from the request's features, online and in training alike."""
+    body = {"model": "auto", "prompt": "def f(", "suffix": "\n    return 1\n"}
+    fim = {
+        "schema_version": features.SCHEMA_VERSION,
+        "request": features.request_features("/api/generate", body),
+    }
+    cancelled = {**answered("r", "x", cancelled=True), "features": fim}
+    assert outcome.fills_in(cancelled)
+    assert outcome.of_event(cancelled) is None
+    assert graded({**cancelled, "rating": 0}).value == 0.0  # a rating still counts
+    assert graded({**answered("r", "x", error="cut", cancelled=True), "features": fim}).source == (
+        "error"
+    )
+    assert graded({**answered("r", "x"), "features": fim}).source == "completed"
+    # Without a suffix, or features of another schema (not read): the cancellation fails.
+    del body["suffix"]
+    chat = {**fim, "request": features.request_features("/api/generate", body)}
+    assert graded({**cancelled, "features": chat}).source == "cancelled"
+    older = {**fim, "schema_version": features.SCHEMA_VERSION - 1}
+    assert graded({**cancelled, "features": older}).source == "cancelled"
 
 
 def test_the_same_prompt_again_soon_from_the_same_user_fails_the_first() -> None:
