@@ -190,7 +190,7 @@ class _Counted:
         rid = event.get("request_id")
         return cls(
             *decided,
-            *_implicit(answer, outcome.fills_in(event)),
+            *_implicit(answer, outcome.autocompletes(event)),
             *usage_event.key_of(client),
             rid if isinstance(rid, str) else "",
         )
@@ -218,25 +218,25 @@ _IMPLICIT: dict[tuple[Any, ...], tuple[outcome.Result | None, outcome.Result | N
 
 
 def _implicit(
-    answer: Mapping[str, Any], fills_in: bool
+    answer: Mapping[str, Any], autocomplete: bool
 ) -> tuple[outcome.Result | None, outcome.Result | None]:
     """(implicit outcome, the same had the prompt been sent again soon), one pair of
     objects per distinct answer shape (a handful), shared by the requests remembered.
-    `fills_in`: the request was fill-in-the-middle (`outcome.fills_in`)."""
+    `autocomplete`: the request was an editor's autocomplete (`outcome.autocompletes`)."""
     key = (
         answer.get("status"),
         bool(answer.get("error")),
         bool(answer.get("cancelled")),
         answer.get("done_reason"),
-        fills_in,
+        autocomplete,
     )
     pair = _IMPLICIT.get(key)
     if pair is None:
         if len(_IMPLICIT) > 256:  # done_reason is the backend's string: bound the cache
             _IMPLICIT.clear()
         pair = _IMPLICIT[key] = (
-            outcome.implicit(answer, fills_in=fills_in),
-            outcome.implicit(answer, retried=True, fills_in=fills_in),
+            outcome.implicit(answer, autocomplete=autocomplete),
+            outcome.implicit(answer, retried=True, autocomplete=autocomplete),
         )
     return pair
 

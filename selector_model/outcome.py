@@ -11,9 +11,10 @@ and a weight, the strength of the evidence:
   that left before the answer began (no status: nothing of it reached the client, as
   when an editor cancels a completion at the next keystroke): it judged nothing of
   the answer, and counted it would let any client drive a model's estimate to 0. Nor
-  a fill-in-the-middle request (a suffix: an editor's autocomplete, `fills_in`) the
-  client cancelled: editors cancel one at the next keystroke whatever its answer said,
-  and counted, every key pressed would fail the model that completes code.
+  an editor's autocomplete the client cancelled (`autocompletes`: a suffix, or a raw
+  prompt the editor templated itself): editors cancel one at the next keystroke
+  whatever its answer said, and counted, every key pressed would fail the model that
+  completes code.
 - The same prompt (its SHA-256) sent again by the same user with the same API key
   (`retry_key`) to the same model name (`auto`, `auto:best`, ...) after the first
   answer ended and within `RETRY_WINDOW_SECONDS` of its end: the first answer failed,
@@ -69,11 +70,11 @@ def rated(rating: float) -> Result:
 
 
 def implicit(
-    outcome: Mapping[str, Any], retried: bool = False, fills_in: bool = False
+    outcome: Mapping[str, Any], retried: bool = False, autocomplete: bool = False
 ) -> Result | None:
     """The outcome of a usage event's `outcome` object without any rating, or None
     when no model answered (a 4xx), the client left before the answer began, or it
-    cancelled a fill-in-the-middle request (`fills_in`)."""
+    cancelled an `autocomplete` (`autocompletes`)."""
     status = outcome.get("status")
     if outcome.get("cancelled") and not status:
         return None
@@ -82,7 +83,7 @@ def implicit(
     if isinstance(status, int) and status >= 400:
         return None
     if outcome.get("cancelled"):
-        return None if fills_in else Result(0.0, FAILED, "cancelled")
+        return None if autocomplete else Result(0.0, FAILED, "cancelled")
     if retried:
         return Result(0.0, FAILED, "retried")
     if outcome.get("done_reason") in TRUNCATED_REASONS:
@@ -102,18 +103,22 @@ def against(result: Result, expected: float) -> float:
     return expected if result.source == "completed" else result.value
 
 
-_FIM = REQUEST_FEATURES.index("fim")
+_AUTOCOMPLETE = (REQUEST_FEATURES.index("fim"), REQUEST_FEATURES.index("raw"))
 
 
-def fills_in(event: Mapping[str, Any]) -> bool:
-    """Whether a usage event's request was fill-in-the-middle (it had a suffix), as
-    its request features say: those of `auto`'s requests, the ones anything learns
-    from (an event of another schema, or without them, reads as no)."""
+def autocompletes(event: Mapping[str, Any]) -> bool:
+    """Whether a usage event's request was an editor's autocomplete: fill-in-the-middle
+    (a suffix), or a raw prompt (one the client templated itself, as editors do for a
+    model whose template reads no suffix: Continue, Zed's edit prediction), as its
+    request features say: those of `auto`'s requests, the ones anything learns from
+    (an event of another schema, or without them, reads as no)."""
     recorded = event.get("features")
     if not isinstance(recorded, Mapping) or recorded.get("schema_version") != SCHEMA_VERSION:
         return False
     values = recorded.get("request")
-    return isinstance(values, list) and len(values) > _FIM and values[_FIM] == 1.0
+    if not isinstance(values, list) or len(values) != len(REQUEST_FEATURES):
+        return False
+    return any(values[i] == 1.0 for i in _AUTOCOMPLETE)
 
 
 def replayed(event: Mapping[str, Any]) -> bool:
@@ -129,7 +134,8 @@ def of_event(event: Mapping[str, Any], retried: bool = False) -> Result | None:
     if isinstance(rating, int | float) and not isinstance(rating, bool):
         return rated(rating)
     outcome = event.get("outcome")
-    return implicit(outcome if isinstance(outcome, Mapping) else {}, retried, fills_in(event))
+    answer = outcome if isinstance(outcome, Mapping) else {}
+    return implicit(answer, retried, autocompletes(event))
 
 
 def retry_key(event: Mapping[str, Any]) -> RetryKey | None:

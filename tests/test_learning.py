@@ -1239,11 +1239,11 @@ async def test_a_client_that_leaves_before_the_answer_began_says_nothing_of_the_
 async def test_an_autocomplete_cut_short_by_the_next_keystroke_says_nothing_of_the_model(
     servers: ServerThread, tmp_path: Path
 ) -> None:
-    """An editor's autocomplete (a generate with a suffix, fill-in-the-middle: Continue,
-    Copilot-style ghost text) is cancelled at the next keystroke once its answer has
-    begun, whatever the answer said: the user typed on. Counted as a failure, each key
-    pressed would fail the model that completes code, and `auto` would learn to send
-    code elsewhere. A chat cut short still counts against its model."""
+    """An editor's autocomplete (a generate with a suffix, fill-in-the-middle, or in raw
+    mode on a prompt the editor templated itself) is cancelled at the next keystroke
+    once its answer has begun, whatever the answer said: the user typed on. Counted as a
+    failure, each key pressed would fail the model that completes code, and `auto` would
+    learn to send code elsewhere. Another request cut short still counts against it."""
     coder = "qwen2.5-coder:7b"
     emu = Emulator(servers, EmulatorSettings(models=(coder,), frozen_clock=True, chunk_delay_ms=5))
     usage = Usage(file_path=str(tmp_path / "events.jsonl"), spool_dir=str(tmp_path / "spool"))
@@ -1277,6 +1277,9 @@ async def test_an_autocomplete_cut_short_by_the_next_keystroke_says_nothing_of_t
         async with aiohttp.ClientSession() as session:
             for i in range(3):
                 await cut_short(session, "/api/generate", {**fim, "prompt": prefix + " " * i})
+            # Without a suffix, in raw mode on a prompt the editor templated itself.
+            raw = {"model": "auto", "prompt": prefix, "raw": True, "options": fim["options"]}
+            await cut_short(session, "/api/generate", raw)
             done = {**fim, "options": {}}  # to its end: done_reason "stop"
             async with session.post(prx.url + "/api/generate", json=done) as resp:
                 assert resp.status == 200

@@ -58,24 +58,28 @@ def test_each_signal_and_a_rating_winning_over_them() -> None:
     assert graded({**base, "rating": 1}, retried=True).value == 1.0
 
 
-def test_a_fill_in_the_middle_the_client_cancelled_has_no_outcome() -> None:
-    """Editors cancel an autocomplete (a suffix) at the next keystroke, whatever it
-    said: read from the request's features, online and in training alike."""
+def test_an_autocomplete_the_client_cancelled_has_no_outcome() -> None:
+    """Editors cancel an autocomplete (a suffix, or a raw prompt) at the next keystroke,
+    whatever it said: read from the request's features, online and in training alike."""
     body = {"model": "auto", "prompt": "def f(", "suffix": "\n    return 1\n"}
     fim = {
         "schema_version": features.SCHEMA_VERSION,
         "request": features.request_features("/api/generate", body),
     }
     cancelled = {**answered("r", "x", cancelled=True), "features": fim}
-    assert outcome.fills_in(cancelled)
+    assert outcome.autocompletes(cancelled)
     assert outcome.of_event(cancelled) is None
     assert graded({**cancelled, "rating": 0}).value == 0.0  # a rating still counts
     assert graded({**answered("r", "x", error="cut", cancelled=True), "features": fim}).source == (
         "error"
     )
     assert graded({**answered("r", "x"), "features": fim}).source == "completed"
-    # Without a suffix, or features of another schema (not read): the cancellation fails.
+    # A raw prompt the editor templated itself (Zed, Continue for a model whose template
+    # reads no suffix): its autocomplete too.
     del body["suffix"]
+    raw = {**fim, "request": features.request_features("/api/generate", {**body, "raw": True})}
+    assert outcome.of_event({**cancelled, "features": raw}) is None
+    # Neither, or features of another schema (not read): the cancellation fails.
     chat = {**fim, "request": features.request_features("/api/generate", body)}
     assert graded({**cancelled, "features": chat}).source == "cancelled"
     older = {**fim, "schema_version": features.SCHEMA_VERSION - 1}
