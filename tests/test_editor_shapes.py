@@ -1,4 +1,4 @@
-"""Requests shaped exactly as two popular Ollama clients send them, through the proxy.
+"""Requests shaped exactly as popular Ollama clients send them, through the proxy.
 
 Each test builds the request body byte for byte the way the client serialises it, sends
 it with the client's headers once to the emulator directly and once through the proxy,
@@ -68,6 +68,24 @@ Open WebUI, repository `open-webui/open-webui`:
     options to the top level and `max_tokens` to `num_predict`; assistant tool calls
     are sent as `{"index", "id", "function": {"name", "arguments": <object>}}` with
     empty content.
+
+VS Code's GitHub Copilot Chat (bring your own key: Ollama), repository
+`microsoft/vscode-copilot-chat` (revision 31acd00a86424e2ee6e980e54919cf31fbf88030):
+  * `src/extension/byok/vscode-node/ollamaProvider.ts`: `GET /api/version` (below 0.6.4
+    refused; "0.0.0" allowed), `GET /api/tags`, then for each listed `model`
+    `POST /api/show` with `{"model"}` (JSON.stringify), reading `capabilities` (tools,
+    vision), `model_info[<general.architecture>.context_length]` (else 32768) and
+    `model_info["general.basename"]` (else `remote_model`, else the id) as its name;
+    none of these carries an API key.
+  * `src/platform/networking/node/nodeFetcher.ts`: `User-Agent: GitHubCopilotChat/<v>`.
+  * `src/extension/byok/node/openAIEndpoint.ts` and `networking.ts`: chat is
+    `POST /v1/chat/completions` with `Authorization: Bearer <key or "">`,
+    `X-Request-Id`, `OpenAI-Intent`, `X-GitHub-Api-Version`, `X-Interaction-Type`,
+    `X-Agent-Task-Id`; the body has `messages` (content strings or text parts, trailing
+    whitespace trimmed, `copilot_cache_control` on a cache breakpoint), `model`,
+    `temperature`, `top_p`, `n`, `stream: true`, `tools` (parameters defaulted to an
+    empty object schema), `tool_choice`, and `stream_options: {"include_usage": true}`
+    (`max_tokens` deleted).
 
 Models come from the emulator's catalogue (`proxy/emulator/catalog.py`): qwen2.5-coder:7b
 and codegemma:7b have `insert` (FIM), llama3.1:8b / qwen2.5:7b / mistral:7b have
@@ -825,6 +843,117 @@ async def test_openwebui_openai_chat_stream(emulator: Emulator, proxy: Proxy) ->
     assert text.strip()
 
 
+# VS Code's Copilot Chat ---------------------------------------------------------------
+
+
+COPILOT_UA = "GitHubCopilotChat/0.41.1"
+COPILOT_HEADERS = {"User-Agent": COPILOT_UA}
+
+
+def copilot_version_ok(version: str) -> bool:
+    """ollamaProvider.ts `_isVersionSupported`: "0.0.0" (a build from source), else
+    the dotted numbers at least 0.6.4's."""
+    if version == "0.0.0":
+        return True
+    parts = [int(p) for p in version.split(".")]
+    return parts + [0] * (3 - len(parts)) >= [0, 6, 4]
+
+
+async def test_copilot_lists_and_reads_models(emulator: Emulator, proxy: Proxy) -> None:
+    got = await same(emulator, proxy, "GET", "/api/version", None, COPILOT_HEADERS)
+    assert copilot_version_ok(got.json()["version"])
+    tags = await same(emulator, proxy, "GET", "/api/tags", None, COPILOT_HEADERS)
+    listed = [m["model"] for m in tags.json()["models"]]
+    headers = {**COPILOT_HEADERS, "Content-Type": "application/json"}
+    for model in ("qwen2.5-coder:7b", "llava:7b", "nomic-embed-text:latest"):
+        assert model in listed
+        body = js_stringify({"model": model})
+        show = (await same(emulator, proxy, "POST", "/api/show", body, headers)).json()
+        info = show["model_info"]
+        assert info["general.basename"] == model  # what Copilot shows as its name
+        assert isinstance(info[f"{info['general.architecture']}.context_length"], int)
+        assert isinstance(show["capabilities"], list)
+
+
+COPILOT_AGENT_REQUEST: dict[str, Any] = {
+    "messages": [
+        {"role": "system", "content": "You are an expert AI programming assistant."},
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "List the files, then read main.py"}],
+            "copilot_cache_control": {"type": "ephemeral"},
+        },
+    ],
+    "model": "qwen2.5-coder:7b",
+    "temperature": 0.1,
+    "top_p": 1,
+    "n": 1,
+    "stream": True,
+    "tools": [
+        {
+            "type": "function",
+            "function": {
+                "name": "list_dir",
+                "description": "List a directory.",
+                "parameters": {"type": "object", "properties": {}},
+            },
+        },
+        {
+            "type": "function",
+            "function": {
+                "name": "read_file",
+                "description": "Read a file.",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"filePath": {"type": "string"}},
+                    "required": ["filePath"],
+                },
+            },
+        },
+    ],
+    "tool_choice": "auto",
+    "stream_options": {"include_usage": True},
+}
+
+
+COPILOT_CHAT_HEADERS = {
+    "Authorization": "Bearer ",
+    "X-Request-Id": "1d34dcc1-c475-40f2-bd8e-7baeb4408545",
+    "OpenAI-Intent": "conversation-agent",
+    "X-GitHub-Api-Version": "2025-05-01",
+    "Content-Type": "application/json",
+    "X-Interaction-Type": "conversation-agent",
+    "X-Agent-Task-Id": "1d34dcc1-c475-40f2-bd8e-7baeb4408545",
+    "User-Agent": COPILOT_UA,
+}
+
+
+def copilot_stream(answer: Answer) -> list[dict[str, Any]]:
+    """The chunks of an OpenAI stream as Copilot reads them, tool calls checked: each
+    names a tool it was offered, with arguments a JSON object in a string."""
+    assert answer.status == 200, answer.body[:300]
+    assert answer.content_type == "text/event-stream"
+    events = [e for e in answer.body.split(b"\n\n") if e.strip()]
+    assert events[-1] == b"data: [DONE]"
+    chunks = [json.loads(e[len(b"data: ") :]) for e in events[:-1]]
+    offered = {t["function"]["name"] for t in COPILOT_AGENT_REQUEST["tools"]}
+    for chunk in chunks:
+        for call in (
+            (chunk["choices"][0]["delta"].get("tool_calls") or []) if chunk["choices"] else []
+        ):
+            assert call["function"]["name"] in offered
+            assert isinstance(json.loads(call["function"]["arguments"]), dict)
+    return chunks
+
+
+async def test_copilot_agent_chat(emulator: Emulator, proxy: Proxy) -> None:
+    body = js_stringify(COPILOT_AGENT_REQUEST)
+    got = await same(emulator, proxy, "POST", "/v1/chat/completions", body, COPILOT_CHAT_HEADERS)
+    chunks = copilot_stream(got)
+    assert any(c["choices"] and c["choices"][0]["delta"].get("tool_calls") for c in chunks)
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["total_tokens"] > 0
+
+
 # `auto`, as these clients read it ------------------------------------------------------
 
 
@@ -874,7 +1003,7 @@ async def test_copilot_reads_auto_by_the_name_it_asked_for(proxy: Proxy, model: 
     to the requested name for a User-Agent of GitHubCopilotChat/ (server/routes.go,
     ShowHandler), and to nothing else for `auto`, which has no weights to name."""
     body = js_stringify({"model": model})
-    copilot = {"Content-Type": "application/json", "User-Agent": "GitHubCopilotChat/0.41.1"}
+    copilot = {**COPILOT_HEADERS, "Content-Type": "application/json"}
     got = await send(proxy.url, "POST", "/api/show", body, copilot)
     assert got.status == 200
     info = got.json()["model_info"]
@@ -884,3 +1013,21 @@ async def test_copilot_reads_auto_by_the_name_it_asked_for(proxy: Proxy, model: 
     assert info[f"{info['general.architecture']}.context_length"] >= 32768
     other = await send(proxy.url, "POST", "/api/show", body, {"User-Agent": "node-fetch"})
     assert "general.basename" not in other.json()["model_info"]
+
+
+async def test_copilot_agent_chat_with_auto(emulator: Emulator, proxy: Proxy) -> None:
+    """Copilot offers tools to `auto` (its show lists them): `auto` chooses a model that
+    takes them, and the stream is read as Copilot reads one, the chosen model named."""
+    body = js_stringify({**COPILOT_AGENT_REQUEST, "model": "auto"})
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            proxy.url + "/v1/chat/completions", data=body, headers=COPILOT_CHAT_HEADERS
+        ) as resp,
+    ):
+        chosen = resp.headers["X-Autoroute-Model"]
+        got = Answer(resp.status, resp.headers.get("Content-Type"), await resp.read(), 0)
+    chunks = copilot_stream(got)
+    assert {c["model"] for c in chunks} == {chosen}
+    shown = await send(emulator.url, "POST", "/api/show", js_stringify({"model": chosen}), {})
+    assert "tools" in shown.json()["capabilities"]
