@@ -87,6 +87,21 @@ VS Code's GitHub Copilot Chat (bring your own key: Ollama), repository
     empty object schema), `tool_choice`, and `stream_options: {"include_usage": true}`
     (`max_tokens` deleted).
 
+Zed, repository `zed-industries/zed`:
+  * `crates/ollama/src/ollama.rs` (stored revision 0138cb1c63e70671b469f131670824f27cc345df)
+    and `crates/language_models/src/provider/ollama.rs`: `GET /api/tags` with
+    `Accept: application/json` (entries must carry name, modified_at, size, digest and
+    details with string format, family, parameter_size, quantization_level); models
+    whose name contains "-embed" are skipped; `POST /api/show` with `{"model"}` for
+    each, reading only `capabilities` (tools, vision, thinking). Chat is `POST
+    /api/chat` serialized by serde with every field, `null` for an unset option:
+    `model`, `messages` (tagged by role; an assistant's `tool_calls` and `thinking`,
+    a tool result's `tool_name`), `stream: true`, `keep_alive: -1`, `options`
+    (`num_ctx`, `num_predict`, `stop`, `temperature`, `top_p`), `tools` (an empty list
+    for a model without them) and `think` (the model's thinking capability, and
+    whether thinking is allowed). Each line must parse as a message with `model`,
+    `created_at`, `message` (with `role`) and `done`.
+
 Models come from the emulator's catalogue (`proxy/emulator/catalog.py`): qwen2.5-coder:7b
 and codegemma:7b have `insert` (FIM), llama3.1:8b / qwen2.5:7b / mistral:7b have
 `tools`, qwen3:8b has `thinking`, nomic-embed-text / all-minilm are embedders.
@@ -952,6 +967,99 @@ async def test_copilot_agent_chat(emulator: Emulator, proxy: Proxy) -> None:
     chunks = copilot_stream(got)
     assert any(c["choices"] and c["choices"][0]["delta"].get("tool_calls") for c in chunks)
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["total_tokens"] > 0
+
+
+# Zed ----------------------------------------------------------------------------------
+
+
+ZED_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "read_file",
+        "description": "Reads a file",
+        "parameters": {
+            "type": "object",
+            "properties": {"path": {"type": "string"}},
+            "required": ["path"],
+        },
+    },
+}
+
+
+def zed_chat(model: str, tools: bool, think: bool) -> dict[str, Any]:
+    """A second turn, after a tool call and its result, as Zed's ChatRequest writes it."""
+    return {
+        "model": model,
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": "What does main.rs do?"},
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    {"function": {"name": "read_file", "arguments": {"path": "main.rs"}}}
+                ],
+                "thinking": None,
+            },
+            {"role": "tool", "tool_name": "read_file", "content": "fn main() {}"},
+        ],
+        "stream": True,
+        "keep_alive": -1,
+        "options": {
+            "num_ctx": 4096,
+            "num_predict": None,
+            "stop": [],
+            "temperature": 1.0,
+            "top_p": None,
+        },
+        "tools": [ZED_TOOL] if tools else [],
+        "think": think,
+    }
+
+
+def zed_lines(answer: Answer) -> list[dict[str, Any]]:
+    lines = ndjson_stream(answer, paced=False)
+    for line in lines:  # ChatResponseDelta: these fields, the message tagged by role
+        assert isinstance(line["model"], str) and isinstance(line["created_at"], str)
+        assert line["message"]["role"] == "assistant"
+    return lines
+
+
+async def test_zed_lists_models_and_chats(emulator: Emulator, proxy: Proxy) -> None:
+    tags = await same(emulator, proxy, "GET", "/api/tags", None, {"Accept": "application/json"})
+    through = (await send(proxy.url, "GET", "/api/tags", None, {})).json()["models"]
+    for entry in through:  # auto's entries too: Zed refuses the whole list otherwise
+        assert isinstance(entry["name"], str) and isinstance(entry["modified_at"], str)
+        assert isinstance(entry["size"], int) and isinstance(entry["digest"], str)
+        details = entry["details"]
+        for field in ("format", "family", "parameter_size", "quantization_level"):
+            assert isinstance(details[field], str), (entry["name"], field)
+    assert {m["name"] for m in tags.json()["models"]} <= {m["name"] for m in through}
+    headers = {"Content-Type": "application/json"}
+    show = await same(
+        emulator, proxy, "POST", "/api/show", js_stringify({"model": "qwen3:8b"}), headers
+    )
+    caps = show.json()["capabilities"]
+    assert {"tools", "thinking"} <= set(caps)
+    body = js_stringify(zed_chat("qwen3:8b", tools=True, think=True))
+    lines = zed_lines(await same(emulator, proxy, "POST", "/api/chat", body, headers))
+    assert lines[-1]["done"] is True
+
+
+async def test_zed_chats_with_auto(proxy: Proxy) -> None:
+    """Zed sends what auto's show says: tools, and think false (auto lists no thinking)."""
+    headers = {"Content-Type": "application/json"}
+    show = await send(proxy.url, "POST", "/api/show", js_stringify({"model": "auto"}), headers)
+    caps = show.json()["capabilities"]
+    body = js_stringify(zed_chat("auto", tools="tools" in caps, think="thinking" in caps))
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(proxy.url + "/api/chat", data=body, headers=headers) as resp,
+    ):
+        chosen = resp.headers["X-Autoroute-Model"]
+        got = Answer(resp.status, resp.headers.get("Content-Type"), await resp.read(), 0)
+    lines = zed_lines(got)
+    assert {line["model"] for line in lines} == {chosen}
 
 
 # `auto`, as these clients read it ------------------------------------------------------
