@@ -382,25 +382,14 @@ class AutoRouter:
         request needs, a context that holds the prompt, instruct models before base
         ones, each model's weights once."""
         names = self._profile(profile)
-        allow, deny = names.allow, names.deny
         eligible: list[Candidate] = []
         filtered: dict[str, str] = {}
         for candidate in listed:
             name = candidate.name
             if key_models is not None and name not in key_models:
                 continue  # not even named: a key must not learn of models it cannot use
-            if allow and name not in allow:
-                filtered[name] = "not in the profile's allow list"
-            elif name in deny:
-                filtered[name] = "in the profile's deny list"
-            elif is_safety_classifier(name) and name not in allow and name != names.default_model:
-                # Its answer to any prompt is "safe" or "unsafe".
-                filtered[name] = "a safety classifier: it labels a conversation, not answers it"
-            elif (
-                (remote := self._remote(name)) and name not in allow and name != names.default_model
-            ):
-                # The prompt would leave the backends the operator runs.
-                filtered[name] = f"runs on {remote}: auto sends a prompt there only if named"
+            if refused := self._never(name, names):
+                filtered[name] = refused
             elif needs and not candidate.capabilities.issuperset(needs):
                 missing = [n for n in needs if n not in candidate.capabilities]
                 filtered[name] = "lacks " + ", ".join(missing)
@@ -421,6 +410,35 @@ class AutoRouter:
             filtered=filtered,
             min_context=min((c.context_length for c in eligible), default=math.inf),
         )
+
+    def _never(self, name: str, names: ProfileNames) -> str:
+        """Why the profile `names` never lets `auto` choose `name`, whatever the
+        request ("" when it may): its allow and deny lists, a safety classifier or a
+        remote (cloud) model it does not name."""
+        allow = names.allow
+        if allow and name not in allow:
+            return "not in the profile's allow list"
+        if name in names.deny:
+            return "in the profile's deny list"
+        named = name in allow or name == names.default_model
+        if is_safety_classifier(name) and not named:
+            # Its answer to any prompt is "safe" or "unsafe".
+            return "a safety classifier: it labels a conversation, not answers it"
+        if (remote := self._remote(name)) and not named:
+            # The prompt would leave the backends the operator runs.
+            return f"runs on {remote}: auto sends a prompt there only if named"
+        return ""
+
+    def choosable(self, profile: str, key_models: frozenset[str] | None) -> list[Candidate]:
+        """The candidates `auto:<profile>` may choose for some request, for an API key
+        whose list is `key_models`: what it offers (the capabilities a request may ask
+        for, the longest prompt it may send) is theirs."""
+        names = self._profile(self.config.profiles[profile])
+        return [
+            c
+            for c in self.registry.candidates()
+            if (key_models is None or c.name in key_models) and not self._never(c.name, names)
+        ]
 
     def _remote(self, name: str) -> str:
         """Where `name` runs when not on its backend's machine ("" when it does)."""

@@ -121,19 +121,23 @@ class AutoRoutes:
         artifact = self.auto.scorer.artifact
         modified = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._stamp()))
         digest = artifact.sha256 if artifact else "0" * 64
-        offer = self._offer(only)
-        return [
-            {
-                "name": name,
-                "model": name,
-                "modified_at": modified,
-                "size": 0,
-                "digest": digest,
-                "details": {**_DETAILS, "context_length": offer.context_length},
-                "capabilities": offer.capabilities,
-            }
-            for name in self.names()
-        ]
+        default = self.auto.config.default_profile
+        offers = {p: self._offer(p, only) for p in self.auto.config.profiles}
+        entries = []
+        for name in self.names():
+            offer = offers[profile_of(name, default) or default]
+            entries.append(
+                {
+                    "name": name,
+                    "model": name,
+                    "modified_at": modified,
+                    "size": 0,
+                    "digest": digest,
+                    "details": {**_DETAILS, "context_length": offer.context_length},
+                    "capabilities": offer.capabilities,
+                }
+            )
+        return entries
 
     def model_entries(self) -> list[dict[str, Any]]:
         """The same, shaped as /v1/models entries."""
@@ -143,17 +147,18 @@ class AutoRoutes:
             for name in self.names()
         ]
 
-    def _offer(self, only: frozenset[str] | None) -> Offer:
-        """What `auto` can do: capabilities at least one candidate offers, and the
-        largest context among them (editors size their prompts from it). `only`: the
-        API key's allow-list, the candidates `auto` may choose for that key.
+    def _offer(self, profile: str, only: frozenset[str] | None) -> Offer:
+        """What `auto:<profile>` can do: capabilities at least one model it may choose
+        offers (`AutoRouter.choosable`), and the largest context among them (editors
+        size their prompts from it). `only`: the API key's allow-list, the candidates
+        `auto` may choose for that key.
 
         Not "thinking": clients turn thinking on for every request to a model that
         lists it (`ollama run` sends `think: true`, `ollama launch` configures its
         integrations to reason), and `auto` then chooses among thinking models alone. A
         thinking model `auto` chooses thinks by default, and a request that asks for
         thinking still gets a model that can."""
-        candidates = [c for c in self.auto.registry.candidates() if only is None or c.name in only]
+        candidates = self.auto.choosable(profile, only)
         offered = {"completion", *(c for m in candidates for c in m.capabilities)}
         return Offer(
             names=[m.name for m in candidates],
@@ -172,7 +177,7 @@ class AutoRoutes:
         body asked for, which Ollama gives Copilot Chat as `general.basename`."""
         if profile not in self.auto.config.profiles:
             return error_response("/api/show", 404, f"model 'auto:{profile}' not found")
-        offer = self._offer(only)
+        offer = self._offer(profile, only)
         names = ", ".join(offer.names) or "none yet"
         info: dict[str, Any] = {
             "general.architecture": "autoroute",

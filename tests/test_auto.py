@@ -18,8 +18,9 @@ import pytest
 
 from proxy.app import APP_KEY
 from proxy.auto import AutoError, AutoRouter, profile_of
+from proxy.auto_routes import AutoRoutes
 from proxy.backends import BackendPool
-from proxy.config import Backend, Config, Health, Profile, Selector
+from proxy.config import Backend, Config, Health, Profile, Selector, Usage
 from proxy.registry import ModelInfo, Registry, model_info
 from tests.conftest import FROZEN
 from tests.support import PIXEL_PNG, Emulator, Proxy, ServerThread, error_text
@@ -901,6 +902,57 @@ async def test_a_cloud_model_gets_no_prompt_unless_the_profile_names_it(tmp_path
     }
     named = auto.decide("/api/chat", chat("auto:cloudy"), "cloudy").decision
     assert {s.name for s in named.ranking} == {"gpt-oss:120b-cloud", "llama3.2:3b"}
+
+
+async def test_autos_show_offers_only_what_its_profile_may_choose(tmp_path: Path) -> None:
+    """Editors read auto's show and tags entry as a model's: Copilot Chat and Roo size
+    their prompts from its context length and offer image attachments for vision. It
+    says what the profile may choose, not what a cloud model, a safety classifier or a
+    model outside the profile's lists can do: auto sends them no prompt, and a prompt
+    sized for them, or an image, would be answered "no model can serve"."""
+    profiles = {
+        "balanced": Profile(cost_weight=0.0),  # the default profile: plain `auto`
+        "coders": Profile(cost_weight=0.0, allow=("qwen2.5-coder:7b",)),
+        "no-coder": Profile(cost_weight=0.0, deny=("qwen2.5-coder:7b",)),
+    }
+    auto, set_models = offline_router(tmp_path, profiles)
+
+    def shown(capabilities: list[str], architecture: str, context: int) -> dict[str, Any]:
+        info = {"general.architecture": architecture, f"{architecture}.context_length": context}
+        return {"capabilities": capabilities, "model_info": info}
+
+    remote = {"remote_host": "https://ollama.com:443", "remote_model": "qwen3-vl:235b"}
+    set_models(
+        {
+            "qwen2.5-coder:7b": model_info(
+                "qwen2.5-coder:7b", {}, shown(["completion", "tools", "insert"], "qwen2", 32768)
+            ),
+            "llama3.2:3b": model_info(
+                "llama3.2:3b", {}, shown(["completion", "tools"], "llama", 131072)
+            ),
+            "llama-guard3:8b": model_info(
+                "llama-guard3:8b", {}, shown(["completion"], "llama", 200_000)
+            ),
+            "qwen3-vl:235b-cloud": model_info(
+                "qwen3-vl:235b-cloud",
+                remote,
+                {**shown(["completion", "vision", "tools"], "qwen3vlmoe", 262144), **remote},
+            ),
+        }
+    )
+    routes = AutoRoutes(auto, Usage(file_path=str(tmp_path / "events.jsonl")))
+
+    def offered(profile: str) -> tuple[list[str], int]:
+        doc = orjson.loads(routes.show(profile).body)  # type: ignore[arg-type]
+        return doc["capabilities"], doc["model_info"]["autoroute.context_length"]
+
+    assert offered("balanced") == (["completion", "insert", "tools"], 131072)
+    assert offered("coders") == (["completion", "insert", "tools"], 32768)
+    assert offered("no-coder") == (["completion", "tools"], 131072)
+    entries = {e["name"]: e for e in routes.tag_entries()}
+    assert entries["auto:coders"]["details"]["context_length"] == 32768
+    assert entries["auto:no-coder"]["capabilities"] == ["completion", "tools"]
+    assert entries["auto"]["capabilities"] == ["completion", "insert", "tools"]
 
 
 async def test_a_base_model_is_left_out_while_an_instruct_one_is_eligible(tmp_path: Path) -> None:
