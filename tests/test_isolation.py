@@ -36,17 +36,10 @@ BUSY = "make the backend answer 503"
 HANG = 30.0
 
 
-class EchoBackend:
-    """A raw HTTP/1.1 backend whose answer to a POST is the request's own prompt, so
-    that an answer shows whose request it belongs to. To `Expect: 100-continue` it
-    answers as Go's net/http does (a `100 Continue` once the handler reads the body);
-    with `interim` it also sends unsolicited 1xx heads before every answer. An upload
-    (`/api/blobs/...`) it refuses at once, unread, and closes, as Go's net/http does
-    when a handler answers without reading a large body."""
+class RawBackend:
+    """A backend on a raw socket, answering each connection with `_serve`."""
 
-    def __init__(self, interim: bool = False) -> None:
-        self.interim = interim
-        self.heads: list[bytes] = []
+    def __init__(self) -> None:
         self.port = 0
         self._server: asyncio.Server | None = None
 
@@ -61,6 +54,23 @@ class EchoBackend:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+
+class EchoBackend(RawBackend):
+    """A raw HTTP/1.1 backend whose answer to a POST is the request's own prompt, so
+    that an answer shows whose request it belongs to. To `Expect: 100-continue` it
+    answers as Go's net/http does (a `100 Continue` once the handler reads the body);
+    with `interim` it also sends unsolicited 1xx heads before every answer. An upload
+    (`/api/blobs/...`) it refuses at once, unread, and closes, as Go's net/http does
+    when a handler answers without reading a large body."""
+
+    def __init__(self, interim: bool = False) -> None:
+        super().__init__()
+        self.interim = interim
+        self.heads: list[bytes] = []
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -653,26 +663,10 @@ async def test_a_client_leg_that_cannot_be_made_leaves_nothing_in_flight(
     assert after.status == 200 and after.lines()[-1]["done"] is True
 
 
-class OverrunningBackend:
+class OverrunningBackend(RawBackend):
     """A broken backend whose answer runs past its Content-Length: the rest of it comes
     on the same connection once the next request has (so, deterministically, where the
     next answer's head should be)."""
-
-    def __init__(self) -> None:
-        self.port = 0
-        self._server: asyncio.Server | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         rest = b""
