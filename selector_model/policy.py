@@ -9,10 +9,15 @@ never saw without training) is not worth a gamble. Against an anchor the artifac
 never saw, the lead must also exceed `SWITCH_Z` standard deviations of the difference
 of the two P (each model's `spread`, from what the catalogue knows of it): a router
 that leaves the largest only on such a lead does worse than always taking the largest
-only when its P were off by more than that. The choice is the best-ranked model that
-leads the anchor so, else the anchor: a model the catalogue places from its details
-alone may be rated first without a clear lead, while one below it, with published
-results, leads clearly.
+only when its P were off by more than that. Of the models that lead such an anchor so,
+the choice is the one whose P less `SWITCH_Z` of its own spread (its lower bound) is
+highest, else the anchor: a model the catalogue places from imputed areas may be rated
+first and clear the bar on a P far above what it does, while one rated a little below
+it, with published results, also clears it and is as likely to be better and far less
+likely to be much worse. Against an anchor the artifact knows, spreads count for
+nothing: what they buy is the bound against always taking the largest, kept where the
+artifact knows none of the candidates; there the choice is the best-ranked model that
+leads the anchor by `min_gain`.
 A profile's `tolerance` then takes the quickest candidate whose utility is within it
 of that choice (reason `cheaper`): "the cheapest model at most 3 points less likely
 to answer well" for 0.03. A profile's `max_loss` bounds what cost may take away:
@@ -49,7 +54,8 @@ from selector_model.features import Candidate
 UNKNOWN_MARGIN = 0.05
 # A model leads another, for the safety rule, only by more than this many standard
 # deviations of the difference of their P (their spreads, `catalogue_prior.spreads`,
-# combined as independent).
+# combined as independent); of those that lead an anchor the artifact never saw, each
+# is taken at its P less this many of its own spread.
 SWITCH_Z = 1.0
 # P(success) as a Beta prior mean stays inside (0, 1).
 P_FLOOR = 0.01
@@ -322,23 +328,29 @@ def safe_greedy(
                 anchor = s
                 break
     if anchor is not None and choice is not anchor:
-        # The best model that leads the anchor clearly: one ranked below the greedy
-        # choice may, where the greedy one's own doubt is too wide to.
+        # Of the models that lead the anchor clearly, against an anchor the artifact
+        # never saw the one with the highest lower bound, else the best-ranked: one
+        # ranked below the greedy choice may lead, where the greedy one's own doubt is
+        # too wide to, and be the surer bet where both lead.
         doubt_a = prior_strength / (prior_strength + anchor.evidence_count)
         choice, reason = anchor, "pinned"
+        best_low = -math.inf
         for other in ranking:
             if other is anchor or other.utility - anchor.utility < min_gain:
                 break  # sorted: none further on leads by min_gain
             # Each one's doubt shrinks with its own evidence.
             doubt = prior_strength / (prior_strength + other.evidence_count)
-            margin = 0.0
-            if not anchor.known:
-                margin = SWITCH_Z * math.hypot(other.spread * doubt, anchor.spread * doubt_a)
-            if not other.known:
-                margin += unknown_margin * doubt
-            if other.utility - anchor.utility >= min_gain + margin:
-                choice, reason = other, "ml"
-                break
+            unknown = 0.0 if other.known else unknown_margin * doubt
+            if anchor.known:
+                if other.utility - anchor.utility >= min_gain + unknown:
+                    choice, reason = other, "ml"
+                    break
+                continue
+            own = other.spread * doubt
+            margin = SWITCH_Z * math.hypot(own, anchor.spread * doubt_a) + unknown
+            low = other.utility - SWITCH_Z * own - unknown
+            if other.utility - anchor.utility >= min_gain + margin and low > best_low:
+                choice, reason, best_low = other, "ml", low
     if tolerance > 0:
         cheaper = _cheapest_within(ranking, choice, tolerance)
         if cheaper is not choice:

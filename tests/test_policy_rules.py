@@ -59,6 +59,28 @@ def test_a_model_below_the_greedy_one_that_clearly_leads_the_anchor_is_chosen() 
     assert pick(close, "largest:104b", 0.02, 0.0, rng, 0.0)[:2] == (close[2], "pinned")
 
 
+def test_of_the_models_that_lead_an_unseen_anchor_the_best_lower_bound_is_chosen() -> None:
+    """A model placed from imputed areas, rated first, clears the bar against the
+    largest; so does a published one rated a little below it, whose P less its spread
+    is higher: that one is chosen. Rated far enough above it, the placed one is."""
+    rng = random.Random(0)
+    names = ["imputed:35b", "published:70b", "largest:104b"]
+    spread = [0.10, 0.0, 0.04]
+    # Leads: 0.18 >= 0.02 + hypot(0.10, 0.04) and 0.14 >= 0.02 + 0.04; lower bounds
+    # 0.70 and 0.76.
+    ranking = rank(names, [0.80, 0.76, 0.62], [3.0, 5.0, 8.0], 0.0, set(), spread)
+    assert pick(ranking, "largest:104b", 0.02, 0.0, rng, 0.0)[:2] == (ranking[1], "ml")
+    chose = choose(ranking, {}, 0.0, np.random.default_rng(0), "largest:104b", 0.02, 0.0)
+    assert (chose.chosen.name, chose.reason) == ("published:70b", "ml")
+    # Lower bounds 0.80 and 0.76: the placed one.
+    ahead = rank(names, [0.90, 0.76, 0.62], [3.0, 5.0, 8.0], 0.0, set(), spread)
+    assert pick(ahead, "largest:104b", 0.02, 0.0, rng, 0.0)[:2] == (ahead[0], "ml")
+    # Against an anchor the artifact knows, spreads count for nothing: the best-ranked
+    # model that leads it by min_gain.
+    known = rank(names, [0.80, 0.76, 0.62], [3.0, 5.0, 8.0], 0.0, {"largest:104b"}, spread)
+    assert pick(known, "", 0.02, 0.0, rng, 0.0)[:2] == (known[0], "ml")
+
+
 def test_the_unseen_spread_is_the_catalogues_own_imputation_error() -> None:
     """UNSEEN_SPREAD per unit of uncertainty is what the catalogue's imputation misses
     by: each published area score imputed as if unpublished, from the other models,
