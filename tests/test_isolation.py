@@ -77,12 +77,7 @@ class EchoBackend(RawBackend):
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
                 self.heads.append(head)
-                lines = head.decode("latin-1").split("\r\n")
-                method, path, _ = lines[0].split(" ", 2)
-                headers = {}
-                for line in lines[1:]:
-                    name, _, value = line.partition(":")
-                    headers[name.strip().lower()] = value.strip()
+                method, path, headers = _request_head(head)
                 if self.interim:
                     writer.write(
                         b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -106,6 +101,17 @@ class EchoBackend(RawBackend):
             pass
         finally:
             writer.close()
+
+
+def _request_head(head: bytes) -> tuple[str, str, dict[str, str]]:
+    """A request head's method, path and headers (names lowercased)."""
+    lines = head.decode("latin-1").split("\r\n")
+    method, path, _ = lines[0].split(" ", 2)
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return method, path, headers
 
 
 async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
@@ -675,12 +681,7 @@ class OverrunningBackend(RawBackend):
                 head = await reader.readuntil(b"\r\n\r\n")
                 writer.write(rest)  # the last answer's end, where this one's belongs
                 rest = b""
-                lines = head.decode("latin-1").split("\r\n")
-                method, path, _ = lines[0].split(" ", 2)
-                headers = {}
-                for line in lines[1:]:
-                    name, _, value = line.partition(":")
-                    headers[name.strip().lower()] = value.strip()
+                method, path, headers = _request_head(head)
                 answer = _echo(method, path, await _read_body(reader, headers))
                 if path == "/api/generate":
                     head_end = answer.index(b"\r\n\r\n") + 4
