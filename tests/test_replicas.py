@@ -436,7 +436,12 @@ async def test_a_client_that_leaves_while_redis_admits_it_is_a_cancellation(
     finally:
         proxy.stop()
     left = [(r["status"], r["cancelled"], r["error"]) for r in seen if r["path"] == "/api/generate"]
-    assert left and all(cancelled for _, cancelled, _ in left), left
+    # Each one a cancellation, but for a request answered in full before its client's
+    # leaving was seen (its answer written to the closing connection); none left
+    # neither cancelled nor answered (status 0).
+    assert any(cancelled for _, cancelled, _ in left), left
+    odd = [r for r in left if not r[1] and (r[0] != 200 or r[2])]
+    assert not odd, odd
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert not errors, errors
 
