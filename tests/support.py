@@ -10,10 +10,12 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import Future
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
+import aiohttp
 import orjson
 from aiohttp import web
 
@@ -246,3 +248,22 @@ async def raw_request(
             rest = rest[size + 2 :]
         rest = b"".join(chunks)
     return status, fields, rest
+
+
+def bearer(key: str) -> dict[str, str]:
+    """The header that sends an API key."""
+    return {"Authorization": f"Bearer {key}"}
+
+
+@asynccontextmanager
+async def running_stream(url: str, key: str, body: object) -> AsyncIterator[aiohttp.ClientResponse]:
+    """A `/api/generate` stream of `key`'s at the proxy `url`, answered and running (its
+    first line read) for the block: it holds one of the key's stream slots until the
+    block ends (or reads it to its end)."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(url + "/api/generate", json=body, headers=bearer(key)) as stream,
+    ):
+        assert stream.status == 200
+        await stream.content.readline()
+        yield stream

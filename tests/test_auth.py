@@ -32,16 +32,21 @@ from proxy.config import (
     Variant,
 )
 from proxy.config import load as load_config
-from tests.support import AUTO_NAMES, Emulator, Proxy, ServerThread, free_port, raw_request
+from tests.support import (
+    AUTO_NAMES,
+    Emulator,
+    Proxy,
+    ServerThread,
+    bearer,
+    free_port,
+    raw_request,
+    running_stream,
+)
 from tests.usage_services import read_bytes, wait_for
 
 ADMIN, USER, LIMITED, SINGLE = "k-admin-1", "k-user-1", "k-limited-1", "k-single-1"
 ALLOWED = ("llama3.1:8b", "qwen2.5:7b")
 SECRET_PROMPT = "the secret prompt 7f3a9"
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 @pytest.fixture
@@ -439,21 +444,16 @@ async def test_requests_per_minute_answer_429_with_retry_after(guarded: Proxy) -
 
 async def test_concurrent_streams_beyond_the_limit_answer_429(guarded: Proxy) -> None:
     body = {"model": "llama3.1:8b", "prompt": "long", "options": {"num_predict": 400}}
-    async with aiohttp.ClientSession() as http:
-        async with http.post(
-            guarded.url + "/api/generate", json=body, headers=bearer(SINGLE)
-        ) as first:
-            assert first.status == 200
-            await first.content.readline()  # the stream is running
-            status, headers, answer = await call(guarded.url, "POST", "/api/generate", SINGLE, body)
-            assert status == 429 and headers["Retry-After"] == "1"
-            assert "concurrent" in orjson.loads(answer)["error"]
-            # Non-inference requests are not streams.
-            assert (await call(guarded.url, "GET", "/api/tags", SINGLE))[0] == 200
-            await first.read()
-        # The slot is given back when the stream ends.
-        short = {**body, "options": {"num_predict": 2}, "stream": False}
-        assert (await call(guarded.url, "POST", "/api/generate", SINGLE, short))[0] == 200
+    async with running_stream(guarded.url, SINGLE, body) as first:
+        status, headers, answer = await call(guarded.url, "POST", "/api/generate", SINGLE, body)
+        assert status == 429 and headers["Retry-After"] == "1"
+        assert "concurrent" in orjson.loads(answer)["error"]
+        # Non-inference requests are not streams.
+        assert (await call(guarded.url, "GET", "/api/tags", SINGLE))[0] == 200
+        await first.read()
+    # The slot is given back when the stream ends.
+    short = {**body, "options": {"num_predict": 2}, "stream": False}
+    assert (await call(guarded.url, "POST", "/api/generate", SINGLE, short))[0] == 200
 
 
 async def test_a_method_an_inference_route_does_not_serve_takes_no_stream_slot(
@@ -463,19 +463,14 @@ async def test_a_method_an_inference_route_does_not_serve_takes_no_stream_slot(
     backend answers gin's 405): it is no stream, so a key whose slots are all taken
     gets that 405, not a 429 for a stream it never asked for."""
     body = {"model": "llama3.1:8b", "prompt": "long", "options": {"num_predict": 400}}
-    async with aiohttp.ClientSession() as http:
-        async with http.post(
-            guarded.url + "/api/generate", json=body, headers=bearer(SINGLE)
-        ) as first:
-            assert first.status == 200
-            await first.content.readline()  # the stream is running: the only slot taken
-            for method, path in [
-                ("GET", "/api/chat"),
-                ("DELETE", "/api/generate"),
-                ("PUT", "/v1/chat/completions"),
-            ]:
-                assert (await call(guarded.url, method, path, SINGLE))[0] == 405, (method, path)
-            await first.read()
+    async with running_stream(guarded.url, SINGLE, body) as first:  # the only slot taken
+        for method, path in [
+            ("GET", "/api/chat"),
+            ("DELETE", "/api/generate"),
+            ("PUT", "/v1/chat/completions"),
+        ]:
+            assert (await call(guarded.url, method, path, SINGLE))[0] == 405, (method, path)
+        await first.read()
 
 
 async def test_usage_events_carry_the_keys_name_and_logs_carry_no_key_or_prompt(

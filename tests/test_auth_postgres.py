@@ -25,8 +25,15 @@ from proxy.auth import hash_key, new_key
 from proxy.auth_store import KeyStore
 from proxy.config import ApiKey, Auth, Cache, ConfigError, Usage
 from proxy.config import load as load_config
-from tests.support import AUTO_NAMES, Emulator, Proxy, ServerThread, free_port
-from tests.test_auth import CHAT, bearer, call
+from tests.support import (
+    AUTO_NAMES,
+    Emulator,
+    Proxy,
+    ServerThread,
+    free_port,
+    running_stream,
+)
+from tests.test_auth import CHAT, call
 from tests.usage_services import (
     Database,
     PrivatePostgres,
@@ -202,12 +209,7 @@ async def test_counters_survive_refreshes_and_limit_changes(
     prx = keyed_proxy(database.dsn)
     state = prx.app[APP_KEY].auth.keys[digest]
     long = {"model": "llama3.1:8b", "prompt": "long", "options": {"num_predict": 400}}
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(prx.url + "/api/generate", json=long, headers=bearer(key)) as first,
-    ):
-        assert first.status == 200
-        await first.content.readline()  # the stream runs and holds the key's one slot
+    async with running_stream(prx.url, key, long) as first:  # it holds the key's one slot
         assert (await call(prx.url, "GET", "/api/tags", key))[0] == 200  # 2nd of 2 a minute
         await refreshed(prx)
         # Same state object: the slot taken and the tokens spent are still counted.

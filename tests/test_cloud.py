@@ -38,7 +38,7 @@ from tests.cloud_standin import (
     Seen,
     create_app,
 )
-from tests.support import Emulator, Proxy, ServerThread, free_port, slow_reader
+from tests.support import Emulator, Proxy, ServerThread, bearer, free_port, slow_reader
 from tests.usage_services import Database
 
 OPENAI_ENV = "CLOUD_TEST_OPENAI_KEY"
@@ -934,7 +934,3 @@ async def test_with_keys_the_health_names_cloud_models_only_to_a_key_that_sees_e
         assert provider["models"] == mapped and provider["tokens_this_month"] == 0
     finally:
         proxy.stop()
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}

@@ -24,7 +24,7 @@ from proxy.app import APP_KEY
 from proxy.auth import KEY_HASH_CHARS, hash_key
 from proxy.config import ApiKey, Auth, Shared
 from proxy.shared_limits import STREAMS_FULL, SharedLimits
-from tests.support import Emulator, Proxy, ServerThread, free_port
+from tests.support import Emulator, Proxy, ServerThread, bearer, free_port, running_stream
 from tests.usage_services import wait_for
 
 REDIS = "redis://127.0.0.1:6379/0"
@@ -44,10 +44,6 @@ SHORT = {"model": "llama3.1:8b", "prompt": "short", "stream": False}
 def slots_of(key: str, prefix: str = "autoroute:") -> str:
     """The Redis set of a key's stream slots: named by its hash, not its name."""
     return f"{prefix}streams:{hash_key(key)[:KEY_HASH_CHARS]}"
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 async def call(
@@ -156,12 +152,7 @@ async def test_a_key_under_another_keys_name_has_limits_of_its_own(
 
 async def test_a_keys_streams_hold_across_both_proxies(replicas: tuple[Proxy, Proxy]) -> None:
     one, two = replicas
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(one.url + "/api/generate", json=LONG, headers=bearer(STREAMER)) as first,
-    ):
-        assert first.status == 200
-        await first.content.readline()  # the stream is running
+    async with running_stream(one.url, STREAMER, LONG):
         for proxy in (two, one):
             status, headers, body = await call(proxy.url, "POST", "/api/generate", STREAMER, SHORT)
             assert status == 429 and headers["Retry-After"] == "1"
@@ -180,12 +171,7 @@ async def test_a_method_an_inference_route_does_not_serve_takes_no_shared_slot(
     405): it takes no slot in Redis, so with the key's one slot taken on the other
     proxy it gets that 405, not a 429."""
     one, two = replicas
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(one.url + "/api/generate", json=LONG, headers=bearer(STREAMER)) as first,
-    ):
-        assert first.status == 200
-        await first.content.readline()  # the stream is running: the only slot taken
+    async with running_stream(one.url, STREAMER, LONG):  # the only slot taken
         for method, path in [("GET", "/api/chat"), ("DELETE", "/api/generate")]:
             assert (await call(two.url, method, path, STREAMER))[0] == 405, (method, path)
         assert await metric(two, "autoroute_shared_stream_slots_held") == 0
@@ -235,11 +221,7 @@ async def test_redis_unreachable_means_limits_per_process_and_a_warning(
                 assert (await call(proxy.url, "GET", "/api/tags", RATED))[0] == 200
             assert (await call(proxy.url, "GET", "/api/tags", RATED))[0] == 429
         # And a stream slot each.
-        async with (
-            aiohttp.ClientSession() as http,
-            http.post(one.url + "/api/generate", json=LONG, headers=bearer(STREAMER)) as first,
-        ):
-            await first.content.readline()
+        async with running_stream(one.url, STREAMER, LONG):
             assert (await call(one.url, "POST", "/api/generate", STREAMER, SHORT))[0] == 429
             assert (await call(two.url, "POST", "/api/generate", STREAMER, SHORT))[0] == 200
     finally:
