@@ -402,7 +402,8 @@ class Handlers:
         (`valid_name`) names no model on any key's list or any backend: it goes on for
         the backend's own 400, the same for every key, as Ollama checks a name before
         it looks for the model."""
-        if key is not None and valid_name(source(model)[0]) and not key.allows_model(model):
+        # The name is checked only once refused: an allowed name needs no check.
+        if key is not None and not key.allows_model(model) and valid_name(source(model)[0]):
             if path == SHOW_PATH:
                 return self._model_hidden(path, model)
             return self._model_denied(path, model)
