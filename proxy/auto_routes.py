@@ -188,7 +188,6 @@ class AutoRoutes:
         return _json(
             {
                 "modelfile": f"# auto:{profile}: ollama-autoroute picks one of: {names}\n",
-                "parameters": "",
                 "template": _template(offer.capabilities),
                 "details": _DETAILS,
                 # A Go map: its keys in order, as encoding/json writes them.

@@ -330,6 +330,10 @@ async def test_auto_is_listed_and_shown_for_editors(auto_proxy: Proxy) -> None:
         show.capabilities
     )
     assert show.modelinfo is not None and show.modelinfo["autoroute.context_length"] >= 32768
+    # ShowResponse's empty strings are `omitempty`: auto has no parameters to list.
+    async with aiohttp.ClientSession() as http:
+        async with http.post(auto_proxy.url + "/api/show", json={"model": "auto"}) as got:
+            assert "parameters" not in await got.json()
     sdk = openai.AsyncOpenAI(base_url=auto_proxy.url + "/v1", api_key="x", max_retries=0)
     assert "auto:fast" in [m.id async for m in sdk.models.list()]
     assert (await sdk.models.retrieve("auto")).owned_by == "autoroute"
