@@ -32,7 +32,7 @@ from proxy.outcome import Served
 from proxy.protocol import HOP_BY_HOP, NDJSON, REQUEST_ID_HEADER, SSE
 from proxy.relayed_response import RelayedResponse
 from proxy.request_encoding import DECODED
-from proxy.routes import runs_model
+from proxy.routes import find, runs_a_model
 from proxy.upstream import Answer, UpstreamConnection, exchange
 from proxy.upstream_errors import ConnectFailed, IdleTimeout, UpstreamError
 
@@ -165,7 +165,9 @@ class Relay:
                 # false`, OpenAI's default, embeddings). Not the backend failing (a
                 # hung backend fails its health checks), and it would take as long on
                 # another.
-                own_length = isinstance(exc, IdleTimeout) and runs_model(request.path)
+                own_length = isinstance(exc, IdleTimeout) and runs_a_model(
+                    find(request.path), request.method
+                )
                 if not own_length:
                     state.failed(str(exc))
                 log.warning("backend %s failed before answering: %s", state.label, exc)

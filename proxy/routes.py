@@ -224,11 +224,6 @@ def runs_a_model(route: Route | None, method: str) -> bool:
     return route is not None and route.inference and (not route.methods or method in route.methods)
 
 
-def runs_model(path: str) -> bool:
-    route = find(path)
-    return route is not None and route.inference
-
-
 def label_of(path: str) -> str:
     """The metric label of a path: bounded whatever the client sends."""
     return route_label(find(path))

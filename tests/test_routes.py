@@ -25,7 +25,7 @@ from proxy.routes import (
     Router,
     find,
     label_of,
-    runs_model,
+    runs_a_model,
 )
 from tests.support import Emulator, Proxy, raw_request
 
@@ -50,7 +50,7 @@ def test_every_route_is_found_labelled_and_counted_as_its_line_says(route: Route
     path = concrete(route)
     assert find(path) is route
     assert label_of(path) == route.label and ":path" not in route.label
-    assert runs_model(path) is route.inference
+    assert runs_a_model(find(path), method_of(route)) is route.inference
 
 
 def test_each_path_has_one_line() -> None:
@@ -73,7 +73,7 @@ def test_a_handler_that_does_not_exist_fails_building_the_router() -> None:
 )
 def test_a_path_outside_the_table_is_other_and_runs_no_model(path: str) -> None:
     assert find(path) is None
-    assert label_of(path) == "other" and not runs_model(path)
+    assert label_of(path) == "other" and not runs_a_model(find(path), "POST")
 
 
 @pytest.mark.parametrize("metrics_open", [False, True])
