@@ -159,6 +159,19 @@ async def test_postgres_down_and_broker_restart_mid_run_lose_nothing(
         await asyncio.to_thread(db.drop)
 
 
+def quick_postgres_usage(dsn: str, tmp_path: Path) -> Usage:
+    """PostgreSQL alone (no file, no broker), flushed and retried quickly: what the
+    tests of one sink's faults run with."""
+    return Usage(
+        postgres_dsn=dsn,
+        file_mode="off",
+        spool_dir=str(tmp_path / "spool"),
+        flush_interval_seconds=0.02,
+        retry_backoff_seconds=0.05,
+        retry_backoff_max_seconds=0.1,
+    )
+
+
 @pytest.fixture
 def database() -> Iterator[Database]:
     with postgres_base() as base, database_on(base) as db:
@@ -327,14 +340,7 @@ async def test_a_nul_from_a_client_does_not_stop_the_postgres_sink(
     """PostgreSQL's text and jsonb hold no NUL: a model name, an error or a comment
     with one, sent by any client, would fail its batch at every retry and keep every
     client's events after it from the table; it is stored as U+FFFD."""
-    usage = Usage(
-        postgres_dsn=database.dsn,
-        file_mode="off",
-        spool_dir=str(tmp_path / "spool"),
-        flush_interval_seconds=0.02,
-        retry_backoff_seconds=0.05,
-        retry_backoff_max_seconds=0.1,
-    )
+    usage = quick_postgres_usage(database.dsn, tmp_path)
     prx = Proxy(servers, [own_emulator.url], usage=usage)
     try:
         prx.thread.call(lambda: postgres_ready(prx))
@@ -370,14 +376,7 @@ async def test_a_model_name_too_long_for_an_index_does_not_stop_the_postgres_sin
     model, into `served_model`, an indexed column: an index entry holds some 2.7 kB at
     most, so a client's 12,000-character name, kept whole, failed its batch at every
     retry and kept every client's events after it from the table."""
-    usage = Usage(
-        postgres_dsn=database.dsn,
-        file_mode="off",
-        spool_dir=str(tmp_path / "spool"),
-        flush_interval_seconds=0.02,
-        retry_backoff_seconds=0.05,
-        retry_backoff_max_seconds=0.1,
-    )
+    usage = quick_postgres_usage(database.dsn, tmp_path)
     prx = Proxy(servers, [own_emulator.url], usage=usage)
     try:
         prx.thread.call(lambda: postgres_ready(prx))
@@ -580,14 +579,7 @@ async def test_a_spool_line_that_does_not_parse_is_dropped_not_fatal(
     ]
     segment.write_bytes(b"u" + good[0] + b'\nu{"request_id": "torn' + b"u" + good[1] + b"\n")
     segment.write_bytes(segment.read_bytes() + b"u" + good[1] + b"\n")
-    usage = Usage(
-        postgres_dsn=database.dsn,
-        file_mode="off",
-        spool_dir=str(tmp_path / "spool"),
-        flush_interval_seconds=0.02,
-        retry_backoff_seconds=0.05,
-        retry_backoff_max_seconds=0.1,
-    )
+    usage = quick_postgres_usage(database.dsn, tmp_path)
     prx = Proxy(servers, [own_emulator.url], usage=usage)
     try:
         sent: list[str] = []
@@ -640,14 +632,7 @@ async def test_a_record_postgres_refuses_is_dropped_and_the_rest_written(
     segment = tmp_path / "spool" / "postgres" / "0000000000000001.seg"
     segment.parent.mkdir(parents=True)
     segment.write_bytes(b"".join(b"u" + line + b"\n" for line in spooled))
-    usage = Usage(
-        postgres_dsn=database.dsn,
-        file_mode="off",
-        spool_dir=str(tmp_path / "spool"),
-        flush_interval_seconds=0.02,
-        retry_backoff_seconds=0.05,
-        retry_backoff_max_seconds=0.1,
-    )
+    usage = quick_postgres_usage(database.dsn, tmp_path)
     prx = Proxy(servers, [own_emulator.url], usage=usage)
     try:
         sent: list[str] = []
