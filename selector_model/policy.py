@@ -103,16 +103,17 @@ class Scored:
     def blended(
         self,
         blend: float,
-        got: Sequence[float] | None = None,
-        totals: Sequence[float] | None = None,
+        means: tuple[float, float | None, float | None] = (0.0, None, None),
+        model_means: tuple[float, float | None, float | None] = (0.0, None, None),
         optimism: float = 0.0,
     ) -> Scored:
         """This candidate with `blend` (kept inside the floor) in place of its prior in
-        the utility, plus `optimism`, and the evidence it came from: (successes,
-        count, expected) for this kind and over every kind."""
+        the utility, plus `optimism`, and the evidence it came from, as `means_of` reads
+        it: (count, mean outcome, mean expectation) for this kind (`means`) and over
+        every kind (`model_means`)."""
         blend = inside(blend)
-        count, mean, expected = _means(got)
-        model_count, model_mean, model_expected = _means(totals)
+        count, mean, expected = means
+        model_count, model_mean, model_expected = model_means
         return Scored(
             self.name,
             self.p_success,
@@ -156,7 +157,7 @@ class Scored:
         }
 
 
-def _means(got: Sequence[float] | None) -> tuple[float, float | None, float | None]:
+def means_of(got: Sequence[float] | None) -> tuple[float, float | None, float | None]:
     """(count, mean outcome, mean expectation) of (successes, count, expected)."""
     if got is None or got[1] <= 0:
         return 0.0, None, None

@@ -149,6 +149,7 @@ from selector_model.policy import (
     Scored,
     inside,
     margin_of,
+    means_of,
     safe_greedy,
     top_two,
 )
@@ -418,6 +419,110 @@ def _upper(mean: float, count: float) -> float:
     return (m + z2 / (2 * count) + root) / (1 + z2 / count)
 
 
+# Per candidate, what a decision reads of the evidence (`_standings`): the centre c(m),
+# the count n(m), the prior strength n0(m), the departure (None without a row of its
+# own), its `Trend`, its own mean outcome, and the means `Scored.blended` takes
+# for this kind and over every kind. None: nothing moves the candidate.
+_Standing = tuple[
+    float,
+    float,
+    float,
+    float | None,
+    Trend | None,
+    float,
+    tuple[float, float | None, float | None],
+    tuple[float, float | None, float | None],
+]
+
+
+@dataclass(frozen=True, slots=True)
+class _Standings:
+    """What `choose` reads of the evidence for a set of candidates, whatever the prompt:
+    the fitted models' prior strength, the optimism in effect and the kind's outcomes
+    per candidate (`_bonus`), and each candidate's `_Standing` by name."""
+
+    known_strength: float
+    optimism: float
+    share: float
+    by_name: dict[str, _Standing | None]
+
+
+def _standings(
+    ranking: Sequence[Scored],
+    evidence: Mapping[str, Sequence[float]],
+    kinds: Mapping[str, Mapping[str, Sequence[float]]] | Evidence | None,
+    every_kind: Mapping[str, Mapping[str, Sequence[float]]] | None,
+    store: Evidence | None,
+    prior_strength: float,
+    known_prior_strength: float,
+    optimism: float,
+) -> _Standings:
+    """`choose`'s reading of the evidence for the candidates of `ranking` (see the
+    module docstring): the same for any order of them and any prompt."""
+    fitted = frozenset(s.name for s in ranking if s.known)
+    if fitted and evidence:
+        known_prior_strength = fitted_strength(
+            evidence, fitted, known_prior_strength, prior_strength
+        )
+    strengths = {s.name: known_prior_strength if s.known else prior_strength for s in ranking}
+    overall = 0.0
+    offsets: dict[str, float] = {}
+    totals: dict[str, list[float]] = {}
+    if isinstance(kinds, Evidence):
+        # The same for every decision until the evidence changes.
+        overall, offsets, totals = kinds.derived(
+            (prior_strength, frozenset(strengths.items()), fitted),
+            lambda: _offsets(kinds.table, strengths, prior_strength, fitted),
+        )
+    elif every_kind:
+        overall, offsets, totals = _offsets(every_kind, strengths, prior_strength, fitted)
+    shift = _shift(evidence, strengths, prior_strength, offsets, overall)
+    if optimism and not _surprising(evidence):
+        # Nothing of this kind came out other than the selector expected (answers
+        # completing, no rating, no failure): a gamble would learn nothing.
+        optimism = 0.0
+    # The kind's outcomes per candidate: a model with fewer of its own (its prior
+    # counted as outcomes) than that has been left behind (see `_bonus`).
+    share = 0.0
+    if optimism:
+        for s in ranking:
+            got = evidence.get(s.name)
+            if got is not None:
+                share += max(0.0, float(got[1]))
+        share /= len(ranking)
+    # Fitted once per change of the evidence (the kind's rows are updated in place,
+    # and replaced whole with a new version).
+    fits = (
+        store.derived(("trends", id(evidence)), lambda: trends(evidence))
+        if store is not None and evidence
+        else trends(evidence)
+    )
+    by_name: dict[str, _Standing | None] = {}
+    for s in ranking:
+        name = s.name
+        centre = shift + offsets.get(name, 0.0)
+        got = evidence.get(name)
+        count = 0.0 if got is None else max(0.0, float(got[1]))
+        if not centre and not count and not optimism:
+            by_name[name] = None
+            continue
+        n0 = strengths[name]
+        departure = None if got is None else _departure(got, centre, n0)
+        fit = None if got is None else fits.get(name)
+        own = float(got[0]) / count if got is not None and count > 0 else 0.0
+        by_name[name] = (
+            centre,
+            count,
+            n0,
+            departure,
+            fit,
+            own,
+            means_of(got),
+            means_of(totals.get(name)),
+        )
+    return _Standings(known_prior_strength, optimism, share, by_name)
+
+
 def choose(
     ranking: list[Scored],
     evidence: Mapping[str, Sequence[float]],
@@ -450,67 +555,61 @@ def choose(
     blended = ranking
     every_kind = kinds.table if isinstance(kinds, Evidence) else kinds
     if evidence or every_kind:
-        blended = []
-        fitted = frozenset(s.name for s in ranking if s.known)
-        if fitted and evidence:
-            known_prior_strength = fitted_strength(
-                evidence, fitted, known_prior_strength, prior_strength
-            )
-        strengths = {s.name: known_prior_strength if s.known else prior_strength for s in ranking}
-        overall = 0.0
-        offsets: dict[str, float] = {}
-        totals: dict[str, list[float]] = {}
-        if isinstance(kinds, Evidence):
-            # The same for every decision until the evidence changes.
-            overall, offsets, totals = kinds.derived(
-                (prior_strength, frozenset(strengths.items()), fitted),
-                lambda: _offsets(kinds.table, strengths, prior_strength, fitted),
-            )
-        elif every_kind:
-            overall, offsets, totals = _offsets(every_kind, strengths, prior_strength, fitted)
-        shift = _shift(evidence, strengths, prior_strength, offsets, overall)
-        if optimism and not _surprising(evidence):
-            # Nothing of this kind came out other than the selector expected (answers
-            # completing, no rating, no failure): a gamble would learn nothing.
-            optimism = 0.0
-        # The kind's outcomes per candidate: a model with fewer of its own (its prior
-        # counted as outcomes) than that has been left behind (see `_bonus`).
-        share = 0.0
-        if optimism:
-            for s in ranking:
-                got = evidence.get(s.name)
-                if got is not None:
-                    share += max(0.0, float(got[1]))
-            share /= len(ranking)
-        top = top_two(ranking)
-        # Fitted once per change of the evidence (the kind's rows are updated in place,
-        # and replaced whole with a new version).
         if isinstance(kinds, Evidence):
             store = kinds
-        fits = (
-            store.derived(("trends", id(evidence)), lambda: trends(evidence))
-            if store is not None and evidence
-            else trends(evidence)
+        elif every_kind:
+            store = None  # a plain table: no version says when it changed
+
+        def prepare() -> _Standings:
+            return _standings(
+                ranking,
+                evidence,
+                kinds,
+                every_kind,
+                store,
+                prior_strength,
+                known_prior_strength,
+                optimism,
+            )
+
+        # What the evidence says of each candidate is the same for every prompt until
+        # it changes: prepared once per change for a set of candidates (by name and
+        # whether the artifact knows each), where the prompt's P alone is new.
+        standings = (
+            store.derived(
+                (
+                    "standings",
+                    id(evidence),
+                    prior_strength,
+                    known_prior_strength,
+                    optimism,
+                    frozenset([(s.name, s.known) for s in ranking]),
+                ),
+                prepare,
+            )
+            if store is not None
+            else prepare()
         )
+        known_prior_strength = standings.known_strength
+        optimism, share = standings.optimism, standings.share
+        by_name = standings.by_name
+        top = top_two(ranking)
+        blended = []
         for s in ranking:
-            centre = shift + offsets.get(s.name, 0.0)
-            got = evidence.get(s.name)
-            count = 0.0 if got is None else max(0.0, float(got[1]))
-            if not centre and not count and not optimism:
-                blended.append(s)
+            standing = by_name[s.name]
+            if standing is None:
+                blended.append(s)  # nothing moves it
                 continue
-            n0 = strengths[s.name]
+            centre, count, n0, departure, fit, own, means, model_means = standing
             blend = s.p_success + centre
-            if got is not None:
-                blend += _departure(got, centre, n0)
-                fit = fits.get(s.name)
+            if departure is not None:
+                blend += departure
                 if fit is not None:
                     blend += fit.at(margin_of(s.p_success, top), s.p_success)
             bonus = 0.0
             if optimism:
-                own = float(got[0]) / count if got is not None and count > 0 else 0.0
                 bonus = _bonus(blend, s.p_success + centre, n0, count, share, optimism, own)
-            blended.append(s.blended(blend, got, totals.get(s.name), bonus))
+            blended.append(s.blended(blend, means, model_means, bonus))
         blended.sort(key=_UTILITY, reverse=True)
         greedy, reason = safe_greedy(
             blended, default_model, min_gain, unknown_margin, prior_strength, tolerance, max_loss

@@ -436,6 +436,68 @@ def test_offsets_from_the_evidence_are_computed_once_per_change_of_it(
     assert calls["offsets"] == 5
 
 
+def test_what_the_evidence_says_of_each_candidate_is_read_once_per_change_of_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the store (as `auto` passes it), a decision reads the evidence once per change
+    of it and per set of candidates (their names and whether the artifact knows each):
+    its choices are those read afresh every time, without a store."""
+    evidence = Evidence()
+    for model, value in (("qwen2.5:7b", 0.0), ("mistral:7b", 1.0), ("llama3.1:8b", 0.5)):
+        for _ in range(ROUNDS):
+            evidence.update("math", model, value, prior=0.6, margin=0.1)
+    calls = Counter[str]()
+    standings = posterior._standings
+
+    def counted(*args: Any) -> Any:
+        calls["standings"] += 1
+        return standings(*args)
+
+    monkeypatch.setattr(posterior, "_standings", counted)
+
+    def ranking(p: list[float], known: set[str], names: tuple[str, ...] = MODELS) -> list[Any]:
+        return rank(list(names), p, [1.0] * len(names), 0.0, known)
+
+    def rows(chose: posterior.Chosen) -> list[tuple[Any, ...]]:
+        return [(s.name, s.blend, s.optimism, s.utility) for s in chose.ranking]
+
+    def decide(p: list[float], known: set[str], names: tuple[str, ...] = MODELS) -> Any:
+        stored = choose(
+            ranking(p, known, names),
+            evidence.of("math"),
+            0.0,
+            np.random.default_rng(0),
+            store=evidence,
+        )
+        afresh = choose(
+            ranking(p, known, names), evidence.of("math"), 0.0, np.random.default_rng(0)
+        )
+        assert (stored.chosen.name, stored.reason, stored.known_strength) == (
+            afresh.chosen.name,
+            afresh.reason,
+            afresh.known_strength,
+        )
+        assert rows(stored) == rows(afresh)
+        return rows(stored)
+
+    first = decide([0.70, 0.60, 0.50], set())
+    assert calls["standings"] == 2  # read for the store, and afresh
+    # Another prompt (other P, another order of the candidates): read from the store.
+    decide([0.50, 0.65, 0.70], set())
+    assert calls["standings"] == 3
+    # The same names, but one the artifact knows: its prior strength differs.
+    decide([0.70, 0.60, 0.50], {"qwen2.5:7b"})
+    assert calls["standings"] == 5
+    # Another set of candidates.
+    decide([0.70, 0.60], set(), MODELS[:2])
+    assert calls["standings"] == 7
+    # A change is seen at the next decision.
+    for _ in range(ROUNDS):
+        evidence.update("math", "mistral:7b", 0.0, prior=0.6, margin=-0.1)
+    assert decide([0.70, 0.60, 0.50], set()) != first
+    assert calls["standings"] == 9
+
+
 def test_unseen_models_lean_on_the_catalogue_by_what_it_knows() -> None:
     request = [0.0] * len(REQUEST_FEATURES)
     request[REQUEST_FEATURES.index("demand_math")] = 1.0  # a math prompt
