@@ -272,9 +272,8 @@ class Handlers:
                 self.metrics.decision.observe(time.perf_counter() - deciding)
             decision = choice.decision
             chosen = decision.chosen
-            decided.decision = decision.record()
+            decided.choice = choice
             decided.features = choice.request_features
-            decided.candidate = choice.candidate.to_record()
             score = decision.score
             served.extra.update(
                 zip(

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from proxy.auto import Choice
     from proxy.routes import Route
 
 
@@ -42,6 +43,18 @@ class Decided:
     decision: dict[str, Any] | None = None
     features: list[float] | None = None
     candidate: dict[str, Any] | None = None  # the chosen model's selector features
+    # `auto`'s choice, whose records (`decision`, `candidate`) `settle` writes once the
+    # request is over: they are for the completion hooks, and the request goes to its
+    # backend without waiting for them.
+    choice: Choice | None = None
+
+    def settle(self) -> None:
+        """Write the records of `choice` for the completion hooks."""
+        choice = self.choice
+        if choice is not None:
+            self.decision = choice.decision.record()
+            self.candidate = choice.candidate.to_record()
+            self.choice = None
 
 
 @dataclass(slots=True)

@@ -145,6 +145,10 @@ class Server:
             if task is not None:
                 self.handling.discard(task)
             served.ended = time.perf_counter()
+            try:
+                decided.settle()
+            except Exception:  # the hooks still run: the usage event goes without it
+                log.exception("could not write the records of auto's choice")
             for hook in self.hooks:
                 try:
                     hook(request, outcome)
