@@ -304,7 +304,13 @@ class Relay:
             await client.ended
         except UpstreamError as exc:
             outcome.error = f"{state.label}: {exc}"
-            state.failed(str(exc))
+            # A backend's silence once it has answered is the work the request asked
+            # for, whatever the route: a model writing a tool call its parser withholds
+            # until whole, a pull waiting on its registry. Counted, any client could
+            # open every circuit with a long enough request; a backend that is down
+            # fails its connects and health checks.
+            if not isinstance(exc, IdleTimeout):
+                state.failed(str(exc))
             log.warning("backend %s failed mid-stream: %s", state.label, exc)
             client.fail(str(exc))
         except asyncio.CancelledError:

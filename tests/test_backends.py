@@ -357,15 +357,18 @@ async def streamed_error(url: str) -> tuple[int, str]:
 # JSON body; one after it (the stream started, status 200 sent) is the stream's last line.
 # Not "hang" (a model's request accepted and never answered): to the proxy it is a
 # prompt still being evaluated, the request's own length
-# (`test_a_prompt_evaluated_longer_than_the_idle_timeout_opens_no_circuit`).
-FAULT_STATUS = {"garbage": 502, "stall": 200, "close_early": 200}
+# (`test_a_models_silence_longer_than_the_idle_timeout_opens_no_circuit`). Nor
+# "stall" (silent after the first chunk): to the proxy it is a model writing what
+# Ollama withholds until whole, the request's own length too
+# (`test_a_tool_call_withheld_mid_stream_past_the_idle_timeout_opens_no_circuit`).
+FAULT_STATUS = {"garbage": 502, "close_early": 200}
 
 
 @pytest.mark.parametrize("fault", sorted(FAULT_STATUS))
 async def test_each_backend_fault_is_an_ollama_error_counted_by_the_breaker(
     servers: ServerThread, own_emulator: Emulator, fault: str
 ) -> None:
-    """Stalls mid-stream, speaks garbage, closes early: each reaches the client in
+    """Speaks garbage, closes early: each reaches the client in
     Ollama's error shape within the configured idle timeout, and each counts as one
     failure; at the threshold the circuit opens and the next request
     is refused at once (503) without reaching the backend."""
@@ -463,6 +466,65 @@ async def test_a_models_silence_longer_than_the_idle_timeout_opens_no_circuit(
         proxy.stop()
         a.stop()
         b.stop()
+
+
+# A thinking model that answers with a tool call: Ollama streams its thinking, then
+# its tool parser withholds the call until the model has written all of it
+# (ChatHandler's toolParser.Add), so the stream is silent for as long as the call the
+# client asked for takes to generate.
+THINKER = "qwen3:8b"
+WRITE_FILE = {
+    "type": "function",
+    "function": {
+        "name": "write_file",
+        "parameters": {
+            "type": "object",
+            "properties": {"path": {"type": "string"}, "content": {"type": "string"}},
+            "required": ["path", "content"],
+        },
+    },
+}
+
+
+async def test_a_tool_call_withheld_mid_stream_past_the_idle_timeout_opens_no_circuit(
+    servers: ServerThread,
+) -> None:
+    """A stream silent between two chunks while the model writes a tool call is as
+    long as the client's request makes it, not the backend failing: past
+    `idle_read_seconds` the stream ends with Ollama's error line, and no circuit
+    counts it (any client could open every circuit with a long enough call)."""
+    from proxy.config import Timeouts
+
+    # Thinking tokens 0.1 s apart, then a call of some 20 tokens written in silence.
+    slow = dataclasses.replace(FROZEN, chunk_delay_ms=100.0, models=(THINKER,))
+    a = Emulator(servers, slow)
+    proxy = Proxy(
+        servers,
+        [a.url],
+        timeouts=Timeouts(idle_read_seconds=0.5),
+        health=Health(interval_seconds=3600, failure_threshold=1, open_seconds=3600),
+    )
+    chat = {
+        "model": THINKER,
+        "messages": [{"role": "user", "content": "write the file"}],
+        "tools": [WRITE_FILE],
+    }
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(proxy.url + "/api/chat", json=chat) as resp,
+        ):
+            lines = (await resp.read()).splitlines()
+        assert resp.status == 200
+        assert orjson.loads(lines[0])["message"]["thinking"]
+        assert "no data from backend" in orjson.loads(lines[-1])["error"]
+        assert await scrape_failures(proxy.url, a.url) == (0, "closed")
+        quick = generate(THINKER, think=False, options={"num_predict": 2})
+        status, body = await post(proxy.url, "/api/generate", quick)
+        assert status == 200 and orjson.loads(body)["done"] is True
+    finally:
+        proxy.stop()
+        a.stop()
 
 
 @pytest.mark.parametrize("name", ["qwen2.5:7b:cloud", "gpt-oss:120b-cloud", "x:8B-Cloud"])
