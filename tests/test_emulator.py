@@ -1023,3 +1023,34 @@ async def test_responses_and_messages(emu: Emu) -> None:
     assert kinds[0] == "message_start" and kinds[-2:] == ["message_delta", "message_stop"]
     status, _, body = await emu.post("/v1/messages", {**req, "model": "ghost"})
     assert status == 404 and json.loads(body)["error"]["type"] == "not_found_error"
+
+
+async def test_an_input_that_crashes_the_runner_gets_ollamas_500_and_unloads_it() -> None:
+    """`crash_on`: a prompt or message holding the text kills the model's runner, as
+    llama.cpp's dies on an input it cannot handle: Ollama's 500, the model no longer
+    loaded (the next request loads it again), the crash counted; other inputs run."""
+    runner, url = await _start(EmulatorSettings(chunk_delay_ms=1, crash_on="CRASH"))
+    state = runner.app[STATE_KEY]
+    died = {"error": "llama runner process has terminated: exit status 2"}
+    try:
+        async with aiohttp.ClientSession() as session:
+            emu = Emu(url, state, session)
+            ok = {"model": "qwen2.5:7b", "prompt": "x", "stream": False}
+            assert (await emu.post("/api/generate", ok))[0] == 200
+            assert "qwen2.5:7b" in state.loaded
+            bad = {**ok, "prompt": "x CRASH y"}
+            status, _, body = await emu.post("/api/generate", bad)
+            assert (status, json.loads(body)) == (500, died)
+            assert "qwen2.5:7b" not in state.loaded and state.crashes == 1
+            chat = {"model": "qwen2.5:7b", "messages": [{"role": "user", "content": "CRASH"}]}
+            status, _, body = await emu.post("/api/chat", chat)
+            assert (status, json.loads(body)) == (500, died)
+            status, _, body = await emu.post("/v1/chat/completions", chat)
+            assert status == 500 and json.loads(body)["error"]["message"] == died["error"]
+            assert state.crashes == 3
+            assert (await emu.post("/api/generate", ok))[0] == 200
+            assert (
+                json.loads((await emu.post("/api/emulator/state", method="GET"))[2])["crashes"] == 3
+            )
+    finally:
+        await runner.cleanup()

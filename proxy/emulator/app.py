@@ -25,7 +25,7 @@ from proxy.routes import OLLAMA_ROUTES, gin_allowed
 
 from . import admin, anthropic_routes, native, openai_routes, responses_api
 from .engine import ClientGone, wait_forever
-from .state import FAULT_MODES, STATE_KEY, EmulatorSettings, EmulatorState, state_of
+from .state import FAULT_MODES, RUNNER_DIED, STATE_KEY, EmulatorSettings, EmulatorState, state_of
 from .wire import decode_json, dumps, error, gin_json
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -48,7 +48,6 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = tuple(
 # The methods of Ollama's routes whose handlers read a body (POST, DELETE).
 _READS_BODY = frozenset({"POST", "DELETE"})
 FAULT_PATHS = frozenset({"/api/generate", "/api/chat", "/v1/chat/completions", "/v1/completions"})
-_RUNNER_DIED = "llama runner process has terminated: exit status 2"
 _BLOBS = "/api/blobs/"
 _GARBAGE = b"\x00\x16\x03 this is not HTTP \xff\xfe\r\n\r\n"
 
@@ -126,8 +125,8 @@ async def _fault(request: web.Request, state: EmulatorState) -> web.StreamRespon
     model = body.get("model") if isinstance(body, dict) else None
     if mode == "error500":
         if request.path.startswith("/v1/"):
-            return openai_routes.writer_error(500, _RUNNER_DIED)
-        return error(500, _RUNNER_DIED)
+            return openai_routes.writer_error(500, RUNNER_DIED)
+        return error(500, RUNNER_DIED)
     if mode == "garbage":
         transport = request.transport
         if transport is not None:

@@ -21,7 +21,7 @@ from proxy.keep_alive import parse as parse_keep_alive
 from .catalog import ModelSpec, qualified
 from .engine import Piece
 from .skills import suite_answer
-from .state import EmulatorState
+from .state import RUNNER_DIED, EmulatorState
 from .textgen import Plan, count_tokens, plan, token_logprob
 from .wire import decode_json
 
@@ -51,6 +51,7 @@ class Prepared:
     plan: Plan
     special: str = ""  # "unload" (answer now) or "load" (answer after loading)
     late_error: Refusal | None = None  # raised by the runner, i.e. after loading
+    crashes: bool = False  # the input kills the runner (`EmulatorSettings.crash_on`)
     raw: bool = False
     # `top_logprobs` when the request asked for `logprobs`, else None.
     logprobs: int | None = None
@@ -222,6 +223,8 @@ def prepare_generate(state: EmulatorState, body: dict[str, Any]) -> Prepared:
     images = body.get("images") or []
     late = Refusal(500, NO_VISION) if images and not spec.has("vision") else None
     late = late or check_format(body.get("format"))
+    crashes = state.crashes_on(prompt, suffix, str(body.get("system") or ""))
+    late = late or (Refusal(500, RUNNER_DIED) if crashes else None)
     key = _canonical(
         {
             "p": prompt,
@@ -249,7 +252,16 @@ def prepare_generate(state: EmulatorState, body: dict[str, Any]) -> Prepared:
         answer=suite_answer(spec, prompt) if not suffix else None,
     )
     return Prepared(
-        spec, model, stream, keep_alive, key, p, late_error=late, raw=raw, logprobs=_logprobs(body)
+        spec,
+        model,
+        stream,
+        keep_alive,
+        key,
+        p,
+        late_error=late,
+        crashes=crashes,
+        raw=raw,
+        logprobs=_logprobs(body),
     )
 
 
@@ -283,6 +295,8 @@ def prepare_chat(
     has_images = any(m.get("images") for m in messages)
     late = Refusal(500, NO_VISION) if has_images and not spec.has("vision") else None
     late = late or check_format(body.get("format"))
+    crashes = state.crashes_on(*(str(m.get("content") or "") for m in messages))
+    late = late or (Refusal(500, RUNNER_DIED) if crashes else None)
     rendered: list[dict[str, Any]] = [
         {
             "r": str(m.get("role") or "").lower(),
@@ -310,7 +324,15 @@ def prepare_chat(
         answer=suite_answer(spec, str(rendered[-1]["c"])) if rendered[-1]["r"] == "user" else None,
     )
     return Prepared(
-        spec, model, stream, keep_alive, key, p, late_error=late, logprobs=_logprobs(body)
+        spec,
+        model,
+        stream,
+        keep_alive,
+        key,
+        p,
+        late_error=late,
+        crashes=crashes,
+        logprobs=_logprobs(body),
     )
 
 

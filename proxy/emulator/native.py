@@ -99,6 +99,8 @@ async def handle_generate(request: web.Request) -> web.StreamResponse:
     if job.special == "load":
         return gin_json(200, {**head, "response": "", "done": True, "done_reason": "load"})
     if job.late_error:
+        if job.crashes:
+            state.runner_crashed(job.spec)
         return error(job.late_error.status, job.late_error.message)
 
     thinking: list[str] = []
@@ -200,6 +202,8 @@ async def run_chat(request: web.Request, job: Prepared, sink: ChatSink) -> web.S
     if job.special == "load":
         return await sink.special(job.model, state.now_ns(), "load")
     if job.late_error:
+        if job.crashes:
+            state.runner_crashed(job.spec)
         return await sink.error(job.late_error.status, job.late_error.message)
     thinking: list[str] = []
     content: list[str] = []

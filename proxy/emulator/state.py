@@ -21,6 +21,8 @@ from .catalog import CATALOG, REGISTRY, ModelSpec, normalize_name
 from .synthesized import Synthesized, synthesize
 
 FAULT_MODES = ("none", "hang", "stall", "close_early", "garbage", "error500")
+# What Ollama answers a request whose model runner died under it (llm/server.go).
+RUNNER_DIED = "llama runner process has terminated: exit status 2"
 # How long "forever" keeps a model loaded: Go's largest Duration, what Ollama reads a
 # negative keep_alive as (api.Duration), so /api/ps says about 292 years from now.
 _FOREVER_NS = (1 << 63) - 1
@@ -76,6 +78,12 @@ class EmulatorSettings:
     # slow models for `auto:fast` to tell apart; embeddings keep the rates as they are.
     # Off: one speed for all.
     speed_by_size: bool = False
+    # A runner that crashes on some input, as llama.cpp's does on one it cannot handle
+    # (a failed GGML_ASSERT on an odd image or token sequence): a prompt or message
+    # holding this text kills the model's runner once it is loaded; the request gets
+    # Ollama's 500 (`RUNNER_DIED`) and the model is unloaded, so the next request
+    # loads it again. "" (the default): no input does.
+    crash_on: str = ""
 
     def token_delay(self) -> float:
         """Seconds between two generated tokens."""
@@ -110,6 +118,8 @@ class EmulatorState:
     completed: int = 0
     # Generations abandoned because the client went away first.
     cancelled: int = 0
+    # Runners killed by an input (`EmulatorSettings.crash_on`).
+    crashes: int = 0
     # time.monotonic() at which each of those disconnects was noticed.
     cancel_times: list[float] = field(default_factory=list)
     # Loaded model name -> expiry as a Unix time in nanoseconds (an int, kept exact).
@@ -168,6 +178,16 @@ class EmulatorState:
             return False
         return True
 
+    def runner_crashed(self, spec: ModelSpec) -> None:
+        """The model's runner died: it is no longer loaded."""
+        self.crashes += 1
+        self.loaded.pop(spec.name, None)
+
+    def crashes_on(self, *texts: str) -> bool:
+        """Whether an input holding `texts` kills the runner (`crash_on`)."""
+        marker = self.settings.crash_on
+        return bool(marker) and any(marker in text for text in texts)
+
     # Counters -----------------------------------------------------------------------
 
     def note_cancel(self) -> None:
@@ -181,6 +201,7 @@ class EmulatorState:
             "active_streams": self.active_streams,
             "completed": self.completed,
             "cancelled": self.cancelled,
+            "crashes": self.crashes,
             "cancel_times": list(self.cancel_times),
             "loaded": dict(self.loaded),
             "fault": self.fault,
