@@ -34,7 +34,13 @@ from proxy.relayed_response import RelayedResponse
 from proxy.request_encoding import DECODED
 from proxy.routes import find, runs_a_model
 from proxy.upstream import Answer, UpstreamConnection, exchange
-from proxy.upstream_errors import ConnectFailed, IdleTimeout, UpstreamError
+from proxy.upstream_errors import (
+    ConnectFailed,
+    ConnectionLost,
+    IdleTimeout,
+    ProtocolError,
+    UpstreamError,
+)
 
 log = logging.getLogger("autoroute.relay")
 
@@ -125,8 +131,11 @@ class Relay:
         to another backend that has the model; when none is left, the client gets the
         last backend's own answer, whatever its status. With a `fallback`, a backend
         saying it cannot serve (502, 503, 504) is not the client's answer either, and
-        `fallback` answers when no backend is left."""
+        `fallback` answers when no backend is left. A failure the request itself may
+        have caused (`_suspect`) is retried once at most: an input that kills a runner
+        (or a server) would otherwise kill one on every backend the retries reach."""
         tried: list[BackendState] = []
+        suspect = False  # an attempt failed in a way the request may have caused
         failures: list[tuple[str, str]] = []  # (the operator's reason, a public one)
         unreachable = True  # every failure so far was a refused or timed-out connect
         retries = self.config.health.retries if body is not None else 0
@@ -148,10 +157,23 @@ class Relay:
             )
             if watch is None:
                 client = ClientLeg(
-                    request, outcome, may_retry, fallback is not None, capture, self.write_idle
+                    request,
+                    outcome,
+                    may_retry,
+                    fallback is not None,
+                    capture,
+                    self.write_idle,
+                    retry_errors=not suspect,
                 )
             else:
-                client = WatchedLeg(watch, request, outcome, may_retry, write_idle=self.write_idle)
+                client = WatchedLeg(
+                    watch,
+                    request,
+                    outcome,
+                    may_retry,
+                    write_idle=self.write_idle,
+                    retry_errors=not suspect,
+                )
             # Counted in flight from here, where every way out below ends it.
             state.begin(model)
             try:
@@ -177,7 +199,9 @@ class Relay:
                 )
                 unreachable = unreachable and unreached
                 tried.append(state)
-                if own_length or only is not None or len(tried) > retries:
+                again = suspect and _suspect(exc)
+                suspect = suspect or _suspect(exc)
+                if own_length or again or only is not None or len(tried) > retries:
                     if fallback is not None:
                         return await fallback()
                     return self._failed(request, outcome, failures, unreachable)
@@ -201,6 +225,7 @@ class Relay:
                 failures.append((state.label + answered, state.public_label + answered))
                 unreachable = False
                 tried.append(state)
+                suspect = suspect or head.status not in UNAVAILABLE_STATUSES
                 continue
             try:
                 return await self._respond(state, head, client, outcome, model)
@@ -338,6 +363,13 @@ class Relay:
         return client.response()
 
 
+def _suspect(exc: UpstreamError) -> bool:
+    """Whether a backend that had the request failed in a way the request itself may
+    have caused: it dropped the connection or broke its answer (a server the input
+    crashed). Not a connect that failed (the request never got there), nor silence."""
+    return isinstance(exc, ConnectionLost | ProtocolError)
+
+
 class ClientLeg(Answer):
     """The client side of one exchange, the sink of its upstream connection. The
     response head is written from the upstream protocol's callback the moment the
@@ -354,6 +386,7 @@ class ClientLeg(Answer):
         decline_unavailable: bool = False,
         capture: Capture | None = None,
         write_idle: float = 0.0,
+        retry_errors: bool = True,
     ) -> None:
         super().__init__()
         self.capture = capture
@@ -366,6 +399,10 @@ class ClientLeg(Answer):
         self.keep_alive = request.keep_alive
         self.outcome = outcome
         self.may_retry = may_retry
+        # Whether a 5xx other than 502, 503, 504 may go to another backend: once one
+        # answer of the kind (Ollama's 500 for a request it could not run) was declined,
+        # the next is the client's (`forward`).
+        self.retry_errors = retry_errors
         # A fallback waits: "cannot serve" (502, 503, 504) is not the client's answer.
         self.decline_unavailable = decline_unavailable
         self.started = False
@@ -405,9 +442,9 @@ class ClientLeg(Answer):
 
     def on_head(self, head: ResponseHead, body_follows: bool) -> None:
         """Called by the upstream protocol as soon as the backend's head is parsed."""
-        if (head.status >= 500 and self.may_retry) or (
-            self.decline_unavailable and head.status in UNAVAILABLE_STATUSES
-        ):
+        unavailable = head.status in UNAVAILABLE_STATUSES
+        retried = self.may_retry and head.status >= 500 and (unavailable or self.retry_errors)
+        if retried or (self.decline_unavailable and unavailable):
             self.declined = True  # nothing sent yet: the answer is dropped
         else:
             if head.chunked and self.version < (1, 1):
@@ -559,8 +596,11 @@ class WatchedLeg(ClientLeg):
         outcome: Served,
         may_retry: bool = False,
         write_idle: float = 0.0,
+        retry_errors: bool = True,
     ) -> None:
-        super().__init__(request, outcome, may_retry, write_idle=write_idle)
+        super().__init__(
+            request, outcome, may_retry, write_idle=write_idle, retry_errors=retry_errors
+        )
         self.watch = watch
 
     def on_head(self, head: ResponseHead, body_follows: bool) -> None:

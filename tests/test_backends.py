@@ -850,6 +850,64 @@ async def test_after_the_retries_the_client_gets_the_last_backends_answer(pair: 
     assert status == 200
 
 
+@pytest.fixture
+def trio(servers: ServerThread) -> Iterator[tuple[list[Emulator], Proxy]]:
+    """Three backends with SHARED, whose runner dies on a prompt holding "CRASH", behind
+    a proxy with the default retries (2)."""
+    crashing = dataclasses.replace(FROZEN, models=(SHARED,), crash_on="CRASH")
+    emulators = [Emulator(servers, crashing) for _ in range(3)]
+    proxy = Proxy(servers, [e.url for e in emulators], health=Health(interval_seconds=3600))
+    yield emulators, proxy
+    proxy.stop()
+    for emulator in emulators:
+        emulator.stop()
+
+
+async def test_a_request_whose_answer_may_be_its_own_fault_is_tried_on_two_backends_at_most(
+    trio: tuple[list[Emulator], Proxy],
+) -> None:
+    """A 500 is Ollama's answer to a request it could not run, often for what the
+    request holds: an input its runner dies on kills every backend's runner it reaches
+    (and every stream that runner was serving). One retry on another backend covers a
+    backend's own trouble (a model it has no memory to load); the client then gets that
+    answer, and the request reaches no third backend."""
+    emulators, proxy = trio
+    poison = generate(SHARED, prompt="CRASH")
+    direct = await post(emulators[0].url, "/api/generate", poison)
+    assert direct[0] == 500
+    emulators[0].state.crashes = 0
+    assert await post(proxy.url, "/api/generate", poison) == direct
+    assert sum(e.state.crashes for e in emulators) == 2
+    status, body = await post(proxy.url, "/api/generate", generate(SHARED))
+    assert status == 200 and orjson.loads(body)["done"] is True
+
+
+async def test_a_backend_that_breaks_its_answer_is_retried_once(
+    trio: tuple[list[Emulator], Proxy],
+) -> None:
+    """An answer that is not HTTP (or a connection dropped before one) came from a
+    backend that had the request: the request may be what broke it, so it goes to one
+    other backend, not every one."""
+    emulators, proxy = trio
+    for emulator in emulators:
+        emulator.state.fault = "garbage"
+    status, _ = await post(proxy.url, "/api/generate", generate(SHARED))
+    assert status == 502
+    assert sum(e.state.requests["/api/generate"] for e in emulators) == 2
+
+
+async def test_backends_that_cannot_be_reached_are_each_tried(
+    trio: tuple[list[Emulator], Proxy],
+) -> None:
+    """Not so a backend that cannot be reached: the request never got there, so it goes
+    on to every backend the retries allow."""
+    emulators, proxy = trio
+    emulators[0].stop()
+    emulators[1].stop()
+    status, body = await post(proxy.url, "/api/generate", generate(SHARED))
+    assert status == 200 and orjson.loads(body)["done"] is True
+
+
 def _lists_app(tags_body: dict[str, Any], tags_status: int = 200) -> web.Application:
     """A backend that answers its model lists only: `/api/tags` as given, `/api/ps`
     an empty list."""

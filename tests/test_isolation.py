@@ -436,8 +436,10 @@ async def test_a_cancel_racing_the_end_of_a_stream_leaves_the_next_user_alone(
     neighbours: list[asyncio.Task[Any]] = []
     init, sink = ClientLeg.__init__, ClientLeg.on_body
 
-    def init_and_note(leg: ClientLeg, request: Any, outcome: Served, *rest: Any) -> None:
-        init(leg, request, outcome, *rest)
+    def init_and_note(
+        leg: ClientLeg, request: Any, outcome: Served, *rest: Any, **named: Any
+    ) -> None:
+        init(leg, request, outcome, *rest, **named)
         task = asyncio.current_task()
         assert task is not None
         handlers[id(leg)] = task
