@@ -79,12 +79,13 @@ class Fanout:
             reason = self.backends.unavailable_reason(detailed=fleet)
             return error_response(request.path, 503, reason)
         results = await asyncio.gather(
-            *(self.backends.get_json(s, request.path) for s in states), return_exceptions=True
+            *(self._listed(s, request.path) for s in states), return_exceptions=True
         )
         docs = [r for r in results if isinstance(r, dict)]
         if not docs:
             # The first one's error names its host and port: the operator's.
-            reason = f"no backend answered: {results[0]}" if fleet else "no backend answered"
+            first = str(results[0]) or "timed out"
+            reason = f"no backend answered: {first}" if fleet else "no backend answered"
             return error_response(request.path, 502, reason)
         seen: set[str] = set()
         items: list[Any] = []
@@ -110,6 +111,14 @@ class Fanout:
             body, content_type = go_dumps(merged), JSON
         # aiohttp leaves the body out of a HEAD answer and keeps its Content-Length.
         return web.Response(status=200, body=body, headers={"Content-Type": content_type})
+
+    async def _listed(self, state: BackendState, path: str) -> Any:
+        """One backend's list, waited for as long as its health check would be
+        (`BackendPool.refresh_seconds`): a backend that stays silent, or whose answer
+        never ends, must not hold every client's list (an editor asks for one before
+        anything else); the others are listed without it."""
+        async with asyncio.timeout(self.backends.refresh_seconds):
+            return await self.backends.get_json(state, path)
 
     def replicate(
         self,

@@ -908,6 +908,62 @@ async def test_backends_that_cannot_be_reached_are_each_tried(
     assert status == 200 and orjson.loads(body)["done"] is True
 
 
+async def _trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A backend that answers every request with a head and then one byte of body at a
+    time, forever, each well within the idle timeout: an answer that never ends."""
+    try:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        while True:
+            writer.write(b"1\r\n \r\n")
+            await writer.drain()
+            await asyncio.sleep(0.1)
+    except (ConnectionError, asyncio.IncompleteReadError):
+        pass
+    finally:
+        writer.close()
+
+
+def _listed(path: str, body: bytes) -> set[str]:
+    doc = orjson.loads(body)
+    return {m.get("id") or m["name"] for m in doc["data" if path == "/v1/models" else "models"]}
+
+
+@pytest.mark.parametrize("path", ["/api/tags", "/api/ps", "/v1/models"])
+async def test_a_list_one_backend_never_ends_is_answered_without_it(
+    servers: ServerThread, emulator: Emulator, path: str
+) -> None:
+    """A merged list waits for each backend about as long as a health check does
+    (`BackendPool.refresh_seconds`), not for as long as the backend keeps sending: one
+    backend whose answer never ends (or that never answers, up to `idle_read_seconds`)
+    held every client's list with it. The others' models are listed without it."""
+    trickler = await asyncio.start_server(_trickle, "127.0.0.1", 0)
+    port = trickler.sockets[0].getsockname()[1]
+    # Its circuit stays closed, as before it opens and while it is half-open.
+    proxy = Proxy(
+        servers,
+        [emulator.url, f"http://127.0.0.1:{port}"],
+        health=Health(interval_seconds=1, failure_threshold=1000),
+    )
+    try:
+        async with aiohttp.ClientSession() as session:
+            listed = asyncio.ensure_future(session.get(proxy.url + path))
+            # A guard against a hang, far beyond the second the bound allows.
+            done, _ = await asyncio.wait([listed], timeout=30)
+            assert done, "the merged list never came"
+            async with listed.result() as resp:
+                assert resp.status == 200
+                names = _listed(path, await resp.read())
+            async with session.get(emulator.url + path) as resp:
+                assert _listed(path, await resp.read()) <= names
+    finally:
+        proxy.stop()
+        trickler.close()
+
+
 def _lists_app(tags_body: dict[str, Any], tags_status: int = 200) -> web.Application:
     """A backend that answers its model lists only: `/api/tags` as given, `/api/ps`
     an empty list."""
