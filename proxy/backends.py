@@ -164,6 +164,12 @@ def searches_the_web(path: str, doc: Any) -> bool:
     )
 
 
+# Ollama's routes that it sends to ollama.com whatever the model (server/routes.go,
+# webExperimentalProxyHandler): it answers with what ollama.com answers, and a 502 when
+# it cannot reach it, whatever the state of the backend.
+WEB_PATHS = frozenset({"/api/experimental/web_search", "/api/experimental/web_fetch"})
+
+
 def entry_model(entry: dict[str, Any]) -> str:
     """The model an entry of `/api/tags` or `/api/ps` names, as Ollama reads it."""
     return normalize_model(str(entry.get("model") or entry.get("name") or ""))
@@ -342,7 +348,7 @@ class BackendState:
         the statuses that say the backend cannot serve anyone count as failures, and
         not for a model Ollama runs on another host (`cloud_source`, or listed with a
         `remote_host`: `remote`) nor a request it sends to ollama.com itself (`offsite`:
-        `searches_the_web`), whose 502 says that host is out of the backend's reach; a
+        `searches_the_web`, `WEB_PATHS`), whose 502 says that host is out of the backend's reach; a
         backend that is truly broken also fails its connects, timeouts and health
         checks."""
         if status in UNREACHABLE_STATUSES:

@@ -32,6 +32,7 @@ from proxy.auth import KEY_REQUEST, KeyState, sees_fleet
 from proxy.auto import AutoError, AutoRouter, profile_of, user_key
 from proxy.auto_routes import AutoRoutes
 from proxy.backends import (
+    WEB_PATHS,
     BackendPool,
     BackendState,
     NoBackend,
@@ -132,6 +133,7 @@ class Handlers:
         """To the best backend as it came; a small body is read first so that a failed
         backend can be retried."""
         served = request[OUTCOME].served
+        served.offsite = request.path in WEB_PATHS
         length = request.content_length
         if request.body_exists and (length is None or length > _REPLAYABLE_BYTES):
             return await self.relay.forward(request, served, None, None)

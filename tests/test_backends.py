@@ -569,7 +569,8 @@ _SEARCH_FAILED = {
 
 def _searching_app() -> web.Application:
     """A healthy Ollama on a machine without internet access: it lists SHARED, answers
-    /v1/responses, and answers 502 to one that declares the `web_search` tool."""
+    /v1/responses, and answers 502 to one that declares the `web_search` tool and to
+    its web search and fetch routes, which it sends to ollama.com."""
 
     async def tags(request: web.Request) -> web.Response:
         return web.json_response({"models": [{"name": SHARED, "model": SHARED}]})
@@ -583,10 +584,18 @@ def _searching_app() -> web.Application:
             return web.json_response(_SEARCH_FAILED, status=502)
         return web.json_response({"object": "response", "status": "completed"})
 
+    async def experimental(request: web.Request) -> web.Response:
+        # proxyCloudRequestWithPath: Go's client error, as a 502.
+        path = "/api/" + request.path.rsplit("/", 1)[-1]
+        message = f'Post "https://ollama.com:443{path}": dial tcp: lookup ollama.com'
+        return web.json_response({"error": message}, status=502)
+
     app = web.Application()
     app.router.add_get("/api/tags", tags)
     app.router.add_get("/api/ps", ps)
     app.router.add_post("/v1/responses", responses)
+    app.router.add_post("/api/experimental/web_search", experimental)
+    app.router.add_post("/api/experimental/web_fetch", experimental)
     return app
 
 
@@ -607,6 +616,31 @@ async def test_a_web_search_out_of_reach_opens_no_circuit(servers: ServerThread)
         for _ in range(2):
             status, answer = await post(proxy.url, "/v1/responses", search)
             assert (status, orjson.loads(answer)) == (502, _SEARCH_FAILED)
+        for url in urls:
+            assert await scrape_failures(proxy.url, url) == (0, "closed")
+        status, _ = await post(proxy.url, "/v1/responses", {"model": SHARED, "input": "hi"})
+        assert status == 200
+    finally:
+        proxy.stop()
+        for runner in runners:
+            servers.stop(runner)
+
+
+@pytest.mark.parametrize("path", ["/api/experimental/web_search", "/api/experimental/web_fetch"])
+async def test_a_web_route_out_of_reach_opens_no_circuit(servers: ServerThread, path: str) -> None:
+    """Ollama sends its web search and fetch routes to ollama.com and answers with what
+    comes back, a 502 when it cannot reach it: that says nothing of the backend, and
+    without keys any client may ask, so no circuit counts it (one request, retried on
+    every backend, opened every circuit). The client gets that 502."""
+    ports = (free_port(), free_port())
+    runners = [servers.serve(_searching_app, port) for port in ports]
+    urls = [f"http://127.0.0.1:{port}" for port in ports]
+    proxy = Proxy(
+        servers, urls, health=Health(interval_seconds=3600, failure_threshold=1, open_seconds=3600)
+    )
+    try:
+        status, answer = await post(proxy.url, path, {"query": "news today"})
+        assert status == 502 and "ollama.com" in orjson.loads(answer)["error"]
         for url in urls:
             assert await scrape_failures(proxy.url, url) == (0, "closed")
         status, _ = await post(proxy.url, "/v1/responses", {"model": SHARED, "input": "hi"})
