@@ -20,7 +20,7 @@ import orjson
 from proxy import header_values, http11, ollama_answers, tasks
 from proxy.config import Backend, Config
 from proxy.upstream import ConnectionPool, fetch
-from proxy.upstream_errors import UpstreamError
+from proxy.upstream_errors import ProxyExhausted, UpstreamError
 
 log = logging.getLogger("autoroute.backends")
 
@@ -548,6 +548,10 @@ class BackendPool:
                 listed, running = await asyncio.gather(
                     self._listed_models(state), self._loaded_models(state)
                 )
+        except ProxyExhausted as exc:
+            # The proxy could not open a connection to check: says nothing of the backend.
+            log.warning("backend %s not checked: %s", state.label, exc)
+            return
         except (UpstreamError, TimeoutError, OSError, ValueError) as exc:
             if state.last_error != str(exc):
                 log.warning("backend %s unhealthy: %s", state.label, exc or "timed out")

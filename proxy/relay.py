@@ -39,6 +39,7 @@ from proxy.upstream_errors import (
     ConnectionLost,
     IdleTimeout,
     ProtocolError,
+    ProxyExhausted,
     UpstreamError,
 )
 
@@ -190,7 +191,8 @@ class Relay:
                 own_length = isinstance(exc, IdleTimeout) and runs_a_model(
                     find(request.path), request.method
                 )
-                if not own_length:
+                # Nor the proxy out of connections: one client can exhaust them.
+                if not own_length and not isinstance(exc, ProxyExhausted):
                     state.failed(str(exc))
                 log.warning("backend %s failed before answering: %s", state.label, exc)
                 unreached = isinstance(exc, ConnectFailed)

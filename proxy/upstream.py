@@ -12,6 +12,7 @@ means is the sink's.
 from __future__ import annotations
 
 import asyncio
+import errno
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Protocol, cast
@@ -22,11 +23,17 @@ from proxy.upstream_errors import (
     ConnectionLost,
     IdleTimeout,
     ProtocolError,
+    ProxyExhausted,
     StaleConnection,
 )
 from proxy.upstream_errors import UpstreamError as UpstreamError
 
 _OVERRUN = "malformed answer head on a reused connection (an earlier answer may have run on)"
+# A connect that fails for want of the proxy's own resources: its open files (the
+# process's, the system's), its local ports, kernel memory for the socket.
+_EXHAUSTED = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.EADDRNOTAVAIL, errno.ENOBUFS, errno.ENOMEM}
+)
 
 
 class Sink(Protocol):
@@ -419,9 +426,8 @@ class ConnectionPool:
         except TimeoutError:
             raise ConnectFailed(f"connect to {self.host}:{self.port} timed out") from None
         except OSError as exc:
-            raise ConnectFailed(
-                f"connect to {self.host}:{self.port}: {exc.strerror or exc}"
-            ) from None
+            failed = ProxyExhausted if exc.errno in _EXHAUSTED else ConnectFailed
+            raise failed(f"connect to {self.host}:{self.port}: {exc.strerror or exc}") from None
         return conn
 
     def put_back(self, conn: UpstreamConnection) -> None:

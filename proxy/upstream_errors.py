@@ -12,6 +12,12 @@ class ConnectFailed(UpstreamError):
     """No connection could be made at all (refused, unroutable, connect timed out)."""
 
 
+class ProxyExhausted(ConnectFailed):
+    """The proxy itself ran out of what a new connection needs (open files, local ports,
+    socket buffers): its own state, which any client holding enough connections brings
+    about, not the backend failing."""
+
+
 class ConnectionLost(UpstreamError):
     """The backend closed or reset the connection before its answer ended."""
 

@@ -1,0 +1,106 @@
+"""The proxy's own resources running out (open files): the proxy's state, which one
+client with enough connections brings about, never a backend's failure. A real
+`python -m proxy.cli serve` process with a low limit on open files, in front of a real
+emulator process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.support import free_port
+from tests.test_shutdown import wait_listening
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = "llama3.1:8b"
+# Enough for the proxy to start and serve some streams, far fewer than the streams below
+# need (two descriptors each: the client's connection and the backend's).
+OPEN_FILES = 128
+STREAMS = 200
+
+
+@pytest.fixture
+def backend() -> Iterator[int]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proxy.emulator", "--port", str(port), "--chunk-delay-ms", "20"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    wait_listening(port, proc)
+    yield port
+    proc.kill()
+    proc.wait()
+
+
+def _few_open_files() -> None:
+    """In the proxy's process before it starts: a low limit on its open files, the hard
+    one too (the proxy raises its soft limit to the hard one)."""
+    resource.setrlimit(resource.RLIMIT_NOFILE, (OPEN_FILES, OPEN_FILES))
+
+
+@pytest.fixture
+def cramped_proxy(backend: int, tmp_path: Path) -> Iterator[int]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "AUTOROUTE_CONFIG": os.devnull,
+        "AUTOROUTE_LISTEN__PORT": str(port),
+        "AUTOROUTE_BACKENDS": f"http://127.0.0.1:{backend}",
+        # No health check during the test: only requests count against the backend.
+        "AUTOROUTE_HEALTH__INTERVAL_SECONDS": "3600",
+        "AUTOROUTE_USAGE__FILE_PATH": str(tmp_path / "events.jsonl"),
+        "AUTOROUTE_USAGE__SPOOL_DIR": str(tmp_path / "spool"),
+        "AUTOROUTE_SELECTOR__RELOAD_CHECK_SECONDS": "0",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proxy.cli", "serve"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=_few_open_files,
+    )
+    wait_listening(port, proc)
+    yield port
+    proc.kill()
+    proc.wait()
+
+
+async def test_a_proxy_out_of_open_files_opens_no_backends_circuit(cramped_proxy: int) -> None:
+    """One client opens more streams at once than the proxy has descriptors for: the
+    requests it cannot connect upstream fail (503, the proxy's error), but the backend
+    did not fail, so its circuit never opens: no request is refused as "circuit open",
+    and once the flood is over the proxy serves as before."""
+    url = f"http://127.0.0.1:{cramped_proxy}"
+    body = {"model": MODEL, "prompt": "x", "options": {"num_predict": 40}}
+    answers: Counter[str] = Counter()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def stream() -> None:
+            try:
+                async with session.post(url + "/api/generate", json=body) as resp:
+                    text = await resp.text()
+            except aiohttp.ClientError:
+                answers["not accepted"] += 1  # the proxy could not take the connection
+                return
+            if resp.status != 200:
+                answers["circuit open" if "circuit open" in text else str(resp.status)] += 1
+            else:
+                answers["200"] += 1
+
+        await asyncio.gather(*(stream() for _ in range(STREAMS)))
+        assert answers["503"] > 0, answers  # the flood did exhaust the proxy
+        assert answers["circuit open"] == 0, answers
+        async with session.post(url + "/api/generate", json={**body, "stream": False}) as resp:
+            assert resp.status == 200
