@@ -187,9 +187,10 @@ class Relay:
                 # the whole generation before an answer that comes whole (`stream:
                 # false`, OpenAI's default, embeddings). Not the backend failing (a
                 # hung backend fails its health checks), and it would take as long on
-                # another.
-                own_length = isinstance(exc, IdleTimeout) and runs_a_model(
-                    find(request.path), request.method
+                # another. So is a request the backend sends on to ollama.com
+                # (`offsite`): the silence is that host's.
+                own_length = isinstance(exc, IdleTimeout) and (
+                    outcome.offsite or runs_a_model(find(request.path), request.method)
                 )
                 # Nor the proxy out of connections: one client can exhaust them.
                 if not own_length and not isinstance(exc, ProxyExhausted):

@@ -570,7 +570,8 @@ _SEARCH_FAILED = {
 def _searching_app() -> web.Application:
     """A healthy Ollama on a machine without internet access: it lists SHARED, answers
     /v1/responses, and answers 502 to one that declares the `web_search` tool and to
-    its web search and fetch routes, which it sends to ollama.com."""
+    its web search and fetch routes, which it sends to ollama.com (a query "slow" it
+    never answers, as when ollama.com takes the request and never answers it)."""
 
     async def tags(request: web.Request) -> web.Response:
         return web.json_response({"models": [{"name": SHARED, "model": SHARED}]})
@@ -585,6 +586,8 @@ def _searching_app() -> web.Application:
         return web.json_response({"object": "response", "status": "completed"})
 
     async def experimental(request: web.Request) -> web.Response:
+        if (await request.json()).get("query") == "slow":
+            await asyncio.Event().wait()  # ollama.com does not answer (until cancelled)
         # proxyCloudRequestWithPath: Go's client error, as a 502.
         path = "/api/" + request.path.rsplit("/", 1)[-1]
         message = f'Post "https://ollama.com:443{path}": dial tcp: lookup ollama.com'
@@ -649,6 +652,30 @@ async def test_a_web_route_out_of_reach_opens_no_circuit(servers: ServerThread, 
         proxy.stop()
         for runner in runners:
             servers.stop(runner)
+
+
+async def test_ollama_coms_silence_on_a_web_route_opens_no_circuit(servers: ServerThread) -> None:
+    """Ollama waits for ollama.com's answer to a web search as long as it takes (Go's
+    default client has no timeout): past `idle_read_seconds` the client gets the 502,
+    and no circuit counts a silence that is ollama.com's."""
+    from proxy.config import Timeouts
+
+    port = free_port()
+    runner = servers.serve(_searching_app, port)
+    url = f"http://127.0.0.1:{port}"
+    proxy = Proxy(
+        servers,
+        [url],
+        timeouts=Timeouts(idle_read_seconds=0.5),
+        health=Health(interval_seconds=3600, failure_threshold=1, open_seconds=3600),
+    )
+    try:
+        status, answer = await post(proxy.url, "/api/experimental/web_search", {"query": "slow"})
+        assert status == 502 and b"no data from backend" in answer
+        assert await scrape_failures(proxy.url, url) == (0, "closed")
+    finally:
+        proxy.stop()
+        servers.stop(runner)
 
 
 # A local name of a model that runs on ollama.com (`ollama cp gpt-oss:120b-cloud
