@@ -352,7 +352,8 @@ class Usage:
     queue_size: int = 100_000
     batch_size: int = 500
     flush_interval_seconds: float = 0.1
-    # Events a sink may hold in memory while slow before they spill to its spool.
+    # Events a sink may hold in memory while slow before they spill to its spool; while
+    # the spool cannot be written, the most it holds before dropping the newest.
     sink_buffer: int = 20_000
     spool_dir: str = field(default_factory=_spool_dir)
     spool_segment_bytes: int = 16 * 1024 * 1024

@@ -310,6 +310,67 @@ async def test_a_spill_cancelled_while_the_disk_thread_is_busy_still_lands(
     spool.close()
 
 
+class _SwitchedSink:
+    """A sink that is down until `up` is set, and keeps what it is given."""
+
+    name = "switched"
+
+    def __init__(self) -> None:
+        self.up = False
+        self.got: list[str] = []
+
+    async def write(self, records: Sequence[Record]) -> None:
+        if not self.up:
+            raise ConnectionRefusedError("the database is down")
+        self.got.extend(str(r.event.request_id) for r in records if isinstance(r.event, UsageEvent))
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_events_the_spool_cannot_take_wait_in_memory_up_to_the_sink_buffer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sink down and the spool unwritable (no file descriptor left): events wait in
+    memory, the newest beyond `sink_buffer` dropped and counted, and the sink takes the
+    rest once it is back."""
+    sink = _SwitchedSink()
+    runner = SinkRunner(
+        sink,
+        Usage(
+            spool_dir=str(tmp_path),
+            sink_buffer=3,
+            retry_backoff_seconds=0.01,
+            retry_backoff_max_seconds=0.02,
+        ),
+    )
+
+    def no_descriptors(lines: list[bytes]) -> None:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(runner.spool, "append", no_descriptors)
+    runner.start()
+    records = [Record(e, orjson.dumps(e.document())) for e in (_event(n, MODEL) for n in range(5))]
+    await runner.accept(records[:1])
+
+    async def failed() -> bool:
+        return runner.counters.failures > 0
+
+    await wait_for(failed, what="the sink's first failure")
+    await runner.accept(records[1:])
+    assert runner.snapshot()["buffered"] == 3 and runner.counters.dropped == 2
+    assert runner.snapshot()["spool_error"] == "OSError: [Errno 24] Too many open files"
+    sink.up = True
+
+    async def written() -> bool:
+        return len(sink.got) == 3
+
+    await wait_for(written, what="the held events written")
+    assert sink.got == ["r0", "r1", "r2"]
+    await runner.stop()
+    assert runner.counters.dropped == 2 and runner.snapshot()["buffered"] == 0
+
+
 def _event(n: int, model: str, backend: str | None = "gpu-a") -> UsageEvent:
     outcome = Answer(status=200, ttfc_ms=1.0, total_ms=2.0, eval_count=10, eval_duration=1_000_000)
     return UsageEvent(request_id=f"r{n}", served_model=model, backend=backend, outcome=outcome)

@@ -4,7 +4,10 @@ sink is slow or down, and replays the spool in order once the sink answers again
 While a sink is failing, what the dispatcher hands over goes to the spool at once
 rather than waiting in memory for the next retry: what a SIGKILL can lose is then
 what the dispatcher had not handed over yet (at most `flush_interval_seconds` of
-events) and a batch whose write was in flight.
+events) and a batch whose write was in flight. When the spool itself cannot be
+written (a full disk, no file descriptor left), what it could not take waits in memory,
+up to `sink_buffer` records, for the sink or the spool to take it: a condition that
+often passes (descriptors come back as connections close) loses nothing then.
 
 Order: while the spool holds anything, new records go behind it on disk, so replay
 keeps arrival order. The one exception: a batch whose write fails after newer records
@@ -127,6 +130,8 @@ class SinkRunner:
         self._failing = False
         self._stopping = asyncio.Event()
         self._refused: dict[str, None] = {}
+        # Why the spool could not be written last, "" while it can.
+        self.last_spill_error = ""
         if self.spool.pending:
             log.info("usage sink %s: %d spooled events to replay", self.name, self.spool.pending)
 
@@ -144,6 +149,7 @@ class SinkRunner:
             "spool_pending": self.spool.pending,
             "healthy": not self._failing,
             "last_error": self.last_error or None,
+            "spool_error": self.last_spill_error or None,
         }
 
     def start(self) -> None:
@@ -158,35 +164,66 @@ class SinkRunner:
         SIGKILL meanwhile would lose whatever waits in memory."""
         self.counters.queued += len(records)
         self.buffer.extend(records)
-        if self._failing or self.spool.pending or len(self.buffer) >= self.settings.sink_buffer:
+        if self.last_spill_error:
+            # The spool failed: the next try is the writer's, at its backoff, not one
+            # per flush with every record held.
+            self._trim()
+        elif self._failing or self.spool.pending or len(self.buffer) >= self.settings.sink_buffer:
             await self._spill(self._take_all())
         self._wake.set()
 
     def spill_now(self, records: list[Record]) -> None:
         """Synchronous spill, for the queue-overflow path (no await possible there)."""
         self.counters.queued += len(records)
-        self._spill_sync(records)
+        self._hold(self._spill_sync(records))
 
     def _take_all(self) -> list[Record]:
         records, self.buffer = self.buffer, []
         return records
 
-    def _spill_sync(self, records: list[Record]) -> None:
+    def _spill_sync(self, records: list[Record]) -> list[Record]:
+        """Append `records` to the spool: those it could not take (none, or all)."""
         try:
             self.spool.append([spool_line(r) for r in records])
-            self.counters.spilled += len(records)
         except OSError as exc:
-            self.counters.dropped += len(records)
+            if not self.last_spill_error:
+                log.warning(
+                    "usage sink %s: the spool cannot be written, events wait in memory: %s",
+                    self.name,
+                    exc,
+                )
+            self.last_spill_error = f"{type(exc).__name__}: {exc}"
+            return records
+        self.counters.spilled += len(records)
+        if self.last_spill_error:
+            log.info("usage sink %s: the spool is written again", self.name)
+        self.last_spill_error = ""
+        return []
+
+    def _hold(self, records: list[Record]) -> None:
+        """Keep what the spool could not take (a full disk, no file descriptor left) in
+        memory, ahead of what arrived since, for the next write or spill."""
+        if records:
+            self.buffer[:0] = records
+            self._trim()
+
+    def _trim(self) -> None:
+        """While the spool cannot be written, memory holds up to `sink_buffer` records;
+        the newest beyond that are dropped, loudly."""
+        lost = len(self.buffer) - self.settings.sink_buffer
+        if lost > 0:
+            del self.buffer[-lost:]
+            self.counters.dropped += lost
             log.error(
-                "usage sink %s: DROPPED %d events, the spool cannot be written: %s",
+                "usage sink %s: DROPPED %d events, neither the spool nor memory can take them: %s",
                 self.name,
-                len(records),
-                exc,
+                lost,
+                self.last_spill_error,
             )
 
     async def _spill(self, records: list[Record]) -> None:
         if records:
-            await self._in_thread(self._spill_sync, records)
+            self._hold(await self._in_thread(self._spill_sync, records))
 
     async def _send(self, records: Sequence[Record]) -> None:
         # A timeout on this task, not wait_for: that makes a task per write.
@@ -329,6 +366,15 @@ class SinkRunner:
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(self.pump(), self.settings.drain_seconds)
         await self._spill(self._take_all())
+        if self.buffer:
+            self.counters.dropped += len(self.buffer)
+            log.error(
+                "usage sink %s: DROPPED %d events at stop, the spool cannot be written: %s",
+                self.name,
+                len(self.buffer),
+                self.last_spill_error,
+            )
+            self.buffer = []
         await self._in_thread(self.spool.close)
         with contextlib.suppress(Exception):
             await self.sink.close()
