@@ -2,13 +2,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from proxy.emulator import EmulatorSettings
-from tests.support import Emulator, Proxy, ServerThread
+from tests.support import Emulator, Proxy, ServerThread, free_port, wait_listening
 from tests.usage_services import Database, database_on, postgres_base
 
 # The proxy's default paths (the usage file training reads, the spool) are under
@@ -81,3 +84,20 @@ def database(pg_base: str) -> Iterator[Database]:
     """A database of the test's own on `pg_base`, dropped afterwards."""
     with database_on(pg_base) as db:
         yield db
+
+
+@pytest.fixture
+def emulator_process() -> Iterator[int]:
+    """The port of an emulator in a process of its own (chunks 20 ms apart), for tests
+    of a proxy that runs as a process too."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proxy.emulator", "--port", str(port), "--chunk-delay-ms", "20"],
+        cwd=Path(__file__).resolve().parent.parent,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    wait_listening(port, proc)
+    yield port
+    proc.kill()
+    proc.wait()

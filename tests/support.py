@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import shutil
 import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -267,3 +268,16 @@ async def running_stream(url: str, key: str, body: object) -> AsyncIterator[aioh
         assert stream.status == 200
         await stream.content.readline()
         yield stream
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
+    """Until something listens on `port` (30 s at most), `proc` still running."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listening on {port}")

@@ -17,8 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.support import free_port
-from tests.test_shutdown import wait_listening
+from tests.support import free_port, wait_listening
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "llama3.1:8b"
@@ -28,21 +27,6 @@ OPEN_FILES = 128
 STREAMS = 200
 
 
-@pytest.fixture
-def backend() -> Iterator[int]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "proxy.emulator", "--port", str(port), "--chunk-delay-ms", "20"],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    wait_listening(port, proc)
-    yield port
-    proc.kill()
-    proc.wait()
-
-
 def _few_open_files() -> None:
     """In the proxy's process before it starts: a low limit on its open files, the hard
     one too (the proxy raises its soft limit to the hard one)."""
@@ -50,13 +34,13 @@ def _few_open_files() -> None:
 
 
 @pytest.fixture
-def cramped_proxy(backend: int, tmp_path: Path) -> Iterator[int]:
+def cramped_proxy(emulator_process: int, tmp_path: Path) -> Iterator[int]:
     port = free_port()
     env = {
         **os.environ,
         "AUTOROUTE_CONFIG": os.devnull,
         "AUTOROUTE_LISTEN__PORT": str(port),
-        "AUTOROUTE_BACKENDS": f"http://127.0.0.1:{backend}",
+        "AUTOROUTE_BACKENDS": f"http://127.0.0.1:{emulator_process}",
         # No health check during the test: only requests count against the backend.
         "AUTOROUTE_HEALTH__INTERVAL_SECONDS": "3600",
         "AUTOROUTE_USAGE__FILE_PATH": str(tmp_path / "events.jsonl"),

@@ -11,29 +11,16 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from tests.support import free_port
+from tests.support import free_port, wait_listening
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "llama3.1:8b"
-
-
-def wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"nothing listening on {port}")
 
 
 def refuses(port: int) -> bool:
@@ -44,30 +31,15 @@ def refuses(port: int) -> bool:
     return False
 
 
-@pytest.fixture
-def backend() -> Iterator[int]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "proxy.emulator", "--port", str(port), "--chunk-delay-ms", "20"],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    wait_listening(port, proc)
-    yield port
-    proc.kill()
-    proc.wait()
-
-
 def start_proxy(
-    backend: int, tmp_path: Path, shutdown_seconds: float
+    emulator_process: int, tmp_path: Path, shutdown_seconds: float
 ) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     env = {
         **os.environ,
         "AUTOROUTE_CONFIG": os.devnull,
         "AUTOROUTE_LISTEN__PORT": str(port),
-        "AUTOROUTE_BACKENDS": f"http://127.0.0.1:{backend}",
+        "AUTOROUTE_BACKENDS": f"http://127.0.0.1:{emulator_process}",
         "AUTOROUTE_TIMEOUTS__SHUTDOWN_SECONDS": str(shutdown_seconds),
         "AUTOROUTE_USAGE__FILE_PATH": str(tmp_path / "events.jsonl"),
         "AUTOROUTE_USAGE__SPOOL_DIR": str(tmp_path / "spool"),
@@ -112,9 +84,9 @@ def events(tmp_path: Path) -> list[dict[str, object]]:
 
 
 def test_sigterm_lets_the_stream_finish_flushes_usage_and_exits_0(
-    backend: int, tmp_path: Path
+    emulator_process: int, tmp_path: Path
 ) -> None:
-    proc, port = start_proxy(backend, tmp_path, shutdown_seconds=60)
+    proc, port = start_proxy(emulator_process, tmp_path, shutdown_seconds=60)
     try:
         response, request_id = start_stream(port, tokens=60)  # ~1.2 s at 20 ms a chunk
         proc.send_signal(signal.SIGTERM)
@@ -134,9 +106,9 @@ def test_sigterm_lets_the_stream_finish_flushes_usage_and_exits_0(
 
 
 def test_streams_past_the_deadline_are_cut_and_still_leave_their_event(
-    backend: int, tmp_path: Path
+    emulator_process: int, tmp_path: Path
 ) -> None:
-    proc, port = start_proxy(backend, tmp_path, shutdown_seconds=0.5)
+    proc, port = start_proxy(emulator_process, tmp_path, shutdown_seconds=0.5)
     try:
         response, request_id = start_stream(port, tokens=100_000)  # would take half an hour
         proc.send_signal(signal.SIGTERM)
