@@ -73,7 +73,7 @@ class App:
         self.learner = Learner(config.selector.learning, config.usage, self.auto.evidence)
         self.usage.observers.append(self.learner.observe)
         self.auto_routes = AutoRoutes(
-            self.auto, config.usage, body_idle, self.learner, config.limits.max_json_values
+            self.auto, config.usage, body_idle, self.learner, config.limits
         )
         self.metrics = Metrics(self.backends, self.usage, self.key_store)
         self.recent = Recent()  # the status page's charts and auto's recent choices

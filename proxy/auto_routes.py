@@ -10,13 +10,13 @@ from typing import Any
 from aiohttp import web
 
 from proxy import experiments, go_json, go_types
+from proxy import limits as request_limits
 from proxy.auth import KEY_REQUEST
 from proxy.auto import AUTO, AutoError, AutoRouter, profile_of, user_key
-from proxy.config import Usage
+from proxy.config import Limits, Usage
 from proxy.errors import error_response
 from proxy.keep_alive import unloads
 from proxy.learning import Learner
-from proxy.limits import read_body
 from proxy.protocol import COPILOT_CHAT_USER_AGENT_PREFIX, JSON, go_dumps, go_now
 from proxy.routes import RANKED_PATHS, find
 from selector_model.policy import beyond_max_loss
@@ -98,12 +98,13 @@ class AutoRoutes:
         usage: Usage,
         body_idle_seconds: float = 0.0,
         learner: Learner | None = None,
-        max_json_values: int = 0,
+        limits: Limits | None = None,
     ) -> None:
         self.auto = auto
         self.usage = usage
         self.body_idle_seconds = body_idle_seconds
-        self.max_json_values = max_json_values  # `limits.max_json_values`
+        # The inference routes' bounds on a body (`limits`), which explain applies too.
+        self.limits = limits or Limits()
         self.learner = learner
         self.profiles = profile_store.StoreCache(auto.config.profiles_path)
 
@@ -229,8 +230,8 @@ class AutoRoutes:
         """The full ranking for a request body, without generating anything."""
         # Read as the inference routes read a body, so that explain ranks what auto would.
         try:
-            body = await read_body(request, self.body_idle_seconds)
-            doc, _ = await go_json.read_off_loop(body, self.max_json_values)
+            body = await request_limits.read_body(request, self.body_idle_seconds)
+            doc, _ = await go_json.read_off_loop(body, self.limits.max_json_values)
         except go_json.BodyError as exc:
             return error_response(request.path, exc.status, str(exc))
         if not isinstance(doc, dict):
@@ -251,6 +252,11 @@ class AutoRoutes:
             else:
                 why = "explain ranks for " + ", ".join(RANKED_PATHS)
             return error_response(request.path, 400, f"auto ranks no models on {path}: {why}")
+        # What the inference route refuses for its length, auto never ranks: explain
+        # answers that refusal, and reads no features of a conversation beyond it.
+        refused = request_limits.check_body(request.path, doc, self.limits, [])
+        if refused is not None:
+            return refused
         # The key's allow-list, as on inference: explain must rank what auto would.
         key = request.get(KEY_REQUEST)
         only = key.models if key is not None else None

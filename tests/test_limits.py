@@ -95,6 +95,31 @@ async def test_prompt_over_the_limit_is_413(
     assert message == "prompt too long (limit 100 characters)"
 
 
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        ({"messages": messages(4)}, 400, "too many messages: 4 (limit 3)"),
+        ({"prompt": "x" * 101}, 413, "prompt too long (limit 100 characters)"),
+        (
+            {"messages": [{"role": "user", "content": "x" * 60}] * 2},
+            413,
+            "prompt too long (limit 100 characters)",
+        ),
+    ],
+)
+async def test_explain_refuses_what_the_inference_routes_refuse(
+    limited: Proxy, body: dict[str, object], status: int, message: str
+) -> None:
+    """Explain ranks what `auto` would do with the body, and `auto` never ranks a body
+    over the limits: it gets their refusal. Ranking one would also let a client hold
+    the event loop with a conversation of any length (features are read from every
+    message) where every inference route refuses it at once."""
+    answer = await post(limited.url, "/api/autoroute/explain", {"model": "auto", **body})
+    assert answer == (status, {"error": message})
+    inference = "/api/chat" if "messages" in body else "/api/generate"
+    assert await post(limited.url, inference, {"model": "auto", **body}) == answer
+
+
 def test_prompt_chars_counts_text_not_images() -> None:
     doc = {
         "system": "ab",
