@@ -61,7 +61,8 @@ UNMATCHED_SECONDS = 30.0
 UNMATCHED_MAX = 10_000
 # The most requests one id names in memory: a rating recounts each. Past it, the id
 # forgets the oldest request of the new one's key (else its oldest), so that no key
-# sending many requests with another's id pushes that key's own out.
+# sending many requests with another's id pushes that key's own out. The same bound
+# and rule hold the ratings waiting for an id's request (`unmatched`).
 PER_ID = 1_000
 
 MIGRATIONS = (
@@ -299,10 +300,11 @@ class Learner:
         for rid in ids:
             waiting = self.unmatched.get(rid)
             if waiting is not None:
-                # Ratings given with another key wait on for a request of theirs.
-                taken = [r for r in waiting[1] if counted.takes(r)]
-                counted.rate(taken)
-                waiting[1][:] = [r for r in waiting[1] if r not in taken]
+                # Ratings given with another key wait on for a request of theirs. One
+                # pass each: a comparison of every rating with every one taken would
+                # cost the square of their number.
+                counted.rate(waiting[1])
+                waiting[1][:] = [r for r in waiting[1] if not counted.takes(r)]
                 if not waiting[1]:
                     del self.unmatched[rid]
         self._retry(event, counted)
@@ -367,8 +369,13 @@ class Learner:
                 taken = True
         if taken:
             return
-        waiting = self.unmatched.setdefault(request_id, (time.monotonic(), []))
-        waiting[1].append(given)
+        held = self.unmatched.setdefault(request_id, (time.monotonic(), []))[1]
+        if len(held) >= PER_ID:
+            # A bounded number per id, as of requests (`_remember`): past it the
+            # rater's own oldest goes, never a rating another key gave.
+            same = given[1:]
+            del held[next((i for i, r in enumerate(held) if r[1:] == same), 0)]
+        held.append(given)
         while len(self.unmatched) > UNMATCHED_MAX:
             self.unmatched.popitem(last=False)
 

@@ -714,6 +714,37 @@ def test_a_rating_waiting_for_its_request_is_not_taken_by_another_keys_request(
     )
 
 
+def test_ratings_waiting_for_an_id_are_bounded_and_another_keys_keep_theirs(
+    tmp_path: Path,
+) -> None:
+    """Ratings that overtake their request wait for it, a bounded number per id: a key
+    posting ratings by the thousand for one id (each is taken in when the request
+    comes, and a list without bound held every one of them in memory) forgets its own
+    oldest past the bound, never the rating Ann gave, which still counts for her
+    request."""
+    evidence = Evidence()
+    learner = Learner(Learning(), Usage(file_path=str(tmp_path / "events.jsonl")), evidence)
+
+    def rating(name: str, value: float) -> dict[str, Any]:
+        return {
+            "request_id": "c1",
+            "rating": value,
+            "api_key_id": name,
+            "api_key_hash": f"{name}-hash",
+        }
+
+    learner.observe("feedback", rating("ann", 0.0))
+    for i in range(PER_ID + 5):
+        learner.observe("feedback", rating("bob", i / (PER_ID + 5)))
+    assert len(learner.unmatched["c1"][1]) == PER_ID
+    event = _event("r1", 0, "ann", done_reason="stop")
+    client = {"user": "ann", "api_key_id": "ann", "api_key_hash": "ann-hash"}
+    learner.observe("usage", {**event, "client": client, "client_request_id": "c1"})
+    # Ann's request: her thumbs-down, and none of Bob's ratings.
+    assert evidence.of("math")["qwen2.5:7b"][:2] == pytest.approx([0.0, outcome.RATED])
+    assert len(learner.unmatched["c1"][1]) == PER_ID - 1
+
+
 def test_requests_of_another_key_carrying_an_id_do_not_push_the_keys_own_out(
     tmp_path: Path,
 ) -> None:
