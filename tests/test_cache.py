@@ -292,6 +292,23 @@ def test_what_is_not_cacheable(caching: Proxy, own_emulator: Emulator) -> None:
     assert metrics(caching)["autoroute_cache_misses_total"] == 1
 
 
+@pytest.mark.parametrize("keep_alive", [0, "0s", "0m"])
+def test_an_answer_asked_to_unload_its_model_is_never_replayed(
+    caching: Proxy, own_emulator: Emulator, keep_alive: Any
+) -> None:
+    """With `keep_alive` 0 the backend unloads the model once it has answered: that is
+    part of what the request asks, which a kept answer would not do (nor would it keep
+    one, whose keep_alive is left out of the key, for others)."""
+    path, doc = CASES["chat-whole"]
+    assert fetch(caching, path, doc).header("X-Autoroute-Cache") == "miss"
+    wait_stored(caching, 1)
+    assert MODEL in loaded(own_emulator)
+    answer = fetch(caching, path, {**doc, "keep_alive": keep_alive})
+    assert (answer.status, answer.header("X-Autoroute-Cache")) == (200, None)
+    assert MODEL not in loaded(own_emulator)
+    assert metrics(caching)["autoroute_cache_stored_total"] == 1
+
+
 @pytest.mark.parametrize(
     ("path", "doc", "fixed"),
     [

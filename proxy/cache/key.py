@@ -19,6 +19,7 @@ from aiohttp import web
 
 from proxy.auth import KEY_REQUEST
 from proxy.header_values import utf8
+from proxy.keep_alive import unloads
 
 CACHEABLE_PATHS = frozenset(
     {"/api/generate", "/api/chat", "/v1/chat/completions", "/v1/completions"}
@@ -76,6 +77,16 @@ def generates(path: str, doc: Mapping[str, Any]) -> bool:
     return bool(doc.get("prompt"))
 
 
+def keeps_its_model(doc: Mapping[str, Any]) -> bool:
+    """Whether the request leaves its model loaded once answered: with `keep_alive` 0
+    the backend unloads it, an effect a kept answer would not have (one Ollama refuses
+    is a 400, never kept, and stays in the key: `cache_key`)."""
+    try:
+        return not unloads(doc.get("keep_alive"))
+    except ValueError:
+        return True
+
+
 def cacheable(path: str, doc: Any, cache_control: str | None) -> bool:
     return (
         path in CACHEABLE_PATHS
@@ -83,6 +94,7 @@ def cacheable(path: str, doc: Any, cache_control: str | None) -> bool:
         and not bypassed(cache_control)
         and deterministic(path, doc)
         and generates(path, doc)
+        and keeps_its_model(doc)
     )
 
 
