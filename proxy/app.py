@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy import expect
+from proxy import limits as request_limits
 from proxy.auth import Access
 from proxy.auth_store import KeyStore
 from proxy.auto import AutoRouter
@@ -220,6 +221,9 @@ def create_app(config: Config) -> web.Application:
         )
     app = App(config)
     web_app[APP_KEY] = app
+    web_app[request_limits.HELD_BODIES] = request_limits.HeldBodies(
+        config.limits.max_held_body_bytes
+    )
     web_app.on_startup.append(app.start)
     # Shutdown: the requests in flight get timeouts.shutdown_seconds, then are cancelled.
     web_app.on_shutdown.append(lambda _: app.server.drain())

@@ -19,13 +19,60 @@ from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
 from proxy import expect
-from proxy.aiohttp_internals import client_transport, wait_drained, writing_paused
+from proxy.aiohttp_internals import client_transport, state_get, wait_drained, writing_paused
 from proxy.config import Limits
 from proxy.errors import error_response
 from proxy.outcome import Served
 from selector_model import request_body
 
 HEAD_TOO_LARGE_BODY = b"431 Request Header Fields Too Large"
+
+
+# A body this small is read whatever else is held: ordinary requests are never refused
+# for the bodies of others.
+HELD_FREELY = 1024 * 1024
+
+
+class Busy(Exception):
+    """Request bodies held at once would exceed `limits.max_held_body_bytes`."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"server busy, please try again. request bodies held at once would exceed {limit} bytes"
+        )
+
+
+class HeldBodies:
+    """The bytes of request bodies read into memory and not yet let go, all requests
+    together: each request body is held whole, with what is parsed from it, until the
+    request is over, and a few clients sending bodies near `max_body_bytes` at once
+    would otherwise run the proxy out of memory, and every request in it with it."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, request: web.Request, size: int) -> None:
+        """Count the body of `size` bytes `request` reads (`Busy` when it does not fit),
+        until `let_go` when the request is over."""
+        if self.limit <= 0 or size <= HELD_FREELY:
+            return
+        if self.held + size > self.limit:
+            raise Busy(self.limit)
+        self.held += size
+        request[_HELD] = size
+
+
+HELD_BODIES = web.AppKey("held_bodies", HeldBodies)
+_HELD = web.RequestKey("autoroute_held_body_bytes", int)
+
+
+def let_go(request: web.Request) -> None:
+    """The request is over: its body (`HeldBodies.take`) no longer counts."""
+    size = state_get(request, _HELD)
+    if size:
+        del request[_HELD]
+        request.config_dict[HELD_BODIES].held -= size
 
 
 class BodyTimeout(Exception):
@@ -47,6 +94,17 @@ async def read_body(request: web.Request, idle_seconds: float) -> bytes:
         # before it sends a byte: refused now (the connection then closes, the body
         # never sent), not invited only to be read up to the limit and refused.
         raise web.HTTPRequestEntityTooLarge(limit, length)
+    held = request.config_dict.get(HELD_BODIES)
+    if held is not None and length is not None:
+        held.take(request, length)
+    body = await _read(request, idle_seconds)
+    if held is not None and length is None:
+        # A body of no declared length (chunked) counts for what it turned out to be.
+        held.take(request, len(body))
+    return body
+
+
+async def _read(request: web.Request, idle_seconds: float) -> bytes:
     await expect.before_reading(request)
     content = request.content
     if idle_seconds <= 0 or content.is_eof():

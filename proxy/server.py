@@ -116,6 +116,10 @@ class Server:
             response = error_response(
                 request.path, 413, f"request body too large (limit {limit} bytes)"
             )
+        except request_limits.Busy as exc:
+            served.error = str(exc)
+            response = error_response(request.path, 503, str(exc))
+            response.force_close()  # the body may still be on its way: never read it
         except request_limits.BodyTimeout as exc:
             served.error = str(exc)
             response = error_response(request.path, 408, str(exc))
@@ -141,6 +145,7 @@ class Server:
             if key is not None:
                 decided.key_id, decided.key_hash = key.id, key.hash
             self.auth.release(request, key)
+            request_limits.let_go(request)
             self.metrics.in_flight -= 1
             if task is not None:
                 self.handling.discard(task)

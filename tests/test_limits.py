@@ -13,7 +13,14 @@ import pytest
 from proxy import go_json
 from proxy.config import Limits
 from proxy.limits import prompt_chars
-from tests.support import Emulator, Proxy, ServerThread, error_text, on_a_loop
+from tests.support import (
+    Emulator,
+    Proxy,
+    ServerThread,
+    error_text,
+    on_a_loop,
+    running_stream,
+)
 
 MODEL = "llama3.1:8b"
 
@@ -194,3 +201,28 @@ async def test_reading_a_body_as_go_does_holds_no_other_client(
             async with session.post(proxy.url + path, data=body) as resp:
                 assert resp.status < 500, (resp.status, await resp.read())
     assert readings == [(sizes[0], True), (sizes[1], False)]
+
+
+async def test_bodies_held_at_once_beyond_the_limit_are_503_and_the_limit_comes_back(
+    servers: ServerThread, emulator: Emulator
+) -> None:
+    """Every request body the proxy reads it holds whole (and its parse) until the
+    request is over: beyond `max_held_body_bytes` of them at once, a request with a
+    large body is refused with Ollama's busy status, not read; small bodies are never
+    refused for it, and the room comes back when a request ends."""
+    # A field Ollama's decoder skips, 1.5 MiB of it.
+    padding = "A" * (1536 * 1024)
+    big = {"model": MODEL, "prompt": "long", "padding": padding, "options": {"num_predict": 400}}
+    prx = Proxy(servers, [emulator.url], limits=Limits(max_held_body_bytes=2 * 1024 * 1024))
+    try:
+        async with running_stream(prx.url, "", big) as first:
+            status, answer = await post(prx.url, "/api/generate", {**big, "stream": False})
+            assert status == 503
+            assert isinstance(answer, dict) and "server busy" in answer["error"]
+            small = {"model": MODEL, "prompt": "hi", "stream": False}
+            assert (await post(prx.url, "/api/generate", small))[0] == 200
+            await first.read()
+        short = {**big, "options": {"num_predict": 2}, "stream": False}
+        assert (await post(prx.url, "/api/generate", short))[0] == 200
+    finally:
+        prx.stop()
