@@ -56,6 +56,10 @@ class Choice:
     names: Sequence[str] = ()  # the candidates, in the order of `terms`
     terms: Terms | None = None  # what loading adds to each candidate
 
+    def records(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The decision's record and the chosen candidate's (`Decided.settle`)."""
+        return self.decision.record(), self.candidate.to_record()
+
     def loading(self, name: str) -> dict[str, Any]:
         """The load and eviction terms of candidate `name` (explain shows them)."""
         if self.terms is None or name not in self.names:

@@ -9,13 +9,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from proxy.auto import Choice
     from proxy.routes import Route
+
+
+class Records(Protocol):
+    """What `Decided.settle` writes the records from (`proxy.auto.Choice`; named here
+    by what it offers, so that the bookkeeping imports nothing of the router)."""
+
+    def records(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The decision's record and the chosen candidate's."""
+        ...
 
 
 @dataclass(slots=True)
@@ -46,14 +54,13 @@ class Decided:
     # `auto`'s choice, whose records (`decision`, `candidate`) `settle` writes once the
     # request is over: they are for the completion hooks, and the request goes to its
     # backend without waiting for them.
-    choice: Choice | None = None
+    choice: Records | None = None
 
     def settle(self) -> None:
         """Write the records of `choice` for the completion hooks."""
         choice = self.choice
         if choice is not None:
-            self.decision = choice.decision.record()
-            self.candidate = choice.candidate.to_record()
+            self.decision, self.candidate = choice.records()
             self.choice = None
 
 
