@@ -39,8 +39,9 @@ LEGEND = {
     "X-Autoroute-Model": "the model auto chose (explain: model)",
     "X-Autoroute-Profile": "the profile used: auto is auto:<selector.default_profile>",
     "X-Autoroute-Reason": (
-        "why this model (explain: reason), among the candidates rated at most the "
-        "profile's max_loss below the best-rated one (the others: "
+        "why this model (explain: reason), among the candidates whose score less "
+        "what it may be off (ranking[].spread) is at most the profile's max_loss "
+        "below the best-rated one (the others: "
         "ranking[].beyond_max_loss): ml = the best score; pinned = the profile's "
         "default (or the best model the selector knows, or the largest when it knows "
         "none) kept, since no other leads it by selector.min_gain (and, against a model "
@@ -267,7 +268,9 @@ class AutoRoutes:
         decision = choice.decision
         learning = self.auto.config.learning
         rule = self._rule(decision.profile)
-        beyond = beyond_max_loss(decision.ranking, rule["max_loss"] if rule else 0.0)
+        beyond = beyond_max_loss(
+            decision.ranking, rule["max_loss"] if rule else 0.0, learning.prior_strength
+        )
         # Models the key cannot see stay out of the answer, as they do from the lists.
         filtered = {m: why for m, why in decision.filtered.items() if only is None or m in only}
         return _json(
@@ -294,8 +297,9 @@ class AutoRoutes:
                 },
                 # expected_seconds includes load_seconds (0 when loaded); utility
                 # includes evict_penalty when loading would evict a model in use.
-                # beyond_max_loss: rated further below the best-rated candidate than
-                # the profile's max_loss, so not considered.
+                # beyond_max_loss: its lower bound (rating less SWITCH_Z of its spread)
+                # further below the best-rated candidate than the profile's max_loss,
+                # so not considered.
                 "ranking": [
                     self._described(
                         {

@@ -21,9 +21,12 @@ leads the anchor by `min_gain`.
 A profile's `tolerance` then takes the quickest candidate whose utility is within it
 of that choice (reason `cheaper`): "the cheapest model at most 3 points less likely
 to answer well" for 0.03. A profile's `max_loss` bounds what cost may take away:
-before the rule, the candidates rated more than that below the best-rated one (P, or
-the blend and its optimism once there is evidence) are out of the running, so a
-profile that weighs cost never trades more than `max_loss` of P(success) for speed.
+before the rule, a candidate whose rating (P, or the blend and its optimism once there
+is evidence) less `SWITCH_Z` of its spread (its lower bound) is more than that below
+the best-rated one's rating is out of the running, so a profile that weighs cost never
+trades more than `max_loss` of P(success) for speed, also where a model's P rests on
+areas the catalogue imputes: rated near the best and quicker, such a model would win
+on cost by its rating alone, however far below it it answers.
 Every decision records the probability of what was picked (the
 propensity), so that training on the proxy's own logs can correct for the proxy's own
 choices.
@@ -313,7 +316,7 @@ def safe_greedy(
     then with a `tolerance` the cheapest within it (`_cheapest_within`). The margin for
     what a P may be off shrinks with each model's evidence."""
     if max_loss > 0:
-        ranking = _near_best(ranking, max_loss)
+        ranking = _near_best(ranking, max_loss, prior_strength)
     choice, reason = ranking[0], "ml"
     # Plain loops, not next() over a generator: this runs twice in a decision with
     # evidence.
@@ -359,25 +362,46 @@ def safe_greedy(
     return choice, reason
 
 
-def _near_best(ranking: Sequence[Scored], max_loss: float) -> Sequence[Scored]:
-    """The candidates rated at most `max_loss` below the best-rated, in ranking order
-    (`ranking` itself when that is all of them). A candidate's rating is what its
-    utility holds of its chance of a good answer: the prior, or once there is evidence
-    the blend and its optimism."""
-    # One comprehension, not a call per candidate: this runs in every decision of a
+def _near_best(
+    ranking: Sequence[Scored], max_loss: float, prior_strength: float = 1.0
+) -> Sequence[Scored]:
+    """The candidates whose lower bound is at most `max_loss` below the best-rated
+    candidate's rating, in ranking order (`ranking` itself when that is all of them).
+    A candidate's rating is what its utility holds of its chance of a good answer: the
+    prior, or once there is evidence the blend and its optimism; its lower bound, the
+    rating less `SWITCH_Z` of its spread, which shrinks with its evidence as in the
+    safety rule (`prior_strength`). The best-rated one is held to it too: a rating
+    that may be more than `max_loss` above what the model does is no ground to trade
+    on. When no candidate's lower bound is within it, nothing is certain enough to
+    trade for cost, and the one with the highest lower bound is kept (the safety
+    rule's choice among models that lead an anchor it never saw)."""
+    # One pass, the lower bounds kept for the filter: this runs in every decision of a
     # profile with a bound.
-    rated = [(s.p_success if s.blend is None else s.blend) + s.optimism for s in ranking]
-    bar = max(rated) - max_loss
-    if min(rated) >= bar:
+    top = -math.inf
+    lows = []
+    for s in ranking:
+        rated = (s.p_success if s.blend is None else s.blend) + s.optimism
+        if rated > top:
+            top = rated
+        if s.spread:
+            rated -= SWITCH_Z * s.spread * prior_strength / (prior_strength + s.evidence_count)
+        lows.append(rated)
+    bar = top - max_loss
+    if min(lows) >= bar:
         return ranking
-    return [s for s, r in zip(ranking, rated, strict=True) if r >= bar]
+    if max(lows) < bar:
+        bar = max(lows)
+    return [s for s, low in zip(ranking, lows, strict=True) if low >= bar]
 
 
-def beyond_max_loss(ranking: Sequence[Scored], max_loss: float) -> frozenset[str]:
-    """The candidates `max_loss` keeps out of the running (none when it is 0)."""
+def beyond_max_loss(
+    ranking: Sequence[Scored], max_loss: float, prior_strength: float = 1.0
+) -> frozenset[str]:
+    """The candidates `max_loss` keeps out of the running (none when it is 0), with
+    spreads shrinking with evidence by `prior_strength` as in the decision."""
     if max_loss <= 0 or not ranking:
         return frozenset()
-    near = {s.name for s in _near_best(ranking, max_loss)}
+    near = {s.name for s in _near_best(ranking, max_loss, prior_strength)}
     return frozenset(s.name for s in ranking if s.name not in near)
 
 

@@ -22,6 +22,7 @@ from proxy.auto_routes import AutoRoutes
 from proxy.backends import BackendPool
 from proxy.config import Backend, Config, Health, Profile, Selector, Usage
 from proxy.registry import ModelInfo, Registry, model_info
+from selector_model.policy import SWITCH_Z
 from tests.conftest import FROZEN
 from tests.support import PIXEL_PNG, Emulator, Proxy, ServerThread, error_text
 
@@ -195,14 +196,19 @@ async def test_a_tolerance_takes_the_quickest_model_within_it(auto_proxy: Proxy)
 
 
 async def test_max_loss_keeps_out_what_is_rated_far_below_the_best(auto_proxy: Proxy) -> None:
-    """`careful` weighs cost as `fast` does, but never takes a model rated more than 5
-    points below the best-rated one: explain marks those."""
+    """`careful` weighs cost as `fast` does, but never takes a model that may be more
+    than 5 points below the best-rated one (its P less SWITCH_Z of its spread): explain
+    marks those."""
     _, fast = await explain(auto_proxy, chat("auto:fast"))
     _, careful = await explain(auto_proxy, chat("auto:careful"))
     assert careful["rule"]["max_loss"] == 0.05
     top = max(r["p_success"] for r in careful["ranking"])
     beyond = {r["model"] for r in careful["ranking"] if r["beyond_max_loss"]}
-    assert beyond == {r["model"] for r in careful["ranking"] if r["p_success"] < top - 0.05}
+    assert beyond == {
+        r["model"]
+        for r in careful["ranking"]
+        if r["p_success"] - SWITCH_Z * r["spread"] < top - 0.05
+    }
     assert fast["model"] in beyond
     assert careful["model"] not in beyond
     assert not any(r["beyond_max_loss"] for r in fast["ranking"])

@@ -12,7 +12,7 @@ from selector_model.catalog.catalog import Catalog
 from selector_model.catalog.placement import probe_of
 from selector_model.catalogue_prior import UNSEEN_SPREAD, spreads
 from selector_model.features import Candidate
-from selector_model.policy import SWITCH_Z, pick, rank
+from selector_model.policy import SWITCH_Z, beyond_max_loss, pick, rank
 from selector_model.posterior import choose
 
 
@@ -140,6 +140,35 @@ def test_max_loss_bounds_the_chance_of_a_good_answer_cost_may_trade_away() -> No
     evidence = {"small:3b": [40.0, 40.0, 28.0]}
     learned = choose(ranking, evidence, 0.0, np.random.default_rng(0), max_loss=0.05)
     assert (learned.chosen.name, learned.reason) == ("small:3b", "learned")
+
+
+def test_max_loss_holds_for_what_an_imputed_rating_may_be_off() -> None:
+    """A model placed from imputed areas, rated first and far cheaper, may be far below
+    its rating: cost takes it only where its lower bound (P less SWITCH_Z of its spread)
+    is within max_loss of the best-rated P; explain marks it the same way."""
+    rng = random.Random(0)
+    names = ["placed:35b", "big:70b", "small:7b"]
+    # Utilities at 0.004 per second: 0.654, 0.597, 0.634; placed:35b's spread 0.09.
+    ranking = rank(names, [0.696, 0.688, 0.644], [10.5, 22.8, 2.5], 0.004, set(), [0.09, 0.0, 0.0])
+    # By ratings alone all three are within 5 points, and cost takes the imputed one.
+    assert pick(ranking, "", 0.02, 0.0, rng, max_loss=0.1)[0].name == "placed:35b"
+    chosen, reason, _ = pick(ranking, "", 0.02, 0.0, rng, max_loss=0.05)
+    assert (chosen.name, reason) == ("big:70b", "ml")
+    assert beyond_max_loss(ranking, 0.05) == {"placed:35b", "small:7b"}
+    assert choose(ranking, {}, 0.0, np.random.default_rng(0), max_loss=0.05).chosen.name == (
+        "big:70b"
+    )
+    # Its spread shrinks with its own evidence (100 answers at what was expected): then
+    # its rating counts, and cost takes it.
+    evidence = {"placed:35b": [70.0, 100.0, 70.0]}
+    learned = choose(ranking, evidence, 0.0, np.random.default_rng(0), max_loss=0.05)
+    assert learned.chosen.name == "placed:35b"
+    # Rated far above the others, no model's lower bound is within 5 points of it:
+    # nothing is sure enough to trade for cost, and the highest lower bound is kept.
+    ahead = rank(names, [0.66, 0.58, 0.541], [10.5, 22.8, 2.5], 0.004, set(), [0.09, 0, 0])
+    assert pick(ahead, "", 0.02, 0.0, rng, max_loss=0.05)[0].name == "big:70b"
+    alone = rank(["placed:35b"], [0.7], [10.0], 0.004, set(), [0.2])
+    assert pick(alone, "", 0.02, 0.0, rng, max_loss=0.05)[0].name == "placed:35b"
 
 
 def test_an_anchors_doubt_shrinks_with_its_own_evidence() -> None:
