@@ -54,6 +54,8 @@ _CREDENTIALS = frozenset({b"authorization", b"x-api-key"})
 # A backend's failure as a caller who may not see the fleet reads it (by whether no
 # connection could be made): the error's own text names hosts and ports.
 _FAILED = {True: "unreachable", False: "failed"}
+_EXHAUSTED = "the proxy has no connection left"
+_BUSY = "server busy, please try again: "
 # Not forwarded with a body the proxy decoded (proxy/request_encoding.py).
 _ENCODING = frozenset({b"content-encoding"})
 _STREAM_TYPES = (NDJSON, SSE)
@@ -139,6 +141,7 @@ class Relay:
         suspect = False  # an attempt failed in a way the request may have caused
         failures: list[tuple[str, str]] = []  # (the operator's reason, a public one)
         unreachable = True  # every failure so far was a refused or timed-out connect
+        exhausted = True  # every failure so far was the proxy's own (`ProxyExhausted`)
         retries = self.config.health.retries if body is not None else 0
         while True:
             try:
@@ -147,7 +150,7 @@ class Relay:
                 if fallback is not None:
                     return await fallback()
                 if failures:
-                    return self._failed(request, outcome, failures, unreachable)
+                    return self._failed(request, outcome, failures, unreachable, exhausted)
                 raise  # answered where every NoBackend is (`Server.handle`)
             outcome.attempts += 1
             outcome.backend = state.label
@@ -197,17 +200,22 @@ class Relay:
                     state.failed(str(exc))
                 log.warning("backend %s failed before answering: %s", state.label, exc)
                 unreached = isinstance(exc, ConnectFailed)
+                own = isinstance(exc, ProxyExhausted)
                 failures.append(
-                    (f"{state.label}: {exc}", f"{state.public_label}: " + _FAILED[unreached])
+                    (
+                        f"{state.label}: {exc}",
+                        f"{state.public_label}: " + (_EXHAUSTED if own else _FAILED[unreached]),
+                    )
                 )
                 unreachable = unreachable and unreached
+                exhausted = exhausted and own
                 tried.append(state)
                 again = suspect and _suspect(exc)
                 suspect = suspect or _suspect(exc)
                 if own_length or again or only is not None or len(tried) > retries:
                     if fallback is not None:
                         return await fallback()
-                    return self._failed(request, outcome, failures, unreachable)
+                    return self._failed(request, outcome, failures, unreachable, exhausted)
                 continue
             except Exception as exc:
                 state.end(model)
@@ -226,7 +234,7 @@ class Relay:
                 state.answered(head.status, model, outcome.offsite)
                 answered = f": answered {head.status}"
                 failures.append((state.label + answered, state.public_label + answered))
-                unreachable = False
+                unreachable = exhausted = False
                 tried.append(state)
                 suspect = suspect or head.status not in UNAVAILABLE_STATUSES
                 continue
@@ -241,12 +249,15 @@ class Relay:
         outcome: Served,
         failures: list[tuple[str, str]],
         unreachable: bool,
+        exhausted: bool = False,
     ) -> web.StreamResponse:
         """No answer from any backend tried: 503 when none could be reached (as when no
-        backend is healthy), 502 when one was reached and misbehaved. `failures` says
-        why, each (the operator's reason, a public one): the client reads the public
-        ones unless it may see the fleet (`sees_fleet`); the outcome keeps the other."""
-        prefix = "no healthy backend: " if unreachable else ""
+        backend is healthy; "server busy" when only the proxy's own connections ran
+        out, as Ollama says of its own full queue), 502 when one was reached and
+        misbehaved. `failures` says why, each (the operator's reason, a public one):
+        the client reads the public ones unless it may see the fleet (`sees_fleet`);
+        the outcome keeps the other."""
+        prefix = _BUSY if exhausted else "no healthy backend: " if unreachable else ""
         outcome.error = prefix + "; ".join(detailed for detailed, _ in failures)
         message = outcome.error
         if not sees_fleet(request, self.config.auth.enabled):

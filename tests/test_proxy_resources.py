@@ -78,13 +78,15 @@ async def test_a_proxy_out_of_open_files_opens_no_backends_circuit(cramped_proxy
             except aiohttp.ClientError:
                 answers["not accepted"] += 1  # the proxy could not take the connection
                 return
-            if resp.status != 200:
+            if resp.status == 503 and text.startswith('{"error":"server busy'):
+                answers["busy"] += 1  # the proxy's own state, said as Ollama says it
+            elif resp.status != 200:
                 answers["circuit open" if "circuit open" in text else str(resp.status)] += 1
             else:
                 answers["200"] += 1
 
         await asyncio.gather(*(stream() for _ in range(STREAMS)))
-        assert answers["503"] > 0, answers  # the flood did exhaust the proxy
-        assert answers["circuit open"] == 0, answers
+        assert answers["busy"] > 0, answers  # the flood did exhaust the proxy
+        assert set(answers) <= {"busy", "200", "not accepted"}, answers
         async with session.post(url + "/api/generate", json={**body, "stream": False}) as resp:
             assert resp.status == 200
