@@ -16,7 +16,6 @@ older than it remembers, one from before a restart) is routed as any request.
 
 from __future__ import annotations
 
-import re
 from collections import OrderedDict
 from typing import Any
 
@@ -25,18 +24,33 @@ ENDING = 16
 # Contexts remembered, least recently used dropped first.
 REMEMBERED = 10_000
 # The end of the context array in Ollama's final /api/generate chunk (json.Marshal of
-# GenerateResponse: `context` then the metrics, `total_duration` first): up to ENDING
-# ids, from a number's start.
-_END = re.compile(rb"[\[,]((?:\d+,){0,%d}\d+)\],\"total_duration\":" % (ENDING - 1))
+# GenerateResponse: `context` then the metrics, `total_duration` first).
+_CONTEXT_END = b'],"total_duration":'
 
 
 def answered_ending(tail: bytes) -> str | None:
-    """The ending of the context an answer's last bytes hold ("id,id,..."), if any."""
-    at = tail.rfind(b'],"total_duration":')
+    """The ending of the context an answer's last bytes hold ("id,id,..."), if any: up
+    to ENDING ids before the array's end, each after a `,` or the array's `[` (a tail
+    that starts inside the array holds no partial number)."""
+    at = tail.rfind(_CONTEXT_END)
     if at < 0:
         return None
-    found = _END.search(tail, max(0, at - 24 * ENDING), at + 19)
-    return found.group(1).decode() if found else None
+    # Walked back piece by piece: a pattern that finds the ids from the front tries
+    # every separator in the window, each with backtracking, on every answer.
+    pieces = tail[max(0, at - 24 * ENDING) : at].rsplit(b",", ENDING)
+    ids: list[bytes] = []
+    for i in range(len(pieces) - 1, -1, -1):
+        piece = pieces[i]
+        if i and piece.isdigit():  # after a comma
+            ids.append(piece)
+            if len(ids) == ENDING:
+                break
+            continue
+        first = piece.rpartition(b"[")
+        if first[1] and first[2].isdigit():  # the array's first id
+            ids.append(first[2])
+        break
+    return b",".join(reversed(ids)).decode() if ids else None
 
 
 def sent_ending(context: Any) -> str | None:

@@ -3,9 +3,25 @@ memory of which model wrote it (`proxy.continuations`)."""
 
 from __future__ import annotations
 
+import re
+
 import orjson
+from hypothesis import given
+from hypothesis import strategies as st
 
 from proxy.continuations import ENDING, Continuations, answered_ending, sent_ending
+
+# What `answered_ending` reads, as a pattern: up to ENDING ids from a separator (`[` or
+# `,`) to the array's end, the leftmost such start in the window it looks at.
+_END = re.compile(rb"[\[,]((?:\d+,){0,%d}\d+)\],\"total_duration\":" % (ENDING - 1))
+
+
+def by_pattern(tail: bytes) -> str | None:
+    at = tail.rfind(b'],"total_duration":')
+    if at < 0:
+        return None
+    found = _END.search(tail, max(0, at - 24 * ENDING), at + 19)
+    return found.group(1).decode() if found else None
 
 
 def final_line(context: list[int]) -> bytes:
@@ -45,3 +61,25 @@ def test_the_least_recently_used_context_is_forgotten_first() -> None:
     assert memory.model_of([3, 4]) is None
     assert memory.model_of([9, 5, 6]) is None  # another ending
     assert memory.model_of([5, 6]) == "c"
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from([b"[", b",", b"]", b'"', b"7", b"12", b"x", b"\xd9\xa3"]),
+            st.integers(0, 10**12).map(lambda i: str(i).encode()),
+        ),
+        max_size=60,
+    ),
+    st.booleans(),
+)
+def test_the_ending_read_is_what_the_pattern_finds(pieces: list[bytes], ends: bool) -> None:
+    """Any bytes, the array's end or not: the same ending as the pattern, or None."""
+    tail = b"".join(pieces) + (b'],"total_duration":1}' if ends else b"")
+    assert answered_ending(tail) == by_pattern(tail)
+
+
+def test_the_ending_of_a_long_context_is_its_last_ids() -> None:
+    context = [i * 7919 % 150_000 for i in range(2000)]
+    assert answered_ending(final_line(context)) == by_pattern(final_line(context))
+    assert answered_ending(final_line(context)) == sent_ending(context)
