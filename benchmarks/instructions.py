@@ -11,6 +11,9 @@ idle (its timers) is measured alone around each round and subtracted over each r
 wall time; the timers that do not serve requests (health checks, the learner's sync,
 the artifact's reload check) are slowed to once an hour for every target alike.
 
+`--path /api/generate` counts generate's answers instead, whose last chunk carries
+the context.
+
 `--old REV` (repeatable) measures the proxy of another git revision the same way,
 after this one, and prints this one's ratios to it.
 
@@ -42,6 +45,7 @@ from benchmarks.stream_bench import old_tree
 EMULATOR_PORT = 18444
 PROXY_PORT = 18445
 MODELS = ("qwen2.5:7b", "auto")
+CHAT, GENERATE = "/api/chat", "/api/generate"
 BACKEND_MODELS = "qwen2.5:7b,llama3.2:3b"
 # Chunks of the two answer lengths (N tokens are N+1 NDJSON lines: the last carries
 # the counters), and the length the summary line adds up.
@@ -120,17 +124,19 @@ def wait_up(proc: subprocess.Popen[bytes], port: int) -> None:
     raise BenchmarkError(f"the proxy under callgrind did not answer within {READY_SECONDS:.0f} s")
 
 
-def chat(conn: http.client.HTTPConnection, model: str, chunks: int, count: int) -> None:
-    """`count` streamed /api/chat answers of `chunks` chunks each, one after another."""
-    body = orjson.dumps(
-        {
-            "model": model,
-            "messages": [{"role": "user", "content": "Write a haiku."}],
-            "options": {"num_predict": chunks - 1},
-        }
-    )
+def chat(
+    conn: http.client.HTTPConnection, model: str, chunks: int, count: int, path: str = CHAT
+) -> None:
+    """`count` streamed answers of `chunks` chunks each, one after another, from
+    /api/chat or /api/generate (whose last chunk carries the context)."""
+    doc: dict[str, object] = {"model": model, "options": {"num_predict": chunks - 1}}
+    if path == CHAT:
+        doc["messages"] = [{"role": "user", "content": "Write a haiku."}]
+    else:
+        doc["prompt"] = "Write a haiku."
+    body = orjson.dumps(doc)
     for _ in range(count):
-        conn.request("POST", "/api/chat", body, {"Content-Type": "application/json"})
+        conn.request("POST", path, body, {"Content-Type": "application/json"})
         response = conn.getresponse()
         data = response.read()
         if response.status != 200 or data.count(b"\n") != chunks:
@@ -144,7 +150,9 @@ def idle(target: Callgrind) -> float:
     return target.dump() / IDLE_SECONDS
 
 
-def measure(env: dict[str, str], requests: int, rounds: int) -> dict[str, list[Split]]:
+def measure(
+    env: dict[str, str], requests: int, rounds: int, path: str = CHAT
+) -> dict[str, list[Split]]:
     """Per request and per chunk, by model, of the proxy `env` starts: one split per
     round, each from a run of each answer length."""
     with tempfile.TemporaryDirectory(prefix="autoroute-callgrind-") as tmp:
@@ -154,7 +162,7 @@ def measure(env: dict[str, str], requests: int, rounds: int) -> dict[str, list[S
             conn = http.client.HTTPConnection("127.0.0.1", PROXY_PORT, timeout=120)
             for model in MODELS:
                 for chunks in (SHORT, LONG):
-                    chat(conn, model, chunks, WARMUP)
+                    chat(conn, model, chunks, WARMUP, path)
             idle_rates = [idle(target)]
             splits: dict[str, list[Split]] = {model: [] for model in MODELS}
             for _ in range(rounds):
@@ -163,7 +171,7 @@ def measure(env: dict[str, str], requests: int, rounds: int) -> dict[str, list[S
                     for chunks in (SHORT, LONG):
                         target.zero()
                         began = time.monotonic()
-                        chat(conn, model, chunks, requests)
+                        chat(conn, model, chunks, requests, path)
                         seconds = time.monotonic() - began
                         cost[chunks] = (target.dump(), seconds)
                     # The idle rate nearest in time: the timers' cost drifts a little.
@@ -197,6 +205,7 @@ def main() -> None:
     )
     parser.add_argument("--requests", type=int, default=30, help="requests per run")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each length per model")
+    parser.add_argument("--path", choices=(CHAT, GENERATE), default=CHAT)
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         raise BenchmarkError("valgrind is not installed")
@@ -213,17 +222,17 @@ def main() -> None:
     try:
         wait_ready(EMULATOR_PORT)
         print(
-            f"callgrind: POST /api/chat streamed, one at a time; per model {args.rounds} rounds"
+            f"callgrind: POST {args.path} streamed, one at a time; per model {args.rounds} rounds"
             f" of {args.requests} requests of {SHORT}- and of {LONG}-chunk answers;"
             " medians over the rounds",
             flush=True,
         )
-        results["proxy"] = measure(base, args.requests, args.rounds)
+        results["proxy"] = measure(base, args.requests, args.rounds, args.path)
         report("proxy", results["proxy"])
         for rev in args.old:
             with tempfile.TemporaryDirectory(prefix="autoroute-old-") as tmp:
                 env = base | old_tree(rev, Path(tmp))
-                results[rev] = measure(env, args.requests, args.rounds)
+                results[rev] = measure(env, args.requests, args.rounds, args.path)
             print(f"{rev}: the proxy of git revision {rev}")
             report(rev, results[rev])
     finally:
