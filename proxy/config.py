@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import ipaddress
 import os
 import socket
@@ -84,11 +85,12 @@ class Backend:
     # Models kept loaded here, where they fit (see `Warm`).
     warm: tuple[str, ...] = ()
 
-    @property
+    @functools.cached_property
     def shown_url(self) -> str:
         """The URL without its credentials (`http://user:password@host`, which the
         backend's requests carry): what logs, metrics, status pages and usage events
-        name, none of which may hold a password."""
+        name, none of which may hold a password. Made once: every request's outcome
+        names its backend by it (`label`)."""
         return without_userinfo(self.url)
 
     @property
