@@ -36,11 +36,18 @@ COUNTERS_MARK = b'_duration":'
 # (`_whole`): read as absent, never as its first digits or as a number no sink stores
 # (`protocol.count`'s rule, on bytes).
 _WHOLE = rb"(\d{1,19})(?=[,}\s])"
-_INT_RE = re.compile(rb'"(' + b"|".join(f.encode() for f in _INT_FIELDS) + rb')":' + _WHOLE)
-_OPENAI_RE = re.compile(rb'"(prompt_tokens|completion_tokens)":' + _WHOLE)
+# Ollama's counters and the OpenAI shapes' token counts, in one pass over the tail:
+# a match of either is a quoted name and digits, so none hides another.
+_INT_RE = re.compile(
+    rb'"('
+    + b"|".join(f.encode() for f in _INT_FIELDS)
+    + rb'|prompt_tokens|completion_tokens)":'
+    + _WHOLE
+)
 # A reason is a short word ("stop", "tool_calls", "stop_sequence"); a longer run of
 # letters is a broken server's and read as absent, not kept in every usage event.
 _REASON_RE = re.compile(rb'"(?:done_reason|finish_reason|stop_reason)":"([a-z_]{1,32})"')
+_OLLAMA_NAMES = {f.encode(): f for f in _INT_FIELDS}
 _OPENAI_NAMES = {b"prompt_tokens": "prompt_eval_count", b"completion_tokens": "eval_count"}
 
 
@@ -51,12 +58,17 @@ def _whole(value: bytes) -> int | None:
 
 def parse(tail: bytes) -> dict[str, int | str]:
     stats: dict[str, int | str] = {}
+    # The OpenAI shapes' counts stand in for Ollama's only where those are absent.
+    openai: dict[str, int] = {}
     for name, value in _INT_RE.findall(tail):
         if (number := _whole(value)) is not None:
-            stats[name.decode()] = number
-    for name, value in _OPENAI_RE.findall(tail):
-        if (number := _whole(value)) is not None:
-            stats.setdefault(_OPENAI_NAMES[name], number)
+            field = _OLLAMA_NAMES.get(name)
+            if field is not None:
+                stats[field] = number
+            else:
+                openai.setdefault(_OPENAI_NAMES[name], number)
+    for field, number in openai.items():
+        stats.setdefault(field, number)
     reasons = _REASON_RE.findall(tail)
     if reasons:
         stats["done_reason"] = reasons[-1].decode()

@@ -59,6 +59,20 @@ def test_openai_usage_and_finish_reason() -> None:
     }
 
 
+def test_ollama_counts_win_over_openai_ones_wherever_they_stand() -> None:
+    """Ollama's counters, the last of each, win; an OpenAI count, the first of each,
+    stands in only for one Ollama's do not give, wherever in the tail either comes."""
+    tail = (
+        b'data: {"usage":{"prompt_tokens":7,"completion_tokens":3}}\n\n'
+        b'{"eval_count":5,"eval_duration":1}\n'
+        b'data: {"usage":{"prompt_tokens":8,"completion_tokens":4}}\n\n'
+        b'{"eval_count":6}\n'
+    )
+    parsed = final_chunk.parse(tail)
+    assert parsed == {"eval_count": 6, "eval_duration": 1, "prompt_eval_count": 7}
+    assert list(parsed) == ["eval_count", "eval_duration", "prompt_eval_count"]
+
+
 def test_nothing_to_read_gives_nothing() -> None:
     assert final_chunk.parse(b'{"error":"boom"}\n') == {}
 
