@@ -46,7 +46,10 @@ def text(value: str | None, limit: int = MAX_TEXT) -> str | None:
     space, at most `limit` characters."""
     if value is None:
         return None
-    return _CONTROL.sub(" ", valid(value[:limit]))
+    value = value[:limit]
+    if value.isascii() and value.isprintable():
+        return value  # the usual agent or model name: no control character to replace
+    return _CONTROL.sub(" ", valid(value))
 
 
 def valid(value: str) -> str:

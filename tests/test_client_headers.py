@@ -14,7 +14,10 @@ from pathlib import Path
 import aiohttp
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from proxy import header_values
 from proxy.app import APP_KEY
 from proxy.config import Health, Listen, Usage
 from proxy.logs import AccessLog
@@ -373,3 +376,18 @@ async def test_listen_origins_allow_more_as_ollama_origins_does(
         prx.stop()
     assert status == (200 if allowed else 403)
     assert headers.get("Access-Control-Allow-Origin") == allowed
+
+
+@given(
+    st.text(
+        st.characters(codec=None, min_codepoint=0, max_codepoint=0x2100)
+        | st.sampled_from(["\udc80", "\udcff", "\x7f", "\x85", "\t"])
+    ),
+    st.sampled_from([3, header_values.MAX_TEXT]),
+)
+def test_a_kept_text_is_the_value_with_its_controls_as_spaces(value: str, limit: int) -> None:
+    """`header_values.text`, whatever path it takes: the value cut to `limit`, its
+    undecodable bytes as U+FFFD and its C0, DEL and C1 controls as spaces."""
+    cut = header_values.valid(value[:limit])
+    expected = "".join(" " if c < " " or "\x7f" <= c <= "\x9f" else c for c in cut)
+    assert header_values.text(value, limit) == expected
