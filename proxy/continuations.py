@@ -38,6 +38,9 @@ def answered_ending(tail: bytes) -> str | None:
     # Walked back piece by piece: a pattern that finds the ids from the front tries
     # every separator in the window, each with backtracking, on every answer.
     pieces = tail[max(0, at - 24 * ENDING) : at].rsplit(b",", ENDING)
+    last = pieces[1:]
+    if len(last) == ENDING and all(last) and b"".join(last).isdigit():
+        return b",".join(last).decode()  # a context of ENDING ids or more: the usual
     ids: list[bytes] = []
     for i in range(len(pieces) - 1, -1, -1):
         piece = pieces[i]
