@@ -33,7 +33,7 @@ COUNTERS_MARK = b'_duration":'
 
 # A count or duration is a Go int (int64): whole digits the number ends with. A fraction,
 # an exponent or a sign (a broken server's) is not one, nor what int64 cannot hold
-# (`_whole`): read as absent, never as its first digits or as a number no sink stores
+# (`parse`): read as absent, never as its first digits or as a number no sink stores
 # (`protocol.count`'s rule, on bytes).
 _WHOLE = rb"(\d{1,19})(?=[,}\s])"
 # Ollama's counters and the OpenAI shapes' token counts, in one pass over the tail:
@@ -51,22 +51,19 @@ _OLLAMA_NAMES = {f.encode(): f for f in _INT_FIELDS}
 _OPENAI_NAMES = {b"prompt_tokens": "prompt_eval_count", b"completion_tokens": "eval_count"}
 
 
-def _whole(value: bytes) -> int | None:
-    number = int(value)
-    return number if number <= INT64_MAX else None
-
-
 def parse(tail: bytes) -> dict[str, int | str]:
     stats: dict[str, int | str] = {}
     # The OpenAI shapes' counts stand in for Ollama's only where those are absent.
     openai: dict[str, int] = {}
     for name, value in _INT_RE.findall(tail):
-        if (number := _whole(value)) is not None:
-            field = _OLLAMA_NAMES.get(name)
-            if field is not None:
-                stats[field] = number
-            else:
-                openai.setdefault(_OPENAI_NAMES[name], number)
+        number = int(value)
+        if number > INT64_MAX:
+            continue
+        field = _OLLAMA_NAMES.get(name)
+        if field is not None:
+            stats[field] = number
+        else:
+            openai.setdefault(_OPENAI_NAMES[name], number)
     for field, number in openai.items():
         stats.setdefault(field, number)
     reasons = _REASON_RE.findall(tail)
