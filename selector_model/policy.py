@@ -363,7 +363,7 @@ def safe_greedy(
 
 
 def _near_best(
-    ranking: Sequence[Scored], max_loss: float, prior_strength: float = 1.0
+    ranking: Sequence[Scored], max_loss: float, prior_strength: float
 ) -> Sequence[Scored]:
     """The candidates whose lower bound is at most `max_loss` below the best-rated
     candidate's rating, in ranking order (`ranking` itself when that is all of them).
@@ -395,7 +395,7 @@ def _near_best(
 
 
 def beyond_max_loss(
-    ranking: Sequence[Scored], max_loss: float, prior_strength: float = 1.0
+    ranking: Sequence[Scored], max_loss: float, prior_strength: float
 ) -> frozenset[str]:
     """The candidates `max_loss` keeps out of the running (none when it is 0), with
     spreads shrinking with evidence by `prior_strength` as in the decision."""

@@ -13,7 +13,7 @@ from selector_model.catalog.placement import probe_of
 from selector_model.catalogue_prior import UNSEEN_SPREAD, spreads
 from selector_model.features import Candidate
 from selector_model.policy import SWITCH_Z, beyond_max_loss, pick, rank
-from selector_model.posterior import choose
+from selector_model.posterior import PRIOR_STRENGTH, choose
 
 
 def test_spread_is_what_the_catalogue_does_not_know_of_an_unseen_model() -> None:
@@ -154,7 +154,7 @@ def test_max_loss_holds_for_what_an_imputed_rating_may_be_off() -> None:
     assert pick(ranking, "", 0.02, 0.0, rng, max_loss=0.1)[0].name == "placed:35b"
     chosen, reason, _ = pick(ranking, "", 0.02, 0.0, rng, max_loss=0.05)
     assert (chosen.name, reason) == ("big:70b", "ml")
-    assert beyond_max_loss(ranking, 0.05) == {"placed:35b", "small:7b"}
+    assert beyond_max_loss(ranking, 0.05, PRIOR_STRENGTH) == {"placed:35b", "small:7b"}
     assert choose(ranking, {}, 0.0, np.random.default_rng(0), max_loss=0.05).chosen.name == (
         "big:70b"
     )
