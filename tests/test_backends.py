@@ -9,6 +9,7 @@ import functools
 import math
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import aiohttp
@@ -20,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy import upstream
 from proxy.app import APP_KEY
 from proxy.backends import BackendPool, StatusError
-from proxy.config import Backend, Config, Health
+from proxy.config import Backend, Config, Health, Timeouts
 from proxy.emulator import EmulatorSettings
 from tests.conftest import FROZEN
 from tests.support import AUTO_NAMES, Emulator, Proxy, ServerThread, free_port, wait_until
@@ -181,7 +182,6 @@ async def test_all_backends_down_is_503_naming_the_reason(pair: Pair) -> None:
 async def test_backend_failing_mid_stream_ends_with_an_error_line(
     servers: ServerThread, own_emulator: Emulator, fault: str
 ) -> None:
-    from proxy.config import Timeouts
 
     proxy = Proxy(servers, [own_emulator.url], timeouts=Timeouts(idle_read_seconds=1.0))
     try:
@@ -271,7 +271,6 @@ async def test_a_whole_answer_cut_short_reaches_the_client_cut(servers: ServerTh
 async def test_backend_that_never_answers_is_bounded_by_the_idle_timeout(
     servers: ServerThread, own_emulator: Emulator
 ) -> None:
-    from proxy.config import Timeouts
 
     proxy = Proxy(servers, [own_emulator.url], timeouts=Timeouts(idle_read_seconds=0.5))
     try:
@@ -372,8 +371,6 @@ async def test_each_backend_fault_is_an_ollama_error_counted_by_the_breaker(
     Ollama's error shape within the configured idle timeout, and each counts as one
     failure; at the threshold the circuit opens and the next request
     is refused at once (503) without reaching the backend."""
-    from proxy.config import Timeouts
-
     proxy = Proxy(
         servers,
         [own_emulator.url],
@@ -447,8 +444,6 @@ async def test_a_models_silence_longer_than_the_idle_timeout_opens_no_circuit(
     circuit counts nothing (any client could open every backend's circuit, each tried
     on every backend), and the request is not run again on the other backend (it would
     take as long there); the next requests are served."""
-    from proxy.config import Timeouts
-
     a, b = Emulator(servers, slow), Emulator(servers, slow)
     proxy = Proxy(
         servers,
@@ -493,8 +488,6 @@ async def test_a_tool_call_withheld_mid_stream_past_the_idle_timeout_opens_no_ci
     long as the client's request makes it, not the backend failing: past
     `idle_read_seconds` the stream ends with Ollama's error line, and no circuit
     counts it (any client could open every circuit with a long enough call)."""
-    from proxy.config import Timeouts
-
     # Thinking tokens 0.1 s apart, then a call of some 20 tokens written in silence.
     slow = dataclasses.replace(FROZEN, chunk_delay_ms=100.0, models=(THINKER,))
     a = Emulator(servers, slow)
@@ -602,31 +595,44 @@ def _searching_app() -> web.Application:
     return app
 
 
+@contextmanager
+def _searching_fleet(
+    servers: ServerThread, count: int, timeouts: Timeouts | None = None
+) -> Iterator[tuple[Proxy, list[str]]]:
+    """A proxy in front of `count` backends whose ollama.com is out of reach
+    (`_searching_app`), each circuit opened by one failure: the proxy and their URLs."""
+    ports = [free_port() for _ in range(count)]
+    runners = [servers.serve(_searching_app, port) for port in ports]
+    urls = [f"http://127.0.0.1:{port}" for port in ports]
+    health = Health(interval_seconds=3600, failure_threshold=1, open_seconds=3600)
+    proxy = Proxy(servers, urls, health=health, timeouts=timeouts or Timeouts())
+    try:
+        yield proxy, urls
+    finally:
+        proxy.stop()
+        for runner in runners:
+            servers.stop(runner)
+
+
+async def _circuits_closed_and_serving(proxy: Proxy, urls: list[str]) -> None:
+    for url in urls:
+        assert await scrape_failures(proxy.url, url) == (0, "closed")
+    status, _ = await post(proxy.url, "/v1/responses", {"model": SHARED, "input": "hi"})
+    assert status == 200
+
+
 async def test_a_web_search_out_of_reach_opens_no_circuit(servers: ServerThread) -> None:
     """Ollama runs the Responses API's `web_search` tool itself, through ollama.com,
     and answers 502 when it cannot reach it (a GPU server without internet access):
     that says nothing of the backend, and any client can declare the tool, so no
     circuit counts it, as for a cloud model. The client gets that 502; the next
     requests are served."""
-    ports = (free_port(), free_port())
-    runners = [servers.serve(_searching_app, port) for port in ports]
-    urls = [f"http://127.0.0.1:{port}" for port in ports]
-    proxy = Proxy(
-        servers, urls, health=Health(interval_seconds=3600, failure_threshold=1, open_seconds=3600)
-    )
-    try:
+    with _searching_fleet(servers, 2) as (proxy, urls):
         search = {"model": SHARED, "input": "news today", "tools": [{"type": "web_search"}]}
         for _ in range(2):
             status, answer = await post(proxy.url, "/v1/responses", search)
             assert (status, orjson.loads(answer)) == (502, _SEARCH_FAILED)
-        for url in urls:
-            assert await scrape_failures(proxy.url, url) == (0, "closed")
-        status, _ = await post(proxy.url, "/v1/responses", {"model": SHARED, "input": "hi"})
-        assert status == 200
-    finally:
-        proxy.stop()
-        for runner in runners:
-            servers.stop(runner)
+        await _circuits_closed_and_serving(proxy, urls)
 
 
 @pytest.mark.parametrize("path", ["/api/experimental/web_search", "/api/experimental/web_fetch"])
@@ -635,47 +641,20 @@ async def test_a_web_route_out_of_reach_opens_no_circuit(servers: ServerThread, 
     comes back, a 502 when it cannot reach it: that says nothing of the backend, and
     without keys any client may ask, so no circuit counts it (one request, retried on
     every backend, opened every circuit). The client gets that 502."""
-    ports = (free_port(), free_port())
-    runners = [servers.serve(_searching_app, port) for port in ports]
-    urls = [f"http://127.0.0.1:{port}" for port in ports]
-    proxy = Proxy(
-        servers, urls, health=Health(interval_seconds=3600, failure_threshold=1, open_seconds=3600)
-    )
-    try:
+    with _searching_fleet(servers, 2) as (proxy, urls):
         status, answer = await post(proxy.url, path, {"query": "news today"})
         assert status == 502 and "ollama.com" in orjson.loads(answer)["error"]
-        for url in urls:
-            assert await scrape_failures(proxy.url, url) == (0, "closed")
-        status, _ = await post(proxy.url, "/v1/responses", {"model": SHARED, "input": "hi"})
-        assert status == 200
-    finally:
-        proxy.stop()
-        for runner in runners:
-            servers.stop(runner)
+        await _circuits_closed_and_serving(proxy, urls)
 
 
 async def test_ollama_coms_silence_on_a_web_route_opens_no_circuit(servers: ServerThread) -> None:
     """Ollama waits for ollama.com's answer to a web search as long as it takes (Go's
     default client has no timeout): past `idle_read_seconds` the client gets the 502,
     and no circuit counts a silence that is ollama.com's."""
-    from proxy.config import Timeouts
-
-    port = free_port()
-    runner = servers.serve(_searching_app, port)
-    url = f"http://127.0.0.1:{port}"
-    proxy = Proxy(
-        servers,
-        [url],
-        timeouts=Timeouts(idle_read_seconds=0.5),
-        health=Health(interval_seconds=3600, failure_threshold=1, open_seconds=3600),
-    )
-    try:
+    with _searching_fleet(servers, 1, Timeouts(idle_read_seconds=0.5)) as (proxy, urls):
         status, answer = await post(proxy.url, "/api/experimental/web_search", {"query": "slow"})
         assert status == 502 and b"no data from backend" in answer
-        assert await scrape_failures(proxy.url, url) == (0, "closed")
-    finally:
-        proxy.stop()
-        servers.stop(runner)
+        await _circuits_closed_and_serving(proxy, urls)
 
 
 # A local name of a model that runs on ollama.com (`ollama cp gpt-oss:120b-cloud
@@ -754,7 +733,7 @@ async def test_a_flapping_backend_never_loses_a_request(servers: ServerThread) -
     A's circuit opens while it is down and closes once it is back; every request
     either succeeds (on A, or on B after a failover) or gets Ollama's error shape, none
     hangs, and the proxy counted exactly the requests the clients sent."""
-    from proxy.config import Timeouts, Usage
+    from proxy.config import Usage
 
     a = Emulator(servers, dataclasses.replace(FROZEN, models=(SHARED,)))
     b = Emulator(servers, dataclasses.replace(FROZEN, models=(SHARED,)))
@@ -1384,8 +1363,6 @@ async def test_a_pull_asked_whole_waits_for_its_work_as_ollama_does(
     before: `idle_read_seconds` does not cut it (which would also abort the download,
     and count against the backend's circuit), on the backend that answers the client
     nor on those that run it in the background (`admin_target: all`)."""
-    from proxy.config import Timeouts
-
     done: list[str] = []
     ports = [free_port(), free_port()]
     runners = [
