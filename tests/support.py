@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import Future
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
@@ -268,6 +271,39 @@ async def running_stream(url: str, key: str, body: object) -> AsyncIterator[aioh
         assert stream.status == 200
         await stream.content.readline()
         yield stream
+
+
+def proxy_process(
+    backend_port: int,
+    tmp_path: Path,
+    settings: dict[str, str],
+    stderr: int = subprocess.PIPE,
+    preexec_fn: Callable[[], Any] | None = None,
+) -> tuple[subprocess.Popen[bytes], int]:
+    """`autoroute serve` in a process of its own, in front of the backend on
+    `backend_port`, with no config file, its usage file and spool under `tmp_path`, and
+    `settings` (environment overrides) on top: the process and its port, listening."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "AUTOROUTE_CONFIG": os.devnull,
+        "AUTOROUTE_LISTEN__PORT": str(port),
+        "AUTOROUTE_BACKENDS": f"http://127.0.0.1:{backend_port}",
+        "AUTOROUTE_USAGE__FILE_PATH": str(tmp_path / "events.jsonl"),
+        "AUTOROUTE_USAGE__SPOOL_DIR": str(tmp_path / "spool"),
+        "AUTOROUTE_SELECTOR__RELOAD_CHECK_SECONDS": "0",
+        **settings,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proxy.cli", "serve"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        preexec_fn=preexec_fn,
+    )
+    wait_listening(port, proc)
+    return proc, port
 
 
 def wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:

@@ -6,10 +6,8 @@ emulator process."""
 from __future__ import annotations
 
 import asyncio
-import os
 import resource
 import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.support import free_port, wait_listening
+from tests.support import proxy_process
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "llama3.1:8b"
@@ -35,27 +33,12 @@ def _few_open_files() -> None:
 
 @pytest.fixture
 def cramped_proxy(emulator_process: int, tmp_path: Path) -> Iterator[int]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "AUTOROUTE_CONFIG": os.devnull,
-        "AUTOROUTE_LISTEN__PORT": str(port),
-        "AUTOROUTE_BACKENDS": f"http://127.0.0.1:{emulator_process}",
-        # No health check during the test: only requests count against the backend.
-        "AUTOROUTE_HEALTH__INTERVAL_SECONDS": "3600",
-        "AUTOROUTE_USAGE__FILE_PATH": str(tmp_path / "events.jsonl"),
-        "AUTOROUTE_USAGE__SPOOL_DIR": str(tmp_path / "spool"),
-        "AUTOROUTE_SELECTOR__RELOAD_CHECK_SECONDS": "0",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "proxy.cli", "serve"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        preexec_fn=_few_open_files,
+    # No health check during the test: only requests count against the backend. Its
+    # errors are many, and go unread.
+    settings = {"AUTOROUTE_HEALTH__INTERVAL_SECONDS": "3600"}
+    proc, port = proxy_process(
+        emulator_process, tmp_path, settings, subprocess.DEVNULL, _few_open_files
     )
-    wait_listening(port, proc)
     yield port
     proc.kill()
     proc.wait()

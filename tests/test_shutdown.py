@@ -5,11 +5,9 @@ then exits 0."""
 from __future__ import annotations
 
 import http.client
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.support import free_port, wait_listening
+from tests.support import free_port, proxy_process
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "llama3.1:8b"
@@ -34,28 +32,12 @@ def refuses(port: int) -> bool:
 def start_proxy(
     emulator_process: int, tmp_path: Path, shutdown_seconds: float
 ) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "AUTOROUTE_CONFIG": os.devnull,
-        "AUTOROUTE_LISTEN__PORT": str(port),
-        "AUTOROUTE_BACKENDS": f"http://127.0.0.1:{emulator_process}",
+    settings = {
         "AUTOROUTE_TIMEOUTS__SHUTDOWN_SECONDS": str(shutdown_seconds),
-        "AUTOROUTE_USAGE__FILE_PATH": str(tmp_path / "events.jsonl"),
-        "AUTOROUTE_USAGE__SPOOL_DIR": str(tmp_path / "spool"),
         # A long flush interval: the event can only be in the file if shutdown flushed it.
         "AUTOROUTE_USAGE__FLUSH_INTERVAL_SECONDS": "3600",
-        "AUTOROUTE_SELECTOR__RELOAD_CHECK_SECONDS": "0",
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "proxy.cli", "serve"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    wait_listening(port, proc)
-    return proc, port
+    return proxy_process(emulator_process, tmp_path, settings)
 
 
 def start_stream(port: int, tokens: int) -> tuple[http.client.HTTPResponse, str]:
