@@ -348,9 +348,9 @@ class BackendState:
         the statuses that say the backend cannot serve anyone count as failures, and
         not for a model Ollama runs on another host (`cloud_source`, or listed with a
         `remote_host`: `remote`) nor a request it sends to ollama.com itself (`offsite`:
-        `searches_the_web`, `WEB_PATHS`), whose 502 says that host is out of the backend's reach; a
-        backend that is truly broken also fails its connects, timeouts and health
-        checks."""
+        `searches_the_web`, `WEB_PATHS`), whose 502 says that host is out of the
+        backend's reach; a backend that is truly broken also fails its connects,
+        timeouts and health checks."""
         if status in UNREACHABLE_STATUSES:
             if not offsite and (model is None or not self._runs_elsewhere(model)):
                 self.failed(f"answered {status}")

@@ -24,6 +24,11 @@ _OPENAI_TYPES = {
 }
 
 
+# How Ollama begins its answer when it cannot take a request now (server/sched.go,
+# ErrMaxQueue; a 503): the proxy says so of its own limits, its bodies held in memory
+# and its connections.
+SERVER_BUSY = "server busy, please try again"
+
 ANTHROPIC_PATH = "/v1/messages"
 # Ollama's anthropic.NewError, and Anthropic's own name for a body too large.
 ANTHROPIC_TYPES = {

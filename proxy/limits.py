@@ -21,7 +21,7 @@ from aiohttp.abc import AbstractStreamWriter
 from proxy import expect
 from proxy.aiohttp_internals import client_transport, state_get, wait_drained, writing_paused
 from proxy.config import Limits
-from proxy.errors import error_response
+from proxy.errors import SERVER_BUSY, error_response
 from proxy.outcome import Served
 from selector_model import request_body
 
@@ -37,9 +37,7 @@ class Busy(Exception):
     """Request bodies held at once would exceed `limits.max_held_body_bytes`."""
 
     def __init__(self, limit: int) -> None:
-        super().__init__(
-            f"server busy, please try again. request bodies held at once would exceed {limit} bytes"
-        )
+        super().__init__(f"{SERVER_BUSY}. request bodies held at once would exceed {limit} bytes")
 
 
 class HeldBodies:

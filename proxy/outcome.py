@@ -93,8 +93,7 @@ class Served:
     # The client read slower than the backend wrote: the backend was paused meanwhile.
     client_paused: bool = False
     # The backend sends the request on to ollama.com itself (`backends.searches_the_web`,
-    # `backends.WEB_PATHS`):
-    # its 502 or 504 then speaks of ollama.com, not of the backend.
+    # `backends.WEB_PATHS`): its 502 or 504 then speaks of ollama.com, not of the backend.
     offsite: bool = False
     # The response cache: "hit" (answered from it), "miss" (cacheable, answered by a
     # backend), None (not cacheable, or no cache).

@@ -25,7 +25,7 @@ from proxy.backends import UNAVAILABLE_STATUSES, BackendPool, BackendState, NoBa
 from proxy.cache import Capture
 from proxy.config import Config
 from proxy.continuations import answered_ending
-from proxy.errors import error_response, stream_error_line
+from proxy.errors import SERVER_BUSY, error_response, stream_error_line
 from proxy.http11 import Dechunker, ResponseHead
 from proxy.limits import drained_within, read_chunk
 from proxy.outcome import Served
@@ -55,7 +55,7 @@ _CREDENTIALS = frozenset({b"authorization", b"x-api-key"})
 # connection could be made): the error's own text names hosts and ports.
 _FAILED = {True: "unreachable", False: "failed"}
 _EXHAUSTED = "the proxy has no connection left"
-_BUSY = "server busy, please try again: "
+_BUSY = SERVER_BUSY + ": "
 # Not forwarded with a body the proxy decoded (proxy/request_encoding.py).
 _ENCODING = frozenset({b"content-encoding"})
 _STREAM_TYPES = (NDJSON, SSE)
@@ -249,7 +249,7 @@ class Relay:
         outcome: Served,
         failures: list[tuple[str, str]],
         unreachable: bool,
-        exhausted: bool = False,
+        exhausted: bool,
     ) -> web.StreamResponse:
         """No answer from any backend tried: 503 when none could be reached (as when no
         backend is healthy; "server busy" when only the proxy's own connections ran
