@@ -401,6 +401,19 @@ def test_a_lift_read_where_a_model_led_is_not_carried_to_prompts_where_it_trails
     assert leads == "big"
 
 
+def _counting(monkeypatch: pytest.MonkeyPatch, name: str) -> Counter[str]:
+    """Calls of `selector_model.posterior.<name>` from here on, counted under its name."""
+    calls = Counter[str]()
+    real = getattr(posterior, name)
+
+    def counted(*args: Any) -> Any:
+        calls[name] += 1
+        return real(*args)
+
+    monkeypatch.setattr(posterior, name, counted)
+    return calls
+
+
 def test_offsets_from_the_evidence_are_computed_once_per_change_of_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -409,14 +422,7 @@ def test_offsets_from_the_evidence_are_computed_once_per_change_of_it(
     evidence = Evidence()
     for _ in range(ROUNDS):
         evidence.update("knowledge", "qwen2.5:7b", 0.0, prior=0.7)
-    calls = Counter[str]()
-    offsets = posterior._offsets
-
-    def counted(*args: Any) -> Any:
-        calls["offsets"] += 1
-        return offsets(*args)
-
-    monkeypatch.setattr(posterior, "_offsets", counted)
+    calls = _counting(monkeypatch, "_offsets")
 
     def blends() -> list[tuple[str, float | None, float]]:
         # The Evidence itself (as `auto` passes it) gives what its table gives.
@@ -428,12 +434,12 @@ def test_offsets_from_the_evidence_are_computed_once_per_change_of_it(
 
     first = blends()
     assert blends() == first
-    assert calls["offsets"] == 3  # once for the store, once per call for the table
+    assert calls["_offsets"] == 3  # once for the store, once per call for the table
     # A change is seen at the next decision.
     for _ in range(ROUNDS):
         evidence.update("code", "mistral:7b", 0.0, prior=0.6)
     assert blends() != first
-    assert calls["offsets"] == 5
+    assert calls["_offsets"] == 5
 
 
 def test_what_the_evidence_says_of_each_candidate_is_read_once_per_change_of_it(
@@ -446,14 +452,7 @@ def test_what_the_evidence_says_of_each_candidate_is_read_once_per_change_of_it(
     for model, value in (("qwen2.5:7b", 0.0), ("mistral:7b", 1.0), ("llama3.1:8b", 0.5)):
         for _ in range(ROUNDS):
             evidence.update("math", model, value, prior=0.6, margin=0.1)
-    calls = Counter[str]()
-    standings = posterior._standings
-
-    def counted(*args: Any) -> Any:
-        calls["standings"] += 1
-        return standings(*args)
-
-    monkeypatch.setattr(posterior, "_standings", counted)
+    calls = _counting(monkeypatch, "_standings")
 
     def ranking(p: list[float], known: set[str], names: tuple[str, ...] = MODELS) -> list[Any]:
         return rank(list(names), p, [1.0] * len(names), 0.0, known)
@@ -481,21 +480,21 @@ def test_what_the_evidence_says_of_each_candidate_is_read_once_per_change_of_it(
         return rows(stored)
 
     first = decide([0.70, 0.60, 0.50], set())
-    assert calls["standings"] == 2  # read for the store, and afresh
+    assert calls["_standings"] == 2  # read for the store, and afresh
     # Another prompt (other P, another order of the candidates): read from the store.
     decide([0.50, 0.65, 0.70], set())
-    assert calls["standings"] == 3
+    assert calls["_standings"] == 3
     # The same names, but one the artifact knows: its prior strength differs.
     decide([0.70, 0.60, 0.50], {"qwen2.5:7b"})
-    assert calls["standings"] == 5
+    assert calls["_standings"] == 5
     # Another set of candidates.
     decide([0.70, 0.60], set(), MODELS[:2])
-    assert calls["standings"] == 7
+    assert calls["_standings"] == 7
     # A change is seen at the next decision.
     for _ in range(ROUNDS):
         evidence.update("math", "mistral:7b", 0.0, prior=0.6, margin=-0.1)
     assert decide([0.70, 0.60, 0.50], set()) != first
-    assert calls["standings"] == 9
+    assert calls["_standings"] == 9
 
 
 def test_unseen_models_lean_on_the_catalogue_by_what_it_knows() -> None:
