@@ -57,6 +57,22 @@ def proxy(servers: ServerThread, emulator: Emulator) -> Iterator[Proxy]:
     prx.stop()
 
 
+@pytest.fixture(scope="module")
+def module_emulator(servers: ServerThread) -> Iterator[Emulator]:
+    """An emulator of the module's own, which its tests may change (models, loads)."""
+    emu = Emulator(servers, FROZEN)
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture(scope="module")
+def module_proxy(servers: ServerThread, module_emulator: Emulator) -> Iterator[Proxy]:
+    """The proxy in front of `module_emulator` alone."""
+    prx = Proxy(servers, [module_emulator.url])
+    yield prx
+    prx.stop()
+
+
 @pytest.fixture
 def own_emulator(servers: ServerThread) -> Iterator[Emulator]:
     """An emulator of the test's own, free to be changed, broken or stopped."""

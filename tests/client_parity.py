@@ -1,0 +1,119 @@
+"""What an official client (`ollama`, `openai`) makes of one call, as plain data, so
+that the same call made directly to a backend and through the proxy can be compared:
+the parsed result (or each chunk of a stream), the exception the client raises, and
+the status and headers of each HTTP answer the call read."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import ollama
+import openai
+
+from proxy.protocol import HOP_BY_HOP, MODEL_HEADER
+
+# Headers a client may see differ for reasons that are not the answer's content:
+# - the proxy's own (the request's id, auto's choice and reasons, the hint to a
+#   buffering reverse proxy in front of it), which the promise of transparency excepts;
+# - Date, the time each answer was written, which two answers never share;
+# - framing and connection management (hop-by-hop by RFC 9110), which each HTTP hop
+#   chooses for itself and which httpx undoes before a client sees the body.
+_NOT_COMPARED = frozenset({"date", "x-request-id", "x-accel-buffering"} | HOP_BY_HOP)
+
+
+def _compared(name: str) -> bool:
+    return name not in _NOT_COMPARED and not name.startswith("x-autoroute-")
+
+
+class Answers:
+    """The status and headers of each HTTP answer a client read, in order, through the
+    httpx `event_hooks` the client is built with (`hooks()` or `async_hooks()`)."""
+
+    def __init__(self) -> None:
+        self.heads: list[tuple[int, dict[str, str]]] = []
+        self.models: list[str | None] = []
+
+    def _saw(self, response: httpx.Response) -> None:
+        fields = {k.lower(): v for k, v in response.headers.items() if _compared(k.lower())}
+        self.heads.append((response.status_code, fields))
+        self.models.append(response.headers.get(MODEL_HEADER))
+
+    def hooks(self) -> dict[str, list[Callable[[httpx.Response], None]]]:
+        return {"response": [self._saw]}
+
+    def async_hooks(self) -> dict[str, list[Callable[[httpx.Response], Awaitable[None]]]]:
+        async def saw(response: httpx.Response) -> None:
+            self._saw(response)
+
+        return {"response": [saw]}
+
+    def take(self) -> list[tuple[int, dict[str, str]]]:
+        heads, self.heads = self.heads, []
+        return heads
+
+
+def plain(value: Any) -> Any:
+    """A client's parsed object as plain data (pydantic models dumped)."""
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    if hasattr(value, "model_dump"):
+        # warnings=False: an explicit base64 encoding_format leaves a string where
+        # the SDK types a list of floats, as the SDK means it to.
+        return value.model_dump(warnings=False)
+    return value
+
+
+def raised(exc: Exception) -> dict[str, Any]:
+    """What a caller can read from the exception a client raised for an error answer."""
+    if isinstance(exc, ollama.ResponseError):
+        return {"raised": "ResponseError", "status": exc.status_code, "error": exc.error}
+    if isinstance(exc, openai.APIStatusError):
+        return {
+            "raised": type(exc).__name__,
+            "status": exc.status_code,
+            "message": exc.message,
+            "body": exc.body,
+        }
+    if isinstance(exc, openai.APIError) and not isinstance(exc, openai.APIConnectionError):
+        # an error event in a stream already answered
+        return {"raised": type(exc).__name__, "message": exc.message, "body": exc.body}
+    raise exc
+
+
+ERRORS = (ollama.ResponseError, openai.APIError)
+
+
+def outcome(answers: Answers, method: Callable[..., Any], **kwargs: Any) -> dict[str, Any]:
+    """What a synchronous client call `method(**kwargs)` gives: its result, or the
+    chunks of its stream, or the chunks read before the exception it raised, and the
+    heads of the answers it read."""
+    answers.take()
+    chunks: list[Any] = []
+    try:
+        result = method(**kwargs)
+        if not hasattr(result, "__next__"):
+            return {"result": plain(result), "heads": answers.take()}
+        for chunk in result:
+            chunks.append(plain(chunk))
+        return {"chunks": chunks, "heads": answers.take()}
+    except ERRORS as exc:
+        return {"chunks": chunks, **raised(exc), "heads": answers.take()}
+
+
+async def async_outcome(
+    answers: Answers, method: Callable[..., Awaitable[Any]], **kwargs: Any
+) -> dict[str, Any]:
+    """`outcome` for an asynchronous client call."""
+    answers.take()
+    chunks: list[Any] = []
+    try:
+        result = await method(**kwargs)
+        if not hasattr(result, "__anext__"):
+            return {"result": plain(result), "heads": answers.take()}
+        async for chunk in result:
+            chunks.append(plain(chunk))
+        return {"chunks": chunks, "heads": answers.take()}
+    except ERRORS as exc:
+        return {"chunks": chunks, **raised(exc), "heads": answers.take()}
