@@ -1,10 +1,12 @@
 """What an official client (`ollama`, `openai`) makes of one call, as plain data, so
 that the same call made directly to a backend and through the proxy can be compared:
 the parsed result (or each chunk of a stream), the exception the client raises, and
-the status and headers of each HTTP answer the call read."""
+the status and headers of each HTTP answer the call read. What two identical requests
+to the same backend answer differently is normalised (`normalised`), nothing else."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -54,14 +56,61 @@ class Answers:
         return heads
 
 
-def plain(value: Any) -> Any:
-    """A client's parsed object as plain data (pydantic models dumped)."""
+# Fields whose value Ollama takes from its clock, so that two identical requests to one
+# backend never share it; each is kept as a mark of whether it is there.
+_CLOCKED = frozenset(
+    {
+        # When the answer, or each chunk of it, was written: Ollama's `created_at`, the
+        # OpenAI shapes' `created` (unix seconds), the Responses API's `created_at` and
+        # `completed_at`.
+        "created_at",
+        "created",
+        "completed_at",
+        # Measured, not computed: the time loading, prompt evaluation and generation
+        # took.
+        "total_duration",
+        "load_duration",
+        "prompt_eval_duration",
+        "eval_duration",
+        # /api/ps: when a model unloads, its last request's time plus its keep_alive.
+        "expires_at",
+    }
+)
+# Ids Ollama draws at random for each answer in the OpenAI shapes (openai.go's
+# `chatcmpl-%d` and `cmpl-%d` of rand.Intn(999), responses.go's resp_, msg_, rs_ and
+# fc_ ids): the digits become `#`. Any other value, model names in /v1/models' `id`
+# among them, is compared as it is.
+_RANDOM_ID = re.compile(r"((?:chatcmpl|cmpl)-|(?:resp|msg|rs|fc)_(?:resp_)?)[\d_]+")
+
+
+def normalised(value: Any) -> Any:
+    """`value` (plain data) with what comes from Ollama's clock or its random ids
+    replaced by marks (`_CLOCKED`, `_RANDOM_ID`)."""
+    if isinstance(value, dict):
+        return {
+            k: ("<clock>" if v is not None else None) if k in _CLOCKED else normalised(v)
+            for k, v in value.items()
+        }
     if isinstance(value, list):
-        return [plain(v) for v in value]
+        return [normalised(v) for v in value]
+    if isinstance(value, str):
+        found = _RANDOM_ID.fullmatch(value)
+        return found[1] + "#" if found else value
+    return value
+
+
+def plain(value: Any) -> Any:
+    """A client's parsed object as plain data (pydantic models dumped), normalised."""
+    return normalised(_dumped(value))
+
+
+def _dumped(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_dumped(v) for v in value]
     if hasattr(value, "model_dump"):
         # warnings=False: an explicit base64 encoding_format leaves a string where
         # the SDK types a list of floats, as the SDK means it to.
-        return value.model_dump(warnings=False)
+        return value.model_dump(mode="json", warnings=False)
     return value
 
 

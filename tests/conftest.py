@@ -57,18 +57,24 @@ def proxy(servers: ServerThread, emulator: Emulator) -> Iterator[Proxy]:
     prx.stop()
 
 
+# The demo's backends: Ollama's running clock, so two identical requests differ in their
+# timestamps, measured durations and the ids Ollama draws at random (chunks 1 ms apart,
+# to keep tests quick).
+LIVE = EmulatorSettings(chunk_delay_ms=1.0)
+
+
 @pytest.fixture(scope="module")
-def module_emulator(servers: ServerThread) -> Iterator[Emulator]:
-    """An emulator of the module's own, which its tests may change (models, loads)."""
-    emu = Emulator(servers, FROZEN)
+def live_emulator(servers: ServerThread) -> Iterator[Emulator]:
+    """An emulator (`LIVE`) of the module's own, which its tests may change."""
+    emu = Emulator(servers, LIVE)
     yield emu
     emu.stop()
 
 
 @pytest.fixture(scope="module")
-def module_proxy(servers: ServerThread, module_emulator: Emulator) -> Iterator[Proxy]:
-    """The proxy in front of `module_emulator` alone."""
-    prx = Proxy(servers, [module_emulator.url])
+def live_proxy(servers: ServerThread, live_emulator: Emulator) -> Iterator[Proxy]:
+    """The proxy in front of `live_emulator` alone."""
+    prx = Proxy(servers, [live_emulator.url])
     yield prx
     prx.stop()
 

@@ -3,10 +3,11 @@ proxy what it gives directly from the backend: the same parsed results, the same
 chunks in the same order, the same exceptions, the same answer headers (but the
 proxy's own, `client_parity` says which).
 
-The emulator runs a frozen clock: identical requests get identical timestamps and
-durations, so nothing in a body needs normalising. Each call is made directly first,
-then through the proxy, back to back, so the backend's state (what is loaded, which
-models exist) is the same for both."""
+The emulator keeps Ollama's running clock, as the demo's do: `client_parity` marks
+what two identical requests get differently (timestamps, measured durations) and
+compares the rest. Each call is made directly first, then through the proxy, back to
+back, so that the backend's state (what is loaded, which models exist) is the same
+for both."""
 
 from __future__ import annotations
 
@@ -170,6 +171,19 @@ CHANGES = [
     call("delete", model=CODER),
     call("pull", model=CODER, stream=True),
 ]
+
+
+def created_now(outcomes: list[Any]) -> list[Any]:
+    """`CHANGES`' outcomes with the `modified_at` of the models it creates marked: each
+    run of the sequence writes them at its own time. (The catalogue's models keep
+    theirs, which the other tests compare.)"""
+    for answer in outcomes:
+        result = answer.get("result")
+        if isinstance(result, dict) and "modified_at" in result:
+            result["modified_at"] = "<clock>"
+    return outcomes
+
+
 PARAMS = [pytest.param(m, k, id=f"{i:02d}-{m}") for i, (m, k) in enumerate(CASES)]
 
 
@@ -199,46 +213,44 @@ async def async_run(
 
 
 @pytest.mark.parametrize(("method", "kwargs"), PARAMS)
-def test_sync_client(method: str, kwargs: dict[str, Any], module_proxy: Proxy) -> None:
+def test_sync_client(method: str, kwargs: dict[str, Any], live_proxy: Proxy) -> None:
     answers = Answers()
-    direct, proxied = (sync_run(h, answers, [(method, kwargs)]) for h in _hosts(module_proxy))
+    direct, proxied = (sync_run(h, answers, [(method, kwargs)]) for h in _hosts(live_proxy))
     assert proxied == direct
 
 
 @pytest.mark.parametrize(("method", "kwargs"), PARAMS)
-async def test_async_client(method: str, kwargs: dict[str, Any], module_proxy: Proxy) -> None:
+async def test_async_client(method: str, kwargs: dict[str, Any], live_proxy: Proxy) -> None:
     answers = Answers()
-    direct, proxied = [
-        await async_run(h, answers, [(method, kwargs)]) for h in _hosts(module_proxy)
-    ]
+    direct, proxied = [await async_run(h, answers, [(method, kwargs)]) for h in _hosts(live_proxy)]
     assert proxied == direct
 
 
-def test_sync_client_changing_models(module_proxy: Proxy) -> None:
+def test_sync_client_changing_models(live_proxy: Proxy) -> None:
     answers = Answers()
-    direct, proxied = (sync_run(host, answers, CHANGES) for host in _hosts(module_proxy))
-    assert proxied == direct
+    direct, proxied = (sync_run(host, answers, CHANGES) for host in _hosts(live_proxy))
+    assert created_now(proxied) == created_now(direct)
 
 
-async def test_async_client_changing_models(module_proxy: Proxy) -> None:
+async def test_async_client_changing_models(live_proxy: Proxy) -> None:
     answers = Answers()
-    direct, proxied = [await async_run(host, answers, CHANGES) for host in _hosts(module_proxy)]
-    assert proxied == direct
+    direct, proxied = [await async_run(host, answers, CHANGES) for host in _hosts(live_proxy)]
+    assert created_now(proxied) == created_now(direct)
 
 
-def test_list(module_proxy: Proxy) -> None:
+def test_list(live_proxy: Proxy) -> None:
     answers = Answers()
-    direct, proxied = (sync_run(host, answers, [("list", {})])[0] for host in _hosts(module_proxy))
+    direct, proxied = (sync_run(host, answers, [("list", {})])[0] for host in _hosts(live_proxy))
     assert only_backend_models(proxied.pop("result")) == direct.pop("result")["models"]
     assert proxied == direct
 
 
-def test_blob_upload(module_proxy: Proxy, tmp_path: Path) -> None:
+def test_blob_upload(live_proxy: Proxy, tmp_path: Path) -> None:
     """create_blob: 201 for a blob the backend lacks, 200 for one it has. Each side
     uploads a blob of its own, since the backend keeps the first side's."""
     answers = Answers()
     seen = []
-    for host in _hosts(module_proxy):
+    for host in _hosts(live_proxy):
         blob = tmp_path / "adapter.bin"
         blob.write_bytes(host.encode() * 1000)
         digest = "sha256:" + hashlib.sha256(blob.read_bytes()).hexdigest()
@@ -265,12 +277,12 @@ AUTO_CALLS = [
 @pytest.mark.parametrize(("method", "kwargs"), AUTO_CALLS)
 @pytest.mark.parametrize("model", ["auto", "auto:fast"])
 def test_auto_answers_as_the_chosen_model_does(
-    method: str, kwargs: dict[str, Any], model: str, module_proxy: Proxy
+    method: str, kwargs: dict[str, Any], model: str, live_proxy: Proxy
 ) -> None:
     """`auto` through the proxy gives what the model it chose (X-Autoroute-Model, and
     the answer's `model`) gives when named directly."""
     answers = Answers()
-    backend, front = _hosts(module_proxy)
+    backend, front = _hosts(live_proxy)
     [proxied] = sync_run(front, answers, [(method, {"model": model, **kwargs})])
     chosen = answers.models[-1]
     assert chosen is not None and chosen not in AUTO_NAMES
@@ -279,20 +291,35 @@ def test_auto_answers_as_the_chosen_model_does(
     assert {c["model"] for c in direct.get("chunks") or [direct["result"]]} == {chosen}
 
 
+def test_auto_continues_a_context_with_the_model_that_wrote_it(live_proxy: Proxy) -> None:
+    """A /api/generate `context` that `auto` answered goes back to the model that wrote
+    it, and the continuation is what that model gives when named directly."""
+    answers = Answers()
+    backend, front = _hosts(live_proxy)
+    [first] = sync_run(front, answers, [("generate", {"model": "auto", "prompt": "Hello"})])
+    chosen, context = first["result"]["model"], first["result"]["context"]
+    assert context and answers.models == [chosen]
+    more = {"prompt": "Go on", "context": context, "stream": True}
+    [proxied] = sync_run(front, answers, [("generate", {"model": "auto", **more})])
+    [direct] = sync_run(backend, answers, [("generate", {"model": chosen, **more})])
+    assert proxied == direct
+    assert answers.models[-2] == chosen
+
+
 def test_changing_models_with_an_admin_key(
-    servers: ServerThread, module_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+    servers: ServerThread, live_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Behind a proxy with API keys, a client holding an admin key (the client sends
     OLLAMA_API_KEY as a bearer token, to Ollama too, which ignores it) changes models
     as it does directly; without the key the proxy refuses it before the backend."""
     keyed = Proxy(
-        servers, [module_emulator.url], auth=Auth(keys=(ApiKey(hash_key("k"), role="admin"),))
+        servers, [live_emulator.url], auth=Auth(keys=(ApiKey(hash_key("k"), role="admin"),))
     )
     try:
         monkeypatch.setenv("OLLAMA_API_KEY", "k")
         answers = Answers()
-        direct, proxied = (sync_run(h, answers, CHANGES) for h in (module_emulator.url, keyed.url))
-        assert proxied == direct
+        direct, proxied = (sync_run(h, answers, CHANGES) for h in (live_emulator.url, keyed.url))
+        assert created_now(proxied) == created_now(direct)
         monkeypatch.delenv("OLLAMA_API_KEY")
         with pytest.raises(ollama.ResponseError) as refused:
             ollama.Client(keyed.url).delete(MODEL)
@@ -301,14 +328,12 @@ def test_changing_models_with_an_admin_key(
         keyed.stop()
 
 
-def test_the_proxy_named_by_ollama_host(
-    module_proxy: Proxy, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_proxy_named_by_ollama_host(live_proxy: Proxy, monkeypatch: pytest.MonkeyPatch) -> None:
     """A client built without a host reads OLLAMA_HOST (here in its form without a
     scheme), as a user points it at the proxy."""
     answers = Answers()
     seen = []
-    for url in _hosts(module_proxy):
+    for url in _hosts(live_proxy):
         monkeypatch.setenv("OLLAMA_HOST", url.removeprefix("http://"))
         client = ollama.Client(event_hooks=answers.hooks())
         seen.append(outcome(answers, client.chat, model=MODEL, messages=ASK, stream=True))

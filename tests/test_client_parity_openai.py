@@ -4,9 +4,9 @@ through the proxy what it gives directly from the backend: the same parsed resul
 the same stream events in the same order, the same exceptions, the same answer
 headers (but the proxy's own, `client_parity` says which).
 
-The emulator runs a frozen clock, and derives the ids Ollama draws at random
-(`chatcmpl-…`, `resp_…`) from the request: identical requests get identical answers,
-so nothing in a body needs normalising."""
+The emulator keeps Ollama's running clock, as the demo's do: `client_parity` marks
+what two identical requests get differently (timestamps, measured durations, the ids
+Ollama draws at random) and compares the rest."""
 
 from __future__ import annotations
 
@@ -199,27 +199,27 @@ def sync_run(host: str, answers: Answers, calls: list[tuple[str, dict[str, Any]]
 
 
 @pytest.mark.parametrize(("method", "kwargs"), PARAMS)
-def test_sync_sdk(method: str, kwargs: dict[str, Any], module_proxy: Proxy) -> None:
+def test_sync_sdk(method: str, kwargs: dict[str, Any], live_proxy: Proxy) -> None:
     answers = Answers()
-    direct, proxied = (sync_run(h, answers, [(method, kwargs)]) for h in _hosts(module_proxy))
+    direct, proxied = (sync_run(h, answers, [(method, kwargs)]) for h in _hosts(live_proxy))
     assert proxied == direct
 
 
 @pytest.mark.parametrize(("method", "kwargs"), PARAMS)
-async def test_async_sdk(method: str, kwargs: dict[str, Any], module_proxy: Proxy) -> None:
+async def test_async_sdk(method: str, kwargs: dict[str, Any], live_proxy: Proxy) -> None:
     answers = Answers()
     seen = []
-    for host in _hosts(module_proxy):
+    for host in _hosts(live_proxy):
         sdk = async_sdk(host, answers)
         seen.append(await async_outcome(answers, method_of(sdk, method), **kwargs))
     assert seen[1] == seen[0]
 
 
-def test_models_list(module_proxy: Proxy) -> None:
+def test_models_list(live_proxy: Proxy) -> None:
     """/v1/models through the proxy lists `auto` too (the proxy's model); the rest is
     the backend's list as it is."""
     answers = Answers()
-    direct, proxied = (sync_run(h, answers, [("models.list", {})])[0] for h in _hosts(module_proxy))
+    direct, proxied = (sync_run(h, answers, [("models.list", {})])[0] for h in _hosts(live_proxy))
     listed = proxied["result"]["data"]
     proxied["result"]["data"] = [m for m in listed if m["id"] not in AUTO_NAMES]
     assert proxied == direct
@@ -231,21 +231,26 @@ AUTO_CALLS = [
     call(CHAT, messages=image(PNG_URL), stream=True, stream_options=USAGE),
     call(CHAT, messages=TOOL_ROUND[:1], tools=TOOLS, stream=True),
     call(COMPLETE, prompt="Write a haiku about autumn.", stream=True),
+    call("responses.create", input="Why is the sky blue?"),
+    call("responses.create", input="Fix: def add(a, b): return a - b", stream=True),
 ]
 
 
 @pytest.mark.parametrize(("method", "kwargs"), AUTO_CALLS)
 @pytest.mark.parametrize("model", ["auto", "auto:best"])
 def test_auto_answers_as_the_chosen_model_does(
-    method: str, kwargs: dict[str, Any], model: str, module_proxy: Proxy
+    method: str, kwargs: dict[str, Any], model: str, live_proxy: Proxy
 ) -> None:
     """`auto` through the proxy gives what the model it chose (X-Autoroute-Model, and
     the answer's `model`) gives when named directly."""
     answers = Answers()
-    backend, front = _hosts(module_proxy)
+    backend, front = _hosts(live_proxy)
     [proxied] = sync_run(front, answers, [(method, {"model": model, **kwargs})])
     chosen = answers.models[-1]
     assert chosen is not None and chosen not in AUTO_NAMES
     [direct] = sync_run(backend, answers, [(method, {"model": chosen, **kwargs})])
     assert proxied == direct
-    assert {c["model"] for c in direct.get("chunks") or [direct["result"]]} == {chosen}
+    # A Responses stream's events name it in those that carry the whole response.
+    parts = direct.get("chunks") or [direct["result"]]
+    named = {(p.get("response") or p).get("model") for p in parts} - {None}
+    assert named == {chosen}
