@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import openai
+import pydantic
 import pytest
 
 from tests.client_parity import Answers, async_outcome, outcome
@@ -60,6 +61,11 @@ PERSON: dict[str, Any] = {
     "additionalProperties": False,
 }
 JSON_SCHEMA: Any = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}}
+
+
+class Person(pydantic.BaseModel):
+    name: str
+    age: int
 
 
 def image(url: str) -> list[Any]:
@@ -137,6 +143,8 @@ CASES = [
         stream=True,
     ),
     call("audio.transcriptions.create", model=MODEL, file=WAV),
+    call("chat.completions.parse", model=MODEL, messages=ASK, response_format=Person),
+    call("responses.parse", model=MODEL, input="Name someone.", text_format=Person),
 ]
 # Error answers, as the SDK raises them.
 CASES += [
@@ -166,6 +174,11 @@ CASES += [
     call("embeddings.create", model=EMBEDDER, input=[[1, 2, 3]]),
     call("responses.create", model=MODEL, input="hi", reasoning={"effort": "high"}),
     call("responses.create", model=MODEL, input=[]),
+    # What Ollama does not serve: Gin's 404, or 405 where the path has other methods.
+    call("models.delete", model=MODEL),
+    call("responses.retrieve", response_id="resp_1"),
+    call("images.generate", model=MODEL, prompt="a cat"),
+    call("audio.speech.create", model=MODEL, input="hello", voice="alloy"),
 ]
 PARAMS = [pytest.param(m, k, id=f"{i:02d}-{m.split('.')[0]}") for i, (m, k) in enumerate(CASES)]
 
