@@ -76,11 +76,14 @@ _CLOCKED = frozenset(
         "expires_at",
     }
 )
-# Ids Ollama draws at random for each answer in the OpenAI shapes (openai.go's
-# `chatcmpl-%d` and `cmpl-%d` of rand.Intn(999), responses.go's resp_, msg_, rs_ and
-# fc_ ids): the digits become `#`. Any other value, model names in /v1/models' `id`
+# Ids Ollama draws at random for each answer: ChatHandler's tool call ids (toolCallId,
+# `call_` and 8 characters) and, in the OpenAI shapes, openai.go's `chatcmpl-%d` and
+# `cmpl-%d` of rand.Intn(999) and responses.go's resp_, msg_, rs_ and fc_ ids. What
+# follows the prefix becomes `#`; any other value, model names in /v1/models' `id`
 # among them, is compared as it is.
-_RANDOM_ID = re.compile(r"((?:chatcmpl|cmpl)-|(?:resp|msg|rs|fc)_(?:resp_)?)[\d_]+")
+_RANDOM_ID = re.compile(
+    r"((?:chatcmpl|cmpl)-|(?:resp|msg|rs|fc)_(?:resp_)?)[\d_]+|(call_)[a-z0-9]{8}"
+)
 
 
 def normalised(value: Any) -> Any:
@@ -95,7 +98,7 @@ def normalised(value: Any) -> Any:
         return [normalised(v) for v in value]
     if isinstance(value, str):
         found = _RANDOM_ID.fullmatch(value)
-        return found[1] + "#" if found else value
+        return (found[1] or found[2]) + "#" if found else value
     return value
 
 

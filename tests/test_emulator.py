@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import json
 import math
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -772,6 +773,35 @@ async def test_frozen_clock_is_byte_identical() -> None:
                 assert pair[0] == pair[1] and pair[0]
                 bodies.append(pair[0])
             assert b'"created_at":"2025-01-01T00:00:00.123456789Z"' in bodies[0]
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+async def test_tool_call_ids_are_drawn_as_ollamas_are(frozen: bool) -> None:
+    """ChatHandler gives each tool call toolCallId(): "call_" and 8 characters of
+    [a-z0-9] drawn at random, so two identical requests get different ids, on every
+    route that carries them; frozen_clock keeps them as it keeps the other ids."""
+    runner, url = await _start(EmulatorSettings(frozen_clock=frozen, chunk_delay_ms=1))
+    ask = {
+        "model": "qwen2.5:7b",
+        "stream": False,
+        "messages": [{"role": "user", "content": "Weather in Paris?"}],
+        "tools": [WEATHER_TOOL],
+    }
+    try:
+        async with aiohttp.ClientSession() as session:
+            for path, ids_of in (
+                ("/api/chat", lambda doc: doc["message"]["tool_calls"]),
+                ("/v1/chat/completions", lambda doc: doc["choices"][0]["message"]["tool_calls"]),
+            ):
+                ids = []
+                for _ in range(2):
+                    async with session.post(url + path, json=ask) as r:
+                        [call] = ids_of(await r.json())
+                    assert re.fullmatch("call_[a-z0-9]{8}", call["id"]), call
+                    ids.append(call["id"])
+                assert (ids[0] == ids[1]) is frozen, (path, ids)
     finally:
         await runner.cleanup()
 

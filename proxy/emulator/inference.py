@@ -22,7 +22,7 @@ from .catalog import ModelSpec, qualified
 from .engine import Piece
 from .skills import suite_answer
 from .state import RUNNER_DIED, EmulatorState
-from .textgen import Plan, count_tokens, plan, token_logprob
+from .textgen import Plan, count_tokens, drawn_call_id, plan, token_logprob
 from .wire import decode_json
 
 NO_VISION = "this model is missing data required for image input"
@@ -323,6 +323,11 @@ def prepare_chat(
         limit_is_cap=limit_is_cap,
         answer=suite_answer(spec, str(rendered[-1]["c"])) if rendered[-1]["r"] == "user" else None,
     )
+    if not state.settings.frozen_clock:
+        # Ollama draws each call's id at random; frozen_clock keeps the plan's, derived
+        # from the request like its other ids.
+        for call in p.tool_calls:
+            call["id"] = drawn_call_id()
     return Prepared(
         spec,
         model,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,15 @@ _THINK_VOCAB = (
 ).split()
 
 
+# The characters of Ollama's tool call ids (toolCallId's letterBytes).
+TAG_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def drawn_call_id() -> str:
+    """ChatHandler's toolCallId(): "call_" and 8 characters drawn at random."""
+    return "call_" + "".join(random.choices(TAG_ALPHABET, k=8))
+
+
 class Rng:
     """A byte stream from sha256(seed, counter): portable and reproducible."""
 
@@ -46,8 +56,7 @@ class Rng:
         return vocab[self.next(len(vocab))]
 
     def tag(self, length: int) -> str:
-        alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
-        return "".join(alphabet[self.next(len(alphabet))] for _ in range(length))
+        return "".join(TAG_ALPHABET[self.next(len(TAG_ALPHABET))] for _ in range(length))
 
 
 def count_tokens(text: str) -> int:
