@@ -4,10 +4,10 @@ chunks in the same order, the same exceptions, the same answer headers (but the
 proxy's own, `client_parity` says which).
 
 The emulator keeps Ollama's running clock, as the demo's do: `client_parity` marks
-what two identical requests get differently (timestamps, measured durations) and
-compares the rest. Each call is made directly first, then through the proxy, back to
-back, so that the backend's state (what is loaded, which models exist) is the same
-for both."""
+what two identical requests get differently (timestamps, measured durations, tool
+call ids) and compares the rest. Each call is made directly first, then through the
+proxy, back to back, so that the backend's state (what is loaded, which models
+exist) is the same for both."""
 
 from __future__ import annotations
 
@@ -68,6 +68,9 @@ def call(method: str, **kwargs: Any) -> tuple[str, dict[str, Any]]:
     return method, kwargs
 
 
+# Not here: web_search and web_fetch, which this client sends to https://ollama.com
+# whatever its host (never to a local Ollama, so never through the proxy); and
+# /api/version, for which it has no call.
 CASES: list[tuple[str, dict[str, Any]]] = []
 CASES += [
     call("chat", model=MODEL, messages=ASK),

@@ -1,8 +1,8 @@
 """Every call of the `openai` Python SDK that Ollama serves (/v1: chat completions,
-completions, embeddings, models, responses, transcriptions), sync and async, gives
-through the proxy what it gives directly from the backend: the same parsed results,
-the same stream events in the same order, the same exceptions, the same answer
-headers (but the proxy's own, `client_parity` says which).
+completions, embeddings, models, responses, transcriptions; and a few it does not),
+sync and async, gives through the proxy what it gives directly from the backend: the
+same parsed results, the same stream events in the same order, the same exceptions,
+the same answer headers (but the proxy's own, `client_parity` says which).
 
 The emulator keeps Ollama's running clock, as the demo's do: `client_parity` marks
 what two identical requests get differently (timestamps, measured durations, the ids
