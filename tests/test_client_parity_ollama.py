@@ -11,6 +11,7 @@ exist) is the same for both."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 from pathlib import Path
@@ -227,6 +228,27 @@ async def test_async_client(method: str, kwargs: dict[str, Any], live_proxy: Pro
     answers = Answers()
     direct, proxied = [await async_run(h, answers, [(method, kwargs)]) for h in _hosts(live_proxy)]
     assert proxied == direct
+
+
+async def test_concurrent_streams_keep_to_their_own_requests(live_proxy: Proxy) -> None:
+    """Streams that share the proxy's pooled backend connections at once each get their
+    own answer, chunk for chunk what the same request gets alone and directly."""
+    calls = [
+        (method, {"model": model, **kwargs, "stream": True})
+        for model in (MODEL, THINKER)
+        for method, kwargs in (
+            ("chat", {"messages": [{"role": "user", "content": f"Question {n}"}]})
+            if n % 2
+            else ("generate", {"prompt": f"Prompt {n}"})
+            for n in range(6)
+        )
+    ]
+    backend, front = _hosts(live_proxy)
+    answers = Answers()
+    direct = await async_run(backend, answers, calls)
+    together = await asyncio.gather(*(async_run(front, Answers(), [c]) for c in calls))
+    assert [one for [one] in together] == direct
+    assert len({str(d["chunks"]) for d in direct}) == len(calls)
 
 
 def test_sync_client_changing_models(live_proxy: Proxy) -> None:

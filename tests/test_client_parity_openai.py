@@ -10,6 +10,7 @@ Ollama draws at random) and compares the rest."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -226,6 +227,30 @@ async def test_async_sdk(method: str, kwargs: dict[str, Any], live_proxy: Proxy)
         sdk = async_sdk(host, answers)
         seen.append(await async_outcome(answers, method_of(sdk, method), **kwargs))
     assert seen[1] == seen[0]
+
+
+async def test_concurrent_streams_keep_to_their_own_requests(live_proxy: Proxy) -> None:
+    """SSE streams that share the proxy's pooled backend connections at once each get
+    their own answer, event for event what the same request gets alone and directly."""
+    calls = [
+        (
+            CHAT,
+            {"messages": [{"role": "user", "content": f"Question {n}"}], "stream_options": USAGE},
+        )
+        if n % 2
+        else ("responses.create", {"input": f"Prompt {n}"})
+        for n in range(10)
+    ]
+    calls = [(m, {"model": MODEL, **kw, "stream": True}) for m, kw in calls]
+    backend, front = _hosts(live_proxy)
+
+    async def run(host: str, call: tuple[str, dict[str, Any]]) -> dict[str, Any]:
+        answers = Answers()
+        return await async_outcome(answers, method_of(async_sdk(host, answers), call[0]), **call[1])
+
+    direct = [await run(backend, c) for c in calls]
+    assert list(await asyncio.gather(*(run(front, c) for c in calls))) == direct
+    assert len({str(d["chunks"]) for d in direct}) == len(calls)
 
 
 def test_models_list(live_proxy: Proxy) -> None:
