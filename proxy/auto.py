@@ -44,6 +44,11 @@ _LOG_TOKENS = features.REQUEST_FEATURES.index("log_est_tokens")
 _LOG_CHARS = features.REQUEST_FEATURES.index("log_chars")
 
 
+# Why an embedding model is no candidate, where a request finds none: Ollama answers a
+# chat or generate with one "does not support chat" (or generate).
+EMBEDDING_ONLY = "an embedding model: it neither chats nor generates"
+
+
 class AutoError(Exception):
     """The request cannot be routed automatically; a 400 in Ollama's shape."""
 
@@ -222,9 +227,15 @@ class AutoRouter:
         chars = math.expm1(request[_LOG_CHARS])
         eligible = self._eligible_for(profile, key_models, needs, chars, path, doc)
         if not eligible.candidates:
-            self._check_available()
             # Only the models the key may use are named (see `_filter`).
-            reasons = "; ".join(f"{m}: {why}" for m, why in sorted(eligible.filtered.items()))
+            embedders = {
+                name: EMBEDDING_ONLY
+                for name in self.registry.embedding_only()
+                if key_models is None or name in key_models
+            }
+            self._check_available(bool(embedders))
+            refused = eligible.filtered | embedders
+            reasons = "; ".join(f"{m}: {why}" for m, why in sorted(refused.items()))
             raise AutoError(
                 f"no model can serve this request with auto:{profile_name}"
                 + (f" ({reasons})" if reasons else " (none of this API key's models is available)")
@@ -328,12 +339,14 @@ class AutoRouter:
             terms,
         )
 
-    def _check_available(self) -> None:
-        """No candidate at all is the backends' state, not the request's fault: a 503
-        (NoBackend) naming why, rather than the 400 of a request no model fits."""
+    def _check_available(self, embedders: bool) -> None:
+        """No model at all is the backends' state, not the request's fault: a 503
+        (NoBackend) naming why, rather than the 400 of a request no model fits. A
+        backend that lists only embedding models (`embedders`) is ready: a chat with
+        one is the request's 400, as Ollama's "does not support chat"."""
         if not self.backends.usable():
             raise self.backends.unavailable()
-        if not self.registry.candidates():
+        if not self.registry.candidates() and not embedders:
             raise NoBackend("no model available: no healthy backend lists a generation model")
 
     def _eligible_for(

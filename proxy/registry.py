@@ -270,6 +270,15 @@ class Registry:
         self.models = models
         self.generation += 1
 
+    def embedding_only(self) -> list[str]:
+        """The embedding models a usable backend lists, which are no candidates."""
+        available: set[str] = set()
+        for state in self.backends.usable():
+            available |= state.models or frozenset()
+        return sorted(
+            n for n, info in self.models.items() if info.embedding_only and n in available
+        )
+
     def candidates(self) -> list[Candidate]:
         """Every generation model a usable backend has, with its loaded state."""
         usable = self.backends.usable()

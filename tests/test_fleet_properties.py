@@ -1,0 +1,539 @@
+"""`auto` over generated fleets: a user's own mix of models (catalogue names with
+quantization tags, unknown names, fine-tunes, Hugging Face pulls, cloud models,
+embedding and vision models), served by a backend whose `/api/tags` and `/api/show`
+answers are partial or odd (no details, no capabilities, odd parameter sizes and
+families, huge or missing context lengths, no show at all).
+
+For every fleet and every request shape (chat, chat with tools, images or thinking,
+generate with a suffix, the OpenAI chat route, embeddings) and profile (`auto`,
+`auto:best`, `auto:fast`, an unknown one), through the real proxy and an emulated
+backend that refuses as Ollama does:
+
+- no answer is a proxy-made 5xx, and every refusal is in Ollama's error shape;
+- a request some model can serve is served (200), by a local model that can serve it:
+  never an embedding-only model for a chat or generate, never a model lacking the
+  tools, vision, thinking or insert the request needs;
+- a request no model can serve is refused with a 400 naming why;
+- an embed request goes to `selector.embedding_model`, else is a 400;
+- an unknown profile is a 400 on every route;
+- explain answers every such fleet, as the request was decided, and shows for every
+  ranked candidate what the catalogue knows of it and what said its capabilities.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import httpx
+import orjson
+import pytest
+from aiohttp import web
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from proxy.app import APP_KEY
+from proxy.backends import normalize_model
+from proxy.config import Health, Selector
+from proxy.emulator import EmulatorSettings
+from proxy.emulator.catalog import template_for
+from proxy.emulator.synthesized import synthesize
+from selector_model.catalog import Catalog, names
+from tests.support import PIXEL_PNG, Emulator, Proxy, ServerThread, free_port
+
+CATALOGUE = Catalog.shipped()
+# Catalogue names of models that answer (no embedding model, no cloud-only model).
+CHAT_NAMES = sorted(
+    e.name
+    for e in CATALOGUE.entries()
+    if "embedding" not in e.specialties and not names.is_cloud(e.name) and ":" in e.name
+)
+EMBEDDERS = ("nomic-embed-text:latest", "mxbai-embed-large:latest", "bge-m3:latest")
+# The embedding model the second proxy's `auto` takes on the embedding routes.
+EMBEDDING_MODEL = EMBEDDERS[0]
+UNKNOWN_NAMES = (
+    "my-coder:latest",
+    "hf.co/org/Model-GGUF:Q4_K_M",
+    "hf.co/bartowski/Zeta-Instruct-GGUF:Q5_K_M",
+    "mycorp-assistant:14b",
+    "team/finetune:8b-q8_0",
+    "zork:latest",
+)
+CLOUD_NAMES = ("gpt-oss:120b-cloud", "qwen3-coder:480b-cloud", "deepseek-v3.1:671b-cloud")
+QUANT_SUFFIXES = ("", "-q4_K_M", "-q8_0", "-fp16", "-q4_0")
+ODD_SIZES = ("7.6B", "8x7B", "355M", "unknown", "", "1.5T", "0B", "B", "70")
+ODD_FAMILIES = ("", "qwen3", "llama", "gemma3", "nonsense", "bert")
+OPTIONAL = ("tools", "vision", "thinking", "insert")
+# How the backend answers show for a model:
+# full: as Ollama; no_details / odd_details: its details left out or odd; old: as an
+# Ollama before 0.6.4 (no capabilities: the template and weights say them); missing:
+# show answers 404 (tags and the catalogue say what it is); bare: `{}`.
+SHOW_STYLES = ("full", "no_details", "odd_details", "old", "missing", "bare")
+TAG_STYLES = ("full", "no_details", "odd_details", "capabilities", "no_digest")
+PROFILES = ("auto", "auto:best", "auto:fast")
+UNKNOWN_PROFILE = "auto:nonsense"
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    name: str
+    capabilities: tuple[str, ...]  # what the backend enforces, as Ollama's show lists it
+    show: str
+    tag: str
+    odd_size: str
+    odd_family: str
+    context: int  # model_info's context length; 0 leaves it out
+
+    @property
+    def reported(self) -> bool:
+        """Whether the backend says this model's capabilities somewhere: its show, its
+        tags entry, or its template and weights (an Ollama before 0.6.4)."""
+        return self.show in ("full", "no_details", "odd_details", "old") or (
+            self.tag == "capabilities"
+        )
+
+    @property
+    def local(self) -> bool:
+        return not names.is_cloud(self.name)
+
+
+def _catalogued_capabilities(name: str) -> tuple[str, ...]:
+    """What the catalogue says `name` can do (the emulator's own description of it),
+    but insert, which only show says."""
+    return tuple(c for c in synthesize(name).spec.capabilities if c != "insert")
+
+
+@st.composite
+def models(draw: st.DrawFn) -> Model:
+    kind = draw(st.sampled_from(("catalogue", "catalogue", "unknown", "cloud", "embedder")))
+    if kind == "catalogue":
+        base = draw(st.sampled_from(CHAT_NAMES))
+        name = base + draw(st.sampled_from(QUANT_SUFFIXES))
+    elif kind == "unknown":
+        name = draw(st.sampled_from(UNKNOWN_NAMES))
+    elif kind == "cloud":
+        name = draw(st.sampled_from(CLOUD_NAMES))
+    else:
+        name = draw(st.sampled_from(EMBEDDERS))
+    show = draw(st.sampled_from(SHOW_STYLES))
+    tag = draw(st.sampled_from(TAG_STYLES))
+    if kind == "embedder":
+        capabilities: tuple[str, ...] = ("embedding",)
+    else:
+        chosen = draw(st.sets(st.sampled_from(OPTIONAL)))
+        if show == "old":
+            chosen.discard("thinking")  # an Ollama before 0.6.4 has no thinking
+        capabilities = ("completion", *(c for c in OPTIONAL if c in chosen))
+    if show in ("missing", "bare") and tag != "capabilities":
+        # Nothing the backend answers says them: what the catalogue says is the truth.
+        capabilities = _catalogued_capabilities(name)
+    return Model(
+        name=name,
+        capabilities=capabilities,
+        show=show,
+        tag=tag,
+        odd_size=draw(st.sampled_from(ODD_SIZES)),
+        odd_family=draw(st.sampled_from(ODD_FAMILIES)),
+        context=draw(st.sampled_from((0, 2048, 8192, 131072, 1 << 40))),
+    )
+
+
+fleets = st.lists(models(), min_size=1, max_size=7, unique_by=lambda m: m.name.casefold())
+
+
+class OddBackend:
+    """An Ollama stand-in that answers inference as the emulator does (refusing a
+    capability a model lacks as Ollama does) and lists and shows its models as the
+    fleet says: partly, oddly, or not at all."""
+
+    def __init__(self, servers: ServerThread) -> None:
+        self.servers = servers
+        self.emulator = Emulator(
+            servers, EmulatorSettings(models=("qwen2.5:7b",), frozen_clock=True, chunk_delay_ms=0)
+        )
+        self.fleet: dict[str, Model] = {}
+        self.case = 0
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.session: aiohttp.ClientSession | None = None
+        self.runner = servers.serve(self._app, self.port)
+
+    def serve(self, fleet: list[Model]) -> None:
+        """Serve `fleet` from now on, as models never seen before (new digests)."""
+        self.case += 1
+        self.fleet = {m.name: m for m in fleet}
+        store = {}
+        for model in fleet:
+            spec = synthesize(model.name).spec
+            spec = dataclasses.replace(
+                spec,
+                capabilities=model.capabilities,
+                template=template_for(model.capabilities),
+                made_from=f"case {self.case}",
+                context_length=model.context or spec.context_length,
+            )
+            store[spec.name] = spec
+        self.emulator.state.store = store
+
+    def _app(self) -> web.Application:
+        app = web.Application(client_max_size=1 << 30)
+        app.router.add_get("/api/tags", self._tags)
+        app.router.add_post("/api/show", self._show)
+        app.router.add_route("*", "/{path:.*}", self._forward)
+        return app
+
+    async def _ask(self, method: str, path: str, body: bytes) -> tuple[int, bytes, str]:
+        if self.session is None:
+            self.session = aiohttp.ClientSession()
+        headers = {"Content-Type": "application/json"} if body else {}
+        async with self.session.request(
+            method, self.emulator.url + path, data=body, headers=headers
+        ) as resp:
+            return resp.status, await resp.read(), resp.headers.get("Content-Type", "")
+
+    async def _forward(self, request: web.Request) -> web.Response:
+        status, body, content_type = await self._ask(
+            request.method, request.path_qs, await request.read()
+        )
+        return web.Response(status=status, body=body, headers={"Content-Type": content_type})
+
+    async def _tags(self, request: web.Request) -> web.Response:
+        status, body, _ = await self._ask("GET", "/api/tags", b"")
+        doc = orjson.loads(body)
+        for entry in doc["models"]:
+            model = self.fleet.get(entry["name"])
+            if model is None:
+                continue
+            if model.tag == "no_details":
+                del entry["details"]
+            elif model.tag == "odd_details":
+                entry["details"] = _odd_details(model)
+            elif model.tag == "capabilities":
+                entry["capabilities"] = list(model.capabilities)
+            elif model.tag == "no_digest":
+                del entry["digest"]
+        return web.json_response(doc, status=status)
+
+    async def _show(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        asked = orjson.loads(raw)
+        name = str(asked.get("model") or asked.get("name") or "")
+        model = next((m for n, m in self.fleet.items() if n.casefold() == name.casefold()), None)
+        if model is not None and model.show == "missing":
+            return web.json_response({"error": "404 page not found"}, status=404)
+        if model is not None and model.show == "bare":
+            return web.json_response({})
+        status, body, _ = await self._ask("POST", "/api/show", raw)
+        doc = orjson.loads(body)
+        if model is None or status != 200:
+            return web.json_response(doc, status=status)
+        if model.show == "no_details":
+            doc.pop("details", None)
+        elif model.show == "odd_details":
+            doc["details"] = _odd_details(model)
+        elif model.show == "old":
+            doc.pop("capabilities", None)
+        info = doc.get("model_info") or {}
+        if model.context == 0:
+            for key in [k for k in info if k.endswith(".context_length")]:
+                del info[key]
+        return web.json_response(doc)
+
+    def stop(self) -> None:
+        async def close() -> None:
+            if self.session is not None:
+                await self.session.close()
+
+        self.servers.call(close)
+        self.servers.stop(self.runner)
+        self.emulator.stop()
+
+
+def _odd_details(model: Model) -> dict[str, Any]:
+    return {
+        "format": "gguf",
+        "family": model.odd_family,
+        "families": [model.odd_family, "clip"] if model.odd_family else None,
+        "parameter_size": model.odd_size,
+        "quantization_level": "" if model.odd_size == "unknown" else "Q4_K_M",
+    }
+
+
+@dataclasses.dataclass
+class Rig:
+    backend: OddBackend
+    plain: Proxy  # no embedding model configured
+    embedding: Proxy  # `selector.embedding_model` set
+
+    def serve(self, fleet: list[Model]) -> None:
+        self.backend.serve(fleet)
+        for proxy in (self.plain, self.embedding):
+            proxy.thread.call(proxy.app[APP_KEY].backends.refresh_all)
+
+
+@pytest.fixture(scope="module")
+def rig(servers: ServerThread) -> Iterator[Rig]:
+    backend = OddBackend(servers)
+    # Refreshed by the test alone, once per fleet.
+    health = Health(interval_seconds=3600)
+    plain = Proxy(servers, [backend.url], health=health)
+    embedding = Proxy(
+        servers,
+        [backend.url],
+        health=health,
+        selector=Selector(embedding_model=EMBEDDING_MODEL),
+    )
+    yield Rig(backend, plain, embedding)
+    embedding.stop()
+    plain.stop()
+    backend.stop()
+
+
+_USER = {"role": "user", "content": "Write a haiku about the sea."}
+_TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+_SHORT = {"num_predict": 3}
+# (name, path, body without model, capabilities it needs)
+SHAPES: tuple[tuple[str, str, dict[str, Any], tuple[str, ...]], ...] = (
+    ("chat", "/api/chat", {"messages": [_USER], "stream": False, "options": _SHORT}, ()),
+    (
+        "chat streamed",
+        "/api/chat",
+        {"messages": [_USER], "options": _SHORT},
+        (),
+    ),
+    (
+        "chat with tools",
+        "/api/chat",
+        {"messages": [_USER], "tools": _TOOLS, "stream": False, "options": _SHORT},
+        ("tools",),
+    ),
+    (
+        "chat with an image",
+        "/api/chat",
+        {
+            "messages": [{**_USER, "images": [PIXEL_PNG]}],
+            "stream": False,
+            "options": _SHORT,
+        },
+        ("vision",),
+    ),
+    (
+        "chat thinking",
+        "/api/chat",
+        {"messages": [_USER], "think": True, "stream": False, "options": _SHORT},
+        ("thinking",),
+    ),
+    ("generate", "/api/generate", {"prompt": "Hi", "stream": False, "options": _SHORT}, ()),
+    (
+        "generate with a suffix",
+        "/api/generate",
+        {"prompt": "def f(", "suffix": "    return x", "stream": False, "options": _SHORT},
+        ("insert",),
+    ),
+    (
+        "openai chat",
+        "/v1/chat/completions",
+        {"messages": [_USER], "max_tokens": 3},
+        (),
+    ),
+    (
+        "openai chat with an image",
+        "/v1/chat/completions",
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "What is this?"},
+                        {
+                            "type": "image_url",
+                            "image_url": {"url": "data:image/png;base64," + PIXEL_PNG},
+                        },
+                    ],
+                }
+            ],
+            "max_tokens": 3,
+        },
+        ("vision",),
+    ),
+    (
+        "openai chat reasoning",
+        "/v1/chat/completions",
+        {"messages": [_USER], "reasoning_effort": "high", "max_tokens": 3},
+        ("thinking",),
+    ),
+    (
+        "openai completion with a suffix",
+        "/v1/completions",
+        {"prompt": "def f(", "suffix": "    return x", "max_tokens": 3},
+        ("insert",),
+    ),
+    (
+        "generate with an image",
+        "/api/generate",
+        {"prompt": "What is this?", "images": [PIXEL_PNG], "stream": False, "options": _SHORT},
+        ("vision",),
+    ),
+    (
+        "generate thinking hard",
+        "/api/generate",
+        {"prompt": "Hi", "think": "high", "stream": False, "options": _SHORT},
+        ("thinking",),
+    ),
+    (
+        "openai chat with tools",
+        "/v1/chat/completions",
+        {"messages": [_USER], "tools": _TOOLS, "max_tokens": 3},
+        ("tools",),
+    ),
+)
+EMBED_SHAPES = (
+    ("/api/embed", {"input": "hello"}),
+    ("/v1/embeddings", {"input": "hello"}),
+)
+
+
+def _servers_of(fleet: list[Model], needs: tuple[str, ...]) -> list[Model]:
+    """The models that the backend says can serve a request needing `needs`, and that
+    `auto` may choose: local, not a safety classifier."""
+    wanted = {"completion", *needs}
+    return [
+        m
+        for m in fleet
+        if m.reported
+        and m.local
+        and not names.is_safety_classifier(m.name)
+        and wanted <= set(m.capabilities)
+    ]
+
+
+def _error_of(path: str, resp: httpx.Response) -> str:
+    """The error message of a refusal, in Ollama's shape for the route."""
+    doc = resp.json()
+    if path.startswith("/v1/"):
+        error = doc["error"]
+        assert isinstance(error, dict) and isinstance(error["message"], str), doc
+        return str(error["message"])
+    assert set(doc) == {"error"} and isinstance(doc["error"], str), doc
+    return str(doc["error"])
+
+
+def _check_request(
+    client: httpx.Client,
+    fleet: list[Model],
+    shape: tuple[str, str, dict[str, Any], tuple[str, ...]],
+    profile: str,
+) -> None:
+    label, path, body, needs = shape
+    by_name = {normalize_model(m.name): m for m in fleet}
+    explained = client.post(
+        "/api/autoroute/explain", params={"path": path}, json={**body, "model": profile}
+    )
+    resp = client.post(path, json={**body, "model": profile})
+    where = f"{label} with {profile} on {[(m.name, m.capabilities, m.show, m.tag) for m in fleet]}"
+    assert resp.status_code < 500, (where, resp.status_code, resp.text)
+    assert explained.status_code < 500, (where, explained.status_code, explained.text)
+    if profile == UNKNOWN_PROFILE:
+        assert resp.status_code == 400, (where, resp.text)
+        assert "unknown profile" in _error_of(path, resp), where
+        assert explained.status_code == 400 and "unknown profile" in explained.json()["error"]
+        return
+    able = _servers_of(fleet, needs)
+    if able:
+        assert resp.status_code == 200, (where, resp.text)
+    if resp.status_code != 200:
+        assert resp.status_code == 400, (where, resp.status_code, resp.text)
+        assert _error_of(path, resp), where
+        assert explained.status_code == 400, (where, explained.text)
+        assert "no model can serve" in explained.json()["error"], (where, explained.text)
+        return
+    # Explain answers the fleet as the request was decided; its choice may differ from
+    # the request's by what the answers before it measured (their speed).
+    assert explained.status_code == 200, (where, explained.text)
+    doc = explained.json()
+    ranked = {entry["model"] for entry in doc["ranking"]}
+    for chosen in (resp.headers["X-Autoroute-Model"], doc["model"]):
+        model = by_name.get(chosen)
+        assert model is not None, (where, chosen)
+        assert model.local, (where, chosen)
+        assert {"completion", *needs} <= set(model.capabilities), (where, chosen)
+        assert chosen in ranked, (where, chosen, ranked)
+    # Every model that answers is either ranked or filtered out with a reason.
+    answering = {n for n, m in by_name.items() if "completion" in m.capabilities}
+    assert answering <= ranked | set(doc["filtered"]), (where, doc["filtered"])
+    assert not ranked & {n for n, m in by_name.items() if "completion" not in m.capabilities}
+    for entry in doc["ranking"]:
+        assert math.isfinite(entry["p_success"]) and math.isfinite(entry["utility"]), entry
+        catalogue = entry["catalogue"]
+        assert catalogue["origin"] in ("catalogue", "config", "profile", "nearest"), entry
+        assert catalogue["uncertainty"] >= 0, entry
+        assert entry["capabilities"]["from"] in ("show", "tags", "template", "catalogue")
+
+
+def _check_embed(rig: Rig, fleet: list[Model], path: str, body: dict[str, Any]) -> None:
+    where = f"{path} on {[m.name for m in fleet]}"
+    with httpx.Client(base_url=rig.plain.url, timeout=30) as client:
+        resp = client.post(path, json={**body, "model": "auto"})
+        assert resp.status_code == 400, (where, resp.text)
+        assert "embedding_model" in _error_of(path, resp)
+    with httpx.Client(base_url=rig.embedding.url, timeout=30) as client:
+        for profile in (*PROFILES, UNKNOWN_PROFILE):
+            resp = client.post(path, json={**body, "model": profile})
+            if profile == UNKNOWN_PROFILE:
+                assert resp.status_code == 400 and "unknown profile" in _error_of(path, resp)
+                continue
+            if any(m.name == EMBEDDING_MODEL for m in fleet):
+                assert resp.status_code == 200, (where, resp.text)
+                assert resp.headers["X-Autoroute-Model"] == EMBEDDING_MODEL
+            else:
+                # No backend lists it: the backend's own 404, as for a named model.
+                assert resp.status_code == 404, (where, resp.status_code, resp.text)
+                _error_of(path, resp)
+
+
+@settings(
+    max_examples=100,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(fleet=fleets)
+def test_auto_serves_any_fleet_as_it_can(rig: Rig, fleet: list[Model]) -> None:
+    rig.serve(fleet)
+    with httpx.Client(base_url=rig.plain.url, timeout=30) as client:
+        for shape in SHAPES:
+            for profile in (*PROFILES, UNKNOWN_PROFILE):
+                _check_request(client, fleet, shape, profile)
+    for path, body in EMBED_SHAPES:
+        _check_embed(rig, fleet, path, body)
+
+
+def _model(name: str, *capabilities: str, show: str = "full", tag: str = "full") -> Model:
+    return Model(name, capabilities, show, tag, "", "", 0)
+
+
+def test_a_fleet_of_embedding_models_alone_refuses_a_chat_as_ollama(rig: Rig) -> None:
+    """A backend that lists only embedding models is healthy: a chat or generate `auto`
+    cannot route is the request's 400 naming why (Ollama's answer to a chat with an
+    embedding model is its 400 "does not support chat"), not a 503 that says no backend
+    can serve and sends clients to retry."""
+    rig.serve([_model(EMBEDDING_MODEL, "embedding"), _model(EMBEDDERS[1], "embedding")])
+    with httpx.Client(base_url=rig.plain.url, timeout=30) as client:
+        for path, body in (
+            ("/api/chat", {"messages": [_USER], "stream": False}),
+            ("/api/generate", {"prompt": "Hi", "stream": False}),
+            ("/v1/chat/completions", {"messages": [_USER]}),
+        ):
+            for profile in PROFILES:
+                resp = client.post(path, json={**body, "model": profile})
+                assert resp.status_code == 400, (path, profile, resp.text)
+                error = _error_of(path, resp)
+                assert "no model can serve" in error and EMBEDDING_MODEL in error, error
+                explained = client.post(
+                    "/api/autoroute/explain", params={"path": path}, json={**body, "model": profile}
+                )
+                assert explained.status_code == 400 and explained.json()["error"] == error
