@@ -44,9 +44,10 @@ _LOG_TOKENS = features.REQUEST_FEATURES.index("log_est_tokens")
 _LOG_CHARS = features.REQUEST_FEATURES.index("log_chars")
 
 
-# Why an embedding model is no candidate, where a request finds none: Ollama answers a
-# chat or generate with one "does not support chat" (or generate).
+# Why a model that lists no `completion` is no candidate, where a request finds none:
+# Ollama answers a chat or generate with one "does not support chat" (or generate).
 EMBEDDING_ONLY = "an embedding model: it neither chats nor generates"
+NOT_GENERATING = "lists no completion: it neither chats nor generates"
 
 
 class AutoError(Exception):
@@ -228,13 +229,13 @@ class AutoRouter:
         eligible = self._eligible_for(profile, key_models, needs, chars, path, doc)
         if not eligible.candidates:
             # Only the models the key may use are named (see `_filter`).
-            embedders = {
-                name: EMBEDDING_ONLY
-                for name in self.registry.embedding_only()
+            others = {
+                name: EMBEDDING_ONLY if "embedding" in listed else NOT_GENERATING
+                for name, listed in self.registry.not_generating().items()
                 if key_models is None or name in key_models
             }
-            self._check_available(bool(embedders))
-            refused = eligible.filtered | embedders
+            self._check_available(bool(others))
+            refused = eligible.filtered | others
             reasons = "; ".join(f"{m}: {why}" for m, why in sorted(refused.items()))
             raise AutoError(
                 f"no model can serve this request with auto:{profile_name}"
@@ -339,14 +340,15 @@ class AutoRouter:
             terms,
         )
 
-    def _check_available(self, embedders: bool) -> None:
+    def _check_available(self, others: bool) -> None:
         """No model at all is the backends' state, not the request's fault: a 503
         (NoBackend) naming why, rather than the 400 of a request no model fits. A
-        backend that lists only embedding models (`embedders`) is ready: a chat with
-        one is the request's 400, as Ollama's "does not support chat"."""
+        backend that lists only models that do not generate (`others`: embedding,
+        image generation) is ready: a chat with one is the request's 400, as Ollama's
+        "does not support chat"."""
         if not self.backends.usable():
             raise self.backends.unavailable()
-        if not self.registry.candidates() and not embedders:
+        if not self.registry.candidates() and not others:
             raise NoBackend("no model available: no healthy backend lists a generation model")
 
     def _eligible_for(

@@ -45,7 +45,9 @@ log = logging.getLogger("autoroute.registry")
 class ModelInfo:
     candidate: Candidate  # with loaded=False; `Registry.candidates` sets it
     details: dict[str, Any]
-    embedding_only: bool
+    # Whether it chats and generates (`completion` among its capabilities), which Ollama
+    # checks first: neither an embedding model nor an image generation one does.
+    generates: bool
     knowledge: ModelKnowledge | None = None
     # Where a remote model runs (an Ollama cloud model's `remote_host`); "" when local.
     remote: str = ""
@@ -147,7 +149,7 @@ def model_info(
     return ModelInfo(
         candidate,
         dict(details),
-        "embedding" in capabilities and "completion" not in capabilities,
+        "completion" in capabilities,
         knowledge,
         _remote_host(name, tag, shown),
         source,
@@ -270,14 +272,17 @@ class Registry:
         self.models = models
         self.generation += 1
 
-    def embedding_only(self) -> list[str]:
-        """The embedding models a usable backend lists, which are no candidates."""
+    def not_generating(self) -> dict[str, frozenset[str]]:
+        """The models a usable backend lists that neither chat nor generate (no
+        candidates), with their capabilities."""
         available: set[str] = set()
         for state in self.backends.usable():
             available |= state.models or frozenset()
-        return sorted(
-            n for n, info in self.models.items() if info.embedding_only and n in available
-        )
+        return {
+            n: info.candidate.capabilities
+            for n, info in self.models.items()
+            if not info.generates and n in available
+        }
 
     def candidates(self) -> list[Candidate]:
         """Every generation model a usable backend has, with its loaded state."""
@@ -293,7 +298,7 @@ class Registry:
         candidates = [
             replace(info.candidate, loaded=name in loaded)
             for name, info in self.models.items()
-            if name in available and not info.embedding_only
+            if name in available and info.generates
         ]
         # Where each would most likely run (loaded there first), for its expected time.
         self.backend_of = {

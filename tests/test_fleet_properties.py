@@ -1,23 +1,25 @@
 """`auto` over generated fleets: a user's own mix of models (catalogue names with
 quantization tags, unknown names, fine-tunes, Hugging Face pulls, cloud models,
-embedding and vision models), served by a backend whose `/api/tags` and `/api/show`
-answers are partial or odd (no details, no capabilities, odd parameter sizes and
-families, huge or missing context lengths, no show at all).
+embedding, image generation and vision models), served by a backend whose `/api/tags`
+and `/api/show` answers are partial or odd (no details, no capabilities, odd parameter
+sizes and families, huge or missing context lengths, no show at all).
 
 For every fleet and every request shape (chat, chat with tools, images or thinking,
-generate with a suffix, the OpenAI chat route, embeddings) and profile (`auto`,
-`auto:best`, `auto:fast`, an unknown one), through the real proxy and an emulated
-backend that refuses as Ollama does:
+generate with a suffix or images, the OpenAI chat and completion routes, embeddings)
+and profile (`auto`, `auto:best`, `auto:fast`, an unknown one), through the real proxy
+and an emulated backend that refuses as Ollama does:
 
 - no answer is a proxy-made 5xx, and every refusal is in Ollama's error shape;
 - a request some model can serve is served (200), by a local model that can serve it:
-  never an embedding-only model for a chat or generate, never a model lacking the
-  tools, vision, thinking or insert the request needs;
+  never a model that lists no `completion` (an embedding or image generation model)
+  for a chat or generate, never one lacking the tools, vision, thinking or insert the
+  request needs;
 - a request no model can serve is refused with a 400 naming why;
 - an embed request goes to `selector.embedding_model`, else is a 400;
 - an unknown profile is a 400 on every route;
-- explain answers every such fleet, as the request was decided, and shows for every
-  ranked candidate what the catalogue knows of it and what said its capabilities.
+- explain answers every such fleet, choosing and ranking within the same bounds, and
+  shows for every ranked candidate what the catalogue knows of it and what said its
+  capabilities.
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ UNKNOWN_NAMES = (
     "team/finetune:8b-q8_0",
     "zork:latest",
 )
+# Ollama's image generation models list `image` and no `completion`.
+IMAGE_MAKERS = ("x/z-image-turbo:latest", "x/flux2-klein:4b")
 CLOUD_NAMES = ("gpt-oss:120b-cloud", "qwen3-coder:480b-cloud", "deepseek-v3.1:671b-cloud")
 QUANT_SUFFIXES = ("", "-q4_K_M", "-q8_0", "-fp16", "-q4_0")
 ODD_SIZES = ("7.6B", "8x7B", "355M", "unknown", "", "1.5T", "0B", "B", "70")
@@ -108,7 +112,9 @@ def _catalogued_capabilities(name: str) -> tuple[str, ...]:
 
 @st.composite
 def models(draw: st.DrawFn) -> Model:
-    kind = draw(st.sampled_from(("catalogue", "catalogue", "unknown", "cloud", "embedder")))
+    kind = draw(
+        st.sampled_from(("catalogue", "catalogue", "unknown", "cloud", "embedder", "image"))
+    )
     if kind == "catalogue":
         base = draw(st.sampled_from(CHAT_NAMES))
         name = base + draw(st.sampled_from(QUANT_SUFFIXES))
@@ -116,12 +122,18 @@ def models(draw: st.DrawFn) -> Model:
         name = draw(st.sampled_from(UNKNOWN_NAMES))
     elif kind == "cloud":
         name = draw(st.sampled_from(CLOUD_NAMES))
+    elif kind == "image":
+        name = draw(st.sampled_from(IMAGE_MAKERS))
     else:
         name = draw(st.sampled_from(EMBEDDERS))
     show = draw(st.sampled_from(SHOW_STYLES))
     tag = draw(st.sampled_from(TAG_STYLES))
     if kind == "embedder":
         capabilities: tuple[str, ...] = ("embedding",)
+    elif kind == "image":
+        capabilities = ("image",)
+        # Nothing but its show and tags entry says what it is.
+        show = draw(st.sampled_from(("full", "no_details", "odd_details")))
     else:
         chosen = draw(st.sets(st.sampled_from(OPTIONAL)))
         if show == "old":
@@ -537,3 +549,27 @@ def test_a_fleet_of_embedding_models_alone_refuses_a_chat_as_ollama(rig: Rig) ->
                     "/api/autoroute/explain", params={"path": path}, json={**body, "model": profile}
                 )
                 assert explained.status_code == 400 and explained.json()["error"] == error
+
+
+def test_an_image_generation_model_is_never_chosen_to_chat(rig: Rig) -> None:
+    """Ollama's image generation models list `image` and not `completion`: Ollama
+    refuses a chat or a generate with one (400), so `auto` never ranks one, and with
+    nothing else to choose from refuses saying why."""
+    maker = IMAGE_MAKERS[1]
+    rig.serve([_model(maker, "image"), _model("qwen3:8b", "completion", "tools")])
+    with httpx.Client(base_url=rig.plain.url, timeout=30) as client:
+        for label, path, body, _ in SHAPES[:2] + SHAPES[5:6]:
+            for profile in PROFILES:
+                explained = client.post(
+                    "/api/autoroute/explain", params={"path": path}, json={**body, "model": profile}
+                )
+                assert explained.status_code == 200, (label, profile, explained.text)
+                assert maker not in {e["model"] for e in explained.json()["ranking"]}, label
+                resp = client.post(path, json={**body, "model": profile})
+                assert resp.status_code == 200, (label, profile, resp.text)
+                assert resp.headers["X-Autoroute-Model"] == "qwen3:8b"
+    rig.serve([_model(maker, "image")])
+    with httpx.Client(base_url=rig.plain.url, timeout=30) as client:
+        resp = client.post("/api/chat", json={"model": "auto", "messages": [_USER]})
+        assert resp.status_code == 400, resp.text
+        assert "no model can serve" in _error_of("/api/chat", resp) and maker in resp.text

@@ -226,12 +226,12 @@ def test_a_model_without_show_is_described_from_its_tags_entry() -> None:
     assert guessed.candidate.capabilities == {"completion", "tools"}
     assert guessed.knowledge is not None
     assert guessed.candidate.context_length == guessed.knowledge.context_length == 32768
-    assert guessed.candidate.params_b == 7.6 and not guessed.embedding_only
+    assert guessed.candidate.params_b == 7.6 and guessed.generates
     assert guessed.knowledge is not None and guessed.knowledge.origin == "catalogue"
     listed = model_info("qwen2.5:7b", {**tag, "capabilities": ["completion"]}, None)
     assert listed.candidate.capabilities == {"completion"}
     embedder = model_info("nomic-embed-text:latest", {"details": {"family": "nomic-bert"}}, None)
-    assert embedder.embedding_only and embedder.candidate.capabilities == {"embedding"}
+    assert not embedder.generates and embedder.candidate.capabilities == {"embedding"}
     # A coder is still a coder, but fill in the middle is not guessed (see model_info).
     coder = model_info("qwen2.5-coder:7b", tag, None).candidate
     assert coder.is_code and coder.capabilities == {"completion", "tools"}
@@ -494,7 +494,7 @@ def test_a_show_without_capabilities_is_read_as_ollama_decides_them() -> None:
         "mxbai-embed-large:latest",
         *_old_show("bert", "334M", "{{ .Prompt }}", **{"bert.pooling_type": 2}),
     )
-    assert embedder.embedding_only and embedder.candidate.capabilities == {"embedding"}
+    assert not embedder.generates and embedder.candidate.capabilities == {"embedding"}
 
     tag, llava = _old_show("llama", "7B", _LLAVA)
     llava["projector_info"] = {
@@ -533,7 +533,7 @@ def test_a_show_that_lists_capabilities_or_carries_no_template() -> None:
     assert listed.candidate.capabilities == {"completion"}
     bare = {"details": show["details"], "model_info": show["model_info"]}
     assert _capabilities("qwen2.5:7b", tag, bare) == {"completion", "tools"}
-    assert model_info("nomic-embed-text:latest", {}, {}).embedding_only
+    assert not model_info("nomic-embed-text:latest", {}, {}).generates
 
 
 def test_a_show_without_the_weights_context_takes_the_catalogues() -> None:
