@@ -573,3 +573,32 @@ def test_an_image_generation_model_is_never_chosen_to_chat(rig: Rig) -> None:
         resp = client.post("/api/chat", json={"model": "auto", "messages": [_USER]})
         assert resp.status_code == 400, resp.text
         assert "no model can serve" in _error_of("/api/chat", resp) and maker in resp.text
+
+
+@pytest.mark.parametrize("name", ["my-qwen-tune:latest", "hf.co/someone/Tuned-8B-GGUF:Q4_K_M"])
+def test_an_unseen_name_of_a_known_architecture_is_placed_beside_it(rig: Rig, name: str) -> None:
+    """A name the catalogue lacks, whose show says a qwen3 of 8.2B that thinks and calls
+    tools (as Ollama shows any Qwen3), is described from the catalogue's Qwen3 entries:
+    areas near qwen3:8b's, the uncertainty of a placement visible in explain."""
+    tune = Model(
+        name, ("completion", "tools", "thinking"), "odd_details", "full", "8.2B", "qwen3", 0
+    )
+    rig.serve([_model("qwen3:8b", "completion", "tools", "thinking"), tune])
+    with httpx.Client(base_url=rig.plain.url, timeout=30) as client:
+        explained = client.post(
+            "/api/autoroute/explain", json={"model": "auto:best", "messages": [_USER]}
+        )
+    assert explained.status_code == 200, explained.text
+    ranking = {entry["model"]: entry for entry in explained.json()["ranking"]}
+    placed, listed = ranking[normalize_model(name)], ranking["qwen3:8b"]
+    catalogue = placed["catalogue"]
+    assert catalogue["origin"] == "nearest" and catalogue["family"] == "qwen3", catalogue
+    assert catalogue["neighbours"] and all("qwen3" in n for n in catalogue["neighbours"])
+    assert listed["catalogue"]["origin"] == "catalogue"
+    # How far it may be from its neighbours' scores shows, where qwen3:8b's published
+    # results leave none.
+    assert catalogue["uncertainty"] > listed["catalogue"]["uncertainty"]
+    assert placed["spread"] > listed["spread"]
+    areas, beside = catalogue["areas"], listed["catalogue"]["areas"]
+    assert sum(abs(areas[a] - beside[a]) for a in areas) / len(areas) < 0.05, (areas, beside)
+    assert abs(placed["p_success"] - listed["p_success"]) < 0.1, (placed, listed)

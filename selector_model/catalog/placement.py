@@ -158,6 +158,8 @@ class Neighbourhood:
         self.published = published
         self.slopes = slopes
         self.floors = floors
+        # The architectures the entries have (`details.family` as Ollama reports it).
+        self._archs = frozenset(e.arch for e in entries.values() if e.arch)
         # Each entry with its probe, which every placement compares with.
         self._index = [
             (entry, probe, probe.log_size)
@@ -189,6 +191,10 @@ class Neighbourhood:
         arch = str(spec.get("arch") or details.get("family") or "").lower()
         # The listed models of its family: its architecture, specialties and era.
         kin = [e for e in self.entries.values() if e.family == family] if family else []
+        if kin and not generations and not spec.get("family") and self._other_arch(arch, kin):
+            # The backend's architecture says the word of the name (`my-qwen-tune`: the
+            # Qwen 1.5 family) is not its lineage: its architecture's entries place it.
+            family, kin = "", []
         if not arch and kin:
             archs = [e.arch for e in kin if e.arch]
             arch = max(set(archs), key=archs.count, default="")
@@ -250,6 +256,12 @@ class Neighbourhood:
             uncertainty=min(1.0, max(PLACED_FLOOR, uncertainty)),
             area_uncertainty=spread,
         )
+
+    def _other_arch(self, arch: str, kin: list[ModelKnowledge]) -> bool:
+        """Whether `arch`, a reported architecture the catalogue lists, is none of the
+        family `kin`'s (a later generation of a line may bring its own)."""
+        archs = {e.arch for e in kin if e.arch}
+        return bool(archs) and arch not in archs and arch in self._archs
 
     def family_of(self, base: str) -> tuple[str, int]:
         """The catalogue family a name belongs to, and how many generations later than
