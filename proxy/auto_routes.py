@@ -272,10 +272,13 @@ class AutoRoutes:
             decision.ranking, rule["max_loss"] if rule else 0.0, learning.prior_strength
         )
         # Models the key cannot see stay out of the answer, as they do from the lists.
-        filtered = {m: why for m, why in decision.filtered.items() if only is None or m in only}
+        spelled = self.auto.registry.spelled
+        filtered = {
+            spelled(m): why for m, why in decision.filtered.items() if only is None or m in only
+        }
         return _json(
             {
-                "model": decision.chosen,
+                "model": spelled(decision.chosen),
                 "profile": decision.profile,
                 "reason": decision.reason,
                 # The knobs the reason refers to.
@@ -354,6 +357,8 @@ class AutoRoutes:
                 "capabilities": {"listed": listed, "from": info.capabilities_from},
             }
         measured = self.profiles.scores(name)
+        # Named as the model list spells it, as the answer's headers name it.
+        candidate = {**candidate, "model": self.auto.registry.spelled(name)}
         return {**candidate, "measured": measured} if measured else candidate
 
     async def status(self, request: web.Request) -> web.StreamResponse:

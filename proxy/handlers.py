@@ -246,7 +246,7 @@ class Handlers:
             if key is not None and not key.allows_model(chosen):
                 # Not named: `auto` names no model outside the key's list.
                 return error_response(path, 403, AUTO_EMBEDDING_DENIED)
-            served.extra[MODEL_HEADER] = chosen
+            served.extra[MODEL_HEADER] = spelled = chosen
             served.extra[AUTOROUTE_HEADERS[2]] = "pinned"
         else:
             cloud = self.cloud
@@ -274,17 +274,19 @@ class Handlers:
                 self.metrics.decision.observe(time.perf_counter() - deciding)
             decision = choice.decision
             chosen = decision.chosen
+            # The client reads the name as the model list spells it (the registry folds it).
+            spelled = self.auto.registry.spelled(chosen)
             decided.choice = choice
             decided.features = choice.request_features
             score = decision.score
             served.extra.update(
                 zip(
                     AUTOROUTE_HEADERS,
-                    (chosen, profile, decision.reason, f"{score.utility:.4f}" if score else ""),
+                    (spelled, profile, decision.reason, f"{score.utility:.4f}" if score else ""),
                     strict=True,
                 )
             )
-        doc["model"] = chosen
+        doc["model"] = spelled
         names = (chosen, *cloud_names)
         routed = orjson.dumps(doc)
         return await self._local_or_cloud(request, served, doc, routed, chosen, names)

@@ -24,7 +24,7 @@ import yaml
 from aiocache import SimpleMemoryCache
 
 from proxy import ollama_answers
-from proxy.backends import BackendPool, BackendState, entry_model
+from proxy.backends import BackendPool, BackendState, entry_model, normalize_model
 from proxy.config import Config, ConfigError
 from proxy.upstream import UpstreamError
 from selector_model.catalog import Catalog, ModelKnowledge, names, ollama_capabilities
@@ -57,6 +57,9 @@ class ModelInfo:
     # The weights' digest as `/api/tags` lists it, the same on every backend that lists
     # the name; "" when unknown or when backends list other weights under the name.
     digest: str = ""
+    # The name as `/api/tags` spells it (`qwen3:8b-q4_K_M`), where the registry keys it
+    # as Ollama reads it, folded (`normalize_model`); "" when the entry does not say.
+    listed: str = ""
 
 
 # Where a model's capabilities come from, in the order `model_info` tries them: the
@@ -266,11 +269,20 @@ class Registry:
         info = model_info(name, tag, show, catalog)
         if len({str(tag.get("digest") or "") for _, tag in found}) > 1:
             info = replace(info, digest="")
+        spelled = tag.get("model") or tag.get("name")
+        if isinstance(spelled, str) and normalize_model(spelled) == name:
+            info = replace(info, listed=spelled.strip())
         return info
 
     def set_models(self, models: dict[str, ModelInfo]) -> None:
         self.models = models
         self.generation += 1
+
+    def spelled(self, name: str) -> str:
+        """Model `name` as its backend lists it: Ollama reads names case-insensitively
+        and lists each as it was pulled, which is what a client looks for in the list."""
+        info = self.models.get(name)
+        return info.listed if info is not None and info.listed else name
 
     def not_generating(self) -> dict[str, frozenset[str]]:
         """The models a usable backend lists that neither chat nor generate (no

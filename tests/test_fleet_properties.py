@@ -602,3 +602,26 @@ def test_an_unseen_name_of_a_known_architecture_is_placed_beside_it(rig: Rig, na
     areas, beside = catalogue["areas"], listed["catalogue"]["areas"]
     assert sum(abs(areas[a] - beside[a]) for a in areas) / len(areas) < 0.05, (areas, beside)
     assert abs(placed["p_success"] - listed["p_success"]) < 0.1, (placed, listed)
+
+
+def test_auto_names_the_chosen_model_as_its_backend_lists_it(rig: Rig) -> None:
+    """Ollama lists a model as it was pulled (`qwen3:8b-q4_K_M`, a Hugging Face name's
+    capitals) and reads names case-insensitively: `auto` names its choice, in the body
+    it sends, its answer's headers and explain, as the list does, so that a client
+    finds it there."""
+    fleet = [_model(n, "completion", "tools") for n in ("qwen3:8b-q4_K_M", UNKNOWN_NAMES[1])]
+    listed = {m.name for m in fleet}
+    for model in fleet:
+        rig.serve([model])
+        with httpx.Client(base_url=rig.plain.url, timeout=30) as client:
+            resp = client.post(
+                "/api/chat", json={"model": "auto", "messages": [_USER], "stream": False}
+            )
+            assert resp.status_code == 200, resp.text
+            assert resp.headers["X-Autoroute-Model"] == model.name
+            assert resp.json()["model"] == model.name
+            doc = client.post(
+                "/api/autoroute/explain", json={"model": "auto", "messages": [_USER]}
+            ).json()
+            assert doc["model"] == model.name
+            assert {entry["model"] for entry in doc["ranking"]} <= listed
