@@ -28,11 +28,15 @@ import codecs
 import json
 import re
 import secrets
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import orjson
 
 from selector_model.request_body import canonicalize
+
+T = TypeVar("T")
 
 
 class BodyError(Exception):
@@ -178,11 +182,27 @@ def values(body: bytes, limit: int) -> None:
         raise refused
 
 
-# A body orjson cannot read as Go does, larger than this, is read in a worker thread:
-# the reading in Go's way costs a Python call per byte of invalid UTF-8 and per escape,
-# seconds for megabytes, in which the event loop would serve no other client. Below it,
-# a few milliseconds at most: not worth the thread.
+# A body larger than this is read in a worker thread (`off_loop`): counting its values,
+# orjson's reading and the canonical writing are C calls that hold the event loop for a
+# good part of a second each near the body limit, and the reading in Go's way costs a
+# Python call per byte of invalid UTF-8 and per escape, seconds for megabytes; the loop
+# would serve no other client meanwhile. Below it, a few milliseconds at most: not worth
+# the thread.
 INLINE_BYTES = 64 * 1024
+
+# The threads large bodies are read in. These reads hold the GIL, so more threads would
+# read no faster; two keep one large body from waiting for another, and each C call of
+# a read is one stall of the loop at most, not the sum of them. What waits for a thread
+# is already bounded by the bodies the proxy holds at once (`limits.max_held_body_bytes`).
+_READERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="autoroute-body")
+
+
+async def off_loop(size: int, work: Callable[..., T], *args: Any) -> T:
+    """`work(*args)` for a request body of `size` bytes: in a reader thread when the body
+    is over `INLINE_BYTES`, else at once on the loop."""
+    if size <= INLINE_BYTES:
+        return work(*args)
+    return await asyncio.get_running_loop().run_in_executor(_READERS, work, *args)
 
 
 def read(body: bytes, max_values: int = 0) -> tuple[Any, bytes]:
@@ -200,21 +220,9 @@ def read(body: bytes, max_values: int = 0) -> tuple[Any, bytes]:
 
 
 async def read_off_loop(body: bytes, max_values: int = 0) -> tuple[Any, bytes]:
-    """`read`, for a request's handler: a body over `INLINE_BYTES` that must be read in
-    Go's way is read in a worker thread, so that a client cannot hold the event loop
-    with one."""
-    values(body, max_values)
-    doc, gos_way = _orjson_reading(body)
-    try:
-        if not gos_way:
-            return _written(doc)
-        if len(body) <= INLINE_BYTES:
-            return _read_in_gos_way(body, gos_way)
-        return await asyncio.to_thread(_read_in_gos_way, body, gos_way)
-    except _TooDeep:
-        if len(body) <= INLINE_BYTES:
-            return _read_deep(body)
-        return await asyncio.to_thread(_read_deep, body)
+    """`read`, for a request's handler: a large body is read in a reader thread
+    (`off_loop`), so that a client cannot hold the event loop with one."""
+    return await off_loop(len(body), read, body, max_values)
 
 
 # Why orjson's reading of a body is not Go's: orjson refuses it, or two keys of an

@@ -30,12 +30,11 @@ model or raises `Refused` with the message Ollama answers with 400.
 
 from __future__ import annotations
 
-import asyncio
 import unicodedata
 from dataclasses import dataclass, field
 from typing import Final
 
-from proxy.go_json import INLINE_BYTES, go_string
+from proxy.go_json import go_string, off_loop
 from proxy.header_values import utf8
 
 # Ollama's messages (middleware/openai.go, TranscriptionMiddleware).
@@ -98,12 +97,10 @@ def transcription_model(content_type: str | None, raw_query: str, body: bytes) -
 async def transcription_model_off_loop(
     content_type: str | None, raw_query: str, body: bytes
 ) -> str:
-    """`transcription_model`, for a request's handler: a body over `INLINE_BYTES` is read
+    """`transcription_model`, for a request's handler: a large body is read
     in a worker thread (a quoted-printable part decodes byte by byte in Python, most of
     a second for a few megabytes), so that a client cannot hold the event loop with one."""
-    if len(body) <= INLINE_BYTES:
-        return transcription_model(content_type, raw_query, body)
-    return await asyncio.to_thread(transcription_model, content_type, raw_query, body)
+    return await off_loop(len(body), transcription_model, content_type, raw_query, body)
 
 
 def read_form(content_type: str | None, raw_query: str, body: bytes) -> Form:

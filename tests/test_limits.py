@@ -203,6 +203,40 @@ async def test_reading_a_body_as_go_does_holds_no_other_client(
     assert readings == [(sizes[0], True), (sizes[1], False)]
 
 
+@pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions", "/api/autoroute/explain"])
+async def test_a_large_valid_body_is_read_off_the_loop(
+    proxy: Proxy, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A valid body near the body limit costs orjson, the count of its values and its
+    canonical serialisation a good part of a second each, all C calls that hold the
+    event loop: a large one is counted, read and written in a worker thread, a small one
+    on the loop."""
+    steps: list[tuple[str, int, bool]] = []
+    for name in ("values", "_orjson_reading", "_written"):
+        step = getattr(go_json, name)
+
+        def watched(*args: Any, _name: str = name, _step: Any = step) -> Any:
+            first = args[0]
+            size = len(first) if isinstance(first, bytes) else -1
+            steps.append((_name, size, on_a_loop()))
+            return _step(*args)
+
+        monkeypatch.setattr(go_json, name, watched)
+    for size in (go_json.INLINE_BYTES // 2, 3 * 1024 * 1024):
+        steps.clear()
+        body = {
+            "model": "auto" if path.startswith("/api/autoroute") else MODEL,
+            "stream": False,
+            "messages": [{"role": "user", "content": "hi"}],
+            "padding": "x" * size,
+        }
+        async with aiohttp.ClientSession() as session:
+            async with session.post(proxy.url + path, data=orjson.dumps(body)) as resp:
+                assert resp.status == 200, (resp.status, await resp.read())
+        assert [name for name, _, _ in steps] == ["values", "_orjson_reading", "_written"]
+        assert {on_loop for _, _, on_loop in steps} == {size < go_json.INLINE_BYTES}, steps
+
+
 async def test_bodies_held_at_once_beyond_the_limit_are_503_and_the_limit_comes_back(
     servers: ServerThread, emulator: Emulator
 ) -> None:
