@@ -318,13 +318,7 @@ def _read_deep(body: bytes) -> tuple[Any, bytes]:
     if not spans:  # too deep for Python's stack well above `KEPT_DEPTH`: not expected
         raise BodyError("request body is nested too deeply")
     tag = secrets.token_hex(16)
-    pieces: list[bytes] = []
-    kept = 0
-    for number, (start, end) in enumerate(spans):
-        pieces += (body[kept:start], b'"%s-%d"' % (tag.encode(), number))
-        kept = end
-    pieces.append(body[kept:])
-    shallow = b"".join(pieces)
+    shallow = _placed(body, spans, tag)
     try:
         doc, gos_way = _orjson_reading(shallow)
         if gos_way:
@@ -335,6 +329,25 @@ def _read_deep(body: bytes) -> tuple[Any, bytes]:
         raise BodyError("request body is nested too deeply") from None
     _put_back(doc, {f"{tag}-{n}": body[start:end] for n, (start, end) in enumerate(spans)})
     return _written(doc)
+
+
+def _placed(body: bytes, spans: list[tuple[int, int]], tag: str) -> bytes:
+    """`body` with the value of each span the string `"<tag>-<its number>"`."""
+    pieces: list[bytes] = []
+    kept = 0
+    for number, (start, end) in enumerate(spans):
+        pieces += (body[kept:start], b'"%s-%d"' % (tag.encode(), number))
+        kept = end
+    pieces.append(body[kept:])
+    return b"".join(pieces)
+
+
+def without_deep_values(body: bytes) -> bytes | None:
+    """`body` with each value below `KEPT_DEPTH` levels a placeholder string, for a
+    reader of what is shallower alone (the emulator's), whose decoder cannot go as deep
+    as Go's; None when the body opens more levels than Go reads (`GO_MAX_DEPTH`)."""
+    spans = _deep_values(body)
+    return None if spans is None else _placed(body, spans, "deep")
 
 
 def _put_back(value: Any, placed: dict[str, bytes]) -> None:

@@ -1084,3 +1084,111 @@ async def test_an_input_that_crashes_the_runner_gets_ollamas_500_and_unloads_it(
             )
     finally:
         await runner.cleanup()
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_runner_crash_ends_the_answers_running_on_that_runner(stream: bool) -> None:
+    """When an input kills a model's runner, every request the runner was answering
+    fails with it, as in Ollama, where the runner is one process: a stream already
+    written ends with Ollama's `{"error": ...}` line (streamResponse), an answer not yet
+    written is its 500; an answer of another model runs on."""
+    runner, url = await _start(
+        EmulatorSettings(chunk_delay_ms=20, default_tokens=400, crash_on="CRASH")
+    )
+    state = runner.app[STATE_KEY]
+    died = {"error": "llama runner process has terminated: exit status 2"}
+    long = {"num_predict": 400}
+    try:
+        async with aiohttp.ClientSession() as session:
+            emu = Emu(url, state, session)
+
+            async def answer(model: str, path: str) -> tuple[int, list[Any]]:
+                body: dict[str, Any] = {"model": model, "stream": stream, "options": long}
+                if path == "/api/chat":
+                    body["messages"] = [{"role": "user", "content": "go on"}]
+                else:
+                    body["prompt"] = "go on"
+                async with session.post(url + path, json=body) as resp:
+                    answering.append(path)  # a stream's head comes with its first chunk
+                    lines = [json.loads(line) for line in (await resp.read()).splitlines()]
+                    return resp.status, lines
+
+            answering: list[str] = []
+            running = [
+                asyncio.create_task(answer("qwen2.5:7b", "/api/chat")),
+                asyncio.create_task(answer("qwen2.5:7b", "/api/generate")),
+                asyncio.create_task(answer("mistral:7b", "/api/chat")),
+            ]
+            await emu.wait_for(lambda: state.active_streams == 3)
+            if stream:
+                await emu.wait_for(lambda: len(answering) == 3)
+            bad = {"model": "qwen2.5:7b", "prompt": "CRASH", "stream": False}
+            assert (await emu.post("/api/generate", bad))[0] == 500
+            (chat, chat_lines), (gen, gen_lines), (other, other_lines) = await asyncio.gather(
+                *running
+            )
+            if stream:
+                assert (chat, gen) == (200, 200)
+                assert chat_lines[-1] == gen_lines[-1] == died
+                assert not any(line.get("done") for line in chat_lines + gen_lines)
+            else:
+                assert (chat, chat_lines, gen, gen_lines) == (500, [died], 500, [died])
+            assert other == 200 and other_lines[-1]["done_reason"] == "length"
+    finally:
+        await runner.cleanup()
+
+
+def _nested_schema(levels: int) -> str:
+    """A JSON schema of objects `levels` deep, as JSON text (deeper than Python's own
+    encoder writes)."""
+    opening = '{"type": "object", "properties": {"a": '
+    return opening * levels + '{"type": "string"}' + '}, "required": ["a"]}' * levels
+
+
+_DEEP_TOOL = '"tools": [{"type": "function", "function": {"name": "f", "parameters": '
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        '"tools": [{"type": "function", "function": null}]',
+        '"tools": [{"type": "function", "function": {"name": "f", "parameters": null}}]',
+        _DEEP_TOOL + _nested_schema(400) + "}}]",
+        _DEEP_TOOL + _nested_schema(3000) + "}}]",
+        '"format": ' + _nested_schema(400),
+        '"format": ' + _nested_schema(3000),
+    ],
+    ids=[
+        "null-function",
+        "null-parameters",
+        "deep-tool",
+        "deeper-tool",
+        "deep-format",
+        "deeper-format",
+    ],
+)
+async def test_tools_and_formats_go_reads_are_answered(emu: Emu, extra: str) -> None:
+    """A tool whose function is null (Go reads the zero ToolFunction) or a tool or
+    format schema nested hundreds of levels deep (Go reads 10,000) is a request Ollama
+    takes and a model answers: never the emulator's own 500."""
+    head = '{"model": "qwen2.5:7b", "messages": [{"role": "user", "content": "hi"}]'
+    raw = f'{head}, "stream": false, {extra}}}'.encode()
+    status, _, answer = await emu.post("/api/chat", raw=raw)
+    assert status == 200, answer[:300]
+    assert json.loads(answer)["done"] is True
+
+
+async def test_a_prompt_beyond_the_context_is_evaluated_to_the_context(emu: Emu) -> None:
+    """Ollama's runner evaluates at most the context (num_ctx) of a longer prompt: it
+    truncates it, or refuses it. A prompt of megabytes neither holds the emulator in
+    prompt evaluation for minutes nor reports more tokens evaluated than fit."""
+    options = {"num_ctx": 2048, "num_predict": 2}
+    long = "word " * 100_000
+    for path, body in (
+        ("/api/generate", {"prompt": long}),
+        ("/api/chat", {"messages": [{"role": "user", "content": long}]}),
+    ):
+        request = {"model": "qwen2.5:7b", "stream": False, "options": options, **body}
+        status, _, answer = await emu.post(path, request)
+        assert status == 200, answer[:300]
+        assert 0 < json.loads(answer)["prompt_eval_count"] <= 2048

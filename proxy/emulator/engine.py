@@ -32,6 +32,12 @@ class ClientGone(Exception):
     """The client closed the connection before the answer was complete."""
 
 
+class RunnerDied(Exception):
+    """The model's runner died (an input killed it, `EmulatorSettings.crash_on`) while
+    this generation ran on it: Ollama's runner is one process, and every request it
+    was answering fails with it."""
+
+
 def client_gone(request: web.BaseRequest) -> bool:
     transport = request.transport
     return transport is None or transport.is_closing()
@@ -90,6 +96,19 @@ class Generation:
         self.keep_alive = keep_alive
         self.started = started  # time.monotonic() when the handler began
         self.load_ns: int | None = None  # set once load() has run
+        self.deaths = state.runner_deaths[spec.name]  # the runner's deaths before this
+
+    async def pause(self, seconds: float) -> None:
+        """`pause`, raising RunnerDied once the runner this generation runs on dies."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        while True:
+            if self.state.runner_deaths[self.spec.name] != self.deaths:
+                raise RunnerDied
+            left = end - loop.time()
+            await pause(self.request, min(max(left, 0), _POLL))
+            if left <= _POLL:
+                return
 
     async def load(self) -> int:
         """Wait for the model like the scheduler would; returns the load time in ns.
@@ -111,7 +130,8 @@ class Generation:
         return self.load_ns
 
     async def run(self, on_piece: OnPiece, on_done: OnDone) -> bool:
-        """Emit the plan; True if it completed, False if the client left first."""
+        """Emit the plan; True if it completed, False if the client left first;
+        RunnerDied when the runner died under it."""
         state, settings, plan = self.state, self.state.settings, self.plan
         state.active_streams += 1
         try:
@@ -119,17 +139,17 @@ class Generation:
             t_prompt = time.monotonic()
             slowdown = settings.slowdown(self.spec.parameter_count)
             prompt_delay = settings.prompt_delay(plan.prompt_tokens) * slowdown
-            await pause(self.request, prompt_delay)
+            await self.pause(prompt_delay)
             t_eval = time.monotonic()
             delay = settings.token_delay() * slowdown
             for tok in plan.thinking:
-                await pause(self.request, delay)
+                await self.pause(delay)
                 await on_piece(Piece(thinking=tok))
             if plan.tool_calls:
-                await pause(self.request, delay * plan.tool_tokens)
+                await self.pause(delay * plan.tool_tokens)
                 await on_piece(Piece(tool_calls=plan.tool_calls))
             for tok in plan.content:
-                await pause(self.request, delay)
+                await self.pause(delay)
                 await on_piece(Piece(content=tok))
             if settings.frozen_clock:
                 prompt_ns = int(prompt_delay * 1e9)

@@ -99,9 +99,20 @@ def capped_num_predict(
     generates without end (nor builds an answer without bound here)."""
     if num_predict is None or num_predict <= 0:
         return num_predict
+    return min(num_predict, 10 * run_context(options, spec))
+
+
+def run_context(options: dict[str, Any] | None, spec: ModelSpec) -> int:
+    """The context the runner runs with: num_ctx, at most the model's trained length."""
     num_ctx = (options or {}).get("num_ctx")
     ctx = num_ctx if num_ctx is not None and num_ctx > 0 else DEFAULT_NUM_CTX
-    return min(num_predict, 10 * int(min(ctx, spec.context_length)))
+    return int(min(ctx, spec.context_length))
+
+
+def evaluated(prompt_tokens: int, options: dict[str, Any] | None, spec: ModelSpec) -> int:
+    """The tokens of a prompt the runner evaluates: at most its context, as Ollama's
+    runner cuts a longer prompt to fit it (or refuses it)."""
+    return min(prompt_tokens, run_context(options, spec))
 
 
 def keep_alive_of(body: dict[str, Any]) -> float | None:
@@ -134,18 +145,27 @@ def _canonical(obj: Any) -> str:
     try:
         raw = orjson.dumps(obj, default=_as_written, option=orjson.OPT_SORT_KEYS)
     except orjson.JSONEncodeError:
-        # An integer beyond 64 bits, which orjson does not write: Go reads it into a
-        # float64 (an `any`), and so does this key.
-        raw = orjson.dumps(_as_doubles(obj), default=_as_written, option=orjson.OPT_SORT_KEYS)
+        # An integer beyond 64 bits, which orjson does not write (Go reads it into a
+        # float64, an `any`, and so does this key), or a value nested deeper than orjson
+        # writes (Go reads 10,000 levels).
+        raw = orjson.dumps(_keyable(obj), default=_as_written, option=orjson.OPT_SORT_KEYS)
     return raw.decode()
 
 
-def _as_doubles(obj: Any) -> Any:
-    """`obj` with each integer beyond 64 bits a float, as Go's decoder reads it."""
+# How deep a request's values shape the emulator's answer: below, a value is one
+# placeholder (the key seeds made-up text, and orjson writes 254 levels at most).
+_KEY_DEPTH = 64
+
+
+def _keyable(obj: Any, depth: int = 0) -> Any:
+    """`obj` with each integer beyond 64 bits a float, as Go's decoder reads it, and
+    each value below `_KEY_DEPTH` levels a placeholder."""
+    if depth >= _KEY_DEPTH and isinstance(obj, dict | list):
+        return "..."
     if isinstance(obj, dict):
-        return {k: _as_doubles(v) for k, v in obj.items()}
+        return {k: _keyable(v, depth + 1) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_as_doubles(v) for v in obj]
+        return [_keyable(v, depth + 1) for v in obj]
     if isinstance(obj, int) and not isinstance(obj, bool) and not -(2**63) <= obj < 2**64:
         return float(obj)
     return obj
@@ -244,7 +264,7 @@ def prepare_generate(state: EmulatorState, body: dict[str, Any]) -> Prepared:
     p = plan(
         spec,
         key,
-        prompt_tokens=prompt_tokens,
+        prompt_tokens=evaluated(prompt_tokens, options, spec),
         default_tokens=state.settings.default_tokens,
         num_predict=num_predict,
         think=think,
@@ -306,14 +326,16 @@ def prepare_chat(
         }
         for m in messages
     ]
-    tool_names = [t.get("function", {}).get("name") for t in tools if isinstance(t, dict)]
+    # A null function is Go's zero ToolFunction: a tool of no name.
+    functions = [t.get("function") for t in tools if isinstance(t, dict)]
+    tool_names = [f.get("name") if isinstance(f, dict) else None for f in functions]
     key = _canonical({"m": rendered, "f": body.get("format"), "t": think, "tools": tool_names})
     prompt_tokens = 6 + sum(4 + count_tokens(str(m["c"])) + 576 * int(m["i"]) for m in rendered)
     prompt_tokens += count_tokens(_canonical(tools)) if tools else 0
     p = plan(
         spec,
         key,
-        prompt_tokens=prompt_tokens,
+        prompt_tokens=evaluated(prompt_tokens, options, spec),
         default_tokens=state.settings.default_tokens,
         num_predict=num_predict,
         think=think,

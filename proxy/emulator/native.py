@@ -16,7 +16,7 @@ from proxy.aiohttp_internals import defer_headers
 from proxy.go_types import CHAT_FIELDS, EMBED_FIELDS, EMBEDDINGS_FIELDS, GENERATE_FIELDS
 from proxy.protocol import NDJSON, go_time
 
-from .engine import ClientGone, Generation, Piece, pause
+from .engine import ClientGone, Generation, Piece, RunnerDied, pause
 from .inference import (
     Prepared,
     Refusal,
@@ -29,7 +29,7 @@ from .inference import (
     prepare_generate,
     read_body,
 )
-from .state import state_of
+from .state import RUNNER_DIED, state_of
 from .textgen import context_tokens, count_tokens, embedding
 from .wire import dumps, error, gin_json
 
@@ -148,11 +148,23 @@ async def handle_generate(request: web.Request) -> web.StreamResponse:
         if job.stream:
             await out.send(dumps(f) + b"\n")
 
-    if not await gen.run(on_piece, on_done):
-        return out.response or web.Response(status=499)
+    try:
+        if not await gen.run(on_piece, on_done):
+            return out.response or web.Response(status=499)
+    except RunnerDied:
+        return await runner_died(out)
     if job.stream:
         return await out.finish()
     return gin_json(200, final)
+
+
+async def runner_died(out: LazyStream) -> web.StreamResponse:
+    """The runner died under an answer: as Ollama's streamResponse ends it, Ollama's 500
+    where nothing was written yet, else an `{"error": ...}` line after what was."""
+    if out.response is None:
+        return error(500, RUNNER_DIED)
+    await out.send(dumps({"error": RUNNER_DIED}) + b"\n")
+    return await out.finish()
 
 
 async def handle_chat(request: web.Request) -> web.StreamResponse:
@@ -167,6 +179,15 @@ async def handle_chat(request: web.Request) -> web.StreamResponse:
 
 class ChatSink:
     """Turns engine pieces into a wire format; subclasses per API."""
+
+    async def died(self) -> web.StreamResponse:
+        """The runner died under the answer: Ollama's 500 where nothing was written yet;
+        else the stream (a sink's `out`) ends there, with no final chunk (Ollama's
+        OpenAI and Anthropic writers read its error line as a chunk of nothing)."""
+        out = getattr(self, "out", None)
+        if not isinstance(out, LazyStream) or out.response is None:
+            return await self.error(500, RUNNER_DIED)
+        return await out.finish()
 
     async def error(self, status: int, message: str) -> web.StreamResponse:
         raise NotImplementedError
@@ -225,8 +246,11 @@ async def run_chat(request: web.Request, job: Prepared, sink: ChatSink) -> web.S
             message["tool_calls"] = calls
         result.append(await sink.done(job.model, state.now_ns(), job.plan.done_reason, message, m))
 
-    if not await gen.run(on_piece, on_done):
-        return sink.gone()
+    try:
+        if not await gen.run(on_piece, on_done):
+            return sink.gone()
+    except RunnerDied:
+        return await sink.died()
     return result[0]
 
 
@@ -240,6 +264,9 @@ class native_chat_writer(ChatSink):
 
     async def error(self, status: int, message: str) -> web.StreamResponse:
         return error(status, message)
+
+    async def died(self) -> web.StreamResponse:
+        return await runner_died(self.out)
 
     async def special(self, model: str, created_ns: int, reason: str) -> web.StreamResponse:
         return gin_json(

@@ -120,6 +120,9 @@ class EmulatorState:
     cancelled: int = 0
     # Runners killed by an input (`EmulatorSettings.crash_on`).
     crashes: int = 0
+    # Model name -> how many times its runner died: a generation that started under an
+    # earlier count was running on a runner that is gone (`engine.Generation`).
+    runner_deaths: collections.Counter[str] = field(default_factory=collections.Counter)
     # time.monotonic() at which each of those disconnects was noticed.
     cancel_times: list[float] = field(default_factory=list)
     # Loaded model name -> expiry as a Unix time in nanoseconds (an int, kept exact).
@@ -179,8 +182,10 @@ class EmulatorState:
         return True
 
     def runner_crashed(self, spec: ModelSpec) -> None:
-        """The model's runner died: it is no longer loaded."""
+        """The model's runner died: it is no longer loaded, and whatever it was
+        generating ends with it."""
         self.crashes += 1
+        self.runner_deaths[spec.name] += 1
         self.loaded.pop(spec.name, None)
 
     def crashes_on(self, *texts: str) -> bool:

@@ -84,9 +84,14 @@ def chunk_text(text: str) -> list[str]:
     return re.findall(r"\s*\S{1,5}", text) or ([text] if text else [])
 
 
-def sample_value(schema: Any, rng: Rng, name: str = "") -> Any:
+# How deep `sample_value` follows a schema: a schema may nest as deep as Go reads
+# (10,000 levels), far past Python's stack; below this, a value is a word.
+_SAMPLE_DEPTH = 32
+
+
+def sample_value(schema: Any, rng: Rng, name: str = "", depth: int = 0) -> Any:
     """A plausible value for a JSON-schema node (enough for format and tool args)."""
-    if not isinstance(schema, dict):
+    if not isinstance(schema, dict) or depth >= _SAMPLE_DEPTH:
         return rng.word()
     if isinstance(schema.get("enum"), list) and schema["enum"]:
         return schema["enum"][rng.next(len(schema["enum"]))]
@@ -97,9 +102,9 @@ def sample_value(schema: Any, rng: Rng, name: str = "") -> Any:
         props = schema.get("properties")
         if not isinstance(props, dict) or not props:
             return {"value": rng.word()}
-        return {k: sample_value(v, rng, k) for k, v in props.items()}
+        return {k: sample_value(v, rng, k, depth + 1) for k, v in props.items()}
     if kind == "array":
-        return [sample_value(schema.get("items", {}), rng, name)]
+        return [sample_value(schema.get("items", {}), rng, name, depth + 1)]
     if kind == "integer":
         return 1 + rng.next(99)
     if kind == "number":

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from proxy import go_json
 from proxy.go_json import go_text, in_last_order
 from proxy.go_types import BeyondADouble, BodyError
 from proxy.protocol import JSON, go_escaped
@@ -252,5 +253,10 @@ def decode_json(raw: bytes) -> Any:
     except json.JSONDecodeError as exc:
         raise BodyError(_syntax_message(raw, doc, exc)) from None
     except RecursionError:
-        raise BodyError("exceeded max depth") from None
+        # Deeper than Python's decoder goes, and Go reads up to 10,000 levels: what is
+        # deeper than the emulator looks is read as a placeholder.
+        shallow = go_json.without_deep_values(raw)
+        if shallow is None or shallow == raw:
+            raise BodyError("exceeded max depth") from None
+        return decode_json(shallow)
     return value
