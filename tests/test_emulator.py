@@ -22,10 +22,11 @@ import openai
 import pytest
 from aiohttp import web
 
-from proxy.emulator import STATE_KEY, EmulatorSettings, EmulatorState, create_app
+from proxy.emulator import STATE_KEY, EmulatorSettings, EmulatorState, create_app, wire
 from proxy.emulator.catalog import CATALOG
 from proxy.emulator.state import FROZEN_TIME_NS
 from proxy.protocol import go_time
+from tests.support import on_a_loop
 
 WEATHER_TOOL = {
     "type": "function",
@@ -1192,3 +1193,27 @@ async def test_a_prompt_beyond_the_context_is_evaluated_to_the_context(emu: Emu)
         status, _, answer = await emu.post(path, request)
         assert status == 200, answer[:300]
         assert 0 < json.loads(answer)["prompt_eval_count"] <= 2048
+
+
+@pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions"])
+async def test_a_large_body_is_decoded_off_the_loop(
+    emu: Emu, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decoding a body near the proxy's limit as Go does takes the emulator a good part
+    of a second: a large one is decoded in a reader thread, so that the streams of the
+    other clients of the same backend (the demo's, behind the proxy) go on meanwhile;
+    a small one on the loop."""
+    decoded: list[bool] = []
+    decode = wire.decode_json
+
+    def watched(raw: bytes) -> Any:
+        decoded.append(on_a_loop())
+        return decode(raw)
+
+    monkeypatch.setattr(wire, "decode_json", watched)
+    for padding in ("", "x" * (3 * 1024 * 1024)):
+        messages = [{"role": "user", "content": "hi"}]
+        body = {"model": "qwen2.5:7b", "messages": messages, "stream": False, "pad": padding}
+        status, _, answer = await emu.post(path, body)
+        assert status == 200, answer[:300]
+    assert decoded == [True, False]

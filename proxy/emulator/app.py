@@ -26,7 +26,7 @@ from proxy.routes import OLLAMA_ROUTES, gin_allowed
 from . import admin, anthropic_routes, native, openai_routes, responses_api
 from .engine import ClientGone, wait_forever
 from .state import FAULT_MODES, RUNNER_DIED, STATE_KEY, EmulatorSettings, EmulatorState, state_of
-from .wire import decode_json, dumps, error, gin_json
+from .wire import dumps, error, gin_json, read_json
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -119,7 +119,7 @@ async def _first_chunk(request: web.Request, model: str) -> web.StreamResponse:
 async def _fault(request: web.Request, state: EmulatorState) -> web.StreamResponse:
     mode = state.fault
     try:
-        body = decode_json(await request.read())
+        body = await read_json(request)
     except (EOFError, BodyError):
         body = None
     model = body.get("model") if isinstance(body, dict) else None
@@ -238,7 +238,7 @@ async def _drop_server_header(request: web.Request, response: web.StreamResponse
 async def _set_fault(request: web.Request) -> web.Response:
     state = state_of(request)
     try:
-        body = decode_json(await request.read())
+        body = await read_json(request)
     except (EOFError, BodyError):
         return error(400, 'expected {"mode": ...}')
     mode = body.get("mode") if isinstance(body, dict) else None

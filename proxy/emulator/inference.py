@@ -23,7 +23,7 @@ from .engine import Piece
 from .skills import suite_answer
 from .state import RUNNER_DIED, EmulatorState
 from .textgen import Plan, count_tokens, drawn_call_id, plan, token_logprob
-from .wire import decode_json
+from .wire import read_json
 
 NO_VISION = "this model is missing data required for image input"
 # Where Ollama sends a request for a model of its cloud (server/cloud_proxy.go).
@@ -60,7 +60,7 @@ class Prepared:
 async def read_body(request: web.Request, struct: str, fields: dict[str, str]) -> dict[str, Any]:
     """Gin's ShouldBindJSON plus the type checks json.Unmarshal performs."""
     try:
-        return check_fields(decode_json(await request.read()), struct, fields)
+        return check_fields(await read_json(request), struct, fields)
     except EOFError:
         raise Refusal(400, "missing request body") from None
     except BodyError as exc:

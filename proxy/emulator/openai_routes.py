@@ -23,7 +23,7 @@ from .engine import ClientGone, Piece
 from .inference import Prepared, Refusal, prepare_chat, prepare_generate
 from .native import ChatSink, LazyStream, embed_vectors, run_chat
 from .state import EmulatorState, request_digest, state_of
-from .wire import decode_json, dumps, encoder_json, gin_json, unix_of
+from .wire import dumps, encoder_json, gin_json, read_json, unix_of
 
 
 def oa_error(status: int, message: str) -> dict[str, Any]:
@@ -45,7 +45,7 @@ async def read_oa_body(
 ) -> dict[str, Any]:
     """The middleware's ShouldBindJSON: an empty body is plain `EOF` here."""
     try:
-        return check_fields(decode_json(await request.read()), struct_name, fields)
+        return check_fields(await read_json(request), struct_name, fields)
     except EOFError:
         raise Refusal(400, "EOF") from None
     except BodyError as exc:

@@ -239,6 +239,14 @@ _DECODER = json.JSONDecoder(
 )
 
 
+async def read_json(request: web.Request) -> Any:
+    """`decode_json` of the request's body; a large body in a reader thread
+    (`go_json.off_loop`): decoding one near the proxy's body limit takes a good part of
+    a second, in which the other streams of this backend would stall."""
+    raw = await request.read()
+    return await go_json.off_loop(len(raw), decode_json, raw)
+
+
 def decode_json(raw: bytes) -> Any:
     """Decode the first JSON value of a body like json.Decoder.Decode; a number beyond
     a double is a `proxy.go_types.BeyondADouble`.
