@@ -225,6 +225,13 @@ async def read_off_loop(body: bytes, max_values: int = 0) -> tuple[Any, bytes]:
     return await off_loop(len(body), read, body, max_values)
 
 
+async def write_off_loop(doc: Any, size: int) -> bytes:
+    """A document `read` gave, changed, serialised again (in a reader thread when its
+    body was large, `size` bytes)."""
+    _, written = await off_loop(size, _written, doc)
+    return written
+
+
 # Why orjson's reading of a body is not Go's: orjson refuses it, or two keys of an
 # object fold alike (which of them Go keeps depends on their order in the body).
 _REFUSED, _FOLDED = "refused", "folded"

@@ -288,7 +288,7 @@ class Handlers:
             )
         doc["model"] = spelled
         names = (chosen, *cloud_names)
-        routed = orjson.dumps(doc)
+        routed = await go_json.write_off_loop(doc, len(body))
         return await self._local_or_cloud(request, served, doc, routed, chosen, names)
 
     async def transcription(self, request: web.Request) -> web.StreamResponse:

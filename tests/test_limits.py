@@ -203,14 +203,22 @@ async def test_reading_a_body_as_go_does_holds_no_other_client(
     assert readings == [(sizes[0], True), (sizes[1], False)]
 
 
-@pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions", "/api/autoroute/explain"])
+@pytest.mark.parametrize(
+    ("path", "model"),
+    [
+        ("/api/chat", MODEL),
+        ("/v1/chat/completions", MODEL),
+        ("/api/autoroute/explain", "auto"),
+        ("/api/chat", "auto"),
+    ],
+)
 async def test_a_large_valid_body_is_read_off_the_loop(
-    proxy: Proxy, path: str, monkeypatch: pytest.MonkeyPatch
+    proxy: Proxy, path: str, model: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A valid body near the body limit costs orjson, the count of its values and its
     canonical serialisation a good part of a second each, all C calls that hold the
     event loop: a large one is counted, read and written in a worker thread, a small one
-    on the loop."""
+    on the loop; so is the body `auto` forwards, written again with the model chosen."""
     steps: list[tuple[str, int, bool]] = []
     for name in ("values", "_orjson_reading", "_written"):
         step = getattr(go_json, name)
@@ -225,7 +233,7 @@ async def test_a_large_valid_body_is_read_off_the_loop(
     for size in (go_json.INLINE_BYTES // 2, 3 * 1024 * 1024):
         steps.clear()
         body = {
-            "model": "auto" if path.startswith("/api/autoroute") else MODEL,
+            "model": model,
             "stream": False,
             "messages": [{"role": "user", "content": "hi"}],
             "padding": "x" * size,
@@ -233,7 +241,8 @@ async def test_a_large_valid_body_is_read_off_the_loop(
         async with aiohttp.ClientSession() as session:
             async with session.post(proxy.url + path, data=orjson.dumps(body)) as resp:
                 assert resp.status == 200, (resp.status, await resp.read())
-        assert [name for name, _, _ in steps] == ["values", "_orjson_reading", "_written"]
+        written = ["_written"] * (2 if model == "auto" and path == "/api/chat" else 1)
+        assert [name for name, _, _ in steps] == ["values", "_orjson_reading", *written]
         assert {on_loop for _, _, on_loop in steps} == {size < go_json.INLINE_BYTES}, steps
 
 
