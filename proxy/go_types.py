@@ -317,6 +317,20 @@ _MESSAGE_FIELDS = {
 }
 
 
+# buger/jsonparser's error for a value that is no object where ObjectEach reads one.
+NOT_AN_OBJECT = "Value looks like object, but can't find closing '}' symbol"
+
+
+def check_tool_call(call: Any) -> None:
+    """api.ToolCall's `function.arguments`, an api.ToolCallFunctionArguments, decodes
+    through wk8/go-ordered-map, whose UnmarshalJSON is jsonparser's ObjectEach: anything
+    but an object is its error, returned as is (null Go sets without asking it)."""
+    function = call.get("function") if isinstance(call, dict) else None
+    arguments = function.get("arguments") if isinstance(function, dict) else None
+    if arguments is not None and not isinstance(arguments, dict):
+        raise BodyError(NOT_AN_OBJECT)
+
+
 def check_message(item: Any) -> None:
     """api.Message has its own UnmarshalJSON (via an Alias type), so Go reports errors
     inside it against the struct `Alias` rather than the enclosing request."""
@@ -336,6 +350,8 @@ def check_message(item: Any) -> None:
         elif want == "[]":
             if not isinstance(value, list):
                 raise type_error(value, "Alias", key, "[]api.ToolCall")
+            for call in value:
+                check_tool_call(call)
         elif not _fits(value, want):
             raise type_error(value, "Alias", key, _GO_TYPE[want])
 

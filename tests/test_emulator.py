@@ -1217,3 +1217,59 @@ async def test_a_large_body_is_decoded_off_the_loop(
         status, _, answer = await emu.post(path, body)
         assert status == 200, answer[:300]
     assert decoded == [True, False]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "status"),
+    [
+        ({"city": "Oslo"}, 200),
+        (None, 200),
+        ('{"city": "Oslo"}', 400),
+        ([1], 400),
+        (5, 400),
+        (True, 400),
+    ],
+)
+async def test_tool_call_arguments_are_read_as_an_ordered_map(
+    emu: Emu, arguments: Any, status: int
+) -> None:
+    """api.ToolCallFunctionArguments decodes through an ordered map (wk8/go-ordered-map,
+    buger/jsonparser's ObjectEach): anything but an object (or null, which Go never
+    hands it) is that parser's error, Ollama's 400, even in a conversation's past
+    turns."""
+    call = {"function": {"name": "get_weather", "arguments": arguments}}
+    messages = [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "content": "sunny"},
+    ]
+    body = {"model": "qwen2.5:7b", "messages": messages, "stream": False}
+    got, _, answer = await emu.post("/api/chat", body)
+    assert got == status, answer[:300]
+    if status == 400:
+        message = "Value looks like object, but can't find closing '}' symbol"
+        assert json.loads(answer) == {"error": message}
+
+
+@pytest.mark.parametrize(
+    ("arguments", "status"),
+    [('{"city": "Oslo"}', 200), ("null", 200), ("[1, 2]", 400), ("5", 400), ('"Oslo"', 400)],
+)
+async def test_chat_completion_tool_call_arguments_must_be_an_object(
+    emu: Emu, arguments: str, status: int
+) -> None:
+    """openai.FromCompletionToolCall unmarshals `arguments` into an
+    api.ToolCallFunctionArguments (an ordered map): JSON that is no object (nor null)
+    is its "invalid tool call arguments" too, not only text that is no JSON."""
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": arguments}}
+    messages = [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+    ]
+    got, _, answer = await emu.post(
+        "/v1/chat/completions", {"model": "qwen2.5:7b", "messages": messages}
+    )
+    assert got == status, answer[:300]
+    if status == 400:
+        assert json.loads(answer)["error"]["message"] == "invalid tool call arguments"
