@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import re
 
+import orjson
+
 from proxy.protocol import INT64_MAX
 
 # What `parse` can return, for those who store it (the usage events).
@@ -70,3 +72,29 @@ def parse(tail: bytes) -> dict[str, int | str]:
     if reasons:
         stats["done_reason"] = reasons[-1].decode()
     return stats
+
+
+# Ollama's line for a stream that failed after it began (streamResponse): the last one.
+_ERROR_LINE = b'{"error":'
+# What may follow the last line in the bytes relayed: chunk framing, the last chunk.
+_FRAMING = re.compile(rb"[\r\n0-9a-fA-F]*")
+# An error kept in a usage event: a backend's message, not a body.
+MAX_ERROR_CHARS = 1000
+
+
+def stream_error(tail: bytes) -> str | None:
+    """The error of the `{"error": "..."}` line an NDJSON stream ends with (Ollama's
+    streamResponse writes one when the request fails after the answer began, its status
+    200 already sent), None when it ends otherwise."""
+    at = tail.rfind(_ERROR_LINE)
+    if at < 0:
+        return None
+    end = tail.find(b"\n", at)
+    if end < 0 or not _FRAMING.fullmatch(tail, end):
+        return None
+    try:
+        line = orjson.loads(tail[at:end])
+    except orjson.JSONDecodeError:
+        return None
+    error = line.get("error") if isinstance(line, dict) else None
+    return error[:MAX_ERROR_CHARS] if isinstance(error, str) else None

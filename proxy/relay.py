@@ -365,6 +365,9 @@ class Relay:
             try:
                 tail = client.tail()
                 outcome.stats = final_chunk.parse(tail)
+                failed = final_chunk.stream_error(tail) if head.status == 200 else None
+                if failed is not None:
+                    outcome.error = failed
                 outcome.context_ending = answered_ending(tail)
                 state.answered(head.status, model, outcome.offsite)
             except Exception as exc:

@@ -22,6 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.config import Usage
+from proxy.emulator import EmulatorSettings
 from proxy.usage import event as ev
 from proxy.usage.postgres import PostgresSink
 from proxy.usage.runner import Record, SinkRunner
@@ -478,3 +479,44 @@ async def test_postgres_stats_have_one_row_per_model_however_it_was_spelled(
     finally:
         await sink.close()
     assert _rows(summary) == _ROWS
+
+
+async def test_a_stream_the_backend_ends_with_its_error_line_records_the_error(
+    servers: ServerThread, tmp_path: Path
+) -> None:
+    """Ollama ends a stream that fails after it began (its runner died under it) with an
+    `{"error": ...}` line, status 200 already sent: the usage event of that request
+    records the error, not an answer that ran to its end."""
+    crashing = EmulatorSettings(chunk_delay_ms=20, default_tokens=400, crash_on="CRASH")
+    emulator = Emulator(servers, crashing)
+    usage = Usage(
+        file_path=str(tmp_path / "events.jsonl"),
+        spool_dir=str(tmp_path / "spool"),
+        flush_interval_seconds=0.02,
+    )
+    proxy = Proxy(servers, [emulator.url], usage=usage)
+    died = "llama runner process has terminated: exit status 2"
+    try:
+        async with aiohttp.ClientSession(proxy.url) as http:
+            body = {"model": MODEL, "prompt": "go on", "options": {"num_predict": 300}}
+            async with http.post("/api/generate", json=body) as stream:
+                first = await stream.content.readline()
+                assert orjson.loads(first)["done"] is False
+                poison = {"model": MODEL, "prompt": "CRASH", "stream": False}
+                async with http.post("/api/generate", json=poison) as resp:
+                    assert resp.status == 500
+                lines = (first + await stream.read()).splitlines()
+                streamed = stream.headers["X-Request-Id"]
+            assert (stream.status, orjson.loads(lines[-1])) == (200, {"error": died})
+
+            async def recorded() -> bool:
+                raw = await read_bytes(usage.file_path)
+                return streamed.encode() in raw
+
+            await wait_for(recorded, what="the stream's event")
+        events = [orjson.loads(line) for line in (await read_bytes(usage.file_path)).splitlines()]
+        (event,) = [e for e in events if e["request_id"] == streamed]
+        assert (event["outcome"]["status"], event["outcome"]["error"]) == (200, died)
+    finally:
+        proxy.stop()
+        emulator.stop()
