@@ -937,3 +937,23 @@ def test_open_llm_leaderboard_results_fill_areas_but_never_replace_a_makers(
     # Llama 2 Chat had no instruction result: its imputation (about 0.75) was far above
     # what the leaderboard measured.
     assert catalog.lookup("llama2:70b").areas["instruction"] < 0.55
+
+
+def test_livecodebench_is_read_only_where_its_line_onto_humaneval_holds(
+    catalog: Catalog,
+) -> None:
+    """LiveCodeBench is mapped onto the code area's HumanEval scale by a line fitted on
+    models that report both, all of which run without thinking. A thinking model scores
+    far beyond every one of them, where the line reads 1.0 for all alike: no thinking
+    model's result is listed, and the line rests on enough models to be read."""
+    data = _catalogue_data()
+    listed = [m for m in data["models"] if "LiveCodeBench" in (m.get("scores") or {})]
+    thinking = [m["name"] for m in listed if "reasoning" in (m.get("specialties") or ())]
+    assert thinking == []
+    assert len([m for m in listed if "HumanEval" in m["scores"]]) >= 8
+    # A model whose code area only LiveCodeBench sets is read off the line, with the
+    # uncertainty of a mapped score rather than an imputed one.
+    mini = catalog.lookup("phi4-mini:3.8b")
+    assert "LiveCodeBench" in catalog.sources("phi4-mini:3.8b")
+    assert {"HumanEval", "MBPP"}.isdisjoint(catalog.sources("phi4-mini:3.8b"))
+    assert 0.0 < mini.area_uncertainty["code"] < 0.3
