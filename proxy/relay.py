@@ -522,7 +522,9 @@ class ClientLeg(Answer):
         self.body_bytes += len(data)
         # Two references per chunk: enough to read the final chunk's counters later.
         self.previous, self.last = self.last, data
-        if final_chunk.COUNTERS_MARK in data:
+        # `find`, not `in`: CPython's bytes `in` first tries its operand as an integer
+        # (a byte value), and raises and clears a TypeError for every bytes operand.
+        if data.find(final_chunk.COUNTERS_MARK) >= 0:
             self.counters = (self.previous, data)
         if not self.outcome.first_byte_at:
             self.outcome.first_byte_at = time.perf_counter()
