@@ -365,7 +365,8 @@ class ClientConnection(RequestHandler):
         # Only a read that a head is awaited for can end one: body reads (an upload's
         # gigabytes) are not searched.
         end = data.find(b"\r\n\r\n") + 4 if awaiting_head(self) else 0
-        if 4 <= end < len(data) and b"chunked" in data[:end].lower():
+        # (`find`, not `in`: see `relay.ClientLeg.on_body`.)
+        if 4 <= end < len(data) and data[:end].lower().find(b"chunked") >= 0:
             # The end of a head with chunked framing and bytes after it: the head goes
             # to the parser alone, as Go reads a head before any of its body. A body
             # that breaks in this read then fails that request's read of it (Ollama's
