@@ -25,6 +25,8 @@ import re
 
 from aiohttp import hdrs, web
 
+from proxy.aiohttp_internals import state_get
+
 _CONTINUE = re.compile(r"(?:^|[ ,\t])100-continue(?:$|[ ,\t])", re.IGNORECASE | re.ASCII)
 
 
@@ -52,7 +54,7 @@ async def expect_handler(request: web.Request) -> None:
 
 async def before_reading(request: web.Request) -> None:
     """The owed `100 Continue`, once, before the body's first read."""
-    if request.get(OWES_CONTINUE):
+    if state_get(request, OWES_CONTINUE):
         request[OWES_CONTINUE] = False
         transport = request.transport
         if transport is None or transport.is_closing():
@@ -69,7 +71,7 @@ async def before_reading(request: web.Request) -> None:
 def unread(request: web.Request) -> bool:
     """Whether the client still waits for `100 Continue`: its body was never read, and
     the connection closes after the answer, as Go closes it."""
-    return bool(request.get(OWES_CONTINUE))
+    return state_get(request, OWES_CONTINUE) is True
 
 
 def refusal(request: web.BaseRequest) -> web.Response | None:
