@@ -96,7 +96,7 @@ class Evidence:
         self.version += 1
         # Taking back all that was added leaves float dust: make it the empty row. (A
         # table of increments holds negative rows: those stay.)
-        if max(abs(v) for v in row) <= 1e-9:
+        if max(map(abs, row)) <= 1e-9:
             row[:] = [0.0] * WIDTH
 
     def of(self, kind: str) -> Mapping[str, list[float]]:
