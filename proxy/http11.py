@@ -272,8 +272,16 @@ class ResponseReader:
     def _scan_chunks(self, data: bytes) -> int:
         """Follow the chunk framing through `data`: where the body ended in it (after
         the last chunk's trailers), or -1 when it goes on."""
-        pos = 0
         end = len(data)
+        if not self._left and not self._line and not self._trailers:
+            # A read that is one whole chunk, as nearly every read of a stream is: a
+            # size line read before (`_SIZES`), then exactly its data and CRLF. What the
+            # scan below would conclude, without stepping through it.
+            newline = data.find(b"\n")
+            known = _SIZES.get(data[:newline], 0) if newline > 0 else 0
+            if known and known + 2 == end - newline - 1:
+                return -1
+        pos = 0
         left = self._left  # a local while scanning: read once per piece, stored at the end
         try:
             while pos < end:

@@ -4,6 +4,8 @@ events must say the same each time."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from proxy.config import Limits
@@ -198,6 +200,30 @@ def test_chunk_boundaries_are_known() -> None:
     assert not reader.at_chunk_boundary()  # in the trailers: no chunk fits any more
     reader.feed(b"\r\n")
     assert reader.ended and not reader.at_chunk_boundary()
+
+
+def test_a_stream_read_a_chunk_at_a_time_reads_as_it_does_whole() -> None:
+    """Reads that are each one whole chunk (as a stream's are), whose size lines were
+    read before or not, and reads that hold a chunk and a byte more or a byte less:
+    the same answer as in one read, and a chunk boundary after each whole chunk."""
+    lines = [b'{"response":"a"}\n', b'{"response":"bc"}\n', b'{"done":true}\n' * 9]
+    body = chunked(lines)
+    framed = [chunked([line])[: -len(b"0\r\n\r\n")] for line in lines]
+    whole = run([NDJSON_HEAD + body])
+    for _ in range(2):  # the second time, every size line is one read before
+        reader = ResponseReader("POST")
+        events = reader.feed(NDJSON_HEAD)
+        for piece in framed:
+            events += reader.feed(piece)
+            assert reader.at_chunk_boundary() and not reader.ended
+        events += reader.feed(b"0\r\n\r\n")
+        assert summary(events) == whole
+    stream = b"".join(framed) + b"0\r\n\r\n"
+    ends = list(itertools.accumulate(len(piece) for piece in framed))
+    for shift in (1, -1):
+        marks = [0, *(end + shift for end in ends), len(stream)]
+        pieces = [stream[a:b] for a, b in itertools.pairwise(marks)]
+        assert run([NDJSON_HEAD, *pieces]) == whole
 
 
 def test_a_length_framed_body_has_no_chunk_boundary() -> None:
