@@ -1,4 +1,5 @@
-"""What the last chunk of an answer says: token counts, durations, why it stopped.
+"""What the last chunk of an answer says: token counts, durations, why it stopped,
+and whether the stream ended as an answer that ran to its end does.
 
 Read from the tail of the response bytes the relay already forwarded (no second
 parse of the stream): Ollama's final NDJSON line (`done: true`, durations in
@@ -98,3 +99,88 @@ def stream_error(tail: bytes) -> str | None:
         return None
     error = line.get("error") if isinstance(line, dict) else None
     return error[:MAX_ERROR_CHARS] if isinstance(error, str) else None
+
+
+# How a stream on each of Ollama's SSE shapes ends when its answer ran to its end
+# (middleware/openai.go's ChatWriter and CompleteWriter; openai.ResponsesStreamConverter,
+# whose events Go marshals from maps, keys sorted: `type` comes last; anthropic's
+# StreamConverter): once the answer began, a failure only stops the stream short of it
+# (those writers read streamResponse's `{"error": ...}` line as a chunk of nothing).
+_SSE_ENDS = {
+    "/v1/chat/completions": b"data: [DONE]\n\n",
+    "/v1/completions": b"data: [DONE]\n\n",
+    "/v1/responses": b'"type":"response.completed"}\n\n',
+    "/v1/messages": b'event: message_stop\ndata: {"type":"message_stop"}\n\n',
+}
+# The error of a stream that stopped short of its end without saying why.
+UNFINISHED = "the backend ended the stream before the answer's end"
+_TERMINAL_CHUNK = b"\r\n0\r\n\r\n"
+_HEX = re.compile(rb"[0-9a-fA-F]{1,16}")
+
+
+def sse_error(tail: bytes, path: str, chunked: bool) -> str | None:
+    """Why a 200 SSE stream on `path` failed, from the tail of its bytes (`chunked`:
+    with their chunk framing), None when it ended as its answer does on success (or
+    `path` has no such end): the message of the error event it ended with (this
+    proxy's `errors.stream_error_line`, Anthropic's `error`, the Responses API's
+    `response.failed`), else `UNFINISHED`."""
+    end = _SSE_ENDS.get(path)
+    if end is None:
+        return None
+    body = unchunked(tail) if chunked else tail
+    # A tail shorter than the end (the last event came in several reads, the last two
+    # the tail holds ending inside it) is taken at its word where it agrees with it.
+    if body.endswith(end) or (body and end.endswith(body)):
+        return None
+    if body.endswith(b"\n\n"):
+        last = body[:-2].rpartition(b"\n\n")[2]  # the last event
+        for line in last.split(b"\n"):
+            if line.startswith(b"data:"):
+                message = _error_message(line[5:])
+                if message is not None:
+                    return message[:MAX_ERROR_CHARS]
+    return UNFINISHED
+
+
+def _error_message(data: bytes) -> str | None:
+    """The message of an SSE event's data that reports an error, None otherwise."""
+    try:
+        event = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(event, dict):
+        return None
+    response = event.get("response")
+    if event.get("type") == "response.failed" and isinstance(response, dict):
+        event = response
+    error = event.get("error")
+    if isinstance(error, dict):
+        error = error.get("message")
+    return error if isinstance(error, str) and error else None
+
+
+def unchunked(tail: bytes) -> bytes:
+    """The end of a chunked body's data from the tail of its bytes, framing included:
+    its last chunks' data, as far back as the tail holds them (the tail itself when it
+    does not end with the terminal chunk). Read backwards from the terminal chunk: a
+    chunk's data follows its size line, and a line break inside the data (none in
+    Ollama's JSON or SSE) is told from a size line by the size not matching."""
+    if not tail.endswith(_TERMINAL_CHUNK):
+        return tail
+    pieces: list[bytes] = []
+    end = len(tail) - len(_TERMINAL_CHUNK)  # where the data of the chunk read ends
+    while end > 0:
+        line_end = tail.rfind(b"\r\n", 0, end)
+        while line_end >= 0:
+            before = tail.rfind(b"\r\n", 0, line_end)
+            start = before + 2 if before >= 0 else 0
+            size = tail[start:line_end].split(b";", 1)[0]
+            if _HEX.fullmatch(size) and int(size, 16) == end - line_end - 2:
+                break
+            line_end = before
+        if line_end < 0:
+            pieces.append(tail[:end])  # the chunk began before the tail
+            break
+        pieces.append(tail[line_end + 2 : end])
+        end = start - 2
+    return b"".join(reversed(pieces))

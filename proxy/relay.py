@@ -365,7 +365,13 @@ class Relay:
             try:
                 tail = client.tail()
                 outcome.stats = final_chunk.parse(tail)
-                failed = final_chunk.stream_error(tail) if head.status == 200 else None
+                failed = None
+                if head.status == 200:
+                    failed = (
+                        final_chunk.sse_error(tail, client.path, head.chunked)
+                        if client.content_type.startswith(SSE)
+                        else final_chunk.stream_error(tail)
+                    )
                 if failed is not None:
                     outcome.error = failed
                 outcome.context_ending = answered_ending(tail)

@@ -101,6 +101,78 @@ def test_a_reason_of_no_known_length_is_absent() -> None:
     }
 
 
+# A successful stream's last events on each SSE shape, as Ollama writes them.
+_SSE_ENDINGS = {
+    "/v1/chat/completions": b'data: {"choices":[{"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n',
+    "/v1/completions": b'data: {"choices":[{"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n',
+    "/v1/responses": b'event: response.completed\ndata: {"response":{"status":"completed"},'
+    b'"sequence_number":9,"type":"response.completed"}\n\n',
+    "/v1/messages": b'event: message_delta\ndata: {"type":"message_delta"}\n\n'
+    b'event: message_stop\ndata: {"type":"message_stop"}\n\n',
+}
+_BEGUN = b'data: {"choices":[{"delta":{"content":"a\\r\\nb"}}]}\n\n'
+
+
+def _chunked(body: bytes, cut: int) -> bytes:
+    """`body` chunk-framed as Go's net/http frames it, a chunk boundary at `cut`."""
+    return b"".join(b"%x\r\n%b\r\n" % (len(p), p) for p in (body[:cut], body[cut:]) if p) + (
+        b"0\r\n\r\n"
+    )
+
+
+@pytest.mark.parametrize("path", sorted(_SSE_ENDINGS))
+def test_an_sse_stream_that_ends_as_its_shape_does_on_success_failed_nowhere(path: str) -> None:
+    """A stream on an SSE shape that ends as Ollama ends a whole answer there is no
+    error, wherever a chunk boundary splits its end (Go's buffered writer cuts a long
+    event where its buffer fills); one that stops short of that end is."""
+    body = _BEGUN + _SSE_ENDINGS[path]
+    for cut in range(len(body) + 1):
+        assert final_chunk.sse_error(_chunked(body, cut), path, chunked=True) is None
+        assert final_chunk.sse_error(_chunked(_BEGUN, cut), path, True) == final_chunk.UNFINISHED
+    assert final_chunk.sse_error(body, path, chunked=False) is None
+    assert final_chunk.sse_error(_BEGUN, path, chunked=False) == final_chunk.UNFINISHED
+    # The tail the relay keeps (its last two reads) may begin anywhere before the
+    # terminal chunk.
+    framed = _chunked(body, len(_BEGUN) // 2)
+    for start in range(len(framed) - len(b"\r\n0\r\n\r\n")):
+        assert final_chunk.sse_error(framed[start:], path, chunked=True) is None
+    # A chunk of data that looks like framing (a line break and a size) is data.
+    odd = b'data: {"x":"\r\n3\r\n"}\n\n' + _SSE_ENDINGS[path]
+    assert final_chunk.sse_error(_chunked(odd, 20), path, chunked=True) is None
+    assert final_chunk.sse_error(_chunked(odd[:-4], 20), path, True) == final_chunk.UNFINISHED
+
+
+@pytest.mark.parametrize(
+    ("path", "event"),
+    [
+        (
+            "/v1/chat/completions",
+            b'data: {"error":{"message":"boom","type":"api_error","param":null,"code":null}}',
+        ),
+        (
+            "/v1/messages",
+            b'event: error\ndata: {"type":"error","error":{"type":"api_error","message":"boom"}}',
+        ),
+        (
+            "/v1/responses",
+            b'event: response.failed\ndata: {"response":{"error":{"code":"api_error",'
+            b'"message":"boom"},"status":"failed"},"sequence_number":3,"type":"response.failed"}',
+        ),
+    ],
+)
+def test_an_sse_stream_that_ends_with_an_error_event_records_its_message(
+    path: str, event: bytes
+) -> None:
+    """The error event a stream ends with (a proxy's mid-stream error, Anthropic's
+    `error`, the Responses API's `response.failed`) says why the answer failed."""
+    body = _BEGUN + event + b"\n\n"
+    assert final_chunk.sse_error(_chunked(body, 7), path, chunked=True) == "boom"
+
+
+def test_a_stream_on_a_path_with_no_known_end_is_no_error() -> None:
+    assert final_chunk.sse_error(_chunked(_BEGUN, 5), "/api/pull", chunked=True) is None
+
+
 class Recorded:
     """The access-log records the proxy writes while `with` lasts."""
 

@@ -21,6 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from proxy import final_chunk
 from proxy.config import Usage
 from proxy.emulator import EmulatorSettings
 from proxy.usage import event as ev
@@ -28,6 +29,7 @@ from proxy.usage.postgres import PostgresSink
 from proxy.usage.runner import Record, SinkRunner
 from proxy.usage.spool import Spool
 from proxy.usage.stats import MAX_KEYS, MemoryStats, from_postgres
+from selector_model import outcome
 from selector_model.usage_event import Answer, Client, UsageEvent
 from tests.support import Emulator, Proxy, ServerThread, free_port
 from tests.usage_services import Database, read_bytes, wait_for
@@ -520,3 +522,133 @@ async def test_a_stream_the_backend_ends_with_its_error_line_records_the_error(
     finally:
         proxy.stop()
         emulator.stop()
+
+
+# A streamed answer on each of Ollama's OpenAI and Anthropic shapes, `tokens` long.
+def _sse_request(path: str, tokens: int) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": MODEL, "stream": True}
+    if path == "/v1/completions":
+        return {**body, "prompt": "go on", "max_tokens": tokens}
+    if path == "/v1/responses":
+        return {**body, "input": "go on", "max_output_tokens": tokens}
+    return {**body, "messages": [{"role": "user", "content": "go on"}], "max_tokens": tokens}
+
+
+_SSE_PATHS = ["/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages"]
+
+
+async def _events_of(usage: Usage, *ids: str) -> list[dict[str, Any]]:
+    """The usage events of the requests `ids`, in that order, once all are written."""
+
+    async def recorded() -> bool:
+        raw = await read_bytes(usage.file_path)
+        return all(i.encode() in raw for i in ids)
+
+    await wait_for(recorded, what="the streams' events")
+    events = [orjson.loads(line) for line in (await read_bytes(usage.file_path)).splitlines()]
+    by_id = {e["request_id"]: e for e in events}
+    return [by_id[i] for i in ids]
+
+
+@pytest.mark.parametrize("path", _SSE_PATHS)
+async def test_an_sse_stream_the_runner_died_under_records_the_error(
+    servers: ServerThread, tmp_path: Path, path: str
+) -> None:
+    """On the OpenAI and Anthropic shapes Ollama's writers read the `{"error": ...}` line
+    of a stream that failed after it began as a chunk of nothing: the stream just stops,
+    without the end its shape has on success (`data: [DONE]`, `response.completed`,
+    `message_stop`). Its usage event records the error, so the answer counts as failed;
+    the same shape's stream that ran to its end does not."""
+    crashing = EmulatorSettings(chunk_delay_ms=20, default_tokens=400, crash_on="CRASH")
+    emulator = Emulator(servers, crashing)
+    usage = Usage(
+        file_path=str(tmp_path / "events.jsonl"),
+        spool_dir=str(tmp_path / "spool"),
+        flush_interval_seconds=0.02,
+    )
+    proxy = Proxy(servers, [emulator.url], usage=usage)
+    try:
+        async with aiohttp.ClientSession(proxy.url) as http:
+            async with http.post(path, json=_sse_request(path, 3)) as whole:
+                assert whole.status == 200
+                ended = (await whole.read()).rstrip().rsplit(b"\n", 1)[-1]
+                whole_id = whole.headers["X-Request-Id"]
+            async with http.post(path, json=_sse_request(path, 300)) as cut:
+                assert cut.status == 200
+                await cut.content.readline()  # the answer began
+                poison = {"model": MODEL, "prompt": "CRASH", "stream": False}
+                async with http.post("/api/generate", json=poison) as resp:
+                    assert resp.status == 500
+                rest = await cut.read()
+                cut_id = cut.headers["X-Request-Id"]
+            assert ended not in rest  # the cut stream lacks the whole one's end
+        done, failed = await _events_of(usage, whole_id, cut_id)
+        assert done["outcome"]["error"] is None
+        # Cut at its token limit, which Ollama's Responses stream does not say.
+        cut_short = outcome.Result(outcome.TRUNCATED_VALUE, outcome.TRUNCATED_WEIGHT, "truncated")
+        completed = outcome.Result(1.0, outcome.COMPLETED, "completed")
+        assert outcome.of_event(done) == (completed if path == "/v1/responses" else cut_short)
+        assert failed["outcome"]["status"] == 200
+        assert failed["outcome"]["error"] == final_chunk.UNFINISHED
+        assert outcome.of_event(failed) == outcome.Result(0.0, outcome.FAILED, "error")
+    finally:
+        proxy.stop()
+        emulator.stop()
+
+
+@pytest.mark.parametrize("path", _SSE_PATHS)
+async def test_a_client_leaving_an_sse_stream_is_a_cancellation_not_an_error(
+    servers: ServerThread, tmp_path: Path, path: str
+) -> None:
+    """A client that leaves mid-stream cancelled the answer: its usage event says so and
+    holds no error, though the stream never reached its end."""
+    slow = EmulatorSettings(chunk_delay_ms=20, default_tokens=400)
+    emulator = Emulator(servers, slow)
+    usage = Usage(
+        file_path=str(tmp_path / "events.jsonl"),
+        spool_dir=str(tmp_path / "spool"),
+        flush_interval_seconds=0.02,
+    )
+    proxy = Proxy(servers, [emulator.url], usage=usage)
+    try:
+        async with aiohttp.ClientSession(proxy.url) as http:
+            async with http.post(path, json=_sse_request(path, 300)) as left:
+                assert left.status == 200
+                await left.content.readline()
+                left_id = left.headers["X-Request-Id"]
+        (gone,) = await _events_of(usage, left_id)
+        assert gone["outcome"]["cancelled"] is True and gone["outcome"]["error"] is None
+        assert outcome.of_event(gone) == outcome.Result(0.0, outcome.FAILED, "cancelled")
+    finally:
+        proxy.stop()
+        emulator.stop()
+
+
+# The routes whose answers the emulator's faults cut (`proxy.emulator.app.FAULT_PATHS`).
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+async def test_an_sse_stream_the_backend_dropped_records_the_error(
+    servers: ServerThread, own_emulator: Emulator, tmp_path: Path, path: str
+) -> None:
+    """A backend connection that drops mid-stream is an error in the usage event; the
+    client gets the shape's error event."""
+    usage = Usage(
+        file_path=str(tmp_path / "events.jsonl"),
+        spool_dir=str(tmp_path / "spool"),
+        flush_interval_seconds=0.02,
+    )
+    proxy = Proxy(servers, [own_emulator.url], usage=usage)
+    own_emulator.state.fault = "close_early"
+    try:
+        async with (
+            aiohttp.ClientSession(proxy.url) as http,
+            http.post(path, json=_sse_request(path, 300)) as dropped,
+        ):
+            assert dropped.status == 200
+            last = (await dropped.read()).rstrip().rsplit(b"\n", 1)[-1]
+            assert orjson.loads(last.removeprefix(b"data: "))["error"]["type"] == "api_error"
+            dropped_id = dropped.headers["X-Request-Id"]
+        (failed,) = await _events_of(usage, dropped_id)
+        assert failed["outcome"]["status"] == 200 and failed["outcome"]["error"]
+        assert outcome.of_event(failed) == outcome.Result(0.0, outcome.FAILED, "error")
+    finally:
+        proxy.stop()
