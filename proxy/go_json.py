@@ -18,7 +18,8 @@ does one nested deeper than Go reads (`GO_MAX_DEPTH`). One nested deeper than or
 reads or writes, which Go reads, is read to `KEPT_DEPTH` and each value below is
 forwarded as written (`_read_deep`): the proxy reads nothing that deep. A number beyond
 a double, which Go refuses where it decodes it, is forwarded as written (`_number`),
-for the backend's own error.
+for the backend's own error; so is an integer beyond 64 bits, which Go names as written
+where an int field refuses it.
 """
 
 from __future__ import annotations
@@ -95,11 +96,16 @@ def _number(text: str) -> int | float | orjson.Fragment:
     double as written, a JSON fragment orjson writes back verbatim. Go refuses such a
     number wherever it decodes one (ParseFloat into an `any` or a float64, ParseInt into
     an int), naming the field; it reaches the backend as sent, which answers that, and
-    no check of the proxy's reads it as a number."""
-    if "." not in text and "e" not in text and "E" not in text and len(text) < 21:
-        value = int(text)
-        if -(2**63) <= value < 2**64:
-            return value
+    no check of the proxy's reads it as a number. So does an integer beyond 64 bits
+    (orjson would read a double): an int field refuses it naming it as written
+    (encoding/json's literalStore), a float64 reads it (`go_types.whole_literal`)."""
+    if "." not in text and "e" not in text and "E" not in text:
+        # 21 characters or more: beyond 64 bits, and no int() of a huge digit string.
+        if len(text) < 21:
+            value = int(text)
+            if -(2**63) <= value < 2**64:
+                return value
+        return orjson.Fragment(text)
     number = float(text)
     if number in (float("inf"), float("-inf")):
         return orjson.Fragment(text)
@@ -214,7 +220,10 @@ def read(body: bytes, max_values: int = 0) -> tuple[Any, bytes]:
     values(body, max_values)
     try:
         doc, gos_way = _orjson_reading(body)
-        return _read_in_gos_way(body, gos_way) if gos_way else _written(doc)
+        if gos_way:
+            return _read_in_gos_way(body, gos_way)
+        doc, written = _written(doc)
+        return _read_in_gos_way(body, _WIDE) if _wide(body, written) else (doc, written)
     except _TooDeep:
         return _read_deep(body)
 
@@ -232,15 +241,29 @@ async def write_off_loop(doc: Any, size: int) -> bytes:
     return written
 
 
-# Why orjson's reading of a body is not Go's: orjson refuses it, or two keys of an
-# object fold alike (which of them Go keeps depends on their order in the body).
-_REFUSED, _FOLDED = "refused", "folded"
+# Why orjson's reading of a body is not Go's: orjson refuses it, two keys of an
+# object fold alike (which of them Go keeps depends on their order in the body), or it
+# may hold an integer beyond 64 bits, which orjson reads as a double (`_number`).
+_REFUSED, _FOLDED, _WIDE = "refused", "folded", "wide"
+# Every ASCII digit a "0", every other byte a space: an integer beyond 64 bits is a run
+# of 19 digits or more (-9223372036854775809, 18446744073709551616).
+_DIGITS_ONLY = bytes(48 if 48 <= b <= 57 else 32 for b in range(256))
+_LONG_RUN = b"0" * 19
+
+
+def _wide(body: bytes, written: bytes) -> bool:
+    """Whether orjson's reading of `body`, `written` as orjson writes it, may hold an
+    integer beyond 64 bits read as a double (`_WIDE`). Such a double, 2**63 or more,
+    orjson writes with an exponent (`1.8446744073709552e+19`): only then is the body
+    looked at for a long run of digits (one C pass, no object made), and a run in a
+    string (a long number in a prompt) only costs the slower reading."""
+    return b"e+" in written and _LONG_RUN in body.translate(_DIGITS_ONLY)
 
 
 def _orjson_reading(body: bytes) -> tuple[Any, str]:
     """orjson's reading of `body`, canonical (keys renamed in place), and "" when it is
     Go's; else why not (`_REFUSED`, `_FOLDED`), for `_read_in_gos_way`. orjson's reading
-    serves every other body, a body of renamed keys too."""
+    serves every other body, a body of renamed keys too (`_wide` aside)."""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -256,7 +279,7 @@ def _read_in_gos_way(body: bytes, why: str) -> tuple[Any, bytes]:
     try:
         doc = _read_as_go(body)
     except NotJson:
-        if why == _FOLDED:
+        if why != _REFUSED:
             raise BodyError("invalid JSON in request body") from None
         return None, body
     if isinstance(doc, dict):
@@ -328,6 +351,8 @@ def _read_deep(body: bytes) -> tuple[Any, bytes]:
     shallow = _placed(body, spans, tag)
     try:
         doc, gos_way = _orjson_reading(shallow)
+        if not gos_way and _wide(shallow, orjson.dumps(doc)):
+            gos_way = _WIDE
         if gos_way:
             doc, forwarded = _read_in_gos_way(shallow, gos_way)
             if forwarded is shallow:  # no JSON to Go once shallow, so none as sent

@@ -11,6 +11,7 @@ answer a backend would not give.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -35,14 +36,30 @@ class BeyondADouble:
         self.text = text
 
 
+# An integer as JSON writes one.
+_INTEGER = re.compile(r"-?[0-9]+")
+
+
+def whole_literal(value: Any) -> str | None:
+    """The text of an integer the proxy's reading keeps as written because orjson cannot
+    hold it (beyond 64 bits, `go_json`) and a double can (Go reads it into a float64 or
+    an `any`; an int field refuses it, naming it as written); None for anything else."""
+    if not isinstance(value, orjson.Fragment):
+        return None
+    text = orjson.dumps(value).decode()
+    if not _INTEGER.fullmatch(text) or math.isinf(float(text)):
+        return None
+    return text
+
+
 def _beyond_a_double(value: Any) -> str | None:
     """The first number beyond a double in `value`, in document order, as written: a
     `BeyondADouble` (the emulator's reading) or the JSON fragment the proxy's reading
-    keeps it as (`go_json`)."""
+    keeps it as (`go_json`; not an integer a double holds, `whole_literal`)."""
     if isinstance(value, BeyondADouble):
         return value.text
     if isinstance(value, orjson.Fragment):
-        return orjson.dumps(value).decode()
+        return None if whole_literal(value) is not None else orjson.dumps(value).decode()
     children = (
         value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
     )
@@ -114,7 +131,7 @@ def _fits(value: Any, want: str) -> bool:
             isinstance(value, int) and not isinstance(value, bool) and _INT_MIN <= value <= _INT_MAX
         )
     if want == "float":
-        return isinstance(value, int | float) and not isinstance(value, bool)
+        return _number(value)
     if want in ("map", "object"):
         return isinstance(value, dict)
     return isinstance(value, list)  # every "[]..." kind, messages, tools, images
@@ -122,7 +139,10 @@ def _fits(value: Any, want: str) -> bool:
 
 def type_error(value: Any, struct: str, field_path: str, go_type: str) -> BodyError:
     kind = _kind(value)
-    if kind == "number" and go_type == "int" and isinstance(value, float):
+    whole = whole_literal(value)
+    if whole is not None and go_type == "int":
+        kind = f"number {whole}"  # beyond Go's int, as the client wrote it
+    elif kind == "number" and go_type == "int" and isinstance(value, float):
         kind = f"number {value:g}"
     elif kind == "number" and go_type == "int" and isinstance(value, int):
         kind = f"number {value}"  # beyond Go's int: an integer is written as read
@@ -482,7 +502,10 @@ OPTION_KINDS = {
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """A number Go reads into a float64 (an integer beyond 64 bits too)."""
+    if isinstance(value, int | float):
+        return not isinstance(value, bool)
+    return whole_literal(value) is not None
 
 
 def options_refusal(options: Mapping[str, Any] | None) -> str | None:

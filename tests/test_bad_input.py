@@ -137,10 +137,30 @@ BEYOND_AN_INT = [
         "json: cannot unmarshal number 18446744073709551615 into Go struct field "
         "GenerateRequest.context of type int",
     ),
+    # Beyond 64 bits either way, where orjson reads a double: written as the client did.
+    (
+        b"{" + _ASK + b', "top_logprobs": 18446744073709551616}',
+        "json: cannot unmarshal number 18446744073709551616 into Go struct field "
+        "GenerateRequest.top_logprobs of type int",
+    ),
+    (
+        b"{" + _ASK + b', "context": [1, -9223372036854775809]}',
+        "json: cannot unmarshal number -9223372036854775809 into Go struct field "
+        "GenerateRequest.context of type int",
+    ),
+    (
+        b"{" + _ASK + b', "top_logprobs": 100000000000000000000000}',
+        "json: cannot unmarshal number 100000000000000000000000 into Go struct field "
+        "GenerateRequest.top_logprobs of type int",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("body", "message"), BEYOND_AN_INT, ids=["top_logprobs", "context"])
+@pytest.mark.parametrize(
+    ("body", "message"),
+    BEYOND_AN_INT,
+    ids=["top_logprobs", "context", "top_logprobs 2^64", "context -2^63-1", "top_logprobs 1e23"],
+)
 async def test_an_integer_beyond_gos_int_gets_ollamas_error(
     emulator: Emulator, proxy: Proxy, body: bytes, message: str
 ) -> None:

@@ -21,7 +21,7 @@ from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy import go_json
+from proxy import go_json, go_types
 from proxy.auth import hash_key
 from proxy.config import ApiKey, Auth, Limits
 from proxy.protocol import HOP_BY_HOP
@@ -357,6 +357,28 @@ def test_a_number_beyond_a_double_is_forwarded_as_written(number: bytes) -> None
     doc, forwarded = go_json.read(body)
     assert doc["model"] == "m" and doc["prompt"] == "hi"
     assert forwarded == b'{"model":"m","prompt":"hi","options":{"temperature":' + number + b"}}"
+
+
+@pytest.mark.parametrize(
+    "number", [b"18446744073709551616", b"-9223372036854775809", b"100000000000000000000000"]
+)
+def test_an_integer_beyond_64_bits_is_forwarded_as_written_and_read_as_go_reads_it(
+    number: bytes,
+) -> None:
+    """orjson reads it as a double and would write it back as one
+    (`1.8446744073709552e19`): Go names the number as written where an int field
+    refuses it (encoding/json's literalStore), so it goes as the client wrote it. Where
+    Go reads it into a float64 (an option, `keep_alive`) it is no error."""
+    body = b'{"model":"m","keep_alive":' + number + b',"options":{"num_ctx":' + number + b"}}"
+    doc, forwarded = go_json.read(body)
+    assert forwarded == body
+    assert go_types.refusal("/api/generate", doc) is None
+    assert go_types.options_refusal(doc["options"]) is None
+    top = go_json.read(b'{"model":"m","top_logprobs":' + number + b"}")[0]
+    assert go_types.refusal("/api/chat", top) == (
+        f"json: cannot unmarshal number {number.decode()} into Go struct field "
+        "ChatRequest.top_logprobs of type int"
+    )
 
 
 def test_the_reading_matches_the_go_oracle() -> None:
