@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy import experiments, go_json, go_types
+from proxy import experiments, go_json, go_types, openai_chat
 from proxy import limits as request_limits
 from proxy.auth import KEY_REQUEST
 from proxy.auto import AUTO, AutoError, AutoRouter, profile_of, user_key
@@ -90,6 +90,20 @@ def _template(capabilities: list[str]) -> str:
 def _json(doc: Any, status: int = 200) -> web.Response:
     # `show` answers /api/show for auto as Ollama would: with Go's escapes.
     return web.Response(status=status, body=go_dumps(doc), headers={"Content-Type": JSON})
+
+
+OPENAI_CHAT_PATH = "/v1/chat/completions"
+
+
+def refusal(path: str, doc: Any) -> str | None:
+    """What Ollama answers with a 400 for a body (`doc`, as `go_json.read` reads it) on
+    `path` before it looks at the model (`go_types.refusal`; on chat completions, what
+    the OpenAI middleware refuses as it converts the body, `openai_chat.refusal`), None
+    for one it goes on with. Where the proxy answers for `auto` in a backend's place,
+    this comes first, as from Ollama; a body routed to a backend gets it from there."""
+    if path == OPENAI_CHAT_PATH:
+        return openai_chat.refusal(doc)
+    return go_types.refusal(path, doc)
 
 
 class AutoRoutes:
@@ -235,15 +249,20 @@ class AutoRoutes:
             doc, _ = await go_json.read_off_loop(body, self.limits.max_json_values)
         except go_json.BodyError as exc:
             return error_response(request.path, exc.status, str(exc))
+        messages = isinstance(doc, dict) and "messages" in doc
+        path = str(request.query.get("path") or ("/api/chat" if messages else "/api/generate"))
+        # What the route refuses as it decodes the body, explain refuses in its words.
+        if doc is None:
+            return error_response(request.path, 400, go_types.decode_refusal(path, body))
+        unread = refusal(path, doc)
+        if unread is not None:
+            return error_response(request.path, 400, unread)
         if not isinstance(doc, dict):
             return error_response(request.path, 400, "expected a JSON object")
         model = doc.get("model") if isinstance(doc.get("model"), str) else AUTO
         profile = profile_of(str(model), self.auto.config.default_profile)
         if profile is None:
             return error_response(request.path, 400, f"'{model}' is not auto or auto:<profile>")
-        path = str(
-            request.query.get("path") or ("/api/chat" if "messages" in doc else "/api/generate")
-        )
         if path not in RANKED_PATHS:
             # A ranking here would name a model auto never sends to this route.
             route = find(path)

@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from proxy.go_json import decode_error
 from selector_model.request_body import canonicalize
 
 
@@ -530,7 +531,16 @@ def options_refusal(options: Mapping[str, Any] | None) -> str | None:
     return None
 
 
-def refusal(path: str, doc: dict[str, Any]) -> str | None:
+def decode_refusal(path: str, body: bytes) -> str:
+    """What Ollama's handler for `path` answers with a 400 for a body Go finds no JSON
+    value in (`go_json.read`'s document None): Go's decoding error, or, for a body of
+    blanks (ShouldBindJSON's io.EOF), a native handler's own words; the OpenAI and
+    Anthropic middlewares answer Go's."""
+    error = decode_error(body)
+    return "missing request body" if error == "EOF" and not path.startswith("/v1/") else error
+
+
+def refusal(path: str, doc: Any) -> str | None:
     """What Ollama's handler for `path` answers with a 400 before it looks at the
     model: an error decoding the body (`doc`, as `go_json.read` reads it) into its
     struct (`_STRUCTS`), or `top_logprobs` out of range; None for a body it goes on

@@ -19,18 +19,16 @@ from aiohttp import hdrs, web
 
 from proxy import (
     go_json,
-    go_types,
     header_values,
     model_changes,
     multipart_form,
-    openai_chat,
     request_encoding,
 )
 from proxy import limits as request_limits
 from proxy.aiohttp_internals import state_get
 from proxy.auth import KEY_REQUEST, KeyState, sees_fleet
 from proxy.auto import AutoError, AutoRouter, profile_of, user_key
-from proxy.auto_routes import AutoRoutes
+from proxy.auto_routes import AutoRoutes, refusal
 from proxy.backends import (
     WEB_PATHS,
     BackendPool,
@@ -63,7 +61,6 @@ SHOW_PATH = "/api/show"
 CREATE_PATH = "/api/create"
 _WHOLE_AFTER_WORK = frozenset({"/api/pull", "/api/push", CREATE_PATH})
 LOADING_PATHS = ("/api/generate", "/api/chat")
-OPENAI_CHAT_PATH = "/v1/chat/completions"
 V1_MODEL_PREFIX = "/v1/models/"
 # `auto` chooses among models by what they do with text; none of that says which
 # model transcribes audio.
@@ -87,14 +84,8 @@ def document_of(body: bytes, max_values: int) -> Any:
 
 def _refused(path: str, doc: dict[str, Any]) -> web.Response | None:
     """Ollama's 400 for a body its handler refuses before it looks at the model
-    (`go_types.refusal`; on chat completions, what the OpenAI middleware refuses as it
-    converts the body, `openai_chat.refusal`), None for one it goes on with. Where the
-    proxy answers for `auto` in a backend's place, this comes first, as from Ollama; a
-    body routed to a backend gets it from there."""
-    if path == OPENAI_CHAT_PATH:
-        refused = openai_chat.refusal(doc)
-    else:
-        refused = go_types.refusal(path, doc)
+    (`auto_routes.refusal`), None for one it goes on with."""
+    refused = refusal(path, doc)
     return None if refused is None else error_response(path, 400, refused)
 
 

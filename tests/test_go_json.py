@@ -328,6 +328,45 @@ async def test_auto_routes_a_deeply_nested_body(proxy: Proxy, path: str, depth: 
         assert resp.status == 200, await resp.read()
 
 
+# Bodies Go's decoder refuses (a syntax error, a body of blanks, NaN) or decodes into
+# no request struct (not an object, a field of the wrong type), and one it reads.
+_REFUSED_BODIES = [
+    b"NaN",
+    b"-Infinity",
+    b'{"a":1,}',
+    b'{"model":"auto","messages":[',
+    b"nul",
+    b"",
+    b"  ",
+    b'{"model":"auto","prompt":"\xff\x01"}',
+    b"[1]",
+    b'"x"',
+    b'{"model":"auto","messages":"hi"}',
+    b'{"model":1}',
+    b'{"model":"auto","messages":[]} trailing',
+]
+
+
+@pytest.mark.parametrize("body", _REFUSED_BODIES)
+@pytest.mark.parametrize("path", ["/api/chat", "/api/generate"])
+async def test_explain_refuses_a_body_as_the_route_it_ranks_for_does(
+    proxy: Proxy, path: str, body: bytes
+) -> None:
+    """explain reads a body as the route it ranks for: what that route answers with a
+    400 (Go's decoding error, through the proxy from the backend or from the proxy
+    itself), explain answers in the same words; what it reads, explain ranks."""
+    async with aiohttp.ClientSession() as http:
+        async with http.post(proxy.url + path, data=body) as resp:
+            routed = resp.status, await resp.read()
+        explain = proxy.url + "/api/autoroute/explain"
+        async with http.post(explain, params={"path": path}, data=body) as resp:
+            explained = resp.status, await resp.read()
+    if routed[0] == 400:
+        assert explained == routed
+    else:
+        assert explained[0] == 200 and orjson.loads(explained[1])["ranking"]
+
+
 def test_values_below_the_depth_read_are_forwarded_as_written() -> None:
     """Each value below `KEPT_DEPTH` goes as the client wrote it, invalid UTF-8 and
     all (Go reads it there as it reads it in the client's body); what the proxy reads

@@ -93,6 +93,11 @@ def file_proxy(servers: ServerThread, own_emulator: Emulator, tmp_path: Path) ->
         ({"request_id": "abc", "rating": 1.5}, "rating must be between 0"),
         ({"request_id": "abc", "rating": True}, "rating must be a number"),
         ([], "body must be a JSON object"),
+        # Not JSON: Go's decoding error, as the proxy's other endpoints answer it.
+        (b"NaN", "invalid character 'N' looking for beginning of value"),
+        (b'{"request_id": "abc", "rating": 1,}', "invalid character '}' looking for beginning"),
+        (b'{"request_id": "abc", "rating": ', "unexpected EOF"),
+        (b"", "missing request body"),
     ],
 )
 async def test_feedback_that_cannot_name_an_answer_is_a_400(
@@ -103,7 +108,10 @@ async def test_feedback_that_cannot_name_an_answer_is_a_400(
     try:
         async with (
             aiohttp.ClientSession(file_proxy.url) as http,
-            http.post("/api/autoroute/feedback", json=body) as resp,
+            http.post(
+                "/api/autoroute/feedback",
+                **({"data": body} if isinstance(body, bytes) else {"json": body}),
+            ) as resp,
         ):
             assert resp.status == 400
             assert orjson.loads(await resp.read())["error"].startswith(error)

@@ -90,124 +90,6 @@ def empty_ok() -> web.Response:
 # Decoding -----------------------------------------------------------------------------
 
 
-_GO_ESCAPES = {7: "\\a", 8: "\\b", 9: "\\t", 10: "\\n", 11: "\\v", 12: "\\f", 13: "\\r"}
-
-
-def _go_char(byte: int) -> str:
-    """encoding/json's quoteChar: the byte its scanner stopped at, read as a rune and
-    quoted as strconv.Quote quotes it (between single quotes)."""
-    c = chr(byte)
-    if c == "'":
-        return "'\\''"
-    if byte in _GO_ESCAPES:
-        return f"'{_GO_ESCAPES[byte]}'"
-    if byte < 0x20 or byte == 0x7F:
-        return f"'\\x{byte:02x}'"
-    if c == "\\":
-        return "'\\\\'"
-    return f"'{c}'" if c.isprintable() else f"'\\u{byte:04x}'"
-
-
-def _byte_at(raw: bytes, doc: str, pos: int) -> int:
-    """The byte of `raw` that `doc[pos]` stands for, `doc` being `go_text(raw)`: Go's
-    scanner reads bytes, and a U+FFFD that `go_text` wrote stands for one byte."""
-    offset = 0
-    for c in doc[:pos]:
-        if c == "\ufffd" and not raw.startswith(b"\xef\xbf\xbd", offset):
-            offset += 1
-        else:
-            offset += len(c.encode())
-    return raw[offset]
-
-
-def _context_at(doc: str, pos: int) -> str:
-    """Whether position `pos` sits inside an object or an array (for Go's wording)."""
-    stack: list[str] = []
-    in_str = esc = False
-    for c in doc[:pos]:
-        if in_str:
-            if esc:
-                esc = False
-            elif c == "\\":
-                esc = True
-            elif c == '"':
-                in_str = False
-        elif c == '"':
-            in_str = True
-        elif c in "[{":
-            stack.append(c)
-        elif c in "]}" and stack:
-            stack.pop()
-    return stack[-1] if stack else ""
-
-
-# The literals Go's scanner reads a byte at a time, by their first byte.
-_LITERALS = {"t": "true", "f": "false", "n": "null"}
-_NUMBER_CHARS = frozenset("0123456789.eE+-")
-
-
-def _in_literal(raw: bytes, doc: str, pos: int, msg: str) -> str | None:
-    """Go's error where Python's json stopped at `pos` inside a literal or a number
-    Go's scanner reads further (its stateT..., stateNeg, stateDot, stateE, stateESign):
-    "unexpected EOF" where the body ends first, else the byte it refused and why;
-    None where the scanner stops at `pos` too."""
-    if msg.startswith("Expecting value"):
-        word = _LITERALS.get(doc[pos])
-        if word is not None:
-            for i in range(1, len(word)):
-                if pos + i >= len(doc):
-                    return "unexpected EOF"
-                if doc[pos + i] != word[i]:
-                    refused = _go_char(_byte_at(raw, doc, pos + i))
-                    return f"invalid character {refused} in literal {word} (expecting '{word[i]}')"
-            return None
-        if doc[pos] != "-":
-            return None
-        at, why = pos + 1, "in numeric literal"
-    else:
-        start = pos
-        while start and doc[start - 1] in _NUMBER_CHARS:
-            start -= 1
-        number = doc[start:pos]
-        if not number or not number[-1].isdigit() or "e" in number.lower():
-            return None
-        if doc[pos] == "." and "." not in number:
-            at, why = pos + 1, "after decimal point in numeric literal"
-        elif doc[pos] in "eE":
-            at = pos + 2 if doc[pos + 1 : pos + 2] in ("+", "-") else pos + 1
-            why = "in exponent of numeric literal"
-        else:
-            return None
-    if at >= len(doc):
-        return "unexpected EOF"
-    return f"invalid character {_go_char(_byte_at(raw, doc, at))} {why}"
-
-
-def _syntax_message(raw: bytes, doc: str, exc: json.JSONDecodeError) -> str:
-    pos = exc.pos
-    if pos >= len(doc) or exc.msg.startswith("Unterminated"):
-        return "unexpected EOF"
-    in_literal = _in_literal(raw, doc, pos, exc.msg)
-    if in_literal is not None:
-        return in_literal
-    c = _byte_at(raw, doc, pos)
-    msg = exc.msg
-    if msg.startswith("Expecting property name"):
-        return f"invalid character {_go_char(c)} looking for beginning of object key string"
-    if msg.startswith("Expecting ':'"):
-        return f"invalid character {_go_char(c)} after object key"
-    if msg.startswith("Expecting ','"):
-        if _context_at(doc, pos) == "{":
-            return f"invalid character {_go_char(c)} after object key:value pair"
-        return f"invalid character {_go_char(c)} after array element"
-    if msg.startswith("Invalid control character"):
-        return f"invalid character {_go_char(c)} in string literal"
-    if msg.startswith("Invalid \\escape") or msg.startswith("Invalid \\u"):
-        escaped = _byte_at(raw, doc, pos + 1) if pos + 1 < len(doc) else c
-        return f"invalid character {_go_char(escaped)} in string escape code"
-    return f"invalid character {_go_char(c)} looking for beginning of value"
-
-
 def _number(text: str) -> int | float | BeyondADouble:
     """A JSON number as Go reads it: an integer, a double, or one beyond a double."""
     number = float(text)  # rounds as Go's ParseFloat does, to infinity beyond a double
@@ -218,17 +100,8 @@ def _number(text: str) -> int | float | BeyondADouble:
     return int(text)
 
 
-# Go's scanner refuses each at the first character that cannot begin a value (after
-# a minus sign, the first it cannot continue a number with); Python's json reads them.
-_CONSTANTS = {
-    "NaN": "invalid character 'N' looking for beginning of value",
-    "Infinity": "invalid character 'I' looking for beginning of value",
-    "-Infinity": "invalid character 'I' in numeric literal",
-}
-
-
 def _constant(text: str) -> Any:
-    raise BodyError(_CONSTANTS[text])
+    raise BodyError(go_json.CONSTANTS[text])
 
 
 _DECODER = json.JSONDecoder(
@@ -259,7 +132,7 @@ def decode_json(raw: bytes) -> Any:
     try:
         value, _ = _DECODER.raw_decode(doc, start)
     except json.JSONDecodeError as exc:
-        raise BodyError(_syntax_message(raw, doc, exc)) from None
+        raise BodyError(go_json.syntax_message(raw, doc, exc)) from None
     except RecursionError:
         # Deeper than Python's decoder goes, and Go reads up to 10,000 levels: what is
         # deeper than the emulator looks is read as a placeholder.

@@ -219,12 +219,9 @@ class UsagePipeline:
         return {"source": "memory", "models": self.memory.summary(), **self.counters()}
 
 
-def parse_feedback(body: bytes) -> tuple[str, float, str | None]:
-    """`{request_id, rating, comment?}`; ValueError says what is wrong."""
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise ValueError("body is not JSON") from None
+def parse_feedback(doc: Any) -> tuple[str, float, str | None]:
+    """`{request_id, rating, comment?}` (the body as `go_json.read` reads it, a JSON
+    value); ValueError says what is wrong."""
     if not isinstance(doc, dict):
         raise ValueError("body must be a JSON object")
     request_id, rating, comment = doc.get("request_id"), doc.get("rating"), doc.get("comment")

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy import go_json
+from proxy import go_json, go_types
 from proxy.aiohttp_internals import state_get
 from proxy.auth import KEY_REQUEST, KeyState, sees_fleet
 from proxy.backends import BackendPool
@@ -35,11 +35,15 @@ class UsageRoutes:
         self.max_json_values = max_json_values  # `limits.max_json_values`
 
     async def feedback(self, request: web.Request) -> web.Response:
+        # Read as every body the proxy reads, so that the same bytes mean the same here
+        # and are refused in the same words (Go's decoding error) where they mean nothing.
         try:
             body = await read_body(request, self.body_idle_seconds)
-            go_json.values(body, self.max_json_values)
-            request_id, rating, comment = parse_feedback(body)
-        except go_json.TooManyValues as exc:
+            doc, _ = await go_json.read_off_loop(body, self.max_json_values)
+            if doc is None:
+                raise ValueError(go_types.decode_refusal(request.path, body))
+            request_id, rating, comment = parse_feedback(doc)
+        except go_json.BodyError as exc:
             return error_response(request.path, exc.status, str(exc))
         except ValueError as exc:
             return error_response(request.path, 400, str(exc))
