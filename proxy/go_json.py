@@ -255,10 +255,11 @@ _LONG_RUN = b"0" * 19
 def _wide(body: bytes, written: bytes) -> bool:
     """Whether orjson's reading of `body`, `written` as orjson writes it, may hold an
     integer beyond 64 bits read as a double (`_WIDE`). Such a double, 2**63 or more,
-    orjson writes with an exponent (`1.8446744073709552e+19`): only then is the body
-    looked at for a long run of digits (one C pass, no object made), and a run in a
-    string (a long number in a prompt) only costs the slower reading."""
-    return b"e+" in written and _LONG_RUN in body.translate(_DIGITS_ONLY)
+    orjson writes with an exponent (`1.8446744073709552e+19`): only where `written` has
+    a `+` (a search for one byte, where a longer needle costs a pass as slow as the
+    next) is the body looked at for a long run of digits (one C pass, no object made).
+    A run in a string (a long number in a prompt) only costs the slower reading."""
+    return b"+" in written and _LONG_RUN in body.translate(_DIGITS_ONLY)
 
 
 def _orjson_reading(body: bytes) -> tuple[Any, str]:
