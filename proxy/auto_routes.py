@@ -251,14 +251,13 @@ class AutoRoutes:
             return error_response(request.path, exc.status, str(exc))
         messages = isinstance(doc, dict) and "messages" in doc
         path = str(request.query.get("path") or ("/api/chat" if messages else "/api/generate"))
-        # What the route refuses as it decodes the body, explain refuses in its words.
+        # What the route it ranks for refuses as it decodes the body, explain refuses in
+        # the route's words.
         if doc is None:
             return error_response(request.path, 400, go_types.decode_refusal(path, body))
-        unread = refusal(path, doc)
-        if unread is not None:
-            return error_response(request.path, 400, unread)
         if not isinstance(doc, dict):
-            return error_response(request.path, 400, "expected a JSON object")
+            not_an_object = refusal(path, doc) or "expected a JSON object"
+            return error_response(request.path, 400, not_an_object)
         model = doc.get("model") if isinstance(doc.get("model"), str) else AUTO
         profile = profile_of(str(model), self.auto.config.default_profile)
         if profile is None:
@@ -277,6 +276,11 @@ class AutoRoutes:
         refused = request_limits.check_body(request.path, doc, self.limits, [])
         if refused is not None:
             return refused
+        # A field of the wrong type, which the route's backend refuses after the proxy's
+        # own bounds.
+        unread = refusal(path, doc)
+        if unread is not None:
+            return error_response(request.path, 400, unread)
         # The key's allow-list, as on inference: explain must rank what auto would.
         key = request.get(KEY_REQUEST)
         only = key.models if key is not None else None
