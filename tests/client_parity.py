@@ -15,6 +15,7 @@ import ollama
 import openai
 
 from proxy.protocol import HOP_BY_HOP, MODEL_HEADER
+from tests.support import AUTO_NAMES, Proxy
 
 # Headers a client may see differ for reasons that are not the answer's content:
 # - the proxy's own (the request's id, auto's choice and reasons, the hint to a
@@ -169,3 +170,27 @@ async def async_outcome(
         return {"chunks": chunks, "heads": answers.take()}
     except ERRORS as exc:
         return {"chunks": chunks, **raised(exc), "heads": answers.take()}
+
+
+# A client's calls against one host: each (method, keyword arguments) as plain data.
+Run = Callable[[str, "Answers", list[tuple[str, dict[str, Any]]]], list[Any]]
+
+
+def hosts(proxy: Proxy) -> tuple[str, str]:
+    """The backend's address and the proxy's, in the order the calls go."""
+    return proxy.config.backends[0].url, proxy.url
+
+
+def auto_as_chosen(
+    run: Run, proxy: Proxy, method: str, kwargs: dict[str, Any], model: str
+) -> tuple[Any, str]:
+    """A call with `auto` (`model`) through the proxy, checked equal to the same call made
+    directly with the model it chose (X-Autoroute-Model): that answer, and the model."""
+    answers = Answers()
+    backend, front = hosts(proxy)
+    [proxied] = run(front, answers, [(method, {"model": model, **kwargs})])
+    chosen = answers.models[-1]
+    assert chosen is not None and chosen not in AUTO_NAMES
+    [direct] = run(backend, answers, [(method, {"model": chosen, **kwargs})])
+    assert proxied == direct
+    return direct, chosen

@@ -37,6 +37,21 @@ T = TypeVar("T")
 AUTO_NAMES = ("auto", "auto:balanced", "auto:fast", "auto:best")
 # A 1x1 PNG, base64 as Ollama's `images` carry it: what a vision request sends.
 PIXEL_PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="  # noqa: E501
+# A tool in the shape the Ollama and OpenAI clients send one.
+WEATHER_TOOLS: list[Any] = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather in a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string", "description": "City name"}},
+                "required": ["city"],
+            },
+        },
+    }
+]
 
 
 def without_auto(body: bytes) -> bytes:

@@ -22,8 +22,8 @@ import pytest
 
 from proxy.auth import hash_key
 from proxy.config import ApiKey, Auth
-from tests.client_parity import Answers, async_outcome, outcome
-from tests.support import AUTO_NAMES, PIXEL_PNG, Emulator, Proxy, ServerThread
+from tests.client_parity import Answers, async_outcome, auto_as_chosen, hosts, outcome
+from tests.support import AUTO_NAMES, PIXEL_PNG, WEATHER_TOOLS, Emulator, Proxy, ServerThread
 
 MODEL = "qwen2.5:7b"
 THINKER = "qwen3:8b"
@@ -31,20 +31,6 @@ CODER = "qwen2.5-coder:7b"
 VISION = "llava:7b"
 EMBEDDER = "nomic-embed-text"
 ASK = [{"role": "user", "content": "Why is the sky blue?"}]
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Current weather in a city",
-            "parameters": {
-                "type": "object",
-                "properties": {"city": {"type": "string", "description": "City name"}},
-                "required": ["city"],
-            },
-        },
-    }
-]
 SCHEMA = {
     "type": "object",
     "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
@@ -76,9 +62,9 @@ CASES: list[tuple[str, dict[str, Any]]] = []
 CASES += [
     call("chat", model=MODEL, messages=ASK),
     call("chat", model=MODEL, messages=ASK, stream=True),
-    call("chat", model=MODEL, messages=TOOL_ROUND[:1], tools=TOOLS),
-    call("chat", model=MODEL, messages=TOOL_ROUND[:1], tools=TOOLS, stream=True),
-    call("chat", model=MODEL, messages=TOOL_ROUND, tools=TOOLS),
+    call("chat", model=MODEL, messages=TOOL_ROUND[:1], tools=WEATHER_TOOLS),
+    call("chat", model=MODEL, messages=TOOL_ROUND[:1], tools=WEATHER_TOOLS, stream=True),
+    call("chat", model=MODEL, messages=TOOL_ROUND, tools=WEATHER_TOOLS),
     call("chat", model=VISION, messages=[{**ASK[0], "images": [PIXEL]}]),
     call("chat", model=MODEL, messages=ASK, format="json"),
     call("chat", model=MODEL, messages=ASK, format=SCHEMA, stream=True),
@@ -154,7 +140,7 @@ CASES += [
     call("embed", model=MODEL, input="one"),
     call("generate", model=MODEL, prompt="Hello", suffix="x"),
     call("generate", model=MODEL, prompt="Hello", raw=True, system="Be brief."),
-    call("chat", model=MODEL, messages=ASK, tools=TOOLS, top_logprobs=21, logprobs=True),
+    call("chat", model=MODEL, messages=ASK, tools=WEATHER_TOOLS, top_logprobs=21, logprobs=True),
     call("chat", model="Bad Name!", messages=ASK),
     call("embed", model=EMBEDDER, input=""),
     call("systemone", model=MODEL, state={"text": "x"}, questions={}),
@@ -197,11 +183,6 @@ def only_backend_models(result: Any) -> Any:
     return [m for m in result["models"] if m["model"] not in AUTO_NAMES]
 
 
-def _hosts(proxy: Proxy) -> tuple[str, str]:
-    """The backend's address and the proxy's, in the order the calls go."""
-    return proxy.config.backends[0].url, proxy.url
-
-
 def sync_run(host: str, answers: Answers, calls: list[tuple[str, dict[str, Any]]]) -> list[Any]:
     """The outcome of each call, in order, by one synchronous client of `host`."""
     client = ollama.Client(host, event_hooks=answers.hooks())
@@ -219,14 +200,14 @@ async def async_run(
 @pytest.mark.parametrize(("method", "kwargs"), PARAMS)
 def test_sync_client(method: str, kwargs: dict[str, Any], live_proxy: Proxy) -> None:
     answers = Answers()
-    direct, proxied = (sync_run(h, answers, [(method, kwargs)]) for h in _hosts(live_proxy))
+    direct, proxied = (sync_run(h, answers, [(method, kwargs)]) for h in hosts(live_proxy))
     assert proxied == direct
 
 
 @pytest.mark.parametrize(("method", "kwargs"), PARAMS)
 async def test_async_client(method: str, kwargs: dict[str, Any], live_proxy: Proxy) -> None:
     answers = Answers()
-    direct, proxied = [await async_run(h, answers, [(method, kwargs)]) for h in _hosts(live_proxy)]
+    direct, proxied = [await async_run(h, answers, [(method, kwargs)]) for h in hosts(live_proxy)]
     assert proxied == direct
 
 
@@ -243,7 +224,7 @@ async def test_concurrent_streams_keep_to_their_own_requests(live_proxy: Proxy) 
             for n in range(6)
         )
     ]
-    backend, front = _hosts(live_proxy)
+    backend, front = hosts(live_proxy)
     answers = Answers()
     direct = await async_run(backend, answers, calls)
     together = await asyncio.gather(*(async_run(front, Answers(), [c]) for c in calls))
@@ -253,19 +234,19 @@ async def test_concurrent_streams_keep_to_their_own_requests(live_proxy: Proxy) 
 
 def test_sync_client_changing_models(live_proxy: Proxy) -> None:
     answers = Answers()
-    direct, proxied = (sync_run(host, answers, CHANGES) for host in _hosts(live_proxy))
+    direct, proxied = (sync_run(host, answers, CHANGES) for host in hosts(live_proxy))
     assert created_now(proxied) == created_now(direct)
 
 
 async def test_async_client_changing_models(live_proxy: Proxy) -> None:
     answers = Answers()
-    direct, proxied = [await async_run(host, answers, CHANGES) for host in _hosts(live_proxy)]
+    direct, proxied = [await async_run(host, answers, CHANGES) for host in hosts(live_proxy)]
     assert created_now(proxied) == created_now(direct)
 
 
 def test_list(live_proxy: Proxy) -> None:
     answers = Answers()
-    direct, proxied = (sync_run(host, answers, [("list", {})])[0] for host in _hosts(live_proxy))
+    direct, proxied = (sync_run(host, answers, [("list", {})])[0] for host in hosts(live_proxy))
     assert only_backend_models(proxied.pop("result")) == direct.pop("result")["models"]
     assert proxied == direct
 
@@ -275,7 +256,7 @@ def test_blob_upload(live_proxy: Proxy, tmp_path: Path) -> None:
     uploads a blob of its own, since the backend keeps the first side's."""
     answers = Answers()
     seen = []
-    for host in _hosts(live_proxy):
+    for host in hosts(live_proxy):
         blob = tmp_path / "adapter.bin"
         blob.write_bytes(host.encode() * 1000)
         digest = "sha256:" + hashlib.sha256(blob.read_bytes()).hexdigest()
@@ -290,7 +271,7 @@ AUTO_CALLS = [
     call("chat", messages=[{"role": "user", "content": "Fix this: def add(a, b): return a - b"}]),
     call("chat", messages=[{"role": "user", "content": "Summarize the Roman Empire."}]),
     call("chat", messages=[{**ASK[0], "images": [PIXEL]}], stream=True),
-    call("chat", messages=TOOL_ROUND[:1], tools=TOOLS, stream=True),
+    call("chat", messages=TOOL_ROUND[:1], tools=WEATHER_TOOLS, stream=True),
     call("generate", prompt="Write a haiku about autumn.", stream=True),
     call("generate", prompt="def fib(n):", suffix="    return a"),
     call("chat", messages=ASK, think=True, stream=True, options={"num_ctx": 4096}),
@@ -306,13 +287,7 @@ def test_auto_answers_as_the_chosen_model_does(
 ) -> None:
     """`auto` through the proxy gives what the model it chose (X-Autoroute-Model, and
     the answer's `model`) gives when named directly."""
-    answers = Answers()
-    backend, front = _hosts(live_proxy)
-    [proxied] = sync_run(front, answers, [(method, {"model": model, **kwargs})])
-    chosen = answers.models[-1]
-    assert chosen is not None and chosen not in AUTO_NAMES
-    [direct] = sync_run(backend, answers, [(method, {"model": chosen, **kwargs})])
-    assert proxied == direct
+    direct, chosen = auto_as_chosen(sync_run, live_proxy, method, kwargs, model)
     assert {c["model"] for c in direct.get("chunks") or [direct["result"]]} == {chosen}
 
 
@@ -320,7 +295,7 @@ def test_auto_continues_a_context_with_the_model_that_wrote_it(live_proxy: Proxy
     """A /api/generate `context` that `auto` answered goes back to the model that wrote
     it, and the continuation is what that model gives when named directly."""
     answers = Answers()
-    backend, front = _hosts(live_proxy)
+    backend, front = hosts(live_proxy)
     [first] = sync_run(front, answers, [("generate", {"model": "auto", "prompt": "Hello"})])
     chosen, context = first["result"]["model"], first["result"]["context"]
     assert context and answers.models == [chosen]
@@ -358,7 +333,7 @@ def test_the_proxy_named_by_ollama_host(live_proxy: Proxy, monkeypatch: pytest.M
     scheme), as a user points it at the proxy."""
     answers = Answers()
     seen = []
-    for url in _hosts(live_proxy):
+    for url in hosts(live_proxy):
         monkeypatch.setenv("OLLAMA_HOST", url.removeprefix("http://"))
         client = ollama.Client(event_hooks=answers.hooks())
         seen.append(outcome(answers, client.chat, model=MODEL, messages=ASK, stream=True))

@@ -18,28 +18,14 @@ import openai
 import pydantic
 import pytest
 
-from tests.client_parity import Answers, async_outcome, outcome
-from tests.support import AUTO_NAMES, PIXEL_PNG, Proxy
+from tests.client_parity import Answers, async_outcome, auto_as_chosen, hosts, outcome
+from tests.support import AUTO_NAMES, PIXEL_PNG, WEATHER_TOOLS, Proxy
 
 MODEL = "qwen2.5:7b"
 THINKER = "qwen3:8b"
 VISION = "llava:7b"
 EMBEDDER = "nomic-embed-text"
 ASK: list[Any] = [{"role": "user", "content": "Why is the sky blue?"}]
-TOOLS: list[Any] = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Current weather in a city",
-            "parameters": {
-                "type": "object",
-                "properties": {"city": {"type": "string"}},
-                "required": ["city"],
-            },
-        },
-    }
-]
 TOOL_ROUND: list[Any] = [
     {"role": "user", "content": "Weather in Paris?"},
     {
@@ -96,9 +82,9 @@ CASES = [
     call(CHAT, model=MODEL, messages=ASK),
     call(CHAT, model=MODEL, messages=ASK, stream=True),
     call(CHAT, model=MODEL, messages=ASK, stream=True, stream_options=USAGE),
-    call(CHAT, model=MODEL, messages=TOOL_ROUND[:1], tools=TOOLS),
-    call(CHAT, model=MODEL, messages=TOOL_ROUND[:1], tools=TOOLS, stream=True),
-    call(CHAT, model=MODEL, messages=TOOL_ROUND, tools=TOOLS, tool_choice="auto"),
+    call(CHAT, model=MODEL, messages=TOOL_ROUND[:1], tools=WEATHER_TOOLS),
+    call(CHAT, model=MODEL, messages=TOOL_ROUND[:1], tools=WEATHER_TOOLS, stream=True),
+    call(CHAT, model=MODEL, messages=TOOL_ROUND, tools=WEATHER_TOOLS, tool_choice="auto"),
     call(CHAT, model=MODEL, messages=ASK, response_format=JSON_SCHEMA),
     call(CHAT, model=MODEL, messages=ASK, response_format={"type": "json_object"}, stream=True),
     call(CHAT, model=MODEL, messages=ASK, n=2),
@@ -190,10 +176,6 @@ def method_of(sdk: Any, path: str) -> Any:
     return sdk
 
 
-def _hosts(proxy: Proxy) -> tuple[str, str]:
-    return proxy.config.backends[0].url, proxy.url
-
-
 def sync_sdk(host: str, answers: Answers) -> openai.OpenAI:
     http = httpx.Client(event_hooks=answers.hooks())
     return openai.OpenAI(base_url=host + "/v1", api_key="ollama", max_retries=0, http_client=http)
@@ -215,7 +197,7 @@ def sync_run(host: str, answers: Answers, calls: list[tuple[str, dict[str, Any]]
 @pytest.mark.parametrize(("method", "kwargs"), PARAMS)
 def test_sync_sdk(method: str, kwargs: dict[str, Any], live_proxy: Proxy) -> None:
     answers = Answers()
-    direct, proxied = (sync_run(h, answers, [(method, kwargs)]) for h in _hosts(live_proxy))
+    direct, proxied = (sync_run(h, answers, [(method, kwargs)]) for h in hosts(live_proxy))
     assert proxied == direct
 
 
@@ -223,7 +205,7 @@ def test_sync_sdk(method: str, kwargs: dict[str, Any], live_proxy: Proxy) -> Non
 async def test_async_sdk(method: str, kwargs: dict[str, Any], live_proxy: Proxy) -> None:
     answers = Answers()
     seen = []
-    for host in _hosts(live_proxy):
+    for host in hosts(live_proxy):
         sdk = async_sdk(host, answers)
         seen.append(await async_outcome(answers, method_of(sdk, method), **kwargs))
     assert seen[1] == seen[0]
@@ -242,7 +224,7 @@ async def test_concurrent_streams_keep_to_their_own_requests(live_proxy: Proxy) 
         for n in range(10)
     ]
     calls = [(m, {"model": MODEL, **kw, "stream": True}) for m, kw in calls]
-    backend, front = _hosts(live_proxy)
+    backend, front = hosts(live_proxy)
 
     async def run(host: str, call: tuple[str, dict[str, Any]]) -> dict[str, Any]:
         answers = Answers()
@@ -257,7 +239,7 @@ def test_models_list(live_proxy: Proxy) -> None:
     """/v1/models through the proxy lists `auto` too (the proxy's model); the rest is
     the backend's list as it is."""
     answers = Answers()
-    direct, proxied = (sync_run(h, answers, [("models.list", {})])[0] for h in _hosts(live_proxy))
+    direct, proxied = (sync_run(h, answers, [("models.list", {})])[0] for h in hosts(live_proxy))
     listed = proxied["result"]["data"]
     proxied["result"]["data"] = [m for m in listed if m["id"] not in AUTO_NAMES]
     assert proxied == direct
@@ -267,7 +249,7 @@ def test_models_list(live_proxy: Proxy) -> None:
 AUTO_CALLS = [
     call(CHAT, messages=[{"role": "user", "content": "Fix this: def add(a, b): return a - b"}]),
     call(CHAT, messages=image(PNG_URL), stream=True, stream_options=USAGE),
-    call(CHAT, messages=TOOL_ROUND[:1], tools=TOOLS, stream=True),
+    call(CHAT, messages=TOOL_ROUND[:1], tools=WEATHER_TOOLS, stream=True),
     call(COMPLETE, prompt="Write a haiku about autumn.", stream=True),
     call("responses.create", input="Why is the sky blue?"),
     call("responses.create", input="Fix: def add(a, b): return a - b", stream=True),
@@ -281,13 +263,7 @@ def test_auto_answers_as_the_chosen_model_does(
 ) -> None:
     """`auto` through the proxy gives what the model it chose (X-Autoroute-Model, and
     the answer's `model`) gives when named directly."""
-    answers = Answers()
-    backend, front = _hosts(live_proxy)
-    [proxied] = sync_run(front, answers, [(method, {"model": model, **kwargs})])
-    chosen = answers.models[-1]
-    assert chosen is not None and chosen not in AUTO_NAMES
-    [direct] = sync_run(backend, answers, [(method, {"model": chosen, **kwargs})])
-    assert proxied == direct
+    direct, chosen = auto_as_chosen(sync_run, live_proxy, method, kwargs, model)
     # A Responses stream's events name it in those that carry the whole response.
     parts = direct.get("chunks") or [direct["result"]]
     named = {(p.get("response") or p).get("model") for p in parts} - {None}

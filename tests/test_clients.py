@@ -9,23 +9,9 @@ from typing import Any
 import ollama
 import pytest
 
-from tests.support import AUTO_NAMES, PIXEL_PNG, Emulator, Proxy
+from tests.support import AUTO_NAMES, PIXEL_PNG, WEATHER_TOOLS, Emulator, Proxy
 
 MODEL = "qwen2.5:7b"
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Current weather in a city",
-            "parameters": {
-                "type": "object",
-                "properties": {"city": {"type": "string", "description": "City name"}},
-                "required": ["city"],
-            },
-        },
-    }
-]
 PIXEL = base64.b64decode(PIXEL_PNG)
 
 
@@ -51,7 +37,7 @@ def calls(client: ollama.Client) -> dict[str, Any]:
             client.chat(
                 model=MODEL,
                 messages=[{"role": "user", "content": "Weather in Paris?"}],
-                tools=TOOLS,
+                tools=WEATHER_TOOLS,
             )
         ),
         "chat_image": dump(
