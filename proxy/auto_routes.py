@@ -95,15 +95,16 @@ def _json(doc: Any, status: int = 200) -> web.Response:
 OPENAI_CHAT_PATH = "/v1/chat/completions"
 
 
-def refusal(path: str, doc: Any) -> str | None:
-    """What Ollama answers with a 400 for a body (`doc`, as `go_json.read` reads it) on
-    `path` before it looks at the model (`go_types.refusal`; on chat completions, what
-    the OpenAI middleware refuses as it converts the body, `openai_chat.refusal`), None
-    for one it goes on with. Where the proxy answers for `auto` in a backend's place,
-    this comes first, as from Ollama; a body routed to a backend gets it from there."""
+def refusal(path: str, doc: Any, body: bytes) -> str | None:
+    """What Ollama answers with a 400 for a body (`body`; `doc`, as `go_json.read` reads
+    it) on `path` before it looks at the model (`go_types.refusal`; on chat completions,
+    what the OpenAI middleware refuses as it converts the body, `openai_chat.refusal`),
+    None for one it goes on with. Where the proxy answers for `auto` in a backend's
+    place, this comes first, as from Ollama; a body routed to a backend gets it from
+    there."""
     if path == OPENAI_CHAT_PATH:
-        return openai_chat.refusal(doc)
-    return go_types.refusal(path, doc)
+        return go_types.checked(doc, body, openai_chat.refusal)
+    return go_types.checked(doc, body, lambda read: go_types.refusal(path, read))
 
 
 class AutoRoutes:
@@ -256,7 +257,7 @@ class AutoRoutes:
         if doc is None:
             return error_response(request.path, 400, go_types.decode_refusal(path, body))
         if not isinstance(doc, dict):
-            not_an_object = refusal(path, doc) or "expected a JSON object"
+            not_an_object = refusal(path, doc, body) or "expected a JSON object"
             return error_response(request.path, 400, not_an_object)
         model = doc.get("model") if isinstance(doc.get("model"), str) else AUTO
         profile = profile_of(str(model), self.auto.config.default_profile)
@@ -278,7 +279,7 @@ class AutoRoutes:
             return refused
         # A field of the wrong type, which the route's backend refuses after the proxy's
         # own bounds.
-        unread = refusal(path, doc)
+        unread = refusal(path, doc, body)
         if unread is not None:
             return error_response(request.path, 400, unread)
         # The key's allow-list, as on inference: explain must rank what auto would.

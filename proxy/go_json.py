@@ -113,6 +113,25 @@ def _number(text: str) -> int | float | orjson.Fragment:
     return number
 
 
+class WrittenFloat(float):
+    """A number that is no integer, with its text as the client wrote it: an int field
+    refuses it naming that text (encoding/json's literalStore), which a double loses
+    (`1e3` reads as 1000.0). Only `read_written` keeps it."""
+
+    __slots__ = ("text",)
+    text: str
+
+    def __new__(cls, text: str) -> WrittenFloat:
+        number = super().__new__(cls, text)
+        number.text = text
+        return number
+
+
+def _written_number(text: str) -> int | float | orjson.Fragment:
+    number = _number(text)
+    return WrittenFloat(text) if type(number) is float else number
+
+
 def _not_a_number(text: str) -> Any:
     raise _NotANumber(text)
 
@@ -121,6 +140,14 @@ _GO_ORDER = json.JSONDecoder(
     object_pairs_hook=in_last_order,
     parse_int=_number,
     parse_float=_number,
+    parse_constant=_not_a_number,
+)
+
+
+_WRITTEN = json.JSONDecoder(
+    object_pairs_hook=in_last_order,
+    parse_int=_written_number,
+    parse_float=_written_number,
     parse_constant=_not_a_number,
 )
 
@@ -148,17 +175,28 @@ class _TooDeep(Exception):
     """Nested deeper than orjson or Python's json reads or writes: `_read_deep`."""
 
 
-def _read_as_go(body: bytes) -> Any:
+def _read_as_go(body: bytes, decoder: json.JSONDecoder = _GO_ORDER) -> Any:
     """The first JSON value of `body` with Go's substitutions (`go_text`) and Go's
     order among repeated keys."""
     text = go_text(body).lstrip(_WHITESPACE)
     try:
-        return _GO_ORDER.raw_decode(text)[0]
+        return decoder.raw_decode(text)[0]
     except RecursionError:
         raise _TooDeep from None
     except (json.JSONDecodeError, _NotANumber):
         # json's grammar is Go's: Go refuses this body too.
         raise NotJson from None
+
+
+def read_written(body: bytes) -> Any:
+    """`body` read as Go reads it, each number that is no integer a `WrittenFloat`, for
+    the error that names one as written; None when the body is too deep for this
+    reading (`_read_deep`) or no JSON. A slower reading than `read`'s, for a body
+    already refused."""
+    try:
+        return _read_as_go(body, _WRITTEN)
+    except (_TooDeep, NotJson):
+        return None
 
 
 # A JSON string, escapes and all: what `values` reads as one plain value.

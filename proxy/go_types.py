@@ -13,17 +13,24 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import orjson
 
-from proxy.go_json import decode_error
+from proxy.go_json import WrittenFloat, decode_error, read_written
 from selector_model.request_body import canonicalize
+
+T = TypeVar("T")
 
 
 class BodyError(Exception):
     """A request body Gin would refuse; str(self) is the Go error text."""
+
+
+class LiteralLost(BodyError):
+    """An int field refuses a number that is no integer, which Go names as the client
+    wrote it, and the reading holds it as a double that lost that text (`checked`)."""
 
 
 class BeyondADouble:
@@ -143,14 +150,33 @@ def type_error(value: Any, struct: str, field_path: str, go_type: str) -> BodyEr
     whole = whole_literal(value)
     if whole is not None and go_type == "int":
         kind = f"number {whole}"  # beyond Go's int, as the client wrote it
+    elif go_type == "int" and isinstance(value, WrittenFloat):
+        kind = f"number {value.text}"
     elif kind == "number" and go_type == "int" and isinstance(value, float):
-        kind = f"number {value:g}"
+        raise LiteralLost(
+            f"json: cannot unmarshal number {value!r} into Go struct field "
+            f"{struct}.{field_path} of type {go_type}"
+        )
     elif kind == "number" and go_type == "int" and isinstance(value, int):
         kind = f"number {value}"  # beyond Go's int: an integer is written as read
     return BodyError(
         f"json: cannot unmarshal {kind} into Go struct field "
         f"{struct}.{field_path} of type {go_type}"
     )
+
+
+def checked(doc: Any, body: bytes, check: Callable[[Any], T]) -> T:
+    """`check(doc)`, `doc` the reading of `body`; where it refuses a number that is no
+    integer in an int field (`LiteralLost`), `check` of `body` read again keeping such
+    numbers as written (`go_json.read_written`), for Go's error naming it. Only a body
+    so refused is read twice."""
+    try:
+        return check(doc)
+    except LiteralLost:
+        written = read_written(body)
+        if written is None:
+            raise
+        return check(written)
 
 
 def check_fields(body: Any, struct: str, fields: Mapping[str, str]) -> dict[str, Any]:
@@ -544,13 +570,15 @@ def refusal(path: str, doc: Any) -> str | None:
     """What Ollama's handler for `path` answers with a 400 before it looks at the
     model: an error decoding the body (`doc`, as `go_json.read` reads it) into its
     struct (`_STRUCTS`), or `top_logprobs` out of range; None for a body it goes on
-    with (or a path without a struct here)."""
+    with (or a path without a struct here). `LiteralLost` is raised, for `checked`."""
     struct = _STRUCTS.get(path)
     if struct is None:
         return None
     name, fields, logprobs = struct
     try:
         check_fields(doc, name, fields)
+    except LiteralLost:
+        raise
     except BodyError as exc:
         return str(exc)
     return top_logprobs_refusal(doc) if logprobs else None

@@ -82,10 +82,11 @@ def document_of(body: bytes, max_values: int) -> Any:
     return doc
 
 
-def _refused(path: str, doc: dict[str, Any]) -> web.Response | None:
-    """Ollama's 400 for a body its handler refuses before it looks at the model
-    (`auto_routes.refusal`), None for one it goes on with."""
-    refused = refusal(path, doc)
+def _refused(path: str, doc: dict[str, Any], body: bytes) -> web.Response | None:
+    """Ollama's 400 for a body (`body` as the client sent it, `doc` as read) its
+    handler refuses before it looks at the model (`auto_routes.refusal`), None for one
+    it goes on with."""
+    refused = refusal(path, doc, body)
     return None if refused is None else error_response(path, 400, refused)
 
 
@@ -166,9 +167,8 @@ class Handlers:
         try:
             raw = await self._read(request)
             limit = self.config.limits.max_body_bytes
-            doc, body = await go_json.read_off_loop(
-                request_encoding.decoded(request, raw, limit), self.config.limits.max_json_values
-            )
+            sent = request_encoding.decoded(request, raw, limit)
+            doc, body = await go_json.read_off_loop(sent, self.config.limits.max_json_values)
         except go_json.BodyError as exc:
             return error_response(path, exc.status, str(exc))
         except request_encoding.Undecodable as exc:
@@ -199,7 +199,7 @@ class Handlers:
             return await self._local_or_cloud(request, served, doc, body, model, (model,))
         assert isinstance(doc, dict)
         if path == SHOW_PATH:
-            return _refused(path, doc) or self.auto_routes.show(
+            return _refused(path, doc, sent) or self.auto_routes.show(
                 profile,
                 key.models if key else None,
                 model,
@@ -210,7 +210,7 @@ class Handlers:
             # of its own, so neither touches a backend (unloading whichever model an
             # empty prompt would be routed to would stop one that others are using).
             answered = (
-                _refused(path, doc)
+                _refused(path, doc, sent)
                 or self._unknown_profile(path, profile)
                 or self.auto_routes.loading(path, model, doc)
             )
@@ -224,7 +224,7 @@ class Handlers:
         if route is not None and route.embedding:
             # Embeddings use no profile, but one that does not exist is the same 400 as
             # on chat; a body Ollama cannot read is its 400 before either.
-            refused = _refused(path, doc) or self._unknown_profile(path, profile)
+            refused = _refused(path, doc, sent) or self._unknown_profile(path, profile)
             if refused is not None:
                 return refused
             chosen = self.config.selector.embedding_model
@@ -256,7 +256,7 @@ class Handlers:
                     path, doc, profile, user_key(request), key.models if key else None
                 )
             except AutoError as exc:
-                return _refused(path, doc) or error_response(path, 400, str(exc))
+                return _refused(path, doc, sent) or error_response(path, 400, str(exc))
             except NoBackend:
                 if self.cloud is None or not cloud_names or not self.cloud.takes(path, cloud_names):
                     raise

@@ -12,7 +12,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from proxy.go_types import BodyError, base64_error, base64_refusal, check_fields
+from proxy.go_types import (
+    BodyError,
+    LiteralLost,
+    base64_error,
+    base64_refusal,
+    check_fields,
+)
 
 # openai.ChatCompletionRequest, {json name: kind} (see `go_types.check_fields`).
 CHAT_FIELDS = {
@@ -265,9 +271,12 @@ def converted(doc: Any) -> dict[str, Any]:
 
 def refusal(doc: Any) -> str | None:
     """What ChatMiddleware refuses of a chat completion body (`doc`, as `go_json.read`
-    reads it) with a 400, None for one it passes on to ChatHandler."""
+    reads it) with a 400, None for one it passes on to ChatHandler. `LiteralLost` is
+    raised, for `go_types.checked`."""
     try:
         converted(doc)
+    except LiteralLost:
+        raise
     except BodyError as exc:
         return str(exc)
     return None

@@ -174,6 +174,42 @@ async def test_an_integer_beyond_gos_int_gets_ollamas_error(
     assert (status, orjson.loads(answer)) == (400, {"error": message})
 
 
+# Numbers that are no integer in an int field: ParseInt fails, and json.Unmarshal names
+# the number as the client wrote it (encoding/json literalStore), not as a double.
+WRITTEN_NUMBERS = [b"1e3", b"1.0", b"1.50", b"-2E-7"]
+
+
+@pytest.mark.parametrize("number", WRITTEN_NUMBERS)
+@pytest.mark.parametrize("field", ["top_logprobs", "context"])
+async def test_a_number_in_an_int_field_is_named_as_written(
+    emulator: Emulator, proxy: Proxy, number: bytes, field: str
+) -> None:
+    """By the emulator, and by the proxy itself where it answers for `auto` (a load)."""
+    value = number if field == "top_logprobs" else b"[1, " + number + b"]"
+    body = b"{" + _ASK + b', "' + field.encode() + b'": ' + value + b"}"
+    message = (
+        f"json: cannot unmarshal number {number.decode()} into Go struct field "
+        f"GenerateRequest.{field} of type int"
+    )
+    direct = await raw(emulator.url, "POST", "/api/generate", body)
+    assert direct[0] == 400 and orjson.loads(direct[2]) == {"error": message}
+    load = body.replace(b'"qwen2.5:7b", "prompt": "x"', b'"auto", "prompt": ""')
+    status, _, answer = await raw(proxy.url, "POST", "/api/generate", load)
+    assert (status, orjson.loads(answer)) == (400, {"error": message})
+
+
+@pytest.mark.parametrize("number", WRITTEN_NUMBERS)
+async def test_openai_max_tokens_is_named_as_written(emulator: Emulator, number: bytes) -> None:
+    body = b"{" + _CHAT + b', "max_tokens": ' + number + b"}"
+    message = (
+        f"json: cannot unmarshal number {number.decode()} into Go struct field "
+        "ChatCompletionRequest.max_tokens of type int"
+    )
+    status, _, answer = await raw(emulator.url, "POST", "/v1/chat/completions", body)
+    assert status == 400
+    assert orjson.loads(answer)["error"]["message"] == message
+
+
 GENERATE = b'{"model": "qwen2.5:7b", "prompt": "Hello", "stream": false}'
 ENCODED = [
     ("/api/generate", "gzip", GENERATE),

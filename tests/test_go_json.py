@@ -21,7 +21,7 @@ from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy import go_json, go_types
+from proxy import auto_routes, go_json, go_types
 from proxy.auth import hash_key
 from proxy.config import ApiKey, Auth, Limits
 from proxy.protocol import HOP_BY_HOP
@@ -417,6 +417,26 @@ def test_an_integer_beyond_64_bits_is_forwarded_as_written_and_read_as_go_reads_
     assert go_types.refusal("/api/chat", top) == (
         f"json: cannot unmarshal number {number.decode()} into Go struct field "
         "ChatRequest.top_logprobs of type int"
+    )
+
+
+@pytest.mark.parametrize("number", ["1e3", "1.0", "-2E-7", "1.50"])
+def test_a_number_in_an_int_field_is_named_as_written(number: str) -> None:
+    """A double loses how the client wrote it (`1e3` is 1000.0): the refusal reads the
+    body again, keeping it as written, for Go's error."""
+    body = b'{"model":"m","top_logprobs":' + number.encode() + b"}"
+    doc, _ = go_json.read(body)
+    assert auto_routes.refusal("/api/chat", doc, body) == (
+        f"json: cannot unmarshal number {number} into Go struct field "
+        "ChatRequest.top_logprobs of type int"
+    )
+    chat = b'{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":' + (
+        number.encode() + b"}"
+    )
+    doc, _ = go_json.read(chat)
+    assert auto_routes.refusal("/v1/chat/completions", doc, chat) == (
+        f"json: cannot unmarshal number {number} into Go struct field "
+        "ChatCompletionRequest.max_tokens of type int"
     )
 
 

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from proxy import go_types
 from proxy.backends import CLOUD, INVALID_NAME, source, valid_name
-from proxy.go_types import BodyError, check_fields
+from proxy.go_types import BodyError, check_fields, checked
 from proxy.keep_alive import parse as parse_keep_alive
 
 from .catalog import ModelSpec, qualified
@@ -60,7 +60,8 @@ class Prepared:
 async def read_body(request: web.Request, struct: str, fields: dict[str, str]) -> dict[str, Any]:
     """Gin's ShouldBindJSON plus the type checks json.Unmarshal performs."""
     try:
-        return check_fields(await read_json(request), struct, fields)
+        doc = await read_json(request)
+        return checked(doc, await request.read(), lambda read: check_fields(read, struct, fields))
     except EOFError:
         raise Refusal(400, "missing request body") from None
     except BodyError as exc:

@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy import multipart_form, openai_chat
-from proxy.go_types import BodyError, check_fields
+from proxy.go_types import BodyError, check_fields, checked
 from proxy.protocol import SSE
 
 from .engine import ClientGone, Piece
@@ -45,7 +45,10 @@ async def read_oa_body(
 ) -> dict[str, Any]:
     """The middleware's ShouldBindJSON: an empty body is plain `EOF` here."""
     try:
-        return check_fields(await read_json(request), struct_name, fields)
+        doc = await read_json(request)
+        return checked(
+            doc, await request.read(), lambda read: check_fields(read, struct_name, fields)
+        )
     except EOFError:
         raise Refusal(400, "EOF") from None
     except BodyError as exc:
@@ -255,7 +258,7 @@ async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
     state = state_of(request)
     try:
         body = await read_oa_body(request, "ChatCompletionRequest", {})
-        chat = openai_chat.converted(body)
+        chat = checked(body, await request.read(), openai_chat.converted)
     except Refusal as exc:
         return middleware_error(exc.status, exc.message)
     except BodyError as exc:
