@@ -1139,6 +1139,63 @@ async def test_a_runner_crash_ends_the_answers_running_on_that_runner(stream: bo
         await runner.cleanup()
 
 
+async def test_a_runner_crash_under_an_openai_stream_ends_it_as_ollamas_writers_do() -> None:
+    """ChatWriter and CompleteWriter read the `{"error"}` line streamResponse writes as a
+    response of nothing (no model, not done) and write its chunk: an empty delta, an
+    empty text. The stream then stops: no finish chunk, no `[DONE]`. The Responses and
+    Anthropic writers make no event of it."""
+    runner, url = await _start(
+        EmulatorSettings(chunk_delay_ms=20, default_tokens=400, crash_on="CRASH")
+    )
+    state = runner.app[STATE_KEY]
+    user = [{"role": "user", "content": "go on"}]
+    bodies: dict[str, dict[str, Any]] = {
+        "/v1/chat/completions": {"messages": user},
+        "/v1/completions": {"prompt": "go on", "stream_options": {"include_usage": True}},
+        "/v1/responses": {"input": "go on"},
+        "/v1/messages": {"messages": user, "max_tokens": 400},
+    }
+    try:
+        async with aiohttp.ClientSession() as session:
+            emu = Emu(url, state, session)
+            answering: list[str] = []
+
+            async def answer(path: str) -> list[bytes]:
+                body = {"model": "qwen2.5:7b", "stream": True, **bodies[path]}
+                async with session.post(url + path, json=body) as resp:
+                    assert resp.status == 200
+                    answering.append(path)
+                    return (await resp.read()).split(b"\n\n")
+
+            running = [asyncio.create_task(answer(path)) for path in bodies]
+            await emu.wait_for(lambda: len(answering) == len(bodies))
+            bad = {"model": "qwen2.5:7b", "prompt": "CRASH", "stream": False}
+            assert (await emu.post("/api/generate", bad))[0] == 500
+            chat, completion, responses, messages = await asyncio.gather(*running)
+    finally:
+        await runner.cleanup()
+    first, last = (json.loads(chat[i].removeprefix(b"data: ")) for i in (0, -2))
+    assert chat[-1] == b""
+    assert last == {
+        **first,
+        "model": "",
+        "choices": [
+            {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+        ],
+    }
+    first, last = (json.loads(completion[i].removeprefix(b"data: ")) for i in (0, -2))
+    assert completion[-1] == b""
+    assert last == {
+        **first,
+        "model": "",
+        "choices": [{"text": "", "index": 0, "finish_reason": None}],
+    }
+    # The last event is a text delta's: nothing closes the stream.
+    assert responses[-1] == messages[-1] == b""
+    assert responses[-2].startswith(b"event: response.output_text.delta\n")
+    assert messages[-2].startswith(b"event: content_block_delta\n")
+
+
 def _nested_schema(levels: int) -> str:
     """A JSON schema of objects `levels` deep, as JSON text (deeper than Python's own
     encoder writes)."""

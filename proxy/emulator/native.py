@@ -183,7 +183,9 @@ class ChatSink:
     async def died(self) -> web.StreamResponse:
         """The runner died under the answer: Ollama's 500 where nothing was written yet;
         else the stream (a sink's `out`) ends there, with no final chunk (Ollama's
-        OpenAI and Anthropic writers read its error line as a chunk of nothing)."""
+        Responses and Anthropic writers read its error line as a response of nothing,
+        which makes no event; the chat completion ones write a chunk of it,
+        `OpenAIChatSink.died`)."""
         out = getattr(self, "out", None)
         if not isinstance(out, LazyStream) or out.response is None:
             return await self.error(500, RUNNER_DIED)

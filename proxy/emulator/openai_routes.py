@@ -121,6 +121,15 @@ class OpenAIChatSink(ChatSink):
     async def special(self, model: str, created_ns: int, reason: str) -> web.StreamResponse:
         return await self.done(model, created_ns, reason, {"role": "assistant", "content": ""}, {})
 
+    async def died(self) -> web.StreamResponse:
+        """ChatWriter and CompleteWriter read the `{"error"}` line streamResponse writes
+        under a stream already written as a response of nothing (no model, not done),
+        and write its chunk, an empty delta or text, before the stream stops."""
+        if self.stream and self.out.response is not None:
+            empty = "" if self.completions else self._delta("", "", [])
+            await self.out.send(b"data: " + dumps(self._chunk("", empty, None)) + b"\n\n")
+        return await super().died()
+
     def _chunk(
         self,
         model: str,
