@@ -95,6 +95,35 @@ def _json(doc: Any, status: int = 200) -> web.Response:
 OPENAI_CHAT_PATH = "/v1/chat/completions"
 
 
+# The top-level fields of the request structs that Go reads as ints (or []int).
+_INT_FIELDS = tuple(
+    sorted(
+        name
+        for fields in (
+            go_types.GENERATE_FIELDS,
+            go_types.CHAT_FIELDS,
+            go_types.EMBED_FIELDS,
+            openai_chat.CHAT_FIELDS,
+        )
+        for name, kind in fields.items()
+        if kind in ("int", "[]int")
+    )
+)
+
+
+def fraction_in_an_int(doc: Any) -> bool:
+    """Whether `doc` holds a number that is no integer in a top-level int field, which
+    Go refuses naming it as the client wrote it: the body forwarded then carries it so
+    (`go_json.as_written`). A few lookups, no pass over the body."""
+    if not isinstance(doc, dict):
+        return False
+    for name in _INT_FIELDS:
+        value = doc.get(name)
+        if type(value) is float or (type(value) is list and float in map(type, value)):
+            return True
+    return False
+
+
 def refusal(path: str, doc: Any, body: bytes) -> str | None:
     """What Ollama answers with a 400 for a body (`body`; `doc`, as `go_json.read` reads
     it) on `path` before it looks at the model (`go_types.refusal`; on chat completions,

@@ -19,8 +19,10 @@ reads or writes, which Go reads, is read to `KEPT_DEPTH` and each value below is
 forwarded as written (`_read_deep`): the proxy reads nothing that deep. A number beyond
 a double, which Go refuses where it decodes it, is forwarded as written (`_number`),
 for the backend's own error; so is an integer beyond 64 bits, which Go names as written
-where an int field refuses it. Where the proxy answers itself (explain, feedback), a
-body that is no JSON to Go gets Go's decoding error (`decode_error`).
+where an int field refuses it; and a number that is no integer where Go reads an int
+(`as_written`), which Go refuses naming it as written. Where the proxy answers itself
+(explain, feedback), a body that is no JSON to Go gets Go's decoding error
+(`decode_error`).
 """
 
 from __future__ import annotations
@@ -196,6 +198,27 @@ def read_written(body: bytes) -> Any:
     try:
         return _read_as_go(body, _WRITTEN)
     except (_TooDeep, NotJson):
+        return None
+
+
+def _as_text(value: Any) -> orjson.Fragment:
+    if isinstance(value, WrittenFloat):
+        return orjson.Fragment(value.text)
+    raise TypeError
+
+
+def as_written(body: bytes) -> bytes | None:
+    """What `read` forwards for `body`, each number that is no integer as the client
+    wrote it (`read_written`), for a body that holds one where Go reads an int, which
+    refuses it naming that text; None where this reading fails (the body too deep)."""
+    doc = read_written(body)
+    if doc is None:
+        return None
+    if isinstance(doc, dict):
+        canonicalize(doc)
+    try:
+        return orjson.dumps(doc, default=_as_text)
+    except orjson.JSONEncodeError:
         return None
 
 

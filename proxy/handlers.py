@@ -28,7 +28,7 @@ from proxy import limits as request_limits
 from proxy.aiohttp_internals import state_get
 from proxy.auth import KEY_REQUEST, KeyState, sees_fleet
 from proxy.auto import AutoError, AutoRouter, profile_of, user_key
-from proxy.auto_routes import AutoRoutes, refusal
+from proxy.auto_routes import AutoRoutes, fraction_in_an_int, refusal
 from proxy.backends import (
     WEB_PATHS,
     BackendPool,
@@ -169,6 +169,9 @@ class Handlers:
             limit = self.config.limits.max_body_bytes
             sent = request_encoding.decoded(request, raw, limit)
             doc, body = await go_json.read_off_loop(sent, self.config.limits.max_json_values)
+            if fraction_in_an_int(doc):
+                written = await go_json.off_loop(len(sent), go_json.as_written, sent)
+                body = written or body
         except go_json.BodyError as exc:
             return error_response(path, exc.status, str(exc))
         except request_encoding.Undecodable as exc:

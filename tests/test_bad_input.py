@@ -193,21 +193,26 @@ async def test_a_number_in_an_int_field_is_named_as_written(
     )
     direct = await raw(emulator.url, "POST", "/api/generate", body)
     assert direct[0] == 400 and orjson.loads(direct[2]) == {"error": message}
+    # A model named: the proxy forwards the number as written, for the backend's error.
+    assert await raw(proxy.url, "POST", "/api/generate", body) == direct
     load = body.replace(b'"qwen2.5:7b", "prompt": "x"', b'"auto", "prompt": ""')
     status, _, answer = await raw(proxy.url, "POST", "/api/generate", load)
     assert (status, orjson.loads(answer)) == (400, {"error": message})
 
 
 @pytest.mark.parametrize("number", WRITTEN_NUMBERS)
-async def test_openai_max_tokens_is_named_as_written(emulator: Emulator, number: bytes) -> None:
+async def test_openai_max_tokens_is_named_as_written(
+    emulator: Emulator, proxy: Proxy, number: bytes
+) -> None:
     body = b"{" + _CHAT + b', "max_tokens": ' + number + b"}"
     message = (
         f"json: cannot unmarshal number {number.decode()} into Go struct field "
         "ChatCompletionRequest.max_tokens of type int"
     )
-    status, _, answer = await raw(emulator.url, "POST", "/v1/chat/completions", body)
-    assert status == 400
-    assert orjson.loads(answer)["error"]["message"] == message
+    direct = await raw(emulator.url, "POST", "/v1/chat/completions", body)
+    assert direct[0] == 400
+    assert orjson.loads(direct[2])["error"]["message"] == message
+    assert await raw(proxy.url, "POST", "/v1/chat/completions", body) == direct
 
 
 GENERATE = b'{"model": "qwen2.5:7b", "prompt": "Hello", "stream": false}'
