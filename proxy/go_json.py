@@ -207,15 +207,18 @@ def _as_text(value: Any) -> orjson.Fragment:
     raise TypeError
 
 
-def as_written(body: bytes) -> bytes | None:
-    """What `read` forwards for `body`, each number that is no integer as the client
-    wrote it (`read_written`), for a body that holds one where Go reads an int, which
-    refuses it naming that text; None where this reading fails (the body too deep)."""
+def as_written(body: bytes, model: str | None = None) -> bytes | None:
+    """What `read` forwards for `body` (its `model` set to `model`, when given: the one
+    `auto` chose), each number that is no integer as the client wrote it
+    (`read_written`), for a body that holds one where Go reads an int, which refuses it
+    naming that text; None where this reading fails (the body too deep)."""
     doc = read_written(body)
     if doc is None:
         return None
     if isinstance(doc, dict):
         canonicalize(doc)
+        if model is not None:
+            doc["model"] = model
     try:
         return orjson.dumps(doc, default=_as_text)
     except orjson.JSONEncodeError:

@@ -282,7 +282,11 @@ class Handlers:
             )
         doc["model"] = spelled
         names = (chosen, *cloud_names)
-        routed = await go_json.write_off_loop(doc, len(body))
+        routed: bytes | None = None
+        if fraction_in_an_int(doc):
+            routed = await go_json.off_loop(len(sent), go_json.as_written, sent, spelled)
+        if routed is None:
+            routed = await go_json.write_off_loop(doc, len(body))
         return await self._local_or_cloud(request, served, doc, routed, chosen, names)
 
     async def transcription(self, request: web.Request) -> web.StreamResponse:

@@ -198,6 +198,9 @@ async def test_a_number_in_an_int_field_is_named_as_written(
     load = body.replace(b'"qwen2.5:7b", "prompt": "x"', b'"auto", "prompt": ""')
     status, _, answer = await raw(proxy.url, "POST", "/api/generate", load)
     assert (status, orjson.loads(answer)) == (400, {"error": message})
+    # `auto`, routed: the body written for the model chosen carries it as written too.
+    routed = body.replace(b'"qwen2.5:7b"', b'"auto"')
+    assert await raw(proxy.url, "POST", "/api/generate", routed) == direct
 
 
 @pytest.mark.parametrize("number", WRITTEN_NUMBERS)
