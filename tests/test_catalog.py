@@ -465,6 +465,25 @@ def test_an_unseen_coder_lands_next_to_the_qwen_coder(catalog: Catalog) -> None:
     assert all(0.0 <= found.areas[a] <= 1.0 for a in AREAS)
 
 
+def test_a_tune_of_a_listed_architecture_without_its_specialty_stays_beside_it(
+    catalog: Catalog,
+) -> None:
+    """A user's Qwen3 fine-tune with its own template shows no thinking: it is placed
+    among the Qwen3 entries that differ from it in that specialty only, not between
+    them and another architecture's model of its size."""
+    tune = catalog.lookup(
+        "my-tune:latest", {"family": "qwen3", "parameter_size": "8.2B"}, ["completion", "tools"]
+    )
+    assert tune.origin == "nearest" and "reasoning" not in tune.specialties
+    archs = [catalog.lookup(n).arch for n in tune.neighbours]
+    assert archs[:3] == ["qwen3"] * 3, tune.neighbours
+    thinking, other = catalog.lookup("qwen3:8b"), catalog.lookup("granite3.3:8b")
+    for area in ("knowledge", "math"):
+        assert abs(tune.areas[area] - thinking.areas[area]) < abs(
+            tune.areas[area] - other.areas[area]
+        ), (area, tune.areas)
+
+
 def test_an_unknown_size_within_a_family_follows_the_size_trend(catalog: Catalog) -> None:
     small, large = catalog.lookup("gemma3:4b"), catalog.lookup("gemma3:12b")
     middle = catalog.lookup("gemma3:8b", {"family": "gemma3", "parameter_size": "8.0B"})

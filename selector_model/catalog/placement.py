@@ -50,6 +50,13 @@ _SPECIALTY_WEIGHT = {
 # general model's little about a code model's.
 _SPECIALTY_AREA = {"code": "code", "math": "math", "reasoning": "reasoning"}
 _AREA_SPECIALTY_WEIGHT = 1.5
+# Specialties read from a model's capabilities and name are an uncertain sign (a tune
+# of a Qwen3 with its own template shows no thinking, whatever its weights learnt):
+# against an entry of its architecture, a difference in them counts this fraction of its
+# weight, so that the architecture's entries stay nearer than another architecture's of
+# its size. The area a specialty is about still sets them apart
+# (`_AREA_SPECIALTY_WEIGHT`), and an embedding model stays another kind of model.
+_SAME_ARCH_SPECIALTY = 0.25
 # How far apart a year between releases puts two models. Training data and recipes
 # change from one generation to the next, so a model of another year is a poorer
 # stand-in; a year counts for less than another architecture, so that architecture and
@@ -82,6 +89,8 @@ class Probe:
     specialties: frozenset[str]
     # Fractional year of release; None when not known (a model placed from its name).
     released: float | None = None
+    # Whether the specialties are read from capabilities and name, not declared.
+    specialties_read: bool = False
 
     @property
     def log_size(self) -> float:
@@ -103,8 +112,9 @@ def _distance(
         family = 1.5
     specialty = 0.0
     if probe.specialties != other.specialties:
+        scale = _SAME_ARCH_SPECIALTY if probe.specialties_read and family < 1.5 else 1.0
         for name in probe.specialties ^ other.specialties:
-            specialty += _SPECIALTY_WEIGHT.get(name, 0.0)
+            specialty += scale * _SPECIALTY_WEIGHT.get(name, 0.0)
             if area and _SPECIALTY_AREA.get(name) == area:
                 specialty += _AREA_SPECIALTY_WEIGHT
     era = 0.0
@@ -208,6 +218,8 @@ class Neighbourhood:
         total = total if total > 0 else _GUESSED_SIZE_B
         active = float(spec.get("active_params_b") or 0.0) or named_active or total
         specialties = set(spec.get("specialties") or ())
+        # Declared (even as none), a description's specialties are not read.
+        read = spec.get("specialties") is None
         if not specialties:
             specialties = {
                 names.CAPABILITY_SPECIALTIES[c]
@@ -223,7 +235,7 @@ class Neighbourhood:
             # A new size of a listed family comes from that family's era (a StarCoder
             # 1B is a 2023 model, whatever 1B coders came out since).
             era = sum(e.released for e in kin) / len(kin) + generations * GENERATION_YEARS
-        probe = Probe(family, arch, size, frozenset(specialties), era)
+        probe = Probe(family, arch, size, frozenset(specialties), era, read)
         nearest = self._nearest(probe, lambda e: True)
         areas: dict[str, float] = {}
         spread: dict[str, float] = {}
