@@ -169,7 +169,9 @@ class Handlers:
             limit = self.config.limits.max_body_bytes
             sent = request_encoding.decoded(request, raw, limit)
             doc, body = await go_json.read_off_loop(sent, self.config.limits.max_json_values)
-            if fraction_in_an_int(doc):
+            # A number that is no integer where Go reads an int: forwarded as written.
+            fractional = fraction_in_an_int(doc)
+            if fractional:
                 written = await go_json.off_loop(len(sent), go_json.as_written, sent)
                 body = written or body
         except go_json.BodyError as exc:
@@ -283,7 +285,7 @@ class Handlers:
         doc["model"] = spelled
         names = (chosen, *cloud_names)
         routed: bytes | None = None
-        if fraction_in_an_int(doc):
+        if fractional:
             routed = await go_json.off_loop(len(sent), go_json.as_written, sent, spelled)
         if routed is None:
             routed = await go_json.write_off_loop(doc, len(body))
