@@ -166,12 +166,22 @@ async def test_an_integer_beyond_gos_int_gets_ollamas_error(
 ) -> None:
     """Refused as Ollama refuses it: by the emulator, through the proxy, and by the
     proxy itself where it answers for `auto` (a load, an empty prompt)."""
+    await _refused_as_ollama(emulator, proxy, body, message)
+
+
+async def _refused_as_ollama(
+    emulator: Emulator, proxy: Proxy, body: bytes, message: str
+) -> tuple[int, str, bytes]:
+    """`body` (a /api/generate naming qwen2.5:7b with prompt "x") refused with Ollama's
+    400 `message` by the emulator, the same through the proxy, and by the proxy itself
+    where it answers for `auto` (a load): the emulator's answer."""
     direct = await raw(emulator.url, "POST", "/api/generate", body)
     assert direct[0] == 400 and orjson.loads(direct[2]) == {"error": message}
     assert await raw(proxy.url, "POST", "/api/generate", body) == direct
     load = body.replace(b'"qwen2.5:7b", "prompt": "x"', b'"auto", "prompt": ""')
     status, _, answer = await raw(proxy.url, "POST", "/api/generate", load)
     assert (status, orjson.loads(answer)) == (400, {"error": message})
+    return direct
 
 
 # Numbers that are no integer in an int field: ParseInt fails, and json.Unmarshal names
@@ -191,13 +201,8 @@ async def test_a_number_in_an_int_field_is_named_as_written(
         f"json: cannot unmarshal number {number.decode()} into Go struct field "
         f"GenerateRequest.{field} of type int"
     )
-    direct = await raw(emulator.url, "POST", "/api/generate", body)
-    assert direct[0] == 400 and orjson.loads(direct[2]) == {"error": message}
     # A model named: the proxy forwards the number as written, for the backend's error.
-    assert await raw(proxy.url, "POST", "/api/generate", body) == direct
-    load = body.replace(b'"qwen2.5:7b", "prompt": "x"', b'"auto", "prompt": ""')
-    status, _, answer = await raw(proxy.url, "POST", "/api/generate", load)
-    assert (status, orjson.loads(answer)) == (400, {"error": message})
+    direct = await _refused_as_ollama(emulator, proxy, body, message)
     # `auto`, routed: the body written for the model chosen carries it as written too.
     routed = body.replace(b'"qwen2.5:7b"', b'"auto"')
     assert await raw(proxy.url, "POST", "/api/generate", routed) == direct
