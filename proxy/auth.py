@@ -18,7 +18,7 @@ import math
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from aiohttp import web
 
@@ -123,6 +123,21 @@ class KeyState:
 
 
 KEY_REQUEST = web.RequestKey("autoroute_key", KeyState)
+
+
+def without_foreign_parent(entry: Any, models: frozenset[str]) -> Any:
+    """A model's description (an `/api/tags` or `/api/ps` entry, an `/api/show`
+    answer) as a key whose list is `models` (normalised names) reads it: a model made
+    from another (`ollama create` FROM a model) names that one in
+    `details.parent_model`, which stays only when the key may use it; else it is "", as
+    Ollama gives it for a model made from no other. `entry` itself when unchanged."""
+    details = entry.get("details") if isinstance(entry, dict) else None
+    if not isinstance(details, dict):
+        return entry
+    parent = details.get("parent_model")
+    if not isinstance(parent, str) or not parent or normalize_model(parent) in models:
+        return entry
+    return {**entry, "details": {**details, "parent_model": ""}}
 
 
 def sees_fleet(request: web.BaseRequest, keys_on: bool) -> bool:

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.auth import sees_fleet
+from proxy.auth import sees_fleet, without_foreign_parent
 from proxy.backends import BackendPool, BackendState, normalize_model
 from proxy.errors import error_response
 from proxy.model_changes import ChangeWatch, ModelChange
@@ -100,7 +100,7 @@ class Fanout:
                     continue
                 if ident not in seen:
                     seen.add(ident)
-                    items.append(item)
+                    items.append(item if only is None else without_foreign_parent(item, only))
         merged = dict(docs[0])
         # Each backend's list is in Ollama's order, the lists one after the other are
         # not; `auto`'s entries (`extra`) stay at the end.

@@ -26,7 +26,7 @@ from proxy import (
 )
 from proxy import limits as request_limits
 from proxy.aiohttp_internals import state_get
-from proxy.auth import KEY_REQUEST, KeyState, sees_fleet
+from proxy.auth import KEY_REQUEST, KeyState, sees_fleet, without_foreign_parent
 from proxy.auto import AutoError, AutoRouter, profile_of, user_key
 from proxy.auto_routes import AutoRoutes, fraction_in_an_int, refusal
 from proxy.backends import (
@@ -47,7 +47,7 @@ from proxy.errors import error_body, error_response, gin_refusal
 from proxy.fanout import Fanout
 from proxy.metrics import Metrics
 from proxy.outcome import OUTCOME, Served
-from proxy.protocol import JSON, JSON_V1, MODEL_HEADER, encoded
+from proxy.protocol import JSON, JSON_V1, MODEL_HEADER, encoded, go_dumps
 from proxy.relay import Fallback, Relay
 from proxy.routes import find
 
@@ -88,6 +88,18 @@ def _refused(path: str, doc: dict[str, Any], body: bytes) -> web.Response | None
     it goes on with."""
     refused = refusal(path, doc, body)
     return None if refused is None else error_response(path, 400, refused)
+
+
+def _shown_to(answer: bytes, models: frozenset[str]) -> bytes:
+    """An `/api/show` answer as a key whose list is `models` reads it
+    (`without_foreign_parent`); the backend's bytes when there is nothing to hide, or
+    when they are no JSON object."""
+    try:
+        doc = orjson.loads(answer)
+    except orjson.JSONDecodeError:
+        return answer
+    shown = without_foreign_parent(doc, models)
+    return answer if shown is doc else go_dumps(shown)
 
 
 class Handlers:
@@ -201,6 +213,13 @@ class Handlers:
             refused = self._named(path, key, model, served, inference)
             if refused is not None:
                 return refused
+            if path == SHOW_PATH and key is not None and key.models is not None:
+                # Described as the key may read it: no name of a model off its list.
+                models = key.models
+                served.model = model
+                return await self.relay.forward(
+                    request, served, body, model, rewrite=lambda b: _shown_to(b, models)
+                )
             return await self._local_or_cloud(request, served, doc, body, model, (model,))
         assert isinstance(doc, dict)
         if path == SHOW_PATH:

@@ -26,14 +26,14 @@ from proxy.cache import Capture
 from proxy.config import Config
 from proxy.continuations import answered_ending
 from proxy.errors import SERVER_BUSY, error_response, stream_error_line
-from proxy.http11 import Dechunker, ResponseHead
+from proxy.http11 import Dechunker, ResponseHead, dechunk
 from proxy.limits import drained_within, read_chunk
 from proxy.outcome import Served
 from proxy.protocol import HOP_BY_HOP, NDJSON, REQUEST_ID_HEADER, SSE
 from proxy.relayed_response import RelayedResponse
 from proxy.request_encoding import DECODED
 from proxy.routes import find, runs_a_model
-from proxy.upstream import Answer, UpstreamConnection, exchange
+from proxy.upstream import MAX_DOCUMENT_BYTES, Answer, UpstreamConnection, exchange
 from proxy.upstream_errors import (
     ConnectFailed,
     ConnectionLost,
@@ -62,6 +62,8 @@ _STREAM_TYPES = (NDJSON, SSE)
 _UPLOAD_CHUNK = 256 * 1024
 # What answers a request no local backend could (the cloud fallback), if anything does.
 Fallback = Callable[[], Awaitable[web.StreamResponse]]
+# A whole 200 answer's body (without framing) as the client is to read it instead.
+Rewrite = Callable[[bytes], bytes]
 
 
 class Watch(Protocol):
@@ -123,6 +125,7 @@ class Relay:
         capture: Capture | None = None,
         watch: Watch | None = None,
         waits: bool = False,
+        rewrite: Rewrite | None = None,
     ) -> web.StreamResponse:
         """Relay to the best backend for `model`; `body=None` streams the client's body
         (uploads), which cannot be replayed, so it is never retried. `capture` records
@@ -130,7 +133,9 @@ class Relay:
         before the client does (one backend's answer, `only`, with neither `fallback`
         nor `capture`). `waits`: the answer comes whole once work of any length is
         done (a pull asked with `stream: false`), so the backend's silence before it is
-        not bounded by `idle_read_seconds`. A retry goes only
+        not bounded by `idle_read_seconds`. `rewrite` (without `watch` or `capture`): a
+        200 answer, a small document, is read whole and the client gets what `rewrite`
+        makes of it. A retry goes only
         to another backend that has the model; when none is left, the client gets the
         last backend's own answer, whatever its status. With a `fallback`, a backend
         saying it cannot serve (502, 503, 504) is not the client's answer either, and
@@ -168,6 +173,7 @@ class Relay:
                     capture,
                     self.write_idle,
                     retry_errors=not suspect,
+                    rewrite=rewrite,
                 )
             else:
                 client = WatchedLeg(
@@ -410,9 +416,14 @@ class ClientLeg(Answer):
         capture: Capture | None = None,
         write_idle: float = 0.0,
         retry_errors: bool = True,
+        rewrite: Rewrite | None = None,
     ) -> None:
         super().__init__()
         self.capture = capture
+        self.rewrite = rewrite
+        # With `rewrite`, a 200 answer's head lines and body (framing included), held
+        # until its end (`on_end`), when the client gets it rewritten.
+        self.held: tuple[list[tuple[str, str]], list[bytes]] | None = None
         # How long a paused answer waits for the client to take some of it (0: forever).
         self.write_idle = write_idle
         self.transport = client_transport(request)
@@ -482,12 +493,11 @@ class ClientLeg(Answer):
         backend_headers = self._backend_headers(head)
         if self.capture is not None:
             self.capture.started(head, backend_headers)
-        # Go answers an HTTP/1.0 request with an HTTP/1.0 status line (writeStatusLine).
-        version = "1.1" if self.version >= (1, 1) else "1.0"
-        lines = [f"HTTP/{version} {head.status} {head.reason}\r\n"]
-        lines += [f"{name}: {value}\r\n" for name, value in backend_headers]
-        out = bytearray("".join(lines).encode("latin-1"))  # one encoding for them all
-        out += _wire("".join([f"{name}: {value}\r\n" for name, value in self._own_headers()]))
+        if self.rewrite is not None and head.status == 200 and body_follows:
+            self.started = True
+            self.held = (backend_headers, [])
+            return
+        out = self._head_lines(head, backend_headers)
         if head.chunked and self.dechunker is None:
             out += b"Transfer-Encoding: chunked\r\n"
         elif head.content_length is not None:
@@ -509,9 +519,45 @@ class ClientLeg(Answer):
         else:
             self.transport.write(out)
 
+    def _head_lines(self, head: ResponseHead, backend_headers: list[tuple[str, str]]) -> bytearray:
+        """The status line, the backend's header lines and the proxy's own."""
+        # Go answers an HTTP/1.0 request with an HTTP/1.0 status line (writeStatusLine).
+        version = "1.1" if self.version >= (1, 1) else "1.0"
+        lines = [f"HTTP/{version} {head.status} {head.reason}\r\n"]
+        lines += [f"{name}: {value}\r\n" for name, value in backend_headers]
+        out = bytearray("".join(lines).encode("latin-1"))  # one encoding for them all
+        out += _wire("".join([f"{name}: {value}\r\n" for name, value in self._own_headers()]))
+        return out
+
+    def on_end(self) -> None:
+        """The answer ended: a held one (`rewrite`) goes to the client now, whole, with
+        the length of what `rewrite` made of it."""
+        held, self.held = self.held, None
+        if held is not None and self.rewrite is not None and self.head is not None:
+            backend_headers, parts = held
+            raw = b"".join(parts)
+            body = self.rewrite(dechunk(raw) if self.head.chunked else raw)
+            out = self._head_lines(self.head, backend_headers)
+            out += b"Content-Length: %d\r\n" % len(body)
+            if not self.keep_alive and self.version >= (1, 1):
+                out += b"Connection: close\r\n"
+            elif self.keep_alive and self.version < (1, 1):
+                out += b"Connection: keep-alive\r\n"
+            if not self.transport.is_closing():
+                self.transport.write(bytes(out) + b"\r\n" + body)
+            self.outcome.first_byte_at = time.perf_counter()
+        super().on_end()
+
     def on_body(self, data: bytes) -> None:
         if not self.started:
             return  # declined: not the client's
+        if self.held is not None:
+            # A document to rewrite, bounded as every document the proxy reads whole.
+            self.body_bytes += len(data)
+            if self.body_bytes > MAX_DOCUMENT_BYTES:
+                raise ProtocolError(f"answer over {MAX_DOCUMENT_BYTES} bytes")
+            self.held[1].append(data)
+            return
         # The write comes first: if anything after it fails, the client has exactly
         # what the upstream connection has read so far.
         transport = self.transport

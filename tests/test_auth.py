@@ -568,6 +568,56 @@ async def test_lists_show_only_the_keys_models(guarded: Proxy) -> None:
     assert (await call(url, "HEAD", "/api/tags", USER))[0] == 200
 
 
+async def test_a_model_made_from_another_names_no_parent_outside_the_keys_list(
+    servers: ServerThread, own_emulator: Emulator, tmp_path: Path
+) -> None:
+    """A model created from another names that one as its `parent_model` (the layer's
+    `From` in Ollama) in `/api/tags`, `/api/ps` and `/api/show`. A key whose list has
+    the made model but not its parent must not learn the parent's name from it; a
+    parent on the list stays named, and a key without a list sees every parent."""
+    bot = "k-bot-1"
+    auth = Auth(
+        keys=(
+            ApiKey(sha256=hash_key(ADMIN), name="ops", role="admin"),
+            ApiKey(sha256=hash_key(bot), name="bot", models=("team-bot", "team-coder", *ALLOWED)),
+        )
+    )
+    usage = Usage(file_path=str(tmp_path / "events.jsonl"), spool_dir=str(tmp_path / "spool"))
+    prx = Proxy(servers, [own_emulator.url], auth=auth, usage=usage)
+    try:
+        url = prx.url
+        for made, parent in (("team-bot", "mistral:7b"), ("team-coder", "llama3.1:8b")):
+            body = {"model": made, "from": parent, "system": "be brief", "stream": False}
+            assert (await call(url, "POST", "/api/create", ADMIN, body))[0] == 200
+            chat = {**CHAT, "model": made}
+            assert (await call(url, "POST", "/api/chat", bot, chat))[0] == 200
+
+        def parents(body: bytes) -> dict[str, str]:
+            return {
+                m["name"]: m["details"]["parent_model"]
+                for m in orjson.loads(body)["models"]
+                if m["name"].startswith("team-")
+            }
+
+        want = {"team-bot:latest": "", "team-coder:latest": "llama3.1:8b"}
+        for path in ("/api/tags", "/api/ps"):
+            status, _, answer = await call(url, "GET", path, bot)
+            assert status == 200
+            assert parents(answer) == want, path
+            assert b"mistral" not in answer, path
+            everything = parents((await call(url, "GET", path, ADMIN))[2])
+            assert everything["team-bot:latest"] == "mistral:7b", path
+        for made, parent in (("team-bot", ""), ("team-coder", "llama3.1:8b")):
+            status, _, answer = await call(url, "POST", "/api/show", bot, {"model": made})
+            assert status == 200
+            assert orjson.loads(answer)["details"]["parent_model"] == parent, made
+            assert b"mistral" not in answer, made
+        shown = (await call(url, "POST", "/api/show", ADMIN, {"model": "team-bot"}))[2]
+        assert orjson.loads(shown)["details"]["parent_model"] == "mistral:7b"
+    finally:
+        prx.stop()
+
+
 @pytest.mark.parametrize(
     ("path", "body_of"),
     [
