@@ -30,7 +30,9 @@ def add_parser(commands: Any) -> None:
         "--name", required=True, type=_name, help="the key's id in usage events and logs"
     )
     add.add_argument("--role", choices=("user", "admin"), default="user")
-    add.add_argument("--models", default="", help="comma-separated allow-list (default: any)")
+    add.add_argument(
+        "--models", type=_models, default=[], help="comma-separated allow-list (default: any)"
+    )
     add.add_argument("--rpm", type=_count, default=0, help="requests per minute (0: unlimited)")
     add.add_argument("--max-streams", type=_count, default=0, help="inference at once (0: any)")
     revoke.add_argument("name_or_prefix", metavar="NAME_OR_PREFIX", type=_name)
@@ -41,6 +43,23 @@ def _name(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("a key's name must not be empty")
     return text.strip()
+
+
+def _models(text: str) -> list[str]:
+    # An empty list means any model: `--models "$MODELS"` with MODELS unset must not
+    # make a key that may use every model, nor a name no request can match (a
+    # space-separated list) one that may use none without saying so.
+    from proxy.backends import source, valid_name  # as Ollama reads a name
+
+    models = [m.strip() for m in text.split(",") if m.strip()]
+    if not models:
+        raise argparse.ArgumentTypeError(
+            "names no model (leave --models out for a key that may use any)"
+        )
+    for model in models:
+        if not valid_name(source(model)[0]):
+            raise argparse.ArgumentTypeError(f"{model!r} is no model name Ollama accepts")
+    return models
 
 
 def _count(text: str) -> int:
@@ -76,9 +95,8 @@ async def _run(dsn: str, args: argparse.Namespace) -> int:
         return 1
     try:
         if args.keys_command == "add":
-            models = [m.strip() for m in args.models.split(",") if m.strip()]
             key, digest = await auth_store.add_key(
-                conn, args.name, args.role, models, args.rpm, args.max_streams
+                conn, args.name, args.role, args.models, args.rpm, args.max_streams
             )
             # The key alone on stdout (KEY=$(autoroute keys add ...)); the rest beside it.
             print(key)

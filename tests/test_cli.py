@@ -467,6 +467,35 @@ def test_keys_refuse_an_empty_name(
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("models", "message"),
+    [
+        # `--models "$MODELS"` with MODELS unset made a key that may use every model.
+        ("", "argument --models: names no model (leave --models out for a key that may use any)"),
+        (" , ", "argument --models: names no model"),
+        # Space-separated: one name Ollama cannot parse, which no request ever matches.
+        ("llama3.1:8b qwen2.5:7b", "argument --models: 'llama3.1:8b qwen2.5:7b' is no model"),
+    ],
+)
+def test_keys_add_refuses_a_model_list_that_names_no_model(
+    capsys: pytest.CaptureFixture[str], models: str, message: str
+) -> None:
+    argv = ["keys", "add", "--name", "a", "--models", models, "--dsn", "postgresql://127.0.0.1:9/x"]
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_keys_add_takes_a_model_list_as_ollama_names_models() -> None:
+    parser = build_parser(None)
+    argv = ["keys", "add", "--name", "a", "--models"]
+    names = " llama3.1:8b, hf.co/someone/m-GGUF:Q4_K_M ,gpt-oss:120b-cloud"
+    models = parser.parse_args([*argv, names]).models
+    assert models == ["llama3.1:8b", "hf.co/someone/m-GGUF:Q4_K_M", "gpt-oss:120b-cloud"]
+    assert parser.parse_args(argv[:-1]).models == []
+
+
 @pytest.mark.parametrize("value", ["0", "-1", "many"])
 def test_profile_num_predict_is_a_positive_count(
     capsys: pytest.CaptureFixture[str], value: str
