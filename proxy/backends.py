@@ -352,12 +352,15 @@ class BackendState:
         backend's reach; a backend that is truly broken also fails its connects,
         timeouts and health checks."""
         if status in UNREACHABLE_STATUSES:
-            if not offsite and (model is None or not self._runs_elsewhere(model)):
+            if not offsite and (model is None or not self.runs_elsewhere(model)):
                 self.failed(f"answered {status}")
         elif status < 500:
             self.succeeded()
 
-    def _runs_elsewhere(self, model: str) -> bool:
+    def runs_elsewhere(self, model: str) -> bool:
+        """Whether Ollama sends a request for `model` to the host it runs on (a cloud
+        name, `cloud_source`, or one it lists with a `remote_host`), whose 502, 504 or
+        silence is that host's."""
         return cloud_source(model) or normalize_model(model) in self.remote
 
 

@@ -197,9 +197,12 @@ class Relay:
                 # false`, OpenAI's default, embeddings). Not the backend failing (a
                 # hung backend fails its health checks), and it would take as long on
                 # another. So is a request the backend sends on to ollama.com
-                # (`offsite`): the silence is that host's.
+                # (`offsite`), or one for a model that runs there, describing it too
+                # (`runs_elsewhere`): the silence is that host's.
                 own_length = isinstance(exc, IdleTimeout) and (
-                    outcome.offsite or runs_a_model(find(request.path), request.method)
+                    outcome.offsite
+                    or runs_a_model(find(request.path), request.method)
+                    or (model is not None and state.runs_elsewhere(model))
                 )
                 # Nor the proxy out of connections: one client can exhaust them.
                 if not own_length and not isinstance(exc, ProxyExhausted):

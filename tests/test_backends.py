@@ -717,6 +717,70 @@ async def test_a_local_name_of_a_cloud_model_out_of_reach_opens_no_circuit(
             servers.stop(runner)
 
 
+def _cloud_waiting_app() -> web.Application:
+    """A healthy Ollama listing SHARED whose ollama.com takes a request and never
+    answers it: `/api/show` and `/v1/models/<id>` of a cloud model (proxyCloudJSONRequest,
+    cloudModelPathPassthroughMiddleware) wait on it, with Go's client, which has no
+    timeout."""
+
+    async def tags(request: web.Request) -> web.Response:
+        return web.json_response({"models": [{"name": SHARED, "model": SHARED}]})
+
+    async def ps(request: web.Request) -> web.Response:
+        return web.json_response({"models": []})
+
+    async def waits(request: web.Request) -> web.Response:
+        if request.method == "POST" and (await request.json())["model"] == SHARED:
+            return web.json_response({"details": {"family": "qwen2"}, "capabilities": []})
+        await asyncio.Event().wait()  # ollama.com does not answer (until cancelled)
+        raise AssertionError("unreachable")
+
+    async def chat(request: web.Request) -> web.Response:
+        body = await request.json()
+        return web.json_response({"model": body["model"], "done": True})
+
+    app = web.Application()
+    app.router.add_get("/api/tags", tags)
+    app.router.add_get("/api/ps", ps)
+    app.router.add_post("/api/show", waits)
+    app.router.add_get("/v1/models/{model}", waits)
+    app.router.add_post("/api/chat", chat)
+    return app
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/api/show", {"model": "gpt-oss:120b-cloud"}),
+        ("POST", "/api/show", {"model": "gpt-oss:120b:cloud"}),
+        ("GET", "/v1/models/gpt-oss:120b-cloud", None),
+    ],
+)
+async def test_ollama_coms_silence_describing_a_cloud_model_opens_no_circuit(
+    servers: ServerThread, method: str, path: str, body: Any
+) -> None:
+    """Describing a model Ollama runs on ollama.com is sent there: its silence is
+    ollama.com's, as its 502 is, not the backend's, and any client can name such a
+    model. Past `idle_read_seconds` the client gets the 502; no circuit counts it."""
+    port = free_port()
+    runner = servers.serve(_cloud_waiting_app, port)
+    url = f"http://127.0.0.1:{port}"
+    health = Health(interval_seconds=3600, failure_threshold=1, open_seconds=3600)
+    proxy = Proxy(servers, [url], health=health, timeouts=Timeouts(idle_read_seconds=0.5))
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(method, proxy.url + path, json=body) as resp,
+        ):
+            assert resp.status == 502 and b"no data from backend" in await resp.read()
+        assert await scrape_failures(proxy.url, url) == (0, "closed")
+        chat = {"model": SHARED, "messages": [{"role": "user", "content": "hi"}], "stream": False}
+        assert (await post(proxy.url, "/api/chat", chat))[0] == 200
+    finally:
+        proxy.stop()
+        servers.stop(runner)
+
+
 async def health_circuit(url: str, backend: str) -> str:
     async with (
         aiohttp.ClientSession() as session,
