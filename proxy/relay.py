@@ -507,14 +507,7 @@ class ClientLeg(Answer):
             out += b"Content-Length: %d\r\n" % head.content_length
         elif not http11.bodiless(head.status):
             self.keep_alive = False  # the body ends when the connection does
-        if not self.keep_alive and self.version >= (1, 1):
-            # Go's writeHeader says so to an HTTP/1.1 client alone.
-            out += b"Connection: close\r\n"
-        elif self.keep_alive and self.version < (1, 1):
-            # An HTTP/1.0 client that asked to keep its connection keeps it only when
-            # told so: Go's writeHeader says so for an answer of known length.
-            out += b"Connection: keep-alive\r\n"
-        out += b"\r\n"
+        out += self._connection_line() + b"\r\n"
         self.started = True
         if body_follows:
             # One write for the head and the first chunk, as Ollama sends them.
@@ -532,6 +525,17 @@ class ClientLeg(Answer):
         out += _wire("".join([f"{name}: {value}\r\n" for name, value in self._own_headers()]))
         return out
 
+    def _connection_line(self) -> bytes:
+        """The Connection header line Go's writeHeader adds, if any."""
+        if not self.keep_alive and self.version >= (1, 1):
+            # Go says so to an HTTP/1.1 client alone.
+            return b"Connection: close\r\n"
+        if self.keep_alive and self.version < (1, 1):
+            # An HTTP/1.0 client that asked to keep its connection keeps it only when
+            # told so: Go says so for an answer of known length.
+            return b"Connection: keep-alive\r\n"
+        return b""
+
     def on_end(self) -> None:
         """The answer ended: a held one (`rewrite`) goes to the client now, whole, with
         the length of what `rewrite` made of it."""
@@ -542,10 +546,7 @@ class ClientLeg(Answer):
             body = self.rewrite(dechunk(raw) if self.head.chunked else raw)
             out = self._head_lines(self.head, backend_headers)
             out += b"Content-Length: %d\r\n" % len(body)
-            if not self.keep_alive and self.version >= (1, 1):
-                out += b"Connection: close\r\n"
-            elif self.keep_alive and self.version < (1, 1):
-                out += b"Connection: keep-alive\r\n"
+            out += self._connection_line()
             if not self.transport.is_closing():
                 self.transport.write(bytes(out) + b"\r\n" + body)
             self.outcome.first_byte_at = time.perf_counter()
