@@ -16,10 +16,12 @@ import pytest
 
 from proxy.config import Profile, Selector
 from selector_model import features, outcome
+from selector_model.kind import kind_of
 from training import cli, evaluate, export, pipeline, replay
 from training.data import (
     DATA_DIR,
     Dataset,
+    Prompt,
     dataset_examples,
     grouped_split,
     load_llmrouter,
@@ -581,6 +583,41 @@ def test_the_issues_targets_are_judged_per_fleet() -> None:
     tally = replay.summary([learned, short], "fleet")
     assert "target auto:best >= best single - 2p: met in 1 of 2 fleets" in tally
     assert "target auto:best gains >= 5p with feedback: met in 1 of 2 fleets" in tally
+
+
+def test_the_ceiling_applies_each_kinds_best_model_of_one_half_to_the_other() -> None:
+    """What a learner per kind of prompt can reach on the held half: each kind's best
+    model on the learning half (a kind it lacks: that half's best single model), that
+    half's best single model, and each kind's best on the held half itself."""
+    a, b = MODELS[0], MODELS[1]
+
+    def prompt(text: str, score_a: float) -> Prompt:
+        return Prompt(text, {a.dataset_name: score_a, b.dataset_name: 1.0 - score_a})
+
+    code = "```python\nprint(sum([1, 2]))\n```\nWhat does this print?"
+    maths = "What is 12 + 30? And 7 * 6?"
+    trivia = "Who wrote Hamlet?"
+    kinds = [
+        kind_of(features.request_features("/api/chat", replay.body_of(prompt(t, 1.0), "best")))
+        for t in (code, maths, trivia)
+    ]
+    assert kinds == ["code", "math", "knowledge"]
+    # a leads code, b leads maths; a is the learning half's best single model.
+    learn = [prompt(code, 1.0)] * 3 + [prompt(maths, 0.0)] * 2
+    held = [prompt(code, 1.0)] * 2 + [prompt(maths, 0.0)] * 2 + [prompt(trivia, 0.0)]
+    got = replay.ceilings(learn, held, [a, b], {a.ollama_name: 1.0, b.ollama_name: 1.0})
+    assert got == {
+        "kind": pytest.approx(0.8),
+        "single": pytest.approx(0.4),
+        "kind-there": pytest.approx(1.0),
+    }
+    result = _fleet(["a:7b"], 0.585, (0.575, 0.5), 0.55)
+    result.curves, result.half_best, result.ceilings = {"best": [0.5, 0.55]}, 0.6, got
+    text = replay.table(result)
+    assert "ceiling on the 2nd half: the best model of each kind on the 1st half 0.800 " in text
+    assert "the best single model of the 1st half 0.400 (-20.0p)" in text
+    tally = replay.summary([result, result], "fleet")
+    assert "the best model of each kind on the 1st half: +20.0p (worst +20.0p)" in tally
 
 
 def test_an_artifact_path_that_does_not_exist_is_named_as_given(tmp_path: Path) -> None:

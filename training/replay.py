@@ -20,7 +20,9 @@ time); `price` uses the dataset's $ per million tokens where it has them.
 
 With a feedback hook (`Feedback`), the prompts are halved: passes over the first half
 call the hook with (request body, chosen model, outcome) after each decision, and after
-every pass the second half is replayed without feedback, giving the learning curve.
+every pass the second half is replayed without feedback, giving the learning curve;
+beside it, what learning per kind of prompt from every outcome of the first half could
+reach on the second (`ceilings`), which tells a learner's shortfall from the halves'.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from proxy.backends import BackendPool
 from proxy.config import Backend, Config, Profile, Selector
 from proxy.registry import ModelInfo, Registry
 from selector_model import features
+from selector_model.kind import kind_of
 from selector_model.policy import margin_of, top_two
 from training import export
 from training.data import Dataset, Prompt, dataset_examples
@@ -222,6 +225,8 @@ class FleetResult:
     curves: dict[str, list[float]] = field(default_factory=dict)
     # The best single model's quality on that half (what the curves are held to).
     half_best: float | None = None
+    # What learning from the first half can reach on the second (`ceilings`).
+    ceilings: dict[str, float] = field(default_factory=dict)
 
     def rows(self) -> list[tuple[str, Outcome]]:
         return [*((f"auto:{p}", o) for p, o in self.profiles.items()), *self.baselines.items()]
@@ -260,6 +265,7 @@ def replay_fleet(
         learn = [prompts[i] for i in order[: len(prompts) // 2]]
         held = [prompts[i] for i in order[len(prompts) // 2 :]]
         result.half_best = baselines(held, fleet, cost)["best single"].quality
+        result.ceilings = result.ceilings or ceilings(learn, held, fleet, cost)
         router = router_for(artifact_dir, fleet, profiles, seed, selector)
         hook = feedback(router)
         curve = [_mean_outcome(held, decide_all(router, held, fleet, profile), cost).quality]
@@ -270,6 +276,58 @@ def replay_fleet(
             )
         result.curves[profile] = curve
     return result
+
+
+CEILINGS = {
+    "kind": "the best model of each kind on the 1st half",
+    "single": "the best single model of the 1st half",
+    "kind-there": "the best model of each kind on the 2nd half itself",
+}
+
+
+def ceilings(
+    learn: Sequence[Prompt],
+    held: Sequence[Prompt],
+    fleet: Sequence[ModelSpec],
+    cost: Mapping[str, float],
+) -> dict[str, float]:
+    """What learning per kind of prompt can reach on the `held` half from every
+    outcome of every model on the `learn` half (more than feedback gives: a rating for
+    the chosen model alone), by `CEILINGS`' key: for each kind (`selector_model.kind`,
+    read from the prompt as sent), the model with the best mean score on `learn`
+    (ties: the cheaper; a kind `learn` lacks: the best single model of `learn`)
+    applied to `held`; the best single model of `learn` applied to `held`; and for
+    each kind the best model on `held` itself, the most any one model per kind gets.
+    Where the first is below the best single model of `held`, the halves differ by
+    more than a per-kind learner can make up."""
+    c = np.array([cost[s.ollama_name] for s in fleet])
+
+    def best(prompts: Sequence[Prompt]) -> int:
+        means = np.array([[p.scores[s.dataset_name] for s in fleet] for p in prompts]).mean(0)
+        return min(range(len(fleet)), key=lambda i: (-means[i], c[i]))
+
+    def kinds(prompts: Sequence[Prompt]) -> dict[str, list[Prompt]]:
+        out: dict[str, list[Prompt]] = {}
+        for p in prompts:
+            request = features.request_features("/api/chat", body_of(p, "best"))
+            out.setdefault(kind_of(request), []).append(p)
+        return out
+
+    single = best(learn)
+    learned = {kind: best(ps) for kind, ps in kinds(learn).items()}
+    by_kind = kinds(held)
+
+    def quality(pick: Callable[[str, list[Prompt]], int]) -> float:
+        total = sum(
+            p.scores[fleet[pick(kind, ps)].dataset_name] for kind, ps in by_kind.items() for p in ps
+        )
+        return float(total / len(held))
+
+    return {
+        "kind": quality(lambda kind, _: learned.get(kind, single)),
+        "single": quality(lambda _, __: single),
+        "kind-there": quality(lambda _, ps: best(ps)),
+    }
 
 
 def online_learner(router: AutoRouter) -> Feedback:
@@ -416,6 +474,14 @@ def table(result: FleetResult) -> str:
             + " ".join(f"{q:.3f}" for q in curve)
             + f" (best single there {result.half_best:.3f})"
         )
+    if result.ceilings and result.half_best is not None:
+        lines.append(
+            "  ceiling on the 2nd half: "
+            + ", ".join(
+                f"{CEILINGS[k]} {q:.3f} ({(q - result.half_best) * 100:+.1f}p)"
+                for k, q in result.ceilings.items()
+            )
+        )
     lines += [
         f"  target {'met   ' if t.met else 'MISSED'} {t.target}: {t.measured}"
         for t in targets(result)
@@ -540,6 +606,13 @@ def summary(results: Sequence[FleetResult], kind: str, over: str = "") -> str:
             f"{np.mean(before):+.1f}p (worst {min(before):+.1f}p), after feedback "
             f"{np.mean(after):+.1f}p (worst {min(after):+.1f}p)"
         )
+    for key, what in CEILINGS.items():
+        reach = [(r.ceilings[key] - (r.half_best or 0.0)) * 100 for r in chosen if r.ceilings]
+        if reach:
+            lines.append(
+                f"  ceiling vs best single on the 2nd half, {what}: "
+                f"{np.mean(reach):+.1f}p (worst {min(reach):+.1f}p)"
+            )
     return "\n".join(lines)
 
 
