@@ -84,17 +84,23 @@ def catalog_for(config: Config) -> Catalog:
         raise ConfigError(f"selector.models: {exc}", key="selector.models") from None
 
 
-def _context_length(show: dict[str, Any] | None, knowledge: ModelKnowledge) -> int:
+def _weights_context(show: dict[str, Any] | None) -> int:
     """The context the weights take (`<architecture>.context_length` in show's
-    `model_info`), else the catalogue's: a show that could not be read or carries no
-    weights (a stand-in server) says nothing of it, and Ollama's historical default of
-    2048 would keep every longer prompt from a model that takes it."""
+    `model_info`); 0 when show does not say it."""
     info = (show or {}).get("model_info") or {}
     for key, value in info.items():
         # A map of any values (Go's map[string]any): a count of tokens or nothing.
         if key.endswith(".context_length") and type(value) is int and value > 0:
             return value
-    return knowledge.context_length or 2048
+    return 0
+
+
+def _context_length(show: dict[str, Any] | None, knowledge: ModelKnowledge) -> int:
+    """The context the weights take, else the catalogue's: a show that could not be
+    read or carries no weights (a stand-in server) says nothing of it, and Ollama's
+    historical default of 2048 would keep every longer prompt from a model that takes
+    it."""
+    return _weights_context(show) or knowledge.context_length or 2048
 
 
 def model_info(
@@ -116,8 +122,14 @@ def model_info(
     found = next((i for i, listed in enumerate(sources) if listed), len(sources))
     source = CAPABILITIES_FROM[found]
     catalog = catalog or Catalog.shipped()
+    # What placement reads of a model the catalogue does not list: its details, and the
+    # context its weights take, which tells a tune of a recent model from an old model
+    # of its architecture and size (Ollama's details do not carry it).
+    described = details
+    if context := _weights_context(show):
+        described = {**details, "context_length": context}
     if source == "catalogue":
-        knowledge = catalog.lookup(name, details)
+        knowledge = catalog.lookup(name, described)
         # Not `insert`: Ollama lists it for a template that reads `.Suffix`
         # (server/images.go), and the catalogue's `code` says a model is good at code,
         # not that its template does (Ollama's own magicoder, starcoder2-instruct and
@@ -129,7 +141,7 @@ def model_info(
         capabilities = frozenset(ollama_capabilities(name, knowledge, insert=False))
     else:
         capabilities = frozenset(sources[found] or ())
-        knowledge = catalog.lookup(name, details, capabilities)
+        knowledge = catalog.lookup(name, described, capabilities)
     lowered = name.lower()
     reported = params_from(str(details.get("parameter_size") or ""))
     candidate = Candidate(

@@ -16,7 +16,8 @@ from proxy.app import APP_KEY
 from proxy.config import Config, ConfigError, Health, ModelEntry
 from proxy.registry import catalog_for, model_info
 from selector_model import features
-from selector_model.catalog import DEFAULT_PATH, CatalogError, names
+from selector_model.catalog import DEFAULT_PATH, Catalog, CatalogError, names
+from selector_model.catalog.knowledge import ModelKnowledge
 from selector_model.catalog.names import is_safety_classifier
 from tests.conftest import FROZEN
 from tests.support import Emulator, Proxy, ServerThread, wait_until
@@ -547,3 +548,26 @@ def test_a_show_without_the_weights_context_takes_the_catalogues() -> None:
     assert described.candidate.context_length == described.knowledge.context_length == 32768
     own = {**bare, "model_info": {"qwen2.context_length": 8192}}
     assert model_info("qwen2.5:7b", tag, own).candidate.context_length == 8192
+
+
+def test_a_tune_known_by_its_show_alone_is_placed_among_models_of_its_context() -> None:
+    """A fine-tune of Llama 3.2 3B under a name of its own, its show copied from its base:
+    the 128K context its weights take tells it from the 2K-context Llamas of its size
+    from years before (Orca Mini 3B), whose results would stand in for its own."""
+    details = {"family": "llama", "parameter_size": "3.2B", "quantization_level": "Q4_K_M"}
+
+    def placed(context: int) -> ModelKnowledge:
+        show = {
+            "details": details,
+            "capabilities": ["completion", "tools"],
+            "model_info": {"llama.context_length": context},
+        }
+        knowledge = model_info("tiny-helper:latest", {"details": details}, show).knowledge
+        assert knowledge is not None and knowledge.origin == "nearest"
+        return knowledge
+
+    catalog = Catalog.shipped()
+    recent = placed(131072)
+    assert min(catalog.lookup(n).context_length for n in recent.neighbours) >= 32768
+    # The same details with an old model's context are placed among old models.
+    assert "orca-mini:3b" in placed(2048).neighbours

@@ -62,6 +62,14 @@ _SAME_ARCH_SPECIALTY = 0.25
 # stand-in; a year counts for less than another architecture, so that architecture and
 # size still choose neighbours first.
 _YEAR_WEIGHT = 0.5
+# How far apart a doubling of the context the weights take puts two models, when the
+# release date of one is not known (a tune known by its /api/show alone): a model's
+# context says its generation, 2K and 4K for the Llamas of 2023, 128K and more since,
+# so that a tune of a recent model is not placed beside old models of its architecture
+# and size. Two doublings weigh as a year does; models left out and placed so without
+# their family lie nearer their published results than without it, and about as near
+# with a doubling worth anything from half a year to a year (tests/test_catalog.py).
+CONTEXT_WEIGHT = _YEAR_WEIGHT / 2
 # A later generation of a line than the catalogue lists (`gemma4`, `qwen3.5`) is placed
 # with the latest generation listed before it, as if of that family, and each area moved
 # this far up on the logit scale: the catalogue's own generations, each left out whole
@@ -91,6 +99,8 @@ class Probe:
     released: float | None = None
     # Whether the specialties are read from capabilities and name, not declared.
     specialties_read: bool = False
+    # The context length it was trained to; 0 when not known.
+    context: int = 0
 
     @property
     def log_size(self) -> float:
@@ -120,6 +130,8 @@ def _distance(
     era = 0.0
     if probe.released is not None and other.released is not None:
         era = _YEAR_WEIGHT * abs(probe.released - other.released)
+    elif probe.context > 0 and other.context > 0:
+        era = CONTEXT_WEIGHT * abs(math.log2(probe.context / other.context))
     return size + family + specialty + era
 
 
@@ -148,7 +160,12 @@ def shifted(score: float, logits: float, floor: float = 0.0) -> float:
 
 def probe_of(entry: ModelKnowledge) -> Probe:
     return Probe(
-        entry.family, entry.arch, entry.effective_params_b, entry.specialties, entry.released
+        entry.family,
+        entry.arch,
+        entry.effective_params_b,
+        entry.specialties,
+        entry.released,
+        context=entry.context_length,
     )
 
 
@@ -235,7 +252,8 @@ class Neighbourhood:
             # A new size of a listed family comes from that family's era (a StarCoder
             # 1B is a 2023 model, whatever 1B coders came out since).
             era = sum(e.released for e in kin) / len(kin) + generations * GENERATION_YEARS
-        probe = Probe(family, arch, size, frozenset(specialties), era, read)
+        reported_context = int(details.get("context_length") or 0)
+        probe = Probe(family, arch, size, frozenset(specialties), era, read, reported_context)
         nearest = self._nearest(probe, lambda e: True)
         areas: dict[str, float] = {}
         spread: dict[str, float] = {}
