@@ -199,6 +199,11 @@ def test_a_quantization_is_a_whole_dash_word_of_the_tag(name: str, quantization:
         # repository's name describe a build of the model, not another model.
         ("hf.co/bartowski/Qwen2.5-Coder-7B-Instruct-128K-GGUF:Q4_K_M", "qwen2.5-coder:7b"),
         ("hf.co/google/gemma-3-4b-it-qat-q4_0-gguf", "gemma3:4b"),
+        # mradermacher's imatrix quantizations of a model ("-i1-GGUF", a tag that may
+        # repeat it) are that model.
+        ("hf.co/mradermacher/Qwen2.5-Coder-7B-Instruct-i1-GGUF:Q4_K_M", "qwen2.5-coder:7b"),
+        ("hf.co/mradermacher/gemma-3-12b-it-i1-GGUF:i1-Q4_K_M", "gemma3:12b"),
+        ("hf.co/mradermacher/Qwen3-8B-i1-GGUF:Q6_K", "qwen3:8b"),
     ],
 )
 def test_a_hugging_face_name_with_its_organisation_resolves(name: str, entry: str) -> None:

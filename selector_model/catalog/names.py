@@ -63,8 +63,9 @@ CAPABILITY_SPECIALTIES = {
 # (`-GGUF`), a quantizer's, or a transformers conversion (`CodeLlama-34b-Instruct-hf`).
 _PACKAGING = re.compile(r"(?:[-_.](?:gguf|ggml|mlx|awq|gptq|hf))+$")
 # Words of a repository's name that describe a build of the model, not another model:
-# a context length (`-128K`), quantization-aware training (`-qat`), a quantization.
-_BUILD_WORD = re.compile(r"\d+k|qat")
+# a context length (`-128K`), quantization-aware training (`-qat`), a quantization, an
+# importance-matrix quantization (mradermacher's `-i1-GGUF`).
+_BUILD_WORD = re.compile(r"\d+k|qat|i1")
 # Meta's repositories lead Llama 3 and 3.1 with the maker (`Meta-Llama-3.1-70B-Instruct`).
 _MAKER = re.compile(r"^meta-(?=llama)")
 
