@@ -17,7 +17,7 @@ from proxy.config import Config, ConfigError, Health, ModelEntry
 from proxy.registry import catalog_for, model_info
 from selector_model import features
 from selector_model.catalog import DEFAULT_PATH, Catalog, CatalogError, names
-from selector_model.catalog.knowledge import ModelKnowledge
+from selector_model.catalog.knowledge import AREAS, ModelKnowledge
 from selector_model.catalog.names import is_safety_classifier
 from tests.conftest import FROZEN
 from tests.support import Emulator, Proxy, ServerThread, wait_until
@@ -576,3 +576,24 @@ def test_a_tune_known_by_its_show_alone_is_placed_among_models_of_its_context() 
     assert min(catalog.lookup(n).context_length for n in recent.neighbours) >= 32768
     # The same details with an old model's context are placed among old models.
     assert "orca-mini:3b" in placed(2048).neighbours
+
+
+def test_a_new_version_of_a_listed_model_is_placed_beside_its_entry() -> None:
+    """Magistral Small 2509, pulled from Hugging Face, is a version the catalogue does not
+    list: its family's entry (2506) is its nearest, and the reasoning its family declares
+    is as sure as the entry's, so non-reasoning Mistral Smalls of its architecture do
+    not stand in for its math in place of the reasoning models that stand in for the
+    entry's. It is placed beside that entry, not a step of skill below it."""
+    details = {"family": "llama", "parameter_size": "23.6B", "quantization_level": "Q4_K_M"}
+    show = {
+        "details": details,
+        "capabilities": ["completion", "tools", "thinking", "vision"],
+        "model_info": {"llama.context_length": 131072},
+    }
+    name = "hf.co/unsloth/Magistral-Small-2509-GGUF:Q4_K_M"
+    placed = model_info(name, {"details": details}, show).knowledge
+    entry = Catalog.shipped().lookup("magistral:24b")
+    assert placed is not None and placed.origin == "nearest"
+    assert placed.neighbours[0] == "magistral:24b"
+    for area in AREAS:
+        assert abs(placed.areas[area] - entry.areas[area]) < 0.05, area

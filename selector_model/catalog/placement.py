@@ -253,6 +253,11 @@ class Neighbourhood:
             # 1B is a 2023 model, whatever 1B coders came out since).
             era = sum(e.released for e in kin) / len(kin) + generations * GENERATION_YEARS
         reported_context = int(details.get("context_length") or 0)
+        # A model of a listed family (a version or a tune the catalogue does not list)
+        # has its family's specialties, which the catalogue declares: read only where no
+        # family says them, or a Magistral's math would be read off the Mistral Smalls
+        # of its architecture rather than off the reasoning models its entry's is.
+        read = read and not kin
         probe = Probe(family, arch, size, frozenset(specialties), era, read, reported_context)
         nearest = self._nearest(probe, lambda e: True)
         areas: dict[str, float] = {}
