@@ -160,6 +160,12 @@ async def emulate(
             ", ".join(str(s) for s in synthesized),
             extra={"fields": {"synthesized": [s.spec.name for s in synthesized]}},
         )
+    await serve_emulator(app, host, port)
+
+
+async def serve_emulator(app: web.Application, host: str, port: int) -> None:
+    """Serve an emulator's app as Ollama's server serves (`start_site` without a
+    config: Go's head limit, request bodies read as sent) until SIGINT or SIGTERM."""
     runner = await start_site(app, host, port)
     log.info("emulator listening", extra={"fields": {"address": f"http://{host}:{port}"}})
     await _serve_forever([runner])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import zlib
 from collections.abc import Iterator
 
 import aiohttp
@@ -247,6 +248,38 @@ async def test_content_encoding_is_not_decoded(
     direct = await raw(emulator.url, "POST", path, body, headers)
     assert direct[0] < 500
     assert await raw(proxy.url, "POST", path, body, headers) == direct
+
+
+# Compressed bodies, and a target longer than aiohttp's default line limit: what Go's
+# net/http reads as sent (Ollama decodes no gzip, deflate nor br; its head limit is
+# 1 MiB) and aiohttp's defaults would decode, or refuse with a text of their own.
+ALONE = [
+    ("POST", "/api/generate", {"Content-Encoding": "gzip"}, gzip.compress(GENERATE, mtime=0)),
+    ("POST", "/api/chat", {"Content-Encoding": "deflate"}, zlib.compress(GENERATE)),
+    ("POST", "/api/chat", {"Content-Encoding": "br"}, b"\x0b\x02\x80{}\x03"),
+    ("HEAD", "/api/blobs/sha256:" + "0" * 9000, {}, None),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "body"),
+    ALONE,
+    ids=[f"{m} {p[:20]} {h}" for m, p, h, _ in ALONE],
+)
+async def test_the_emulator_run_alone_answers_as_ollama_does(
+    emulator_process: int,
+    emulator: Emulator,
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    body: bytes | None,
+) -> None:
+    """`python -m proxy.emulator` (a backend of its own process, as tests and
+    benchmarks run it) serves connections as the emulator of `autoroute emulate` and
+    of the tests' threads does: as Ollama's server."""
+    alone = await raw(f"http://127.0.0.1:{emulator_process}", method, path, body, headers)
+    assert alone == await raw(emulator.url, method, path, body, headers)
+    assert alone[0] == 400
 
 
 @pytest.mark.parametrize(

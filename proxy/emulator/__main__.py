@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from aiohttp import web
+from proxy import event_loop
+from proxy.cli import serve_emulator
 
 from . import STATE_KEY, EmulatorSettings, create_app
 from .state import InvalidModelName
@@ -36,7 +37,10 @@ def main() -> None:
         parser.error(f"--models: {exc}")
     for made in app[STATE_KEY].synthesized:
         print(f"not in the emulator's table: {made}", file=sys.stderr)
-    web.run_app(app, host=args.host, port=args.port, print=None)
+    # Served as `autoroute emulate` serves it, never by aiohttp's defaults, which would
+    # decode a body's Content-Encoding (inflating a gzip bomb) and refuse a target over
+    # 8190 bytes with texts of their own, where Ollama reads both as sent.
+    event_loop.run(serve_emulator(app, args.host, args.port))
 
 
 if __name__ == "__main__":
