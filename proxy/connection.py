@@ -209,6 +209,10 @@ def parsed_head_refusal(request: BaseRequest) -> bytes | None:
     * a Transfer-Encoding other than exactly `chunked` (any case) on HTTP/1.1, where
       llhttp takes any list whose last coding is `chunked` (`gzip, chunked`): 501
       (src/net/http/transfer.go `parseTransferEncoding`; HTTP/1.0 ignores it);
+    * a Content-Length of 2^63 or more: Go's plain 400 ("bad Content-Length", from
+      `strconv.ParseUint(cl, 10, 63)` in transfer.go `parseContentLength`), where
+      llhttp takes up to 2^64 - 1 (and aiohttp reads 2^64 - 1 as no body, the bytes
+      after the head then llhttp's body, never read);
     * a Host with a byte Go's `httpguts.ValidHostHeader` refuses (`a b`): 400 with
       Go's text (server.go `readRequest`), which llhttp takes as any header value."""
     headers = request.headers
@@ -219,10 +223,19 @@ def parsed_head_refusal(request: BaseRequest) -> bytes | None:
         and not _go_takes_codings([c.encode("utf-8", "surrogateescape") for c in codings])
     ):
         return _UNSUPPORTED_TE_STATUS
+    length = headers.get(hdrs.CONTENT_LENGTH)
+    # (llhttp has checked it is digits; fewer than 19 of them are below 2^63.)
+    if length is not None and len(length) >= _GO_LENGTH_DIGITS and int(length) >= _GO_LENGTH_END:
+        return _BAD_REQUEST_STATUS
     host = headers.get(hdrs.HOST)
     if host and _VALID_HOST.fullmatch(host) is None:
         return _MALFORMED_HOST_STATUS
     return None
+
+
+# Go reads a Content-Length into 63 bits; 2^63 has 19 digits.
+_GO_LENGTH_END = 1 << 63
+_GO_LENGTH_DIGITS = len(str(_GO_LENGTH_END))
 
 
 _FIELD_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:")

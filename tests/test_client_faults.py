@@ -1101,6 +1101,29 @@ async def test_a_host_go_reads_is_no_malformed_host(
     assert answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer[:200]
 
 
+# Go's parseContentLength (src/net/http/transfer.go) reads a Content-Length with
+# strconv.ParseUint(cl, 10, 63): one of 2^63 or more is its "bad Content-Length", the
+# plain 400, whatever the method. llhttp takes a length up to 2^64 - 1, and aiohttp
+# reads 2^64 - 1 as no body at all.
+@pytest.mark.parametrize("server", ["proxy", "emulator"])
+@pytest.mark.parametrize(
+    "length", [b"9223372036854775808", b"18446744073709551615", b"009223372036854775808"]
+)
+@pytest.mark.parametrize(
+    "line", [b"GET /api/version", b"POST /api/show", b"POST /api/blobs/sha256:" + b"0" * 64]
+)
+async def test_a_length_beyond_gos_int64_gets_its_400_and_reaches_no_backend(
+    slow_heads: Proxy, emulator: Emulator, server: str, length: bytes, line: bytes
+) -> None:
+    shown = emulator.state.requests["/api/show"]
+    request = line + b" HTTP/1.1\r\nHost: localhost\r\nContent-Length: " + length + b"\r\n\r\n{}"
+    port = slow_heads.port if server == "proxy" else emulator.port
+    # (A bound for a server that waits for the body: that is the failure, not a timing.)
+    answer = await asyncio.wait_for(answer_to(port, request), EVENTUALLY)
+    assert (go_answer(answer) if server == "proxy" else answer) == BAD_REQUEST
+    assert emulator.state.requests["/api/show"] == shown
+
+
 # Heads Go's net/http reads and llhttp refuses, with no way to read them as Go does
 # short of parsing every head twice: the proxy answers each with Go's plain 400 and
 # closes, and no backend sees any of it. What Go does with each (src/net/http
