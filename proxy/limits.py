@@ -94,7 +94,9 @@ async def read_body(request: web.Request, idle_seconds: float) -> bytes:
         raise web.HTTPRequestEntityTooLarge(limit, length)
     held = request.config_dict.get(HELD_BODIES)
     if held is not None and length is not None:
-        held.take(request, length)
+        # A body declared longer than the limit is read up to it, then refused: it
+        # never holds more (a declared terabyte is the limit's 413, not a busy 503).
+        held.take(request, min(length, limit) if limit > 0 else length)
     body = await _read(request, idle_seconds)
     if held is not None and length is None:
         # A body of no declared length (chunked) counts for what it turned out to be.

@@ -3,6 +3,8 @@ clear 4xx in Ollama's shape (OpenAI's on /v1), and the proxy serves on afterward
 
 from __future__ import annotations
 
+import asyncio
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,7 +14,7 @@ import pytest
 
 from proxy import go_json
 from proxy.config import Limits
-from proxy.limits import prompt_chars
+from proxy.limits import HELD_BODIES, prompt_chars
 from tests.support import (
     Emulator,
     Proxy,
@@ -20,6 +22,7 @@ from tests.support import (
     error_text,
     on_a_loop,
     running_stream,
+    wait_until,
 )
 
 MODEL = "llama3.1:8b"
@@ -268,4 +271,44 @@ async def test_bodies_held_at_once_beyond_the_limit_are_503_and_the_limit_comes_
         short = {**big, "options": {"num_predict": 2}, "stream": False}
         assert (await post(prx.url, "/api/generate", short))[0] == 200
     finally:
+        prx.stop()
+
+
+async def test_a_body_declared_over_the_size_limit_counts_for_the_limit_at_most(
+    servers: ServerThread, emulator: Emulator
+) -> None:
+    """A body declared longer than `max_body_bytes` is read up to that limit and
+    refused with the size limit's 413, never the busy status (no retry can fit it);
+    while it is read it holds room for the limit at most, so a client declaring a
+    huge length and sending slowly keeps no room from the bodies of others."""
+    mib = 1024 * 1024
+    limits = Limits(max_body_bytes=2 * mib, max_held_body_bytes=5 * mib)
+    prx = Proxy(servers, [emulator.url], limits=limits)
+    held = prx.app[HELD_BODIES]
+    loop = asyncio.get_running_loop()
+    slow = socket.create_connection(("127.0.0.1", prx.port))
+    try:
+        # Declared 4 MiB, a few bytes sent: its body is being read.
+        slow.sendall(
+            b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\n"
+            b"Content-Length: %d\r\n\r\n{" % (4 * mib)
+        )
+        assert await wait_until(lambda: held.held > 0)
+        padding = "A" * (1536 * mib // 1024)  # 1.5 MiB of a field Ollama skips
+        body = {"model": MODEL, "prompt": "hi", "padding": padding, "stream": False}
+        assert (await post(prx.url, "/api/generate", body))[0] == 200
+        for declared in (4 * mib, 10**12):
+            huge = socket.create_connection(("127.0.0.1", prx.port))
+            try:
+                head = b"POST /api/chat HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n"
+                await loop.run_in_executor(
+                    None, huge.sendall, head % declared + b"{" + b" " * (2 * mib + 1)
+                )
+                answer = await loop.run_in_executor(None, huge.recv, 65536)
+            finally:
+                huge.close()
+            assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+            assert b"too large" in answer
+    finally:
+        slow.close()
         prx.stop()
