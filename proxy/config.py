@@ -4,12 +4,14 @@ Precedence, lowest first: built-in defaults, the YAML file, `AUTOROUTE_*` variab
 Any setting can be overridden as `AUTOROUTE_<SECTION>__<KEY>` (for example
 `AUTOROUTE_LISTEN__PORT=8080`); `AUTOROUTE_BACKENDS` takes a comma-separated URL list.
 `OLLAMA_HOST` is deliberately ignored: users point it at the proxy.
+
+The sections are declared here, with the checks across their fields (`Config.check`);
+how a mapping becomes them is `proxy.config_reading`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import ipaddress
 import os
@@ -17,30 +19,14 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import UnionType
-from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
-
+from proxy.config_reading import AIOHTTP_UNCHECKED_ENV as AIOHTTP_UNCHECKED_ENV
+from proxy.config_reading import ENV_PREFIX as ENV_PREFIX
+from proxy.config_reading import ConfigError as ConfigError
+from proxy.config_reading import FromString, build, env_overrides, merge, read_yaml
 from selector_model.catalog import AREAS, SPECIALTIES
-
-ENV_PREFIX = "AUTOROUTE_"
-# Runs the proxy on an aiohttp its internals were not checked with; read at import,
-# before any configuration (proxy/aiohttp_internals.py), so it names no setting.
-AIOHTTP_UNCHECKED_ENV = ENV_PREFIX + "AIOHTTP_UNCHECKED"
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot work; the message says which key and why.
-
-    `key` is the dotted setting at fault ("listen.port") when one is, so that `load`
-    can name where its value came from: the file or an environment variable."""
-
-    def __init__(self, message: str, key: str = "") -> None:
-        super().__init__(message)
-        self.key = key
-
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -765,54 +751,6 @@ def without_userinfo(url: str) -> str:
     return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
-T = TypeVar("T")
-
-
-def _build(cls: type[T], data: Mapping[str, Any], where: str) -> T:
-    at = where.rstrip(".")
-    if not isinstance(data, Mapping):
-        raise ConfigError(
-            f"{at or 'config'}: expected a mapping, got {type(data).__name__}", key=at
-        )
-    hints = get_type_hints(cls)
-    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
-    names = {f.name for f in fields}
-    unknown = sorted(map(str, set(data) - names))
-    if unknown:
-        raise ConfigError(
-            f"{at or 'config'}: unknown key {unknown[0]!r}{_did_you_mean(unknown[0], names)}",
-            key=f"{where}{unknown[0]}",
-        )
-    for f in fields:
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        if required and f.name not in data:
-            raise ConfigError(f"{at or 'config'}: missing key {f.name!r}", key=at)
-    values = {
-        name: _coerce(hints[name], _over_defaults(fields, name, data[name]), f"{where}{name}")
-        for name in data
-    }
-    return cls(**values)
-
-
-def _over_defaults(fields: tuple[dataclasses.Field[Any], ...], name: str, value: Any) -> Any:
-    """A mapping of sections with built-in entries (`selector.profiles`): the entries
-    listed replace the built-in set, and one named as a built-in keeps the built-in's
-    values for the keys it leaves out (`fast: {default_model: x}` keeps fast's
-    cost_weight, not a profile's default)."""
-    (f,) = [f for f in fields if f.name == name]
-    if f.default_factory is dataclasses.MISSING or not isinstance(value, Mapping):
-        return value
-    defaults = f.default_factory()
-    if not isinstance(defaults, dict) or not defaults:
-        return value
-    return {
-        str(key): _merge(dataclasses.asdict(defaults[str(key)]), given)
-        if str(key) in defaults and isinstance(given, Mapping)
-        else given
-        for key, given in value.items()
-    }
-
-
 def _with_builtin_profiles(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
     """A variable that changes a profile (`AUTOROUTE_SELECTOR__PROFILES__FAST__...`)
     changes the profiles in effect: the file's, else the built-in ones, all kept."""
@@ -823,127 +761,12 @@ def _with_builtin_profiles(data: dict[str, Any], overrides: Mapping[str, Any]) -
     if section is not None and (not isinstance(section, Mapping) or "profiles" in section):
         return data
     builtin = {k: dataclasses.asdict(v) for k, v in _default_profiles().items()}
-    return _merge(data, {"selector": {"profiles": builtin}})
+    return merge(data, {"selector": {"profiles": builtin}})
 
 
-def _did_you_mean(word: str, choices: set[str], render: str = "{}") -> str:
-    close = difflib.get_close_matches(word, sorted(choices), n=1)
-    return f"; did you mean {render.format(close[0])!r}?" if close else ""
-
-
-def _coerce(hint: Any, value: Any, where: str) -> Any:
-    origin = get_origin(hint)
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where + ".")  # type: ignore[arg-type]
-    if origin is dict:
-        _, item_type = get_args(hint)
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a mapping", key=where)
-        return {
-            str(k): _coerce(item_type, {} if v is None else v, f"{where}.{k}")
-            for k, v in value.items()
-        }
-    if origin is tuple:
-        (item,) = get_args(hint)[:1]
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{where}: expected a list", key=where)
-        if item is Backend:
-            return tuple(
-                Backend(url=v) if isinstance(v, str) else _build(Backend, v, where + ".")
-                for v in value
-            )
-        return tuple(_coerce(item, v, where) for v in value)
-    if origin is UnionType:
-        # `str | None`, `bool | None`: null, else the value as the other type.
-        (inner,) = [arg for arg in get_args(hint) if arg is not type(None)]
-        return None if value is None else _coerce(inner, value, where)
-    if origin is Literal:
-        if value not in get_args(hint):
-            raise ConfigError(f"{where}: {value!r} is not one of {list(get_args(hint))}", key=where)
-        return value
-    if hint is bool:
-        if isinstance(value, str):
-            if value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if value.lower() in ("0", "false", "no", "off"):
-                return False
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}", key=where)
-        return value
-    if hint in (int, float, str):
-        # int() and str() take what YAML reads that was never meant as one: a
-        # true (1), 1.7 (1), a list or a mapping (its repr).
-        wrong = isinstance(value, bool | list | dict) or (
-            hint is int and isinstance(value, float) and not value.is_integer()
-        )
-        try:
-            if not wrong:
-                return hint(value)
-        except (TypeError, ValueError):
-            pass
-        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}", key=where)
-    return value
-
-
-def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
-    """The settings `AUTOROUTE_*` variables give, as a tree, and which variable gave
-    each (by dotted setting). A variable that names no setting is an error about that
-    variable: merged into the file's settings, it would read as a mistake in the file."""
-    tree: dict[str, Any] = {}
-    sources: dict[str, str] = {}
-    for key, value in environ.items():
-        if not key.startswith(ENV_PREFIX) or key in (ENV_PREFIX + "CONFIG", AIOHTTP_UNCHECKED_ENV):
-            continue
-        path = key[len(ENV_PREFIX) :].lower().split("__")
-        _check_env_path(key, path)
-        node = tree
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = value
-        sources[".".join(path)] = key
-    return tree, sources
-
-
-def _check_env_path(variable: str, path: list[str]) -> None:
-    hint: Any = Config
-    for depth, part in enumerate(path):
-        if not part:
-            # `AUTOROUTE_=x` or `AUTOROUTE_LISTEN__=x`: nothing to name, nor to suggest.
-            after = f" after {'.'.join(path[:depth])}" if depth else ""
-            raise ConfigError(
-                f"environment variable {variable}: an empty setting name{after}; a setting is "
-                f"overridden as {ENV_PREFIX}<SECTION>__<KEY>, for example {ENV_PREFIX}LISTEN__PORT"
-            )
-        if dataclasses.is_dataclass(hint):
-            names = {f.name for f in dataclasses.fields(hint)}
-            if part not in names:
-                prefix = "__".join(path[:depth]).upper()
-                render = ENV_PREFIX + (f"{prefix}__" if prefix else "") + "{}"
-                known = {name.upper() for name in names}
-                hint_text = _did_you_mean(part.upper(), known, render)
-                raise ConfigError(
-                    f"environment variable {variable}: no setting "
-                    f"{'.'.join(path[: depth + 1])}{hint_text}"
-                )
-            hint = get_type_hints(hint)[part]
-        elif get_origin(hint) is dict:
-            hint = get_args(hint)[1]
-        else:
-            raise ConfigError(
-                f"environment variable {variable}: {'.'.join(path[:depth])} has no sub-settings"
-            )
-
-
-def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
+# A backend may be listed as its URL alone (`backends: [http://host:11434]`,
+# `AUTOROUTE_BACKENDS=http://a,http://b`).
+_FROM_STRING: FromString = {Backend: lambda url: Backend(url=url)}
 
 
 def load(
@@ -956,13 +779,13 @@ def load(
         path = environ.get(ENV_PREFIX + "CONFIG") or (
             "config.yaml" if Path("config.yaml").exists() else None
         )
-    overrides, sources = _env_overrides(environ)
+    overrides, sources = env_overrides(environ, Config)
     data: dict[str, Any] = {}
     if path is not None:
-        data = _read_yaml(Path(path))
+        data = read_yaml(Path(path))
     try:
-        return _build(
-            Config, _merge(_with_builtin_profiles(data, overrides), overrides), ""
+        return build(
+            Config, merge(_with_builtin_profiles(data, overrides), overrides), "", _FROM_STRING
         ).check()
     except ConfigError as exc:
         if not exc.key:
@@ -974,24 +797,3 @@ def load(
         if path is not None:
             raise ConfigError(f"{path}: {exc}", exc.key) from None
         raise
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    try:
-        loaded = yaml.safe_load(text) or {}
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = exc.problem or exc.context or "cannot be parsed"
-        raise ConfigError(f"{path}: invalid YAML{at}: {problem}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    return loaded
