@@ -137,6 +137,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from proxy.config import AIOHTTP_UNCHECKED_ENV
+from proxy.config_reading import switch
 
 log = logging.getLogger("autoroute.aiohttp")
 T = TypeVar("T")
@@ -206,7 +207,7 @@ def check_version(version: str, environ: Mapping[str, str]) -> None:
     problem = version_problem(version)
     if problem is None:
         return
-    if environ.get(AIOHTTP_UNCHECKED_ENV, "").strip().lower() in ("1", "true", "yes"):
+    if switch(environ.get(AIOHTTP_UNCHECKED_ENV, "")):
         log.warning("%s; running anyway as %s asks", problem, AIOHTTP_UNCHECKED_ENV)
         return
     raise SystemExit(f"{problem}; set {AIOHTTP_UNCHECKED_ENV}=1 to run anyway")

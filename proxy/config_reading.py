@@ -23,6 +23,17 @@ ENV_PREFIX = "AUTOROUTE_"
 AIOHTTP_UNCHECKED_ENV = ENV_PREFIX + "AIOHTTP_UNCHECKED"
 
 
+def switch(text: str) -> bool | None:
+    """What an on/off setting written as text says (`1`, `true`, `yes`, `on` and their
+    opposites, any case, spaces around ignored); None when it is neither."""
+    word = text.strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off"):
+        return False
+    return None
+
+
 class ConfigError(ValueError):
     """A configuration that cannot work; the message says which key and why.
 
@@ -127,11 +138,8 @@ def _coerce(hint: Any, value: Any, where: str, from_string: FromString) -> Any:
             raise ConfigError(f"{where}: {value!r} is not one of {list(get_args(hint))}", key=where)
         return value
     if hint is bool:
-        if isinstance(value, str):
-            if value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if value.lower() in ("0", "false", "no", "off"):
-                return False
+        if isinstance(value, str) and (said := switch(value)) is not None:
+            return said
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true or false, got {value!r}", key=where)
         return value

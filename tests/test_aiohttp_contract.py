@@ -748,6 +748,13 @@ def test_check_version_stops_unless_told_to_run_anyway(caplog: pytest.LogCapture
     assert "aiohttp 3.15.0" in caplog.records[0].getMessage()
 
 
+@pytest.mark.parametrize("said", ["on", " Yes ", "TRUE"])
+def test_check_version_reads_the_variable_as_every_setting_is_read(said: str) -> None:
+    internals.check_version("3.15.0", {AIOHTTP_UNCHECKED_ENV: said})  # runs anyway
+    with pytest.raises(SystemExit):
+        internals.check_version("3.15.0", {AIOHTTP_UNCHECKED_ENV: "off"})
+
+
 def test_the_override_is_no_setting() -> None:
     """Every other AUTOROUTE_* variable names a setting, and an unknown one is an error."""
     loaded = config.load(ROOT / "config.yaml", environ={AIOHTTP_UNCHECKED_ENV: "1"})
