@@ -180,6 +180,20 @@ def show_body(spec: ModelSpec, request_model: str, user_agent: str, version: str
     return body
 
 
+async def _read_model_request(
+    request: web.Request, struct: str, fields: dict[str, str], *, required: bool
+) -> tuple[dict[str, Any], str]:
+    """An admin request's body (`read_body`) and the model it names: `model`, else the
+    older `name` in its place (Go's cmp.Or(req.Model, req.Name)). `required`: a body
+    naming none is refused "model is required" (Show, Push, Delete); the others refuse
+    the empty name as invalid."""
+    body = await read_body(request, struct, fields)
+    name = str(body.get("model") or body.get("name") or "")
+    if required and not name:
+        raise Refusal(400, "model is required")
+    return body, name
+
+
 async def handle_show(request: web.Request) -> web.Response:
     state = state_of(request)
     if state.settings.show_hang:
@@ -191,12 +205,9 @@ async def handle_show(request: web.Request) -> web.Response:
     if state.settings.show_missing:
         return gin_not_found()
     try:
-        body = await read_body(request, "ShowRequest", SHOW_FIELDS)
+        _, name = await _read_model_request(request, "ShowRequest", SHOW_FIELDS, required=True)
     except Refusal as exc:
         return error(exc.status, exc.message)
-    name = str(body.get("model") or body.get("name") or "")
-    if not name:
-        return error(400, "model is required")
     base, asked = source(name)
     if asked == CLOUD:
         refusal = cloud_out_of_reach(request.path)
@@ -264,10 +275,11 @@ def _layer_lines(spec: ModelSpec, verb: str, have: bool) -> list[dict[str, Any]]
 async def handle_pull(request: web.Request) -> web.StreamResponse:
     state = state_of(request)
     try:
-        body = await read_body(request, "PullRequest", _REGISTRY_FIELDS)
+        body, name = await _read_model_request(
+            request, "PullRequest", _REGISTRY_FIELDS, required=False
+        )
     except Refusal as exc:
         return error(exc.status, exc.message)
-    name = str(body.get("model") or body.get("name") or "")
     if not valid_name(name):
         return error(400, INVALID_NAME)
     stream = body.get("stream") is not False
@@ -302,12 +314,11 @@ def _pulled(state: EmulatorState, name: str) -> tuple[ModelSpec | None, list[dic
 async def handle_push(request: web.Request) -> web.StreamResponse:
     state = state_of(request)
     try:
-        body = await read_body(request, "PushRequest", _REGISTRY_FIELDS)
+        body, name = await _read_model_request(
+            request, "PushRequest", _REGISTRY_FIELDS, required=True
+        )
     except Refusal as exc:
         return error(exc.status, exc.message)
-    name = str(body.get("model") or body.get("name") or "")
-    if not name:
-        return error(400, "model is required")
     stream = body.get("stream") is not False
     spec = state.find(name)
     if spec is None:
@@ -329,7 +340,7 @@ async def handle_push(request: web.Request) -> web.StreamResponse:
 async def handle_create(request: web.Request) -> web.StreamResponse:
     state = state_of(request)
     try:
-        body = await read_body(
+        body, name = await _read_model_request(
             request,
             "CreateRequest",
             {
@@ -346,10 +357,10 @@ async def handle_create(request: web.Request) -> web.StreamResponse:
                 "quantize": "string",
                 "name": "string",
             },
+            required=False,
         )
     except Refusal as exc:
         return error(exc.status, exc.message)
-    name = str(body.get("model") or body.get("name") or "")
     if not valid_name(name):
         return error(400, INVALID_NAME)
     stream = body.get("stream") is not False
@@ -467,12 +478,11 @@ async def handle_copy(request: web.Request) -> web.Response:
 async def handle_delete(request: web.Request) -> web.Response:
     state = state_of(request)
     try:
-        body = await read_body(request, "DeleteRequest", {"model": "string", "name": "string"})
+        _, name = await _read_model_request(
+            request, "DeleteRequest", {"model": "string", "name": "string"}, required=True
+        )
     except Refusal as exc:
         return error(exc.status, exc.message)
-    name = str(body.get("model") or body.get("name") or "")
-    if not name:
-        return error(400, "model is required")
     if not valid_name(name):
         return error(400, f"name {dumps(name).decode()} is invalid")
     spec = state.find(name)
