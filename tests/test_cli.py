@@ -36,6 +36,28 @@ def _error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
     return err.strip()
 
 
+def _config_file_error(capsys: pytest.CaptureFixture[str], path: Path, text: str) -> str:
+    """`serve` on a config file at `path` holding `text`: what its one line of error says
+    after the prefix naming the file (checked)."""
+    path.write_text(text)
+    err = _error(capsys, ["serve", "--config", str(path)])
+    prefix = f"autoroute: configuration error: {path}: "
+    assert err.startswith(prefix), err
+    return err.removeprefix(prefix)
+
+
+def _environment_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> str:
+    """`serve` with the environment variable `name` set to `value`: what its one line of
+    error says after the prefix naming the variable (checked)."""
+    monkeypatch.setenv(name, value)
+    err = _error(capsys, ["serve"])
+    prefix = f"autoroute: configuration error: environment variable {name}: "
+    assert err.startswith(prefix), err
+    return err.removeprefix(prefix)
+
+
 @pytest.mark.parametrize("command", [["serve"], ["demo"], ["usage", "export"], ["profile"]])
 def test_help_lists_the_flags_and_the_environment_variables(
     capsys: pytest.CaptureFixture[str], command: list[str]
@@ -144,12 +166,9 @@ def test_with_the_train_extra_train_help_lists_its_flags(
 def test_invalid_yaml_names_the_file_and_line(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    path = tmp_path / "broken.yaml"
-    path.write_text("listen:\n  port: 1\n host: x\n")
-    err = _error(capsys, ["serve", "--config", str(path)])
+    err = _config_file_error(capsys, tmp_path / "broken.yaml", "listen:\n  port: 1\n host: x\n")
     assert err == (
-        f"autoroute: configuration error: {path}: invalid YAML at line 3, column 2: "
-        "expected <block end>, but found '<block mapping start>'"
+        "invalid YAML at line 3, column 2: expected <block end>, but found '<block mapping start>'"
     )
     assert "<unicode string>" not in err
 
@@ -165,12 +184,8 @@ def test_missing_config_file_is_one_line(
 def test_unknown_key_suggests_the_closest(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    path = tmp_path / "c.yaml"
-    path.write_text("listen: {prot: 8080}\n")
-    err = _error(capsys, ["serve", "--config", str(path)])
-    assert err == (
-        f"autoroute: configuration error: {path}: listen: unknown key 'prot'; did you mean 'port'?"
-    )
+    err = _config_file_error(capsys, tmp_path / "c.yaml", "listen: {prot: 8080}\n")
+    assert err == "listen: unknown key 'prot'; did you mean 'port'?"
 
 
 def test_unknown_section_suggests_the_closest(tmp_path: Path) -> None:
@@ -184,43 +199,30 @@ def test_unknown_section_suggests_the_closest(tmp_path: Path) -> None:
 def test_bad_logging_level_is_a_clear_error(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    path = tmp_path / "c.yaml"
-    path.write_text("logging: {level: verbose}\n")
-    err = _error(capsys, ["serve", "--config", str(path)])
+    err = _config_file_error(capsys, tmp_path / "c.yaml", "logging: {level: verbose}\n")
     assert err == (
-        f"autoroute: configuration error: {path}: logging.level: 'verbose' is not a level; "
-        "use one of DEBUG, INFO, WARNING, ERROR, CRITICAL"
+        "logging.level: 'verbose' is not a level; use one of DEBUG, INFO, WARNING, ERROR, CRITICAL"
     )
 
 
 def test_environment_variable_typo_is_reported_as_that_variable(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("AUTOROUTE_LISTEN__PROT", "8080")
-    err = _error(capsys, ["serve"])
-    assert err == (
-        "autoroute: configuration error: environment variable AUTOROUTE_LISTEN__PROT: "
-        "no setting listen.prot; did you mean 'AUTOROUTE_LISTEN__PORT'?"
-    )
+    err = _environment_error(capsys, monkeypatch, "AUTOROUTE_LISTEN__PROT", "8080")
+    assert err == "no setting listen.prot; did you mean 'AUTOROUTE_LISTEN__PORT'?"
     assert "config.yaml" not in err
 
 
 def test_environment_variable_bad_value_is_reported_as_that_variable(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("AUTOROUTE_LOGGING__LEVEL", "loud")
-    err = _error(capsys, ["serve"])
+    err = _environment_error(capsys, monkeypatch, "AUTOROUTE_LOGGING__LEVEL", "loud")
     assert err == (
-        "autoroute: configuration error: environment variable AUTOROUTE_LOGGING__LEVEL: "
         "logging.level: 'loud' is not a level; use one of DEBUG, INFO, WARNING, ERROR, CRITICAL"
     )
     monkeypatch.setenv("AUTOROUTE_LOGGING__LEVEL", "INFO")
-    monkeypatch.setenv("AUTOROUTE_LISTEN__PORT", "eleven")
-    err = _error(capsys, ["serve"])
-    assert err == (
-        "autoroute: configuration error: environment variable AUTOROUTE_LISTEN__PORT: "
-        "listen.port: expected int, got 'eleven'"
-    )
+    err = _environment_error(capsys, monkeypatch, "AUTOROUTE_LISTEN__PORT", "eleven")
+    assert err == "listen.port: expected int, got 'eleven'"
 
 
 def test_environment_variable_typo_in_a_nested_setting() -> None:
