@@ -46,6 +46,23 @@ def _config_file_error(capsys: pytest.CaptureFixture[str], path: Path, text: str
     return err.removeprefix(prefix)
 
 
+def _serve_refused(tmp_path: Path, argv: list[str], **environ: str) -> str:
+    """`autoroute serve` with `argv` run as a process (the shipped config, usage events
+    written under `tmp_path`, `environ` added): checked to exit 2 without a traceback;
+    its stderr."""
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy.cli", "serve", *argv, "--config", str(ROOT / "config.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, "AUTOROUTE_USAGE__FILE_PATH": str(tmp_path / "e.jsonl"), **environ},
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    return result.stderr
+
+
 def _environment_error(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, name: str, value: str
 ) -> str:
@@ -241,28 +258,8 @@ def test_serve_on_a_port_in_use_names_it_and_what_moves_it(tmp_path: Path) -> No
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "proxy.cli",
-                "serve",
-                "--port",
-                str(port),
-                "--backend",
-                "http://127.0.0.1:9",
-                "--config",
-                str(ROOT / "config.yaml"),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=ROOT,
-            env={**os.environ, "AUTOROUTE_USAGE__FILE_PATH": str(tmp_path / "e.jsonl")},
-        )
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    assert result.stderr.splitlines()[-1] == (
+        stderr = _serve_refused(tmp_path, ["--port", str(port), "--backend", "http://127.0.0.1:9"])
+    assert stderr.splitlines()[-1] == (
         f"autoroute serve: port {port} on 127.0.0.1 is already in use; choose another with "
         "--port, listen.port in the config file or AUTOROUTE_LISTEN__PORT"
     )
@@ -383,24 +380,15 @@ def test_serve_on_an_address_it_cannot_take_names_it_and_the_setting(
     (`autoroute: [Errno -2] Name or service not known`, exit 1) named neither the
     address nor the setting."""
     port = free_port()
-    argv = ["serve", "--host", host, "--port", str(port), "--backend", "http://127.0.0.1:9"]
-    result = subprocess.run(
-        [sys.executable, "-m", "proxy.cli", *argv, "--config", str(ROOT / "config.yaml")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-        env={**os.environ, "AUTOROUTE_USAGE__FILE_PATH": str(tmp_path / "e.jsonl")},
-    )
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    last = result.stderr.splitlines()[-1]
+    argv = ["--host", host, "--port", str(port), "--backend", "http://127.0.0.1:9"]
+    stderr = _serve_refused(tmp_path, argv)
+    last = stderr.splitlines()[-1]
     assert last.startswith(
         f"autoroute serve: cannot listen on {host}:{port} (listen.host, listen.port): "
     )
     assert reason.lower() in last.lower()
     # Nothing listened, so nothing was exposed to warn of.
-    assert "without API keys" not in result.stderr
+    assert "without API keys" not in stderr
 
 
 def test_a_spool_dir_that_cannot_be_made_is_a_configuration_error(tmp_path: Path) -> None:
@@ -408,22 +396,9 @@ def test_a_spool_dir_that_cannot_be_made_is_a_configuration_error(tmp_path: Path
     (exit 1) named no setting."""
     taken = tmp_path / "a-file"
     taken.write_text("")
-    argv = ["serve", "--port", str(free_port()), "--backend", "http://127.0.0.1:9"]
-    result = subprocess.run(
-        [sys.executable, "-m", "proxy.cli", *argv, "--config", str(ROOT / "config.yaml")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-        env={
-            **os.environ,
-            "AUTOROUTE_USAGE__FILE_PATH": str(tmp_path / "e.jsonl"),
-            "AUTOROUTE_USAGE__SPOOL_DIR": str(taken),
-        },
-    )
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    assert result.stderr.splitlines()[-1] == (
+    argv = ["--port", str(free_port()), "--backend", "http://127.0.0.1:9"]
+    stderr = _serve_refused(tmp_path, argv, AUTOROUTE_USAGE__SPOOL_DIR=str(taken))
+    assert stderr.splitlines()[-1] == (
         f"autoroute: configuration error: usage.spool_dir: cannot use {taken}: File exists"
     )
 
