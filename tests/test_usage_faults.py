@@ -86,12 +86,10 @@ async def test_postgres_down_and_broker_restart_mid_run_lose_nothing(
 ) -> None:
     db = await asyncio.to_thread(Database, private_pg.base_dsn)
     broker = Tansu()
-    usage = Usage(
-        postgres_dsn=db.dsn,
+    usage = quick_postgres_usage(
+        db.dsn,
+        tmp_path,
         kafka_bootstrap=broker.bootstrap,
-        file_mode="off",
-        spool_dir=str(tmp_path / "spool"),
-        flush_interval_seconds=0.02,
         retry_backoff_seconds=0.1,
         retry_backoff_max_seconds=0.5,
         kafka_request_timeout_ms=2000,
@@ -159,17 +157,19 @@ async def test_postgres_down_and_broker_restart_mid_run_lose_nothing(
         await asyncio.to_thread(db.drop)
 
 
-def quick_postgres_usage(dsn: str, tmp_path: Path) -> Usage:
+def quick_postgres_usage(dsn: str, tmp_path: Path, **changes: Any) -> Usage:
     """PostgreSQL alone (no file, no broker), flushed and retried quickly: what the
-    tests of one sink's faults run with."""
-    return Usage(
-        postgres_dsn=dsn,
-        file_mode="off",
-        spool_dir=str(tmp_path / "spool"),
-        flush_interval_seconds=0.02,
-        retry_backoff_seconds=0.05,
-        retry_backoff_max_seconds=0.1,
-    )
+    tests of one sink's faults run with; `changes` set what a test tunes otherwise
+    (a broker beside it, slower backoff, a write timeout)."""
+    settings: dict[str, Any] = {
+        "postgres_dsn": dsn,
+        "file_mode": "off",
+        "spool_dir": str(tmp_path / "spool"),
+        "flush_interval_seconds": 0.02,
+        "retry_backoff_seconds": 0.05,
+        "retry_backoff_max_seconds": 0.1,
+    }
+    return Usage(**(settings | changes))
 
 
 @pytest.fixture
@@ -430,14 +430,8 @@ async def test_a_full_spool_disk_keeps_events_in_memory_until_the_sink_is_back(
     that only moves on disk stopped the replay, and the writer's task died of the
     ENOSPC, its sink reported healthy)."""
     db = await asyncio.to_thread(Database, private_pg.base_dsn)
-    usage = Usage(
-        postgres_dsn=db.dsn,
-        file_mode="off",
-        spool_dir=str(full_disk / "spool"),
-        flush_interval_seconds=0.02,
-        retry_backoff_seconds=0.05,
-        retry_backoff_max_seconds=0.2,
-        write_timeout_seconds=3,
+    usage = quick_postgres_usage(
+        db.dsn, full_disk, retry_backoff_max_seconds=0.2, write_timeout_seconds=3
     )
     prx = Proxy(servers, [own_emulator.url], usage=usage)
     try:
@@ -524,13 +518,11 @@ async def test_a_write_to_a_silent_database_times_out_and_the_next_connection_ta
     for that session (it waited as long as the session did, its sink reported healthy
     and nothing was replayed), and a new session, which the server takes, writes."""
     db = await asyncio.to_thread(Database, private_pg.base_dsn)
-    usage = Usage(
-        postgres_dsn=db.dsn,
-        file_mode="off",
-        spool_dir=str(tmp_path / "spool"),
+    usage = quick_postgres_usage(
+        db.dsn,
+        tmp_path,
         flush_interval_seconds=0.05,
         write_timeout_seconds=1,
-        retry_backoff_seconds=0.05,
         retry_backoff_max_seconds=0.2,
     )
     prx = Proxy(servers, [own_emulator.url], usage=usage)
