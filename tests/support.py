@@ -37,6 +37,28 @@ T = TypeVar("T")
 AUTO_NAMES = ("auto", "auto:balanced", "auto:fast", "auto:best")
 # A 1x1 PNG, base64 as Ollama's `images` carry it: what a vision request sends.
 PIXEL_PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="  # noqa: E501
+# A usage event's keys in the order the proxy has always written them (`prompt` and
+# `response` only where prompts are logged); listed here rather than read from the code,
+# so that a change to the stored format fails the tests.
+USAGE_EVENT_KEYS = (
+    "request_id",
+    "client_request_id",
+    "ts",
+    "endpoint",
+    "method",
+    "client",
+    "requested_model",
+    "served_model",
+    "backend",
+    "decision",
+    "features",
+    "candidate",
+    "prompt_sha256",
+    "outcome",
+    "provider",
+    "rating",
+    "cache",
+)
 # A tool in the shape the Ollama and OpenAI clients send one.
 WEATHER_TOOLS: list[Any] = [
     {

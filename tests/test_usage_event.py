@@ -13,6 +13,7 @@ import pytest
 from proxy.usage.migrations import migrate
 from selector_model import usage_event
 from selector_model.usage_event import Answer, Client, Features, Logged, UsageEvent
+from tests.support import USAGE_EVENT_KEYS
 from tests.usage_services import Database
 
 EVENT = UsageEvent(
@@ -73,25 +74,7 @@ def test_a_rating_counts_for_the_same_key_not_the_same_name() -> None:
 def test_an_event_reads_back_as_it_was_written() -> None:
     line = EVENT.line()
     assert usage_event.parse_line(line) == EVENT
-    assert list(orjson.loads(line)) == [  # the order the proxy has always written
-        "request_id",
-        "client_request_id",
-        "ts",
-        "endpoint",
-        "method",
-        "client",
-        "requested_model",
-        "served_model",
-        "backend",
-        "decision",
-        "features",
-        "candidate",
-        "prompt_sha256",
-        "outcome",
-        "provider",
-        "rating",
-        "cache",
-    ]
+    assert tuple(orjson.loads(line)) == USAGE_EVENT_KEYS
     logged = replace(EVENT, logged=Logged("why?"))
     doc = logged.document()
     assert (doc["prompt"], doc["response"]) == ("why?", None)

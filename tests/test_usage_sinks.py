@@ -21,7 +21,7 @@ from proxy.usage.kafka import KafkaSink
 from proxy.usage.migrations import MIGRATIONS
 from proxy.usage.runner import Record, SinkRunner
 from selector_model import usage_event
-from tests.support import Emulator, Proxy, ServerThread
+from tests.support import USAGE_EVENT_KEYS, Emulator, Proxy, ServerThread
 from tests.usage_services import (
     Database,
     Tansu,
@@ -144,25 +144,7 @@ async def test_events_reach_postgres_kafka_and_file_field_by_field(usage_proxy: 
             assert outcome[key] == final[key], key
         assert 0 < outcome["ttfc_ms"] <= outcome["total_ms"]
         assert event["ts"].endswith("Z")
-        assert set(event) == {
-            "request_id",
-            "client_request_id",
-            "ts",
-            "endpoint",
-            "method",
-            "client",
-            "requested_model",
-            "served_model",
-            "backend",
-            "decision",
-            "features",
-            "candidate",
-            "prompt_sha256",
-            "outcome",
-            "provider",
-            "rating",
-            "cache",
-        }
+        assert set(event) == set(USAGE_EVENT_KEYS)
         # The typed columns say what the event says.
         assert (chat["status"], chat["client_user"], chat["served_model"]) == (200, "alice", MODEL)
         assert chat["eval_count"] == final["eval_count"]
