@@ -42,6 +42,8 @@ _THINK = "{{ if .Thinking }}<think>\n{{ .Thinking }}\n</think>\n{{ end }}"
 _QWEN3 = _CHATML_TOOLS + _THINK
 _EMBED = "{{ .Prompt }}"
 CHATML_STOP = ("<|im_start|>", "<|im_end|>")
+_LLAMA3_STOP = ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
+_MISTRAL_STOP = ("[INST]", "[/INST]")
 
 
 def template_for(capabilities: tuple[str, ...]) -> str:
@@ -299,7 +301,7 @@ CATALOG: tuple[ModelSpec, ...] = (
         _TOOLS,
         "2025-03-12T11:05:37.90412Z",
         _LLAMA3,
-        stop=("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+        stop=_LLAMA3_STOP,
         license="LLAMA 3.1 COMMUNITY LICENSE AGREEMENT",
         skills=_skills(0.65, 0.5, 0.45, 0.5, 0.75),
     ),
@@ -334,7 +336,7 @@ CATALOG: tuple[ModelSpec, ...] = (
         _TOOLS,
         "2025-03-10T15:48:51.64172Z",
         _MISTRAL,
-        stop=("[INST]", "[/INST]"),
+        stop=_MISTRAL_STOP,
         file_type=2,
         license="Apache License 2.0",
         skills=_skills(0.55, 0.35, 0.3, 0.35, 0.6),
@@ -371,7 +373,7 @@ CATALOG: tuple[ModelSpec, ...] = (
         _TOOLS,
         "2025-03-09T10:21:18.40722Z",
         _LLAMA3,
-        stop=("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+        stop=_LLAMA3_STOP,
         block_count=28,
         head_count=24,
         license="LLAMA 3.2 COMMUNITY LICENSE AGREEMENT",
@@ -389,7 +391,7 @@ CATALOG: tuple[ModelSpec, ...] = (
         _TOOLS,
         "2025-03-08T19:02:55.370069Z",
         _LLAMA3,
-        stop=("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+        stop=_LLAMA3_STOP,
         block_count=80,
         head_count=64,
         license="LLAMA 3.3 COMMUNITY LICENSE AGREEMENT",
@@ -407,7 +409,7 @@ CATALOG: tuple[ModelSpec, ...] = (
         _TOOLS,
         "2025-03-07T13:27:40.81998Z",
         _MISTRAL,
-        stop=("[INST]", "[/INST]"),
+        stop=_MISTRAL_STOP,
         file_type=2,
         license="Apache License 2.0",
         skills=_skills(0.7, 0.55, 0.5, 0.55, 0.7),
@@ -448,7 +450,7 @@ CATALOG: tuple[ModelSpec, ...] = (
         "2025-03-06T07:14:33.205511Z",
         _MISTRAL,
         families=("llama", "clip"),
-        stop=("[INST]", "[/INST]"),
+        stop=_MISTRAL_STOP,
         file_type=2,
         license="Apache License 2.0",
         skills=_skills(0.45, 0.35, 0.25, 0.25, 0.5),
