@@ -142,6 +142,18 @@ def check_format(fmt: Any) -> Refusal | None:
     )
 
 
+def _late_error(
+    state: EmulatorState, spec: ModelSpec, body: dict[str, Any], has_images: bool, *texts: str
+) -> tuple[Refusal | None, bool]:
+    """The 500 a request gets once its model is loaded, the first that applies: images
+    for a model without vision, then a bad `format`, then a runner that dies on one of
+    `texts`; and whether it dies (`EmulatorState.crashes_on`)."""
+    late = Refusal(500, NO_VISION) if has_images and not spec.has("vision") else None
+    late = late or check_format(body.get("format"))
+    crashes = state.crashes_on(*texts)
+    return late or (Refusal(500, RUNNER_DIED) if crashes else None), crashes
+
+
 def _canonical(obj: Any) -> str:
     try:
         raw = orjson.dumps(obj, default=_as_written, option=orjson.OPT_SORT_KEYS)
@@ -242,10 +254,9 @@ def prepare_generate(state: EmulatorState, body: dict[str, Any]) -> Prepared:
     if not prompt:
         return Prepared(spec, model, stream, keep_alive, "", plan_empty(), special="load")
     images = body.get("images") or []
-    late = Refusal(500, NO_VISION) if images and not spec.has("vision") else None
-    late = late or check_format(body.get("format"))
-    crashes = state.crashes_on(prompt, suffix, str(body.get("system") or ""))
-    late = late or (Refusal(500, RUNNER_DIED) if crashes else None)
+    late, crashes = _late_error(
+        state, spec, body, bool(images), prompt, suffix, str(body.get("system") or "")
+    )
     key = _canonical(
         {
             "p": prompt,
@@ -314,10 +325,9 @@ def prepare_chat(
     if not messages:
         return Prepared(spec, model, stream, keep_alive, "", plan_empty(), special="load")
     has_images = any(m.get("images") for m in messages)
-    late = Refusal(500, NO_VISION) if has_images and not spec.has("vision") else None
-    late = late or check_format(body.get("format"))
-    crashes = state.crashes_on(*(str(m.get("content") or "") for m in messages))
-    late = late or (Refusal(500, RUNNER_DIED) if crashes else None)
+    late, crashes = _late_error(
+        state, spec, body, has_images, *(str(m.get("content") or "") for m in messages)
+    )
     rendered: list[dict[str, Any]] = [
         {
             "r": str(m.get("role") or "").lower(),
