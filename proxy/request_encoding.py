@@ -134,10 +134,10 @@ def _header_refusal(body: bytes) -> str | None:
             window = base + (base // 8) * (body[at] & 7)
             at += 1
         # The dictionary id, then the content size: read before the window is checked.
-        id_bytes = (0, 1, 2, 4)[descriptor & 3]
+        id_bytes = _dictionary_id_bytes(descriptor)
         dictionary = int.from_bytes(body[at : at + id_bytes], "little")
         at += id_bytes
-        content_size_bytes = (0, 2, 4, 8)[descriptor >> 6] or (1 if single else 0)
+        content_size_bytes = _content_size_bytes(descriptor)
         if size - at < content_size_bytes:
             return CUT_SHORT
         content_size = int.from_bytes(body[at : at + content_size_bytes], "little")
@@ -154,6 +154,17 @@ def _header_refusal(body: bytes) -> str | None:
             return None  # cut inside the frame's blocks: the caller's EOF
         at = end
     return None
+
+
+def _dictionary_id_bytes(descriptor: int) -> int:
+    """The length of a frame header's dictionary id, by its descriptor (RFC 8878 3.1.1.1.1)."""
+    return (0, 1, 2, 4)[descriptor & 3]
+
+
+def _content_size_bytes(descriptor: int) -> int:
+    """The length of a frame header's content size, by its descriptor: a single-segment
+    frame has one even where the flag says none (RFC 8878 3.1.1.1.1)."""
+    return (0, 2, 4, 8)[descriptor >> 6] or (1 if descriptor & 0x20 else 0)
 
 
 def _whole_frames(body: bytes) -> bool:
@@ -173,8 +184,9 @@ def _whole_frames(body: bytes) -> bool:
         if magic != _FRAME_MAGIC:
             return True
         descriptor = body[at + 4]
-        content_size = (0, 2, 4, 8)[descriptor >> 6] or (1 if descriptor & 0x20 else 0)
-        at += 5 + (0 if descriptor & 0x20 else 1) + (0, 1, 2, 4)[descriptor & 3] + content_size
+        single = descriptor & 0x20
+        header_rest = _dictionary_id_bytes(descriptor) + _content_size_bytes(descriptor)
+        at += 5 + (0 if single else 1) + header_rest
         end = _frame_end(body, at, descriptor)
         if end is None:
             return False
