@@ -484,14 +484,10 @@ async def test_stats_answer_from_memory_while_the_database_is_silent(
         sent: list[str] = []
         await _traffic(prx.url, 1, sent)
         assert (await _counters(prx.url))["source"] == "postgres"
-        rows = await db.fetch(
-            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
-            db.name,
-        )
         # The proxy's sessions, alive and silent, and the server's postmaster, so that a
         # session the pool opens now cannot answer either (it would, rightly).
         postmaster = int((private_pg.data / "postmaster.pid").read_text().split()[0])
-        stopped = [r["pid"] for r in rows] + [postmaster]
+        stopped = [*await db.other_sessions(), postmaster]
         for pid in stopped:
             os.kill(pid, signal.SIGSTOP)
         timeout = aiohttp.ClientTimeout(total=8)
@@ -537,11 +533,7 @@ async def test_a_write_to_a_silent_database_times_out_and_the_next_connection_ta
             return len(rows) == len(sent)
 
         await wait_for(stored, what="the first event in PostgreSQL")
-        rows = await db.fetch(
-            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
-            db.name,
-        )
-        stopped = [r["pid"] for r in rows]
+        stopped = await db.other_sessions()
         for pid in stopped:  # the proxy's sessions: alive, silent
             os.kill(pid, signal.SIGSTOP)
         await _traffic(prx.url, 20, sent, concurrency=4)

@@ -156,6 +156,15 @@ class Database:
         finally:
             await conn.close()
 
+    async def other_sessions(self) -> list[int]:
+        """The server processes of the sessions on this database other than the one
+        asking (the proxy's, in a test)."""
+        rows = await self.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            self.name,
+        )
+        return [r["pid"] for r in rows]
+
 
 @contextlib.contextmanager
 def postgres_base() -> Iterator[str]:
