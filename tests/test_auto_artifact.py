@@ -65,13 +65,15 @@ def _event(text: str, model: str, ok: bool) -> dict[str, Any]:
     }
 
 
-def train(events_file: Path, out: Path) -> Path:
+def train(source: Path | str, out: Path) -> Path:
+    """`autoroute train --quick` on the usage events of `source` (a JSONL file or a
+    PostgreSQL DSN), its artifact written to `out`."""
     parser = argparse.ArgumentParser()
     cli.add_train_arguments(parser)
     args = parser.parse_args(
         [
             "--from",
-            str(events_file),
+            str(source),
             "--out",
             str(out),
             "--quick",
@@ -400,22 +402,7 @@ def test_train_from_the_events_the_proxy_wrote_to_postgres(
         assert stats.used == 30
         assert sorted(ex.label for ex in examples) == [0.0] * 10 + [1.0] * 20
         out = tmp_path / "artifact"
-        parser = argparse.ArgumentParser()
-        cli.add_train_arguments(parser)
-        args = parser.parse_args(
-            [
-                "--from",
-                db.dsn,
-                "--out",
-                str(out),
-                "--quick",
-                "--no-progress",
-                "--no-lomo",
-                "--report-dir",
-                str(out),
-            ]
-        )
-        assert cli.run_train(args) == 0
+        train(db.dsn, out)
         meta = orjson.loads((out / "selector.json").read_bytes())
         assert sorted(meta["trained_on"]) == sorted([CODER, GENERAL])
         assert meta["training"]["sources"][0]["kind"] == "postgres"
