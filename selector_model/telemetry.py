@@ -66,6 +66,14 @@ def _ewma(old: float, new: float, samples: int) -> float:
     return new if samples == 0 else old + ALPHA * (new - old)
 
 
+def _per_second(count: object, ns: object) -> float | None:
+    """Tokens a second from Ollama's count and duration (nanoseconds) of one phase; None
+    unless both are positive integers (a phase that did not run, or a counter missing)."""
+    if isinstance(count, int) and isinstance(ns, int) and count > 0 and ns > 0:
+        return count / (ns / 1e9)
+    return None
+
+
 class Telemetry:
     def __init__(self) -> None:
         self._rates: dict[tuple[str, str], Rates] = {}
@@ -86,24 +94,16 @@ class Telemetry:
         prompt_count, prompt_ns = stats.get("prompt_eval_count"), stats.get("prompt_eval_duration")
         load_ns = stats.get("load_duration")
         seen = False
-        if (
-            isinstance(eval_count, int)
-            and isinstance(eval_ns, int)
-            and eval_count > 0
-            and eval_ns > 0
-        ):
-            rates.gen_tps = _ewma(rates.gen_tps, eval_count / (eval_ns / 1e9), n)
+        gen_tps = _per_second(eval_count, eval_ns)
+        if gen_tps is not None and isinstance(eval_count, int):
+            rates.gen_tps = _ewma(rates.gen_tps, gen_tps, n)
             seen = True
             if stats.get("done_reason") != "length":
                 rates.answer_tokens = _ewma(rates.answer_tokens, eval_count, rates.answers)
                 rates.answers += 1
-        if (
-            isinstance(prompt_count, int)
-            and isinstance(prompt_ns, int)
-            and prompt_count > 0
-            and prompt_ns > 0
-        ):
-            rates.prompt_tps = _ewma(rates.prompt_tps, prompt_count / (prompt_ns / 1e9), n)
+        prompt_tps = _per_second(prompt_count, prompt_ns)
+        if prompt_tps is not None:
+            rates.prompt_tps = _ewma(rates.prompt_tps, prompt_tps, n)
             seen = True
         # A load of a few milliseconds is the warm-runner bookkeeping, not a load.
         if isinstance(load_ns, int) and load_ns > 50_000_000:
