@@ -247,6 +247,16 @@ class Matrix:
     groups: list[str]
     names: list[str]
 
+    def rows(self, idx: npt.NDArray[np.int64]) -> Matrix:
+        """The rows at `idx`, in that order."""
+        return Matrix(
+            self.x[idx],
+            self.y[idx],
+            self.w[idx],
+            [self.groups[i] for i in idx],
+            [self.names[i] for i in idx],
+        )
+
 
 def matrix(examples: Sequence[Example]) -> Matrix:
     """Rows in `features.feature_names()` order."""

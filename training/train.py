@@ -135,20 +135,8 @@ def train(
     train_idx, val_idx = grouped_split(data.groups, config.val_fraction, config.seed)
     if len(val_idx) == 0 or len(train_idx) == 0:
         raise ValueError("need at least two distinct prompts for a grouped split")
-    part = Matrix(
-        data.x[train_idx],
-        data.y[train_idx],
-        data.w[train_idx],
-        [data.groups[i] for i in train_idx],
-        [data.names[i] for i in train_idx],
-    )
-    val = Matrix(
-        data.x[val_idx],
-        data.y[val_idx],
-        data.w[val_idx],
-        [data.groups[i] for i in val_idx],
-        [data.names[i] for i in val_idx],
-    )
+    part = data.rows(train_idx)
+    val = data.rows(val_idx)
     x, y, w = part.x, part.y, part.w
     dtrain = xgb.DMatrix(x, label=y, weight=w, nthread=config.nthread)
     dval = xgb.DMatrix(val.x, label=val.y, weight=val.w, nthread=config.nthread)
