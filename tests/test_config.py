@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -12,6 +13,18 @@ from proxy.cli import demo_config
 from proxy.config import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _refusal(tmp_path: Path, text: str) -> str:
+    """What loading a config file holding `text` is refused with, after the file's path
+    that the message starts with (checked)."""
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        config.load(path, environ={})
+    prefix = f"{path}: "
+    assert str(caught.value).startswith(prefix), caught.value
+    return str(caught.value).removeprefix(prefix)
 
 
 def test_defaults_listen_on_11435_and_forward_to_11434() -> None:
@@ -110,10 +123,7 @@ def test_same_port_on_another_host_is_allowed() -> None:
     ],
 )
 def test_bad_configuration_names_the_key(tmp_path: Path, text: str, message: str) -> None:
-    path = tmp_path / "c.yaml"
-    path.write_text(text)
-    with pytest.raises(ConfigError, match=message):
-        config.load(path, environ={})
+    assert re.search(message, _refusal(tmp_path, text))
 
 
 def test_default_usage_paths_follow_xdg_state_home(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -188,10 +198,7 @@ def test_the_demo_records_usage_apart_from_serve() -> None:
     ],
 )
 def test_values_no_setting_can_take_are_refused(tmp_path: Path, text: str, message: str) -> None:
-    path = tmp_path / "c.yaml"
-    path.write_text(text)
-    with pytest.raises(ConfigError, match=f"^{path}: .*{message}"):
-        config.load(path, environ={})
+    assert re.search(message, _refusal(tmp_path, text))
 
 
 def test_a_section_given_as_a_plain_value_names_its_variable() -> None:
@@ -217,18 +224,12 @@ def test_a_section_given_as_a_plain_value_names_its_variable() -> None:
 def test_service_addresses_that_cannot_work_are_refused(
     tmp_path: Path, text: str, message: str
 ) -> None:
-    path = tmp_path / "c.yaml"
-    path.write_text(text)
-    with pytest.raises(ConfigError, match=f"^{path}: {message}"):
-        config.load(path, environ={})
+    assert re.match(message, _refusal(tmp_path, text))
 
 
 def test_a_refused_dsn_does_not_show_its_password(tmp_path: Path) -> None:
-    path = tmp_path / "c.yaml"
-    path.write_text("usage: {postgres_dsn: 'postgres://u:hunter2@db:port/usage'}")
-    with pytest.raises(ConfigError) as caught:
-        config.load(path, environ={})
-    assert "hunter2" not in str(caught.value)
+    refusal = _refusal(tmp_path, "usage: {postgres_dsn: 'postgres://u:hunter2@db:port/usage'}")
+    assert "hunter2" not in refusal
 
 
 def test_one_profile_setting_keeps_the_other_profiles_and_settings() -> None:
@@ -273,22 +274,15 @@ def test_profiles_listed_in_the_file_replace_the_built_in_set(tmp_path: Path) ->
     ],
 )
 def test_a_profile_no_profile_defines_is_refused(tmp_path: Path, text: str, message: str) -> None:
-    path = tmp_path / "c.yaml"
-    path.write_text(text)
-    with pytest.raises(ConfigError, match=f"^{path}: {message} a profile in selector.profiles"):
-        config.load(path, environ={})
+    assert re.match(f"{message} a profile in selector.profiles", _refusal(tmp_path, text))
 
 
 def test_a_backend_url_with_credentials_is_refused_without_showing_them(tmp_path: Path) -> None:
     """The relay's HTTP client sends no credentials of a backend URL: a backend behind
     basic auth (`http://user:password@host`) refused every request, and the password
     was in every log line, metric, status page and usage event naming the backend."""
-    path = tmp_path / "c.yaml"
-    path.write_text("backends: ['http://ops:S3cretPw@gpu-a:11434']")
-    with pytest.raises(ConfigError) as caught:
-        config.load(path, environ={})
-    assert str(caught.value) == (
-        f"{path}: backends: 'http://gpu-a:11434': credentials in a backend URL are not "
+    assert _refusal(tmp_path, "backends: ['http://ops:S3cretPw@gpu-a:11434']") == (
+        "backends: 'http://gpu-a:11434': credentials in a backend URL are not "
         "sent; reach the backend without them (a private network, or a reverse proxy in "
         "front of it that adds them)"
     )
@@ -319,7 +313,5 @@ def test_a_bad_value_from_a_variable_names_the_variable(
 
 
 def test_a_bad_key_in_the_file_names_the_file(tmp_path: Path) -> None:
-    path = tmp_path / "c.yaml"
-    path.write_text("auth: {keys: [{sha256: abc, name: ops}]}")
-    with pytest.raises(ConfigError, match=f"^{path}: auth.keys: 'ops': sha256 must be 64"):
-        config.load(path, environ={})
+    refusal = _refusal(tmp_path, "auth: {keys: [{sha256: abc, name: ops}]}")
+    assert refusal.startswith("auth.keys: 'ops': sha256 must be 64")
