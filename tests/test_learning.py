@@ -811,6 +811,21 @@ async def _status(session: aiohttp.ClientSession, url: str) -> Any:
         return await resp.json()
 
 
+async def _explained_on_restart(
+    servers: ServerThread, fleet: Emulator, tmp_path: Path, usage: Usage, body: dict[str, Any]
+) -> tuple[Any, Any]:
+    """A proxy started afresh over `fleet` (with what it finds learned): its explanation
+    of `body` and its learning status."""
+    prx = Proxy(servers, [fleet.url], selector=_selector(tmp_path), usage=usage)
+    try:
+        async with aiohttp.ClientSession() as session:
+            doc = await _explain(session, prx.url, body)
+            status = await _status(session, prx.url)
+    finally:
+        prx.stop()
+    return doc, status["learning"]
+
+
 async def _ask(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> tuple[str, str]:
     """(the model that answered, the request id the client sees)."""
     async with session.post(url + "/api/chat", json=body) as resp:
@@ -999,24 +1014,13 @@ async def test_feedback_changes_later_decisions_and_survives_a_restart(
     assert state.exists()
 
     # A restart reads the state file.
-    prx = Proxy(servers, [fleet.url], selector=_selector(tmp_path), usage=usage)
-    try:
-        async with aiohttp.ClientSession() as session:
-            doc = await _explain(session, prx.url, _math(600))
-            assert (await _status(session, prx.url))["learning"]["rebuilt_from_events"] is None
-    finally:
-        prx.stop()
+    doc, learning = await _explained_on_restart(servers, fleet, tmp_path, usage, _math(600))
+    assert learning["rebuilt_from_events"] is None
     _check_learned(doc, picked, runner_up)
 
     # A lost state file is rebuilt from the usage events and their feedback.
     state.unlink()
-    prx = Proxy(servers, [fleet.url], selector=_selector(tmp_path), usage=usage)
-    try:
-        async with aiohttp.ClientSession() as session:
-            doc = await _explain(session, prx.url, _math(700))
-            learning = (await _status(session, prx.url))["learning"]
-    finally:
-        prx.stop()
+    doc, learning = await _explained_on_restart(servers, fleet, tmp_path, usage, _math(700))
     _check_learned(doc, picked, runner_up)
     # The first proxy's events: 2 per round, and one more for the real request.
     assert learning["rebuilt_from_events"] == 2 * ROUNDS + 1
@@ -1222,13 +1226,7 @@ async def test_proxies_share_what_they_learn_through_postgres(
         await conn.execute("TRUNCATE autoroute_evidence")
     finally:
         await conn.close()
-    three = Proxy(servers, [fleet.url], selector=_selector(tmp_path), usage=usage)
-    try:
-        async with aiohttp.ClientSession() as session:
-            doc = await _explain(session, three.url, _math(900))
-            learning = (await _status(session, three.url))["learning"]
-    finally:
-        three.stop()
+    doc, learning = await _explained_on_restart(servers, fleet, tmp_path, usage, _math(900))
     _check_learned(doc, picked, runner_up)
     assert learning["rebuilt_from_events"] == 2 * ROUNDS
 
