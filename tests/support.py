@@ -99,6 +99,17 @@ def error_text(path: str, doc: Any) -> str:
     return str(doc["error"]["message"] if path.startswith("/v1/") else doc["error"])
 
 
+def file_usage(tmp_path: Path, **settings: Any) -> Usage:
+    """Usage events in a JSONL file under `tmp_path`, flushed within 20 ms; `settings`
+    add to or change that."""
+    return Usage(
+        file_path=str(tmp_path / "events.jsonl"),
+        spool_dir=str(tmp_path / "spool"),
+        flush_interval_seconds=0.02,
+        **settings,
+    )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

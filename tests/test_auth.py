@@ -38,6 +38,7 @@ from tests.support import (
     Proxy,
     ServerThread,
     bearer,
+    file_usage,
     free_port,
     raw_request,
     running_stream,
@@ -59,11 +60,7 @@ def guarded(servers: ServerThread, own_emulator: Emulator, tmp_path: Path) -> It
             ApiKey(sha256=hash_key(SINGLE), name="one", max_streams=1),
         )
     )
-    usage = Usage(
-        file_path=str(tmp_path / "events.jsonl"),
-        spool_dir=str(tmp_path / "spool"),
-        flush_interval_seconds=0.02,
-    )
+    usage = file_usage(tmp_path)
     prx = Proxy(servers, [own_emulator.url], auth=auth, usage=usage)
     yield prx
     prx.stop()
@@ -856,11 +853,7 @@ async def test_a_key_with_a_model_list_sees_no_counts_of_other_keys_refused_requ
             ApiKey(sha256=hash_key(other), name="other", models=("mistral:7b",)),
         )
     )
-    usage = Usage(
-        file_path=str(tmp_path / "events.jsonl"),
-        spool_dir=str(tmp_path / "spool"),
-        flush_interval_seconds=0.02,
-    )
+    usage = file_usage(tmp_path)
     prx = Proxy(servers, [own_emulator.url], auth=auth, usage=usage)
     try:
         body = {"model": "llama3.1:8b", "prompt": "hi", "stream": False}
@@ -1069,12 +1062,7 @@ async def test_an_experiment_report_refuses_a_key_with_a_model_list(
         profiles={"balanced": Profile()},
         experiments={"ab": Experiment(variants=variants)},
     )
-    usage = Usage(
-        file_mode="always",
-        file_path=str(tmp_path / "events.jsonl"),
-        spool_dir=str(tmp_path / "spool"),
-        flush_interval_seconds=0.02,
-    )
+    usage = file_usage(tmp_path, file_mode="always")
     auth = Auth(
         keys=(
             ApiKey(sha256=hash_key(ADMIN), name="ops", role="admin"),

@@ -19,12 +19,12 @@ from hypothesis import strategies as st
 
 from proxy import header_values
 from proxy.app import APP_KEY
-from proxy.config import Health, Listen, Usage
+from proxy.config import Health, Listen
 from proxy.logs import AccessLog
 from proxy.outcome import Decided, Outcome, Served
 from proxy.usage import event as ev
 from proxy.usage import export
-from tests.support import Emulator, Proxy, ServerThread, raw_request
+from tests.support import Emulator, Proxy, ServerThread, file_usage, raw_request
 from tests.usage_services import Database, postgres_ready, read_bytes, wait_for
 
 GENERATE = orjson.dumps({"model": "llama3.1:8b", "prompt": "hi", "stream": False})
@@ -34,19 +34,10 @@ JSON_TYPE = (b"Content-Type", b"application/json")
 BAD_IDS = ["中".encode(), b"\xff\xfe", b"a\tb", b"two words", b"x" * 129]
 
 
-def usage_in(tmp_path: Path, **settings: object) -> Usage:
-    return Usage(
-        file_path=str(tmp_path / "events.jsonl"),
-        spool_dir=str(tmp_path / "spool"),
-        flush_interval_seconds=0.02,
-        **settings,  # type: ignore[arg-type]
-    )
-
-
 @pytest.fixture
 def file_proxy(servers: ServerThread, own_emulator: Emulator, tmp_path: Path) -> Iterator[Proxy]:
     """A proxy whose usage events go to a file in the test's directory."""
-    prx = Proxy(servers, [own_emulator.url], usage=usage_in(tmp_path))
+    prx = Proxy(servers, [own_emulator.url], usage=file_usage(tmp_path))
     yield prx
     prx.stop()
 
@@ -68,7 +59,7 @@ async def test_an_invalid_request_id_is_replaced_and_fails_no_backend(
 ) -> None:
     # A circuit opens after two failures: enough requests here to open it many times.
     health = Health(failure_threshold=2)
-    prx = Proxy(servers, [own_emulator.url], health=health, usage=usage_in(tmp_path))
+    prx = Proxy(servers, [own_emulator.url], health=health, usage=file_usage(tmp_path))
     try:
         seen = set()
         for path, body in [("/api/version", b""), ("/api/generate", GENERATE)] * 3:
@@ -162,7 +153,7 @@ async def test_the_access_log_keeps_writing_after_hostile_headers(
     level = server_log.level
     server_log.setLevel(logging.INFO)  # the access log is on when INFO is
     try:
-        prx = Proxy(servers, [own_emulator.url], usage=usage_in(tmp_path))
+        prx = Proxy(servers, [own_emulator.url], usage=file_usage(tmp_path))
     finally:
         server_log.setLevel(level)
     access = prx.app[APP_KEY].access
@@ -220,7 +211,7 @@ def test_a_failed_access_log_write_is_logged_and_the_buffer_stays_bounded(
 async def test_five_requests_with_one_client_id_are_five_rows(
     servers: ServerThread, own_emulator: Emulator, database: Database, tmp_path: Path
 ) -> None:
-    usage = usage_in(tmp_path, postgres_dsn=database.dsn)
+    usage = file_usage(tmp_path, postgres_dsn=database.dsn)
     prx = Proxy(servers, [own_emulator.url], usage=usage)
     try:
         prx.thread.call(lambda: postgres_ready(prx))

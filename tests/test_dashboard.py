@@ -22,7 +22,7 @@ from proxy.config import ApiKey, Auth, Backend, Health, Usage
 from proxy.dashboard_series import BUCKET_SECONDS, BUCKETS, Recent
 from proxy.emulator import EmulatorSettings
 from proxy.outcome import Decided, Outcome, Served
-from tests.support import Emulator, Proxy, ServerThread, free_port
+from tests.support import Emulator, Proxy, ServerThread, file_usage, free_port
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -144,11 +144,7 @@ def served(servers: ServerThread, tmp_path: Path) -> Iterator[tuple[Proxy, list[
     emulators = [Emulator(servers, settings), Emulator(servers, settings)]
     gpu = Backend(url=emulators[0].url, name="gpu", vram_gb=6.0, warm=WARM)
     dead = f"http://127.0.0.1:{free_port()}"
-    usage = Usage(
-        file_path=str(tmp_path / "events.jsonl"),
-        spool_dir=str(tmp_path / "spool"),
-        flush_interval_seconds=0.02,
-    )
+    usage = file_usage(tmp_path)
     health = Health(interval_seconds=0.1, failure_threshold=1, open_seconds=3600)
     backends = [gpu, Backend(url=emulators[1].url), Backend(url=dead)]
     prx = Proxy(servers, backends, usage=usage, health=health)

@@ -21,11 +21,11 @@ import pytest
 from proxy import final_chunk
 from proxy.app import APP_KEY
 from proxy.auth import hash_key
-from proxy.config import ApiKey, Auth, Health, Usage
+from proxy.config import ApiKey, Auth, Health
 from proxy.outcome import Served
 from proxy.relay import ClientLeg
 from proxy.upstream import dechunk
-from tests.support import Emulator, Proxy, ServerThread
+from tests.support import Emulator, Proxy, ServerThread, file_usage
 from tests.test_backends import scrape_failures
 from tests.usage_services import read_bytes, wait_for
 
@@ -214,15 +214,6 @@ async def exchange(port: int, raw: bytes) -> Answer:
         writer.close()
 
 
-def usage_in(tmp_path: Path) -> Usage:
-    return Usage(
-        file_path=str(tmp_path / "events.jsonl"),
-        spool_dir=str(tmp_path / "spool"),
-        flush_interval_seconds=0.02,
-        log_prompts=True,
-    )
-
-
 @pytest.fixture
 def echo(servers: ServerThread) -> Iterator[EchoBackend]:
     backend = EchoBackend()
@@ -245,7 +236,7 @@ async def test_expect_100_continue_never_reaches_the_backend_nor_crosses_answers
         servers,
         [echo.url],
         auth=auth,
-        usage=usage_in(tmp_path),
+        usage=file_usage(tmp_path, log_prompts=True),
         health=Health(interval_seconds=3600),
     )
     try:
@@ -307,7 +298,10 @@ async def test_interim_heads_from_the_backend_are_skipped_on_the_same_connection
     backend = EchoBackend(interim=True)
     servers.call(backend.start)
     proxy = Proxy(
-        servers, [backend.url], usage=usage_in(tmp_path), health=Health(interval_seconds=3600)
+        servers,
+        [backend.url],
+        usage=file_usage(tmp_path, log_prompts=True),
+        health=Health(interval_seconds=3600),
     )
     try:
 
@@ -336,7 +330,7 @@ async def test_header_bytes_a_client_sends_never_fail_a_backend(
     proxy = Proxy(
         servers,
         [own_emulator.url],
-        usage=usage_in(tmp_path),
+        usage=file_usage(tmp_path, log_prompts=True),
         health=Health(interval_seconds=3600, failure_threshold=2, open_seconds=3600),
     )
     try:
@@ -377,7 +371,10 @@ async def test_each_stream_keeps_its_own_byte_count_when_its_connection_is_reuse
     of the pool (a health check) asks for a connection. Each stream's usage event has
     the bytes its client received, and the other user is served."""
     proxy = Proxy(
-        servers, [own_emulator.url], usage=usage_in(tmp_path), health=Health(interval_seconds=3600)
+        servers,
+        [own_emulator.url],
+        usage=file_usage(tmp_path, log_prompts=True),
+        health=Health(interval_seconds=3600),
     )
     pool = proxy.app[APP_KEY].backends
     neighbours: list[asyncio.Task[Any]] = []
@@ -429,7 +426,10 @@ async def test_a_cancel_racing_the_end_of_a_stream_leaves_the_next_user_alone(
     arrives, and another user of the pool asks for a connection at that moment: the
     cancelled request's cleanup must not close a connection now serving that user."""
     proxy = Proxy(
-        servers, [own_emulator.url], usage=usage_in(tmp_path), health=Health(interval_seconds=3600)
+        servers,
+        [own_emulator.url],
+        usage=file_usage(tmp_path, log_prompts=True),
+        health=Health(interval_seconds=3600),
     )
     pool = proxy.app[APP_KEY].backends
     handlers: dict[int, asyncio.Task[Any]] = {}
@@ -490,7 +490,7 @@ def recorded(
     proxy = Proxy(
         servers,
         [own_emulator.url],
-        usage=usage_in(tmp_path),
+        usage=file_usage(tmp_path, log_prompts=True),
         health=Health(interval_seconds=3600, failure_threshold=1, open_seconds=3600),
     )
     seen: list[dict[str, Any]] = []
@@ -584,7 +584,7 @@ async def test_an_upload_the_backend_refuses_early_gets_that_answer_alone(
     proxy = Proxy(
         servers,
         [echo.url],
-        usage=usage_in(tmp_path),
+        usage=file_usage(tmp_path, log_prompts=True),
         health=Health(interval_seconds=3600, failure_threshold=1, open_seconds=3600),
     )
     try:
@@ -625,7 +625,7 @@ async def test_a_full_queue_is_relayed_and_opens_no_circuit(
     proxy = Proxy(
         servers,
         [echo.url],
-        usage=usage_in(tmp_path),
+        usage=file_usage(tmp_path, log_prompts=True),
         health=Health(interval_seconds=3600, failure_threshold=2, open_seconds=3600),
     )
     try:
@@ -710,7 +710,10 @@ async def test_an_answer_that_ran_past_its_end_is_not_quoted_to_the_next_client(
     backend = OverrunningBackend()
     servers.call(backend.start)
     proxy = Proxy(
-        servers, [backend.url], usage=usage_in(tmp_path), health=Health(interval_seconds=3600)
+        servers,
+        [backend.url],
+        usage=file_usage(tmp_path, log_prompts=True),
+        health=Health(interval_seconds=3600),
     )
     try:
         first = orjson.dumps({"model": "echo", "prompt": "SECRET-OF-A"})

@@ -11,10 +11,10 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.config import Health, Usage
+from proxy.config import Health
 from proxy.routes import label_of
 from proxy.usage import event as usage_events
-from tests.support import Emulator, Proxy, ServerThread
+from tests.support import Emulator, Proxy, ServerThread, file_usage
 from tests.usage_services import wait_for
 
 MODEL = "llama3.1:8b"
@@ -45,11 +45,7 @@ async def scrape(
 
 @pytest.fixture
 def metered(servers: ServerThread, own_emulator: Emulator, tmp_path: Path) -> Iterator[Proxy]:
-    usage = Usage(
-        file_path=str(tmp_path / "events.jsonl"),
-        spool_dir=str(tmp_path / "spool"),
-        flush_interval_seconds=0.02,
-    )
+    usage = file_usage(tmp_path)
     prx = Proxy(
         servers,
         [own_emulator.url],

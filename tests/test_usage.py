@@ -31,21 +31,11 @@ from proxy.usage.spool import Spool
 from proxy.usage.stats import MAX_KEYS, MemoryStats, from_postgres
 from selector_model import outcome
 from selector_model.usage_event import Answer, Client, UsageEvent
-from tests.support import Emulator, Proxy, ServerThread, free_port
+from tests.support import Emulator, Proxy, ServerThread, file_usage, free_port
 from tests.usage_services import Database, read_bytes, wait_for
 
 MODEL = "llama3.1:8b"
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _file_usage(tmp_path: Path, **settings: Any) -> Usage:
-    """Usage events in a JSONL file under `tmp_path`, flushed within 20 ms."""
-    return Usage(
-        file_path=str(tmp_path / "events.jsonl"),
-        spool_dir=str(tmp_path / "spool"),
-        flush_interval_seconds=0.02,
-        **settings,
-    )
 
 
 def test_spool_replays_in_order_across_a_crash_and_skips_a_torn_tail(tmp_path: Path) -> None:
@@ -84,7 +74,7 @@ def test_a_second_process_on_the_same_spool_dir_takes_another_slot(tmp_path: Pat
 
 @pytest.fixture
 def file_proxy(servers: ServerThread, own_emulator: Emulator, tmp_path: Path) -> Proxy:
-    usage = _file_usage(tmp_path, log_prompts=True)
+    usage = file_usage(tmp_path, log_prompts=True)
     return Proxy(servers, [own_emulator.url], usage=usage)
 
 
@@ -504,7 +494,7 @@ async def test_a_stream_the_backend_ends_with_its_error_line_records_the_error(
     records the error, not an answer that ran to its end."""
     crashing = EmulatorSettings(chunk_delay_ms=20, default_tokens=400, crash_on="CRASH")
     emulator = Emulator(servers, crashing)
-    usage = _file_usage(tmp_path)
+    usage = file_usage(tmp_path)
     proxy = Proxy(servers, [emulator.url], usage=usage)
     died = "llama runner process has terminated: exit status 2"
     try:
@@ -570,7 +560,7 @@ async def test_an_sse_stream_the_runner_died_under_records_the_error(
     the same shape's stream that ran to its end does not."""
     crashing = EmulatorSettings(chunk_delay_ms=20, default_tokens=400, crash_on="CRASH")
     emulator = Emulator(servers, crashing)
-    usage = _file_usage(tmp_path)
+    usage = file_usage(tmp_path)
     proxy = Proxy(servers, [emulator.url], usage=usage)
     try:
         async with aiohttp.ClientSession(proxy.url) as http:
@@ -609,7 +599,7 @@ async def test_a_client_leaving_an_sse_stream_is_a_cancellation_not_an_error(
     holds no error, though the stream never reached its end."""
     slow = EmulatorSettings(chunk_delay_ms=20, default_tokens=400)
     emulator = Emulator(servers, slow)
-    usage = _file_usage(tmp_path)
+    usage = file_usage(tmp_path)
     proxy = Proxy(servers, [emulator.url], usage=usage)
     try:
         async with aiohttp.ClientSession(proxy.url) as http:
@@ -632,7 +622,7 @@ async def test_an_sse_stream_the_backend_dropped_records_the_error(
 ) -> None:
     """A backend connection that drops mid-stream is an error in the usage event; the
     client gets the shape's error event."""
-    usage = _file_usage(tmp_path)
+    usage = file_usage(tmp_path)
     proxy = Proxy(servers, [own_emulator.url], usage=usage)
     own_emulator.state.fault = "close_early"
     try:
