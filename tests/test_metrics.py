@@ -43,6 +43,19 @@ async def scrape(
         return samples(await resp.text())
 
 
+async def scraped_once_written(
+    http: aiohttp.ClientSession, events: int
+) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """The metrics once the file sink has written `events` usage events."""
+
+    async def written() -> bool:
+        m = await scrape(http)
+        return value(m, "autoroute_usage_events_total", sink="file", outcome="written") == events
+
+    await wait_for(written, what=f"{events} usage events written")
+    return await scrape(http)
+
+
 @pytest.fixture
 def metered(servers: ServerThread, own_emulator: Emulator, tmp_path: Path) -> Iterator[Proxy]:
     usage = file_usage(tmp_path)
@@ -77,13 +90,7 @@ async def test_metrics_after_a_known_sequence_of_requests(
             assert resp.status == 200
         async with http.get("/some/random/path/123") as resp:
             assert resp.status == 404
-
-        async def all_written() -> bool:
-            m = await scrape(http)
-            return value(m, "autoroute_usage_events_total", sink="file", outcome="written") == 4
-
-        await wait_for(all_written, what="4 usage events written")
-        m = await scrape(http)
+        m = await scraped_once_written(http, 4)
 
     req = "autoroute_requests_total"
     assert value(m, req, route="/api/chat", status="200", model=MODEL) == 2
@@ -164,13 +171,7 @@ async def test_usage_events_that_could_not_be_built_are_counted(
             body = {"model": MODEL, "prompt": prompt, "stream": False}
             async with http.post("/api/generate", json=body) as resp:
                 assert resp.status == 200
-
-        async def written() -> bool:
-            m = await scrape(http)
-            return value(m, "autoroute_usage_events_total", sink="file", outcome="written") == 1
-
-        await wait_for(written, what="the good event written")
-        m = await scrape(http)
+        m = await scraped_once_written(http, 1)  # the good event
     assert m[("autoroute_usage_invalid_total", frozenset())] == 1
     assert value(m, "autoroute_usage_events_total", sink="file", outcome="queued") == 1
 
