@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from proxy.config import Config
 from selector_model import artifact
 from selector_model.catalog import Catalog
 from training import mmlu_pro_data, mmlu_pro_replay, replay, zeroeval_data
-from training.mmlu_pro_data import BY_OLLAMA_NAME, DATA_FILE, MODELS, load_prompts
+from training.mmlu_pro_data import DATA_FILE, MODELS, load_prompts
 
 
 def test_the_bundled_outcomes_carry_their_source_and_licence() -> None:
@@ -32,15 +34,19 @@ def test_each_question_scores_every_model_right_or_wrong() -> None:
     assert max(means) - min(means) > 0.2
 
 
-def test_the_fleet_maps_to_ollama_names_the_catalogue_knows() -> None:
+@pytest.mark.parametrize(("data", "has_base_runs"), [(mmlu_pro_data, True), (zeroeval_data, False)])
+def test_the_fleet_maps_to_ollama_names_the_catalogue_knows(data: Any, has_base_runs: bool) -> None:
     catalog = Catalog.load()
-    assert len(MODELS) == len(BY_OLLAMA_NAME) >= 20
-    for spec in MODELS:
+    assert len(data.MODELS) == len(data.BY_OLLAMA_NAME) >= 20
+    # Base runs are `-text` tags, which the proxy reads as not instruct; the others are
+    # instruct runs.
+    text_tag = ("-text", "-text-v0.1", "-text-v0.2")
+    for spec in data.MODELS:
         knowledge = catalog.lookup(spec.ollama_name, spec.tag()["details"])
         assert knowledge.params_b > 0
-    # Base runs are `-text` tags, which the proxy reads as not instruct.
-    base = [m for m in MODELS if m.ollama_name.endswith(("-text", "-text-v0.1", "-text-v0.2"))]
-    assert base and all(not m.model_info().candidate.is_instruct for m in base)
+        is_base = spec.ollama_name.endswith(text_tag)
+        assert spec.model_info().candidate.is_instruct is not is_base, spec.ollama_name
+    assert any(m.ollama_name.endswith(text_tag) for m in data.MODELS) is has_base_runs
 
 
 @pytest.mark.parametrize(

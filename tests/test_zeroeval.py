@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from selector_model.catalog import Catalog
 from training import outcome_files, zeroeval_build, zeroeval_replay
 from training.zeroeval_data import (
-    BY_OLLAMA_NAME,
     DATA_FILE,
     MODELS,
     TASKS,
@@ -84,15 +82,6 @@ def test_an_answer_is_read_from_the_first_json_object_or_the_answer_field() -> N
     assert extract("Meta-Llama-3.1-8B-Instruct", "it is $\\boxed{36}$") == "36"
     assert zeroeval_build.crux_correct("'a\nb'", "a\\nb")
     assert not zeroeval_build.crux_correct("[1, 2]", "[1,2]")
-
-
-def test_the_fleet_maps_to_ollama_names_the_catalogue_knows() -> None:
-    catalog = Catalog.load()
-    assert len(MODELS) == len(BY_OLLAMA_NAME) >= 20
-    for spec in MODELS:
-        knowledge = catalog.lookup(spec.ollama_name, spec.tag()["details"])
-        assert knowledge.params_b > 0
-        assert spec.model_info().candidate.is_instruct
 
 
 def test_the_replay_runs_a_fleet_of_the_users_choice(capsys: pytest.CaptureFixture[str]) -> None:
