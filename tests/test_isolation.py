@@ -222,6 +222,21 @@ def echo(servers: ServerThread) -> Iterator[EchoBackend]:
     servers.call(backend.stop)
 
 
+def unprobed_proxy(
+    servers: ServerThread, url: str, tmp_path: Path, auth: Auth | None = None, **health: Any
+) -> Proxy:
+    """A proxy in front of `url` whose health checks never run during a test (only
+    the requests it sends reach the backend), its usage events with their prompts in a
+    file under `tmp_path`; `health` adds circuit settings."""
+    return Proxy(
+        servers,
+        [url],
+        auth=auth or Auth(),
+        usage=file_usage(tmp_path, log_prompts=True),
+        health=Health(interval_seconds=3600, **health),
+    )
+
+
 KEY_A, KEY_B = "k-client-a", "k-client-b"
 
 
@@ -232,13 +247,7 @@ async def test_expect_100_continue_never_reaches_the_backend_nor_crosses_answers
     proxy's `100 Continue`. The client gets exactly one final answer, its own; the next
     client (another key) gets its own; the backend never sees `Expect`."""
     auth = Auth(keys=(ApiKey(sha256=hash_key(KEY_A), name="a"), ApiKey(sha256=hash_key(KEY_B))))
-    proxy = Proxy(
-        servers,
-        [echo.url],
-        auth=auth,
-        usage=file_usage(tmp_path, log_prompts=True),
-        health=Health(interval_seconds=3600),
-    )
+    proxy = unprobed_proxy(servers, echo.url, tmp_path, auth=auth)
     try:
         big = orjson.dumps(
             {"model": "echo", "prompt": "SECRET-OF-A", "system": "x" * (1 << 20) + "y" * 4096}
@@ -297,12 +306,7 @@ async def test_interim_heads_from_the_backend_are_skipped_on_the_same_connection
     they are not the answer, and the connection is reused only after the real one."""
     backend = EchoBackend(interim=True)
     servers.call(backend.start)
-    proxy = Proxy(
-        servers,
-        [backend.url],
-        usage=file_usage(tmp_path, log_prompts=True),
-        health=Health(interval_seconds=3600),
-    )
+    proxy = unprobed_proxy(servers, backend.url, tmp_path)
     try:
 
         async def ask(prompt: str) -> Answer:
@@ -327,11 +331,8 @@ async def test_header_bytes_a_client_sends_never_fail_a_backend(
 ) -> None:
     """Header values that are not Latin-1 text (UTF-8 `中`, invalid UTF-8) in the
     request id or any header: served, and no circuit counts them as failures."""
-    proxy = Proxy(
-        servers,
-        [own_emulator.url],
-        usage=file_usage(tmp_path, log_prompts=True),
-        health=Health(interval_seconds=3600, failure_threshold=2, open_seconds=3600),
+    proxy = unprobed_proxy(
+        servers, own_emulator.url, tmp_path, failure_threshold=2, open_seconds=3600
     )
     try:
         odd_headers = [
@@ -370,12 +371,7 @@ async def test_each_stream_keeps_its_own_byte_count_when_its_connection_is_reuse
     """16 concurrent streams; the moment each one's last chunk arrives, another user
     of the pool (a health check) asks for a connection. Each stream's usage event has
     the bytes its client received, and the other user is served."""
-    proxy = Proxy(
-        servers,
-        [own_emulator.url],
-        usage=file_usage(tmp_path, log_prompts=True),
-        health=Health(interval_seconds=3600),
-    )
+    proxy = unprobed_proxy(servers, own_emulator.url, tmp_path)
     pool = proxy.app[APP_KEY].backends
     neighbours: list[asyncio.Task[Any]] = []
     sink = ClientLeg.on_body
@@ -425,12 +421,7 @@ async def test_a_cancel_racing_the_end_of_a_stream_leaves_the_next_user_alone(
     """The client leaves (its handler is cancelled) just as its stream's last chunk
     arrives, and another user of the pool asks for a connection at that moment: the
     cancelled request's cleanup must not close a connection now serving that user."""
-    proxy = Proxy(
-        servers,
-        [own_emulator.url],
-        usage=file_usage(tmp_path, log_prompts=True),
-        health=Health(interval_seconds=3600),
-    )
+    proxy = unprobed_proxy(servers, own_emulator.url, tmp_path)
     pool = proxy.app[APP_KEY].backends
     handlers: dict[int, asyncio.Task[Any]] = {}
     neighbours: list[asyncio.Task[Any]] = []
@@ -487,11 +478,8 @@ def recorded(
 ) -> Iterator[tuple[Proxy, list[dict[str, Any]]]]:
     """A proxy whose backend opens its circuit at the first failure, and the access
     records of its requests."""
-    proxy = Proxy(
-        servers,
-        [own_emulator.url],
-        usage=file_usage(tmp_path, log_prompts=True),
-        health=Health(interval_seconds=3600, failure_threshold=1, open_seconds=3600),
+    proxy = unprobed_proxy(
+        servers, own_emulator.url, tmp_path, failure_threshold=1, open_seconds=3600
     )
     seen: list[dict[str, Any]] = []
     server = proxy.app[APP_KEY]
@@ -581,12 +569,7 @@ async def test_an_upload_the_backend_refuses_early_gets_that_answer_alone(
 ) -> None:
     """The backend answers an upload before reading it and closes: the client gets that
     answer and nothing of the proxy's own after it; the backend is not blamed."""
-    proxy = Proxy(
-        servers,
-        [echo.url],
-        usage=file_usage(tmp_path, log_prompts=True),
-        health=Health(interval_seconds=3600, failure_threshold=1, open_seconds=3600),
-    )
+    proxy = unprobed_proxy(servers, echo.url, tmp_path, failure_threshold=1, open_seconds=3600)
     try:
         size = 4 << 20
         head = (
@@ -622,12 +605,7 @@ async def test_a_full_queue_is_relayed_and_opens_no_circuit(
     """A 503 (Ollama's full queue) is what one client gets by sending enough requests at
     once: each client that meets it gets it as it came, and the circuit stays closed,
     so the others are served as Ollama drains its queue rather than refused."""
-    proxy = Proxy(
-        servers,
-        [echo.url],
-        usage=file_usage(tmp_path, log_prompts=True),
-        health=Health(interval_seconds=3600, failure_threshold=2, open_seconds=3600),
-    )
+    proxy = unprobed_proxy(servers, echo.url, tmp_path, failure_threshold=2, open_seconds=3600)
     try:
         busy = request_bytes(
             "POST", "/api/generate", orjson.dumps({"model": "echo", "prompt": BUSY})
@@ -709,12 +687,7 @@ async def test_an_answer_that_ran_past_its_end_is_not_quoted_to_the_next_client(
     head on a reused connection may be another client's)."""
     backend = OverrunningBackend()
     servers.call(backend.start)
-    proxy = Proxy(
-        servers,
-        [backend.url],
-        usage=file_usage(tmp_path, log_prompts=True),
-        health=Health(interval_seconds=3600),
-    )
+    proxy = unprobed_proxy(servers, backend.url, tmp_path)
     try:
         first = orjson.dumps({"model": "echo", "prompt": "SECRET-OF-A"})
         answer_a = await exchange(proxy.port, request_bytes("POST", "/api/generate", first))
