@@ -114,17 +114,24 @@ async def test_feedback_that_cannot_name_an_answer_is_a_400(
         file_proxy.stop()
 
 
+async def _generated(http: aiohttp.ClientSession, count: int) -> list[str]:
+    """`count` generate requests one after another (prompts p0, p1, ...): the request
+    ids they were answered with."""
+    ids = []
+    for n in range(count):
+        body = {"model": MODEL, "prompt": f"p{n}", "stream": False}
+        async with http.post("/api/generate", json=body) as resp:
+            ids.append(resp.headers["X-Request-Id"])
+    return ids
+
+
 async def test_default_sink_is_a_jsonl_file_and_stats_come_from_memory(
     file_proxy: Proxy,
 ) -> None:
     path = file_proxy.config.usage.file_path
     try:
         async with aiohttp.ClientSession(file_proxy.url) as http:
-            ids = []
-            for n in range(5):
-                body = {"model": MODEL, "prompt": f"p{n}", "stream": False}
-                async with http.post("/api/generate", json=body) as resp:
-                    ids.append(resp.headers["X-Request-Id"])
+            ids = await _generated(http, 5)
             body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
             async with http.post("/v1/chat/completions", json=body) as resp:
                 ids.append(resp.headers["X-Request-Id"])
@@ -234,11 +241,7 @@ async def test_a_full_queue_spills_to_disk_and_nothing_is_lost(
     prx = Proxy(servers, [own_emulator.url], usage=usage)
     try:
         async with aiohttp.ClientSession(prx.url) as http:
-            ids = []
-            for n in range(8):
-                body = {"model": MODEL, "prompt": f"p{n}", "stream": False}
-                async with http.post("/api/generate", json=body) as resp:
-                    ids.append(resp.headers["X-Request-Id"])
+            ids = await _generated(http, 8)
             async with http.get("/api/autoroute/stats") as resp:
                 stats = orjson.loads(await resp.read())
         assert stats["overflowed"] == 6  # the queue holds 2
