@@ -341,14 +341,19 @@ def _port(text: str) -> int:
     return port
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not 1 or more")
-    return value
+def at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of `low` or more (the training flags use it too)."""
+
+    def count(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {low} or more")
+        return value
+
+    return count
 
 
 def _http_url(text: str) -> str:
@@ -475,7 +480,9 @@ def build_parser(training_cli: ModuleType | None) -> argparse.ArgumentParser:
     _config_flag(prof)
     prof.add_argument("--areas", nargs="+", help="areas to profile (default: all)")
     prof.add_argument("--store", help="profile store file (default: selector.profiles_path)")
-    prof.add_argument("--num-predict", type=_positive, default=None, help="token budget per answer")
+    prof.add_argument(
+        "--num-predict", type=at_least(1), default=None, help="token budget per answer"
+    )
     return parser
 
 

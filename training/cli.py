@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from proxy.cli import at_least
 from proxy.config import ConfigError, state_dir
 from proxy.config import load as load_config
 from selector_model import artifact as artifact_module
@@ -219,15 +220,13 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--hold-out",
-        type=_at_least(0),
+        type=at_least(0),
         default=3,
         metavar="K",
         help="also train without K models per split and replay fleets where they are "
         "unseen (0: only the artifact on the models it was trained on; default 3)",
     )
-    parser.add_argument(
-        "--splits", type=_at_least(1), default=3, help="held-out splits (default 3)"
-    )
+    parser.add_argument("--splits", type=at_least(1), default=3, help="held-out splits (default 3)")
     parser.add_argument("--cost", choices=sorted(replay.COST_DEFINITIONS), default="params")
     parser.add_argument(
         "--feedback",
@@ -238,25 +237,10 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         "(request body, chosen model, outcome) -> None, fed during feedback passes; "
         "training.replay:online_learner is the proxy's own online learning",
     )
-    parser.add_argument(
-        "--passes", type=_at_least(0), default=3, help="feedback passes (default 3)"
-    )
+    parser.add_argument("--passes", type=at_least(0), default=3, help="feedback passes (default 3)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-lomo", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
-
-
-def _at_least(low: int) -> Callable[[str], int]:
-    def count(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = low - 1
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {low} or more")
-        return value
-
-    return count
 
 
 def _feedback(spec: str) -> str:
