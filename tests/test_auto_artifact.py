@@ -374,14 +374,14 @@ def test_train_from_the_events_the_proxy_wrote_to_postgres(
 ) -> None:
     """`autoroute train --from postgres://…` reads what the proxy's usage pipeline
     wrote, ratings from the feedback endpoint joined."""
-    from tests.usage_services import database_on, postgres_base
+    from tests.usage_services import database_on, postgres_base, postgres_usage
 
     with postgres_base() as base, database_on(base) as db:
         selector = Selector(
             artifact=str(tmp_path / "none.onnx"),
             profiles={"balanced": Profile(exploration=1.0, allow=(CODER, GENERAL))},
         )
-        usage = Usage(postgres_dsn=db.dsn, file_mode="off", spool_dir=str(tmp_path / "spool"))
+        usage = postgres_usage(db.dsn, tmp_path)
         prx = Proxy(servers, [own_emulator.url], selector=selector, usage=usage)
         try:
             for i in range(30):

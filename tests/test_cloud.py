@@ -26,7 +26,6 @@ from proxy.config import (
     Config,
     ConfigError,
     Timeouts,
-    Usage,
 )
 from tests.cloud_standin import (
     ANSWER,
@@ -39,7 +38,7 @@ from tests.cloud_standin import (
     create_app,
 )
 from tests.support import Emulator, Proxy, ServerThread, bearer, free_port, slow_reader
-from tests.usage_services import Database
+from tests.usage_services import Database, postgres_usage
 
 OPENAI_ENV = "CLOUD_TEST_OPENAI_KEY"
 ANTHROPIC_ENV = "CLOUD_TEST_ANTHROPIC_KEY"
@@ -702,7 +701,7 @@ async def test_with_keys_cloud_errors_are_detailed_only_to_a_key_that_sees_every
 async def test_tokens_are_recorded_per_month_in_postgresql(
     servers: ServerThread, cloud_server: StandIn, database: Database, tmp_path: Path
 ) -> None:
-    usage = Usage(postgres_dsn=database.dsn, file_mode="off", spool_dir=str(tmp_path / "spool"))
+    usage = postgres_usage(database.dsn, tmp_path)
     section = cloud_section(cloud_server.url, budget=30)
     proxy = Proxy(servers, [dead_url()], cloud=section, usage=usage)
     try:
@@ -757,7 +756,7 @@ async def test_without_its_budget_store_the_fallback_stays_off(
     servers: ServerThread, cloud_server: StandIn, tmp_path: Path
 ) -> None:
     gone = f"postgresql://postgres@127.0.0.1:{free_port()}/autoroute"
-    usage = Usage(postgres_dsn=gone, file_mode="off", spool_dir=str(tmp_path / "spool"))
+    usage = postgres_usage(gone, tmp_path)
     proxy = Proxy(servers, [dead_url()], cloud=cloud_section(cloud_server.url), usage=usage)
     try:
         body_sent = {"model": LOCAL, "messages": MESSAGES}

@@ -34,7 +34,7 @@ from selector_model.policy import largest, pick, rank
 from selector_model.posterior import choose
 from tests.support import Emulator, Proxy, ServerThread, wait_until
 from tests.test_auth_postgres import REFRESH, status_becomes
-from tests.usage_services import Database
+from tests.usage_services import Database, postgres_usage
 from training.data import prompt_request
 
 MODELS = ("qwen2.5:7b", "mistral:7b", "llama3.1:8b")
@@ -1199,7 +1199,7 @@ async def test_a_new_key_under_a_revoked_keys_name_may_not_rate_its_requests(
 async def test_proxies_share_what_they_learn_through_postgres(
     servers: ServerThread, fleet: Emulator, database: Database, tmp_path: Path
 ) -> None:
-    usage = Usage(postgres_dsn=database.dsn, file_mode="off", spool_dir=str(tmp_path / "spool"))
+    usage = postgres_usage(database.dsn, tmp_path)
     one = Proxy(servers, [fleet.url], selector=_selector(tmp_path), usage=usage)
     two = Proxy(servers, [fleet.url], selector=_selector(tmp_path), usage=usage)
     try:

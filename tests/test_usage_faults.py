@@ -30,6 +30,7 @@ from tests.usage_services import (
     database_on,
     postgres_base,
     postgres_ready,
+    postgres_usage,
     wait_for,
     wait_port,
 )
@@ -161,15 +162,12 @@ def quick_postgres_usage(dsn: str, tmp_path: Path, **changes: Any) -> Usage:
     """PostgreSQL alone (no file, no broker), flushed and retried quickly: what the
     tests of one sink's faults run with; `changes` set what a test tunes otherwise
     (a broker beside it, slower backoff, a write timeout)."""
-    settings: dict[str, Any] = {
-        "postgres_dsn": dsn,
-        "file_mode": "off",
-        "spool_dir": str(tmp_path / "spool"),
+    quick: dict[str, Any] = {
         "flush_interval_seconds": 0.02,
         "retry_backoff_seconds": 0.05,
         "retry_backoff_max_seconds": 0.1,
     }
-    return Usage(**(settings | changes))
+    return postgres_usage(dsn, tmp_path, **(quick | changes))
 
 
 @pytest.fixture
@@ -476,7 +474,7 @@ async def test_stats_answer_from_memory_while_the_database_is_silent(
     a database that stops answering (rather than refusing) must fail it too, or the
     status that says how the sinks are doing hangs as long as the database does."""
     db = await asyncio.to_thread(Database, private_pg.base_dsn)
-    usage = Usage(postgres_dsn=db.dsn, file_mode="off", spool_dir=str(tmp_path / "spool"))
+    usage = postgres_usage(db.dsn, tmp_path)
     prx = Proxy(servers, [own_emulator.url], usage=usage)
     stopped: list[int] = []
     try:

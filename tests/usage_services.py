@@ -26,6 +26,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from proxy.app import APP_KEY
+from proxy.config import Usage
 from tests.support import Proxy, free_port
 
 SHARED_PG = ("127.0.0.1", 5432)
@@ -113,6 +114,17 @@ class PrivatePostgres:
     @property
     def base_dsn(self) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}"
+
+
+def postgres_usage(dsn: str, tmp_path: Path, **changes: Any) -> Usage:
+    """Usage events to PostgreSQL at `dsn` alone (no file), the spool under `tmp_path`;
+    `changes` set what a test tunes otherwise."""
+    settings: dict[str, Any] = {
+        "postgres_dsn": dsn,
+        "file_mode": "off",
+        "spool_dir": str(tmp_path / "spool"),
+    }
+    return Usage(**(settings | changes))
 
 
 class Database:
