@@ -585,6 +585,68 @@ def test_the_generation_step_is_what_the_catalogues_own_lines_show(
     assert sum(misses["shipped"]) < sum(misses["without"])
 
 
+def test_a_specialists_unpublished_area_is_placed_beside_its_lines_earlier_generation(
+    catalog: Catalog,
+) -> None:
+    """Qwen publishes no code number for qwen3-coder: its code is placed beside the
+    generation before it, qwen2.5-coder, a step up, not among whatever models are near it
+    (which put it below its predecessors of its size). It stays imputed, and says so."""
+    coder = catalog.lookup("qwen3-coder:30b")
+    before = catalog.lookup("qwen2.5-coder:14b")
+    assert "HumanEval" not in catalog.sources("qwen3-coder:30b")
+    assert coder.effective_params_b < before.effective_params_b
+    assert coder.areas["code"] > before.areas["code"]
+    assert 0.0 < coder.area_uncertainty["code"] < 1.0
+    assert coder.neighbours[0].startswith("qwen2.5-coder:")
+
+
+def test_a_model_of_a_listed_family_takes_an_unpublished_area_as_its_entries_do(
+    catalog: Catalog,
+) -> None:
+    """A tune of a listed family is placed as that family's entries are: an area no entry
+    of it publishes (Qwen3's code) beside the generation before it, a step up, for the
+    tune as for the family's own entries."""
+    listed = catalog.lookup("qwen3:8b")
+    tune = catalog.lookup(
+        "my-qwen3-tune:latest",
+        {"family": "qwen3", "parameter_size": "8.2B"},
+        ["completion", "tools", "thinking"],
+    )
+    assert (tune.origin, tune.family) == ("nearest", "qwen3")
+    assert listed.area_uncertainty["code"] > 0.0
+    assert abs(tune.areas["code"] - listed.areas["code"]) < 0.02, (tune.areas, listed.areas)
+    assert tune.area_uncertainty["code"] > 0.0
+
+
+def test_an_area_no_entry_of_its_family_publishes_misses_less_beside_the_generation_before(
+    catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each published area score of an entry whose line lists an earlier generation with
+    that area, left out for the entry's whole family (as when its maker publishes none)
+    and imputed: placed beside the generation before, a step up, it misses its published
+    score by less than imputed from its neighbours alone."""
+    near = catalog.neighbourhood
+    misses: dict[str, list[float]] = {"beside": [], "neighbours": []}
+    for entry in catalog.entries():
+        for area, published in near.published[entry.name].items():
+            family = {e.name for e in catalog.entries() if e.family == entry.family}
+            hidden = {
+                name: {a: s for a, s in found.items() if a != area or name not in family}
+                for name, found in near.published.items()
+            }
+            left_out = placement.Neighbourhood(near.entries, hidden, near.slopes, near.floors)
+            if not left_out.earlier_generation(placement.probe_of(entry), area):
+                continue
+            placed = left_out.complete(entry, hidden[entry.name], {})
+            misses["beside"].append(abs(placed.areas[area] - published))
+            with monkeypatch.context() as patched:
+                patched.setattr(left_out, "earlier_generation", lambda probe, area: "")
+                alone = left_out.complete(entry, hidden[entry.name], {})
+            misses["neighbours"].append(abs(alone.areas[area] - published))
+    assert len(misses["beside"]) > 250
+    assert sum(misses["beside"]) < 0.85 * sum(misses["neighbours"])
+
+
 def _logit(score: float) -> float:
     score = min(0.995, max(0.005, score))
     return math.log(score / (1.0 - score))

@@ -625,8 +625,11 @@ def test_an_unseen_name_of_a_known_architecture_is_placed_beside_it(rig: Rig, na
     # results leave none.
     assert catalogue["uncertainty"] > listed["catalogue"]["uncertainty"]
     assert placed["spread"] > listed["spread"]
+    # Qwen publishes no code result for Qwen3: the listed entries' code is placed beside
+    # Qwen2.5's, a tune known by its architecture alone has its code from its neighbours.
     areas, beside = catalogue["areas"], listed["catalogue"]["areas"]
-    assert sum(abs(areas[a] - beside[a]) for a in areas) / len(areas) < 0.05, (areas, beside)
+    read = [area for area in areas if area != "code"]
+    assert sum(abs(areas[a] - beside[a]) for a in read) / len(read) < 0.05, (areas, beside)
     assert abs(placed["p_success"] - listed["p_success"]) < 0.1, (placed, listed)
 
 

@@ -6,7 +6,8 @@ architecture), size, specialties and release date (`_distance`), each neighbour'
 moved along the size trend seen within families, the nearer ones weighing more. The
 distance of those neighbours is the uncertainty the result carries. A later generation
 of a listed line is placed beside the latest generation listed before it, a step up
-(`GENERATION_STEP`).
+(`GENERATION_STEP`), and so is an entry's area that no entry of its family publishes,
+where an earlier generation of its line does.
 """
 
 from __future__ import annotations
@@ -193,6 +194,8 @@ class Neighbourhood:
             for entry in entries.values()
             for probe in (probe_of(entry),)
         ]
+        # Each family's line and generation in it (`names.generation`).
+        self._generations = {e.family: names.generation(e.family) for e in entries.values()}
 
     def place(
         self,
@@ -263,6 +266,10 @@ class Neighbourhood:
         areas: dict[str, float] = {}
         spread: dict[str, float] = {}
         for area in AREAS:
+            if kin and not generations:
+                # A model of a listed family, placed as its family's entries are.
+                areas[area], spread[area], _ = self.impute_listed(probe, area, exclude="")
+                continue
             areas[area], spread[area], _ = self.impute(probe, area, exclude="")
             if generations and areas[area] > 0.0:
                 shift = generations * GENERATION_STEP[area]
@@ -382,7 +389,7 @@ class Neighbourhood:
                 areas[area] = published[area]
                 spread[area] = mapped.get(area, 0.0)
             else:
-                areas[area], spread[area], near = self.impute(
+                areas[area], spread[area], near = self.impute_listed(
                     probe_of(entry), area, exclude=entry.name
                 )
                 used += near
@@ -393,3 +400,53 @@ class Neighbourhood:
             uncertainty=round(sum(spread.values()) / len(AREAS), 4),
             neighbours=tuple(dict.fromkeys(used)),
         )
+
+    def impute_listed(
+        self, probe: Probe, area: str, exclude: str
+    ) -> tuple[float, float, list[str]]:
+        """`impute` for a model of a listed family. An area no entry of its family
+        publishes (qwen3-coder's code) is placed as a later generation is, beside the
+        generation before it, a step up: published scores left out so for a whole family
+        lie nearer than their neighbours alone place them (tests/test_catalog.py). Where
+        the family publishes the area for other sizes, those place it better still."""
+        before = self.earlier_generation(probe, area)
+        if not before:
+            return self.impute(probe, area, exclude)
+        score, spread, near = self.impute(replace(probe, family=before), area, exclude)
+        if score > 0.0:
+            score = shifted(score, GENERATION_STEP[area], self.floors.get(area, 0.0))
+        return score, spread, near
+
+    def earlier_generation(self, probe: Probe, area: str) -> str:
+        """The family a model's `area` is placed beside when no entry of its own family
+        publishes it: the latest earlier generation of its line that does, in an entry
+        alike in the specialty the area is about (a coder's code beside the coders
+        before it), that entry the nearest in size; "" when there is none."""
+        published = self.published
+        family = probe.family
+        if not family or family not in self._generations:
+            return ""
+        if any(area in published[e.name] for e in self.entries.values() if e.family == family):
+            return ""
+        line, number = self._generations[family]
+        about = {s for s, a in _SPECIALTY_AREA.items() if a == area}
+        candidates = [
+            e
+            for e in self.entries.values()
+            if area in published[e.name]
+            and "embedding" not in e.specialties
+            and self._generations[e.family][0] == line
+            and self._generations[e.family][1] < number
+            and e.specialties & about == probe.specialties & about
+        ]
+        if not candidates:
+            return ""
+        latest = max(self._generations[e.family][1] for e in candidates)
+        nearest = min(
+            (e for e in candidates if self._generations[e.family][1] == latest),
+            key=lambda e: (
+                abs(math.log2(max(e.effective_params_b, 1e-3)) - probe.log_size),
+                e.name,
+            ),
+        )
+        return nearest.family
