@@ -81,7 +81,7 @@ GENERATION_STEP = {
     "knowledge": 0.2,
     "reasoning": 0.2,
     "math": 0.9,
-    "code": 0.5,
+    "code": 0.4,
     "instruction": 0.6,
 }
 # The years between two generations of a line, as the catalogue's lines show it.
