@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -27,6 +28,21 @@ def _private_state_home() -> Iterator[None]:
     os.environ["XDG_STATE_HOME"] = STATE_HOME  # again, should a test have changed it
     yield
     shutil.rmtree(STATE_HOME, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _no_log_handler_on_a_closed_stream() -> Iterator[None]:
+    """`autoroute` run in-process (`proxy.cli.main`, `demo`) points the root logger at
+    the sys.stderr of the moment, under `capsys` the test's own, closed when the test
+    ends: a record a server thread logs later would fail on it ("--- Logging error ---",
+    printed wherever pytest's capture is off just then). Such a handler goes with its
+    stream; records then reach Python's last-resort handler on the sys.stderr of their
+    time."""
+    yield
+    root = logging.getLogger()
+    for handler in root.handlers[:]:
+        if getattr(getattr(handler, "stream", None), "closed", False):
+            root.removeHandler(handler)
 
 
 # Identical requests give byte-identical answers (fixed clock, computed durations), so
