@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import orjson
 
-from selector_model import features
+from selector_model import features, onnx_session
+from selector_model.onnx_session import ort
 
 SHIPPED = Path(__file__).resolve().parent / "artifacts" / "selector.onnx"
 
@@ -106,10 +106,7 @@ def load(path: Path) -> Artifact:
     if list(meta.get("feature_names") or ()) != expected:
         raise ArtifactError(f"{path}: feature names differ from selector_model.features")
     try:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        session = ort.InferenceSession(raw, options, providers=["CPUExecutionProvider"])
+        session = onnx_session.session(raw)
         input_name = str(meta.get("input_name") or session.get_inputs()[0].name)
         output_name = str(meta.get("output_name") or session.get_outputs()[-1].name)
         column = int(meta.get("success_column", 1))

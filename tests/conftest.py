@@ -21,6 +21,9 @@ from tests.usage_services import Database, database_on, postgres_base
 # writes into the user's real files.
 STATE_HOME = tempfile.mkdtemp(prefix="autoroute-test-state-")
 os.environ["XDG_STATE_HOME"] = STATE_HOME
+# Matplotlib (training's report plots) keeps its font cache and configuration under
+# ~/.cache and ~/.config unless told otherwise: in the run's directory too.
+os.environ["MPLCONFIGDIR"] = os.path.join(STATE_HOME, "matplotlib")
 
 
 @pytest.fixture(scope="session", autouse=True)

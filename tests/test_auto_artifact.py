@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import shutil
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -23,7 +26,7 @@ import pytest
 from proxy.config import Profile, Selector, Usage
 from proxy.emulator.catalog import CATALOG
 from proxy.registry import model_info
-from selector_model import features, outcome
+from selector_model import features, onnx_session, outcome
 from selector_model.policy import pick, rank
 from tests.support import Emulator, Proxy, ServerThread
 from training import cli
@@ -345,7 +348,7 @@ def test_the_evaluation_scores_the_trained_models_as_serving_does() -> None:
 
     data = load_llmrouter()
     onnx_bytes, meta = export.read_artifact(artifact_module.SHIPPED)
-    session = export.session(onnx_bytes)
+    session = onnx_session.session(onnx_bytes)
     learned = artifact_module.learned({m["name"]: m for m in meta["models"]})
     assert sorted(learned) == sorted(m.ollama_name for m in data.models)
     reported = evaluate.evaluate_scorer(lambda x: export.onnx_predict(session, x), data, 0, learned)
@@ -406,3 +409,17 @@ def test_train_from_the_events_the_proxy_wrote_to_postgres(
         meta = orjson.loads((out / "selector.json").read_bytes())
         assert sorted(meta["trained_on"]) == sorted([CODER, GENERAL])
         assert meta["training"]["sources"][0]["kind"] == "postgres"
+
+
+@pytest.mark.parametrize("module", ["proxy.app", "training.pipeline"])
+def test_loading_the_selector_writes_nothing_into_home(module: str, tmp_path: Path) -> None:
+    # onnxruntime keeps a device id and a telemetry store under the home directory from
+    # its import on, unless told not to before it: the proxy and training import it
+    # only through selector_model.onnx_session, which does.
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "ORT_"))}
+    env |= {"HOME": str(home), "PYTHONPATH": str(Path(__file__).parent.parent)}
+    code = f"import {module}; from selector_model import artifact; artifact.load(artifact.SHIPPED)"
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
+    assert sorted(str(p.relative_to(home)) for p in home.rglob("*")) == []

@@ -56,12 +56,23 @@ def _rgb(hex_color: str) -> tuple[int, int, int]:
 REQUESTS_BLUE, ERRORS_RED, TTFC_PURPLE = _rgb("#3b6fd4"), _rgb("#c0392b"), _rgb("#7b3fc4")
 
 
-def _launch(playwright: Any) -> Any:
-    return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+def _launch(playwright: Any, home: Path) -> Any:
+    """Chromium with its home under `home`: Playwright gives it a temporary profile, but
+    its crash reports (~/.config/chromium) and GTK's settings cache (~/.cache/dconf)
+    follow HOME and the XDG directories, which a test must not write into."""
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home / ".config"),
+        "XDG_CACHE_HOME": str(home / ".cache"),
+    }
+    return playwright.chromium.launch(
+        executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, env=env
+    )
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     sync_api = pytest.importorskip(
         "playwright.sync_api", reason="the test extra's playwright package is not installed"
     )
@@ -71,7 +82,7 @@ def browser() -> Iterator[Any]:
             "(apt-get install chromium), which could not be done here"
         )
     with sync_api.sync_playwright() as playwright:
-        chromium = _launch(playwright)
+        chromium = _launch(playwright, tmp_path_factory.mktemp("chromium-home"))
         yield chromium
         chromium.close()
 

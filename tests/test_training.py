@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 from proxy.config import Profile, Selector
-from selector_model import features, outcome
+from selector_model import features, onnx_session, outcome
 from selector_model.kind import kind_of
+from selector_model.onnx_session import ort
 from training import cli, evaluate, export, pipeline, replay
 from training.data import (
     DATA_DIR,
@@ -224,7 +224,7 @@ def test_train_from_a_usage_file(tmp_path: Path) -> None:
     assert [m["params_b"] for m in meta["models"]] == [1.0, 70.0]
     assert meta["training"]["sources"][0]["used"] == 240
     assert "usage/usage.jsonl" in meta["training_data_hashes"]
-    sess = export.session(onnx_bytes)
+    sess = onnx_session.session(onnx_bytes)
     request = features.request_features(
         "/api/chat", {"messages": [{"role": "user", "content": "Solve 7 + x = 12, calculate"}]}
     )

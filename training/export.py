@@ -20,11 +20,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import onnxmltools  # type: ignore[import-untyped]
-import onnxruntime as ort
 import xgboost as xgb
 from onnxmltools.convert.common.data_types import (  # type: ignore[import-untyped]
     FloatTensorType,
 )
+
+from selector_model.onnx_session import ort, session
 
 TARGET_OPSET = 15
 INPUT_NAME = "input"
@@ -50,13 +51,6 @@ def to_onnx(booster: xgb.Booster, n_features: int) -> bytes:
     )
     model.graph.name = GRAPH_NAME  # onnxmltools picks a random UUID: keep bytes reproducible
     return bytes(model.SerializeToString())
-
-
-def session(onnx_bytes: bytes) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
 
 
 def onnx_predict(sess: ort.InferenceSession, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from selector_model import artifact, features
+from selector_model import artifact, features, onnx_session
 from selector_model.usage_event import UsageEvent
 from training import evaluate, export, report
 from training.data import (
@@ -190,7 +190,7 @@ def build(
     diff = export.parity(onnx_bytes, result.booster, result.val.x)
     log(f"parity: max |onnx - xgboost| = {diff:.2e} on {len(result.val.y)} validation rows")
 
-    sess = export.session(onnx_bytes)
+    sess = onnx_session.session(onnx_bytes)
     evaluation = evaluate.evaluate_scorer(lambda x: export.onnx_predict(sess, x), data, config.seed)
     # From the booster that chose the tree count: a refitted one has seen these rows.
     val_labels = (result.val.y >= 0.5).astype(np.float64)
@@ -301,7 +301,7 @@ def evaluate_artifact(
         )
     if meta["feature_names"] != features.feature_names():
         raise SchemaError("artifact feature names differ from selector_model.features")
-    sess = export.session(onnx_bytes)
+    sess = onnx_session.session(onnx_bytes)
     config = TrainConfig.from_json(meta["training"]["config"])
     data = _subsample(load_llmrouter(data_dir), meta["training"].get("max_prompts"), config.seed)
     # Its models as it learned them, whatever the catalogue says of them now.
