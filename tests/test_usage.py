@@ -9,7 +9,7 @@ import hashlib
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -489,6 +489,22 @@ async def test_postgres_stats_have_one_row_per_model_however_it_was_spelled(
     assert _rows(summary) == _ROWS
 
 
+@contextlib.contextmanager
+def _recorded_proxy(
+    servers: ServerThread, tmp_path: Path, settings: EmulatorSettings
+) -> Iterator[tuple[Proxy, Usage]]:
+    """A proxy writing its usage events to a file under `tmp_path`, in front of an
+    emulator of its own with `settings`; both stopped when the block ends."""
+    emulator = Emulator(servers, settings)
+    usage = file_usage(tmp_path)
+    proxy = Proxy(servers, [emulator.url], usage=usage)
+    try:
+        yield proxy, usage
+    finally:
+        proxy.stop()
+        emulator.stop()
+
+
 async def test_a_stream_the_backend_ends_with_its_error_line_records_the_error(
     servers: ServerThread, tmp_path: Path
 ) -> None:
@@ -496,11 +512,8 @@ async def test_a_stream_the_backend_ends_with_its_error_line_records_the_error(
     `{"error": ...}` line, status 200 already sent: the usage event of that request
     records the error, not an answer that ran to its end."""
     crashing = EmulatorSettings(chunk_delay_ms=20, default_tokens=400, crash_on="CRASH")
-    emulator = Emulator(servers, crashing)
-    usage = file_usage(tmp_path)
-    proxy = Proxy(servers, [emulator.url], usage=usage)
     died = "llama runner process has terminated: exit status 2"
-    try:
+    with _recorded_proxy(servers, tmp_path, crashing) as (proxy, usage):
         async with aiohttp.ClientSession(proxy.url) as http:
             body = {"model": MODEL, "prompt": "go on", "options": {"num_predict": 300}}
             async with http.post("/api/generate", json=body) as stream:
@@ -512,18 +525,8 @@ async def test_a_stream_the_backend_ends_with_its_error_line_records_the_error(
                 lines = (first + await stream.read()).splitlines()
                 streamed = stream.headers["X-Request-Id"]
             assert (stream.status, orjson.loads(lines[-1])) == (200, {"error": died})
-
-            async def recorded() -> bool:
-                raw = await read_bytes(usage.file_path)
-                return streamed.encode() in raw
-
-            await wait_for(recorded, what="the stream's event")
-        events = [orjson.loads(line) for line in (await read_bytes(usage.file_path)).splitlines()]
-        (event,) = [e for e in events if e["request_id"] == streamed]
+        (event,) = await _events_of(usage, streamed)
         assert (event["outcome"]["status"], event["outcome"]["error"]) == (200, died)
-    finally:
-        proxy.stop()
-        emulator.stop()
 
 
 # A streamed answer on each of Ollama's OpenAI and Anthropic shapes, `tokens` long.
@@ -540,7 +543,8 @@ _SSE_PATHS = ["/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/m
 
 
 async def _events_of(usage: Usage, *ids: str) -> list[dict[str, Any]]:
-    """The usage events of the requests `ids`, in that order, once all are written."""
+    """The usage event of each of the requests `ids` (exactly one each), in that order,
+    once all are written."""
 
     async def recorded() -> bool:
         raw = await read_bytes(usage.file_path)
@@ -548,8 +552,11 @@ async def _events_of(usage: Usage, *ids: str) -> list[dict[str, Any]]:
 
     await wait_for(recorded, what="the streams' events")
     events = [orjson.loads(line) for line in (await read_bytes(usage.file_path)).splitlines()]
-    by_id = {e["request_id"]: e for e in events}
-    return [by_id[i] for i in ids]
+    found = []
+    for i in ids:
+        (event,) = [e for e in events if e["request_id"] == i]  # exactly one each
+        found.append(event)
+    return found
 
 
 @pytest.mark.parametrize("path", _SSE_PATHS)
@@ -562,10 +569,7 @@ async def test_an_sse_stream_the_runner_died_under_records_the_error(
     `message_stop`). Its usage event records the error, so the answer counts as failed;
     the same shape's stream that ran to its end does not."""
     crashing = EmulatorSettings(chunk_delay_ms=20, default_tokens=400, crash_on="CRASH")
-    emulator = Emulator(servers, crashing)
-    usage = file_usage(tmp_path)
-    proxy = Proxy(servers, [emulator.url], usage=usage)
-    try:
+    with _recorded_proxy(servers, tmp_path, crashing) as (proxy, usage):
         async with aiohttp.ClientSession(proxy.url) as http:
             async with http.post(path, json=_sse_request(path, 3)) as whole:
                 assert whole.status == 200
@@ -589,9 +593,6 @@ async def test_an_sse_stream_the_runner_died_under_records_the_error(
         assert failed["outcome"]["status"] == 200
         assert failed["outcome"]["error"] == final_chunk.UNFINISHED
         assert outcome.of_event(failed) == outcome.Result(0.0, outcome.FAILED, "error")
-    finally:
-        proxy.stop()
-        emulator.stop()
 
 
 @pytest.mark.parametrize("path", _SSE_PATHS)
@@ -601,10 +602,7 @@ async def test_a_client_leaving_an_sse_stream_is_a_cancellation_not_an_error(
     """A client that leaves mid-stream cancelled the answer: its usage event says so and
     holds no error, though the stream never reached its end."""
     slow = EmulatorSettings(chunk_delay_ms=20, default_tokens=400)
-    emulator = Emulator(servers, slow)
-    usage = file_usage(tmp_path)
-    proxy = Proxy(servers, [emulator.url], usage=usage)
-    try:
+    with _recorded_proxy(servers, tmp_path, slow) as (proxy, usage):
         async with aiohttp.ClientSession(proxy.url) as http:
             async with http.post(path, json=_sse_request(path, 300)) as left:
                 assert left.status == 200
@@ -613,9 +611,6 @@ async def test_a_client_leaving_an_sse_stream_is_a_cancellation_not_an_error(
         (gone,) = await _events_of(usage, left_id)
         assert gone["outcome"]["cancelled"] is True and gone["outcome"]["error"] is None
         assert outcome.of_event(gone) == outcome.Result(0.0, outcome.FAILED, "cancelled")
-    finally:
-        proxy.stop()
-        emulator.stop()
 
 
 # The routes whose answers the emulator's faults cut (`proxy.emulator.app.FAULT_PATHS`).
