@@ -89,7 +89,7 @@ async def live_keys(conn: asyncpg.Connection) -> list[ApiKey]:
             sha256=row["sha256"],
             name=row["name"] or "",
             role=row["role"],
-            models=tuple(row["models"] or ()),
+            models=tuple(row["models"] or ()) or None,
             requests_per_minute=row["requests_per_minute"],
             max_streams=row["max_streams"],
         )

@@ -385,8 +385,10 @@ class ApiKey:
     name: str = ""
     # "admin" may also pull, push, create, copy, delete, upload blobs and reload.
     role: Literal["user", "admin"] = "user"
-    # Models this key may use (empty: any); `auto` only chooses among them.
-    models: tuple[str, ...] = ()
+    # Models this key may use (None: any); `auto` only chooses among them. An empty
+    # list is refused when the configuration is read: it would allow no model, and the
+    # likelier intent, any model, is to leave the list out.
+    models: tuple[str, ...] | None = None
     # Requests per minute (0: unlimited) and inference requests at once (0: unlimited).
     requests_per_minute: int = 0
     max_streams: int = 0
@@ -527,6 +529,12 @@ class Config:
                 )
             if key.id in seen:
                 raise ConfigError(f"auth.keys: the name {key.id!r} is used twice", key="auth.keys")
+            if key.models == ():
+                raise ConfigError(
+                    f"auth.keys: {key.id!r}: models names no model"
+                    " (leave models out for a key that may use any)",
+                    key="auth.keys",
+                )
             seen.add(key.id)
         for name, entry in self.selector.models.items():
             _check_model_entry(name, entry)

@@ -120,6 +120,8 @@ def test_same_port_on_another_host_is_allowed() -> None:
             f"auth: {{keys: [{{sha256: {'a' * 64}, name: x}}, {{sha256: {'b' * 64}, name: x}}]}}",
             "used twice",
         ),
+        # An empty list would read as any model: a typo must not open every model.
+        (f"auth: {{keys: [{{sha256: {'a' * 64}, name: x, models: []}}]}}", "names no model"),
     ],
 )
 def test_bad_configuration_names_the_key(tmp_path: Path, text: str, message: str) -> None:
