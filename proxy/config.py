@@ -26,6 +26,7 @@ from proxy.config_reading import AIOHTTP_UNCHECKED_ENV as AIOHTTP_UNCHECKED_ENV
 from proxy.config_reading import ENV_PREFIX as ENV_PREFIX
 from proxy.config_reading import ConfigError as ConfigError
 from proxy.config_reading import FromString, build, env_overrides, merge, read_yaml
+from proxy.keep_alive import keep_alive_seconds
 from selector_model.catalog import AREAS, SPECIALTIES
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -197,6 +198,24 @@ class Warm:
     # Utility a candidate loses when loading it would evict a model with requests in
     # flight on its backend: chosen then only if it leads by more than this.
     evict_penalty: float = 0.1
+
+
+@dataclass(frozen=True)
+class Runners:
+    """What one request may ask of the model runner that serves it, where one client's
+    choice is every client's (`proxy.runner_caps`): every request but an admin key's.
+    The defaults ask nothing: requests go on as Ollama reads them."""
+
+    # `options.num_ctx` above this is lowered to it; 0: no cap.
+    max_num_ctx: int = 0
+    # False: `options.num_ctx` is removed, so that every request runs its model with the
+    # context its Modelfile or the server sets, and none reloads it with another.
+    client_num_ctx: bool = True
+    # `keep_alive` (seconds or a Go duration) below the least is raised to it, above
+    # the most (or forever) lowered to it; "": no bound. A least above 0 refuses an
+    # unload (`ollama stop`).
+    min_keep_alive: str = ""
+    max_keep_alive: str = ""
 
 
 def _default_profiles() -> dict[str, Profile]:
@@ -504,6 +523,7 @@ class Config:
     cache: Cache = field(default_factory=Cache)
     shared: Shared = field(default_factory=Shared)
     warm: Warm = field(default_factory=Warm)
+    runners: Runners = field(default_factory=Runners)
     cloud: Cloud = field(default_factory=Cloud)
 
     def check(self) -> Config:
@@ -544,6 +564,7 @@ class Config:
                 key="auth.refresh_seconds",
             )
         _check_shared(self.shared)
+        _check_runners(self.runners)
         _check_services(self)
         _check_profile_names(self)
         for backend in self.backends:
@@ -645,6 +666,33 @@ def _check_shared(shared: Shared) -> None:
     for name in ("stream_slot_ttl_seconds", "retry_seconds", "timeout_seconds"):
         if getattr(shared, name) <= 0:
             raise ConfigError(f"shared.{name}: must be above 0", key=f"shared.{name}")
+
+
+def keep_alive_bound(runners: Runners, name: str) -> float | None:
+    """`runners.min_keep_alive` or `max_keep_alive` in seconds, None when unset."""
+    text = getattr(runners, name).strip()
+    return None if not text else keep_alive_seconds(text)
+
+
+def _check_runners(runners: Runners) -> None:
+    bounds: dict[str, float | None] = {}
+    for name in ("min_keep_alive", "max_keep_alive"):
+        key = f"runners.{name}"
+        try:
+            seconds = keep_alive_bound(runners, name)
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {exc}", key=key) from None
+        if seconds == float("inf"):
+            raise ConfigError(f"{key}: forever (a negative value) is no bound", key=key)
+        bounds[name] = seconds
+    least, most = bounds["min_keep_alive"], bounds["max_keep_alive"]
+    if most == 0:
+        # Every request would unload its model once answered.
+        raise ConfigError("runners.max_keep_alive: must be above 0", key="runners.max_keep_alive")
+    if least is not None and most is not None and least > most:
+        raise ConfigError(
+            "runners.min_keep_alive: above runners.max_keep_alive", key="runners.min_keep_alive"
+        )
 
 
 def _check_profile_names(config: Config) -> None:

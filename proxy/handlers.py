@@ -23,6 +23,7 @@ from proxy import (
     model_changes,
     multipart_form,
     request_encoding,
+    runner_caps,
 )
 from proxy import limits as request_limits
 from proxy.aiohttp_internals import state_get
@@ -49,7 +50,7 @@ from proxy.metrics import Metrics
 from proxy.outcome import OUTCOME, Served
 from proxy.protocol import JSON, JSON_V1, MODEL_HEADER, encoded, go_dumps
 from proxy.relay import Fallback, Relay
-from proxy.routes import find
+from proxy.routes import Route, find
 
 AUTOROUTE_HEADERS = (
     MODEL_HEADER,
@@ -129,6 +130,7 @@ class Handlers:
         # cloud's, which does, is `health`'s own).
         self.health_extras: dict[str, Callable[[bool], object]] = {}
         self.cloud = cloud
+        self.runner_caps = runner_caps.RunnerCaps(config.runners)
 
     def _read(self, request: web.Request) -> Awaitable[bytes]:
         return request_limits.read_body(request, self.config.timeouts.client_body_idle_seconds)
@@ -220,6 +222,12 @@ class Handlers:
                 return await self.relay.forward(
                     request, served, body, model, rewrite=lambda b: _shown_to(b, models)
                 )
+            if self.runner_caps.active and not fractional:
+                refused = self._capped(route, path, key, doc, decided.model, served)
+                if refused is not None:
+                    return refused
+                if runner_caps.CAPPED_HEADER in served.extra:
+                    body = await go_json.write_off_loop(doc, len(body))
             return await self._local_or_cloud(request, served, doc, body, model, (model,))
         assert isinstance(doc, dict)
         if path == SHOW_PATH:
@@ -301,6 +309,10 @@ class Handlers:
                     strict=True,
                 )
             )
+        if self.runner_caps.active and not fractional:
+            refused = self._capped(route, path, key, doc, spelled, served)
+            if refused is not None:
+                return refused
         doc["model"] = spelled
         names = (chosen, *cloud_names)
         routed: bytes | None = None
@@ -432,6 +444,32 @@ class Handlers:
         named = header_values.model_name(model)
         if inference and named:
             served.extra[MODEL_HEADER] = named
+        return None
+
+    def _capped(
+        self,
+        route: Route | None,
+        path: str,
+        key: KeyState | None,
+        doc: Any,
+        model: str,
+        served: Served,
+    ) -> web.Response | None:
+        """`runners`' caps on a body its runner reads (`runner_caps`), but an admin
+        key's: brought within them (`served.extra` then names what changed), or
+        refused. A body Go refuses to read as a whole (`fraction_in_an_int`) reaches no
+        runner: not to be passed here."""
+        if route is None or not route.runner or not isinstance(doc, dict):
+            return None
+        if key is not None and key.admin:
+            return None
+        try:
+            changed = self.runner_caps.cap(path, doc)
+        except runner_caps.Refused as exc:
+            return error_response(path, 403, str(exc))
+        if changed:
+            served.extra[runner_caps.CAPPED_HEADER] = ", ".join(changed)
+            runner_caps.note(path, key.id if key else "", model, changed)
         return None
 
     def _unknown_profile(self, path: str, profile: str) -> web.Response | None:

@@ -66,6 +66,9 @@ class Route:
     inference: bool = False
     # Names its model in the body and, for `auto`, takes `selector.embedding_model`.
     embedding: bool = False
+    # Its body's `keep_alive` and `options` reach the model's runner (Ollama's own
+    # API: its OpenAI and Anthropic layers read neither), `runners` caps them.
+    runner: bool = False
     merge: str = ""  # a model list merged from every backend: the list's field
     # The metric label: the path, placeholders left in (bounded). Made once: every
     # request's metrics read it.
@@ -80,10 +83,10 @@ ROUTES: tuple[Route, ...] = (
     Route("/", ANY, PASS, access=PUBLIC),
     Route("/api/version", ANY, PASS, access=PUBLIC),
     # The body names the model that decides the backend; `auto` is decided here.
-    Route("/api/generate", POST, MODEL_ROUTED, inference=True),
-    Route("/api/chat", POST, MODEL_ROUTED, inference=True),
-    Route("/api/embed", POST, MODEL_ROUTED, inference=True, embedding=True),
-    Route("/api/embeddings", POST, MODEL_ROUTED, inference=True, embedding=True),
+    Route("/api/generate", POST, MODEL_ROUTED, inference=True, runner=True),
+    Route("/api/chat", POST, MODEL_ROUTED, inference=True, runner=True),
+    Route("/api/embed", POST, MODEL_ROUTED, inference=True, embedding=True, runner=True),
+    Route("/api/embeddings", POST, MODEL_ROUTED, inference=True, embedding=True, runner=True),
     # Names a model too, but editors poll it: not counted as running one.
     Route("/api/show", POST, MODEL_ROUTED),
     Route("/v1/chat/completions", POST, MODEL_ROUTED, inference=True),
