@@ -108,7 +108,11 @@ async def post(
 ) -> tuple[int, CIMultiDict[str], bytes]:
     async with (
         aiohttp.ClientSession() as http,
-        http.post(url + path, data=orjson.dumps(body), headers=bearer(key)) as resp,
+        http.post(
+            url + path,
+            data=body if isinstance(body, bytes) else orjson.dumps(body),
+            headers=bearer(key),
+        ) as resp,
     ):
         return resp.status, CIMultiDict(resp.headers), await resp.read()
 
@@ -158,6 +162,29 @@ async def test_num_ctx_above_the_cap_is_lowered_to_it(
         _, headers, _ = await post(capped.url, path, body)
         assert front.last() == body
         assert CAPPED_HEADER not in headers
+
+
+@pytest.mark.parametrize("capped", [Runners(max_num_ctx=8192, max_keep_alive="30m")], indirect=True)
+async def test_the_caps_hold_for_the_fields_as_ollama_reads_them(
+    capped: Proxy, recorder: tuple[str, Recorder]
+) -> None:
+    _, front = recorder
+    # Go matches a key to a request field whatever its case, the last one winning;
+    # `options` is a map, read by exact key: NUM_CTX is no option of Ollama's.
+    body = (
+        b'{"model": "llama3.1:8b", "prompt": "hi", "stream": false, "keep_alive": 60,'
+        b' "Keep_Alive": -1, "OPTIONS": {"num_ctx": 4096, "num_ctx": 131072, "NUM_CTX": 9}}'
+    )
+    status, headers, _ = await post(capped.url, "/api/generate", body)
+    assert status == 200
+    assert front.last() == {
+        "model": MODEL,
+        "prompt": "hi",
+        "stream": False,
+        "keep_alive": 1800,
+        "options": {"num_ctx": 8192, "NUM_CTX": 9},
+    }
+    assert headers[CAPPED_HEADER] == "num_ctx=8192, keep_alive=1800"
 
 
 @pytest.mark.parametrize("capped", [Runners(max_num_ctx=8192)], indirect=True)
