@@ -51,7 +51,7 @@ def _go_int(value: Any) -> int | None:
     return None
 
 
-def _seconds_text(seconds: float) -> int | float:
+def _duration_number(seconds: float) -> int | float:
     """`seconds` as the number api.Duration reads as that many seconds."""
     return int(seconds) if seconds.is_integer() else seconds
 
@@ -110,12 +110,12 @@ class RunnerCaps:
             if seconds < _NANOSECOND and path in _UNLOADING_PATHS and not generates(path, doc):
                 raise Refused(
                     "unloading a model is not allowed here: models stay loaded at least "
-                    f"{_seconds_text(self.min_keep_alive)}s after a request"
+                    f"{_duration_number(self.min_keep_alive)}s after a request"
                 )
             bound = self.min_keep_alive
         else:
             return ""
-        doc["keep_alive"] = _seconds_text(bound)
+        doc["keep_alive"] = _duration_number(bound)
         return f"keep_alive={doc['keep_alive']}"
 
 
