@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+NANOSECOND = 1e-9
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _UNIT_S = {
     "ns": 1e-9,
@@ -48,10 +49,10 @@ def parse(value: Any) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         kind = {bool: "bool", list: "[]interface {}", dict: "map[string]interface {}"}
-        raise ValueError(f"unsupported duration type: '{kind.get(type(value), 'string')}'")
-    if isinstance(value, int | float):
-        return float(value)
-    return duration_seconds(value.strip())
+        raise ValueError(f"Unsupported type: '{kind.get(type(value), 'string')}'")
+    seconds = float(value) if isinstance(value, int | float) else duration_seconds(value)
+    # api.Duration counts whole nanoseconds: a positive keep_alive shorter than one is 0.
+    return 0.0 if 0 <= seconds < NANOSECOND else seconds
 
 
 def unloads(value: Any) -> bool:

@@ -27,8 +27,6 @@ from proxy.config import Runners, keep_alive_bound
 from proxy.keep_alive import parse as parse_keep_alive
 
 CAPPED_HEADER = "X-Autoroute-Capped"
-# Ollama counts a duration in whole nanoseconds (time.Duration): less than one is 0.
-_NANOSECOND = 1e-9
 # Where a request without a prompt (messages) and with keep_alive 0 unloads its model
 # at once and does nothing else (GenerateHandler, ChatHandler); the embedding routes
 # load the model for it, then unload it.
@@ -107,7 +105,7 @@ class RunnerCaps:
         if seconds < 0 or seconds > self.max_keep_alive:  # negative: forever
             bound = self.max_keep_alive
         elif seconds < self.min_keep_alive:
-            if seconds < _NANOSECOND and path in _UNLOADING_PATHS and not generates(path, doc):
+            if seconds == 0 and path in _UNLOADING_PATHS and not generates(path, doc):
                 raise Refused(
                     "unloading a model is not allowed here: models stay loaded at least "
                     f"{_duration_number(self.min_keep_alive)}s after a request"

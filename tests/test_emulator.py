@@ -729,6 +729,38 @@ async def test_a_keep_alive_too_large_for_a_clock_is_no_error(emu: Emu) -> None:
         assert status == 200, (path, body)
 
 
+async def test_keep_alive_is_read_as_api_duration_reads_it(emu: Emu) -> None:
+    """api.Duration.UnmarshalJSON: whole nanoseconds (less than one unloads), Go's
+    time.ParseDuration for a string (no spaces around it), and its own message for a
+    value of another type."""
+    for keep_alive in (1e-10, "0.5ns"):
+        body = {"model": "qwen2.5:7b", "prompt": "", "keep_alive": keep_alive, "stream": False}
+        status, _, answer = await emu.post("/api/generate", body)
+        assert (status, json.loads(answer)["done_reason"]) == (200, "unload"), keep_alive
+    for keep_alive, error in (
+        (" 5m", 'time: invalid duration " 5m"'),
+        (True, "Unsupported type: 'bool'"),
+        ([1], "Unsupported type: '[]interface {}'"),
+    ):
+        body = {"model": "qwen2.5:7b", "prompt": "x", "keep_alive": keep_alive, "stream": False}
+        status, _, answer = await emu.post("/api/generate", body)
+        assert (status, json.loads(answer)) == (400, {"error": error}), keep_alive
+
+
+async def test_a_context_below_four_runs_at_four(emu: Emu) -> None:
+    """The scheduler raises num_ctx below 4 to 4 (sched.go getRunner), so a long prompt
+    is evaluated within 4 tokens, not within the default context."""
+    for num_ctx in (0, -5, 2):
+        body = {
+            "model": "qwen2.5:7b",
+            "prompt": "tell me a long story about " * 20,
+            "stream": False,
+            "options": {"num_ctx": num_ctx, "num_predict": 1},
+        }
+        status, _, answer = await emu.post("/api/generate", body)
+        assert (status, json.loads(answer)["prompt_eval_count"]) == (200, 4), num_ctx
+
+
 async def test_a_model_kept_forever_expires_as_ollamas_does() -> None:
     """A negative keep_alive is Go's largest Duration (api.Duration.UnmarshalJSON), so
     /api/ps says now + 2^63-1 ns (292 years ahead), which `ollama ps` shows as

@@ -104,9 +104,12 @@ def capped_num_predict(
 
 
 def run_context(options: dict[str, Any] | None, spec: ModelSpec) -> int:
-    """The context the runner runs with: num_ctx, at most the model's trained length."""
+    """The context the runner runs with: num_ctx, at least 4 (2048 for a vision model,
+    as the scheduler raises it) and at most the model's trained length."""
     num_ctx = (options or {}).get("num_ctx")
-    ctx = num_ctx if num_ctx is not None and num_ctx > 0 else DEFAULT_NUM_CTX
+    ctx = DEFAULT_NUM_CTX if num_ctx is None else max(int(num_ctx), 4)
+    if spec.has("vision"):
+        ctx = max(ctx, 2048)
     return int(min(ctx, spec.context_length))
 
 
