@@ -6,8 +6,13 @@ the prompt's words beyond what `selector_model.features` already hints), in this
 order of precedence:
 
 - code: a programming language hinted, a code fence, fill-in-the-middle;
-- math: math words or operators, or several numbers with a question;
-- code again: many code characters without any math;
+- math: math words or operators, or several numbers with a question, a lettered
+  question's options among them: numeric options mark a computation more often than
+  a history question's years do, and which model answers best follows the computation
+  (docs/evaluation.md, "Kinds of prompt");
+- code again: many code characters without any math, in a text that is not a
+  multiple-choice question (whose options' "A)" and "(b)" are code characters too,
+  many of them beside short options);
 - reasoning: a multiple-choice question, or thinking asked for;
 - writing: summarise, translate, or generate in prose;
 - knowledge: one short user turn (a question or a sentence to complete);
@@ -55,7 +60,7 @@ def kind_of(request: Sequence[float]) -> str:
         return "code"
     if request[_MATH] >= 1 or (request[_NUMBERS] >= 2 and request[_QUESTIONS] >= 1):
         return "math"
-    if request[_CODE_RATIO] > _CODE_SHARE:
+    if request[_CODE_RATIO] > _CODE_SHARE and request[_CHOICE] == 0:
         return "code"
     if request[_CHOICE] > 0 or request[_THINK] > 0:
         return "reasoning"

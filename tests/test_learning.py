@@ -621,6 +621,26 @@ def test_kinds_generalise_to_new_prompts() -> None:
     assert kind_of(prompt_request("Summarize this article: " + "word " * 200)) == "writing"
 
 
+def test_options_in_brackets_do_not_make_a_question_code() -> None:
+    # "(a)" and "B)" are code characters, and beside short options they are many of
+    # a question's characters: a quiz of plain prose is a multiple-choice question.
+    planets = (
+        "Which planet is known as the Red Planet?\n(a) Venus\n(b) Mars\n(c) Jupiter\n(d) Saturn"
+    )
+    plants = (
+        "Which gas do green plants take in from the air to make their food?\n"
+        "A) Oxygen\nB) Carbon dioxide\nC) Nitrogen\nD) Helium"
+    )
+    assert kind_of(prompt_request(planets)) == "reasoning"
+    assert kind_of(prompt_request(plants)) == "reasoning"
+    # Code in the question, or in the options, still makes it code.
+    snippet = "What does this print?\nprint(len([1, 2, 3]))\n(a) 1\n(b) 2\n(c) 3\n(d) an error"
+    assert kind_of(prompt_request(snippet)) == "code"
+    # And brackets outside a multiple-choice question still read as code.
+    json_like = 'Make this valid JSON: {name: "Ann", roles: ["admin", "dev"], meta: {age: 41}}'
+    assert kind_of(prompt_request(json_like)) == "code"
+
+
 # The learner, offline ------------------------------------------------------------------
 
 
