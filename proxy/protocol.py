@@ -22,8 +22,10 @@ JSON = "application/json; charset=utf-8"
 JSON_V1 = "application/json"
 TEXT = "text/plain; charset=utf-8"
 
-# The version the emulator reports. VS Code's Copilot refuses anything below 0.6.4.
-OLLAMA_VERSION = "0.13.0"
+# The version the emulator reports: the release whose API it follows (server/routes.go,
+# openai/, anthropic/ and middleware/ as of v0.32.15). Clients read features from it:
+# VS Code's Copilot refuses anything below 0.6.4, the Codex CLI below 0.13.4.
+OLLAMA_VERSION = "0.32.15"
 
 # Ollama's show sets model_info["general.basename"] to the name asked for when the
 # User-Agent starts with this (server/routes.go, ShowHandler): VS Code's Copilot Chat

@@ -26,6 +26,7 @@ from proxy.emulator import STATE_KEY, EmulatorSettings, EmulatorState, create_ap
 from proxy.emulator.catalog import CATALOG
 from proxy.emulator.state import FROZEN_TIME_NS
 from proxy.protocol import go_time
+from proxy.routes import OLLAMA_ROUTES
 from tests.support import on_a_loop
 
 WEATHER_TOOL = {
@@ -111,6 +112,32 @@ async def test_root_version_and_gin_errors(emu: Emu) -> None:
     assert status == 405
     status, headers, _ = await emu.post("/api/tags/", method="GET")
     assert (status, headers["Location"]) == (301, "/api/tags")
+
+
+# The first Ollama release that registers each of these routes (server/routes.go's
+# history); the others are older than any release a client still checks for.
+ROUTE_RELEASES = {
+    "/v1/responses": (0, 13, 3),
+    "/v1/messages": (0, 14, 0),
+    "/api/status": (0, 16, 2),
+    "/api/experimental/web_search": (0, 18, 0),
+    "/v1/audio/transcriptions": (0, 20, 0),
+    "/api/experimental/model-recommendations": (0, 22, 1),
+}
+
+
+async def test_version_is_one_that_serves_every_route_the_emulator_serves(emu: Emu) -> None:
+    """Clients decide from /api/version what a server speaks (the Codex CLI refuses an
+    Ollama before 0.13.4, whose Responses API it needs). The emulator serves Ollama's
+    whole route table, so it reports a release that has all of it: an older one would
+    have such a client refuse the emulator, and the proxy in front of it."""
+    served = {path for _, path, _ in OLLAMA_ROUTES}
+    assert set(ROUTE_RELEASES) <= served
+    status, _, body = await emu.post("/api/version", method="GET")
+    version = json.loads(body)["version"]
+    assert status == 200 and re.fullmatch(r"\d+\.\d+\.\d+", version), version
+    release = tuple(int(part) for part in version.split("."))
+    assert release >= max(ROUTE_RELEASES.values()), version
 
 
 async def test_model_recommendations_are_ollamas_defaults(emu: Emu) -> None:
