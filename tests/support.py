@@ -35,6 +35,10 @@ T = TypeVar("T")
 
 # What the proxy adds to /api/tags and /v1/models with the default profiles.
 AUTO_NAMES = ("auto", "auto:balanced", "auto:fast", "auto:best")
+# The last Ollama release whose /api/tags lists no capabilities (0.30 added them), as
+# an Ollama-compatible server without /api/show lists none: the emulator of such a
+# server reports it, so that its models are described from the catalogue alone.
+UNLISTED_CAPABILITIES_VERSION = "0.24.0"
 # A 1x1 PNG, base64 as Ollama's `images` carry it: what a vision request sends.
 PIXEL_PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="  # noqa: E501
 # A usage event's keys in the order the proxy has always written them (`prompt` and

@@ -24,7 +24,14 @@ from proxy.config import Backend, Config, Health, Profile, Selector, Usage
 from proxy.registry import ModelInfo, Registry, model_info
 from selector_model.policy import SWITCH_Z
 from tests.conftest import FROZEN
-from tests.support import PIXEL_PNG, Emulator, Proxy, ServerThread, error_text
+from tests.support import (
+    PIXEL_PNG,
+    UNLISTED_CAPABILITIES_VERSION,
+    Emulator,
+    Proxy,
+    ServerThread,
+    error_text,
+)
 
 SHORT = {"num_predict": 4}
 TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
@@ -696,7 +703,10 @@ SHOWLESS = ("qwen2.5:7b", "codegemma:7b", "nomic-embed-text:latest")
 
 @pytest.fixture
 def showless_proxy(servers: ServerThread, tmp_path: Path) -> Iterator[tuple[Emulator, Proxy]]:
-    own = Emulator(servers, dataclasses.replace(FROZEN, models=SHOWLESS, show_missing=True))
+    settings = dataclasses.replace(
+        FROZEN, models=SHOWLESS, show_missing=True, version=UNLISTED_CAPABILITIES_VERSION
+    )
+    own = Emulator(servers, settings)
     prx = Proxy(servers, [own.url], selector=selector(tmp_path))
     yield own, prx
     prx.stop()
@@ -747,6 +757,29 @@ async def test_auto_serves_the_models_of_a_backend_without_api_show(
             error = (await resp.json())["error"]
             assert "no model can serve this request" in error
             assert "codegemma:7b: lacks insert" in error
+
+
+async def test_auto_takes_the_capabilities_an_ollama_of_0_30_lists_when_its_show_fails(
+    servers: ServerThread, tmp_path: Path
+) -> None:
+    """From 0.30, Ollama's /api/tags lists each model's capabilities (insert too, which
+    the catalogue never guesses): with its /api/show failing, auto takes them from
+    there, and a fill in the middle goes to the model that lists insert."""
+    own = Emulator(servers, dataclasses.replace(FROZEN, models=SHOWLESS, show_missing=True))
+    prx = Proxy(servers, [own.url], selector=selector(tmp_path))
+    try:
+        status, doc = await explain(prx, chat("auto:best", tools=TOOLS))
+        assert status == 200, doc
+        (entry,) = doc["ranking"]
+        assert entry["capabilities"] == {"listed": ["completion", "tools"], "from": "tags"}
+        client = ollama.AsyncClient(host=prx.url)
+        filled = await client.generate(
+            model="auto", prompt="def f(", suffix="return x", options=SHORT
+        )
+        assert filled.model == "codegemma:7b" and filled.done
+    finally:
+        prx.stop()
+        own.stop()
 
 
 async def test_auto_serves_what_an_ollama_before_0_6_4_serves(

@@ -219,6 +219,37 @@ async def test_list_show_ps(emu: Emu) -> None:
     assert (await client.ps()).models == []
 
 
+@pytest.mark.parametrize("version", ["0.30.0", "0.29.9"])
+async def test_tags_lists_capabilities_and_lengths_from_0_30(version: str) -> None:
+    """From 0.30, /api/tags lists each model's capabilities and its context and
+    embedding lengths (server/model_list_cache.go; `ollama launch` sets a model up from
+    them): the capabilities /api/show lists, in the order the list finds them (vision
+    from a projector after thinking); before 0.30, neither."""
+    models = ("qwen2.5-coder:7b", "qwen3:8b", "llava:7b", "nomic-embed-text:latest")
+    runner, url = await _start(EmulatorSettings(models=models, version=version))
+    try:
+        client = ollama.AsyncClient(host=url)
+        async with aiohttp.ClientSession() as session:
+            async with session.get(url + "/api/tags") as r:
+                listed = {m["model"]: m for m in (await r.json())["models"]}
+        assert set(listed) == set(models)
+        if version == "0.29.9":
+            for entry in listed.values():
+                assert "capabilities" not in entry and "context_length" not in entry["details"]
+            return
+        assert listed["llava:7b"]["capabilities"] == ["completion", "vision"]
+        assert listed["qwen3:8b"]["capabilities"] == ["completion", "tools", "thinking"]
+        for name, entry in listed.items():
+            shown = await client.show(name)
+            assert set(entry["capabilities"]) == set(shown.capabilities or ())
+            info = shown.modelinfo or {}
+            arch = info["general.architecture"]
+            assert entry["details"]["context_length"] == info[f"{arch}.context_length"]
+            assert entry["details"]["embedding_length"] == info[f"{arch}.embedding_length"]
+    finally:
+        await runner.cleanup()
+
+
 async def test_show_missing_answers_gins_404_while_tags_lists_the_models() -> None:
     """`show_missing` stands in for an Ollama-compatible server without /api/show: the
     route is Gin's plain 404, whatever the body, and the models are still listed."""

@@ -20,7 +20,13 @@ from selector_model.catalog import DEFAULT_PATH, Catalog, CatalogError, names
 from selector_model.catalog.knowledge import AREAS, ModelKnowledge
 from selector_model.catalog.names import is_safety_classifier
 from tests.conftest import FROZEN
-from tests.support import Emulator, Proxy, ServerThread, wait_until
+from tests.support import (
+    UNLISTED_CAPABILITIES_VERSION,
+    Emulator,
+    Proxy,
+    ServerThread,
+    wait_until,
+)
 
 
 def _ollama(params: str, family: str, *capabilities: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -251,7 +257,8 @@ async def test_a_failed_show_is_asked_again_and_its_answer_replaces_the_guess(
     and context replace what the tags entry and the catalogue gave."""
     caplog.set_level(logging.WARNING, logger="autoroute.registry")
     coder = "qwen2.5-coder:7b"
-    own = Emulator(servers, replace(FROZEN, models=(coder,), show_missing=True))
+    listless = replace(FROZEN, version=UNLISTED_CAPABILITIES_VERSION)
+    own = Emulator(servers, replace(listless, models=(coder,), show_missing=True))
     # Refreshed by the test alone.
     prx = Proxy(servers, [own.url], health=Health(interval_seconds=3600))
     try:
@@ -287,7 +294,8 @@ async def test_another_backends_show_replaces_a_guess(servers: ServerThread) -> 
     """The same model on a backend without /api/show (listed first) and on one with it:
     the second backend's show describes it, not the first's tags entry."""
     coder = "qwen2.5-coder:7b"
-    showless = Emulator(servers, replace(FROZEN, models=(coder,), show_missing=True))
+    listless = replace(FROZEN, version=UNLISTED_CAPABILITIES_VERSION)
+    showless = Emulator(servers, replace(listless, models=(coder,), show_missing=True))
     showing = Emulator(servers, replace(FROZEN, models=(coder,)))
     prx = Proxy(servers, [showless.url, showing.url], health=Health(interval_seconds=3600))
     try:

@@ -55,20 +55,46 @@ def _modified_ns(spec: ModelSpec) -> str:
     return spec.modified_at
 
 
+def _release(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:3])
+
+
+def _listed_capabilities(spec: ModelSpec) -> list[str]:
+    """What /api/tags lists of a model from 0.30 on (server/model_list_cache.go), in
+    the order it finds them: vision when the weights hold a vision tower (GGUF
+    `<arch>.vision.block_count`), embedding or completion, then tools, insert and
+    thinking from the template, vision again for a projector beside the weights."""
+    projector = bool(spec.projector_info())
+    listed = ["vision"] if spec.has("vision") and not projector else []
+    listed.append("embedding" if spec.has("embedding") else "completion")
+    listed += [c for c in ("tools", "insert", "thinking") if spec.has(c)]
+    if projector:
+        listed.append("vision")
+    return listed
+
+
+def _tags_entry(spec: ModelSpec, version: str) -> dict[str, Any]:
+    """api.ListModelResponse: from 0.30 on, with the context and embedding lengths in
+    details and the capabilities (`ollama launch` sets a model up from them)."""
+    entry: dict[str, Any] = {
+        "name": spec.name,
+        "model": spec.name,
+        "modified_at": spec.modified_at,
+        "size": spec.size,
+        "digest": spec.digest,
+        "details": spec.details(),
+    }
+    if _release(version) >= (0, 30, 0):
+        entry["details"]["context_length"] = spec.context_length
+        entry["details"]["embedding_length"] = spec.embedding_length
+        entry["capabilities"] = _listed_capabilities(spec)
+    return entry
+
+
 async def handle_tags(request: web.Request) -> web.Response:
     state = state_of(request)
     specs = sorted(state.store.values(), key=lambda s: s.modified_at, reverse=True)
-    models = [
-        {
-            "name": s.name,
-            "model": s.name,
-            "modified_at": s.modified_at,
-            "size": s.size,
-            "digest": s.digest,
-            "details": s.details(),
-        }
-        for s in specs
-    ]
+    models = [_tags_entry(s, state.settings.version) for s in specs]
     return gin_json(200, {"models": models})
 
 
@@ -133,8 +159,7 @@ def _quote(text: str) -> str:
 
 def _lists_capabilities(version: str) -> bool:
     """Whether an Ollama of `version` lists capabilities in /api/show (from 0.6.4)."""
-    release = tuple(int(part) for part in re.findall(r"\d+", version)[:3])
-    return release >= (0, 6, 4)
+    return _release(version) >= (0, 6, 4)
 
 
 def show_body(spec: ModelSpec, request_model: str, user_agent: str, version: str) -> dict[str, Any]:
