@@ -578,6 +578,11 @@ async def test_pull_create_copy_delete(emu: Emu) -> None:
         assert details is not None and details.parent_model == "qwen2.5:7b"
         await client.copy("helper:1", "helper:2")
         assert (await client.generate("helper:2", "hi")).response
+        # PsHandler fills a running model's details without its parent (tags and show
+        # name it).
+        (running,) = (await client.ps()).models
+        assert running.model == "helper:2" and running.details is not None
+        assert running.details.parent_model == "" and running.details.family == "qwen2"
         # A digest is the manifest's, as Ollama's: a copy lists its source's, a create
         # of the same name from another base (or with another system) another one.
         digests = {m.model: m.digest for m in (await client.list()).models}

@@ -119,7 +119,9 @@ async def handle_ps(request: web.Request) -> web.Response:
                     "model": spec.name,
                     "size": size,
                     "digest": spec.digest,
-                    "details": spec.details(),
+                    # PsHandler builds the details from the model's config alone:
+                    # no parent, whatever the model was made from.
+                    "details": {**spec.details(), "parent_model": ""},
                     "expires_at": go_time(expiry),
                     "size_vram": size,
                     "context_length": min(_DEFAULT_NUM_CTX, spec.context_length),
