@@ -241,9 +241,11 @@ def _request(path: str, model: str, stream: bool) -> dict[str, Any]:
 
 
 def _events(path: Path) -> list[dict[str, Any]]:
+    """The events written whole: a batch larger than the file's buffer reaches the file
+    in more than one write, and a read between them sees its last line cut."""
     if not path.exists():
         return []
-    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+    return [orjson.loads(line) for line in path.read_bytes().split(b"\n")[:-1]]
 
 
 async def _send(
