@@ -48,7 +48,8 @@ async def test_merged_model_lists_keep_gos_escapes(
     own_emulator: Emulator, two_backends: Proxy, path: str
 ) -> None:
     store = own_emulator.state.store
-    store[MODEL] = dataclasses.replace(store[MODEL], parent_model=MARK)
+    # /api/ps lists no parent (PsHandler): the quantization carries the mark there.
+    store[MODEL] = dataclasses.replace(store[MODEL], parent_model=MARK, quantization_level=MARK)
     status, _ = await fetch(
         own_emulator.url, "POST", "/api/generate", {"model": MODEL, "prompt": "hi", "stream": False}
     )
