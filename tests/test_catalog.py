@@ -410,6 +410,54 @@ def test_the_yi_1_5_chat_models_carry_their_published_results(catalog: Catalog) 
 @pytest.mark.parametrize(
     ("name", "entry"),
     [
+        # Ollama's tags of the 2026 models, their quantizations and cloud tags, and
+        # their Hugging Face names as a pull from Hugging Face spells them.
+        ("gemma4", "gemma4:e4b"),
+        ("gemma4:e4b-it-q4_K_M", "gemma4:e4b"),
+        ("gemma4:e2b-nvfp4", "gemma4:e2b"),
+        ("gemma4:26b-a4b-it-q8_0", "gemma4:26b"),
+        ("gemma4:31b-cloud", "gemma4:31b"),
+        ("google/gemma-4-31B-it", "gemma4:31b"),
+        ("hf.co/unsloth/gemma-4-26B-A4B-it-GGUF:Q4_K_M", "gemma4:26b"),
+        ("hf.co/bartowski/google_gemma-4-E2B-it-GGUF:Q6_K", "gemma4:e2b"),
+        ("qwen3.5", "qwen3.5:9b"),
+        ("qwen3.5:2b-nvfp4", "qwen3.5:2b"),
+        ("qwen3.5:35b-a3b-q4_K_M", "qwen3.5:35b"),
+        ("qwen3.5:cloud", "qwen3.5:397b"),
+        ("Qwen/Qwen3.5-122B-A10B", "qwen3.5:122b"),
+        ("hf.co/unsloth/Qwen3.5-9B-GGUF:UD-Q4_K_XL", "qwen3.5:9b"),
+        ("qwen3.6", "qwen3.6:27b"),
+        ("hf.co/unsloth/Qwen3.6-27B-GGUF:Q4_K_M", "qwen3.6:27b"),
+        ("kimi-k2.6:cloud", "kimi-k2.6:cloud"),
+        ("kimi-k2.5:latest-cloud", "kimi-k2.5:cloud"),
+        ("glm-5:cloud", "glm-5:cloud"),
+    ],
+)
+def test_the_2026_library_models_resolve_to_their_entry(
+    catalog: Catalog, name: str, entry: str
+) -> None:
+    assert catalog.resolve(name) == entry
+    assert catalog.lookup(name).origin == "catalogue"
+
+
+def test_the_2026_models_think_as_ollama_runs_them_and_place_by_their_cards(
+    catalog: Catalog,
+) -> None:
+    # Ollama's gemma4 and qwen3.5 parsers think unless a request turns thinking off: the
+    # entries carry their cards' thinking results and the reasoning specialty.
+    for name in ("gemma4:e4b", "gemma4:31b", "qwen3.5:2b", "qwen3.5:9b", "qwen3.5:397b"):
+        assert "reasoning" in catalog.lookup(name).specialties, name
+        assert {"MMLU-Pro", "GPQA"} <= set(catalog.sources(name)), name
+    # Their cards order them so: Qwen3.5 9B above Gemma 4 E4B, Gemma 4 31B above Gemma 3
+    # 27B (its card's no-thinking column), in knowledge and reasoning.
+    for area in ("knowledge", "reasoning"):
+        assert catalog.lookup("qwen3.5:9b").areas[area] > catalog.lookup("gemma4:e4b").areas[area]
+        assert catalog.lookup("gemma4:31b").areas[area] > catalog.lookup("gemma3:27b").areas[area]
+
+
+@pytest.mark.parametrize(
+    ("name", "entry"),
+    [
         # Models pulled from Hugging Face that Ollama's library does not serve (QwQ-32B is
         # `qwq:32b`; its November 2024 preview is another model).
         ("hf.co/bartowski/QwQ-32B-Preview-GGUF:Q4_K_M", "qwq-32b-preview:latest"),
@@ -525,13 +573,13 @@ def test_a_later_generation_than_the_catalogue_lists_is_placed_beside_its_line(
     catalog: Catalog,
 ) -> None:
     # A line's next generation is placed with the generation before it, a step above,
-    # and later; architecture and size alone would put gemma4 among 2023-2024 12B models.
-    gemma3 = catalog.lookup("gemma3:12b")
-    gemma4 = catalog.lookup("gemma4:12b", {"family": "gemma4", "parameter_size": "12B"})
-    assert (gemma4.origin, gemma4.family) == ("nearest", "gemma3")
-    assert gemma4.neighbours[0] == "gemma3:12b"
-    assert gemma4.released > gemma3.released
-    assert all(gemma4.areas[a] > gemma3.areas[a] for a in AREAS)
+    # and later; architecture and size alone would put gemma5 among older 31B models.
+    gemma4 = catalog.lookup("gemma4:31b")
+    gemma5 = catalog.lookup("gemma5:31b", {"family": "gemma5", "parameter_size": "31B"})
+    assert (gemma5.origin, gemma5.family) == ("nearest", "gemma4")
+    assert gemma5.neighbours[0] == "gemma4:31b"
+    assert gemma5.released > gemma4.released
+    assert all(gemma5.areas[a] > gemma4.areas[a] for a in AREAS)
     # Between two listed generations: beside the one before it.
     assert catalog.lookup("qwen2.7:7b").family == "qwen2.5"
     # The line, not a shorter family its name starts with; a longer one is a fine-tune's.
@@ -543,8 +591,8 @@ def test_a_later_generation_than_the_catalogue_lists_is_placed_beside_its_line(
     assert llama3.released == pytest.approx(catalog.lookup("llama3:8b").released, abs=0.1)
     assert catalog.lookup("mistral-small-2501:24b").family == "mistral-small"
     # Sizes and chat words are not part of a line's name.
-    assert catalog.lookup("qwen3.5-9b-instruct:q4_K_M").family == "qwen3"
-    assert catalog.lookup("qwen3.5-coder:7b").family == "qwen3-coder"
+    assert catalog.lookup("qwen3.7-9b-instruct:q4_K_M").family == "qwen3.6"
+    assert catalog.lookup("qwen3.7-coder:7b").family == "qwen3-coder"
     # Older than every listed generation, or of no listed line: placed by its details.
     assert catalog.lookup("falcon:40b", {"family": "falcon"}).family == "falcon"
     assert catalog.lookup("zorblax5:7b").family != "zorblax"

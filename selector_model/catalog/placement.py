@@ -79,7 +79,7 @@ CONTEXT_WEIGHT = _YEAR_WEIGHT / 2
 # generation to the next, knowledge and reasoning least.
 GENERATION_STEP = {
     "knowledge": 0.2,
-    "reasoning": 0.2,
+    "reasoning": 0.3,
     "math": 0.9,
     "code": 0.4,
     "instruction": 0.6,
@@ -270,7 +270,9 @@ class Neighbourhood:
                 # A model of a listed family, placed as its family's entries are.
                 areas[area], spread[area], _ = self.impute_listed(probe, area, exclude="")
                 continue
-            areas[area], spread[area], _ = self.impute(probe, area, exclude="")
+            # An area the generation before publishes nowhere is placed as that
+            # generation's own entries place it, beside the one before it, a step up.
+            areas[area], spread[area], _ = self.impute_listed(probe, area, exclude="")
             if generations and areas[area] > 0.0:
                 shift = generations * GENERATION_STEP[area]
                 areas[area] = shifted(areas[area], shift, self.floors.get(area, 0.0))
