@@ -431,6 +431,10 @@ def test_the_yi_1_5_chat_models_carry_their_published_results(catalog: Catalog) 
         ("kimi-k2.6:cloud", "kimi-k2.6:cloud"),
         ("kimi-k2.5:latest-cloud", "kimi-k2.5:cloud"),
         ("glm-5:cloud", "glm-5:cloud"),
+        ("glm-4.7-flash", "glm-4.7-flash:latest"),
+        ("glm-4.7-flash:q8_0", "glm-4.7-flash:latest"),
+        ("qwen3-coder-next:q4_K_M", "qwen3-coder-next:latest"),
+        ("qwen3-coder-next:cloud", "qwen3-coder-next:latest"),
     ],
 )
 def test_the_2026_library_models_resolve_to_their_entry(
