@@ -30,6 +30,7 @@ from proxy.connection import ollama_runner
 from proxy.connection import runner as proxy_runner
 from proxy.emulator import STATE_KEY, EmulatorSettings, EmulatorState
 from proxy.emulator import create_app as create_emulator
+from proxy.protocol import HOP_BY_HOP
 
 T = TypeVar("T")
 
@@ -304,6 +305,22 @@ async def raw_request(
             rest = rest[size + 2 :]
         rest = b"".join(chunks)
     return status, fields, rest
+
+
+async def pass_on(request: web.Request, target: str, body: bytes) -> web.Response:
+    """`request` sent on to `target` with `body` (its hop-by-hop headers left out), and
+    the answer's status, body and Content-Type: a test's front for the emulator that
+    looks at what it forwards."""
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.request(request.method, target + request.path_qs, data=body, headers=headers) as resp,
+    ):
+        return web.Response(
+            status=resp.status,
+            body=await resp.read(),
+            headers={"Content-Type": resp.headers.get("Content-Type", "")},
+        )
 
 
 def bearer(key: str) -> dict[str, str]:

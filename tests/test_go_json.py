@@ -24,9 +24,8 @@ from hypothesis import strategies as st
 from proxy import auto_routes, go_json, go_types
 from proxy.auth import hash_key
 from proxy.config import ApiKey, Auth, Limits
-from proxy.protocol import HOP_BY_HOP
 from proxy.routes import MODEL_ROUTED, ROUTES
-from tests.support import Emulator, Proxy, ServerThread, free_port
+from tests.support import Emulator, Proxy, ServerThread, free_port, pass_on
 
 USER = "k-only-qwen"
 ALLOWED, FORBIDDEN = "qwen2.5:7b", "llama3.1:8b"
@@ -121,18 +120,7 @@ class GoBackend:
                 if PROBE in request.headers:
                     self.seen.append((request.path, doc))
                 body = json.dumps(doc).encode()
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
-        async with (
-            aiohttp.ClientSession() as http,
-            http.request(
-                request.method, self.target + request.path_qs, data=body, headers=headers
-            ) as resp,
-        ):
-            return web.Response(
-                status=resp.status,
-                body=await resp.read(),
-                headers={"Content-Type": resp.headers.get("Content-Type", "")},
-            )
+        return await pass_on(request, self.target, body)
 
     def models(self) -> set[Any]:
         """The models the backend was asked to run or describe."""

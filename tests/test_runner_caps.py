@@ -20,9 +20,8 @@ from proxy.auth import hash_key
 from proxy.config import ApiKey, Auth, ConfigError, Runners
 from proxy.config import load as load_config
 from proxy.emulator.state import FROZEN_TIME_NS
-from proxy.protocol import HOP_BY_HOP
 from proxy.runner_caps import CAPPED_HEADER
-from tests.support import Emulator, Proxy, ServerThread, bearer, free_port
+from tests.support import Emulator, Proxy, ServerThread, bearer, free_port, pass_on
 
 ADMIN, USER = "k-admin-caps", "k-user-caps"
 MODEL = "llama3.1:8b"  # trained on 131072 tokens
@@ -58,18 +57,7 @@ class Recorder:
         body = await request.read()
         if request.method == "POST" and request.path != "/api/show":
             self.seen.append((request.path, body))
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
-        async with (
-            aiohttp.ClientSession() as http,
-            http.request(
-                request.method, self.target + request.path_qs, data=body, headers=headers
-            ) as resp,
-        ):
-            return web.Response(
-                status=resp.status,
-                body=await resp.read(),
-                headers={"Content-Type": resp.headers.get("Content-Type", "")},
-            )
+        return await pass_on(request, self.target, body)
 
     def last(self) -> dict[str, Any]:
         """The last body the backend received, as it reads it."""
