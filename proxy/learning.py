@@ -10,7 +10,8 @@ path, and the request path never waits for any I/O of this module.
 What counts: each answered `auto` request's outcome by the one definition
 (`selector_model.outcome`). An outcome can change after the fact: a rating replaces
 the implicit signals about its request, the same prompt sent again soon fails the
-first answer. So the learner remembers, for the last `recent_requests` requests
+first answer, and more copies of it make a repetition, which fails none
+(`outcome.Repeats`). So the learner remembers, for the last `recent_requests` requests
 (oldest evicted), what it counted for each (kind, model, outcome) under the proxy's
 request id and the id the client saw, and takes the old outcome back when it counts
 the new one. An id names every remembered request that carried it (a client's id
@@ -253,7 +254,8 @@ class Learner:
         # `held` counts the requests in all.
         self.recent: OrderedDict[str, _Counted | tuple[_Counted, ...]] = OrderedDict()
         self.held = 0
-        self.prompts: OrderedDict[outcome.RetryKey, tuple[float, _Counted]] = OrderedDict()
+        # The recent copies of each prompt, to tell a retry from a repetition.
+        self.prompts: outcome.Repeats[_Counted] = outcome.Repeats(settings.recent_requests)
         # Ratings (with the key that gave each) waiting for their request's event.
         self.unmatched: OrderedDict[str, tuple[float, list[_Rating]]] = OrderedDict()
         self.dsn = usage.postgres_dsn
@@ -339,23 +341,14 @@ class Learner:
         return held if isinstance(held, tuple) else (held,)
 
     def _retry(self, event: Mapping[str, Any], counted: _Counted) -> None:
-        """The same prompt from the same user within the window fails the earlier one."""
+        """The same prompt from the same user soon after fails the earlier one, unless
+        it is one copy of many (`outcome.Repeats`): count the marks it changes."""
         key, when = outcome.retry_key(event), outcome.event_time(event)
         if key is None or when is None:
             return
-        earlier = self.prompts.pop(key, None)
-        if earlier is not None and outcome.retries(earlier[0], when):
-            earlier[1].retried = True
-            self._count(earlier[1])
-        # Kept by when its answer ended: a retry comes after the answer.
-        self.prompts[key] = (outcome.answer_end(event, when), counted)
-        if len(self.prompts) > self.settings.recent_requests:
-            self.prompts.popitem(last=False)
-        while self.prompts:
-            first = next(iter(self.prompts.values()))
-            if when - first[0] <= outcome.RETRY_WINDOW_SECONDS:
-                break
-            self.prompts.popitem(last=False)
+        for copy, retried in self.prompts.send(key, when, outcome.answer_end(event, when), counted):
+            copy.retried = retried
+            self._count(copy)
 
     def _feedback(self, request_id: str, given: _Rating) -> None:
         # Each remembered request that carried the id and was made with the rating's

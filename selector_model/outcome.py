@@ -18,8 +18,12 @@ and a weight, the strength of the evidence:
 - The same prompt (its SHA-256) sent again by the same user with the same API key
   (`retry_key`) to the same model name (`auto`, `auto:best`, ...) after the first
   answer ended and within `RETRY_WINDOW_SECONDS` of its end: the first answer failed,
-  0 (weight `FAILED`). A copy sent while the first is still answering (a load test, a
-  fan-out) or to another model name (a comparison) says nothing of the first answer.
+  0 (weight `FAILED`). A copy sent to another model name (a comparison), or while
+  another copy is still answering (a fan-out, concurrent streams: whichever ends
+  last), says nothing of an answer. Nor does a repetition: copies sent one within the
+  window of another's end form a chain, and a chain of more than `RETRY_SENDS` copies
+  (a load test, a benchmark, a client that polls) retries none of them, where a
+  person retries once or twice (`Repeats`, read alike online and offline).
 - An answer cut at the token limit (done_reason "length", or "max_tokens" on the
   Anthropic API): `TRUNCATED_VALUE`, mostly a failure (the answer is incomplete) but
   not certainly (the client may have asked for a short answer with num_predict).
@@ -34,11 +38,11 @@ it has no outcome; nor has one the client left before its answer began. Outcomes
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterable, Mapping
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from selector_model import usage_event
 from selector_model.features.schema import REQUEST_FEATURES, SCHEMA_VERSION
@@ -49,9 +53,13 @@ TRUNCATED_VALUE = 0.2
 TRUNCATED_WEIGHT = 0.5
 COMPLETED = 0.2
 RETRY_WINDOW_SECONDS = 120.0
+# The most copies of one prompt a chain of retries holds: a person retries once or
+# twice; more is a repetition (`Repeats`).
+RETRY_SENDS = 3
 TRUNCATED_REASONS = frozenset({"length", "max_tokens"})
 # Who sent which prompt to which model name (`retry_key`).
 RetryKey = tuple[str, str, str, str]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,21 +189,111 @@ def retries(ended: float, again: float) -> bool:
     return 0.0 <= again - ended <= RETRY_WINDOW_SECONDS
 
 
+# A sent copy of a prompt: (when it arrived, when its answer ended, what it stands for).
+Copy = tuple[float, float, T]
+
+
+def _retried(copies: Sequence[Copy[Any]]) -> set[int]:
+    """Which copies of one short chain were retried (their indices): each copy that
+    arrived while none of the others was in flight retries the one that ended last
+    before it, when that was within the window. One that arrived while another was in
+    flight (sent no later, ended after it arrived) is concurrent: it retries nothing,
+    whichever of them ended last."""
+    retried: set[int] = set()
+    for b, (again, _, _) in enumerate(copies):
+        last: int | None = None
+        for a, (sent, ended, _) in enumerate(copies):
+            if a == b:
+                continue
+            if sent <= again < ended:
+                break
+            if ended <= again and (last is None or ended > copies[last][1]):
+                last = a
+        else:
+            if last is not None and retries(copies[last][1], again):
+                retried.add(last)
+    return retried
+
+
+@dataclass(slots=True)
+class _Chain(Generic[T]):
+    """The copies of one prompt sent one within the window of another's end."""
+
+    ended: float  # when the last answer of its copies ended
+    sends: int
+    copies: list[Copy[T]]  # while `sends` is at most RETRY_SENDS; then none is retried
+
+
+class Repeats(Generic[T]):
+    """Which requests were retried, read as their events come in the order their
+    answers end (the order the proxy hands them to its learner, and the order
+    `retried_ids` reads them in): `send` gives the requests whose mark changes with
+    each. A chain of copies of one prompt (`retry_key`), each arriving within the
+    window after the last answer of the chain ended (or while it was in flight),
+    counts retries while it holds at most `RETRY_SENDS` copies: a person retries once
+    or twice. Past that it is a repetition (a load test, a benchmark, a client that
+    polls): none of its copies was retried, and the marks it gave are taken back.
+
+    Memory: one chain per retry key, of `RETRY_SENDS` copies at most, `limit` chains
+    (the oldest forgotten past it; None: no limit); a chain whose last answer ended
+    more than twice the window before the latest arrival is forgotten, so a copy that
+    joins it late would have been answering for more than the window. O(1) per send."""
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = limit
+        self.chains: OrderedDict[RetryKey, _Chain[T]] = OrderedDict()
+
+    def send(self, key: RetryKey, arrived: float, ended: float, item: T) -> list[tuple[T, bool]]:
+        """A copy of `key` that arrived at `arrived` and ended at `ended`: the items
+        whose retried mark it changes, each with its mark now."""
+        chain = self.chains.pop(key, None)
+        changed: list[tuple[T, bool]] = []
+        if chain is None or arrived - chain.ended > RETRY_WINDOW_SECONDS:
+            chain = _Chain(ended, 1, [(arrived, ended, item)])
+        else:
+            before = _retried(chain.copies)
+            chain.sends += 1
+            chain.ended = max(chain.ended, ended)
+            if chain.sends > RETRY_SENDS:
+                changed = [(chain.copies[i][2], False) for i in sorted(before)]
+                chain.copies = []
+            else:
+                chain.copies.append((arrived, ended, item))
+                after = _retried(chain.copies)
+                changed = [
+                    (copy[2], i in after)
+                    for i, copy in enumerate(chain.copies)
+                    if (i in before) != (i in after)
+                ]
+        self.chains[key] = chain
+        if self.limit is not None and len(self.chains) > self.limit:
+            self.chains.popitem(last=False)
+        # A copy arriving later than one window after a chain's end starts another; one
+        # that arrived in time and is handed over only now ran for longer than a window.
+        while self.chains:
+            first = next(iter(self.chains.values()))
+            if arrived - first.ended <= 2 * RETRY_WINDOW_SECONDS:
+                break
+            self.chains.popitem(last=False)
+        return changed
+
+
 def retried_ids(events: Iterable[Mapping[str, Any]]) -> set[str]:
     """The request ids whose prompt the same user sent again to the same model name
-    after its answer and within the window."""
-    sent: dict[RetryKey, list[tuple[float, float, str]]] = {}
+    after its answer and within the window, in a chain short enough to be a person's
+    retries (`Repeats`)."""
+    sent: list[tuple[float, float, int, RetryKey, str]] = []
     for event in events:
         key, when, rid = retry_key(event), event_time(event), event.get("request_id")
         if key is not None and when is not None and isinstance(rid, str):
-            sent.setdefault(key, []).append((when, answer_end(event, when), rid))
-    retried: set[str] = set()
-    for times in sent.values():
-        times.sort()
-        for (_, ended, rid), (again, _, _) in itertools.pairwise(times):
-            if retries(ended, again):
-                retried.add(rid)
-    return retried
+            sent.append((answer_end(event, when), when, len(sent), key, rid))
+    sent.sort(key=lambda copy: copy[:3])  # as the proxy hands events over: as answers end
+    repeats: Repeats[int] = Repeats()
+    marked: dict[int, bool] = {}
+    for ended, when, i, key, _ in sent:
+        marked.update(repeats.send(key, when, ended, i))
+    ids = {i: rid for _, _, i, _, rid in sent}
+    return {ids[i] for i, retried in marked.items() if retried}
 
 
 def grade(events: Iterable[Mapping[str, Any]]) -> list[Result | None]:

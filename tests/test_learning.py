@@ -11,6 +11,7 @@ import random
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from selector_model.policy import largest, pick, rank
 from selector_model.posterior import choose
 from tests.support import Emulator, Proxy, ServerThread, wait_until
 from tests.test_auth_postgres import REFRESH, status_becomes
+from tests.test_outcome import _at, closed_loop
 from tests.usage_services import Database, postgres_usage
 from training.data import prompt_request
 
@@ -706,6 +708,103 @@ def test_learner_takes_back_implicit_outcomes_when_a_rating_or_a_retry_comes(
     # Requests auto did not decide teach nothing.
     learner.observe("usage", {**_event("r5", 400, "d"), "decision": None})
     assert evidence.of("math")["qwen2.5:7b"] == pytest.approx(before)
+
+
+def _sent(rid: str, sent: float, took: float, prompt: str = "p", **fields: Any) -> dict[str, Any]:
+    """An `auto` request of Ann's for `prompt`, arrived `sent` seconds into 2026 and
+    answered in `took` seconds."""
+    return {**_event(rid, 0, prompt, total_ms=took * 1000.0), "ts": _at(sent), **fields}
+
+
+def _ended(event: dict[str, Any]) -> float:
+    return datetime.fromisoformat(event["ts"]).timestamp() + event["outcome"]["total_ms"] / 1000
+
+
+def _learned(tmp_path: Path, events: list[dict[str, Any]]) -> tuple[set[str], Evidence]:
+    """The requests a learner counts as retried once it has seen `events`, handed to it
+    as the proxy hands them (when each answer ends), and its evidence."""
+    evidence = Evidence()
+    learner = Learner(Learning(), Usage(file_path=str(tmp_path / "events.jsonl")), evidence)
+    for event in sorted(events, key=_ended):
+        learner.observe("usage", event)
+    retried = set()
+    for event in events:
+        (counted,) = learner.carrying(event["request_id"])
+        if counted.applied is not None and counted.applied.source == "retried":
+            retried.add(event["request_id"])
+    return retried, evidence
+
+
+def test_a_load_test_of_one_prompt_fails_none_of_autos_answers(tmp_path: Path) -> None:
+    """A closed-loop load test sends one prompt again and again from one key and user,
+    each copy as an earlier one's answer ends: taken for retries, every answer `auto`
+    gave would fail, and through the shared evidence `auto` would learn that every
+    model it picks fails, for every user. A repetition fails none, whether its copies
+    follow one another or 32 streams overlap; what the learner counted for the first
+    copies, while they still looked like a person's retries, it takes back."""
+    for users, rounds, seed in ((1, 10, 1), (4, 5, 5), (32, 5, 2)):
+        events = [
+            _sent(f"r{i}", sent, took)
+            for i, (sent, took) in enumerate(closed_loop(users, rounds, seed))
+        ]
+        retried, evidence = _learned(tmp_path, events)
+        assert retried == set()
+        successes, count, expected = evidence.of("math")["qwen2.5:7b"][:3]
+        # Every answer completed: no news, counted as the selector expected (0.5).
+        assert (successes, count) == pytest.approx(
+            (len(events) * outcome.COMPLETED * 0.5, len(events) * outcome.COMPLETED)
+        )
+        assert successes == pytest.approx(expected)
+
+
+def test_the_learner_and_the_grader_mark_the_same_retries(tmp_path: Path) -> None:
+    """The online learner (events one by one, as answers end) and the offline grader
+    (every event at once: training, the A/B report, a rebuild) mark the same requests
+    retried, and so count the same evidence."""
+    bob = {"client": {"user": "bob"}}
+    cases: list[tuple[list[dict[str, Any]], set[str]]] = [
+        # A person's retries: once, twice; a third retry makes a repetition.
+        ([_sent("a1", 0, 5), _sent("a2", 30, 5)], {"a1"}),
+        ([_sent("a1", 0, 5), _sent("a2", 30, 5), _sent("a3", 60, 5)], {"a1", "a2"}),
+        ([_sent(f"a{i}", 30 * i, 5) for i in range(4)], set()),
+        # After the window; to another model name; by another user.
+        ([_sent("a1", 0, 5), _sent("a2", 200, 5)], set()),
+        ([_sent("a1", 0, 5), _sent("a2", 30, 5, requested_model="auto:best")], set()),
+        ([_sent("a1", 0, 5), _sent("a2", 30, 5, **bob)], set()),
+        # Concurrent copies, whichever ends last; then one sent once both ended.
+        ([_sent("a1", 0, 100), _sent("a2", 5, 5), _sent("a3", 20, 10)], set()),
+        ([_sent("a1", 0, 10), _sent("a2", 5, 15), _sent("a3", 40, 5)], {"a2"}),
+        # A load test of one prompt beside a person retrying another.
+        (
+            [
+                *(_sent(f"l{i}", s, t) for i, (s, t) in enumerate(closed_loop(8, 4, seed=3))),
+                _sent("p1", 1, 4, "q"),
+                _sent("p2", 9, 3, "q"),
+            ],
+            {"p1"},
+        ),
+    ]
+    # Sequences drawn at random: a few people and prompts, gaps and answers of any
+    # length up to beyond the window, copies that overlap.
+    rng = random.Random(4)
+    for _ in range(200):
+        drawn = []
+        for i in range(rng.randint(2, 9)):
+            who = {"client": {"user": rng.choice(("ann", "bob"))}}
+            took = rng.choice((rng.uniform(0.1, 5.0), rng.uniform(5.0, 300.0)))
+            sent = rng.uniform(0.0, 400.0)
+            drawn.append(_sent(f"d{i}", sent, took, rng.choice(("p", "q")), **who))
+        cases.append((drawn, outcome.retried_ids(drawn)))
+    marked = 0
+    for events, expected in cases:
+        learned, evidence = _learned(tmp_path, events)
+        assert outcome.retried_ids(events) == expected
+        assert learned == expected
+        rebuilt = evidence_from_events(events).of("math")
+        for model, sums in evidence.of("math").items():
+            assert rebuilt[model] == pytest.approx(sums, abs=1e-9)
+        marked += len(expected)
+    assert marked > 50  # the drawn sequences hold retries, not only repetitions
 
 
 def test_a_rating_waiting_for_its_request_is_not_taken_by_another_keys_request(

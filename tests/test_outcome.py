@@ -3,6 +3,8 @@ learning, training and the A/B report."""
 
 from __future__ import annotations
 
+import random
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from selector_model import features, outcome, usage_event
@@ -160,3 +162,62 @@ def test_a_retry_is_the_same_keys_not_another_key_under_the_same_name() -> None:
     assert outcome.retried_ids(own_user) == {"a1"}
     before_hashes = [sent("a1", first, "alice", None), sent("a2", again, "alice", None)]
     assert outcome.retried_ids(before_hashes) == {"a1"}
+
+
+def _at(second: float) -> str:
+    """The RFC 3339 time `second` seconds into 2026, as usage events write `ts`."""
+    return (datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=second)).isoformat()
+
+
+def sends(prefix: str, times: list[tuple[float, float]], **fields: Any) -> list[dict[str, Any]]:
+    """Copies of one prompt from one user, each (arrival, seconds it took)."""
+    return [
+        answered(f"{prefix}{i}", _at(sent), total_ms=took * 1000.0, **fields)
+        for i, (sent, took) in enumerate(times, 1)
+    ]
+
+
+def closed_loop(users: int, rounds: int, seed: int) -> list[tuple[float, float]]:
+    """A load generator's virtual users, each sending the same prompt again 10 ms after
+    its last answer ended, answers taking from 0.2 to 6 s."""
+    rng = random.Random(seed)
+    times = []
+    for _ in range(users):
+        sent = rng.uniform(0.0, 1.0)
+        for _ in range(rounds):
+            took = rng.uniform(0.2, 6.0)
+            times.append((sent, took))
+            sent += took + 0.01
+    return sorted(times)
+
+
+def test_the_same_prompt_sent_again_and_again_is_a_repetition_not_retries() -> None:
+    """A load test (k6, a benchmark) sends one prompt again and again from one key and
+    user, each copy right after an earlier one ended: counted as retries, every answer
+    `auto` gave would fail. A chain of more copies than a person retries is a
+    repetition: none of it is retried."""
+    sequential = sends("s", closed_loop(1, 10, seed=1))
+    assert outcome.retried_ids(sequential) == set()
+    assert {g.source for g in outcome.grade(sequential) if g} == {"completed"}
+    # 32 streams at once, each sending again as its answer ends.
+    concurrent = sends("c", closed_loop(32, 5, seed=2))
+    assert outcome.retried_ids(concurrent) == set()
+    # A person retries once or twice: each copy but the last failed...
+    twice = sends("t", [(0.0, 5.0), (30.0, 5.0), (60.0, 5.0)])
+    assert outcome.retried_ids(twice) == {"t1", "t2"}
+    # ... but a fourth send within the window makes the chain a repetition.
+    assert outcome.retried_ids([*twice, *sends("u", [(90.0, 5.0)])]) == set()
+    # Sent again after the window: a new chain, which retries nothing of the last.
+    later = sends("l", [(300.0, 5.0), (320.0, 5.0)])
+    assert outcome.retried_ids([*twice, *later]) == {"t1", "t2", "l1"}
+    # A copy that arrives while another is in flight is concurrent, whichever of the
+    # two ends last: here the long first answer (100 s) outlives the one it follows.
+    overlapped = sends("o", [(0.0, 100.0), (5.0, 5.0), (20.0, 10.0)])
+    assert outcome.retried_ids(overlapped) == set()
+    # Once both ended, a copy retries the one that ended last.
+    after_both = sends("b", [(0.0, 10.0), (5.0, 15.0), (40.0, 5.0)])
+    assert outcome.retried_ids(after_both) == {"b2"}
+    # In whatever order the events come: their order in a file or a table is not when
+    # they arrived or ended.
+    assert outcome.retried_ids(reversed(twice)) == {"t1", "t2"}
+    assert outcome.retried_ids(sequential[::-1]) == set()
