@@ -1403,6 +1403,40 @@ async def test_implicit_signals_through_the_proxy(
     assert row["evidence"]["mean"] == pytest.approx(outcome.COMPLETED * expected / count, abs=1e-3)
 
 
+async def test_a_load_test_through_the_proxy_fails_none_of_autos_answers(
+    servers: ServerThread, fleet: Emulator, tmp_path: Path
+) -> None:
+    """A load generator's virtual users sending one prompt again as each answer ends,
+    one after another and 8 at once, from one key and user: a repetition, not a
+    person's retries, so no answer fails: each completed, no news to the estimates."""
+    usage = Usage(file_path=str(tmp_path / "events.jsonl"), spool_dir=str(tmp_path / "spool"))
+    prx = Proxy(servers, [fleet.url], selector=_selector(tmp_path), usage=usage)
+    sequential, streams, rounds = 6, 8, 3
+    try:
+        async with aiohttp.ClientSession(headers={"X-Autoroute-User": "ann"}) as session:
+            for _ in range(sequential):
+                await _ask(session, prx.url, _math(0))
+
+            async def user() -> None:
+                for _ in range(rounds):
+                    await _ask(session, prx.url, _math(1))
+
+            await asyncio.gather(*(user() for _ in range(streams)))
+            sent = sequential + streams * rounds
+            for _ in range(400):
+                if (await _status(session, prx.url))["learning"]["observed_requests"] >= sent:
+                    break
+                await asyncio.sleep(0.05)
+            doc = await _explain(session, prx.url, _math(2))
+    finally:
+        prx.stop()
+    counts = [row["evidence"]["count"] for row in doc["ranking"]]
+    assert sum(counts) == pytest.approx(sent * outcome.COMPLETED)
+    for row in doc["ranking"]:
+        if row["evidence"]["count"]:
+            assert row["evidence"]["mean"] == pytest.approx(row["evidence"]["expected"], abs=1e-3)
+
+
 async def test_a_client_that_leaves_before_the_answer_began_says_nothing_of_the_model(
     servers: ServerThread, tmp_path: Path
 ) -> None:
