@@ -204,16 +204,23 @@ def report(
     in the events). The winner: the variant with the best mean outcome among those
     whose outcome differs from the control's at `alpha` (Mann-Whitney), or the
     control when every other is significantly worse."""
+    listed = list(events)
+    # `outcome` grades the events' JSON objects together, as online learning sees them:
+    # a retry fails the answer it retries whichever variant (or none) either went to.
+    graded = outcome.grade(e.document() for e in listed)
     groups: dict[str, list[UsageEvent]] = {}
-    for event in events:
+    answered: dict[str, list[outcome.Result]] = {}
+    for event, result in zip(listed, graded, strict=True):
         decision = event.decision or {}
         if decision.get("experiment") == name and decision.get("variant"):
-            groups.setdefault(str(decision["variant"]), []).append(event)
+            variant = str(decision["variant"])
+            groups.setdefault(variant, []).append(event)
+            if result is not None:
+                answered.setdefault(variant, []).append(result)
     outcomes: dict[str, list[float]] = {}
     variants: dict[str, dict[str, Any]] = {}
     for variant, members in groups.items():
-        # `outcome` grades the events' JSON objects (as online learning sees them).
-        results = [r for r in outcome.grade(e.document() for e in members) if r is not None]
+        results = answered.get(variant, [])
         values = outcomes[variant] = [r.value for r in results]
         weight = sum(r.weight for r in results)
         wins = sum(1 for r in results if r.success)

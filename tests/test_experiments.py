@@ -84,6 +84,24 @@ def test_report_names_a_winner_only_when_significant() -> None:
     assert result["winner"] is None
 
 
+def test_a_retry_fails_the_answer_it_retries_whichever_variant_served_it() -> None:
+    """The report grades the experiment's events together, as the online learner reads
+    them: the same prompt sent again by the same user soon after its answer fails that
+    answer, though the retry was assigned the other variant."""
+    first = replace(
+        event("a", True, 1000.0),
+        request_id="r1",
+        ts="2026-12-05T10:00:00+00:00",
+        requested_model="auto",
+        prompt_sha256="p" * 64,
+    )
+    again = replace(first, request_id="r2", ts="2026-12-05T10:00:05+00:00")
+    again = replace(again, decision={"experiment": "ab", "variant": "b"})
+    result = experiments.report([first, again], "ab")
+    assert result["variants"]["a"]["outcome"] == {"n": 1, "mean": 0.0}
+    assert result["variants"]["b"]["outcome"] == {"n": 1, "mean": 1.0}
+
+
 def test_statistics_match_textbook_values() -> None:
     # Two-proportion z: 60/100 vs 45/100, z = 2.12, two-sided p = 0.034.
     assert experiments.two_proportion_p(60, 100, 45, 100) == pytest.approx(0.0339, abs=5e-4)
