@@ -80,6 +80,11 @@ What is relied on, and why:
   the error as for a head; the payload is the queued request's, or the one the
   handler running (`RequestHandler._current_request`) reads: `fail_open_body`. Go's
   chunked reader fails the handler's read instead, which Ollama answers.
+* A request's payload (a `StreamReader`) makes its `_http_chunk_splits` at the first
+  chunk-size line the C parser reads, and counts the bytes fed in `total_bytes`:
+  `chunked_body_unread`. Whether the parser has read nothing of a chunked body yet,
+  so that the proxy's reading of its size lines (proxy/chunk_lines.py) starts at the
+  body's first byte.
 * `RequestHandler.handle_error` is called with status 400 and the parser's
   `HttpProcessingError` for an unparsable head, and its returned response is what
   aiohttp sends (proxy/connection.py overrides it).
@@ -362,14 +367,35 @@ def queued_error(handler: web.RequestHandler) -> HttpProcessingError | None:
     return last.exc if isinstance(last.exc, HttpProcessingError) else None
 
 
-def fail_open_body(handler: web.RequestHandler, exc: HttpProcessingError) -> bool:
+def chunked_body_unread(handler: web.RequestHandler, count: int) -> bool:
+    """Whether the parser's last feed queued one request (the connection had `count`
+    before it) whose body is chunked and of which the parser has read nothing: no
+    chunk-size line (a payload's `_http_chunk_splits` is made at the first) and no
+    byte. Its next byte is then the body's first."""
+    if handler._request_count != count + 1 or not handler._messages:
+        return False
+    message, payload = handler._messages[-1]
+    return (
+        isinstance(message, RawRequestMessage)
+        and message.chunked
+        and not payload.is_eof()
+        and payload._http_chunk_splits is None
+        and not payload.total_bytes
+    )
+
+
+def fail_open_body(
+    handler: web.RequestHandler, exc: HttpProcessingError, go_error: str | None = None
+) -> bool:
     """When `exc`, the parse error aiohttp queued last (`queued_error`), broke the body
     of a request whose payload is still open: its reader fails with Go's error for the
     framing (a `RequestPayloadError`, without the request's bytes), as Go's chunked
     reader fails the handler's read, and the error leaves the queue: the request's own
     answer is the one the client gets. A request being handled is the connection's
     last (nothing after a broken body can be read as a request): the connection closes
-    after its answer. False, nothing done, for an error no open body had: a head's."""
+    after its answer. False, nothing done, for an error no open body had: a head's.
+    `go_error`: Go's error for the framing, where the proxy read it as Go does
+    (`proxy.chunk_lines`) rather than from llhttp's reason (`CHUNK_ERRORS`)."""
     entries = list(handler._messages)[:-1]
     payload: StreamReader | None = None
     current = True
@@ -383,7 +409,9 @@ def fail_open_body(handler: web.RequestHandler, exc: HttpProcessingError) -> boo
     if payload is None or payload.exception() is not None:
         return False
     handler._messages.pop()
-    text = next((go for llhttp, go in CHUNK_ERRORS if exc.message.startswith(llhttp)), None)
+    text = go_error or next(
+        (go for llhttp, go in CHUNK_ERRORS if exc.message.startswith(llhttp)), None
+    )
     payload.set_exception(RequestPayloadError(text or MALFORMED_CHUNKS))
     # Ended too: aiohttp lingers after an answer over a payload not ended, and reading
     # this one raises.

@@ -59,6 +59,13 @@ unparsable request with `400 Bad Request`, and logs neither. Here:
   with Ollama's 400 `{"error": ...}`; the connection closes after that answer
   (`fail_open_body`). Framing that breaks in the read that brought the head gets Go's
   plain 400 like an unparsable head (aiohttp's parser drops that request);
+* a chunk-size line Go reads and llhttp refuses (`5 `, `5;a b`) is read, and one
+  llhttp reads and Go refuses (17 digits, lines that outweigh their data) gets Go's
+  error, as above: a chunked body's size lines are read as Go reads them before the
+  parser sees them (`proxy.chunk_lines`), from the body's first byte on, known when
+  the read that ends its head names the chunked coding (as nearly every client's
+  head does, sent in one write) and the parser reads that head alone. Any other
+  chunked body keeps llhttp's reading;
 * heads Go reads and llhttp refuses (two equal Content-Lengths, Content-Length with
   `Transfer-Encoding: chunked` on HTTP/1.1, Content-Length with any
   Transfer-Encoding on HTTP/1.0, which Go frames by the Content-Length, a header line
@@ -110,6 +117,7 @@ from aiohttp.web_request import BaseRequest
 from proxy.aiohttp_internals import (
     HandlerRunner,
     awaiting_head,
+    chunked_body_unread,
     closing,
     duplicate_host,
     fail_open_body,
@@ -125,6 +133,7 @@ from proxy.aiohttp_internals import (
     stop_serving,
     transfer_encoding_refused,
 )
+from proxy.chunk_lines import ChunkLines
 from proxy.config import Config, Limits, Timeouts
 from proxy.errors import unserved_method
 from proxy.limits import HEAD_TOO_LARGE_BODY
@@ -328,6 +337,7 @@ class ClientConnection(RequestHandler):
     each request head."""
 
     __slots__ = (
+        "_chunks",
         "_head_budget",
         "_head_bytes",
         "_head_seconds",
@@ -357,6 +367,8 @@ class ClientConnection(RequestHandler):
         self._line: bytearray | None = None
         # The parse error that Go answers with its 501 (`length_with_coding`).
         self._te_refused: HttpProcessingError | None = None
+        # The size lines of the chunked body being read, while they are Go's to read.
+        self._chunks: ChunkLines | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -375,20 +387,35 @@ class ClientConnection(RequestHandler):
             self._line is not None or (self._head_bytes == 0 and count == 0)
         ) and self._line_refused(data):
             return
+        refusal = None  # Go's error for a chunk-size line it refuses (`ChunkLines`)
+        chunks = self._chunks
+        if chunks is not None:
+            data = chunks.feed(data)
+            refusal = chunks.refusal
+            if chunks.done:
+                self._chunks = None
         # Only a read that a head is awaited for can end one: body reads (an upload's
         # gigabytes) are not searched.
         end = data.find(b"\r\n\r\n") + 4 if awaiting_head(self) else 0
         # (`find`, not `in`: see `relay.ClientLeg.on_body`.)
-        if 4 <= end < len(data) and data[:end].lower().find(b"chunked") >= 0:
-            # The end of a head with chunked framing and bytes after it: the head goes
-            # to the parser alone, as Go reads a head before any of its body. A body
-            # that breaks in this read then fails that request's read of it (Ollama's
-            # 400), rather than failing the whole read, head and all, as one
-            # unparsable request. (A length-framed body cannot break.) A head refused
-            # is the read's error: nothing after it is read.
+        if 4 <= end <= len(data) and data[:end].lower().find(b"chunked") >= 0:
+            # The end of a head with chunked framing: the head goes to the parser
+            # alone, as Go reads a head before any of its body. A body that breaks in
+            # this read then fails that request's read of it (Ollama's 400), rather
+            # than failing the whole read, head and all, as one unparsable request. (A
+            # length-framed body cannot break.) A head refused is the read's error:
+            # nothing after it is read. A chunked body whose head the parser read alone
+            # has its size lines read as Go reads them, from its first byte on.
             super().data_received(data[:end])
             if queued_error(self) is None:
-                super().data_received(data[end:])
+                rest = data[end:]
+                if chunked_body_unread(self, count):
+                    chunks = ChunkLines()
+                    rest = chunks.feed(rest)
+                    refusal = chunks.refusal
+                    self._chunks = None if chunks.done else chunks
+                if rest:
+                    super().data_received(rest)
         else:
             super().data_received(data)
         # Requests that came whole in this read, before any bytes behind them that do
@@ -402,7 +429,11 @@ class ClientConnection(RequestHandler):
             self._head_bytes = 0
             self._cancel_head_timer()
             error = queued_error(self)
-            if error is not None and not fail_open_body(self, error) and self._te_refused is None:
+            if (
+                error is not None
+                and not fail_open_body(self, error, refusal)
+                and self._te_refused is None
+            ):
                 self._judge_refusal(error, data)
             return
         if not data or closing(self) or not awaiting_head(self):

@@ -37,6 +37,7 @@ from proxy import config
 from proxy.aiohttp_internals import (
     HandlerRunner,
     awaiting_head,
+    chunked_body_unread,
     client_transport,
     closing,
     defer_headers,
@@ -532,6 +533,44 @@ async def test_a_length_with_a_coding_is_told_by_its_message_and_queued_after_th
     assert status == 400 and isinstance(exc, HttpProcessingError)
     assert seen[0] is exc
     assert length_with_coding_line(exc) == line
+
+
+CHUNKED_HEAD = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("sent", "unread"),
+    [
+        (CHUNKED_HEAD, True),
+        (CHUNKED_HEAD + b"3\r\n", False),
+        (CHUNKED_HEAD + b"3\r\nabc", False),
+        (CHUNKED_HEAD + b"3\r\nabc\r\n0\r\n\r\n", False),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n", False),
+        (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n" + CHUNKED_HEAD, False),
+    ],
+    ids=["head-alone", "size-line", "data", "whole", "length", "two-requests"],
+)
+async def test_a_chunked_body_the_parser_read_nothing_of_is_known(
+    sent: bytes, unread: bool
+) -> None:
+    """`chunked_body_unread` after one read: True exactly when that read queued one
+    request, chunked, and the parser read no chunk-size line of it nor any byte (the
+    payload makes its `_http_chunk_splits` at the first size line)."""
+    seen: list[bool] = []
+
+    class Reader(Recorder):
+        def data_received(self, data: bytes) -> None:
+            count = request_count(self)
+            super().data_received(data)
+            seen.append(chunked_body_unread(self, count))
+
+    # (The server does not linger over the bodies never sent.)
+    async with serving(ok, Reader, lingering_time=0) as (port, _):
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(sent)
+        await eventually(lambda: bool(seen), "the read")
+        writer.close()
+    assert seen[0] is unread
 
 
 @pytest.mark.parametrize(

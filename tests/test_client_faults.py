@@ -874,6 +874,108 @@ async def test_the_emulator_answers_a_chunked_body_that_breaks_as_ollama_does(
     assert orjson.loads(got) == error
 
 
+async def send_chunked(port: int, path: str, body: bytes, together: bool) -> bytes:
+    """A chunked POST to `path` of `body` (its chunk framing as given), sent with its
+    head (`together`) or in a later read; what came back until the connection closed."""
+    sock = await connect(port)
+    loop = asyncio.get_running_loop()
+    head = (
+        b"POST %s HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n"
+        b"Connection: close\r\n\r\n" % path.encode()
+    )
+    try:
+        if together:
+            await loop.sock_sendall(sock, head + body)
+        else:
+            await loop.sock_sendall(sock, head)
+            await asyncio.sleep(0.2)  # the handler is reading the body
+            await loop.sock_sendall(sock, body)
+        return await read_until_closed(sock, 10)
+    finally:
+        sock.close()
+
+
+SHOW_BODY = orjson.dumps({"model": MODEL})
+
+
+# Chunk-size lines Go's chunked reader takes (net/http/internal/chunked.go
+# readChunkLine: the CRLF, then spaces and tabs before it, then everything from the
+# first `;`, are dropped) and llhttp's strict grammar refuses.
+@pytest.mark.parametrize(
+    "size_line",
+    [b"%x ", b"%x\t", b"%x \t ", b"%x;a=b ", b'%x;a b"c', b"%x;\xff\x01", b"%x;"],
+    ids=["space", "tab", "spaces-and-tab", "extension-space", "odd-extension", "bytes", "semi"],
+)
+@pytest.mark.parametrize("server", ["proxy", "emulator"])
+@pytest.mark.parametrize("together", [False, True], ids=["later-read", "same-read"])
+async def test_a_chunk_size_line_go_reads_is_read(
+    patient: Proxy, emulator: Emulator, size_line: bytes, server: str, together: bool
+) -> None:
+    """The body is read as Go reads it, the last chunk's line too, and others are
+    served."""
+    port = patient.port if server == "proxy" else emulator.port
+    half = len(SHOW_BODY) // 2
+    parts = (SHOW_BODY[:half], SHOW_BODY[half:])
+    body = b"".join((size_line % len(part)) + b"\r\n" + part + b"\r\n" for part in parts)
+    answer = await send_chunked(port, "/api/show", body + (size_line % 0) + b"\r\n\r\n", together)
+    [(head, got)] = responses_of(answer)
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n"), answer
+    assert orjson.loads(got)["details"]
+    assert (await generate(patient.url))["done"] is True
+
+
+# Chunk-size lines Go refuses, with the error its reader gives the handler, which
+# Ollama answers as its 400.
+@pytest.mark.parametrize(
+    ("size_line", "error"),
+    [
+        (b"5 ;a\r\n", "invalid byte in chunk length"),
+        (b" 5\r\n", "invalid byte in chunk length"),
+        (b"\r\n", "empty hex number for chunk length"),
+        (b";a\r\n", "empty hex number for chunk length"),
+        (b"5;a\rb\r\n", "invalid CR in chunked line"),
+        (b"5;" + b"a" * 4093 + b"\r\n", "header line too long"),
+        (b"0" * 17 + b"5\r\n", "http chunk length too large"),
+        (b"1;" + b"a" * 200 + b"\r\nx\r\n", "chunked encoding contains too much non-data"),
+    ],
+    ids=[
+        "space-before-extension",
+        "leading-space",
+        "empty",
+        "extension-alone",
+        "cr-inside",
+        "too-long",
+        "seventeen-digits",
+        "too-much-non-data",
+    ],
+)
+@pytest.mark.parametrize("server", ["proxy", "emulator"])
+@pytest.mark.parametrize("together", [False, True], ids=["later-read", "same-read"])
+async def test_a_chunk_size_line_go_refuses_gets_its_error(
+    patient: Proxy, emulator: Emulator, size_line: bytes, error: str, server: str, together: bool
+) -> None:
+    port = patient.port if server == "proxy" else emulator.port
+    body = b'4\r\n{"a"\r\n' + size_line * (100 if "non-data" in error else 1)
+    answer = await send_chunked(port, "/api/show", body, together)
+    [(head, got)] = responses_of(answer)
+    assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n"), answer
+    assert orjson.loads(got) == {"error": error}
+    assert (await generate(patient.url))["done"] is True
+
+
+async def test_a_line_just_within_gos_limit_is_read(patient: Proxy) -> None:
+    """Go's reader takes a size line of 4096 bytes, its CRLF included (its buffer's
+    size), and refuses one byte more (above)."""
+    line = b"%x;" % len(SHOW_BODY)
+    line += b"a" * (4094 - len(line)) + b"\r\n"
+    answer = await send_chunked(
+        patient.port, "/api/show", line + SHOW_BODY + b"\r\n0\r\n\r\n", together=False
+    )
+    [(head, got)] = responses_of(answer)
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n"), answer
+    assert orjson.loads(got)["details"]
+
+
 async def test_a_body_that_breaks_after_the_backend_answered_leaves_that_answer(
     patient: Proxy, caplog: pytest.LogCaptureFixture
 ) -> None:
