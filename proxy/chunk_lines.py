@@ -15,13 +15,16 @@ each size line as the size alone (`5\\r\\n`) where Go reads it, or a line llhttp
 refuses at its first byte (`z\\r\\n`) where Go refuses it, `refusal` then holding Go's
 error for the handler's read (`aiohttp_internals.fail_open_body`). The data and the
 CRLF after each chunk go as they came (llhttp checks that CRLF as Go does); a line cut
-by the end of a read waits for its end. After the last chunk's line it is done: the
-trailers and what follows are llhttp's alone. Lines already canonical, as every
-client's are, go as they came, without a copy.
+by the end of a read waits for its end. After the last chunk's line comes the trailer
+section, which Go takes with any fields (llhttp refuses Content-Length and
+Transfer-Encoding there), and which llhttp then gets as an empty one; after that it is
+done, and what follows is llhttp's alone. Lines already canonical, as every client's
+are, go as they came, without a copy.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 # Go's connection buffer (bufio's default size): a size line longer, CRLF included, is
@@ -32,8 +35,13 @@ _HEX: Final = frozenset(b"0123456789abcdefABCDEF")
 # chunk is allowed 16 bytes plus twice its data, in int64 arithmetic.
 _ALLOWED_EXCESS: Final = 16 * 1024
 _INT64: Final = 1 << 64
-# A line llhttp refuses at its first byte ("Invalid character in chunk size").
+# A line llhttp refuses at its first byte ("Invalid character in chunk size"), or
+# in a trailer section at its end (a field without a colon).
 REFUSED_LINE: Final = b"z\r\n"
+# A trailer field as Go's textproto reads one: a token, a colon, and a value of
+# visible characters, spaces, tabs and bytes beyond ASCII.
+_TRAILER_FIELD: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*")
+_LONG_TRAILER: Final = "http: suspiciously long trailer after chunked body"
 # Lines read before that are canonical, and their sizes (bounded by count): a client
 # writes the same few sizes again and again.
 _CANONICAL: dict[bytes, int] = {}
@@ -70,24 +78,39 @@ def go_chunk_size(line: bytes) -> int | str:
 class ChunkLines:
     """One chunked body's bytes, as they arrive, made what llhttp reads as Go would."""
 
-    __slots__ = ("_crlf", "_excess", "_left", "_line", "done", "refusal")
+    __slots__ = (
+        "_crlf",
+        "_excess",
+        "_left",
+        "_line",
+        "_trailer",
+        "done",
+        "message_end",
+        "refusal",
+    )
 
     def __init__(self) -> None:
         self._left = 0  # data bytes left in the current chunk
         self._crlf = 0  # bytes left of the CRLF after a chunk's data
         self._line = b""  # a size line cut by the end of a read
         self._excess = 0
+        # The trailer section read so far, once the last chunk's line has come.
+        self._trailer: bytes | None = None
         # Go's error for the size line refused, once one is.
         self.refusal: str | None = None
-        # Past the last chunk's line, a refused line, or framing llhttp refuses itself:
+        # Past the trailer section, a refused line, or framing llhttp refuses itself:
         # nothing more to do.
         self.done = False
+        # Where the request ends in what the last `feed` returned, when it ends there.
+        self.message_end: int | None = None
 
     def feed(self, data: bytes) -> bytes:
         """What llhttp is to read for `data`, the next bytes of the connection."""
         if self.done:
             return data
         out: list[bytes] = []
+        if self._trailer is not None:
+            return self._trailer_part(out, data, 0, 0)
         start = 0  # the first byte of `data` not yet in `out`
         pos = 0
         end = len(data)
@@ -144,12 +167,42 @@ class ChunkLines:
             self._line = b""
             pos = newline + 1
             if size == 0:
-                self.done = True
-                break
+                self._trailer = b""
+                return self._trailer_part(out, data, start, pos)
             self._left, self._crlf = size, 2
         if not out:
             return data
         out.append(data[start:])
+        return b"".join(out)
+
+    def _trailer_part(self, out: list[bytes], data: bytes, start: int, pos: int) -> bytes:
+        """`data[pos:]` goes on with the trailer section (`data[start:pos]` goes as it
+        came): Go takes any fields there (src/net/http/transfer.go `readTrailer`, which
+        checks no name), and ignores them (Ollama reads no trailer), where llhttp
+        refuses some (Content-Length, Transfer-Encoding). A section of well-formed
+        fields is given to llhttp as none; any other, as it came."""
+        out.append(data[start:pos])
+        held = (self._trailer or b"") + data[pos:]
+        if held[:2] == b"\r\n":
+            end = 2
+        else:
+            found = held.find(b"\r\n\r\n")
+            if found < 0:
+                if len(held) >= _MAX_LINE:
+                    # Go looks for the section's end within its connection buffer.
+                    self._refuse(out, data, pos, pos, _LONG_TRAILER)
+                else:
+                    self._trailer = held
+                return b"".join(out)
+            end = found + 4
+            fields = held[: end - 4].split(b"\r\n")
+            if all(_TRAILER_FIELD.fullmatch(field) for field in fields):
+                held = held[end - 2 :]
+                end = 2
+        self._trailer = None
+        self.done = True
+        self.message_end = sum(map(len, out)) + end
+        out.append(held)
         return b"".join(out)
 
     def _refuse(self, out: list[bytes], data: bytes, start: int, pos: int, error: str) -> None:

@@ -59,13 +59,14 @@ unparsable request with `400 Bad Request`, and logs neither. Here:
   with Ollama's 400 `{"error": ...}`; the connection closes after that answer
   (`fail_open_body`). Framing that breaks in the read that brought the head gets Go's
   plain 400 like an unparsable head (aiohttp's parser drops that request);
-* a chunk-size line Go reads and llhttp refuses (`5 `, `5;a b`) is read, and one
-  llhttp reads and Go refuses (17 digits, lines that outweigh their data) gets Go's
-  error, as above: a chunked body's size lines are read as Go reads them before the
-  parser sees them (`proxy.chunk_lines`), from the body's first byte on, known when
-  the read that ends its head names the chunked coding (as nearly every client's
-  head does, sent in one write) and the parser reads that head alone. Any other
-  chunked body keeps llhttp's reading;
+* a chunk-size line Go reads and llhttp refuses (`5 `, `5;a b`) is read, one llhttp
+  reads and Go refuses (17 digits, lines that outweigh their data) gets Go's error, as
+  above, and a trailer field Go takes and llhttp refuses (`Content-Length`) is taken: a
+  chunked body's framing is read as Go reads it before the parser sees it
+  (`proxy.chunk_lines`), from the body's first byte on, known when the read that ends
+  its head names the chunked coding (as nearly every client's head does, sent in one
+  write) and the parser reads that head alone; a request after such a body in the
+  same read is read alike (`_parse`). Any other chunked body keeps llhttp's reading;
 * heads Go reads and llhttp refuses (two equal Content-Lengths, Content-Length with
   `Transfer-Encoding: chunked` on HTTP/1.1, Content-Length with any
   Transfer-Encoding on HTTP/1.0, which Go frames by the Content-Length, a header line
@@ -387,37 +388,7 @@ class ClientConnection(RequestHandler):
             self._line is not None or (self._head_bytes == 0 and count == 0)
         ) and self._line_refused(data):
             return
-        refusal = None  # Go's error for a chunk-size line it refuses (`ChunkLines`)
-        chunks = self._chunks
-        if chunks is not None:
-            data = chunks.feed(data)
-            refusal = chunks.refusal
-            if chunks.done:
-                self._chunks = None
-        # Only a read that a head is awaited for can end one: body reads (an upload's
-        # gigabytes) are not searched.
-        end = data.find(b"\r\n\r\n") + 4 if awaiting_head(self) else 0
-        # (`find`, not `in`: see `relay.ClientLeg.on_body`.)
-        if 4 <= end <= len(data) and data[:end].lower().find(b"chunked") >= 0:
-            # The end of a head with chunked framing: the head goes to the parser
-            # alone, as Go reads a head before any of its body. A body that breaks in
-            # this read then fails that request's read of it (Ollama's 400), rather
-            # than failing the whole read, head and all, as one unparsable request. (A
-            # length-framed body cannot break.) A head refused is the read's error:
-            # nothing after it is read. A chunked body whose head the parser read alone
-            # has its size lines read as Go reads them, from its first byte on.
-            super().data_received(data[:end])
-            if queued_error(self) is None:
-                rest = data[end:]
-                if chunked_body_unread(self, count):
-                    chunks = ChunkLines()
-                    rest = chunks.feed(rest)
-                    refusal = chunks.refusal
-                    self._chunks = None if chunks.done else chunks
-                if rest:
-                    super().data_received(rest)
-        else:
-            super().data_received(data)
+        refusal = self._parse(data, awaiting_head(self))
         # Requests that came whole in this read, before any bytes behind them that do
         # not parse: each is queued, and answered, before those bytes are refused.
         feed_held_back(self, super().data_received)
@@ -443,6 +414,57 @@ class ClientConnection(RequestHandler):
             self._refuse(HEAD_TOO_LARGE_BODY, f"request head over {self._head_budget} bytes")
         elif self._head_timer is None:
             self._arm_head_timer()
+
+    def _parse(self, data: bytes, at_head: bool) -> str | None:
+        """Give the parser `data`, the read's bytes (`at_head`: a request head starts or
+        goes on there); Go's error for a chunk-size line it refuses in them, if one is
+        (`ChunkLines`)."""
+        refusal = None
+        while True:
+            chunks = self._chunks
+            if chunks is not None:
+                data = chunks.feed(data)
+                refusal = chunks.refusal
+                end = chunks.message_end
+                if not chunks.done or end is None or end == len(data):
+                    if chunks.done:
+                        self._chunks = None
+                    super().data_received(data)
+                    return refusal
+                # The body's request ends in this read: what follows starts a request,
+                # whose own chunked body may follow.
+                self._chunks = None
+                super().data_received(data[:end])
+                data = data[end:]
+                if queued_error(self) is not None:
+                    return refusal
+                at_head = True
+            # Only a read that a head is awaited for can end one: body reads (an
+            # upload's gigabytes) are not searched.
+            end = data.find(b"\r\n\r\n") + 4 if at_head else 0
+            # (`find`, not `in`: see `relay.ClientLeg.on_body`.)
+            if not (4 <= end <= len(data) and data[:end].lower().find(b"chunked") >= 0):
+                super().data_received(data)
+                return refusal
+            # The end of a head with chunked framing: the head goes to the parser
+            # alone, as Go reads a head before any of its body. A body that breaks in
+            # this read then fails that request's read of it (Ollama's 400), rather
+            # than failing the whole read, head and all, as one unparsable request. (A
+            # length-framed body cannot break.) A head refused is the read's error:
+            # nothing after it is read. A chunked body whose head the parser read alone
+            # has its size lines read as Go reads them, from its first byte on.
+            count = request_count(self)
+            super().data_received(data[:end])
+            data = data[end:]
+            if queued_error(self) is not None:
+                return refusal
+            if chunked_body_unread(self, count):
+                self._chunks = ChunkLines()
+            elif data:
+                super().data_received(data)
+                return refusal
+            if not data:
+                return refusal
 
     def _judge_refusal(self, error: HttpProcessingError, data: bytes) -> None:
         """Note a parse error of this read that Go answers with its 501, while the

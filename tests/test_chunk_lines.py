@@ -24,7 +24,7 @@ def every_split(body: bytes) -> list[list[bytes]]:
     [
         (b"5\r\nhello\r\n0\r\n\r\n", b"5\r\nhello\r\n0\r\n\r\n"),
         (b"5 \t\r\nhello\r\n0 \r\n\r\n", b"5\r\nhello\r\n0\r\n\r\n"),
-        (b'5;a b"c\xff\r\nhe\nlo\r\n0;x \r\nT: v\r\n\r\n', b"5\r\nhe\nlo\r\n0\r\nT: v\r\n\r\n"),
+        (b'5;a b"c\xff\r\nhe\nlo\r\n0;x \r\nT: v\r\n\r\n', b"5\r\nhe\nlo\r\n0\r\n\r\n"),
         (b"000a\r\n0123456789\r\n0\r\n\r\nPOST", b"a\r\n0123456789\r\n0\r\n\r\nPOST"),
     ],
     ids=["canonical", "spaces", "extensions-and-trailer", "leading-zeros-and-after"],
@@ -93,3 +93,47 @@ def test_bytes_other_than_crlf_after_the_data_are_left_to_the_parser() -> None:
     out, lines = fed([b"3\r\nabcXY5 \r\n"])
     assert out == b"3\r\nabcXY5 \r\n"
     assert lines.done and lines.refusal is None
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        b"Content-Length: 50\r\n",
+        b"Transfer-Encoding: chunked\r\nHost: elsewhere\r\n",
+        b"X-Checksum:\tab c\xff\r\nX-Empty:\r\n",
+    ],
+    ids=["length", "coding-and-host", "odd-values"],
+)
+def test_trailer_fields_go_takes_reach_the_parser_as_none(fields: bytes) -> None:
+    """Go takes any well-formed field in a trailer (llhttp refuses a Content-Length or
+    Transfer-Encoding there) and Ollama reads none: the parser gets an empty section,
+    and what follows as it came."""
+    body = b"3\r\nabc\r\n0\r\n" + fields + b"\r\nGET / HTTP/1.1\r\n"
+    for pieces in every_split(body):
+        out, lines = fed(pieces)
+        assert out == b"3\r\nabc\r\n0\r\n\r\nGET / HTTP/1.1\r\n", pieces
+        assert lines.done and lines.refusal is None
+    # Where the request ends in what the last piece gave the parser.
+    out, lines = fed([body[:5], body[5:]])
+    assert lines.message_end is not None
+    assert out[5 + lines.message_end - 4 :].startswith(b"\r\n\r\nGET")
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [b"Bad Name: x\r\n", b"X: a\nb\r\n", b" X: folded\r\n", b"X: \x01\r\n"],
+    ids=["space-in-name", "bare-lf", "folded", "control"],
+)
+def test_trailer_fields_of_other_shapes_are_left_to_the_parser(fields: bytes) -> None:
+    body = b"0\r\n" + fields + b"\r\n"
+    for pieces in every_split(body):
+        out, lines = fed(pieces)
+        assert out == body, pieces
+        assert lines.done and lines.refusal is None
+
+
+def test_a_trailer_section_beyond_gos_buffer_is_refused() -> None:
+    """Go looks for the section's end in its connection buffer (4096 bytes)."""
+    out, lines = fed([b"0\r\nX: " + b"a" * 5000])
+    assert out == b"0\r\n" + REFUSED_LINE
+    assert lines.refusal == "http: suspiciously long trailer after chunked body"

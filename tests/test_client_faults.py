@@ -963,6 +963,49 @@ async def test_a_chunk_size_line_go_refuses_gets_its_error(
     assert (await generate(patient.url))["done"] is True
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [b"Content-Length: 50\r\n", b"Transfer-Encoding: chunked\r\n", b"Host: elsewhere\r\n"],
+    ids=["length", "coding", "host"],
+)
+@pytest.mark.parametrize("server", ["proxy", "emulator"])
+@pytest.mark.parametrize("together", [False, True], ids=["later-read", "same-read"])
+async def test_a_trailer_go_takes_is_taken(
+    patient: Proxy, emulator: Emulator, fields: bytes, server: str, together: bool
+) -> None:
+    """Go's net/http takes any field in a chunked body's trailer section (llhttp
+    refuses a Content-Length or a Transfer-Encoding there), and Ollama reads none."""
+    port = patient.port if server == "proxy" else emulator.port
+    body = b"%x\r\n%b\r\n0\r\n%b\r\n" % (len(SHOW_BODY), SHOW_BODY, fields)
+    [(head, got)] = responses_of(await send_chunked(port, "/api/show", body, together))
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n"), head
+    assert orjson.loads(got)["details"]
+
+
+@pytest.mark.parametrize("server", ["proxy", "emulator"])
+async def test_pipelined_chunked_bodies_are_read_as_go_reads_them(
+    patient: Proxy, emulator: Emulator, server: str
+) -> None:
+    """Requests in one write, each with a chunked body whose size lines and trailer
+    llhttp refuses and Go takes, and a request after them: each is answered."""
+    port = patient.port if server == "proxy" else emulator.port
+    show = (
+        b"POST /api/show HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"%x \r\n%b\r\n0;x=y z\r\nContent-Length: 9\r\n\r\n" % (len(SHOW_BODY), SHOW_BODY)
+    )
+    last = b"GET /api/version HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    answers = responses_of(await answer_to(port, show * 3 + last))
+    assert [head.split(b"\r\n", 1)[0] for head, _ in answers] == [b"HTTP/1.1 200 OK"] * 4
+    assert all(orjson.loads(body)["details"] for _, body in answers[:3])
+
+
+async def test_a_trailer_longer_than_gos_buffer_gets_its_error(patient: Proxy) -> None:
+    body = b"%x\r\n%b\r\n0\r\nX: %b" % (len(SHOW_BODY), SHOW_BODY, b"a" * 5000)
+    [(head, got)] = responses_of(await send_chunked(patient.port, "/api/show", body, False))
+    assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n"), head
+    assert orjson.loads(got) == {"error": "http: suspiciously long trailer after chunked body"}
+
+
 async def test_a_line_just_within_gos_limit_is_read(patient: Proxy) -> None:
     """Go's reader takes a size line of 4096 bytes, its CRLF included (its buffer's
     size), and refuses one byte more (above)."""
