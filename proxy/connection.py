@@ -59,6 +59,9 @@ unparsable request with `400 Bad Request`, and logs neither. Here:
   with Ollama's 400 `{"error": ...}`; the connection closes after that answer
   (`fail_open_body`). Framing that breaks in the read that brought the head gets Go's
   plain 400 like an unparsable head (aiohttp's parser drops that request);
+* `Transfer-Encoding: chunked` with a tab after the value, which Go reads (its
+  textproto drops it) and llhttp refuses, is read as chunked, from a head whose end
+  and coding come in one read (below);
 * a chunk-size line Go reads and llhttp refuses (`5 `, `5;a b`) is read, one llhttp
   reads and Go refuses (17 digits, lines that outweigh their data) gets Go's error, as
   above, and a trailer field Go takes and llhttp refuses (`Content-Length`) is taken: a
@@ -249,6 +252,8 @@ _GO_LENGTH_DIGITS = len(str(_GO_LENGTH_END))
 
 
 _FIELD_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:")
+# A Transfer-Encoding of `chunked` and spaces and tabs after it, up to its line's CR.
+_CHUNKED_THEN_TAB = re.compile(rb"^(transfer-encoding:[ \t]*chunked)[ \t]+\r$", re.I | re.M)
 _TRANSFER_ENCODING = b"transfer-encoding:"
 
 
@@ -454,7 +459,12 @@ class ClientConnection(RequestHandler):
             # nothing after it is read. A chunked body whose head the parser read alone
             # has its size lines read as Go reads them, from its first byte on.
             count = request_count(self)
-            super().data_received(data[:end])
+            head = data[:end]
+            if head.find(b"\t") >= 0:
+                # Go's textproto drops the tabs after a field's value; llhttp refuses
+                # `chunked` followed by one.
+                head = _CHUNKED_THEN_TAB.sub(rb"\1\r", head)
+            super().data_received(head)
             data = data[end:]
             if queued_error(self) is not None:
                 return refusal

@@ -452,6 +452,33 @@ async def test_a_transfer_encoding_go_does_not_take_gets_its_501(
     assert (await generate(slow_heads.url))["done"] is True
 
 
+@pytest.mark.parametrize("server", ["proxy", "emulator"])
+@pytest.mark.parametrize(
+    "field",
+    [
+        b"Transfer-Encoding: chunked\t",
+        b"Transfer-Encoding: CHUNKED \t ",
+        b"Transfer-Encoding:chunked\t",
+    ],
+    ids=["tab", "spaces-and-tab", "no-space"],
+)
+async def test_chunked_with_whitespace_after_it_is_read_as_go_reads_it(
+    slow_heads: Proxy, emulator: Emulator, server: str, field: bytes
+) -> None:
+    """Go's textproto drops the spaces and tabs around a field's value, so it takes
+    `chunked` followed by a tab as chunked, which llhttp refuses (the proxy answered
+    Go's 501 for an unsupported coding)."""
+    port = slow_heads.port if server == "proxy" else emulator.port
+    answer = await answer_to(
+        port,
+        b"POST /api/show HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n%b\r\n\r\n"
+        b"%x\r\n%b\r\n0\r\n\r\n" % (field, len(SHOW_BODY), SHOW_BODY),
+    )
+    [(head, body)] = responses_of(answer)
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n"), answer
+    assert orjson.loads(body)["details"]
+
+
 # Methods aiohttp's parser refuses and Go's net/http reads (any token is a method to
 # Go), and a CONNECT to a path the C parser cannot read as an authority: Ollama's
 # router serves none of them, so its answer is gin's 405 (with `Allow`) or 404 for the
