@@ -444,6 +444,65 @@ def test_the_2026_library_models_resolve_to_their_entry(
     assert catalog.lookup(name).origin == "catalogue"
 
 
+@pytest.mark.parametrize(
+    ("name", "entry"),
+    [
+        # The rest of Ollama's 2026 library: local tags, bare names (`latest`),
+        # quantizations, Hugging Face names as a pull spells them, cloud tags.
+        ("granite4.1", "granite4.1:8b"),
+        ("granite4.1:3b-q4_K_M", "granite4.1:3b"),
+        ("ibm-granite/granite-4.1-30b", "granite4.1:30b"),
+        ("hf.co/unsloth/granite-4.1-8b-GGUF:Q4_K_M", "granite4.1:8b"),
+        ("lfm2.5", "lfm2.5:1.2b"),
+        ("lfm2.5:1.2b-q8_0", "lfm2.5:1.2b"),
+        ("LiquidAI/LFM2.5-1.2B-Instruct", "lfm2.5:1.2b"),
+        ("lfm2.5-thinking", "lfm2.5-thinking:1.2b"),
+        ("lfm2", "lfm2:24b"),
+        ("hf.co/LiquidAI/LFM2-24B-A2B-GGUF:Q4_K_M", "lfm2:24b"),
+        ("nemotron-3-super", "nemotron-3-super:120b"),
+        ("nemotron-3-super:cloud", "nemotron-3-super:120b"),
+        ("nvidia/NVIDIA-Nemotron-3-Super-120B-A12B-BF16", "nemotron-3-super:120b"),
+        ("nemotron-cascade-2", "nemotron-cascade-2:30b"),
+        ("nemotron-cascade-2:30b-q4_K_M", "nemotron-cascade-2:30b"),
+        ("nvidia/Nemotron-Cascade-2-30B-A3B", "nemotron-cascade-2:30b"),
+        ("nemotron3", "nemotron3:33b"),
+        ("nemotron3:33b-q4_K_M", "nemotron3:33b"),
+        ("nvidia/Nemotron-3-Nano-Omni-30B-A3B-Reasoning-BF16", "nemotron3:33b"),
+        ("mistral-medium-3.5", "mistral-medium-3.5:128b"),
+        ("mistralai/Mistral-Medium-3.5-128B", "mistral-medium-3.5:128b"),
+        ("laguna-xs.2", "laguna-xs.2:latest"),
+        ("laguna-xs.2:33b-q4_K_M", "laguna-xs.2:latest"),
+        ("poolside/Laguna-XS.2", "laguna-xs.2:latest"),
+        ("medgemma1.5", "medgemma1.5:4b"),
+        ("google/medgemma-1.5-4b-it", "medgemma1.5:4b"),
+        ("translategemma", "translategemma:4b"),
+        ("translategemma:12b-it-q8_0", "translategemma:12b"),
+        ("google/translategemma-27b-it", "translategemma:27b"),
+        ("glm-ocr", "glm-ocr:latest"),
+        ("glm-ocr:q8_0", "glm-ocr:latest"),
+        ("zai-org/GLM-OCR", "glm-ocr:latest"),
+        ("glm-5.1:cloud", "glm-5.1:cloud"),
+        ("zai-org/GLM-5.1", "glm-5.1:cloud"),
+        ("glm-5.2:cloud", "glm-5.2:cloud"),
+        ("kimi-k2.7-code:cloud", "kimi-k2.7-code:cloud"),
+        ("minimax-m2.5:cloud", "minimax-m2.5:cloud"),
+        ("minimax-m2.7:cloud", "minimax-m2.7:cloud"),
+        ("MiniMaxAI/MiniMax-M2.7", "minimax-m2.7:cloud"),
+        ("deepseek-v4-flash:cloud", "deepseek-v4-flash:cloud"),
+        ("deepseek-v4-flash:0731:cloud", "deepseek-v4-flash:cloud"),
+        ("deepseek-v4-pro", "deepseek-v4-pro:cloud"),
+        ("deepseek-ai/DeepSeek-V4-Pro", "deepseek-v4-pro:cloud"),
+        ("mistral-large-3:675b", "mistral-large-3:675b"),
+        ("mistral-large-3:675b-cloud", "mistral-large-3:675b"),
+    ],
+)
+def test_the_other_2026_library_models_resolve_to_their_entry(
+    catalog: Catalog, name: str, entry: str
+) -> None:
+    assert catalog.resolve(name) == entry
+    assert catalog.lookup(name).origin == "catalogue"
+
+
 def test_the_2026_models_think_as_ollama_runs_them_and_place_by_their_cards(
     catalog: Catalog,
 ) -> None:
