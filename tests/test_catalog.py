@@ -503,6 +503,25 @@ def test_the_other_2026_library_models_resolve_to_their_entry(
     assert catalog.lookup(name).origin == "catalogue"
 
 
+def test_the_other_2026_models_carry_the_results_read_from_their_cards(
+    catalog: Catalog,
+) -> None:
+    read = {
+        "nemotron-3-super:120b": {"MMLU-Pro", "GPQA"},
+        "nemotron-cascade-2:30b": {"MMLU-Pro", "GPQA"},
+        "glm-5.1:cloud": {"GPQA"},
+        "lfm2.5:1.2b": {"MMLU-Pro", "GPQA", "MATH-500", "GSM8K", "IFEval"},
+        "lfm2.5-thinking:1.2b": {"MMLU-Pro", "GPQA", "MATH-500", "GSM8K", "IFEval"},
+    }
+    for name, benchmarks in read.items():
+        assert set(catalog.sources(name)) == benchmarks, name
+    # One card's table holds both LFM2.5 models: thinking lifts its math and knowledge.
+    thinking, instruct = catalog.lookup("lfm2.5-thinking:1.2b"), catalog.lookup("lfm2.5:1.2b")
+    assert "reasoning" in thinking.specialties and "reasoning" not in instruct.specialties
+    for area in ("math", "knowledge"):
+        assert thinking.areas[area] > instruct.areas[area], area
+
+
 def test_the_2026_models_think_as_ollama_runs_them_and_place_by_their_cards(
     catalog: Catalog,
 ) -> None:
