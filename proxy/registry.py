@@ -235,8 +235,10 @@ class Registry:
             await self.cache.set(digest, show)
         return show
 
-    def _catalog(self) -> Catalog:
-        """The catalogue with the profile store's measured areas applied."""
+    def catalogue(self) -> Catalog:
+        """The catalogue `auto` places models with: the configured one with the operator's
+        descriptions (`catalog_for`) and the profile store's measured areas applied. The
+        evaluation's replays read it too, so they place a fleet as the proxy would."""
         measured = self.profiles.measured()
         if measured != self._measured:
             self._measured = measured
@@ -244,7 +246,7 @@ class Registry:
         return self._profiled
 
     async def refresh(self) -> None:
-        catalog = self._catalog()
+        catalog = self.catalogue()
         # Each model's entries in `/api/tags`, in the backends' order.
         listings: dict[str, list[tuple[BackendState, dict[str, Any]]]] = {}
         for state in self.backends.states:

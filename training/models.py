@@ -44,6 +44,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from proxy.registry import ModelInfo, model_info
+from selector_model.catalog import Catalog
 from selector_model.features import Candidate
 
 QUANTIZATION = "Q4_K_M"
@@ -86,8 +87,12 @@ class ModelSpec:
             "model_info": {f"{self.family}.context_length": self.context_length},
         }
 
-    def model_info(self) -> ModelInfo:
-        return _model_info(self)
+    def model_info(self, catalog: Catalog | None = None) -> ModelInfo:
+        """The model as `auto` sees it, placed by `catalog` (`Registry.catalogue`: what
+        the proxy reads under a configuration), else by the shipped catalogue."""
+        if catalog is None or catalog is Catalog.shipped():
+            return _model_info(self)
+        return model_info(self.ollama_name, self.tag(), self.show(), catalog)
 
     def candidate(self, loaded: bool = False) -> Candidate:
         candidate = self.model_info().candidate

@@ -107,20 +107,15 @@ def profiles_of(selector: Selector) -> dict[str, Profile]:
     return {p: profiles[p] for p in ordered + [p for p in profiles if p not in ordered]}
 
 
-def router_for(
-    artifact_dir: Path,
-    fleet: Sequence[ModelSpec],
-    profiles: Mapping[str, Profile],
-    seed: int,
-    selector: Selector | None = None,
-) -> AutoRouter:
-    """The proxy's AutoRouter with `artifact_dir`'s artifact and the fleet as its one
-    backend's models, all loaded (a warm fleet: no load time in expected seconds), and
-    the rest of `selector` (a configuration's: learning, min_gain, the catalogue and
-    the user's model descriptions) but its experiments and idle-time profiling. No
-    backend is ever contacted."""
+def replay_config(
+    artifact_dir: Path, profiles: Mapping[str, Profile], selector: Selector | None = None
+) -> Config:
+    """A proxy's configuration with `artifact_dir`'s artifact, `profiles`, one backend
+    that is never contacted, and the rest of `selector` (a configuration's: learning,
+    min_gain, the catalogue, the user's model descriptions and profiled results) but
+    its experiments and idle-time profiling."""
     base = Config(backends=(Backend(url="http://127.0.0.1:9"),))
-    config = replace(
+    return replace(
         base,
         selector=replace(
             selector or base.selector,
@@ -130,9 +125,28 @@ def router_for(
             profile_models=(),
         ),
     )
+
+
+def fleet_models(registry: Registry, fleet: Sequence[ModelSpec]) -> dict[str, ModelInfo]:
+    """`fleet` as `registry` describes it: placed by the catalogue the proxy reads under
+    the registry's configuration (`Registry.catalogue`)."""
+    catalog = registry.catalogue()
+    return {spec.ollama_name: spec.model_info(catalog) for spec in fleet}
+
+
+def router_for(
+    artifact_dir: Path,
+    fleet: Sequence[ModelSpec],
+    profiles: Mapping[str, Profile],
+    seed: int,
+    selector: Selector | None = None,
+) -> AutoRouter:
+    """The proxy's AutoRouter under `replay_config`, with the fleet as its one
+    backend's models, all loaded (a warm fleet: no load time in expected seconds)."""
+    config = replay_config(artifact_dir, profiles, selector)
     pool = BackendPool(config)
     registry = Registry(pool)
-    models: dict[str, ModelInfo] = {spec.ollama_name: spec.model_info() for spec in fleet}
+    models = fleet_models(registry, fleet)
     registry.set_models(models)
     pool.states[0].models = frozenset(models)
     pool.states[0].loaded = frozenset(models)
@@ -184,20 +198,27 @@ def decide_all(
     return chosen
 
 
-def costs(fleet: Sequence[ModelSpec], kind: str) -> dict[str, float]:
+def costs(
+    fleet: Sequence[ModelSpec], kind: str, described: Mapping[str, ModelInfo]
+) -> dict[str, float]:
+    """Each model's cost of an answer (`COST_DEFINITIONS`); `described`: the fleet as
+    the replay's router has it (`fleet_models`)."""
     if kind == "price":
         return {s.ollama_name: s.price_per_m for s in fleet}
-    return {s.ollama_name: s.model_info().candidate.active_b for s in fleet}
+    return {s.ollama_name: described[s.ollama_name].candidate.active_b for s in fleet}
 
 
 def baselines(
-    prompts: Sequence[Prompt], fleet: Sequence[ModelSpec], cost: Mapping[str, float]
+    prompts: Sequence[Prompt],
+    fleet: Sequence[ModelSpec],
+    cost: Mapping[str, float],
+    described: Mapping[str, ModelInfo],
 ) -> dict[str, Outcome]:
     y = np.array([[p.scores[s.dataset_name] for s in fleet] for p in prompts])
     c = np.array([cost[s.ollama_name] for s in fleet])
     means = y.mean(axis=0)
     best = min(range(len(fleet)), key=lambda i: (-means[i], c[i]))
-    params = [s.model_info().candidate.params_b for s in fleet]
+    params = [described[s.ollama_name].candidate.params_b for s in fleet]
     largest = min(range(len(fleet)), key=lambda i: (-params[i], -means[i]))
     top = y.max(axis=1, keepdims=True)
     oracle = np.where(y >= top - 1e-12, c[None, :], np.inf).argmin(axis=1)
@@ -246,14 +267,17 @@ def replay_fleet(
     seed: int = 0,
     selector: Selector | None = None,
 ) -> FleetResult:
-    cost = costs(fleet, cost_kind)
+    described = fleet_models(
+        Registry(BackendPool(replay_config(artifact_dir, profiles, selector))), fleet
+    )
+    cost = costs(fleet, cost_kind, described)
     result = FleetResult(
         label=label,
         fleet=[s.ollama_name for s in fleet],
         unseen=[s.ollama_name for s in fleet if s.ollama_name not in trained_on],
         prompts=len(prompts),
         profiles={},
-        baselines=baselines(prompts, fleet, cost),
+        baselines=baselines(prompts, fleet, cost, described),
     )
     for profile in profiles:
         router = router_for(artifact_dir, fleet, profiles, seed, selector)
@@ -264,7 +288,7 @@ def replay_fleet(
         order = np.random.default_rng(seed).permutation(len(prompts))
         learn = [prompts[i] for i in order[: len(prompts) // 2]]
         held = [prompts[i] for i in order[len(prompts) // 2 :]]
-        result.half_best = baselines(held, fleet, cost)["best single"].quality
+        result.half_best = baselines(held, fleet, cost, described)["best single"].quality
         result.ceilings = result.ceilings or ceilings(learn, held, fleet, cost)
         router = router_for(artifact_dir, fleet, profiles, seed, selector)
         hook = feedback(router)

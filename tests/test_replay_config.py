@@ -1,0 +1,110 @@
+"""The evaluation's replays place the fleet's models through the catalogue the proxy
+reads under the same configuration: the configured catalogue (`selector.catalog`), the
+operator's own model descriptions (`selector.models`) and the profiled results
+(`selector.profiles_path`), not the shipped catalogue alone."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import yaml
+
+from proxy.config import Selector
+from proxy.config import load as load_config
+from proxy.registry import catalog_for, model_info
+from selector_model import artifact
+from selector_model.features import AREAS, Candidate
+from selector_model.profiling import store as profile_store
+from selector_model.profiling.store import AreaResult
+from training import replay
+from training.models import BY_OLLAMA_NAME, ModelSpec
+
+
+def _replayed(fleet: list[ModelSpec], selector: Selector) -> dict[str, Candidate]:
+    """Each model of `fleet` as the replay's router has it under `selector`."""
+    router = replay.in_loop(
+        lambda: replay.router_for(
+            artifact.SHIPPED.parent, fleet, replay.profiles_of(selector), 0, selector
+        )
+    )
+    return {name: info.candidate for name, info in router.registry.models.items()}
+
+
+def _config(tmp_path: Path, selector: dict[str, object]) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"selector": selector}))
+    return path
+
+
+def test_a_replay_places_a_users_own_model_as_the_proxy_does(tmp_path: Path) -> None:
+    path = _config(tmp_path, {"models": {"my-coder:latest": {"like": "qwen2.5-coder:7b"}}})
+    config = load_config(path)
+    # The scores of qwen2.5:7b's column, served under a name the catalogue does not list.
+    mine = replace(BY_OLLAMA_NAME["qwen2.5:7b"], ollama_name="my-coder:latest")
+    fleet = [mine, BY_OLLAMA_NAME["mistral:7b"]]
+    replayed = _replayed(fleet, config.selector)["my-coder:latest"]
+    proxy = model_info(mine.ollama_name, mine.tag(), mine.show(), catalog_for(config))
+    assert proxy.knowledge is not None and proxy.knowledge.origin != "nearest"
+    assert replayed.areas == proxy.candidate.areas
+    assert replayed.specialties == proxy.candidate.specialties
+    assert replayed.uncertainty == proxy.candidate.uncertainty
+    # Without the description the replay places it among its neighbours instead.
+    unconfigured = _replayed(fleet, load_config(_config(tmp_path, {})).selector)
+    assert unconfigured["my-coder:latest"].areas != replayed.areas
+
+
+def _entry(name: str, family: str, params_b: float, score: float) -> dict[str, object]:
+    benchmarks = ("MMLU", "GPQA", "MATH", "HumanEval", "IFEval")
+    return {
+        "name": name,
+        "family": family,
+        "params_b": params_b,
+        "released": "2024-07",
+        "context_length": 32768,
+        "scores": dict.fromkeys(benchmarks, score),
+        "sources": dict.fromkeys(benchmarks, "https://example.org/card"),
+    }
+
+
+def test_a_replay_reads_the_configured_catalogue(tmp_path: Path) -> None:
+    catalogue = tmp_path / "models.yaml"
+    catalogue.write_text(
+        yaml.safe_dump(
+            {
+                "version": 1,
+                "areas": list(AREAS),
+                "benchmarks": {
+                    "MMLU": "knowledge",
+                    "GPQA": "reasoning",
+                    "MATH": "math",
+                    "HumanEval": "code",
+                    "IFEval": "instruction",
+                },
+                "models": [
+                    _entry("qwen2.5:7b", "qwen2.5", 7.6, 0.9),
+                    _entry("mistral:7b", "mistral", 7.2, 0.2),
+                ],
+            }
+        )
+    )
+    config = load_config(_config(tmp_path, {"catalog": str(catalogue)}))
+    fleet = [BY_OLLAMA_NAME["qwen2.5:7b"], BY_OLLAMA_NAME["mistral:7b"]]
+    replayed = _replayed(fleet, config.selector)
+    # Every area of each model is the one result the small catalogue gives it.
+    assert replayed["qwen2.5:7b"].areas == (0.9,) * len(AREAS)
+    assert replayed["mistral:7b"].areas == (0.2,) * len(AREAS)
+    for spec in fleet:
+        proxy = model_info(spec.ollama_name, spec.tag(), spec.show(), catalog_for(config))
+        assert replayed[spec.ollama_name].areas == proxy.candidate.areas
+
+
+def test_a_replay_reads_the_profiled_results(tmp_path: Path) -> None:
+    store = tmp_path / "profiles.json"
+    measured = AreaResult(score=0.05, n=20, suite_version="1", date="", backend="")
+    profile_store.save(store, "qwen2.5:7b", {"math": measured})
+    config = load_config(_config(tmp_path, {"profiles_path": str(store)}))
+    fleet = [BY_OLLAMA_NAME["qwen2.5:7b"], BY_OLLAMA_NAME["mistral:7b"]]
+    areas = dict(zip(AREAS, _replayed(fleet, config.selector)["qwen2.5:7b"].areas, strict=True))
+    # The measured area wins over the published one, as it does in the proxy.
+    assert areas["math"] == 0.05
