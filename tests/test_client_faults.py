@@ -814,23 +814,9 @@ def patient(servers: ServerThread, emulator: Emulator) -> Iterator[Proxy]:
 async def send_broken_chunked(port: int, path: str, framing: bytes, together: bool) -> bytes:
     """A chunked POST to `path` whose first chunk is whole and whose framing then breaks
     (`framing`), sent with its head (`together`) or in a later read while the handler
-    reads the body; what came back until the connection closed."""
-    sock = await connect(port)
-    loop = asyncio.get_running_loop()
-    head = (
-        b"POST %s HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n" % path.encode()
-    )
-    body = b'4\r\n{"a"\r\n' + framing
-    try:
-        if together:
-            await loop.sock_sendall(sock, head + body)
-        else:
-            await loop.sock_sendall(sock, head)
-            await asyncio.sleep(0.2)  # the handler is reading the body
-            await loop.sock_sendall(sock, body)
-        return await read_until_closed(sock, 10)
-    finally:
-        sock.close()
+    reads the body; what came back until the connection closed (the request does not
+    ask for the close: the broken framing must bring it)."""
+    return await send_chunked(port, path, b'4\r\n{"a"\r\n' + framing, together, close=False)
 
 
 @pytest.mark.parametrize(
@@ -901,15 +887,18 @@ async def test_the_emulator_answers_a_chunked_body_that_breaks_as_ollama_does(
     assert orjson.loads(got) == error
 
 
-async def send_chunked(port: int, path: str, body: bytes, together: bool) -> bytes:
+async def send_chunked(
+    port: int, path: str, body: bytes, together: bool, close: bool = True
+) -> bytes:
     """A chunked POST to `path` of `body` (its chunk framing as given), sent with its
-    head (`together`) or in a later read; what came back until the connection closed."""
+    head (`together`) or in a later read (while the handler reads the body); what came
+    back until the connection closed (`close`: the request asks for it)."""
     sock = await connect(port)
     loop = asyncio.get_running_loop()
-    head = (
-        b"POST %s HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n"
-        b"Connection: close\r\n\r\n" % path.encode()
+    head = b"POST %s HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n" % (
+        path.encode()
     )
+    head += b"Connection: close\r\n\r\n" if close else b"\r\n"
     try:
         if together:
             await loop.sock_sendall(sock, head + body)
