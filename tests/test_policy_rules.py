@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 from selector_model.catalog.catalog import Catalog
-from selector_model.catalog.placement import probe_of
+from selector_model.catalog.knowledge import AREAS
 from selector_model.catalogue_prior import UNSEEN_SPREAD, spreads
 from selector_model.features import Candidate
 from selector_model.policy import SWITCH_Z, beyond_max_loss, pick, rank
 from selector_model.posterior import PRIOR_STRENGTH, choose
+from training.imputation_calibration import misses
 
 
 def test_spread_is_what_the_catalogue_does_not_know_of_an_unseen_model() -> None:
@@ -89,13 +90,10 @@ def test_the_unseen_spread_is_the_catalogues_own_imputation_error() -> None:
     catalog = Catalog.load()
     errors: list[float] = []
     stated: list[float] = []
-    neighbourhood = catalog.neighbourhood
-    for entry in catalog.entries():
-        for area, published in neighbourhood.published.get(entry.name, {}).items():
-            imputed, uncertainty, near = neighbourhood.impute(probe_of(entry), area, entry.name)
-            if near:
-                errors.append(imputed - published)
-                stated.append(uncertainty)
+    for area in AREAS:
+        area_errors, area_stated, _ = misses(catalog, (area,), None, False)
+        errors += area_errors
+        stated += area_stated
     assert len(errors) > 300
     measured = (sum(e * e for e in errors) / sum(u * u for u in stated)) ** 0.5
     assert measured == pytest.approx(UNSEEN_SPREAD, rel=0.15)

@@ -48,7 +48,7 @@ def _row(label: str, errors: list[float], stated: list[float], overall: list[flo
     )
 
 
-def _measure(
+def misses(
     catalog: Catalog,
     removed: Iterable[str],
     whose: set[str] | None,
@@ -57,7 +57,8 @@ def _measure(
     """Errors, stated uncertainties and the entries' overall uncertainties of the
     `removed` areas of every entry publishing all of them (of `whose` if given), each
     imputed from the other entries; with `neighbours_too`, from the other entries with
-    the same areas removed from those of `whose`."""
+    the same areas removed from those of `whose`. One area at a time, of every entry,
+    is what `UNSEEN_SPREAD` is measured on (tests/test_policy_rules.py)."""
     base = catalog.neighbourhood
     removed = tuple(removed)
     published = base.published
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     stated: list[float] = []
     overall: list[float] = []
     for area in AREAS:
-        e, s, o = _measure(catalog, (area,), None, False)
+        e, s, o = misses(catalog, (area,), None, False)
         print(_row(f"{area} alone", e, s, o))
         errors += e
         stated += s
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     # areas changes none of its imputations, only which entries are counted.
     print("-- the entry's areas removed, its neighbours' kept")
     for label, removed in REMOVED.items():
-        print(_row(label, *_measure(catalog, removed, None, False)))
+        print(_row(label, *misses(catalog, removed, None, False)))
     names = sorted(e.name for e in catalog.entries())
     seeds = [int(s) for s in args.seeds.split(",")]
     for fraction in args.fraction:
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
             for seed in seeds:
                 whose = set(random.Random(seed).sample(names, round(fraction * len(names))))
                 for areas in [(a,) for a in AREAS] if not removed else [removed]:
-                    got = _measure(catalog, areas, whose, True)
+                    got = misses(catalog, areas, whose, True)
                     for into, part in zip(pooled, got, strict=True):
                         into += part
             print(_row(label, *pooled))
