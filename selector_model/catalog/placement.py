@@ -266,12 +266,9 @@ class Neighbourhood:
         areas: dict[str, float] = {}
         spread: dict[str, float] = {}
         for area in AREAS:
-            if kin and not generations:
-                # A model of a listed family, placed as its family's entries are.
-                areas[area], spread[area], _ = self.impute_listed(probe, area, exclude="")
-                continue
-            # An area the generation before publishes nowhere is placed as that
-            # generation's own entries place it, beside the one before it, a step up.
+            # Placed as its family's entries are (`impute_listed`: an area no entry of
+            # the family publishes beside the generation before it, a step up); a later
+            # generation than the catalogue lists, then its own steps up.
             areas[area], spread[area], _ = self.impute_listed(probe, area, exclude="")
             if generations and areas[area] > 0.0:
                 shift = generations * GENERATION_STEP[area]
@@ -282,7 +279,7 @@ class Neighbourhood:
         )
         if generations and era is not None:
             released = era
-        context = int(details.get("context_length") or 0) or nearest[0][1].context_length
+        context = reported_context or nearest[0][1].context_length
         uncertainty = sum(spread.values()) / len(AREAS)
         uncertainty += UNKNOWN_SIZE_UNCERTAINTY if guessed else 0.0
         return ModelKnowledge(
