@@ -150,10 +150,11 @@ async def test_a_client_that_stops_reading_is_cut_off_and_frees_the_backend(
     state = emulator.state
     cancelled = state.cancelled
     try:
-        # Far more than the socket buffers between the three hold (~30 MB): the backend
-        # is still generating when the client stops.
-        options = {"num_predict": 1_000_000, "num_ctx": 32768}
-        body = orjson.dumps({"model": "qwen2.5:7b", "prompt": "go", "options": options})
+        # Far more than the socket buffers between the three can hold, however large the
+        # kernel lets them grow (tcp_rmem's maximum is 32 MiB on some machines): 1.3M
+        # tokens, about 120 MB, so the backend is still generating when the client stops.
+        options = {"num_predict": 2_000_000, "num_ctx": 131072}
+        body = orjson.dumps({"model": "llama3.1:8b", "prompt": "go", "options": options})
         sock = slow_reader(proxy.port, "/api/generate", body)
         # Never reading: the proxy pauses the backend, then gives up on the client.
         assert await wait_for(lambda: state.cancelled > cancelled, 60)
