@@ -49,7 +49,8 @@ What is relied on, and why:
   `CONNECT /api/chat` too, whose path aiohttp's router then finds no route for;
   `web.Server`'s `request_factory` is called with each parsed head, whose `url`
   `_replace` sets: `HandlerRunner` reads an origin-form target as the path, as Go does
-  (and closes the connection after a CONNECT's answer, `should_close`). A target with
+  (and closes the connection after a CONNECT's answer, `should_close`, which also
+  carries Go's reading of `Connection`, `proxy.go_keep_alive`). A target with
   no path (`*`, `http://host`, a CONNECT's `host:port`) gets the path `/`, so that
   the catch-all route takes it:
   its `raw_path` (the target as sent) is what the answer is made of.
@@ -143,6 +144,7 @@ from yarl import URL
 
 from proxy.config import AIOHTTP_UNCHECKED_ENV
 from proxy.config_reading import switch
+from proxy.go_keep_alive import closes
 
 log = logging.getLogger("autoroute.aiohttp")
 T = TypeVar("T")
@@ -485,13 +487,15 @@ def _go_targets(factory: _RequestFactory) -> _RequestFactory:
       `GET http://host`) has the path `/` (aiohttp's is empty), its `raw_path` still
       the target as sent, which Go answers before any handler
       (`proxy.go_mux.redirect`);
+    * a request's connection closes after its answer where Go's closes, which reads
+      `Connection` otherwise than llhttp (`proxy.go_keep_alive`);
     * an HTTP/1.0 request the parser read a chunked body of has no body and no
       Transfer-Encoding (Go ignores the header on HTTP/1.0, and without a
       Content-Length reads no body), and its connection closes after the answer: the
       chunks the parser took are never read as a request either (Go, on a keep-alive
       connection, would read them as its next request line, and refuse it).
 
-    Three comparisons per request."""
+    Four comparisons per request, and a header look-up."""
 
     def make(
         message: RawRequestMessage,
@@ -500,6 +504,10 @@ def _go_targets(factory: _RequestFactory) -> _RequestFactory:
         writer: AbstractStreamWriter,
         task: asyncio.Task[None],
     ) -> BaseRequest:
+        if not message.should_close and (
+            message.version < HttpVersion11 or hdrs.CONNECTION in message.headers
+        ):
+            message = _go_keep_alive(message)
         if message.method == "CONNECT" or message.path[:1] != "/":
             message = _go_target(message)
         if message.chunked and message.version < HttpVersion11:
@@ -507,6 +515,15 @@ def _go_targets(factory: _RequestFactory) -> _RequestFactory:
         return factory(message, payload, protocol, writer, task)
 
     return make
+
+
+def _go_keep_alive(message: RawRequestMessage) -> RawRequestMessage:
+    """`message`, which llhttp keeps the connection after, closing it where Go's net/http
+    closes it (`proxy.go_keep_alive`)."""
+    http11 = message.version >= HttpVersion11
+    if not closes(http11, tuple(message.headers.getall(hdrs.CONNECTION, ()))):
+        return message
+    return message._replace(should_close=True)
 
 
 def _go_target(message: RawRequestMessage) -> RawRequestMessage:

@@ -68,8 +68,14 @@ unparsable request with `400 Bad Request`, and logs neither. Here:
   chunked body's framing is read as Go reads it before the parser sees it
   (`proxy.chunk_lines`), from the body's first byte on, known when the read that ends
   its head names the chunked coding (as nearly every client's head does, sent in one
-  write) and the parser reads that head alone; a request after such a body in the
-  same read is read alike (`_parse`). Any other chunked body keeps llhttp's reading;
+  write) or the head began in an earlier read (`HeadReads` finds its end, however the
+  reads cut it), and the parser reads that head alone; a request after such a body in
+  the same read is read alike (`_parse`). Any other chunked body (one pipelined
+  behind a request still being handled) keeps llhttp's reading;
+* a head's `Proxy-Connection` fields are never given to the parser (`HeadReads`):
+  Go ignores them, llhttp reads them as `Connection` (and then refuses any byte after
+  a request it read as closing the connection); and the connection closes after an
+  answer where Go's reading of `Connection` closes it (`proxy.go_keep_alive`);
 * heads Go reads and llhttp refuses (two equal Content-Lengths, Content-Length with
   `Transfer-Encoding: chunked` on HTTP/1.1, Content-Length with any
   Transfer-Encoding on HTTP/1.0, which Go frames by the Content-Length, a header line
@@ -140,6 +146,7 @@ from proxy.aiohttp_internals import (
 from proxy.chunk_lines import ChunkLines
 from proxy.config import Config, Limits, Timeouts
 from proxy.errors import unserved_method
+from proxy.head_reads import HeadReads
 from proxy.limits import HEAD_TOO_LARGE_BODY
 from proxy.relayed_response import RelayedResponse
 
@@ -348,6 +355,7 @@ class ClientConnection(RequestHandler):
         "_head_bytes",
         "_head_seconds",
         "_head_timer",
+        "_heads",
         "_line",
         "_request_ids",
         "_te_refused",
@@ -375,6 +383,8 @@ class ClientConnection(RequestHandler):
         self._te_refused: HttpProcessingError | None = None
         # The size lines of the chunked body being read, while they are Go's to read.
         self._chunks: ChunkLines | None = None
+        # The reads of the head being read.
+        self._heads = HeadReads()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -445,19 +455,29 @@ class ClientConnection(RequestHandler):
                     return refusal
                 at_head = True
             # Only a read that a head is awaited for can end one: body reads (an
-            # upload's gigabytes) are not searched.
-            end = data.find(b"\r\n\r\n") + 4 if at_head else 0
+            # upload's gigabytes) are not searched. The head's `Proxy-Connection`
+            # lines are taken out (`HeadReads`).
+            heads = self._heads
+            if at_head:
+                continued = heads.continued
+                data, end = heads.feed(data)
+            else:
+                heads.reset()
+                continued, end = False, 0
             # (`find`, not `in`: see `relay.ClientLeg.on_body`.)
-            if not (4 <= end <= len(data) and data[:end].lower().find(b"chunked") >= 0):
-                super().data_received(data)
+            if not (end and (continued or data[:end].lower().find(b"chunked") >= 0)):
+                if data:
+                    super().data_received(data)
                 return refusal
-            # The end of a head with chunked framing: the head goes to the parser
-            # alone, as Go reads a head before any of its body. A body that breaks in
-            # this read then fails that request's read of it (Ollama's 400), rather
-            # than failing the whole read, head and all, as one unparsable request. (A
-            # length-framed body cannot break.) A head refused is the read's error:
-            # nothing after it is read. A chunked body whose head the parser read alone
-            # has its size lines read as Go reads them, from its first byte on.
+            # The end of a head with chunked framing, or of one that began in an
+            # earlier read (its coding may have come there): the head goes to the
+            # parser alone, as Go reads a head before any of its body. A body that
+            # breaks in this read then fails that request's read of it (Ollama's 400),
+            # rather than failing the whole read, head and all, as one unparsable
+            # request. (A length-framed body cannot break.) A head refused is the
+            # read's error: nothing after it is read. A chunked body whose head the
+            # parser read alone has its size lines read as Go reads them, from its
+            # first byte on, however the head came.
             count = request_count(self)
             head = data[:end]
             if head.find(b"\t") >= 0:

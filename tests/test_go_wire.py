@@ -1,0 +1,181 @@
+"""Raw bytes a client may send that Go's net/http (Ollama's server) reads in its own way:
+the connection's keep-alive as Go decides it from `Connection` alone, and a chunked
+body whose head came in many reads. The proxy and the emulator answer
+each as Go and Ollama do, and go on serving others.
+
+No timing thresholds: the pauses below only spread bytes over several reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterator
+
+import orjson
+import pytest
+
+from proxy.config import Limits, Timeouts
+from tests.support import Emulator, Proxy, ServerThread
+from tests.test_client_faults import (
+    MODEL,
+    NO_USAGE,
+    connect,
+    generate,
+    read_response,
+    read_until_closed,
+    responses_of,
+)
+
+
+@pytest.fixture
+def wire(servers: ServerThread, emulator: Emulator) -> Iterator[Proxy]:
+    """A proxy whose head deadline and idle timeout no test reaches."""
+    prx = Proxy(
+        servers,
+        [emulator.url],
+        timeouts=Timeouts(client_header_seconds=60, client_idle_seconds=3600),
+        limits=Limits(max_header_bytes=2048),
+        usage=NO_USAGE,
+    )
+    yield prx
+    prx.stop()
+
+
+def port_of(server: str, proxy: Proxy, emulator: Emulator) -> int:
+    return proxy.port if server == "proxy" else emulator.port
+
+
+def fields_of(head: bytes) -> dict[str, bytes]:
+    lines = head.split(b"\r\n")[1:]
+    return {k.strip().lower().decode(): v.strip() for k, _, v in (x.partition(b":") for x in lines)}
+
+
+async def stays_open(sock: socket.socket) -> bool:
+    """Whether the server serves another request on `sock`, which it has answered once
+    (False: it closed the connection instead)."""
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.sock_sendall(sock, b"GET /api/version HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    except (BrokenPipeError, ConnectionResetError):
+        return False
+    rest = b""
+    async with asyncio.timeout(60):
+        while b"\r\n\r\n" not in rest:
+            try:
+                chunk = await loop.sock_recv(sock, 65536)
+            except ConnectionResetError:
+                return False
+            if not chunk:
+                return False
+            rest += chunk
+    return rest.startswith(b"HTTP/1.1 200 ")
+
+
+# Go decides from `Connection` alone (src/net/http/request.go `wantsClose`,
+# `wantsHttp10KeepAlive`; transfer.go `shouldClose`; server.go `writeHeader`): `close`
+# as a comma-separated token of any field, or with a space or comma around it in the
+# first; HTTP/1.0 keeps the connection only for `keep-alive` so found in the first field
+# (and an answer with a length, which /api/version has). `Proxy-Connection` is nothing
+# to Go; llhttp reads it as `Connection`. (HTTP/1.0 `Connection: keep-alive foo`, which
+# Go keeps, closes: see proxy/go_keep_alive.py.)
+KEEP_ALIVE_CASES = [
+    (b"1.1", b"Proxy-Connection: close\r\n", True, None),
+    (b"1.1", b"Connection: keep-alive\r\nProxy-Connection: close\r\n", True, None),
+    (b"1.1", b"Connection: foo close\r\n", False, b"close"),
+    (b"1.1", b"Connection: close\r\n", False, b"close"),
+    (b"1.0", b"Proxy-Connection: keep-alive\r\n", False, None),
+    (b"1.0", b"Connection: foo\r\nConnection: keep-alive\r\n", False, None),
+    (b"1.0", b"Connection: keep-alive\r\nProxy-Connection: close\r\n", True, b"keep-alive"),
+    (b"1.0", b"Connection: keep-alive\r\n", True, b"keep-alive"),
+]
+
+
+@pytest.mark.parametrize("server", ["proxy", "emulator"])
+@pytest.mark.parametrize(
+    ("version", "fields", "kept", "connection"),
+    KEEP_ALIVE_CASES,
+    ids=[
+        "proxy-connection-close",
+        "keep-alive-and-proxy-close",
+        "close-after-a-space",
+        "close",
+        "http10-proxy-keep-alive",
+        "http10-keep-alive-in-second-field",
+        "http10-keep-alive-and-proxy-close",
+        "http10-keep-alive",
+    ],
+)
+async def test_the_connection_is_kept_as_go_keeps_it(
+    wire: Proxy,
+    emulator: Emulator,
+    server: str,
+    version: bytes,
+    fields: bytes,
+    kept: bool,
+    connection: bytes | None,
+) -> None:
+    sock = await connect(port_of(server, wire, emulator))
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.sock_sendall(
+            sock, b"GET /api/version HTTP/%b\r\nHost: localhost\r\n%b\r\n" % (version, fields)
+        )
+        head, body = await read_response(sock)
+        assert head.startswith(b"HTTP/%b 200 " % version), head
+        assert orjson.loads(body)["version"]
+        assert fields_of(head).get("connection") == connection, head
+        assert await stays_open(sock) is kept
+    finally:
+        sock.close()
+
+
+SHOW_BODY = orjson.dumps({"model": MODEL})
+CHUNKED_HEAD = (
+    b"POST /api/show HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n"
+    b"Connection: close\r\n\r\n"
+)
+
+
+async def send_in_pieces(port: int, pieces: list[bytes]) -> bytes:
+    """`pieces` one write each, a pause after each so that each is a read of its own;
+    what came back until the connection closed."""
+    sock = await connect(port)
+    loop = asyncio.get_running_loop()
+    try:
+        for piece in pieces:
+            await loop.sock_sendall(sock, piece)
+            await asyncio.sleep(0.005)
+        return await read_until_closed(sock)
+    finally:
+        sock.close()
+
+
+def byte_by_byte(data: bytes) -> list[bytes]:
+    return [data[i : i + 1] for i in range(len(data))]
+
+
+@pytest.mark.parametrize("server", ["proxy", "emulator"])
+@pytest.mark.parametrize(
+    "size_line", [b"%x", b"%x ", b"%x;a b"], ids=["canonical", "space", "odd-extension"]
+)
+@pytest.mark.parametrize("how", ["head-in-bytes", "all-in-bytes", "head-ends-in-the-body-read"])
+async def test_a_chunked_body_is_read_alike_however_its_head_came(
+    wire: Proxy, emulator: Emulator, server: str, size_line: bytes, how: str
+) -> None:
+    """Size lines Go reads (llhttp refuses the last two) are read as Go reads them when
+    the head comes a byte at a time, or its last bytes with the body, as when it came
+    whole (tests/test_client_faults.py)."""
+    body = (size_line % len(SHOW_BODY)) + b"\r\n" + SHOW_BODY + b"\r\n" + (size_line % 0)
+    body += b"\r\n\r\n"
+    if how == "head-in-bytes":
+        pieces = [*byte_by_byte(CHUNKED_HEAD), body]
+    elif how == "all-in-bytes":
+        pieces = byte_by_byte(CHUNKED_HEAD + body)
+    else:
+        pieces = [CHUNKED_HEAD[:-3], CHUNKED_HEAD[-3:] + body]
+    answer = await send_in_pieces(port_of(server, wire, emulator), pieces)
+    [(head, got)] = responses_of(answer)
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n"), answer
+    assert orjson.loads(got)["details"]
+    assert (await generate(wire.url))["done"] is True
