@@ -28,6 +28,12 @@ unparsable request with `400 Bad Request`, and logs neither. Here:
   with Go's text (`missing_host`), one with two Go's other 400 (`duplicate_host`),
   one whose `Host` has a byte Go refuses there (`a b`) Go's third, from the handler
   before anything else (`refuse_parsed`);
+* a target of `*` for a method other than OPTIONS, which aiohttp's C parser refuses,
+  gets the answer of Go's mux (400, no body), and so does a PRI request for `*`, the
+  HTTP/2 preface included (llhttp refuses any PRI request; Go's HTTP/1 server reads
+  it as any other), a PRI request for a path Ollama's answer for the method
+  (`_refused_target_line`; the line is known for a connection's first request, and
+  for `*` makes no difference but the version);
 * a Transfer-Encoding the parser refuses (a coding other than `chunked`, a list, a
   second field) gets Go's 501 (`transfer_encoding_refused`), and so does one it
   reads as chunked and Go does not take (`gzip, chunked`: Go takes `chunked` alone),
@@ -138,7 +144,9 @@ from proxy.aiohttp_internals import (
     one_message_per_feed,
     queued_error,
     quoted_request_line,
+    refused_asterisk,
     refused_method_line,
+    refused_pri,
     request_count,
     stop_serving,
     transfer_encoding_refused,
@@ -351,6 +359,7 @@ class ClientConnection(RequestHandler):
 
     __slots__ = (
         "_chunks",
+        "_first_line",
         "_head_budget",
         "_head_bytes",
         "_head_seconds",
@@ -385,6 +394,9 @@ class ClientConnection(RequestHandler):
         self._chunks: ChunkLines | None = None
         # The reads of the head being read.
         self._heads = HeadReads()
+        # The connection's first request line, where the parser may refuse it and Go
+        # reads it.
+        self._first_line: bytes | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -530,9 +542,12 @@ class ClientConnection(RequestHandler):
             if len(self._line) > self._head_budget:
                 self._line = None  # the head's byte budget answers this one
             return False
-        line = bytes(self._line) + data[:end]
+        line = (bytes(self._line) + data[:end]).removesuffix(b"\r")
         self._line = None
-        status = go_request_line(line.removesuffix(b"\r"))
+        if line.startswith(b"PRI ") or line.find(b" * ") >= 0:
+            # A line the parser may refuse where Go reads it (`_refused_target_line`).
+            self._first_line = line
+        status = go_request_line(line)
         if status is None:
             return False
         self._refuse(status, f"request line refused as Go refuses it ({status[:3].decode()})")
@@ -599,6 +614,8 @@ class ClientConnection(RequestHandler):
         Go reads: its status, None when Go refuses the line too (or the error quotes
         less than the whole line)."""
         line = refused_method_line(exc)
+        if line is None:
+            line = self._refused_target_line(exc)
         if line is None or go_request_line(line) is not None:
             return None
         method, _, rest = line.partition(b" ")
@@ -614,6 +631,19 @@ class ClientConnection(RequestHandler):
             lambda named: _written(answer, http11, named),
         )
         return answer.status
+
+    def _refused_target_line(self, exc: HttpProcessingError) -> bytes | None:
+        """The request line of a head the parser refused and Go reads: a target of `*`
+        (Go's mux answers it, whatever the method), or a PRI request (a method as any
+        other to Go). The connection's first line when the head was its first; else,
+        for `*`, a line Go answers alike (the version aside, which the refusal does not
+        tell); None when the line is not known."""
+        first = self._first_line if request_count(self) == 1 else None
+        if refused_asterisk(exc):
+            return first if first is not None else b"GET * HTTP/1.1"
+        if refused_pri(exc) and first is not None and first.startswith(b"PRI "):
+            return first
+        return None
 
     def refuse_version(self, request: BaseRequest) -> web.StreamResponse:
         """Go's refusal for a later request on this connection whose version aiohttp's

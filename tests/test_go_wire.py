@@ -1,6 +1,7 @@
 """Raw bytes a client may send that Go's net/http (Ollama's server) reads in its own way:
-the connection's keep-alive as Go decides it from `Connection` alone, and a chunked
-body whose head came in many reads. The proxy and the emulator answer
+the connection's keep-alive as Go decides it from `Connection` alone, request targets
+without a path (`*`, the HTTP/2 preface), and a chunked body whose head came in many
+reads. The proxy and the emulator answer
 each as Go and Ollama do, and go on serving others.
 
 No timing thresholds: the pauses below only spread bytes over several reads.
@@ -20,6 +21,7 @@ from tests.support import Emulator, Proxy, ServerThread
 from tests.test_client_faults import (
     MODEL,
     NO_USAGE,
+    answer_to,
     connect,
     generate,
     read_response,
@@ -128,6 +130,57 @@ async def test_the_connection_is_kept_as_go_keeps_it(
         assert await stays_open(sock) is kept
     finally:
         sock.close()
+
+
+# The mux's answer to a target of `*` (src/net/http/server.go, `ServeMux.ServeHTTP`:
+# `Connection: close` for HTTP/1.1 and later, then 400 with no body), which Ollama's
+# server reaches for any method but OPTIONS (its server's globalOptionsHandler) and for
+# `PRI * HTTP/2.0`, the HTTP/2 preface, which Go's HTTP/1 server reads as a request
+# (`http1ServerSupportsRequest`, `isH2Upgrade`).
+ASTERISK_REQUESTS = [
+    b"GET * HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    b"POST * HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\n{}",
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04\x00\x00\x00\x00\x00",
+    b"PRI * HTTP/2.0\r\nHost: localhost\r\n\r\n",
+    b"PRI * HTTP/1.1\r\nHost: localhost\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("server", ["proxy", "emulator"])
+@pytest.mark.parametrize(
+    "request_bytes",
+    ASTERISK_REQUESTS,
+    ids=["get", "post", "preface", "preface-and-settings", "pri-with-host", "pri-http11"],
+)
+async def test_a_target_of_asterisk_gets_the_muxs_400(
+    wire: Proxy, emulator: Emulator, server: str, request_bytes: bytes
+) -> None:
+    answer = await answer_to(port_of(server, wire, emulator), request_bytes)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n"), answer
+    fields = fields_of(head)
+    assert body == b""
+    assert fields["content-length"] == b"0"
+    assert fields["connection"] == b"close"
+    assert "content-type" not in fields
+    assert ("x-request-id" in fields) is (server == "proxy")
+    assert (await generate(wire.url))["done"] is True
+
+
+@pytest.mark.parametrize("server", ["proxy", "emulator"])
+async def test_pri_on_a_path_gets_ollamas_answer_for_the_method(
+    wire: Proxy, emulator: Emulator, server: str
+) -> None:
+    """PRI is a method as any other to Go off `*`: gin's 405 for a route of Ollama's
+    (llhttp expects the HTTP/2 preface after any PRI line)."""
+    answer = await answer_to(
+        port_of(server, wire, emulator), b"PRI /api/tags HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    )
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 405 Method Not Allowed\r\n"), answer
+    assert fields_of(head)["allow"] == b"HEAD, GET"
+    assert body == b"405 method not allowed"
 
 
 SHOW_BODY = orjson.dumps({"model": MODEL})
