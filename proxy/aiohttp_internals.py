@@ -53,7 +53,9 @@ What is relied on, and why:
   carries Go's reading of `Connection`, `proxy.go_keep_alive`). A target with
   no path (`*`, `http://host`, a CONNECT's `host:port`) gets the path `/`, so that
   the catch-all route takes it:
-  its `raw_path` (the target as sent) is what the answer is made of.
+  its `raw_path` (the target as sent) is what the answer is made of. Both parsers read
+  a `#` in an origin-form target as the start of a fragment: `_replace` gives the
+  request Go's reading.
 * llhttp refuses a method it does not know (`FOO`, `get`, an RTSP method) with
   `BadHttpMethod`, or for an RTSP one a `BadStatusLine` saying "Invalid method for
   HTTP/x.x request", quoting the line; a CONNECT whose origin-form target the C
@@ -511,6 +513,8 @@ def _go_targets(factory: _RequestFactory) -> _RequestFactory:
       `GET http://host`) has the path `/` (aiohttp's is empty), its `raw_path` still
       the target as sent, which Go answers before any handler
       (`proxy.go_mux.redirect`);
+    * a `#` in an origin-form target is part of its path or query, as to Go (the
+      parsers read a fragment there);
     * a request's connection closes after its answer where Go's closes, which reads
       `Connection` otherwise than llhttp (`proxy.go_keep_alive`);
     * an HTTP/1.0 request the parser read a chunked body of has no body and no
@@ -519,7 +523,7 @@ def _go_targets(factory: _RequestFactory) -> _RequestFactory:
       chunks the parser took are never read as a request either (Go, on a keep-alive
       connection, would read them as its next request line, and refuse it).
 
-    Four comparisons per request, and a header look-up."""
+    Five comparisons per request, and a header look-up."""
 
     def make(
         message: RawRequestMessage,
@@ -534,11 +538,22 @@ def _go_targets(factory: _RequestFactory) -> _RequestFactory:
             message = _go_keep_alive(message)
         if message.method == "CONNECT" or message.path[:1] != "/":
             message = _go_target(message)
+        elif "#" in message.path:
+            message = _with_hash(message)
         if message.chunked and message.version < HttpVersion11:
             message, payload = _without_coding(message), EMPTY_PAYLOAD
         return factory(message, payload, protocol, writer, task)
 
     return make
+
+
+def _with_hash(message: RawRequestMessage) -> RawRequestMessage:
+    """`message`, whose origin-form target has a `#`, read as Go's `ParseRequestURI`
+    reads it: a request target has no fragment, so the `#` and what follows it stay in
+    the path (`/api/version#x`, which no route of Ollama's is), or in the query after a
+    `?`."""
+    path, _, query = message.path.partition("?")
+    return message._replace(url=URL.build(path=path, query_string=query, encoded=True))
 
 
 def _go_keep_alive(message: RawRequestMessage) -> RawRequestMessage:

@@ -1,7 +1,7 @@
 """Raw bytes a client may send that Go's net/http (Ollama's server) reads in its own way:
 the connection's keep-alive as Go decides it from `Connection` alone, request targets
-without a path (`*`, the HTTP/2 preface), and a chunked body whose head came in many
-reads. The proxy and the emulator answer
+without a path (`*`, the HTTP/2 preface), a fragment in the target, and a chunked body
+whose head came in many reads. The proxy and the emulator answer
 each as Go and Ollama do, and go on serving others.
 
 No timing thresholds: the pauses below only spread bytes over several reads.
@@ -181,6 +181,39 @@ async def test_pri_on_a_path_gets_ollamas_answer_for_the_method(
     assert head.startswith(b"HTTP/1.1 405 Method Not Allowed\r\n"), answer
     assert fields_of(head)["allow"] == b"HEAD, GET"
     assert body == b"405 method not allowed"
+
+
+@pytest.mark.parametrize("server", ["proxy", "emulator"])
+@pytest.mark.parametrize(
+    "target",
+    [b"/api/version#frag", b"/api/tags#", b"/api/version#a?b"],
+    ids=["fragment", "empty-fragment", "fragment-with-query"],
+)
+async def test_a_fragment_in_the_path_is_part_of_it_as_to_go(
+    wire: Proxy, emulator: Emulator, server: str, target: bytes
+) -> None:
+    """Go's ParseRequestURI keeps a `#` and what follows in the path (it is no URL
+    reference with a fragment), so gin finds no route: its 404."""
+    answer = await answer_to(
+        port_of(server, wire, emulator),
+        b"GET %b HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n" % target,
+    )
+    [(head, body)] = responses_of(answer)
+    assert head.startswith(b"HTTP/1.1 404 Not Found\r\n"), answer
+    assert body == b"404 page not found"
+
+
+@pytest.mark.parametrize("server", ["proxy", "emulator"])
+async def test_a_fragment_after_the_query_is_part_of_the_query_as_to_go(
+    wire: Proxy, emulator: Emulator, server: str
+) -> None:
+    answer = await answer_to(
+        port_of(server, wire, emulator),
+        b"GET /api/version?a#frag HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    [(head, body)] = responses_of(answer)
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n"), answer
+    assert orjson.loads(body)["version"]
 
 
 SHOW_BODY = orjson.dumps({"model": MODEL})
