@@ -25,9 +25,10 @@ unparsable request with `400 Bad Request`, and logs neither. Here:
   line the parser refuses there is judged by `go_request_line` from the line its error
   quotes (llhttp refuses HTTP/3.0: Go's 505), else answered 400;
 * an HTTP/1.1 request without `Host`, which aiohttp's parser refuses, gets Go's 400
-  with Go's text (`missing_host`), one with two Go's other 400 (`duplicate_host`),
-  one whose `Host` has a byte Go refuses there (`a b`) Go's third, from the handler
-  before anything else (`refuse_parsed`);
+  with Go's text (`missing_host`), one with two Go's plain 400 (`duplicate_host`: Go's
+  readRequest refuses it before it reads the body's framing, with no text of its
+  own), one whose `Host` has a byte Go refuses there (`a b`) Go's 400 with its text,
+  from the handler before anything else (`refuse_parsed`);
 * a target of `*` for a method other than OPTIONS, which aiohttp's C parser refuses,
   gets the answer of Go's mux (400, no body), and so does a PRI request for `*`, the
   HTTP/2 preface included (llhttp refuses any PRI request; Go's HTTP/1 server reads
@@ -188,7 +189,6 @@ _VERSION_STATUS = b"505 HTTP Version Not Supported: unsupported protocol version
 # 0) && !isH2Upgrade && req.Method != "CONNECT"` returns badRequestError("missing required
 # Host header"), a statusError written as the one above.
 _NO_HOST_STATUS = b"400 Bad Request: missing required Host header"
-_TOO_MANY_HOSTS_STATUS = b"400 Bad Request: too many Host headers"
 _MALFORMED_HOST_STATUS = b"400 Bad Request: malformed Host header"
 # The bytes golang.org/x/net/http/httpguts's validHostByte admits in a Host.
 _VALID_HOST = re.compile(r"[0-9A-Za-z!$%&'()*+,\-.:;=\[\]_~]*")
@@ -592,7 +592,9 @@ class ClientConnection(RequestHandler):
         elif missing_host(exc):
             self._refuse(_NO_HOST_STATUS, "an HTTP/1.1 request without a Host header")
         elif duplicate_host(exc):
-            self._refuse(_TOO_MANY_HOSTS_STATUS, "a request with more than one Host header")
+            # Go's readRequest refuses it with a plain error (src/net/http/request.go,
+            # "too many Host headers"), which its server answers with its plain 400.
+            self._refuse(_BAD_REQUEST_STATUS, "a request with more than one Host header")
         elif transfer_encoding_refused(exc) or exc is self._te_refused:
             self._refuse(_UNSUPPORTED_TE_STATUS, "a Transfer-Encoding other than chunked")
             status = 501

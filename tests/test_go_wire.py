@@ -1,7 +1,7 @@
 """Raw bytes a client may send that Go's net/http (Ollama's server) reads in its own way:
 the connection's keep-alive as Go decides it from `Connection` alone, request targets
-without a path (`*`, the HTTP/2 preface), a fragment in the target, and a chunked body
-whose head came in many reads. The proxy and the emulator answer
+without a path (`*`, the HTTP/2 preface), a fragment in the target, a second `Host`,
+and a chunked body whose head came in many reads. The proxy and the emulator answer
 each as Go and Ollama do, and go on serving others.
 
 No timing thresholds: the pauses below only spread bytes over several reads.
@@ -17,6 +17,7 @@ import orjson
 import pytest
 
 from proxy.config import Limits, Timeouts
+from proxy.connection import BAD_REQUEST
 from tests.support import Emulator, Proxy, ServerThread
 from tests.test_client_faults import (
     MODEL,
@@ -24,6 +25,7 @@ from tests.test_client_faults import (
     answer_to,
     connect,
     generate,
+    go_answer,
     read_response,
     read_until_closed,
     responses_of,
@@ -214,6 +216,23 @@ async def test_a_fragment_after_the_query_is_part_of_the_query_as_to_go(
     [(head, body)] = responses_of(answer)
     assert head.startswith(b"HTTP/1.1 200 OK\r\n"), answer
     assert orjson.loads(body)["version"]
+
+
+@pytest.mark.parametrize("server", ["proxy", "emulator"])
+@pytest.mark.parametrize(
+    "hosts",
+    [b"Host: localhost\r\nHost: localhost\r\n", b"Host: a\r\nHost: b\r\nTransfer-Encoding: x\r\n"],
+    ids=["twice", "twice-before-a-coding"],
+)
+async def test_a_second_host_gets_gos_plain_400(
+    wire: Proxy, emulator: Emulator, server: str, hosts: bytes
+) -> None:
+    """Go's readRequest (src/net/http/request.go) refuses a second Host with a plain
+    error, before it reads the body's framing: its server's plain 400."""
+    answer = await answer_to(
+        port_of(server, wire, emulator), b"GET /api/version HTTP/1.1\r\n%b\r\n" % hosts
+    )
+    assert (go_answer(answer) if server == "proxy" else answer) == BAD_REQUEST
 
 
 SHOW_BODY = orjson.dumps({"model": MODEL})
