@@ -44,6 +44,8 @@ _HTML: Final = "text/html; charset=utf-8"
 # The status of the mux's redirects: 307 since Go 1.26 (which Ollama's go.mod names),
 # so that a client keeps its method and body; 301 from Go 1.22 to 1.25.
 MUX_REDIRECT: Final = 307
+# What Go's globalOptionsHandler reads of an `OPTIONS *` body (`4<<10`).
+OPTIONS_BODY_LIMIT: Final = 4 << 10
 _ALNUM = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 # What Go's `escape(s, encodePath)` leaves as it is (`shouldEscape`): every other
 # byte becomes `%XX`.
@@ -169,7 +171,7 @@ def redirect(request: web.BaseRequest) -> web.Response | None:
     mux lets through."""
     raw = request.raw_path
     if raw == "*":
-        return asterisk(request.method)
+        return asterisk(request.method, request.content_length)
     try:
         target = location(request.method, utf8(raw))
     except Unparsable:
@@ -189,13 +191,16 @@ def bad_target() -> web.Response:
     return response
 
 
-def asterisk(method: str) -> web.Response:
+def asterisk(method: str, length: int | None = None) -> web.Response:
     """Go's answer to a request for `*` (src/net/http/server.go), before the mux or
     any handler of Ollama's: `OPTIONS *` is its server's `globalOptionsHandler` (200,
     `Content-Length: 0`), any other method the mux's 400 (no body, the connection
-    closed)."""
+    closed). The options handler reads at most `OPTIONS_BODY_LIMIT` bytes of a body
+    through a MaxBytesReader, which closes the connection after the answer
+    (`Connection: close`) when the body is longer: by its `length` here (a chunked
+    body is not measured)."""
     response = web.Response(status=200 if method == "OPTIONS" else 400)
-    if response.status == 400:
+    if response.status == 400 or (length is not None and length > OPTIONS_BODY_LIMIT):
         response.force_close()
     return response
 

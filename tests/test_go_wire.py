@@ -284,3 +284,27 @@ async def test_a_chunked_body_is_read_alike_however_its_head_came(
     assert head.startswith(b"HTTP/1.1 200 OK\r\n"), answer
     assert orjson.loads(got)["details"]
     assert (await generate(wire.url))["done"] is True
+
+
+@pytest.mark.parametrize("server", ["proxy", "emulator"])
+@pytest.mark.parametrize(("length", "kept"), [(4096, True), (4097, False)])
+async def test_options_asterisk_reads_a_body_of_4_kib_at_most_as_go_does(
+    wire: Proxy, emulator: Emulator, server: str, length: int, kept: bool
+) -> None:
+    """Go's globalOptionsHandler reads at most 4 KiB of an `OPTIONS *` body through a
+    MaxBytesReader: a longer one closes the connection (`Connection: close`)."""
+    sock = await connect(port_of(server, wire, emulator))
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.sock_sendall(
+            sock,
+            b"OPTIONS * HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n%b"
+            % (length, b"a" * length),
+        )
+        head, body = await read_response(sock)
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n"), head
+        assert body == b""
+        assert fields_of(head).get("connection") == (None if kept else b"close")
+        assert await stays_open(sock) is kept
+    finally:
+        sock.close()
