@@ -47,14 +47,26 @@ class HeadReads:
     def feed(self, data: bytes) -> tuple[bytes, int]:
         """The bytes of this read to give the parser now, and where the head ends in
         them (0: it goes on past them)."""
+        if not (self._tail or self._held):
+            # A head that starts in this read, and nearly always ends there too without
+            # the field (every spelling of its name has `y-` or `Y-`): as it came.
+            end = data.find(_END) + 4
+            if end >= 4 and data.find(b"y-", 0, end) < 0 and data.find(b"Y-", 0, end) < 0:
+                return data, end
+        return self._feed(data)
+
+    def _feed(self, data: bytes) -> tuple[bytes, int]:
         tail, held = self._tail, self._held
         view = tail + held + data if tail or held else data
         skip = len(tail)  # bytes of `view` the parser has already
         found = view.find(_END)
         if found >= 0:
             end = found + 4
-            head = _without_field(view[:end], skip)
             self.reset()
+            if not _has_field(view, max(skip - 1, 0), end):
+                # The usual head: given on as it came, without a copy.
+                return view[skip:], end - skip
+            head = _without_field(view[:end], skip)
             return head[skip:] + view[end:], len(head) - skip
         view = _without_field(view, skip)
         line = view.rfind(b"\n") + 1  # where the last line starts (0: the request line)
@@ -69,10 +81,18 @@ class HeadReads:
         return out, 0
 
 
+def _has_field(view: bytes, start: int, end: int) -> bool:
+    """Whether `view[start:end]` has a whole `Proxy-Connection` line (`feed`: two
+    searches for `y-` and `Y-` decide before the pattern's)."""
+    if view.find(b"y-", start, end) < 0 and view.find(b"Y-", start, end) < 0:
+        return False
+    return _FIELD.search(view, start, end) is not None
+
+
 def _without_field(head: bytes, skip: int) -> bytes:
     """`head` without the `Proxy-Connection` lines that start after its first `skip`
     bytes (which the parser has already)."""
     start = max(skip - 1, 0)
-    if _FIELD.search(head, start) is None:
+    if not _has_field(head, start, len(head)):
         return head
     return head[:start] + _FIELD.sub(b"\n", head[start:])
