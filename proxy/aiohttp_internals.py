@@ -63,9 +63,7 @@ What is relied on, and why:
   whose message is the target: `refused_method_line`. Go's net/http reads any token as
   a method, and Ollama's router answers it.
 * The C parser refuses a target of `*` for any method but OPTIONS with an
-  `InvalidURLError` whose message is the target (`refused_asterisk`), and llhttp
-  refuses every PRI request (it expects the HTTP/2 preface after the line) with one of
-  the texts `H2_PREFACE`, `H2_PREFACE_EXPECTED` (`refused_pri`). Go reads both.
+  `InvalidURLError` whose message is the target (`refused_asterisk`). Go reads it.
 * The C parser's `max_msg_queue_size` (llhttp pauses after a complete message once that
   many are in flight, keeps the bytes after it, and parses them at its next feed, an
   empty one too) and the handler's `_parser`, `_messages` (the queue, a parse error
@@ -176,10 +174,6 @@ LENGTH_WITH_CODING = (
 )
 # llhttp's refusal of a method it knows only for RTSP (DESCRIBE, SETUP, ...).
 HTTP_METHOD_ONLY = "Invalid method for HTTP/x.x request"
-# llhttp's refusal of the bytes after a PRI request line: the HTTP/2 preface's rest
-# (its pause, which the C parser raises), or anything else.
-H2_PREFACE = "Pause on PRI/Upgrade"
-H2_PREFACE_EXPECTED = "Expected HTTP/2 Connection Preface"
 # What starts llhttp's refusal of a chunk's framing, and the error Go's chunked reader
 # (net/http/internal/chunked.go) gives the handler reading that body; any other framing
 # it refuses inside a body is Go's `MALFORMED_CHUNKS`.
@@ -485,16 +479,6 @@ def refused_asterisk(exc: HttpProcessingError) -> bool:
     """Whether the C parser refused the request target `*` (it reads `*` for OPTIONS
     alone), which Go's server reads for any method."""
     return isinstance(exc, InvalidURLError) and exc.message == "*"
-
-
-def refused_pri(exc: HttpProcessingError) -> bool:
-    """Whether llhttp refused a PRI request for what follows its line: it reads any PRI
-    line as the start of the HTTP/2 preface, and refuses anything after it but the
-    preface's rest, and that too (`H2_PREFACE`). Go's server reads a PRI request as any
-    other."""
-    return exc.message.startswith(H2_PREFACE) or (
-        isinstance(exc, BadStatusLine) and H2_PREFACE_EXPECTED in exc.message
-    )
 
 
 _ROOT = URL("/")

@@ -30,11 +30,14 @@ unparsable request with `400 Bad Request`, and logs neither. Here:
   own), one whose `Host` has a byte Go refuses there (`a b`) Go's 400 with its text,
   from the handler before anything else (`refuse_parsed`);
 * a target of `*` for a method other than OPTIONS, which aiohttp's C parser refuses,
-  gets the answer of Go's mux (400, no body), and so does a PRI request for `*`, the
-  HTTP/2 preface included (llhttp refuses any PRI request; Go's HTTP/1 server reads
-  it as any other), a PRI request for a path Ollama's answer for the method
-  (`_refused_target_line`; the line is known for a connection's first request, and
-  for `*` makes no difference but the version);
+  gets the answer of Go's mux (400, no body: `_asterisk_line`; the version is known
+  for a connection's first request); a connection's first request line with the
+  method PRI, which llhttp reads as the start of the HTTP/2 preface (and refuses
+  whatever follows it, or waits for the preface's rest), gets Ollama's answer as soon
+  as the line is complete, as a method Ollama serves on no route (below): the mux's
+  400 for `*`, the HTTP/2 preface's own line (Go would first read the head, and
+  refuse one without `Host` with its text). A later PRI request keeps the parser's
+  plain 400;
 * a Transfer-Encoding the parser refuses (a coding other than `chunked`, a list, a
   second field) gets Go's 501 (`transfer_encoding_refused`), and so does one it
   reads as chunked and Go does not take (`gzip, chunked`: Go takes `chunked` alone),
@@ -147,7 +150,6 @@ from proxy.aiohttp_internals import (
     quoted_request_line,
     refused_asterisk,
     refused_method_line,
-    refused_pri,
     request_count,
     stop_serving,
     transfer_encoding_refused,
@@ -394,8 +396,7 @@ class ClientConnection(RequestHandler):
         self._chunks: ChunkLines | None = None
         # The reads of the head being read.
         self._heads = HeadReads()
-        # The connection's first request line, where the parser may refuse it and Go
-        # reads it.
+        # The connection's first request line, where its target is `*`.
         self._first_line: bytes | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -544,12 +545,15 @@ class ClientConnection(RequestHandler):
             return False
         line = (bytes(self._line) + data[:end]).removesuffix(b"\r")
         self._line = None
-        if line.startswith(b"PRI ") or line.find(b" * ") >= 0:
-            # A line the parser may refuse where Go reads it (`_refused_target_line`).
-            self._first_line = line
+        if line.find(b" * ") >= 0:
+            self._first_line = line  # the parser may refuse it: `_asterisk_line`
         status = go_request_line(line)
         if status is None:
-            return False
+            # llhttp reads a PRI line as the start of the HTTP/2 preface: it waits for
+            # the preface's rest, then refuses it, and any other bytes at once. Go's
+            # HTTP/1 server reads a PRI request as any other, the preface's own
+            # (`PRI * HTTP/2.0`, then an empty head) too: Ollama's answer, now.
+            return line.startswith(b"PRI ") and self._answer_unserved(line) is not None
         self._refuse(status, f"request line refused as Go refuses it ({status[:3].decode()})")
         return True
 
@@ -617,8 +621,13 @@ class ClientConnection(RequestHandler):
         less than the whole line)."""
         line = refused_method_line(exc)
         if line is None:
-            line = self._refused_target_line(exc)
-        if line is None or go_request_line(line) is not None:
+            line = self._asterisk_line(exc)
+        return None if line is None else self._answer_unserved(line)
+
+    def _answer_unserved(self, line: bytes) -> int | None:
+        """Ollama's answer, written, to the request `line` for a method it serves on no
+        route: its status, None when Go refuses the line."""
+        if go_request_line(line) is not None:
             return None
         method, _, rest = line.partition(b" ")
         target, _, proto = rest.partition(b" ")
@@ -634,18 +643,15 @@ class ClientConnection(RequestHandler):
         )
         return answer.status
 
-    def _refused_target_line(self, exc: HttpProcessingError) -> bytes | None:
-        """The request line of a head the parser refused and Go reads: a target of `*`
-        (Go's mux answers it, whatever the method), or a PRI request (a method as any
-        other to Go). The connection's first line when the head was its first; else,
-        for `*`, a line Go answers alike (the version aside, which the refusal does not
-        tell); None when the line is not known."""
+    def _asterisk_line(self, exc: HttpProcessingError) -> bytes | None:
+        """The request line of a head the parser refused for its target of `*`, which
+        Go's mux answers whatever the method: the connection's first line when the head
+        was its first, else a line Go answers alike (the version aside, which the
+        refusal does not tell); None for any other refusal."""
+        if not refused_asterisk(exc):
+            return None
         first = self._first_line if request_count(self) == 1 else None
-        if refused_asterisk(exc):
-            return first if first is not None else b"GET * HTTP/1.1"
-        if refused_pri(exc) and first is not None and first.startswith(b"PRI "):
-            return first
-        return None
+        return first if first is not None else b"GET * HTTP/1.1"
 
     def refuse_version(self, request: BaseRequest) -> web.StreamResponse:
         """Go's refusal for a later request on this connection whose version aiohttp's

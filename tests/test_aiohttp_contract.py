@@ -52,7 +52,6 @@ from proxy.aiohttp_internals import (
     quoted_request_line,
     refused_asterisk,
     refused_method_line,
-    refused_pri,
     request_count,
     stop_serving,
     transfer_encoding_refused,
@@ -467,23 +466,17 @@ async def test_a_refused_method_is_told_with_its_line(
 
 
 @pytest.mark.parametrize(
-    ("head", "asterisk", "pri"),
+    ("head", "asterisk"),
     [
-        (b"GET * HTTP/1.1\r\nHost: x\r\n\r\n", True, False),
-        (b"POST * HTTP/1.0\r\n\r\n", True, False),
-        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", False, True),
-        (b"PRI * HTTP/2.0\r\nHost: x\r\n\r\n", False, True),
-        (b"PRI /a HTTP/1.1\r\nHost: x\r\n\r\n", False, True),
-        (b"GET /a HTTP/1.1\r\nno colon\r\n\r\n", False, False),
+        (b"GET * HTTP/1.1\r\nHost: x\r\n\r\n", True),
+        (b"POST * HTTP/1.0\r\n\r\n", True),
+        (b"GET /a HTTP/1.1\r\nno colon\r\n\r\n", False),
     ],
-    ids=["get-star", "post-star", "preface", "pri-fields", "pri-path", "bad-header"],
+    ids=["get-star", "post-star", "bad-header"],
 )
-async def test_a_star_target_and_a_pri_request_are_told_by_their_refusals(
-    head: bytes, asterisk: bool, pri: bool
-) -> None:
+async def test_a_star_target_is_told_by_its_refusal(head: bytes, asterisk: bool) -> None:
     """The C parser refuses `*` for any method but OPTIONS with an InvalidURLError
-    whose message is the target; llhttp refuses any PRI request with one of two texts:
-    `refused_asterisk`, `refused_pri`."""
+    whose message is the target: `refused_asterisk`."""
     async with serving(ok) as (port, made):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(head)
@@ -492,7 +485,6 @@ async def test_a_star_target_and_a_pri_request_are_told_by_their_refusals(
     [(status, exc)] = made[0].errors
     assert status == 400 and isinstance(exc, HttpProcessingError)
     assert refused_asterisk(exc) is asterisk
-    assert refused_pri(exc) is pri
 
 
 @pytest.mark.parametrize(

@@ -144,6 +144,7 @@ ASTERISK_REQUESTS = [
     b"POST * HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\n{}",
     b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
     b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04\x00\x00\x00\x00\x00",
+    b"PRI * HTTP/2.0\r\n\r\n",
     b"PRI * HTTP/2.0\r\nHost: localhost\r\n\r\n",
     b"PRI * HTTP/1.1\r\nHost: localhost\r\n\r\n",
 ]
@@ -153,7 +154,15 @@ ASTERISK_REQUESTS = [
 @pytest.mark.parametrize(
     "request_bytes",
     ASTERISK_REQUESTS,
-    ids=["get", "post", "preface", "preface-and-settings", "pri-with-host", "pri-http11"],
+    ids=[
+        "get",
+        "post",
+        "preface",
+        "preface-and-settings",
+        "preface-line-alone",
+        "pri-with-host",
+        "pri-http11",
+    ],
 )
 async def test_a_target_of_asterisk_gets_the_muxs_400(
     wire: Proxy, emulator: Emulator, server: str, request_bytes: bytes
