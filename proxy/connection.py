@@ -616,9 +616,9 @@ class ClientConnection(RequestHandler):
         return RelayedResponse(status, keep_alive=False)
 
     def _unserved_method(self, exc: HttpProcessingError) -> int | None:
-        """Ollama's answer, written, to a request whose method the parser refused and
-        Go reads: its status, None when Go refuses the line too (or the error quotes
-        less than the whole line)."""
+        """Ollama's answer, written, to a request whose method (or target of `*`) the
+        parser refused and Go reads: its status, None when Go refuses the line too (or
+        the error quotes less than the whole line)."""
         line = refused_method_line(exc)
         if line is None:
             line = self._asterisk_line(exc)
