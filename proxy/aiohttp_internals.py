@@ -54,8 +54,8 @@ What is relied on, and why:
   no path (`*`, `http://host`, a CONNECT's `host:port`) gets the path `/`, so that
   the catch-all route takes it:
   its `raw_path` (the target as sent) is what the answer is made of. Both parsers read
-  a `#` in an origin-form target as the start of a fragment: `_replace` gives the
-  request Go's reading.
+  a `#` in a target as the start of a fragment: `_replace` gives the request Go's
+  reading.
 * llhttp refuses a method it does not know (`FOO`, `get`, an RTSP method) with
   `BadHttpMethod`, or for an RTSP one a `BadStatusLine` saying "Invalid method for
   HTTP/x.x request", quoting the line; a CONNECT whose origin-form target the C
@@ -497,8 +497,8 @@ def _go_targets(factory: _RequestFactory) -> _RequestFactory:
       `GET http://host`) has the path `/` (aiohttp's is empty), its `raw_path` still
       the target as sent, which Go answers before any handler
       (`proxy.go_mux.redirect`);
-    * a `#` in an origin-form target is part of its path or query, as to Go (the
-      parsers read a fragment there);
+    * a `#` in a target's path or query is part of it, as to Go (the parsers read a
+      fragment there);
     * a request's connection closes after its answer where Go's closes, which reads
       `Connection` otherwise than llhttp (`proxy.go_keep_alive`);
     * an HTTP/1.0 request the parser read a chunked body of has no body and no
@@ -533,12 +533,26 @@ def _go_targets(factory: _RequestFactory) -> _RequestFactory:
 
 
 def _with_hash(message: RawRequestMessage) -> RawRequestMessage:
-    """`message`, whose origin-form target has a `#`, read as Go's `ParseRequestURI`
-    reads it: a request target has no fragment, so the `#` and what follows it stay in
-    the path (`/api/version#x`, which no route of Ollama's is), or in the query after a
-    `?`."""
-    path, _, query = message.path.partition("?")
-    return message._replace(url=URL.build(path=path, query_string=query, encoded=True))
+    """`message`, whose origin- or absolute-form target has a `#` and a path, read as
+    Go's `ParseRequestURI` reads it: a request target has no fragment, so the `#` and
+    what follows it stay in the path (`/api/version#x`, which no route of Ollama's
+    is), or in the query after the first `?`."""
+    before, _, query = message.path.partition("?")
+    if before.startswith("/"):
+        return message._replace(url=URL.build(path=before, query_string=query, encoded=True))
+    url = message.url
+    # `scheme://authority/path`: the path from the first `/` after the authority.
+    authority_and_path = before[before.find("//") + 2 :]
+    path = authority_and_path[authority_and_path.find("/") :]
+    return message._replace(
+        url=URL.build(
+            scheme=url.scheme,
+            authority=url.raw_authority,
+            path=path,
+            query_string=query,
+            encoded=True,
+        )
+    )
 
 
 def _go_keep_alive(message: RawRequestMessage) -> RawRequestMessage:
@@ -564,6 +578,8 @@ def _go_target(message: RawRequestMessage) -> RawRequestMessage:
             url = message.url
     elif not message.url.relative().raw_path:
         url = message.url.with_path("/", keep_query=True)  # `http://host`, `http://host?q`
+    elif "#" in path:
+        return _with_hash(message)
     else:
         return message
     return message._replace(url=url, should_close=message.should_close or connect)

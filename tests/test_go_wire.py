@@ -197,8 +197,13 @@ async def test_pri_on_a_path_gets_ollamas_answer_for_the_method(
 @pytest.mark.parametrize("server", ["proxy", "emulator"])
 @pytest.mark.parametrize(
     "target",
-    [b"/api/version#frag", b"/api/tags#", b"/api/version#a?b"],
-    ids=["fragment", "empty-fragment", "fragment-with-query"],
+    [
+        b"/api/version#frag",
+        b"/api/tags#",
+        b"/api/version#a?b",
+        b"http://localhost/api/version#frag",
+    ],
+    ids=["fragment", "empty-fragment", "fragment-with-query", "absolute-form"],
 )
 async def test_a_fragment_in_the_path_is_part_of_it_as_to_go(
     wire: Proxy, emulator: Emulator, server: str, target: bytes
