@@ -1199,3 +1199,21 @@ def test_livecodebench_is_read_only_where_its_line_onto_humaneval_holds(
     assert "LiveCodeBench" in catalog.sources("phi4-mini:3.8b")
     assert {"HumanEval", "MBPP"}.isdisjoint(catalog.sources("phi4-mini:3.8b"))
     assert 0.0 < mini.area_uncertainty["code"] < 0.3
+
+
+def test_a_chat_tag_never_takes_a_base_models_entry(catalog: Catalog) -> None:
+    # Ollama's `starcoder2:15b-instruct-v0.1-q4_K_M` is the instruct fine-tune, whatever
+    # words its tag adds; the bare `15b` is the base model.
+    assert catalog.resolve("starcoder2:15b-instruct-v0.1-q4_K_M") == "starcoder2:15b-instruct"
+    assert catalog.resolve("starcoder2:15b-instruct-v0.1") == "starcoder2:15b-instruct"
+    # A chat variant of any pretrained entry is never that entry, whatever else its tag
+    # says: a base model's numbers and its leaving chat requests to instruct models are
+    # another model's.
+    for entry in catalog.entries():
+        if not entry.pretrained:
+            continue
+        for word in ("instruct", "chat", "it"):
+            for tag in (f"{word}", f"{word}-q4_K_M", f"{word}-v0.2-q8_0"):
+                name = f"{entry.name}-{tag}"
+                resolved = catalog.resolve(name)
+                assert resolved is None or not catalog.lookup(resolved).pretrained, name

@@ -105,6 +105,7 @@ def test_a_configured_catalogue_replaces_the_shipped_one(tmp_path: Path) -> None
         ("starcoder2:3b", False),
         ("starcoder2:15b-q4_K_M", False),
         ("starcoder2:15b-instruct", True),
+        ("starcoder2:15b-instruct-v0.1-q4_K_M", True),
         # A Hugging Face name says it in the repository's name.
         ("hf.co/unsloth/Qwen3-8B-Base-GGUF:Q4_K_M", False),
         ("llama3.1:8b", True),

@@ -182,10 +182,16 @@ class Catalog:
         return dict(self._sources.get(resolved or "", {}))
 
     def resolve(self, name: str) -> str | None:
-        """The catalogue entry a name stands for, or None."""
+        """The catalogue entry a name stands for, or None. A name that says it is a
+        chat model (`names.is_chat_variant`) never stands for a pretrained entry, which
+        a key without its chat word may name (`starcoder2:15b-instruct-v0.1` shortened
+        to `starcoder2:15b`): that entry's results and its being left out of chat
+        requests are another model's."""
+        chat = names.is_chat_variant(name)
         for key in names.keys(name):
-            if key in self._keys:
-                return self._keys[key]
+            found = self._keys.get(key)
+            if found is not None and not (chat and self._entries[found].pretrained):
+                return found
         return None
 
     def lookup(

@@ -16,6 +16,8 @@ _QUANT = re.compile(
 )
 # Tag words that name a chat/instruct variant: the catalogue describes the chat model.
 _VARIANT = frozenset({"instruct", "chat", "it", "latest"})
+# The words of them that say a model was tuned to chat (`is_chat_variant`).
+_CHAT_WORDS = _VARIANT - {"latest"}
 # Tag words that name a pretrained (base) variant (`is_pretrained`).
 # `code` and `python` are Code Llama's and CodeGemma's pretrained completion variants
 # (`codellama:7b-code`, `codellama:7b-python`, `codegemma:7b-code`, `stable-code:3b-code`).
@@ -124,6 +126,14 @@ def is_pretrained(name: str) -> bool:
     return bool(_PRETRAINED_TAG_WORDS.intersection(_words(tag))) or "base" in _words(base)
 
 
+def is_chat_variant(name: str) -> bool:
+    """Whether `name` says it is a chat (instruct) model: `instruct`, `chat` or `it` as
+    a whole word of the tag (`starcoder2:15b-instruct-v0.1-q4_K_M`) or, where a name
+    pulled from Hugging Face says it, of the name (`starcoder2-15b-instruct-v0.1-GGUF`)."""
+    base, tag = split(name)
+    return bool(_CHAT_WORDS.intersection(_words(tag)) or _CHAT_WORDS.intersection(_words(base)))
+
+
 def is_cloud(name: str) -> bool:
     """Whether `name` is one of Ollama's cloud models by its name: `cloud` as a whole
     word of the tag (`gpt-oss:120b-cloud`, `qwen3-coder:480b-cloud`)."""
@@ -186,7 +196,17 @@ def _keys(name: str) -> list[str]:
     if unquantized:
         out.append(f"{base}:{unquantized}")
     words = clean_tag(tag).split("-") if clean_tag(tag) else []
-    for end in range(len(words), 0, -1):
+    if words:
+        out.append(f"{base}:{'-'.join(words)}")
+    # Shortened, a tag keeps its chat word before it loses it (`15b-instruct-v0.1` is
+    # `15b-instruct` before `15b`): where the bare size is a base model, its instruct
+    # tune is an entry of its own.
+    kept = _unquantized(tag)
+    chat = [i for i, word in enumerate(kept) if word in _CHAT_WORDS]
+    if chat:
+        for end in range(len(kept) - 1, chat[0], -1):
+            out.append(f"{base}:{'-'.join(kept[:end])}")
+    for end in range(len(words) - 1, 0, -1):
         out.append(f"{base}:{'-'.join(words[:end])}")
     if not words:
         out.append(f"{base}:latest")
