@@ -1201,6 +1201,39 @@ def test_livecodebench_is_read_only_where_its_line_onto_humaneval_holds(
     assert 0.0 < mini.area_uncertainty["code"] < 0.3
 
 
+@pytest.mark.parametrize(
+    ("name", "entry", "humaneval"),
+    [
+        # Code Llama's pretrained and Python variants (the paper's Table 2), and
+        # DeepSeek Coder's base models (its paper's Table 3), by Ollama tag, quantized
+        # tag and Hugging Face pull: not the Instruct models their bare tags are.
+        ("codellama:7b-code", "codellama:7b-code", 0.335),
+        ("codellama:13b-code-q4_0", "codellama:13b-code", 0.36),
+        ("codellama:34b-code", "codellama:34b-code", 0.488),
+        ("codellama:70b-code-q4_K_M", "codellama:70b-code", 0.53),
+        ("codellama:7b-python", "codellama:7b-python", 0.384),
+        ("codellama:13b-python-q4_0", "codellama:13b-python", 0.433),
+        ("codellama:34b-python-q4_K_M", "codellama:34b-python", 0.537),
+        ("codellama:70b-python", "codellama:70b-python", 0.573),
+        ("hf.co/TheBloke/CodeLlama-7B-Python-GGUF:Q4_K_M", "codellama:7b-python", 0.384),
+        ("hf.co/TheBloke/CodeLlama-13B-GGUF:Q5_K_M", "codellama:13b-code", 0.36),
+        ("deepseek-coder:1.3b-base", "deepseek-coder:1.3b-base", 0.348),
+        ("deepseek-coder:6.7b-base-q4_K_M", "deepseek-coder:6.7b-base", 0.494),
+        ("deepseek-coder:33b-base-q8_0", "deepseek-coder:33b-base", 0.561),
+        ("hf.co/TheBloke/deepseek-coder-6.7B-base-GGUF:Q4_K_M", "deepseek-coder:6.7b-base", 0.494),
+        ("codegemma:7b-code-q4_K_M", "codegemma:7b-code", 0.4013),
+    ],
+)
+def test_a_code_models_base_variant_carries_the_base_models_results(
+    catalog: Catalog, name: str, entry: str, humaneval: float
+) -> None:
+    assert catalog.resolve(name) == entry
+    found = catalog.lookup(name)
+    assert found.pretrained
+    assert catalog.sources(name)["HumanEval"].value == humaneval
+    assert found.areas["code"] == humaneval
+
+
 def test_a_chat_tag_never_takes_a_base_models_entry(catalog: Catalog) -> None:
     # Ollama's `starcoder2:15b-instruct-v0.1-q4_K_M` is the instruct fine-tune, whatever
     # words its tag adds; the bare `15b` is the base model.

@@ -106,6 +106,10 @@ def test_a_configured_catalogue_replaces_the_shipped_one(tmp_path: Path) -> None
         ("starcoder2:15b-q4_K_M", False),
         ("starcoder2:15b-instruct", True),
         ("starcoder2:15b-instruct-v0.1-q4_K_M", True),
+        # Code Llama's pretrained and Python models pulled from Hugging Face, whose
+        # repositories name no variant word the tag rules read.
+        ("hf.co/TheBloke/CodeLlama-7B-Python-GGUF:Q4_K_M", False),
+        ("hf.co/TheBloke/CodeLlama-13B-GGUF:Q5_K_M", False),
         # A Hugging Face name says it in the repository's name.
         ("hf.co/unsloth/Qwen3-8B-Base-GGUF:Q4_K_M", False),
         ("llama3.1:8b", True),
