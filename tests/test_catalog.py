@@ -1250,3 +1250,25 @@ def test_a_chat_tag_never_takes_a_base_models_entry(catalog: Catalog) -> None:
                 name = f"{entry.name}-{tag}"
                 resolved = catalog.resolve(name)
                 assert resolved is None or not catalog.lookup(resolved).pretrained, name
+
+
+def test_a_base_models_code_score_does_not_set_a_chat_models() -> None:
+    """A pretrained model continues a prompt; its HumanEval, run as a completion, says
+    little of what a chat model of its size and architecture scores asked in a
+    conversation. The code models that publish no code number (Devstral, CodeBooga, a
+    Code Llama merge) are imputed from chat models, whatever the pretrained Code Llamas
+    of their size score."""
+    data = _catalogue_data()
+    shipped = Catalog.from_data(data)
+    chats = ("devstral:24b", "codebooga:34b", "devstral-2:123b")
+    for name in chats:
+        found = shipped.lookup(name)
+        assert not found.pretrained and "code" in found.specialties, name
+    changed = data
+    for base in ("codellama:34b-code", "codellama:34b-python", "codellama:70b-code"):
+        changed = _with_scores(changed, base, {"HumanEval": 0.99})
+    stronger = Catalog.from_data(changed)
+    assert stronger.lookup("codellama:34b-python").areas["code"] == 0.99
+    for name in chats:
+        moved = stronger.lookup(name).areas["code"] - shipped.lookup(name).areas["code"]
+        assert abs(moved) < 0.01, (name, moved)

@@ -51,6 +51,13 @@ _SPECIALTY_WEIGHT = {
 # general model's little about a code model's.
 _SPECIALTY_AREA = {"code": "code", "math": "math", "reasoning": "reasoning"}
 _AREA_SPECIALTY_WEIGHT = 1.5
+# A pretrained (base) model's HumanEval or MBPP is a completion of the function, a chat
+# model's an answer to a request: imputing code, a neighbour that differs in being
+# pretrained is this much further (as one that differs in the code specialty), so that
+# the pretrained Code Llamas and DeepSeek Coders do not set a chat coder's code, nor the
+# chat models a base coder's.
+_PRETRAINED_AREA = "code"
+_PRETRAINED_WEIGHT = _AREA_SPECIALTY_WEIGHT
 # Specialties read from a model's capabilities and name are an uncertain sign (a tune
 # of a Qwen3 with its own template shows no thinking, whatever its weights learnt):
 # against an entry of its architecture, a difference in them counts this fraction of its
@@ -102,6 +109,8 @@ class Probe:
     specialties_read: bool = False
     # The context length it was trained to; 0 when not known.
     context: int = 0
+    # Whether it is a pretrained (base) model rather than a chat one.
+    pretrained: bool = False
 
     @property
     def log_size(self) -> float:
@@ -128,6 +137,8 @@ def _distance(
             specialty += scale * _SPECIALTY_WEIGHT.get(name, 0.0)
             if area and _SPECIALTY_AREA.get(name) == area:
                 specialty += _AREA_SPECIALTY_WEIGHT
+    if probe.pretrained != other.pretrained and area == _PRETRAINED_AREA:
+        specialty += _PRETRAINED_WEIGHT
     era = 0.0
     if probe.released is not None and other.released is not None:
         era = _YEAR_WEIGHT * abs(probe.released - other.released)
@@ -167,6 +178,7 @@ def probe_of(entry: ModelKnowledge) -> Probe:
         entry.specialties,
         entry.released,
         context=entry.context_length,
+        pretrained=entry.pretrained,
     )
 
 
@@ -261,7 +273,17 @@ class Neighbourhood:
         # family says them, or a Magistral's math would be read off the Mistral Smalls
         # of its architecture rather than off the reasoning models its entry's is.
         read = read and not kin
-        probe = Probe(family, arch, size, frozenset(specialties), era, read, reported_context)
+        # Pretrained as its name or its description says, or as every listed model of
+        # its family is (a StarCoder2 of another size), unless its name says chat. Only
+        # its neighbours are chosen so: a model is said to be pretrained, never found so.
+        pretrained = (
+            spec.get("pretrained") is True
+            or names.is_pretrained(name)
+            or (bool(kin) and all(e.pretrained for e in kin) and not names.is_chat_variant(name))
+        )
+        probe = Probe(
+            family, arch, size, frozenset(specialties), era, read, reported_context, pretrained
+        )
         nearest = self._nearest(probe, lambda e: True)
         areas: dict[str, float] = {}
         spread: dict[str, float] = {}
