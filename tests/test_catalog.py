@@ -1272,3 +1272,27 @@ def test_a_base_models_code_score_does_not_set_a_chat_models() -> None:
     for name in chats:
         moved = stronger.lookup(name).areas["code"] - shipped.lookup(name).areas["code"]
         assert abs(moved) < 0.01, (name, moved)
+
+
+def test_a_base_tag_of_a_chat_entry_takes_a_pretrained_models_code(catalog: Catalog) -> None:
+    """Ollama's `-base`, `-text`, `-code` and `-python` tags are the pretrained models
+    (`names.is_pretrained`). One the catalogue does not list keeps what the chat entry
+    of its bare tag says of its size, context and release, but not that model's code
+    results, answers to a request: a pretrained model's HumanEval is a completion, and
+    its code is read off pretrained models as much as off its family's chat ones
+    (Qwen2.5-Coder's base models score far below their Instruct models on HumanEval)."""
+    for size in ("1.5b", "7b", "32b"):
+        chat = catalog.lookup(f"qwen2.5-coder:{size}")
+        name = f"qwen2.5-coder:{size}-base-q8_0"
+        base = catalog.lookup(name)
+        assert base.name == name and base.pretrained
+        assert (base.params_b, base.context_length) == (chat.params_b, chat.context_length)
+        assert base.areas["knowledge"] == chat.areas["knowledge"]
+        assert base.areas["code"] < chat.areas["code"] - 0.05, size
+        assert base.area_uncertainty["code"] > chat.area_uncertainty["code"]
+    # A mixture of experts' base tag keeps its active parameters.
+    mixtral = catalog.lookup("mixtral:8x7b-text-v0.1-q4_0")
+    assert mixtral.active_params_b == catalog.lookup("mixtral:8x7b").active_params_b
+    # A listed model whose own name has such a word is that entry, as published.
+    for entry in catalog.entries():
+        assert catalog.lookup(entry.name).areas == entry.areas, entry.name

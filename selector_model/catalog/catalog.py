@@ -24,7 +24,7 @@ import yaml
 
 from selector_model.catalog import names, scales
 from selector_model.catalog.knowledge import AREAS, SPECIALTIES, ModelKnowledge
-from selector_model.catalog.placement import Neighbourhood
+from selector_model.catalog.placement import Neighbourhood, probe_of
 from selector_model.features import params_from
 
 DEFAULT_PATH = Path(__file__).with_name("models.yaml")
@@ -187,11 +187,16 @@ class Catalog:
         a key without its chat word may name (`starcoder2:15b-instruct-v0.1` shortened
         to `starcoder2:15b`): that entry's results and its being left out of chat
         requests are another model's."""
+        matched = self._match(name)
+        return matched[0] if matched else None
+
+    def _match(self, name: str) -> tuple[str, str] | None:
+        """(entry, the key of `names.keys` that found it) for `resolve`."""
         chat = names.is_chat_variant(name)
         for key in names.keys(name):
             found = self._keys.get(key)
             if found is not None and not (chat and self._entries[found].pretrained):
-                return found
+                return found, key
         return None
 
     def lookup(
@@ -277,18 +282,40 @@ class Catalog:
         if spec is not None:
             found = self._configured(name, spec, details, capabilities)
         else:
-            resolved = self.resolve(name)
-            if resolved is not None:
-                resolved = self._same_arch(resolved, details)
-            found = (
-                self._entries[resolved]
-                if resolved is not None
-                else self.neighbourhood.place(name, details, capabilities)
-            )
+            matched = self._match(name)
+            if matched is None:
+                found = self.neighbourhood.place(name, details, capabilities)
+            else:
+                found = self._entries[self._same_arch(matched[0], details)]
+                # A key without the name's pretrained word found a chat entry.
+                if not found.pretrained and names.is_pretrained(name):
+                    if not names.is_pretrained(matched[1]):
+                        found = self._pretrained_variant(name, found)
         measured = self._find(self._measured, name)
         if measured:
             found = _with_areas(found, measured, origin="profile", name=name)
         return found
+
+    def _pretrained_variant(self, name: str, entry: ModelKnowledge) -> ModelKnowledge:
+        """The pretrained model a tag names (`qwen2.5-coder:7b-base`, `llama3.1:8b-text`)
+        where the catalogue lists only the chat model of its bare tag: that entry's
+        size, context, release and results, but for its code area, which the chat
+        model's HumanEval and MBPP (answers to a request) do not give for a model that
+        completes a function: imputed as a pretrained model's, from the pretrained
+        models beside it as well as from its family's chat ones."""
+        probe = replace(probe_of(entry), pretrained=True)
+        code, spread, near = self.neighbourhood.impute_listed(probe, "code", exclude="")
+        areas = {**entry.areas, "code": code}
+        uncertain = {**entry.area_uncertainty, "code": spread}
+        return replace(
+            entry,
+            name=name,
+            areas=areas,
+            area_uncertainty=uncertain,
+            uncertainty=round(min(1.0, sum(uncertain.values()) / len(AREAS)), 4),
+            neighbours=tuple(dict.fromkeys((*entry.neighbours, *near))),
+            pretrained=True,
+        )
 
     def _same_arch(self, resolved: str, details: Mapping[str, Any]) -> str:
         """The entry a name resolved to, or the entry of its family that the backend's
