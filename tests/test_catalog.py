@@ -435,18 +435,6 @@ def test_the_yi_1_5_chat_models_carry_their_published_results(catalog: Catalog) 
         ("glm-4.7-flash:q8_0", "glm-4.7-flash:latest"),
         ("qwen3-coder-next:q4_K_M", "qwen3-coder-next:latest"),
         ("qwen3-coder-next:cloud", "qwen3-coder-next:latest"),
-    ],
-)
-def test_the_2026_library_models_resolve_to_their_entry(
-    catalog: Catalog, name: str, entry: str
-) -> None:
-    assert catalog.resolve(name) == entry
-    assert catalog.lookup(name).origin == "catalogue"
-
-
-@pytest.mark.parametrize(
-    ("name", "entry"),
-    [
         # The rest of Ollama's 2026 library: local tags, bare names (`latest`),
         # quantizations, Hugging Face names as a pull spells them, cloud tags.
         ("granite4.1", "granite4.1:8b"),
@@ -496,7 +484,7 @@ def test_the_2026_library_models_resolve_to_their_entry(
         ("mistral-large-3:675b-cloud", "mistral-large-3:675b"),
     ],
 )
-def test_the_other_2026_library_models_resolve_to_their_entry(
+def test_the_2026_library_models_resolve_to_their_entry(
     catalog: Catalog, name: str, entry: str
 ) -> None:
     assert catalog.resolve(name) == entry
