@@ -1284,3 +1284,23 @@ def test_a_base_tag_of_a_chat_entry_takes_a_pretrained_models_code(catalog: Cata
     # A listed model whose own name has such a word is that entry, as published.
     for entry in catalog.entries():
         assert catalog.lookup(entry.name).areas == entry.areas, entry.name
+
+
+def test_a_base_tag_of_a_chat_entry_cites_only_the_results_it_takes(catalog: Catalog) -> None:
+    """The published numbers behind a pretrained tag that resolves through its chat
+    entry (`qwen2.5-coder:7b-base`) are those of the areas it keeps: the chat model's
+    HumanEval and MBPP are not its code, which is imputed and so cites nothing, as any
+    imputed area of an entry cites nothing."""
+    benchmarks = yaml.safe_load(DEFAULT_PATH.read_text())["benchmarks"]
+    area_of = {b: spec if isinstance(spec, str) else spec["area"] for b, spec in benchmarks.items()}
+    for chat_name in ("qwen2.5-coder:1.5b", "qwen2.5-coder:7b", "llama3.1:8b", "mixtral:8x7b"):
+        tag = "text" if chat_name.startswith(("llama", "mixtral")) else "base"
+        name = f"{chat_name}-{tag}-q4_0"
+        chat = catalog.sources(chat_name)
+        assert any(area_of[bench] == "code" for bench in chat), chat_name
+        cited = catalog.sources(name)
+        assert cited == {b: s for b, s in chat.items() if area_of[b] != "code"}, name
+        base = catalog.lookup(name)
+        assert base.area_uncertainty["code"] >= 0.2 and base.neighbours, name
+    # A listed pretrained entry cites its own code results.
+    assert "HumanEval" in catalog.sources("codellama:7b-code")

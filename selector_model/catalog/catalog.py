@@ -56,6 +56,8 @@ class Source:
     value: float
     url: str
     title: str = ""
+    # The area the benchmark measures (the catalogue's `benchmarks`).
+    area: str = ""
 
 
 def parse_released(value: Any) -> float:
@@ -177,9 +179,17 @@ class Catalog:
         return tuple(self._entries.values())
 
     def sources(self, name: str) -> Mapping[str, Source]:
-        """The published numbers behind a catalogue entry's areas, by benchmark."""
-        resolved = self.resolve(name)
-        return dict(self._sources.get(resolved or "", {}))
+        """The published numbers behind a catalogue entry's areas, by benchmark. A
+        pretrained tag that takes its chat entry's results but for code
+        (`_pretrained_variant`) cites that entry's other results: its code is imputed
+        and cites nothing."""
+        matched = self._match(name)
+        if matched is None:
+            return {}
+        found = self._sources.get(matched[0], {})
+        if self._is_pretrained_variant(name, matched):
+            return {bench: s for bench, s in found.items() if s.area != "code"}
+        return dict(found)
 
     def resolve(self, name: str) -> str | None:
         """The catalogue entry a name stands for, or None. A name that says it is a
@@ -287,14 +297,22 @@ class Catalog:
                 found = self.neighbourhood.place(name, details, capabilities)
             else:
                 found = self._entries[self._same_arch(matched[0], details)]
-                # A key without the name's pretrained word found a chat entry.
-                if not found.pretrained and names.is_pretrained(name):
-                    if not names.is_pretrained(matched[1]):
-                        found = self._pretrained_variant(name, found)
+                if self._is_pretrained_variant(name, (found.name, matched[1])):
+                    found = self._pretrained_variant(name, found)
         measured = self._find(self._measured, name)
         if measured:
             found = _with_areas(found, measured, origin="profile", name=name)
         return found
+
+    def _is_pretrained_variant(self, name: str, matched: tuple[str, str]) -> bool:
+        """Whether `name`, a pretrained tag, found a chat entry by a key (`matched`:
+        entry, key) without its pretrained word."""
+        entry, key = matched
+        return (
+            not self._entries[entry].pretrained
+            and names.is_pretrained(name)
+            and not names.is_pretrained(key)
+        )
 
     def _pretrained_variant(self, name: str, entry: ModelKnowledge) -> ModelKnowledge:
         """The pretrained model a tag names (`qwen2.5-coder:7b-base`, `llama3.1:8b-text`)
@@ -437,7 +455,9 @@ def _read_scores(
         else:
             raise CatalogError(f"{at}: source {ref!r} of {bench} is neither a reference nor a URL")
         scores[bench] = float(value)
-        found[bench] = Source(benchmark=bench, value=float(value), url=url, title=title)
+        found[bench] = Source(
+            benchmark=bench, value=float(value), url=url, title=title, area=benchmarks[bench]
+        )
     return scores, found
 
 
