@@ -386,23 +386,31 @@ class AutoRoutes:
     def _described(self, candidate: dict[str, Any]) -> dict[str, Any]:
         """A ranking entry with what the catalogue knows of the model (its areas, where
         they come from: `catalogue`, `config`, `profile` or `nearest`, and for a placed
-        model the entries it was placed beside), its capabilities and what said them
-        (`registry.CAPABILITIES_FROM`: all but `show` are read off something else than
-        the list Ollama gives), and its profiled areas, when it has been profiled."""
+        model the entries it was placed beside; for a catalogue entry, the published
+        numbers its areas take and the areas imputed from those entries), its
+        capabilities and what said them (`registry.CAPABILITIES_FROM`: all but `show` are
+        read off something else than the list Ollama gives), and its profiled areas,
+        when it has been profiled."""
         name = str(candidate.get("model", ""))
         info = self.auto.registry.models.get(name)
         if info is not None and info.knowledge is not None:
             known = info.knowledge
-            candidate = {
-                **candidate,
-                "catalogue": {
-                    "origin": known.origin,
-                    "family": known.family,
-                    "areas": {area: round(score, 3) for area, score in known.areas.items()},
-                    "uncertainty": round(known.uncertainty, 3),
-                    "neighbours": list(known.neighbours[:3]),
-                },
+            described: dict[str, Any] = {
+                "origin": known.origin,
+                "family": known.family,
+                "areas": {area: round(score, 3) for area, score in known.areas.items()},
+                "uncertainty": round(known.uncertainty, 3),
+                "neighbours": list(known.neighbours[:3]),
             }
+            if known.origin == "catalogue":
+                cited = self.auto.registry.catalog.sources(known.name)
+                described["sources"] = {
+                    bench: {"area": s.area, "value": s.value, "url": s.url}
+                    for bench, s in sorted(cited.items())
+                }
+                published = {s.area for s in cited.values()}
+                described["imputed"] = [area for area in known.areas if area not in published]
+            candidate = {**candidate, "catalogue": described}
         if info is not None:
             listed = sorted(info.candidate.capabilities)
             candidate = {

@@ -22,6 +22,7 @@ from proxy.auto_routes import AutoRoutes
 from proxy.backends import BackendPool
 from proxy.config import Backend, Config, Health, Profile, Selector, Usage
 from proxy.registry import ModelInfo, Registry, model_info
+from selector_model.catalog import Catalog
 from selector_model.policy import SWITCH_Z
 from tests.conftest import FROZEN
 from tests.support import (
@@ -1614,3 +1615,33 @@ async def test_a_long_text_in_a_field_the_route_has_is_filtered_by_context(
     _, prx = plain_fleet
     error = await _auto_refused(prx, path, fields)
     assert "gemma2:9b: context 8192 < ~10000 prompt tokens" in error, error
+
+
+async def test_explain_cites_only_the_results_a_candidate_takes(
+    servers: ServerThread, tmp_path: Path
+) -> None:
+    """A pretrained tag the catalogue does not list (`qwen2.5-coder:7b-base`) takes its
+    chat entry's results but for code, imputed as a pretrained model's: explain cites
+    the published numbers it takes, none of the chat model's code results, and names
+    its code as imputed; a listed pretrained entry cites its own code results."""
+    fleet = ("qwen2.5-coder:7b-base", "codellama:7b-code")
+    own = Emulator(servers, dataclasses.replace(FROZEN, models=fleet))
+    prx = Proxy(servers, [own.url], selector=selector(tmp_path))
+    try:
+        status, doc = await explain(prx, chat("auto:best"))
+        assert status == 200, doc
+        ranked = {row["model"]: row["catalogue"] for row in doc["ranking"]}
+        assert set(ranked) == set(fleet), doc
+        base, code = ranked["qwen2.5-coder:7b-base"], ranked["codellama:7b-code"]
+        chat_sources = Catalog.shipped().sources("qwen2.5-coder:7b")
+        assert {"HumanEval", "MBPP", "MMLU"} <= set(chat_sources)
+        taken = {b: s for b, s in chat_sources.items() if s.area != "code"}
+        assert base["sources"] == {
+            b: {"area": s.area, "value": s.value, "url": s.url} for b, s in taken.items()
+        }
+        assert base["imputed"] == ["code"] and base["neighbours"]
+        assert code["sources"]["HumanEval"]["area"] == "code"
+        assert "code" not in code["imputed"]
+    finally:
+        prx.stop()
+        own.stop()
