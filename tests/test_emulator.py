@@ -802,6 +802,17 @@ async def test_keep_alive_is_read_as_api_duration_reads_it(emu: Emu) -> None:
         assert (status, json.loads(answer)["done_reason"]) == (200, "unload"), keep_alive
     for keep_alive, error in (
         (" 5m", 'time: invalid duration " 5m"'),
+        # Beyond Go's largest Duration (2^63-1 ns): time.ParseDuration's overflow.
+        ("2562048h", 'time: invalid duration "2562048h"'),
+        ("9223372036854775808ns", 'time: invalid duration "9223372036854775808ns"'),
+        ("1h9223372036854775807ns", 'time: invalid duration "1h9223372036854775807ns"'),
+        # A unit Go does not know is named, quoted as time.quote quotes it (bytes of a
+        # control or non-ASCII character as \x escapes).
+        ("5M", 'time: unknown unit "M" in duration "5M"'),
+        ("5m ", 'time: unknown unit "m " in duration "5m "'),
+        ("1e3s", 'time: unknown unit "e" in duration "1e3s"'),
+        ("1\x00m", 'time: unknown unit "\\x00m" in duration "1\\x00m"'),
+        ("2µ", 'time: unknown unit "\\xc2\\xb5" in duration "2\\xc2\\xb5"'),
         (True, "Unsupported type: 'bool'"),
         ([1], "Unsupported type: '[]interface {}'"),
     ):

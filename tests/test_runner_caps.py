@@ -237,6 +237,28 @@ async def test_keep_alive_beyond_the_most_is_lowered_to_it(
         assert CAPPED_HEADER not in headers
 
 
+@pytest.mark.parametrize("capped", [Runners(max_keep_alive="30m")], indirect=True)
+async def test_a_keep_alive_beyond_64_bits_is_lowered_as_any_other(
+    capped: Proxy, recorder: tuple[str, Recorder], own_emulator: Emulator
+) -> None:
+    """An integer beyond 64 bits that a double holds is a number of seconds to Go
+    (api.Duration reads it into a float64), far beyond the most: lowered, not let
+    through to keep the model loaded forever; one beyond a double is Go's 400."""
+    _, front = recorder
+    for asked in (b"18446744073709551616", b"123456789012345678901234567890"):
+        body = b'{"model": "llama3.1:8b", "prompt": "hi", "stream": false, "keep_alive": '
+        status, headers, _ = await post(capped.url, "/api/generate", body + asked + b"}")
+        assert status == 200
+        assert front.last() == {**BODIES["/api/generate"], "keep_alive": 1800}
+        assert headers[CAPPED_HEADER] == "keep_alive=1800"
+        assert expiry(own_emulator) == 1800 * 10**9
+    body = b'{"model": "llama3.1:8b", "prompt": "hi", "stream": false, "keep_alive": 1e400}'
+    status, headers, _ = await post(capped.url, "/api/generate", body)
+    assert status == 400
+    assert front.seen[-1][1] == body.replace(b" ", b"")  # compact, the number as sent
+    assert CAPPED_HEADER not in headers
+
+
 @pytest.mark.parametrize("capped", [Runners(min_keep_alive="5m")], indirect=True)
 async def test_keep_alive_below_the_least_is_raised_and_an_unload_refused(
     capped: Proxy, recorder: tuple[str, Recorder], own_emulator: Emulator
@@ -281,12 +303,17 @@ async def test_what_ollama_refuses_or_does_not_read_goes_as_sent(
     capped: Proxy, recorder: tuple[str, Recorder]
 ) -> None:
     _, front = recorder
-    # A keep_alive Ollama cannot read: its own 400, from the backend.
-    body = {**BODIES["/api/generate"], "keep_alive": "forever"}
-    status, headers, _ = await post(capped.url, "/api/generate", body)
-    assert status == 400
-    assert front.last() == body
-    assert CAPPED_HEADER not in headers
+    # A keep_alive Ollama cannot read: its own 400, from the backend. A duration beyond
+    # Go's (2^63-1 ns, about 2562047 hours) is no duration to time.ParseDuration either.
+    for refused in ("forever", "2562048h", "9223372036854775808ns", "99999999999h"):
+        body = {**BODIES["/api/generate"], "keep_alive": refused}
+        status, headers, answer = await post(capped.url, "/api/generate", body)
+        assert (status, orjson.loads(answer)) == (
+            400,
+            {"error": f'time: invalid duration "{refused}"'},
+        )
+        assert front.last() == body
+        assert CAPPED_HEADER not in headers
     # Ollama's OpenAI layer reads neither field: the body goes on unchanged.
     body = {
         "model": MODEL,
@@ -326,7 +353,11 @@ def test_runner_caps_come_from_the_file_and_the_environment(tmp_path: Path) -> N
     [
         ("MAX_KEEP_ALIVE", "-1", "runners.max_keep_alive: forever (a negative value) is no bound"),
         ("MAX_KEEP_ALIVE", "0", "runners.max_keep_alive: must be above 0"),
-        ("MIN_KEEP_ALIVE", "5x", 'runners.min_keep_alive: time: invalid duration "5x"'),
+        (
+            "MIN_KEEP_ALIVE",
+            "5x",
+            'runners.min_keep_alive: time: unknown unit "x" in duration "5x"',
+        ),
         ("MIN_KEEP_ALIVE", "2h", "runners.min_keep_alive: above runners.max_keep_alive"),
         ("MAX_NUM_CTX", "-8", "runners.max_num_ctx: must not be negative"),
     ],
