@@ -24,6 +24,7 @@ from typing import Any
 
 from proxy.cache.key import generates
 from proxy.config import Runners, keep_alive_bound
+from proxy.go_types import whole_literal
 from proxy.keep_alive import parse as parse_keep_alive
 
 CAPPED_HEADER = "X-Autoroute-Capped"
@@ -41,9 +42,15 @@ class Refused(Exception):
 
 def _go_int(value: Any) -> int | None:
     """What api.Options.FromMap sets an int option to from `value` (a JSON number: an
-    integer, or a double truncated toward zero), None for what it refuses or skips."""
+    integer, or a double truncated toward zero), None for what it refuses or skips.
+    An integer beyond 64 bits (kept as written, `proxy.go_json`) is a double to Go, whose
+    int64 conversion is the platform's (the largest int64 on arm64): read as the double's
+    value, so that a cap lowers it as any other."""
     if type(value) is int:
         return value
+    literal = whole_literal(value)
+    if literal is not None:
+        return int(literal)
     if type(value) is float and math.isfinite(value):
         return int(value)
     return None

@@ -145,6 +145,17 @@ async def test_num_ctx_above_the_cap_is_lowered_to_it(
         assert status == 200
         assert front.last()["options"] == {"num_ctx": asked if within else 8192, "temperature": 0.5}
         assert headers.get(CAPPED_HEADER) == (None if within else "num_ctx=8192")
+    # An integer beyond 64 bits is a float64 to Go (options are a map of `any`), which
+    # FromMap converts to an int64: lowered as any other, not left to the platform's
+    # conversion (arm64 saturates to the largest int64).
+    for beyond in (b"18446744073709551616", b"123456789012345678901234567890"):
+        written = orjson.dumps({**BODIES[path], "options": {"num_ctx": 0}})
+        status, headers, _ = await post(
+            capped.url, path, written.replace(b":0}", b":" + beyond + b"}")
+        )
+        assert status == 200
+        assert front.last()["options"] == {"num_ctx": 8192}
+        assert headers.get(CAPPED_HEADER) == "num_ctx=8192"
     for within in (4096, 0, -1, None, "8192x"):
         body = {**BODIES[path], "options": {"num_ctx": within}}
         _, headers, _ = await post(capped.url, path, body)
