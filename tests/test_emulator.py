@@ -1162,6 +1162,33 @@ async def test_responses_and_messages(emu: Emu) -> None:
     assert status == 404 and json.loads(body)["error"]["type"] == "not_found_error"
 
 
+async def test_streamed_responses_and_messages_carry_the_middlewares_heads(emu: Emu) -> None:
+    """ResponsesMiddleware and AnthropicMessagesMiddleware (middleware/openai.go,
+    anthropic.go) set Cache-Control: no-cache and Connection: keep-alive on a streamed
+    request once they have read its body, before ChatHandler runs: a stream has them,
+    and so has an error ChatHandler writes through them (as JSON); an answer that is not
+    streamed, or a body the middleware refuses, has neither."""
+    ask = {"model": "qwen2.5:7b", "input": "hi", "stream": True}
+    msg = {**ask, "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+    del msg["input"]
+    for path, body in (("/v1/responses", ask), ("/v1/messages", msg)):
+        status, headers, _ = await emu.post(path, body)
+        assert status == 200 and headers["Content-Type"] == "text/event-stream"
+        assert (headers.get("Cache-Control"), headers.get("Connection")) == (
+            "no-cache",
+            "keep-alive",
+        )
+        status, headers, _ = await emu.post(path, {**body, "model": "ghost"})
+        assert status == 404 and headers["Content-Type"] == "application/json"
+        assert headers.get("Cache-Control") == "no-cache"
+        status, headers, _ = await emu.post(path, {**body, "stream": False})
+        assert status == 200 and "Cache-Control" not in headers
+    status, headers, _ = await emu.post("/v1/responses", {**ask, "stream": "yes"})
+    assert status == 400 and "Cache-Control" not in headers
+    status, headers, _ = await emu.post("/v1/messages", {**msg, "max_tokens": 0})
+    assert status == 400 and "Cache-Control" not in headers
+
+
 async def test_an_input_that_crashes_the_runner_gets_ollamas_500_and_unloads_it() -> None:
     """`crash_on`: a prompt or message holding the text kills the model's runner, as
     llama.cpp's dies on an input it cannot handle: Ollama's 500, the model no longer

@@ -21,7 +21,7 @@ from .native import ChatSink, LazyStream, run_chat
 from .openai_routes import read_oa_body
 from .responses_api import text_of
 from .state import EmulatorState, request_digest, state_of
-from .wire import dumps, encoder_json, gin_json
+from .wire import dumps, encoder_json, gin_json, stream_heads, with_heads
 
 
 def anthropic_error(state: EmulatorState, status: int, message: str, key: str) -> dict[str, Any]:
@@ -112,13 +112,15 @@ class AnthropicSink(ChatSink):
         self.stream = stream
         self.key = key
         self.msg_id = "msg_" + _hex(self.state, key, "msg")
-        self.out = LazyStream(request, SSE)
+        self.heads = stream_heads(request, stream)
+        self.out = LazyStream(request, SSE, headers=self.heads)
         self.started = False
         self.block = -1
         self.block_kind = ""
 
     async def error(self, status: int, message: str) -> web.StreamResponse:
-        return encoder_json(status, anthropic_error(self.state, status, message, self.key))
+        body = anthropic_error(self.state, status, message, self.key)
+        return with_heads(encoder_json(status, body), self.heads)
 
     async def special(self, model: str, created_ns: int, reason: str) -> web.StreamResponse:
         return await self.done(model, created_ns, reason, {"content": ""}, {})
@@ -268,5 +270,6 @@ async def handle_messages(request: web.Request) -> web.StreamResponse:
     try:
         job = prepare_chat(state, chat, relax_thinking=True, limit_is_cap=True)
     except Refusal as exc:
-        return encoder_json(exc.status, anthropic_error(state, exc.status, exc.message, key))
+        refused = encoder_json(exc.status, anthropic_error(state, exc.status, exc.message, key))
+        return with_heads(refused, stream_heads(request, bool(body.get("stream"))))
     return await run_chat(request, job, AnthropicSink(request, bool(body.get("stream")), job.key))

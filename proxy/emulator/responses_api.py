@@ -24,7 +24,7 @@ from .openai_routes import (
     writer_error,
 )
 from .state import EmulatorState, request_digest, state_of
-from .wire import dumps, encoder_json
+from .wire import dumps, encoder_json, stream_heads, with_heads
 
 
 def _n(state: EmulatorState, key: str, salt: str, top: int) -> int:
@@ -129,7 +129,8 @@ class ResponsesSink(ChatSink):
         self.resp_id = f"resp_{_n(self.state, key, 'resp', 999999)}"
         self.item_id = f"msg_{_n(self.state, key, 'msg', 999999)}"
         self.rs_id = f"rs_{_n(self.state, key, 'rs', 999999)}"
-        self.out = LazyStream(request, SSE)
+        self.heads = stream_heads(request, self.stream)
+        self.out = LazyStream(request, SSE, headers=self.heads)
         self.seq = 0
         self.started = False
         self.thinking = ""
@@ -139,7 +140,7 @@ class ResponsesSink(ChatSink):
         self.calls: list[dict[str, Any]] = []
 
     async def error(self, status: int, message: str) -> web.StreamResponse:
-        return writer_error(status, message)
+        return with_heads(writer_error(status, message), self.heads)
 
     async def special(self, model: str, created_ns: int, reason: str) -> web.StreamResponse:
         return await self.done(model, created_ns, reason, {"content": ""}, {})
@@ -428,5 +429,6 @@ async def handle_responses(request: web.Request) -> web.StreamResponse:
     try:
         job = prepare_chat(state, chat)
     except Refusal as exc:
-        return writer_error(exc.status, exc.message)
+        heads = stream_heads(request, body.get("stream") is True)
+        return with_heads(writer_error(exc.status, exc.message), heads)
     return await run_chat(request, job, ResponsesSink(request, body, job.key))

@@ -75,6 +75,24 @@ def encoder_json(status: int, obj: Any, content_type: str = JSON_BARE) -> web.Re
     )
 
 
+def stream_heads(request: web.Request, stream: bool) -> dict[str, str]:
+    """The headers ResponsesMiddleware and AnthropicMessagesMiddleware set on a streamed
+    request once its body is read, before ChatHandler runs: every answer from then on
+    has them, an error ChatHandler writes too. Go's net/http drops the Connection header
+    from an answer whose connection closes after it."""
+    if not stream:
+        return {}
+    heads = {"Cache-Control": "no-cache"}
+    if request.version >= (1, 1) and request.keep_alive:
+        heads["Connection"] = "keep-alive"
+    return heads
+
+
+def with_heads(response: web.Response, heads: dict[str, str]) -> web.Response:
+    response.headers.update(heads)
+    return response
+
+
 def error(status: int, message: str) -> web.Response:
     """The native `{"error": "..."}` body."""
     return gin_json(status, {"error": message})
