@@ -122,6 +122,12 @@ def _kind(value: Any) -> str:
     return _KIND_OF.get(type(value), "value")
 
 
+def go_kind(value: Any) -> str:
+    """How encoding/json's UnmarshalTypeError names a decoded JSON value: "string",
+    "number", "object", ..."""
+    return _kind(value)
+
+
 _INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
 
 

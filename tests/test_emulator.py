@@ -1162,6 +1162,88 @@ async def test_responses_and_messages(emu: Emu) -> None:
     assert status == 404 and json.loads(body)["error"]["type"] == "not_found_error"
 
 
+_ITEM_HEAD = 'struct { Type string "json:\\"type\\""; Role string "json:\\"role\\"" }'
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        (
+            5,
+            "input must be a string or array: json: cannot unmarshal number into Go value"
+            " of type []json.RawMessage",
+        ),
+        (
+            {"role": "user"},
+            "input must be a string or array: json: cannot unmarshal object"
+            " into Go value of type []json.RawMessage",
+        ),
+        (["hi"], f"input[0]: json: cannot unmarshal string into Go value of type {_ITEM_HEAD}"),
+        (
+            [{"type": 5}],
+            "input[0]: json: cannot unmarshal number into Go struct field .type of type string",
+        ),
+        ([{"content": "hi"}], "input[0]: input item missing required 'type' field"),
+        (
+            [{"role": "user", "content": "hi"}, {"type": "item_reference", "id": "msg_1"}],
+            'input[1]: unknown input item type: "item_reference"',
+        ),
+        (
+            [{"role": "user", "content": 5}],
+            "input[0]: content must be a string or array:"
+            " json: cannot unmarshal number into Go value of type []json.RawMessage",
+        ),
+        (
+            [
+                {
+                    "role": "assistant",
+                    "content": [
+                        {"type": "output_text", "text": "a"},
+                        {"type": "refusal", "refusal": "no"},
+                    ],
+                }
+            ],
+            "input[0]: content[1]: unknown content type: refusal",
+        ),
+        (
+            [{"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{oops"}],
+            "failed to parse function call arguments: invalid character 'o' looking for"
+            " beginning of object key string",
+        ),
+    ],
+)
+async def test_responses_input_is_read_as_ollama_reads_it(
+    emu: Emu, given: Any, message: str
+) -> None:
+    """ResponsesInput.UnmarshalJSON, unmarshalResponsesInputItem and
+    unmarshalResponsesContent (openai/responses.go) refuse an input that is no string or
+    array, an item or content part of a type they do not know, and FromResponsesRequest
+    function call arguments that are no JSON: the middleware's 400, in OpenAI's shape."""
+    status, _, body = await emu.post("/v1/responses", {"model": "qwen2.5:7b", "input": given})
+    assert (status, json.loads(body)["error"]) == (
+        400,
+        {"message": message, "type": "invalid_request_error", "param": None, "code": None},
+    )
+
+
+async def test_responses_input_items_ollama_takes(emu: Emu) -> None:
+    """The items and parts a client replays from an earlier response are answered."""
+    given = [
+        {"role": "user", "content": [{"type": "input_text", "text": "Weather in Paris?"}]},
+        {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "hmm"},
+        {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": ""},
+        {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
+        {
+            "type": "message",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": "Sunny."}],
+        },
+        {"role": "user", "content": None},
+    ]
+    status, _, body = await emu.post("/v1/responses", {"model": "qwen2.5:7b", "input": given})
+    assert status == 200 and json.loads(body)["status"] == "completed"
+
+
 async def test_streamed_responses_and_messages_carry_the_middlewares_heads(emu: Emu) -> None:
     """ResponsesMiddleware and AnthropicMessagesMiddleware (middleware/openai.go,
     anthropic.go) set Cache-Control: no-cache and Connection: keep-alive on a streamed
