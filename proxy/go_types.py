@@ -231,6 +231,9 @@ def check_fields(body: Any, struct: str, fields: Mapping[str, str]) -> dict[str,
         elif want in ("tools", "[]api.Tool"):
             for item in value:
                 check_tool(item, struct, key)
+        elif want == "[]openai.Message":
+            for item in value:
+                check_openai_message(item, struct, key)
     return body
 
 
@@ -266,6 +269,47 @@ def check_tool(item: Any, struct: str, key: str) -> None:
             _check_struct(
                 parameters, "ToolFunctionParameters", f"{path}.parameters", _PARAMETERS_FIELDS
             )
+
+
+# openai.Message and openai.ToolCall (openai/openai.go), as far as their types are plain
+# (`content` is an `any`). A tool call's `function` is an anonymous struct: encoding/json
+# names it by its fields, and a field inside it by its path alone (no struct name).
+_OA_MESSAGE_FIELDS = (
+    ("role", "string", "string"),
+    ("reasoning", "string", "string"),
+    ("tool_calls", "[]", "[]openai.ToolCall"),
+    ("name", "string", "string"),
+    ("tool_call_id", "string", "string"),
+)
+_OA_FUNCTION = 'struct { Name string "json:\\"name\\""; Arguments string "json:\\"arguments\\"" }'
+_OA_TOOL_CALL_FIELDS = (
+    ("id", "string", "string"),
+    ("index", "int", "int"),
+    ("type", "string", "string"),
+    ("function", "object", _OA_FUNCTION),
+)
+_OA_FUNCTION_FIELDS = (("name", "string", "string"), ("arguments", "string", "string"))
+
+
+def check_openai_message(item: Any, struct: str, key: str) -> None:
+    """One element of a chat completion's `messages` ([]openai.Message, no UnmarshalJSON
+    of its own): errors name the innermost struct and the field's path from the
+    request (`Message.messages.role`). A null element is the zero message."""
+    if item is None:
+        return
+    if not isinstance(item, dict):
+        raise type_error(item, struct, key, "openai.Message")
+    _check_struct(item, "Message", key, _OA_MESSAGE_FIELDS)
+    path = f"{key}.tool_calls"
+    for call in item.get("tool_calls") or ():
+        if call is None:
+            continue
+        if not isinstance(call, dict):
+            raise type_error(call, "Message", path, "openai.ToolCall")
+        _check_struct(call, "ToolCall", path, _OA_TOOL_CALL_FIELDS)
+        function = call.get("function")
+        if isinstance(function, dict):
+            _check_struct(function, "", f"{path}.function", _OA_FUNCTION_FIELDS)
 
 
 def _check_struct(

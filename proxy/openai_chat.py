@@ -201,6 +201,8 @@ def chat_from_openai(body: dict[str, Any]) -> dict[str, Any]:
     been bound (`CHAT_FIELDS`); BodyError with its message for what it refuses."""
     messages: list[dict[str, Any]] = []
     for msg in body.get("messages") or []:
+        if msg is None:
+            msg = {}  # the zero openai.Message, refused below for its content
         if not isinstance(msg, dict):
             raise BodyError(INVALID_FORMAT)
         role, content = msg.get("role", ""), msg.get("content")

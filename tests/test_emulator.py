@@ -1077,6 +1077,76 @@ async def test_a_chat_completion_content_of_no_known_type_is_named_by_gos_type(
     assert (status, error) == (400, f"invalid message content type: {go_type}")
 
 
+_FUNCTION_STRUCT = (
+    'struct { Name string "json:\\"name\\""; Arguments string "json:\\"arguments\\"" }'
+)
+
+
+@pytest.mark.parametrize(
+    ("message", "error"),
+    [
+        (None, "invalid message content type: <nil>"),
+        (
+            "hi",
+            "json: cannot unmarshal string into Go struct field"
+            " ChatCompletionRequest.messages of type openai.Message",
+        ),
+        (
+            {"role": 5, "content": "hi"},
+            "json: cannot unmarshal number into Go struct field"
+            " Message.messages.role of type string",
+        ),
+        (
+            {"role": "user", "content": "hi", "name": True},
+            "json: cannot unmarshal bool into Go struct field Message.messages.name of type string",
+        ),
+        (
+            {"role": "tool", "content": "x", "tool_call_id": 1},
+            "json: cannot unmarshal number"
+            " into Go struct field Message.messages.tool_call_id of type string",
+        ),
+        (
+            {"role": "assistant", "content": "", "tool_calls": "f"},
+            "json: cannot unmarshal"
+            " string into Go struct field Message.messages.tool_calls of type []openai.ToolCall",
+        ),
+        (
+            {"role": "assistant", "content": "", "tool_calls": ["f"]},
+            "json: cannot unmarshal"
+            " string into Go struct field Message.messages.tool_calls of type openai.ToolCall",
+        ),
+        (
+            {"role": "assistant", "content": "", "tool_calls": [{"id": 1}]},
+            "json: cannot"
+            " unmarshal number into Go struct field ToolCall.messages.tool_calls.id of type string",
+        ),
+        (
+            {"role": "assistant", "content": "", "tool_calls": [{"function": []}]},
+            "json:"
+            " cannot unmarshal array into Go struct field ToolCall.messages.tool_calls.function"
+            f" of type {_FUNCTION_STRUCT}",
+        ),
+        (
+            {"role": "assistant", "content": "", "tool_calls": [{"function": {"arguments": {}}}]},
+            "json: cannot unmarshal object into Go struct field"
+            " .messages.tool_calls.function.arguments of type string",
+        ),
+    ],
+)
+async def test_a_chat_completion_message_is_bound_as_openai_message(
+    emu: Emu, message: Any, error: str
+) -> None:
+    """ShouldBindJSON into openai.ChatCompletionRequest: a message is an openai.Message,
+    its role, name, tool_call_id and reasoning strings, its tool calls openai.ToolCall
+    (whose `function` is an anonymous struct, named by its fields, its own fields by a
+    path without a struct name); a null message is the zero one, refused by
+    FromChatRequest for its content."""
+    status, _, body = await emu.post(
+        "/v1/chat/completions", {"model": "qwen2.5:7b", "messages": [message]}
+    )
+    assert (status, json.loads(body)["error"]["message"]) == (400, error)
+
+
 @pytest.mark.parametrize(
     ("parts", "extra", "status", "error"),
     [
