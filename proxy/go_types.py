@@ -96,6 +96,7 @@ _GO_TYPE = {
     "bool": "bool",
     "int": "int",
     "float": "float64",
+    "float32": "float32",
     "map": "map[string]interface {}",
     "[]int": "[]int",
     "[]string": "[]string",
@@ -111,6 +112,7 @@ _GO_TYPE = {
 # api.Duration (`duration`) decodes its value into an `any` first.
 _PARSED_NUMBERS = {
     "float": "float64",
+    "float32": "float32",
     "int": "int",
     "[]int": "int",
     "map": "float64",
@@ -144,7 +146,7 @@ def _fits(value: Any, want: str) -> bool:
         return (
             isinstance(value, int) and not isinstance(value, bool) and _INT_MIN <= value <= _INT_MAX
         )
-    if want == "float":
+    if want in ("float", "float32"):
         return _number(value)
     if want in ("map", "object"):
         return isinstance(value, dict)
@@ -210,6 +212,12 @@ def check_fields(body: Any, struct: str, fields: Mapping[str, str]) -> dict[str,
                 f"json: cannot unmarshal number {beyond} into Go struct field "
                 f"{struct}.{key} of type {go_type}"
             )
+        nested = _OPENAI_STRUCTS.get(want)
+        if nested is not None:
+            if not isinstance(value, dict):
+                raise type_error(value, struct, key, want)
+            _check_struct(value, nested[0], key, nested[1])
+            continue
         if not _fits(value, want):
             raise type_error(value, struct, key, _GO_TYPE.get(want, want))
         if want == "[]int":
@@ -289,6 +297,19 @@ _OA_TOOL_CALL_FIELDS = (
     ("function", "object", _OA_FUNCTION),
 )
 _OA_FUNCTION_FIELDS = (("name", "string", "string"), ("arguments", "string", "string"))
+
+
+# Fields of openai/openai.go's requests that are structs of its own, by the kind that
+# names them in a field list (`check_fields`): the struct's name in an error from
+# inside it, and its fields. (JsonSchema's one field is a json.RawMessage: anything.)
+_OPENAI_STRUCTS: dict[str, tuple[str, tuple[tuple[str, str, str], ...]]] = {
+    "openai.StreamOptions": ("StreamOptions", (("include_usage", "bool", "bool"),)),
+    "openai.ResponseFormat": (
+        "ResponseFormat",
+        (("type", "string", "string"), ("json_schema", "object", "openai.JsonSchema")),
+    ),
+    "openai.Reasoning": ("Reasoning", (("effort", "string", "string"),)),
+}
 
 
 def check_openai_message(item: Any, struct: str, key: str) -> None:

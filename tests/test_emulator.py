@@ -1077,6 +1077,82 @@ async def test_a_chat_completion_content_of_no_known_type_is_named_by_gos_type(
     assert (status, error) == (400, f"invalid message content type: {go_type}")
 
 
+@pytest.mark.parametrize(
+    ("path", "extra", "error"),
+    [
+        (
+            "/v1/chat/completions",
+            {"reasoning": "high"},
+            "json: cannot unmarshal string into"
+            " Go struct field ChatCompletionRequest.reasoning of type openai.Reasoning",
+        ),
+        (
+            "/v1/chat/completions",
+            {"reasoning": {"effort": 5}},
+            "json: cannot unmarshal number"
+            " into Go struct field Reasoning.reasoning.effort of type string",
+        ),
+        (
+            "/v1/chat/completions",
+            {"response_format": "json"},
+            "json: cannot unmarshal string"
+            " into Go struct field ChatCompletionRequest.response_format of type"
+            " openai.ResponseFormat",
+        ),
+        (
+            "/v1/chat/completions",
+            {"response_format": {"type": 5}},
+            "json: cannot unmarshal"
+            " number into Go struct field ResponseFormat.response_format.type of type string",
+        ),
+        (
+            "/v1/chat/completions",
+            {"response_format": {"type": "json_schema", "json_schema": 1}},
+            "json: cannot unmarshal number into Go struct field"
+            " ResponseFormat.response_format.json_schema of type openai.JsonSchema",
+        ),
+        (
+            "/v1/chat/completions",
+            {"stream_options": {"include_usage": "yes"}},
+            "json: cannot"
+            " unmarshal string into Go struct field StreamOptions.stream_options.include_usage"
+            " of type bool",
+        ),
+        (
+            "/v1/completions",
+            {"stream_options": []},
+            "json: cannot unmarshal array into Go"
+            " struct field CompletionRequest.stream_options of type openai.StreamOptions",
+        ),
+        (
+            "/v1/completions",
+            {"temperature": "hot"},
+            "json: cannot unmarshal string into Go"
+            " struct field CompletionRequest.temperature of type float32",
+        ),
+        (
+            "/v1/completions",
+            {"top_p": True},
+            "json: cannot unmarshal bool into Go struct"
+            " field CompletionRequest.top_p of type float32",
+        ),
+    ],
+)
+async def test_openai_request_structs_are_bound_as_go_binds_them(
+    emu: Emu, path: str, extra: dict[str, Any], error: str
+) -> None:
+    """openai.ChatCompletionRequest's and CompletionRequest's fields that are structs
+    (Reasoning, ResponseFormat, JsonSchema, StreamOptions) or float32s, as
+    encoding/json names them in a 400."""
+    body: dict[str, Any] = {"model": "qwen2.5:7b", **extra}
+    if path == "/v1/completions":
+        body["prompt"] = "Once"
+    else:
+        body["messages"] = [{"role": "user", "content": "hi"}]
+    status, _, answer = await emu.post(path, body)
+    assert (status, json.loads(answer)["error"]["message"]) == (400, error)
+
+
 _FUNCTION_STRUCT = (
     'struct { Name string "json:\\"name\\""; Arguments string "json:\\"arguments\\"" }'
 )
