@@ -1390,6 +1390,41 @@ async def test_responses_input_items_ollama_takes(emu: Emu) -> None:
     assert status == 200 and json.loads(body)["status"] == "completed"
 
 
+async def test_a_response_echoes_the_request_as_ollamas_structs_marshal_it(emu: Emu) -> None:
+    """ToResponse (a non-streamed answer) marshals the request's tools as ResponsesTool
+    (every field, a missing one null; `parameters` a Go map, its keys sorted), its text
+    format as ResponsesTextFormat (keys it does not know dropped) and its reasoning as
+    ResponsesReasoningOutput (an unset field left out); buildResponseObject (a stream's
+    events) writes the same tools and format as maps, and reasoning's unset fields null."""
+    tool = {"type": "function", "name": "f", "parameters": {"b": 1, "a": {"d": 1, "c": 2}}}
+    fmt = {"type": "json_schema", "name": "p", "schema": {"type": "object"}, "description": "d"}
+    body = {
+        "model": "qwen3:8b",
+        "input": "hi",
+        "tools": [tool],
+        "text": {"format": fmt},
+        "reasoning": {"effort": "low"},
+    }
+    echoed_tool = {
+        "type": "function",
+        "name": "f",
+        "description": None,
+        "strict": None,
+        "parameters": {"a": {"c": 2, "d": 1}, "b": 1},
+    }
+    echoed_format = {"type": "json_schema", "name": "p", "schema": {"type": "object"}}
+    _, _, answer = await emu.post("/v1/responses", body)
+    resp = json.loads(answer)
+    assert resp["tools"] == [echoed_tool] and list(resp["tools"][0]) == list(echoed_tool)
+    assert list(resp["tools"][0]["parameters"]) == ["a", "b"]
+    assert resp["text"] == {"format": echoed_format}
+    assert resp["reasoning"] == {"effort": "low"}
+    _, _, answer = await emu.post("/v1/responses", {**body, "stream": True})
+    created = json.loads(answer.split(b"\n")[1].removeprefix(b"data: "))["response"]
+    assert created["tools"] == [echoed_tool] and created["text"] == {"format": echoed_format}
+    assert created["reasoning"] == {"effort": "low", "summary": None}
+
+
 async def test_streamed_responses_and_messages_carry_the_middlewares_heads(emu: Emu) -> None:
     """ResponsesMiddleware and AnthropicMessagesMiddleware (middleware/openai.go,
     anthropic.go) set Cache-Control: no-cache and Connection: keep-alive on a streamed

@@ -212,6 +212,51 @@ def chat_from_responses(body: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _go_map(value: Any) -> Any:
+    """A JSON value decoded into a Go `map[string]any` and marshalled again: every
+    object's keys sorted, as encoding/json writes a map."""
+    if isinstance(value, dict):
+        return {k: _go_map(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_go_map(v) for v in value]
+    return value
+
+
+def _tool_echo(tool: Any, stream: bool) -> Any:
+    """A request's tool as the answer repeats it: ToResponse marshals the ResponsesTool
+    (every field, a missing one null, a namespace's members where it has any);
+    buildResponseObject writes a map of the same five fields, without members."""
+    if not isinstance(tool, dict):
+        return tool
+    echo = {
+        "type": tool.get("type") or "",
+        "name": tool.get("name") or "",
+        "description": tool.get("description"),
+        "strict": tool.get("strict"),
+        "parameters": _go_map(tool.get("parameters")),
+    }
+    members = tool.get("tools")
+    if not stream and isinstance(members, list) and members:
+        echo["tools"] = [_tool_echo(m, stream) for m in members]
+    return echo
+
+
+def _format_echo(fmt: Any) -> Any:
+    """The request's text format as ResponsesTextFormat marshals it (and
+    buildResponseObject copies it): its four fields, name and strict left out when
+    unset, schema (a json.RawMessage) when given at all; keys it does not know go."""
+    if not isinstance(fmt, dict):
+        return {"type": "text"}
+    echo: dict[str, Any] = {"type": fmt.get("type") or ""}
+    if fmt.get("name"):
+        echo["name"] = fmt["name"]
+    if "schema" in fmt:
+        echo["schema"] = fmt["schema"]
+    if fmt.get("strict") is not None:
+        echo["strict"] = fmt["strict"]
+    return echo
+
+
 class ResponsesSink(ChatSink):
     def __init__(self, request: web.Request, body: dict[str, Any], key: str) -> None:
         self.state = state_of(request)
@@ -260,21 +305,17 @@ class ResponsesSink(ChatSink):
             "instructions": b.get("instructions") or None,
             "output": output,
             "error": None,
-            "tools": b.get("tools") or [],
+            "tools": [_tool_echo(t, self.stream) for t in b.get("tools") or []],
             "tool_choice": "auto",
             "truncation": b.get("truncation") or "disabled",
             "parallel_tool_calls": True,
-            "text": {"format": (b.get("text") or {}).get("format") or {"type": "text"}},
+            "text": {"format": _format_echo((b.get("text") or {}).get("format"))},
             "top_p": b.get("top_p") if b.get("top_p") is not None else 1.0,
             "presence_penalty": 0,
             "frequency_penalty": 0,
             "top_logprobs": 0,
             "temperature": b.get("temperature") if b.get("temperature") is not None else 1.0,
-            "reasoning": (
-                {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")}
-                if reasoning.get("effort") or reasoning.get("summary")
-                else None
-            ),
+            "reasoning": self._reasoning_echo(reasoning),
             "usage": usage,
             "max_output_tokens": b.get("max_output_tokens"),
             "max_tool_calls": None,
@@ -285,6 +326,16 @@ class ResponsesSink(ChatSink):
             "safety_identifier": None,
             "prompt_cache_key": None,
         }
+
+    def _reasoning_echo(self, reasoning: dict[str, Any]) -> dict[str, Any] | None:
+        """None without an effort or summary; else a stream's map has both (an unset
+        one null), ToResponse's ResponsesReasoningOutput leaves an unset one out."""
+        effort, summary = reasoning.get("effort") or None, reasoning.get("summary") or None
+        if effort is None and summary is None:
+            return None
+        if self.stream:
+            return {"effort": effort, "summary": summary}
+        return {k: v for k, v in (("effort", effort), ("summary", summary)) if v is not None}
 
     async def _begin(self, model: str) -> None:
         if not self.started:
