@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
@@ -815,14 +816,81 @@ def test_every_entry_is_complete_and_every_number_has_a_source(catalog: Catalog)
             assert covered == set(AREAS), entry.name
 
 
-def test_published_numbers_are_kept_as_they_are(catalog: Catalog) -> None:
+def test_published_numbers_set_the_areas_and_nothing_is_imputed(catalog: Catalog) -> None:
     llama = catalog.lookup("llama3.1:8b")
     sources = catalog.sources("llama3.1:8b")
-    assert llama.areas["knowledge"] == sources["MMLU"].value
-    assert llama.areas["code"] == sources["HumanEval"].value
+    # IFEval is its one maker's result in the area: the area is that number as
+    # published, and the leaderboard's OLL-IFEval, which only fills an area without
+    # one, is not among what it cites.
+    assert "IFEval" in sources and "OLL-IFEval" not in sources
     assert llama.areas["instruction"] == sources["IFEval"].value
     assert llama.uncertainty == 0.0
     assert llama.neighbours == ()
+
+
+def _scales_data(extra: dict[str, float]) -> dict[str, Any]:
+    """A catalogue of five models whose GSM8K and MATH lie on one line, MATH = 2 * GSM8K
+    - 1, as do their MMLU and the leaderboard's OLL-MMLU, MMLU = 2 * OLL-MMLU, and a
+    maker's MMLU-R equal to MMLU; and a sixth with `extra` as its results."""
+    lines = [(0.6, 0.2, 0.5), (0.7, 0.4, 0.6), (0.8, 0.6, 0.7), (0.9, 0.8, 0.8), (0.95, 0.9, 0.9)]
+    models = []
+    for i, (gsm, competition, mmlu) in enumerate(lines):
+        scores = {"GSM8K": gsm, "MATH": competition, "MMLU": mmlu, "MMLU-R": mmlu}
+        scores["OLL-MMLU"] = mmlu / 2
+        models.append(_scales_model(f"line{i}", scores))
+    models.append(_scales_model("probe", extra))
+    return {
+        "version": 1,
+        "areas": list(AREAS),
+        "benchmarks": {
+            "MMLU": "knowledge",
+            "MMLU-R": "knowledge",
+            "OLL-MMLU": {"area": "knowledge", "fallback": True},
+            "MATH": "math",
+            "GSM8K": "math",
+        },
+        "models": models,
+    }
+
+
+def _scales_model(family: str, scores: dict[str, float]) -> dict[str, Any]:
+    return {
+        "name": f"{family}:7b",
+        "family": family,
+        "params_b": 7.0,
+        "released": "2024-06",
+        "context_length": 8192,
+        "scores": scores,
+        "sources": dict.fromkeys(scores, "https://example.org/card"),
+    }
+
+
+def test_an_area_is_the_mean_of_the_models_results_on_its_scale() -> None:
+    """A model's MATH and GSM8K are one kind of item each: its math is their mean, its
+    GSM8K read on MATH's scale by the least-squares line over the models that report
+    both (itself among them). A result only on the other benchmark is read off the line,
+    and is less certain than a published one."""
+    both = Catalog.from_data(_scales_data({"MATH": 0.5, "GSM8K": 0.9, "MMLU": 0.6}))
+    pairs = [(0.6, 0.2), (0.7, 0.4), (0.8, 0.6), (0.9, 0.8), (0.95, 0.9), (0.9, 0.5)]
+    slope, intercept = np.polyfit([x for x, _ in pairs], [y for _, y in pairs], 1)
+    probe = both.lookup("probe:7b")
+    assert probe.areas["math"] == pytest.approx((0.5 + intercept + slope * 0.9) / 2, abs=1e-3)
+    assert probe.areas["math"] < 0.8 - 0.05  # not GSM8K's reading alone
+    assert probe.area_uncertainty["math"] == 0.0
+    alone = Catalog.from_data(_scales_data({"GSM8K": 0.9, "MMLU": 0.6})).lookup("probe:7b")
+    assert alone.areas["math"] == pytest.approx(0.8, abs=1e-3)
+    assert alone.area_uncertainty["math"] > 0.0
+
+
+def test_a_fallback_benchmark_counts_only_where_no_other_result_is() -> None:
+    """The leaderboard's results (`fallback`) are left out of an area a maker's result
+    sets, and set one no maker's result does."""
+    makers = Catalog.from_data(_scales_data({"MMLU": 0.6, "OLL-MMLU": 0.2, "MATH": 0.5}))
+    assert makers.lookup("probe:7b").areas["knowledge"] == 0.6
+    mapped = Catalog.from_data(_scales_data({"MMLU-R": 0.6, "OLL-MMLU": 0.2, "MATH": 0.5}))
+    assert mapped.lookup("probe:7b").areas["knowledge"] == pytest.approx(0.6, abs=1e-3)
+    filled = Catalog.from_data(_scales_data({"OLL-MMLU": 0.35, "MATH": 0.5}))
+    assert filled.lookup("probe:7b").areas["knowledge"] == pytest.approx(0.7, abs=1e-3)
 
 
 def test_records_round_trip(catalog: Catalog) -> None:
@@ -1160,10 +1228,15 @@ def test_open_llm_leaderboard_results_fill_areas_but_never_replace_a_makers(
     # not the raw leaderboard accuracy (about 0.49), which sits on another scale.
     assert nemotron.areas["knowledge"] > 0.7
     llama = catalog.lookup("llama3.3:70b")
-    sources = catalog.sources("llama3.3:70b")
-    assert "OLL-IFEval" in sources and "OLL-MMLU-Pro" in sources
-    assert llama.areas["instruction"] == sources["IFEval"].value
-    assert llama.areas["knowledge"] == sources["MMLU"].value
+    data = _catalogue_data()
+    listed = next(m["scores"] for m in data["models"] if m["name"] == "llama3.3:70b")
+    assert {"OLL-IFEval", "OLL-MMLU-Pro"} <= set(listed)
+    # Its makers' results set every area: the leaderboard's are not cited, and the
+    # areas are the same without them.
+    makers = {b: s.value for b, s in catalog.sources("llama3.3:70b").items()}
+    assert set(makers) == {b for b in listed if not b.startswith("OLL-")}
+    without = Catalog.from_data(_with_scores(data, "llama3.3:70b", makers))
+    assert without.lookup("llama3.3:70b").areas == llama.areas
     # Llama 2 Chat had no instruction result: its imputation (about 0.75) was far above
     # what the leaderboard measured.
     assert catalog.lookup("llama2:70b").areas["instruction"] < 0.55
@@ -1219,7 +1292,8 @@ def test_a_code_models_base_variant_carries_the_base_models_results(
     found = catalog.lookup(name)
     assert found.pretrained
     assert catalog.sources(name)["HumanEval"].value == humaneval
-    assert found.areas["code"] == humaneval
+    assert found.areas == catalog.lookup(entry).areas
+    assert found.area_uncertainty["code"] == 0.0
 
 
 def test_a_chat_tag_never_takes_a_base_models_entry(catalog: Catalog) -> None:

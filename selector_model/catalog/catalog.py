@@ -127,11 +127,14 @@ class Catalog:
             raise CatalogError(f"{where}: areas must be {list(AREAS)}")
         benchmarks: dict[str, str] = {}
         same_scale: dict[str, str] = {}
+        fallback: set[str] = set()
         for bench, spec in (data.get("benchmarks") or {}).items():
             if isinstance(spec, Mapping):
                 benchmarks[str(bench)] = str(spec.get("area", ""))
                 if spec.get("same_scale_as"):
                     same_scale[str(bench)] = str(spec["same_scale_as"])
+                if spec.get("fallback"):
+                    fallback.add(str(bench))
             else:
                 benchmarks[str(bench)] = str(spec)
         for bench, area in benchmarks.items():
@@ -159,7 +162,13 @@ class Catalog:
                 if keys.get(key, entry_name) != entry_name:
                     raise CatalogError(f"{at}: {alias!r} already names {keys[key]}")
                 keys[key] = entry_name
-        areas, mapped = scales.calibrate(scores, benchmarks, same_scale)
+        areas, mapped, taken = scales.calibrate(scores, benchmarks, same_scale, fallback)
+        # What an entry cites is what its areas take: a leaderboard result beside a
+        # maker's of the same area only fits the line that maps it.
+        sources = {
+            name: {bench: s for bench, s in found.items() if bench in taken[name]}
+            for name, found in sources.items()
+        }
         skeleton = {
             name: _entry(name, item, {a: 0.0 for a in AREAS}, where) for name, item in raw.items()
         }

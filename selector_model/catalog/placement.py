@@ -85,7 +85,7 @@ CONTEXT_WEIGHT = _YEAR_WEIGHT / 2
 # without a step (tests/test_catalog.py measures it). Math moved most from one
 # generation to the next, knowledge and reasoning least.
 GENERATION_STEP = {
-    "knowledge": 0.2,
+    "knowledge": 0.3,
     "reasoning": 0.3,
     "math": 0.9,
     "code": 0.4,

@@ -1,17 +1,24 @@
 """Published results on one scale per area, and how scores grow with size.
 
 Model cards report different benchmarks for the same ability (MMLU, MMLU-Redux or
-MMLU-Pro for knowledge; GPQA, BBH or ARC-C for reasoning; ...). Each area keeps the
-scale of its first benchmark; another benchmark is mapped onto it by a line fitted over
-the models that report both, and only where it predicts that scale. A multiple-choice
-scale has a chance level: no model is expected below it, so a mapped or imputed score
-is floored there (a published one is kept as it is).
+MMLU-Pro for knowledge; GPQA, BBH or ARC-C for reasoning; GSM8K or MATH for math; ...).
+Each area keeps the scale of its first benchmark; another benchmark is mapped onto it by
+a line fitted over the models that report both, and only where it predicts that scale.
+A model's area is the mean of all its results there, each on the area's scale: one
+benchmark is one kind of item under one maker's protocol (MATH's competition problems,
+GSM8K's word problems), and two models a maker's MATH calls equal can stand 10 points
+apart on GSM8K; a user's prompts of an area mix such items. A benchmark marked
+`fallback` (the Open LLM Leaderboard's, measured by log-likelihood where the makers
+generate answers) counts only where the model has no other result of the area. A
+multiple-choice scale has a chance level: no model is expected below it, so a mapped or
+imputed score is floored there (a published one is kept as it is).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from selector_model.catalog.knowledge import AREAS, ModelKnowledge
@@ -57,14 +64,17 @@ def calibrate(
     scores: Mapping[str, Mapping[str, float]],
     benchmarks: Mapping[str, str],
     same_scale: Mapping[str, str],
-) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
-    """Per entry, one score per area on the area's scale (its first benchmark); other
-    benchmarks of the area are mapped onto it by a line fitted over the entries that
-    report both, or taken as they are when declared on the same scale (a subset of it).
-    A benchmark that predicts the scale poorly is not mapped (the area is imputed
-    instead). A mapped score is no lower than the scale's chance level. Also returns,
-    per entry, the uncertainty of each mapped area: the line's prediction error where
-    it is read, plus what the chance floor had to lift."""
+    fallback: AbstractSet[str] = frozenset(),
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]], dict[str, set[str]]]:
+    """Per entry, one score per area on the area's scale (its first benchmark): the
+    mean of its results there, the scale's own as published and the area's other
+    benchmarks mapped onto it by a line fitted over the entries that report both, or
+    taken as they are when declared on the same scale (a subset of it); a `fallback`
+    benchmark only where the entry has no other result of the area. A benchmark that
+    predicts the scale poorly is not mapped (nor counted). A mapped score is no lower
+    than the scale's chance level. Also returns, per entry, the uncertainty of each
+    area without the scale's own result: the lines' prediction error where they are
+    read, plus what the chance floor had to lift; and the benchmarks its areas take."""
     scale = scales_of(benchmarks)
     floor = floors(benchmarks)
     lines: dict[str, _Line] = {}
@@ -82,20 +92,27 @@ def calibrate(
             lines[bench] = line
     areas: dict[str, dict[str, float]] = {}
     mapped: dict[str, dict[str, float]] = {}
+    taken: dict[str, set[str]] = {}
     for name, own in scores.items():
-        areas[name], mapped[name] = {}, {}
+        areas[name], mapped[name], taken[name] = {}, {}, set()
         for area, canonical in scale.items():
+            others = [b for b in own if benchmarks[b] == area and b in lines]
+            if canonical in own or any(b not in fallback for b in others):
+                others = [b for b in others if b not in fallback]
+            used = [(lines[b], own[b]) for b in others]
+            taken[name].update(others)
             if canonical in own:
-                areas[name][area] = own[canonical]
+                taken[name].add(canonical)
+                values = [own[canonical], *(max(floor[area], line(v)) for line, v in used)]
+                areas[name][area] = sum(values) / len(values)
                 continue
-            used = [(lines[b], v) for b, v in own.items() if benchmarks[b] == area and b in lines]
             if used:
                 values = [max(floor[area], line(v)) for line, v in used]
                 lifted = sum(value - line(v) for value, (line, v) in zip(values, used, strict=True))
                 error = 2.0 * sum(line.error_at(v) for line, v in used) + lifted
                 areas[name][area] = sum(values) / len(values)
                 mapped[name][area] = min(0.5, MAPPED_UNCERTAINTY + error / len(used))
-    return areas, mapped
+    return areas, mapped, taken
 
 
 def scales_of(benchmarks: Mapping[str, str]) -> dict[str, str]:
