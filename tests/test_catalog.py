@@ -1378,3 +1378,57 @@ def test_a_base_tag_of_a_chat_entry_cites_only_the_results_it_takes(catalog: Cat
         assert base.area_uncertainty["code"] >= 0.2 and base.neighbours, name
     # A listed pretrained entry cites its own code results.
     assert "HumanEval" in catalog.sources("codellama:7b-code")
+
+
+@pytest.mark.parametrize(
+    ("name", "entry", "listed"),
+    [
+        # Aliases of a pretrained entry of the default size: Ollama's `codellama:code` is
+        # `codellama:7b-code`, `deepseek-coder:base` the 1.3b base model (0.77 GB).
+        ("codellama:code", "codellama:7b-code", True),
+        ("codellama:python", "codellama:7b-python", True),
+        ("deepseek-coder:base", "deepseek-coder:1.3b-base", True),
+        ("deepseek-coder:base-q4_0", "deepseek-coder:1.3b-base", True),
+        ("codegemma:code", "codegemma:7b-code", True),
+        # The pretrained variant of the chat entry `latest` is (`stable-code:code` has
+        # the digest of `stable-code:3b`; `llama3:text` is the 8b, `llama3:70b-text` the
+        # 70b; the others' size is the one `latest` is).
+        ("stable-code:code", "stable-code:3b", False),
+        ("qwen2.5-coder:base", "qwen2.5-coder:7b", False),
+        ("llama3:text", "llama3:8b", False),
+        ("llama3:text-q4_0", "llama3:8b", False),
+        ("llama3.1:text", "llama3.1:8b", False),
+        ("llama2:text", "llama2:7b", False),
+        ("mistral:text", "mistral:7b", False),
+        ("mixtral:text", "mixtral:8x7b", False),
+        ("gemma:text", "gemma:7b", False),
+        ("library/falcon:text", "falcon:7b", False),
+    ],
+)
+def test_a_bare_pretrained_tag_is_that_variant_of_the_default_model(
+    catalog: Catalog, name: str, entry: str, listed: bool
+) -> None:
+    """A tag of a pretrained word alone (`llama3:text`, `deepseek-coder:base`) names the
+    pretrained variant of the model `latest` is: the catalogue's pretrained entry of
+    that size where it lists one, else that chat entry's `_pretrained_variant`."""
+    assert catalog.resolve(name) == entry
+    found, default = catalog.lookup(name), catalog.lookup(entry)
+    assert found.origin == "catalogue" and found.pretrained
+    assert (found.params_b, found.context_length) == (default.params_b, default.context_length)
+    if listed:
+        assert found.areas == default.areas
+        assert catalog.sources(name) == catalog.sources(entry)
+    else:
+        assert found.name == name and not default.pretrained
+        assert found.areas["code"] != default.areas["code"]
+        assert {s.area for s in catalog.sources(name).values()}.isdisjoint({"code"})
+
+
+def test_a_bare_pretrained_tag_of_a_model_so_named_is_its_entry(catalog: Catalog) -> None:
+    """Where the model `latest` is has the word in its own name (WizardCoder-Python, a
+    chat tune of Code Llama - Python, whose `latest` is `wizardcoder:7b-python`), the
+    bare tag is that entry as published, not a pretrained variant of it."""
+    assert catalog.resolve("wizardcoder:python") == "wizardcoder:7b-python"
+    found = catalog.lookup("wizardcoder:python")
+    assert not found.pretrained
+    assert found.areas == catalog.lookup("wizardcoder:7b-python").areas

@@ -210,13 +210,30 @@ class Catalog:
         return matched[0] if matched else None
 
     def _match(self, name: str) -> tuple[str, str] | None:
-        """(entry, the key of `names.keys` that found it) for `resolve`."""
+        """(entry, the key of `names.keys` that found it) for `resolve`. A tag of a
+        pretrained word alone (`names.default_pretrained`: `llama3:text`,
+        `deepseek-coder:base`) the catalogue does not list is that variant of the model
+        `latest` is: the pretrained entry of that size where the catalogue lists one
+        (`deepseek-coder:1.3b-base`), else that entry itself where its own name has the
+        word (`wizardcoder:python` is `wizardcoder:7b-python`, a chat tune of Code Llama
+        - Python), else the chat entry by its `latest` key, of which it is a
+        `_pretrained_variant`."""
         chat = names.is_chat_variant(name)
         for key in names.keys(name):
             found = self._keys.get(key)
             if found is not None and not (chat and self._entries[found].pretrained):
                 return found, key
-        return None
+        words = names.default_pretrained(name)
+        latest = f"{names.split(name)[0]}:latest"
+        default = self._keys.get(latest) if words else None
+        if default is None:
+            return None
+        sized = self._keys.get(f"{default}-{words}")
+        if sized is not None and self._entries[sized].pretrained:
+            return sized, f"{default}-{words}"
+        if names.is_pretrained(default):
+            return default, default
+        return default, latest
 
     def lookup(
         self,

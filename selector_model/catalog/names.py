@@ -126,6 +126,15 @@ def is_pretrained(name: str) -> bool:
     return bool(_PRETRAINED_TAG_WORDS.intersection(_words(tag))) or "base" in _words(base)
 
 
+def default_pretrained(name: str) -> str:
+    """The pretrained words of a tag that names no size but a pretrained variant
+    (`codellama:code`, `deepseek-coder:base`, `llama3:text-q4_0`: code, base, text),
+    which Ollama's library aliases to that variant of the model's default size, the
+    one `latest` is; "" for any other name."""
+    words = clean_tag(split(name)[1]).split("-")
+    return "-".join(words) if all(w in _PRETRAINED_TAG_WORDS for w in words) else ""
+
+
 def is_chat_variant(name: str) -> bool:
     """Whether `name` says it is a chat (instruct) model: `instruct`, `chat` or `it` as
     a whole word of the tag (`starcoder2:15b-instruct-v0.1-q4_K_M`) or, where a name
