@@ -1621,9 +1621,10 @@ async def test_explain_cites_only_the_results_a_candidate_takes(
     servers: ServerThread, tmp_path: Path
 ) -> None:
     """A pretrained tag the catalogue does not list (`qwen2.5-coder:7b-base`) takes its
-    chat entry's results but for code, imputed as a pretrained model's: explain cites
-    the published numbers it takes, none of the chat model's code results, and names
-    its code as imputed; a listed pretrained entry cites its own code results."""
+    chat entry's results but for code and instruction, imputed as a pretrained model's:
+    explain cites the published numbers it takes, none of the chat model's code or
+    IFEval results, and names those areas as imputed; a listed pretrained entry cites
+    its own code results."""
     fleet = ("qwen2.5-coder:7b-base", "codellama:7b-code")
     own = Emulator(servers, dataclasses.replace(FROZEN, models=fleet))
     prx = Proxy(servers, [own.url], selector=selector(tmp_path))
@@ -1634,12 +1635,12 @@ async def test_explain_cites_only_the_results_a_candidate_takes(
         assert set(ranked) == set(fleet), doc
         base, code = ranked["qwen2.5-coder:7b-base"], ranked["codellama:7b-code"]
         chat_sources = Catalog.shipped().sources("qwen2.5-coder:7b")
-        assert {"HumanEval", "MBPP", "MMLU"} <= set(chat_sources)
-        taken = {b: s for b, s in chat_sources.items() if s.area != "code"}
+        assert {"HumanEval", "MBPP", "MMLU", "IFEval"} <= set(chat_sources)
+        taken = {b: s for b, s in chat_sources.items() if s.area not in ("code", "instruction")}
         assert base["sources"] == {
             b: {"area": s.area, "value": s.value, "url": s.url} for b, s in taken.items()
         }
-        assert base["imputed"] == ["code"] and base["neighbours"]
+        assert base["imputed"] == ["code", "instruction"] and base["neighbours"]
         assert code["sources"]["HumanEval"]["area"] == "code"
         assert "code" not in code["imputed"]
     finally:

@@ -1363,8 +1363,8 @@ def test_a_base_tag_of_a_chat_entry_takes_a_pretrained_models_code(catalog: Cata
 def test_a_base_tag_of_a_chat_entry_cites_only_the_results_it_takes(catalog: Catalog) -> None:
     """The published numbers behind a pretrained tag that resolves through its chat
     entry (`qwen2.5-coder:7b-base`) are those of the areas it keeps: the chat model's
-    HumanEval and MBPP are not its code, which is imputed and so cites nothing, as any
-    imputed area of an entry cites nothing."""
+    HumanEval and MBPP are not its code, nor its IFEval its instruction, which are
+    imputed and so cite nothing, as any imputed area of an entry cites nothing."""
     benchmarks = yaml.safe_load(DEFAULT_PATH.read_text())["benchmarks"]
     area_of = {b: spec if isinstance(spec, str) else spec["area"] for b, spec in benchmarks.items()}
     for chat_name in ("qwen2.5-coder:1.5b", "qwen2.5-coder:7b", "llama3.1:8b", "mixtral:8x7b"):
@@ -1373,11 +1373,73 @@ def test_a_base_tag_of_a_chat_entry_cites_only_the_results_it_takes(catalog: Cat
         chat = catalog.sources(chat_name)
         assert any(area_of[bench] == "code" for bench in chat), chat_name
         cited = catalog.sources(name)
-        assert cited == {b: s for b, s in chat.items() if area_of[b] != "code"}, name
+        kept = {b: s for b, s in chat.items() if area_of[b] not in ("code", "instruction")}
+        assert cited == kept, name
         base = catalog.lookup(name)
         assert base.area_uncertainty["code"] >= 0.2 and base.neighbours, name
     # A listed pretrained entry cites its own code results.
     assert "HumanEval" in catalog.sources("codellama:7b-code")
+
+
+def test_a_base_tag_of_a_chat_entry_takes_a_pretrained_models_instruction(
+    catalog: Catalog,
+) -> None:
+    """A pretrained model has no instruction tuning: the catalogue's pretrained entries
+    that publish the Open LLM Leaderboard's IFEval (StarCoder2, Phi-2, Falcon2, the
+    YaRN models) score far below its chat models, so a chat model's IFEval says nothing
+    of its base model. A `-base`/`-text` tag the catalogue does not list takes its
+    instruction, as its code, from pretrained models as well as from its family's chat
+    ones, and cites neither the chat model's IFEval nor its code results."""
+    published = catalog.neighbourhood.published
+    pretrained = [
+        published[e.name]["instruction"]
+        for e in catalog.entries()
+        if e.pretrained and "instruction" in published[e.name]
+    ]
+    chat = [
+        published[e.name]["instruction"]
+        for e in catalog.entries()
+        if not e.pretrained and "instruction" in published[e.name]
+    ]
+    assert len(pretrained) >= 5 and max(pretrained) < sorted(chat)[len(chat) // 2] - 0.2
+    for chat_name, tag in (("llama3.1:8b", "text"), ("qwen2.5-coder:7b", "base")):
+        chat_model = catalog.lookup(chat_name)
+        name = f"{chat_name}-{tag}-q4_0"
+        base = catalog.lookup(name)
+        assert base.areas["instruction"] < chat_model.areas["instruction"] - 0.1, name
+        assert base.area_uncertainty["instruction"] > chat_model.area_uncertainty["instruction"]
+        assert base.areas["knowledge"] == chat_model.areas["knowledge"]
+        cited = catalog.sources(name)
+        assert {"IFEval", "OLL-IFEval"} & set(catalog.sources(chat_name)), chat_name
+        assert {s.area for s in cited.values()}.isdisjoint({"code", "instruction"}), name
+
+
+def test_a_pretrained_entrys_instruction_is_read_off_pretrained_models(
+    catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The published IFEval of the catalogue's pretrained entries, each left out, lies
+    nearer what its neighbours impute when a chat model stands further off for
+    instruction (`placement.PRETRAINED_AREAS`) than when it does not, and the chat
+    entries' lies no further."""
+    neighbourhood = catalog.neighbourhood
+
+    def errors() -> dict[bool, float]:
+        found: dict[bool, list[float]] = {True: [], False: []}
+        for entry in catalog.entries():
+            published = neighbourhood.published[entry.name].get("instruction")
+            if published is None or "embedding" in entry.specialties:
+                continue
+            probe = placement.probe_of(entry)
+            imputed, _, _ = neighbourhood.impute_listed(probe, "instruction", entry.name)
+            found[entry.pretrained].append(abs(imputed - published))
+        return {pretrained: sum(e) / len(e) for pretrained, e in found.items()}
+
+    apart = errors()
+    assert "instruction" in placement.PRETRAINED_AREAS
+    monkeypatch.setattr(placement, "PRETRAINED_AREAS", placement.PRETRAINED_AREAS - {"instruction"})
+    alike = errors()
+    assert apart[True] < 0.75 * alike[True]
+    assert apart[False] <= alike[False]
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,7 @@ import yaml
 
 from selector_model.catalog import names, scales
 from selector_model.catalog.knowledge import AREAS, SPECIALTIES, ModelKnowledge
-from selector_model.catalog.placement import Neighbourhood, probe_of
+from selector_model.catalog.placement import PRETRAINED_AREAS, Neighbourhood, probe_of
 from selector_model.features import params_from
 
 DEFAULT_PATH = Path(__file__).with_name("models.yaml")
@@ -189,15 +189,15 @@ class Catalog:
 
     def sources(self, name: str) -> Mapping[str, Source]:
         """The published numbers behind a catalogue entry's areas, by benchmark. A
-        pretrained tag that takes its chat entry's results but for code
-        (`_pretrained_variant`) cites that entry's other results: its code is imputed
-        and cites nothing."""
+        pretrained tag that takes its chat entry's results but for code and instruction
+        (`_pretrained_variant`) cites that entry's other results: those two are imputed
+        and cite nothing."""
         matched = self._match(name)
         if matched is None:
             return {}
         found = self._sources.get(matched[0], {})
         if self._is_pretrained_variant(name, matched):
-            return {bench: s for bench, s in found.items() if s.area != "code"}
+            return {bench: s for bench, s in found.items() if s.area not in PRETRAINED_AREAS}
         return dict(found)
 
     def resolve(self, name: str) -> str | None:
@@ -343,14 +343,19 @@ class Catalog:
     def _pretrained_variant(self, name: str, entry: ModelKnowledge) -> ModelKnowledge:
         """The pretrained model a tag names (`qwen2.5-coder:7b-base`, `llama3.1:8b-text`)
         where the catalogue lists only the chat model of its bare tag: that entry's
-        size, context, release and results, but for its code area, which the chat
-        model's HumanEval and MBPP (answers to a request) do not give for a model that
-        completes a function: imputed as a pretrained model's, from the pretrained
+        size, context, release and results, but for its code and instruction areas
+        (`placement.PRETRAINED_AREAS`), which the chat model's HumanEval and MBPP
+        (answers to a request) and IFEval (of its instruction tuning) do not give for a
+        model that completes text: imputed as a pretrained model's, from the pretrained
         models beside it as well as from its family's chat ones."""
         probe = replace(probe_of(entry), pretrained=True)
-        code, spread, near = self.neighbourhood.impute_listed(probe, "code", exclude="")
-        areas = {**entry.areas, "code": code}
-        uncertain = {**entry.area_uncertainty, "code": spread}
+        areas, uncertain = dict(entry.areas), dict(entry.area_uncertainty)
+        near: list[str] = []
+        for area in sorted(PRETRAINED_AREAS):
+            areas[area], uncertain[area], found = self.neighbourhood.impute_listed(
+                probe, area, exclude=""
+            )
+            near += found
         return replace(
             entry,
             name=name,

@@ -51,12 +51,15 @@ _SPECIALTY_WEIGHT = {
 # general model's little about a code model's.
 _SPECIALTY_AREA = {"code": "code", "math": "math", "reasoning": "reasoning"}
 _AREA_SPECIALTY_WEIGHT = 1.5
-# A pretrained (base) model's HumanEval or MBPP is a completion of the function, a chat
-# model's an answer to a request: imputing code, a neighbour that differs in being
-# pretrained is this much further (as one that differs in the code specialty), so that
-# the pretrained Code Llamas and DeepSeek Coders do not set a chat coder's code, nor the
-# chat models a base coder's.
-_PRETRAINED_AREA = "code"
+# The areas in which a pretrained (base) model is another model than its chat tune. A
+# pretrained model's HumanEval or MBPP is a completion of the function, a chat model's
+# an answer to a request; and a pretrained model has no instruction tuning: the
+# catalogue's pretrained entries that publish IFEval (StarCoder2, Phi-2, Falcon2, the
+# YaRN models) score far below its chat models. Imputing these areas, a neighbour that
+# differs in being pretrained is this much further (as one that differs in the code
+# specialty), so that the pretrained Code Llamas and DeepSeek Coders do not set a chat
+# coder's code, nor the chat models a base model's code or instruction following.
+PRETRAINED_AREAS = frozenset({"code", "instruction"})
 _PRETRAINED_WEIGHT = _AREA_SPECIALTY_WEIGHT
 # Specialties read from a model's capabilities and name are an uncertain sign (a tune
 # of a Qwen3 with its own template shows no thinking, whatever its weights learnt):
@@ -137,7 +140,7 @@ def _distance(
             specialty += scale * _SPECIALTY_WEIGHT.get(name, 0.0)
             if area and _SPECIALTY_AREA.get(name) == area:
                 specialty += _AREA_SPECIALTY_WEIGHT
-    if probe.pretrained != other.pretrained and area == _PRETRAINED_AREA:
+    if probe.pretrained != other.pretrained and area in PRETRAINED_AREAS:
         specialty += _PRETRAINED_WEIGHT
     era = 0.0
     if probe.released is not None and other.released is not None:
