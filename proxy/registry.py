@@ -152,7 +152,7 @@ def model_info(
         context_length=_context_length(show, knowledge),
         capabilities=capabilities,
         is_code="code" in lowered or "insert" in capabilities or "code" in knowledge.specialties,
-        is_instruct=not (names.is_pretrained(name) or knowledge.pretrained),
+        is_instruct=knowledge.answers_requests(name),
         active_params_b=knowledge.active_params_b,
         areas=tuple(float(knowledge.areas[area]) for area in AREAS),
         specialties=knowledge.specialties,

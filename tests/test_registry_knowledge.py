@@ -106,6 +106,12 @@ def test_a_configured_catalogue_replaces_the_shipped_one(tmp_path: Path) -> None
         ("starcoder2:15b-q4_K_M", False),
         ("starcoder2:15b-instruct", True),
         ("starcoder2:15b-instruct-v0.1-q4_K_M", True),
+        # A chat tune of a Python model, whose entry says it answers requests: the
+        # catalogue's word outweighs the tag's.
+        ("wizardcoder:7b-python", True),
+        ("wizardcoder:python", True),
+        ("wizardcoder:13b-python-q4_0", True),
+        ("phind-codellama:34b-python", True),
         # Code Llama's pretrained and Python models pulled from Hugging Face, whose
         # repositories name no variant word the tag rules read.
         ("hf.co/TheBloke/CodeLlama-7B-Python-GGUF:Q4_K_M", False),

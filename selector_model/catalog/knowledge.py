@@ -71,6 +71,18 @@ class ModelKnowledge:
         # The mappings are read-only views, which Python does not hash by themselves.
         return hash((self.name, self.origin, tuple(self.areas.items()), self.uncertainty))
 
+    def answers_requests(self, name: str) -> bool:
+        """Whether the model `name` answers a request (a chat or instruct model) rather
+        than continuing a text: not where its description or a whole word of its name
+        (`names.is_pretrained`) says it is pretrained, unless that word is in the name
+        of the catalogue entry it is, which the entry says is a chat model (a chat tune
+        of a Python model, `wizardcoder:7b-python`)."""
+        if self.pretrained:
+            return False
+        if self.origin == "catalogue" and names.is_pretrained(self.name):
+            return True
+        return not names.is_pretrained(name)
+
     @property
     def effective_params_b(self) -> float:
         """Size for comparing quality: a mixture of experts counts between its active
@@ -130,7 +142,7 @@ def ollama_capabilities(
     specialties = knowledge.specialties
     if "embedding" in specialties:
         return ("embedding",)
-    chat = not (knowledge.pretrained or names.is_pretrained(name))
+    chat = knowledge.answers_requests(name)
     wanted = (
         ("vision", "vision" in specialties),
         ("tools", chat and "tools" in specialties),
