@@ -1296,6 +1296,22 @@ def test_a_code_models_base_variant_carries_the_base_models_results(
     assert found.area_uncertainty["code"] == 0.0
 
 
+@pytest.mark.parametrize(
+    ("name", "entry", "mmlu"),
+    [("yi:6b-text", "yi:6b-text", 0.632), ("yi:34b-text-q4_0", "yi:34b-text", 0.763)],
+)
+def test_yi_s_text_tags_are_its_base_models_not_its_chat_models(
+    catalog: Catalog, name: str, entry: str, mmlu: float
+) -> None:
+    """Ollama's `yi:6b-text` and `yi:34b-text` are Yi (1.0) 6B and 34B, the pretrained
+    models: the Yi README's base table, not the chat models' results."""
+    assert catalog.resolve(name) == entry
+    found = catalog.lookup(name)
+    assert found.pretrained
+    assert catalog.sources(name)["MMLU"].value == mmlu
+    assert catalog.resolve(name.replace("-text", "-chat")) != entry
+
+
 def test_a_chat_tag_never_takes_a_base_models_entry(catalog: Catalog) -> None:
     # Ollama's `starcoder2:15b-instruct-v0.1-q4_K_M` is the instruct fine-tune, whatever
     # words its tag adds; the bare `15b` is the base model.
