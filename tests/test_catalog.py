@@ -1468,10 +1468,12 @@ def test_a_pretrained_entrys_instruction_is_read_off_pretrained_models(
         ("deepseek-coder:base", "deepseek-coder:1.3b-base", True),
         ("deepseek-coder:base-q4_0", "deepseek-coder:1.3b-base", True),
         ("codegemma:code", "codegemma:7b-code", True),
-        # The pretrained variant of the chat entry `latest` is (`stable-code:code` has
-        # the digest of `stable-code:3b`; `llama3:text` is the 8b, `llama3:70b-text` the
-        # 70b; the others' size is the one `latest` is).
-        ("stable-code:code", "stable-code:3b", False),
+        # `stable-code:code` has the digest of `stable-code:3b` and `:latest`, the
+        # completion model.
+        ("stable-code:code", "stable-code:3b", True),
+        ("stable-code:latest", "stable-code:3b", True),
+        # The pretrained variant of the chat entry `latest` is (`llama3:text` is the 8b,
+        # `llama3:70b-text` the 70b; the others' size is the one `latest` is).
         ("qwen2.5-coder:base", "qwen2.5-coder:7b", False),
         ("llama3:text", "llama3:8b", False),
         ("llama3:text-q4_0", "llama3:8b", False),
