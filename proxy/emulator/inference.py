@@ -7,7 +7,7 @@ that a request with several problems gets the same first error. `prepare_*` retu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -22,7 +22,14 @@ from .catalog import ModelSpec, qualified
 from .engine import Piece
 from .skills import suite_answer
 from .state import RUNNER_DIED, EmulatorState
-from .textgen import Plan, count_tokens, drawn_call_id, plan, token_logprob
+from .textgen import (
+    Plan,
+    count_tokens,
+    drawn_call_id,
+    logprob_prefix,
+    plan,
+    token_logprob,
+)
 from .wire import read_json
 
 NO_VISION = "this model is missing data required for image input"
@@ -55,6 +62,8 @@ class Prepared:
     raw: bool = False
     # `top_logprobs` when the request asked for `logprobs`, else None.
     logprobs: int | None = None
+    # `textgen.logprob_prefix(key)`, made at the first token that carries logprobs.
+    logprob_seed: Any = field(default=None, repr=False, compare=False)
 
 
 async def read_body(request: web.Request, struct: str, fields: dict[str, str]) -> dict[str, Any]:
@@ -387,7 +396,9 @@ def piece_logprobs(job: Prepared, position: int, piece: Piece) -> list[dict[str,
     token = piece.thinking or piece.content
     if job.logprobs is None or not token:
         return []
-    return [token_logprob(job.key, position, token, job.logprobs)]
+    if job.logprob_seed is None:
+        job.logprob_seed = logprob_prefix(job.key)
+    return [token_logprob(job.key, position, token, job.logprobs, job.logprob_seed)]
 
 
 def plan_empty() -> Plan:

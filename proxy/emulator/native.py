@@ -7,16 +7,20 @@ when Gin's `c.Stream` first writes.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
+import orjson
 from aiohttp import web
 
 from proxy.aiohttp_internals import defer_headers
 from proxy.go_types import CHAT_FIELDS, EMBED_FIELDS, EMBEDDINGS_FIELDS, GENERATE_FIELDS
-from proxy.protocol import NDJSON, go_time
+from proxy.protocol import JSON, NDJSON, go_time
 
-from .engine import ClientGone, Generation, Piece, RunnerDied, pause
+from .engine import ClientGone, Generation, Piece, RunnerDied, client_gone, pause
 from .inference import (
     Prepared,
     Refusal,
@@ -30,8 +34,10 @@ from .inference import (
     read_body,
 )
 from .state import RUNNER_DIED, state_of
-from .textgen import context_tokens, count_tokens, embedding
+from .textgen import context_tokens, count_tokens, embedding, embedding_f32, vector_json
 from .wire import dumps, error, gin_json
+
+T = TypeVar("T")
 
 
 class LazyStream:
@@ -322,8 +328,27 @@ class native_chat_writer(ChatSink):
 TOO_LONG = "the input length exceeds the context length"
 
 
-async def embed_vectors(request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
-    """EmbedHandler's logic; returns api.EmbedResponse or raises Refusal."""
+# The threads an embedding request's vectors are made in: a request of many inputs
+# takes seconds of CPU, which on the event loop would hold every other request (health
+# checks among them) as a runner process never holds Ollama's server. The numpy and
+# hashing calls release the GIL or last microseconds, so the loop keeps its turn.
+WORKERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="emulator-embed")
+# Inputs made per call to a worker; between calls a request whose client left stops.
+_SLICE = 256
+# Made inline below these: a worker's hop costs more than a few vectors.
+_INLINE_INPUTS = 8
+_INLINE_CHARS = 64 * 1024
+
+
+def _vectors(spec: Any, texts: list[str], dims: int | None, encode: Callable[[Any], T]) -> list[T]:
+    return [encode(embedding_f32(spec, text, dims)) for text in texts]
+
+
+async def embed_vectors(
+    request: web.Request, body: dict[str, Any], encode: Callable[[Any], T]
+) -> dict[str, Any]:
+    """EmbedHandler's logic; returns api.EmbedResponse, each of its vectors (a float32
+    array, `textgen.embedding_f32`) as `encode` gives it, or raises Refusal."""
     started = time.monotonic()
     state = state_of(request)
     model = str(body.get("model") or "")
@@ -335,7 +360,7 @@ async def embed_vectors(request: web.Request, body: dict[str, Any]) -> dict[str,
     elif isinstance(raw_input, list):
         if not all(isinstance(v, str) for v in raw_input):
             raise Refusal(400, "invalid input type")
-        inputs = list(raw_input)
+        inputs = raw_input
     elif raw_input is not None:
         raise Refusal(400, "invalid input type")
     spec = state.find(base)
@@ -354,7 +379,17 @@ async def embed_vectors(request: web.Request, body: dict[str, Any]) -> dict[str,
     if body.get("truncate") is False and max(tokens) > spec.context_length:
         raise Refusal(400, TOO_LONG)
     dims = body.get("dimensions") or None
-    vectors = [embedding(spec, text, dims) for text in inputs]
+    vectors: list[T] = []
+    if len(inputs) <= _INLINE_INPUTS and sum(map(len, inputs)) <= _INLINE_CHARS:
+        vectors = _vectors(spec, inputs, dims, encode)
+    else:
+        loop = asyncio.get_running_loop()
+        for at in range(0, len(inputs), _SLICE):
+            if client_gone(request):
+                state.note_cancel()
+                raise ClientGone
+            part = inputs[at : at + _SLICE]
+            vectors += await loop.run_in_executor(WORKERS, _vectors, spec, part, dims, encode)
     total = sum(min(t, spec.context_length) for t in tokens)
     if state.settings.frozen_clock:
         total_ns = load_ns + int(state.settings.prompt_delay(total) * 1e9) + 250_000
@@ -370,10 +405,46 @@ async def embed_vectors(request: web.Request, body: dict[str, Any]) -> dict[str,
     }
 
 
+# An answer longer than this is written a batch of vectors at a time, never joined.
+_WHOLE_BYTES = 1 << 20
+_BATCH = 256
+
+
+async def embed_answer(request: web.Request, result: dict[str, Any]) -> web.StreamResponse:
+    """`c.JSON(200, result)`, its embeddings each a vector's JSON (`vector_json`): the
+    bytes gin_json would write, with the vectors written as they are, not copied into
+    one body (an answer to many inputs is hundreds of megabytes)."""
+    vectors: list[bytes] = result["embeddings"]
+    size = sum(map(len, vectors)) + max(len(vectors) - 1, 0)
+    if size <= _WHOLE_BYTES:
+        return gin_json(200, {**result, "embeddings": [orjson.Fragment(v) for v in vectors]})
+    # The answer around the vectors, as `dumps` writes it: `"embeddings":[]` cannot
+    # occur in the model's name before it, whose quotes are escaped.
+    head, empty, tail = dumps({**result, "embeddings": []}).partition(b'"embeddings":[]')
+    assert empty
+    head += b'"embeddings":['
+    tail = b"]" + tail
+    response = web.StreamResponse(status=200, headers={"Content-Type": JSON})
+    response.content_length = len(head) + size + len(tail)
+    await response.prepare(request)
+    await response.write(head)
+    for at in range(0, len(vectors), _BATCH):
+        part = vectors[at : at + _BATCH]
+        await response.write(b",".join([b"", *part] if at else part))
+        # A vector written is let go; and a client that reads as fast as this writes
+        # never makes `write` wait, so the loop is given its turn here.
+        vectors[at : at + _BATCH] = [b""] * len(part)
+        del part
+        await asyncio.sleep(0)
+    await response.write(tail)
+    await response.write_eof()
+    return response
+
+
 async def handle_embed(request: web.Request) -> web.StreamResponse:
     try:
         body = await read_body(request, "EmbedRequest", EMBED_FIELDS)
-        return gin_json(200, await embed_vectors(request, body))
+        return await embed_answer(request, await embed_vectors(request, body, vector_json))
     except Refusal as exc:
         return error(exc.status, exc.message)
     except ClientGone:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import base64
 import random
-import struct
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from proxy import multipart_form, openai_chat
@@ -23,6 +23,7 @@ from .engine import ClientGone, Piece
 from .inference import Prepared, Refusal, prepare_chat, prepare_generate
 from .native import ChatSink, LazyStream, embed_vectors, run_chat
 from .state import EmulatorState, request_digest, state_of
+from .textgen import vector_json
 from .wire import dumps, encoder_json, gin_json, read_json, unix_of
 
 
@@ -319,6 +320,16 @@ async def handle_completions(request: web.Request) -> web.StreamResponse:
     return await run_chat(request, job, OpenAIChatSink(request, body, job.key, completions=True))
 
 
+def _float_vector(vec: Any) -> orjson.Fragment:
+    """A vector's []float32 as openai.EmbeddingList marshals it (`vector_json`)."""
+    return orjson.Fragment(vector_json(vec))
+
+
+def _base64_vector(vec: Any) -> str:
+    """encoding_format "base64": the vector's little-endian float32 bytes."""
+    return base64.b64encode(vec.astype("<f4").tobytes()).decode()
+
+
 async def handle_embeddings(request: web.Request) -> web.StreamResponse:
     try:
         body = await read_oa_body(
@@ -344,16 +355,14 @@ async def handle_embeddings(request: web.Request) -> web.StreamResponse:
         result = await embed_vectors(
             request,
             {"model": body.get("model") or "", "input": inp, "dimensions": body.get("dimensions")},
+            _base64_vector if fmt.lower() == "base64" else _float_vector,
         )
     except Refusal as exc:
         return writer_error(exc.status, exc.message)
     except ClientGone:
         return web.Response(status=499)
     data = []
-    for i, vec in enumerate(result["embeddings"]):
-        value: Any = vec
-        if fmt.lower() == "base64":
-            value = base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode()
+    for i, value in enumerate(result["embeddings"]):
         data.append({"object": "embedding", "embedding": value, "index": i})
     n = result.get("prompt_eval_count", 0)
     return encoder_json(

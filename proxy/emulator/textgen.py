@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 
 from .catalog import ModelSpec
 
@@ -40,11 +41,23 @@ def drawn_call_id() -> str:
     return "call_" + "".join(random.choices(TAG_ALPHABET, k=8))
 
 
+def seeded(*parts: str, prefix: Any = None) -> Any:
+    """sha256 of the parts joined with NULs (after `prefix`, a `seeded(..., "")` whose
+    digest is not taken), each part hashed as it is encoded: a part as long as a prompt
+    is neither joined to the others nor, with a prefix, hashed again."""
+    digest = prefix.copy() if prefix is not None else hashlib.sha256()
+    for i, part in enumerate(parts):
+        if i:
+            digest.update(b"\0")
+        digest.update(part.encode())
+    return digest
+
+
 class Rng:
     """A byte stream from sha256(seed, counter): portable and reproducible."""
 
-    def __init__(self, *seed: str) -> None:
-        self._seed = hashlib.sha256("\0".join(seed).encode()).digest()
+    def __init__(self, *seed: str, prefix: Any = None) -> None:
+        self._seed = seeded(*seed, prefix=prefix).digest()
         self._counter = 0
 
     def next(self, modulo: int) -> int:
@@ -228,12 +241,20 @@ def plan(
     return out
 
 
-def token_logprob(key: str, position: int, token: str, top: int) -> dict[str, Any]:
+def logprob_prefix(key: str) -> Any:
+    """What `token_logprob` seeds every position of the answer to `key` from: the key
+    (a whole prompt) is hashed once per answer, not once per token."""
+    return seeded("logprob", key, "")
+
+
+def token_logprob(
+    key: str, position: int, token: str, top: int, prefix: Any = None
+) -> dict[str, Any]:
     """An api.Logprob for the token at `position` of the answer to `key`: its log
     probability and, when `top` > 0, the `top` likeliest tokens there (it among them,
     first, as the sampler took the likeliest), each with its UTF-8 bytes as
-    toAPILogprobs gives them."""
-    rng = Rng("logprob", key, str(position))
+    toAPILogprobs gives them. `prefix`: `logprob_prefix(key)`, when already made."""
+    rng = Rng(str(position), prefix=prefix or logprob_prefix(key))
 
     def entry(text: str, logprob: float) -> dict[str, Any]:
         out: dict[str, Any] = {"token": text, "logprob": logprob}
@@ -256,26 +277,42 @@ def context_tokens(key: str, count: int) -> list[int]:
     return [rng.next(151_000) for _ in range(count)]
 
 
-def embedding(
-    spec: ModelSpec, text: str, dims: int | None = None, *, widen: bool = False
-) -> list[float]:
-    """A unit vector derived from (model, text), with float32 precision, optionally
-    truncated to `dims` and renormalised (what /api/embed does with `dimensions`).
-
-    /api/embed marshals []float32 (shortest float32 digits); the legacy
-    /api/embeddings converts to float64 first, so `widen` keeps the float32 value's
-    full double expansion (0.1f prints as 0.10000000149011612 there)."""
+def embedding_f32(spec: ModelSpec, text: str, dims: int | None = None) -> Any:
+    """A unit vector derived from (model, text), float32, optionally truncated to `dims`
+    and renormalised (what /api/embed does with `dimensions`); every magnitude at least
+    1e-4, so every value prints in plain decimal, as Go's float32 formatting does for
+    this range."""
     size = spec.embedding_length
-    seed = hashlib.sha256(f"{spec.name}\0{text}".encode()).digest()
+    seed = seeded(spec.name, text).digest()
     gen = np.random.default_rng(int.from_bytes(seed[:8], "little"))
     vec = gen.standard_normal(size).astype(np.float32)
     vec /= np.float32(max(float(np.linalg.norm(vec)), 1e-12))
     if dims is not None and 0 < dims < size:
         vec = vec[:dims]
         vec /= np.float32(max(float(np.linalg.norm(vec)), 1e-12))
-    # Keep magnitudes >= 1e-4 so every value prints in plain decimal, as Go's float32
-    # formatting does for this range; float(repr(np.float32)) is Go's shortest form.
-    vec = np.where(np.abs(vec) < 1e-4, np.copysign(np.float32(1e-4), vec), vec)
+    return np.where(np.abs(vec) < 1e-4, np.copysign(np.float32(1e-4), vec), vec)
+
+
+def embedding(
+    spec: ModelSpec, text: str, dims: int | None = None, *, widen: bool = False
+) -> list[float]:
+    """`embedding_f32` as Python floats that print as Go prints the vector.
+
+    /api/embed marshals []float32 (shortest float32 digits); the legacy
+    /api/embeddings converts to float64 first, so `widen` keeps the float32 value's
+    full double expansion (0.1f prints as 0.10000000149011612 there)."""
+    vec = embedding_f32(spec, text, dims)
     if widen:
         return [float(v) for v in vec]
+    # float(repr(np.float32)) is Go's shortest form.
     return [float(str(v)) for v in vec]
+
+
+def vector_json(vec: Any) -> bytes:
+    """An `embedding_f32` vector as json.Marshal writes a []float32: orjson writes a
+    float32 array in its shortest digits, as Go does, and Go writes a whole value (a
+    vector of one value is 1 or -1) without a fraction, where orjson writes one."""
+    if np.any(vec == np.trunc(vec)):
+        values = (float(str(v)) for v in vec)
+        return orjson.dumps([int(v) if v.is_integer() else v for v in values])
+    return orjson.dumps(vec, option=orjson.OPT_SERIALIZE_NUMPY)
