@@ -154,6 +154,11 @@ _WRITTEN = json.JSONDecoder(
 )
 
 
+# What any lone surrogate escape starts with: a text without one is left as it is, not
+# searched escape by escape (a Python call each; seconds for millions of `\n`).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
 def _lone_surrogate(match: re.Match[str]) -> str:
     return "\\ufffd" if match.group(1) else match.group(0)
 
@@ -168,7 +173,7 @@ def go_text(body: bytes) -> str:
     """`body` as the text Go's decoder reads: U+FFFD for each byte of invalid UTF-8,
     and a U+FFFD escape for each surrogate escape that is not half of a pair."""
     text = body.decode("utf-8", "autoroute-go-replace")
-    if "\\" in text:
+    if "\\" in text and _SURROGATE_ESCAPE.search(text):
         text = _ESCAPE.sub(_lone_surrogate, text)
     return text
 

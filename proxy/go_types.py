@@ -355,6 +355,9 @@ _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 _DIGITS_AND_BREAKS = re.compile(r"[A-Za-z0-9+/\r\n]*")
 _DIGITS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
 _BREAKS = "\r\n"
+# A run of line breaks, skipped at C speed: a run of millions would otherwise be a
+# Python step each, seconds on the event loop for one body.
+_BREAKS_RUN = re.compile(r"[\r\n]*")
 
 
 def base64_error(src: str) -> int | None:
@@ -370,10 +373,9 @@ def base64_error(src: str) -> int | None:
     end = run.end() if run else 0
     left = (end - src.count("\r", 0, end) - src.count("\n", 0, end)) % 4
     si = end
-    while left:
-        si -= 1
-        if src[si] not in _BREAKS:
-            left -= 1
+    while left:  # back to the digit before the breaks that precede `si`, at C speed
+        si = len(src[:si].rstrip(_BREAKS)) - 1
+        left -= 1
     return _decode_quanta(src, si)
 
 
@@ -392,21 +394,26 @@ def _decode_quanta(src: str, si: int) -> int | None:
                 j += 1
                 continue
             if c in _BREAKS:
+                si = _skip_breaks(src, si)
                 continue
             if c != "=" or j < 2:
                 return si - 1
             if j == 2:
-                while si < n and src[si] in _BREAKS:
-                    si += 1
+                si = _skip_breaks(src, si)
                 if si == n:
                     return n
                 if src[si] != "=":
                     return si - 1
                 si += 1
-            while si < n and src[si] in _BREAKS:
-                si += 1
+            si = _skip_breaks(src, si)
             return si if si < n else None
     return None
+
+
+def _skip_breaks(src: str, si: int) -> int:
+    """The offset of the first byte from `si` on that is no line break."""
+    skipped = _BREAKS_RUN.match(src, si)
+    return skipped.end() if skipped else si
 
 
 def check_image(item: Any, struct: str, key: str) -> None:

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from proxy import go_types
 from proxy.backends import CLOUD, INVALID_NAME, source, valid_name
-from proxy.go_types import BodyError, check_fields, checked
+from proxy.go_types import BodyError, check_fields
 from proxy.keep_alive import parse as parse_keep_alive
 
 from .catalog import ModelSpec, qualified
@@ -30,7 +30,7 @@ from .textgen import (
     plan,
     token_logprob,
 )
-from .wire import read_json
+from .wire import checked_off_loop, read_json
 
 NO_VISION = "this model is missing data required for image input"
 # Where Ollama sends a request for a model of its cloud (server/cloud_proxy.go).
@@ -70,7 +70,7 @@ async def read_body(request: web.Request, struct: str, fields: dict[str, str]) -
     """Gin's ShouldBindJSON plus the type checks json.Unmarshal performs."""
     try:
         doc = await read_json(request)
-        return checked(doc, await request.read(), lambda read: check_fields(read, struct, fields))
+        return await checked_off_loop(request, doc, lambda read: check_fields(read, struct, fields))
     except EOFError:
         raise Refusal(400, "missing request body") from None
     except BodyError as exc:

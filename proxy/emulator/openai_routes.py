@@ -16,7 +16,7 @@ import orjson
 from aiohttp import web
 
 from proxy import multipart_form, openai_chat
-from proxy.go_types import BodyError, check_fields, checked
+from proxy.go_types import BodyError, check_fields
 from proxy.protocol import SSE
 
 from .engine import ClientGone, Piece
@@ -24,7 +24,7 @@ from .inference import Prepared, Refusal, prepare_chat, prepare_generate
 from .native import ChatSink, LazyStream, embed_vectors, run_chat
 from .state import EmulatorState, request_digest, state_of
 from .textgen import vector_json
-from .wire import dumps, encoder_json, gin_json, read_json, unix_of
+from .wire import checked_off_loop, dumps, encoder_json, gin_json, read_json, unix_of
 
 
 def oa_error(status: int, message: str) -> dict[str, Any]:
@@ -47,8 +47,8 @@ async def read_oa_body(
     """The middleware's ShouldBindJSON: an empty body is plain `EOF` here."""
     try:
         doc = await read_json(request)
-        return checked(
-            doc, await request.read(), lambda read: check_fields(read, struct_name, fields)
+        return await checked_off_loop(
+            request, doc, lambda read: check_fields(read, struct_name, fields)
         )
     except EOFError:
         raise Refusal(400, "EOF") from None
@@ -268,7 +268,7 @@ async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
     state = state_of(request)
     try:
         body = await read_oa_body(request, "ChatCompletionRequest", {})
-        chat = checked(body, await request.read(), openai_chat.converted)
+        chat = await checked_off_loop(request, body, openai_chat.converted)
     except Refusal as exc:
         return middleware_error(exc.status, exc.message)
     except BodyError as exc:
