@@ -120,14 +120,16 @@ _PARSED_NUMBERS = {
 }
 
 
-def _kind(value: Any) -> str:
-    return _KIND_OF.get(type(value), "value")
-
-
 def go_kind(value: Any) -> str:
     """How encoding/json's UnmarshalTypeError names a decoded JSON value: "string",
     "number", "object", ..."""
-    return _kind(value)
+    return _KIND_OF.get(type(value), "value")
+
+
+def not_into(value: Any, go_type: str) -> str:
+    """encoding/json's error for a value of another kind than `go_type` at the top of
+    what it unmarshals (no struct field to name)."""
+    return f"json: cannot unmarshal {go_kind(value)} into Go value of type {go_type}"
 
 
 _INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
@@ -154,7 +156,7 @@ def _fits(value: Any, want: str) -> bool:
 
 
 def type_error(value: Any, struct: str, field_path: str, go_type: str) -> BodyError:
-    kind = _kind(value)
+    kind = go_kind(value)
     whole = whole_literal(value)
     if whole is not None and go_type == "int":
         kind = f"number {whole}"  # beyond Go's int, as the client wrote it
@@ -197,7 +199,7 @@ def check_fields(body: Any, struct: str, fields: Mapping[str, str]) -> dict[str,
     if body is None:
         return {}
     if not isinstance(body, dict):
-        raise BodyError(f"json: cannot unmarshal {_kind(body)} into Go value of type api.{struct}")
+        raise BodyError(not_into(body, f"api.{struct}"))
     # Go matches a key to a field whatever its case (`Model` is `model`), the last of
     # the keys that name a field winning: one lower-case key per field, as Go reads it.
     canonicalize(body)
@@ -462,7 +464,7 @@ def check_message(item: Any) -> None:
     if item is None:
         return
     if not isinstance(item, dict):
-        raise BodyError(f"json: cannot unmarshal {_kind(item)} into Go value of type api.Alias")
+        raise BodyError(not_into(item, "api.Alias"))
     for key, want in _MESSAGE_FIELDS.items():
         value = item.get(key)
         if value is None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.go_types import BodyError, go_kind
+from proxy.go_types import BodyError, go_kind, not_into
 from proxy.multipart_form import go_quote
 from proxy.protocol import SSE
 
@@ -72,10 +72,6 @@ _ITEM_TYPES = ("message", "function_call", "function_call_output", "reasoning", 
 _PART_TYPES = ("input_text", "input_image", "output_text", "input_file")
 
 
-def _not_into(value: Any, go_type: str) -> str:
-    return f"json: cannot unmarshal {go_kind(value)} into Go value of type {go_type}"
-
-
 def _head_refusal(value: Any, head: str, fields: tuple[str, ...]) -> str | None:
     """json.Unmarshal of an item or part into its type-reading struct (`head`): a null
     leaves the fields empty, a value of another kind than an object is refused, and so
@@ -83,7 +79,7 @@ def _head_refusal(value: Any, head: str, fields: tuple[str, ...]) -> str | None:
     if value is None:
         return None
     if not isinstance(value, dict):
-        return _not_into(value, head)
+        return not_into(value, head)
     for name in fields:
         field = value.get(name)
         if field is not None and not isinstance(field, str):
@@ -98,7 +94,7 @@ def _content_refusal(content: Any) -> str | None:
     if content is None or isinstance(content, str):
         return None
     if not isinstance(content, list):
-        return "content must be a string or array: " + _not_into(content, "[]json.RawMessage")
+        return "content must be a string or array: " + not_into(content, "[]json.RawMessage")
     for i, part in enumerate(content):
         refused = _head_refusal(part, _PART_HEAD, ("type",))
         kind = (part or {}).get("type") or ""
@@ -116,7 +112,7 @@ def input_refusal(inp: Any) -> str | None:
     if inp is None or isinstance(inp, str):
         return None
     if not isinstance(inp, list):
-        return "input must be a string or array: " + _not_into(inp, "[]json.RawMessage")
+        return "input must be a string or array: " + not_into(inp, "[]json.RawMessage")
     for i, item in enumerate(inp):
         refused = _head_refusal(item, _ITEM_HEAD, ("type", "role"))
         if refused is None:
