@@ -100,14 +100,14 @@ def calibrate(
             if canonical in own or any(b not in fallback for b in others):
                 others = [b for b in others if b not in fallback]
             used = [(lines[b], own[b]) for b in others]
+            values = [max(floor[area], line(v)) for line, v in used]
             taken[name].update(others)
             if canonical in own:
                 taken[name].add(canonical)
-                values = [own[canonical], *(max(floor[area], line(v)) for line, v in used)]
+                values = [own[canonical], *values]
                 areas[name][area] = sum(values) / len(values)
                 continue
             if used:
-                values = [max(floor[area], line(v)) for line, v in used]
                 lifted = sum(value - line(v) for value, (line, v) in zip(values, used, strict=True))
                 error = 2.0 * sum(line.error_at(v) for line, v in used) + lifted
                 areas[name][area] = sum(values) / len(values)
