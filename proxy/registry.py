@@ -2,14 +2,14 @@
 
 Built after every background refresh of the backends: names and details from
 `/api/tags`, capabilities and context length from `/api/show` (fetched once per
-digest and cached with aiocache: identical weights on several backends cost one
-fetch), loaded state from `/api/ps`; what is known of each model (size, area scores,
-specialities, release date, with its uncertainty) from the model catalogue, looked up
-by name and details, with the operator's `selector.models` overrides applied. A model
-whose `/api/show` cannot be read (a server without the route, a transient error, no
-answer within a backend's refresh bound) is still a candidate, described from its
-`/api/tags` entry and the catalogue; its show is asked again at every refresh until it
-answers. The request path only reads `self.models`.
+name and digest and cached with aiocache: the same weights under one name on several
+backends cost one fetch), loaded state from `/api/ps`; what is known of each model
+(size, area scores, specialities, release date, with its uncertainty) from the model
+catalogue, looked up by name and details, with the operator's `selector.models`
+overrides applied. A model whose `/api/show` cannot be read (a server without the
+route, a transient error, no answer within a backend's refresh bound) is still a
+candidate, described from its `/api/tags` entry and the catalogue; its show is asked
+again at every refresh until it answers. The request path only reads `self.models`.
 """
 
 from __future__ import annotations
@@ -182,6 +182,19 @@ def _remote_host(name: str, tag: dict[str, Any], show: dict[str, Any]) -> str:
     return "ollama.com" if names.is_cloud(name) else ""
 
 
+def _contradicted_digests(models: dict[str, ModelInfo]) -> set[str]:
+    """Digests listed for models the catalogue knows as of other families or sizes. An
+    Ollama digest names weights (`ollama cp` and a second tag of a pull share one), so
+    names of one digest are one model; a stand-in server that makes one digest up for
+    every model would merge its whole list into one."""
+    told: dict[str, set[tuple[str, float]]] = {}
+    for info in models.values():
+        known = info.knowledge
+        if info.digest and known is not None and known.origin == "catalogue":
+            told.setdefault(info.digest, set()).add((known.family, known.params_b))
+    return {digest for digest, models_told in told.items() if len(models_told) > 1}
+
+
 class Registry:
     def __init__(self, backends: BackendPool, catalog: Catalog | None = None) -> None:
         self.backends = backends
@@ -202,11 +215,16 @@ class Registry:
         self.backend_of: dict[str, str] = {}
         # (backend, model) whose show failed and has not answered since: warned once.
         self._unshown: set[tuple[str, str]] = set()
+        # Digests listed for models of other families or sizes (`_contradicted_digests`).
+        self._contradicted: set[str] = set()
 
     async def _show(self, state: BackendState, name: str, digest: str) -> dict[str, Any] | None:
-        """The model's /api/show answer (kept by digest), or None when it cannot be read;
-        a failure is not kept, so the next refresh asks again."""
-        cached = await self.cache.get(digest) if digest else None
+        """The model's /api/show answer (kept by name and digest), or None when it cannot
+        be read; a failure is not kept, so the next refresh asks again. Kept by the
+        digest alone, a backend that lists every model under one made-up digest would
+        have the first show answer describe them all."""
+        key = f"{digest} {name}" if digest else ""
+        cached = await self.cache.get(key) if key else None
         if cached is not None:
             return dict(cached)
         failing = (state.label, name)
@@ -231,8 +249,8 @@ class Registry:
         if failing in self._unshown:
             self._unshown.discard(failing)
             log.info("show %s on %s answers again", name, state.label)
-        if digest:
-            await self.cache.set(digest, show)
+        if key:
+            await self.cache.set(key, show)
         return show
 
     def catalogue(self) -> Catalog:
@@ -264,7 +282,21 @@ class Registry:
         self._unshown &= {
             (state.label, name) for name, found in listings.items() for state, _ in found
         }
-        self.set_models(dict(zip(listings, described, strict=True)))
+        models = dict(zip(listings, described, strict=True))
+        contradicted = _contradicted_digests(models)
+        if contradicted - self._contradicted:
+            log.warning(
+                "models the catalogue knows as different are listed under one digest (%s): "
+                "taken as the backends' made-up digests, not as one model's weights",
+                ", ".join(sorted(n for n, i in models.items() if i.digest in contradicted)),
+            )
+        self._contradicted = contradicted
+        if contradicted:
+            models = {
+                name: replace(info, digest="") if info.digest in contradicted else info
+                for name, info in models.items()
+            }
+        self.set_models(models)
 
     async def _describe(
         self, name: str, found: list[tuple[BackendState, dict[str, Any]]], catalog: Catalog

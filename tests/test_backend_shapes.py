@@ -313,3 +313,74 @@ async def test_the_refreshes_outlive_an_unexpected_error(
         proxy.stop()
         healthy.stop()
         broken.stop()
+
+
+_ONE_DIGEST = "sha256:" + "0" * 64
+# A stand-in backend that lists every model under one made-up digest, each with a show
+# of its own: Ollama's digests name weights, this one's name nothing.
+_ONE_DIGEST_FLEET: dict[str, dict[str, Any]] = {
+    "qwen3:8b": {
+        "details": {"family": "qwen3", "parameter_size": "8.2B", "quantization_level": "Q4_K_M"},
+        "capabilities": ["completion", "tools", "thinking"],
+    },
+    "gemma3:12b": {
+        "details": {"family": "gemma3", "parameter_size": "12.2B", "quantization_level": "Q4_K_M"},
+        "capabilities": ["completion", "vision"],
+    },
+    "nomic-embed-text:v1.5": {
+        "details": {"family": "nomic-bert", "parameter_size": "137M", "quantization_level": "F16"},
+        "capabilities": ["embedding"],
+    },
+}
+
+
+def _one_digest_app() -> web.Application:
+    async def tags(request: web.Request) -> web.Response:
+        entries = [
+            {"name": name, "model": name, "digest": _ONE_DIGEST, "size": 1, **show}
+            for name, show in _ONE_DIGEST_FLEET.items()
+        ]
+        return web.json_response({"models": entries})
+
+    async def show(request: web.Request) -> web.Response:
+        return web.json_response(_ONE_DIGEST_FLEET[(await request.json())["model"]])
+
+    async def ps(request: web.Request) -> web.Response:
+        return web.json_response({"models": []})
+
+    app = web.Application()
+    app.router.add_get("/api/tags", tags)
+    app.router.add_get("/api/ps", ps)
+    app.router.add_post("/api/show", show)
+    return app
+
+
+async def test_one_digest_listed_for_other_models_names_no_weights(
+    servers: ServerThread,
+) -> None:
+    """A backend that lists qwen3:8b, gemma3:12b and an embedding model under one digest
+    (a stand-in that makes digests up): each keeps its own show's capabilities at every
+    refresh, and `auto` ranks the two chat models apart, where one digest would have
+    them the same weights and the first show would describe all three."""
+    port = free_port()
+    odd = servers.serve(_one_digest_app, port)
+    proxy = Proxy(servers, [f"http://127.0.0.1:{port}"], health=Health(interval_seconds=0.2))
+    try:
+        app = proxy.app[APP_KEY]
+        generation = app.registry.generation
+        assert await wait_until(lambda: app.registry.generation >= generation + 3)
+        for name, show in _ONE_DIGEST_FLEET.items():
+            capabilities = app.registry.models[name].candidate.capabilities
+            assert capabilities == frozenset(show["capabilities"]), name
+        body = {"model": "auto:best", "messages": [{"role": "user", "content": "hi"}]}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(proxy.url + "/api/autoroute/explain", json=body) as resp,
+        ):
+            assert resp.status == 200, await resp.text()
+            doc = await resp.json()
+        assert {entry["model"] for entry in doc["ranking"]} == {"qwen3:8b", "gemma3:12b"}
+        assert not [why for why in doc["filtered"].values() if "same weights" in why]
+    finally:
+        proxy.stop()
+        servers.stop(odd)
