@@ -965,6 +965,28 @@ def test_measured_scores_take_precedence(catalog: Catalog) -> None:
         catalog.with_measured({"qwen2.5:7b": {"code": -0.1}})
 
 
+def test_a_description_of_a_chat_tag_leaves_its_pretrained_tags_alone(catalog: Catalog) -> None:
+    """A pretrained tag (`llama3:8b-text`, `codellama:7b-code`) is another model than the
+    chat tag it shortens to: a description or a profile named for the chat tag does not
+    describe it, one named for it does, and the chat tag's own variants keep theirs."""
+    described = catalog.with_overrides(
+        {
+            "llama3:8b": {"like": "qwen2.5:7b", "areas": {"code": 0.9}},
+            "codellama:7b": {"areas": {"code": 0.1}},
+            "mixtral:8x7b-text": {"areas": {"math": 0.05}},
+        }
+    ).with_measured({"llama3:8b": {"math": 0.2}, "codellama:7b": {"math": 0.3}})
+    for name in ("llama3:8b-text", "llama3:8b-text-q4_0", "codellama:7b-code"):
+        found = described.lookup(name)
+        assert found == catalog.lookup(name), name
+        assert found.origin == "catalogue" and not found.answers_requests(name), name
+    for name in ("llama3:8b", "llama3:8b-instruct-q4_K_M"):
+        found = described.lookup(name)
+        assert found.origin == "profile" and found.areas["code"] == 0.9, name
+    mixtral = described.lookup("mixtral:8x7b-text-v0.1-q4_0")
+    assert mixtral.origin == "config" and mixtral.areas["math"] == 0.05
+
+
 def test_a_score_without_a_source_is_refused() -> None:
     data = {
         "version": 1,

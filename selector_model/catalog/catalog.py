@@ -306,8 +306,14 @@ class Catalog:
         )
 
     def _find(self, table: Mapping[str, Any], name: str) -> Any:
+        """What a user's table (`selector.models`, the measured areas) says of `name`, by
+        the first of its keys the table has. Not by a key without a pretrained word of a
+        pretrained name (`llama3:8b` of `llama3:8b-text`): that tag is another model
+        than the chat one its key names, which the catalogue places on its own
+        (`_pretrained_variant`) unless the table names it."""
+        pretrained = names.is_pretrained(name)
         for key in names.keys(name):
-            if key in table:
+            if key in table and not (pretrained and not names.is_pretrained(key)):
                 return table[key]
         return None
 
