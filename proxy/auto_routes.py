@@ -403,7 +403,9 @@ class AutoRoutes:
                 "neighbours": list(known.neighbours[:3]),
             }
             if known.origin == "catalogue":
-                cited = self.auto.registry.catalog.sources(known.name)
+                # By the name and details the registry looked the model up by: the
+                # entry its areas come from may be another than its name's (`_same_arch`).
+                cited = self.auto.registry.catalog.sources(name, info.details)
                 described["sources"] = {
                     bench: {"area": s.area, "value": s.value, "url": s.url}
                     for bench, s in sorted(cited.items())

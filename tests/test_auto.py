@@ -22,7 +22,7 @@ from proxy.auto_routes import AutoRoutes
 from proxy.backends import BackendPool
 from proxy.config import Backend, Config, Health, Profile, Selector, Usage
 from proxy.registry import ModelInfo, Registry, model_info
-from selector_model.catalog import Catalog
+from selector_model.catalog import AREAS, Catalog
 from selector_model.policy import SWITCH_Z
 from tests.conftest import FROZEN
 from tests.support import (
@@ -1646,3 +1646,30 @@ async def test_explain_cites_only_the_results_a_candidate_takes(
     finally:
         prx.stop()
         own.stop()
+
+
+async def test_explain_cites_the_entry_the_backends_architecture_picks(
+    servers: ServerThread, tmp_path: Path
+) -> None:
+    """A name the catalogue resolves to one entry while the backend's architecture says
+    another of its family is meant (`deepseek-r1:8b`, the Llama 3.1 distill by name,
+    served as the Qwen3 one) takes that entry's areas, and explain cites that entry's
+    published numbers: the Qwen3 distill publishes none, so every area is imputed, for
+    the tag and for a pretrained tag of it alike."""
+    moved = Catalog.shipped().lookup("deepseek-r1:8b-0528-qwen3")
+    assert Catalog.shipped().sources("deepseek-r1:8b"), "the Llama distill cites results"
+    # One model a fleet: a chat request leaves a pretrained model out beside a chat one.
+    for name in ("deepseek-r1:8b", "deepseek-r1:8b-text"):
+        own = Emulator(servers, dataclasses.replace(FROZEN, models=(name,)))
+        shown = own.state.store[name]
+        own.state.store[name] = dataclasses.replace(shown, family="qwen3", parameter_size="8.2B")
+        prx = Proxy(servers, [own.url], selector=selector(tmp_path))
+        try:
+            status, doc = await explain(prx, chat("auto:best"))
+            assert status == 200, doc
+            [described] = [row["catalogue"] for row in doc["ranking"] if row["model"] == name]
+            assert described["areas"]["knowledge"] == round(moved.areas["knowledge"], 3), name
+            assert (described["sources"], described["imputed"]) == ({}, list(AREAS)), name
+        finally:
+            prx.stop()
+            own.stop()

@@ -1419,6 +1419,24 @@ def test_a_base_tag_of_a_chat_entry_cites_only_the_results_it_takes(catalog: Cat
     assert "HumanEval" in catalog.sources("codellama:7b-code")
 
 
+def test_sources_cite_the_entry_whose_areas_a_lookup_takes(catalog: Catalog) -> None:
+    """`lookup` takes the entry of a name's family that the backend's architecture says
+    is meant (`_same_arch`: Ollama moved `deepseek-r1:8b` from the Llama 3.1 distill to
+    the Qwen3 one); the published numbers `sources` cites for the name and those details
+    are that entry's, for a pretrained tag of it as for the tag itself. The Qwen3
+    distill publishes none: the Llama one's results are not the areas used."""
+    qwen3 = {"family": "qwen3", "parameter_size": "8.2B"}
+    moved, llama = "deepseek-r1:8b-0528-qwen3", "deepseek-r1:8b"
+    assert catalog.sources(llama) and not catalog.sources(moved)
+    for name in (llama, "deepseek-r1:8b-text-q4_0"):
+        found = catalog.lookup(name, qwen3)
+        assert found.areas["knowledge"] == catalog.lookup(moved).areas["knowledge"], name
+        assert found.areas["knowledge"] != catalog.lookup(name).areas["knowledge"], name
+        assert catalog.sources(name, qwen3) == {}, name
+        assert catalog.sources(name, {"family": "llama"}) == catalog.sources(name), name
+        assert catalog.sources(name), name
+
+
 def test_a_base_tag_of_a_chat_entry_takes_a_pretrained_models_instruction(
     catalog: Catalog,
 ) -> None:

@@ -187,16 +187,18 @@ class Catalog:
     def entries(self) -> tuple[ModelKnowledge, ...]:
         return tuple(self._entries.values())
 
-    def sources(self, name: str) -> Mapping[str, Source]:
-        """The published numbers behind a catalogue entry's areas, by benchmark. A
-        pretrained tag that takes its chat entry's results but for code and instruction
-        (`_pretrained_variant`) cites that entry's other results: those two are imputed
-        and cite nothing."""
-        matched = self._match(name)
-        if matched is None:
+    def sources(self, name: str, details: Mapping[str, Any] | None = None) -> Mapping[str, Source]:
+        """The published numbers behind the areas `lookup(name, details)` takes from a
+        catalogue entry, by benchmark: that entry's, the one the backend's architecture
+        picks (`_same_arch`) as well. A pretrained tag that takes its chat entry's
+        results but for code and instruction (`_pretrained_variant`) cites that entry's
+        other results: those two are imputed and cite nothing."""
+        resolved = self._resolved(name, details or {})
+        if resolved is None:
             return {}
-        found = self._sources.get(matched[0], {})
-        if self._is_pretrained_variant(name, matched):
+        entry, variant = resolved
+        found = self._sources.get(entry, {})
+        if variant:
             return {bench: s for bench, s in found.items() if s.area not in PRETRAINED_AREAS}
         return dict(found)
 
@@ -324,17 +326,29 @@ class Catalog:
         if spec is not None:
             found = self._configured(name, spec, details, capabilities)
         else:
-            matched = self._match(name)
-            if matched is None:
+            resolved = self._resolved(name, details)
+            if resolved is None:
                 found = self.neighbourhood.place(name, details, capabilities)
             else:
-                found = self._entries[self._same_arch(matched[0], details)]
-                if self._is_pretrained_variant(name, (found.name, matched[1])):
+                found = self._entries[resolved[0]]
+                if resolved[1]:
                     found = self._pretrained_variant(name, found)
         measured = self._find(self._measured, name)
         if measured:
             found = _with_areas(found, measured, origin="profile", name=name)
         return found
+
+    def _resolved(self, name: str, details: Mapping[str, Any]) -> tuple[str, bool] | None:
+        """The entry a catalogued name takes its areas from, as `lookup` and `sources`
+        both read it: the one it resolves to (`_match`), or the one of its family the
+        backend's architecture in `details` says is meant (`_same_arch`); and whether
+        `name` is a `_pretrained_variant` of that entry. None for a name the catalogue
+        does not list."""
+        matched = self._match(name)
+        if matched is None:
+            return None
+        entry = self._same_arch(matched[0], details)
+        return entry, self._is_pretrained_variant(name, (entry, matched[1]))
 
     def _is_pretrained_variant(self, name: str, matched: tuple[str, str]) -> bool:
         """Whether `name`, a pretrained tag, found a chat entry by a key (`matched`:
