@@ -637,6 +637,24 @@ def options_refusal(options: Mapping[str, Any] | None) -> str | None:
     return None
 
 
+# Where an int64 ends: Go's int64 of a double from 2^63 on, or below -2^63, is the
+# platform's (`option_int`).
+INT64_END = 1 << 63
+
+
+def option_int(value: Any) -> int | None:
+    """What Options.FromMap sets an int option to from `value` (`options` decoded as a
+    map[string]any: every number a float64), before its int64 conversion: the double
+    truncated toward zero; None for what it refuses (no number) or skips (a null).
+    Within an int64 that is the option's value. Beyond it (`INT64_END`) the conversion
+    is the platform's: amd64 gives the smallest int64, arm64 the nearest, so a caller
+    reads such a number as either."""
+    if value is None or isinstance(value, bool) or not _number(value):
+        return None
+    literal = whole_literal(value)
+    return int(float(literal if literal is not None else value))
+
+
 def decode_refusal(path: str, body: bytes) -> str:
     """What Ollama's handler for `path` answers with a 400 for a body Go finds no JSON
     value in (`go_json.read`'s document None): Go's decoding error, or, for a body of

@@ -24,7 +24,7 @@ from typing import Any
 
 from proxy.cache.key import generates
 from proxy.config import Runners, keep_alive_bound
-from proxy.go_types import whole_literal
+from proxy.go_types import option_int
 from proxy.keep_alive import parse as parse_keep_alive
 
 CAPPED_HEADER = "X-Autoroute-Capped"
@@ -38,22 +38,6 @@ log = logging.getLogger("autoroute.runner_caps")
 
 class Refused(Exception):
     """The request asks for what the caps forbid and cannot be brought within them."""
-
-
-def _go_int(value: Any) -> int | None:
-    """What api.Options.FromMap sets an int option to from `value` (a JSON number: an
-    integer, or a double truncated toward zero), None for what it refuses or skips.
-    An integer beyond 64 bits (kept as written, `proxy.go_json`) is a double to Go, whose
-    int64 conversion is the platform's (the largest int64 on arm64): read as the double's
-    value, so that a cap lowers it as any other."""
-    if type(value) is int:
-        return value
-    literal = whole_literal(value)
-    if literal is not None:
-        return int(literal)
-    if type(value) is float and math.isfinite(value):
-        return int(value)
-    return None
 
 
 def _duration_number(seconds: float) -> int | float:
@@ -96,7 +80,9 @@ class RunnerCaps:
             # Whatever its value: a request naming none runs at the runner's context.
             del options["num_ctx"]
             return "num_ctx=unset"
-        asked = _go_int(options["num_ctx"])
+        # A double beyond an int64 is the platform's int to Go (the largest int64 on
+        # arm64): read as the double's value, so that a cap lowers it as any other.
+        asked = option_int(options["num_ctx"])
         if self.max_num_ctx and asked is not None and asked > self.max_num_ctx:
             options["num_ctx"] = self.max_num_ctx
             return f"num_ctx={self.max_num_ctx}"

@@ -319,10 +319,28 @@ def test_an_answer_asked_to_unload_its_model_is_never_replayed(
         ("/v1/completions", {"temperature": 1, "seed": -5}, False),
         ("/api/generate", {"options": {"temperature": 0.7, "seed": -1}}, False),
         ("/api/generate", {"options": {"temperature": 0, "seed": -1}}, True),
+        # Options are a map[string]any: a float64 that api.Options.FromMap truncates.
+        ("/api/chat", {"options": {"temperature": 0.7, "seed": 7.9}}, True),
+        ("/api/chat", {"options": {"temperature": 0.7, "seed": -0.5}}, True),
+        ("/api/chat", {"options": {"temperature": 0.7, "seed": 2**63 - 1024}}, True),
+        # Doubles of 2^63 or more, beyond an int64: amd64 converts them to its smallest.
+        ("/api/chat", {"options": {"temperature": 0.7, "seed": 2**64 - 1}}, False),
+        ("/api/generate", {"options": {"temperature": 0.7, "seed": 2**63}}, False),
+        ("/api/generate", {"options": {"temperature": 0.7, "seed": 2**63 - 1}}, False),
+        # Beyond 64 bits, kept as written (`go_json`): a double beyond an int64, or none.
+        ("/api/chat", {"options": {"temperature": 0.7, "seed": orjson.Fragment(b"9" * 30)}}, False),
+        ("/api/chat", {"options": {"temperature": 0.7, "seed": orjson.Fragment(b"1e999")}}, False),
+        # The OpenAI routes' int, passed on to the options as a float64 all the same.
+        ("/v1/chat/completions", {"temperature": 0.7, "seed": 2**63 - 1}, False),
+        ("/api/chat", {"options": {"temperature": 0.7, "seed": True}}, False),
+        ("/api/chat", {"options": {"temperature": 0.7, "seed": "7"}}, False),
     ],
 )
 def test_only_a_seed_ollama_keeps_is_fixed(path: str, doc: dict[str, Any], fixed: bool) -> None:
-    """Ollama's runners draw a random seed for a negative one (-1 is its default)."""
+    """Ollama's runners draw a random seed for a negative one (-1 is its default), and
+    read the seed as api.Options.FromMap converts it: the float64 `options` decodes it
+    into, truncated to an int64, which for a double beyond an int64 is the platform's
+    conversion (the smallest int64 on amd64: a random seed)."""
     assert deterministic(path, doc) is fixed
 
 

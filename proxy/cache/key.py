@@ -1,9 +1,10 @@
 """Which requests are cacheable, and the key their answer is kept under.
 
 A request is cacheable when its answer is determined by its input: temperature 0 or a
-fixed seed (not a negative one, which asks for a random seed), no tools (a tool call's
-answer depends on what the tool returns next), text asked for (not a model loaded or
-unloaded), and no `Cache-Control: no-cache` or `no-store` from the client. Read from
+fixed seed (not a negative one, which asks for a random seed, nor one Go's int64 may
+make negative), no tools (a tool call's answer depends on what the tool returns next),
+text asked for (not a model loaded or unloaded), and no `Cache-Control: no-cache` or
+`no-store` from the client. Read from
 the body as the backend reads it (`go_json`), after `auto` decided: the key names the
 model served, and the digest of the weights the backends list under its name.
 """
@@ -18,6 +19,7 @@ import orjson
 from aiohttp import web
 
 from proxy.auth import KEY_REQUEST
+from proxy.go_types import INT64_END, option_int
 from proxy.header_values import utf8
 from proxy.keep_alive import unloads
 
@@ -51,11 +53,14 @@ def deterministic(path: str, doc: Mapping[str, Any]) -> bool:
         if not isinstance(sampling, Mapping):
             return False
     temperature = sampling.get("temperature")
-    seed = sampling.get("seed")
-    # A negative seed is none: Ollama's runners draw a random one for it (-1 is
-    # Ollama's own default, which clients may send as it is).
+    # The seed as the runner gets it: Options.FromMap's int of the options' float64 (the
+    # OpenAI routes' int goes into the options too; a seed they refuse is a 400, never
+    # kept). A negative seed is none: Ollama's runners draw a random one for it (-1 is
+    # Ollama's own default, which clients may send as it is); so is a double beyond an
+    # int64 on amd64, whose conversion gives the smallest int64.
+    seed = option_int(sampling.get("seed"))
     return (_is_number(temperature) and temperature == 0) or (
-        isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0
+        seed is not None and 0 <= seed < INT64_END
     )
 
 
