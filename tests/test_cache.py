@@ -332,15 +332,25 @@ def test_an_answer_asked_to_unload_its_model_is_never_replayed(
         ("/api/chat", {"options": {"temperature": 0.7, "seed": orjson.Fragment(b"1e999")}}, False),
         # The OpenAI routes' int, passed on to the options as a float64 all the same.
         ("/v1/chat/completions", {"temperature": 0.7, "seed": 2**63 - 1}, False),
+        # llama-server's seed is a uint32: the low 32 bits all ones (-1 among them) are
+        # its LLAMA_DEFAULT_SEED, a random one; the double's bits, not the integer's.
+        ("/api/chat", {"options": {"temperature": 0.7, "seed": 2**32 - 1}}, False),
+        ("/api/chat", {"options": {"temperature": 0.7, "seed": 2**40 - 1}}, False),
+        ("/v1/chat/completions", {"temperature": 0.7, "seed": 2**32 - 1}, False),
+        ("/api/chat", {"options": {"temperature": 0.7, "seed": 2**32 - 2}}, True),
+        ("/api/chat", {"options": {"temperature": 0.7, "seed": 2**32}}, True),
+        ("/api/chat", {"options": {"temperature": 0.7, "seed": 2**60 + 2**32 - 1}}, True),
         ("/api/chat", {"options": {"temperature": 0.7, "seed": True}}, False),
         ("/api/chat", {"options": {"temperature": 0.7, "seed": "7"}}, False),
     ],
 )
 def test_only_a_seed_ollama_keeps_is_fixed(path: str, doc: dict[str, Any], fixed: bool) -> None:
-    """Ollama's runners draw a random seed for a negative one (-1 is its default), and
-    read the seed as api.Options.FromMap converts it: the float64 `options` decodes it
-    into, truncated to an int64, which for a double beyond an int64 is the platform's
-    conversion (the smallest int64 on amd64: a random seed)."""
+    """Ollama's runners draw a random seed for a negative one (-1 is its default; the
+    MLX runner for any) and llama-server for LLAMA_DEFAULT_SEED, and read the seed as
+    api.Options.FromMap converts it: the float64 `options` decodes it into, truncated to
+    an int64, which for a double beyond an int64 is the platform's conversion (the
+    smallest int64 on amd64, the largest, LLAMA_DEFAULT_SEED to llama-server, on
+    arm64)."""
     assert deterministic(path, doc) is fixed
 
 

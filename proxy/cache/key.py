@@ -1,12 +1,12 @@
 """Which requests are cacheable, and the key their answer is kept under.
 
 A request is cacheable when its answer is determined by its input: temperature 0 or a
-fixed seed (not a negative one, which asks for a random seed, nor one Go's int64 may
-make negative), no tools (a tool call's answer depends on what the tool returns next),
-text asked for (not a model loaded or unloaded), and no `Cache-Control: no-cache` or
-`no-store` from the client. Read from
-the body as the backend reads it (`go_json`), after `auto` decided: the key names the
-model served, and the digest of the weights the backends list under its name.
+fixed seed (`fixed_seed`: not one a runner draws a random seed for), no tools (a tool
+call's answer depends on what the tool returns next), text asked for (not a model
+loaded or unloaded), and no `Cache-Control: no-cache` or `no-store` from the client.
+Read from the body as the backend reads it (`go_json`), after `auto` decided: the key
+names the model served, and the digest of the weights the backends list under its
+name.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def _is_number(value: Any) -> bool:
 
 
 def deterministic(path: str, doc: Mapping[str, Any]) -> bool:
-    """Temperature 0 or a fixed seed (0 or more), where this API carries them, and no tools."""
+    """Temperature 0 or a fixed seed (`fixed_seed`), where this API carries them, and no tools."""
     if doc.get("tools") or doc.get("functions"):
         return False
     if path.startswith("/v1/"):
@@ -53,15 +53,24 @@ def deterministic(path: str, doc: Mapping[str, Any]) -> bool:
         if not isinstance(sampling, Mapping):
             return False
     temperature = sampling.get("temperature")
-    # The seed as the runner gets it: Options.FromMap's int of the options' float64 (the
-    # OpenAI routes' int goes into the options too; a seed they refuse is a 400, never
-    # kept). A negative seed is none: Ollama's runners draw a random one for it (-1 is
-    # Ollama's own default, which clients may send as it is); so is a double beyond an
-    # int64 on amd64, whose conversion gives the smallest int64.
     seed = option_int(sampling.get("seed"))
-    return (_is_number(temperature) and temperature == 0) or (
-        seed is not None and 0 <= seed < INT64_END
-    )
+    return (_is_number(temperature) and temperature == 0) or (seed is not None and fixed_seed(seed))
+
+
+# llama.cpp's LLAMA_DEFAULT_SEED: the uint32 for which its sampler draws a random seed.
+_LLAMA_DEFAULT_SEED = 0xFFFFFFFF
+
+
+def fixed_seed(seed: int) -> bool:
+    """Whether every runner of Ollama samples with `seed` as given, `option_int`'s reading
+    of a request's seed (the OpenAI routes' int goes into the options too; one they
+    refuse is a 400, never kept). Not a negative one, which the MLX runner draws a
+    random seed for (x/mlxrunner: UseSeed is Seed >= 0), -1 (Ollama's own default,
+    which clients may send as it is) among them; not one whose low 32 bits are
+    LLAMA_DEFAULT_SEED, which llama-server, taking the int Ollama sends it as a uint32,
+    draws a random one for (4294967295, and -1 again); not a double beyond an int64,
+    the smallest int64 on amd64 and the largest (its low bits all ones) on arm64."""
+    return 0 <= seed < INT64_END and seed % (1 << 32) != _LLAMA_DEFAULT_SEED
 
 
 def bypassed(cache_control: str | None) -> bool:
