@@ -292,11 +292,16 @@ class AutoRoutes:
         profile = profile_of(str(model), self.auto.config.default_profile)
         if profile is None:
             return error_response(request.path, 400, f"'{model}' is not auto or auto:<profile>")
+        key = request.get(KEY_REQUEST)
         if path not in RANKED_PATHS:
             # A ranking here would name a model auto never sends to this route.
             route = find(path)
             if route is not None and route.embedding:
                 pinned = self.auto.config.embedding_model or "not set"
+                if pinned != "not set" and key is not None and not key.allows_model(pinned):
+                    # A model off the key's list is named to it nowhere, as by auto's
+                    # own refusal on the embedding routes.
+                    pinned = "not one of this API key's models"
                 why = f"it takes selector.embedding_model ({pinned})"
             else:
                 why = "explain ranks for " + ", ".join(RANKED_PATHS)
@@ -312,7 +317,6 @@ class AutoRoutes:
         if unread is not None:
             return error_response(request.path, 400, unread)
         # The key's allow-list, as on inference: explain must rank what auto would.
-        key = request.get(KEY_REQUEST)
         only = key.models if key is not None else None
         try:
             choice = self.auto.decide(path, doc, profile, user_key(request), only)

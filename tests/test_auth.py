@@ -765,8 +765,9 @@ async def test_auto_embeddings_name_no_model_outside_the_keys_list(
     servers: ServerThread, own_emulator: Emulator, path: str
 ) -> None:
     """`auto` embeds with `selector.embedding_model`: a key whose list lacks it is
-    refused without its name, as `auto` names no model outside a key's list; a key
-    that may use it embeds."""
+    refused without its name, as `auto` names no model outside a key's list, and
+    explain's refusal to rank for the route does not name it either; a key that may use
+    it embeds, and explain names the model to it."""
     auth = Auth(
         keys=(
             ApiKey(sha256=hash_key(USER), name="dev", models=ALLOWED),
@@ -790,6 +791,11 @@ async def test_auto_embeddings_name_no_model_outside_the_keys_list(
         assert message == "auto's embedding model is not allowed for this API key"
         status, headers, _ = await call(prx.url, "POST", path, SINGLE, body)
         assert status == 200 and headers["X-Autoroute-Model"] == "nomic-embed-text"
+        explain = "/api/autoroute/explain?path=" + path
+        status, _, answer = await call(prx.url, "POST", explain, USER, body)
+        assert status == 400 and b"nomic" not in answer, answer
+        status, _, answer = await call(prx.url, "POST", explain, SINGLE, body)
+        assert status == 400 and b"(nomic-embed-text)" in answer, answer
     finally:
         prx.stop()
 
