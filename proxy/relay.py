@@ -51,6 +51,11 @@ _HOP_BY_HOP_BYTES = frozenset(h.encode() for h in HOP_BY_HOP)
 # client's `X-Request-Id`, since the backend gets the id the proxy uses.
 _NOT_FORWARDED = _HOP_BY_HOP_BYTES | {b"expect", REQUEST_ID_HEADER.lower().encode()}
 _CREDENTIALS = frozenset({b"authorization", b"x-api-key"})
+# The prefix of the proxy's own answer headers (`Served.extra`). A backend's of that
+# name (another autoroute, or a gateway, in front of it), as its X-Request-Id, is not
+# relayed: the client would read two ids, and rate by the one no request of its has.
+_OWN_PREFIX = "x-autoroute-"
+_OWN_ID = REQUEST_ID_HEADER.lower()
 # A backend's failure as a caller who may not see the fleet reads it (by whether no
 # connection could be made): the error's own text names hosts and ports.
 _FAILED = {True: "unreachable", False: "failed"}
@@ -463,9 +468,18 @@ class ClientLeg(Answer):
 
     def _backend_headers(self, head: ResponseHead) -> list[tuple[str, str]]:
         headers = []
+        # The headers its Connection names are the backend's hop's (RFC 9110, 7.6.1).
+        hop = {
+            token.strip().lower()
+            for name, value in head.headers
+            if name.lower() == "connection"
+            for token in value.split(",")
+        }
         for name, value in head.headers:
             lname = name.lower()
-            if lname in HOP_BY_HOP:
+            if lname in HOP_BY_HOP or lname in hop or lname == _OWN_ID:
+                continue
+            if lname.startswith(_OWN_PREFIX):
                 continue
             if lname == "content-type":
                 self.content_type = value

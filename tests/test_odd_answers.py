@@ -85,6 +85,7 @@ _OPENAI = {"id": "c", "object": "chat.completion.chunk", "model": ODD, "created"
 _DELTA = orjson.dumps({**_OPENAI, "choices": [{"index": 0, "delta": {"content": "hi"}}]})
 _STOP = {**_OPENAI, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
 
+OWN_HEADERS = "the proxy's own headers from the backend"
 CASES: dict[str, Case] = {
     "array": Case(b"[]"),
     "null": Case(b"null"),
@@ -140,6 +141,16 @@ CASES: dict[str, Case] = {
     ),
     "204 with a body": Case(b"", None, status=204, raw=b'HTTP/1.1 204 No Content\r\n\r\n{"a":1}\n'),
     "HTTP/1.0 until the close": Case(b'{"a":1}\n', None, raw=b'HTTP/1.0 200 OK\r\n\r\n{"a":1}\n'),
+    # What the proxy writes itself (another autoroute in front of the backend, a
+    # gateway naming requests) and a header the backend's Connection lists.
+    OWN_HEADERS: Case(
+        _lines(_DONE),
+        JSON,
+        raw=b"HTTP/1.1 200 OK\r\nX-Request-Id: backend-id\r\nX-Autoroute-Model: other\r\n"
+        b"X-Autoroute-Reason: backend\r\nConnection: X-Hop\r\nX-Hop: 1\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
+        % (len(_lines(_DONE)), _lines(_DONE)),
+    ),
     "400 plain text": Case(b"bad request", "text/plain", status=400),
     "404 HTML": Case(b"<html><body>Not Found</body></html>", "text/html", status=404),
     "500 JSON array": Case(b'["boom"]', status=500),
@@ -358,6 +369,37 @@ async def test_an_answer_framed_two_ways_reaches_a_keep_alive_http10_client_fram
     finally:
         writer.close()
     assert head.startswith(b"HTTP/1.0 200 ") and rest == CASES[name].body
+
+
+async def test_the_answer_carries_the_proxys_own_headers_once_and_no_hop_by_hop_one(
+    fleet: Fleet,
+) -> None:
+    """A backend whose answer has an X-Request-Id or X-Autoroute-* headers of its own (an
+    autoroute or a gateway in front of it): the client reads the proxy's alone, once, so
+    that the id it rates by is its request's (its usage event's); and a header the
+    backend's `Connection` names is the hop's, not the client's (RFC 9110, 7.6.1)."""
+    ids = []
+    async with aiohttp.ClientSession() as http:
+        for path in ALL:
+            for model in (ODD, "auto"):
+                for stream in (True, False):
+                    body = _request(path, model, stream)
+                    headers = {CASE_HEADER: OWN_HEADERS}
+                    async with http.post(fleet.proxy.url + path, json=body, headers=headers) as r:
+                        await r.read()
+                        where = (path, model, stream)
+                        request_ids = r.headers.getall("X-Request-Id", [])
+                        assert len(request_ids) == 1 and request_ids[0] != "backend-id", where
+                        ids.append(request_ids[0])
+                        assert r.headers.getall("X-Autoroute-Model", []) == [ODD], where
+                        reasons = r.headers.getall("X-Autoroute-Reason", [])
+                        assert "backend" not in reasons and len(reasons) <= 1, where
+                        assert "X-Hop" not in r.headers, where
+
+    def written() -> bool:
+        return {e["request_id"] for e in _events(fleet.events)} >= set(ids)
+
+    assert await wait_until(written)
 
 
 def _errors_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
