@@ -421,12 +421,15 @@ class BackendPool:
         skip = set(map(id, exclude))
         return [s for s in self.states if id(s) not in skip and s.breaker.allows(now)]
 
-    def unavailable_reason(self, detailed: bool = True) -> str:
-        """Why no backend is usable: each backend's last error; without `detailed`,
-        only each one's circuit, under its public name (`Backend.public_label`)."""
+    def unavailable_reason(
+        self, detailed: bool = True, states: list[BackendState] | None = None
+    ) -> str:
+        """Why no backend is usable (of `states`, default all): each backend's last
+        error; without `detailed`, only each one's circuit, under its public name
+        (`Backend.public_label`)."""
         now = asyncio.get_running_loop().time()
         reasons = []
-        for s in self.states:
+        for s in self.states if states is None else states:
             state = s.breaker.state(now)
             if not detailed:
                 reasons.append(f"{s.public_label} (circuit {state})")
@@ -435,17 +438,27 @@ class BackendPool:
             reasons.append(f"{s.label}: {why}" + (" (circuit open)" if state == "open" else ""))
         return "no healthy backend: " + "; ".join(reasons)
 
-    def unavailable(self) -> NoBackend:
-        """The error of a request no backend is usable for, both ways of saying why."""
-        return NoBackend(self.unavailable_reason(), self.unavailable_reason(detailed=False))
+    def unavailable(self, states: list[BackendState] | None = None) -> NoBackend:
+        """The error of a request no backend (of `states`, default all) is usable for,
+        both ways of saying why."""
+        return NoBackend(
+            self.unavailable_reason(states=states),
+            self.unavailable_reason(detailed=False, states=states),
+        )
 
     def choose(
-        self, model: str | None, exclude: Iterable[BackendState] = (), retry: bool = False
+        self,
+        model: str | None,
+        exclude: Iterable[BackendState] = (),
+        retry: bool = False,
+        fetches: bool = False,
     ) -> BackendState:
         """A backend that has `model`, preferring one where it is loaded, then the one
         with the fewest requests in flight. With no backend listing the model, any
         usable one: it answers Ollama's own 404; but a `retry` goes only to a backend
-        that lists the model (another one's 404 would hide the first one's answer)."""
+        that lists the model (another one's 404 would hide the first one's answer), and
+        a model that only unusable backends list is unavailable (NoBackend), unless the
+        request `fetches` it (a pull), which any backend can serve."""
         candidates = self.usable(exclude)
         if not candidates:
             raise self.unavailable()
@@ -456,6 +469,11 @@ class BackendPool:
         if not having:
             if retry:
                 raise NoBackend(f"no other usable backend has model {model!r}")
+            # Only backends that cannot take a request now list it: another would answer
+            # that it has no such model (a 404, on which `ollama run` pulls it there).
+            down = [] if fetches else _having(name, self.states)
+            if down:
+                raise self.unavailable(down)
             having = [s for s in candidates if s.models is None] or candidates
         return min(having, key=lambda s: (name not in s.loaded, s.in_flight, s.index))
 

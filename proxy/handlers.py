@@ -60,7 +60,8 @@ AUTOROUTE_HEADERS = (
 )
 SHOW_PATH = "/api/show"
 CREATE_PATH = "/api/create"
-_WHOLE_AFTER_WORK = frozenset({"/api/pull", "/api/push", CREATE_PATH})
+PULL_PATH = "/api/pull"
+_WHOLE_AFTER_WORK = frozenset({PULL_PATH, "/api/push", CREATE_PATH})
 LOADING_PATHS = ("/api/generate", "/api/chat")
 V1_MODEL_PREFIX = "/v1/models/"
 # `auto` chooses among models by what they do with text; none of that says which
@@ -559,7 +560,11 @@ class Handlers:
             and isinstance(doc, dict)
             and doc.get("stream") is False
         )
-        primary = self._create_target(doc) if creating else self.backends.choose(model)
+        if creating:
+            primary = self._create_target(doc)
+        else:
+            # A pull fetches its model: any backend takes it, one that lists it first.
+            primary = self.backends.choose(model, fetches=request.path == PULL_PATH)
         replicas: list[asyncio.Task[None]] = []
         if self.config.routing.admin_target == "all" and not creating:
             replicas = self.fanout.replicate(request, body, primary, change, waits)

@@ -1505,3 +1505,30 @@ async def test_a_document_over_the_bound_from_a_backend_is_refused_not_held(
     finally:
         proxy.stop()
         servers.stop(runner)
+
+
+async def test_a_model_whose_backends_are_all_down_is_503_not_anothers_404(pair: Pair) -> None:
+    """A model only a backend whose circuit is open lists is not asked of another, which
+    would answer that it has no such model (a 404, on which `ollama run` pulls it there):
+    it is unavailable for now, Ollama's 503 naming why, the same before and after the
+    circuit opens."""
+    pair.a.stop()
+    before = pair.b.state.requests["/api/generate"]
+    for _ in range(4):
+        status, body = await post(pair.proxy.url, "/api/generate", generate(ONLY_A))
+        assert status == 503, body
+        assert "no healthy backend" in orjson.loads(body)["error"]
+    assert pair.b.state.requests["/api/generate"] == before
+    status, body = await post(pair.proxy.url, "/api/generate", generate(ONLY_B))
+    assert status == 200, body
+
+
+async def test_a_pull_of_a_model_only_a_down_backend_lists_goes_to_another(pair: Pair) -> None:
+    """A pull fetches its model: one only an unusable backend lists is pulled on a
+    usable one, not refused as unavailable."""
+    pair.a.stop()
+    for _ in range(3):
+        await post(pair.proxy.url, "/api/generate", generate(ONLY_A))  # opens A's circuit
+    status, body = await post(pair.proxy.url, "/api/pull", {"model": ONLY_A, "stream": False})
+    assert status == 200, body
+    assert ONLY_A in pair.b.state.models
