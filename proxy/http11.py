@@ -11,6 +11,7 @@ so that the connection can carry another request after it. What it cannot read r
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -28,6 +29,11 @@ MAX_LINE_BYTES = 64 * 1024
 # How the body of an answer ends (_NONE: it has none); _HEAD while the head is read,
 # _DONE once the answer ended.
 _NONE, _LENGTH, _CHUNKED, _UNTIL_CLOSE, _HEAD, _DONE = range(6)
+# A field name (RFC 9110, 5.1: a token).
+_FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+# What a field value may not carry to a client: a recipient replaces each with a space
+# or refuses the message (RFC 9110, 5.5).
+_CR_NUL = re.compile("[\r\x00]")
 _HEX_DIGITS = b"0123456789abcdefABCDEF"
 _MAX_CHUNK_SIZE_DIGITS = 16
 # Chunk-size lines already read, and their sizes: a stream's chunks repeat a few sizes,
@@ -113,7 +119,9 @@ def _digits(text: str) -> bool:
 
 
 def _parse_head(raw: bytes, method: str) -> tuple[ResponseHead, int]:
-    lines = raw.decode("latin-1").split("\r\n")
+    # A bare LF ends a line as CRLF does (RFC 9112, 2.2; Go's transport reads it so):
+    # one field's value hides no other field from the proxy.
+    lines = [line.removesuffix("\r") for line in raw.decode("latin-1").split("\n")]
     version, _, rest = lines[0].partition(" ")
     code, _, reason = rest.partition(" ")
     if not version.startswith("HTTP/1.") or len(code) != 3 or not _digits(code):
@@ -128,9 +136,14 @@ def _parse_head(raw: bytes, method: str) -> tuple[ResponseHead, int]:
     keep_alive = version == "HTTP/1.1"
     for line in lines[1:]:
         name, sep, value = line.partition(":")
-        if not sep:
+        # Whitespace before the colon is removed before a response goes on (RFC 9112,
+        # 5.1); a name that is no token is no field.
+        name = name.rstrip(" \t")
+        if not sep or not _FIELD_NAME.match(name):
             raise ProtocolError(f"malformed header line {_quoted(line.encode('latin-1'), 80)}")
-        value = value.strip()
+        value = value.strip(" \t")
+        if "\r" in value or "\x00" in value:
+            value = _CR_NUL.sub(" ", value)
         lname = name.lower()
         if lname == "content-length":
             if not _digits(value) or (length is not None and int(value) != length):

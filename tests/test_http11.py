@@ -243,6 +243,9 @@ BAD = [
     pytest.param(b"HTTP/1.1 2000 OK\r\n\r\n", id="status of four digits"),
     pytest.param(b"\x00\x01garbage\r\n\r\n", id="garbage"),
     pytest.param(b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n", id="header without colon"),
+    pytest.param(b"HTTP/1.1 200 OK\r\nX A: b\r\n\r\n", id="header name with a space"),
+    pytest.param(b"HTTP/1.1 200 OK\r\nX-\x00: b\r\n\r\n", id="header name with a NUL"),
+    pytest.param(b"HTTP/1.1 200 OK\r\n: b\r\n\r\n", id="header without a name"),
     pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", id="negative length"),
     # Latin-1 superscripts are digits to Python's isdigit, not to int(): no number.
     pytest.param(b"HTTP/1.1 2\xb20 OK\r\n\r\n", id="status with a superscript digit"),
@@ -347,6 +350,27 @@ def test_the_head_keeps_headers_as_sent() -> None:
         ("Content-Type", "application/x-ndjson"),
         ("Transfer-Encoding", "chunked"),
     ]
+
+
+def test_a_field_is_read_as_rfc_9112_has_a_proxy_read_it() -> None:
+    """A bare LF ends a field line as CRLF does (RFC 9112, 2.2, as Go's transport reads
+    one), so no field hides in another's value; CR and NUL in a value, which no client
+    may be sent, become spaces (RFC 9110, 5.5); whitespace before the colon goes (RFC
+    9112, 5.1)."""
+    raw = (
+        b"HTTP/1.1 200 OK\r\nX-A: a\nX-Request-Id: b\r\nX-C: c\rd\x00e\r\nX-D : f\r\n"
+        b"Content-Length: 2\r\n\r\nok"
+    )
+    for pieces in splits(raw):
+        head, body, reusable = run(pieces)
+        assert head is not None and (body, reusable) == (b"ok", True)
+        assert head.headers == [
+            ("X-A", "a"),
+            ("X-Request-Id", "b"),
+            ("X-C", "c d e"),
+            ("X-D", "f"),
+            ("Content-Length", "2"),
+        ]
 
 
 def test_dechunk_removes_the_framing() -> None:

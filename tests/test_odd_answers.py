@@ -148,6 +148,7 @@ CASES: dict[str, Case] = {
         JSON,
         raw=b"HTTP/1.1 200 OK\r\nX-Request-Id: backend-id\r\nX-Autoroute-Model: other\r\n"
         b"X-Autoroute-Reason: backend\r\nConnection: X-Hop\r\nX-Hop: 1\r\n"
+        b"X-Lf: a\nX-Request-Id: backend-id\r\nX-Nul: a\x00b\r\n"
         b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
         % (len(_lines(_DONE)), _lines(_DONE)),
     ),
@@ -375,9 +376,11 @@ async def test_the_answer_carries_the_proxys_own_headers_once_and_no_hop_by_hop_
     fleet: Fleet,
 ) -> None:
     """A backend whose answer has an X-Request-Id or X-Autoroute-* headers of its own (an
-    autoroute or a gateway in front of it): the client reads the proxy's alone, once, so
-    that the id it rates by is its request's (its usage event's); and a header the
-    backend's `Connection` names is the hop's, not the client's (RFC 9110, 7.6.1)."""
+    autoroute or a gateway in front of it), one after a bare LF too: the client reads
+    the proxy's alone, once, so that the id it rates by is its request's (its usage
+    event's); a header the backend's `Connection` names is the hop's, not the client's
+    (RFC 9110, 7.6.1); and a NUL in a value reaches the client as a space, where a
+    client would refuse the whole answer."""
     ids = []
     async with aiohttp.ClientSession() as http:
         for path in ALL:
@@ -395,6 +398,7 @@ async def test_the_answer_carries_the_proxys_own_headers_once_and_no_hop_by_hop_
                         reasons = r.headers.getall("X-Autoroute-Reason", [])
                         assert "backend" not in reasons and len(reasons) <= 1, where
                         assert "X-Hop" not in r.headers, where
+                        assert r.headers["X-Nul"] == "a b", where
 
     def written() -> bool:
         return {e["request_id"] for e in _events(fleet.events)} >= set(ids)
