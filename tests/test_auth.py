@@ -43,7 +43,7 @@ from tests.support import (
     raw_request,
     running_stream,
 )
-from tests.usage_services import read_bytes, wait_for
+from tests.usage_services import Database, postgres_usage, read_bytes, wait_for
 
 ADMIN, USER, LIMITED, SINGLE = "k-admin-1", "k-user-1", "k-limited-1", "k-single-1"
 ALLOWED = ("llama3.1:8b", "qwen2.5:7b")
@@ -882,6 +882,84 @@ async def test_a_key_with_a_model_list_sees_no_counts_of_other_keys_refused_requ
         assert [(r["served_model"], r["requests"]) for r in doc["models"]] == [("llama3.1:8b", 1)]
         assert set(doc) == {"source", "models", "sinks"}
         assert doc["sinks"] == {"file": {"healthy": True}}
+    finally:
+        prx.stop()
+
+
+def _figures(doc: dict[str, Any]) -> dict[str, tuple[int, int, dict[str, Any]]]:
+    """Each row's model, its requests, errors and ratings."""
+    return {r["served_model"]: (r["requests"], r["errors"], r["ratings"]) for r in doc["models"]}
+
+
+@pytest.fixture(params=["memory", pytest.param("postgres", marks=pytest.mark.postgres)])
+def stats_source(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, Usage]:
+    """Where the stats come from (their `source`) and the usage settings for it: the
+    in-memory windows beside a file, or PostgreSQL (a database of the test's own)."""
+    if request.param == "postgres":
+        database: Database = request.getfixturevalue("database")
+        return "postgres", postgres_usage(database.dsn, tmp_path, flush_interval_seconds=0.02)
+    return "memory", file_usage(tmp_path)
+
+
+async def test_a_key_with_a_model_list_reads_only_its_own_requests_in_its_rows(
+    stats_source: tuple[str, Usage], servers: ServerThread, own_emulator: Emulator
+) -> None:
+    """A row of the stats counts every key's requests on its model and backend: a key
+    with a model list reads in each row the figures of its own requests only (their
+    count, latencies and ratings), and no row of a model only other keys used, from
+    PostgreSQL and from the in-memory windows alike. A key without a model list and an
+    admin key, with a model list or not, read every key's."""
+    ann, bob, idle = "k-ann-1", "k-bob-1", "k-idle-1"
+    auth = Auth(
+        keys=(
+            ApiKey(sha256=hash_key(ann), name="ann", models=ALLOWED),
+            ApiKey(sha256=hash_key(bob), name="bob", models=ALLOWED),
+            ApiKey(sha256=hash_key(idle), name="idle", models=ALLOWED),
+            ApiKey(sha256=hash_key(SINGLE), name="one"),
+            ApiKey(sha256=hash_key(ADMIN), name="ops", role="admin", models=ALLOWED),
+        )
+    )
+    source, usage = stats_source
+    prx = Proxy(servers, [own_emulator.url], auth=auth, usage=usage)
+    try:
+        llama = {"model": "llama3.1:8b", "prompt": "hi", "stream": False}
+        qwen = {**llama, "model": "qwen2.5:7b"}
+        assert (await call(prx.url, "POST", "/api/generate", ann, llama))[0] == 200
+        bobs = []
+        for body in (llama, llama, qwen):
+            status, headers, _ = await call(prx.url, "POST", "/api/generate", bob, body)
+            assert status == 200
+            bobs.append(headers["X-Request-Id"])
+
+        async def counted(ratings: int) -> bool:
+            doc = await stats(prx.url, SINGLE)
+            counts = {m: (n, r["count"]) for m, (n, _, r) in _figures(doc).items()}
+            return doc["source"] == source and counts == {
+                "llama3.1:8b": (3, min(ratings, 2)),
+                "qwen2.5:7b": (1, ratings - min(ratings, 2)),
+            }
+
+        await wait_for(lambda: counted(0), what="every request in the stats")
+        for rid in bobs:
+            rating = {"request_id": rid, "rating": 1}
+            assert (await call(prx.url, "POST", "/api/autoroute/feedback", bob, rating))[0] == 202
+        await wait_for(lambda: counted(3), what="bob's ratings in the stats")
+
+        unrated = {"count": 0, "mean": None}
+        own = await stats(prx.url, ann)
+        assert _figures(own) == {"llama3.1:8b": (1, 0, unrated)}
+        (row,) = own["models"]
+        # One request's figures: its own latencies, not a spread over others'.
+        assert row["ttfc_ms"]["p50"] == row["ttfc_ms"]["p95"]
+        assert row["total_ms"]["p50"] == row["total_ms"]["p95"]
+        assert _figures(await stats(prx.url, bob)) == {
+            "llama3.1:8b": (2, 0, {"count": 2, "mean": 1.0}),
+            "qwen2.5:7b": (1, 0, {"count": 1, "mean": 1.0}),
+        }
+        assert (await stats(prx.url, idle))["models"] == []
+        whole = _figures(await stats(prx.url, SINGLE))
+        assert whole["llama3.1:8b"][0] == 3
+        assert _figures(await stats(prx.url, ADMIN)) == whole
     finally:
         prx.stop()
 

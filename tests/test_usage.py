@@ -489,6 +489,59 @@ async def test_postgres_stats_have_one_row_per_model_however_it_was_spelled(
     assert _rows(summary) == _ROWS
 
 
+# Requests of three keys: ann's, bob's, one by ann's name from before keys had hashes
+# and one by a later key given ann's name (another hash).
+_ANN = ("ann", "ann-hash")
+_OWNERS = (_ANN, _ANN, ("bob", "bob-hash"), ("ann", None), ("ann", "new-hash"))
+_MODELS = ("llama3.1:8b", "llama3.1:8b", "llama3.1:8b", "qwen2.5:7b", "qwen2.5:7b")
+
+
+def _keyed(now: str) -> list[UsageEvent]:
+    outcome = Answer(status=200, ttfc_ms=1.0, total_ms=2.0, eval_count=10, eval_duration=1_000_000)
+    return [
+        UsageEvent(
+            request_id=f"r{n}",
+            ts=now,
+            client=Client(api_key_id=name, api_key_hash=digest),
+            served_model=model,
+            backend="gpu-a",
+            outcome=outcome,
+        )
+        for n, ((name, digest), model) in enumerate(zip(_OWNERS, _MODELS, strict=True))
+    ]
+
+
+# Whose requests, and the rows of theirs: a key's by its hash, by name only where
+# neither the key nor the event has one (`usage_event.rating_counts`).
+_WHOSE: list[tuple[tuple[str, str | None] | None, dict[tuple[str, str], int]]] = [
+    (None, {("llama3.1:8b", "gpu-a"): 3, ("qwen2.5:7b", "gpu-a"): 2}),
+    (_ANN, {("llama3.1:8b", "gpu-a"): 2}),
+    (("ann", None), {("qwen2.5:7b", "gpu-a"): 1}),
+    (("bob", "bob-hash"), {("llama3.1:8b", "gpu-a"): 1}),
+    (("carol", "carol-hash"), {}),
+]
+
+
+def test_memory_stats_of_one_key_count_its_requests_alone() -> None:
+    stats = MemoryStats(window=100)
+    for event in _keyed(ev.rfc3339(datetime.now(UTC).timestamp())):
+        stats.add(event)
+    for whose, rows in _WHOSE:
+        assert _rows(stats.summary(whose)) == rows, whose
+
+
+async def test_postgres_stats_of_one_key_count_its_requests_alone(database: Database) -> None:
+    sink = PostgresSink(database.dsn, 2)
+    try:
+        events = _keyed(ev.rfc3339(datetime.now(UTC).timestamp()))
+        await sink.write([Record(e, e.line()) for e in events])
+        pool = await sink.ensure_pool()
+        for whose, rows in _WHOSE:
+            assert _rows(await from_postgres(pool, 3600, whose=whose)) == rows, whose
+    finally:
+        await sink.close()
+
+
 @contextlib.contextmanager
 def _recorded_proxy(
     servers: ServerThread, tmp_path: Path, settings: EmulatorSettings

@@ -31,7 +31,7 @@ from proxy.usage.file_sink import FileSink
 from proxy.usage.kafka import KafkaSink
 from proxy.usage.postgres import PostgresSink
 from proxy.usage.runner import Record, Sink, SinkRunner
-from proxy.usage.stats import MemoryStats, from_postgres
+from proxy.usage.stats import ApiKeyRef, MemoryStats, from_postgres
 from selector_model.usage_event import Feedback
 
 log = logging.getLogger("autoroute.usage")
@@ -208,15 +208,19 @@ class UsagePipeline:
             "sinks": {r.name: r.snapshot() for r in self.runners},
         }
 
-    async def stats(self) -> dict[str, Any]:
+    async def stats(self, whose: ApiKeyRef | None = None) -> dict[str, Any]:
+        """Per model and backend (`proxy.usage.stats`), of the requests made with the
+        API key `whose` (name, hash) alone, or of every request (None); and the
+        pipeline's and sinks' counts, which are every key's."""
         pool = self.postgres.pool if self.postgres is not None else None
         if pool is not None:
             try:
-                models = await from_postgres(pool, self.settings.stats_window_seconds)
+                window = self.settings.stats_window_seconds
+                models = await from_postgres(pool, window, whose=whose)
                 return {"source": "postgres", "models": models, **self.counters()}
             except Exception as exc:
                 log.warning("usage stats from PostgreSQL failed, using memory: %s", exc)
-        return {"source": "memory", "models": self.memory.summary(), **self.counters()}
+        return {"source": "memory", "models": self.memory.summary(whose), **self.counters()}
 
 
 def parse_feedback(doc: Any) -> tuple[str, float, str | None]:

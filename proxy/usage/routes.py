@@ -57,10 +57,14 @@ class UsageRoutes:
         return web.Response(status=202, body=body, headers={"Content-Type": JSON})
 
     async def stats(self, request: web.Request) -> web.Response:
-        doc = await self.pipeline.stats()
         key = state_get(request, KEY_REQUEST)
-        if key is not None and key.models is not None:
-            doc = self._for_model_list(doc, key)
+        if key is None or key.sees_every_model:
+            doc = await self.pipeline.stats()
+        else:
+            # Each row of its own requests alone: a row over every key's would show it
+            # how much others use a model they share, how fast it answered them and
+            # what they rated it.
+            doc = self._for_model_list(await self.pipeline.stats((key.id, key.hash)), key)
         if not sees_fleet(request, self.keys_on):
             # As in the public probes (`Handlers.health`): each backend under its public
             # name (such a caller has a key with a model list, and so no sink's error,
@@ -72,12 +76,11 @@ class UsageRoutes:
 
     @staticmethod
     def _for_model_list(doc: dict[str, Any], key: KeyState) -> dict[str, Any]:
-        """What a key with a model list reads of the stats: its models' rows only, as in
-        the model lists (the other names, of backends' models, cloud models and names
-        other clients sent, are not its to learn), and each sink's health without its
-        counts. The row without a model counts every key's requests refused before any
-        model served them, and the pipeline's and sinks' counts take in every key's
-        events: other tenants' traffic."""
+        """What a key with a model list (not an admin key) reads of the stats, `doc`
+        being those of its own requests alone: its models' rows only, as in the model
+        lists (the other names, of backends' models, cloud models and names other
+        clients sent, are not its to learn), and each sink's health without its counts,
+        which take in every key's events: other tenants' traffic."""
         return {
             "source": doc["source"],
             "models": [

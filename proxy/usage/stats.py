@@ -1,6 +1,8 @@
 """Per served model and backend: requests, errors, p50/p95 time to first chunk and total
 time, tokens/s, ratings. From PostgreSQL when configured, else from in-memory windows
-fed by the background writer (never by the handler).
+fed by the background writer (never by the handler). Over every key's requests, or over
+one API key's own (`whose`): what a key with a model list reads, since a row over every
+key's would show it other tenants' traffic on a model they share.
 
 A model is named as Ollama reads its name (`backends.normalize_model`, as the metrics
 label it): the events keep the client's spelling, and every spelling of one model
@@ -10,6 +12,7 @@ provider's, which Ollama never reads: kept as it is."""
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +23,8 @@ from selector_model import usage_event
 from selector_model.usage_event import UsageEvent
 
 Key = tuple[str | None, str | None]
+# An API key as usage events name it: (`api_key_id`, `api_key_hash`).
+ApiKeyRef = tuple[str | None, str | None]
 
 
 def model_name(served_model: str | None, provider: str | None) -> str | None:
@@ -51,7 +56,10 @@ WHERE ts >= now() - make_interval(secs => $1) AND served_model IS NOT NULL AND p
 """
 
 # $2 and $3: those names and how Ollama reads them; a name not among them (written
-# since, or a cloud model's) is its row's as it is.
+# since, or a cloud model's) is its row's as it is. $4 and $5: the API key (name, hash)
+# whose requests alone count, or NULL for every request; the same key as a rating's in
+# FEEDBACK_JOIN (`usage_event.rating_counts`): by hash, by name only where neither has
+# one.
 _QUERY = f"""
 SELECT coalesce(n.normal, u.served_model) AS served_model, u.backend,
        count(*) AS requests,
@@ -70,6 +78,9 @@ LEFT JOIN unnest($2::text[], $3::text[]) AS n(name, normal)
        ON n.name = u.served_model AND u.provider IS NULL
 {FEEDBACK_JOIN}
 WHERE u.ts >= now() - make_interval(secs => $1)
+  AND ($4::text IS NULL
+       OR u.api_key_hash = $5::text
+       OR ($5::text IS NULL AND u.api_key_hash IS NULL AND u.api_key_id = $4::text))
 GROUP BY 1, u.backend
 ORDER BY requests DESC
 """
@@ -102,12 +113,18 @@ def _entry(
 
 
 async def from_postgres(
-    pool: asyncpg.Pool, window_seconds: float, seconds: float = 2.0
+    pool: asyncpg.Pool,
+    window_seconds: float,
+    seconds: float = 2.0,
+    *,
+    whose: ApiKeyRef | None = None,
 ) -> list[dict[str, Any]]:
-    """Per model and backend over the window; TimeoutError after about `seconds` (each
-    step's) when the database does not answer. The connection's release has its own
-    timeout: a query cancelled on a silent server leaves a release that waits for the
-    server, and would hold the caller (and the pool's connection) as long."""
+    """Per model and backend over the window, of the requests made with the API key
+    `whose` (None: of every request; a model and backend it made none on has no row);
+    TimeoutError after about `seconds` (each step's) when the database does not answer.
+    The connection's release has its own timeout: a query cancelled on a silent server
+    leaves a release that waits for the server, and would hold the caller (and the
+    pool's connection) as long."""
     conn = await pool.acquire(timeout=seconds)
     window = float(window_seconds)
     try:
@@ -115,7 +132,8 @@ async def from_postgres(
         # between them is its row's as sent until the next call.
         names = [r[0] for r in await conn.fetch(_NAMES, window, timeout=seconds)]
         normals = [model_name(name, None) for name in names]
-        rows = await conn.fetch(_QUERY, window, names, normals, timeout=seconds)
+        key_id, key_hash = whose if whose is not None else (None, None)
+        rows = await conn.fetch(_QUERY, window, names, normals, key_id, key_hash, timeout=seconds)
     finally:
         await pool.release(conn, timeout=seconds)
     return [
@@ -152,6 +170,8 @@ class Sample:
     dataclass, which costs several times as much to build, and one is built per event."""
 
     request_id: str
+    # The API key it was made with: a key's own view counts only its own requests.
+    api_key: ApiKeyRef
     ttfc_ms: float | None
     total_ms: float
     failed: bool
@@ -160,10 +180,11 @@ class Sample:
     eval_duration: int | None
 
     @classmethod
-    def of(cls, event: UsageEvent) -> Sample:
+    def of(cls, event: UsageEvent, api_key: ApiKeyRef) -> Sample:
         o = event.outcome
         return cls(
             event.request_id,
+            api_key,
             o.ttfc_ms,
             o.total_ms,
             o.failed,
@@ -217,11 +238,13 @@ class MemoryStats:
         elif self.size >= self.total:
             self._drop(next(iter(events)), 1)
         rid = event.request_id
-        window.append(Sample.of(event))
+        client = event.client
+        # One tuple for the sample and `recent`: the key costs the sample a reference.
+        api_key = (client.api_key_id, client.api_key_hash)
+        window.append(Sample.of(event, api_key))
         self.size += 1
         recent = self.recent
-        client = event.client
-        recent[rid] = (client.api_key_id, client.api_key_hash)
+        recent[rid] = api_key
         while len(recent) > self.total:
             self.ratings.pop(recent.popitem(last=False)[0], None)
         client_id = event.client_request_id
@@ -255,9 +278,24 @@ class MemoryStats:
             if key is not None and usage_event.rating_counts(rater, key[0], rater_hash, key[1]):
                 self.ratings[rid] = rating
 
-    def summary(self) -> list[dict[str, Any]]:
+    def summary(self, whose: ApiKeyRef | None = None) -> list[dict[str, Any]]:
+        """Per model and backend, of the requests in its window made with the API key
+        `whose` (None: of all of them; a window without one of its requests has no
+        row). The windows are shared: of a key's requests, those among the latest
+        `window` of their model and backend."""
         out = []
-        for key, window in self.events.items():
+        by, by_hash = whose if whose is not None else (None, None)
+        for key, every in self.events.items():
+            window: Sequence[Sample] = every
+            if whose is not None:
+                # The same key as a rating's (`usage_event.rating_counts`).
+                window = [
+                    e
+                    for e in every
+                    if usage_event.rating_counts(by, e.api_key[0], by_hash, e.api_key[1])
+                ]
+                if not window:
+                    continue
             ttfc = [e.ttfc_ms for e in window if e.ttfc_ms is not None]
             total = [e.total_ms for e in window]
             timed = [e for e in window if (e.eval_duration or 0) > 0]
