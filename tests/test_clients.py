@@ -168,6 +168,23 @@ def test_a_backend_dying_mid_stream_is_an_error_the_client_raises(
         assert "connection closed by backend" in failed.value.error
 
 
+def test_a_whole_answer_cut_short_fails_in_the_client_as_from_the_backend(
+    own_emulator: Emulator, own_proxy: Proxy
+) -> None:
+    """An answer asked for whole that the backend stops writing inside its length
+    reaches the client cut as it was: the client raises what it raises directly, not a
+    body that is no JSON (a stream's error line after part of one)."""
+    own_emulator.state.fault = "close_early"
+    raised: list[str] = []
+    for url in (own_emulator.url, own_proxy.url):
+        client = ollama.Client(host=url)
+        with pytest.raises(Exception) as failed:
+            client.chat(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+        raised.append(type(failed.value).__name__)
+    assert raised[0] not in ("JSONDecodeError", "ResponseError")
+    assert raised[1] == raised[0]
+
+
 def test_a_tool_schema_with_a_whole_number_beyond_64_bits_is_served(
     emulator: Emulator, proxy: Proxy
 ) -> None:

@@ -1011,6 +1011,38 @@ async def test_fault_modes(emu: Emu, mode: str) -> None:
     assert (await emu.post("/api/generate", {**req, "stream": False}))[0] == 200
 
 
+HI = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/generate", {"model": "qwen2.5:7b", "prompt": "x", "stream": False}),
+        ("/api/chat", {"model": "qwen2.5:7b", "messages": HI, "stream": False}),
+        ("/v1/chat/completions", {"model": "qwen2.5:7b", "messages": HI}),
+        ("/v1/completions", {"model": "qwen2.5:7b", "prompt": "x", "stream": False}),
+    ],
+)
+async def test_close_early_cuts_a_whole_answer_inside_its_length(
+    emu: Emu, path: str, body: dict[str, Any]
+) -> None:
+    """Ollama writes an answer asked for whole (`stream` false, OpenAI's default) as
+    one JSON body of a known length, never as a stream: a backend lost while writing
+    it leaves a length-framed JSON body cut short, not a stream's first chunk."""
+    async with emu.session.post(emu.url + path, json=body) as whole:
+        assert whole.status == 200 and "Content-Length" in whole.headers
+        content_type = whole.headers["Content-Type"]
+        assert content_type.startswith("application/json")
+    await emu.post("/api/emulator/fault", {"mode": "close_early"})
+    async with emu.session.post(emu.url + path, json=body) as r:
+        assert r.status == 200
+        assert r.headers["Content-Type"] == content_type
+        assert "Transfer-Encoding" not in r.headers
+        assert int(r.headers["Content-Length"]) > 0
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await r.read()
+
+
 # OpenAI / Anthropic compatibility -------------------------------------------------------------
 
 

@@ -20,13 +20,13 @@ from proxy.errors import error_response, gin_not_found, gin_refusal
 from proxy.go_types import BodyError
 from proxy.header_values import utf8
 from proxy.origins import ORIGIN, Origins, add_headers
-from proxy.protocol import NDJSON, SSE, drop_server_header, go_time
+from proxy.protocol import JSON, NDJSON, SSE, drop_server_header, go_time
 from proxy.routes import OLLAMA_ROUTES, gin_allowed
 
 from . import admin, anthropic_routes, native, openai_routes, responses_api
 from .engine import ClientGone, wait_forever
 from .state import FAULT_MODES, RUNNER_DIED, STATE_KEY, EmulatorSettings, EmulatorState, state_of
-from .wire import dumps, error, gin_json, read_json
+from .wire import JSON_BARE, dumps, error, gin_json, read_json
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -116,6 +116,27 @@ async def _first_chunk(request: web.Request, model: str) -> web.StreamResponse:
     return resp
 
 
+def _streams(path: str, body: Any) -> bool:
+    """Whether the request asks for a stream: Ollama's own routes stream unless
+    `stream` is false, its OpenAI routes only when it is true."""
+    stream = body.get("stream") if isinstance(body, dict) else None
+    return stream is True if path.startswith("/v1/") else stream is not False
+
+
+async def _cut_whole(request: web.Request, model: str) -> web.StreamResponse:
+    """An answer asked for whole, cut inside its length (close_early): Ollama writes it
+    as one JSON body of a known length (gin's c.JSON, the OpenAI writers'), so a
+    backend lost while writing it leaves part of that body, never a stream's chunk."""
+    whole = _first_chunk_of(request.path, model, state_of(request).now_ns())
+    whole = whole.removeprefix(b"data: ").rstrip(b"\n")
+    content_type = JSON_BARE if request.path.startswith("/v1/") else JSON
+    resp = web.StreamResponse(status=200, headers={"Content-Type": content_type})
+    resp.content_length = len(whole)
+    await resp.prepare(request)
+    await resp.write(whole[: len(whole) // 2])
+    return resp
+
+
 async def _fault(request: web.Request, state: EmulatorState) -> web.StreamResponse:
     mode = state.fault
     try:
@@ -136,7 +157,11 @@ async def _fault(request: web.Request, state: EmulatorState) -> web.StreamRespon
     try:
         if mode == "hang":
             await wait_forever(request)
-        resp = await _first_chunk(request, model if isinstance(model, str) else "")
+        name = model if isinstance(model, str) else ""
+        if mode == "close_early" and not _streams(request.path, body):
+            resp = await _cut_whole(request, name)
+        else:
+            resp = await _first_chunk(request, name)
         if mode == "close_early":
             if request.transport is not None:
                 request.transport.abort()
