@@ -229,18 +229,29 @@ class ResponseReader:
 
     def _read_head(self, data: bytes) -> list[Event]:
         buf = self._buf
-        # The head's end is looked for in the new bytes (and the three before them), not
+        # The head's end is looked for in the new bytes (and the two before them), not
         # from the start again: a long head comes in many pieces.
-        start = max(len(buf) - 3, 0)
+        start = max(len(buf) - 2, 0)
         buf += data
         while True:
-            end = buf.find(b"\r\n\r\n", start)
-            if end < 0:
+            # The head ends at its first empty line, and a bare LF ends a line as CRLF
+            # does (RFC 9112, 2.2), as Go's transport reads it: at the first LF followed
+            # by CRLF (as in every CRLF CRLF) or by LF, whichever comes first. The
+            # second search stops where the first found an end: both are per piece of
+            # head, none per piece of body.
+            end = buf.find(b"\n\r\n", start)
+            bare = buf.find(b"\n\n", start, end + 1 if end >= 0 else len(buf))
+            if bare >= 0:
+                end, after = bare, bare + 2
+            elif end >= 0:
+                after = end + 3
+            else:
                 if len(buf) > MAX_HEAD_BYTES:
                     raise ProtocolError("response head too large")
                 return []
+            # The head's lines without the last one's LF (`_parse_head` drops a CR).
             head, mode = _parse_head(bytes(buf[:end]), self.method)
-            del buf[: end + 4]
+            del buf[:after]
             start = 0
             if not interim(head.status):
                 break

@@ -373,6 +373,28 @@ def test_a_field_is_read_as_rfc_9112_has_a_proxy_read_it() -> None:
         ]
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"HTTP/1.1 200 OK\nContent-Length: 6\n\nab\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\nab\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 6\n\r\nab\r\n\r\n",
+        b"HTTP/1.1 100 Continue\n\nHTTP/1.1 200 OK\nContent-Length: 6\n\nab\r\n\r\n",
+    ],
+    ids=["LF LF", "CRLF LF", "LF CRLF", "after an interim head"],
+)
+def test_a_head_ends_at_its_first_empty_line_however_its_lines_end(raw: bytes) -> None:
+    """A bare LF ends a line as CRLF does (RFC 9112, 2.2), the head's last, empty line
+    too, as Go's transport reads a head: the answer is read when its head came, not
+    when the backend closes or the idle timeout runs out, and a CRLF CRLF in its body
+    is body."""
+    for pieces in splits(raw):
+        head, body, reusable = run(pieces)
+        assert head is not None and head.status == 200
+        assert head.headers == [("Content-Length", "6")]
+        assert (body, reusable) == (b"ab\r\n\r\n", True)
+
+
 def test_dechunk_removes_the_framing() -> None:
     assert dechunk(CHUNKED_BODY) == b'{"response":"a"}\n{"done":true}\n'
     assert dechunk(WITH_EXTENSIONS_AND_TRAILERS) == b"hello"

@@ -152,6 +152,20 @@ CASES: dict[str, Case] = {
         b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
         % (len(_lines(_DONE)), _lines(_DONE)),
     ),
+    # A head whose lines, its last (empty) one too, end in a bare LF, as Go's transport
+    # reads them (RFC 9112, 2.2).
+    "head lines ending in LF": Case(
+        _lines(_DONE),
+        JSON,
+        raw=b"HTTP/1.1 200 OK\nContent-Type: application/json\nContent-Length: %d\n\n%b"
+        % (len(_lines(_DONE)), _lines(_DONE)),
+    ),
+    "head ending in CRLF LF": Case(
+        _lines(_DONE),
+        JSON,
+        raw=b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\n%b"
+        % (len(_lines(_DONE)), _lines(_DONE)),
+    ),
     "400 plain text": Case(b"bad request", "text/plain", status=400),
     "404 HTML": Case(b"<html><body>Not Found</body></html>", "text/html", status=404),
     "500 JSON array": Case(b'["boom"]', status=500),
