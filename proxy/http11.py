@@ -125,7 +125,8 @@ def _parse_head(raw: bytes, method: str) -> tuple[ResponseHead, int]:
     version, _, rest = lines[0].partition(" ")
     code, _, reason = rest.partition(" ")
     if not version.startswith("HTTP/1.") or len(code) != 3 or not _digits(code):
-        raise ProtocolError(f"malformed status line {_quoted(lines[0].encode('latin-1'), 80)}")
+        shown = _quoted(lines[0].encode("latin-1"), 80)
+        raise ProtocolError(f"malformed status line {shown}", "malformed status line")
     status = int(code)
     if status == 101:
         # The proxy never asks to switch protocols (it forwards no `Upgrade`).
@@ -140,7 +141,13 @@ def _parse_head(raw: bytes, method: str) -> tuple[ResponseHead, int]:
         # 5.1); a name that is no token is no field.
         name = name.rstrip(" \t")
         if not sep or not _FIELD_NAME.match(name):
-            raise ProtocolError(f"malformed header line {_quoted(line.encode('latin-1'), 80)}")
+            shown = _quoted(line.encode("latin-1"), 80)
+            if headers and line[:1] in (" ", "\t"):
+                # A line that continues the one before (RFC 9112, 5.2): a proxy rejects
+                # it with a 502 that says line folding came, or unfolds it; Ollama never
+                # folds.
+                raise ProtocolError(f"obsolete line folding {shown}")
+            raise ProtocolError(f"malformed header line {shown}")
         value = value.strip(" \t")
         if "\r" in value or "\x00" in value:
             value = _CR_NUL.sub(" ", value)

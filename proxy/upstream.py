@@ -28,7 +28,6 @@ from proxy.upstream_errors import (
 )
 from proxy.upstream_errors import UpstreamError as UpstreamError
 
-_OVERRUN = "malformed answer head on a reused connection (an earlier answer may have run on)"
 # A connect that fails for want of the proxy's own resources: its open files (the
 # process's, the system's), its local ports, kernel memory for the socket.
 _EXHAUSTED = frozenset(
@@ -117,13 +116,7 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             events = reader.feed(data)
         except ProtocolError as exc:
-            failure = exc
-            if self.reused and reader.head is None:
-                # Before this answer's head, on a connection that carried others: the
-                # bytes may be the end of an earlier answer that ran past its framing,
-                # another client's, so the error does not quote them.
-                failure = ProtocolError(_OVERRUN)
-            self._fail(failure)
+            self._fail(exc if reader.head is not None else self._head_error(exc))
             return
         if len(events) == 1 and events[0] is data:
             # Body bytes only, the answer going on: a stream's chunk, the common case.
@@ -137,6 +130,21 @@ class UpstreamConnection(asyncio.Protocol):
             # Bytes no exchange asked for (after the end of a response): the
             # connection's framing can no longer be trusted, so it is never reused.
             self.close()
+
+    def _head_error(self, exc: ProtocolError) -> ProtocolError:
+        """The error of a head the reader refused, with whether the connection carried
+        answers before: only then may its bytes be another answer's."""
+        if not self.reused:
+            return ProtocolError(f"{exc} on a new connection")
+        if exc.unquoted:
+            # No status line, on a connection that carried others: the bytes may be the
+            # end of an earlier answer that ran past its framing, another client's, so
+            # the error does not quote them. A status line starts this answer's head.
+            return ProtocolError(
+                f"{exc.unquoted} on a reused connection"
+                " (not quoted: it may be the end of an earlier answer)"
+            )
+        return ProtocolError(f"{exc} on a reused connection")
 
     def _deliver(self, sink: Sink, events: list[Event]) -> None:
         try:

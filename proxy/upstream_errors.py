@@ -28,7 +28,13 @@ class StaleConnection(ConnectionLost):
 
 
 class ProtocolError(UpstreamError):
-    """The backend's answer is not HTTP/1.1 as the proxy can read it."""
+    """The backend's answer is not HTTP/1.1 as the proxy can read it. `unquoted`, when
+    the answer's first line is no status line: the message without that line, which may
+    be no answer's head at all (`UpstreamConnection.data_received`)."""
+
+    def __init__(self, message: str, unquoted: str = "") -> None:
+        super().__init__(message)
+        self.unquoted = unquoted
 
 
 class IdleTimeout(UpstreamError):

@@ -293,8 +293,19 @@ def test_what_is_not_http_is_a_protocol_error_wherever_it_is_cut(raw: bytes) -> 
         (b"HTTP/2 200 OK\r\n\r\n", 'malformed status line "HTTP/2 200 OK"'),
         (b"HTTP/1.1 200 OK\r\nno colon\x07\r\n\r\n", 'malformed header line "no colon"'),
         (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", 'malformed Content-Length "-1"'),
+        (b"HTTP/1.1 200 OK\r\nX-A: a\r\n\tb\r\n\r\n", 'obsolete line folding "b"'),
+        (b"HTTP/1.1 200 OK\r\n a: b\r\n\r\n", 'malformed header line "a: b"'),
     ],
-    ids=["chunk size", "chunk size with controls", "long chunk size", "status", "header", "length"],
+    ids=[
+        "chunk size",
+        "chunk size with controls",
+        "long chunk size",
+        "status",
+        "header",
+        "length",
+        "folded line",
+        "space before the first field",
+    ],
 )
 def test_a_protocol_error_quotes_what_came_as_text_a_person_reads(raw: bytes, message: str) -> None:
     """The error ends as a mid-stream error line (JSON) and a log line: what the backend
@@ -304,6 +315,25 @@ def test_a_protocol_error_quotes_what_came_as_text_a_person_reads(raw: bytes, me
         with pytest.raises(ProtocolError) as error:
             run(pieces)
         assert str(error.value) == message
+
+
+@pytest.mark.parametrize(
+    ("raw", "unquoted"),
+    [
+        (b"garbage\r\n\r\n", "malformed status line"),
+        (b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n", ""),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", ""),
+    ],
+)
+def test_an_answer_without_a_status_line_has_an_error_that_quotes_nothing(
+    raw: bytes, unquoted: str
+) -> None:
+    """Bytes without a status line may be no answer's head at all (the end of an earlier
+    answer on a reused connection): their error comes without them too. A status line
+    starts a head: an error after it is the head's."""
+    with pytest.raises(ProtocolError) as error:
+        run([raw])
+    assert error.value.unquoted == unquoted
 
 
 def test_an_oversized_head_is_a_protocol_error() -> None:

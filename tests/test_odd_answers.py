@@ -420,6 +420,121 @@ async def test_the_answer_carries_the_proxys_own_headers_once_and_no_hop_by_hop_
     assert await wait_until(written)
 
 
+class GarbageBackend:
+    """A raw backend that lists ODD and answers /api/generate with `garbage`, either on
+    a connection that carried an answer before it (`reused`: the first answer on each
+    connection is an ordinary one, kept alive) or on a new one (every answer closes
+    its connection)."""
+
+    def __init__(self, garbage: bytes, reused: bool) -> None:
+        self.garbage = garbage
+        self.reused = reused
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        answered = 0
+        try:
+            while True:
+                head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+                _, path, _ = head.split(" ", 2)
+                length = 0
+                for line in head.split("\r\n")[1:]:
+                    name, _, value = line.partition(":")
+                    if name.strip().lower() == "content-length":
+                        length = int(value)
+                await reader.readexactly(length)
+                doc: Any = {"models": []}
+                if path == "/api/tags":
+                    doc = {"models": [_ENTRY]}
+                elif path == "/api/show":
+                    doc = SHOW
+                elif path == "/api/generate":
+                    if answered or not self.reused:
+                        writer.write(self.garbage)
+                        break
+                    doc = _DONE
+                payload = orjson.dumps(doc)
+                close = b"" if self.reused else b"Connection: close\r\n"
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n%b"
+                    b"Content-Length: %d\r\n\r\n%b" % (close, len(payload), payload)
+                )
+                await writer.drain()
+                answered += 1
+                if not self.reused:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+_NOT_QUOTED = "(not quoted: it may be the end of an earlier answer)"
+
+
+@pytest.mark.parametrize(
+    ("garbage", "reused", "error"),
+    [
+        (b"garbage\r\n\r\n", False, 'malformed status line "garbage" on a new connection'),
+        (b"garbage\r\n\r\n", True, "malformed status line on a reused connection " + _NOT_QUOTED),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+            True,
+            'unsupported Transfer-Encoding "gzip, chunked" on a reused connection',
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nX-A: a\r\n folded\r\nContent-Length: 2\r\n\r\n{}",
+            False,
+            'obsolete line folding "folded" on a new connection',
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nX-A: a\r\n folded\r\nContent-Length: 2\r\n\r\n{}",
+            True,
+            'obsolete line folding "folded" on a reused connection',
+        ),
+    ],
+    ids=["status line, new", "status line, reused", "gzip, chunked", "fold, new", "fold, reused"],
+)
+async def test_a_head_the_proxy_cannot_read_is_a_502_saying_what_is_known(
+    servers: ServerThread, garbage: bytes, reused: bool, error: str
+) -> None:
+    """A backend whose answer has a head the proxy cannot read: the client gets a 502 in
+    Ollama's shape that says what was malformed and whether the connection had carried
+    an answer before. Only there may the bytes be the end of an earlier answer that ran
+    past its framing (another client's), so only there is a malformed status line not
+    quoted; a well-formed one starts this answer's own head."""
+    backend = GarbageBackend(garbage, reused)
+    servers.call(backend.start)
+    proxy = Proxy(servers, [backend.url], health=Health(interval_seconds=3600))
+    try:
+        body = _request("/api/generate", ODD, False)
+        async with aiohttp.ClientSession() as http:
+            # Reused: the first request on a connection is answered, so the second
+            # comes on a pooled one.
+            for _ in range(3):
+                async with http.post(proxy.url + "/api/generate", json=body) as resp:
+                    status, answer = resp.status, await resp.read()
+                if status != 200:
+                    break
+        assert (status, orjson.loads(answer)) == (502, {"error": f"{backend.url}: {error}"})
+    finally:
+        proxy.stop()
+        servers.call(backend.stop)
+
+
 def _errors_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
     """What the proxy or aiohttp logged at ERROR or above."""
     return [
