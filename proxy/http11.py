@@ -3,10 +3,11 @@ and a `ResponseReader` is fed the bytes of one answer, in whatever pieces the ne
 delivers them, and returns what they mean as events: `Head`, body bytes, `End`.
 
 The body is read, not decoded: its events are the bytes as they came, chunk framing
-included, because the relay forwards them verbatim. The reader parses only
-what it must to know where the answer ends (the head, the chunk sizes, the trailers),
-so that the connection can carry another request after it. What it cannot read raises
-`ProtocolError`.
+included, because the relay forwards them verbatim, but for a chunked body's trailer
+section, which Ollama never sends: its fields are dropped and its end comes as CRLF.
+The reader parses only what it must to know where the answer ends (the head, the chunk
+sizes, the trailers), so that the connection can carry another request after it. What
+it cannot read raises `ProtocolError`.
 """
 
 from __future__ import annotations
@@ -25,10 +26,13 @@ from proxy.upstream_errors import ProtocolError
 MAX_HEAD_BYTES = 2 << 20
 # A chunk-size or trailer line, which no client's bytes make longer.
 MAX_LINE_BYTES = 64 * 1024
+# A trailer section, dropped as it comes: Go's transport refuses one longer than its
+# read buffer (4 KiB), so no client of Ollama's reads a longer one.
+MAX_TRAILER_BYTES = 64 * 1024
 
 # How the body of an answer ends (_NONE: it has none); _HEAD while the head is read,
-# _DONE once the answer ended.
-_NONE, _LENGTH, _CHUNKED, _UNTIL_CLOSE, _HEAD, _DONE = range(6)
+# _TRAILERS after a chunked body's last chunk, _DONE once the answer ended.
+_NONE, _LENGTH, _CHUNKED, _UNTIL_CLOSE, _HEAD, _TRAILERS, _DONE = range(7)
 # A field name (RFC 9110, 5.1: a token).
 _FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 # What a field value may not carry to a client: a recipient replaces each with a space
@@ -197,7 +201,7 @@ class ResponseReader:
         self._mode = _HEAD
         self._left = 0  # body bytes left (Content-Length), or of the current chunk + CRLF
         self._line = b""  # a chunk-size or trailer line cut by the end of a read
-        self._trailers = False
+        self._dropped = 0  # the trailer section's bytes read so far
 
     @property
     def started(self) -> bool:
@@ -211,7 +215,7 @@ class ResponseReader:
     def at_chunk_boundary(self) -> bool:
         """Between two chunks of a chunked body, before the last (empty) one: where one
         more chunk fits."""
-        return self._mode == _CHUNKED and self._left == 0 and not self._line and not self._trailers
+        return self._mode == _CHUNKED and self._left == 0 and not self._line
 
     def feed(self, data: bytes) -> list[Event]:
         """What `data`, the next bytes from the backend, completes."""
@@ -219,11 +223,13 @@ class ResponseReader:
         if mode == _CHUNKED:
             # A streamed answer's next chunks: what nearly every read is, kept short.
             end = self._scan_chunks(data)
-            return [data] if end < 0 else self._ended(data, end, [])
+            return [data] if end < 0 else self._last_chunk(data, end, [])
         if mode == _LENGTH or mode == _UNTIL_CLOSE:
             return self._body(data, [])
         if mode == _HEAD:
             return self._read_head(data)
+        if mode == _TRAILERS:
+            return self._trailers(data, 0, b"", [])
         return []  # after the end: the caller decides what stray bytes mean
 
     def feed_eof(self) -> End | None:
@@ -281,6 +287,8 @@ class ResponseReader:
         end = -1  # where the body ended in `data`, once it did
         if mode == _CHUNKED:
             end = self._scan_chunks(data)
+            if end >= 0:
+                return self._last_chunk(data, end, events)
         elif mode == _LENGTH:
             if len(data) >= self._left:
                 end = self._left
@@ -300,11 +308,51 @@ class ResponseReader:
         events.append(End(reusable=not stray and head is not None and head.keep_alive))
         return events
 
+    def _last_chunk(self, data: bytes, end: int, events: list[Event]) -> list[Event]:
+        """The last chunk's line ended at `end` in `data`: the trailer section follows."""
+        if data.startswith(b"\r\n", end):
+            return self._ended(data, end + 2, events)  # none, as Ollama ends every answer
+        return self._trailers(data, end, data if end == len(data) else data[:end], events)
+
+    def _trailers(self, data: bytes, pos: int, kept: bytes, events: list[Event]) -> list[Event]:
+        """Read the trailer section on from `pos` in `data`, after `kept` (the body's
+        bytes in `data` before it). Its fields go to no client: a client may refuse a
+        whole answer for trailers it cannot read, and Ollama's clients read none. Its
+        end, an empty line (or one of whitespace), goes on as CRLF."""
+        start = pos
+        while True:
+            newline = data.find(b"\n", pos)
+            if newline < 0:
+                self._line += data[pos:]
+                pos = len(data)
+                break
+            line = data[pos:newline]
+            pos = newline + 1
+            if self._line:
+                line = self._line + line
+                self._line = b""
+            if not line.strip():
+                self._mode = _DONE
+                break
+        self._dropped += pos - start
+        if self._dropped > MAX_TRAILER_BYTES:
+            raise ProtocolError("chunk trailers too long")
+        if self._mode != _DONE:
+            self._mode = _TRAILERS
+            if kept:
+                events.append(kept)
+            return events
+        events.append(kept + b"\r\n")
+        head = self.head
+        stray = pos < len(data)
+        events.append(End(reusable=not stray and head is not None and head.keep_alive))
+        return events
+
     def _scan_chunks(self, data: bytes) -> int:
-        """Follow the chunk framing through `data`: where the body ended in it (after
-        the last chunk's trailers), or -1 when it goes on."""
+        """Follow the chunk framing through `data`: where the last chunk's line ended in
+        it, or -1 when the body goes on past it."""
         end = len(data)
-        if not self._left and not self._line and not self._trailers:
+        if not self._left and not self._line:
             # A read that is one whole chunk, as nearly every read of a stream is: a
             # size line read before (`_SIZES`), then exactly its data and CRLF. What the
             # scan below would conclude, without stepping through it.
@@ -333,19 +381,14 @@ class ResponseReader:
                 if self._line:
                     line = self._line + line
                     self._line = b""
-                if self._trailers:
-                    if not line.strip():
-                        return pos
-                    continue
                 size = _SIZES.get(line)
                 if size is None:
                     size = _chunk_size(line)
                     if len(_SIZES) < _MAX_SIZES and len(line) <= _MAX_CHUNK_SIZE_DIGITS:
                         _SIZES[line] = size
                 if size == 0:
-                    self._trailers = True
-                else:
-                    left = size + 2
+                    return pos
+                left = size + 2
             return -1
         finally:
             self._left = left

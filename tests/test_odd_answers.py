@@ -166,6 +166,14 @@ CASES: dict[str, Case] = {
         raw=b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\n%b"
         % (len(_lines(_DONE)), _lines(_DONE)),
     ),
+    # Ollama sends no trailers; a client may refuse an answer for ones it cannot read.
+    "garbage chunk trailers": Case(
+        b'{"a":1}\n',
+        JSON,
+        raw=b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        b'Transfer-Encoding: chunked\r\n\r\n8\r\n{"a":1}\n\r\n0\r\n'
+        b"no colon\r\nX-\x01: \x00\r\n\r\n",
+    ),
     "400 plain text": Case(b"bad request", "text/plain", status=400),
     "404 HTML": Case(b"<html><body>Not Found</body></html>", "text/html", status=404),
     "500 JSON array": Case(b'["boom"]', status=500),
