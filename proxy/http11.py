@@ -122,10 +122,28 @@ def _digits(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
+# Field names already found to be tokens: a backend sends the same few in every answer.
+_NAMES: set[str] = set()
+_MAX_NAMES = 256
+
+
+def _field_name(name: str) -> bool:
+    """Whether `name` is a token (RFC 9110, 5.1), kept in `_NAMES` once found one."""
+    if not _FIELD_NAME.match(name):
+        return False
+    if len(_NAMES) < _MAX_NAMES:
+        _NAMES.add(name)
+    return True
+
+
 def _parse_head(raw: bytes, method: str) -> tuple[ResponseHead, int]:
     # A bare LF ends a line as CRLF does (RFC 9112, 2.2; Go's transport reads it so):
-    # one field's value hides no other field from the proxy.
-    lines = [line.removesuffix("\r") for line in raw.decode("latin-1").split("\n")]
+    # one field's value hides no other field from the proxy. `raw` ends before the last
+    # line's LF, so a CR may end it. One replace for every CRLF, not a step per line.
+    text = raw.decode("latin-1").replace("\r\n", "\n").removesuffix("\r")
+    # A CR or NUL left is in some value (looked for once per head, not per field).
+    stray = "\r" in text or "\x00" in text
+    lines = text.split("\n")
     version, _, rest = lines[0].partition(" ")
     code, _, reason = rest.partition(" ")
     if not version.startswith("HTTP/1.") or len(code) != 3 or not _digits(code):
@@ -144,7 +162,7 @@ def _parse_head(raw: bytes, method: str) -> tuple[ResponseHead, int]:
         # Whitespace before the colon is removed before a response goes on (RFC 9112,
         # 5.1); a name that is no token is no field.
         name = name.rstrip(" \t")
-        if not sep or not _FIELD_NAME.match(name):
+        if not sep or (name not in _NAMES and not _field_name(name)):
             shown = _quoted(line.encode("latin-1"), 80)
             if headers and line[:1] in (" ", "\t"):
                 # A line that continues the one before (RFC 9112, 5.2): a proxy rejects
@@ -153,7 +171,7 @@ def _parse_head(raw: bytes, method: str) -> tuple[ResponseHead, int]:
                 raise ProtocolError(f"obsolete line folding {shown}")
             raise ProtocolError(f"malformed header line {shown}")
         value = value.strip(" \t")
-        if "\r" in value or "\x00" in value:
+        if stray:
             value = _CR_NUL.sub(" ", value)
         lname = name.lower()
         if lname == "content-length":

@@ -468,22 +468,25 @@ class ClientLeg(Answer):
 
     def _backend_headers(self, head: ResponseHead) -> list[tuple[str, str]]:
         headers = []
-        # The headers its Connection names are the backend's hop's (RFC 9110, 7.6.1).
-        hop = {
-            token.strip().lower()
-            for name, value in head.headers
-            if name.lower() == "connection"
-            for token in value.split(",")
-        }
+        named: set[str] = set()  # what its Connection names
+        content_type = None
         for name, value in head.headers:
             lname = name.lower()
-            if lname in HOP_BY_HOP or lname in hop or lname == _OWN_ID:
-                continue
-            if lname.startswith(_OWN_PREFIX):
+            if lname in HOP_BY_HOP or lname == _OWN_ID or lname.startswith(_OWN_PREFIX):
+                if lname == "connection":
+                    named.update(token.strip().lower() for token in value.split(","))
                 continue
             if lname == "content-type":
-                self.content_type = value
+                content_type = value
             headers.append((name, value))
+        if named:
+            # The headers its Connection names are the backend's hop's (RFC 9110, 7.6.1),
+            # wherever they stand in its head.
+            headers = [(n, v) for n, v in headers if n.lower() not in named]
+            if "content-type" in named:
+                content_type = None
+        if content_type is not None:
+            self.content_type = content_type
         if self.content_type.startswith(_STREAM_TYPES):
             headers.append(("X-Accel-Buffering", "no"))
         return headers
