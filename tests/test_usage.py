@@ -64,6 +64,37 @@ def test_spool_replays_in_order_across_a_crash_and_skips_a_torn_tail(tmp_path: P
     assert again.pending == 0
 
 
+def test_a_spool_replayed_to_its_end_keeps_no_record_on_disk(tmp_path: Path) -> None:
+    """Delivered records (logged prompts among them) do not stay on disk until the next
+    outage: neither the segment being appended to nor one a previous process left."""
+
+    def drain(spool: Spool) -> list[bytes]:
+        seen: list[bytes] = []
+        while True:
+            lines, cursor = spool.read(2)
+            if not lines:
+                return seen
+            spool.commit(cursor, len(lines))
+            seen += lines
+
+    spool = Spool(tmp_path, "sink", 1 << 20, "never", 1)
+    spool.append([b"u1\n", b"u2\n", b"u3\n"])
+    assert drain(spool) == [b"u1", b"u2", b"u3"]
+    assert list(spool.dir.glob("*.seg")) == []
+    spool.append([b"u4\n"])  # the next outage: a new segment, read from its start
+    spool.close()
+
+    again = Spool(tmp_path, "sink", 1 << 20, "never", 1)
+    assert again.pending == 1
+    assert drain(again) == [b"u4"]
+    assert list(again.dir.glob("*.seg")) == []
+    again.append([b"u5\n"])
+    again.close()
+    last = Spool(tmp_path, "sink", 1 << 20, "never", 1)
+    assert last.pending == 1 and drain(last) == [b"u5"]
+    last.close()
+
+
 def test_a_second_process_on_the_same_spool_dir_takes_another_slot(tmp_path: Path) -> None:
     first = Spool(tmp_path, "postgres", 1 << 20, "never", 1)
     second = Spool(tmp_path, "postgres", 1 << 20, "never", 1)

@@ -9,6 +9,8 @@ likewise). A process never appends to a segment it did not create: a segment lef
 a crash may end in a torn line, which replay skips, and new records go to a new one.
 An append the disk could not take is cut back off the segment: no torn line in the
 middle, where the next record would be glued to it.
+Once every record is consumed, the segments are removed: what a sink has taken (logged
+prompts among it) does not stay on disk until the next outage.
 
 One process owns a spool directory, held by `flock` on `lock`; a second process on
 the same `spool_dir` takes the next free slot (`<name>.1`, ...). Methods are called
@@ -134,8 +136,10 @@ class Spool:
                 self._sync_locked(writer)
             finally:
                 writer.close()
+        # Past the cursor's segment too: one consumed and removed (`commit`) is never
+        # numbered again, so the cursor never points past records not yet read.
         segments = self._segments()
-        self._writer_seg = (segments[-1] + 1) if segments else 1
+        self._writer_seg = max(segments[-1] if segments else 0, self._at[0]) + 1
         self._writer = open(self._seg_path(self._writer_seg), "ab", buffering=0)
         self._writer_size = 0
         if self.fsync == "always":
@@ -188,6 +192,24 @@ class Spool:
         with self._lock:
             self._write_cursor(cursor)
             self.pending = max(0, self.pending - count)
+            if self.pending == 0:
+                self._remove_consumed()
+
+    def _remove_consumed(self) -> None:
+        """Every record is consumed: the segments (the one being appended to too) are
+        removed rather than kept until the next outage, holding records the sink has
+        (logged prompts among them) on disk; the next append starts a new segment."""
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            with contextlib.suppress(OSError):
+                writer.close()
+            self._writer_seg = -1
+            self._writer_size = 0
+            self._dirty = False
+        for seg in self._segments():
+            if seg <= self._at[0]:
+                with contextlib.suppress(OSError):
+                    self._seg_path(seg).unlink()
 
     def _write_cursor(self, cursor: Cursor) -> None:
         self._at = cursor
