@@ -26,11 +26,11 @@ from proxy.config import Usage
 from proxy.emulator import EmulatorSettings
 from proxy.usage import event as ev
 from proxy.usage.postgres import PostgresSink
-from proxy.usage.runner import Record, SinkRunner
+from proxy.usage.runner import BATCH_BYTES, Record, SinkRunner, spool_line
 from proxy.usage.spool import Spool
 from proxy.usage.stats import MAX_KEYS, MemoryStats, from_postgres
 from selector_model import outcome
-from selector_model.usage_event import Answer, Client, UsageEvent
+from selector_model.usage_event import Answer, Client, Logged, UsageEvent
 from tests.support import Emulator, Proxy, ServerThread, file_usage, free_port
 from tests.usage_services import Database, read_bytes, wait_for
 
@@ -348,6 +348,52 @@ async def test_a_spill_cancelled_while_the_disk_thread_is_busy_still_lands(
     lines, _ = spool.read(10)
     assert sorted(orjson.loads(line[1:])["request_id"] for line in lines) == ["r1", "r2"]
     spool.close()
+
+
+class _BytesBoundSink:
+    """A sink that takes a batch of more than `BATCH_BYTES` of events in more than the
+    write timeout (a failure, as the runner sees it), and keeps what it took."""
+
+    name = "bytes"
+
+    def __init__(self) -> None:
+        self.got: list[str] = []
+
+    async def write(self, records: Sequence[Record]) -> None:
+        if len(records) > 1 and sum(len(r.line) for r in records) > BATCH_BYTES:
+            raise TimeoutError
+        self.got.extend(str(r.event.request_id) for r in records if isinstance(r.event, UsageEvent))
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("spooled", [False, True], ids=["from memory", "from the spool"])
+async def test_events_with_long_logged_prompts_do_not_hold_the_events_behind_them(
+    tmp_path: Path, spooled: bool
+) -> None:
+    """Batches are bounded in bytes too: events whose prompts are long (a client's
+    choice) go in batches a sink writes in time, not in one it times out on, at every
+    retry from the spool, with every event behind it held up."""
+    prompt = "x" * (BATCH_BYTES // 4)
+    records = []
+    for n in range(13):
+        event = _event(n, MODEL)
+        if n < 8:
+            event.logged = Logged(prompt)
+        records.append(Record(event, orjson.dumps(event.document())))
+    if spooled:  # as a previous run left them, the sink down
+        left = Spool(tmp_path, "bytes", 1 << 30, "never", 1)
+        left.append([spool_line(r) for r in records])
+        left.close()
+    runner = SinkRunner(_BytesBoundSink(), Usage(spool_dir=str(tmp_path)))
+    if not spooled:
+        await runner.accept(records)
+    for _ in range(len(records)):  # a pump per record at most: each writes one or more
+        if await runner.pump() and not runner.spool.pending:
+            break
+    await runner.stop()
+    assert runner.sink.got == [f"r{n}" for n in range(13)]  # type: ignore[attr-defined]
 
 
 class _SwitchedSink:

@@ -63,6 +63,14 @@ class Refused(Exception):
     timeout or a server that is down, which spool and retry."""
 
 
+# The most bytes of events in one write, beyond `batch_size` and its multiples (a
+# batch holds one record at least, whatever its size). An event is about a kilobyte,
+# but one with a logged prompt may take tens of megabytes (`limits.max_prompt_chars`
+# characters, each NUL or control one six bytes of JSON): a batch of a few such takes
+# a sink longer than `write_timeout_seconds`, and so would every retry of it from the
+# spool, with every event behind it held there for good.
+BATCH_BYTES = 8 << 20
+
 # Ids of records dropped as refused lately: a batch retried after a transient failure
 # met while isolating one drops it again, and counts and logs it only once.
 _REFUSED_MEMORY = 1024
@@ -100,6 +108,17 @@ def from_spool(line: bytes) -> Record:
     if line[:1] == _KIND_TAG[USAGE]:
         return Record(usage_event.parse_line(body), body)
     return Record(usage_event.parse_feedback_line(body), body)
+
+
+def _within_bytes(records: Sequence[Record], most: int) -> int:
+    """How many of the first `most` records make a batch of `BATCH_BYTES` at most (one
+    at least)."""
+    size = 0
+    for n, record in enumerate(records[:most]):
+        size += len(record.line)
+        if size > BATCH_BYTES and n:
+            return n
+    return min(len(records), most)
 
 
 class SinkRunner:
@@ -294,7 +313,7 @@ class SinkRunner:
         if self.spool.pending:
             await self._spill(self._take_all())  # keep arrival order behind the spool
             while self.spool.pending:
-                lines, cursor = await self._in_thread(self.spool.read, batch_size)
+                lines, cursor = await self._in_thread(self.spool.read, batch_size, BATCH_BYTES)
                 if not lines:
                     break
                 records = self._parsed(lines)
@@ -307,8 +326,8 @@ class SinkRunner:
         # what lets a sink catch up; when idle they are whatever arrived meanwhile.
         take = batch_size * 8
         while self.buffer:
-            batch = self.buffer[:take]
-            del self.buffer[:take]
+            batch = self.buffer[: _within_bytes(self.buffer, take)]
+            del self.buffer[: len(batch)]
             try:
                 dropped = await self._write(batch)
             except asyncio.CancelledError:

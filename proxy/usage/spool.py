@@ -156,8 +156,9 @@ class Spool:
         self._dirty = False
         self._synced_at = time.monotonic()
 
-    def read(self, max_records: int) -> tuple[list[bytes], Cursor]:
-        """The oldest unconsumed records (without newlines) and the cursor after them."""
+    def read(self, max_records: int, max_bytes: int | None = None) -> tuple[list[bytes], Cursor]:
+        """The oldest unconsumed records (without newlines), at most `max_records` of
+        them and `max_bytes` (one at least), and the cursor after them."""
         with self._lock:
             seg0, offset = self._at
             for seg in self._segments():
@@ -169,6 +170,7 @@ class Spool:
                 with open(self._seg_path(seg), "rb") as f:
                     f.seek(start)
                     pos = start
+                    size = 0
                     while len(lines) < max_records:
                         line = f.readline()
                         if not line.endswith(b"\n"):
@@ -176,7 +178,10 @@ class Spool:
                                 log.warning("spool %s: skipping a torn record", self.dir)
                                 pos += len(line)
                             break
+                        if max_bytes is not None and lines and size + len(line) > max_bytes:
+                            break  # not taken: the cursor stays before it
                         pos += len(line)
+                        size += len(line)
                         lines.append(line[:-1])
                 if lines:
                     return lines, (seg, pos)
