@@ -25,7 +25,7 @@ from proxy import final_chunk
 from proxy.config import Usage
 from proxy.emulator import EmulatorSettings
 from proxy.usage import event as ev
-from proxy.usage.postgres import PostgresSink
+from proxy.usage.postgres import PostgresSink, _storable
 from proxy.usage.runner import BATCH_BYTES, Record, SinkRunner, spool_line
 from proxy.usage.spool import Spool
 from proxy.usage.stats import MAX_KEYS, MemoryStats, from_postgres
@@ -93,6 +93,17 @@ def test_a_spool_replayed_to_its_end_keeps_no_record_on_disk(tmp_path: Path) -> 
     last = Spool(tmp_path, "sink", 1 << 20, "never", 1)
     assert last.pending == 1 and drain(last) == [b"u5"]
     last.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet='\\u0\x00a"', max_size=16))
+def test_postgres_stores_an_events_nuls_as_u_fffd_and_nothing_else_changed(text: str) -> None:
+    """Whatever runs of backslashes stand before them (a `\\u0000` a client wrote as
+    text is no NUL)."""
+    doc = {"prompt": text, text: [text, 1.5]}
+    stored = orjson.loads(_storable(orjson.dumps(doc)))
+    nul_free = text.replace("\x00", "\ufffd")
+    assert stored == {"prompt": nul_free, nul_free: [nul_free, 1.5]}
 
 
 def test_a_second_process_on_the_same_spool_dir_takes_another_slot(tmp_path: Path) -> None:

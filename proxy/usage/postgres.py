@@ -12,7 +12,6 @@ out of disk) is raised as it is, and the batch is spooled and retried.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -90,19 +89,27 @@ _REFUSED = (
 )
 
 
-# A `\u0000` escape in JSON text: one not itself escaped (an even run of backslashes,
-# none, before it).
-_NUL_ESCAPE = re.compile(rb"(?<!\\)((?:\\\\)*)\\u0000")
+def _nul_free(value: Any) -> Any:
+    """A decoded JSON value with U+FFFD for each NUL in its strings (keys too)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {_nul_free(k): _nul_free(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nul_free(v) for v in value]
+    return value
 
 
 def _storable(value: Any) -> Any:
     """`value` with U+FFFD for each NUL: PostgreSQL's text and jsonb hold none, and a
-    client puts one in a model name, an error it causes or a comment at will; one
-    there fails the whole batch, every client's events with it, at each retry."""
+    client puts one in a model name, an error it causes, a comment or a logged prompt at
+    will; one there fails the whole batch, every client's events with it, at each retry.
+    An event's JSON with a NUL is decoded and written again, not searched escape by
+    escape: this runs on the event loop, and a logged prompt may hold millions."""
     if isinstance(value, str):
-        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+        return _nul_free(value)
     if isinstance(value, bytes):
-        return _NUL_ESCAPE.sub(rb"\1\\ufffd", value) if b"\\u0000" in value else value
+        return orjson.dumps(_nul_free(orjson.loads(value))) if b"\\u0000" in value else value
     if isinstance(value, list):
         return [_storable(v) for v in value]
     return value
