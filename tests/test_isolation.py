@@ -25,7 +25,7 @@ from proxy.config import ApiKey, Auth, Health
 from proxy.outcome import Served
 from proxy.relay import ClientLeg
 from proxy.upstream import dechunk
-from tests.support import Emulator, Proxy, ServerThread, file_usage
+from tests.support import Emulator, Proxy, RawBackend, ServerThread, file_usage
 from tests.test_backends import scrape_failures
 from tests.usage_services import read_bytes, wait_for
 
@@ -34,29 +34,6 @@ ECHO_MODEL = "echo:latest"
 BUSY = "make the backend answer 503"
 # A hang here is a failure (a client waiting for an answer that went to someone else).
 HANG = 30.0
-
-
-class RawBackend:
-    """A backend on a raw socket, answering each connection with `_serve`."""
-
-    def __init__(self) -> None:
-        self.port = 0
-        self._server: asyncio.Server | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        raise NotImplementedError
 
 
 class EchoBackend(RawBackend):

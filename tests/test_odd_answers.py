@@ -20,7 +20,7 @@ from aiohttp import web
 from proxy.app import APP_KEY
 from proxy.backends import UNAVAILABLE_STATUSES
 from proxy.config import Cloud, CloudProvider, Health, Selector, Usage
-from tests.support import Proxy, ServerThread, free_port, wait_until
+from tests.support import Proxy, RawBackend, ServerThread, free_port, wait_until
 
 ODD = "llama3.2:3b"
 CASE_HEADER = "X-Case"
@@ -428,29 +428,16 @@ async def test_the_answer_carries_the_proxys_own_headers_once_and_no_hop_by_hop_
     assert await wait_until(written)
 
 
-class GarbageBackend:
+class GarbageBackend(RawBackend):
     """A raw backend that lists ODD and answers /api/generate with `garbage`, either on
     a connection that carried an answer before it (`reused`: the first answer on each
     connection is an ordinary one, kept alive) or on a new one (every answer closes
     its connection)."""
 
     def __init__(self, garbage: bytes, reused: bool) -> None:
+        super().__init__()
         self.garbage = garbage
         self.reused = reused
-        self.port = 0
-        self._server: asyncio.Server | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         answered = 0
