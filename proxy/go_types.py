@@ -132,7 +132,10 @@ def not_into(value: Any, go_type: str) -> str:
     return f"json: cannot unmarshal {go_kind(value)} into Go value of type {go_type}"
 
 
-_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
+# Where an int64 ends: Go's int64 of a double from 2^63 on, or below -2^63, is the
+# platform's (`option_int`).
+INT64_END = 1 << 63
+_INT_MIN, _INT_MAX = -INT64_END, INT64_END - 1
 
 
 def _fits(value: Any, want: str) -> bool:
@@ -635,11 +638,6 @@ def options_refusal(options: Mapping[str, Any] | None) -> str | None:
         elif not (isinstance(value, bool) if kind == "boolean" else _number(value)):
             return f'option "{key}" must be of type {kind}'
     return None
-
-
-# Where an int64 ends: Go's int64 of a double from 2^63 on, or below -2^63, is the
-# platform's (`option_int`).
-INT64_END = 1 << 63
 
 
 def option_int(value: Any) -> int | None:
