@@ -30,7 +30,13 @@ from selector_model.catalogue_prior import spreads, with_catalogue
 from selector_model.evidence import Evidence
 from selector_model.features import Candidate
 from selector_model.kind import kind_of
-from selector_model.policy import UNKNOWN_MARGIN, Decision, heuristic_p_success, largest, rank
+from selector_model.policy import (
+    UNKNOWN_MARGIN,
+    Decision,
+    heuristic_p_success,
+    rank,
+    size_anchor,
+)
 from selector_model.posterior import choose
 from selector_model.scorer import Scorer
 from selector_model.telemetry import Telemetry
@@ -266,14 +272,6 @@ class AutoRouter:
             terms.load_seconds,
             asks.thinking is not False,
         )
-        if not default_model and profile.cost_weight == 0 and known.isdisjoint(eligible.names):
-            # A quality-only profile among models the artifact never saw: size is the
-            # surest sign of quality, so the largest is the anchor another must clearly
-            # beat, unless loading it would evict a model in use (the eviction penalty
-            # decides that). Profiles that weigh cost keep their own trade-off.
-            biggest = largest(candidates)
-            if not terms.evicts[eligible.names.index(biggest)]:
-                default_model = biggest
         ranking = rank(eligible.names, p_success, seconds, profile.cost_weight, known, spread)
         if terms.penalty and any(terms.evicts):
             # Evicting a model in use is worth it only for a lead above the penalty.
@@ -282,6 +280,12 @@ class AutoRouter:
                 if scored.name in evicting:
                     scored.utility -= terms.penalty
             ranking.sort(key=lambda s: s.utility, reverse=True)
+        if not default_model and profile.cost_weight == 0 and known.isdisjoint(eligible.names):
+            # A quality-only profile among models the artifact never saw: size is the
+            # surest sign of quality, so the best-ranked of the largest's size is the
+            # anchor another must clearly beat. Profiles that weigh cost keep their own
+            # trade-off.
+            default_model = size_anchor(ranking, candidates, terms.evicts)
         kind = kind_of(request)
         learning = self.config.learning
         chose = choose(

@@ -4,8 +4,9 @@
 
 The safety rule: a lead smaller than `min_gain` over the profile's anchor (its
 configured default, else the best model the artifact knows, else, when it knows none
-of the candidates, the largest: size is the one description that orders models it
-never saw without training) is not worth a gamble. Against an anchor the artifact
+of the candidates, the best-ranked of the largest's size, `size_anchor`: size is the
+one description that orders models it never saw without training, where it differs)
+is not worth a gamble. Against an anchor the artifact
 never saw, the lead must also exceed `SWITCH_Z` standard deviations of the difference
 of the two P (each model's `spread`, from what the catalogue knows of it): a router
 that leaves the largest only on such a lead does worse than always taking the largest
@@ -60,6 +61,11 @@ UNKNOWN_MARGIN = 0.05
 # combined as independent); of those that lead an anchor the artifact never saw, each
 # is taken at its P less this many of its own spread.
 SWITCH_Z = 1.0
+# A candidate with at least this share of the largest one's parameters is of its size,
+# for the anchor among models the artifact never saw (`size_anchor`): size orders a
+# fleet's 8B and 70B models, not its 70B and 72B ones, whose published results are
+# what tells them apart; a family's next size up has about twice the parameters.
+SAME_SIZE = 0.8
 # P(success) as a Beta prior mean stays inside (0, 1).
 P_FLOOR = 0.01
 P_CEILING = 1 - P_FLOOR
@@ -78,7 +84,6 @@ def inside(p: float) -> float:
 
 
 _UTILITY = operator.attrgetter("utility")
-_PARAMS = operator.attrgetter("params_b")
 
 
 @dataclass(slots=True)
@@ -240,9 +245,23 @@ def heuristic_p_success(candidate: Candidate) -> float:
     return min(0.85, max(0.3, 0.45 + 0.06 * math.log2(max(candidate.params_b, 0.5))))
 
 
-def largest(candidates: Sequence[Candidate]) -> str:
-    """The name of the largest candidate by parameters (the first of equals)."""
-    return max(candidates, key=_PARAMS).name
+def size_anchor(
+    ranking: Sequence[Scored], candidates: Sequence[Candidate], evicts: Sequence[bool]
+) -> str:
+    """The anchor of a quality-only profile among models the artifact never saw: the
+    best-ranked candidate of the largest's size (`SAME_SIZE`) whose loading evicts no
+    model in use (`evicts`, by candidate; the eviction penalty decides those), else ""
+    for none. `candidates` and `evicts` are in the same order."""
+    bar = SAME_SIZE * max(c.params_b for c in candidates)
+    # Plain loops: this runs in every such decision.
+    of_size = set()
+    for c, evicting in zip(candidates, evicts, strict=True):
+        if c.params_b >= bar and not evicting:
+            of_size.add(c.name)
+    for s in ranking:
+        if s.name in of_size:
+            return s.name
+    return ""
 
 
 def rank(

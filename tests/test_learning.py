@@ -31,7 +31,7 @@ from selector_model.catalogue_prior import CATALOGUE_SHARE, with_catalogue
 from selector_model.evidence import COLUMNS, Evidence
 from selector_model.features import AREAS, REQUEST_FEATURES, Candidate
 from selector_model.kind import kind_of
-from selector_model.policy import largest, pick, rank
+from selector_model.policy import pick, rank, size_anchor
 from selector_model.posterior import choose
 from tests.support import Emulator, Proxy, ServerThread, wait_until
 from tests.test_auth_postgres import REFRESH, status_becomes
@@ -535,9 +535,9 @@ def test_unseen_models_lean_on_the_catalogue_by_what_it_knows() -> None:
     assert with_catalogue([0.2, 0.7, 0.4], request, candidates, [True, False, False])[1] > 0
     # With every one known, all keep their P.
     assert with_catalogue([0.4, 0.7, 0.4], request, candidates, [True] * 3) == [0.4, 0.7, 0.4]
-    # The anchor when no candidate is known: the largest.
-    assert largest(candidates) == "weak"
     ranking = rank(["strong", "weak", "vague"], got, [1.0] * 3, 0.0, set())
+    # The anchor when no candidate is known: the largest, none other of its size.
+    assert size_anchor(ranking, candidates, [False] * 3) == "weak"
     near = rank(["strong", "weak"], [0.51, 0.5], [1.0] * 2, 0.0, set())
     rng = np.random.default_rng(0)
     assert choose(ranking, {}, 0.0, rng, "weak").chosen.name == "strong"

@@ -12,7 +12,7 @@ from selector_model.catalog.catalog import Catalog
 from selector_model.catalog.knowledge import AREAS
 from selector_model.catalogue_prior import UNSEEN_SPREAD, spreads
 from selector_model.features import Candidate
-from selector_model.policy import SWITCH_Z, beyond_max_loss, pick, rank
+from selector_model.policy import SAME_SIZE, SWITCH_Z, beyond_max_loss, pick, rank, size_anchor
 from selector_model.posterior import PRIOR_STRENGTH, choose
 from training.imputation_calibration import misses
 
@@ -43,6 +43,30 @@ def test_an_unseen_anchor_is_left_only_for_a_lead_beyond_what_both_p_may_be_off(
     # `choose` (no evidence) applies the same rule.
     chose = choose(close, {}, 0.0, np.random.default_rng(0), "large:9b", 0.02, 0.0)
     assert (chose.chosen.name, chose.reason) == ("large:9b", "pinned")
+
+
+def test_the_anchor_among_unseen_models_is_the_best_ranked_of_the_largest_size() -> None:
+    """Size orders 8B and 70B models, not 70B and 72B ones: among those of the largest's
+    size, the one the catalogue rates higher is the anchor another must clearly beat."""
+    sizes = {"small:8b": 8.0, "older:72b": 72.7, "newer:70b": 70.6, "mid:57b": 57.0}
+    assert sizes["newer:70b"] >= SAME_SIZE * 72.7 > sizes["mid:57b"]
+    candidates = [Candidate(name, params_b=size) for name, size in sizes.items()]
+    names = list(sizes)
+    spread = [UNSEEN_SPREAD] * len(names)
+    ranking = rank(names, [0.62, 0.55, 0.58, 0.60], [1.0] * 4, 0.0, set(), spread)
+    # mid:57b is rated above both, and is not of the largest's size.
+    anchor = size_anchor(ranking, candidates, [False] * 4)
+    assert anchor == "newer:70b"
+    # small:8b leads it by less than what both P may be off: the anchor stays.
+    chose = choose(ranking, {}, 0.0, np.random.default_rng(0), anchor, 0.02, 0.0)
+    assert (chose.chosen.name, chose.reason) == ("newer:70b", "pinned")
+    # Rated the other way round, the largest is the anchor.
+    flipped = rank(names, [0.62, 0.58, 0.55, 0.60], [1.0] * 4, 0.0, set(), spread)
+    assert size_anchor(flipped, candidates, [False] * 4) == "older:72b"
+    # One whose loading would evict a model in use is no anchor (the eviction penalty
+    # weighs it), and with none of the largest's size left there is none.
+    assert size_anchor(ranking, candidates, [False, False, True, False]) == "older:72b"
+    assert size_anchor(ranking, candidates, [False, True, True, False]) == ""
 
 
 def test_a_model_below_the_greedy_one_that_clearly_leads_the_anchor_is_chosen() -> None:
