@@ -413,7 +413,13 @@ class Handlers:
         weights: str,
         fallback: Fallback | None,
     ) -> web.StreamResponse:
-        key = cache_key(request.path, doc, model, weights, scope(request))
+        # Keyed by the name the backend is sent (`auto`'s choice as its list spells it,
+        # a named model as the client wrote it), not `model`, for `auto` the registry's
+        # name in lower case: the answer names the model as it was sent, and so must
+        # its replay.
+        sent = doc.get("model")
+        named = sent if isinstance(sent, str) else model
+        key = cache_key(request.path, doc, named, weights, scope(request))
         entry = await cache.lookup(key)
         if entry is not None:
             served.cache = "hit"

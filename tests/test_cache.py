@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import time
 import uuid
@@ -24,10 +25,12 @@ from proxy.cache import ResponseCache
 from proxy.cache.key import deterministic
 from proxy.config import ApiKey, Auth, Cache, Timeouts, Usage
 from proxy.emulator import EmulatorSettings
+from proxy.http11 import dechunk
 from proxy.learning import decision_of
 from selector_model import features
 from selector_model.usage_event import Answer as UsageAnswer
 from selector_model.usage_event import Features, UsageEvent
+from tests.conftest import FROZEN
 from tests.support import (
     Emulator,
     Proxy,
@@ -550,6 +553,39 @@ def test_auto_decides_before_the_lookup(caching: Proxy) -> None:
     assert again.raw == first.raw
     # The key names the model served: asking for it by name is the same entry.
     assert fetch(caching, path, {**doc, "model": chosen}).header("X-Autoroute-Cache") == "hit"
+
+
+def _models_named(answer: Answer) -> set[str]:
+    """The `model` of every chunk of an NDJSON answer."""
+    lines = dechunk(answer.raw).splitlines() if answer.header("Transfer-Encoding") else [answer.raw]
+    return {orjson.loads(line)["model"] for line in lines if line.strip()}
+
+
+@pytest.mark.parametrize("auto_first", [True, False])
+def test_a_hit_names_the_model_as_the_request_did(
+    servers: ServerThread, cache_config: Cache, auto_first: bool
+) -> None:
+    """Ollama's answer names the model as its request did: `auto`'s as the backend's
+    list spells the one chosen (`Qwen2.5:7B`), a request naming it in another case as
+    it named it. A hit names it as a miss of that request would, and as its
+    X-Autoroute-Model header does, whichever of the two was kept first."""
+    emulator = Emulator(servers, dataclasses.replace(FROZEN, models=("qwen2.5:7b",)))
+    store = emulator.state.store
+    store["Qwen2.5:7B"] = store.pop("qwen2.5:7b").copied("Qwen2.5:7B")
+    prx = Proxy(servers, [emulator.url], cache=cache_config)
+    try:
+        path, doc = CASES["generate-ndjson"]
+        order = ["auto", "qwen2.5:7b"] if auto_first else ["qwen2.5:7b", "auto"]
+        for stored, model in enumerate(order * 2, 1):
+            answer = fetch(prx, path, {**doc, "model": model})
+            assert answer.status == 200
+            named = "Qwen2.5:7B" if model == "auto" else model
+            assert answer.header("X-Autoroute-Model") == named
+            assert _models_named(answer) == {named}, answer.header("X-Autoroute-Cache")
+            wait_stored(prx, min(stored, 2))
+    finally:
+        prx.stop()
+        emulator.stop()
 
 
 def test_usage_events_mark_hits(

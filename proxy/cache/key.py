@@ -5,8 +5,8 @@ fixed seed (`fixed_seed`: not one a runner draws a random seed for), no tools (a
 call's answer depends on what the tool returns next), text asked for (not a model
 loaded or unloaded), and no `Cache-Control: no-cache` or `no-store` from the client.
 Read from the body as the backend reads it (`go_json`), after `auto` decided: the key
-names the model served, and the digest of the weights the backends list under its
-name.
+names the model served as the backend is sent it (the answer names it so), and the
+digest of the weights the backends list under its name.
 """
 
 from __future__ import annotations
