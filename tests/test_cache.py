@@ -32,6 +32,7 @@ from selector_model.usage_event import Answer as UsageAnswer
 from selector_model.usage_event import Features, UsageEvent
 from tests.conftest import FROZEN
 from tests.support import (
+    PIXEL_PNG,
     Emulator,
     Proxy,
     ServerThread,
@@ -586,6 +587,34 @@ def test_a_hit_names_the_model_as_the_request_did(
     finally:
         prx.stop()
         emulator.stop()
+
+
+def test_a_context_auto_read_from_the_cache_goes_on_with_its_model(caching: Proxy) -> None:
+    """`auto` sends a `/api/generate` context back to the model that wrote it: one it
+    returned from the cache as well. Here the answer was kept for a request naming the
+    model (no `auto` answer to remember it by) and read by `auto`, which chooses that
+    model for the picture; the next turn, text alone, goes on with it, not with the
+    model `auto` would choose for the text."""
+    first = {
+        "model": "auto:best",
+        "prompt": "What is in this picture?",
+        "images": [PIXEL_PNG],
+        "stream": False,
+        "options": GREEDY,
+    }
+    vision = orjson.loads(fetch(caching, "/api/autoroute/explain", first).raw)["model"]
+    then = {"model": "auto:best", "prompt": "And then?", "stream": False, "options": GREEDY}
+    text_model = orjson.loads(fetch(caching, "/api/autoroute/explain", then).raw)["model"]
+    assert text_model != vision
+    assert fetch(caching, "/api/generate", {**first, "model": vision}).status == 200
+    wait_stored(caching, 1)
+    hit = fetch(caching, "/api/generate", first)
+    assert hit.header("X-Autoroute-Cache") == "hit"
+    assert hit.header("X-Autoroute-Model") == vision
+    context = orjson.loads(hit.raw)["context"]
+    after = fetch(caching, "/api/generate", {**then, "context": context})
+    assert after.header("X-Autoroute-Reason") == "context"
+    assert after.header("X-Autoroute-Model") == orjson.loads(after.raw)["model"] == vision
 
 
 def test_usage_events_mark_hits(

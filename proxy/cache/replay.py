@@ -18,6 +18,7 @@ from aiohttp import web
 from proxy import final_chunk
 from proxy.aiohttp_internals import client_transport
 from proxy.cache.store import Entry
+from proxy.continuations import answered_ending
 from proxy.http11 import dechunk
 from proxy.limits import client_took
 from proxy.origins import CORS_HEADERS
@@ -50,6 +51,10 @@ async def replay(
     served.extra[CACHE_HEADER] = "hit"
     served.status = entry.status
     served.stats = final_chunk.parse(entry.body[-_TAIL_BYTES:])
+    # The context the answer returns, as the relay reads it from a backend's: `auto`
+    # remembers which model wrote it for the conversation's next turn (the entry may
+    # have been kept for a request that named the model, or by another proxy).
+    served.context_ending = answered_ending(entry.body)
     own = [
         (REQUEST_ID_HEADER, served.request_id),
         *served.extra.items(),
