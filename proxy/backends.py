@@ -508,7 +508,9 @@ class BackendPool:
         """`weights` from what each backend lists now. Every backend that lists a name
         counts, its circuit open or not: a key that moved with circuits would
         only lose answers. Two backends listing other weights under one name make one
-        key of both digests, which changes when either does."""
+        key of both digests, which changes when either does. A model that runs on
+        another host (`runs_elsewhere`) has no known weights: its digest is the local
+        manifest's, the same whatever the host serves under the name."""
         digests: dict[str, set[str]] = {}
         unknown: set[str] = set()
         for state in self.states:
@@ -518,7 +520,12 @@ class BackendPool:
             for tag in state.tags:
                 name = entry_model(tag)
                 digest = tag.get("digest")
-                if isinstance(digest, str) and digest and name not in state.unweighed:
+                if (
+                    isinstance(digest, str)
+                    and digest
+                    and name not in state.unweighed
+                    and not state.runs_elsewhere(name)
+                ):
                     digests.setdefault(name, set()).add(digest)
                     listed.add(name)
                 else:

@@ -18,6 +18,7 @@ from typing import Any
 import ollama
 import orjson
 import pytest
+from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from proxy.app import APP_KEY
@@ -37,6 +38,7 @@ from tests.support import (
     Proxy,
     ServerThread,
     free_port,
+    pass_on,
     raw_request,
     slow_reader,
     small_send_buffers,
@@ -839,6 +841,50 @@ def test_weights_changed_on_the_backend_itself_are_new_entries(
     sent = inference_requests(own_emulator)
     assert fetch(caching, path, doc).header("X-Autoroute-Cache") == "miss"
     assert inference_requests(own_emulator) == sent + 1
+
+
+def test_a_model_that_runs_on_another_host_is_never_kept(
+    servers: ServerThread, own_emulator: Emulator, cache_config: Cache
+) -> None:
+    """A model the backend lists with a `remote_host` (a cloud model pulled, or a local
+    name of one) is answered by that host: its digest is the local manifest's, which
+    stays the same when the host serves other weights under the name, so it names no
+    weights to keep an answer by. Such a model's answers are never kept."""
+
+    async def listing(request: web.Request) -> web.Response:
+        answer = await pass_on(request, own_emulator.url, await request.read())
+        if request.path == "/api/tags" and answer.status == 200:
+            assert isinstance(answer.body, bytes)
+            listed = orjson.loads(answer.body)
+            for entry in listed["models"]:
+                if entry["name"] == MODEL:
+                    entry.update(remote_host="https://ollama.com:443", remote_model="qwen3:480b")
+            answer.body = orjson.dumps(listed)
+        return answer
+
+    def backend() -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", listing)
+        return app
+
+    port = free_port()
+    runner = servers.serve(backend, port)
+    prx = Proxy(servers, [f"http://127.0.0.1:{port}"], cache=cache_config)
+    try:
+        path, doc = CASES["chat-whole"]
+        for _ in range(2):
+            answer = fetch(prx, path, doc)
+            assert answer.status == 200
+            assert answer.header("X-Autoroute-Cache") is None
+        # A model of the backend's own on the same backend is kept as ever.
+        local = {**doc, "model": "llama3.1:8b"}
+        assert fetch(prx, path, local).header("X-Autoroute-Cache") == "miss"
+        wait_stored(prx, 1)
+        assert fetch(prx, path, local).header("X-Autoroute-Cache") == "hit"
+        assert metrics(prx)["autoroute_cache_stored_total"] == 1
+    finally:
+        prx.stop()
+        servers.stop(runner)
 
 
 def test_the_public_health_counts_no_other_keys_traffic(
