@@ -1648,6 +1648,36 @@ async def test_explain_cites_only_the_results_a_candidate_takes(
         own.stop()
 
 
+async def test_a_model_made_from_a_listed_one_is_described_as_its_parent(
+    servers: ServerThread, tmp_path: Path
+) -> None:
+    """A model `ollama create` made from a listed one (`FROM qwen3:32b` and a system
+    prompt) under a name of its own carries the parent's weights, which Ollama names in
+    `details.parent_model`: explain shows the parent entry's areas, cites its
+    published numbers and imputes only the areas it publishes none in."""
+    parent = Catalog.shipped().lookup("qwen3:32b")
+    own = Emulator(servers, dataclasses.replace(FROZEN, models=("qwen3:32b",)))
+    base = own.state.store.pop("qwen3:32b")
+    made = "research-bot:v2"
+    own.state.store[made] = base.renamed(made, parent_model="qwen3:32b")
+    prx = Proxy(servers, [own.url], selector=selector(tmp_path))
+    try:
+        status, doc = await explain(prx, chat("auto:best"))
+        assert status == 200, doc
+        [row] = doc["ranking"]
+        assert row["model"] == made
+        described = row["catalogue"]
+        assert described["origin"] == "catalogue"
+        assert described["areas"]["code"] == round(parent.areas["code"], 3)
+        cited = Catalog.shipped().sources("qwen3:32b")
+        assert set(described["sources"]) == set(cited)
+        published = {s.area for s in cited.values()}
+        assert described["imputed"] == [a for a in AREAS if a not in published]
+    finally:
+        prx.stop()
+        own.stop()
+
+
 async def test_explain_cites_the_entry_the_backends_architecture_picks(
     servers: ServerThread, tmp_path: Path
 ) -> None:

@@ -367,6 +367,33 @@ def test_a_tag_ollama_points_at_another_architecture_finds_that_entry(catalog: C
     )
 
 
+def test_a_model_made_from_a_listed_one_takes_its_entry(catalog: Catalog) -> None:
+    """`ollama create my-bot -f Modelfile` with `FROM qwen3:32b` (a system prompt, a
+    template, parameters) serves qwen3:32b's weights under a name of its own, and Ollama
+    says so in `details.parent_model` (the FROM model's shortest name): the parent's
+    entry describes it, not neighbours placed from its size. A name the catalogue
+    lists keeps its own entry; a parent the catalogue does not list places it as any
+    unlisted model."""
+    parent = {"family": "qwen3", "parameter_size": "32.8B", "parent_model": "qwen3:32b"}
+    made = catalog.lookup("research-bot:v2", parent)
+    assert made.name == "qwen3:32b"
+    assert made.areas == catalog.lookup("qwen3:32b").areas
+    assert catalog.sources("research-bot:v2", parent) == catalog.sources("qwen3:32b")
+    # The same details without a parent: placed, not the entry.
+    placed = catalog.lookup("research-bot:v2", {**parent, "parent_model": ""})
+    assert placed.origin == "nearest"
+    # Ollama's name for a parent pulled from Hugging Face resolves as a tag does.
+    hf = {
+        "family": "qwen2",
+        "parameter_size": "7.6B",
+        "parent_model": "hf.co/bartowski/Qwen2.5-7B-Instruct-GGUF:Q4_K_M",
+    }
+    assert catalog.lookup("team-helper:latest", hf).name == "qwen2.5:7b"
+    assert catalog.lookup("qwen2.5:14b", hf).name == "qwen2.5:14b"
+    unknown = {"family": "llama", "parameter_size": "8.0B", "parent_model": "acme/own:1"}
+    assert catalog.lookup("acme-bot:latest", unknown).origin == "nearest"
+
+
 @pytest.mark.parametrize(
     ("name", "entry"),
     [

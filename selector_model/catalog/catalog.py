@@ -250,6 +250,7 @@ class Catalog:
             str(details.get("family", "")),
             str(details.get("parameter_size", "")),
             str(details.get("context_length", "")),
+            str(details.get("parent_model", "")),
             capabilities,
         )
         found = self._cache.get(cache_key)
@@ -343,10 +344,15 @@ class Catalog:
         both read it: the one it resolves to (`_match`), or the one of its family the
         backend's architecture in `details` says is meant (`_same_arch`); and whether
         `name` is a `_pretrained_variant` of that entry. None for a name the catalogue
-        does not list."""
+        does not list. A name the catalogue does not list that Ollama says was made
+        from one it does (`details.parent_model`: `ollama create` from `FROM qwen3:32b`,
+        the parent's weights under a name of its own) is read as its parent."""
         matched = self._match(name)
         if matched is None:
-            return None
+            name = str(details.get("parent_model") or "")
+            matched = self._match(name) if name else None
+            if matched is None:
+                return None
         entry = self._same_arch(matched[0], details)
         return entry, self._is_pretrained_variant(name, (entry, matched[1]))
 
