@@ -221,7 +221,7 @@ class Runners:
 def _default_profiles() -> dict[str, Profile]:
     return {
         "balanced": Profile(cost_weight=0.004, max_loss=0.05),
-        "fast": Profile(cost_weight=0.2),
+        "fast": Profile(cost_weight=0.2, max_loss=0.3),
         "best": Profile(cost_weight=0.0),
     }
 

@@ -205,3 +205,25 @@ def test_an_anchors_doubt_shrinks_with_its_own_evidence() -> None:
     evidence = {"large:49b": [40.0, 100.0, 60.0]}
     left = choose(ranking, evidence, 0.0, rng, "large:49b", 0.02, 0.0)
     assert (left.chosen.name, left.reason) == ("small:8b", "learned")
+
+
+def test_fast_takes_the_quickest_adequate_model_not_one_rated_to_fail() -> None:
+    """`auto:fast` as shipped weighs a second at 0.2 of P(success), so that the
+    quickest model wins; but not one rated far below the best-rated candidate (a 7B
+    chat model rated 0.12 on a maths question where a 30B one is rated 0.97): its
+    `max_loss` keeps out what may be more than that below, and within it the quickest
+    still wins."""
+    from proxy.config import Selector
+
+    fast = Selector().profiles["fast"]
+    rng = random.Random(0)
+    names = ["quick:7b", "able:30b"]
+    far = rank(names, [0.12, 0.97], [4.5, 13.4], fast.cost_weight, set(names))
+    chosen = pick(far, "", 0.02, 0.0, rng, max_loss=fast.max_loss)[0]
+    assert chosen.name == "able:30b"
+    assert choose(far, {}, 0.0, np.random.default_rng(0), max_loss=fast.max_loss).chosen.name == (
+        "able:30b"
+    )
+    # A quick model rated a little below the best is still the fast choice.
+    near = rank(names, [0.80, 0.97], [4.5, 13.4], fast.cost_weight, set(names))
+    assert pick(near, "", 0.02, 0.0, rng, max_loss=fast.max_loss)[0].name == "quick:7b"
