@@ -409,8 +409,11 @@ class AutoRoutes:
             }
             if known.origin == "catalogue":
                 # By the name and details the registry looked the model up by: the
-                # entry its areas come from may be another than its name's (`_same_arch`).
-                cited = self.auto.registry.catalog.sources(name, info.details)
+                # entry its areas come from may be another than its name's (`_same_arch`,
+                # a parent Ollama names), so explain names it.
+                catalog = self.auto.registry.catalog
+                described["entry"] = catalog.entry(name, info.details)
+                cited = catalog.sources(name, info.details)
                 described["sources"] = {
                     bench: {"area": s.area, "value": s.value, "url": s.url}
                     for bench, s in sorted(cited.items())

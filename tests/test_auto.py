@@ -1667,7 +1667,7 @@ async def test_a_model_made_from_a_listed_one_is_described_as_its_parent(
         [row] = doc["ranking"]
         assert row["model"] == made
         described = row["catalogue"]
-        assert described["origin"] == "catalogue"
+        assert described["origin"] == "catalogue" and described["entry"] == "qwen3:32b"
         assert described["areas"]["code"] == round(parent.areas["code"], 3)
         cited = Catalog.shipped().sources("qwen3:32b")
         assert set(described["sources"]) == set(cited)
@@ -1699,6 +1699,7 @@ async def test_explain_cites_the_entry_the_backends_architecture_picks(
             assert status == 200, doc
             [described] = [row["catalogue"] for row in doc["ranking"] if row["model"] == name]
             assert described["areas"]["knowledge"] == round(moved.areas["knowledge"], 3), name
+            assert described["entry"] == "deepseek-r1:8b-0528-qwen3", name
             assert (described["sources"], described["imputed"]) == ({}, list(AREAS)), name
         finally:
             prx.stop()

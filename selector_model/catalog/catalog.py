@@ -202,6 +202,14 @@ class Catalog:
             return {bench: s for bench, s in found.items() if s.area not in PRETRAINED_AREAS}
         return dict(found)
 
+    def entry(self, name: str, details: Mapping[str, Any] | None = None) -> str | None:
+        """The catalogue entry `lookup(name, details)` takes its areas from (a
+        pretrained tag's, the chat entry it keeps the rest of), or None for a model the
+        catalogue places: by name, or the one the backend's architecture picks
+        (`_same_arch`), or the parent Ollama names (`details.parent_model`)."""
+        resolved = self._resolved(name, details or {})
+        return resolved[0] if resolved else None
+
     def resolve(self, name: str) -> str | None:
         """The catalogue entry a name stands for, or None. A name that says it is a
         chat model (`names.is_chat_variant`) never stands for a pretrained entry, which
