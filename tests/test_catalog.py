@@ -811,6 +811,23 @@ def test_capabilities_and_name_hints_give_specialties(catalog: Catalog) -> None:
     assert all("embedding" in catalog.lookup(n).specialties for n in embedder.neighbours)
 
 
+def test_the_library_embedders_without_a_show_are_embedders(catalog: Catalog) -> None:
+    """A server without /api/show lists names alone: each of the Ollama library's
+    embedding models must still read as one, or `auto` offers it for chat, which it
+    refuses. paraphrase-multilingual's name has none of the usual embedding words."""
+    for name in (
+        "paraphrase-multilingual:278m",
+        "paraphrase-multilingual:latest",
+        "nomic-embed-text:137m-v1.5-fp16",
+        "snowflake-arctic-embed2:568m",
+        "granite-embedding:278m",
+        "bge-large:335m",
+        "all-minilm:33m",
+    ):
+        assert "embedding" in catalog.lookup(name).specialties, name
+    assert "embedding" not in catalog.lookup("qwen3:8b").specialties
+
+
 def test_a_model_of_unknown_size_is_more_uncertain(catalog: Catalog) -> None:
     sized = catalog.lookup("mystery:7b")
     unsized = catalog.lookup("mystery:latest")

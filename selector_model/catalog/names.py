@@ -49,7 +49,8 @@ NAME_HINTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("math", ("math", "mathstral")),
     ("reasoning", ("r1", "reason", "think", "qwq", "o1")),
     ("vision", ("vl", "vision", "llava", "minicpm-v", "moondream", "bakllava")),
-    ("embedding", ("embed", "minilm", "bge", "e5", "gte")),
+    # paraphrase-multilingual: the library's one embedder named by its training task.
+    ("embedding", ("embed", "minilm", "bge", "e5", "gte", "paraphrase")),
 )
 # Ollama `capabilities` (from /api/show) that imply a specialty.
 CAPABILITY_SPECIALTIES = {
