@@ -128,6 +128,21 @@ async def test_auto_chooses_differently_per_prompt_and_profile_on_the_demo(
     chosen = {(c["profile"], c["model"]) for c in page["auto"]["choices"]}
     assert (code["profile"], code["model"]) in chosen, page["auto"]["choices"]
 
+    # The coder, answered, stays loaded (the README's walkthrough): auto:fast takes it
+    # for code, where it is rated near the best, and not for the summary, where it is
+    # rated more than fast's max_loss below the best-rated model.
+    for _ in range(600):
+        fast_code = await explain(url, chat("auto:fast", DEMO_CODE_PROMPT))
+        if fast_code["model"] == code["model"]:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError(f"auto:fast never took the loaded coder: {fast_code['ranking']}")
+    summary = await explain(url, chat("auto:fast", DEMO_GENERAL_PROMPT))
+    coder = next(r for r in summary["ranking"] if r["model"] == code["model"])
+    assert summary["model"] != code["model"], summary["ranking"]
+    assert coder["beyond_max_loss"] is True, summary["ranking"]
+
 
 def test_the_banner_shows_auto_first_the_models_and_how_to_stop() -> None:
     config = demo_config(Config(listen=Listen(port=18123)))
