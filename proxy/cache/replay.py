@@ -27,7 +27,8 @@ from proxy.protocol import REQUEST_ID_HEADER
 from proxy.relayed_response import RelayedResponse
 
 CACHE_HEADER = "X-Autoroute-Cache"
-# Enough of the end of the answer to hold its final chunk's counters.
+# Enough of the end of the answer to hold its final chunk's counters and the end of
+# the context it returns.
 _TAIL_BYTES = 16 * 1024
 # Written to the client's transport at a time, each after the client took the last.
 _SLICE_BYTES = 64 * 1024
@@ -50,11 +51,13 @@ async def replay(
     (`timeouts.client_write_idle_seconds`)."""
     served.extra[CACHE_HEADER] = "hit"
     served.status = entry.status
-    served.stats = final_chunk.parse(entry.body[-_TAIL_BYTES:])
-    # The context the answer returns, as the relay reads it from a backend's: `auto`
-    # remembers which model wrote it for the conversation's next turn (the entry may
-    # have been kept for a request that named the model, or by another proxy).
-    served.context_ending = answered_ending(entry.body)
+    # The answer's last bytes, read as the relay reads a backend's: its counters, and
+    # the context it returns, which `auto` remembers the model of for the
+    # conversation's next turn (the entry may have been kept for a request that named
+    # the model, or by another proxy).
+    tail = entry.body[-_TAIL_BYTES:]
+    served.stats = final_chunk.parse(tail)
+    served.context_ending = answered_ending(tail)
     own = [
         (REQUEST_ID_HEADER, served.request_id),
         *served.extra.items(),
