@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 from selector_model import features as F
 from selector_model import request_body
 from selector_model.features.words import spaced
+from selector_model.kind import kind_of
 
 
 def vector(path: str, body: dict[str, object]) -> dict[str, float]:
@@ -104,8 +106,26 @@ def test_prose_is_not_code_and_a_function_stub_is() -> None:
     for asked in (
         "Write a SQL query listing each customer's orders",
         "How do I do this in Python?",
+        # Languages without a column of their own read as their kin's.
+        "Write a quicksort in Go",
+        "Implement a linked list in C",
+        "Fix this Kotlin data class so equality ignores the id",
+        "Write a PHP page that lists the uploaded files",
+        "Refactor this C# controller into smaller methods",
+        "Build a todo list view in Swift",
+        "Write a Ruby method that parses a CSV line",
     ):
-        assert top(read(asked)) == "code"
+        assert top(read(asked)) == "code", asked
+        assert kind_of(F.request_features("/api/generate", {"prompt": asked})) == "code", asked
+    # A language's name that is an everyday word or a name is not one outside a request
+    # for code.
+    for prose_text in (
+        "Ruby is 6 times older than Sam. In 9 years, Ruby will be 3 times as old as Sam.",
+        "Compound B, heated, results in C. What is C?",
+        "Which laser is a solid-state laser: a ruby laser or a gas laser?",
+        "Where should I go in Go, the board game, after a corner opening?",
+    ):
+        assert not any(read(prose_text)[f"lang_{name}"] for name in F.LANGUAGES), prose_text
     # Numbers with a question: a word problem.
     assert top(read("Ann has 12 apples and buys 30 more at $2 each. How many has she?")) == "math"
     # LaTeX's braces are not code.
@@ -404,6 +424,22 @@ def pinned_cases() -> dict[str, tuple[str, dict[str, Any]]]:
                 "options": {"temperature": 0.7},
             },
         )
+    # Languages named as everyday words: "in <name>" in a request for code, and not in
+    # one that asks for none.
+    for i, text in enumerate(
+        (
+            "Write a quicksort in Go",
+            "In C, implement strlen.",
+            "fix this:\nin\u2003swift it crashes",
+            "The reaction results in C.",
+            "write it in gold",
+            "write the domain go-live plan; fix the plugin c module",
+            "Write a Ruby method that parses a CSV line",
+            "fix this C\tfunction, then the ago code",
+            "Build a web server in C# or in Kotlin",
+        )
+    ):
+        cases[f"phrase_{i}"] = ("/api/generate", {"prompt": text})
     # Word boundaries: which characters end a word (whitespace as str.split knows it,
     # ASCII punctuation and digits) and which do not; options at the thresholds.
     for i, char in enumerate("\x1c\x1d\x1e\x1f\x0b\x0c\r\x85\xa0\u2003\u2028\x00\x7f_'-é9"):
@@ -504,6 +540,14 @@ def _reference(path: str, body: Mapping[str, Any]) -> list[float]:
         words, symbols = F._LANGUAGE_HINTS[name]
         hinted = not sample_words.isdisjoint(words) or any(s in low_sample for s in symbols)
         out[f"lang_{name}"] = 1.0 if hinted else 0.0
+    asks_code = any(not last_words.isdisjoint(F._TASK_HINTS[t]) for t in F._PHRASE_TASKS)
+    sequence = low_sample.translate(_REF_TO_SPACE).split()
+    for word, following in itertools.pairwise(sequence):
+        if asks_code and word == "in" and following in F._PHRASE_LANGUAGES:
+            out[f"lang_{F._PHRASE_LANGUAGES[following]}"] = 1.0
+        named = word in F._PHRASE_LANGUAGES and word != "c"  # "C. method" is an option
+        if asks_code and named and following in F._PHRASE_NOUNS:
+            out[f"lang_{F._PHRASE_LANGUAGES[word]}"] = 1.0
     for name in F.TASKS:
         out[f"task_{name}"] = 0.0 if last_words.isdisjoint(F._TASK_HINTS[name]) else 1.0
     out["multiple_choice"] = 1.0 if choices(low_last) >= 2 else 0.0
@@ -527,6 +571,8 @@ _PIECES = st.sampled_from(
         *("package main", "let mut ", "System.out", "#include", " + ", " - ", " = ", "^"),
         *("\\frac", "\\sqrt", "{", "}", "(", ";", "?", "7", "42", "\n", "\t", " ", "  ", "\r"),
         *("\x0b", "\x0c", "\x1c", "\x1f", "\x85", "\xa0", "\u2003", "\u3000", "\x00", "\x7f"),
+        *("in", " in ", "in\xa0", "main", "go", " code", "method ", "ago", "magic", "c"),
+        *("Swift", " in Go", "in C", " Rust in C#", "c++"),
         *("a) ", "(b) ", "\nc. ", "\n (d: ", "e)", "İ", "ẞ", "Σ", "ΣΑΣ.", "ǅ", "ﬁx", "K", "\u0307"),
         *("日本", "🙂", "é", "e\u0301", "٣", "_", "x_y", "don't", "\ud800"),
     ]

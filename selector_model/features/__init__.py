@@ -26,6 +26,9 @@ from selector_model.features.hints import (
     _LANGUAGE_HINTS,
     _MATH_SYMBOLS,
     _MATH_WORDS,
+    _PHRASE_LANGUAGES,
+    _PHRASE_NOUNS,
+    _PHRASE_TASKS,
     _TASK_HINTS,
 )
 from selector_model.features.request import _Scan, request_features
@@ -70,6 +73,9 @@ __all__ = [
     "_LANGUAGE_HINTS",
     "_MATH_SYMBOLS",
     "_MATH_WORDS",
+    "_PHRASE_LANGUAGES",
+    "_PHRASE_NOUNS",
+    "_PHRASE_TASKS",
     "_TASK_HINTS",
     "Candidate",
     "_Scan",

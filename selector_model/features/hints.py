@@ -38,9 +38,14 @@ from selector_model.features.words import spaced, spaced_utf8
 # (Python), "public", "include", "echo" or "cargo" would make a history or law question
 # read as code. "function" stays: "write a function" asks for code more often than
 # "a function of the liver" asks for biology. '"""' and ">>> " are a docstring's.
+# A language without a column of its own is hinted as its nearest kin, so that a
+# request in it reads as code, with the demand for code it has: Kotlin, Scala
+# and C# as Java (managed, class-based); PHP, Perl, Lua and Ruby as Python (dynamic
+# scripting); C and CUDA as C++; Swift as Rust (compiled, with ownership and
+# optionals); PowerShell and zsh as shell.
 _LANGUAGE_HINTS: dict[str, tuple[frozenset[str], tuple[str, ...]]] = {
     "python": (
-        frozenset({"python", "def", "elif", "import", "numpy"}),
+        frozenset({"python", "def", "elif", "import", "numpy", "php", "perl", "lua"}),
         ("```python", "print(", "(self", '"""', ">>> "),
     ),
     "javascript": (
@@ -49,18 +54,33 @@ _LANGUAGE_HINTS: dict[str, tuple[frozenset[str], tuple[str, ...]]] = {
     ),
     "typescript": (frozenset({"interface", "typescript"}), ("```ts", ": string", ": number")),
     "go": (frozenset({"func", "golang", "goroutine"}), ("```go", ":= ", "package main")),
-    "rust": (frozenset({"fn", "impl", "rust", "rustc"}), ("```rust", "let mut ")),
+    "rust": (frozenset({"fn", "impl", "rust", "rustc", "swiftui"}), ("```rust", "let mut ")),
     "java": (
-        frozenset({"java", "jvm"}),
-        ("```java", "system.out", "public static", "public class"),
+        frozenset({"java", "jvm", "kotlin", "scala", "csharp", "dotnet"}),
+        ("```java", "system.out", "public static", "public class", "c#"),
     ),
-    "cpp": (frozenset({"cpp", "std"}), ("```cpp", "```c++", "#include", "std::")),
+    "cpp": (frozenset({"cpp", "std", "cuda"}), ("```cpp", "```c++", "#include", "std::", "c++")),
     "sql": (
         frozenset({"sql", "sqlite", "mysql", "postgresql"}),
         ("```sql", "select *", "create table", "insert into"),
     ),
-    "shell": (frozenset({"bash", "sudo", "grep", "chmod"}), ("```sh", "```bash")),
+    "shell": (
+        frozenset({"bash", "sudo", "grep", "chmod", "powershell", "zsh"}),
+        ("```sh", "```bash"),
+    ),
 }
+# Languages whose names are everyday words or names ("go", "c", "swift", "ruby") count
+# only as "in <name>" ("write a quicksort in Go") or, but for C, "<name> <a program's
+# part>" ("a Ruby method"; "C. method" is a lettered option), and only in a request
+# that asks for code to be written, fixed, refactored or tested: "the reaction results
+# in C" is chemistry, "Ruby is 6 times older than Sam" arithmetic, "a ruby laser"
+# physics.
+_PHRASE_LANGUAGES = {"go": "go", "c": "cpp", "swift": "rust", "ruby": "python"}
+_PHRASE_NOUNS = frozenset(
+    {"code", "program", "function", "method", "script", "class", "struct", "module", "library"}
+)
+_NAMED_WITH_NOUNS = ("go", "swift", "ruby")
+_PHRASE_TASKS = ("generate", "fix", "refactor", "test")
 _TASK_HINTS: dict[str, frozenset[str]] = {
     "fix": frozenset({"fix", "bug", "error", "exception", "traceback", "debug", "broken", "fails"}),
     "explain": frozenset({"explain", "why", "meaning", "describe", "understand"}),
@@ -105,6 +125,7 @@ def read_hints(sample: str, last: str, join: int = -1, last_at: int = -1) -> Hin
         sample_hits = last_hits = _hint_words(
             low_last, spaced_last_text, _BOTH_WORDS, _FIND_BOTH_WORDS
         )
+        spaced_sample = spaced_last_text
     else:
         low_sample = window.lower()
         spaced_sample = spaced(low_sample)
@@ -122,7 +143,7 @@ def read_hints(sample: str, last: str, join: int = -1, last_at: int = -1) -> Hin
         )
     return Hints(
         [
-            *_language_hints(low_sample, sample_hits),
+            *_language_hints(low_sample, sample_hits, spaced_sample, last_hits),
             *_task_hints(last_hits),
             1.0 if _choices(low_last) >= 2 else 0.0,
             float(_math_count(low_last, last_hits)),
@@ -221,14 +242,30 @@ def _hint_words(
     return hint_words.intersection(spaced_low.split())
 
 
-def _language_hints(low: str, hits: frozenset[str]) -> list[float]:
+def _language_hints(
+    low: str, hits: frozenset[str], spaced_low: str, last_hits: frozenset[str]
+) -> list[float]:
     """lang_* of the sample's window (`low`, lower-cased; `hits`, hint words among its
-    words): one of the language's hint words, else one of its symbols in it."""
+    words; `spaced_low`, `spaced(low)`): one of the language's hint words, else one of
+    its symbols in it, else, when the last turn's hint words (`last_hits`) ask for code,
+    "in" and its name, or its name and a program's part, as two words in a row
+    (`_PHRASE_LANGUAGES`)."""
     found = [False] * len(LANGUAGES)
     for word in hits:  # a few words, where asking each language costs a set operation
         index = _WORD_LANGUAGE.get(word)
         if index is not None:
             found[index] = True
+    if not last_hits.isdisjoint(_PHRASE_TASK_WORDS):
+        # Only for a name among the words (found with the hint words, where a scan for
+        # every name would cost each request for code); each regex opens with a literal
+        # the engine skips to, and whether a match starts a word is asked of the
+        # character before it (a lookbehind would be tried at every position).
+        for name in hits.intersection(_PHRASE_LANGUAGES):
+            for find in _FIND_PHRASES[name]:
+                for match in find.finditer(spaced_low):
+                    at = match.start()
+                    if at == 0 or spaced_low[at - 1].isspace():
+                        found[_PHRASE_LANGUAGE[name]] = True
     if "```" in low:  # one scan for every fence tag, however many fences
         for tag in _FIND_FENCE.findall(low):
             found[_TAG_LANGUAGE[tag]] = True
@@ -343,6 +380,20 @@ assert not any(
     for a in _LED_LANGUAGE
     for b in _LED_LANGUAGE
 )
+# Per name: "in" then the name, and the name then a program's part, each as a word and
+# the next (words are split at whitespace as str.split splits, which is what \s
+# matches). No part starts with a name it follows, so a match refused for what is before
+# it hides no other.
+_NOUNS = "(?:" + "|".join(sorted(_PHRASE_NOUNS)) + ")"
+_FIND_PHRASES = {
+    name: (
+        re.compile(r"in\s+" + name + r"(?!\S)"),
+        *((re.compile(name + r"\s+" + _NOUNS + r"(?!\S)"),) if name in _NAMED_WITH_NOUNS else ()),
+    )
+    for name in _PHRASE_LANGUAGES
+}
+assert not any(noun.startswith(name) for noun in _PHRASE_NOUNS for name in _NAMED_WITH_NOUNS)
+_PHRASE_LANGUAGE = {name: LANGUAGES.index(lang) for name, lang in _PHRASE_LANGUAGES.items()}
 _TASK_CHECKS = tuple(_TASK_HINTS[name] for name in TASKS)
 # Which task a hint word stands for: each stands for one.
 _WORD_TASK = {word: i for i, words in enumerate(_TASK_CHECKS) for word in words}
@@ -350,8 +401,11 @@ assert len(_WORD_TASK) == sum(len(words) for words in _TASK_CHECKS)
 _MATH_PROBES = tuple((symbol, _probe(symbol) or symbol) for symbol in _MATH_SYMBOLS)
 # The hint words each window is searched for: the sample's languages; the last turn's
 # tasks and maths; both, when the two windows are one.
-_LANGUAGE_WORDS = frozenset().union(*(words for words, _ in _LANGUAGE_HINTS.values()))
+_LANGUAGE_WORDS = frozenset().union(
+    *(words for words, _ in _LANGUAGE_HINTS.values()), _PHRASE_LANGUAGES
+)
 _LAST_WORDS = frozenset().union(*_TASK_CHECKS, _MATH_WORDS)
+_PHRASE_TASK_WORDS = frozenset().union(*(_TASK_HINTS[name] for name in _PHRASE_TASKS))
 _BOTH_WORDS = _LANGUAGE_WORDS | _LAST_WORDS
 _FIND_LANGUAGE_WORDS = _word_pattern(_LANGUAGE_WORDS)
 _FIND_LAST_WORDS = _word_pattern(_LAST_WORDS)
