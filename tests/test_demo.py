@@ -105,6 +105,14 @@ async def test_auto_chooses_differently_per_prompt_and_profile_on_the_demo(
     assert code["model"] != general["model"], (code["ranking"], general["ranking"])
     assert REGISTRY[image["model"]].has("vision")
     assert not REGISTRY[code["model"]].has("vision")
+    # Code asked for in plain English, in a language without a column of its own or
+    # named by an everyday word, reads as code, as the Python fix does, and goes to a
+    # model no smaller than the fix's: the 3B general model is what a poem gets.
+    assert code["kind"] == "code"
+    for asked in ("Write a quicksort in Go", "Implement binary search in Kotlin"):
+        other = await explain(url, chat("auto", asked))
+        assert other["kind"] == "code", (asked, other)
+        assert params_b(other["model"]) >= params_b(code["model"]), (asked, other["ranking"])
     fast = await explain(url, chat("auto:fast", DEMO_GENERAL_PROMPT))
     best = await explain(url, chat("auto:best", DEMO_GENERAL_PROMPT))
     assert params_b(fast["model"]) < params_b(best["model"]), (fast["model"], best["model"])
