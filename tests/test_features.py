@@ -114,6 +114,9 @@ def test_prose_is_not_code_and_a_function_stub_is() -> None:
         "Refactor this C# controller into smaller methods",
         "Build a todo list view in Swift",
         "Write a Ruby method that parses a CSV line",
+        "Create an HTML page with a signup form",
+        "Write a React component that shows a paginated table",
+        "Write a Dockerfile for a Django app",
     ):
         assert top(read(asked)) == "code", asked
         assert kind_of(F.request_features("/api/generate", {"prompt": asked})) == "code", asked
@@ -124,6 +127,8 @@ def test_prose_is_not_code_and_a_function_stub_is() -> None:
         "Compound B, heated, results in C. What is C?",
         "Which laser is a solid-state laser: a ruby laser or a gas laser?",
         "Where should I go in Go, the board game, after a corner opening?",
+        "Write how the crowd would react to the speech.",
+        "What does HTML stand for?",
     ):
         assert not any(read(prose_text)[f"lang_{name}"] for name in F.LANGUAGES), prose_text
     # Numbers with a question: a word problem.
@@ -436,6 +441,8 @@ def pinned_cases() -> dict[str, tuple[str, dict[str, Any]]]:
             "write the domain go-live plan; fix the plugin c module",
             "Write a Ruby method that parses a CSV line",
             "fix this C\tfunction, then the ago code",
+            "Build a React component and its CSS",
+            "What is HTML? How did they react?",
             "Build a web server in C# or in Kotlin",
         )
     ):
@@ -541,6 +548,8 @@ def _reference(path: str, body: Mapping[str, Any]) -> list[float]:
         hinted = not sample_words.isdisjoint(words) or any(s in low_sample for s in symbols)
         out[f"lang_{name}"] = 1.0 if hinted else 0.0
     asks_code = any(not last_words.isdisjoint(F._TASK_HINTS[t]) for t in F._PHRASE_TASKS)
+    for word in sample_words & F._ASKED_WORDS.keys() if asks_code else ():
+        out[f"lang_{F._ASKED_WORDS[word]}"] = 1.0
     sequence = low_sample.translate(_REF_TO_SPACE).split()
     for word, following in itertools.pairwise(sequence):
         if asks_code and word == "in" and following in F._PHRASE_LANGUAGES:
@@ -572,7 +581,7 @@ _PIECES = st.sampled_from(
         *("\\frac", "\\sqrt", "{", "}", "(", ";", "?", "7", "42", "\n", "\t", " ", "  ", "\r"),
         *("\x0b", "\x0c", "\x1c", "\x1f", "\x85", "\xa0", "\u2003", "\u3000", "\x00", "\x7f"),
         *("in", " in ", "in\xa0", "main", "go", " code", "method ", "ago", "magic", "c"),
-        *("Swift", " in Go", "in C", " Rust in C#", "c++"),
+        *("Swift", " in Go", "in C", " Rust in C#", "c++", "HTML", "react", " hook", "Vue"),
         *("a) ", "(b) ", "\nc. ", "\n (d: ", "e)", "İ", "ẞ", "Σ", "ΣΑΣ.", "ǅ", "ﬁx", "K", "\u0307"),
         *("日本", "🙂", "é", "e\u0301", "٣", "_", "x_y", "don't", "\ud800"),
     ]

@@ -23,6 +23,7 @@ from selector_model.features.candidate import (
     rows,
 )
 from selector_model.features.hints import (
+    _ASKED_WORDS,
     _LANGUAGE_HINTS,
     _MATH_SYMBOLS,
     _MATH_WORDS,
@@ -70,6 +71,7 @@ __all__ = [
     "TASKS",
     "UNKNOWN_AREA",
     # The definitions tests/test_features.py checks the fast reading against.
+    "_ASKED_WORDS",
     "_LANGUAGE_HINTS",
     "_MATH_SYMBOLS",
     "_MATH_WORDS",

@@ -75,11 +75,28 @@ _LANGUAGE_HINTS: dict[str, tuple[frozenset[str], tuple[str, ...]]] = {
 # that asks for code to be written, fixed, refactored or tested: "the reaction results
 # in C" is chemistry, "Ruby is 6 times older than Sam" arithmetic, "a ruby laser"
 # physics.
-_PHRASE_LANGUAGES = {"go": "go", "c": "cpp", "swift": "rust", "ruby": "python"}
+_PHRASE_LANGUAGES = {
+    "go": "go",
+    "c": "cpp",
+    "swift": "rust",
+    "ruby": "python",
+    "react": "javascript",
+}
 _PHRASE_NOUNS = frozenset(
-    {"code", "program", "function", "method", "script", "class", "struct", "module", "library"}
+    {
+        *("code", "program", "function", "method", "script", "class", "struct", "module"),
+        *("library", "component", "components", "hook", "app"),
+    }
 )
-_NAMED_WITH_NOUNS = ("go", "swift", "ruby")
+_NAMED_WITH_NOUNS = ("go", "swift", "ruby", "react")
+# What to write named by its markup, framework or tool, not by a language: in such a
+# request, the language it is written in. Alone they hint nothing ("What is HTML?" asks
+# for no code, "flask" and "pandas" are a lab's and a zoo's too).
+_ASKED_WORDS = {
+    **dict.fromkeys(("html", "css", "jquery", "nodejs", "vue", "svelte"), "javascript"),
+    **dict.fromkeys(("django", "fastapi"), "python"),
+    **dict.fromkeys(("dockerfile", "kubernetes"), "shell"),
+}
 _PHRASE_TASKS = ("generate", "fix", "refactor", "test")
 _TASK_HINTS: dict[str, frozenset[str]] = {
     "fix": frozenset({"fix", "bug", "error", "exception", "traceback", "debug", "broken", "fails"}),
@@ -248,8 +265,8 @@ def _language_hints(
     """lang_* of the sample's window (`low`, lower-cased; `hits`, hint words among its
     words; `spaced_low`, `spaced(low)`): one of the language's hint words, else one of
     its symbols in it, else, when the last turn's hint words (`last_hits`) ask for code,
-    "in" and its name, or its name and a program's part, as two words in a row
-    (`_PHRASE_LANGUAGES`)."""
+    a word of what to write (`_ASKED_WORDS`), or "in" and its name, or its name and a
+    program's part, as two words in a row (`_PHRASE_LANGUAGES`)."""
     found = [False] * len(LANGUAGES)
     for word in hits:  # a few words, where asking each language costs a set operation
         index = _WORD_LANGUAGE.get(word)
@@ -260,6 +277,8 @@ def _language_hints(
         # every name would cost each request for code); each regex opens with a literal
         # the engine skips to, and whether a match starts a word is asked of the
         # character before it (a lookbehind would be tried at every position).
+        for word in hits.intersection(_ASKED_WORDS):
+            found[_ASKED_LANGUAGE[word]] = True
         for name in hits.intersection(_PHRASE_LANGUAGES):
             for find in _FIND_PHRASES[name]:
                 for match in find.finditer(spaced_low):
@@ -394,6 +413,7 @@ _FIND_PHRASES = {
 }
 assert not any(noun.startswith(name) for noun in _PHRASE_NOUNS for name in _NAMED_WITH_NOUNS)
 _PHRASE_LANGUAGE = {name: LANGUAGES.index(lang) for name, lang in _PHRASE_LANGUAGES.items()}
+_ASKED_LANGUAGE = {word: LANGUAGES.index(lang) for word, lang in _ASKED_WORDS.items()}
 _TASK_CHECKS = tuple(_TASK_HINTS[name] for name in TASKS)
 # Which task a hint word stands for: each stands for one.
 _WORD_TASK = {word: i for i, words in enumerate(_TASK_CHECKS) for word in words}
@@ -402,7 +422,7 @@ _MATH_PROBES = tuple((symbol, _probe(symbol) or symbol) for symbol in _MATH_SYMB
 # The hint words each window is searched for: the sample's languages; the last turn's
 # tasks and maths; both, when the two windows are one.
 _LANGUAGE_WORDS = frozenset().union(
-    *(words for words, _ in _LANGUAGE_HINTS.values()), _PHRASE_LANGUAGES
+    *(words for words, _ in _LANGUAGE_HINTS.values()), _PHRASE_LANGUAGES, _ASKED_WORDS
 )
 _LAST_WORDS = frozenset().union(*_TASK_CHECKS, _MATH_WORDS)
 _PHRASE_TASK_WORDS = frozenset().union(*(_TASK_HINTS[name] for name in _PHRASE_TASKS))
