@@ -1,10 +1,12 @@
 """Keyword hints: which languages, tasks, multiple-choice options and maths a request shows.
 
 Read from lower-cased text: a hint word counts when it is one of the text's words
-(`selector_model.features.words`), a symbol when it is in the text. Instructions sit at
-the start and the end, so hints read a narrower window than the rest of the request
-features: the first and last `HINT_CHARS` characters. Languages are read from the
-conversation's sample, tasks, options and maths from the last user turn.
+(`selector_model.features.words`), a symbol when it is in the text; a few words that
+prose uses too count only in a request for code, some only beside another
+(`_PHRASE_LANGUAGES`, `_ASKED_WORDS`). Instructions sit at the start and the end, so
+hints read a narrower window than the rest of the request features: the first and
+last `HINT_CHARS` characters. Languages are read from the conversation's sample, tasks,
+options and maths from the last user turn.
 
 A regular expression per hint would scan the text once per hint; how the definitions
 are read fast instead, with the same results (tests/test_features.py pins them):
@@ -69,12 +71,12 @@ _LANGUAGE_HINTS: dict[str, tuple[frozenset[str], tuple[str, ...]]] = {
         ("```sh", "```bash"),
     ),
 }
-# Languages whose names are everyday words or names ("go", "c", "swift", "ruby") count
-# only as "in <name>" ("write a quicksort in Go") or, but for C, "<name> <a program's
-# part>" ("a Ruby method"; "C. method" is a lettered option), and only in a request
-# that asks for code to be written, fixed, refactored or tested: "the reaction results
-# in C" is chemistry, "Ruby is 6 times older than Sam" arithmetic, "a ruby laser"
-# physics.
+# Languages and libraries whose names are everyday words or names ("go", "c", "swift",
+# "ruby", "react") count only as "in <name>" ("write a quicksort in Go") or, but for C,
+# "<name> <a program's part>" ("a Ruby method"; "C. method" is a lettered option), and
+# only in a request that asks for code to be written, fixed, refactored or tested: "the
+# reaction results in C" is chemistry, "Ruby is 6 times older than Sam" arithmetic, "a
+# ruby laser" physics, "how the crowd would react" prose.
 _PHRASE_LANGUAGES = {
     "go": "go",
     "c": "cpp",
@@ -273,12 +275,12 @@ def _language_hints(
         if index is not None:
             found[index] = True
     if not last_hits.isdisjoint(_PHRASE_TASK_WORDS):
+        for word in hits.intersection(_ASKED_WORDS):
+            found[_ASKED_LANGUAGE[word]] = True
         # Only for a name among the words (found with the hint words, where a scan for
         # every name would cost each request for code); each regex opens with a literal
         # the engine skips to, and whether a match starts a word is asked of the
         # character before it (a lookbehind would be tried at every position).
-        for word in hits.intersection(_ASKED_WORDS):
-            found[_ASKED_LANGUAGE[word]] = True
         for name in hits.intersection(_PHRASE_LANGUAGES):
             for find in _FIND_PHRASES[name]:
                 for match in find.finditer(spaced_low):
