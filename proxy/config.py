@@ -120,9 +120,9 @@ class Timeouts:
 @dataclass(frozen=True)
 class Limits:
     max_body_bytes: int = 64 * 1024 * 1024
-    # Request bodies read into memory at once, all clients together (each counted by its
-    # declared length, one without a length once read; bodies of at most HELD_FREELY
-    # bytes are never refused); 0: no bound.
+    # Request bodies read into memory at once, all clients together (each counted by
+    # the bytes that have arrived, as they arrive; bodies of at most HELD_FREELY bytes
+    # are never refused); 0: no bound.
     max_held_body_bytes: int = 256 * 1024 * 1024
     # All request header lines together (431 above it); also the longest single line.
     max_header_bytes: int = 64 * 1024

@@ -51,13 +51,17 @@ class HeldBodies:
         self.held = 0
 
     def take(self, request: web.Request, size: int) -> None:
-        """Count the body of `size` bytes `request` reads (`Busy` when it does not fit),
-        until `let_go` when the request is over."""
+        """Count `size` bytes, all that `request`'s body has brought so far (`Busy` when
+        they do not fit), until `let_go` when the request is over. Only bytes that
+        arrived count, not the length a head declares: a client that declares long
+        bodies and sends nothing (or a byte now and then) holds no memory, and so
+        keeps no other client's body out."""
         if self.limit <= 0 or size <= HELD_FREELY:
             return
-        if self.held + size > self.limit:
+        counted = state_get(request, _HELD) or 0
+        if self.held - counted + size > self.limit:
             raise Busy(self.limit)
-        self.held += size
+        self.held += size - counted
         request[_HELD] = size
 
 
@@ -84,8 +88,9 @@ async def read_body(request: web.Request, idle_seconds: float) -> bytes:
     """`request.read()` (the app's body limit: 413 above it) with a bound on the client's
     silence: a body that stops arriving for `idle_seconds` raises `BodyTimeout`, so a
     client that sends a head and then dribbles its body ("slowloris" on the body) cannot
-    hold a handler forever. The usual body came with its head and is complete: that
-    costs one check, no task and no timer."""
+    hold a handler forever. What has arrived counts against `limits.max_held_body_bytes`
+    as it arrives (`HeldBodies.take`). The usual body came with its head and is
+    complete: that costs one check, no task and no timer."""
     length, limit = request.content_length, request.client_max_size
     if expect.unread(request) and length is not None and 0 < limit < length:
         # Declared longer than the limit, from a client that waits for `100 Continue`
@@ -93,33 +98,31 @@ async def read_body(request: web.Request, idle_seconds: float) -> bytes:
         # never sent), not invited only to be read up to the limit and refused.
         raise web.HTTPRequestEntityTooLarge(limit, length)
     held = request.config_dict.get(HELD_BODIES)
-    if held is not None and length is not None:
-        # A body declared longer than the limit is read up to it, then refused: it
-        # never holds more (a declared terabyte is the limit's 413, not a busy 503).
-        held.take(request, min(length, limit) if limit > 0 else length)
-    body = await _read(request, idle_seconds)
-    if held is not None and length is None:
-        # A body of no declared length (chunked) counts for what it turned out to be.
-        held.take(request, len(body))
-    return body
-
-
-async def _read(request: web.Request, idle_seconds: float) -> bytes:
     await expect.before_reading(request)
     content = request.content
-    if idle_seconds <= 0 or content.is_eof():
-        return await request.read()
-    reading = asyncio.ensure_future(request.read())
-    try:
-        while True:
-            received = content.total_bytes
-            done, _ = await asyncio.wait((reading,), timeout=idle_seconds)
-            if done:
-                return reading.result()
-            if content.total_bytes == received:
-                raise BodyTimeout(idle_seconds)
-    finally:
-        reading.cancel()
+    if content.is_eof():
+        # The usual body came with its head and is complete: one read, no timer.
+        body = await request.read()
+        if held is not None:
+            held.take(request, len(body))
+        return body
+    # Read as it comes, each piece counted as held once it is here. A body longer than
+    # the limit is read up to it, then refused: it never holds more (a declared
+    # terabyte is the limit's 413, not a busy 503).
+    received = bytearray()
+    while True:
+        try:
+            async with asyncio.timeout(idle_seconds if idle_seconds > 0 else None):
+                piece = await content.readany()
+        except TimeoutError:
+            raise BodyTimeout(idle_seconds) from None
+        if not piece:
+            return bytes(received)
+        received += piece
+        if 0 < limit < len(received):
+            raise web.HTTPRequestEntityTooLarge(limit, len(received))
+        if held is not None:
+            held.take(request, len(received))
 
 
 def write_stalled(idle_seconds: float) -> str:

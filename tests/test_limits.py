@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from proxy import go_json
+from proxy.app import APP_KEY
 from proxy.config import Limits
 from proxy.limits import HELD_BODIES, prompt_chars
 from tests.support import (
@@ -274,13 +275,48 @@ async def test_bodies_held_at_once_beyond_the_limit_are_503_and_the_limit_comes_
         prx.stop()
 
 
+async def test_a_body_declared_but_not_sent_holds_no_room(
+    servers: ServerThread, emulator: Emulator
+) -> None:
+    """Room is taken by the bytes a body has brought, not by the length its head
+    declares: clients that send heads declaring long bodies and then nothing (or a byte
+    now and then, which keeps them from the body timeout) hold no memory, and so keep
+    nobody else's large body out. Counted by the declared length, two such heads of one
+    client would refuse every other client's bodies over 1 MiB for as long as it kept
+    them open."""
+    mib = 1024 * 1024
+    limits = Limits(max_body_bytes=2 * mib, max_held_body_bytes=3 * mib)
+    prx = Proxy(servers, [emulator.url], limits=limits)
+    held = prx.app[HELD_BODIES]
+    metrics = prx.app[APP_KEY].metrics
+    stalled = [socket.create_connection(("127.0.0.1", prx.port)) for _ in range(2)]
+    try:
+        for sock in stalled:
+            sock.sendall(
+                b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\n"
+                b"Content-Length: %d\r\n\r\n{" % (2 * mib)
+            )
+        # Both bodies being read (or room taken for them).
+        assert await wait_until(lambda: metrics.in_flight == 2 or held.held > 0)
+        padding = "A" * (1536 * mib // 1024)  # 1.5 MiB of a field Ollama skips
+        body = {"model": MODEL, "prompt": "hi", "padding": padding, "stream": False}
+        status, answer = await post(prx.url, "/api/generate", body)
+        assert status == 200, answer
+        assert held.held == 0
+    finally:
+        for sock in stalled:
+            sock.close()
+        prx.stop()
+
+
 async def test_a_body_declared_over_the_size_limit_counts_for_the_limit_at_most(
     servers: ServerThread, emulator: Emulator
 ) -> None:
     """A body declared longer than `max_body_bytes` is read up to that limit and
     refused with the size limit's 413, never the busy status (no retry can fit it);
     while it is read it holds room for the limit at most, so a client declaring a
-    huge length and sending slowly keeps no room from the bodies of others."""
+    huge length and sending up to the limit slowly keeps no more room from the bodies
+    of others."""
     mib = 1024 * 1024
     limits = Limits(max_body_bytes=2 * mib, max_held_body_bytes=5 * mib)
     prx = Proxy(servers, [emulator.url], limits=limits)
@@ -288,12 +324,14 @@ async def test_a_body_declared_over_the_size_limit_counts_for_the_limit_at_most(
     loop = asyncio.get_running_loop()
     slow = socket.create_connection(("127.0.0.1", prx.port))
     try:
-        # Declared 4 MiB, a few bytes sent: its body is being read.
-        slow.sendall(
+        # Declared 4 MiB, the limit's 2 MiB sent: its body is being read.
+        await loop.run_in_executor(
+            None,
+            slow.sendall,
             b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\n"
-            b"Content-Length: %d\r\n\r\n{" % (4 * mib)
+            b"Content-Length: %d\r\n\r\n{%b" % (4 * mib, b" " * (2 * mib - 1)),
         )
-        assert await wait_until(lambda: held.held > 0)
+        assert await wait_until(lambda: held.held == 2 * mib)
         padding = "A" * (1536 * mib // 1024)  # 1.5 MiB of a field Ollama skips
         body = {"model": MODEL, "prompt": "hi", "padding": padding, "stream": False}
         assert (await post(prx.url, "/api/generate", body))[0] == 200
