@@ -271,6 +271,11 @@ INLINE_BYTES = 64 * 1024
 # a read is one stall of the loop at most, not the sum of them. What waits for a thread
 # is already bounded by the bodies the proxy holds at once (`limits.max_held_body_bytes`).
 _READERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="autoroute-body")
+# The thread of the readings that take a Python call per byte, escape or value (Go's
+# way, `as_written`, a multipart form): seconds for megabytes, which any client can
+# send one after another. They wait for each other here, never in front of the C
+# readings of `_READERS`, so that no client's odd bodies hold up others' ordinary ones.
+_SLOW_READERS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="autoroute-body-slow")
 
 
 async def off_loop(size: int, work: Callable[..., T], *args: Any) -> T:
@@ -281,27 +286,57 @@ async def off_loop(size: int, work: Callable[..., T], *args: Any) -> T:
     return await asyncio.get_running_loop().run_in_executor(_READERS, work, *args)
 
 
+async def slow_off_loop(size: int, work: Callable[..., T], *args: Any) -> T:
+    """`off_loop` for a reading that takes a Python call per byte, escape or value: in
+    the slow readings' thread (`_SLOW_READERS`) when the body is over `INLINE_BYTES`."""
+    if size <= INLINE_BYTES:
+        return work(*args)
+    return await asyncio.get_running_loop().run_in_executor(_SLOW_READERS, work, *args)
+
+
 def read(body: bytes, max_values: int = 0) -> tuple[Any, bytes]:
     """The body's document as Ollama reads it, canonical (see the module's docstring),
     and what the proxy forwards in place of `body`: the document serialised, or, where
     Go finds no JSON value either, `body` itself (None for the document) for the
     backend to answer with its own error. More than `max_values` values (`values`) are
     refused before any is read."""
+    quick = _read_quickly(body, max_values)
+    return _read_slowly(body, quick) if isinstance(quick, str) else quick
+
+
+def _read_quickly(body: bytes, max_values: int) -> tuple[Any, bytes] | str:
+    """`read` where orjson's reading is Go's (C calls only); else why not, for
+    `_read_slowly`."""
     values(body, max_values)
     try:
         doc, gos_way = _orjson_reading(body)
         if gos_way:
-            return _read_in_gos_way(body, gos_way)
+            return gos_way
         doc, written = _written(doc)
-        return _read_in_gos_way(body, _WIDE) if _wide(body, written) else (doc, written)
     except _TooDeep:
-        return _read_deep(body)
+        return _DEEP
+    return _WIDE if _wide(body, written) else (doc, written)
+
+
+def _read_slowly(body: bytes, why: str) -> tuple[Any, bytes]:
+    """`read` of a body orjson does not read as Go does (`why`)."""
+    try:
+        if why != _DEEP:
+            return _read_in_gos_way(body, why)
+    except _TooDeep:
+        pass
+    return _read_deep(body)
 
 
 async def read_off_loop(body: bytes, max_values: int = 0) -> tuple[Any, bytes]:
     """`read`, for a request's handler: a large body is read in a reader thread
-    (`off_loop`), so that a client cannot hold the event loop with one."""
-    return await off_loop(len(body), read, body, max_values)
+    (`off_loop`), so that a client cannot hold the event loop with one; the slow
+    reading, where it needs one, in the slow readings' thread (`slow_off_loop`)."""
+    size = len(body)
+    quick = await off_loop(size, _read_quickly, body, max_values)
+    if isinstance(quick, str):
+        return await slow_off_loop(size, _read_slowly, body, quick)
+    return quick
 
 
 async def write_off_loop(doc: Any, size: int) -> bytes:
@@ -315,6 +350,8 @@ async def write_off_loop(doc: Any, size: int) -> bytes:
 # object fold alike (which of them Go keeps depends on their order in the body), or it
 # may hold an integer beyond 64 bits, which orjson reads as a double (`_number`).
 _REFUSED, _FOLDED, _WIDE = "refused", "folded", "wide"
+# Nested deeper than orjson reads or writes (`_read_deep`).
+_DEEP = "deep"
 # Every ASCII digit a "0", every other byte a space: an integer beyond 64 bits is a run
 # of 19 digits or more (-9223372036854775809, 18446744073709551616).
 _DIGITS_ONLY = bytes(48 if 48 <= b <= 57 else 32 for b in range(256))

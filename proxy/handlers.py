@@ -187,7 +187,7 @@ class Handlers:
             # A number that is no integer where Go reads an int: forwarded as written.
             fractional = fraction_in_an_int(doc)
             if fractional:
-                written = await go_json.off_loop(len(sent), go_json.as_written, sent)
+                written = await go_json.slow_off_loop(len(sent), go_json.as_written, sent)
                 body = written or body
         except go_json.BodyError as exc:
             return error_response(path, exc.status, str(exc))
@@ -318,7 +318,7 @@ class Handlers:
         names = (chosen, *cloud_names)
         routed: bytes | None = None
         if fractional:
-            routed = await go_json.off_loop(len(sent), go_json.as_written, sent, spelled)
+            routed = await go_json.slow_off_loop(len(sent), go_json.as_written, sent, spelled)
         if routed is None:
             routed = await go_json.write_off_loop(doc, len(body))
         return await self._local_or_cloud(request, served, doc, routed, chosen, names)

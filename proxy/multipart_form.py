@@ -34,7 +34,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Final
 
-from proxy.go_json import go_string, off_loop
+from proxy.go_json import go_string, slow_off_loop
 from proxy.header_values import utf8
 
 # Ollama's messages (middleware/openai.go, TranscriptionMiddleware).
@@ -97,10 +97,11 @@ def transcription_model(content_type: str | None, raw_query: str, body: bytes) -
 async def transcription_model_off_loop(
     content_type: str | None, raw_query: str, body: bytes
 ) -> str:
-    """`transcription_model`, for a request's handler: a large body is read
-    in a worker thread (a quoted-printable part decodes byte by byte in Python, most of
-    a second for a few megabytes), so that a client cannot hold the event loop with one."""
-    return await off_loop(len(body), transcription_model, content_type, raw_query, body)
+    """`transcription_model`, for a request's handler: a large body is read in the slow
+    readings' thread (a quoted-printable part decodes byte by byte in Python, most of a
+    second for a few megabytes), so that a client can hold neither the event loop nor
+    the readings of other clients' ordinary bodies with one."""
+    return await slow_off_loop(len(body), transcription_model, content_type, raw_query, body)
 
 
 def read_form(content_type: str | None, raw_query: str, body: bytes) -> Form:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -248,6 +249,52 @@ async def test_a_large_valid_body_is_read_off_the_loop(
         written = ["_written"] * (2 if model == "auto" and path == "/api/chat" else 1)
         assert [name for name, _, _ in steps] == ["values", "_orjson_reading", *written]
         assert {on_loop for _, _, on_loop in steps} == {size < go_json.INLINE_BYTES}, steps
+
+
+async def test_bodies_read_in_gos_slow_way_hold_up_no_other_body(
+    servers: ServerThread, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A body orjson cannot read as Go does (invalid UTF-8 here) is read at a Python
+    call per odd byte: seconds for megabytes, and a client can send such bodies one
+    after another. Those readings wait for each other, never in front of a body orjson
+    reads: two of them being read must not keep another client's large ordinary body
+    from its reading (both reader threads held, it would wait for them)."""
+    release = threading.Event()
+    slow_way = go_json._read_in_gos_way
+
+    def held_up(*args: Any) -> Any:
+        release.wait()
+        return slow_way(*args)
+
+    monkeypatch.setattr(go_json, "_read_in_gos_way", held_up)
+    prx = Proxy(servers, [emulator.url])
+    held = prx.app[HELD_BODIES]
+    odd = b'{"model":"%b","prompt":"hi","stream":false,"padding":"%b"}' % (
+        MODEL.encode(),
+        b"\xff" * (1200 * 1024),
+    )
+    ordinary = {"model": MODEL, "prompt": "hi", "stream": False, "padding": "A" * 200_000}
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def send(body: bytes) -> int:
+                async with session.post(prx.url + "/api/generate", data=body) as resp:
+                    await resp.read()
+                    return resp.status
+
+            odd_ones = [asyncio.create_task(send(odd)) for _ in range(2)]
+            # Both read whole (held), and so handed to the readers in the same step.
+            assert await wait_until(lambda: held.held == 2 * len(odd))
+            other = asyncio.create_task(send(orjson.dumps(ordinary)))
+            # A guard against a hang, not a measure: read in its turn, it is answered
+            # in milliseconds; behind the held-up readings, never.
+            done, _ = await asyncio.wait({other}, timeout=30)
+            release.set()
+            assert other in done and other.result() == 200
+            assert await asyncio.gather(*odd_ones) == [200, 200]
+    finally:
+        release.set()
+        prx.stop()
 
 
 async def test_bodies_held_at_once_beyond_the_limit_are_503_and_the_limit_comes_back(
