@@ -419,7 +419,11 @@ class Handlers:
         # its replay.
         sent = doc.get("model")
         named = sent if isinstance(sent, str) else model
-        key = cache_key(request.path, doc, named, weights, scope(request))
+        # The canonical body serialised and hashed: as its reading, off the loop when
+        # the body is large.
+        key = await go_json.off_loop(
+            len(body), cache_key, request.path, doc, named, weights, scope(request)
+        )
         entry = await cache.lookup(key)
         if entry is not None:
             served.cache = "hit"

@@ -21,6 +21,7 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from proxy import go_json, handlers
 from proxy.app import APP_KEY
 from proxy.cache import ResponseCache
 from proxy.cache.key import deterministic
@@ -38,6 +39,7 @@ from tests.support import (
     Proxy,
     ServerThread,
     free_port,
+    on_a_loop,
     pass_on,
     raw_request,
     slow_reader,
@@ -184,6 +186,28 @@ def caching(servers: ServerThread, own_emulator: Emulator, cache_config: Cache) 
     prx = Proxy(servers, [own_emulator.url], cache=cache_config)
     yield prx
     prx.stop()
+
+
+def test_a_large_bodys_key_is_made_off_the_loop(
+    caching: Proxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cacheable body's key is its canonical serialisation hashed: tens of
+    milliseconds of one C call after another for a body near the size limit, in which
+    the event loop would serve no other client. Made for a body over
+    `go_json.INLINE_BYTES` in a reader thread, as its reading and writing are; a small
+    one's on the loop."""
+    made: list[bool] = []
+    make = handlers.cache_key
+
+    def watched(*args: Any) -> str:
+        made.append(on_a_loop())
+        return make(*args)
+
+    monkeypatch.setattr(handlers, "cache_key", watched)
+    for size in (go_json.INLINE_BYTES // 2, 2 * go_json.INLINE_BYTES):
+        doc = {**CASES["chat-whole"][1], "padding": "x" * size}
+        assert fetch(caching, "/api/chat", doc).status == 200
+    assert made == [True, False]
 
 
 @pytest.mark.parametrize("case", CASES)
