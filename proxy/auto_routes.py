@@ -96,29 +96,39 @@ def _json(doc: Any, status: int = 200) -> web.Response:
 OPENAI_CHAT_PATH = "/v1/chat/completions"
 
 
-# The top-level fields of the request structs that Go reads as ints (or []int).
-_INT_FIELDS = tuple(
-    sorted(
-        name
-        for fields in (
-            go_types.GENERATE_FIELDS,
-            go_types.CHAT_FIELDS,
-            go_types.EMBED_FIELDS,
-            openai_chat.CHAT_FIELDS,
-        )
-        for name, kind in fields.items()
-        if kind in ("int", "[]int")
+_INTS = ("int", "[]int")
+
+
+def _int_fields(*structs: dict[str, str]) -> tuple[str, ...]:
+    """The top-level fields of request structs that Go reads as ints (or []int)."""
+    return tuple(
+        sorted({name for fields in structs for name, kind in fields.items() if kind in _INTS})
     )
+
+
+# Each route's own: a number that is no integer there makes Go refuse the whole body,
+# while in a field its request lacks Go skips it, and the request runs (its runner
+# caps are due). A route not listed: any request's.
+_ROUTE_INT_FIELDS = {
+    "/api/generate": _int_fields(go_types.GENERATE_FIELDS),
+    "/api/chat": _int_fields(go_types.CHAT_FIELDS),
+    "/api/embed": _int_fields(go_types.EMBED_FIELDS),
+    "/api/embeddings": _int_fields(go_types.EMBEDDINGS_FIELDS),
+    OPENAI_CHAT_PATH: _int_fields(openai_chat.CHAT_FIELDS),
+}
+_INT_FIELDS = _int_fields(
+    go_types.GENERATE_FIELDS, go_types.CHAT_FIELDS, go_types.EMBED_FIELDS, openai_chat.CHAT_FIELDS
 )
 
 
-def fraction_in_an_int(doc: Any) -> bool:
-    """Whether `doc` holds a number that is no integer in a top-level int field, which
-    Go refuses naming it as the client wrote it: the body forwarded then carries it so
-    (`go_json.as_written`). A few lookups, no pass over the body."""
+def fraction_in_an_int(path: str, doc: Any) -> bool:
+    """Whether `doc` holds a number that is no integer in a top-level int field of the
+    request `path` takes, which Go refuses naming it as the client wrote it: the body
+    forwarded then carries it so (`go_json.as_written`). A few lookups, no pass over
+    the body."""
     if not isinstance(doc, dict):
         return False
-    for name in _INT_FIELDS:
+    for name in _ROUTE_INT_FIELDS.get(path, _INT_FIELDS):
         value = doc.get(name)
         if type(value) is float or (type(value) is list and float in map(type, value)):
             return True

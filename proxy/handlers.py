@@ -185,7 +185,7 @@ class Handlers:
             sent = request_encoding.decoded(request, raw, limit)
             doc, body = await go_json.read_off_loop(sent, self.config.limits.max_json_values)
             # A number that is no integer where Go reads an int: forwarded as written.
-            fractional = fraction_in_an_int(doc)
+            fractional = fraction_in_an_int(path, doc)
             if fractional:
                 written = await go_json.slow_off_loop(len(sent), go_json.as_written, sent)
                 body = written or body

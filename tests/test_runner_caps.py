@@ -186,6 +186,39 @@ async def test_the_caps_hold_for_the_fields_as_ollama_reads_them(
     assert headers[CAPPED_HEADER] == "num_ctx=8192, keep_alive=1800"
 
 
+# Fields that are ints in another route's request (or in none of Ollama's), each with
+# a number that is no integer: Ollama's decoder skips a field its route's request lacks.
+NOT_THE_ROUTES_INTS: dict[str, dict[str, Any]] = {
+    "/api/generate": {"dimensions": 0.5, "max_tokens": 1.5, "seed": 2.5},
+    "/api/chat": {"context": [0.5], "dimensions": 0.5, "max_tokens": 1.5},
+    "/api/embed": {"context": [0.5], "top_logprobs": 0.5},
+    "/api/embeddings": {"context": [0.5], "dimensions": 0.5, "top_logprobs": 0.5},
+}
+
+
+@pytest.mark.parametrize("capped", [Runners(max_num_ctx=8192, max_keep_alive="30m")], indirect=True)
+@pytest.mark.parametrize("path", sorted(BODIES))
+async def test_a_fraction_in_a_field_the_route_does_not_read_escapes_no_cap(
+    capped: Proxy, recorder: tuple[str, Recorder], path: str
+) -> None:
+    """A number that is no integer in an int field makes Ollama refuse the whole body,
+    which then reaches no runner, caps or no caps. Only in a field of the route's own
+    request: in another, Ollama skips it and runs the request, whose runner options
+    must be capped like any other's."""
+    _, front = recorder
+    for name, value in NOT_THE_ROUTES_INTS[path].items():
+        body = {**BODIES[path], "options": {"num_ctx": 131072}, "keep_alive": -1, name: value}
+        status, headers, _ = await post(capped.url, path, body)
+        assert status == 200, name
+        sent = front.last()
+        assert (sent["options"], sent["keep_alive"], sent[name]) == (
+            {"num_ctx": 8192},
+            1800,
+            value,
+        ), name
+        assert headers.get(CAPPED_HEADER) == "num_ctx=8192, keep_alive=1800"
+
+
 @pytest.mark.parametrize("capped", [Runners(max_num_ctx=8192)], indirect=True)
 async def test_an_admin_keys_runner_options_are_not_capped(
     capped: Proxy, recorder: tuple[str, Recorder]
