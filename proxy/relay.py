@@ -95,8 +95,14 @@ def request_head(
 ) -> bytes:
     """The upstream request head: the client's headers as it sent them (bytes) minus
     the ones the proxy does not forward (and minus `drop`, the proxy's own credentials
-    when it checks keys), and the request's id; `body_length=None` streams the body."""
-    headers = [(name, value) for name, value in request.raw_headers if name.lower() not in drop]
+    when it checks keys, and minus the fields its Connection names: that connection's,
+    as Connection itself is, RFC 9110 7.6.1), and the request's id; `body_length=None`
+    streams the body."""
+    raw = request.raw_headers
+    named = [value for name, value in raw if name.lower() == b"connection"]
+    if named:
+        drop = drop | {token.strip().lower() for value in named for token in value.split(b",")}
+    headers = [(name, value) for name, value in raw if name.lower() not in drop]
     if request_id:
         headers.append((REQUEST_ID_HEADER.encode(), _wire(request_id)))
     return http11.request_head(

@@ -9,7 +9,7 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.support import AUTO_NAMES, Emulator, Proxy, without_auto
+from tests.support import AUTO_NAMES, Emulator, Proxy, raw_request, without_auto
 
 MODEL = "qwen2.5:7b"
 CHAT = [{"role": "user", "content": "Why is the sky blue?"}]
@@ -228,6 +228,31 @@ async def test_request_id_is_echoed_and_forwarded(proxy: Proxy) -> None:
     ):
         assert resp.headers["X-Request-Id"] == "abc-123"
         assert (await resp.json())["version"]
+
+
+@pytest.mark.parametrize("path", ["/api/chat", "/api/version"])
+async def test_headers_the_clients_connection_names_stay_with_the_proxy(
+    proxy: Proxy, emulator: Emulator, path: str
+) -> None:
+    """The fields a Connection header names are that connection's, as Connection
+    itself is (RFC 9110, 7.6.1): removed before the request goes on, as the proxy
+    removes those a backend's Connection names from its answer, whichever Connection
+    line names them; the client's other fields go on."""
+    body = orjson.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
+    headers = [
+        (b"Connection", b"X-Hop-One"),
+        (b"X-Hop-One", b"1"),
+        (b"X-Hop-Two", b"2"),
+        (b"X-Kept", b"3"),
+        (b"Connection", b" x-hop-two ,"),
+    ]
+    status, _, _ = await raw_request(
+        proxy.port, "POST" if path == "/api/chat" else "GET", path, headers, body
+    )
+    assert status == 200
+    forwarded = emulator.state.last_headers
+    assert forwarded["x-kept"] == "3"
+    assert "x-hop-one" not in forwarded and "x-hop-two" not in forwarded
 
 
 async def test_own_health_endpoint_reports_backends(emulator: Emulator, proxy: Proxy) -> None:
