@@ -28,7 +28,6 @@ where an int field refuses it; and a number that is no integer where Go reads an
 from __future__ import annotations
 
 import asyncio
-import codecs
 import json
 import re
 import secrets
@@ -60,14 +59,22 @@ class NotJson(Exception):
     """No JSON value, to Go's decoder either."""
 
 
-def _per_byte(error: UnicodeError) -> tuple[str, int]:
-    # Go's decoder replaces each byte of an invalid sequence (utf8.DecodeRune reads
-    # one byte of it at a time); Python's "replace" writes one U+FFFD per sequence.
-    assert isinstance(error, UnicodeDecodeError)
-    return "\ufffd" * (error.end - error.start), error.end
+# What a byte of invalid UTF-8 becomes in a "surrogateescape" decoding (U+DC00 plus the
+# byte, which is 0x80 or more), and nothing else does: Python's UTF-8 decoder refuses an
+# encoded surrogate, as Go's does, so no valid text holds one.
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
 
 
-codecs.register_error("autoroute-go-replace", _per_byte)
+def _go_decode(raw: bytes) -> str:
+    """`raw` as Go's decoder reads a string's bytes: each byte of invalid UTF-8 a U+FFFD
+    (utf8.DecodeRune reads one byte of an invalid sequence at a time, where Python's
+    "replace" writes one U+FFFD per sequence). Marked and replaced in C: an error
+    handler would be a Python call per such byte, seconds for megabytes of them."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return _ESCAPED_BYTE.sub("\ufffd", raw.decode("utf-8", "surrogateescape"))
+
 
 # A \uXXXX surrogate escape that is not half of a pair; other escapes are matched whole
 # so that an escaped backslash is never read as the start of one.
@@ -166,13 +173,13 @@ def _lone_surrogate(match: re.Match[str]) -> str:
 def go_string(raw: bytes) -> str:
     """A Go string of these bytes as encoding/json writes it: each byte of invalid
     UTF-8 a U+FFFD."""
-    return raw.decode("utf-8", "autoroute-go-replace")
+    return _go_decode(raw)
 
 
 def go_text(body: bytes) -> str:
     """`body` as the text Go's decoder reads: U+FFFD for each byte of invalid UTF-8,
     and a U+FFFD escape for each surrogate escape that is not half of a pair."""
-    text = body.decode("utf-8", "autoroute-go-replace")
+    text = _go_decode(body)
     if "\\" in text and _SURROGATE_ESCAPE.search(text):
         text = _ESCAPE.sub(_lone_surrogate, text)
     return text

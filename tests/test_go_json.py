@@ -428,6 +428,36 @@ def test_a_number_in_an_int_field_is_named_as_written(number: str) -> None:
     )
 
 
+def _go_runes(raw: bytes) -> str:
+    """Go's utf8.DecodeRune over `raw`, rune by rune: an invalid sequence reads one byte
+    at a time, each a U+FFFD (RuneError)."""
+    out, i = [], 0
+    while i < len(raw):
+        for size in (1, 2, 3, 4):
+            try:
+                out.append(raw[i : i + size].decode("utf-8"))
+            except UnicodeDecodeError:
+                continue
+            i += size
+            break
+        else:
+            out.append("\ufffd")
+            i += 1
+    return "".join(out)
+
+
+# Valid runes and pieces of invalid UTF-8: truncated, overlong, an encoded surrogate,
+# beyond U+10FFFF, a stray continuation byte.
+UTF8_PIECES = (b"a", b"\xc3\xa9", b"\xf0\x9f\x99\x82", b"\xff", b"\xc3", b"\xe2\x82")
+UTF8_PIECES += (b"\xf0\x9f\x99", b"\xc0\xaf", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\x80")
+
+
+@given(st.binary(max_size=40) | st.lists(st.sampled_from(UTF8_PIECES)).map(b"".join))
+def test_each_byte_of_invalid_utf8_is_one_replacement(raw: bytes) -> None:
+    """Invalid UTF-8 reads as Go reads it, one U+FFFD per byte of it."""
+    assert go_json.go_string(raw) == _go_runes(raw)
+
+
 def test_the_reading_matches_the_go_oracle() -> None:
     """`go_json.read` reads the top level and the messages as the oracle does."""
     bodies = [
