@@ -65,15 +65,36 @@ class NotJson(Exception):
 _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
 
 
-def _go_decode(raw: bytes) -> str:
+# Bytes of an invalid body decoded per C call (milliseconds each): one call over a body
+# of megabytes would hold the GIL, and so the event loop, for seconds.
+_PIECE = 128 * 1024
+
+
+def _go_decode(raw: bytes, piece: int = _PIECE) -> str:
     """`raw` as Go's decoder reads a string's bytes: each byte of invalid UTF-8 a U+FFFD
     (utf8.DecodeRune reads one byte of an invalid sequence at a time, where Python's
-    "replace" writes one U+FFFD per sequence). Marked and replaced in C: an error
-    handler would be a Python call per such byte, seconds for megabytes of them."""
+    "replace" writes one U+FFFD per sequence). Marked and replaced in C, a piece at a
+    time: an error handler would be a Python call per such byte, seconds for megabytes
+    of them."""
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
-        return _ESCAPED_BYTE.sub("\ufffd", raw.decode("utf-8", "surrogateescape"))
+        pass
+    pieces = []
+    start, size = 0, len(raw)
+    while start < size:
+        end = min(start + piece, size)
+        # Not inside a rune: past the continuation bytes (0x80-0xBF) a cut would leave
+        # on its far side, three at most (a rune has four bytes at most).
+        for _ in range(3):
+            if end < size and 0x80 <= raw[end] < 0xC0:
+                end += 1
+            else:
+                break
+        text = raw[start:end].decode("utf-8", "surrogateescape")
+        pieces.append(_ESCAPED_BYTE.sub("\ufffd", text))
+        start = end
+    return "".join(pieces)
 
 
 # A \uXXXX surrogate escape that is not half of a pair; other escapes are matched whole

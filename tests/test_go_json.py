@@ -454,8 +454,12 @@ UTF8_PIECES += (b"\xf0\x9f\x99", b"\xc0\xaf", b"\xed\xa0\x80", b"\xf4\x90\x80\x8
 
 @given(st.binary(max_size=40) | st.lists(st.sampled_from(UTF8_PIECES)).map(b"".join))
 def test_each_byte_of_invalid_utf8_is_one_replacement(raw: bytes) -> None:
-    """Invalid UTF-8 reads as Go reads it, one U+FFFD per byte of it."""
-    assert go_json.go_string(raw) == _go_runes(raw)
+    """Invalid UTF-8 reads as Go reads it, one U+FFFD per byte of it, also where a
+    large body is decoded a piece at a time (cut anywhere, a rune is never split)."""
+    read = _go_runes(raw)
+    assert go_json.go_string(raw) == read
+    for piece in (1, 2, 3, 5):
+        assert go_json._go_decode(raw, piece) == read
 
 
 def test_the_reading_matches_the_go_oracle() -> None:
