@@ -64,6 +64,12 @@ class HeldBodies:
         self.held += size - counted
         request[_HELD] = size
 
+    def check(self, size: int) -> None:
+        """`Busy` when a body of `size` bytes would not fit now (none is taken): for a
+        client that waits to be invited before it sends its body."""
+        if 0 < self.limit < self.held + size and size > HELD_FREELY:
+            raise Busy(self.limit)
+
 
 HELD_BODIES = web.AppKey("held_bodies", HeldBodies)
 _HELD = web.RequestKey("autoroute_held_body_bytes", int)
@@ -98,6 +104,10 @@ async def read_body(request: web.Request, idle_seconds: float) -> bytes:
         # never sent), not invited only to be read up to the limit and refused.
         raise web.HTTPRequestEntityTooLarge(limit, length)
     held = request.config_dict.get(HELD_BODIES)
+    if held is not None and length is not None and expect.unread(request):
+        # A client that waits for `100 Continue` is told now that its body would not
+        # fit, not invited to send it only to be refused on the way.
+        held.check(min(length, limit) if limit > 0 else length)
     await expect.before_reading(request)
     content = request.content
     if content.is_eof():

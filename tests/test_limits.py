@@ -357,6 +357,39 @@ async def test_a_body_declared_but_not_sent_holds_no_room(
         prx.stop()
 
 
+async def test_a_client_waiting_to_send_a_body_with_no_room_is_refused_uninvited(
+    servers: ServerThread, emulator: Emulator
+) -> None:
+    """A client that waits for `100 Continue` before it sends a body (curl does for
+    bodies over 1 MiB) is told at once that its declared length does not fit in the
+    room other bodies hold, rather than invited to send it only to be refused on the
+    way; its head alone takes no room."""
+    mib = 1024 * 1024
+    padding = "A" * (1536 * 1024)  # 1.5 MiB of a field Ollama skips
+    big = {"model": MODEL, "prompt": "long", "padding": padding, "options": {"num_predict": 400}}
+    prx = Proxy(servers, [emulator.url], limits=Limits(max_held_body_bytes=2 * mib))
+    held = prx.app[HELD_BODIES]
+    loop = asyncio.get_running_loop()
+    try:
+        async with running_stream(prx.url, "", big) as first:
+            taken = held.held
+            waiting = socket.create_connection(("127.0.0.1", prx.port))
+            try:
+                waiting.sendall(
+                    b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\n"
+                    b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % (1536 * 1024)
+                )
+                answer = await loop.run_in_executor(None, waiting.recv, 65536)
+            finally:
+                waiting.close()
+            assert answer.startswith(b"HTTP/1.1 503 "), answer[:200]
+            assert b"server busy" in answer
+            assert held.held == taken
+            await first.read()
+    finally:
+        prx.stop()
+
+
 async def test_a_body_declared_over_the_size_limit_counts_for_the_limit_at_most(
     servers: ServerThread, emulator: Emulator
 ) -> None:
