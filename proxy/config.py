@@ -211,6 +211,9 @@ class Runners:
     # False: `options.num_ctx` is removed, so that every request runs its model with the
     # context its Modelfile or the server sets, and none reloads it with another.
     client_num_ctx: bool = True
+    # False: the other options a runner is launched with (`runner_caps.LAUNCH_OPTIONS`)
+    # and `shift` are removed, so that no request reloads a model with others.
+    client_launch_options: bool = True
     # `keep_alive` (seconds or a Go duration) below the least is raised to it, above
     # the most (or forever) lowered to it; "": no bound. A least above 0 refuses an
     # unload (`ollama stop`).

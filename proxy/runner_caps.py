@@ -28,6 +28,12 @@ from proxy.go_types import option_int
 from proxy.keep_alive import parse as parse_keep_alive
 
 CAPPED_HEADER = "X-Autoroute-Capped"
+# The options but num_ctx of the runner a model is launched with (api.Runner): a value
+# other than the loaded runner's reloads the model (sched.go's needsReload compares
+# them all), as does `shift`, a request field that sets the runner's context shift.
+LAUNCH_OPTIONS = ("num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread", "draft_num_predict")
+# Where `shift` is a field of the request (GenerateRequest, ChatRequest).
+_SHIFT_PATHS = ("/api/generate", "/api/chat")
 # Where a request without a prompt (messages) and with keep_alive 0 unloads its model
 # at once and does nothing else (GenerateHandler, ChatHandler); the embedding routes
 # load the model for it, then unload it.
@@ -49,12 +55,14 @@ class RunnerCaps:
     def __init__(self, settings: Runners) -> None:
         self.max_num_ctx = settings.max_num_ctx
         self.client_num_ctx = settings.client_num_ctx
+        self.client_launch_options = settings.client_launch_options
         self.min_keep_alive = keep_alive_bound(settings, "min_keep_alive") or 0.0
         most = keep_alive_bound(settings, "max_keep_alive")
         self.max_keep_alive = math.inf if most is None else most
         self.active = bool(
             self.max_num_ctx
             or not self.client_num_ctx
+            or not self.client_launch_options
             or self.min_keep_alive
             or self.max_keep_alive < math.inf
         )
@@ -69,6 +77,15 @@ class RunnerCaps:
             num_ctx = self._num_ctx(options)
             if num_ctx:
                 changed.append(num_ctx)
+        if not self.client_launch_options:
+            if type(options) is dict:
+                for name in LAUNCH_OPTIONS:
+                    if name in options:
+                        del options[name]
+                        changed.append(f"{name}=unset")
+            if path in _SHIFT_PATHS and "shift" in doc:
+                del doc["shift"]
+                changed.append("shift=unset")
         if doc.get("keep_alive") is not None:
             keep_alive = self._keep_alive(path, doc)
             if keep_alive:

@@ -1,6 +1,7 @@
 """Runner caps (`runners`): what one request may ask of a shared backend's model runner
-(`options.num_ctx`, `keep_alive`), checked through real HTTP against what the backend
-behind the proxy received and what the emulator did with it."""
+(`options.num_ctx` and the other launch options, `keep_alive`), checked through real
+HTTP against what the backend behind the proxy received and what the emulator did with
+it."""
 
 from __future__ import annotations
 
@@ -118,7 +119,8 @@ async def test_by_default_the_backend_receives_num_ctx_and_keep_alive_as_sent(
     url, front = recorder
     prx = Proxy(servers, [url])
     try:
-        body = {**BODIES[path], "options": {"num_ctx": 1_000_000}, "keep_alive": -1}
+        launch = {"num_gpu": 0, "num_batch": 8, "use_mmap": False}
+        body = {**BODIES[path], "options": {"num_ctx": 1_000_000, **launch}, "keep_alive": -1}
         status, headers, _ = await post(prx.url, path, body)
         assert status == 200
         assert front.last() == body
@@ -262,6 +264,35 @@ async def test_a_clients_num_ctx_can_be_left_to_the_server(
     assert CAPPED_HEADER not in headers
 
 
+@pytest.mark.parametrize("capped", [Runners(client_launch_options=False)], indirect=True)
+@pytest.mark.parametrize("path", sorted(BODIES))
+async def test_the_options_a_runner_is_launched_with_can_be_left_to_the_server(
+    capped: Proxy, recorder: tuple[str, Recorder], path: str
+) -> None:
+    _, front = recorder
+    launch = {
+        "num_batch": 8,
+        "num_gpu": 0,
+        "main_gpu": 1,
+        "use_mmap": False,
+        "num_thread": 2,
+        "draft_num_predict": 3,
+    }
+    shifts = path in ("/api/generate", "/api/chat")
+    body = {**BODIES[path], "options": {**launch, "seed": 7, "num_ctx": 4096}, "shift": False}
+    status, headers, _ = await post(capped.url, path, body)
+    assert status == 200
+    sent = {**BODIES[path], "options": {"seed": 7, "num_ctx": 4096}}
+    # `shift` is a field of generate and chat requests only: elsewhere Ollama skips it.
+    assert front.last() == (sent if shifts else {**sent, "shift": False})
+    unset = [f"{name}=unset" for name in launch] + (["shift=unset"] if shifts else [])
+    assert headers[CAPPED_HEADER].split(", ") == unset
+    # An admin key's go as sent.
+    status, headers, _ = await post(capped.url, path, body, key=ADMIN)
+    assert (status, front.last()) == (200, body)
+    assert CAPPED_HEADER not in headers
+
+
 @pytest.mark.parametrize("capped", [Runners(max_keep_alive="30m")], indirect=True)
 @pytest.mark.parametrize("path", sorted(BODIES))
 async def test_keep_alive_beyond_the_most_is_lowered_to_it(
@@ -386,9 +417,17 @@ async def test_a_capped_request_is_logged_without_key_or_prompt(
 def test_runner_caps_come_from_the_file_and_the_environment(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
     path.write_text("runners:\n  max_num_ctx: 8192\n  max_keep_alive: 30m\n")
-    environ = {"AUTOROUTE_RUNNERS__MIN_KEEP_ALIVE": "60", "AUTOROUTE_RUNNERS__CLIENT_NUM_CTX": "0"}
+    environ = {
+        "AUTOROUTE_RUNNERS__MIN_KEEP_ALIVE": "60",
+        "AUTOROUTE_RUNNERS__CLIENT_NUM_CTX": "0",
+        "AUTOROUTE_RUNNERS__CLIENT_LAUNCH_OPTIONS": "false",
+    }
     assert load_config(path, environ).runners == Runners(
-        max_num_ctx=8192, client_num_ctx=False, min_keep_alive="60", max_keep_alive="30m"
+        max_num_ctx=8192,
+        client_num_ctx=False,
+        client_launch_options=False,
+        min_keep_alive="60",
+        max_keep_alive="30m",
     )
 
 
