@@ -8,6 +8,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -142,3 +143,48 @@ def emulator_process() -> Iterator[int]:
     yield port
     proc.kill()
     proc.wait()
+
+
+# Debian's Chromium, driven by Playwright: the browser the status page and browser-based
+# clients are checked in.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def _launch(playwright: Any, home: Path) -> Any:
+    """Chromium with its home under `home`: Playwright gives it a temporary profile, but
+    its crash reports (~/.config/chromium) and GTK's settings cache (~/.cache/dconf)
+    follow HOME and the XDG directories, which a test must not write into."""
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home / ".config"),
+        "XDG_CACHE_HOME": str(home / ".cache"),
+    }
+    return playwright.chromium.launch(
+        executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, env=env
+    )
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="the test extra's playwright package is not installed"
+    )
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.skip(
+            f"{CHROMIUM} is missing: scripts/test installs Debian's chromium package "
+            "(apt-get install chromium), which could not be done here"
+        )
+    with sync_api.sync_playwright() as playwright:
+        chromium = _launch(playwright, tmp_path_factory.mktemp("chromium-home"))
+        yield chromium
+        chromium.close()

@@ -5,7 +5,6 @@ checked from a screenshot and its layout, not only from its HTML."""
 from __future__ import annotations
 
 import io
-import os
 import time
 import urllib.error
 import urllib.request
@@ -24,16 +23,6 @@ from proxy.emulator import EmulatorSettings
 from proxy.outcome import Decided, Outcome, Served
 from tests.support import Emulator, Proxy, ServerThread, file_usage, free_port
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 VIEWPORT = {"width": 1400, "height": 1400}
 SECTIONS = ("#backends", "#memory", "#traffic", "#choices", "#usage")
 ADMIN = "ar-admin-dashboard-key"
@@ -54,37 +43,6 @@ def _rgb(hex_color: str) -> tuple[int, int, int]:
 # The page's own colours (dashboard.html's :root) for requests, errors and the mean
 # time to first chunk.
 REQUESTS_BLUE, ERRORS_RED, TTFC_PURPLE = _rgb("#3b6fd4"), _rgb("#c0392b"), _rgb("#7b3fc4")
-
-
-def _launch(playwright: Any, home: Path) -> Any:
-    """Chromium with its home under `home`: Playwright gives it a temporary profile, but
-    its crash reports (~/.config/chromium) and GTK's settings cache (~/.cache/dconf)
-    follow HOME and the XDG directories, which a test must not write into."""
-    env = {
-        **os.environ,
-        "HOME": str(home),
-        "XDG_CONFIG_HOME": str(home / ".config"),
-        "XDG_CACHE_HOME": str(home / ".cache"),
-    }
-    return playwright.chromium.launch(
-        executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, env=env
-    )
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="the test extra's playwright package is not installed"
-    )
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(
-            f"{CHROMIUM} is missing: scripts/test installs Debian's chromium package "
-            "(apt-get install chromium), which could not be done here"
-        )
-    with sync_api.sync_playwright() as playwright:
-        chromium = _launch(playwright, tmp_path_factory.mktemp("chromium-home"))
-        yield chromium
-        chromium.close()
 
 
 def _call(
