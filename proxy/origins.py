@@ -14,6 +14,12 @@ every path, the proxy's own included, and a disallowed page reaches no backend a
 none of the proxy's endpoints. `listen.origins` plays the part of `OLLAMA_ORIGINS`.
 A relayed answer carries the backend's own CORS headers (the backend sees the same
 `Origin`); the proxy adds them to the answers it makes itself.
+
+Beyond Ollama's policy, the proxy lets a page use its own headers: an allowed origin's
+answers expose `X-Request-Id` (the id a rating names) and the `X-Autoroute-*` headers
+(which a browser otherwise hides from a cross-origin page), and a preflight allows
+`X-Autoroute-User` and a client's own `X-Request-Id`, which Ollama's list lacks. The
+emulator, which answers as Ollama does, adds neither.
 """
 
 from __future__ import annotations
@@ -68,6 +74,23 @@ _ALLOW_HEADERS = ",".join(
         "X-Stainless-Timeout",
     )
 )
+# The request headers the proxy reads that Ollama's list does not allow: the user an
+# experiment assigns, and a client's own request id.
+_OWN_REQUEST_HEADERS = ",".join(("X-Autoroute-User", "X-Request-Id"))
+EXPOSE_HEADERS: Final = "Access-Control-Expose-Headers"
+# The proxy's own answer headers (Served.extra and the request id): what a page reads.
+_EXPOSED = ",".join(
+    (
+        "X-Request-Id",
+        "X-Autoroute-Model",
+        "X-Autoroute-Profile",
+        "X-Autoroute-Reason",
+        "X-Autoroute-Score",
+        "X-Autoroute-Cache",
+        "X-Autoroute-Backend",
+        "X-Autoroute-Capped",
+    )
+)
 _MAX_AGE = "43200"  # 12 hours
 _REQUEST_HEADERS = "Access-Control-Request-Headers"
 _ALLOW_ORIGIN = "Access-Control-Allow-Origin"
@@ -76,9 +99,16 @@ _ALLOW_ORIGIN = "Access-Control-Allow-Origin"
 class Origins:
     """Which origins may call, as gin-contrib/cors matches them: exactly (the list
     lower-cased, the request's Origin as sent), or by one `*` standing for any text;
-    a lone `*` allows every origin."""
+    a lone `*` allows every origin. `own_headers`: the proxy's, which lets a page send
+    and read its own headers too; without, Ollama's answers exactly."""
 
-    def __init__(self, extra: tuple[str, ...] = ()) -> None:
+    def __init__(self, extra: tuple[str, ...] = (), own_headers: bool = False) -> None:
+        self.allow_headers = (
+            f"{_ALLOW_HEADERS},{_OWN_REQUEST_HEADERS}" if own_headers else _ALLOW_HEADERS
+        )
+        self.expose: tuple[tuple[str, str], ...] = (
+            ((EXPOSE_HEADERS, _EXPOSED),) if own_headers else ()
+        )
         origins = [o.strip().lower() for o in (*extra, *_DEFAULTS) if o.strip()]
         self.any = "*" in origins
         self.exact = frozenset(o for o in origins if "*" not in o)
@@ -114,7 +144,7 @@ class Origins:
             response.headers.update(
                 {
                     "Access-Control-Allow-Methods": _ALLOW_METHODS,
-                    "Access-Control-Allow-Headers": _ALLOW_HEADERS,
+                    "Access-Control-Allow-Headers": self.allow_headers,
                     "Access-Control-Max-Age": _MAX_AGE,
                 }
             )
@@ -124,18 +154,28 @@ class Origins:
             response.headers[_ALLOW_ORIGIN] = "*" if self.any else origin
             return response
         if self.any:
-            request[CORS_HEADERS] = ((_ALLOW_ORIGIN, "*"),)
+            request[CORS_HEADERS] = ((_ALLOW_ORIGIN, "*"), *self.expose)
         else:
-            request[CORS_HEADERS] = (("Vary", "Origin"), (_ALLOW_ORIGIN, origin))
+            request[CORS_HEADERS] = (("Vary", "Origin"), (_ALLOW_ORIGIN, origin), *self.expose)
         return None
+
+
+def exposed(request: web.Request) -> tuple[tuple[str, str], ...]:
+    """What a relayed answer to `request` adds to the backend's own CORS headers: the
+    exposure of the proxy's headers, for an allowed cross-origin request."""
+    return tuple(pair for pair in request.get(CORS_HEADERS, ()) if pair[0] == EXPOSE_HEADERS)
 
 
 async def add_headers(request: web.BaseRequest, response: web.StreamResponse) -> None:
     """An `on_response_prepare` signal: an answer made here (not relayed, which has
     the backend's own) to an allowed cross-origin request gets the headers Ollama's
-    middleware adds, unless it holds a backend's already (an HTTP/1.0 client's relayed
-    answer, which aiohttp writes)."""
+    middleware adds, unless it holds a backend's already (an HTTP/1.0 client's replay
+    from the cache, which aiohttp writes); the exposure of the proxy's own headers goes
+    on any answer that lacks it."""
     cors = request.get(CORS_HEADERS)
-    if cors and _ALLOW_ORIGIN not in response.headers:
-        for name, value in cors:
+    if not cors:
+        return
+    made_here = _ALLOW_ORIGIN not in response.headers
+    for name, value in cors:
+        if made_here or (name == EXPOSE_HEADERS and name not in response.headers):
             response.headers.add(name, value)

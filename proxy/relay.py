@@ -18,7 +18,7 @@ from typing import Protocol
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
-from proxy import final_chunk, http11
+from proxy import final_chunk, http11, origins
 from proxy.aiohttp_internals import client_transport, state_get, writing_paused
 from proxy.auth import sees_fleet
 from proxy.backends import UNAVAILABLE_STATUSES, BackendPool, BackendState, NoBackend
@@ -446,6 +446,8 @@ class ClientLeg(Answer):
         self.version = request.version
         self.keep_alive = request.keep_alive
         self.outcome = outcome
+        # Added to the backend's CORS headers for a page of an allowed origin.
+        self.exposed = origins.exposed(request)
         self.may_retry = may_retry
         # Whether a 5xx other than 502, 503, 504 may go to another backend: once one
         # answer of the kind (Ollama's 500 for a request it could not run) was declined,
@@ -498,7 +500,11 @@ class ClientLeg(Answer):
         return headers
 
     def _own_headers(self) -> list[tuple[str, str]]:
-        return [(REQUEST_ID_HEADER, self.outcome.request_id), *self.outcome.extra.items()]
+        return [
+            (REQUEST_ID_HEADER, self.outcome.request_id),
+            *self.outcome.extra.items(),
+            *self.exposed,
+        ]
 
     def on_head(self, head: ResponseHead, body_follows: bool) -> None:
         """Called by the upstream protocol as soon as the backend's head is parsed."""

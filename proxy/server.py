@@ -48,7 +48,7 @@ class Server:
         self.metrics = metrics
         self.router = router
         self.hooks = tuple(hooks)
-        self.origins = Origins(config.listen.origins)
+        self.origins = Origins(config.listen.origins, own_headers=True)
         self.hosts = HostCheck(config.listen.host)
         # Keys' limits counted in Redis: admission awaits one round trip. Without it
         # admission stays synchronous.

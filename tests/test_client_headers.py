@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from proxy import header_values
 from proxy.app import APP_KEY
-from proxy.config import Health, Listen
+from proxy.config import Cache, Health, Listen
 from proxy.logs import AccessLog
 from proxy.outcome import Decided, Outcome, Served
 from proxy.usage import event as ev
@@ -367,6 +367,67 @@ async def test_listen_origins_allow_more_as_ollama_origins_does(
         prx.stop()
     assert status == (200 if allowed else 403)
     assert headers.get("Access-Control-Allow-Origin") == allowed
+
+
+async def browser_post(
+    url: str, path: str, body: object, origin: str = "http://localhost:3000"
+) -> tuple[int, list[str], dict[str, str]]:
+    """A page's POST from `origin`: status, its Access-Control-Expose-Headers fields
+    (each as sent), the other headers."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url + path, json=body, headers={"Origin": origin}) as resp,
+    ):
+        await resp.read()
+        return resp.status, resp.headers.getall(EXPOSE, []), dict(resp.headers)
+
+
+EXPOSE = "Access-Control-Expose-Headers"
+MODEL = "qwen2.5:7b"
+
+
+async def test_pages_of_allowed_origins_may_read_and_send_the_proxys_headers(
+    servers: ServerThread, own_emulator: Emulator
+) -> None:
+    """Every answer to an allowed origin's page, relayed, made by the proxy, an error or
+    a cache replay, exposes the proxy's headers once (a browser hides them otherwise),
+    and a preflight allows the headers the proxy reads; the emulator, as Ollama, does
+    neither."""
+    prx = Proxy(servers, [own_emulator.url], cache=Cache(enabled=True))
+    chat = {"model": "auto", "stream": False, "options": {"seed": 1}}
+    chat["messages"] = [{"role": "user", "content": "hi"}]
+    try:
+        answers = {
+            "relayed": await browser_post(prx.url, "/api/chat", {**chat, "model": MODEL}),
+            "auto": await browser_post(prx.url, "/api/chat", chat),
+            "replayed": await browser_post(prx.url, "/api/chat", chat),
+            "proxy's error": await browser_post(prx.url, "/api/chat", {**chat, "model": "auto:x"}),
+            "backend's error": await browser_post(prx.url, "/api/chat", {**chat, "model": "x:1"}),
+            "v1 stream": await browser_post(
+                prx.url, "/v1/chat/completions", {**chat, "stream": True}
+            ),
+            "all origins": await browser_post(prx.url, "/api/chat", chat, origin="http://0.0.0.0"),
+        }
+        assert answers["replayed"][2]["X-Autoroute-Cache"] == "hit"
+        _, preflight, _ = await cors(prx.url, "OPTIONS", "/api/chat", "http://localhost:3000")
+        direct = await browser_post(own_emulator.url, "/api/chat", {**chat, "model": MODEL})
+        _, direct_preflight, _ = await cors(
+            own_emulator.url, "OPTIONS", "/api/chat", "http://localhost:3000"
+        )
+    finally:
+        prx.stop()
+    for what, (_, exposed, fields) in answers.items():
+        assert len(exposed) == 1, (what, exposed)
+        names = exposed[0].split(",")
+        for name in ("X-Request-Id", *(n for n in fields if n.startswith("X-Autoroute-"))):
+            assert name in names, (what, name, exposed)
+        assert fields["Access-Control-Allow-Origin"], what
+    assert answers["auto"][2]["X-Autoroute-Model"] != "auto"
+    allowed = preflight["Access-Control-Allow-Headers"].split(",")
+    assert {"X-Autoroute-User", "X-Request-Id", "Content-Type"} <= set(allowed)
+    assert direct[1] == [] and "X-Autoroute-User" not in direct_preflight[
+        "Access-Control-Allow-Headers"
+    ].split(",")
 
 
 @given(
