@@ -268,7 +268,7 @@ class AutoRouter:
             candidates,
             prompt_tokens,
             DEFAULT_OUTPUT_TOKENS,
-            request_body.max_output_tokens(doc),
+            request_body.route_output_limit(path, doc),
             terms.load_seconds,
             asks.thinking is not False,
         )

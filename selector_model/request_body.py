@@ -381,22 +381,27 @@ def _messages(doc: Mapping[str, Any]) -> Asks:
 
 class _Route(NamedTuple):
     """What a route's handler reads of a body: the fields of its request that hold
-    prompt text (as `texts` reads them), and its reader of what the request asks."""
+    prompt text (as `texts` reads them), its reader of what the request asks, and the
+    field that bounds the answer's tokens (`_NUM_PREDICT`: `options.num_predict`)."""
 
     texts: frozenset[str]
     asks: Callable[[Mapping[str, Any]], Asks]
+    limit: str
+
+
+_NUM_PREDICT = "options"
 
 
 # The request each route's handler decodes its body into. A field that request lacks
 # is dropped unread: it asks nothing of the model and the model does not read it,
 # whatever another route would make of it.
 _ROUTES: dict[str, _Route] = {
-    "/api/generate": _Route(frozenset({"system", "prompt", "suffix"}), _generate),
-    "/api/chat": _Route(frozenset({"messages"}), _chat),
-    "/v1/chat/completions": _Route(frozenset({"messages"}), _openai_chat),
-    "/v1/completions": _Route(frozenset({"prompt", "suffix"}), _completions),
-    "/v1/responses": _Route(frozenset({"instructions", "input"}), _responses),
-    "/v1/messages": _Route(frozenset({"system", "messages"}), _messages),
+    "/api/generate": _Route(frozenset({"system", "prompt", "suffix"}), _generate, _NUM_PREDICT),
+    "/api/chat": _Route(frozenset({"messages"}), _chat, _NUM_PREDICT),
+    "/v1/chat/completions": _Route(frozenset({"messages"}), _openai_chat, "max_tokens"),
+    "/v1/completions": _Route(frozenset({"prompt", "suffix"}), _completions, "max_tokens"),
+    "/v1/responses": _Route(frozenset({"instructions", "input"}), _responses, "max_output_tokens"),
+    "/v1/messages": _Route(frozenset({"system", "messages"}), _messages, "max_tokens"),
 }
 
 
@@ -440,6 +445,29 @@ def max_output_tokens(doc: Mapping[str, Any]) -> float | None:
             if name in doc:
                 value = doc[name]
                 break
+    return _bound(value)
+
+
+def route_output_limit(path: str, doc: Mapping[str, Any]) -> float | None:
+    """The most tokens the model may write for the request on `path`, read as its
+    route's handler reads it (`_ROUTES`): `options.num_predict` on Ollama's own routes,
+    `max_tokens` on OpenAI's chat and completions and on Anthropic's messages,
+    `max_output_tokens` on the Responses API. Unlike `max_output_tokens`, which reads
+    every shape's for the selector's features, a limit the route's request lacks bounds
+    nothing: Ollama drops `max_completion_tokens` and a /v1 request's `options` unread,
+    and the model writes as long as without them. A path without an entry reads every
+    shape's."""
+    route = _ROUTES.get(path)
+    if route is None:
+        return max_output_tokens(doc)
+    if route.limit == _NUM_PREDICT:
+        options = doc.get("options")
+        return _bound(options.get("num_predict")) if isinstance(options, dict) else None
+    return _bound(doc.get(route.limit))
+
+
+def _bound(value: Any) -> float | None:
+    """A token limit as a number, None for none (Ollama's -1 and -2 write on)."""
     return float(value) if isinstance(value, int | float) and value > 0 else None
 
 

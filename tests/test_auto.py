@@ -1532,6 +1532,63 @@ async def test_a_field_the_route_does_not_have_asks_no_capability(
             assert resp.headers["X-Autoroute-Model"] == "gemma2:9b"
 
 
+# Output limits a route's request has, and limits it lacks (Ollama reads max_tokens
+# alone of OpenAI's chat and completions, `options` on none of its /v1 routes, and
+# top-level limits on none of its own), each of 4 tokens.
+OWN_LIMITS: dict[str, dict[str, Any]] = {
+    "/api/generate": {"options": SHORT},
+    "/api/chat": {"options": SHORT},
+    "/v1/chat/completions": {"max_tokens": 4},
+    "/v1/completions": {"max_tokens": 4},
+    "/v1/responses": {"max_output_tokens": 4},
+    "/v1/messages": {"max_tokens": 4},
+}
+IGNORED_LIMITS: list[tuple[str, dict[str, Any]]] = [
+    ("/api/generate", {"max_tokens": 4}),
+    ("/api/chat", {"max_tokens": 4}),
+    ("/api/chat", {"max_completion_tokens": 4}),
+    ("/v1/chat/completions", {"max_completion_tokens": 4}),
+    ("/v1/chat/completions", {"options": SHORT}),
+    ("/v1/chat/completions", {"max_output_tokens": 4}),
+    ("/v1/completions", {"options": SHORT}),
+    ("/v1/responses", {"max_tokens": 4}),
+    ("/v1/messages", {"max_output_tokens": 4, "max_tokens": 4096}),
+]
+
+
+@pytest.mark.parametrize(("path", "fields"), IGNORED_LIMITS)
+async def test_only_a_limit_the_route_reads_shortens_the_expected_answer(
+    plain_fleet: tuple[Emulator, Proxy], path: str, fields: dict[str, Any]
+) -> None:
+    """`auto` expects an answer cut at the request's token limit only where Ollama
+    reads that limit: a `max_completion_tokens` on OpenAI's chat (which Ollama drops)
+    leaves the model writing as long as without it, so its expected seconds are those
+    of the request without a limit, as a limit the route has shortens them."""
+    _, prx = plain_fleet
+    body = {k: v for k, v in ROUTE_BODIES[path].items() if k not in ("options", "max_tokens")} | {
+        "model": "auto"
+    }
+    if path == "/v1/responses":
+        body.pop("max_output_tokens")
+    if path == "/v1/messages":
+        body["max_tokens"] = 4096  # Anthropic's requests always carry one
+
+    async def seconds(doc: dict[str, Any]) -> float:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                prx.url + "/api/autoroute/explain", params={"path": path}, json=doc
+            ) as resp,
+        ):
+            assert resp.status == 200, await resp.text()
+            (entry,) = (await resp.json())["ranking"]
+            return float(entry["expected_seconds"])
+
+    unbounded = await seconds(body)
+    assert await seconds({**body, **OWN_LIMITS[path]}) < unbounded
+    assert await seconds({**body, **fields}) == unbounded
+
+
 async def _auto_refused(prx: Proxy, path: str, fields: dict[str, Any]) -> str:
     """The message of `auto`'s 400 to the route's body with `fields`."""
     body = {**ROUTE_BODIES[path], **fields, "model": "auto", "stream": False}
