@@ -539,9 +539,15 @@ class Handlers:
             # No model id: Ollama's `:model` is one non-empty segment, and its router
             # answers such a path (a redirect, a 404) before any handler reads a name.
             return await self.passthrough(request)
-        entry = next((e for e in self._auto_entries("/v1/models") if e["id"] == name), None)
-        if entry is not None:
-            return web.Response(body=encoded(entry), headers={"Content-Type": JSON_V1})
+        # `auto`'s names read as chat and show read them (any case, `auto:latest`, a
+        # `:local` suffix), the id as asked, as Ollama's OpenAI layer names any model.
+        profile = profile_of(name, self.config.selector.default_profile)
+        if profile is not None:
+            default = self.config.selector.default_profile
+            for entry in self._auto_entries("/v1/models"):
+                if profile_of(entry["id"], default) == profile:
+                    body = encoded({**entry, "id": name})
+                    return web.Response(body=body, headers={"Content-Type": JSON_V1})
         key = request.get(KEY_REQUEST)
         if key is not None and not key.allows_model(name):
             return self._model_hidden(path, name)

@@ -354,6 +354,24 @@ async def test_auto_is_listed_and_shown_for_editors(auto_proxy: Proxy) -> None:
     await sdk.close()
 
 
+async def test_auto_is_retrieved_by_any_name_it_is_served_by(auto_proxy: Proxy) -> None:
+    """`/v1/models/<id>` reads `auto`'s names as chat and show read them (Ollama reads a
+    name case-insensitively, and `auto` is `auto:latest`), and names the model as asked,
+    as Ollama's OpenAI layer does for any model; an unknown profile is a model no list
+    has."""
+    sdk = openai.AsyncOpenAI(base_url=auto_proxy.url + "/v1", api_key="x", max_retries=0)
+    client = ollama.AsyncClient(host=auto_proxy.url)
+    try:
+        for name in ("Auto", "auto:latest", "AUTO:Fast", "auto:best:local"):
+            assert (await client.show(name)).details.family == "autoroute", name
+            model = await sdk.models.retrieve(name)
+            assert (model.id, model.owned_by) == (name, "autoroute")
+        with pytest.raises(openai.NotFoundError):
+            await sdk.models.retrieve("auto:nonesuch")
+    finally:
+        await sdk.close()
+
+
 async def test_a_backend_model_named_auto_is_reached_by_its_full_name(
     servers: ServerThread, tmp_path: Path
 ) -> None:
