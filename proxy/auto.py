@@ -45,6 +45,11 @@ AUTO = "auto"
 # The tokens an answer is expected to take until a model has finished one (then its
 # own mean, `selector_model.telemetry`); a request's limit caps either.
 DEFAULT_OUTPUT_TOKENS = 256
+# A token limit below this leaves a model that thinks no room for its answer: its
+# thinking comes first and takes hundreds of tokens even on the simplest questions
+# (`selector_model.telemetry.THINKING_TOKENS`), and Ollama counts it in the limit, so
+# an answer cut there is empty (an editor's completion, a chat UI's title).
+THINKING_ROOM = DEFAULT_OUTPUT_TOKENS
 GENERATE_PATH = "/api/generate"
 _LOG_TOKENS = features.REQUEST_FEATURES.index("log_est_tokens")
 _LOG_CHARS = features.REQUEST_FEATURES.index("log_chars")
@@ -130,6 +135,30 @@ class Eligible:
     backends: list[str]  # where each would most likely run
     filtered: dict[str, str]  # model: why it was left out
     min_context: float  # the smallest context among `candidates` (inf: none)
+
+
+def _room_to_answer(eligible: Eligible, thinking_off: bool, limit: float) -> Eligible:
+    """`eligible` without the models that would think under a token limit that leaves
+    no room for an answer after thinking (`THINKING_ROOM`), as long as one that would
+    not think remains: Ollama makes a model with `thinking` think unless the request
+    turns it off (`thinking_off`), and one that thinks always whatever it says."""
+    thinks = [
+        "thinking" in c.capabilities and (c.thinks_always or not thinking_off)
+        for c in eligible.candidates
+    ]
+    if all(thinks) or not any(thinks):
+        return eligible
+    why = f"thinks first, and at most {int(limit)} tokens leave its answer no room"
+    kept = [c for c, t in zip(eligible.candidates, thinks, strict=True) if not t]
+    backends = [b for b, t in zip(eligible.backends, thinks, strict=True) if not t]
+    dropped = {c.name: why for c, t in zip(eligible.candidates, thinks, strict=True) if t}
+    return Eligible(
+        candidates=tuple(kept),
+        names=[c.name for c in kept],
+        backends=backends,
+        filtered=eligible.filtered | dropped,
+        min_context=min(c.context_length for c in kept),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +262,9 @@ class AutoRouter:
         default_model = self._profile(profile).default_model
         chars = math.expm1(request[_LOG_CHARS])
         eligible = self._eligible_for(profile, key_models, needs, chars, path, doc)
+        limit = request_body.route_output_limit(path, doc)
+        if limit is not None and limit < THINKING_ROOM and not asks.thinking:
+            eligible = _room_to_answer(eligible, asks.thinking is False, limit)
         if not eligible.candidates:
             # Only the models the key may use are named (see `_filter`).
             others = {
@@ -268,7 +300,7 @@ class AutoRouter:
             candidates,
             prompt_tokens,
             DEFAULT_OUTPUT_TOKENS,
-            request_body.route_output_limit(path, doc),
+            limit,
             terms.load_seconds,
             asks.thinking is not False,
         )

@@ -1230,6 +1230,52 @@ async def test_a_thinking_model_is_expected_to_take_longer_unless_told_not_to_th
     assert told_not_to["thinker:8b"] == pytest.approx(told_not_to["plain:8b"])
 
 
+async def test_a_token_limit_too_short_for_thinking_leaves_the_thinking_models_out(
+    tmp_path: Path,
+) -> None:
+    """Ollama counts a thinking model's thinking in the request's token limit, and the
+    thinking comes first: under a limit of a few dozen tokens (an editor's completion,
+    a chat UI's title) its answer is empty. Such a request goes to a model that does
+    not think while one is eligible; with thinking turned off, or asked for, or a
+    limit with room, the thinking model stays."""
+    auto, set_models = offline_router(tmp_path, {"best": Profile(cost_weight=0.0)})
+    tag = {"details": {"family": "qwen3", "parameter_size": "32B"}}
+    small = {"details": {"family": "llama", "parameter_size": "3B"}}
+    set_models(
+        {
+            "qwen3:32b": model_info(
+                "qwen3:32b", tag, {"capabilities": ["completion", "thinking"], "model_info": {}}
+            ),
+            "llama3.2:3b": model_info(
+                "llama3.2:3b", small, {"capabilities": ["completion"], "model_info": {}}
+            ),
+        }
+    )
+
+    def chosen(path: str, body: dict[str, Any]) -> tuple[str, dict[str, str]]:
+        decision = auto.decide(path, body, "best").decision
+        return decision.chosen, decision.filtered
+
+    assert chosen("/api/chat", chat("auto:best"))[0] == "qwen3:32b"
+    short = [
+        ("/api/chat", chat("auto:best", options={"num_predict": 16})),
+        ("/v1/chat/completions", chat("auto:best", max_tokens=16)),
+        ("/v1/completions", {"model": "auto:best", "prompt": "def add(a, b):", "max_tokens": 8}),
+    ]
+    for path, body in short:
+        model, filtered = chosen(path, body)
+        assert model == "llama3.2:3b", (path, filtered)
+        assert filtered["qwen3:32b"].startswith("thinks first"), filtered
+    roomy = {"num_predict": 4096}
+    assert chosen("/api/chat", chat("auto:best", options=roomy))[0] == "qwen3:32b"
+    # A limit the route does not read bounds nothing (Ollama drops /v1's `options`).
+    unread = chat("auto:best", options={"num_predict": 16})
+    assert chosen("/v1/chat/completions", unread)[0] == "qwen3:32b"
+    for think in (False, True):
+        body = chat("auto:best", options={"num_predict": 16}, think=think)
+        assert chosen("/api/chat", body)[0] == "qwen3:32b", think
+
+
 # Each API's way of turning thinking off, and the routes whose request has it.
 THINKING_OFF = [
     (("/api/chat",), {"think": False}),
