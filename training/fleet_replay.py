@@ -1,6 +1,8 @@
 """What the replays of other datasets' outcomes share (`training.mmlu_pro_replay`,
-`training.zeroeval_replay`): their command line, the shipped artifact and settings,
-and one fleet replayed through `auto` and printed."""
+`training.zeroeval_replay`, `training.reasoning_gym_replay`): their command line, the
+shipped artifact and settings, one fleet replayed through `auto` and printed, and the
+whole run of a dataset whose items fall in groups not every model ran
+(`grouped_main`)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import argparse
 import functools
 import json
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from proxy.config import Profile, Selector
@@ -144,3 +146,49 @@ class Shipped:
         print(f"  picks: {json.dumps(picks)}")
         print(f"  ({time.monotonic() - start:.0f}s)", flush=True)
         return result
+
+
+def grouped_main(
+    prog: str,
+    argv: list[str] | None,
+    *,
+    dataset: str,
+    word: str,
+    groups: tuple[str, ...],
+    models: Sequence[ModelSpec],
+    fleets: Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]],
+    groups_of: Callable[[Sequence[ModelSpec]], list[str]],
+    load_prompts: Callable[[Sequence[ModelSpec], Collection[str], int | None, int], list[Prompt]],
+    limit: int | None = None,
+) -> int:
+    """Replays `fleets` (label -> Ollama names and the groups of items replayed), each on
+    the items of its groups every one of its models has outcomes on (`load_prompts(models,
+    groups, limit, seed)`), and prints them. `--models` replaces them with one fleet of
+    the user's choice, on the groups `--<word>` names or else on all those its models
+    share (`groups_of`); `dataset` labels it."""
+    by_name = {m.ollama_name: m for m in models}
+    parsed = parser(prog, models, limit=limit)
+    parsed.add_argument(f"--{word}", help=f"with --models: comma-separated, of {', '.join(groups)}")
+    args = parsed.parse_args(argv)
+    if args.models:
+        names = chosen(parsed, args.models, by_name)
+        raw: str = getattr(args, word) or ""
+        picked = tuple(g.strip() for g in raw.split(",") if g.strip()) or tuple(
+            groups_of([by_name[n] for n in names])
+        )
+        if not picked or any(g not in groups for g in picked):
+            parsed.error(f"--{word}: of {', '.join(groups)}; these models share {picked or 'none'}")
+        fleets = {f"{dataset} fleet of your choice ({', '.join(picked)})": (names, picked)}
+    shipped = Shipped.load()
+    print(shipped.header())
+    for label, (names, picked) in fleets.items():
+        if wanted(label, args.fleet):
+            fleet = [by_name[n] for n in names]
+            shipped.print_fleet(
+                label,
+                fleet,
+                functools.partial(load_prompts, fleet, picked, args.limit),
+                args.passes,
+                seeds_of(args),
+            )
+    return 0

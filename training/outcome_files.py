@@ -1,7 +1,8 @@
 """What the builders and loaders of other datasets' per-prompt outcomes share
-(`training.mmlu_pro_*`, `training.zeroeval_*`): reading the
+(`training.mmlu_pro_*`, `training.zeroeval_*`, `training.reasoning_gym_*`): reading the
 source's snapshot (the `fetch` tool's mirror, a bare git directory), their gzipped
-JSON-lines files, and a seeded draw of the prompts a replay uses."""
+JSON-lines files, the rows a fleet can be replayed on, and a seeded draw of the prompts
+a replay uses."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import gzip
 import json
 import random
 import subprocess
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,25 @@ def rows(path: Path) -> Iterator[dict[str, Any]]:
         for line in f:
             row: dict[str, Any] = json.loads(line)
             yield row
+
+
+def scored(
+    path: Path, names: Sequence[str], group_key: str, scores_key: str, groups: Collection[str]
+) -> Iterator[tuple[dict[str, Any], dict[str, float]]]:
+    """The rows of `groups` (a row's group is its `group_key`) that score every one of
+    `names` (in the row's `scores_key` map), each with those scores."""
+    for row in rows(path):
+        scores: dict[str, Any] = row[scores_key]
+        if row[group_key] in groups and all(n in scores for n in names):
+            yield row, {n: float(scores[n]) for n in names}
+
+
+def groups_scored(
+    path: Path, names: Sequence[str], group_key: str, scores_key: str, order: Sequence[str]
+) -> list[str]:
+    """The groups of `order` with at least one row that scores every one of `names`."""
+    found = {str(row[group_key]) for row, _ in scored(path, names, group_key, scores_key, order)}
+    return [g for g in order if g in found]
 
 
 def drawn(prompts: list[Prompt], limit: int | None, seed: int) -> list[Prompt]:

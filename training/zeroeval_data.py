@@ -77,24 +77,17 @@ def load_prompts(
     (by its ZeroEval run name); `limit` of them drawn with `seed` when given, in file
     order (task, then item)."""
     names = [m.dataset_name for m in models]
-    prompts: list[Prompt] = []
-    for row in outcome_files.rows(path):
-        correct: dict[str, int] = row["correct"]
-        if row["task"] not in tasks or not all(n in correct for n in names):
-            continue
-        prompts.append(Prompt(str(row["question"]), {n: float(correct[n]) for n in names}))
+    prompts = [
+        Prompt(str(row["question"]), scores)
+        for row, scores in outcome_files.scored(path, names, "task", "correct", tasks)
+    ]
     return outcome_files.drawn(prompts, limit, seed)
 
 
 def tasks_of(models: Sequence[ModelSpec], path: Path = DATA_FILE) -> list[str]:
     """The tasks on which every model of `models` has outcomes."""
     names = [m.dataset_name for m in models]
-    found: dict[str, bool] = {}
-    for row in outcome_files.rows(path):
-        task = str(row["task"])
-        if task not in found:
-            found[task] = all(n in row["correct"] for n in names)
-    return [t for t in TASKS if found.get(t)]
+    return outcome_files.groups_scored(path, names, "task", "correct", TASKS)
 
 
 def fleet(ollama_names: Iterable[str]) -> list[ModelSpec]:

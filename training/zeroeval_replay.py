@@ -14,11 +14,10 @@ names, on the tasks they were all run on (or `--tasks`).
 
 from __future__ import annotations
 
-import functools
 import sys
 
 from training import fleet_replay
-from training.zeroeval_data import BY_OLLAMA_NAME, MODELS, TASKS, fleet, load_prompts, tasks_of
+from training.zeroeval_data import MODELS, TASKS, load_prompts, tasks_of
 
 ALL_TASKS = TASKS
 # Every open model ZeroEval ran on all three tasks.
@@ -87,31 +86,17 @@ FLEETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = fleet_replay.parser("training.zeroeval_replay", MODELS, limit=None)
-    parser.add_argument("--tasks", help=f"with --models: comma-separated, of {', '.join(TASKS)}")
-    args = parser.parse_args(argv)
-    fleets = FLEETS
-    if args.models:
-        names = fleet_replay.chosen(parser, args.models, BY_OLLAMA_NAME)
-        tasks = tuple(t.strip() for t in (args.tasks or "").split(",") if t.strip()) or tuple(
-            tasks_of(fleet(names))
-        )
-        if not tasks or any(t not in TASKS for t in tasks):
-            parser.error(f"--tasks: of {', '.join(TASKS)}; these models share {tasks or 'none'}")
-        fleets = {f"ZeroEval fleet of your choice ({', '.join(tasks)})": (names, tasks)}
-    shipped = fleet_replay.Shipped.load()
-    print(shipped.header())
-    for label, (names, tasks) in fleets.items():
-        if fleet_replay.wanted(label, args.fleet):
-            models = fleet(names)
-            shipped.print_fleet(
-                label,
-                models,
-                functools.partial(load_prompts, models, tasks, args.limit),
-                args.passes,
-                fleet_replay.seeds_of(args),
-            )
-    return 0
+    return fleet_replay.grouped_main(
+        "training.zeroeval_replay",
+        argv,
+        dataset="ZeroEval",
+        word="tasks",
+        groups=TASKS,
+        models=MODELS,
+        fleets=FLEETS,
+        groups_of=tasks_of,
+        load_prompts=load_prompts,
+    )
 
 
 if __name__ == "__main__":
