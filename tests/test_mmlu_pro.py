@@ -9,7 +9,7 @@ import pytest
 from proxy.config import Config
 from selector_model import artifact
 from selector_model.catalog import Catalog
-from training import mmlu_pro_data, mmlu_pro_replay, replay, zeroeval_data
+from training import mmlu_pro_data, mmlu_pro_replay, reasoning_gym_data, replay, zeroeval_data
 from training.mmlu_pro_data import DATA_FILE, MODELS, load_prompts
 
 
@@ -54,12 +54,21 @@ def test_the_fleet_maps_to_ollama_names_the_catalogue_knows(data: Any, has_base_
     [
         ("mmlu-pro", ["llama3.1:70b", "phi3:3.8b", "qwen:7b", "mixtral:8x7b"]),
         ("zeroeval", ["llama3:70b", "phi3.5:3.8b", "qwen2:7b", "gemma2:27b"]),
+        (
+            "reasoning-gym",
+            ["gemma3:27b", "mistral-small3.1:24b", "qwq:32b", "llama4:16x17b"],
+        ),
     ],
 )
 def test_a_fleet_of_unseen_models_replays_through_the_decision_code(
     dataset: str, names: list[str]
 ) -> None:
-    data = mmlu_pro_data if dataset == "mmlu-pro" else zeroeval_data
+    """Each replay dataset's fleet, all unseen by the artifact, through `auto:best`."""
+    data = {
+        "mmlu-pro": mmlu_pro_data,
+        "zeroeval": zeroeval_data,
+        "reasoning-gym": reasoning_gym_data,
+    }[dataset]
     models = data.fleet(names)
     prompts = data.load_prompts(models, limit=30, seed=0)
     profiles = {"best": Config().selector.profiles["best"]}

@@ -7,10 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config import Config
-from selector_model import artifact
 from selector_model.catalog import Catalog
-from training import outcome_files, reasoning_gym_build, reasoning_gym_replay, replay
+from training import outcome_files, reasoning_gym_build, reasoning_gym_replay
 from training.reasoning_gym_data import (
     BY_OLLAMA_NAME,
     DATA_FILE,
@@ -74,22 +72,6 @@ def test_the_fleet_maps_to_ollama_names_the_catalogue_knows() -> None:
     # Mixtures of experts cost their active parameters, not their total.
     assert BY_OLLAMA_NAME["llama4:128x17b"].candidate().active_b == pytest.approx(17.0)
     assert BY_OLLAMA_NAME["deepseek-r1:671b"].candidate().active_b == pytest.approx(37.0)
-
-
-def test_a_fleet_of_unseen_models_replays_through_the_decision_code() -> None:
-    models = fleet(["gemma3:27b", "mistral-small3.1:24b", "qwq:32b", "llama4:16x17b"])
-    prompts = load_prompts(models, limit=30, seed=0)
-    profiles = {"best": Config().selector.profiles["best"]}
-    result = replay.in_loop(
-        lambda: replay.replay_fleet(
-            "reasoning-gym", artifact.SHIPPED.parent, prompts, models, profiles
-        )
-    )
-    assert set(result.unseen) == {m.ollama_name for m in models}
-    chosen = result.profiles["best"]
-    assert sum(chosen.picks.values()) == 30
-    assert set(chosen.picks) <= set(result.fleet)
-    assert 0.0 <= chosen.quality <= result.baselines["oracle"].quality <= 1.0
 
 
 def test_the_replay_runs_a_fleet_of_the_users_choice(capsys: pytest.CaptureFixture[str]) -> None:
