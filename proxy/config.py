@@ -335,8 +335,8 @@ class Selector:
     min_gain: float = 0.02
     # List `auto` and `auto:<profile>` in /api/tags and /v1/models for editors.
     list_in_tags: bool = True
-    # A/B experiments by name; a user (API key, X-Autoroute-User header, or client
-    # address) always lands in the same variant.
+    # A/B experiments by name; a user (the X-Autoroute-User header, else the client's
+    # address: `proxy.auto.user_key`) always lands in the same variant.
     experiments: dict[str, Experiment] = field(default_factory=dict)
     # The model catalogue (a models.yaml); "" is the one shipped in selector_model/catalog/.
     catalog: str = ""
