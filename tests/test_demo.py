@@ -113,6 +113,10 @@ async def test_auto_chooses_differently_per_prompt_and_profile_on_the_demo(
         other = await explain(url, chat("auto", asked))
         assert other["kind"] == "code", (asked, other)
         assert params_b(other["model"]) >= params_b(code["model"]), (asked, other["ranking"])
+    # A function in biology is not code: the question goes where a question of fact goes.
+    liver = await explain(url, chat("auto", "What is the main function of the liver?"))
+    assert liver["kind"] == "knowledge", liver
+    assert liver["model"] != code["model"], liver["ranking"]
     fast = await explain(url, chat("auto:fast", DEMO_GENERAL_PROMPT))
     best = await explain(url, chat("auto:best", DEMO_GENERAL_PROMPT))
     assert params_b(fast["model"]) < params_b(best["model"]), (fast["model"], best["model"])

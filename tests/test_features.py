@@ -80,6 +80,10 @@ def test_area_demand_follows_what_the_prompt_asks() -> None:
         assert abs(sum(shares.values()) - 1.0) < 1e-9
 
 
+LIVER = "What is the main function of the liver?"
+FUNCTION_MATHS = "Let g be a function such that g(2) = 5 and g(5) = 11. What is g(g(2))?"
+
+
 def test_prose_is_not_code_and_a_function_stub_is() -> None:
     def read(text: str) -> dict[str, float]:
         return vector("/api/chat", {"messages": [{"role": "user", "content": text}]})
@@ -117,6 +121,7 @@ def test_prose_is_not_code_and_a_function_stub_is() -> None:
         "Create an HTML page with a signup form",
         "Write a React component that shows a paginated table",
         "Write a Dockerfile for a Django app",
+        "Write a function that returns the n-th Fibonacci number",
     ):
         assert top(read(asked)) == "code", asked
         assert kind_of(F.request_features("/api/generate", {"prompt": asked})) == "code", asked
@@ -129,8 +134,14 @@ def test_prose_is_not_code_and_a_function_stub_is() -> None:
         "Where should I go in Go, the board game, after a corner opening?",
         "Write how the crowd would react to the speech.",
         "What does HTML stand for?",
+        # A function outside a request for code: biology's, maths'.
+        LIVER,
+        FUNCTION_MATHS,
     ):
         assert not any(read(prose_text)[f"lang_{name}"] for name in F.LANGUAGES), prose_text
+    assert top(read(LIVER)) == "knowledge"
+    assert kind_of(F.request_features("/api/generate", {"prompt": LIVER})) == "knowledge"
+    assert kind_of(F.request_features("/api/generate", {"prompt": FUNCTION_MATHS})) == "math"
     # Numbers with a question: a word problem.
     assert top(read("Ann has 12 apples and buys 30 more at $2 each. How many has she?")) == "math"
     # LaTeX's braces are not code.

@@ -38,8 +38,9 @@ from selector_model.features.words import spaced, spaced_utf8
 
 # A hint word is one prose seldom uses: "select", "from", "where" (SQL), "none", "self"
 # (Python), "public", "include", "echo" or "cargo" would make a history or law question
-# read as code. "function" stays: "write a function" asks for code more often than
-# "a function of the liver" asks for biology. '"""' and ">>> " are a docstring's.
+# read as code; so would "function" ("the function of the liver", "f is a function
+# with f(2) = 5"), which counts only in a request for code (`_ASKED_WORDS`).
+# '"""' and ">>> " are a docstring's.
 # A language without a column of its own is hinted as its nearest kin, so that a
 # request in it reads as code, with the demand for code it has: Kotlin, Scala
 # and C# as Java (managed, class-based); PHP, Perl, Lua and Ruby as Python (dynamic
@@ -51,7 +52,7 @@ _LANGUAGE_HINTS: dict[str, tuple[frozenset[str], tuple[str, ...]]] = {
         ("```python", "print(", "(self", '"""', ">>> "),
     ),
     "javascript": (
-        frozenset({"javascript", "function", "const", "console", "var"}),
+        frozenset({"javascript", "const", "console", "var"}),
         ("```js", "=> "),
     ),
     "typescript": (frozenset({"interface", "typescript"}), ("```ts", ": string", ": number")),
@@ -93,9 +94,12 @@ _PHRASE_NOUNS = frozenset(
 _NAMED_WITH_NOUNS = ("go", "swift", "ruby", "react")
 # What to write named by its markup, framework or tool, not by a language: in such a
 # request, the language it is written in. Alone they hint nothing ("What is HTML?" asks
-# for no code, "flask" and "pandas" are a lab's and a zoo's too).
+# for no code, "flask" and "pandas" are a lab's and a zoo's too). "Write a function
+# that ..." names no language either, and hints JavaScript's column as code in no
+# named language; a function in biology, maths or history is not asked to be written.
 _ASKED_WORDS = {
-    **dict.fromkeys(("html", "css", "jquery", "nodejs", "vue", "svelte"), "javascript"),
+    **dict.fromkeys(("function", "html", "css", "jquery", "nodejs", "vue"), "javascript"),
+    "svelte": "javascript",
     **dict.fromkeys(("django", "fastapi"), "python"),
     **dict.fromkeys(("dockerfile", "kubernetes"), "shell"),
 }
