@@ -57,6 +57,32 @@ def in_ollamas_order(path: str, items: list[Any]) -> list[Any]:
     )
 
 
+# Ollama's default namespace: `library/<name>` names the model `<name>` names.
+_LIBRARY = "library/"
+# How an autoroute lists its own `auto`: its details' format, its /v1/models owner.
+AUTOROUTE = "autoroute"
+
+
+def _autoroutes(item: dict[str, Any]) -> bool:
+    """Whether a list entry is another autoroute's own `auto` (one in front of another),
+    as `proxy.auto_routes` describes it: no longer name reaches it."""
+    details = item.get("details")
+    return item.get("owned_by") == AUTOROUTE or (
+        isinstance(details, dict) and details.get("format") == AUTOROUTE
+    )
+
+
+def _reachable(item: dict[str, Any], claimed: Callable[[str], bool]) -> dict[str, Any]:
+    """A backend's list entry whose names the proxy answers itself (`auto`'s) under the
+    names Ollama reads as the same model and the proxy routes to the backend."""
+    renamed = {
+        field: _LIBRARY + value
+        for field in ("id", "model", "name")
+        if isinstance(value := item.get(field), str) and claimed(value)
+    }
+    return {**item, **renamed}
+
+
 class Fanout:
     def __init__(self, backends: BackendPool, relay: Relay, spawn: Spawn) -> None:
         self.backends = backends
@@ -69,10 +95,14 @@ class Fanout:
         key: str,
         extra: list[dict[str, Any]],
         only: frozenset[str] | None = None,
+        claimed: Callable[[str], bool] | None = None,
     ) -> web.StreamResponse:
         """One list (the field `key`) from every usable backend; with `only` (an API
         key's allow-list, normalised names), the models outside it are left out (`auto`
-        entries, `extra`, stay: auto chooses among the allowed models alone)."""
+        entries, `extra`, stay: auto chooses among the allowed models alone). A
+        backend's model whose name the proxy answers itself (`claimed`) is listed by
+        the longer name that reaches it (`_reachable`), but another autoroute's own
+        `auto`, which none reaches."""
         states = self.backends.usable()
         fleet = sees_fleet(request, self.backends.config.auth.enabled)
         if not states:
@@ -98,6 +128,10 @@ class Fanout:
                     only is not None and normalize_model(ident) not in only
                 ):
                     continue
+                if claimed is not None and claimed(ident):
+                    if _autoroutes(item):
+                        continue  # `extra` stands for it
+                    item, ident = _reachable(item, claimed), _LIBRARY + ident
                 if ident not in seen:
                     seen.add(ident)
                     items.append(item if only is None else without_foreign_parent(item, only))

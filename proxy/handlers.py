@@ -528,7 +528,14 @@ class Handlers:
         only = key.models if key is not None else None
         extra = self._auto_entries(request.path, only)
         if extra or only is not None or len(self.backends.states) > 1:
-            return await self.fanout.merged(request, route.merge, extra, only)
+            default = self.config.selector.default_profile
+            return await self.fanout.merged(
+                request,
+                route.merge,
+                extra,
+                only,
+                claimed=lambda name: profile_of(name, default) is not None,
+            )
         return await self.passthrough(request)
 
     async def v1_model(self, request: web.Request) -> web.StreamResponse:

@@ -393,6 +393,54 @@ async def test_a_backend_model_named_auto_is_reached_by_its_full_name(
         own.stop()
 
 
+async def test_a_backend_model_named_auto_is_listed_by_the_name_that_reaches_it(
+    servers: ServerThread, tmp_path: Path
+) -> None:
+    """A backend's own `auto` and `auto:fast` (`ollama cp`, or another autoroute behind
+    this one) are listed once each, under `library/<name>`, the name that reaches them,
+    beside the proxy's own entries: listed as the backend spells them, a picker would
+    show each name twice, and choosing the backend's would reach the proxy's."""
+    own = Emulator(servers, dataclasses.replace(FROZEN, models=("auto", "auto:fast", "qwen2.5:7b")))
+    prx = Proxy(servers, [own.url], selector=selector(tmp_path))
+    sdk = openai.AsyncOpenAI(base_url=prx.url + "/v1", api_key="x", max_retries=0)
+    try:
+        client = ollama.AsyncClient(host=prx.url)
+        listed = [m.model for m in (await client.list()).models]
+        ids = [m.id async for m in sdk.models.list()]
+        for names in (listed, ids):
+            assert len(names) == len(set(names)), names
+            assert {"library/auto:latest", "library/auto:fast", "auto", "auto:fast"} <= set(names)
+        answer = await client.generate(model="library/auto:fast", prompt="hi", options=SHORT)
+        assert answer.model == "library/auto:fast"
+        assert own.state.requests["/api/generate"] == 1
+    finally:
+        await sdk.close()
+        prx.stop()
+        own.stop()
+
+
+async def test_a_proxy_in_front_of_another_lists_its_own_auto_once(
+    servers: ServerThread, emulator: Emulator, tmp_path: Path
+) -> None:
+    """Behind this proxy, another autoroute lists its own `auto` entries: this proxy's
+    stand for them (a request naming `auto` is this one's to route), and the inner
+    one's reach no model by any longer name, so they are not listed again."""
+    inner = Proxy(servers, [emulator.url], selector=selector(tmp_path))
+    outer = Proxy(servers, [inner.url], selector=selector(tmp_path))
+    sdk = openai.AsyncOpenAI(base_url=outer.url + "/v1", api_key="x", max_retries=0)
+    try:
+        listed = [m.model for m in (await ollama.AsyncClient(host=outer.url).list()).models]
+        ids = [m.id async for m in sdk.models.list()]
+        for names in (listed, ids):
+            assert len(names) == len(set(names)), names
+            assert "auto:fast" in names and "qwen2.5:7b" in names
+            assert not [n for n in names if n.startswith("library/")], names
+    finally:
+        await sdk.close()
+        outer.stop()
+        inner.stop()
+
+
 async def test_loading_and_unloading_auto_touch_no_backend(
     auto_proxy: Proxy, emulator: Emulator
 ) -> None:
