@@ -468,8 +468,12 @@ class AutoRouter:
 
     def _never(self, name: str, names: ProfileNames) -> str:
         """Why the profile `names` never lets `auto` choose `name`, whatever the
-        request ("" when it may): its allow and deny lists, a safety classifier or a
-        remote (cloud) model it does not name."""
+        request ("" when it may): a name `auto` answers itself, its allow and deny lists,
+        a safety classifier or a remote (cloud) model it does not name."""
+        if profile_of(name, self.config.default_profile) is not None:
+            # Sent and answered as `auto` names it, a name that reaches `auto`, not it;
+            # another autoroute's `auto` behind this one is no model to rank.
+            return "named as auto is: that name reaches auto, not this model"
         allow = names.allow
         if allow and name not in allow:
             return "not in the profile's allow list"

@@ -441,6 +441,30 @@ async def test_a_proxy_in_front_of_another_lists_its_own_auto_once(
         inner.stop()
 
 
+async def test_auto_never_chooses_a_model_named_as_auto_is(
+    servers: ServerThread, tmp_path: Path
+) -> None:
+    """A backend's model in `auto`'s names (its own copy named `auto:fast`, or the
+    `auto` entries of another autoroute behind this one) is no candidate: the name
+    `auto` would send it and answer with (X-Autoroute-Model, the answer's `model`) is
+    the proxy's own, and another autoroute's `auto` is no model to rank."""
+    own = Emulator(servers, dataclasses.replace(FROZEN, models=("auto:fast", "qwen2.5:7b")))
+    inner = Proxy(servers, [own.url], selector=selector(tmp_path))
+    outer = Proxy(servers, [inner.url], selector=selector(tmp_path))
+    try:
+        for prx in (inner, outer):
+            status, ranking = await explain(prx, chat("auto:best"))
+            assert status == 200, ranking
+            ranked = [r["model"] for r in ranking["ranking"]]
+            assert ranked and not [m for m in ranked if profile_of(m, "balanced")], ranked
+            answer = await ollama.AsyncClient(host=prx.url).chat(**chat("auto:best"), options=SHORT)
+            assert answer.model == "qwen2.5:7b"
+    finally:
+        outer.stop()
+        inner.stop()
+        own.stop()
+
+
 async def test_loading_and_unloading_auto_touch_no_backend(
     auto_proxy: Proxy, emulator: Emulator
 ) -> None:
