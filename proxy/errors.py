@@ -11,7 +11,7 @@ from aiohttp import web
 from yarl import URL
 
 from proxy import go_mux
-from proxy.protocol import JSON, go_dumps
+from proxy.protocol import JSON, JSON_V1, go_dumps
 from proxy.routes import gin_allowed
 
 _OPENAI_TYPES = {
@@ -66,6 +66,18 @@ def error_response(path: str, status: int, message: str) -> web.Response:
         content_type=None,
         headers={"Content-Type": JSON},
     )
+
+
+def handler_error(path: str, status: int, message: str) -> web.Response:
+    """An error in the place of one Ollama's handler writes (a model not found, or
+    lacking what the request needs): on the `/v1` routes Ollama's OpenAI and Anthropic
+    layers write it again, with a json.Encoder (a trailing newline) under
+    `application/json`; elsewhere as gin's c.JSON writes it (`error_response`). A body
+    a layer refuses as it reads it is the layer's own c.JSON: `error_response`."""
+    if not path.startswith("/v1/"):
+        return error_response(path, status, message)
+    body = error_body(path, status, message) + b"\n"
+    return web.Response(status=status, body=body, headers={"Content-Type": JSON_V1})
 
 
 def stream_error_line(content_type: str, message: str, path: str = "") -> bytes:

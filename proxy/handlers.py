@@ -44,7 +44,7 @@ from proxy.cache.key import cache_key, cacheable, generates, scope
 from proxy.cache.replay import CACHE_HEADER, replay
 from proxy.cloud import CloudFallback, lists_locally
 from proxy.config import Config
-from proxy.errors import error_body, error_response, gin_refusal
+from proxy.errors import error_response, gin_refusal, handler_error
 from proxy.fanout import Fanout
 from proxy.metrics import Metrics
 from proxy.outcome import OUTCOME, Served
@@ -262,7 +262,7 @@ class Handlers:
                 return refused
             chosen = self.config.selector.embedding_model
             if not chosen:
-                return error_response(
+                return handler_error(
                     path,
                     400,
                     "auto needs selector.embedding_model in the configuration for embeddings",
@@ -289,7 +289,7 @@ class Handlers:
                     path, doc, profile, user_key(request), key.models if key else None
                 )
             except AutoError as exc:
-                return _refused(path, doc, sent) or error_response(path, 400, str(exc))
+                return _refused(path, doc, sent) or handler_error(path, 400, str(exc))
             except NoBackend:
                 if self.cloud is None or not cloud_names or not self.cloud.takes(path, cloud_names):
                     raise
@@ -349,7 +349,7 @@ class Handlers:
             refused = self._unknown_profile(path, profile)
             if refused is not None:
                 return refused
-            return error_response(path, 400, AUTO_CANNOT_TRANSCRIBE)
+            return handler_error(path, 400, AUTO_CANNOT_TRANSCRIBE)
         refused = self._named(path, state_get(request, KEY_REQUEST), model, served, True)
         if refused is not None:
             return refused
@@ -488,7 +488,7 @@ class Handlers:
         try:
             self.auto.profile(profile)
         except AutoError as exc:
-            return error_response(path, 400, str(exc))
+            return handler_error(path, 400, str(exc))
         return None
 
     @staticmethod
@@ -504,11 +504,7 @@ class Handlers:
         403 instead (`_model_denied`): the caller asked for it by name and "not allowed
         for this API key" says what to fix. Neither tells whether the model exists:
         both come before routing, for any name outside the list."""
-        body = error_body(path, 404, f"model '{model}' not found")
-        if path.startswith("/v1/"):
-            # Ollama's OpenAI layer writes errors with a json.Encoder: a trailing newline.
-            return web.Response(status=404, body=body + b"\n", headers={"Content-Type": JSON_V1})
-        return web.Response(status=404, body=body, headers={"Content-Type": JSON})
+        return handler_error(path, 404, f"model '{model}' not found")
 
     def _auto_entries(self, path: str, only: frozenset[str] | None = None) -> list[dict[str, Any]]:
         if not self.config.selector.list_in_tags:

@@ -243,6 +243,54 @@ async def test_unknown_profile_and_impossible_requests_are_400(auto_proxy: Proxy
             assert "no model can serve this request" in (await resp.json())["error"]
 
 
+# Bodies auto refuses on the OpenAI and Anthropic routes as the handler refuses a named
+# model (not found, lacking a capability): an unknown profile, no model for the request.
+_OPENED = {"role": "user", "content": "hi"}
+_PICTURED = {  # none of the coders sees images
+    "role": "user",
+    "content": [
+        {"type": "text", "text": "hi"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + PIXEL_PNG}},
+    ],
+}
+_COMPAT_REFUSALS = [
+    ("/v1/chat/completions", {"model": "auto:nope", "messages": [_OPENED]}),
+    ("/v1/completions", {"model": "auto:nope", "prompt": "hi"}),
+    ("/v1/embeddings", {"model": "auto:nope", "input": "hi"}),
+    ("/v1/responses", {"model": "auto:nope", "input": "hi"}),
+    ("/v1/messages", {"model": "auto:nope", "max_tokens": 5, "messages": [_OPENED]}),
+    ("/v1/chat/completions", {"model": "auto:coders", "messages": [_PICTURED]}),
+]
+
+
+@pytest.mark.parametrize(("path", "body"), _COMPAT_REFUSALS)
+async def test_autos_refusals_on_the_compatible_routes_are_written_as_ollamas_are(
+    auto_proxy: Proxy, emulator: Emulator, path: str, body: dict[str, Any]
+) -> None:
+    """Ollama's OpenAI and Anthropic layers rewrite a handler's error with a
+    json.Encoder under `Content-Type: application/json` (no charset), the line ending in
+    a newline; `auto`'s 400 in the handler's place is written the same way."""
+    # A named model's refusal, from the backend itself: no such model.
+    named = {**body, "model": "nonesuch:1b"}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(emulator.url + path, json=named) as resp:
+            direct = resp.status, resp.headers["Content-Type"], await resp.read()
+        async with session.post(auto_proxy.url + path, json=body) as resp:
+            proxied = resp.status, resp.headers["Content-Type"], await resp.read()
+    assert direct[0] == 404 and direct[2].endswith(b"}\n"), direct
+    assert proxied[0] == 400, proxied
+    assert proxied[1] == direct[1] == "application/json"
+    assert proxied[2].endswith(b"}\n") and proxied[2].count(b"\n") == 1, proxied
+    if path != "/v1/messages":
+        sdk = openai.AsyncOpenAI(base_url=auto_proxy.url + "/v1", api_key="x", max_retries=0)
+        try:
+            with pytest.raises(openai.BadRequestError) as refused:
+                await sdk.post(path.removeprefix("/v1"), body=body, cast_to=object)
+        finally:
+            await sdk.close()
+        assert "auto:" in refused.value.message or "no model" in refused.value.message
+
+
 async def test_explain_matches_what_the_proxy_does(auto_proxy: Proxy) -> None:
     body = chat("auto:fast", stream=False)
     _, doc = await explain(auto_proxy, body)
