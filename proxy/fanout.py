@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy.auth import sees_fleet, without_foreign_parent
-from proxy.backends import BackendPool, BackendState, normalize_model
+from proxy.backends import BackendPool, BackendState, NoBackend, normalize_model
 from proxy.errors import error_response
 from proxy.model_changes import ChangeWatch, ModelChange
 from proxy.ollama_answers import objects
@@ -171,6 +171,20 @@ class Fanout:
             self.spawn(self._replicate(request, other, body, change, waits))
             for other in self.backends.usable(exclude=[primary])
         ]
+
+    def unload_elsewhere(self, request: web.Request, body: bytes, model: str) -> None:
+        """`ollama stop <model>` through the proxy: the backend chosen for it answers
+        the client, and every other usable backend that lists the model is sent the
+        same unload in the background, so that the model is loaded nowhere, as on one
+        Ollama (whose `ps` no longer lists it). A backend without it is not asked."""
+        try:
+            primary = self.backends.choose(model)
+        except NoBackend:
+            return  # the relay answers why
+        name = normalize_model(model)
+        for other in self.backends.usable(exclude=[primary]):
+            if other.models is not None and name in other.models:
+                self.spawn(self._replicate(request, other, body, None, False))
 
     async def _replicate(
         self,

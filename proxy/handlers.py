@@ -46,6 +46,7 @@ from proxy.cloud import CloudFallback, lists_locally
 from proxy.config import Config
 from proxy.errors import error_response, gin_refusal, handler_error
 from proxy.fanout import Fanout
+from proxy.keep_alive import unloads
 from proxy.metrics import Metrics
 from proxy.outcome import OUTCOME, Served
 from proxy.protocol import JSON, JSON_V1, MODEL_HEADER, encoded, go_dumps
@@ -90,6 +91,17 @@ def _refused(path: str, doc: dict[str, Any], body: bytes) -> web.Response | None
     it goes on with."""
     refused = refusal(path, doc, body)
     return None if refused is None else error_response(path, 400, refused)
+
+
+def _unloads_alone(path: str, doc: Any) -> bool:
+    """Whether a generate or chat only unloads its model (`ollama stop`: no prompt or
+    messages, keep_alive 0); not one whose keep_alive Ollama refuses."""
+    if not isinstance(doc, dict) or generates(path, doc):
+        return False
+    try:
+        return unloads(doc.get("keep_alive"))
+    except ValueError:
+        return False
 
 
 def _shown_to(answer: bytes, models: frozenset[str]) -> bytes:
@@ -229,6 +241,8 @@ class Handlers:
                     return refused
                 if runner_caps.CAPPED_HEADER in served.extra:
                     body = await go_json.write_off_loop(doc, len(body))
+            if path in LOADING_PATHS and _unloads_alone(path, doc):
+                self.fanout.unload_elsewhere(request, body, model)
             return await self._local_or_cloud(request, served, doc, body, model, (model,))
         assert isinstance(doc, dict)
         if path == SHOW_PATH:

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import aiohttp
+import ollama
 import orjson
 import pytest
 from aiohttp import web
@@ -102,6 +103,35 @@ async def test_prefers_the_backend_where_the_model_is_loaded(pair: Pair) -> None
     for _ in range(3):
         assert (await post(pair.proxy.url, "/api/generate", generate(SHARED)))[0] == 200
     assert pair.b.state.requests["/api/generate"] == before + 3
+
+
+@pytest.mark.parametrize("path", ["/api/generate", "/api/chat"])
+async def test_ollama_stop_unloads_the_model_on_every_backend(pair: Pair, path: str) -> None:
+    """`ollama stop <model>` (a generate without a prompt, or a chat without messages,
+    with keep_alive 0) through the proxy leaves the model loaded nowhere, as it does on
+    one Ollama: `ollama ps` through the proxy no longer lists it. The client gets one
+    answer, Ollama's."""
+    for emulator in (pair.a, pair.b):
+        assert (await post(emulator.url, "/api/generate", generate(SHARED)))[0] == 200
+        assert SHARED in emulator.state.loaded
+    pair.refresh()
+    client = ollama.AsyncClient(host=pair.proxy.url)
+    if path == "/api/generate":
+        stopped: Any = await client.generate(model=SHARED, keep_alive=0)
+    else:
+        stopped = await client.chat(model=SHARED, messages=[], keep_alive=0)
+    assert (stopped.model, stopped.done_reason) == (SHARED, "unload")
+    assert await wait_until(lambda: not {SHARED} & {*pair.a.state.loaded, *pair.b.state.loaded})
+    assert SHARED not in [m.model for m in (await client.ps()).models]
+    # The model a backend does not have is not asked there: B has no ONLY_A.
+    assert (await post(pair.a.url, "/api/generate", generate(ONLY_A)))[0] == 200
+    before = pair.b.state.requests[path]
+    if path == "/api/generate":
+        await client.generate(model=ONLY_A, keep_alive=0)
+    else:
+        await client.chat(model=ONLY_A, messages=[], keep_alive=0)
+    assert await wait_until(lambda: ONLY_A not in pair.a.state.loaded)
+    assert pair.b.state.requests[path] == before
 
 
 async def test_fewest_in_flight_breaks_ties(pair: Pair) -> None:
