@@ -194,7 +194,7 @@ class Handlers:
         try:
             raw = await self._read(request)
             limit = self.config.limits.max_body_bytes
-            sent = request_encoding.decoded(request, raw, limit)
+            sent = await request_encoding.decoded_off_loop(request, raw, limit)
             doc, body = await go_json.read_off_loop(sent, self.config.limits.max_json_values)
             # A number that is no integer where Go reads an int: forwarded as written.
             fractional = fraction_in_an_int(path, doc)

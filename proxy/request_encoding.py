@@ -15,7 +15,10 @@ Ollama's own cap, which reads the decoded body through a 20 MiB `http.MaxBytesRe
 (`maxDecompressedBodySize`; 400 "http: request body too large" above it), both counted
 on the decompressed bytes as they come, so a small bomb is refused before it grows. A
 body that is no zstd, or one cut short inside a frame, gets Ollama's 400 `{"error":
-"..."}` (its gin.H shape on these routes too).
+"..."}` (its gin.H shape on these routes too). What decoding costs depends on what is
+inside, not on the body's size (a few hundred bytes may decode to the 20 MiB cap, and
+frames and blocks are walked at a Python call each), so every zstd body is decoded in
+the slow readings' thread (`go_json.slow_off_loop`), never on the event loop.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Final
 import zstandard
 from aiohttp import hdrs, web
 
+from proxy import go_json
 from proxy.protocol import JSON, go_dumps
 
 ZSTD_PATHS: Final = frozenset(
@@ -59,12 +63,25 @@ class Undecodable(Exception):
         )
 
 
+def _zstd(request: web.Request) -> bool:
+    """Whether Ollama decodes the request's body as zstd."""
+    # Go's c.GetHeader: the first value, compared exactly.
+    return request.headers.get(hdrs.CONTENT_ENCODING) == "zstd" and request.path in ZSTD_PATHS
+
+
+async def decoded_off_loop(request: web.Request, body: bytes, limit: int) -> bytes:
+    """`decoded`, for a request's handler: a zstd body in the slow readings' thread
+    whatever its size (counted as the most it may decode to), any other as sent."""
+    if not _zstd(request):
+        return body
+    return await go_json.slow_off_loop(MAX_DECODED_BYTES, decoded, request, body, limit)
+
+
 def decoded(request: web.Request, body: bytes, limit: int) -> bytes:
     """`body` as Ollama reads it on this route: decompressed where it decodes zstd,
     else as sent. Raises `Undecodable` (no zstd, cut short, or past Ollama's cap), or
     aiohttp's 413 over `limit` (0: none)."""
-    # Go's c.GetHeader: the first value, compared exactly.
-    if request.headers.get(hdrs.CONTENT_ENCODING) != "zstd" or request.path not in ZSTD_PATHS:
+    if not _zstd(request):
         return body
     out = bytearray()
     decoder = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW_BYTES)

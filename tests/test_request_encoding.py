@@ -5,15 +5,17 @@ Ollama's 400 when they are no zstd, and left as sent on the routes Ollama leaves
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import aiohttp
 import orjson
 import pytest
 import zstandard
 
+from proxy import request_encoding
 from proxy.config import Limits
 from proxy.protocol import MODEL_HEADER
-from tests.support import Emulator, Proxy, ServerThread
+from tests.support import Emulator, Proxy, ServerThread, on_a_loop
 
 MODEL = "qwen2.5:7b"
 LIMIT = 1 << 20
@@ -210,3 +212,43 @@ async def test_the_backend_gets_the_decoded_body_without_its_encoding(
         assert int(forwarded["content-length"]) == len(orjson.dumps(doc))
     finally:
         prx.stop()
+
+
+# An empty zstd frame (9 bytes) and an empty skippable frame (8 bytes).
+_EMPTY_FRAME = zstandard.ZstdCompressor(write_content_size=True).compress(b"")
+_SKIPPABLE = (0x184D2A50).to_bytes(4, "little") + bytes(4)
+# A body padded with the whitespace JSON allows after its value.
+_SPACES = orjson.dumps({"model": MODEL, "input": "Hi"}) + b" " * 900_000
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        # A few hundred bytes that decode to megabytes: zstd's C decoder, holding the
+        # loop for as long as it writes them out.
+        zstandard.ZstdCompressor(level=19).compress(_SPACES),
+        # Thousands of frames before the one that holds the JSON: each walked at a
+        # Python call (megabytes of them held the loop for seconds).
+        _EMPTY_FRAME * 2000 + _SKIPPABLE * 2000 + _FRAME,
+    ],
+    ids=["small bomb", "many frames"],
+)
+async def test_a_zstd_body_is_decoded_off_the_loop(
+    bounded: Proxy, data: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a zstd body costs to decode depends on what is inside, not on its size: a
+    small one may decode to Ollama's 20 MiB cap, and its frames and blocks are walked
+    at a Python call each. So every one is decoded in a worker thread, never on the
+    event loop that answers every other client."""
+    decodings: list[bool] = []
+    decode = request_encoding.decoded
+
+    def watched(*args: Any) -> bytes:
+        decodings.append(on_a_loop())
+        return decode(*args)
+
+    monkeypatch.setattr(request_encoding, "decoded", watched)
+    assert len(data) < 64 * 1024
+    status, _, body = await post(bounded.url + "/v1/chat/completions", data, ZSTD)
+    assert status < 500, body[:200]
+    assert decodings == [False]
