@@ -319,7 +319,7 @@ class AutoRoutes:
             return error_response(request.path, 400, f"auto ranks no models on {path}: {why}")
         # What the inference route refuses for its length, auto never ranks: explain
         # answers that refusal, and reads no features of a conversation beyond it.
-        refused = request_limits.check_body(request.path, doc, self.limits, [])
+        refused = await request_limits.check_body(request.path, doc, self.limits, [], len(body))
         if refused is not None:
             return refused
         # A field of the wrong type, which the route's backend refuses after the proxy's

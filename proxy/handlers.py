@@ -210,7 +210,9 @@ class Handlers:
         served.offsite = searches_the_web(path, doc)
         if isinstance(doc, dict):
             texts: list[str] = []
-            refused = request_limits.check_body(path, doc, self.config.limits, texts)
+            refused = await request_limits.check_body(
+                path, doc, self.config.limits, texts, len(body)
+            )
             if refused is not None:
                 return refused
             decided.prompt = texts

@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
-from proxy import expect
+from proxy import expect, go_json
 from proxy.aiohttp_internals import client_transport, state_get, wait_drained, writing_paused
 from proxy.config import Limits
 from proxy.errors import SERVER_BUSY, error_response
@@ -217,20 +217,25 @@ def prompt_chars(doc: dict[str, Any], budget: int, into: list[str] | None = None
     return total
 
 
-def check_body(
-    path: str, doc: dict[str, Any], limits: Limits, texts: list[str]
+async def check_body(
+    path: str, doc: dict[str, Any], limits: Limits, texts: list[str], size: int
 ) -> web.Response | None:
-    """The number of messages and the prompt's length of a parsed inference body.
-    `texts` receives the prompt's texts, every one of them when the body passes."""
+    """The number of messages and the prompt's length of a parsed inference body of
+    `size` bytes. `texts` receives the prompt's texts, every one of them when the body
+    passes. They are counted text by text, a Python call each: a large body's in a
+    reader thread (`go_json.off_loop`), so that hundreds of thousands of tiny texts
+    hold no other client."""
+    refused = await go_json.off_loop(size, _body_refusal, doc, limits, texts)
+    return None if refused is None else error_response(path, *refused)
+
+
+def _body_refusal(doc: dict[str, Any], limits: Limits, texts: list[str]) -> tuple[int, str] | None:
+    """`check_body`'s refusal (status and message), None for a body that passes."""
     messages = request_body.entry_count(doc)
     if limits.max_messages and messages is not None and messages > limits.max_messages:
-        return error_response(
-            path,
-            400,
-            f"too many messages: {messages} (limit {limits.max_messages})",
-        )
+        return 400, f"too many messages: {messages} (limit {limits.max_messages})"
     limit = limits.max_prompt_chars
     budget = limit or sys.maxsize  # 0: no limit, but the texts are still read
     if prompt_chars(doc, budget, texts) > budget:
-        return error_response(path, 413, f"prompt too long (limit {limit} characters)")
+        return 413, f"prompt too long (limit {limit} characters)"
     return None

@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from proxy import go_json
+from proxy import limits as request_limits
 from proxy.app import APP_KEY
 from proxy.config import Limits
 from proxy.limits import HELD_BODIES, prompt_chars
@@ -249,6 +250,38 @@ async def test_a_large_valid_body_is_read_off_the_loop(
         written = ["_written"] * (2 if model == "auto" and path == "/api/chat" else 1)
         assert [name for name, _, _ in steps] == ["values", "_orjson_reading", *written]
         assert {on_loop for _, _, on_loop in steps} == {size < go_json.INLINE_BYTES}, steps
+
+
+@pytest.mark.parametrize(
+    ("path", "model", "field"),
+    [
+        ("/api/embed", "auto", "input"),
+        ("/api/embed", MODEL, "input"),
+        ("/api/autoroute/explain", "auto", "prompt"),
+    ],
+)
+async def test_a_body_of_many_texts_is_measured_off_the_loop(
+    proxy: Proxy, path: str, model: str, field: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The prompt's length is counted text by text, a Python call each: hundreds of
+    thousands of one-character inputs (a few megabytes, far below the body and value
+    limits) held the event loop for a third of a second per request. A large body's
+    texts are counted in a worker thread, a small one's on the loop."""
+    countings: list[bool] = []
+    count = request_limits.prompt_chars
+
+    def watched(*args: Any) -> int:
+        countings.append(on_a_loop())
+        return count(*args)
+
+    monkeypatch.setattr(request_limits, "prompt_chars", watched)
+    for entries in (10, 30_000):
+        body = orjson.dumps({"model": model, field: ["a"] * entries})
+        countings.clear()
+        async with aiohttp.ClientSession() as session:
+            async with session.post(proxy.url + path, data=body) as resp:
+                assert resp.status < 500, (resp.status, await resp.read())
+        assert countings == [len(body) <= go_json.INLINE_BYTES], (entries, countings)
 
 
 async def test_bodies_read_in_gos_slow_way_hold_up_no_other_body(
