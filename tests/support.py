@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 import orjson
+import pytest
 from aiohttp import web
 
 from proxy import event_loop
@@ -96,6 +97,21 @@ def on_a_loop() -> bool:
     except RuntimeError:
         return False
     return True
+
+
+def where_called(monkeypatch: pytest.MonkeyPatch, owner: object, name: str) -> list[bool]:
+    """`owner.name` replaced, for the test, by itself recording where each call ran:
+    the list it appends to, True for a call on the event loop (`on_a_loop`), False for
+    one in a worker thread."""
+    calls: list[bool] = []
+    original = getattr(owner, name)
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        calls.append(on_a_loop())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, watched)
+    return calls
 
 
 def error_text(path: str, doc: Any) -> str:

@@ -39,11 +39,11 @@ from tests.support import (
     Proxy,
     ServerThread,
     free_port,
-    on_a_loop,
     pass_on,
     raw_request,
     slow_reader,
     small_send_buffers,
+    where_called,
 )
 from training.data import usage_examples
 
@@ -196,14 +196,7 @@ def test_a_large_bodys_key_is_made_off_the_loop(
     the event loop would serve no other client. Made for a body over
     `go_json.INLINE_BYTES` in a reader thread, as its reading and writing are; a small
     one's on the loop."""
-    made: list[bool] = []
-    make = handlers.cache_key
-
-    def watched(*args: Any) -> str:
-        made.append(on_a_loop())
-        return make(*args)
-
-    monkeypatch.setattr(handlers, "cache_key", watched)
+    made = where_called(monkeypatch, handlers, "cache_key")
     for size in (go_json.INLINE_BYTES // 2, 2 * go_json.INLINE_BYTES):
         doc = {**CASES["chat-whole"][1], "padding": "x" * size}
         assert fetch(caching, "/api/chat", doc).status == 200

@@ -27,7 +27,7 @@ from proxy.emulator.catalog import CATALOG
 from proxy.emulator.state import FROZEN_TIME_NS
 from proxy.protocol import go_time
 from proxy.routes import OLLAMA_ROUTES
-from tests.support import on_a_loop
+from tests.support import where_called
 
 WEATHER_TOOL = {
     "type": "function",
@@ -1688,14 +1688,7 @@ async def test_a_large_body_is_decoded_off_the_loop(
     of a second: a large one is decoded in a reader thread, so that the streams of the
     other clients of the same backend (the demo's, behind the proxy) go on meanwhile;
     a small one on the loop."""
-    decoded: list[bool] = []
-    decode = wire.decode_json
-
-    def watched(raw: bytes) -> Any:
-        decoded.append(on_a_loop())
-        return decode(raw)
-
-    monkeypatch.setattr(wire, "decode_json", watched)
+    decoded = where_called(monkeypatch, wire, "decode_json")
     for padding in ("", "x" * (3 * 1024 * 1024)):
         messages = [{"role": "user", "content": "hi"}]
         body = {"model": "qwen2.5:7b", "messages": messages, "stream": False, "pad": padding}

@@ -26,6 +26,7 @@ from tests.support import (
     on_a_loop,
     running_stream,
     wait_until,
+    where_called,
 )
 
 MODEL = "llama3.1:8b"
@@ -267,14 +268,7 @@ async def test_a_body_of_many_texts_is_measured_off_the_loop(
     thousands of one-character inputs (a few megabytes, far below the body and value
     limits) held the event loop for a third of a second per request. A large body's
     texts are counted in a worker thread, a small one's on the loop."""
-    countings: list[bool] = []
-    count = request_limits.prompt_chars
-
-    def watched(*args: Any) -> int:
-        countings.append(on_a_loop())
-        return count(*args)
-
-    monkeypatch.setattr(request_limits, "prompt_chars", watched)
+    countings = where_called(monkeypatch, request_limits, "prompt_chars")
     for entries in (10, 30_000):
         body = orjson.dumps({"model": model, field: ["a"] * entries})
         countings.clear()

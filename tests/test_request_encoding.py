@@ -5,7 +5,6 @@ Ollama's 400 when they are no zstd, and left as sent on the routes Ollama leaves
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import aiohttp
 import orjson
@@ -15,7 +14,7 @@ import zstandard
 from proxy import request_encoding
 from proxy.config import Limits
 from proxy.protocol import MODEL_HEADER
-from tests.support import Emulator, Proxy, ServerThread, on_a_loop
+from tests.support import Emulator, Proxy, ServerThread, where_called
 
 MODEL = "qwen2.5:7b"
 LIMIT = 1 << 20
@@ -240,14 +239,7 @@ async def test_a_zstd_body_is_decoded_off_the_loop(
     small one may decode to Ollama's 20 MiB cap, and its frames and blocks are walked
     at a Python call each. So every one is decoded in a worker thread, never on the
     event loop that answers every other client."""
-    decodings: list[bool] = []
-    decode = request_encoding.decoded
-
-    def watched(*args: Any) -> bytes:
-        decodings.append(on_a_loop())
-        return decode(*args)
-
-    monkeypatch.setattr(request_encoding, "decoded", watched)
+    decodings = where_called(monkeypatch, request_encoding, "decoded")
     assert len(data) < 64 * 1024
     status, _, body = await post(bounded.url + "/v1/chat/completions", data, ZSTD)
     assert status < 500, body[:200]
