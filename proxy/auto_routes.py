@@ -17,7 +17,7 @@ from proxy.config import Limits, Usage
 from proxy.errors import error_response
 from proxy.keep_alive import unloads
 from proxy.learning import Learner
-from proxy.protocol import COPILOT_CHAT_USER_AGENT_PREFIX, JSON, go_dumps, go_now
+from proxy.protocol import AUTOROUTE, COPILOT_CHAT_USER_AGENT_PREFIX, JSON, go_dumps, go_now
 from proxy.routes import RANKED_PATHS, find
 from selector_model.policy import beyond_max_loss
 from selector_model.profiling import store as profile_store
@@ -25,9 +25,9 @@ from selector_model.profiling.suite import CURRENT_VERSION as SUITE_VERSION
 
 _DETAILS = {
     "parent_model": "",
-    "format": "autoroute",
-    "family": "autoroute",
-    "families": ["autoroute"],
+    "format": AUTOROUTE,
+    "family": AUTOROUTE,
+    "families": [AUTOROUTE],
     "parameter_size": "",
     "quantization_level": "",
 }
@@ -200,7 +200,7 @@ class AutoRoutes:
         """The same, shaped as /v1/models entries."""
         created = int(self._stamp())
         return [
-            {"id": name, "object": "model", "created": created, "owned_by": "autoroute"}
+            {"id": name, "object": "model", "created": created, "owned_by": AUTOROUTE}
             for name in self.names()
         ]
 

@@ -18,7 +18,7 @@ from proxy.backends import BackendPool, BackendState, NoBackend, normalize_model
 from proxy.errors import error_response
 from proxy.model_changes import ChangeWatch, ModelChange
 from proxy.ollama_answers import objects
-from proxy.protocol import JSON, JSON_V1, encoded, go_dumps
+from proxy.protocol import AUTOROUTE, JSON, JSON_V1, encoded, go_dumps
 from proxy.relay import Relay
 from proxy.upstream import BufferedAnswer
 
@@ -59,8 +59,6 @@ def in_ollamas_order(path: str, items: list[Any]) -> list[Any]:
 
 # Ollama's default namespace: `library/<name>` names the model `<name>` names.
 _LIBRARY = "library/"
-# How an autoroute lists its own `auto`: its details' format, its /v1/models owner.
-AUTOROUTE = "autoroute"
 
 
 def _autoroutes(item: dict[str, Any]) -> bool:
