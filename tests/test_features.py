@@ -142,6 +142,15 @@ def test_prose_is_not_code_and_a_function_stub_is() -> None:
     assert top(read(LIVER)) == "knowledge"
     assert kind_of(F.request_features("/api/generate", {"prompt": LIVER})) == "knowledge"
     assert kind_of(F.request_features("/api/generate", {"prompt": FUNCTION_MATHS})) == "math"
+    # A maths word prose uses too is maths beside a number, not in prose.
+    for prose_text in (
+        "What does a product manager do?",
+        "How can I solve a conflict with my coworker?",
+        "Plan the remainder of my trip to Japan.",
+    ):
+        assert read(prose_text)["math"] == 0.0, prose_text
+        assert kind_of(F.request_features("/api/generate", {"prompt": prose_text})) != "math"
+    assert top(read("What is the sum of 12 and 30?")) == "math"
     # Numbers with a question: a word problem.
     assert top(read("Ann has 12 apples and buys 30 more at $2 each. How many has she?")) == "math"
     # LaTeX's braces are not code.
@@ -571,9 +580,11 @@ def _reference(path: str, body: Mapping[str, Any]) -> list[float]:
     for name in F.TASKS:
         out[f"task_{name}"] = 0.0 if last_words.isdisjoint(F._TASK_HINTS[name]) else 1.0
     out["multiple_choice"] = 1.0 if choices(low_last) >= 2 else 0.0
-    out["math"] = float(
-        len(last_words & F._MATH_WORDS) + sum(low_last.count(s) for s in F._MATH_SYMBOLS)
-    )
+    maths = len(last_words & F._MATH_WORDS) + sum(low_last.count(s) for s in F._MATH_SYMBOLS)
+    shared = len(last_words & F._MATH_WORDS_WITH_NUMBERS)
+    if maths or any(c in "0123456789" for c in low_last):
+        maths += shared
+    out["math"] = float(maths)
     for part, buckets in hashes.items():
         for i in range(16):
             out[f"{part}_hash_{i}"] = 0.0
@@ -605,6 +616,7 @@ _WORDS = st.sampled_from(
         {w for words, _ in F._LANGUAGE_HINTS.values() for w in words}
         | {w for words in F._TASK_HINTS.values() for w in words}
         | F._MATH_WORDS
+        | F._MATH_WORDS_WITH_NUMBERS
     )
 )
 _BOUNDED = st.builds(lambda a, w, b: a + w + b, _BOUNDARIES, _WORDS, _BOUNDARIES)

@@ -114,9 +114,12 @@ _TASK_HINTS: dict[str, frozenset[str]] = {
     "summarize": frozenset({"summarize", "summarise", "summary", "tldr"}),
     "translate": frozenset({"translate", "translation"}),
 }
-_MATH_WORDS = frozenset(
-    {"solve", "equation", "probability", "integer", "calculate", "sum", "product", "remainder"}
-)
+_MATH_WORDS = frozenset({"equation", "probability", "integer", "calculate"})
+# Maths words prose uses too ("how can I solve a conflict", "a product manager", "the
+# remainder of the trip", "the sum of all fears") count only beside a digit, a maths
+# symbol or another maths word in the window: "Find the product of 6 and 7", "solve
+# x^2 = 4", "calculate the sum of the series".
+_MATH_WORDS_WITH_NUMBERS = frozenset({"solve", "sum", "product", "remainder"})
 _MATH_SYMBOLS = (
     *(" + ", " - ", " * ", " / ", " = ", "^", "$"),
     *("\\frac", "\\sqrt", "\\cdot", "\\times", "\\pi"),
@@ -319,11 +322,15 @@ def _task_hints(hits: frozenset[str]) -> list[float]:
 
 def _math_count(low: str, hits: frozenset[str]) -> int:
     """Maths words among the last turn's window's words (`hits`), plus each occurrence
-    of a maths symbol in it (`low`, lower-cased)."""
+    of a maths symbol in it (`low`, lower-cased); the words prose uses too only beside
+    a digit or another of these (`_MATH_WORDS_WITH_NUMBERS`)."""
     count = len(hits & _MATH_WORDS)
     for symbol, probe in _MATH_PROBES:
         if probe in low:
             count += low.count(symbol)
+    shared = hits & _MATH_WORDS_WITH_NUMBERS
+    if shared and (count or _DIGIT.search(low)):
+        count += len(shared)
     return count
 
 
@@ -430,7 +437,8 @@ _MATH_PROBES = tuple((symbol, _probe(symbol) or symbol) for symbol in _MATH_SYMB
 _LANGUAGE_WORDS = frozenset().union(
     *(words for words, _ in _LANGUAGE_HINTS.values()), _PHRASE_LANGUAGES, _ASKED_WORDS
 )
-_LAST_WORDS = frozenset().union(*_TASK_CHECKS, _MATH_WORDS)
+_LAST_WORDS = frozenset().union(*_TASK_CHECKS, _MATH_WORDS, _MATH_WORDS_WITH_NUMBERS)
+_DIGIT = re.compile("[0-9]")
 _PHRASE_TASK_WORDS = frozenset().union(*(_TASK_HINTS[name] for name in _PHRASE_TASKS))
 _BOTH_WORDS = _LANGUAGE_WORDS | _LAST_WORDS
 _FIND_LANGUAGE_WORDS = _word_pattern(_LANGUAGE_WORDS)
