@@ -322,8 +322,8 @@ def _task_hints(hits: frozenset[str]) -> list[float]:
 
 def _math_count(low: str, hits: frozenset[str]) -> int:
     """Maths words among the last turn's window's words (`hits`), plus each occurrence
-    of a maths symbol in it (`low`, lower-cased); the words prose uses too only beside
-    a digit or another of these (`_MATH_WORDS_WITH_NUMBERS`)."""
+    of a maths symbol in it (`low`, lower-cased); the words prose uses too
+    (`_MATH_WORDS_WITH_NUMBERS`) only beside a digit, a symbol or another maths word."""
     count = len(hits & _MATH_WORDS)
     for symbol, probe in _MATH_PROBES:
         if probe in low:
