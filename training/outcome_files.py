@@ -59,6 +59,24 @@ def groups_scored(
     return [g for g in order if g in found]
 
 
+def prompts(
+    path: Path,
+    names: Sequence[str],
+    group_key: str,
+    scores_key: str,
+    groups: Collection[str],
+    limit: int | None,
+    seed: int,
+) -> list[Prompt]:
+    """The questions of the rows `scored` gives, each with its scores; `limit` of them
+    `drawn` with `seed` when given, in file order."""
+    found = [
+        Prompt(str(row["question"]), scores)
+        for row, scores in scored(path, names, group_key, scores_key, groups)
+    ]
+    return drawn(found, limit, seed)
+
+
 def drawn(prompts: list[Prompt], limit: int | None, seed: int) -> list[Prompt]:
     """`limit` of `prompts` drawn with `seed`, in their order; all of them without a
     limit or when there are no more."""

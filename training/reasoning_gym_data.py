@@ -91,11 +91,7 @@ def load_prompts(
     (by its run's OpenRouter id); `limit` of them drawn with `seed` when given, in file
     order (level, task, then item)."""
     names = [m.dataset_name for m in models]
-    prompts = [
-        Prompt(str(row["question"]), scores)
-        for row, scores in outcome_files.scored(path, names, "level", "score", levels)
-    ]
-    return outcome_files.drawn(prompts, limit, seed)
+    return outcome_files.prompts(path, names, "level", "score", levels, limit, seed)
 
 
 def levels_of(models: Sequence[ModelSpec], path: Path = DATA_FILE) -> list[str]:

@@ -77,11 +77,7 @@ def load_prompts(
     (by its ZeroEval run name); `limit` of them drawn with `seed` when given, in file
     order (task, then item)."""
     names = [m.dataset_name for m in models]
-    prompts = [
-        Prompt(str(row["question"]), scores)
-        for row, scores in outcome_files.scored(path, names, "task", "correct", tasks)
-    ]
-    return outcome_files.drawn(prompts, limit, seed)
+    return outcome_files.prompts(path, names, "task", "correct", tasks, limit, seed)
 
 
 def tasks_of(models: Sequence[ModelSpec], path: Path = DATA_FILE) -> list[str]:
