@@ -64,6 +64,23 @@ NOT_GENERATING = "lists no completion: it neither chats nor generates"
 class AutoError(Exception):
     """The request cannot be routed automatically; a 400 in Ollama's shape."""
 
+    status = 400
+
+    def answer(self, requested: str) -> str:
+        """The error message for a request that named `auto` as `requested`."""
+        return str(self)
+
+
+class UnknownProfile(AutoError):
+    """`auto:<name>` where no profile is configured as `name`: a model that does not
+    exist, which Ollama answers on every route with 404 "model 'x' not found", the name
+    as the request spelled it (clients read the 404 as "pull it or pick another")."""
+
+    status = 404
+
+    def answer(self, requested: str) -> str:
+        return f"model '{requested}' not found ({self})"
+
 
 @dataclass
 class Choice:
@@ -224,7 +241,7 @@ class AutoRouter:
         profile = self.config.profiles.get(name)
         if profile is None:
             configured = ", ".join(f"auto:{p}" for p in sorted(self.config.profiles))
-            raise AutoError(f"unknown profile 'auto:{name}' (configured: {configured})")
+            raise UnknownProfile(f"auto's profiles here: {configured}")
         return profile
 
     def decide(

@@ -232,8 +232,10 @@ class AutoRoutes:
     ) -> web.Response:
         """`/api/show` for `auto`: what it offers (`_offer`). `requested`: the name the
         body asked for, which Ollama gives Copilot Chat as `general.basename`."""
-        if profile not in self.auto.config.profiles:
-            return error_response("/api/show", 404, f"model 'auto:{profile}' not found")
+        try:
+            self.auto.profile(profile)
+        except AutoError as exc:
+            return error_response("/api/show", exc.status, exc.answer(requested))
         offer = self._offer(profile, only)
         names = ", ".join(offer.names) or "none yet"
         info: dict[str, Any] = {
@@ -332,7 +334,7 @@ class AutoRoutes:
         try:
             choice = self.auto.decide(path, doc, profile, user_key(request), only)
         except AutoError as exc:
-            return error_response(request.path, 400, str(exc))
+            return error_response(request.path, exc.status, exc.answer(str(model)))
         decision = choice.decision
         learning = self.auto.config.learning
         rule = self._rule(decision.profile)

@@ -700,7 +700,8 @@ def _check_runners(runners: Runners) -> None:
 
 def _check_profile_names(config: Config) -> None:
     """Settings that name an `auto` profile name one `selector.profiles` defines: else
-    every request they route is a 400 "unknown profile" (plain `auto`, for the default)."""
+    every request they route is a 404 "model 'auto:x' not found" (plain `auto`, for
+    the default)."""
     profiles = config.selector.profiles
     named = [("selector.default_profile", config.selector.default_profile)]
     named += [("cloud.prefer_for_profiles", p) for p in config.cloud.prefer_for_profiles]

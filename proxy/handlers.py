@@ -260,7 +260,7 @@ class Handlers:
             # empty prompt would be routed to would stop one that others are using).
             answered = (
                 _refused(path, doc, sent)
-                or self._unknown_profile(path, profile)
+                or self._unknown_profile(path, profile, model)
                 or self.auto_routes.loading(path, model, doc)
             )
             if answered is not None:
@@ -271,9 +271,9 @@ class Handlers:
         # list may stand in for it, as for a request naming it).
         cloud_names = (f"auto:{profile}",) if key is None or key.models is None else ()
         if route is not None and route.embedding:
-            # Embeddings use no profile, but one that does not exist is the same 400 as
+            # Embeddings use no profile, but one that does not exist is the same 404 as
             # on chat; a body Ollama cannot read is its 400 before either.
-            refused = _refused(path, doc, sent) or self._unknown_profile(path, profile)
+            refused = _refused(path, doc, sent) or self._unknown_profile(path, profile, model)
             if refused is not None:
                 return refused
             chosen = self.config.selector.embedding_model
@@ -305,7 +305,9 @@ class Handlers:
                     path, doc, profile, user_key(request), key.models if key else None
                 )
             except AutoError as exc:
-                return _refused(path, doc, sent) or handler_error(path, 400, str(exc))
+                return _refused(path, doc, sent) or handler_error(
+                    path, exc.status, exc.answer(model)
+                )
             except NoBackend:
                 if self.cloud is None or not cloud_names or not self.cloud.takes(path, cloud_names):
                     raise
@@ -361,8 +363,8 @@ class Handlers:
         if profile is not None:
             # As for embeddings without `selector.embedding_model`: a 400 that says what
             # to do, never `auto` sent on to a backend as a model name. A profile that
-            # does not exist is the same 400 as on chat.
-            refused = self._unknown_profile(path, profile)
+            # does not exist is the same 404 as on chat.
+            refused = self._unknown_profile(path, profile, model)
             if refused is not None:
                 return refused
             return handler_error(path, 400, AUTO_CANNOT_TRANSCRIBE)
@@ -499,12 +501,13 @@ class Handlers:
             runner_caps.note(path, key.id if key else "", model, changed)
         return None
 
-    def _unknown_profile(self, path: str, profile: str) -> web.Response | None:
-        """The 400 for an `auto:<profile>` that is not configured, as chat answers it."""
+    def _unknown_profile(self, path: str, profile: str, model: str) -> web.Response | None:
+        """The 404 for an `auto:<profile>` that is not configured (`model`, as the
+        request spelled it), as chat answers it."""
         try:
             self.auto.profile(profile)
         except AutoError as exc:
-            return handler_error(path, 400, str(exc))
+            return handler_error(path, exc.status, exc.answer(model))
         return None
 
     @staticmethod

@@ -348,8 +348,8 @@ async def test_a_refusal_naming_the_model_carries_gos_escapes(guarded: Proxy, pa
     <, > and & escaped."""
     body = {**CHAT, "model": "auto:a<b>&c"}
     status, _, answer = await call(guarded.url, "POST", path, USER, body)
-    assert status == 400
-    assert b"unknown profile 'auto:a\\u003cb\\u003e\\u0026c'" in answer
+    assert status == 404
+    assert b"model 'auto:a\\u003cb\\u003e\\u0026c' not found" in answer
     assert not any(char in answer for char in (b"<", b">", b"&"))
 
 

@@ -222,20 +222,34 @@ async def test_max_loss_keeps_out_what_is_rated_far_below_the_best(auto_proxy: P
     assert not any(r["beyond_max_loss"] for r in fast["ranking"])
 
 
-async def test_unknown_profile_and_impossible_requests_are_400(auto_proxy: Proxy) -> None:
+async def test_unknown_profile_is_a_missing_model_and_impossible_requests_are_400(
+    auto_proxy: Proxy,
+) -> None:
+    """An `auto:<profile>` no profile configures is a model that does not exist:
+    Ollama's 404 "model 'x' not found", naming it as the request spelled it, on every
+    route (the CLI and the clients read that 404 as "pull it or pick another")."""
     async with aiohttp.ClientSession() as session:
-        async with session.post(auto_proxy.url + "/api/chat", json=chat("auto:nope")) as resp:
-            assert resp.status == 400
-            assert "unknown profile 'auto:nope'" in (await resp.json())["error"]
+        async with session.post(auto_proxy.url + "/api/chat", json=chat("Auto:Nope")) as resp:
+            assert resp.status == 404
+            error = (await resp.json())["error"]
+            assert error.startswith("model 'Auto:Nope' not found (")
+            assert "auto:best" in error
+        async with session.post(auto_proxy.url + "/api/show", json={"model": "auto:nope"}) as r:
+            assert r.status == 404
+            assert (await r.json())["error"].startswith("model 'auto:nope' not found (")
+        explained = chat("auto:nope")
+        async with session.post(auto_proxy.url + "/api/autoroute/explain", json=explained) as r:
+            assert r.status == 404
+            assert (await r.json())["error"].startswith("model 'auto:nope' not found (")
         # Embeddings take `selector.embedding_model` whatever the profile, but one that
         # does not exist is refused the same way.
         embed = {"model": "auto:nope", "input": "x"}
         async with session.post(auto_proxy.url + "/api/embed", json=embed) as resp:
-            assert resp.status == 400
-            assert "unknown profile 'auto:nope'" in (await resp.json())["error"]
+            assert resp.status == 404
+            assert (await resp.json())["error"].startswith("model 'auto:nope' not found (")
         async with session.post(auto_proxy.url + "/v1/embeddings", json=embed) as resp:
-            assert resp.status == 400
-            assert "unknown profile 'auto:nope'" in (await resp.json())["error"]["message"]
+            assert resp.status == 404
+            assert "model 'auto:nope' not found" in (await resp.json())["error"]["message"]
         body = chat("auto:coders", tools=TOOLS)
         body["messages"][0]["images"] = [PIXEL_PNG]
         async with session.post(auto_proxy.url + "/api/chat", json=body) as resp:
@@ -269,7 +283,8 @@ async def test_autos_refusals_on_the_compatible_routes_are_written_as_ollamas_ar
 ) -> None:
     """Ollama's OpenAI and Anthropic layers rewrite a handler's error with a
     json.Encoder under `Content-Type: application/json` (no charset), the line ending in
-    a newline; `auto`'s 400 in the handler's place is written the same way."""
+    a newline; `auto`'s refusal in the handler's place is written the same way: an
+    unknown profile as the 404 of a model that does not exist, with its error type."""
     # A named model's refusal, from the backend itself: no such model.
     named = {**body, "model": "nonesuch:1b"}
     async with aiohttp.ClientSession() as session:
@@ -278,13 +293,18 @@ async def test_autos_refusals_on_the_compatible_routes_are_written_as_ollamas_ar
         async with session.post(auto_proxy.url + path, json=body) as resp:
             proxied = resp.status, resp.headers["Content-Type"], await resp.read()
     assert direct[0] == 404 and direct[2].endswith(b"}\n"), direct
-    assert proxied[0] == 400, proxied
+    unknown = body["model"] == "auto:nope"
+    assert proxied[0] == (404 if unknown else 400), proxied
+    if unknown:
+        # The same error object but for the name: its type and fields are Ollama's.
+        assert orjson.loads(proxied[2])["error"]["type"] == orjson.loads(direct[2])["error"]["type"]
     assert proxied[1] == direct[1] == "application/json"
     assert proxied[2].endswith(b"}\n") and proxied[2].count(b"\n") == 1, proxied
     if path != "/v1/messages":
         sdk = openai.AsyncOpenAI(base_url=auto_proxy.url + "/v1", api_key="x", max_retries=0)
         try:
-            with pytest.raises(openai.BadRequestError) as refused:
+            refusal = openai.NotFoundError if unknown else openai.BadRequestError
+            with pytest.raises(refusal) as refused:
                 await sdk.post(path.removeprefix("/v1"), body=body, cast_to=object)
         finally:
             await sdk.close()
@@ -538,7 +558,7 @@ async def test_loading_and_unloading_auto_touch_no_backend(
     assert set(emulator.state.loaded) == before
     with pytest.raises(ollama.ResponseError) as unknown:
         await client.generate(model="auto:nope", keep_alive=0)
-    assert unknown.value.status_code == 400
+    assert unknown.value.status_code == 404
     # A keep_alive Ollama refuses is routed as before, and the backend's 400 answers it.
     with pytest.raises(ollama.ResponseError) as refused:
         await client.generate(model="auto", keep_alive="10")
@@ -1287,7 +1307,7 @@ async def test_an_auto_name_with_an_empty_tag_is_ollamas_invalid_name(
     auto_proxy: Proxy, emulator: Emulator, path: str, fields: dict[str, Any]
 ) -> None:
     """`auto:` is no name Ollama parses (model.ParseName leaves its tag missing): the
-    400 it gives any such name (writeModelRefParseError), not an unknown profile's, as
+    400 it gives any such name (writeModelRefParseError), not an unknown profile's 404, as
     for a model's name with its tag missing."""
     direct = await post_raw(emulator.url, path, orjson.dumps({"model": "qwen2.5:", **fields}))
     assert direct == (400, b'{"error":"invalid model name"}')

@@ -237,7 +237,7 @@ def test_a_refused_dsn_does_not_show_its_password(tmp_path: Path) -> None:
 def test_one_profile_setting_keeps_the_other_profiles_and_settings() -> None:
     """`AUTOROUTE_SELECTOR__PROFILES__FAST__DEFAULT_MODEL` (or a file naming only that)
     made `fast` the only profile, with the cost_weight of no profile: plain `auto`
-    (balanced) then answered every request 400 "unknown profile"."""
+    (balanced) then answered every request as a model that does not exist."""
     cfg = config.load(
         path=None,
         environ={

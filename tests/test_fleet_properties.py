@@ -16,7 +16,7 @@ and an emulated backend that refuses as Ollama does:
   request needs;
 - a request no model can serve is refused with a 400 naming why;
 - an embed request goes to `selector.embedding_model`, else is a 400;
-- an unknown profile is a 400 on every route;
+- an unknown profile is a missing model's 404 on every route;
 - explain answers every such fleet, choosing and ranking within the same bounds, and
   shows for every ranked candidate what the catalogue knows of it and what said its
   capabilities.
@@ -460,9 +460,10 @@ def _check_request(
     assert resp.status_code < 500, (where, resp.status_code, resp.text)
     assert explained.status_code < 500, (where, explained.status_code, explained.text)
     if profile == UNKNOWN_PROFILE:
-        assert resp.status_code == 400, (where, resp.text)
-        assert "unknown profile" in _error_of(path, resp), where
-        assert explained.status_code == 400 and "unknown profile" in explained.json()["error"]
+        missing = f"model '{profile}' not found"
+        assert resp.status_code == 404, (where, resp.text)
+        assert missing in _error_of(path, resp), where
+        assert explained.status_code == 404 and missing in explained.json()["error"]
         return
     able = _servers_of(fleet, needs)
     if able:
@@ -520,7 +521,8 @@ def _check_embed(rig: Rig, fleet: list[Model], path: str, body: dict[str, Any]) 
         for profile in (*PROFILES, UNKNOWN_PROFILE):
             resp = client.post(path, json={**body, "model": profile})
             if profile == UNKNOWN_PROFILE:
-                assert resp.status_code == 400 and "unknown profile" in _error_of(path, resp)
+                assert resp.status_code == 404
+                assert f"model '{profile}' not found" in _error_of(path, resp)
                 continue
             if any(m.name == EMBEDDING_MODEL for m in fleet):
                 assert resp.status_code == 200, (where, resp.text)

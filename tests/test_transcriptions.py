@@ -446,10 +446,10 @@ async def test_auto_is_refused_with_a_400_that_says_to_name_a_model(
         await client.audio.transcriptions.create(model="auto", file=("a.wav", AUDIO))
     body = caught.value.body
     assert isinstance(body, dict) and "name a model" in str(body["message"])
-    with pytest.raises(openai.BadRequestError) as caught:
+    with pytest.raises(openai.NotFoundError) as missing:
         await client.audio.transcriptions.create(model="auto:nonesuch", file=("a.wav", AUDIO))
-    body = caught.value.body
-    assert isinstance(body, dict) and "unknown profile 'auto:nonesuch'" in str(body["message"])
+    body = missing.value.body
+    assert isinstance(body, dict) and "model 'auto:nonesuch' not found" in str(body["message"])
     assert counts(fleet) == (0, 0)
 
 
