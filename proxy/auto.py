@@ -1,9 +1,10 @@
 """`"model": "auto"` and `auto:<profile>`: choose a model for this request, now.
 
-Hard filters first (capabilities the request needs, context length, the profile's
-allow and deny lists), then one onnxruntime batch over the survivors for
-P(success), expected seconds from live telemetry, and the policy's choice. With no
-usable artifact, a documented heuristic stands in (`selector_model.policy`).
+Hard filters first (capabilities the request needs, a context that holds the prompt,
+else the longest, the profile's allow and deny lists), then one onnxruntime batch over
+the survivors for P(success), expected seconds from live telemetry, and the policy's
+choice. With no usable artifact, a documented heuristic stands in
+(`selector_model.policy`).
 """
 
 from __future__ import annotations
@@ -456,6 +457,7 @@ class AutoRouter:
         names = self._profile(profile)
         eligible: list[Candidate] = []
         filtered: dict[str, str] = {}
+        short: list[Candidate] = []  # eligible but for a context that holds the prompt
         for candidate in listed:
             name = candidate.name
             if key_models is not None and name not in key_models:
@@ -469,8 +471,17 @@ class AutoRouter:
                 filtered[name] = (
                     f"context {candidate.context_length} < ~{int(prompt_tokens)} prompt tokens"
                 )
+                short.append(candidate)
             else:
                 eligible.append(candidate)
+        if not eligible and short:
+            # Ollama serves a prompt longer than its context, cut to fit (`truncate`
+            # defaults to true; with false the runner refuses it, as the backend then
+            # does): a prompt no context holds goes where the least of it is cut.
+            longest = max(c.context_length for c in short)
+            eligible = [c for c in short if c.context_length == longest]
+            for candidate in eligible:
+                del filtered[candidate.name]
         if "insert" not in needs and any(c.is_instruct for c in eligible):
             eligible = self._instruct_first(eligible, names, filtered)
         eligible = self._weights_once(eligible, names, filtered)

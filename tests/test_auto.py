@@ -1870,12 +1870,67 @@ async def test_a_long_text_in_a_field_the_route_does_not_have_fits_any_context(
     ],
 )
 async def test_a_long_text_in_a_field_the_route_has_is_filtered_by_context(
-    plain_fleet: tuple[Emulator, Proxy], path: str, fields: dict[str, Any]
+    context_fleet: tuple[Emulator, Proxy], path: str, fields: dict[str, Any]
 ) -> None:
-    """The same text where the route's request has it: no context holds it."""
-    _, prx = plain_fleet
-    error = await _auto_refused(prx, path, fields)
-    assert "gemma2:9b: context 8192 < ~10000 prompt tokens" in error, error
+    """The same text where the route's request has it: gemma2:9b's context does not
+    hold it, and the model whose context does serves it."""
+    _, prx = context_fleet
+    body = {**ROUTE_BODIES[path], **fields, "model": "auto", "stream": False}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            prx.url + "/api/autoroute/explain", params={"path": path}, json=body
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+            doc = await resp.json()
+        async with http.post(prx.url + path, json=body) as resp:
+            assert resp.status == 200, await resp.text()
+            assert resp.headers["X-Autoroute-Model"] == "qwen2.5:7b"
+    assert doc["filtered"] == {"gemma2:9b": "context 8192 < ~10000 prompt tokens"}, doc
+
+
+@pytest.fixture(scope="module")
+def context_fleet(servers: ServerThread) -> Iterator[tuple[Emulator, Proxy]]:
+    """gemma2:9b (a context of 8,192 tokens) and qwen2.5:7b (32,768)."""
+    emu = Emulator(servers, dataclasses.replace(FROZEN, models=("gemma2:9b", "qwen2.5:7b")))
+    prx = Proxy(servers, [emu.url])
+    yield emu, prx
+    prx.stop()
+    emu.stop()
+
+
+@pytest.mark.parametrize(
+    ("path", "fields"),
+    [
+        ("/api/chat", {"messages": [{"role": "user", "content": LONG_TEXT * 4}]}),
+        ("/api/generate", {"prompt": LONG_TEXT * 4}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": LONG_TEXT * 4}]}),
+        ("/v1/messages", {"system": LONG_TEXT * 4}),
+    ],
+)
+async def test_a_prompt_no_context_holds_is_served_where_least_of_it_is_cut(
+    plain_fleet: tuple[Emulator, Proxy],
+    context_fleet: tuple[Emulator, Proxy],
+    path: str,
+    fields: dict[str, Any],
+) -> None:
+    """Ollama serves a prompt longer than the model's context, cut to fit (`truncate`
+    defaults to true), rather than refuse it: `auto` sends one that no candidate's
+    context holds to the longest context, and names the others as filtered."""
+    body = {**ROUTE_BODIES[path], **fields, "model": "auto", "stream": False}
+    for (emu, prx), served in ((plain_fleet, "gemma2:9b"), (context_fleet, "qwen2.5:7b")):
+        async with aiohttp.ClientSession() as http:
+            async with http.post(emu.url + path, json={**body, "model": served}) as resp:
+                assert resp.status == 200, await resp.text()
+            async with http.post(
+                prx.url + "/api/autoroute/explain", params={"path": path}, json=body
+            ) as resp:
+                assert resp.status == 200, await resp.text()
+                doc = await resp.json()
+            async with http.post(prx.url + path, json=body) as resp:
+                assert resp.status == 200, await resp.text()
+                assert resp.headers["X-Autoroute-Model"] == served
+        assert doc["model"] == served
+        assert set(doc["filtered"]) == ({"gemma2:9b"} if served != "gemma2:9b" else set())
 
 
 async def test_explain_cites_only_the_results_a_candidate_takes(
