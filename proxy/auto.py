@@ -13,11 +13,12 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from aiohttp import web
 
+from proxy import go_json
 from proxy.backends import BackendPool, NoBackend, normalize_model, without_local
 from proxy.config import Config, Profile, Variant
 from proxy.continuations import Continuations
@@ -143,6 +144,38 @@ def required_capabilities(asks: request_body.Asks, path: str) -> tuple[str, ...]
     return tuple(needs)
 
 
+class Reading(NamedTuple):
+    """What `decide` reads of a request body: one pass per content part, a Python call
+    each, so that a body of hundreds of thousands of parts takes a good part of a second
+    to read (`reading_off_loop` reads a large one in a reader thread)."""
+
+    features: list[float]  # `features.request_features`
+    asks: request_body.Asks  # `request_body.asks` of the route's fields
+    limit: float | None  # `request_body.route_output_limit`
+    # `request_body.prompt_tokens`; None: not read yet, and read only where a
+    # candidate's context may not hold the prompt (`AutoRouter._eligible_for`).
+    prompt_tokens: float | None
+
+
+def read_request(path: str, doc: Mapping[str, Any], tokens: bool = False) -> Reading:
+    """The `Reading` of a request body on `path`; `tokens`: its prompt's tokens too."""
+    return Reading(
+        features.request_features(path, doc),
+        request_body.asks(path, doc),
+        request_body.route_output_limit(path, doc),
+        request_body.prompt_tokens(path, doc) if tokens else None,
+    )
+
+
+async def reading_off_loop(path: str, doc: Mapping[str, Any], size: int) -> Reading:
+    """`read_request` for a handler, of a body of `size` bytes: in a reader thread when
+    the body is large (`go_json.off_loop`), as its parsing and its limits were. The
+    prompt's tokens are read there too: once the body is in the thread, reading them is
+    cheaper than coming back for them where a context is short of the prompt."""
+    large = size > go_json.INLINE_BYTES
+    return await go_json.off_loop(size, read_request, path, doc, large)
+
+
 @dataclass(frozen=True)
 class Eligible:
     """The candidates that pass the hard filters, with what `decide` reads of each.
@@ -252,10 +285,14 @@ class AutoRouter:
         profile_name: str,
         user: str = "",
         key_models: frozenset[str] | None = None,
+        reading: Reading | None = None,
     ) -> Choice:
-        """`key_models`: the API key's allow-list (normalised names), None for any."""
+        """`key_models`: the API key's allow-list (normalised names), None for any.
+        `reading`: what `read_request` reads of `doc`, read here when not given."""
         profile = self.profile(profile_name)
-        request = features.request_features(path, doc)
+        if reading is None:
+            reading = read_request(path, doc)
+        request = reading.features
         experiments = self.config.experiments
         assigned = assign(experiments, user, path, profile_name, request) if experiments else None
         if (
@@ -275,12 +312,12 @@ class AutoRouter:
         prompt_tokens = math.expm1(request[_LOG_TOKENS])
         # Read from the route's own fields, not from the features, which read every
         # API's fields at once: a field the route's request lacks asks nothing.
-        asks = request_body.asks(path, doc)
+        asks = reading.asks
         needs = required_capabilities(asks, path)
         default_model = self._profile(profile).default_model
         chars = math.expm1(request[_LOG_CHARS])
-        eligible = self._eligible_for(profile, key_models, needs, chars, path, doc)
-        limit = request_body.route_output_limit(path, doc)
+        eligible = self._eligible_for(profile, key_models, needs, chars, path, doc, reading)
+        limit = reading.limit
         if limit is not None and limit < THINKING_ROOM and not asks.thinking:
             eligible = _room_to_answer(eligible, asks.thinking is False, limit)
         if not eligible.candidates:
@@ -413,6 +450,7 @@ class AutoRouter:
         chars: float,
         path: str,
         doc: Mapping[str, Any],
+        reading: Reading,
     ) -> Eligible:
         """`_filter` of the registry's candidates: its result but for context length is
         cached (see `self._eligible`), and only a prompt longer than some candidate's
@@ -420,7 +458,7 @@ class AutoRouter:
         bytes over four of the texts the route's request has
         (`request_body.prompt_tokens`), never more than `chars` (every shape's
         characters, the features'): only a prompt of more characters than a context
-        holds is counted."""
+        holds is counted, unless `reading` has them already."""
         listed = self.registry.candidates()
         key = (id(listed), id(profile), key_models, needs)
         entry = self._eligible.get(key)
@@ -437,7 +475,9 @@ class AutoRouter:
                 listed, profile, self._filter(listed, profile, key_models, needs, 0.0)
             )
         if chars > entry.eligible.min_context:
-            prompt_tokens = request_body.prompt_tokens(path, doc)
+            prompt_tokens = reading.prompt_tokens
+            if prompt_tokens is None:
+                prompt_tokens = request_body.prompt_tokens(path, doc)
             if prompt_tokens > entry.eligible.min_context:
                 return self._filter(listed, profile, key_models, needs, prompt_tokens)
         return entry.eligible

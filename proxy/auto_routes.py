@@ -12,7 +12,7 @@ from aiohttp import web
 from proxy import experiments, go_json, go_types, openai_chat
 from proxy import limits as request_limits
 from proxy.auth import KEY_REQUEST
-from proxy.auto import AUTO, AutoError, AutoRouter, profile_of, user_key
+from proxy.auto import AUTO, AutoError, AutoRouter, profile_of, reading_off_loop, user_key
 from proxy.config import Limits, Usage
 from proxy.errors import error_response
 from proxy.keep_alive import unloads
@@ -331,8 +331,9 @@ class AutoRoutes:
             return error_response(request.path, 400, unread)
         # The key's allow-list, as on inference: explain must rank what auto would.
         only = key.models if key is not None else None
+        reading = await reading_off_loop(path, doc, len(body))
         try:
-            choice = self.auto.decide(path, doc, profile, user_key(request), only)
+            choice = self.auto.decide(path, doc, profile, user_key(request), only, reading)
         except AutoError as exc:
             return error_response(request.path, exc.status, exc.answer(str(model)))
         decision = choice.decision

@@ -28,7 +28,7 @@ from proxy import (
 from proxy import limits as request_limits
 from proxy.aiohttp_internals import state_get
 from proxy.auth import KEY_REQUEST, KeyState, sees_fleet, without_foreign_parent
-from proxy.auto import AutoError, AutoRouter, profile_of, user_key
+from proxy.auto import AutoError, AutoRouter, profile_of, reading_off_loop, user_key
 from proxy.auto_routes import AutoRoutes, fraction_in_an_int, refusal
 from proxy.backends import (
     WEB_PATHS,
@@ -301,8 +301,10 @@ class Handlers:
                     return await cloud.serve(request, doc, cloud_names)
             deciding = time.perf_counter()
             try:
+                # What the decision reads of the body, off the loop for a large one.
+                reading = await reading_off_loop(path, doc, len(body))
                 choice = self.auto.decide(
-                    path, doc, profile, user_key(request), key.models if key else None
+                    path, doc, profile, user_key(request), key.models if key else None, reading
                 )
             except AutoError as exc:
                 return _refused(path, doc, sent) or handler_error(

@@ -18,6 +18,7 @@ from proxy import limits as request_limits
 from proxy.app import APP_KEY
 from proxy.config import Limits
 from proxy.limits import HELD_BODIES, prompt_chars
+from selector_model import features, request_body
 from tests.support import (
     Emulator,
     Proxy,
@@ -276,6 +277,57 @@ async def test_a_body_of_many_texts_is_measured_off_the_loop(
             async with session.post(proxy.url + path, data=body) as resp:
                 assert resp.status < 500, (resp.status, await resp.read())
         assert countings == [len(body) <= go_json.INLINE_BYTES], (entries, countings)
+
+
+def _parted(path: str, parts: int) -> dict[str, Any]:
+    """An `auto` request on `path` whose one user turn is `parts` content parts (a
+    string of as many words on /api/chat, whose content is a string)."""
+    if path == "/api/chat":
+        return {"model": "auto", "messages": [{"role": "user", "content": "word " * parts}]}
+    if path == "/v1/responses":
+        content = [{"type": "input_text", "text": "word"}] * parts
+        return {"model": "auto", "input": [{"role": "user", "content": content}]}
+    turn = {"role": "user", "content": [{"type": "text", "text": "word"}] * parts}
+    return {"model": "auto", "max_tokens": 8, "messages": [turn]}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/chat/completions",
+        "/v1/responses",
+        "/v1/messages",
+        "/api/chat",
+        "/api/autoroute/explain?path=/v1/chat/completions",
+    ],
+)
+async def test_autos_reading_of_a_body_of_many_parts_is_off_the_loop(
+    proxy: Proxy, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`auto` reads a request's features, what it asks of a model and its prompt's
+    tokens part by part, a Python call each: hundreds of thousands of content parts
+    held the event loop for a tenth of a second and more per request. A large body's
+    reading is in a worker thread, a small one's on the loop."""
+    calls = {
+        name: where_called(monkeypatch, owner, name)
+        for owner, name in (
+            (features, "request_features"),
+            (request_body, "asks"),
+            (request_body, "prompt_tokens"),
+        )
+    }
+    for parts in (10, 30_000):
+        body = orjson.dumps({"stream": False, **_parted(path.partition("?")[0], parts)})
+        for called in calls.values():
+            called.clear()
+        async with aiohttp.ClientSession() as session:
+            async with session.post(proxy.url + path, data=body) as resp:
+                assert resp.status == 200, (resp.status, await resp.read())
+        small = len(body) <= go_json.INLINE_BYTES
+        assert calls["request_features"] == [small], (parts, calls)
+        assert calls["asks"] == [small], (parts, calls)
+        # Read off the loop with the rest; on it only where a context is short of it.
+        assert calls["prompt_tokens"] == ([] if small else [False]), (parts, calls)
 
 
 async def test_bodies_read_in_gos_slow_way_hold_up_no_other_body(
