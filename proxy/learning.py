@@ -38,7 +38,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -59,7 +59,13 @@ log = logging.getLogger("autoroute.learning")
 # Feedback for a request not seen yet (it can overtake its own usage event) waits this
 # long for it before a lookup in PostgreSQL, or being dropped.
 UNMATCHED_SECONDS = 30.0
-UNMATCHED_MAX = 10_000
+# The most ratings that wait for their requests, per rater (the API key that gave them;
+# without keys, the client's address) and of all raters together. Any client may post
+# ratings by the thousand for ids that no request will carry: past its own bound a rater
+# forgets its own oldest, so that it pushes out no other key's or client's. Past the
+# total, which only many raters at once reach, the ratings waiting longest go.
+UNMATCHED_PER_RATER = 10_000
+UNMATCHED_MAX = 50_000
 # The most requests one id names in memory: a rating recounts each. Past it, the id
 # forgets the oldest request of the new one's key (else its oldest), so that no key
 # sending many requests with another's id pushes that key's own out. The same bound
@@ -160,8 +166,20 @@ def evidence_from_events(events: Iterable[Mapping[str, Any]]) -> Evidence:
     return evidence
 
 
-# A rating and the API key that gave it: (rating, the key's id, its hash).
-_Rating = tuple[float, str | None, str | None]
+# A rating and who gave it: (rating, the API key's id, its hash, the client's address
+# where no key gave it, else "").
+_Rating = tuple[float, str | None, str | None, str]
+# Who gave a rating: its `_Rating` but the rating.
+_Rater = tuple[str | None, str | None, str]
+
+
+@dataclass(slots=True)
+class _Waiting:
+    """One rater's ratings in `Learner.unmatched`: the ids they wait under, in the order
+    of its first rating of each, with how many of its ratings each holds."""
+
+    ids: OrderedDict[str, int] = field(default_factory=OrderedDict)
+    count: int = 0
 
 
 @dataclass(slots=True)
@@ -200,7 +218,7 @@ class _Counted:
     def takes(self, given: _Rating) -> bool:
         """Whether a rating counts for this request: not one given with another key
         than the request's (`usage_event.rating_counts`)."""
-        _, rater, rater_hash = given
+        _, rater, rater_hash, _ = given
         return usage_event.rating_counts(rater, self.api_key_id, rater_hash, self.api_key_hash)
 
     def rate(self, ratings: Iterable[_Rating]) -> None:
@@ -256,8 +274,12 @@ class Learner:
         self.held = 0
         # The recent copies of each prompt, to tell a retry from a repetition.
         self.prompts: outcome.Repeats[_Counted] = outcome.Repeats(settings.recent_requests)
-        # Ratings (with the key that gave each) waiting for their request's event.
+        # Ratings (with who gave each) waiting for their request's event, by id, in
+        # the order of each id's first rating, with when that came.
         self.unmatched: OrderedDict[str, tuple[float, list[_Rating]]] = OrderedDict()
+        # Who gave them, and the ratings waiting in all (`UNMATCHED_PER_RATER`).
+        self.raters: dict[_Rater, _Waiting] = {}
+        self.waiting = 0
         self.dsn = usage.postgres_dsn
         self.state_file = self._state_path()
         self.store = "off" if not settings.enabled else ("postgres" if self.dsn else "file")
@@ -276,15 +298,15 @@ class Learner:
 
     # Observing (the usage pipeline's background side) ------------------------------
 
-    def observe(self, what: str, doc: Mapping[str, Any]) -> None:
+    def observe(self, what: str, doc: Mapping[str, Any], client: str = "") -> None:
+        """`client`: the address a feedback came from where no API key gave it."""
         if self.store == "off":
             return
         if what == USAGE:
             self._event(doc)
         elif what == FEEDBACK:
-            self._feedback(
-                str(doc.get("request_id")), (float(doc["rating"]), *usage_event.key_of(doc))
-            )
+            key = usage_event.key_of(doc)
+            self._feedback(str(doc.get("request_id")), (float(doc["rating"]), *key, client))
 
     def _event(self, event: Mapping[str, Any]) -> None:
         decided = decision_of(event)
@@ -306,9 +328,11 @@ class Learner:
                 # pass each: a comparison of every rating with every one taken would
                 # cost the square of their number.
                 counted.rate(waiting[1])
+                taken = [r for r in waiting[1] if counted.takes(r)]
                 waiting[1][:] = [r for r in waiting[1] if not counted.takes(r)]
                 if not waiting[1]:
                     del self.unmatched[rid]
+                self._forget(rid, taken)
         self._retry(event, counted)
         self._count(counted)
         self._remember(ids, counted)
@@ -363,14 +387,50 @@ class Learner:
         if taken:
             return
         held = self.unmatched.setdefault(request_id, (time.monotonic(), []))[1]
+        rater = given[1:]
         if len(held) >= PER_ID:
             # A bounded number per id, as of requests (`_remember`): past it the
             # rater's own oldest goes, never a rating another key gave.
-            same = given[1:]
-            del held[next((i for i, r in enumerate(held) if r[1:] == same), 0)]
+            drop = next((i for i, r in enumerate(held) if r[1:] == rater), 0)
+            self._forget(request_id, (held.pop(drop),))
         held.append(given)
-        while len(self.unmatched) > UNMATCHED_MAX:
-            self.unmatched.popitem(last=False)
+        waiting = self.raters.get(rater)
+        if waiting is None:
+            waiting = self.raters[rater] = _Waiting()
+        waiting.ids[request_id] = waiting.ids.get(request_id, 0) + 1
+        waiting.count += 1
+        self.waiting += 1
+        if waiting.count > UNMATCHED_PER_RATER:
+            self._drop_oldest(rater, waiting)
+        while self.waiting > UNMATCHED_MAX:
+            rid, (_, ratings) = self.unmatched.popitem(last=False)
+            self._forget(rid, ratings)
+
+    def _drop_oldest(self, rater: _Rater, waiting: _Waiting) -> None:
+        """The oldest of the ratings `rater` has waiting, out of `unmatched`."""
+        rid = next(iter(waiting.ids))
+        held = self.unmatched[rid][1]
+        dropped = held.pop(next(i for i, r in enumerate(held) if r[1:] == rater))
+        if not held:
+            del self.unmatched[rid]
+        self._forget(rid, (dropped,))
+
+    def _forget(self, rid: str, ratings: Iterable[_Rating]) -> None:
+        """`ratings`, waiting under `rid`, taken out of `unmatched`: no longer counted
+        against their raters."""
+        raters = self.raters
+        for given in ratings:
+            rater = given[1:]
+            waiting = raters[rater]
+            left = waiting.ids[rid] - 1
+            if left:
+                waiting.ids[rid] = left
+            else:
+                del waiting.ids[rid]
+            waiting.count -= 1
+            if not waiting.count:
+                del raters[rater]
+            self.waiting -= 1
 
     def _count(self, counted: _Counted) -> None:
         """Count a request's outcome as it stands now, taking back what was counted."""
@@ -586,6 +646,7 @@ class Learner:
         for row in found:
             rid = row["request_id"]
             ratings = self.unmatched.pop(rid, (0.0, []))[1]
+            self._forget(rid, ratings)
             if any(c.request_id == rid for c in self.carrying(rid)):
                 continue  # remembered here: the ratings were offered to it, not for it
             event = dict(row["event"])
@@ -605,7 +666,8 @@ class Learner:
             since = next(iter(self.unmatched.values()))[0]
             if now - since < UNMATCHED_SECONDS:
                 break
-            self.unmatched.popitem(last=False)
+            rid, (_, ratings) = self.unmatched.popitem(last=False)
+            self._forget(rid, ratings)
 
 
 def _columns(rows: list[Row]) -> tuple[list[Any], ...]:

@@ -21,7 +21,8 @@ import numpy as np
 import orjson
 import pytest
 
-from proxy import auth_store
+from proxy import auth_store, learning
+from proxy.app import APP_KEY
 from proxy.auth import hash_key
 from proxy.config import ApiKey, Auth, Learning, Profile, Selector, Usage
 from proxy.emulator import EmulatorSettings
@@ -33,7 +34,7 @@ from selector_model.features import AREAS, REQUEST_FEATURES, Candidate
 from selector_model.kind import kind_of
 from selector_model.policy import pick, rank, size_anchor
 from selector_model.posterior import choose
-from tests.support import Emulator, Proxy, ServerThread, wait_until
+from tests.support import Emulator, Proxy, ServerThread, file_usage, wait_until
 from tests.test_auth_postgres import REFRESH, status_becomes
 from tests.test_outcome import _at, closed_loop
 from tests.usage_services import Database, postgres_usage
@@ -863,6 +864,76 @@ def test_ratings_waiting_for_an_id_are_bounded_and_another_keys_keep_theirs(
     assert len(learner.unmatched["c1"][1]) == PER_ID - 1
 
 
+def _waiting_counted(learner: Learner) -> None:
+    """The learner's count of waiting ratings, per rater and in all, is theirs."""
+    held = [r for _, ratings in learner.unmatched.values() for r in ratings]
+    assert learner.waiting == len(held)
+    assert {rater: w.count for rater, w in learner.raters.items()} == Counter(r[1:] for r in held)
+
+
+@pytest.mark.parametrize("by", ["key", "client"])
+def test_a_flood_of_ratings_for_made_up_ids_pushes_out_no_other_raters_waiting_one(
+    tmp_path: Path, by: str
+) -> None:
+    """A rating can overtake its request's event, and waits for it among a bounded
+    number: Bob posting ratings for made-up ids, more than all the ratings that may
+    wait, forgets his own oldest, never Ann's, which counts for her request when it
+    comes. Raters are told apart by their API keys, else by the clients' addresses."""
+    evidence = Evidence()
+    learner = Learner(Learning(), Usage(file_path=str(tmp_path / "events.jsonl")), evidence)
+
+    def rate(name: str, rid: str, value: float) -> None:
+        if by == "key":
+            key = {"api_key_id": name, "api_key_hash": f"{name}-hash"}
+            learner.observe("feedback", {"request_id": rid, "rating": value, **key})
+        else:
+            address = {"ann": "10.0.0.1", "bob": "10.0.0.2"}[name]
+            learner.observe("feedback", {"request_id": rid, "rating": value}, address)
+
+    rate("ann", "c1", 0.0)
+    for i in range(learning.UNMATCHED_MAX + 5):
+        rate("bob", f"made-up-{i}", 1.0)
+    assert "c1" in learner.unmatched
+    assert "made-up-0" not in learner.unmatched  # Bob's oldest went
+    assert len(learner.unmatched) == learning.UNMATCHED_PER_RATER + 1
+    _waiting_counted(learner)
+    event = _event("r1", 0, "ann", done_reason="stop")
+    client = {"user": "ann"}
+    if by == "key":
+        client |= {"api_key_id": "ann", "api_key_hash": "ann-hash"}
+    learner.observe("usage", {**event, "client": client, "client_request_id": "c1"})
+    # Ann's request: her thumbs-down.
+    assert evidence.of("math")["qwen2.5:7b"][:2] == pytest.approx([0.0, outcome.RATED])
+    assert "c1" not in learner.unmatched
+    _waiting_counted(learner)
+
+
+def test_ratings_waiting_leave_their_raters_count_however_they_go(tmp_path: Path) -> None:
+    """Ratings stop waiting when their request comes, when they expire, past an id's
+    bound and past a rater's: each way leaves the rater's count of them right, so that
+    a rater's bound counts what it has waiting."""
+    learner = Learner(Learning(), Usage(file_path=str(tmp_path / "events.jsonl")), Evidence())
+
+    def rate(name: str, rid: str) -> None:
+        key = {"api_key_id": name, "api_key_hash": f"{name}-hash"}
+        learner.observe("feedback", {"request_id": rid, "rating": 1.0, **key})
+
+    for i in range(PER_ID + 3):
+        rate("ann" if i % 2 else "bob", "c1")
+    rate("ann", "c2")
+    _waiting_counted(learner)
+    event = _event("r1", 0, "ann", done_reason="stop")
+    client = {"user": "ann", "api_key_id": "ann", "api_key_hash": "ann-hash"}
+    learner.observe("usage", {**event, "client": client, "client_request_id": "c1"})
+    assert {r[1] for r in learner.unmatched["c1"][1]} == {"bob"}
+    _waiting_counted(learner)
+    learner.unmatched["c1"] = (0.0, learner.unmatched["c1"][1])  # waiting since long ago
+    learner._expire_unmatched()
+    assert list(learner.unmatched) == ["c2"]
+    _waiting_counted(learner)
+    assert learner.waiting == 1 and list(learner.raters) == [("ann", "ann-hash", "")]
+
+
 def test_requests_of_another_key_carrying_an_id_do_not_push_the_keys_own_out(
     tmp_path: Path,
 ) -> None:
@@ -1224,6 +1295,37 @@ async def test_another_key_sending_the_same_request_id_takes_no_rating_away(
             assert rows[bob_model]["evidence"]["count"] == pytest.approx(
                 outcome.RATED + outcome.COMPLETED
             )
+    finally:
+        prx.stop()
+
+
+async def test_a_clients_flood_of_ratings_leaves_another_clients_waiting_rating(
+    servers: ServerThread, fleet: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without API keys, the proxy tells raters apart by their addresses: Bob, from
+    127.0.0.2, posting more ratings for made-up ids than may wait in all, pushes out
+    no rating Ann (127.0.0.1) gave before her request's answer ended, which counts for
+    it. The bounds are made small here; the learner's tests show them at their size."""
+    monkeypatch.setattr(learning, "UNMATCHED_PER_RATER", 10, raising=False)
+    monkeypatch.setattr(learning, "UNMATCHED_MAX", 20)
+    usage = file_usage(tmp_path, file_mode="always")
+    prx = Proxy(servers, [fleet.url], selector=_selector(tmp_path), usage=usage)
+    learner = prx.app[APP_KEY].learner
+    ann_from = aiohttp.TCPConnector(local_addr=("127.0.0.1", 0))
+    bob_from = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+    try:
+        async with (
+            aiohttp.ClientSession(connector=ann_from) as ann_http,
+            aiohttp.ClientSession(connector=bob_from) as bob_http,
+        ):
+            await _rate(ann_http, prx.url, "ann-chat-1", 0.0)
+            for i in range(30):
+                await _rate(bob_http, prx.url, f"made-up-{i}", 1.0)
+            assert await wait_until(lambda: "made-up-29" in learner.unmatched)
+            assert "ann-chat-1" in learner.unmatched
+            ann_http.headers["X-Request-Id"] = "ann-chat-1"
+            await _ask(ann_http, prx.url, _math(0))
+            assert await wait_until(lambda: any(c.ratings for c in learner.carrying("ann-chat-1")))
     finally:
         prx.stop()
 

@@ -51,9 +51,10 @@ class UsagePipeline:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._warned_at = 0.0
-        # Called with (USAGE or FEEDBACK, the completed document) for every event, on
-        # the writer's side of the queue (online learning reads its outcomes here).
-        self.observers: list[Callable[[str, Mapping[str, Any]], None]] = []
+        # Called with (USAGE or FEEDBACK, the completed document, the address a
+        # feedback came from where no API key gave it, else "") for every event, on the
+        # writer's side of the queue (online learning reads its outcomes here).
+        self.observers: list[Callable[[str, Mapping[str, Any], str], None]] = []
 
     def sinks(self) -> list[Sink]:
         s = self.settings
@@ -110,9 +111,10 @@ class UsagePipeline:
         )
         self._put(captured)
 
-    def submit_feedback(self, feedback: Feedback) -> str:
-        """Queue a rating (`event.feedback` makes one); its feedback id."""
-        self._put(Record(feedback, orjson.dumps(feedback.document())))
+    def submit_feedback(self, feedback: Feedback, client: str = "") -> str:
+        """Queue a rating (`event.feedback` makes one), from the address `client` where
+        no API key gave it; its feedback id."""
+        self._put(Record(feedback, orjson.dumps(feedback.document()), client))
         return feedback.feedback_id
 
     def _put(self, item: ev.Captured | Record) -> None:
@@ -143,7 +145,7 @@ class UsagePipeline:
                 assert isinstance(item.event, Feedback)  # the only kind queued completed
                 fb = item.event
                 self.memory.rate(fb.request_id, fb.rating, fb.api_key_id, fb.api_key_hash)
-                self._observe(ev.FEEDBACK, item.event.document())
+                self._observe(ev.FEEDBACK, item.event.document(), item.client)
                 continue
             try:
                 event = ev.complete(item, log_prompts)
@@ -158,10 +160,10 @@ class UsagePipeline:
             self._observe(ev.USAGE, doc)
         return records
 
-    def _observe(self, what: str, doc: Mapping[str, Any]) -> None:
+    def _observe(self, what: str, doc: Mapping[str, Any], client: str = "") -> None:
         for observer in self.observers:
             try:
-                observer(what, doc)
+                observer(what, doc, client)
             except Exception:  # an observer's bug must not stop the pipeline; it is loud
                 log.exception("usage: an observer failed on a %s event", what)
 

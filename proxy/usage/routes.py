@@ -50,8 +50,11 @@ class UsageRoutes:
         # With API keys, the rating counts only for the key's own requests.
         key = state_get(request, KEY_REQUEST)
         given = (key.id, key.hash) if key is not None else (None, None)
+        # Who rated, where no key says: the ratings waiting for their request are
+        # bounded per key, else per client (`learning.UNMATCHED_PER_RATER`).
+        client = "" if key is not None else request.remote or ""
         feedback_id = self.pipeline.submit_feedback(
-            ev.feedback(request_id, rating, comment, *given)
+            ev.feedback(request_id, rating, comment, *given), client
         )
         body = orjson.dumps({"status": "accepted", "feedback_id": feedback_id})
         return web.Response(status=202, body=body, headers={"Content-Type": JSON})

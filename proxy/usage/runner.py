@@ -47,6 +47,9 @@ class Record:
 
     event: UsageEvent | Feedback
     line: bytes
+    # Where a feedback came from when no API key gave it (online learning bounds each
+    # client's waiting ratings apart); "" otherwise. Not written anywhere.
+    client: str = ""
 
     @property
     def kind(self) -> str:
