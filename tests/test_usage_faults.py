@@ -158,6 +158,55 @@ async def test_postgres_down_and_broker_restart_mid_run_lose_nothing(
         await asyncio.to_thread(db.drop)
 
 
+@pytest.mark.kafka
+async def test_a_broker_restarted_empty_between_writes_loses_no_event(
+    servers: ServerThread, own_emulator: Emulator, tmp_path: Path
+) -> None:
+    """An in-memory broker restarted while no write was under way comes back without
+    the topics, and acknowledges what is produced to them (offsets from 0 again) while
+    storing none of it. The producer reconnects by itself, so no write fails: every
+    event after the restart was counted written and was lost. A partition's offset
+    going back says the broker lost its log; the batch is retried, topics made again."""
+    broker = Tansu()
+    usage = Usage(
+        kafka_bootstrap=broker.bootstrap,
+        file_mode="off",
+        spool_dir=str(tmp_path / "spool"),
+        flush_interval_seconds=0.02,
+        retry_backoff_seconds=0.05,
+        retry_backoff_max_seconds=0.2,
+    )
+    prx = Proxy(servers, [own_emulator.url], usage=usage)
+    try:
+        before: list[str] = []
+        await _traffic(prx.url, 60, before, concurrency=4)
+
+        async def delivered(n: int) -> bool:
+            stats = await _counters(prx.url)
+            sink = stats["sinks"]["kafka"]
+            return bool(
+                stats["queue"] == 0
+                and sink["spool_pending"] == 0
+                and sink["buffered"] == 0
+                and _delivered(sink) >= n
+            )
+
+        await wait_for(lambda: delivered(len(before)), what="the first events in Kafka")
+        read = await consume(broker.bootstrap, usage.kafka_usage_topic, len(before))
+        assert {orjson.loads(m.value)["request_id"] for m in read} == set(before)
+
+        broker.stop()
+        broker.start()  # empty, on the same port: no write met it down
+        after: list[str] = []
+        await _traffic(prx.url, 60, after, concurrency=4)
+        await wait_for(lambda: delivered(len(before) + len(after)), what="the rest in Kafka")
+        read = await consume(broker.bootstrap, usage.kafka_usage_topic, len(after))
+        assert {orjson.loads(m.value)["request_id"] for m in read} >= set(after)
+    finally:
+        prx.stop()
+        broker.stop()
+
+
 def quick_postgres_usage(dsn: str, tmp_path: Path, **changes: Any) -> Usage:
     """PostgreSQL alone (no file, no broker), flushed and retried quickly: what the
     tests of one sink's faults run with; `changes` set what a test tunes otherwise

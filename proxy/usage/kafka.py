@@ -11,6 +11,13 @@ had in fact stored. Every message carries its `request_id` (feedback its
 Any failure but a refusal discards the producer; the next attempt builds a new one and
 re-creates the topics (when allowed), which also covers a broker restarted with empty
 storage. A refusal (`_REFUSED`) raises `Refused`, and the runner isolates the record.
+
+A broker restarted with empty storage between two writes fails none: the producer
+reconnects by itself, and such a broker (Tansu with memory storage) acknowledges what
+is produced to a topic it no longer has, and stores none of it. What gives it away is
+a partition's offset going back: an acknowledged batch whose base offset is below the
+end of the one acknowledged before it on that partition. That write fails (`LogLost`)
+like any other, so its batch is retried on a new producer, which makes the topics again.
 """
 
 from __future__ import annotations
@@ -43,6 +50,10 @@ log = logging.getLogger("autoroute.usage")
 _REFUSED = (MessageSizeTooLargeError, RecordListTooLargeError)
 
 
+class LogLost(Exception):
+    """A partition's offset went back: the broker lost what it had acknowledged."""
+
+
 def message_key(event: UsageEvent | Feedback) -> bytes:
     if isinstance(event, Feedback):
         return event.request_id.encode()
@@ -59,6 +70,9 @@ class KafkaSink:
         self.topics = {USAGE: settings.kafka_usage_topic, FEEDBACK: settings.kafka_feedback_topic}
         self.producer: Any = None
         self._partitioner = DefaultPartitioner()
+        # Where each partition's log ended at the last acknowledgement, to tell a
+        # broker that lost its log (`LogLost`).
+        self._log_ends: dict[tuple[str, int], int] = {}
 
     async def _connect(self) -> Any:
         s = self.settings
@@ -97,6 +111,8 @@ class KafkaSink:
                     [NewTopic(t, s.kafka_partitions, s.kafka_replication_factor) for t in missing]
                 )
                 log.info("kafka topics created: %s", ", ".join(missing))
+            # A new topic's offsets start at 0: not a lost log.
+            self._log_ends = {tp: end for tp, end in self._log_ends.items() if tp[0] not in missing}
         finally:
             await admin.close()
 
@@ -105,11 +121,15 @@ class KafkaSink:
             self.producer = await self._connect()
         producer = self.producer
         try:
-            futures = await self._send_batches(producer, records)
-            results = await asyncio.gather(*futures, return_exceptions=True)
+            sent = await self._send_batches(producer, records)
+            results = await asyncio.gather(*(f for _, _, f in sent), return_exceptions=True)
         except BaseException:
             await self._discard()
             raise
+        lost = self._log_lost(sent, results)
+        if lost:
+            await self._discard()
+            raise LogLost(lost)
         failed = [r for r in results if isinstance(r, BaseException)]
         if not failed:
             return
@@ -120,10 +140,31 @@ class KafkaSink:
         # The producer is sound: kept for the halves the runner writes next.
         raise Refused(f"{type(failed[0]).__name__}: {failed[0]}") from failed[0]
 
-    async def _send_batches(self, producer: Any, records: Sequence[Record]) -> list[Any]:
+    def _log_lost(self, sent: list[tuple[tuple[str, int], int, Any]], results: list[Any]) -> str:
+        """Note where each acknowledged batch ends its partition's log; say which
+        partition's offset went back ("" when none did)."""
+        lost = ""
+        for (where, count, _), result in zip(sent, results, strict=True):
+            if isinstance(result, BaseException):
+                continue
+            end = self._log_ends.get(where)
+            if end is not None and result.offset < end and not lost:
+                lost = (
+                    f"{where[0]}[{where[1]}] acknowledged offset {result.offset} after {end}: "
+                    "the broker lost its log"
+                )
+            self._log_ends[where] = result.offset + count
+        if lost:
+            self._log_ends.clear()  # the retry's acknowledgements start afresh
+        return lost
+
+    async def _send_batches(
+        self, producer: Any, records: Sequence[Record]
+    ) -> list[tuple[tuple[str, int], int, Any]]:
         """One record batch per partition rather than one `send` per message: `send`
         costs tens of microseconds of Python each, which capped throughput. Keys are
-        hashed with the Java client's partitioner, as `send` would."""
+        hashed with the Java client's partitioner, as `send` would. Each batch as its
+        (topic, partition), its number of messages and its acknowledgement's future."""
         groups: dict[tuple[str, int], list[tuple[bytes, bytes]]] = {}
         partitions: dict[str, list[int]] = {}
         for record in records:
@@ -133,16 +174,23 @@ class KafkaSink:
             key = message_key(record.event)
             partition = self._partitioner(key, partitions[topic], partitions[topic])
             groups.setdefault((topic, partition), []).append((key, record.line))
-        futures = []
-        for (topic, partition), messages in groups.items():
+        sent = []
+        for where, messages in groups.items():
+            topic, partition = where
             batch = producer.create_batch()
+            count = 0
             for key, value in messages:
                 if batch.append(key=key, value=value, timestamp=None) is None:
-                    futures.append(await producer.send_batch(batch, topic, partition=partition))
+                    future = await producer.send_batch(batch, topic, partition=partition)
+                    sent.append((where, count, future))
                     batch = producer.create_batch()
                     batch.append(key=key, value=value, timestamp=None)
-            futures.append(await producer.send_batch(batch, topic, partition=partition))
-        return futures
+                    count = 0
+                count += 1
+            sent.append(
+                (where, count, await producer.send_batch(batch, topic, partition=partition))
+            )
+        return sent
 
     async def _discard(self) -> None:
         producer, self.producer = self.producer, None
