@@ -13,8 +13,15 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
-from aiokafka.errors import MessageSizeTooLargeError  # type: ignore[import-untyped]
+from aiokafka import (  # type: ignore[import-untyped]
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    TopicPartition,
+)
+from aiokafka.errors import (  # type: ignore[import-untyped]
+    MessageSizeTooLargeError,
+    NotLeaderForPartitionError,
+)
 
 from proxy.config import Usage
 from proxy.usage.kafka import KafkaSink
@@ -287,3 +294,86 @@ async def test_a_message_too_large_for_the_broker_is_dropped_and_the_rest_sent(
     messages = await consume(broker.bootstrap, topic, len(lines) - 1)
     sent = {orjson.loads(m.value)["request_id"] for m in messages}
     assert sent == {doc["request_id"] for doc in docs} - {"too-large"}
+
+
+async def _every_message(bootstrap: str, topic: str) -> list[bytes]:
+    """Every message in `topic`, each copy: read up to a last one written to each
+    partition now (Tansu's end offsets count a partition's last batch as one message,
+    so they cannot say how many there are)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        partitions = sorted(await producer.partitions_for(topic))
+        for p in partitions:
+            await producer.send_and_wait(topic, b"last", partition=p)
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    values: list[bytes] = []
+    try:
+        consumer.assign([TopicPartition(topic, p) for p in partitions])
+        ended: set[int] = set()
+        deadline = asyncio.get_running_loop().time() + 30
+        while len(ended) < len(partitions):
+            assert asyncio.get_running_loop().time() < deadline, "the last messages not read"
+            for where, records in (await consumer.getmany(timeout_ms=200)).items():
+                for record in records:
+                    if record.value == b"last":
+                        ended.add(where.partition)
+                    else:
+                        values.append(record.value)
+    finally:
+        await consumer.stop()
+    return values
+
+
+async def test_a_write_failing_on_one_partition_sends_the_others_once(
+    broker: Tansu, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write goes out as one record batch per partition: when one of them fails (a
+    leader moving, a request timing out) and the others are acknowledged, the write
+    fails and its records are retried. The acknowledged ones were sent again, each a
+    duplicate in the topic; they are skipped at the retry. The failure is made here as
+    aiokafka reports a broker's (the batch's future fails, once); the rest is real."""
+    send_batch = AIOKafkaProducer.send_batch
+    failed: list[int] = []
+
+    async def failing_once(self: Any, batch: Any, topic: str, *, partition: int) -> Any:
+        if partition == 1 and not failed:
+            failed.append(partition)
+            future = asyncio.get_running_loop().create_future()
+            future.set_exception(NotLeaderForPartitionError())
+            return future
+        return await send_batch(self, batch, topic, partition=partition)
+
+    monkeypatch.setattr(AIOKafkaProducer, "send_batch", failing_once)
+    topic = "usage-" + tmp_path.name.replace("_", "-")[-40:]
+    settings = Usage(
+        kafka_bootstrap=broker.bootstrap,
+        kafka_usage_topic=topic,
+        kafka_feedback_topic=topic + "-feedback",
+        file_mode="off",
+        spool_dir=str(tmp_path / "spool"),
+        retry_backoff_seconds=0.05,
+        retry_backoff_max_seconds=0.1,
+    )
+    lines = [
+        orjson.dumps({"request_id": f"event-{n}", "ts": "2026-01-01T00:00:00Z"}) for n in range(60)
+    ]
+    runner = SinkRunner(KafkaSink(settings), settings)
+    runner.start()
+    try:
+        await runner.accept([Record(usage_event.parse_line(line), line) for line in lines])
+        counters = runner.counters
+
+        async def settled() -> bool:
+            delivered = counters.written + counters.replayed
+            return delivered == len(lines) and not runner.buffer and not runner.spool.pending
+
+        await wait_for(settled, seconds=20, what="every record sent")
+        assert failed == [1] and counters.failures == 1
+    finally:
+        await runner.stop()
+    values = await _every_message(broker.bootstrap, topic)
+    assert sorted(values) == sorted(lines)  # each once

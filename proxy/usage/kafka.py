@@ -18,6 +18,11 @@ is produced to a topic it no longer has, and stores none of it. What gives it aw
 a partition's offset going back: an acknowledged batch whose base offset is below the
 end of the one acknowledged before it on that partition. That write fails (`LogLost`)
 like any other, so its batch is retried on a new producer, which makes the topics again.
+
+A write is one record batch per partition, and one of them may fail while the others
+are acknowledged (a leader moving, a request timing out, a message too large): the
+runner retries the whole write (or its halves), and the records the broker did take
+are remembered and skipped then, not sent twice.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from aiokafka.partitioner import DefaultPartitioner  # type: ignore[import-untyp
 
 from proxy.config import Usage
 from proxy.usage.event import FEEDBACK, USAGE
-from proxy.usage.runner import Record, Refused
+from proxy.usage.runner import Record, Refused, record_id
 from selector_model.usage_event import Feedback, UsageEvent
 
 log = logging.getLogger("autoroute.usage")
@@ -48,6 +53,13 @@ log = logging.getLogger("autoroute.usage")
 # `max.message.bytes`: an event with a long logged prompt). aiokafka does not retry
 # these. Not CORRUPT_MESSAGE: a checksum that fails is damage on the way, retried.
 _REFUSED = (MessageSizeTooLargeError, RecordListTooLargeError)
+
+
+# Ids of records acknowledged in a write that failed, which the runner sends again: at
+# most this many are remembered (a retry comes within seconds; the oldest go first).
+_ACKNOWLEDGED_MEMORY = 100_000
+# A record batch sent: its (topic, partition), its records' ids, its acknowledgement.
+_Sent = tuple[tuple[str, int], list[str], Any]
 
 
 class LogLost(Exception):
@@ -73,6 +85,8 @@ class KafkaSink:
         # Where each partition's log ended at the last acknowledgement, to tell a
         # broker that lost its log (`LogLost`).
         self._log_ends: dict[tuple[str, int], int] = {}
+        # Records the broker acknowledged in a write that failed (`_remember`).
+        self._acknowledged: dict[str, None] = {}
 
     async def _connect(self) -> Any:
         s = self.settings
@@ -117,6 +131,10 @@ class KafkaSink:
             await admin.close()
 
     async def write(self, records: Sequence[Record]) -> None:
+        if self._acknowledged:
+            records = self._not_yet_sent(records)
+            if not records:
+                return
         if self.producer is None:
             self.producer = await self._connect()
         producer = self.producer
@@ -133,6 +151,7 @@ class KafkaSink:
         failed = [r for r in results if isinstance(r, BaseException)]
         if not failed:
             return
+        self._remember(sent, results)
         transient = [e for e in failed if not isinstance(e, _REFUSED)]
         if transient:
             await self._discard()
@@ -140,11 +159,32 @@ class KafkaSink:
         # The producer is sound: kept for the halves the runner writes next.
         raise Refused(f"{type(failed[0]).__name__}: {failed[0]}") from failed[0]
 
-    def _log_lost(self, sent: list[tuple[tuple[str, int], int, Any]], results: list[Any]) -> str:
+    def _not_yet_sent(self, records: Sequence[Record]) -> list[Record]:
+        """`records` but those acknowledged in a write that failed, forgotten now."""
+        acknowledged = self._acknowledged
+        left = []
+        for record in records:
+            rid = record_id(record)
+            if rid in acknowledged:
+                del acknowledged[rid]
+            else:
+                left.append(record)
+        return left
+
+    def _remember(self, sent: list[_Sent], results: list[Any]) -> None:
+        """The records of the batches acknowledged in a write that failed."""
+        acknowledged = self._acknowledged
+        for (_, ids, _), result in zip(sent, results, strict=True):
+            if not isinstance(result, BaseException):
+                acknowledged.update(dict.fromkeys(ids))
+        for _ in range(len(acknowledged) - _ACKNOWLEDGED_MEMORY):
+            del acknowledged[next(iter(acknowledged))]
+
+    def _log_lost(self, sent: list[_Sent], results: list[Any]) -> str:
         """Note where each acknowledged batch ends its partition's log; say which
         partition's offset went back ("" when none did)."""
         lost = ""
-        for (where, count, _), result in zip(sent, results, strict=True):
+        for (where, ids, _), result in zip(sent, results, strict=True):
             if isinstance(result, BaseException):
                 continue
             end = self._log_ends.get(where)
@@ -153,19 +193,17 @@ class KafkaSink:
                     f"{where[0]}[{where[1]}] acknowledged offset {result.offset} after {end}: "
                     "the broker lost its log"
                 )
-            self._log_ends[where] = result.offset + count
+            self._log_ends[where] = result.offset + len(ids)
         if lost:
             self._log_ends.clear()  # the retry's acknowledgements start afresh
         return lost
 
-    async def _send_batches(
-        self, producer: Any, records: Sequence[Record]
-    ) -> list[tuple[tuple[str, int], int, Any]]:
+    async def _send_batches(self, producer: Any, records: Sequence[Record]) -> list[_Sent]:
         """One record batch per partition rather than one `send` per message: `send`
         costs tens of microseconds of Python each, which capped throughput. Keys are
         hashed with the Java client's partitioner, as `send` would. Each batch as its
-        (topic, partition), its number of messages and its acknowledgement's future."""
-        groups: dict[tuple[str, int], list[tuple[bytes, bytes]]] = {}
+        (topic, partition), its records' ids and its acknowledgement's future."""
+        groups: dict[tuple[str, int], list[tuple[bytes, bytes, str]]] = {}
         partitions: dict[str, list[int]] = {}
         for record in records:
             topic = self.topics[record.kind]
@@ -173,23 +211,21 @@ class KafkaSink:
                 partitions[topic] = sorted(await producer.partitions_for(topic))
             key = message_key(record.event)
             partition = self._partitioner(key, partitions[topic], partitions[topic])
-            groups.setdefault((topic, partition), []).append((key, record.line))
-        sent = []
+            groups.setdefault((topic, partition), []).append((key, record.line, record_id(record)))
+        sent: list[_Sent] = []
         for where, messages in groups.items():
             topic, partition = where
             batch = producer.create_batch()
-            count = 0
-            for key, value in messages:
+            ids: list[str] = []
+            for key, value, rid in messages:
                 if batch.append(key=key, value=value, timestamp=None) is None:
                     future = await producer.send_batch(batch, topic, partition=partition)
-                    sent.append((where, count, future))
+                    sent.append((where, ids, future))
                     batch = producer.create_batch()
                     batch.append(key=key, value=value, timestamp=None)
-                    count = 0
-                count += 1
-            sent.append(
-                (where, count, await producer.send_batch(batch, topic, partition=partition))
-            )
+                    ids = []
+                ids.append(rid)
+            sent.append((where, ids, await producer.send_batch(batch, topic, partition=partition)))
         return sent
 
     async def _discard(self) -> None:
