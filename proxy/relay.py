@@ -53,6 +53,10 @@ _REQUEST_ID = REQUEST_ID_HEADER.encode()
 # The most names to drop that `_forwarded` searches the block of names for, one pass
 # each; past it (a Connection field naming many), one set lookup per field.
 _SEARCHED = 32
+# Up to this many fields (every client's ordinary request), a pass over them in Python
+# costs less than making and searching the block of names; past it, the block's cost
+# does not grow with the fields kept.
+_FEW_FIELDS = 64
 # Not forwarded either: `Expect`, since the proxy has read the whole body and answered
 # any `100-continue` itself (the backend's `100` would be a second one), and the
 # client's `X-Request-Id`, since the backend gets the id the proxy uses.
@@ -100,6 +104,11 @@ def _forwarded(
     client may send thousands of fields within the head's limit: their names are
     lower-cased as one block, a line each, searched for the few names dropped (C calls
     over bytes), with a Python step per field dropped and none per field kept."""
+    if len(raw) <= _FEW_FIELDS:
+        named = [value for name, value in raw if name.lower() == b"connection"]
+        if named:
+            drop = drop | {token.strip().lower() for value in named for token in value.split(b",")}
+        return [(name, value) for name, value in raw if name.lower() not in drop]
     names = b"\n%b\n" % b"\n".join(map(_NAME, raw)).lower()
     if b"\nconnection\n" in names:
         named = [raw[i][1] for i in _lines(names, b"connection")]
