@@ -12,13 +12,23 @@ from aiohttp import web
 from proxy import experiments, go_json, go_types, openai_chat
 from proxy import limits as request_limits
 from proxy.auth import KEY_REQUEST
-from proxy.auto import AUTO, AutoError, AutoRouter, profile_of, reading_off_loop, user_key
+from proxy.auto import (
+    AUTO,
+    AutoError,
+    AutoRouter,
+    profile_of,
+    reading_off_loop,
+    required_capabilities,
+    user_key,
+)
 from proxy.config import Limits, Usage
-from proxy.errors import error_response
+from proxy.errors import error_response, handler_error
 from proxy.keep_alive import unloads
 from proxy.learning import Learner
+from proxy.multipart_form import go_quote
 from proxy.protocol import AUTOROUTE, COPILOT_CHAT_USER_AGENT_PREFIX, JSON, go_dumps, go_now
 from proxy.routes import RANKED_PATHS, find
+from selector_model import request_body
 from selector_model.policy import beyond_max_loss
 from selector_model.profiling import store as profile_store
 from selector_model.profiling.suite import CURRENT_VERSION as SUITE_VERSION
@@ -256,13 +266,40 @@ class AutoRoutes:
             }
         )
 
-    def loading(self, path: str, model: str, doc: dict[str, Any]) -> web.Response | None:
+    def unthinking(
+        self, path: str, doc: dict[str, Any], model: str, profile: str, only: frozenset[str] | None
+    ) -> web.Response | None:
+        """Ollama's 400 for thinking asked of a model without it (GenerateHandler,
+        ChatHandler: before it schedules a runner, so a load gets it too), where no
+        model `auto:<profile>` may choose for the key's allow-list `only` thinks:
+        `"<model>" does not support thinking`, the name as the client wrote it. Clients
+        read that text (`ollama run` goes on after it, and ends on any other error).
+        None where the request asks no thinking (or on a route that drops it,
+        `required_capabilities`), the profile is not configured, or a model thinks."""
+        if profile not in self.auto.config.profiles:
+            return None
+        if "thinking" not in required_capabilities(request_body.asks(path, doc), path):
+            return None
+        if any("thinking" in m.capabilities for m in self.auto.choosable(profile, only)):
+            return None
+        quoted = go_quote(model.encode("utf-8", "surrogateescape"))
+        return handler_error(path, 400, f"{quoted} does not support thinking")
+
+    def loading(
+        self,
+        path: str,
+        model: str,
+        doc: dict[str, Any],
+        profile: str,
+        only: frozenset[str] | None = None,
+    ) -> web.Response | None:
         """Ollama's answer to a generate without a prompt or a chat without messages
         (GenerateHandler, ChatHandler): done, with `done_reason` "unload" for a zero
         `keep_alive`; else what the handler refuses of the request alone before it
         loads a model that completes text, as `auto`'s candidates do (generate's
-        raw-mode 400, `go_types.raw_refusal`; scheduleRunner's Options.FromMap, a 500
-        from handleScheduleError, `go_types.options_refusal`), then done with "load".
+        raw-mode 400, `go_types.raw_refusal`; thinking none of the profile's models
+        has, `unthinking`; scheduleRunner's Options.FromMap, a 500 from
+        handleScheduleError, `go_types.options_refusal`), then done with "load".
         None for a `keep_alive` Ollama refuses: that 400 is the backend's to write, as
         for any other field."""
         try:
@@ -273,6 +310,9 @@ class AutoRoutes:
             raw = go_types.raw_refusal(doc) if path == "/api/generate" else None
             if raw is not None:
                 return error_response(path, 400, raw)
+            unthinking = self.unthinking(path, doc, model, profile, only)
+            if unthinking is not None:
+                return unthinking
             options = go_types.options_refusal(doc.get("options"))
             if options is not None:
                 return error_response(path, 500, options)

@@ -261,7 +261,7 @@ class Handlers:
             answered = (
                 _refused(path, doc, sent)
                 or self._unknown_profile(path, profile, model)
-                or self.auto_routes.loading(path, model, doc)
+                or self.auto_routes.loading(path, model, doc, profile, key.models if key else None)
             )
             if answered is not None:
                 return answered
@@ -307,8 +307,14 @@ class Handlers:
                     path, doc, profile, user_key(request), key.models if key else None, reading
                 )
             except AutoError as exc:
-                return _refused(path, doc, sent) or handler_error(
-                    path, exc.status, exc.answer(model)
+                # No model for the request: thinking asked where none of the profile's
+                # models thinks is Ollama's own refusal, which clients read.
+                only = key.models if key else None
+                unthinking = self.auto_routes.unthinking(path, doc, model, profile, only)
+                return (
+                    _refused(path, doc, sent)
+                    or unthinking
+                    or handler_error(path, exc.status, exc.answer(model))
                 )
             except NoBackend:
                 if self.cloud is None or not cloud_names or not self.cloud.takes(path, cloud_names):

@@ -705,6 +705,60 @@ async def test_auto_load_refuses_what_ollama_refuses_of_any_model(
         assert await post_raw(auto_proxy.url, path, orjson.dumps(body)) == (status, direct[1])
 
 
+# Requests asking for thinking of `auto:coders`, none of whose models thinks, as Ollama
+# gets them for a model without thinking: `ollama run --think` loads first (a generate
+# without a prompt), then chats; `/set think` chats; an editor's reasoning effort.
+_HI = [{"role": "user", "content": "hi"}]
+THINKING_ASKED_OF_NO_THINKER = [
+    ("/api/generate", {"think": True}),
+    ("/api/generate", {"think": "high", "keep_alive": "5m"}),
+    ("/api/chat", {"think": True}),
+    ("/api/generate", {"think": "max", "prompt": "hi"}),
+    ("/api/chat", {"think": "low", "messages": _HI, "tools": TOOLS}),
+    ("/v1/chat/completions", {"reasoning_effort": "high", "messages": _HI}),
+]
+
+
+@pytest.mark.parametrize(("path", "fields"), THINKING_ASKED_OF_NO_THINKER)
+async def test_thinking_asked_of_a_profile_without_a_thinker_is_ollamas_400(
+    auto_proxy: Proxy, emulator: Emulator, path: str, fields: dict[str, Any]
+) -> None:
+    """Ollama refuses thinking asked of a model without it with a 400 `"<model>" does not
+    support thinking`, before it loads anything (its load answers it too: the CLI sends
+    `think` with the load "so we fail before getting to the chat prompt"), and `ollama
+    run` reads that text: with it, the session prints the error and goes on; with any
+    other, it ends. A profile none of whose models thinks answers the same, naming the
+    model as the client wrote it."""
+    direct = await post_raw(
+        emulator.url, path, orjson.dumps({"model": "qwen2.5-coder:7b", **fields})
+    )
+    assert direct[0] == 400 and b"does not support thinking" in direct[1]
+    for model in ("auto:coders", "Auto:Coders"):
+        answer = await post_raw(auto_proxy.url, path, orjson.dumps({"model": model, **fields}))
+        assert answer == (400, direct[1].replace(b"qwen2.5-coder:7b", model.encode()))
+
+
+async def test_thinking_asked_of_auto_goes_on_where_a_model_thinks(auto_proxy: Proxy) -> None:
+    """Where the profile has a model that thinks, thinking asked of it loads and chats;
+    an unload is answered before thinking is looked at, as by Ollama; the Anthropic
+    route drops thinking for a model without it (relax_thinking) instead of failing."""
+    status, loaded = await post_raw(
+        auto_proxy.url, "/api/generate", orjson.dumps({"model": "auto", "think": True})
+    )
+    assert (status, orjson.loads(loaded)["done_reason"]) == (200, "load")
+    unload = {"model": "auto:coders", "think": True, "keep_alive": 0}
+    status, unloaded = await post_raw(auto_proxy.url, "/api/generate", orjson.dumps(unload))
+    assert (status, orjson.loads(unloaded)["done_reason"]) == (200, "unload")
+    anthropic = {
+        "model": "auto:coders",
+        "max_tokens": 8,
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "messages": _HI,
+    }
+    status, answer = await post_raw(auto_proxy.url, "/v1/messages", orjson.dumps(anthropic))
+    assert status == 200, answer
+
+
 def _image(url: str) -> dict[str, Any]:
     return {"type": "image_url", "image_url": {"url": url}}
 
@@ -1807,10 +1861,14 @@ async def test_a_field_the_route_has_still_asks_its_capability(
     plain_fleet: tuple[Emulator, Proxy], path: str, fields: dict[str, Any], capability: str
 ) -> None:
     """The same fields where the route's request has them: the model must have the
-    capability, and a fleet without one answers `auto`'s 400 naming it."""
+    capability, and a fleet without one answers `auto`'s 400 naming it; thinking, which
+    Ollama refuses before any other capability, with Ollama's own words."""
     _, prx = plain_fleet
     error = await _auto_refused(prx, path, fields)
-    assert f"gemma2:9b: lacks {capability}" in error, error
+    if capability == "thinking":
+        assert error == '"auto" does not support thinking', error
+    else:
+        assert f"gemma2:9b: lacks {capability}" in error, error
 
 
 @pytest.mark.parametrize(("path", "fields", "capability"), ASKING_FIELDS)
