@@ -21,6 +21,7 @@ from proxy.auto import (
     required_capabilities,
     user_key,
 )
+from proxy.backends import normalize_model
 from proxy.config import Limits, Usage
 from proxy.errors import error_response, handler_error
 from proxy.keep_alive import unloads
@@ -76,6 +77,12 @@ LEGEND = {
 
 # The capability clients switch on for every request to a model that lists it.
 _DEFAULTS_ON = "thinking"
+
+# What Ollama's scheduleRunner checks a model for (Model.CheckCapabilities) of what a
+# request asks (`required_capabilities`), and the prefix of the name it puts in its
+# refusal (the model's full name: `auto` is registry.ollama.ai/library/auto:latest).
+_SCHEDULER_CHECKS = ("tools", "insert")
+_REGISTRY = "registry.ollama.ai/library/"
 
 
 @dataclass(frozen=True)
@@ -266,24 +273,35 @@ class AutoRoutes:
             }
         )
 
-    def unthinking(
+    def unoffered(
         self, path: str, doc: dict[str, Any], model: str, profile: str, only: frozenset[str] | None
     ) -> web.Response | None:
-        """Ollama's 400 for thinking asked of a model without it (GenerateHandler,
-        ChatHandler: before it schedules a runner, so a load gets it too), where no
-        model `auto:<profile>` may choose for the key's allow-list `only` thinks:
-        `"<model>" does not support thinking`, the name as the client wrote it. Clients
-        read that text (`ollama run` goes on after it, and ends on any other error).
-        None where the request asks no thinking (or on a route that drops it,
-        `required_capabilities`), the profile is not configured, or a model thinks."""
+        """Ollama's 400 for what a request asks of a model that lacks it, where no model
+        `auto:<profile>` may choose for the key's allow-list `only` offers it (nor does
+        its `/api/show`), in Ollama's order: thinking, which GenerateHandler and
+        ChatHandler refuse in their own words before they schedule a runner (so a load
+        gets it too): `"<model>" does not support thinking`, the name as the client
+        wrote it; then tools (a chat's) or insert (a generate's), which scheduleRunner
+        refuses (Model.CheckCapabilities): `<the model's full name> does not support
+        tools`. Clients read these texts: `ollama run` goes on after the thinking one and
+        ends on any other error. None where the request asks for nothing the profile
+        lacks, or the profile is not configured or has no model at all. Not vision:
+        Ollama refuses an image only as its runner reads it."""
         if profile not in self.auto.config.profiles:
             return None
-        if "thinking" not in required_capabilities(request_body.asks(path, doc), path):
+        needs = required_capabilities(request_body.asks(path, doc), path)
+        if not needs:
             return None
-        if any("thinking" in m.capabilities for m in self.auto.choosable(profile, only)):
-            return None
-        quoted = go_quote(model.encode("utf-8", "surrogateescape"))
-        return handler_error(path, 400, f"{quoted} does not support thinking")
+        candidates = self.auto.choosable(profile, only)
+        offered = {c for m in candidates for c in m.capabilities}
+        if "thinking" in needs and "thinking" not in offered:
+            quoted = go_quote(model.encode("utf-8", "surrogateescape"))
+            return handler_error(path, 400, f"{quoted} does not support thinking")
+        lacking = [c for c in needs if c in _SCHEDULER_CHECKS and c not in offered]
+        if candidates and lacking:
+            name = _REGISTRY + normalize_model(model)
+            return handler_error(path, 400, f"{name} does not support {chr(10).join(lacking)}")
+        return None
 
     def loading(
         self,
@@ -297,8 +315,8 @@ class AutoRoutes:
         (GenerateHandler, ChatHandler): done, with `done_reason` "unload" for a zero
         `keep_alive`; else what the handler refuses of the request alone before it
         loads a model that completes text, as `auto`'s candidates do (generate's
-        raw-mode 400, `go_types.raw_refusal`; thinking none of the profile's models
-        has, `unthinking`; scheduleRunner's Options.FromMap, a 500 from
+        raw-mode 400, `go_types.raw_refusal`; what none of the profile's models
+        offers, `unoffered`; scheduleRunner's Options.FromMap, a 500 from
         handleScheduleError, `go_types.options_refusal`), then done with "load".
         None for a `keep_alive` Ollama refuses: that 400 is the backend's to write, as
         for any other field."""
@@ -310,9 +328,9 @@ class AutoRoutes:
             raw = go_types.raw_refusal(doc) if path == "/api/generate" else None
             if raw is not None:
                 return error_response(path, 400, raw)
-            unthinking = self.unthinking(path, doc, model, profile, only)
-            if unthinking is not None:
-                return unthinking
+            unoffered = self.unoffered(path, doc, model, profile, only)
+            if unoffered is not None:
+                return unoffered
             options = go_types.options_refusal(doc.get("options"))
             if options is not None:
                 return error_response(path, 500, options)

@@ -307,13 +307,13 @@ class Handlers:
                     path, doc, profile, user_key(request), key.models if key else None, reading
                 )
             except AutoError as exc:
-                # No model for the request: thinking asked where none of the profile's
-                # models thinks is Ollama's own refusal, which clients read.
+                # No model for the request: a capability none of the profile's models
+                # offers is Ollama's own refusal, which clients read.
                 only = key.models if key else None
-                unthinking = self.auto_routes.unthinking(path, doc, model, profile, only)
+                unoffered = self.auto_routes.unoffered(path, doc, model, profile, only)
                 return (
                     _refused(path, doc, sent)
-                    or unthinking
+                    or unoffered
                     or handler_error(path, exc.status, exc.answer(model))
                 )
             except NoBackend:

@@ -738,6 +738,39 @@ async def test_thinking_asked_of_a_profile_without_a_thinker_is_ollamas_400(
         assert answer == (400, direct[1].replace(b"qwen2.5-coder:7b", model.encode()))
 
 
+# What scheduleRunner checks a model for, asked of `auto:seeing`, whose one model
+# (llava:7b) neither calls tools nor fills in the middle: a chat or a load with tools, a
+# generate or a load with a suffix, through Ollama's API and its OpenAI layer.
+CAPABILITY_ASKED_OF_NO_MODEL = [
+    ("/api/chat", {"messages": _HI, "tools": TOOLS, "stream": False}),
+    ("/api/chat", {"tools": TOOLS}),
+    ("/api/generate", {"prompt": "def f(", "suffix": "return x", "stream": False}),
+    ("/api/generate", {"suffix": "return x"}),
+    ("/v1/chat/completions", {"messages": _HI, "tools": TOOLS}),
+    ("/v1/completions", {"prompt": "def f(", "suffix": "return x"}),
+]
+
+
+@pytest.mark.parametrize(("path", "fields"), CAPABILITY_ASKED_OF_NO_MODEL)
+async def test_a_capability_no_model_of_the_profile_offers_is_ollamas_400(
+    servers: ServerThread, emulator: Emulator, tmp_path: Path, path: str, fields: dict[str, Any]
+) -> None:
+    """Ollama refuses tools or a suffix asked of a model without them as it schedules
+    the runner (a load too): 400 `<the model's full name> does not support tools` (or
+    insert). A profile none of whose models offers it, as its `/api/show` says,
+    answers the same."""
+    profiles = {"balanced": Profile(), "seeing": Profile(cost_weight=0.0, allow=("llava:7b",))}
+    prx = Proxy(servers, [emulator.url], selector=selector(tmp_path, profiles=profiles))
+    try:
+        direct = await post_raw(emulator.url, path, orjson.dumps({"model": "llava:7b", **fields}))
+        assert direct[0] == 400 and b"does not support" in direct[1], direct
+        for model in ("auto:seeing", "Auto:Seeing"):
+            answer = await post_raw(prx.url, path, orjson.dumps({"model": model, **fields}))
+            assert answer == (400, direct[1].replace(b"llava:7b", b"auto:seeing"))
+    finally:
+        prx.stop()
+
+
 async def test_thinking_asked_of_auto_goes_on_where_a_model_thinks(auto_proxy: Proxy) -> None:
     """Where the profile has a model that thinks, thinking asked of it loads and chats;
     an unload is answered before thinking is looked at, as by Ollama; the Anthropic
@@ -962,14 +995,17 @@ async def test_auto_serves_the_models_of_a_backend_without_api_show(
             assert resp.headers["X-Autoroute-Model"] == "qwen2.5:7b"
         assert own.state.requests["/api/chat"] == served + 1
 
-        # Fill in the middle needs `insert`, which only /api/show tells: the proxy's own
-        # 400 naming why, as for any request no model can serve.
+        # Fill in the middle needs `insert`, which only /api/show tells: no model offers
+        # it (nor does auto's show), so Ollama's 400 for a model without it; explain
+        # names why.
         fim = {"model": "auto", "prompt": "def f(", "suffix": "return x", "stream": False}
         async with session.post(prx.url + "/api/generate", json=fim) as resp:
             assert resp.status == 400
             error = (await resp.json())["error"]
-            assert "no model can serve this request" in error
-            assert "codegemma:7b: lacks insert" in error
+            assert error == "registry.ollama.ai/library/auto:latest does not support insert"
+        status, doc = await explain(prx, fim)
+        assert status == 400 and "no model can serve this request" in doc["error"]
+        assert "codegemma:7b: lacks insert" in doc["error"]
 
 
 async def test_auto_takes_the_capabilities_an_ollama_of_0_30_lists_when_its_show_fails(
@@ -1847,11 +1883,13 @@ async def test_only_a_limit_the_route_reads_shortens_the_expected_answer(
     assert await seconds({**body, **fields}) == unbounded
 
 
-async def _auto_refused(prx: Proxy, path: str, fields: dict[str, Any]) -> str:
-    """The message of `auto`'s 400 to the route's body with `fields`."""
-    body = {**ROUTE_BODIES[path], **fields, "model": "auto", "stream": False}
+async def _auto_refused(
+    server: Proxy | Emulator, path: str, fields: dict[str, Any], model: str = "auto"
+) -> str:
+    """The message of `auto`'s 400 (or `model`'s) to the route's body with `fields`."""
+    body = {**ROUTE_BODIES[path], **fields, "model": model, "stream": False}
     async with aiohttp.ClientSession() as http:
-        async with http.post(prx.url + path, json=body) as resp:
+        async with http.post(server.url + path, json=body) as resp:
             assert resp.status == 400, await resp.text()
             return error_text(path, await resp.json())
 
@@ -1861,14 +1899,18 @@ async def test_a_field_the_route_has_still_asks_its_capability(
     plain_fleet: tuple[Emulator, Proxy], path: str, fields: dict[str, Any], capability: str
 ) -> None:
     """The same fields where the route's request has them: the model must have the
-    capability, and a fleet without one answers `auto`'s 400 naming it; thinking, which
-    Ollama refuses before any other capability, with Ollama's own words."""
-    _, prx = plain_fleet
+    capability, and a fleet without one answers with Ollama's 400 for a model without
+    it (`AutoRoutes.unoffered`), but for an image, which Ollama refuses only as its
+    runner reads it: `auto`'s 400 naming the model that lacks vision."""
+    emu, prx = plain_fleet
     error = await _auto_refused(prx, path, fields)
-    if capability == "thinking":
-        assert error == '"auto" does not support thinking', error
-    else:
+    if capability == "vision":
         assert f"gemma2:9b: lacks {capability}" in error, error
+    else:
+        direct = await _auto_refused(emu, path, fields, model="gemma2:9b")
+        assert capability in direct, direct
+        # Thinking's names the model as written, the others by its full name.
+        assert error == direct.replace('"gemma2:9b"', '"auto"').replace("gemma2:9b", "auto:latest")
 
 
 @pytest.mark.parametrize(("path", "fields", "capability"), ASKING_FIELDS)
