@@ -181,31 +181,20 @@ _ALL_BUT_DIGITS_OR_QUESTION = _all_but(b"0123456789?")
 _FENCE_MARK = re.compile("```")
 
 
-# A year (1000-2099, or a decade: "1990s") standing alone, not a price, a decimal, a
-# thousands group, a percentage or an operand: a date in a question ("Who won the World
-# Cup in 1966?"), not a quantity to compute with, so its digits are no `numbers`.
-_YEAR_OPERATORS = "*/+=^\u00d7\u00f7<>"  # the multiplication and division signs among them
-_YEAR = re.compile(
-    rf"(?<![0-9.,$€£{_YEAR_OPERATORS}])(?<![{_YEAR_OPERATORS}] )(?:1[0-9]{{3}}|20[0-9]{{2}})"
-    rf"(?![0-9%]|[.,][0-9]| ?[{_YEAR_OPERATORS}])"
-)
-
-
 def _counts(sample: str, last: str) -> list[float]:
-    """code_fences, code_char_ratio and lines of the sample; questions and numbers (digits,
-    but for a year's) of the last user turn."""
+    """code_fences, code_char_ratio and lines of the sample; questions and numbers (digits)
+    of the last user turn."""
     sample_kept = utf8(sample).translate(None, _ALL_BUT_CODE_OR_NEWLINE)
     newlines = sample_kept.count(b"\n")
     last_kept = utf8(last).translate(None, _ALL_BUT_DIGITS_OR_QUESTION)
     questions = last_kept.count(b"?")
-    years = len(_YEAR.findall(last)) if len(last_kept) - questions >= 4 else 0
     fences = len(_FENCE_MARK.findall(sample)) if "`" in sample else 0
     return [
         float(fences // 2),
         (len(sample_kept) - newlines) / len(sample) if sample else 0.0,
         float(newlines),
         float(questions),
-        float(len(last_kept) - questions - 4 * years),
+        float(len(last_kept) - questions),
     ]
 
 
