@@ -1976,6 +1976,13 @@ async def test_a_long_text_in_a_field_the_route_has_is_filtered_by_context(
     hold it, and the model whose context does serves it."""
     _, prx = context_fleet
     body = {**ROUTE_BODIES[path], **fields, "model": "auto", "stream": False}
+    doc, served = await _explained_and_served(prx, path, body)
+    assert doc["model"] == served == "qwen2.5:7b"
+    assert doc["filtered"] == {"gemma2:9b": "context 8192 < ~10000 prompt tokens"}, doc
+
+
+async def _explained_and_served(prx: Proxy, path: str, body: dict[str, Any]) -> tuple[Any, str]:
+    """What explain says of `body` on `path`, and the model that serves it there."""
     async with aiohttp.ClientSession() as http:
         async with http.post(
             prx.url + "/api/autoroute/explain", params={"path": path}, json=body
@@ -1984,8 +1991,7 @@ async def test_a_long_text_in_a_field_the_route_has_is_filtered_by_context(
             doc = await resp.json()
         async with http.post(prx.url + path, json=body) as resp:
             assert resp.status == 200, await resp.text()
-            assert resp.headers["X-Autoroute-Model"] == "qwen2.5:7b"
-    assert doc["filtered"] == {"gemma2:9b": "context 8192 < ~10000 prompt tokens"}, doc
+            return doc, resp.headers["X-Autoroute-Model"]
 
 
 @pytest.fixture(scope="module")
@@ -2017,20 +2023,13 @@ async def test_a_prompt_no_context_holds_is_served_where_least_of_it_is_cut(
     defaults to true), rather than refuse it: `auto` sends one that no candidate's
     context holds to the longest context, and names the others as filtered."""
     body = {**ROUTE_BODIES[path], **fields, "model": "auto", "stream": False}
-    for (emu, prx), served in ((plain_fleet, "gemma2:9b"), (context_fleet, "qwen2.5:7b")):
+    for (emu, prx), longest in ((plain_fleet, "gemma2:9b"), (context_fleet, "qwen2.5:7b")):
         async with aiohttp.ClientSession() as http:
-            async with http.post(emu.url + path, json={**body, "model": served}) as resp:
+            async with http.post(emu.url + path, json={**body, "model": longest}) as resp:
                 assert resp.status == 200, await resp.text()
-            async with http.post(
-                prx.url + "/api/autoroute/explain", params={"path": path}, json=body
-            ) as resp:
-                assert resp.status == 200, await resp.text()
-                doc = await resp.json()
-            async with http.post(prx.url + path, json=body) as resp:
-                assert resp.status == 200, await resp.text()
-                assert resp.headers["X-Autoroute-Model"] == served
-        assert doc["model"] == served
-        assert set(doc["filtered"]) == ({"gemma2:9b"} if served != "gemma2:9b" else set())
+        doc, served = await _explained_and_served(prx, path, body)
+        assert doc["model"] == served == longest
+        assert set(doc["filtered"]) == ({"gemma2:9b"} if longest != "gemma2:9b" else set())
 
 
 async def test_explain_cites_only_the_results_a_candidate_takes(

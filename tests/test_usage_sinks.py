@@ -246,6 +246,21 @@ async def test_feedback_round_trip(usage_proxy: Proxy) -> None:
     assert [v[0] for v in versions] == sorted(m[0] for m in MIGRATIONS)
 
 
+def _kafka_only(broker: Tansu, tmp_path: Path) -> tuple[str, Usage]:
+    """A usage topic of the test's own, and settings that write to Kafka alone, spooling
+    to `tmp_path` and retrying within a tenth of a second."""
+    topic = "usage-" + tmp_path.name.replace("_", "-")[-40:]
+    return topic, Usage(
+        kafka_bootstrap=broker.bootstrap,
+        kafka_usage_topic=topic,
+        kafka_feedback_topic=topic + "-feedback",
+        file_mode="off",
+        spool_dir=str(tmp_path / "spool"),
+        retry_backoff_seconds=0.05,
+        retry_backoff_max_seconds=0.1,
+    )
+
+
 async def test_a_message_too_large_for_the_broker_is_dropped_and_the_rest_sent(
     broker: Tansu, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -265,16 +280,7 @@ async def test_a_message_too_large_for_the_broker_is_dropped_and_the_rest_sent(
         return await send_batch(self, batch, topic, partition=partition)
 
     monkeypatch.setattr(AIOKafkaProducer, "send_batch", refusing)
-    topic = "usage-" + tmp_path.name.replace("_", "-")[-40:]
-    settings = Usage(
-        kafka_bootstrap=broker.bootstrap,
-        kafka_usage_topic=topic,
-        kafka_feedback_topic=topic + "-feedback",
-        file_mode="off",
-        spool_dir=str(tmp_path / "spool"),
-        retry_backoff_seconds=0.05,
-        retry_backoff_max_seconds=0.1,
-    )
+    topic, settings = _kafka_only(broker, tmp_path)
     docs = [{"request_id": f"event-{n}", "ts": "2026-01-01T00:00:00Z"} for n in range(100)]
     docs.insert(37, {"request_id": "too-large", "prompt": os.urandom(100_000).hex()})
     lines = [orjson.dumps(doc) for doc in docs]
@@ -348,16 +354,7 @@ async def test_a_write_failing_on_one_partition_sends_the_others_once(
         return await send_batch(self, batch, topic, partition=partition)
 
     monkeypatch.setattr(AIOKafkaProducer, "send_batch", failing_once)
-    topic = "usage-" + tmp_path.name.replace("_", "-")[-40:]
-    settings = Usage(
-        kafka_bootstrap=broker.bootstrap,
-        kafka_usage_topic=topic,
-        kafka_feedback_topic=topic + "-feedback",
-        file_mode="off",
-        spool_dir=str(tmp_path / "spool"),
-        retry_backoff_seconds=0.05,
-        retry_backoff_max_seconds=0.1,
-    )
+    topic, settings = _kafka_only(broker, tmp_path)
     lines = [
         orjson.dumps({"request_id": f"event-{n}", "ts": "2026-01-01T00:00:00Z"}) for n in range(60)
     ]
