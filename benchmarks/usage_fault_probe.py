@@ -291,6 +291,14 @@ async def settled(url: str, seconds: float = 90) -> dict[str, Any]:
     return doc
 
 
+def sink_counts(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """What each sink of a stats document wrote, replayed, spilled and failed."""
+    return {
+        name: {k: sink[k] for k in ("written", "replayed", "spilled", "failures")}
+        for name, sink in doc.get("sinks", {}).items()
+    }
+
+
 class Rig:
     def __init__(self, name: str) -> None:
         self.name = name
@@ -441,11 +449,7 @@ async def pg_kill(rig: Rig, times: int = 4, total: int = 400) -> bool:
         finally:
             await conn.close()
     await run
-    doc = await settled(rig.url)
-    sinks = {
-        n: {k: s[k] for k in ("written", "replayed", "spilled", "failures")}
-        for n, s in doc.get("sinks", {}).items()
-    }
+    sinks = sink_counts(await settled(rig.url))
     return await rig.report(tally, f"sessions-killed={killed} sinks={sinks}")
 
 
@@ -460,11 +464,7 @@ async def kafka_restart(rig: Rig, total: int = 400) -> bool:
     rig.tansu.start()
     await rig.kafka.restart()
     await run
-    doc = await settled(rig.url)
-    sinks = {
-        n: {k: s[k] for k in ("written", "replayed", "spilled", "failures")}
-        for n, s in doc.get("sinks", {}).items()
-    }
+    sinks = sink_counts(await settled(rig.url))
     return await rig.report(tally, f"kafka-read-before-stop={before} sinks={sinks}")
 
 
@@ -492,11 +492,7 @@ async def sigterm(rig: Rig, total: int = 400, spool: bool = False) -> bool:
         await rig.kafka.restart()
     rig.start_proxy()
     await run
-    doc = await settled(rig.url)
-    sinks = {
-        n: {k: s[k] for k in ("written", "replayed", "spilled", "failures")}
-        for n, s in doc.get("sinks", {}).items()
-    }
+    sinks = sink_counts(await settled(rig.url))
     return await rig.report(
         tally,
         f"exit={code} after {drained:.2f} s; in flight at SIGTERM {len(in_flight)}, "
@@ -516,11 +512,7 @@ async def backend_dies(rig: Rig, total: int = 400, times: int = 2) -> bool:
         await asyncio.sleep(1)
         rig.backend = emulator(rig.backend_port)
     await run
-    doc = await settled(rig.url)
-    sinks = {
-        n: {k: s[k] for k in ("written", "replayed", "spilled", "failures")}
-        for n, s in doc.get("sinks", {}).items()
-    }
+    sinks = sink_counts(await settled(rig.url))
     statuses = collections.Counter(v.split("status=")[1] for v in tally.answered.values())
     cut = [rid for rid, v in tally.answered.items() if v.endswith(" error")]
     rows = await rig.db.fetch(
