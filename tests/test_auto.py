@@ -64,10 +64,12 @@ def auto_proxy(servers: ServerThread, emulator: Emulator, tmp_path: Path) -> Ite
     prx.stop()
 
 
-async def explain(proxy: Proxy, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+async def explain(proxy: Proxy, body: dict[str, Any], path: str = "") -> tuple[int, dict[str, Any]]:
+    """Explain's status and answer for `body` sent on `path` ("": as explain guesses)."""
+    params = {"path": path} if path else {}
     async with (
         aiohttp.ClientSession() as session,
-        session.post(proxy.url + "/api/autoroute/explain", json=body) as resp,
+        session.post(proxy.url + "/api/autoroute/explain", params=params, json=body) as resp,
     ):
         return resp.status, await resp.json()
 
@@ -85,13 +87,7 @@ async def test_explain_ranks_only_for_a_route_auto_ranks_on(auto_proxy: Proxy, p
     model, the rest no model) a chat model's ranking would name a model auto never
     sends there: a 400 that says so instead, as the route itself answers `auto`."""
     body = {**chat("auto"), "input": "Hello there"}
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(
-            auto_proxy.url + "/api/autoroute/explain", params={"path": path}, json=body
-        ) as resp,
-    ):
-        status, doc = resp.status, await resp.json()
+    status, doc = await explain(auto_proxy, body, path)
     assert status == 400, doc
     assert path in doc["error"]
 
@@ -1868,15 +1864,10 @@ async def test_only_a_limit_the_route_reads_shortens_the_expected_answer(
         body["max_tokens"] = 4096  # Anthropic's requests always carry one
 
     async def seconds(doc: dict[str, Any]) -> float:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.post(
-                prx.url + "/api/autoroute/explain", params={"path": path}, json=doc
-            ) as resp,
-        ):
-            assert resp.status == 200, await resp.text()
-            (entry,) = (await resp.json())["ranking"]
-            return float(entry["expected_seconds"])
+        status, explained = await explain(prx, doc, path)
+        assert status == 200, explained
+        (entry,) = explained["ranking"]
+        return float(entry["expected_seconds"])
 
     unbounded = await seconds(body)
     assert await seconds({**body, **OWN_LIMITS[path]}) < unbounded
@@ -1918,12 +1909,9 @@ async def test_a_capable_model_serves_what_the_route_asks(
     auto_proxy: Proxy, path: str, fields: dict[str, Any], capability: str
 ) -> None:
     body = {**ROUTE_BODIES[path], **fields, "model": "auto:best"}
+    status, doc = await explain(auto_proxy, body, path)
+    assert status == 200, doc
     async with aiohttp.ClientSession() as http:
-        async with http.post(
-            auto_proxy.url + "/api/autoroute/explain", params={"path": path}, json=body
-        ) as resp:
-            assert resp.status == 200, await resp.text()
-            doc = await resp.json()
         async with http.post(auto_proxy.url + "/api/show", json={"model": doc["model"]}) as resp:
             assert capability in (await resp.json())["capabilities"]
     assert any(why == f"lacks {capability}" for why in doc["filtered"].values()), doc
@@ -1983,12 +1971,9 @@ async def test_a_long_text_in_a_field_the_route_has_is_filtered_by_context(
 
 async def _explained_and_served(prx: Proxy, path: str, body: dict[str, Any]) -> tuple[Any, str]:
     """What explain says of `body` on `path`, and the model that serves it there."""
+    status, doc = await explain(prx, body, path)
+    assert status == 200, doc
     async with aiohttp.ClientSession() as http:
-        async with http.post(
-            prx.url + "/api/autoroute/explain", params={"path": path}, json=body
-        ) as resp:
-            assert resp.status == 200, await resp.text()
-            doc = await resp.json()
         async with http.post(prx.url + path, json=body) as resp:
             assert resp.status == 200, await resp.text()
             return doc, resp.headers["X-Autoroute-Model"]
