@@ -310,10 +310,9 @@ class Handlers:
                 # No model for the request: a capability none of the profile's models
                 # offers is Ollama's own refusal, which clients read.
                 only = key.models if key else None
-                unoffered = self.auto_routes.unoffered(path, doc, model, profile, only)
                 return (
                     _refused(path, doc, sent)
-                    or unoffered
+                    or self.auto_routes.unoffered(path, doc, model, profile, only)
                     or handler_error(path, exc.status, exc.answer(model))
                 )
             except NoBackend:
