@@ -160,6 +160,7 @@ from proxy.errors import unserved_method
 from proxy.head_reads import HeadReads
 from proxy.limits import HEAD_TOO_LARGE_BODY
 from proxy.relayed_response import RelayedResponse
+from proxy.request_ids import ID_BYTES
 
 log = logging.getLogger("autoroute.clients")
 
@@ -686,7 +687,7 @@ class ClientConnection(RequestHandler):
             return
         # No request was made of these bytes, so no id from the server: a random one,
         # in the log line too, for the client to quote.
-        request_id = os.urandom(11).hex() if self._request_ids else ""
+        request_id = os.urandom(ID_BYTES).hex() if self._request_ids else ""
         raw_id = request_id.encode()
         answer = go_error(status, raw_id) if write is None else write(raw_id)
         named = f" ({request_id})" if request_id else ""

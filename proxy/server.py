@@ -6,9 +6,7 @@ completion hooks (metrics, access log, telemetry, usage) with its `Outcome`.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -29,6 +27,7 @@ from proxy.metrics import Metrics
 from proxy.origins import ORIGIN, Origins
 from proxy.outcome import OUTCOME, Decided, Hook, Outcome, Served
 from proxy.protocol import REQUEST_ID_HEADER
+from proxy.request_ids import RequestIds
 from proxy.routes import Router, find
 
 log = logging.getLogger("autoroute.server")
@@ -53,10 +52,8 @@ class Server:
         # Keys' limits counted in Redis: admission awaits one round trip. Without it
         # admission stays synchronous.
         self.shared_admission = auth.enabled and auth.shared is not None
-        # Request ids: a random prefix per process and a counter, unique without a
-        # syscall or a uuid per request.
-        self._id_prefix = os.urandom(6).hex()
-        self._id_counter = itertools.count(1)
+        # Request ids: random, so that no client counts the others' requests by them.
+        self._ids = RequestIds()
         # The tasks of the requests being handled, for `drain`.
         self.handling: set[asyncio.Task[Any]] = set()
 
@@ -66,7 +63,7 @@ class Server:
         # the client sees in the answer's header (it correlates by it) and is kept
         # beside the proxy's; one that is not (not ASCII, spaces, controls, too long)
         # is replaced by the proxy's.
-        request_id = f"{self._id_prefix}{next(self._id_counter):010x}"
+        request_id = self._ids.new()
         client_id = header_values.request_id(request.headers.get(REQUEST_ID_HEADER))
         return Outcome(
             Decided(request_id, client_id, time.perf_counter(), find(request.path)),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -974,6 +975,28 @@ async def test_health_without_a_key_says_what_is_up_and_names_no_model(guarded: 
     # A key that may see every model gets the models too.
     full = orjson.loads((await call(guarded.url, "GET", "/api/autoroute/health", SINGLE))[2])
     assert {"mistral:7b", *ALLOWED} <= set(full["backends"][0]["models"])
+
+
+async def test_request_ids_count_no_other_clients_requests(guarded: Proxy) -> None:
+    """Every answer carries the proxy's id for its request, also a public probe's
+    without a key. The ids must not count the requests in between: from two of its
+    own ids a client (any key, or none) would read how many requests every other
+    client made meanwhile, a figure the public probes keep from it (`health` shows no
+    `in_flight` and no cache hits to a caller who may not see the fleet)."""
+
+    async def probe_id() -> str:
+        status, headers, _ = await call(guarded.url, "GET", "/api/autoroute/health")
+        assert status == 200
+        return headers["X-Request-Id"]
+
+    first = await probe_id()
+    others = [(await call(guarded.url, "GET", "/api/tags", USER))[1] for _ in range(5)]
+    second = await probe_id()
+    ids = [first, *(h["X-Request-Id"] for h in others), second]
+    assert all(re.fullmatch("[0-9a-f]{22}", i) for i in ids), ids
+    assert len(set(ids)) == len(ids)
+    # Five requests came between the probe's two: its ids must not say so.
+    assert int(second, 16) - int(first, 16) != len(others) + 1, ids
 
 
 async def test_public_probes_name_no_backend_url_and_no_error_text(
