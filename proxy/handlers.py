@@ -397,7 +397,15 @@ class Handlers:
         lists the model, or every one that does failed or refused."""
         served.model = model  # until the cloud stands in with its own
         cloud = self.cloud
-        if cloud is None or not isinstance(doc, dict) or not cloud.takes(request.path, names):
+        if (
+            cloud is None
+            or not isinstance(doc, dict)
+            or not cloud.takes(request.path, names)
+            # A name Ollama cannot parse names no model (`_named`): the backend answers
+            # it Ollama's 400, for every key, where a provider standing in for "*"
+            # would answer any key whose list it is not on.
+            or not valid_name(source(model)[0])
+        ):
             return self._generate(request, served, doc, body, model)
         if not lists_locally(self.backends, model):
             return cloud.serve(request, doc, names)

@@ -896,6 +896,38 @@ async def test_auto_with_a_keys_model_list_goes_to_the_cloud_only_for_a_model_on
         proxy.stop()
 
 
+@pytest.mark.parametrize("name", ["qwen 2.5", "qwen:", "qwen2.5:7b@x"])
+async def test_a_name_ollama_cannot_parse_never_goes_to_the_cloud(
+    servers: ServerThread, own_emulator: Emulator, cloud_server: StandIn, name: str
+) -> None:
+    """A name Ollama cannot parse names no model: the backend answers it Ollama's 400,
+    the same for every key. No backend lists it, so a provider standing in for "*"
+    would otherwise serve it: a key whose list has one local model would reach the
+    cloud model (and spend the month's tokens) by misspelling a name."""
+    listed, free = "k-listed-1", "k-free-1"
+    auth = Auth(
+        keys=(
+            ApiKey(sha256=hash_key(listed), name="listed", models=(LOCAL,)),
+            ApiKey(sha256=hash_key(free), name="free"),
+        )
+    )
+    proxy = Proxy(servers, [own_emulator.url], cloud=cloud_section(cloud_server.url), auth=auth)
+    try:
+        for path, body in (
+            ("/api/chat", {"model": name, "messages": MESSAGES, "stream": False}),
+            ("/api/generate", {"model": name, "prompt": "Why?", "stream": False}),
+            ("/v1/chat/completions", {"model": name, "messages": MESSAGES}),
+        ):
+            for key in (listed, free):
+                status, headers, answer = await post(proxy.url + path, body, bearer(key))
+                assert status == 400, (path, key, answer)
+                assert "X-Autoroute-Backend" not in headers
+                assert b"invalid model name" in answer
+        assert cloud_server.seen.bodies == []
+    finally:
+        proxy.stop()
+
+
 async def test_with_keys_the_health_names_cloud_models_only_to_a_key_that_sees_every_model(
     servers: ServerThread, own_emulator: Emulator, cloud_server: StandIn
 ) -> None:
