@@ -46,6 +46,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from proxy import private_files
 from proxy.config import Learning, Usage
 from proxy.pg_migrations import apply
 from proxy.usage.event import FEEDBACK, USAGE
@@ -567,9 +568,9 @@ class Learner:
 
     def _file_save(self, rows: list[Row]) -> None:
         path = self.state_file
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_files.make_dirs(path.parent)
         temporary = path.with_name(path.name + f".{os.getpid()}.tmp")
-        temporary.write_bytes(orjson.dumps({"version": 2, "rows": rows}))
+        private_files.write_file(temporary, orjson.dumps({"version": 2, "rows": rows}))
         os.replace(temporary, path)  # readers see the old file or the new, never half
 
     # PostgreSQL -------------------------------------------------------------------

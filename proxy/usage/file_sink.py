@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
+from proxy import private_files
 from proxy.usage.event import FEEDBACK, USAGE
 from proxy.usage.runner import Record
 
@@ -32,8 +33,8 @@ class _RotatingFile:
 
     def write(self, data: bytes) -> None:
         if self._file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "ab")  # kept open between batches
+            private_files.make_dirs(self.path.parent)
+            self._file = private_files.open_file(self.path, "ab")  # open between batches
         if self._file.tell() and self._file.tell() + len(data) > self.max_bytes:
             self._rotate()
             assert self._file is not None
@@ -51,7 +52,7 @@ class _RotatingFile:
             os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
         else:
             self.path.unlink(missing_ok=True)
-        self._file = open(self.path, "ab")
+        self._file = private_files.open_file(self.path, "ab")
 
     def close(self) -> None:
         if self._file is not None:

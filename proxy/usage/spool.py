@@ -25,8 +25,10 @@ import logging
 import os
 import threading
 import time
-from io import FileIO
 from pathlib import Path
+from typing import BinaryIO
+
+from proxy import private_files
 
 log = logging.getLogger("autoroute.usage")
 
@@ -51,17 +53,17 @@ class Spool:
         self.fsync = fsync
         self.fsync_interval = fsync_interval
         self._lock = threading.Lock()
-        self._writer: FileIO | None = None
+        self._writer: BinaryIO | None = None
         self._writer_seg = -1
         self._writer_size = 0
         self._synced_at = time.monotonic()
         self._dirty = False
         base = Path(root).expanduser()
-        base.mkdir(parents=True, exist_ok=True)
+        private_files.make_dirs(base)
         for slot in range(_SLOTS):
             path = base / (name if slot == 0 else f"{name}.{slot}")
-            path.mkdir(exist_ok=True)
-            lock = open(path / "lock", "a+b")  # held for the process's life
+            private_files.make_dirs(path)
+            lock = private_files.open_file(path / "lock", "a+b")  # held for the process's life
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -140,7 +142,7 @@ class Spool:
         # numbered again, so the cursor never points past records not yet read.
         segments = self._segments()
         self._writer_seg = max(segments[-1] if segments else 0, self._at[0]) + 1
-        self._writer = open(self._seg_path(self._writer_seg), "ab", buffering=0)
+        self._writer = private_files.open_file(self._seg_path(self._writer_seg), "ab", 0)
         self._writer_size = 0
         if self.fsync == "always":
             fd = os.open(self.dir, os.O_RDONLY)
@@ -149,7 +151,7 @@ class Spool:
             finally:
                 os.close(fd)
 
-    def _sync_locked(self, writer: FileIO | None = None) -> None:
+    def _sync_locked(self, writer: BinaryIO | None = None) -> None:
         writer = writer or self._writer
         if writer is not None and self._dirty and self.fsync != "never":
             os.fsync(writer.fileno())
@@ -220,7 +222,7 @@ class Spool:
         self._at = cursor
         tmp = self.dir / "cursor.tmp"
         try:
-            tmp.write_text(f"{cursor[0]} {cursor[1]}")
+            private_files.write_file(tmp, f"{cursor[0]} {cursor[1]}".encode())
             os.replace(tmp, self.dir / "cursor")
         except OSError as exc:
             if not self._cursor_failing:
