@@ -175,8 +175,8 @@ class Handlers:
         return response
 
     async def gin_refusal(self, request: web.Request) -> web.StreamResponse:
-        """A CONNECT outside the proxy's own paths: Ollama's answer for its path
-        (`errors.gin_refusal`)."""
+        """A CONNECT outside the proxy's own paths, or a method a public route does not
+        take: Ollama's answer for its path (`errors.gin_refusal`)."""
         return gin_refusal(request.path)
 
     async def scrape(self, request: web.Request) -> web.StreamResponse:

@@ -80,8 +80,9 @@ class Route:
 
 ROUTES: tuple[Route, ...] = (
     # Liveness, for container health checks and `ollama` clients checking the server.
-    Route("/", ANY, PASS, access=PUBLIC),
-    Route("/api/version", ANY, PASS, access=PUBLIC),
+    # Ollama serves them on GET and HEAD alone (`Router.handler` answers the others).
+    Route("/", READ, PASS, access=PUBLIC),
+    Route("/api/version", READ, PASS, access=PUBLIC),
     # The body names the model that decides the backend; `auto` is decided here.
     Route("/api/generate", POST, MODEL_ROUTED, inference=True, runner=True),
     Route("/api/chat", POST, MODEL_ROUTED, inference=True, runner=True),
@@ -253,13 +254,20 @@ class Router:
         """The handler of a request; `route` is `find(path)`, which the caller has.
         CONNECT is no route's, not even one taking every method: Ollama serves it on no
         path, and no backend is asked to open a tunnel. Outside `OWN_PREFIX` it gets
-        Ollama's answer from `OLLAMA_ROUTES` (gin's 405 or 404)."""
+        Ollama's answer from `OLLAMA_ROUTES` (gin's 405 or 404), as does a method a
+        public route does not take (but OPTIONS, CORS's): a client without a key sends
+        no backend a body. Any other method goes to the backend, whose Ollama answers
+        it as its version does."""
         if route is not None and (
             method in route.methods or (not route.methods and method != "CONNECT")
         ):
             return self._handlers[route.path]
         if not path.startswith(OWN_PREFIX):
-            return self._gin_refusal if method == "CONNECT" else self._passthrough
+            if method == "CONNECT" or (
+                route is not None and route.access == PUBLIC and method != "OPTIONS"
+            ):
+                return self._gin_refusal
+            return self._passthrough
         return self._not_found if route is None else self._method_not_allowed
 
 

@@ -218,6 +218,15 @@ async def test_a_method_ollama_does_not_serve_is_its_405_with_allow_through_the_
     ):
         status, headers, body = await raw_request(own_proxy.port, method, path, [])
         assert (status, body, headers["allow"]) == (405, b"405 method not allowed", allow.encode())
+    # The public routes: gin's 405 from the proxy, no body of a client without a key
+    # sent on to a backend.
+    for method, path in (("POST", "/"), ("PUT", "/api/version"), ("DELETE", "/")):
+        asked = dict(own_emulator.state.requests)
+        status, headers, body = await raw_request(
+            own_proxy.port, method, path, [(b"Content-Type", b"application/json")], b"{}" * 9
+        )
+        assert (status, body, headers["allow"]) == (405, b"405 method not allowed", b"HEAD, GET")
+        assert own_emulator.state.requests[path] == asked.get(path, 0), (method, path)
     preflight = [(b"Origin", b"http://localhost:3000"), (b"Access-Control-Request-Method", b"POST")]
     for port in (own_emulator.port, own_proxy.port):
         status, headers, _ = await raw_request(port, "OPTIONS", "/api/chat", preflight)
