@@ -5,6 +5,7 @@ connections) does not depend on the relay."""
 from __future__ import annotations
 
 import ast
+import gc
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,21 @@ def _targets(
     return {name for name in names if name in known}
 
 
+def _parsed(modules: dict[str, Path]) -> dict[str, ast.Module]:
+    """Each module's syntax tree, with the garbage collector held: CPython 3.11 keeps
+    the AST constructor's recursion depth in state every thread shares (gh-106905),
+    and a collection in the middle of a parse runs finalizers, Python code during which
+    another thread (a test's server) may parse too, so that this parse ends on the
+    other's depth and raises "AST constructor recursion depth mismatch"."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return {name: ast.parse(path.read_text(), str(path)) for name, path in modules.items()}
+    finally:
+        if collecting:
+            gc.enable()
+
+
 def import_graph(load_time_only: bool) -> Graph:
     """Edges module -> module it imports. `load_time_only`: only what runs when the
     module is imported (top-level statements, not `if TYPE_CHECKING:` blocks nor
@@ -59,8 +75,9 @@ def import_graph(load_time_only: bool) -> Graph:
     modules = _modules()
     known = set(modules)
     graph: Graph = {}
+    trees = _parsed(modules)
     for name, path in modules.items():
-        tree = ast.parse(path.read_text(), str(path))
+        tree = trees[name]
         is_package = path.name == "__init__.py"
         edges: set[str] = set()
         pending: list[ast.AST] = list(tree.body) if load_time_only else [tree]
