@@ -1216,6 +1216,29 @@ async def test_feedback_changes_later_decisions_and_survives_a_restart(
     assert learning["rebuilt_from_events"] == 2 * ROUNDS + 1
 
 
+async def test_a_rating_counts_in_the_next_decision(
+    servers: ServerThread, fleet: Emulator, tmp_path: Path
+) -> None:
+    """A client that rates an answer and then asks again has the rating counted in that
+    decision, however long the usage queue waits before its sinks get a batch: a harness
+    that rates each answer before its next prompt learns as the replays do."""
+    usage = Usage(
+        file_path=str(tmp_path / "events.jsonl"),
+        spool_dir=str(tmp_path / "spool"),
+        flush_interval_seconds=30.0,
+    )
+    prx = Proxy(servers, [fleet.url], selector=_selector(tmp_path), usage=usage)
+    try:
+        async with aiohttp.ClientSession() as session:
+            model, rid = await _ask(session, prx.url, _math(0))
+            await _rate(session, prx.url, rid, 0.0)
+            doc = await _explain(session, prx.url, _math(1))
+    finally:
+        prx.stop()
+    evidence = {r["model"]: r for r in doc["ranking"]}[model]["evidence"]
+    assert (evidence["count"], evidence["mean"]) == (outcome.RATED, 0.0)
+
+
 async def test_with_keys_a_rating_counts_only_from_the_key_that_asked(
     servers: ServerThread, fleet: Emulator, tmp_path: Path
 ) -> None:

@@ -48,6 +48,11 @@ class UsagePipeline:
         self.overflowed = 0
         self.invalid = 0
         self._wake: asyncio.Event | None = None
+        # A rating was queued: the dispatcher completes the queue for the observers now
+        # (`_observe_queued`), before the sinks' next batch is due.
+        self._rated = False
+        # Records completed and observed that the sinks get with their next batch.
+        self._observed: list[Record] = []
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._warned_at = 0.0
@@ -115,6 +120,12 @@ class UsagePipeline:
         """Queue a rating (`event.feedback` makes one), from the address `client` where
         no API key gave it; its feedback id."""
         self._put(Record(feedback, orjson.dumps(feedback.document()), client))
+        # A client that rates an answer and asks again has its rating counted in that
+        # decision: the dispatcher hands it (and the answer's event before it) to the
+        # observers at once, not at the next flush.
+        self._rated = True
+        if self._wake is not None:
+            self._wake.set()
         return feedback.feedback_id
 
     def _put(self, item: ev.Captured | Record) -> None:
@@ -167,7 +178,19 @@ class UsagePipeline:
             except Exception:  # an observer's bug must not stop the pipeline; it is loud
                 log.exception("usage: an observer failed on a %s event", what)
 
+    def _observe_queued(self) -> None:
+        """Complete what is queued, for the observers, keeping the records for the sinks'
+        next batch (`_dispatch`)."""
+        queue = self.queue
+        while queue:
+            items = [queue.popleft() for _ in range(min(len(queue), self.settings.batch_size))]
+            self._observed += self._complete(items)
+
     async def _dispatch(self) -> None:
+        held, self._observed = self._observed, []
+        if held:
+            for runner in self.runners:
+                await runner.accept(held)
         queue = self.queue
         chunk = self.settings.batch_size * 4
         while queue:
@@ -179,13 +202,22 @@ class UsagePipeline:
     async def _run(self) -> None:
         assert self._wake is not None
         interval = self.settings.flush_interval_seconds
+        loop = asyncio.get_running_loop()
+        due = loop.time() + interval
         while not self._stopping:
             # A timeout on this task, not wait_for: that makes a task per wait.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(interval):
+                async with asyncio.timeout_at(due):
                     await self._wake.wait()
             self._wake.clear()
+            rated, self._rated = self._rated, False
+            if rated and loop.time() < due and len(self.queue) < self.settings.batch_size:
+                # Ratings are counted now, and the sinks keep their batches: a flood of
+                # ratings makes no write per rating.
+                self._observe_queued()
+                continue
             await self._dispatch()
+            due = loop.time() + interval
 
     async def stop(self) -> None:
         """Drain: what the sinks take within `drain_seconds` is written, the rest spills."""
@@ -204,7 +236,7 @@ class UsagePipeline:
 
     def counters(self) -> dict[str, Any]:
         return {
-            "queue": len(self.queue),
+            "queue": len(self.queue) + len(self._observed),
             "overflowed": self.overflowed,
             "invalid": self.invalid,
             "sinks": {r.name: r.snapshot() for r in self.runners},
