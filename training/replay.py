@@ -164,7 +164,7 @@ class Outcome:
     picks: dict[str, int] = field(default_factory=dict)
 
 
-def _mean_outcome(
+def mean_outcome(
     prompts: Sequence[Prompt], chosen: Sequence[ModelSpec], cost: Mapping[str, float]
 ) -> Outcome:
     picks: dict[str, int] = {}
@@ -176,6 +176,16 @@ def _mean_outcome(
         ),
         cost=float(np.mean([cost[s.ollama_name] for s in chosen])),
         picks=picks,
+    )
+
+
+def halves(prompts: Sequence[Prompt], seed: int) -> tuple[list[Prompt], list[Prompt]]:
+    """The prompts a feedback replay learns on and the ones it is then held to: a
+    random half each, drawn with `seed`."""
+    order = np.random.default_rng(seed).permutation(len(prompts))
+    return (
+        [prompts[i] for i in order[: len(prompts) // 2]],
+        [prompts[i] for i in order[len(prompts) // 2 :]],
     )
 
 
@@ -282,22 +292,18 @@ def replay_fleet(
     for profile in profiles:
         router = router_for(artifact_dir, fleet, profiles, seed, selector)
         chosen = decide_all(router, prompts, fleet, profile)
-        result.profiles[profile] = _mean_outcome(prompts, chosen, cost)
+        result.profiles[profile] = mean_outcome(prompts, chosen, cost)
         if feedback is None:
             continue
-        order = np.random.default_rng(seed).permutation(len(prompts))
-        learn = [prompts[i] for i in order[: len(prompts) // 2]]
-        held = [prompts[i] for i in order[len(prompts) // 2 :]]
+        learn, held = halves(prompts, seed)
         result.half_best = baselines(held, fleet, cost, described)["best single"].quality
         result.ceilings = result.ceilings or ceilings(learn, held, fleet, cost)
         router = router_for(artifact_dir, fleet, profiles, seed, selector)
         hook = feedback(router)
-        curve = [_mean_outcome(held, decide_all(router, held, fleet, profile), cost).quality]
+        curve = [mean_outcome(held, decide_all(router, held, fleet, profile), cost).quality]
         for _ in range(passes):
             decide_all(router, learn, fleet, profile, hook)
-            curve.append(
-                _mean_outcome(held, decide_all(router, held, fleet, profile), cost).quality
-            )
+            curve.append(mean_outcome(held, decide_all(router, held, fleet, profile), cost).quality)
         result.curves[profile] = curve
     return result
 
