@@ -23,7 +23,9 @@ and a weight, the strength of the evidence:
   last), says nothing of an answer. Nor does a repetition: copies sent one within the
   window of another's end form a chain, and a chain of more than `RETRY_SENDS` copies
   (a load test, a benchmark, a client that polls) retries none of them, where a
-  person retries once or twice (`Repeats`, read alike online and offline).
+  person retries once or twice; nor does a copy the user sent after `MOVED_ON` other
+  prompts since the last one (a benchmark's next pass over its prompts), where a
+  person retries before moving on (`Repeats`, read alike online and offline).
 - An answer cut at the token limit (done_reason "length", or "max_tokens" on the
   Anthropic API): `TRUNCATED_VALUE`, mostly a failure (the answer is incomplete) but
   not certainly (the client may have asked for a short answer with num_predict).
@@ -56,6 +58,11 @@ RETRY_WINDOW_SECONDS = 120.0
 # The most copies of one prompt a chain of retries holds: a person retries once or
 # twice; more is a repetition (`Repeats`).
 RETRY_SENDS = 3
+# How many other prompts a user sends before a copy of an earlier one is no retry of it:
+# a person retries an answer before moving on to other questions (one other beside it,
+# another conversation, still leaves a retry a retry); a benchmark going over its
+# prompts again sends every other one in between (`Repeats`).
+MOVED_ON = 2
 TRUNCATED_REASONS = frozenset({"length", "max_tokens"})
 # Who sent which prompt to which model name (`retry_key`).
 RetryKey = tuple[str, str, str, str]
@@ -232,23 +239,48 @@ class Repeats(Generic[T]):
     window after the last answer of the chain ended (or while it was in flight),
     counts retries while it holds at most `RETRY_SENDS` copies: a person retries once
     or twice. Past that it is a repetition (a load test, a benchmark, a client that
-    polls): none of its copies was retried, and the marks it gave are taken back.
+    polls): none of its copies was retried, and the marks it gave are taken back. A
+    copy the user sent after `MOVED_ON` other prompts (in the order their answers
+    ended) starts a chain of its own: it retries nothing, and the marks the last chain
+    gave stand.
 
     Memory: one chain per retry key, of `RETRY_SENDS` copies at most, `limit` chains
-    (the oldest forgotten past it; None: no limit); a chain whose last answer ended
+    (the oldest forgotten past it; None: no limit), and per user its last `MOVED_ON`
+    + 1 distinct prompts, `limit` users; a chain whose last answer ended
     more than twice the window before the latest arrival is forgotten, so a copy that
     joins it late would have been answering for more than the window. O(1) per send."""
 
     def __init__(self, limit: int | None = None) -> None:
         self.limit = limit
         self.chains: OrderedDict[RetryKey, _Chain[T]] = OrderedDict()
+        # Per user (a retry key but its prompt), the last distinct prompts it sent,
+        # `MOVED_ON` + 1 at most, the latest last (`_moved_on`).
+        self.latest: OrderedDict[tuple[str, str, str], list[str]] = OrderedDict()
+
+    def _moved_on(self, key: RetryKey) -> bool:
+        """Whether the user of `key` sent `MOVED_ON` other prompts since its last copy
+        (or so many that it is no longer among the last ones remembered)."""
+        latest = self.latest.get(key[:3])
+        if latest is None or key[3] not in latest:
+            return True
+        return len(latest) - 1 - latest.index(key[3]) >= MOVED_ON
+
+    def _note(self, key: RetryKey) -> None:
+        user, prompt = key[:3], key[3]
+        latest = self.latest.pop(user, [])
+        if prompt in latest:
+            latest.remove(prompt)
+        latest.append(prompt)
+        self.latest[user] = latest[-(MOVED_ON + 1) :]
+        if self.limit is not None and len(self.latest) > self.limit:
+            self.latest.popitem(last=False)
 
     def send(self, key: RetryKey, arrived: float, ended: float, item: T) -> list[tuple[T, bool]]:
         """A copy of `key` that arrived at `arrived` and ended at `ended`: the items
         whose retried mark it changes, each with its mark now."""
         chain = self.chains.pop(key, None)
         changed: list[tuple[T, bool]] = []
-        if chain is None or arrived - chain.ended > RETRY_WINDOW_SECONDS:
+        if chain is None or arrived - chain.ended > RETRY_WINDOW_SECONDS or self._moved_on(key):
             chain = _Chain(ended, 1, [(arrived, ended, item)])
         else:
             before = _retried(chain.copies)
@@ -266,6 +298,7 @@ class Repeats(Generic[T]):
                     if (i in before) != (i in after)
                 ]
         self.chains[key] = chain
+        self._note(key)
         if self.limit is not None and len(self.chains) > self.limit:
             self.chains.popitem(last=False)
         # A copy arriving later than one window after a chain's end starts another; one

@@ -134,6 +134,37 @@ def test_a_completed_answer_tells_the_online_estimate_only_what_was_expected() -
     assert outcome.against(outcome.rated(0.8), 0.3) == 0.8
 
 
+def test_a_prompt_sent_again_after_the_user_moved_on_is_no_retry() -> None:
+    """A person retries an answer before moving on to other questions; a benchmark that
+    goes over its prompts again (a pass of an evaluation, a feedback replay) sends each
+    one again after every other. Its copies, each sent within the window of the last
+    one's end but after two other prompts of the same user, fail nothing; one other
+    prompt in between (another conversation, a load test of one prompt beside it)
+    leaves a retry a retry."""
+    prompts = ("a", "b", "c")
+    passes = [
+        answered(f"{q}{n}", _at(10.0 * n + i), prompt=q, total_ms=500.0)
+        for n in range(3)
+        for i, q in enumerate(prompts)
+    ]
+    assert outcome.retried_ids(passes) == set()
+    assert outcome.retried_ids(passes[::-1]) == set()
+    asked_between = [
+        answered("a1", _at(0.0), prompt="a", total_ms=500.0),
+        answered("b1", _at(5.0), prompt="b", total_ms=500.0),
+        answered("a2", _at(10.0), prompt="a", total_ms=500.0),
+    ]
+    assert outcome.retried_ids(asked_between) == {"a1"}
+    # Another user's prompts in between are not this user's moving on.
+    others = [
+        answered(f"{q}{n}", _at(10.0 * n + i), prompt=q, user="bob", total_ms=500.0)
+        for n in range(1)
+        for i, q in enumerate(("x", "y", "z"))
+    ]
+    retried = [asked_between[0], *others, {**asked_between[2], "ts": _at(12.0)}]
+    assert outcome.retried_ids(retried) == {"a1"}
+
+
 def test_a_retry_is_the_same_keys_not_another_key_under_the_same_name() -> None:
     """The same user is the same key, by its hash (`api_key_hash`): a key issued under a
     revoked key's name, or another key whose client sends the same X-Autoroute-User,
