@@ -2,7 +2,7 @@
 in-process: does a black-box harness measure what `training.zeroeval_replay` prints?
 
     python -m benchmarks.http_replay [--fleet small] [--limit N] [--seed 0] [--passes 3]
-        [--concurrency 1,8] [--profiles best,balanced]
+        [--concurrency 1,8] [--profiles best,balanced] [--client http|ollama]
         [--user-per-pass] [--count-completed] [--flush-seconds S]
 
 The in-process side is `training.replay`'s: its fleets, prompts, halves, scoring and
@@ -19,14 +19,14 @@ its own), then on another fresh proxy the held half, and after each pass of feed
 over the other half, the held half again. Each phase prints both sides' quality and
 picks, and on how many prompts the two chose differently. No timing is judged.
 
-What the proxy does with such traffic that the replays leave out, each of which a flag
-takes away to show what remains: a prompt sent again within 120 s of its last answer
-by the same user to the same profile fails that answer, as a person's retry would
-(`selector_model.outcome`; `--user-per-pass` sends each phase as its own user), and an
-answer nobody rated counts for the learner as what the selector expected of it, at a
-fifth of a rating's weight (`--count-completed` counts the held half's answers so
-in-process too). `auto` (balanced) weighs the seconds the emulator's answers report,
-which no flag makes the replay's size-based guess.
+What the proxy does with such traffic that the replays leave out, which flags take
+away to show what remains: an answer nobody rated counts for the learner as what the
+selector expected of it, at a fifth of a rating's weight (`--count-completed` counts
+the held half's answers so in-process too); a prompt sent again soon by the same user
+may fail its earlier answer as a person's retry (`selector_model.outcome`;
+`--user-per-pass` sends each phase as a user of its own). `auto` (balanced) weighs the
+seconds the emulator's answers report, which no flag makes the replay's size-based
+guess. With 8 in flight, decisions made at once see none of each other's ratings.
 """
 
 from __future__ import annotations
@@ -40,11 +40,13 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import ollama
 import orjson
 
 from benchmarks import servers
@@ -231,30 +233,50 @@ def in_process(
 
 
 class Client:
-    """A black-box harness's requests to the proxy: `concurrency` at a time."""
+    """A black-box harness's requests to the proxy: `concurrency` at a time, by plain
+    HTTP or (`official`) by the official `ollama` client, which sends `tools: []` with
+    every chat and shows no response header: each request then carries an
+    `X-Request-Id` of the harness's own, which ratings name."""
 
-    def __init__(self, url: str, session: aiohttp.ClientSession, concurrency: int) -> None:
+    def __init__(
+        self, url: str, session: aiohttp.ClientSession, concurrency: int, official: bool
+    ) -> None:
         self.url = url
         self.session = session
         self.slots = asyncio.Semaphore(concurrency)
+        self.official = official
         self.dropped = 0  # feedback the proxy did not accept
         # Sent as `X-Autoroute-User` when not "" (`--user-per-pass`).
         self.user = ""
+
+    async def _http(self, body: dict[str, Any], headers: dict[str, str]) -> tuple[str, str]:
+        """(the served model, the request id) of a chat sent by plain HTTP."""
+        async with self.session.post(f"{self.url}/api/chat", json=body, headers=headers) as resp:
+            answer = await resp.json()
+            if resp.status != 200:
+                raise RuntimeError(f"{resp.status}: {answer}")
+            model = str(answer["model"])
+            header = resp.headers.get("X-Autoroute-Model")
+            if header != model:
+                raise RuntimeError(f"X-Autoroute-Model {header} but model {model}")
+            return model, resp.headers["X-Request-Id"]
+
+    async def _ollama(self, body: dict[str, Any], headers: dict[str, str]) -> tuple[str, str]:
+        """The same by the official client, with an id of the harness's own."""
+        request_id = f"http-replay-{uuid.uuid4().hex}"
+        client = ollama.AsyncClient(self.url, headers={**headers, "X-Request-Id": request_id})
+        try:
+            answer = await client.chat(model=body["model"], messages=body["messages"])
+        finally:
+            await client.close()
+        return str(answer.model), request_id
 
     async def ask(self, prompt: Prompt, profile: str, rate: bool) -> str:
         async with self.slots:
             body = {**replay.body_of(prompt, profile), "stream": False}
             headers = {"X-Autoroute-User": self.user} if self.user else {}
-            chat = self.session.post(f"{self.url}/api/chat", json=body, headers=headers)
-            async with chat as resp:
-                answer = await resp.json()
-                if resp.status != 200:
-                    raise RuntimeError(f"{resp.status}: {answer}")
-                model = str(answer["model"])
-                header = resp.headers.get("X-Autoroute-Model")
-                if header != model:
-                    raise RuntimeError(f"X-Autoroute-Model {header} but model {model}")
-                request_id = resp.headers["X-Request-Id"]
+            send = self._ollama if self.official else self._http
+            model, request_id = await send(body, headers)
             if rate:
                 score = prompt.scores[BY_OLLAMA_NAME[model].dataset_name]
                 rating = {"request_id": request_id, "rating": score}
@@ -275,12 +297,15 @@ class Harness:
     concurrency: int
     # The proxy's usage.flush_interval_seconds (None: config.yaml's).
     flush_seconds: float | None = None
+    # The official `ollama` client sends the chats (`Client`), else plain HTTP.
+    official: bool = False
     # Each phase sends its own `X-Autoroute-User`: a prompt sent again in a later pass
     # is then no retry of its earlier copy (`selector_model.outcome.retry_key`).
     user_per_pass: bool = False
 
     def describe(self) -> str:
         out = f"{self.concurrency} in flight"
+        out += ", the official ollama client" if self.official else ", plain HTTP"
         if self.flush_seconds is not None:
             out += f", usage flushed every {self.flush_seconds} s"
         return out + (", a user per pass" if self.user_per_pass else "")
@@ -301,7 +326,7 @@ async def over_http(
                 if proc is not None:
                     servers.stop([proc])
                 url, proc = await asyncio.to_thread(start_proxy, backend, harness.flush_seconds)
-                client = Client(url, session, harness.concurrency)
+                client = Client(url, session, harness.concurrency, harness.official)
             client.user = phase.name if harness.user_per_pass else ""
             await client.run(phase, profile)
         await asyncio.sleep(1.0 + (harness.flush_seconds or 0.0))
@@ -378,6 +403,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="in-process, the held half's answers count as the proxy counts unrated ones",
     )
+    parser.add_argument(
+        "--client",
+        choices=("http", "ollama"),
+        default="http",
+        help="chats by plain HTTP or by the official ollama Python client",
+    )
     parser.add_argument("--serve-emulator", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--models", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -396,7 +427,9 @@ def main(argv: list[str] | None = None) -> int:
         in_process(shipped, fleet, profile, decided, args.seed, args.count_completed)
         took_in = time.monotonic() - start
         for concurrency in args.concurrency:
-            harness = Harness(concurrency, args.flush_seconds, args.user_per_pass)
+            harness = Harness(
+                concurrency, args.flush_seconds, args.client == "ollama", args.user_per_pass
+            )
             plan = [dataclasses.replace(phase, http=[]) for phase in decided]
             start = time.monotonic()
             learning = asyncio.run(over_http(backend, profile, plan, harness))
