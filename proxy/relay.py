@@ -149,17 +149,27 @@ def request_head(
     request_id: str,
     drop: frozenset[bytes] = _NOT_FORWARDED,
 ) -> bytes:
-    """The upstream request head: the client's headers as it sent them (bytes) minus
-    the ones the proxy does not forward (and minus `drop`, the proxy's own credentials
-    when it checks keys, and minus the fields its Connection names: that connection's,
-    as Connection itself is, RFC 9110 7.6.1), and the request's id; `body_length=None`
-    streams the body."""
+    """The upstream request head: the request's target in origin form, the client's
+    headers as it sent them (bytes) minus the ones the proxy does not forward (and
+    minus `drop`, the proxy's own credentials when it checks keys, and minus the fields
+    its Connection names: that connection's, as Connection itself is, RFC 9110 7.6.1),
+    and the request's id; `body_length=None` streams the body."""
     headers = _forwarded(request.raw_headers, drop)
     if request_id:
         headers = [*headers, (_REQUEST_ID, _wire(request_id))]
+    target = request.raw_path
+    if not target.startswith("/"):
+        # The absolute form (`POST http://host/api/chat`), as a client sends it to a
+        # forward proxy: the backend, an origin server, gets the path and query alone
+        # (RFC 9112, 3.2.1), as sent, and as read where the route table read them (the
+        # route, the key's access to it, is decided by that path). Go's net/http would
+        # take the client's authority over the Host line the proxy writes (Ollama
+        # checks that host; a gateway in front of a backend may pick a site by it), and
+        # the userinfo is the client's credential.
+        target = request.rel_url.raw_path_qs
     return http11.request_head(
         _wire(request.method),
-        _wire(request.raw_path),
+        _wire(target),
         _wire(host),
         headers,
         length=body_length,

@@ -303,6 +303,35 @@ async def test_interim_heads_from_the_backend_are_skipped_on_the_same_connection
         servers.call(backend.stop)
 
 
+@pytest.mark.parametrize(
+    ("method", "target", "sent"),
+    [
+        ("POST", "http://localhost/api/generate", "/api/generate"),
+        ("POST", "http://user:secret@localhost:11434/api/generate?q=1", "/api/generate?q=1"),
+        ("GET", "HTTP://127.0.0.1/api/version", "/api/version"),
+        ("POST", "http://localhost/api/gen%65rate", "/api/gen%65rate"),
+        ("GET", "http://localhost/api/version#x?y", "/api/version#x?y"),
+    ],
+)
+async def test_an_absolute_target_reaches_the_backend_in_origin_form(
+    servers: ServerThread, echo: EchoBackend, tmp_path: Path, method: str, target: str, sent: str
+) -> None:
+    """A client may name the proxy in the absolute form (`POST http://host/path`), as
+    to a forward proxy. The backend is an origin server: it gets the path and query
+    alone (RFC 9112, 3.2.1), as sent, never the client's authority, which it would take
+    over the proxy's `Host` (Go's net/http does, and Ollama checks that host), nor the
+    client's userinfo."""
+    proxy = unprobed_proxy(servers, echo.url, tmp_path)
+    try:
+        body = orjson.dumps({"model": "echo", "prompt": "hi"}) if method == "POST" else b""
+        answer = await exchange(proxy.port, request_bytes(method, target, body))
+        assert answer.status == 200, answer.framed
+        line = echo.heads[-1].split(b"\r\n", 1)[0]
+        assert line == f"{method} {sent} HTTP/1.1".encode()
+    finally:
+        proxy.stop()
+
+
 async def test_header_bytes_a_client_sends_never_fail_a_backend(
     servers: ServerThread, own_emulator: Emulator, tmp_path: Path
 ) -> None:
