@@ -29,7 +29,7 @@ from proxy.config import Config
 from proxy.continuations import answered_ending
 from proxy.errors import SERVER_BUSY, error_response, stream_error_line
 from proxy.http11 import Dechunker, ResponseHead, dechunk
-from proxy.limits import drained_within, read_chunk
+from proxy.limits import client_took, drained_within, read_chunk
 from proxy.outcome import Served
 from proxy.protocol import HOP_BY_HOP, NDJSON, REQUEST_ID_HEADER, SSE
 from proxy.relayed_response import RelayedResponse
@@ -321,7 +321,7 @@ class Relay:
                 suspect = suspect or head.status not in UNAVAILABLE_STATUSES
                 continue
             try:
-                return await self._respond(state, head, client, outcome, model)
+                return await self._respond(request, state, head, client, outcome, model)
             finally:
                 state.end(model)
 
@@ -411,6 +411,7 @@ class Relay:
 
     async def _respond(
         self,
+        request: web.Request,
         state: BackendState,
         head: ResponseHead,
         client: ClientLeg,
@@ -465,6 +466,14 @@ class Relay:
         finally:
             outcome.body_bytes = client.body_bytes
             client.release()
+        # The whole answer is on the client's transport. The connection's next request
+        # waits until the client has taken in enough of it, as after aiohttp's own
+        # answers (and Go's, whose writes block): a client that pipelines requests and
+        # reads no answer grows no buffer past the high-water mark, and no backend is
+        # asked for answers no one reads.
+        if not await client_took(request, self.write_idle, outcome):
+            outcome.cancelled = True
+            client.keep_alive = False
         return client.response()
 
 

@@ -33,7 +33,7 @@ from proxy.connection import (
     VERSION_NOT_SUPPORTED,
     length_with_coding,
 )
-from tests.support import Emulator, Proxy, ServerThread, slow_reader
+from tests.support import Emulator, Proxy, ServerThread, slow_reader, small_send_buffers
 from tests.usage_services import read_bytes, wait_for
 
 MODEL = "qwen2.5:7b"
@@ -738,6 +738,56 @@ async def test_a_client_that_stops_reading_does_not_hold_up_others(
         assert state.completed == completed + 5
     finally:
         proxy.stop()
+
+
+async def test_a_client_that_reads_no_answers_is_not_answered_past_its_buffers(
+    servers: ServerThread, own_emulator: Emulator
+) -> None:
+    """A client pipelines a thousand requests (small answers, each whole in one read of
+    the backend's) and reads none of the answers: the proxy goes on to the next request
+    only once the client has taken in the answers before it, as Go's server does (its
+    writes block) and aiohttp's own answers do; it neither queues answers past the
+    transport's high-water mark, a buffer one client would grow by megabytes a second,
+    nor asks the backend what no one reads. The client is let go after
+    `client_write_idle_seconds`."""
+    proxy = Proxy(
+        servers,
+        [own_emulator.url],
+        timeouts=Timeouts(client_write_idle_seconds=1),
+        usage=NO_USAGE,
+    )
+    small_send_buffers(proxy)
+    body = orjson.dumps({"model": MODEL})
+    request = b"POST /api/show HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n%b" % (
+        len(body),
+        body,
+    )
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(own_emulator.url + "/api/show", data=body) as r,
+    ):
+        answer = len(await r.read()) + 300  # its body, and a head as the proxy writes it
+    shown = own_emulator.state.requests["/api/show"]
+    sock = await connect(proxy.port)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sending = asyncio.ensure_future(asyncio.get_running_loop().sock_sendall(sock, request * 1000))
+    assert proxy.runner is not None
+    server = proxy.runner.server
+    assert server is not None
+    try:
+        await eventually(lambda: bool(server.connections), "the client's connection")
+        (connection,) = server.connections
+        assert connection.transport is not None
+        high_water = connection.transport.get_write_buffer_limits()[1]
+        await eventually(lambda: not server.connections, "the client let go")
+    finally:
+        sending.cancel()
+        sock.close()
+        proxy.stop()
+    asked = own_emulator.state.requests["/api/show"] - shown
+    # What the transport holds up to its high-water mark, one answer past it, and the
+    # small socket buffers of both ends (64 KiB is more than they hold).
+    assert asked <= (high_water + (64 << 10)) // answer + 2, asked
 
 
 async def eventually(predicate: Callable[[], bool], what: str) -> None:
