@@ -321,9 +321,18 @@ class Relay:
                 suspect = suspect or head.status not in UNAVAILABLE_STATUSES
                 continue
             try:
-                return await self._respond(request, state, head, client, outcome, model)
+                await self._respond(state, head, client, outcome, model)
             finally:
                 state.end(model)
+            # The whole answer is on the client's transport, the backend done with it.
+            # The connection's next request waits until the client has taken in enough
+            # of it, as after aiohttp's own answers (and Go's, whose writes block): a
+            # client that pipelines requests and reads no answer grows no buffer past
+            # the high-water mark, and no backend is asked for answers no one reads.
+            if not await client_took(request, self.write_idle, outcome):
+                outcome.cancelled = True
+                client.keep_alive = False
+            return client.response()
 
     def _failed(
         self,
@@ -411,13 +420,12 @@ class Relay:
 
     async def _respond(
         self,
-        request: web.Request,
         state: BackendState,
         head: ResponseHead,
         client: ClientLeg,
         outcome: Served,
         model: str | None,
-    ) -> web.StreamResponse:
+    ) -> None:
         outcome.status = head.status
         # Once the head went out, the relay has written to the client's transport itself:
         # nothing may reach aiohttp's handler error path (it would write a 500 after the
@@ -466,15 +474,6 @@ class Relay:
         finally:
             outcome.body_bytes = client.body_bytes
             client.release()
-        # The whole answer is on the client's transport. The connection's next request
-        # waits until the client has taken in enough of it, as after aiohttp's own
-        # answers (and Go's, whose writes block): a client that pipelines requests and
-        # reads no answer grows no buffer past the high-water mark, and no backend is
-        # asked for answers no one reads.
-        if not await client_took(request, self.write_idle, outcome):
-            outcome.cancelled = True
-            client.keep_alive = False
-        return client.response()
 
 
 def _suspect(exc: UpstreamError) -> bool:
