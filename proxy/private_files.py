@@ -36,6 +36,8 @@ def make_dirs(path: Path) -> None:
         try:
             directory.mkdir(mode=DIR_MODE)
         except FileExistsError:
+            if not directory.is_dir():
+                raise  # a file of that name, as mkdir(exist_ok=True) refuses it
             continue  # another process made it in between
         os.chmod(directory, DIR_MODE)  # mkdir's mode is masked by the umask
 
