@@ -26,7 +26,9 @@ from tests.support import AUTO_NAMES, Proxy
 _NOT_COMPARED = frozenset({"date", "x-request-id", "x-accel-buffering"} | HOP_BY_HOP)
 
 
-def _compared(name: str) -> bool:
+def compared(name: str) -> bool:
+    """Whether the answer header `name` (lower-cased) is compared: neither one of
+    `_NOT_COMPARED` nor one of the proxy's own (`X-Autoroute-*`)."""
     return name not in _NOT_COMPARED and not name.startswith("x-autoroute-")
 
 
@@ -39,7 +41,7 @@ class Answers:
         self.models: list[str | None] = []
 
     def _saw(self, response: httpx.Response) -> None:
-        fields = {k.lower(): v for k, v in response.headers.items() if _compared(k.lower())}
+        fields = {k.lower(): v for k, v in response.headers.items() if compared(k.lower())}
         self.heads.append((response.status_code, fields))
         self.models.append(response.headers.get(MODEL_HEADER))
 
