@@ -148,7 +148,7 @@ async def emulate(
     from proxy.emulator import create_app as create_emulator
     from proxy.emulator.state import InvalidModelName
 
-    settings = EmulatorSettings(models=models, chunk_delay_ms=chunk_ms)
+    settings = EmulatorSettings(models=models, chunk_delay_ms=chunk_ms, listen_host=host)
     try:
         app = create_emulator(settings)
     except InvalidModelName as exc:

@@ -9,7 +9,7 @@ import socket
 import pytest
 
 from proxy.hosts import HostCheck, split_host_port
-from tests.support import Proxy
+from tests.support import Emulator, Proxy
 
 EVENTUALLY = 60.0
 
@@ -44,11 +44,16 @@ async def answer(port: int, method: str, host: bytes | None) -> tuple[bytes, lis
         b"a:b:c",
     ],
 )
-async def test_a_host_that_is_not_local_gets_403(proxy: Proxy, host: bytes) -> None:
-    status, lines, body = await answer(proxy.port, "GET", host)
-    assert status == b"HTTP/1.1 403 Forbidden"
-    assert body == b""
-    assert b"Content-Length: 0" in lines
+async def test_a_host_that_is_not_local_gets_403(
+    proxy: Proxy, emulator: Emulator, host: bytes
+) -> None:
+    """From the proxy, and from the emulator, which stands in for Ollama in front of it."""
+    for port in (proxy.port, emulator.port):
+        status, lines, body = await answer(port, "GET", host)
+        assert status == b"HTTP/1.1 403 Forbidden", port
+        assert body == b""
+        assert b"Content-Length: 0" in lines
+    _, lines, _ = await answer(proxy.port, "GET", host)
     assert any(line.startswith(b"X-Request-Id: ") for line in lines)
 
 
@@ -73,19 +78,21 @@ async def test_a_host_that_is_not_local_gets_403(proxy: Proxy, host: bytes) -> N
         None,
     ],
 )
-async def test_local_hosts_pass(proxy: Proxy, host: bytes | None) -> None:
-    status, _, body = await answer(proxy.port, "GET", host)
-    assert status.endswith(b" 200 OK"), (status, body)
+async def test_local_hosts_pass(proxy: Proxy, emulator: Emulator, host: bytes | None) -> None:
+    for port in (proxy.port, emulator.port):
+        status, _, body = await answer(port, "GET", host)
+        assert status.endswith(b" 200 OK"), (port, status, body)
 
 
 @pytest.mark.parametrize(("host", "code"), [(b"localhost", b"204"), (b"127.0.0.1", b"405")])
 async def test_options_for_a_local_name_is_answered_there(
-    proxy: Proxy, host: bytes, code: bytes
+    proxy: Proxy, emulator: Emulator, host: bytes, code: bytes
 ) -> None:
     """Ollama's quirk: OPTIONS naming an allowed host name (not an address) is 204
     before any route; naming an address it goes on to the route (405 there)."""
-    status, _, _ = await answer(proxy.port, "OPTIONS", host)
-    assert status.split(b" ")[1] == code
+    for port in (proxy.port, emulator.port):
+        status, _, _ = await answer(port, "OPTIONS", host)
+        assert status.split(b" ")[1] == code, port
 
 
 def test_the_check_is_on_only_while_listening_on_loopback() -> None:

@@ -19,6 +19,7 @@ from proxy.connection import ClientConnection
 from proxy.errors import error_response, gin_not_found, gin_refusal
 from proxy.go_types import BodyError
 from proxy.header_values import utf8
+from proxy.hosts import HostCheck
 from proxy.origins import ORIGIN, Origins, add_headers
 from proxy.protocol import JSON, NDJSON, SSE, drop_server_header, go_time
 from proxy.routes import OLLAMA_ROUTES, gin_allowed
@@ -189,6 +190,7 @@ async def _gin_match(request: web.Request, handler: Handler) -> tuple[web.Reques
 
 # Ollama's default origins (no OLLAMA_ORIGINS), as its cors middleware checks them.
 _ORIGINS = Origins()
+_HOSTS = web.AppKey("hosts", HostCheck)
 
 
 @web.middleware
@@ -220,6 +222,10 @@ async def _gin(request: web.Request, handler: Handler) -> web.StreamResponse:
         refused = _ORIGINS.admit(request, origin)
         if refused is not None:
             return refused
+    # Ollama's allowedHostsMiddleware, after its CORS middleware.
+    refused = request.app[_HOSTS].refusal(request)
+    if refused is not None:
+        return refused
     if connect:
         return gin_refusal(path)  # gin serves CONNECT on no route
     if state.fault != "none" and request.method == "POST" and request.path in FAULT_PATHS:
@@ -283,7 +289,9 @@ def create_app(settings: EmulatorSettings | None = None) -> web.Application:
     # plain-text 413 (a picture for a vision model is often more). 1 GiB bounds what a
     # stand-in holds in memory.
     app = web.Application(middlewares=[_gin], client_max_size=1 << 30)
-    app[STATE_KEY] = EmulatorState(settings or EmulatorSettings())
+    settings = settings or EmulatorSettings()
+    app[STATE_KEY] = EmulatorState(settings)
+    app[_HOSTS] = HostCheck(settings.listen_host)
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler, expect_handler=expect.expect_handler)
     app.router.add_route("POST", "/api/emulator/fault", _set_fault)

@@ -84,6 +84,9 @@ class EmulatorSettings:
     # Ollama's 500 (`RUNNER_DIED`) and the model is unloaded, so the next request
     # loads it again. "" (the default): no input does.
     crash_on: str = ""
+    # The address it listens on: as Ollama, it checks the `Host` a request names only
+    # while that is a loopback address (`proxy.hosts`).
+    listen_host: str = "127.0.0.1"
 
     def token_delay(self) -> float:
         """Seconds between two generated tokens."""
