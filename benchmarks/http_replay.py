@@ -20,9 +20,11 @@ over the other half, the held half again. Each phase prints both sides' quality 
 picks, and on how many prompts the two chose differently. No timing is judged.
 
 What the proxy does with such traffic that the replays leave out, which flags take
-away to show what remains: an answer nobody rated counts for the learner as what the
-selector expected of it, at a fifth of a rating's weight (`--count-completed` counts
-the held half's answers so in-process too); a prompt sent again soon by the same user
+away to show what remains: an answer nobody rated counts for nothing from a client
+that rates answers, as this harness does (`outcome.estimated`), and from one that
+rates none as what the selector expected of it, at a fifth of a rating's weight
+(`--count-completed` counts the held half's answers so in-process, as for a client
+that never rates); a prompt sent again soon by the same user
 may fail its earlier answer as a person's retry (`selector_model.outcome`;
 `--user-per-pass` sends each phase as a user of its own). `auto` (balanced) weighs the
 seconds the emulator's answers report, which no flag makes the replay's size-based
@@ -401,7 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--count-completed",
         action="store_true",
-        help="in-process, the held half's answers count as the proxy counts unrated ones",
+        help="in-process, the held half's answers count as the proxy counts the unrated "
+        "answers of a client that rates none",
     )
     parser.add_argument(
         "--client",

@@ -72,6 +72,8 @@ UNMATCHED_MAX = 50_000
 # sending many requests with another's id pushes that key's own out. The same bound
 # and rule hold the ratings waiting for an id's request (`unmatched`).
 PER_ID = 1_000
+# The most raters (API keys) remembered as rating answers, the latest to rate kept.
+RATERS_KEPT = 10_000
 
 MIGRATIONS = (
     (
@@ -156,9 +158,13 @@ def evidence_from_events(events: Iterable[Mapping[str, Any]]) -> Evidence:
     """The evidence a set of usage events (ratings joined) gives: what the learner
     would have counted had it seen them all."""
     listed = [e for e in events if decision_of(e) is not None]
+    rating = outcome.raters(listed)
     evidence = Evidence()
-    for event, result in zip(listed, outcome.grade(listed), strict=True):
+    for event, graded in zip(listed, outcome.grade(listed), strict=True):
         decided = decision_of(event)
+        client = event.get("client")
+        rater = outcome.rater_of(*usage_event.key_of(client if isinstance(client, Mapping) else {}))
+        result = outcome.estimated(graded, rater in rating)
         if result is not None and decided is not None:
             kind, model, prior, margin = decided
             evidence.update(
@@ -201,6 +207,7 @@ class _Counted:
     rating_sum: float = 0.0
     ratings: int = 0
     applied: outcome.Result | None = None
+    rater_rates: bool = False  # its rater rates answers (`outcome.estimated`)
 
     @classmethod
     def of(cls, decided: tuple[str, str, float, float], event: Mapping[str, Any]) -> _Counted:
@@ -229,10 +236,15 @@ class _Counted:
                 self.rating_sum += given[0]
                 self.ratings += 1
 
+    @property
+    def rater(self) -> str:
+        return outcome.rater_of(self.api_key_id, self.api_key_hash)
+
     def result(self) -> outcome.Result | None:
         if self.ratings:
             return outcome.rated(self.rating_sum / self.ratings)
-        return self.if_retried if self.retried else self.implicit
+        implicit = self.if_retried if self.retried else self.implicit
+        return outcome.estimated(implicit, self.rater_rates)
 
 
 _IMPLICIT: dict[tuple[Any, ...], tuple[outcome.Result | None, outcome.Result | None]] = {}
@@ -281,6 +293,9 @@ class Learner:
         # Who gave them, and the ratings waiting in all (`UNMATCHED_PER_RATER`).
         self.raters: dict[_Rater, _Waiting] = {}
         self.waiting = 0
+        # Who rates answers (`outcome.rater_of`; their unrated answers count for nothing,
+        # `outcome.estimated`), the latest to rate last.
+        self.rating: OrderedDict[str, None] = OrderedDict()
         self.dsn = usage.postgres_dsn
         self.state_file = self._state_path()
         self.store = "off" if not settings.enabled else ("postgres" if self.dsn else "file")
@@ -316,6 +331,7 @@ class Learner:
             return
         self.observed += 1
         counted = _Counted.of(decided, event)
+        counted.rater_rates = counted.rater in self.rating
         # Each id once: a client may send its own request's proxy id as its id.
         ids = dict.fromkeys(
             i
@@ -337,6 +353,8 @@ class Learner:
         self._retry(event, counted)
         self._count(counted)
         self._remember(ids, counted)
+        if counted.ratings:
+            self._rates(counted.rater)
 
     def _remember(self, ids: Iterable[str], counted: _Counted) -> None:
         """`counted` under each of its ids, beside the other requests that carried it;
@@ -386,6 +404,7 @@ class Learner:
                 self._count(counted)
                 taken = True
         if taken:
+            self._rates(outcome.rater_of(given[1], given[2]))
             return
         held = self.unmatched.setdefault(request_id, (time.monotonic(), []))[1]
         rater = given[1:]
@@ -406,6 +425,23 @@ class Learner:
         while self.waiting > UNMATCHED_MAX:
             rid, (_, ratings) = self.unmatched.popitem(last=False)
             self._forget(rid, ratings)
+
+    def _rates(self, rater: str) -> None:
+        """`rater` rated an answer: its unrated answers remembered, and those to come,
+        count for nothing (`outcome.estimated`). Once per rater: the remembered
+        requests are looked through when it first rates."""
+        rating = self.rating
+        if rater in rating:
+            rating.move_to_end(rater)
+            return
+        rating[rater] = None
+        if len(rating) > RATERS_KEPT:
+            rating.popitem(last=False)
+        for held in list(self.recent.values()):
+            for counted in held if isinstance(held, tuple) else (held,):
+                if not counted.rater_rates and counted.rater == rater:
+                    counted.rater_rates = True
+                    self._count(counted)
 
     def _drop_oldest(self, rater: _Rater, waiting: _Waiting) -> None:
         """The oldest of the ratings `rater` has waiting, out of `unmatched`."""
@@ -655,11 +691,15 @@ class Learner:
             if decided is None:
                 continue
             counted = _Counted.of(decided, event)
-            # The proxy that served it counted its implicit outcome: take that back.
+            counted.rater_rates = counted.rater in self.rating
+            # The proxy that served it counted its implicit outcome: take that back (it
+            # knows who rates from the ratings it counts, which this one was not).
             counted.applied = counted.implicit
             counted.rate(ratings)
             self._count(counted)
             self._remember((row["request_id"],), counted)
+            if counted.ratings:
+                self._rates(counted.rater)
 
     def _expire_unmatched(self) -> None:
         now = time.monotonic()

@@ -31,7 +31,8 @@ and a weight, the strength of the evidence:
   not certainly (the client may have asked for a short answer with num_predict).
 - Otherwise a completed answer: 1, a weak success (weight `COMPLETED`): most answers
   are taken without a word, good or bad, so silence says little. To the online
-  estimate of a model it says nothing beyond the answer not failing (`against`).
+  estimate of a model it says nothing beyond the answer not failing (`against`), and
+  nothing at all where its rater rates answers (`estimated`).
 
 A request the client got a 4xx for (bad input, a model it may not use) ran no model:
 it has no outcome; nor has one the client left before its answer began. Outcomes of
@@ -116,6 +117,38 @@ def against(result: Result, expected: float) -> float:
     and the A/B report read the value as it is: there every model's answers are
     weighed alike."""
     return expected if result.source == "completed" else result.value
+
+
+def estimated(result: Result | None, rater_rates: bool) -> Result | None:
+    """What the online estimate counts of an answer's `result`: nothing of a completed
+    answer whose rater (`rater_of`) rates answers, whose silence is an answer not rated
+    (yet), not one taken without a word. Counted as no news, such answers would hold
+    the model that gave them at the selector's P while the ratings of the same kind of
+    prompt move every other model: a client rating some answers and sending others
+    unrated (a benchmark's held prompts, a UI's unrated turns) would set the estimate
+    against whichever model it was served by. Where no answer of its rater is rated,
+    completions are what failures are measured against (`against`)."""
+    if rater_rates and result is not None and result.source == "completed":
+        return None
+    return result
+
+
+def rater_of(key_id: str | None, key_hash: str | None) -> str:
+    """Who rates a request's answers, by the key it was made with (`usage_event.key_of`):
+    its hash, else its name, else "" (a proxy that checks no keys cannot tell its
+    clients apart, so any rating makes every client a rater)."""
+    return key_hash or key_id or ""
+
+
+def raters(events: Iterable[Mapping[str, Any]]) -> set[str]:
+    """The raters (`rater_of`) whose answers among `events` carry a rating."""
+    found: set[str] = set()
+    for event in events:
+        rating = event.get("rating")
+        if isinstance(rating, int | float) and not isinstance(rating, bool):
+            client = event.get("client")
+            found.add(rater_of(*usage_event.key_of(client if isinstance(client, Mapping) else {})))
+    return found
 
 
 _AUTOCOMPLETE = (REQUEST_FEATURES.index("fim"), REQUEST_FEATURES.index("raw"))

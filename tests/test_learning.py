@@ -680,16 +680,14 @@ def test_learner_takes_back_implicit_outcomes_when_a_rating_or_a_retry_comes(
     assert evidence.of("math")["qwen2.5:7b"][:2] == pytest.approx([0.0, outcome.RATED])
     learner.observe("usage", _event("r2", 10, "b"))
     learner.observe("usage", _event("r3", 60, "b"))  # b again within 120 s: r2 failed
-    assert evidence.of("math")["qwen2.5:7b"][:2] == pytest.approx(
-        [outcome.COMPLETED * 0.5, 2 * outcome.RATED + outcome.COMPLETED]
-    )
+    # r3 completed unrated, from a rater that rates (without keys, any client): its
+    # silence is an answer not rated, and counts for nothing (`outcome.estimated`).
+    assert evidence.of("math")["qwen2.5:7b"][:2] == pytest.approx([0.0, 2 * outcome.RATED])
     # Feedback that overtakes its event waits for it.
     learner.observe("feedback", {"request_id": "r4", "rating": 1.0})
     learner.observe("usage", _event("r4", 300, "c", done_reason="length"))
     successes, count, expected = evidence.of("math")["qwen2.5:7b"][:3]
-    assert (successes, count, expected) == pytest.approx(
-        (outcome.COMPLETED * 0.5 + 1.0, 3 * outcome.RATED + outcome.COMPLETED, count * 0.5)
-    )
+    assert (successes, count, expected) == pytest.approx((1.0, 3 * outcome.RATED, count * 0.5))
     # The same events read back in one go (a rebuild) give the same evidence.
     events = [
         {**_event("r1", 0, "a"), "rating": 0.0},
@@ -709,6 +707,35 @@ def test_learner_takes_back_implicit_outcomes_when_a_rating_or_a_retry_comes(
     # Requests auto did not decide teach nothing.
     learner.observe("usage", {**_event("r5", 400, "d"), "decision": None})
     assert evidence.of("math")["qwen2.5:7b"] == pytest.approx(before)
+
+
+def test_the_unrated_answers_of_a_client_that_rates_count_for_nothing(tmp_path: Path) -> None:
+    """A client that rates some answers and leaves others unrated (a benchmark's held
+    prompts, a chat UI's unrated turns): its silence is an answer not rated, and counted
+    as no news it would hold the model that served those answers at its P while the
+    ratings move the others. Its unrated answers, those before its first rating too,
+    count for nothing; another key's, which rates nothing, still count as no news."""
+    evidence = Evidence()
+    learner = Learner(Learning(), Usage(file_path=str(tmp_path / "events.jsonl")), evidence)
+    ann = {"api_key_id": "ann", "api_key_hash": "a" * 64}
+    bob = {"api_key_id": "bob", "api_key_hash": "b" * 64}
+
+    def sent(rid: str, second: int, key: dict[str, str]) -> dict[str, Any]:
+        return {**_event(rid, second, rid), "client": {"user": "u", **key}}
+
+    events = [sent("a1", 0, ann), sent("a2", 10, ann), sent("b1", 20, bob), sent("a3", 30, ann)]
+    for event in events[:3]:
+        learner.observe("usage", event)
+    weak = outcome.COMPLETED
+    assert evidence.of("math")["qwen2.5:7b"][1] == pytest.approx(3 * weak)
+    learner.observe("feedback", {"request_id": "a1", "rating": 1.0, **ann})
+    # a1 rated; a2, Ann's, taken back; b1, Bob's, kept.
+    assert evidence.of("math")["qwen2.5:7b"][:2] == pytest.approx([1.0 + weak * 0.5, 1.0 + weak])
+    learner.observe("usage", events[3])  # Ann's, after she rated: not counted
+    assert evidence.of("math")["qwen2.5:7b"][:2] == pytest.approx([1.0 + weak * 0.5, 1.0 + weak])
+    # A rebuild from the events and their feedback reads them the same way.
+    rebuilt = evidence_from_events([{**events[0], "rating": 1.0}, *events[1:]])
+    assert rebuilt.of("math")["qwen2.5:7b"] == pytest.approx(evidence.of("math")["qwen2.5:7b"])
 
 
 def _sent(rid: str, sent: float, took: float, prompt: str = "p", **fields: Any) -> dict[str, Any]:
@@ -1312,12 +1339,11 @@ async def test_another_key_sending_the_same_request_id_takes_no_rating_away(
             await _rate(ann_http, prx.url, proxy_id, 0.0)
             await _rate(ann_http, prx.url, client_id, 0.0)
             # Both of Ann's thumbs-down alone (Bob's thumbs-up would make a mean above 0),
-            # and of Bob's two requests one rated, the other with its implicit outcome.
+            # and of Bob's two requests the rated one: Bob rates answers, so his other,
+            # unrated, counts for nothing (`outcome.estimated`).
             doc = await _until_learned(ann_http, prx.url, {model: [0.0, 0.0]}, 10)
             rows = {r["model"]: r for r in doc["ranking"]}
-            assert rows[bob_model]["evidence"]["count"] == pytest.approx(
-                outcome.RATED + outcome.COMPLETED
-            )
+            assert rows[bob_model]["evidence"]["count"] == pytest.approx(outcome.RATED)
     finally:
         prx.stop()
 
