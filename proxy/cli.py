@@ -579,7 +579,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         event_loop.run(main_coro)
     except ConfigError as exc:
-        print(f"autoroute: configuration error: {exc}", file=sys.stderr)
+        # A setting checked as the proxy starts (its catalogue read, its spool made).
+        print(
+            f"autoroute: configuration error: {config_module.named(exc, args.config)}",
+            file=sys.stderr,
+        )
         return 2
     except PortInUse as exc:
         print(port_in_use_message(exc, args.command, config), file=sys.stderr)

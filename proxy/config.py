@@ -835,25 +835,67 @@ def load(
     """Load the configuration; `path=None` means `$AUTOROUTE_CONFIG` or `./config.yaml`
     when present, else the built-in defaults."""
     environ = os.environ if environ is None else environ
-    if path is None:
-        path = environ.get(ENV_PREFIX + "CONFIG") or (
-            "config.yaml" if Path("config.yaml").exists() else None
-        )
+    path = _config_path(path, environ)
     overrides, sources = env_overrides(environ, Config)
-    data: dict[str, Any] = {}
-    if path is not None:
-        data = read_yaml(Path(path))
+    data = read_yaml(Path(path)) if path is not None else {}
     try:
         return build(
             Config, merge(_with_builtin_profiles(data, overrides), overrides), "", _FROM_STRING
         ).check()
     except ConfigError as exc:
-        if not exc.key:
-            raise
-        # Name where the bad value came from: a variable, else the file.
-        for setting, variable in sources.items():
-            if exc.key == setting or exc.key.startswith(setting + "."):
-                raise ConfigError(f"environment variable {variable}: {exc}", exc.key) from None
-        if path is not None:
-            raise ConfigError(f"{path}: {exc}", exc.key) from None
-        raise
+        raise _named(exc, path, sources, None) from None
+
+
+def named(
+    exc: ConfigError,
+    path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> ConfigError:
+    """`exc`, found once the configuration was loaded (the catalogue it names read, the
+    spool made), naming where the value at fault came from as `load` names it: the
+    variable that set it, else the file where it sets it. A value neither sets is a
+    default, and `exc` stays as it is."""
+    environ = os.environ if environ is None else environ
+    path = _config_path(path, environ)
+    _, sources = env_overrides(environ, Config)
+    data = read_yaml(Path(path)) if path is not None else {}
+    return _named(exc, path, sources, data)
+
+
+def _config_path(
+    path: str | os.PathLike[str] | None, environ: Mapping[str, str]
+) -> str | os.PathLike[str] | None:
+    if path is not None:
+        return path
+    return environ.get(ENV_PREFIX + "CONFIG") or (
+        "config.yaml" if Path("config.yaml").exists() else None
+    )
+
+
+def _named(
+    exc: ConfigError,
+    path: str | os.PathLike[str] | None,
+    sources: Mapping[str, str],
+    file_settings: Mapping[str, Any] | None,
+) -> ConfigError:
+    """`exc` prefixed with the variable that set its key, else the file. `file_settings`
+    None takes any other value for the file's: a check of `load` may find a default
+    wrong for what the file sets beside it (a default profile its profiles lack)."""
+    if not exc.key:
+        return exc
+    for setting, variable in sources.items():
+        if exc.key == setting or exc.key.startswith(setting + "."):
+            return ConfigError(f"environment variable {variable}: {exc}", exc.key)
+    if path is not None and (file_settings is None or _sets(file_settings, exc.key)):
+        return ConfigError(f"{path}: {exc}", exc.key)
+    return exc
+
+
+def _sets(settings: Mapping[str, Any], key: str) -> bool:
+    """Whether `settings` (a file's) give the dotted `key`."""
+    node: Any = settings
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True

@@ -362,11 +362,34 @@ def test_a_catalogue_that_cannot_be_read_is_a_configuration_error(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, setting: str, message: str
 ) -> None:
     """Missing, not a catalogue, or a model `like` one it does not list: each was a
-    traceback or an errno line naming no setting."""
+    traceback or an errno line naming no setting. Read once the configuration is loaded,
+    the line names the file the setting came from, as every other setting's does."""
     path = tmp_path / "c.yaml"
     path.write_text(f"listen: {{port: {free_port()}}}\n" + setting.replace("CONFIG", str(path)))
     err = _error(capsys, ["--config", str(path), "serve"])
-    assert re.match(f"autoroute: configuration error: {message}", err), err
+    assert re.match(f"autoroute: configuration error: {re.escape(str(path))}: {message}", err), err
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("AUTOROUTE_SELECTOR__CATALOG", "/nonexistent/models.yaml", "selector.catalog: "),
+        ("AUTOROUTE_WARM__KEEP_ALIVE", "bogus", "warm.keep_alive: "),
+    ],
+)
+def test_a_setting_checked_at_start_names_the_variable_that_set_it(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    value: str,
+    message: str,
+) -> None:
+    """The catalogue and the warm keep_alive are read as the proxy starts, after the
+    configuration was loaded: their error named the setting but not the variable its
+    value came from."""
+    monkeypatch.setenv("AUTOROUTE_LISTEN__PORT", str(free_port()))
+    err = _environment_error(capsys, monkeypatch, variable, value)
+    assert err.startswith(message), err
 
 
 @pytest.mark.parametrize(
@@ -399,7 +422,8 @@ def test_a_spool_dir_that_cannot_be_made_is_a_configuration_error(tmp_path: Path
     argv = ["--port", str(free_port()), "--backend", "http://127.0.0.1:9"]
     stderr = _serve_refused(tmp_path, argv, AUTOROUTE_USAGE__SPOOL_DIR=str(taken))
     assert stderr.splitlines()[-1] == (
-        f"autoroute: configuration error: usage.spool_dir: cannot use {taken}: File exists"
+        "autoroute: configuration error: environment variable AUTOROUTE_USAGE__SPOOL_DIR: "
+        f"usage.spool_dir: cannot use {taken}: File exists"
     )
 
 
