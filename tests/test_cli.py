@@ -180,6 +180,41 @@ def test_with_the_train_extra_train_help_lists_its_flags(
     assert "AUTOROUTE_LISTEN__PORT" in out
 
 
+def test_evaluate_help_names_the_configuration_it_replays(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`evaluate` reads `$AUTOROUTE_CONFIG` before ./config.yaml, as `serve` does; its
+    help named ./config.yaml alone."""
+    pytest.importorskip("xgboost")
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(default: $AUTOROUTE_CONFIG, else ./config.yaml, else the built-ins)" in out
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_evaluate_refuses_a_configuration_it_cannot_replay_before_it_starts(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, where: str
+) -> None:
+    """`--config` before the command (as `serve` takes it) or after: a catalogue that
+    cannot be read is refused at once. Before the command the file was not read at all
+    (the evaluation ran on ./config.yaml), after it the error came once the artifact's
+    evaluation was done, minutes later."""
+    pytest.importorskip("xgboost")
+    path = tmp_path / "c.yaml"
+    path.write_text("selector: {catalog: /nonexistent/models.yaml}\n")
+    flag = ["--config", str(path)]
+    command = ["evaluate", "--hold-out", "0", "--no-lomo", "--no-progress"]
+    command += ["--report-dir", str(tmp_path / "reports")]
+    argv = flag + command if where == "before" else command + flag
+    err = _error(capsys, argv)
+    assert err == (
+        f"autoroute evaluate: configuration error: {path}: selector.catalog: "
+        "/nonexistent/models.yaml: No such file or directory"
+    )
+    assert not (tmp_path / "reports").exists()
+
+
 def test_invalid_yaml_names_the_file_and_line(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from proxy.cli import at_least
-from proxy.config import ConfigError, state_dir
+from proxy.config import Config, ConfigError, Selector, named, state_dir
 from proxy.config import load as load_config
+from proxy.registry import catalog_for
 from selector_model import artifact as artifact_module
 from training import pipeline, replay, report
 from training.data import DATA_DIR, load_llmrouter
@@ -211,12 +212,13 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report-dir", type=Path, default=DEFAULT_REPORTS)
     parser.add_argument("--report-name", default="evaluation")
     parser.add_argument("--data", type=Path, default=DATA_DIR)
+    # SUPPRESS: a --config given before the subcommand is kept, as for `train`.
     parser.add_argument(
         "--config",
-        type=Path,
-        default=None,
+        default=argparse.SUPPRESS,
         help="config.yaml whose selector settings (profiles, learning, min_gain, catalogue, "
-        "model descriptions) are replayed (default: ./config.yaml, else the built-ins)",
+        "model descriptions) are replayed (default: $AUTOROUTE_CONFIG, else ./config.yaml, else "
+        "the built-ins)",
     )
     parser.add_argument(
         "--hold-out",
@@ -253,6 +255,15 @@ def _feedback(spec: str) -> str:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    # The configuration and the catalogue it names are read first: a mistake in them
+    # is refused now, not once the artifact's evaluation is done.
+    config_file = getattr(args, "config", None)
+    try:
+        selector = load_config(config_file).selector
+        catalog_for(Config(selector=selector))
+    except ConfigError as exc:
+        _log(f"autoroute evaluate: configuration error: {named(exc, config_file)}")
+        return 2
     bars = _bars(not args.no_progress)
     try:
         out = pipeline.evaluate_artifact(
@@ -265,7 +276,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         )
         if bars is not None:
             bars.close()
-        results = replay.in_loop(lambda: _replay(args, out))
+        results = replay.in_loop(lambda: _replay(args, out, selector))
     except (OSError, ValueError, KeyError, pipeline.SchemaError, ConfigError) as exc:
         _log(f"autoroute evaluate: {exc}")
         return 1
@@ -289,8 +300,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _replay(args: argparse.Namespace, evaluated: dict[str, Any]) -> list[replay.FleetResult]:
-    selector = load_config(args.config).selector
+def _replay(
+    args: argparse.Namespace, evaluated: dict[str, Any], selector: Selector
+) -> list[replay.FleetResult]:
     profiles = replay.profiles_of(selector)
     directory = args.artifact if args.artifact.is_dir() else args.artifact.parent
     data = load_llmrouter(args.data)
