@@ -857,8 +857,11 @@ def named(
     default, and `exc` stays as it is."""
     environ = os.environ if environ is None else environ
     path = _config_path(path, environ)
-    _, sources = env_overrides(environ, Config)
-    data = read_yaml(Path(path)) if path is not None else {}
+    try:
+        _, sources = env_overrides(environ, Config)
+        data = read_yaml(Path(path)) if path is not None else {}
+    except ConfigError:
+        return exc  # the file changed since it was loaded: its word is no longer known
     return _named(exc, path, sources, data)
 
 

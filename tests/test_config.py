@@ -317,3 +317,17 @@ def test_a_bad_value_from_a_variable_names_the_variable(
 def test_a_bad_key_in_the_file_names_the_file(tmp_path: Path) -> None:
     refusal = _refusal(tmp_path, "auth: {keys: [{sha256: abc, name: ops}]}")
     assert refusal.startswith("auth.keys: 'ops': sha256 must be 64")
+
+
+def test_a_late_error_names_the_file_only_where_the_file_sets_its_key(tmp_path: Path) -> None:
+    """A check made once the configuration is loaded (the catalogue read, the spool made)
+    names the file that set the value, and nothing where the value is a default or the
+    file is gone."""
+    path = tmp_path / "c.yaml"
+    path.write_text("selector: {catalog: /nowhere.yaml}\n")
+    error = config.ConfigError("selector.catalog: /nowhere.yaml: gone", key="selector.catalog")
+    assert str(config.named(error, path, environ={})) == f"{path}: {error}"
+    spool = config.ConfigError("usage.spool_dir: cannot use x", key="usage.spool_dir")
+    assert config.named(spool, path, environ={}) is spool
+    path.unlink()
+    assert config.named(error, path, environ={}) is error
