@@ -13,15 +13,16 @@ from selector_model.held import Held
 from selector_model.policy import P_CEILING, P_FLOOR, logit
 
 # How far (one standard deviation, as a fraction of P) the P of a model the artifact
-# never saw may be off, per unit of the catalogue's `uncertainty` of it: 0 for a model
-# with published results in every area, this much for one placed from its details
-# alone. Only what the catalogue does not know counts: how well published results
-# transfer to a user's prompts is the same doubt for every model, and counting it
-# would keep the largest whenever models it never saw are close, however clearly the
-# catalogue orders them. A model the artifact was fitted on has none. The value is
-# what the catalogue's imputation misses by: each published area score imputed from
-# the other models as if unpublished, root mean square error over root mean square
-# uncertainty (tests/test_policy_rules.py measures it on the shipped catalogue).
+# never saw may be off, per unit of the catalogue's `uncertainty` of it: none for a
+# model with published results in every area, up to this much for one placed from its
+# details alone (its uncertainty is how far its nearest entries are). Only what the
+# catalogue does not know counts: how well published results transfer to a user's
+# prompts is the same doubt for every model, and counting it would keep the largest
+# whenever models it never saw are close, however clearly the catalogue orders them.
+# A model the artifact was fitted on has none. The value is what the catalogue's
+# imputation misses by: each published area score imputed from the other models as if
+# unpublished, root mean square error over root mean square uncertainty
+# (tests/test_policy_rules.py measures it on the shipped catalogue).
 UNSEEN_SPREAD = 0.159
 # The catalogue's share of an unseen model's P (see `with_catalogue`), for a model it
 # has published results for in every area: all of it. The booster places a model it
