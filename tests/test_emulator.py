@@ -1021,6 +1021,12 @@ HI = [{"role": "user", "content": "hi"}]
         ("/api/chat", {"model": "qwen2.5:7b", "messages": HI, "stream": False}),
         ("/v1/chat/completions", {"model": "qwen2.5:7b", "messages": HI}),
         ("/v1/completions", {"model": "qwen2.5:7b", "prompt": "x", "stream": False}),
+        ("/v1/responses", {"model": "qwen2.5:7b", "input": "x"}),
+        ("/v1/messages", {"model": "qwen2.5:7b", "messages": HI, "max_tokens": 9}),
+        ("/api/embed", {"model": "nomic-embed-text", "input": "x"}),
+        ("/api/embeddings", {"model": "nomic-embed-text", "prompt": "x"}),
+        ("/v1/embeddings", {"model": "nomic-embed-text", "input": "x"}),
+        ("/api/show", {"model": "qwen2.5:7b"}),
     ],
 )
 async def test_close_early_cuts_a_whole_answer_inside_its_length(
@@ -1039,6 +1045,82 @@ async def test_close_early_cuts_a_whole_answer_inside_its_length(
         assert r.headers["Content-Type"] == content_type
         assert "Transfer-Encoding" not in r.headers
         assert int(r.headers["Content-Length"]) > 0
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await r.read()
+
+
+# A stream on each route that has one, cut after its first write: the route's own
+# first event.
+FIRST_EVENTS = {
+    "/api/generate": b'{"model":"qwen2.5:7b","created_at":',
+    "/api/chat": b'{"model":"qwen2.5:7b","created_at":',
+    "/v1/chat/completions": b'data: {"id":"chatcmpl-',
+    "/v1/completions": b'data: {"id":"cmpl-',
+    "/v1/responses": b"event: response.created\ndata: {",
+    "/v1/messages": b"event: message_start\ndata: {",
+}
+
+
+@pytest.mark.parametrize("path", sorted(FIRST_EVENTS))
+async def test_close_early_cuts_a_stream_after_its_first_event(emu: Emu, path: str) -> None:
+    # Each route reads the fields it knows and leaves the others.
+    body = {"model": "qwen2.5:7b", "prompt": "x", "input": "x", "messages": HI}
+    body.update(max_tokens=9, stream=True)
+    await emu.post("/api/emulator/fault", {"mode": "close_early"})
+    async with emu.session.post(emu.url + path, json=body) as r:
+        assert r.status == 200
+        first = await r.content.readany()
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await r.read()
+    assert first.startswith(FIRST_EVENTS[path])
+    assert first.endswith(b"\n\n" if path.startswith("/v1/") else b"\n")
+    assert first.count(b"\n\n" if path.startswith("/v1/") else b"\n") == 1
+
+
+# Ollama's 500 when the runner died before the answer, in each route's error shape:
+# gin's c.JSON on its own routes, the OpenAI writers' json.Encoder on /v1, Anthropic's.
+RUNNER_DIED_ANSWERS = {
+    "/api/generate": b'{"error":"llama runner process has terminated: exit status 2"}',
+    "/api/embed": b'{"error":"llama runner process has terminated: exit status 2"}',
+    "/v1/embeddings": (
+        b'{"error":{"message":"llama runner process has terminated: exit status 2",'
+        b'"type":"api_error","param":null,"code":null}}\n'
+    ),
+    "/v1/responses": (
+        b'{"error":{"message":"llama runner process has terminated: exit status 2",'
+        b'"type":"api_error","param":null,"code":null}}\n'
+    ),
+    "/v1/messages": b'{"type":"error","error":{"type":"api_error","message":"llama runner',
+}
+
+
+@pytest.mark.parametrize("path", sorted(RUNNER_DIED_ANSWERS))
+async def test_error500_is_the_routes_own_500(emu: Emu, path: str) -> None:
+    body = {"model": "qwen2.5:7b", "prompt": "x", "input": "x", "messages": HI, "max_tokens": 9}
+    await emu.post("/api/emulator/fault", {"mode": "error500"})
+    status, headers, answer = await emu.post(path, body)
+    assert status == 500 and answer.startswith(RUNNER_DIED_ANSWERS[path])
+    v1 = path.startswith("/v1/")
+    assert headers["Content-Type"] == (
+        "application/json" if v1 else "application/json; charset=utf-8"
+    )
+
+
+async def test_faults_hit_transcriptions(emu: Emu) -> None:
+    form = (
+        b'--XyZ\r\nContent-Disposition: form-data; name="model"\r\n\r\nqwen2.5:7b\r\n'
+        b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
+        b"RIFF\r\n--XyZ--\r\n"
+    )
+    headers = {"Content-Type": "multipart/form-data; boundary=XyZ"}
+    url = emu.url + "/v1/audio/transcriptions"
+    await emu.post("/api/emulator/fault", {"mode": "error500"})
+    async with emu.session.post(url, data=form, headers=headers) as r:
+        assert r.status == 500
+        assert (await r.json())["error"]["type"] == "api_error"
+    await emu.post("/api/emulator/fault", {"mode": "close_early"})
+    async with emu.session.post(url, data=form, headers=headers) as r:
+        assert r.status == 200 and int(r.headers["Content-Length"]) > 0
         with pytest.raises(aiohttp.ClientPayloadError):
             await r.read()
 

@@ -32,7 +32,7 @@ from proxy.usage.stats import MAX_KEYS, MemoryStats, from_postgres
 from selector_model import outcome
 from selector_model.usage_event import Answer, Client, Logged, UsageEvent
 from tests.support import Emulator, Proxy, ServerThread, file_usage, free_port
-from tests.usage_services import Database, read_bytes, wait_for
+from tests.usage_services import Database, events_of, read_bytes, wait_for
 
 MODEL = "llama3.1:8b"
 ROOT = Path(__file__).resolve().parent.parent
@@ -666,7 +666,7 @@ async def test_a_stream_the_backend_ends_with_its_error_line_records_the_error(
                 lines = (first + await stream.read()).splitlines()
                 streamed = stream.headers["X-Request-Id"]
             assert (stream.status, orjson.loads(lines[-1])) == (200, {"error": died})
-        (event,) = await _events_of(usage, streamed)
+        (event,) = await events_of(usage, streamed)
         assert (event["outcome"]["status"], event["outcome"]["error"]) == (200, died)
 
 
@@ -681,23 +681,6 @@ def _sse_request(path: str, tokens: int) -> dict[str, Any]:
 
 
 _SSE_PATHS = ["/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages"]
-
-
-async def _events_of(usage: Usage, *ids: str) -> list[dict[str, Any]]:
-    """The usage event of each of the requests `ids` (exactly one each), in that order,
-    once all are written."""
-
-    async def recorded() -> bool:
-        raw = await read_bytes(usage.file_path)
-        return all(i.encode() in raw for i in ids)
-
-    await wait_for(recorded, what="the streams' events")
-    events = [orjson.loads(line) for line in (await read_bytes(usage.file_path)).splitlines()]
-    found = []
-    for i in ids:
-        (event,) = [e for e in events if e["request_id"] == i]  # exactly one each
-        found.append(event)
-    return found
 
 
 @pytest.mark.parametrize("path", _SSE_PATHS)
@@ -725,7 +708,7 @@ async def test_an_sse_stream_the_runner_died_under_records_the_error(
                 rest = await cut.read()
                 cut_id = cut.headers["X-Request-Id"]
             assert ended not in rest  # the cut stream lacks the whole one's end
-        done, failed = await _events_of(usage, whole_id, cut_id)
+        done, failed = await events_of(usage, whole_id, cut_id)
         assert done["outcome"]["error"] is None
         # Cut at its token limit, which Ollama's Responses stream does not say.
         cut_short = outcome.Result(outcome.TRUNCATED_VALUE, outcome.TRUNCATED_WEIGHT, "truncated")
@@ -749,12 +732,12 @@ async def test_a_client_leaving_an_sse_stream_is_a_cancellation_not_an_error(
                 assert left.status == 200
                 await left.content.readline()
                 left_id = left.headers["X-Request-Id"]
-        (gone,) = await _events_of(usage, left_id)
+        (gone,) = await events_of(usage, left_id)
         assert gone["outcome"]["cancelled"] is True and gone["outcome"]["error"] is None
         assert outcome.of_event(gone) == outcome.Result(0.0, outcome.FAILED, "cancelled")
 
 
-# The routes whose answers the emulator's faults cut (`proxy.emulator.app.FAULT_PATHS`).
+# The routes whose answers the emulator's faults cut (`proxy.emulator.faults.FAULT_PATHS`).
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
 async def test_an_sse_stream_the_backend_dropped_records_the_error(
     servers: ServerThread, own_emulator: Emulator, tmp_path: Path, path: str
@@ -773,7 +756,7 @@ async def test_an_sse_stream_the_backend_dropped_records_the_error(
             last = (await dropped.read()).rstrip().rsplit(b"\n", 1)[-1]
             assert orjson.loads(last.removeprefix(b"data: "))["error"]["type"] == "api_error"
             dropped_id = dropped.headers["X-Request-Id"]
-        (failed,) = await _events_of(usage, dropped_id)
+        (failed,) = await events_of(usage, dropped_id)
         assert failed["outcome"]["status"] == 200 and failed["outcome"]["error"]
         assert outcome.of_event(failed) == outcome.Result(0.0, outcome.FAILED, "error")
     finally:

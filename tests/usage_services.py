@@ -298,3 +298,20 @@ async def postgres_ready(prx: Proxy) -> None:
         return sink.pool is not None
 
     await wait_for(ready, what="the usage schema")
+
+
+async def events_of(usage: Usage, *ids: str) -> list[dict[str, Any]]:
+    """The usage event of each of the requests `ids` (exactly one each), in that order,
+    once all are written."""
+
+    async def recorded() -> bool:
+        raw = await read_bytes(usage.file_path)
+        return all(i.encode() in raw for i in ids)
+
+    await wait_for(recorded, what="the streams' events")
+    events = [orjson.loads(line) for line in (await read_bytes(usage.file_path)).splitlines()]
+    found = []
+    for i in ids:
+        (event,) = [e for e in events if e["request_id"] == i]  # exactly one each
+        found.append(event)
+    return found

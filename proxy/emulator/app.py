@@ -1,5 +1,6 @@
 """Application assembly: the route table of Ollama's GenerateRoutes, Gin's 404/405/
-trailing-slash behaviour, request counting, fault injection and two control routes.
+trailing-slash behaviour, request counting, fault injection (faults.py) and two control
+routes.
 
 Disconnects are detected without `handler_cancellation` (see engine.py), so the app
 works the same under `web.run_app`, a plain `AppRunner` or aiohttp's test server.
@@ -8,7 +9,6 @@ works the same under `web.run_app`, a plain `AppRunner` or aiohttp's test server
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
@@ -21,13 +21,13 @@ from proxy.go_types import BodyError
 from proxy.header_values import utf8
 from proxy.hosts import HostCheck
 from proxy.origins import ORIGIN, Origins, add_headers
-from proxy.protocol import JSON, NDJSON, SSE, drop_server_header, go_time
+from proxy.protocol import drop_server_header
 from proxy.routes import OLLAMA_ROUTES, gin_allowed
 
-from . import admin, anthropic_routes, native, openai_routes, responses_api
-from .engine import ClientGone, wait_forever
-from .state import FAULT_MODES, RUNNER_DIED, STATE_KEY, EmulatorSettings, EmulatorState, state_of
-from .wire import JSON_BARE, dumps, error, gin_json, read_json
+from . import admin, anthropic_routes, faults, native, openai_routes, responses_api
+from .faults import FAULT_PATHS
+from .state import FAULT_MODES, STATE_KEY, EmulatorSettings, EmulatorState, state_of
+from .wire import dumps, error, gin_json, read_json
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -48,9 +48,7 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = tuple(
 
 # The methods of Ollama's routes whose handlers read a body (POST, DELETE).
 _READS_BODY = frozenset({"POST", "DELETE"})
-FAULT_PATHS = frozenset({"/api/generate", "/api/chat", "/v1/chat/completions", "/v1/completions"})
 _BLOBS = "/api/blobs/"
-_GARBAGE = b"\x00\x16\x03 this is not HTTP \xff\xfe\r\n\r\n"
 
 
 def _trailing_slash_redirect(request: web.Request) -> web.StreamResponse | None:
@@ -65,112 +63,6 @@ def _trailing_slash_redirect(request: web.Request) -> web.StreamResponse | None:
         status = 301 if request.method == "GET" else 307
         return go_mux.redirect_response(request.method, status, target)
     return None
-
-
-def _first_chunk_of(path: str, model: str, now_ns: int) -> bytes:
-    """The first chunk the route streams (stall / close_early faults): its own shape,
-    so that a client parses it as it would Ollama's before the failure."""
-    stamp = go_time(now_ns)
-    created = now_ns // 1_000_000_000
-    if path == "/api/chat":
-        chunk: dict[str, Any] = {
-            "model": model,
-            "created_at": stamp,
-            "message": {"role": "assistant", "content": ""},
-            "done": False,
-        }
-    elif path == "/api/generate":
-        chunk = {"model": model, "created_at": stamp, "response": "", "done": False}
-    elif path == "/v1/completions":
-        chunk = {
-            "id": "cmpl-0",
-            "object": "text_completion",
-            "created": created,
-            "choices": [{"text": "", "index": 0, "finish_reason": None}],
-            "model": model,
-            "system_fingerprint": "fp_ollama",
-        }
-    else:
-        chunk = {
-            "id": "chatcmpl-0",
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "system_fingerprint": "fp_ollama",
-            "choices": [
-                {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
-            ],
-        }
-    return b"data: " + dumps(chunk) + b"\n\n" if path.startswith("/v1/") else dumps(chunk) + b"\n"
-
-
-async def _first_chunk(request: web.Request, model: str) -> web.StreamResponse:
-    """Send a response head and the route's first chunk (stall / close_early faults)."""
-    sse = request.path.startswith("/v1/")
-    resp = web.StreamResponse(status=200, headers={"Content-Type": SSE if sse else NDJSON})
-    if request.version >= (1, 1):
-        resp.enable_chunked_encoding()
-    else:
-        resp.force_close()  # the close ends the body, as Go's (see native.LazyStream)
-    await resp.prepare(request)
-    await resp.write(_first_chunk_of(request.path, model, state_of(request).now_ns()))
-    return resp
-
-
-def _streams(path: str, body: Any) -> bool:
-    """Whether the request asks for a stream: Ollama's own routes stream unless
-    `stream` is false, its OpenAI routes only when it is true."""
-    stream = body.get("stream") if isinstance(body, dict) else None
-    return stream is True if path.startswith("/v1/") else stream is not False
-
-
-async def _cut_whole(request: web.Request, model: str) -> web.StreamResponse:
-    """An answer asked for whole, cut inside its length (close_early): Ollama writes it
-    as one JSON body of a known length (gin's c.JSON, the OpenAI writers'), so a
-    backend lost while writing it leaves part of that body, never a stream's chunk."""
-    whole = _first_chunk_of(request.path, model, state_of(request).now_ns())
-    whole = whole.removeprefix(b"data: ").rstrip(b"\n")
-    content_type = JSON_BARE if request.path.startswith("/v1/") else JSON
-    resp = web.StreamResponse(status=200, headers={"Content-Type": content_type})
-    resp.content_length = len(whole)
-    await resp.prepare(request)
-    await resp.write(whole[: len(whole) // 2])
-    return resp
-
-
-async def _fault(request: web.Request, state: EmulatorState) -> web.StreamResponse:
-    mode = state.fault
-    try:
-        body = await read_json(request)
-    except (EOFError, BodyError):
-        body = None
-    model = body.get("model") if isinstance(body, dict) else None
-    if mode == "error500":
-        if request.path.startswith("/v1/"):
-            return openai_routes.writer_error(500, RUNNER_DIED)
-        return error(500, RUNNER_DIED)
-    if mode == "garbage":
-        transport = request.transport
-        if transport is not None:
-            transport.write(_GARBAGE)
-            transport.close()
-        return web.Response(status=500)  # never reaches the client
-    try:
-        if mode == "hang":
-            await wait_forever(request)
-        name = model if isinstance(model, str) else ""
-        if mode == "close_early" and not _streams(request.path, body):
-            resp = await _cut_whole(request, name)
-        else:
-            resp = await _first_chunk(request, name)
-        if mode == "close_early":
-            if request.transport is not None:
-                request.transport.abort()
-            return resp
-        await wait_forever(request)  # stall
-    except (ClientGone, ConnectionError):
-        state.note_cancel()
-    return web.Response(status=499)
 
 
 async def _gin_match(request: web.Request, handler: Handler) -> tuple[web.Request, Handler]:
@@ -228,14 +120,14 @@ async def _gin(request: web.Request, handler: Handler) -> web.StreamResponse:
         return refused
     if connect:
         return gin_refusal(path)  # gin serves CONNECT on no route
-    if state.fault != "none" and request.method == "POST" and request.path in FAULT_PATHS:
-        return await _fault(request, state)
     try:
         request, handler = await _gin_match(request, handler)
         if request.method in _READS_BODY and request.match_info.http_exception is None:
             # Go's expectContinueReader: `100 Continue` at the handler's first read of
             # the body, which every Ollama handler of these methods reads first.
             await expect.before_reading(request)
+        if state.fault != "none" and request.method == "POST" and request.path in FAULT_PATHS:
+            return await faults.faulty(request, handler)
         return await handler(request)
     except RequestPayloadError as exc:
         # A body whose framing broke: Go's chunked reader fails the handler's read of

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -38,6 +38,11 @@ from .textgen import context_tokens, count_tokens, embedding, embedding_f32, vec
 from .wire import dumps, error, gin_json
 
 T = TypeVar("T")
+
+# A hook `LazyStream` awaits after each write, with the response it writes: a fault
+# (faults.py) stops the answer there.
+AfterWrite = Callable[[web.StreamResponse], Awaitable[None]]
+AFTER_WRITE: web.RequestKey[AfterWrite] = web.RequestKey("emulator_after_write")
 
 
 class LazyStream:
@@ -72,6 +77,9 @@ class LazyStream:
             await resp.prepare(self.request)
             self.response = resp
         await self.response.write(data)
+        fault = self.request.get(AFTER_WRITE)
+        if fault is not None:
+            await fault(self.response)
 
     async def finish(self) -> web.StreamResponse:
         if self.response is None:
