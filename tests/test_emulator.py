@@ -22,7 +22,7 @@ import openai
 import pytest
 from aiohttp import web
 
-from proxy.emulator import STATE_KEY, EmulatorSettings, EmulatorState, create_app, wire
+from proxy.emulator import STATE_KEY, EmulatorSettings, EmulatorState, create_app, textgen, wire
 from proxy.emulator.catalog import CATALOG
 from proxy.emulator.state import FROZEN_TIME_NS
 from proxy.protocol import go_time
@@ -1047,6 +1047,33 @@ async def test_close_early_cuts_a_whole_answer_inside_its_length(
         assert int(r.headers["Content-Length"]) > 0
         with pytest.raises(aiohttp.ClientPayloadError):
             await r.read()
+
+
+@pytest.mark.parametrize("path", ["/api/generate", "/api/chat", "/v1/responses"])
+async def test_a_long_answer_is_made_as_it_is_sent(
+    emu: Emu, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """The tokens of an answer are made as they are sent: by its first chunk, a stream
+    asked for 40,000 tokens has drawn (`textgen.Rng.next`) no more than one asked for
+    ten, so neither its memory nor its event loop's time grows with what it asks."""
+    draws = 0
+    next_draw = textgen.Rng.next
+
+    def counted(rng: textgen.Rng, modulo: int) -> int:
+        nonlocal draws
+        draws += 1
+        return next_draw(rng, modulo)
+
+    monkeypatch.setattr(textgen.Rng, "next", counted)
+    drawn = []
+    for tokens in (10, 40_000):
+        body = {"model": "qwen2.5:7b", "prompt": "go", "input": "go", "messages": HI}
+        body.update(options={"num_predict": tokens}, max_output_tokens=tokens, stream=True)
+        draws = 0
+        async with emu.session.post(emu.url + path, json=body) as r:
+            await r.content.readline()
+            drawn.append(draws)
+    assert drawn[1] == drawn[0]
 
 
 # A stream on each route that has one, cut after its first write: the route's own

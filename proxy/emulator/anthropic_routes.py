@@ -110,6 +110,7 @@ class AnthropicSink(ChatSink):
     def __init__(self, request: web.Request, stream: bool, key: str) -> None:
         self.state = state_of(request)
         self.stream = stream
+        self.keeps_text = not stream
         self.key = key
         self.msg_id = "msg_" + _hex(self.state, key, "msg")
         self.heads = stream_heads(request, stream)

@@ -99,7 +99,11 @@ class Generation:
         self.deaths = state.runner_deaths[spec.name]  # the runner's deaths before this
 
     async def pause(self, seconds: float) -> None:
-        """`pause`, raising RunnerDied once the runner this generation runs on dies."""
+        """`pause`, raising RunnerDied once the runner this generation runs on dies.
+        No wait at all still gives the loop a turn: tokens without a delay between
+        them (a benchmark's backend) would otherwise hold it for the whole answer."""
+        if seconds <= 0:
+            await asyncio.sleep(0)
         loop = asyncio.get_running_loop()
         end = loop.time() + seconds
         while True:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -117,9 +117,11 @@ async def handle_generate(request: web.Request) -> web.StreamResponse:
             state.runner_crashed(job.spec)
         return error(job.late_error.status, job.late_error.message)
 
+    # A whole answer's text and logprobs; a stream keeps none of what it sent.
     thinking: list[str] = []
     content: list[str] = []
     logprobs: list[dict[str, Any]] = []
+    sent = 0  # the pieces so far: the next token's position
     out = LazyStream(request, NDJSON)
 
     def frame(response: str, thought: str, done: bool) -> dict[str, Any]:
@@ -135,15 +137,18 @@ async def handle_generate(request: web.Request) -> web.StreamResponse:
         return f
 
     async def on_piece(piece: Piece) -> None:
-        piece.logprobs = piece_logprobs(job, len(content), piece)
-        thinking.append(piece.thinking)
-        content.append(piece.content)
-        logprobs.extend(piece.logprobs)
-        if job.stream:
-            f = frame(piece.content, piece.thinking, False)
-            if piece.logprobs:
-                f["logprobs"] = piece.logprobs  # api.GenerateResponse's last field
-            await out.send(dumps(f) + b"\n")
+        nonlocal sent
+        piece.logprobs = piece_logprobs(job, sent, piece)
+        sent += 1
+        if not job.stream:
+            thinking.append(piece.thinking)
+            content.append(piece.content)
+            logprobs.extend(piece.logprobs)
+            return
+        f = frame(piece.content, piece.thinking, False)
+        if piece.logprobs:
+            f["logprobs"] = piece.logprobs  # api.GenerateResponse's last field
+        await out.send(dumps(f) + b"\n")
 
     final: dict[str, Any] = {}
 
@@ -154,7 +159,9 @@ async def handle_generate(request: web.Request) -> web.StreamResponse:
             f = frame("".join(content), "".join(thinking), True)
         f["done_reason"] = job.plan.done_reason
         if not job.raw:
-            f["context"] = context_tokens(job.key, job.plan.prompt_tokens + job.plan.eval_count)
+            f["context"] = await made_in_turns(
+                context_tokens(job.key, job.plan.prompt_tokens + job.plan.eval_count)
+            )
         f.update(m)
         if logprobs and not job.stream:
             f["logprobs"] = logprobs  # after the metrics, as api.GenerateResponse has it
@@ -170,6 +177,21 @@ async def handle_generate(request: web.Request) -> web.StreamResponse:
     if job.stream:
         return await out.finish()
     return gin_json(200, final)
+
+
+# Context tokens made per turn of the event loop: a long answer's context (one token
+# per prompt and answer token) is made between other streams' chunks, not in one go.
+_TURN = 4096
+
+
+async def made_in_turns(values: Iterator[T]) -> list[T]:
+    """The values of `values`, given the loop back every `_TURN` of them."""
+    made: list[T] = []
+    for value in values:
+        made.append(value)
+        if len(made) % _TURN == 0:
+            await asyncio.sleep(0)
+    return made
 
 
 async def runner_died(out: LazyStream) -> web.StreamResponse:
@@ -193,6 +215,10 @@ async def handle_chat(request: web.Request) -> web.StreamResponse:
 
 class ChatSink:
     """Turns engine pieces into a wire format; subclasses per API."""
+
+    # Whether `done` reads the answer's text from its message (a whole answer's does;
+    # a stream's was sent piece by piece, and is not kept).
+    keeps_text = True
 
     async def died(self) -> web.StreamResponse:
         """The runner died under the answer: Ollama's 500 where nothing was written yet;
@@ -242,15 +268,20 @@ async def run_chat(request: web.Request, job: Prepared, sink: ChatSink) -> web.S
         if job.crashes:
             state.runner_crashed(job.spec)
         return await sink.error(job.late_error.status, job.late_error.message)
+    # The answer's text, for a sink that writes it whole (`ChatSink.keeps_text`).
     thinking: list[str] = []
     content: list[str] = []
     calls: list[dict[str, Any]] = []
     result: list[web.StreamResponse] = []
+    sent = 0  # the pieces so far: the next token's position
 
     async def on_piece(piece: Piece) -> None:
-        piece.logprobs = piece_logprobs(job, len(content), piece)
-        thinking.append(piece.thinking)
-        content.append(piece.content)
+        nonlocal sent
+        piece.logprobs = piece_logprobs(job, sent, piece)
+        sent += 1
+        if sink.keeps_text:
+            thinking.append(piece.thinking)
+            content.append(piece.content)
         calls.extend(piece.tool_calls)
         await sink.piece(job.model, state.now_ns(), piece)
 
@@ -276,6 +307,7 @@ class native_chat_writer(ChatSink):
     def __init__(self, request: web.Request, stream: bool) -> None:
         self.out = LazyStream(request, NDJSON)
         self.stream = stream
+        self.keeps_text = not stream
         self.logprobs: list[dict[str, Any]] = []
 
     async def error(self, status: int, message: str) -> web.StreamResponse:

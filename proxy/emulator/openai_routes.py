@@ -109,6 +109,7 @@ class OpenAIChatSink(ChatSink):
     ) -> None:
         self.state = state_of(request)
         self.stream = bool(body.get("stream"))
+        self.keeps_text = not self.stream
         self.usage = bool((body.get("stream_options") or {}).get("include_usage"))
         self.completions = completions
         self.id, self.created = _ids(self.state, "cmpl" if completions else "chatcmpl", key)

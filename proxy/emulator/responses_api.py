@@ -258,6 +258,7 @@ class ResponsesSink(ChatSink):
         self.state = state_of(request)
         self.body = body
         self.stream = body.get("stream") is True
+        self.keeps_text = False  # its own text is kept (`text`), its message's unread
         self.resp_id = f"resp_{_n(self.state, key, 'resp', 999999)}"
         self.item_id = f"msg_{_n(self.state, key, 'msg', 999999)}"
         self.rs_id = f"rs_{_n(self.state, key, 'rs', 999999)}"
@@ -265,8 +266,10 @@ class ResponsesSink(ChatSink):
         self.out = LazyStream(request, SSE, headers=self.heads)
         self.seq = 0
         self.started = False
-        self.thinking = ""
-        self.text = ""
+        # The answer's pieces, joined when an event carries the whole (`thinking`,
+        # `text`): a string grown a piece at a time is copied whole at each piece.
+        self.thought: list[str] = []
+        self.said: list[str] = []
         self.reasoning_open = self.reasoning_done = self.text_open = False
         self.index = 0
         self.calls: list[dict[str, Any]] = []
@@ -343,6 +346,14 @@ class ResponsesSink(ChatSink):
                 "response.in_progress", {"response": self._response(model, "in_progress", [], None)}
             )
 
+    @property
+    def thinking(self) -> str:
+        return "".join(self.thought)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.said)
+
     def _reasoning_item(self) -> dict[str, Any]:
         return {
             "id": self.rs_id,
@@ -381,8 +392,8 @@ class ResponsesSink(ChatSink):
             self.index += 1
 
     async def piece(self, model: str, created_ns: int, piece: Piece) -> None:
-        self.thinking += piece.thinking
-        self.text += piece.content
+        self.thought.append(piece.thinking)
+        self.said.append(piece.content)
         if not self.stream:
             return
         await self._begin(model)

@@ -19,7 +19,7 @@ import hashlib
 from selector_model.profiling.suite import Item, Suite, by_prompt
 
 from .catalog import ModelSpec
-from .textgen import Rng, prose
+from .textgen import Prose, Rng
 
 # Length of a wrong answer: a short reply, not a ramble to num_predict.
 _WRONG_TOKENS = 24
@@ -51,4 +51,4 @@ def suite_answer(spec: ModelSpec, prompt: str) -> str | None:
         return None
     if correct(spec, suite, item, skill):
         return item.reference_answer()
-    return "".join(prose(Rng(spec.name, prompt, "wrong"), _WRONG_TOKENS))
+    return "".join(Prose(Rng(spec.name, prompt, "wrong"), _WRONG_TOKENS))

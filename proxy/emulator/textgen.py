@@ -2,7 +2,9 @@
 
 Nothing here sleeps or touches HTTP: `plan()` decides up front what a request will
 produce (thinking tokens, content tokens, tool calls, why it stops) and the engine then
-paces that plan onto the wire.
+paces that plan onto the wire. Made-up prose (`Prose`) is decided by its seed and length
+alone, its tokens made as the engine takes them: a request for a hundred thousand
+tokens holds one token at a time, however long its answer.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import hashlib
 import json
 import random
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +63,12 @@ class Rng:
         self._seed = seeded(*seed, prefix=prefix).digest()
         self._counter = 0
 
+    def copy(self) -> Rng:
+        """An Rng that draws what this one draws next, independently of it."""
+        twin = Rng.__new__(Rng)
+        twin._seed, twin._counter = self._seed, self._counter
+        return twin
+
     def next(self, modulo: int) -> int:
         self._counter += 1
         block = hashlib.sha256(self._seed + self._counter.to_bytes(8, "little")).digest()
@@ -77,19 +86,41 @@ def count_tokens(text: str) -> int:
     return (len(text) + 3) // 4 if text else 0
 
 
-def prose(rng: Rng, n: int, vocab: list[str] | tuple[str, ...] = _VOCAB) -> list[str]:
-    """n tokens of sentence-shaped text: capitalised starts, periods now and then."""
-    tokens: list[str] = []
-    start = True
-    for i in range(n):
-        w = rng.word(vocab)
-        if start:
-            w = w.capitalize()
-        start = rng.next(9) == 0 or i == n - 1
-        if start:
-            w += "."
-        tokens.append(w if i == 0 else " " + w)
-    return tokens
+class Prose:
+    """`n` tokens of sentence-shaped text drawn from `rng` (from where it stands now):
+    capitalised starts, periods now and then, a period on the last. A sequence whose
+    tokens are made as it is iterated, and `[:k]` of it the first k of the same text."""
+
+    def __init__(
+        self, rng: Rng, n: int, vocab: list[str] | tuple[str, ...] = _VOCAB, take: int | None = None
+    ) -> None:
+        self._rng = rng.copy()
+        self._n = n
+        self._vocab = vocab
+        self._take = n if take is None else max(min(take, n), 0)
+
+    def __len__(self) -> int:
+        return self._take
+
+    def __iter__(self) -> Iterator[str]:
+        rng, n = self._rng.copy(), self._n
+        start = True
+        for i in range(self._take):
+            w = rng.word(self._vocab)
+            if start:
+                w = w.capitalize()
+            start = rng.next(9) == 0 or i == n - 1
+            if start:
+                w += "."
+            yield w if i == 0 else " " + w
+
+    def __getitem__(self, index: slice) -> Prose:
+        if index.start not in (None, 0) or index.step not in (None, 1):
+            raise ValueError("only a leading slice of prose is taken")
+        stop = self._take if index.stop is None else index.stop
+        if stop < 0:
+            stop += self._take
+        return Prose(self._rng, self._n, self._vocab, min(stop, self._take))
 
 
 def chunk_text(text: str) -> list[str]:
@@ -167,8 +198,9 @@ class Plan:
     """What one completion will emit, decided before any pacing."""
 
     prompt_tokens: int
-    thinking: list[str] = field(default_factory=list)
-    content: list[str] = field(default_factory=list)
+    thinking: list[str] | Prose = field(default_factory=list)
+    # Made-up prose is made as the engine sends it (`Prose`).
+    content: list[str] | Prose = field(default_factory=list)
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     # Tokens the model "spends" writing tool calls: paced, but not streamed as text.
     tool_tokens: int = 0
@@ -208,7 +240,7 @@ def plan(
     limit = num_predict if num_predict is not None and num_predict > 0 else None
     out = Plan(prompt_tokens=prompt_tokens)
     if think:
-        out.thinking = prose(
+        out.thinking = Prose(
             Rng(spec.name, key, "think"), max(3, default_tokens // 2), _THINK_VOCAB
         )
     call = tool_call(tools, rng) if tools and last_role != "tool" else None
@@ -224,7 +256,7 @@ def plan(
         out.content = chunk_text(answer)
     else:
         exact = limit is not None and not limit_is_cap
-        out.content = prose(rng, limit if exact and limit else default_tokens)
+        out.content = Prose(rng, limit if exact and limit else default_tokens)
         if exact:
             out.done_reason = "length"
     if limit is not None and out.eval_count > limit:
@@ -271,10 +303,10 @@ def token_logprob(
     return result
 
 
-def context_tokens(key: str, count: int) -> list[int]:
-    """Token ids for /api/generate's deprecated `context` field."""
+def context_tokens(key: str, count: int) -> Iterator[int]:
+    """Token ids for /api/generate's deprecated `context` field, made as taken."""
     rng = Rng("context", key)
-    return [rng.next(151_000) for _ in range(count)]
+    return (rng.next(151_000) for _ in range(count))
 
 
 def embedding_f32(spec: ModelSpec, text: str, dims: int | None = None) -> Any:
