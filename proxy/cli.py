@@ -1,4 +1,5 @@
-"""`autoroute serve | emulate | demo`."""
+"""`autoroute`: a proxy that speaks Ollama's API in front of your Ollama servers, and
+chooses among their models for `auto`; its commands below."""
 
 from __future__ import annotations
 
@@ -432,11 +433,13 @@ def build_parser(training_cli: ModuleType | None) -> argparse.ArgumentParser:
         help="an Ollama backend, e.g. http://127.0.0.1:11434; repeat for several "
         "(replaces `backends`)",
     )
-    commands.add_parser("hash-key", help="print a new random API key and the sha256 for auth.keys")
+    hash_key = "print a new random API key and the sha256 for auth.keys"
+    commands.add_parser("hash-key", help=hash_key, description=hash_key)
     demo_parser = _command(commands, "demo", "run emulated backends and the proxy in front of them")
     _config_flag(demo_parser)
     demo_parser.add_argument("--port", type=_port, help="port the proxy listens on (listen.port)")
-    em = commands.add_parser("emulate", help="run an Ollama emulator (a stand-in GPU backend)")
+    emulated = "run an Ollama emulator (a stand-in GPU backend)"
+    em = commands.add_parser("emulate", help=emulated, description=emulated)
     em.add_argument("--host", default="127.0.0.1")
     em.add_argument("--port", type=_port, default=11434)
     em.add_argument(
@@ -445,9 +448,9 @@ def build_parser(training_cli: ModuleType | None) -> argparse.ArgumentParser:
         "the table does not list is described from the selector's catalogue or its name",
     )
     em.add_argument("--chunk-ms", type=float, default=None, help="fixed delay between chunks")
-    usage = commands.add_parser("usage", help="usage events").add_subparsers(
-        dest="usage_command", required=True
-    )
+    usage = commands.add_parser(
+        "usage", help="usage events", description="usage events"
+    ).add_subparsers(dest="usage_command", required=True)
     exp = _command(usage, "export", "write usage events (PostgreSQL, else the file)")
     _config_flag(exp)
     exp.add_argument("--since", type=_since, default="24h", help="24h, 7d, 30m or an ISO date/time")
@@ -460,9 +463,9 @@ def build_parser(training_cli: ModuleType | None) -> argparse.ArgumentParser:
     if training_cli is not None:
         training_cli.add_train_arguments(train)
         training_cli.add_evaluate_arguments(evaluate)
-    experiments = commands.add_parser("experiments", help="A/B experiments").add_subparsers(
-        dest="experiments_command", required=True
-    )
+    experiments = commands.add_parser(
+        "experiments", help="A/B experiments", description="A/B experiments"
+    ).add_subparsers(dest="experiments_command", required=True)
     report = _command(experiments, "report", "per-variant results with significance")
     _config_flag(report)
     report.add_argument("name")

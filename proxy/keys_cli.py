@@ -18,9 +18,10 @@ if TYPE_CHECKING:
 
 def add_parser(commands: Any) -> None:
     """Register `keys` on the CLI's subcommands (argparse's action type is private)."""
-    keys = commands.add_parser(
-        "keys", help="API keys stored in PostgreSQL (auth.postgres_dsn)"
-    ).add_subparsers(dest="keys_command", required=True)
+    what = "API keys stored in PostgreSQL (auth.postgres_dsn)"
+    keys = commands.add_parser("keys", help=what, description=what).add_subparsers(
+        dest="keys_command", required=True
+    )
     add = keys.add_parser("add", help="make a key, store its sha256, print the key once")
     listing = keys.add_parser("list", help="stored keys (hashes shortened)")
     revoke = keys.add_parser("revoke", help="revoke a key by name or hash prefix")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import socket
@@ -582,3 +583,18 @@ def test_environment_variable_with_an_empty_setting_name_says_so(variable: str, 
         f"environment variable {variable}: an empty setting name{after}; a setting is "
         "overridden as AUTOROUTE_<SECTION>__<KEY>, for example AUTOROUTE_LISTEN__PORT"
     )
+
+
+def test_every_command_says_what_it_does_in_its_own_help() -> None:
+    """`autoroute <command> --help` opens with what the command does, as the list in
+    `autoroute --help` says it, and that list's heading names the tool, not three of
+    its commands."""
+    import training.cli as training_cli
+
+    parser = build_parser(training_cli)
+    assert parser.description and "Ollama" in parser.description
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    listed = {a.dest: a.help for a in commands._choices_actions}
+    assert set(listed) == set(commands.choices)
+    for name, command in commands.choices.items():
+        assert command.description == listed[name], name
