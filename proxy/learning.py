@@ -162,9 +162,7 @@ def evidence_from_events(events: Iterable[Mapping[str, Any]]) -> Evidence:
     evidence = Evidence()
     for event, graded in zip(listed, outcome.grade(listed), strict=True):
         decided = decision_of(event)
-        client = event.get("client")
-        rater = outcome.rater_of(*usage_event.key_of(client if isinstance(client, Mapping) else {}))
-        result = outcome.estimated(graded, rater in rating)
+        result = outcome.estimated(graded, outcome.event_rater(event) in rating)
         if result is not None and decided is not None:
             kind, model, prior, margin = decided
             evidence.update(

@@ -140,15 +140,29 @@ def rater_of(key_id: str | None, key_hash: str | None) -> str:
     return key_hash or key_id or ""
 
 
+def _client(event: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A usage event's `client` object ({} where it has none)."""
+    client = event.get("client")
+    return client if isinstance(client, Mapping) else {}
+
+
+def event_rater(event: Mapping[str, Any]) -> str:
+    """`rater_of` the key a usage event's request was made with."""
+    return rater_of(*usage_event.key_of(_client(event)))
+
+
+def _rating(event: Mapping[str, Any]) -> float | None:
+    """A usage event's `rating` (the mean of its feedback, as export and the PostgreSQL
+    join fill it in), None where it has none."""
+    rating = event.get("rating")
+    if isinstance(rating, int | float) and not isinstance(rating, bool):
+        return rating
+    return None
+
+
 def raters(events: Iterable[Mapping[str, Any]]) -> set[str]:
     """The raters (`rater_of`) whose answers among `events` carry a rating."""
-    found: set[str] = set()
-    for event in events:
-        rating = event.get("rating")
-        if isinstance(rating, int | float) and not isinstance(rating, bool):
-            client = event.get("client")
-            found.add(rater_of(*usage_event.key_of(client if isinstance(client, Mapping) else {})))
-    return found
+    return {event_rater(event) for event in events if _rating(event) is not None}
 
 
 _AUTOCOMPLETE = (REQUEST_FEATURES.index("fim"), REQUEST_FEATURES.index("raw"))
@@ -176,10 +190,10 @@ def replayed(event: Mapping[str, Any]) -> bool:
 
 
 def of_event(event: Mapping[str, Any], retried: bool = False) -> Result | None:
-    """A usage event's outcome: its `rating` (the mean of its feedback, as export and
-    the PostgreSQL join fill it in) when present, else the implicit signals."""
-    rating = event.get("rating")
-    if isinstance(rating, int | float) and not isinstance(rating, bool):
+    """A usage event's outcome: its `rating` (`_rating`) when present, else the
+    implicit signals."""
+    rating = _rating(event)
+    if rating is not None:
         return rated(rating)
     outcome = event.get("outcome")
     answer = outcome if isinstance(outcome, Mapping) else {}
@@ -197,11 +211,8 @@ def retry_key(event: Mapping[str, Any]) -> RetryKey | None:
     prompt = event.get("prompt_sha256")
     if not isinstance(prompt, str) or not prompt:
         return None
-    client = event.get("client")
-    client = client if isinstance(client, Mapping) else {}
-    name, key_hash = usage_event.key_of(client)
-    user = str(client.get("user") or "")
-    return (key_hash or name or "", user, str(event.get("requested_model") or ""), prompt)
+    user = str(_client(event).get("user") or "")
+    return (event_rater(event), user, str(event.get("requested_model") or ""), prompt)
 
 
 def event_time(event: Mapping[str, Any]) -> float | None:
