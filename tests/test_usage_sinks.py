@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -261,6 +261,25 @@ def _kafka_only(broker: Tansu, tmp_path: Path) -> tuple[str, Usage]:
     )
 
 
+def _failing_batches(
+    monkeypatch: pytest.MonkeyPatch, failure: Callable[[Any, int], Exception | None]
+) -> None:
+    """aiokafka's producer sends each record batch as it does, but where `failure`
+    (of the batch and its partition) names an error: that batch's future fails with
+    it, as aiokafka reports a broker's refusal."""
+    send_batch = AIOKafkaProducer.send_batch
+
+    async def sending(self: Any, batch: Any, topic: str, *, partition: int) -> Any:
+        error = failure(batch, partition)
+        if error is None:
+            return await send_batch(self, batch, topic, partition=partition)
+        future = asyncio.get_running_loop().create_future()
+        future.set_exception(error)
+        return future
+
+    monkeypatch.setattr(AIOKafkaProducer, "send_batch", sending)
+
+
 async def test_a_message_too_large_for_the_broker_is_dropped_and_the_rest_sent(
     broker: Tansu, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -270,16 +289,10 @@ async def test_a_message_too_large_for_the_broker_is_dropped_and_the_rest_sent(
     spool. Tansu takes any size, so the refusal is made here as aiokafka reports the
     broker's (the batch's future fails with MessageSizeTooLargeError); the rest is real."""
     limit = 64 * 1024
-    send_batch = AIOKafkaProducer.send_batch
-
-    async def refusing(self: Any, batch: Any, topic: str, *, partition: int) -> Any:
-        if batch.size() > limit:
-            future = asyncio.get_running_loop().create_future()
-            future.set_exception(MessageSizeTooLargeError())
-            return future
-        return await send_batch(self, batch, topic, partition=partition)
-
-    monkeypatch.setattr(AIOKafkaProducer, "send_batch", refusing)
+    _failing_batches(
+        monkeypatch,
+        lambda batch, _: MessageSizeTooLargeError() if batch.size() > limit else None,
+    )
     topic, settings = _kafka_only(broker, tmp_path)
     docs = [{"request_id": f"event-{n}", "ts": "2026-01-01T00:00:00Z"} for n in range(100)]
     docs.insert(37, {"request_id": "too-large", "prompt": os.urandom(100_000).hex()})
@@ -342,18 +355,15 @@ async def test_a_write_failing_on_one_partition_sends_the_others_once(
     fails and its records are retried. The acknowledged ones were sent again, each a
     duplicate in the topic; they are skipped at the retry. The failure is made here as
     aiokafka reports a broker's (the batch's future fails, once); the rest is real."""
-    send_batch = AIOKafkaProducer.send_batch
     failed: list[int] = []
 
-    async def failing_once(self: Any, batch: Any, topic: str, *, partition: int) -> Any:
+    def once(_: Any, partition: int) -> Exception | None:
         if partition == 1 and not failed:
             failed.append(partition)
-            future = asyncio.get_running_loop().create_future()
-            future.set_exception(NotLeaderForPartitionError())
-            return future
-        return await send_batch(self, batch, topic, partition=partition)
+            return NotLeaderForPartitionError()
+        return None
 
-    monkeypatch.setattr(AIOKafkaProducer, "send_batch", failing_once)
+    _failing_batches(monkeypatch, once)
     topic, settings = _kafka_only(broker, tmp_path)
     lines = [
         orjson.dumps({"request_id": f"event-{n}", "ts": "2026-01-01T00:00:00Z"}) for n in range(60)
