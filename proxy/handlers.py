@@ -247,10 +247,11 @@ class Handlers:
                 self.fanout.unload_elsewhere(request, body, model)
             return await self._local_or_cloud(request, served, doc, body, model, (model,))
         assert isinstance(doc, dict)
+        only = key.models if key else None  # the key's allow-list: auto chooses within it
         if path == SHOW_PATH:
             return _refused(path, doc, sent) or self.auto_routes.show(
                 profile,
-                key.models if key else None,
+                only,
                 model,
                 request.headers.get(hdrs.USER_AGENT, ""),
             )
@@ -261,7 +262,7 @@ class Handlers:
             answered = (
                 _refused(path, doc, sent)
                 or self._unknown_profile(path, profile, model)
-                or self.auto_routes.loading(path, model, doc, profile, key.models if key else None)
+                or self.auto_routes.loading(path, model, doc, profile, only)
             )
             if answered is not None:
                 return answered
@@ -269,7 +270,7 @@ class Handlers:
         # a key with a model list: `auto` chooses only among its models, and the cloud
         # model mapped to the profile is none of them (the one mapped to a model on the
         # list may stand in for it, as for a request naming it).
-        cloud_names = (f"auto:{profile}",) if key is None or key.models is None else ()
+        cloud_names = (f"auto:{profile}",) if only is None else ()
         if route is not None and route.embedding:
             # Embeddings use no profile, but one that does not exist is the same 404 as
             # on chat; a body Ollama cannot read is its 400 before either.
@@ -303,13 +304,10 @@ class Handlers:
             try:
                 # What the decision reads of the body, off the loop for a large one.
                 reading = await reading_off_loop(path, doc, len(body))
-                choice = self.auto.decide(
-                    path, doc, profile, user_key(request), key.models if key else None, reading
-                )
+                choice = self.auto.decide(path, doc, profile, user_key(request), only, reading)
             except AutoError as exc:
                 # No model for the request: a capability none of the profile's models
                 # offers is Ollama's own refusal, which clients read.
-                only = key.models if key else None
                 return (
                     _refused(path, doc, sent)
                     or self.auto_routes.unoffered(path, doc, model, profile, only)
