@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from itertools import compress
 from operator import itemgetter, not_
 from typing import Protocol
@@ -107,12 +107,11 @@ def _forwarded(
     if len(raw) <= _FEW_FIELDS:
         named = [value for name, value in raw if name.lower() == b"connection"]
         if named:
-            drop = drop | {token.strip().lower() for value in named for token in value.split(b",")}
+            drop = drop | _tokens(named)
         return [(name, value) for name, value in raw if name.lower() not in drop]
     names = b"\n%b\n" % b"\n".join(map(_NAME, raw)).lower()
     if b"\nconnection\n" in names:
-        named = [raw[i][1] for i in _lines(names, b"connection")]
-        drop = drop | {token.strip().lower() for value in named for token in value.split(b",")}
+        drop = drop | _tokens(raw[i][1] for i in _lines(names, b"connection"))
     if len(drop) > _SEARCHED:
         # A Connection field naming many: each field's name looked up instead, in C.
         listed = names[1:-1].split(b"\n")
@@ -124,6 +123,11 @@ def _forwarded(
     for i in at:
         kept[i] = False
     return list(compress(raw, kept))
+
+
+def _tokens(connection: Iterable[bytes]) -> set[bytes]:
+    """The field names the values of Connection fields list, lower-cased."""
+    return {token.strip().lower() for value in connection for token in value.split(b",")}
 
 
 def _lines(names: bytes, name: bytes) -> Iterator[int]:
