@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -20,7 +21,7 @@ import orjson
 from proxy import header_values, http11, ollama_answers, tasks
 from proxy.config import Backend, Config
 from proxy.upstream import ConnectionPool, fetch
-from proxy.upstream_errors import ProxyExhausted, UpstreamError
+from proxy.upstream_errors import ConnectFailed, ConnectTimedOut, ProxyExhausted, UpstreamError
 
 log = logging.getLogger("autoroute.backends")
 
@@ -202,6 +203,14 @@ _ERRORS_KEPT = 100
 _EARLY_REFRESH_GAP = 1.0
 
 
+def refused_at_once(exc: BaseException) -> bool:
+    """Whether `exc` is a connect the backend's host refused at once (nothing listens on
+    its port, as while its Ollama restarts): not one that timed out, whose host does not
+    answer and holds each attempt for the connect timeout, nor one the proxy could not
+    make for want of its own resources."""
+    return isinstance(exc, ConnectFailed) and not isinstance(exc, ConnectTimedOut | ProxyExhausted)
+
+
 class StatusError(UpstreamError):
     """The backend answered, with a status other than 200."""
 
@@ -286,6 +295,10 @@ class BackendState:
         # Requests in flight per model (normalised name): a loaded model in use.
         self.busy: dict[str, int] = {}
         self.last_error = ""
+        # Whether its last failure was a connect its host refused at once
+        # (`refused_at_once`): with its circuit open, it is checked again as soon as a
+        # request has no other backend (`BackendPool.recheck`), since it may be back.
+        self.refused = False
 
     @property
     def public_label(self) -> str:
@@ -332,12 +345,15 @@ class BackendState:
         self.running = running
         self.loaded = frozenset(entry_model(m) for m in running)
 
-    def failed(self, reason: str) -> None:
+    def failed(self, reason: str, refused: bool = False) -> None:
+        """A failure for its circuit; `refused`: a connect its host refused at once."""
         self.last_error = reason
+        self.refused = refused
         self.breaker.failure(self.pool.loop.time())
 
     def succeeded(self) -> None:
         self.last_error = ""
+        self.refused = False
         self.breaker.success()
 
     def answered(self, status: int, model: str | None, offsite: bool = False) -> None:
@@ -380,6 +396,9 @@ class BackendPool:
             breaker = Breaker(config.health.failure_threshold, config.health.open_seconds)
             self.states.append(BackendState(index, backend, pool, breaker))
         self._task: asyncio.Task[None] | None = None
+        # The check in flight of each backend, by index (`checking`): the refreshes and
+        # the checks requests ask for (`recheck`) share it.
+        self._checks: dict[int, asyncio.Task[None]] = {}
         # The unexpected refresh errors logged (`_unexpected`), each once.
         self._errors: set[tuple[str, str]] = set()
         # Called after each refresh of every backend (the model registry is one).
@@ -402,6 +421,8 @@ class BackendPool:
     async def stop(self) -> None:
         if self._task is not None:
             await tasks.stop(self._task)
+        for check in list(self._checks.values()):
+            await tasks.stop(check)
         for state in self.states:
             state.pool.close()
 
@@ -476,6 +497,61 @@ class BackendPool:
                 raise self.unavailable(down)
             having = [s for s in candidates if s.models is None] or candidates
         return min(having, key=lambda s: (name not in s.loaded, s.in_flight, s.index))
+
+    async def recheck(
+        self,
+        model: str | None,
+        exclude: Iterable[BackendState] = (),
+        fetches: bool = False,
+    ) -> bool:
+        """For a request `choose` has no backend for: check again at once each backend
+        but `exclude` that could take it (that lists `model`, or any when none does, or
+        the request `fetches` it) were its circuit not open, and whose host refused its
+        last connect (`BackendState.refused`): its Ollama may be back on its port since
+        (a restart), and the proxy's own 503 until the next periodic check would refuse
+        a request the backend can serve. Whether one of them is usable now.
+
+        A refused connect costs the check next to nothing; each backend has one check
+        in flight at a time (`checking`), which every request that waits shares, so a
+        flood of requests does not multiply them. A backend whose circuit opened for
+        another reason (a connect that timed out, answers that broke) keeps it open
+        until its periodic check, and one that another usable backend can replace is
+        never checked here (`choose` does not fail then)."""
+        now = asyncio.get_running_loop().time()
+        skip = set(map(id, exclude))
+        others = [s for s in self.states if id(s) not in skip]
+        down = [s for s in others if s.refused and not s.breaker.allows(now)]
+        if down and model is not None and not fetches:
+            name = normalize_model(model)
+            listing = [s for s in down if s.models is None or name in s.models]
+            if listing or _having(name, others):
+                down = listing
+        if not down:
+            return False
+        await asyncio.gather(*(asyncio.shield(self.checking(s)) for s in down))
+        self._weigh()
+        now = asyncio.get_running_loop().time()
+        return any(s.breaker.allows(now) for s in down)
+
+    async def pick(self, model: str | None, fetches: bool = False) -> BackendState:
+        """`choose`, or when it has no backend, its choice once the backends that may
+        be back are checked again (`recheck`)."""
+        try:
+            return self.choose(model, fetches=fetches)
+        except NoBackend:
+            if not await self.recheck(model, fetches=fetches):
+                raise
+        return self.choose(model, fetches=fetches)
+
+    async def first_usable(self) -> BackendState:
+        """The first usable backend, the backends that may be back checked again when
+        none is (`recheck`); NoBackend when none is."""
+        usable = self.usable()
+        if not usable and await self.recheck(None):
+            usable = self.usable()
+        if not usable:
+            raise self.unavailable()
+        return usable[0]
 
     def lists(self, model: str) -> bool:
         """Whether some usable backend lists `model`."""
@@ -583,7 +659,7 @@ class BackendPool:
         except (UpstreamError, TimeoutError, OSError, ValueError) as exc:
             if state.last_error != str(exc):
                 log.warning("backend %s unhealthy: %s", state.label, exc or "timed out")
-            state.failed(str(exc) or "health check timed out")
+            state.failed(str(exc) or "health check timed out", refused_at_once(exc))
             return
         # A list asked before a change the backend has since answered may not have it:
         # what the change said stands until the next refresh.
@@ -614,19 +690,38 @@ class BackendPool:
             return None
         return ollama_answers.running_models(answer)
 
+    def checking(self, state: BackendState) -> asyncio.Task[None]:
+        """The check of `state`'s backend in flight (`_check`), a new one when none is:
+        one at a time per backend, whoever asks (the refreshes, `recheck`). Those who
+        wait on it shield it: a request whose client leaves does not end it for the
+        others."""
+        task = self._checks.get(state.index)
+        if task is None:
+            task = asyncio.create_task(self._check(state), name=f"check {state.label}")
+            self._checks[state.index] = task
+            task.add_done_callback(functools.partial(self._checked, state.index))
+        return task
+
+    def _checked(self, index: int, task: asyncio.Task[None]) -> None:
+        if self._checks.get(index) is task:
+            del self._checks[index]
+
+    async def _check(self, state: BackendState) -> None:
+        """`refresh` the backend. An error none of its handlers expects (a bug, an answer
+        read wrongly) is logged and goes no further: it would stop the refreshes of
+        every backend for good, or the proxy's start. The backend is failed (what it
+        lists is not known)."""
+        try:
+            await self.refresh(state)
+        except Exception as exc:
+            self._unexpected(f"refreshing backend {state.label}", exc)
+            state.failed(f"health check failed: {exc!r}")
+
     async def refresh_all(self) -> None:
-        """Refresh every backend, then run the listeners. An error none of them expects
-        (a bug, an answer read wrongly) is logged and goes no further: it would stop
-        the refreshes of every backend for good, or the proxy's start. A backend
-        whose refresh raised one is failed (what it lists is not known); a listener
-        that raised one keeps what it had, and the others still run."""
-        results = await asyncio.gather(
-            *(self.refresh(s) for s in self.states), return_exceptions=True
-        )
-        for state, result in zip(self.states, results, strict=True):
-            if isinstance(result, Exception):
-                self._unexpected(f"refreshing backend {state.label}", result)
-                state.failed(f"health check failed: {result!r}")
+        """Check every backend (`checking`), then run the listeners. A listener that
+        raised an error none of them expects keeps what it had, logged, and the others
+        still run."""
+        await asyncio.gather(*(asyncio.shield(self.checking(s)) for s in self.states))
         self._weigh()
         for listener in self.listeners:
             try:

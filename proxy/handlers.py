@@ -304,7 +304,14 @@ class Handlers:
             try:
                 # What the decision reads of the body, off the loop for a large one.
                 reading = await reading_off_loop(path, doc, len(body))
-                choice = self.auto.decide(path, doc, profile, user_key(request), only, reading)
+                try:
+                    choice = self.auto.decide(path, doc, profile, user_key(request), only, reading)
+                except NoBackend:
+                    # No backend to choose from: those that may be back on their port
+                    # since their circuit opened are checked again at once (`recheck`).
+                    if not await self.backends.recheck(None):
+                        raise
+                    choice = self.auto.decide(path, doc, profile, user_key(request), only, reading)
             except AutoError as exc:
                 # No model for the request: a capability none of the profile's models
                 # offers is Ollama's own refusal, which clients read.
@@ -592,7 +599,8 @@ class Handlers:
         """Blobs, and the `create` that uses them, go to one backend: the first usable."""
         body = None if request.method == "POST" else b""
         served = request[OUTCOME].served
-        return await self.relay.forward(request, served, body, None, only=self._first())
+        first = await self.backends.first_usable()
+        return await self.relay.forward(request, served, body, None, only=first)
 
     async def admin(self, request: web.Request) -> web.StreamResponse:
         """`pull`, `push`, `create`, `copy`, `delete`: see `routing.admin_target`. What
@@ -612,10 +620,10 @@ class Handlers:
             and doc.get("stream") is False
         )
         if creating:
-            primary = self._create_target(doc)
+            primary = await self._create_target(doc)
         else:
             # A pull fetches its model: any backend takes it, one that lists it first.
-            primary = self.backends.choose(model, fetches=request.path == PULL_PATH)
+            primary = await self.backends.pick(model, fetches=request.path == PULL_PATH)
         replicas: list[asyncio.Task[None]] = []
         if self.config.routing.admin_target == "all" and not creating:
             replicas = self.fanout.replicate(request, body, primary, change, waits)
@@ -635,20 +643,14 @@ class Handlers:
                 replica.cancel()
             raise
 
-    def _create_target(self, doc: Any) -> BackendState:
+    async def _create_target(self, doc: Any) -> BackendState:
         """A create built on a model (`model_changes.create_base`) goes to a backend
         that has it, else (Ollama would pull it) to the first usable one, which also
         has the blobs a create from files names (`blobs`)."""
         base = model_changes.create_base(doc)
         if base is not None and self.backends.lists(base):
             return self.backends.choose(base)
-        return self._first()
-
-    def _first(self) -> BackendState:
-        usable = self.backends.usable()
-        if not usable:
-            raise self.backends.unavailable()
-        return usable[0]
+        return await self.backends.first_usable()
 
     async def health(self, request: web.Request) -> web.StreamResponse:
         """The proxy's own liveness (for container health checks) and its view of each

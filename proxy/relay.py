@@ -23,7 +23,13 @@ from aiohttp.web_protocol import RequestPayloadError
 from proxy import final_chunk, http11, origins
 from proxy.aiohttp_internals import client_transport, state_get, writing_paused
 from proxy.auth import sees_fleet
-from proxy.backends import UNAVAILABLE_STATUSES, BackendPool, BackendState, NoBackend
+from proxy.backends import (
+    UNAVAILABLE_STATUSES,
+    BackendPool,
+    BackendState,
+    NoBackend,
+    refused_at_once,
+)
 from proxy.cache import Capture
 from proxy.config import Config
 from proxy.continuations import answered_ending
@@ -225,10 +231,18 @@ class Relay:
         unreachable = True  # every failure so far was a refused or timed-out connect
         exhausted = True  # every failure so far was the proxy's own (`ProxyExhausted`)
         retries = self.config.health.retries if body is not None else 0
+        rechecked = False  # the backends that may be back were checked again
         while True:
             try:
                 state = only or self.backends.choose(model, tried, retry=bool(tried))
             except NoBackend:
+                if not rechecked:
+                    # A backend whose circuit a refused connect opened may be back on
+                    # its port (a restart) before its next check: checked now, it
+                    # serves rather than the proxy's own 503 (`BackendPool.recheck`).
+                    rechecked = True
+                    if await self.backends.recheck(model, tried):
+                        continue
                 if fallback is not None:
                     return await fallback()
                 if failures:
@@ -283,7 +297,7 @@ class Relay:
                 )
                 # Nor the proxy out of connections: one client can exhaust them.
                 if not own_length and not isinstance(exc, ProxyExhausted):
-                    state.failed(str(exc))
+                    state.failed(str(exc), refused_at_once(exc))
                 log.warning("backend %s failed before answering: %s", state.label, exc)
                 unreached = isinstance(exc, ConnectFailed)
                 own = isinstance(exc, ProxyExhausted)

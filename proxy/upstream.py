@@ -21,6 +21,7 @@ from proxy.http11 import End, Event, Head, ResponseHead, ResponseReader, dechunk
 from proxy.upstream_errors import (
     ConnectFailed,
     ConnectionLost,
+    ConnectTimedOut,
     IdleTimeout,
     ProtocolError,
     ProxyExhausted,
@@ -432,7 +433,7 @@ class ConnectionPool:
                     lambda: UpstreamConnection(self), self.host, self.port
                 )
         except TimeoutError:
-            raise ConnectFailed(f"connect to {self.host}:{self.port} timed out") from None
+            raise ConnectTimedOut(f"connect to {self.host}:{self.port} timed out") from None
         except OSError as exc:
             failed = ProxyExhausted if exc.errno in _EXHAUSTED else ConnectFailed
             raise failed(f"connect to {self.host}:{self.port}: {exc.strerror or exc}") from None

@@ -12,6 +12,11 @@ class ConnectFailed(UpstreamError):
     """No connection could be made at all (refused, unroutable, connect timed out)."""
 
 
+class ConnectTimedOut(ConnectFailed):
+    """The backend's host did not answer the connect within its timeout (down, or out of
+    reach), where a refused connect is answered at once."""
+
+
 class ProxyExhausted(ConnectFailed):
     """The proxy itself ran out of what a new connection needs (open files, local ports,
     socket buffers): its own state, which any client holding enough connections brings

@@ -10,6 +10,7 @@ import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -25,7 +26,17 @@ from proxy.backends import BackendPool, StatusError
 from proxy.config import Backend, Config, Health, Timeouts
 from proxy.emulator import EmulatorSettings
 from tests.conftest import FROZEN
-from tests.support import AUTO_NAMES, Emulator, Proxy, ServerThread, free_port, wait_until
+from tests.support import (
+    AUTO_NAMES,
+    Emulator,
+    Proxy,
+    ServerThread,
+    file_usage,
+    free_port,
+    wait_until,
+    where_called,
+)
+from tests.usage_services import events_of
 
 SHARED = "qwen2.5:7b"
 ONLY_A = "llama3.1:8b"
@@ -1562,3 +1573,101 @@ async def test_a_pull_of_a_model_only_a_down_backend_lists_goes_to_another(pair:
     status, body = await post(pair.proxy.url, "/api/pull", {"model": ONLY_A, "stream": False})
     assert status == 200, body
     assert ONLY_A in pair.b.state.models
+
+
+async def _asked(url: str, path: str, body: Any) -> tuple[int, str]:
+    """A request whose answer comes whole: its status and request id."""
+    async with aiohttp.ClientSession() as session, session.post(url + path, json=body) as resp:
+        await resp.read()
+        return resp.status, resp.headers["X-Request-Id"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/generate", generate(SHARED)),
+        ("/api/chat", {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}),
+        ("/api/pull", {"model": SHARED, "stream": False}),  # no inference: no usage event
+    ],
+    ids=["named", "auto", "pull"],
+)
+async def test_a_backend_restarted_on_its_port_serves_before_its_next_check(
+    servers: ServerThread, tmp_path: Path, path: str, body: dict[str, Any]
+) -> None:
+    """A backend whose Ollama stopped, opening its circuit, and listens again on the same
+    port serves the next requests, though no health check has run since: with no usable
+    backend to take them, the one whose host refused its connect is checked again at
+    once, one check for all the requests that wait on it, rather than answered with the
+    proxy's own 503 until the next check. Each request leaves one usage event."""
+    a = Emulator(servers, dataclasses.replace(FROZEN, models=(SHARED,)))
+    usage = file_usage(tmp_path)
+    proxy = Proxy(
+        servers,
+        [a.url],
+        usage=usage,
+        # No background health check during the test: only requests bring A back.
+        health=Health(interval_seconds=3600, failure_threshold=1, open_seconds=3600),
+    )
+    try:
+        a.stop()
+        status, refused = await _asked(proxy.url, path, body)
+        assert status == 503
+        assert await health_circuit(proxy.url, a.url) == "open"
+        a.restart()
+        checks = a.state.requests["/api/tags"]
+        answers = await asyncio.gather(*(_asked(proxy.url, path, body) for _ in range(8)))
+        assert [status for status, _ in answers] == [200] * 8
+        assert a.state.requests["/api/tags"] == checks + 1
+        assert await health_circuit(proxy.url, a.url) == "closed"
+        if path != "/api/pull":
+            events = await events_of(usage, refused, *(rid for _, rid in answers))
+            assert [e["outcome"]["status"] for e in events] == [503] + [200] * 8
+    finally:
+        proxy.stop()
+        a.stop()
+
+
+async def test_a_restarted_backend_is_checked_only_for_what_no_usable_one_has(
+    pair: Pair,
+) -> None:
+    """While a usable backend has the model, a backend whose circuit is open stays out of
+    the way (no request, no early check): the usable one serves. A model only the
+    restarted backend has is served by it at once."""
+    pair.a.stop()
+    for _ in range(2):  # the pair's threshold: A's circuit opens
+        status, _ = await post(pair.proxy.url, "/api/generate", generate(ONLY_A))
+        assert status == 503
+    assert await health_circuit(pair.proxy.url, pair.a.url) == "open"
+    pair.a.restart()
+    checks, served = pair.a.state.requests["/api/tags"], pair.a.state.requests["/api/generate"]
+    for _ in range(3):
+        status, _ = await post(pair.proxy.url, "/api/generate", generate(SHARED))
+        assert status == 200
+    assert pair.a.state.requests["/api/tags"] == checks
+    assert pair.a.state.requests["/api/generate"] == served
+    assert await health_circuit(pair.proxy.url, pair.a.url) == "open"
+    status, body = await post(pair.proxy.url, "/api/generate", generate(ONLY_A))
+    assert status == 200, body
+    assert pair.a.state.requests["/api/generate"] == served + 1
+
+
+async def test_requests_that_find_a_down_backend_share_one_check_of_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Requests that arrive together while the only backend's host refuses connects wait
+    on one check of it, not one each (a flood does not multiply them), and each learns
+    it is still down."""
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    health = Health(interval_seconds=3600, failure_threshold=1, open_seconds=3600)
+    pool = BackendPool(Config(backends=(Backend(url=url),), health=health))
+    state = pool.states[0]
+    checks = where_called(monkeypatch, pool, "refresh")
+    try:
+        await pool.refresh_all()
+        assert state.refused
+        assert state.breaker.state(asyncio.get_running_loop().time()) == "open"
+        assert await asyncio.gather(*(pool.recheck(SHARED) for _ in range(8))) == [False] * 8
+        assert len(checks) == 2
+        assert state.refused and state.last_error.startswith(f"connect to {url[7:]}")
+    finally:
+        await pool.stop()
