@@ -1,9 +1,10 @@
 """The backends: which models each one has and has loaded, its health, and the choice.
 
 Model lists come from each backend's `/api/tags` and `/api/ps`, refreshed in the
-background: the request path only reads what the last refresh found. `/api/tags` is the
-health check; `/api/ps` is optional information that older Ollama releases and
-Ollama-compatible servers do not serve.
+background: the request path only reads what the last refresh found, but for a request
+no usable backend can take, which has the backends that may be back checked at once
+(`BackendPool.recheck`). `/api/tags` is the health check; `/api/ps` is optional
+information that older Ollama releases and Ollama-compatible servers do not serve.
 """
 
 from __future__ import annotations

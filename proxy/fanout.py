@@ -102,6 +102,8 @@ class Fanout:
         the longer name that reaches it (`_reachable`), but another autoroute's own
         `auto`, which none reaches."""
         states = self.backends.usable()
+        if not states and await self.backends.recheck(None):
+            states = self.backends.usable()  # one is back (`BackendPool.recheck`)
         fleet = sees_fleet(request, self.backends.config.auth.enabled)
         if not states:
             reason = self.backends.unavailable_reason(detailed=fleet)

@@ -1576,29 +1576,36 @@ async def test_a_pull_of_a_model_only_a_down_backend_lists_goes_to_another(pair:
 
 
 async def _asked(url: str, path: str, body: Any) -> tuple[int, str]:
-    """A request whose answer comes whole: its status and request id."""
-    async with aiohttp.ClientSession() as session, session.post(url + path, json=body) as resp:
+    """A request whose answer comes whole (a GET without `body`): its status and
+    request id."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request("GET" if body is None else "POST", url + path, json=body) as resp,
+    ):
         await resp.read()
         return resp.status, resp.headers["X-Request-Id"]
 
 
 @pytest.mark.parametrize(
-    ("path", "body"),
+    ("path", "body", "recorded"),
     [
-        ("/api/generate", generate(SHARED)),
-        ("/api/chat", {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}),
-        ("/api/pull", {"model": SHARED, "stream": False}),  # no inference: no usage event
+        ("/api/generate", generate(SHARED), True),
+        ("/api/chat", {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}, True),
+        # Neither runs a model: no usage event.
+        ("/api/pull", {"model": SHARED, "stream": False}, False),
+        ("/api/tags", None, False),  # with `auto`'s entries: a merged list
     ],
-    ids=["named", "auto", "pull"],
+    ids=["named", "auto", "pull", "list"],
 )
 async def test_a_backend_restarted_on_its_port_serves_before_its_next_check(
-    servers: ServerThread, tmp_path: Path, path: str, body: dict[str, Any]
+    servers: ServerThread, tmp_path: Path, path: str, body: Any, recorded: bool
 ) -> None:
     """A backend whose Ollama stopped, opening its circuit, and listens again on the same
     port serves the next requests, though no health check has run since: with no usable
     backend to take them, the one whose host refused its connect is checked again at
     once, one check for all the requests that wait on it, rather than answered with the
-    proxy's own 503 until the next check. Each request leaves one usage event."""
+    proxy's own 503 until the next check. Each request that runs a model leaves one
+    usage event."""
     a = Emulator(servers, dataclasses.replace(FROZEN, models=(SHARED,)))
     usage = file_usage(tmp_path)
     proxy = Proxy(
@@ -1610,18 +1617,18 @@ async def test_a_backend_restarted_on_its_port_serves_before_its_next_check(
     )
     try:
         a.stop()
-        status, refused = await _asked(proxy.url, path, body)
+        status, refused = await _asked(proxy.url, "/api/generate", generate(SHARED))
         assert status == 503
         assert await health_circuit(proxy.url, a.url) == "open"
         a.restart()
-        checks = a.state.requests["/api/tags"]
+        checks = a.state.requests["/api/ps"]  # which each check asks, and none of these
         answers = await asyncio.gather(*(_asked(proxy.url, path, body) for _ in range(8)))
         assert [status for status, _ in answers] == [200] * 8
-        assert a.state.requests["/api/tags"] == checks + 1
+        assert a.state.requests["/api/ps"] == checks + 1
         assert await health_circuit(proxy.url, a.url) == "closed"
-        if path != "/api/pull":
-            events = await events_of(usage, refused, *(rid for _, rid in answers))
-            assert [e["outcome"]["status"] for e in events] == [503] + [200] * 8
+        ids = [rid for _, rid in answers] if recorded else []
+        events = await events_of(usage, refused, *ids)
+        assert [e["outcome"]["status"] for e in events] == [503] + [200] * len(ids)
     finally:
         proxy.stop()
         a.stop()
