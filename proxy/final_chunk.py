@@ -101,6 +101,20 @@ def stream_error(tail: bytes) -> str | None:
     return error[:MAX_ERROR_CHARS] if isinstance(error, str) else None
 
 
+def answer_error(tail: bytes, chunked: bool) -> str | None:
+    """The message of the error a failed answer (a status other than 200) says, from the
+    tail of its bytes (`chunked`: with their chunk framing): Ollama's `{"error": "..."}`
+    (a JSON body, or the line of a stream that failed before its answer began, which
+    streamResponse writes with the error's status), the OpenAI and Anthropic shapes'
+    `{"error": {"message": ...}}`. None for a body that says none, or that the tail
+    does not hold whole (a long one: the error is then not read)."""
+    body = (unchunked(tail) if chunked else tail).rstrip()
+    message = _error_message(body)
+    if message is None and b"\n" in body:
+        message = _error_message(body.rpartition(b"\n")[2])  # a stream's last line
+    return None if message is None else message[:MAX_ERROR_CHARS]
+
+
 # How a stream on each of Ollama's SSE shapes ends when its answer ran to its end
 # (middleware/openai.go's ChatWriter and CompleteWriter; openai.ResponsesStreamConverter,
 # whose events Go marshals from maps, keys sorted: `type` comes last; anthropic's

@@ -481,6 +481,11 @@ class Relay:
                         if client.content_type.startswith(SSE)
                         else final_chunk.stream_error(tail)
                     )
+                elif head.status >= 500:
+                    # The backend's own failure, relayed: the event keeps its message.
+                    # Not a 4xx's: no model answered it, and an error would count it
+                    # as the model's failure (`selector_model.outcome.implicit`).
+                    failed = final_chunk.answer_error(tail, head.chunked)
                 if failed is not None:
                     outcome.error = failed
                 outcome.context_ending = answered_ending(tail)

@@ -18,6 +18,7 @@ import aiohttp
 import orjson
 import pyarrow.parquet as pq
 import pytest
+from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -31,7 +32,7 @@ from proxy.usage.spool import Spool
 from proxy.usage.stats import MAX_KEYS, MemoryStats, from_postgres
 from selector_model import outcome
 from selector_model.usage_event import Answer, Client, Logged, UsageEvent
-from tests.support import Emulator, Proxy, ServerThread, file_usage, free_port
+from tests.support import Emulator, Proxy, ServerThread, error_text, file_usage, free_port
 from tests.usage_services import Database, events_of, read_bytes, wait_for
 
 MODEL = "llama3.1:8b"
@@ -761,3 +762,102 @@ async def test_an_sse_stream_the_backend_dropped_records_the_error(
         assert outcome.of_event(failed) == outcome.Result(0.0, outcome.FAILED, "error")
     finally:
         proxy.stop()
+
+
+# Options Ollama cannot decode: its 500 before any answer (scheduleRunner's opts.FromMap).
+_BAD_OPTIONS = {"num_ctx": "x"}
+_BAD_OPTIONS_ERROR = 'option "num_ctx" must be of type integer'
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "error"),
+    [
+        (
+            "/api/generate",
+            {"model": MODEL, "prompt": "hi", "stream": False, "options": _BAD_OPTIONS},
+            _BAD_OPTIONS_ERROR,
+        ),
+        (
+            "/api/chat",
+            {
+                "model": MODEL,
+                "messages": [{"role": "user", "content": "hi"}],
+                "options": _BAD_OPTIONS,
+            },
+            _BAD_OPTIONS_ERROR,
+        ),
+        (
+            "/v1/chat/completions",
+            {"model": MODEL, "messages": [{"role": "user", "content": "CRASH"}]},
+            "llama runner process has terminated: exit status 2",
+        ),
+        ("/api/generate", {"model": "no-such-model", "prompt": "hi"}, None),
+    ],
+    ids=["whole", "stream", "openai", "404"],
+)
+async def test_a_backends_failure_relayed_records_its_error(
+    servers: ServerThread, tmp_path: Path, path: str, body: dict[str, Any], error: str | None
+) -> None:
+    """A 5xx the backend answered and the proxy relayed as it came: the usage event
+    records the backend's message (Ollama's `error`, OpenAI's `error.message`), not
+    only the status. A 4xx keeps none: no model answered it."""
+    crashing = EmulatorSettings(frozen_clock=True, crash_on="CRASH", models=(MODEL,))
+    with _recorded_proxy(servers, tmp_path, crashing) as (proxy, usage):
+        async with aiohttp.ClientSession(proxy.url) as http, http.post(path, json=body) as resp:
+            answer = await resp.read()
+            request_id = resp.headers["X-Request-Id"]
+        (event,) = await events_of(usage, request_id)
+        assert (event["outcome"]["status"], event["outcome"]["error"]) == (resp.status, error)
+        if error is not None:
+            assert resp.status == 500 and error_text(path, orjson.loads(answer)) == error
+
+
+async def test_a_stream_that_fails_before_its_answer_records_its_error_line(
+    servers: ServerThread, tmp_path: Path
+) -> None:
+    """Ollama's streamResponse answers an error that comes before the stream's first
+    line with the error's status and `{"error": "..."}` in chunked framing (its writes
+    are flushed as they go): the usage event records that message."""
+    died = "llama runner process has terminated: exit status 2"
+    listed = {"models": [{"name": MODEL, "model": MODEL, "digest": "0" * 64}]}
+
+    async def tags(request: web.Request) -> web.Response:
+        return web.json_response(listed)
+
+    async def ps(request: web.Request) -> web.Response:
+        return web.json_response({"models": []})
+
+    async def generate(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(status=500)
+        resp.content_type = "application/json"
+        resp.charset = "utf-8"
+        await resp.prepare(request)
+        await resp.write(orjson.dumps({"error": died}))
+        await resp.write_eof()
+        return resp
+
+    def backend_app() -> web.Application:
+        app = web.Application()
+        app.router.add_get("/api/tags", tags)
+        app.router.add_get("/api/ps", ps)
+        app.router.add_post("/api/generate", generate)
+        return app
+
+    port = free_port()
+    runner = servers.serve(backend_app, port)
+    usage = file_usage(tmp_path)
+    proxy = Proxy(servers, [f"http://127.0.0.1:{port}"], usage=usage)
+    try:
+        async with (
+            aiohttp.ClientSession(proxy.url) as http,
+            http.post("/api/generate", json={"model": MODEL, "prompt": "hi"}) as resp,
+        ):
+            assert resp.headers.get("Transfer-Encoding") == "chunked"
+            assert (resp.status, await resp.json()) == (500, {"error": died})
+            request_id = resp.headers["X-Request-Id"]
+        (event,) = await events_of(usage, request_id)
+        assert (event["outcome"]["status"], event["outcome"]["error"]) == (500, died)
+    finally:
+        proxy.stop()
+        servers.stop(runner)
