@@ -60,6 +60,20 @@ def lists_locally(backends: BackendPool, model: str) -> bool:
     return any(s.models is None or name in s.models for s in backends.usable())
 
 
+async def lists_locally_now(backends: BackendPool, model: str) -> bool:
+    """`lists_locally`, the backends that might list `model` and may be back on their
+    port checked again at once when no usable one does (`BackendPool.recheck`, with its
+    bounds): one restarted since its circuit opened serves the request, not the paid
+    provider until its next periodic check. A backend whose last list lacks the model
+    is not checked: back, it would not keep the request local, and its check would
+    hold up each request a provider stands in for."""
+    if lists_locally(backends, model):
+        return True
+    name = normalize_model(model)
+    lacking = [s for s in backends.states if s.models is not None and name not in s.models]
+    return await backends.recheck(model, lacking) and lists_locally(backends, model)
+
+
 def _message(detail: str) -> str:
     """An API's error body as its message (both APIs say `{"error": {"message"}}`)."""
     try:

@@ -42,7 +42,7 @@ from proxy.backends import (
 from proxy.cache import ResponseCache
 from proxy.cache.key import cache_key, cacheable, generates, scope
 from proxy.cache.replay import CACHE_HEADER, replay
-from proxy.cloud import CloudFallback, lists_locally
+from proxy.cloud import CloudFallback, lists_locally, lists_locally_now
 from proxy.config import Config
 from proxy.errors import error_response, gin_refusal, handler_error
 from proxy.fanout import Fanout
@@ -413,10 +413,33 @@ class Handlers:
         ):
             return self._generate(request, served, doc, body, model)
         if not lists_locally(self.backends, model):
-            return cloud.serve(request, doc, names)
+            return self._back_or_cloud(request, served, doc, body, model, names, cloud)
         return self._generate(
             request, served, doc, body, model, fallback=lambda: cloud.serve(request, doc, names)
         )
+
+    async def _back_or_cloud(
+        self,
+        request: web.Request,
+        served: Served,
+        doc: dict[str, Any],
+        body: bytes,
+        model: str,
+        names: tuple[str, ...],
+        cloud: CloudFallback,
+    ) -> web.StreamResponse:
+        """No usable backend lists `model`: to the cloud, unless a backend that does and
+        may be back on its port is usable once checked again (`lists_locally_now`)."""
+        if await lists_locally_now(self.backends, model):
+            return await self._generate(
+                request,
+                served,
+                doc,
+                body,
+                model,
+                fallback=lambda: cloud.serve(request, doc, names),
+            )
+        return await cloud.serve(request, doc, names)
 
     def _generate(
         self,

@@ -25,6 +25,7 @@ from proxy.config import (
     CloudProvider,
     Config,
     ConfigError,
+    Health,
     Timeouts,
 )
 from tests.cloud_standin import (
@@ -963,5 +964,53 @@ async def test_with_keys_the_health_names_cloud_models_only_to_a_key_that_sees_e
             assert "tokens_this_month" not in provider
         (provider,) = orjson.loads(seen[free])["cloud"]["providers"]
         assert provider["models"] == mapped and provider["tokens_this_month"] == 0
+    finally:
+        proxy.stop()
+
+
+async def _circuit(url: str, backend: str) -> str:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(url + "/api/autoroute/health") as resp,
+    ):
+        doc = await resp.json()
+    (entry,) = [b for b in doc["backends"] if b["url"] == backend]
+    return str(entry["circuit"])
+
+
+async def test_a_backend_restarted_on_its_port_serves_before_the_cloud_does(
+    servers: ServerThread, own_emulator: Emulator, cloud_server: StandIn
+) -> None:
+    """A model only a backend whose host refused its connects lists (its Ollama
+    restarting) goes to the paid cloud only once that backend is checked again and still
+    down: one back on its port serves it, though no periodic health check has run since,
+    with one check of it that the requests waiting on it share. A model it does not list
+    goes to the cloud without a check of it."""
+    section = cloud_section(cloud_server.url, models={"*": "gpt-x"})
+    # No periodic health check during the test: only requests can bring the backend back.
+    health = Health(interval_seconds=3600, failure_threshold=1, open_seconds=3600)
+    proxy = Proxy(servers, [own_emulator.url], cloud=section, health=health)
+    chat = {"model": LOCAL, "messages": MESSAGES, "stream": False}
+    try:
+        own_emulator.stop()
+        status, headers, body = await post(proxy.url + "/api/chat", chat)
+        assert status == 200, body
+        assert headers["X-Autoroute-Backend"] == "cloud:openai"
+        assert await _circuit(proxy.url, own_emulator.url) == "open"
+        own_emulator.restart()
+        checks = own_emulator.state.requests["/api/ps"]  # which each check asks
+        status, headers, body = await post(
+            proxy.url + "/api/chat", {"model": "gone:1b", "messages": MESSAGES, "stream": False}
+        )
+        assert status == 200, body
+        assert headers["X-Autoroute-Backend"] == "cloud:openai"
+        assert own_emulator.state.requests["/api/ps"] == checks
+        assert await _circuit(proxy.url, own_emulator.url) == "open"
+        answers = await asyncio.gather(*(post(proxy.url + "/api/chat", chat) for _ in range(8)))
+        assert [status for status, _, _ in answers] == [200] * 8
+        assert [h.get("X-Autoroute-Backend") for _, h, _ in answers] == [None] * 8
+        assert own_emulator.state.requests["/api/chat"] == 8
+        assert own_emulator.state.requests["/api/ps"] == checks + 1
+        assert len(cloud_server.seen.bodies) == 2
     finally:
         proxy.stop()
