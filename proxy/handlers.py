@@ -713,9 +713,13 @@ class Handlers:
         """Readiness, for orchestrators routing traffic: 200 while at least one backend
         is usable, else 503 naming each backend's reason. Liveness is `health`. Public:
         as `health`, a caller who may not see the fleet gets public names and no error
-        text."""
+        text. With none usable, the backends that may be back on their port are checked
+        again at once (`BackendPool.recheck`, one check at a time per backend, shared):
+        a probe after a restart sees the backend before its next periodic check."""
         fleet = sees_fleet(request, self.config.auth.enabled)
         usable = self.backends.usable()
+        if not usable and await self.backends.recheck(None):
+            usable = self.backends.usable()
         if not usable:
             reason = self.backends.unavailable_reason(detailed=fleet)
             return error_response(request.path, 503, reason)

@@ -1678,3 +1678,37 @@ async def test_requests_that_find_a_down_backend_share_one_check_of_it(
         assert state.refused and state.last_error.startswith(f"connect to {url[7:]}")
     finally:
         await pool.stop()
+
+
+async def test_readiness_sees_a_backend_restarted_on_its_port_before_its_next_check(
+    servers: ServerThread,
+) -> None:
+    """`/api/autoroute/ready` with no usable backend has the ones whose host refused
+    their connects checked again at once, one check for all the probes that wait on it:
+    a probe after a backend's restart finds it ready, not the proxy's 503 until the
+    next periodic check; one while it is still down is the 503."""
+    a = Emulator(servers, dataclasses.replace(FROZEN, models=(SHARED,)))
+    proxy = Proxy(
+        servers,
+        [a.url],
+        # No background health check during the test: only requests bring A back.
+        health=Health(interval_seconds=3600, failure_threshold=1, open_seconds=3600),
+    )
+    try:
+        a.stop()
+        status, _ = await post(proxy.url, "/api/generate", generate(SHARED))
+        assert status == 503
+        assert await health_circuit(proxy.url, a.url) == "open"
+        status, _ = await _asked(proxy.url, "/api/autoroute/ready", None)
+        assert status == 503
+        a.restart()
+        checks = a.state.requests["/api/ps"]  # which each check asks
+        answers = await asyncio.gather(
+            *(_asked(proxy.url, "/api/autoroute/ready", None) for _ in range(8))
+        )
+        assert [status for status, _ in answers] == [200] * 8
+        assert a.state.requests["/api/ps"] == checks + 1
+        assert await health_circuit(proxy.url, a.url) == "closed"
+    finally:
+        proxy.stop()
+        a.stop()
