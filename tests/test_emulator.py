@@ -1624,6 +1624,82 @@ async def test_an_input_that_crashes_the_runner_gets_ollamas_500_and_unloads_it(
         await runner.cleanup()
 
 
+async def _exchange(port: int, version: str, body: dict[str, Any], path: str) -> bytes:
+    """Every byte of the answer to one request on its own connection, read up to the
+    end of its body: its length, the end of its chunks (HTTP/1.1), or the close
+    (HTTP/1.0)."""
+    data = json.dumps(body).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            f"POST {path} HTTP/{version}\r\nHost: 127.0.0.1\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+            + data
+        )
+        await writer.drain()
+        if version == "1.0":
+            return await asyncio.wait_for(reader.read(), 30)
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+        length = re.search(rb"\r\ncontent-length: (\d+)\r\n", answer.lower())
+        if length is not None:
+            return answer + await asyncio.wait_for(reader.readexactly(int(length[1])), 30)
+        while not answer.endswith(b"\r\n0\r\n\r\n"):
+            answer += await asyncio.wait_for(reader.readuntil(b"\r\n"), 30)
+        return answer
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("version", ["1.1", "1.0"])
+@pytest.mark.parametrize("path", ["/api/generate", "/api/chat"])
+@pytest.mark.parametrize("cause", ["format", "crash"])
+async def test_an_error_before_a_streams_first_line_is_its_first_chunk(
+    version: str, path: str, cause: str
+) -> None:
+    """An error the runner raises before a stream's first line (a `format` the runner
+    refuses, a runner that dies) is what streamResponse writes: gin's c.JSON inside
+    c.Stream, with the status, `Content-Type: application/json` (set before c.JSON,
+    which keeps it) and the body without a newline, flushed before the handler returns:
+    Go's net/http sends it chunked, as one chunk, and no Content-Length (to an HTTP/1.0
+    client, a body the close ends). Asked for whole, the same error is c.JSON's once the
+    handler returns: a length and gin's own Content-Type."""
+    runner, _ = await _start(EmulatorSettings(chunk_delay_ms=1, crash_on="CRASH"))
+    port = runner.addresses[0][1]
+    text = "CRASH" if cause == "crash" else "hi"
+    body: dict[str, Any] = {"model": "qwen2.5:7b", "prompt": text}
+    body["messages"] = [{"role": "user", "content": text}]
+    if cause == "format":
+        body["format"] = "yaml"
+    message = (
+        "llama runner process has terminated: exit status 2"
+        if cause == "crash"
+        else 'invalid format: "\\"yaml\\""; expected "json" or a valid JSON Schema object'
+    )
+    error = json.dumps({"error": message}, separators=(",", ":")).encode()
+    try:
+        answer = await _exchange(port, version, body, path)
+        head, _, rest = answer.partition(b"\r\n\r\n")
+        status_line, *lines = head.split(b"\r\n")
+        fields = dict(line.lower().split(b": ", 1) for line in lines)
+        assert status_line.startswith(f"HTTP/{version} 500 ".encode())
+        assert fields[b"content-type"] == b"application/json"
+        assert b"content-length" not in fields
+        if version == "1.1":
+            assert fields[b"transfer-encoding"] == b"chunked"
+            assert rest == b"%x\r\n%s\r\n0\r\n\r\n" % (len(error), error)
+        else:
+            assert b"transfer-encoding" not in fields
+            assert rest == error
+        answer = await _exchange(port, version, {**body, "stream": False}, path)
+        head, _, rest = answer.partition(b"\r\n\r\n")
+        fields = dict(line.lower().split(b": ", 1) for line in head.split(b"\r\n")[1:])
+        assert fields[b"content-type"] == b"application/json; charset=utf-8"
+        assert fields[b"content-length"] == str(len(error)).encode()
+        assert b"transfer-encoding" not in fields and rest == error
+    finally:
+        await runner.cleanup()
+
+
 @pytest.mark.parametrize("stream", [True, False])
 async def test_a_runner_crash_ends_the_answers_running_on_that_runner(stream: bool) -> None:
     """When an input kills a model's runner, every request the runner was answering

@@ -792,8 +792,20 @@ _BAD_OPTIONS_ERROR = 'option "num_ctx" must be of type integer'
             "llama runner process has terminated: exit status 2",
         ),
         ("/api/generate", {"model": "no-such-model", "prompt": "hi"}, None),
+        # The runner's errors before a stream's first line: a 500 the backend sends
+        # chunked, as streamResponse flushes it.
+        (
+            "/api/chat",
+            {"model": MODEL, "messages": [{"role": "user", "content": "CRASH"}]},
+            "llama runner process has terminated: exit status 2",
+        ),
+        (
+            "/api/generate",
+            {"model": MODEL, "prompt": "hi", "format": "yaml"},
+            'invalid format: "\\"yaml\\""; expected "json" or a valid JSON Schema object',
+        ),
     ],
-    ids=["whole", "stream", "openai", "404"],
+    ids=["whole", "stream", "openai", "404", "stream-crash", "stream-format"],
 )
 async def test_a_backends_failure_relayed_records_its_error(
     servers: ServerThread, tmp_path: Path, path: str, body: dict[str, Any], error: str | None

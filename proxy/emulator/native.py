@@ -2,7 +2,8 @@
 
 Streams are NDJSON written one object per chunk (Ollama flushes after every token);
 the response head goes out with the first chunk, after the model has loaded, exactly
-when Gin's `c.Stream` first writes.
+when Gin's `c.Stream` first writes. An error the runner raises before the first chunk
+is that first chunk (`LazyStream.error`).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from .inference import (
 )
 from .state import RUNNER_DIED, state_of
 from .textgen import context_tokens, count_tokens, embedding, embedding_f32, vector_json
-from .wire import dumps, error, gin_json
+from .wire import JSON_BARE, dumps, error, gin_json
 
 T = TypeVar("T")
 
@@ -53,6 +54,7 @@ class LazyStream:
         self, request: web.Request, content_type: str, *, headers: dict[str, str] | None = None
     ) -> None:
         self.request = request
+        self.status = 200
         self.content_type = content_type
         self.headers = headers or {}
         self.response: web.StreamResponse | None = None
@@ -60,7 +62,7 @@ class LazyStream:
     async def send(self, data: bytes) -> None:
         if self.response is None:
             resp = web.StreamResponse(
-                status=200, headers={"Content-Type": self.content_type, **self.headers}
+                status=self.status, headers={"Content-Type": self.content_type, **self.headers}
             )
             if self.request.version >= (1, 1):
                 resp.enable_chunked_encoding()
@@ -80,6 +82,20 @@ class LazyStream:
         fault = self.request.get(AFTER_WRITE)
         if fault is not None:
             await fault(self.response)
+
+    async def error(self, status: int, message: str) -> web.StreamResponse:
+        """The stream's end on an error, as Ollama's streamResponse writes it. Before
+        the first chunk, gin's c.JSON inside `c.Stream`: `status`, Content-Type
+        `application/json` (set before c.JSON, which then keeps it), the body with no
+        newline; flushed while the handler runs, so Go's net/http sends it chunked, with
+        no Content-Length (to an HTTP/1.0 client, ended by the close). After it, an
+        `{"error"}` line (json.Encoder) in the stream's 200."""
+        if self.response is None:
+            self.status, self.content_type = status, JSON_BARE
+            await self.send(dumps({"error": message}))
+        else:
+            await self.send(dumps({"error": message}) + b"\n")
+        return await self.finish()
 
     async def finish(self) -> web.StreamResponse:
         if self.response is None:
@@ -112,9 +128,12 @@ async def handle_generate(request: web.Request) -> web.StreamResponse:
         return web.Response(status=499)
     if job.special == "load":
         return gin_json(200, {**head, "response": "", "done": True, "done_reason": "load"})
+    out = LazyStream(request, NDJSON)
     if job.late_error:
         if job.crashes:
             state.runner_crashed(job.spec)
+        if job.stream:
+            return await out.error(job.late_error.status, job.late_error.message)
         return error(job.late_error.status, job.late_error.message)
 
     # A whole answer's text and logprobs; a stream keeps none of what it sent.
@@ -122,7 +141,6 @@ async def handle_generate(request: web.Request) -> web.StreamResponse:
     content: list[str] = []
     logprobs: list[dict[str, Any]] = []
     sent = 0  # the pieces so far: the next token's position
-    out = LazyStream(request, NDJSON)
 
     def frame(response: str, thought: str, done: bool) -> dict[str, Any]:
         # api.GenerateResponse field order: model, created_at, response, thinking, done...
@@ -173,7 +191,7 @@ async def handle_generate(request: web.Request) -> web.StreamResponse:
         if not await gen.run(on_piece, on_done):
             return out.response or web.Response(status=499)
     except RunnerDied:
-        return await runner_died(out)
+        return await runner_died(out, job.stream)
     if job.stream:
         return await out.finish()
     return gin_json(200, final)
@@ -194,13 +212,12 @@ async def made_in_turns(values: Iterator[T]) -> list[T]:
     return made
 
 
-async def runner_died(out: LazyStream) -> web.StreamResponse:
-    """The runner died under an answer: as Ollama's streamResponse ends it, Ollama's 500
-    where nothing was written yet, else an `{"error": ...}` line after what was."""
-    if out.response is None:
+async def runner_died(out: LazyStream, stream: bool) -> web.StreamResponse:
+    """The runner died under an answer: Ollama's 500 for one asked for whole (c.JSON);
+    a stream ends as streamResponse ends it (`LazyStream.error`)."""
+    if not stream:
         return error(500, RUNNER_DIED)
-    await out.send(dumps({"error": RUNNER_DIED}) + b"\n")
-    return await out.finish()
+    return await out.error(500, RUNNER_DIED)
 
 
 async def handle_chat(request: web.Request) -> web.StreamResponse:
@@ -311,10 +328,12 @@ class native_chat_writer(ChatSink):
         self.logprobs: list[dict[str, Any]] = []
 
     async def error(self, status: int, message: str) -> web.StreamResponse:
+        if self.stream:
+            return await self.out.error(status, message)
         return error(status, message)
 
     async def died(self) -> web.StreamResponse:
-        return await runner_died(self.out)
+        return await runner_died(self.out, self.stream)
 
     async def special(self, model: str, created_ns: int, reason: str) -> web.StreamResponse:
         return gin_json(
