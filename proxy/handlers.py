@@ -387,7 +387,9 @@ class Handlers:
         return await self.relay.forward(request, served, body, model)
 
     # `_local_or_cloud` and `_generate` only choose where a request goes: they return
-    # that coroutine unawaited, so the handler awaits the relay with no frames between.
+    # that coroutine unawaited, so the handler awaits the relay with no frames between;
+    # but for one the cloud would take for want of a usable backend, which awaits a
+    # check of the backends that may be back first (`_back_or_cloud`).
     def _local_or_cloud(
         self,
         request: web.Request,
