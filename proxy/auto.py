@@ -21,7 +21,7 @@ from aiohttp import web
 from proxy import go_json
 from proxy.backends import BackendPool, NoBackend, normalize_model, without_local
 from proxy.config import Config, Profile, Variant
-from proxy.continuations import Continuations
+from proxy.continuations import Continuations, Conversation, Conversations, conversation
 from proxy.experiments import assign
 from proxy.memory import Memory, Terms
 from proxy.registry import Registry
@@ -91,6 +91,10 @@ class Choice:
     candidate: Candidate  # the chosen model, as the selector saw it
     names: Sequence[str] = ()  # the candidates, in the order of `terms`
     terms: Terms | None = None  # what loading adds to each candidate
+    # A chat request's conversation (`proxy.continuations`): its digest, remembered with
+    # the model that answers it, and the model credited as holding its earlier turns.
+    conversation: str | None = None
+    held_by: str | None = None
 
     def records(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """The decision's record and the chosen candidate's (`Decided.settle`)."""
@@ -258,6 +262,8 @@ class AutoRouter:
         self.evidence = Evidence()
         # Which model wrote each /api/generate context `auto` answered with.
         self.continuations = Continuations()
+        # Which model answered each chat conversation `auto` chose the model of.
+        self.conversations = Conversations()
         self.decisions = 0
         # Per profile object: its lists and default model as model names.
         self._profiles: dict[int, ProfileNames] = {}
@@ -359,6 +365,10 @@ class AutoRouter:
             terms.load_seconds,
             asks.thinking is not False,
         )
+        talk = conversation(user, path, doc.get("messages"))
+        held = None
+        if talk is not None and talk.before is not None:
+            held = self._credit_held(talk, eligible, terms, seconds, prompt_tokens)
         ranking = rank(eligible.names, p_success, seconds, profile.cost_weight, known, spread)
         if terms.penalty and any(terms.evicts):
             # Evicting a model in use is worth it only for a lead above the penalty.
@@ -429,7 +439,33 @@ class AutoRouter:
             candidates[eligible.names.index(chosen.name)],
             eligible.names,
             terms,
+            talk.whole if talk is not None else None,
+            held,
         )
+
+    def _credit_held(
+        self,
+        talk: Conversation,
+        eligible: Eligible,
+        terms: Terms,
+        seconds: list[float],
+        prompt_tokens: float,
+    ) -> str | None:
+        """The model that answered the turn `talk` continues, where it is a candidate
+        and still loaded, its `seconds` less those of the part of the prompt its
+        runner holds: the conversation up to that turn, which Ollama does not evaluate
+        again (`proxy.continuations`), the same share of the prompt's tokens as of the
+        messages' bytes."""
+        held = self.conversations.model_of(talk)
+        if held is None or held not in eligible.names:
+            return None
+        i = eligible.names.index(held)
+        if terms.load_seconds[i] > 0:
+            return None  # unloaded since: its runner holds nothing
+        seconds[i] -= self.telemetry.prompt_seconds(
+            eligible.backends[i], eligible.candidates[i], prompt_tokens * talk.share
+        )
+        return held
 
     def _check_available(self, others: bool) -> None:
         """No model at all is the backends' state, not the request's fault: a 503

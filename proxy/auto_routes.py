@@ -443,6 +443,9 @@ class AutoRoutes:
                     for s in decision.ranking
                 ],
                 "filtered": filtered,
+                # The model that answered the turn this chat continues, while loaded:
+                # its expected_seconds leave out the part of the prompt its runner holds.
+                "held_by": spelled(choice.held_by) if choice.held_by else None,
                 "legend": LEGEND,
             }
         )

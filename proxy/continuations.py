@@ -1,4 +1,4 @@
-"""Which model wrote a `/api/generate` context, so that `auto` continues it there.
+"""Which model wrote a conversation's last turn, so that `auto` continues it there.
 
 An `/api/generate` answer ends with `context`, the conversation so far as the model's
 own token ids; a client continues the conversation by sending it back with the next
@@ -12,12 +12,28 @@ The end (`ENDING` token ids) stands for the whole: the ids of two conversations 
 alike only where their last answers do, and then either model has its own context. The
 memory is this proxy's, bounded; a context it does not know (another replica's, one
 older than it remembers, one from before a restart) is routed as any request.
+
+A chat request (`/api/chat`, `/v1/chat/completions`, `/v1/messages`) carries the whole
+conversation as text, which any model can continue; but the runner of the model that
+answered the last turn holds its tokens, and Ollama evaluates only what follows the
+part of a prompt its runner already holds. Another model evaluates the whole
+conversation again, and loading it may evict the first. So the proxy remembers which
+model answered each conversation `auto` chose the model of (a digest of its messages,
+per client), and the next turn, whose messages before its last answer's turn are
+those, credits that model the seconds that part of the prompt takes, while it is
+loaded (`proxy.auto`): a profile that weighs time keeps a conversation where it is
+unless another model is worth the wait, and `auto:best`, which weighs none, chooses as
+for any request.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 # How many token ids at the end of a context stand for it.
 ENDING = 16
@@ -82,3 +98,67 @@ class Continuations:
         """The model that wrote `context` (a request's `context` field), if remembered."""
         ending = sent_ending(context)
         return None if ending is None else self._models.get(ending)
+
+
+# The chat routes whose requests carry the whole conversation as `messages`, an
+# answer's turn in the role "assistant".
+CHAT_PATHS = frozenset({"/api/chat", "/v1/chat/completions", "/v1/messages"})
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    """A chat request's conversation as `Conversations` keys it: `whole`, the digest of
+    its messages (an answer to it continues it); `before`, that of the messages before
+    its last answer's turn (the earlier request that answer continued), None with no
+    such turn; `share`, the part of the messages' bytes before that turn."""
+
+    whole: str
+    before: str | None
+    share: float
+
+
+def conversation(scope: str, path: str, messages: Any) -> Conversation | None:
+    """The `Conversation` of a chat request's `messages` from client `scope` on `path`
+    (one client's conversations are never another's), or None where they are not a
+    list of objects or do not serialize (a number beyond 64 bits, nesting deeper than
+    JSON serializers take)."""
+    if path not in CHAT_PATHS or not isinstance(messages, list) or not messages:
+        return None
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{len(scope)}:{scope}{path}".encode())
+    before: str | None = None
+    total = at = 0
+    try:
+        for message in messages:
+            if not isinstance(message, dict):
+                return None
+            if message.get("role") == "assistant":
+                before, at = digest.copy().hexdigest(), total
+            data = orjson.dumps(message)
+            digest.update(len(data).to_bytes(8, "little"))
+            digest.update(data)
+            total += len(data)
+    except (orjson.JSONEncodeError, TypeError):
+        return None
+    return Conversation(digest.hexdigest(), before, at / total if total else 0.0)
+
+
+class Conversations:
+    """Which model answered each chat conversation `auto` chose the model of, by its
+    `Conversation.whole`, so that the next turn can credit that model the prompt its
+    runner holds (`proxy.auto`). Bounded, least recently used dropped first."""
+
+    def __init__(self, size: int = REMEMBERED) -> None:
+        self.size = size
+        self._models: OrderedDict[str, str] = OrderedDict()
+
+    def remember(self, whole: str, model: str) -> None:
+        models = self._models
+        models[whole] = model
+        models.move_to_end(whole)
+        if len(models) > self.size:
+            models.popitem(last=False)
+
+    def model_of(self, talk: Conversation) -> str | None:
+        """The model that answered the turn `talk` continues, if remembered."""
+        return None if talk.before is None else self._models.get(talk.before)

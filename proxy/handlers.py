@@ -331,6 +331,7 @@ class Handlers:
             # The client reads the name as the model list spells it (the registry folds it).
             spelled = self.auto.registry.spelled(chosen)
             decided.choice = choice
+            decided.conversation = choice.conversation
             decided.features = choice.request_features
             score = decision.score
             served.extra.update(

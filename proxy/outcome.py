@@ -55,6 +55,9 @@ class Decided:
     # request is over: they are for the completion hooks, and the request goes to its
     # backend without waiting for them.
     choice: Records | None = None
+    # A chat conversation `auto` chose the model of (`proxy.continuations`): remembered
+    # with the model that answers it.
+    conversation: str | None = None
 
     def settle(self) -> None:
         """Write the records of `choice` for the completion hooks."""

@@ -120,6 +120,13 @@ class Telemetry:
         rates = self._rates.get((backend, name))
         return rates.load_seconds if rates is not None and rates.loads else None
 
+    def prompt_seconds(self, backend: str, candidate: Candidate, tokens: float) -> float:
+        """Seconds `candidate` takes on `backend` to evaluate `tokens` of prompt, from its
+        observed rate or else the prior's, as `expected_seconds_many` counts them."""
+        rates = self._rates.get((backend, candidate.name))
+        tps = rates.prompt_tps if rates is not None else prior(candidate).prompt_tps
+        return tokens / tps
+
     def expected_seconds_many(
         self,
         backends: Sequence[str],
