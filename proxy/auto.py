@@ -93,7 +93,7 @@ class Choice:
     terms: Terms | None = None  # what loading adds to each candidate
     # A chat request's conversation (`proxy.continuations`): its digest, remembered with
     # the model that answers it, and the model credited as holding its earlier turns.
-    conversation: str | None = None
+    conversation: int | None = None
     held_by: str | None = None
 
     def records(self) -> tuple[dict[str, Any], dict[str, Any]]:

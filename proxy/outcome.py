@@ -57,7 +57,7 @@ class Decided:
     choice: Records | None = None
     # A chat conversation `auto` chose the model of (`proxy.continuations`): remembered
     # with the model that answers it.
-    conversation: str | None = None
+    conversation: int | None = None
 
     def settle(self) -> None:
         """Write the records of `choice` for the completion hooks."""
