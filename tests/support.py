@@ -339,6 +339,17 @@ async def pass_on(request: web.Request, target: str, body: bytes) -> web.Respons
         )
 
 
+async def health_circuit(url: str, backend: str) -> str:
+    """The circuit state the proxy at `url` reports for `backend` (its health endpoint)."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(url + "/api/autoroute/health") as resp,
+    ):
+        doc = await resp.json()
+    (entry,) = [b for b in doc["backends"] if b["url"] == backend]
+    return str(entry["circuit"])
+
+
 def bearer(key: str) -> dict[str, str]:
     """The header that sends an API key."""
     return {"Authorization": f"Bearer {key}"}

@@ -33,6 +33,7 @@ from tests.support import (
     ServerThread,
     file_usage,
     free_port,
+    health_circuit,
     wait_until,
     where_called,
 )
@@ -820,16 +821,6 @@ async def test_ollama_coms_silence_describing_a_cloud_model_opens_no_circuit(
     finally:
         proxy.stop()
         servers.stop(runner)
-
-
-async def health_circuit(url: str, backend: str) -> str:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(url + "/api/autoroute/health") as resp,
-    ):
-        doc = await resp.json()
-    (entry,) = [b for b in doc["backends"] if b["url"] == backend]
-    return str(entry["circuit"])
 
 
 async def test_a_flapping_backend_never_loses_a_request(servers: ServerThread) -> None:

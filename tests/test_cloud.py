@@ -38,7 +38,15 @@ from tests.cloud_standin import (
     Seen,
     create_app,
 )
-from tests.support import Emulator, Proxy, ServerThread, bearer, free_port, slow_reader
+from tests.support import (
+    Emulator,
+    Proxy,
+    ServerThread,
+    bearer,
+    free_port,
+    health_circuit,
+    slow_reader,
+)
 from tests.usage_services import Database, postgres_usage
 
 OPENAI_ENV = "CLOUD_TEST_OPENAI_KEY"
@@ -968,16 +976,6 @@ async def test_with_keys_the_health_names_cloud_models_only_to_a_key_that_sees_e
         proxy.stop()
 
 
-async def _circuit(url: str, backend: str) -> str:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(url + "/api/autoroute/health") as resp,
-    ):
-        doc = await resp.json()
-    (entry,) = [b for b in doc["backends"] if b["url"] == backend]
-    return str(entry["circuit"])
-
-
 async def test_a_backend_restarted_on_its_port_serves_before_the_cloud_does(
     servers: ServerThread, own_emulator: Emulator, cloud_server: StandIn
 ) -> None:
@@ -996,7 +994,7 @@ async def test_a_backend_restarted_on_its_port_serves_before_the_cloud_does(
         status, headers, body = await post(proxy.url + "/api/chat", chat)
         assert status == 200, body
         assert headers["X-Autoroute-Backend"] == "cloud:openai"
-        assert await _circuit(proxy.url, own_emulator.url) == "open"
+        assert await health_circuit(proxy.url, own_emulator.url) == "open"
         own_emulator.restart()
         checks = own_emulator.state.requests["/api/ps"]  # which each check asks
         status, headers, body = await post(
@@ -1005,7 +1003,7 @@ async def test_a_backend_restarted_on_its_port_serves_before_the_cloud_does(
         assert status == 200, body
         assert headers["X-Autoroute-Backend"] == "cloud:openai"
         assert own_emulator.state.requests["/api/ps"] == checks
-        assert await _circuit(proxy.url, own_emulator.url) == "open"
+        assert await health_circuit(proxy.url, own_emulator.url) == "open"
         answers = await asyncio.gather(*(post(proxy.url + "/api/chat", chat) for _ in range(8)))
         assert [status for status, _, _ in answers] == [200] * 8
         assert [h.get("X-Autoroute-Backend") for _, h, _ in answers] == [None] * 8
