@@ -30,10 +30,11 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import orjson
 
+K = TypeVar("K", str, int)
 # How many token ids at the end of a context stand for it.
 ENDING = 16
 # Contexts remembered, least recently used dropped first.
@@ -81,22 +82,31 @@ def sent_ending(context: Any) -> str | None:
     return ",".join(map(str, tail))
 
 
-class Continuations:
+class _Writers(Generic[K]):
+    """Which model wrote what `K` stands for, the least recently used dropped first
+    beyond `size`."""
+
     def __init__(self, size: int = REMEMBERED) -> None:
         self.size = size
-        self._models: OrderedDict[str, str] = OrderedDict()
+        self._models: OrderedDict[K, str] = OrderedDict()
 
-    def remember(self, ending: str, model: str) -> None:
+    def remember(self, key: K, model: str) -> None:
         models = self._models
-        models[ending] = model
-        models.move_to_end(ending)
+        models[key] = model
+        models.move_to_end(key)
         if len(models) > self.size:
             models.popitem(last=False)
 
+    def _of(self, key: K | None) -> str | None:
+        return None if key is None else self._models.get(key)
+
+
+class Continuations(_Writers[str]):
+    """By the ending of the context each answer returned (`answered_ending`)."""
+
     def model_of(self, context: Any) -> str | None:
         """The model that wrote `context` (a request's `context` field), if remembered."""
-        ending = sent_ending(context)
-        return None if ending is None else self._models.get(ending)
+        return self._of(sent_ending(context))
 
 
 # The chat routes whose requests carry the whole conversation as `messages`, an
@@ -144,22 +154,11 @@ def conversation(scope: str, path: str, messages: Any) -> Conversation | None:
     return Conversation(digest, before, at / total if total else 0.0)
 
 
-class Conversations:
+class Conversations(_Writers[int]):
     """Which model answered each chat conversation `auto` chose the model of, by its
     `Conversation.whole`, so that the next turn can credit that model the prompt its
-    runner holds (`proxy.auto`). Bounded, least recently used dropped first."""
-
-    def __init__(self, size: int = REMEMBERED) -> None:
-        self.size = size
-        self._models: OrderedDict[int, str] = OrderedDict()
-
-    def remember(self, whole: int, model: str) -> None:
-        models = self._models
-        models[whole] = model
-        models.move_to_end(whole)
-        if len(models) > self.size:
-            models.popitem(last=False)
+    runner holds (`proxy.auto`)."""
 
     def model_of(self, talk: Conversation) -> str | None:
         """The model that answered the turn `talk` continues, if remembered."""
-        return None if talk.before is None else self._models.get(talk.before)
+        return self._of(talk.before)
