@@ -70,6 +70,13 @@ What is relied on, and why:
   as its last entry) and `_max_msg_queue_size`: `one_message_per_feed`,
   `feed_held_back`. aiohttp drops the messages a read completed before bytes that do
   not parse (the error replaces them); Go answers those requests first.
+* llhttp refuses a byte beyond ASCII in a request target with an `InvalidURLError`
+  whose message quotes the line (from its start, or from the start of the feed, as
+  far as the feed holds it: `_quoted_line`), and the C parser's `__init__`, called
+  again, starts it afresh (llhttp's state, its messages, its held-back bytes); a
+  message's `path` (the request's `raw_path`) can be replaced and its `url` kept:
+  `one_message_per_feed` (`_GoRequestParser`) reads such a line again,
+  percent-encoded, from the end of the request before it.
 * llhttp pauses after a request that asks to switch protocols (`Connection: upgrade`
   with an `Upgrade`), at once on the parser's next feed (a `one_message_per_feed`
   parser has paused after the request already), and the C parser then drops every byte
@@ -146,6 +153,7 @@ from aiohttp.web_request import BaseRequest
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from proxy import target_bytes
 from proxy.config import AIOHTTP_UNCHECKED_ENV
 from proxy.config_reading import switch
 from proxy.go_keep_alive import closes
@@ -259,29 +267,135 @@ def stop_serving(handler: web.RequestHandler) -> None:
 class _GoRequestParser(HttpRequestParser):
     """aiohttp's C request parser that reads on, as HTTP/1.1, after a request asking
     to switch protocols (see the module's notes), from the feed after that request's
-    body has ended. The normal case costs one attribute test per feed and one per
-    request."""
+    body has ended; and that reads a request line whose target has bytes beyond ASCII,
+    which llhttp refuses and Go reads, again from the line's start with those bytes
+    percent-encoded (`proxy.target_bytes`), the request keeping its target as sent.
 
-    __slots__ = ("_asked",)
+    For that it keeps the bytes it was given since the end of the last request it read
+    (`_pending`: the head being read, or requests held back behind that one), known
+    from the request's head and its Content-Length; after a body framed otherwise (or
+    a request asking to switch protocols), where its next request starts is unknown
+    until the connection says (`mark`). The normal case costs a few attribute tests
+    per feed, and per request one search for the end of its head."""
+
+    __slots__ = ("_args", "_asked", "_kwargs", "_open", "_pending", "_rest", "_sent")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._args, self._kwargs = args, kwargs  # to read afresh from a request line
         # The body of the last request that asked to switch protocols, until llhttp has
         # made its pause after it.
         self._asked: StreamReader | None = None
+        # The bytes given since the end of the last request read, one read each (None:
+        # unknown), and how many bytes of its body are still to come (None: unknown,
+        # as for a body not framed by its Content-Length).
+        self._pending: list[bytes] | None = []
+        self._rest: int | None = 0
+        # The start of a target as llhttp reads it (percent-encoded) and as it was
+        # sent, a part for each read, until the request it starts is read; whether
+        # that target goes on in the bytes given next.
+        self._sent: tuple[list[bytes], list[bytes]] | None = None
+        self._open = False
+
+    def mark(self) -> None:
+        """The next bytes given start a request (or line ends before one)."""
+        self._pending, self._rest = [], 0
 
     def feed_data(  # type: ignore[override]
         self, data: bytes
     ) -> tuple[list[tuple[RawRequestMessage, StreamReader]], bool, bytes]:
+        rest = self._rest
+        pending = None if rest else self._pending  # a body's bytes come first
+        if pending is not None and data:
+            pending.append(data)
+            if self._open:
+                data = self._target_goes_on(data)
         asked = self._asked
         if asked is not None and asked.is_eof():
             data = self._after_upgrade(asked, data)
-        messages, upgraded, tail = HttpRequestParser.feed_data(self, data)
+        try:
+            messages, upgraded, tail = HttpRequestParser.feed_data(self, data)
+        except InvalidURLError as exc:
+            if pending is None:
+                raise
+            again, (messages, upgraded, tail) = self._read_again(b"".join(pending), exc)
+            pending = self._pending = [again]
         if messages:
             message, payload = messages[-1]
-            if message.upgrade and message.method != hdrs.METH_CONNECT:
-                self._asked = payload
+            if self._sent is not None:
+                messages = self._as_sent(messages)
+            if message.chunked or message.upgrade or message.method == hdrs.METH_CONNECT:
+                self._pending = self._rest = None
+                if message.upgrade and message.method != hdrs.METH_CONNECT:
+                    self._asked = payload
+            elif pending is None:
+                self._rest = None
+            else:
+                given = b"".join(pending)
+                length = int(message.headers.get(hdrs.CONTENT_LENGTH, 0))
+                end = target_bytes.request_end(given, length)
+                if end is None:
+                    self._pending = self._rest = None
+                elif end < len(given):
+                    # The request ended in these bytes: what follows it is held back.
+                    self._pending, self._rest = [given[end:]], 0
+                else:
+                    self._pending, self._rest = [], end - len(given)
+        elif rest:
+            if rest < len(data):
+                self._pending, self._rest = [data[rest:]], 0  # held back behind the body
+            else:
+                self._pending, self._rest = [], rest - len(data)
         return messages, upgraded, tail
+
+    def _read_again(
+        self, pending: bytes, exc: InvalidURLError
+    ) -> tuple[bytes, tuple[list[tuple[RawRequestMessage, StreamReader]], bool, bytes]]:
+        """Read afresh from the request line llhttp refused, when its target has bytes
+        beyond ASCII and the line is the one `pending` starts with: what was given
+        from that line on, and the parse. Else raise `exc`."""
+        found = target_bytes.failed_line(pending, _quoted_line(exc) or b"")
+        if found is None:
+            raise exc
+        line, start, end = found
+        target = pending[start:end]
+        escaped = target_bytes.encoded(target)
+        if escaped is None:
+            raise exc
+        self._sent = ([escaped], [target])
+        # A target that goes on past these bytes is encoded as its bytes come
+        # (`_target_goes_on`): read again at each, a long one would cost its length
+        # squared.
+        self._open = end == len(pending)
+        HttpRequestParser.__init__(self, *self._args, **self._kwargs)
+        again = pending[line:start] + escaped + pending[end:]
+        return pending[line:], HttpRequestParser.feed_data(self, again)
+
+    def _as_sent(
+        self, messages: list[tuple[RawRequestMessage, StreamReader]]
+    ) -> list[tuple[RawRequestMessage, StreamReader]]:
+        """`messages`, the first of which is the request read from the target this
+        parser percent-encoded, with that target (its `path`, the request's `raw_path`)
+        as sent; its URL stays as llhttp read it."""
+        assert self._sent is not None
+        escaped = b"".join(self._sent[0]).decode("ascii")
+        sent = b"".join(self._sent[1]).decode("utf-8", "surrogateescape")  # as aiohttp does
+        self._sent, self._open = None, False
+        (message, payload), *others = messages
+        if message.path.startswith(escaped):
+            message = message._replace(path=sent + message.path[len(escaped) :])
+        return [(message, payload), *others]
+
+    def _target_goes_on(self, data: bytes) -> bytes:
+        """`data`, which goes on with a target read again, with the target's bytes
+        beyond ASCII percent-encoded; noted as sent (`_sent`)."""
+        assert self._sent is not None
+        part, ended = target_bytes.target_part(data)
+        escaped = target_bytes.percent_encoded(part)
+        self._sent[0].append(escaped)
+        self._sent[1].append(part)
+        self._open = not ended
+        return escaped + data[len(part) :]
 
     def _after_upgrade(self, asked: StreamReader, data: bytes) -> bytes:
         """The bytes the parser holds and `data`, given back by the feed that meets
@@ -307,13 +421,15 @@ def one_message_per_feed(
     read_bufsize: int = DEFAULT_CHUNK_SIZE,
     auto_decompress: bool = True,
     **_: Any,
-) -> None:
+) -> Callable[[], None]:
     """Give `handler` a parser built as aiohttp builds it (from the same options) that
     stops after each complete request and keeps the bytes after it for its next feed
     (`feed_held_back`), so that a request is queued before bytes behind it that do
-    not parse are refused; and that reads on after a request asking to switch
-    protocols, as Go does (`_GoRequestParser`)."""
-    handler._parser = _GoRequestParser(
+    not parse are refused; that reads on after a request asking to switch protocols,
+    as Go does; and that reads a target with bytes beyond ASCII as Go does
+    (`_GoRequestParser`). Returned: how to tell it that the bytes it is given next
+    start a request, where it cannot know that itself (after a chunked body)."""
+    parser = handler._parser = _GoRequestParser(
         handler,
         loop,
         read_bufsize,
@@ -324,6 +440,7 @@ def one_message_per_feed(
         auto_decompress=auto_decompress,
         max_msg_queue_size=1,
     )
+    return parser.mark
 
 
 def feed_held_back(handler: web.RequestHandler, data_received: Callable[[bytes], None]) -> None:

@@ -96,6 +96,16 @@ unparsable request with `400 Bad Request`, and logs neither. Here:
   the refused head be parsed again from the read: the parser tells no offset, and a
   parse started anywhere but at the head's first byte could read a body's bytes as a
   request. The refusal reaches no backend, so no body can be framed two ways;
+* a request target with bytes beyond ASCII (UTF-8 sent as it is: `/api/tags?x=é`),
+  which llhttp refuses and Go reads (its `ParseRequestURI` refuses control bytes
+  alone), is read as Go reads it, on any request of the connection: the parser reads
+  the line again with those bytes percent-encoded, which routes as Go routes them,
+  and the request keeps its target as sent, which the proxy relays
+  (`proxy.target_bytes`, `one_message_per_feed`). The line is read again only on the
+  parser's refusal; where it starts is known from the end of the request before it
+  (its head and Content-Length), so a line behind a body framed otherwise (chunked,
+  unless its size lines were read as Go reads them: above) keeps the plain 400, and
+  so does a target whose authority has such a byte;
 * a method llhttp does not know but Go reads (any token: `FOO`, `get`, `DESCRIBE`),
   and a CONNECT whose path aiohttp's C parser cannot read (`/api/blobs/sha256:...`),
   gets Ollama's answer for its target, read from the request line the parser's error
@@ -370,6 +380,7 @@ class ClientConnection(RequestHandler):
         "_heads",
         "_line",
         "_request_ids",
+        "_request_starts",
         "_te_refused",
     )
 
@@ -383,7 +394,8 @@ class ClientConnection(RequestHandler):
         **kwargs: Any,
     ) -> None:
         super().__init__(manager, **kwargs)
-        one_message_per_feed(self, **kwargs)
+        # Tells the parser that the bytes it is given next start a request.
+        self._request_starts = one_message_per_feed(self, **kwargs)
         self._request_ids = request_ids  # the proxy's refusals name themselves; Go's not
         self._head_seconds = head_seconds
         self._head_budget = head_budget
@@ -464,6 +476,7 @@ class ClientConnection(RequestHandler):
                 # whose own chunked body may follow.
                 self._chunks = None
                 super().data_received(data[:end])
+                self._request_starts()
                 data = data[end:]
                 if queued_error(self) is not None:
                     return refusal

@@ -22,12 +22,13 @@ import types
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.base_protocol import BaseProtocol
-from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+from aiohttp.http_exceptions import HttpProcessingError, InvalidURLError, LineTooLong
 from aiohttp.http_parser import HttpRequestParser
 from aiohttp.test_utils import make_mocked_request
 from aiohttp.web_protocol import RequestPayloadError
@@ -366,6 +367,91 @@ async def test_requests_behind_one_asking_to_switch_protocols_are_read(
         assert read == [(["/u"], False, b"")] + [([], False, b"")] * 3
     else:
         assert read[:2] == [(["/u"], False, b""), ([], True, behind)]
+
+
+BEYOND_ASCII = b"GET /t\xc3\xa9?q=\xff HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "feeds",
+    [
+        [BEYOND_ASCII],
+        [b"POST /1 HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab" + BEYOND_ASCII, b""],
+        [b"POST /1 HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nab", b"cd" + BEYOND_ASCII],
+        [BEYOND_ASCII[:8], BEYOND_ASCII[8:13], BEYOND_ASCII[13:]],
+    ],
+    ids=["alone", "behind-a-body", "behind-a-body-read-later", "in-pieces"],
+)
+@pytest.mark.parametrize("adapted", [False, True], ids=["aiohttp", "adapter"])
+async def test_a_target_beyond_ascii_is_read_again_from_its_line(
+    feeds: list[bytes], adapted: bool
+) -> None:
+    """llhttp refuses a byte beyond ASCII in a target with an InvalidURLError quoting
+    the line (as far as the feed holds it); calling the parser's `__init__` again
+    starts it afresh. The adapter's parser reads the line again with those bytes
+    percent-encoded: the request's `path` is the target as sent, its URL decoded."""
+    handler = mock.Mock()  # the protocol a body's reader pauses and resumes
+    loop = asyncio.get_running_loop()
+    if adapted:
+        one_message_per_feed(handler, loop)  # type: ignore[arg-type]
+        parser = handler._parser
+    else:
+        parser = HttpRequestParser(
+            handler, loop, 2**16, payload_exception=RequestPayloadError, max_msg_queue_size=1
+        )
+    messages = []
+    try:
+        for data in [*feeds, b""]:
+            messages += [m for m, _ in parser.feed_data(data)[0]]
+    except InvalidURLError as exc:
+        assert not adapted
+        quoted = internals._quoted_line(exc)
+        assert quoted is not None and not quoted.isascii() and BEYOND_ASCII.startswith(quoted)
+        HttpRequestParser.__init__(parser, handler, loop, 2**16, max_msg_queue_size=1)
+        [(message, _)], _, _ = parser.feed_data(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert message.path == "/a"
+        return
+    assert adapted
+    message = messages[-1]
+    assert message.path == "/t\xe9?q=\udcff"  # as aiohttp decodes what it reads
+    assert message.url.path == "/t\xe9"
+    assert message.url.raw_query_string == "q=%FF"
+
+
+async def test_a_target_read_again_keeps_what_follows_in_a_later_feed() -> None:
+    """A target read again before its end has come: what comes later is appended to
+    the target as sent."""
+    handler = mock.Mock()
+    one_message_per_feed(handler, asyncio.get_running_loop())
+    parser = handler._parser
+    assert parser.feed_data(b"GET /t\xc3\xa9") == ((), False, b"")
+    [(message, _)], _, _ = parser.feed_data(b"x?q=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert message.path == "/t\xe9x?q=1"
+    assert message.url.path == "/t\xe9x"
+
+
+async def test_a_target_beyond_ascii_sent_a_byte_at_a_time_is_read_again_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What comes of a target after it was read again is encoded as it comes: read
+    again at each byte, a target of n bytes would cost n squared."""
+    parser_class = internals._GoRequestParser
+    read_again = parser_class._read_again
+    calls = []
+
+    def counted(self: Any, *args: Any) -> Any:
+        calls.append(1)
+        return read_again(self, *args)
+
+    monkeypatch.setattr(parser_class, "_read_again", counted)
+    handler = mock.Mock()
+    one_message_per_feed(handler, asyncio.get_running_loop())
+    parser = handler._parser
+    for data in [b"GET /", *[b"\xc3", b"\xa9"] * 50, b" HTTP/1.1\r\nHost: x\r\n\r\n"]:
+        messages, _, _ = parser.feed_data(data)
+    [(message, _)] = messages
+    assert message.path == "/" + "\xe9" * 50
+    assert len(calls) == 1
 
 
 @pytest.mark.parametrize(

@@ -322,3 +322,137 @@ async def test_options_asterisk_reads_a_body_of_4_kib_at_most_as_go_does(
         assert await stays_open(sock) is kept
     finally:
         sock.close()
+
+
+# Request targets with raw bytes beyond ASCII (UTF-8 sent as it is, not percent-encoded):
+# Go's `ParseRequestURI` refuses only control bytes (`stringContainsCTLByte`: below 0x20,
+# and 0x7f) and reads these as any other, its `URL.Path` decoded as from `%C3%A9`; gin
+# routes by that path. llhttp refuses them ("Invalid char in url").
+CHAT_BODY = orjson.dumps(
+    {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": False}
+)
+RAW_TARGETS = {
+    "query": (b"GET /api/tags?x=\xc3\xa9 HTTP/1.1\r\nHost: localhost\r\n\r\n", 200),
+    "path": (b"GET /api/t\xc3\xa9 HTTP/1.1\r\nHost: localhost\r\n\r\n", 404),
+    "post-query": (
+        b"POST /api/chat?x=\xc3\xa9 HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n%b"
+        % (len(CHAT_BODY), CHAT_BODY),
+        200,
+    ),
+    "invalid-utf8": (b"GET /api/tags?x=\xff HTTP/1.1\r\nHost: localhost\r\n\r\n", 200),
+}
+GET_VERSION = b"GET /api/version HTTP/1.1\r\nHost: localhost\r\n\r\n"
+
+
+def ollamas_answer(head: bytes, body: bytes, status: int) -> None:
+    """Ollama's answer to one of `RAW_TARGETS`: the route's, or gin's 404."""
+    assert head.startswith(b"HTTP/1.1 %d " % status), head + body
+    if status == 404:
+        assert body == b"404 page not found"
+        assert fields_of(head)["content-type"] == b"text/plain"
+    else:
+        assert orjson.loads(body), body
+
+
+async def answer_read(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """The next answer on the connection, framed by its Content-Length: head, body."""
+    async with asyncio.timeout(60):
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = fields_of(head[:-4]).get("content-length")
+        assert length is not None, head + await reader.read()
+        return head[:-4], await reader.readexactly(int(length))
+
+
+@pytest.mark.parametrize("server", ["proxy", "emulator"])
+@pytest.mark.parametrize(
+    "how",
+    [
+        "first",
+        "later",
+        "pipelined",
+        "pipelined-after-chunked",
+        "pipelined-twice",
+        "in-pieces",
+        "byte-by-byte",
+    ],
+)
+@pytest.mark.parametrize("target", list(RAW_TARGETS))
+async def test_a_target_with_bytes_beyond_ascii_is_read_as_go_reads_it(
+    wire: Proxy, emulator: Emulator, server: str, how: str, target: str
+) -> None:
+    request, status = RAW_TARGETS[target]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(server, wire, emulator))
+    try:
+        if how == "later":
+            writer.write(GET_VERSION)
+            head, _ = await answer_read(reader)
+            assert head.startswith(b"HTTP/1.1 200 "), head
+        if how in ("in-pieces", "byte-by-byte"):
+            # Cut inside the target's bytes beyond ASCII, or a byte at a time, each
+            # piece a read of its own (most likely).
+            cut = request.index(b" HTTP/") - 1
+            halves = [request[:cut], request[cut:]]
+            for piece in halves if how == "in-pieces" else byte_by_byte(request):
+                writer.write(piece)
+                await writer.drain()
+                await asyncio.sleep(0.05 if how == "in-pieces" else 0.002)
+        elif how.startswith("pipelined"):
+            # Behind a request with a body in the same write; or twice.
+            before = PIPELINED_SHOW.get(how, request)
+            writer.write(before + request)
+            if before is not request:
+                head, body = await answer_read(reader)
+                assert head.startswith(b"HTTP/1.1 200 "), head
+                assert orjson.loads(body)["details"]
+            else:
+                ollamas_answer(*await answer_read(reader), status)
+        else:
+            writer.write(request)
+        ollamas_answer(*await answer_read(reader), status)
+        writer.write(GET_VERSION)  # the connection serves on
+        head, _ = await answer_read(reader)
+        assert head.startswith(b"HTTP/1.1 200 "), head
+    finally:
+        writer.close()
+
+
+PIPELINED_SHOW = {
+    "pipelined": b"POST /api/show HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n%b"
+    % (len(SHOW_BODY), SHOW_BODY),
+    "pipelined-after-chunked": b"POST /api/show HTTP/1.1\r\nHost: localhost\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%b\r\n0\r\n\r\n" % (len(SHOW_BODY), SHOW_BODY),
+}
+
+
+@pytest.mark.parametrize(
+    "target", [b"/api/show?x=\xc3\xa9", b"/api/sh\xc3\xa9", b"/api/show?x=\xff&y=%C3%A9"]
+)
+async def test_a_target_beyond_ascii_reaches_the_backend_as_sent(
+    wire: Proxy, emulator: Emulator, target: bytes
+) -> None:
+    """The backend (Go) gets the client's bytes, which it reads as Ollama would."""
+    answer = await answer_to(
+        wire.port,
+        b"POST %b HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: %d"
+        b"\r\n\r\n%b" % (target, len(SHOW_BODY), SHOW_BODY),
+    )
+    [(head, _)] = responses_of(answer)
+    assert head.startswith(b"HTTP/1.1 %d " % (404 if b"?" not in target else 200)), answer
+    assert emulator.state.last_target == target
+
+
+@pytest.mark.parametrize("server", ["proxy", "emulator"])
+@pytest.mark.parametrize(
+    "target",
+    [b"/api/t\xc3\xa9\x01", b"/api/t\xc3\xa9\x7f", b"/api/t\xc3\xa9 x"],
+    ids=["control", "delete", "space"],
+)
+async def test_a_target_beyond_ascii_go_refuses_gets_its_400(
+    wire: Proxy, emulator: Emulator, server: str, target: bytes
+) -> None:
+    """A control byte after the bytes beyond ASCII (`stringContainsCTLByte`), or a line
+    with a third space, is still Go's plain 400."""
+    answer = await answer_to(
+        port_of(server, wire, emulator), b"GET %b HTTP/1.1\r\nHost: localhost\r\n\r\n" % target
+    )
+    assert (go_answer(answer) if server == "proxy" else answer) == BAD_REQUEST

@@ -101,6 +101,7 @@ async def _gin(request: web.Request, handler: Handler) -> web.StreamResponse:
     state = state_of(request)
     state.requests[path] += 1
     state.last_headers = {k.lower(): v for k, v in request.headers.items()}
+    state.last_target = utf8(request.raw_path)
     # Go's ServeMux, in front of gin: a path that is not clean runs no handler.
     redirected = go_mux.redirect(request)
     if redirected is not None:

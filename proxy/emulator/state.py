@@ -115,6 +115,8 @@ class EmulatorState:
     requests: collections.Counter[str] = field(default_factory=collections.Counter)
     # The headers of the last request (lower-cased names), to check what proxies forward.
     last_headers: dict[str, str] = field(default_factory=dict)
+    # The target of the last request, as sent.
+    last_target: bytes = b""
     # In-flight generations (streaming or not) on the inference routes.
     active_streams: int = 0
     # Generations that ran to their final chunk.
