@@ -456,3 +456,21 @@ async def test_a_target_beyond_ascii_go_refuses_gets_its_400(
         port_of(server, wire, emulator), b"GET %b HTTP/1.1\r\nHost: localhost\r\n\r\n" % target
     )
     assert (go_answer(answer) if server == "proxy" else answer) == BAD_REQUEST
+
+
+@pytest.mark.parametrize("server", ["proxy", "emulator"])
+async def test_the_mux_reads_a_target_beyond_ascii_as_sent(
+    wire: Proxy, emulator: Emulator, server: str
+) -> None:
+    """Go's mux cleans `URL.EscapedPath()`, which for a path sent with bytes beyond
+    ASCII (not a valid encoding) is the decoded path escaped again: `(` as `%28` too,
+    which a percent-encoded form of the same path would keep as it is; then the
+    redirect escapes the cleaned path once more."""
+    answer = await answer_to(
+        port_of(server, wire, emulator),
+        b"GET /api/../t(\xc3\xa9)?x=\xc3\xa9 HTTP/1.1\r\nHost: localhost\r\n"
+        b"Connection: close\r\n\r\n",
+    )
+    [(head, _)] = responses_of(answer)
+    assert head.startswith(b"HTTP/1.1 307 "), answer
+    assert fields_of(head)["location"] == b"/t%2528%25C3%25A9%2529?x=%c3%a9"
