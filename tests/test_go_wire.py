@@ -474,3 +474,25 @@ async def test_the_mux_reads_a_target_beyond_ascii_as_sent(
     [(head, _)] = responses_of(answer)
     assert head.startswith(b"HTTP/1.1 307 "), answer
     assert fields_of(head)["location"] == b"/t%2528%25C3%25A9%2529?x=%c3%a9"
+
+
+@pytest.mark.parametrize("server", ["proxy", "emulator"])
+async def test_a_target_beyond_ascii_in_a_body_is_no_request(
+    wire: Proxy, emulator: Emulator, server: str
+) -> None:
+    """The line read again is the one after the body before it (by its length), not a
+    request line the body holds."""
+    inside = b"GET /api/t\xc3\xa9 HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    request, status = RAW_TARGETS["query"]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(server, wire, emulator))
+    try:
+        writer.write(
+            b"POST /api/show HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n%b%b"
+            % (len(inside), inside, request)
+        )
+        head, body = await answer_read(reader)
+        assert head.startswith(b"HTTP/1.1 400 "), head
+        assert orjson.loads(body)["error"]
+        ollamas_answer(*await answer_read(reader), status)
+    finally:
+        writer.close()
