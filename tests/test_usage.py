@@ -195,11 +195,14 @@ async def test_default_sink_is_a_jsonl_file_and_stats_come_from_memory(
             assert events[5]["prompt_sha256"] == hashlib.sha256(b"hi").hexdigest()
 
             async def rated() -> bool:
+                # The rating counts in memory as soon as the dispatcher sees it; the file
+                # takes it with the sinks' next batch, and counts it once that is written.
                 async with http.get("/api/autoroute/stats") as resp:
                     stats = orjson.loads(await resp.read())
-                return bool(stats["models"][0]["ratings"]["count"] == 1)
+                rating = stats["models"][0]["ratings"]["count"] == 1
+                return bool(rating and stats["sinks"]["file"]["written"] == 7)
 
-            await wait_for(rated, what="the rating")
+            await wait_for(rated, what="the rating, in memory and in the file")
             async with http.get("/api/autoroute/stats") as resp:
                 stats = orjson.loads(await resp.read())
         assert stats["source"] == "memory"
