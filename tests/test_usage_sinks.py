@@ -181,9 +181,17 @@ async def test_events_reach_postgres_kafka_and_file_field_by_field(usage_proxy: 
         from_file = {orjson.loads(line)["request_id"]: orjson.loads(line) for line in lines}
         assert from_file == {rid: rows[rid]["event"] for rid in ids}
 
-        # Stats from PostgreSQL.
-        async with http.get("/api/autoroute/stats") as resp:
-            stats = orjson.loads(await resp.read())
+        # Stats from PostgreSQL. A sink counts a batch as written once its write
+        # returns, which can be after what it wrote is readable.
+        stats: dict[str, Any] = {}
+
+        async def counted() -> bool:
+            nonlocal stats
+            async with http.get("/api/autoroute/stats") as resp:
+                stats = orjson.loads(await resp.read())
+            return all(c["written"] == 3 for c in stats["sinks"].values())
+
+        await wait_for(counted, what="every sink counting its 3 events written")
         assert stats["source"] == "postgres"
         entry = next(m for m in stats["models"] if m["served_model"] == MODEL)
         assert entry["requests"] == 2 and entry["errors"] == 0
