@@ -129,13 +129,15 @@ class App:
 
     def _telemetry(self, request: web.Request, outcome: Outcome) -> None:
         """What a backend's answer says of its model's speed, for auto's estimates (a
-        cloud fallback's answer says nothing of a local backend's), and which model
-        wrote the context an answer `auto` chose the model of returned, or answered the
-        chat conversation it continued (`proxy.continuations`)."""
+        cloud fallback's answer says nothing of a local backend's), and of its loaded
+        models (`BackendPool.ran`); and which model wrote the context an answer `auto`
+        chose the model of returned, or answered the chat conversation it continued
+        (`proxy.continuations`)."""
         served = outcome.served
         model = served.model
         if served.stats and served.backend and model and not served.provider:
             self.auto.observe(served.backend, model, served.stats)
+            self.backends.ran(served.backend, model)
         if served.context_ending and outcome.decided.decision is not None and model:
             self.auto.continuations.remember(served.context_ending, model)
         talk = outcome.decided.conversation

@@ -404,10 +404,14 @@ class BackendPool:
         self._errors: set[tuple[str, str]] = set()
         # Called after each refresh of every backend (the model registry is one).
         self.listeners: list[Callable[[], Awaitable[None]]] = []
-        # Set when a backend says it has a model it did not list (`changed`): the next
-        # refresh comes early, so that the model is described and offered to `auto`
-        # before the interval ends (the proxy already routes to it by name).
+        # Set when a backend says it has a model it did not list (`changed`), or ran one
+        # its last /api/ps did not list loaded (`ran`): the next refresh comes early, so
+        # that the model is described and offered to `auto` (the proxy already routes
+        # to it by name), or known loaded, before the interval ends.
         self._added = asyncio.Event()
+        self._by_label = {s.label: s for s in self.states}
+        # (backend label, model) that ran since the last refresh, unlisted loaded there.
+        self._ran: set[tuple[str, str]] = set()
         # The weights each model name stands for, by normalised name, for the response
         # cache's key (`weights_of`): the digests every backend lists under the name,
         # sorted and joined; a name some backend lists without a known digest (one a
@@ -577,6 +581,23 @@ class BackendPool:
         state.models = frozenset(models)
         self._weigh()
 
+    def ran(self, label: str, model: str) -> None:
+        """The backend `label` ran `model` to an answer: Ollama keeps it loaded there
+        (its keep_alive) and may have evicted another for it. Where its last /api/ps
+        did not list it loaded, the next refresh comes early (at most one a second),
+        so that `auto` stops charging it a load, and charges the one it evicted,
+        within about a second rather than `health.interval_seconds`: else a second
+        request soon after is routed on the loads before the first, and may go to
+        the model the first evicted. Not marked loaded until the refresh lists it so:
+        a request may have asked Ollama to unload it at once (`keep_alive` 0)."""
+        state = self._by_label.get(label)
+        if state is not None and state.reports_loaded:
+            name = normalize_model(model)
+            if name not in state.loaded and (label, name) not in self._ran:
+                # Its answers until the refresh bring no other.
+                self._ran.add((label, name))
+                self._added.set()
+
     def weights_of(self, model: str) -> str:
         """What `model` stands for on the backends (`weights`): "" when not known."""
         return self.weights.get(normalize_model(model), "")
@@ -723,6 +744,7 @@ class BackendPool:
         raised an error none of them expects keeps what it had, logged, and the others
         still run."""
         await asyncio.gather(*(asyncio.shield(self.checking(s)) for s in self.states))
+        self._ran.clear()  # what ran before it, it lists loaded or not
         self._weigh()
         for listener in self.listeners:
             try:

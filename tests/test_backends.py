@@ -1615,7 +1615,13 @@ async def test_a_backend_restarted_on_its_port_serves_before_its_next_check(
         checks = a.state.requests["/api/ps"]  # which each check asks, and none of these
         answers = await asyncio.gather(*(_asked(proxy.url, path, body) for _ in range(8)))
         assert [status for status, _ in answers] == [200] * 8
-        assert a.state.requests["/api/ps"] == checks + 1
+        # One check for the 8; and but for the list, the one refresh their running the
+        # model, which the check did not list loaded, brings forward (`BackendPool.ran`),
+        # or the pull's (`BackendPool.changed`).
+        listed = checks + 1 + (path != "/api/tags")
+        assert await wait_until(lambda: a.state.requests["/api/ps"] >= listed)
+        await asyncio.sleep(1.5)  # a second refresh would come a second after it
+        assert a.state.requests["/api/ps"] == listed
         assert await health_circuit(proxy.url, a.url) == "closed"
         ids = [rid for _, rid in answers] if recorded else []
         events = await events_of(usage, refused, *ids)
@@ -1700,6 +1706,42 @@ async def test_readiness_sees_a_backend_restarted_on_its_port_before_its_next_ch
         assert [status for status, _ in answers] == [200] * 8
         assert a.state.requests["/api/ps"] == checks + 1
         assert await health_circuit(proxy.url, a.url) == "closed"
+    finally:
+        proxy.stop()
+        a.stop()
+
+
+async def _load_seconds(url: str, model: str) -> float:
+    """The load `auto` charges `model` now (explain's ranking)."""
+    body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url + "/api/autoroute/explain", json=body) as resp,
+    ):
+        ranking = (await resp.json())["ranking"]
+    return float(next(c["load_seconds"] for c in ranking if c["model"] == model))
+
+
+async def test_a_model_that_ran_is_known_loaded_before_the_next_health_check(
+    servers: ServerThread,
+) -> None:
+    """Ollama keeps a model it ran loaded (its keep_alive), and may have evicted another
+    for it: a model the backend's last /api/ps did not list loaded that answers has the
+    backend listed again early, so that `auto` stops charging it a load within about a
+    second rather than at the next health check (an hour here)."""
+    a = Emulator(servers, FROZEN)
+    proxy = Proxy(servers, [a.url], health=Health(interval_seconds=3600))
+    try:
+        assert await _load_seconds(proxy.url, SHARED) > 0
+        checks = a.state.requests["/api/ps"]
+        chat = {"model": SHARED, "messages": [{"role": "user", "content": "hi"}], "stream": False}
+        assert (await post(proxy.url, "/api/chat", chat))[0] == 200
+        assert await wait_until(lambda: a.state.requests["/api/ps"] == checks + 1)
+        assert await _load_seconds(proxy.url, SHARED) == 0
+        # Loaded now: another answer of it brings no refresh.
+        assert (await post(proxy.url, "/api/chat", chat))[0] == 200
+        await asyncio.sleep(1.5)
+        assert a.state.requests["/api/ps"] == checks + 1
     finally:
         proxy.stop()
         a.stop()
