@@ -409,7 +409,8 @@ class BackendPool:
         # that the model is described and offered to `auto` (the proxy already routes
         # to it by name), or known loaded, before the interval ends.
         self._added = asyncio.Event()
-        self._by_label = {s.label: s for s in self.states}
+        # Each backend by its label (the name answers and `auto`'s terms give it).
+        self.by_label = {s.label: s for s in self.states}
         # (backend label, model) that ran since the last refresh, unlisted loaded there.
         self._ran: set[tuple[str, str]] = set()
         # The weights each model name stands for, by normalised name, for the response
@@ -590,7 +591,7 @@ class BackendPool:
         request soon after is routed on the loads before the first, and may go to
         the model the first evicted. Not marked loaded until the refresh lists it so:
         a request may have asked Ollama to unload it at once (`keep_alive` 0)."""
-        state = self._by_label.get(label)
+        state = self.by_label.get(label)
         if state is not None and state.reports_loaded:
             name = normalize_model(model)
             if name not in state.loaded and (label, name) not in self._ran:

@@ -104,7 +104,7 @@ class Memory:
         self.backends = backends
         self.registry = registry
         self.telemetry = telemetry
-        self.by_label = {s.label: s for s in backends.states}
+        self.by_label = backends.by_label
         self.sizes: dict[str, float] = {}  # model: GB, as /api/ps last showed it
         self.peak: dict[int, float] = {}  # backend index: most GB seen loaded at once
         self.needs: dict[str, float] = {}  # model: GB, per registry refresh
