@@ -549,12 +549,17 @@ class BackendPool:
                 raise
         return self.choose(model, fetches=fetches)
 
-    async def first_usable(self) -> BackendState:
-        """The first usable backend, the backends that may be back checked again when
-        none is (`recheck`); NoBackend when none is."""
+    async def usable_now(self) -> list[BackendState]:
+        """`usable`, the backends that may be back checked again first when none is
+        (`recheck`)."""
         usable = self.usable()
         if not usable and await self.recheck(None):
             usable = self.usable()
+        return usable
+
+    async def first_usable(self) -> BackendState:
+        """The first backend `usable_now`; NoBackend when none is."""
+        usable = await self.usable_now()
         if not usable:
             raise self.unavailable()
         return usable[0]

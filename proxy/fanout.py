@@ -101,9 +101,7 @@ class Fanout:
         backend's model whose name the proxy answers itself (`claimed`) is listed by
         the longer name that reaches it (`_reachable`), but another autoroute's own
         `auto`, which none reaches."""
-        states = self.backends.usable()
-        if not states and await self.backends.recheck(None):
-            states = self.backends.usable()  # one is back (`BackendPool.recheck`)
+        states = await self.backends.usable_now()
         fleet = sees_fleet(request, self.backends.config.auth.enabled)
         if not states:
             reason = self.backends.unavailable_reason(detailed=fleet)

@@ -720,9 +720,7 @@ class Handlers:
         again at once (`BackendPool.recheck`, one check at a time per backend, shared):
         a probe after a restart sees the backend before its next periodic check."""
         fleet = sees_fleet(request, self.config.auth.enabled)
-        usable = self.backends.usable()
-        if not usable and await self.backends.recheck(None):
-            usable = self.backends.usable()
+        usable = await self.backends.usable_now()
         if not usable:
             reason = self.backends.unavailable_reason(detailed=fleet)
             return error_response(request.path, 503, reason)
