@@ -328,8 +328,7 @@ class Learner:
         if decided is None or event.get("provider"):
             return
         self.observed += 1
-        counted = _Counted.of(decided, event)
-        counted.rater_rates = counted.rater in self.rating
+        counted = self._counted(decided, event)
         # Each id once: a client may send its own request's proxy id as its id.
         ids = dict.fromkeys(
             i
@@ -349,6 +348,19 @@ class Learner:
                     del self.unmatched[rid]
                 self._forget(rid, taken)
         self._retry(event, counted)
+        self._take(ids, counted)
+
+    def _counted(
+        self, decided: tuple[str, str, float, float], event: Mapping[str, Any]
+    ) -> _Counted:
+        """`_Counted.of` the event, knowing whether its rater rates answers."""
+        counted = _Counted.of(decided, event)
+        counted.rater_rates = counted.rater in self.rating
+        return counted
+
+    def _take(self, ids: Iterable[str], counted: _Counted) -> None:
+        """`counted` into the estimate and remembered under `ids`; its rater, where it
+        carries a rating, known to rate answers (`_rates`)."""
         self._count(counted)
         self._remember(ids, counted)
         if counted.ratings:
@@ -688,16 +700,12 @@ class Learner:
             decided = decision_of(event)
             if decided is None:
                 continue
-            counted = _Counted.of(decided, event)
-            counted.rater_rates = counted.rater in self.rating
+            counted = self._counted(decided, event)
             # The proxy that served it counted its implicit outcome: take that back (it
             # knows who rates from the ratings it counts, which this one was not).
             counted.applied = counted.implicit
             counted.rate(ratings)
-            self._count(counted)
-            self._remember((row["request_id"],), counted)
-            if counted.ratings:
-                self._rates(counted.rater)
+            self._take((rid,), counted)
 
     def _expire_unmatched(self) -> None:
         now = time.monotonic()
