@@ -19,6 +19,8 @@ import numpy as np
 from aiohttp import web
 
 from proxy import go_json
+from proxy.aiohttp_internals import state_get
+from proxy.auth import KEY_REQUEST
 from proxy.backends import BackendPool, NoBackend, normalize_model, without_local
 from proxy.config import Config, Profile, Variant
 from proxy.continuations import Continuations, Conversation, Conversations, conversation
@@ -125,6 +127,18 @@ def user_key(request: web.Request) -> str:
     """Who is asking, for sticky experiment variants: X-Autoroute-User, else the
     client's address."""
     return request.headers.get("X-Autoroute-User") or request.remote or ""
+
+
+def conversation_scope(request: web.Request) -> str:
+    """Whose chat conversations a request continues (`proxy.continuations`): the client
+    (`user_key`) within its API key, the key itself by its SHA-256, as the prompts it
+    retries and its cached answers go. X-Autoroute-User is the client's word: a client
+    of another key naming the same user (or sending none from the same address) must
+    not be credited what this one's conversations hold, nor read in explain's `held_by`
+    which model answered them."""
+    key = state_get(request, KEY_REQUEST)
+    user = user_key(request)
+    return user if key is None else f"{key.sha256} {user}"
 
 
 # Ollama's Anthropic layer drops `thinking` for a model without it instead of failing.
@@ -292,9 +306,12 @@ class AutoRouter:
         user: str = "",
         key_models: frozenset[str] | None = None,
         reading: Reading | None = None,
+        scope: str | None = None,
     ) -> Choice:
-        """`key_models`: the API key's allow-list (normalised names), None for any.
-        `reading`: what `read_request` reads of `doc`, read here when not given."""
+        """`user`: who asks, for experiments (`user_key`). `key_models`: the API key's
+        allow-list (normalised names), None for any. `reading`: what `read_request`
+        reads of `doc`, read here when not given. `scope`: whose conversations the
+        request continues (`conversation_scope`), `user` when not given."""
         profile = self.profile(profile_name)
         if reading is None:
             reading = read_request(path, doc)
@@ -365,7 +382,7 @@ class AutoRouter:
             terms.load_seconds,
             asks.thinking is not False,
         )
-        talk = conversation(user, path, doc.get("messages"))
+        talk = conversation(user if scope is None else scope, path, doc.get("messages"))
         held = None
         if talk is not None and talk.before is not None:
             held = self._credit_held(talk, eligible, terms, seconds, prompt_tokens)

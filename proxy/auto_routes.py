@@ -16,6 +16,7 @@ from proxy.auto import (
     AUTO,
     AutoError,
     AutoRouter,
+    conversation_scope,
     profile_of,
     reading_off_loop,
     required_capabilities,
@@ -391,7 +392,9 @@ class AutoRoutes:
         only = key.models if key is not None else None
         reading = await reading_off_loop(path, doc, len(body))
         try:
-            choice = self.auto.decide(path, doc, profile, user_key(request), only, reading)
+            choice = self.auto.decide(
+                path, doc, profile, user_key(request), only, reading, conversation_scope(request)
+            )
         except AutoError as exc:
             return error_response(request.path, exc.status, exc.answer(str(model)))
         decision = choice.decision

@@ -28,7 +28,14 @@ from proxy import (
 from proxy import limits as request_limits
 from proxy.aiohttp_internals import state_get
 from proxy.auth import KEY_REQUEST, KeyState, sees_fleet, without_foreign_parent
-from proxy.auto import AutoError, AutoRouter, profile_of, reading_off_loop, user_key
+from proxy.auto import (
+    AutoError,
+    AutoRouter,
+    conversation_scope,
+    profile_of,
+    reading_off_loop,
+    user_key,
+)
 from proxy.auto_routes import AutoRoutes, fraction_in_an_int, refusal
 from proxy.backends import (
     WEB_PATHS,
@@ -304,14 +311,15 @@ class Handlers:
             try:
                 # What the decision reads of the body, off the loop for a large one.
                 reading = await reading_off_loop(path, doc, len(body))
+                user, scope = user_key(request), conversation_scope(request)
                 try:
-                    choice = self.auto.decide(path, doc, profile, user_key(request), only, reading)
+                    choice = self.auto.decide(path, doc, profile, user, only, reading, scope)
                 except NoBackend:
                     # No backend to choose from: those that may be back on their port
                     # since their circuit opened are checked again at once (`recheck`).
                     if not await self.backends.recheck(None):
                         raise
-                    choice = self.auto.decide(path, doc, profile, user_key(request), only, reading)
+                    choice = self.auto.decide(path, doc, profile, user, only, reading, scope)
             except AutoError as exc:
                 # No model for the request: a capability none of the profile's models
                 # offers is Ollama's own refusal, which clients read.

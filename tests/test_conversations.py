@@ -12,9 +12,10 @@ import aiohttp
 import ollama
 import pytest
 
-from proxy.config import Health
+from proxy.auth import hash_key
+from proxy.config import ApiKey, Auth, Health
 from proxy.continuations import Conversations, conversation
-from tests.support import Emulator, Proxy, ServerThread
+from tests.support import Emulator, Proxy, ServerThread, bearer
 
 FIRST = [
     {"role": "system", "content": "You are terse."},
@@ -82,12 +83,11 @@ def auto_proxy(servers: ServerThread, emulator: Emulator) -> Iterator[Proxy]:
     prx.stop()
 
 
-async def explain(proxy: Proxy, body: dict[str, Any], user: str) -> dict[str, Any]:
+async def explain(proxy: Proxy, body: dict[str, Any], user: str, key: str = "") -> dict[str, Any]:
+    headers = {"X-Autoroute-User": user, **(bearer(key) if key else {})}
     async with (
         aiohttp.ClientSession() as session,
-        session.post(
-            proxy.url + "/api/autoroute/explain", json=body, headers={"X-Autoroute-User": user}
-        ) as resp,
+        session.post(proxy.url + "/api/autoroute/explain", json=body, headers=headers) as resp,
     ):
         assert resp.status == 200
         answer: dict[str, Any] = await resp.json()
@@ -131,3 +131,43 @@ async def test_the_model_that_answered_a_turn_is_credited_the_prompt_it_holds(
             break
         await asyncio.sleep(0.1)
     assert third["held_by"] == second.model
+
+
+ANN_KEY, BOB_KEY = "k-conversations-ann", "k-conversations-bob"
+
+
+@pytest.fixture
+def keyed_proxy(servers: ServerThread, emulator: Emulator) -> Iterator[Proxy]:
+    keys = (
+        ApiKey(sha256=hash_key(ANN_KEY), name="ann"),
+        ApiKey(sha256=hash_key(BOB_KEY), name="bob"),
+    )
+    prx = Proxy(servers, [emulator.url], health=Health(interval_seconds=0.2), auth=Auth(keys=keys))
+    yield prx
+    prx.stop()
+
+
+async def test_another_keys_client_naming_the_same_user_continues_none_of_its_conversations(
+    keyed_proxy: Proxy,
+) -> None:
+    """X-Autoroute-User is the client's word: a client of another API key that names the
+    same user (or comes from the same address) is not credited what the first key's
+    conversations hold, nor told in explain which model answered them."""
+    client = ollama.AsyncClient(
+        host=keyed_proxy.url, headers={"X-Autoroute-User": "ann", **bearer(ANN_KEY)}
+    )
+    first = await client.chat(model="auto", messages=FIRST, options={"num_predict": 8})
+    body = {"model": "auto", "messages": turn(FIRST, first.message.content or "", "And then?")}
+    held: dict[str, Any] = {}
+    for _ in range(100):  # until a refresh has seen the model loaded
+        held = await explain(keyed_proxy, body, "ann", ANN_KEY)
+        if held["held_by"]:
+            break
+        await asyncio.sleep(0.1)
+    assert held["held_by"] == first.model
+    other = await explain(keyed_proxy, body, "ann", BOB_KEY)
+    assert other["held_by"] is None
+    by_name = {c["model"]: c for c in other["ranking"]}
+    assert by_name[first.model]["expected_seconds"] > next(
+        c["expected_seconds"] for c in held["ranking"] if c["model"] == first.model
+    )
