@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import signal
 import stat
+import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -55,9 +57,21 @@ def test_files_of_the_clients_traffic_are_the_proxys_user_alone(
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
+    # What `autoroute usage export` writes is those events again, the user's name in
+    # each: its file is as private as theirs.
+    exported = state / "export.jsonl"
+    subprocess.run(
+        [sys.executable, "-m", "proxy.cli", "usage", "export", "--output", str(exported)],
+        env={**os.environ, "AUTOROUTE_CONFIG": os.devnull, **settings},
+        cwd=Path(__file__).resolve().parent.parent,
+        preexec_fn=lambda: os.umask(0o022),
+        check=True,
+        capture_output=True,
+    )
+    assert headers["X-Request-Id"].encode() in exported.read_bytes()
     made = [state.parent, *state.rglob("*")]
     files = [p for p in made if p.is_file()]
-    assert {"events.jsonl", "events.feedback.jsonl", "learning.json", "lock"} <= {
+    assert {"events.jsonl", "events.feedback.jsonl", "learning.json", "lock", "export.jsonl"} <= {
         p.name for p in files
     }
     modes = {str(p.relative_to(tmp_path)): stat.S_IMODE(p.stat().st_mode) for p in made}

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import orjson
 
+from proxy import private_files
 from proxy.config import Usage
 from proxy.usage.file_sink import feedback_path
 from proxy.usage.stats import FEEDBACK_JOIN
@@ -150,8 +151,10 @@ async def export(settings: Usage, since: str, fmt: str, output: str | None) -> N
     else:
         events = from_files(settings.file_path, start)
     if output and output != "-":
-        # A one-off command: nothing else runs on this loop, blocking I/O is fine.
-        with open(output, "wb") as f:  # noqa: ASYNC230
+        # A one-off command: nothing else runs on this loop, blocking I/O is fine. The
+        # events name users and keys (and hold prompts with `usage.log_prompts`): a file
+        # made for them is as private as the usage file they come from.
+        with private_files.open_file(Path(output), "wb") as f:
             write(events, fmt, f)
     else:
         write(events, fmt, sys.stdout.buffer)
