@@ -16,6 +16,7 @@ from pathlib import Path
 import orjson
 
 from proxy import private_files
+from selector_model.profiling import store
 from tests.support import proxy_process
 
 
@@ -93,3 +94,24 @@ def test_a_directory_that_exists_keeps_its_mode(tmp_path: Path) -> None:
     with private_files.open_file(shared / "a" / "b" / "f", "ab") as f:
         f.write(b"x")
     assert stat.S_IMODE((shared / "a" / "b" / "f").stat().st_mode) == 0o600
+
+
+def test_the_profile_store_makes_the_state_directory_private(tmp_path: Path) -> None:
+    """`autoroute profile` (and the proxy's idle profiling) may be the first to write
+    under the state directory, where the usage events go too: the directories it makes
+    and its lock are the proxy's user's alone, as the store itself is."""
+    state = tmp_path / "state" / "autoroute"
+    result = store.AreaResult(0.5, 10, "1", "2026-12-06T00:00:00Z", "http://gpu-a:11434")
+    umask = os.umask(0o022)
+    try:
+        store.save(state / "profiles.json", "m:1b", {"math": result})
+    finally:
+        os.umask(umask)
+    made = [state.parent, *state.parent.rglob("*")]
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in made}
+    assert modes == {
+        "state": private_files.DIR_MODE,
+        "autoroute": private_files.DIR_MODE,
+        "profiles.json": private_files.FILE_MODE,
+        "profiles.json.lock": private_files.FILE_MODE,
+    }

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from proxy import private_files
 from selector_model.catalog.knowledge import AREAS
 
 log = logging.getLogger("autoroute.profiling")
@@ -115,8 +116,11 @@ def load_results(path: str | os.PathLike[str]) -> dict[str, dict[str, float]]:
 
 @contextmanager
 def _locked(file: Path) -> Iterator[None]:
-    file.parent.mkdir(parents=True, exist_ok=True)
-    with open(file.with_name(file.name + ".lock"), "a+b") as lock:
+    # The store's default place is the proxy's state directory, where the usage events
+    # go too: what it makes there is the proxy's user's alone (`private_files`), as the
+    # store itself is (mkstemp's 0600).
+    private_files.make_dirs(file.parent)
+    with private_files.open_file(file.with_name(file.name + ".lock"), "a+b") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
