@@ -1792,9 +1792,8 @@ async def test_a_runner_crash_under_an_openai_stream_ends_it_as_ollamas_writers_
     assert last == {
         **first,
         "model": "",
-        "choices": [
-            {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
-        ],
+        # The role went out on the stream's first chunk.
+        "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": None}],
     }
     first, last = (json.loads(completion[i].removeprefix(b"data: ")) for i in (0, -2))
     assert completion[-1] == b""
@@ -1936,3 +1935,111 @@ async def test_chat_completion_tool_call_arguments_must_be_an_object(
     assert got == status, answer[:300]
     if status == 400:
         assert json.loads(answer)["error"]["message"] == "invalid tool call arguments"
+
+
+def _chat_writer(native: list[dict[str, Any]], usage: bool) -> list[Any]:
+    """What Ollama's ChatWriter (middleware/openai.go, with openai.ToStreamChunks and
+    FinishChunk) makes of a native /api/chat stream, id and created left out: the role
+    on the first chunk alone, a thinking step beside content or tool calls split in
+    two, no chunk for the metrics-only trailer but for a stream's first, the finish
+    reason on a chunk of its own with an empty delta (`length` over `tool_calls`, which
+    only replaces `stop`), then the usage chunk when asked for, then `[DONE]`."""
+    events: list[Any] = []
+    first_sent = tool_sent = False
+
+    def chunk(model: str, delta: dict[str, Any], reason: Any, logprobs: Any) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": reason}
+        if logprobs:
+            choice["logprobs"] = {"content": logprobs}
+        head = {"object": "chat.completion.chunk", "model": model}
+        return {**head, "system_fingerprint": "fp_ollama", "choices": [choice]}
+
+    for line in native:
+        message, model = line.get("message", {}), line.get("model", "")
+        content, thinking = message.get("content", ""), message.get("thinking", "")
+        calls, logprobs = message.get("tool_calls") or [], line.get("logprobs")
+        trailer = line.get("done") and first_sent and not (content or thinking or calls)
+        if not (trailer and not logprobs):
+            role = {} if first_sent else {"role": "assistant"}
+            rest: dict[str, Any] = {"content": content}
+            if calls:
+                rest["tool_calls"] = [
+                    {
+                        "id": c.get("id", ""),
+                        "index": c["function"].get("index", 0),
+                        "type": "function",
+                        "function": {
+                            "name": c["function"]["name"],
+                            "arguments": json.dumps(
+                                c["function"]["arguments"], separators=(",", ":")
+                            ),
+                        },
+                    }
+                    for c in calls
+                ]
+            if thinking and (content or calls):
+                events.append(chunk(model, {**role, "reasoning": thinking}, None, logprobs))
+                events.append(chunk(model, rest, None, None))
+            else:
+                reasoning = {"reasoning": thinking} if thinking else {}
+                events.append(chunk(model, {**role, **rest, **reasoning}, None, logprobs))
+            tool_sent = tool_sent or bool(calls)
+            first_sent = True
+        if line.get("done"):
+            reason = line.get("done_reason") or "stop"
+            if reason == "stop" and tool_sent:
+                reason = "tool_calls"
+            events.append(chunk(model, {}, reason, None))
+            if usage:
+                prompt, completion = line.get("prompt_eval_count", 0), line.get("eval_count", 0)
+                counts = {"prompt_tokens": prompt, "completion_tokens": completion}
+                events.append(
+                    {
+                        **events[-1],
+                        "choices": [],
+                        "usage": {**counts, "total_tokens": prompt + completion},
+                    }
+                )
+            events.append("[DONE]")
+    return events
+
+
+@pytest.mark.parametrize(
+    ("model", "extra"),
+    [
+        ("qwen2.5:7b", {}),
+        ("qwen2.5:7b", {"stream_options": {"include_usage": True}}),
+        ("qwen3:8b", {"logprobs": True}),
+        ("qwen2.5:7b", {"tools": [WEATHER_TOOL]}),
+        ("qwen2.5:7b", {"tools": [WEATHER_TOOL], "max_tokens": 2}),
+        ("qwen3:8b", {"tools": [WEATHER_TOOL], "stream_options": {"include_usage": True}}),
+    ],
+)
+async def test_a_chat_completion_stream_is_what_ollamas_chat_writer_makes_of_the_chat(
+    emu: Emu, model: str, extra: dict[str, Any]
+) -> None:
+    """A /v1/chat/completions stream is the /api/chat stream of the same conversation
+    as Ollama 0.32's ChatWriter writes it (`_chat_writer`), chunk for chunk; every chunk
+    shares one id and one `created`."""
+    messages = [{"role": "user", "content": "Weather in Paris, and why?"}]
+    native_body: dict[str, Any] = {"model": model, "messages": messages}
+    for key in ("tools", "logprobs"):
+        if key in extra:
+            native_body[key] = extra[key]
+    if "max_tokens" in extra:
+        native_body["options"] = {"num_predict": extra["max_tokens"]}
+    status, _, body = await emu.post("/api/chat", native_body)
+    assert status == 200
+    native = [json.loads(line) for line in body.splitlines()]
+    status, _, body = await emu.post(
+        "/v1/chat/completions", {"model": model, "messages": messages, "stream": True, **extra}
+    )
+    assert status == 200 and body.endswith(b"\n\n")
+    datas = [e.removeprefix(b"data: ") for e in body[:-2].split(b"\n\n")]
+    events = [d.decode() if d == b"[DONE]" else json.loads(d) for d in datas]
+    chunks = [e for e in events if isinstance(e, dict)]
+    assert len({(c.pop("id"), c.pop("created")) for c in chunks}) == 1
+    # Tool call ids are drawn at random for each answer.
+    unnamed = re.compile(r'"call_[a-z0-9]{8}"')
+    expected = _chat_writer(native, "stream_options" in extra)
+    assert unnamed.sub("call_#", json.dumps(events)) == unnamed.sub("call_#", json.dumps(expected))

@@ -115,6 +115,8 @@ class OpenAIChatSink(ChatSink):
         self.id, self.created = _ids(self.state, "cmpl" if completions else "chatcmpl", key)
         self.out = LazyStream(request, SSE)
         self.tool_sent = False
+        # ChatWriter's firstChunkSent: the role goes on a stream's first chunk alone.
+        self.first_sent = False
         self.logprobs: list[dict[str, Any]] = []  # a whole answer's, for ToChatCompletion
 
     async def error(self, status: int, message: str) -> web.StreamResponse:
@@ -130,6 +132,7 @@ class OpenAIChatSink(ChatSink):
         if self.stream and self.out.response is not None:
             empty = "" if self.completions else self._delta("", "", [])
             await self.out.send(b"data: " + dumps(self._chunk("", empty, None)) + b"\n\n")
+            self.first_sent = True
         return await super().died()
 
     def _chunk(
@@ -164,12 +167,31 @@ class OpenAIChatSink(ChatSink):
         }
 
     def _delta(self, content: str, thinking: str, calls: list[dict[str, Any]]) -> dict[str, Any]:
-        d: dict[str, Any] = {"role": "assistant", "content": content}
+        """toChunk's delta: the role on the stream's first chunk alone."""
+        d: dict[str, Any] = {} if self.first_sent else {"role": "assistant"}
+        d["content"] = content
         if thinking:
             d["reasoning"] = thinking
         if calls:
             d["tool_calls"] = to_openai_calls(calls)
         return d
+
+    def _stream_chunks(self, model: str, piece: Piece) -> bytes:
+        """ToStreamChunks: a thinking step beside content or tool calls is two chunks,
+        the reasoning (with the logprobs) and then the rest."""
+        content, thinking, calls = piece.content, piece.thinking, piece.tool_calls
+        if thinking and (content or calls):
+            reasoning = self._delta("", thinking, [])
+            del reasoning["content"]
+            chunks = [self._chunk(model, reasoning, None, piece.logprobs)]
+            self.first_sent = True
+            chunks.append(self._chunk(model, self._delta(content, "", calls), None))
+        else:
+            delta = self._delta(content, thinking, calls)
+            chunks = [self._chunk(model, delta, None, piece.logprobs)]
+        self.first_sent = True
+        self.tool_sent = self.tool_sent or bool(calls)
+        return b"".join(b"data: " + dumps(c) + b"\n\n" for c in chunks)
 
     async def piece(self, model: str, created_ns: int, piece: Piece) -> None:
         if not self.stream:
@@ -177,12 +199,10 @@ class OpenAIChatSink(ChatSink):
             return
         if self.completions:
             # ToCompleteChunk carries no logprobs.
-            chunk = self._chunk(model, piece.content, None)
+            chunk = b"data: " + dumps(self._chunk(model, piece.content, None)) + b"\n\n"
         else:
-            delta = self._delta(piece.content, piece.thinking, piece.tool_calls)
-            chunk = self._chunk(model, delta, None, piece.logprobs)
-            self.tool_sent = self.tool_sent or bool(piece.tool_calls)
-        await self.out.send(b"data: " + dumps(chunk) + b"\n\n")
+            chunk = self._stream_chunks(model, piece)
+        await self.out.send(chunk)
 
     async def done(
         self, model: str, created_ns: int, reason: str, message: dict[str, Any], m: dict[str, int]
@@ -193,15 +213,24 @@ class OpenAIChatSink(ChatSink):
             "completion_tokens": completion,
             "total_tokens": prompt + completion,
         }
-        calls = message.get("tool_calls") or []
         if not self.stream:
             return encoder_json(200, self._complete(model, created_ns, reason, message, usage))
+        group = b""
         if self.completions:
             last = self._chunk(model, "", reason or None)
         else:
-            final_reason = "tool_calls" if (self.tool_sent or calls) and reason else reason
-            last = self._chunk(model, self._delta("", "", []), final_reason or None)
-        group = b"data: " + dumps(last) + b"\n\n"
+            # The metrics-only trailer makes no chunk of its own but as the stream's
+            # first; FinishChunk then carries the reason, `tool_calls` only in place of
+            # `stop` (a stream cut at its length stays `length`).
+            # (A stream's tool calls went out as pieces of their own.)
+            trailer = Piece(message.get("thinking", ""), message.get("content", ""))
+            if not self.first_sent or trailer.content or trailer.thinking:
+                group = self._stream_chunks(model, trailer)
+            final_reason = reason or "stop"
+            if final_reason == "stop" and self.tool_sent:
+                final_reason = "tool_calls"
+            last = self._chunk(model, {}, final_reason)
+        group += b"data: " + dumps(last) + b"\n\n"
         if self.usage:
             group += b"data: " + dumps({**last, "choices": [], "usage": usage}) + b"\n\n"
         await self.out.send(group + b"data: [DONE]\n\n")
@@ -234,7 +263,8 @@ class OpenAIChatSink(ChatSink):
             msg["reasoning"] = message["thinking"]
         if calls:
             msg["tool_calls"] = to_openai_calls(calls)
-            reason = "tool_calls"
+            # ToChatCompletion: `tool_calls` only in place of `stop`.
+            reason = "tool_calls" if reason == "stop" else reason
         choice: dict[str, Any] = {"index": 0, "message": msg, "finish_reason": reason or None}
         if self.logprobs:
             choice["logprobs"] = {"content": self.logprobs}
