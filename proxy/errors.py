@@ -6,7 +6,12 @@ gin's plain-text 404 and 405 for a path or method Ollama's router does not serve
 from __future__ import annotations
 
 import os
+import random
+import re
+import time
+from typing import Any
 
+import orjson
 from aiohttp import web
 from yarl import URL
 
@@ -80,11 +85,32 @@ def handler_error(path: str, status: int, message: str) -> web.Response:
     return web.Response(status=status, body=body, headers={"Content-Type": JSON_V1})
 
 
-def stream_error_line(content_type: str, message: str, path: str = "") -> bytes:
-    """The line Ollama adds when a stream fails after it started (status already 200);
-    on `/v1/messages`, Anthropic's `error` event, the one its clients raise on (they
-    skip an event they do not know, as a `data:` line with no event name is)."""
+# The routes whose stream Ollama's OpenAI layer writes from the native one: what its
+# writers make of streamResponse's `{"error"}` line after the answer began
+# (`stream_error_line`).
+_CHAT_COMPLETIONS = "/v1/chat/completions"
+_COMPLETIONS = "/v1/completions"
+_RESPONSES = "/v1/responses"
+# A chunk the stream wrote (Go's json.Marshal writes no line break inside one).
+_SSE_CHUNK = re.compile(rb"data: (\{[^\r\n]*\})\n")
+
+
+def stream_error_line(
+    content_type: str, message: str, path: str = "", written: bytes = b""
+) -> bytes:
+    """What Ollama writes when a stream fails after it started (status already 200):
+    streamResponse's `{"error"}` line, as its OpenAI layer writes it again on its routes
+    (`written`: the last bytes the stream wrote, framing included; empty when it wrote
+    none). On `/v1/messages`, Anthropic's `error` event, the one its clients raise on
+    (they skip an event they do not know, as a `data:` line with no event name is); on
+    another stream of events, OpenAI's error object."""
     if content_type.startswith("text/event-stream"):
+        if path in (_CHAT_COMPLETIONS, _COMPLETIONS):
+            return b"data: " + go_dumps(_chunk_of_nothing(path, written)) + b"\n\n"
+        if path == _RESPONSES:
+            # ResponsesStreamConverter.Process makes no event of a response of nothing
+            # once the stream began: the stream stops.
+            return b""
         if path == ANTHROPIC_PATH:
             error = {"type": "error", "error": {"type": "api_error", "message": message}}
             return b"event: error\ndata: " + go_dumps(error) + b"\n\n"
@@ -93,6 +119,47 @@ def stream_error_line(content_type: str, message: str, path: str = "") -> bytes:
         )
         return b"data: " + payload + b"\n\n"
     return go_dumps({"error": message}) + b"\n"
+
+
+def _chunk_of_nothing(path: str, written: bytes) -> dict[str, Any]:
+    """The chunk ChatWriter or CompleteWriter (middleware/openai.go) writes of
+    streamResponse's `{"error"}` line, which it reads as a response of nothing (no
+    model, not done), with the stream's id: no finish reason, no `[DONE]` after it. A
+    chat chunk keeps the stream's `created` and carries the role only as its first; a
+    completion chunk is stamped now and carries a zero usage where the stream's do (the
+    request asked for usage)."""
+    last: dict[str, Any] = {}
+    for found in reversed(_SSE_CHUNK.findall(written)):
+        try:
+            doc = orjson.loads(found)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(doc, dict) and isinstance(doc.get("id"), str):
+            last = doc
+            break
+    now = int(time.time())
+    if path == _COMPLETIONS:
+        chunk: dict[str, Any] = {
+            "id": last.get("id") or f"cmpl-{random.randrange(999)}",
+            "object": "text_completion",
+            "created": now,
+            "choices": [{"text": "", "index": 0, "finish_reason": None}],
+            "model": "",
+            "system_fingerprint": "fp_ollama",
+        }
+        if "usage" in last:
+            chunk["usage"] = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        return chunk
+    delta = {"content": ""} if written else {"role": "assistant", "content": ""}
+    created = last.get("created")
+    return {
+        "id": last.get("id") or f"chatcmpl-{random.randrange(999)}",
+        "object": "chat.completion.chunk",
+        "created": created if isinstance(created, int) else now,
+        "model": "",
+        "system_fingerprint": "fp_ollama",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+    }
 
 
 GO_PLAIN = "text/plain"  # gin's mimePlain for its 404 and 405 bodies

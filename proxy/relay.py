@@ -741,9 +741,11 @@ class ClientLeg(Answer):
         chunked = self.head is not None and self.head.chunked
         stream = self.content_type.startswith(_STREAM_TYPES)
         if chunked and stream and at_boundary and not self.transport.is_closing():
-            line = stream_error_line(self.content_type, message, self.path)
+            written = self.tail() if self.body_bytes else b""
+            line = stream_error_line(self.content_type, message, self.path, written)
             if self.dechunker is None:
-                line = b"%x\r\n%b\r\n0\r\n\r\n" % (len(line), line)
+                # (A line of nothing is no chunk: a chunk of size 0 ends the body.)
+                line = (b"%x\r\n%b\r\n" % (len(line), line) if line else b"") + b"0\r\n\r\n"
             # else the close that follows ends the body (keep_alive is off)
             self.transport.write(self.head_bytes + line)
             self.head_bytes = b""

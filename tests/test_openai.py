@@ -204,3 +204,41 @@ def test_responses_echo_a_whole_number_beyond_64_bits_as_go_writes_it(
         echoed = raw.parse().tools[0]
         assert echoed.type == "function"
         assert echoed.parameters == tools[0]["parameters"]
+
+
+CUT_CALLS: list[tuple[str, dict[str, Any]]] = [
+    ("chat.completions", {"messages": MESSAGES}),
+    ("completions", {"prompt": "Once", "stream_options": {"include_usage": True}}),
+    ("responses", {"input": "Why is the sky blue?"}),
+]
+
+
+@pytest.mark.parametrize(("api", "kwargs"), CUT_CALLS, ids=[a for a, _ in CUT_CALLS])
+def test_a_stream_the_backend_cuts_ends_as_ollamas_openai_writers_end_a_failed_one(
+    own_emulator: Emulator, own_proxy: Proxy, api: str, kwargs: dict[str, Any]
+) -> None:
+    """A backend lost after a stream's first event: the client reads the stream as
+    Ollama's OpenAI layer writes one whose answer failed after it began. Its writers
+    read streamResponse's `{"error"}` line as a response of nothing: ChatWriter and
+    CompleteWriter write a chunk of it (no model, an empty delta or text, the stream's
+    id; the role went out on the first chunk; the zero usage a completion chunk carries
+    when asked for), the Responses converter no event; then the stream stops, with no
+    finish chunk and no `[DONE]`. The SDK raises nothing, as against Ollama."""
+    own_emulator.state.fault = "close_early"
+    sdk = client(own_proxy.url)
+    create = getattr(sdk, api.split(".")[0])
+    if api == "chat.completions":
+        create = create.completions
+    events = list(create.create(model=MODEL, stream=True, **kwargs))
+    first, *rest = (e.model_dump(mode="json", exclude_unset=True) for e in events)
+    if api == "responses":
+        assert rest == []
+        return
+    (last,) = rest
+    if api == "chat.completions":
+        nothing = {"index": 0, "delta": {"content": ""}, "finish_reason": None}
+        assert last == {**first, "model": "", "choices": [nothing]}
+    else:
+        nothing = {"text": "", "index": 0, "finish_reason": None}
+        assert last == {**first, "created": last["created"], "model": "", "choices": [nothing]}
+        assert last["usage"] == {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}

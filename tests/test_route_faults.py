@@ -8,6 +8,7 @@ request leaves exactly one usage event that records the failure."""
 from __future__ import annotations
 
 import dataclasses
+import socket
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,12 @@ CASES = [
 ]
 
 
+# The routes whose streams Ollama's OpenAI layer writes again from the native one, and
+# whose writers read a failed stream's `{"error"}` line as a response of nothing.
+WRITTEN_AGAIN = ("/v1/chat/completions", "/v1/completions")
+RESPONSES = "/v1/responses"
+
+
 def test_the_cases_cover_every_route_a_fault_hits() -> None:
     assert {path for path, _ in CASES} | {TRANSCRIPTIONS} == FAULT_PATHS
     assert len(FAULT_PATHS) == 11
@@ -91,6 +98,22 @@ def last_error(path: str, body: bytes) -> tuple[str, str]:
     if path == ANTHROPIC:
         return doc["error"]["type"], doc["error"]["message"]
     return error_of(path, doc)
+
+
+def failure_seen(path: str, body: bytes) -> bool:
+    """Whether a 200 stream ends as Ollama ends one whose answer failed after it began:
+    with the error line or event of the route (`last_error`); on the routes Ollama's
+    OpenAI layer writes again (`WRITTEN_AGAIN`), with the chunk of nothing its writers
+    make of that line, no `[DONE]`; on /v1/responses, short of its last event."""
+    if path == RESPONSES:
+        return b"response.completed" not in body and body.endswith(b"\n\n")
+    if path in WRITTEN_AGAIN:
+        last = orjson.loads(body.rstrip(b"\n").rsplit(b"\n\n", 1)[-1].removeprefix(b"data: "))
+        (choice,) = last["choices"]
+        nothing = choice.get("delta", {}).get("content", choice.get("text"))
+        return last["model"] == "" and nothing == "" and choice["finish_reason"] is None
+    kind, message = last_error(path, body)
+    return kind in ("", "api_error") and bool(message)
 
 
 async def settled(*emulators: Emulator) -> None:
@@ -207,8 +230,11 @@ async def test_a_backend_lost_after_the_first_byte_ends_the_answer_as_ollama_wou
     if stream:
         assert not proxied.cut
         assert proxied.body.startswith(direct.body)  # the first chunk, as written
-        kind, message = last_error(path, proxied.body)
-        assert kind in ("", "api_error") and message
+        ending = proxied.body[len(direct.body) :]
+        assert ending.count(b"\n\n" if path.startswith("/v1/") else b"\n") == (
+            0 if path == RESPONSES else 1
+        )
+        assert failure_seen(path, proxied.body)
     else:
         assert proxied.cut and proxied.body == direct.body
     assert await scrape_failures(recorded.url, own_emulator.url) == (1, "closed")
@@ -251,9 +277,9 @@ async def test_a_backend_silent_mid_answer_ends_it_after_the_idle_timeout(
     proxied = await ask(recorded.url, path, stream)
     assert proxied.status == 200
     if stream:
-        assert not proxied.cut
-        kind, message = last_error(path, proxied.body)
-        assert kind in ("", "api_error") and "no data from backend" in message
+        assert not proxied.cut and failure_seen(path, proxied.body)
+        if path not in (*WRITTEN_AGAIN, RESPONSES):  # whose ends say no error
+            assert "no data from backend" in last_error(path, proxied.body)[1]
     else:
         assert proxied.cut
     assert await scrape_failures(recorded.url, own_emulator.url) == (0, "closed")
@@ -310,7 +336,33 @@ async def test_a_failure_after_the_first_byte_is_not_retried(
     assert a.state.requests[path] + b.state.requests[path] == before + 1
     assert answer.status == 200
     if stream:
-        kind, message = last_error(path, answer.body)
-        assert kind in ("", "api_error") and message
+        assert failure_seen(path, answer.body)
     else:
         assert answer.cut
+
+
+def test_a_stream_ended_short_keeps_its_connection_framed(
+    own_emulator: Emulator, recorded: Proxy
+) -> None:
+    """A /v1/responses stream the backend cut ends where Ollama's stops (no event
+    more): its body ends with the last chunk alone, and the client's connection carries
+    its next request's answer, nothing before it."""
+    own_emulator.state.fault = "close_early"
+    port = int(recorded.url.rsplit(":", 1)[1])
+    body = orjson.dumps(request_body(RESPONSES, True))
+    head = f"POST {RESPONSES} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(head.encode() + body)
+        got = b""
+        while b"\r\n0\r\n\r\n" not in got:
+            more = sock.recv(65536)
+            assert more, got
+            got += more
+        got, _, after = got.partition(b"\r\n0\r\n\r\n")
+        assert b"response.completed" not in got
+        sock.sendall(b"GET /api/version HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        while b"\r\n\r\n" not in after:
+            more = sock.recv(65536)
+            assert more, after
+            after += more
+    assert after.startswith(b"HTTP/1.1 200 OK\r\n")
