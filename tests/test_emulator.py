@@ -1073,6 +1073,9 @@ async def test_a_long_answer_is_made_as_it_is_sent(
         async with emu.session.post(emu.url + path, json=body) as r:
             await r.content.readline()
             drawn.append(draws)
+            if tokens == 10:
+                # To its end: its last tokens would count among the next stream's draws.
+                await r.read()
     assert drawn[1] == drawn[0]
 
 
@@ -2043,3 +2046,43 @@ async def test_a_chat_completion_stream_is_what_ollamas_chat_writer_makes_of_the
     unnamed = re.compile(r'"call_[a-z0-9]{8}"')
     expected = _chat_writer(native, "stream_options" in extra)
     assert unnamed.sub("call_#", json.dumps(events)) == unnamed.sub("call_#", json.dumps(expected))
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "message"),
+    [
+        (
+            "/api/pull",
+            {"model": "no-such-model:1b"},
+            500,
+            "pull model manifest: file does not exist",
+        ),
+        ("/api/push", {"model": "no-such:model"}, 500, "file does not exist"),
+        ("/api/create", {"model": "m", "from": "no-such-model:1b"}, 500, None),
+        ("/api/create", {"model": "m"}, 400, "neither 'from' or 'files' was specified"),
+    ],
+)
+async def test_a_pull_push_or_create_that_fails_ends_as_ollamas_channel_writers_end_it(
+    emu: Emu, path: str, body: dict[str, Any], status: int, message: str | None
+) -> None:
+    """A failure the handler's goroutine sends (`gin.H{"error"}`, its status or 500):
+    asked whole, waitForStream's c.JSON under the `application/json` it set first; in
+    a stream before any line, streamResponse's c.JSON under the `application/json` it
+    sets, flushed (chunked), no newline; after lines, the `{"error"}` line in the 200."""
+    message = message or "pull model manifest: file does not exist"
+    error = json.dumps({"error": message}, separators=(",", ":")).encode()
+    got = await emu.post(path, {**body, "stream": False})
+    assert (got[0], got[1]["Content-Type"], got[2]) == (status, "application/json", error)
+    assert got[1]["Content-Length"] == str(len(error))
+    async with emu.session.post(emu.url + path, json=body) as r:
+        streamed = await r.read()
+        if status == 400:  # the first thing the goroutine sends
+            assert (r.status, r.headers["Content-Type"], streamed) == (
+                400,
+                "application/json",
+                error,
+            )
+            assert r.headers["Transfer-Encoding"] == "chunked"
+        else:
+            assert (r.status, r.headers["Content-Type"]) == (200, "application/x-ndjson")
+            assert streamed.endswith(b"\n" + error + b"\n")

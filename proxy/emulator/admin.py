@@ -252,19 +252,25 @@ async def handle_show(request: web.Request) -> web.Response:
 
 
 async def _progress(
-    request: web.Request, lines: list[dict[str, Any]], stream: bool, *, fail: str = ""
+    request: web.Request,
+    lines: list[dict[str, Any]],
+    stream: bool,
+    *,
+    fail: str = "",
+    status: int = 500,
 ) -> web.StreamResponse:
     """Stream progress lines (NDJSON), or answer with the last one (waitForStream).
 
-    A failure after the first line ends the stream with `{"error": ...}`; without
-    streaming it is a 500, as streamResponse/waitForStream do for gin.H errors."""
+    `fail`: the error the handler's goroutine sends after `lines` (`gin.H{"error"}`,
+    with `status` or without one, 500). Without streaming, waitForStream's c.JSON of
+    it, under the `application/json` it set first (c.JSON keeps a Content-Type set);
+    in a stream, streamResponse's end (`LazyStream.error`)."""
     state = state_of(request)
     if not stream:
         await asyncio.sleep(0)
-        if fail:
-            return error(500, fail)
-        resp = web.Response(status=200, body=dumps(lines[-1]), headers={"Content-Type": JSON_BARE})
-        return resp
+        last = {"error": fail} if fail else lines[-1]
+        code = status if fail else 200
+        return web.Response(status=code, body=dumps(last), headers={"Content-Type": JSON_BARE})
     out = LazyStream(request, NDJSON)
     delay = min(state.settings.token_delay(), 0.01)
     try:
@@ -272,7 +278,7 @@ async def _progress(
             await out.send(dumps(line) + b"\n")
             await asyncio.sleep(delay)
         if fail:
-            await out.send(dumps({"error": fail}) + b"\n")
+            return await out.error(status, fail)
     except ConnectionError:
         return out.response or web.Response(status=499)
     return await out.finish()
@@ -409,7 +415,9 @@ async def handle_create(request: web.Request) -> web.StreamResponse:
             return error(400, f"blob {missing[0]!s} not found")
         base = REGISTRY["llama3.1:8b"]
     else:
-        return error(400, "neither 'from' or 'files' was specified")
+        # Sent by the handler's goroutine, as its first message, with its status.
+        neither = "neither 'from' or 'files' was specified"
+        return await _progress(request, [], stream, fail=neither, status=400)
     changes: dict[str, Any] = {}
     written: dict[str, Any] = {}  # the layers the create writes, for its progress lines
     if body.get("template"):
