@@ -2086,3 +2086,50 @@ async def test_a_pull_push_or_create_that_fails_ends_as_ollamas_channel_writers_
         else:
             assert (r.status, r.headers["Content-Type"]) == (200, "application/x-ndjson")
             assert streamed.endswith(b"\n" + error + b"\n")
+
+
+_PIXEL_URL = (
+    "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwA"
+    "ChwGA60e6kgAAAABJRU5ErkJggg=="
+)
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (
+            "/v1/chat/completions",
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "image_url", "image_url": {"url": _PIXEL_URL}}],
+                    }
+                ]
+            },
+        ),
+        (
+            "/v1/responses",
+            {
+                "input": [
+                    {"role": "user", "content": [{"type": "input_image", "image_url": _PIXEL_URL}]}
+                ]
+            },
+        ),
+    ],
+)
+async def test_an_openai_stream_that_fails_before_its_first_chunk_is_the_writers_error_flushed(
+    emu: Emu, path: str, body: dict[str, Any]
+) -> None:
+    """An error ChatHandler's goroutine sends before the stream's first chunk (here an
+    image for a model without vision): streamResponse's c.JSON, which the OpenAI layer's
+    writer turns into its error object (writeError, json.Encoder), flushed by c.Stream
+    while the handler runs: chunked, with no Content-Length, as on /api/chat."""
+    message = "this model is missing data required for image input"
+    async with emu.session.post(
+        emu.url + path, json={"model": "qwen2.5:7b", "stream": True, **body}
+    ) as r:
+        got = await r.read()
+        assert (r.status, r.headers["Content-Type"]) == (500, "application/json")
+        assert r.headers.get("Transfer-Encoding") == "chunked" and "Content-Length" not in r.headers
+    assert json.loads(got)["error"]["message"] == message and got.endswith(b"}\n")

@@ -121,7 +121,8 @@ class AnthropicSink(ChatSink):
 
     async def error(self, status: int, message: str) -> web.StreamResponse:
         body = anthropic_error(self.state, status, message, self.key)
-        return with_heads(encoder_json(status, body), self.heads)
+        refused = with_heads(encoder_json(status, body), self.heads)
+        return await self.out.refuse(refused) if self.stream else refused
 
     async def special(self, model: str, created_ns: int, reason: str) -> web.StreamResponse:
         return await self.done(model, created_ns, reason, {"content": ""}, {})

@@ -97,6 +97,19 @@ class LazyStream:
             await self.send(dumps({"error": message}) + b"\n")
         return await self.finish()
 
+    async def refuse(self, answer: web.Response) -> web.StreamResponse:
+        """An error a writer of Ollama's OpenAI or Anthropic layer makes of the error
+        line streamResponse writes before the stream's first chunk (writeError): the
+        `answer`'s status, headers and body, flushed by c.Stream while the handler
+        runs, so chunked, with no Content-Length."""
+        assert self.response is None and isinstance(answer.body, bytes)
+        self.status = answer.status
+        self.content_type = answer.headers["Content-Type"]
+        skipped = ("Content-Type", "Content-Length")
+        self.headers = {k: v for k, v in answer.headers.items() if k not in skipped}
+        await self.send(answer.body)
+        return await self.finish()
+
     async def finish(self) -> web.StreamResponse:
         if self.response is None:
             await self.send(b"")

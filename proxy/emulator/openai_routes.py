@@ -120,6 +120,8 @@ class OpenAIChatSink(ChatSink):
         self.logprobs: list[dict[str, Any]] = []  # a whole answer's, for ToChatCompletion
 
     async def error(self, status: int, message: str) -> web.StreamResponse:
+        if self.stream:
+            return await self.out.refuse(writer_error(status, message))
         return writer_error(status, message)
 
     async def special(self, model: str, created_ns: int, reason: str) -> web.StreamResponse:

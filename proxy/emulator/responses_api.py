@@ -275,7 +275,8 @@ class ResponsesSink(ChatSink):
         self.calls: list[dict[str, Any]] = []
 
     async def error(self, status: int, message: str) -> web.StreamResponse:
-        return with_heads(writer_error(status, message), self.heads)
+        refused = with_heads(writer_error(status, message), self.heads)
+        return await self.out.refuse(refused) if self.stream else refused
 
     async def special(self, model: str, created_ns: int, reason: str) -> web.StreamResponse:
         return await self.done(model, created_ns, reason, {"content": ""}, {})
