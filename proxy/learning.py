@@ -19,7 +19,11 @@ reused, or one of another client's ids sent as its own): a rating counts for eac
 them made with the key that gave it, as a rebuild from the events counts it. Feedback
 for a request it does not remember (none of the rating's key carried its id) is looked
 up by request id in PostgreSQL when configured (one indexed read, in the background),
-else ignored (a rebuild from the usage events counts it).
+else ignored (a rebuild from the usage events counts it). What the proxy that served a
+request counted of it, only that proxy knows (a retry it saw, who it knew to rate): a
+proxy that counts a rating of another's request writes its id to autoroute_rated, and
+the one that served it, reading it there, counts from then on what the rating took out
+(`_Counted.rated_away`).
 
 Where it is kept: with the usage PostgreSQL DSN, a table of (kind, model, successes,
 count, expected, and the six sums of where the model stood, `evidence.COLUMNS`) that
@@ -110,8 +114,30 @@ MIGRATIONS = (
             WHERE count > 0;
         """,
     ),
+    (
+        3,
+        "rated elsewhere",
+        # The requests whose rating a proxy other than the one that served them counted
+        # (`Learner._resolve_unmatched`), for the one that served them to stop counting
+        # their implicit outcome (`Learner._pg_rated`).
+        """
+        CREATE TABLE autoroute_rated (
+            id bigserial UNIQUE,
+            request_id text PRIMARY KEY,
+            added_at timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE INDEX autoroute_rated_added_at ON autoroute_rated (added_at);
+        """,
+    ),
 )
 _LOCK_KEY = 0x6175746F6C726E31  # "autolrn1": its own migrations, apart from usage's
+# Held by every write to autoroute_rated: one at a time, so that their ids rise in the
+# order they commit, and a reader that has seen an id has seen every id below it.
+_RATED_LOCK = _LOCK_KEY + 2
+# How long a row of autoroute_rated is kept: far longer than a proxy's syncs are apart,
+# while one that cannot reach PostgreSQL for longer counts on (a rebuild from the
+# events counts each rating in place of its answer's implicit outcome).
+RATED_KEPT_SECONDS = 3600.0
 _UPSERT = (
     f"INSERT INTO autoroute_evidence (kind, model, {', '.join(COLUMNS)}) "
     "SELECT * FROM unnest($1::text[], $2::text[], "
@@ -122,6 +148,11 @@ _UPSERT = (
 )
 _TOTALS = f"SELECT kind, model, {', '.join(COLUMNS)} FROM autoroute_evidence"
 _EVENTS = f"SELECT u.event, f.rating FROM usage_events u {FEEDBACK_JOIN}"
+_ADD_RATED = (
+    "INSERT INTO autoroute_rated (request_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING"
+)
+_OLD_RATED = "DELETE FROM autoroute_rated WHERE added_at < now() - make_interval(secs => $1)"
+_NEW_RATED = "SELECT id, request_id FROM autoroute_rated WHERE id > $1 ORDER BY id"
 
 
 def decision_of(event: Mapping[str, Any]) -> tuple[str, str, float, float] | None:
@@ -206,6 +237,8 @@ class _Counted:
     ratings: int = 0
     applied: outcome.Result | None = None
     rater_rates: bool = False  # its rater rates answers (`outcome.estimated`)
+    # Another proxy counted its rating in place of `rated_away` (`Learner._pg_rated`).
+    rated_elsewhere: bool = False
 
     @classmethod
     def of(cls, decided: tuple[str, str, float, float], event: Mapping[str, Any]) -> _Counted:
@@ -220,6 +253,14 @@ class _Counted:
             *usage_event.key_of(client),
             rid if isinstance(rid, str) else "",
         )
+
+    @property
+    def rated_away(self) -> outcome.Result | None:
+        """What a rating counted by a proxy that did not serve the request replaces: its
+        implicit outcome as one of a client that rates (nothing of a completed answer,
+        a failure in full), whatever the proxy that served it learnt of it since (a
+        retry, who rates). That one counts this in the end (`result`)."""
+        return outcome.estimated(self.implicit, True)
 
     def takes(self, given: _Rating) -> bool:
         """Whether a rating counts for this request: not one given with another key
@@ -241,6 +282,8 @@ class _Counted:
     def result(self) -> outcome.Result | None:
         if self.ratings:
             return outcome.rated(self.rating_sum / self.ratings)
+        if self.rated_elsewhere:
+            return self.rated_away
         implicit = self.if_retried if self.retried else self.implicit
         return outcome.estimated(implicit, self.rater_rates)
 
@@ -294,6 +337,10 @@ class Learner:
         # Who rates answers (`outcome.rater_of`; their unrated answers count for nothing,
         # `outcome.estimated`), the latest to rate last.
         self.rating: OrderedDict[str, None] = OrderedDict()
+        # With PostgreSQL: the requests another proxy served whose rating this one
+        # counted, to be written to autoroute_rated, and the last id read there.
+        self.rated_here: list[str] = []
+        self.rated_read = 0
         self.dsn = usage.postgres_dsn
         self.state_file = self._state_path()
         self.store = "off" if not settings.enabled else ("postgres" if self.dsn else "file")
@@ -647,6 +694,7 @@ class Learner:
                 # The events hold what was counted while PostgreSQL was away.
                 self.pending = Evidence()
         self.started = True
+        await self._pg_rated(conn)
         await self._pg_reload(conn)
 
     @staticmethod
@@ -670,7 +718,32 @@ class Learner:
                 self.pending.add(row[0], row[1], *row[2:])
             raise
         await self._resolve_unmatched(conn)
+        await self._pg_rated(conn)
         await self._pg_reload(conn)
+
+    async def _pg_rated(self, conn: asyncpg.Connection) -> None:
+        """Say which requests of other proxies this one counted a rating of, and take
+        what the others say of this one's: each such request counts `rated_away` here
+        from then on, in place of what this proxy counted of it (`_resolve_unmatched`
+        took that out), and its rater is one who rates."""
+        written, self.rated_here = self.rated_here, []
+        try:
+            if written:
+                async with conn.transaction():
+                    await conn.execute("SELECT pg_advisory_xact_lock($1)", _RATED_LOCK)
+                    await conn.execute(_OLD_RATED, RATED_KEPT_SECONDS)
+                    await conn.execute(_ADD_RATED, written)
+        except BaseException:
+            self.rated_here[:0] = written  # written at the next sync
+            raise
+        for row in await conn.fetch(_NEW_RATED, self.rated_read):
+            self.rated_read = row["id"]
+            rid = row["request_id"]
+            for counted in self.carrying(rid):
+                if counted.request_id == rid and not counted.rated_elsewhere:
+                    counted.rated_elsewhere = True
+                    self._count(counted)
+                    self._rates(counted.rater)
 
     async def _pg_reload(self, conn: asyncpg.Connection) -> None:
         totals = await conn.fetch(_TOTALS)
@@ -701,11 +774,15 @@ class Learner:
             if decided is None:
                 continue
             counted = self._counted(decided, event)
-            # The proxy that served it counted its implicit outcome: take that back (it
-            # knows who rates from the ratings it counts, which this one was not).
-            counted.applied = counted.implicit
             counted.rate(ratings)
+            if not counted.ratings:
+                continue  # given with another key: it counts nowhere
+            # The proxy that served it counts `rated_away` of it once it reads its id in
+            # autoroute_rated (`_pg_rated`), whatever it counted before: only that is
+            # replaced here.
+            counted.applied = counted.rated_away
             self._take((rid,), counted)
+            self.rated_here.append(rid)
 
     def _expire_unmatched(self) -> None:
         now = time.monotonic()

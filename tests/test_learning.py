@@ -1097,7 +1097,9 @@ async def _until_learned(
         rows = {r["model"]: r for r in doc["ranking"]}
         if all(
             rows[model]["evidence"]["count"] == len(ratings)
-            and rows[model]["evidence"]["mean"] == pytest.approx(sum(ratings) / len(ratings))
+            # explain rounds to 4 decimals
+            and rows[model]["evidence"]["mean"]
+            == pytest.approx(sum(ratings) / len(ratings), abs=1e-4)
             for model, ratings in taught.items()
         ):
             return doc
@@ -1499,6 +1501,48 @@ async def test_proxies_share_what_they_learn_through_postgres(
     doc, learning = await _explained_on_restart(servers, fleet, tmp_path, usage, _math(900))
     _check_learned(doc, picked, runner_up)
     assert learning["rebuilt_from_events"] == 2 * ROUNDS
+
+
+@pytest.mark.postgres
+async def test_a_rating_given_through_either_proxy_counts_once(
+    servers: ServerThread, fleet: Emulator, database: Database, tmp_path: Path
+) -> None:
+    """Behind a load balancer a client's requests and its ratings reach either proxy.
+    However they fall, each rating replaces its answer's implicit outcome once: what
+    the proxy that served the answer counted of it, whether it knew then that the
+    client rates (its completed answers count for nothing) or learns it later, and
+    whatever it learns of the answer afterwards (the prompt sent again soon, as a
+    client regenerates an answer it rated down)."""
+    usage = postgres_usage(database.dsn, tmp_path)
+    one = Proxy(servers, [fleet.url], selector=_selector(tmp_path), usage=usage)
+    two = Proxy(servers, [fleet.url], selector=_selector(tmp_path), usage=usage)
+    # (prompt, served by, rated through, rating): the first answer rated through the
+    # other proxy while the one that served it knows no rating yet, then sent again to
+    # it; then each way once it knows.
+    steps = [
+        (0, one, two, 0.0),
+        (0, one, None, None),
+        (1, one, one, 1.0),
+        (2, two, one, 1.0),
+        (3, one, two, 1.0),
+        (4, two, two, 1.0),
+    ]
+    try:
+        async with aiohttp.ClientSession() as session:
+            taught: Taught = {}
+            for prompt, serve, feedback, rating in steps:
+                model, rid = await _ask(session, serve.url, _math(prompt))
+                if feedback is not None and rating is not None:
+                    await _rate(session, feedback.url, rid, rating)
+                    taught.setdefault(model, []).append(rating)
+                    # The rating's request counted, where it is rated, before the next
+                    # step: as a client's next request comes after its rating.
+                    await _until_learned(session, feedback.url, taught, 1000)
+            for prx in (one, two):
+                await _until_learned(session, prx.url, taught, 1000)
+    finally:
+        one.stop()
+        two.stop()
 
 
 async def test_an_unreadable_state_file_is_rebuilt_from_the_usage_files(tmp_path: Path) -> None:
