@@ -30,7 +30,9 @@ count, expected, and the six sums of where the model stood, `evidence.COLUMNS`) 
 several proxies share: each writes its increments (an upsert that adds) and reads the
 totals every `sync_seconds`. Without PostgreSQL, a JSON state file
 beside the usage file. Either is rebuilt from the usage events (with their feedback)
-when it is lost: an empty table, or no state file.
+when it is lost: no state file at start; an empty table at start, or one that held rows
+and holds none or is gone at a sync (an operator's TRUNCATE or DROP under running
+proxies: the learner's tables are made again, `_make_again`).
 """
 
 from __future__ import annotations
@@ -147,6 +149,10 @@ _UPSERT = (
     + "updated_at = now()"
 )
 _TOTALS = f"SELECT kind, model, {', '.join(COLUMNS)} FROM autoroute_evidence"
+_MIGRATIONS_TABLE = "autoroute_learning_migrations"
+_TABLES = ("autoroute_evidence", "autoroute_rated")
+_MISSING = "SELECT " + " OR ".join(f"to_regclass('{t}') IS NULL" for t in _TABLES)
+_EMPTY = "SELECT NOT EXISTS (SELECT 1 FROM autoroute_evidence)"
 _EVENTS = f"SELECT u.event, f.rating FROM usage_events u {FEEDBACK_JOIN}"
 _ADD_RATED = (
     "INSERT INTO autoroute_rated (request_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING"
@@ -347,6 +353,7 @@ class Learner:
         self.conn: asyncpg.Connection | None = None
         self.dirty = False
         self.started = False  # the store was read (PostgreSQL: or rebuilt)
+        self.stored = False  # PostgreSQL's evidence table held rows when last read
         self.rebuilt: int | None = None  # events read by the last rebuild
         self.last_sync: float | None = None
         self.error: str | None = None
@@ -675,7 +682,9 @@ class Learner:
             await conn.set_type_codec(
                 "jsonb", encoder=orjson.dumps, decoder=orjson.loads, schema="pg_catalog"
             )
-            await apply(conn, MIGRATIONS, "autoroute_learning_migrations", _LOCK_KEY)
+            await apply(conn, MIGRATIONS, _MIGRATIONS_TABLE, _LOCK_KEY)
+            if await conn.fetchval(_MISSING):
+                await _make_again(conn)
             self.conn = conn
         return self.conn
 
@@ -708,6 +717,12 @@ class Learner:
 
     async def _pg_sync(self) -> None:
         conn = await self._connection()
+        if await self._lost(conn):
+            # Dropped or emptied under the proxies: made again and rebuilt from the usage
+            # events, which hold what `pending` counts (one proxy rebuilds, `_pg_start`).
+            self.pending = Evidence()
+            await self._pg_start()
+            return
         pending, self.pending = self.pending, Evidence()
         rows = [r for r in pending.rows() if any(r[2:])]
         try:
@@ -720,6 +735,15 @@ class Learner:
         await self._resolve_unmatched(conn)
         await self._pg_rated(conn)
         await self._pg_reload(conn)
+
+    async def _lost(self, conn: asyncpg.Connection) -> bool:
+        """Whether a table of the learner's is gone (the next connection makes it again,
+        `_make_again`), or the evidence table that held rows holds none."""
+        if await conn.fetchval(_MISSING):
+            await conn.close()
+            self.conn = None
+            return True
+        return self.stored and bool(await conn.fetchval(_EMPTY))
 
     async def _pg_rated(self, conn: asyncpg.Connection) -> None:
         """Say which requests of other proxies this one counted a rating of, and take
@@ -749,6 +773,7 @@ class Learner:
         totals = await conn.fetch(_TOTALS)
         # What this proxy has counted since it last wrote is not in the totals yet.
         rows = [tuple(r) for r in totals]
+        self.stored = bool(rows)
         self.evidence.replace([*rows, *self.pending.rows()])
 
     async def _resolve_unmatched(self, conn: asyncpg.Connection) -> None:
@@ -792,6 +817,18 @@ class Learner:
                 break
             rid, (_, ratings) = self.unmatched.popitem(last=False)
             self._forget(rid, ratings)
+
+
+async def _make_again(conn: asyncpg.Connection) -> None:
+    """The learner's tables made anew where one is gone (an operator dropped it), by
+    the migrations, as at a first start: what they hold is rebuilt from the usage
+    events (`Learner._pg_start`), and what the others still hold would be counted
+    twice or is of no use without it."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
+        if await conn.fetchval(_MISSING):  # not made again by another proxy meanwhile
+            await conn.execute(f"DROP TABLE IF EXISTS {', '.join(_TABLES)}, {_MIGRATIONS_TABLE}")
+            await apply(conn, MIGRATIONS, _MIGRATIONS_TABLE, _LOCK_KEY)
 
 
 def _columns(rows: list[Row]) -> tuple[list[Any], ...]:

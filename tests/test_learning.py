@@ -37,7 +37,7 @@ from selector_model.posterior import choose
 from tests.support import Emulator, Proxy, ServerThread, file_usage, wait_until
 from tests.test_auth_postgres import REFRESH, status_becomes
 from tests.test_outcome import _at, closed_loop
-from tests.usage_services import Database, postgres_usage
+from tests.usage_services import Database, postgres_usage, wait_for
 from training.data import prompt_request
 
 MODELS = ("qwen2.5:7b", "mistral:7b", "llama3.1:8b")
@@ -1501,6 +1501,57 @@ async def test_proxies_share_what_they_learn_through_postgres(
     doc, learning = await _explained_on_restart(servers, fleet, tmp_path, usage, _math(900))
     _check_learned(doc, picked, runner_up)
     assert learning["rebuilt_from_events"] == 2 * ROUNDS
+
+
+_STORED = "SELECT model, count FROM autoroute_evidence"
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("loss", ["TRUNCATE autoroute_evidence", "DROP TABLE autoroute_evidence"])
+async def test_evidence_lost_under_running_proxies_is_rebuilt_from_the_events(
+    servers: ServerThread, fleet: Emulator, database: Database, tmp_path: Path, loss: str
+) -> None:
+    """An operator empties or drops the evidence table while the proxies run: it is made
+    again and rebuilt from the usage events and their feedback, for the proxies running
+    and one started later, however much was counted since."""
+    usage = postgres_usage(database.dsn, tmp_path)
+    one = Proxy(servers, [fleet.url], selector=_selector(tmp_path), usage=usage)
+    two = Proxy(servers, [fleet.url], selector=_selector(tmp_path), usage=usage)
+    try:
+        async with aiohttp.ClientSession() as session:
+            _, _, taught = await _teach(session, one.url, two.url)
+            for prx in (one, two):
+                await _until_learned(session, prx.url, taught, 800)
+            await database.fetch(loss)
+
+            async def rebuilt() -> bool:
+                try:
+                    return len(await database.fetch(_STORED)) == len(taught)
+                except asyncpg.UndefinedTableError:
+                    return False  # not made again yet
+
+            # Rebuilt while the proxies run (the table would hold no row, or be gone).
+            await wait_for(rebuilt, what="the evidence to be rebuilt")
+            # What is counted after that adds up with what was rebuilt.
+            for prx in (one, two):
+                model, rid = await _ask(session, prx.url, _math(300 + prx.port % 100))
+                await _rate(session, prx.url, rid, 1.0)
+                taught.setdefault(model, []).append(1.0)
+            for prx in (one, two):
+                await _until_learned(session, prx.url, taught, 801)
+    finally:
+        one.stop()
+        two.stop()
+    rows = await database.fetch(_STORED)
+    assert {r["model"]: round(r["count"], 6) for r in rows} == {
+        model: len(ratings) for model, ratings in taught.items()
+    }
+    later = Proxy(servers, [fleet.url], selector=_selector(tmp_path), usage=usage)
+    try:
+        async with aiohttp.ClientSession() as session:
+            await _until_learned(session, later.url, taught, 802)
+    finally:
+        later.stop()
 
 
 @pytest.mark.postgres
