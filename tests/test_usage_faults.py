@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import orjson
 import pytest
 
@@ -594,6 +595,39 @@ async def test_a_write_to_a_silent_database_times_out_and_the_next_connection_ta
             os.kill(pid, signal.SIGCONT)
         prx.stop()
         await asyncio.to_thread(db.drop)
+
+
+async def test_a_database_made_anew_under_the_proxy_gets_the_schema_and_every_event(
+    servers: ServerThread, own_emulator: Emulator, database: Database, tmp_path: Path
+) -> None:
+    """The usage database dropped and created again, empty, while the proxy runs (a
+    restore, an operator's mistake): the sink migrates it as at a start, and what was
+    spooled meanwhile arrives, once each."""
+    usage = quick_postgres_usage(database.dsn, tmp_path)
+    prx = Proxy(servers, [own_emulator.url], usage=usage)
+    try:
+        await postgres_ready(prx)
+        ids: list[str] = []
+        await _traffic(prx.url, 50, ids)
+        await asyncio.to_thread(database.drop)
+        await _traffic(prx.url, 50, ids)
+        await database._admin(f"CREATE DATABASE {database.name}")
+        await _traffic(prx.url, 50, ids)
+
+        async def all_written() -> bool:
+            try:
+                rows = await database.fetch("SELECT count(*) FROM usage_events")
+            except asyncpg.UndefinedTableError:
+                return False
+            return bool(rows[0][0] >= 100)
+
+        await wait_for(all_written, what="the events since the drop to be written")
+        rows = await database.fetch("SELECT request_id FROM usage_events")
+        # Those written before the drop went with the database; every one since is there.
+        assert len(rows) == len({r[0] for r in rows})
+        assert set(ids[50:]) <= {r[0] for r in rows}
+    finally:
+        prx.stop()
 
 
 async def test_a_spool_line_that_does_not_parse_is_dropped_not_fatal(

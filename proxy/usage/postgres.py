@@ -7,7 +7,9 @@ at-least-once replay gives exactly one row per request id.
 
 A batch that fails on what a record holds raises `Refused`, and the runner isolates the
 record (`_REFUSED`); every other failure (connection, timeout, a server shutting down or
-out of disk) is raised as it is, and the batch is spooled and retried.
+out of disk) is raised as it is, and the batch is spooled and retried. One that finds
+the tables gone (the database dropped and made again) also drops the pool: the next
+write migrates the database as at a start.
 """
 
 from __future__ import annotations
@@ -133,7 +135,18 @@ class PostgresSink:
         return self.pool
 
     async def write(self, records: Sequence[Record]) -> None:
-        pool = await self.ensure_pool()
+        try:
+            await self._write(await self.ensure_pool(), records)
+        except asyncpg.UndefinedTableError:
+            # The schema is gone (a new connection's staging table, or the move, found no
+            # usage_events): migrated again by the next write's new pool. Terminated, not
+            # closed: a stats query on it would hold the writer until it ends.
+            pool, self.pool = self.pool, None
+            if pool is not None:
+                pool.terminate()
+            raise
+
+    async def _write(self, pool: asyncpg.Pool, records: Sequence[Record]) -> None:
         try:
             usage = [
                 _stored(row(r.event, r.line)) for r in records if isinstance(r.event, UsageEvent)
