@@ -159,6 +159,7 @@ _ADD_RATED = (
 )
 _OLD_RATED = "DELETE FROM autoroute_rated WHERE added_at < now() - make_interval(secs => $1)"
 _NEW_RATED = "SELECT id, request_id FROM autoroute_rated WHERE id > $1 ORDER BY id"
+_LAST_RATED = "SELECT max(id) FROM autoroute_rated"
 
 
 def decision_of(event: Mapping[str, Any]) -> tuple[str, str, float, float] | None:
@@ -760,6 +761,9 @@ class Learner:
         except BaseException:
             self.rated_here[:0] = written  # written at the next sync
             raise
+        if not self.recent:  # none of this proxy's requests to find there (a start)
+            self.rated_read = await conn.fetchval(_LAST_RATED) or self.rated_read
+            return
         for row in await conn.fetch(_NEW_RATED, self.rated_read):
             self.rated_read = row["id"]
             rid = row["request_id"]
