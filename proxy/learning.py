@@ -64,7 +64,7 @@ from selector_model.kind import kind_of
 log = logging.getLogger("autoroute.learning")
 
 # Feedback for a request not seen yet (it can overtake its own usage event) waits this
-# long for it before a lookup in PostgreSQL, or being dropped.
+# long for it, of the store answering (`Learner._wait_again`), before being dropped.
 UNMATCHED_SECONDS = 30.0
 # The most ratings that wait for their requests, per rater (the API key that gave them;
 # without keys, the client's address) and of all raters together. Any client may post
@@ -597,6 +597,7 @@ class Learner:
             self.last_sync = time.time()
             if self.error is not None:
                 log.info("learning: sync works again")
+                self._wait_again()
             self.error = None
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
@@ -606,6 +607,9 @@ class Learner:
             else:
                 log.debug("learning: sync failed again: %s", error)
             self.error = error
+            # The ratings waiting for their requests wait on: their requests could not be
+            # looked up, and the events of another proxy's wait in its spool meanwhile.
+            return
         self._expire_unmatched()
 
     async def close(self) -> None:
@@ -812,6 +816,14 @@ class Learner:
             counted.applied = counted.rated_away
             self._take((rid,), counted)
             self.rated_here.append(rid)
+
+    def _wait_again(self) -> None:
+        """The store is back: each rating waiting for its request waits
+        `UNMATCHED_SECONDS` from now, time for the events spooled in the outage, this
+        proxy's and the others', to be written and found."""
+        now = time.monotonic()
+        for rid, (_, ratings) in list(self.unmatched.items()):
+            self.unmatched[rid] = (now, ratings)
 
     def _expire_unmatched(self) -> None:
         now = time.monotonic()

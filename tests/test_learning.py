@@ -37,7 +37,7 @@ from selector_model.posterior import choose
 from tests.support import Emulator, Proxy, ServerThread, file_usage, wait_until
 from tests.test_auth_postgres import REFRESH, status_becomes
 from tests.test_outcome import _at, closed_loop
-from tests.usage_services import Database, postgres_usage, wait_for
+from tests.usage_services import Database, PrivatePostgres, postgres_usage, wait_for
 from training.data import prompt_request
 
 MODELS = ("qwen2.5:7b", "mistral:7b", "llama3.1:8b")
@@ -1552,6 +1552,50 @@ async def test_evidence_lost_under_running_proxies_is_rebuilt_from_the_events(
             await _until_learned(session, later.url, taught, 802)
     finally:
         later.stop()
+
+
+@pytest.mark.postgres
+async def test_a_rating_through_another_proxy_waits_out_a_postgres_outage(
+    servers: ServerThread,
+    fleet: Emulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PostgreSQL down: the answer's event waits in its proxy's spool, and a rating given
+    through another proxy waits for it, however long the outage: it is looked up once
+    PostgreSQL is back, not dropped for having waited while it could not be."""
+    monkeypatch.setattr(learning, "UNMATCHED_SECONDS", 1.0)
+    server = PrivatePostgres()
+    db = await asyncio.to_thread(Database, server.base_dsn)
+    quick = {"retry_backoff_seconds": 0.05, "retry_backoff_max_seconds": 0.1}
+    usage = postgres_usage(db.dsn, tmp_path, **quick)
+    one = Proxy(servers, [fleet.url], selector=_selector(tmp_path), usage=usage)
+    two = Proxy(servers, [fleet.url], selector=_selector(tmp_path), usage=usage)
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def started() -> bool:
+                status = [await _status(session, p.url) for p in (one, two)]
+                return all(s["learning"]["last_sync"] is not None for s in status)
+
+            await wait_for(started, what="both proxies to read the store")
+            await asyncio.to_thread(server.stop)
+            model, rid = await _ask(session, one.url, _math(0))
+            await _rate(session, two.url, rid, 0.0)
+
+            async def noticed() -> bool:
+                return (await _status(session, two.url))["learning"]["error"] is not None
+
+            await wait_for(noticed, what="the proxy to find PostgreSQL gone")
+            # Longer than a rating waits for its request while PostgreSQL answers.
+            await asyncio.sleep(2 * learning.UNMATCHED_SECONDS)
+            await asyncio.to_thread(server.start)
+            for prx in (one, two):
+                await _until_learned(session, prx.url, {model: [0.0]}, 1001)
+    finally:
+        one.stop()
+        two.stop()
+        server.close()
 
 
 @pytest.mark.postgres
