@@ -160,6 +160,10 @@ _ADD_RATED = (
 _OLD_RATED = "DELETE FROM autoroute_rated WHERE added_at < now() - make_interval(secs => $1)"
 _NEW_RATED = "SELECT id, request_id FROM autoroute_rated WHERE id > $1 ORDER BY id"
 _LAST_RATED = "SELECT max(id) FROM autoroute_rated"
+_CARRYING = (
+    "SELECT request_id, client_request_id, event FROM usage_events "
+    "WHERE request_id = ANY($1::text[]) OR client_request_id = ANY($1::text[])"
+)
 
 
 def decision_of(event: Mapping[str, Any]) -> tuple[str, str, float, float] | None:
@@ -786,36 +790,44 @@ class Learner:
 
     async def _resolve_unmatched(self, conn: asyncpg.Connection) -> None:
         """Feedback whose request this proxy does not remember: another proxy served it,
-        or it is older than what is remembered. Its event, by primary key."""
+        or it is older than what is remembered. The events that carried its id, the
+        proxy's (the primary key) or the client's own (`client_request_id`, which the
+        client saw in the answer's X-Request-Id), each counted as `_feedback` counts a
+        remembered one."""
         now = time.monotonic()
         due = [rid for rid, (since, _) in self.unmatched.items() if now - since >= 1.0]
         if not due:
             return
         if await conn.fetchval("SELECT to_regclass('usage_events') IS NULL"):
             return
-        found = await conn.fetch(
-            "SELECT request_id, event FROM usage_events WHERE request_id = ANY($1::text[])", due
-        )
+        found = await conn.fetch(_CARRYING, due)
+        carried: dict[str, list[asyncpg.Record]] = {}
         for row in found:
-            rid = row["request_id"]
-            ratings = self.unmatched.pop(rid, (0.0, []))[1]
+            for rid in dict.fromkeys((row["request_id"], row["client_request_id"])):
+                if rid in self.unmatched:
+                    carried.setdefault(rid, []).append(row)
+        for rid, rows in carried.items():
+            ratings = self.unmatched.pop(rid)[1]
             self._forget(rid, ratings)
-            if any(c.request_id == rid for c in self.carrying(rid)):
-                continue  # remembered here: the ratings were offered to it, not for it
-            event = dict(row["event"])
-            decided = decision_of(event)
-            if decided is None:
-                continue
-            counted = self._counted(decided, event)
-            counted.rate(ratings)
-            if not counted.ratings:
-                continue  # given with another key: it counts nowhere
-            # The proxy that served it counts `rated_away` of it once it reads its id in
-            # autoroute_rated (`_pg_rated`), whatever it counted before: only that is
-            # replaced here.
-            counted.applied = counted.rated_away
-            self._take((rid,), counted)
-            self.rated_here.append(rid)
+            for row in rows:
+                own = row["request_id"]
+                if any(c.request_id == own for c in self.carrying(own)):
+                    continue  # remembered here: the ratings were offered to it, not for it
+                event = dict(row["event"])
+                decided = decision_of(event)
+                if decided is None:
+                    continue
+                counted = self._counted(decided, event)
+                counted.rate(ratings)
+                if not counted.ratings:
+                    continue  # given with another key: it counts nowhere
+                # The proxy that served it counts `rated_away` of it once it reads its id
+                # in autoroute_rated (`_pg_rated`), whatever it counted before: only that
+                # is replaced here.
+                counted.applied = counted.rated_away
+                ids = (own, row["client_request_id"])
+                self._take(dict.fromkeys(i for i in ids if i), counted)
+                self.rated_here.append(own)
 
     def _wait_again(self) -> None:
         """The store is back: each rating waiting for its request waits

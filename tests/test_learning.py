@@ -1555,6 +1555,31 @@ async def test_evidence_lost_under_running_proxies_is_rebuilt_from_the_events(
 
 
 @pytest.mark.postgres
+async def test_a_rating_by_the_clients_own_id_counts_through_another_proxy(
+    servers: ServerThread, fleet: Emulator, database: Database, tmp_path: Path
+) -> None:
+    """A client that sends its own X-Request-Id gets it back in the answer and rates by
+    it: through another proxy than the one that served it too, for each of its
+    requests that carried it (a client's id reused rates each of them)."""
+    usage = postgres_usage(database.dsn, tmp_path)
+    one = Proxy(servers, [fleet.url], selector=_selector(tmp_path), usage=usage)
+    two = Proxy(servers, [fleet.url], selector=_selector(tmp_path), usage=usage)
+    try:
+        async with aiohttp.ClientSession(headers={"X-Request-Id": "chat-7-turn-1"}) as session:
+            taught: Taught = {}
+            for prompt in (0, 1):  # the id reused: both requests carry it
+                model, rid = await _ask(session, one.url, _math(prompt))
+                assert rid == "chat-7-turn-1"
+                taught.setdefault(model, []).append(0.0)
+            await _rate(session, two.url, "chat-7-turn-1", 0.0)
+            for prx in (one, two):
+                await _until_learned(session, prx.url, taught, 1000)
+    finally:
+        one.stop()
+        two.stop()
+
+
+@pytest.mark.postgres
 async def test_a_rating_through_another_proxy_waits_out_a_postgres_outage(
     servers: ServerThread,
     fleet: Emulator,
