@@ -155,6 +155,15 @@ def test_prose_is_not_code_and_a_function_stub_is() -> None:
     assert top(read("Ann has 12 apples and buys 30 more at $2 each. How many has she?")) == "math"
     # LaTeX's braces are not code.
     assert top(read("Let $f(x) = \\frac{x^{2}}{x+1}$. Find $f(3)$.")) == "math"
+    # The Unicode operators are maths as LaTeX's are, also in a request to write.
+    for maths_text in (
+        "Find the prime factorization of 280. Write the factors separated by \u00d7",
+        "Divide 84 \u00f7 7 and write the result in words.",
+        "Write \u221a2 to five decimal places.",
+        "Show that x \u2264 3 when 2x + 1 \u2264 7, and write it up.",
+    ):
+        assert read(maths_text)["math"] >= 1.0, maths_text
+        assert kind_of(F.request_features("/api/generate", {"prompt": maths_text})) == "math"
 
 
 def test_request_features_read_the_request() -> None:

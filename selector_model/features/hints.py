@@ -120,9 +120,15 @@ _MATH_WORDS = frozenset({"equation", "probability", "integer", "calculate"})
 # symbol or another maths word in the window: "Find the product of 6 and 7", "solve
 # x^2 = 4", "calculate the sum of the series".
 _MATH_WORDS_WITH_NUMBERS = frozenset({"solve", "sum", "product", "remainder"})
+# The Unicode operators (multiplication and division signs, square root, the
+# comparisons, plus-minus, sum and integral) count as LaTeX's do: "2 times 3" written
+# with the multiplication sign is maths wherever it stands ("Find the prime
+# factorization of 280. Write the factors separated by" that sign has no other maths
+# word, and would read as writing).
 _MATH_SYMBOLS = (
     *(" + ", " - ", " * ", " / ", " = ", "^", "$"),
     *("\\frac", "\\sqrt", "\\cdot", "\\times", "\\pi"),
+    *("\u00d7", "\u00f7", "\u221a", "\u2264", "\u2265", "\u2260", "\u00b1", "\u2211", "\u222b"),
 )
 # A line that opens like a multiple-choice option, as `_choices` defines it, in "\n" + text.
 _CHOICE_LINE = re.compile(r"\n[ (]*[a-e][).:] ")
