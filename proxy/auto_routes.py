@@ -4,6 +4,7 @@ and the proxy's own endpoints `explain`, `status` and `reload` under /api/autoro
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,16 +154,52 @@ def fraction_in_an_int(path: str, doc: Any) -> bool:
     return False
 
 
-def refusal(path: str, doc: Any, body: bytes) -> str | None:
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A body Ollama answers with a 400 before any handler looks at its model."""
+
+    message: str
+    # The handler behind Ollama's OpenAI layer refused the body the layer converted:
+    # the layer's writer writes it (`errors.handler_error`), not the layer itself.
+    by_handler: bool = False
+
+
+# The routes of Ollama's OpenAI layer: how it converts a body (BodyError: the layer's
+# 400) and what the handler behind it refuses of the converted body before it looks at
+# the model.
+_Layer = tuple[Callable[[Any], dict[str, Any]], Callable[[dict[str, Any]], str | None]]
+_LAYERS: dict[str, _Layer] = {
+    OPENAI_CHAT_PATH: (openai_chat.converted, go_types.top_logprobs_refusal),
+    "/v1/completions": (openai_chat.completion_converted, go_types.top_logprobs_refusal),
+    "/v1/embeddings": (openai_chat.embedding_converted, go_types.embed_input_refusal),
+}
+
+
+def refusal(path: str, doc: Any, body: bytes) -> Refused | None:
     """What Ollama answers with a 400 for a body (`body`; `doc`, as `go_json.read` reads
-    it) on `path` before it looks at the model (`go_types.refusal`; on chat completions,
-    what the OpenAI middleware refuses as it converts the body, `openai_chat.refusal`),
-    None for one it goes on with. Where the proxy answers for `auto` in a backend's
+    it) on `path` before it looks at the model: what the native handler refuses as it
+    decodes it (`go_types.refusal`); on the OpenAI routes, what the layer refuses as it
+    converts it (`openai_chat`), then what the handler refuses of what it converted.
+    None for a body it goes on with. Where the proxy answers for `auto` in a backend's
     place, this comes first, as from Ollama; a body routed to a backend gets it from
     there."""
-    if path == OPENAI_CHAT_PATH:
-        return go_types.checked(doc, body, openai_chat.refusal)
-    return go_types.checked(doc, body, lambda read: go_types.refusal(path, read))
+    layer = _LAYERS.get(path)
+    if layer is None:
+        message = go_types.checked(doc, body, lambda read: go_types.refusal(path, read))
+        return None if message is None else Refused(message)
+    convert, then = layer
+
+    def check(read: Any) -> Refused | None:
+        try:
+            converted = convert(read)
+        except go_types.LiteralLost:
+            raise
+        except go_types.BodyError as exc:
+            return Refused(str(exc))
+        message = then(converted)
+        return None if message is None else Refused(message, by_handler=True)
+
+    return go_types.checked(doc, body, check)
 
 
 class AutoRoutes:
@@ -358,7 +395,8 @@ class AutoRoutes:
         if doc is None:
             return error_response(request.path, 400, go_types.decode_refusal(path, body))
         if not isinstance(doc, dict):
-            not_an_object = refusal(path, doc, body) or "expected a JSON object"
+            unread = refusal(path, doc, body)
+            not_an_object = unread.message if unread else "expected a JSON object"
             return error_response(request.path, 400, not_an_object)
         model = doc.get("model") if isinstance(doc.get("model"), str) else AUTO
         profile = profile_of(str(model), self.auto.config.default_profile)
@@ -387,7 +425,7 @@ class AutoRoutes:
         # own bounds.
         unread = refusal(path, doc, body)
         if unread is not None:
-            return error_response(request.path, 400, unread)
+            return error_response(request.path, 400, unread.message)
         # The key's allow-list, as on inference: explain must rank what auto would.
         only = key.models if key is not None else None
         reading = await reading_off_loop(path, doc, len(body))

@@ -542,15 +542,6 @@ EMBEDDINGS_FIELDS = {
     "keep_alive": "duration",
     "options": "map",
 }
-# What Ollama's handler on each path decodes its body into, and whether it then checks
-# `top_logprobs` (`top_logprobs_refusal`).
-_STRUCTS = {
-    "/api/generate": ("GenerateRequest", GENERATE_FIELDS, True),
-    "/api/chat": ("ChatRequest", CHAT_FIELDS, True),
-    "/api/show": ("ShowRequest", SHOW_FIELDS, False),
-    "/api/embed": ("EmbedRequest", EMBED_FIELDS, False),
-    "/api/embeddings": ("EmbeddingRequest", EMBEDDINGS_FIELDS, False),
-}
 
 
 def think_value(value: Any) -> bool | None:
@@ -582,6 +573,28 @@ def raw_refusal(body: Mapping[str, Any]) -> str | None:
     if body.get("raw") and (body.get("template") or body.get("system") or body.get("context")):
         return "raw mode does not support template, system, or context"
     return None
+
+
+def embed_input_refusal(body: Mapping[str, Any]) -> str | None:
+    """EmbedHandler's 400 for an `input` (decoded into an `any`) that is neither a
+    string nor a list of strings, which it answers before it looks for the model."""
+    value = body.get("input")
+    if value is None or isinstance(value, str):
+        return None
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return None
+    return "invalid input type"
+
+
+# What Ollama's handler on each path decodes its body into, and what it then refuses of
+# the decoded body before it looks at the model.
+_STRUCTS: dict[str, tuple[str, dict[str, str], Callable[[Mapping[str, Any]], str | None]]] = {
+    "/api/generate": ("GenerateRequest", GENERATE_FIELDS, top_logprobs_refusal),
+    "/api/chat": ("ChatRequest", CHAT_FIELDS, top_logprobs_refusal),
+    "/api/show": ("ShowRequest", SHOW_FIELDS, lambda _: None),
+    "/api/embed": ("EmbedRequest", EMBED_FIELDS, embed_input_refusal),
+    "/api/embeddings": ("EmbeddingRequest", EMBEDDINGS_FIELDS, lambda _: None),
+}
 
 
 # api.Options with its embedded api.Runner (api/types.go): each field's JSON name and
@@ -665,16 +678,17 @@ def decode_refusal(path: str, body: bytes) -> str:
 def refusal(path: str, doc: Any) -> str | None:
     """What Ollama's handler for `path` answers with a 400 before it looks at the
     model: an error decoding the body (`doc`, as `go_json.read` reads it) into its
-    struct (`_STRUCTS`), or `top_logprobs` out of range; None for a body it goes on
-    with (or a path without a struct here). `LiteralLost` is raised, for `checked`."""
+    struct (`_STRUCTS`), or what the handler checks of it first (`top_logprobs` out of
+    range, an embedding's `input` of another type); None for a body it goes on with
+    (or a path without a struct here). `LiteralLost` is raised, for `checked`."""
     struct = _STRUCTS.get(path)
     if struct is None:
         return None
-    name, fields, logprobs = struct
+    name, fields, then = struct
     try:
-        check_fields(doc, name, fields)
+        decoded = check_fields(doc, name, fields)
     except LiteralLost:
         raise
     except BodyError as exc:
         return str(exc)
-    return top_logprobs_refusal(doc) if logprobs else None
+    return then(decoded)

@@ -97,7 +97,10 @@ def _refused(path: str, doc: dict[str, Any], body: bytes) -> web.Response | None
     handler refuses before it looks at the model (`auto_routes.refusal`), None for one
     it goes on with."""
     refused = refusal(path, doc, body)
-    return None if refused is None else error_response(path, 400, refused)
+    if refused is None:
+        return None
+    answer = handler_error if refused.by_handler else error_response
+    return answer(path, 400, refused.message)
 
 
 def _unloads_alone(path: str, doc: Any) -> bool:

@@ -1,10 +1,13 @@
-"""A chat completion as Ollama's OpenAI middleware converts it into an /api/chat body
-(middleware/openai.go ChatMiddleware, openai/openai.go FromChatRequest), and what it
-refuses on the way (`refusal`), with a 400, before any handler looks at the model.
+"""A chat completion, a completion and an embedding request as Ollama's OpenAI
+middleware converts them into /api/chat, /api/generate and /api/embed bodies
+(middleware/openai.go ChatMiddleware, CompletionsMiddleware, EmbeddingsMiddleware;
+openai/openai.go FromChatRequest, FromCompleteRequest), and what it refuses on the way
+(BodyError), with a 400, before any handler looks at the model.
 
-Shared by the emulator, which serves the converted chat, and the proxy, which answers
-for `auto` in a backend's place where no model can serve a request (or the profile
-does not exist): a body Ollama refuses while converting it gets that 400 there too.
+Shared by the emulator, which serves the converted request, and the proxy, which
+answers for `auto` in a backend's place where no model can serve a request (or the
+profile does not exist): a body Ollama refuses while converting it gets that 400 there
+too (`auto_routes.refusal`).
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from typing import Any
 
 from proxy.go_types import (
     BodyError,
-    LiteralLost,
     base64_error,
     base64_refusal,
     check_fields,
@@ -271,14 +273,92 @@ def converted(doc: Any) -> dict[str, Any]:
     return chat_from_openai(body)
 
 
-def refusal(doc: Any) -> str | None:
-    """What ChatMiddleware refuses of a chat completion body (`doc`, as `go_json.read`
-    reads it) with a 400, None for one it passes on to ChatHandler. `LiteralLost` is
-    raised, for `go_types.checked`."""
-    try:
-        converted(doc)
-    except LiteralLost:
-        raise
-    except BodyError as exc:
-        return str(exc)
-    return None
+# openai.CompletionRequest, {json name: kind} (see `go_types.check_fields`).
+COMPLETION_FIELDS = {
+    "model": "string",
+    "prompt": "string",
+    "frequency_penalty": "float32",
+    "max_tokens": "int",
+    "presence_penalty": "float32",
+    "seed": "int",
+    "stop": "any",
+    "stream": "bool",
+    "stream_options": "openai.StreamOptions",
+    "temperature": "float32",
+    "top_p": "float32",
+    "suffix": "string",
+    "logprobs": "int",
+}
+
+
+def _completion_options(body: dict[str, Any]) -> dict[str, Any]:
+    """FromCompleteRequest's options: an element of a `stop` list that is no string is
+    its error, named by Go's type (`%T`)."""
+    opts: dict[str, Any] = {}
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        opts["stop"] = [stop]
+    elif isinstance(stop, list):
+        for item in stop:
+            if not isinstance(item, str):
+                raise BodyError(f"invalid type for 'stop' field: {go_type_name(item)}")
+        opts["stop"] = stop
+    if body.get("max_tokens") is not None:
+        opts["num_predict"] = body["max_tokens"]
+    opts["temperature"] = body["temperature"] if body.get("temperature") is not None else 1.0
+    if body.get("seed") is not None:
+        opts["seed"] = body["seed"]
+    opts["top_p"] = body["top_p"] if body.get("top_p") else 1.0
+    return opts
+
+
+def completion_converted(doc: Any) -> dict[str, Any]:
+    """CompletionsMiddleware: the body bound to openai.CompletionRequest and converted
+    (FromCompleteRequest) into the /api/generate body; BodyError with the message of
+    its 400."""
+    body = check_fields(doc, "CompletionRequest", COMPLETION_FIELDS)
+    generate: dict[str, Any] = {
+        "model": body.get("model") or "",
+        "prompt": body.get("prompt") or "",
+        "options": _completion_options(body),
+        "stream": bool(body.get("stream")),
+        "suffix": body.get("suffix") or "",
+    }
+    # A positive count asks for logprobs and is their top count.
+    if (body.get("logprobs") or 0) > 0:
+        generate["logprobs"], generate["top_logprobs"] = True, body["logprobs"]
+    return generate
+
+
+# openai.EmbedRequest.
+EMBEDDING_FIELDS = {
+    "input": "any",
+    "model": "string",
+    "dimensions": "int",
+    "encoding_format": "string",
+}
+INVALID_INPUT = "invalid input"
+
+
+def embedding_converted(doc: Any) -> dict[str, Any]:
+    """EmbeddingsMiddleware: the body bound to openai.EmbedRequest, its
+    `encoding_format` and `input` checked, converted into the /api/embed body (with the
+    format, which the middleware's writer applies); BodyError with the message of its
+    400."""
+    body = check_fields(doc, "EmbedRequest", EMBEDDING_FIELDS)
+    fmt = str(body.get("encoding_format") or "")
+    if fmt and fmt.lower() not in ("float", "base64"):
+        raise BodyError(
+            f"Invalid value for 'encoding_format' = {fmt}. Supported values: ['float', 'base64']."
+        )
+    inp = body.get("input")
+    if inp == "":
+        inp = [""]
+    if inp is None or inp == []:
+        raise BodyError(INVALID_INPUT)
+    return {
+        "model": body.get("model") or "",
+        "input": inp,
+        "dimensions": body.get("dimensions"),
+        "encoding_format": fmt,
+    }

@@ -847,6 +847,45 @@ async def test_auto_refuses_an_openai_chat_as_ollama_converts_it(
     assert "no model can serve" in orjson.loads(answer)["error"]["message"]
 
 
+# Bodies Ollama refuses on the other routes before it looks at the model: as its
+# OpenAI layer binds and converts them (CompletionsMiddleware, EmbeddingsMiddleware),
+# or as the handler behind it checks the converted body first (GenerateHandler's and
+# ChatHandler's top_logprobs, EmbedHandler's input).
+REFUSED_BEFORE_THE_MODEL_ELSEWHERE = [
+    ("/v1/completions", {"prompt": "hi", "stream": 5}),
+    ("/v1/completions", {"prompt": "hi", "max_tokens": "x"}),
+    ("/v1/completions", {"prompt": "hi", "stop": ["a", 1]}),
+    ("/v1/completions", {"prompt": "hi", "stop": [None]}),
+    ("/v1/completions", {"prompt": "hi", "logprobs": 50}),
+    ("/v1/embeddings", {"input": "hi", "encoding_format": 5}),
+    ("/v1/embeddings", {"input": "hi", "encoding_format": "int8"}),
+    ("/v1/embeddings", {"input": []}),
+    ("/v1/embeddings", {"dimensions": "x"}),
+    ("/v1/embeddings", {"input": ["a", 1]}),
+    ("/api/embed", {"input": 5}),
+    ("/api/embed", {"input": ["a", {}]}),
+    (
+        "/v1/chat/completions",
+        {"messages": [_OPENED], "logprobs": True, "top_logprobs": 50, "reasoning_effort": "high"},
+    ),
+]
+
+
+@pytest.mark.parametrize(("path", "fields"), REFUSED_BEFORE_THE_MODEL_ELSEWHERE)
+async def test_auto_refuses_a_body_as_ollama_does_before_the_model_on_every_route(
+    auto_proxy: Proxy, emulator: Emulator, path: str, fields: dict[str, Any]
+) -> None:
+    """A profile that does not exist (404) and a request no model of the profile can
+    serve (thinking, asked for on a chat, which none of the coders does) are `auto`'s
+    answers in the handler's place: a body Ollama refuses before any handler looks at
+    the model gets Ollama's 400 instead, byte for byte as a backend writes it."""
+    direct = await post_raw(emulator.url, path, orjson.dumps({"model": "qwen2.5:7b", **fields}))
+    assert direct[0] == 400
+    for model in ("auto:nope", "auto:coders"):
+        body = orjson.dumps({"model": model, **fields})
+        assert await post_raw(auto_proxy.url, path, body) == direct, model
+
+
 def test_ollama_run_auto_leaves_the_choice_open(auto_proxy: Proxy) -> None:
     """`ollama run <model>` turns `think` on for every message when /api/show lists
     "thinking" (cmd.inferThinkingOption), as `ollama launch` configures reasoning from

@@ -1222,6 +1222,28 @@ async def test_a_chat_completion_content_of_no_known_type_is_named_by_gos_type(
 
 
 @pytest.mark.parametrize(
+    ("stop", "go_type"),
+    [
+        ([None], "<nil>"),
+        (["a", 1], "float64"),
+        ([False], "bool"),
+        ([{}], "map[string]interface {}"),
+        ([[]], "[]interface {}"),
+    ],
+)
+async def test_a_completion_stop_of_no_string_is_named_by_gos_type(
+    emu: Emu, stop: Any, go_type: str
+) -> None:
+    """openai.FromCompleteRequest's `fmt.Errorf("invalid type for 'stop' field: %T")`
+    for an element of the `stop` list, decoded into an `any`: Go's type names."""
+    status, _, body = await emu.post(
+        "/v1/completions", {"model": "qwen2.5:7b", "prompt": "hi", "stop": stop}
+    )
+    error = json.loads(body)["error"]["message"]
+    assert (status, error) == (400, f"invalid type for 'stop' field: {go_type}")
+
+
+@pytest.mark.parametrize(
     ("path", "extra", "error"),
     [
         (

@@ -414,7 +414,7 @@ def test_a_number_in_an_int_field_is_named_as_written(number: str) -> None:
     body again, keeping it as written, for Go's error."""
     body = b'{"model":"m","top_logprobs":' + number.encode() + b"}"
     doc, _ = go_json.read(body)
-    assert auto_routes.refusal("/api/chat", doc, body) == (
+    assert auto_routes.refusal("/api/chat", doc, body) == auto_routes.Refused(
         f"json: cannot unmarshal number {number} into Go struct field "
         "ChatRequest.top_logprobs of type int"
     )
@@ -422,7 +422,7 @@ def test_a_number_in_an_int_field_is_named_as_written(number: str) -> None:
         number.encode() + b"}"
     )
     doc, _ = go_json.read(chat)
-    assert auto_routes.refusal("/v1/chat/completions", doc, chat) == (
+    assert auto_routes.refusal("/v1/chat/completions", doc, chat) == auto_routes.Refused(
         f"json: cannot unmarshal number {number} into Go struct field "
         "ChatCompletionRequest.max_tokens of type int"
     )

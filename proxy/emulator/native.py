@@ -18,7 +18,13 @@ import orjson
 from aiohttp import web
 
 from proxy.aiohttp_internals import defer_headers
-from proxy.go_types import CHAT_FIELDS, EMBED_FIELDS, EMBEDDINGS_FIELDS, GENERATE_FIELDS
+from proxy.go_types import (
+    CHAT_FIELDS,
+    EMBED_FIELDS,
+    EMBEDDINGS_FIELDS,
+    GENERATE_FIELDS,
+    embed_input_refusal,
+)
 from proxy.protocol import JSON, NDJSON, go_time
 
 from .engine import ClientGone, Generation, Piece, RunnerDied, client_gone, pause
@@ -425,16 +431,15 @@ async def embed_vectors(
     state = state_of(request)
     model = str(body.get("model") or "")
     base = model_ref(model, "/api/embed", empty_status=404, empty_msg=f"model '{model}' not found")
+    refused = embed_input_refusal(body)
+    if refused is not None:
+        raise Refusal(400, refused)
     raw_input = body.get("input")
     inputs: list[str] = []
     if isinstance(raw_input, str):
         inputs = [raw_input] if raw_input else []
     elif isinstance(raw_input, list):
-        if not all(isinstance(v, str) for v in raw_input):
-            raise Refusal(400, "invalid input type")
         inputs = raw_input
-    elif raw_input is not None:
-        raise Refusal(400, "invalid input type")
     spec = state.find(base)
     if spec is None:
         raise Refusal(404, f"model '{model}' not found")

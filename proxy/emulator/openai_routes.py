@@ -65,26 +65,6 @@ def _ids(state: EmulatorState, prefix: str, request_key: str) -> tuple[str, int]
     return f"{prefix}-{n}", state.now_ns() // 1_000_000_000
 
 
-def _options(body: dict[str, Any]) -> dict[str, Any]:
-    """FromCompleteRequest's option mapping (FromChatRequest's is `openai_chat`'s)."""
-    opts: dict[str, Any] = {}
-    stop = body.get("stop")
-    if isinstance(stop, str):
-        opts["stop"] = [stop]
-    elif isinstance(stop, list):
-        if not all(isinstance(s, str) for s in stop):
-            bad = next(s for s in stop if not isinstance(s, str))
-            raise Refusal(400, f"invalid type for 'stop' field: {type(bad).__name__}")
-        opts["stop"] = stop
-    if body.get("max_tokens") is not None:
-        opts["num_predict"] = body["max_tokens"]
-    opts["temperature"] = body["temperature"] if body.get("temperature") is not None else 1.0
-    if body.get("seed") is not None:
-        opts["seed"] = body["seed"]
-    opts["top_p"] = body["top_p"] if body.get("top_p") else 1.0
-    return opts
-
-
 def decode_image_url(url: str) -> str:
     """`openai_chat.decode_image_url`, its refusal a 400."""
     try:
@@ -313,39 +293,15 @@ async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
     return await run_chat(request, job, OpenAIChatSink(request, body, job.key))
 
 
-COMPLETION_FIELDS = {
-    "model": "string",
-    "prompt": "string",
-    "frequency_penalty": "float32",
-    "max_tokens": "int",
-    "presence_penalty": "float32",
-    "seed": "int",
-    "stop": "any",
-    "stream": "bool",
-    "stream_options": "openai.StreamOptions",
-    "temperature": "float32",
-    "top_p": "float32",
-    "suffix": "string",
-    "logprobs": "int",
-}
-
-
 async def handle_completions(request: web.Request) -> web.StreamResponse:
     state = state_of(request)
     try:
-        body = await read_oa_body(request, "CompletionRequest", COMPLETION_FIELDS)
-        gen = {
-            "model": body.get("model") or "",
-            "prompt": body.get("prompt") or "",
-            "options": _options(body),
-            "stream": bool(body.get("stream")),
-            "suffix": body.get("suffix") or "",
-        }
-        # FromCompleteRequest: a positive count asks for logprobs and is their top count.
-        if (body.get("logprobs") or 0) > 0:
-            gen["logprobs"], gen["top_logprobs"] = True, body["logprobs"]
+        body = await read_oa_body(request, "CompletionRequest", {})
+        gen = await checked_off_loop(request, body, openai_chat.completion_converted)
     except Refusal as exc:
         return middleware_error(exc.status, exc.message)
+    except BodyError as exc:
+        return middleware_error(400, str(exc))
     try:
         job: Prepared = prepare_generate(state, gen)
     except Refusal as exc:
@@ -365,31 +321,16 @@ def _base64_vector(vec: Any) -> str:
 
 async def handle_embeddings(request: web.Request) -> web.StreamResponse:
     try:
-        body = await read_oa_body(
-            request,
-            "EmbedRequest",
-            {"input": "any", "model": "string", "dimensions": "int", "encoding_format": "string"},
-        )
-        fmt = str(body.get("encoding_format") or "")
-        if fmt and fmt.lower() not in ("float", "base64"):
-            raise Refusal(
-                400,
-                f"Invalid value for 'encoding_format' = {fmt}. Supported "
-                "values: ['float', 'base64'].",
-            )
-        inp = body.get("input")
-        if inp == "":
-            inp = [""]
-        if inp is None or inp == []:
-            raise Refusal(400, "invalid input")
+        body = await read_oa_body(request, "EmbedRequest", {})
+        embed = await checked_off_loop(request, body, openai_chat.embedding_converted)
     except Refusal as exc:
         return middleware_error(exc.status, exc.message)
+    except BodyError as exc:
+        return middleware_error(400, str(exc))
+    as_base64 = embed.pop("encoding_format").lower() == "base64"
+    encode = _base64_vector if as_base64 else _float_vector
     try:
-        result = await embed_vectors(
-            request,
-            {"model": body.get("model") or "", "input": inp, "dimensions": body.get("dimensions")},
-            _base64_vector if fmt.lower() == "base64" else _float_vector,
-        )
+        result = await embed_vectors(request, embed, encode)
     except Refusal as exc:
         return writer_error(exc.status, exc.message)
     except ClientGone:
