@@ -198,11 +198,14 @@ def check_fields(body: Any, struct: str, fields: Mapping[str, str]) -> dict[str,
     Kinds: string, bool, int, float, map, object, any, duration (an api.Duration:
     any, its number parsed), think (an api.ThinkValue), []int, []string, images,
     messages, tools. Returns the body as a dict (JSON null decodes to the zero
-    struct)."""
+    struct). `struct` is the struct's name, with its package when that is not `api`
+    (`openai.ChatCompletionRequest`): Go names the package where the body is no
+    object, and only the name where a field has the wrong kind."""
     if body is None:
         return {}
+    package, _, struct = struct.rpartition(".")
     if not isinstance(body, dict):
-        raise BodyError(not_into(body, f"api.{struct}"))
+        raise BodyError(not_into(body, f"{package or 'api'}.{struct}"))
     # Go matches a key to a field whatever its case (`Model` is `model`), the last of
     # the keys that name a field winning: one lower-case key per field, as Go reads it.
     canonicalize(body)

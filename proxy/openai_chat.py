@@ -267,7 +267,7 @@ def converted(doc: Any) -> dict[str, Any]:
     """ChatMiddleware: the body bound to openai.ChatCompletionRequest, refused without
     messages, then converted (`chat_from_openai`); BodyError with the message of its
     400."""
-    body = check_fields(doc, "ChatCompletionRequest", CHAT_FIELDS)
+    body = check_fields(doc, "openai.ChatCompletionRequest", CHAT_FIELDS)
     if not body.get("messages"):
         raise BodyError(NO_MESSAGES)
     return chat_from_openai(body)
@@ -316,7 +316,7 @@ def completion_converted(doc: Any) -> dict[str, Any]:
     """CompletionsMiddleware: the body bound to openai.CompletionRequest and converted
     (FromCompleteRequest) into the /api/generate body; BodyError with the message of
     its 400."""
-    body = check_fields(doc, "CompletionRequest", COMPLETION_FIELDS)
+    body = check_fields(doc, "openai.CompletionRequest", COMPLETION_FIELDS)
     generate: dict[str, Any] = {
         "model": body.get("model") or "",
         "prompt": body.get("prompt") or "",
@@ -345,7 +345,7 @@ def embedding_converted(doc: Any) -> dict[str, Any]:
     `encoding_format` and `input` checked, converted into the /api/embed body (with the
     format, which the middleware's writer applies); BodyError with the message of its
     400."""
-    body = check_fields(doc, "EmbedRequest", EMBEDDING_FIELDS)
+    body = check_fields(doc, "openai.EmbedRequest", EMBEDDING_FIELDS)
     fmt = str(body.get("encoding_format") or "")
     if fmt and fmt.lower() not in ("float", "base64"):
         raise BodyError(

@@ -1222,6 +1222,29 @@ async def test_a_chat_completion_content_of_no_known_type_is_named_by_gos_type(
 
 
 @pytest.mark.parametrize(
+    ("path", "go_type"),
+    [
+        ("/v1/chat/completions", "openai.ChatCompletionRequest"),
+        ("/v1/completions", "openai.CompletionRequest"),
+        ("/v1/embeddings", "openai.EmbedRequest"),
+        ("/v1/responses", "openai.ResponsesRequest"),
+        ("/v1/messages", "anthropic.MessagesRequest"),
+    ],
+)
+async def test_a_compatible_body_of_no_object_is_named_by_its_go_type(
+    emu: Emu, path: str, go_type: str
+) -> None:
+    """The OpenAI and Anthropic middlewares bind a body into their own packages'
+    structs: json.Unmarshal's error for a value that is no object names the type as
+    Go's reflect spells it, package first."""
+    status, _, body = await emu.post(path, raw=b"[1]")
+    error = json.loads(body)["error"]
+    message = error["message"] if isinstance(error, dict) else error
+    expected = f"json: cannot unmarshal array into Go value of type {go_type}"
+    assert (status, message) == (400, expected)
+
+
+@pytest.mark.parametrize(
     ("stop", "go_type"),
     [
         ([None], "<nil>"),

@@ -248,7 +248,7 @@ async def handle_messages(request: web.Request) -> web.StreamResponse:
     try:
         body = await read_oa_body(
             request,
-            "MessagesRequest",
+            "anthropic.MessagesRequest",
             {
                 "model": "string",
                 "max_tokens": "int",

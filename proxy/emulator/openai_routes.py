@@ -280,7 +280,7 @@ def to_openai_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
 async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
     state = state_of(request)
     try:
-        body = await read_oa_body(request, "ChatCompletionRequest", {})
+        body = await read_oa_body(request, "openai.ChatCompletionRequest", {})
         chat = await checked_off_loop(request, body, openai_chat.converted)
     except Refusal as exc:
         return middleware_error(exc.status, exc.message)
@@ -296,7 +296,7 @@ async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
 async def handle_completions(request: web.Request) -> web.StreamResponse:
     state = state_of(request)
     try:
-        body = await read_oa_body(request, "CompletionRequest", {})
+        body = await read_oa_body(request, "openai.CompletionRequest", {})
         gen = await checked_off_loop(request, body, openai_chat.completion_converted)
     except Refusal as exc:
         return middleware_error(exc.status, exc.message)
@@ -321,7 +321,7 @@ def _base64_vector(vec: Any) -> str:
 
 async def handle_embeddings(request: web.Request) -> web.StreamResponse:
     try:
-        body = await read_oa_body(request, "EmbedRequest", {})
+        body = await read_oa_body(request, "openai.EmbedRequest", {})
         embed = await checked_off_loop(request, body, openai_chat.embedding_converted)
     except Refusal as exc:
         return middleware_error(exc.status, exc.message)

@@ -558,7 +558,7 @@ async def handle_responses(request: web.Request) -> web.StreamResponse:
     try:
         body = await read_oa_body(
             request,
-            "ResponsesRequest",
+            "openai.ResponsesRequest",
             {
                 "model": "string",
                 "input": "any",
