@@ -1221,6 +1221,16 @@ async def test_a_chat_completion_content_of_no_known_type_is_named_by_gos_type(
     assert (status, error) == (400, f"invalid message content type: {go_type}")
 
 
+@pytest.mark.parametrize("messages", [[None], [None, None], [{}]])
+async def test_a_null_message_is_an_empty_one_not_a_load(emu: Emu, messages: Any) -> None:
+    """A null element of `messages` decodes to the zero api.Message: ChatHandler loads
+    without generating only for no messages at all, and renders any other list."""
+    body = {"model": "qwen2.5:7b", "messages": messages, "stream": False}
+    status, _, answer = await emu.post("/api/chat", body)
+    assert status == 200
+    assert json.loads(answer)["done_reason"] in ("stop", "length")
+
+
 @pytest.mark.parametrize(
     ("path", "go_type"),
     [

@@ -322,7 +322,8 @@ def prepare_chat(
         raise Refusal(400, refused)
     spec = _lookup(state, model, "/api/chat", empty_status=400, empty_msg="model is required")
     keep_alive = keep_alive_of(body)
-    messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+    # A null element is the zero api.Message: a message still, so no load.
+    messages = [m if isinstance(m, dict) else {} for m in body.get("messages") or []]
     stream = body.get("stream") is not False
     if not messages and keep_alive == 0:
         return Prepared(spec, model, stream, keep_alive, "", plan_empty(), special="unload")
