@@ -10,7 +10,14 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy import experiments, go_json, go_types, openai_chat
+from proxy import (
+    anthropic_messages,
+    experiments,
+    go_json,
+    go_types,
+    openai_chat,
+    openai_responses,
+)
 from proxy import limits as request_limits
 from proxy.auth import KEY_REQUEST
 from proxy.auto import (
@@ -25,7 +32,7 @@ from proxy.auto import (
 )
 from proxy.backends import normalize_model
 from proxy.config import Limits, Usage
-from proxy.errors import error_response, handler_error
+from proxy.errors import ANTHROPIC_PATH, error_response, handler_error
 from proxy.keep_alive import unloads
 from proxy.learning import Learner
 from proxy.multipart_form import go_quote
@@ -164,14 +171,16 @@ class Refused:
     by_handler: bool = False
 
 
-# The routes of Ollama's OpenAI layer: how it converts a body (BodyError: the layer's
-# 400) and what the handler behind it refuses of the converted body before it looks at
-# the model.
+# The routes of Ollama's OpenAI and Anthropic layers: how the layer converts a body
+# (BodyError: its 400) and what the handler behind it refuses of the converted body
+# before it looks at the model.
 _Layer = tuple[Callable[[Any], dict[str, Any]], Callable[[dict[str, Any]], str | None]]
 _LAYERS: dict[str, _Layer] = {
     OPENAI_CHAT_PATH: (openai_chat.converted, go_types.top_logprobs_refusal),
     "/v1/completions": (openai_chat.completion_converted, go_types.top_logprobs_refusal),
     "/v1/embeddings": (openai_chat.embedding_converted, go_types.embed_input_refusal),
+    "/v1/responses": (openai_responses.converted, go_types.top_logprobs_refusal),
+    ANTHROPIC_PATH: (anthropic_messages.converted, go_types.top_logprobs_refusal),
 }
 
 

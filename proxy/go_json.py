@@ -663,11 +663,15 @@ CONSTANTS = {
 }
 
 
+# What `decode_error` answers for a body Go reads a value from: no error of Go's.
+GO_READS_IT = "invalid JSON in request body"
+
+
 def decode_error(body: bytes) -> str:
     """What Go's json.Decoder.Decode says of a body `read` finds no JSON value in (its
     document None): "EOF" for a body of blanks (Ollama's handlers answer their own
     words for it), the scanner's syntax error where it stops, "exceeded max depth"
-    beyond `GO_MAX_DEPTH` levels."""
+    beyond `GO_MAX_DEPTH` levels; `GO_READS_IT` for a body with a value."""
     text = go_text(body)
     start = len(text) - len(text.lstrip(_WHITESPACE))
     if start == len(text):
@@ -683,4 +687,4 @@ def decode_error(body: bytes) -> str:
         if shallow is None or shallow == body:
             return "exceeded max depth"
         return decode_error(shallow)
-    return "invalid JSON in request body"  # Go reads it: not expected here
+    return GO_READS_IT

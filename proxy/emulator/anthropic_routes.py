@@ -12,16 +12,17 @@ from typing import Any
 
 from aiohttp import web
 
+from proxy import anthropic_messages
 from proxy.errors import ANTHROPIC_TYPES
+from proxy.go_types import BodyError
 from proxy.protocol import SSE
 
 from .engine import Piece
 from .inference import Refusal, prepare_chat
 from .native import ChatSink, LazyStream, run_chat
 from .openai_routes import read_oa_body
-from .responses_api import text_of
 from .state import EmulatorState, request_digest, state_of
-from .wire import dumps, encoder_json, gin_json, stream_heads, with_heads
+from .wire import checked_off_loop, dumps, encoder_json, gin_json, stream_heads, with_heads
 
 
 def anthropic_error(state: EmulatorState, status: int, message: str, key: str) -> dict[str, Any]:
@@ -37,70 +38,6 @@ def _hex(state: EmulatorState, key: str, salt: str) -> str:
     if state.settings.frozen_clock:
         return request_digest(salt, key)[:24]
     return f"{random.getrandbits(96):024x}"
-
-
-def chat_from_anthropic(body: dict[str, Any]) -> dict[str, Any]:
-    messages: list[dict[str, Any]] = []
-    system = body.get("system")
-    if isinstance(system, str) and system:
-        messages.append({"role": "system", "content": system})
-    elif isinstance(system, list):
-        text = "".join(str(b.get("text", "")) for b in system if isinstance(b, dict))
-        if text:
-            messages.append({"role": "system", "content": text})
-    for msg in body.get("messages") or []:
-        if not isinstance(msg, dict):
-            raise Refusal(400, "invalid message")
-        role, content = str(msg.get("role", "")).lower(), msg.get("content")
-        blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
-        text, calls, results = "", [], []
-        for b in blocks if isinstance(blocks, list) else []:
-            if not isinstance(b, dict):
-                continue
-            if b.get("type") == "text":
-                text += str(b.get("text") or "")
-            elif b.get("type") == "tool_use":
-                calls.append(
-                    {
-                        "id": b.get("id"),
-                        "function": {"name": b.get("name"), "arguments": b.get("input") or {}},
-                    }
-                )
-            elif b.get("type") == "tool_result":
-                results.append(
-                    {
-                        "role": "tool",
-                        "content": text_of(b.get("content"))
-                        if not isinstance(b.get("content"), str)
-                        else b["content"],
-                    }
-                )
-        messages += results
-        if text or calls:
-            messages.append({"role": role, "content": text, "tool_calls": calls})
-    tools = [
-        {
-            "type": "function",
-            "function": {
-                "name": t.get("name"),
-                "description": t.get("description", ""),
-                "parameters": t.get("input_schema") or {},
-            },
-        }
-        for t in body.get("tools") or []
-        if isinstance(t, dict)
-    ]
-    out: dict[str, Any] = {
-        "model": body.get("model") or "",
-        "messages": messages,
-        "options": {"num_predict": body.get("max_tokens") or 0},
-        "tools": tools,
-        "stream": bool(body.get("stream")),
-    }
-    thinking = (body.get("thinking") or {}).get("type")
-    if thinking in ("enabled", "disabled"):
-        out["think"] = thinking == "enabled"
-    return out
 
 
 _STOP = {"stop": "end_turn", "length": "max_tokens"}
@@ -246,29 +183,12 @@ async def handle_messages(request: web.Request) -> web.StreamResponse:
     state = state_of(request)
     key = str(time.monotonic_ns())
     try:
-        body = await read_oa_body(
-            request,
-            "anthropic.MessagesRequest",
-            {
-                "model": "string",
-                "max_tokens": "int",
-                "messages": "[]anthropic.MessageParam",
-                "system": "any",
-                "stream": "bool",
-                "temperature": "float",
-                "tools": "[]anthropic.Tool",
-                "thinking": "map",
-            },
-        )
-        if not body.get("model"):
-            raise Refusal(400, "model is required")
-        if not body.get("max_tokens") or body["max_tokens"] <= 0:
-            raise Refusal(400, "max_tokens is required and must be positive")
-        if not body.get("messages"):
-            raise Refusal(400, "messages is required")
-        chat = chat_from_anthropic(body)
+        body = await read_oa_body(request, "anthropic.MessagesRequest", {})
+        chat = await checked_off_loop(request, body, anthropic_messages.converted)
     except Refusal as exc:
         return gin_json(exc.status, anthropic_error(state, exc.status, exc.message, key))
+    except BodyError as exc:
+        return gin_json(400, anthropic_error(state, 400, str(exc), key))
     try:
         job = prepare_chat(state, chat, relax_thinking=True, limit_is_cap=True)
     except Refusal as exc:

@@ -73,14 +73,6 @@ def decode_image_url(url: str) -> str:
         raise Refusal(400, str(exc)) from None
 
 
-def think_from_effort(effort: Any) -> Any:
-    """`openai_chat.think_from_effort`, its refusal a 400."""
-    try:
-        return openai_chat.think_from_effort(effort)
-    except BodyError as exc:
-        raise Refusal(400, str(exc)) from None
-
-
 class OpenAIChatSink(ChatSink):
     """ChatWriter: chat.completion / chat.completion.chunk."""
 

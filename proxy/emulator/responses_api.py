@@ -10,23 +10,21 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.go_types import BodyError, go_kind, not_into
-from proxy.multipart_form import go_quote
+from proxy import openai_responses
+from proxy.go_types import BodyError
 from proxy.protocol import SSE
 
 from .engine import Piece
 from .inference import Refusal, prepare_chat
 from .native import ChatSink, LazyStream, run_chat
 from .openai_routes import (
-    decode_image_url,
     middleware_error,
     read_oa_body,
-    think_from_effort,
     to_openai_calls,
     writer_error,
 )
 from .state import EmulatorState, request_digest, state_of
-from .wire import decode_json, dumps, encoder_json, stream_heads, with_heads
+from .wire import checked_off_loop, dumps, encoder_json, stream_heads, with_heads
 
 
 def _n(state: EmulatorState, key: str, salt: str, top: int) -> int:
@@ -36,176 +34,6 @@ def _n(state: EmulatorState, key: str, salt: str, top: int) -> int:
 
 
 # Responses ------------------------------------------------------------------------------
-
-
-def text_of(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    parts = content if isinstance(content, list) else []
-    return "".join(
-        str(p.get("text", ""))
-        for p in parts
-        if isinstance(p, dict) and p.get("type") in ("input_text", "output_text")
-    )
-
-
-def images_of(content: Any) -> list[str]:
-    """convertResponsesContent's images (a part without an address is skipped); a file
-    part is refused, as Ollama refuses it."""
-    images = []
-    for part in content if isinstance(content, list) else []:
-        if not isinstance(part, dict):
-            continue
-        if part.get("type") == "input_file":
-            raise Refusal(400, "file inputs are not currently supported")
-        if part.get("type") == "input_image" and part.get("image_url"):
-            images.append(decode_image_url(str(part["image_url"])))
-    return images
-
-
-# What ResponsesInput.UnmarshalJSON and the two functions it calls
-# (openai/responses.go) unmarshal each input item and content part into first, to read
-# its type: anonymous structs, which encoding/json's errors name by their fields.
-_ITEM_HEAD = 'struct { Type string "json:\\"type\\""; Role string "json:\\"role\\"" }'
-_PART_HEAD = 'struct { Type string "json:\\"type\\"" }'
-_ITEM_TYPES = ("message", "function_call", "function_call_output", "reasoning", "web_search_call")
-_PART_TYPES = ("input_text", "input_image", "output_text", "input_file")
-
-
-def _head_refusal(value: Any, head: str, fields: tuple[str, ...]) -> str | None:
-    """json.Unmarshal of an item or part into its type-reading struct (`head`): a null
-    leaves the fields empty, a value of another kind than an object is refused, and so
-    is a field of another kind than a string (named `.field`: the struct has no name)."""
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        return not_into(value, head)
-    for name in fields:
-        field = value.get(name)
-        if field is not None and not isinstance(field, str):
-            kind = go_kind(field)
-            return f"json: cannot unmarshal {kind} into Go struct field .{name} of type string"
-    return None
-
-
-def _content_refusal(content: Any) -> str | None:
-    """ResponsesInputMessage.UnmarshalJSON's reading of `content`: absent, null or a
-    string, or an array of parts of the types unmarshalResponsesContent knows."""
-    if content is None or isinstance(content, str):
-        return None
-    if not isinstance(content, list):
-        return "content must be a string or array: " + not_into(content, "[]json.RawMessage")
-    for i, part in enumerate(content):
-        refused = _head_refusal(part, _PART_HEAD, ("type",))
-        kind = (part or {}).get("type") or ""
-        if refused is None and kind not in _PART_TYPES:
-            refused = f"unknown content type: {kind}"
-        if refused is not None:
-            return f"content[{i}]: {refused}"
-    return None
-
-
-def input_refusal(inp: Any) -> str | None:
-    """What ShouldBindJSON refuses in a ResponsesRequest's `input`: a value that is no
-    string or array, an item of a type unmarshalResponsesInputItem does not know (an
-    item without a type but with a role is a message), a message's content as above."""
-    if inp is None or isinstance(inp, str):
-        return None
-    if not isinstance(inp, list):
-        return "input must be a string or array: " + not_into(inp, "[]json.RawMessage")
-    for i, item in enumerate(inp):
-        refused = _head_refusal(item, _ITEM_HEAD, ("type", "role"))
-        if refused is None:
-            item = item or {}
-            kind = item.get("type") or ("message" if item.get("role") else "")
-            if kind == "message":
-                refused = _content_refusal(item.get("content"))
-            elif not kind:
-                refused = "input item missing required 'type' field"
-            elif kind not in _ITEM_TYPES:
-                refused = f"unknown input item type: {go_quote(kind.encode())}"
-        if refused is not None:
-            return f"input[{i}]: {refused}"
-    return None
-
-
-def _arguments_refusal(arguments: Any) -> str | None:
-    """FromResponsesRequest's json.Unmarshal of a function call's arguments (a string;
-    an empty one is none): a syntax error is refused with Go's wording."""
-    if not isinstance(arguments, str) or not arguments:
-        return None
-    try:
-        decode_json(arguments.encode())
-    except EOFError:
-        return "failed to parse function call arguments: unexpected end of JSON input"
-    except BodyError as exc:
-        return f"failed to parse function call arguments: {exc}"
-    return None
-
-
-def chat_from_responses(body: dict[str, Any]) -> dict[str, Any]:
-    messages: list[dict[str, Any]] = []
-    if body.get("instructions"):
-        messages.append({"role": "system", "content": str(body["instructions"])})
-    inp = body.get("input")
-    refused = input_refusal(inp)
-    if refused is not None:
-        raise Refusal(400, refused)
-    if isinstance(inp, str):
-        messages.append({"role": "user", "content": inp})
-    for item in inp if isinstance(inp, list) else []:
-        item = item or {}
-        kind = item.get("type") or "message"
-        if kind == "message":
-            content = item.get("content")
-            message = {"role": item.get("role", "user"), "content": text_of(content)}
-            images = images_of(content)
-            if images:
-                message["images"] = images
-            messages.append(message)
-        elif kind == "function_call_output":
-            messages.append({"role": "tool", "content": str(item.get("output", ""))})
-        elif kind == "function_call":
-            refused = _arguments_refusal(item.get("arguments"))
-            if refused is not None:
-                raise Refusal(400, refused)
-            messages.append(
-                {
-                    "role": "assistant",
-                    "content": "",
-                    "tool_calls": [{"function": {"name": item.get("name", ""), "arguments": {}}}],
-                }
-            )
-    tools = [
-        {
-            "type": "function",
-            "function": {
-                "name": t.get("name"),
-                "description": t.get("description", ""),
-                "parameters": t.get("parameters") or {},
-            },
-        }
-        for t in body.get("tools") or []
-        if isinstance(t, dict)
-    ]
-    options: dict[str, Any] = {}
-    if body.get("max_output_tokens") is not None:
-        options["num_predict"] = body["max_output_tokens"]
-    out: dict[str, Any] = {
-        "model": body.get("model") or "",
-        "messages": messages,
-        "options": options,
-        "tools": tools,
-        "stream": body.get("stream") is True,
-    }
-    # Only a json_schema format with a schema becomes the chat's format.
-    fmt = (body.get("text") or {}).get("format")
-    if isinstance(fmt, dict) and fmt.get("type") == "json_schema" and fmt.get("schema"):
-        out["format"] = fmt["schema"]
-    think = think_from_effort((body.get("reasoning") or {}).get("effort") or "")
-    if think is not None:
-        out["think"] = think
-    return out
 
 
 def _go_map(value: Any) -> Any:
@@ -556,26 +384,12 @@ class ResponsesSink(ChatSink):
 async def handle_responses(request: web.Request) -> web.StreamResponse:
     state = state_of(request)
     try:
-        body = await read_oa_body(
-            request,
-            "openai.ResponsesRequest",
-            {
-                "model": "string",
-                "input": "any",
-                "instructions": "string",
-                "stream": "bool",
-                "max_output_tokens": "int",
-                "temperature": "float",
-                "top_p": "float",
-                "tools": "[]openai.ResponsesTool",
-                "reasoning": "map",
-                "text": "map",
-                "truncation": "string",
-            },
-        )
-        chat = chat_from_responses(body)
+        body = await read_oa_body(request, "openai.ResponsesRequest", {})
+        chat = await checked_off_loop(request, body, openai_responses.converted)
     except Refusal as exc:
         return middleware_error(exc.status, exc.message)
+    except BodyError as exc:
+        return middleware_error(400, str(exc))
     try:
         job = prepare_chat(state, chat)
     except Refusal as exc:

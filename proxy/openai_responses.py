@@ -1,0 +1,209 @@
+"""A Responses API request as Ollama's OpenAI middleware converts it into an /api/chat
+body (middleware/openai.go ResponsesMiddleware; openai/responses.go
+ResponsesInput.UnmarshalJSON, FromResponsesRequest), and what it refuses on the way
+(BodyError), with a 400, before any handler looks at the model.
+
+Shared, as `openai_chat` is, by the emulator, which serves the converted chat, and the
+proxy, which answers for `auto` in a backend's place (`auto_routes.refusal`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from proxy import go_json
+from proxy.go_types import BodyError, check_fields, go_kind, not_into
+from proxy.multipart_form import go_quote
+from proxy.openai_chat import decode_image_url, think_from_effort
+
+# openai.ResponsesRequest, {json name: kind} (see `go_types.check_fields`).
+RESPONSES_FIELDS = {
+    "model": "string",
+    "input": "any",
+    "instructions": "string",
+    "stream": "bool",
+    "max_output_tokens": "int",
+    "temperature": "float",
+    "top_p": "float",
+    "tools": "[]openai.ResponsesTool",
+    "reasoning": "map",
+    "text": "map",
+    "truncation": "string",
+}
+
+
+def text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    parts = content if isinstance(content, list) else []
+    return "".join(
+        str(p.get("text", ""))
+        for p in parts
+        if isinstance(p, dict) and p.get("type") in ("input_text", "output_text")
+    )
+
+
+def images_of(content: Any) -> list[str]:
+    """convertResponsesContent's images (a part without an address is skipped); a file
+    part is refused, as Ollama refuses it."""
+    images = []
+    for part in content if isinstance(content, list) else []:
+        if not isinstance(part, dict):
+            continue
+        if part.get("type") == "input_file":
+            raise BodyError("file inputs are not currently supported")
+        if part.get("type") == "input_image" and part.get("image_url"):
+            images.append(decode_image_url(str(part["image_url"])))
+    return images
+
+
+# What ResponsesInput.UnmarshalJSON and the two functions it calls
+# (openai/responses.go) unmarshal each input item and content part into first, to read
+# its type: anonymous structs, which encoding/json's errors name by their fields.
+_ITEM_HEAD = 'struct { Type string "json:\\"type\\""; Role string "json:\\"role\\"" }'
+_PART_HEAD = 'struct { Type string "json:\\"type\\"" }'
+_ITEM_TYPES = ("message", "function_call", "function_call_output", "reasoning", "web_search_call")
+_PART_TYPES = ("input_text", "input_image", "output_text", "input_file")
+
+
+def _head_refusal(value: Any, head: str, fields: tuple[str, ...]) -> str | None:
+    """json.Unmarshal of an item or part into its type-reading struct (`head`): a null
+    leaves the fields empty, a value of another kind than an object is refused, and so
+    is a field of another kind than a string (named `.field`: the struct has no name)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        return not_into(value, head)
+    for name in fields:
+        field = value.get(name)
+        if field is not None and not isinstance(field, str):
+            kind = go_kind(field)
+            return f"json: cannot unmarshal {kind} into Go struct field .{name} of type string"
+    return None
+
+
+def _content_refusal(content: Any) -> str | None:
+    """ResponsesInputMessage.UnmarshalJSON's reading of `content`: absent, null or a
+    string, or an array of parts of the types unmarshalResponsesContent knows."""
+    if content is None or isinstance(content, str):
+        return None
+    if not isinstance(content, list):
+        return "content must be a string or array: " + not_into(content, "[]json.RawMessage")
+    for i, part in enumerate(content):
+        refused = _head_refusal(part, _PART_HEAD, ("type",))
+        kind = (part or {}).get("type") or ""
+        if refused is None and kind not in _PART_TYPES:
+            refused = f"unknown content type: {kind}"
+        if refused is not None:
+            return f"content[{i}]: {refused}"
+    return None
+
+
+def input_refusal(inp: Any) -> str | None:
+    """What ShouldBindJSON refuses in a ResponsesRequest's `input`: a value that is no
+    string or array, an item of a type unmarshalResponsesInputItem does not know (an
+    item without a type but with a role is a message), a message's content as above."""
+    if inp is None or isinstance(inp, str):
+        return None
+    if not isinstance(inp, list):
+        return "input must be a string or array: " + not_into(inp, "[]json.RawMessage")
+    for i, item in enumerate(inp):
+        refused = _head_refusal(item, _ITEM_HEAD, ("type", "role"))
+        if refused is None:
+            item = item or {}
+            kind = item.get("type") or ("message" if item.get("role") else "")
+            if kind == "message":
+                refused = _content_refusal(item.get("content"))
+            elif not kind:
+                refused = "input item missing required 'type' field"
+            elif kind not in _ITEM_TYPES:
+                refused = f"unknown input item type: {go_quote(kind.encode())}"
+        if refused is not None:
+            return f"input[{i}]: {refused}"
+    return None
+
+
+def _arguments_refusal(arguments: Any) -> str | None:
+    """FromResponsesRequest's json.Unmarshal of a function call's arguments (a string;
+    an empty one is none): a syntax error is refused with Go's wording."""
+    if not isinstance(arguments, str) or not arguments:
+        return None
+    error = go_json.decode_error(arguments.encode())
+    if error == go_json.GO_READS_IT:
+        return None
+    if error == "EOF":
+        error = "unexpected end of JSON input"
+    return f"failed to parse function call arguments: {error}"
+
+
+def chat_from_responses(body: dict[str, Any]) -> dict[str, Any]:
+    """openai.FromResponsesRequest: the /api/chat body of a ResponsesRequest already
+    bound (`converted`); BodyError with the message of its 400."""
+    messages: list[dict[str, Any]] = []
+    if body.get("instructions"):
+        messages.append({"role": "system", "content": str(body["instructions"])})
+    inp = body.get("input")
+    refused = input_refusal(inp)
+    if refused is not None:
+        raise BodyError(refused)
+    if isinstance(inp, str):
+        messages.append({"role": "user", "content": inp})
+    for item in inp if isinstance(inp, list) else []:
+        item = item or {}
+        kind = item.get("type") or "message"
+        if kind == "message":
+            content = item.get("content")
+            message = {"role": item.get("role", "user"), "content": text_of(content)}
+            images = images_of(content)
+            if images:
+                message["images"] = images
+            messages.append(message)
+        elif kind == "function_call_output":
+            messages.append({"role": "tool", "content": str(item.get("output", ""))})
+        elif kind == "function_call":
+            refused = _arguments_refusal(item.get("arguments"))
+            if refused is not None:
+                raise BodyError(refused)
+            messages.append(
+                {
+                    "role": "assistant",
+                    "content": "",
+                    "tool_calls": [{"function": {"name": item.get("name", ""), "arguments": {}}}],
+                }
+            )
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": t.get("name"),
+                "description": t.get("description", ""),
+                "parameters": t.get("parameters") or {},
+            },
+        }
+        for t in body.get("tools") or []
+        if isinstance(t, dict)
+    ]
+    options: dict[str, Any] = {}
+    if body.get("max_output_tokens") is not None:
+        options["num_predict"] = body["max_output_tokens"]
+    out: dict[str, Any] = {
+        "model": body.get("model") or "",
+        "messages": messages,
+        "options": options,
+        "tools": tools,
+        "stream": body.get("stream") is True,
+    }
+    # Only a json_schema format with a schema becomes the chat's format.
+    fmt = (body.get("text") or {}).get("format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema" and fmt.get("schema"):
+        out["format"] = fmt["schema"]
+    think = think_from_effort((body.get("reasoning") or {}).get("effort") or "")
+    if think is not None:
+        out["think"] = think
+    return out
+
+
+def converted(doc: Any) -> dict[str, Any]:
+    """ResponsesMiddleware: the body bound to openai.ResponsesRequest and converted
+    (`chat_from_responses`); BodyError with the message of its 400."""
+    return chat_from_responses(check_fields(doc, "openai.ResponsesRequest", RESPONSES_FIELDS))
