@@ -370,7 +370,9 @@ class Handlers:
         names, read as Go reads it (`multipart_form`); the client's bytes go as sent.
         What Ollama refuses before it knows the model (a form that does not parse, no
         model) is refused here with its 400; the rest (no file, an empty one, a model
-        that is not there) is the backend's to answer."""
+        that is not there) is the backend's to answer, but where the proxy answers for
+        `auto` itself: no file or an empty one, which Ollama refuses before any handler
+        looks at the model, comes first there."""
         outcome = request[OUTCOME]
         decided, served = outcome.decided, outcome.served
         path = request.path
@@ -379,12 +381,14 @@ class Handlers:
         query = request.raw_path.partition("?")[2]
         content_type = request.headers.get(hdrs.CONTENT_TYPE)
         try:
-            model = await multipart_form.transcription_model_off_loop(content_type, query, body)
+            model, no_audio = await multipart_form.transcription_off_loop(content_type, query, body)
         except multipart_form.Refused as exc:
             return error_response(path, 400, str(exc))
         decided.model = header_values.text(model, header_values.MAX_MODEL_NAME) or ""
         profile = profile_of(model, self.config.selector.default_profile)
         if profile is not None:
+            if no_audio is not None:
+                return error_response(path, 400, no_audio)
             # As for embeddings without `selector.embedding_model`: a 400 that says what
             # to do, never `auto` sent on to a backend as a model name. A profile that
             # does not exist is the same 404 as on chat.

@@ -24,8 +24,9 @@ The 25 MB is Go's memory budget (bigger files go to disk), not a limit on the bo
 the proxy's own body limit bounds what is read. The whole body is in memory here, so
 "more input" is never awaited: the end of `body` is the end of the request.
 
-`read_form` raises `FormError` with Go's error text; `transcription_model` gives the
-model or raises `Refused` with the message Ollama answers with 400.
+`read_form` raises `FormError` with Go's error text; `transcription` gives the model
+and what Ollama refuses of the file (`file_refusal`), or raises `Refused` with the
+message Ollama answers with 400.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ from proxy.header_values import utf8
 # Ollama's messages (middleware/openai.go, TranscriptionMiddleware).
 PARSE_FAILED: Final = "failed to parse multipart form: "
 MODEL_REQUIRED: Final = "model is required"
+NO_FILE: Final = "file is required: http: no such file"
+EMPTY_FILE: Final = "audio file is empty"
 
 # net/http's ErrNotMultipart and ErrMissingBoundary.
 NOT_MULTIPART: Final = "request Content-Type isn't multipart/form-data"
@@ -81,9 +84,20 @@ class Form:
         return values[0] if values else ""
 
 
-def transcription_model(content_type: str | None, raw_query: str, body: bytes) -> str:
-    """The model Ollama runs for this transcription request, or `Refused` with the
-    message of its 400: the form does not parse, or it names no model."""
+def file_refusal(form: Form) -> str | None:
+    """What TranscriptionMiddleware refuses of the form's `file` once it has a model,
+    before any handler looks at that model (FormFile: the first file part): none, or
+    one without a byte. None for a file it reads on."""
+    files = form.files.get("file")
+    if not files:
+        return NO_FILE
+    return EMPTY_FILE if not files[0] else None
+
+
+def transcription(content_type: str | None, raw_query: str, body: bytes) -> tuple[str, str | None]:
+    """The model Ollama runs for this transcription request and what it refuses of the
+    request's audio (`file_refusal`), or `Refused` with the message of its 400: the
+    form does not parse, or it names no model."""
     try:
         form = read_form(content_type, raw_query, body)
     except FormError as exc:
@@ -91,17 +105,22 @@ def transcription_model(content_type: str | None, raw_query: str, body: bytes) -
     model = form.value("model")
     if not model:
         raise Refused(MODEL_REQUIRED)
-    return model
+    return model, file_refusal(form)
 
 
-async def transcription_model_off_loop(
+def transcription_model(content_type: str | None, raw_query: str, body: bytes) -> str:
+    """The model of `transcription`."""
+    return transcription(content_type, raw_query, body)[0]
+
+
+async def transcription_off_loop(
     content_type: str | None, raw_query: str, body: bytes
-) -> str:
-    """`transcription_model`, for a request's handler: a large body is read in the slow
+) -> tuple[str, str | None]:
+    """`transcription`, for a request's handler: a large body is read in the slow
     readings' thread (a quoted-printable part decodes byte by byte in Python, most of a
     second for a few megabytes), so that a client can hold neither the event loop nor
     the readings of other clients' ordinary bodies with one."""
-    return await slow_off_loop(len(body), transcription_model, content_type, raw_query, body)
+    return await slow_off_loop(len(body), transcription, content_type, raw_query, body)
 
 
 def read_form(content_type: str | None, raw_query: str, body: bytes) -> Form:

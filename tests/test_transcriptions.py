@@ -453,6 +453,29 @@ async def test_auto_is_refused_with_a_400_that_says_to_name_a_model(
     assert counts(fleet) == (0, 0)
 
 
+@pytest.mark.parametrize("model", [b"auto", b"auto:nonesuch"])
+@pytest.mark.parametrize("audio", [(), (part("file", b"", "a.wav"),)])
+async def test_a_form_without_audio_gets_ollamas_400_for_auto_too(
+    front: Proxy, fleet: tuple[Emulator, Emulator], model: bytes, audio: tuple[bytes, ...]
+) -> None:
+    """TranscriptionMiddleware refuses a form without a file, or with an empty one,
+    before any handler looks at the model: `auto`, and a profile that does not exist,
+    get that 400 as a named model does, not `auto`'s own answers."""
+    headers = {"Content-Type": CT, "Authorization": f"Bearer {OPEN}"}
+    answers = []
+    for url, name in ((fleet[0].url, LLAMA.encode()), (front.url, model)):
+        body = form(part("model", name), *audio)
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(url + PATH, data=body, headers=headers) as r,
+        ):
+            answers.append((r.status, r.headers["Content-Type"], await r.read()))
+    direct, proxied = answers
+    assert direct[0] == 400
+    assert proxied == direct
+    assert counts(fleet) == (1, 0)  # the direct request alone
+
+
 async def test_an_unknown_model_gets_the_backends_404(
     front: Proxy, fleet: tuple[Emulator, Emulator]
 ) -> None:
@@ -534,13 +557,13 @@ async def test_reading_a_large_form_holds_no_other_client(
     one on it."""
     proxy = apart
     readings: list[tuple[int, bool]] = []
-    read = multipart_form.transcription_model
+    read = multipart_form.transcription
 
-    def watched(content_type: str | None, raw_query: str, body: bytes) -> str:
+    def watched(content_type: str | None, raw_query: str, body: bytes) -> tuple[str, str | None]:
         readings.append((len(body), on_a_loop()))
         return read(content_type, raw_query, body)
 
-    monkeypatch.setattr(multipart_form, "transcription_model", watched)
+    monkeypatch.setattr(multipart_form, "transcription", watched)
     sizes = []
     for lines in (8, 8 * 1024):
         audio = (b"A" * 998 + b"\r\n") * lines

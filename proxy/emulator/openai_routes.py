@@ -429,11 +429,9 @@ async def handle_transcriptions(request: web.Request) -> web.StreamResponse:
     model = form.value("model")
     if not model:
         return middleware_error(400, multipart_form.MODEL_REQUIRED)
-    files = form.files.get("file")
-    if not files:
-        return middleware_error(400, "file is required: http: no such file")
-    if not files[0]:
-        return middleware_error(400, "audio file is empty")
+    no_audio = multipart_form.file_refusal(form)
+    if no_audio is not None:
+        return middleware_error(400, no_audio)
     system = TRANSCRIBE_SYSTEM
     if language := form.value("language"):
         system += f" The audio is in {language}."
