@@ -27,11 +27,27 @@ MESSAGES_FIELDS = {
 }
 
 
+# json.Unmarshal's error for no bytes at all.
+NO_INPUT = "unexpected end of JSON input"
+
+
+def _check_messages(messages: Any) -> None:
+    """anthropic.MessageParam's UnmarshalJSON, as the body is bound: it reads `content`
+    as a json.RawMessage and unmarshals that, so a null message, or one without
+    `content`, unmarshals no bytes (a null `content` is the text "")."""
+    for msg in messages if isinstance(messages, list) else ():
+        if msg is None or (isinstance(msg, dict) and "content" not in msg):
+            raise BodyError(NO_INPUT)
+        if not isinstance(msg, dict):
+            raise BodyError("invalid message")
+
+
 def converted(doc: Any) -> dict[str, Any]:
     """AnthropicMessagesMiddleware: the body bound to anthropic.MessagesRequest, refused
     without a model, a positive max_tokens or messages, then converted
     (`chat_from_anthropic`); BodyError with the message of its 400."""
     body = check_fields(doc, "anthropic.MessagesRequest", MESSAGES_FIELDS)
+    _check_messages(body.get("messages"))
     if not body.get("model"):
         raise BodyError("model is required")
     if not body.get("max_tokens") or body["max_tokens"] <= 0:
@@ -53,8 +69,6 @@ def chat_from_anthropic(body: dict[str, Any]) -> dict[str, Any]:
         if text:
             messages.append({"role": "system", "content": text})
     for msg in body.get("messages") or []:
-        if not isinstance(msg, dict):
-            raise BodyError("invalid message")
         role, content = str(msg.get("role", "")).lower(), msg.get("content")
         blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
         text, calls, results = "", [], []

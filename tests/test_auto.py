@@ -879,6 +879,7 @@ REFUSED_BEFORE_THE_MODEL_ELSEWHERE = [
     ("/v1/messages", {"max_tokens": 0, "messages": [_OPENED]}),
     ("/v1/messages", {"max_tokens": 5, "messages": []}),
     ("/v1/messages", {"max_tokens": 5, "messages": [5]}),
+    ("/v1/messages", {"max_tokens": 5, "messages": [{"role": "user"}]}),
 ]
 
 

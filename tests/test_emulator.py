@@ -1231,6 +1231,19 @@ async def test_a_null_message_is_an_empty_one_not_a_load(emu: Emu, messages: Any
     assert json.loads(answer)["done_reason"] in ("stop", "length")
 
 
+@pytest.mark.parametrize("message", [None, {"role": "user"}])
+async def test_an_anthropic_message_without_content_is_refused_as_go_reads_it(
+    emu: Emu, message: Any
+) -> None:
+    """anthropic.MessageParam's UnmarshalJSON reads `content` as a json.RawMessage and
+    unmarshals it: a null message, or one with no `content`, leaves it empty, and
+    json.Unmarshal of no bytes is "unexpected end of JSON input", the middleware's 400."""
+    body = {"model": "qwen2.5:7b", "max_tokens": 5, "messages": [message]}
+    status, _, answer = await emu.post("/v1/messages", body)
+    error = json.loads(answer)["error"]
+    assert (status, error["message"]) == (400, "unexpected end of JSON input")
+
+
 @pytest.mark.parametrize(
     ("path", "go_type"),
     [
