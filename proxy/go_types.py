@@ -243,7 +243,7 @@ def check_fields(body: Any, struct: str, fields: Mapping[str, str]) -> dict[str,
             think_value(value)
         elif want == "messages":
             for item in value:
-                check_message(item)
+                check_message(item, struct, key)
         elif want in ("tools", "[]api.Tool"):
             for item in value:
                 check_tool(item, struct, key)
@@ -464,29 +464,34 @@ def check_tool_call(call: Any) -> None:
         raise BodyError(NOT_AN_OBJECT)
 
 
-def check_message(item: Any) -> None:
-    """api.Message has its own UnmarshalJSON (via an Alias type), so Go reports errors
-    inside it against the struct `Alias` rather than the enclosing request."""
+def check_message(item: Any, struct: str, key: str) -> None:
+    """One element of a native chat's `messages` (`struct`.`key`). api.Message has its
+    own UnmarshalJSON (decoding an Alias of itself), and json.Unmarshal gives the error
+    of that inner decoding the context of the request it decodes: the request's struct
+    and the path from it to the field (`ChatRequest.messages.content`, as Ollama answers
+    it), the type the inner decoding names (`api.Alias` for a message that is no
+    object)."""
     if item is None:
         return
     if not isinstance(item, dict):
-        raise BodyError(not_into(item, "api.Alias"))
-    for key, want in _MESSAGE_FIELDS.items():
-        value = item.get(key)
+        raise type_error(item, struct, key, "api.Alias")
+    for name, want in _MESSAGE_FIELDS.items():
+        value = item.get(name)
         if value is None:
             continue
+        path = f"{key}.{name}"
         if want == "images":
             if not isinstance(value, list):
-                raise type_error(value, "Alias", key, "[]api.ImageData")
+                raise type_error(value, struct, path, "[]api.ImageData")
             for img in value:
-                check_image(img, "Alias", key)
+                check_image(img, struct, path)
         elif want == "[]":
             if not isinstance(value, list):
-                raise type_error(value, "Alias", key, "[]api.ToolCall")
+                raise type_error(value, struct, path, "[]api.ToolCall")
             for call in value:
                 check_tool_call(call)
         elif not _fits(value, want):
-            raise type_error(value, "Alias", key, _GO_TYPE[want])
+            raise type_error(value, struct, path, _GO_TYPE[want])
 
 
 # The request structs of api/types.go, {json name: kind} (see `check_fields`).

@@ -657,10 +657,23 @@ async def test_request_errors(emu: Emu) -> None:
         assert (status, json.loads(body)) == (400, {"error": "invalid model name"})
     status, _, body = await emu.post("/api/embed", {"model": "", "input": "x"})
     assert (status, json.loads(body)) == (404, {"error": "model '' not found"})
-    status, _, body = await emu.post("/api/chat", {"model": "x", "messages": [{"content": 1}]})
-    assert json.loads(body)["error"] == (
-        "json: cannot unmarshal number into Go struct field Alias.content of type string"
-    )
+    # api.Message decodes itself (an Alias of it), and json.Unmarshal puts the error of
+    # that inner decoding in the request's context: the request's struct, the path from
+    # it (as Ollama answers it: "ChatRequest.messages.content", ollama#10255).
+    for message, error in (
+        ({"content": 1}, "number into Go struct field ChatRequest.messages.content of type string"),
+        (
+            {"images": [1]},
+            "number into Go struct field ChatRequest.messages.images of type api.ImageData",
+        ),
+        (
+            {"images": "x"},
+            "string into Go struct field ChatRequest.messages.images of type []api.ImageData",
+        ),
+        (5, "number into Go struct field ChatRequest.messages of type api.Alias"),
+    ):
+        status, _, body = await emu.post("/api/chat", {"model": "x", "messages": [message]})
+        assert (status, json.loads(body)["error"]) == (400, "json: cannot unmarshal " + error)
     status, _, body = await emu.post("/api/show", {"model": "ghost"})
     assert (status, json.loads(body)) == (404, {"error": "model 'ghost' not found"})
 
