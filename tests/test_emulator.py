@@ -1257,6 +1257,49 @@ async def test_an_anthropic_message_without_content_is_refused_as_go_reads_it(
     assert (status, error["message"]) == (400, "unexpected end of JSON input")
 
 
+_MESSAGE_PARAM_HEAD = (
+    'struct { Role string "json:\\"role\\""; Content json.RawMessage "json:\\"content\\"" }'
+)
+
+
+@pytest.mark.parametrize(
+    ("message", "error"),
+    [
+        (5, f"number into Go struct field MessagesRequest.messages of type {_MESSAGE_PARAM_HEAD}"),
+        (
+            {"role": 1, "content": "hi"},
+            "number into Go struct field MessagesRequest.messages.role of type string",
+        ),
+        (
+            {"role": "user", "content": 5},
+            "number into Go struct field MessagesRequest.messages of type []anthropic.ContentBlock",
+        ),
+        (
+            {"role": "user", "content": {"type": "text"}},
+            "object into Go struct field MessagesRequest.messages of type []anthropic.ContentBlock",
+        ),
+        (
+            {"role": "user", "content": ["hi"]},
+            "string into Go struct field MessagesRequest.messages of type anthropic.ContentBlock",
+        ),
+        (
+            {"role": "user", "content": [{"type": 1}]},
+            "number into Go struct field MessagesRequest.messages.type of type string",
+        ),
+    ],
+)
+async def test_an_anthropic_message_of_the_wrong_kind_is_refused_as_go_reads_it(
+    emu: Emu, message: Any, error: str
+) -> None:
+    """anthropic.MessageParam decodes itself (its role and raw content, then the content
+    as a string or a list of blocks): json.Unmarshal puts that inner decoding's error in
+    the request's context, the middleware's 400."""
+    body = {"model": "qwen2.5:7b", "max_tokens": 5, "messages": [message]}
+    status, _, answer = await emu.post("/v1/messages", body)
+    got = json.loads(answer)["error"]["message"]
+    assert (status, got) == (400, "json: cannot unmarshal " + error)
+
+
 @pytest.mark.parametrize(
     ("path", "go_type"),
     [
