@@ -243,7 +243,7 @@ class Registry:
                     "catalogue until it answers",
                     name,
                     state.label,
-                    exc or "timed out",
+                    str(exc) or "timed out",
                 )
             return None
         if failing in self._unshown:

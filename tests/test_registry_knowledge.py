@@ -325,11 +325,15 @@ async def test_another_backends_show_replaces_a_guess(servers: ServerThread) -> 
 HUNG = ("qwen2.5:7b", "llama3.1:8b", "gemma2:9b")
 
 
-async def test_shows_that_hang_hold_neither_the_start_nor_auto(servers: ServerThread) -> None:
+async def test_shows_that_hang_hold_neither_the_start_nor_auto(
+    servers: ServerThread, caplog: pytest.LogCaptureFixture
+) -> None:
     """A backend that lists its models but never answers their shows: the proxy starts
     all the same (within `ServerThread.call`'s 30 s, where one hung show alone would
     hold it for the idle read timeout), every model a candidate described from its
-    tags entry and the catalogue, and `auto` answers with one of them."""
+    tags entry and the catalogue, and `auto` answers with one of them. The warning
+    for each says why its show failed: it timed out."""
+    caplog.set_level(logging.WARNING, logger="autoroute.registry")
     own = Emulator(servers, replace(FROZEN, models=HUNG, show_hang=True))
     try:
         prx = Proxy(servers, [own.url], health=Health(interval_seconds=0.5))
@@ -346,6 +350,10 @@ async def test_shows_that_hang_hold_neither_the_start_nor_auto(servers: ServerTh
                 async with session.post(prx.url + "/api/chat", json=body) as resp:
                     assert resp.status == 200, await resp.text()
                     assert resp.headers["X-Autoroute-Model"] in HUNG
+            warned = [r.getMessage() for r in caplog.records if r.name == "autoroute.registry"]
+            for model in HUNG:
+                (warning,) = [w for w in warned if f"show {model} " in w]
+                assert "failed (timed out)" in warning, warning
         finally:
             prx.stop()
     finally:
