@@ -21,7 +21,7 @@ from proxy.auth import Access
 from proxy.auth_store import KeyStore
 from proxy.auto import AutoRouter
 from proxy.auto_routes import AutoRoutes
-from proxy.backends import BackendPool
+from proxy.backends import BackendPool, normalize_model
 from proxy.cache import ResponseCache
 from proxy.cloud import CloudFallback
 from proxy.config import Config
@@ -138,11 +138,13 @@ class App:
         if served.stats and served.backend and model and not served.provider:
             self.auto.observe(served.backend, model, served.stats)
             self.backends.ran(served.backend, model)
+        # Remembered by the registry's name, which `auto` ranks by: the answer's is the
+        # one the model list spells.
         if served.context_ending and outcome.decided.decision is not None and model:
-            self.auto.continuations.remember(served.context_ending, model)
+            self.auto.continuations.remember(served.context_ending, normalize_model(model))
         talk = outcome.decided.conversation
         if talk is not None and model and served.status == 200 and not served.provider:
-            self.auto.conversations.remember(talk, model)
+            self.auto.conversations.remember(talk, normalize_model(model))
 
     async def start(self, app: web.Application) -> None:
         self.auto.scorer.reload()

@@ -352,7 +352,9 @@ class AutoRouter:
             }
             self._check_available(bool(others))
             refused = eligible.filtered | others
-            reasons = "; ".join(f"{m}: {why}" for m, why in sorted(refused.items()))
+            # Named as the model lists spell them, as explain's `filtered` names them.
+            spelled = self.registry.spelled
+            reasons = "; ".join(f"{spelled(m)}: {why}" for m, why in sorted(refused.items()))
             raise AutoError(
                 f"no model can serve this request with auto:{profile_name}"
                 + (f" ({reasons})" if reasons else " (none of this API key's models is available)")

@@ -363,7 +363,8 @@ class Handlers:
             routed = await go_json.slow_off_loop(len(sent), go_json.as_written, sent, spelled)
         if routed is None:
             routed = await go_json.write_off_loop(doc, len(body))
-        return await self._local_or_cloud(request, served, doc, routed, chosen, names)
+        # The answer's model as the client sees it (`Served.model`): as the list spells it.
+        return await self._local_or_cloud(request, served, doc, routed, spelled, names)
 
     async def transcription(self, request: web.Request) -> web.StreamResponse:
         """`POST /v1/audio/transcriptions`: routed by the model Ollama's multipart form

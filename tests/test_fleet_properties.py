@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -656,3 +658,34 @@ def test_auto_names_the_chosen_model_as_its_backend_lists_it(rig: Rig) -> None:
             ).json()
             assert doc["model"] == model.name
             assert {entry["model"] for entry in doc["ranking"]} <= listed
+            # A refusal names each model it could not choose as listed too.
+            seeing = {"messages": [{**_USER, "images": [PIXEL_PNG]}], "stream": False}
+            refused = client.post("/api/chat", json={**seeing, "model": "auto"})
+            assert refused.status_code == 400
+            assert f"{model.name}: lacks vision" in _error_of("/api/chat", refused), refused.text
+            # The next generate with the context an answer returned goes on with the model
+            # that wrote it, whatever its spelling.
+            first = client.post("/api/generate", json={**_GENERATE, "model": "auto"})
+            assert first.headers["X-Autoroute-Model"] == model.name
+            more = {**_GENERATE, "model": "auto", "context": first.json()["context"]}
+            going_on = client.post("/api/generate", json=more)
+            assert going_on.headers["X-Autoroute-Reason"] == "context", going_on.headers
+        # The usage event names the served model as the answer does.
+        logged = _usage_event(rig.plain, resp.headers["X-Request-Id"])
+        assert logged["served_model"] == model.name, logged
+
+
+_GENERATE = {"prompt": "Hi", "stream": False, "options": {"num_predict": 3}}
+
+
+def _usage_event(proxy: Proxy, request_id: str) -> dict[str, Any]:
+    """The usage event of request `request_id`, once the proxy has written it."""
+    path = Path(proxy.config.usage.file_path)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        lines = path.read_bytes().splitlines() if path.exists() else []
+        for event in map(orjson.loads, lines):
+            if event["request_id"] == request_id:
+                return dict(event)
+        time.sleep(0.02)
+    raise AssertionError(f"no usage event for {request_id}")
