@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 import numpy as np
 from aiohttp import web
@@ -344,21 +344,7 @@ class AutoRouter:
         if limit is not None and limit < THINKING_ROOM and not asks.thinking:
             eligible = _room_to_answer(eligible, asks.thinking is False, limit)
         if not eligible.candidates:
-            # Only the models the key may use are named (see `_filter`).
-            others = {
-                name: EMBEDDING_ONLY if "embedding" in listed else NOT_GENERATING
-                for name, listed in self.registry.not_generating().items()
-                if key_models is None or name in key_models
-            }
-            self._check_available(bool(others))
-            refused = eligible.filtered | others
-            # Named as the model lists spell them, as explain's `filtered` names them.
-            spelled = self.registry.spelled
-            reasons = "; ".join(f"{spelled(m)}: {why}" for m, why in sorted(refused.items()))
-            raise AutoError(
-                f"no model can serve this request with auto:{profile_name}"
-                + (f" ({reasons})" if reasons else " (none of this API key's models is available)")
-            )
+            self._none_left(profile_name, key_models, eligible.filtered)
 
         candidates = eligible.candidates
         artifact = self.scorer.artifact
@@ -461,6 +447,38 @@ class AutoRouter:
             talk.whole if talk is not None else None,
             held,
         )
+
+    def _none_left(
+        self, profile_name: str, key_models: frozenset[str] | None, filtered: Mapping[str, str]
+    ) -> NoReturn:
+        """Why no model is left for a request: NoBackend when the backends are the cause
+        (`_check_available`), else AutoError naming each model the profile and the API
+        key's list `key_models` leave out (`filtered`) or that does not generate."""
+        # Only the models the key may use are named (see `_filter`).
+        others = {
+            name: EMBEDDING_ONLY if "embedding" in listed else NOT_GENERATING
+            for name, listed in self.registry.not_generating().items()
+            if key_models is None or name in key_models
+        }
+        self._check_available(bool(others))
+        refused = {**filtered, **others}
+        # Named as the model lists spell them, as explain's `filtered` names them.
+        spelled = self.registry.spelled
+        reasons = "; ".join(f"{spelled(m)}: {why}" for m, why in sorted(refused.items()))
+        raise AutoError(
+            f"no model can serve this request with auto:{profile_name}"
+            + (f" ({reasons})" if reasons else " (none of this API key's models is available)")
+        )
+
+    def check_loadable(self, profile_name: str, key_models: frozenset[str] | None) -> None:
+        """For a load of `auto:<profile_name>` (`ollama run auto`), which chooses no model:
+        what `decide` raises for a request that asks nothing where no model is left for
+        it, as Ollama refuses to load a model that does not complete text (an embedding
+        model) before it answers "load". Nothing when the profile has a model to choose."""
+        profile = self.profile(profile_name)
+        eligible = self._filter(self.registry.candidates(), profile, key_models, (), 0.0)
+        if not eligible.candidates:
+            self._none_left(profile_name, key_models, eligible.filtered)
 
     def _credit_held(
         self,

@@ -357,14 +357,17 @@ class AutoRoutes:
         doc: dict[str, Any],
         profile: str,
         only: frozenset[str] | None = None,
+        fleet: bool = True,
     ) -> web.Response | None:
         """Ollama's answer to a generate without a prompt or a chat without messages
         (GenerateHandler, ChatHandler): done, with `done_reason` "unload" for a zero
         `keep_alive`; else what the handler refuses of the request alone before it
         loads a model that completes text, as `auto`'s candidates do (generate's
         raw-mode 400, `go_types.raw_refusal`; what none of the profile's models
-        offers, `unoffered`; scheduleRunner's Options.FromMap, a 500 from
-        handleScheduleError, `go_types.options_refusal`), then done with "load".
+        offers, `unoffered`; with `fleet`, no model to choose at all,
+        `AutoRouter.check_loadable`, whose NoBackend goes to the caller, which sets
+        `fleet` false where the cloud stands in; scheduleRunner's Options.FromMap, a 500
+        from handleScheduleError, `go_types.options_refusal`), then done with "load".
         None for a `keep_alive` Ollama refuses: that 400 is the backend's to write, as
         for any other field."""
         try:
@@ -378,6 +381,11 @@ class AutoRoutes:
             unoffered = self.unoffered(path, doc, model, profile, only)
             if unoffered is not None:
                 return unoffered
+            try:
+                if fleet:
+                    self.auto.check_loadable(profile, only)
+            except AutoError as exc:
+                return handler_error(path, exc.status, exc.answer(model))
             options = go_types.options_refusal(doc.get("options"))
             if options is not None:
                 return error_response(path, 500, options)

@@ -265,22 +265,20 @@ class Handlers:
                 model,
                 request.headers.get(hdrs.USER_AGENT, ""),
             )
-        if path in LOADING_PATHS and not generates(path, doc):
-            # `ollama run auto` loads and `ollama stop auto` unloads: `auto` holds no model
-            # of its own, so neither touches a backend (unloading whichever model an
-            # empty prompt would be routed to would stop one that others are using).
-            answered = (
-                _refused(path, doc, sent)
-                or self._unknown_profile(path, profile, model)
-                or self.auto_routes.loading(path, model, doc, profile, only)
-            )
-            if answered is not None:
-                return answered
         # What the cloud may stand in for besides the model chosen. Not the profile for
         # a key with a model list: `auto` chooses only among its models, and the cloud
         # model mapped to the profile is none of them (the one mapped to a model on the
         # list may stand in for it, as for a request naming it).
         cloud_names = (f"auto:{profile}",) if only is None else ()
+        if path in LOADING_PATHS and not generates(path, doc):
+            # `ollama run auto` loads and `ollama stop auto` unloads: `auto` holds no model
+            # of its own, so neither touches a backend (unloading whichever model an
+            # empty prompt would be routed to would stop one that others are using).
+            answered = _refused(path, doc, sent) or self._unknown_profile(path, profile, model)
+            if answered is None:
+                answered = await self._auto_load(path, model, doc, profile, only, cloud_names)
+            if answered is not None:
+                return answered
         if route is not None and route.embedding:
             # Embeddings use no profile, but one that does not exist is the same 404 as
             # on chat; a body Ollama cannot read is its 400 before either.
@@ -365,6 +363,29 @@ class Handlers:
             routed = await go_json.write_off_loop(doc, len(body))
         # The answer's model as the client sees it (`Served.model`): as the list spells it.
         return await self._local_or_cloud(request, served, doc, routed, spelled, names)
+
+    async def _auto_load(
+        self,
+        path: str,
+        model: str,
+        doc: dict[str, Any],
+        profile: str,
+        only: frozenset[str] | None,
+        cloud_names: tuple[str, ...],
+    ) -> web.Response | None:
+        """`AutoRoutes.loading` of `auto:<profile>`: with no usable backend, answered as
+        the chat after it would be. The backends that may be back on their port are
+        checked again at once (`recheck`), and the load is answered where the cloud
+        stands in for the profile; else it is the 503 (NoBackend)."""
+        try:
+            return self.auto_routes.loading(path, model, doc, profile, only)
+        except NoBackend:
+            if await self.backends.recheck(None):
+                return self.auto_routes.loading(path, model, doc, profile, only)
+            cloud = self.cloud
+            if cloud is None or not cloud_names or not cloud.takes(path, cloud_names):
+                raise
+            return self.auto_routes.loading(path, model, doc, profile, only, fleet=False)
 
     async def transcription(self, request: web.Request) -> web.StreamResponse:
         """`POST /v1/audio/transcriptions`: routed by the model Ollama's multipart form

@@ -1711,6 +1711,38 @@ async def test_readiness_sees_a_backend_restarted_on_its_port_before_its_next_ch
         a.stop()
 
 
+async def test_a_load_of_auto_is_the_fleets_answer_as_its_chat_is(
+    servers: ServerThread,
+) -> None:
+    """`ollama run auto` loads before its first chat, and Ollama that is not running
+    answers no load. With no usable backend, a load of `auto` is the 503 its chat would
+    be, after the backends whose host refused their connects are checked again at once;
+    one restarted on its port since answers the load, not the proxy's 503 until the next
+    periodic check."""
+    a = Emulator(servers, dataclasses.replace(FROZEN, models=(SHARED,)))
+    proxy = Proxy(
+        servers,
+        [a.url],
+        # No background health check during the test: only requests bring A back.
+        health=Health(interval_seconds=3600, failure_threshold=1, open_seconds=3600),
+    )
+    try:
+        a.stop()
+        status, _ = await post(proxy.url, "/api/generate", generate(SHARED))
+        assert status == 503
+        assert await health_circuit(proxy.url, a.url) == "open"
+        for path in ("/api/generate", "/api/chat"):
+            status, body = await post(proxy.url, path, {"model": "auto"})
+            assert status == 503 and b"no healthy backend" in body, body
+        a.restart()
+        status, body = await post(proxy.url, "/api/chat", {"model": "auto"})
+        assert status == 200 and orjson.loads(body)["done_reason"] == "load", body
+        assert await health_circuit(proxy.url, a.url) == "closed"
+    finally:
+        proxy.stop()
+        a.stop()
+
+
 async def _load_seconds(url: str, model: str) -> float:
     """The load `auto` charges `model` now (explain's ranking)."""
     body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}

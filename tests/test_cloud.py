@@ -655,6 +655,28 @@ async def test_a_wrong_key_is_a_clear_error(
     assert cloud_server.seen.bodies == []
 
 
+async def test_a_load_of_auto_with_no_backend_is_answered_where_the_cloud_stands_in(
+    servers: ServerThread, cloud_server: StandIn
+) -> None:
+    """`ollama run auto` loads before it chats: with no usable backend, the load is the
+    answer the chat after it would get. Where a provider stands in for the profile,
+    that chat is the cloud's, so the load is Ollama's "load"; where none does (a
+    provider mapped to a named model alone), both are the 503."""
+    for models, status in (({"*": "standin"}, 200), ({"gone:1b": "gpt-x"}, 503)):
+        proxy = Proxy(servers, [dead_url()], cloud=cloud_section(cloud_server.url, models=models))
+        try:
+            for path in ("/api/chat", "/api/generate"):
+                answered, _, body = await post(proxy.url + path, {"model": "auto"})
+                assert answered == status, (models, path, body)
+                if status == 200:
+                    assert orjson.loads(body)["done_reason"] == "load"
+            chat = {"model": "auto", "messages": MESSAGES, "stream": False}
+            assert (await post(proxy.url + "/api/chat", chat))[0] == status
+        finally:
+            proxy.stop()
+    assert all(b["model"] == "standin" for b in cloud_server.seen.bodies)
+
+
 async def test_with_keys_cloud_errors_are_detailed_only_to_a_key_that_sees_every_model(
     servers: ServerThread, cloud_server: StandIn, monkeypatch: pytest.MonkeyPatch
 ) -> None:

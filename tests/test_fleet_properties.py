@@ -581,6 +581,43 @@ def test_a_fleet_of_embedding_models_alone_refuses_a_chat_as_ollama(rig: Rig) ->
                 assert explained.status_code == 400 and explained.json()["error"] == error
 
 
+_LOADS = (
+    ("/api/generate", {}),
+    ("/api/generate", {"prompt": "", "keep_alive": "5m"}),
+    ("/api/chat", {}),
+    ("/api/chat", {"messages": []}),
+)
+
+
+def test_a_load_of_auto_with_no_model_to_choose_is_refused_as_its_chat(rig: Rig) -> None:
+    """Ollama refuses to load a model that does not complete text (scheduleRunner's
+    capability check, a 400 "does not support generate", or chat) before it answers
+    "load", so `ollama run` with an embedding model ends there. A load of a profile
+    with no model it may choose (embedding models, a cloud model it does not name) is
+    refused as the chat after it would be, in explain's words; an unload is answered
+    before that check, as by Ollama. With a model to choose, it is a load again."""
+    fleet = [_model(EMBEDDING_MODEL, "embedding"), _model(CLOUD_NAMES[0], "completion", "tools")]
+    rig.serve(fleet)
+    with httpx.Client(base_url=rig.plain.url, timeout=30) as client:
+        for path, body in _LOADS:
+            for profile in PROFILES:
+                resp = client.post(path, json={**body, "model": profile})
+                assert resp.status_code == 400, (path, body, profile, resp.text)
+                error = _error_of(path, resp)
+                assert "no model can serve" in error and EMBEDDING_MODEL in error, error
+                explained = client.post(
+                    "/api/autoroute/explain", params={"path": path}, json={**body, "model": profile}
+                )
+                assert explained.status_code == 400 and explained.json()["error"] == error
+                unload = client.post(path, json={**body, "model": profile, "keep_alive": 0})
+                assert unload.status_code == 200 and unload.json()["done_reason"] == "unload"
+    rig.serve([*fleet, _model("qwen3:8b", "completion", "tools")])
+    with httpx.Client(base_url=rig.plain.url, timeout=30) as client:
+        for path, body in _LOADS:
+            resp = client.post(path, json={**body, "model": "auto"})
+            assert resp.status_code == 200 and resp.json()["done_reason"] == "load", resp.text
+
+
 def test_an_image_generation_model_is_never_chosen_to_chat(rig: Rig) -> None:
     """Ollama's image generation models list `image` and not `completion`: Ollama
     refuses a chat or a generate with one (400), so `auto` never ranks one, and with
