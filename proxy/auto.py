@@ -454,12 +454,7 @@ class AutoRouter:
         """Why no model is left for a request: NoBackend when the backends are the cause
         (`_check_available`), else AutoError naming each model the profile and the API
         key's list `key_models` leave out (`filtered`) or that does not generate."""
-        # Only the models the key may use are named (see `_filter`).
-        others = {
-            name: EMBEDDING_ONLY if "embedding" in listed else NOT_GENERATING
-            for name, listed in self.registry.not_generating().items()
-            if key_models is None or name in key_models
-        }
+        others = self.not_generating(key_models)
         self._check_available(bool(others))
         refused = {**filtered, **others}
         # Named as the model lists spell them, as explain's `filtered` names them.
@@ -469,6 +464,16 @@ class AutoRouter:
             f"no model can serve this request with auto:{profile_name}"
             + (f" ({reasons})" if reasons else " (none of this API key's models is available)")
         )
+
+    def not_generating(self, key_models: frozenset[str] | None) -> dict[str, str]:
+        """The models a usable backend lists that are no candidates, since they neither
+        chat nor generate, each with why; of those the API key's list `key_models`
+        holds alone (see `_filter`)."""
+        return {
+            name: EMBEDDING_ONLY if "embedding" in listed else NOT_GENERATING
+            for name, listed in self.registry.not_generating().items()
+            if key_models is None or name in key_models
+        }
 
     def check_loadable(self, profile_name: str, key_models: frozenset[str] | None) -> None:
         """For a load of `auto:<profile_name>` (`ollama run auto`), which chooses no model:

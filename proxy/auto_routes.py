@@ -458,10 +458,14 @@ class AutoRoutes:
         beyond = beyond_max_loss(
             decision.ranking, rule["max_loss"] if rule else 0.0, learning.prior_strength
         )
-        # Models the key cannot see stay out of the answer, as they do from the lists.
+        # Models the key cannot see stay out of the answer, as they do from the lists;
+        # those that neither chat nor generate are no candidates, and are named with why,
+        # as in the refusal where no model is left.
         spelled = self.auto.registry.spelled
         filtered = {
-            spelled(m): why for m, why in decision.filtered.items() if only is None or m in only
+            spelled(m): why
+            for m, why in {**decision.filtered, **self.auto.not_generating(only)}.items()
+            if only is None or m in only
         }
         return _json(
             {

@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from proxy.app import APP_KEY
-from proxy.auto import AutoError, AutoRouter, profile_of
+from proxy.auto import EMBEDDING_ONLY, AutoError, AutoRouter, profile_of
 from proxy.auto_routes import AutoRoutes
 from proxy.backends import BackendPool
 from proxy.config import Backend, Config, Health, Profile, Selector, Usage
@@ -130,7 +130,9 @@ async def test_images_need_vision_and_suffix_needs_insert(auto_proxy: Proxy) -> 
     assert (await explain(auto_proxy, vision))[1]["model"] == "llava:7b"
     _, fim = await explain(auto_proxy, {"model": "auto", "prompt": "def f(", "suffix": "return x"})
     assert fim["model"] in ("qwen2.5-coder:7b", "codegemma:7b")
-    assert all("insert" in why for why in fim["filtered"].values())
+    # The others lack insert; the embedding model is no candidate at all.
+    assert all("insert" in why or why == EMBEDDING_ONLY for why in fim["filtered"].values()), fim
+    assert fim["filtered"]["nomic-embed-text:latest"] == EMBEDDING_ONLY
 
 
 async def test_context_length_filter(auto_proxy: Proxy) -> None:
@@ -1037,7 +1039,10 @@ async def test_auto_serves_the_models_of_a_backend_without_api_show(
         status, doc = await explain(prx, chat("auto:best", tools=TOOLS))
         assert status == 200, doc
         assert doc["model"] == "qwen2.5:7b"
-        assert doc["filtered"] == {"codegemma:7b": "lacks tools"}
+        assert doc["filtered"] == {
+            "codegemma:7b": "lacks tools",
+            "nomic-embed-text:latest": EMBEDDING_ONLY,
+        }
         # Explain says the capabilities are the catalogue's guess, not what show listed.
         (entry,) = doc["ranking"]
         assert entry["capabilities"] == {"listed": ["completion", "tools"], "from": "catalogue"}

@@ -623,7 +623,8 @@ def test_an_image_generation_model_is_never_chosen_to_chat(rig: Rig) -> None:
     refuses a chat or a generate with one (400), so `auto` never ranks one, and with
     nothing else to choose from refuses saying why."""
     maker = IMAGE_MAKERS[1]
-    rig.serve([_model(maker, "image"), _model("qwen3:8b", "completion", "tools")])
+    embedder = _model(EMBEDDING_MODEL, "embedding")
+    rig.serve([_model(maker, "image"), embedder, _model("qwen3:8b", "completion", "tools")])
     with httpx.Client(base_url=rig.plain.url, timeout=30) as client:
         for label, path, body, _ in SHAPES[:2] + SHAPES[5:6]:
             for profile in PROFILES:
@@ -632,6 +633,11 @@ def test_an_image_generation_model_is_never_chosen_to_chat(rig: Rig) -> None:
                 )
                 assert explained.status_code == 200, (label, profile, explained.text)
                 assert maker not in {e["model"] for e in explained.json()["ranking"]}, label
+                # Explain says why each model it did not rank was left out, as the
+                # refusal where none is left does.
+                filtered = explained.json()["filtered"]
+                assert filtered[maker] == "lists no completion: it neither chats nor generates"
+                assert "embedding model" in filtered[EMBEDDING_MODEL], filtered
                 resp = client.post(path, json={**body, "model": profile})
                 assert resp.status_code == 200, (label, profile, resp.text)
                 assert resp.headers["X-Autoroute-Model"] == "qwen3:8b"

@@ -14,6 +14,7 @@ import aiohttp
 import orjson
 import pytest
 
+from proxy.auto import EMBEDDING_ONLY
 from proxy.config import Limits
 from proxy.usage.event import prompt_text
 from selector_model import request_body
@@ -335,7 +336,10 @@ async def test_auto_sends_images_only_to_vision_models(auto_proxy: Proxy, path: 
             chosen = resp.headers["X-Autoroute-Model"]
     assert explained["model"] == chosen == "llava:7b"
     filtered = explained["filtered"]
-    assert filtered and all(why == "lacks vision" for why in filtered.values()), filtered
+    # Each other model lacks vision; the embedding models are no candidates at all.
+    assert filtered and all(why in ("lacks vision", EMBEDDING_ONLY) for why in filtered.values()), (
+        filtered
+    )
 
 
 @pytest.fixture(scope="module")
