@@ -305,16 +305,32 @@ class Registry:
         describes it (one after another: identical weights are shown once, by digest),
         else as the first backend's tags entry and the catalogue do. Its digest is kept
         only when every backend lists the same weights under the name: `auto` takes
-        names of one digest for one model."""
+        names of one digest for one model. Where backends list other weights under it
+        (each pulled at its own time, the library's template changed since), a request
+        `auto` sends it may run on any of them (where it is loaded, or the least busy):
+        it offers only the capabilities every version has, each version described as it
+        would be alone, by its own show."""
+        # Per digest listed, a tags entry of it and its show (None: none answered).
+        versions: dict[str, tuple[dict[str, Any], dict[str, Any] | None]] = {}
         for state, tag in found:
-            show = await self._show(state, name, str(tag.get("digest") or ""))
-            if show is not None:
-                break
-        else:
-            tag = found[0][1]
+            digest = str(tag.get("digest") or "")
+            if digest in versions and versions[digest][1] is not None:
+                continue
+            show = await self._show(state, name, digest)
+            if digest not in versions or show is not None:
+                versions[digest] = (tag, show)
+        shown = [v for v in versions.values() if v[1] is not None]
+        tag, show = shown[0] if shown else (found[0][1], None)
         info = model_info(name, tag, show, catalog)
-        if len({str(tag.get("digest") or "") for _, tag in found}) > 1:
+        if len(versions) > 1:
             info = replace(info, digest="")
+            capabilities = info.candidate.capabilities
+            for other_tag, other_show in versions.values():
+                other = model_info(name, other_tag, other_show, catalog)
+                capabilities &= other.candidate.capabilities
+            if capabilities != info.candidate.capabilities:
+                candidate = replace(info.candidate, capabilities=capabilities)
+                info = replace(info, candidate=candidate, generates="completion" in capabilities)
         spelled = tag.get("model") or tag.get("name")
         if isinstance(spelled, str) and normalize_model(spelled) == name:
             info = replace(info, listed=spelled.strip())

@@ -14,6 +14,7 @@ import pytest
 
 from proxy.app import APP_KEY
 from proxy.config import Config, ConfigError, Health, ModelEntry
+from proxy.emulator.catalog import template_for
 from proxy.registry import catalog_for, model_info
 from selector_model import features
 from selector_model.catalog import DEFAULT_PATH, Catalog, CatalogError, names
@@ -319,6 +320,58 @@ async def test_another_backends_show_replaces_a_guess(servers: ServerThread) -> 
         prx.stop()
         showless.stop()
         showing.stop()
+
+
+async def test_a_name_whose_weights_differ_by_backend_offers_what_every_one_can(
+    servers: ServerThread,
+) -> None:
+    """Two backends list one name with other weights (pulled before and after the
+    library's template gained tools): `auto` chooses it only for what each backend's
+    version can do, since the request may run on either (where it is loaded, or the
+    least busy). Its tools request goes to a model that calls tools wherever it runs,
+    rather than to the backend whose version Ollama refuses tools to (a 400), and
+    explain says so."""
+    name, tooled = "mine:latest", "qwen2.5:7b"
+
+    def backend(capabilities: tuple[str, ...], version: str, *names: str) -> Emulator:
+        emu = Emulator(servers, replace(FROZEN, models=names))
+        spec = replace(
+            emu.state.store[name],
+            capabilities=capabilities,
+            template=template_for(capabilities),
+            made_from=version,
+        )
+        emu.state.store[name] = spec
+        return emu
+
+    new = backend(("completion", "tools"), "new", name, tooled)
+    old = backend(("completion",), "old", name)
+    prx = Proxy(servers, [new.url, old.url], health=Health(interval_seconds=3600))
+    try:
+        registry = prx.app[APP_KEY].registry
+        # Each version shown, by its own digest.
+        assert (new.state.requests["/api/show"], old.state.requests["/api/show"]) == (2, 1)
+        assert registry.models[name].candidate.capabilities == {"completion"}
+        ask = {"model": "auto", "messages": [{"role": "user", "content": "hi"}], "stream": False}
+        async with aiohttp.ClientSession() as http:
+            # Loaded where its version lacks tools: it would run there.
+            async with http.post(old.url + "/api/chat", json={**ask, "model": name}) as resp:
+                assert resp.status == 200
+            await prx.app[APP_KEY].backends.refresh_all()
+            tools = {**ask, "tools": [{"type": "function", "function": {"name": "f"}}]}
+            async with http.post(prx.url + "/api/autoroute/explain", json=tools) as resp:
+                doc = await resp.json()
+            assert doc["model"] == tooled and doc["filtered"][name] == "lacks tools", doc
+            async with http.post(prx.url + "/api/chat", json=tools) as resp:
+                assert resp.status == 200, await resp.text()
+                assert resp.headers["X-Autoroute-Model"] == tooled
+            # A request that asks for nothing more may still take it.
+            async with http.post(prx.url + "/api/autoroute/explain", json=ask) as resp:
+                assert name in {e["model"] for e in (await resp.json())["ranking"]}
+    finally:
+        prx.stop()
+        new.stop()
+        old.stop()
 
 
 # Models whose /api/show never answers on the backend the tests below make hang.
