@@ -243,6 +243,13 @@ def test_model_details_parse_like_ollama_writes_them() -> None:
         ("8", 0.0),
         ("", 0.0),
         ("unknown", 0.0),
+        # Nor is a count no model has, however it is written (a stand-in server's made-up
+        # number): taken for the largest or the smallest model there is, it would be the
+        # anchor `auto:best` keeps, or what `auto:fast` takes for the quickest.
+        ("99999999999999999999B", 0.0),
+        ("50000T", 0.0),
+        ("0.000001B", 0.0),
+        ("2K", 0.0),
     ],
 )
 def test_a_parameter_size_is_read_as_ollama_formats_counts(size: str, billions: float) -> None:

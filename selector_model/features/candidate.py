@@ -153,20 +153,22 @@ def params_from(size: str) -> float:
 
     Ollama's format.HumanNumber writes B, M and K, and a count below a thousand bare:
     a bare number is a raw count, as a server that gives the integer itself sends it.
-    One too small to be any model's count says nothing (0: the name and the catalogue
-    decide the size)."""
+    A count no model has, too small or too large, however it is written, says nothing
+    (0: the name and the catalogue decide the size)."""
     match = re.fullmatch(r"\s*(?:(\d+)x)?(\d+(?:\.\d+)?)\s*([TBMK]?)\s*", size or "", re.I)
     if not match:
         return 0.0
     count = float(match.group(2)) * float(match.group(1) or 1)
     unit = match.group(3).upper()
-    if not unit:
-        return count / 1e9 if count >= _SMALLEST_COUNT else 0.0
-    return count * {"T": 1e3, "B": 1.0, "M": 1e-3, "K": 1e-6}[unit]
+    billions = count / 1e9 if not unit else count * _BILLIONS_PER[unit]
+    return billions if _SMALLEST_COUNT <= billions * 1e9 <= _LARGEST_COUNT else 0.0
 
 
-# Fewer parameters than this, given as a bare count, is no language model.
+_BILLIONS_PER = {"T": 1e3, "B": 1.0, "M": 1e-3, "K": 1e-6}
+# Fewer parameters than this is no language model; more than this, none there is (the
+# largest open models have a few trillion): a stand-in server's made-up number.
 _SMALLEST_COUNT = 1e5
+_LARGEST_COUNT = 1e14
 
 
 def quant_bits_from(level: str) -> float:
