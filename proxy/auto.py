@@ -21,7 +21,7 @@ from aiohttp import web
 from proxy import go_json
 from proxy.aiohttp_internals import state_get
 from proxy.auth import KEY_REQUEST
-from proxy.backends import BackendPool, NoBackend, normalize_model, without_local
+from proxy.backends import BackendPool, BackendState, NoBackend, normalize_model, without_local
 from proxy.config import Config, Profile, Variant
 from proxy.continuations import Continuations, Conversation, Conversations, conversation
 from proxy.experiments import assign
@@ -344,7 +344,7 @@ class AutoRouter:
         if limit is not None and limit < THINKING_ROOM and not asks.thinking:
             eligible = _room_to_answer(eligible, asks.thinking is False, limit)
         if not eligible.candidates:
-            self._none_left(profile_name, key_models, eligible.filtered)
+            self._none_left(profile_name, key_models, eligible.filtered, needs)
 
         candidates = eligible.candidates
         artifact = self.scorer.artifact
@@ -449,13 +449,21 @@ class AutoRouter:
         )
 
     def _none_left(
-        self, profile_name: str, key_models: frozenset[str] | None, filtered: Mapping[str, str]
+        self,
+        profile_name: str,
+        key_models: frozenset[str] | None,
+        filtered: Mapping[str, str],
+        needs: tuple[str, ...],
     ) -> NoReturn:
-        """Why no model is left for a request: NoBackend when the backends are the cause
-        (`_check_available`), else AutoError naming each model the profile and the API
-        key's list `key_models` leave out (`filtered`) or that does not generate."""
+        """Why no model is left for a request that needs `needs`: NoBackend when the
+        backends are the cause (`_check_available`, `_down_with`), else AutoError naming
+        each model the profile and the API key's list `key_models` leave out
+        (`filtered`) or that does not generate."""
         others = self.not_generating(key_models)
         self._check_available(bool(others))
+        down = self._down_with(self.profile(profile_name), key_models, needs)
+        if down:
+            raise self.backends.unavailable(down)
         refused = {**filtered, **others}
         # Named as the model lists spell them, as explain's `filtered` names them.
         spelled = self.registry.spelled
@@ -483,7 +491,29 @@ class AutoRouter:
         profile = self.profile(profile_name)
         eligible = self._filter(self.registry.candidates(), profile, key_models, (), 0.0)
         if not eligible.candidates:
-            self._none_left(profile_name, key_models, eligible.filtered)
+            self._none_left(profile_name, key_models, eligible.filtered, ())
+
+    def _down_with(
+        self, profile: Profile, key_models: frozenset[str] | None, needs: tuple[str, ...]
+    ) -> list[BackendState]:
+        """The backends no request may use now (their circuit open) that list a model
+        `auto:<profile>` could choose, for the API key's list `key_models`, with the
+        capabilities `needs`: a request only such a model serves is theirs once they are
+        back, as for a request naming that model (a 503), not one no model can serve."""
+        usable = {id(s) for s in self.backends.usable()}
+        down = [s for s in self.backends.states if id(s) not in usable and s.models]
+        if not down:
+            return []
+        names = self._profile(profile)
+        serving = {
+            name
+            for name, info in self.registry.models.items()
+            if info.generates
+            and (key_models is None or name in key_models)
+            and info.candidate.capabilities.issuperset(needs)
+            and not self._never(name, names)
+        }
+        return [s for s in down if s.models and not serving.isdisjoint(s.models)]
 
     def _credit_held(
         self,

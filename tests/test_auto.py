@@ -1394,6 +1394,40 @@ async def test_no_usable_backend_is_503_and_not_ready_while_health_stays_live(
         b.stop()
 
 
+async def test_a_request_only_a_down_backends_model_serves_is_503_as_for_that_model(
+    servers: ServerThread, tmp_path: Path
+) -> None:
+    """A request only a model of a backend that is down could serve (tools, where the
+    usable backend's models call none) is the 503 a request naming that model gets,
+    which says the fleet cannot serve it for now, and which clients retry: not the 400
+    that says `auto` never calls tools, which `ollama run` ends its session on. Explain
+    answers the same; once the backend listens again, it serves the request."""
+    plain = Emulator(servers, dataclasses.replace(FROZEN, models=("gemma2:9b",)))
+    tooled = Emulator(servers, dataclasses.replace(FROZEN, models=("qwen2.5:7b",)))
+    health = Health(interval_seconds=0.05, failure_threshold=1, open_seconds=3600)
+    proxy = Proxy(servers, [plain.url, tooled.url], selector=selector(tmp_path), health=health)
+    tools = chat("auto", stream=False, tools=TOOLS)
+    try:
+        await health_becomes(proxy, "ok")
+        tooled.stop()
+        await health_becomes(proxy, "degraded")
+        for path in ("/api/chat", "/api/autoroute/explain"):
+            status, body = await post_json(proxy.url + path, tools)
+            assert status == 503, (path, body)
+            assert body["error"].startswith("no healthy backend: ") and tooled.url in body["error"]
+            assert plain.url not in body["error"], body
+        # What the usable backend's model serves, it serves.
+        status, body = await post_json(proxy.url + "/api/chat", chat("auto", stream=False))
+        assert status == 200 and body["model"] == "gemma2:9b", body
+        tooled.restart()
+        status, body = await post_json(proxy.url + "/api/chat", tools)
+        assert status == 200 and body["model"] == "qwen2.5:7b", body
+    finally:
+        proxy.stop()
+        plain.stop()
+        tooled.stop()
+
+
 async def post_json(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     async with aiohttp.ClientSession() as session, session.post(url, json=body) as resp:
         return resp.status, orjson.loads(await resp.read())
