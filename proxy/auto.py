@@ -456,12 +456,12 @@ class AutoRouter:
         needs: tuple[str, ...],
     ) -> NoReturn:
         """Why no model is left for a request that needs `needs`: NoBackend when the
-        backends are the cause (`_check_available`, `_down_with`), else AutoError naming
+        backends are the cause (`_check_available`, `down_with`), else AutoError naming
         each model the profile and the API key's list `key_models` leave out
         (`filtered`) or that does not generate."""
         others = self.not_generating(key_models)
         self._check_available(bool(others))
-        down = self._down_with(self.profile(profile_name), key_models, needs)
+        down = self.down_with(self.profile(profile_name), key_models, needs)
         if down:
             raise self.backends.unavailable(down)
         refused = {**filtered, **others}
@@ -483,17 +483,20 @@ class AutoRouter:
             if key_models is None or name in key_models
         }
 
-    def check_loadable(self, profile_name: str, key_models: frozenset[str] | None) -> None:
-        """For a load of `auto:<profile_name>` (`ollama run auto`), which chooses no model:
-        what `decide` raises for a request that asks nothing where no model is left for
-        it, as Ollama refuses to load a model that does not complete text (an embedding
-        model) before it answers "load". Nothing when the profile has a model to choose."""
+    def check_loadable(
+        self, profile_name: str, key_models: frozenset[str] | None, needs: tuple[str, ...] = ()
+    ) -> None:
+        """For a load of `auto:<profile_name>` (`ollama run auto`) asking for the
+        capabilities `needs`, which chooses no model: what `decide` raises where no model
+        is left for it, as Ollama refuses to load a model that does not complete text (an
+        embedding model) before it answers "load". Nothing when the profile has a model
+        to choose."""
         profile = self.profile(profile_name)
-        eligible = self._filter(self.registry.candidates(), profile, key_models, (), 0.0)
+        eligible = self._filter(self.registry.candidates(), profile, key_models, needs, 0.0)
         if not eligible.candidates:
-            self._none_left(profile_name, key_models, eligible.filtered, ())
+            self._none_left(profile_name, key_models, eligible.filtered, needs)
 
-    def _down_with(
+    def down_with(
         self, profile: Profile, key_models: frozenset[str] | None, needs: tuple[str, ...]
     ) -> list[BackendState]:
         """The backends no request may use now (their circuit open) that list a model

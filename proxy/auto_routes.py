@@ -332,12 +332,14 @@ class AutoRoutes:
         refuses (Model.CheckCapabilities): `<the model's full name> does not support
         tools`. Clients read these texts: `ollama run` goes on after the thinking one and
         ends on any other error. None where the request asks for nothing the profile
-        lacks, or the profile is not configured or has no model at all. Not vision:
-        Ollama refuses an image only as its runner reads it."""
+        lacks, or the profile is not configured or has no model at all, or a backend
+        that is down lists a model that offers it (`AutoRouter.down_with`: the request
+        is that model's, for when it is back). Not vision: Ollama refuses an image only
+        as its runner reads it."""
         if profile not in self.auto.config.profiles:
             return None
         needs = required_capabilities(request_body.asks(path, doc), path)
-        if not needs:
+        if not needs or self.auto.down_with(self.auto.profile(profile), only, needs):
             return None
         candidates = self.auto.choosable(profile, only)
         offered = {c for m in candidates for c in m.capabilities}
@@ -383,7 +385,8 @@ class AutoRoutes:
                 return unoffered
             try:
                 if fleet:
-                    self.auto.check_loadable(profile, only)
+                    needs = required_capabilities(request_body.asks(path, doc), path)
+                    self.auto.check_loadable(profile, only, needs)
             except AutoError as exc:
                 return handler_error(path, exc.status, exc.answer(model))
             options = go_types.options_refusal(doc.get("options"))

@@ -1411,8 +1411,14 @@ async def test_a_request_only_a_down_backends_model_serves_is_503_as_for_that_mo
         await health_becomes(proxy, "ok")
         tooled.stop()
         await health_becomes(proxy, "degraded")
-        for path in ("/api/chat", "/api/autoroute/explain"):
-            status, body = await post_json(proxy.url + path, tools)
+        # So is a load asking for tools (`ollama run` loads before it chats).
+        load = {"model": "auto", "tools": TOOLS}
+        for path, asked in (
+            ("/api/chat", tools),
+            ("/api/autoroute/explain", tools),
+            ("/api/chat", load),
+        ):
+            status, body = await post_json(proxy.url + path, asked)
             assert status == 503, (path, body)
             assert body["error"].startswith("no healthy backend: ") and tooled.url in body["error"]
             assert plain.url not in body["error"], body
