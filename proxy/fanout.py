@@ -130,8 +130,12 @@ class Fanout:
                     if _autoroutes(item):
                         continue  # `extra` stands for it
                     item, ident = _reachable(item, claimed), _LIBRARY + ident
-                if ident not in seen:
-                    seen.add(ident)
+                # Ollama reads names case-insensitively: one model whatever its case on
+                # each backend, listed as the first backend (in the configured order)
+                # spells it: the backends' order `registry.spelled` takes its spelling
+                # in too, so that `auto`'s choices are found in the list as named.
+                if (normal := normalize_model(ident)) not in seen:
+                    seen.add(normal)
                     items.append(item if only is None else without_foreign_parent(item, only))
         merged = dict(docs[0])
         # Each backend's list is in Ollama's order, the lists one after the other are

@@ -1777,3 +1777,31 @@ async def test_a_model_that_ran_is_known_loaded_before_the_next_health_check(
     finally:
         proxy.stop()
         a.stop()
+
+
+async def test_a_model_two_backends_spell_in_other_cases_is_merged_once(
+    servers: ServerThread,
+) -> None:
+    """Ollama reads names case-insensitively: `Qwen3:8B-Q4_K_M` on one backend and
+    `qwen3:8b-q4_k_m` on another are one model, listed once, as the first backend spells it."""
+    a = Emulator(servers, dataclasses.replace(FROZEN, models=("Qwen3:8B-Q4_K_M",)))
+    b = Emulator(servers, dataclasses.replace(FROZEN, models=("qwen3:8b-q4_k_m", ONLY_B)))
+    proxy = Proxy(servers, [a.url, b.url])
+    try:
+        for backend in (a, b):
+            for model in ("Qwen3:8B-Q4_K_M", "qwen3:8b-q4_k_m"):
+                await post(backend.url, "/api/generate", generate(model))
+        async with aiohttp.ClientSession() as session:
+            async with session.get(proxy.url + "/api/tags") as resp:
+                names = [m["name"] for m in (await resp.json())["models"]]
+            async with session.get(proxy.url + "/v1/models") as resp:
+                ids = [m["id"] for m in (await resp.json())["data"]]
+            async with session.get(proxy.url + "/api/ps") as resp:
+                loaded = [m["name"] for m in (await resp.json())["models"]]
+        assert sorted(names) == sorted(["Qwen3:8B-Q4_K_M", ONLY_B, *AUTO_NAMES])
+        assert sorted(ids) == sorted(["Qwen3:8B-Q4_K_M", ONLY_B, *AUTO_NAMES])
+        assert loaded == ["Qwen3:8B-Q4_K_M"]
+    finally:
+        proxy.stop()
+        a.stop()
+        b.stop()
