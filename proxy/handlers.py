@@ -295,7 +295,10 @@ class Handlers:
             if key is not None and not key.allows_model(chosen):
                 # Not named: `auto` names no model outside the key's list.
                 return error_response(path, 403, AUTO_EMBEDDING_DENIED)
-            served.extra[MODEL_HEADER] = spelled = chosen
+            # As the model list spells it, as for a chat choice: the configured name
+            # may lack its tag or differ in case.
+            spelled = self.auto.registry.spelled(chosen)
+            served.extra[MODEL_HEADER] = spelled
             served.extra[AUTOROUTE_HEADERS[2]] = "pinned"
         else:
             cloud = self.cloud

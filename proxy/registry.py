@@ -341,9 +341,10 @@ class Registry:
         self.generation += 1
 
     def spelled(self, name: str) -> str:
-        """Model `name` as its backend lists it: Ollama reads names case-insensitively
-        and lists each as it was pulled, which is what a client looks for in the list."""
-        info = self.models.get(name)
+        """Model `name` (any spelling Ollama reads as it: a configured name may lack
+        its tag) as its backend lists it: Ollama reads names case-insensitively and
+        lists each as it was pulled, which is what a client looks for in the list."""
+        info = self.models.get(normalize_model(name))
         return info.listed if info is not None and info.listed else name
 
     def not_generating(self) -> dict[str, frozenset[str]]:

@@ -791,7 +791,8 @@ async def test_auto_embeddings_name_no_model_outside_the_keys_list(
         message = error["message"] if path.startswith("/v1/") else error
         assert message == "auto's embedding model is not allowed for this API key"
         status, headers, _ = await call(prx.url, "POST", path, SINGLE, body)
-        assert status == 200 and headers["X-Autoroute-Model"] == "nomic-embed-text"
+        # Named as the model list spells it.
+        assert status == 200 and headers["X-Autoroute-Model"] == "nomic-embed-text:latest"
         explain = "/api/autoroute/explain?path=" + path
         status, _, answer = await call(prx.url, "POST", explain, USER, body)
         assert status == 400 and b"nomic" not in answer, answer

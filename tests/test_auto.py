@@ -34,6 +34,7 @@ from tests.support import (
     ServerThread,
     error_text,
 )
+from tests.usage_services import events_of
 
 SHORT = {"num_predict": 4}
 TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
@@ -254,6 +255,25 @@ async def test_unknown_profile_is_a_missing_model_and_impossible_requests_are_40
         async with session.post(auto_proxy.url + "/api/chat", json=body) as resp:
             assert resp.status == 400
             assert "no model can serve this request" in (await resp.json())["error"]
+
+
+async def test_auto_names_the_embedding_model_as_the_list_spells_it(auto_proxy: Proxy) -> None:
+    """`selector.embedding_model` may be written as the operator types it
+    (`nomic-embed-text`): the answer, its headers and the usage event name the model as
+    the backend's list spells it (`nomic-embed-text:latest`), as for `auto`'s chat
+    choices, so that a client finds it in the list."""
+    listed = "nomic-embed-text:latest"
+    ids = []
+    async with aiohttp.ClientSession() as session:
+        for path in ("/api/embed", "/v1/embeddings"):
+            embed = {"model": "auto", "input": "x"}
+            async with session.post(auto_proxy.url + path, json=embed) as resp:
+                assert resp.status == 200, await resp.text()
+                assert resp.headers["X-Autoroute-Model"] == listed
+                assert (await resp.json())["model"] == listed
+                ids.append(resp.headers["X-Request-Id"])
+    for event in await events_of(auto_proxy.config.usage, *ids):
+        assert event["served_model"] == listed, event
 
 
 # Bodies auto refuses on the OpenAI and Anthropic routes as the handler refuses a named
@@ -984,7 +1004,7 @@ async def test_auto_embeddings_use_the_configured_model(
 ) -> None:
     client = ollama.AsyncClient(host=auto_proxy.url)
     embedded = await client.embed(model="auto", input="hello")
-    assert embedded.model == "nomic-embed-text:latest" or embedded.model == "nomic-embed-text"
+    assert embedded.model == "nomic-embed-text:latest"  # as the model list spells it
     plain = Proxy(servers, [emulator.url], selector=selector(tmp_path, embedding_model=""))
     try:
         async with aiohttp.ClientSession() as session:
