@@ -23,6 +23,7 @@ from proxy.auto_routes import AutoRoutes
 from proxy.backends import BackendPool
 from proxy.config import Backend, Config, Health, Profile, Selector, Usage
 from proxy.registry import ModelInfo, Registry, model_info
+from proxy.routes import RANKED_PATHS
 from selector_model.catalog import AREAS, Catalog
 from selector_model.policy import SWITCH_Z
 from tests.conftest import FROZEN
@@ -880,6 +881,7 @@ REFUSED_BEFORE_THE_MODEL_ELSEWHERE = [
     ("/v1/completions", {"prompt": "hi", "stop": ["a", 1]}),
     ("/v1/completions", {"prompt": "hi", "stop": [None]}),
     ("/v1/completions", {"prompt": "hi", "logprobs": 50}),
+    ("/v1/completions", {"prompt": ["hi", "there"]}),
     ("/v1/embeddings", {"input": "hi", "encoding_format": 5}),
     ("/v1/embeddings", {"input": "hi", "encoding_format": "int8"}),
     ("/v1/embeddings", {"input": []}),
@@ -912,7 +914,8 @@ async def test_auto_refuses_a_body_as_ollama_does_before_the_model_on_every_rout
     """A profile that does not exist (404) and a request no model of the profile can
     serve (thinking, asked for on a chat, which none of the coders does) are `auto`'s
     answers in the handler's place: a body Ollama refuses before any handler looks at
-    the model gets Ollama's 400 instead, byte for byte as a backend writes it."""
+    the model gets Ollama's 400 instead, byte for byte as a backend writes it. explain,
+    on a route it ranks for, refuses it in the same words."""
 
     def unnumbered(answer: tuple[int, bytes]) -> tuple[int, bytes]:
         # Anthropic's errors carry a request id drawn at random.
@@ -924,6 +927,9 @@ async def test_auto_refuses_a_body_as_ollama_does_before_the_model_on_every_rout
         body = orjson.dumps({"model": model, **fields})
         answer = await post_raw(auto_proxy.url, path, body)
         assert unnumbered(answer) == unnumbered(direct), model
+    if path in RANKED_PATHS:
+        status, doc = await explain(auto_proxy, {"model": "auto", **fields}, path)
+        assert (status, doc["error"]) == (400, error_text(path, orjson.loads(direct[1])))
 
 
 def test_ollama_run_auto_leaves_the_choice_open(auto_proxy: Proxy) -> None:
