@@ -344,7 +344,8 @@ class Registry:
         """Model `name` (any spelling Ollama reads as it: a configured name may lack
         its tag) as its backend lists it: Ollama reads names case-insensitively and
         lists each as it was pulled, which is what a client looks for in the list."""
-        info = self.models.get(normalize_model(name))
+        # `auto`'s choices are registry names already: normalized only when not found.
+        info = self.models.get(name) or self.models.get(normalize_model(name))
         return info.listed if info is not None and info.listed else name
 
     def not_generating(self) -> dict[str, frozenset[str]]:
