@@ -8,8 +8,8 @@ import datetime
 import functools
 import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -1577,6 +1577,31 @@ async def _asked(url: str, path: str, body: Any) -> tuple[int, str]:
         return resp.status, resp.headers["X-Request-Id"]
 
 
+@asynccontextmanager
+async def _refused_backend(
+    servers: ServerThread, **sections: Any
+) -> AsyncIterator[tuple[Emulator, Proxy, str]]:
+    """A backend of SHARED alone whose Ollama stopped, behind a proxy (with `sections`)
+    that runs no background health check, so that only requests bring it back: its
+    circuit opened by a generate's 503, whose request id comes with the two."""
+    a = Emulator(servers, dataclasses.replace(FROZEN, models=(SHARED,)))
+    proxy = Proxy(
+        servers,
+        [a.url],
+        health=Health(interval_seconds=3600, failure_threshold=1, open_seconds=3600),
+        **sections,
+    )
+    try:
+        a.stop()
+        status, refused = await _asked(proxy.url, "/api/generate", generate(SHARED))
+        assert status == 503
+        assert await health_circuit(proxy.url, a.url) == "open"
+        yield a, proxy, refused
+    finally:
+        proxy.stop()
+        a.stop()
+
+
 @pytest.mark.parametrize(
     ("path", "body", "recorded"),
     [
@@ -1597,20 +1622,8 @@ async def test_a_backend_restarted_on_its_port_serves_before_its_next_check(
     once, one check for all the requests that wait on it, rather than answered with the
     proxy's own 503 until the next check. Each request that runs a model leaves one
     usage event."""
-    a = Emulator(servers, dataclasses.replace(FROZEN, models=(SHARED,)))
     usage = file_usage(tmp_path)
-    proxy = Proxy(
-        servers,
-        [a.url],
-        usage=usage,
-        # No background health check during the test: only requests bring A back.
-        health=Health(interval_seconds=3600, failure_threshold=1, open_seconds=3600),
-    )
-    try:
-        a.stop()
-        status, refused = await _asked(proxy.url, "/api/generate", generate(SHARED))
-        assert status == 503
-        assert await health_circuit(proxy.url, a.url) == "open"
+    async with _refused_backend(servers, usage=usage) as (a, proxy, refused):
         a.restart()
         checks = a.state.requests["/api/ps"]  # which each check asks, and none of these
         answers = await asyncio.gather(*(_asked(proxy.url, path, body) for _ in range(8)))
@@ -1626,9 +1639,6 @@ async def test_a_backend_restarted_on_its_port_serves_before_its_next_check(
         ids = [rid for _, rid in answers] if recorded else []
         events = await events_of(usage, refused, *ids)
         assert [e["outcome"]["status"] for e in events] == [503] + [200] * len(ids)
-    finally:
-        proxy.stop()
-        a.stop()
 
 
 async def test_a_restarted_backend_is_checked_only_for_what_no_usable_one_has(
@@ -1684,18 +1694,7 @@ async def test_readiness_sees_a_backend_restarted_on_its_port_before_its_next_ch
     their connects checked again at once, one check for all the probes that wait on it:
     a probe after a backend's restart finds it ready, not the proxy's 503 until the
     next periodic check; one while it is still down is the 503."""
-    a = Emulator(servers, dataclasses.replace(FROZEN, models=(SHARED,)))
-    proxy = Proxy(
-        servers,
-        [a.url],
-        # No background health check during the test: only requests bring A back.
-        health=Health(interval_seconds=3600, failure_threshold=1, open_seconds=3600),
-    )
-    try:
-        a.stop()
-        status, _ = await post(proxy.url, "/api/generate", generate(SHARED))
-        assert status == 503
-        assert await health_circuit(proxy.url, a.url) == "open"
+    async with _refused_backend(servers) as (a, proxy, _):
         status, _ = await _asked(proxy.url, "/api/autoroute/ready", None)
         assert status == 503
         a.restart()
@@ -1706,9 +1705,6 @@ async def test_readiness_sees_a_backend_restarted_on_its_port_before_its_next_ch
         assert [status for status, _ in answers] == [200] * 8
         assert a.state.requests["/api/ps"] == checks + 1
         assert await health_circuit(proxy.url, a.url) == "closed"
-    finally:
-        proxy.stop()
-        a.stop()
 
 
 async def test_a_load_of_auto_is_the_fleets_answer_as_its_chat_is(
@@ -1719,18 +1715,7 @@ async def test_a_load_of_auto_is_the_fleets_answer_as_its_chat_is(
     be, after the backends whose host refused their connects are checked again at once;
     one restarted on its port since answers the load, not the proxy's 503 until the next
     periodic check."""
-    a = Emulator(servers, dataclasses.replace(FROZEN, models=(SHARED,)))
-    proxy = Proxy(
-        servers,
-        [a.url],
-        # No background health check during the test: only requests bring A back.
-        health=Health(interval_seconds=3600, failure_threshold=1, open_seconds=3600),
-    )
-    try:
-        a.stop()
-        status, _ = await post(proxy.url, "/api/generate", generate(SHARED))
-        assert status == 503
-        assert await health_circuit(proxy.url, a.url) == "open"
+    async with _refused_backend(servers) as (a, proxy, _):
         for path in ("/api/generate", "/api/chat"):
             status, body = await post(proxy.url, path, {"model": "auto"})
             assert status == 503 and b"no healthy backend" in body, body
@@ -1738,9 +1723,6 @@ async def test_a_load_of_auto_is_the_fleets_answer_as_its_chat_is(
         status, body = await post(proxy.url, "/api/chat", {"model": "auto"})
         assert status == 200 and orjson.loads(body)["done_reason"] == "load", body
         assert await health_circuit(proxy.url, a.url) == "closed"
-    finally:
-        proxy.stop()
-        a.stop()
 
 
 async def _load_seconds(url: str, model: str) -> float:
