@@ -320,13 +320,17 @@ class Registry:
             if digest not in versions or show is not None:
                 versions[digest] = (tag, show)
         shown = [v for v in versions.values() if v[1] is not None]
-        tag, show = shown[0] if shown else (found[0][1], None)
+        # With none shown, the first version is the first backend's tags entry.
+        first = shown[0] if shown else next(iter(versions.values()))
+        tag, show = first
         info = model_info(name, tag, show, catalog)
         if len(versions) > 1:
             info = replace(info, digest="")
             capabilities = info.candidate.capabilities
-            for other_tag, other_show in versions.values():
-                other = model_info(name, other_tag, other_show, catalog)
+            for version in versions.values():
+                if version is first:
+                    continue  # `info` is its description
+                other = model_info(name, *version, catalog)
                 capabilities &= other.candidate.capabilities
             if capabilities != info.candidate.capabilities:
                 candidate = replace(info.candidate, capabilities=capabilities)

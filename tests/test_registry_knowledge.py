@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from proxy import registry as registry_module
 from proxy.app import APP_KEY
 from proxy.config import Config, ConfigError, Health, ModelEntry
 from proxy.emulator.catalog import template_for
@@ -368,6 +369,37 @@ async def test_a_name_whose_weights_differ_by_backend_offers_what_every_one_can(
             # A request that asks for nothing more may still take it.
             async with http.post(prx.url + "/api/autoroute/explain", json=ask) as resp:
                 assert name in {e["model"] for e in (await resp.json())["ranking"]}
+    finally:
+        prx.stop()
+        new.stop()
+        old.stop()
+
+
+async def test_each_version_of_a_name_is_described_once_a_refresh(
+    servers: ServerThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A name two backends list with other weights is described once per version at
+    each refresh (`model_info`): the first version's description is the model's, and
+    the capabilities every version has are read off it and the other's, not off a
+    second description of the first."""
+    name = "mine:latest"
+    new = Emulator(servers, replace(FROZEN, models=(name,)))
+    old = Emulator(servers, replace(FROZEN, models=(name,)))
+    old.state.store[name] = replace(old.state.store[name], made_from="old")
+    prx = Proxy(servers, [new.url, old.url], health=Health(interval_seconds=3600))
+    try:
+        app = prx.app[APP_KEY]
+        described: list[str] = []
+
+        def counted(model: str, tag: dict[str, Any], *rest: Any) -> Any:
+            if model == name:
+                described.append(str(tag.get("digest")))
+            return model_info(model, tag, *rest)
+
+        monkeypatch.setattr(registry_module, "model_info", counted)
+        prx.thread.call(app.backends.refresh_all)
+        # Two versions (by digest), each described once.
+        assert len(described) == len(set(described)) == 2, described
     finally:
         prx.stop()
         new.stop()
