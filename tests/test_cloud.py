@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from tests.cloud_standin import (
     Seen,
     create_app,
 )
+from tests.conftest import FROZEN
 from tests.support import (
     Emulator,
     Proxy,
@@ -675,6 +677,45 @@ async def test_a_load_of_auto_with_no_backend_is_answered_where_the_cloud_stands
         finally:
             proxy.stop()
     assert all(b["model"] == "standin" for b in cloud_server.seen.bodies)
+
+
+async def test_a_load_of_auto_is_the_clouds_where_the_backend_back_has_no_model_for_it(
+    servers: ServerThread, cloud_server: StandIn
+) -> None:
+    """A load of `auto` is answered as the chat after it, after the same check of the
+    backends that may be back: where the one back on its port lists no model the
+    profile could choose (an embedding model alone) and the one that does is still
+    down, that chat is the cloud's, which stands in for the profile, so the load is
+    Ollama's "load", not the 503."""
+    embedder = Emulator(servers, replace(FROZEN, models=("nomic-embed-text:latest",)))
+    chatter = Emulator(servers, replace(FROZEN, models=(LOCAL,)))
+    proxy = Proxy(
+        servers,
+        [embedder.url, chatter.url],
+        # No background health check: only the test's refresh and requests check them.
+        health=Health(interval_seconds=3600, failure_threshold=1, open_seconds=3600),
+        cloud=cloud_section(cloud_server.url),
+    )
+    try:
+        embedder.stop()
+        chatter.stop()
+        proxy.thread.call(proxy.app[APP_KEY].backends.refresh_all)
+        for emulator in (embedder, chatter):
+            assert await health_circuit(proxy.url, emulator.url) == "open"
+        embedder.restart()
+        for path in ("/api/chat", "/api/generate"):
+            status, _, body = await post(proxy.url + path, {"model": "auto"})
+            assert status == 200 and orjson.loads(body)["done_reason"] == "load", (path, body)
+        assert await health_circuit(proxy.url, embedder.url) == "closed"
+        assert await health_circuit(proxy.url, chatter.url) == "open"
+        chat = {"model": "auto", "messages": MESSAGES, "stream": False}
+        status, _, body = await post(proxy.url + "/api/chat", chat)
+        assert status == 200, body
+        assert cloud_server.seen.bodies, "the chat is the cloud's"
+    finally:
+        proxy.stop()
+        embedder.stop()
+        chatter.stop()
 
 
 async def test_with_keys_cloud_errors_are_detailed_only_to_a_key_that_sees_every_model(
