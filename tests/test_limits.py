@@ -307,13 +307,15 @@ async def test_autos_reading_of_a_body_of_many_parts_is_off_the_loop(
     """`auto` reads a request's features, what it asks of a model and its prompt's
     tokens part by part, a Python call each: hundreds of thousands of content parts
     held the event loop for a tenth of a second and more per request. A large body's
-    reading is in a worker thread, a small one's on the loop."""
+    reading is in a worker thread, a small one's on the loop. It reads the document
+    the body was parsed into, once, as the limits do: the body is not parsed again."""
     calls = {
         name: where_called(monkeypatch, owner, name)
         for owner, name in (
             (features, "request_features"),
             (request_body, "asks"),
             (request_body, "prompt_tokens"),
+            (go_json, "_read_quickly"),
         )
     }
     for parts in (10, 30_000):
@@ -326,6 +328,7 @@ async def test_autos_reading_of_a_body_of_many_parts_is_off_the_loop(
         small = len(body) <= go_json.INLINE_BYTES
         assert calls["request_features"] == [small], (parts, calls)
         assert calls["asks"] == [small], (parts, calls)
+        assert calls["_read_quickly"] == [small], (parts, calls)
         # Read off the loop with the rest; on it only where a context is short of it.
         assert calls["prompt_tokens"] == ([] if small else [False]), (parts, calls)
 
