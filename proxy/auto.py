@@ -503,20 +503,47 @@ class AutoRouter:
         `auto:<profile>` could choose, for the API key's list `key_models`, with the
         capabilities `needs`: a request only such a model serves is theirs once they are
         back, as for a request naming that model (a 503), not one no model can serve."""
-        usable = {id(s) for s in self.backends.usable()}
-        down = [s for s in self.backends.states if id(s) not in usable and s.models]
+        down = self._down()
         if not down:
             return []
-        names = self._profile(profile)
         serving = {
-            name
-            for name, info in self.registry.models.items()
-            if info.generates
-            and (key_models is None or name in key_models)
-            and info.candidate.capabilities.issuperset(needs)
-            and not self._never(name, names)
+            c.name
+            for c in self._listed_by(down, profile, key_models)
+            if c.capabilities.issuperset(needs)
         }
         return [s for s in down if s.models and not serving.isdisjoint(s.models)]
+
+    def awaited(self, profile: str, key_models: frozenset[str] | None) -> list[Candidate]:
+        """The models `auto:<profile>` could choose, for the API key's list `key_models`,
+        that backends no request may use now list (`down_with`): a request that only
+        they serve waits for them (a 503), it is not refused."""
+        down = self._down()
+        if not down:
+            return []
+        return self._listed_by(down, self.config.profiles[profile], key_models)
+
+    def _down(self) -> list[BackendState]:
+        """The backends no request may use now (their circuit open) that list models."""
+        usable = {id(s) for s in self.backends.usable()}
+        return [s for s in self.backends.states if id(s) not in usable and s.models]
+
+    def _listed_by(
+        self, states: list[BackendState], profile: Profile, key_models: frozenset[str] | None
+    ) -> list[Candidate]:
+        """The generation models `states` list that `profile` may choose for the API key's
+        list `key_models`."""
+        listed: set[str] = set()
+        for state in states:
+            listed |= state.models or frozenset()
+        names = self._profile(profile)
+        return [
+            info.candidate
+            for name, info in self.registry.models.items()
+            if name in listed
+            and info.generates
+            and (key_models is None or name in key_models)
+            and not self._never(name, names)
+        ]
 
     def _credit_held(
         self,

@@ -270,9 +270,19 @@ class AutoRoutes:
 
     def _offer(self, profile: str, only: frozenset[str] | None) -> Offer:
         """What `auto:<profile>` can do: capabilities at least one model it may choose
-        offers (`AutoRouter.choosable`), and the largest context among them (editors
-        size their prompts from it). `only`: the API key's allow-list, the candidates
-        `auto` may choose for that key.
+        offers (`AutoRouter.choosable`), or one a backend that is down lists
+        (`AutoRouter.awaited`), and the largest context among those it may choose now
+        (editors size their prompts from it). `only`: the API key's allow-list, the
+        candidates `auto` may choose for that key.
+
+        What a request to `auto` gets decides both. A request that asks for what only a
+        model of a backend that is down offers waits for it (`AutoRouter.down_with`: the
+        503 that naming that model gets, which clients retry), not Ollama's 400 "does
+        not support", so that capability stays listed while the backend is down: an
+        editor that reads tools or vision off this list would stop sending them for the
+        outage, where such a request is not refused but waits. A prompt longer than
+        every reachable model's context does not wait for the model that is down: the
+        longest reachable one serves it, cut to fit, so only their contexts count.
 
         Not "thinking": clients turn thinking on for every request to a model that
         lists it (`ollama run` sends `think: true`, `ollama launch` configures its
@@ -280,7 +290,8 @@ class AutoRoutes:
         thinking model `auto` chooses thinks by default, and a request that asks for
         thinking still gets a model that can."""
         candidates = self.auto.choosable(profile, only)
-        offered = {"completion", *(c for m in candidates for c in m.capabilities)}
+        listing = [*candidates, *self.auto.awaited(profile, only)]
+        offered = {"completion", *(c for m in listing for c in m.capabilities)}
         return Offer(
             names=[m.name for m in candidates],
             capabilities=sorted(offered - {_DEFAULTS_ON}),

@@ -1460,6 +1460,45 @@ async def test_a_request_only_a_down_backends_model_serves_is_503_as_for_that_mo
         tooled.stop()
 
 
+async def test_auto_offers_what_a_down_backends_model_will_serve_as_its_requests_say(
+    servers: ServerThread, tmp_path: Path
+) -> None:
+    """While the backend of the only model that calls tools is down, a tools request to
+    `auto` is that model's 503, which clients retry, not the 400 "does not support
+    tools": `auto`'s show and its /api/tags entry still list tools (an editor deciding
+    whether to send tools reads them), as they list what a request gets. Its context is
+    the reachable models': a longer prompt goes to one of them, cut to fit, not to the
+    model that is down."""
+    plain = Emulator(servers, dataclasses.replace(FROZEN, models=("gemma2:9b",)))
+    tooled = Emulator(servers, dataclasses.replace(FROZEN, models=("llama3.1:8b",)))
+    health = Health(interval_seconds=0.05, failure_threshold=1, open_seconds=3600)
+    proxy = Proxy(servers, [plain.url, tooled.url], selector=selector(tmp_path), health=health)
+    try:
+        await health_becomes(proxy, "ok")
+        status, up = await post_json(proxy.url + "/api/show", {"model": "auto"})
+        assert status == 200 and "tools" in up["capabilities"], up
+        assert up["model_info"]["autoroute.context_length"] == 131072
+        tooled.stop()
+        await health_becomes(proxy, "degraded")
+        # A load with tools (`ollama run`), as a chat with them: the 503, not a refusal.
+        load = {"model": "auto", "tools": TOOLS}
+        status, refused = await post_json(proxy.url + "/api/chat", load)
+        assert status == 503, refused
+        status, shown = await post_json(proxy.url + "/api/show", {"model": "auto"})
+        assert status == 200
+        assert shown["capabilities"] == up["capabilities"], shown
+        assert shown["template"] == up["template"]
+        assert shown["model_info"]["autoroute.context_length"] == 8192
+        status, listed = await get(proxy.url + "/api/tags")
+        (entry,) = [m for m in listed["models"] if m["name"] == "auto"]
+        assert entry["capabilities"] == up["capabilities"], entry
+        assert entry["details"]["context_length"] == 8192
+    finally:
+        proxy.stop()
+        plain.stop()
+        tooled.stop()
+
+
 async def post_json(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     async with aiohttp.ClientSession() as session, session.post(url, json=body) as resp:
         return resp.status, orjson.loads(await resp.read())
