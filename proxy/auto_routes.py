@@ -31,6 +31,7 @@ from proxy.auto import (
     user_key,
 )
 from proxy.backends import normalize_model
+from proxy.cache.key import generates
 from proxy.config import Limits, Usage
 from proxy.errors import ANTHROPIC_PATH, error_response, handler_error
 from proxy.keep_alive import unloads
@@ -72,7 +73,9 @@ LEGEND = {
         "kind are counted; explore = another candidate tried, to learn about it; "
         "experiment = an A/B experiment's variant; context = the model that wrote the "
         "/api/generate context the request continues; fallback = no selector "
-        "artifact, a size-based heuristic chose"
+        "artifact, a size-based heuristic chose; explain alone: load, unload = a "
+        "generate without a prompt or a chat without messages (unload: keep_alive 0), "
+        "which the proxy answers itself (explain: answer), choosing no model"
     ),
     "X-Autoroute-Score": (
         "the chosen model's utility (explain: ranking[].utility) = P(success) (once "
@@ -92,6 +95,15 @@ _DEFAULTS_ON = "thinking"
 # refusal (the model's full name: `auto` is registry.ollama.ai/library/auto:latest).
 _SCHEDULER_CHECKS = ("tools", "insert")
 _REGISTRY = "registry.ollama.ai/library/"
+
+# The routes whose request loads its model, or unloads it, where it asks for no text.
+LOADING_PATHS = ("/api/generate", "/api/chat")
+
+
+def loads(path: str, doc: dict[str, Any]) -> bool:
+    """Whether a request of `auto` on `path` is a load or an unload (a generate without
+    a prompt, a chat without messages), which the proxy answers itself (`loading`)."""
+    return path in LOADING_PATHS and not generates(path, doc)
 
 
 @dataclass(frozen=True)
@@ -383,6 +395,19 @@ class AutoRoutes:
         from handleScheduleError, `go_types.options_refusal`), then done with "load".
         None for a `keep_alive` Ollama refuses: that 400 is the backend's to write, as
         for any other field."""
+        answer = self._load_answer(path, model, doc, profile, only, fleet)
+        return _json(answer) if isinstance(answer, dict) else answer
+
+    def _load_answer(
+        self,
+        path: str,
+        model: str,
+        doc: dict[str, Any],
+        profile: str,
+        only: frozenset[str] | None,
+        fleet: bool = True,
+    ) -> dict[str, Any] | web.Response | None:
+        """`loading`'s answer: the document it answers done with, or its refusal."""
         try:
             reason = "unload" if unloads(doc.get("keep_alive")) else "load"
         except ValueError:
@@ -409,7 +434,7 @@ class AutoRoutes:
         else:
             answer["response"] = ""
         answer.update(done=True, done_reason=reason)
-        return _json(answer)
+        return answer
 
     async def explain(self, request: web.Request) -> web.StreamResponse:
         """The full ranking for a request body, without generating anything."""
@@ -459,6 +484,19 @@ class AutoRoutes:
             return error_response(request.path, 400, unread.message)
         # The key's allow-list, as on inference: explain must rank what auto would.
         only = key.models if key is not None else None
+        if loads(path, doc):
+            # The route answers a load or an unload itself and chooses no model (see
+            # `loading`): explain says that, or refuses it as the route does, a profile
+            # that does not exist first.
+            try:
+                self.auto.profile(profile)
+            except AutoError as exc:
+                return error_response(request.path, exc.status, exc.answer(str(model)))
+            answer = self._load_answer(path, str(model), doc, profile, only)
+            if isinstance(answer, web.Response):
+                return answer
+            if answer is not None:
+                return self._explained_load(profile, answer)
         reading = await reading_off_loop(path, doc, len(body))
         try:
             choice = self.auto.decide(
@@ -522,6 +560,22 @@ class AutoRoutes:
                 # The model that answered the turn this chat continues, while loaded:
                 # its expected_seconds leave out the part of the prompt its runner holds.
                 "held_by": spelled(choice.held_by) if choice.held_by else None,
+                "legend": LEGEND,
+            }
+        )
+
+    @staticmethod
+    def _explained_load(profile: str, answer: dict[str, Any]) -> web.Response:
+        """Explain of a load or an unload of `auto:<profile>`, which the route answers
+        with `answer` and no model: nothing is ranked, nothing filtered."""
+        return _json(
+            {
+                "model": None,
+                "profile": profile,
+                "reason": answer["done_reason"],
+                "answer": answer,
+                "ranking": [],
+                "filtered": {},
                 "legend": LEGEND,
             }
         )

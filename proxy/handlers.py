@@ -36,7 +36,7 @@ from proxy.auto import (
     reading_off_loop,
     user_key,
 )
-from proxy.auto_routes import AutoRoutes, fraction_in_an_int, refusal
+from proxy.auto_routes import LOADING_PATHS, AutoRoutes, fraction_in_an_int, loads, refusal
 from proxy.backends import (
     WEB_PATHS,
     BackendPool,
@@ -70,7 +70,6 @@ SHOW_PATH = "/api/show"
 CREATE_PATH = "/api/create"
 PULL_PATH = "/api/pull"
 _WHOLE_AFTER_WORK = frozenset({PULL_PATH, "/api/push", CREATE_PATH})
-LOADING_PATHS = ("/api/generate", "/api/chat")
 V1_MODEL_PREFIX = "/v1/models/"
 # `auto` chooses among models by what they do with text; none of that says which
 # model transcribes audio.
@@ -272,7 +271,7 @@ class Handlers:
         # model mapped to the profile is none of them (the one mapped to a model on the
         # list may stand in for it, as for a request naming it).
         cloud_names = (f"auto:{profile}",) if only is None else ()
-        if path in LOADING_PATHS and not generates(path, doc):
+        if loads(path, doc):
             # `ollama run auto` loads and `ollama stop auto` unloads: `auto` holds no model
             # of its own, so neither touches a backend (unloading whichever model an
             # empty prompt would be routed to would stop one that others are using).

@@ -588,6 +588,59 @@ async def test_loading_and_unloading_auto_touch_no_backend(
     assert not answer.model.startswith("auto")
 
 
+# Loads and unloads of `auto` the proxy answers itself, and the loads it refuses as
+# Ollama would (thinking of a profile none of whose models thinks, raw mode with a
+# system prompt, an option of the wrong type): the route, and `?path=` for explain.
+EXPLAINED_LOADS = [
+    ("/api/generate", {"model": "auto"}),
+    ("/api/generate", {"model": "auto:best", "prompt": "", "keep_alive": "5m"}),
+    ("/api/chat", {"model": "auto", "messages": []}),
+    ("/api/chat", {"model": "auto:coders", "keep_alive": 0}),
+    ("/api/generate", {"model": "auto", "tools": TOOLS, "keep_alive": "0s"}),
+    ("/api/generate", {"model": "auto:coders", "think": True}),
+    ("/api/generate", {"model": "auto", "raw": True, "system": "be brief"}),
+    ("/api/chat", {"model": "auto", "options": {"num_ctx": "x"}}),
+    ("/api/chat", {"model": "auto:nope"}),
+    ("/api/generate", {"model": "auto:nope", "keep_alive": 0}),
+]
+
+
+@pytest.mark.parametrize(("path", "body"), EXPLAINED_LOADS)
+async def test_explain_of_a_load_says_what_the_route_answers(
+    auto_proxy: Proxy, path: str, body: dict[str, Any]
+) -> None:
+    """A generate without a prompt or a chat without messages loads (or, with
+    keep_alive 0, unloads) `auto`, which the proxy answers itself, choosing no model:
+    explain of that body says so (no model, the route's `done_reason` and its answer),
+    or refuses it as the route does, rather than ranking models for a generation that
+    never runs. A keep_alive Ollama refuses is routed to a model, whose backend refuses
+    it: explain ranks it."""
+    status, answered = await post_raw(auto_proxy.url, path, orjson.dumps(body))
+    # Explain guesses the route from the body (a chat's messages), else `?path=` says it.
+    guessed = "/api/chat" if "messages" in body else "/api/generate"
+    for route in ("", path) if guessed == path else (path,):
+        code, doc = await explain(auto_proxy, body, route)
+        assert code == status, (route, doc, answered)
+        if status != 200:
+            assert doc == orjson.loads(answered), route
+            continue
+        expected = orjson.loads(answered)
+        assert (doc["model"], doc["reason"], doc["ranking"]) == (
+            None,
+            expected["done_reason"],
+            [],
+        ), doc
+        assert doc["profile"] == profile_of(body["model"], "balanced")
+        assert {k: v for k, v in doc["answer"].items() if k != "created_at"} == {
+            k: v for k, v in expected.items() if k != "created_at"
+        }
+    # Routed, a load Ollama cannot read the keep_alive of is the chosen model's to refuse.
+    routed = {"model": "auto", "keep_alive": "10"}
+    status, _ = await post_raw(auto_proxy.url, "/api/generate", orjson.dumps(routed))
+    code, doc = await explain(auto_proxy, routed, "/api/generate")
+    assert (status, code) == (400, 200) and doc["model"] in {e["model"] for e in doc["ranking"]}
+
+
 async def post_raw(url: str, path: str, body: bytes) -> tuple[int, bytes]:
     async with aiohttp.ClientSession() as session, session.post(url + path, data=body) as resp:
         return resp.status, await resp.read()

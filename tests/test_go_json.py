@@ -342,7 +342,8 @@ async def test_explain_refuses_a_body_as_the_route_it_ranks_for_does(
 ) -> None:
     """explain reads a body as the route it ranks for: what that route answers with a
     400 (Go's decoding error, through the proxy from the backend or from the proxy
-    itself), explain answers in the same words; what it reads, explain ranks."""
+    itself), explain answers in the same words; what it reads, explain ranks, but a
+    load (no prompt, no messages), which the route answers itself with no model."""
     async with aiohttp.ClientSession() as http:
         async with http.post(proxy.url + path, data=body) as resp:
             routed = resp.status, await resp.read()
@@ -351,8 +352,14 @@ async def test_explain_refuses_a_body_as_the_route_it_ranks_for_does(
             explained = resp.status, await resp.read()
     if routed[0] == 400:
         assert explained == routed
+        return
+    assert explained[0] == 200
+    doc = orjson.loads(explained[1])
+    # A generation's first line is a chunk not done; a load's answer is done at once.
+    if orjson.loads(routed[1].split(b"\n", 1)[0]).get("done_reason") == "load":
+        assert (doc["model"], doc["reason"], doc["ranking"]) == (None, "load", []), doc
     else:
-        assert explained[0] == 200 and orjson.loads(explained[1])["ranking"]
+        assert doc["ranking"], doc
 
 
 def test_values_below_the_depth_read_are_forwarded_as_written() -> None:
