@@ -308,8 +308,10 @@ class Registry:
         names of one digest for one model. Where backends list other weights under it
         (each pulled at its own time, the library's template changed since), a request
         `auto` sends it may run on any of them (where it is loaded, or the least busy):
-        it offers only the capabilities every version has, each version described as it
-        would be alone, by its own show."""
+        it offers only the capabilities every version has, and holds only the prompt
+        every version's context holds (the shortest: `auto` leaves a model out for a
+        prompt longer than its context), each version described as it would be alone,
+        by its own show."""
         # Per digest listed, a tags entry of it and its show (None: none answered).
         versions: dict[str, tuple[dict[str, Any], dict[str, Any] | None]] = {}
         for state, tag in found:
@@ -327,13 +329,16 @@ class Registry:
         if len(versions) > 1:
             info = replace(info, digest="")
             capabilities = info.candidate.capabilities
+            context = info.candidate.context_length
             for version in versions.values():
                 if version is first:
                     continue  # `info` is its description
                 other = model_info(name, *version, catalog)
                 capabilities &= other.candidate.capabilities
-            if capabilities != info.candidate.capabilities:
-                candidate = replace(info.candidate, capabilities=capabilities)
+                context = min(context, other.candidate.context_length)
+            candidate = info.candidate
+            if (capabilities, context) != (candidate.capabilities, candidate.context_length):
+                candidate = replace(candidate, capabilities=capabilities, context_length=context)
                 info = replace(info, candidate=candidate, generates="completion" in capabilities)
         spelled = tag.get("model") or tag.get("name")
         if isinstance(spelled, str) and normalize_model(spelled) == name:

@@ -406,6 +406,44 @@ async def test_each_version_of_a_name_is_described_once_a_refresh(
         old.stop()
 
 
+async def test_a_name_whose_weights_differ_by_backend_holds_the_prompt_every_one_holds(
+    servers: ServerThread,
+) -> None:
+    """Two backends list one name with other weights, whose contexts differ (the first
+    listed takes 131072 tokens, the other 4096): a request `auto` sends it may run on
+    either (there it is loaded), so a prompt only the longer context holds goes to a
+    model that holds it wherever it runs, and explain says why the name is left out."""
+    name, other = "llama3.1:8b", "qwen2.5:7b"
+    long = Emulator(servers, replace(FROZEN, models=(name, other)))
+    short = Emulator(servers, replace(FROZEN, models=(name,)))
+    short.state.store[name] = replace(short.state.store[name], context_length=4096, made_from="4k")
+    prx = Proxy(servers, [long.url, short.url], health=Health(interval_seconds=3600))
+    try:
+        registry = prx.app[APP_KEY].registry
+        assert registry.models[name].digest == ""  # two versions: no one digest
+        assert registry.models[name].candidate.context_length == 4096
+        # About 10,000 tokens (four bytes each): more than 4096, less than 32768.
+        prompt = "Summarise this. " + "word " * 8000
+        ask = {"model": "auto", "messages": [{"role": "user", "content": prompt}], "stream": False}
+        async with aiohttp.ClientSession() as http:
+            # Loaded where its version holds 4096 tokens: it would run there.
+            short_ask = {"model": name, "prompt": "hi", "stream": False}
+            async with http.post(short.url + "/api/generate", json=short_ask) as resp:
+                assert resp.status == 200
+            await prx.app[APP_KEY].backends.refresh_all()
+            async with http.post(prx.url + "/api/autoroute/explain", json=ask) as resp:
+                doc = await resp.json()
+            assert doc["model"] == other, doc
+            assert doc["filtered"][name].startswith("context 4096 < "), doc["filtered"]
+            async with http.post(prx.url + "/api/chat", json=ask) as resp:
+                assert resp.status == 200, await resp.text()
+                assert resp.headers["X-Autoroute-Model"] == other
+    finally:
+        prx.stop()
+        long.stop()
+        short.stop()
+
+
 # Models whose /api/show never answers on the backend the tests below make hang.
 HUNG = ("qwen2.5:7b", "llama3.1:8b", "gemma2:9b")
 
