@@ -25,6 +25,7 @@ MESSAGES_FIELDS = {
     "tools": "[]anthropic.Tool",
     "thinking": "map",
 }
+MESSAGES_REQUEST = ("anthropic.MessagesRequest", MESSAGES_FIELDS)
 
 
 # json.Unmarshal's error for no bytes at all.
@@ -66,7 +67,7 @@ def converted(doc: Any) -> dict[str, Any]:
     """AnthropicMessagesMiddleware: the body bound to anthropic.MessagesRequest, refused
     without a model, a positive max_tokens or messages, then converted
     (`chat_from_anthropic`); BodyError with the message of its 400."""
-    body = check_fields(doc, "anthropic.MessagesRequest", MESSAGES_FIELDS)
+    body = check_fields(doc, *MESSAGES_REQUEST)
     _check_messages(body.get("messages"))
     if not body.get("model"):
         raise BodyError("model is required")

@@ -184,15 +184,40 @@ class Refused:
 
 
 # The routes of Ollama's OpenAI and Anthropic layers: how the layer converts a body
-# (BodyError: its 400) and what the handler behind it refuses of the converted body
-# before it looks at the model.
-_Layer = tuple[Callable[[Any], dict[str, Any]], Callable[[dict[str, Any]], str | None]]
+# (BodyError: its 400), what the handler behind it refuses of the converted body
+# before it looks at the model, and the struct the layer binds the body to
+# (`go_types.check_fields`), which `convert` checks first.
+_Layer = tuple[
+    Callable[[Any], dict[str, Any]],
+    Callable[[dict[str, Any]], str | None],
+    tuple[str, dict[str, str]],
+]
 _LAYERS: dict[str, _Layer] = {
-    OPENAI_CHAT_PATH: (openai_chat.converted, go_types.top_logprobs_refusal),
-    "/v1/completions": (openai_chat.completion_converted, go_types.top_logprobs_refusal),
-    "/v1/embeddings": (openai_chat.embedding_converted, go_types.embed_input_refusal),
-    "/v1/responses": (openai_responses.converted, go_types.top_logprobs_refusal),
-    ANTHROPIC_PATH: (anthropic_messages.converted, go_types.top_logprobs_refusal),
+    OPENAI_CHAT_PATH: (
+        openai_chat.converted,
+        go_types.top_logprobs_refusal,
+        openai_chat.CHAT_REQUEST,
+    ),
+    "/v1/completions": (
+        openai_chat.completion_converted,
+        go_types.top_logprobs_refusal,
+        openai_chat.COMPLETION_REQUEST,
+    ),
+    "/v1/embeddings": (
+        openai_chat.embedding_converted,
+        go_types.embed_input_refusal,
+        openai_chat.EMBEDDING_REQUEST,
+    ),
+    "/v1/responses": (
+        openai_responses.converted,
+        go_types.top_logprobs_refusal,
+        openai_responses.RESPONSES_REQUEST,
+    ),
+    ANTHROPIC_PATH: (
+        anthropic_messages.converted,
+        go_types.top_logprobs_refusal,
+        anthropic_messages.MESSAGES_REQUEST,
+    ),
 }
 
 
@@ -208,7 +233,7 @@ def refusal(path: str, doc: Any, body: bytes) -> Refused | None:
     if layer is None:
         message = go_types.checked(doc, body, lambda read: go_types.refusal(path, read))
         return None if message is None else Refused(message)
-    convert, then = layer
+    convert, then, _ = layer
 
     def check(read: Any) -> Refused | None:
         try:
@@ -221,6 +246,29 @@ def refusal(path: str, doc: Any, body: bytes) -> Refused | None:
         return None if message is None else Refused(message, by_handler=True)
 
     return go_types.checked(doc, body, check)
+
+
+def repeated_key_refusal(path: str, body: bytes) -> str | None:
+    """What Ollama answers with a 400 for a body on `path` that gives a key twice: Go's
+    error decoding it into the route's request, an earlier value's too
+    (`go_types.first_error`), which the body the proxy forwards, the last value
+    alone, would not get. None for a body Go decodes, or a path without a request
+    struct here."""
+    layer = _LAYERS.get(path)
+    request = layer[2] if layer is not None else go_types.request_struct(path)
+    if request is None:
+        return None
+    return go_types.first_error(go_json.read_repeated(body), *request)
+
+
+async def repeated_key_refused(path: str, body: bytes, forwarded: bytes) -> str | None:
+    """`repeated_key_refusal` of `body`, which `go_json.read` forwards as `forwarded`,
+    where that left a value out (`go_json.left_out`); in reader threads when the body
+    is large."""
+    size = len(body)
+    if not await go_json.off_loop(size, go_json.left_out, body, forwarded):
+        return None
+    return await go_json.slow_off_loop(size, repeated_key_refusal, path, body)
 
 
 class AutoRoutes:

@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from selector_model.request_body import canonicalize
+from selector_model.request_body import canonical_key, canonicalize
 
 T = TypeVar("T")
 
@@ -256,6 +256,61 @@ def as_written(body: bytes, model: str | None = None) -> bytes | None:
         return orjson.dumps(doc, default=_as_text)
     except orjson.JSONEncodeError:
         return None
+
+
+class Pairs(list[tuple[str, Any]]):
+    """An object of `read_repeated`'s reading whose keys fold alike (a key given twice,
+    in any case) or that holds such an object: its keys and values as the body gives
+    them, in order, every one of them."""
+
+
+def holds_pairs(value: Any) -> bool:
+    """Whether `value` is, or an array of it holds, a `Pairs`."""
+    if isinstance(value, list):
+        return isinstance(value, Pairs) or any(holds_pairs(item) for item in value)
+    return False
+
+
+def _pairs_or_object(pairs: list[tuple[str, Any]]) -> Any:
+    keys = {canonical_key(key) for key, _ in pairs}
+    if len(keys) < len(pairs) or any(holds_pairs(value) for _, value in pairs):
+        return Pairs(pairs)
+    return dict(pairs)
+
+
+_REPEATED = json.JSONDecoder(
+    object_pairs_hook=_pairs_or_object,
+    parse_int=_written_number,
+    parse_float=_written_number,
+    parse_constant=_not_a_number,
+)
+
+
+def read_repeated(body: bytes) -> Any:
+    """`body` read as Go reads it, but each object on the way to a key given twice a
+    `Pairs`, which keeps the earlier values Go assigns (and may refuse) before the
+    last; each number that is no integer a `WrittenFloat` (`read_written`). None when
+    the body is too deep for this reading or no JSON. For a body `left_out` says
+    lost a value: Go's error for it (`go_types.first_error`)."""
+    try:
+        return _read_as_go(body, _REPEATED)
+    except (_TooDeep, NotJson):
+        return None
+
+
+def left_out(body: bytes, forwarded: bytes) -> bool:
+    """Whether `forwarded`, what `read` made of `body`, may lack a value of `body`: the
+    earlier value of a key given twice, which Go assigns, and refuses where its type
+    is wrong. Each pair of an object has its colon, and a colon in a string is written
+    again as it was, so fewer colons in `forwarded` mean a pair left out; a colon
+    written as an escape (`\\u003a`) comes back a colon and could make up for one, so
+    a body with such an escape may have lost one too. orjson's reading keeps the last
+    value of a key given twice without a word, so every body is looked at: a body
+    forwarded as sent (a compact one with no escape) at the cost of comparing them,
+    any other at three C passes, no object made."""
+    if forwarded == body:
+        return False
+    return forwarded.count(b":") < body.count(b":") or b"\\u003" in body
 
 
 # A JSON string, escapes and all: what `values` reads as one plain value.

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import orjson
 
-from proxy.go_json import WrittenFloat, decode_error, read_written
+from proxy.go_json import Pairs, WrittenFloat, decode_error, holds_pairs, read_written
 from selector_model.request_body import canonicalize
 
 T = TypeVar("T")
@@ -26,6 +26,12 @@ T = TypeVar("T")
 
 class BodyError(Exception):
     """A request body Gin would refuse; str(self) is the Go error text."""
+
+
+class Aborts(BodyError):
+    """An error of a field's own UnmarshalJSON (api.ThinkValue's, api.Duration's, an
+    api.Message's on /api/chat): encoding/json ends the decoding with it, in place of
+    any type error it saved before and went on after (`first_error`)."""
 
 
 class LiteralLost(BodyError):
@@ -216,7 +222,7 @@ def check_fields(body: Any, struct: str, fields: Mapping[str, str]) -> dict[str,
         beyond = _beyond_a_double(value) if want in _PARSED_NUMBERS else None
         if beyond is not None:
             go_type = _PARSED_NUMBERS[want]
-            raise BodyError(
+            raise (Aborts if want == "duration" else BodyError)(
                 f"json: cannot unmarshal number {beyond} into Go struct field "
                 f"{struct}.{key} of type {go_type}"
             )
@@ -242,8 +248,11 @@ def check_fields(body: Any, struct: str, fields: Mapping[str, str]) -> dict[str,
         elif want == "think":
             think_value(value)
         elif want == "messages":
-            for item in value:
-                check_message(item, struct, key)
+            try:
+                for item in value:
+                    check_message(item, struct, key)
+            except BodyError as exc:  # from api.Message's UnmarshalJSON
+                raise Aborts(str(exc)) from None
         elif want in ("tools", "[]api.Tool"):
             for item in value:
                 check_tool(item, struct, key)
@@ -251,6 +260,46 @@ def check_fields(body: Any, struct: str, fields: Mapping[str, str]) -> dict[str,
             for item in value:
                 check_openai_message(item, struct, key)
     return body
+
+
+def _assigned(value: Any) -> Iterator[Any]:
+    """`value` as the values Go's decoder assigns one after another, in the body's
+    order: an object of `go_json.read_repeated`'s that repeats a key (a `Pairs`) as
+    objects of one key each, a pair's value in turn as its own; an array holding one
+    as arrays of one element each (Go's errors name no index); anything else whole."""
+    if isinstance(value, Pairs):
+        for key, item in value:
+            for assigned in _assigned(item):
+                yield {key: assigned}
+    elif isinstance(value, list) and holds_pairs(value):
+        for item in value:
+            for assigned in _assigned(item):
+                yield [assigned]
+    else:
+        yield value
+
+
+def first_error(doc: Any, struct: str, fields: Mapping[str, str]) -> str | None:
+    """Go's error decoding `doc` (`go_json.read_repeated`'s reading of a body) into
+    `struct` (`check_fields`), where the body gives a key twice: encoding/json assigns
+    each value in turn, the earlier ones too, saves the first type error and goes on
+    (decode.go's saveError), and returns it at the end, unless an UnmarshalJSON's own
+    error (`Aborts`) ends the decoding first. None where the body's objects repeat no
+    key (`check_fields` of the last values is Go's then) or Go refuses nothing."""
+    if not isinstance(doc, Pairs):
+        return None
+    saved: str | None = None
+    try:
+        for assigned in _assigned(doc):
+            try:
+                check_fields(assigned, struct, fields)
+            except Aborts as exc:
+                return str(exc)
+            except BodyError as exc:
+                saved = saved or str(exc)
+    except RecursionError:  # deeper than Python's stack: the backend reads it
+        return None
+    return saved
 
 
 # api.Tool, api.ToolFunction and api.ToolFunctionParameters, as far as their types are
@@ -559,12 +608,12 @@ def think_value(value: Any) -> bool | None:
         return value
     if isinstance(value, str):
         if value not in ("high", "medium", "low", "max"):
-            raise BodyError(
+            raise Aborts(
                 f'invalid think value: "{value}" (must be "high", "medium", "low", "max", '
                 "true, or false)"
             )
         return True
-    raise BodyError(
+    raise Aborts(
         'think must be a boolean or string ("high", "medium", "low", "max", true, or false)'
     )
 
@@ -672,6 +721,13 @@ def option_int(value: Any) -> int | None:
         return None
     literal = whole_literal(value)
     return int(float(literal if literal is not None else value))
+
+
+def request_struct(path: str) -> tuple[str, dict[str, str]] | None:
+    """The struct Ollama's native handler for `path` decodes its body into, as
+    `check_fields` takes it; None for a path without one here."""
+    struct = _STRUCTS.get(path)
+    return None if struct is None else struct[:2]
 
 
 def decode_refusal(path: str, body: bytes) -> str:

@@ -36,7 +36,14 @@ from proxy.auto import (
     reading_off_loop,
     user_key,
 )
-from proxy.auto_routes import LOADING_PATHS, AutoRoutes, fraction_in_an_int, loads, refusal
+from proxy.auto_routes import (
+    LOADING_PATHS,
+    AutoRoutes,
+    fraction_in_an_int,
+    loads,
+    refusal,
+    repeated_key_refused,
+)
 from proxy.backends import (
     WEB_PATHS,
     BackendPool,
@@ -227,6 +234,11 @@ class Handlers:
             if refused is not None:
                 return refused
             decided.prompt = texts
+        # A key given twice: Go assigns the earlier value too, and refuses it where its
+        # type is wrong, where the body forwarded, the last value alone, would pass.
+        repeated = await repeated_key_refused(path, sent, body)
+        if repeated is not None:
+            return error_response(path, 400, repeated)
         model = doc.get("model") if isinstance(doc, dict) else None
         if not model and path == SHOW_PATH and isinstance(doc, dict):
             model = doc.get("name")  # show still takes the older field, as Ollama does

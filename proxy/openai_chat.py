@@ -42,6 +42,8 @@ CHAT_FIELDS = {
     "logprobs": "bool",
     "top_logprobs": "int",
 }
+# What ChatMiddleware binds the body to, as `check_fields` takes it.
+CHAT_REQUEST = ("openai.ChatCompletionRequest", CHAT_FIELDS)
 NO_MESSAGES = "[] is too short - 'messages'"
 INVALID_FORMAT = "invalid message format"
 INVALID_IMAGE = "invalid image input"
@@ -267,7 +269,7 @@ def converted(doc: Any) -> dict[str, Any]:
     """ChatMiddleware: the body bound to openai.ChatCompletionRequest, refused without
     messages, then converted (`chat_from_openai`); BodyError with the message of its
     400."""
-    body = check_fields(doc, "openai.ChatCompletionRequest", CHAT_FIELDS)
+    body = check_fields(doc, *CHAT_REQUEST)
     if not body.get("messages"):
         raise BodyError(NO_MESSAGES)
     return chat_from_openai(body)
@@ -289,6 +291,7 @@ COMPLETION_FIELDS = {
     "suffix": "string",
     "logprobs": "int",
 }
+COMPLETION_REQUEST = ("openai.CompletionRequest", COMPLETION_FIELDS)
 
 
 def _completion_options(body: dict[str, Any]) -> dict[str, Any]:
@@ -316,7 +319,7 @@ def completion_converted(doc: Any) -> dict[str, Any]:
     """CompletionsMiddleware: the body bound to openai.CompletionRequest and converted
     (FromCompleteRequest) into the /api/generate body; BodyError with the message of
     its 400."""
-    body = check_fields(doc, "openai.CompletionRequest", COMPLETION_FIELDS)
+    body = check_fields(doc, *COMPLETION_REQUEST)
     generate: dict[str, Any] = {
         "model": body.get("model") or "",
         "prompt": body.get("prompt") or "",
@@ -337,6 +340,7 @@ EMBEDDING_FIELDS = {
     "dimensions": "int",
     "encoding_format": "string",
 }
+EMBEDDING_REQUEST = ("openai.EmbedRequest", EMBEDDING_FIELDS)
 INVALID_INPUT = "invalid input"
 
 
@@ -345,7 +349,7 @@ def embedding_converted(doc: Any) -> dict[str, Any]:
     `encoding_format` and `input` checked, converted into the /api/embed body (with the
     format, which the middleware's writer applies); BodyError with the message of its
     400."""
-    body = check_fields(doc, "openai.EmbedRequest", EMBEDDING_FIELDS)
+    body = check_fields(doc, *EMBEDDING_REQUEST)
     fmt = str(body.get("encoding_format") or "")
     if fmt and fmt.lower() not in ("float", "base64"):
         raise BodyError(

@@ -30,6 +30,7 @@ RESPONSES_FIELDS = {
     "text": "map",
     "truncation": "string",
 }
+RESPONSES_REQUEST = ("openai.ResponsesRequest", RESPONSES_FIELDS)
 
 
 def text_of(content: Any) -> str:
@@ -206,4 +207,4 @@ def chat_from_responses(body: dict[str, Any]) -> dict[str, Any]:
 def converted(doc: Any) -> dict[str, Any]:
     """ResponsesMiddleware: the body bound to openai.ResponsesRequest and converted
     (`chat_from_responses`); BodyError with the message of its 400."""
-    return chat_from_responses(check_fields(doc, "openai.ResponsesRequest", RESPONSES_FIELDS))
+    return chat_from_responses(check_fields(doc, *RESPONSES_REQUEST))

@@ -477,7 +477,7 @@ def _bound(value: Any) -> float | None:
 _GO_FOLDS_TO_ASCII = str.maketrans({"\u017f": "s", "\u212a": "k", "\u0130": "i", "\u0131": "i"})
 
 
-def _canonical_key(key: str) -> str:
+def canonical_key(key: str) -> str:
     """The spelling of `key` that names the same Go struct field: lower case (Ollama's
     fields' JSON names are lower case). A key that folds to no ASCII name matches no
     field and stays as it is."""
@@ -509,7 +509,7 @@ def _canonical_object(obj: dict[str, Any]) -> bool:
     items = list(obj.items())
     obj.clear()
     for key, value in items:
-        name = _canonical_key(key)
+        name = canonical_key(key)
         obj.pop(name, None)
         obj[name] = value
     return len(obj) < len(items)

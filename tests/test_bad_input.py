@@ -224,6 +224,111 @@ async def test_openai_max_tokens_is_named_as_written(
     assert await raw(proxy.url, "POST", "/v1/chat/completions", body) == direct
 
 
+# A key given twice, its earlier value of a type the field cannot take: Go's decoder
+# saves that error, goes on (the later value is assigned) and returns the first error
+# it saved (encoding/json saveError); an error from a field's own UnmarshalJSON (`think`,
+# an /api/chat message) ends the decoding and is returned instead. Ollama answers 400
+# with it, whatever the later value.
+_STREAM_ERROR = "json: cannot unmarshal string into Go struct field {}.stream of type bool"
+_BAD_THINK = 'invalid think value: "bad" (must be "high", "medium", "low", "max", true, or false)'
+_OA_USER = b'"messages": [{"role": "user", "content": "hi"}]'
+REPEATED = [
+    (
+        "/api/generate",
+        b'{"model": "qwen2.5:7b", "stream": "yes", "stream": false, "prompt": "hi"}',
+        _STREAM_ERROR.format("GenerateRequest"),
+    ),
+    (
+        "/api/generate",
+        b'{"model": "qwen2.5:7b", "Stream": "yes", "stream": false, "prompt": "hi"}',
+        _STREAM_ERROR.format("GenerateRequest"),
+    ),
+    # The first error in the body, an earlier value's, not a later key's.
+    (
+        "/api/generate",
+        b'{"model": "qwen2.5:7b", "stream": "yes", "prompt": 1, "stream": false}',
+        _STREAM_ERROR.format("GenerateRequest"),
+    ),
+    # A colon written as an escape, which the body forwarded writes as a colon.
+    (
+        "/api/generate",
+        b'{"model": "qwen2.5:7b", "stream": "yes", "stream": false, "prompt": "\\u003a"}',
+        _STREAM_ERROR.format("GenerateRequest"),
+    ),
+    # An error of UnmarshalJSON's own ends the decoding: the one returned.
+    (
+        "/api/generate",
+        b'{"model": "qwen2.5:7b", "stream": "yes", "stream": false, "think": "bad",'
+        b' "think": true, "prompt": "hi"}',
+        _BAD_THINK,
+    ),
+    (
+        "/api/chat",
+        b'{"model": "qwen2.5:7b", "messages": [], "options": "x", "options": {}}',
+        "json: cannot unmarshal string into Go struct field ChatRequest.options of type "
+        "map[string]interface {}",
+    ),
+    (
+        "/api/chat",
+        b'{"model": "qwen2.5:7b", "messages": [{"role": "user", "content": 1,'
+        b' "Content": "hi"}], "stream": false}',
+        "json: cannot unmarshal number into Go struct field ChatRequest.messages.content "
+        "of type string",
+    ),
+    (
+        "/v1/chat/completions",
+        b'{"model": "qwen2.5:7b", ' + _OA_USER + b', "stream": "yes", "stream": false}',
+        _STREAM_ERROR.format("ChatCompletionRequest"),
+    ),
+    (
+        "/v1/chat/completions",
+        b'{"model": "qwen2.5:7b", ' + _OA_USER + b', "stream_options":'
+        b' {"include_usage": "x", "include_usage": true}}',
+        "json: cannot unmarshal string into Go struct field "
+        "StreamOptions.stream_options.include_usage of type bool",
+    ),
+    (
+        "/v1/chat/completions",
+        b'{"model": "qwen2.5:7b", "messages": [{"role": 1, "role": "user", "content": "hi"}]}',
+        "json: cannot unmarshal number into Go struct field Message.messages.role of type string",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "message"), REPEATED, ids=[f"{p} {b[22:60]!r}" for p, b, _ in REPEATED]
+)
+async def test_a_key_given_twice_gets_the_error_of_its_earlier_value(
+    emulator: Emulator, proxy: Proxy, path: str, body: bytes, message: str
+) -> None:
+    """Refused as Ollama refuses it: by the emulator, the same through the proxy (which
+    would otherwise forward the later value alone, and the model would run), and by
+    the proxy itself for `auto`."""
+    direct = await raw(emulator.url, "POST", path, body)
+    error = orjson.loads(direct[2])["error"]
+    assert direct[0] == 400
+    assert (error["message"] if path.startswith("/v1/") else error) == message
+    assert await raw(proxy.url, "POST", path, body) == direct
+    routed = body.replace(b'"qwen2.5:7b"', b'"auto"')
+    assert await raw(proxy.url, "POST", path, routed) == direct
+
+
+async def test_a_key_given_twice_with_values_go_takes_is_served(
+    emulator: Emulator, proxy: Proxy
+) -> None:
+    """Each value of the right type (a null too): Go decodes the body, and the request
+    runs with the last value, through the proxy as from Ollama."""
+    body = (
+        b'{"model": "qwen2.5:7b", "stream": true, "Stream": null, "stream": false,'
+        b' "prompt": "hi", "prompt": "\\u003a"}'
+    )
+    direct = await raw(emulator.url, "POST", "/api/generate", body)
+    assert direct[0] == 200 and orjson.loads(direct[2])["done"] is True
+    proxied = await raw(proxy.url, "POST", "/api/generate", body)
+    assert proxied[0] == 200
+    assert orjson.loads(proxied[2])["response"] == orjson.loads(direct[2])["response"]
+
+
 GENERATE = b'{"model": "qwen2.5:7b", "prompt": "Hello", "stream": false}'
 ENCODED = [
     ("/api/generate", "gzip", GENERATE),

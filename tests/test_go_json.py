@@ -620,3 +620,17 @@ def test_values_counts_a_body_exactly_at_its_limit(doc: Any, indent: int | None)
     if count > 1:
         with pytest.raises(go_json.TooManyValues):
             go_json.values(body, count - 1)
+
+
+@given(_JSON, st.sampled_from([None, 1]), st.booleans())
+@settings(max_examples=300, deadline=None)
+def test_left_out_says_so_exactly_when_a_key_is_given_twice(
+    doc: Any, indent: int | None, ascii_only: bool
+) -> None:
+    """`left_out` finds no value left out of what `read` forwards for a body that
+    gives no key twice, whatever its strings hold (colons, escapes) and its blanks, and
+    finds the earlier value of one given twice, at any depth."""
+    body = json.dumps(doc, indent=indent, ensure_ascii=ascii_only).encode()
+    assert not go_json.left_out(body, go_json.read(body)[1])
+    repeated = b'{"k": [' + body + b'], "k": {"a": 1, "a": ' + body + b"}}"
+    assert go_json.left_out(repeated, go_json.read(repeated)[1])

@@ -183,7 +183,7 @@ async def handle_messages(request: web.Request) -> web.StreamResponse:
     state = state_of(request)
     key = str(time.monotonic_ns())
     try:
-        body = await read_oa_body(request, "anthropic.MessagesRequest", {})
+        body = await read_oa_body(request, anthropic_messages.MESSAGES_REQUEST)
         chat = await checked_off_loop(request, body, anthropic_messages.converted)
     except Refusal as exc:
         return gin_json(exc.status, anthropic_error(state, exc.status, exc.message, key))

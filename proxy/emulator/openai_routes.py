@@ -24,7 +24,15 @@ from .inference import Prepared, Refusal, prepare_chat, prepare_generate
 from .native import ChatSink, LazyStream, embed_vectors, run_chat
 from .state import EmulatorState, request_digest, state_of
 from .textgen import vector_json
-from .wire import checked_off_loop, dumps, encoder_json, gin_json, read_json, unix_of
+from .wire import (
+    checked_off_loop,
+    dumps,
+    encoder_json,
+    gin_json,
+    read_json,
+    refuse_repeated,
+    unix_of,
+)
 
 
 def oa_error(status: int, message: str) -> dict[str, Any]:
@@ -41,15 +49,15 @@ def writer_error(status: int, message: str) -> web.Response:
     return encoder_json(status, oa_error(status, message))
 
 
-async def read_oa_body(
-    request: web.Request, struct_name: str, fields: dict[str, str]
-) -> dict[str, Any]:
-    """The middleware's ShouldBindJSON: an empty body is plain `EOF` here."""
+async def read_oa_body(request: web.Request, struct: tuple[str, dict[str, str]]) -> dict[str, Any]:
+    """The middleware's ShouldBindJSON into `struct` (as `check_fields` takes it; its
+    fields are checked as the layer converts the body, but for a key given twice,
+    `refuse_repeated`): an empty body is plain `EOF` here."""
+    name, fields = struct
     try:
         doc = await read_json(request)
-        return await checked_off_loop(
-            request, doc, lambda read: check_fields(read, struct_name, fields)
-        )
+        await refuse_repeated(request, doc, name, fields)
+        return await checked_off_loop(request, doc, lambda read: check_fields(read, name, {}))
     except EOFError:
         raise Refusal(400, "EOF") from None
     except BodyError as exc:
@@ -272,7 +280,7 @@ def to_openai_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
 async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
     state = state_of(request)
     try:
-        body = await read_oa_body(request, "openai.ChatCompletionRequest", {})
+        body = await read_oa_body(request, openai_chat.CHAT_REQUEST)
         chat = await checked_off_loop(request, body, openai_chat.converted)
     except Refusal as exc:
         return middleware_error(exc.status, exc.message)
@@ -288,7 +296,7 @@ async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
 async def handle_completions(request: web.Request) -> web.StreamResponse:
     state = state_of(request)
     try:
-        body = await read_oa_body(request, "openai.CompletionRequest", {})
+        body = await read_oa_body(request, openai_chat.COMPLETION_REQUEST)
         gen = await checked_off_loop(request, body, openai_chat.completion_converted)
     except Refusal as exc:
         return middleware_error(exc.status, exc.message)
@@ -313,7 +321,7 @@ def _base64_vector(vec: Any) -> str:
 
 async def handle_embeddings(request: web.Request) -> web.StreamResponse:
     try:
-        body = await read_oa_body(request, "openai.EmbedRequest", {})
+        body = await read_oa_body(request, openai_chat.EMBEDDING_REQUEST)
         embed = await checked_off_loop(request, body, openai_chat.embedding_converted)
     except Refusal as exc:
         return middleware_error(exc.status, exc.message)

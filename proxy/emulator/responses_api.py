@@ -384,7 +384,7 @@ class ResponsesSink(ChatSink):
 async def handle_responses(request: web.Request) -> web.StreamResponse:
     state = state_of(request)
     try:
-        body = await read_oa_body(request, "openai.ResponsesRequest", {})
+        body = await read_oa_body(request, openai_responses.RESPONSES_REQUEST)
         chat = await checked_off_loop(request, body, openai_responses.converted)
     except Refusal as exc:
         return middleware_error(exc.status, exc.message)

@@ -24,8 +24,9 @@ from aiohttp import web
 
 from proxy import go_json
 from proxy.go_json import go_text, in_last_order
-from proxy.go_types import BeyondADouble, BodyError, checked
+from proxy.go_types import BeyondADouble, BodyError, checked, first_error
 from proxy.protocol import JSON, go_escaped
+from selector_model.request_body import canonicalize
 
 T = TypeVar("T")
 
@@ -147,6 +148,37 @@ async def checked_off_loop(request: web.Request, doc: Any, check: Callable[[Any]
     megabytes), which on the loop would hold every other request."""
     raw = await request.read()
     return await go_json.off_loop(len(raw), checked, doc, raw, check)
+
+
+def _as_read(value: Any) -> Any:
+    if isinstance(value, BeyondADouble):
+        return orjson.Fragment(value.text)
+    raise TypeError
+
+
+def _refuse_repeated(raw: bytes, doc: Any, struct: str, fields: dict[str, str]) -> None:
+    """BodyError with Go's error for a body that gives a key twice, decoded into
+    `struct` (`go_types.first_error`): `doc`, `decode_json`'s reading of `raw`, keeps
+    the last value alone, as the proxy's reading does (`go_json.left_out` says when
+    one was left out, of `doc` written as the proxy writes its reading)."""
+    if isinstance(doc, dict):
+        canonicalize(doc)
+    try:
+        written = orjson.dumps(doc, default=_as_read)
+    except orjson.JSONEncodeError:  # an integer beyond 64 bits, or too deep to write
+        written = b""  # nothing to compare with: `left_out` says so, and it is read again
+    if go_json.left_out(raw, written):
+        message = first_error(go_json.read_repeated(raw), struct, fields)
+        if message is not None:
+            raise BodyError(message)
+
+
+async def refuse_repeated(
+    request: web.Request, doc: Any, struct: str, fields: dict[str, str]
+) -> None:
+    """`_refuse_repeated` of the request's body, in a reader thread when it is large."""
+    raw = await request.read()
+    await go_json.off_loop(len(raw), _refuse_repeated, raw, doc, struct, fields)
 
 
 def decode_json(raw: bytes) -> Any:
