@@ -489,7 +489,7 @@ class AutoRoutes:
         # Read as the inference routes read a body, so that explain ranks what auto would.
         try:
             body = await request_limits.read_body(request, self.body_idle_seconds)
-            doc, _ = await go_json.read_off_loop(body, self.limits.max_json_values)
+            doc, forwarded = await go_json.read_off_loop(body, self.limits.max_json_values)
         except go_json.BodyError as exc:
             return error_response(request.path, exc.status, str(exc))
         messages = isinstance(doc, dict) and "messages" in doc
@@ -526,7 +526,10 @@ class AutoRoutes:
         if refused is not None:
             return refused
         # A field of the wrong type, which the route's backend refuses after the proxy's
-        # own bounds.
+        # own bounds: an earlier value of a key given twice too.
+        repeated = await repeated_key_refused(path, body, forwarded)
+        if repeated is not None:
+            return error_response(request.path, 400, repeated)
         unread = refusal(path, doc, body)
         if unread is not None:
             return error_response(request.path, 400, unread.message)

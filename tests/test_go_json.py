@@ -332,6 +332,8 @@ _REFUSED_BODIES = [
     b'{"model":"auto","messages":"hi"}',
     b'{"model":1}',
     b'{"model":"auto","messages":[]} trailing',
+    b'{"model":"auto","stream":"yes","stream":false}',
+    b'{"model":"auto","Stream":"yes","stream":false}',
 ]
 
 
