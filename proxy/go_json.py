@@ -302,15 +302,18 @@ def left_out(body: bytes, forwarded: bytes) -> bool:
     """Whether `forwarded`, what `read` made of `body`, may lack a value of `body`: the
     earlier value of a key given twice, which Go assigns, and refuses where its type
     is wrong. Each pair of an object has its colon, and a colon in a string is written
-    again as it was, so fewer colons in `forwarded` mean a pair left out; a colon
-    written as an escape (`\\u003a`) comes back a colon and could make up for one, so
-    a body with such an escape may have lost one too. orjson's reading keeps the last
-    value of a key given twice without a word, so every body is looked at: a body
-    forwarded as sent (a compact one with no escape) at the cost of comparing them,
-    any other at three C passes, no object made."""
+    again as it was, so a body that loses no pair has as many colons forwarded as it
+    had, unless it wrote some as an escape (`\\u003a`), which comes back a colon: any
+    other count says a pair may be lost. orjson's reading keeps the last value of a key
+    given twice without a word, so every body is looked at: a body forwarded as sent
+    (a compact one with no escape) at the cost of comparing them, any other at two
+    counts of one byte, no object made. A search for the escape would cost as much as
+    both (a body of code holds a backslash in every line), and what it adds is a body
+    whose escaped colons make up exactly for the pairs it loses: one made to pass
+    this check, which the backend then runs with the last values, as checked."""
     if forwarded == body:
         return False
-    return forwarded.count(b":") < body.count(b":") or b"\\u003" in body
+    return forwarded.count(b":") != body.count(b":")
 
 
 # A JSON string, escapes and all: what `values` reads as one plain value.

@@ -249,10 +249,11 @@ REPEATED = [
         b'{"model": "qwen2.5:7b", "stream": "yes", "prompt": 1, "stream": false}',
         _STREAM_ERROR.format("GenerateRequest"),
     ),
-    # A colon written as an escape, which the body forwarded writes as a colon.
+    # Colons written as escapes, which the body forwarded writes as colons (more of
+    # them than the pair left out had: see `go_json.left_out`).
     (
         "/api/generate",
-        b'{"model": "qwen2.5:7b", "stream": "yes", "stream": false, "prompt": "\\u003a"}',
+        b'{"model": "qwen2.5:7b", "stream": "yes", "stream": false, "prompt": "\\u003a\\u003a"}',
         _STREAM_ERROR.format("GenerateRequest"),
     ),
     # An error of UnmarshalJSON's own ends the decoding: the one returned.
