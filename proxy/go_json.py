@@ -316,6 +316,10 @@ def left_out(body: bytes, forwarded: bytes) -> bool:
     return forwarded.count(b":") != body.count(b":")
 
 
+# Every byte but those a value follows or opens with (`values`): what is left of a body
+# with them deleted is its commas and brackets, counted in one pass by its length,
+# where a count of each byte is a pass of its own.
+_NOT_VALUE_STARTS = bytes(b for b in range(256) if b not in b",[{")
 # A JSON string, escapes and all: what `values` reads as one plain value.
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 _BLANKS = b" \t\r\n"
@@ -327,13 +331,13 @@ def values(body: bytes, limit: int) -> None:
     a two-byte `[]`, and reading them holds the event loop: megabytes of tiny values
     (which Ollama's decoder skips in a field it does not read) would cost the proxy
     gigabytes and seconds in which no other client is served. Counted from the bytes,
-    no object made: a value is the document, or follows a comma or opens a non-empty
+    no value made: a value is the document, or follows a comma or opens a non-empty
     container, so `1 + commas + containers` bounds the count; a string is a key or a
     value, and each key has a value, so there are at least half as many values as
     strings (two quotes each, less the escaped ones). Only a body the two bounds do not
     decide, commas or brackets in its strings, is counted exactly, each string read as
     a plain value and the blanks left out: a few strings then, a quick pass."""
-    if not limit or 1 + body.count(b",") + body.count(b"[") + body.count(b"{") <= limit:
+    if not limit or 1 + len(body.translate(None, _NOT_VALUE_STARTS)) <= limit:
         return
     refused = TooManyValues(f"request body has too many JSON values (limit {limit})")
     if (body.count(b'"') - body.count(b'\\"')) // 4 > limit:
