@@ -14,7 +14,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import orjson
@@ -25,6 +25,8 @@ from proxy.upstream import ConnectionPool, fetch
 from proxy.upstream_errors import ConnectFailed, ConnectTimedOut, ProxyExhausted, UpstreamError
 
 log = logging.getLogger("autoroute.backends")
+
+T = TypeVar("T")
 
 
 # Model names already read, for `normalize_model`: it reads the same few names several
@@ -539,19 +541,38 @@ class BackendPool:
         now = asyncio.get_running_loop().time()
         return any(s.breaker.allows(now) for s in down)
 
+    async def rechecked(
+        self,
+        none: NoBackend,
+        again: Callable[[], T],
+        model: str | None = None,
+        exclude: Iterable[BackendState] = (),
+        fetches: bool = False,
+    ) -> T:
+        """`again()`, the call that raised `none` for want of a backend, made once more
+        where one of the backends that may be back on their port since their circuit
+        opened is usable once checked again at once (`recheck`, bounded by the
+        request's `model`, `exclude` and `fetches`); else `none`, for the caller's
+        fallback or 503. Called from that call's `except` alone, so that a request that
+        finds a backend costs nothing more (no await, no closure)."""
+        if not await self.recheck(model, exclude, fetches):
+            raise none
+        return again()
+
     async def pick(self, model: str | None, fetches: bool = False) -> BackendState:
         """`choose`, or when it has no backend, its choice once the backends that may
-        be back are checked again (`recheck`)."""
+        be back are checked again (`rechecked`)."""
         try:
             return self.choose(model, fetches=fetches)
-        except NoBackend:
-            if not await self.recheck(model, fetches=fetches):
-                raise
-        return self.choose(model, fetches=fetches)
+        except NoBackend as none:
+            again = functools.partial(self.choose, model, fetches=fetches)
+            return await self.rechecked(none, again, model, fetches=fetches)
 
     async def usable_now(self) -> list[BackendState]:
         """`usable`, the backends that may be back checked again first when none is
         (`recheck`)."""
+        # Not `rechecked`: none usable is an answer its callers write themselves
+        # (readiness's 503, a merged list's), not a NoBackend for `Server.handle`.
         usable = self.usable()
         if not usable and await self.recheck(None):
             usable = self.usable()

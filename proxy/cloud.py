@@ -69,6 +69,8 @@ async def lists_locally_now(backends: BackendPool, model: str) -> bool:
     hold up each request a provider stands in for."""
     if lists_locally(backends, model):
         return True
+    # Not `BackendPool.rechecked`: no usable backend listing the model raises nothing
+    # here (no NoBackend): it sends the request to the provider, a yes or no.
     name = normalize_model(model)
     lacking = [s for s in backends.states if s.models is not None and name not in s.models]
     return await backends.recheck(model, lacking) and lists_locally(backends, model)

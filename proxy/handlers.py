@@ -10,9 +10,10 @@ or the multipart form of an audio transcription).
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 import orjson
 from aiohttp import hdrs, web
@@ -84,8 +85,6 @@ AUTO_CANNOT_TRANSCRIBE = (
     "auto does not choose a model for audio transcriptions: name a model that transcribes audio"
 )
 AUTO_EMBEDDING_DENIED = "auto's embedding model is not allowed for this API key"
-P = ParamSpec("P")
-T = TypeVar("T")
 # Bodies below this size are read so that a failed backend can be retried.
 _REPLAYABLE_BYTES = 1024 * 1024
 
@@ -332,9 +331,13 @@ class Handlers:
                 try:
                     choice = self.auto.decide(path, doc, profile, user, only, reading, scope)
                 except NoBackend as none:
-                    choice = await self._rechecked(
-                        none, self.auto.decide, path, doc, profile, user, only, reading, scope
+                    # No backend to choose from: those that may be back, any of them
+                    # (no model is chosen yet), are checked again at once
+                    # (`BackendPool.rechecked`).
+                    again = functools.partial(
+                        self.auto.decide, path, doc, profile, user, only, reading, scope
                     )
+                    choice = await self.backends.rechecked(none, again)
             except AutoError as exc:
                 # No model for the request: a capability none of the profile's models
                 # offers is Ollama's own refusal, which clients read.
@@ -389,32 +392,21 @@ class Handlers:
     ) -> web.Response | None:
         """`AutoRoutes.loading` of `auto:<profile>`: with no usable backend, answered as
         the chat after it would be. The backends that may be back on their port are
-        checked again at once (`_rechecked`), and where still none is, the load is
-        answered where the cloud stands in for the profile; else it is the 503
+        checked again at once (`BackendPool.rechecked`), and where still none is, the
+        load is answered where the cloud stands in for the profile; else it is the 503
         (NoBackend)."""
-        loading = self.auto_routes.loading
         try:
-            return loading(path, model, doc, profile, only)
+            return self.auto_routes.loading(path, model, doc, profile, only)
         except NoBackend as none:
+            loading = self.auto_routes.loading
             try:
-                return await self._rechecked(none, loading, path, model, doc, profile, only)
+                again = functools.partial(loading, path, model, doc, profile, only)
+                return await self.backends.rechecked(none, again)
             except NoBackend:
                 cloud = self.cloud
                 if cloud is None or not cloud_names or not cloud.takes(path, cloud_names):
                     raise
                 return loading(path, model, doc, profile, only, fleet=False)
-
-    async def _rechecked(
-        self, none: NoBackend, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs
-    ) -> T:
-        """`call` once more for `auto`, whose first call found no backend to choose from
-        (`none`): when one of those that may be back on their port since their circuit
-        opened is usable once checked again at once (`recheck`); else `none`, for the
-        caller's cloud or 503. Called from the first call's `except`, so that a request
-        with a backend to choose costs nothing more."""
-        if not await self.backends.recheck(None):
-            raise none
-        return call(*args, **kwargs)
 
     async def transcription(self, request: web.Request) -> web.StreamResponse:
         """`POST /v1/audio/transcriptions`: routed by the model Ollama's multipart form

@@ -10,6 +10,7 @@ the stream the way Ollama does, with one more line `{"error": "..."}`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
@@ -235,19 +236,25 @@ class Relay:
         while True:
             try:
                 state = only or self.backends.choose(model, tried, retry=bool(tried))
-            except NoBackend:
-                if not rechecked:
+            except NoBackend as none:
+                try:
                     # A backend whose circuit a refused connect opened may be back on
                     # its port (a restart) before its next check: checked now, it
-                    # serves rather than the proxy's own 503 (`BackendPool.recheck`).
+                    # serves rather than the proxy's own 503 (`BackendPool.rechecked`).
+                    # Once a request: a retry after it waits on no second check.
+                    if rechecked:
+                        raise
                     rechecked = True
-                    if await self.backends.recheck(model, tried):
-                        continue
-                if fallback is not None:
-                    return await fallback()
-                if failures:
-                    return self._failed(request, outcome, failures, unreachable, exhausted)
-                raise  # answered where every NoBackend is (`Server.handle`)
+                    choosing = functools.partial(
+                        self.backends.choose, model, tried, retry=bool(tried)
+                    )
+                    state = await self.backends.rechecked(none, choosing, model, tried)
+                except NoBackend:
+                    if fallback is not None:
+                        return await fallback()
+                    if failures:
+                        return self._failed(request, outcome, failures, unreachable, exhausted)
+                    raise  # answered where every NoBackend is (`Server.handle`)
             outcome.attempts += 1
             outcome.backend = state.label
             may_retry = (
