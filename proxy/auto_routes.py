@@ -3,6 +3,7 @@ and the proxy's own endpoints `explain`, `status` and `reload` under /api/autoro
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from proxy.auto import (
     required_capabilities,
     user_key,
 )
-from proxy.backends import normalize_model
+from proxy.backends import NoBackend, normalize_model
 from proxy.cache.key import generates
 from proxy.config import Limits, Usage
 from proxy.errors import ANTHROPIC_PATH, error_response, handler_error
@@ -549,10 +550,18 @@ class AutoRoutes:
             if answer is not None:
                 return self._explained_load(profile, answer)
         reading = await reading_off_loop(path, doc, len(body))
+        user, scope = user_key(request), conversation_scope(request)
         try:
-            choice = self.auto.decide(
-                path, doc, profile, user_key(request), only, reading, conversation_scope(request)
-            )
+            try:
+                choice = self.auto.decide(path, doc, profile, user, only, reading, scope)
+            except NoBackend as none:
+                # As for `auto`'s chat, the backends that may be back, any of them, are
+                # checked again at once (`BackendPool.rechecked`): one restarted on its
+                # port is ranked, as it would serve that chat.
+                again = functools.partial(
+                    self.auto.decide, path, doc, profile, user, only, reading, scope
+                )
+                choice = await self.auto.backends.rechecked(none, again)
         except AutoError as exc:
             return error_response(request.path, exc.status, exc.answer(str(model)))
         decision = choice.decision

@@ -1725,6 +1725,24 @@ async def test_a_load_of_auto_is_the_fleets_answer_as_its_chat_is(
         assert await health_circuit(proxy.url, a.url) == "closed"
 
 
+async def test_explain_ranks_a_backend_restarted_on_its_port_as_auto_chooses_it(
+    servers: ServerThread,
+) -> None:
+    """Explain ranks what `auto` would choose: with no usable backend, after the same
+    check of the backends whose host refused their connects as `auto`'s chat has. While
+    the only backend is down, it is the 503 that chat would be; once it is back on its
+    port, its model is ranked, not the proxy's 503 until the next periodic check."""
+    chat = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
+    async with _refused_backend(servers) as (a, proxy, _):
+        status, body = await post(proxy.url, "/api/autoroute/explain", chat)
+        assert status == 503 and b"no healthy backend" in body, body
+        a.restart()
+        status, body = await post(proxy.url, "/api/autoroute/explain", chat)
+        assert status == 200, body
+        assert [c["model"] for c in orjson.loads(body)["ranking"]] == [SHARED]
+        assert await health_circuit(proxy.url, a.url) == "closed"
+
+
 async def _load_seconds(url: str, model: str) -> float:
     """The load `auto` charges `model` now (explain's ranking)."""
     body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
