@@ -544,7 +544,15 @@ class AutoRoutes:
                 self.auto.profile(profile)
             except AutoError as exc:
                 return error_response(request.path, exc.status, exc.answer(str(model)))
-            answer = self._load_answer(path, str(model), doc, profile, only)
+            try:
+                answer = self._load_answer(path, str(model), doc, profile, only)
+            except NoBackend as none:
+                # As on the route (`Handlers._auto_load`), the backends that may be
+                # back are checked again at once (`BackendPool.rechecked`).
+                answering = functools.partial(
+                    self._load_answer, path, str(model), doc, profile, only
+                )
+                answer = await self.auto.backends.rechecked(none, answering)
             if isinstance(answer, web.Response):
                 return answer
             if answer is not None:

@@ -1725,21 +1725,33 @@ async def test_a_load_of_auto_is_the_fleets_answer_as_its_chat_is(
         assert await health_circuit(proxy.url, a.url) == "closed"
 
 
-async def test_explain_ranks_a_backend_restarted_on_its_port_as_auto_chooses_it(
-    servers: ServerThread,
+@pytest.mark.parametrize(
+    ("body", "chosen", "ranked"),
+    [
+        ({"model": "auto", "messages": [{"role": "user", "content": "hi"}]}, SHARED, [SHARED]),
+        # A generate without a prompt: a load, which the route answers without a model.
+        ({"model": "auto"}, None, []),
+    ],
+    ids=["chat", "load"],
+)
+async def test_explain_says_what_auto_answers_with_a_backend_restarted_on_its_port(
+    servers: ServerThread, body: dict[str, Any], chosen: str | None, ranked: list[str]
 ) -> None:
-    """Explain ranks what `auto` would choose: with no usable backend, after the same
-    check of the backends whose host refused their connects as `auto`'s chat has. While
-    the only backend is down, it is the 503 that chat would be; once it is back on its
-    port, its model is ranked, not the proxy's 503 until the next periodic check."""
-    chat = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
+    """Explain says what `auto`'s route would answer: with no usable backend, after the
+    same check of the backends whose host refused their connects as the route has.
+    While the only backend is down, it is the 503 the route would be; once it is back
+    on its port, its model is ranked for a chat, and a load is the route's "load", not
+    the proxy's 503 until the next periodic check."""
     async with _refused_backend(servers) as (a, proxy, _):
-        status, body = await post(proxy.url, "/api/autoroute/explain", chat)
-        assert status == 503 and b"no healthy backend" in body, body
+        status, answer = await post(proxy.url, "/api/autoroute/explain", body)
+        assert status == 503 and b"no healthy backend" in answer, answer
         a.restart()
-        status, body = await post(proxy.url, "/api/autoroute/explain", chat)
-        assert status == 200, body
-        assert [c["model"] for c in orjson.loads(body)["ranking"]] == [SHARED]
+        status, answer = await post(proxy.url, "/api/autoroute/explain", body)
+        assert status == 200, answer
+        explained = orjson.loads(answer)
+        assert explained["model"] == chosen
+        assert [c["model"] for c in explained["ranking"]] == ranked
+        assert chosen is not None or explained["answer"]["done_reason"] == "load"
         assert await health_circuit(proxy.url, a.url) == "closed"
 
 
