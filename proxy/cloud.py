@@ -37,14 +37,11 @@ from proxy.config import CloudProvider, Config
 from proxy.errors import error_response, stream_error_line
 from proxy.limits import write_stalled
 from proxy.outcome import OUTCOME, Served
-from proxy.protocol import MODEL_HEADER, REQUEST_ID_HEADER
+from proxy.protocol import CLOUD_BACKEND_PREFIX, MODEL_HEADER, REQUEST_ID_HEADER
 
 log = logging.getLogger("autoroute.cloud")
 
 BACKEND_HEADER = "X-Autoroute-Backend"
-# A provider standing in, as usage events and stats name the backend: its configured
-# name, which the public health shows too.
-CLOUD_BACKEND_PREFIX = "cloud:"
 _ERROR_BODY_BYTES = 4096
 _READ_BYTES = 64 * 1024
 

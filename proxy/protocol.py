@@ -116,6 +116,9 @@ def count(value: object) -> int | None:
 REQUEST_ID_HEADER = "X-Request-Id"
 # The model that answers: the one named, auto's choice, or the cloud fallback's.
 MODEL_HEADER = "X-Autoroute-Model"
+# A cloud provider standing in, as usage events and stats name the backend: its
+# configured name, which the public health shows too.
+CLOUD_BACKEND_PREFIX = "cloud:"
 # How the proxy's own `auto` entries name their format, family and owner in the model
 # lists, by which a proxy in front of another tells that one's `auto` from a model.
 AUTOROUTE = "autoroute"

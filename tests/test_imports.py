@@ -92,6 +92,17 @@ def import_graph(load_time_only: bool) -> Graph:
                     pending.extend(ast.iter_child_nodes(node))
             else:
                 pending.extend(ast.iter_child_nodes(node))
+        # Importing a module runs its packages' `__init__` first: the importer reads
+        # them too, but for its own packages, which are being initialised already.
+        own = {name.rsplit(".", n)[0] for n in range(1, name.count(".") + 1)}
+        if is_package:
+            own.add(name)
+        edges |= {
+            parent
+            for target in edges
+            for n in range(1, target.count(".") + 1)
+            if (parent := target.rsplit(".", n)[0]) in known and parent not in own
+        }
         graph[name] = edges - {name}
     return graph
 
@@ -128,6 +139,8 @@ def test_the_graph_is_read_from_the_source() -> None:
     )  # `from proxy.usage import event`
     # cli imports the application inside a function: written, but not at load time.
     assert "proxy.app" in everything["proxy.cli"] and "proxy.app" not in at_load["proxy.cli"]
+    # Reading a module of a package runs the package's `__init__`, which imports more.
+    assert "proxy.usage" in at_load["proxy.cloud_budget"]
     # profiler names the metrics for type checking only.
     assert "proxy.metrics" in everything["proxy.profiler"]
     assert "proxy.metrics" not in at_load["proxy.profiler"]

@@ -11,10 +11,9 @@ from proxy import go_json, go_types
 from proxy.aiohttp_internals import state_get
 from proxy.auth import KEY_REQUEST, KeyState, sees_fleet
 from proxy.backends import BackendPool
-from proxy.cloud import CLOUD_BACKEND_PREFIX
 from proxy.errors import error_response
 from proxy.limits import read_body
-from proxy.protocol import JSON
+from proxy.protocol import CLOUD_BACKEND_PREFIX, JSON
 from proxy.usage import event as ev
 from proxy.usage.pipeline import UsagePipeline, parse_feedback
 
