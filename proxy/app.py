@@ -73,9 +73,6 @@ class App:
         # Outcomes of auto's decisions, from the usage pipeline, into auto's evidence.
         self.learner = Learner(config.selector.learning, config.usage, self.auto.evidence)
         self.usage.observers.append(self.learner.observe)
-        self.auto_routes = AutoRoutes(
-            self.auto, config.usage, body_idle, self.learner, config.limits
-        )
         self.metrics = Metrics(self.backends, self.usage, self.key_store)
         self.recent = Recent()  # the status page's charts and auto's recent choices
         self.dashboard = Dashboard(self.backends, self.auto, self.usage, self.metrics, self.recent)
@@ -86,6 +83,9 @@ class App:
         # Off unless configured: then requests no local backend can serve may go out.
         enabled = config.cloud.enabled and config.cloud.providers
         self.cloud = CloudFallback(config, self.metrics.registry) if enabled else None
+        self.auto_routes = AutoRoutes(
+            self.auto, config.usage, body_idle, self.learner, config.limits, self.cloud
+        )
         self.handlers = Handlers(
             config,
             self.backends,

@@ -20,7 +20,7 @@ from proxy import (
     openai_responses,
 )
 from proxy import limits as request_limits
-from proxy.auth import KEY_REQUEST
+from proxy.auth import KEY_REQUEST, sees_fleet
 from proxy.auto import (
     AUTO,
     AutoError,
@@ -33,12 +33,26 @@ from proxy.auto import (
 )
 from proxy.backends import NoBackend, normalize_model
 from proxy.cache.key import generates
+from proxy.cloud import (
+    CLOUD_REASON,
+    CloudFallback,
+    Refusal,
+    stand_in_names,
+    stands_in,
+)
 from proxy.config import Limits, Usage
 from proxy.errors import ANTHROPIC_PATH, error_response, handler_error
 from proxy.keep_alive import unloads
 from proxy.learning import Learner
 from proxy.multipart_form import go_quote
-from proxy.protocol import AUTOROUTE, COPILOT_CHAT_USER_AGENT_PREFIX, JSON, go_dumps, go_now
+from proxy.protocol import (
+    AUTOROUTE,
+    CLOUD_BACKEND_PREFIX,
+    COPILOT_CHAT_USER_AGENT_PREFIX,
+    JSON,
+    go_dumps,
+    go_now,
+)
 from proxy.routes import RANKED_PATHS, find
 from selector_model import request_body
 from selector_model.policy import beyond_max_loss
@@ -58,7 +72,9 @@ _DETAILS = {
 # What the answer's X-Autoroute-* headers (and explain's fields of the same names) mean;
 # explain returns it so that the meaning is where the numbers are.
 LEGEND = {
-    "X-Autoroute-Model": "the model auto chose (explain: model)",
+    "X-Autoroute-Model": (
+        "the model auto chose, or the cloud model that answers in its place (explain: model)"
+    ),
     "X-Autoroute-Profile": "the profile used: auto is auto:<selector.default_profile>",
     "X-Autoroute-Reason": (
         "why this model (explain: reason), among the candidates whose score less "
@@ -74,7 +90,11 @@ LEGEND = {
         "kind are counted; explore = another candidate tried, to learn about it; "
         "experiment = an A/B experiment's variant; context = the model that wrote the "
         "/api/generate context the request continues; fallback = no selector "
-        "artifact, a size-based heuristic chose; explain alone: load, unload = a "
+        "artifact, a size-based heuristic chose; cloud = no model chosen: the cloud "
+        "provider mapped to auto:<profile> answers (X-Autoroute-Backend: "
+        "cloud:<provider>, explain: backend, and its budget: cloud), as no backend "
+        "is usable, or the profile is in cloud.prefer_for_profiles; "
+        "explain alone: load, unload = a "
         "generate without a prompt or a chat without messages (unload: keep_alive 0), "
         "which the proxy answers itself (explain: answer), choosing no model"
     ),
@@ -280,8 +300,12 @@ class AutoRoutes:
         body_idle_seconds: float = 0.0,
         learner: Learner | None = None,
         limits: Limits | None = None,
+        cloud: CloudFallback | None = None,
     ) -> None:
         self.auto = auto
+        # The cloud fallback, where configured: explain says where it stands in for
+        # `auto`, as the route sends the request there.
+        self.cloud = cloud
         self.usage = usage
         self.body_idle_seconds = body_idle_seconds
         # The inference routes' bounds on a body (`limits`), which explain applies too.
@@ -447,6 +471,44 @@ class AutoRoutes:
         answer = self._load_answer(path, model, doc, profile, only, fleet)
         return _json(answer) if isinstance(answer, dict) else answer
 
+    async def loading_again(
+        self,
+        none: NoBackend,
+        path: str,
+        model: str,
+        doc: dict[str, Any],
+        profile: str,
+        only: frozenset[str] | None,
+        names: tuple[str, ...],
+    ) -> web.Response | None:
+        """`loading`, which raised `none` for want of a backend, as `_load_again`
+        answers it."""
+        answer = await self._load_again(none, path, model, doc, profile, only, names)
+        return _json(answer) if isinstance(answer, dict) else answer
+
+    async def _load_again(
+        self,
+        none: NoBackend,
+        path: str,
+        model: str,
+        doc: dict[str, Any],
+        profile: str,
+        only: frozenset[str] | None,
+        names: tuple[str, ...],
+    ) -> dict[str, Any] | web.Response | None:
+        """`_load_answer`, which raised `none` for want of a backend, answered as the
+        chat after it would be: the backends that may be back on their port checked
+        again at once (`BackendPool.rechecked`); where still none is, answered without
+        the fleet where the cloud stands in for `names` (`stands_in`, `stand_in_names`),
+        as that chat is the cloud's; else `none` again, the 503."""
+        answering = functools.partial(self._load_answer, path, model, doc, profile, only)
+        try:
+            return await self.auto.backends.rechecked(none, answering)
+        except NoBackend:
+            if not stands_in(self.cloud, path, names):
+                raise
+            return self._load_answer(path, model, doc, profile, only, fleet=False)
+
     def _load_answer(
         self,
         path: str,
@@ -536,6 +598,7 @@ class AutoRoutes:
             return error_response(request.path, 400, unread.message)
         # The key's allow-list, as on inference: explain must rank what auto would.
         only = key.models if key is not None else None
+        cloud_names = stand_in_names(profile, only)
         if loads(path, doc):
             # The route answers a load or an unload itself and chooses no model (see
             # `loading`): explain says that, or refuses it as the route does, a profile
@@ -547,16 +610,22 @@ class AutoRoutes:
             try:
                 answer = self._load_answer(path, str(model), doc, profile, only)
             except NoBackend as none:
-                # As on the route (`Handlers._auto_load`), the backends that may be
-                # back are checked again at once (`BackendPool.rechecked`).
-                answering = functools.partial(
-                    self._load_answer, path, str(model), doc, profile, only
+                # As on the route (`Handlers._auto_load`).
+                answer = await self._load_again(
+                    none, path, str(model), doc, profile, only, cloud_names
                 )
-                answer = await self.auto.backends.rechecked(none, answering)
             if isinstance(answer, web.Response):
                 return answer
             if answer is not None:
                 return self._explained_load(profile, answer)
+        cloud = self.cloud
+        if cloud is not None and cloud.goes_first(profile, path, cloud_names):
+            # As on the route: the cloud first while a provider has budget left.
+            if await cloud.has_budget(cloud_names):
+                first = "the profile is in cloud.prefer_for_profiles"
+                return await self._explained_cloud(
+                    request, path, doc, profile, cloud_names, first, cloud
+                )
         reading = await reading_off_loop(path, doc, len(body))
         user, scope = user_key(request), conversation_scope(request)
         try:
@@ -572,6 +641,14 @@ class AutoRoutes:
                 choice = await self.auto.backends.rechecked(none, again)
         except AutoError as exc:
             return error_response(request.path, exc.status, exc.answer(str(model)))
+        except NoBackend as none:
+            # As on the route: where the cloud stands in for the profile, it answers.
+            if not stands_in(self.cloud, path, cloud_names):
+                raise
+            why = none.reason(sees_fleet(request, self.cloud.keys_on))
+            return await self._explained_cloud(
+                request, path, doc, profile, cloud_names, why, self.cloud
+            )
         decision = choice.decision
         learning = self.auto.config.learning
         rule = self._rule(decision.profile)
@@ -642,6 +719,38 @@ class AutoRoutes:
                 "profile": profile,
                 "reason": answer["done_reason"],
                 "answer": answer,
+                "ranking": [],
+                "filtered": {},
+                "legend": LEGEND,
+            }
+        )
+
+    @staticmethod
+    async def _explained_cloud(
+        request: web.Request,
+        path: str,
+        doc: dict[str, Any],
+        profile: str,
+        names: tuple[str, ...],
+        why: str,
+        cloud: CloudFallback,
+    ) -> web.Response:
+        """Explain of a request of `auto:<profile>` the cloud stands in for (`names`,
+        `why`): the provider and cloud model the route sends it to, with its budget
+        this month (`CloudFallback.chosen`), no model ranked; or the route's refusal."""
+        standing = await cloud.chosen(path, doc, names)
+        if isinstance(standing, Refusal):
+            return cloud.refusal_answer(request, standing)
+        unkeyed = standing.unkeyed()
+        if unkeyed is not None:
+            return cloud.refusal_answer(request, unkeyed)
+        return _json(
+            {
+                "model": standing.model,
+                "profile": profile,
+                "reason": CLOUD_REASON,
+                "backend": CLOUD_BACKEND_PREFIX + standing.name,
+                "cloud": {**standing.budget(), "why": why},
                 "ranking": [],
                 "filtered": {},
                 "legend": LEGEND,

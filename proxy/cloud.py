@@ -12,7 +12,8 @@ import logging
 import os
 import time
 from collections.abc import Iterable
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, TypeGuard
 
 import aiohttp
 import orjson
@@ -44,6 +45,82 @@ log = logging.getLogger("autoroute.cloud")
 BACKEND_HEADER = "X-Autoroute-Backend"
 _ERROR_BODY_BYTES = 4096
 _READ_BYTES = 64 * 1024
+
+
+# The X-Autoroute-Reason of an `auto` request the provider mapped to its profile
+# answers (`stand_in_names`), which chose no model (explain: reason).
+CLOUD_REASON = "cloud"
+
+
+def stand_in_names(profile: str, only: frozenset[str] | None) -> tuple[str, ...]:
+    """What the cloud may stand in for on a request of `auto:<profile>` besides the model
+    it chooses: the profile, but not for a key with a model list (`only`): `auto` chooses
+    only among its models, and the cloud model mapped to the profile is none of them
+    (the one mapped to a model on the list may stand in for it, as for a request naming
+    it)."""
+    return (f"auto:{profile}",) if only is None else ()
+
+
+def stands_in(
+    cloud: CloudFallback | None, path: str, names: tuple[str, ...]
+) -> TypeGuard[CloudFallback]:
+    """Whether a provider of `cloud` (None: not configured) stands in for `names`
+    (`stand_in_names`) on a request at `path` no local backend serves: without names,
+    none does, not even one mapped to "*"."""
+    return cloud is not None and bool(names) and cloud.takes(path, names)
+
+
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """The provider that answers a request the cloud stands in for: its name, the
+    cloud model, the request read for it and this month's count when it was chosen."""
+
+    name: str
+    provider: CloudProvider
+    model: str
+    key: str = field(repr=False)  # the operator's, from the environment: "" when unset
+    chat: Chat
+    month: str
+    spent: int
+
+    def unkeyed(self) -> Refusal | None:
+        """The refusal where the provider's key is not in the environment: `serve`
+        answers it with the provider named as the answer's backend, without a call."""
+        if self.key:
+            return None
+        name = self.name
+        return Refusal(
+            503,
+            f"cloud {name}: environment variable {self.provider.key_env} is not set",
+            f"cloud {name}: no API key is set",
+            counted=(name, "no_key"),
+        )
+
+    def budget(self) -> dict[str, Any]:
+        """This month's state of its budget, as the health names it."""
+        return {
+            "provider": self.name,
+            "month": self.month,
+            "monthly_token_budget": self.provider.monthly_token_budget,
+            "tokens_this_month": self.spent,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why the cloud answers no request it stands in for, and with what status."""
+
+    status: int
+    # The usage event's and the log's words, and the client's unless `public` is set.
+    error: str
+    # What a caller who may not see the fleet reads instead (`CloudFallback._said`).
+    public: str | None = None
+    # Kept as the request's error (not a 400 of the client's own body).
+    kept: bool = True
+    # The provider it counts against in autoroute_cloud_requests, with its result.
+    counted: tuple[str, str] | None = None
+    # Every provider's month spent (autoroute_cloud_budget_refusals).
+    budget: bool = False
 
 
 def _key(name: str) -> str:
@@ -168,8 +245,14 @@ class CloudFallback:
                 del entry["base_url"], entry["models"], entry["tokens_this_month"]
         return doc
 
-    def preferred(self, profile: str) -> bool:
-        return profile in self.config.prefer_for_profiles
+    def goes_first(self, profile: str, path: str, names: tuple[str, ...]) -> bool:
+        """Whether a request of `auto:<profile>` at `path` goes to the cloud before `auto`
+        chooses a model (its explicit opt-in, `prefer_for_profiles`): where a provider
+        stands in for `names` (`stand_in_names`), and, the caller's await, one of them
+        has budget left (`has_budget`; without, `auto` chooses as for any profile)."""
+        return (
+            profile in self.config.prefer_for_profiles and bool(names) and self.takes(path, names)
+        )
 
     def _candidates(self, names: Iterable[str]) -> list[tuple[str, CloudProvider, str]]:
         keys = [_key(n) for n in names] + ["*"]
@@ -197,7 +280,7 @@ class CloudFallback:
                 return False
         return False
 
-    def _said(self, request: web.Request, error: str, public: str) -> str:
+    def _said(self, request: web.Request, error: str, public: str | None) -> str:
         """What the client reads of a cloud failure: `error`, which the usage event and
         the log keep, or `public` to a caller who may not see the fleet (`sees_fleet`),
         as the relay words a local backend's failure. `public` says which provider
@@ -205,28 +288,32 @@ class CloudFallback:
         operator's key), the host it could not reach, or where the operator's key is
         read from."""
         request[OUTCOME].served.error = error
-        return error if sees_fleet(request, self.keys_on) else public
+        return self.told(request, error, public)
+
+    def told(self, request: web.Request, error: str, public: str | None) -> str:
+        """What the caller of `request` reads of a cloud failure (see `_said`): `error`
+        where there is no `public` version of it."""
+        return error if public is None or sees_fleet(request, self.keys_on) else public
 
     def _failed(self, request: web.Request, status: int, error: str, public: str) -> web.Response:
         """The error answer of a request the cloud did not serve (see `_said`)."""
         return error_response(request.path, status, self._said(request, error, public))
 
-    async def serve(
-        self, request: web.Request, doc: dict[str, Any], names: Iterable[str]
-    ) -> web.StreamResponse:
-        """Answer `request` (its JSON body `doc`) from the first provider that maps
-        `names` and has budget left."""
-        path = request.path
-        served = request[OUTCOME].served
+    async def chosen(
+        self, path: str, doc: dict[str, Any], names: Iterable[str]
+    ) -> Standing | Refusal:
+        """The first provider that maps `names`, takes the request (`doc` at `path`) and
+        has budget left, which `serve` sends it to (and explain names), its key read
+        (without one, `Standing.unkeyed` refuses); else why none does. Reads this
+        month's counts."""
         try:
             chat = read_request(path, doc)
         except Unsupported as exc:
             # Not the client's fault: no local backend could serve, and the cloud
             # would answer another question.
-            served.error = f"no local backend can serve this request and {exc}"
-            return error_response(path, 503, served.error)
+            return Refusal(503, f"no local backend can serve this request and {exc}")
         except TranslateError as exc:
-            return error_response(path, 400, str(exc))
+            return Refusal(400, str(exc), kept=False)
         month = this_month()
         spent_out = []
         candidates = self._candidates(names)
@@ -234,50 +321,65 @@ class CloudFallback:
         if needs is not None:
             candidates = [c for c in candidates if c[1].api == "openai"]
             if not candidates:
-                served.error = (
+                return Refusal(
+                    503,
                     f"no local backend can serve this request and the cloud fallback sends "
-                    f"{needs} only to OpenAI-compatible providers"
+                    f"{needs} only to OpenAI-compatible providers",
                 )
-                return error_response(path, 503, served.error)
         for name, provider, model in candidates:
             try:
                 spent = await self.budget.spent(name, month)
             except BudgetUnavailable as exc:
-                return self._failed(request, 503, str(exc), "cloud budget store unavailable")
+                return Refusal(503, str(exc), "cloud budget store unavailable")
             if spent >= provider.monthly_token_budget:
                 spent_out.append(
                     f"{name} {spent}/{provider.monthly_token_budget} tokens in {month}"
                 )
                 continue
-            served.backend = CLOUD_BACKEND_PREFIX + name
-            served.provider = name
-            served.extra[BACKEND_HEADER] = served.backend
-            served.model = served.extra[MODEL_HEADER] = model
-            return await self._call(request, name, provider, model, chat, month)
-        self.refused.inc()
-        served.error = "cloud fallback monthly token budget spent: " + "; ".join(spent_out)
-        return error_response(path, 503, served.error)
+            key = os.environ.get(provider.key_env, "")
+            return Standing(name, provider, model, key, chat, month, spent)
+        error = "cloud fallback monthly token budget spent: " + "; ".join(spent_out)
+        return Refusal(503, error, budget=True)
 
-    async def _call(
-        self,
-        request: web.Request,
-        name: str,
-        provider: CloudProvider,
-        model: str,
-        chat: Chat,
-        month: str,
+    async def serve(
+        self, request: web.Request, doc: dict[str, Any], names: Iterable[str]
     ) -> web.StreamResponse:
+        """Answer `request` (its JSON body `doc`) from the provider `chosen` names."""
         path = request.path
         served = request[OUTCOME].served
-        key = os.environ.get(provider.key_env, "")
-        if not key:
-            self.requests.labels(name, "no_key").inc()
-            return self._failed(
-                request,
-                503,
-                f"cloud {name}: environment variable {provider.key_env} is not set",
-                f"cloud {name}: no API key is set",
-            )
+        standing = await self.chosen(path, doc, names)
+        if isinstance(standing, Refusal):
+            return self._refused(request, standing)
+        served.backend = CLOUD_BACKEND_PREFIX + standing.name
+        served.provider = standing.name
+        served.extra[BACKEND_HEADER] = served.backend
+        served.model = served.extra[MODEL_HEADER] = standing.model
+        return await self._call(request, standing)
+
+    def _refused(self, request: web.Request, refusal: Refusal) -> web.Response:
+        """The answer to a request the cloud does not serve (`refusal_answer`), counted
+        and kept as its error."""
+        if refusal.counted is not None:
+            self.requests.labels(*refusal.counted).inc()
+        if refusal.budget:
+            self.refused.inc()
+        if refusal.kept:
+            request[OUTCOME].served.error = refusal.error
+        return self.refusal_answer(request, refusal)
+
+    def refusal_answer(self, request: web.Request, refusal: Refusal) -> web.Response:
+        """`refusal` as the caller of `request` reads it (`told`)."""
+        said = self.told(request, refusal.error, refusal.public)
+        return error_response(request.path, refusal.status, said)
+
+    async def _call(self, request: web.Request, standing: Standing) -> web.StreamResponse:
+        path = request.path
+        served = request[OUTCOME].served
+        unkeyed = standing.unkeyed()
+        if unkeyed is not None:
+            return self._refused(request, unkeyed)
+        name, provider, model, key = standing.name, standing.provider, standing.model, standing.key
+        chat, month = standing.chat, standing.month
         if provider.api == "openai":
             url = provider.base_url.rstrip("/") + "/chat/completions"
             headers = {"Authorization": f"Bearer {key}"}

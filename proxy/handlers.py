@@ -57,7 +57,14 @@ from proxy.backends import (
 from proxy.cache import ResponseCache
 from proxy.cache.key import cache_key, cacheable, generates, scope
 from proxy.cache.replay import CACHE_HEADER, replay
-from proxy.cloud import CloudFallback, lists_locally, lists_locally_now
+from proxy.cloud import (
+    CLOUD_REASON,
+    CloudFallback,
+    lists_locally,
+    lists_locally_now,
+    stand_in_names,
+    stands_in,
+)
 from proxy.config import Config
 from proxy.errors import error_response, gin_refusal, handler_error
 from proxy.fanout import Fanout
@@ -277,11 +284,8 @@ class Handlers:
                 model,
                 request.headers.get(hdrs.USER_AGENT, ""),
             )
-        # What the cloud may stand in for besides the model chosen. Not the profile for
-        # a key with a model list: `auto` chooses only among its models, and the cloud
-        # model mapped to the profile is none of them (the one mapped to a model on the
-        # list may stand in for it, as for a request naming it).
-        cloud_names = (f"auto:{profile}",) if only is None else ()
+        # What the cloud may stand in for besides the model chosen.
+        cloud_names = stand_in_names(profile, only)
         if loads(path, doc):
             # `ollama run auto` loads and `ollama stop auto` unloads: `auto` holds no model
             # of its own, so neither touches a backend (unloading whichever model an
@@ -314,15 +318,10 @@ class Handlers:
             served.extra[AUTOROUTE_HEADERS[2]] = "pinned"
         else:
             cloud = self.cloud
-            if (
-                cloud is not None
-                and cloud_names
-                and cloud.preferred(profile)
-                and cloud.takes(path, cloud_names)
-            ):
+            if cloud is not None and cloud.goes_first(profile, path, cloud_names):
                 # Its explicit opt-in; with the month's budget spent, it is served locally.
                 if await cloud.has_budget(cloud_names):
-                    return await cloud.serve(request, doc, cloud_names)
+                    return await self._cloud_for(request, served, doc, profile, cloud, cloud_names)
             deciding = time.perf_counter()
             try:
                 # What the decision reads of the body, off the loop for a large one.
@@ -347,9 +346,9 @@ class Handlers:
                     or handler_error(path, exc.status, exc.answer(model))
                 )
             except NoBackend:
-                if self.cloud is None or not cloud_names or not self.cloud.takes(path, cloud_names):
+                if not stands_in(self.cloud, path, cloud_names):
                     raise
-                return await self.cloud.serve(request, doc, cloud_names)
+                return await self._cloud_for(request, served, doc, profile, self.cloud, cloud_names)
             finally:
                 self.metrics.decision.observe(time.perf_counter() - deciding)
             decision = choice.decision
@@ -390,23 +389,31 @@ class Handlers:
         only: frozenset[str] | None,
         cloud_names: tuple[str, ...],
     ) -> web.Response | None:
-        """`AutoRoutes.loading` of `auto:<profile>`: with no usable backend, answered as
-        the chat after it would be. The backends that may be back on their port are
-        checked again at once (`BackendPool.rechecked`), and where still none is, the
-        load is answered where the cloud stands in for the profile; else it is the 503
-        (NoBackend)."""
+        """`AutoRoutes.loading` of `auto:<profile>`; with no usable backend, answered as
+        the chat after it would be (`AutoRoutes.loading_again`), the cloud standing in
+        for `cloud_names`."""
         try:
             return self.auto_routes.loading(path, model, doc, profile, only)
         except NoBackend as none:
-            loading = self.auto_routes.loading
-            try:
-                again = functools.partial(loading, path, model, doc, profile, only)
-                return await self.backends.rechecked(none, again)
-            except NoBackend:
-                cloud = self.cloud
-                if cloud is None or not cloud_names or not cloud.takes(path, cloud_names):
-                    raise
-                return loading(path, model, doc, profile, only, fleet=False)
+            return await self.auto_routes.loading_again(
+                none, path, model, doc, profile, only, cloud_names
+            )
+
+    @staticmethod
+    def _cloud_for(
+        request: web.Request,
+        served: Served,
+        doc: dict[str, Any],
+        profile: str,
+        cloud: CloudFallback,
+        names: tuple[str, ...],
+    ) -> Awaitable[web.StreamResponse]:
+        """`auto:<profile>` answered by the provider that stands in for the profile
+        (`names`), with no model chosen: the answer's headers say so, the model's
+        name the cloud's once a provider takes it."""
+        served.extra[AUTOROUTE_HEADERS[1]] = profile
+        served.extra[AUTOROUTE_HEADERS[2]] = CLOUD_REASON
+        return cloud.serve(request, doc, names)
 
     async def transcription(self, request: web.Request) -> web.StreamResponse:
         """`POST /v1/audio/transcriptions`: routed by the model Ollama's multipart form

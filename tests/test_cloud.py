@@ -477,13 +477,16 @@ async def test_a_profile_that_opts_in_goes_to_the_cloud_first(
 ) -> None:
     section = cloud_section(cloud_server.url, models={"auto:fast": "fast-cloud"}, prefer=("fast",))
     proxy = Proxy(servers, [own_emulator.url], cloud=section)
+    fast = {"model": "auto:fast", "messages": MESSAGES}
     try:
-        status, headers, _ = await post(
-            proxy.url + "/api/chat", {"model": "auto:fast", "messages": MESSAGES}
-        )
+        # Explain says so, as the answer's headers do.
+        _, _, doc = await explained(proxy, "/api/chat", fast)
+        status, headers, _ = await post(proxy.url + "/api/chat", fast)
         assert status == 200
-        assert headers["X-Autoroute-Backend"] == "cloud:openai"
-        assert headers["X-Autoroute-Model"] == "fast-cloud"
+        assert headers["X-Autoroute-Backend"] == "cloud:openai" == doc["backend"]
+        assert headers["X-Autoroute-Model"] == "fast-cloud" == doc["model"]
+        assert headers["X-Autoroute-Reason"] == "cloud" == doc["reason"]
+        assert doc["ranking"] == [] and doc["cloud"]["why"].endswith("prefer_for_profiles")
         # Another profile, not opted in, stays local while a backend can serve.
         status, headers, _ = await post(
             proxy.url + "/api/chat", {"model": "auto:best", "messages": MESSAGES}
@@ -499,11 +502,14 @@ async def test_a_profile_that_opts_in_goes_to_the_cloud_first(
     )
     proxy = Proxy(servers, [own_emulator.url], cloud=section)
     try:
-        status, headers, _ = await post(
-            proxy.url + "/api/chat", {"model": "auto:fast", "messages": MESSAGES}
-        )
+        _, _, doc = await explained(proxy, "/api/chat", fast)
+        status, headers, _ = await post(proxy.url + "/api/chat", fast)
         assert status == 200
-        assert "X-Autoroute-Backend" not in headers
+        assert "X-Autoroute-Backend" not in headers and "backend" not in doc
+        assert (headers["X-Autoroute-Model"], headers["X-Autoroute-Reason"]) == (
+            doc["model"],
+            doc["reason"],
+        )
         assert len(cloud_server.seen.bodies) == 1
     finally:
         proxy.stop()
@@ -706,12 +712,20 @@ async def test_a_load_of_auto_is_the_clouds_where_the_backend_back_has_no_model_
         for path in ("/api/chat", "/api/generate"):
             status, _, body = await post(proxy.url + path, {"model": "auto"})
             assert status == 200 and orjson.loads(body)["done_reason"] == "load", (path, body)
+            # Explain of that load says the same.
+            status, _, doc = await explained(proxy, path, {"model": "auto"})
+            assert (status, doc["reason"]) == (200, "load"), (path, doc)
         assert await health_circuit(proxy.url, embedder.url) == "closed"
         assert await health_circuit(proxy.url, chatter.url) == "open"
         chat = {"model": "auto", "messages": MESSAGES, "stream": False}
-        status, _, body = await post(proxy.url + "/api/chat", chat)
+        _, _, doc = await explained(proxy, "/api/chat", chat)
+        status, headers, body = await post(proxy.url + "/api/chat", chat)
         assert status == 200, body
         assert cloud_server.seen.bodies, "the chat is the cloud's"
+        assert (doc["model"], doc["reason"]) == (
+            headers["X-Autoroute-Model"],
+            headers["X-Autoroute-Reason"],
+        )
     finally:
         proxy.stop()
         embedder.stop()
@@ -1077,5 +1091,67 @@ async def test_a_backend_restarted_on_its_port_serves_before_the_cloud_does(
         await asyncio.sleep(1.5)  # a second refresh would come a second after it
         assert own_emulator.state.requests["/api/ps"] == checks + 2
         assert len(cloud_server.seen.bodies) == 2
+    finally:
+        proxy.stop()
+
+
+async def explained(
+    proxy: Proxy, path: str, body: dict[str, Any]
+) -> tuple[int, dict[str, str], dict[str, Any]]:
+    """Explain's answer for `body` on the route `path`."""
+    status, headers, answer = await post(f"{proxy.url}/api/autoroute/explain?path={path}", body)
+    return status, headers, orjson.loads(answer)
+
+
+async def test_explain_of_auto_where_the_cloud_stands_in_says_what_the_route_does(
+    servers: ServerThread, cloud_server: StandIn
+) -> None:
+    """With no usable backend, `auto`'s chat is the cloud's where a provider stands in
+    for the profile, and its load is Ollama's "load": explain of each says what the
+    request then gets (the cloud model and why, the provider's backend; the load's
+    answer), not the 503 of no backend; once the month's budget is spent, the route's
+    refusal naming it."""
+    models = {"auto:fast": "fast-cloud", "*": "any-cloud"}
+    # One answer (5 + 6 tokens) goes past a budget of 10.
+    section = cloud_section(cloud_server.url, budget=10, models=models)
+    proxy = Proxy(servers, [dead_url()], cloud=section)
+    try:
+        for model, mapped in (("auto", "any-cloud"), ("auto:fast", "fast-cloud")):
+            status, _, doc = await explained(proxy, "/api/chat", {"model": model})
+            assert status == 200, doc
+            assert doc["answer"]["done_reason"] == doc["reason"] == "load"
+            chat = {"model": model, "messages": MESSAGES, "stream": False}
+            status, _, doc = await explained(proxy, "/api/chat", chat)
+            assert status == 200, doc
+            assert (doc["model"], doc["ranking"]) == (mapped, [])
+            assert doc["cloud"]["tokens_this_month"] == 0
+        assert cloud_server.seen.bodies == []  # explain generates nothing
+        # What the chat then gets is what explain said.
+        for path in ("/api/chat", "/api/generate"):
+            status, _, doc = await explained(proxy, path, {"model": "auto:fast"})
+            answered, _, body = await post(proxy.url + path, {"model": "auto:fast"})
+            assert status == answered == 200, (path, doc, body)
+            assert doc["reason"] == orjson.loads(body)["done_reason"] == "load"
+        chat = {"model": "auto:fast", "messages": MESSAGES, "stream": False}
+        _, _, doc = await explained(proxy, "/api/chat", chat)
+        status, headers, answer = await post(proxy.url + "/api/chat", chat)
+        assert status == 200, answer
+        said = {
+            name: doc[field]
+            for name, field in (
+                ("X-Autoroute-Model", "model"),
+                ("X-Autoroute-Reason", "reason"),
+                ("X-Autoroute-Profile", "profile"),
+                ("X-Autoroute-Backend", "backend"),
+            )
+        }
+        assert said == {name: headers.get(name) for name in said}
+        assert orjson.loads(answer)["model"] == doc["model"]
+        # The month's budget spent: explain answers the route's refusal, which names it.
+        status, _, doc = await explained(proxy, "/api/chat", chat)
+        refused, _, answer = await post(proxy.url + "/api/chat", chat)
+        assert status == refused == 503
+        assert doc == orjson.loads(answer) and "budget" in doc["error"], doc
+        assert len(cloud_server.seen.bodies) == 1
     finally:
         proxy.stop()
