@@ -7,7 +7,7 @@ import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiohttp import web
 
@@ -269,27 +269,43 @@ def refusal(path: str, doc: Any, body: bytes) -> Refused | None:
     return go_types.checked(doc, body, check)
 
 
-def repeated_key_refusal(path: str, body: bytes) -> str | None:
-    """What Ollama answers with a 400 for a body on `path` that gives a key twice: Go's
-    error decoding it into the route's request, an earlier value's too
-    (`go_types.first_error`), which the body the proxy forwards, the last value
-    alone, would not get. None for a body Go decodes, or a path without a request
-    struct here."""
+class Repeated(NamedTuple):
+    """A body that gives a key twice as Go decodes it into its route's request: Go's
+    error (`refusal`, Ollama's 400), or the document Go ends with (`doc`) and that
+    document written (`forwarded`), which the proxy checks, decides on and forwards in
+    place of its reading of the body (the last value of each key alone)."""
+
+    refusal: str | None
+    doc: dict[str, Any] | None = None
+    forwarded: bytes = b""
+
+
+def repeated_key_reading(path: str, body: bytes) -> Repeated | None:
+    """How Go decodes a body on `path` that gives a key twice into the route's request:
+    an earlier value's error too (`go_types.first_error`), else what its merge ends
+    with (`go_types.go_decoded`). None for a body whose objects repeat no key, a path
+    without a request struct here, or a document too deep to write."""
     layer = _LAYERS.get(path)
     request = layer[2] if layer is not None else go_types.request_struct(path)
     if request is None:
         return None
-    return go_types.first_error(go_json.read_repeated(body), *request)
+    read = go_json.read_repeated(body)
+    message = go_types.first_error(read, *request)
+    if message is not None:
+        return Repeated(message)
+    doc = go_types.go_decoded(read, request[0])
+    forwarded = None if doc is None else go_json.write(doc)
+    return None if doc is None or forwarded is None else Repeated(None, doc, forwarded)
 
 
-async def repeated_key_refused(path: str, body: bytes, forwarded: bytes) -> str | None:
-    """`repeated_key_refusal` of `body`, which `go_json.read` forwards as `forwarded`,
-    where that left a value out (`go_json.left_out`); in reader threads when the body
-    is large."""
+async def repeated_keys(path: str, body: bytes, forwarded: bytes) -> Repeated | None:
+    """`repeated_key_reading` of `body`, which `go_json.read` forwards as `forwarded`,
+    where that left a value out (`go_json.left_out`: what every body pays); in reader
+    threads when the body is large."""
     size = len(body)
     if not await go_json.off_loop(size, go_json.left_out, body, forwarded):
         return None
-    return await go_json.slow_off_loop(size, repeated_key_refusal, path, body)
+    return await go_json.slow_off_loop(size, repeated_key_reading, path, body)
 
 
 class AutoRoutes:
@@ -557,6 +573,10 @@ class AutoRoutes:
             return error_response(request.path, exc.status, str(exc))
         messages = isinstance(doc, dict) and "messages" in doc
         path = str(request.query.get("path") or ("/api/chat" if messages else "/api/generate"))
+        # A key given twice: ranked as the route reads it (`repeated_keys`).
+        repeated = await repeated_keys(path, body, forwarded)
+        if repeated is not None and repeated.doc is not None:
+            doc = repeated.doc
         # What the route it ranks for refuses as it decodes the body, explain refuses in
         # the route's words.
         if doc is None:
@@ -590,9 +610,8 @@ class AutoRoutes:
             return refused
         # A field of the wrong type, which the route's backend refuses after the proxy's
         # own bounds: an earlier value of a key given twice too.
-        repeated = await repeated_key_refused(path, body, forwarded)
-        if repeated is not None:
-            return error_response(request.path, 400, repeated)
+        if repeated is not None and repeated.refusal is not None:
+            return error_response(request.path, 400, repeated.refusal)
         unread = refusal(path, doc, body)
         if unread is not None:
             return error_response(request.path, 400, unread.message)

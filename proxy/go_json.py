@@ -488,8 +488,23 @@ def _read_in_gos_way(body: bytes, why: str) -> tuple[Any, bytes]:
 def _written(doc: Any) -> tuple[Any, bytes]:
     try:
         return doc, orjson.dumps(doc)
+    except orjson.JSONEncodeError:
+        pass
+    try:
+        # A `WrittenFloat` (of `read_repeated`'s reading: `go_types.go_decoded`) as the
+        # client wrote it, written only where a plain write fails.
+        return doc, orjson.dumps(doc, default=_as_text)
     except orjson.JSONEncodeError:  # orjson writes at most 254 levels
         raise _TooDeep from None
+
+
+def write(doc: Any) -> bytes | None:
+    """`doc`, a reading of a body (`read_repeated`'s too), serialised as `read` forwards
+    a document; None where it is nested too deep for orjson to write."""
+    try:
+        return _written(doc)[1]
+    except _TooDeep:
+        return None
 
 
 # Go's decoder refuses a value nested deeper than this (scanner.go's maxNestingDepth),

@@ -14,12 +14,12 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import orjson
 
 from proxy.go_json import Pairs, WrittenFloat, decode_error, holds_pairs, read_written
-from selector_model.request_body import canonicalize
+from selector_model.request_body import canonical_key, canonicalize
 
 T = TypeVar("T")
 
@@ -300,6 +300,135 @@ def first_error(doc: Any, struct: str, fields: Mapping[str, str]) -> str | None:
     except RecursionError:  # deeper than Python's stack: the backend reads it
         return None
     return saved
+
+
+class _Struct(NamedTuple):
+    """How Go decodes into a struct (`pointer`: a pointer to one), for `go_decoded`:
+    each field by its JSON name, "plain" (a string, number or bool), "map" (a
+    map[string]any) or a `_Struct`; a field not named takes each value whole (a
+    pointer to a plain value, an interface, a slice, a json.RawMessage, a type with
+    an UnmarshalJSON of its own)."""
+
+    pointer: bool
+    fields: Mapping[str, Any]
+
+
+def _plain(names: str, **others: Any) -> dict[str, Any]:
+    """Fields: those `names` (blank-separated) plain, then `others`."""
+    return dict.fromkeys(names.split(), "plain") | others
+
+
+_STREAM_OPTIONS = _Struct(True, _plain("include_usage"))
+# Each request struct (as `check_fields` names it) as `go_decoded` merges into it, from
+# api/types.go, openai/openai.go, openai/responses.go and anthropic/anthropic.go.
+_MERGES: dict[str, _Struct] = {
+    "GenerateRequest": _Struct(
+        False,
+        _plain(
+            "model prompt suffix system template raw _debug_render_only logprobs top_logprobs",
+            options="map",
+        ),
+    ),
+    "ChatRequest": _Struct(
+        False, _plain("model _debug_render_only logprobs top_logprobs", options="map")
+    ),
+    "ShowRequest": _Struct(False, _plain("model system template verbose name", options="map")),
+    "EmbedRequest": _Struct(False, _plain("model dimensions", options="map")),
+    "EmbeddingRequest": _Struct(False, _plain("model prompt", options="map")),
+    "openai.ChatCompletionRequest": _Struct(
+        False,
+        _plain(
+            "model stream top_logprobs _debug_render_only",
+            stream_options=_STREAM_OPTIONS,
+            response_format=_Struct(True, _plain("type", json_schema=_Struct(True, {}))),
+            reasoning=_Struct(True, _plain("effort")),
+        ),
+    ),
+    "openai.CompletionRequest": _Struct(
+        False,
+        _plain(
+            "model prompt frequency_penalty presence_penalty stream top_p suffix"
+            " _debug_render_only",
+            stream_options=_STREAM_OPTIONS,
+        ),
+    ),
+    "openai.EmbedRequest": _Struct(False, _plain("model dimensions encoding_format")),
+    "openai.ResponsesRequest": _Struct(
+        False,
+        _plain(
+            "model background instructions",
+            reasoning=_Struct(False, _plain("effort generate_summary summary")),
+            text=_Struct(True, {"format": _Struct(True, _plain("type name"))}),
+        ),
+    ),
+    "anthropic.MessagesRequest": _Struct(
+        False,
+        _plain(
+            "model max_tokens stream",
+            tool_choice=_Struct(True, _plain("type name disable_parallel_tool_use")),
+            thinking=_Struct(True, _plain("type budget_tokens")),
+            metadata=_Struct(True, _plain("user_id")),
+            output_config=_Struct(True, _plain("effort")),
+        ),
+    ),
+}
+
+
+def _whole(value: Any) -> Any:
+    """A value Go takes whole, as the proxy's reading has it: the last value of a key an
+    object gives twice (`canonicalize` then folds the keys of the objects it reads)."""
+    if isinstance(value, Pairs):
+        return {key: _whole(item) for key, item in value}
+    if isinstance(value, list) and holds_pairs(value):
+        return [_whole(item) for item in value]
+    return value
+
+
+def _merged(how: Any, before: Any, value: Any) -> Any:
+    """What a field decoded as `how` (see `_Struct`) holds after `value`, having held
+    `before` (None: nothing yet)."""
+    if value is None:
+        # literalStore: a null zeroes an interface, pointer, map or slice, and leaves
+        # a string, number, bool or struct as it was.
+        return before if how == "plain" or (type(how) is _Struct and not how.pointer) else None
+    if not isinstance(value, dict | Pairs) or how == "plain":
+        return _whole(value)
+    items = value.items() if isinstance(value, dict) else value
+    held: dict[str, Any] = dict(before) if isinstance(before, dict) else {}
+    if how == "map":
+        # The map is made only if nil; each element is decoded into a zeroed value.
+        for key, item in items:
+            held.pop(key, None)
+            held[key] = _whole(item)
+        return held
+    if type(how) is not _Struct:
+        return _whole(value)
+    # A struct's fields, matched whatever their case, each decoded into what it holds
+    # (`indirect` reuses a pointer that is not nil).
+    for key, item in items:
+        name = canonical_key(key)
+        field = held.pop(name, None)
+        held[name] = _merged(how.fields.get(name), field, item)
+    return held
+
+
+def go_decoded(doc: Any, struct: str) -> dict[str, Any] | None:
+    """The document Go ends with decoding `doc` (`go_json.read_repeated`'s reading of a
+    body Go refuses nothing of, `first_error`) into `struct`, where the body gives a key
+    twice; canonical (`canonicalize`). Go does not keep the last value alone: a later
+    null leaves a string, number or bool field as it was, a map field keeps the
+    entries a later object does not name, a struct (or a pointer to one) the fields.
+    Arrays take the last value whole here (Go decodes one into the slice's elements).
+    None where the body's objects repeat no key or the struct is not in `_MERGES`."""
+    how = _MERGES.get(struct)
+    if not isinstance(doc, Pairs) or how is None:
+        return None
+    try:
+        merged: dict[str, Any] = _merged(how, None, doc)
+    except RecursionError:  # deeper than Python's stack: the backend reads it
+        return None
+    canonicalize(merged)
+    return merged
 
 
 # api.Tool, api.ToolFunction and api.ToolFunctionParameters, as far as their types are

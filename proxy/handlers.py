@@ -43,7 +43,7 @@ from proxy.auto_routes import (
     fraction_in_an_int,
     loads,
     refusal,
-    repeated_key_refused,
+    repeated_keys,
 )
 from proxy.backends import (
     WEB_PATHS,
@@ -220,6 +220,13 @@ class Handlers:
             limit = self.config.limits.max_body_bytes
             sent = await request_encoding.decoded_off_loop(request, raw, limit)
             doc, body = await go_json.read_off_loop(sent, self.config.limits.max_json_values)
+            # A key given twice: Go assigns the earlier value too, and refuses it where
+            # its type is wrong (answered after the proxy's own bounds), else merges it
+            # with the later (a null leaves a string, an object adds to a map): what Go
+            # ends with is checked, decided on and forwarded.
+            repeated = await repeated_keys(path, sent, body)
+            if repeated is not None and repeated.doc is not None:
+                doc, body = repeated.doc, repeated.forwarded
             # A number that is no integer where Go reads an int: forwarded as written.
             fractional = fraction_in_an_int(path, doc)
             if fractional:
@@ -240,11 +247,8 @@ class Handlers:
             if refused is not None:
                 return refused
             decided.prompt = texts
-        # A key given twice: Go assigns the earlier value too, and refuses it where its
-        # type is wrong, where the body forwarded, the last value alone, would pass.
-        repeated = await repeated_key_refused(path, sent, body)
-        if repeated is not None:
-            return error_response(path, 400, repeated)
+        if repeated is not None and repeated.refusal is not None:
+            return error_response(path, 400, repeated.refusal)
         model = doc.get("model") if isinstance(doc, dict) else None
         if not model and path == SHOW_PATH and isinstance(doc, dict):
             model = doc.get("name")  # show still takes the older field, as Ollama does

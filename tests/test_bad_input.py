@@ -330,6 +330,80 @@ async def test_a_key_given_twice_with_values_go_takes_is_served(
     assert orjson.loads(proxied[2])["response"] == orjson.loads(direct[2])["response"]
 
 
+# A key given twice whose values Go merges, not the last taking the place of the rest:
+# a null leaves a string, number or bool field as an earlier value set it (encoding/json
+# literalStore zeroes only interfaces, pointers, maps and slices), a map (`options`)
+# keeps the earlier entries the later object does not name, a pointer to a struct
+# (`stream_options`) keeps its earlier fields. Ollama runs what Go ends with, and so
+# does the proxy, which forwards that document.
+MERGED = [
+    (
+        "/api/generate",
+        b'{"model": "qwen2.5:7b", "model": null, "prompt": "hi", "stream": false}',
+    ),
+    (
+        "/api/generate",
+        b'{"model": "qwen2.5:7b", "prompt": "hi", "prompt": null, "stream": false}',
+    ),
+    (
+        "/api/generate",
+        b'{"model": "qwen2.5:7b", "prompt": "hi", "stream": false,'
+        b' "options": {"num_predict": 3}, "Options": {"seed": 7}}',
+    ),
+    (
+        "/api/chat",
+        b'{"model": "qwen2.5:7b", "messages": [{"role": "user", "content": "hi"}],'
+        b' "stream": false, "options": {"num_predict": 3, "seed": 1}, "options": {"seed": 7}}',
+    ),
+    (
+        "/v1/chat/completions",
+        b'{"model": "qwen2.5:7b", ' + _OA_USER + b', "stream": true,'
+        b' "stream_options": {"include_usage": true}, "stream_options": {"x": 1}}',
+    ),
+    (
+        "/v1/completions",
+        b'{"model": "qwen2.5:7b", "prompt": "hi", "max_tokens": 3, "max_tokens": null,'
+        b' "stream": true, "stream": null, "stream_options": {"include_usage": true},'
+        b' "stream_options": {"include_usage": null}}',
+    ),
+]
+
+
+def _served(path: str, answer: bytes) -> list[object]:
+    """What a test compares of an answer: each line's text, ids and times aside."""
+    volatile = {"id", "created", "created_at", "system_fingerprint"}
+    lines: list[object] = []
+    for line in answer.splitlines():
+        text = line.removeprefix(b"data: ").strip()
+        if not text or text == b"[DONE]":
+            continue
+        doc = orjson.loads(text)
+        if isinstance(doc, dict):
+            for name in volatile | {"total_duration", "load_duration", "eval_duration"}:
+                doc.pop(name, None)
+            doc.pop("prompt_eval_duration", None)
+        lines.append(doc)
+    return lines
+
+
+@pytest.mark.parametrize(("path", "body"), MERGED, ids=[f"{p} {b[22:70]!r}" for p, b in MERGED])
+async def test_a_key_given_twice_runs_what_go_ends_with(
+    emulator: Emulator, proxy: Proxy, path: str, body: bytes
+) -> None:
+    """The emulator, Ollama's stand-in, runs the document Go ends with (the model and
+    prompt a null leaves, the options and stream options merged); the proxy forwards
+    that document, so the same request runs through it, and for `auto` (which decides
+    on it) too."""
+    direct = await raw(emulator.url, "POST", path, body)
+    assert direct[0] == 200, direct
+    served = _served(path, direct[2])
+    proxied = await raw(proxy.url, "POST", path, body)
+    assert proxied[0] == 200, proxied
+    assert _served(path, proxied[2]) == served
+    routed = await raw(proxy.url, "POST", path, body.replace(b'"qwen2.5:7b"', b'"auto"'))
+    assert routed[0] == 200, routed
+
+
 GENERATE = b'{"model": "qwen2.5:7b", "prompt": "Hello", "stream": false}'
 ENCODED = [
     ("/api/generate", "gzip", GENERATE),

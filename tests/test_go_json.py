@@ -334,6 +334,8 @@ _REFUSED_BODIES = [
     b'{"model":"auto","messages":[]} trailing',
     b'{"model":"auto","stream":"yes","stream":false}',
     b'{"model":"auto","Stream":"yes","stream":false}',
+    # Read as Go ends with it: a null leaves the model and the prompt as set before.
+    b'{"model":"auto","model":null,"prompt":"hi","prompt":null}',
 ]
 
 
@@ -636,3 +638,70 @@ def test_left_out_says_so_exactly_when_a_key_is_given_twice(
     assert not go_json.left_out(body, go_json.read(body)[1])
     repeated = b'{"k": [' + body + b'], "k": {"a": 1, "a": ' + body + b"}}"
     assert go_json.left_out(repeated, go_json.read(repeated)[1])
+
+
+# Go's decoding of a key given twice (encoding/json decode.go): a null zeroes an
+# interface, a pointer, a map or a slice and leaves anything else (literalStore); a map
+# is made only if nil, each of its entries decoded into a zeroed value (`object`); a
+# struct's fields, and a pointer's target once it is not nil (`indirect`), take each
+# later value into what they hold. Per request struct: (path, body, the document Go
+# ends with, as the proxy forwards it).
+_GO_MERGES = [
+    (
+        "/api/generate",
+        b'{"model": "m", "Model": null, "prompt": "hi", "prompt": null, "stream": true,'
+        b' "stream": null, "options": {"a": 1, "b": 2}, "options": {"b": [3], "A": 1E2}}',
+        {"model": "m", "prompt": "hi", "stream": None, "options": {"a": 1, "b": [3], "A": 100}},
+    ),
+    (
+        "/api/chat",
+        b'{"model": "m", "options": {"a": 1}, "options": null, "options": {"b": {"c": 1}},'
+        b' "options": {"b": {"d": 2}}, "think": true, "think": null, "logprobs": true,'
+        b' "logprobs": null}',
+        {"model": "m", "options": {"b": {"d": 2}}, "think": None, "logprobs": True},
+    ),
+    (
+        "/v1/chat/completions",
+        b'{"model": "m", "response_format": {"type": "json_schema", "json_schema":'
+        b' {"schema": {"x": 1}}}, "response_format": {"Type": null, "json_schema": {}},'
+        b' "stream_options": {"include_usage": true}, "stream_options": null,'
+        b' "max_tokens": 3, "max_tokens": null, "stream": true, "stream": null}',
+        {
+            "model": "m",
+            "response_format": {"type": "json_schema", "json_schema": {"schema": {"x": 1}}},
+            "stream_options": None,
+            "max_tokens": None,
+            "stream": True,
+        },
+    ),
+    (
+        "/v1/responses",
+        b'{"model": "m", "reasoning": {"effort": "low"}, "reasoning": null,'
+        b' "text": {"format": {"type": "json_schema", "name": "n"}}, "text": {"format": {}}}',
+        {
+            "model": "m",
+            "reasoning": {"effort": "low"},
+            "text": {"format": {"type": "json_schema", "name": "n"}},
+        },
+    ),
+    (
+        "/v1/messages",
+        b'{"model": "m", "thinking": {"type": "enabled", "budget_tokens": 9},'
+        b' "thinking": {"type": "disabled"}, "max_tokens": 5, "max_tokens": null}',
+        {"model": "m", "thinking": {"type": "disabled", "budget_tokens": 9}, "max_tokens": 5},
+    ),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "merged"), _GO_MERGES)
+def test_a_key_given_twice_is_read_as_go_merges_it(
+    path: str, body: bytes, merged: dict[str, Any]
+) -> None:
+    """What the proxy checks and forwards for a body that gives a key twice is the
+    document Go ends with, not the last value of each key."""
+    doc, forwarded = go_json.read(body)
+    assert go_json.left_out(body, forwarded)
+    repeated = auto_routes.repeated_key_reading(path, body)
+    assert repeated is not None and repeated.refusal is None
+    assert repeated.doc == merged != doc
+    assert orjson.loads(repeated.forwarded) == merged

@@ -30,7 +30,7 @@ from .textgen import (
     plan,
     token_logprob,
 )
-from .wire import checked_off_loop, read_json, refuse_repeated
+from .wire import as_go_decodes, checked_off_loop, read_json
 
 NO_VISION = "this model is missing data required for image input"
 # Where Ollama sends a request for a model of its cloud (server/cloud_proxy.go).
@@ -69,8 +69,7 @@ class Prepared:
 async def read_body(request: web.Request, struct: str, fields: dict[str, str]) -> dict[str, Any]:
     """Gin's ShouldBindJSON plus the type checks json.Unmarshal performs."""
     try:
-        doc = await read_json(request)
-        await refuse_repeated(request, doc, struct, fields)
+        doc = await as_go_decodes(request, await read_json(request), struct, fields)
         return await checked_off_loop(request, doc, lambda read: check_fields(read, struct, fields))
     except EOFError:
         raise Refusal(400, "missing request body") from None

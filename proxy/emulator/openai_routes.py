@@ -25,12 +25,12 @@ from .native import ChatSink, LazyStream, embed_vectors, run_chat
 from .state import EmulatorState, request_digest, state_of
 from .textgen import vector_json
 from .wire import (
+    as_go_decodes,
     checked_off_loop,
     dumps,
     encoder_json,
     gin_json,
     read_json,
-    refuse_repeated,
     unix_of,
 )
 
@@ -52,11 +52,10 @@ def writer_error(status: int, message: str) -> web.Response:
 async def read_oa_body(request: web.Request, struct: tuple[str, dict[str, str]]) -> dict[str, Any]:
     """The middleware's ShouldBindJSON into `struct` (as `check_fields` takes it; its
     fields are checked as the layer converts the body, but for a key given twice,
-    `refuse_repeated`): an empty body is plain `EOF` here."""
+    `as_go_decodes`): an empty body is plain `EOF` here."""
     name, fields = struct
     try:
-        doc = await read_json(request)
-        await refuse_repeated(request, doc, name, fields)
+        doc = await as_go_decodes(request, await read_json(request), name, fields)
         return await checked_off_loop(request, doc, lambda read: check_fields(read, name, {}))
     except EOFError:
         raise Refusal(400, "EOF") from None

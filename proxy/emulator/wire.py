@@ -24,7 +24,7 @@ from aiohttp import web
 
 from proxy import go_json
 from proxy.go_json import go_text, in_last_order
-from proxy.go_types import BeyondADouble, BodyError, checked, first_error
+from proxy.go_types import BeyondADouble, BodyError, checked, first_error, go_decoded
 from proxy.protocol import JSON, go_escaped
 from selector_model.request_body import canonicalize
 
@@ -156,29 +156,33 @@ def _as_read(value: Any) -> Any:
     raise TypeError
 
 
-def _refuse_repeated(raw: bytes, doc: Any, struct: str, fields: dict[str, str]) -> None:
-    """BodyError with Go's error for a body that gives a key twice, decoded into
-    `struct` (`go_types.first_error`): `doc`, `decode_json`'s reading of `raw`, keeps
-    the last value alone, as the proxy's reading does (`go_json.left_out` says when
-    one was left out, of `doc` written as the proxy writes its reading)."""
+def _as_go_decodes(raw: bytes, doc: Any, struct: str, fields: dict[str, str]) -> Any:
+    """`doc`, `decode_json`'s reading of `raw`, as Go decodes `raw` into `struct`
+    where it gives a key twice: BodyError with Go's error (`go_types.first_error`),
+    else the document Go ends with (`go_types.go_decoded`). `doc` keeps the last value
+    alone, as the proxy's reading does (`go_json.left_out` says when one was left out,
+    of `doc` written as the proxy writes its reading); `doc` itself for any other
+    body."""
     if isinstance(doc, dict):
         canonicalize(doc)
     try:
         written = orjson.dumps(doc, default=_as_read)
     except orjson.JSONEncodeError:  # an integer beyond 64 bits, or too deep to write
         written = b""  # nothing to compare with: `left_out` says so, and it is read again
-    if go_json.left_out(raw, written):
-        message = first_error(go_json.read_repeated(raw), struct, fields)
-        if message is not None:
-            raise BodyError(message)
+    if not go_json.left_out(raw, written):
+        return doc
+    repeated = go_json.read_repeated(raw)
+    message = first_error(repeated, struct, fields)
+    if message is not None:
+        raise BodyError(message)
+    merged = go_decoded(repeated, struct)
+    return doc if merged is None else merged
 
 
-async def refuse_repeated(
-    request: web.Request, doc: Any, struct: str, fields: dict[str, str]
-) -> None:
-    """`_refuse_repeated` of the request's body, in a reader thread when it is large."""
+async def as_go_decodes(request: web.Request, doc: Any, struct: str, fields: dict[str, str]) -> Any:
+    """`_as_go_decodes` of the request's body, in a reader thread when it is large."""
     raw = await request.read()
-    await go_json.off_loop(len(raw), _refuse_repeated, raw, doc, struct, fields)
+    return await go_json.off_loop(len(raw), _as_go_decodes, raw, doc, struct, fields)
 
 
 def decode_json(raw: bytes) -> Any:
