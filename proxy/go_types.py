@@ -305,12 +305,22 @@ def first_error(doc: Any, struct: str, fields: Mapping[str, str]) -> str | None:
 class _Struct(NamedTuple):
     """How Go decodes into a struct (`pointer`: a pointer to one), for `go_decoded`:
     each field by its JSON name, "plain" (a string, number or bool), "map" (a
-    map[string]any) or a `_Struct`; a field not named takes each value whole (a
-    pointer to a plain value, an interface, a slice, a json.RawMessage, a type with
-    an UnmarshalJSON of its own)."""
+    map[string]any), a `_Struct` or a `_Slice`; a field not named takes each value
+    whole (a pointer to a plain value, an interface, a json.RawMessage, a type with
+    an UnmarshalJSON of its own, a slice of such)."""
 
     pointer: bool
     fields: Mapping[str, Any]
+
+
+class _Slice(NamedTuple):
+    """A slice field for `go_decoded`: how Go decodes each element (as a `_Struct`'s
+    field), into the element the slice already holds at its index, or into a zero
+    value where the element type's own UnmarshalJSON starts afresh (`fresh`:
+    api.Message's, anthropic.MessageParam's)."""
+
+    element: Any
+    fresh: bool = False
 
 
 def _plain(names: str, **others: Any) -> dict[str, Any]:
@@ -319,6 +329,40 @@ def _plain(names: str, **others: Any) -> dict[str, Any]:
 
 
 _STREAM_OPTIONS = _Struct(True, _plain("include_usage"))
+_TOOLS = _Slice(  # []api.Tool (`properties` has an UnmarshalJSON of its own)
+    _Struct(
+        False,
+        _plain(
+            "type",
+            function=_Struct(
+                False,
+                _plain(
+                    "name description",
+                    parameters=_Struct(False, _plain("type", required=_Slice("plain"))),
+                ),
+            ),
+        ),
+    )
+)
+_TOOL_CALL = _Struct(False, _plain("id", function=_Struct(False, _plain("index name"))))
+_MESSAGE = _Struct(
+    False,
+    _plain(
+        "role content thinking tool_name tool_call_id",
+        tool_calls=_Slice(_TOOL_CALL),
+    ),
+)
+_OPENAI_MESSAGE = _Struct(
+    False,
+    _plain(
+        "role reasoning name tool_call_id",
+        tool_calls=_Slice(
+            _Struct(
+                False, _plain("id index type", function=_Struct(False, _plain("name arguments")))
+            )
+        ),
+    ),
+)
 # Each request struct (as `check_fields` names it) as `go_decoded` merges into it, from
 # api/types.go, openai/openai.go, openai/responses.go and anthropic/anthropic.go.
 _MERGES: dict[str, _Struct] = {
@@ -327,10 +371,17 @@ _MERGES: dict[str, _Struct] = {
         _plain(
             "model prompt suffix system template raw _debug_render_only logprobs top_logprobs",
             options="map",
+            context=_Slice("plain"),
         ),
     ),
     "ChatRequest": _Struct(
-        False, _plain("model _debug_render_only logprobs top_logprobs", options="map")
+        False,
+        _plain(
+            "model _debug_render_only logprobs top_logprobs",
+            options="map",
+            messages=_Slice(_MESSAGE, fresh=True),
+            tools=_TOOLS,
+        ),
     ),
     "ShowRequest": _Struct(False, _plain("model system template verbose name", options="map")),
     "EmbedRequest": _Struct(False, _plain("model dimensions", options="map")),
@@ -339,6 +390,8 @@ _MERGES: dict[str, _Struct] = {
         False,
         _plain(
             "model stream top_logprobs _debug_render_only",
+            messages=_Slice(_OPENAI_MESSAGE),
+            tools=_TOOLS,
             stream_options=_STREAM_OPTIONS,
             response_format=_Struct(True, _plain("type", json_schema=_Struct(True, {}))),
             reasoning=_Struct(True, _plain("effort")),
@@ -357,6 +410,8 @@ _MERGES: dict[str, _Struct] = {
         False,
         _plain(
             "model background instructions",
+            include=_Slice("plain"),
+            tools=_Slice(_Struct(False, _plain("type name", parameters="map"))),
             reasoning=_Struct(False, _plain("effort generate_summary summary")),
             text=_Struct(True, {"format": _Struct(True, _plain("type name"))}),
         ),
@@ -365,6 +420,9 @@ _MERGES: dict[str, _Struct] = {
         False,
         _plain(
             "model max_tokens stream",
+            messages=_Slice(_Struct(False, _plain("role")), fresh=True),
+            stop_sequences=_Slice("plain"),
+            tools=_Slice(_Struct(False, _plain("type name description max_uses"))),
             tool_choice=_Struct(True, _plain("type name disable_parallel_tool_use")),
             thinking=_Struct(True, _plain("type budget_tokens")),
             metadata=_Struct(True, _plain("user_id")),
@@ -384,13 +442,51 @@ def _whole(value: Any) -> Any:
     return value
 
 
-def _merged(how: Any, before: Any, value: Any) -> Any:
+# A slice's elements beyond its length that its array still holds, by the id of the
+# list `go_decoded` made for it (with the list, which keeps the id its own).
+_Tails = dict[int, tuple[list[Any], list[Any]]]
+
+
+class _Unknowable(Exception):
+    """A later array reaches into elements an earlier, longer one left beyond the
+    slice's length: Go decodes into them where the slice's capacity (Go's growth
+    of its array) still holds them, which `go_decoded` does not follow."""
+
+
+def _into_slice(how: _Slice, before: Any, value: list[Any], tails: _Tails) -> list[Any]:
+    """What a slice field holds after the array `value`: Go decodes each element into
+    the one at its index (the slice's array reused up to its capacity), sets the
+    length to the array's, and makes a new empty slice for an empty array."""
+    if not value:
+        return []
+    old = before if isinstance(before, list) else []
+    kept = tails.get(id(old))
+    backing = old + (kept[1] if kept is not None and kept[0] is old else [])
+    if len(value) > len(old) and len(backing) > len(old) and not how.fresh:
+        raise _Unknowable
+    elements = [
+        _merged(how.element, None if how.fresh or i >= len(old) else old[i], item, tails)
+        for i, item in enumerate(value)
+    ]
+    if len(backing) > len(elements):
+        tails[id(elements)] = (elements, backing[len(elements) :])
+    return elements
+
+
+def _merged(how: Any, before: Any, value: Any, tails: _Tails) -> Any:
     """What a field decoded as `how` (see `_Struct`) holds after `value`, having held
     `before` (None: nothing yet)."""
     if value is None:
         # literalStore: a null zeroes an interface, pointer, map or slice, and leaves
         # a string, number, bool or struct as it was.
         return before if how == "plain" or (type(how) is _Struct and not how.pointer) else None
+    if type(how) is _Slice and isinstance(value, list) and not isinstance(value, Pairs):
+        try:
+            return _into_slice(how, before, value, tails)
+        except _Unknowable:
+            # The array's own elements: Go's, but where a null or an object of it lands
+            # on an element the capacity kept.
+            return _whole(value)
     if not isinstance(value, dict | Pairs) or how == "plain":
         return _whole(value)
     items = value.items() if isinstance(value, dict) else value
@@ -408,7 +504,7 @@ def _merged(how: Any, before: Any, value: Any) -> Any:
     for key, item in items:
         name = canonical_key(key)
         field = held.pop(name, None)
-        held[name] = _merged(how.fields.get(name), field, item)
+        held[name] = _merged(how.fields.get(name), field, item, tails)
     return held
 
 
@@ -424,7 +520,7 @@ def go_decoded(doc: Any, struct: str) -> dict[str, Any] | None:
     if not isinstance(doc, Pairs) or how is None:
         return None
     try:
-        merged: dict[str, Any] = _merged(how, None, doc)
+        merged: dict[str, Any] = _merged(how, None, doc, {})
     except RecursionError:  # deeper than Python's stack: the backend reads it
         return None
     canonicalize(merged)

@@ -336,35 +336,60 @@ async def test_a_key_given_twice_with_values_go_takes_is_served(
 # keeps the earlier entries the later object does not name, a pointer to a struct
 # (`stream_options`) keeps its earlier fields. Ollama runs what Go ends with, and so
 # does the proxy, which forwards that document.
+_HI = b'"messages": [{"role": "user", "content": "hi"}]'
+# (path, body, the body Go ends with written plainly, as Ollama runs it).
 MERGED = [
     (
         "/api/generate",
         b'{"model": "qwen2.5:7b", "model": null, "prompt": "hi", "stream": false}',
+        b'{"model": "qwen2.5:7b", "prompt": "hi", "stream": false}',
     ),
     (
         "/api/generate",
         b'{"model": "qwen2.5:7b", "prompt": "hi", "prompt": null, "stream": false}',
+        b'{"model": "qwen2.5:7b", "prompt": "hi", "stream": false}',
     ),
     (
         "/api/generate",
         b'{"model": "qwen2.5:7b", "prompt": "hi", "stream": false,'
         b' "options": {"num_predict": 3}, "Options": {"seed": 7}}',
+        b'{"model": "qwen2.5:7b", "prompt": "hi", "stream": false,'
+        b' "options": {"num_predict": 3, "seed": 7}}',
     ),
     (
         "/api/chat",
-        b'{"model": "qwen2.5:7b", "messages": [{"role": "user", "content": "hi"}],'
-        b' "stream": false, "options": {"num_predict": 3, "seed": 1}, "options": {"seed": 7}}',
+        b'{"model": "qwen2.5:7b", ' + _HI + b', "stream": false,'
+        b' "options": {"num_predict": 3, "seed": 1}, "options": {"seed": 7}}',
+        b'{"model": "qwen2.5:7b", ' + _HI + b', "stream": false,'
+        b' "options": {"num_predict": 3, "seed": 7}}',
     ),
     (
         "/v1/chat/completions",
         b'{"model": "qwen2.5:7b", ' + _OA_USER + b', "stream": true,'
         b' "stream_options": {"include_usage": true}, "stream_options": {"x": 1}}',
+        b'{"model": "qwen2.5:7b", ' + _OA_USER + b', "stream": true,'
+        b' "stream_options": {"include_usage": true}}',
+    ),
+    (
+        "/api/chat",
+        b'{"model": "qwen2.5:7b", "messages": [{"role": "user", "content": "hi",'
+        b' "content": null}], "stream": false}',
+        b'{"model": "qwen2.5:7b", ' + _HI + b', "stream": false}',
+    ),
+    (
+        "/v1/chat/completions",
+        b'{"model": "qwen2.5:7b", "messages": [{"role": "user", "content": "hi"}],'
+        b' "messages": [{"content": "hello"}], "stream": false}',
+        b'{"model": "qwen2.5:7b", "messages": [{"role": "user", "content": "hello"}],'
+        b' "stream": false}',
     ),
     (
         "/v1/completions",
         b'{"model": "qwen2.5:7b", "prompt": "hi", "max_tokens": 3, "max_tokens": null,'
         b' "stream": true, "stream": null, "stream_options": {"include_usage": true},'
         b' "stream_options": {"include_usage": null}}',
+        b'{"model": "qwen2.5:7b", "prompt": "hi", "stream": true,'
+        b' "stream_options": {"include_usage": true}}',
     ),
 ]
 
@@ -386,17 +411,20 @@ def _served(path: str, answer: bytes) -> list[object]:
     return lines
 
 
-@pytest.mark.parametrize(("path", "body"), MERGED, ids=[f"{p} {b[22:70]!r}" for p, b in MERGED])
+@pytest.mark.parametrize(
+    ("path", "body", "plain"), MERGED, ids=[f"{p} {b[22:70]!r}" for p, b, _ in MERGED]
+)
 async def test_a_key_given_twice_runs_what_go_ends_with(
-    emulator: Emulator, proxy: Proxy, path: str, body: bytes
+    emulator: Emulator, proxy: Proxy, path: str, body: bytes, plain: bytes
 ) -> None:
     """The emulator, Ollama's stand-in, runs the document Go ends with (the model and
-    prompt a null leaves, the options and stream options merged); the proxy forwards
-    that document, so the same request runs through it, and for `auto` (which decides
-    on it) too."""
+    prompt a null leaves, the options, stream options and slice elements merged), as
+    if that document were sent; the proxy forwards that document, so the same request
+    runs through it, and for `auto` (which decides on it) too."""
     direct = await raw(emulator.url, "POST", path, body)
     assert direct[0] == 200, direct
     served = _served(path, direct[2])
+    assert _served(path, (await raw(emulator.url, "POST", path, plain))[2]) == served
     proxied = await raw(proxy.url, "POST", path, body)
     assert proxied[0] == 200, proxied
     assert _served(path, proxied[2]) == served

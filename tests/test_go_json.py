@@ -674,6 +674,48 @@ _GO_MERGES = [
             "stream": True,
         },
     ),
+    # A slice is decoded into the elements it holds (each one's fields, a null leaving a
+    # number), its length set to the later array's; an api.Message starts afresh (its
+    # UnmarshalJSON), its own keys merged all the same.
+    (
+        "/api/generate",
+        b'{"model": "m", "context": [1, 2, 3], "context": [null, 5]}',
+        {"model": "m", "context": [1, 5]},
+    ),
+    (
+        "/api/chat",
+        b'{"model": "m", "tools": [{"type": "function", "function": {"name": "a",'
+        b' "parameters": {"type": "object", "required": ["x"]}}}, {"type": "function"}],'
+        b' "tools": [{"function": {"description": "d", "parameters": {"required": [null]}}}],'
+        b' "messages": [{"role": "user", "content": "hi", "Content": null}],'
+        b' "messages": [{"role": "user", "content": "hello"}, {"content": "x"}]}',
+        {
+            "model": "m",
+            "tools": [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": "a",
+                        "description": "d",
+                        "parameters": {"type": "object", "required": ["x"]},
+                    },
+                }
+            ],
+            "messages": [{"role": "user", "content": "hello"}, {"content": "x"}],
+        },
+    ),
+    (
+        "/api/chat",
+        b'{"model": "m", "messages": [{"role": "user", "content": "hi", "Content": null}],'
+        b' "messages": [{"role": "user", "content": "hi", "content": null}]}',
+        {"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+    ),
+    (
+        "/v1/chat/completions",
+        b'{"model": "m", "messages": [{"role": "user", "content": "hi"},'
+        b' {"role": "user", "content": "x"}], "messages": [{"content": "hello"}]}',
+        {"model": "m", "messages": [{"role": "user", "content": "hello"}]},
+    ),
     (
         "/v1/responses",
         b'{"model": "m", "reasoning": {"effort": "low"}, "reasoning": null,'
