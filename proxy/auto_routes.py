@@ -293,9 +293,14 @@ def repeated_key_reading(path: str, body: bytes) -> Repeated | None:
     message = go_types.first_error(read, *request)
     if message is not None:
         return Repeated(message)
-    doc = go_types.go_decoded(read, request[0])
-    forwarded = None if doc is None else go_json.write(doc)
-    return None if doc is None or forwarded is None else Repeated(None, doc, forwarded)
+    merged = go_types.go_decoded(read, request[0])
+    written = None if merged is None else go_json.written_as_read(merged)
+    if written is None:
+        return None
+    # Read back as the proxy reads any body: the document it checks is the one the
+    # backend reads from what is forwarded, its numbers as any reading holds them.
+    doc, forwarded = go_json.read(written)
+    return Repeated(None, doc, forwarded)
 
 
 async def repeated_keys(path: str, body: bytes, forwarded: bytes) -> Repeated | None:

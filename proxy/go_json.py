@@ -252,10 +252,7 @@ def as_written(body: bytes, model: str | None = None) -> bytes | None:
         canonicalize(doc)
         if model is not None:
             doc["model"] = model
-    try:
-        return orjson.dumps(doc, default=_as_text)
-    except orjson.JSONEncodeError:
-        return None
+    return written_as_read(doc)
 
 
 class Pairs(list[tuple[str, Any]]):
@@ -488,22 +485,17 @@ def _read_in_gos_way(body: bytes, why: str) -> tuple[Any, bytes]:
 def _written(doc: Any) -> tuple[Any, bytes]:
     try:
         return doc, orjson.dumps(doc)
-    except orjson.JSONEncodeError:
-        pass
-    try:
-        # A `WrittenFloat` (of `read_repeated`'s reading: `go_types.go_decoded`) as the
-        # client wrote it, written only where a plain write fails.
-        return doc, orjson.dumps(doc, default=_as_text)
     except orjson.JSONEncodeError:  # orjson writes at most 254 levels
         raise _TooDeep from None
 
 
-def write(doc: Any) -> bytes | None:
-    """`doc`, a reading of a body (`read_repeated`'s too), serialised as `read` forwards
-    a document; None where it is nested too deep for orjson to write."""
+def written_as_read(doc: Any) -> bytes | None:
+    """`doc`, made of `read_repeated`'s reading (`go_types.go_decoded`), written as JSON,
+    each number that is no integer as the client wrote it (a `WrittenFloat`); None
+    where it is nested too deep for orjson to write."""
     try:
-        return _written(doc)[1]
-    except _TooDeep:
+        return orjson.dumps(doc, default=_as_text)
+    except orjson.JSONEncodeError:
         return None
 
 

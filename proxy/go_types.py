@@ -476,6 +476,9 @@ def _into_slice(how: _Slice, before: Any, value: list[Any], tails: _Tails) -> li
 def _merged(how: Any, before: Any, value: Any, tails: _Tails) -> Any:
     """What a field decoded as `how` (see `_Struct`) holds after `value`, having held
     `before` (None: nothing yet)."""
+    if before is None and not (isinstance(value, list) and holds_pairs(value)):
+        # Decoded into a zero value, with no key of its own given twice: as it is.
+        return value
     if value is None:
         # literalStore: a null zeroes an interface, pointer, map or slice, and leaves
         # a string, number, bool or struct as it was.
@@ -500,7 +503,9 @@ def _merged(how: Any, before: Any, value: Any, tails: _Tails) -> Any:
     if type(how) is not _Struct:
         return _whole(value)
     # A struct's fields, matched whatever their case, each decoded into what it holds
-    # (`indirect` reuses a pointer that is not nil).
+    # (`indirect` reuses a pointer that is not nil); a value taken as it is keeps the
+    # keys' spelling, which names the same fields.
+    held = {canonical_key(key): item for key, item in held.items()}
     for key, item in items:
         name = canonical_key(key)
         field = held.pop(name, None)

@@ -358,6 +358,14 @@ MERGED = [
     ),
     (
         "/api/chat",
+        b'{"model": "qwen2.5:7b", ' + _HI + b', "stream": false, "keep_alive": 1.5e2,'
+        b' "options": {"num_predict": 3, "seed": 1, "temperature": 0.5e0},'
+        b' "options": {"seed": 7}}',
+        b'{"model": "qwen2.5:7b", ' + _HI + b', "stream": false, "keep_alive": 150,'
+        b' "options": {"num_predict": 3, "seed": 7, "temperature": 0.5}}',
+    ),
+    (
+        "/api/chat",
         b'{"model": "qwen2.5:7b", ' + _HI + b', "stream": false,'
         b' "options": {"num_predict": 3, "seed": 1}, "options": {"seed": 7}}',
         b'{"model": "qwen2.5:7b", ' + _HI + b', "stream": false,'

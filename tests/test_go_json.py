@@ -719,7 +719,7 @@ _GO_MERGES = [
     (
         "/v1/responses",
         b'{"model": "m", "reasoning": {"effort": "low"}, "reasoning": null,'
-        b' "text": {"format": {"type": "json_schema", "name": "n"}}, "text": {"format": {}}}',
+        b' "text": {"Format": {"type": "json_schema", "name": "n"}}, "text": {"format": {}}}',
         {
             "model": "m",
             "reasoning": {"effort": "low"},
@@ -747,3 +747,6 @@ def test_a_key_given_twice_is_read_as_go_merges_it(
     assert repeated is not None and repeated.refusal is None
     assert repeated.doc == merged != doc
     assert orjson.loads(repeated.forwarded) == merged
+    # Held as any reading holds a document: any part of the proxy writes it (the cache
+    # key, the cloud's body), a number that is no integer a float.
+    assert orjson.dumps(repeated.doc) == repeated.forwarded

@@ -159,10 +159,10 @@ def _as_read(value: Any) -> Any:
 def _as_go_decodes(raw: bytes, doc: Any, struct: str, fields: dict[str, str]) -> Any:
     """`doc`, `decode_json`'s reading of `raw`, as Go decodes `raw` into `struct`
     where it gives a key twice: BodyError with Go's error (`go_types.first_error`),
-    else the document Go ends with (`go_types.go_decoded`). `doc` keeps the last value
-    alone, as the proxy's reading does (`go_json.left_out` says when one was left out,
-    of `doc` written as the proxy writes its reading); `doc` itself for any other
-    body."""
+    else the document Go ends with (`go_types.go_decoded`), read as any body is read
+    here. `doc` keeps the last value alone, as the proxy's reading does
+    (`go_json.left_out` says when one was left out, of `doc` written as the proxy
+    writes its reading); `doc` itself for any other body."""
     if isinstance(doc, dict):
         canonicalize(doc)
     try:
@@ -176,7 +176,8 @@ def _as_go_decodes(raw: bytes, doc: Any, struct: str, fields: dict[str, str]) ->
     if message is not None:
         raise BodyError(message)
     merged = go_decoded(repeated, struct)
-    return doc if merged is None else merged
+    ended = None if merged is None else go_json.written_as_read(merged)
+    return doc if ended is None else decode_json(ended)
 
 
 async def as_go_decodes(request: web.Request, doc: Any, struct: str, fields: dict[str, str]) -> Any:
