@@ -273,11 +273,14 @@ class Repeated(NamedTuple):
     """A body that gives a key twice as Go decodes it into its route's request: Go's
     error (`refusal`, Ollama's 400), or the document Go ends with (`doc`) and that
     document written (`forwarded`), which the proxy checks, decides on and forwards in
-    place of its reading of the body (the last value of each key alone)."""
+    place of its reading of the body (the last value of each key alone); `written`,
+    the document with its numbers as the client wrote them, stands for the body where
+    it is read again for them (`go_json.as_written`, `go_types.checked`)."""
 
     refusal: str | None
     doc: dict[str, Any] | None = None
     forwarded: bytes = b""
+    written: bytes = b""
 
 
 def repeated_key_reading(path: str, body: bytes) -> Repeated | None:
@@ -300,7 +303,7 @@ def repeated_key_reading(path: str, body: bytes) -> Repeated | None:
     # Read back as the proxy reads any body: the document it checks is the one the
     # backend reads from what is forwarded, its numbers as any reading holds them.
     doc, forwarded = go_json.read(written)
-    return Repeated(None, doc, forwarded)
+    return Repeated(None, doc, forwarded, written)
 
 
 async def repeated_keys(path: str, body: bytes, forwarded: bytes) -> Repeated | None:
@@ -581,7 +584,7 @@ class AutoRoutes:
         # A key given twice: ranked as the route reads it (`repeated_keys`).
         repeated = await repeated_keys(path, body, forwarded)
         if repeated is not None and repeated.doc is not None:
-            doc = repeated.doc
+            doc, body = repeated.doc, repeated.written
         # What the route it ranks for refuses as it decodes the body, explain refuses in
         # the route's words.
         if doc is None:

@@ -223,10 +223,11 @@ class Handlers:
             # A key given twice: Go assigns the earlier value too, and refuses it where
             # its type is wrong (answered after the proxy's own bounds), else merges it
             # with the later (a null leaves a string, an object adds to a map): what Go
-            # ends with is checked, decided on and forwarded.
+            # ends with is checked, decided on and forwarded, and read again in place
+            # of the body where its numbers are wanted as written.
             repeated = await repeated_keys(path, sent, body)
             if repeated is not None and repeated.doc is not None:
-                doc, body = repeated.doc, repeated.forwarded
+                doc, body, sent = repeated.doc, repeated.forwarded, repeated.written
             # A number that is no integer where Go reads an int: forwarded as written.
             fractional = fraction_in_an_int(path, doc)
             if fractional:

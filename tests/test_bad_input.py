@@ -391,6 +391,13 @@ MERGED = [
         b'{"model": "qwen2.5:7b", "messages": [{"role": "user", "content": "hello"}],'
         b' "stream": false}',
     ),
+    # A number that is no integer where a route elsewhere reads an int: the body is
+    # forwarded with it as written, from the document Go ends with.
+    (
+        "/api/show",
+        b'{"model": "qwen2.5:7b", "model": null, "top_logprobs": 1.5}',
+        b'{"model": "qwen2.5:7b", "top_logprobs": 1.5}',
+    ),
     (
         "/v1/completions",
         b'{"model": "qwen2.5:7b", "prompt": "hi", "max_tokens": 3, "max_tokens": null,'
