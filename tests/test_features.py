@@ -166,6 +166,31 @@ def test_prose_is_not_code_and_a_function_stub_is() -> None:
         assert kind_of(F.request_features("/api/generate", {"prompt": maths_text})) == "math"
 
 
+def _kind(text: str) -> str:
+    return kind_of(F.request_features("/api/generate", {"prompt": text}))
+
+
+def test_a_function_a_maths_word_names_is_not_code() -> None:
+    # A function a maths word names is maths', also in a request to write.
+    integral = (
+        "Find the indefinite integral: \u222b 3*x**3*exp(x) dx\n"
+        "1. Use ** instead of ^: write 7*X**2, not 7*X^2.\n"
+        "2. Use exp(x) for the exponential function."
+    )
+    for maths_text in (integral, "Write the quadratic function whose roots are 2 and 3."):
+        values = vector("/api/generate", {"prompt": maths_text})
+        assert not any(values[f"lang_{name}"] for name in F.LANGUAGES), maths_text
+        assert _kind(maths_text) != "code", maths_text
+    assert _kind(integral) == "math"
+    # A function asked for is a program's, whatever else the text names.
+    for asked in (
+        "Write a function that returns the exponential function of x",
+        "Write a function to find the derivative of a polynomial function",
+    ):
+        assert vector("/api/generate", {"prompt": asked})["lang_javascript"] == 1.0, asked
+        assert _kind(asked) == "code", asked
+
+
 def test_request_features_read_the_request() -> None:
     chat = vector(
         "/api/chat",
@@ -480,6 +505,9 @@ def pinned_cases() -> dict[str, tuple[str, dict[str, Any]]]:
             "Build a React component and its CSS",
             "What is HTML? How did they react?",
             "Build a web server in C# or in Kotlin",
+            # A function a maths word names, also after a non-ASCII space, and one asked for.
+            "Write the exponential\xa0function of x",
+            "Write the quadratic function, then a function to plot it",
         )
     ):
         cases[f"phrase_{i}"] = ("/api/generate", {"prompt": text})
@@ -584,9 +612,15 @@ def _reference(path: str, body: Mapping[str, Any]) -> list[float]:
         hinted = not sample_words.isdisjoint(words) or any(s in low_sample for s in symbols)
         out[f"lang_{name}"] = 1.0 if hinted else 0.0
     asks_code = any(not last_words.isdisjoint(F._TASK_HINTS[t]) for t in F._PHRASE_TASKS)
-    for word in sample_words & F._ASKED_WORDS.keys() if asks_code else ():
-        out[f"lang_{F._ASKED_WORDS[word]}"] = 1.0
     sequence = low_sample.translate(_REF_TO_SPACE).split()
+    # "function" asks for code where one occurrence of it is not a maths word's.
+    program_function = any(
+        word == "function" and (i == 0 or sequence[i - 1] not in F._MATH_FUNCTION_WORDS)
+        for i, word in enumerate(sequence)
+    )
+    for word in sample_words & F._ASKED_WORDS.keys() if asks_code else ():
+        if word != "function" or program_function:
+            out[f"lang_{F._ASKED_WORDS[word]}"] = 1.0
     for word, following in itertools.pairwise(sequence):
         if asks_code and word == "in" and following in F._PHRASE_LANGUAGES:
             out[f"lang_{F._PHRASE_LANGUAGES[following]}"] = 1.0
@@ -622,6 +656,7 @@ _PIECES = st.sampled_from(
         *("Swift", " in Go", "in C", " Rust in C#", "c++", "HTML", "react", " hook", "Vue"),
         *("a) ", "(b) ", "\nc. ", "\n (d: ", "e)", "İ", "ẞ", "Σ", "ΣΑΣ.", "ǅ", "ﬁx", "K", "\u0307"),
         *("日本", "🙂", "é", "e\u0301", "٣", "_", "x_y", "don't", "\ud800"),
+        *("Exponential", " linear ", "density", "function ", " function", "functions"),
     ]
 )
 _BOUNDARIES = st.sampled_from(

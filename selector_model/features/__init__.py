@@ -25,6 +25,7 @@ from selector_model.features.candidate import (
 from selector_model.features.hints import (
     _ASKED_WORDS,
     _LANGUAGE_HINTS,
+    _MATH_FUNCTION_WORDS,
     _MATH_SYMBOLS,
     _MATH_WORDS,
     _MATH_WORDS_WITH_NUMBERS,
@@ -74,6 +75,7 @@ __all__ = [
     # The definitions tests/test_features.py checks the fast reading against.
     "_ASKED_WORDS",
     "_LANGUAGE_HINTS",
+    "_MATH_FUNCTION_WORDS",
     "_MATH_SYMBOLS",
     "_MATH_WORDS",
     "_MATH_WORDS_WITH_NUMBERS",

@@ -103,6 +103,19 @@ _ASKED_WORDS = {
     **dict.fromkeys(("django", "fastapi"), "python"),
     **dict.fromkeys(("dockerfile", "kubernetes"), "shell"),
 }
+# A function a maths word names is maths' ("the exponential function", "a quadratic
+# function", "the probability density function"), also in a request to write: "Write
+# the quadratic function with roots 2 and 3", an integral's "write 7*X**2 ... use exp(x)
+# for the exponential function". "function" asks for code when one of its occurrences
+# follows another word or none.
+_MATH_FUNCTION_WORDS = frozenset(
+    {
+        *("exponential", "logarithmic", "logistic", "linear", "quadratic", "cubic"),
+        *("polynomial", "rational", "trigonometric", "sine", "cosine", "periodic"),
+        *("continuous", "differentiable", "invertible", "inverse", "analytic", "piecewise"),
+        *("density", "distribution", "likelihood", "partition", "generating", "gamma"),
+    }
+)
 _PHRASE_TASKS = ("generate", "fix", "refactor", "test")
 _TASK_HINTS: dict[str, frozenset[str]] = {
     "fix": frozenset({"fix", "bug", "error", "exception", "traceback", "debug", "broken", "fails"}),
@@ -289,7 +302,8 @@ def _language_hints(
             found[index] = True
     if not last_hits.isdisjoint(_PHRASE_TASK_WORDS):
         for word in hits.intersection(_ASKED_WORDS):
-            found[_ASKED_LANGUAGE[word]] = True
+            if word != "function" or _asked_function(spaced_low):
+                found[_ASKED_LANGUAGE[word]] = True
         # Only for a name among the words (found with the hint words, where a scan for
         # every name would cost each request for code); each regex opens with a literal
         # the engine skips to, and whether a match starts a word is asked of the
@@ -314,6 +328,18 @@ def _language_hints(
                     found[index] = True
                     break
     return [1.0 if hinted else 0.0 for hinted in found]
+
+
+def _asked_function(spaced_low: str) -> bool:
+    """Whether a "function" among the words of `spaced_low` (a spaced lower-cased text)
+    is not one a maths word names (`_MATH_FUNCTION_WORDS`, the word before it)."""
+    for match in _FIND_FUNCTION.finditer(spaced_low):
+        at = match.start()
+        if at == 0 or spaced_low[at - 1].isspace():
+            before = spaced_low[:at].rsplit(None, 1)
+            if not before or before[-1] not in _MATH_FUNCTION_WORDS:
+                return True
+    return False
 
 
 def _task_hints(hits: frozenset[str]) -> list[float]:
@@ -431,6 +457,8 @@ _FIND_PHRASES = {
     for name in _PHRASE_LANGUAGES
 }
 assert not any(noun.startswith(name) for noun in _PHRASE_NOUNS for name in _NAMED_WITH_NOUNS)
+# "function" as a word: the regex asks what follows it, `_asked_function` what precedes it.
+_FIND_FUNCTION = re.compile(r"function(?!\S)")
 _PHRASE_LANGUAGE = {name: LANGUAGES.index(lang) for name, lang in _PHRASE_LANGUAGES.items()}
 _ASKED_LANGUAGE = {word: LANGUAGES.index(lang) for word, lang in _ASKED_WORDS.items()}
 _TASK_CHECKS = tuple(_TASK_HINTS[name] for name in TASKS)
