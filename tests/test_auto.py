@@ -2312,10 +2312,13 @@ async def test_explain_cites_the_entry_the_backends_architecture_picks(
     """A name the catalogue resolves to one entry while the backend's architecture says
     another of its family is meant (`deepseek-r1:8b`, the Llama 3.1 distill by name,
     served as the Qwen3 one) takes that entry's areas, and explain cites that entry's
-    published numbers: the Qwen3 distill publishes none, so every area is imputed, for
-    the tag and for a pretrained tag of it alike."""
+    published numbers: the Qwen3 distill publishes GPQA only, so its other areas are
+    imputed, for the tag and for a pretrained tag of it alike."""
     moved = Catalog.shipped().lookup("deepseek-r1:8b-0528-qwen3")
-    assert Catalog.shipped().sources("deepseek-r1:8b"), "the Llama distill cites results"
+    cited = Catalog.shipped().sources("deepseek-r1:8b-0528-qwen3")
+    llama = Catalog.shipped().sources("deepseek-r1:8b")
+    assert llama and cited and set(llama) != set(cited), "each distill cites its own results"
+    published = {s.area for s in cited.values()}
     # One model a fleet: a chat request leaves a pretrained model out beside a chat one.
     for name in ("deepseek-r1:8b", "deepseek-r1:8b-text"):
         own = Emulator(servers, dataclasses.replace(FROZEN, models=(name,)))
@@ -2328,7 +2331,8 @@ async def test_explain_cites_the_entry_the_backends_architecture_picks(
             [described] = [row["catalogue"] for row in doc["ranking"] if row["model"] == name]
             assert described["areas"]["knowledge"] == round(moved.areas["knowledge"], 3), name
             assert described["entry"] == "deepseek-r1:8b-0528-qwen3", name
-            assert (described["sources"], described["imputed"]) == ({}, list(AREAS)), name
+            assert set(described["sources"]) == set(cited), name
+            assert described["imputed"] == [a for a in AREAS if a not in published], name
         finally:
             prx.stop()
             own.stop()
