@@ -279,7 +279,7 @@ class Handlers:
                     body = await go_json.write_off_loop(doc, len(body))
             if path in LOADING_PATHS and _unloads_alone(path, doc):
                 self.fanout.unload_elsewhere(request, body, model)
-            return await self._local_or_cloud(request, served, doc, body, model, (model,))
+            return await self._local_or_cloud(request, served, doc, body, sent, model, (model,))
         assert isinstance(doc, dict)
         only = key.models if key else None  # the key's allow-list: auto chooses within it
         if path == SHOW_PATH:
@@ -326,7 +326,7 @@ class Handlers:
             if cloud is not None and cloud.goes_first(profile, path, cloud_names):
                 # Its explicit opt-in; with the month's budget spent, it is served locally.
                 if await cloud.has_budget(cloud_names):
-                    return await self._cloud_for(request, served, doc, profile, cloud, cloud_names)
+                    return await self._to_cloud(request, doc, sent, cloud_names, cloud, profile)
             deciding = time.perf_counter()
             try:
                 # What the decision reads of the body, off the loop for a large one.
@@ -353,7 +353,7 @@ class Handlers:
             except NoBackend:
                 if not stands_in(self.cloud, path, cloud_names):
                     raise
-                return await self._cloud_for(request, served, doc, profile, self.cloud, cloud_names)
+                return await self._to_cloud(request, doc, sent, cloud_names, self.cloud, profile)
             finally:
                 self.metrics.decision.observe(time.perf_counter() - deciding)
             decision = choice.decision
@@ -383,7 +383,7 @@ class Handlers:
         if routed is None:
             routed = await go_json.write_off_loop(doc, len(body))
         # The answer's model as the client sees it (`Served.model`): as the list spells it.
-        return await self._local_or_cloud(request, served, doc, routed, spelled, names)
+        return await self._local_or_cloud(request, served, doc, routed, sent, spelled, names)
 
     async def _auto_load(
         self,
@@ -404,21 +404,29 @@ class Handlers:
                 none, path, model, doc, profile, only, cloud_names
             )
 
-    @staticmethod
-    def _cloud_for(
+    async def _to_cloud(
+        self,
         request: web.Request,
-        served: Served,
         doc: dict[str, Any],
-        profile: str,
-        cloud: CloudFallback,
+        sent: bytes,
         names: tuple[str, ...],
-    ) -> Awaitable[web.StreamResponse]:
-        """`auto:<profile>` answered by the provider that stands in for the profile
-        (`names`), with no model chosen: the answer's headers say so, the model's
-        name the cloud's once a provider takes it."""
-        served.extra[AUTOROUTE_HEADERS[1]] = profile
-        served.extra[AUTOROUTE_HEADERS[2]] = CLOUD_REASON
-        return cloud.serve(request, doc, names)
+        cloud: CloudFallback,
+        profile: str | None = None,
+    ) -> web.StreamResponse:
+        """The answer of the provider that stands in for `names`, the one way to the
+        cloud: first Ollama's 400 for a body its handler refuses (`_refused` of `doc`,
+        `sent` as the client sent it), as bad input is that 400 whatever the fleet's
+        state, and no Ollama read this one. For `auto:<profile>` answered
+        in the profile's name, no model chosen, the answer's headers say so, the
+        model's name the cloud's once a provider takes it."""
+        refused = _refused(request.path, doc, sent)
+        if refused is not None:
+            return refused
+        if profile is not None:
+            outcome = request[OUTCOME]
+            outcome.served.extra[AUTOROUTE_HEADERS[1]] = profile
+            outcome.served.extra[AUTOROUTE_HEADERS[2]] = CLOUD_REASON
+        return await cloud.serve(request, doc, names)
 
     async def transcription(self, request: web.Request) -> web.StreamResponse:
         """`POST /v1/audio/transcriptions`: routed by the model Ollama's multipart form
@@ -467,6 +475,7 @@ class Handlers:
         served: Served,
         doc: Any,
         body: bytes,
+        sent: bytes,
         model: str,
         names: tuple[str, ...],
     ) -> Awaitable[web.StreamResponse]:
@@ -486,9 +495,14 @@ class Handlers:
         ):
             return self._generate(request, served, doc, body, model)
         if not lists_locally(self.backends, model):
-            return self._back_or_cloud(request, served, doc, body, model, names, cloud)
+            return self._back_or_cloud(request, served, doc, body, sent, model, names, cloud)
         return self._generate(
-            request, served, doc, body, model, fallback=lambda: cloud.serve(request, doc, names)
+            request,
+            served,
+            doc,
+            body,
+            model,
+            fallback=lambda: self._to_cloud(request, doc, sent, names, cloud),
         )
 
     async def _back_or_cloud(
@@ -497,6 +511,7 @@ class Handlers:
         served: Served,
         doc: dict[str, Any],
         body: bytes,
+        sent: bytes,
         model: str,
         names: tuple[str, ...],
         cloud: CloudFallback,
@@ -510,9 +525,9 @@ class Handlers:
                 doc,
                 body,
                 model,
-                fallback=lambda: cloud.serve(request, doc, names),
+                fallback=lambda: self._to_cloud(request, doc, sent, names, cloud),
             )
-        return await cloud.serve(request, doc, names)
+        return await self._to_cloud(request, doc, sent, names, cloud)
 
     def _generate(
         self,

@@ -1155,3 +1155,47 @@ async def test_explain_of_auto_where_the_cloud_stands_in_says_what_the_route_doe
         assert len(cloud_server.seen.bodies) == 1
     finally:
         proxy.stop()
+
+
+async def test_a_body_ollama_refuses_is_its_400_before_any_cloud_path(
+    servers: ServerThread, own_emulator: Emulator, cloud_server: StandIn
+) -> None:
+    """A field of a type Go refuses (`"stream": 5`) is Ollama's 400, however the fleet
+    stands: with no usable backend the cloud stands in for `auto` and for a named
+    model, and a profile in `prefer_for_profiles` goes to the cloud first, yet neither
+    answers such a body nor turns it into a 503. Explain says the same 400."""
+    models = {"auto:fast": "fast-cloud", "*": "any-cloud"}
+    down = Proxy(servers, [dead_url()], cloud=cloud_section(cloud_server.url, models=models))
+    section = cloud_section(cloud_server.url, models=models, prefer=("fast",))
+    preferring = Proxy(servers, [own_emulator.url], cloud=section)
+    native = (
+        ("/api/chat", {"messages": MESSAGES, "stream": 5}),
+        ("/api/generate", {"prompt": "Why?", "stream": 5}),
+        ("/api/chat", {"messages": MESSAGES, "think": 5}),
+    )
+    refusals: dict[tuple[str, Any], str] = {}  # Go's error, by path and stream
+    try:
+        for proxy, model in ((down, "auto"), (down, "auto:fast"), (preferring, "auto:fast")):
+            for path, fields in native:
+                body = {"model": model, **fields}
+                said, _, doc = await explained(proxy, path, body)
+                status, headers, answer = await post(proxy.url + path, body)
+                assert status == said == 400, (model, path, answer)
+                assert orjson.loads(answer) == doc, (model, path)
+                assert "X-Autoroute-Backend" not in headers
+                refusals[path, fields.get("stream")] = doc["error"]
+            # The OpenAI layer's own 400, in its shape.
+            body = {"model": model, "messages": MESSAGES, "stream": 5}
+            status, _, answer = await post(proxy.url + "/v1/chat/completions", body)
+            assert status == 400, answer
+            assert "cannot unmarshal" in orjson.loads(answer)["error"]["message"]
+        # A named model the cloud stands in for, listed by no usable backend.
+        for path, fields in native:
+            status, _, answer = await post(down.url + path, {"model": LOCAL, **fields})
+            assert status == 400, (path, answer)
+            assert orjson.loads(answer)["error"] == refusals[path, fields.get("stream")]
+        assert "cannot unmarshal number" in refusals["/api/chat", 5]
+        assert cloud_server.seen.bodies == []
+    finally:
+        down.stop()
+        preferring.stop()
