@@ -74,6 +74,7 @@ from proxy.outcome import OUTCOME, Served
 from proxy.protocol import JSON, JSON_V1, MODEL_HEADER, encoded, go_dumps
 from proxy.relay import Fallback, Relay
 from proxy.routes import Route, find
+from selector_model.policy import unchosen_record
 
 AUTOROUTE_HEADERS = (
     MODEL_HEADER,
@@ -416,9 +417,10 @@ class Handlers:
         """The answer of the provider that stands in for `names`, the one way to the
         cloud: first Ollama's 400 for a body its handler refuses (`_refused` of `doc`,
         `sent` as the client sent it), as bad input is that 400 whatever the fleet's
-        state, and no Ollama read this one. For `auto:<profile>` answered
-        in the profile's name, no model chosen, the answer's headers say so, the
-        model's name the cloud's once a provider takes it."""
+        state, and no Ollama read this one. For `auto:<profile>` answered in the
+        profile's name, no model chosen, the answer's headers and its usage event's
+        decision say so (`policy.unchosen_record`), the model's name the cloud's once
+        a provider takes it."""
         refused = _refused(request.path, doc, sent)
         if refused is not None:
             return refused
@@ -426,6 +428,7 @@ class Handlers:
             outcome = request[OUTCOME]
             outcome.served.extra[AUTOROUTE_HEADERS[1]] = profile
             outcome.served.extra[AUTOROUTE_HEADERS[2]] = CLOUD_REASON
+            outcome.decided.decision = unchosen_record(CLOUD_REASON, profile)
         return await cloud.serve(request, doc, names)
 
     async def transcription(self, request: web.Request) -> web.StreamResponse:

@@ -145,7 +145,9 @@ class Metrics:
             pair[0].observe(answer.first_byte_at - started)
         pair[1].observe(answer.ended - started)
         if decision:
-            sel_key = (decision["chosen"], decision["reason"])
+            # No model chosen (the cloud answering in a profile's name) is counted
+            # under its reason with the model label empty.
+            sel_key = (decision["chosen"] or "", decision["reason"])
             sel = self._selection_children.get(sel_key)
             if sel is None:
                 sel = self._selection_children[sel_key] = self.selections.labels(*sel_key)

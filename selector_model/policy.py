@@ -220,6 +220,17 @@ class Decision:
         }
 
 
+def unchosen_record(reason: str, profile: str) -> dict[str, Any]:
+    """The usage event's record (as `Decision.record` writes one) of a request of
+    `auto:<profile>` answered with no model chosen, for `reason` (the proxy's "cloud":
+    a cloud provider answers in the profile's name): its reason and profile, and
+    `chosen` null. Why no more: the other fields describe a ranked candidate (its P,
+    margin, utility, the runner-up) and the chance the policy had of choosing it
+    (`propensity`), and no candidate was ranked; a reader that learns from decisions
+    reads none without a chosen model."""
+    return {"reason": reason, "profile": profile, "chosen": None}
+
+
 def top_two(ranking: Sequence[Scored]) -> tuple[float, float]:
     """The highest and second-highest P of the candidates (the highest twice for one)."""
     first = second = -math.inf

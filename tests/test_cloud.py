@@ -1199,3 +1199,43 @@ async def test_a_body_ollama_refuses_is_its_400_before_any_cloud_path(
     finally:
         down.stop()
         preferring.stop()
+
+
+async def test_auto_answered_by_the_cloud_records_the_profile_and_reason_cloud(
+    servers: ServerThread, own_emulator: Emulator, cloud_server: StandIn
+) -> None:
+    """A request of `auto:<profile>` the cloud answers in the profile's name (its
+    preference, or no usable backend) chose no model: its usage event's decision says
+    the profile and the reason "cloud", as the answer's headers do, and no model, so
+    the dashboard's choices and /metrics count it under "cloud" and the learner counts
+    nothing of it for any local model."""
+    models = {"auto:fast": "fast-cloud", "*": "any-cloud"}
+    section = cloud_section(cloud_server.url, models=models, prefer=("fast",))
+    preferring = Proxy(servers, [own_emulator.url], cloud=section)
+    down = Proxy(servers, [dead_url()], cloud=section)
+    try:
+        for proxy, model in ((preferring, "auto:fast"), (down, "auto")):
+            app = proxy.app[APP_KEY]
+            events = Path(proxy.config.usage.file_path)
+            body = {"model": model, "messages": MESSAGES, "stream": False}
+            status, headers, answer = await post(proxy.url + "/api/chat", body)
+            assert status == 200 and headers["X-Autoroute-Reason"] == "cloud", answer
+            profile = headers["X-Autoroute-Profile"]
+            await wait_until(lambda at=events: len(event_lines(at)) == 1)
+            (logged,) = [orjson.loads(line) for line in event_lines(events)]
+            assert logged["provider"] == "openai"
+            assert logged["decision"] == {"reason": "cloud", "profile": profile, "chosen": None}
+            async with aiohttp.ClientSession() as session:
+                got = await session.get(proxy.url + "/api/autoroute/dashboard.json")
+                shown = (await got.json())["auto"]
+                metrics = await (await session.get(proxy.url + "/metrics")).text()
+            counted = [
+                (c["profile"], c["model"], c["reason"], c["count"]) for c in shown["choices"]
+            ]
+            assert counted == [(profile, None, "cloud", 1)]
+            assert shown["latest"][profile]["reason"] == "cloud"
+            assert 'autoroute_selections_total{model="",reason="cloud"} 1.0' in metrics
+            assert app.learner.observed == 0
+    finally:
+        preferring.stop()
+        down.stop()
