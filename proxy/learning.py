@@ -169,9 +169,11 @@ _CARRYING = (
 def decision_of(event: Mapping[str, Any]) -> tuple[str, str, float, float] | None:
     """(kind, chosen model, the selector's P(success) for it, its margin over the best
     other candidate's) of an `auto` usage event, or None for another request (or a
-    replayed answer: `outcome.replayed`). An event recorded before decisions recorded
-    the margin gives 0 (no more than the model's P tied the best other's)."""
-    if outcome.replayed(event):
+    replayed answer: `outcome.replayed`; one a cloud provider gave, which says nothing
+    of the local model `auto` chose, nor chose one: `provider`). An event recorded
+    before decisions recorded the margin gives 0 (no more than the model's P tied the
+    best other's)."""
+    if outcome.replayed(event) or event.get("provider"):
         return None
     decision = event.get("decision")
     if not isinstance(decision, Mapping) or not isinstance(decision.get("chosen"), str):
@@ -383,8 +385,7 @@ class Learner:
 
     def _event(self, event: Mapping[str, Any]) -> None:
         decided = decision_of(event)
-        # A cloud fallback's answer says nothing of the local model auto chose.
-        if decided is None or event.get("provider"):
+        if decided is None:
             return
         self.observed += 1
         counted = self._counted(decided, event)

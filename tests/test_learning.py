@@ -709,6 +709,28 @@ def test_learner_takes_back_implicit_outcomes_when_a_rating_or_a_retry_comes(
     assert evidence.of("math")["qwen2.5:7b"] == pytest.approx(before)
 
 
+def test_a_cloud_answer_is_no_evidence_about_a_local_model(tmp_path: Path) -> None:
+    """An answer a cloud provider gave (auto's choice failed, or the cloud answered in
+    the profile's name) says nothing of the local model: the learner counts none, live
+    or rebuilt from the events, and its rating counts for nothing either."""
+    evidence = Evidence()
+    learner = Learner(Learning(), Usage(file_path=str(tmp_path / "events.jsonl")), evidence)
+    fell_back = {**_event("c1", 0, "a"), "provider": "openai", "backend": "cloud:openai"}
+    in_its_name = {
+        **_event("c2", 10, "b"),
+        "provider": "openai",
+        "decision": {"reason": "cloud", "profile": "fast", "chosen": None},
+    }
+    for event in (fell_back, in_its_name):
+        learner.observe("usage", event)
+        learner.observe("feedback", {"request_id": event["request_id"], "rating": 0.0})
+    assert learner.observed == 0 and evidence.size() == 0
+    rated = [{**e, "rating": 0.0} for e in (fell_back, in_its_name)]
+    assert evidence_from_events(rated).size() == 0
+    # The same event answered locally is evidence.
+    assert evidence_from_events([{**_event("c1", 0, "a"), "rating": 0.0}]).size() == 1
+
+
 def test_the_unrated_answers_of_a_client_that_rates_count_for_nothing(tmp_path: Path) -> None:
     """A client that rates some answers and leaves others unrated (a benchmark's held
     prompts, a chat UI's unrated turns): its silence is an answer not rated, and counted
