@@ -21,7 +21,9 @@ from proxy.config import ApiKey, Auth, Backend, Health, Usage
 from proxy.dashboard_series import BUCKET_SECONDS, BUCKETS, Recent
 from proxy.emulator import EmulatorSettings
 from proxy.outcome import Decided, Outcome, Served
+from tests.cloud_standin import OPENAI_KEY
 from tests.support import Emulator, Proxy, ServerThread, file_usage, free_port
+from tests.test_cloud import OPENAI_ENV, StandIn, cloud_section
 
 VIEWPORT = {"width": 1400, "height": 1400}
 SECTIONS = ("#backends", "#memory", "#traffic", "#choices", "#usage")
@@ -312,3 +314,27 @@ def test_recent_buckets_forget_what_the_ring_overwrote() -> None:
     assert [(c["profile"], c["model"], c["reason"], c["count"]) for c in choices] == [
         ("fast", "a:1", "ml", 1)
     ]
+
+
+def test_a_choice_of_no_model_reads_as_such_in_chromium(
+    browser: Any, servers: ServerThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`auto` answered by the cloud in its profile's name (no usable backend) chose no
+    model: its row and the profile's latest line say so, with the reason cloud, not a
+    null model nor a P(success) no ranking gave."""
+    monkeypatch.setenv(OPENAI_ENV, OPENAI_KEY)
+    cloud = StandIn(servers)
+    prx = Proxy(servers, [f"http://127.0.0.1:{free_port()}"], cloud=cloud_section(cloud.url))
+    try:
+        body = {"model": "auto", "messages": [{"role": "user", "content": "Hi"}]}
+        status, headers, _ = _call(prx.url, "/api/chat", {**body, "stream": False})
+        assert (status, headers["X-Autoroute-Reason"]) == (200, "cloud")
+        page = browser.new_page(viewport=VIEWPORT)
+        page.goto(prx.url + "/api/autoroute/dashboard")
+        assert page.locator("#profiles td.model").all_inner_texts() == ["no model chosen"]
+        assert page.locator("#profiles .badge").all_inner_texts() == ["cloud"]
+        assert "latest: no model chosen (cloud)" in page.locator("#profiles").inner_text()
+        page.close()
+    finally:
+        prx.stop()
+        cloud.stop()
