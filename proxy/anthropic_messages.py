@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from proxy.go_types import BodyError, check_fields, type_error
+from proxy.go_types import BodyError, check_fields
 from proxy.openai_responses import text_of
 
 # anthropic.MessagesRequest, {json name: kind} (see `go_types.check_fields`).
@@ -28,47 +28,11 @@ MESSAGES_FIELDS = {
 MESSAGES_REQUEST = ("anthropic.MessagesRequest", MESSAGES_FIELDS)
 
 
-# json.Unmarshal's error for no bytes at all.
-NO_INPUT = "unexpected end of JSON input"
-# What MessageParam.UnmarshalJSON unmarshals a message into first: an anonymous struct,
-# which Go's errors name by its fields.
-_HEAD = 'struct { Role string "json:\\"role\\""; Content json.RawMessage "json:\\"content\\"" }'
-_AT = ("MessagesRequest", "messages")
-
-
-def _check_messages(messages: Any) -> None:
-    """anthropic.MessageParam's UnmarshalJSON, as the body is bound: the message into
-    its head (`_HEAD`), then `content` (a json.RawMessage) as a string, else as a list
-    of blocks. A null message, or one without `content`, unmarshals no bytes (a null
-    `content` is the text ""). json.Unmarshal puts an error of these inner decodings in
-    the request's context (`MessagesRequest.messages`, the inner field after it)."""
-    for msg in messages if isinstance(messages, list) else ():
-        if msg is None or (isinstance(msg, dict) and "content" not in msg):
-            raise BodyError(NO_INPUT)
-        if not isinstance(msg, dict):
-            raise type_error(msg, *_AT, _HEAD)
-        role = msg.get("role")
-        if role is not None and not isinstance(role, str):
-            raise type_error(role, _AT[0], f"{_AT[1]}.role", "string")
-        content = msg["content"]
-        if content is None or isinstance(content, str):
-            continue
-        if not isinstance(content, list):
-            raise type_error(content, *_AT, "[]anthropic.ContentBlock")
-        for block in content:
-            if block is not None and not isinstance(block, dict):
-                raise type_error(block, *_AT, "anthropic.ContentBlock")
-            kind = (block or {}).get("type")
-            if kind is not None and not isinstance(kind, str):
-                raise type_error(kind, _AT[0], f"{_AT[1]}.type", "string")
-
-
 def converted(doc: Any) -> dict[str, Any]:
     """AnthropicMessagesMiddleware: the body bound to anthropic.MessagesRequest, refused
     without a model, a positive max_tokens or messages, then converted
     (`chat_from_anthropic`); BodyError with the message of its 400."""
-    body = check_fields(doc, *MESSAGES_REQUEST)
-    _check_messages(body.get("messages"))
+    body = check_fields(doc, *MESSAGES_REQUEST)  # each message too
     if not body.get("model"):
         raise BodyError("model is required")
     if not body.get("max_tokens") or body["max_tokens"] <= 0:

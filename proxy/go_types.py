@@ -215,51 +215,81 @@ def check_fields(body: Any, struct: str, fields: Mapping[str, str]) -> dict[str,
     # Go matches a key to a field whatever its case (`Model` is `model`), the last of
     # the keys that name a field winning: one lower-case key per field, as Go reads it.
     canonicalize(body)
-    for key, want in fields.items():
-        value = body.get(key)
-        if value is None:
+    # Go decodes the keys in the body's order (the reading keeps it): it saves the first
+    # type error and decodes on, and a field's own UnmarshalJSON error (`Aborts`) ends
+    # the decoding in its place. A valid body costs what a look-up per key costs.
+    saved: BodyError | None = None
+    for key, value in body.items():
+        want = fields.get(key)
+        if want is None or value is None:
             continue
-        beyond = _beyond_a_double(value) if want in _PARSED_NUMBERS else None
-        if beyond is not None:
-            go_type = _PARSED_NUMBERS[want]
-            raise (Aborts if want == "duration" else BodyError)(
-                f"json: cannot unmarshal number {beyond} into Go struct field "
-                f"{struct}.{key} of type {go_type}"
-            )
-        nested = _OPENAI_STRUCTS.get(want)
-        if nested is not None:
-            if not isinstance(value, dict):
-                raise type_error(value, struct, key, want)
-            _check_struct(value, nested[0], key, nested[1])
-            continue
-        if not _fits(value, want):
-            raise type_error(value, struct, key, _GO_TYPE.get(want, want))
-        if want == "[]int":
-            for item in value:
-                if not _fits(item, "int"):
-                    raise type_error(item, struct, key, "int")
-        elif want == "[]string":
-            for item in value:
-                if not _fits(item, "string"):
-                    raise type_error(item, struct, key, "string")
-        elif want == "images":
-            for item in value:
-                check_image(item, struct, key)
-        elif want == "think":
-            think_value(value)
-        elif want == "messages":
-            try:
-                for item in value:
-                    check_message(item, struct, key)
-            except BodyError as exc:  # from api.Message's UnmarshalJSON
-                raise Aborts(str(exc)) from None
-        elif want in ("tools", "[]api.Tool"):
-            for item in value:
-                check_tool(item, struct, key)
-        elif want == "[]openai.Message":
-            for item in value:
-                check_openai_message(item, struct, key)
+        try:
+            _check_field(value, struct, key, want)
+        except Aborts:
+            raise
+        except BodyError as exc:
+            saved = saved or exc
+    if saved is not None:
+        raise saved
     return body
+
+
+def _check_field(value: Any, struct: str, key: str, want: str) -> None:
+    """A field's value of `check_fields`'s kind `want`, not null; its elements in order."""
+    if want == "[]int" and isinstance(value, list):
+        for item in value:
+            beyond = _beyond_a_double(item)
+            if beyond is not None:
+                raise BodyError(
+                    f"json: cannot unmarshal number {beyond} into Go struct field "
+                    f"{struct}.{key} of type int"
+                )
+            if not _fits(item, "int"):
+                raise type_error(item, struct, key, "int")
+        return
+    beyond = _beyond_a_double(value) if want in _PARSED_NUMBERS else None
+    if beyond is not None:
+        go_type = _PARSED_NUMBERS[want]
+        raise (Aborts if want == "duration" else BodyError)(
+            f"json: cannot unmarshal number {beyond} into Go struct field "
+            f"{struct}.{key} of type {go_type}"
+        )
+    nested = _OPENAI_STRUCTS.get(want)
+    if nested is not None:
+        if not isinstance(value, dict):
+            raise type_error(value, struct, key, want)
+        _check_struct(value, nested, key)
+        return
+    if not _fits(value, want):
+        raise type_error(value, struct, key, _GO_TYPE.get(want, want))
+    if want == "[]string":
+        for item in value:
+            if not _fits(item, "string"):
+                raise type_error(item, struct, key, "string")
+    elif want == "images":
+        for item in value:
+            check_image(item, struct, key)
+    elif want == "think":
+        think_value(value)
+    elif want in _DECODED_AFRESH:
+        check = check_message if want == "messages" else check_anthropic_message
+        try:
+            for item in value:
+                check(item, struct, key)
+        except BodyError as exc:  # from the element's own UnmarshalJSON
+            raise Aborts(str(exc)) from None
+    elif want in ("tools", "[]api.Tool"):
+        for item in value:
+            check_tool(item, struct, key)
+    elif want == "[]openai.Message":
+        for item in value:
+            check_openai_message(item, struct, key)
+
+
+# The kinds of slices whose element type has an UnmarshalJSON of its own that decodes
+# each element afresh (api.Message's, anthropic.MessageParam's): an element's error
+# ends the decoding, and a key an element gives twice is decoded there (`first_error`).
+_DECODED_AFRESH = frozenset({"messages", "[]anthropic.MessageParam"})
 
 
 def _assigned(value: Any) -> Iterator[Any]:
@@ -290,13 +320,17 @@ def first_error(doc: Any, struct: str, fields: Mapping[str, str]) -> str | None:
         return None
     saved: str | None = None
     try:
-        for assigned in _assigned(doc):
-            try:
-                check_fields(assigned, struct, fields)
-            except Aborts as exc:
-                return str(exc)
-            except BodyError as exc:
-                saved = saved or str(exc)
+        for key, item in doc:
+            # The elements of a slice decoded afresh (`_DECODED_AFRESH`) go whole to
+            # their check, which follows a key given twice in one of them.
+            whole = fields.get(canonical_key(key)) in _DECODED_AFRESH
+            for assigned in (item,) if whole else _assigned(item):
+                try:
+                    check_fields({key: assigned}, struct, fields)
+                except Aborts as exc:
+                    return str(exc)
+                except BodyError as exc:
+                    saved = saved or str(exc)
     except RecursionError:  # deeper than Python's stack: the backend reads it
         return None
     return saved
@@ -532,19 +566,38 @@ def go_decoded(doc: Any, struct: str) -> dict[str, Any] | None:
     return merged
 
 
+class _Shape(NamedTuple):
+    """A struct of plain fields as `_check_struct` checks it: the name Go's errors give
+    it, the type they name where a value is no object, and each field by its JSON name:
+    (kind, the Go type an error names, the shape of the struct it holds or, for a
+    slice, of each element)."""
+
+    name: str
+    go_type: str
+    fields: Mapping[str, tuple[str, str, _Shape | None]]
+
+
 # api.Tool, api.ToolFunction and api.ToolFunctionParameters, as far as their types are
-# plain (`properties` has an UnmarshalJSON of its own, unchecked): (JSON name, kind,
-# the Go type named in an error). Go names the innermost struct and the field's whole
-# path from the request (`Tool.tools.function`).
-_TOOL_FIELDS = (("type", "string", "string"), ("function", "object", "api.ToolFunction"))
-_FUNCTION_FIELDS = (
-    ("name", "string", "string"),
-    ("description", "string", "string"),
-    ("parameters", "object", "api.ToolFunctionParameters"),
+# plain (`properties` has an UnmarshalJSON of its own, unchecked). Go names the
+# innermost struct and the field's whole path from the request (`Tool.tools.function`).
+_PARAMETERS = _Shape(
+    "ToolFunctionParameters",
+    "api.ToolFunctionParameters",
+    {"type": ("string", "string", None), "required": ("[]string", "[]string", None)},
 )
-_PARAMETERS_FIELDS = (
-    ("type", "string", "string"),
-    ("required", "[]string", "[]string"),
+_FUNCTION = _Shape(
+    "ToolFunction",
+    "api.ToolFunction",
+    {
+        "name": ("string", "string", None),
+        "description": ("string", "string", None),
+        "parameters": ("object", _PARAMETERS.go_type, _PARAMETERS),
+    },
+)
+_TOOL = _Shape(
+    "Tool",
+    "api.Tool",
+    {"type": ("string", "string", None), "function": ("object", _FUNCTION.go_type, _FUNCTION)},
 )
 
 
@@ -553,49 +606,59 @@ def check_tool(item: Any, struct: str, key: str) -> None:
     if item is None:
         return
     if not isinstance(item, dict):
-        raise type_error(item, struct, key, "api.Tool")
-    _check_struct(item, "Tool", key, _TOOL_FIELDS)
-    function = item.get("function")
-    if isinstance(function, dict):
-        path = f"{key}.function"
-        _check_struct(function, "ToolFunction", path, _FUNCTION_FIELDS)
-        parameters = function.get("parameters")
-        if isinstance(parameters, dict):
-            _check_struct(
-                parameters, "ToolFunctionParameters", f"{path}.parameters", _PARAMETERS_FIELDS
-            )
+        raise type_error(item, struct, key, _TOOL.go_type)
+    _check_struct(item, _TOOL, key)
 
 
 # openai.Message and openai.ToolCall (openai/openai.go), as far as their types are plain
 # (`content` is an `any`). A tool call's `function` is an anonymous struct: encoding/json
 # names it by its fields, and a field inside it by its path alone (no struct name).
-_OA_MESSAGE_FIELDS = (
-    ("role", "string", "string"),
-    ("reasoning", "string", "string"),
-    ("tool_calls", "[]", "[]openai.ToolCall"),
-    ("name", "string", "string"),
-    ("tool_call_id", "string", "string"),
+_OA_FUNCTION = _Shape(
+    "",
+    'struct { Name string "json:\\"name\\""; Arguments string "json:\\"arguments\\"" }',
+    {"name": ("string", "string", None), "arguments": ("string", "string", None)},
 )
-_OA_FUNCTION = 'struct { Name string "json:\\"name\\""; Arguments string "json:\\"arguments\\"" }'
-_OA_TOOL_CALL_FIELDS = (
-    ("id", "string", "string"),
-    ("index", "int", "int"),
-    ("type", "string", "string"),
-    ("function", "object", _OA_FUNCTION),
+_OA_TOOL_CALL = _Shape(
+    "ToolCall",
+    "openai.ToolCall",
+    {
+        "id": ("string", "string", None),
+        "index": ("int", "int", None),
+        "type": ("string", "string", None),
+        "function": ("object", _OA_FUNCTION.go_type, _OA_FUNCTION),
+    },
 )
-_OA_FUNCTION_FIELDS = (("name", "string", "string"), ("arguments", "string", "string"))
+_OA_MESSAGE = _Shape(
+    "Message",
+    "openai.Message",
+    {
+        "role": ("string", "string", None),
+        "reasoning": ("string", "string", None),
+        "tool_calls": ("[]", "[]openai.ToolCall", _OA_TOOL_CALL),
+        "name": ("string", "string", None),
+        "tool_call_id": ("string", "string", None),
+    },
+)
 
 
 # Fields of openai/openai.go's requests that are structs of its own, by the kind that
-# names them in a field list (`check_fields`): the struct's name in an error from
-# inside it, and its fields. (JsonSchema's one field is a json.RawMessage: anything.)
-_OPENAI_STRUCTS: dict[str, tuple[str, tuple[tuple[str, str, str], ...]]] = {
-    "openai.StreamOptions": ("StreamOptions", (("include_usage", "bool", "bool"),)),
-    "openai.ResponseFormat": (
-        "ResponseFormat",
-        (("type", "string", "string"), ("json_schema", "object", "openai.JsonSchema")),
+# names them in a field list (`check_fields`). (JsonSchema's one field is a
+# json.RawMessage: anything.)
+_OPENAI_STRUCTS: dict[str, _Shape] = {
+    "openai.StreamOptions": _Shape(
+        "StreamOptions", "openai.StreamOptions", {"include_usage": ("bool", "bool", None)}
     ),
-    "openai.Reasoning": ("Reasoning", (("effort", "string", "string"),)),
+    "openai.ResponseFormat": _Shape(
+        "ResponseFormat",
+        "openai.ResponseFormat",
+        {
+            "type": ("string", "string", None),
+            "json_schema": ("object", "openai.JsonSchema", None),
+        },
+    ),
+    "openai.Reasoning": _Shape(
+        "Reasoning", "openai.Reasoning", {"effort": ("string", "string", None)}
+    ),
 }
 
 
@@ -606,33 +669,33 @@ def check_openai_message(item: Any, struct: str, key: str) -> None:
     if item is None:
         return
     if not isinstance(item, dict):
-        raise type_error(item, struct, key, "openai.Message")
-    _check_struct(item, "Message", key, _OA_MESSAGE_FIELDS)
-    path = f"{key}.tool_calls"
-    for call in item.get("tool_calls") or ():
-        if call is None:
-            continue
-        if not isinstance(call, dict):
-            raise type_error(call, "Message", path, "openai.ToolCall")
-        _check_struct(call, "ToolCall", path, _OA_TOOL_CALL_FIELDS)
-        function = call.get("function")
-        if isinstance(function, dict):
-            _check_struct(function, "", f"{path}.function", _OA_FUNCTION_FIELDS)
+        raise type_error(item, struct, key, _OA_MESSAGE.go_type)
+    _check_struct(item, _OA_MESSAGE, key)
 
 
-def _check_struct(
-    value: dict[str, Any], struct: str, path: str, fields: tuple[tuple[str, str, str], ...]
-) -> None:
-    for name, kind, go_type in fields:
-        field = value.get(name)
-        if field is None:
+def _check_struct(value: dict[str, Any], shape: _Shape, path: str) -> None:
+    """`value`'s fields of `shape` at `path`, in the body's order, as Go decodes them:
+    the first error (a type error; none of these fields has an UnmarshalJSON of its
+    own to end the decoding sooner)."""
+    for name, field in value.items():
+        spec = shape.fields.get(name)
+        if spec is None or field is None:
             continue
+        kind, go_type, inner = spec
+        at = f"{path}.{name}"
         if not _fits(field, kind):
-            raise type_error(field, struct, f"{path}.{name}", go_type)
+            raise type_error(field, shape.name, at, go_type)
         if kind == "[]string":
             for item in field:
                 if not _fits(item, "string"):
-                    raise type_error(item, struct, f"{path}.{name}", "string")
+                    raise type_error(item, shape.name, at, "string")
+        elif inner is not None:
+            for item in field if kind == "[]" else (field,):
+                if item is None:
+                    continue
+                if not isinstance(item, dict):
+                    raise type_error(item, shape.name, at, inner.go_type)
+                _check_struct(item, inner, at)
 
 
 # Standard base64, padded: what Go decodes once line breaks are taken out, matched in
@@ -736,11 +799,12 @@ NOT_AN_OBJECT = "Value looks like object, but can't find closing '}' symbol"
 def check_tool_call(call: Any) -> None:
     """api.ToolCall's `function.arguments`, an api.ToolCallFunctionArguments, decodes
     through wk8/go-ordered-map, whose UnmarshalJSON is jsonparser's ObjectEach: anything
-    but an object is its error, returned as is (null Go sets without asking it)."""
+    but an object is its error, returned as is (null Go sets without asking it), which
+    ends the decoding (`Aborts`)."""
     function = call.get("function") if isinstance(call, dict) else None
     arguments = function.get("arguments") if isinstance(function, dict) else None
     if arguments is not None and not isinstance(arguments, dict):
-        raise BodyError(NOT_AN_OBJECT)
+        raise Aborts(NOT_AN_OBJECT)
 
 
 def check_message(item: Any, struct: str, key: str) -> None:
@@ -749,28 +813,92 @@ def check_message(item: Any, struct: str, key: str) -> None:
     of that inner decoding the context of the request it decodes: the request's struct
     and the path from it to the field (`ChatRequest.messages.content`, as Ollama answers
     it), the type the inner decoding names (`api.Alias` for a message that is no
-    object)."""
+    object). The inner decoding goes in the message's order, a key given twice (a
+    `Pairs` message, `first_error`) each time: its first type error, unless a tool
+    call's `arguments` ends it first (`check_tool_call`)."""
     if item is None:
         return
-    if not isinstance(item, dict):
+    saved: BodyError | None = None
+    if isinstance(item, dict):
+        fields: Any = item.items()
+    elif isinstance(item, Pairs):
+        fields = (
+            (canonical_key(name), piece) for name, value in item for piece in _assigned(value)
+        )
+    else:
         raise type_error(item, struct, key, "api.Alias")
-    for name, want in _MESSAGE_FIELDS.items():
-        value = item.get(name)
-        if value is None:
+    for name, value in fields:
+        want = _MESSAGE_FIELDS.get(name)
+        if want is None or value is None:
             continue
-        path = f"{key}.{name}"
-        if want == "images":
-            if not isinstance(value, list):
-                raise type_error(value, struct, path, "[]api.ImageData")
-            for img in value:
-                check_image(img, struct, path)
-        elif want == "[]":
-            if not isinstance(value, list):
-                raise type_error(value, struct, path, "[]api.ToolCall")
-            for call in value:
-                check_tool_call(call)
-        elif not _fits(value, want):
-            raise type_error(value, struct, path, _GO_TYPE[want])
+        try:
+            _check_message_field(value, want, struct, f"{key}.{name}")
+        except Aborts:
+            raise
+        except BodyError as exc:
+            saved = saved or exc
+    if saved is not None:
+        raise saved
+
+
+def _check_message_field(value: Any, want: str, struct: str, path: str) -> None:
+    if want == "images":
+        if not isinstance(value, list):
+            raise type_error(value, struct, path, "[]api.ImageData")
+        for img in value:
+            check_image(img, struct, path)
+    elif want == "[]":
+        if not isinstance(value, list):
+            raise type_error(value, struct, path, "[]api.ToolCall")
+        for call in value:
+            check_tool_call(call)
+    elif not _fits(value, want):
+        raise type_error(value, struct, path, _GO_TYPE[want])
+
+
+# json.Unmarshal's error for no bytes at all.
+NO_INPUT = "unexpected end of JSON input"
+# What anthropic.MessageParam's UnmarshalJSON unmarshals a message into first: an
+# anonymous struct, which Go's errors name by its fields.
+_ANTHROPIC_HEAD = (
+    'struct { Role string "json:\\"role\\""; Content json.RawMessage "json:\\"content\\"" }'
+)
+
+
+def check_anthropic_message(msg: Any, struct: str, key: str) -> None:
+    """One element of an Anthropic request's `messages`: anthropic.MessageParam's
+    UnmarshalJSON, the message into its head (`_ANTHROPIC_HEAD`: each `role` in the
+    message's order, a key given twice (a `Pairs` message) each time; `content` a
+    json.RawMessage, the last one kept), then `content` as a string, else as a list of
+    blocks. A null message, or one without `content`, unmarshals no bytes (a null
+    `content` is the text ""). json.Unmarshal puts an error of these inner decodings in
+    the request's context (`MessagesRequest.messages`, the inner field after it)."""
+    if isinstance(msg, Pairs):
+        for name, value in msg:
+            if canonical_key(name) == "role":
+                _check_role(_whole(value), struct, key)
+        msg = {canonical_key(name): _whole(value) for name, value in msg}
+    if msg is None or (isinstance(msg, dict) and "content" not in msg):
+        raise BodyError(NO_INPUT)
+    if not isinstance(msg, dict):
+        raise type_error(msg, struct, key, _ANTHROPIC_HEAD)
+    _check_role(msg.get("role"), struct, key)
+    content = msg["content"]
+    if content is None or isinstance(content, str):
+        return
+    if not isinstance(content, list):
+        raise type_error(content, struct, key, "[]anthropic.ContentBlock")
+    for block in content:
+        if block is not None and not isinstance(block, dict):
+            raise type_error(block, struct, key, "anthropic.ContentBlock")
+        kind = (block or {}).get("type")
+        if kind is not None and not isinstance(kind, str):
+            raise type_error(kind, struct, f"{key}.type", "string")
+
+
+def _check_role(role: Any, struct: str, key: str) -> None:
+    if role is not None and not isinstance(role, str):
+        raise type_error(role, struct, f"{key}.role", "string")
 
 
 # The request structs of api/types.go, {json name: kind} (see `check_fields`).

@@ -447,6 +447,99 @@ async def test_a_key_given_twice_runs_what_go_ends_with(
     assert routed[0] == 200, routed
 
 
+# Go decodes an object's keys in the body's order: the first type error in the body is
+# the one saved and returned (encoding/json saveError), whatever the order of the
+# struct's fields, unless an UnmarshalJSON's own error (`think`, an /api/chat or
+# /v1/messages message, a tool call's `arguments` inside a message) ends the decoding
+# first, an earlier saved error notwithstanding.
+_NOT_AN_OBJECT = "Value looks like object, but can't find closing '}' symbol"
+_BOGUS_THINK = _BAD_THINK.replace('"bad"', '"bogus"')
+BODY_ORDER = [
+    (
+        "/api/generate",
+        b'{"stream": "yes", "model": "qwen2.5:7b", "prompt": 1}',
+        _STREAM_ERROR.format("GenerateRequest"),
+    ),
+    (
+        "/api/generate",
+        b'{"model": "qwen2.5:7b", "stream": "yes", "think": "bogus", "prompt": "hi"}',
+        _BOGUS_THINK,
+    ),
+    (
+        "/api/chat",
+        b'{"model": "qwen2.5:7b", "messages": [{"content": 1, "role": 2}], "stream": false}',
+        "json: cannot unmarshal number into Go struct field ChatRequest.messages.content "
+        "of type string",
+    ),
+    (
+        "/api/chat",
+        b'{"model": "qwen2.5:7b", "stream": "yes", "messages": [{"role": 1, "content": "x",'
+        b' "tool_calls": [{"function": {"name": "f", "arguments": "x"}}]}]}',
+        _NOT_AN_OBJECT,
+    ),
+    (
+        "/api/chat",
+        b'{"model": "qwen2.5:7b", ' + _HI + b', "tools": [{"function": {"name": 1},'
+        b' "type": 2}], "stream": false}',
+        "json: cannot unmarshal number into Go struct field ToolFunction.tools.function.name "
+        "of type string",
+    ),
+    (
+        "/v1/chat/completions",
+        b'{"model": "qwen2.5:7b", "stream": "yes", "messages": [{"role": 1, "content": "hi"}]}',
+        _STREAM_ERROR.format("ChatCompletionRequest"),
+    ),
+    (
+        "/v1/chat/completions",
+        b'{"model": "qwen2.5:7b", "messages": [{"tool_calls": [{"id": 1}], "role": 2}]}',
+        "json: cannot unmarshal number into Go struct field ToolCall.messages.tool_calls.id "
+        "of type string",
+    ),
+    (
+        "/v1/messages",
+        b'{"model": "qwen2.5:7b", "max_tokens": 5, "stream": "yes",'
+        b' "messages": [{"role": 1, "content": "hi"}]}',
+        "json: cannot unmarshal number into Go struct field MessagesRequest.messages.role "
+        "of type string",
+    ),
+    # A key given twice inside a message: its UnmarshalJSON decodes the message afresh,
+    # the earlier value too.
+    (
+        "/v1/messages",
+        b'{"model": "qwen2.5:7b", "max_tokens": 5,'
+        b' "messages": [{"role": 1, "role": "user", "content": "hi"}]}',
+        "json: cannot unmarshal number into Go struct field MessagesRequest.messages.role "
+        "of type string",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "message"), BODY_ORDER, ids=[f"{p} {b[:50]!r}" for p, b, _ in BODY_ORDER]
+)
+async def test_the_first_error_in_the_body_is_ollamas(
+    emulator: Emulator, proxy: Proxy, path: str, body: bytes, message: str
+) -> None:
+    """Of two wrong values, the emulator names the one Go names, and so does the proxy
+    for `auto`, where it answers in a backend's place."""
+    direct = _refused(await raw(emulator.url, "POST", path, body))
+    error = direct[2]["error"]
+    assert direct[0] == 400
+    assert (error["message"] if path.startswith("/v1/") else error) == message
+    assert _refused(await raw(proxy.url, "POST", path, body)) == direct
+    routed = body.replace(b'"qwen2.5:7b"', b'"auto"')
+    assert _refused(await raw(proxy.url, "POST", path, routed)) == direct
+
+
+def _refused(answer: tuple[int, str, bytes]) -> tuple[int, str, dict[str, object]]:
+    """An error answer as a test compares it: its Anthropic `request_id` aside (a new
+    one each request)."""
+    status, content_type, body = answer
+    doc = orjson.loads(body)
+    doc.pop("request_id", None)
+    return status, content_type, doc
+
+
 GENERATE = b'{"model": "qwen2.5:7b", "prompt": "Hello", "stream": false}'
 ENCODED = [
     ("/api/generate", "gzip", GENERATE),

@@ -439,6 +439,102 @@ def test_a_number_in_an_int_field_is_named_as_written(number: str) -> None:
     )
 
 
+_INTO = "json: cannot unmarshal {} into Go struct field {} of type {}"
+# (path, body, Go's error): Go decodes keys and elements in the body's order, returns the
+# first type error it saved, unless an UnmarshalJSON's own error ends the decoding.
+IN_BODY_ORDER = [
+    (
+        "/api/generate",
+        b'{"stream":"yes","model":1}',
+        _INTO.format("string", "GenerateRequest.stream", "bool"),
+    ),
+    (
+        "/api/generate",
+        b'{"model":1,"stream":"yes"}',
+        _INTO.format("number", "GenerateRequest.model", "string"),
+    ),
+    (
+        "/api/generate",
+        b'{"model":"m","stream":"yes","think":"bogus"}',
+        'invalid think value: "bogus" (must be "high", "medium", "low", "max", true, or false)',
+    ),
+    (
+        "/api/generate",
+        b'{"model":"m","keep_alive":1e400,"stream":"yes"}',
+        _INTO.format("number 1e400", "GenerateRequest.keep_alive", "float64"),
+    ),
+    (
+        "/api/generate",
+        b'{"model":"m","context":["x",1e400]}',
+        _INTO.format("string", "GenerateRequest.context", "int"),
+    ),
+    (
+        "/api/chat",
+        b'{"model":"m","messages":[{"content":1,"role":2}]}',
+        _INTO.format("number", "ChatRequest.messages.content", "string"),
+    ),
+    (
+        "/api/chat",
+        b'{"model":"m","messages":[{"role":1,"tool_calls":[{"function":{"arguments":[]}}]}]}',
+        go_types.NOT_AN_OBJECT,
+    ),
+    (
+        "/api/chat",
+        b'{"model":"m","tools":[{"function":{"parameters":{"required":[1]}},"type":2}]}',
+        _INTO.format(
+            "number", "ToolFunctionParameters.tools.function.parameters.required", "string"
+        ),
+    ),
+    (
+        "/v1/chat/completions",
+        b'{"model":"m","messages":[{"tool_calls":[{"function":{"name":1}}],"role":2}]}',
+        _INTO.format("number", ".messages.tool_calls.function.name", "string"),
+    ),
+    (
+        "/v1/messages",
+        b'{"model":"m","max_tokens":1,"stream":"yes","messages":[{"content":"x","role":1}]}',
+        _INTO.format("number", "MessagesRequest.messages.role", "string"),
+    ),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "message"), IN_BODY_ORDER)
+def test_the_first_error_is_the_first_in_the_body(path: str, body: bytes, message: str) -> None:
+    doc, _ = go_json.read(body)
+    refused = auto_routes.refusal(path, doc, body)
+    assert refused is not None and refused.message == message
+
+
+# (path, body giving a key twice in a message, Go's error): the message's UnmarshalJSON
+# decodes each of its values, the earlier ones too.
+IN_A_MESSAGE_TWICE = [
+    (
+        "/v1/messages",
+        b'{"model":"m","max_tokens":1,"messages":[{"role":1,"role":"user","content":"x"}]}',
+        _INTO.format("number", "MessagesRequest.messages.role", "string"),
+    ),
+    (
+        "/api/chat",
+        b'{"model":"m","messages":[{"role":1,"Role":"user","tool_calls":[{"function":'
+        b'{"arguments":"x"}}]}]}',
+        go_types.NOT_AN_OBJECT,
+    ),
+    (
+        "/api/chat",
+        b'{"model":"m","messages":[{"role":"user","content":"x","content":2,"role":1}]}',
+        _INTO.format("number", "ChatRequest.messages.content", "string"),
+    ),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "message"), IN_A_MESSAGE_TWICE)
+def test_a_key_given_twice_in_a_message_is_decoded_each_time(
+    path: str, body: bytes, message: str
+) -> None:
+    reading = auto_routes.repeated_key_reading(path, body)
+    assert reading is not None and reading.refusal == message
+
+
 def _go_runes(raw: bytes) -> str:
     """Go's utf8.DecodeRune over `raw`, rune by rune: an invalid sequence reads one byte
     at a time, each a U+FFFD (RuneError)."""
