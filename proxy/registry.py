@@ -195,6 +195,47 @@ def _contradicted_digests(models: dict[str, ModelInfo]) -> set[str]:
     return {digest for digest, models_told in told.items() if len(models_told) > 1}
 
 
+def _on_any_version(first: Candidate, others: list[Candidate]) -> Candidate:
+    """The candidate a name is where backends list other weights under it (`first`'s
+    version and `others`): a request `auto` sends the name runs on any of them (where
+    it is loaded, or the least busy), so each field read off a version's show and the
+    catalogue's knowledge of it is the one that holds wherever the request runs."""
+    every = [first, *others]
+    # The heaviest weights (parameters and quantization as one version's): the memory
+    # the name takes where it loads and the time an answer takes are those of the
+    # version it may run on; lighter figures would place it where it does not fit.
+    heaviest = max(every, key=lambda c: (c.active_b * c.quant_bits, c.params_b * c.quant_bits))
+    known = [c.areas for c in every]
+    return replace(
+        first,
+        params_b=heaviest.params_b,
+        quant_bits=heaviest.quant_bits,
+        active_params_b=heaviest.active_params_b,
+        # Only what every version can do: Ollama refuses a request for what the version it
+        # runs on lacks (a 400 "does not support tools").
+        capabilities=frozenset.intersection(*(c.capabilities for c in every)),
+        # The shortest: `auto` leaves a model out for a prompt longer than its context,
+        # and a longer one's prompt is cut where the shorter version runs it.
+        context_length=min(c.context_length for c in every),
+        # A code model (by its template's `.Suffix`, or the catalogue) and one that
+        # answers requests rather than continuing a text only where every version is.
+        is_code=all(c.is_code for c in every),
+        is_instruct=all(c.is_instruct for c in every),
+        # Thinks whatever a request says where any version does: a `think: false`
+        # request may run there and take its thinking's time.
+        thinks_always=any(c.thinks_always for c in every),
+        # The catalogue's scores: the lowest per area, as uncertain as the least known
+        # version (unknown where one version's are: `candidate_block` scores those).
+        areas=(tuple(map(min, *known)) if all(len(a) == len(AREAS) for a in known) else ()),
+        area_uncertainty=tuple(
+            map(max, *(c.area_uncertainty or (c.uncertainty,) * len(AREAS) for c in every))
+        ),
+        uncertainty=max(c.uncertainty for c in every),
+        specialties=frozenset.intersection(*(c.specialties for c in every)),
+        release=min(c.release for c in every),
+    )
+
+
 class Registry:
     def __init__(self, backends: BackendPool, catalog: Catalog | None = None) -> None:
         self.backends = backends
@@ -308,10 +349,8 @@ class Registry:
         names of one digest for one model. Where backends list other weights under it
         (each pulled at its own time, the library's template changed since), a request
         `auto` sends it may run on any of them (where it is loaded, or the least busy):
-        it offers only the capabilities every version has, and holds only the prompt
-        every version's context holds (the shortest: `auto` leaves a model out for a
-        prompt longer than its context), each version described as it would be alone,
-        by its own show."""
+        it is what any version may be (`_on_any_version`), each version described as
+        it would be alone, by its own show."""
         # Per digest listed, a tags entry of it and its show (None: none answered).
         versions: dict[str, tuple[dict[str, Any], dict[str, Any] | None]] = {}
         for state, tag in found:
@@ -327,19 +366,18 @@ class Registry:
         tag, show = first
         info = model_info(name, tag, show, catalog)
         if len(versions) > 1:
-            info = replace(info, digest="")
-            capabilities = info.candidate.capabilities
-            context = info.candidate.context_length
-            for version in versions.values():
-                if version is first:
-                    continue  # `info` is its description
-                other = model_info(name, *version, catalog)
-                capabilities &= other.candidate.capabilities
-                context = min(context, other.candidate.context_length)
-            candidate = info.candidate
-            if (capabilities, context) != (candidate.capabilities, candidate.context_length):
-                candidate = replace(candidate, capabilities=capabilities, context_length=context)
-                info = replace(info, candidate=candidate, generates="completion" in capabilities)
+            others = [
+                model_info(name, *version, catalog).candidate
+                for version in versions.values()
+                if version is not first  # `info` is its description
+            ]
+            candidate = _on_any_version(info.candidate, others)
+            info = replace(
+                info,
+                candidate=candidate,
+                digest="",
+                generates="completion" in candidate.capabilities,
+            )
         spelled = tag.get("model") or tag.get("name")
         if isinstance(spelled, str) and normalize_model(spelled) == name:
             info = replace(info, listed=spelled.strip())

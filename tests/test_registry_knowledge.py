@@ -444,6 +444,47 @@ async def test_a_name_whose_weights_differ_by_backend_holds_the_prompt_every_one
         short.stop()
 
 
+async def test_a_name_whose_weights_differ_by_backend_is_what_any_one_may_be(
+    servers: ServerThread,
+) -> None:
+    """Two backends list one name with other weights: one of a family that thinks
+    whatever a request says, larger, whose template reads no suffix; the other of a
+    family whose thinking a request turns off, whose template reads `.Suffix`. A
+    request `auto` sends the name may run on either, so the name thinks always (the
+    first may answer `think: false`), is no code model by its template (the first
+    takes no fill-in-the-middle), and costs what the larger weights cost; each flag is
+    read off every version, not off the first alone."""
+    name = "mine:latest"
+
+    def backend(version: str, family: str, size: str, *capabilities: str) -> Emulator:
+        emu = Emulator(servers, replace(FROZEN, models=(name,)))
+        emu.state.store[name] = replace(
+            emu.state.store[name],
+            family=family,
+            parameter_size=size,
+            capabilities=capabilities,
+            template=template_for(capabilities),
+            made_from=version,
+        )
+        return emu
+
+    big = backend("gptoss", "gptoss", "20.9B", "completion", "thinking")
+    small = backend("fim", "qwen2", "7.6B", "completion", "insert", "thinking")
+    prx = Proxy(servers, [small.url, big.url], health=Health(interval_seconds=3600))
+    try:
+        # The first listed (`small`) alone neither thinks always nor costs 20.9B, and
+        # is a code model by its template.
+        candidate = prx.app[APP_KEY].registry.models[name].candidate
+        assert candidate.capabilities == {"completion", "thinking"}
+        assert candidate.thinks_always
+        assert not candidate.is_code
+        assert candidate.params_b == 20.9
+    finally:
+        prx.stop()
+        small.stop()
+        big.stop()
+
+
 # Models whose /api/show never answers on the backend the tests below make hang.
 HUNG = ("qwen2.5:7b", "llama3.1:8b", "gemma2:9b")
 
