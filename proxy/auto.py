@@ -513,6 +513,20 @@ class AutoRouter:
         }
         return [s for s in down if s.models and not serving.isdisjoint(s.models)]
 
+    def unawaited(self, profile: str, key_models: frozenset[str] | None) -> list[BackendState]:
+        """The backends no request may use now that list no model `auto:<profile>` could
+        choose for the API key's list `key_models`, where one that is down lists such a
+        model (`down_with`): what a request of `auto` that found no backend leaves out of
+        its check of those that may be back (`BackendPool.rechecked`), as a request
+        naming a model leaves out those whose list lacks it. Back, they could not take
+        the request, and checking them only holds its answer (the 503, or the cloud's
+        where one stands in); their periodic check brings them back. With none down
+        listing such a model, none is left out: one restarted may list others since."""
+        awaited = {id(s) for s in self.down_with(self.profile(profile), key_models, ())}
+        if not awaited:
+            return []
+        return [s for s in self._down() if id(s) not in awaited]
+
     def awaited(self, profile: str, key_models: frozenset[str] | None) -> list[Candidate]:
         """The models `auto:<profile>` could choose, for the API key's list `key_models`,
         that backends no request may use now list (`down_with`): a request that only

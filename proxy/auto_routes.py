@@ -521,13 +521,15 @@ class AutoRoutes:
         names: tuple[str, ...],
     ) -> dict[str, Any] | web.Response | None:
         """`_load_answer`, which raised `none` for want of a backend, answered as the
-        chat after it would be: the backends that may be back on their port checked
-        again at once (`BackendPool.rechecked`); where still none is, answered without
+        chat after it would be: the backends that may be back on their port that list a
+        model the profile could choose checked again at once (`BackendPool.rechecked`,
+        `AutoRouter.unawaited`); where still none is, answered without
         the fleet where the cloud stands in for `names` (`stands_in`, `stand_in_names`),
         as that chat is the cloud's; else `none` again, the 503."""
         answering = functools.partial(self._load_answer, path, model, doc, profile, only)
+        unawaited = self.auto.unawaited(profile, only)
         try:
-            return await self.auto.backends.rechecked(none, answering)
+            return await self.auto.backends.rechecked(none, answering, exclude=unawaited)
         except NoBackend:
             if not stands_in(self.cloud, path, names):
                 raise
@@ -659,13 +661,15 @@ class AutoRoutes:
             try:
                 choice = self.auto.decide(path, doc, profile, user, only, reading, scope)
             except NoBackend as none:
-                # As for `auto`'s chat, the backends that may be back, any of them, are
-                # checked again at once (`BackendPool.rechecked`): one restarted on its
-                # port is ranked, as it would serve that chat.
+                # As for `auto`'s chat, the backends that may be back that list a model
+                # the profile could choose are checked again at once
+                # (`BackendPool.rechecked`): one restarted on its port is ranked, as it
+                # would serve that chat.
                 again = functools.partial(
                     self.auto.decide, path, doc, profile, user, only, reading, scope
                 )
-                choice = await self.auto.backends.rechecked(none, again)
+                unawaited = self.auto.unawaited(profile, only)
+                choice = await self.auto.backends.rechecked(none, again, exclude=unawaited)
         except AutoError as exc:
             return error_response(request.path, exc.status, exc.answer(str(model)))
         except NoBackend as none:

@@ -336,13 +336,14 @@ class Handlers:
                 try:
                     choice = self.auto.decide(path, doc, profile, user, only, reading, scope)
                 except NoBackend as none:
-                    # No backend to choose from: those that may be back, any of them
-                    # (no model is chosen yet), are checked again at once
-                    # (`BackendPool.rechecked`).
+                    # No backend to choose from: those that may be back that list a
+                    # model the profile could choose (no model is chosen yet) are
+                    # checked again at once (`BackendPool.rechecked`).
                     again = functools.partial(
                         self.auto.decide, path, doc, profile, user, only, reading, scope
                     )
-                    choice = await self.backends.rechecked(none, again)
+                    unawaited = self.auto.unawaited(profile, only)
+                    choice = await self.backends.rechecked(none, again, exclude=unawaited)
             except AutoError as exc:
                 # No model for the request: a capability none of the profile's models
                 # offers is Ollama's own refusal, which clients read.

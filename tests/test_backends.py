@@ -1726,6 +1726,54 @@ async def test_a_load_of_auto_is_the_fleets_answer_as_its_chat_is(
 
 
 @pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/chat", {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}),
+        ("/api/generate", {"model": "auto"}),  # a load
+        (
+            "/api/autoroute/explain",
+            {"model": "auto", "messages": [{"role": "user", "content": "hi"}]},
+        ),
+    ],
+    ids=["chat", "load", "explain"],
+)
+async def test_auto_checks_again_only_the_backends_down_that_list_a_model_it_could_choose(
+    servers: ServerThread, path: str, body: dict[str, Any]
+) -> None:
+    """With no usable backend, `auto` checks again at once the backends down whose host
+    refused their connects that list a model the profile could choose, as a request
+    naming a model checks those that list it: one back on its port that lists only an
+    embedding model could not take the request, and checking it only holds the answer
+    (the 503 here, the cloud's where one stands in). It waits for its periodic check."""
+    embedder = Emulator(servers, dataclasses.replace(FROZEN, models=("nomic-embed-text:latest",)))
+    chatter = Emulator(servers, dataclasses.replace(FROZEN, models=(SHARED,)))
+    proxy = Proxy(
+        servers,
+        [embedder.url, chatter.url],
+        health=Health(interval_seconds=3600, failure_threshold=1, open_seconds=3600),
+    )
+    try:
+        embedder.stop()
+        chatter.stop()
+        proxy.thread.call(proxy.app[APP_KEY].backends.refresh_all)
+        embedder.restart()
+        checks = embedder.state.requests["/api/ps"]  # which each check asks
+        status, answer = await post(proxy.url, path, body)
+        assert status == 503 and b"no healthy backend" in answer, answer
+        assert embedder.state.requests["/api/ps"] == checks
+        assert await health_circuit(proxy.url, embedder.url) == "open"
+        # Back on its port, the backend that lists the profile's model is checked.
+        chatter.restart()
+        status, answer = await post(proxy.url, path, body)
+        assert status == 200, answer
+        assert await health_circuit(proxy.url, chatter.url) == "closed"
+    finally:
+        proxy.stop()
+        embedder.stop()
+        chatter.stop()
+
+
+@pytest.mark.parametrize(
     ("body", "chosen", "ranked"),
     [
         ({"model": "auto", "messages": [{"role": "user", "content": "hi"}]}, SHARED, [SHARED]),
