@@ -15,6 +15,7 @@ from proxy import (
     anthropic_messages,
     experiments,
     go_json,
+    go_merge,
     go_types,
     openai_chat,
     openai_responses,
@@ -286,7 +287,7 @@ class Repeated(NamedTuple):
 def repeated_key_reading(path: str, body: bytes) -> Repeated | None:
     """How Go decodes a body on `path` that gives a key twice into the route's request:
     an earlier value's error too (`go_types.first_error`), else what its merge ends
-    with (`go_types.go_decoded`). None for a body whose objects repeat no key, a path
+    with (`go_merge.go_decoded`). None for a body whose objects repeat no key, a path
     without a request struct here, or a document too deep to write."""
     layer = _LAYERS.get(path)
     request = layer[2] if layer is not None else go_types.request_struct(path)
@@ -296,7 +297,7 @@ def repeated_key_reading(path: str, body: bytes) -> Repeated | None:
     message = go_types.first_error(read, *request)
     if message is not None:
         return Repeated(message)
-    merged = go_types.go_decoded(read, request[0])
+    merged = go_merge.go_decoded(read, request[0])
     written = None if merged is None else go_json.written_as_read(merged)
     if written is None:
         return None

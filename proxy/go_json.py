@@ -491,7 +491,7 @@ def _written(doc: Any) -> tuple[Any, bytes]:
 
 def written_as_read(doc: Any) -> bytes | None:
     """`doc`, of a reading that keeps numbers as written (`read_written`'s, or
-    `read_repeated`'s merged by `go_types.go_decoded`), written as JSON, each number
+    `read_repeated`'s merged by `go_merge.go_decoded`), written as JSON, each number
     that is no integer as the client wrote it (a `WrittenFloat`); None where it is
     nested too deep for orjson to write."""
     try:
