@@ -9,6 +9,7 @@ choice. With no usable artifact, a documented heuristic stands in
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -512,6 +513,28 @@ class AutoRouter:
             if c.capabilities.issuperset(needs)
         }
         return [s for s in down if s.models and not serving.isdisjoint(s.models)]
+
+    async def decided_again(
+        self,
+        none: NoBackend,
+        path: str,
+        doc: Mapping[str, Any],
+        profile_name: str,
+        user: str = "",
+        key_models: frozenset[str] | None = None,
+        reading: Reading | None = None,
+        scope: str | None = None,
+    ) -> Choice:
+        """`decide` once more, where it raised `none` for want of a backend: those that
+        may be back on their port that list a model the profile could choose
+        (`unawaited` leaves the others out; no model is chosen yet) are checked again
+        at once (`BackendPool.rechecked`). Called from `decide`'s `except` alone, so
+        that a request with a backend to choose costs nothing more."""
+        again = functools.partial(
+            self.decide, path, doc, profile_name, user, key_models, reading, scope
+        )
+        unawaited = self.unawaited(profile_name, key_models)
+        return await self.backends.rechecked(none, again, exclude=unawaited)
 
     def unawaited(self, profile: str, key_models: frozenset[str] | None) -> list[BackendState]:
         """The backends no request may use now that list no model `auto:<profile>` could

@@ -662,15 +662,11 @@ class AutoRoutes:
             try:
                 choice = self.auto.decide(path, doc, profile, user, only, reading, scope)
             except NoBackend as none:
-                # As for `auto`'s chat, the backends that may be back that list a model
-                # the profile could choose are checked again at once
-                # (`BackendPool.rechecked`): one restarted on its port is ranked, as it
+                # As for `auto`'s chat: one restarted on its port is ranked, as it
                 # would serve that chat.
-                again = functools.partial(
-                    self.auto.decide, path, doc, profile, user, only, reading, scope
+                choice = await self.auto.decided_again(
+                    none, path, doc, profile, user, only, reading, scope
                 )
-                unawaited = self.auto.unawaited(profile, only)
-                choice = await self.auto.backends.rechecked(none, again, exclude=unawaited)
         except AutoError as exc:
             return error_response(request.path, exc.status, exc.answer(str(model)))
         except NoBackend as none:

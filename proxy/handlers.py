@@ -10,7 +10,6 @@ or the multipart form of an audio transcription).
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -336,14 +335,9 @@ class Handlers:
                 try:
                     choice = self.auto.decide(path, doc, profile, user, only, reading, scope)
                 except NoBackend as none:
-                    # No backend to choose from: those that may be back that list a
-                    # model the profile could choose (no model is chosen yet) are
-                    # checked again at once (`BackendPool.rechecked`).
-                    again = functools.partial(
-                        self.auto.decide, path, doc, profile, user, only, reading, scope
+                    choice = await self.auto.decided_again(
+                        none, path, doc, profile, user, only, reading, scope
                     )
-                    unawaited = self.auto.unawaited(profile, only)
-                    choice = await self.backends.rechecked(none, again, exclude=unawaited)
             except AutoError as exc:
                 # No model for the request: a capability none of the profile's models
                 # offers is Ollama's own refusal, which clients read.
