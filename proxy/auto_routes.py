@@ -91,10 +91,12 @@ LEGEND = {
         "kind are counted; explore = another candidate tried, to learn about it; "
         "experiment = an A/B experiment's variant; context = the model that wrote the "
         "/api/generate context the request continues; fallback = no selector "
-        "artifact, a size-based heuristic chose; cloud = no model chosen: the cloud "
-        "provider mapped to auto:<profile> answers (X-Autoroute-Backend: "
-        "cloud:<provider>, explain: backend, and its budget: cloud), as no backend "
-        "is usable, or the profile is in cloud.prefer_for_profiles; "
+        "artifact, a size-based heuristic chose; cloud = a cloud provider answers "
+        "(X-Autoroute-Backend: cloud:<provider>, explain: backend, and its budget: "
+        "cloud): with no model chosen, the one mapped to auto:<profile>, as no backend "
+        "is usable, or the profile is in cloud.prefer_for_profiles; or, on the route "
+        "alone, the one mapped to the model chosen (or to auto:<profile>) in its "
+        "place, as its backends failed or refused; "
         "explain alone: load, unload = a "
         "generate without a prompt or a chat without messages (unload: keep_alive 0), "
         "which the proxy answers itself (explain: answer), choosing no model"
@@ -104,7 +106,8 @@ LEGEND = {
         "outcomes are counted, the blend plus its optimism: selector.learning) - "
         "cost_weight * expected seconds (with the load time of a model not loaded), "
         "minus warm.evict_penalty when loading it would evict a model in use, for the "
-        "profile's cost_weight; higher is better, comparable only within one profile"
+        "profile's cost_weight; higher is better, comparable only within one profile; "
+        "not sent where a cloud provider answers"
     ),
 }
 

@@ -66,6 +66,14 @@ class Decided:
             self.decision, self.candidate = choice.records()
             self.choice = None
 
+    def answered_instead(self, reason: str) -> None:
+        """Something other than the model `choice` names answers (`reason`: the cloud
+        fallback's): its records are written now, the decision's reason that one, the
+        rest (the model chosen, its ranking) as `auto` decided."""
+        self.settle()
+        if self.decision is not None:
+            self.decision = {**self.decision, "reason": reason}
+
 
 @dataclass(slots=True)
 class Served:

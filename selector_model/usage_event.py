@@ -111,7 +111,8 @@ class UsageEvent:
     served_model: str | None = None
     backend: str | None = None
     # `auto`'s decision (`selector_model.policy.Decision.record`; with no model chosen,
-    # as the cloud answers in a profile's name, `policy.unchosen_record`), else null.
+    # as the cloud answers in a profile's name, `policy.unchosen_record`; where the
+    # cloud answers in place of the model chosen, reason "cloud"), else null.
     decision: dict[str, Any] | None = field(default=None, metadata=_NO_COLUMN)
     features: Features | None = field(default=None, metadata=_NO_COLUMN)
     # The chosen model as the selector saw it (`features.Candidate.to_record`).

@@ -530,6 +530,10 @@ async def wait_until(check: Callable[[], bool]) -> None:
 async def test_auto_falls_back_when_its_choice_fails_and_learns_nothing_from_it(
     servers: ServerThread, own_emulator: Emulator, cloud_server: StandIn
 ) -> None:
+    """Where `auto`'s choice fails and the cloud answers in its place, the answer and
+    its usage event say what served it, as where the cloud answers in the profile's
+    name: reason "cloud", the provider's backend and model, and no score (the chosen
+    model's, which did not answer); the decision keeps the model `auto` chose."""
     proxy = Proxy(servers, [own_emulator.url], cloud=cloud_section(cloud_server.url))
     app = proxy.app[APP_KEY]
     events = Path(proxy.config.usage.file_path)
@@ -538,16 +542,21 @@ async def test_auto_falls_back_when_its_choice_fails_and_learns_nothing_from_it(
         body = {"model": "auto", "messages": MESSAGES, "stream": False}
         status, headers, _ = await post(proxy.url + "/api/chat", body)
         assert status == 200 and "X-Autoroute-Backend" not in headers
+        assert headers["X-Autoroute-Reason"] != "cloud" and "X-Autoroute-Score" in headers
         await wait_until(lambda: app.learner.observed == 1)
         own_emulator.stop()  # auto still lists its models: the relay finds it gone
         status, headers, answer = await post(proxy.url + "/api/chat", body)
         assert status == 200, answer
-        assert headers["X-Autoroute-Backend"] == "cloud:openai"
+        said = [headers.get(f"X-Autoroute-{name}") for name in ("Backend", "Model", "Reason")]
+        assert said == ["cloud:openai", "openai-standin-model", "cloud"]
+        assert "X-Autoroute-Score" not in headers
         assert orjson.loads(answer)["message"]["content"] == ANSWER
         await wait_until(lambda: len(event_lines(events)) == 2)
         assert app.learner.observed == 1
         last = orjson.loads(event_lines(events)[-1])
-        assert last["provider"] == "openai" and last["decision"]["chosen"]
+        assert (last["provider"], last["backend"]) == ("openai", "cloud:openai")
+        decision = last["decision"]
+        assert decision["reason"] == "cloud" and decision["chosen"] in app.registry.models
     finally:
         proxy.stop()
 
