@@ -37,7 +37,8 @@ from proxy.cache.key import generates
 from proxy.cloud import (
     CLOUD_REASON,
     CloudFallback,
-    Refusal,
+    Standing,
+    refusal_of,
     stand_in_names,
     stands_in,
 )
@@ -770,11 +771,10 @@ class AutoRoutes:
         `why`): the provider and cloud model the route sends it to, with its budget
         this month (`CloudFallback.chosen`), no model ranked; or the route's refusal."""
         standing = await cloud.chosen(path, doc, names)
-        if isinstance(standing, Refusal):
-            return cloud.refusal_answer(request, standing)
-        unkeyed = standing.unkeyed()
-        if unkeyed is not None:
-            return cloud.refusal_answer(request, unkeyed)
+        refused = refusal_of(standing)
+        if refused is not None:
+            return cloud.refusal_answer(request, refused)
+        assert isinstance(standing, Standing)
         return _json(
             {
                 "model": standing.model,

@@ -61,6 +61,14 @@ def stand_in_names(profile: str, only: frozenset[str] | None) -> tuple[str, ...]
     return (f"auto:{profile}",) if only is None else ()
 
 
+def refusal_of(standing: Standing | Refusal) -> Refusal | None:
+    """Why no provider is asked for the answer `CloudFallback.chosen` named `standing`
+    for: none took it, or its key is not set (`Standing.unkeyed`); None where it is
+    asked. Only then do explain and the route's answer say reason "cloud": a refusal
+    is the route's, as explain answers it, and no provider answered."""
+    return standing if isinstance(standing, Refusal) else standing.unkeyed()
+
+
 def stands_in(
     cloud: CloudFallback | None, path: str, names: tuple[str, ...]
 ) -> TypeGuard[CloudFallback]:
@@ -341,13 +349,10 @@ class CloudFallback:
         error = "cloud fallback monthly token budget spent: " + "; ".join(spent_out)
         return Refusal(503, error, budget=True)
 
-    async def serve(
-        self, request: web.Request, doc: dict[str, Any], names: Iterable[str]
-    ) -> web.StreamResponse:
-        """Answer `request` (its JSON body `doc`) from the provider `chosen` names."""
-        path = request.path
+    async def serve(self, request: web.Request, standing: Standing | Refusal) -> web.StreamResponse:
+        """Answer `request` from the provider `chosen` named for it (`standing`), or
+        with the refusal it gave."""
         served = request[OUTCOME].served
-        standing = await self.chosen(path, doc, names)
         if isinstance(standing, Refusal):
             return self._refused(request, standing)
         served.backend = CLOUD_BACKEND_PREFIX + standing.name

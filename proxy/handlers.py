@@ -61,6 +61,7 @@ from proxy.cloud import (
     CloudFallback,
     lists_locally,
     lists_locally_now,
+    refusal_of,
     stand_in_names,
     stands_in,
 )
@@ -412,26 +413,30 @@ class Handlers:
         """The answer of the provider that stands in for `names`, the one way to the
         cloud: first Ollama's 400 for a body its handler refuses (`_refused` of `doc`,
         `sent` as the client sent it), as bad input is that 400 whatever the fleet's
-        state, and no Ollama read this one. The answer's headers and its usage event's
-        decision say the cloud answers, the model's name the cloud's once a provider
-        takes it: for `auto:<profile>` answered in the profile's name, no model chosen
-        (`policy.unchosen_record`); for `auto`'s choice answered in its place (its
-        backends failed or refused, or none usable lists it), reason "cloud" and no
-        score, the chosen model's."""
+        state, and no Ollama read this one. Once a provider is asked (`refusal_of`),
+        the answer's headers and its usage event's decision say the cloud answers, as
+        explain does, the model's name the cloud's: for `auto:<profile>` answered in
+        the profile's name, no model chosen (`policy.unchosen_record`); for `auto`'s
+        choice answered in its place (its backends failed or refused, or none usable
+        lists it), reason "cloud" and no score, the chosen model's. A refusal (the
+        month's budget spent, no key) says neither: no provider answers, and explain
+        answers the refusal as the route does, with no reason."""
         refused = _refused(request.path, doc, sent)
         if refused is not None:
             return refused
-        outcome = request[OUTCOME]
-        extra, decided = outcome.served.extra, outcome.decided
-        if profile is not None:
-            extra[AUTOROUTE_HEADERS[1]] = profile
-            extra[AUTOROUTE_HEADERS[2]] = CLOUD_REASON
-            decided.decision = unchosen_record(CLOUD_REASON, profile)
-        elif decided.choice is not None:
-            extra[AUTOROUTE_HEADERS[2]] = CLOUD_REASON
-            extra.pop(AUTOROUTE_HEADERS[3], None)
-            decided.answered_instead(CLOUD_REASON)
-        return await cloud.serve(request, doc, names)
+        standing = await cloud.chosen(request.path, doc, names)
+        if refusal_of(standing) is None:
+            outcome = request[OUTCOME]
+            extra, decided = outcome.served.extra, outcome.decided
+            if profile is not None:
+                extra[AUTOROUTE_HEADERS[1]] = profile
+                extra[AUTOROUTE_HEADERS[2]] = CLOUD_REASON
+                decided.decision = unchosen_record(CLOUD_REASON, profile)
+            elif decided.choice is not None:
+                extra[AUTOROUTE_HEADERS[2]] = CLOUD_REASON
+                extra.pop(AUTOROUTE_HEADERS[3], None)
+                decided.answered_instead(CLOUD_REASON)
+        return await cloud.serve(request, standing)
 
     async def transcription(self, request: web.Request) -> web.StreamResponse:
         """`POST /v1/audio/transcriptions`: routed by the model Ollama's multipart form

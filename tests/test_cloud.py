@@ -1159,12 +1159,21 @@ async def test_explain_of_auto_where_the_cloud_stands_in_says_what_the_route_doe
         }
         assert said == {name: headers.get(name) for name in said}
         assert orjson.loads(answer)["model"] == doc["model"]
-        # The month's budget spent: explain answers the route's refusal, which names it.
-        status, _, doc = await explained(proxy, "/api/chat", chat)
-        refused, _, answer = await post(proxy.url + "/api/chat", chat)
+        # The month's budget spent: explain answers the route's refusal, which names it,
+        # and neither says a reason: no provider answers, nor was a model chosen.
+        status, explained_headers, doc = await explained(proxy, "/api/chat", chat)
+        refused, headers, answer = await post(proxy.url + "/api/chat", chat)
         assert status == refused == 503
         assert doc == orjson.loads(answer) and "budget" in doc["error"], doc
+        for name in ("X-Autoroute-Reason", "X-Autoroute-Profile", "X-Autoroute-Backend"):
+            assert name not in headers and name not in explained_headers, name
         assert len(cloud_server.seen.bodies) == 1
+        events = Path(proxy.config.usage.file_path)
+        # The two loads', the chat the cloud answered, the refusal.
+        await wait_until(lambda: len(event_lines(events)) == 4)
+        *_, answered, refusal = (orjson.loads(line) for line in event_lines(events))
+        assert answered["decision"]["reason"] == "cloud"
+        assert (refusal["outcome"]["status"], refusal["decision"]) == (503, None)
     finally:
         proxy.stop()
 
