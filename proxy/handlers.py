@@ -504,16 +504,14 @@ class Handlers:
             or not valid_name(source(model)[0])
         ):
             return self._generate(request, served, doc, body, model)
+
+        def fallback() -> Awaitable[web.StreamResponse]:
+            """The cloud's answer where no local backend gives one."""
+            return self._to_cloud(request, doc, sent, names, cloud)
+
         if not lists_locally(self.backends, model):
-            return self._back_or_cloud(request, served, doc, body, sent, model, names, cloud)
-        return self._generate(
-            request,
-            served,
-            doc,
-            body,
-            model,
-            fallback=lambda: self._to_cloud(request, doc, sent, names, cloud),
-        )
+            return self._back_or_cloud(request, served, doc, body, model, fallback)
+        return self._generate(request, served, doc, body, model, fallback)
 
     async def _back_or_cloud(
         self,
@@ -521,23 +519,15 @@ class Handlers:
         served: Served,
         doc: dict[str, Any],
         body: bytes,
-        sent: bytes,
         model: str,
-        names: tuple[str, ...],
-        cloud: CloudFallback,
+        fallback: Fallback,
     ) -> web.StreamResponse:
-        """No usable backend lists `model`: to the cloud, unless a backend that does and
-        may be back on its port is usable once checked again (`lists_locally_now`)."""
+        """No usable backend lists `model`: to the cloud (`fallback`), unless a backend
+        that does and may be back on its port is usable once checked again
+        (`lists_locally_now`)."""
         if await lists_locally_now(self.backends, model):
-            return await self._generate(
-                request,
-                served,
-                doc,
-                body,
-                model,
-                fallback=lambda: self._to_cloud(request, doc, sent, names, cloud),
-            )
-        return await self._to_cloud(request, doc, sent, names, cloud)
+            return await self._generate(request, served, doc, body, model, fallback)
+        return await fallback()
 
     def _generate(
         self,
