@@ -208,6 +208,8 @@ def _on_any_version(first: Candidate, others: list[Candidate]) -> Candidate:
     known = [c.areas for c in every]
     return replace(
         first,
+        # Named for people (explain, usage events) as the weights it is costed as are.
+        family=heaviest.family,
         params_b=heaviest.params_b,
         quant_bits=heaviest.quant_bits,
         active_params_b=heaviest.active_params_b,
@@ -367,16 +369,19 @@ class Registry:
         info = model_info(name, tag, show, catalog)
         if len(versions) > 1:
             others = [
-                model_info(name, *version, catalog).candidate
+                model_info(name, *version, catalog)
                 for version in versions.values()
                 if version is not first  # `info` is its description
             ]
-            candidate = _on_any_version(info.candidate, others)
+            candidate = _on_any_version(info.candidate, [o.candidate for o in others])
             info = replace(
                 info,
                 candidate=candidate,
                 digest="",
                 generates="completion" in candidate.capabilities,
+                # Off the backends' machines where any version runs there: the prompt
+                # may go to it (`auto` sends one there only where a profile names it).
+                remote=next((v.remote for v in (info, *others) if v.remote), ""),
             )
         spelled = tag.get("model") or tag.get("name")
         if isinstance(spelled, str) and normalize_model(spelled) == name:

@@ -14,9 +14,11 @@ import pytest
 
 from proxy import registry as registry_module
 from proxy.app import APP_KEY
-from proxy.config import Config, ConfigError, Health, ModelEntry
+from proxy.auto import AutoRouter
+from proxy.backends import BackendPool
+from proxy.config import Backend, Config, ConfigError, Health, ModelEntry
 from proxy.emulator.catalog import template_for
-from proxy.registry import catalog_for, model_info
+from proxy.registry import Registry, catalog_for, model_info
 from selector_model import features
 from selector_model.catalog import DEFAULT_PATH, Catalog, CatalogError, names
 from selector_model.catalog.knowledge import AREAS, ModelKnowledge
@@ -483,6 +485,44 @@ async def test_a_name_whose_weights_differ_by_backend_is_what_any_one_may_be(
         prx.stop()
         small.stop()
         big.stop()
+
+
+async def test_a_name_that_runs_elsewhere_on_one_backend_runs_elsewhere() -> None:
+    """Two backends list one name with other weights: the first a local 7.6B qwen2,
+    the other a 70.6B llama that Ollama lists with a `remote_host` (it runs off the
+    backend's machine). A request `auto` sends the name may run on either, so its
+    prompt may leave the backends the operator runs: the name runs there, and `auto`
+    sends it a prompt only where a profile names it, as any remote model. Its family
+    is the heaviest weights', whose size it takes."""
+    name, host, other = "mine:latest", "https://ollama.com:443", "llama3.2:3b"
+    backends = (Backend(url="http://127.0.0.1:9"), Backend(url="http://127.0.0.1:10"))
+    config = Config(backends=backends)
+    pool = BackendPool(config)
+    registry = Registry(pool)
+    local_tag, local_show = _ollama("7.6B", "qwen2")
+    remote_tag, remote_show = _ollama("70.6B", "llama")
+    other_tag, other_show = _ollama("3.2B", "llama")
+    pool.states[0].tags = [
+        {**local_tag, "model": name, "digest": "a" * 64},
+        {**other_tag, "model": other, "digest": "c" * 64},
+    ]
+    pool.states[1].tags = [{**remote_tag, "model": name, "digest": "b" * 64, "remote_host": host}]
+    shows = {"a" * 64: local_show, "b" * 64: remote_show, "c" * 64: other_show}
+
+    async def show(state: Any, model: str, digest: str) -> dict[str, Any]:
+        return shows[digest]
+
+    registry._show = show  # type: ignore[method-assign]
+    await registry.refresh()
+    info = registry.models[name]
+    assert info.remote == host
+    assert (info.candidate.family, info.candidate.params_b) == ("llama", 70.6)
+    pool.states[0].models = frozenset({name, other})
+    pool.states[1].models = frozenset({name})
+    chat = {"model": "auto", "messages": [{"role": "user", "content": "Hello there"}]}
+    decision = AutoRouter(config, pool, registry).decide("/api/chat", chat, "balanced").decision
+    assert decision.chosen == other
+    assert decision.filtered[name] == f"runs on {host}: auto sends a prompt there only if named"
 
 
 # Models whose /api/show never answers on the backend the tests below make hang.
