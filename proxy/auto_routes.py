@@ -55,8 +55,10 @@ from proxy.protocol import (
     go_dumps,
     go_now,
 )
+from proxy.registry import ModelInfo
 from proxy.routes import RANKED_PATHS, find
 from selector_model import request_body
+from selector_model.features import AREAS
 from selector_model.policy import beyond_max_loss
 from selector_model.profiling import store as profile_store
 from selector_model.profiling.suite import CURRENT_VERSION as SUITE_VERSION
@@ -807,11 +809,37 @@ class AutoRoutes:
         numbers its areas take and the areas imputed from those entries), its
         capabilities and what said them (`registry.CAPABILITIES_FROM`: all but `show` are
         read off something else than the list Ollama gives), and its profiled areas,
-        when it has been profiled."""
+        when it has been profiled. A name backends list with other weights is described
+        as the decision reads it (the areas, uncertainty and capabilities any version
+        may have: `registry._on_any_version`), and each version as its own weights are
+        (`versions`, by digest)."""
         name = str(candidate.get("model", ""))
         info = self.auto.registry.models.get(name)
-        if info is not None and info.knowledge is not None:
-            known = info.knowledge
+        if info is not None:
+            own = self._own(name, info)
+            if info.versions:
+                merged = info.candidate
+                # No areas where one version's are unknown (`_on_any_version`).
+                areas = zip(AREAS, merged.areas, strict=False)
+                own["catalogue"] = {
+                    "areas": {area: round(score, 3) for area, score in areas},
+                    "uncertainty": round(merged.uncertainty, 3),
+                }
+                own["versions"] = [
+                    {"digest": v.digest, **self._own(name, v)} for v in info.versions
+                ]
+            candidate = {**candidate, **own}
+        measured = self.profiles.scores(name)
+        # Named as the model list spells it, as the answer's headers name it.
+        candidate = {**candidate, "model": self.auto.registry.spelled(name)}
+        return {**candidate, "measured": measured} if measured else candidate
+
+    def _own(self, name: str, info: ModelInfo) -> dict[str, Any]:
+        """What the catalogue knows of a model's weights (`info`; of a name listed with
+        other weights, nothing: see `_described`) and its capabilities."""
+        own: dict[str, Any] = {}
+        known = info.knowledge
+        if known is not None:
             described: dict[str, Any] = {
                 "origin": known.origin,
                 "family": known.family,
@@ -832,17 +860,12 @@ class AutoRoutes:
                 }
                 published = {s.area for s in cited.values()}
                 described["imputed"] = [area for area in known.areas if area not in published]
-            candidate = {**candidate, "catalogue": described}
-        if info is not None:
-            listed = sorted(info.candidate.capabilities)
-            candidate = {
-                **candidate,
-                "capabilities": {"listed": listed, "from": info.capabilities_from},
-            }
-        measured = self.profiles.scores(name)
-        # Named as the model list spells it, as the answer's headers name it.
-        candidate = {**candidate, "model": self.auto.registry.spelled(name)}
-        return {**candidate, "measured": measured} if measured else candidate
+            own["catalogue"] = described
+        own["capabilities"] = {
+            "listed": sorted(info.candidate.capabilities),
+            "from": info.capabilities_from,
+        }
+        return own
 
     async def status(self, request: web.Request) -> web.StreamResponse:
         doc = self.auto.status()

@@ -43,6 +43,11 @@ log = logging.getLogger("autoroute.registry")
 
 @dataclass(frozen=True)
 class ModelInfo:
+    """A model as `auto` sees it. For a name backends list with other weights, the
+    candidate is what any version may be (`_on_any_version`), and what describes one
+    version's weights alone (Ollama's details, the catalogue's knowledge, what said the
+    capabilities) is each version's own, in `versions`: here {}, None, "versions"."""
+
     candidate: Candidate  # with loaded=False; `Registry.candidates` sets it
     details: dict[str, Any]
     # Whether it chats and generates (`completion` among its capabilities), which Ollama
@@ -52,7 +57,8 @@ class ModelInfo:
     # Where a remote model runs (an Ollama cloud model's `remote_host`); "" when local.
     remote: str = ""
     # What said the candidate's capabilities (`CAPABILITIES_FROM`), for explain: all but
-    # "show" are read off something else than the list Ollama gives.
+    # "show" are read off something else than the list Ollama gives; "versions": every
+    # version's list, where backends list other weights under the name.
     capabilities_from: str = "show"
     # The weights' digest as `/api/tags` lists it, the same on every backend that lists
     # the name; "" when unknown or when backends list other weights under the name.
@@ -60,6 +66,9 @@ class ModelInfo:
     # The name as `/api/tags` spells it (`qwen3:8b-q4_K_M`), where the registry keys it
     # as Ollama reads it, folded (`normalize_model`); "" when the entry does not say.
     listed: str = ""
+    # Where backends list other weights under the name: each version as it would be
+    # alone (`model_info` of its tags entry and show), the first listed first; else ().
+    versions: tuple[ModelInfo, ...] = ()
 
 
 # Where a model's capabilities come from, in the order `model_info` tries them: the
@@ -352,7 +361,7 @@ class Registry:
         (each pulled at its own time, the library's template changed since), a request
         `auto` sends it may run on any of them (where it is loaded, or the least busy):
         it is what any version may be (`_on_any_version`), each version described as
-        it would be alone, by its own show."""
+        it would be alone, by its own show, and kept so (`ModelInfo.versions`)."""
         # Per digest listed, a tags entry of it and its show (None: none answered).
         versions: dict[str, tuple[dict[str, Any], dict[str, Any] | None]] = {}
         for state, tag in found:
@@ -373,15 +382,20 @@ class Registry:
                 for version in versions.values()
                 if version is not first  # `info` is its description
             ]
+            every = (info, *others)
             candidate = _on_any_version(info.candidate, [o.candidate for o in others])
             info = replace(
                 info,
                 candidate=candidate,
+                details={},
+                knowledge=None,
+                capabilities_from="versions",
                 digest="",
                 generates="completion" in candidate.capabilities,
                 # Off the backends' machines where any version runs there: the prompt
                 # may go to it (`auto` sends one there only where a profile names it).
-                remote=next((v.remote for v in (info, *others) if v.remote), ""),
+                remote=next((v.remote for v in every if v.remote), ""),
+                versions=every,
             )
         spelled = tag.get("model") or tag.get("name")
         if isinstance(spelled, str) and normalize_model(spelled) == name:

@@ -455,7 +455,9 @@ async def test_a_name_whose_weights_differ_by_backend_is_what_any_one_may_be(
     request `auto` sends the name may run on either, so the name thinks always (the
     first may answer `think: false`), is no code model by its template (the first
     takes no fill-in-the-middle), and costs what the larger weights cost; each flag is
-    read off every version, not off the first alone."""
+    read off every version, not off the first alone. Explain describes the name as
+    the decision reads it (the areas and uncertainty of the merged candidate), and
+    each version as its own weights are."""
     name = "mine:latest"
 
     def backend(version: str, family: str, size: str, *capabilities: str) -> Emulator:
@@ -481,6 +483,27 @@ async def test_a_name_whose_weights_differ_by_backend_is_what_any_one_may_be(
         assert candidate.thinks_always
         assert not candidate.is_code
         assert candidate.params_b == 20.9
+        ask = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(prx.url + "/api/autoroute/explain", json=ask) as resp,
+        ):
+            doc = await resp.json()
+        (row,) = [r for r in doc["ranking"] if r["model"] == name]
+        described = row["catalogue"]
+        assert described["uncertainty"] == round(candidate.uncertainty, 3)
+        assert described["areas"] == {
+            a: round(s, 3) for a, s in zip(AREAS, candidate.areas, strict=True)
+        }
+        assert row["capabilities"] == {"listed": ["completion", "thinking"], "from": "versions"}
+        # Each version as its own weights are, the first listed first.
+        versions = row["versions"]
+        assert [v["capabilities"]["listed"] for v in versions] == [
+            ["completion", "insert", "thinking"],
+            ["completion", "thinking"],
+        ]
+        assert len({v["digest"] for v in versions}) == 2
+        assert max(v["catalogue"]["uncertainty"] for v in versions) == described["uncertainty"]
     finally:
         prx.stop()
         small.stop()
