@@ -173,7 +173,7 @@ def decision_of(event: Mapping[str, Any]) -> tuple[str, str, float, float] | Non
     of the local model `auto` chose, nor chose one: `provider`). An event recorded
     before decisions recorded the margin gives 0 (no more than the model's P tied the
     best other's)."""
-    if outcome.replayed(event) or event.get("provider"):
+    if outcome.no_evidence(event):
         return None
     decision = event.get("decision")
     if not isinstance(decision, Mapping) or not isinstance(decision.get("chosen"), str):

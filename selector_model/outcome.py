@@ -189,6 +189,13 @@ def replayed(event: Mapping[str, Any]) -> bool:
     return event.get("cache") == "hit"
 
 
+def no_evidence(event: Mapping[str, Any]) -> bool:
+    """The event's answer says nothing new of the model it names as chosen: a replay
+    (`replayed`), or a cloud provider's (`provider`), which answered in place of the
+    local model `auto` chose, or with none chosen."""
+    return replayed(event) or bool(event.get("provider"))
+
+
 def of_event(event: Mapping[str, Any], retried: bool = False) -> Result | None:
     """A usage event's outcome: its `rating` (`_rating`) when present, else the
     implicit signals."""

@@ -252,3 +252,14 @@ def test_the_same_prompt_sent_again_and_again_is_a_repetition_not_retries() -> N
     # they arrived or ended.
     assert outcome.retried_ids(reversed(twice)) == {"t1", "t2"}
     assert outcome.retried_ids(sequential[::-1]) == set()
+
+
+def test_an_answer_a_cloud_provider_gave_is_no_example_of_the_model_auto_chose() -> None:
+    """Where `auto`'s choice failed and a cloud provider answered in its place, the
+    usage event keeps the chosen model's candidate and the cloud's outcome: training
+    makes no example of it, as the learner counts nothing of it; the same answer given
+    by the local model is one."""
+    local = _event("Why is the sky blue?", "llama3.1:8b", 8.0)
+    cloud = {**local, "request_id": "cloud", "provider": "openai", "backend": "cloud:openai"}
+    examples, stats = usage_examples([usage_event.read(e) for e in (local, cloud)])
+    assert (len(examples), stats.used, stats.skipped_unanswered) == (1, 1, 1)

@@ -13,7 +13,9 @@ definition of success (`selector_model.outcome`: a rating wins, else error,
 cancellation, the same prompt sent again soon, truncation, or a completed answer as a
 weak success), weighted by 1/propensity when the decision recorded one (exploration).
 Events recorded under another feature schema, malformed ones, duplicates (delivery is
-at least once) and requests no model answered (a 4xx) are skipped and counted.
+at least once), requests no model answered (a 4xx) and answers that are no evidence of
+the model chosen (a replay, a cloud provider's: `outcome.no_evidence`) are skipped and
+counted.
 """
 
 from __future__ import annotations
@@ -145,7 +147,9 @@ class UsageStats:
     # Delivery is at least once (spool replays, Kafka retries): a request id seen
     # before is the same event again.
     skipped_duplicate: int = 0
-    # Requests no model answered (a 4xx): no outcome to learn from.
+    # Requests no model answered (a 4xx), or whose answer is no evidence of the model
+    # chosen (`outcome.no_evidence`: a replay, a cloud provider's): no outcome to learn
+    # from.
     skipped_unanswered: int = 0
 
 
@@ -219,7 +223,7 @@ def usage_examples(events: Iterable[UsageEvent | None]) -> tuple[list[Example], 
             continue
         result = (
             None
-            if outcome.replayed(document)
+            if outcome.no_evidence(document)
             else outcome.of_event(document, request_id in retried)
         )
         if result is None:
