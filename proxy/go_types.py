@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, NamedTuple, TypeVar
 
 import orjson
@@ -37,6 +37,12 @@ class Aborts(BodyError):
 class LiteralLost(BodyError):
     """An int field refuses a number that is no integer, which Go names as the client
     wrote it, and the reading holds it as a double that lost that text (`checked`)."""
+
+
+class LostAborts(Aborts, LiteralLost):
+    """A `LiteralLost` in an /api/chat message (a tool call's `index`), whose error ends
+    the decoding as the message's UnmarshalJSON returns it (`Aborts`): the body is read
+    again for the number as written (`checked`)."""
 
 
 class BeyondADouble:
@@ -171,6 +177,8 @@ def type_error(value: Any, struct: str, field_path: str, go_type: str) -> BodyEr
         kind = f"number {whole}"  # beyond Go's int, as the client wrote it
     elif go_type == "int" and isinstance(value, WrittenFloat):
         kind = f"number {value.text}"
+    elif go_type == "int" and isinstance(value, BeyondADouble | orjson.Fragment):
+        kind = f"number {_beyond_a_double(value)}"  # ParseInt's, as the client wrote it
     elif kind == "number" and go_type == "int" and isinstance(value, float):
         raise LiteralLost(
             f"json: cannot unmarshal number {value!r} into Go struct field "
@@ -276,6 +284,8 @@ def _check_field(value: Any, struct: str, key: str, want: str) -> None:
         try:
             for item in value:
                 check(item, struct, key)
+        except LiteralLost as exc:
+            raise LostAborts(str(exc)) from None
         except BodyError as exc:  # from the element's own UnmarshalJSON
             raise Aborts(str(exc)) from None
     elif want in ("tools", "[]api.Tool"):
@@ -350,7 +360,8 @@ class _Shape(NamedTuple):
     """A struct of plain fields as `_check_struct` checks it: the name Go's errors give
     it, the type they name where a value is no object, and each field by its JSON name:
     (kind, the Go type an error names, the shape of the struct it holds or, for a
-    slice, of each element)."""
+    slice, of each element). The kind "arguments" is an api.ToolCallFunctionArguments
+    (`check_arguments`)."""
 
     name: str
     go_type: str
@@ -453,29 +464,63 @@ def check_openai_message(item: Any, struct: str, key: str) -> None:
     _check_struct(item, _OA_MESSAGE, key)
 
 
-def _check_struct(value: dict[str, Any], shape: _Shape, path: str) -> None:
-    """`value`'s fields of `shape` at `path`, in the body's order, as Go decodes them:
-    the first error (a type error; none of these fields has an UnmarshalJSON of its
-    own to end the decoding sooner)."""
+def _check_struct(
+    value: dict[str, Any], shape: _Shape, path: str, struct: str | None = None
+) -> None:
+    """`value`'s fields of `shape` at `path`, in the body's order, as Go decodes them,
+    a key matching its field whatever its case: the first type error, unless a
+    field's own UnmarshalJSON (`arguments`) ends the decoding first (`Aborts`).
+    `struct` names every error's struct in place of the innermost one, as the request
+    does for what a message's own UnmarshalJSON decodes (`check_message`)."""
+    saved: BodyError | None = None
     for name, field in value.items():
         spec = shape.fields.get(name)
+        if spec is None:  # a key of another case, or none of the struct's
+            name = canonical_key(name)
+            spec = shape.fields.get(name)
         if spec is None or field is None:
             continue
         kind, go_type, inner = spec
         at = f"{path}.{name}"
-        if not _fits(field, kind):
-            raise type_error(field, shape.name, at, go_type)
-        if kind == "[]string":
-            for item in field:
-                if not _fits(item, "string"):
-                    raise type_error(item, shape.name, at, "string")
-        elif inner is not None:
-            for item in field if kind == "[]" else (field,):
-                if item is None:
-                    continue
-                if not isinstance(item, dict):
-                    raise type_error(item, shape.name, at, inner.go_type)
-                _check_struct(item, inner, at)
+        named = struct or shape.name
+        try:
+            if kind == "arguments":
+                check_arguments(field)
+            elif not _fits(field, kind):
+                raise type_error(field, named, at, go_type)
+            elif kind == "[]string":
+                for item in field:
+                    if not _fits(item, "string"):
+                        raise type_error(item, named, at, "string")
+            elif inner is not None:
+                _check_elements(field if kind == "[]" else (field,), inner, at, named, struct)
+        except Aborts:
+            raise
+        except BodyError as exc:
+            saved = saved or exc
+    if saved is not None:
+        raise saved
+
+
+def _check_elements(
+    items: Iterable[Any], shape: _Shape, path: str, named: str, struct: str | None
+) -> None:
+    """Each of `items`, a struct of `shape` (`_check_struct`) or null, in order: the first
+    type error, unless a later element's decoding ends sooner (`Aborts`)."""
+    saved: BodyError | None = None
+    for item in items:
+        if item is None:
+            continue
+        try:
+            if not isinstance(item, dict):
+                raise type_error(item, named, path, shape.go_type)
+            _check_struct(item, shape, path, struct)
+        except Aborts:
+            raise
+        except BodyError as exc:
+            saved = saved or exc
+    if saved is not None:
+        raise saved
 
 
 # Standard base64, padded: what Go decodes once line breaks are taken out, matched in
@@ -576,15 +621,34 @@ _MESSAGE_FIELDS = {
 NOT_AN_OBJECT = "Value looks like object, but can't find closing '}' symbol"
 
 
-def check_tool_call(call: Any) -> None:
-    """api.ToolCall's `function.arguments`, an api.ToolCallFunctionArguments, decodes
+def check_arguments(value: Any) -> None:
+    """An api.ToolCallFunctionArguments (a tool call's `function.arguments`) decodes
     through wk8/go-ordered-map, whose UnmarshalJSON is jsonparser's ObjectEach: anything
     but an object is its error, returned as is (null Go sets without asking it), which
     ends the decoding (`Aborts`)."""
-    function = call.get("function") if isinstance(call, dict) else None
-    arguments = function.get("arguments") if isinstance(function, dict) else None
-    if arguments is not None and not isinstance(arguments, dict):
+    if value is not None and not isinstance(value, dict):
         raise Aborts(NOT_AN_OBJECT)
+
+
+# api.ToolCall and api.ToolCallFunction, as api.Message's inner decoding reads them
+# (`check_message`: its errors name the request's struct).
+_TOOL_CALL_FUNCTION = _Shape(
+    "ToolCallFunction",
+    "api.ToolCallFunction",
+    {
+        "index": ("int", "int", None),
+        "name": ("string", "string", None),
+        "arguments": ("arguments", "api.ToolCallFunctionArguments", None),
+    },
+)
+_TOOL_CALL = _Shape(
+    "ToolCall",
+    "api.ToolCall",
+    {
+        "id": ("string", "string", None),
+        "function": ("object", _TOOL_CALL_FUNCTION.go_type, _TOOL_CALL_FUNCTION),
+    },
+)
 
 
 def check_message(item: Any, struct: str, key: str) -> None:
@@ -594,8 +658,9 @@ def check_message(item: Any, struct: str, key: str) -> None:
     and the path from it to the field (`ChatRequest.messages.content`, as Ollama answers
     it), the type the inner decoding names (`api.Alias` for a message that is no
     object). The inner decoding goes in the message's order, a key given twice (a
-    `Pairs` message, `first_error`) each time: its first type error, unless a tool
-    call's `arguments` ends it first (`check_tool_call`)."""
+    `Pairs` message, `first_error`) each time: its first type error (a tool call's
+    fields too: `ChatRequest.messages.tool_calls.function.name`), unless a tool call's
+    `arguments` ends it first (`check_arguments`)."""
     if item is None:
         return
     saved: BodyError | None = None
@@ -630,8 +695,7 @@ def _check_message_field(value: Any, want: str, struct: str, path: str) -> None:
     elif want == "[]":
         if not isinstance(value, list):
             raise type_error(value, struct, path, "[]api.ToolCall")
-        for call in value:
-            check_tool_call(call)
+        _check_elements(value, _TOOL_CALL, path, struct, struct)
     elif not _fits(value, want):
         raise type_error(value, struct, path, _GO_TYPE[want])
 

@@ -231,6 +231,8 @@ async def test_openai_max_tokens_is_named_as_written(
 # with it, whatever the later value.
 _STREAM_ERROR = "json: cannot unmarshal string into Go struct field {}.stream of type bool"
 _BAD_THINK = 'invalid think value: "bad" (must be "high", "medium", "low", "max", true, or false)'
+# buger/jsonparser's error for a value that is no object where an ordered map is read.
+_NOT_AN_OBJECT = "Value looks like object, but can't find closing '}' symbol"
 _OA_USER = b'"messages": [{"role": "user", "content": "hi"}]'
 REPEATED = [
     (
@@ -292,6 +294,13 @@ REPEATED = [
         "/v1/chat/completions",
         b'{"model": "qwen2.5:7b", "messages": [{"role": 1, "role": "user", "content": "hi"}]}',
         "json: cannot unmarshal number into Go struct field Message.messages.role of type string",
+    ),
+    (
+        "/api/chat",
+        b'{"model": "qwen2.5:7b", "messages": [{"role": "assistant", "tool_calls":'
+        b' [{"function": {"index": "0", "index": 0, "name": "f"}}]}], "stream": false}',
+        "json: cannot unmarshal string into Go struct field "
+        "ChatRequest.messages.tool_calls.function.index of type int",
     ),
 ]
 
@@ -452,7 +461,6 @@ async def test_a_key_given_twice_runs_what_go_ends_with(
 # struct's fields, unless an UnmarshalJSON's own error (`think`, an /api/chat or
 # /v1/messages message, a tool call's `arguments` inside a message) ends the decoding
 # first, an earlier saved error notwithstanding.
-_NOT_AN_OBJECT = "Value looks like object, but can't find closing '}' symbol"
 _BOGUS_THINK = _BAD_THINK.replace('"bad"', '"bogus"')
 BODY_ORDER = [
     (
@@ -483,6 +491,20 @@ BODY_ORDER = [
         b' "type": 2}], "stream": false}',
         "json: cannot unmarshal number into Go struct field ToolFunction.tools.function.name "
         "of type string",
+    ),
+    (
+        "/api/chat",
+        b'{"model": "qwen2.5:7b", "stream": "yes", "messages": [{"role": "assistant",'
+        b' "tool_calls": [{"function": {"name": 1}}, {"id": 2}]}]}',
+        "json: cannot unmarshal number into Go struct field "
+        "ChatRequest.messages.tool_calls.function.name of type string",
+    ),
+    (
+        "/api/chat",
+        b'{"model": "qwen2.5:7b", "messages": [{"role": "assistant", "tool_calls":'
+        b' [{"function": {"index": 1.0}}]}], "stream": "yes"}',
+        "json: cannot unmarshal number 1.0 into Go struct field "
+        "ChatRequest.messages.tool_calls.function.index of type int",
     ),
     (
         "/v1/chat/completions",

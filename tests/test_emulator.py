@@ -2040,6 +2040,54 @@ async def test_tool_call_arguments_are_read_as_an_ordered_map(
         assert json.loads(answer) == {"error": message}
 
 
+# (a tool call as written; the kind, field and type Go's error names, no kind where Go
+# decodes it): api.ToolCall's and api.ToolCallFunction's fields, which api.Message's
+# inner decoding names by the request; null leaves a field as it is, a key no field
+# has is skipped.
+_TOOL_CALL_FIELDS = [
+    ('{"id": 1, "function": {"name": "f"}}', "number", ".id", "string"),
+    ('{"function": {"name": ["f"]}}', "array", ".function.name", "string"),
+    ('{"function": {"index": "0"}}', "string", ".function.index", "int"),
+    ('{"function": {"index": 2.0}}', "number 2.0", ".function.index", "int"),
+    ('{"function": {"index": 1e400}}', "number 1e400", ".function.index", "int"),
+    ('"get_weather"', "string", "", "api.ToolCall"),
+    ('{"function": 5}', "number", ".function", "api.ToolCallFunction"),
+    (
+        '{"function": {"index": 0, "name": 1, "arguments": {}}}',
+        "number",
+        ".function.name",
+        "string",
+    ),
+    ('{"id": "c1", "type": 5, "function": {"index": 3, "name": "f", "arguments": {}}}', "", "", ""),
+    ("null", "", "", ""),
+    ('{"id": null, "function": {"index": null, "name": null}}', "", "", ""),
+]
+
+
+@pytest.mark.parametrize(("call", "kind", "field", "go_type"), _TOOL_CALL_FIELDS)
+async def test_a_tool_calls_fields_are_read_as_go_reads_them(
+    emu: Emu, call: str, kind: str, field: str, go_type: str
+) -> None:
+    """A tool call of a conversation's past turn that Go refuses is Ollama's 400, its
+    error in the request's context (`ChatRequest.messages.tool_calls.function.name`),
+    ending the decoding where an earlier field's type error was saved."""
+    raw = (
+        '{"model": "qwen2.5:7b", "stream": "yes", "messages": [{"role": "user", "content":'
+        ' "weather?"}, {"role": "assistant", "content": "", "tool_calls": [' + call + "]}]}"
+    )
+    if not kind:
+        raw = raw.replace('"yes"', "false")
+    got, _, answer = await emu.post("/api/chat", raw=raw.encode())
+    if not kind:
+        assert got == 200, answer[:300]
+        return
+    error = (
+        f"json: cannot unmarshal {kind} into Go struct field "
+        f"ChatRequest.messages.tool_calls{field} of type {go_type}"
+    )
+    assert (got, json.loads(answer)) == (400, {"error": error})
+
+
 @pytest.mark.parametrize(
     ("arguments", "status"),
     [('{"city": "Oslo"}', 200), ("null", 200), ("[1, 2]", 400), ("5", 400), ('"Oslo"', 400)],

@@ -495,6 +495,63 @@ IN_BODY_ORDER = [
         b'{"model":"m","max_tokens":1,"stream":"yes","messages":[{"content":"x","role":1}]}',
         _INTO.format("number", "MessagesRequest.messages.role", "string"),
     ),
+    # A tool call's own fields, which api.Message's inner decoding names by the request
+    # and the path from it; a type error is saved and the decoding goes on, to a later
+    # `arguments` whose UnmarshalJSON error ends it.
+    *(
+        (
+            "/api/chat",
+            b'{"model":"m","stream":"yes","messages":[{"role":"assistant","tool_calls":['
+            + call
+            + b"]}]}",
+            _INTO.format(kind, f"ChatRequest.messages.tool_calls{field}", go_type),
+        )
+        for call, kind, field, go_type in [
+            (b'{"id":1,"function":{"name":"f"}}', "number", ".id", "string"),
+            (b'{"function":{"name":1}}', "number", ".function.name", "string"),
+            (b'{"function":{"index":"0"}}', "string", ".function.index", "int"),
+            (b'{"function":{"index":true}}', "bool", ".function.index", "int"),
+            (b'{"function":{"index":1.5}}', "number 1.5", ".function.index", "int"),
+            (b'{"function":{"index":1e2}}', "number 1e2", ".function.index", "int"),
+            (b'{"function":{"index":1e400}}', "number 1e400", ".function.index", "int"),
+            (
+                b'{"function":{"index":9223372036854775808}}',
+                "number 9223372036854775808",
+                ".function.index",
+                "int",
+            ),
+            (b'"f"', "string", "", "api.ToolCall"),
+            (b"5", "number", "", "api.ToolCall"),
+            (b"[]", "array", "", "api.ToolCall"),
+            (b'{"function":"f"}', "string", ".function", "api.ToolCallFunction"),
+            (b'{"function":[]}', "array", ".function", "api.ToolCallFunction"),
+            (b'{"function":{"index":"x","name":1}}', "string", ".function.index", "int"),
+            (b'{"function":{"name":1,"index":"x"}}', "number", ".function.name", "string"),
+            (b'{"Function":{"NAME":1}}', "number", ".function.name", "string"),
+            (b'{"id":1},{"function":{"name":2}}', "number", ".id", "string"),
+        ]
+    ),
+    (
+        "/api/chat",
+        b'{"model":"m","messages":[{"role":"assistant","tool_calls":[{"function":{"name":1}},'
+        b'{"function":{"arguments":"x"}}]}]}',
+        go_types.NOT_AN_OBJECT,
+    ),
+    (
+        "/api/chat",
+        b'{"model":"m","messages":[{"content":1,"tool_calls":[{"id":2}]}]}',
+        _INTO.format("number", "ChatRequest.messages.content", "string"),
+    ),
+    (
+        "/api/chat",
+        b'{"model":"m","messages":[{"tool_calls":[{"id":2}],"content":1}]}',
+        _INTO.format("number", "ChatRequest.messages.tool_calls.id", "string"),
+    ),
+    (
+        "/v1/chat/completions",
+        b'{"model":"m","messages":[{"role":"assistant","tool_calls":[{"index":1e400}]}]}',
+        _INTO.format("number 1e400", "ToolCall.messages.tool_calls.index", "int"),
+    ),
 ]
 
 
@@ -503,6 +560,28 @@ def test_the_first_error_is_the_first_in_the_body(path: str, body: bytes, messag
     doc, _ = go_json.read(body)
     refused = auto_routes.refusal(path, doc, body)
     assert refused is not None and refused.message == message
+
+
+# Tool calls Go decodes without an error: null leaves a field, or a whole call, as it
+# is; a key no field has (an OpenAI `type`) is skipped; any int is an index.
+TOOL_CALLS_ACCEPTED = [
+    (
+        "/api/chat",
+        b'{"model":"m","messages":[{"role":"assistant","tool_calls":[' + calls + b"]}]}",
+    )
+    for calls in [
+        b'{"id":"c1","type":"function","function":{"index":0,"name":"f","arguments":{}}}',
+        b'null,{"id":null,"function":null},{"function":{"index":null,"name":null}}',
+        b'{"function":{"index":-1,"arguments":{"a":[1,{"b":null}]}}}',
+        b'{"function":{"index":9223372036854775807,"name":"f","extra":5}}',
+    ]
+]
+
+
+@pytest.mark.parametrize(("path", "body"), TOOL_CALLS_ACCEPTED)
+def test_a_tool_call_go_decodes_is_not_refused(path: str, body: bytes) -> None:
+    doc, _ = go_json.read(body)
+    assert auto_routes.refusal(path, doc, body) is None
 
 
 # (path, body giving a key twice in a message, Go's error): the message's UnmarshalJSON
@@ -523,6 +602,18 @@ IN_A_MESSAGE_TWICE = [
         "/api/chat",
         b'{"model":"m","messages":[{"role":"user","content":"x","content":2,"role":1}]}',
         _INTO.format("number", "ChatRequest.messages.content", "string"),
+    ),
+    (
+        "/api/chat",
+        b'{"model":"m","messages":[{"role":"assistant","tool_calls":[{"function":'
+        b'{"name":1,"name":"f"}}]}]}',
+        _INTO.format("number", "ChatRequest.messages.tool_calls.function.name", "string"),
+    ),
+    (
+        "/api/chat",
+        b'{"model":"m","messages":[{"role":"assistant","tool_calls":[{"function":'
+        b'{"index":1.5,"index":1}}]}]}',
+        _INTO.format("number 1.5", "ChatRequest.messages.tool_calls.function.index", "int"),
     ),
 ]
 
