@@ -622,10 +622,10 @@ NOT_AN_OBJECT = "Value looks like object, but can't find closing '}' symbol"
 
 
 def check_arguments(value: Any) -> None:
-    """An api.ToolCallFunctionArguments (a tool call's `function.arguments`) decodes
-    through wk8/go-ordered-map, whose UnmarshalJSON is jsonparser's ObjectEach: anything
-    but an object is its error, returned as is (null Go sets without asking it), which
-    ends the decoding (`Aborts`)."""
+    """An api.ToolCallFunctionArguments (a tool call's `function.arguments`, an Anthropic
+    content block's `input`) decodes through wk8/go-ordered-map, whose UnmarshalJSON is
+    jsonparser's ObjectEach: anything but an object is its error, returned as is (null
+    Go sets without asking it), which ends the decoding (`Aborts`)."""
     if value is not None and not isinstance(value, dict):
         raise Aborts(NOT_AN_OBJECT)
 
@@ -714,14 +714,19 @@ def check_anthropic_message(msg: Any, struct: str, key: str) -> None:
     UnmarshalJSON, the message into its head (`_ANTHROPIC_HEAD`: each `role` in the
     message's order, a key given twice (a `Pairs` message) each time; `content` a
     json.RawMessage, the last one kept), then `content` as a string, else as a list of
-    blocks. A null message, or one without `content`, unmarshals no bytes (a null
-    `content` is the text ""). json.Unmarshal puts an error of these inner decodings in
-    the request's context (`MessagesRequest.messages`, the inner field after it)."""
+    blocks (`_check_blocks`). A null message, or one without `content`, unmarshals no
+    bytes (a null `content` is the text ""). json.Unmarshal puts an error of these
+    inner decodings in the request's context (`MessagesRequest.messages`, the inner
+    field after it)."""
     if isinstance(msg, Pairs):
-        for name, value in msg:
-            if canonical_key(name) == "role":
+        pairs, msg = msg, {}
+        for name, value in pairs:
+            name = canonical_key(name)
+            if name == "role":
                 _check_role(taken_whole(value), struct, key)
-        msg = {canonical_key(name): taken_whole(value) for name, value in msg}
+            # The blocks as given: a block giving a key twice is decoded each time.
+            whole = name == "content" and type(value) is list
+            msg[name] = value if whole else taken_whole(value)
     if msg is None or (isinstance(msg, dict) and "content" not in msg):
         raise BodyError(NO_INPUT)
     if not isinstance(msg, dict):
@@ -732,12 +737,32 @@ def check_anthropic_message(msg: Any, struct: str, key: str) -> None:
         return
     if not isinstance(content, list):
         raise type_error(content, struct, key, "[]anthropic.ContentBlock")
+    _check_blocks(content, struct, key)
+
+
+def _check_blocks(content: list[Any], struct: str, key: str) -> None:
+    """A message's content blocks ([]anthropic.ContentBlock), in order, a block giving a
+    key twice (a `Pairs`) each time: the first type error, unless a block's `input` (an
+    api.ToolCallFunctionArguments, in a block of any type) ends the decoding first
+    (`check_arguments`)."""
+    saved: BodyError | None = None
     for block in content:
-        if block is not None and not isinstance(block, dict):
-            raise type_error(block, struct, key, "anthropic.ContentBlock")
-        kind = (block or {}).get("type")
-        if kind is not None and not isinstance(kind, str):
-            raise type_error(kind, struct, f"{key}.type", "string")
+        pieces: Iterable[Any] = (block,)
+        if isinstance(block, Pairs):
+            pieces = ({canonical_key(k): v for k, v in one.items()} for one in _assigned(block))
+        for piece in pieces:
+            if piece is None:
+                continue
+            if not isinstance(piece, dict):
+                saved = saved or type_error(piece, struct, key, "anthropic.ContentBlock")
+                continue
+            # An error of `input`'s ends the decoding, whatever the block's keys' order.
+            check_arguments(piece.get("input"))
+            kind = piece.get("type")
+            if kind is not None and not isinstance(kind, str):
+                saved = saved or type_error(kind, struct, f"{key}.type", "string")
+    if saved is not None:
+        raise saved
 
 
 def _check_role(role: Any, struct: str, key: str) -> None:

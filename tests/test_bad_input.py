@@ -524,6 +524,12 @@ BODY_ORDER = [
         "json: cannot unmarshal number into Go struct field MessagesRequest.messages.role "
         "of type string",
     ),
+    (
+        "/v1/messages",
+        b'{"model": "qwen2.5:7b", "max_tokens": 5, "stream": "yes", "messages": [{"role":'
+        b' "assistant", "content": [{"type": 1}, {"type": "tool_use", "input": "x"}]}]}',
+        _NOT_AN_OBJECT,
+    ),
     # A key given twice inside a message: its UnmarshalJSON decodes the message afresh,
     # the earlier value too.
     (

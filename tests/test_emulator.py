@@ -2089,6 +2089,37 @@ async def test_a_tool_calls_fields_are_read_as_go_reads_them(
 
 
 @pytest.mark.parametrize(
+    "block",
+    [
+        {"type": "tool_use", "id": "t1", "name": "get_weather", "input": '{"city": "Oslo"}'},
+        {"type": "tool_use", "id": "t1", "name": "get_weather", "input": [1]},
+        {"type": "text", "text": "x", "input": 5},
+    ],
+)
+async def test_an_anthropic_blocks_input_is_read_as_an_ordered_map(
+    emu: Emu, block: dict[str, Any]
+) -> None:
+    """anthropic.ContentBlock's `input` is an api.ToolCallFunctionArguments: anything but
+    an object is its ordered map's error (jsonparser's), which ends the decoding, the
+    middleware's 400, after an earlier block's saved type error too."""
+    messages = [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": [{"type": 1}, block]},
+    ]
+    body = {"model": "qwen2.5:7b", "max_tokens": 5, "messages": messages}
+    status, _, answer = await emu.post("/v1/messages", body)
+    error = json.loads(answer)["error"]
+    assert (status, error["message"]) == (
+        400,
+        "Value looks like object, but can't find closing '}' symbol",
+    )
+    block["input"] = {"city": "Oslo"}
+    messages[1]["content"] = [block]
+    status, _, answer = await emu.post("/v1/messages", body)
+    assert status == 200, answer[:300]
+
+
+@pytest.mark.parametrize(
     ("arguments", "status"),
     [('{"city": "Oslo"}', 200), ("null", 200), ("[1, 2]", 400), ("5", 400), ('"Oslo"', 400)],
 )

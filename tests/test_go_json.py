@@ -552,6 +552,24 @@ IN_BODY_ORDER = [
         b'{"model":"m","messages":[{"role":"assistant","tool_calls":[{"index":1e400}]}]}',
         _INTO.format("number 1e400", "ToolCall.messages.tool_calls.index", "int"),
     ),
+    # A content block's `input` is an api.ToolCallFunctionArguments: anything but an
+    # object is its ordered map's error, which ends the decoding, in any block.
+    *(
+        (
+            "/v1/messages",
+            b'{"model":"m","max_tokens":1,"messages":[{"role":"assistant","content":'
+            + content
+            + b"}]}",
+            go_types.NOT_AN_OBJECT,
+        )
+        for content in [
+            b'[{"type":"tool_use","id":"t","name":"f","input":"x"}]',
+            b'[{"type":"tool_use","input":[1]}]',
+            b'[{"type":"text","text":"x","input":5}]',
+            b'[{"type":1},{"type":"tool_use","input":true}]',
+            b'[{"type":1,"Input":"x"}]',
+        ]
+    ),
 ]
 
 
@@ -575,6 +593,13 @@ TOOL_CALLS_ACCEPTED = [
         b'{"function":{"index":-1,"arguments":{"a":[1,{"b":null}]}}}',
         b'{"function":{"index":9223372036854775807,"name":"f","extra":5}}',
     ]
+] + [
+    (
+        "/v1/messages",
+        b'{"model":"m","max_tokens":1,"messages":[{"role":"assistant","content":'
+        b'[{"type":"tool_use","id":"t","name":"f","input":{"a":1}},{"type":"text",'
+        b'"text":"x"}]}]}',
+    ),
 ]
 
 
@@ -614,6 +639,12 @@ IN_A_MESSAGE_TWICE = [
         b'{"model":"m","messages":[{"role":"assistant","tool_calls":[{"function":'
         b'{"index":1.5,"index":1}}]}]}',
         _INTO.format("number 1.5", "ChatRequest.messages.tool_calls.function.index", "int"),
+    ),
+    (
+        "/v1/messages",
+        b'{"model":"m","max_tokens":1,"messages":[{"role":"assistant","content":'
+        b'[{"type":"tool_use","input":"x","input":{}}]}]}',
+        go_types.NOT_AN_OBJECT,
     ),
 ]
 
