@@ -485,7 +485,7 @@ def _check_struct(
         named = struct or shape.name
         try:
             if kind == "arguments":
-                check_arguments(field)
+                check_arguments(field, named, at)
             elif not _fits(field, kind):
                 raise type_error(field, named, at, go_type)
             elif kind == "[]string":
@@ -621,13 +621,23 @@ _MESSAGE_FIELDS = {
 NOT_AN_OBJECT = "Value looks like object, but can't find closing '}' symbol"
 
 
-def check_arguments(value: Any) -> None:
+def check_arguments(value: Any, struct: str, path: str) -> None:
     """An api.ToolCallFunctionArguments (a tool call's `function.arguments`, an Anthropic
-    content block's `input`) decodes through wk8/go-ordered-map, whose UnmarshalJSON is
-    jsonparser's ObjectEach: anything but an object is its error, returned as is (null
-    Go sets without asking it), which ends the decoding (`Aborts`)."""
-    if value is not None and not isinstance(value, dict):
+    content block's `input`, at `struct`.`path`) decodes through wk8/go-ordered-map,
+    whose UnmarshalJSON is jsonparser's ObjectEach: anything but an object is its error,
+    returned as is (null Go sets without asking it); each value of an object goes to
+    json.Unmarshal into an `any`, whose error for a number beyond a double the decoding
+    of the message puts in the request's context. Either ends the decoding (`Aborts`)."""
+    if value is None:
+        return
+    if not isinstance(value, dict):
         raise Aborts(NOT_AN_OBJECT)
+    beyond = _beyond_a_double(value)
+    if beyond is not None:
+        raise Aborts(
+            f"json: cannot unmarshal number {beyond} into Go struct field {struct}.{path} "
+            "of type float64"
+        )
 
 
 # api.ToolCall and api.ToolCallFunction, as api.Message's inner decoding reads them
@@ -757,7 +767,7 @@ def _check_blocks(content: list[Any], struct: str, key: str) -> None:
                 saved = saved or type_error(piece, struct, key, "anthropic.ContentBlock")
                 continue
             # An error of `input`'s ends the decoding, whatever the block's keys' order.
-            check_arguments(piece.get("input"))
+            check_arguments(piece.get("input"), struct, f"{key}.input")
             kind = piece.get("type")
             if kind is not None and not isinstance(kind, str):
                 saved = saved or type_error(kind, struct, f"{key}.type", "string")

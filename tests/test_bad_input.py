@@ -501,6 +501,13 @@ BODY_ORDER = [
     ),
     (
         "/api/chat",
+        b'{"model": "qwen2.5:7b", "stream": "yes", "messages": [{"role": "assistant",'
+        b' "tool_calls": [{"function": {"name": 1, "arguments": {"a": [1e400]}}}]}]}',
+        "json: cannot unmarshal number 1e400 into Go struct field "
+        "ChatRequest.messages.tool_calls.function.arguments of type float64",
+    ),
+    (
+        "/api/chat",
         b'{"model": "qwen2.5:7b", "messages": [{"role": "assistant", "tool_calls":'
         b' [{"function": {"index": 1.0}}]}], "stream": "yes"}',
         "json: cannot unmarshal number 1.0 into Go struct field "

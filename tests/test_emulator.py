@@ -2053,6 +2053,12 @@ _TOOL_CALL_FIELDS = [
     ('"get_weather"', "string", "", "api.ToolCall"),
     ('{"function": 5}', "number", ".function", "api.ToolCallFunction"),
     (
+        '{"function": {"arguments": {"a": [1e400]}}}',
+        "number 1e400",
+        ".function.arguments",
+        "float64",
+    ),
+    (
         '{"function": {"index": 0, "name": 1, "arguments": {}}}',
         "number",
         ".function.name",
@@ -2100,8 +2106,9 @@ async def test_an_anthropic_blocks_input_is_read_as_an_ordered_map(
     emu: Emu, block: dict[str, Any]
 ) -> None:
     """anthropic.ContentBlock's `input` is an api.ToolCallFunctionArguments: anything but
-    an object is its ordered map's error (jsonparser's), which ends the decoding, the
-    middleware's 400, after an earlier block's saved type error too."""
+    an object is its ordered map's error (jsonparser's), and a number beyond a double
+    in an object is json.Unmarshal's, in the request's context; either ends the
+    decoding, the middleware's 400, after an earlier block's saved type error too."""
     messages = [
         {"role": "user", "content": "weather?"},
         {"role": "assistant", "content": [{"type": 1}, block]},
@@ -2112,6 +2119,18 @@ async def test_an_anthropic_blocks_input_is_read_as_an_ordered_map(
     assert (status, error["message"]) == (
         400,
         "Value looks like object, but can't find closing '}' symbol",
+    )
+    raw = (
+        json.dumps(body)
+        .encode()
+        .replace(b'"input": ' + json.dumps(block["input"]).encode(), b'"input": {"city": 1e400}')
+    )
+    status, _, answer = await emu.post("/v1/messages", raw=raw)
+    error = json.loads(answer)["error"]
+    assert (status, error["message"]) == (
+        400,
+        "json: cannot unmarshal number 1e400 into Go struct field MessagesRequest.messages.input"
+        " of type float64",
     )
     block["input"] = {"city": "Oslo"}
     messages[1]["content"] = [block]

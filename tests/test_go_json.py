@@ -529,6 +529,13 @@ IN_BODY_ORDER = [
             (b'{"function":{"name":1,"index":"x"}}', "number", ".function.name", "string"),
             (b'{"Function":{"NAME":1}}', "number", ".function.name", "string"),
             (b'{"id":1},{"function":{"name":2}}', "number", ".id", "string"),
+            # The ordered map decodes each value into an `any`: a float64.
+            (
+                b'{"function":{"name":1,"arguments":{"a":[1,{"b":1e400}],"c":2e400}}}',
+                "number 1e400",
+                ".function.arguments",
+                "float64",
+            ),
         ]
     ),
     (
@@ -569,6 +576,12 @@ IN_BODY_ORDER = [
             b'[{"type":1},{"type":"tool_use","input":true}]',
             b'[{"type":1,"Input":"x"}]',
         ]
+    ),
+    (
+        "/v1/messages",
+        b'{"model":"m","max_tokens":1,"messages":[{"role":"assistant","content":'
+        b'[{"type":1},{"type":"tool_use","input":{"a":{"b":-1e999}}}]}]}',
+        _INTO.format("number -1e999", "MessagesRequest.messages.input", "float64"),
     ),
 ]
 
