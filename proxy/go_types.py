@@ -478,8 +478,8 @@ def _check_struct(
         if spec is None:  # a key of another case, or none of the struct's
             name = canonical_key(name)
             spec = shape.fields.get(name)
-        if spec is None or field is None:
-            continue
+        if spec is None or (field is None and spec[0] != "arguments"):
+            continue  # null leaves a field as it is, but for an UnmarshalJSON's
         kind, go_type, inner = spec
         at = f"{path}.{name}"
         named = struct or shape.name
@@ -625,11 +625,11 @@ def check_arguments(value: Any, struct: str, path: str) -> None:
     """An api.ToolCallFunctionArguments (a tool call's `function.arguments`, an Anthropic
     content block's `input`, at `struct`.`path`) decodes through wk8/go-ordered-map,
     whose UnmarshalJSON is jsonparser's ObjectEach: anything but an object is its error,
-    returned as is (null Go sets without asking it); each value of an object goes to
-    json.Unmarshal into an `any`, whose error for a number beyond a double the decoding
-    of the message puts in the request's context. Either ends the decoding (`Aborts`)."""
-    if value is None:
-        return
+    returned as is, null too (encoding/json's literalStore hands a null to the
+    UnmarshalJSON of a field that is no pointer, and json.Unmarshal of it into the map
+    to the map's own); each value of an object goes to json.Unmarshal into an `any`,
+    whose error for a number beyond a double the decoding of the message puts in the
+    request's context. Either ends the decoding (`Aborts`)."""
     if not isinstance(value, dict):
         raise Aborts(NOT_AN_OBJECT)
     beyond = _beyond_a_double(value)
@@ -767,7 +767,8 @@ def _check_blocks(content: list[Any], struct: str, key: str) -> None:
                 saved = saved or type_error(piece, struct, key, "anthropic.ContentBlock")
                 continue
             # An error of `input`'s ends the decoding, whatever the block's keys' order.
-            check_arguments(piece.get("input"), struct, f"{key}.input")
+            if "input" in piece:
+                check_arguments(piece["input"], struct, f"{key}.input")
             kind = piece.get("type")
             if kind is not None and not isinstance(kind, str):
                 saved = saved or type_error(kind, struct, f"{key}.type", "string")

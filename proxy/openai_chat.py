@@ -128,15 +128,15 @@ def _no_constant(text: str) -> Any:
 
 def _arguments(text: str) -> Any:
     """json.Unmarshal of a tool call's `arguments` (into an ordered map of `any`): the
-    whole text one JSON value, every number a float64; an object, or null (which Go
-    sets without the map's UnmarshalJSON, `go_types.check_arguments`)."""
+    whole text one JSON value, every number a float64; an object, not even null
+    (`go_types.check_arguments`)."""
     try:
         value = json.loads(
             text, parse_float=_not_a_float64, parse_int=_whole, parse_constant=_no_constant
         )
     except (ValueError, RecursionError):
         raise BodyError("invalid tool call arguments") from None
-    if value is not None and not isinstance(value, dict):
+    if not isinstance(value, dict):
         raise BodyError("invalid tool call arguments")
     return value
 

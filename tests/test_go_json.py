@@ -544,6 +544,14 @@ IN_BODY_ORDER = [
         b'{"function":{"arguments":"x"}}]}]}',
         go_types.NOT_AN_OBJECT,
     ),
+    # Null too: encoding/json hands it to the UnmarshalJSON of a field that is no
+    # pointer, and the ordered map reads no object in it.
+    (
+        "/api/chat",
+        b'{"model":"m","messages":[{"role":"assistant","tool_calls":[{"function":{"name":1,'
+        b'"arguments":null}}]}]}',
+        go_types.NOT_AN_OBJECT,
+    ),
     (
         "/api/chat",
         b'{"model":"m","messages":[{"content":1,"tool_calls":[{"id":2}]}]}',
@@ -575,6 +583,7 @@ IN_BODY_ORDER = [
             b'[{"type":"text","text":"x","input":5}]',
             b'[{"type":1},{"type":"tool_use","input":true}]',
             b'[{"type":1,"Input":"x"}]',
+            b'[{"type":"tool_use","id":"t","name":"f","input":null}]',
         ]
     ),
     (
