@@ -19,10 +19,12 @@ reads or writes, which Go reads, is read to `KEPT_DEPTH` and each value below is
 forwarded as written (`_read_deep`): the proxy reads nothing that deep. A number beyond
 a double, which Go refuses where it decodes it, is forwarded as written (`_number`),
 for the backend's own error; so is an integer beyond 64 bits, which Go names as written
-where an int field refuses it; and a number that is no integer where Go reads an int
-(`as_written`), which Go refuses naming it as written. Where the proxy answers itself
-(explain, feedback), a body that is no JSON to Go gets Go's decoding error
-(`decode_error`).
+where an int field refuses it; and a number that is no integer in a top-level field Go
+reads as an int (`as_written`), which Go refuses naming it as written. One in a nested
+int field (a tool call's `index`) goes as the proxy writes it (`1e2` as `100.0`), and
+the backend names it so: finding it would cost a pass over the conversation. Where the
+proxy answers itself (explain, feedback), a body that is no JSON to Go gets Go's
+decoding error (`decode_error`).
 """
 
 from __future__ import annotations
