@@ -621,9 +621,10 @@ _MESSAGE_FIELDS = {
 NOT_AN_OBJECT = "Value looks like object, but can't find closing '}' symbol"
 
 
-def check_arguments(value: Any, struct: str, path: str) -> None:
+def check_arguments(value: Any, struct: str | None = None, path: str = "") -> None:
     """An api.ToolCallFunctionArguments (a tool call's `function.arguments`, an Anthropic
-    content block's `input`, at `struct`.`path`) decodes through wk8/go-ordered-map,
+    content block's `input`, at `struct`.`path`; with no struct, the value json.Unmarshal
+    decodes whole) decodes through wk8/go-ordered-map,
     whose UnmarshalJSON is jsonparser's ObjectEach: anything but an object is its error,
     returned as is, null too (encoding/json's literalStore hands a null to the
     UnmarshalJSON of a field that is no pointer, and json.Unmarshal of it into the map
@@ -634,10 +635,8 @@ def check_arguments(value: Any, struct: str, path: str) -> None:
         raise Aborts(NOT_AN_OBJECT)
     beyond = _beyond_a_double(value)
     if beyond is not None:
-        raise Aborts(
-            f"json: cannot unmarshal number {beyond} into Go struct field {struct}.{path} "
-            "of type float64"
-        )
+        into = "Go value" if struct is None else f"Go struct field {struct}.{path}"
+        raise Aborts(f"json: cannot unmarshal number {beyond} into {into} of type float64")
 
 
 # api.ToolCall and api.ToolCallFunction, as api.Message's inner decoding reads them

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from proxy import go_json
-from proxy.go_types import BodyError, check_fields, go_kind, not_into
+from proxy.go_types import BodyError, check_arguments, check_fields, go_kind, not_into
 from proxy.multipart_form import go_quote
 from proxy.openai_chat import decode_image_url, think_from_effort
 
@@ -126,11 +126,17 @@ def input_refusal(inp: Any) -> str | None:
 
 def _arguments_refusal(arguments: Any) -> str | None:
     """FromResponsesRequest's json.Unmarshal of a function call's arguments (a string;
-    an empty one is none): a syntax error is refused with Go's wording."""
+    an empty one is none) into an api.ToolCallFunctionArguments: a syntax error, or
+    JSON the ordered map refuses (`check_arguments`), with Go's wording."""
     if not isinstance(arguments, str) or not arguments:
         return None
-    error = go_json.decode_error(arguments.encode())
+    text = arguments.encode()
+    error = go_json.decode_error(text)
     if error == go_json.GO_READS_IT:
+        try:
+            check_arguments(go_json.read(text)[0])
+        except BodyError as exc:
+            return f"failed to parse function call arguments: {exc}"
         return None
     if error == "EOF":
         error = "unexpected end of JSON input"

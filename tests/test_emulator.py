@@ -1624,6 +1624,22 @@ _ITEM_HEAD = 'struct { Type string "json:\\"type\\""; Role string "json:\\"role\
             "failed to parse function call arguments: invalid character 'o' looking for"
             " beginning of object key string",
         ),
+        # JSON the ordered map refuses: anything but an object (null too), and a
+        # number beyond a double in one.
+        *(
+            (
+                [{"type": "function_call", "call_id": "c1", "name": "f", "arguments": text}],
+                "failed to parse function call arguments: " + error,
+            )
+            for text, error in [
+                ("[1]", "Value looks like object, but can't find closing '}' symbol"),
+                ("null", "Value looks like object, but can't find closing '}' symbol"),
+                (
+                    '{"a": {"b": [1e400]}}',
+                    "json: cannot unmarshal number 1e400 into Go value of type float64",
+                ),
+            ]
+        ),
     ],
 )
 async def test_responses_input_is_read_as_ollama_reads_it(
@@ -1632,7 +1648,8 @@ async def test_responses_input_is_read_as_ollama_reads_it(
     """ResponsesInput.UnmarshalJSON, unmarshalResponsesInputItem and
     unmarshalResponsesContent (openai/responses.go) refuse an input that is no string or
     array, an item or content part of a type they do not know, and FromResponsesRequest
-    function call arguments that are no JSON: the middleware's 400, in OpenAI's shape."""
+    function call arguments that are no JSON, or none an api.ToolCallFunctionArguments
+    takes: the middleware's 400, in OpenAI's shape."""
     status, _, body = await emu.post("/v1/responses", {"model": "qwen2.5:7b", "input": given})
     assert (status, json.loads(body)["error"]) == (
         400,
