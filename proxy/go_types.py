@@ -84,10 +84,16 @@ def _beyond_a_double(value: Any) -> str | None:
         value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
     )
     for child in children:
+        if type(child) in _PLAIN:
+            continue  # most values: no call for them
         found = _beyond_a_double(child)
         if found is not None:
             return found
     return None
+
+
+# The types of the values a reading makes that hold no number beyond a double.
+_PLAIN = frozenset({str, int, float, bool, type(None)})
 
 
 # Field type checking (the errors json.Unmarshal gives for a wrong type) -----------------
@@ -473,16 +479,18 @@ def _check_struct(
     `struct` names every error's struct in place of the innermost one, as the request
     does for what a message's own UnmarshalJSON decodes (`check_message`)."""
     saved: BodyError | None = None
+    fields, named = shape.fields, struct or shape.name
     for name, field in value.items():
-        spec = shape.fields.get(name)
+        spec = fields.get(name)
         if spec is None:  # a key of another case, or none of the struct's
             name = canonical_key(name)
-            spec = shape.fields.get(name)
+            spec = fields.get(name)
         if spec is None or (field is None and spec[0] != "arguments"):
             continue  # null leaves a field as it is, but for an UnmarshalJSON's
         kind, go_type, inner = spec
+        if kind == "string" and type(field) is str:
+            continue  # the most common field, right
         at = f"{path}.{name}"
-        named = struct or shape.name
         try:
             if kind == "arguments":
                 check_arguments(field, named, at)
@@ -492,8 +500,10 @@ def _check_struct(
                 for item in field:
                     if not _fits(item, "string"):
                         raise type_error(item, named, at, "string")
-            elif inner is not None:
-                _check_elements(field if kind == "[]" else (field,), inner, at, named, struct)
+            elif kind == "[]" and inner is not None:
+                _check_elements(field, inner, at, named, struct)
+            elif inner is not None:  # an object, as `_fits` found
+                _check_struct(field, inner, at, struct)
         except Aborts:
             raise
         except BodyError as exc:
