@@ -737,7 +737,8 @@ def check_anthropic_message(msg: Any, struct: str, key: str) -> None:
     bytes (a null `content` is the text ""). json.Unmarshal puts an error of these
     inner decodings in the request's context (`MessagesRequest.messages`, the inner
     field after it)."""
-    if isinstance(msg, Pairs):
+    in_pairs = isinstance(msg, Pairs)
+    if in_pairs:
         pairs, msg = msg, {}
         for name, value in pairs:
             name = canonical_key(name)
@@ -756,18 +757,20 @@ def check_anthropic_message(msg: Any, struct: str, key: str) -> None:
         return
     if not isinstance(content, list):
         raise type_error(content, struct, key, "[]anthropic.ContentBlock")
-    _check_blocks(content, struct, key)
+    _check_blocks(content, struct, key, in_pairs)
 
 
-def _check_blocks(content: list[Any], struct: str, key: str) -> None:
+def _check_blocks(content: list[Any], struct: str, key: str, in_pairs: bool) -> None:
     """A message's content blocks ([]anthropic.ContentBlock), in order, a block giving a
     key twice (a `Pairs`) each time: the first type error, unless a block's `input` (an
     api.ToolCallFunctionArguments, in a block of any type) ends the decoding first
-    (`check_arguments`)."""
+    (`check_arguments`). `in_pairs`: the message gives a key twice, and its blocks'
+    keys are as the client wrote them."""
     saved: BodyError | None = None
     for block in content:
         pieces: Iterable[Any] = (block,)
-        if isinstance(block, Pairs):
+        if isinstance(block, Pairs) or (type(block) is dict and in_pairs):
+            # Its keys as the client wrote them (`canonicalize` reads no `Pairs`).
             pieces = ({canonical_key(k): v for k, v in one.items()} for one in _assigned(block))
         for piece in pieces:
             if piece is None:

@@ -668,6 +668,18 @@ IN_A_MESSAGE_TWICE = [
         b'[{"type":"tool_use","input":"x","input":{}}]}]}',
         go_types.NOT_AN_OBJECT,
     ),
+    (
+        "/v1/messages",
+        b'{"model":"m","max_tokens":1,"messages":[{"role":"user","Role":"assistant","content":'
+        b'[{"type":"tool_use","Input":"x"}]}]}',
+        go_types.NOT_AN_OBJECT,
+    ),
+    (
+        "/v1/messages",
+        b'{"model":"m","max_tokens":1,"messages":[{"role":"user","Role":"assistant","content":'
+        b'[{"Type":1}]}]}',
+        _INTO.format("number", "MessagesRequest.messages.type", "string"),
+    ),
 ]
 
 
