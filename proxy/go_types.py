@@ -489,7 +489,7 @@ def _check_struct(
             continue  # null leaves a field as it is, but for an UnmarshalJSON's
         kind, go_type, inner = spec
         if kind == "string" and type(field) is str:
-            continue  # the most common field, right
+            continue  # the most common case: nothing more to look at
         at = f"{path}.{name}"
         try:
             if kind == "arguments":
@@ -634,13 +634,13 @@ NOT_AN_OBJECT = "Value looks like object, but can't find closing '}' symbol"
 def check_arguments(value: Any, struct: str | None = None, path: str = "") -> None:
     """An api.ToolCallFunctionArguments (a tool call's `function.arguments`, an Anthropic
     content block's `input`, at `struct`.`path`; with no struct, the value json.Unmarshal
-    decodes whole) decodes through wk8/go-ordered-map,
-    whose UnmarshalJSON is jsonparser's ObjectEach: anything but an object is its error,
-    returned as is, null too (encoding/json's literalStore hands a null to the
-    UnmarshalJSON of a field that is no pointer, and json.Unmarshal of it into the map
-    to the map's own); each value of an object goes to json.Unmarshal into an `any`,
-    whose error for a number beyond a double the decoding of the message puts in the
-    request's context. Either ends the decoding (`Aborts`)."""
+    decodes whole) decodes through wk8/go-ordered-map, whose UnmarshalJSON is
+    jsonparser's ObjectEach: anything but an object is its error, returned as is, null
+    too (encoding/json's literalStore hands a null to the UnmarshalJSON of a field that
+    is no pointer, and json.Unmarshal of it into the map to the map's own); each value
+    of an object goes to json.Unmarshal into an `any`, whose error for a number beyond a
+    double the decoding of the message puts in the request's context. Either ends the
+    decoding (`Aborts`)."""
     if not isinstance(value, dict):
         raise Aborts(NOT_AN_OBJECT)
     beyond = _beyond_a_double(value)
