@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from proxy.go_types import BodyError, check_fields
+from proxy.go_requests import check_fields
+from proxy.go_types import BodyError
 from proxy.openai_responses import text_of
 
-# anthropic.MessagesRequest, {json name: kind} (see `go_types.check_fields`).
+# anthropic.MessagesRequest, {json name: kind} (see `go_requests.check_fields`).
 MESSAGES_FIELDS = {
     "model": "string",
     "max_tokens": "int",

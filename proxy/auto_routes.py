@@ -16,6 +16,7 @@ from proxy import (
     experiments,
     go_json,
     go_merge,
+    go_requests,
     go_types,
     openai_chat,
     openai_responses,
@@ -176,14 +177,17 @@ def _int_fields(*structs: dict[str, str]) -> tuple[str, ...]:
 # while in a field its request lacks Go skips it, and the request runs (its runner
 # caps are due). A route not listed: any request's.
 _ROUTE_INT_FIELDS = {
-    "/api/generate": _int_fields(go_types.GENERATE_FIELDS),
-    "/api/chat": _int_fields(go_types.CHAT_FIELDS),
-    "/api/embed": _int_fields(go_types.EMBED_FIELDS),
-    "/api/embeddings": _int_fields(go_types.EMBEDDINGS_FIELDS),
+    "/api/generate": _int_fields(go_requests.GENERATE_FIELDS),
+    "/api/chat": _int_fields(go_requests.CHAT_FIELDS),
+    "/api/embed": _int_fields(go_requests.EMBED_FIELDS),
+    "/api/embeddings": _int_fields(go_requests.EMBEDDINGS_FIELDS),
     OPENAI_CHAT_PATH: _int_fields(openai_chat.CHAT_FIELDS),
 }
 _INT_FIELDS = _int_fields(
-    go_types.GENERATE_FIELDS, go_types.CHAT_FIELDS, go_types.EMBED_FIELDS, openai_chat.CHAT_FIELDS
+    go_requests.GENERATE_FIELDS,
+    go_requests.CHAT_FIELDS,
+    go_requests.EMBED_FIELDS,
+    openai_chat.CHAT_FIELDS,
 )
 
 
@@ -214,7 +218,7 @@ class Refused:
 # The routes of Ollama's OpenAI and Anthropic layers: how the layer converts a body
 # (BodyError: its 400), what the handler behind it refuses of the converted body
 # before it looks at the model, and the struct the layer binds the body to
-# (`go_types.check_fields`), which `convert` checks first.
+# (`go_requests.check_fields`), which `convert` checks first.
 _Layer = tuple[
     Callable[[Any], dict[str, Any]],
     Callable[[dict[str, Any]], str | None],
@@ -223,27 +227,27 @@ _Layer = tuple[
 _LAYERS: dict[str, _Layer] = {
     OPENAI_CHAT_PATH: (
         openai_chat.converted,
-        go_types.top_logprobs_refusal,
+        go_requests.top_logprobs_refusal,
         openai_chat.CHAT_REQUEST,
     ),
     "/v1/completions": (
         openai_chat.completion_converted,
-        go_types.top_logprobs_refusal,
+        go_requests.top_logprobs_refusal,
         openai_chat.COMPLETION_REQUEST,
     ),
     "/v1/embeddings": (
         openai_chat.embedding_converted,
-        go_types.embed_input_refusal,
+        go_requests.embed_input_refusal,
         openai_chat.EMBEDDING_REQUEST,
     ),
     "/v1/responses": (
         openai_responses.converted,
-        go_types.top_logprobs_refusal,
+        go_requests.top_logprobs_refusal,
         openai_responses.RESPONSES_REQUEST,
     ),
     ANTHROPIC_PATH: (
         anthropic_messages.converted,
-        go_types.top_logprobs_refusal,
+        go_requests.top_logprobs_refusal,
         anthropic_messages.MESSAGES_REQUEST,
     ),
 }
@@ -252,14 +256,14 @@ _LAYERS: dict[str, _Layer] = {
 def refusal(path: str, doc: Any, body: bytes) -> Refused | None:
     """What Ollama answers with a 400 for a body (`body`; `doc`, as `go_json.read` reads
     it) on `path` before it looks at the model: what the native handler refuses as it
-    decodes it (`go_types.refusal`); on the OpenAI routes, what the layer refuses as it
+    decodes it (`go_requests.refusal`); on the OpenAI routes, what the layer refuses as it
     converts it (`openai_chat`), then what the handler refuses of what it converted.
     None for a body it goes on with. Where the proxy answers for `auto` in a backend's
     place, this comes first, as from Ollama; a body routed to a backend gets it from
     there."""
     layer = _LAYERS.get(path)
     if layer is None:
-        message = go_types.checked(doc, body, lambda read: go_types.refusal(path, read))
+        message = go_types.checked(doc, body, lambda read: go_requests.refusal(path, read))
         return None if message is None else Refused(message)
     convert, then, _ = layer
 
@@ -292,15 +296,15 @@ class Repeated(NamedTuple):
 
 def repeated_key_reading(path: str, body: bytes) -> Repeated | None:
     """How Go decodes a body on `path` that gives a key twice into the route's request:
-    an earlier value's error too (`go_types.first_error`), else what its merge ends
+    an earlier value's error too (`go_requests.first_error`), else what its merge ends
     with (`go_merge.go_decoded`). None for a body whose objects repeat no key, a path
     without a request struct here, or a document too deep to write."""
     layer = _LAYERS.get(path)
-    request = layer[2] if layer is not None else go_types.request_struct(path)
+    request = layer[2] if layer is not None else go_requests.request_struct(path)
     if request is None:
         return None
     read = go_json.read_repeated(body)
-    message = go_types.first_error(read, *request)
+    message = go_requests.first_error(read, *request)
     if message is not None:
         return Repeated(message)
     merged = go_merge.go_decoded(read, request[0])
@@ -492,11 +496,11 @@ class AutoRoutes:
         (GenerateHandler, ChatHandler): done, with `done_reason` "unload" for a zero
         `keep_alive`; else what the handler refuses of the request alone before it
         loads a model that completes text, as `auto`'s candidates do (generate's
-        raw-mode 400, `go_types.raw_refusal`; what none of the profile's models
+        raw-mode 400, `go_requests.raw_refusal`; what none of the profile's models
         offers, `unoffered`; with `fleet`, no model to choose at all,
         `AutoRouter.check_loadable`, whose NoBackend goes to the caller, which sets
         `fleet` false where the cloud stands in; scheduleRunner's Options.FromMap, a 500
-        from handleScheduleError, `go_types.options_refusal`), then done with "load".
+        from handleScheduleError, `go_requests.options_refusal`), then done with "load".
         None for a `keep_alive` Ollama refuses: that 400 is the backend's to write, as
         for any other field."""
         answer = self._load_answer(path, model, doc, profile, only, fleet)
@@ -557,7 +561,7 @@ class AutoRoutes:
         except ValueError:
             return None
         if reason == "load":
-            raw = go_types.raw_refusal(doc) if path == "/api/generate" else None
+            raw = go_requests.raw_refusal(doc) if path == "/api/generate" else None
             if raw is not None:
                 return error_response(path, 400, raw)
             unoffered = self.unoffered(path, doc, model, profile, only)
@@ -569,7 +573,7 @@ class AutoRoutes:
                     self.auto.check_loadable(profile, only, needs)
             except AutoError as exc:
                 return handler_error(path, exc.status, exc.answer(model))
-            options = go_types.options_refusal(doc.get("options"))
+            options = go_requests.options_refusal(doc.get("options"))
             if options is not None:
                 return error_response(path, 500, options)
         answer: dict[str, Any] = {"model": model, "created_at": go_now()}
@@ -597,7 +601,7 @@ class AutoRoutes:
         # What the route it ranks for refuses as it decodes the body, explain refuses in
         # the route's words.
         if doc is None:
-            return error_response(request.path, 400, go_types.decode_refusal(path, body))
+            return error_response(request.path, 400, go_requests.decode_refusal(path, body))
         if not isinstance(doc, dict):
             unread = refusal(path, doc, body)
             not_an_object = unread.message if unread else "expected a JSON object"

@@ -290,7 +290,7 @@ def read_repeated(body: bytes) -> Any:
     `Pairs`, which keeps the earlier values Go assigns (and may refuse) before the
     last; each number that is no integer a `WrittenFloat` (`read_written`). None when
     the body is too deep for this reading or no JSON. For a body `left_out` says
-    lost a value: Go's error for it (`go_types.first_error`)."""
+    lost a value: Go's error for it (`go_requests.first_error`)."""
     try:
         return _read_as_go(body, _REPEATED)
     except (_TooDeep, NotJson):

@@ -220,7 +220,7 @@ def _merged(how: Any, before: Any, value: Any, tails: _Tails) -> Any:
 
 def go_decoded(doc: Any, struct: str) -> dict[str, Any] | None:
     """The document Go ends with decoding `doc` (`go_json.read_repeated`'s reading of a
-    body Go refuses nothing of, `go_types.first_error`) into `struct`, where the body gives a key
+    body Go refuses nothing of, `go_requests.first_error`) into `struct`, where the body gives a key
     twice; canonical (`canonicalize`). Go does not keep the last value alone: a later
     null leaves a string, number or bool field as it was, a map field keeps the
     entries a later object does not name, a struct (or a pointer to one) the fields,

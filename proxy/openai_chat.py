@@ -15,14 +15,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from proxy.go_types import (
-    BodyError,
-    base64_error,
-    base64_refusal,
-    check_fields,
-)
+from proxy.go_requests import check_fields
+from proxy.go_types import BodyError, base64_error, base64_refusal
 
-# openai.ChatCompletionRequest, {json name: kind} (see `go_types.check_fields`).
+# openai.ChatCompletionRequest, {json name: kind} (see `go_requests.check_fields`).
 CHAT_FIELDS = {
     "model": "string",
     "messages": "[]openai.Message",
@@ -275,7 +271,7 @@ def converted(doc: Any) -> dict[str, Any]:
     return chat_from_openai(body)
 
 
-# openai.CompletionRequest, {json name: kind} (see `go_types.check_fields`).
+# openai.CompletionRequest, {json name: kind} (see `go_requests.check_fields`).
 COMPLETION_FIELDS = {
     "model": "string",
     "prompt": "string",

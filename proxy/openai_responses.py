@@ -12,11 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 from proxy import go_json
-from proxy.go_types import BodyError, check_arguments, check_fields, go_kind, not_into
+from proxy.go_requests import check_fields
+from proxy.go_types import BodyError, check_arguments, go_kind, not_into
 from proxy.multipart_form import go_quote
 from proxy.openai_chat import decode_image_url, think_from_effort
 
-# openai.ResponsesRequest, {json name: kind} (see `go_types.check_fields`).
+# openai.ResponsesRequest, {json name: kind} (see `go_requests.check_fields`).
 RESPONSES_FIELDS = {
     "model": "string",
     "input": "any",

@@ -24,7 +24,7 @@ from typing import Any
 
 from proxy.cache.key import generates
 from proxy.config import Runners, keep_alive_bound
-from proxy.go_types import option_int
+from proxy.go_requests import option_int
 from proxy.keep_alive import parse as parse_keep_alive
 
 CAPPED_HEADER = "X-Autoroute-Capped"

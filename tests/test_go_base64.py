@@ -8,7 +8,7 @@ import base64
 
 import pytest
 
-from proxy import go_types
+from proxy import go_requests, go_types
 from proxy.emulator.inference import Refusal
 from proxy.emulator.openai_routes import decode_image_url
 from proxy.openai_chat import INVALID_IMAGE
@@ -34,9 +34,9 @@ PNG = base64.b64encode(bytes(range(256)) * 3).decode()
 )
 def test_what_go_decodes_is_taken(data: str) -> None:
     assert go_types.base64_error(data) is None
-    assert go_types.refusal("/api/generate", {"model": "m", "images": [data]}) is None
+    assert go_requests.refusal("/api/generate", {"model": "m", "images": [data]}) is None
     doc = {"model": "m", "messages": [{"role": "user", "content": "", "images": [data]}]}
-    assert go_types.refusal("/api/chat", doc) is None
+    assert go_requests.refusal("/api/chat", doc) is None
 
 
 @pytest.mark.parametrize(
@@ -62,7 +62,7 @@ def test_what_go_decodes_is_taken(data: str) -> None:
 def test_what_go_refuses_names_the_byte_go_names(data: str, offset: int) -> None:
     message = f"illegal base64 data at input byte {offset}"
     assert go_types.base64_error(data) == offset
-    assert go_types.refusal("/api/generate", {"model": "m", "images": [data]}) == message
+    assert go_requests.refusal("/api/generate", {"model": "m", "images": [data]}) == message
 
 
 def test_a_v1_image_data_url_is_read_as_go_reads_it() -> None:

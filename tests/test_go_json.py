@@ -21,7 +21,7 @@ from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy import auto_routes, go_json, go_types
+from proxy import auto_routes, go_json, go_requests, go_types
 from proxy.auth import hash_key
 from proxy.config import ApiKey, Auth, Limits
 from proxy.routes import MODEL_ROUTED, ROUTES
@@ -410,10 +410,10 @@ def test_an_integer_beyond_64_bits_is_forwarded_as_written_and_read_as_go_reads_
     body = b'{"model":"m","keep_alive":' + number + b',"options":{"num_ctx":' + number + b"}}"
     doc, forwarded = go_json.read(body)
     assert forwarded == body
-    assert go_types.refusal("/api/generate", doc) is None
-    assert go_types.options_refusal(doc["options"]) is None
+    assert go_requests.refusal("/api/generate", doc) is None
+    assert go_requests.options_refusal(doc["options"]) is None
     top = go_json.read(b'{"model":"m","top_logprobs":' + number + b"}")[0]
-    assert go_types.refusal("/api/chat", top) == (
+    assert go_requests.refusal("/api/chat", top) == (
         f"json: cannot unmarshal number {number.decode()} into Go struct field "
         "ChatRequest.top_logprobs of type int"
     )

@@ -19,7 +19,8 @@ import orjson
 from aiohttp import web
 
 from proxy.auth import KEY_REQUEST
-from proxy.go_types import INT64_END, option_int
+from proxy.go_requests import option_int
+from proxy.go_types import INT64_END
 from proxy.header_values import utf8
 from proxy.keep_alive import unloads
 

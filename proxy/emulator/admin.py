@@ -14,7 +14,7 @@ from aiohttp import web
 
 from proxy.backends import CLOUD, INVALID_NAME, source, valid_name
 from proxy.errors import gin_not_found
-from proxy.go_types import SHOW_FIELDS
+from proxy.go_requests import SHOW_FIELDS
 from proxy.multipart_form import go_quote
 from proxy.protocol import COPILOT_CHAT_USER_AGENT_PREFIX, NDJSON, TEXT, go_time
 

@@ -13,9 +13,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy import go_types
+from proxy import go_requests, go_types
 from proxy.backends import CLOUD, INVALID_NAME, source, valid_name
-from proxy.go_types import BodyError, check_fields
+from proxy.go_requests import check_fields
+from proxy.go_types import BodyError
 from proxy.keep_alive import parse as parse_keep_alive
 
 from .catalog import ModelSpec, qualified
@@ -78,19 +79,19 @@ async def read_body(request: web.Request, struct: str, fields: dict[str, str]) -
 
 
 def think_value(value: Any) -> bool | None:
-    """api.ThinkValue (`go_types.think_value`), its refusal a 400: a native body's
+    """api.ThinkValue (`go_requests.think_value`), its refusal a 400: a native body's
     `think` was checked as the body was read (`check_fields`), the one the OpenAI and
     Anthropic routes convert to is checked here."""
     try:
-        return go_types.think_value(value)
+        return go_requests.think_value(value)
     except BodyError as exc:
         raise Refusal(400, str(exc)) from None
 
 
 def check_options(options: dict[str, Any] | None) -> int | None:
-    """Options.FromMap's type checks (`go_types.options_refusal`, a 500 from
+    """Options.FromMap's type checks (`go_requests.options_refusal`, a 500 from
     scheduleRunner); returns num_predict when given."""
-    refused = go_types.options_refusal(options)
+    refused = go_requests.options_refusal(options)
     if refused is not None:
         raise Refusal(500, refused)
     n = (options or {}).get("num_predict")
@@ -240,7 +241,7 @@ def _thinking(spec: ModelSpec, model: str, think: bool | None, relax: bool) -> b
 
 def prepare_generate(state: EmulatorState, body: dict[str, Any]) -> Prepared:
     model = str(body.get("model") or "")
-    refused = go_types.top_logprobs_refusal(body)
+    refused = go_requests.top_logprobs_refusal(body)
     if refused is not None:
         raise Refusal(400, refused)
     spec = _lookup(
@@ -252,7 +253,7 @@ def prepare_generate(state: EmulatorState, body: dict[str, Any]) -> Prepared:
     if not prompt and keep_alive == 0:
         return Prepared(spec, model, stream, keep_alive, "", plan_empty(), special="unload")
     raw = bool(body.get("raw"))
-    refused = go_types.raw_refusal(body)
+    refused = go_requests.raw_refusal(body)
     if refused is not None:
         raise Refusal(400, refused)
     suffix = str(body.get("suffix") or "")
@@ -317,7 +318,7 @@ def prepare_chat(
     limit_is_cap: bool = False,
 ) -> Prepared:
     model = str(body.get("model") or "")
-    refused = go_types.top_logprobs_refusal(body)
+    refused = go_requests.top_logprobs_refusal(body)
     if refused is not None:
         raise Refusal(400, refused)
     spec = _lookup(state, model, "/api/chat", empty_status=400, empty_msg="model is required")

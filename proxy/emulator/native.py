@@ -18,7 +18,7 @@ import orjson
 from aiohttp import web
 
 from proxy.aiohttp_internals import defer_headers
-from proxy.go_types import (
+from proxy.go_requests import (
     CHAT_FIELDS,
     EMBED_FIELDS,
     EMBEDDINGS_FIELDS,

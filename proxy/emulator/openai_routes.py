@@ -16,7 +16,8 @@ import orjson
 from aiohttp import web
 
 from proxy import multipart_form, openai_chat
-from proxy.go_types import BodyError, check_fields
+from proxy.go_requests import check_fields
+from proxy.go_types import BodyError
 from proxy.protocol import SSE
 
 from .engine import ClientGone, Piece

@@ -3,7 +3,7 @@
 * Request bodies are decoded the way Gin's `ShouldBindJSON` (encoding/json) does: the
   first JSON value is read and trailing bytes ignored, an empty body is `io.EOF`
   (Ollama answers `missing request body`) and syntax errors carry Go's wording; the
-  values' types are checked against Ollama's structs by `proxy.go_types`.
+  values' types are checked against Ollama's structs by `proxy.go_requests`.
 * Responses are serialised like `json.Marshal`: compact, `<`, `>`, `&`, U+2028 and
   U+2029 escaped, no trailing newline for `c.JSON` and one for `json.NewEncoder`.
 * Unknown paths and wrong methods get Gin's plain-text `404 page not found` /
@@ -25,7 +25,8 @@ from aiohttp import web
 from proxy import go_json
 from proxy.go_json import go_text, in_last_order
 from proxy.go_merge import go_decoded
-from proxy.go_types import BeyondADouble, BodyError, checked, first_error
+from proxy.go_requests import first_error
+from proxy.go_types import BeyondADouble, BodyError, checked
 from proxy.protocol import JSON, go_escaped
 from selector_model.request_body import canonicalize
 
@@ -159,7 +160,7 @@ def _as_read(value: Any) -> Any:
 
 def _as_go_decodes(raw: bytes, doc: Any, struct: str, fields: dict[str, str]) -> Any:
     """`doc`, `decode_json`'s reading of `raw`, as Go decodes `raw` into `struct`
-    where it gives a key twice: BodyError with Go's error (`go_types.first_error`),
+    where it gives a key twice: BodyError with Go's error (`go_requests.first_error`),
     else the document Go ends with (`go_merge.go_decoded`), read as any body is read
     here. `doc` keeps the last value alone, as the proxy's reading does
     (`go_json.left_out` says when one was left out, of `doc` written as the proxy

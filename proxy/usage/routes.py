@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy import go_json, go_types
+from proxy import go_json, go_requests
 from proxy.aiohttp_internals import state_get
 from proxy.auth import KEY_REQUEST, KeyState, sees_fleet
 from proxy.backends import BackendPool
@@ -40,7 +40,7 @@ class UsageRoutes:
             body = await read_body(request, self.body_idle_seconds)
             doc, _ = await go_json.read_off_loop(body, self.max_json_values)
             if doc is None:
-                raise ValueError(go_types.decode_refusal(request.path, body))
+                raise ValueError(go_requests.decode_refusal(request.path, body))
             request_id, rating, comment = parse_feedback(doc)
         except go_json.BodyError as exc:
             return error_response(request.path, exc.status, str(exc))
