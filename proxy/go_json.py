@@ -760,3 +760,36 @@ def decode_error(body: bytes) -> str:
             return "exceeded max depth"
         return decode_error(shallow)
     return GO_READS_IT
+
+
+# json.Unmarshal's error for input that ends before its value does.
+NO_INPUT = "unexpected end of JSON input"
+
+
+def unmarshal_error(data: bytes) -> str | None:
+    """What json.Unmarshal says of `data` that is not one JSON value, None where it is:
+    its scanner reads all of `data` before anything is decoded (checkValid), so a byte
+    other than a blank after the value is refused, and at the end the scanner steps on
+    a blank (scanner.eof), which refuses a literal or a number cut short where it stands
+    and leaves anything else cut short "unexpected end of JSON input"."""
+    error = decode_error(data + b" ")
+    if error in ("EOF", "unexpected EOF"):
+        return NO_INPUT
+    if error != GO_READS_IT:
+        return error
+    text = go_text(data)
+    start = len(text) - len(text.lstrip(_WHITESPACE))
+    try:
+        end = _GO_ORDER.raw_decode(text, start)[1]
+    except RecursionError:
+        shallow = without_deep_values(data)
+        return None if shallow is None or shallow == data else unmarshal_error(shallow)
+    rest = text[end:].lstrip(_WHITESPACE)
+    if not rest:
+        return None
+    at = len(text) - len(rest)
+    # A number Python's reading ends where Go's scanner reads on ("1." or "1e").
+    in_number = _in_literal(data + b" ", text + " ", at, "")
+    if in_number is not None:
+        return in_number
+    return f"invalid character {_go_char(_byte_at(data, text, at))} after top-level value"

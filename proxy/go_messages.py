@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from proxy.go_json import Pairs
+from proxy.go_json import NO_INPUT, Pairs
 from proxy.go_types import (
     GO_TYPE,
     Aborts,
@@ -184,8 +184,6 @@ def _check_message_field(value: Any, want: str, struct: str, path: str) -> None:
         raise type_error(value, struct, path, GO_TYPE[want])
 
 
-# json.Unmarshal's error for no bytes at all.
-NO_INPUT = "unexpected end of JSON input"
 # What anthropic.MessageParam's UnmarshalJSON unmarshals a message into first: an
 # anonymous struct, which Go's errors name by its fields.
 _ANTHROPIC_HEAD = (

@@ -127,20 +127,20 @@ def input_refusal(inp: Any) -> str | None:
 
 def _arguments_refusal(arguments: Any) -> str | None:
     """FromResponsesRequest's json.Unmarshal of a function call's arguments (a string;
-    an empty one is none) into an api.ToolCallFunctionArguments: a syntax error, or
-    JSON the ordered map refuses (`check_arguments`), with Go's wording."""
+    an empty one is none) into an api.ToolCallFunctionArguments: a syntax error
+    (`go_json.unmarshal_error`: the string whole, bytes after its value too), or JSON
+    the ordered map refuses (`check_arguments`), with Go's wording."""
     if not isinstance(arguments, str) or not arguments:
         return None
     text = arguments.encode()
-    error = go_json.decode_error(text)
-    if error == go_json.GO_READS_IT:
+    error = go_json.unmarshal_error(text)
+    if error is None:
         try:
             check_arguments(go_json.read(text)[0])
         except BodyError as exc:
-            return f"failed to parse function call arguments: {exc}"
-        return None
-    if error == "EOF":
-        error = "unexpected end of JSON input"
+            error = str(exc)
+        else:
+            return None
     return f"failed to parse function call arguments: {error}"
 
 

@@ -1624,6 +1624,23 @@ _ITEM_HEAD = 'struct { Type string "json:\\"type\\""; Role string "json:\\"role\
             "failed to parse function call arguments: invalid character 'o' looking for"
             " beginning of object key string",
         ),
+        # json.Unmarshal scans the string whole first (checkValid): bytes after the
+        # value, and a value cut short, which its scanner steps on a blank at the end.
+        *(
+            (
+                [{"type": "function_call", "call_id": "c1", "name": "f", "arguments": text}],
+                "failed to parse function call arguments: " + error,
+            )
+            for text, error in [
+                ("{} x", "invalid character 'x' after top-level value"),
+                ('{"a": 1}}', "invalid character '}' after top-level value"),
+                ("{", "unexpected end of JSON input"),
+                ('{"a": "b', "unexpected end of JSON input"),
+                ("tru", "invalid character ' ' in literal true (expecting 'e')"),
+                ("1.", "invalid character ' ' after decimal point in numeric literal"),
+                ("1 2", "invalid character '2' after top-level value"),
+            ]
+        ),
         # JSON the ordered map refuses: anything but an object (null too), and a
         # number beyond a double in one.
         *(
