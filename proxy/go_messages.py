@@ -16,7 +16,6 @@ from proxy.go_types import (
     BodyError,
     Shape,
     as_assigned,
-    check_arguments,
     check_elements,
     check_image,
     check_struct,
@@ -191,6 +190,48 @@ _ANTHROPIC_HEAD = (
 )
 
 
+# anthropic.ContentBlock (no UnmarshalJSON of its own) and what it holds: `text` and
+# `thinking` are pointers to strings and `source` to an ImageSource, which Go's errors
+# name as what they point to; `input` is an api.ToolCallFunctionArguments, in a block
+# of any type; `content` (a tool result's) an `any`.
+_CITATION = Shape(
+    "Citation",
+    "anthropic.Citation",
+    {
+        name: ("string", "string", None)
+        for name in ("type", "url", "title", "encrypted_index", "cited_text")
+    },
+)
+_IMAGE_SOURCE = Shape(
+    "ImageSource",
+    "anthropic.ImageSource",
+    {name: ("string", "string", None) for name in ("type", "media_type", "data", "url")},
+)
+_CONTENT_BLOCK = Shape(
+    "ContentBlock",
+    "anthropic.ContentBlock",
+    {
+        "type": ("string", "string", None),
+        "text": ("string", "string", None),
+        "citations": ("[]", "[]anthropic.Citation", _CITATION),
+        "source": ("object", _IMAGE_SOURCE.go_type, _IMAGE_SOURCE),
+        "id": ("string", "string", None),
+        "name": ("string", "string", None),
+        "input": ("arguments", "api.ToolCallFunctionArguments", None),
+        "tool_use_id": ("string", "string", None),
+        "content": ("any", "interface {}", None),
+        "is_error": ("bool", "bool", None),
+        "thinking": ("string", "string", None),
+        "signature": ("string", "string", None),
+    },
+)
+
+# The fields of a content block a string fits (`_check_blocks`).
+_STRING_FIELDS = frozenset(
+    name for name, (kind, _, _) in _CONTENT_BLOCK.fields.items() if kind in ("string", "any")
+)
+
+
 def check_anthropic_message(msg: Any, struct: str, key: str) -> None:
     """One element of an Anthropic request's `messages`: anthropic.MessageParam's
     UnmarshalJSON, the message into its head (`_ANTHROPIC_HEAD`: each `role` in the
@@ -224,31 +265,32 @@ def check_anthropic_message(msg: Any, struct: str, key: str) -> None:
 
 
 def _check_blocks(content: list[Any], struct: str, key: str, in_pairs: bool) -> None:
-    """A message's content blocks ([]anthropic.ContentBlock), in order, a block giving a
-    key twice (a `Pairs`) each time: the first type error, unless a block's `input` (an
-    api.ToolCallFunctionArguments, in a block of any type) ends the decoding first
-    (`check_arguments`). `in_pairs`: the message gives a key twice, and its blocks'
-    keys are as the client wrote them."""
-    saved: BodyError | None = None
-    for block in content:
-        pieces: Iterable[Any] = (block,)
-        if isinstance(block, Pairs) or (type(block) is dict and in_pairs):
-            # Its keys as the client wrote them (`canonicalize` reads no `Pairs`).
-            pieces = ({canonical_key(k): v for k, v in one.items()} for one in as_assigned(block))
-        for piece in pieces:
-            if piece is None:
-                continue
-            if not isinstance(piece, dict):
-                saved = saved or type_error(piece, struct, key, "anthropic.ContentBlock")
-                continue
-            # An error of `input`'s ends the decoding, whatever the block's keys' order.
-            if "input" in piece:
-                check_arguments(piece["input"], struct, f"{key}.input")
-            kind = piece.get("type")
-            if kind is not None and not isinstance(kind, str):
-                saved = saved or type_error(kind, struct, f"{key}.type", "string")
-    if saved is not None:
-        raise saved
+    """A message's content blocks ([]anthropic.ContentBlock, `_CONTENT_BLOCK`), in order,
+    a block giving a key twice (a `Pairs`, in a message that does: `in_pairs`) each
+    time: the first type error, unless a block's `input` ends the decoding first."""
+    blocks: Iterable[Any] = content
+    if in_pairs:
+        blocks = [
+            piece
+            for block in content
+            for piece in (as_assigned(block) if isinstance(block, Pairs) else (block,))
+        ]
+    else:
+        # Most blocks are text, a tool call's id and name, a tool result's text: strings
+        # in fields that take one, which need no look at each field. The blocks from the
+        # first other one on are checked.
+        for at, block in enumerate(content):
+            if type(block) is dict and _STRING_FIELDS.issuperset(block):
+                for value in block.values():
+                    if type(value) is not str:
+                        break
+                else:
+                    continue  # strings alone
+            blocks = content[at:]
+            break
+        else:
+            return
+    check_elements(blocks, _CONTENT_BLOCK, key, struct, struct)
 
 
 def _check_role(role: Any, struct: str, key: str) -> None:

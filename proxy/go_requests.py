@@ -30,6 +30,7 @@ from proxy.go_types import (
     Shape,
     as_assigned,
     beyond_a_double,
+    beyond_error,
     check_image,
     check_struct,
     fits,
@@ -92,10 +93,7 @@ def _check_field(value: Any, struct: str, key: str, want: str) -> None:
         for item in value:
             beyond = beyond_a_double(item)
             if beyond is not None:
-                raise BodyError(
-                    f"json: cannot unmarshal number {beyond} into Go struct field "
-                    f"{struct}.{key} of type int"
-                )
+                raise BodyError(beyond_error(beyond, struct, key, "int"))
             if not fits(item, "int"):
                 raise type_error(item, struct, key, "int")
         return
@@ -103,8 +101,7 @@ def _check_field(value: Any, struct: str, key: str, want: str) -> None:
     if beyond is not None:
         go_type = _PARSED_NUMBERS[want]
         raise (Aborts if want == "duration" else BodyError)(
-            f"json: cannot unmarshal number {beyond} into Go struct field "
-            f"{struct}.{key} of type {go_type}"
+            beyond_error(beyond, struct, key, go_type)
         )
     nested = _OPENAI_STRUCTS.get(want)
     if nested is not None:

@@ -190,6 +190,16 @@ def type_error(value: Any, struct: str, field_path: str, go_type: str) -> BodyEr
     )
 
 
+def beyond_error(text: str, struct: str, path: str, go_type: str) -> str:
+    """json.Unmarshal's error for a number beyond a double, `text` as written
+    (`beyond_a_double`), in the struct field at `path` that Go parses it into a
+    `go_type` for."""
+    return (
+        f"json: cannot unmarshal number {text} into Go struct field {struct}.{path} "
+        f"of type {go_type}"
+    )
+
+
 def checked(doc: Any, body: bytes, check: Callable[[Any], T]) -> T:
     """`check(doc)`, `doc` the reading of `body`; where it refuses a number that is no
     integer in an int field (`LiteralLost`), `check` of `body` read again keeping such
@@ -236,7 +246,7 @@ class Shape(NamedTuple):
     it, the type they name where a value is no object, and each field by its JSON name:
     (kind, the Go type an error names, the shape of the struct it holds or, for a
     slice, of each element). The kind "arguments" is an api.ToolCallFunctionArguments
-    (`check_arguments`)."""
+    (`check_arguments`), "any" an `any`."""
 
     name: str
     go_type: str
@@ -273,6 +283,10 @@ def check_struct(value: dict[str, Any], shape: Shape, path: str, struct: str | N
                         raise type_error(item, named, at, "string")
             elif kind == "[]" and inner is not None:
                 check_elements(field, inner, at, named, struct)
+            elif kind == "any":  # Go parses its numbers into float64s
+                beyond = beyond_a_double(field)
+                if beyond is not None:
+                    raise BodyError(beyond_error(beyond, named, at, "float64"))
             elif inner is not None:  # an object, as `fits` found
                 check_struct(field, inner, at, struct)
         except Aborts:

@@ -537,6 +537,13 @@ BODY_ORDER = [
         b' "assistant", "content": [{"type": 1}, {"type": "tool_use", "input": "x"}]}]}',
         _NOT_AN_OBJECT,
     ),
+    (
+        "/v1/messages",
+        b'{"model": "qwen2.5:7b", "max_tokens": 5, "messages": [{"role": "user", "content":'
+        b' [{"type": "text", "text": "x", "citations": [{"url": 1}]}]}], "stream": "yes"}',
+        "json: cannot unmarshal number into Go struct field MessagesRequest.messages"
+        ".citations.url of type string",
+    ),
     # A key given twice inside a message: its UnmarshalJSON decodes the message afresh,
     # the earlier value too.
     (

@@ -1286,6 +1286,29 @@ _MESSAGE_PARAM_HEAD = (
             {"role": "user", "content": [{"type": 1}]},
             "number into Go struct field MessagesRequest.messages.type of type string",
         ),
+        (
+            {"role": "user", "content": [{"type": "text", "text": ["x"]}]},
+            "array into Go struct field MessagesRequest.messages.text of type string",
+        ),
+        (
+            {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": "t", "is_error": 1}],
+            },
+            "number into Go struct field MessagesRequest.messages.is_error of type bool",
+        ),
+        (
+            {
+                "role": "user",
+                "content": [{"type": "image", "source": {"type": "base64", "data": 1}}],
+            },
+            "number into Go struct field MessagesRequest.messages.source.data of type string",
+        ),
+        (
+            {"role": "user", "content": [{"type": "text", "text": "x", "citations": "c"}]},
+            "string into Go struct field MessagesRequest.messages.citations"
+            " of type []anthropic.Citation",
+        ),
     ],
 )
 async def test_an_anthropic_message_of_the_wrong_kind_is_refused_as_go_reads_it(

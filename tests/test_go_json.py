@@ -592,6 +592,59 @@ IN_BODY_ORDER = [
         b'[{"type":1},{"type":"tool_use","input":{"a":{"b":-1e999}}}]}]}',
         _INTO.format("number -1e999", "MessagesRequest.messages.input", "float64"),
     ),
+    # A content block's other fields (anthropic.ContentBlock, no UnmarshalJSON of its
+    # own): the first type error in the body's order, unless an `input` ends it.
+    *(
+        (
+            "/v1/messages",
+            b'{"model":"m","max_tokens":1,"messages":[{"role":"user","content":'
+            + content
+            + b'}],"stream":"yes"}',
+            _INTO.format(kind, "MessagesRequest.messages." + field, go_type),
+        )
+        for content, kind, field, go_type in [
+            (b'[{"type":"text","text":1,"id":2}]', "number", "text", "string"),
+            (b'[{"text":"x"},{"id":2,"type":3}]', "number", "id", "string"),
+            (b'[{"type":"tool_use","name":[]}]', "array", "name", "string"),
+            (b'[{"type":"tool_result","tool_use_id":{}}]', "object", "tool_use_id", "string"),
+            (b'[{"type":"tool_result","is_error":"yes"}]', "string", "is_error", "bool"),
+            (b'[{"type":"thinking","thinking":1}]', "number", "thinking", "string"),
+            (
+                b'[{"type":"thinking","thinking":"t","signature":2}]',
+                "number",
+                "signature",
+                "string",
+            ),
+            (b'[{"type":"image","source":"x"}]', "string", "source", "anthropic.ImageSource"),
+            (b'[{"type":"image","source":{"type":1}}]', "number", "source.type", "string"),
+            (
+                b'[{"source":{"type":"base64","media_type":"image/png","data":5,"url":6}}]',
+                "number",
+                "source.data",
+                "string",
+            ),
+            (b'[{"type":"text","citations":{}}]', "object", "citations", "[]anthropic.Citation"),
+            (b'[{"type":"text","citations":[1]}]', "number", "citations", "anthropic.Citation"),
+            (
+                b'[{"type":"text","citations":[null,{"type":"x","url":1,"title":2}]}]',
+                "number",
+                "citations.url",
+                "string",
+            ),
+            (
+                b'[{"type":"tool_result","content":[{"type":"text","n":[1e400]}]}]',
+                "number 1e400",
+                "content",
+                "float64",
+            ),
+        ]
+    ),
+    (
+        "/v1/messages",
+        b'{"model":"m","max_tokens":1,"messages":[{"role":"assistant","content":'
+        b'[{"type":"text","text":1},{"type":"tool_use","input":"x"}]}]}',
+        go_types.NOT_AN_OBJECT,
+    ),
 ]
 
 
@@ -621,6 +674,18 @@ TOOL_CALLS_ACCEPTED = [
         b'{"model":"m","max_tokens":1,"messages":[{"role":"assistant","content":'
         b'[{"type":"tool_use","id":"t","name":"f","input":{"a":1}},{"type":"text",'
         b'"text":"x"}]}]}',
+    ),
+    # Every field of a content block, of the type Go reads it into, or null.
+    (
+        "/v1/messages",
+        b'{"model":"m","max_tokens":1,"messages":[{"role":"user","content":[{"type":"text",'
+        b'"text":"x","citations":[{"type":"t","url":"u","title":"t","encrypted_index":"e",'
+        b'"cited_text":"c"},null]},{"type":"image","source":{"type":"base64","media_type":'
+        b'"image/png","data":"AA==","url":null}},{"type":"tool_result","tool_use_id":"t",'
+        b'"content":[{"type":"text","text":"x","n":1e300}],"is_error":true},{"type":'
+        b'"text","id":null,"name":null,"text":null,"source":null,"citations":null,'
+        b'"is_error":null,"thinking":null,"signature":null,"tool_use_id":null}]},'
+        b'{"role":"assistant","content":[{"type":"thinking","thinking":"t","signature":"s"}]}]}',
     ),
 ]
 
@@ -667,6 +732,24 @@ IN_A_MESSAGE_TWICE = [
         b'{"model":"m","max_tokens":1,"messages":[{"role":"assistant","content":'
         b'[{"type":"tool_use","input":"x","input":{}}]}]}',
         go_types.NOT_AN_OBJECT,
+    ),
+    (
+        "/v1/messages",
+        b'{"model":"m","max_tokens":1,"messages":[{"role":"user","content":'
+        b'[{"type":"text","text":1,"text":"x"}]}]}',
+        _INTO.format("number", "MessagesRequest.messages.text", "string"),
+    ),
+    (
+        "/v1/messages",
+        b'{"model":"m","max_tokens":1,"messages":[{"role":"user","content":'
+        b'[{"type":"image","source":{"type":1,"Type":"base64"}}]}]}',
+        _INTO.format("number", "MessagesRequest.messages.source.type", "string"),
+    ),
+    (
+        "/v1/messages",
+        b'{"model":"m","max_tokens":1,"messages":[{"role":"user","Role":"user","content":'
+        b'[{"type":"text","Citations":[{"URL":1}]}]}]}',
+        _INTO.format("number", "MessagesRequest.messages.citations.url", "string"),
     ),
     (
         "/v1/messages",
