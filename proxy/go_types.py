@@ -79,7 +79,10 @@ def beyond_a_double(value: Any) -> str | None:
     if isinstance(value, BeyondADouble):
         return value.text
     if isinstance(value, orjson.Fragment):
-        return None if whole_literal(value) is not None else orjson.dumps(value).decode()
+        text = orjson.dumps(value).decode()
+        # An array or an object is a value deeper than the reading goes, kept as written
+        # (`go_json.read`): none of its numbers is read.
+        return None if text[0] in "[{" or whole_literal(value) is not None else text
     children = (
         value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
     )

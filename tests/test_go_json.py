@@ -675,6 +675,18 @@ TOOL_CALLS_ACCEPTED = [
         b'[{"type":"tool_use","id":"t","name":"f","input":{"a":1}},{"type":"text",'
         b'"text":"x"}]}]}',
     ),
+    # A value deeper than orjson reads, which the proxy keeps as written and reads none
+    # of: no number beyond a double (Go reads it, 10,000 levels deep).
+    (
+        "/api/chat",
+        b'{"model":"m","messages":[{"role":"assistant","tool_calls":[{"function":{"name":'
+        b'"f","arguments":{"a":' + b"[" * 1100 + b"]" * 1100 + b"}}}]}]}",
+    ),
+    (
+        "/v1/messages",
+        b'{"model":"m","max_tokens":1,"messages":[{"role":"user","content":[{"type":'
+        b'"tool_result","tool_use_id":"t","content":' + b"[" * 1100 + b"]" * 1100 + b"}]}]}",
+    ),
     # Every field of a content block, of the type Go reads it into, or null.
     (
         "/v1/messages",
