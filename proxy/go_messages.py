@@ -20,18 +20,25 @@ from proxy.go_types import (
     check_image,
     check_struct,
     fits,
+    strings_alone,
     taken_whole,
     type_error,
 )
 from selector_model.request_body import canonical_key
 
-# api.Tool, api.ToolFunction and api.ToolFunctionParameters, as far as their types are
-# plain (`properties` has an UnmarshalJSON of its own, unchecked). Go names the
-# innermost struct and the field's whole path from the request (`Tool.tools.function`).
+# api.Tool, api.ToolFunction and api.ToolFunctionParameters (`properties` decodes
+# through an UnmarshalJSON of its own, `check_properties`). Go names the innermost
+# struct and the field's whole path from the request (`Tool.tools.function`).
 _PARAMETERS = Shape(
     "ToolFunctionParameters",
     "api.ToolFunctionParameters",
-    {"type": ("string", "string", None), "required": ("[]string", "[]string", None)},
+    {
+        "type": ("string", "string", None),
+        "$defs": ("any", "interface {}", None),
+        "items": ("any", "interface {}", None),
+        "required": ("[]string", "[]string", None),
+        "properties": ("properties", "*api.ToolPropertiesMap", None),
+    },
 )
 _FUNCTION = Shape(
     "ToolFunction",
@@ -45,7 +52,11 @@ _FUNCTION = Shape(
 _TOOL = Shape(
     "Tool",
     "api.Tool",
-    {"type": ("string", "string", None), "function": ("object", _FUNCTION.go_type, _FUNCTION)},
+    {
+        "type": ("string", "string", None),
+        "items": ("any", "interface {}", None),
+        "function": ("object", _FUNCTION.go_type, _FUNCTION),
+    },
 )
 
 
@@ -280,14 +291,9 @@ def _check_blocks(content: list[Any], struct: str, key: str, in_pairs: bool) -> 
         # in fields that take one, which need no look at each field. The blocks from the
         # first other one on are checked.
         for at, block in enumerate(content):
-            if type(block) is dict and _STRING_FIELDS.issuperset(block):
-                for value in block.values():
-                    if type(value) is not str:
-                        break
-                else:
-                    continue  # strings alone
-            blocks = content[at:]
-            break
+            if not strings_alone(block, _STRING_FIELDS):
+                blocks = content[at:]
+                break
         else:
             return
     check_elements(blocks, _CONTENT_BLOCK, key, struct, struct)

@@ -248,12 +248,20 @@ class Shape(NamedTuple):
     """A struct of plain fields as `check_struct` checks it: the name Go's errors give
     it, the type they name where a value is no object, and each field by its JSON name:
     (kind, the Go type an error names, the shape of the struct it holds or, for a
-    slice, of each element). The kind "arguments" is an api.ToolCallFunctionArguments
-    (`check_arguments`), "any" an `any`."""
+    slice, of each element), each field by its name in lower case where its JSON name
+    has capitals, which `names` holds. The kind "arguments" is an
+    api.ToolCallFunctionArguments (`check_arguments`), "any" an `any`, "[]any" a slice
+    of them, "properties" an api.ToolPropertiesMap (`check_properties`), "property_type"
+    an api.PropertyType (`_check_property_type`), "[]property" an []api.ToolProperty."""
 
     name: str
     go_type: str
     fields: Mapping[str, tuple[str, str, Shape | None]]
+    names: Mapping[str, str] = {}
+
+
+# The kinds of `Shape` fields a string fits, with no more to look at.
+_STRING_KINDS = frozenset({"string", "any", "property_type"})
 
 
 def check_struct(value: dict[str, Any], shape: Shape, path: str, struct: str | None = None) -> None:
@@ -272,12 +280,16 @@ def check_struct(value: dict[str, Any], shape: Shape, path: str, struct: str | N
         if spec is None or (field is None and spec[0] != "arguments"):
             continue  # null leaves a field as it is, but for an UnmarshalJSON's
         kind, go_type, inner = spec
-        if kind == "string" and type(field) is str:
+        if type(field) is str and kind in _STRING_KINDS:
             continue  # the most common case: nothing more to look at
-        at = f"{path}.{name}"
+        at = f"{path}.{shape.names.get(name, name)}"
         try:
             if kind == "arguments":
                 check_arguments(field, named, at)
+            elif kind == "properties":
+                check_properties(field, named, at)
+            elif kind == "property_type":
+                _check_property_type(field, named, at)
             elif not fits(field, kind):
                 raise type_error(field, named, at, go_type)
             elif kind == "[]string":
@@ -286,7 +298,10 @@ def check_struct(value: dict[str, Any], shape: Shape, path: str, struct: str | N
                         raise type_error(item, named, at, "string")
             elif kind == "[]" and inner is not None:
                 check_elements(field, inner, at, named, struct)
-            elif kind == "any":  # Go parses its numbers into float64s
+            elif kind == "[]property":
+                if not _beyond_property_levels(at):
+                    check_elements(field, _TOOL_PROPERTY, at, named, struct)
+            elif kind in ("any", "[]any"):  # Go parses their numbers into float64s
                 beyond = beyond_a_double(field)
                 if beyond is not None:
                     raise BodyError(beyond_error(beyond, named, at, "float64"))
@@ -298,6 +313,18 @@ def check_struct(value: dict[str, Any], shape: Shape, path: str, struct: str | N
             saved = saved or exc
     if saved is not None:
         raise saved
+
+
+def strings_alone(value: Any, fields: frozenset[str]) -> bool:
+    """Whether `value` is an object of keys among `fields` alone, each a string: where
+    those fields take a string, a struct `check_struct` need not look at field by
+    field (most content blocks, most tool properties)."""
+    if type(value) is not dict or not fields.issuperset(value):
+        return False
+    for item in value.values():
+        if type(item) is not str:
+            return False
+    return True
 
 
 def check_elements(
@@ -436,3 +463,65 @@ def is_number(value: Any) -> bool:
     if isinstance(value, int | float):
         return not isinstance(value, bool)
     return whole_literal(value) is not None
+
+
+# api.ToolProperty (api/types.go), what api.ToolPropertiesMap's UnmarshalJSON decodes
+# each property into (`check_properties`).
+_PROPERTY_FIELDS: dict[str, tuple[str, str, Shape | None]] = {
+    "anyof": ("[]property", "[]api.ToolProperty", None),
+    "type": ("property_type", "api.PropertyType", None),
+    "items": ("any", "interface {}", None),
+    "description": ("string", "string", None),
+    "enum": ("[]any", "[]interface {}", None),
+    "properties": ("properties", "api.ToolPropertiesMap", None),
+    "required": ("[]string", "[]string", None),
+}
+_TOOL_PROPERTY = Shape("ToolProperty", "api.ToolProperty", _PROPERTY_FIELDS, {"anyof": "anyOf"})
+# The fields of a property a string fits (`strings_alone`).
+_STRING_PROPERTY_FIELDS = frozenset({"type", "description", "items"})
+# How many fields deep from the request a tool's properties are looked at: far below
+# `go_json.KEPT_DEPTH` levels (two levels a field: `properties` and a property's name,
+# `anyOf` and an element), where a reading of a body deeper than it reads holds a
+# placeholder, and Python's stack. Go reads deeper; the proxy does not look there.
+_PROPERTY_LEVELS = 30
+
+
+def _beyond_property_levels(path: str) -> bool:
+    return path.count(".") > _PROPERTY_LEVELS
+
+
+def check_properties(value: Any, struct: str, path: str) -> None:
+    """An api.ToolPropertiesMap (a tool's `parameters.properties`, a property's own) at
+    `struct`.`path`, not null (a pointer: null sets it to nil): its UnmarshalJSON is
+    wk8/go-ordered-map's, jsonparser's ObjectEach (anything but an object is its error,
+    `NOT_AN_OBJECT`) and json.Unmarshal of each value in turn into an api.ToolProperty
+    (null: the zero one). That decoding's first error, which the request's decoding
+    puts in its context, ends the decoding (`Aborts`)."""
+    if _beyond_property_levels(path):
+        return
+    if not isinstance(value, dict):
+        raise Aborts(NOT_AN_OBJECT)
+    for prop in value.values():
+        if prop is None or strings_alone(prop, _STRING_PROPERTY_FIELDS):
+            continue
+        try:
+            if not isinstance(prop, dict):
+                raise type_error(prop, struct, path, _TOOL_PROPERTY.go_type)
+            check_struct(prop, _TOOL_PROPERTY, path, struct)
+        except Aborts:
+            raise
+        except BodyError as exc:
+            raise Aborts(str(exc)) from None
+
+
+def _check_property_type(value: Any, struct: str, path: str) -> None:
+    """api.PropertyType's UnmarshalJSON (null too, which it takes): a string, else
+    json.Unmarshal into a []string, whose error (its first element of another type, a
+    null one being "") it returns, ending the decoding (`Aborts`)."""
+    if value is None or isinstance(value, str):
+        return
+    if not isinstance(value, list):
+        raise Aborts(str(type_error(value, struct, path, "[]string")))
+    for item in value:
+        if item is not None and not isinstance(item, str):
+            raise Aborts(str(type_error(item, struct, path, "string")))

@@ -544,6 +544,13 @@ BODY_ORDER = [
         "json: cannot unmarshal number into Go struct field MessagesRequest.messages"
         ".citations.url of type string",
     ),
+    (
+        "/api/chat",
+        b'{"model": "qwen2.5:7b", "stream": "yes", "tools": [{"type": "function", "function":'
+        b' {"name": "f", "parameters": {"properties": {"a": {"description": 1}}}}}]}',
+        "json: cannot unmarshal number into Go struct field ToolFunctionParameters"
+        ".tools.function.parameters.properties.description of type string",
+    ),
     # A key given twice inside a message: its UnmarshalJSON decodes the message afresh,
     # the earlier value too.
     (

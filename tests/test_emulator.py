@@ -430,8 +430,18 @@ async def test_reasoning_efforts_are_ollamas(emu: Emu, effort: str, error: str |
             "json: cannot unmarshal number into Go struct field"
             " ToolFunctionParameters.tools.function.parameters.required of type string",
         ),
+        (
+            [
+                {
+                    "type": "function",
+                    "function": {"name": "f", "parameters": {"properties": {"a": {"type": 5}}}},
+                }
+            ],
+            "json: cannot unmarshal number into Go struct field"
+            " ToolFunctionParameters.tools.function.parameters.properties.type of type []string",
+        ),
     ],
-    ids=["not-an-object", "function", "type", "name", "required"],
+    ids=["not-an-object", "function", "type", "name", "required", "properties"],
 )
 @pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions"])
 async def test_tools_of_the_wrong_shape_get_gos_unmarshal_error(

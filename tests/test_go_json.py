@@ -440,6 +440,9 @@ def test_a_number_in_an_int_field_is_named_as_written(number: str) -> None:
 
 
 _INTO = "json: cannot unmarshal {} into Go struct field {} of type {}"
+_PROPERTY_ERROR = _INTO.format(
+    "{}", "ToolFunctionParameters.tools.function.parameters.properties{}", "{}"
+)
 # (path, body, Go's error): Go decodes keys and elements in the body's order, returns the
 # first type error it saved, unless an UnmarshalJSON's own error ends the decoding.
 IN_BODY_ORDER = [
@@ -484,6 +487,52 @@ IN_BODY_ORDER = [
         _INTO.format(
             "number", "ToolFunctionParameters.tools.function.parameters.required", "string"
         ),
+    ),
+    # A tool's properties (api.ToolPropertiesMap's UnmarshalJSON, each property
+    # json.Unmarshal'd into an api.ToolProperty): its error ends the decoding.
+    *(
+        (
+            "/api/chat",
+            b'{"model":"m","tools":[{"type":"function","function":{"name":"f","parameters":'
+            b'{"type":"object","properties":' + properties + b'}}}],"stream":"yes"}',
+            message,
+        )
+        for properties, message in [
+            (
+                b'{"a":{"description":5}}',
+                _PROPERTY_ERROR.format("number", ".description", "string"),
+            ),
+            (b"[]", go_types.NOT_AN_OBJECT),
+            (b'{"a":"x"}', _PROPERTY_ERROR.format("string", "", "api.ToolProperty")),
+            (b'{"a":{"type":5}}', _PROPERTY_ERROR.format("number", ".type", "[]string")),
+            (b'{"a":{"type":["s",1]}}', _PROPERTY_ERROR.format("number", ".type", "string")),
+            (
+                b'{"a":{"description":5,"type":true}}',
+                _PROPERTY_ERROR.format("bool", ".type", "[]string"),
+            ),
+            (
+                b'{"a":{"type":"object","properties":{"b":{"enum":5}}}}',
+                _PROPERTY_ERROR.format("number", ".properties.enum", "[]interface {}"),
+            ),
+            (
+                b'{"a":{"anyOf":[{"type":"string"},{"description":1}]}}',
+                _PROPERTY_ERROR.format("number", ".anyOf.description", "string"),
+            ),
+            (
+                b'{"a":{"items":{"x":[1e400]}}}',
+                _PROPERTY_ERROR.format("number 1e400", ".items", "float64"),
+            ),
+            (
+                b'{"a":null,"b":{"required":[1]}}',
+                _PROPERTY_ERROR.format("number", ".required", "string"),
+            ),
+        ]
+    ),
+    (
+        "/api/chat",
+        b'{"model":"m","stream":"yes","tools":[{"type":1,"function":{"parameters":'
+        b'{"properties":{"a":{"type":{}}}}}}]}',
+        _PROPERTY_ERROR.format("object", ".type", "[]string"),
     ),
     (
         "/v1/chat/completions",
@@ -674,6 +723,15 @@ TOOL_CALLS_ACCEPTED = [
         b'{"model":"m","max_tokens":1,"messages":[{"role":"assistant","content":'
         b'[{"type":"tool_use","id":"t","name":"f","input":{"a":1}},{"type":"text",'
         b'"text":"x"}]}]}',
+    ),
+    (
+        "/api/chat",
+        b'{"model":"m","tools":[{"type":"function","items":{"a":1},"function":{"name":"f",'
+        b'"parameters":{"type":"object","$defs":{"d":[1]},"items":null,"required":["a"],'
+        b'"properties":{"a":{"type":["string","null"],"description":"d","enum":["x",1,null]},'
+        b'"b":null,"c":{"type":null,"items":{"type":"string"},"required":null},"d":{"type":'
+        b'"object","properties":{"e":{"anyOf":[{"type":"string"},null]}},"required":["e"]}}'
+        b"}}}]}",
     ),
     # A value deeper than orjson reads, which the proxy keeps as written and reads none
     # of: no number beyond a double (Go reads it, 10,000 levels deep).
