@@ -191,6 +191,57 @@ def test_a_function_a_maths_word_names_is_not_code() -> None:
         assert _kind(asked) == "code", asked
 
 
+def test_a_function_no_request_governs_is_not_code() -> None:
+    # A question whose options hold a request's words ("tests", "error") names a
+    # function of the body, of an office or of a quantity: no program is asked for.
+    options = (
+        "Question: An elderly woman is confused and unsteady. Which of the following"
+        " is most appropriate to order first?\nOptions:\nA. Renal function tests\n"
+        "B. Thyroid function tests\nC. Liver function tests\nD. Chest x-ray\n"
+        "E. An error in the history is likely; repeat it"
+    )
+    for text in (
+        options,
+        "Question: Research on tests of motor function has revealed that\nOptions:\n"
+        "A. most motor functions are determined by age\nB. motor functions do not"
+        " correlate\nC. the error is in the test",
+        "Write an essay on how power is seen as a function of size in world politics.",
+    ):
+        values = vector("/api/generate", {"prompt": text})
+        assert not any(values[f"lang_{name}"] for name in F.LANGUAGES), text
+        assert _kind(text) != "code", text
+    assert _kind(options) == "reasoning"
+    # A function a request governs is a program's, the language named or not.
+    for asked in (
+        "Write a recursive function that counts the nodes of a tree.",
+        "Please fix this function, it returns the wrong total.",
+        "Refactor the following function into two smaller ones.",
+    ):
+        assert vector("/api/generate", {"prompt": asked})["lang_javascript"] == 1.0, asked
+        assert _kind(asked) == "code", asked
+
+
+MAZE = (
+    'Navigate from \'K\' (start) to \'>\' (goal):\n\n```\n""""""\n"K"yy"\n'
+    '"yy"y"\n"yyy>"\n""""y"\n""""""\n```\n'
+    "Legend: '\"' = Wall, 'y' = Passage\n\n"
+    "What is the minimum number of steps to reach the goal?"
+)
+
+
+def test_a_grid_of_quotes_is_no_docstring() -> None:
+    # A maze whose walls are quotes holds three of them in a row, in a grid's rows.
+    assert '"""' in MAZE
+    assert vector("/api/generate", {"prompt": MAZE})["lang_python"] == 0.0
+    # A docstring's quotes outside a grid are Python's, on a line of their own too.
+    for docstring in (
+        'What does this say?\n    """Return the sum of a and b."""',
+        'Explain:\n"""\nEvery row is read twice.\n"""',
+        '"""Module docstring."""\nx=1',
+    ):
+        assert vector("/api/generate", {"prompt": docstring})["lang_python"] == 1.0, docstring
+
+
 def test_request_features_read_the_request() -> None:
     chat = vector(
         "/api/chat",
@@ -508,6 +559,12 @@ def pinned_cases() -> dict[str, tuple[str, dict[str, Any]]]:
             # A function a maths word names, also after a non-ASCII space, and one asked for.
             "Write the exponential\xa0function of x",
             "Write the quadratic function, then a function to plot it",
+            # A function a request governs, and one it does not.
+            "Write\u2003a Python\xa0function; test renal function",
+            "Thyroid function tests? fix: the error function",
+            # A grid of quotes, and docstrings beside one.
+            MAZE,
+            '""""\n"a"a\n"""x\n\t"""\n"""',
         )
     ):
         cases[f"phrase_{i}"] = ("/api/generate", {"prompt": text})
@@ -607,15 +664,39 @@ def _reference(path: str, body: Mapping[str, Any]) -> list[float]:
         (len(sample) - len(sample.translate(drop_code))) / len(sample) if sample else 0.0
     )
     out["numbers"] = float(len(last) - len(last.translate(str.maketrans("", "", "0123456789"))))
+    lines = low_sample.split("\n")
+
+    def grid(line: str) -> bool:  # whitespace-free, of at least three characters
+        return len(line) >= 3 and "".join(line.split()) == line
+
+    # A docstring's quotes count outside a grid's rows: a row and a neighbouring row
+    # of at most four characters between them.
+    docstring = any(
+        '"""' in line
+        and not (
+            grid(line)
+            and any(
+                grid(other) and len(set(line) | set(other)) <= 4
+                for other in lines[max(i - 1, 0) : i] + lines[i + 1 : i + 2]
+            )
+        )
+        for i, line in enumerate(lines)
+    )
     for name in F.LANGUAGES:
         words, symbols = F._LANGUAGE_HINTS[name]
-        hinted = not sample_words.isdisjoint(words) or any(s in low_sample for s in symbols)
+        hinted = not sample_words.isdisjoint(words) or any(
+            s in low_sample if s != '"""' else docstring for s in symbols
+        )
         out[f"lang_{name}"] = 1.0 if hinted else 0.0
     asks_code = any(not last_words.isdisjoint(F._TASK_HINTS[t]) for t in F._PHRASE_TASKS)
     sequence = low_sample.translate(_REF_TO_SPACE).split()
-    # "function" asks for code where one occurrence of it is not a maths word's.
+    # "function" asks for code where a verb of writing or mending code is among the
+    # three words before one of its occurrences, and no maths word is the word before.
     program_function = any(
-        word == "function" and (i == 0 or sequence[i - 1] not in F._MATH_FUNCTION_WORDS)
+        word == "function"
+        and i > 0
+        and sequence[i - 1] not in F._MATH_FUNCTION_WORDS
+        and not F._FUNCTION_VERBS.isdisjoint(sequence[max(i - 3, 0) : i])
         for i, word in enumerate(sequence)
     )
     for word in sample_words & F._ASKED_WORDS.keys() if asks_code else ():
@@ -657,6 +738,7 @@ _PIECES = st.sampled_from(
         *("a) ", "(b) ", "\nc. ", "\n (d: ", "e)", "İ", "ẞ", "Σ", "ΣΑΣ.", "ǅ", "ﬁx", "K", "\u0307"),
         *("日本", "🙂", "é", "e\u0301", "٣", "_", "x_y", "don't", "\ud800"),
         *("Exponential", " linear ", "density", "function ", " function", "functions"),
+        *("Write a ", "fix", "renal", '"""', '""""\n', '"a"\n', "a\n", "\n"),
     ]
 )
 _BOUNDARIES = st.sampled_from(

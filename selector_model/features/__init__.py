@@ -24,6 +24,7 @@ from selector_model.features.candidate import (
 )
 from selector_model.features.hints import (
     _ASKED_WORDS,
+    _FUNCTION_VERBS,
     _LANGUAGE_HINTS,
     _MATH_FUNCTION_WORDS,
     _MATH_SYMBOLS,
@@ -74,6 +75,7 @@ __all__ = [
     "UNKNOWN_AREA",
     # The definitions tests/test_features.py checks the fast reading against.
     "_ASKED_WORDS",
+    "_FUNCTION_VERBS",
     "_LANGUAGE_HINTS",
     "_MATH_FUNCTION_WORDS",
     "_MATH_SYMBOLS",

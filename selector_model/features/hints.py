@@ -40,7 +40,8 @@ from selector_model.features.words import spaced, spaced_utf8
 # (Python), "public", "include", "echo" or "cargo" would make a history or law question
 # read as code; so would "function" ("the function of the liver", "f is a function
 # with f(2) = 5"), which counts only in a request for code (`_ASKED_WORDS`).
-# '"""' and ">>> " are a docstring's.
+# '"""' and ">>> " are a docstring's; '"""' not in a grid's rows, where a maze's walls
+# are quotes (`_grid_row`).
 # A language without a column of its own is hinted as its nearest kin, so that a
 # request in it reads as code, with the demand for code it has: Kotlin, Scala
 # and C# as Java (managed, class-based); PHP, Perl, Lua and Ruby as Python (dynamic
@@ -96,7 +97,8 @@ _NAMED_WITH_NOUNS = ("go", "swift", "ruby", "react")
 # request, the language it is written in. Alone they hint nothing ("What is HTML?" asks
 # for no code, "flask" and "pandas" are a lab's and a zoo's too). "Write a function
 # that ..." names no language either, and hints JavaScript's column as code in no
-# named language; a function in biology, maths or history is not asked to be written.
+# named language where the request governs it (`_FUNCTION_VERBS`); a function in
+# biology, maths or history is not asked to be written.
 _ASKED_WORDS = {
     **dict.fromkeys(("function", "html", "css", "jquery", "nodejs", "vue"), "javascript"),
     "svelte": "javascript",
@@ -106,8 +108,7 @@ _ASKED_WORDS = {
 # A function a maths word names is maths' ("the exponential function", "a quadratic
 # function", "the probability density function"), also in a request to write: "Write
 # the quadratic function with roots 2 and 3", an integral's "write 7*X**2 ... use exp(x)
-# for the exponential function". "function" asks for code when one of its occurrences
-# follows another word or none.
+# for the exponential function".
 _MATH_FUNCTION_WORDS = frozenset(
     {
         *("exponential", "logarithmic", "logistic", "linear", "quadratic", "cubic"),
@@ -127,6 +128,14 @@ _TASK_HINTS: dict[str, frozenset[str]] = {
     "summarize": frozenset({"summarize", "summarise", "summary", "tldr"}),
     "translate": frozenset({"translate", "translation"}),
 }
+# "function" asks for code where a verb of writing or mending code governs it, among
+# the three words before it: "Write a function", "write a Python function", "fix this
+# function". A request's words elsewhere in the text do not: a question whose options
+# hold "thyroid function tests" or "error" asks to test or fix no program, nor does one
+# about "the function of the liver" or "a function of size". "test" and "improve" are
+# no such verbs ("test nerve function", "improve cognitive function").
+_FUNCTION_VERBS = _TASK_HINTS["generate"] | {"fix", "debug", "refactor", "rewrite"}
+_FUNCTION_REACH = 3
 _MATH_WORDS = frozenset({"equation", "probability", "integer", "calculate"})
 # Maths words prose uses too ("how can I solve a conflict", "a product manager", "the
 # remainder of the trip", "the sum of all fears") count only beside a digit, a maths
@@ -321,6 +330,8 @@ def _language_hints(
         if lead in low:  # a memchr; then one scan for the symbols that start with it
             for symbol in find.findall(low):
                 found[_LED_LANGUAGE[symbol]] = True
+    if not found[_PYTHON] and _DOCSTRING in low and _docstring(low):
+        found[_PYTHON] = True
     for index, (_, _, symbols) in enumerate(_LANGUAGE_CHECKS):
         if not found[index]:
             for symbol, probe in symbols:
@@ -332,14 +343,55 @@ def _language_hints(
 
 def _asked_function(spaced_low: str) -> bool:
     """Whether a "function" among the words of `spaced_low` (a spaced lower-cased text)
-    is not one a maths word names (`_MATH_FUNCTION_WORDS`, the word before it)."""
+    is one a request for code governs: a verb of writing or mending code
+    (`_FUNCTION_VERBS`) among the `_FUNCTION_REACH` words before it, and no maths
+    word (`_MATH_FUNCTION_WORDS`) the word before it."""
     for match in _FIND_FUNCTION.finditer(spaced_low):
         at = match.start()
         if at == 0 or spaced_low[at - 1].isspace():
-            before = spaced_low[:at].rsplit(None, 1)
-            if not before or before[-1] not in _MATH_FUNCTION_WORDS:
+            before = spaced_low[:at].rsplit(None, _FUNCTION_REACH)[-_FUNCTION_REACH:]
+            if (
+                before
+                and before[-1] not in _MATH_FUNCTION_WORDS
+                and not _FUNCTION_VERBS.isdisjoint(before)
+            ):
                 return True
     return False
+
+
+def _docstring(low: str) -> bool:
+    """Whether a docstring's quotes in `low` stand outside a grid's rows (`_grid_row`)."""
+    at = low.find(_DOCSTRING)
+    while at >= 0:
+        start = low.rfind("\n", 0, at) + 1
+        end = low.find("\n", at)
+        if end < 0:
+            end = len(low)
+        if not _grid_row(low, start, end):
+            return True
+        at = low.find(_DOCSTRING, end)
+    return False
+
+
+def _grid_row(low: str, start: int, end: int) -> bool:
+    """Whether the line low[start:end] is a row of a grid: a line without whitespace
+    that, with a neighbouring line without whitespace, is made of the same few
+    characters (`_GRID_CHARACTERS` at most), as a maze's rows of walls and passages
+    are. Their lengths are not compared: hints read a window, which may cut a row."""
+    line = low[start:end]
+    if len(line) < len(_DOCSTRING) or any(c.isspace() for c in line):
+        return False
+    neighbours = []
+    if start > 0:
+        neighbours.append(low[low.rfind("\n", 0, start - 1) + 1 : start - 1])
+    if end < len(low):
+        after = low.find("\n", end + 1)
+        neighbours.append(low[end + 1 : after if after >= 0 else len(low)])
+    return any(
+        len(other) >= len(_DOCSTRING) and len(set(line + other)) <= _GRID_CHARACTERS
+        for other in neighbours
+        if not any(c.isspace() for c in other)
+    )
 
 
 def _task_hints(hits: frozenset[str]) -> list[float]:
@@ -419,12 +471,17 @@ _FIND_FENCE = re.compile("```(" + "|".join(re.escape(tag) for tag in _TAG_LANGUA
 assert not any("`" in tag for tag in _TAG_LANGUAGE)
 assert not any(a != b and b.startswith(a) for a in _TAG_LANGUAGE for b in _TAG_LANGUAGE)
 # Which language a symbol that starts with punctuation stands for: each stands for one.
+# A docstring's quotes are looked for apart, as a grid's rows may hold them too.
+_DOCSTRING = '"""'
+_PYTHON = LANGUAGES.index("python")
+_GRID_CHARACTERS = 4
 _LED_LANGUAGE = {
     symbol: i
     for i, (_, symbols) in enumerate(_LANGUAGE_HINTS[name] for name in LANGUAGES)
     for symbol in symbols
-    if _led(symbol)
+    if _led(symbol) and symbol != _DOCSTRING
 }
+assert _DOCSTRING in _LANGUAGE_HINTS["python"][1]
 # Per first character, the symbols that start with it, found by one regex: its literal
 # first character is what the regex engine skips to fast (a set of first characters is
 # tested character by character). A symbol is in a text iff the regex finds it there:

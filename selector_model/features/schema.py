@@ -7,7 +7,7 @@ another schema.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 # Of a long conversation only the first and last `SCAN_CHARS` characters are scanned,
 # and keyword hints read only the first and last `HINT_CHARS`.
 SCAN_CHARS = 2048
