@@ -4,6 +4,7 @@ import itertools
 import json
 import math
 import random
+import re
 import string
 import zlib
 from collections.abc import Mapping
@@ -219,6 +220,32 @@ def test_a_function_no_request_governs_is_not_code() -> None:
     ):
         assert vector("/api/generate", {"prompt": asked})["lang_javascript"] == 1.0, asked
         assert _kind(asked) == "code", asked
+
+
+def test_a_user_asking_for_a_function_is_asking_for_code() -> None:
+    # What an editor's or a chat's user sends: the verb that asks stands a few words
+    # before "function", or is one of asking rather than of writing.
+    for asked in (
+        "Can you write me a small helper function to parse dates?",
+        "Write me a recursive function that computes the factorial of n",
+        "Write a short utility function that deduplicates an array",
+        "How do I write a memoized fibonacci function?",
+        "I need a function that checks whether a number is prime",
+        "Give me a function that flattens a nested list",
+        "Make a function that converts celsius to fahrenheit",
+        "Define a function that returns the nth fibonacci number",
+    ):
+        chat = {"messages": [{"role": "user", "content": asked}]}
+        assert F.request_features("/api/chat", chat) == _reference("/api/chat", chat), asked
+        assert kind_of(F.request_features("/api/chat", chat)) == "code", asked
+    # A verb of another sentence or line governs no function: an option's or a
+    # question's function is the body's.
+    for text in (
+        "Write your answer as a letter.\nWhich test assesses renal function?\n"
+        "A. Urinalysis\nB. Liver function tests\nC. An error of measurement",
+        "Make a list. The function of the liver is to filter the blood.",
+    ):
+        assert _kind(text) != "code", text
 
 
 MAZE = (
@@ -690,18 +717,33 @@ def _reference(path: str, body: Mapping[str, Any]) -> list[float]:
         out[f"lang_{name}"] = 1.0 if hinted else 0.0
     asks_code = any(not last_words.isdisjoint(F._TASK_HINTS[t]) for t in F._PHRASE_TASKS)
     sequence = low_sample.translate(_REF_TO_SPACE).split()
-    # "function" asks for code where a verb of writing or mending code is among the
-    # three words before one of its occurrences, and no maths word is the word before.
-    program_function = any(
-        word == "function"
-        and i > 0
-        and sequence[i - 1] not in F._MATH_FUNCTION_WORDS
-        and not F._FUNCTION_VERBS.isdisjoint(sequence[max(i - 3, 0) : i])
-        for i, word in enumerate(sequence)
-    )
-    for word in sample_words & F._ASKED_WORDS.keys() if asks_code else ():
-        if word != "function" or program_function:
-            out[f"lang_{F._ASKED_WORDS[word]}"] = 1.0
+    # "function" asks for code where a verb that asks for one is among the five words of
+    # its sentence (to a line's end, or ".", "?" or "!" before whitespace) before one of
+    # its occurrences, no maths word nor "to" is the word before, and no one-character
+    # word after whitespace the word after.
+    tokens = list(re.finditer(r"\S+", low_sample.translate(_REF_TO_SPACE)))
+    starts = [0, *(end.end() for end in re.finditer(r"\n|[.?!]\s", low_sample))]
+    program_function = False
+    for i, token in enumerate(tokens):
+        if token.group() != "function":
+            continue
+        start = max(at for at in starts if at <= token.start())
+        before = [t.group() for t in tokens[:i] if t.start() >= start][-5:]
+        named = (
+            i + 1 < len(tokens)
+            and low_sample[token.end()].isspace()
+            and len(tokens[i + 1].group()) == 1
+        )
+        program_function |= (
+            bool(before)
+            and before[-1] not in F._MATH_FUNCTION_WORDS | {"to"}
+            and not F._FUNCTION_VERBS.isdisjoint(before)
+            and not named
+        )
+    if program_function:
+        out["lang_javascript"] = 1.0
+    for word in sample_words & F._ASKED_WORDS.keys() - {"function"} if asks_code else ():
+        out[f"lang_{F._ASKED_WORDS[word]}"] = 1.0
     for word, following in itertools.pairwise(sequence):
         if asks_code and word == "in" and following in F._PHRASE_LANGUAGES:
             out[f"lang_{F._PHRASE_LANGUAGES[following]}"] = 1.0

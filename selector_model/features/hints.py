@@ -128,14 +128,27 @@ _TASK_HINTS: dict[str, frozenset[str]] = {
     "summarize": frozenset({"summarize", "summarise", "summary", "tldr"}),
     "translate": frozenset({"translate", "translation"}),
 }
-# "function" asks for code where a verb of writing or mending code governs it, among
-# the three words before it: "Write a function", "write a Python function", "fix this
-# function". A request's words elsewhere in the text do not: a question whose options
-# hold "thyroid function tests" or "error" asks to test or fix no program, nor does one
-# about "the function of the liver" or "a function of size". "test" and "improve" are
-# no such verbs ("test nerve function", "improve cognitive function").
-_FUNCTION_VERBS = _TASK_HINTS["generate"] | {"fix", "debug", "refactor", "rewrite"}
-_FUNCTION_REACH = 3
+# "function" asks for code where a verb that asks for one governs it: a verb of writing
+# or mending code, or of asking for a thing ("need", "give", "make", "define"), among
+# the words of its sentence before it, five at most: "Write a function", "Can you write
+# me a small helper function", "I need a function that", "fix this function". It asks
+# so with no other word of a request ("Give me a function that flattens a list"). A
+# request's words elsewhere in the text do not: a question whose options hold "thyroid
+# function tests" or "error" asks to test or fix no program, nor does one about "the
+# function of the liver", "a function of size" or one to "list and define the types
+# according to their function". "test" and "improve" are no such verbs ("test nerve
+# function", "improve cognitive function"). A sentence ends at a line's end and at ".",
+# "?" or "!" before whitespace: a lettered option starts one. Nor does a function a
+# letter names, the word after it ("Define the function $g(x)=3x+2$", "a function f:
+# A -> B": maths' way; "function(s)" is no name), nor the verb after "to" ("What would
+# need electrical energy to function?").
+_FUNCTION_VERBS = _TASK_HINTS["generate"] | {
+    *("fix", "debug", "refactor", "rewrite"),
+    *("need", "give", "make", "define"),
+}
+_FUNCTION_REACH = 5
+_SENTENCE_END = re.compile(r"[.?!]\s")
+_LETTER_NAME = re.compile(r"\s+\S(?!\S)")
 _MATH_WORDS = frozenset({"equation", "probability", "integer", "calculate"})
 # Maths words prose uses too ("how can I solve a conflict", "a product manager", "the
 # remainder of the trip", "the sum of all fears") count only beside a digit, a maths
@@ -309,9 +322,11 @@ def _language_hints(
         index = _WORD_LANGUAGE.get(word)
         if index is not None:
             found[index] = True
+    if "function" in hits and _asked_function(low, spaced_low):
+        found[_ASKED_LANGUAGE["function"]] = True
     if not last_hits.isdisjoint(_PHRASE_TASK_WORDS):
         for word in hits.intersection(_ASKED_WORDS):
-            if word != "function" or _asked_function(spaced_low):
+            if word != "function":
                 found[_ASKED_LANGUAGE[word]] = True
         # Only for a name among the words (found with the hint words, where a scan for
         # every name would cost each request for code); each regex opens with a literal
@@ -341,19 +356,30 @@ def _language_hints(
     return [1.0 if hinted else 0.0 for hinted in found]
 
 
-def _asked_function(spaced_low: str) -> bool:
-    """Whether a "function" among the words of `spaced_low` (a spaced lower-cased text)
-    is one a request for code governs: a verb of writing or mending code
-    (`_FUNCTION_VERBS`) among the `_FUNCTION_REACH` words before it, and no maths
-    word (`_MATH_FUNCTION_WORDS`) the word before it."""
+def _asked_function(low: str, spaced_low: str) -> bool:
+    """Whether a "function" among the words of `low` (a lower-cased text; `spaced_low`,
+    `spaced(low)`, whose characters stand where low's do) is one a request for code
+    governs: a verb that asks for one (`_FUNCTION_VERBS`) among the `_FUNCTION_REACH`
+    words of its sentence before it, neither a maths word (`_MATH_FUNCTION_WORDS`) nor
+    "to" the word before it, and no letter, after whitespace, the word after it."""
     for match in _FIND_FUNCTION.finditer(spaced_low):
         at = match.start()
         if at == 0 or spaced_low[at - 1].isspace():
-            before = spaced_low[:at].rsplit(None, _FUNCTION_REACH)[-_FUNCTION_REACH:]
+            start = low.rfind("\n", 0, at) + 1
+            for end in _SENTENCE_END.finditer(low, start, at):
+                start = end.end()
+            before = spaced_low[start:at].split()[-_FUNCTION_REACH:]
+            after = match.end()
             if (
                 before
                 and before[-1] not in _MATH_FUNCTION_WORDS
+                and before[-1] != "to"
                 and not _FUNCTION_VERBS.isdisjoint(before)
+                and not (
+                    after < len(low)
+                    and low[after].isspace()
+                    and _LETTER_NAME.match(spaced_low, after)
+                )
             ):
                 return True
     return False
