@@ -314,9 +314,10 @@ def _language_hints(
 ) -> list[float]:
     """lang_* of the sample's window (`low`, lower-cased; `hits`, hint words among its
     words; `spaced_low`, `spaced(low)`): one of the language's hint words, else one of
-    its symbols in it, else, when the last turn's hint words (`last_hits`) ask for code,
-    a word of what to write (`_ASKED_WORDS`), or "in" and its name, or its name and a
-    program's part, as two words in a row (`_PHRASE_LANGUAGES`)."""
+    its symbols in it, else a "function" a verb that asks for one governs
+    (`_asked_function`), else, when the last turn's hint words (`last_hits`) ask for
+    code, another word of what to write (`_ASKED_WORDS`), or "in" and its name, or its
+    name and a program's part, as two words in a row (`_PHRASE_LANGUAGES`)."""
     found = [False] * len(LANGUAGES)
     for word in hits:  # a few words, where asking each language costs a set operation
         index = _WORD_LANGUAGE.get(word)
