@@ -231,6 +231,7 @@ def test_a_user_asking_for_a_function_is_asking_for_code() -> None:
         "Write a short utility function that deduplicates an array",
         "How do I write a memoized fibonacci function?",
         "I need a function that checks whether a number is prime",
+        "I want a function that sorts a list of words by length",
         "Give me a function that flattens a nested list",
         "Make a function that converts celsius to fahrenheit",
         "Define a function that returns the nth fibonacci number",

@@ -129,22 +129,22 @@ _TASK_HINTS: dict[str, frozenset[str]] = {
     "translate": frozenset({"translate", "translation"}),
 }
 # "function" asks for code where a verb that asks for one governs it: a verb of writing
-# or mending code, or of asking for a thing ("need", "give", "make", "define"), among
-# the words of its sentence before it, five at most: "Write a function", "Can you write
-# me a small helper function", "I need a function that", "fix this function". It asks
-# so with no other word of a request ("Give me a function that flattens a list"). A
-# request's words elsewhere in the text do not: a question whose options hold "thyroid
-# function tests" or "error" asks to test or fix no program, nor does one about "the
-# function of the liver", "a function of size" or one to "list and define the types
-# according to their function". "test" and "improve" are no such verbs ("test nerve
-# function", "improve cognitive function"). A sentence ends at a line's end and at ".",
-# "?" or "!" before whitespace: a lettered option starts one. Nor does a function a
-# letter names, the word after it ("Define the function $g(x)=3x+2$", "a function f:
-# A -> B": maths' way; "function(s)" is no name), nor the verb after "to" ("What would
-# need electrical energy to function?").
+# or mending code, or of asking for a thing ("need", "want", "give", "make", "define"),
+# among the words of its sentence before it, five at most: "Write a function", "Can you
+# write me a small helper function", "I need a function that", "fix this function". It
+# asks so with no other word of a request ("Give me a function that flattens a list").
+# A request's words elsewhere in the text do not: a question whose options hold
+# "thyroid function tests" or "error" asks to test or fix no program, nor does one about
+# "the function of the liver", "a function of size" or one to "list and define the
+# types according to their function". "test" and "improve" are no such verbs ("test
+# nerve function", "improve cognitive function"). A sentence ends at a line's end and
+# at ".", "?" or "!" before whitespace: a lettered option starts one. Nor does a
+# function a letter names, the word after it ("Define the function $g(x)=3x+2$", "a
+# function f: A -> B": maths' way; "function(s)" is no name), nor the verb after "to"
+# ("What would need electrical energy to function?").
 _FUNCTION_VERBS = _TASK_HINTS["generate"] | {
     *("fix", "debug", "refactor", "rewrite"),
-    *("need", "give", "make", "define"),
+    *("need", "want", "give", "make", "define"),
 }
 _FUNCTION_REACH = 5
 _SENTENCE_END = re.compile(r"[.?!]\s")
