@@ -215,14 +215,25 @@ class _TooDeep(Exception):
 def _read_as_go(body: bytes, decoder: json.JSONDecoder = _GO_ORDER) -> Any:
     """The first JSON value of `body` with Go's substitutions (`go_text`) and Go's
     order among repeated keys."""
-    text = go_text(body).lstrip(_WHITESPACE)
+    text = go_text(body)
+    start = len(text) - len(text.lstrip(_WHITESPACE))
     try:
-        return decoder.raw_decode(text)[0]
+        value, end = decoder.raw_decode(text, start)
     except RecursionError:
         raise _TooDeep from None
     except (json.JSONDecodeError, _NotANumber):
         # json's grammar is Go's: Go refuses this body too.
         raise NotJson from None
+    if number_read_on(body, text, end) is not None:
+        raise NotJson
+    return value
+
+
+def number_read_on(raw: bytes, doc: str, end: int) -> str | None:
+    """Go's Decoder's error where the top-level value Python's json read from `doc`
+    (`go_text(raw)`) ends at `end` in a number Go's scanner reads on (`1.`, `1e`), None
+    where it ends there too: Python's json reads the `1` and stops."""
+    return _in_literal(raw, doc, end, "") if end < len(doc) else None
 
 
 def read_written(body: bytes) -> Any:
@@ -720,10 +731,26 @@ def syntax_message(raw: bytes, doc: str, exc: json.JSONDecodeError) -> str:
         return f"invalid character {_go_char(c)} after array element"
     if msg.startswith("Invalid control character"):
         return f"invalid character {_go_char(c)} in string literal"
-    if msg.startswith("Invalid \\escape") or msg.startswith("Invalid \\u"):
+    if msg.startswith("Invalid \\u"):
+        return _in_hex_escape(raw, doc, pos + 1)
+    if msg.startswith("Invalid \\escape"):
         escaped = _byte_at(raw, doc, pos + 1) if pos + 1 < len(doc) else c
         return f"invalid character {_go_char(escaped)} in string escape code"
     return f"invalid character {_go_char(c)} looking for beginning of value"
+
+
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def _in_hex_escape(raw: bytes, doc: str, at: int) -> str:
+    """Go's error for a `\\u` escape without four hex digits, `at` just after the `u`:
+    its scanner reads them a byte at a time (stateInStringEscU..U123) and refuses the
+    first other byte, or finds the body's end first ("unexpected EOF")."""
+    for pos in range(at, min(at + 4, len(doc))):
+        if doc[pos] not in _HEX:
+            refused = _go_char(_byte_at(raw, doc, pos))
+            return f"invalid character {refused} in \\u hexadecimal character escape"
+    return "unexpected EOF"
 
 
 # Go's scanner refuses each at the first character that cannot begin a value (after
@@ -749,7 +776,7 @@ def decode_error(body: bytes) -> str:
     if start == len(text):
         return "EOF"
     try:
-        _GO_ORDER.raw_decode(text, start)
+        end = _GO_ORDER.raw_decode(text, start)[1]
     except json.JSONDecodeError as exc:
         return syntax_message(body, text, exc)
     except _NotANumber as exc:
@@ -759,7 +786,7 @@ def decode_error(body: bytes) -> str:
         if shallow is None or shallow == body:
             return "exceeded max depth"
         return decode_error(shallow)
-    return GO_READS_IT
+    return number_read_on(body, text, end) or GO_READS_IT
 
 
 # json.Unmarshal's error for input that ends before its value does.
@@ -788,8 +815,4 @@ def unmarshal_error(data: bytes) -> str | None:
     if not rest:
         return None
     at = len(text) - len(rest)
-    # A number Python's reading ends where Go's scanner reads on ("1." or "1e").
-    in_number = _in_literal(data + b" ", text + " ", at, "")
-    if in_number is not None:
-        return in_number
     return f"invalid character {_go_char(_byte_at(data, text, at))} after top-level value"

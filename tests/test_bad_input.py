@@ -779,3 +779,39 @@ async def test_a_model_name_never_writes_the_answers_head(proxy: Proxy, model: s
     assert all(len(line) < 1000 for line in lines)
     assert not any(line.lower().startswith(b"x-autoroute-model") for line in lines)
     assert b'"error"' in payload
+
+
+# Bodies Go's scanner reads further than Python's json: a number cut short after its
+# `.` or `e` (Go reads on past the `1`), a `\u` escape without four hex digits (Go
+# names its first other byte). A top-level number Go ends is decoded into the struct.
+SCANNED = [
+    ("/api/chat", b"1.", "unexpected EOF"),
+    ("/api/chat", b"1e", "unexpected EOF"),
+    (
+        "/v1/chat/completions",
+        b"1.x",
+        "invalid character 'x' after decimal point in numeric literal",
+    ),
+    ("/api/chat", b"1.5x", "json: cannot unmarshal number into Go value of type api.ChatRequest"),
+    (
+        "/api/chat",
+        b'{"model": "qwen2.5:7b", "messages": [{"role": "user", "content": "\\u12 "}]}',
+        "invalid character ' ' in \\u hexadecimal character escape",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "message"), SCANNED, ids=[f"{p} {b[-20:]!r}" for p, b, _ in SCANNED]
+)
+async def test_a_body_go_scans_further_gets_ollamas_error(
+    emulator: Emulator, proxy: Proxy, path: str, body: bytes, message: str
+) -> None:
+    """The emulator refuses it as Ollama does, and so does the proxy, for `auto` too."""
+    direct = _refused(await raw(emulator.url, "POST", path, body))
+    error = direct[2]["error"]
+    assert direct[0] == 400
+    assert (error["message"] if path.startswith("/v1/") else error) == message
+    assert _refused(await raw(proxy.url, "POST", path, body)) == direct
+    routed = body.replace(b'"qwen2.5:7b"', b'"auto"')
+    assert _refused(await raw(proxy.url, "POST", path, routed)) == direct

@@ -1155,3 +1155,47 @@ def test_a_key_given_twice_is_read_as_go_merges_it(
     # Held as any reading holds a document: any part of the proxy writes it (the cache
     # key, the cloud's body), a number that is no integer a float.
     assert orjson.dumps(repeated.doc) == repeated.forwarded
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"1.", "unexpected EOF"),
+        (b"1e", "unexpected EOF"),
+        (b" -2.5E+", "unexpected EOF"),
+        (b"1.x", "invalid character 'x' after decimal point in numeric literal"),
+        (b"1. ", "invalid character ' ' after decimal point in numeric literal"),
+        (b"1.5ex", "invalid character 'x' in exponent of numeric literal"),
+    ],
+)
+def test_a_top_level_number_go_reads_on_is_no_value(body: bytes, message: str) -> None:
+    """Go's scanner reads a number on past `1` where a `.` or an `e` follows, and the
+    Decoder refuses it where it ends cut short (at the body's end, "unexpected EOF"):
+    no value is read, where Python's json reads the `1` before it."""
+    assert go_json.read(body) == (None, body)
+    assert go_requests.decode_refusal("/api/chat", body) == message
+
+
+@pytest.mark.parametrize("body", [b"1.5x", b"1e5.", b"1.5.", b"1 ."])
+def test_a_top_level_number_go_ends_is_read(body: bytes) -> None:
+    """A byte that cannot go on a finished number ends it: Go's Decoder decodes that
+    value and reads no further."""
+    doc, _ = go_json.read(body)
+    assert doc == float(body.split(b"x")[0].rstrip(b". "))
+    assert go_requests.decode_refusal("/api/chat", body) == go_json.GO_READS_IT
+
+
+@pytest.mark.parametrize(
+    ("escape", "refused"),
+    [("\\u12 ", "' '"), ("\\ux", "'x'"), ("\\u1x", "'x'"), ("\\uABCg", "'g'")],
+)
+def test_a_short_unicode_escape_is_named_at_its_first_non_hex_byte(
+    escape: str, refused: str
+) -> None:
+    """Go's scanner reads `\\u` then four hex digits a byte at a time
+    (stateInStringEscU..U123): it refuses the first other byte "in \\u hexadecimal
+    character escape"; a body that ends first is "unexpected EOF"."""
+    for body in (f'"{escape}"', f'{{"model": "m", "prompt": "a{escape}"}}'):
+        message = f"invalid character {refused} in \\u hexadecimal character escape"
+        assert go_requests.decode_refusal("/api/chat", body.encode()) == message
+    assert go_requests.decode_refusal("/api/chat", b'"\\u12') == "unexpected EOF"

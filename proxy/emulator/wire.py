@@ -198,7 +198,7 @@ def decode_json(raw: bytes) -> Any:
     if start == len(doc):
         raise EOFError
     try:
-        value, _ = _DECODER.raw_decode(doc, start)
+        value, end = _DECODER.raw_decode(doc, start)
     except json.JSONDecodeError as exc:
         raise BodyError(go_json.syntax_message(raw, doc, exc)) from None
     except RecursionError:
@@ -208,4 +208,7 @@ def decode_json(raw: bytes) -> Any:
         if shallow is None or shallow == raw:
             raise BodyError("exceeded max depth") from None
         return decode_json(shallow)
+    cut_short = go_json.number_read_on(raw, doc, end)
+    if cut_short is not None:
+        raise BodyError(cut_short)
     return value
