@@ -92,6 +92,7 @@ _OA_MESSAGE = Shape(
     "openai.Message",
     {
         "role": ("string", "string", None),
+        "content": ("any", "interface {}", None),
         "reasoning": ("string", "string", None),
         "tool_calls": ("[]", "[]openai.ToolCall", _OA_TOOL_CALL),
         "name": ("string", "string", None),

@@ -42,6 +42,7 @@ from proxy.go_types import (
 from selector_model.request_body import canonical_key, canonicalize
 
 _PARSED_NUMBERS = {
+    "any": "float64",
     "float": "float64",
     "float32": "float32",
     "int": "int",
@@ -54,12 +55,14 @@ _PARSED_NUMBERS = {
 def check_fields(body: Any, struct: str, fields: Mapping[str, str]) -> dict[str, Any]:
     """Check `body` against a Go struct description {json name: kind}.
 
-    Kinds: string, bool, int, float, map, object, any, duration (an api.Duration:
-    any, its number parsed), think (an api.ThinkValue), []int, []string, images,
-    messages, tools. Returns the body as a dict (JSON null decodes to the zero
-    struct). `struct` is the struct's name, with its package when that is not `api`
-    (`openai.ChatCompletionRequest`): Go names the package where the body is no
-    object, and only the name where a field has the wrong kind."""
+    Kinds: string, bool, int, float, map, object, any (its numbers parsed into
+    float64s), raw (a json.RawMessage, or an UnmarshalJSON that takes the value as
+    written: nothing parsed), duration (an api.Duration: any, its number parsed),
+    think (an api.ThinkValue), []int, []string, images, messages, tools. Returns the
+    body as a dict (JSON null decodes to the zero struct). `struct` is the struct's
+    name, with its package when that is not `api` (`openai.ChatCompletionRequest`): Go
+    names the package where the body is no object, and only the name where a field
+    has the wrong kind."""
     if body is None:
         return {}
     package, _, struct = struct.rpartition(".")
@@ -199,7 +202,7 @@ GENERATE_FIELDS = {
     "context": "[]int",
     "stream": "bool",
     "raw": "bool",
-    "format": "any",
+    "format": "raw",
     "keep_alive": "duration",
     "images": "images",
     "options": "map",
@@ -213,7 +216,7 @@ CHAT_FIELDS = {
     "model": "string",
     "messages": "messages",
     "stream": "bool",
-    "format": "any",
+    "format": "raw",
     "keep_alive": "duration",
     "tools": "tools",
     "options": "map",

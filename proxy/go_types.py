@@ -152,7 +152,7 @@ _INT_MIN, _INT_MAX = -INT64_END, INT64_END - 1
 
 
 def fits(value: Any, want: str) -> bool:
-    if value is None or want in ("any", "duration", "think"):
+    if value is None or want in ("any", "raw", "duration", "think"):
         return True
     if want == "string":
         return isinstance(value, str)

@@ -20,7 +20,7 @@ from proxy.openai_chat import decode_image_url, think_from_effort
 # openai.ResponsesRequest, {json name: kind} (see `go_requests.check_fields`).
 RESPONSES_FIELDS = {
     "model": "string",
-    "input": "any",
+    "input": "raw",  # ResponsesInput's UnmarshalJSON takes it as written
     "instructions": "string",
     "stream": "bool",
     "max_output_tokens": "int",

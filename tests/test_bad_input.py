@@ -815,3 +815,75 @@ async def test_a_body_go_scans_further_gets_ollamas_error(
     assert _refused(await raw(proxy.url, "POST", path, body)) == direct
     routed = body.replace(b'"qwen2.5:7b"', b'"auto"')
     assert _refused(await raw(proxy.url, "POST", path, routed)) == direct
+
+
+# Numbers beyond a double in fields Go decodes into an `any`: it parses their numbers
+# into float64s and refuses one beyond, naming the field (a json.RawMessage, `format`,
+# parses none).
+ANY_BEYOND = [
+    (
+        "/v1/chat/completions",
+        b'{"model": "qwen2.5:7b", "messages": [{"role": "user", "content": 1e400}]}',
+        "json: cannot unmarshal number 1e400 into Go struct field "
+        "Message.messages.content of type float64",
+    ),
+    (
+        "/v1/chat/completions",
+        b'{"model": "qwen2.5:7b", "messages": [{"role": "user", "content": [{"n": -1e400}]}]}',
+        "json: cannot unmarshal number -1e400 into Go struct field "
+        "Message.messages.content of type float64",
+    ),
+    (
+        "/api/embed",
+        b'{"model": "qwen2.5:7b", "input": ["x", 1e400]}',
+        "json: cannot unmarshal number 1e400 into Go struct field "
+        "EmbedRequest.input of type float64",
+    ),
+    (
+        "/v1/embeddings",
+        b'{"model": "qwen2.5:7b", "input": 1e400}',
+        "json: cannot unmarshal number 1e400 into Go struct field "
+        "EmbedRequest.input of type float64",
+    ),
+    (
+        "/v1/chat/completions",
+        b'{"model": "qwen2.5:7b", "messages": [], "stop": [1e400]}',
+        "json: cannot unmarshal number 1e400 into Go struct field "
+        "ChatCompletionRequest.stop of type float64",
+    ),
+    (
+        "/v1/messages",
+        b'{"model": "qwen2.5:7b", "max_tokens": 5, "system": 1e400, "messages": []}',
+        "json: cannot unmarshal number 1e400 into Go struct field "
+        "MessagesRequest.system of type float64",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "message"), ANY_BEYOND, ids=[f"{p} {b[-30:]!r}" for p, b, _ in ANY_BEYOND]
+)
+async def test_a_number_beyond_a_double_in_an_any_gets_ollamas_error(
+    emulator: Emulator, proxy: Proxy, path: str, body: bytes, message: str
+) -> None:
+    """The emulator refuses it as Ollama does, and so does the proxy, for `auto` too."""
+    direct = _refused(await raw(emulator.url, "POST", path, body))
+    error = direct[2]["error"]
+    assert direct[0] == 400
+    assert (error["message"] if path.startswith("/v1/") else error) == message
+    assert _refused(await raw(proxy.url, "POST", path, body)) == direct
+    routed = body.replace(b'"qwen2.5:7b"', b'"auto"')
+    assert _refused(await raw(proxy.url, "POST", path, routed)) == direct
+
+
+@pytest.mark.parametrize("path", ["/api/chat", "/api/generate"])
+async def test_a_format_beyond_a_double_is_not_refused_as_a_number(
+    emulator: Emulator, proxy: Proxy, path: str
+) -> None:
+    """`format` is a json.RawMessage: Go parses none of its numbers while decoding."""
+    body = b'{"model": "qwen2.5:7b", "format": {"x": 1e400}, "stream": "no"}'
+    direct = _refused(await raw(emulator.url, "POST", path, body))
+    assert "float64" not in str(direct[2]["error"])
+    assert (
+        _refused(await raw(proxy.url, "POST", path, body.replace(b"qwen2.5:7b", b"auto"))) == direct
+    )
