@@ -801,22 +801,6 @@ SCANNED = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("path", "body", "message"), SCANNED, ids=[f"{p} {b[-20:]!r}" for p, b, _ in SCANNED]
-)
-async def test_a_body_go_scans_further_gets_ollamas_error(
-    emulator: Emulator, proxy: Proxy, path: str, body: bytes, message: str
-) -> None:
-    """The emulator refuses it as Ollama does, and so does the proxy, for `auto` too."""
-    direct = _refused(await raw(emulator.url, "POST", path, body))
-    error = direct[2]["error"]
-    assert direct[0] == 400
-    assert (error["message"] if path.startswith("/v1/") else error) == message
-    assert _refused(await raw(proxy.url, "POST", path, body)) == direct
-    routed = body.replace(b'"qwen2.5:7b"', b'"auto"')
-    assert _refused(await raw(proxy.url, "POST", path, routed)) == direct
-
-
 # Numbers beyond a double in fields Go decodes into an `any`: it parses their numbers
 # into float64s and refuses one beyond, naming the field (a json.RawMessage, `format`,
 # parses none).
@@ -861,9 +845,11 @@ ANY_BEYOND = [
 
 
 @pytest.mark.parametrize(
-    ("path", "body", "message"), ANY_BEYOND, ids=[f"{p} {b[-30:]!r}" for p, b, _ in ANY_BEYOND]
+    ("path", "body", "message"),
+    SCANNED + ANY_BEYOND,
+    ids=[f"{p} {b[-30:]!r}" for p, b, _ in SCANNED + ANY_BEYOND],
 )
-async def test_a_number_beyond_a_double_in_an_any_gets_ollamas_error(
+async def test_a_body_go_scans_further_or_parses_into_an_any_gets_ollamas_error(
     emulator: Emulator, proxy: Proxy, path: str, body: bytes, message: str
 ) -> None:
     """The emulator refuses it as Ollama does, and so does the proxy, for `auto` too."""
