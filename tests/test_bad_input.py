@@ -571,6 +571,15 @@ async def test_the_first_error_in_the_body_is_ollamas(
 ) -> None:
     """Of two wrong values, the emulator names the one Go names, and so does the proxy
     for `auto`, where it answers in a backend's place."""
+    await _refused_alike(emulator, proxy, path, body, message)
+
+
+async def _refused_alike(
+    emulator: Emulator, proxy: Proxy, path: str, body: bytes, message: str
+) -> None:
+    """`body` on `path` refused with Ollama's 400 `message` (in the OpenAI or Anthropic
+    error object on /v1) by the emulator, the same through the proxy, and by the proxy
+    itself for `auto` (the model's name in the body replaced)."""
     direct = _refused(await raw(emulator.url, "POST", path, body))
     error = direct[2]["error"]
     assert direct[0] == 400
@@ -853,13 +862,7 @@ async def test_a_body_go_scans_further_or_parses_into_an_any_gets_ollamas_error(
     emulator: Emulator, proxy: Proxy, path: str, body: bytes, message: str
 ) -> None:
     """The emulator refuses it as Ollama does, and so does the proxy, for `auto` too."""
-    direct = _refused(await raw(emulator.url, "POST", path, body))
-    error = direct[2]["error"]
-    assert direct[0] == 400
-    assert (error["message"] if path.startswith("/v1/") else error) == message
-    assert _refused(await raw(proxy.url, "POST", path, body)) == direct
-    routed = body.replace(b'"qwen2.5:7b"', b'"auto"')
-    assert _refused(await raw(proxy.url, "POST", path, routed)) == direct
+    await _refused_alike(emulator, proxy, path, body, message)
 
 
 @pytest.mark.parametrize("path", ["/api/chat", "/api/generate"])
