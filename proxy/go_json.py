@@ -35,7 +35,8 @@ import re
 import secrets
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from functools import partial
+from typing import Any, NamedTuple, TypeVar
 
 import orjson
 
@@ -58,7 +59,22 @@ class TooManyValues(BodyError):
 
 
 class NotJson(Exception):
-    """No JSON value, to Go's decoder either."""
+    """No JSON value first in a body, to Go's decoder either: `message` is what
+    json.Decoder.Decode says of it ("EOF" for a body of blanks), worked out when asked
+    for, as it costs a Python step per character before where Go stops, and a body the
+    proxy forwards as sent never asks."""
+
+    def __init__(self, message: str | Callable[[], str]) -> None:
+        super().__init__()
+        self._message = message
+
+    @property
+    def message(self) -> str:
+        message = self._message
+        return message if isinstance(message, str) else message()
+
+    def __str__(self) -> str:
+        return self.message
 
 
 # What a byte of invalid UTF-8 becomes in a "surrogateescape" decoding (U+DC00 plus the
@@ -168,20 +184,20 @@ def _not_a_number(text: str) -> Any:
     raise _NotANumber(text)
 
 
-_GO_ORDER = json.JSONDecoder(
-    object_pairs_hook=in_last_order,
-    parse_int=_number,
-    parse_float=_number,
-    parse_constant=_not_a_number,
-)
+def go_decoder(
+    number: Callable[[str], Any],
+    pairs: Callable[[list[tuple[str, Any]]], Any] = in_last_order,
+) -> json.JSONDecoder:
+    """A decoder for `first_value`: each number read by `number`, each object made by
+    `pairs` (Go's order among repeated keys, `in_last_order`); NaN and Infinity are no
+    JSON to Go (`CONSTANTS`)."""
+    return json.JSONDecoder(
+        object_pairs_hook=pairs, parse_int=number, parse_float=number, parse_constant=_not_a_number
+    )
 
 
-_WRITTEN = json.JSONDecoder(
-    object_pairs_hook=in_last_order,
-    parse_int=_written_number,
-    parse_float=_written_number,
-    parse_constant=_not_a_number,
-)
+_GO_ORDER = go_decoder(_number)
+_WRITTEN = go_decoder(_written_number)
 
 
 # What any lone surrogate escape starts with: a text without one is left as it is, not
@@ -212,24 +228,70 @@ class _TooDeep(Exception):
     """Nested deeper than orjson or Python's json reads or writes: `_read_deep`."""
 
 
-def _read_as_go(body: bytes, decoder: json.JSONDecoder = _GO_ORDER) -> Any:
-    """The first JSON value of `body` with Go's substitutions (`go_text`) and Go's
-    order among repeated keys."""
-    text = go_text(body)
+class _Read(NamedTuple):
+    """A body's first value as `_decoded` read it, and where: `raw` the body read,
+    `text` its `go_text`, `end` where the value ends in it."""
+
+    value: Any
+    raw: bytes
+    text: str
+    end: int
+
+
+def _decoded(raw: bytes, decoder: json.JSONDecoder) -> _Read:
+    """The first JSON value of `raw` with Go's substitutions (`go_text`), read by
+    `decoder` (`go_decoder`); NotJson with Go's error where Go finds none, _TooDeep
+    where the value is nested deeper than Python's json goes."""
+    text = go_text(raw)
     start = len(text) - len(text.lstrip(_WHITESPACE))
+    if start == len(text):
+        raise NotJson("EOF")
     try:
         value, end = decoder.raw_decode(text, start)
     except RecursionError:
         raise _TooDeep from None
-    except (json.JSONDecodeError, _NotANumber):
+    except json.JSONDecodeError as exc:
         # json's grammar is Go's: Go refuses this body too.
-        raise NotJson from None
-    if number_read_on(body, text, end) is not None:
-        raise NotJson
-    return value
+        raise NotJson(partial(_syntax_message, raw, text, exc)) from None
+    except _NotANumber as exc:
+        raise NotJson(CONSTANTS[exc.args[0]]) from None
+    cut_short = _number_read_on(raw, text, end)
+    if cut_short is not None:
+        raise NotJson(cut_short)
+    return _Read(value, raw, text, end)
 
 
-def number_read_on(raw: bytes, doc: str, end: int) -> str | None:
+def _first(raw: bytes, decoder: json.JSONDecoder) -> _Read:
+    """`first_value`, with the body it read and where the value ends."""
+    while True:
+        try:
+            return _decoded(raw, decoder)
+        except _TooDeep:
+            # Go reads up to `GO_MAX_DEPTH` levels: what is deeper than Python's json
+            # goes is read as a placeholder.
+            shallow = without_deep_values(raw)
+            if shallow is None or shallow == raw:
+                raise NotJson("exceeded max depth") from None
+            raw = shallow
+
+
+def first_value(raw: bytes, decoder: json.JSONDecoder = _GO_ORDER) -> Any:
+    """The first JSON value of `raw` as json.Decoder.Decode reads it, each number and
+    object as `decoder` makes them (`go_decoder`); NotJson with Go's error where Go
+    finds none. A value nested deeper than Python's json goes is read with each value
+    below `KEPT_DEPTH` levels a placeholder string (`without_deep_values`). The one
+    reading of a body's first value for what answers Go's errors: the emulator's, and
+    the proxy's where it answers in Ollama's words (`decode_error`, `unmarshal_error`)."""
+    return _first(raw, decoder).value
+
+
+def _read_as_go(body: bytes, decoder: json.JSONDecoder = _GO_ORDER) -> Any:
+    """The first JSON value of `body` with Go's substitutions (`go_text`) and Go's
+    order among repeated keys: `_decoded`'s, _TooDeep for `_read_deep`."""
+    return _decoded(body, decoder).value
+
+
+def _number_read_on(raw: bytes, doc: str, end: int) -> str | None:
     """Go's Decoder's error where the top-level value Python's json read from `doc`
     (`go_text(raw)`) ends at `end` in a number Go's scanner reads on (`1.`, `1e`), None
     where it ends there too: Python's json reads the `1` and stops."""
@@ -288,12 +350,7 @@ def _pairs_or_object(pairs: list[tuple[str, Any]]) -> Any:
     return dict(pairs)
 
 
-_REPEATED = json.JSONDecoder(
-    object_pairs_hook=_pairs_or_object,
-    parse_int=_written_number,
-    parse_float=_written_number,
-    parse_constant=_not_a_number,
-)
+_REPEATED = go_decoder(_written_number, _pairs_or_object)
 
 
 def read_repeated(body: bytes) -> Any:
@@ -595,7 +652,7 @@ def _placed(body: bytes, spans: list[tuple[int, int]], tag: str) -> bytes:
 
 def without_deep_values(body: bytes) -> bytes | None:
     """`body` with each value below `KEPT_DEPTH` levels a placeholder string, for a
-    reader of what is shallower alone (the emulator's), whose decoder cannot go as deep
+    reader of what is shallower alone (`first_value`), whose decoder cannot go as deep
     as Go's; None when the body opens more levels than Go reads (`GO_MAX_DEPTH`)."""
     spans = _deep_values(body)
     return None if spans is None else _placed(body, spans, "deep")
@@ -712,7 +769,7 @@ def _in_literal(raw: bytes, doc: str, pos: int, msg: str) -> str | None:
     return f"invalid character {_go_char(_byte_at(raw, doc, at))} {why}"
 
 
-def syntax_message(raw: bytes, doc: str, exc: json.JSONDecodeError) -> str:
+def _syntax_message(raw: bytes, doc: str, exc: json.JSONDecodeError) -> str:
     pos = exc.pos
     if pos >= len(doc) or exc.msg.startswith("Unterminated"):
         return "unexpected EOF"
@@ -771,22 +828,11 @@ def decode_error(body: bytes) -> str:
     document None): "EOF" for a body of blanks (Ollama's handlers answer their own
     words for it), the scanner's syntax error where it stops, "exceeded max depth"
     beyond `GO_MAX_DEPTH` levels; `GO_READS_IT` for a body with a value."""
-    text = go_text(body)
-    start = len(text) - len(text.lstrip(_WHITESPACE))
-    if start == len(text):
-        return "EOF"
     try:
-        end = _GO_ORDER.raw_decode(text, start)[1]
-    except json.JSONDecodeError as exc:
-        return syntax_message(body, text, exc)
-    except _NotANumber as exc:
-        return CONSTANTS[exc.args[0]]
-    except RecursionError:
-        shallow = without_deep_values(body)
-        if shallow is None or shallow == body:
-            return "exceeded max depth"
-        return decode_error(shallow)
-    return number_read_on(body, text, end) or GO_READS_IT
+        first_value(body)
+    except NotJson as exc:
+        return exc.message
+    return GO_READS_IT
 
 
 # json.Unmarshal's error for input that ends before its value does.
@@ -799,20 +845,14 @@ def unmarshal_error(data: bytes) -> str | None:
     other than a blank after the value is refused, and at the end the scanner steps on
     a blank (scanner.eof), which refuses a literal or a number cut short where it stands
     and leaves anything else cut short "unexpected end of JSON input"."""
-    error = decode_error(data + b" ")
-    if error in ("EOF", "unexpected EOF"):
-        return NO_INPUT
-    if error != GO_READS_IT:
-        return error
-    text = go_text(data)
-    start = len(text) - len(text.lstrip(_WHITESPACE))
     try:
-        end = _GO_ORDER.raw_decode(text, start)[1]
-    except RecursionError:
-        shallow = without_deep_values(data)
-        return None if shallow is None or shallow == data else unmarshal_error(shallow)
-    rest = text[end:].lstrip(_WHITESPACE)
+        read = _first(data + b" ", _GO_ORDER)
+    except NotJson as exc:
+        error = exc.message
+        return NO_INPUT if error in ("EOF", "unexpected EOF") else error
+    text = read.text
+    rest = text[read.end :].lstrip(_WHITESPACE)
     if not rest:
         return None
     at = len(text) - len(rest)
-    return f"invalid character {_go_char(_byte_at(data, text, at))} after top-level value"
+    return f"invalid character {_go_char(_byte_at(read.raw, text, at))} after top-level value"

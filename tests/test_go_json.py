@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from proxy import auto_routes, go_json, go_requests, go_types
 from proxy.auth import hash_key
 from proxy.config import ApiKey, Auth, Limits
+from proxy.emulator import wire as emulator_wire
 from proxy.routes import MODEL_ROUTED, ROUTES
 from tests.support import Emulator, Proxy, ServerThread, free_port, pass_on
 
@@ -1199,3 +1200,44 @@ def test_a_short_unicode_escape_is_named_at_its_first_non_hex_byte(
         message = f"invalid character {refused} in \\u hexadecimal character escape"
         assert go_requests.decode_refusal("/api/chat", body.encode()) == message
     assert go_requests.decode_refusal("/api/chat", b'"\\u12') == "unexpected EOF"
+
+
+# Pieces of bodies, valid and not: a body of a few of them is most often refused, at any
+# of the places Go's scanner refuses one.
+_PIECES = [b"{", b"}", b"[", b"]", b'"', b'"k"', b",", b":", b"\\", b"\\u", b"\\ud83d", b"."]
+_PIECES += [b"e", b"+", b"-", b"0", b"9", b"1e400", b" ", b"\n", b"true", b"nul", b"NaN"]
+_PIECES += [b"-Infinity", b"\xff", b"\x01"]
+
+
+def _emulators_refusal(body: bytes) -> str:
+    try:
+        emulator_wire.decode_json(body)
+    except EOFError:
+        return "EOF"
+    except go_types.BodyError as exc:
+        return str(exc)
+    return go_json.GO_READS_IT
+
+
+@given(st.lists(st.sampled_from(_PIECES), max_size=12).map(b"".join))
+@settings(max_examples=500, deadline=None)
+def test_the_emulator_refuses_a_body_as_the_proxy_does(body: bytes) -> None:
+    """The emulator reads a body's first value with the proxy's reading
+    (`go_json.first_value`, its own numbers aside): the same error for a body Go
+    refuses, none for one it reads."""
+    assert _emulators_refusal(body) == go_json.decode_error(body)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 3000 + b"1" + b"]" * 3000,
+        b"[" * 3000 + b"1." + b"]" * 3000,
+        b"[" * 10_001 + b"]" * 10_001,
+        b"\n\t ",
+        b"-Infinity",
+        b" 1e",
+    ],
+)
+def test_the_emulator_refuses_a_deep_or_odd_body_as_the_proxy_does(body: bytes) -> None:
+    assert _emulators_refusal(body) == go_json.decode_error(body)

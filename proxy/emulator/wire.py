@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -23,7 +22,6 @@ import orjson
 from aiohttp import web
 
 from proxy import go_json
-from proxy.go_json import go_text, in_last_order
 from proxy.go_merge import go_decoded
 from proxy.go_requests import first_error
 from proxy.go_types import BeyondADouble, BodyError, checked
@@ -124,16 +122,7 @@ def _number(text: str) -> int | float | BeyondADouble:
     return int(text)
 
 
-def _constant(text: str) -> Any:
-    raise BodyError(go_json.CONSTANTS[text])
-
-
-_DECODER = json.JSONDecoder(
-    object_pairs_hook=in_last_order,
-    parse_int=_number,
-    parse_float=_number,
-    parse_constant=_constant,
-)
+_DECODER = go_json.go_decoder(_number)
 
 
 async def read_json(request: web.Request) -> Any:
@@ -189,26 +178,14 @@ async def as_go_decodes(request: web.Request, doc: Any, struct: str, fields: dic
 
 
 def decode_json(raw: bytes) -> Any:
-    """Decode the first JSON value of a body like json.Decoder.Decode; a number beyond
-    a double is a `proxy.go_types.BeyondADouble`.
+    """Decode the first JSON value of a body like json.Decoder.Decode
+    (`go_json.first_value`); a number beyond a double is a
+    `proxy.go_types.BeyondADouble`.
 
     Raises EOFError for an empty (or all-whitespace) body and BodyError otherwise."""
-    doc = go_text(raw)
-    start = len(doc) - len(doc.lstrip(" \t\r\n"))
-    if start == len(doc):
-        raise EOFError
     try:
-        value, end = _DECODER.raw_decode(doc, start)
-    except json.JSONDecodeError as exc:
-        raise BodyError(go_json.syntax_message(raw, doc, exc)) from None
-    except RecursionError:
-        # Deeper than Python's decoder goes, and Go reads up to 10,000 levels: what is
-        # deeper than the emulator looks is read as a placeholder.
-        shallow = go_json.without_deep_values(raw)
-        if shallow is None or shallow == raw:
-            raise BodyError("exceeded max depth") from None
-        return decode_json(shallow)
-    cut_short = go_json.number_read_on(raw, doc, end)
-    if cut_short is not None:
-        raise BodyError(cut_short)
-    return value
+        return go_json.first_value(raw, _DECODER)
+    except go_json.NotJson as exc:
+        if exc.message == "EOF":
+            raise EOFError from None
+        raise BodyError(exc.message) from None
