@@ -269,7 +269,8 @@ def check_struct(value: dict[str, Any], shape: Shape, path: str, struct: str | N
     a key matching its field whatever its case: the first type error, unless a
     field's own UnmarshalJSON (`arguments`) ends the decoding first (`Aborts`).
     `struct` names every error's struct in place of the innermost one, as the request
-    does for what a message's own UnmarshalJSON decodes (`check_message`)."""
+    does for what a message's own UnmarshalJSON decodes (`check_message`). `path` is ""
+    for a struct json.Unmarshal decodes whole: its fields are named alone."""
     saved: BodyError | None = None
     fields, named = shape.fields, struct or shape.name
     for name, field in value.items():
@@ -282,7 +283,7 @@ def check_struct(value: dict[str, Any], shape: Shape, path: str, struct: str | N
         kind, go_type, inner = spec
         if type(field) is str and kind in _STRING_KINDS:
             continue  # the most common case: nothing more to look at
-        at = f"{path}.{shape.names.get(name, name)}"
+        at = f"{path}.{shape.names.get(name, name)}" if path else shape.names.get(name, name)
         try:
             if kind == "arguments":
                 check_arguments(field, named, at)

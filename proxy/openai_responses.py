@@ -13,7 +13,7 @@ from typing import Any
 
 from proxy import go_json
 from proxy.go_requests import check_fields
-from proxy.go_types import BodyError, check_arguments, go_kind, not_into
+from proxy.go_types import BodyError, Shape, check_arguments, check_struct, go_kind, not_into
 from proxy.multipart_form import go_quote
 from proxy.openai_chat import decode_image_url, think_from_effort
 
@@ -64,8 +64,59 @@ def images_of(content: Any) -> list[str]:
 # its type: anonymous structs, which encoding/json's errors name by their fields.
 _ITEM_HEAD = 'struct { Type string "json:\\"type\\""; Role string "json:\\"role\\"" }'
 _PART_HEAD = 'struct { Type string "json:\\"type\\"" }'
-_ITEM_TYPES = ("message", "function_call", "function_call_output", "reasoning", "web_search_call")
-_PART_TYPES = ("input_text", "input_image", "output_text", "input_file")
+
+
+def _strings(name: str, *fields: str) -> Shape:
+    """An openai struct of string fields alone, as `check_struct` takes it."""
+    return Shape(name, f"openai.{name}", {field: ("string", "string", None) for field in fields})
+
+
+# What each content part is unmarshalled into once its type is read.
+_PARTS = {
+    "input_text": _strings("ResponsesTextContent", "type", "text"),
+    "input_image": _strings("ResponsesImageContent", "type", "detail", "file_id", "image_url"),
+    "output_text": _strings("ResponsesOutputTextContent", "type", "text"),
+    "input_file": _strings(
+        "ResponsesFileContent", "type", "file_data", "file_id", "file_url", "filename"
+    ),
+}
+# What each input item but a message is unmarshalled into once its type is read: a
+# function call output's own UnmarshalJSON reads an anonymous struct (its `output` a
+# json.RawMessage, read as content is, `_content_refusal`).
+_ITEMS = {
+    "function_call": _strings(
+        "ResponsesFunctionCall", "id", "type", "call_id", "name", "arguments"
+    ),
+    "function_call_output": _strings("", "type", "call_id"),
+    "reasoning": Shape(
+        "ResponsesReasoningInput",
+        "openai.ResponsesReasoningInput",
+        {
+            "id": ("string", "string", None),
+            "type": ("string", "string", None),
+            "summary": (
+                "[]",
+                "[]openai.ResponsesReasoningSummary",
+                _strings("ResponsesReasoningSummary", "type", "text"),
+            ),
+            "encrypted_content": ("string", "string", None),
+        },
+    ),
+    "web_search_call": Shape(
+        "ResponsesWebSearchCall",
+        "openai.ResponsesWebSearchCall",
+        {
+            "id": ("string", "string", None),
+            "type": ("string", "string", None),
+            "status": ("string", "string", None),
+            "action": (
+                "object",
+                "openai.ResponsesWebSearchAction",
+                _strings("ResponsesWebSearchAction", "type", "query"),
+            ),
+        },
+    ),
+}
 
 
 def _head_refusal(value: Any, head: str, fields: tuple[str, ...]) -> str | None:
@@ -84,27 +135,45 @@ def _head_refusal(value: Any, head: str, fields: tuple[str, ...]) -> str | None:
     return None
 
 
-def _content_refusal(content: Any) -> str | None:
-    """ResponsesInputMessage.UnmarshalJSON's reading of `content`: absent, null or a
-    string, or an array of parts of the types unmarshalResponsesContent knows."""
+def _struct_refusal(value: dict[str, Any], shape: Shape) -> str | None:
+    """json.Unmarshal of `value` into the struct of `shape`: its first type error."""
+    try:
+        check_struct(value, shape, "")
+    except BodyError as exc:
+        return str(exc)
+    return None
+
+
+def _content_refusal(content: Any, name: str = "content") -> str | None:
+    """ResponsesInputMessage.UnmarshalJSON's reading of `content` (and
+    ResponsesFunctionCallOutput's of its `output`, `name`): absent, null or a string, or
+    an array of parts of the types unmarshalResponsesContent knows, each unmarshalled
+    into its type's struct."""
     if content is None or isinstance(content, str):
         return None
     if not isinstance(content, list):
-        return "content must be a string or array: " + not_into(content, "[]json.RawMessage")
+        return f"{name} must be a string or array: " + not_into(content, "[]json.RawMessage")
     for i, part in enumerate(content):
         refused = _head_refusal(part, _PART_HEAD, ("type",))
-        kind = (part or {}).get("type") or ""
-        if refused is None and kind not in _PART_TYPES:
-            refused = f"unknown content type: {kind}"
+        if refused is None:
+            kind = (part or {}).get("type") or ""
+            shape = _PARTS.get(kind)
+            if shape is None:
+                refused = f"unknown content type: {kind}"
+            else:
+                refused = _struct_refusal(part, shape)
         if refused is not None:
-            return f"content[{i}]: {refused}"
+            return f"{name}[{i}]: {refused}"
     return None
 
 
 def input_refusal(inp: Any) -> str | None:
     """What ShouldBindJSON refuses in a ResponsesRequest's `input`: a value that is no
     string or array, an item of a type unmarshalResponsesInputItem does not know (an
-    item without a type but with a role is a message), a message's content as above."""
+    item without a type but with a role is a message), a message's content as above,
+    a field of another item of the wrong type. No field of an item or a part is a
+    number in Go, so none is parsed: a number beyond a double is refused where any
+    number is, as a "number", and goes unread where Go skips it."""
     if inp is None or isinstance(inp, str):
         return None
     if not isinstance(inp, list):
@@ -118,8 +187,12 @@ def input_refusal(inp: Any) -> str | None:
                 refused = _content_refusal(item.get("content"))
             elif not kind:
                 refused = "input item missing required 'type' field"
-            elif kind not in _ITEM_TYPES:
+            elif kind not in _ITEMS:
                 refused = f"unknown input item type: {go_quote(kind.encode())}"
+            else:
+                refused = _struct_refusal(item, _ITEMS[kind])
+                if refused is None and kind == "function_call_output":
+                    refused = _content_refusal(item.get("output"), "output")
         if refused is not None:
             return f"input[{i}]: {refused}"
     return None

@@ -876,3 +876,73 @@ async def test_a_format_beyond_a_double_is_not_refused_as_a_number(
     assert (
         _refused(await raw(proxy.url, "POST", path, body.replace(b"qwen2.5:7b", b"auto"))) == direct
     )
+
+
+# A response's input has its own UnmarshalJSON (openai/responses.go), which unmarshals
+# each item and content part into a struct of strings alone: no number in it is
+# parsed, so one beyond a double is refused where any number is, as a "number", and
+# goes unread where Go skips the key.
+_RESPONSE = b'{"model": "qwen2.5:7b", "input": [%s]}'
+_MESSAGE = b'{"type": "message", "role": "user", "content": [%s]}'
+RESPONSE_INPUT_BEYOND = [
+    (
+        _MESSAGE % b"1e400",
+        "input[0]: content[0]: json: cannot unmarshal number into Go value of type "
+        'struct { Type string "json:\\"type\\"" }',
+    ),
+    (
+        _MESSAGE % b'{"type": "input_text", "text": 1e400}',
+        "input[0]: content[0]: json: cannot unmarshal number into Go struct field "
+        "ResponsesTextContent.text of type string",
+    ),
+    (
+        b'{"type": "function_call", "name": "f", "arguments": -1e400}',
+        "input[0]: json: cannot unmarshal number into Go struct field "
+        "ResponsesFunctionCall.arguments of type string",
+    ),
+    (
+        b'{"type": "function_call_output", "call_id": 1e400, "output": "x"}',
+        "input[0]: json: cannot unmarshal number into Go struct field .call_id of type string",
+    ),
+    (
+        b'{"type": "function_call_output", "call_id": "c", "output": [{"type": "x"}, 1e400]}',
+        "input[0]: output[0]: unknown content type: x",
+    ),
+    (
+        b'{"type": "function_call_output", "call_id": "c", "output": 1e400}',
+        "input[0]: output must be a string or array: json: cannot unmarshal number into "
+        "Go value of type []json.RawMessage",
+    ),
+    (
+        b'{"type": "reasoning", "summary": [{"type": "summary_text", "text": 1e400}]}',
+        "input[0]: json: cannot unmarshal number into Go struct field "
+        "ResponsesReasoningSummary.summary.text of type string",
+    ),
+    (
+        b'{"type": "web_search_call", "action": {"type": "search", "query": 1e400}}',
+        "input[0]: json: cannot unmarshal number into Go struct field "
+        "ResponsesWebSearchAction.action.query of type string",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("item", "message"), RESPONSE_INPUT_BEYOND, ids=[m[-50:] for _, m in RESPONSE_INPUT_BEYOND]
+)
+async def test_a_number_beyond_a_double_in_a_responses_input_is_refused_as_a_number(
+    emulator: Emulator, proxy: Proxy, item: bytes, message: str
+) -> None:
+    """The emulator refuses it as Ollama does, and so does the proxy, for `auto` too."""
+    await _refused_alike(emulator, proxy, "/v1/responses", _RESPONSE % item, message)
+
+
+async def test_a_number_beyond_a_double_where_a_responses_input_skips_it_is_served(
+    emulator: Emulator, proxy: Proxy
+) -> None:
+    """A key no struct of the input has is skipped unread, its number too."""
+    item = b'{"type": "message", "role": "user", "content": "hi", "seed": 1e400}'
+    body = _RESPONSE % item
+    direct = await raw(emulator.url, "POST", "/v1/responses", body)
+    assert direct[0] == 200, direct
+    routed = body.replace(b'"qwen2.5:7b"', b'"auto"')
+    assert (await raw(proxy.url, "POST", "/v1/responses", routed))[0] == 200
