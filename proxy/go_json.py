@@ -651,11 +651,27 @@ def _placed(body: bytes, spans: list[tuple[int, int]], tag: str) -> bytes:
 
 
 def without_deep_values(body: bytes) -> bytes | None:
-    """`body` with each value below `KEPT_DEPTH` levels a placeholder string, for a
-    reader of what is shallower alone (`first_value`), whose decoder cannot go as deep
-    as Go's; None when the body opens more levels than Go reads (`GO_MAX_DEPTH`)."""
+    """`body` with each value below `KEPT_DEPTH` levels a placeholder string (`unread`),
+    for a reader of what is shallower alone (`first_value`), whose decoder cannot go as
+    deep as Go's; None when the body opens more levels than Go reads (`GO_MAX_DEPTH`)."""
     spans = _deep_values(body)
-    return None if spans is None else _placed(body, spans, "deep")
+    return None if spans is None else _placed(body, spans, _UNREAD)
+
+
+# What `without_deep_values`'s placeholders start with: random, so that no string of a
+# client's is taken for one.
+_UNREAD = secrets.token_hex(16)
+_CONTAINERS = (b"[", b"{")
+
+
+def unread(value: Any) -> bool:
+    """Whether `value` stands in a reading for a value nested deeper than it reads: an
+    object or an array kept as written (`read`'s `_read_deep`, an orjson.Fragment) or a
+    placeholder string (`first_value`'s). Go reads that value; no check can."""
+    kind = type(value)
+    if kind is str:
+        return bool(value.startswith(_UNREAD))
+    return kind is orjson.Fragment and orjson.dumps(value)[:1] in _CONTAINERS
 
 
 def _put_back(value: Any, placed: dict[str, bytes]) -> None:

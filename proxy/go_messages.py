@@ -27,7 +27,7 @@ from proxy.go_types import (
 from selector_model.request_body import canonical_key
 
 # api.Tool, api.ToolFunction and api.ToolFunctionParameters (`properties` decodes
-# through an UnmarshalJSON of its own, `check_properties`). Go names the innermost
+# through an UnmarshalJSON of its own, which go_types checks). Go names the innermost
 # struct and the field's whole path from the request (`Tool.tools.function`).
 _PARAMETERS = Shape(
     "ToolFunctionParameters",

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from typing import Any, NamedTuple, TypeVar
 
 import orjson
 
-from proxy.go_json import Pairs, WrittenFloat, holds_pairs, read_written
+from proxy.go_json import Pairs, WrittenFloat, holds_pairs, read_written, unread
 from selector_model.request_body import canonical_key
 
 T = TypeVar("T")
@@ -251,7 +251,7 @@ class Shape(NamedTuple):
     slice, of each element), each field by its name in lower case where its JSON name
     has capitals, which `names` holds. The kind "arguments" is an
     api.ToolCallFunctionArguments (`check_arguments`), "any" an `any`, "[]any" a slice
-    of them, "properties" an api.ToolPropertiesMap (`check_properties`), "property_type"
+    of them, "properties" an api.ToolPropertiesMap (`_properties_steps`), "property_type"
     an api.PropertyType (`_check_property_type`), "[]property" an []api.ToolProperty."""
 
     name: str
@@ -264,13 +264,49 @@ class Shape(NamedTuple):
 _STRING_KINDS = frozenset({"string", "any", "property_type"})
 
 
+# A check as a generator: it yields each check nested in it for `_run` to run in its
+# place, which raises the nested check's error where it was yielded.
+_Steps = Generator["_Steps", None, None]
+
+
+def _run(steps: _Steps) -> None:
+    """Runs `steps` as a call would, each check it yields in turn, on a list in place of
+    Python's stack: a tool's properties nest as deep as the reading holds them, far
+    deeper than Python's recursion goes (Go reads 10,000 levels)."""
+    stack = [steps]
+    error: BodyError | None = None
+    while stack:
+        try:
+            if error is None:
+                nested = next(stack[-1])
+            else:
+                thrown, error = error, None
+                nested = stack[-1].throw(thrown)
+        except StopIteration:
+            stack.pop()
+            continue
+        except BodyError as exc:
+            stack.pop()
+            if not stack:
+                raise
+            error = exc
+            continue
+        stack.append(nested)
+
+
 def check_struct(value: dict[str, Any], shape: Shape, path: str, struct: str | None = None) -> None:
     """`value`'s fields of `shape` at `path`, in the body's order, as Go decodes them,
     a key matching its field whatever its case: the first type error, unless a
     field's own UnmarshalJSON (`arguments`) ends the decoding first (`Aborts`).
     `struct` names every error's struct in place of the innermost one, as the request
     does for what a message's own UnmarshalJSON decodes (`check_message`). `path` is ""
-    for a struct json.Unmarshal decodes whole: its fields are named alone."""
+    for a struct json.Unmarshal decodes whole: its fields are named alone. A value the
+    reading holds none of (`go_json.unread`) is skipped: Go reads it, the proxy
+    cannot."""
+    _run(_struct_steps(value, shape, path, struct))
+
+
+def _struct_steps(value: dict[str, Any], shape: Shape, path: str, struct: str | None) -> _Steps:
     saved: BodyError | None = None
     fields, named = shape.fields, struct or shape.name
     for name, field in value.items():
@@ -283,12 +319,14 @@ def check_struct(value: dict[str, Any], shape: Shape, path: str, struct: str | N
         kind, go_type, inner = spec
         if type(field) is str and kind in _STRING_KINDS:
             continue  # the most common case: nothing more to look at
+        if unread(field):
+            continue
         at = f"{path}.{shape.names.get(name, name)}" if path else shape.names.get(name, name)
         try:
             if kind == "arguments":
                 check_arguments(field, named, at)
             elif kind == "properties":
-                check_properties(field, named, at)
+                yield _properties_steps(field, named, at)
             elif kind == "property_type":
                 _check_property_type(field, named, at)
             elif not fits(field, kind):
@@ -298,16 +336,15 @@ def check_struct(value: dict[str, Any], shape: Shape, path: str, struct: str | N
                     if not fits(item, "string"):
                         raise type_error(item, named, at, "string")
             elif kind == "[]" and inner is not None:
-                check_elements(field, inner, at, named, struct)
+                yield _elements_steps(field, inner, at, named, struct)
             elif kind == "[]property":
-                if not _beyond_property_levels(at):
-                    check_elements(field, _TOOL_PROPERTY, at, named, struct)
+                yield _elements_steps(field, _TOOL_PROPERTY, at, named, struct)
             elif kind in ("any", "[]any"):  # Go parses their numbers into float64s
                 beyond = beyond_a_double(field)
                 if beyond is not None:
                     raise BodyError(beyond_error(beyond, named, at, "float64"))
             elif inner is not None:  # an object, as `fits` found
-                check_struct(field, inner, at, struct)
+                yield _struct_steps(field, inner, at, struct)
         except Aborts:
             raise
         except BodyError as exc:
@@ -333,14 +370,20 @@ def check_elements(
 ) -> None:
     """Each of `items`, a struct of `shape` (`check_struct`) or null, in order: the first
     type error, unless a later element's decoding ends sooner (`Aborts`)."""
+    _run(_elements_steps(items, shape, path, named, struct))
+
+
+def _elements_steps(
+    items: Iterable[Any], shape: Shape, path: str, named: str, struct: str | None
+) -> _Steps:
     saved: BodyError | None = None
     for item in items:
-        if item is None:
+        if item is None or unread(item):
             continue
         try:
             if not isinstance(item, dict):
                 raise type_error(item, named, path, shape.go_type)
-            check_struct(item, shape, path, struct)
+            yield _struct_steps(item, shape, path, struct)
         except Aborts:
             raise
         except BodyError as exc:
@@ -467,7 +510,7 @@ def is_number(value: Any) -> bool:
 
 
 # api.ToolProperty (api/types.go), what api.ToolPropertiesMap's UnmarshalJSON decodes
-# each property into (`check_properties`).
+# each property into (`_properties_steps`).
 _PROPERTY_FIELDS: dict[str, tuple[str, str, Shape | None]] = {
     "anyof": ("[]property", "[]api.ToolProperty", None),
     "type": ("property_type", "api.PropertyType", None),
@@ -480,35 +523,27 @@ _PROPERTY_FIELDS: dict[str, tuple[str, str, Shape | None]] = {
 _TOOL_PROPERTY = Shape("ToolProperty", "api.ToolProperty", _PROPERTY_FIELDS, {"anyof": "anyOf"})
 # The fields of a property a string fits (`strings_alone`).
 _STRING_PROPERTY_FIELDS = frozenset({"type", "description", "items"})
-# How many fields deep from the request a tool's properties are looked at: far below
-# `go_json.KEPT_DEPTH` levels (two levels a field: `properties` and a property's name,
-# `anyOf` and an element), where a reading of a body deeper than it reads holds a
-# placeholder, and Python's stack. Go reads deeper; the proxy does not look there.
-_PROPERTY_LEVELS = 30
 
 
-def _beyond_property_levels(path: str) -> bool:
-    return path.count(".") > _PROPERTY_LEVELS
-
-
-def check_properties(value: Any, struct: str, path: str) -> None:
+def _properties_steps(value: Any, struct: str, path: str) -> _Steps:
     """An api.ToolPropertiesMap (a tool's `parameters.properties`, a property's own) at
     `struct`.`path`, not null (a pointer: null sets it to nil): its UnmarshalJSON is
     wk8/go-ordered-map's, jsonparser's ObjectEach (anything but an object is its error,
     `NOT_AN_OBJECT`) and json.Unmarshal of each value in turn into an api.ToolProperty
     (null: the zero one). That decoding's first error, which the request's decoding
-    puts in its context, ends the decoding (`Aborts`)."""
-    if _beyond_property_levels(path):
-        return
+    puts in its context, ends the decoding (`Aborts`). Each level is looked at, as
+    deep as the reading holds values (`go_json.unread`): a few hundred levels at most
+    (`go_json.KEPT_DEPTH` in a body deeper than orjson writes), so that the paths
+    written on the way down cost little."""
     if not isinstance(value, dict):
         raise Aborts(NOT_AN_OBJECT)
     for prop in value.values():
-        if prop is None or strings_alone(prop, _STRING_PROPERTY_FIELDS):
+        if prop is None or unread(prop) or strings_alone(prop, _STRING_PROPERTY_FIELDS):
             continue
         try:
             if not isinstance(prop, dict):
                 raise type_error(prop, struct, path, _TOOL_PROPERTY.go_type)
-            check_struct(prop, _TOOL_PROPERTY, path, struct)
+            yield _struct_steps(prop, _TOOL_PROPERTY, path, struct)
         except Aborts:
             raise
         except BodyError as exc:

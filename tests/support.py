@@ -90,6 +90,12 @@ def without_auto(body: bytes) -> bytes:
     return orjson.dumps(doc)
 
 
+def nested_properties(levels: int, innermost: bytes) -> bytes:
+    """A tool's `properties`, each property's own `properties` `levels` deep, the
+    innermost property `innermost`."""
+    return b'{"a": {"properties": ' * (levels - 1) + b'{"a": ' + innermost + b"}" * (2 * levels - 1)
+
+
 def on_a_loop() -> bool:
     """Whether the calling thread runs an event loop (a worker thread does not)."""
     try:

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from proxy.config import Limits
-from tests.support import Emulator, Proxy, ServerThread, raw_request
+from tests.support import Emulator, Proxy, ServerThread, nested_properties, raw_request
 
 BAD_BODIES = [
     ("/api/generate", b"{not json"),
@@ -946,3 +946,23 @@ async def test_a_number_beyond_a_double_where_a_responses_input_skips_it_is_serv
     assert direct[0] == 200, direct
     routed = body.replace(b'"qwen2.5:7b"', b'"auto"')
     assert (await raw(proxy.url, "POST", "/v1/responses", routed))[0] == 200
+
+
+@pytest.mark.parametrize("levels", [2, 29, 40, 100])
+async def test_a_tool_property_deep_down_gets_ollamas_error(
+    emulator: Emulator, proxy: Proxy, levels: int
+) -> None:
+    """Go decodes every level of a tool's properties (10,000 levels of JSON): the
+    emulator refuses a wrong one as Ollama does however deep its reading holds it, and
+    so does the proxy, for `auto` too."""
+    properties = nested_properties(levels, b'{"description": 1}')
+    body = (
+        b'{"model": "qwen2.5:7b", "messages": [], "tools": [{"type": "function", "function":'
+        b' {"name": "f", "parameters": {"properties": ' + properties + b"}}}]}"
+    )
+    message = (
+        "json: cannot unmarshal number into Go struct field ToolFunctionParameters.tools"
+        ".function.parameters.properties" + ".properties" * (levels - 1) + ".description"
+        " of type string"
+    )
+    await _refused_alike(emulator, proxy, "/api/chat", body, message)

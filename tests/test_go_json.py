@@ -26,7 +26,14 @@ from proxy.auth import hash_key
 from proxy.config import ApiKey, Auth, Limits
 from proxy.emulator import wire as emulator_wire
 from proxy.routes import MODEL_ROUTED, ROUTES
-from tests.support import Emulator, Proxy, ServerThread, free_port, pass_on
+from tests.support import (
+    Emulator,
+    Proxy,
+    ServerThread,
+    free_port,
+    nested_properties,
+    pass_on,
+)
 
 USER = "k-only-qwen"
 ALLOWED, FORBIDDEN = "qwen2.5:7b", "llama3.1:8b"
@@ -1241,3 +1248,29 @@ def test_the_emulator_refuses_a_body_as_the_proxy_does(body: bytes) -> None:
 )
 def test_the_emulator_refuses_a_deep_or_odd_body_as_the_proxy_does(body: bytes) -> None:
     assert _emulators_refusal(body) == go_json.decode_error(body)
+
+
+@pytest.mark.parametrize("levels", [300, 4000])
+def test_tool_properties_below_what_the_reading_holds_are_left_to_the_backend(
+    levels: int,
+) -> None:
+    """A body deeper than orjson writes is read to `KEPT_DEPTH` levels, each value
+    below kept as written (`go_json.unread`): the proxy checks a tool's properties
+    down to there, every level of them, and refuses nothing below, which Go reads."""
+    wrong = b'{"description": 1}'
+    for shallow, refused in ((1, True), (20, True), (levels, False)):
+        deep = nested_properties(levels, b'{"type": "string"}')
+        first = b'{"b"' + nested_properties(shallow, wrong)[len(b'{"a"') : -1]
+        properties = first + b", " + deep[1:]
+        body = (
+            b'{"model": "m", "messages": [], "tools": [{"type": "function", "function":'
+            b' {"name": "f", "parameters": {"properties": ' + properties + b"}}}]}"
+        )
+        doc, _ = go_json.read(body)
+        message = (
+            "json: cannot unmarshal number into Go struct field ToolFunctionParameters.tools"
+            ".function.parameters.properties" + ".properties" * (shallow - 1) + ".description"
+            " of type string"
+        )
+        expected = auto_routes.Refused(message) if refused else None
+        assert auto_routes.refusal("/api/chat", doc, body) == expected
