@@ -31,6 +31,7 @@ from proxy.go_types import (
     as_assigned,
     beyond_a_double,
     beyond_error,
+    check_elements,
     check_image,
     check_struct,
     fits,
@@ -112,6 +113,12 @@ def _check_field(value: Any, struct: str, key: str, want: str) -> None:
             raise type_error(value, struct, key, want)
         check_struct(value, nested, key)
         return
+    nested = _OPENAI_STRUCTS.get(want[2:]) if want.startswith("[]") else None
+    if nested is not None:
+        if not isinstance(value, list):
+            raise type_error(value, struct, key, want)
+        check_elements(value, nested, key, struct, None)
+        return
     if not fits(value, want):
         raise type_error(value, struct, key, GO_TYPE.get(want, want))
     if want == "[]string":
@@ -173,8 +180,20 @@ def first_error(doc: Any, struct: str, fields: Mapping[str, str]) -> str | None:
     return saved
 
 
-# names them in a field list (`check_fields`). (JsonSchema's one field is a
-# json.RawMessage: anything.)
+_RESPONSES_TOOL_FIELDS: dict[str, tuple[str, str, Shape | None]] = {
+    "type": ("string", "string", None),
+    "name": ("string", "string", None),
+    "description": ("string", "string", None),
+    "strict": ("bool", "bool", None),
+    "parameters": ("map", "map[string]interface {}", None),
+}
+_RESPONSES_TOOL = Shape("ResponsesTool", "openai.ResponsesTool", _RESPONSES_TOOL_FIELDS)
+# A namespace's tools are ResponsesTools too.
+_RESPONSES_TOOL_FIELDS["tools"] = ("[]", "[]openai.ResponsesTool", _RESPONSES_TOOL)
+
+
+# The openai structs of plain fields a request holds, by the name its field list
+# gives them (`check_fields`). (JsonSchema's one field is a json.RawMessage: anything.)
 _OPENAI_STRUCTS: dict[str, Shape] = {
     "openai.StreamOptions": Shape(
         "StreamOptions", "openai.StreamOptions", {"include_usage": ("bool", "bool", None)}
@@ -190,6 +209,7 @@ _OPENAI_STRUCTS: dict[str, Shape] = {
     "openai.Reasoning": Shape(
         "Reasoning", "openai.Reasoning", {"effort": ("string", "string", None)}
     ),
+    "openai.ResponsesTool": _RESPONSES_TOOL,
 }
 
 

@@ -339,7 +339,7 @@ def _struct_steps(value: dict[str, Any], shape: Shape, path: str, struct: str | 
                 yield _elements_steps(field, inner, at, named, struct)
             elif kind == "[]property":
                 yield _elements_steps(field, _TOOL_PROPERTY, at, named, struct)
-            elif kind in ("any", "[]any"):  # Go parses their numbers into float64s
+            elif kind in ("any", "[]any", "map"):  # Go parses their numbers into float64s
                 beyond = beyond_a_double(field)
                 if beyond is not None:
                     raise BodyError(beyond_error(beyond, named, at, "float64"))

@@ -966,3 +966,44 @@ async def test_a_tool_property_deep_down_gets_ollamas_error(
         " of type string"
     )
     await _refused_alike(emulator, proxy, "/api/chat", body, message)
+
+
+# A response's tools (openai.ResponsesTool, a namespace's own tools too): `parameters`
+# is a map[string]any, whose numbers Go parses into float64s.
+RESPONSE_TOOLS = [
+    (
+        b'[{"type": "function", "name": "f", "parameters": {"x": [1e400]}}]',
+        "json: cannot unmarshal number 1e400 into Go struct field "
+        "ResponsesTool.tools.parameters of type float64",
+    ),
+    (
+        b'[{"type": "namespace", "name": "n", "tools": [{"type": "function", "name": "f",'
+        b' "parameters": {"x": -1e400}}]}]',
+        "json: cannot unmarshal number -1e400 into Go struct field "
+        "ResponsesTool.tools.tools.parameters of type float64",
+    ),
+    (
+        b'[{"type": "function", "name": "f", "parameters": "x"}]',
+        "json: cannot unmarshal string into Go struct field "
+        "ResponsesTool.tools.parameters of type map[string]interface {}",
+    ),
+    (
+        b"[null, 5]",
+        "json: cannot unmarshal number into Go struct field "
+        "ResponsesRequest.tools of type openai.ResponsesTool",
+    ),
+    (
+        b'[{"type": "function", "name": "f", "strict": "yes"}]',
+        "json: cannot unmarshal string into Go struct field "
+        "ResponsesTool.tools.strict of type bool",
+    ),
+]
+
+
+@pytest.mark.parametrize(("tools", "message"), RESPONSE_TOOLS, ids=[m for _, m in RESPONSE_TOOLS])
+async def test_a_responses_tool_of_the_wrong_type_gets_ollamas_error(
+    emulator: Emulator, proxy: Proxy, tools: bytes, message: str
+) -> None:
+    """The emulator refuses it as Ollama does, and so does the proxy, for `auto` too."""
+    body = b'{"model": "qwen2.5:7b", "input": "hi", "tools": ' + tools + b"}"
+    await _refused_alike(emulator, proxy, "/v1/responses", body, message)
