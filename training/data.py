@@ -54,6 +54,10 @@ class Prompt:
 
     text: str
     scores: dict[str, float]
+    # The dataset's own task or category of the prompt where it has one (ZeroEval's
+    # task, MMLU-Pro's category, Reasoning Gym's category), which a profiled replay
+    # maps to a capability area (`training.replay.measured_areas`).
+    label: str = ""
 
 
 @dataclass(frozen=True)

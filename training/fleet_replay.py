@@ -34,6 +34,16 @@ def parser(prog: str, models: Sequence[ModelSpec], limit: int | None) -> argpars
         "another half to learn from), then summed up over them",
     )
     parsed.add_argument("--passes", type=int, default=3)
+    parsed.add_argument(
+        "--profiled",
+        type=int,
+        default=0,
+        metavar="N",
+        help="replay each fleet as if every model of it had been profiled (`autoroute "
+        "profile`): per area, its mean score on N prompts of that area drawn from the "
+        "half learned from, read from a profile store as the proxy reads one; auto is "
+        "then shown on the other half, without and with the profiles",
+    )
     parsed.add_argument("--fleet", action="append", help="only the fleets whose label has this")
     parsed.add_argument(
         "--models",
@@ -57,6 +67,23 @@ def seeds_of(args: argparse.Namespace) -> tuple[int, ...]:
     """The seeds a replay runs with: `--seeds`, else `--seed` alone."""
     seeds: tuple[int, ...] | None = args.seeds
     return seeds if seeds else (int(args.seed),)
+
+
+def profiled_of(args: argparse.Namespace) -> int:
+    """`--profiled`'s N (0: not profiled), else a usage error."""
+    n = int(args.profiled)
+    if n < 0:
+        raise SystemExit("--profiled: a number of prompts per area, at least 1")
+    return n
+
+
+# Printed once above profiled replays: what their measured areas are and are not.
+PROFILED_CAVEAT = (
+    "profiled (N per area): each model's area is its mean score on N items of that area "
+    "drawn from the half learned from, standing in for the profiling suite; they come "
+    "from the same distribution as the held half, so this is closer to an upper bound "
+    "of what the shipped 50-prompt suite gives than a measurement of it"
+)
 
 
 def chosen(parsed: argparse.ArgumentParser, raw: str, known: Collection[str]) -> tuple[str, ...]:
@@ -101,17 +128,25 @@ class Shipped:
         prompts_of: Callable[[int], Sequence[Prompt]],
         passes: int,
         seeds: Sequence[int],
+        profiled: int = 0,
+        labels: Mapping[str, str] | None = None,
     ) -> None:
         """Replays the prompts `prompts_of(seed)` gives through `auto` on `models`, with
         the proxy's own online learner as feedback, once per seed, and prints each
-        (`print_replay`); with several seeds, then `replay.summary` over them: one
-        seed's figures after feedback move by points with the half learned from, so a
-        change to the learner is judged on their mean."""
+        (`print_replay`, or with `profiled` `print_profiled`, `labels` mapping the
+        dataset's labels to areas); with several seeds, then `replay.summary` over them:
+        one seed's figures after feedback move by points with the half learned from, so
+        a change to the learner is judged on their mean."""
         results = [
-            self.print_replay(label, models, prompts_of(seed), passes, seed) for seed in seeds
+            self.print_profiled(label, models, prompts_of(seed), passes, seed, profiled, labels)
+            if profiled
+            else self.print_replay(label, models, prompts_of(seed), passes, seed)
+            for seed in seeds
         ]
         if len(results) > 1:
-            print(replay.summary(results, label, over=f"seeds {','.join(map(str, seeds))}"))
+            print(
+                replay.summary(results, results[0].label, over=f"seeds {','.join(map(str, seeds))}")
+            )
 
     def print_replay(
         self,
@@ -142,10 +177,54 @@ class Shipped:
         )
         print(f"fleet: {', '.join(m.ollama_name for m in models)}")
         print(replay.table(result))
-        picks = {p: o.picks for p, o in result.profiles.items()}
-        print(f"  picks: {json.dumps(picks)}")
+        _print_picks(result)
         print(f"  ({time.monotonic() - start:.0f}s)", flush=True)
         return result
+
+    def print_profiled(
+        self,
+        label: str,
+        models: Sequence[ModelSpec],
+        prompts: Sequence[Prompt],
+        passes: int,
+        seed: int,
+        n: int,
+        labels: Mapping[str, str] | None,
+    ) -> replay.FleetResult:
+        """Replays `prompts` through `auto` on `models` as if each had been profiled on
+        `n` prompts per area of the half learned from (`replay.replay_profiled`), and
+        prints the measured areas, then `replay.table` on the held half without the
+        profiles and with them (and the online learner's curves); returns the latter."""
+        start = time.monotonic()
+        result = replay.in_loop(
+            functools.partial(
+                replay.replay_profiled,
+                label,
+                artifact.SHIPPED.parent,
+                prompts,
+                models,
+                self.profiles,
+                n=n,
+                labels=labels or {},
+                trained_on=self.trained_on,
+                feedback=replay.online_learner,
+                passes=passes,
+                seed=seed,
+                selector=self.selector,
+            )
+        )
+        print(f"fleet: {', '.join(m.ollama_name for m in models)}")
+        print(replay.measured_table(result, self.trained_on))
+        for shown in (result.unprofiled, result.profiled):
+            print(replay.table(shown))
+            _print_picks(shown)
+        print(f"  ({time.monotonic() - start:.0f}s)", flush=True)
+        return result.profiled
+
+
+def _print_picks(result: replay.FleetResult) -> None:
+    picks = {p: o.picks for p, o in result.profiles.items()}
+    print(f"  picks: {json.dumps(picks)}")
 
 
 def grouped_main(
@@ -159,13 +238,15 @@ def grouped_main(
     fleets: Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]],
     groups_of: Callable[[Sequence[ModelSpec]], list[str]],
     load_prompts: Callable[[Sequence[ModelSpec], Collection[str], int | None, int], list[Prompt]],
+    labels: Mapping[str, str],
     limit: int | None = None,
 ) -> int:
     """Replays `fleets` (label -> Ollama names and the groups of items replayed), each on
     the items of its groups every one of its models has outcomes on (`load_prompts(models,
     groups, limit, seed)`), and prints them. `--models` replaces them with one fleet of
     the user's choice, on the groups `--<word>` names or else on all those its models
-    share (`groups_of`); `dataset` labels it."""
+    share (`groups_of`); `dataset` labels it. `labels`: the area each of the items'
+    labels stands for when `--profiled` (`replay.area_of`)."""
     by_name = {m.ollama_name: m for m in models}
     parsed = parser(prog, models, limit=limit)
     parsed.add_argument(f"--{word}", help=f"with --models: comma-separated, of {', '.join(groups)}")
@@ -180,7 +261,10 @@ def grouped_main(
             parsed.error(f"--{word}: of {', '.join(groups)}; these models share {picked or 'none'}")
         fleets = {f"{dataset} fleet of your choice ({', '.join(picked)})": (names, picked)}
     shipped = Shipped.load()
+    profiled = profiled_of(args)
     print(shipped.header())
+    if profiled:
+        print(PROFILED_CAVEAT)
     for label, (names, picked) in fleets.items():
         if wanted(label, args.fleet):
             fleet = [by_name[n] for n in names]
@@ -190,5 +274,7 @@ def grouped_main(
                 functools.partial(load_prompts, fleet, picked, args.limit),
                 args.passes,
                 seeds_of(args),
+                profiled,
+                labels,
             )
     return 0

@@ -83,6 +83,23 @@ MODELS: tuple[ModelSpec, ...] = (
     _spec("Yi-34B", "yi:34b-text", "llama", 34.4, 4096, 0.0, is_instruct=False),
 )
 BY_OLLAMA_NAME: dict[str, ModelSpec] = {m.ollama_name: m for m in MODELS}
+# MMLU-Pro's categories, each question's `category` (a prompt's label).
+CATEGORIES = (
+    "biology",
+    "business",
+    "chemistry",
+    "computer science",
+    "economics",
+    "engineering",
+    "health",
+    "history",
+    "law",
+    "math",
+    "other",
+    "philosophy",
+    "physics",
+    "psychology",
+)
 
 
 def prompt_text(row: dict[str, Any]) -> str:
@@ -109,7 +126,7 @@ def load_prompts(
         if not all(n in preds for n in names):
             continue
         scores = {n: float(preds[n] == row["answer"]) for n in names}
-        prompts.append(Prompt(prompt_text(row), scores))
+        prompts.append(Prompt(prompt_text(row), scores, str(row["category"])))
     return outcome_files.drawn(prompts, limit, seed)
 
 

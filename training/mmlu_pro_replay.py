@@ -18,7 +18,7 @@ import sys
 
 from training import fleet_replay
 from training.data import Prompt
-from training.mmlu_pro_data import BY_OLLAMA_NAME, MODELS, fleet, load_prompts
+from training.mmlu_pro_data import BY_OLLAMA_NAME, CATEGORIES, MODELS, fleet, load_prompts
 
 INSTRUCT = (
     "llama3.1:8b",
@@ -64,6 +64,10 @@ NO_LLAMA = (
 MIXED = tuple(
     m.ollama_name for m in MODELS if m.ollama_name not in ("llama2:7b-text", "mistral:7b-text-v0.2")
 )
+# The area each MMLU-Pro category counts for when a fleet is profiled (`--profiled`):
+# its math questions are computations; every other category is a multiple-choice
+# question of a subject, what the catalogue's knowledge area (MMLU-Pro itself) scores.
+AREAS = {category: "knowledge" for category in CATEGORIES} | {"math": "math"}
 FLEETS: dict[str, tuple[str, ...]] = {
     "MMLU-Pro instruct fleet": INSTRUCT,
     "MMLU-Pro small fleet (<=14B, chat and base)": SMALL,
@@ -80,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         names = fleet_replay.chosen(parser, args.models, BY_OLLAMA_NAME)
         fleets = {"MMLU-Pro fleet of your choice": names}
     shipped = fleet_replay.Shipped.load()
+    profiled = fleet_replay.profiled_of(args)
     drawn: dict[int, list[Prompt]] = {}
 
     def prompts_of(seed: int) -> list[Prompt]:
@@ -93,10 +98,18 @@ def main(argv: list[str] | None = None) -> int:
         return drawn[seed]
 
     print(shipped.header())
+    if profiled:
+        print(fleet_replay.PROFILED_CAVEAT)
     for label, names in fleets.items():
         if fleet_replay.wanted(label, args.fleet):
             shipped.print_fleet(
-                label, fleet(names), prompts_of, args.passes, fleet_replay.seeds_of(args)
+                label,
+                fleet(names),
+                prompts_of,
+                args.passes,
+                fleet_replay.seeds_of(args),
+                profiled,
+                AREAS,
             )
     return 0
 

@@ -67,11 +67,13 @@ def prompts(
     groups: Collection[str],
     limit: int | None,
     seed: int,
+    label_key: str = "",
 ) -> list[Prompt]:
-    """The questions of the rows `scored` gives, each with its scores; `limit` of them
-    `drawn` with `seed` when given, in file order."""
+    """The questions of the rows `scored` gives, each with its scores and its
+    `label_key` as its label; `limit` of them `drawn` with `seed` when given, in file
+    order."""
     found = [
-        Prompt(str(row["question"]), scores)
+        Prompt(str(row["question"]), scores, str(row[label_key]) if label_key else "")
         for row, scores in scored(path, names, group_key, scores_key, groups)
     ]
     return drawn(found, limit, seed)

@@ -91,7 +91,7 @@ def load_prompts(
     (by its run's OpenRouter id); `limit` of them drawn with `seed` when given, in file
     order (level, task, then item)."""
     names = [m.dataset_name for m in models]
-    return outcome_files.prompts(path, names, "level", "score", levels, limit, seed)
+    return outcome_files.prompts(path, names, "level", "score", levels, limit, seed, "category")
 
 
 def levels_of(models: Sequence[ModelSpec], path: Path = DATA_FILE) -> list[str]:

@@ -33,6 +33,13 @@ NO_THINKING = (
 # Dense models of at most 32B: what one 24-32 GB GPU holds at Q4.
 ONE_GPU = ("gemma3:27b", "mistral-small3.1:24b", "qwq:32b")
 LLAMA = ("llama3.3:70b", "llama4:16x17b", "llama4:128x17b")
+# The area each of Reasoning Gym's categories of tasks counts for when a fleet is
+# profiled (`--profiled`): computation (algebra, arithmetic, geometry) is math, its one
+# code task (running a Brainf*ck program) code, every puzzle and game reasoning.
+AREAS = dict.fromkeys(("algebra", "arithmetic", "geometry"), "math") | {"code": "code"}
+AREAS |= dict.fromkeys(
+    ("algorithmic", "arc", "cognition", "games", "graphs", "induction", "logic"), "reasoning"
+)
 FLEETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "Reasoning Gym open fleet (easy, hard)": (OPEN, LEVELS),
     "Reasoning Gym fleet without thinking models (easy, hard)": (NO_THINKING, LEVELS),
@@ -52,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         fleets=FLEETS,
         groups_of=levels_of,
         load_prompts=load_prompts,
+        labels=AREAS,
     )
 
 

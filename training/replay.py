@@ -46,8 +46,10 @@ from proxy.backends import BackendPool
 from proxy.config import Backend, Config, Profile, Selector
 from proxy.registry import ModelInfo, Registry
 from selector_model import features
+from selector_model.catalog.knowledge import AREAS
 from selector_model.kind import kind_of
 from selector_model.policy import margin_of, top_two
+from selector_model.profiling import store
 from training import export
 from training.data import Dataset, Prompt, dataset_examples
 from training.models import ModelSpec
@@ -189,6 +191,11 @@ def halves(prompts: Sequence[Prompt], seed: int) -> tuple[list[Prompt], list[Pro
     )
 
 
+def prompt_kind(prompt: Prompt) -> str:
+    """The kind (`selector_model.kind`) of `prompt` as a client sends it."""
+    return kind_of(features.request_features("/api/chat", body_of(prompt, "best")))
+
+
 def decide_all(
     router: AutoRouter,
     prompts: Sequence[Prompt],
@@ -276,26 +283,31 @@ def replay_fleet(
     passes: int = 3,
     seed: int = 0,
     selector: Selector | None = None,
+    held_only: bool = False,
 ) -> FleetResult:
+    """`auto`'s profiles and the baselines on `prompts`, or with `held_only` on the
+    half of them a feedback replay is held to (`halves` with `seed`), and with
+    `feedback` its curves on that half."""
     described = fleet_models(
         Registry(BackendPool(replay_config(artifact_dir, profiles, selector))), fleet
     )
     cost = costs(fleet, cost_kind, described)
+    learn, held = halves(prompts, seed)
+    shown = held if held_only else prompts
     result = FleetResult(
         label=label,
         fleet=[s.ollama_name for s in fleet],
         unseen=[s.ollama_name for s in fleet if s.ollama_name not in trained_on],
-        prompts=len(prompts),
+        prompts=len(shown),
         profiles={},
-        baselines=baselines(prompts, fleet, cost, described),
+        baselines=baselines(shown, fleet, cost, described),
     )
     for profile in profiles:
         router = router_for(artifact_dir, fleet, profiles, seed, selector)
-        chosen = decide_all(router, prompts, fleet, profile)
-        result.profiles[profile] = mean_outcome(prompts, chosen, cost)
+        chosen = decide_all(router, shown, fleet, profile)
+        result.profiles[profile] = mean_outcome(shown, chosen, cost)
         if feedback is None:
             continue
-        learn, held = halves(prompts, seed)
         result.half_best = baselines(held, fleet, cost, described)["best single"].quality
         result.ceilings = result.ceilings or ceilings(learn, held, fleet, cost)
         router = router_for(artifact_dir, fleet, profiles, seed, selector)
@@ -306,6 +318,158 @@ def replay_fleet(
             curve.append(mean_outcome(held, decide_all(router, held, fleet, profile), cost).quality)
         result.curves[profile] = curve
     return result
+
+
+# ---------------------------------------------------------------- profiled fleets
+
+# The capability area a prompt's kind stands for where its dataset's label names none;
+# prompts of the other kinds (writing, chat, other) leave every area unmeasured.
+AREA_OF_KIND = {"code": "code", "math": "math", "reasoning": "reasoning", "knowledge": "knowledge"}
+
+
+def area_of(prompt: Prompt, labels: Mapping[str, str]) -> str | None:
+    """The capability area `prompt` counts for when a fleet is profiled: the one its
+    dataset's label maps to in `labels`, else its kind's (`AREA_OF_KIND`), else none."""
+    if prompt.label in labels:
+        return labels[prompt.label]
+    return AREA_OF_KIND.get(prompt_kind(prompt))
+
+
+def measured_areas(
+    learn: Sequence[Prompt],
+    fleet: Sequence[ModelSpec],
+    n: int,
+    seed: int,
+    labels: Mapping[str, str],
+) -> dict[str, dict[str, store.AreaResult]]:
+    """What profiling each model of `fleet` would store, with `learn` standing in for
+    the suite: per area (`area_of`), `n` of `learn`'s prompts of that area drawn with
+    `seed` (all of them where there are fewer), the same ones for every model as the
+    suite's are, and each model's mean score on them."""
+    by_area: dict[str, list[Prompt]] = {}
+    for prompt in learn:
+        area = area_of(prompt, labels)
+        if area is not None:
+            by_area.setdefault(area, []).append(prompt)
+    rng = np.random.default_rng(seed)
+    suite: dict[str, list[Prompt]] = {}
+    for area in (a for a in AREAS if a in by_area):
+        found = by_area[area]
+        picked = rng.choice(len(found), size=min(n, len(found)), replace=False)
+        suite[area] = [found[i] for i in sorted(picked)]
+    return {
+        spec.ollama_name: {
+            area: store.AreaResult(
+                score=float(np.mean([p.scores[spec.dataset_name] for p in drawn])),
+                n=len(drawn),
+                suite_version=f"replay-{n}",
+                date="",
+                backend="replay",
+            )
+            for area, drawn in suite.items()
+        }
+        for spec in fleet
+    }
+
+
+def profiled_selector(
+    selector: Selector | None,
+    measured: Mapping[str, Mapping[str, store.AreaResult]],
+    directory: Path,
+) -> Selector:
+    """`selector` with its profile store a new file in `directory` holding `measured`,
+    written by the profiler's own writer (`store.save`): the registry reads it as it
+    reads an operator's profiled models, and the catalogue it places models by takes
+    the measured areas over the published ones (`Registry.catalogue`)."""
+    path = directory / "profiles.json"
+    for model, areas in measured.items():
+        store.save(path, model, areas)
+    return replace(selector or Selector(), profiles_path=str(path))
+
+
+@dataclass
+class ProfiledResult:
+    """One fleet replayed as if its operator had profiled every model of it: `auto`
+    on the held half without the profiles and with them, and what was measured."""
+
+    unprofiled: FleetResult
+    profiled: FleetResult
+    measured: dict[str, dict[str, store.AreaResult]]
+    # Each model's areas as the shipped catalogue places it (what the profiles replace).
+    published: dict[str, dict[str, float]]
+
+
+def replay_profiled(
+    label: str,
+    artifact_dir: Path,
+    prompts: Sequence[Prompt],
+    fleet: Sequence[ModelSpec],
+    profiles: Mapping[str, Profile],
+    *,
+    n: int,
+    labels: Mapping[str, str],
+    cost_kind: str = "params",
+    trained_on: Sequence[str] = (),
+    feedback: FeedbackFactory | None = None,
+    passes: int = 3,
+    seed: int = 0,
+    selector: Selector | None = None,
+) -> ProfiledResult:
+    """`replay_fleet` on the held half of `prompts` (`halves` with `seed`: the one the
+    unprofiled replay's feedback curves are held to), once as configured (no feedback)
+    and once with each model profiled on `n` prompts per area of the learning half
+    (`measured_areas`; with `feedback`'s curves), so the held half stays unseen."""
+    learn, _ = halves(prompts, seed)
+    measured = measured_areas(learn, fleet, n, seed, labels)
+    common: dict[str, Any] = {
+        "cost_kind": cost_kind,
+        "trained_on": trained_on,
+        "passes": passes,
+        "seed": seed,
+        "held_only": True,
+    }
+    unprofiled = replay_fleet(
+        f"{label}, held half, unprofiled",
+        artifact_dir,
+        prompts,
+        fleet,
+        profiles,
+        selector=selector,
+        **common,
+    )
+    described = fleet_models(
+        Registry(BackendPool(replay_config(artifact_dir, profiles, selector))), fleet
+    )
+    published = {
+        name: dict(zip(AREAS, info.candidate.areas, strict=True)) if info.candidate.areas else {}
+        for name, info in described.items()
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        profiled = replay_fleet(
+            f"{label}, held half, profiled ({n} per area)",
+            artifact_dir,
+            prompts,
+            fleet,
+            profiles,
+            selector=profiled_selector(selector, measured, Path(tmp)),
+            feedback=feedback,
+            **common,
+        )
+    return ProfiledResult(unprofiled, profiled, measured, published)
+
+
+def measured_table(result: ProfiledResult, trained_on: Sequence[str]) -> str:
+    """Each model's measured areas beside the catalogue's (published or imputed)."""
+    lines = ["  profiled areas, measured (catalogue's):"]
+    for model, areas in result.measured.items():
+        known = result.published[model]
+        shown = ", ".join(
+            f"{a} {r.score:.2f} ({known[a]:.2f})" if a in known else f"{a} {r.score:.2f} (-)"
+            for a, r in areas.items()
+        )
+        seen = " [artifact trained on it]" if model in trained_on else ""
+        lines.append(f"    {model}: {shown}{seen}")
+    return "\n".join(lines)
 
 
 CEILINGS = {
@@ -339,8 +503,7 @@ def ceilings(
     def kinds(prompts: Sequence[Prompt]) -> dict[str, list[Prompt]]:
         out: dict[str, list[Prompt]] = {}
         for p in prompts:
-            request = features.request_features("/api/chat", body_of(p, "best"))
-            out.setdefault(kind_of(request), []).append(p)
+            out.setdefault(prompt_kind(p), []).append(p)
         return out
 
     single = best(learn)

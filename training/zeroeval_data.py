@@ -77,7 +77,7 @@ def load_prompts(
     (by its ZeroEval run name); `limit` of them drawn with `seed` when given, in file
     order (task, then item)."""
     names = [m.dataset_name for m in models]
-    return outcome_files.prompts(path, names, "task", "correct", tasks, limit, seed)
+    return outcome_files.prompts(path, names, "task", "correct", tasks, limit, seed, "task")
 
 
 def tasks_of(models: Sequence[ModelSpec], path: Path = DATA_FILE) -> list[str]:

@@ -75,6 +75,9 @@ GSM = (
 # Cohere's runs are API models of an unrecorded version (see zeroeval_data.MODELS), so
 # their fleet is apart from the others.
 GSM_COHERE = (*GSM, "command-r:35b", "command-r-plus:104b")
+# The area each task counts for when a fleet is profiled (`--profiled`): CRUXEval-O
+# asks what a piece of code outputs, the others are math problems.
+AREAS = {"gsm": "math", "math-l5": "math", "crux": "code"}
 FLEETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "ZeroEval open fleet (gsm, math-l5, crux)": (OPEN, ALL_TASKS),
     "ZeroEval small fleet (<=9B; gsm, math-l5, crux)": (SMALL, ALL_TASKS),
@@ -96,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         fleets=FLEETS,
         groups_of=tasks_of,
         load_prompts=load_prompts,
+        labels=AREAS,
     )
 
 

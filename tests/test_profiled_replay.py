@@ -1,0 +1,157 @@
+"""Replays of fleets as if every model had been profiled (`--profiled N`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from proxy.config import Profile
+from selector_model import artifact
+from selector_model.catalog.catalog import Catalog
+from selector_model.profiling import store
+from training import replay, zeroeval_replay
+from training.data import Prompt
+from training.zeroeval_data import fleet
+
+CODE = "```python\nprint(sum([1, 2]))\n```\nWhat does this print?"
+MATHS = "What is 12 + 30? And 7 * 6?"
+# Two models the shipped artifact was not fitted on, so that their areas place them.
+A, B = fleet(["llama3:8b", "qwen2:7b"])
+PROFILES = {"best": Profile(cost_weight=0.0)}
+
+
+def _prompts(learn_a: float, held_a: float, count: int) -> tuple[list[Prompt], list[Prompt]]:
+    """`count` labelled prompts of each area whose halves (`replay.halves`, seed 0)
+    score A `learn_a` on the learning half and `held_a` on the held one (B the
+    opposite), with the learning half's draw found by its text."""
+    prompts = [
+        Prompt(f"{text}\n#{i}", {A.dataset_name: 0.0, B.dataset_name: 0.0}, label)
+        for i in range(count)
+        for text, label in ((CODE, "crux"), (MATHS, "gsm"))
+    ]
+    learn, _ = replay.halves(prompts, 0)
+    texts = {p.text for p in learn}
+    for p in prompts:
+        a = learn_a if p.text in texts else held_a
+        p.scores.update({A.dataset_name: a, B.dataset_name: 1.0 - a})
+    return prompts, learn
+
+
+def test_the_measured_areas_are_the_learning_halfs_means_on_n_of_each_area() -> None:
+    _, learn = _prompts(learn_a=1.0, held_a=0.0, count=20)
+    # The dataset's labels name the areas; `gsm` and `crux` as the replay maps them.
+    measured = replay.measured_areas(learn, [A, B], 4, 0, zeroeval_replay.AREAS)
+    assert set(measured) == {A.ollama_name, B.ollama_name}
+    for model, score in ((A.ollama_name, 1.0), (B.ollama_name, 0.0)):
+        assert {area: (r.score, r.n) for area, r in measured[model].items()} == {
+            "math": (score, 4),
+            "code": (score, 4),
+        }
+    # All of an area's prompts where it has fewer than N, never one of the held half.
+    whole = replay.measured_areas(learn, [A], 100, 0, zeroeval_replay.AREAS)
+    assert {area: r.n for area, r in whole[A.ollama_name].items()} == {
+        "math": sum(p.label == "gsm" for p in learn),
+        "code": sum(p.label == "crux" for p in learn),
+    }
+    # Without a label the area is the prompt's kind's, and a kind without one is none.
+    assert replay.area_of(Prompt("Who wrote Hamlet?", {}), {}) == "knowledge"
+    assert replay.area_of(Prompt(CODE, {}), {}) == "code"
+    assert replay.area_of(Prompt("Summarize this text: the cat sat.", {}), {}) is None
+    assert replay.area_of(Prompt(MATHS, {}, "crux"), zeroeval_replay.AREAS) == "code"
+
+
+def test_the_profiles_reach_auto_through_the_store_the_registry_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A profile store written by the profiler's own writer and read by the registry
+    (`Catalog.with_measured` on what it read), and `auto` held to the held half
+    alone: the same half the unprofiled replay's feedback curves are held to."""
+    prompts, learn = _prompts(learn_a=0.0, held_a=1.0, count=12)
+    read: list[dict[str, dict[str, float]]] = []
+    stored: list[dict[str, Any]] = []
+    with_measured = Catalog.with_measured
+
+    def spy(self: Catalog, results: Any) -> Catalog:
+        read.append({m: dict(areas) for m, areas in results.items()})
+        return with_measured(self, results)
+
+    save = store.save
+
+    def saved(path: Any, model: str, results: Any) -> Any:
+        out = save(path, model, results)
+        stored.append(json.loads(Path(path).read_text()))
+        return out
+
+    monkeypatch.setattr(Catalog, "with_measured", spy)
+    monkeypatch.setattr(store, "save", saved)
+    result = replay.in_loop(
+        lambda: replay.replay_profiled(
+            "two",
+            artifact.SHIPPED.parent,
+            prompts,
+            [A, B],
+            PROFILES,
+            n=3,
+            labels=zeroeval_replay.AREAS,
+            trained_on=(),
+            seed=0,
+        )
+    )
+    # Measured on the learning half, where A scored nothing and B everything.
+    expected = {
+        A.ollama_name: {"math": 0.0, "code": 0.0},
+        B.ollama_name: {"math": 1.0, "code": 1.0},
+    }
+    assert {
+        m: {area: r.score for area, r in areas.items()} for m, areas in result.measured.items()
+    } == expected
+    entry = {"n": 3, "suite_version": "replay-3", "date": "", "backend": "replay"}
+    assert stored[-1] == {
+        m: {area: {"score": score, **entry} for area, score in areas.items()}
+        for m, areas in expected.items()
+    }
+    assert expected in read  # what the registry read from that file
+    # Both held to the held half, which only B was right on, never to the other half.
+    held = replay.halves(prompts, 0)[1]
+    for shown in (result.unprofiled, result.profiled):
+        assert shown.prompts == len(held) == len(prompts) - len(learn)
+        assert shown.baselines["best single"].picks == {A.ollama_name: 1}
+        assert shown.baselines["best single"].quality == 1.0
+    # The profiles say B is right on both areas: auto then sends every prompt to B.
+    assert result.profiled.profiles["best"].picks == {B.ollama_name: len(held)}
+    assert result.profiled.profiles["best"].quality == 0.0
+    assert "held half, profiled (3 per area)" in result.profiled.label
+
+
+def test_the_held_half_is_the_one_the_feedback_curves_are_held_to() -> None:
+    prompts, _ = _prompts(learn_a=0.5, held_a=1.0, count=12)
+
+    def run(**kwargs: Any) -> replay.FleetResult:
+        return replay.in_loop(
+            lambda: replay.replay_fleet(
+                "two", artifact.SHIPPED.parent, prompts, [A, B], PROFILES, seed=0, **kwargs
+            )
+        )
+
+    curves = run(feedback=replay.online_learner, passes=0)
+    held = run(held_only=True)
+    assert held.profiles["best"].quality == curves.curves["best"][0]
+    assert held.baselines["best single"].quality == curves.half_best
+
+
+def test_the_replay_prints_the_held_half_without_and_with_profiles(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["--models", "llama3:8b,qwen2:7b", "--limit", "40", "--passes", "1", "--profiled", "5"]
+    assert zeroeval_replay.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "closer to an upper bound of what the shipped 50-prompt suite gives" in out
+    assert "profiled areas, measured (catalogue's):" in out
+    assert "    llama3:8b: math " in out
+    label = "ZeroEval fleet of your choice (gsm, math-l5, crux), held half"
+    assert f"{label}, unprofiled: 2 models (2 unseen in training), 20 prompts" in out
+    assert f"{label}, profiled (5 per area): 2 models (2 unseen in training), 20 prompts" in out
+    assert "auto:best with feedback (2nd half, passes 0..1)" in out
