@@ -114,6 +114,15 @@ def test_the_profiles_reach_auto_through_the_store_the_registry_reads(
         for m, areas in expected.items()
     }
     assert expected in read  # what the registry read from that file
+    # Beside them, each model's mean on every held-half item of each area.
+    assert {m: {a: r.score for a, r in areas.items()} for m, areas in result.held.items()} == {
+        A.ollama_name: {"math": 1.0, "code": 1.0},
+        B.ollama_name: {"math": 0.0, "code": 0.0},
+    }
+    table = replay.measured_table(result, ())
+    assert f"  code: the held half's best ({A.ollama_name}, 1.00 on " in table
+    assert "placed 2 of 2 by the measured areas" in table
+    assert "measured - held half's mean: 1.000 on average" in table
     # Both held to the held half, which only B was right on, never to the other half.
     held = replay.halves(prompts, 0)[1]
     for shown in (result.unprofiled, result.profiled):

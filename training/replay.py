@@ -395,8 +395,11 @@ class ProfiledResult:
     unprofiled: FleetResult
     profiled: FleetResult
     measured: dict[str, dict[str, store.AreaResult]]
-    # Each model's areas as the shipped catalogue places it (what the profiles replace).
+    # Each model's areas as the configured catalogue places it (what the profiles
+    # replace), and its mean on every held-half item of each measured area (what the
+    # measured areas estimate).
     published: dict[str, dict[str, float]]
+    held: dict[str, dict[str, store.AreaResult]]
 
 
 def replay_profiled(
@@ -419,7 +422,7 @@ def replay_profiled(
     unprofiled replay's feedback curves are held to), once as configured (no feedback)
     and once with each model profiled on `n` prompts per area of the learning half
     (`measured_areas`; with `feedback`'s curves), so the held half stays unseen."""
-    learn, _ = halves(prompts, seed)
+    learn, held = halves(prompts, seed)
     measured = measured_areas(learn, fleet, n, seed, labels)
     common: dict[str, Any] = {
         "cost_kind": cost_kind,
@@ -455,11 +458,15 @@ def replay_profiled(
             feedback=feedback,
             **common,
         )
-    return ProfiledResult(unprofiled, profiled, measured, published)
+    everything = measured_areas(held, fleet, len(held), seed, labels)
+    return ProfiledResult(unprofiled, profiled, measured, published, everything)
 
 
 def measured_table(result: ProfiledResult, trained_on: Sequence[str]) -> str:
-    """Each model's measured areas beside the catalogue's (published or imputed)."""
+    """Each model's measured areas beside the catalogue's (published or imputed); then
+    per area how the measured areas and the catalogue's place the model with the best
+    mean on the held half's items of that area (`auto:best` follows the top one), and
+    how far the measured areas are from those means."""
     lines = ["  profiled areas, measured (catalogue's):"]
     for model, areas in result.measured.items():
         known = result.published[model]
@@ -469,7 +476,25 @@ def measured_table(result: ProfiledResult, trained_on: Sequence[str]) -> str:
         )
         seen = " [artifact trained on it]" if model in trained_on else ""
         lines.append(f"    {model}: {shown}{seen}")
+    models = list(result.measured)
+    for area in next(iter(result.measured.values()), {}):
+        held = {m: result.held[m][area].score for m in models}
+        top = max(models, key=lambda m: held[m])
+        measured = {m: result.measured[m][area].score for m in models}
+        published = {m: result.published[m].get(area, 0.0) for m in models}
+        error = np.mean([abs(measured[m] - held[m]) for m in models])
+        lines.append(
+            f"  {area}: the held half's best ({top}, {held[top]:.2f} on "
+            f"{result.held[top][area].n} items) placed {_place(top, measured)} of "
+            f"{len(models)} by the measured areas, {_place(top, published)} by the "
+            f"catalogue's; measured - held half's mean: {error:.3f} on average"
+        )
     return "\n".join(lines)
+
+
+def _place(model: str, scores: Mapping[str, float]) -> int:
+    """Where `scores` rank `model`: 1 + the models scored above it (a tie is not)."""
+    return 1 + sum(score > scores[model] for score in scores.values())
 
 
 CEILINGS = {
