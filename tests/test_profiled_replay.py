@@ -164,3 +164,7 @@ def test_the_replay_prints_the_held_half_without_and_with_profiles(
     assert f"{label}, unprofiled: 2 models (2 unseen in training), 20 prompts" in out
     assert f"{label}, profiled (5 per area): 2 models (2 unseen in training), 20 prompts" in out
     assert "auto:best with feedback (2nd half, passes 0..1)" in out
+    for bad in ("0", "-3", "ten"):
+        with pytest.raises(SystemExit) as exited:
+            zeroeval_replay.main([*argv[:-1], bad])
+        assert exited.value.code == 2

@@ -36,7 +36,7 @@ def parser(prog: str, models: Sequence[ModelSpec], limit: int | None) -> argpars
     parsed.add_argument("--passes", type=int, default=3)
     parsed.add_argument(
         "--profiled",
-        type=int,
+        type=_per_area,
         default=0,
         metavar="N",
         help="replay each fleet as if every model of it had been profiled (`autoroute "
@@ -70,10 +70,17 @@ def seeds_of(args: argparse.Namespace) -> tuple[int, ...]:
 
 
 def profiled_of(args: argparse.Namespace) -> int:
-    """`--profiled`'s N (0: not profiled), else a usage error."""
-    n = int(args.profiled)
-    if n < 0:
-        raise SystemExit("--profiled: a number of prompts per area, at least 1")
+    """`--profiled`'s N (0: not profiled)."""
+    return int(args.profiled)
+
+
+def _per_area(raw: str) -> int:
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{raw!r}: a number of prompts per area, at least 1")
     return n
 
 

@@ -3,6 +3,7 @@
     PYTHONPATH=. python -m training.zeroeval_replay [--limit N] [--passes 3]
         [--seed 0 | --seeds 0,1,2]
         [--fleet LABEL-WORD] [--models qwen2:72b,phi3.5:3.8b,...] [--tasks gsm,crux]
+        [--profiled N]
 
 Each fleet is replayed on the items of its tasks that every one of its models was run
 on (`--limit`: that many of them, drawn with `--seed`); per fleet `replay.table` prints
@@ -10,6 +11,9 @@ auto's three profiles against best single / always-largest / random / oracle, wi
 = active parameters, and the feedback curves of the proxy's own online learner
 (`replay.online_learner`). `--models`: one fleet of your choice among `MODELS`' Ollama
 names, on the tasks they were all run on (or `--tasks`).
+`--profiled N`: as if every model had been profiled on N items per area of the
+half learned from (`AREAS` maps the items' labels to areas), `auto` shown on the
+other half without and with the profiles (`fleet_replay.PROFILED_CAVEAT`).
 """
 
 from __future__ import annotations
