@@ -168,3 +168,23 @@ def test_the_replay_prints_the_held_half_without_and_with_profiles(
         with pytest.raises(SystemExit) as exited:
             zeroeval_replay.main([*argv[:-1], bad])
         assert exited.value.code == 2
+
+
+def test_an_area_the_held_half_lacks_is_left_out_of_the_placements() -> None:
+    """A small draw can put every item of an area in the learning half: the measured
+    areas then have it and the held half's means do not."""
+    empty = replay.FleetResult("two", [], [], 0, {}, {})
+
+    def areas(**scores: float) -> dict[str, store.AreaResult]:
+        return {a: store.AreaResult(s, 1, "replay-1", "", "replay") for a, s in scores.items()}
+
+    result = replay.ProfiledResult(
+        empty,
+        empty,
+        measured={"a:7b": areas(math=1.0, code=0.0), "b:7b": areas(math=0.0, code=1.0)},
+        published={"a:7b": {"math": 0.5, "code": 0.5}, "b:7b": {"math": 0.4, "code": 0.6}},
+        held={"a:7b": areas(math=1.0), "b:7b": areas(math=0.0)},
+    )
+    table = replay.measured_table(result, ())
+    assert "  math: the held half's best (a:7b, 1.00 on 1 items) placed 1 of 2" in table
+    assert "  code:" not in table

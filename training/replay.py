@@ -477,7 +477,10 @@ def measured_table(result: ProfiledResult, trained_on: Sequence[str]) -> str:
         seen = " [artifact trained on it]" if model in trained_on else ""
         lines.append(f"    {model}: {shown}{seen}")
     models = list(result.measured)
-    for area in next(iter(result.measured.values()), {}):
+    # An area whose every item fell in the learning half has no mean on the held half.
+    for area in (
+        a for a in next(iter(result.measured.values()), {}) if a in result.held[models[0]]
+    ):
         held = {m: result.held[m][area].score for m in models}
         top = max(models, key=lambda m: held[m])
         measured = {m: result.measured[m][area].score for m in models}
