@@ -59,6 +59,16 @@ def images_of(content: Any) -> list[str]:
     return images
 
 
+def _message(role: Any, content: Any) -> dict[str, Any]:
+    """convertResponsesContent: a chat message of `content` (a string, null or an array
+    of parts), its text parts' text joined as written, its images apart."""
+    message = {"role": role, "content": text_of(content)}
+    images = images_of(content)
+    if images:
+        message["images"] = images
+    return message
+
+
 # What ResponsesInput.UnmarshalJSON and the two functions it calls
 # (openai/responses.go) unmarshal each input item and content part into first, to read
 # its type: anonymous structs, which encoding/json's errors name by their fields.
@@ -233,14 +243,10 @@ def chat_from_responses(body: dict[str, Any]) -> dict[str, Any]:
         item = item or {}
         kind = item.get("type") or "message"
         if kind == "message":
-            content = item.get("content")
-            message = {"role": item.get("role", "user"), "content": text_of(content)}
-            images = images_of(content)
-            if images:
-                message["images"] = images
-            messages.append(message)
+            messages.append(_message(item.get("role", "user"), item.get("content")))
         elif kind == "function_call_output":
-            messages.append({"role": "tool", "content": str(item.get("output", ""))})
+            # An array of parts is converted as a message's content is.
+            messages.append(_message("tool", item.get("output")))
         elif kind == "function_call":
             refused = _arguments_refusal(item.get("arguments"))
             if refused is not None:

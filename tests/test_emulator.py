@@ -1725,6 +1725,32 @@ async def test_responses_input_items_ollama_takes(emu: Emu) -> None:
     assert status == 200 and json.loads(body)["status"] == "completed"
 
 
+async def test_a_function_call_output_of_parts_reaches_the_model_as_their_text(emu: Emu) -> None:
+    """ResponsesFunctionCallOutput.UnmarshalJSON reads an `output` array as content
+    parts, which FromResponsesRequest converts as a message's content
+    (convertResponsesContent): its text parts joined as written, nothing between them,
+    the model answering as to the string itself; a null `output` is an empty one."""
+
+    async def answer(output: Any) -> Any:
+        given = [
+            {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": ""},
+            {"type": "function_call_output", "call_id": "c1", "output": output},
+        ]
+        body = {"model": "qwen2.5:7b", "input": given}
+        status, _, raw = await emu.post("/v1/responses", body)
+        assert status == 200, raw
+        resp = json.loads(raw)
+        return [item["content"] for item in resp["output"]], resp["usage"]
+
+    parts = [
+        {"type": "input_text", "text": "sunny"},
+        {"type": "input_image", "detail": "auto"},
+        {"type": "output_text", "text": " and warm"},
+    ]
+    assert await answer(parts) == await answer("sunny and warm")
+    assert await answer(None) == await answer("") == await answer([])
+
+
 async def test_a_response_echoes_the_request_as_ollamas_structs_marshal_it(emu: Emu) -> None:
     """ToResponse (a non-streamed answer) marshals the request's tools as ResponsesTool
     (every field, a missing one null; `parameters` a Go map, its keys sorted), its text
