@@ -16,6 +16,7 @@ from proxy.go_requests import check_fields
 from proxy.go_types import BodyError, Shape, check_arguments, check_struct, go_kind, not_into
 from proxy.multipart_form import go_quote
 from proxy.openai_chat import decode_image_url, think_from_effort
+from selector_model.request_body import canonical_key
 
 # openai.ResponsesRequest, {json name: kind} (see `go_requests.check_fields`).
 RESPONSES_FIELDS = {
@@ -34,14 +35,42 @@ RESPONSES_FIELDS = {
 RESPONSES_REQUEST = ("openai.ResponsesRequest", RESPONSES_FIELDS)
 
 
+# The fields of the input's structs that are json.RawMessages (a message's content, a
+# function call output's output): a null sets one, where it leaves a string as it was.
+_RAW_FIELDS = frozenset({"content", "output"})
+
+
+def as_struct(value: dict[str, Any]) -> dict[str, Any]:
+    """`value`, an input item or a content part, as the structs Ollama unmarshals it
+    into read it: each key names the field its lower-case spelling names
+    (`canonical_key`), the last of the keys naming one wins, and a null leaves a
+    string field as it was. `value` itself where every key is lower case already."""
+    if all(key.isascii() and key.islower() for key in value):
+        return value
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        name = canonical_key(key)
+        if item is None and name not in _RAW_FIELDS and name in out:
+            continue
+        out.pop(name, None)
+        out[name] = item
+    return out
+
+
+def _parts(content: Any) -> list[dict[str, Any]]:
+    """The objects of an array of content parts, each `as_struct`."""
+    return (
+        [as_struct(p) for p in content if isinstance(p, dict)] if isinstance(content, list) else []
+    )
+
+
 def text_of(content: Any) -> str:
     if isinstance(content, str):
         return content
-    parts = content if isinstance(content, list) else []
     return "".join(
-        str(p.get("text", ""))
-        for p in parts
-        if isinstance(p, dict) and p.get("type") in ("input_text", "output_text")
+        str(p.get("text") or "")
+        for p in _parts(content)
+        if p.get("type") in ("input_text", "output_text")
     )
 
 
@@ -49,9 +78,7 @@ def images_of(content: Any) -> list[str]:
     """convertResponsesContent's images (a part without an address is skipped); a file
     part is refused, as Ollama refuses it."""
     images = []
-    for part in content if isinstance(content, list) else []:
-        if not isinstance(part, dict):
-            continue
+    for part in _parts(content):
         if part.get("type") == "input_file":
             raise BodyError("file inputs are not currently supported")
         if part.get("type") == "input_image" and part.get("image_url"):
@@ -132,14 +159,15 @@ _ITEMS = {
 def _head_refusal(value: Any, head: str, fields: tuple[str, ...]) -> str | None:
     """json.Unmarshal of an item or part into its type-reading struct (`head`): a null
     leaves the fields empty, a value of another kind than an object is refused, and so
-    is a field of another kind than a string (named `.field`: the struct has no name)."""
+    is a field of another kind than a string (named `.field`: the struct has no name),
+    whatever the case of its key, the first in the body's order."""
     if value is None:
         return None
     if not isinstance(value, dict):
         return not_into(value, head)
-    for name in fields:
-        field = value.get(name)
-        if field is not None and not isinstance(field, str):
+    for key, field in value.items():
+        name = canonical_key(key)
+        if name in fields and field is not None and not isinstance(field, str):
             kind = go_kind(field)
             return f"json: cannot unmarshal {kind} into Go struct field .{name} of type string"
     return None
@@ -166,7 +194,7 @@ def _content_refusal(content: Any, name: str = "content") -> str | None:
     for i, part in enumerate(content):
         refused = _head_refusal(part, _PART_HEAD, ("type",))
         if refused is None:
-            kind = (part or {}).get("type") or ""
+            kind = as_struct(part or {}).get("type") or ""
             shape = _PARTS.get(kind)
             if shape is None:
                 refused = f"unknown content type: {kind}"
@@ -192,9 +220,10 @@ def input_refusal(inp: Any) -> str | None:
         refused = _head_refusal(item, _ITEM_HEAD, ("type", "role"))
         if refused is None:
             item = item or {}
-            kind = item.get("type") or ("message" if item.get("role") else "")
+            read = as_struct(item)
+            kind = read.get("type") or ("message" if read.get("role") else "")
             if kind == "message":
-                refused = _content_refusal(item.get("content"))
+                refused = _content_refusal(read.get("content"))
             elif not kind:
                 refused = "input item missing required 'type' field"
             elif kind not in _ITEMS:
@@ -202,7 +231,7 @@ def input_refusal(inp: Any) -> str | None:
             else:
                 refused = _struct_refusal(item, _ITEMS[kind])
                 if refused is None and kind == "function_call_output":
-                    refused = _content_refusal(item.get("output"), "output")
+                    refused = _content_refusal(read.get("output"), "output")
         if refused is not None:
             return f"input[{i}]: {refused}"
     return None
@@ -240,7 +269,7 @@ def chat_from_responses(body: dict[str, Any]) -> dict[str, Any]:
     if isinstance(inp, str):
         messages.append({"role": "user", "content": inp})
     for item in inp if isinstance(inp, list) else []:
-        item = item or {}
+        item = as_struct(item or {})
         kind = item.get("type") or "message"
         if kind == "message":
             messages.append(_message(item.get("role", "user"), item.get("content")))

@@ -1751,6 +1751,59 @@ async def test_a_function_call_output_of_parts_reaches_the_model_as_their_text(e
     assert await answer(None) == await answer("") == await answer([])
 
 
+@pytest.mark.parametrize(
+    "parts",
+    [
+        [{"Type": "input_text", "TEXT": "sunny"}],
+        [{"type": "input_text", "Type": None, "text": "sunny", "Text": None}],
+        [{"type": "input_file", "TYPE": "output_text", "text": "sunny"}],
+    ],
+)
+async def test_a_function_call_outputs_parts_are_read_whatever_the_case_of_their_keys(
+    emu: Emu, parts: Any
+) -> None:
+    """unmarshalResponsesContent reads a part's type into a struct, as it reads the part
+    itself: a key names a field whatever its case (`canonical_key`), the last one
+    naming it wins, and a null leaves a string field as it was."""
+
+    async def answer(output: Any) -> Any:
+        given = [{"type": "function_call_output", "call_id": "c1", "output": output}]
+        body = {"model": "qwen2.5:7b", "input": given}
+        status, _, raw = await emu.post("/v1/responses", body)
+        assert status == 200, raw
+        resp = json.loads(raw)
+        return [item["content"] for item in resp["output"]], resp["usage"]
+
+    assert await answer(parts) == await answer("sunny")
+
+
+@pytest.mark.parametrize(
+    ("parts", "message"),
+    [
+        ([{"TYPE": "bogus"}], "unknown content type: bogus"),
+        (
+            [{"type": "input_text", "Type": 1}],
+            "json: cannot unmarshal number into Go struct field .type of type string",
+        ),
+        (
+            [{"Type": "input_text", "tExt": 1}],
+            "json: cannot unmarshal number into Go struct field "
+            "ResponsesTextContent.text of type string",
+        ),
+    ],
+)
+async def test_a_function_call_outputs_parts_are_refused_whatever_the_case_of_their_keys(
+    emu: Emu, parts: Any, message: str
+) -> None:
+    """What unmarshalResponsesContent refuses of a part, its keys in any case."""
+    given = [{"type": "function_call_output", "call_id": "c1", "output": parts}]
+    status, _, body = await emu.post("/v1/responses", {"model": "qwen2.5:7b", "input": given})
+    assert (status, json.loads(body)["error"]["message"]) == (
+        400,
+        "input[0]: output[0]: " + message,
+    )
+
+
 async def test_a_response_echoes_the_request_as_ollamas_structs_marshal_it(emu: Emu) -> None:
     """ToResponse (a non-streamed answer) marshals the request's tools as ResponsesTool
     (every field, a missing one null; `parameters` a Go map, its keys sorted), its text
