@@ -28,6 +28,7 @@ from proxy.go_types import (
     LiteralLost,
     LostAborts,
     Shape,
+    Unmarshals,
     as_assigned,
     beyond_a_double,
     beyond_error,
@@ -37,6 +38,7 @@ from proxy.go_types import (
     fits,
     is_number,
     not_into,
+    taken_whole,
     type_error,
     whole_literal,
 )
@@ -58,7 +60,8 @@ def check_fields(body: Any, struct: str, fields: Mapping[str, str]) -> dict[str,
 
     Kinds: string, bool, int, float, map, object, any (its numbers parsed into
     float64s), raw (a json.RawMessage, or an UnmarshalJSON that takes the value as
-    written: nothing parsed), duration (an api.Duration: any, its number parsed),
+    written: nothing parsed; an `Unmarshals` refuses what that UnmarshalJSON refuses),
+    duration (an api.Duration: any, its number parsed),
     think (an api.ThinkValue), []int, []string, images, messages, tools. Returns the
     body as a dict (JSON null decodes to the zero struct). `struct` is the struct's
     name, with its package when that is not `api` (`openai.ChatCompletionRequest`): Go
@@ -93,6 +96,11 @@ def check_fields(body: Any, struct: str, fields: Mapping[str, str]) -> dict[str,
 
 def _check_field(value: Any, struct: str, key: str, want: str) -> None:
     """A field's value of `check_fields`'s kind `want`, not null; its elements in order."""
+    if isinstance(want, Unmarshals):
+        refused = want.refusal(taken_whole(value))
+        if refused is not None:
+            raise Aborts(refused)
+        return
     if want == "[]int" and isinstance(value, list):
         for item in value:
             beyond = beyond_a_double(item)
@@ -166,8 +174,10 @@ def first_error(doc: Any, struct: str, fields: Mapping[str, str]) -> str | None:
     try:
         for key, item in doc:
             # The elements of a slice decoded afresh (`_DECODED_AFRESH`) go whole to
-            # their check, which follows a key given twice in one of them.
-            whole = fields.get(canonical_key(key)) in _DECODED_AFRESH
+            # their check, which follows a key given twice in one of them; so does a
+            # value an UnmarshalJSON of its own takes as written (`Unmarshals`).
+            want = fields.get(canonical_key(key))
+            whole = want in _DECODED_AFRESH or isinstance(want, Unmarshals)
             for assigned in (item,) if whole else as_assigned(item):
                 try:
                     check_fields({key: assigned}, struct, fields)

@@ -34,6 +34,21 @@ class Aborts(BodyError):
     any type error it saved before and went on after (`first_error`)."""
 
 
+class Unmarshals(str):
+    """The kind (`go_requests.check_fields`) of a field whose type has an UnmarshalJSON
+    of its own that takes the value as written, "raw" to any other reader: what
+    `refusal` returns of the value (its keys read as `taken_whole` reads them) is that
+    UnmarshalJSON's error, which ends the decoding (`Aborts`)."""
+
+    __slots__ = ("refusal",)
+    refusal: Callable[[Any], str | None]
+
+    def __new__(cls, refusal: Callable[[Any], str | None]) -> Unmarshals:
+        kind = super().__new__(cls, "raw")
+        kind.refusal = refusal
+        return kind
+
+
 class LiteralLost(BodyError):
     """An int field refuses a number that is no integer, which Go names as the client
     wrote it, and the reading holds it as a double that lost that text (`checked`)."""

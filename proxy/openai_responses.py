@@ -13,27 +13,18 @@ from typing import Any
 
 from proxy import go_json
 from proxy.go_requests import check_fields
-from proxy.go_types import BodyError, Shape, check_arguments, check_struct, go_kind, not_into
+from proxy.go_types import (
+    BodyError,
+    Shape,
+    Unmarshals,
+    check_arguments,
+    check_struct,
+    go_kind,
+    not_into,
+)
 from proxy.multipart_form import go_quote
 from proxy.openai_chat import decode_image_url, think_from_effort
 from selector_model.request_body import canonical_key
-
-# openai.ResponsesRequest, {json name: kind} (see `go_requests.check_fields`).
-RESPONSES_FIELDS = {
-    "model": "string",
-    "input": "raw",  # ResponsesInput's UnmarshalJSON takes it as written
-    "instructions": "string",
-    "stream": "bool",
-    "max_output_tokens": "int",
-    "temperature": "float",
-    "top_p": "float",
-    "tools": "[]openai.ResponsesTool",
-    "reasoning": "map",
-    "text": "map",
-    "truncation": "string",
-}
-RESPONSES_REQUEST = ("openai.ResponsesRequest", RESPONSES_FIELDS)
-
 
 # The fields of the input's structs that are json.RawMessages (a message's content, a
 # function call output's output): a null sets one, where it leaves a string as it was.
@@ -237,6 +228,23 @@ def input_refusal(inp: Any) -> str | None:
     return None
 
 
+# openai.ResponsesRequest, {json name: kind} (see `go_requests.check_fields`).
+RESPONSES_FIELDS = {
+    "model": "string",
+    "input": Unmarshals(input_refusal),  # ResponsesInput's UnmarshalJSON
+    "instructions": "string",
+    "stream": "bool",
+    "max_output_tokens": "int",
+    "temperature": "float",
+    "top_p": "float",
+    "tools": "[]openai.ResponsesTool",
+    "reasoning": "map",
+    "text": "map",
+    "truncation": "string",
+}
+RESPONSES_REQUEST = ("openai.ResponsesRequest", RESPONSES_FIELDS)
+
+
 def _arguments_refusal(arguments: Any) -> str | None:
     """FromResponsesRequest's json.Unmarshal of a function call's arguments (a string;
     an empty one is none) into an api.ToolCallFunctionArguments: a syntax error
@@ -263,9 +271,6 @@ def chat_from_responses(body: dict[str, Any]) -> dict[str, Any]:
     if body.get("instructions"):
         messages.append({"role": "system", "content": str(body["instructions"])})
     inp = body.get("input")
-    refused = input_refusal(inp)
-    if refused is not None:
-        raise BodyError(refused)
     if isinstance(inp, str):
         messages.append({"role": "user", "content": inp})
     for item in inp if isinstance(inp, list) else []:

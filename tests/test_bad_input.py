@@ -1007,3 +1007,27 @@ async def test_a_responses_tool_of_the_wrong_type_gets_ollamas_error(
     """The emulator refuses it as Ollama does, and so does the proxy, for `auto` too."""
     body = b'{"model": "qwen2.5:7b", "input": "hi", "tools": ' + tools + b"}"
     await _refused_alike(emulator, proxy, "/v1/responses", body, message)
+
+
+_INPUT_ERROR = (
+    "input must be a string or array: json: cannot unmarshal number into Go value of type "
+    "[]json.RawMessage"
+)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"model": "qwen2.5:7b", "stream": "x", "input": 5}',
+        b'{"model": "qwen2.5:7b", "input": 5, "stream": "x"}',
+        b'{"model": "qwen2.5:7b", "input": 5, "input": "hi"}',
+        b'{"model": "qwen2.5:7b", "stream": "x", "Input": 5, "input": "hi"}',
+    ],
+)
+async def test_a_responses_input_refused_ends_the_decoding(
+    emulator: Emulator, proxy: Proxy, body: bytes
+) -> None:
+    """ResponsesInput's own UnmarshalJSON error ends json's decoding where a plain type
+    error is saved for the end: it wins over one before it, and over a later value of
+    the key, which Go never reaches."""
+    await _refused_alike(emulator, proxy, "/v1/responses", body, _INPUT_ERROR)
