@@ -395,6 +395,52 @@ def test_a_body_deeper_than_go_reads_goes_as_sent(depth: int) -> None:
     assert go_json.read(body) == (None, body)
 
 
+# Bodies nested deeper than Python's json reads, each with Go's scanner error (none for
+# the last two): the error stands below the levels `first_value` reads, or is the
+# nesting itself (maxNestingDepth: 10,000 levels).
+_DEEP_BODIES = [
+    (_deeply(5000, b"1 2"), "invalid character '2' after array element"),
+    (b"[" * 5000, "unexpected EOF"),
+    (b"[" * 5000 + b"1", "unexpected EOF"),
+    (_deeply(3000, b"1."), "invalid character ']' after decimal point in numeric literal"),
+    (_deeply(3000, b"1.5.2"), "invalid character '.' after array element"),
+    (_deeply(3000, b"01"), "invalid character '1' after array element"),
+    (_deeply(3000, b"-"), "invalid character ']' in numeric literal"),
+    (_deeply(3000, b"[1,]"), "invalid character ']' looking for beginning of value"),
+    (_deeply(3000, b"tru"), "invalid character ']' in literal true (expecting 'e')"),
+    (_deeply(3000, b"NaN"), "invalid character 'N' looking for beginning of value"),
+    (_deeply(3000, b'"a\x01"'), "invalid character '\\x01' in string literal"),
+    (_deeply(3000, b'"\\q"'), "invalid character 'q' in string escape code"),
+    (_deeply(3000, b'{"k" 1}'), "invalid character '1' after object key"),
+    (
+        _deeply(3000, b'{"k": 1,}'),
+        "invalid character '}' looking for beginning of object key string",
+    ),
+    (_deeply(3000, b'{"k": [1] 2}'), "invalid character '2' after object key:value pair"),
+    (_deeply(3000, b"[1] 2"), "invalid character '2' after array element"),
+    (b"[" * 3000 + b"1" + b"]" * 2999 + b"}", "invalid character '}' after array element"),
+    (b"[" * 3000 + b"x" + b"[" * 8000, "invalid character 'x' looking for beginning of value"),
+    (b"[" * 10_001 + b"]" * 10_001, "invalid character '[' exceeded max depth"),
+    (b"[" * 10_000 + b"]" * 10_000, go_json.GO_READS_IT),
+    (b"[" * 10_000 + b"{" + b"}" + b"]" * 10_000, "invalid character '{' exceeded max depth"),
+    (_deeply(9_997, b'{"a": [1, "b", true, null, {}, []], "c": -1.5e3}'), go_json.GO_READS_IT),
+    (b" " + _deeply(5000) + b" trailing", go_json.GO_READS_IT),
+]
+
+
+@pytest.mark.parametrize(("body", "error"), _DEEP_BODIES, ids=[e for _, e in _DEEP_BODIES])
+def test_a_body_too_deep_for_pythons_json_gets_gos_error(body: bytes, error: str) -> None:
+    """`decode_error` (and `first_value`, the emulator's reading) finds Go's error however
+    deep it stands; the routed reading forwards a body Go refuses as sent, for the
+    backend's own error, and reads one Go reads."""
+    assert go_json.decode_error(body) == error
+    doc, forwarded = go_json.read(body)
+    if error == go_json.GO_READS_IT:
+        assert doc is not None
+    else:
+        assert (doc, forwarded) == (None, body)
+
+
 @pytest.mark.parametrize("number", [b"1e400", b"-1e400", b"1" + b"0" * 400])
 def test_a_number_beyond_a_double_is_forwarded_as_written(number: bytes) -> None:
     """Go refuses it where it decodes it, naming the field; the proxy cannot hold it as
@@ -1233,6 +1279,31 @@ def test_the_emulator_refuses_a_body_as_the_proxy_does(body: bytes) -> None:
     (`go_json.first_value`, its own numbers aside): the same error for a body Go
     refuses, none for one it reads."""
     assert _emulators_refusal(body) == go_json.decode_error(body)
+
+
+def _deep_reading_refusal(body: bytes) -> str:
+    try:
+        go_json._deep_values(body)
+    except go_json.NotJson as exc:
+        return exc.message
+    return go_json.GO_READS_IT
+
+
+@given(
+    st.lists(st.sampled_from(_PIECES), max_size=12).map(b"".join),
+    st.sampled_from([1, 2, 100]),
+    st.sampled_from([b"[", b'{"a":']),
+)
+@settings(max_examples=1000, deadline=None)
+def test_the_deep_reading_refuses_a_body_as_the_reading_does(
+    body: bytes, depth: int, opening: bytes
+) -> None:
+    """The reading of a body too deep for Python's json (`_deep_values`, Go's grammar
+    as patterns, one level at a time) refuses what the reading of any other refuses, in
+    the same words, and reads what it reads: here on bodies both can read."""
+    closing = b"]" if opening == b"[" else b"}"
+    wrapped = opening * depth + body + closing * depth
+    assert _deep_reading_refusal(wrapped) == go_json.decode_error(wrapped)
 
 
 @pytest.mark.parametrize(
