@@ -27,7 +27,7 @@ from proxy import ollama_answers
 from proxy.backends import BackendPool, BackendState, entry_model, normalize_model
 from proxy.config import Config, ConfigError
 from proxy.upstream import UpstreamError
-from selector_model.catalog import Catalog, ModelKnowledge, names, ollama_capabilities
+from selector_model.catalog import Catalog, Measured, ModelKnowledge, names, ollama_capabilities
 from selector_model.catalog.catalog import CatalogError
 from selector_model.features import (
     AREAS,
@@ -252,10 +252,11 @@ class Registry:
         self.backends = backends
         self.catalog = catalog or catalog_for(backends.config)
         # Per-area results of models profiled on the user's own backends
-        # (`autoroute profile`) win over the catalogue's published figures; the store
-        # is re-read only when its file changes.
+        # (`autoroute profile`), weighed against the catalogue's published figures by
+        # their number of items (`Catalog.with_measured`); the store is re-read only
+        # when its file changes.
         self.profiles = StoreCache(backends.config.selector.profiles_path)
-        self._measured: dict[str, dict[str, float]] = {}
+        self._measured: dict[str, dict[str, Measured]] = {}
         self._profiled = self.catalog
         self.cache = SimpleMemoryCache()
         self.models: dict[str, ModelInfo] = {}
@@ -307,7 +308,7 @@ class Registry:
 
     def catalogue(self) -> Catalog:
         """The catalogue `auto` places models with: the configured one with the operator's
-        descriptions (`catalog_for`) and the profile store's measured areas applied. The
+        descriptions (`catalog_for`) and the profile store's measured areas weighed in. The
         evaluation's replays read it too, so they place a fleet as the proxy would."""
         measured = self.profiles.measured()
         if measured != self._measured:

@@ -16,6 +16,7 @@ from selector_model.catalog import (
     DEFAULT_PATH,
     Catalog,
     CatalogError,
+    Measured,
     ModelKnowledge,
     placement,
 )
@@ -999,14 +1000,87 @@ def test_bad_overrides_are_refused(catalog: Catalog, spec: dict[str, Any]) -> No
 def test_measured_scores_take_precedence(catalog: Catalog) -> None:
     measured = catalog.with_overrides(
         {"my-coder:latest": {"like": "qwen2.5-coder:7b"}}
-    ).with_measured({"qwen2.5:7b": {"code": 0.5}, "my-coder": {"math": 0.25}})
+    ).with_measured(
+        {"qwen2.5:7b": {"code": Measured(0.5, 10**6)}, "my-coder": {"math": Measured(0.25, 10**6)}}
+    )
     qwen = measured.lookup("qwen2.5:7b-instruct-q4_K_M")
-    assert qwen.origin == "profile" and qwen.areas["code"] == 0.5
+    assert qwen.origin == "profile" and qwen.areas["code"] == pytest.approx(0.5, abs=0.001)
     assert qwen.areas["math"] == catalog.lookup("qwen2.5:7b").areas["math"]
     mine = measured.lookup("my-coder:latest")
-    assert mine.origin == "profile" and mine.areas["math"] == 0.25
+    assert mine.origin == "profile" and mine.areas["math"] == pytest.approx(0.25, abs=0.001)
     with pytest.raises(CatalogError):
-        catalog.with_measured({"qwen2.5:7b": {"code": -0.1}})
+        catalog.with_measured({"qwen2.5:7b": {"code": Measured(-0.1, 10)}})
+    with pytest.raises(CatalogError):
+        catalog.with_measured({"qwen2.5:7b": {"code": Measured(0.5, 0)}})
+
+
+def _moved(catalog: Catalog, name: str, area: str, share: float, n: int) -> float:
+    """How far a profile of `n` items at `share` moves the catalogue's area of `name`
+    toward the share: 0 not at all, 1 all the way."""
+    before = catalog.lookup(name).areas[area]
+    after = catalog.with_measured({name: {area: Measured(share, n)}}).lookup(name)
+    assert after.origin == "profile"
+    return (after.areas[area] - before) / (share - before)
+
+
+def test_a_measured_area_counts_as_much_as_its_items() -> None:
+    """A profiled area is a precision-weighted blend of the measured share (its
+    binomial sampling error) and the catalogue's figure (how far a published item set
+    of an area is from another one, `transfer_spread`, plus its own doubt): ten items
+    move a published area part way, a thousand nearly all the way."""
+    catalog = Catalog.load()
+    published = catalog.lookup("qwen2.5:7b")
+    assert published.area_uncertainty["math"] == 0.0
+    target = 0.2 if published.areas["math"] > 0.5 else 0.9
+    ten = _moved(catalog, "qwen2.5:7b", "math", target, 10)
+    thirty = _moved(catalog, "qwen2.5:7b", "math", target, 30)
+    thousand = _moved(catalog, "qwen2.5:7b", "math", target, 1000)
+    assert 0.05 < ten < 0.5 and ten < thirty < thousand
+    assert thousand > 0.9
+
+
+def test_the_transfer_spread_is_the_catalogues_line_residuals() -> None:
+    """The catalogue's figure weighs as much as one published benchmark of an area
+    predicts another of it, beyond their scales: the fitted lines' residual error."""
+    catalog = Catalog.load()
+    assert 0.03 < catalog.transfer_spread < 0.2
+
+
+def test_a_model_the_catalogue_does_not_know_keeps_its_measured_share() -> None:
+    catalog = Catalog.load()
+    name = "zz-unheard-of:7b"
+    assert catalog.lookup(name).origin == "nearest"
+    for n in (10, 1000):
+        found = catalog.with_measured({name: {"code": Measured(0.3, n)}}).lookup(name)
+        assert found.origin == "profile" and found.areas["code"] == 0.3
+
+
+def test_a_measured_areas_uncertainty_shrinks_with_its_items() -> None:
+    """A model the catalogue does not know is as uncertain as its sampling error; an
+    imputed area less than its imputation; a published one stays at none."""
+    catalog = Catalog.load()
+    unknown = [
+        catalog.with_measured({"zz-unheard-of:7b": {"code": Measured(0.5, n)}})
+        .lookup("zz-unheard-of:7b")
+        .area_uncertainty["code"]
+        for n in (10, 30, 1000)
+    ]
+    assert unknown[0] > unknown[1] > unknown[2] >= 0.0
+    imputed = next(
+        (e.name, area)
+        for e in catalog.entries()
+        for area in AREAS
+        if e.area_uncertainty[area] > 0.2 and e.origin == "catalogue"
+    )
+    name, area = imputed
+    before = catalog.lookup(name).area_uncertainty[area]
+    after = [
+        catalog.with_measured({name: {area: Measured(0.5, n)}}).lookup(name).area_uncertainty[area]
+        for n in (10, 1000)
+    ]
+    assert before > after[0] > after[1]
+    profiled = catalog.with_measured({"qwen2.5:7b": {"math": Measured(0.5, 10)}})
+    assert profiled.lookup("qwen2.5:7b").area_uncertainty["math"] == 0.0
 
 
 def test_a_description_of_a_chat_tag_leaves_its_pretrained_tags_alone(catalog: Catalog) -> None:
@@ -1019,7 +1093,9 @@ def test_a_description_of_a_chat_tag_leaves_its_pretrained_tags_alone(catalog: C
             "codellama:7b": {"areas": {"code": 0.1}},
             "mixtral:8x7b-text": {"areas": {"math": 0.05}},
         }
-    ).with_measured({"llama3:8b": {"math": 0.2}, "codellama:7b": {"math": 0.3}})
+    ).with_measured(
+        {"llama3:8b": {"math": Measured(0.2, 10)}, "codellama:7b": {"math": Measured(0.3, 10)}}
+    )
     for name in ("llama3:8b-text", "llama3:8b-text-q4_0", "codellama:7b-code"):
         found = described.lookup(name)
         assert found == catalog.lookup(name), name

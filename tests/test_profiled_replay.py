@@ -10,7 +10,7 @@ import pytest
 
 from proxy.config import Profile
 from selector_model import artifact
-from selector_model.catalog.catalog import Catalog
+from selector_model.catalog import Catalog, Measured
 from selector_model.profiling import store
 from training import replay, zeroeval_replay
 from training.data import Prompt
@@ -70,7 +70,7 @@ def test_the_profiles_reach_auto_through_the_store_the_registry_reads(
     (`Catalog.with_measured` on what it read), and `auto` held to the held half
     alone: the same half the unprofiled replay's feedback curves are held to."""
     prompts, learn = _prompts(learn_a=0.0, held_a=1.0, count=12)
-    read: list[dict[str, dict[str, float]]] = []
+    read: list[dict[str, dict[str, Measured]]] = []
     stored: list[dict[str, Any]] = []
     with_measured = Catalog.with_measured
 
@@ -113,7 +113,10 @@ def test_the_profiles_reach_auto_through_the_store_the_registry_reads(
         m: {area: {"score": score, **entry} for area, score in areas.items()}
         for m, areas in expected.items()
     }
-    assert expected in read  # what the registry read from that file
+    # What the registry read from that file: each score with its number of items.
+    assert {
+        m: {a: Measured(s, 3) for a, s in areas.items()} for m, areas in expected.items()
+    } in read
     # Beside them, each model's mean on every held-half item of each area.
     assert {m: {a: r.score for a, r in areas.items()} for m, areas in result.held.items()} == {
         A.ollama_name: {"math": 1.0, "code": 1.0},

@@ -24,7 +24,7 @@ from proxy.emulator import EmulatorSettings
 from proxy.emulator.catalog import REGISTRY
 from proxy.emulator.skills import suite_answer
 from proxy.profiler import IdleProfiler, ProfileError, find_backend, missing_areas, profile
-from selector_model.catalog.knowledge import AREAS
+from selector_model.catalog.knowledge import AREAS, Measured
 from selector_model.profiling import store
 from selector_model.profiling.graders import (
     extract_choice,
@@ -228,8 +228,8 @@ def test_store_merges_areas_and_models(tmp_path: Path) -> None:
     store.save(path, "qwen3:8b", {"code": _result(0.6)})
     store.save(path, "phi4", {"knowledge": _result(0.7)})
     assert store.load_results(path) == {
-        "qwen3:8b": {"math": 0.8, "code": 0.6},
-        "phi4:latest": {"knowledge": 0.7},
+        "qwen3:8b": {"math": Measured(0.8, 10), "code": Measured(0.6, 10)},
+        "phi4:latest": {"knowledge": Measured(0.7, 10)},
     }
     doc = orjson.loads(path.read_bytes())
     assert doc["qwen3:8b"]["code"] == {
@@ -255,12 +255,13 @@ def test_store_reads_past_bad_entries_and_files(tmp_path: Path) -> None:
                     "code": {"score": 7, "n": 1, "suite_version": "1"},
                     "poetry": good,
                     "knowledge": {"score": 0.5},
+                    "reasoning": {"score": 0.5, "n": 0, "suite_version": "1"},
                 },
                 "b:1": 3,
             }
         ).decode()
     )
-    assert store.load_results(path) == {"a:1": {"math": 0.5}}
+    assert store.load_results(path) == {"a:1": {"math": Measured(0.5, 8)}}
 
 
 def test_store_cache_reads_again_when_the_file_changes(tmp_path: Path) -> None:
@@ -418,7 +419,10 @@ async def test_profile_command_stores_results_shown_in_status_and_explain(
         cwd=tmp_path,
     )
     assert rest.returncode == 0, rest.stderr
-    results = store.load_results(path)
+    results = {
+        model: {area: m.score for area, m in areas.items()}
+        for model, areas in store.load_results(path).items()
+    }
     assert set(results[WEAK]) == set(AREAS)
     assert _mean(results[STRONG]) > _mean(results[WEAK])
     # The emulator gets round(skill * 10) items of each area right: grading the answers

@@ -8,6 +8,7 @@ from selector_model.catalog.catalog import DEFAULT_PATH, Catalog, CatalogError, 
 from selector_model.catalog.knowledge import (
     AREAS,
     SPECIALTIES,
+    Measured,
     ModelKnowledge,
     ollama_capabilities,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "SPECIALTIES",
     "Catalog",
     "CatalogError",
+    "Measured",
     "ModelKnowledge",
     "Source",
     "ollama_capabilities",

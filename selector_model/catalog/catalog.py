@@ -14,6 +14,7 @@ scale's chance level.
 from __future__ import annotations
 
 import functools
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -23,8 +24,9 @@ from typing import Any
 import yaml
 
 from selector_model.catalog import names, scales
-from selector_model.catalog.knowledge import AREAS, SPECIALTIES, ModelKnowledge
+from selector_model.catalog.knowledge import AREAS, SPECIALTIES, Measured, ModelKnowledge
 from selector_model.catalog.placement import PRETRAINED_AREAS, Neighbourhood, probe_of
+from selector_model.catalogue_prior import UNSEEN_SPREAD
 from selector_model.features import params_from
 
 DEFAULT_PATH = Path(__file__).with_name("models.yaml")
@@ -88,9 +90,14 @@ class Catalog:
         keys: Mapping[str, str],
         version: int,
         overrides: Mapping[str, Mapping[str, Any]] | None = None,
-        measured: Mapping[str, Mapping[str, float]] | None = None,
+        measured: Mapping[str, Mapping[str, Measured]] | None = None,
+        transfer_spread: float = 0.0,
     ) -> None:
         self.version = version
+        # How far a published area is from a user's prompts of the area, one standard
+        # deviation of the share (`scales.transfer_spread`): what a measured area is
+        # weighed against (`_with_measured`).
+        self.transfer_spread = transfer_spread
         # The entries, complete, and what placing a model among them reads.
         self.neighbourhood = neighbourhood
         self._entries = neighbourhood.entries
@@ -180,7 +187,13 @@ class Catalog:
             name: partial.complete(entry, areas[name], mapped[name])
             for name, entry in skeleton.items()
         }
-        return cls(Neighbourhood(entries, areas, slopes, floors), sources, keys, int(version))
+        return cls(
+            Neighbourhood(entries, areas, slopes, floors),
+            sources,
+            keys,
+            int(version),
+            transfer_spread=scales.transfer_spread(scores, benchmarks, same_scale),
+        )
 
     # -- queries -----------------------------------------------------------------
 
@@ -291,13 +304,20 @@ class Catalog:
             checked[_user_key(name)] = dict(spec)
         return self._derive(overrides={**self._overrides, **checked})
 
-    def with_measured(self, results: Mapping[str, Mapping[str, float]]) -> Catalog:
+    def with_measured(self, results: Mapping[str, Mapping[str, Measured]]) -> Catalog:
         """A catalogue in which measured per-area scores (profiling on the user's own
-        backend) take precedence over published and configured ones."""
-        checked: dict[str, Mapping[str, float]] = {}
+        backend) count with published and configured ones as much as their number of
+        items warrants (`_with_measured`)."""
+        checked: dict[str, Mapping[str, Measured]] = {}
         for name, areas in results.items():
-            _check_areas(areas, f"measured.{name}")
-            checked[_user_key(name)] = {str(a): float(v) for a, v in areas.items()}
+            at = f"measured.{name}"
+            _check_areas({area: m.score for area, m in areas.items()}, at)
+            for area, m in areas.items():
+                if isinstance(m.n, bool) or not isinstance(m.n, int) or m.n < 1:
+                    raise CatalogError(f"{at}.areas.{area}: {m.n!r} items is not a count")
+            checked[_user_key(name)] = {
+                str(a): Measured(float(m.score), m.n) for a, m in areas.items()
+            }
         return self._derive(measured={**self._measured, **checked})
 
     # -- internals ---------------------------------------------------------------
@@ -305,7 +325,7 @@ class Catalog:
     def _derive(
         self,
         overrides: Mapping[str, Mapping[str, Any]] | None = None,
-        measured: Mapping[str, Mapping[str, float]] | None = None,
+        measured: Mapping[str, Mapping[str, Measured]] | None = None,
     ) -> Catalog:
         return Catalog(
             self.neighbourhood,
@@ -314,6 +334,7 @@ class Catalog:
             self.version,
             self._overrides if overrides is None else overrides,
             self._measured if measured is None else measured,
+            self.transfer_spread,
         )
 
     def _find(self, table: Mapping[str, Any], name: str) -> Any:
@@ -344,7 +365,7 @@ class Catalog:
                     found = self._pretrained_variant(name, found)
         measured = self._find(self._measured, name)
         if measured:
-            found = _with_areas(found, measured, origin="profile", name=name)
+            found = _with_measured(found, measured, name, self.transfer_spread)
         return found
 
     def _resolved(self, name: str, details: Mapping[str, Any]) -> tuple[str, bool] | None:
@@ -492,6 +513,44 @@ def _with_areas(
         area_uncertainty=spread,
         origin=origin,  # type: ignore[arg-type]
         uncertainty=round(min(1.0, uncertainty), 4),
+    )
+
+
+def _with_measured(
+    base: ModelKnowledge, given: Mapping[str, Measured], name: str, transfer: float
+) -> ModelKnowledge:
+    """`base` with its measured areas, each weighed by its precision against the
+    catalogue's figure. A measured share's variance is its binomial sampling error (of
+    the share smoothed by one success and one failure, so that ten of ten is not
+    exact); the catalogue's figure's is how far a published item set of an area is
+    from a user's prompts (`transfer`) plus its own doubt (`UNSEEN_SPREAD` per unit of
+    `area_uncertainty`). A model the catalogue places from its details alone
+    (`nearest`) has no figure of its own: it keeps the measured share, as every model
+    does in a catalogue with no two benchmarks of an area to measure `transfer` by
+    (which would otherwise make a published figure exact). The area's
+    uncertainty is what remains of the blend's variance beyond `transfer`, which a
+    published area leaves uncounted as the same doubt for every model
+    (`catalogue_prior.UNSEEN_SPREAD`): none for a published area, shrinking with the
+    items for one the catalogue imputed or does not know."""
+    areas = dict(base.areas)
+    spread = dict(base.area_uncertainty)
+    for area, (score, n) in given.items():
+        smoothed = (score * n + 1.0) / (n + 2.0)
+        sampled = smoothed * (1.0 - smoothed) / n
+        published = transfer**2 + (UNSEEN_SPREAD * base.area_uncertainty[area]) ** 2
+        if base.origin == "nearest" or transfer <= 0.0:
+            areas[area], variance = score, sampled
+        else:
+            variance = 1.0 / (1.0 / published + 1.0 / sampled)
+            areas[area] = variance * (score / sampled + base.areas[area] / published)
+        spread[area] = min(1.0, math.sqrt(max(0.0, variance - transfer**2)) / UNSEEN_SPREAD)
+    return replace(
+        base,
+        name=name,
+        areas=areas,
+        area_uncertainty=spread,
+        origin="profile",
+        uncertainty=round(min(1.0, sum(spread.values()) / len(AREAS)), 4),
     )
 
 

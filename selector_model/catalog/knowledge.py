@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from selector_model.catalog import names
 
@@ -13,6 +13,14 @@ AREAS: tuple[str, ...] = ("knowledge", "reasoning", "math", "code", "instruction
 SPECIALTIES: tuple[str, ...] = ("code", "math", "vision", "reasoning", "tools", "embedding")
 Origin = Literal["catalogue", "config", "profile", "nearest"]
 ORIGINS: tuple[str, ...] = ("catalogue", "config", "profile", "nearest")
+
+
+class Measured(NamedTuple):
+    """An area measured on the user's own backend (`autoroute profile`): the share of
+    `n` items answered correctly."""
+
+    score: float
+    n: int
 
 
 def _frozen(values: Mapping[str, float]) -> Mapping[str, float]:

@@ -77,19 +77,7 @@ def calibrate(
     read, plus what the chance floor had to lift; and the benchmarks its areas take."""
     scale = scales_of(benchmarks)
     floor = floors(benchmarks)
-    lines: dict[str, _Line] = {}
-    for bench, area in benchmarks.items():
-        if bench == scale[area]:
-            continue
-        if same_scale.get(bench) == scale[area]:
-            lines[bench] = _Line(0.0, 1.0, 0.0)
-            continue
-        pairs = [
-            (s[bench], s[scale[area]]) for s in scores.values() if bench in s and scale[area] in s
-        ]
-        line = fit(pairs)
-        if line is not None:
-            lines[bench] = line
+    lines = _lines(scores, benchmarks, same_scale)
     areas: dict[str, dict[str, float]] = {}
     mapped: dict[str, dict[str, float]] = {}
     taken: dict[str, set[str]] = {}
@@ -113,6 +101,47 @@ def calibrate(
                 areas[name][area] = sum(values) / len(values)
                 mapped[name][area] = min(0.5, MAPPED_UNCERTAINTY + error / len(used))
     return areas, mapped, taken
+
+
+def _lines(
+    scores: Mapping[str, Mapping[str, float]],
+    benchmarks: Mapping[str, str],
+    same_scale: Mapping[str, str],
+) -> dict[str, _Line]:
+    """Per benchmark that is not its area's scale, the line mapping it onto the scale:
+    fitted over the entries that report both (none where it predicts the scale
+    poorly), the identity for a benchmark declared on the same scale."""
+    scale = scales_of(benchmarks)
+    lines: dict[str, _Line] = {}
+    for bench, area in benchmarks.items():
+        if bench == scale[area]:
+            continue
+        if same_scale.get(bench) == scale[area]:
+            lines[bench] = _Line(0.0, 1.0, 0.0)
+            continue
+        pairs = [
+            (s[bench], s[scale[area]]) for s in scores.values() if bench in s and scale[area] in s
+        ]
+        line = fit(pairs)
+        if line is not None:
+            lines[bench] = line
+    return lines
+
+
+def transfer_spread(
+    scores: Mapping[str, Mapping[str, float]],
+    benchmarks: Mapping[str, str],
+    same_scale: Mapping[str, str],
+) -> float:
+    """How far one published set of items of an area places a model from another set of
+    items of the same area, beyond their scales: the root mean square residual of the
+    fitted lines (`_lines`) over all the pairs they were fitted on. A user's prompts of
+    an area are one more such set; 0 when no line is fitted."""
+    fitted = [line for line in _lines(scores, benchmarks, same_scale).values() if line.count]
+    count = sum(line.count for line in fitted)
+    if not count:
+        return 0.0
+    return math.sqrt(sum(line.error**2 * line.count for line in fitted) / count)
 
 
 def scales_of(benchmarks: Mapping[str, str]) -> dict[str, str]:

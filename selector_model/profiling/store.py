@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from proxy import private_files
-from selector_model.catalog.knowledge import AREAS
+from selector_model.catalog.knowledge import AREAS, Measured
 
 log = logging.getLogger("autoroute.profiling")
 
@@ -74,12 +74,13 @@ def _parse(doc: Any) -> dict[str, dict[str, AreaResult]]:
             if area not in AREAS:
                 continue  # from a newer suite with areas this version does not know
             try:
-                score = float(entry["score"])
-                if not 0.0 <= score <= 1.0:
+                score, n = float(entry["score"]), int(entry["n"])
+                # A score weighs as much as its items (`Catalog.with_measured`).
+                if not 0.0 <= score <= 1.0 or n < 1:
                     continue
                 kept[str(area)] = AreaResult(
                     score=score,
-                    n=int(entry["n"]),
+                    n=n,
                     suite_version=str(entry["suite_version"]),
                     date=str(entry.get("date", "")),
                     backend=str(entry.get("backend", "")),
@@ -109,8 +110,9 @@ def read(path: str | os.PathLike[str]) -> dict[str, dict[str, AreaResult]]:
         return {}
 
 
-def load_results(path: str | os.PathLike[str]) -> dict[str, dict[str, float]]:
-    """model -> area -> measured score, for `Catalog.with_measured`."""
+def load_results(path: str | os.PathLike[str]) -> dict[str, dict[str, Measured]]:
+    """model -> area -> measured score and its number of items, for
+    `Catalog.with_measured`."""
     return StoreCache(path).measured()
 
 
@@ -172,11 +174,12 @@ class StoreCache:
             self._stamp = stamp
         return self._results
 
-    def measured(self) -> dict[str, dict[str, float]]:
-        """model -> area -> score, as `load_results` gives it, for
-        `Catalog.with_measured` on the decision path."""
+    def measured(self) -> dict[str, dict[str, Measured]]:
+        """model -> area -> score and its number of items, as `load_results` gives it,
+        for `Catalog.with_measured` on the decision path (which weighs a score by its
+        items)."""
         return {
-            model: {area: r.score for area, r in areas.items()}
+            model: {area: Measured(r.score, r.n) for area, r in areas.items()}
             for model, areas in self.results().items()
         }
 
@@ -188,5 +191,5 @@ class StoreCache:
         }
 
     def scores(self, model: str) -> dict[str, float]:
-        """The measured areas of one model (empty when never profiled)."""
-        return self.measured().get(model_key(model), {})
+        """The measured shares of one model's areas (empty when never profiled)."""
+        return {area: m.score for area, m in self.measured().get(model_key(model), {}).items()}
