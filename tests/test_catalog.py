@@ -1041,9 +1041,27 @@ def test_a_measured_area_counts_as_much_as_its_items() -> None:
 
 def test_the_transfer_spread_is_the_catalogues_line_residuals() -> None:
     """The catalogue's figure weighs as much as one published benchmark of an area
-    predicts another of it, beyond their scales: the fitted lines' residual error."""
-    catalog = Catalog.load()
-    assert 0.03 < catalog.transfer_spread < 0.2
+    predicts another of it, beyond their scales: the fitted lines' residual error over
+    all the pairs they were fitted on. A catalogue with no line has no such measure,
+    and a measured share is then taken as it is."""
+    catalog = Catalog.from_data(_scales_data({"MATH": 0.5, "GSM8K": 0.9, "MMLU": 0.6}))
+    pairs = [(0.6, 0.2), (0.7, 0.4), (0.8, 0.6), (0.9, 0.8), (0.95, 0.9), (0.9, 0.5)]
+    x, y = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+    slope, intercept = np.polyfit(x, y, 1)
+    residual = float(np.sum((y - intercept - slope * x) ** 2))
+    # GSM8K's six pairs; MMLU-R's and OLL-MMLU's five each lie on their lines.
+    assert catalog.transfer_spread == pytest.approx(math.sqrt(residual / 16))
+    assert 0.03 < Catalog.load().transfer_spread < 0.2
+    alone = {
+        "version": 1,
+        "areas": list(AREAS),
+        "benchmarks": {"MATH": "math"},
+        "models": [_scales_model("solo", {"MATH": 0.5})],
+    }
+    solo = Catalog.from_data(alone)
+    assert solo.transfer_spread == 0.0
+    measured = solo.with_measured({"solo:7b": {"math": Measured(0.9, 10)}}).lookup("solo:7b")
+    assert measured.areas["math"] == 0.9
 
 
 def test_a_model_the_catalogue_does_not_know_keeps_its_measured_share() -> None:
