@@ -32,9 +32,10 @@ class ModelKnowledge:
     """One model as the selector sees it.
 
     `areas` holds a score in [0, 1] for every area of `AREAS`; `area_uncertainty` says
-    per area how far the score is from a number published (or measured) for this exact
-    model: 0 when it is one, growing with the distance of the neighbours it was imputed
-    from. `uncertainty` is their mean (plus a share for a size that had to be guessed).
+    per area how far the score is from a number published for this exact model: 0 when
+    it is one, growing with the distance of the neighbours it was imputed from; for a
+    measured area, what its items leave unknown beyond that (`Catalog.with_measured`).
+    `uncertainty` is their mean (plus a share for a size that had to be guessed).
     """
 
     name: str
