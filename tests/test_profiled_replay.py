@@ -12,7 +12,7 @@ from proxy.config import Profile
 from selector_model import artifact
 from selector_model.catalog import Catalog, Measured
 from selector_model.profiling import store
-from training import replay, zeroeval_replay
+from training import profiled_replay, replay, zeroeval_replay
 from training.data import Prompt
 from training.zeroeval_data import fleet
 
@@ -43,7 +43,7 @@ def _prompts(learn_a: float, held_a: float, count: int) -> tuple[list[Prompt], l
 def test_the_measured_areas_are_the_learning_halfs_means_on_n_of_each_area() -> None:
     _, learn = _prompts(learn_a=1.0, held_a=0.0, count=20)
     # The dataset's labels name the areas; `gsm` and `crux` as the replay maps them.
-    measured = replay.measured_areas(learn, [A, B], 4, 0, zeroeval_replay.AREAS)
+    measured = profiled_replay.measured_areas(learn, [A, B], 4, 0, zeroeval_replay.AREAS)
     assert set(measured) == {A.ollama_name, B.ollama_name}
     for model, score in ((A.ollama_name, 1.0), (B.ollama_name, 0.0)):
         assert {area: (r.score, r.n) for area, r in measured[model].items()} == {
@@ -51,16 +51,16 @@ def test_the_measured_areas_are_the_learning_halfs_means_on_n_of_each_area() -> 
             "code": (score, 4),
         }
     # All of an area's prompts where it has fewer than N, never one of the held half.
-    whole = replay.measured_areas(learn, [A], 100, 0, zeroeval_replay.AREAS)
+    whole = profiled_replay.measured_areas(learn, [A], 100, 0, zeroeval_replay.AREAS)
     assert {area: r.n for area, r in whole[A.ollama_name].items()} == {
         "math": sum(p.label == "gsm" for p in learn),
         "code": sum(p.label == "crux" for p in learn),
     }
     # Without a label the area is the prompt's kind's, and a kind without one is none.
-    assert replay.area_of(Prompt("Who wrote Hamlet?", {}), {}) == "knowledge"
-    assert replay.area_of(Prompt(CODE, {}), {}) == "code"
-    assert replay.area_of(Prompt("Summarize this text: the cat sat.", {}), {}) is None
-    assert replay.area_of(Prompt(MATHS, {}, "crux"), zeroeval_replay.AREAS) == "code"
+    assert profiled_replay.area_of(Prompt("Who wrote Hamlet?", {}), {}) == "knowledge"
+    assert profiled_replay.area_of(Prompt(CODE, {}), {}) == "code"
+    assert profiled_replay.area_of(Prompt("Summarize this text: the cat sat.", {}), {}) is None
+    assert profiled_replay.area_of(Prompt(MATHS, {}, "crux"), zeroeval_replay.AREAS) == "code"
 
 
 def test_the_profiles_reach_auto_through_the_store_the_registry_reads(
@@ -88,7 +88,7 @@ def test_the_profiles_reach_auto_through_the_store_the_registry_reads(
     monkeypatch.setattr(Catalog, "with_measured", spy)
     monkeypatch.setattr(store, "save", saved)
     result = replay.in_loop(
-        lambda: replay.replay_profiled(
+        lambda: profiled_replay.replay_profiled(
             "two",
             artifact.SHIPPED.parent,
             prompts,
@@ -122,7 +122,7 @@ def test_the_profiles_reach_auto_through_the_store_the_registry_reads(
         A.ollama_name: {"math": 1.0, "code": 1.0},
         B.ollama_name: {"math": 0.0, "code": 0.0},
     }
-    table = replay.measured_table(result, ())
+    table = profiled_replay.measured_table(result, ())
     assert f"  code: the held half's best ({A.ollama_name}, 1.00 on " in table
     assert "placed 2 of 2 by the measured areas" in table
     assert "measured - held half's mean: 1.000 on average" in table
@@ -181,13 +181,13 @@ def test_an_area_the_held_half_lacks_is_left_out_of_the_placements() -> None:
     def areas(**scores: float) -> dict[str, store.AreaResult]:
         return {a: store.AreaResult(s, 1, "replay-1", "", "replay") for a, s in scores.items()}
 
-    result = replay.ProfiledResult(
+    result = profiled_replay.ProfiledResult(
         empty,
         empty,
         measured={"a:7b": areas(math=1.0, code=0.0), "b:7b": areas(math=0.0, code=1.0)},
         published={"a:7b": {"math": 0.5, "code": 0.5}, "b:7b": {"math": 0.4, "code": 0.6}},
         held={"a:7b": areas(math=1.0), "b:7b": areas(math=0.0)},
     )
-    table = replay.measured_table(result, ())
+    table = profiled_replay.measured_table(result, ())
     assert "  math: the held half's best (a:7b, 1.00 on 1 items) placed 1 of 2" in table
     assert "  code:" not in table

@@ -56,7 +56,7 @@ class Prompt:
     scores: dict[str, float]
     # The dataset's own task or category of the prompt where it has one (ZeroEval's
     # task, MMLU-Pro's category, Reasoning Gym's category), which a profiled replay
-    # maps to a capability area (`training.replay.measured_areas`).
+    # maps to a capability area (`training.profiled_replay.measured_areas`).
     label: str = ""
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from proxy.config import Profile, Selector
 from proxy.config import load as load_config
 from selector_model import artifact
-from training import replay
+from training import profiled_replay, replay
 from training.data import Prompt
 from training.models import ModelSpec
 
@@ -199,13 +199,14 @@ class Shipped:
         labels: Mapping[str, str] | None,
     ) -> replay.FleetResult:
         """Replays `prompts` through `auto` on `models` as if each had been profiled on
-        `n` prompts per area of the half learned from (`replay.replay_profiled`), and
-        prints the measured areas, then `replay.table` on the held half without the
-        profiles and with them (and the online learner's curves); returns the latter."""
+        `n` prompts per area of the half learned from
+        (`profiled_replay.replay_profiled`), and prints the measured areas, then
+        `replay.table` on the held half without the profiles and with them (and the
+        online learner's curves); returns the latter."""
         start = time.monotonic()
         result = replay.in_loop(
             functools.partial(
-                replay.replay_profiled,
+                profiled_replay.replay_profiled,
                 label,
                 artifact.SHIPPED.parent,
                 prompts,
@@ -221,7 +222,7 @@ class Shipped:
             )
         )
         print(f"fleet: {', '.join(m.ollama_name for m in models)}")
-        print(replay.measured_table(result, self.trained_on))
+        print(profiled_replay.measured_table(result, self.trained_on))
         for shown in (result.unprofiled, result.profiled):
             print(replay.table(shown))
             _print_picks(shown)
@@ -253,7 +254,7 @@ def grouped_main(
     groups, limit, seed)`), and prints them. `--models` replaces them with one fleet of
     the user's choice, on the groups `--<word>` names or else on all those its models
     share (`groups_of`); `dataset` labels it. `labels`: the area each of the items'
-    labels stands for when `--profiled` (`replay.area_of`)."""
+    labels stands for when `--profiled` (`profiled_replay.area_of`)."""
     by_name = {m.ollama_name: m for m in models}
     parsed = parser(prog, models, limit=limit)
     parsed.add_argument(f"--{word}", help=f"with --models: comma-separated, of {', '.join(groups)}")
