@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from proxy.config import Profile, Selector
 from proxy.config import load as load_config
@@ -19,6 +20,8 @@ from selector_model import artifact
 from training import profiled_replay, replay
 from training.data import Prompt
 from training.models import ModelSpec
+
+T = TypeVar("T")
 
 
 def parser(prog: str, models: Sequence[ModelSpec], limit: int | None) -> argparse.ArgumentParser:
@@ -167,21 +170,7 @@ class Shipped:
         learner as feedback, and prints the fleet, `replay.table`, the picks and the
         time taken."""
         start = time.monotonic()
-        result = replay.in_loop(
-            functools.partial(
-                replay.replay_fleet,
-                label,
-                artifact.SHIPPED.parent,
-                prompts,
-                models,
-                self.profiles,
-                trained_on=self.trained_on,
-                feedback=replay.online_learner,
-                passes=passes,
-                seed=seed,
-                selector=self.selector,
-            )
-        )
+        result = self._replayed(replay.replay_fleet, label, models, prompts, passes, seed)
         print(f"fleet: {', '.join(m.ollama_name for m in models)}")
         print(replay.table(result))
         _print_picks(result)
@@ -204,22 +193,15 @@ class Shipped:
         `replay.table` on the held half without the profiles and with them (and the
         online learner's curves); returns the latter."""
         start = time.monotonic()
-        result = replay.in_loop(
-            functools.partial(
-                profiled_replay.replay_profiled,
-                label,
-                artifact.SHIPPED.parent,
-                prompts,
-                models,
-                self.profiles,
-                n=n,
-                labels=labels or {},
-                trained_on=self.trained_on,
-                feedback=replay.online_learner,
-                passes=passes,
-                seed=seed,
-                selector=self.selector,
-            )
+        result = self._replayed(
+            profiled_replay.replay_profiled,
+            label,
+            models,
+            prompts,
+            passes,
+            seed,
+            n=n,
+            labels=labels or {},
         )
         print(f"fleet: {', '.join(m.ollama_name for m in models)}")
         print(profiled_replay.measured_table(result, self.trained_on))
@@ -228,6 +210,36 @@ class Shipped:
             _print_picks(shown)
         print(f"  ({time.monotonic() - start:.0f}s)", flush=True)
         return result.profiled
+
+    def _replayed(
+        self,
+        run: Callable[..., T],
+        label: str,
+        models: Sequence[ModelSpec],
+        prompts: Sequence[Prompt],
+        passes: int,
+        seed: int,
+        **options: Any,
+    ) -> T:
+        """`run` (`replay.replay_fleet` or `profiled_replay.replay_profiled`) on the
+        shipped artifact with these settings and profiles, the proxy's own online learner
+        as feedback, and `options`."""
+        return replay.in_loop(
+            functools.partial(
+                run,
+                label,
+                artifact.SHIPPED.parent,
+                prompts,
+                models,
+                self.profiles,
+                trained_on=self.trained_on,
+                feedback=replay.online_learner,
+                passes=passes,
+                seed=seed,
+                selector=self.selector,
+                **options,
+            )
+        )
 
 
 def _print_picks(result: replay.FleetResult) -> None:
