@@ -14,6 +14,7 @@ from proxy.config import Selector
 from proxy.config import load as load_config
 from proxy.registry import catalog_for, model_info
 from selector_model import artifact
+from selector_model.catalog import Measured
 from selector_model.features import AREAS, Candidate
 from selector_model.profiling import store as profile_store
 from selector_model.profiling.store import AreaResult
@@ -105,6 +106,14 @@ def test_a_replay_reads_the_profiled_results(tmp_path: Path) -> None:
     profile_store.save(store, "qwen2.5:7b", {"math": measured})
     config = load_config(_config(tmp_path, {"profiles_path": str(store)}))
     fleet = [BY_OLLAMA_NAME["qwen2.5:7b"], BY_OLLAMA_NAME["mistral:7b"]]
-    areas = dict(zip(AREAS, _replayed(fleet, config.selector)["qwen2.5:7b"].areas, strict=True))
-    # The measured area wins over the published one, as it does in the proxy.
-    assert areas["math"] == 0.05
+    replayed = _replayed(fleet, config.selector)["qwen2.5:7b"].areas
+    unmeasured = replace(config.selector, profiles_path=str(tmp_path / "none.json"))
+    published = dict(zip(AREAS, _replayed(fleet, unmeasured)["qwen2.5:7b"].areas, strict=True))
+    # The measured area is weighed in as the proxy weighs it (`Catalog.with_measured`),
+    # moving the published one towards the measured share.
+    spec = fleet[0]
+    catalog = catalog_for(config).with_measured({"qwen2.5:7b": {"math": Measured(0.05, 20)}})
+    proxy = model_info(spec.ollama_name, spec.tag(), spec.show(), catalog)
+    assert replayed == proxy.candidate.areas
+    math = dict(zip(AREAS, replayed, strict=True))["math"]
+    assert 0.05 < math < published["math"]
