@@ -505,14 +505,26 @@ def _with_areas(
     for area, score in given.items():
         areas[area] = float(score)
         spread[area] = 0.0
-    uncertainty = sum(spread.values()) / len(AREAS)
+    return _given_areas(base, areas, spread, origin, name)
+
+
+def _given_areas(
+    base: ModelKnowledge,
+    areas: dict[str, float],
+    spread: dict[str, float],
+    origin: str,
+    name: str,
+) -> ModelKnowledge:
+    """`base` under `name` with `areas` and their `spread` from `origin`, and its
+    uncertainty the mean of the areas' spreads: for configured and for measured areas
+    alike."""
     return replace(
         base,
         name=name,
         areas=areas,
         area_uncertainty=spread,
         origin=origin,  # type: ignore[arg-type]
-        uncertainty=round(min(1.0, uncertainty), 4),
+        uncertainty=round(min(1.0, sum(spread.values()) / len(AREAS)), 4),
     )
 
 
@@ -544,14 +556,7 @@ def _with_measured(
             variance = 1.0 / (1.0 / published + 1.0 / sampled)
             areas[area] = variance * (score / sampled + base.areas[area] / published)
         spread[area] = min(1.0, math.sqrt(max(0.0, variance - transfer**2)) / UNSEEN_SPREAD)
-    return replace(
-        base,
-        name=name,
-        areas=areas,
-        area_uncertainty=spread,
-        origin="profile",
-        uncertainty=round(min(1.0, sum(spread.values()) / len(AREAS)), 4),
-    )
+    return _given_areas(base, areas, spread, "profile", name)
 
 
 def _read_scores(
