@@ -220,6 +220,31 @@ _OPENAI_STRUCTS: dict[str, Shape] = {
         "Reasoning", "openai.Reasoning", {"effort": ("string", "string", None)}
     ),
     "openai.ResponsesTool": _RESPONSES_TOOL,
+    "openai.ResponsesReasoning": Shape(
+        "ResponsesReasoning",
+        "openai.ResponsesReasoning",
+        {name: ("string", "string", None) for name in ("effort", "generate_summary", "summary")},
+    ),
+    "openai.ResponsesText": Shape(  # a pointer in the request, as its `format` is
+        "ResponsesText",
+        "openai.ResponsesText",
+        {
+            "format": (
+                "object",
+                "openai.ResponsesTextFormat",
+                Shape(
+                    "ResponsesTextFormat",
+                    "openai.ResponsesTextFormat",
+                    {
+                        "type": ("string", "string", None),
+                        "name": ("string", "string", None),
+                        "schema": ("raw", "json.RawMessage", None),
+                        "strict": ("bool", "bool", None),
+                    },
+                ),
+            )
+        },
+    ),
 }
 
 

@@ -231,6 +231,9 @@ def input_refusal(inp: Any) -> str | None:
 # openai.ResponsesRequest, {json name: kind} (see `go_requests.check_fields`).
 RESPONSES_FIELDS = {
     "model": "string",
+    "background": "bool",
+    "conversation": "raw",
+    "include": "[]string",
     "input": Unmarshals(input_refusal),  # ResponsesInput's UnmarshalJSON
     "instructions": "string",
     "stream": "bool",
@@ -238,8 +241,8 @@ RESPONSES_FIELDS = {
     "temperature": "float",
     "top_p": "float",
     "tools": "[]openai.ResponsesTool",
-    "reasoning": "map",
-    "text": "map",
+    "reasoning": "openai.ResponsesReasoning",
+    "text": "openai.ResponsesText",
     "truncation": "string",
 }
 RESPONSES_REQUEST = ("openai.ResponsesRequest", RESPONSES_FIELDS)

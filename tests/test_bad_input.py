@@ -1031,3 +1031,70 @@ async def test_a_responses_input_refused_ends_the_decoding(
     error is saved for the end: it wins over one before it, and over a later value of
     the key, which Go never reaches."""
     await _refused_alike(emulator, proxy, "/v1/responses", body, _INPUT_ERROR)
+
+
+# openai.ResponsesRequest's other fields (openai/responses.go): `background` a bool,
+# `include` a []string, `conversation` a json.RawMessage; `reasoning` a
+# ResponsesReasoning and `text` a *ResponsesText (its `format` a *ResponsesTextFormat),
+# structs, whose fields Go names in its errors and whose unknown keys it skips unread.
+_UNMARSHAL = "json: cannot unmarshal %s into Go struct field %s of type %s"
+RESPONSE_FIELDS = [
+    (b'"background": "yes"', _UNMARSHAL % ("string", "ResponsesRequest.background", "bool")),
+    (b'"include": "x"', _UNMARSHAL % ("string", "ResponsesRequest.include", "[]string")),
+    (b'"include": ["a", 1]', _UNMARSHAL % ("number", "ResponsesRequest.include", "string")),
+    (
+        b'"reasoning": {"effort": 5}',
+        _UNMARSHAL % ("number", "ResponsesReasoning.reasoning.effort", "string"),
+    ),
+    (
+        b'"reasoning": {"Summary": true}',
+        _UNMARSHAL % ("bool", "ResponsesReasoning.reasoning.summary", "string"),
+    ),
+    (
+        b'"reasoning": "high"',
+        _UNMARSHAL % ("string", "ResponsesRequest.reasoning", "openai.ResponsesReasoning"),
+    ),
+    (b'"text": 5', _UNMARSHAL % ("number", "ResponsesRequest.text", "openai.ResponsesText")),
+    (
+        b'"text": {"format": "json"}',
+        _UNMARSHAL % ("string", "ResponsesText.text.format", "openai.ResponsesTextFormat"),
+    ),
+    (
+        b'"text": {"format": {"type": 5}}',
+        _UNMARSHAL % ("number", "ResponsesTextFormat.text.format.type", "string"),
+    ),
+    (
+        b'"text": {"format": {"type": "json_schema", "strict": "yes"}}',
+        _UNMARSHAL % ("string", "ResponsesTextFormat.text.format.strict", "bool"),
+    ),
+]
+
+
+@pytest.mark.parametrize(("field", "message"), RESPONSE_FIELDS, ids=[m for _, m in RESPONSE_FIELDS])
+async def test_a_responses_field_of_the_wrong_type_gets_ollamas_error(
+    emulator: Emulator, proxy: Proxy, field: bytes, message: str
+) -> None:
+    """The emulator refuses it as Ollama does, and so does the proxy, for `auto` too."""
+    body = b'{"model": "qwen2.5:7b", "input": "hi", ' + field + b"}"
+    await _refused_alike(emulator, proxy, "/v1/responses", body, message)
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        b'"reasoning": {"x": 1e400, "summary": "auto"}',
+        b'"conversation": {"id": 1e400}',
+        b'"text": {"format": {"type": "text", "x": 1e400}, "verbosity": 1e400}',
+        b'"include": null, "background": false',
+    ],
+)
+async def test_a_responses_field_go_reads_is_served(
+    emulator: Emulator, proxy: Proxy, field: bytes
+) -> None:
+    """What those structs take (a key they do not have skipped, a json.RawMessage kept
+    unread) is served, directly and for `auto`."""
+    body = b'{"model": "qwen2.5:7b", "input": "hi", ' + field + b"}"
+    direct = await raw(emulator.url, "POST", "/v1/responses", body)
+    assert direct[0] == 200, direct
+    routed = body.replace(b'"qwen2.5:7b"', b'"auto"')
+    assert (await raw(proxy.url, "POST", "/v1/responses", routed))[0] == 200
