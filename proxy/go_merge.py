@@ -78,6 +78,28 @@ _OPENAI_MESSAGE = _Struct(
         ),
     ),
 )
+# A Responses input's content parts and items (openai/responses.go): ResponsesInput's
+# UnmarshalJSON decodes each item of an array afresh, into a struct of its type (of
+# strings, but for a reasoning item's `summary`, a web search call's `action`, and the
+# json.RawMessages a message's `content` and a function call output's `output` are,
+# whose array's parts are decoded afresh in turn); one spec holds every type's fields.
+_RESPONSES_PARTS = _Slice(
+    _Struct(False, _plain("type text detail file_id image_url file_data file_url filename")),
+    fresh=True,
+)
+_RESPONSES_INPUT = _Slice(
+    _Struct(
+        False,
+        _plain(
+            "type role id call_id name arguments status encrypted_content",
+            content=_RESPONSES_PARTS,
+            output=_RESPONSES_PARTS,
+            summary=_Slice(_Struct(False, _plain("type text"))),
+            action=_Struct(True, _plain("type query")),
+        ),
+    ),
+    fresh=True,
+)
 # Each request struct (as `check_fields` names it) as `go_decoded` merges into it, from
 # api/types.go, openai/openai.go, openai/responses.go and anthropic/anthropic.go.
 _MERGES: dict[str, _Struct] = {
@@ -126,6 +148,7 @@ _MERGES: dict[str, _Struct] = {
         _plain(
             "model background instructions",
             include=_Slice("plain"),
+            input=_RESPONSES_INPUT,
             tools=_Slice(_Struct(False, _plain("type name", parameters="map"))),
             reasoning=_Struct(False, _plain("effort generate_summary summary")),
             text=_Struct(True, {"format": _Struct(True, _plain("type name"))}),

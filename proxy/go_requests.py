@@ -38,7 +38,6 @@ from proxy.go_types import (
     fits,
     is_number,
     not_into,
-    taken_whole,
     type_error,
     whole_literal,
 )
@@ -97,7 +96,7 @@ def check_fields(body: Any, struct: str, fields: Mapping[str, str]) -> dict[str,
 def _check_field(value: Any, struct: str, key: str, want: str) -> None:
     """A field's value of `check_fields`'s kind `want`, not null; its elements in order."""
     if isinstance(want, Unmarshals):
-        refused = want.refusal(taken_whole(value))
+        refused = want.refusal(value)
         if refused is not None:
             raise Aborts(refused)
         return

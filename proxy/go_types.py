@@ -37,7 +37,8 @@ class Aborts(BodyError):
 class Unmarshals(str):
     """The kind (`go_requests.check_fields`) of a field whose type has an UnmarshalJSON
     of its own that takes the value as written, "raw" to any other reader: what
-    `refusal` returns of the value (its keys read as `taken_whole` reads them) is that
+    `refusal` returns of the value as the reading holds it (an object that gives a key
+    twice a `go_json.Pairs`, which that UnmarshalJSON reads as Go would) is that
     UnmarshalJSON's error, which ends the decoding (`Aborts`)."""
 
     __slots__ = ("refusal",)

@@ -9,18 +9,22 @@ proxy, which answers for `auto` in a backend's place (`auto_routes.refusal`).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from proxy import go_json
+from proxy.go_json import Pairs
 from proxy.go_requests import check_fields
 from proxy.go_types import (
     BodyError,
     Shape,
     Unmarshals,
+    as_assigned,
     check_arguments,
     check_struct,
     go_kind,
     not_into,
+    taken_whole,
 )
 from proxy.multipart_form import go_quote
 from proxy.openai_chat import decode_image_url, think_from_effort
@@ -31,15 +35,25 @@ from selector_model.request_body import canonical_key
 _RAW_FIELDS = frozenset({"content", "output"})
 
 
-def as_struct(value: dict[str, Any]) -> dict[str, Any]:
+def _pairs(value: dict[str, Any] | Pairs) -> Iterable[tuple[str, Any]]:
+    """An object's keys and values in the body's order, every one of them where it
+    gives a key twice (a `Pairs`, `go_json.read_repeated`)."""
+    return value if isinstance(value, Pairs) else value.items()
+
+
+def _is_object(value: Any) -> bool:
+    return isinstance(value, dict | Pairs)
+
+
+def as_struct(value: dict[str, Any] | Pairs) -> dict[str, Any]:
     """`value`, an input item or a content part, as the structs Ollama unmarshals it
     into read it: each key names the field its lower-case spelling names
     (`canonical_key`), the last of the keys naming one wins, and a null leaves a
     string field as it was. `value` itself where every key is lower case already."""
-    if all(key.isascii() and key.islower() for key in value):
+    if isinstance(value, dict) and all(key.isascii() and key.islower() for key in value):
         return value
     out: dict[str, Any] = {}
-    for key, item in value.items():
+    for key, item in _pairs(value):
         name = canonical_key(key)
         if item is None and name not in _RAW_FIELDS and name in out:
             continue
@@ -50,9 +64,9 @@ def as_struct(value: dict[str, Any]) -> dict[str, Any]:
 
 def _parts(content: Any) -> list[dict[str, Any]]:
     """The objects of an array of content parts, each `as_struct`."""
-    return (
-        [as_struct(p) for p in content if isinstance(p, dict)] if isinstance(content, list) else []
-    )
+    if not isinstance(content, list) or isinstance(content, Pairs):
+        return []
+    return [as_struct(p) for p in content if _is_object(p)]
 
 
 def text_of(content: Any) -> str:
@@ -154,9 +168,9 @@ def _head_refusal(value: Any, head: str, fields: tuple[str, ...]) -> str | None:
     whatever the case of its key, the first in the body's order."""
     if value is None:
         return None
-    if not isinstance(value, dict):
+    if not _is_object(value):
         return not_into(value, head)
-    for key, field in value.items():
+    for key, field in _pairs(value):
         name = canonical_key(key)
         if name in fields and field is not None and not isinstance(field, str):
             kind = go_kind(field)
@@ -164,10 +178,12 @@ def _head_refusal(value: Any, head: str, fields: tuple[str, ...]) -> str | None:
     return None
 
 
-def _struct_refusal(value: dict[str, Any], shape: Shape) -> str | None:
-    """json.Unmarshal of `value` into the struct of `shape`: its first type error."""
+def _struct_refusal(value: dict[str, Any] | Pairs, shape: Shape) -> str | None:
+    """json.Unmarshal of `value` into the struct of `shape`: its first type error, in
+    the body's order, an earlier value of a key given twice's too (`as_assigned`)."""
     try:
-        check_struct(value, shape, "")
+        for assigned in as_assigned(value):
+            check_struct(assigned, shape, "")
     except BodyError as exc:
         return str(exc)
     return None
@@ -180,8 +196,10 @@ def _content_refusal(content: Any, name: str = "content") -> str | None:
     into its type's struct."""
     if content is None or isinstance(content, str):
         return None
-    if not isinstance(content, list):
-        return f"{name} must be a string or array: " + not_into(content, "[]json.RawMessage")
+    if not isinstance(content, list) or isinstance(content, Pairs):
+        return f"{name} must be a string or array: " + not_into(
+            taken_whole(content), "[]json.RawMessage"
+        )
     for i, part in enumerate(content):
         refused = _head_refusal(part, _PART_HEAD, ("type",))
         if refused is None:
@@ -205,8 +223,8 @@ def input_refusal(inp: Any) -> str | None:
     number is, as a "number", and goes unread where Go skips it."""
     if inp is None or isinstance(inp, str):
         return None
-    if not isinstance(inp, list):
-        return "input must be a string or array: " + not_into(inp, "[]json.RawMessage")
+    if not isinstance(inp, list) or isinstance(inp, Pairs):
+        return "input must be a string or array: " + not_into(taken_whole(inp), "[]json.RawMessage")
     for i, item in enumerate(inp):
         refused = _head_refusal(item, _ITEM_HEAD, ("type", "role"))
         if refused is None:

@@ -234,6 +234,9 @@ _BAD_THINK = 'invalid think value: "bad" (must be "high", "medium", "low", "max"
 # buger/jsonparser's error for a value that is no object where an ordered map is read.
 _NOT_AN_OBJECT = "Value looks like object, but can't find closing '}' symbol"
 _OA_USER = b'"messages": [{"role": "user", "content": "hi"}]'
+# A Responses request of these input items, and a message item of these content parts.
+_RESPONSE = b'{"model": "qwen2.5:7b", "input": [%s]}'
+_MESSAGE = b'{"type": "message", "role": "user", "content": [%s]}'
 REPEATED = [
     (
         "/api/generate",
@@ -301,6 +304,19 @@ REPEATED = [
         b' [{"function": {"index": "0", "index": 0, "name": "f"}}]}], "stream": false}',
         "json: cannot unmarshal string into Go struct field "
         "ChatRequest.messages.tool_calls.function.index of type int",
+    ),
+    # A Responses input item or content part: the structs its UnmarshalJSON decodes it
+    # into (openai/responses.go) save the earlier value's error too.
+    (
+        "/v1/responses",
+        _RESPONSE % (_MESSAGE % b'{"type": "input_text", "text": 5, "text": "hi"}'),
+        "input[0]: content[0]: json: cannot unmarshal number into Go struct field "
+        "ResponsesTextContent.text of type string",
+    ),
+    (
+        "/v1/responses",
+        _RESPONSE % b'{"type": 5, "type": "message", "role": "user", "content": "hi"}',
+        "input[0]: json: cannot unmarshal number into Go struct field .type of type string",
     ),
 ]
 
@@ -414,6 +430,30 @@ MERGED = [
         b' "stream_options": {"include_usage": null}}',
         b'{"model": "qwen2.5:7b", "prompt": "hi", "stream": true,'
         b' "stream_options": {"include_usage": true}}',
+    ),
+    # A Responses input item and content part: each is unmarshalled into structs of
+    # strings (openai/responses.go), where a null leaves what an earlier key set.
+    (
+        "/v1/responses",
+        _RESPONSE % (_MESSAGE % b'{"type": "input_text", "Type": null, "text": "hi"}'),
+        _RESPONSE % (_MESSAGE % b'{"type": "input_text", "text": "hi"}'),
+    ),
+    (
+        "/v1/responses",
+        _RESPONSE % (_MESSAGE % b'{"type": "input_text", "text": "hi", "type": null}'),
+        _RESPONSE % (_MESSAGE % b'{"type": "input_text", "text": "hi"}'),
+    ),
+    (
+        "/v1/responses",
+        _RESPONSE % b'{"role": "user", "content": "hi", "Role": null}',
+        _RESPONSE % b'{"role": "user", "content": "hi"}',
+    ),
+    (
+        "/v1/responses",
+        _RESPONSE % b'{"type": "function_call_output", "call_id": "c", "output":'
+        b' [{"type": "input_text", "text": "42", "Text": null}], "type": null}',
+        _RESPONSE % b'{"type": "function_call_output", "call_id": "c", "output":'
+        b' [{"type": "input_text", "text": "42"}]}',
     ),
 ]
 
@@ -882,8 +922,6 @@ async def test_a_format_beyond_a_double_is_not_refused_as_a_number(
 # each item and content part into a struct of strings alone: no number in it is
 # parsed, so one beyond a double is refused where any number is, as a "number", and
 # goes unread where Go skips the key.
-_RESPONSE = b'{"model": "qwen2.5:7b", "input": [%s]}'
-_MESSAGE = b'{"type": "message", "role": "user", "content": [%s]}'
 RESPONSE_INPUT_BEYOND = [
     (
         _MESSAGE % b"1e400",
