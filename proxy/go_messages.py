@@ -20,6 +20,7 @@ from proxy.go_types import (
     check_image,
     check_struct,
     fits,
+    not_into,
     strings_alone,
     taken_whole,
     type_error,
@@ -58,6 +59,21 @@ _TOOL = Shape(
         "function": ("object", _FUNCTION.go_type, _FUNCTION),
     },
 )
+
+
+def parameters_refusal(value: Any) -> str | None:
+    """json.Unmarshal's error decoding `value`, a schema taken as written (an Anthropic
+    tool's input_schema, a Responses tool's parameters), into an
+    api.ToolFunctionParameters; None where it decodes (a null too)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        return not_into(value, _PARAMETERS.go_type)
+    try:
+        check_struct(value, _PARAMETERS, "")
+    except BodyError as exc:
+        return str(exc)
+    return None
 
 
 def check_tool(item: Any, struct: str, key: str) -> None:

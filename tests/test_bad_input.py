@@ -1136,3 +1136,107 @@ async def test_a_responses_field_go_reads_is_served(
     assert direct[0] == 200, direct
     routed = body.replace(b'"qwen2.5:7b"', b'"auto"')
     assert (await raw(proxy.url, "POST", "/v1/responses", routed))[0] == 200
+
+
+# What anthropic.FromMessagesRequest refuses as it converts a message's blocks
+# (anthropic/anthropic.go convertMessage, convertToolResultContent, resolveImageSource)
+# and a tool's input_schema (convertTool), in that order: the middleware's 400.
+_ANTHROPIC = b'{"model": "qwen2.5:7b", "max_tokens": 5, "messages": [%s]%s}'
+_USER_BLOCK = b'{"role": "user", "content": [%s]}'
+_RESULT = b'{"type": "tool_result", "tool_use_id": "t", "content": [%s]}'
+ANTHROPIC_CONVERSION = [
+    (_ANTHROPIC % (_USER_BLOCK % b'{"type": "image"}', b""), "invalid image source"),
+    (
+        _ANTHROPIC % (_USER_BLOCK % b'{"type": "image", "source": {"type": "url"}}', b""),
+        "invalid image source type: url. Only base64 images are supported.",
+    ),
+    (
+        _ANTHROPIC
+        % (_USER_BLOCK % b'{"type": "image", "source": {"Type": "base64", "data": "ab="}}', b""),
+        "invalid base64 image data: illegal base64 data at input byte 3",
+    ),
+    (
+        _ANTHROPIC
+        % (b'{"role": "assistant", "content": [{"type": "tool_use", "name": "f"}]}', b""),
+        "tool_use block missing required 'id' field",
+    ),
+    (
+        _ANTHROPIC % (b'{"role": "assistant", "content": [{"type": "tool_use", "id": "t"}]}', b""),
+        "tool_use block missing required 'name' field",
+    ),
+    (
+        _ANTHROPIC
+        % (_USER_BLOCK % (_RESULT % b'{"type": "text", "text": "x"}, {"type": "image"}'), b""),
+        "invalid tool_result image source",
+    ),
+    # The result's content is an `any`: its blocks are maps, read by their exact keys.
+    (
+        _ANTHROPIC
+        % (_USER_BLOCK % (_RESULT % b'{"type": "image", "source": {"Type": "base64"}}'), b""),
+        "invalid image source type: . Only base64 images are supported.",
+    ),
+    (
+        _ANTHROPIC
+        % (
+            b'{"role": "user", "content": "hi"}',
+            b', "tools": [{"name": "f", "input_schema": {"type": 5}}]',
+        ),
+        'invalid input_schema for tool "f": json: cannot unmarshal number into Go struct field'
+        " ToolFunctionParameters.type of type string",
+    ),
+    # The messages' errors come first.
+    (
+        _ANTHROPIC
+        % (_USER_BLOCK % b'{"type": "image"}', b', "tools": [{"name": "f", "input_schema": "x"}]'),
+        "invalid image source",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"), ANTHROPIC_CONVERSION, ids=[m for _, m in ANTHROPIC_CONVERSION]
+)
+async def test_an_anthropic_request_go_cannot_convert_gets_ollamas_error(
+    emulator: Emulator, proxy: Proxy, body: bytes, message: str
+) -> None:
+    """The emulator refuses it as Ollama does, and so does the proxy, for `auto` too."""
+    await _refused_alike(emulator, proxy, "/v1/messages", body, message)
+
+
+def _answer(body: bytes) -> dict[str, object]:
+    doc = orjson.loads(body)
+    assert isinstance(doc, dict)
+    doc.pop("id", None)
+    return doc
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b'[{"type": "text", "text": "sunny and "}, {"type": "text", "text": "warm"}]',
+        b'[{"type": "text", "text": "sunny and warm"}, {"type": "other", "text": "cold"},'
+        b' {"text": "cold"}, 5, {"type": "text", "text": 5}]',
+    ],
+)
+async def test_an_anthropic_tool_result_of_text_blocks_is_read_as_its_text(
+    emulator: Emulator, proxy: Proxy, content: bytes
+) -> None:
+    """convertToolResultContent joins the text of a result's "text" blocks (skipping
+    any other element): the tool message the model reads, and so the answer and its
+    token counts, are those of the same text given as a string."""
+    turns = (
+        b'{"role": "user", "content": "weather?"}, {"role": "assistant", "content":'
+        b' [{"type": "tool_use", "id": "t", "name": "w", "input": {}}]},'
+        b' {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t",'
+        b' "content": %s}]}'
+    )
+    body = _ANTHROPIC % (turns % content, b"")
+    plain = _ANTHROPIC % (turns % b'"sunny and warm"', b"")
+    direct = await raw(emulator.url, "POST", "/v1/messages", body)
+    assert direct[0] == 200, direct
+    expected = await raw(emulator.url, "POST", "/v1/messages", plain)
+    assert _answer(direct[2]) == _answer(expected[2])
+    proxied = await raw(proxy.url, "POST", "/v1/messages", body)
+    assert _answer(proxied[2]) == _answer(expected[2])
+    routed = body.replace(b'"qwen2.5:7b"', b'"auto"')
+    assert (await raw(proxy.url, "POST", "/v1/messages", routed))[0] == 200
