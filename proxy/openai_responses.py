@@ -14,6 +14,7 @@ from typing import Any
 
 from proxy import go_json
 from proxy.go_json import Pairs
+from proxy.go_messages import parameters_refusal
 from proxy.go_requests import check_fields
 from proxy.go_types import (
     BodyError,
@@ -313,36 +314,95 @@ def chat_from_responses(body: dict[str, Any]) -> dict[str, Any]:
                     "tool_calls": [{"function": {"name": item.get("name", ""), "arguments": {}}}],
                 }
             )
-    tools = [
-        {
-            "type": "function",
-            "function": {
-                "name": t.get("name"),
-                "description": t.get("description", ""),
-                "parameters": t.get("parameters") or {},
-            },
-        }
-        for t in body.get("tools") or []
-        if isinstance(t, dict)
-    ]
     options: dict[str, Any] = {}
     if body.get("max_output_tokens") is not None:
         options["num_predict"] = body["max_output_tokens"]
+    think = think_from_effort((body.get("reasoning") or {}).get("effort") or "")
     out: dict[str, Any] = {
         "model": body.get("model") or "",
         "messages": messages,
         "options": options,
-        "tools": tools,
+        "tools": _tools(body.get("tools") or []),
         "stream": body.get("stream") is True,
     }
     # Only a json_schema format with a schema becomes the chat's format.
     fmt = (body.get("text") or {}).get("format")
     if isinstance(fmt, dict) and fmt.get("type") == "json_schema" and fmt.get("schema"):
         out["format"] = fmt["schema"]
-    think = think_from_effort((body.get("reasoning") or {}).get("effort") or "")
     if think is not None:
         out["think"] = think
     return out
+
+
+# WebSearchFunctionTool: the function a Responses request's built-in web search is.
+_WEB_SEARCH = {
+    "type": "function",
+    "function": {
+        "name": "web_search",
+        "description": "Search the web for current information.",
+        "parameters": {
+            "type": "object",
+            "required": ["query"],
+            "properties": {"query": {"type": "string", "description": "The search query."}},
+        },
+    },
+}
+
+
+def _declared(tools: Any) -> list[dict[str, Any]]:
+    """Each of a list of ResponsesTools as its struct reads it (null: the zero one)."""
+    return [as_struct(t) if isinstance(t, dict) else {} for t in tools or []]
+
+
+def _tools(declared: list[Any]) -> list[dict[str, Any]]:
+    """FromResponsesRequest's tools: the built-in web search as its function (and no
+    declared function of its name beside it), every other tool converted
+    (`_converted`)."""
+    tools = _declared(declared)
+    web_search = any(t.get("type") == "web_search" for t in tools)
+    out = []
+    for tool in tools:
+        if tool.get("type") == "web_search":
+            out.append(_WEB_SEARCH)
+            continue
+        for function in _converted(tool):
+            if not (web_search and function["function"]["name"] == "web_search"):
+                out.append(function)
+    return out
+
+
+def _converted(tool: dict[str, Any]) -> list[dict[str, Any]]:
+    """convertTools: a namespace as its tools, each named under it ("n.f"); any other
+    tool as its function, whose parameters json.Marshal writes (each map's keys
+    sorted) and json.Unmarshal decodes into an api.ToolFunctionParameters, refused
+    with that error."""
+    name = tool.get("name") or ""
+    if tool.get("type") == "namespace":
+        members = [f for member in _declared(tool.get("tools")) for f in _converted(member)]
+        for member in members:
+            function = member["function"]
+            if name and not function["name"].startswith(name + "."):
+                function["name"] = f"{name}.{function['name']}"
+        return members
+    parameters = tool.get("parameters")
+    refused = parameters_refusal(_sorted(parameters))
+    if refused is not None:
+        raise BodyError(f"failed to unmarshal tool parameters: {refused}")
+    function = {
+        "name": name,
+        "description": tool.get("description") or "",
+        "parameters": parameters or {},
+    }
+    return [{"type": tool.get("type") or "", "function": function}]
+
+
+def _sorted(value: Any) -> Any:
+    """`value` as json.Marshal writes it, each object's keys in sorted order."""
+    if isinstance(value, dict):
+        return {key: _sorted(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted(item) for item in value]
+    return value
 
 
 def converted(doc: Any) -> dict[str, Any]:

@@ -1240,3 +1240,42 @@ async def test_an_anthropic_tool_result_of_text_blocks_is_read_as_its_text(
     assert _answer(proxied[2]) == _answer(expected[2])
     routed = body.replace(b'"qwen2.5:7b"', b'"auto"')
     assert (await raw(proxy.url, "POST", "/v1/messages", routed))[0] == 200
+
+
+# What openai.FromResponsesRequest refuses of a tool (convertTool): its parameters,
+# a map[string]any, written by json.Marshal (each map's keys sorted) and unmarshalled
+# into an api.ToolFunctionParameters, a namespace's tools too; after the input's and
+# the reasoning effort's errors.
+_PARAMETERS_ERROR = "failed to unmarshal tool parameters: "
+RESPONSE_TOOL_CONVERSION = [
+    (
+        b'"tools": [{"type": "function", "name": "f", "parameters": {"type": 5}}]',
+        _PARAMETERS_ERROR + _UNMARSHAL % ("number", "ToolFunctionParameters.type", "string"),
+    ),
+    (
+        b'"tools": [{"type": "function", "name": "f", "parameters": {"type": 5, "required": "x"}}]',
+        _PARAMETERS_ERROR + _UNMARSHAL % ("string", "ToolFunctionParameters.required", "[]string"),
+    ),
+    (
+        b'"tools": [{"type": "namespace", "name": "n", "tools": [{"type": "function",'
+        b' "name": "f", "parameters": {"properties": 5}}]}]',
+        _PARAMETERS_ERROR + _NOT_AN_OBJECT,
+    ),
+    (
+        b'"tools": [{"type": "function", "name": "f", "parameters": {"type": 5}}],'
+        b' "reasoning": {"effort": "huge"}',
+        'invalid reasoning value: "huge" (must be "minimal", "low", "medium", "high", "xhigh",'
+        ' "ultra", "max", or "none")',
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("field", "message"), RESPONSE_TOOL_CONVERSION, ids=[m for _, m in RESPONSE_TOOL_CONVERSION]
+)
+async def test_a_responses_tool_go_cannot_convert_gets_ollamas_error(
+    emulator: Emulator, proxy: Proxy, field: bytes, message: str
+) -> None:
+    """The emulator refuses it as Ollama does, and so does the proxy, for `auto` too."""
+    body = b'{"model": "qwen2.5:7b", "input": "hi", ' + field + b"}"
+    await _refused_alike(emulator, proxy, "/v1/responses", body, message)
