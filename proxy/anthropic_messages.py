@@ -29,8 +29,14 @@ MESSAGES_FIELDS = {
     "system": "any",
     "stream": "bool",
     "temperature": "float",
+    "top_p": "float",
+    "top_k": "int",
+    "stop_sequences": "[]string",
     "tools": "[]anthropic.Tool",
-    "thinking": "map",
+    "tool_choice": "anthropic.ToolChoice",
+    "thinking": "anthropic.ThinkingConfig",
+    "metadata": "anthropic.Metadata",
+    "output_config": "anthropic.OutputConfig",
 }
 MESSAGES_REQUEST = ("anthropic.MessagesRequest", MESSAGES_FIELDS)
 

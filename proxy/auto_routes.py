@@ -182,6 +182,8 @@ _ROUTE_INT_FIELDS = {
     "/api/embed": _int_fields(go_requests.EMBED_FIELDS),
     "/api/embeddings": _int_fields(go_requests.EMBEDDINGS_FIELDS),
     OPENAI_CHAT_PATH: _int_fields(openai_chat.CHAT_FIELDS),
+    "/v1/responses": _int_fields(openai_responses.RESPONSES_FIELDS),
+    ANTHROPIC_PATH: _int_fields(anthropic_messages.MESSAGES_FIELDS),
 }
 _INT_FIELDS = _int_fields(
     go_requests.GENERATE_FIELDS,

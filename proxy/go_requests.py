@@ -201,8 +201,8 @@ _RESPONSES_TOOL = Shape("ResponsesTool", "openai.ResponsesTool", _RESPONSES_TOOL
 _RESPONSES_TOOL_FIELDS["tools"] = ("[]", "[]openai.ResponsesTool", _RESPONSES_TOOL)
 
 
-# The openai structs of plain fields a request holds, by the name its field list
-# gives them (`check_fields`). (JsonSchema's one field is a json.RawMessage: anything.)
+# The openai and anthropic structs of plain fields a request holds, by the name its
+# field list gives them (`check_fields`). (JsonSchema's one field is a json.RawMessage: anything.)
 _OPENAI_STRUCTS: dict[str, Shape] = {
     "openai.StreamOptions": Shape(
         "StreamOptions", "openai.StreamOptions", {"include_usage": ("bool", "bool", None)}
@@ -219,6 +219,38 @@ _OPENAI_STRUCTS: dict[str, Shape] = {
         "Reasoning", "openai.Reasoning", {"effort": ("string", "string", None)}
     ),
     "openai.ResponsesTool": _RESPONSES_TOOL,
+    # anthropic/anthropic.go's, of anthropic.MessagesRequest.
+    "anthropic.Tool": Shape(
+        "Tool",
+        "anthropic.Tool",
+        {
+            "type": ("string", "string", None),
+            "name": ("string", "string", None),
+            "description": ("string", "string", None),
+            "input_schema": ("raw", "json.RawMessage", None),
+            "max_uses": ("int", "int", None),
+        },
+    ),
+    "anthropic.ToolChoice": Shape(
+        "ToolChoice",
+        "anthropic.ToolChoice",
+        {
+            "type": ("string", "string", None),
+            "name": ("string", "string", None),
+            "disable_parallel_tool_use": ("bool", "bool", None),
+        },
+    ),
+    "anthropic.ThinkingConfig": Shape(
+        "ThinkingConfig",
+        "anthropic.ThinkingConfig",
+        {"type": ("string", "string", None), "budget_tokens": ("int", "int", None)},
+    ),
+    "anthropic.Metadata": Shape(
+        "Metadata", "anthropic.Metadata", {"user_id": ("string", "string", None)}
+    ),
+    "anthropic.OutputConfig": Shape(
+        "OutputConfig", "anthropic.OutputConfig", {"effort": ("string", "string", None)}
+    ),
     "openai.ResponsesReasoning": Shape(
         "ResponsesReasoning",
         "openai.ResponsesReasoning",

@@ -210,6 +210,35 @@ async def test_a_number_in_an_int_field_is_named_as_written(
 
 
 @pytest.mark.parametrize("number", WRITTEN_NUMBERS)
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        (
+            "/v1/messages",
+            b'{"model": "qwen2.5:7b", "max_tokens": 5, "messages": [{"role": "user",'
+            b' "content": "hi"}], "top_k": %s}',
+            "MessagesRequest.top_k",
+        ),
+        (
+            "/v1/responses",
+            b'{"model": "qwen2.5:7b", "input": "hi", "max_output_tokens": %s}',
+            "ResponsesRequest.max_output_tokens",
+        ),
+    ],
+    ids=["top_k", "max_output_tokens"],
+)
+async def test_a_number_in_a_v1_int_field_is_named_as_written(
+    emulator: Emulator, proxy: Proxy, number: bytes, path: str, body: bytes, field: str
+) -> None:
+    """By the emulator, through the proxy (which forwards it as written) and by the
+    proxy itself for `auto`."""
+    message = (
+        f"json: cannot unmarshal number {number.decode()} into Go struct field {field} of type int"
+    )
+    await _refused_alike(emulator, proxy, path, body % number, message)
+
+
+@pytest.mark.parametrize("number", WRITTEN_NUMBERS)
 async def test_openai_max_tokens_is_named_as_written(
     emulator: Emulator, proxy: Proxy, number: bytes
 ) -> None:
@@ -1279,3 +1308,71 @@ async def test_a_responses_tool_go_cannot_convert_gets_ollamas_error(
     """The emulator refuses it as Ollama does, and so does the proxy, for `auto` too."""
     body = b'{"model": "qwen2.5:7b", "input": "hi", ' + field + b"}"
     await _refused_alike(emulator, proxy, "/v1/responses", body, message)
+
+
+# anthropic.MessagesRequest's fields (anthropic/anthropic.go) beside its messages:
+# top_p a *float64, top_k an *int, stop_sequences a []string, and structs (pointers to
+# them but for the tools): ThinkingConfig, ToolChoice, Metadata, OutputConfig, Tool.
+_MESSAGES = (
+    b'{"model": "qwen2.5:7b", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}], %s}'
+)
+MESSAGES_FIELDS = [
+    (b'"top_p": "x"', _UNMARSHAL % ("string", "MessagesRequest.top_p", "float64")),
+    (b'"top_k": "x"', _UNMARSHAL % ("string", "MessagesRequest.top_k", "int")),
+    (b'"stop_sequences": [1]', _UNMARSHAL % ("number", "MessagesRequest.stop_sequences", "string")),
+    (
+        b'"thinking": {"type": 5}',
+        _UNMARSHAL % ("number", "ThinkingConfig.thinking.type", "string"),
+    ),
+    (
+        b'"thinking": {"type": "enabled", "budget_tokens": "x"}',
+        _UNMARSHAL % ("string", "ThinkingConfig.thinking.budget_tokens", "int"),
+    ),
+    (
+        b'"thinking": "enabled"',
+        _UNMARSHAL % ("string", "MessagesRequest.thinking", "anthropic.ThinkingConfig"),
+    ),
+    (
+        b'"tool_choice": {"type": "auto", "disable_parallel_tool_use": "yes"}',
+        _UNMARSHAL % ("string", "ToolChoice.tool_choice.disable_parallel_tool_use", "bool"),
+    ),
+    (b'"metadata": {"user_id": 7}', _UNMARSHAL % ("number", "Metadata.metadata.user_id", "string")),
+    (
+        b'"output_config": {"effort": 1}',
+        _UNMARSHAL % ("number", "OutputConfig.output_config.effort", "string"),
+    ),
+    (b'"tools": [5]', _UNMARSHAL % ("number", "MessagesRequest.tools", "anthropic.Tool")),
+    (b'"tools": [{"name": 5}]', _UNMARSHAL % ("number", "Tool.tools.name", "string")),
+    (
+        b'"tools": [{"type": "web_search_20250305", "name": "web_search", "max_uses": "5"}]',
+        _UNMARSHAL % ("string", "Tool.tools.max_uses", "int"),
+    ),
+]
+
+
+@pytest.mark.parametrize(("field", "message"), MESSAGES_FIELDS, ids=[m for _, m in MESSAGES_FIELDS])
+async def test_an_anthropic_field_of_the_wrong_type_gets_ollamas_error(
+    emulator: Emulator, proxy: Proxy, field: bytes, message: str
+) -> None:
+    """The emulator refuses it as Ollama does, and so does the proxy, for `auto` too."""
+    await _refused_alike(emulator, proxy, "/v1/messages", _MESSAGES % field, message)
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        b'"thinking": {"type": "disabled", "x": 1e400}, "metadata": {"user_id": "u", "y": [1e400]}',
+        b'"tools": [{"name": "f", "input_schema": {"type": "object"}, "extra": 1e400}]',
+        b'"top_k": 3, "top_p": 0.5, "stop_sequences": ["x"], "tool_choice": {"type": "auto"}',
+    ],
+)
+async def test_an_anthropic_field_go_reads_is_served(
+    emulator: Emulator, proxy: Proxy, field: bytes
+) -> None:
+    """What those structs take (a key they do not have skipped unread) is served,
+    directly and for `auto`."""
+    body = _MESSAGES % field
+    direct = await raw(emulator.url, "POST", "/v1/messages", body)
+    assert direct[0] == 200, direct
+    routed = body.replace(b'"qwen2.5:7b"', b'"auto"')
+    assert (await raw(proxy.url, "POST", "/v1/messages", routed))[0] == 200
