@@ -17,6 +17,7 @@ from typing import Any
 
 from proxy.go_requests import check_fields
 from proxy.go_types import BodyError, base64_error, base64_refusal
+from proxy.multipart_form import go_quote
 
 # openai.ChatCompletionRequest, {json name: kind} (see `go_requests.check_fields`).
 CHAT_FIELDS = {
@@ -84,8 +85,9 @@ def think_from_effort(effort: Any) -> Any:
     if effort == "":
         return None
     if not isinstance(effort, str) or effort not in _EFFORTS:
+        quoted = go_quote(effort.encode()) if isinstance(effort, str) else f'"{effort}"'
         raise BodyError(
-            f'invalid reasoning value: "{effort}" (must be "minimal", "low", "medium", '
+            f'invalid reasoning value: {quoted} (must be "minimal", "low", "medium", '
             '"high", "xhigh", "ultra", "max", or "none")'
         )
     return _EFFORTS[effort]

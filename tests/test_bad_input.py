@@ -1376,3 +1376,30 @@ async def test_an_anthropic_field_go_reads_is_served(
     assert direct[0] == 200, direct
     routed = body.replace(b'"qwen2.5:7b"', b'"auto"')
     assert (await raw(proxy.url, "POST", "/v1/messages", routed))[0] == 200
+
+
+# thinkFromReasoningEffort names the effort it refuses with %q: Go's quoting.
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/responses", b'{"model": "qwen2.5:7b", "input": "hi", "reasoning": {"effort": %s}}'),
+        (
+            "/v1/chat/completions",
+            b'{"model": "qwen2.5:7b", ' + _OA_USER + b', "reasoning_effort": %s}',
+        ),
+    ],
+    ids=["responses", "chat"],
+)
+@pytest.mark.parametrize(
+    ("effort", "quoted"),
+    [(b'"a\\"b"', '"a\\"b"'), (b'"\\u00e9\\n\\u0007"', '"\u00e9\\n\\a"')],
+    ids=["quote", "controls"],
+)
+async def test_an_invalid_reasoning_effort_is_quoted_as_go_quotes_it(
+    emulator: Emulator, proxy: Proxy, path: str, body: bytes, effort: bytes, quoted: str
+) -> None:
+    message = (
+        f"invalid reasoning value: {quoted} (must be "
+        '"minimal", "low", "medium", "high", "xhigh", "ultra", "max", or "none")'
+    )
+    await _refused_alike(emulator, proxy, path, body % effort, message)
