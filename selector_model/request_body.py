@@ -105,11 +105,14 @@ def turn(entry: Mapping[str, Any]) -> Turn:
 
 def _parts(parts: list[Any], texts: list[str]) -> bool:
     """Collects the text of content parts into `texts`; whether one is an image. A
-    part's text is its `text`; an Anthropic `tool_result` holds its own content."""
+    part's text is its `text`; an Anthropic `tool_result` holds its own content. Each
+    part is read as a struct reads it (`as_fields`), whichever route's it is: these
+    are the selector's features, not what a route refuses."""
     images = False
     for part in parts:
         if not isinstance(part, dict):
             continue
+        part = as_fields(part)
         kind = part.get("type")
         if type(kind) is str and kind in IMAGE_PARTS:
             images = True
@@ -280,12 +283,16 @@ def _in_content_lists(doc: Mapping[str, Any], found: Callable[[list[Any]], bool]
     return False
 
 
-def _typed(parts: Any, kind: str) -> Iterator[dict[str, Any]]:
-    """The objects of a content list whose `type` is `kind`."""
+def _typed(parts: Any, kind: str, structs: bool = False) -> Iterator[dict[str, Any]]:
+    """The objects of a content list whose `type` is `kind`: maps, read by exact key,
+    or `structs` (`as_fields`)."""
     if isinstance(parts, list):
         for part in parts:
-            if isinstance(part, dict) and part.get("type") == kind:
-                yield part
+            if isinstance(part, dict):
+                if structs:
+                    part = as_fields(part)
+                if part.get("type") == kind:
+                    yield part
 
 
 def _generate(doc: Mapping[str, Any]) -> Asks:
@@ -326,7 +333,7 @@ def _completions(doc: Mapping[str, Any]) -> Asks:
 
 def _responses_image(parts: Any) -> bool:
     """An `input_image` part convertResponsesContent decodes: one with an image_url."""
-    return any(part.get("image_url") for part in _typed(parts, "input_image"))
+    return any(part.get("image_url") for part in _typed(parts, "input_image", structs=True))
 
 
 def _responses(doc: Mapping[str, Any]) -> Asks:
@@ -357,6 +364,7 @@ def _anthropic_image(blocks: list[Any]) -> bool:
     """Whether content blocks hold an `image`, or a `tool_result` holding one."""
     for block in blocks:
         if isinstance(block, dict):
+            block = as_fields(block)
             kind = block.get("type")
             if kind == "image" or (
                 kind == "tool_result" and any(_typed(block.get("content"), "image"))
@@ -515,37 +523,35 @@ def _canonical_object(obj: dict[str, Any]) -> bool:
     return len(obj) < len(items)
 
 
-def _canonical_parts(parts: list[Any]) -> bool:
-    """`_canonical_object` on each object of a content list, and on the content lists
-    those hold (an Anthropic `tool_result`)."""
-    changed = False
-    for part in parts:
-        if type(part) is dict:
-            if not _is_common(part):
-                changed = _canonical_object(part) | changed
-            inner = part.get("content")
-            if type(inner) is list:
-                changed = _canonical_parts(inner) | changed
-    return changed
+def as_fields(obj: dict[str, Any]) -> dict[str, Any]:
+    """A content part or block as the struct Go decodes it into reads it (a Responses
+    part, an Anthropic block): `_canonical_object` of a copy, `obj` itself where its
+    keys are canonical already. `canonicalize` leaves parts as sent, since on other
+    routes Go decodes them into maps, read by exact key (an OpenAI chat message's
+    parts, Anthropic's system blocks and a tool result's content)."""
+    if _is_common(obj) or all(key.isascii() and key == key.lower() for key in obj):
+        return obj
+    folded = dict(obj)
+    _canonical_object(folded)
+    return folded
 
 
 def canonicalize(doc: dict[str, Any]) -> bool:
-    """Rewrites, in place, the objects this module reads (the body, its `reasoning`,
-    `thinking`, `response_format` and `output_config`, the conversation's entries and
-    their content parts, the system blocks) as Go's decoder reads them (see
-    `_canonical_object`); whether two keys of an object folded alike. `options` stays
-    as sent: Ollama reads it as a map, by exact key. The common case, every key
-    canonical, costs a set operation per object (a conversation of thousands of
-    messages is read this way on every request)."""
+    """Rewrites, in place, the structs this module reads (the body, its `reasoning`,
+    `thinking`, `response_format` and `output_config`, the conversation's entries) as
+    Go's decoder reads them (see `_canonical_object`); whether two keys of an object
+    folded alike. A map to Go stays as sent, read by exact key: `options`, and every
+    content part (`as_fields`). The common case, every key canonical, costs a set
+    operation per object (a conversation of thousands of messages is read this way on
+    every request)."""
     changed = _canonical_object(doc)
     for name in ("reasoning", "thinking", "response_format", "output_config"):
         value = doc.get(name)
         if isinstance(value, dict):
             changed = _canonical_object(value) | changed
-    system = doc.get("system")
-    if type(system) is list:
-        changed = _canonical_parts(system) | changed
     for conversation in _lists(doc):
         if conversation is not None:
-            changed = _canonical_parts(conversation) | changed
+            for entry in conversation:
+                if type(entry) is dict and not _is_common(entry):
+                    changed = _canonical_object(entry) | changed
     return changed

@@ -1403,3 +1403,76 @@ async def test_an_invalid_reasoning_effort_is_quoted_as_go_quotes_it(
         '"minimal", "low", "medium", "high", "xhigh", "ultra", "max", or "none")'
     )
     await _refused_alike(emulator, proxy, path, body % effort, message)
+
+
+# Objects Go decodes into a map[string]any, read by their exact keys (no field to match
+# a key of another case): an OpenAI chat message's content parts (openai.Message's
+# `content` is an `any`), an Anthropic request's system blocks (`system`) and a tool
+# result's content blocks (ContentBlock's `content`). The proxy forwards their keys as
+# sent, so the backend reads them as Ollama would.
+_OA_PARTS = (
+    b'{"model": "qwen2.5:7b", "messages": [{"role": "user", "content": [%s]}], "stream": false}'
+)
+_TOOL_TURNS = (
+    b'{"role": "user", "content": "weather?"}, {"role": "assistant", "content":'
+    b' [{"type": "tool_use", "id": "t", "name": "w", "input": {}}]},'
+    b' {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t",'
+    b' "content": %s}]}'
+)
+MAP_KEYS = [
+    (
+        "/v1/chat/completions",
+        _OA_PARTS % b'{"type": "text", "text": "hi", "Text": "bye"}',
+        _OA_PARTS % b'{"type": "text", "text": "hi"}',
+    ),
+    (
+        "/v1/messages",
+        _ANTHROPIC
+        % (
+            b'{"role": "user", "content": "hi"}',
+            b', "system": [{"type": "text", "text": "be brief", "Text": "be long"}]',
+        ),
+        _ANTHROPIC % (b'{"role": "user", "content": "hi"}', b', "system": "be brief"'),
+    ),
+    (
+        "/v1/messages",
+        _ANTHROPIC
+        % (
+            b'{"role": "user", "content": "hi"}',
+            b', "system": [{"Type": "text", "text": "be brief"}]',
+        ),
+        _ANTHROPIC % (b'{"role": "user", "content": "hi"}', b""),
+    ),
+    (
+        "/v1/messages",
+        _ANTHROPIC % (_TOOL_TURNS % b'[{"type": "text", "text": "sunny", "TEXT": "cold"}]', b""),
+        _ANTHROPIC % (_TOOL_TURNS % b'"sunny"', b""),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "plain"), MAP_KEYS, ids=[f"{p} {b[-60:]!r}" for p, b, _ in MAP_KEYS]
+)
+async def test_a_map_is_read_by_its_exact_keys(
+    emulator: Emulator, proxy: Proxy, path: str, body: bytes, plain: bytes
+) -> None:
+    """The emulator runs what Go reads (the key of another case ignored), as if `plain`
+    were sent, and so does the body the proxy forwards; `auto` serves it too."""
+    direct = await raw(emulator.url, "POST", path, body)
+    assert direct[0] == 200, direct
+    served = _served(path, direct[2])
+    assert _served(path, (await raw(emulator.url, "POST", path, plain))[2]) == served
+    proxied = await raw(proxy.url, "POST", path, body)
+    assert _served(path, proxied[2]) == served
+    routed = await raw(proxy.url, "POST", path, body.replace(b'"qwen2.5:7b"', b'"auto"'))
+    assert routed[0] == 200, routed
+
+
+async def test_an_openai_content_part_of_another_case_is_refused(
+    emulator: Emulator, proxy: Proxy
+) -> None:
+    """openai.FromChatRequest reads a part's `type` by its exact key: "Type" is none, and
+    the part "invalid message format", Ollama's 400."""
+    body = _OA_PARTS % b'{"Type": "text", "text": "hi"}'
+    await _refused_alike(emulator, proxy, "/v1/chat/completions", body, "invalid message format")
