@@ -100,6 +100,21 @@ _RESPONSES_INPUT = _Slice(
     ),
     fresh=True,
 )
+# An Anthropic message's content blocks (anthropic.ContentBlock), which
+# MessageParam's UnmarshalJSON decodes afresh from its json.RawMessage: `text` and
+# `thinking` are pointers to strings (a null sets them to nil), `source` a pointer to
+# a struct, `input` an ordered map and `content` an `any`, each taken whole.
+_ANTHROPIC_BLOCKS = _Slice(
+    _Struct(
+        False,
+        _plain(
+            "type id name tool_use_id is_error signature",
+            citations=_Slice(_Struct(False, _plain("type url title encrypted_index cited_text"))),
+            source=_Struct(True, _plain("type media_type data url")),
+        ),
+    ),
+    fresh=True,
+)
 # Each request struct (as `check_fields` names it) as `go_decoded` merges into it, from
 # api/types.go, openai/openai.go, openai/responses.go and anthropic/anthropic.go.
 _MERGES: dict[str, _Struct] = {
@@ -158,7 +173,7 @@ _MERGES: dict[str, _Struct] = {
         False,
         _plain(
             "model max_tokens stream",
-            messages=_Slice(_Struct(False, _plain("role")), fresh=True),
+            messages=_Slice(_Struct(False, _plain("role", content=_ANTHROPIC_BLOCKS)), fresh=True),
             stop_sequences=_Slice("plain"),
             tools=_Slice(_Struct(False, _plain("type name description max_uses"))),
             tool_choice=_Struct(True, _plain("type name disable_parallel_tool_use")),

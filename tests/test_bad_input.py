@@ -460,6 +460,24 @@ MERGED = [
         b'{"model": "qwen2.5:7b", "prompt": "hi", "stream": true,'
         b' "stream_options": {"include_usage": true}}',
     ),
+    # An Anthropic content block (anthropic.ContentBlock): a null leaves its type,
+    # and its image source (a pointer to a struct) keeps what an earlier object set.
+    (
+        "/v1/messages",
+        b'{"model": "qwen2.5:7b", "max_tokens": 5, "messages": [{"role": "user", "content":'
+        b' [{"type": "text", "text": "hi", "type": null}]}]}',
+        b'{"model": "qwen2.5:7b", "max_tokens": 5, "messages": [{"role": "user", "content":'
+        b' [{"type": "text", "text": "hi"}]}]}',
+    ),
+    (
+        "/v1/messages",
+        b'{"model": "llava:7b", "max_tokens": 5, "messages": [{"role": "user", "content":'
+        b' [{"type": "text", "text": "hi"}, {"type": "image", "source": {"type": "base64",'
+        b' "data": "aGk="}, "source": {"data": "aGk="}}]}]}',
+        b'{"model": "llava:7b", "max_tokens": 5, "messages": [{"role": "user", "content":'
+        b' [{"type": "text", "text": "hi"}, {"type": "image", "source": {"type": "base64",'
+        b' "data": "aGk="}}]}]}',
+    ),
     # A Responses input item and content part: each is unmarshalled into structs of
     # strings (openai/responses.go), where a null leaves what an earlier key set.
     (
