@@ -1170,6 +1170,8 @@ async def test_a_responses_field_of_the_wrong_type_gets_ollamas_error(
         b'"reasoning": {"x": 1e400, "summary": "auto"}',
         b'"conversation": {"id": 1e400}',
         b'"text": {"format": {"type": "text", "x": 1e400}, "verbosity": 1e400}',
+        # A json.RawMessage, kept unread and echoed in the answer's `text` as written.
+        b'"text": {"format": {"type": "text", "schema": [1e400]}}',
         b'"include": null, "background": false',
     ],
 )
@@ -1181,6 +1183,8 @@ async def test_a_responses_field_go_reads_is_served(
     body = b'{"model": "qwen2.5:7b", "input": "hi", ' + field + b"}"
     direct = await raw(emulator.url, "POST", "/v1/responses", body)
     assert direct[0] == 200, direct
+    if b"schema" in field:
+        assert b'"format":{"type":"text","schema":[1e400]}' in direct[2]
     routed = body.replace(b'"qwen2.5:7b"', b'"auto"')
     assert (await raw(proxy.url, "POST", "/v1/responses", routed))[0] == 200
 

@@ -37,7 +37,11 @@ def _go_numbers(obj: Any) -> Any:
     """Go prints a whole float64 below 1e21 without a fraction or exponent (1, not 1.0;
     1e20 in full). orjson writes integers of 64 bits only: a larger one goes verbatim.
     An integer beyond 64 bits read from a request is a float64 in Go (an `any`; an
-    integer field refuses it), and printed as one."""
+    integer field refuses it), and printed as one. A number beyond a double reaches an
+    answer only inside a json.RawMessage echoed (a Responses text format's schema),
+    which Go writes as the client did."""
+    if isinstance(obj, BeyondADouble):
+        return orjson.Fragment(obj.text.encode())
     if isinstance(obj, int) and not isinstance(obj, bool) and not -(2**63) <= obj < 2**64:
         obj = float(obj)
     if isinstance(obj, float):
