@@ -20,9 +20,9 @@ from selector_model.request_body import canonical_key, canonicalize
 class _Struct(NamedTuple):
     """How Go decodes into a struct (`pointer`: a pointer to one), for `go_decoded`:
     each field by its JSON name, "plain" (a string, number or bool), "map" (a
-    map[string]any), a `_Struct` or a `_Slice`; a field not named takes each value
-    whole (a pointer to a plain value, an interface, a json.RawMessage, a type with
-    an UnmarshalJSON of its own, a slice of such)."""
+    map[string]any), a `_Struct`, a `_Slice` or an `_Input`; a field not named takes
+    each value whole (a pointer to a plain value, an interface, a json.RawMessage, a
+    type with an UnmarshalJSON of its own, a slice of such)."""
 
     pointer: bool
     fields: Mapping[str, Any]
@@ -87,7 +87,7 @@ _RESPONSES_PARTS = _Slice(
     _Struct(False, _plain("type text detail file_id image_url file_data file_url filename")),
     fresh=True,
 )
-_RESPONSES_INPUT = _Slice(
+_RESPONSES_ITEMS = _Slice(
     _Struct(
         False,
         _plain(
@@ -100,6 +100,50 @@ _RESPONSES_INPUT = _Slice(
     ),
     fresh=True,
 )
+
+
+class _Input(NamedTuple):
+    """openai.ResponsesInput, for `go_decoded`: its UnmarshalJSON sets its text from a
+    string (from a null too: the text ""), its items (`items`) afresh from an array,
+    and leaves the other as an earlier value set it."""
+
+    items: _Slice
+
+
+class _TextAndItems(list[Any]):
+    """A ResponsesInput holding both a text and items, written as the input Ollama
+    converts alike: the text as a user message before the items, as
+    FromResponsesRequest puts it; what it holds, for a later value to change."""
+
+    text: str
+    items: list[Any]
+
+
+def _into_input(how: _Input, before: Any, value: Any, tails: _Tails) -> Any:
+    """What a ResponsesInput holds after `value`, having held `before` (as this writes
+    it): a string for a text alone, a list for items alone, else `_TextAndItems`."""
+    if isinstance(before, _TextAndItems):
+        text, items = before.text, before.items
+    elif isinstance(before, list):
+        text, items = "", before
+    else:
+        text, items = before if isinstance(before, str) else "", []
+    if value is None or isinstance(value, str):
+        text = value or ""
+    elif isinstance(value, list) and not isinstance(value, Pairs):
+        items = _into_slice(how.items, None, value, tails)
+    else:  # refused as it is decoded (`go_requests.first_error`)
+        return taken_whole(value)
+    if not items:
+        return text
+    if not text:
+        return items
+    both = _TextAndItems([{"role": "user", "content": text}, *items])
+    both.text, both.items = text, items
+    return both
+
+
+_RESPONSES_INPUT = _Input(_RESPONSES_ITEMS)
 # An Anthropic message's content blocks (anthropic.ContentBlock), which
 # MessageParam's UnmarshalJSON decodes afresh from its json.RawMessage: `text` and
 # `thinking` are pointers to strings (a null sets them to nil), `source` a pointer to
@@ -222,6 +266,8 @@ def _merged(how: Any, before: Any, value: Any, tails: _Tails) -> Any:
     if before is None and not (isinstance(value, list) and holds_pairs(value)):
         # Decoded into a zero value, with no key of its own given twice: as it is.
         return value
+    if type(how) is _Input:
+        return _into_input(how, before, value, tails)
     if value is None:
         # literalStore: a null zeroes an interface, pointer, map or slice, and leaves
         # a string, number, bool or struct as it was.

@@ -478,6 +478,29 @@ MERGED = [
         b' [{"type": "text", "text": "hi"}, {"type": "image", "source": {"type": "base64",'
         b' "data": "aGk="}}]}]}',
     ),
+    # A Responses input given twice: ResponsesInput's UnmarshalJSON sets its text from
+    # a string (a null is the text ""), its items from an array, each leaving the
+    # other as it was; FromResponsesRequest puts the text before the items.
+    (
+        "/v1/responses",
+        b'{"model": "qwen2.5:7b", "input": "hi", "input": [{"role": "assistant",'
+        b' "content": "hello"}, {"role": "user", "content": "and?"}]}',
+        b'{"model": "qwen2.5:7b", "input": [{"role": "user", "content": "hi"},'
+        b' {"role": "assistant", "content": "hello"}, {"role": "user", "content": "and?"}]}',
+    ),
+    (
+        "/v1/responses",
+        b'{"model": "qwen2.5:7b", "input": [{"role": "user", "content": "hi"}],'
+        b' "input": null}',
+        b'{"model": "qwen2.5:7b", "input": [{"role": "user", "content": "hi"}]}',
+    ),
+    (
+        "/v1/responses",
+        b'{"model": "qwen2.5:7b", "input": [{"role": "user", "content": "hi"}],'
+        b' "input": "first", "Input": "then"}',
+        b'{"model": "qwen2.5:7b", "input": [{"role": "user", "content": "then"},'
+        b' {"role": "user", "content": "hi"}]}',
+    ),
     # A Responses input item and content part: each is unmarshalled into structs of
     # strings (openai/responses.go), where a null leaves what an earlier key set.
     (
