@@ -95,8 +95,13 @@ def turn(entry: Mapping[str, Any]) -> Turn:
         pieces: list[str] = []
         images = _parts(content, pieces)
         text = "".join(pieces)
-    elif isinstance(entry.get("output"), str):  # a Responses function_call_output
-        text, images = entry["output"], False
+    elif isinstance(output := entry.get("output"), str | list):  # a function_call_output
+        if isinstance(output, str):
+            text, images = output, False
+        else:  # content parts, converted as a message's are
+            pieces = []
+            images = _parts(output, pieces)
+            text = "".join(pieces)
         role = role or "tool"
     else:
         text, images = "", False

@@ -490,8 +490,7 @@ MERGED = [
     ),
     (
         "/v1/responses",
-        b'{"model": "qwen2.5:7b", "input": [{"role": "user", "content": "hi"}],'
-        b' "input": null}',
+        b'{"model": "qwen2.5:7b", "input": [{"role": "user", "content": "hi"}], "input": null}',
         b'{"model": "qwen2.5:7b", "input": [{"role": "user", "content": "hi"}]}',
     ),
     (

@@ -186,6 +186,24 @@ SHAPES: dict[str, Shape] = {
         entries=4,
     ),
     "responses_string": Shape({"instructions": "I", "input": "hello"}, ["I", "hello"]),
+    # A function call output given as content parts: the text and images the model reads.
+    "responses_output_parts": Shape(
+        {
+            "input": [
+                {
+                    "type": "function_call_output",
+                    "call_id": "c",
+                    "output": [
+                        {"type": "input_text", "text": "O"},
+                        {"type": "input_image", "image_url": DATA_URL},
+                    ],
+                }
+            ]
+        },
+        ["O"],
+        images=True,
+        entries=1,
+    ),
     "odd_parts": Shape(
         {
             "messages": [
