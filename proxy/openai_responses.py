@@ -385,7 +385,7 @@ def _converted(tool: dict[str, Any]) -> list[dict[str, Any]]:
                 function["name"] = f"{name}.{function['name']}"
         return members
     parameters = tool.get("parameters")
-    refused = parameters_refusal(_sorted(parameters))
+    refused = parameters_refusal(go_map(parameters))
     if refused is not None:
         raise BodyError(f"failed to unmarshal tool parameters: {refused}")
     function = {
@@ -396,12 +396,13 @@ def _converted(tool: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"type": tool.get("type") or "", "function": function}]
 
 
-def _sorted(value: Any) -> Any:
-    """`value` as json.Marshal writes it, each object's keys in sorted order."""
+def go_map(value: Any) -> Any:
+    """A JSON value decoded into a Go `map[string]any` and marshalled again: every
+    object's keys sorted, as encoding/json writes a map."""
     if isinstance(value, dict):
-        return {key: _sorted(value[key]) for key in sorted(value)}
+        return {key: go_map(value[key]) for key in sorted(value)}
     if isinstance(value, list):
-        return [_sorted(item) for item in value]
+        return [go_map(item) for item in value]
     return value
 
 

@@ -36,16 +36,6 @@ def _n(state: EmulatorState, key: str, salt: str, top: int) -> int:
 # Responses ------------------------------------------------------------------------------
 
 
-def _go_map(value: Any) -> Any:
-    """A JSON value decoded into a Go `map[string]any` and marshalled again: every
-    object's keys sorted, as encoding/json writes a map."""
-    if isinstance(value, dict):
-        return {k: _go_map(value[k]) for k in sorted(value)}
-    if isinstance(value, list):
-        return [_go_map(v) for v in value]
-    return value
-
-
 def _tool_echo(tool: Any, stream: bool) -> Any:
     """A request's tool as the answer repeats it: ToResponse marshals the ResponsesTool
     (every field, a missing one null, a namespace's members where it has any);
@@ -57,7 +47,7 @@ def _tool_echo(tool: Any, stream: bool) -> Any:
         "name": tool.get("name") or "",
         "description": tool.get("description"),
         "strict": tool.get("strict"),
-        "parameters": _go_map(tool.get("parameters")),
+        "parameters": openai_responses.go_map(tool.get("parameters")),
     }
     members = tool.get("tools")
     if not stream and isinstance(members, list) and members:
