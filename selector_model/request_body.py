@@ -545,10 +545,10 @@ def canonicalize(doc: dict[str, Any]) -> bool:
     """Rewrites, in place, the structs this module reads (the body, its `reasoning`,
     `thinking`, `response_format` and `output_config`, the conversation's entries) as
     Go's decoder reads them (see `_canonical_object`); whether two keys of an object
-    folded alike. A map to Go stays as sent, read by exact key: `options`, and every
-    content part (`as_fields`). The common case, every key canonical, costs a set
-    operation per object (a conversation of thousands of messages is read this way on
-    every request)."""
+    folded alike. `options` stays as sent (a map to Go, read by exact key), and so
+    does every content part: a map on some routes, a struct on others (`as_fields`).
+    The common case, every key canonical, costs a set operation per object (a
+    conversation of thousands of messages is read this way on every request)."""
     changed = _canonical_object(doc)
     for name in ("reasoning", "thinking", "response_format", "output_config"):
         value = doc.get(name)
