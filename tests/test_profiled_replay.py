@@ -12,7 +12,7 @@ from proxy.config import Profile
 from selector_model import artifact
 from selector_model.catalog import Catalog, Measured
 from selector_model.profiling import store
-from training import profiled_replay, replay, zeroeval_replay
+from training import fleet_replay, profiled_replay, replay, zeroeval_replay
 from training.data import Prompt
 from training.zeroeval_data import fleet
 
@@ -191,3 +191,83 @@ def test_an_area_the_held_half_lacks_is_left_out_of_the_placements() -> None:
     table = profiled_replay.measured_table(result, ())
     assert "  math: the held half's best (a:7b, 1.00 on 1 items) placed 1 of 2" in table
     assert "  code:" not in table
+
+
+def test_the_rules_choose_which_models_of_a_fleet_are_profiled() -> None:
+    fleet_ = fleet(["llama3:8b", "qwen2:7b", "gemma2:9b", "yi:9b", "phi3.5:3.8b"])
+    names = [spec.ollama_name for spec in fleet_]
+    trained_on = ("qwen2:7b", "gemma2:9b")
+    doubt = {"llama3:8b": 0.1, "qwen2:7b": 0.0, "gemma2:9b": 0.5, "yi:9b": 0.5, "phi3.5:3.8b": 0.3}
+
+    def chosen(which: str, seed: int = 0) -> tuple[str, ...]:
+        return profiled_replay.profiled_models(which, fleet_, trained_on, doubt, seed)
+
+    assert chosen("all") == tuple(names)
+    assert chosen("unseen") == ("llama3:8b", "yi:9b", "phi3.5:3.8b")
+    # The half rounded up with the highest uncertainty, in the fleet's order.
+    assert chosen("uncertain") == ("gemma2:9b", "yi:9b", "phi3.5:3.8b")
+    drawn = {chosen("random", seed) for seed in range(8)}
+    assert all(len(d) == 3 and set(d) <= set(names) for d in drawn)
+    assert len(drawn) > 1
+    assert chosen("random", 3) == chosen("random", 3)
+    with pytest.raises(ValueError, match="'some'"):
+        chosen("some")
+
+
+def test_only_the_chosen_models_profiles_reach_the_catalogue(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With A trained on and only the unseen profiled, the store holds B's areas alone:
+    the catalogue `auto` places by blends B's areas with its measured shares and
+    leaves A's as published, though both were measured."""
+    prompts, _ = _prompts(learn_a=0.0, held_a=1.0, count=12)
+    blended: list[tuple[Catalog, Catalog]] = []
+    with_measured = Catalog.with_measured
+
+    def spy(self: Catalog, results: Any) -> Catalog:
+        out = with_measured(self, results)
+        if results:
+            blended.append((self, out))
+        return out
+
+    monkeypatch.setattr(Catalog, "with_measured", spy)
+    result = replay.in_loop(
+        lambda: profiled_replay.replay_profiled(
+            "two",
+            artifact.SHIPPED.parent,
+            prompts,
+            [A, B],
+            PROFILES,
+            n=3,
+            labels=zeroeval_replay.AREAS,
+            trained_on=(A.ollama_name,),
+            seed=0,
+            which="unseen",
+        )
+    )
+    assert result.profiled_models == (B.ollama_name,)
+    assert set(result.measured) == {A.ollama_name, B.ollama_name}
+    assert blended
+    for base, out in blended:
+        assert out.lookup(A.ollama_name).areas == base.lookup(A.ollama_name).areas
+        assert out.lookup(B.ollama_name).areas != base.lookup(B.ollama_name).areas
+    assert "unseen models only" in result.profiled.label
+    table = profiled_replay.measured_table(result, (A.ollama_name,))
+    rows = {
+        line.split(": ")[0].strip(): line for line in table.splitlines() if line.startswith("    ")
+    }
+    assert rows[A.ollama_name].endswith("[artifact trained on it] [not profiled]")
+    assert rows[B.ollama_name].startswith(f"    {B.ollama_name}: math 1.00")
+    assert "[" not in rows[B.ollama_name]
+
+
+def test_profile_only_is_one_option_of_every_replay() -> None:
+    parsed = fleet_replay.parser("replay", [A, B], limit=None)
+    args = parsed.parse_args(["--profiled", "10", "--profile-only", "uncertain"])
+    assert fleet_replay.profiled_of(args) == fleet_replay.Profiling(10, "uncertain")
+    assert fleet_replay.profiled_of(parsed.parse_args(["--profiled", "10"])) == (
+        fleet_replay.Profiling(10, "all")
+    )
+    assert fleet_replay.profiled_of(parsed.parse_args([])) is None
+    with pytest.raises(SystemExit):
+        parsed.parse_args(["--profiled", "10", "--profile-only", "some"])

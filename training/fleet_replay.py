@@ -42,10 +42,20 @@ def parser(prog: str, models: Sequence[ModelSpec], limit: int | None) -> argpars
         type=_per_area,
         default=0,
         metavar="N",
-        help="replay each fleet as if every model of it had been profiled (`autoroute "
-        "profile`): per area, its mean score on N prompts of that area drawn from the "
-        "half learned from, read from a profile store as the proxy reads one; auto is "
-        "then shown on the other half, without and with the profiles",
+        help="replay each fleet as if every model of it (or those --profile-only names) had "
+        "been profiled (`autoroute profile`): per area, its mean score on N prompts of "
+        "that area drawn from the half learned from, read from a profile store as the "
+        "proxy reads one; auto is then shown on the other half, without and with the "
+        "profiles",
+    )
+    parsed.add_argument(
+        "--profile-only",
+        choices=profiled_replay.WHICH,
+        default="all",
+        help="with --profiled: which models of each fleet are profiled, the others keeping "
+        "the catalogue's areas: all; those the shipped artifact was not trained on "
+        "(unseen); the half with the highest catalogue uncertainty (uncertain); a half "
+        "drawn with the seed (random)",
     )
     parsed.add_argument("--fleet", action="append", help="only the fleets whose label has this")
     parsed.add_argument(
@@ -72,9 +82,18 @@ def seeds_of(args: argparse.Namespace) -> tuple[int, ...]:
     return seeds if seeds else (int(args.seed),)
 
 
-def profiled_of(args: argparse.Namespace) -> int:
-    """`--profiled`'s N (0: not profiled)."""
-    return int(args.profiled)
+@dataclass(frozen=True)
+class Profiling:
+    """`--profiled`'s N and `--profile-only`'s choice of models
+    (`profiled_replay.profiled_models`)."""
+
+    n: int
+    which: str = "all"
+
+
+def profiled_of(args: argparse.Namespace) -> Profiling | None:
+    """How `--profiled` and `--profile-only` profile each fleet (None: not profiled)."""
+    return Profiling(int(args.profiled), str(args.profile_only)) if args.profiled else None
 
 
 def _per_area(raw: str) -> int:
@@ -138,7 +157,7 @@ class Shipped:
         prompts_of: Callable[[int], Sequence[Prompt]],
         passes: int,
         seeds: Sequence[int],
-        profiled: int = 0,
+        profiled: Profiling | None = None,
         labels: Mapping[str, str] | None = None,
     ) -> None:
         """Replays the prompts `prompts_of(seed)` gives through `auto` on `models`, with
@@ -184,11 +203,11 @@ class Shipped:
         prompts: Sequence[Prompt],
         passes: int,
         seed: int,
-        n: int,
+        profiling: Profiling,
         labels: Mapping[str, str] | None,
     ) -> replay.FleetResult:
-        """Replays `prompts` through `auto` on `models` as if each had been profiled on
-        `n` prompts per area of the half learned from
+        """Replays `prompts` through `auto` on `models` as if each of those `profiling`
+        chooses had been profiled on its N prompts per area of the half learned from
         (`profiled_replay.replay_profiled`), and prints the measured areas, then
         `replay.table` on the held half without the profiles and with them (and the
         online learner's curves); returns the latter."""
@@ -200,8 +219,9 @@ class Shipped:
             prompts,
             passes,
             seed,
-            n=n,
+            n=profiling.n,
             labels=labels or {},
+            which=profiling.which,
         )
         print(f"fleet: {', '.join(m.ollama_name for m in models)}")
         print(profiled_replay.measured_table(result, self.trained_on))

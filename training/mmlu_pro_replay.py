@@ -3,7 +3,7 @@
     PYTHONPATH=. python -m training.mmlu_pro_replay [--limit 1500] [--passes 3]
         [--seed 0 | --seeds 0,1,2]
         [--fleet LABEL-WORD] [--models qwen:72b,phi3:3.8b,...]
-        [--profiled N]
+        [--profiled N [--profile-only all|unseen|uncertain|random]]
 
 The same questions (drawn with `--seed` among those every model of `MODELS` answered)
 go to each fleet (`--models`: one fleet of your choice among `MODELS`' Ollama names,
@@ -13,7 +13,8 @@ single / always-largest / random / oracle, with cost = active parameters, and th
 feedback curves of the proxy's own online learner (`replay.online_learner`).
 `--profiled N`: as if every model had been profiled on N items per area of the
 half learned from (`AREAS` maps the items' labels to areas), `auto` shown on the
-other half without and with the profiles (`fleet_replay.PROFILED_CAVEAT`).
+other half without and with the profiles (`fleet_replay.PROFILED_CAVEAT`);
+`--profile-only`: only some models profiled (`profiled_replay.profiled_models`).
 """
 
 from __future__ import annotations

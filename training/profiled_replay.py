@@ -1,4 +1,5 @@
-"""A fleet replayed as if its operator had profiled every model of it (`--profiled N`).
+"""A fleet replayed as if its operator had profiled every model of it (`--profiled N`),
+or only some of them (`--profile-only`, `profiled_models`).
 
 Per model and capability area, the measured score is its mean outcome on N items of
 that area drawn from the half a feedback replay learns from (`replay.halves`), written
@@ -85,6 +86,39 @@ def measured_areas(
     }
 
 
+# Which models of a fleet its operator profiles (`--profile-only`; `profiled_models`).
+WHICH = ("all", "unseen", "uncertain", "random")
+
+
+def profiled_models(
+    which: str,
+    fleet: Sequence[ModelSpec],
+    trained_on: Sequence[str],
+    uncertainty: Mapping[str, float],
+    seed: int,
+) -> tuple[str, ...]:
+    """The Ollama names of `fleet`'s models profiled under `which` (`WHICH`), in the
+    fleet's order: every one ("all"); those the artifact was not fitted on ("unseen"),
+    the models an operator has just pulled and the catalogue knows least; the half
+    (rounded up) with the highest catalogue `uncertainty`, ties kept in the fleet's
+    order ("uncertain"): those it places from details alone or imputes most; or a
+    half (rounded up) drawn with `seed` ("random")."""
+    names = [spec.ollama_name for spec in fleet]
+    half = (len(names) + 1) // 2
+    if which == "all":
+        chosen = set(names)
+    elif which == "unseen":
+        chosen = set(names) - set(trained_on)
+    elif which == "uncertain":
+        chosen = set(sorted(names, key=lambda name: -uncertainty[name])[:half])
+    elif which == "random":
+        picked = np.random.default_rng(seed).choice(len(names), size=half, replace=False)
+        chosen = {names[i] for i in picked}
+    else:
+        raise ValueError(f"{which!r}: one of {', '.join(WHICH)}")
+    return tuple(name for name in names if name in chosen)
+
+
 def profiled_selector(
     selector: Selector | None,
     measured: Mapping[str, Mapping[str, store.AreaResult]],
@@ -107,12 +141,15 @@ class ProfiledResult:
 
     unprofiled: FleetResult
     profiled: FleetResult
+    # What profiling would measure for every model of the fleet; only those of
+    # `profiled_models` reach the store.
     measured: dict[str, dict[str, store.AreaResult]]
     # Each model's areas as the configured catalogue places it (what the profiles
     # replace), and its mean on every held-half item of each measured area (what the
     # measured areas estimate).
     published: dict[str, dict[str, float]]
     held: dict[str, dict[str, store.AreaResult]]
+    profiled_models: tuple[str, ...] | None = None
 
 
 def replay_profiled(
@@ -130,11 +167,13 @@ def replay_profiled(
     passes: int = 3,
     seed: int = 0,
     selector: Selector | None = None,
+    which: str = "all",
 ) -> ProfiledResult:
     """`replay_fleet` on the held half of `prompts` (`halves` with `seed`: the one the
     unprofiled replay's feedback curves are held to), once as configured (no feedback)
-    and once with each model profiled on `n` prompts per area of the learning half
-    (`measured_areas`; with `feedback`'s curves), so the held half stays unseen."""
+    and once with the models `which` names (`profiled_models`) profiled on `n` prompts
+    per area of the learning half (`measured_areas`; with `feedback`'s curves), so the
+    held half stays unseen; the others keep the catalogue's areas."""
     learn, held = halves(prompts, seed)
     measured = measured_areas(learn, fleet, n, seed, labels)
     common: dict[str, Any] = {
@@ -160,19 +199,27 @@ def replay_profiled(
         name: dict(zip(AREAS, info.candidate.areas, strict=True)) if info.candidate.areas else {}
         for name, info in described.items()
     }
+    chosen = profiled_models(
+        which,
+        fleet,
+        trained_on,
+        {name: info.candidate.uncertainty for name, info in described.items()},
+        seed,
+    )
+    only = "" if which == "all" else f", {which} models only"
     with tempfile.TemporaryDirectory() as tmp:
         profiled = replay_fleet(
-            f"{label}, held half, profiled ({n} per area)",
+            f"{label}, held half, profiled ({n} per area{only})",
             artifact_dir,
             prompts,
             fleet,
             profiles,
-            selector=profiled_selector(selector, measured, Path(tmp)),
+            selector=profiled_selector(selector, {m: measured[m] for m in chosen}, Path(tmp)),
             feedback=feedback,
             **common,
         )
     everything = measured_areas(held, fleet, len(held), seed, labels)
-    return ProfiledResult(unprofiled, profiled, measured, published, everything)
+    return ProfiledResult(unprofiled, profiled, measured, published, everything, chosen)
 
 
 def measured_table(result: ProfiledResult, trained_on: Sequence[str]) -> str:
@@ -188,7 +235,8 @@ def measured_table(result: ProfiledResult, trained_on: Sequence[str]) -> str:
             for a, r in areas.items()
         )
         seen = " [artifact trained on it]" if model in trained_on else ""
-        lines.append(f"    {model}: {shown}{seen}")
+        left = result.profiled_models is not None and model not in result.profiled_models
+        lines.append(f"    {model}: {shown}{seen}{' [not profiled]' if left else ''}")
     models = list(result.measured)
     # An area whose every item fell in the learning half has no mean on the held half.
     for area in (

@@ -4,7 +4,7 @@ open models.
     PYTHONPATH=. python -m training.reasoning_gym_replay [--limit N] [--passes 3]
         [--seed 0 | --seeds 0,1,2]
         [--fleet LABEL-WORD] [--models gemma3:27b,qwq:32b,...] [--levels easy,hard]
-        [--profiled N]
+        [--profiled N [--profile-only all|unseen|uncertain|random]]
 
 Each fleet is replayed on the items of its levels that every one of its models was
 asked (`--limit`: that many of them, drawn with `--seed`); per fleet `replay.table`
@@ -14,7 +14,8 @@ learner (`replay.online_learner`). `--models`: one fleet of your choice among
 `MODELS`' Ollama names, on the levels they were all asked (or `--levels`).
 `--profiled N`: as if every model had been profiled on N items per area of the
 half learned from (`AREAS` maps the items' labels to areas), `auto` shown on the
-other half without and with the profiles (`fleet_replay.PROFILED_CAVEAT`).
+other half without and with the profiles (`fleet_replay.PROFILED_CAVEAT`);
+`--profile-only`: only some models profiled (`profiled_replay.profiled_models`).
 """
 
 from __future__ import annotations

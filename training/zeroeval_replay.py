@@ -3,7 +3,7 @@
     PYTHONPATH=. python -m training.zeroeval_replay [--limit N] [--passes 3]
         [--seed 0 | --seeds 0,1,2]
         [--fleet LABEL-WORD] [--models qwen2:72b,phi3.5:3.8b,...] [--tasks gsm,crux]
-        [--profiled N]
+        [--profiled N [--profile-only all|unseen|uncertain|random]]
 
 Each fleet is replayed on the items of its tasks that every one of its models was run
 on (`--limit`: that many of them, drawn with `--seed`); per fleet `replay.table` prints
@@ -13,7 +13,8 @@ auto's three profiles against best single / always-largest / random / oracle, wi
 names, on the tasks they were all run on (or `--tasks`).
 `--profiled N`: as if every model had been profiled on N items per area of the
 half learned from (`AREAS` maps the items' labels to areas), `auto` shown on the
-other half without and with the profiles (`fleet_replay.PROFILED_CAVEAT`).
+other half without and with the profiles (`fleet_replay.PROFILED_CAVEAT`);
+`--profile-only`: only some models profiled (`profiled_replay.profiled_models`).
 """
 
 from __future__ import annotations
