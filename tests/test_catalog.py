@@ -16,6 +16,7 @@ from selector_model.catalog import (
     DEFAULT_PATH,
     Catalog,
     CatalogError,
+    Figure,
     Measured,
     ModelKnowledge,
     placement,
@@ -1071,6 +1072,55 @@ def test_a_model_the_catalogue_does_not_know_keeps_its_measured_share() -> None:
     for n in (10, 1000):
         found = catalog.with_measured({name: {"code": Measured(0.3, n)}}).lookup(name)
         assert found.origin == "profile" and found.areas["code"] == 0.3
+
+
+def test_a_model_described_by_areas_alone_weighs_only_those_against_its_profile() -> None:
+    """A model `selector.models` describes by its areas alone (no `like`) is placed among
+    the catalogue's entries for the rest, as a model the catalogue does not know is: a
+    measured area it gives a figure for is weighed with that figure, as an area a model
+    `like` an entry is given is; one it does not keeps the measured share, as every area
+    of a placed model does."""
+    catalog = Catalog.load()
+    name = "zz-unheard-of:7b"
+    measured = {name: {"code": Measured(0.3, 10), "math": Measured(0.3, 10)}}
+    alone = catalog.with_overrides({name: {"areas": {"code": 0.8}}})
+    liked = catalog.with_overrides({name: {"like": "qwen2.5:7b", "areas": {"code": 0.8}}})
+    assert alone.lookup(name).areas["math"] != 0.3
+    found = alone.with_measured(measured).lookup(name)
+    assert found.origin == "profile"
+    assert found.areas["math"] == 0.3
+    assert found.areas["math"] == catalog.with_measured(measured).lookup(name).areas["math"]
+    assert 0.3 < found.areas["code"] < 0.8
+    assert found.areas["code"] == liked.with_measured(measured).lookup(name).areas["code"]
+    assert found.area_uncertainty["code"] == 0.0
+
+
+def test_a_described_model_cites_the_entry_it_is_like_and_no_other(catalog: Catalog) -> None:
+    """What `lookup` takes a described model's areas from is what `entry`, `sources` and
+    `figures` say: the entry it is `like`, cited but for the areas the operator gives;
+    none for a description without `like`, which is placed, whatever entry its name
+    would otherwise be read as."""
+    described = catalog.with_overrides(
+        {
+            "my-coder:latest": {"like": "qwen2.5-coder:7b", "areas": {"code": 0.9}},
+            "codellama:7b": {"areas": {"code": 0.1}},
+        }
+    )
+    cited = catalog.sources("qwen2.5-coder:7b")
+    assert {s.area for s in cited.values()} >= {"code", "math"}
+    assert described.entry("my-coder") == "qwen2.5-coder:7b"
+    mine = described.sources("my-coder")
+    assert mine == {b: s for b, s in cited.items() if s.area != "code"}
+    figures = described.figures("my-coder")
+    assert figures["code"] == Figure("configured") and figures["math"] == Figure("published")
+    assert catalog.entry("codellama:7b") == "codellama:7b" and catalog.sources("codellama:7b")
+    assert described.lookup("codellama:7b").origin == "config"
+    assert described.entry("codellama:7b") is None and described.sources("codellama:7b") == {}
+    figures = described.figures("codellama:7b")
+    assert figures["code"] == Figure("configured") and figures["math"] == Figure("imputed")
+    profiled = described.with_measured({"my-coder": {"math": Measured(0.5, 10)}})
+    assert profiled.figures("my-coder")["math"] == Figure("published", "blended")
+    assert profiled.sources("my-coder") == mine
 
 
 def test_a_measured_areas_uncertainty_shrinks_with_its_items() -> None:

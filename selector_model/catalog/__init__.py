@@ -4,7 +4,7 @@
 capabilities)` describes any model, listed or not (see `catalog.py`).
 """
 
-from selector_model.catalog.catalog import DEFAULT_PATH, Catalog, CatalogError, Source
+from selector_model.catalog.catalog import DEFAULT_PATH, Catalog, CatalogError, Figure, Source
 from selector_model.catalog.knowledge import (
     AREAS,
     SPECIALTIES,
@@ -19,6 +19,7 @@ __all__ = [
     "SPECIALTIES",
     "Catalog",
     "CatalogError",
+    "Figure",
     "Measured",
     "ModelKnowledge",
     "Source",

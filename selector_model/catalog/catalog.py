@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,20 @@ class Source:
     title: str = ""
     # The area the benchmark measures (the catalogue's `benchmarks`).
     area: str = ""
+
+
+@dataclass(frozen=True)
+class Figure:
+    """Where one area of a model `Catalog.lookup` describes comes from. `source`: the
+    figure before any measured share, "published" (a catalogue entry's number, which
+    `Catalog.sources` cites), "configured" (the operator's `selector.models` areas) or
+    "imputed" (from the nearest entries that publish the area). `measured`, for an area
+    profiled on the user's backend: "blended" (weighed with that figure by precision,
+    `_with_measured`) or "kept" (the measured share itself: no figure of the model's own
+    to weigh it with); "" for an area not profiled."""
+
+    source: str
+    measured: str = ""
 
 
 def parse_released(value: Any) -> float:
@@ -203,25 +217,45 @@ class Catalog:
     def sources(self, name: str, details: Mapping[str, Any] | None = None) -> Mapping[str, Source]:
         """The published numbers behind the areas `lookup(name, details)` takes from a
         catalogue entry, by benchmark: that entry's, the one the backend's architecture
-        picks (`_same_arch`) as well. A pretrained tag that takes its chat entry's
-        results but for code and instruction (`_pretrained_variant`) cites that entry's
-        other results: those two are imputed and cite nothing."""
-        resolved = self._resolved(name, details or {})
-        if resolved is None:
+        picks (`_same_arch`) as well, or the one a model `selector.models` describes is
+        `like` (`_read_as`). A pretrained tag that takes its chat entry's results but for
+        code and instruction (`_pretrained_variant`) cites that entry's other results:
+        those two are imputed and cite nothing; nor does an area the operator gives a
+        score of, which is not the entry's."""
+        spec = self._find(self._overrides, name)
+        read = self._read_as(name, details or {}, spec)
+        if read is None:
             return {}
-        entry, variant = resolved
+        entry, variant = read
+        other = set(_given(spec)) | (PRETRAINED_AREAS if variant else set())
         found = self._sources.get(entry, {})
-        if variant:
-            return {bench: s for bench, s in found.items() if s.area not in PRETRAINED_AREAS}
-        return dict(found)
+        return {bench: s for bench, s in found.items() if s.area not in other}
+
+    def figures(self, name: str, details: Mapping[str, Any] | None = None) -> dict[str, Figure]:
+        """Per area, where the figure `lookup(name, details)` gives comes from and what a
+        measured share did to it (`Figure`)."""
+        details = details or {}
+        spec = self._find(self._overrides, name)
+        given = _given(spec)
+        cited = {s.area for s in self.sources(name, details).values()}
+        measured = self._find(self._measured, name) or {}
+        blended = self._blended(self._read_as(name, details, spec), given)
+        return {
+            area: Figure(
+                "configured" if area in given else "published" if area in cited else "imputed",
+                ("blended" if area in blended else "kept") if area in measured else "",
+            )
+            for area in AREAS
+        }
 
     def entry(self, name: str, details: Mapping[str, Any] | None = None) -> str | None:
         """The catalogue entry `lookup(name, details)` takes its areas from (a
         pretrained tag's, the chat entry it keeps the rest of), or None for a model the
         catalogue places: by name, or the one the backend's architecture picks
-        (`_same_arch`), or the parent Ollama names (`details.parent_model`)."""
-        resolved = self._resolved(name, details or {})
-        return resolved[0] if resolved else None
+        (`_same_arch`), or the parent Ollama names (`details.parent_model`), or the one
+        a model `selector.models` describes is `like` (`_read_as`)."""
+        read = self._read_as(name, details or {}, self._find(self._overrides, name))
+        return read[0] if read else None
 
     def resolve(self, name: str) -> str | None:
         """The catalogue entry a name stands for, or None. A name that says it is a
@@ -353,20 +387,45 @@ class Catalog:
         self, name: str, details: Mapping[str, Any], capabilities: tuple[str, ...]
     ) -> ModelKnowledge:
         spec = self._find(self._overrides, name)
+        read = self._read_as(name, details, spec)
         if spec is not None:
-            found = self._configured(name, spec, details, capabilities)
+            found = self._configured(name, spec, read, details, capabilities)
+        elif read is None:
+            found = self.neighbourhood.place(name, details, capabilities)
         else:
-            resolved = self._resolved(name, details)
-            if resolved is None:
-                found = self.neighbourhood.place(name, details, capabilities)
-            else:
-                found = self._entries[resolved[0]]
-                if resolved[1]:
-                    found = self._pretrained_variant(name, found)
+            found = self._entries[read[0]]
+            if read[1]:
+                found = self._pretrained_variant(name, found)
         measured = self._find(self._measured, name)
         if measured:
-            found = _with_measured(found, measured, name, self.transfer_spread)
+            blended = self._blended(read, _given(spec))
+            found = _with_measured(found, measured, name, self.transfer_spread, blended)
         return found
+
+    def _read_as(
+        self, name: str, details: Mapping[str, Any], spec: Mapping[str, Any] | None
+    ) -> tuple[str, bool] | None:
+        """The catalogue entry whose knowledge `lookup` starts `name` from, and whether
+        `name` is a `_pretrained_variant` of it: for a model `selector.models` describes
+        (`spec`), the entry it is `like` (None without one: it is placed), else the one
+        its name and details resolve to (`_resolved`)."""
+        if spec is None:
+            return self._resolved(name, details)
+        like = str(spec.get("like") or "")
+        resolved = self.resolve(like) if like else None
+        return (resolved, False) if resolved is not None else None
+
+    def _blended(self, read: tuple[str, bool] | None, given: Iterable[str]) -> frozenset[str]:
+        """The areas of a model a measured share is weighed with a figure in
+        (`_with_measured`): every area of one read as a catalogue entry (`read`: its
+        published figures, and those the catalogue imputed for that entry, with their
+        doubt), and those the operator gives (`given`); none of a model placed from its
+        details alone, which has no figure of its own. None at all in a catalogue with
+        no two benchmarks of an area to measure `transfer_spread` by, which would
+        otherwise make a published figure exact."""
+        if self.transfer_spread <= 0.0:
+            return frozenset()
+        return frozenset(AREAS) if read is not None else frozenset(given)
 
     def _resolved(self, name: str, details: Mapping[str, Any]) -> tuple[str, bool] | None:
         """The entry a catalogued name takes its areas from, as `lookup` and `sources`
@@ -444,14 +503,14 @@ class Catalog:
         self,
         name: str,
         spec: Mapping[str, Any],
+        read: tuple[str, bool] | None,
         details: Mapping[str, Any],
         capabilities: tuple[str, ...],
     ) -> ModelKnowledge:
-        like = str(spec.get("like") or "")
-        if like:
-            resolved = self.resolve(like)
-            assert resolved is not None  # checked by with_overrides
-            base = replace(self._entries[resolved], neighbours=(resolved,))
+        """A model `selector.models` describes (`spec`): the entry it is `like` (`read`,
+        `_read_as`), else placed, with what `spec` gives."""
+        if read is not None:
+            base = replace(self._entries[read[0]], neighbours=(read[0],))
         else:
             given = spec.get("released")
             released = parse_released(given) if given not in (None, "") else None
@@ -481,6 +540,11 @@ def _flag(value: Any, at: str) -> bool:
     if not isinstance(value, bool):
         raise CatalogError(f"{at}: {value!r} is not true or false")
     return value
+
+
+def _given(spec: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """The areas a description in `selector.models` gives scores of."""
+    return (spec or {}).get("areas") or {}
 
 
 def _user_key(name: str) -> str:
@@ -529,28 +593,29 @@ def _given_areas(
 
 
 def _with_measured(
-    base: ModelKnowledge, given: Mapping[str, Measured], name: str, transfer: float
+    base: ModelKnowledge,
+    given: Mapping[str, Measured],
+    name: str,
+    transfer: float,
+    blended: Collection[str],
 ) -> ModelKnowledge:
-    """`base` with its measured areas, each weighed by its precision against the
-    catalogue's figure. A measured share's variance is its binomial sampling error (of
-    the share smoothed by one success and one failure, so that ten of ten is not
-    exact); the catalogue's figure's is how far a published item set of an area is
+    """`base` with its measured areas, each of `blended` (`Catalog._blended`: those
+    with a figure of the model's own) weighed by its precision against that figure,
+    each other one the measured share. A measured share's variance is its binomial
+    sampling error (of the share smoothed by one success and one failure, so that ten
+    of ten is not exact); the figure's is how far a published item set of an area is
     from a user's prompts (`transfer`) plus its own doubt (`UNSEEN_SPREAD` per unit of
-    `area_uncertainty`). A model the catalogue places from its details alone
-    (`nearest`) has no figure of its own: it keeps the measured share, as every model
-    does in a catalogue with no two benchmarks of an area to measure `transfer` by
-    (which would otherwise make a published figure exact). The area's
-    uncertainty is what remains of the blend's variance beyond `transfer`, which a
-    published area leaves uncounted as the same doubt for every model
-    (`catalogue_prior.UNSEEN_SPREAD`): none for a published area, shrinking with the
-    items for one the catalogue imputed or does not know."""
+    `area_uncertainty`). The area's uncertainty is what remains of the blend's variance
+    beyond `transfer`, which a published area leaves uncounted as the same doubt for
+    every model (`catalogue_prior.UNSEEN_SPREAD`): none for a published area,
+    shrinking with the items for one the catalogue imputed or does not know."""
     areas = dict(base.areas)
     spread = dict(base.area_uncertainty)
     for area, (score, n) in given.items():
         smoothed = (score * n + 1.0) / (n + 2.0)
         sampled = smoothed * (1.0 - smoothed) / n
         published = transfer**2 + (UNSEEN_SPREAD * base.area_uncertainty[area]) ** 2
-        if base.origin == "nearest" or transfer <= 0.0:
+        if area not in blended:
             areas[area], variance = score, sampled
         else:
             variance = 1.0 / (1.0 / published + 1.0 / sampled)
