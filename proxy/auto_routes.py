@@ -811,8 +811,9 @@ class AutoRoutes:
     def _described(self, candidate: dict[str, Any]) -> dict[str, Any]:
         """A ranking entry with what the catalogue knows of the model (its areas, where
         they come from: `catalogue`, `config`, `profile` or `nearest`, and for a placed
-        model the entries it was placed beside; for a catalogue entry, the published
-        numbers its areas take and the areas imputed from those entries), its
+        model the entries it was placed beside; the entry it is read as, the published
+        numbers its areas take, the areas imputed, and per area where its figure comes
+        from and whether a profile's share was blended with it: `Catalog.figures`), its
         capabilities and what said them (`registry.CAPABILITIES_FROM`: all but `show` are
         read off something else than the list Ollama gives), and its profiled areas,
         when it has been profiled. A name backends list with other weights is described
@@ -853,19 +854,23 @@ class AutoRoutes:
                 "uncertainty": round(known.uncertainty, 3),
                 "neighbours": list(known.neighbours[:3]),
             }
-            if known.origin == "catalogue":
-                # By the name and details the registry looked the model up by: the
-                # entry its areas come from may be another than its name's (`_same_arch`,
-                # a parent Ollama names), so explain names it.
-                catalog = self.auto.registry.catalog
-                described["entry"] = catalog.entry(name, info.details)
-                cited = catalog.sources(name, info.details)
-                described["sources"] = {
-                    bench: {"area": s.area, "value": s.value, "url": s.url}
-                    for bench, s in sorted(cited.items())
-                }
-                published = {s.area for s in cited.values()}
-                described["imputed"] = [area for area in known.areas if area not in published]
+            # By the name and details the registry looked the model up by: the entry
+            # its areas come from may be another than its name's (`_same_arch`, a parent
+            # Ollama names, the one a description is `like`), so explain names it; a
+            # profile of some areas leaves where the others come from as it was.
+            catalog = self.auto.registry.catalogue()
+            described["entry"] = catalog.entry(name, info.details)
+            cited = catalog.sources(name, info.details)
+            described["sources"] = {
+                bench: {"area": s.area, "value": s.value, "url": s.url}
+                for bench, s in sorted(cited.items())
+            }
+            figures = catalog.figures(name, info.details)
+            described["imputed"] = [a for a, f in figures.items() if f.source == "imputed"]
+            described["figures"] = {
+                area: {"from": f.source, **({"measured": f.measured} if f.measured else {})}
+                for area, f in figures.items()
+            }
             own["catalogue"] = described
         own["capabilities"] = {
             "listed": sorted(info.candidate.capabilities),

@@ -21,11 +21,12 @@ from proxy.app import APP_KEY
 from proxy.auto import EMBEDDING_ONLY, AutoError, AutoRouter, profile_of
 from proxy.auto_routes import AutoRoutes
 from proxy.backends import BackendPool
-from proxy.config import Backend, Config, Health, Profile, Selector, Usage
+from proxy.config import Backend, Config, Health, ModelEntry, Profile, Selector, Usage
 from proxy.registry import ModelInfo, Registry, model_info
 from proxy.routes import RANKED_PATHS
 from selector_model.catalog import AREAS, Catalog
 from selector_model.policy import SWITCH_Z
+from selector_model.profiling import store as profile_store
 from tests.conftest import FROZEN
 from tests.support import (
     PIXEL_PNG,
@@ -2274,6 +2275,66 @@ async def test_explain_cites_only_the_results_a_candidate_takes(
     finally:
         prx.stop()
         own.stop()
+
+
+async def test_explain_says_where_each_area_of_a_profiled_candidate_comes_from(
+    servers: ServerThread, tmp_path: Path
+) -> None:
+    """A profile of one area leaves what explain says of a candidate's other areas as
+    it was: a catalogue entry still cites its published numbers and names its imputed
+    areas, and per area `figures` says where its figure comes from (published,
+    imputed or configured) and whether a measured share was blended with it or kept,
+    for a catalogue entry and for a model `selector.models` describes by areas alone."""
+    mine = "my-tune:8b"
+    own = Emulator(servers, dataclasses.replace(FROZEN, models=("qwen2.5:7b", "llama3.1:8b")))
+    own.state.store[mine] = own.state.store.pop("llama3.1:8b").renamed(mine)
+    path = tmp_path / "profiles.json"
+    models = {mine: ModelEntry(areas={"code": 0.8})}
+
+    def result(score: float) -> profile_store.AreaResult:
+        return profile_store.AreaResult(score, 10, "1", "2026-12-07T09:00:00Z", own.url)
+
+    async def described() -> dict[str, dict[str, Any]]:
+        settings = selector(tmp_path, profiles_path=str(path), models=models)
+        prx = Proxy(servers, [own.url], selector=settings)
+        try:
+            status, doc = await explain(prx, chat("auto:best"))
+        finally:
+            prx.stop()
+        assert status == 200, doc
+        return {row["model"]: row for row in doc["ranking"]}
+
+    try:
+        before = await described()
+        profile_store.save(path, "qwen2.5:7b", {"math": result(0.2)})
+        profile_store.save(path, mine, {"code": result(0.3), "math": result(0.3)})
+        after = await described()
+    finally:
+        own.stop()
+    cited = Catalog.shipped().sources("qwen2.5:7b")
+    published = {s.area for s in cited.values()}
+    assert "math" in published
+    qwen, was = after["qwen2.5:7b"]["catalogue"], before["qwen2.5:7b"]["catalogue"]
+    assert (was["origin"], qwen["origin"]) == ("catalogue", "profile")
+    assert after["qwen2.5:7b"]["measured"] == {"math": 0.2}
+    for key in ("entry", "sources", "imputed"):
+        assert qwen[key] == was[key], key
+    assert qwen["entry"] == "qwen2.5:7b" and set(qwen["sources"]) == set(cited)
+    assert qwen["imputed"] == [a for a in AREAS if a not in published]
+    assert qwen["figures"]["math"] == {"from": "published", "measured": "blended"}
+    for area in AREAS:
+        source = "published" if area in published else "imputed"
+        assert was["figures"][area] == {"from": source}, area
+        if area != "math":
+            assert qwen["figures"][area] == was["figures"][area], area
+    tune, placed = after[mine]["catalogue"], before[mine]["catalogue"]
+    assert (placed["origin"], tune["origin"]) == ("config", "profile")
+    assert tune["entry"] is None and tune["sources"] == {}
+    assert tune["imputed"] == [a for a in AREAS if a != "code"] == placed["imputed"]
+    assert tune["figures"]["code"] == {"from": "configured", "measured": "blended"}
+    assert tune["figures"]["math"] == {"from": "imputed", "measured": "kept"}
+    assert tune["figures"]["knowledge"] == {"from": "imputed"}
+    assert tune["areas"]["math"] == 0.3 and 0.3 < tune["areas"]["code"] < 0.8
 
 
 async def test_a_model_made_from_a_listed_one_is_described_as_its_parent(
