@@ -199,7 +199,7 @@ def _contradicted_digests(models: dict[str, ModelInfo]) -> set[str]:
     told: dict[str, set[tuple[str, float]]] = {}
     for info in models.values():
         known = info.knowledge
-        if info.digest and known is not None and known.origin == "catalogue":
+        if info.digest and known is not None and known.entry:
             told.setdefault(info.digest, set()).add((known.family, known.params_b))
     return {digest for digest, models_told in told.items() if len(models_told) > 1}
 

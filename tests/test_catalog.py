@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from proxy import config
+from proxy import config, registry
 from proxy.config import ConfigError
 from selector_model.catalog import (
     AREAS,
@@ -21,6 +21,7 @@ from selector_model.catalog import (
     ModelKnowledge,
     placement,
 )
+from selector_model.features import Candidate
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -1745,3 +1746,39 @@ def test_a_bare_pretrained_tag_of_a_model_so_named_is_its_entry(catalog: Catalog
     found = catalog.lookup("wizardcoder:python")
     assert not found.pretrained
     assert found.areas == catalog.lookup("wizardcoder:7b-python").areas
+
+
+def test_a_profile_keeps_the_entry_a_model_is_read_as(catalog: Catalog) -> None:
+    """A profile blends a catalogue entry's areas (its origin then says `profile`) but
+    does not make it another model: a chat tune whose name reads as pretrained
+    (`wizardcoder:python`) still answers requests, and the entry it is read as still
+    says which weights the digest check compares; a description in `selector.models`
+    is read as no entry."""
+    name = "wizardcoder:python"
+    assert catalog.lookup(name).answers_requests(name)
+    profiled = catalog.with_measured({name: {"math": Measured(0.3, 10)}}).lookup(name)
+    assert profiled.origin == "profile"
+    assert profiled.answers_requests(name)
+    assert profiled.entry == catalog.lookup(name).entry == catalog.resolve(name)
+    described = catalog.with_overrides({name: {"like": "qwen2.5:7b"}}).lookup(name)
+    assert described.origin == "config" and described.entry == ""
+
+
+def test_the_digest_check_counts_a_profiled_catalogue_model(catalog: Catalog) -> None:
+    """One digest listed for two catalogued models of other sizes is contradicted,
+    profiled or not: a profile changes a model's areas, not which weights it is."""
+    profiled = catalog.with_measured({"qwen2.5:7b": {"code": Measured(0.6, 10)}})
+
+    def info(name: str) -> registry.ModelInfo:
+        known = profiled.lookup(name)
+        return registry.ModelInfo(
+            candidate=Candidate(name=name),
+            details={},
+            generates=True,
+            knowledge=known,
+            digest="sha256:" + "1" * 64,
+        )
+
+    models = {name: info(name) for name in ("qwen2.5:7b", "qwen2.5:14b")}
+    assert models["qwen2.5:7b"].knowledge.origin == "profile"  # type: ignore[union-attr]
+    assert registry._contradicted_digests(models) == {"sha256:" + "1" * 64}

@@ -515,7 +515,7 @@ class Catalog:
             given = spec.get("released")
             released = parse_released(given) if given not in (None, "") else None
             base = self.neighbourhood.place(name, details, capabilities, spec, released)
-        changes: dict[str, Any] = {"name": name, "origin": "config"}
+        changes: dict[str, Any] = {"name": name, "origin": "config", "entry": ""}
         for key in ("family", "arch"):
             if spec.get(key):
                 changes[key] = str(spec[key])
@@ -682,6 +682,7 @@ def _entry(
             context_length=int(item["context_length"]),
             areas=areas,
             pretrained=_flag(item.get("pretrained", False), f"{at}: pretrained"),
+            entry=name,
         )
     except KeyError as missing:
         raise CatalogError(f"{at}: {missing.args[0]} is required") from None

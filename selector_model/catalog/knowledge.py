@@ -58,6 +58,12 @@ class ModelKnowledge:
     # its name does not say so (`starcoder2:3b`; `names.is_pretrained` reads the names
     # that do). Said of a model, never imputed from its neighbours.
     pretrained: bool = False
+    # The catalogue entry whose published knowledge this is, by its own name, kept when a
+    # profile blends its areas (the origin then says `profile`); "" for a model placed
+    # from its details or described in `selector.models`: what says a name that reads
+    # as pretrained is a chat tune the entry lists (`answers_requests`), and which
+    # models the digest check compares (`registry._contradicted_digests`).
+    entry: str = ""
 
     def __post_init__(self) -> None:
         missing = [area for area in AREAS if area not in self.areas]
@@ -88,7 +94,7 @@ class ModelKnowledge:
         of a Python model, `wizardcoder:7b-python`)."""
         if self.pretrained:
             return False
-        if self.origin == "catalogue" and names.is_pretrained(self.name):
+        if self.entry and names.is_pretrained(self.entry):
             return True
         return not names.is_pretrained(name)
 
@@ -116,6 +122,7 @@ class ModelKnowledge:
             "neighbours": list(self.neighbours),
             "uncertainty": self.uncertainty,
             "pretrained": self.pretrained,
+            "entry": self.entry,
         }
 
     @classmethod
@@ -137,6 +144,7 @@ class ModelKnowledge:
             neighbours=tuple(str(n) for n in record.get("neighbours", ())),
             uncertainty=float(record.get("uncertainty", 0.0)),
             pretrained=bool(record.get("pretrained", False)),
+            entry=str(record.get("entry", "")),
         )
 
 
