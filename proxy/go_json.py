@@ -33,7 +33,7 @@ import asyncio
 import json
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, NamedTuple, TypeVar
@@ -565,6 +565,37 @@ def written_as_read(doc: Any) -> bytes | None:
         return orjson.dumps(doc, default=_as_text)
     except orjson.JSONEncodeError:
         return None
+
+
+def rebuilt(
+    value: Any, leaf: Callable[[Any], Any] = lambda v: v, *, sort_keys: bool = False
+) -> Any:
+    """A copy of `value`'s objects and arrays, each other value in them `leaf` of it,
+    each object's keys in order (sorted when `sort_keys`, as json.Marshal writes a
+    map). A loop, not a recursion: Go reads a value nested `GO_MAX_DEPTH` levels, far
+    deeper than Python's stack goes."""
+    if not isinstance(value, dict | list):
+        return leaf(value)
+    top: Any = {} if isinstance(value, dict) else []
+    pending: list[tuple[Any, Any]] = [(value, top)]
+    while pending:
+        source, copy = pending.pop()
+        if isinstance(source, dict):
+            keys = sorted(source) if sort_keys else source
+            items: Iterable[tuple[Any, Any]] = ((key, source[key]) for key in keys)
+        else:
+            items = enumerate(source)
+        for key, item in items:
+            if isinstance(item, dict | list):
+                child: Any = {} if isinstance(item, dict) else []
+                pending.append((item, child))
+            else:
+                child = leaf(item)
+            if isinstance(copy, dict):
+                copy[key] = child
+            else:
+                copy.append(child)
+    return top
 
 
 # Go's decoder refuses a value nested deeper than this (scanner.go's maxNestingDepth),

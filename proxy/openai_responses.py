@@ -399,11 +399,7 @@ def _converted(tool: dict[str, Any]) -> list[dict[str, Any]]:
 def go_map(value: Any) -> Any:
     """A JSON value decoded into a Go `map[string]any` and marshalled again: every
     object's keys sorted, as encoding/json writes a map."""
-    if isinstance(value, dict):
-        return {key: go_map(value[key]) for key in sorted(value)}
-    if isinstance(value, list):
-        return [go_map(item) for item in value]
-    return value
+    return go_json.rebuilt(value, sort_keys=True)
 
 
 def converted(doc: Any) -> dict[str, Any]:

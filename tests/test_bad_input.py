@@ -112,15 +112,27 @@ async def test_a_number_beyond_a_double_gets_ollamas_error(
 
 
 @pytest.mark.parametrize("path", ["/api/chat", "/api/generate"])
-@pytest.mark.parametrize("fmt", [b"1e400", b"[1,-1e400]"])
-async def test_a_format_beyond_a_double_gets_ollamas_invalid_format(
+@pytest.mark.parametrize(
+    "fmt",
+    [
+        b"1e400",
+        b"[1,-1e400]",
+        b"[123456789012345678901234]",
+        b"[" * 300 + b"1.5" + b"]" * 300,
+        b'[{"a":' * 150 + b"-0.0" + b"}]" * 150,
+    ],
+    ids=["beyond-a-double", "in-an-array", "beyond-64-bits", "deep-array", "deep-objects"],
+)
+async def test_a_format_of_no_object_gets_ollamas_invalid_format(
     emulator: Emulator, proxy: Proxy, path: str, fmt: bytes
 ) -> None:
-    """`format` is a json.RawMessage: Go keeps its bytes without reading the number,
-    and the runner refuses what is neither "json" nor a schema object with its 500."""
+    """`format` is a json.RawMessage: Go keeps its bytes without reading its numbers,
+    at any depth it reads (10,000 levels), and the runner refuses what is neither
+    "json" nor a schema object with its 500, naming the bytes."""
     body = b"{" + (_CHAT if path == "/api/chat" else _ASK) + b', "format": ' + fmt + b"}"
     direct = await raw(emulator.url, "POST", path, body)
-    expected = f'invalid format: "{fmt.decode()}"; expected "json" or a valid JSON Schema object'
+    quoted = fmt.decode().replace('"', '\\"')  # as Go's %q writes these bytes
+    expected = f'invalid format: "{quoted}"; expected "json" or a valid JSON Schema object'
     assert direct[0] == 500 and orjson.loads(direct[2]) == {"error": expected}
     assert await raw(proxy.url, "POST", path, body) == direct
 

@@ -19,8 +19,11 @@ from typing import Any
 import aiohttp
 import ollama
 import openai
+import orjson
 import pytest
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.emulator import STATE_KEY, EmulatorSettings, EmulatorState, create_app, textgen, wire
 from proxy.emulator.catalog import CATALOG
@@ -2502,3 +2505,38 @@ async def test_an_openai_stream_that_fails_before_its_first_chunk_is_the_writers
         assert (r.status, r.headers["Content-Type"]) == (500, "application/json")
         assert r.headers.get("Transfer-Encoding") == "chunked" and "Content-Length" not in r.headers
     assert json.loads(got)["error"]["message"] == message and got.endswith(b"}\n")
+
+
+# Values nested deeper than orjson writes ---------------------------------------------------
+
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=60, deadline=None, database=None, derandomize=True)
+@given(value=_json_values, sort_keys=st.booleans())
+def test_a_value_deeper_than_orjson_writes_is_written_as_orjson_writes(
+    value: Any, sort_keys: bool
+) -> None:
+    """Go writes a request's value as deep as it reads one (10,000 levels; orjson 254):
+    the emulator writes such a value itself, in orjson's bytes, and prints its numbers
+    as Go does at any depth."""
+    levels = 2_000
+    deep = value
+    for n in range(levels):
+        deep = [deep] if n % 2 else {"k": deep}
+    shallow = orjson.dumps(value, option=orjson.OPT_SORT_KEYS if sort_keys else 0)
+    opened = b'[{"k":' * (levels // 2)
+    closed = b"}]" * (levels // 2)
+    assert wire.json_bytes(deep, sort_keys=sort_keys) == opened + shallow + closed
+    assert (
+        wire.dumps(deep, sort_keys=sort_keys)
+        == opened + wire.dumps(value, sort_keys=sort_keys) + closed
+    )

@@ -31,7 +31,7 @@ from .textgen import (
     plan,
     token_logprob,
 )
-from .wire import as_go_decodes, checked_off_loop, read_json
+from .wire import as_go_decodes, checked_off_loop, json_bytes, read_json
 
 NO_VISION = "this model is missing data required for image input"
 # Where Ollama sends a request for a model of its cloud (server/cloud_proxy.go).
@@ -148,7 +148,7 @@ def check_format(fmt: Any) -> Refusal | None:
     """llm.Completion's format check (raised from the runner, hence 500)."""
     if fmt is None or fmt == "" or fmt == "json" or isinstance(fmt, dict):
         return None
-    raw = orjson.dumps(fmt, default=_as_written).decode()
+    raw = json_bytes(fmt, default=_as_written).decode()
     quoted = raw.replace("\\", "\\\\").replace('"', '\\"')
     return Refusal(
         500, f'invalid format: "{quoted}"; expected "json" or a valid JSON Schema object'

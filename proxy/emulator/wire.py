@@ -33,7 +33,7 @@ T = TypeVar("T")
 JSON_BARE = "application/json"  # what the OpenAI writers and waitForStream set
 
 
-def _go_numbers(obj: Any) -> Any:
+def _go_number(obj: Any) -> Any:
     """Go prints a whole float64 below 1e21 without a fraction or exponent (1, not 1.0;
     1e20 in full). orjson writes integers of 64 bits only: a larger one goes verbatim.
     An integer beyond 64 bits read from a request is a float64 in Go (an `any`; an
@@ -49,18 +49,75 @@ def _go_numbers(obj: Any) -> Any:
             return obj
         whole = int(obj)
         return whole if -(2**63) <= whole < 2**64 else orjson.Fragment(str(whole).encode())
-    if isinstance(obj, dict):
-        return {k: _go_numbers(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_go_numbers(v) for v in obj]
     return obj
+
+
+def _go_numbers(obj: Any) -> Any:
+    """`obj` with each number in its objects and arrays as Go prints it (`_go_number`)."""
+    return go_json.rebuilt(obj, _go_number)
+
+
+def json_bytes(
+    obj: Any, *, sort_keys: bool = False, default: Callable[[Any], Any] | None = None
+) -> bytes:
+    """orjson.dumps of `obj` (compact, keys sorted when `sort_keys`), however deep it
+    nests, an integer beyond 64 bits as its digits: orjson writes 254 levels and 64
+    bits, and a json.RawMessage goes out as the client wrote it, up to the 10,000
+    levels Go reads. What orjson refuses so is written a token at a time instead, each
+    other scalar and each key by orjson, so the bytes are the ones orjson would write."""
+    option = orjson.OPT_SORT_KEYS if sort_keys else 0
+    try:
+        return orjson.dumps(obj, default=default, option=option)
+    except orjson.JSONEncodeError as exc:
+        if str(exc) not in _WRITTEN_HERE:
+            raise
+    out: list[bytes] = []
+    pending: list[Any] = [obj]  # values to write, and the tokens between them (`_Token`)
+    while pending:
+        value = pending.pop()
+        if isinstance(value, _Token):
+            out.append(value)
+        elif isinstance(value, dict):
+            keys = sorted(value) if sort_keys else list(value)
+            pending.append(_CLOSE_OBJECT)
+            for n in range(len(keys) - 1, -1, -1):
+                key = keys[n]
+                if not isinstance(key, str):
+                    raise TypeError("Dict key must be str")  # as orjson refuses it
+                pending.append(value[key])
+                pending.append(_Token((b"{" if n == 0 else b",") + orjson.dumps(key) + b":"))
+            if not keys:
+                pending.append(_OPEN_OBJECT)
+        elif isinstance(value, list | tuple):
+            pending.append(_CLOSE_ARRAY)
+            for n in range(len(value) - 1, -1, -1):
+                pending.append(value[n])
+                if n:
+                    pending.append(_COMMA)
+            pending.append(_OPEN_ARRAY)
+        elif type(value) is int:
+            out.append(b"%d" % value)
+        else:
+            out.append(orjson.dumps(value, default=default))
+    return b"".join(out)
+
+
+# What orjson refuses to write that `json_bytes` writes.
+_WRITTEN_HERE = ("Recursion limit reached", "Integer exceeds 64-bit range")
+
+
+class _Token(bytes):
+    """Bytes `json_bytes` writes between values."""
+
+
+_OPEN_OBJECT, _CLOSE_OBJECT = _Token(b"{"), _Token(b"}")
+_OPEN_ARRAY, _CLOSE_ARRAY, _COMMA = _Token(b"["), _Token(b"]"), _Token(b",")
 
 
 def dumps(obj: Any, *, sort_keys: bool = False) -> bytes:
     """json.Marshal: compact, with Go's HTML-safe escaping (those characters can only
     occur inside strings, so replacing them in the output is exact)."""
-    raw = orjson.dumps(_go_numbers(obj), option=orjson.OPT_SORT_KEYS if sort_keys else 0)
-    return go_escaped(raw)
+    return go_escaped(json_bytes(_go_numbers(obj), sort_keys=sort_keys))
 
 
 def unix_of(stamp: str) -> int:
