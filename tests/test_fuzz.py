@@ -18,8 +18,11 @@ this test with FUZZ_PROXY_PORT and FUZZ_EMULATOR_PORT set.
 from __future__ import annotations
 
 import http.client
+import itertools
 import logging
 import os
+import random
+import re
 import socket
 from collections import Counter
 from collections.abc import Iterator
@@ -31,7 +34,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.fuzz_target import AUTH, KEY, LIMITS
-from tests.support import Emulator, Proxy, ServerThread
+from tests.support import Emulator, Proxy, ServerThread, error_text
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
 # Set by benchmarks.fuzz_memory: a proxy and its emulator already running elsewhere.
@@ -235,3 +238,141 @@ def test_random_and_malformed_requests_never_get_the_proxys_own_5xx(
     # Still serving.
     status, _ = exchange(proxy_port, build("GET", "/api/version", [], None, b""), "GET")
     assert status == 200
+
+
+# Deep values --------------------------------------------------------------------------
+
+# Go's decoder reads a value nested up to 10,000 levels (scanner.go's maxNestingDepth),
+# whatever the field, so Ollama answers such a body as it answers a shallow one: a 200
+# where the field is free JSON, a 400 where its type refuses the value, and a 500 only
+# where it answers the shallow value with one too. 300 levels is beyond what orjson
+# reads and writes, 900 within what Python's json reads (and its stack holds, one frame
+# a level), 2,000 and 9,000 beyond it.
+DEEP_LEVELS = (300, 900, 2_000, 9_000)
+DEEP = "\x00deep"  # where a template takes the deep value
+# llm.Completion's 500 for a format that is no object ("invalid format: %q; expected
+# ..."), and the scheduler's for an option of the wrong type (api.Options.FromMap's
+# error through handleScheduleError); a stream carries it in a 200.
+_BAD_FORMAT = "invalid format: "
+_BAD_STOP = 'option "stop" must be of'
+# (route, the request's fields, the start of the message of Ollama's own 500 there)
+DEEP_PLACES: list[tuple[str, dict[str, object], str | None]] = [
+    ("/api/chat", {"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"a": {"type": "array", "items": DEEP}}}}}]}, None),
+    ("/api/chat", {"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "$defs": DEEP, "properties": {}}}}]}, None),
+    ("/api/chat", {"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"a": {"enum": [DEEP]}}}}}]}, None),
+    ("/api/chat", {"format": DEEP}, _BAD_FORMAT),
+    ("/api/chat", {"options": {"x": DEEP}}, None),
+    ("/api/chat", {"options": {"stop": DEEP}}, _BAD_STOP),
+    ("/api/chat", {"messages": [{"role": "user", "content": DEEP}]}, None),
+    ("/api/chat", {"messages": [{"role": "user", "content": "hi", "images": DEEP}]}, None),
+    ("/api/chat", {"messages": [{"role": "assistant", "content": "", "tool_calls": [
+        {"function": {"name": "f", "arguments": {"a": DEEP}}}]}]}, None),
+    ("/api/generate", {"prompt": "hi", "format": DEEP}, _BAD_FORMAT),
+    ("/api/generate", {"prompt": "hi", "options": {"x": DEEP}}, None),
+    ("/api/generate", {"prompt": DEEP}, None),
+    ("/api/generate", {"prompt": "hi", "images": DEEP}, None),
+    ("/api/generate", {"prompt": "hi", "context": DEEP}, None),
+    ("/api/embed", {"input": DEEP}, None),
+    ("/api/embed", {"input": "hi", "options": {"x": DEEP}}, None),
+    ("/api/embeddings", {"prompt": DEEP}, None),
+    ("/v1/chat/completions", {"tools": [{"type": "function", "function": {"name": "f",
+        "parameters": {"type": "object", "properties": {"a": {"items": DEEP}}}}}]}, None),
+    ("/v1/chat/completions", {"response_format": {"type": "json_schema", "json_schema": {
+        "name": "s", "schema": DEEP}}}, _BAD_FORMAT),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": DEEP}]}, None),
+    ("/v1/chat/completions", {"metadata": DEEP}, None),
+    ("/v1/completions", {"prompt": DEEP}, None),
+    ("/v1/embeddings", {"input": DEEP}, None),
+    ("/v1/messages", {"max_tokens": 8, "tools": [{"name": "f", "input_schema": {
+        "type": "object", "properties": {"a": DEEP}}}]}, None),
+    ("/v1/messages", {"max_tokens": 8, "messages": [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": [
+            {"type": "tool_use", "id": "t1", "name": "f", "input": {"a": DEEP}}]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "t1", "content": "ok"}]}]}, None),
+    ("/v1/messages", {"max_tokens": 8, "metadata": {"user_id": DEEP}}, None),
+    ("/v1/messages", {"max_tokens": 8, "metadata": DEEP}, None),
+    ("/v1/responses", {"input": "hi", "tools": [{"type": "function", "name": "f",
+        "parameters": {"type": "object", "properties": {"a": {"items": DEEP}}}}]}, None),
+    ("/v1/responses", {"input": "hi", "text": {"format": {
+        "type": "json_schema", "name": "s", "schema": DEEP}}}, _BAD_FORMAT),
+    ("/v1/responses", {"input": DEEP}, None),
+    ("/v1/responses", {"input": "hi", "metadata": DEEP}, None),
+]  # fmt: skip
+_DEEP_LEAVES = [
+    b"1.50",
+    b"-0.0",
+    b'"x"',
+    b"null",
+    b"true",
+    b"[]",
+    b"{}",
+    b"1e400",
+    b"123456789012345678901234",
+]
+
+
+def deep_value(rng: random.Random, levels: int) -> bytes:
+    """A valid JSON value nested `levels` levels: arrays and objects at random, with
+    shallow siblings here and there, around a leaf of `_DEEP_LEAVES`."""
+    opens: list[bytes] = []
+    closes: list[bytes] = []
+    for _ in range(levels):
+        sibling = rng.random() < 0.1
+        if rng.random() < 0.5:
+            opens.append(b"[1.50," if sibling else b"[")
+            closes.append(b"]")
+        else:
+            key = rng.choice([b"a", b"type", b"properties", b"items", b"\\u00e9"])
+            opens.append(b'{"k":"v","%s":' % key if sibling else b'{"%s":' % key)
+            closes.append(b"}")
+    return b"".join(opens) + rng.choice(_DEEP_LEAVES) + b"".join(reversed(closes))
+
+
+def deep_body(
+    rng: random.Random, path: str, model: str, template: dict[str, object], levels: int
+) -> bytes:
+    """A request for `model` on `path` as `template` has it (streamed or not, at random),
+    each `DEEP` in it a `deep_value` of `levels` levels."""
+    doc: dict[str, object] = {"model": model, "stream": rng.random() < 0.5}
+    if path in ("/api/chat", "/v1/chat/completions", "/v1/messages"):
+        doc["messages"] = [{"role": "user", "content": "hi"}]
+    doc.update(template)
+    parts = orjson.dumps(doc).split(orjson.dumps(DEEP))
+    return b"".join(p + deep_value(rng, levels) for p in parts[:-1]) + parts[-1]
+
+
+def test_deeply_nested_values_get_ollamas_answer_not_a_5xx(
+    ports: tuple[int, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every place a client may put free JSON, holding a value a few hundred to a few
+    thousand levels deep, through the proxy for a named model and for `auto`: no 5xx
+    and no error in a stream but Ollama's own there (`DEEP_PLACES`), a refusal in
+    Ollama's shape, every answer whole."""
+    proxy_port, _ = ports
+    caplog.set_level(logging.ERROR)
+    rng = random.Random(215)
+    found: list[tuple[int, str, bytes]] = []
+    outcomes: Counter[int] = Counter()
+    for (path, template, ollamas_500), levels, model in itertools.product(
+        DEEP_PLACES, DEEP_LEVELS, ("llama3.1:8b", "auto")
+    ):
+        body = deep_body(rng, path, model, template, levels)
+        raw = build("POST", path, [], f"Bearer {KEY}", body)
+        status, answer = exchange(proxy_port, raw, "POST")  # IncompleteRead if cut short
+        outcomes[status] += 1
+        ollamas = ollamas_500 is not None and orjson.dumps(ollamas_500)[1:-1] in answer
+        if status >= 500 and not ollamas:
+            found.append((status, f"{path} {levels} {model}", answer[:300]))
+        elif status == 200 and re.search(rb'"error":["{]', answer) and not ollamas:
+            found.append((status, f"{path} {levels} {model}", answer[:300]))
+        elif status >= 400:
+            assert isinstance(error_text(path, orjson.loads(answer)), str), (path, answer[:300])
+    print(f"\ndeep values: by status {dict(sorted(outcomes.items()))}")
+    assert not found, "\n".join(map(repr, found))
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, errors[:5]
