@@ -1842,6 +1842,25 @@ async def test_a_response_echoes_the_request_as_ollamas_structs_marshal_it(emu: 
     assert created["reasoning"] == {"effort": "low", "summary": None}
 
 
+async def test_a_responses_schema_is_echoed_as_the_client_wrote_its_numbers(emu: Emu) -> None:
+    """The text format's schema is a json.RawMessage: Go writes back the bytes it kept
+    (compacted, its keys in the client's order), its numbers as written, where it
+    prints a tool's parameters, a map it read, as float64s."""
+    schema = b'{"type": "number", "maximum": 1.50, "enum": [1.0, 1E2, -0.0, 7]}'
+    parameters = b'{"type": "object", "maximum": 1.50, "enum": [1.0, 1E2]}'
+    body = (
+        b'{"model": "qwen3:8b", "input": "hi", "stream": %s, "text": {"format": {"type":'
+        b' "json_schema", "name": "p", "schema": %s}}, "tools": [{"type": "function",'
+        b' "name": "f", "parameters": %s}]}'
+    )
+    written = b'"schema":{"type":"number","maximum":1.50,"enum":[1.0,1E2,-0.0,7]}'
+    printed = b'"parameters":{"enum":[1,100],"maximum":1.5,"type":"object"}'
+    for stream in (b"false", b"true"):
+        status, _, answer = await emu.post("/v1/responses", raw=body % (stream, schema, parameters))
+        assert status == 200, answer[:300]
+        assert written in answer and printed in answer, answer[:2000]
+
+
 async def test_streamed_responses_and_messages_carry_the_middlewares_heads(emu: Emu) -> None:
     """ResponsesMiddleware and AnthropicMessagesMiddleware (middleware/openai.go,
     anthropic.go) set Cache-Control: no-cache and Connection: keep-alive on a streamed

@@ -8,9 +8,10 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import orjson
 from aiohttp import web
 
-from proxy import openai_responses
+from proxy import go_json, openai_responses
 from proxy.go_types import BodyError
 from proxy.protocol import SSE
 
@@ -55,26 +56,52 @@ def _tool_echo(tool: Any, stream: bool) -> Any:
     return echo
 
 
-def _format_echo(fmt: Any) -> Any:
+def _format_echo(fmt: Any, schema: orjson.Fragment | None) -> Any:
     """The request's text format as ResponsesTextFormat marshals it (and
     buildResponseObject copies it): its four fields, name and strict left out when
-    unset, schema (a json.RawMessage) when given at all; keys it does not know go."""
+    unset, schema (a json.RawMessage) when given at all, as the client wrote it where
+    `schema` has it (`_schema_as_written`); keys it does not know go."""
     if not isinstance(fmt, dict):
         return {"type": "text"}
     echo: dict[str, Any] = {"type": fmt.get("type") or ""}
     if fmt.get("name"):
         echo["name"] = fmt["name"]
     if "schema" in fmt:
-        echo["schema"] = fmt["schema"]
+        echo["schema"] = fmt["schema"] if schema is None else schema
     if fmt.get("strict") is not None:
         echo["strict"] = fmt["strict"]
     return echo
 
 
+async def _schema_as_written(request: web.Request, body: dict[str, Any]) -> orjson.Fragment | None:
+    """The text format's schema with its numbers as the client wrote them: a
+    json.RawMessage, whose bytes Go writes back compacted (`1.50`, `1.0` and `1E2` as
+    they came), not a value it read. None where the body has no schema, or one too
+    deep for that reading (`go_json.read_written`)."""
+    fmt = (body.get("text") or {}).get("format")
+    if not isinstance(fmt, dict) or "schema" not in fmt:
+        return None
+    raw = await request.read()
+    doc = await go_json.off_loop(len(raw), go_json.read_written, raw)
+    try:
+        schema = doc["text"]["format"]["schema"]
+    except (TypeError, KeyError):
+        return None
+    written = go_json.written_as_read(schema)
+    return None if written is None else orjson.Fragment(written)
+
+
 class ResponsesSink(ChatSink):
-    def __init__(self, request: web.Request, body: dict[str, Any], key: str) -> None:
+    def __init__(
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        key: str,
+        schema: orjson.Fragment | None = None,
+    ) -> None:
         self.state = state_of(request)
         self.body = body
+        self.schema = schema
         self.stream = body.get("stream") is True
         self.keeps_text = False  # its own text is kept (`text`), its message's unread
         self.resp_id = f"resp_{_n(self.state, key, 'resp', 999999)}"
@@ -127,7 +154,7 @@ class ResponsesSink(ChatSink):
             "tool_choice": "auto",
             "truncation": b.get("truncation") or "disabled",
             "parallel_tool_calls": True,
-            "text": {"format": _format_echo((b.get("text") or {}).get("format"))},
+            "text": {"format": _format_echo((b.get("text") or {}).get("format"), self.schema)},
             "top_p": b.get("top_p") if b.get("top_p") is not None else 1.0,
             "presence_penalty": 0,
             "frequency_penalty": 0,
@@ -385,4 +412,5 @@ async def handle_responses(request: web.Request) -> web.StreamResponse:
     except Refusal as exc:
         heads = stream_heads(request, body.get("stream") is True)
         return with_heads(writer_error(exc.status, exc.message), heads)
-    return await run_chat(request, job, ResponsesSink(request, body, job.key))
+    schema = await _schema_as_written(request, body)
+    return await run_chat(request, job, ResponsesSink(request, body, job.key, schema))
