@@ -25,7 +25,15 @@ from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.emulator import STATE_KEY, EmulatorSettings, EmulatorState, create_app, textgen, wire
+from proxy.emulator import (
+    STATE_KEY,
+    EmulatorSettings,
+    EmulatorState,
+    create_app,
+    responses_api,
+    textgen,
+    wire,
+)
 from proxy.emulator.catalog import CATALOG
 from proxy.emulator.state import FROZEN_TIME_NS
 from proxy.protocol import go_time
@@ -2559,3 +2567,26 @@ def test_a_value_deeper_than_orjson_writes_is_written_as_orjson_writes(
         wire.dumps(deep, sort_keys=sort_keys)
         == opened + wire.dumps(value, sort_keys=sort_keys) + closed
     )
+
+
+def test_a_responses_namespace_is_echoed_with_its_members_as_deep_as_go_reads() -> None:
+    """ToResponse marshals a namespace's members, a namespace among them with its own,
+    as deep as Go reads them (10,000 levels); a stream's map has no members."""
+    tool: dict[str, Any] = {"type": "function", "name": "f", "parameters": {"b": 1, "a": 2}}
+    for _ in range(3_000):
+        tool = {"type": "namespace", "name": "n", "tools": [tool, 5]}
+    echo = responses_api._tool_echo(tool, stream=False)
+    levels = 0
+    while echo["type"] == "namespace":
+        assert list(echo) == ["type", "name", "description", "strict", "parameters", "tools"]
+        assert echo["tools"][1] == 5
+        echo, levels = echo["tools"][0], levels + 1
+    assert levels == 3_000
+    assert echo == {
+        "type": "function",
+        "name": "f",
+        "description": None,
+        "strict": None,
+        "parameters": {"a": 2, "b": 1},
+    }
+    assert "tools" not in responses_api._tool_echo(tool, stream=True)

@@ -40,20 +40,31 @@ def _n(state: EmulatorState, key: str, salt: str, top: int) -> int:
 def _tool_echo(tool: Any, stream: bool) -> Any:
     """A request's tool as the answer repeats it: ToResponse marshals the ResponsesTool
     (every field, a missing one null, a namespace's members where it has any);
-    buildResponseObject writes a map of the same five fields, without members."""
+    buildResponseObject writes a map of the same five fields, without members. A loop
+    over the namespaces within namespaces, not a recursion: Go reads them 10,000 levels
+    deep."""
     if not isinstance(tool, dict):
         return tool
-    echo = {
+    top = _tool_fields(tool)
+    pending = [(tool, top)]
+    while pending and not stream:
+        declared, echo = pending.pop()
+        members = declared.get("tools")
+        if isinstance(members, list) and members:
+            echo["tools"] = [_tool_fields(m) if isinstance(m, dict) else m for m in members]
+            pending += [(m, e) for m, e in zip(members, echo["tools"], strict=True) if e is not m]
+    return top
+
+
+def _tool_fields(tool: dict[str, Any]) -> dict[str, Any]:
+    """The five fields of `_tool_echo`'s tool."""
+    return {
         "type": tool.get("type") or "",
         "name": tool.get("name") or "",
         "description": tool.get("description"),
         "strict": tool.get("strict"),
         "parameters": openai_responses.go_map(tool.get("parameters")),
     }
-    members = tool.get("tools")
-    if not stream and isinstance(members, list) and members:
-        echo["tools"] = [_tool_echo(m, stream) for m in members]
-    return echo
 
 
 def _format_echo(fmt: Any, schema: orjson.Fragment | None) -> Any:
