@@ -91,23 +91,26 @@ def whole_literal(value: Any) -> str | None:
 def beyond_a_double(value: Any) -> str | None:
     """The first number beyond a double in `value`, in document order, as written: a
     `BeyondADouble` (the emulator's reading) or the JSON fragment the proxy's reading
-    keeps it as (`go_json`; not an integer a double holds, `whole_literal`)."""
-    if isinstance(value, BeyondADouble):
-        return value.text
-    if isinstance(value, orjson.Fragment):
-        text = orjson.dumps(value).decode()
-        # An array or an object is a value deeper than the reading goes, kept as written
-        # (`go_json.read`): none of its numbers is read.
-        return None if text[0] in "[{" or whole_literal(value) is not None else text
-    children = (
-        value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
-    )
-    for child in children:
-        if type(child) in _PLAIN:
-            continue  # most values: no call for them
-        found = beyond_a_double(child)
-        if found is not None:
-            return found
+    keeps it as (`go_json`; not an integer a double holds, `whole_literal`). A loop,
+    not a recursion: the emulator's reading holds values nested as deep as Python's
+    json reads, about as deep as its stack goes."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, BeyondADouble):
+            return item.text
+        if isinstance(item, orjson.Fragment):
+            text = orjson.dumps(item).decode()
+            # An array or an object is a value deeper than the reading goes, kept as
+            # written (`go_json.read`): none of its numbers is read.
+            if text[0] not in "[{" and whole_literal(item) is None:
+                return text
+            continue
+        children = (
+            item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        )
+        # Most values hold nothing to look at; the first child is looked at first.
+        pending += reversed([child for child in children if type(child) not in _PLAIN])
     return None
 
 

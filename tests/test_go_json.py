@@ -1345,3 +1345,15 @@ def test_tool_properties_below_what_the_reading_holds_are_left_to_the_backend(
         )
         expected = auto_routes.Refused(message) if refused else None
         assert auto_routes.refusal("/api/chat", doc, body) == expected
+
+
+def test_the_first_number_beyond_a_double_is_found_at_any_depth() -> None:
+    """In document order, however deep the reading holds it (the emulator's reads as
+    deep as Python's json goes); a fragment of an array or object is not read."""
+    inner: Any = [go_types.BeyondADouble("1e400"), go_types.BeyondADouble("2e400")]
+    for n in range(3_000):
+        inner = {"a": 1, "b": [inner]} if n % 2 else [1.5, "x", inner]
+    assert go_types.beyond_a_double([inner, go_types.BeyondADouble("3e400")]) == "1e400"
+    skipped = [orjson.Fragment(b"[1e400]"), orjson.Fragment(b"12345678901234567890123")]
+    assert go_types.beyond_a_double({"x": [*skipped, orjson.Fragment(b"-1e999")]}) == "-1e999"
+    assert go_types.beyond_a_double({"x": [[1.5, {"y": None}], skipped]}) is None
