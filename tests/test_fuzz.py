@@ -246,8 +246,8 @@ def test_random_and_malformed_requests_never_get_the_proxys_own_5xx(
 # whatever the field, so Ollama answers such a body as it answers a shallow one: a 200
 # where the field is free JSON, a 400 where its type refuses the value, and a 500 only
 # where it answers the shallow value with one too. 300 levels is beyond what orjson
-# reads and writes, 900 within what Python's json reads (and its stack holds, one frame
-# a level), 2,000 and 9,000 beyond it.
+# writes (254), 900 within what orjson and Python's json read (about as deep as Python's
+# stack holds a walk of one frame a level), 2,000 and 9,000 beyond what they read.
 DEEP_LEVELS = (300, 900, 2_000, 9_000)
 DEEP = "\x00deep"  # where a template takes the deep value
 # llm.Completion's 500 for a format that is no object ("invalid format: %q; expected
