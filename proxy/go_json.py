@@ -580,11 +580,13 @@ def rebuilt(
     pending: list[tuple[Any, Any]] = [(value, top)]
     while pending:
         source, copy = pending.pop()
-        if isinstance(source, dict):
-            keys = sorted(source) if sort_keys else source
-            items: Iterable[tuple[Any, Any]] = ((key, source[key]) for key in keys)
-        else:
+        items: Iterable[tuple[Any, Any]]
+        if isinstance(source, list):
             items = enumerate(source)
+        elif sort_keys:
+            items = [(key, source[key]) for key in sorted(source)]
+        else:
+            items = source.items()
         for key, item in items:
             if isinstance(item, dict | list):
                 child: Any = {} if isinstance(item, dict) else []
