@@ -816,10 +816,11 @@ class AutoRoutes:
         from and whether a profile's share was blended with it: `Catalog.figures`), its
         capabilities and what said them (`registry.CAPABILITIES_FROM`: all but `show` are
         read off something else than the list Ollama gives), and its profiled areas,
-        when it has been profiled. A name backends list with other weights is described
-        as the decision reads it (the areas, uncertainty and capabilities any version
-        may have: `registry._on_any_version`), and each version as its own weights are
-        (`versions`, by digest)."""
+        when it has been profiled, with the offset each was moved by onto the
+        catalogue's scale (`measured_offset`). A name backends list with other weights
+        is described as the decision reads it (the areas, uncertainty and capabilities
+        any version may have: `registry._on_any_version`), and each version as its own
+        weights are (`versions`, by digest)."""
         name = str(candidate.get("model", ""))
         info = self.auto.registry.models.get(name)
         if info is not None:
@@ -839,7 +840,13 @@ class AutoRoutes:
         measured = self.profiles.scores(name)
         # Named as the model list spells it, as the answer's headers name it.
         candidate = {**candidate, "model": self.auto.registry.spelled(name)}
-        return {**candidate, "measured": measured} if measured else candidate
+        if not measured:
+            return candidate
+        # What each measured share was moved by onto the catalogue's scale before it
+        # was weighed with the catalogue's figure (`Catalog.offsets`).
+        offsets = self.auto.registry.catalogue().offsets_of(name)
+        moved = {area: round(offset.shift, 3) for area, offset in offsets.items()}
+        return {**candidate, "measured": measured, "measured_offset": moved}
 
     def _own(self, name: str, info: ModelInfo) -> dict[str, Any]:
         """What the catalogue knows of a model's weights (`info`; of a name listed with

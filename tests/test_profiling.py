@@ -24,6 +24,7 @@ from proxy.emulator import EmulatorSettings
 from proxy.emulator.catalog import REGISTRY
 from proxy.emulator.skills import suite_answer
 from proxy.profiler import IdleProfiler, ProfileError, find_backend, missing_areas, profile
+from selector_model.catalog import Catalog
 from selector_model.catalog.knowledge import AREAS, Measured
 from selector_model.profiling import store
 from selector_model.profiling.graders import (
@@ -449,6 +450,15 @@ async def test_profile_command_stores_results_shown_in_status_and_explain(
     assert ranked[STRONG]["measured"] == results[STRONG]
     assert ranked[WEAK]["measured"] == results[WEAK]
     assert "measured" not in ranked["qwen2.5:7b"]
+    # Each measured share's offset onto the catalogue's scale, as `auto` moved it.
+    profiled = Catalog.shipped().with_measured(store.load_results(path))
+    for model in (STRONG, WEAK):
+        offsets = profiled.offsets_of(model)
+        assert set(offsets) == set(results[model])
+        assert ranked[model]["measured_offset"] == {
+            a: round(o.shift, 3) for a, o in offsets.items()
+        }
+    assert "measured_offset" not in ranked["qwen2.5:7b"]
 
 
 async def test_profile_command_refuses_before_spending_gpu_time(

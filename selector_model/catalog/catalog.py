@@ -19,7 +19,7 @@ import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -76,6 +76,17 @@ class Figure:
     measured: str = ""
 
 
+class Offset(NamedTuple):
+    """How far an area's measured shares are moved onto the catalogue's scale
+    (`Catalog.offsets`): `shift` added to each share, its `variance`, and the number of
+    profiled models with a figure of their own for the area it was estimated from
+    (`anchors`)."""
+
+    shift: float
+    variance: float
+    anchors: int
+
+
 def parse_released(value: Any) -> float:
     """`2024-09` (or a year as a number) as a fractional year: 2024.667."""
     if isinstance(value, int | float):
@@ -106,12 +117,16 @@ class Catalog:
         overrides: Mapping[str, Mapping[str, Any]] | None = None,
         measured: Mapping[str, Mapping[str, Measured]] | None = None,
         transfer_spread: float = 0.0,
+        scale_spread: Mapping[str, float] | None = None,
     ) -> None:
         self.version = version
         # How far a published area is from a user's prompts of the area, one standard
         # deviation of the share (`scales.transfer_spread`): what a measured area is
         # weighed against (`_with_measured`).
         self.transfer_spread = transfer_spread
+        # Per area, how far the scales of its benchmarks lie apart (`scales.scale_spread`):
+        # the prior spread of the offset measured shares are moved by (`offsets`).
+        self.scale_spread = dict(scale_spread or {})
         # The entries, complete, and what placing a model among them reads.
         self.neighbourhood = neighbourhood
         self._entries = neighbourhood.entries
@@ -120,6 +135,7 @@ class Catalog:
         self._overrides = dict(overrides or {})
         self._measured = dict(measured or {})
         self._cache: dict[tuple[Any, ...], ModelKnowledge] = {}
+        self._anchored: dict[str, dict[str, tuple[float, float]]] | None = None
 
     # -- loading ---------------------------------------------------------------
 
@@ -207,6 +223,7 @@ class Catalog:
             keys,
             int(version),
             transfer_spread=scales.transfer_spread(scores, benchmarks, same_scale),
+            scale_spread=scales.scale_spread(scores, benchmarks),
         )
 
     # -- queries -----------------------------------------------------------------
@@ -369,6 +386,7 @@ class Catalog:
             self._overrides if overrides is None else overrides,
             self._measured if measured is None else measured,
             self.transfer_spread,
+            self.scale_spread,
         )
 
     def _find(self, table: Mapping[str, Any], name: str) -> Any:
@@ -377,30 +395,107 @@ class Catalog:
         pretrained name (`llama3:8b` of `llama3:8b-text`): that tag is another model
         than the chat one its key names, which the catalogue places on its own
         (`_pretrained_variant`) unless the table names it."""
+        key = self._key_in(table, name)
+        return None if key is None else table[key]
+
+    @staticmethod
+    def _key_in(table: Mapping[str, Any], name: str) -> str | None:
+        """The key of `table` `_find` reads `name` by, or None."""
         pretrained = names.is_pretrained(name)
         for key in names.keys(name):
             if key in table and not (pretrained and not names.is_pretrained(key)):
-                return table[key]
+                return key
         return None
 
     def _lookup(
         self, name: str, details: Mapping[str, Any], capabilities: tuple[str, ...]
     ) -> ModelKnowledge:
+        found = self._unmeasured(name, details, capabilities)
+        measured = self._find(self._measured, name)
+        if measured:
+            spec = self._find(self._overrides, name)
+            blended = self._blended(self._read_as(name, details, spec), _given(spec))
+            offsets = self.offsets_of(name)
+            found = _with_measured(found, measured, name, self.transfer_spread, blended, offsets)
+        return found
+
+    def offsets_of(self, name: str) -> dict[str, Offset]:
+        """The offsets `lookup(name)` moves the measured shares of `name` by, per area it
+        was profiled in (`offsets` without its own estimate); none for a model with no
+        profile."""
+        key = self._key_in(self._measured, name)
+        if key is None:
+            return {}
+        offsets = self.offsets(without=key)
+        return {area: offsets[area] for area in self._measured[key]}
+
+    def _unmeasured(
+        self, name: str, details: Mapping[str, Any], capabilities: tuple[str, ...]
+    ) -> ModelKnowledge:
+        """What the catalogue and the operator's descriptions say of `name`, before any
+        measured share."""
         spec = self._find(self._overrides, name)
         read = self._read_as(name, details, spec)
         if spec is not None:
-            found = self._configured(name, spec, read, details, capabilities)
-        elif read is None:
-            found = self.neighbourhood.place(name, details, capabilities)
-        else:
-            found = self._entries[read[0]]
-            if read[1]:
-                found = self._pretrained_variant(name, found)
-        measured = self._find(self._measured, name)
-        if measured:
-            blended = self._blended(read, _given(spec))
-            found = _with_measured(found, measured, name, self.transfer_spread, blended)
-        return found
+            return self._configured(name, spec, read, details, capabilities)
+        if read is None:
+            return self.neighbourhood.place(name, details, capabilities)
+        found = self._entries[read[0]]
+        return self._pretrained_variant(name, found) if read[1] else found
+
+    def offsets(self, without: str = "") -> dict[str, Offset]:
+        """Per measured area, the offset that moves measured shares onto the catalogue's
+        scale. A user's prompts of an area are a set of items on a scale of their own,
+        as each benchmark of the area is: one constant shift per area (a slope would
+        narrow or widen the shares' differences against the other areas). Each profiled
+        model whose figure for the area is its own (published, mapped from another of
+        its benchmarks, or configured; not imputed, nor placed from its details) gives
+        one estimate, figure minus share, of variance its share's binomial error plus
+        its figure's (`_share_variance`, `_figure_variance`); their precision-weighted
+        mean is shrunk toward no shift by a prior of spread `scale_spread` (how far the
+        area's benchmarks lie apart before mapping). With no such model the shift is
+        0 and its variance that prior's: a share no figure anchors counts for less.
+        `without`: the measured model (its key in the profiles) whose own estimate is
+        left out, so that the share it moves and the figure it is then weighed with are
+        two readings of the model, not one counted twice (a single profiled model with
+        a figure would otherwise have its share moved onto its figure)."""
+        offsets: dict[str, Offset] = {}
+        for area, found in self._anchors().items():
+            prior = self.scale_spread.get(area, 0.0) ** 2
+            pairs = [pair for key, pair in found.items() if key != without]
+            if prior <= 0.0:
+                offsets[area] = Offset(0.0, 0.0, len(pairs))
+                continue
+            variance = 1.0 / (1.0 / prior + sum(1.0 / v for _, v in pairs))
+            offsets[area] = Offset(variance * sum(g / v for g, v in pairs), variance, len(pairs))
+        return offsets
+
+    def _anchors(self) -> dict[str, dict[str, tuple[float, float]]]:
+        """Per measured area, per profiled model (its key in the profiles) with a figure
+        of its own for the area: figure minus share, and its variance (`offsets`). The
+        models are read by name alone, without the backend's details."""
+        if self._anchored is not None:
+            return self._anchored
+        anchors: dict[str, dict[str, tuple[float, float]]] = {
+            area: {} for areas in self._measured.values() for area in areas
+        }
+        for key, areas in self._measured.items():
+            spec = self._find(self._overrides, key)
+            base = self._unmeasured(key, {}, ())
+            if base.origin == "nearest":
+                continue
+            own = set(_given(spec)) if spec is not None else self._cited_areas(key)
+            for area, (score, n) in areas.items():
+                if area in own:
+                    variance = _share_variance(score, n)
+                    variance += _figure_variance(base, area, self.transfer_spread)
+                    anchors[area][key] = (base.areas[area] - score, variance)
+        self._anchored = anchors
+        return anchors
+
+    def _cited_areas(self, name: str) -> set[str]:
+        """The areas of `name` a published result of its own sets (`sources`)."""
+        return {source.area for source in self.sources(name).values()}
 
     def _read_as(
         self, name: str, details: Mapping[str, Any], spec: Mapping[str, Any] | None
@@ -592,34 +687,51 @@ def _given_areas(
     )
 
 
+def _share_variance(score: float, n: int) -> float:
+    """A measured share's binomial sampling error, of the share smoothed by one success
+    and one failure, so that ten of ten is not exact."""
+    smoothed = (score * n + 1.0) / (n + 2.0)
+    return smoothed * (1.0 - smoothed) / n
+
+
+def _figure_variance(base: ModelKnowledge, area: str, transfer: float) -> float:
+    """How far the catalogue's figure for `area` of `base` is from the model's share
+    of a user's prompts of the area, on one scale: how far a published item set of an
+    area is from another (`transfer`) plus the figure's own doubt (`UNSEEN_SPREAD` per
+    unit of `area_uncertainty`)."""
+    return transfer**2 + (UNSEEN_SPREAD * base.area_uncertainty[area]) ** 2
+
+
 def _with_measured(
     base: ModelKnowledge,
     given: Mapping[str, Measured],
     name: str,
     transfer: float,
     blended: Collection[str],
+    offsets: Mapping[str, Offset],
 ) -> ModelKnowledge:
-    """`base` with its measured areas, each of `blended` (`Catalog._blended`: those
-    with a figure of the model's own) weighed by its precision against that figure,
-    each other one the measured share. A measured share's variance is its binomial
-    sampling error (of the share smoothed by one success and one failure, so that ten
-    of ten is not exact); the figure's is how far a published item set of an area is
-    from a user's prompts (`transfer`) plus its own doubt (`UNSEEN_SPREAD` per unit of
-    `area_uncertainty`). The area's uncertainty is what remains of the blend's variance
-    beyond `transfer`, which a published area leaves uncounted as the same doubt for
-    every model (`catalogue_prior.UNSEEN_SPREAD`): none for a published area,
-    shrinking with the items for one the catalogue imputed or does not know."""
+    """`base` with its measured areas, each share moved onto the catalogue's scale by
+    its area's offset (`Catalog.offsets`) and, in each area of `blended`
+    (`Catalog._blended`: those with a figure of the model's own), weighed by its
+    precision against that figure; in each other area the moved share itself. The
+    moved share's variance is its binomial sampling error (`_share_variance`) plus the
+    offset's; the figure's is `_figure_variance`. The area's uncertainty is what
+    remains of the blend's variance beyond `transfer`, which a published area leaves
+    uncounted as the same doubt for every model (`catalogue_prior.UNSEEN_SPREAD`):
+    none for a published area, shrinking with the items for one the catalogue imputed
+    or does not know."""
     areas = dict(base.areas)
     spread = dict(base.area_uncertainty)
     for area, (score, n) in given.items():
-        smoothed = (score * n + 1.0) / (n + 2.0)
-        sampled = smoothed * (1.0 - smoothed) / n
-        published = transfer**2 + (UNSEEN_SPREAD * base.area_uncertainty[area]) ** 2
+        offset = offsets.get(area, Offset(0.0, 0.0, 0))
+        share = min(1.0, max(0.0, score + offset.shift))
+        sampled = _share_variance(score, n) + offset.variance
+        published = _figure_variance(base, area, transfer)
         if area not in blended:
-            areas[area], variance = score, sampled
+            areas[area], variance = share, sampled
         else:
             variance = 1.0 / (1.0 / published + 1.0 / sampled)
-            areas[area] = variance * (score / sampled + base.areas[area] / published)
+            areas[area] = variance * (share / sampled + base.areas[area] / published)
         spread[area] = min(1.0, math.sqrt(max(0.0, variance - transfer**2)) / UNSEEN_SPREAD)
     return _given_areas(base, areas, spread, "profile", name)
 

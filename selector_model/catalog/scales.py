@@ -27,8 +27,9 @@ from selector_model.catalog.knowledge import AREAS, ModelKnowledge
 # mapping's own error is added.
 MAPPED_UNCERTAINTY = 0.05
 # A benchmark is mapped onto its area's scale only when it explains this share of the
-# scale's variance over the models that report both.
+# scale's variance over the models that report both, and at least this many report both.
 MIN_FIT = 0.3
+MIN_PAIRS = 3
 # The score of guessing on multiple-choice benchmarks (four options; MMLU-Pro has ten).
 # Benchmarks graded on generated answers (MATH, HumanEval, IFEval, ...) have none.
 CHANCE = {"MMLU": 0.25, "MMLU-Redux": 0.25, "MMLU-Pro": 0.1, "GPQA": 0.25, "ARC-C": 0.25}
@@ -144,6 +145,32 @@ def transfer_spread(
     return math.sqrt(sum(line.error**2 * line.count for line in fitted) / count)
 
 
+def scale_spread(
+    scores: Mapping[str, Mapping[str, float]], benchmarks: Mapping[str, str]
+) -> dict[str, float]:
+    """Per area, how far apart the scales of its benchmarks lie before mapping: the root
+    mean square, over the area's benchmarks other than its scale with at least
+    `MIN_PAIRS` entries reporting both, of the mean gap between the scale's result and
+    the benchmark's on those entries (0 for an area with no such benchmark). A user's
+    prompts of an area are one more set of items, on a scale that far from the area's
+    before anything measures it: the prior spread of a measured share's offset
+    (`Catalog.offsets`)."""
+    scale = scales_of(benchmarks)
+    gaps: dict[str, list[float]] = {area: [] for area in AREAS}
+    for bench, area in benchmarks.items():
+        if bench == scale[area]:
+            continue
+        pairs = [
+            s[scale[area]] - s[bench] for s in scores.values() if bench in s and scale[area] in s
+        ]
+        if len(pairs) >= MIN_PAIRS:
+            gaps[area].append(sum(pairs) / len(pairs))
+    return {
+        area: math.sqrt(sum(g * g for g in found) / len(found)) if found else 0.0
+        for area, found in gaps.items()
+    }
+
+
 def scales_of(benchmarks: Mapping[str, str]) -> dict[str, str]:
     """Per area, the benchmark whose scale it keeps: the first listed for it."""
     scale: dict[str, str] = {}
@@ -158,9 +185,9 @@ def floors(benchmarks: Mapping[str, str]) -> dict[str, float]:
 
 
 def fit(pairs: list[tuple[float, float]]) -> _Line | None:
-    """The least-squares line of y on x, or None when there are fewer than three pairs
-    or x explains less than MIN_FIT of y's variance."""
-    if len(pairs) < 3:
+    """The least-squares line of y on x, or None when there are fewer than `MIN_PAIRS`
+    pairs or x explains less than MIN_FIT of y's variance."""
+    if len(pairs) < MIN_PAIRS:
         return None
     mean_x = sum(x for x, _ in pairs) / len(pairs)
     mean_y = sum(y for _, y in pairs) / len(pairs)
