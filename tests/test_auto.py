@@ -2334,7 +2334,12 @@ async def test_explain_says_where_each_area_of_a_profiled_candidate_comes_from(
     assert tune["figures"]["code"] == {"from": "configured", "measured": "blended"}
     assert tune["figures"]["math"] == {"from": "imputed", "measured": "kept"}
     assert tune["figures"]["knowledge"] == {"from": "imputed"}
-    assert tune["areas"]["math"] == 0.3 and 0.3 < tune["areas"]["code"] < 0.8
+    # The kept area is the share moved onto the catalogue's scale by the offset the
+    # profiled qwen2.5:7b anchors (its published maths far above its share).
+    moved = after[mine]["measured_offset"]["math"]
+    assert moved > 0.3
+    assert tune["areas"]["math"] == pytest.approx(0.3 + moved, abs=2e-3)
+    assert 0.3 < tune["areas"]["code"] < 0.8
 
 
 async def test_a_model_made_from_a_listed_one_is_described_as_its_parent(
