@@ -262,24 +262,50 @@ def _decoded(raw: bytes, decoder: json.JSONDecoder) -> _Read:
 
 
 def _first(raw: bytes, decoder: json.JSONDecoder) -> _Read:
-    """`first_value`, with the body it read and where the value ends."""
+    """`first_value`, with the body it read and where the value ends (in the body with
+    its deep values placed, where it has any)."""
     try:
         return _decoded(raw, decoder)
     except _TooDeep:
         pass
     # Go reads up to `GO_MAX_DEPTH` levels: what is deeper than Python's json goes is
-    # read as a placeholder, once Go's scanner finds no error in it.
-    return _decoded(without_deep_values(raw), decoder)
+    # read as a placeholder, once Go's scanner finds no error in it, and put back.
+    spans = _deep_values(raw)
+    tag = secrets.token_hex(16)
+    read = _decoded(_placed(raw, spans, tag), decoder)
+    placed = {f"{tag}-{n}": compact(raw[start:end]) for n, (start, end) in enumerate(spans)}
+    _put_back(read.value, placed)
+    return read
 
 
 def first_value(raw: bytes, decoder: json.JSONDecoder = _GO_ORDER) -> Any:
     """The first JSON value of `raw` as json.Decoder.Decode reads it, each number and
     object as `decoder` makes them (`go_decoder`); NotJson with Go's error where Go
     finds none. A value nested deeper than Python's json goes is read with each value
-    below `KEPT_DEPTH` levels a placeholder string (`without_deep_values`). The one
-    reading of a body's first value for what answers Go's errors: the emulator's, and
-    the proxy's where it answers in Ollama's words (`decode_error`, `unmarshal_error`)."""
+    below `KEPT_DEPTH` levels as written, compacted (an orjson.Fragment, `unread`;
+    `whole` reads it). The one reading of a body's first value for what answers Go's
+    errors: the emulator's, and the proxy's where it answers in Ollama's words
+    (`decode_error`, `unmarshal_error`)."""
     return _first(raw, decoder).value
+
+
+def whole(value: Any, decoder: json.JSONDecoder = _GO_ORDER) -> Any:
+    """`value`, of `first_value`'s reading with `decoder`, with each value it holds
+    as written (`unread`) read, however deep: for what Go writes again as it read it
+    (a map), which the reading's own depth would cut short. A loop, not a recursion.
+    Changes `value`'s objects and arrays in place."""
+    top = [value]
+    pending: list[Any] = [top]
+    while pending:
+        container = pending.pop()
+        for key, item in list(
+            container.items() if isinstance(container, dict) else enumerate(container)
+        ):
+            if unread(item):
+                item = container[key] = first_value(orjson.dumps(item), decoder)
+            if isinstance(item, dict | list):
+                pending.append(item)
+    return top[0]
 
 
 def _read_as_go(body: bytes, decoder: json.JSONDecoder = _GO_ORDER) -> Any:
@@ -835,28 +861,102 @@ def _placed(body: bytes, spans: list[tuple[int, int]], tag: str) -> bytes:
     return b"".join(pieces)
 
 
-def without_deep_values(body: bytes) -> bytes:
-    """`body` with each value below `KEPT_DEPTH` levels a placeholder string (`unread`),
-    for a reader of what is shallower alone (`first_value`), whose decoder cannot go as
-    deep as Go's; NotJson with Go's error where Go's scanner refuses the body's first
-    value (`_deep_values`)."""
-    return _placed(body, _deep_values(body), _UNREAD)
-
-
-# What `without_deep_values`'s placeholders start with: random, so that no string of a
-# client's is taken for one.
-_UNREAD = secrets.token_hex(16)
 _CONTAINERS = (b"[", b"{")
 
 
 def unread(value: Any) -> bool:
     """Whether `value` stands in a reading for a value nested deeper than it reads: an
-    object or an array kept as written (`read`'s `_read_deep`, an orjson.Fragment) or a
-    placeholder string (`first_value`'s). Go reads that value; no check can."""
-    kind = type(value)
-    if kind is str:
-        return bool(value.startswith(_UNREAD))
-    return kind is orjson.Fragment and orjson.dumps(value)[:1] in _CONTAINERS
+    object or an array kept as written, an orjson.Fragment (`read`'s `_read_deep`,
+    `first_value`'s). Go reads that value; no check can."""
+    return type(value) is orjson.Fragment and orjson.dumps(value)[:1] in _CONTAINERS
+
+
+# A JSON string, its escapes and all, as a group of its own: `re.split` keeps it.
+_STRING_SPLIT = re.compile(b"(" + _STRING.pattern + b")")
+
+
+def compact(value: bytes) -> bytes:
+    """`value`, JSON text, as json.Compact writes it: its blanks outside strings left
+    out, every other byte (a string's escapes, a number's spelling) as it is. Go's
+    json.Marshal writes a json.RawMessage so, with `protocol.go_escaped`'s escapes."""
+    pieces = _STRING_SPLIT.split(value)
+    pieces[::2] = [piece.translate(None, _BLANKS) for piece in pieces[::2]]
+    return b"".join(pieces)
+
+
+_BLANK_RUN = re.compile(r"[ \t\r\n]*")
+# The reading of one value at a place in a text, and where it ends (json.scanner's).
+_SCAN: Callable[[str, int], tuple[Any, int]] = _GO_ORDER.scan_once  # type: ignore[attr-defined]
+
+
+def value_bytes(body: bytes, path: tuple[str, ...]) -> bytes | None:
+    """The bytes, as written, of the value Go's decoder takes for the struct field at
+    `path` (field names, each in an object the last named) in `body`'s first value, a
+    json.RawMessage's (which keeps them as they come): the last value in the body at a
+    key that folds to its name (`canonical_key`), each object on the way to it decoded
+    into the one struct (a pointer Go reuses). None where there is none, or no JSON. A
+    value deeper than Python's json reads is placed and put back (`_deep_values`)."""
+    try:
+        return _value_bytes(body, path)
+    except _TooDeep:
+        pass
+    try:
+        spans = _deep_values(body)
+    except NotJson:
+        return None
+    tag = secrets.token_hex(16)
+    written = _value_bytes(_placed(body, spans, tag), path)
+    if written is None:
+        return None
+    marks = re.compile(rb'"%s-(\d+)"' % tag.encode())
+
+    def put_back(mark: re.Match[bytes]) -> bytes:
+        start, end = spans[int(mark[1])]
+        return body[start:end]
+
+    return marks.sub(put_back, written)
+
+
+def _value_bytes(body: bytes, path: tuple[str, ...]) -> bytes | None:
+    # Surrogate escapes keep each byte, invalid UTF-8 too, for the way back.
+    text = body.decode("utf-8", "surrogateescape")
+    try:
+        span, _ = _last_member(text, _BLANK_RUN.match(text).end(), path)  # type: ignore[union-attr]
+    except RecursionError:
+        raise _TooDeep from None
+    except (ValueError, IndexError, StopIteration, _NotANumber):
+        return None
+    if span is None:
+        return None
+    return text[span[0] : span[1]].encode("utf-8", "surrogateescape")
+
+
+def _last_member(text: str, pos: int, path: tuple[str, ...]) -> tuple[tuple[int, int] | None, int]:
+    """The span of `value_bytes`'s value in the value at `pos` of `text` (None where it
+    has none: no object, or none at `path`), and where that value ends."""
+    scan, blanks = _SCAN, _BLANK_RUN.match
+    if text[pos] != "{":
+        return None, scan(text, pos)[1]
+    found: tuple[int, int] | None = None
+    pos = blanks(text, pos + 1).end()  # type: ignore[union-attr]
+    if text[pos] == "}":
+        return None, pos + 1
+    while True:
+        key, pos = scan(text, pos)
+        start = blanks(text, blanks(text, pos).end() + 1).end()  # type: ignore[union-attr]
+        if canonical_key(key) != path[0]:
+            pos = scan(text, start)[1]
+        elif len(path) == 1:
+            pos = scan(text, start)[1]
+            found = (start, pos)
+        else:
+            inner, pos = _last_member(text, start, path[1:])
+            if inner is not None or text[start] == "n":  # a null sets the pointer nil
+                found = inner
+        pos = blanks(text, pos).end() + 1  # type: ignore[union-attr]
+        if text[pos - 1] == "}":
+            return found, pos
+        pos = blanks(text, pos).end()  # type: ignore[union-attr]
 
 
 def _put_back(value: Any, placed: dict[str, bytes]) -> None:

@@ -63,6 +63,14 @@ def as_struct(value: dict[str, Any] | Pairs) -> dict[str, Any]:
     return out
 
 
+def text_format(body: dict[str, Any]) -> Any:
+    """A request's text format, as ResponsesText and ResponsesTextFormat read it: their
+    fields matched whatever the keys' case (`as_struct`)."""
+    text = body.get("text")
+    fmt = as_struct(text).get("format") if isinstance(text, dict | Pairs) else None
+    return as_struct(fmt) if isinstance(fmt, dict | Pairs) else fmt
+
+
 def _parts(content: Any) -> list[dict[str, Any]]:
     """The objects of an array of content parts, each `as_struct`."""
     if not isinstance(content, list) or isinstance(content, Pairs):
@@ -325,10 +333,12 @@ def chat_from_responses(body: dict[str, Any]) -> dict[str, Any]:
         "tools": _tools(body.get("tools") or []),
         "stream": body.get("stream") is True,
     }
-    # Only a json_schema format with a schema becomes the chat's format.
-    fmt = (body.get("text") or {}).get("format")
-    if isinstance(fmt, dict) and fmt.get("type") == "json_schema" and fmt.get("schema"):
-        out["format"] = fmt["schema"]
+    # Only a json_schema format with a schema becomes the chat's format: any schema
+    # (a json.RawMessage is set by any value, a null too, which sets no format).
+    fmt = text_format(body)
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema" and "schema" in fmt:
+        if fmt["schema"] is not None:
+            out["format"] = fmt["schema"]
     if think is not None:
         out["think"] = think
     return out

@@ -12,7 +12,14 @@ import orjson
 import pytest
 
 from proxy.config import Limits
-from tests.support import Emulator, Proxy, ServerThread, nested_properties, raw_request
+from tests.support import (
+    Emulator,
+    Proxy,
+    ServerThread,
+    error_text,
+    nested_properties,
+    raw_request,
+)
 
 BAD_BODIES = [
     ("/api/generate", b"{not json"),
@@ -1221,6 +1228,126 @@ async def test_a_responses_field_go_reads_is_served(
         assert b'"format":{"type":"text","schema":[1e400]}' in direct[2]
     routed = body.replace(b'"qwen2.5:7b"', b'"auto"')
     assert (await raw(proxy.url, "POST", "/v1/responses", routed))[0] == 200
+
+
+# A Responses request's values nested deeper than the emulator's reading holds (Go reads
+# 10,000 levels), as Ollama echoes them: a tool's `parameters` (a map) re-marshalled,
+# keys sorted and numbers float64s; the text format's `schema` (a json.RawMessage)
+# compacted as written, its escapes and numbers kept, `<` escaped as json.Marshal does.
+_DEEP_HALF = 1000  # two levels each: 2,000 levels
+_DEEP_PARAMETERS = b'{"z": 1.50, "k\\u00e9": [' * _DEEP_HALF + b'"<"' + b"]}" * _DEEP_HALF
+_PRINTED_PARAMETERS = (
+    '{"k\u00e9":['.encode() * _DEEP_HALF + b'"\\u003c"' + b'],"z":1.5}' * _DEEP_HALF
+)
+_DEEP_SCHEMA = b'{"z": 1, "k": [' * _DEEP_HALF + b'[1.50, "\\u00e9<"]' + b"]}" * _DEEP_HALF
+_WRITTEN_SCHEMA = b'{"z":1,"k":[' * _DEEP_HALF + b'[1.50,"\\u00e9\\u003c"]' + b"]}" * _DEEP_HALF
+
+
+async def test_a_responses_deep_tool_and_schema_are_echoed_as_ollama_writes_them(
+    emulator: Emulator, proxy: Proxy
+) -> None:
+    """No stand-in of the emulator's reading reaches the answer: the values below what
+    it reads come back as Go writes what it read, directly, for a model and for
+    `auto` (the proxy forwards what is that deep as written)."""
+    body = (
+        b'{"model": "qwen2.5:7b", "input": "hi", "stream": false, "tools": [{"type":'
+        b' "function", "name": "f", "parameters": %s}], "text": {"format": {"type":'
+        b' "json_schema", "name": "s", "schema": %s}}}' % (_DEEP_PARAMETERS, _DEEP_SCHEMA)
+    )
+    for url, model in (
+        (emulator.url, b"qwen2.5:7b"),
+        (proxy.url, b"qwen2.5:7b"),
+        (proxy.url, b"auto"),
+    ):
+        sent = body.replace(b"qwen2.5:7b", model)
+        status, _, answer = await raw(url, "POST", "/v1/responses", sent)
+        assert status == 200, (url, model, answer[:300])
+        assert b'"parameters":' + _PRINTED_PARAMETERS + b"}" in answer, (url, model)
+        assert b'"schema":' + _WRITTEN_SCHEMA + b"}" in answer, (url, model)
+
+
+async def test_a_responses_schema_keeps_its_escapes_as_written(emulator: Emulator) -> None:
+    """json.Compact of a json.RawMessage removes blanks alone: a `\\u00e9` the client
+    wrote is echoed so."""
+    body = (
+        b'{"model": "qwen2.5:7b", "input": "hi", "stream": false, "text": {"format":'
+        b' {"type": "json_schema", "name": "s", "schema": {"t": "\\u00e9", "n": 1.50}}}}'
+    )
+    status, _, answer = await raw(emulator.url, "POST", "/v1/responses", body)
+    assert status == 200, answer[:300]
+    assert b'"schema":{"t":"\\u00e9","n":1.50}' in answer, answer[:2000]
+
+
+async def test_a_responses_text_format_is_read_whatever_its_keys_case(
+    emulator: Emulator, proxy: Proxy
+) -> None:
+    """Go's decoder matches a struct's fields case-insensitively: `Text`, `Format` and
+    its fields name them, and the format is echoed, directly and for `auto`."""
+    body = (
+        b'{"model": "qwen2.5:7b", "input": "hi", "stream": false, "Text": {"Format":'
+        b' {"Type": "json_schema", "NAME": "p", "Schema": {"type": "object"}}}}'
+    )
+    echoed = b'"text":{"format":{"type":"json_schema","name":"p","schema":{"type":"object"}}}'
+    for url, model in (
+        (emulator.url, b"qwen2.5:7b"),
+        (proxy.url, b"qwen2.5:7b"),
+        (proxy.url, b"auto"),
+    ):
+        status, _, answer = await raw(
+            url, "POST", "/v1/responses", body.replace(b"qwen2.5:7b", model)
+        )
+        assert status == 200, (url, model, answer[:300])
+        assert echoed in answer, (url, model, answer[:2000])
+
+
+# A format that is no object, as written (blanks, an escape, a no-break space, a
+# newline's escape), and the message Go's %q of its bytes makes: on /api/chat the bytes
+# as sent; through the OpenAI middleware, which encodes the chat request again, compacted;
+# through the proxy, which forwards its own writing of the body (orjson's), those.
+_ODD_FORMAT = '[1, "\\u00e9", "\u00a0", "\\n"]'.encode()
+_INVALID = 'invalid format: "%s"; expected "json" or a valid JSON Schema object'
+_AS_SENT = _INVALID % r"[1, \"\\u00e9\", \"\u00a0\", \"\\n\"]"
+_COMPACTED = _INVALID % r"[1,\"\\u00e9\",\"\u00a0\",\"\\n\"]"
+_AS_FORWARDED = _INVALID % '[1,\\"\u00e9\\",\\"\\u00a0\\",\\"\\\\n\\"]'
+
+
+@pytest.mark.parametrize(
+    ("path", "field", "direct_message"),
+    [
+        ("/api/chat", b'"format": %s', _AS_SENT),
+        ("/api/generate", b'"Format": %s', _AS_SENT),
+        (
+            "/v1/chat/completions",
+            b'"response_format": {"type": "json_schema", "json_schema": {"schema": %s}}',
+            _COMPACTED,
+        ),
+        (
+            "/v1/responses",
+            b'"text": {"format": {"type": "json_schema", "name": "s", "schema": %s}}',
+            _COMPACTED,
+        ),
+    ],
+)
+async def test_an_invalid_format_is_named_as_gos_q_quotes_its_bytes(
+    emulator: Emulator, proxy: Proxy, path: str, field: bytes, direct_message: str
+) -> None:
+    """llm.Completion's 500 quotes the format's bytes with %q: as the handler holds
+    them, not as a reading of them writes them again."""
+    fields = {
+        "/api/chat": _CHAT,
+        "/api/generate": _ASK,
+        "/v1/chat/completions": _CHAT,
+        "/v1/responses": b'"model": "qwen2.5:7b", "input": "hi", "stream": false',
+    }[path]
+    body = b"{" + fields + b", " + field % _ODD_FORMAT + b"}"
+    for url, model, message in (
+        (emulator.url, b"qwen2.5:7b", direct_message),
+        (proxy.url, b"qwen2.5:7b", _AS_FORWARDED),
+        (proxy.url, b"auto", _AS_FORWARDED),
+    ):
+        status, _, answer = await raw(url, "POST", path, body.replace(b"qwen2.5:7b", model))
+        assert status == 500, (url, model, answer[:300])
+        assert error_text(path, orjson.loads(answer)) == message, (url, model)
 
 
 # What anthropic.FromMessagesRequest refuses as it converts a message's blocks

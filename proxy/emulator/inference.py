@@ -13,11 +13,13 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy import go_requests, go_types
+from proxy import go_json, go_requests, go_types
 from proxy.backends import CLOUD, INVALID_NAME, source, valid_name
 from proxy.go_requests import check_fields
 from proxy.go_types import BodyError
 from proxy.keep_alive import parse as parse_keep_alive
+from proxy.multipart_form import go_quote
+from proxy.protocol import go_escaped
 
 from .catalog import ModelSpec, qualified
 from .engine import Piece
@@ -144,25 +146,53 @@ def _as_written(value: Any) -> orjson.Fragment:
     raise TypeError
 
 
-def check_format(fmt: Any) -> Refusal | None:
-    """llm.Completion's format check (raised from the runner, hence 500)."""
-    if fmt is None or fmt == "" or fmt == "json" or isinstance(fmt, dict):
+def format_taken(fmt: Any) -> bool:
+    """Whether llm.Completion takes `format` (as read): none, "json" or an object."""
+    return fmt is None or fmt == "" or fmt == "json" or isinstance(fmt, dict)
+
+
+def check_format(fmt: Any, held: bytes | None = None) -> Refusal | None:
+    """llm.Completion's format check (raised from the runner, hence 500), naming the
+    format's bytes as Go's %q quotes them: `held` (`format_as_held`), else as written
+    again from its reading."""
+    if format_taken(fmt):
         return None
-    raw = json_bytes(fmt, default=_as_written).decode()
-    quoted = raw.replace("\\", "\\\\").replace('"', '\\"')
+    if held is None:
+        held = json_bytes(fmt, default=_as_written)
     return Refusal(
-        500, f'invalid format: "{quoted}"; expected "json" or a valid JSON Schema object'
+        500, f'invalid format: {go_quote(held)}; expected "json" or a valid JSON Schema object'
     )
 
 
+async def format_as_held(
+    request: web.Request, fmt: Any, path: tuple[str, ...], *, encoded: bool = False
+) -> bytes | None:
+    """The bytes of a format `check_format` refuses (`fmt`, as read), as Ollama's chat
+    or generate handler holds them (a json.RawMessage): as the client wrote them at
+    `path` in the body, or, where a middleware encodes the request again for it
+    (`encoded`: the OpenAI routes), as json.Marshal writes them (compacted, with Go's
+    escapes). None for a format it takes: no second reading of the body then."""
+    if format_taken(fmt):
+        return None
+    raw = await request.read()
+    held = await go_json.off_loop(len(raw), go_json.value_bytes, raw, path)
+    return go_escaped(go_json.compact(held)) if encoded and held is not None else held
+
+
 def _late_error(
-    state: EmulatorState, spec: ModelSpec, body: dict[str, Any], has_images: bool, *texts: str
+    state: EmulatorState,
+    spec: ModelSpec,
+    body: dict[str, Any],
+    format_held: bytes | None,
+    has_images: bool,
+    *texts: str,
 ) -> tuple[Refusal | None, bool]:
     """The 500 a request gets once its model is loaded, the first that applies: images
-    for a model without vision, then a bad `format`, then a runner that dies on one of
-    `texts`; and whether it dies (`EmulatorState.crashes_on`)."""
+    for a model without vision, then a bad `format` (`format_held`: its bytes, where
+    it is one), then a runner that dies on one of `texts`; and whether it dies
+    (`EmulatorState.crashes_on`)."""
     late = Refusal(500, NO_VISION) if has_images and not spec.has("vision") else None
-    late = late or check_format(body.get("format"))
+    late = late or check_format(body.get("format"), format_held)
     crashes = state.crashes_on(*texts)
     return late or (Refusal(500, RUNNER_DIED) if crashes else None), crashes
 
@@ -239,7 +269,9 @@ def _thinking(spec: ModelSpec, model: str, think: bool | None, relax: bool) -> b
     return False
 
 
-def prepare_generate(state: EmulatorState, body: dict[str, Any]) -> Prepared:
+def prepare_generate(
+    state: EmulatorState, body: dict[str, Any], format_held: bytes | None = None
+) -> Prepared:
     model = str(body.get("model") or "")
     refused = go_requests.top_logprobs_refusal(body)
     if refused is not None:
@@ -268,7 +300,7 @@ def prepare_generate(state: EmulatorState, body: dict[str, Any]) -> Prepared:
         return Prepared(spec, model, stream, keep_alive, "", plan_empty(), special="load")
     images = body.get("images") or []
     late, crashes = _late_error(
-        state, spec, body, bool(images), prompt, suffix, str(body.get("system") or "")
+        state, spec, body, format_held, bool(images), prompt, suffix, str(body.get("system") or "")
     )
     key = _canonical(
         {
@@ -316,6 +348,7 @@ def prepare_chat(
     *,
     relax_thinking: bool = False,
     limit_is_cap: bool = False,
+    format_held: bytes | None = None,
 ) -> Prepared:
     model = str(body.get("model") or "")
     refused = go_requests.top_logprobs_refusal(body)
@@ -340,7 +373,7 @@ def prepare_chat(
         return Prepared(spec, model, stream, keep_alive, "", plan_empty(), special="load")
     has_images = any(m.get("images") for m in messages)
     late, crashes = _late_error(
-        state, spec, body, has_images, *(str(m.get("content") or "") for m in messages)
+        state, spec, body, format_held, has_images, *(str(m.get("content") or "") for m in messages)
     )
     rendered: list[dict[str, Any]] = [
         {

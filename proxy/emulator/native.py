@@ -32,6 +32,7 @@ from .inference import (
     Prepared,
     Refusal,
     check_options,
+    format_as_held,
     keep_alive_of,
     model_ref,
     piece_logprobs,
@@ -127,12 +128,16 @@ class LazyStream:
         return self.response
 
 
+_FORMAT = ("format",)
+
+
 async def handle_generate(request: web.Request) -> web.StreamResponse:
     started = time.monotonic()
     state = state_of(request)
     try:
         body = await read_body(request, "GenerateRequest", GENERATE_FIELDS)
-        job = prepare_generate(state, body)
+        held = await format_as_held(request, body.get("format"), _FORMAT)
+        job = prepare_generate(state, body, held)
     except Refusal as exc:
         return error(exc.status, exc.message)
     head = {"model": job.model, "created_at": go_time(state.now_ns())}
@@ -243,7 +248,8 @@ async def handle_chat(request: web.Request) -> web.StreamResponse:
     state = state_of(request)
     try:
         body = await read_body(request, "ChatRequest", CHAT_FIELDS)
-        job = prepare_chat(state, body)
+        held = await format_as_held(request, body.get("format"), _FORMAT)
+        job = prepare_chat(state, body, format_held=held)
     except Refusal as exc:
         return error(exc.status, exc.message)
     return await run_chat(request, job, native_chat_writer(request, job.stream))

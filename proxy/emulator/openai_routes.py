@@ -21,7 +21,7 @@ from proxy.go_types import BodyError
 from proxy.protocol import SSE
 
 from .engine import ClientGone, Piece
-from .inference import Prepared, Refusal, prepare_chat, prepare_generate
+from .inference import Prepared, Refusal, format_as_held, prepare_chat, prepare_generate
 from .native import ChatSink, LazyStream, embed_vectors, run_chat
 from .state import EmulatorState, request_digest, state_of
 from .textgen import vector_json
@@ -277,6 +277,10 @@ def to_openai_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+# Where a chat completion's format is (ChatMiddleware takes the json_schema's schema).
+_SCHEMA = ("response_format", "json_schema", "schema")
+
+
 async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
     state = state_of(request)
     try:
@@ -286,8 +290,9 @@ async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
         return middleware_error(exc.status, exc.message)
     except BodyError as exc:
         return middleware_error(400, str(exc))
+    held = await format_as_held(request, chat.get("format"), _SCHEMA, encoded=True)
     try:
-        job = prepare_chat(state, chat)
+        job = prepare_chat(state, chat, format_held=held)
     except Refusal as exc:
         return writer_error(exc.status, exc.message)
     return await run_chat(request, job, OpenAIChatSink(request, body, job.key))

@@ -13,10 +13,11 @@ from aiohttp import web
 
 from proxy import go_json, openai_responses
 from proxy.go_types import BodyError
+from proxy.openai_responses import text_format
 from proxy.protocol import SSE
 
 from .engine import Piece
-from .inference import Refusal, prepare_chat
+from .inference import Refusal, format_as_held, prepare_chat
 from .native import ChatSink, LazyStream, run_chat
 from .openai_routes import (
     middleware_error,
@@ -25,7 +26,7 @@ from .openai_routes import (
     writer_error,
 )
 from .state import EmulatorState, request_digest, state_of
-from .wire import checked_off_loop, dumps, encoder_json, stream_heads, with_heads
+from .wire import checked_off_loop, dumps, encoder_json, read_whole, stream_heads, with_heads
 
 
 def _n(state: EmulatorState, key: str, salt: str, top: int) -> int:
@@ -68,10 +69,10 @@ def _tool_fields(tool: dict[str, Any]) -> dict[str, Any]:
 
 
 def _format_echo(fmt: Any, schema: orjson.Fragment | None) -> Any:
-    """The request's text format as ResponsesTextFormat marshals it (and
-    buildResponseObject copies it): its four fields, name and strict left out when
-    unset, schema (a json.RawMessage) when given at all, as the client wrote it where
-    `schema` has it (`_schema_as_written`); keys it does not know go."""
+    """The request's text format (`text_format`) as ResponsesTextFormat marshals it
+    (and buildResponseObject copies it): its four fields, name and strict left out
+    when unset, schema (a json.RawMessage) when given at all, as the client wrote it
+    (`_schema_as_written`); keys it does not know go."""
     if not isinstance(fmt, dict):
         return {"type": "text"}
     echo: dict[str, Any] = {"type": fmt.get("type") or ""}
@@ -84,22 +85,23 @@ def _format_echo(fmt: Any, schema: orjson.Fragment | None) -> Any:
     return echo
 
 
-async def _schema_as_written(request: web.Request, body: dict[str, Any]) -> orjson.Fragment | None:
-    """The text format's schema with its numbers as the client wrote them: a
-    json.RawMessage, whose bytes Go writes back compacted (`1.50`, `1.0` and `1E2` as
-    they came), not a value it read. None where the body has no schema, or one too
-    deep for that reading (`go_json.read_written`)."""
-    fmt = (body.get("text") or {}).get("format")
+async def _schema_as_written(request: web.Request, fmt: Any) -> orjson.Fragment | None:
+    """The text format's schema (`fmt`, `text_format`'s) as Go writes a json.RawMessage
+    back: the bytes the client wrote, compacted (`go_json.compact`: `1.50`, `1E2` and a
+    `\\u00e9` as they came), not a value it read. None where the format has no schema."""
     if not isinstance(fmt, dict) or "schema" not in fmt:
         return None
     raw = await request.read()
-    doc = await go_json.off_loop(len(raw), go_json.read_written, raw)
-    try:
-        schema = doc["text"]["format"]["schema"]
-    except (TypeError, KeyError):
-        return None
-    written = go_json.written_as_read(schema)
+    written = await go_json.off_loop(len(raw), _schema_bytes, raw)
     return None if written is None else orjson.Fragment(written)
+
+
+def _schema_bytes(raw: bytes) -> bytes | None:
+    written = go_json.value_bytes(raw, _SCHEMA)
+    return None if written is None else go_json.compact(written)
+
+
+_SCHEMA = ("text", "format", "schema")
 
 
 class ResponsesSink(ChatSink):
@@ -114,6 +116,9 @@ class ResponsesSink(ChatSink):
         self.body = body
         self.schema = schema
         self.stream = body.get("stream") is True
+        # Read whole: a value nested deeper than the body's reading goes is echoed as
+        # Go writes what it read (a map's keys sorted), not as the client wrote it.
+        self.tools = [_tool_echo(t, self.stream) for t in read_whole(body.get("tools") or [])]
         self.keeps_text = False  # its own text is kept (`text`), its message's unread
         self.resp_id = f"resp_{_n(self.state, key, 'resp', 999999)}"
         self.item_id = f"msg_{_n(self.state, key, 'msg', 999999)}"
@@ -161,11 +166,11 @@ class ResponsesSink(ChatSink):
             "instructions": b.get("instructions") or None,
             "output": output,
             "error": None,
-            "tools": [_tool_echo(t, self.stream) for t in b.get("tools") or []],
+            "tools": self.tools,
             "tool_choice": "auto",
             "truncation": b.get("truncation") or "disabled",
             "parallel_tool_calls": True,
-            "text": {"format": _format_echo((b.get("text") or {}).get("format"), self.schema)},
+            "text": {"format": _format_echo(text_format(b), self.schema)},
             "top_p": b.get("top_p") if b.get("top_p") is not None else 1.0,
             "presence_penalty": 0,
             "frequency_penalty": 0,
@@ -418,10 +423,11 @@ async def handle_responses(request: web.Request) -> web.StreamResponse:
         return middleware_error(exc.status, exc.message)
     except BodyError as exc:
         return middleware_error(400, str(exc))
+    held = await format_as_held(request, chat.get("format"), _SCHEMA, encoded=True)
     try:
-        job = prepare_chat(state, chat)
+        job = prepare_chat(state, chat, format_held=held)
     except Refusal as exc:
         heads = stream_heads(request, body.get("stream") is True)
         return with_heads(writer_error(exc.status, exc.message), heads)
-    schema = await _schema_as_written(request, body)
+    schema = await _schema_as_written(request, text_format(body))
     return await run_chat(request, job, ResponsesSink(request, body, job.key, schema))

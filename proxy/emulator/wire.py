@@ -238,6 +238,12 @@ async def as_go_decodes(request: web.Request, doc: Any, struct: str, fields: dic
     return await go_json.off_loop(len(raw), _as_go_decodes, raw, doc, struct, fields)
 
 
+def read_whole(value: Any) -> Any:
+    """`value`, of `decode_json`'s reading, with what it holds as written read too
+    (`go_json.whole`), in place."""
+    return go_json.whole(value, _DECODER)
+
+
 def decode_json(raw: bytes) -> Any:
     """Decode the first JSON value of a body like json.Decoder.Decode
     (`go_json.first_value`); a number beyond a double is a
