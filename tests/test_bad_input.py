@@ -1350,6 +1350,55 @@ async def test_an_invalid_format_is_named_as_gos_q_quotes_its_bytes(
         assert error_text(path, orjson.loads(answer)) == message, (url, model)
 
 
+def _namespaces(levels: int, innermost: bytes) -> bytes:
+    """A Responses tool: namespaces within namespaces, `levels` of them, around
+    `innermost`."""
+    opening = b'{"type": "namespace", "name": "n", "tools": ['
+    return opening * levels + innermost + b"]}" * levels
+
+
+async def test_a_responses_namespace_deeper_than_the_reading_is_echoed_as_go_marshals_it(
+    emulator: Emulator, proxy: Proxy
+) -> None:
+    """ToResponse marshals each ResponsesTool, a namespace's members too, whatever
+    their depth (two levels a namespace): every field, an unset one null."""
+    levels = 600  # 1,200 levels: deeper than Python's json reads
+    tool = _namespaces(levels, b'{"type": "function", "name": "f", "parameters": {"b": 1, "a": 2}}')
+    body = b'{"model": "qwen2.5:7b", "input": "hi", "stream": false, "tools": [%s]}' % tool
+    member = b'{"type":"namespace","name":"n","description":null,"strict":null,"parameters":null,'
+    echoed = (
+        (member + b'"tools":[')
+        * levels
+        + b'{"type":"function","name":"f","description":null,"strict":null,'
+        b'"parameters":{"a":2,"b":1}}' + b"]}" * levels
+    )
+    for url, model in ((emulator.url, b"qwen2.5:7b"), (proxy.url, b"auto")):
+        status, _, answer = await raw(
+            url, "POST", "/v1/responses", body.replace(b"qwen2.5:7b", model)
+        )
+        assert status == 200, (url, model, answer[:300])
+        assert b'"tools":[' + echoed + b"]" in answer, (url, model)
+
+
+@pytest.mark.parametrize("schema", [b"false", b"0", b"[]"])
+async def test_a_responses_schema_that_is_no_object_is_an_invalid_format(
+    emulator: Emulator, proxy: Proxy, schema: bytes
+) -> None:
+    """FromResponsesRequest makes any schema the chat's format (a null sets none): a
+    false, a zero or an empty array is one llm.Completion refuses."""
+    body = (
+        b'{"model": "qwen2.5:7b", "input": "hi", "stream": false, "text": {"format":'
+        b' {"type": "json_schema", "name": "s", "schema": %s}}}' % schema
+    )
+    message = _INVALID % schema.decode()
+    for url, model in ((emulator.url, b"qwen2.5:7b"), (proxy.url, b"auto")):
+        status, _, answer = await raw(
+            url, "POST", "/v1/responses", body.replace(b"qwen2.5:7b", model)
+        )
+        assert status == 500, (url, model, answer[:300])
+        assert error_text("/v1/responses", orjson.loads(answer)) == message, (url, model)
+
+
 # What anthropic.FromMessagesRequest refuses as it converts a message's blocks
 # (anthropic/anthropic.go convertMessage, convertToolResultContent, resolveImageSource)
 # and a tool's input_schema (convertTool), in that order: the middleware's 400.
