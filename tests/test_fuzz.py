@@ -26,6 +26,7 @@ import re
 import socket
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 
 import orjson
 import pytest
@@ -33,6 +34,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import FROZEN
 from tests.fuzz_target import AUTH, KEY, LIMITS
 from tests.support import Emulator, Proxy, ServerThread, error_text
 
@@ -186,10 +188,13 @@ def ports(request: pytest.FixtureRequest) -> Iterator[tuple[int, int]]:
         yield int(EXTERNAL[0]), int(EXTERNAL[1])
         return
     servers: ServerThread = request.getfixturevalue("servers")
-    emulator: Emulator = request.getfixturevalue("own_emulator")
+    # No wait for prompt evaluation: a deep value is thousands of prompt tokens (Ollama
+    # renders a tool's schema whole), whose evaluation no test here looks at.
+    emulator = Emulator(servers, replace(FROZEN, prompt_tokens_per_second=0))
     prx = Proxy(servers, [emulator.url], auth=AUTH, limits=LIMITS)
     yield prx.port, emulator.port
     prx.stop()
+    emulator.stop()
 
 
 def test_random_and_malformed_requests_never_get_the_proxys_own_5xx(

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from proxy.go_json import unread
+
 from .catalog import ModelSpec
 
 _VOCAB = (
@@ -133,12 +135,30 @@ def chunk_text(text: str) -> list[str]:
 _SAMPLE_DEPTH = 32
 
 
+def _holds_unread(value: Any) -> bool:
+    """Whether `value` holds a value nested deeper than the body's reading goes
+    (`go_json.unread`): thousands of levels, which as a tool call's arguments or an
+    answer would be thousands of tokens to make up; not a value to pick. A loop."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if unread(item):
+            return True
+        if isinstance(item, dict):
+            pending += item.values()
+        elif isinstance(item, list):
+            pending += item
+    return False
+
+
 def sample_value(schema: Any, rng: Rng, name: str = "", depth: int = 0) -> Any:
     """A plausible value for a JSON-schema node (enough for format and tool args)."""
     if not isinstance(schema, dict) or depth >= _SAMPLE_DEPTH:
         return rng.word()
     if isinstance(schema.get("enum"), list) and schema["enum"]:
-        return schema["enum"][rng.next(len(schema["enum"]))]
+        choice = schema["enum"][rng.next(len(schema["enum"]))]
+        if not _holds_unread(choice):
+            return choice
     kind = schema.get("type", "string")
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "string")
