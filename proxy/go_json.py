@@ -960,8 +960,8 @@ def _last_member(text: str, pos: int, path: tuple[str, ...]) -> tuple[tuple[int,
 
 
 def _put_back(value: Any, placed: dict[str, bytes]) -> None:
-    """Puts each value `_read_deep` left out back where its placeholder stands, as
-    written (an `orjson.Fragment`, which orjson writes verbatim)."""
+    """Puts each value `_read_deep` or `_first` left out back where its placeholder
+    stands, as `placed` has it (an `orjson.Fragment`, which orjson writes verbatim)."""
     if isinstance(value, dict):
         items: Any = value.items()
     elif isinstance(value, list):
