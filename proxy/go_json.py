@@ -271,8 +271,8 @@ def _first(raw: bytes, decoder: json.JSONDecoder) -> _Read:
     # Go reads up to `GO_MAX_DEPTH` levels: what is deeper than Python's json goes is
     # read as a placeholder, once Go's scanner finds no error in it, and put back.
     spans = _deep_values(raw)
-    tag = secrets.token_hex(16)
-    read = _decoded(_placed(raw, spans, tag), decoder)
+    shallow, tag = _placed(raw, spans)
+    read = _decoded(shallow, decoder)
     placed = {f"{tag}-{n}": compact(raw[start:end]) for n, (start, end) in enumerate(spans)}
     _put_back(read.value, placed)
     return read
@@ -834,8 +834,7 @@ def _read_deep(body: bytes) -> tuple[Any, bytes]:
         spans = _deep_values(body)
     except NotJson:
         return None, body
-    tag = secrets.token_hex(16)
-    shallow = _placed(body, spans, tag)
+    shallow, tag = _placed(body, spans)
     try:
         doc, gos_way = _orjson_reading(shallow)
         if not gos_way and _wide(shallow, orjson.dumps(doc)):
@@ -850,15 +849,17 @@ def _read_deep(body: bytes) -> tuple[Any, bytes]:
     return _written(doc)
 
 
-def _placed(body: bytes, spans: list[tuple[int, int]], tag: str) -> bytes:
-    """`body` with the value of each span the string `"<tag>-<its number>"`."""
+def _placed(body: bytes, spans: list[tuple[int, int]]) -> tuple[bytes, str]:
+    """`body` with the value of each span the string `"<tag>-<its number>"`, and the
+    tag: random for each body, so that no string of a client's is taken for one."""
+    tag = secrets.token_hex(16)
     pieces: list[bytes] = []
     kept = 0
     for number, (start, end) in enumerate(spans):
         pieces += (body[kept:start], b'"%s-%d"' % (tag.encode(), number))
         kept = end
     pieces.append(body[kept:])
-    return b"".join(pieces)
+    return b"".join(pieces), tag
 
 
 _CONTAINERS = (b"[", b"{")
@@ -904,8 +905,8 @@ def value_bytes(body: bytes, path: tuple[str, ...]) -> bytes | None:
         spans = _deep_values(body)
     except NotJson:
         return None
-    tag = secrets.token_hex(16)
-    written = _value_bytes(_placed(body, spans, tag), path)
+    shallow, tag = _placed(body, spans)
+    written = _value_bytes(shallow, path)
     if written is None:
         return None
     marks = re.compile(rb'"%s-(\d+)"' % tag.encode())
