@@ -89,20 +89,16 @@ def turns(doc: Mapping[str, Any]) -> Iterator[Turn]:
 def turn(entry: Mapping[str, Any]) -> Turn:
     role = entry.get("role")
     content = entry.get("content")
+    if not isinstance(content, str | list):
+        output = entry.get("output")
+        if isinstance(output, str | list):  # a function_call_output, converted as a message
+            content, role = output, role or "tool"
     if isinstance(content, str):
         text, images = content, False
     elif isinstance(content, list):
         pieces: list[str] = []
         images = _parts(content, pieces)
         text = "".join(pieces)
-    elif isinstance(output := entry.get("output"), str | list):  # a function_call_output
-        if isinstance(output, str):
-            text, images = output, False
-        else:  # content parts, converted as a message's are
-            pieces = []
-            images = _parts(output, pieces)
-            text = "".join(pieces)
-        role = role or "tool"
     else:
         text, images = "", False
     return role if isinstance(role, str) else None, text, images or bool(entry.get("images"))
@@ -512,12 +508,17 @@ _COMMON_KEYS = frozenset(
 _is_common = _COMMON_KEYS.issuperset
 
 
+def _folded(obj: dict[str, Any]) -> bool:
+    """Whether every key of `obj` is a Go field's already (lower case ASCII)."""
+    return _is_common(obj) or all(key.isascii() and key == key.lower() for key in obj)
+
+
 def _canonical_object(obj: dict[str, Any]) -> bool:
     """Rewrites `obj` in place so that it has one key per Go field, lower case, holding
     the value of the last among the keys that fold alike; whether two keys did. Go's
     decoder then keeps the last of them in the body, which need not be the last here
     (a parser keeps an exact duplicate where it first appeared)."""
-    if _is_common(obj) or all(key.isascii() and key == key.lower() for key in obj):
+    if _folded(obj):
         return False
     items = list(obj.items())
     obj.clear()
@@ -534,7 +535,7 @@ def as_fields(obj: dict[str, Any]) -> dict[str, Any]:
     keys are canonical already. `canonicalize` leaves parts as sent, since on other
     routes Go decodes them into maps, read by exact key (an OpenAI chat message's
     parts, Anthropic's system blocks and a tool result's content)."""
-    if _is_common(obj) or all(key.isascii() and key == key.lower() for key in obj):
+    if _folded(obj):
         return obj
     folded = dict(obj)
     _canonical_object(folded)
