@@ -17,7 +17,7 @@ import orjson
 from proxy.go_messages import parameters_refusal
 from proxy.go_requests import check_fields
 from proxy.go_types import BodyError, base64_refusal
-from proxy.multipart_form import go_quote
+from proxy.multipart_form import go_quote, go_trim_space
 from proxy.openai_responses import as_struct
 from proxy.protocol import go_escaped
 
@@ -271,10 +271,6 @@ def _tool(tool: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-# What strings.TrimSpace trims (unicode.IsSpace: Unicode's White_Space, which, unlike
-# str.strip's, leaves out U+001C to U+001F).
-_GO_SPACE = "\t\n\v\f\r \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B)))
-_GO_SPACE += "\u2028\u2029\u202f\u205f\u3000"
 # output_config's efforts that set thinking, where `thinking` sets none.
 _EFFORTS = frozenset({"high", "medium", "low", "max"})
 
@@ -290,6 +286,6 @@ def _think(body: dict[str, Any]) -> bool | str | None:
     effort = config.get("effort") if isinstance(config, dict) else None
     if not isinstance(effort, str):
         return None
-    effort = effort.strip(_GO_SPACE).lower()
+    effort = go_trim_space(effort).lower()
     effort = "high" if effort == "xhigh" else effort
     return effort if effort in _EFFORTS else None

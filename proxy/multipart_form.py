@@ -245,6 +245,17 @@ def _lstrip_space(v: str) -> str:
     return v[i:]
 
 
+def go_trim_space(v: str) -> str:
+    """strings.TrimSpace(v): unicode.IsSpace, which, unlike str.strip's, leaves U+001C
+    to U+001F."""
+    start, end = 0, len(v)
+    while start < end and _go_space(v[start]):
+        start += 1
+    while end > start and _go_space(v[end - 1]):
+        end -= 1
+    return v[start:end]
+
+
 def _go_space(c: str) -> bool:
     """unicode.IsSpace."""
     return c in "\t\n\v\f\r \x85\xa0" or (c > "\xff" and c.isspace())
