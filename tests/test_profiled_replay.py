@@ -264,10 +264,17 @@ def test_only_the_chosen_models_profiles_reach_the_catalogue(
 def test_profile_only_is_one_option_of_every_replay() -> None:
     parsed = fleet_replay.parser("replay", [A, B], limit=None)
     args = parsed.parse_args(["--profiled", "10", "--profile-only", "uncertain"])
-    assert fleet_replay.profiled_of(args) == fleet_replay.Profiling(10, "uncertain")
-    assert fleet_replay.profiled_of(parsed.parse_args(["--profiled", "10"])) == (
+    assert fleet_replay.profiled_of(parsed, args) == fleet_replay.Profiling(10, "uncertain")
+    assert fleet_replay.profiled_of(parsed, parsed.parse_args(["--profiled", "10"])) == (
         fleet_replay.Profiling(10, "all")
     )
-    assert fleet_replay.profiled_of(parsed.parse_args([])) is None
+    assert fleet_replay.profiled_of(parsed, parsed.parse_args([])) is None
     with pytest.raises(SystemExit):
         parsed.parse_args(["--profiled", "10", "--profile-only", "some"])
+
+
+def test_profile_only_without_profiled_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    parsed = fleet_replay.parser("replay", [A, B], limit=None)
+    with pytest.raises(SystemExit):
+        fleet_replay.profiled_of(parsed, parsed.parse_args(["--profile-only", "unseen"]))
+    assert "--profile-only: only with --profiled N" in capsys.readouterr().err

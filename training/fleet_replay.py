@@ -51,11 +51,10 @@ def parser(prog: str, models: Sequence[ModelSpec], limit: int | None) -> argpars
     parsed.add_argument(
         "--profile-only",
         choices=profiled_replay.WHICH,
-        default="all",
         help="with --profiled: which models of each fleet are profiled, the others keeping "
         "the catalogue's areas: all; those the shipped artifact was not trained on "
         "(unseen); the half with the highest catalogue uncertainty (uncertain); a half "
-        "drawn with the seed (random)",
+        "drawn with the seed (random); all when not given",
     )
     parsed.add_argument("--fleet", action="append", help="only the fleets whose label has this")
     parsed.add_argument(
@@ -91,9 +90,15 @@ class Profiling:
     which: str = "all"
 
 
-def profiled_of(args: argparse.Namespace) -> Profiling | None:
-    """How `--profiled` and `--profile-only` profile each fleet (None: not profiled)."""
-    return Profiling(int(args.profiled), str(args.profile_only)) if args.profiled else None
+def profiled_of(parsed: argparse.ArgumentParser, args: argparse.Namespace) -> Profiling | None:
+    """How `--profiled` and `--profile-only` profile each fleet (None: not profiled);
+    `--profile-only` alone is an error of `parsed`, not a replay left unprofiled."""
+    which: str | None = args.profile_only
+    if not args.profiled:
+        if which is not None:
+            parsed.error("--profile-only: only with --profiled N")
+        return None
+    return Profiling(int(args.profiled), which or "all")
 
 
 def _per_area(raw: str) -> int:
@@ -301,7 +306,7 @@ def grouped_main(
             parsed.error(f"--{word}: of {', '.join(groups)}; these models share {picked or 'none'}")
         fleets = {f"{dataset} fleet of your choice ({', '.join(picked)})": (names, picked)}
     shipped = Shipped.load()
-    profiled = profiled_of(args)
+    profiled = profiled_of(parsed, args)
     print(shipped.header())
     if profiled:
         print(PROFILED_CAVEAT)

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         names = fleet_replay.chosen(parser, args.models, BY_OLLAMA_NAME)
         fleets = {"MMLU-Pro fleet of your choice": names}
     shipped = fleet_replay.Shipped.load()
-    profiled = fleet_replay.profiled_of(args)
+    profiled = fleet_replay.profiled_of(parser, args)
     drawn: dict[int, list[Prompt]] = {}
 
     def prompts_of(seed: int) -> list[Prompt]:
