@@ -1,0 +1,377 @@
+"""`auto` as an outsider meets it: fleets of models no catalogue names (a user's own
+tunes, Hugging Face pulls), described only by what their backend's `/api/show` says
+(architecture, size, quantization, capabilities), some of whose shows fail, hang or
+answer garbage, and one of which vanishes after it was listed. Every request goes
+through the proxy's HTTP routes; every check is a general principle, not a dataset's
+answer:
+
+- a model whose show reads as a coder takes code over a general model of its family
+  and size, and a family's 70B takes hard maths over its 8B when quality alone counts;
+- a request never goes to a model that cannot serve it (an embedding model for a chat,
+  one without vision for images, without tools for tools, without thinking for
+  `think`, a cloud model no profile names);
+- a show that fails, hangs or answers garbage leaves its model a candidate described
+  from its tags entry, and `auto` answering;
+- a model its backend answers 404 for is not chosen again;
+- every answer names the model that served it, in its body and `X-Autoroute-Model`,
+  and carries an `X-Request-Id`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import httpx
+import orjson
+import pytest
+from aiohttp import web
+
+from proxy.app import APP_KEY
+from proxy.config import Health, Selector
+from proxy.emulator import EmulatorSettings
+from proxy.emulator.catalog import ModelSpec, template_for
+from proxy.emulator.synthesized import synthesize
+from tests.support import PIXEL_PNG, Emulator, Proxy, ServerThread, free_port
+
+_COMPLETION_TOOLS = ("completion", "tools")
+
+
+def _spec(
+    name: str,
+    family: str,
+    billions: float,
+    capabilities: tuple[str, ...] = _COMPLETION_TOOLS,
+    context: int = 32768,
+    quantization: str = "Q4_K_M",
+) -> ModelSpec:
+    """`name` as its backend shows it: the architecture, size, quantization and
+    capabilities given, whatever the name says."""
+    count = round(billions * 1e9)
+    spec = synthesize(name).spec
+    return dataclasses.replace(
+        spec,
+        family=family,
+        parameter_size=f"{billions:g}B" if billions >= 1 else f"{round(billions * 1000)}M",
+        parameter_count=count,
+        quantization_level=quantization,
+        size=round(count * 4.9 / 8) + 1_000_000,
+        capabilities=capabilities,
+        template=template_for(capabilities),
+        context_length=context,
+    )
+
+
+CODER = _spec("acme-coder:latest", "qwen2", 7.6)
+GENERAL = _spec("acme-chat:latest", "qwen2", 7.6)
+# A name that says nothing, whose template takes a suffix (Ollama lists `insert`).
+FIM = _spec("acme-fim:latest", "qwen2", 7.6, ("completion", "tools", "insert"))
+BIG = _spec("team-llama:70b", "llama", 70.6, context=131072)
+SMALL = _spec("team-llama:8b", "llama", 8.0, context=131072)
+HF = _spec("hf.co/someone/Some-Model-GGUF:Q4_K_M", "llama", 8.0, ("completion",), 131072)
+EMBEDDER = _spec("acme-embed:latest", "bert", 0.335, ("embedding",), 512, "F16")
+SEEING = _spec("acme-vision:latest", "gemma3", 4.3, ("completion", "vision"), 131072)
+THINKER = _spec("acme-think:latest", "qwen3", 8.2, ("completion", "tools", "thinking"), 40960)
+CLOUD = _spec("team-big:cloud", "gptoss", 120.0, ("completion", "tools", "thinking"), 131072)
+FLEET = (CODER, GENERAL, BIG, SMALL, HF, EMBEDDER, SEEING, THINKER, CLOUD)
+
+
+class Backend:
+    """The emulator behind a front that answers `/api/show` for some models as a broken
+    server does (`shows`: a 500, no answer, bytes that are no JSON, JSON of the wrong
+    shape) and keeps listing in `/api/tags` the models of `kept` after the emulator has
+    lost them, as Ollama lists a manifest whose weights are gone."""
+
+    def __init__(self, servers: ServerThread, fleet: tuple[ModelSpec, ...]) -> None:
+        self.servers = servers
+        self.emulator = Emulator(
+            servers,
+            EmulatorSettings(
+                models=("qwen2.5:7b",), frozen_clock=True, chunk_delay_ms=0, speed_by_size=True
+            ),
+        )
+        self.emulator.state.store = {spec.name: spec for spec in fleet}
+        self.shows: dict[str, str] = {}
+        self.kept: dict[str, dict[str, Any]] = {}
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.session: aiohttp.ClientSession | None = None
+        self.runner = servers.serve(self._app, self.port)
+
+    def _app(self) -> web.Application:
+        app = web.Application(client_max_size=1 << 30)
+        app.router.add_get("/api/tags", self._tags)
+        app.router.add_post("/api/show", self._show)
+        app.router.add_route("*", "/{path:.*}", self._forward)
+        return app
+
+    async def _ask(self, method: str, path: str, body: bytes) -> tuple[int, bytes, str]:
+        if self.session is None:
+            self.session = aiohttp.ClientSession()
+        headers = {"Content-Type": "application/json"} if body else {}
+        async with self.session.request(
+            method, self.emulator.url + path, data=body, headers=headers
+        ) as resp:
+            return resp.status, await resp.read(), resp.headers.get("Content-Type", "")
+
+    async def _forward(self, request: web.Request) -> web.Response:
+        status, body, kind = await self._ask(request.method, request.path_qs, await request.read())
+        return web.Response(status=status, body=body, headers={"Content-Type": kind})
+
+    async def _tags(self, request: web.Request) -> web.Response:
+        _, body, _ = await self._ask("GET", "/api/tags", b"")
+        doc = orjson.loads(body)
+        listed = {entry["name"] for entry in doc["models"]}
+        doc["models"] += [entry for name, entry in self.kept.items() if name not in listed]
+        return web.json_response(doc)
+
+    async def _show(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        fault = self.shows.get(str(orjson.loads(raw).get("model")))
+        if fault == "error500":
+            return web.json_response({"error": "input/output error"}, status=500)
+        if fault == "hang":
+            await asyncio.sleep(3600)
+        if fault == "garbage":
+            return web.Response(body=b"<html>502 Bad Gateway</html>", content_type="text/html")
+        if fault == "wrong_types":
+            doc = {"details": ["qwen2"], "capabilities": "completion", "model_info": [1]}
+            return web.json_response(doc)
+        if fault == "odd_values":
+            return web.json_response(
+                {
+                    "details": {"family": 7, "parameter_size": ["7B"], "quantization_level": {}},
+                    "capabilities": ["completion", 5, None],
+                    "model_info": {"llama.context_length": "long"},
+                }
+            )
+        status, body, kind = await self._ask("POST", "/api/show", raw)
+        return web.Response(status=status, body=body, headers={"Content-Type": kind})
+
+    def lose(self, name: str) -> None:
+        """The emulator loses `name` (its weights gone); the front still lists it."""
+        with httpx.Client() as client:
+            (entry,) = [
+                m
+                for m in client.get(self.emulator.url + "/api/tags").json()["models"]
+                if m["name"] == name
+            ]
+        self.kept[name] = entry
+        del self.emulator.state.store[name]
+
+    def stop(self) -> None:
+        async def close() -> None:
+            if self.session is not None:
+                await self.session.close()
+
+        self.servers.call(close)
+        self.servers.stop(self.runner)
+        self.emulator.stop()
+
+
+@pytest.fixture(scope="module")
+def backend(servers: ServerThread) -> Iterator[Backend]:
+    own = Backend(servers, FLEET)
+    yield own
+    own.stop()
+
+
+@pytest.fixture(scope="module")
+def proxy(servers: ServerThread, backend: Backend) -> Iterator[Proxy]:
+    prx = Proxy(servers, [backend.url], selector=Selector(embedding_model=EMBEDDER.name))
+    yield prx
+    prx.stop()
+
+
+PROFILES = ("auto", "auto:best", "auto:fast")
+_TOOLS = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]
+CODE = (
+    "Write a Python function that parses an ISO 8601 timestamp with an optional UTC "
+    "offset into a timezone-aware datetime, raising ValueError on bad input, and "
+    "pytest unit tests for it."
+)
+MATHS = (
+    "Let f(x) = x^3 - 6x^2 + 11x - 6. Find every real root, prove there are no others, "
+    "then compute the integral of f from 0 to 4 and the sum of the squares of the roots."
+)
+# (kind, the body's fields but the model, the capabilities it needs)
+KINDS: tuple[tuple[str, dict[str, Any], frozenset[str]], ...] = (
+    ("code", {"messages": [{"role": "user", "content": CODE}]}, frozenset()),
+    ("maths", {"messages": [{"role": "user", "content": MATHS}]}, frozenset()),
+    (
+        "knowledge",
+        {"messages": [{"role": "user", "content": "Who wrote the Book of Kells, and when?"}]},
+        frozenset(),
+    ),
+    (
+        "instructions",
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": "Answer in exactly three lowercase words, no punctuation: "
+                    "what colour is the sky?",
+                }
+            ]
+        },
+        frozenset(),
+    ),
+    (
+        "images",
+        {"messages": [{"role": "user", "content": "What is this?", "images": [PIXEL_PNG]}]},
+        frozenset({"vision"}),
+    ),
+    (
+        "tools",
+        {"messages": [{"role": "user", "content": "Weather in Paris?"}], "tools": _TOOLS},
+        frozenset({"tools"}),
+    ),
+    (
+        "think",
+        {"messages": [{"role": "user", "content": "Is 221 prime?"}], "think": True},
+        frozenset({"thinking"}),
+    ),
+)
+_BY_NAME = {spec.name: spec for spec in FLEET}
+
+
+def _served(resp: httpx.Response, where: str) -> str:
+    """The model that served `resp`, checked to be named alike in its body and header,
+    with the request's id."""
+    assert resp.status_code == 200, (where, resp.status_code, resp.text)
+    model = resp.headers["X-Autoroute-Model"]
+    assert resp.json()["model"] == model, (where, resp.json()["model"], model)
+    assert resp.headers["X-Request-Id"], where
+    return model
+
+
+def test_every_choice_can_serve_its_request(proxy: Proxy) -> None:
+    """Of the fleet, each request goes to a local model that lists `completion` and
+    what the request needs: never the embedding model, the cloud model, a model
+    without vision for an image, without tools for tools, without thinking for
+    `think`."""
+    counted = 0
+    with httpx.Client(base_url=proxy.url, timeout=60) as client:
+        for kind, fields, needs in KINDS:
+            for profile in PROFILES:
+                body = {**fields, "model": profile, "stream": False, "options": {"num_predict": 8}}
+                chosen = _served(client.post("/api/chat", json=body), f"{kind} {profile}")
+                spec = _BY_NAME[chosen]
+                assert {"completion", *needs} <= set(spec.capabilities), (kind, profile, chosen)
+                assert chosen != CLOUD.name, (kind, profile)
+                counted += 1
+        embedded = client.post("/api/embed", json={"model": "auto", "input": "hello"})
+        assert embedded.status_code == 200, embedded.text
+        assert embedded.headers["X-Autoroute-Model"] == EMBEDDER.name
+        assert embedded.json()["model"] == EMBEDDER.name and embedded.headers["X-Request-Id"]
+    assert counted == len(KINDS) * len(PROFILES)
+
+
+@pytest.fixture
+def rig(servers: ServerThread) -> Iterator[Any]:
+    """A backend serving a fleet and a proxy in front of it, per test."""
+    made: list[Backend | Proxy] = []
+
+    def serve(
+        fleet: tuple[ModelSpec, ...], shows: dict[str, str] | None = None, **sections: Any
+    ) -> tuple[Backend, Proxy]:
+        own = Backend(servers, fleet)
+        own.shows = dict(shows or {})
+        made.append(own)
+        prx = Proxy(servers, [own.url], **sections)
+        made.append(prx)
+        return own, prx
+
+    yield serve
+    for server in reversed(made):
+        server.stop()
+
+
+def _chat(client: httpx.Client, profile: str, content: str, path: str = "/api/chat") -> str:
+    messages = [{"role": "user", "content": content}]
+    if path == "/api/chat":
+        body: dict[str, Any] = {
+            "messages": messages,
+            "stream": False,
+            "options": {"num_predict": 8},
+        }
+    else:
+        body = {"messages": messages, "max_tokens": 8}
+    return _served(client.post(path, json={**body, "model": profile}), f"{profile} {path}")
+
+
+@pytest.mark.parametrize("coder", [CODER, FIM], ids=["by its name", "by its insert"])
+def test_a_coder_by_its_show_takes_code_over_a_general_model_of_its_size(
+    rig: Any, coder: ModelSpec
+) -> None:
+    """Two unknown names the backend shows alike (qwen2, 7.6B, Q4_K_M, completion and
+    tools), one a coder by its name or by the fill-in-the-middle its template takes: a
+    coding request goes to the coder whatever the profile and route."""
+    _, prx = rig((coder, GENERAL))
+    with httpx.Client(base_url=prx.url, timeout=60) as client:
+        chosen = [
+            _chat(client, profile, CODE, path)
+            for profile in PROFILES
+            for path in ("/api/chat", "/v1/chat/completions")
+        ]
+    assert chosen == [coder.name] * 6, chosen
+
+
+def test_a_familys_70b_takes_hard_maths_over_its_8b_when_quality_alone_counts(rig: Any) -> None:
+    _, prx = rig((BIG, SMALL))
+    with httpx.Client(base_url=prx.url, timeout=60) as client:
+        chosen = [
+            _chat(client, "auto:best", MATHS, path)
+            for path in ("/api/chat", "/v1/chat/completions")
+        ]
+        explained = client.post(
+            "/api/autoroute/explain",
+            json={"model": "auto:best", "messages": [{"role": "user", "content": MATHS}]},
+        ).json()
+    assert chosen == [BIG.name] * 2, chosen
+    scores = {row["model"]: row["p_success"] for row in explained["ranking"]}
+    assert scores[BIG.name] > scores[SMALL.name], scores
+
+
+SHOW_FAULTS = ("error500", "hang", "garbage", "wrong_types", "odd_values")
+
+
+def test_shows_that_fail_hang_or_answer_garbage_leave_auto_answering(rig: Any) -> None:
+    """Beside models whose shows answer, one model per way a show goes wrong (a 500,
+    no answer, HTML, JSON of the wrong shape or values): the proxy starts (its refresh
+    bounds each show by the refresh interval), each such model stays a candidate
+    described from its tags entry (its capabilities as listed there), and every
+    profile answers every kind of request with a model that can serve it."""
+    broken = tuple(
+        _spec(f"broken-{fault.replace('_', '-')}:latest", "llama", 8.0, context=131072)
+        for fault in SHOW_FAULTS
+    )
+    faults = dict(zip((spec.name for spec in broken), SHOW_FAULTS, strict=True))
+    fleet = (CODER, BIG, SEEING, THINKER, *broken)
+    own, prx = rig(fleet, faults, health=Health(interval_seconds=1))
+    models = prx.app[APP_KEY].registry.models
+    assert set(models) == {spec.name for spec in fleet}
+    for name in faults:
+        assert models[name].capabilities_from == "tags", (name, models[name].capabilities_from)
+        assert models[name].candidate.capabilities == {"completion", "tools"}
+    by_name = {spec.name: spec for spec in fleet}
+    answered = 0
+    with httpx.Client(base_url=prx.url, timeout=60) as client:
+        for kind, fields, needs in KINDS:
+            for profile in PROFILES:
+                body = {**fields, "model": profile, "stream": False, "options": {"num_predict": 8}}
+                chosen = _served(client.post("/api/chat", json=body), f"{kind} {profile}")
+                assert {"completion", *needs} <= set(by_name[chosen].capabilities), (kind, chosen)
+                answered += 1
+        explained = client.post(
+            "/api/autoroute/explain", json={"model": "auto", **KINDS[0][1]}
+        ).json()
+    assert answered == len(KINDS) * len(PROFILES)
+    ranked = {row["model"]: row for row in explained["ranking"]}
+    for name in faults:
+        assert ranked[name]["capabilities"]["from"] == "tags", ranked[name]
+        assert ranked[name]["catalogue"]["origin"] == "nearest", ranked[name]
+    assert own.shows == faults
