@@ -294,6 +294,9 @@ class BackendState:
         # Of those, the models that run on another host (a `remote_host`: a local name
         # of a cloud model), by normalised name: Ollama relays that host's answer.
         self.remote: frozenset[str] = frozenset()
+        # Models it listed that a request found missing (`BackendPool.lost`), with the
+        # entry they were listed by then (`_listing`): left out while listed so.
+        self.lost: dict[str, tuple[object, object]] = {}
         self.in_flight = 0
         # Requests in flight per model (normalised name): a loaded model in use.
         self.busy: dict[str, int] = {}
@@ -381,6 +384,12 @@ class BackendState:
         name, `cloud_source`, or one it lists with a `remote_host`), whose 502, 504 or
         silence is that host's."""
         return cloud_source(model) or normalize_model(model) in self.remote
+
+
+def _listing(entry: dict[str, Any]) -> tuple[object, object]:
+    """What tells one pull of a model from another in its `/api/tags` entry: the digest
+    and modification time of its manifest, which a pull writes anew."""
+    return entry.get("digest"), entry.get("modified_at")
 
 
 def _having(name: str, states: list[BackendState]) -> list[BackendState]:
@@ -608,6 +617,20 @@ class BackendPool:
         state.models = frozenset(models)
         self._weigh()
 
+    def lost(self, state: BackendState, model: str) -> None:
+        """`state`'s backend, which lists `model`, answered a request for it that it has
+        no such model: Ollama's 404 for a model removed since its last list, or for one
+        whose manifest it lists while its weights are gone. The backend no longer has
+        it (`changed`), and its lists leave it out while they list it as then: `auto`
+        does not choose it again, and a request naming it goes where another backend
+        lists it. A pull that lists it anew makes it the backend's again."""
+        name = normalize_model(model)
+        if state.models is None or name not in state.models:
+            return
+        entry = next((tag for tag in state.tags if entry_model(tag) == name), {})
+        state.lost[name] = _listing(entry)
+        self.changed(state, removed=name)
+
     def ran(self, label: str, model: str) -> None:
         """The backend `label` ran `model` to an answer: Ollama keeps it loaded there
         (its keep_alive) and may have evicted another for it. Where its last /api/ps
@@ -715,7 +738,10 @@ class BackendPool:
         if state.changes == changes:
             # A listed name becomes a response header when `auto` chooses it: only one
             # Ollama could accept (no line break, not of megabytes) is one of its models.
-            state.tags = [m for m in listed if header_values.model_name(entry_model(m))]
+            listed = [m for m in listed if header_values.model_name(entry_model(m))]
+            now_listed = {entry_model(m): _listing(m) for m in listed}
+            state.lost = {n: was for n, was in state.lost.items() if now_listed.get(n) == was}
+            state.tags = [m for m in listed if state.lost.get(entry_model(m)) != _listing(m)]
             state.models = frozenset(entry_model(m) for m in state.tags)
             state.remote = frozenset(entry_model(m) for m in state.tags if m.get("remote_host"))
             state.unweighed.clear()

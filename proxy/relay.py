@@ -349,6 +349,16 @@ class Relay:
                 await self._respond(state, head, client, outcome, model)
             finally:
                 state.end(model)
+            if (
+                head.status == 404
+                and model is not None
+                and client.content_type.startswith("application/json")
+                and runs_a_model(find(request.path), request.method)
+                and not state.runs_elsewhere(model)
+            ):
+                # Ollama's "model not found" (gin's 404 for a route it lacks is text):
+                # a model the backend lists is gone there.
+                self.backends.lost(state, model)
             # The whole answer is on the client's transport, the backend done with it.
             # The connection's next request waits until the client has taken in enough
             # of it, as after aiohttp's own answers (and Go's, whose writes block): a

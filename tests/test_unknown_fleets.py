@@ -375,3 +375,50 @@ def test_shows_that_fail_hang_or_answer_garbage_leave_auto_answering(rig: Any) -
         assert ranked[name]["capabilities"]["from"] == "tags", ranked[name]
         assert ranked[name]["catalogue"]["origin"] == "nearest", ranked[name]
     assert own.shows == faults
+
+
+def _maths(client: httpx.Client, profile: str = "auto:best") -> httpx.Response:
+    body = {
+        "model": profile,
+        "messages": [{"role": "user", "content": MATHS}],
+        "stream": False,
+        "options": {"num_predict": 8},
+    }
+    return client.post("/api/chat", json=body)
+
+
+def test_a_model_its_backend_answers_it_lacks_is_not_chosen_again(rig: Any) -> None:
+    """The backend goes on listing the model `auto` takes for hard maths, but its weights
+    are gone: Ollama answers a request for it 404 `model '…' not found` (its manifest
+    listed, the blob missing). `auto` does not choose it again, on later requests nor
+    after the backend's next list, which still shows it; a pull that lists it anew
+    (another modification time) makes it a candidate again. A request naming it gets
+    the backend's own 404."""
+    own, prx = rig((BIG, SMALL, CODER), health=Health(interval_seconds=3600))
+    app = prx.app[APP_KEY]
+    with httpx.Client(base_url=prx.url, timeout=60) as client:
+        assert _served(_maths(client), "before") == BIG.name
+        own.lose(BIG.name)
+        _maths(client)  # the answer that says it is gone
+        after = [_served(_maths(client), f"after {i}") for i in range(3)]
+        prx.thread.call(app.backends.refresh_all)
+        assert BIG.name in {m["name"] for m in client.get(own.url + "/api/tags").json()["models"]}
+        refreshed = [_served(_maths(client), f"refreshed {i}") for i in range(3)]
+        explained = client.post(
+            "/api/autoroute/explain",
+            json={"model": "auto:best", "messages": [{"role": "user", "content": MATHS}]},
+        ).json()
+        named = client.post(
+            "/api/chat", json={"model": BIG.name, "messages": [{"role": "user", "content": "hi"}]}
+        )
+        assert named.status_code == 404, named.text
+        assert named.json() == {"error": f"model '{BIG.name}' not found"}
+        own.kept.clear()
+        own.emulator.state.store[BIG.name] = dataclasses.replace(
+            BIG, modified_at="2025-06-01T10:00:00.5+00:00"
+        )
+        prx.thread.call(app.backends.refresh_all)
+        again = _served(_maths(client), "pulled again")
+    assert BIG.name not in after + refreshed, (after, refreshed)
+    assert BIG.name not in {row["model"] for row in explained["ranking"]}
+    assert again == BIG.name
