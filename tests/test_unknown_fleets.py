@@ -31,7 +31,7 @@ import pytest
 from aiohttp import web
 
 from proxy.app import APP_KEY
-from proxy.config import Health, Selector
+from proxy.config import Health, ModelEntry, Selector
 from proxy.emulator import EmulatorSettings
 from proxy.emulator.catalog import ModelSpec, template_for
 from proxy.emulator.synthesized import synthesize
@@ -422,3 +422,111 @@ def test_a_model_its_backend_answers_it_lacks_is_not_chosen_again(rig: Any) -> N
     assert BIG.name not in after + refreshed, (after, refreshed)
     assert BIG.name not in {row["model"] for row in explained["ranking"]}
     assert again == BIG.name
+
+
+def test_explain_shows_the_placement_of_a_name_no_catalogue_lists_and_a_like_replaces_it(
+    rig: Any,
+) -> None:
+    """Explain says, for an unknown name, that it is placed (`nearest`), beside which
+    entries of its architecture, with what uncertainty and spread; described in the
+    configuration `like` a catalogue entry (`selector.models`), the same weights are
+    that entry (origin `config`, its published figures, no spread), and `auto` takes
+    them for code, as a well-described model is taken over models rated from imputed
+    areas alone."""
+    fleet = (CODER, GENERAL, BIG, SMALL)
+    described = Selector(models={CODER.name: ModelEntry(like="qwen2.5-coder:7b")})
+    rows = {}
+    chosen = {}
+    for label, selector in (("placed", Selector()), ("described", described)):
+        _, prx = rig(fleet, selector=selector)
+        with httpx.Client(base_url=prx.url, timeout=60) as client:
+            explained = client.post(
+                "/api/autoroute/explain",
+                json={"model": "auto", "messages": [{"role": "user", "content": CODE}]},
+            ).json()
+            chosen[label] = [_chat(client, profile, CODE) for profile in ("auto", "auto:fast")]
+        rows[label] = {row["model"]: row for row in explained["ranking"]}
+    placed = rows["placed"][CODER.name]
+    catalogue = placed["catalogue"]
+    assert (catalogue["origin"], catalogue["entry"], catalogue["family"]) == (
+        "nearest",
+        None,
+        "qwen2",
+    )
+    assert catalogue["neighbours"] and all(n.startswith("qwen") for n in catalogue["neighbours"])
+    assert 0 < catalogue["uncertainty"] <= 1 and placed["spread"] > 0
+    assert set(catalogue["imputed"]) == {"knowledge", "reasoning", "math", "code", "instruction"}
+    # The coder's code is placed above its general twin's.
+    general = rows["placed"][GENERAL.name]["catalogue"]["areas"]
+    assert catalogue["areas"]["code"] > general["code"]
+    liked = rows["described"][CODER.name]
+    assert (liked["catalogue"]["origin"], liked["catalogue"]["entry"]) == (
+        "config",
+        "qwen2.5-coder:7b",
+    )
+    assert liked["catalogue"]["uncertainty"] == 0 and liked["spread"] == 0
+    assert liked["catalogue"]["sources"], liked["catalogue"]
+    # The other models are read as before.
+    assert rows["described"][BIG.name]["catalogue"] == rows["placed"][BIG.name]["catalogue"]
+    assert chosen["described"] == [CODER.name] * 2, chosen
+
+
+def _forty() -> tuple[ModelSpec, ...]:
+    """Forty models of names no catalogue lists: six architectures at the sizes their
+    families come in, some coders, thinkers, seeing and embedding models, one cloud."""
+    shapes = (
+        ("llama", (1.2, 3.2, 8.0, 70.6)),
+        ("qwen2", (0.5, 1.5, 7.6, 14.8, 32.8)),
+        ("qwen3", (0.6, 4.0, 8.2, 14.8, 32.8)),
+        ("gemma3", (1.0, 4.3, 12.2, 27.4)),
+        ("mistral", (7.2, 24.0)),
+        ("phi3", (3.8, 14.7)),
+    )
+    made = [EMBEDDER, CLOUD, HF]
+    for family, sizes in shapes:
+        for billions in sizes:
+            size = f"{billions:g}"
+            made.append(_spec(f"team-{family}:{size}b", family, billions))
+            if len(made) % 3 == 0:
+                capabilities: tuple[str, ...] = ("completion", "tools", "insert")
+                made.append(_spec(f"own-{family}-coder:{size}b", family, billions, capabilities))
+            if family == "qwen3":
+                capabilities = ("completion", "tools", "thinking")
+                made.append(_spec(f"own-{family}-r:{size}b", family, billions, capabilities))
+            if family == "gemma3" and billions > 1:
+                capabilities = ("completion", "vision")
+                made.append(_spec(f"own-{family}-eye:{size}b", family, billions, capabilities))
+    return tuple(made[:40])
+
+
+def test_a_fleet_of_forty_unknown_names_decides_every_kind_of_request(rig: Any) -> None:
+    fleet = _forty()
+    assert len(fleet) == 40 and len({spec.name for spec in fleet}) == 40
+    by_name = {spec.name: spec for spec in fleet}
+    _, prx = rig(fleet)
+    answered = 0
+    with httpx.Client(base_url=prx.url, timeout=60) as client:
+        for kind, fields, needs in KINDS:
+            for profile in PROFILES:
+                for path in ("/api/chat", "/v1/chat/completions"):
+                    body: dict[str, Any] = {**fields, "model": profile}
+                    if path == "/api/chat":
+                        body |= {"stream": False, "options": {"num_predict": 8}}
+                    elif kind in ("images", "think"):
+                        continue  # the OpenAI shapes of these are fleet_properties'
+                    else:
+                        body["max_tokens"] = 8
+                    chosen = _served(client.post(path, json=body), f"{kind} {profile} {path}")
+                    spec = by_name[chosen]
+                    assert {"completion", *needs} <= set(spec.capabilities), (kind, chosen)
+                    assert chosen != CLOUD.name
+                    answered += 1
+        explained = client.post(
+            "/api/autoroute/explain", json={"model": "auto", **KINDS[0][1]}
+        ).json()
+    assert answered == len(PROFILES) * (2 * len(KINDS) - 2)
+    generating = {s.name for s in fleet if "completion" in s.capabilities}
+    assert {row["model"] for row in explained["ranking"]} | set(explained["filtered"]) >= (
+        generating
+    )
+    assert EMBEDDER.name in explained["filtered"]
