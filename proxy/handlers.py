@@ -72,7 +72,7 @@ from proxy.keep_alive import unloads
 from proxy.metrics import Metrics
 from proxy.outcome import OUTCOME, Served
 from proxy.protocol import JSON, JSON_V1, MODEL_HEADER, encoded, go_dumps
-from proxy.relay import Fallback, Relay
+from proxy.relay import Fallback, ModelGone, Relay
 from proxy.routes import Route, find
 from selector_model.policy import unchosen_record
 
@@ -282,6 +282,27 @@ class Handlers:
                 self.fanout.unload_elsewhere(request, body, model)
             return await self._local_or_cloud(request, served, doc, body, sent, model, (model,))
         assert isinstance(doc, dict)
+        return await self._auto(request, doc, body, sent, model, profile, key, fractional)
+
+    async def _auto(
+        self,
+        request: web.Request,
+        doc: dict[str, Any],
+        body: bytes,
+        sent: bytes,
+        model: str,
+        profile: str,
+        key: KeyState | None,
+        fractional: bool,
+        again: bool = False,
+    ) -> web.StreamResponse:
+        """`model` (`auto` or `auto:<profile>`, as the client wrote it) on a model-routed
+        route, with `doc` as `model_routed` read it. A choice its backends turn out not
+        to have (gone since their last list: `ModelGone`) is made once more (`again`),
+        without it."""
+        path = request.path
+        decided, served = request[OUTCOME].decided, request[OUTCOME].served
+        route = decided.route
         only = key.models if key else None  # the key's allow-list: auto chooses within it
         if path == SHOW_PATH:
             return _refused(path, doc, sent) or self.auto_routes.show(
@@ -380,7 +401,15 @@ class Handlers:
         if routed is None:
             routed = await go_json.write_off_loop(doc, len(body))
         # The answer's model as the client sees it (`Served.model`): as the list spells it.
-        return await self._local_or_cloud(request, served, doc, routed, sent, spelled, names)
+        # Only a choice `auto` made is made again: the embedding model is configured.
+        missing = not again and not (route is not None and route.embedding)
+        try:
+            return await self._local_or_cloud(
+                request, served, doc, routed, sent, spelled, names, missing
+            )
+        except ModelGone:
+            doc["model"] = model
+            return await self._auto(request, doc, body, sent, model, profile, key, fractional, True)
 
     async def _auto_load(
         self,
@@ -488,10 +517,12 @@ class Handlers:
         sent: bytes,
         model: str,
         names: tuple[str, ...],
+        missing: bool = False,
     ) -> Awaitable[web.StreamResponse]:
         """To a local backend (through the response cache); to the cloud fallback, where
         a provider stands in for `names`, only when none can serve: no usable backend
-        lists the model, or every one that does failed or refused."""
+        lists the model, or every one that does failed or refused. `missing`: see
+        `Relay.forward`."""
         served.model = model  # until the cloud stands in with its own
         cloud = self.cloud
         if (
@@ -503,7 +534,7 @@ class Handlers:
             # would answer any key whose list it is not on.
             or not valid_name(source(model)[0])
         ):
-            return self._generate(request, served, doc, body, model)
+            return self._generate(request, served, doc, body, model, missing=missing)
 
         def fallback() -> Awaitable[web.StreamResponse]:
             """The cloud's answer where no local backend gives one."""
@@ -511,7 +542,7 @@ class Handlers:
 
         if not lists_locally(self.backends, model):
             return self._back_or_cloud(request, served, doc, body, model, fallback)
-        return self._generate(request, served, doc, body, model, fallback)
+        return self._generate(request, served, doc, body, model, fallback, missing)
 
     async def _back_or_cloud(
         self,
@@ -537,19 +568,21 @@ class Handlers:
         body: bytes,
         model: str,
         fallback: Fallback | None = None,
+        missing: bool = False,
     ) -> Awaitable[web.StreamResponse]:
         """To `model`'s backend, through the response cache when the request is
         cacheable (`proxy.cache.key`): a hit is replayed, a miss recorded and kept."""
         cache = self.cache
+        forward = self.relay.forward
         if cache is None or not cacheable(request.path, doc, request.headers.get("Cache-Control")):
-            return self.relay.forward(request, served, body, model, fallback=fallback)
+            return forward(request, served, body, model, fallback=fallback, missing=missing)
         weights = self.backends.weights_of(model)
         if not weights:
             # Weights not known by digest (a model just pulled, created or copied, until
             # the next list; one no backend lists): an answer kept under the name alone
             # would be replayed after other weights take the name.
-            return self.relay.forward(request, served, body, model, fallback=fallback)
-        return self._cached(cache, request, served, doc, body, model, weights, fallback)
+            return forward(request, served, body, model, fallback=fallback, missing=missing)
+        return self._cached(cache, request, served, doc, body, model, weights, fallback, missing)
 
     async def _cached(
         self,
@@ -561,6 +594,7 @@ class Handlers:
         model: str,
         weights: str,
         fallback: Fallback | None,
+        missing: bool,
     ) -> web.StreamResponse:
         # Keyed by the name the backend is sent (`auto`'s choice as its list spells it,
         # a named model as the client wrote it), not `model`, for `auto` the registry's
@@ -582,7 +616,7 @@ class Handlers:
         served.cache = served.extra[CACHE_HEADER] = "miss"
         capture = cache.capture(key)
         response = await self.relay.forward(
-            request, served, body, model, fallback=fallback, capture=capture
+            request, served, body, model, fallback=fallback, capture=capture, missing=missing
         )
         cache.finished(capture, served)
         return response

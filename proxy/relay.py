@@ -89,6 +89,23 @@ Fallback = Callable[[], Awaitable[web.StreamResponse]]
 Rewrite = Callable[[bytes], bytes]
 
 
+class ModelGone(Exception):
+    """`forward`'s request, sent with `missing`, found its model gone from every backend
+    that listed it (`missing_model`): nothing reached the client, and the caller, which
+    chose the model, may choose again."""
+
+
+def missing_model(head: ResponseHead) -> bool:
+    """Whether an answer to a request that runs a model is Ollama's 404 "model '…' not
+    found" (JSON), not gin's 404 for a route it lacks (text)."""
+    if head.status != 404:
+        return False
+    for name, value in head.headers:
+        if name.lower() == "content-type":
+            return value.startswith("application/json")
+    return False
+
+
 class Watch(Protocol):
     """What reads an answer before the client does (`WatchedLeg`): its head, then each
     piece of its body as the backend sent it, framing included. It must not raise."""
@@ -210,6 +227,7 @@ class Relay:
         watch: Watch | None = None,
         waits: bool = False,
         rewrite: Rewrite | None = None,
+        missing: bool = False,
     ) -> web.StreamResponse:
         """Relay to the best backend for `model`; `body=None` streams the client's body
         (uploads), which cannot be replayed, so it is never retried. `capture` records
@@ -225,8 +243,12 @@ class Relay:
         saying it cannot serve (502, 503, 504) is not the client's answer either, and
         `fallback` answers when no backend is left. A failure the request itself may
         have caused (`_suspect`) is retried once at most: an input that kills a runner
-        (or a server) would otherwise kill one on every backend the retries reach."""
+        (or a server) would otherwise kill one on every backend the retries reach.
+        `missing`: a backend's answer that it has no such model (`missing_model`) is not
+        the client's either: another backend that lists the model is tried, and with
+        none left `ModelGone` is raised for the caller to choose another."""
         tried: list[BackendState] = []
+        gone = False  # a backend answered that it has no such model (`missing`)
         suspect = False  # an attempt failed in a way the request may have caused
         failures: list[tuple[str, str]] = []  # (the operator's reason, a public one)
         unreachable = True  # every failure so far was a refused or timed-out connect
@@ -250,6 +272,8 @@ class Relay:
                     )
                     state = await self.backends.rechecked(none, choosing, model, tried)
                 except NoBackend:
+                    if gone:
+                        raise ModelGone(model) from None
                     if fallback is not None:
                         return await fallback()
                     if failures:
@@ -272,6 +296,9 @@ class Relay:
                     self.write_idle,
                     retry_errors=not suspect,
                     rewrite=rewrite,
+                    decline_missing=(
+                        missing and model is not None and not state.runs_elsewhere(model)
+                    ),
                 )
             else:
                 client = WatchedLeg(
@@ -338,6 +365,9 @@ class Relay:
             if client.declined:
                 state.end(model)
                 client.drop()
+                if missing_model(head) and model is not None:
+                    gone = True
+                    self.backends.lost(state, model)
                 state.answered(head.status, model, outcome.offsite)
                 answered = f": answered {head.status}"
                 failures.append((state.label + answered, state.public_label + answered))
@@ -350,14 +380,12 @@ class Relay:
             finally:
                 state.end(model)
             if (
-                head.status == 404
-                and model is not None
-                and client.content_type.startswith("application/json")
+                model is not None
+                and missing_model(head)
                 and runs_a_model(find(request.path), request.method)
                 and not state.runs_elsewhere(model)
             ):
-                # Ollama's "model not found" (gin's 404 for a route it lacks is text):
-                # a model the backend lists is gone there.
+                # A model the backend lists is gone there.
                 self.backends.lost(state, model)
             # The whole answer is on the client's transport, the backend done with it.
             # The connection's next request waits until the client has taken in enough
@@ -541,6 +569,7 @@ class ClientLeg(Answer):
         write_idle: float = 0.0,
         retry_errors: bool = True,
         rewrite: Rewrite | None = None,
+        decline_missing: bool = False,
     ) -> None:
         super().__init__()
         self.capture = capture
@@ -565,9 +594,12 @@ class ClientLeg(Answer):
         self.retry_errors = retry_errors
         # A fallback waits: "cannot serve" (502, 503, 504) is not the client's answer.
         self.decline_unavailable = decline_unavailable
+        # `forward`'s `missing`: "no such model" is not the client's answer either.
+        self.decline_missing = decline_missing
         self.started = False
-        # The answer is not the client's: a 5xx before any byte reached the client,
-        # when another backend may still answer. `forward` retries.
+        # The answer is not the client's: a 5xx (or with `decline_missing` "no such
+        # model") before any byte reached the client, when another backend or model may
+        # still answer. `forward` retries.
         self.declined = False
         # An HTTP/1.0 client cannot read chunked framing: a chunked answer reaches it
         # without, delimited by the connection's close, as Go's net/http streams to it.
@@ -620,7 +652,8 @@ class ClientLeg(Answer):
         """Called by the upstream protocol as soon as the backend's head is parsed."""
         unavailable = head.status in UNAVAILABLE_STATUSES
         retried = self.may_retry and head.status >= 500 and (unavailable or self.retry_errors)
-        if retried or (self.decline_unavailable and unavailable):
+        missing = self.decline_missing and missing_model(head)
+        if retried or missing or (self.decline_unavailable and unavailable):
             self.declined = True  # nothing sent yet: the answer is dropped
         else:
             if head.chunked and self.version < (1, 1):

@@ -377,30 +377,33 @@ def test_shows_that_fail_hang_or_answer_garbage_leave_auto_answering(rig: Any) -
     assert own.shows == faults
 
 
+_MATHS = {"messages": [{"role": "user", "content": MATHS}], "options": {"num_predict": 8}}
+
+
 def _maths(client: httpx.Client, profile: str = "auto:best") -> httpx.Response:
-    body = {
-        "model": profile,
-        "messages": [{"role": "user", "content": MATHS}],
-        "stream": False,
-        "options": {"num_predict": 8},
-    }
-    return client.post("/api/chat", json=body)
+    return client.post("/api/chat", json={**_MATHS, "model": profile, "stream": False})
 
 
 def test_a_model_its_backend_answers_it_lacks_is_not_chosen_again(rig: Any) -> None:
     """The backend goes on listing the model `auto` takes for hard maths, but its weights
     are gone: Ollama answers a request for it 404 `model '…' not found` (its manifest
-    listed, the blob missing). `auto` does not choose it again, on later requests nor
-    after the backend's next list, which still shows it; a pull that lists it anew
-    (another modification time) makes it a candidate again. A request naming it gets
-    the backend's own 404."""
+    listed, the blob missing). The request that finds it gone is decided again, not
+    answered that 404 (it asked for `auto`, not for the model), and `auto` does not
+    choose it again, on later requests nor after the backend's next list, which still
+    shows it; a pull that lists it anew (another modification time) makes it a
+    candidate again. A request naming it gets the backend's own 404."""
     own, prx = rig((BIG, SMALL, CODER), health=Health(interval_seconds=3600))
     app = prx.app[APP_KEY]
     with httpx.Client(base_url=prx.url, timeout=60) as client:
         assert _served(_maths(client), "before") == BIG.name
         own.lose(BIG.name)
-        _maths(client)  # the answer that says it is gone
-        after = [_served(_maths(client), f"after {i}") for i in range(3)]
+        streamed = {**_MATHS, "model": "auto:best", "stream": True}
+        with client.stream("POST", "/api/chat", json=streamed) as resp:
+            assert resp.status_code == 200, resp.read()
+            lines = [orjson.loads(line) for line in resp.iter_lines() if line]
+            first = resp.headers["X-Autoroute-Model"]
+        assert lines[-1]["done"] and {line["model"] for line in lines} == {first}
+        after = [first] + [_served(_maths(client), f"after {i}") for i in range(3)]
         prx.thread.call(app.backends.refresh_all)
         assert BIG.name in {m["name"] for m in client.get(own.url + "/api/tags").json()["models"]}
         refreshed = [_served(_maths(client), f"refreshed {i}") for i in range(3)]
@@ -530,3 +533,25 @@ def test_a_fleet_of_forty_unknown_names_decides_every_kind_of_request(rig: Any) 
         generating
     )
     assert EMBEDDER.name in explained["filtered"]
+
+
+def test_a_model_one_backend_lost_is_served_where_another_lists_it(servers: ServerThread) -> None:
+    """Two backends list the 70B; the first loses its weights and goes on listing it.
+    `auto`'s request that finds it gone there is served by the other (the same model,
+    nothing of the 404 reaching the client), and so is every request after it,
+    naming the model or not."""
+    first, second = Backend(servers, (BIG, SMALL)), Backend(servers, (BIG, SMALL))
+    prx = Proxy(servers, [first.url, second.url], health=Health(interval_seconds=3600))
+    try:
+        first.lose(BIG.name)
+        with httpx.Client(base_url=prx.url, timeout=60) as client:
+            chosen = [_served(_maths(client), f"auto {i}") for i in range(3)]
+            named = {**_MATHS, "model": BIG.name, "stream": False}
+            by_name = [_served(client.post("/api/chat", json=named), "named") for _ in range(2)]
+        assert chosen == [BIG.name] * 3 and by_name == [BIG.name] * 2
+        assert first.emulator.state.completed == 0
+        assert second.emulator.state.completed == 5
+    finally:
+        prx.stop()
+        second.stop()
+        first.stop()
