@@ -7,7 +7,9 @@ for its shape (200, the served model named alike in its body and `X-Autoroute-Mo
 `X-Request-Id`, a model that lists what the request needs), and the proxy's own decision
 time (`autoroute_decision_seconds` on /metrics) is printed per fleet and as the ratio of
 the large fleet's to the small one's, measured in the same run. No target: the ratio
-says how the decision grows with the fleet.
+says how the decision grows with the fleet. The emulator serves every size at one
+speed, so once a large model has answered it is measured as quick as a small one:
+`auto:fast`'s choices after the first round say nothing of speed.
 
     python -m benchmarks.unknown_fleets [--quick] [--port 19300]
 """
