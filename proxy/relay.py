@@ -37,7 +37,7 @@ from proxy.continuations import answered_ending
 from proxy.errors import SERVER_BUSY, error_response, stream_error_line
 from proxy.http11 import Dechunker, ResponseHead, dechunk
 from proxy.limits import client_took, drained_within, read_chunk
-from proxy.outcome import Served
+from proxy.outcome import OUTCOME, Served
 from proxy.protocol import HOP_BY_HOP, NDJSON, REQUEST_ID_HEADER, SSE
 from proxy.relayed_response import RelayedResponse
 from proxy.request_encoding import DECODED
@@ -382,10 +382,14 @@ class Relay:
             if (
                 model is not None
                 and missing_model(head)
+                and request[OUTCOME].decided.decision is not None
                 and runs_a_model(find(request.path), request.method)
                 and not state.runs_elsewhere(model)
             ):
-                # A model the backend lists is gone there.
+                # A model the backend lists is gone there. Only where `auto` wrote the
+                # name as the list spells it: a client's own spelling of a name that
+                # Ollama resolves otherwise than the proxy (or not at all) also gets
+                # its 404, and one request must not take a model from everyone.
                 self.backends.lost(state, model)
             # The whole answer is on the client's transport, the backend done with it.
             # The connection's next request waits until the client has taken in enough

@@ -555,3 +555,23 @@ def test_a_model_one_backend_lost_is_served_where_another_lists_it(servers: Serv
         prx.stop()
         second.stop()
         first.stop()
+
+
+def test_a_request_naming_a_model_its_backend_answers_it_lacks_leaves_it_listed(rig: Any) -> None:
+    """A 404 `model '…' not found` to a request that names the model is the backend's
+    answer to the client's spelling of the name, which Ollama may resolve otherwise
+    than the proxy: it is relayed, and the model stays the backend's for everyone
+    else. Only `auto`, which wrote the name as the list spells it, takes it out."""
+    own, prx = rig((BIG, SMALL, CODER), health=Health(interval_seconds=3600))
+    app = prx.app[APP_KEY]
+    with httpx.Client(base_url=prx.url, timeout=60) as client:
+        own.lose(BIG.name)
+        named = client.post(
+            "/api/chat", json={"model": BIG.name, "messages": [{"role": "user", "content": "hi"}]}
+        )
+        assert named.status_code == 404, named.text
+        listed = [s.models for s in app.backends.states]
+        assert _served(_maths(client), "auto after") != BIG.name
+        after = [s.models for s in app.backends.states]
+    assert all(models is not None and BIG.name in models for models in listed), listed
+    assert all(models is not None and BIG.name not in models for models in after), after
