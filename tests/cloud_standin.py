@@ -38,6 +38,9 @@ class Seen:
     cut_after: int | None = None
     # A streamed answer's words sent this many times over: a long answer.
     repeat: int = 1
+    # Answer with the last message's own words (OpenAI), so that the answers of requests
+    # in flight at once tell apart whose each is.
+    echo: bool = False
     # Set when the proxy closed a stream before its end (its client left).
     gone: threading.Event = field(default_factory=threading.Event)
 
@@ -95,6 +98,8 @@ async def _openai(request: web.Request) -> web.StreamResponse:
     if body.get("tools") and messages[-1].get("role") != "tool":
         return await _openai_call(request, body, base, prompt)
     words = JSON_WORDS if body.get("response_format") else ANSWER_WORDS * seen.repeat
+    if seen.echo:
+        words = tuple(f"{w} " for w in str(messages[-1].get("content", "")).split())
     completion = len(words)
     usage["completion_tokens"], usage["total_tokens"] = completion, prompt + completion
     if not body.get("stream"):
