@@ -19,7 +19,7 @@ from proxy import expect
 from proxy import limits as request_limits
 from proxy.auth import Access
 from proxy.auth_store import KeyStore
-from proxy.auto import AutoRouter
+from proxy.auto import AutoRouter, conversation_scope
 from proxy.auto_routes import AutoRoutes
 from proxy.backends import BackendPool, normalize_model
 from proxy.cache import ResponseCache
@@ -141,7 +141,9 @@ class App:
         # Remembered by the registry's name, which `auto` ranks by: the answer's is the
         # one the model list spells.
         if served.context_ending and outcome.decided.decision is not None and model:
-            self.auto.continuations.remember(served.context_ending, normalize_model(model))
+            self.auto.continuations.remember_ending(
+                conversation_scope(request), served.context_ending, normalize_model(model)
+            )
         talk = outcome.decided.conversation
         if talk is not None and model and served.status == 200 and not served.provider:
             self.auto.conversations.remember(talk, normalize_model(model))

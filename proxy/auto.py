@@ -131,7 +131,8 @@ def user_key(request: web.Request) -> str:
 
 
 def conversation_scope(request: web.Request) -> str:
-    """Whose chat conversations a request continues (`proxy.continuations`): the client
+    """Whose conversations a request continues (`proxy.continuations`: a chat's, and the
+    `context` an `/api/generate` answer returned): the client
     (`user_key`) within its API key, the key itself by its SHA-256, as the prompts it
     retries and its cached answers go. X-Autoroute-User is the client's word: a client
     of another key naming the same user (or sending none from the same address) must
@@ -371,7 +372,8 @@ class AutoRouter:
             terms.load_seconds,
             asks.thinking is not False,
         )
-        talk = conversation(user if scope is None else scope, path, doc.get("messages"))
+        whose = user if scope is None else scope
+        talk = conversation(whose, path, doc.get("messages"))
         held = None
         if talk is not None and talk.before is not None:
             held = self._credit_held(talk, eligible, terms, seconds, prompt_tokens)
@@ -421,7 +423,7 @@ class AutoRouter:
             chosen = next((s for s in ranking if s.name == pinned), chosen)
         if path == GENERATE_PATH and "context" in doc:
             # A conversation goes on with the model whose token ids its context holds.
-            wrote = self.continuations.model_of(doc["context"])
+            wrote = self.continuations.model_of(whose, doc["context"])
             kept = next((s for s in ranking if s.name == wrote), None)
             if kept is not None:
                 chosen, reason, propensity = kept, "context", 1.0

@@ -10,7 +10,8 @@ context ends the same goes to that model while it can serve the request.
 
 The end (`ENDING` token ids) stands for the whole: the ids of two conversations end
 alike only where their last answers do, and then either model has its own context. The
-memory is this proxy's, bounded; a context it does not know (another replica's, one
+memory is this proxy's, bounded, and each client's (within its API key) as chat
+conversations are; a context it does not know (another client's, another replica's, one
 older than it remembers, one from before a restart) is routed as any request.
 
 A chat request (`/api/chat`, `/v1/chat/completions`, `/v1/messages`) carries the whole
@@ -102,11 +103,26 @@ class _Writers(Generic[K]):
 
 
 class Continuations(_Writers[str]):
-    """By the ending of the context each answer returned (`answered_ending`)."""
+    """By the ending of the context each answer returned (`answered_ending`), per client
+    (`scope`, `proxy.auto.conversation_scope`), as chat conversations are: another key's
+    client can make the same context itself (the same prompt at temperature 0 on a named
+    model gives the same answer, so the same token ids), and must not learn from the
+    routing that someone had that conversation through `auto`, nor with which model."""
 
-    def model_of(self, context: Any) -> str | None:
-        """The model that wrote `context` (a request's `context` field), if remembered."""
-        return self._of(sent_ending(context))
+    def remember_ending(self, scope: str, ending: str, model: str) -> None:
+        """`model` wrote the context ending `ending` (`answered_ending`) for `scope`."""
+        self.remember(_scoped(scope, ending), model)
+
+    def model_of(self, scope: str, context: Any) -> str | None:
+        """The model that wrote `context` (a request's `context` field) for `scope`, if
+        remembered."""
+        ending = sent_ending(context)
+        return None if ending is None else self._of(_scoped(scope, ending))
+
+
+def _scoped(scope: str, ending: str) -> str:
+    # An ending holds digits and commas only: the first "@" ends it, whatever the scope.
+    return f"{ending}@{scope}"
 
 
 # The chat routes whose requests carry the whole conversation as `messages`, an
