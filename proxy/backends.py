@@ -21,6 +21,7 @@ import orjson
 
 from proxy import header_values, http11, ollama_answers, tasks
 from proxy.config import Backend, Config
+from proxy.multipart_form import go_trim_space
 from proxy.upstream import ConnectionPool, fetch
 from proxy.upstream_errors import ConnectFailed, ConnectTimedOut, ProxyExhausted, UpstreamError
 
@@ -79,7 +80,7 @@ def source(name: str) -> tuple[str, str]:
     when it cannot reach it; a `local` one is the model on the backend."""
     head, colon, suffix = name.rpartition(":")
     if colon:
-        tail = suffix.strip()
+        tail = go_trim_space(suffix)
         lowered = tail.lower()
         if lowered in (CLOUD, LOCAL):
             return head, lowered
@@ -127,9 +128,10 @@ INVALID_NAME = "invalid model name"
 
 
 def valid_name(name: str) -> bool:
-    """model.ParseName(...).IsValid() of the name modelref.ParseRef leaves (trimmed):
-    host, namespace, model and tag, the missing ones defaulted, each valid."""
-    s = name.strip()
+    """model.ParseName(...).IsValid() of the name modelref.ParseRef leaves (trimmed as
+    Go trims it): host, namespace, model and tag, the missing ones defaulted, each
+    valid."""
+    s = go_trim_space(name)
     host = namespace = tag = ""
     if s.rfind(":") > s.rfind("/"):
         s, tag, _ = _cut_promised(s, ":")

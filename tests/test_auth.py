@@ -364,7 +364,22 @@ async def test_a_refusal_naming_the_model_carries_gos_escapes(guarded: Proxy, pa
         ("/api/show", lambda m: {"model": m}),
     ],
 )
-@pytest.mark.parametrize("model", ["a<b>&c", "qwen 2.5", "qwen:", "x" * 300, " \t"])
+@pytest.mark.parametrize(
+    "model",
+    [
+        "a<b>&c",
+        "qwen 2.5",
+        "qwen:",
+        "x" * 300,
+        " \t",
+        # A source suffix asks for ollama.com, but Ollama parses the rest first: a model
+        # off the list, in a spelling Ollama cannot qualify, runs nowhere.
+        "registry.ollama.ai/mistral:7b-cloud",
+        "/gemma2:9b:cloud",
+        "mistral:7b:local:cloud",
+        "mistral:7b\x1c",
+    ],
+)
 async def test_a_name_ollama_cannot_parse_gets_its_answer_whatever_the_key(
     guarded: Proxy,
     own_emulator: Emulator,

@@ -744,6 +744,30 @@ async def test_embeddings_read_a_names_source_as_chat_does(emu: Emu, path: str) 
     assert status == 200, answer
 
 
+@pytest.mark.parametrize(
+    "path", ["/api/generate", "/api/chat", "/api/embed", "/api/embeddings", "/api/show"]
+)
+async def test_a_cloud_name_is_parsed_before_it_goes_to_ollama_com(emu: Emu, path: str) -> None:
+    """parseAndValidateModelRef reads the source suffix and qualifies the rest before
+    a handler sends a `:cloud` or `-cloud` name to ollama.com: a rest that model.ParseName
+    cannot qualify is its 400 "invalid model name", both suffixes its 400 naming them
+    (writeModelRefParseError), and neither goes anywhere. The name is trimmed as Go
+    trims it (strings.TrimSpace), which leaves U+001C to U+001F."""
+    body = {"messages": [], "input": "x", "prompt": "x"}
+    for name in ("registry.ollama.ai/qwen2.5:7b-cloud", "/qwen2.5:7b:cloud", ":cloud"):
+        status, _, answer = await emu.post(path, {**body, "model": name})
+        assert (status, json.loads(answer)) == (400, {"error": "invalid model name"}), name
+    for name in ("qwen2.5:7b:local:cloud", " qwen2.5:7b-cloud:LOCAL\n"):
+        status, _, answer = await emu.post(path, {**body, "model": name})
+        quoted = json.dumps(name.strip())
+        conflict = f"use either :local or :cloud, not both: {quoted}"
+        assert (status, json.loads(answer)) == (400, {"error": conflict}), name
+    status, _, answer = await emu.post(path, {**body, "model": "qwen2.5:7b:cloud\x1c"})
+    assert (status, json.loads(answer)) == (400, {"error": "invalid model name"})
+    status, _, answer = await emu.post(path, {**body, "model": " qwen2.5:7b:cloud\u3000"})
+    assert status == 502, answer
+
+
 async def test_a_syntax_error_names_the_byte_go_read(emu: Emu) -> None:
     """Go's scanner reads bytes: its error quotes the offending byte as a rune
     (strconv.Quote), so a UTF-8 BOM (EF BB BF) is 'ï', an invalid byte is itself, and

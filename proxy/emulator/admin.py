@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.backends import CLOUD, INVALID_NAME, source, valid_name
+from proxy.backends import CLOUD, INVALID_NAME, valid_name
 from proxy.errors import gin_not_found
 from proxy.go_requests import SHOW_FIELDS
 from proxy.multipart_form import go_quote
@@ -20,7 +20,7 @@ from proxy.protocol import COPILOT_CHAT_USER_AGENT_PREFIX, NDJSON, TEXT, go_time
 
 from .catalog import REGISTRY, ModelSpec, normalize_name
 from .engine import ClientGone, wait_forever
-from .inference import Refusal, cloud_out_of_reach, read_body
+from .inference import Refusal, cloud_out_of_reach, parsed_ref, read_body
 from .native import LazyStream
 from .state import EmulatorState, state_of
 from .wire import JSON_BARE, dumps, empty_ok, error, gin_json
@@ -235,12 +235,14 @@ async def handle_show(request: web.Request) -> web.Response:
         _, name = await _read_model_request(request, "ShowRequest", SHOW_FIELDS, required=True)
     except Refusal as exc:
         return error(exc.status, exc.message)
-    base, asked = source(name)
+    try:
+        # ShowHandler's fallback for a blank name: ParseRef's own error, a 400.
+        base, asked = parsed_ref(name, empty_status=400, empty_msg="model is required")
+    except Refusal as exc:
+        return error(exc.status, exc.message)
     if asked == CLOUD:
         refusal = cloud_out_of_reach(request.path)
         return error(refusal.status, refusal.message)
-    if not valid_name(base):
-        return error(400, INVALID_NAME)
     spec = state.find(base)
     if spec is None:
         return error(404, f"model '{base}' not found")

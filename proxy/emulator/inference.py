@@ -18,7 +18,7 @@ from proxy.backends import CLOUD, INVALID_NAME, source, valid_name
 from proxy.go_requests import check_fields
 from proxy.go_types import BodyError
 from proxy.keep_alive import parse as parse_keep_alive
-from proxy.multipart_form import go_quote
+from proxy.multipart_form import go_quote, go_trim_space
 from proxy.protocol import go_escaped
 
 from .catalog import ModelSpec, qualified
@@ -233,19 +233,34 @@ def cloud_out_of_reach(path: str) -> Refusal:
     return Refusal(502, f'Post "{_CLOUD_URL}{path}": dial tcp: lookup ollama.com: no such host')
 
 
-def model_ref(name: str, path: str, *, empty_status: int, empty_msg: str) -> str:
-    """parseAndValidateModelRef as each inference handler answers it: the name without
-    its source suffix; a cloud one is sent to ollama.com (`cloud_out_of_reach`)."""
-    base, asked = source(name)
-    if asked == CLOUD:
-        raise cloud_out_of_reach(path)
-    # writeModelRefParseError: no name at all gets the handler's own answer
-    # (GenerateHandler: 404 "model '' not found"; ChatHandler: 400 "model is required"),
-    # a name model.ParseName cannot qualify Ollama's 400.
-    if not base.strip():
+# modelref.ErrConflictingSourceSuffix: a name with both source suffixes.
+CONFLICTING_SOURCE = "use either :local or :cloud, not both"
+
+
+def parsed_ref(name: str, *, empty_status: int, empty_msg: str) -> tuple[str, str]:
+    """parseAndValidateModelRef, its errors as writeModelRefParseError answers them: the
+    name trimmed (strings.TrimSpace), its source suffix read (`source`) and the rest
+    qualified, all before a handler sends a cloud one to ollama.com. (The rest, its
+    source); a blank name gets the handler's own answer (GenerateHandler: 404 "model ''
+    not found"; ChatHandler: 400 "model is required"), both suffixes and a rest
+    model.ParseName cannot qualify Ollama's 400, a `Refusal`."""
+    trimmed = go_trim_space(name)
+    if not trimmed:
         raise Refusal(empty_status, empty_msg)
+    base, asked = source(trimmed)
+    if asked and source(base)[1]:
+        raise Refusal(400, f"{CONFLICTING_SOURCE}: {go_quote(trimmed.encode())}")
     if not valid_name(base):
         raise Refusal(400, INVALID_NAME)
+    return base, asked
+
+
+def model_ref(name: str, path: str, *, empty_status: int, empty_msg: str) -> str:
+    """`parsed_ref` as each inference handler answers it: the name without its source
+    suffix; a cloud one is sent to ollama.com (`cloud_out_of_reach`)."""
+    base, asked = parsed_ref(name, empty_status=empty_status, empty_msg=empty_msg)
+    if asked == CLOUD:
+        raise cloud_out_of_reach(path)
     return base
 
 
