@@ -153,21 +153,32 @@ def valid_name(name: str) -> bool:
 
 
 RESPONSES_PATH = "/v1/responses"
+MESSAGES_PATH = "/v1/messages"
 
 
 def searches_the_web(path: str, doc: Any) -> bool:
-    """Whether Ollama runs this request's web searches itself, through ollama.com: a
-    Responses request declaring the `web_search` tool (`openai.HasWebSearchTool`, a
-    tool's `type` read case-insensitively as Go reads the field). It answers 502 when
-    its search cannot reach ollama.com, whatever the state of the backend."""
-    if path != RESPONSES_PATH or not isinstance(doc, dict):
+    """Whether Ollama runs this request's web searches itself, through ollama.com on
+    the server's account: a Responses or Messages request declaring the built-in web
+    search (`_web_search`), a tool's `type` read case-insensitively as Go reads the
+    field. It answers 502 when its search cannot reach ollama.com, whatever the state
+    of the backend."""
+    if path not in (RESPONSES_PATH, MESSAGES_PATH) or not isinstance(doc, dict):
         return False
     tools = doc.get("tools")
     return isinstance(tools, list) and any(
         isinstance(tool, dict)
-        and any(k.lower() == "type" and v == "web_search" for k, v in tool.items())
+        and any(k.lower() == "type" and _web_search(path, v) for k, v in tool.items())
         for tool in tools
     )
+
+
+def _web_search(path: str, kind: Any) -> bool:
+    """A tool type that is the built-in web search: `web_search` on Responses
+    (`openai.HasWebSearchTool`), any beginning so on Messages (the Anthropic layer's
+    `hasWebSearchTool`: `web_search_20250305` and later versions)."""
+    if path == RESPONSES_PATH:
+        return bool(kind == "web_search")
+    return isinstance(kind, str) and kind.startswith("web_search")
 
 
 # Ollama's routes that it sends to ollama.com whatever the model (server/routes.go,

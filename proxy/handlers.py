@@ -93,6 +93,9 @@ AUTO_CANNOT_TRANSCRIBE = (
     "auto does not choose a model for audio transcriptions: name a model that transcribes audio"
 )
 AUTO_EMBEDDING_DENIED = "auto's embedding model is not allowed for this API key"
+WEB_SEARCH_FORBIDDEN = (
+    "forbidden: web search runs on the server's ollama.com account: it needs an admin key"
+)
 # Bodies below this size are read so that a failed backend can be retried.
 _REPLAYABLE_BYTES = 1024 * 1024
 
@@ -260,6 +263,10 @@ class Handlers:
         decided.model = header_values.text(model, header_values.MAX_MODEL_NAME) or ""
         profile = profile_of(model, self.config.selector.default_profile)
         key = state_get(request, KEY_REQUEST)
+        if served.offsite and key is not None and not key.admin:
+            # Ollama's searches go out on the server's ollama.com account, which only an
+            # admin key may use (`/api/experimental/*`), whatever model answers.
+            return error_response(path, 403, WEB_SEARCH_FORBIDDEN)
         if profile is None:
             inference = route is not None and route.inference
             refused = self._named(path, key, model, served, inference)

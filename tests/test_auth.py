@@ -33,6 +33,7 @@ from proxy.config import (
     Variant,
 )
 from proxy.config import load as load_config
+from proxy.handlers import WEB_SEARCH_FORBIDDEN
 from tests.support import (
     AUTO_NAMES,
     Emulator,
@@ -1298,3 +1299,52 @@ async def test_metrics_opened_to_anyone_are_open_to_a_key_with_a_model_list(
         assert (await call(prx.url, "GET", "/api/autoroute/status", USER))[0] == 403
     finally:
         await asyncio.to_thread(prx.stop)
+
+
+# Requests declaring Ollama's built-in web search, which it runs through ollama.com on
+# the server's own account (middleware/anthropic.go's hasWebSearchTool, openai's
+# HasWebSearchTool), whatever model answers.
+_WEB_SEARCHES = [
+    (
+        "/v1/messages",
+        {
+            "max_tokens": 64,
+            "messages": [{"role": "user", "content": "news?"}],
+            "tools": [{"type": "web_search_20250305", "name": "web_search"}],
+        },
+    ),
+    (
+        "/v1/messages",
+        {
+            "max_tokens": 64,
+            "messages": [{"role": "user", "content": "news?"}],
+            "tools": [{"name": "f", "input_schema": {"type": "object"}}, {"Type": "web_search_x"}],
+        },
+    ),
+    ("/v1/responses", {"input": "news?", "tools": [{"type": "web_search"}]}),
+    ("/v1/responses", {"input": "news?", "tools": [{"type": "function"}, {"TYPE": "web_search"}]}),
+]
+
+
+@pytest.mark.parametrize(("path", "body"), _WEB_SEARCHES)
+@pytest.mark.parametrize("model", ["llama3.1:8b", "auto"])
+async def test_web_search_on_the_servers_account_needs_an_admin_key(
+    guarded: Proxy, own_emulator: Emulator, path: str, body: dict[str, Any], model: str
+) -> None:
+    """As `/api/experimental/web_search`: a search Ollama runs through ollama.com is
+    the server's account's, which only an admin key may use; the same request without
+    the tool is any key's."""
+    request = {**body, "model": model}
+    for key in (USER, SINGLE):
+        before = own_emulator.state.completed
+        status, _, answer = await call(guarded.url, "POST", path, key, request)
+        assert status == 403, answer
+        refusal = orjson.loads(answer)
+        if path == "/v1/messages":
+            assert refusal["error"] == {"type": "permission_error", "message": WEB_SEARCH_FORBIDDEN}
+        else:
+            assert refusal["error"]["message"] == WEB_SEARCH_FORBIDDEN
+        assert own_emulator.state.completed == before
+    assert (await call(guarded.url, "POST", path, ADMIN, request))[0] != 403
+    plain = {k: v for k, v in request.items() if k != "tools"}
+    assert (await call(guarded.url, "POST", path, USER, plain))[0] == 200
