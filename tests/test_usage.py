@@ -22,8 +22,8 @@ from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy import final_chunk
-from proxy.config import Usage
+from proxy import final_chunk, go_json
+from proxy.config import Limits, Usage
 from proxy.emulator import EmulatorSettings
 from proxy.usage import event as ev
 from proxy.usage.postgres import PostgresSink, _storable
@@ -32,7 +32,15 @@ from proxy.usage.spool import Spool
 from proxy.usage.stats import MAX_KEYS, MemoryStats, from_postgres
 from selector_model import outcome
 from selector_model.usage_event import Answer, Client, Logged, UsageEvent
-from tests.support import Emulator, Proxy, ServerThread, error_text, file_usage, free_port
+from tests.support import (
+    Emulator,
+    Proxy,
+    ServerThread,
+    error_text,
+    file_usage,
+    free_port,
+    where_called,
+)
 from tests.usage_services import Database, events_of, read_bytes, wait_for
 
 MODEL = "llama3.1:8b"
@@ -877,3 +885,45 @@ async def test_a_stream_that_fails_before_its_answer_records_its_error_line(
     finally:
         proxy.stop()
         servers.stop(runner)
+
+
+@pytest.mark.parametrize("status", [200, 413])
+async def test_a_large_bodys_usage_event_is_made_off_the_loop(
+    servers: ServerThread,
+    emulator: Emulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    status: int,
+) -> None:
+    """Making a request's usage event hashes its prompt, and parses its body again when
+    the request was refused before its texts were measured (a prompt over the limit):
+    C calls that hold the event loop for tens of milliseconds on a body of megabytes,
+    while every other client's stream waits. A large body's event is made in a worker
+    thread, a small one's on the loop; either way it is written, once."""
+    made = where_called(monkeypatch, ev, "complete")
+    usage = file_usage(tmp_path)
+    big = 3 * 1024 * 1024
+    # The limit lets the small prompts through; the large one passes it when served.
+    limits = Limits(max_prompt_chars=big * 2 if status == 200 else go_json.INLINE_BYTES)
+    prx = Proxy(servers, [emulator.url], usage=usage, limits=limits)
+    try:
+        for size in (go_json.INLINE_BYTES // 4, big):
+            made.clear()
+            want = 200 if size < go_json.INLINE_BYTES else status
+            body = {
+                "model": MODEL,
+                "stream": False,
+                "messages": [{"role": "user", "content": "a " * (size // 2)}],
+                "options": {"num_predict": 1},
+            }
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(prx.url + "/api/chat", data=orjson.dumps(body)) as resp,
+            ):
+                assert resp.status == want, await resp.read()
+                rid = resp.headers["X-Request-Id"]
+            (event,) = await events_of(usage, rid)
+            assert event["outcome"]["status"] == want
+            assert made == [size < go_json.INLINE_BYTES], (size, made)
+    finally:
+        prx.stop()

@@ -3,7 +3,8 @@ drained by one background dispatcher into a writer per sink.
 
 The handler calls `record()`, which appends references to a deque and returns: no
 await, no I/O, no JSON. The dispatcher completes events (body parsing, hashing,
-serialisation: once, shared by every sink) and hands batches to the sink runners.
+serialisation: once, shared by every sink; a batch with a large body in a reader
+thread, as large bodies are read) and hands batches to the sink runners.
 If the queue is full (the dispatcher cannot keep up), the event is completed on the
 spot and spilled to each sink's spool: slower for that request, but nothing is lost.
 """
@@ -22,7 +23,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy import header_values, tasks
+from proxy import go_json, header_values, tasks
 from proxy.config import Usage
 from proxy.outcome import Outcome
 from proxy.routes import runs_a_model
@@ -32,10 +33,33 @@ from proxy.usage.kafka import KafkaSink
 from proxy.usage.postgres import PostgresSink
 from proxy.usage.runner import Record, Sink, SinkRunner
 from proxy.usage.stats import ApiKeyRef, MemoryStats, from_postgres
-from selector_model.usage_event import Feedback
+from selector_model.usage_event import Feedback, UsageEvent
 
 log = logging.getLogger("autoroute.usage")
 USER_HEADER = "X-Autoroute-User"
+
+
+# A usage event made: the event, its document and that document's line for the sinks.
+_Made = tuple[UsageEvent, dict[str, Any], bytes]
+
+
+def _made(items: list[ev.Captured | Record], log_prompts: bool) -> list[_Made | None]:
+    """The event of each captured item (None for a record, queued complete, and for an
+    item whose event could not be made); touches nothing shared, so any thread may
+    make them."""
+    made: list[_Made | None] = []
+    for item in items:
+        if isinstance(item, Record):
+            made.append(None)
+            continue
+        try:
+            event = ev.complete(item, log_prompts)
+            doc = event.document()
+            made.append((event, doc, orjson.dumps(doc)))
+        except Exception:  # a bug here must not stop the pipeline; it is loud
+            log.exception("usage: could not build the event for %s", item.request_id)
+            made.append(None)
+    return made
 
 
 class UsagePipeline:
@@ -147,10 +171,15 @@ class UsagePipeline:
             self._warned_at = now
             log.warning("usage queue full (%d): spilling events to disk", len(self.queue))
 
-    def _complete(self, items: list[ev.Captured | Record]) -> list[Record]:
+    def _complete(
+        self, items: list[ev.Captured | Record], made: list[_Made | None] | None = None
+    ) -> list[Record]:
+        """`items` as records for the sinks, each counted in memory and shown to the
+        observers; `made`: their events already made (`_made`), else made here."""
+        if made is None:
+            made = _made(items, self.settings.log_prompts)
         records: list[Record] = []
-        log_prompts = self.settings.log_prompts
-        for item in items:
+        for item, event in zip(items, made, strict=True):
             if isinstance(item, Record):
                 records.append(item)
                 assert isinstance(item.event, Feedback)  # the only kind queued completed
@@ -158,18 +187,22 @@ class UsagePipeline:
                 self.memory.rate(fb.request_id, fb.rating, fb.api_key_id, fb.api_key_hash)
                 self._observe(ev.FEEDBACK, item.event.document(), item.client)
                 continue
-            try:
-                event = ev.complete(item, log_prompts)
-                doc = event.document()
-                line = orjson.dumps(doc)
-            except Exception:  # a bug here must not stop the pipeline; it is loud
+            if event is None:
                 self.invalid += 1
-                log.exception("usage: could not build the event for %s", item.request_id)
                 continue
-            records.append(Record(event, line))
-            self.memory.add(event)
+            usage, doc, line = event
+            records.append(Record(usage, line))
+            self.memory.add(usage)
             self._observe(ev.USAGE, doc)
         return records
+
+    async def _complete_off_loop(self, items: list[ev.Captured | Record]) -> list[Record]:
+        """`_complete`, the events of large bodies made in a reader thread: making one
+        hashes its prompt and may parse its body again, C calls that would hold every
+        other client's request for as long (`go_json.off_loop`)."""
+        size = sum(len(i.outcome.decided.body or b"") for i in items if isinstance(i, ev.Captured))
+        made = await go_json.off_loop(size, _made, items, self.settings.log_prompts)
+        return self._complete(items, made)
 
     def _observe(self, what: str, doc: Mapping[str, Any], client: str = "") -> None:
         for observer in self.observers:
@@ -195,7 +228,7 @@ class UsagePipeline:
         chunk = self.settings.batch_size * 4
         while queue:
             items = [queue.popleft() for _ in range(min(len(queue), chunk))]
-            records = self._complete(items)
+            records = await self._complete_off_loop(items)
             for runner in self.runners:
                 await runner.accept(records)
 
