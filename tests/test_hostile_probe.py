@@ -1,0 +1,62 @@
+"""The hostile-input probe (`benchmarks.hostile_probe`) against an in-process proxy: a
+fixed sample of its cases (HTTP framing, smuggling, header injection, JSON, encodings),
+for a named model and for `auto`, with a recording relay between the proxy and the
+emulator. Whatever the proxy answers, it is never a 5xx of its own, always in the
+route's error shape or Go's own refusal, always with an `X-Request-Id`; nothing a
+client smuggled reaches the backend or an answer's head; every served request leaves
+exactly one usage event; the proxy answers afterwards.
+
+The whole probe, with the resource-exhaustion part (latency ratios under attack):
+
+    .venv/bin/python -m benchmarks.hostile_probe
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from benchmarks import hostile_probe as hp
+from tests.support import Emulator, Proxy, ServerThread, file_usage
+
+SAMPLE = 300
+
+
+@pytest.fixture
+def relayed(
+    servers: ServerThread, emulator: Emulator, tmp_path: Path
+) -> Iterator[tuple[Proxy, hp.Recorder, Path]]:
+    recorder = hp.Recorder(emulator.port)
+    servers.call(recorder.start)
+    usage = file_usage(tmp_path)
+    prx = Proxy(servers, [f"http://127.0.0.1:{recorder.port}"], usage=usage)
+    yield prx, recorder, Path(usage.file_path)
+    prx.stop()
+    servers.call(recorder.stop)
+
+
+def sample() -> list[hp.Case]:
+    """Every smuggling case, and a fixed sample of the others that owe an answer at
+    once (a body never finished owes none)."""
+    cases = [c for c in hp.all_cases() if c.answered and c.seconds >= 10]
+    smuggling = [c for c in cases if "hides request" in c.name or "pipelined" in c.name]
+    rest = [c for c in cases if c not in smuggling]
+    return smuggling + random.Random(1207).sample(rest, SAMPLE)
+
+
+async def test_hostile_requests_get_clear_refusals_and_leave_the_proxy_whole(
+    relayed: tuple[Proxy, hp.Recorder, Path], emulator: Emulator
+) -> None:
+    prx, recorder, events = relayed
+    report = hp.Report()
+    cases = sample()
+    await hp.probe(prx.port, emulator.port, recorder, events, cases, report)
+    assert not report.problems, "\n".join(report.problems[:20])
+    assert sum(report.sent.values()) == len(cases)
+    statuses = {s for counts in report.statuses.values() for s in counts}
+    # Served and refused both, and requests relayed upstream: the probe reached each side.
+    assert 200 in statuses and 400 in statuses, statuses
+    assert report.served and recorder.requests
