@@ -55,6 +55,7 @@ INJECTED = b"x-injected"
 # Where a request naming `auto` is checked against the emulator: the model it served.
 SERVED_MODEL_HEADER = "x-autoroute-model"
 INFERENCE = (
+    "/v1/audio/transcriptions",
     "/api/generate",
     "/api/chat",
     "/api/embed",
@@ -849,6 +850,127 @@ def json_cases() -> Iterator[Case]:
             yield simple(cat, f"{name} {path}", path, request("POST", path, raw_body))
 
 
+AUDIO_PATH = "/v1/audio/transcriptions"
+# A tiny WAV: a RIFF head and a few samples.
+WAV = b"RIFF$\x00\x00\x00WAVEfmt \x10\x00\x00\x00\x01\x00\x01\x00@\x1f\x00\x00" + bytes(28)
+
+
+def form(parts: list[tuple[bytes, bytes]], boundary: bytes = b"B0undary") -> bytes:
+    """A multipart body of `parts` (part headers, part body), closed."""
+    out = b"".join(b"--%b\r\n%b\r\n\r\n%b\r\n" % (boundary, h, v) for h, v in parts)
+    return out + b"--%b--\r\n" % boundary
+
+
+def field_part(name: bytes, value: bytes) -> tuple[bytes, bytes]:
+    return b'Content-Disposition: form-data; name="%b"' % name, value
+
+
+FILE = (b'Content-Disposition: form-data; name="file"; filename="a.wav"', WAV)
+
+
+def form_cases() -> Iterator[Case]:
+    """`/v1/audio/transcriptions`: its multipart form, hostile at every level."""
+    cat = "form"
+    multipart = b"Content-Type: multipart/form-data; boundary=B0undary"
+    for model in (MODEL.encode(), AUTO.encode()):
+        m = model.decode()
+        bodies: list[tuple[str, list[bytes], bytes]] = [
+            ("valid", [multipart], form([field_part(b"model", model), FILE])),
+            ("no type", [], form([field_part(b"model", model), FILE])),
+            ("json type", [b"Content-Type: application/json"], b'{"model":"%b"}' % model),
+            ("no boundary", [b"Content-Type: multipart/form-data"], form([FILE])),
+            ("empty boundary", [b'Content-Type: multipart/form-data; boundary=""'], b"--\r\n"),
+            (
+                "long boundary",
+                [b"Content-Type: multipart/form-data; boundary=" + b"b" * 200],
+                form([field_part(b"model", model), FILE], b"b" * 200),
+            ),
+            ("unclosed", [multipart], form([field_part(b"model", model), FILE])[:-12]),
+            ("header unended", [multipart], b"--B0undary\r\nContent-Disposition: form-data"),
+            (
+                "2000 parts",
+                [multipart],
+                form([field_part(b"x%d" % i, b"v") for i in range(2000)] + [FILE]),
+            ),
+            (
+                "long part header",
+                [multipart],
+                form([(b"X-A: " + b"a" * 100_000, b"v"), field_part(b"model", model), FILE]),
+            ),
+            (
+                "model crlf",
+                [multipart],
+                form([field_part(b"model", model + b"\r\nX-Injected: 1"), FILE]),
+            ),
+            (
+                "model invalid utf8",
+                [multipart],
+                form([field_part(b"model", model + b"\xff"), FILE]),
+            ),
+            (
+                "model twice",
+                [multipart],
+                form([field_part(b"model", b"no-such:1b"), field_part(b"model", model), FILE]),
+            ),
+            ("no file", [multipart], form([field_part(b"model", model)])),
+            ("empty file", [multipart], form([field_part(b"model", model), (FILE[0], b"")])),
+            (
+                "quoted-printable bad",
+                [multipart],
+                form(
+                    [
+                        (
+                            b'Content-Disposition: form-data; name="model"\r\n'
+                            b"Content-Transfer-Encoding: quoted-printable",
+                            model + b"=ZZ",
+                        ),
+                        FILE,
+                    ]
+                ),
+            ),
+            (
+                "nested multipart",
+                [multipart],
+                form(
+                    [
+                        (
+                            b'Content-Disposition: form-data; name="model"\r\n'
+                            b"Content-Type: multipart/mixed; boundary=X",
+                            form([FILE], b"X"),
+                        ),
+                        FILE,
+                    ]
+                ),
+            ),
+            (
+                "name unquoted",
+                [multipart],
+                form([(b"Content-Disposition: form-data; name=model", model), FILE]),
+            ),
+            (
+                "value 40 MB",
+                [multipart],
+                form([field_part(b"model", model), field_part(b"prompt", b"a" * (40 << 20)), FILE]),
+            ),
+        ]
+        for name, headers, body in bodies:
+            raw = request("POST", AUDIO_PATH, body, headers)
+            yield simple(cat, f"{name} {m}", AUDIO_PATH, raw)
+        query = form([FILE])
+        yield simple(
+            cat,
+            f"model in query {m}",
+            AUDIO_PATH,
+            request("POST", f"{AUDIO_PATH}?model={m}", query, [multipart]),
+        )
+        yield simple(
+            cat,
+            f"bad query {m}",
+            AUDIO_PATH,
+            request("POST", f"{AUDIO_PATH}?model=%zz", query, [multipart]),
+        )
+
+
 def _bomb(wbits: int, megabytes: int = 128) -> bytes:
     """`megabytes` MiB of zeros, gzip (wbits 31) or zlib (15) compressed: about a
     thousandth of that on the wire, past the body limit once inflated."""
@@ -879,7 +1001,13 @@ def encoding_cases() -> Iterator[Case]:
 
 
 def all_cases() -> list[Case]:
-    return [*framing_cases(), *injection_cases(), *json_cases(), *encoding_cases()]
+    return [
+        *framing_cases(),
+        *injection_cases(),
+        *json_cases(),
+        *encoding_cases(),
+        *form_cases(),
+    ]
 
 
 # Checking -----------------------------------------------------------------------------
@@ -1087,6 +1215,38 @@ async def victim(port: int, rounds: int) -> list[float]:
     return [await victim_once(port) for _ in range(rounds)]
 
 
+@dataclass
+class Tally:
+    """The answers the attacks read (request id, status), and the streams they sent
+    whole and never read: each of them is a request the proxy took, one usage event."""
+
+    answered: list[tuple[str, int]] = field(default_factory=list)
+    unread: int = 0
+
+    def add(self, answers: list[Answer]) -> None:
+        for answer in answers:
+            rid = answer.header("x-request-id")
+            self.answered.append((rid.decode("latin-1") if rid else "", answer.status))
+
+
+TALLY = Tally()
+
+
+async def in_flight(port: int) -> bool:
+    """A stream of some seconds, started before an attack and read to its end while it
+    runs: whether it ended with its final chunk and no error."""
+    body = orjson.dumps({"model": MODEL, "prompt": "story", "options": {"num_predict": 1500}})
+    answers, _, _ = await exchange(port, [request("POST", "/api/generate", body)], 120)
+    TALLY.add(answers)
+    return (
+        bool(answers)
+        and answers[0].status == 200
+        and answers[0].body.rstrip().endswith(b"}")
+        and b'"done":true' in answers[0].body.splitlines()[-1]
+        and b'"error"' not in answers[0].body
+    )
+
+
 async def idle_connections(port: int, n: int, stop: asyncio.Event) -> None:
     conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(n)]
     await stop.wait()
@@ -1140,7 +1300,28 @@ async def large_bodies(port: int, n: int, stop: asyncio.Event) -> None:
     )
     raw = request("POST", "/api/chat", big)
     while not stop.is_set():
-        await asyncio.gather(*(exchange(port, [raw], 60) for _ in range(n)))
+        for answers, _, _ in await asyncio.gather(*(exchange(port, [raw], 60) for _ in range(n))):
+            TALLY.add(answers)
+
+
+async def held_bodies(port: int, n: int, stop: asyncio.Event) -> None:
+    """Bodies of 8 MB sent but their last bytes: together past what the proxy holds at
+    once (`limits.max_held_body_bytes`), so later ones are refused, never the victim's."""
+    size = 8 << 20
+    head = request("POST", "/api/chat", b"", [b"Content-Length: %d" % size])
+
+    async def one() -> None:
+        try:
+            answers, _, _ = await exchange(port, [head, b" " * (size - 10), 600.0], 600)
+        except (ConnectionError, OSError):
+            return
+        TALLY.add(answers)
+
+    held = [asyncio.ensure_future(one()) for _ in range(n)]
+    await stop.wait()
+    for task in held:
+        task.cancel()
+    await asyncio.gather(*held, return_exceptions=True)
 
 
 async def unread_streams(port: int, n: int, stop: asyncio.Event) -> None:
@@ -1153,6 +1334,7 @@ async def unread_streams(port: int, n: int, stop: asyncio.Event) -> None:
         await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
         sock.send(request("POST", "/api/generate", body))
         socks.append(sock)
+    TALLY.unread += n
     await stop.wait()
     for sock in socks:
         sock.close()
@@ -1161,7 +1343,8 @@ async def unread_streams(port: int, n: int, stop: asyncio.Event) -> None:
 async def bombs(port: int, n: int, stop: asyncio.Event) -> None:
     raw = request("POST", "/api/chat", _bomb(31), [b"Content-Encoding: gzip"])
     while not stop.is_set():
-        await asyncio.gather(*(exchange(port, [raw], 30) for _ in range(n)))
+        for answers, _, _ in await asyncio.gather(*(exchange(port, [raw], 30) for _ in range(n))):
+            TALLY.add(answers)
 
 
 ATTACKS: list[tuple[str, Callable[[int, int, asyncio.Event], Awaitable[None]], int]] = [
@@ -1169,6 +1352,7 @@ ATTACKS: list[tuple[str, Callable[[int, int, asyncio.Event], Awaitable[None]], i
     ("slow heads", slow_heads, 200),
     ("slow bodies", slow_bodies, 100),
     ("large bodies (8 MB)", large_bodies, 8),
+    ("held bodies (8 MB)", held_bodies, 40),
     ("unread streams", unread_streams, 100),
     ("gzip bombs", bombs, 8),
 ]
@@ -1182,7 +1366,9 @@ class Watched:
     emulator: int
 
 
-async def exhaustion(port: int, emulator_port: int, pids: Watched, rounds: int = 15) -> list[str]:
+async def exhaustion(
+    port: int, emulator_port: int, pids: Watched, only: list[str], rounds: int = 15
+) -> list[str]:
     """Each attack in turn while the victim chats through the proxy, then straight to
     the emulator (what the machine and the backend alone do to it); ratios against the
     victim with no attack, CPU of each process over the attack, the proxy's RSS."""
@@ -1197,7 +1383,11 @@ async def exhaustion(port: int, emulator_port: int, pids: Watched, rounds: int =
         f"{direct_base * 1000:.1f} ms straight to the emulator, over {rounds} chats"
     )
     for name, attack, n in ATTACKS:
+        if only and not any(word in name for word in only):
+            continue
         stop = asyncio.Event()
+        flight = asyncio.ensure_future(in_flight(port))
+        await asyncio.sleep(0.2)
         running = asyncio.ensure_future(attack(port, n, stop))
         await asyncio.sleep(1.0)
         rss_before = rss_kib(pids.proxy)
@@ -1226,9 +1416,53 @@ async def exhaustion(port: int, emulator_port: int, pids: Watched, rounds: int =
         )
         if failed:
             problems.append(f"[exhaustion] {name}: {failed} of {rounds} victim requests failed")
+        if not await flight:
+            problems.append(f"[exhaustion] {name}: the stream in flight did not end whole")
         if not await alive(port):
             problems.append(f"[exhaustion] {name}: the proxy does not answer afterwards")
     return problems
+
+
+async def check_attack_usage(events: Path) -> list[str]:
+    """One usage event for each answer the attacks read that the proxy served, none
+    more than one for any, and one for each stream sent whole and never read."""
+    served = [rid for rid, status in TALLY.answered if status == 200]
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        counts = usage_ids(events)
+        streams = _unread_events(events)
+        if all(counts[rid] for rid in served) and streams >= TALLY.unread:
+            break
+        await asyncio.sleep(0.2)
+    counts, streams = usage_ids(events), _unread_events(events)
+    problems = [
+        f"[exhaustion usage] {rid}: {counts[rid]} events" for rid in served if counts[rid] != 1
+    ]
+    problems += [
+        f"[exhaustion usage] {rid}: {counts[rid]} events"
+        for rid, _ in TALLY.answered
+        if counts[rid] > 1
+    ]
+    if streams != TALLY.unread:
+        problems.append(f"[exhaustion usage] {streams} events for {TALLY.unread} unread streams")
+    print(
+        f"exhaustion usage: {len(TALLY.answered)} answers read ({len(served)} served), "
+        f"{TALLY.unread} streams never read: {streams} events for those"
+    )
+    return problems
+
+
+def _unread_events(events: Path) -> int:
+    """Events of the unread streams: /api/generate streams cancelled by their client
+    (the streams in flight are read to their end)."""
+    if not events.exists():
+        return 0
+    found = 0
+    for line in events.read_bytes().splitlines():
+        event = orjson.loads(line)
+        if event.get("endpoint") == "/api/generate" and event["outcome"].get("cancelled"):
+            found += 1
+    return found
 
 
 # Running ------------------------------------------------------------------------------
@@ -1243,7 +1477,9 @@ def main() -> int:
     )
     parser.add_argument("--no-exhaustion", action="store_true")
     parser.add_argument("--only", default="", help="comma-separated categories")
+    parser.add_argument("--attacks", default="", help="comma-separated words of attack names")
     args = parser.parse_args()
+    attacks = [word for word in args.attacks.split(",") if word]
     proxy_port, emulator_port, relay_port = args.port, args.port + 1, args.port + 2
     work = Path(tempfile.mkdtemp(prefix="hostile-probe-"))
     events = work / "events.jsonl"
@@ -1286,7 +1522,11 @@ def main() -> int:
         ).result()
         if not args.no_exhaustion:
             report.problems += asyncio.run_coroutine_threadsafe(
-                exhaustion(plain_port, emulator_port, Watched(plain.pid, emulator.pid)), loop
+                exhaustion(plain_port, emulator_port, Watched(plain.pid, emulator.pid), attacks),
+                loop,
+            ).result()
+            report.problems += asyncio.run_coroutine_threadsafe(
+                check_attack_usage(work / "plain.jsonl"), loop
             ).result()
         servers.check_alive()
     finally:
