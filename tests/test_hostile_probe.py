@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from benchmarks import hostile_probe as hp
+from tests.conftest import FROZEN
 from tests.support import Emulator, Proxy, ServerThread, file_usage
 
 SAMPLE = 300
@@ -27,15 +29,18 @@ SAMPLE = 300
 
 @pytest.fixture
 def relayed(
-    servers: ServerThread, emulator: Emulator, tmp_path: Path
-) -> Iterator[tuple[Proxy, hp.Recorder, Path]]:
+    servers: ServerThread, tmp_path: Path
+) -> Iterator[tuple[Proxy, Emulator, hp.Recorder, Path]]:
+    # No wait for prompt evaluation: a body of megabytes is a prompt of as many tokens.
+    emulator = Emulator(servers, replace(FROZEN, prompt_tokens_per_second=0))
     recorder = hp.Recorder(emulator.port)
     servers.call(recorder.start)
     usage = file_usage(tmp_path)
     prx = Proxy(servers, [f"http://127.0.0.1:{recorder.port}"], usage=usage)
-    yield prx, recorder, Path(usage.file_path)
+    yield prx, emulator, recorder, Path(usage.file_path)
     prx.stop()
     servers.call(recorder.stop)
+    emulator.stop()
 
 
 def sample() -> list[hp.Case]:
@@ -48,9 +53,9 @@ def sample() -> list[hp.Case]:
 
 
 async def test_hostile_requests_get_clear_refusals_and_leave_the_proxy_whole(
-    relayed: tuple[Proxy, hp.Recorder, Path], emulator: Emulator
+    relayed: tuple[Proxy, Emulator, hp.Recorder, Path],
 ) -> None:
-    prx, recorder, events = relayed
+    prx, emulator, recorder, events = relayed
     report = hp.Report()
     cases = sample()
     await hp.probe(prx.port, emulator.port, recorder, events, cases, report)
