@@ -9,6 +9,7 @@ import hashlib
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +26,9 @@ from hypothesis import strategies as st
 from proxy import final_chunk, go_json
 from proxy.config import Limits, Usage
 from proxy.emulator import EmulatorSettings
+from proxy.outcome import Decided, Outcome, Served
 from proxy.usage import event as ev
+from proxy.usage.pipeline import UsagePipeline
 from proxy.usage.postgres import PostgresSink, _storable
 from proxy.usage.runner import BATCH_BYTES, Record, SinkRunner, spool_line
 from proxy.usage.spool import Spool
@@ -927,3 +930,34 @@ async def test_a_large_bodys_usage_event_is_made_off_the_loop(
             assert made == [size < go_json.INLINE_BYTES], (size, made)
     finally:
         prx.stop()
+
+
+async def test_a_dispatch_stopped_while_events_are_made_off_the_loop_loses_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shutdown cancels a dispatcher still busy after `drain_seconds`; one waiting for
+    a reader thread to make a large body's events leaves them queued, and the final
+    drain writes them."""
+    gate = threading.Event()
+    making = threading.Event()
+    complete = ev.complete
+
+    def slow(captured: ev.Captured, log_prompts: bool) -> UsageEvent:
+        making.set()
+        gate.wait(10)
+        return complete(captured, log_prompts)
+
+    monkeypatch.setattr(ev, "complete", slow)
+    usage = file_usage(tmp_path, drain_seconds=0.05)
+    pipeline = UsagePipeline(usage)
+    await pipeline.start()
+    body = orjson.dumps({"model": MODEL, "prompt": "a" * (2 * go_json.INLINE_BYTES)})
+    done = Outcome(Decided("big", model=MODEL, body=body), Served("big", status=200))
+    pipeline._put(ev.Captured(done, "POST", "/api/generate", time.time(), None, None, None))
+    assert await asyncio.to_thread(making.wait, 10)
+    stopping = asyncio.create_task(pipeline.stop())
+    await asyncio.sleep(0.2)  # past drain_seconds: the dispatcher is cancelled
+    gate.set()
+    await stopping
+    (event,) = [orjson.loads(line) for line in (await read_bytes(usage.file_path)).splitlines()]
+    assert event["request_id"] == "big" and event["outcome"]["status"] == 200

@@ -228,7 +228,12 @@ class UsagePipeline:
         chunk = self.settings.batch_size * 4
         while queue:
             items = [queue.popleft() for _ in range(min(len(queue), chunk))]
-            records = await self._complete_off_loop(items)
+            try:
+                records = await self._complete_off_loop(items)
+            except asyncio.CancelledError:
+                # Stopped while a thread made them: queued again, for the final drain.
+                queue.extendleft(reversed(items))
+                raise
             for runner in self.runners:
                 await runner.accept(records)
 
