@@ -47,7 +47,9 @@ def sample() -> list[hp.Case]:
     """Every smuggling case, and a fixed sample of the others that owe an answer at
     once (a body never finished owes none)."""
     cases = [c for c in hp.all_cases() if c.answered and c.seconds >= 10]
-    smuggling = [c for c in cases if "hides request" in c.name or "pipelined" in c.name]
+    smuggling = [
+        c for c in cases if any(w in c.name for w in ("hides request", "hidden in", "pipelined"))
+    ]
     rest = [c for c in cases if c not in smuggling]
     return smuggling + random.Random(1207).sample(rest, SAMPLE)
 
