@@ -446,7 +446,8 @@ def values(body: bytes, limit: int) -> None:
 # the thread.
 INLINE_BYTES = 64 * 1024
 
-# The threads large bodies are read in. These reads hold the GIL, so more threads would
+# The threads large bodies are read in (their usage events made too, which read them
+# again: `proxy.usage.pipeline`). These reads hold the GIL, so more threads would
 # read no faster; two keep one large body from waiting for another, and each C call of
 # a read is one stall of the loop at most, not the sum of them. What waits for a thread
 # is already bounded by the bodies the proxy holds at once (`limits.max_held_body_bytes`).
