@@ -1,0 +1,36 @@
+"""A hostile-input probe: what an outside security tester sends the proxy, at the HTTP
+level and the JSON level, on every route, for a named model and for `auto`.
+
+Runs `autoroute serve` in front of the emulator with a recording relay between them
+(every request the proxy sends upstream is parsed and kept), sends each case over a raw
+socket and checks every answer:
+
+- no 5xx made by the proxy: a 5xx passes only where the emulator (which answers as
+  Ollama does), sent the same bytes, answers the same status (for `auto`, the same
+  bytes naming the model `auto` served);
+- a refusal in the route's error shape (Ollama's `{"error": "..."}`, OpenAI's on /v1,
+  Anthropic's on /v1/messages), or exactly the emulator's own answer for those bytes
+  (Go's plain-text refusals of heads it cannot read);
+- an `X-Request-Id` on every answer, no header a client smuggled in (`X-Injected`) on
+  any answer or any upstream request, no request upstream that the client did not
+  send (`/smuggled`), no CR, LF or NUL in any header upstream;
+- the proxy alive and answering after each category;
+- every served request on an inference route exactly one usage event, and no answer
+  more than one.
+
+Then resource exhaustion: idle connections, slow heads, slow bodies, many large bodies
+at once, streams whose client never reads, compressed bombs, each while a well-behaved
+client keeps sending requests; its latencies are printed as ratios against the same
+client with no attack, measured in the same run.
+
+    .venv/bin/python -m benchmarks.hostile_probe [--port 19100] [--no-exhaustion]
+
+`tests/test_hostile_probe.py` runs the first part (every case but the exhaustion ones)
+against an in-process proxy.
+"""
+
+from benchmarks.hostile_probe.cases_body import all_cases
+from benchmarks.hostile_probe.checks import Report, probe
+from benchmarks.hostile_probe.wire import Case, Recorder
+
+__all__ = ["Case", "Recorder", "Report", "all_cases", "probe"]

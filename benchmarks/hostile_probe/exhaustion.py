@@ -1,0 +1,288 @@
+"""Resource exhaustion: attacks that hold connections, bodies or streams while a
+well-behaved client keeps sending requests, its latencies as ratios against no attack."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+from benchmarks.hostile_probe.cases_body import bomb
+from benchmarks.hostile_probe.checks import alive, usage_ids
+from benchmarks.hostile_probe.wire import AUTO, MODEL, Answer, exchange, request
+
+
+async def victim_once(port: int) -> float:
+    """One well-behaved streamed chat, start to final chunk: seconds (inf on failure)."""
+    body = orjson.dumps(
+        {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "hi"}],
+            "options": {"num_predict": 8},
+        }
+    )
+    began = time.perf_counter()
+    answers, _, _ = await exchange(port, [request("POST", "/api/chat", body)], 30)
+    if not answers or answers[0].status != 200 or b'"done":true' not in answers[0].body:
+        return float("inf")
+    return time.perf_counter() - began
+
+
+async def victim(port: int, rounds: int) -> list[float]:
+    return [await victim_once(port) for _ in range(rounds)]
+
+
+@dataclass
+class Tally:
+    """The answers the attacks read (request id, status), and the streams they sent
+    whole and never read: each of them is a request the proxy took, one usage event."""
+
+    answered: list[tuple[str, int]] = field(default_factory=list)
+    unread: int = 0
+
+    def add(self, answers: list[Answer]) -> None:
+        for answer in answers:
+            rid = answer.header("x-request-id")
+            self.answered.append((rid.decode("latin-1") if rid else "", answer.status))
+
+
+TALLY = Tally()
+
+
+async def in_flight(port: int) -> bool:
+    """A stream of some seconds, started before an attack and read to its end while it
+    runs: whether it ended with its final chunk and no error."""
+    body = orjson.dumps({"model": MODEL, "prompt": "story", "options": {"num_predict": 1500}})
+    answers, _, _ = await exchange(port, [request("POST", "/api/generate", body)], 120)
+    TALLY.add(answers)
+    return (
+        bool(answers)
+        and answers[0].status == 200
+        and answers[0].body.rstrip().endswith(b"}")
+        and b'"done":true' in answers[0].body.splitlines()[-1]
+        and b'"error"' not in answers[0].body
+    )
+
+
+async def idle_connections(port: int, n: int, stop: asyncio.Event) -> None:
+    conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(n)]
+    await stop.wait()
+    for _, w in conns:
+        w.close()
+
+
+async def slow_heads(port: int, n: int, stop: asyncio.Event) -> None:
+    async def one() -> None:
+        _, w = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            w.write(b"POST /api/chat HTTP/1.1\r\nHost: x\r\n")
+            while not stop.is_set():
+                w.write(b"X-A: b\r\n")
+                await w.drain()
+                await asyncio.sleep(0.5)
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            w.close()
+
+    await asyncio.gather(*(one() for _ in range(n)))
+
+
+async def slow_bodies(port: int, n: int, stop: asyncio.Event) -> None:
+    async def one() -> None:
+        _, w = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            w.write(request("POST", "/api/chat", b"", [b"Content-Length: 1000000"], close=True))
+            w.write(b'{"model":"auto","messages":[{"role":"user","content":"')
+            while not stop.is_set():
+                w.write(b"a" * 100)
+                await w.drain()
+                await asyncio.sleep(0.2)
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            w.close()
+
+    await asyncio.gather(*(one() for _ in range(n)))
+
+
+async def large_bodies(port: int, n: int, stop: asyncio.Event) -> None:
+    big = orjson.dumps(
+        {
+            "model": AUTO,
+            "messages": [{"role": "user", "content": "a " * (4 << 20)}],
+            "options": {"num_predict": 2},
+            "stream": False,
+        }
+    )
+    raw = request("POST", "/api/chat", big)
+    while not stop.is_set():
+        for answers, _, _ in await asyncio.gather(*(exchange(port, [raw], 60) for _ in range(n))):
+            TALLY.add(answers)
+
+
+async def held_bodies(port: int, n: int, stop: asyncio.Event) -> None:
+    """Bodies of 8 MB sent but their last bytes: together past what the proxy holds at
+    once (`limits.max_held_body_bytes`), so later ones are refused, never the victim's."""
+    size = 8 << 20
+    head = request("POST", "/api/chat", b"", [b"Content-Length: %d" % size])
+
+    async def one() -> None:
+        try:
+            answers, _, _ = await exchange(port, [head, b" " * (size - 10), 600.0], 600)
+        except (ConnectionError, OSError):
+            return
+        TALLY.add(answers)
+
+    held = [asyncio.ensure_future(one()) for _ in range(n)]
+    await stop.wait()
+    for task in held:
+        task.cancel()
+    await asyncio.gather(*held, return_exceptions=True)
+
+
+async def unread_streams(port: int, n: int, stop: asyncio.Event) -> None:
+    body = orjson.dumps({"model": MODEL, "prompt": "story", "options": {"num_predict": 100000}})
+    socks = []
+    for _ in range(n):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        sock.send(request("POST", "/api/generate", body))
+        socks.append(sock)
+    TALLY.unread += n
+    await stop.wait()
+    for sock in socks:
+        sock.close()
+
+
+async def bombs(port: int, n: int, stop: asyncio.Event) -> None:
+    raw = request("POST", "/api/chat", bomb(31), [b"Content-Encoding: gzip"])
+    while not stop.is_set():
+        for answers, _, _ in await asyncio.gather(*(exchange(port, [raw], 30) for _ in range(n))):
+            TALLY.add(answers)
+
+
+ATTACKS: list[tuple[str, Callable[[int, int, asyncio.Event], Awaitable[None]], int]] = [
+    ("idle connections", idle_connections, 500),
+    ("slow heads", slow_heads, 200),
+    ("slow bodies", slow_bodies, 100),
+    ("large bodies (8 MB)", large_bodies, 8),
+    ("held bodies (8 MB)", held_bodies, 40),
+    ("unread streams", unread_streams, 100),
+    ("gzip bombs", bombs, 8),
+]
+
+
+@dataclass
+class Watched:
+    """The processes an attack may load: the proxy's pid and the emulator's."""
+
+    proxy: int
+    emulator: int
+
+
+async def exhaustion(
+    port: int, emulator_port: int, pids: Watched, only: list[str], rounds: int = 15
+) -> list[str]:
+    """Each attack in turn while the victim chats through the proxy, then straight to
+    the emulator (what the machine and the backend alone do to it); ratios against the
+    victim with no attack, CPU of each process over the attack, the proxy's RSS."""
+    from benchmarks.servers import cpu_seconds, rss_kib
+
+    problems: list[str] = []
+    await victim(port, 3)  # warm
+    base = statistics.median(await victim(port, rounds))
+    direct_base = statistics.median(await victim(emulator_port, rounds))
+    print(
+        f"exhaustion: victim alone: median {base * 1000:.1f} ms through the proxy, "
+        f"{direct_base * 1000:.1f} ms straight to the emulator, over {rounds} chats"
+    )
+    for name, attack, n in ATTACKS:
+        if only and not any(word in name for word in only):
+            continue
+        stop = asyncio.Event()
+        flight = asyncio.ensure_future(in_flight(port))
+        await asyncio.sleep(0.2)
+        running = asyncio.ensure_future(attack(port, n, stop))
+        await asyncio.sleep(1.0)
+        rss_before = rss_kib(pids.proxy)
+        cpu = cpu_seconds(pids.proxy), cpu_seconds(pids.emulator), time.monotonic()
+        during = await victim(port, rounds)
+        direct = await victim(emulator_port, rounds)
+        spent = (
+            (cpu_seconds(pids.proxy) - cpu[0]) / (time.monotonic() - cpu[2]),
+            (cpu_seconds(pids.emulator) - cpu[1]) / (time.monotonic() - cpu[2]),
+        )
+        stop.set()
+        try:
+            await asyncio.wait_for(running, 60)
+        except (TimeoutError, OSError) as exc:
+            problems.append(f"[exhaustion] {name}: attack did not end ({exc!r})")
+        failed = sum(1 for t in during if t == float("inf"))
+        ok = [t for t in during if t != float("inf")]
+        ratio = statistics.median(ok) / base if ok else float("inf")
+        print(
+            f"exhaustion: {name} x{n}: victim through the proxy median {ratio:.2f}x alone "
+            f"(worst {max(ok, default=0) / base:.2f}x, {failed} of {rounds} failed), "
+            f"straight to the emulator {statistics.median(direct) / direct_base:.2f}x; "
+            f"CPU proxy {spent[0]:.0%} emulator {spent[1]:.0%}; "
+            f"proxy RSS {rss_before // 1024} -> {rss_kib(pids.proxy) // 1024} MiB",
+            flush=True,
+        )
+        if failed:
+            problems.append(f"[exhaustion] {name}: {failed} of {rounds} victim requests failed")
+        if not await flight:
+            problems.append(f"[exhaustion] {name}: the stream in flight did not end whole")
+        if not await alive(port):
+            problems.append(f"[exhaustion] {name}: the proxy does not answer afterwards")
+    return problems
+
+
+async def check_attack_usage(events: Path) -> list[str]:
+    """One usage event for each answer the attacks read that the proxy served, none
+    more than one for any, and one for each stream sent whole and never read."""
+    served = [rid for rid, status in TALLY.answered if status == 200]
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        counts = usage_ids(events)
+        streams = _unread_events(events)
+        if all(counts[rid] for rid in served) and streams >= TALLY.unread:
+            break
+        await asyncio.sleep(0.2)
+    counts, streams = usage_ids(events), _unread_events(events)
+    problems = [
+        f"[exhaustion usage] {rid}: {counts[rid]} events" for rid in served if counts[rid] != 1
+    ]
+    problems += [
+        f"[exhaustion usage] {rid}: {counts[rid]} events"
+        for rid, _ in TALLY.answered
+        if counts[rid] > 1
+    ]
+    if streams != TALLY.unread:
+        problems.append(f"[exhaustion usage] {streams} events for {TALLY.unread} unread streams")
+    print(
+        f"exhaustion usage: {len(TALLY.answered)} answers read ({len(served)} served), "
+        f"{TALLY.unread} streams never read: {streams} events for those"
+    )
+    return problems
+
+
+def _unread_events(events: Path) -> int:
+    """Events of the unread streams: /api/generate streams cancelled by their client
+    (the streams in flight are read to their end)."""
+    if not events.exists():
+        return 0
+    found = 0
+    for line in events.read_bytes().splitlines():
+        event = orjson.loads(line)
+        if event.get("endpoint") == "/api/generate" and event["outcome"].get("cancelled"):
+            found += 1
+    return found
