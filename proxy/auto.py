@@ -22,7 +22,15 @@ from aiohttp import web
 from proxy import go_json
 from proxy.aiohttp_internals import state_get
 from proxy.auth import KEY_REQUEST
-from proxy.backends import BackendPool, BackendState, NoBackend, normalize_model, without_local
+from proxy.backends import (
+    BackendPool,
+    BackendState,
+    NoBackend,
+    normalize_model,
+    source,
+    valid_name,
+    without_local,
+)
 from proxy.config import Config, Profile, Variant
 from proxy.continuations import Continuations, Conversation, Conversations, conversation
 from proxy.experiments import assign
@@ -113,7 +121,10 @@ class Choice:
 def profile_of(model: str, default: str) -> str | None:
     """The profile an `auto` model name asks for, or None for a real model name. A
     `:local` source suffix asks for the model on the backend, which for `auto` is the
-    proxy's own: `auto:best:local` is `auto:best`."""
+    proxy's own: `auto:best:local` is `auto:best`. A name Ollama cannot parse
+    (`auto:../x`, `auto:a b`) is no profile but Ollama's to answer, as any such name."""
+    if not valid_name(source(model)[0]):
+        return None
     lowered = without_local(model).strip().lower()
     if lowered in (AUTO, AUTO + ":latest"):
         return default
