@@ -438,6 +438,21 @@ def test_the_yi_1_5_chat_models_carry_their_published_results(catalog: Catalog) 
     assert catalog.lookup("yi:6b-chat-q4_0").released == pytest.approx(2023.833)
 
 
+def test_the_qwen2_5_instruct_models_carry_the_blogs_instruct_table_only(
+    catalog: Catalog,
+) -> None:
+    """The Qwen2.5 blog gives each size a base-model table (MMLU, BBH, ARC-C among
+    others) and an instruct table; Ollama's tags serve the instruct models, so their
+    entries take the instruct table's benchmarks and none of the base model's."""
+    blog = "https://qwenlm.github.io/blog/qwen2.5-llm/"
+    instruct = {"MMLU-Pro", "MMLU-Redux", "GPQA", "MATH", "GSM8K", "HumanEval", "MBPP", "IFEval"}
+    for name, ifeval in (("qwen2.5:14b", 0.81), ("qwen2.5:32b", 0.795)):
+        cited = catalog.sources(name)
+        from_blog = {benchmark for benchmark, source in cited.items() if source.url == blog}
+        assert from_blog == instruct, name
+        assert cited["IFEval"].value == pytest.approx(ifeval), name
+
+
 @pytest.mark.parametrize(
     ("name", "entry"),
     [
