@@ -453,6 +453,27 @@ def test_the_qwen2_5_instruct_models_carry_the_blogs_instruct_table_only(
         assert cited["IFEval"].value == pytest.approx(ifeval), name
 
 
+def test_the_qwen2_5_coder_instruct_models_carry_no_base_model_results(
+    catalog: Catalog,
+) -> None:
+    """The Qwen2.5-Coder report's general and maths tables (MMLU, MMLU-Pro, MMLU-Redux,
+    ARC-C, MATH, GSM8K) are the base models'; the instruct models Ollama serves take
+    their code results from the report and their maths from the blog's instruct table."""
+    base_tables = {"MMLU", "MMLU-Pro", "MMLU-Redux", "ARC-C", "MATH", "GSM8K"}
+    report, blog = (
+        "https://arxiv.org/abs/2409.12186",
+        "https://qwenlm.github.io/blog/qwen2.5-coder/",
+    )
+    for name in ("qwen2.5-coder:7b", "qwen2.5-coder:32b"):
+        cited = catalog.sources(name)
+        from_report = {benchmark for benchmark, source in cited.items() if source.url == report}
+        assert from_report == {"HumanEval", "MBPP"}, name
+    cited = catalog.sources("qwen2.5-coder:7b")
+    assert {benchmark for benchmark in base_tables if benchmark in cited} == {"MATH", "GSM8K"}
+    assert (cited["MATH"].url, cited["MATH"].value) == (blog, pytest.approx(0.668))
+    assert (cited["GSM8K"].url, cited["GSM8K"].value) == (blog, pytest.approx(0.867))
+
+
 @pytest.mark.parametrize(
     ("name", "entry"),
     [
