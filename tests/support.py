@@ -243,6 +243,58 @@ class Emulator:
             self.runner = self.thread.serve(lambda: self.app, self.port, _ollama)
 
 
+class EmulatorFront:
+    """An Ollama stand-in: `emulator` behind a front of its own, which forwards every
+    request to it but `/api/tags` and `/api/show`, answered as a subclass makes them
+    (`_tags`, `_show`: the emulator's own unless overridden)."""
+
+    def __init__(self, servers: ServerThread, emulator: Emulator) -> None:
+        self.servers = servers
+        self.emulator = emulator
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.session: aiohttp.ClientSession | None = None
+        self.runner = servers.serve(self._app, self.port)
+
+    def _app(self) -> web.Application:
+        app = web.Application(client_max_size=1 << 30)
+        app.router.add_get("/api/tags", self._tags)
+        app.router.add_post("/api/show", self._show)
+        app.router.add_route("*", "/{path:.*}", self._forward)
+        return app
+
+    async def _ask(self, method: str, path: str, body: bytes) -> tuple[int, bytes, str]:
+        """The emulator's status, body and content type for this request."""
+        if self.session is None:
+            self.session = aiohttp.ClientSession()
+        headers = {"Content-Type": "application/json"} if body else {}
+        async with self.session.request(
+            method, self.emulator.url + path, data=body, headers=headers
+        ) as resp:
+            return resp.status, await resp.read(), resp.headers.get("Content-Type", "")
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
+        status, body, content_type = await self._ask(
+            request.method, request.path_qs, await request.read()
+        )
+        return web.Response(status=status, body=body, headers={"Content-Type": content_type})
+
+    async def _tags(self, request: web.Request) -> web.StreamResponse:
+        return await self._forward(request)
+
+    async def _show(self, request: web.Request) -> web.StreamResponse:
+        return await self._forward(request)
+
+    def stop(self) -> None:
+        async def close() -> None:
+            if self.session is not None:
+                await self.session.close()
+
+        self.servers.call(close)
+        self.servers.stop(self.runner)
+        self.emulator.stop()
+
+
 class Proxy:
     def __init__(
         self, thread: ServerThread, backends: list[str] | list[Backend], **sections: Any

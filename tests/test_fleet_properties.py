@@ -31,7 +31,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import httpx
 import orjson
 import pytest
@@ -45,7 +44,7 @@ from proxy.emulator import EmulatorSettings
 from proxy.emulator.catalog import template_for
 from proxy.emulator.synthesized import synthesize
 from selector_model.catalog import Catalog, names
-from tests.support import PIXEL_PNG, Emulator, Proxy, ServerThread, free_port
+from tests.support import PIXEL_PNG, Emulator, EmulatorFront, Proxy, ServerThread
 
 CATALOGUE = Catalog.shipped()
 # Catalogue names of models that answer (no embedding model, no cloud-only model).
@@ -165,22 +164,16 @@ def models(draw: st.DrawFn) -> Model:
 fleets = st.lists(models(), min_size=1, max_size=7, unique_by=lambda m: m.name.casefold())
 
 
-class OddBackend:
+class OddBackend(EmulatorFront):
     """An Ollama stand-in that answers inference as the emulator does (refusing a
     capability a model lacks as Ollama does) and lists and shows its models as the
     fleet says: partly, oddly, or not at all."""
 
     def __init__(self, servers: ServerThread) -> None:
-        self.servers = servers
-        self.emulator = Emulator(
-            servers, EmulatorSettings(models=("qwen2.5:7b",), frozen_clock=True, chunk_delay_ms=0)
-        )
         self.fleet: dict[str, Model] = {}
         self.case = 0
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.session: aiohttp.ClientSession | None = None
-        self.runner = servers.serve(self._app, self.port)
+        settings = EmulatorSettings(models=("qwen2.5:7b",), frozen_clock=True, chunk_delay_ms=0)
+        super().__init__(servers, Emulator(servers, settings))
 
     def serve(self, fleet: list[Model]) -> None:
         """Serve `fleet` from now on, as models never seen before (new digests)."""
@@ -199,29 +192,7 @@ class OddBackend:
             store[spec.name] = spec
         self.emulator.state.store = store
 
-    def _app(self) -> web.Application:
-        app = web.Application(client_max_size=1 << 30)
-        app.router.add_get("/api/tags", self._tags)
-        app.router.add_post("/api/show", self._show)
-        app.router.add_route("*", "/{path:.*}", self._forward)
-        return app
-
-    async def _ask(self, method: str, path: str, body: bytes) -> tuple[int, bytes, str]:
-        if self.session is None:
-            self.session = aiohttp.ClientSession()
-        headers = {"Content-Type": "application/json"} if body else {}
-        async with self.session.request(
-            method, self.emulator.url + path, data=body, headers=headers
-        ) as resp:
-            return resp.status, await resp.read(), resp.headers.get("Content-Type", "")
-
-    async def _forward(self, request: web.Request) -> web.Response:
-        status, body, content_type = await self._ask(
-            request.method, request.path_qs, await request.read()
-        )
-        return web.Response(status=status, body=body, headers={"Content-Type": content_type})
-
-    async def _tags(self, request: web.Request) -> web.Response:
+    async def _tags(self, request: web.Request) -> web.StreamResponse:
         status, body, _ = await self._ask("GET", "/api/tags", b"")
         doc = orjson.loads(body)
         for entry in doc["models"]:
@@ -240,7 +211,7 @@ class OddBackend:
                 entry["remote_host"] = "https://ollama.com:443"
         return web.json_response(doc, status=status)
 
-    async def _show(self, request: web.Request) -> web.Response:
+    async def _show(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
         asked = orjson.loads(raw)
         name = str(asked.get("model") or asked.get("name") or "")
@@ -264,15 +235,6 @@ class OddBackend:
             for key in [k for k in info if k.endswith(".context_length")]:
                 del info[key]
         return web.json_response(doc)
-
-    def stop(self) -> None:
-        async def close() -> None:
-            if self.session is not None:
-                await self.session.close()
-
-        self.servers.call(close)
-        self.servers.stop(self.runner)
-        self.emulator.stop()
 
 
 def _odd_details(model: Model) -> dict[str, Any]:
