@@ -123,9 +123,9 @@ def profile_of(model: str, default: str) -> str | None:
     `:local` source suffix asks for the model on the backend, which for `auto` is the
     proxy's own: `auto:best:local` is `auto:best`. A name Ollama cannot parse
     (`auto:../x`, `auto:a b`) is no profile but Ollama's to answer, as any such name."""
-    if not valid_name(source(model)[0]):
-        return None
     lowered = without_local(model).strip().lower()
+    if not lowered.startswith(AUTO) or not valid_name(source(model)[0]):
+        return None
     if lowered in (AUTO, AUTO + ":latest"):
         return default
     if lowered.startswith(AUTO + ":"):
