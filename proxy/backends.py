@@ -30,12 +30,21 @@ log = logging.getLogger("autoroute.backends")
 T = TypeVar("T")
 
 
-# Model names already read, for `normalize_model`: it reads the same few names several
-# times per request (routing, accounting, telemetry). Bounded in entries and in the
-# length of the names kept, since clients choose them.
+# Model names already read, for `normalize_model` and `valid_name`: the same few names
+# are read several times per request (routing, accounting, telemetry). Bounded in
+# entries and in the length of the names kept, since clients choose them.
 _NORMALIZED: dict[str, str] = {}
+_VALID: dict[str, bool] = {}
 _NORMALIZED_ENTRIES = 1024
 _NORMALIZED_LENGTH = 256
+
+
+def _keep(read: dict[str, T], name: str, value: T) -> None:
+    """Keep what `name` was read as, within the bounds above."""
+    if len(name) <= _NORMALIZED_LENGTH:
+        if len(read) >= _NORMALIZED_ENTRIES:
+            read.clear()
+        read[name] = value
 
 
 # What Ollama assumes of a name that leaves them out (types/model/name.go), and so
@@ -59,10 +68,7 @@ def normalize_model(name: str) -> str:
         normal = normal[len(_DEFAULT_NAMESPACE) :]
     if ":" not in normal.rsplit("/", 1)[-1]:
         normal += ":latest"
-    if len(name) <= _NORMALIZED_LENGTH:
-        if len(_NORMALIZED) >= _NORMALIZED_ENTRIES:
-            _NORMALIZED.clear()
-        _NORMALIZED[name] = normal
+    _keep(_NORMALIZED, name, normal)
     return normal
 
 
@@ -131,6 +137,15 @@ def valid_name(name: str) -> bool:
     """model.ParseName(...).IsValid() of the name modelref.ParseRef leaves (trimmed as
     Go trims it): host, namespace, model and tag, the missing ones defaulted, each
     valid."""
+    valid = _VALID.get(name)
+    if valid is None:
+        valid = _parses(name)
+        _keep(_VALID, name, valid)
+    return valid
+
+
+def _parses(name: str) -> bool:
+    """`valid_name`, read anew."""
     s = go_trim_space(name)
     host = namespace = tag = ""
     if s.rfind(":") > s.rfind("/"):
