@@ -150,6 +150,9 @@ def _backend(state: BackendState, now: float) -> dict[str, Any]:
         "failures": state.breaker.failures,
         "in_flight": state.in_flight,
         "models": len(state.models) if state.models is not None else None,
+        # Listed, but answered `auto` it has no such model (`BackendPool.lost`): out of
+        # its list until a pull lists them anew.
+        "lost": sorted(state.lost),
         "loaded": loaded,
         "vram": used_bytes(state),
         "error": state.last_error or None,

@@ -373,6 +373,7 @@ def test_a_model_its_backend_answers_it_lacks_is_not_chosen_again(rig: Any) -> N
         prx.thread.call(app.backends.refresh_all)
         assert BIG.name in {m["name"] for m in client.get(own.url + "/api/tags").json()["models"]}
         refreshed = [_served(_maths(client), f"refreshed {i}") for i in range(3)]
+        (shown,) = client.get("/api/autoroute/dashboard.json").json()["backends"]
         explained = client.post(
             "/api/autoroute/explain",
             json={"model": "auto:best", "messages": [{"role": "user", "content": MATHS}]},
@@ -388,7 +389,9 @@ def test_a_model_its_backend_answers_it_lacks_is_not_chosen_again(rig: Any) -> N
         )
         prx.thread.call(app.backends.refresh_all)
         again = _served(_maths(client), "pulled again")
+        (pulled,) = client.get("/api/autoroute/dashboard.json").json()["backends"]
     assert BIG.name not in after + refreshed, (after, refreshed)
+    assert (shown["lost"], pulled["lost"]) == ([BIG.name], [])
     assert BIG.name not in {row["model"] for row in explained["ranking"]}
     assert again == BIG.name
 
