@@ -201,7 +201,6 @@ KINDS: tuple[tuple[str, dict[str, Any], frozenset[str]], ...] = (
         frozenset({"thinking"}),
     ),
 )
-_BY_NAME = {spec.name: spec for spec in FLEET}
 
 
 def _served(resp: httpx.Response, where: str) -> str:
@@ -214,21 +213,39 @@ def _served(resp: httpx.Response, where: str) -> str:
     return model
 
 
+def _every_kind(
+    client: httpx.Client, fleet: tuple[ModelSpec, ...], paths: tuple[str, ...] = ("/api/chat",)
+) -> int:
+    """Each kind of request under each profile, on each of `paths`: the model that
+    serves it lists `completion` and what the request needs, and is not the cloud
+    model. How many were answered."""
+    by_name = {spec.name: spec for spec in fleet}
+    answered = 0
+    for kind, fields, needs in KINDS:
+        for profile in PROFILES:
+            for path in paths:
+                body: dict[str, Any] = {**fields, "model": profile}
+                if path == "/api/chat":
+                    body |= {"stream": False, "options": {"num_predict": 8}}
+                elif kind in ("images", "think"):
+                    continue  # the OpenAI shapes of these are fleet_properties'
+                else:
+                    body["max_tokens"] = 8
+                chosen = _served(client.post(path, json=body), f"{kind} {profile} {path}")
+                capabilities = set(by_name[chosen].capabilities)
+                assert {"completion", *needs} <= capabilities, (kind, profile, chosen)
+                assert chosen != CLOUD.name, (kind, profile)
+                answered += 1
+    return answered
+
+
 def test_every_choice_can_serve_its_request(proxy: Proxy) -> None:
     """Of the fleet, each request goes to a local model that lists `completion` and
     what the request needs: never the embedding model, the cloud model, a model
     without vision for an image, without tools for tools, without thinking for
     `think`."""
-    counted = 0
     with httpx.Client(base_url=proxy.url, timeout=60) as client:
-        for kind, fields, needs in KINDS:
-            for profile in PROFILES:
-                body = {**fields, "model": profile, "stream": False, "options": {"num_predict": 8}}
-                chosen = _served(client.post("/api/chat", json=body), f"{kind} {profile}")
-                spec = _BY_NAME[chosen]
-                assert {"completion", *needs} <= set(spec.capabilities), (kind, profile, chosen)
-                assert chosen != CLOUD.name, (kind, profile)
-                counted += 1
+        counted = _every_kind(client, FLEET)
         embedded = client.post("/api/embed", json={"model": "auto", "input": "hello"})
         assert embedded.status_code == 200, embedded.text
         assert embedded.headers["X-Autoroute-Model"] == EMBEDDER.name
@@ -323,15 +340,8 @@ def test_shows_that_fail_hang_or_answer_garbage_leave_auto_answering(rig: Any) -
     for name in faults:
         assert models[name].capabilities_from == "tags", (name, models[name].capabilities_from)
         assert models[name].candidate.capabilities == {"completion", "tools"}
-    by_name = {spec.name: spec for spec in fleet}
-    answered = 0
     with httpx.Client(base_url=prx.url, timeout=60) as client:
-        for kind, fields, needs in KINDS:
-            for profile in PROFILES:
-                body = {**fields, "model": profile, "stream": False, "options": {"num_predict": 8}}
-                chosen = _served(client.post("/api/chat", json=body), f"{kind} {profile}")
-                assert {"completion", *needs} <= set(by_name[chosen].capabilities), (kind, chosen)
-                answered += 1
+        answered = _every_kind(client, fleet)
         explained = client.post(
             "/api/autoroute/explain", json={"model": "auto", **KINDS[0][1]}
         ).json()
@@ -477,25 +487,9 @@ def _forty() -> tuple[ModelSpec, ...]:
 def test_a_fleet_of_forty_unknown_names_decides_every_kind_of_request(rig: Any) -> None:
     fleet = _forty()
     assert len(fleet) == 40 and len({spec.name for spec in fleet}) == 40
-    by_name = {spec.name: spec for spec in fleet}
     _, prx = rig(fleet)
-    answered = 0
     with httpx.Client(base_url=prx.url, timeout=60) as client:
-        for kind, fields, needs in KINDS:
-            for profile in PROFILES:
-                for path in ("/api/chat", "/v1/chat/completions"):
-                    body: dict[str, Any] = {**fields, "model": profile}
-                    if path == "/api/chat":
-                        body |= {"stream": False, "options": {"num_predict": 8}}
-                    elif kind in ("images", "think"):
-                        continue  # the OpenAI shapes of these are fleet_properties'
-                    else:
-                        body["max_tokens"] = 8
-                    chosen = _served(client.post(path, json=body), f"{kind} {profile} {path}")
-                    spec = by_name[chosen]
-                    assert {"completion", *needs} <= set(spec.capabilities), (kind, chosen)
-                    assert chosen != CLOUD.name
-                    answered += 1
+        answered = _every_kind(client, fleet, ("/api/chat", "/v1/chat/completions"))
         explained = client.post(
             "/api/autoroute/explain", json={"model": "auto", **KINDS[0][1]}
         ).json()
