@@ -77,39 +77,36 @@ async def idle_connections(port: int, n: int, stop: asyncio.Event) -> None:
         w.close()
 
 
-async def slow_heads(port: int, n: int, stop: asyncio.Event) -> None:
+async def _trickle(
+    port: int, n: int, stop: asyncio.Event, opening: bytes, piece: bytes, every: float
+) -> None:
+    """`n` connections that each send `opening`, then `piece` every `every` seconds
+    until `stop`: a request that never ends."""
+
     async def one() -> None:
         _, w = await asyncio.open_connection("127.0.0.1", port)
         try:
-            w.write(b"POST /api/chat HTTP/1.1\r\nHost: x\r\n")
+            w.write(opening)
             while not stop.is_set():
-                w.write(b"X-A: b\r\n")
+                w.write(piece)
                 await w.drain()
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(every)
         except (ConnectionError, OSError):
             pass
         finally:
             w.close()
 
     await asyncio.gather(*(one() for _ in range(n)))
+
+
+async def slow_heads(port: int, n: int, stop: asyncio.Event) -> None:
+    await _trickle(port, n, stop, b"POST /api/chat HTTP/1.1\r\nHost: x\r\n", b"X-A: b\r\n", 0.5)
 
 
 async def slow_bodies(port: int, n: int, stop: asyncio.Event) -> None:
-    async def one() -> None:
-        _, w = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            w.write(request("POST", "/api/chat", b"", [b"Content-Length: 1000000"], close=True))
-            w.write(b'{"model":"auto","messages":[{"role":"user","content":"')
-            while not stop.is_set():
-                w.write(b"a" * 100)
-                await w.drain()
-                await asyncio.sleep(0.2)
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            w.close()
-
-    await asyncio.gather(*(one() for _ in range(n)))
+    head = request("POST", "/api/chat", b"", [b"Content-Length: 1000000"], close=True)
+    opening = head + b'{"model":"auto","messages":[{"role":"user","content":"'
+    await _trickle(port, n, stop, opening, b"a" * 100, 0.2)
 
 
 async def large_bodies(port: int, n: int, stop: asyncio.Event) -> None:
