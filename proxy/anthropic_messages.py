@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from proxy.backends import MESSAGES_PATH, web_search_tool
 from proxy.go_messages import parameters_refusal
 from proxy.go_requests import check_fields
 from proxy.go_types import BodyError, base64_refusal
@@ -227,8 +228,7 @@ def _search_error(item: dict[str, Any]) -> str:
 
 
 def _is_web_search(tool: dict[str, Any]) -> bool:
-    kind = tool.get("type")
-    return isinstance(kind, str) and kind.startswith("web_search")
+    return web_search_tool(MESSAGES_PATH, tool.get("type"))
 
 
 # What convertTool declares for the built-in web search.

@@ -174,7 +174,7 @@ MESSAGES_PATH = "/v1/messages"
 def searches_the_web(path: str, doc: Any) -> bool:
     """Whether Ollama runs this request's web searches itself, through ollama.com on
     the server's account: a Responses or Messages request declaring the built-in web
-    search (`_web_search`), a tool's `type` read case-insensitively as Go reads the
+    search (`web_search_tool`), a tool's `type` read case-insensitively as Go reads the
     field. It answers 502 when its search cannot reach ollama.com, whatever the state
     of the backend."""
     if path not in (RESPONSES_PATH, MESSAGES_PATH) or not isinstance(doc, dict):
@@ -182,15 +182,15 @@ def searches_the_web(path: str, doc: Any) -> bool:
     tools = doc.get("tools")
     return isinstance(tools, list) and any(
         isinstance(tool, dict)
-        and any(k.lower() == "type" and _web_search(path, v) for k, v in tool.items())
+        and any(k.lower() == "type" and web_search_tool(path, v) for k, v in tool.items())
         for tool in tools
     )
 
 
-def _web_search(path: str, kind: Any) -> bool:
-    """A tool type that is the built-in web search: `web_search` on Responses
-    (`openai.HasWebSearchTool`), any beginning so on Messages (the Anthropic layer's
-    `hasWebSearchTool`: `web_search_20250305` and later versions)."""
+def web_search_tool(path: str, kind: Any) -> bool:
+    """Whether a tool type declared on `path` is Ollama's built-in web search:
+    `web_search` on Responses (`openai.HasWebSearchTool`), any beginning so on Messages
+    (the Anthropic layer's `hasWebSearchTool`: `web_search_20250305` and later)."""
     if path == RESPONSES_PATH:
         return bool(kind == "web_search")
     return isinstance(kind, str) and kind.startswith("web_search")

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from proxy import go_json
+from proxy.backends import RESPONSES_PATH, web_search_tool
 from proxy.go_json import Pairs
 from proxy.go_messages import parameters_refusal
 from proxy.go_requests import check_fields
@@ -369,10 +370,10 @@ def _tools(declared: list[Any]) -> list[dict[str, Any]]:
     declared function of its name beside it), every other tool converted
     (`_converted`)."""
     tools = _declared(declared)
-    web_search = any(t.get("type") == "web_search" for t in tools)
+    web_search = any(web_search_tool(RESPONSES_PATH, t.get("type")) for t in tools)
     out = []
     for tool in tools:
-        if tool.get("type") == "web_search":
+        if web_search_tool(RESPONSES_PATH, tool.get("type")):
             out.append(_WEB_SEARCH)
             continue
         for function in _converted(tool):
