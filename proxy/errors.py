@@ -85,6 +85,12 @@ def handler_error(path: str, status: int, message: str) -> web.Response:
     return web.Response(status=status, body=body, headers={"Content-Type": JSON_V1})
 
 
+def model_not_found(path: str, model: str) -> web.Response:
+    """Ollama's 404 for a model it does not have (`model` as the request names it), as
+    its handler writes it on `path`."""
+    return handler_error(path, 404, f"model '{model}' not found")
+
+
 # The routes whose stream Ollama's OpenAI layer writes from the native one: what its
 # writers make of streamResponse's `{"error"}` line after the answer began
 # (`stream_error_line`).

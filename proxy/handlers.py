@@ -66,7 +66,7 @@ from proxy.cloud import (
     stands_in,
 )
 from proxy.config import Config
-from proxy.errors import error_response, gin_refusal, handler_error
+from proxy.errors import error_response, gin_refusal, handler_error, model_not_found
 from proxy.fanout import Fanout
 from proxy.keep_alive import unloads
 from proxy.metrics import Metrics
@@ -695,7 +695,7 @@ class Handlers:
         403 instead (`_model_denied`): the caller asked for it by name and "not allowed
         for this API key" says what to fix. Neither tells whether the model exists:
         both come before routing, for any name outside the list."""
-        return handler_error(path, 404, f"model '{model}' not found")
+        return model_not_found(path, model)
 
     def _auto_entries(self, path: str, only: frozenset[str] | None = None) -> list[dict[str, Any]]:
         if not self.config.selector.list_in_tags:

@@ -34,7 +34,7 @@ from proxy.backends import (
 from proxy.cache import Capture
 from proxy.config import Config
 from proxy.continuations import answered_ending
-from proxy.errors import SERVER_BUSY, error_response, stream_error_line
+from proxy.errors import SERVER_BUSY, error_response, model_not_found, stream_error_line
 from proxy.http11 import Dechunker, ResponseHead, dechunk
 from proxy.limits import client_took, drained_within, read_chunk
 from proxy.outcome import OUTCOME, Served
@@ -237,18 +237,23 @@ class Relay:
         done (a pull asked with `stream: false`), so the backend's silence before it is
         not bounded by `idle_read_seconds`. `rewrite` (without `watch` or `capture`): a
         200 answer, a small document, is read whole and the client gets what `rewrite`
-        makes of it. A retry goes only
-        to another backend that has the model; when none is left, the client gets the
-        last backend's own answer, whatever its status. With a `fallback`, a backend
+        makes of it. A retry goes only to another backend that has the model; when none
+        is left, the client gets the last backend's own answer, whatever its status. So
+        does a backend's answer that it has no such model (`missing_model`, Ollama's
+        404) while another backend lists the model and the body can be sent again: a
+        replica serves it. With a `fallback`, a backend
         saying it cannot serve (502, 503, 504) is not the client's answer either, and
         `fallback` answers when no backend is left. A failure the request itself may
         have caused (`_suspect`) is retried once at most: an input that kills a runner
         (or a server) would otherwise kill one on every backend the retries reach.
-        `missing`: a backend's answer that it has no such model (`missing_model`) is not
-        the client's either: another backend that lists the model is tried, and with
-        none left `ModelGone` is raised for the caller to choose another."""
+        `missing` (the caller chose the model, as the list spells it): that answer is not
+        the client's either, even from the last backend listing the model; the backend
+        no longer has the model (`BackendPool.lost`), and with no other backend left
+        `ModelGone` is raised for the caller to choose another. Without it the name is
+        the client's, which Ollama may read otherwise than the proxy: the answer takes
+        the model from no backend."""
         tried: list[BackendState] = []
-        gone = False  # a backend answered that it has no such model (`missing`)
+        gone = False  # a backend answered that it has no such model (`missing_model`)
         suspect = False  # an attempt failed in a way the request may have caused
         failures: list[tuple[str, str]] = []  # (the operator's reason, a public one)
         unreachable = True  # every failure so far was a refused or timed-out connect
@@ -272,8 +277,12 @@ class Relay:
                     )
                     state = await self.backends.rechecked(none, choosing, model, tried)
                 except NoBackend:
-                    if gone:
+                    if gone and missing:
                         raise ModelGone(model) from None
+                    if gone and model is not None:
+                        # The backends that listed the model went while one answered
+                        # it has none: that answer, Ollama's 404, is the client's.
+                        return model_not_found(request.path, model)
                     if fallback is not None:
                         return await fallback()
                     if failures:
@@ -281,11 +290,14 @@ class Relay:
                     raise  # answered where every NoBackend is (`Server.handle`)
             outcome.attempts += 1
             outcome.backend = state.label
-            may_retry = (
+            # Another backend could take the request in this one's place: one that lists
+            # the model, the body in hand to send again.
+            elsewhere = (
                 only is None
-                and len(tried) < retries
+                and body is not None
                 and self.backends.can_retry(model, [*tried, state])
             )
+            may_retry = elsewhere and len(tried) < retries
             if watch is None:
                 client = ClientLeg(
                     request,
@@ -297,7 +309,9 @@ class Relay:
                     retry_errors=not suspect,
                     rewrite=rewrite,
                     decline_missing=(
-                        missing and model is not None and not state.runs_elsewhere(model)
+                        (missing or elsewhere)
+                        and model is not None
+                        and not state.runs_elsewhere(model)
                     ),
                 )
             else:
@@ -365,15 +379,18 @@ class Relay:
             if client.declined:
                 state.end(model)
                 client.drop()
-                if missing_model(head) and model is not None:
+                lacks = missing_model(head)
+                if lacks and model is not None:
                     gone = True
-                    self.backends.lost(state, model)
+                    if missing:
+                        self.backends.lost(state, model)
                 state.answered(head.status, model, outcome.offsite)
                 answered = f": answered {head.status}"
                 failures.append((state.label + answered, state.public_label + answered))
                 unreachable = exhausted = False
                 tried.append(state)
-                suspect = suspect or head.status not in UNAVAILABLE_STATUSES
+                # A model the backend lacks ran nothing the request could have upset.
+                suspect = suspect or not (lacks or head.status in UNAVAILABLE_STATUSES)
                 continue
             try:
                 await self._respond(state, head, client, outcome, model)

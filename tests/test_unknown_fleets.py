@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -541,3 +541,120 @@ def test_a_request_naming_a_model_its_backend_answers_it_lacks_leaves_it_listed(
         after = [s.models for s in app.backends.states]
     assert all(models is not None and BIG.name in models for models in listed), listed
     assert all(models is not None and BIG.name not in models for models in after), after
+
+
+def test_a_request_naming_a_model_one_backend_lacks_is_served_where_another_lists_it(
+    servers: ServerThread,
+) -> None:
+    """Two backends list the 70B; the first has lost its weights, which no `auto`
+    request has found. A request naming the model that the first answers 404 `model
+    '…' not found` goes to the second, which serves it, on every route and streamed or
+    not: nothing of the 404 reaches the client, and the model stays the first's (a
+    named request's 404 takes no model from anyone). Once the second has lost it too,
+    the client gets the last backend's own 404; and once `auto` has found it gone from
+    both, a request naming it gets a backend's 404 as well."""
+    first, second = Backend(servers, (BIG, SMALL)), Backend(servers, (BIG, SMALL))
+    prx = Proxy(servers, [first.url, second.url], health=Health(interval_seconds=3600))
+    app = prx.app[APP_KEY]
+    named = {"model": BIG.name, "messages": [{"role": "user", "content": "hi"}]}
+    try:
+        first.lose(BIG.name)
+        with httpx.Client(base_url=prx.url, timeout=60) as client:
+            served = [
+                _served(client.post("/api/chat", json={**named, "stream": False}), f"named {i}")
+                for i in range(2)
+            ]
+            with client.stream("POST", "/api/chat", json=named) as resp:
+                assert resp.status_code == 200, resp.read()
+                lines = [orjson.loads(line) for line in resp.iter_lines() if line]
+            openai = client.post("/v1/chat/completions", json=named)
+            assert openai.status_code == 200, openai.text
+            listed = [s.models for s in app.backends.states]
+            completed = [first.emulator.state.completed, second.emulator.state.completed]
+            second.lose(BIG.name)
+            gone = client.post("/api/chat", json=named)
+            assert _served(_maths(client), "auto") != BIG.name
+            gone_everywhere = client.post("/api/chat", json=named)
+        assert served == [BIG.name] * 2 and lines[-1]["done"], lines
+        assert openai.json()["model"] == BIG.name
+        assert all(models is not None and BIG.name in models for models in listed), listed
+        assert completed == [0, 4]
+        for answer in (gone, gone_everywhere):
+            assert answer.status_code == 404, answer.text
+            assert answer.json() == {"error": f"model '{BIG.name}' not found"}
+    finally:
+        prx.stop()
+        second.stop()
+        first.stop()
+
+
+class Racing(Backend):
+    """A backend whose answers to chats wait until `before` has run, in the proxy's
+    loop (what happens elsewhere while the backend works), and are what it returns if
+    anything."""
+
+    before: Callable[[], Awaitable[web.StreamResponse | None]] | None = None
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
+        if request.path == "/api/chat" and self.before is not None:
+            answer = await self.before()
+            if answer is not None:
+                return answer
+        return await super()._forward(request)
+
+
+def test_a_named_model_whose_other_backends_go_meanwhile_gets_the_backends_404(
+    servers: ServerThread,
+) -> None:
+    """The first backend answers a request naming the 70B that it has no such model,
+    while the second, which listed it when the request went to the first, is found by
+    its next list not to have it either: the client gets Ollama's 404 for the model,
+    the answer the first gave, not a 502."""
+    first, second = Racing(servers, (BIG, SMALL)), Backend(servers, (BIG, SMALL))
+    prx = Proxy(servers, [first.url, second.url], health=Health(interval_seconds=3600))
+    app = prx.app[APP_KEY]
+    try:
+        first.lose(BIG.name)
+
+        async def second_loses_it() -> None:
+            del second.emulator.state.store[BIG.name]
+            await app.backends.refresh(app.backends.states[1])
+            return None
+
+        first.before = second_loses_it
+        with httpx.Client(base_url=prx.url, timeout=60) as client:
+            chat = {"model": BIG.name, "messages": [{"role": "user", "content": "hi"}]}
+            native = client.post("/api/chat", json={**chat, "stream": False})
+        assert native.status_code == 404, native.text
+        assert native.json() == {"error": f"model '{BIG.name}' not found"}
+        assert BIG.name not in (app.backends.states[1].models or ())
+    finally:
+        prx.stop()
+        second.stop()
+        first.stop()
+
+
+def test_a_backend_that_lacks_a_named_model_leaves_the_next_ones_failure_retried(
+    servers: ServerThread,
+) -> None:
+    """The first backend has no such model (its 404), the second fails the request
+    (a 500) and the third serves it: the 404 ran nothing the request could have upset,
+    so the second's failure is retried as the first failure of a request is."""
+    first, second = Backend(servers, (BIG, SMALL)), Racing(servers, (BIG, SMALL))
+    third = Backend(servers, (BIG, SMALL))
+    prx = Proxy(servers, [first.url, second.url, third.url], health=Health(interval_seconds=3600))
+    try:
+        first.lose(BIG.name)
+
+        async def fails() -> web.StreamResponse:
+            return web.json_response({"error": "llama runner process has terminated"}, status=500)
+
+        second.before = fails
+        with httpx.Client(base_url=prx.url, timeout=60) as client:
+            chat = {"model": BIG.name, "messages": [{"role": "user", "content": "hi"}]}
+            served = _served(client.post("/api/chat", json={**chat, "stream": False}), "named")
+        assert served == BIG.name and third.emulator.state.completed == 1
+    finally:
+        prx.stop()
+        for backend in (third, second, first):
+            backend.stop()
