@@ -116,6 +116,10 @@ LEGEND = {
 }
 
 
+# Why a model a backend lists is out of its list (`BackendPool.lost`), in explain.
+LOST = "listed, but answered it has no such model (out until a pull lists it anew)"
+
+
 # The capability clients switch on for every request to a model that lists it.
 _DEFAULTS_ON = "thinking"
 
@@ -699,11 +703,16 @@ class AutoRoutes:
         # those that neither chat nor generate are no candidates, and are named with why,
         # as in the refusal where no model is left.
         spelled = self.auto.registry.spelled
-        filtered = {
-            spelled(m): why
-            for m, why in {**decision.filtered, **self.auto.not_generating(only)}.items()
-            if only is None or m in only
-        }
+        reasons = {**decision.filtered, **self.auto.not_generating(only)}
+        ranked = {s.name for s in decision.ranking}
+        fleet = sees_fleet(request, self.auto.backends.config.auth.enabled)
+        for m, lost in self.auto.backends.lost_by().items():
+            if m not in ranked and m not in reasons:
+                # No backend offers it any more: where it went, each backend named as
+                # the caller may learn it (no URL for one that may not see the fleet).
+                where = ", ".join(s.label if fleet else s.public_label for s in lost)
+                reasons[m] = f"lost on {where}: {LOST}"
+        filtered = {spelled(m): why for m, why in reasons.items() if only is None or m in only}
         return _json(
             {
                 "model": spelled(decision.chosen),

@@ -659,6 +659,14 @@ class BackendPool:
         state.lost[name] = _listing(entry)
         self.changed(state, removed=name)
 
+    def lost_by(self) -> dict[str, list[BackendState]]:
+        """Each model a backend lost (`lost`), with the backends that lost it."""
+        found: dict[str, list[BackendState]] = {}
+        for state in self.states:
+            for name in state.lost:
+                found.setdefault(name, []).append(state)
+        return found
+
     def ran(self, label: str, model: str) -> None:
         """The backend `label` ran `model` to an answer: Ollama keeps it loaded there
         (its keep_alive) and may have evicted another for it. Where its last /api/ps

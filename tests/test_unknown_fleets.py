@@ -30,11 +30,13 @@ import pytest
 from aiohttp import web
 
 from proxy.app import APP_KEY
-from proxy.config import Health, ModelEntry, Selector
+from proxy.auth import hash_key
+from proxy.auto_routes import LOST
+from proxy.config import ApiKey, Auth, Health, ModelEntry, Selector
 from proxy.emulator import EmulatorSettings
 from proxy.emulator.catalog import ModelSpec, template_for
 from proxy.emulator.synthesized import synthesize
-from tests.support import PIXEL_PNG, Emulator, EmulatorFront, Proxy, ServerThread
+from tests.support import PIXEL_PNG, Emulator, EmulatorFront, Proxy, ServerThread, bearer
 
 _COMPLETION_TOOLS = ("completion", "tools")
 
@@ -403,7 +405,37 @@ def test_a_model_its_backend_answers_it_lacks_is_not_chosen_again(rig: Any) -> N
     assert BIG.name not in after + refreshed, (after, refreshed)
     assert (shown["lost"], pulled["lost"]) == ([BIG.name], [])
     assert BIG.name not in {row["model"] for row in explained["ranking"]}
+    assert explained["filtered"][BIG.name] == f"lost on {own.url}: {LOST}"
     assert again == BIG.name
+
+
+def test_explain_names_where_a_model_was_lost_as_the_key_may_see_the_fleet(rig: Any) -> None:
+    """Explain lists a model `auto` found gone from its backend among the models left
+    out, saying where: the backend's URL to a key that may see the fleet, its public
+    name to one with a model list, and nothing to a key whose list lacks the model."""
+    admin, user, other = "k-admin-lost", "k-user-lost", "k-other-lost"
+    auth = Auth(
+        keys=(
+            ApiKey(sha256=hash_key(admin), name="ops", role="admin"),
+            ApiKey(sha256=hash_key(user), name="dev", models=(BIG.name, SMALL.name)),
+            ApiKey(sha256=hash_key(other), name="other", models=(SMALL.name, CODER.name)),
+        )
+    )
+    own, prx = rig((BIG, SMALL, CODER), health=Health(interval_seconds=3600), auth=auth)
+    own.lose(BIG.name)
+    with httpx.Client(base_url=prx.url, timeout=60) as client:
+        body = {**_MATHS, "model": "auto:best", "stream": False}
+        found = _served(client.post("/api/chat", json=body, headers=bearer(admin)), "auto")
+        filtered = {
+            key: client.post("/api/autoroute/explain", json=body, headers=bearer(key)).json()[
+                "filtered"
+            ]
+            for key in (admin, user, other)
+        }
+    assert found != BIG.name
+    assert filtered[admin][BIG.name] == f"lost on {own.url}: {LOST}"
+    assert filtered[user][BIG.name] == f"lost on backends[0]: {LOST}"
+    assert BIG.name not in filtered[other]
 
 
 def test_explain_shows_the_placement_of_a_name_no_catalogue_lists_and_a_like_replaces_it(
