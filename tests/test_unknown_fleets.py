@@ -606,11 +606,12 @@ def test_a_request_naming_a_model_one_backend_lacks_is_served_where_another_list
             second.lose(BIG.name)
             gone = client.post("/api/chat", json=named)
             assert _served(_maths(client), "auto") != BIG.name
+            lost = [sorted(s.lost) for s in app.backends.states]
             gone_everywhere = client.post("/api/chat", json=named)
         assert served == [BIG.name] * 2 and lines[-1]["done"], lines
         assert openai.json()["model"] == BIG.name
         assert all(models is not None and BIG.name in models for models in listed), listed
-        assert completed == [0, 4]
+        assert completed == [0, 4] and lost == [[BIG.name], [BIG.name]]
         for answer in (gone, gone_everywhere):
             assert answer.status_code == 404, answer.text
             assert answer.json() == {"error": f"model '{BIG.name}' not found"}
