@@ -520,7 +520,8 @@ class BackendPool:
         fetches: bool = False,
     ) -> BackendState:
         """A backend that has `model`, preferring one where it is loaded, then the one
-        with the fewest requests in flight. With no backend listing the model, any
+        with the fewest requests in flight; for a request that `fetches` it (a pull), one
+        that lost it first. With no backend listing the model, any
         usable one: it answers Ollama's own 404; but a `retry` goes only to a backend
         that lists the model (another one's 404 would hide the first one's answer), and
         a model that only unusable backends list is unavailable (NoBackend), unless the
@@ -531,7 +532,10 @@ class BackendPool:
         if model is None:
             return min(candidates, key=lambda s: (s.in_flight, s.index))
         name = normalize_model(model)
-        having = _having(name, candidates)
+        # A pull goes first where the model was found missing (`lost`): that backend
+        # lacks it, and the pull is what makes it its own again.
+        having = [s for s in candidates if name in s.lost] if fetches else []
+        having = having or _having(name, candidates)
         if not having:
             if retry:
                 raise NoBackend(f"no other usable backend has model {model!r}")
@@ -636,6 +640,8 @@ class BackendPool:
         models = set(state.models)
         if added and header_values.model_name(added):
             models.add(added)
+            # Its weights are there again, whatever its next list says of it.
+            state.lost.pop(added, None)
             self._added.set()
             state.unweighed.add(added)
         if removed:

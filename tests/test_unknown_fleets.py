@@ -32,9 +32,9 @@ from aiohttp import web
 from proxy.app import APP_KEY
 from proxy.auth import hash_key
 from proxy.auto_routes import LOST
-from proxy.config import ApiKey, Auth, Health, ModelEntry, Selector
+from proxy.config import ApiKey, Auth, Health, ModelEntry, Routing, Selector
 from proxy.emulator import EmulatorSettings
-from proxy.emulator.catalog import ModelSpec, template_for
+from proxy.emulator.catalog import REGISTRY, ModelSpec, template_for
 from proxy.emulator.synthesized import synthesize
 from tests.support import PIXEL_PNG, Emulator, EmulatorFront, Proxy, ServerThread, bearer
 
@@ -549,6 +549,42 @@ def test_a_model_one_backend_lost_is_served_where_another_lists_it(servers: Serv
         assert chosen == [BIG.name] * 3 and by_name == [BIG.name] * 2
         assert first.emulator.state.completed == 0
         assert second.emulator.state.completed == 5
+    finally:
+        prx.stop()
+        second.stop()
+        first.stop()
+
+
+def test_a_pull_of_a_model_a_backend_lost_goes_there_and_makes_it_its_own_again(
+    servers: ServerThread,
+) -> None:
+    """Two backends list the 70B; `auto` finds the first has lost its weights. With
+    model changes sent to one backend (`admin_target: first`), a pull of the model goes
+    to the backend that lost it, where the pull does its work (the other has it
+    already), and once it succeeds the model is that backend's again, even though its
+    list shows it as before (the proxy saw the pull succeed)."""
+    big, small = REGISTRY["llama3.3:70b"], REGISTRY["llama3.1:8b"]
+    first, second = Backend(servers, (big, small)), Backend(servers, (big, small))
+    prx = Proxy(
+        servers,
+        [first.url, second.url],
+        health=Health(interval_seconds=3600),
+        routing=Routing(admin_target="first"),
+    )
+    app = prx.app[APP_KEY]
+    try:
+        with httpx.Client(base_url=prx.url, timeout=60) as client:
+            first.lose(big.name)
+            assert _served(_maths(client), "auto") == big.name
+            lost = [sorted(s.lost) for s in app.backends.states]
+            pulled = client.post("/api/pull", json={"model": big.name, "stream": False})
+            assert pulled.status_code == 200, pulled.text
+            prx.thread.call(app.backends.refresh_all)
+            shown = client.get("/api/autoroute/dashboard.json").json()["backends"]
+        assert lost == [[big.name], []]
+        assert big.name in first.emulator.state.store
+        assert [backend["lost"] for backend in shown] == [[], []]
+        assert all(s.models is not None and big.name in s.models for s in app.backends.states)
     finally:
         prx.stop()
         second.stop()
