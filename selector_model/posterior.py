@@ -109,15 +109,22 @@ only once the kind has over 330 outcomes per candidate.
 Nor is a model judged on its first few answers of a kind: until it has `JUDGED_AFTER`
 of its own there, its bonus keeps it where it stood untried (standing(m) - blend(m),
 at least one standard deviation), or as high as its answers leave plausible where that
-is lower (the Wilson bound, two standard errors, of their mean: none right in 8 is
-not bad luck, and a model that fails every answer is not kept for 20). Why: the
-prompts a model is tried on are those where its P led, not a random sample of the
-kind, and a handful of them can read 30 points below what the model answers over the
-kind (a kind mixes easy and hard prompts, and P is flatter across them than the
+is lower: the Wilson bound, two standard errors, of their mean, carried to this prompt
+by its odds against those of the mean P of the prompts they answered (none right in 8
+where 0.6 was expected is not bad luck, and a model that fails every answer is not
+kept for 20).
+Why: the prompts a model is tried on are those where its P led, not a random sample of
+the kind, and a handful of them can read 30 points below what the model answers over
+the kind (a kind mixes easy and hard prompts, and P is flatter across them than the
 outcomes); judged on those, the fleet's best model is dropped for good after a bad
 start, the more so in a large fleet, where the kind's outcomes per candidate stay too
-few to widen its bonus. A model that stood below the leader untried is not tried on
-this account either.
+few to widen its bonus. The bound is read against the P of the prompts answered, as
+the blend reads every outcome against its expectation: a model that failed two
+prompts the selector rated hard for it, as its P there said it might, is not held on
+a prompt it rates easy below the success rate those two bound. By odds rather than a
+difference of rates: answers right where P was 0.95 bound their rate there by 1, no
+more than 5 points above P, which says nothing of a prompt rated 0.3. A model that
+stood below the leader untried is not tried on this account either.
 
 Exploration is Thompson sampling: with probability `exploration` the choice is the
 best of one draw from each posterior (mean blend, weight n0 + n; by its normal
@@ -148,6 +155,7 @@ from selector_model.policy import (
     UNKNOWN_MARGIN,
     Scored,
     inside,
+    logit,
     margin_of,
     means_of,
     safe_greedy,
@@ -383,15 +391,15 @@ def _bonus(
     count: float,
     share: float,
     optimism: float,
-    own: float = 0.0,
+    plausible: float = math.inf,
 ) -> float:
     """The optimism a candidate's utility gains (see the module docstring): `optimism`
     standard deviations of its posterior (mean `blend`, weight n0 + `count`, as
     Thompson sampling draws it), widened to sqrt(2 ln r) of them (MOSS) for a model
     with r times fewer outcomes of its own (its prior counted) than the kind's `share`
     per candidate, but never past where it stood untried (mean `untried`, weight n0);
-    up to there for a model with fewer than `JUDGED_AFTER` outcomes of its own (mean
-    `own`), unless they make that implausible."""
+    up to there for a model with fewer than `JUDGED_AFTER` outcomes of its own, but no
+    higher than `plausible`, what they leave plausible on this prompt (`_plausible`)."""
     p = inside(blend)
     spread = math.sqrt(p * (1 - p) / (n0 + count + 1))
     bonus = optimism * spread
@@ -402,11 +410,30 @@ def _bonus(
     q = inside(untried)
     standing = q + optimism * math.sqrt(q * (1 - q) / (n0 + 1))
     if not judged:
-        if count > 0:
-            standing = min(standing, _upper(own, count))
-        return max(bonus, standing - p)
+        return max(bonus, min(standing, plausible) - p)
     widened = bonus * math.sqrt(2 * math.log(behind))
     return max(bonus, min(widened, standing - p))
+
+
+def _headroom(got: Sequence[float]) -> float:
+    """How far above the P of the prompts a model answered its answers leave its success
+    rate plausible, in log-odds (`_upper` of their mean against their mean P; infinite
+    without any): what `_plausible` carries to a prompt. Read against P, as the blend
+    reads each outcome against its expectation: the prompts a model answered are where
+    its P led, and failures on those the selector rated hard bound nothing on one it
+    rates easy."""
+    count = float(got[1])
+    if count <= 0:
+        return math.inf
+    return logit(_upper(float(got[0]) / count, count)) - logit(float(got[2]) / count)
+
+
+def _plausible(p: float, headroom: float) -> float:
+    """The highest success rate a model's answers (their `_headroom`) leave plausible on
+    a prompt it is rated `p` on: 1 without any."""
+    if headroom == math.inf:
+        return 1.0
+    return 1.0 / (1.0 + math.exp(-(logit(p) + headroom)))
 
 
 def _upper(mean: float, count: float) -> float:
@@ -421,7 +448,7 @@ def _upper(mean: float, count: float) -> float:
 
 # Per candidate, what a decision reads of the evidence (`_standings`): the centre c(m),
 # the count n(m), the prior strength n0(m), the departure (None without a row of its
-# own), its `Trend`, its own mean outcome, and the means `Scored.blended` takes
+# own), its `Trend`, its `_headroom`, and the means `Scored.blended` takes
 # for this kind and over every kind. None: nothing moves the candidate.
 _Standing = tuple[
     float,
@@ -509,14 +536,13 @@ def _standings(
         n0 = strengths[name]
         departure = None if got is None else _departure(got, centre, n0)
         fit = None if got is None else fits.get(name)
-        own = float(got[0]) / count if got is not None and count > 0 else 0.0
         by_name[name] = (
             centre,
             count,
             n0,
             departure,
             fit,
-            own,
+            math.inf if got is None else _headroom(got),
             means_of(got),
             means_of(totals.get(name)),
         )
@@ -600,7 +626,7 @@ def choose(
             if standing is None:
                 blended.append(s)  # nothing moves it
                 continue
-            centre, count, n0, departure, fit, own, means, model_means = standing
+            centre, count, n0, departure, fit, headroom, means, model_means = standing
             blend = s.p_success + centre
             if departure is not None:
                 blend += departure
@@ -608,7 +634,15 @@ def choose(
                     blend += fit.at(margin_of(s.p_success, top), s.p_success)
             bonus = 0.0
             if optimism:
-                bonus = _bonus(blend, s.p_success + centre, n0, count, share, optimism, own)
+                bonus = _bonus(
+                    blend,
+                    s.p_success + centre,
+                    n0,
+                    count,
+                    share,
+                    optimism,
+                    _plausible(s.p_success, headroom),
+                )
             blended.append(s.blended(blend, means, model_means, bonus))
         blended.sort(key=_UTILITY, reverse=True)
         greedy, reason = safe_greedy(

@@ -320,6 +320,31 @@ def test_a_model_is_not_judged_on_its_first_few_answers_of_a_kind() -> None:
     assert chat.utility < standing - 0.2
 
 
+def test_failures_where_the_selector_expected_them_do_not_bound_a_model_elsewhere() -> None:
+    """A quick model and a slow one the selector rates 5 points better, under a profile
+    that weighs cost and never gives away more than 5 points for it. The quick one's
+    answers run a little above its P. The slow one, before it is judged, answered two
+    prompts where the selector expected it to fail (P 0.3), and failed them: on a
+    prompt it rates 0.85, what those two answers leave plausible is read against the
+    P they were answered at, so it keeps its place as untried. Two failures where it
+    was rated 0.85 do bound it there, and the quick one takes the prompt."""
+    rng = np.random.default_rng(0)
+    fleet = rank(["quick", "slow"], [0.80, 0.85], [1.2, 22.7], 0.004, set(), [0.0, 0.0])
+
+    def choice(failures: int, rated: float) -> str:
+        evidence = Evidence()
+        for i in range(50):
+            evidence.update("math", "quick", float(i < 41), prior=0.80, margin=-0.05)
+        for _ in range(failures):
+            evidence.update("math", "slow", 0.0, prior=rated, margin=0.2)
+        chose = choose(fleet, evidence.of("math"), 0.0, rng, max_loss=0.05, store=evidence)
+        return chose.chosen.name
+
+    assert choice(0, 0.3) == "slow"
+    assert choice(2, 0.3) == "slow"
+    assert choice(2, 0.85) == "quick"
+
+
 def test_a_model_poor_answers_dropped_is_retried_once_the_kind_is_decided_often() -> None:
     """Two models the selector rates alike: the first one tried answers a kind worse
     than expected over the answers it is judged on, and the second takes the kind. One
