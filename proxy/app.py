@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy import expect
+from proxy import body_screen, expect
 from proxy import limits as request_limits
 from proxy.auth import Access
 from proxy.auth_store import KeyStore
@@ -201,6 +201,7 @@ class App:
         # Last: requests finishing during shutdown still leave their event.
         await self.usage.stop()
         await self.learner.close()  # after the last events: their outcomes are kept
+        await body_screen.stop()
 
 
 APP_KEY = web.AppKey("autoroute", App)

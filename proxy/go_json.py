@@ -481,11 +481,11 @@ def read(body: bytes, max_values: int = 0) -> tuple[Any, bytes]:
     Go finds no JSON value either, `body` itself (None for the document) for the
     backend to answer with its own error. More than `max_values` values (`values`) are
     refused before any is read."""
-    quick = _read_quickly(body, max_values)
+    quick = read_quickly(body, max_values)
     return _read_slowly(body, quick) if isinstance(quick, str) else quick
 
 
-def _read_quickly(body: bytes, max_values: int) -> tuple[Any, bytes] | str:
+def read_quickly(body: bytes, max_values: int) -> tuple[Any, bytes] | str:
     """`read` where orjson's reading is Go's (C calls only); else why not, for
     `_read_slowly`."""
     values(body, max_values)
@@ -514,7 +514,7 @@ async def read_off_loop(body: bytes, max_values: int = 0) -> tuple[Any, bytes]:
     (`off_loop`), so that a client cannot hold the event loop with one; the slow
     reading, where it needs one, in the slow readings' thread (`slow_off_loop`)."""
     size = len(body)
-    quick = await off_loop(size, _read_quickly, body, max_values)
+    quick = await off_loop(size, read_quickly, body, max_values)
     if isinstance(quick, str):
         return await slow_off_loop(size, _read_slowly, body, quick)
     return quick

@@ -18,6 +18,7 @@ import orjson
 from aiohttp import hdrs, web
 
 from proxy import (
+    body_screen,
     go_json,
     header_values,
     model_changes,
@@ -223,7 +224,14 @@ class Handlers:
             raw = await self._read(request)
             limit = self.config.limits.max_body_bytes
             sent = await request_encoding.decoded_off_loop(request, raw, limit)
-            doc, body = await go_json.read_off_loop(sent, self.config.limits.max_json_values)
+            max_values = self.config.limits.max_json_values
+            # A large body the limits refuse is refused unread here (`body_screen`).
+            screened = await body_screen.screen(path, sent, max_values, self.config.limits)
+            if screened is not None:
+                decided.body, served.offsite = screened.written, screened.offsite
+                decided.prompt = [screened.prompt] if screened.prompt else []
+                return error_response(path, screened.status, screened.message)
+            doc, body = await go_json.read_off_loop(sent, max_values)
             # A key given twice: Go assigns the earlier value too, and refuses it where
             # its type is wrong (answered after the proxy's own bounds), else merges it
             # with the later (a null leaves a string, an object adds to a map): what Go

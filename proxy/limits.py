@@ -225,11 +225,11 @@ async def check_body(
     passes. They are counted text by text, a Python call each: a large body's in a
     reader thread (`go_json.off_loop`), so that hundreds of thousands of tiny texts
     hold no other client."""
-    refused = await go_json.off_loop(size, _body_refusal, doc, limits, texts)
+    refused = await go_json.off_loop(size, body_refusal, doc, limits, texts)
     return None if refused is None else error_response(path, *refused)
 
 
-def _body_refusal(doc: dict[str, Any], limits: Limits, texts: list[str]) -> tuple[int, str] | None:
+def body_refusal(doc: dict[str, Any], limits: Limits, texts: list[str]) -> tuple[int, str] | None:
     """`check_body`'s refusal (status and message), None for a body that passes."""
     messages = request_body.entry_count(doc)
     if limits.max_messages and messages is not None and messages > limits.max_messages:

@@ -315,7 +315,7 @@ async def test_autos_reading_of_a_body_of_many_parts_is_off_the_loop(
             (features, "request_features"),
             (request_body, "asks"),
             (request_body, "prompt_tokens"),
-            (go_json, "_read_quickly"),
+            (go_json, "read_quickly"),
         )
     }
     for parts in (10, 30_000):
@@ -328,7 +328,7 @@ async def test_autos_reading_of_a_body_of_many_parts_is_off_the_loop(
         small = len(body) <= go_json.INLINE_BYTES
         assert calls["request_features"] == [small], (parts, calls)
         assert calls["asks"] == [small], (parts, calls)
-        assert calls["_read_quickly"] == [small], (parts, calls)
+        assert calls["read_quickly"] == [small], (parts, calls)
         # Read off the loop with the rest; on it only where a context is short of it.
         assert calls["prompt_tokens"] == ([] if small else [False]), (parts, calls)
 

@@ -1,0 +1,131 @@
+"""Large inference bodies that the limits refuse, found in a worker process.
+
+Reading a body holds the GIL for the length of one C call (orjson's parse of megabytes,
+its writing, its dealloc), so a reader thread (`go_json.off_loop`) still stops the event
+loop, and every other client, for that long; a client sending large bodies again and
+again would stop it most of the time. A body over `SCREENED_BYTES` is therefore read
+first in a worker process, which answers only whether the limits refuse it (`check_body`:
+too many messages, a prompt too long) and what that request's answer and usage event
+need. A body they refuse is answered so, never read in the proxy's process; any other
+is read there as every body is (the worker's reading then costs another core, not the
+loop). Where the worker's reading may not be the handler's (a key given twice, a number
+that is no integer in an int field) it answers nothing, and the handler reads the body
+as ever, so the answers stay the handler's; so it does for a body only Go's slower way
+reads (`go_json.read_quickly`), which is then read once, not twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import signal
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+
+from proxy import go_json
+from proxy import limits as request_limits
+from proxy.auto_routes import fraction_in_an_int
+from proxy.backends import searches_the_web
+from proxy.config import Limits
+from proxy.usage.event import prompt_text
+
+# A body larger than this is screened in the worker. Handing it over is a copy each
+# way through a pipe, a millisecond or two a megabyte; reading one below it holds the
+# loop for less than that.
+SCREENED_BYTES = 1024 * 1024
+
+# One worker: a large body waits for the one before it there, not in the loop, and the
+# proxy's loop keeps a core of the few a host has.
+_WORKERS = 1
+_pool: ProcessPoolExecutor | None = None
+_starting: Future[None]
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """What the handler takes of a body the limits refuse."""
+
+    status: int
+    message: str
+    # What `go_json.read` forwards in place of the body: the request's `decided.body`.
+    written: bytes
+    # The prompt's texts joined as the usage event reads them (`prompt_text`).
+    prompt: str | None
+    offsite: bool  # `searches_the_web`
+
+
+def refused(path: str, sent: bytes, max_values: int, limits: Limits) -> Refused | None:
+    """In the worker: the limits' refusal of `sent` as `model_routed` reads it, or None
+    where they pass it or the handler's reading may differ from this one."""
+    try:
+        quick = go_json.read_quickly(sent, max_values)
+    except go_json.BodyError:
+        return None
+    if isinstance(quick, str):  # the slower reading, Go's: the handler's, once
+        return None
+    doc, written = quick
+    if (
+        not isinstance(doc, dict)
+        or go_json.left_out(sent, written)
+        or fraction_in_an_int(path, doc)
+    ):
+        return None
+    refusal = request_limits.body_refusal(doc, limits, [])
+    if refusal is None:
+        return None
+    return Refused(*refusal, written, prompt_text(written), searches_the_web(path, doc))
+
+
+def _quiet() -> None:
+    # A terminal's Ctrl-C reaches the whole process group: the proxy shuts its worker
+    # down (`stop`), which must not die of it first.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _started() -> None:
+    """Nothing: done once the worker has started, its modules imported."""
+
+
+def worker() -> ProcessPoolExecutor | None:
+    """The worker's pool once its worker has started, else None; the first call starts
+    it. A body that comes before is read in the proxy as every body is: the worker's
+    start (its imports, a second or two) holds no request."""
+    global _pool, _starting
+    if _pool is None:
+        # Spawned, never forked: the proxy has threads and a running loop.
+        context = multiprocessing.get_context("spawn")
+        _pool = ProcessPoolExecutor(_WORKERS, mp_context=context, initializer=_quiet)
+        _starting = _pool.submit(_started)
+    if not _starting.done():
+        return None
+    if _starting.exception() is not None:
+        _let_go()  # started again by the next body
+        return None
+    return _pool
+
+
+async def screen(path: str, sent: bytes, max_values: int, limits: Limits) -> Refused | None:
+    """`refused` for a body over `SCREENED_BYTES`, in the worker; None at once for a
+    smaller one, and while the worker is not there (the handler then reads the body)."""
+    pool = worker() if len(sent) > SCREENED_BYTES else None
+    if pool is None:
+        return None
+    loop = asyncio.get_running_loop()
+    try:
+        return await loop.run_in_executor(pool, refused, path, sent, max_values, limits)
+    except BrokenProcessPool:  # the worker died (killed, out of memory)
+        _let_go()
+        return None
+
+
+def _let_go(wait: bool = False) -> None:
+    global _pool
+    pool, _pool = _pool, None
+    if pool is not None:
+        pool.shutdown(wait, cancel_futures=True)
+
+
+async def stop() -> None:
+    """Shut the worker down, once no request waits for it (the app's cleanup)."""
+    await asyncio.to_thread(_let_go, True)

@@ -1,0 +1,105 @@
+"""A large body the limits refuse is refused unread by the proxy's process: read in a
+worker process (`proxy.body_screen`), since a reading in a reader thread still holds
+the event loop for as long as each of orjson's C calls takes (the GIL). What the
+client and the usage event get is what a body read in the proxy gets."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from proxy import body_screen, go_json
+from proxy.config import Limits
+from tests.support import Emulator, Proxy, ServerThread, file_usage, wait_until
+
+MODEL = "llama3.1:8b"
+# What an event says of its own request, not of the body: left out when two are compared.
+_OWN = ("request_id", "ts")
+_OWN_OUTCOME = ("ttfc_ms", "total_ms")
+
+
+@pytest.fixture
+def limited(servers: ServerThread, emulator: Emulator, tmp_path: Path) -> Iterator[Proxy]:
+    limits = Limits(max_messages=3, max_prompt_chars=100)
+    usage = file_usage(tmp_path, log_prompts=True)
+    prx = Proxy(servers, [emulator.url], limits=limits, usage=usage)
+    yield prx
+    prx.stop()
+
+
+def _events(tmp_path: Path) -> list[dict[str, Any]]:
+    path = tmp_path / "events.jsonl"
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()] if path.exists() else []
+
+
+def _of_the_body(event: dict[str, Any]) -> dict[str, Any]:
+    outcome = {k: v for k, v in event["outcome"].items() if k not in _OWN_OUTCOME}
+    return {**{k: v for k, v in event.items() if k not in _OWN}, "outcome": outcome}
+
+
+async def _answer(url: str, path: str, body: dict[str, Any]) -> tuple[int, str, bytes]:
+    async with aiohttp.ClientSession() as http, http.post(url + path, json=body) as resp:
+        return resp.status, resp.headers["Content-Type"], await resp.read()
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/generate", {"prompt": "x" * 101}),
+        ("/api/chat", {"messages": [{"role": "user", "content": "x" * 60}] * 2}),
+        ("/api/chat", {"messages": [{"role": "user", "content": "hi"}] * 4}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x" * 101}]}),
+        ("/api/embed", {"input": ["x" * 50, "y" * 51]}),
+    ],
+)
+async def test_a_large_body_the_limits_refuse_is_refused_unread(
+    limited: Proxy,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    path: str,
+    body: dict[str, Any],
+) -> None:
+    reads: list[int] = []
+    read = go_json.read_off_loop
+
+    async def watched(sent: bytes, max_values: int = 0) -> tuple[Any, bytes]:
+        reads.append(len(sent))
+        return await read(sent, max_values)
+
+    monkeypatch.setattr(go_json, "read_off_loop", watched)
+    request = {"model": MODEL, **body}
+    as_read = await _answer(limited.url, path, request)
+    assert as_read[0] in (400, 413)
+    assert len(reads) == 1
+    # Every body is large now; the worker has started once one asked for it.
+    monkeypatch.setattr(body_screen, "SCREENED_BYTES", 0)
+    assert await wait_until(body_screen.worker, 60)
+    assert await _answer(limited.url, path, request) == as_read
+    assert len(reads) == 1, "the refused body was read in the proxy's process"
+    # A body the limits pass is read in the proxy and served, as ever.
+    fine = {"model": MODEL, "prompt": "hi", "stream": False}
+    assert (await _answer(limited.url, "/api/generate", fine))[0] == 200
+    assert len(reads) == 2
+    assert await wait_until(lambda: len(_events(tmp_path)) == 3)
+    unscreened, screened, _ = _events(tmp_path)
+    assert screened["prompt"] and screened["prompt_sha256"]  # logged here, and hashed
+    assert _of_the_body(screened) == _of_the_body(unscreened)
+
+
+async def test_the_worker_stops_with_the_proxy(
+    servers: ServerThread, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prx = Proxy(servers, [emulator.url])
+    monkeypatch.setattr(body_screen, "SCREENED_BYTES", 0)
+    assert await wait_until(body_screen.worker, 60)
+    pool = body_screen.worker()
+    assert pool is not None
+    processes = list(pool._processes.values())
+    prx.stop()
+    assert processes
+    assert all(not process.is_alive() for process in processes)
