@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import signal
+import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -38,8 +39,13 @@ SCREENED_BYTES = 1024 * 1024
 # One worker: a large body waits for the one before it there, not in the loop, and the
 # proxy's loop keeps a core of the few a host has.
 _WORKERS = 1
+# A worker that died, or did not start, is started again this long after, not for each
+# large body (one that dies at once would be started again and again); bodies are read
+# in the proxy meanwhile.
+_REST_SECONDS = 60.0
 _pool: ProcessPoolExecutor | None = None
 _starting: Future[None]
+_rested_at = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +54,6 @@ class Refused:
 
     status: int
     message: str
-    # What `go_json.read` forwards in place of the body: the request's `decided.body`.
-    written: bytes
     # The prompt's texts joined as the usage event reads them (`prompt_text`).
     prompt: str | None
     offsite: bool  # `searches_the_web`
@@ -74,7 +78,7 @@ def refused(path: str, sent: bytes, max_values: int, limits: Limits) -> Refused 
     refusal = request_limits.body_refusal(doc, limits, [])
     if refusal is None:
         return None
-    return Refused(*refusal, written, prompt_text(written), searches_the_web(path, doc))
+    return Refused(*refusal, prompt_text(written), searches_the_web(path, doc))
 
 
 def _quiet() -> None:
@@ -93,6 +97,8 @@ def worker() -> ProcessPoolExecutor | None:
     start (its imports, a second or two) holds no request."""
     global _pool, _starting
     if _pool is None:
+        if time.monotonic() < _rested_at:
+            return None
         # Spawned, never forked: the proxy has threads and a running loop.
         context = multiprocessing.get_context("spawn")
         _pool = ProcessPoolExecutor(_WORKERS, mp_context=context, initializer=_quiet)
@@ -100,7 +106,7 @@ def worker() -> ProcessPoolExecutor | None:
     if not _starting.done():
         return None
     if _starting.exception() is not None:
-        _let_go()  # started again by the next body
+        _failed()
         return None
     return _pool
 
@@ -115,8 +121,14 @@ async def screen(path: str, sent: bytes, max_values: int, limits: Limits) -> Ref
     try:
         return await loop.run_in_executor(pool, refused, path, sent, max_values, limits)
     except BrokenProcessPool:  # the worker died (killed, out of memory)
-        _let_go()
+        _failed()
         return None
+
+
+def _failed() -> None:
+    global _rested_at
+    _rested_at = time.monotonic() + _REST_SECONDS
+    _let_go()
 
 
 def _let_go(wait: bool = False) -> None:

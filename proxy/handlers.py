@@ -228,7 +228,7 @@ class Handlers:
             # A large body the limits refuse is refused unread here (`body_screen`).
             screened = await body_screen.screen(path, sent, max_values, self.config.limits)
             if screened is not None:
-                decided.body, served.offsite = screened.written, screened.offsite
+                decided.body, served.offsite = sent, screened.offsite
                 decided.prompt = [screened.prompt] if screened.prompt else []
                 return error_response(path, screened.status, screened.message)
             doc, body = await go_json.read_off_loop(sent, max_values)

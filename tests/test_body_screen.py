@@ -15,12 +15,20 @@ import pytest
 
 from proxy import body_screen, go_json
 from proxy.config import Limits
-from tests.support import Emulator, Proxy, ServerThread, file_usage, wait_until
+from tests.support import (
+    Emulator,
+    Proxy,
+    ServerThread,
+    file_usage,
+    wait_until,
+    where_called,
+)
 
 MODEL = "llama3.1:8b"
 # What an event says of its own request, not of the body: left out when two are compared.
 _OWN = ("request_id", "ts")
 _OWN_OUTCOME = ("ttfc_ms", "total_ms")
+_TOO_LONG = "prompt too long (limit 100 characters)"
 
 
 @pytest.fixture
@@ -51,6 +59,7 @@ async def _answer(url: str, path: str, body: dict[str, Any]) -> tuple[int, str, 
     ("path", "body"),
     [
         ("/api/generate", {"prompt": "x" * 101}),
+        ("/api/generate", {"prompt": "x", "system": "s" * 120}),
         ("/api/chat", {"messages": [{"role": "user", "content": "x" * 60}] * 2}),
         ("/api/chat", {"messages": [{"role": "user", "content": "hi"}] * 4}),
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x" * 101}]}),
@@ -64,14 +73,7 @@ async def test_a_large_body_the_limits_refuse_is_refused_unread(
     path: str,
     body: dict[str, Any],
 ) -> None:
-    reads: list[int] = []
-    read = go_json.read_off_loop
-
-    async def watched(sent: bytes, max_values: int = 0) -> tuple[Any, bytes]:
-        reads.append(len(sent))
-        return await read(sent, max_values)
-
-    monkeypatch.setattr(go_json, "read_off_loop", watched)
+    reads = where_called(monkeypatch, go_json, "read_quickly")
     request = {"model": MODEL, **body}
     as_read = await _answer(limited.url, path, request)
     assert as_read[0] in (400, 413)
@@ -103,3 +105,26 @@ async def test_the_worker_stops_with_the_proxy(
     prx.stop()
     assert processes
     assert all(not process.is_alive() for process in processes)
+
+
+async def test_a_body_the_dead_worker_would_have_read_is_read_in_the_proxy(
+    limited: Proxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker killed (the kernel's out-of-memory killer) leaves the bodies to the
+    proxy's reading, with the same answers, and is not started again for each large
+    body: one that dies at once would be started over and over."""
+    monkeypatch.setattr(body_screen, "_rested_at", body_screen._rested_at)  # restored
+    monkeypatch.setattr(body_screen, "SCREENED_BYTES", 0)
+    assert await wait_until(body_screen.worker, 60)
+    pool = body_screen.worker()
+    assert pool is not None
+    for process in pool._processes.values():
+        process.kill()
+    reads = where_called(monkeypatch, go_json, "read_quickly")
+    body = {"model": MODEL, "prompt": "x" * 101}
+    for _ in range(2):
+        status, _, answer = await _answer(limited.url, "/api/generate", body)
+        assert (status, orjson.loads(answer)) == (413, {"error": _TOO_LONG})
+    assert len(reads) == 2
+    assert body_screen.worker() is None
+    assert body_screen._pool is None, "a dead worker was started again at once"
