@@ -20,7 +20,7 @@ import asyncio
 import multiprocessing
 import signal
 import time
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
@@ -44,7 +44,6 @@ _WORKERS = 1
 # in the proxy meanwhile.
 _REST_SECONDS = 60.0
 _pool: ProcessPoolExecutor | None = None
-_starting: Future[None]
 _rested_at = 0.0
 
 
@@ -87,40 +86,30 @@ def _quiet() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _started() -> None:
-    """Nothing: done once the worker has started, its modules imported."""
-
-
 def worker() -> ProcessPoolExecutor | None:
-    """The worker's pool once its worker has started, else None; the first call starts
-    it. A body that comes before is read in the proxy as every body is: the worker's
-    start (its imports, a second or two) holds no request."""
-    global _pool, _starting
+    """The worker's pool, started by the first large body (a second or two of imports,
+    which that body and those after it wait for there, not in the loop); None while a
+    worker that died rests (`_REST_SECONDS`)."""
+    global _pool
     if _pool is None:
         if time.monotonic() < _rested_at:
             return None
         # Spawned, never forked: the proxy has threads and a running loop.
         context = multiprocessing.get_context("spawn")
         _pool = ProcessPoolExecutor(_WORKERS, mp_context=context, initializer=_quiet)
-        _starting = _pool.submit(_started)
-    if not _starting.done():
-        return None
-    if _starting.exception() is not None:
-        _failed()
-        return None
     return _pool
 
 
 async def screen(path: str, sent: bytes, max_values: int, limits: Limits) -> Refused | None:
     """`refused` for a body over `SCREENED_BYTES`, in the worker; None at once for a
-    smaller one, and while the worker is not there (the handler then reads the body)."""
+    smaller one, and where there is no worker (the handler then reads the body)."""
     pool = worker() if len(sent) > SCREENED_BYTES else None
     if pool is None:
         return None
     loop = asyncio.get_running_loop()
     try:
         return await loop.run_in_executor(pool, refused, path, sent, max_values, limits)
-    except BrokenProcessPool:  # the worker died (killed, out of memory)
+    except BrokenProcessPool:  # the worker died (killed, out of memory) or did not start
         _failed()
         return None
 

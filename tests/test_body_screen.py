@@ -29,6 +29,7 @@ MODEL = "llama3.1:8b"
 _OWN = ("request_id", "ts")
 _OWN_OUTCOME = ("ttfc_ms", "total_ms")
 _TOO_LONG = "prompt too long (limit 100 characters)"
+_REFUSED = {"model": MODEL, "prompt": "x" * 101}
 
 
 @pytest.fixture
@@ -78,9 +79,7 @@ async def test_a_large_body_the_limits_refuse_is_refused_unread(
     as_read = await _answer(limited.url, path, request)
     assert as_read[0] in (400, 413)
     assert len(reads) == 1
-    # Every body is large now; the worker has started once one asked for it.
-    monkeypatch.setattr(body_screen, "SCREENED_BYTES", 0)
-    assert await wait_until(body_screen.worker, 60)
+    monkeypatch.setattr(body_screen, "SCREENED_BYTES", 0)  # every body is large now
     assert await _answer(limited.url, path, request) == as_read
     assert len(reads) == 1, "the refused body was read in the proxy's process"
     # A body the limits pass is read in the proxy and served, as ever.
@@ -93,17 +92,22 @@ async def test_a_large_body_the_limits_refuse_is_refused_unread(
     assert _of_the_body(screened) == _of_the_body(unscreened)
 
 
-async def test_the_worker_stops_with_the_proxy(
-    servers: ServerThread, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    prx = Proxy(servers, [emulator.url])
-    monkeypatch.setattr(body_screen, "SCREENED_BYTES", 0)
-    assert await wait_until(body_screen.worker, 60)
+async def _worker_processes(url: str) -> list[Any]:
+    """The worker's processes, once a body refused in it (every body large) was answered."""
+    status, _, answer = await _answer(url, "/api/generate", _REFUSED)
+    assert (status, orjson.loads(answer)) == (413, {"error": _TOO_LONG})
     pool = body_screen.worker()
     assert pool is not None
-    processes = list(pool._processes.values())
-    prx.stop()
+    return list(pool._processes.values())
+
+
+async def test_the_worker_stops_with_the_proxy(
+    limited: Proxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(body_screen, "SCREENED_BYTES", 0)
+    processes = await _worker_processes(limited.url)
     assert processes
+    limited.stop()
     assert all(not process.is_alive() for process in processes)
 
 
@@ -115,15 +119,12 @@ async def test_a_body_the_dead_worker_would_have_read_is_read_in_the_proxy(
     body: one that dies at once would be started over and over."""
     monkeypatch.setattr(body_screen, "_rested_at", body_screen._rested_at)  # restored
     monkeypatch.setattr(body_screen, "SCREENED_BYTES", 0)
-    assert await wait_until(body_screen.worker, 60)
-    pool = body_screen.worker()
-    assert pool is not None
-    for process in pool._processes.values():
-        process.kill()
     reads = where_called(monkeypatch, go_json, "read_quickly")
-    body = {"model": MODEL, "prompt": "x" * 101}
+    for process in await _worker_processes(limited.url):
+        process.kill()
+    assert reads == []
     for _ in range(2):
-        status, _, answer = await _answer(limited.url, "/api/generate", body)
+        status, _, answer = await _answer(limited.url, "/api/generate", _REFUSED)
         assert (status, orjson.loads(answer)) == (413, {"error": _TOO_LONG})
     assert len(reads) == 2
     assert body_screen.worker() is None
