@@ -31,9 +31,9 @@ from proxy.backends import searches_the_web
 from proxy.config import Limits
 from proxy.usage.event import prompt_text
 
-# A body larger than this is screened in the worker. Handing it over is a copy each
-# way through a pipe, a millisecond or two a megabyte; reading one below it holds the
-# loop for less than that.
+# A body larger than this is screened in the worker. Handing one over is a copy
+# through a pipe, and its answer may wait behind other large bodies there; the
+# proxy's reading of a smaller one holds the loop for a few milliseconds at most.
 SCREENED_BYTES = 1024 * 1024
 
 # One worker: a large body waits for the one before it there, not in the loop, and the
@@ -44,7 +44,7 @@ _WORKERS = 1
 # in the proxy meanwhile.
 _REST_SECONDS = 60.0
 _pool: ProcessPoolExecutor | None = None
-_rested_at = 0.0
+_resting_until = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +92,7 @@ def worker() -> ProcessPoolExecutor | None:
     worker that died rests (`_REST_SECONDS`)."""
     global _pool
     if _pool is None:
-        if time.monotonic() < _rested_at:
+        if time.monotonic() < _resting_until:
             return None
         # Spawned, never forked: the proxy has threads and a running loop.
         context = multiprocessing.get_context("spawn")
@@ -115,8 +115,8 @@ async def screen(path: str, sent: bytes, max_values: int, limits: Limits) -> Ref
 
 
 def _failed() -> None:
-    global _rested_at
-    _rested_at = time.monotonic() + _REST_SECONDS
+    global _resting_until
+    _resting_until = time.monotonic() + _REST_SECONDS
     _let_go()
 
 

@@ -117,7 +117,7 @@ async def test_a_body_the_dead_worker_would_have_read_is_read_in_the_proxy(
     """A worker killed (the kernel's out-of-memory killer) leaves the bodies to the
     proxy's reading, with the same answers, and is not started again for each large
     body: one that dies at once would be started over and over."""
-    monkeypatch.setattr(body_screen, "_rested_at", body_screen._rested_at)  # restored
+    monkeypatch.setattr(body_screen, "_resting_until", body_screen._resting_until)  # restored
     monkeypatch.setattr(body_screen, "SCREENED_BYTES", 0)
     reads = where_called(monkeypatch, go_json, "read_quickly")
     for process in await _worker_processes(limited.url):
