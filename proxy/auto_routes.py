@@ -13,6 +13,7 @@ from aiohttp import web
 
 from proxy import (
     anthropic_messages,
+    body_screen,
     experiments,
     go_json,
     go_merge,
@@ -209,6 +210,25 @@ def fraction_in_an_int(path: str, doc: Any) -> bool:
         if type(value) is float or (type(value) is list and float in map(type, value)):
             return True
     return False
+
+
+def _explained_path(query: str | None, doc: Any) -> str:
+    """The route explain ranks for: `?path=`, else the chat or generate route as the
+    body reads."""
+    messages = isinstance(doc, dict) and "messages" in doc
+    return str(query or ("/api/chat" if messages else "/api/generate"))
+
+
+def _explained_model(doc: dict[str, Any]) -> str:
+    model = doc.get("model")
+    return model if isinstance(model, str) else AUTO
+
+
+def _refused_first(query: str | None, default: str, path: str, doc: dict[str, Any]) -> bool:
+    """Whether explain refuses `doc` before it applies the limits, in words of its own
+    (no `auto` model, a route auto ranks nothing on): `body_screen`'s `Declines`."""
+    explained = profile_of(_explained_model(doc), default)
+    return explained is None or _explained_path(query, doc) not in RANKED_PATHS
 
 
 @dataclass(frozen=True, slots=True)
@@ -592,14 +612,22 @@ class AutoRoutes:
 
     async def explain(self, request: web.Request) -> web.StreamResponse:
         """The full ranking for a request body, without generating anything."""
-        # Read as the inference routes read a body, so that explain ranks what auto would.
+        # Read as the inference routes read a body, so that explain ranks what auto would;
+        # a large one the limits refuse, unread here as there (`body_screen`).
+        query, max_values = request.query.get("path"), self.limits.max_json_values
         try:
             body = await request_limits.read_body(request, self.body_idle_seconds)
-            doc, forwarded = await go_json.read_off_loop(body, self.limits.max_json_values)
+            default = self.auto.config.default_profile
+            declines = functools.partial(_refused_first, query, default)
+            screened = await body_screen.screen(
+                request.path, body, max_values, self.limits, declines
+            )
+            if screened is not None:
+                return error_response(request.path, screened.status, screened.message)
+            doc, forwarded = await go_json.read_off_loop(body, max_values)
         except go_json.BodyError as exc:
             return error_response(request.path, exc.status, str(exc))
-        messages = isinstance(doc, dict) and "messages" in doc
-        path = str(request.query.get("path") or ("/api/chat" if messages else "/api/generate"))
+        path = _explained_path(query, doc)
         # A key given twice: ranked as the route reads it (`repeated_keys`).
         repeated = await repeated_keys(path, body, forwarded)
         if repeated is not None and repeated.doc is not None:
@@ -612,8 +640,8 @@ class AutoRoutes:
             unread = refusal(path, doc, body)
             not_an_object = unread.message if unread else "expected a JSON object"
             return error_response(request.path, 400, not_an_object)
-        model = doc.get("model") if isinstance(doc.get("model"), str) else AUTO
-        profile = profile_of(str(model), self.auto.config.default_profile)
+        model = _explained_model(doc)
+        profile = profile_of(model, self.auto.config.default_profile)
         if profile is None:
             return error_response(request.path, 400, f"'{model}' is not auto or auto:<profile>")
         key = request.get(KEY_REQUEST)
@@ -652,14 +680,12 @@ class AutoRoutes:
             try:
                 self.auto.profile(profile)
             except AutoError as exc:
-                return error_response(request.path, exc.status, exc.answer(str(model)))
+                return error_response(request.path, exc.status, exc.answer(model))
             try:
-                answer = self._load_answer(path, str(model), doc, profile, only)
+                answer = self._load_answer(path, model, doc, profile, only)
             except NoBackend as none:
                 # As on the route (`Handlers._auto_load`).
-                answer = await self._load_again(
-                    none, path, str(model), doc, profile, only, cloud_names
-                )
+                answer = await self._load_again(none, path, model, doc, profile, only, cloud_names)
             if isinstance(answer, web.Response):
                 return answer
             if answer is not None:
@@ -684,7 +710,7 @@ class AutoRoutes:
                     none, path, doc, profile, user, only, reading, scope
                 )
         except AutoError as exc:
-            return error_response(request.path, exc.status, exc.answer(str(model)))
+            return error_response(request.path, exc.status, exc.answer(model))
         except NoBackend as none:
             # As on the route: where the cloud stands in for the profile, it answers.
             if not stands_in(self.cloud, path, cloud_names):

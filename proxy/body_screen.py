@@ -20,13 +20,14 @@ import asyncio
 import multiprocessing
 import signal
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from typing import Any
 
 from proxy import go_json
 from proxy import limits as request_limits
-from proxy.auto_routes import fraction_in_an_int
 from proxy.backends import searches_the_web
 from proxy.config import Limits
 from proxy.usage.event import prompt_text
@@ -35,6 +36,12 @@ from proxy.usage.event import prompt_text
 # through a pipe, and its answer may wait behind other large bodies there; the
 # proxy's reading of a smaller one holds the loop for a few milliseconds at most.
 SCREENED_BYTES = 1024 * 1024
+
+# Whether the caller reads the body `path` took otherwise than the limits' refusal
+# (`fraction_in_an_int` for the inference routes; explain refuses some before the
+# limits): the worker then answers nothing, and the caller reads it. A module's own
+# function, or a `functools.partial` of one, for the worker to be handed.
+Declines = Callable[[str, dict[str, Any]], bool]
 
 # One worker: a large body waits for the one before it there, not in the loop, and the
 # proxy's loop keeps a core of the few a host has.
@@ -58,8 +65,10 @@ class Refused:
     offsite: bool  # `searches_the_web`
 
 
-def refused(path: str, sent: bytes, max_values: int, limits: Limits) -> Refused | None:
-    """In the worker: the limits' refusal of `sent` as `model_routed` reads it, or None
+def refused(
+    path: str, sent: bytes, max_values: int, limits: Limits, declines: Declines
+) -> Refused | None:
+    """In the worker: the limits' refusal of `sent` as the handler reads it, or None
     where they pass it or the handler's reading may differ from this one."""
     try:
         quick = go_json.read_quickly(sent, max_values)
@@ -68,11 +77,7 @@ def refused(path: str, sent: bytes, max_values: int, limits: Limits) -> Refused 
     if isinstance(quick, str):  # the slower reading, Go's: the handler's, once
         return None
     doc, written = quick
-    if (
-        not isinstance(doc, dict)
-        or go_json.left_out(sent, written)
-        or fraction_in_an_int(path, doc)
-    ):
+    if not isinstance(doc, dict) or go_json.left_out(sent, written) or declines(path, doc):
         return None
     refusal = request_limits.body_refusal(doc, limits, [])
     if refusal is None:
@@ -100,7 +105,9 @@ def worker() -> ProcessPoolExecutor | None:
     return _pool
 
 
-async def screen(path: str, sent: bytes, max_values: int, limits: Limits) -> Refused | None:
+async def screen(
+    path: str, sent: bytes, max_values: int, limits: Limits, declines: Declines
+) -> Refused | None:
     """`refused` for a body over `SCREENED_BYTES`, in the worker; None at once for a
     smaller one, and where there is no worker (the handler then reads the body)."""
     pool = worker() if len(sent) > SCREENED_BYTES else None
@@ -108,7 +115,7 @@ async def screen(path: str, sent: bytes, max_values: int, limits: Limits) -> Ref
         return None
     loop = asyncio.get_running_loop()
     try:
-        return await loop.run_in_executor(pool, refused, path, sent, max_values, limits)
+        return await loop.run_in_executor(pool, refused, path, sent, max_values, limits, declines)
     except BrokenProcessPool:  # the worker died (killed, out of memory) or did not start
         _failed()
         return None

@@ -92,6 +92,40 @@ async def test_a_large_body_the_limits_refuse_is_refused_unread(
     assert _of_the_body(screened) == _of_the_body(unscreened)
 
 
+EXPLAIN = "/api/autoroute/explain"
+_LONG_CHAT = [{"role": "user", "content": "x" * 101}]
+
+
+@pytest.mark.parametrize(
+    ("query", "body", "unread"),
+    [
+        ("", {"model": "auto", "prompt": "x" * 101}, True),
+        ("", {"prompt": "x" * 101}, True),  # no model: explain ranks for auto's
+        ("", {"model": "auto:nope", "messages": [{"role": "user", "content": "hi"}] * 4}, True),
+        ("?path=/v1/chat/completions", {"model": "auto", "messages": _LONG_CHAT}, True),
+        # What explain refuses before the limits, in its own words: read in the proxy.
+        ("", {"model": MODEL, "prompt": "x" * 101}, False),
+        ("?path=/api/embed", {"model": "auto", "input": ["x" * 101]}, False),
+    ],
+)
+async def test_explain_refuses_a_large_body_the_limits_refuse_unread(
+    limited: Proxy,
+    monkeypatch: pytest.MonkeyPatch,
+    query: str,
+    body: dict[str, Any],
+    unread: bool,
+) -> None:
+    """Explain applies the inference routes' limits, and a client posting large bodies
+    over them to it must not hold the loop either; what it answers is as before."""
+    reads = where_called(monkeypatch, go_json, "read_quickly")
+    as_read = await _answer(limited.url, EXPLAIN + query, body)
+    assert as_read[0] in (400, 413)
+    assert len(reads) == 1
+    monkeypatch.setattr(body_screen, "SCREENED_BYTES", 0)
+    assert await _answer(limited.url, EXPLAIN + query, body) == as_read
+    assert len(reads) == (1 if unread else 2), "read in the proxy's process or not"
+
+
 async def _worker_processes(url: str) -> list[Any]:
     """The worker's processes, once a body refused in it (every body large) was answered."""
     status, _, answer = await _answer(url, "/api/generate", _REFUSED)
