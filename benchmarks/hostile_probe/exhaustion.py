@@ -109,7 +109,8 @@ async def slow_bodies(port: int, n: int, stop: asyncio.Event) -> None:
     await _trickle(port, n, stop, opening, b"a" * 100, 0.2)
 
 
-async def large_bodies(port: int, n: int, stop: asyncio.Event) -> None:
+async def large_bodies(port: int, n: int, stop: asyncio.Event, path: str = "/api/chat") -> None:
+    """Bodies of 8 MB whose prompt is over `limits.max_prompt_chars`, again and again."""
     big = orjson.dumps(
         {
             "model": AUTO,
@@ -118,10 +119,15 @@ async def large_bodies(port: int, n: int, stop: asyncio.Event) -> None:
             "stream": False,
         }
     )
-    raw = request("POST", "/api/chat", big)
+    raw = request("POST", path, big)
     while not stop.is_set():
         for answers, _, _ in await asyncio.gather(*(exchange(port, [raw], 60) for _ in range(n))):
             TALLY.add(answers)
+
+
+async def large_explains(port: int, n: int, stop: asyncio.Event) -> None:
+    """`large_bodies` to explain, which refuses what the inference routes' limits do."""
+    await large_bodies(port, n, stop, "/api/autoroute/explain")
 
 
 async def held_bodies(port: int, n: int, stop: asyncio.Event) -> None:
@@ -172,6 +178,7 @@ ATTACKS: list[tuple[str, Callable[[int, int, asyncio.Event], Awaitable[None]], i
     ("slow heads", slow_heads, 200),
     ("slow bodies", slow_bodies, 100),
     ("large bodies (8 MB)", large_bodies, 8),
+    ("large bodies to explain (8 MB)", large_explains, 8),
     ("held bodies (8 MB)", held_bodies, 40),
     ("unread streams", unread_streams, 100),
     ("gzip bombs", bombs, 8),
