@@ -73,6 +73,11 @@ def error_response(path: str, status: int, message: str) -> web.Response:
     )
 
 
+def body_too_large(path: str, limit: int) -> web.Response:
+    """The 413 for a body longer than `limit` bytes."""
+    return error_response(path, 413, f"request body too large (limit {limit} bytes)")
+
+
 def handler_error(path: str, status: int, message: str) -> web.Response:
     """An error in the place of one Ollama's handler writes (a model not found, or
     lacking what the request needs): on the `/v1` routes Ollama's OpenAI and Anthropic

@@ -101,11 +101,12 @@ WEB_SEARCH_FORBIDDEN = (
 _REPLAYABLE_BYTES = 1024 * 1024
 
 
-def document_of(body: bytes, max_values: int) -> Any:
-    """A JSON body as Ollama reads it (`go_json`), or None (the backend then answers
-    its own error, or the body holds more than `max_values` values)."""
+async def document_of(body: bytes, max_values: int) -> Any:
+    """A JSON body as Ollama reads it (`go_json`, a large one off the loop), or None
+    (the backend then answers its own error, or the body holds more than `max_values`
+    values)."""
     try:
-        doc, _ = go_json.read(body, max_values)
+        doc, _ = await go_json.read_off_loop(body, max_values)
     except go_json.BodyError:
         return None
     return doc
@@ -769,7 +770,7 @@ class Handlers:
         the request changes in a backend's model list is known before its client reads
         that it succeeded (`proxy.model_changes`)."""
         body = await self._read(request)
-        doc = document_of(body, self.config.limits.max_json_values)
+        doc = await document_of(body, self.config.limits.max_json_values)
         model = model_changes.named(doc, "source", "model", "name") or None
         change = model_changes.change_of(request.method, request.path, doc)
         creating = request.path == CREATE_PATH

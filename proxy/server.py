@@ -21,7 +21,7 @@ from proxy.auth import KEY_REQUEST, Access, Admission, sees_fleet
 from proxy.backends import NoBackend
 from proxy.config import Config
 from proxy.connection import ClientConnection
-from proxy.errors import error_response
+from proxy.errors import body_too_large, error_response
 from proxy.hosts import HostCheck
 from proxy.metrics import Metrics
 from proxy.origins import ORIGIN, Origins
@@ -109,10 +109,7 @@ class Server:
             reason = exc.reason(sees_fleet(request, self.config.auth.enabled))
             response = error_response(request.path, 503, reason)
         except web.HTTPRequestEntityTooLarge:
-            limit = self.config.limits.max_body_bytes
-            response = error_response(
-                request.path, 413, f"request body too large (limit {limit} bytes)"
-            )
+            response = body_too_large(request.path, self.config.limits.max_body_bytes)
         except request_limits.Busy as exc:
             served.error = str(exc)
             response = error_response(request.path, 503, str(exc))

@@ -15,6 +15,7 @@ import pytest
 
 from proxy import body_screen, go_json
 from proxy.config import Limits
+from proxy.usage.pipeline import MAX_COMMENT, MAX_FEEDBACK_BYTES
 from tests.support import (
     Emulator,
     Proxy,
@@ -30,6 +31,7 @@ _OWN = ("request_id", "ts")
 _OWN_OUTCOME = ("ttfc_ms", "total_ms")
 _TOO_LONG = "prompt too long (limit 100 characters)"
 _REFUSED = {"model": MODEL, "prompt": "x" * 101}
+INLINE = go_json.INLINE_BYTES
 
 
 @pytest.fixture
@@ -163,3 +165,39 @@ async def test_a_body_the_dead_worker_would_have_read_is_read_in_the_proxy(
     assert len(reads) == 2
     assert body_screen.worker() is None
     assert body_screen._pool is None, "a dead worker was started again at once"
+
+
+async def test_feedback_longer_than_any_rating_is_refused_unread(
+    limited: Proxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No rating with its comment comes near `MAX_FEEDBACK_BYTES`: a longer feedback body
+    is a 413 in Ollama's shape before any of it is read, while the longest rating, every
+    character of its comment escaped, is read and accepted."""
+    reads = where_called(monkeypatch, go_json, "read_quickly")
+    url = limited.url + "/api/autoroute/feedback"
+    longest = b'{"request_id": "r-1", "rating": 1, "comment": "%s"}' % (b"\\u00e9" * MAX_COMMENT)
+    spaced = longest + b" " * MAX_FEEDBACK_BYTES
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url, data=longest) as resp:
+            assert resp.status == 202, await resp.read()
+        async with http.post(url, data=spaced) as resp:
+            status, doc = resp.status, orjson.loads(await resp.read())
+    assert status == 413
+    assert doc == {"error": f"request body too large (limit {MAX_FEEDBACK_BYTES} bytes)"}
+    assert len(reads) == 1
+
+
+async def test_a_large_model_change_is_read_off_the_loop(
+    limited: Proxy, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A copy, pull, create or delete names its models in its body, which the proxy
+    reads to route it: a large one in a reader thread, as an inference body is read."""
+    reads = where_called(monkeypatch, go_json, "read_quickly")
+    body = {"source": MODEL, "destination": "copied:1", "padding": "x" * (2 * INLINE)}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(limited.url + "/api/copy", json=body) as resp,
+    ):
+        assert resp.status == 200, await resp.read()
+    assert reads == [False]
+    assert "copied:1" in emulator.state.store

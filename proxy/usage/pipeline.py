@@ -295,6 +295,13 @@ class UsagePipeline:
         return {"source": "memory", "models": self.memory.summary(whose), **self.counters()}
 
 
+# The longest comment a rating may carry, in characters.
+MAX_COMMENT = 10_000
+# The longest feedback body read: a rating with its longest comment, every character
+# escaped (`\uXXXX`, six bytes), and room to spare for a client's own spacing.
+MAX_FEEDBACK_BYTES = 1024 * 1024
+
+
 def parse_feedback(doc: Any) -> tuple[str, float, str | None]:
     """`{request_id, rating, comment?}` (the body as `go_json.read` reads it, a JSON
     value); ValueError says what is wrong."""
@@ -311,6 +318,6 @@ def parse_feedback(doc: Any) -> tuple[str, float, str | None]:
         raise ValueError("rating must be a number")
     if not 0 <= rating <= 1:
         raise ValueError("rating must be between 0 (thumbs-down) and 1 (thumbs-up)")
-    if comment is not None and (not isinstance(comment, str) or len(comment) > 10_000):
-        raise ValueError("comment must be a string of at most 10000 characters")
+    if comment is not None and (not isinstance(comment, str) or len(comment) > MAX_COMMENT):
+        raise ValueError(f"comment must be a string of at most {MAX_COMMENT} characters")
     return request_id, float(rating), comment
