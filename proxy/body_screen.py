@@ -8,10 +8,12 @@ first in a worker process, which answers only whether the limits refuse it (`che
 too many messages, a prompt too long) and what that request's answer and usage event
 need. A body they refuse is answered so, never read in the proxy's process; any other
 is read there as every body is (the worker's reading then costs another core, not the
-loop). Where the worker's reading may not be the handler's (a key given twice, a number
-that is no integer in an int field) it answers nothing, and the handler reads the body
-as ever, so the answers stay the handler's; so it does for a body only Go's slower way
-reads (`go_json.read_quickly`), which is then read once, not twice.
+loop). Where the worker's reading may not be the handler's (a key given twice, which Go
+merges; a body explain refuses in its own words first) it answers nothing, and the
+handler reads the body as ever, so the answers stay the handler's; so it does for a
+body only Go's slower way reads (`go_json.read_quickly`), which is then read once, not
+twice. A number that is no integer in an int field changes only the bytes the handler
+forwards (`go_json.as_written`), not what the limits read: screened as any other.
 """
 
 from __future__ import annotations
@@ -38,9 +40,9 @@ from proxy.usage.event import prompt_text
 SCREENED_BYTES = 1024 * 1024
 
 # Whether the caller reads the body `path` took otherwise than the limits' refusal
-# (`fraction_in_an_int` for the inference routes; explain refuses some before the
-# limits): the worker then answers nothing, and the caller reads it. A module's own
-# function, or a `functools.partial` of one, for the worker to be handed.
+# (explain refuses some before the limits): the worker then answers nothing, and the
+# caller reads it. A module's own function, or a `functools.partial` of one, for the
+# worker to be handed; None for a caller that refuses nothing before the limits.
 Declines = Callable[[str, dict[str, Any]], bool]
 
 # One worker: a large body waits for the one before it there, not in the loop, and the
@@ -66,7 +68,7 @@ class Refused:
 
 
 def refused(
-    path: str, sent: bytes, max_values: int, limits: Limits, declines: Declines
+    path: str, sent: bytes, max_values: int, limits: Limits, declines: Declines | None
 ) -> Refused | None:
     """In the worker: the limits' refusal of `sent` as the handler reads it, or None
     where they pass it or the handler's reading may differ from this one."""
@@ -77,7 +79,9 @@ def refused(
     if isinstance(quick, str):  # the slower reading, Go's: the handler's, once
         return None
     doc, written = quick
-    if not isinstance(doc, dict) or go_json.left_out(sent, written) or declines(path, doc):
+    if not isinstance(doc, dict) or go_json.left_out(sent, written):
+        return None
+    if declines is not None and declines(path, doc):
         return None
     refusal = request_limits.body_refusal(doc, limits, [])
     if refusal is None:
@@ -106,7 +110,7 @@ def worker() -> ProcessPoolExecutor | None:
 
 
 async def screen(
-    path: str, sent: bytes, max_values: int, limits: Limits, declines: Declines
+    path: str, sent: bytes, max_values: int, limits: Limits, declines: Declines | None = None
 ) -> Refused | None:
     """`refused` for a body over `SCREENED_BYTES`, in the worker; None at once for a
     smaller one, and where there is no worker (the handler then reads the body)."""

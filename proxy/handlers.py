@@ -227,9 +227,7 @@ class Handlers:
             sent = await request_encoding.decoded_off_loop(request, raw, limit)
             max_values = self.config.limits.max_json_values
             # A large body the limits refuse is refused unread here (`body_screen`).
-            screened = await body_screen.screen(
-                path, sent, max_values, self.config.limits, fraction_in_an_int
-            )
+            screened = await body_screen.screen(path, sent, max_values, self.config.limits)
             if screened is not None:
                 decided.body, served.offsite = sent, screened.offsite
                 decided.prompt = [screened.prompt] if screened.prompt else []

@@ -32,6 +32,7 @@ _OWN_OUTCOME = ("ttfc_ms", "total_ms")
 _TOO_LONG = "prompt too long (limit 100 characters)"
 _REFUSED = {"model": MODEL, "prompt": "x" * 101}
 INLINE = go_json.INLINE_BYTES
+_LONG_CHAT = [{"role": "user", "content": "x" * 101}]
 
 
 @pytest.fixture
@@ -67,6 +68,10 @@ async def _answer(url: str, path: str, body: dict[str, Any]) -> tuple[int, str, 
         ("/api/chat", {"messages": [{"role": "user", "content": "hi"}] * 4}),
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x" * 101}]}),
         ("/api/embed", {"input": ["x" * 50, "y" * 51]}),
+        # A number that is no integer in an int field changes only the bytes forwarded
+        # (as written), never what the limits read: no way past the screen.
+        ("/api/chat", {"messages": _LONG_CHAT, "top_logprobs": 1.5}),
+        ("/v1/chat/completions", {"messages": _LONG_CHAT, "max_tokens": 2.5}),
     ],
 )
 async def test_a_large_body_the_limits_refuse_is_refused_unread(
@@ -95,7 +100,6 @@ async def test_a_large_body_the_limits_refuse_is_refused_unread(
 
 
 EXPLAIN = "/api/autoroute/explain"
-_LONG_CHAT = [{"role": "user", "content": "x" * 101}]
 
 
 @pytest.mark.parametrize(
