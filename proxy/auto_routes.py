@@ -343,6 +343,16 @@ def repeated_key_reading(path: str, body: bytes) -> Repeated | None:
     return Repeated(None, doc, forwarded, written)
 
 
+def merged_reading(path: str, body: bytes) -> tuple[dict[str, Any], bytes] | None:
+    """What the inference routes check and forward of a body that gives a key twice
+    (`repeated_key_reading`'s document and bytes), where Go's merge gives one:
+    `body_screen`'s `Rereads`."""
+    repeated = repeated_key_reading(path, body)
+    if repeated is None or repeated.doc is None:
+        return None
+    return repeated.doc, repeated.forwarded
+
+
 async def repeated_keys(path: str, body: bytes, forwarded: bytes) -> Repeated | None:
     """`repeated_key_reading` of `body`, which `go_json.read` forwards as `forwarded`,
     where that left a value out (`go_json.left_out`: what every body pays); in reader

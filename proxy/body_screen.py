@@ -8,12 +8,14 @@ first in a worker process, which answers only whether the limits refuse it (`che
 too many messages, a prompt too long) and what that request's answer and usage event
 need. A body they refuse is answered so, never read in the proxy's process; any other
 is read there as every body is (the worker's reading then costs another core, not the
-loop). Where the worker's reading may not be the handler's (a key given twice, which Go
-merges; a body explain refuses in its own words first) it answers nothing, and the
-handler reads the body as ever, so the answers stay the handler's; so it does for a
-body only Go's slower way reads (`go_json.read_quickly`), which is then read once, not
-twice. A number that is no integer in an int field changes only the bytes the handler
-forwards (`go_json.as_written`), not what the limits read: screened as any other.
+loop). A key given twice is read as Go merges it where the caller says how
+(`Rereads`), as the handler then reads it. Where the worker's reading may not be the
+handler's (a key given twice without that; a body explain refuses in its own words
+first) it answers nothing, and the handler reads the body as ever, so the answers stay
+the handler's; so it does for a body only Go's slower way reads
+(`go_json.read_quickly`), which is then read once, not twice. A number that is no
+integer in an int field changes only the bytes the handler forwards
+(`go_json.as_written`), not what the limits read: screened as any other.
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ SCREENED_BYTES = 1024 * 1024
 # caller reads it. A module's own function, or a `functools.partial` of one, for the
 # worker to be handed; None for a caller that refuses nothing before the limits.
 Declines = Callable[[str, dict[str, Any]], bool]
+# How the caller reads a body `path` took that gives a key twice, as Go decodes it:
+# the document Go ends with and what the caller forwards of it, or None where it reads
+# the body as the quick reading does. Handed to the worker as `Declines` is.
+Rereads = Callable[[str, bytes], tuple[dict[str, Any], bytes] | None]
 
 # One worker: a large body waits for the one before it there, not in the loop, and the
 # proxy's loop keeps a core of the few a host has.
@@ -68,7 +74,12 @@ class Refused:
 
 
 def refused(
-    path: str, sent: bytes, max_values: int, limits: Limits, declines: Declines | None
+    path: str,
+    sent: bytes,
+    max_values: int,
+    limits: Limits,
+    declines: Declines | None,
+    rereads: Rereads | None,
 ) -> Refused | None:
     """In the worker: the limits' refusal of `sent` as the handler reads it, or None
     where they pass it or the handler's reading may differ from this one."""
@@ -79,7 +90,13 @@ def refused(
     if isinstance(quick, str):  # the slower reading, Go's: the handler's, once
         return None
     doc, written = quick
-    if not isinstance(doc, dict) or go_json.left_out(sent, written):
+    if go_json.left_out(sent, written):
+        if rereads is None:
+            return None
+        merged = rereads(path, sent)
+        if merged is not None:
+            doc, written = merged
+    if not isinstance(doc, dict):
         return None
     if declines is not None and declines(path, doc):
         return None
@@ -110,7 +127,12 @@ def worker() -> ProcessPoolExecutor | None:
 
 
 async def screen(
-    path: str, sent: bytes, max_values: int, limits: Limits, declines: Declines | None = None
+    path: str,
+    sent: bytes,
+    max_values: int,
+    limits: Limits,
+    declines: Declines | None = None,
+    rereads: Rereads | None = None,
 ) -> Refused | None:
     """`refused` for a body over `SCREENED_BYTES`, in the worker; None at once for a
     smaller one, and where there is no worker (the handler then reads the body)."""
@@ -119,7 +141,9 @@ async def screen(
         return None
     loop = asyncio.get_running_loop()
     try:
-        return await loop.run_in_executor(pool, refused, path, sent, max_values, limits, declines)
+        return await loop.run_in_executor(
+            pool, refused, path, sent, max_values, limits, declines, rereads
+        )
     except BrokenProcessPool:  # the worker died (killed, out of memory) or did not start
         _failed()
         return None

@@ -42,6 +42,7 @@ from proxy.auto_routes import (
     AutoRoutes,
     fraction_in_an_int,
     loads,
+    merged_reading,
     refusal,
     repeated_keys,
 )
@@ -227,7 +228,9 @@ class Handlers:
             sent = await request_encoding.decoded_off_loop(request, raw, limit)
             max_values = self.config.limits.max_json_values
             # A large body the limits refuse is refused unread here (`body_screen`).
-            screened = await body_screen.screen(path, sent, max_values, self.config.limits)
+            screened = await body_screen.screen(
+                path, sent, max_values, self.config.limits, rereads=merged_reading
+            )
             if screened is not None:
                 decided.body, served.offsite = sent, screened.offsite
                 decided.prompt = [screened.prompt] if screened.prompt else []

@@ -132,6 +132,46 @@ async def test_explain_refuses_a_large_body_the_limits_refuse_unread(
     assert len(reads) == (1 if unread else 2), "read in the proxy's process or not"
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        # Go merges what a key given twice holds: the limits read what it ends with.
+        b'{"model": "%s", "prompt": "x", "stream": true, "prompt": "%s", "stream": false}',
+        # Go's error for the earlier value comes after the proxy's own bounds.
+        b'{"model": "%s", "prompt": "%s", "stream": 5, "stream": false}',
+        b'{"model": "%s", "messages": [], "stream": 5, "messages": %s}',
+    ],
+)
+async def test_a_large_body_giving_a_key_twice_the_limits_refuse_is_refused_unread(
+    limited: Proxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, raw: bytes
+) -> None:
+    """A key given twice takes a body through Go's merge, a slower reading: a client
+    adding one to a body the limits refuse gets no further than without it."""
+    chat = b"messages" in raw
+    path = "/api/chat" if chat else "/api/generate"
+    second = orjson.dumps([{"role": "user", "content": "hi"}] * 4) if chat else b"x" * 101
+    body = raw % (MODEL.encode(), second)
+    reads = where_called(monkeypatch, go_json, "read_quickly")
+
+    async def answer() -> tuple[int, bytes]:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(limited.url + path, data=body) as resp,
+        ):
+            return resp.status, await resp.read()
+
+    as_read = await answer()
+    assert as_read[0] in (400, 413), as_read
+    read_in_proxy = len(reads)
+    assert read_in_proxy >= 1
+    monkeypatch.setattr(body_screen, "SCREENED_BYTES", 0)
+    assert await answer() == as_read
+    assert len(reads) == read_in_proxy, "the refused body was read in the proxy's process"
+    assert await wait_until(lambda: len(_events(tmp_path)) == 2)
+    unscreened, screened = _events(tmp_path)
+    assert _of_the_body(screened) == _of_the_body(unscreened)
+
+
 async def _worker_processes(url: str) -> list[Any]:
     """The worker's processes, once a body refused in it (every body large) was answered."""
     status, _, answer = await _answer(url, "/api/generate", _REFUSED)
