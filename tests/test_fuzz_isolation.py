@@ -43,6 +43,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from benchmarks.hostile_probe.checks import usage_ids
 from proxy.app import APP_KEY
 from proxy.auth import hash_key
 from proxy.config import ApiKey, Auth, Usage
@@ -318,23 +319,11 @@ def test_two_keys_in_flight_with_hostile_heads_and_bodies(
         assert backend["circuit"] == "closed", backend
 
     # Exactly one usage event per answered request, found by the id its answer carried
-    # (the proxy's own, or the client's kept as client_request_id).
-    def ids() -> Counter[str]:
-        found: Counter[str] = Counter()
-        if events_path.exists():
-            for line in events_path.read_bytes().splitlines():
-                event = orjson.loads(line)
-                if "feedback_id" in event:
-                    continue
-                for field in ("request_id", "client_request_id"):
-                    if event.get(field):
-                        found[event[field]] += 1
-        return found
-
-    # A client may send the same id on several requests: each of them is one event.
+    # (`usage_ids`). A client may send the same id on several requests: each of them is
+    # one event.
     wanted = Counter(s.request_id for s in answered)
-    assert _wait_for(lambda: all(ids()[i] >= n for i, n in wanted.items()))
-    counts = ids()
+    assert _wait_for(lambda: all(usage_ids(events_path)[i] >= n for i, n in wanted.items()))
+    counts = usage_ids(events_path)
     assert all(counts[i] == n for i, n in wanted.items()), {
         i: (counts[i], n) for i, n in wanted.items() if counts[i] != n
     }

@@ -141,6 +141,8 @@ def check_upstream(recorder: Recorder, report: Report) -> None:
 
 
 def usage_ids(events: Path) -> Counter[str]:
+    """How many usage events in the JSONL file `events` carry each request id: the
+    proxy's own, or the client's kept as `client_request_id` (feedback left out)."""
     found: Counter[str] = Counter()
     if events.exists():
         for line in events.read_bytes().splitlines():
