@@ -4,6 +4,9 @@ well-behaved client keeps sending requests, its latencies as ratios against no a
 from __future__ import annotations
 
 import asyncio
+import base64
+import functools
+import random
 import socket
 import statistics
 import time
@@ -130,6 +133,72 @@ async def large_explains(port: int, n: int, stop: asyncio.Event) -> None:
     await large_bodies(port, n, stop, "/api/autoroute/explain")
 
 
+# A vision model of the emulator's: it takes the images of the passing bodies.
+VISION_MODEL = "llava:7b"
+
+
+@functools.cache
+def passing_bodies() -> list[tuple[str, bytes]]:
+    """Requests of 8 MB that the limits pass, as a vision model's users send them:
+    a picture (valid base64, which Go decodes) on a chat message, on a generate, and
+    as a data URL on the OpenAI route; `auto` and a named model."""
+    image = base64.b64encode(random.Random(8).randbytes(6 << 20)).decode()
+    ask = {"role": "user", "content": "what is in this picture?"}
+    docs = [
+        (
+            "/api/chat",
+            {
+                "model": AUTO,
+                "messages": [{**ask, "images": [image]}],
+                "options": {"num_predict": 2},
+                "stream": False,
+            },
+        ),
+        (
+            "/api/generate",
+            {
+                "model": VISION_MODEL,
+                "prompt": ask["content"],
+                "images": [image],
+                "options": {"num_predict": 2},
+                "stream": False,
+            },
+        ),
+        (
+            "/v1/chat/completions",
+            {
+                "model": AUTO,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "text", "text": ask["content"]},
+                            {
+                                "type": "image_url",
+                                "image_url": {"url": "data:image/png;base64," + image},
+                            },
+                        ],
+                    }
+                ],
+                "max_tokens": 2,
+            },
+        ),
+    ]
+    return [(path, request("POST", path, orjson.dumps(doc))) for path, doc in docs]
+
+
+async def large_passing(port: int, n: int, stop: asyncio.Event) -> None:
+    """Bodies of 8 MB the limits pass (`passing_bodies`, each route in turn), again and
+    again: read, routed and forwarded."""
+    raws = [raw for _, raw in passing_bodies()]
+    turn = 0
+    while not stop.is_set():
+        sent = [raws[(turn + i) % len(raws)] for i in range(n)]
+        turn += 1
+        for answers, _, _ in await asyncio.gather(*(exchange(port, [raw], 60) for raw in sent)):
+            TALLY.add(answers)
+
+
 async def held_bodies(port: int, n: int, stop: asyncio.Event) -> None:
     """Bodies of 8 MB sent but their last bytes: together past what the proxy holds at
     once (`limits.max_held_body_bytes`), so later ones are refused, never the victim's."""
@@ -179,6 +248,7 @@ ATTACKS: list[tuple[str, Callable[[int, int, asyncio.Event], Awaitable[None]], i
     ("slow bodies", slow_bodies, 100),
     ("large bodies (8 MB)", large_bodies, 8),
     ("large bodies to explain (8 MB)", large_explains, 8),
+    ("passing bodies (8 MB images)", large_passing, 8),
     ("held bodies (8 MB)", held_bodies, 40),
     ("unread streams", unread_streams, 100),
     ("gzip bombs", bombs, 8),
