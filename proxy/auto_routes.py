@@ -623,7 +623,7 @@ class AutoRoutes:
     async def explain(self, request: web.Request) -> web.StreamResponse:
         """The full ranking for a request body, without generating anything."""
         # Read as the inference routes read a body, so that explain ranks what auto would;
-        # a large one the limits refuse, unread here as there (`body_screen`).
+        # a large one in the worker as there (`body_screen`).
         query, max_values = request.query.get("path"), self.limits.max_json_values
         try:
             body = await request_limits.read_body(request, self.body_idle_seconds)
@@ -632,14 +632,17 @@ class AutoRoutes:
             screened = await body_screen.screen(
                 request.path, body, max_values, self.limits, declines
             )
-            if screened is not None:
+            if isinstance(screened, body_screen.Refused):
                 return error_response(request.path, screened.status, screened.message)
-            doc, forwarded = await go_json.read_off_loop(body, max_values)
+            if screened is not None:  # read in the worker, a key given twice in none
+                doc, forwarded = screened.doc, screened.body(body)
+            else:
+                doc, forwarded = await go_json.read_off_loop(body, max_values)
         except go_json.BodyError as exc:
             return error_response(request.path, exc.status, str(exc))
         path = _explained_path(query, doc)
         # A key given twice: ranked as the route reads it (`repeated_keys`).
-        repeated = await repeated_keys(path, body, forwarded)
+        repeated = None if screened is not None else await repeated_keys(path, body, forwarded)
         if repeated is not None and repeated.doc is not None:
             doc, body = repeated.doc, repeated.written
         # What the route it ranks for refuses as it decodes the body, explain refuses in

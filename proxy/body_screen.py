@@ -1,20 +1,25 @@
-"""Large inference bodies that the limits refuse, found in a worker process.
+"""Large inference bodies read in a worker process, once.
 
 Reading a body holds the GIL for the length of one C call (orjson's parse of megabytes,
 its writing, its dealloc), so a reader thread (`go_json.off_loop`) still stops the event
 loop, and every other client, for that long; a client sending large bodies again and
 again would stop it most of the time. A body over `SCREENED_BYTES` is therefore read
-first in a worker process, which answers only whether the limits refuse it (`check_body`:
+first in a worker process, which answers whether the limits refuse it (`check_body`:
 too many messages, a prompt too long) and what that request's answer and usage event
-need. A body they refuse is answered so, never read in the proxy's process; any other
-is read there as every body is (the worker's reading then costs another core, not the
-loop). A key given twice is read as Go merges it where the caller says how
-(`Rereads`), as the handler then reads it. Where the worker's reading may not be the
+need (`Refused`); for a body they pass, its reading as the handler's would be (`Read`:
+the document, the bytes forwarded, the prompt's texts), which the proxy then takes in
+place of reading the body itself: a copy of objects (pickle), not orjson's parse,
+canonical writing and checks over megabytes (a picture for a vision model is as large
+as any body a client may send). A body they refuse is answered so, never read in the
+proxy's process. A key given twice is read as Go merges it where the caller says how
+(`Rereads`), as the handler then reads it: refused there where the limits refuse what
+Go ends with, else read again in the proxy (the merged reading is more than the
+document: `auto_routes.Repeated`). Where the worker's reading may not be the
 handler's (a key given twice without that; a body explain refuses in its own words
-first) it answers nothing, and the handler reads the body as ever, so the answers stay
-the handler's; so it does for a body only Go's slower way reads
-(`go_json.read_quickly`), which is then read once, not twice. A number that is no
-integer in an int field changes only the bytes the handler forwards
+first; a document that is no object) it answers nothing, and the handler reads the
+body as ever, so the answers stay the handler's; so it does for a body only Go's
+slower way reads (`go_json.read_quickly`), which is then read once, not twice. A
+number that is no integer in an int field changes only the bytes the handler forwards
 (`go_json.as_written`), not what the limits read: screened as any other.
 """
 
@@ -73,16 +78,32 @@ class Refused:
     offsite: bool  # `searches_the_web`
 
 
-def refused(
+@dataclass(frozen=True, slots=True)
+class Read:
+    """A body the limits pass, as the handler reads it (`go_json.read`): the document,
+    what is forwarded in place of the body (None: the body itself, as sent), and the
+    prompt's texts the limits counted (`limits.body_refusal`), every one of them."""
+
+    doc: dict[str, Any]
+    forwarded: bytes | None
+    texts: list[str]
+
+    def body(self, sent: bytes) -> bytes:
+        """What is forwarded of `sent`, the body this is the reading of."""
+        return sent if self.forwarded is None else self.forwarded
+
+
+def screened(
     path: str,
     sent: bytes,
     max_values: int,
     limits: Limits,
     declines: Declines | None,
     rereads: Rereads | None,
-) -> Refused | None:
-    """In the worker: the limits' refusal of `sent` as the handler reads it, or None
-    where they pass it or the handler's reading may differ from this one."""
+) -> Refused | Read | None:
+    """In the worker: the limits' refusal of `sent` as the handler reads it, or its
+    reading where they pass it; None where the handler's reading may differ from this
+    one."""
     try:
         quick = go_json.read_quickly(sent, max_values)
     except go_json.BodyError:
@@ -90,7 +111,8 @@ def refused(
     if isinstance(quick, str):  # the slower reading, Go's: the handler's, once
         return None
     doc, written = quick
-    if go_json.left_out(sent, written):
+    lost = go_json.left_out(sent, written)
+    if lost:
         if rereads is None:
             return None
         merged = rereads(path, sent)
@@ -100,10 +122,14 @@ def refused(
         return None
     if declines is not None and declines(path, doc):
         return None
-    refusal = request_limits.body_refusal(doc, limits, [])
-    if refusal is None:
+    texts: list[str] = []
+    refusal = request_limits.body_refusal(doc, limits, texts)
+    if refusal is not None:
+        return Refused(*refusal, prompt_text(written), searches_the_web(path, doc))
+    if lost:
         return None
-    return Refused(*refusal, prompt_text(written), searches_the_web(path, doc))
+    # The body itself where the reading writes it as sent: not copied through the pipe.
+    return Read(doc, None if written == sent else written, texts)
 
 
 def _quiet() -> None:
@@ -133,8 +159,8 @@ async def screen(
     limits: Limits,
     declines: Declines | None = None,
     rereads: Rereads | None = None,
-) -> Refused | None:
-    """`refused` for a body over `SCREENED_BYTES`, in the worker; None at once for a
+) -> Refused | Read | None:
+    """`screened` for a body over `SCREENED_BYTES`, in the worker; None at once for a
     smaller one, and where there is no worker (the handler then reads the body)."""
     pool = worker() if len(sent) > SCREENED_BYTES else None
     if pool is None:
@@ -142,7 +168,7 @@ async def screen(
     loop = asyncio.get_running_loop()
     try:
         return await loop.run_in_executor(
-            pool, refused, path, sent, max_values, limits, declines, rereads
+            pool, screened, path, sent, max_values, limits, declines, rereads
         )
     except BrokenProcessPool:  # the worker died (killed, out of memory) or did not start
         _failed()

@@ -227,23 +227,28 @@ class Handlers:
             limit = self.config.limits.max_body_bytes
             sent = await request_encoding.decoded_off_loop(request, raw, limit)
             max_values = self.config.limits.max_json_values
-            # A large body the limits refuse is refused unread here (`body_screen`).
+            # A large body is read in the worker (`body_screen`): one the limits refuse
+            # is refused unread here, one they pass taken as read there.
             screened = await body_screen.screen(
                 path, sent, max_values, self.config.limits, rereads=merged_reading
             )
-            if screened is not None:
+            if isinstance(screened, body_screen.Refused):
                 decided.body, served.offsite = sent, screened.offsite
                 decided.prompt = [screened.prompt] if screened.prompt else []
                 return error_response(path, screened.status, screened.message)
-            doc, body = await go_json.read_off_loop(sent, max_values)
-            # A key given twice: Go assigns the earlier value too, and refuses it where
-            # its type is wrong (answered after the proxy's own bounds), else merges it
-            # with the later (a null leaves a string, an object adds to a map): what Go
-            # ends with is checked, decided on and forwarded, and read again in place
-            # of the body where its numbers are wanted as written.
-            repeated = await repeated_keys(path, sent, body)
-            if repeated is not None and repeated.doc is not None:
-                doc, body, sent = repeated.doc, repeated.forwarded, repeated.written
+            repeated = None
+            if screened is not None:
+                doc, body = screened.doc, screened.body(sent)
+            else:
+                doc, body = await go_json.read_off_loop(sent, max_values)
+                # A key given twice: Go assigns the earlier value too, and refuses it
+                # where its type is wrong (answered after the proxy's own bounds), else
+                # merges it with the later (a null leaves a string, an object adds to a
+                # map): what Go ends with is checked, decided on and forwarded, and read
+                # again in place of the body where its numbers are wanted as written.
+                repeated = await repeated_keys(path, sent, body)
+                if repeated is not None and repeated.doc is not None:
+                    doc, body, sent = repeated.doc, repeated.forwarded, repeated.written
             # A number that is no integer where Go reads an int: forwarded as written.
             fractional = fraction_in_an_int(path, doc)
             if fractional:
@@ -256,7 +261,9 @@ class Handlers:
         decided.body = body
         route = decided.route
         served.offsite = searches_the_web(path, doc)
-        if isinstance(doc, dict):
+        if screened is not None:
+            decided.prompt = screened.texts  # the limits passed it in the worker
+        elif isinstance(doc, dict):
             texts: list[str] = []
             refused = await request_limits.check_body(
                 path, doc, self.config.limits, texts, len(body)

@@ -1,7 +1,8 @@
-"""A large body the limits refuse is refused unread by the proxy's process: read in a
-worker process (`proxy.body_screen`), since a reading in a reader thread still holds
-the event loop for as long as each of orjson's C calls takes (the GIL). What the
-client and the usage event get is what a body read in the proxy gets."""
+"""A large body is read in a worker process (`proxy.body_screen`), not in the proxy's,
+since a reading in a reader thread still holds the event loop for as long as each of
+orjson's C calls takes (the GIL): one the limits refuse is refused unread by the
+proxy's process, one they pass taken as the worker read it. What the client, the
+backend and the usage event get is what a body read in the proxy gets."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from multidict import CIMultiDict
 
 from proxy import body_screen, go_json
 from proxy.config import Limits
@@ -21,9 +23,11 @@ from tests.support import (
     Proxy,
     ServerThread,
     file_usage,
+    free_port,
     wait_until,
     where_called,
 )
+from tests.test_runner_caps import Recorder
 
 MODEL = "llama3.1:8b"
 # What an event says of its own request, not of the body: left out when two are compared.
@@ -49,9 +53,19 @@ def _events(tmp_path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines()] if path.exists() else []
 
 
+# What auto's state says of a decision (what it learned of the request before, whether
+# the model it chose was loaded): left out too.
+_STATE = {"decision": ("utility", "blend"), "candidate": ("loaded",)}
+
+
 def _of_the_body(event: dict[str, Any]) -> dict[str, Any]:
     outcome = {k: v for k, v in event["outcome"].items() if k not in _OWN_OUTCOME}
-    return {**{k: v for k, v in event.items() if k not in _OWN}, "outcome": outcome}
+    state = {
+        field: {k: v for k, v in event[field].items() if k not in left_out}
+        for field, left_out in _STATE.items()
+        if event.get(field)
+    }
+    return {**{k: v for k, v in event.items() if k not in _OWN}, "outcome": outcome, **state}
 
 
 async def _answer(url: str, path: str, body: dict[str, Any]) -> tuple[int, str, bytes]:
@@ -89,14 +103,124 @@ async def test_a_large_body_the_limits_refuse_is_refused_unread(
     monkeypatch.setattr(body_screen, "SCREENED_BYTES", 0)  # every body is large now
     assert await _answer(limited.url, path, request) == as_read
     assert len(reads) == 1, "the refused body was read in the proxy's process"
-    # A body the limits pass is read in the proxy and served, as ever.
+    # A body the limits pass is taken as the worker read it, and served.
     fine = {"model": MODEL, "prompt": "hi", "stream": False}
     assert (await _answer(limited.url, "/api/generate", fine))[0] == 200
-    assert len(reads) == 2
+    assert len(reads) == 1
     assert await wait_until(lambda: len(_events(tmp_path)) == 3)
     unscreened, screened, _ = _events(tmp_path)
     assert screened["prompt"] and screened["prompt_sha256"]  # logged here, and hashed
     assert _of_the_body(screened) == _of_the_body(unscreened)
+
+
+VISION = "llava:7b"
+_IMAGE = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9aw"
+    "AAAABJRU5ErkJggg=="
+)
+_LOOK = {"role": "user", "content": "what is this?"}
+_DATA_URL = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + _IMAGE}}
+
+
+@pytest.fixture
+def recorded(
+    servers: ServerThread, emulator: Emulator, tmp_path: Path
+) -> Iterator[tuple[Proxy, Recorder]]:
+    """`limited`'s proxy, in front of a recorder of what reaches the backend."""
+    front = Recorder(emulator.url)
+    port = free_port()
+    runner = servers.serve(front.app, port)
+    usage = file_usage(tmp_path, log_prompts=True)
+    limits = Limits(max_messages=3, max_prompt_chars=100)
+    prx = Proxy(servers, [f"http://127.0.0.1:{port}"], limits=limits, usage=usage)
+    yield prx, front
+    prx.stop()
+    servers.stop(runner)
+
+
+# What an answer says of its own request, and auto's score, which moves with what it
+# learned of the request before: left out when two are compared.
+_OWN_HEADERS = ("Date", "X-Request-Id", "Content-Length", "X-Autoroute-Score")
+
+
+async def _served(url: str, path: str, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    async with aiohttp.ClientSession() as http, http.post(url + path, data=raw) as resp:
+        headers = CIMultiDict(resp.headers)
+        for own in _OWN_HEADERS:
+            headers.popall(own, None)
+        return resp.status, dict(headers), await resp.read()
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (
+            "/api/chat",
+            b'{"model": "%s", "messages": [%s], "stream": false}'
+            % (VISION.encode(), orjson.dumps({**_LOOK, "images": [_IMAGE]})),
+        ),
+        (
+            "/api/chat",
+            orjson.dumps({"model": "auto", "messages": [{**_LOOK, "images": [_IMAGE]}]}),
+        ),
+        (
+            "/api/generate",
+            orjson.dumps({"model": VISION, "prompt": "what?", "images": [_IMAGE], "stream": False}),
+        ),
+        (
+            "/v1/chat/completions",
+            orjson.dumps({"model": "auto", "messages": [{"role": "user", "content": [_DATA_URL]}]}),
+        ),
+        # Keys renamed as Go reads them, and a number no integer in an int field, which
+        # goes as the client wrote it.
+        ("/api/generate", b'{"MODEL": "%s", "Prompt": "hi", "stream": false}' % MODEL.encode()),
+        (
+            "/api/chat",
+            b'{"model": "%s", "messages": [{"role": "user", "content": "hi"}], "stream": false,'
+            b' "top_logprobs": 1.5}' % MODEL.encode(),
+        ),
+    ],
+)
+async def test_a_large_body_the_limits_pass_is_taken_as_the_worker_read_it(
+    recorded: tuple[Proxy, Recorder],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    path: str,
+    body: bytes,
+) -> None:
+    """A picture for a vision model makes a body as large as any: the proxy's process
+    does not read it again. The answer, the bytes forwarded and the usage event are
+    those of the body read in the proxy."""
+    prx, front = recorded
+    reads = where_called(monkeypatch, go_json, "read_quickly")
+    as_read = await _served(prx.url, path, body)
+    assert len(reads) == 1
+    monkeypatch.setattr(body_screen, "SCREENED_BYTES", 0)  # every body is large now
+    assert await _served(prx.url, path, body) == as_read
+    assert len(reads) == 1, "the passing body was read in the proxy's process"
+    forwarded = [sent for seen, sent in front.seen if seen == path]
+    assert len(forwarded) == 2
+    assert forwarded[0] == forwarded[1]
+    assert await wait_until(lambda: len(_events(tmp_path)) == 2)
+    unscreened, screened = _events(tmp_path)
+    assert _of_the_body(screened) == _of_the_body(unscreened)
+
+
+async def test_a_large_body_giving_a_key_twice_the_limits_pass_is_read_in_the_proxy(
+    recorded: tuple[Proxy, Recorder], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Go's merge of a key given twice is more than the worker hands back (the route's
+    refusal of an earlier value, its numbers as written): such a body is read in the
+    proxy, and goes as it goes when small."""
+    prx, front = recorded
+    body = b'{"model": "%s", "prompt": "x", "stream": true, "stream": false}' % MODEL.encode()
+    reads = where_called(monkeypatch, go_json, "read_quickly")
+    as_read = await _served(prx.url, "/api/generate", body)
+    read_in_proxy = len(reads)
+    monkeypatch.setattr(body_screen, "SCREENED_BYTES", 0)
+    assert await _served(prx.url, "/api/generate", body) == as_read
+    assert len(reads) == 2 * read_in_proxy
+    assert front.seen[-1] == front.seen[-2]
 
 
 EXPLAIN = "/api/autoroute/explain"
