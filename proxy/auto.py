@@ -186,25 +186,45 @@ class Reading(NamedTuple):
     # `request_body.prompt_tokens`; None: not read yet, and read only where a
     # candidate's context may not hold the prompt (`AutoRouter._eligible_for`).
     prompt_tokens: float | None
+    # The chat's `conversation` as `whose` (`conversation_owner`) continues it; not read
+    # yet where `whose` is None.
+    whose: str | None = None
+    talk: Conversation | None = None
 
 
-def read_request(path: str, doc: Mapping[str, Any], tokens: bool = False) -> Reading:
-    """The `Reading` of a request body on `path`; `tokens`: its prompt's tokens too."""
+def conversation_owner(user: str, scope: str | None) -> str:
+    """Whose conversations a request continues: `scope` (`conversation_scope`), else
+    `user`."""
+    return user if scope is None else scope
+
+
+def read_request(
+    path: str, doc: Mapping[str, Any], tokens: bool = False, whose: str | None = None
+) -> Reading:
+    """The `Reading` of a request body on `path`; `tokens`: its prompt's tokens too;
+    `whose`: its conversation too, as theirs."""
+    talk = None if whose is None else conversation(whose, path, doc.get("messages"))
     return Reading(
         features.request_features(path, doc),
         request_body.asks(path, doc),
         request_body.route_output_limit(path, doc),
         request_body.prompt_tokens(path, doc) if tokens else None,
+        whose,
+        talk,
     )
 
 
-async def reading_off_loop(path: str, doc: Mapping[str, Any], size: int) -> Reading:
+async def reading_off_loop(
+    path: str, doc: Mapping[str, Any], size: int, whose: str | None = None
+) -> Reading:
     """`read_request` for a handler, of a body of `size` bytes: in a reader thread when
     the body is large (`go_json.off_loop`), as its parsing and its limits were. The
     prompt's tokens are read there too: once the body is in the thread, reading them is
-    cheaper than coming back for them where a context is short of the prompt."""
+    cheaper than coming back for them where a context is short of the prompt; so is the
+    conversation `whose` it is, which writes each message again (a picture on one is
+    megabytes)."""
     large = size > go_json.INLINE_BYTES
-    return await go_json.off_loop(size, read_request, path, doc, large)
+    return await go_json.off_loop(size, read_request, path, doc, large, whose)
 
 
 @dataclass(frozen=True)
@@ -383,8 +403,10 @@ class AutoRouter:
             terms.load_seconds,
             asks.thinking is not False,
         )
-        whose = user if scope is None else scope
-        talk = conversation(whose, path, doc.get("messages"))
+        whose = conversation_owner(user, scope)
+        talk = reading.talk
+        if reading.whose != whose:
+            talk = conversation(whose, path, doc.get("messages"))
         held = None
         if talk is not None and talk.before is not None:
             held = self._credit_held(talk, eligible, terms, seconds, prompt_tokens)

@@ -28,6 +28,7 @@ from proxy.auto import (
     AUTO,
     AutoError,
     AutoRouter,
+    conversation_owner,
     conversation_scope,
     profile_of,
     reading_off_loop,
@@ -711,8 +712,9 @@ class AutoRoutes:
                 return await self._explained_cloud(
                     request, path, doc, profile, cloud_names, first, cloud
                 )
-        reading = await reading_off_loop(path, doc, len(body))
         user, scope = user_key(request), conversation_scope(request)
+        whose = conversation_owner(user, scope)
+        reading = await reading_off_loop(path, doc, len(body), whose)
         try:
             try:
                 choice = self.auto.decide(path, doc, profile, user, only, reading, scope)

@@ -29,6 +29,8 @@ for any request.
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -142,15 +144,31 @@ class Conversation:
     share: float
 
 
+# A message written longer than this is digested by BLAKE2b, keyed per process as
+# Python's hash is, which lets go of the GIL as it reads: Python's hash of bytes holds
+# it, milliseconds per megabyte (a picture on a message) in which the event loop
+# waits, where a large body's conversation is read in a reader thread. A shorter one
+# by Python's hash, quicker on the many short messages of editors' conversations.
+_HASHED_BYTES = 64 * 1024
+_KEY = secrets.token_bytes(16)
+
+
+def _digest(data: bytes) -> int:
+    if len(data) <= _HASHED_BYTES:
+        return hash(data)
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8, key=_KEY).digest())
+
+
 def conversation(scope: str, path: str, messages: Any) -> Conversation | None:
     """The `Conversation` of a chat request's `messages` from client `scope` on `path`
     (one client's conversations are never another's), or None where they are not a
     list of objects or do not serialize (a number beyond 64 bits, nesting deeper than
     JSON serializers take).
 
-    The digest chains Python's hash of each message's JSON: keyed per process (as this
-    memory is), unpredictable to clients, and several times quicker than a
-    cryptographic digest on the long conversations of editors, on `auto`'s hot path."""
+    The digest chains Python's hash of each message's JSON (`_digest`: BLAKE2b's of a
+    long one): keyed per process (as this memory is), unpredictable to clients, and
+    several times quicker than a cryptographic digest on the long conversations of
+    editors, on `auto`'s hot path."""
     if path not in CHAT_PATHS or not isinstance(messages, list) or not messages:
         return None
     digest = hash((scope, path))
@@ -163,7 +181,7 @@ def conversation(scope: str, path: str, messages: Any) -> Conversation | None:
             if message.get("role") == "assistant":
                 before, at = digest, total
             data = orjson.dumps(message)
-            digest = hash((digest, len(data), hash(data)))
+            digest = hash((digest, len(data), _digest(data)))
             total += len(data)
     except (orjson.JSONEncodeError, TypeError):
         return None

@@ -32,6 +32,7 @@ from proxy.auth import KEY_REQUEST, KeyState, sees_fleet, without_foreign_parent
 from proxy.auto import (
     AutoError,
     AutoRouter,
+    conversation_owner,
     conversation_scope,
     profile_of,
     reading_off_loop,
@@ -378,8 +379,9 @@ class Handlers:
             deciding = time.perf_counter()
             try:
                 # What the decision reads of the body, off the loop for a large one.
-                reading = await reading_off_loop(path, doc, len(body))
                 user, scope = user_key(request), conversation_scope(request)
+                whose = conversation_owner(user, scope)
+                reading = await reading_off_loop(path, doc, len(body), whose)
                 try:
                     choice = self.auto.decide(path, doc, profile, user, only, reading, scope)
                 except NoBackend as none:

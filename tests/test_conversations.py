@@ -55,6 +55,19 @@ def test_the_next_turn_names_the_conversation_its_last_answer_continued() -> Non
     assert conversation("ann", "/api/chat", [{"role": "user", "content": 2**70}]) is None
 
 
+def test_a_conversation_with_a_picture_goes_on_as_any() -> None:
+    """A message of megabytes (a picture for a vision model) is digested otherwise than
+    a short one (`continuations._digest`): its conversation goes on all the same, and
+    is no other picture's."""
+    picture = [{"role": "user", "content": "What is this?", "images": ["QUJD" * 50_000]}]
+    first = conversation("ann", "/api/chat", picture)
+    second = conversation("ann", "/api/chat", turn(picture, "A lighthouse.", "Whose?"))
+    assert first is not None and second is not None and second.before == first.whole
+    other = [{**picture[0], "images": ["QUJE" * 50_000]}]
+    another = conversation("ann", "/api/chat", turn(other, "A lighthouse.", "Whose?"))
+    assert another is not None and another.before != first.whole
+
+
 def test_the_least_recently_answered_conversation_is_forgotten_first() -> None:
     memory = Conversations(size=2)
     talks = []

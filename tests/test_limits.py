@@ -13,7 +13,7 @@ import aiohttp
 import orjson
 import pytest
 
-from proxy import body_screen, go_json
+from proxy import auto, body_screen, go_json
 from proxy import limits as request_limits
 from proxy.app import APP_KEY
 from proxy.config import Limits
@@ -308,8 +308,9 @@ async def test_autos_reading_of_a_body_of_many_parts_is_off_the_loop(
     """`auto` reads a request's features, what it asks of a model and its prompt's
     tokens part by part, a Python call each: hundreds of thousands of content parts
     held the event loop for a tenth of a second and more per request. A large body's
-    reading is in a worker thread, a small one's on the loop. It reads the document
-    the body was parsed into, once, as the limits do: the body is not parsed again."""
+    reading is in a worker thread, a small one's on the loop; so is the digest of its
+    conversation, which writes each message again. It reads the document the body was
+    parsed into, once, as the limits do: the body is not parsed again."""
     calls = {
         name: where_called(monkeypatch, owner, name)
         for owner, name in (
@@ -317,6 +318,7 @@ async def test_autos_reading_of_a_body_of_many_parts_is_off_the_loop(
             (request_body, "asks"),
             (request_body, "prompt_tokens"),
             (go_json, "read_quickly"),
+            (auto, "conversation"),
         )
     }
     for parts in (10, 30_000):
@@ -329,6 +331,7 @@ async def test_autos_reading_of_a_body_of_many_parts_is_off_the_loop(
         small = len(body) <= go_json.INLINE_BYTES
         assert calls["request_features"] == [small], (parts, calls)
         assert calls["asks"] == [small], (parts, calls)
+        assert calls["conversation"] == [small], (parts, calls)
         # Parsed once: in a worker process where it is larger still (`body_screen`).
         screened = len(body) > body_screen.SCREENED_BYTES
         assert calls["read_quickly"] == ([] if screened else [small]), (parts, calls)
