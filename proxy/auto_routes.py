@@ -624,7 +624,7 @@ class AutoRoutes:
     async def explain(self, request: web.Request) -> web.StreamResponse:
         """The full ranking for a request body, without generating anything."""
         # Read as the inference routes read a body, so that explain ranks what auto would;
-        # a large one in the worker as there (`body_screen`).
+        # a large one read in the worker, as there (`body_screen`).
         query, max_values = request.query.get("path"), self.limits.max_json_values
         try:
             body = await request_limits.read_body(request, self.body_idle_seconds)
