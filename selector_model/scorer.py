@@ -70,7 +70,8 @@ class Scorer:
         self, artifact: Artifact, request: Sequence[float], candidates: Sequence[Candidate]
     ) -> list[float]:
         """P(success) per candidate, in one onnxruntime batch."""
-        return artifact.predict(self.batch(artifact, request, candidates)).tolist()  # type: ignore[no-any-return]
+        scores: list[float] = artifact.predict(self.batch(artifact, request, candidates)).tolist()
+        return scores
 
     @staticmethod
     def batch(
