@@ -278,3 +278,27 @@ def test_profile_only_without_profiled_is_refused(capsys: pytest.CaptureFixture[
     with pytest.raises(SystemExit):
         fleet_replay.profiled_of(parsed, parsed.parse_args(["--profile-only", "unseen"]))
     assert "--profile-only: only with --profiled N" in capsys.readouterr().err
+
+
+def test_a_replay_scores_with_the_artifact_it_is_given(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--artifact DIR`: the replay's `auto` scores with that artifact, and its fleet's
+    unseen models are those that artifact was not fitted on."""
+    parsed = fleet_replay.parser("replay", [A, B], limit=None)
+    assert parsed.parse_args([]).artifact == artifact.SHIPPED.parent
+    assert parsed.parse_args(["--artifact", str(tmp_path)]).artifact == tmp_path
+    meta = json.loads(artifact.SHIPPED.with_suffix(".json").read_text())
+    (tmp_path / "selector.json").write_text(json.dumps({**meta, "trained_on": [A.ollama_name]}))
+    (tmp_path / "selector.onnx").write_bytes(artifact.SHIPPED.read_bytes())
+    given = fleet_replay.Shipped.load(tmp_path)
+    assert given.trained_on == [A.ollama_name]
+    assert f"artifact ({tmp_path}) trained on: {A.ollama_name}" in given.header()
+    prompts, _ = _prompts(learn_a=1.0, held_a=1.0, count=4)
+    result = given.print_replay("two", [A, B], prompts, passes=0, seed=0)
+    assert result.unseen == [B.ollama_name]
+    assert "1 unseen in training" in capsys.readouterr().out
+    # Its scores are the given artifact's: one that cannot be loaded is refused.
+    (tmp_path / "selector.onnx").write_bytes(b"not a model")
+    with pytest.raises(ValueError, match=str(tmp_path)):
+        given.print_replay("two", [A, B], prompts, passes=0, seed=0)

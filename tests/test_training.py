@@ -17,7 +17,7 @@ from proxy.config import Profile, Selector
 from selector_model import features, onnx_session, outcome
 from selector_model.kind import kind_of
 from selector_model.onnx_session import ort
-from training import cli, evaluate, export, pipeline, replay
+from training import cli, evaluate, export, mmlu_pro_data, pipeline, replay
 from training.data import (
     DATA_DIR,
     Dataset,
@@ -27,6 +27,7 @@ from training.data import (
     load_llmrouter,
     load_usage,
     normalize,
+    prompt_group,
     sha256,
 )
 from training.models import BY_DATASET_NAME, MODELS
@@ -249,8 +250,111 @@ def test_sources_parse() -> None:
     assert pipeline.parse_source("dataset").kind == "dataset"
     assert pipeline.parse_source("postgresql://postgres@127.0.0.1/usage").kind == "postgres"
     assert pipeline.parse_source("usage.jsonl").path == Path("usage.jsonl")
+    assert pipeline.parse_source("mmlu-pro") == pipeline.Source("mmlu-pro")
+    assert pipeline.parse_source("mmlu-pro:300") == pipeline.Source("mmlu-pro", limit=300)
+    for wrong in ("mmlu-pro:0", "mmlu-pro:some"):
+        with pytest.raises(ValueError, match="number of prompts"):
+            pipeline.parse_source(wrong)
     with pytest.raises(ValueError, match="postgres"):
         pipeline.parse_source("kafka://broker/topic")
+
+
+def test_another_datasets_outcomes_leave_out_held_models_and_llmrouters_test_prompts(
+    data: Any,
+) -> None:
+    """MMLU-Pro's rows are built as LLMRouter's (a candidate as serving describes its
+    Ollama tag), without the models a held-out split keeps unseen, and without the
+    questions LLMRouter's test split also asks."""
+    source = pipeline.Source("mmlu-pro", limit=40)
+    rows, models, prompts = pipeline.outcome_examples(source, 1.0, data.test, seed=3)
+    assert prompts == 40 and len(models) == 26 and len(rows) == 40 * 26
+    assert {r.candidate for r in rows} == {m.candidate() for m in mmlu_pro_data.MODELS}
+    assert rows == pipeline.outcome_examples(source, 1.0, data.test, seed=3)[0]
+    held = ["llama3.1:70b", "qwen:72b"]
+    rows, models, _ = pipeline.outcome_examples(source, 1.0, data.test, seed=3, without=held)
+    assert len(models) == 24 and len(rows) == 40 * 24
+    assert not {r.candidate.name for r in rows} & set(held)
+    # A question of LLMRouter's test split that MMLU-Pro rewrites stays out of training.
+    temple = "largest hindu temple complex"
+    asked = next(p for p in mmlu_pro_data.load_prompts() if temple in normalize(p.text))
+    test = [p for p in data.test if temple in normalize(p.text)]
+    assert len(test) == 1
+    everything = pipeline.Source("mmlu-pro")
+    kept, _, n = pipeline.outcome_examples(everything, 1.0, test, seed=0, without=held)
+    assert n == len(mmlu_pro_data.load_prompts()) - 1
+    assert prompt_group(asked.text) not in {r.group for r in kept}
+
+
+def test_training_on_llmrouter_and_mmlu_pro(tmp_path: Path, data: Any) -> None:
+    """`--from dataset --from mmlu-pro:N`: one artifact fitted on both, whose table
+    describes every model it was fitted on, and whose held-out evaluation trains each
+    split on both without the split's held-out models."""
+    args = _parse(
+        cli.add_train_arguments,
+        [
+            "--from",
+            "dataset",
+            "--from",
+            "mmlu-pro:60",
+            "--out",
+            str(tmp_path / "art"),
+            "--quick",
+            "--no-progress",
+            "--no-lomo",
+        ],
+    )
+    assert cli.run_train(args) == 0
+    _, meta = export.read_artifact(tmp_path / "art")
+    mmlu = [m.ollama_name for m in mmlu_pro_data.MODELS]
+    llmrouter = [m.ollama_name for m in data.models]
+    assert meta["trained_on"] == llmrouter + [n for n in mmlu if n not in llmrouter]
+    rows = {m["name"]: m for m in meta["models"]}
+    assert rows["qwen:72b"]["dataset_name"] == "Qwen1.5-72B-Chat"
+    assert rows["llama3.1:8b"]["dataset_name"] == "llama-3.1-8b-instruct"  # LLMRouter's
+    used = meta["training"]["sources"][1]
+    assert used == {"kind": "mmlu-pro", "limit": 60, "prompts": 60, "rows": 60 * 26}
+    assert meta["training"]["rows"]["train"] == SLICE * 9 + 60 * 26
+    assert "mmlu-pro/outcomes.jsonl.gz" in meta["training_data_hashes"]
+    assert pipeline.outcome_sources(meta) == [pipeline.Source("mmlu-pro", limit=60)]
+
+
+def test_a_held_out_split_trains_on_the_other_datasets_rows_but_its_held_models(
+    data: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small = Dataset(data.train[:200], data.test[:30], 0, data.models, {})
+    extra, _, _ = pipeline.outcome_examples(
+        pipeline.Source("mmlu-pro", limit=30), 1.0, data.test, seed=0
+    )
+    asked: list[set[str]] = []
+    trained: list[list[str]] = []
+    fold = replay.fold_artifact
+
+    def rows_without(held: Any) -> list[Any]:
+        asked.append(set(held))
+        return [r for r in extra if r.candidate.name not in held]
+
+    def recorded(*args: Any) -> Path:
+        out = fold(*args)
+        trained.append(json.loads((out / "selector.json").read_text())["trained_on"])
+        return out
+
+    monkeypatch.setattr(replay, "fold_artifact", recorded)
+    results = replay.in_loop(
+        lambda: replay.leave_k_out(
+            small,
+            QUICK,
+            {"best": Profile(cost_weight=0.0)},
+            k=3,
+            splits=1,
+            seed=1,
+            extra=rows_without,
+        )
+    )
+    held = set(results[1].fleet)
+    assert asked == [held]
+    (names,) = trained
+    assert not set(names) & held
+    assert {"qwen:72b", "llama3.1:70b"} <= set(names)
 
 
 # ---------------------------------------------------------------- training and export

@@ -14,7 +14,7 @@ import argparse
 import os
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -24,7 +24,7 @@ from proxy.config import load as load_config
 from proxy.registry import catalog_for
 from selector_model import artifact as artifact_module
 from training import pipeline, replay, report
-from training.data import DATA_DIR, load_llmrouter
+from training.data import DATA_DIR, Example, load_llmrouter
 from training.export import META_FILE, ONNX_FILE, ParityError
 from training.train import QUICK, TrainConfig
 
@@ -89,10 +89,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--from",
         dest="sources",
         action="append",
-        metavar="dataset|FILE.jsonl|postgres://...",
-        help="training data: 'dataset' (the bundled LLMRouter scores), a usage JSON Lines "
-        "file or a PostgreSQL DSN (the usage events stored there); repeat to combine "
-        "(default: dataset)",
+        metavar="dataset|mmlu-pro[:N]|FILE.jsonl|postgres://...",
+        help="training data: 'dataset' (the bundled LLMRouter scores), 'mmlu-pro' (the "
+        "bundled MMLU-Pro outcomes of 26 open models; ':N' draws N of its questions "
+        "with the seed), a usage JSON Lines file or a PostgreSQL DSN (the usage events "
+        "stored there); repeat to combine (default: dataset)",
     )
     parser.add_argument(
         "--out",
@@ -324,6 +325,18 @@ def _replay(
     ]
     if args.hold_out > 0:
         config = TrainConfig.from_json(evaluated["training"]["config"])
+        # Trained on other datasets' outcomes too: each split is, without its held-out
+        # models' rows there.
+        sets = pipeline.outcome_sources(evaluated)
+
+        def extra(held: Collection[str]) -> list[Example]:
+            rows: list[Example] = []
+            for source in sets:
+                rows += pipeline.outcome_examples(
+                    source, config.uniform_weight, data.test, config.seed, held
+                )[0]
+            return rows
+
         results += replay.leave_k_out(
             data,
             config,
@@ -336,6 +349,7 @@ def _replay(
             passes=args.passes,
             log=_log,
             selector=selector,
+            extra=extra,
         )
     return results
 

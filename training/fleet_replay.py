@@ -12,12 +12,13 @@ import json
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from proxy.config import Profile, Selector
 from proxy.config import load as load_config
 from selector_model import artifact
-from training import profiled_replay, replay
+from training import export, profiled_replay, replay
 from training.data import Prompt
 from training.models import ModelSpec
 
@@ -55,6 +56,12 @@ def parser(prog: str, models: Sequence[ModelSpec], limit: int | None) -> argpars
         "the catalogue's areas: all; those the shipped artifact was not trained on "
         "(unseen); the half with the highest catalogue uncertainty (uncertain); a half "
         "drawn with the seed (random); all when not given",
+    )
+    parsed.add_argument(
+        "--artifact",
+        type=Path,
+        default=artifact.SHIPPED.parent,
+        help="the artifact directory replayed (default: the shipped artifact's)",
     )
     parsed.add_argument("--fleet", action="append", help="only the fleets whose label has this")
     parsed.add_argument(
@@ -136,23 +143,26 @@ def wanted(label: str, only: Sequence[str] | None) -> bool:
 
 @dataclass(frozen=True)
 class Shipped:
-    """The shipped artifact's training fleet, and the configuration's selector
-    settings and profiles, as a replay uses them."""
+    """An artifact (the shipped one unless `--artifact` names another) and its training
+    fleet, and the configuration's selector settings and profiles, as a replay uses
+    them."""
 
     selector: Selector
     profiles: dict[str, Profile]
     trained_on: list[str]
+    directory: Path = artifact.SHIPPED.parent
 
     @classmethod
-    def load(cls) -> Shipped:
+    def load(cls, directory: Path = artifact.SHIPPED.parent) -> Shipped:
         selector = load_config(None).selector
-        meta = json.loads(artifact.SHIPPED.with_name("selector.json").read_text())
-        return cls(selector, replay.profiles_of(selector), list(meta["trained_on"]))
+        meta = json.loads((directory / export.META_FILE).read_text())
+        return cls(selector, replay.profiles_of(selector), list(meta["trained_on"]), directory)
 
     def header(self) -> str:
+        shown = "" if self.directory == artifact.SHIPPED.parent else f" ({self.directory})"
         return (
             f"{replay.COST_DEFINITIONS['params']}\n"
-            f"artifact trained on: {', '.join(self.trained_on)}"
+            f"artifact{shown} trained on: {', '.join(self.trained_on)}"
         )
 
     def print_fleet(
@@ -253,7 +263,7 @@ class Shipped:
             functools.partial(
                 run,
                 label,
-                artifact.SHIPPED.parent,
+                self.directory,
                 prompts,
                 models,
                 self.profiles,
@@ -305,7 +315,7 @@ def grouped_main(
         if not picked or any(g not in groups for g in picked):
             parsed.error(f"--{word}: of {', '.join(groups)}; these models share {picked or 'none'}")
         fleets = {f"{dataset} fleet of your choice ({', '.join(picked)})": (names, picked)}
-    shipped = Shipped.load()
+    shipped = Shipped.load(args.artifact)
     profiled = profiled_of(parsed, args)
     print(shipped.header())
     if profiled:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,19 +16,21 @@ import numpy as np
 
 from selector_model import artifact, features, onnx_session
 from selector_model.usage_event import UsageEvent
-from training import evaluate, export, report
+from training import evaluate, export, mmlu_pro_data, outcome_files, report
 from training.data import (
     DATA_DIR,
     Dataset,
     Example,
+    Prompt,
     UsageStats,
     dataset_examples,
     load_llmrouter,
     load_usage,
+    normalize,
     sha256,
     usage_examples,
 )
-from training.models import BY_OLLAMA_NAME
+from training.models import BY_OLLAMA_NAME, ModelSpec
 from training.train import Progress, TrainConfig, train
 
 POLICY = evaluate.Policy(unseen_margin=0.0)
@@ -41,19 +43,83 @@ class SchemaError(RuntimeError):
 
 @dataclass(frozen=True)
 class Source:
-    kind: str  # "dataset", "usage" (a JSON Lines file) or "postgres"
+    # "dataset" (LLMRouter's), the name of an `OUTCOME_SETS` entry, "usage" (a JSON
+    # Lines file) or "postgres"
+    kind: str
     path: Path | None = None
     dsn: str = ""
+    # Of an `OUTCOME_SETS` entry: how many of its prompts (drawn with the training
+    # seed); None: all.
+    limit: int | None = None
+
+
+@dataclass(frozen=True)
+class OutcomeSet:
+    """Another dataset's per-prompt outcomes that training can add to LLMRouter's: its
+    file, the models it scores (as its replay maps them to Ollama tags, so a row's
+    candidate is built as serving builds it) and its prompts."""
+
+    path: Path
+    models: tuple[ModelSpec, ...]
+    load: Callable[[], list[Prompt]]
+
+
+OUTCOME_SETS: dict[str, OutcomeSet] = {
+    "mmlu-pro": OutcomeSet(
+        mmlu_pro_data.DATA_FILE, mmlu_pro_data.MODELS, lambda: mmlu_pro_data.load_prompts()
+    ),
+}
 
 
 def parse_source(text: str) -> Source:
-    if text == "dataset":
-        return Source("dataset")
+    """`dataset`, `NAME` or `NAME:LIMIT` of `OUTCOME_SETS`, a DSN or a usage file."""
+    name, _, limit = text.partition(":")
+    if text == "dataset" or text in OUTCOME_SETS:
+        return Source(text)
+    if name in OUTCOME_SETS:
+        if not limit.isdigit() or int(limit) < 1:
+            raise ValueError(f"{text}: {name}:N takes a number of prompts, at least 1")
+        return Source(name, limit=int(limit))
     if text.startswith(("postgres://", "postgresql://")):
         return Source("postgres", dsn=text)
     if "://" in text:
-        raise ValueError(f"{text}: use 'dataset', a usage JSON Lines file or postgres://…")
+        named = ", ".join(f"'{n}[:N]'" for n in OUTCOME_SETS)
+        raise ValueError(f"{text}: use 'dataset', {named}, a usage JSON Lines file or postgres://…")
     return Source("usage", Path(text))
+
+
+def outcome_examples(
+    source: Source,
+    uniform_weight: float,
+    test: Sequence[Prompt],
+    seed: int,
+    without: Collection[str] = (),
+) -> tuple[list[Example], list[ModelSpec], int]:
+    """The rows (`dataset_examples`) of `source`, an `OUTCOME_SETS` entry, for its
+    models but those named in `without` (Ollama names, the models a held-out
+    evaluation keeps unseen), the models used, and how many prompts. A prompt that
+    holds the text of one of `test` (LLMRouter's test split: MMLU-Pro rewrites MMLU
+    questions LLMRouter also asks) is left out, so the test split stays unseen; then
+    `source.limit` of them are drawn with `seed`."""
+    outcomes = OUTCOME_SETS[source.kind]
+    models = [m for m in outcomes.models if m.ollama_name not in without]
+    held = [normalize(p.text) for p in test]
+    kept = [p for p in outcomes.load() if not _holds_any(normalize(p.text), held)]
+    prompts = outcome_files.drawn(kept, source.limit, seed)
+    return dataset_examples(prompts, models, uniform_weight), models, len(prompts)
+
+
+def _holds_any(text: str, parts: Sequence[str]) -> bool:
+    return any(part in text for part in parts)
+
+
+def outcome_sources(meta: dict[str, Any]) -> list[Source]:
+    """The `OUTCOME_SETS` entries an artifact's metadata says it was trained on."""
+    return [
+        Source(s["kind"], limit=s.get("limit"))
+        for s in meta["training"]["sources"]
+        if s["kind"] in OUTCOME_SETS
+    ]
 
 
 def postgres_events(dsn: str) -> list[UsageEvent]:
@@ -70,14 +136,17 @@ def _subsample(data: Dataset, max_prompts: int | None, seed: int) -> Dataset:
     return replace(data, train=[data.train[i] for i in sorted(order)])
 
 
-def _model_table(known: Sequence[str], usage: Sequence[Example]) -> list[dict[str, Any]]:
+def _model_table(
+    known: Sequence[str], usage: Sequence[Example], specs: dict[str, ModelSpec]
+) -> list[dict[str, Any]]:
     """The artifact's models: each its `Candidate` record (`Candidate.from_record` reads
     a row back), with the dataset's name, the tag's quantization and the price of a
-    model of the bundled data (None for a model only usage events describe)."""
+    model of the bundled data or of an `OUTCOME_SETS` entry (`specs`, by Ollama name;
+    None for a model only usage events describe)."""
     by_name = {ex.candidate.name: ex.candidate for ex in usage}
     table = []
     for name in known:
-        spec = BY_OLLAMA_NAME.get(name)
+        spec = specs.get(name)
         # Loaded is the state of one decision, not a property of the model.
         candidate = spec.candidate() if spec else replace(by_name[name], loaded=False)
         table.append(
@@ -129,6 +198,7 @@ def build(
     hashes: dict[str, str] = {}
     source_meta: list[dict[str, Any]] = []
     known: list[str] = []
+    specs: dict[str, ModelSpec] = dict(BY_OLLAMA_NAME)
     if any(s.kind == "dataset" for s in sources):
         examples += dataset_examples(data.train, data.models, config.uniform_weight)
         known += [m.ollama_name for m in data.models]
@@ -141,6 +211,19 @@ def build(
                 "test_prompts": len(data.test),
                 "dropped_test_prompts": data.dropped_test,
             }
+        )
+    for source in dict.fromkeys(s for s in sources if s.kind in OUTCOME_SETS):
+        rows, models, prompts = outcome_examples(
+            source, config.uniform_weight, data.test, config.seed
+        )
+        examples += rows
+        known += [m.ollama_name for m in models if m.ollama_name not in known]
+        # A model LLMRouter also scores keeps LLMRouter's details and price.
+        specs = {m.ollama_name: m for m in models} | specs
+        path = OUTCOME_SETS[source.kind].path
+        hashes[f"{source.kind}/{path.name}"] = sha256(path)
+        source_meta.append(
+            {"kind": source.kind, "limit": source.limit, "prompts": prompts, "rows": len(rows)}
         )
     usage_paths = [s.path for s in sources if s.kind == "usage" and s.path is not None]
     if usage_paths:
@@ -215,7 +298,7 @@ def build(
         # what is known of it. `trained_on` lists the models its rows came from.
         "known_models": [],
         "trained_on": known,
-        "models": _model_table(known, usage),
+        "models": _model_table(known, usage, specs),
         "policy": POLICY.to_json(),
         "training": {
             "config": config.to_json(),

@@ -32,7 +32,7 @@ import importlib
 import math
 import random
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,7 +49,7 @@ from selector_model import features
 from selector_model.kind import kind_of
 from selector_model.policy import margin_of, top_two
 from training import export
-from training.data import Dataset, Prompt, dataset_examples
+from training.data import Dataset, Example, Prompt, dataset_examples
 from training.models import ModelSpec
 from training.train import TrainConfig, train
 
@@ -402,13 +402,22 @@ def load_feedback(spec: str) -> FeedbackFactory:
 
 
 def fold_artifact(
-    data: Dataset, kept: Sequence[ModelSpec], config: TrainConfig, out_dir: Path
+    data: Dataset,
+    kept: Sequence[ModelSpec],
+    config: TrainConfig,
+    out_dir: Path,
+    extra: Sequence[Example] = (),
 ) -> Path:
-    """Train on `kept`'s scores only and write an artifact the proxy loads."""
-    result = train(dataset_examples(data.train, kept, config.uniform_weight), config)
+    """Train on `kept`'s scores and `extra`'s rows only and write an artifact the proxy
+    loads."""
+    examples = dataset_examples(data.train, kept, config.uniform_weight) + list(extra)
+    result = train(examples, config)
     n_features = len(features.feature_names())
     onnx_bytes = export.to_onnx(result.booster, n_features)
     export.parity(onnx_bytes, result.booster, result.val.x)
+    learned = {m.ollama_name: m.candidate() for m in kept}
+    for row in extra:
+        learned.setdefault(row.candidate.name, row.candidate)
     created = datetime.now(UTC).replace(microsecond=0)
     meta = {
         "artifact_version": f"s{features.SCHEMA_VERSION}-fold-{created:%Y%m%dT%H%M%SZ}",
@@ -420,10 +429,10 @@ def fold_artifact(
         "success_column": export.SUCCESS_COLUMN,
         "feature_names": features.feature_names(),
         "known_models": [],
-        "trained_on": [m.ollama_name for m in kept],
+        "trained_on": list(learned),
         # Each model as training described it, as the shipped artifact records them
         # (serving scores them from it, `Artifact.as_learned`).
-        "models": [m.candidate().to_record() for m in kept],
+        "models": [c.to_record() for c in learned.values()],
         "policy": {"unseen_margin": 0.0},
     }
     export.write_artifact(out_dir, onnx_bytes, meta)
@@ -457,9 +466,12 @@ def leave_k_out(
     passes: int = 3,
     log: Callable[[str], None] = lambda _: None,
     selector: Selector | None = None,
+    extra: Callable[[Collection[str]], Sequence[Example]] = lambda _: (),
 ) -> list[FleetResult]:
     """Per split: an artifact trained without `k` models, replayed on the whole fleet
-    (those `k` unseen) and on the held-out models alone (every candidate unseen)."""
+    (those `k` unseen) and on the held-out models alone (every candidate unseen).
+    `extra(held)`: rows of other datasets trained on too, without the models named in
+    `held` (the Ollama names of the split's held-out models)."""
     results = []
     for n, held in enumerate(held_out_splits(data.models, k, splits, seed)):
         kept = [m for i, m in enumerate(data.models) if i not in held]
@@ -467,7 +479,7 @@ def leave_k_out(
         names = ", ".join(m.ollama_name for m in out)
         log(f"split {n + 1}: training without {names}")
         with tempfile.TemporaryDirectory() as tmp:
-            art = fold_artifact(data, kept, config, Path(tmp))
+            art = fold_artifact(data, kept, config, Path(tmp), extra({m.ollama_name for m in out}))
             trained = [m.ollama_name for m in kept]
             for label, fleet in (
                 (f"split {n + 1}: all 9", data.models),
