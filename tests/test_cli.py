@@ -175,9 +175,10 @@ def test_with_the_train_extra_train_help_lists_its_flags(
         main(["train", "--help"])
     assert exit_.value.code == 0
     out = capsys.readouterr().out
-    # `--from` takes a PostgreSQL DSN too (training/pipeline.py reads its usage events)
-    assert "--from dataset|FILE.jsonl|postgres://..." in out
-    assert "PostgreSQL" in out
+    # `--from` takes a PostgreSQL DSN too (training/pipeline.py reads its usage events),
+    # and the bundled MMLU-Pro outcomes
+    assert "--from dataset|mmlu-pro[:N]|FILE.jsonl|postgres://..." in out
+    assert "PostgreSQL" in out and "MMLU-Pro" in out
     assert "AUTOROUTE_LISTEN__PORT" in out
 
 
