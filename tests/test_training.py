@@ -318,6 +318,29 @@ def test_training_on_llmrouter_and_mmlu_pro(tmp_path: Path, data: Any) -> None:
     assert pipeline.outcome_sources(meta) == [pipeline.Source("mmlu-pro", limit=60)]
 
 
+def test_leave_one_model_out_trains_on_the_other_datasets_rows_but_the_held_model(
+    tmp_path: Path, data: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An artifact trained on MMLU-Pro too is judged by folds trained on it too, when
+    built and when evaluated again: each fold without every row of its held-out model
+    (llama3.1:8b's MMLU-Pro rows included)."""
+    folds: list[set[str]] = []
+    fit = evaluate.train
+
+    def recorded(examples: Any, config: Any, progress: Any = None) -> Any:
+        folds.append({e.candidate.name for e in examples})
+        return fit(examples, config, progress)
+
+    monkeypatch.setattr(evaluate, "train", recorded)
+    sources = [pipeline.Source("dataset"), pipeline.Source("mmlu-pro", limit=20)]
+    out = tmp_path / "art"
+    pipeline.build(sources, out, None, "quick", QUICK, max_prompts=100)
+    pipeline.evaluate_artifact(out, tmp_path / "reports", "again")
+    mmlu = {m.ollama_name for m in mmlu_pro_data.MODELS}
+    everything = {m.ollama_name for m in data.models} | mmlu
+    assert folds == [everything - {m.ollama_name} for m in data.models] * 2
+
+
 def test_a_held_out_split_trains_on_the_other_datasets_rows_but_its_held_models(
     data: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

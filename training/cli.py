@@ -14,7 +14,7 @@ import argparse
 import os
 import shutil
 import sys
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -24,7 +24,7 @@ from proxy.config import load as load_config
 from proxy.registry import catalog_for
 from selector_model import artifact as artifact_module
 from training import pipeline, replay, report
-from training.data import DATA_DIR, Example, load_llmrouter
+from training.data import DATA_DIR, load_llmrouter
 from training.export import META_FILE, ONNX_FILE, ParityError
 from training.train import QUICK, TrainConfig
 
@@ -327,16 +327,9 @@ def _replay(
         config = TrainConfig.from_json(evaluated["training"]["config"])
         # Trained on other datasets' outcomes too: each split is, without its held-out
         # models' rows there.
-        sets = pipeline.outcome_sources(evaluated)
-
-        def extra(held: Collection[str]) -> list[Example]:
-            rows: list[Example] = []
-            for source in sets:
-                rows += pipeline.outcome_examples(
-                    source, config.uniform_weight, data.test, config.seed, held
-                )[0]
-            return rows
-
+        extra = pipeline.rows_without(
+            pipeline.outcome_sources(evaluated), config.uniform_weight, data.test, config.seed
+        )
         results += replay.leave_k_out(
             data,
             config,

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +36,7 @@ import numpy.typing as npt
 from sklearn.metrics import roc_auc_score  # type: ignore[import-untyped]
 
 from selector_model import artifact, features
-from training.data import Dataset, dataset_examples, prompt_request, score_matrix
+from training.data import Dataset, Example, dataset_examples, prompt_request, score_matrix
 from training.models import ModelSpec
 from training.train import Progress, TrainConfig, predict, train
 
@@ -257,11 +257,14 @@ def lomo_fold(
     config: TrainConfig,
     policy: Policy,
     progress: Progress | None = None,
+    extra: Callable[[Collection[str]], Sequence[Example]] = lambda _: (),
 ) -> dict[str, Any]:
-    """Train without `held_out`'s rows; evaluate with it as an unseen candidate among
-    all models, at λ = 0, with and without the safety margin."""
+    """Train without `held_out`'s rows (`extra(held)`: other datasets' rows, without the
+    held-out model's); evaluate with it as an unseen candidate among all models, at
+    λ = 0, with and without the safety margin."""
     kept = [m for m in data.models if m != held_out]
-    result = train(dataset_examples(data.train, kept, config.uniform_weight), config, progress)
+    examples = dataset_examples(data.train, kept, config.uniform_weight)
+    result = train([*examples, *extra({held_out.ollama_name})], config, progress)
     models = data.models
     candidates = [m.candidate() for m in models]
     requests = [prompt_request(t.text) for t in data.test]
@@ -301,12 +304,13 @@ def lomo(
     config: TrainConfig,
     policy: Policy,
     fold_progress: Callable[[str], Progress | None] | None = None,
+    extra: Callable[[Collection[str]], Sequence[Example]] = lambda _: (),
 ) -> list[dict[str, Any]]:
     folds = []
     for number, model in enumerate(data.models, 1):
         label = f"leave-one-model-out fold {number}/{len(data.models)}: without {model.ollama_name}"
         bar = fold_progress(label) if fold_progress else None
-        folds.append(lomo_fold(data, model, config, policy, bar))
+        folds.append(lomo_fold(data, model, config, policy, bar, extra))
     return folds
 
 

@@ -109,6 +109,22 @@ def outcome_examples(
     return dataset_examples(prompts, models, uniform_weight), models, len(prompts)
 
 
+def rows_without(
+    sources: Sequence[Source], uniform_weight: float, test: Sequence[Prompt], seed: int
+) -> Callable[[Collection[str]], list[Example]]:
+    """The rows of `sources` (`OUTCOME_SETS` entries) without the models a held-out
+    evaluation names (`outcome_examples`' `without`): what each of its folds trains on
+    beside LLMRouter's kept models."""
+
+    def rows(held: Collection[str]) -> list[Example]:
+        out: list[Example] = []
+        for source in sources:
+            out += outcome_examples(source, uniform_weight, test, seed, held)[0]
+        return out
+
+    return rows
+
+
 def _holds_any(text: str, parts: Sequence[str]) -> bool:
     return any(part in text for part in parts)
 
@@ -212,7 +228,8 @@ def build(
                 "dropped_test_prompts": data.dropped_test,
             }
         )
-    for source in dict.fromkeys(s for s in sources if s.kind in OUTCOME_SETS):
+    outcomes = [s for s in dict.fromkeys(sources) if s.kind in OUTCOME_SETS]
+    for source in outcomes:
         rows, models, prompts = outcome_examples(
             source, config.uniform_weight, data.test, config.seed
         )
@@ -323,7 +340,8 @@ def build(
     }
     lomo = None
     if run_lomo and any(s.kind == "dataset" for s in sources):
-        lomo = evaluate.lomo(data, config, POLICY, bars)
+        extra = rows_without(outcomes, config.uniform_weight, data.test, config.seed)
+        lomo = evaluate.lomo(data, config, POLICY, bars, extra)
         meta["metrics"]["lomo"] = [
             {
                 "held_out": f["held_out"],
@@ -393,7 +411,8 @@ def evaluate_artifact(
         lambda x: export.onnx_predict(sess, x), data, config.seed, learned
     )
     policy = evaluate.Policy(unseen_margin=float(meta["policy"]["unseen_margin"]))
-    lomo = evaluate.lomo(data, config, policy, bars) if run_lomo else None
+    extra = rows_without(outcome_sources(meta), config.uniform_weight, data.test, config.seed)
+    lomo = evaluate.lomo(data, config, policy, bars, extra) if run_lomo else None
     out = full_report(meta, evaluation, lomo)
     report.write(out, report_dir, report_name)
     return out
