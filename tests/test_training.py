@@ -17,7 +17,7 @@ from proxy.config import Profile, Selector
 from selector_model import features, onnx_session, outcome
 from selector_model.kind import kind_of
 from selector_model.onnx_session import ort
-from training import cli, evaluate, export, mmlu_pro_data, pipeline, replay
+from training import cli, evaluate, export, mmlu_pro_data, pipeline, replay, zeroeval_replay
 from training.data import (
     DATA_DIR,
     Dataset,
@@ -283,6 +283,20 @@ def test_another_datasets_outcomes_leave_out_held_models_and_llmrouters_test_pro
     kept, _, n = pipeline.outcome_examples(everything, 1.0, test, seed=0, without=held)
     assert n == len(mmlu_pro_data.load_prompts()) - 1
     assert prompt_group(asked.text) not in {r.group for r in kept}
+
+
+def test_zeroevals_open_models_train_without_the_items_llmrouters_test_split_asks(
+    data: Any,
+) -> None:
+    """`--from zeroeval`: the 15 open models ZeroEval ran on all three tasks, without
+    the GSM8K items LLMRouter's test split also asks."""
+    assert pipeline.parse_source("zeroeval:100") == pipeline.Source("zeroeval", limit=100)
+    rows, models, n = pipeline.outcome_examples(pipeline.Source("zeroeval"), 1.0, data.test, 0)
+    assert [m.ollama_name for m in models] == list(zeroeval_replay.OPEN)
+    items = [normalize(p.text) for p in pipeline.OUTCOME_SETS["zeroeval"].load()]
+    asked = [normalize(p.text) for p in data.test]
+    shared = [t for t in items if any(a in t for a in asked)]
+    assert shared and n == len(items) - len(shared) and len(rows) == n * 15
 
 
 def test_training_on_llmrouter_and_mmlu_pro(tmp_path: Path, data: Any) -> None:

@@ -16,7 +16,15 @@ import numpy as np
 
 from selector_model import artifact, features, onnx_session
 from selector_model.usage_event import UsageEvent
-from training import evaluate, export, mmlu_pro_data, outcome_files, report
+from training import (
+    evaluate,
+    export,
+    mmlu_pro_data,
+    outcome_files,
+    report,
+    zeroeval_data,
+    zeroeval_replay,
+)
 from training.data import (
     DATA_DIR,
     Dataset,
@@ -67,6 +75,12 @@ class OutcomeSet:
 OUTCOME_SETS: dict[str, OutcomeSet] = {
     "mmlu-pro": OutcomeSet(
         mmlu_pro_data.DATA_FILE, mmlu_pro_data.MODELS, lambda: mmlu_pro_data.load_prompts()
+    ),
+    # The 15 open models ZeroEval ran on all three of its tasks.
+    "zeroeval": OutcomeSet(
+        zeroeval_data.DATA_FILE,
+        tuple(zeroeval_data.fleet(zeroeval_replay.OPEN)),
+        lambda: zeroeval_data.load_prompts(zeroeval_data.fleet(zeroeval_replay.OPEN)),
     ),
 }
 
