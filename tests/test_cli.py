@@ -176,9 +176,9 @@ def test_with_the_train_extra_train_help_lists_its_flags(
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     # `--from` takes a PostgreSQL DSN too (training/pipeline.py reads its usage events),
-    # and the bundled MMLU-Pro outcomes
-    assert "--from dataset|mmlu-pro[:N]|FILE.jsonl|postgres://..." in out
-    assert "PostgreSQL" in out and "MMLU-Pro" in out
+    # and the bundled MMLU-Pro and ZeroEval outcomes
+    assert "--from dataset|mmlu-pro[:N]|zeroeval[:N]|FILE.jsonl|postgres://..." in out
+    assert "PostgreSQL" in out and "ZeroEval's of 15" in " ".join(out.split())
     assert "AUTOROUTE_LISTEN__PORT" in out
 
 

@@ -89,11 +89,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--from",
         dest="sources",
         action="append",
-        metavar="dataset|mmlu-pro[:N]|FILE.jsonl|postgres://...",
-        help="training data: 'dataset' (the bundled LLMRouter scores), 'mmlu-pro' (the "
-        "bundled MMLU-Pro outcomes of 26 open models; ':N' draws N of its questions "
-        "with the seed), a usage JSON Lines file or a PostgreSQL DSN (the usage events "
-        "stored there); repeat to combine (default: dataset)",
+        metavar="dataset|mmlu-pro[:N]|zeroeval[:N]|FILE.jsonl|postgres://...",
+        help="training data: 'dataset' (the bundled LLMRouter scores), 'mmlu-pro' or "
+        "'zeroeval' (the bundled MMLU-Pro outcomes of 26 open models, ZeroEval's of 15; "
+        "':N' draws N of the questions with the seed), a usage JSON Lines file or a "
+        "PostgreSQL DSN (the usage events stored there); repeat to combine (default: "
+        "dataset)",
     )
     parser.add_argument(
         "--out",
