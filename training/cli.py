@@ -235,7 +235,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--feedback",
         metavar="MODULE:FUNCTION",
-        type=_feedback,
+        type=replay.checked_feedback,
         default=None,
         help="a function called with the AutoRouter that returns a hook "
         "(request body, chosen model, outcome) -> None, fed during feedback passes; "
@@ -245,15 +245,6 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-lomo", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
-
-
-def _feedback(spec: str) -> str:
-    """A --feedback that loads: checked before the evaluation's minutes, not after."""
-    try:
-        replay.load_feedback(spec)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise argparse.ArgumentTypeError(f"{spec!r}: {exc}") from None
-    return spec
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

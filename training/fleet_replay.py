@@ -39,6 +39,14 @@ def parser(prog: str, models: Sequence[ModelSpec], limit: int | None) -> argpars
     )
     parsed.add_argument("--passes", type=int, default=3)
     parsed.add_argument(
+        "--feedback",
+        metavar="MODULE:FUNCTION",
+        type=replay.checked_feedback,
+        default="training.replay:online_learner",
+        help="the feedback of the passes (`autoroute evaluate --feedback`); default "
+        "training.replay:online_learner, the proxy's own online learning",
+    )
+    parsed.add_argument(
         "--profiled",
         type=_per_area,
         default=0,
@@ -151,12 +159,20 @@ class Shipped:
     profiles: dict[str, Profile]
     trained_on: list[str]
     directory: Path = artifact.SHIPPED.parent
+    # The feedback of the passes (`--feedback`).
+    feedback: replay.FeedbackFactory = replay.online_learner
 
     @classmethod
-    def load(cls, directory: Path = artifact.SHIPPED.parent) -> Shipped:
+    def load(
+        cls, directory: Path = artifact.SHIPPED.parent, feedback: str | None = None
+    ) -> Shipped:
+        """The configuration's settings with the artifact in `directory`, and the
+        feedback `feedback` names (`--feedback`), the proxy's learner when None."""
         selector = load_config(None).selector
         meta = json.loads((directory / export.META_FILE).read_text())
-        return cls(selector, replay.profiles_of(selector), list(meta["trained_on"]), directory)
+        learner = replay.online_learner if feedback is None else replay.load_feedback(feedback)
+        trained_on = list(meta["trained_on"])
+        return cls(selector, replay.profiles_of(selector), trained_on, directory, learner)
 
     def header(self) -> str:
         shown = "" if self.directory == artifact.SHIPPED.parent else f" ({self.directory})"
@@ -268,7 +284,7 @@ class Shipped:
                 models,
                 self.profiles,
                 trained_on=self.trained_on,
-                feedback=replay.online_learner,
+                feedback=self.feedback,
                 passes=passes,
                 seed=seed,
                 selector=self.selector,
@@ -315,7 +331,7 @@ def grouped_main(
         if not picked or any(g not in groups for g in picked):
             parsed.error(f"--{word}: of {', '.join(groups)}; these models share {picked or 'none'}")
         fleets = {f"{dataset} fleet of your choice ({', '.join(picked)})": (names, picked)}
-    shipped = Shipped.load(args.artifact)
+    shipped = Shipped.load(args.artifact, args.feedback)
     profiled = profiled_of(parsed, args)
     print(shipped.header())
     if profiled:

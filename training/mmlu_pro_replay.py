@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.models:
         names = fleet_replay.chosen(parser, args.models, BY_OLLAMA_NAME)
         fleets = {"MMLU-Pro fleet of your choice": names}
-    shipped = fleet_replay.Shipped.load(args.artifact)
+    shipped = fleet_replay.Shipped.load(args.artifact, args.feedback)
     profiled = fleet_replay.profiled_of(parser, args)
     drawn: dict[int, list[Prompt]] = {}
 

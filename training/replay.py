@@ -27,6 +27,7 @@ reach on the second (`ceilings`), which tells a learner's shortfall from the hal
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import importlib
 import math
@@ -376,17 +377,66 @@ def online_learner(router: AutoRouter) -> Feedback:
     margin over the best other candidate's, as `proxy.learning` counts a rating."""
 
     def feed(body: Mapping[str, Any], model: str, score: float) -> None:
-        profile = str(body["model"]).partition(":")[2] or router.config.default_profile
-        choice = router.decide("/api/chat", body, profile)
-        ranking = choice.decision.ranking
-        prior = next(s.p_success for s in ranking if s.name == model)
-        kind = choice.decision.kind
-        if kind is not None:
-            router.evidence.update(
-                kind, model, score, prior, margin=margin_of(prior, top_two(ranking))
-            )
+        rating = rating_of(router, body, model, score)
+        if rating is not None:
+            rating.add_to(router)
 
     return feed
+
+
+def once_per_prompt_learner(router: AutoRouter) -> Feedback:
+    """`online_learner`, but an answer of a model to a prompt counts once: a later
+    outcome of the same (prompt, model) replaces the earlier one in the evidence's sums
+    rather than adding to them. Why: a prompt asked again (another feedback pass, an
+    editor's repeated completion) and answered by the same model is no new evidence of
+    how the model does on its kind; counted each time, it narrows the posterior as if
+    it were."""
+    counted: dict[tuple[bytes, str], Rating] = {}
+
+    def feed(body: Mapping[str, Any], model: str, score: float) -> None:
+        rating = rating_of(router, body, model, score)
+        if rating is None:
+            return
+        key = (orjson.dumps(body["messages"]), model)
+        previous = counted.get(key)
+        if previous is not None:
+            previous.add_to(router, weight=-1.0)
+        rating.add_to(router)
+        counted[key] = rating
+
+    return feed
+
+
+class Rating(NamedTuple):
+    """One rated answer as `proxy.learning` counts it into the evidence."""
+
+    kind: str
+    model: str
+    value: float
+    prior: float
+    margin: float
+
+    def add_to(self, router: AutoRouter, weight: float = 1.0) -> None:
+        """Adds the rating to `router`'s evidence (a negative weight takes it back)."""
+        router.evidence.update(
+            self.kind, self.model, self.value, self.prior, weight=weight, margin=self.margin
+        )
+
+
+def rating_of(
+    router: AutoRouter, body: Mapping[str, Any], model: str, score: float
+) -> Rating | None:
+    """The rating `score` of `model`'s answer to `body`: the prompt's kind, the
+    P(success) the selector gave the model and its margin over the best other
+    candidate's, as `router` decides `body` now (None: a prompt of no kind)."""
+    profile = str(body["model"]).partition(":")[2] or router.config.default_profile
+    choice = router.decide("/api/chat", body, profile)
+    ranking = choice.decision.ranking
+    prior = next(s.p_success for s in ranking if s.name == model)
+    kind = choice.decision.kind
+    if kind is None:
+        return None
+    return Rating(kind, model, score, prior, margin_of(prior, top_two(ranking)))
 
 
 def load_feedback(spec: str) -> FeedbackFactory:
@@ -396,6 +446,16 @@ def load_feedback(spec: str) -> FeedbackFactory:
         raise ValueError(f"--feedback {spec!r}: expected module:function")
     factory: FeedbackFactory = getattr(importlib.import_module(module), name)
     return factory
+
+
+def checked_feedback(spec: str) -> str:
+    """`spec` when it loads (`load_feedback`), else an argparse error: a --feedback is
+    checked before the replay's minutes, not after."""
+    try:
+        load_feedback(spec)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(f"{spec!r}: {exc}") from None
+    return spec
 
 
 # ---------------------------------------------------------------- held-out models
