@@ -90,19 +90,31 @@ class BodyTimeout(Exception):
         super().__init__(f"request body stalled: no bytes received for {idle_seconds:g}s")
 
 
-async def read_body(request: web.Request, idle_seconds: float) -> bytes:
-    """`request.read()` (the app's body limit: 413 above it) with a bound on the client's
-    silence: a body that stops arriving for `idle_seconds` raises `BodyTimeout`, so a
-    client that sends a head and then dribbles its body ("slowloris" on the body) cannot
-    hold a handler forever. What has arrived counts against `limits.max_held_body_bytes`
-    as it arrives (`HeldBodies.take`). The usual body came with its head and is
-    complete: that costs one check, no task and no timer."""
-    length, limit = request.content_length, request.client_max_size
+class BodyTooLarge(web.HTTPRequestEntityTooLarge):
+    """A body longer than `limit` bytes, a limit of the route's own (the app's is
+    aiohttp's own 413, `limits.max_body_bytes`): its 413 names this one."""
+
+    def __init__(self, limit: int, actual: int) -> None:
+        super().__init__(max_size=limit, actual_size=actual)
+        self.limit = limit
+
+
+async def read_body(request: web.Request, idle_seconds: float, limit: int = 0) -> bytes:
+    """`request.read()` (the app's body limit, or a lower `limit` of the route's own: 413
+    above it) with a bound on the client's silence: a body that stops arriving for
+    `idle_seconds` raises `BodyTimeout`, so a client that sends a head and then dribbles
+    its body ("slowloris" on the body) cannot hold a handler forever. What has arrived
+    counts against `limits.max_held_body_bytes` as it arrives (`HeldBodies.take`). The
+    usual body came with its head and is complete: that costs one check, no task and no
+    timer."""
+    length = request.content_length
+    if not 0 < limit < request.client_max_size:
+        limit = request.client_max_size
     if expect.unread(request) and length is not None and 0 < limit < length:
         # Declared longer than the limit, from a client that waits for `100 Continue`
         # before it sends a byte: refused now (the connection then closes, the body
         # never sent), not invited only to be read up to the limit and refused.
-        raise web.HTTPRequestEntityTooLarge(limit, length)
+        raise BodyTooLarge(limit, length)
     held = request.config_dict.get(HELD_BODIES)
     if held is not None and length is not None and expect.unread(request):
         # A client that waits for `100 Continue` is told now that its body would not
@@ -115,6 +127,8 @@ async def read_body(request: web.Request, idle_seconds: float) -> bytes:
         body = await request.read()
         if held is not None:
             held.take(request, len(body))
+        if 0 < limit < len(body):
+            raise BodyTooLarge(limit, len(body))
         return body
     # Read as it comes, each piece counted as held once it is here. A body longer than
     # the limit is read up to it, then refused: it never holds more (a declared
@@ -130,7 +144,7 @@ async def read_body(request: web.Request, idle_seconds: float) -> bytes:
             return bytes(received)
         received += piece
         if 0 < limit < len(received):
-            raise web.HTTPRequestEntityTooLarge(limit, len(received))
+            raise BodyTooLarge(limit, len(received))
         if held is not None:
             held.take(request, len(received))
 

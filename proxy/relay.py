@@ -36,7 +36,7 @@ from proxy.config import Config
 from proxy.continuations import answered_ending
 from proxy.errors import SERVER_BUSY, error_response, model_not_found, stream_error_line
 from proxy.http11 import Dechunker, ResponseHead, dechunk
-from proxy.limits import client_took, drained_within, read_chunk
+from proxy.limits import BodyTooLarge, client_took, drained_within, read_chunk
 from proxy.outcome import OUTCOME, Served
 from proxy.protocol import HOP_BY_HOP, NDJSON, REQUEST_ID_HEADER, SSE
 from proxy.relayed_response import RelayedResponse
@@ -482,7 +482,7 @@ class Relay:
                     break
                 sent += len(chunk)
                 if sent > limit:
-                    raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=sent)
+                    raise BodyTooLarge(limit, sent)
                 await conn.write_body(b"%x\r\n%b\r\n" % (len(chunk), chunk))
             else:
                 await conn.write_body(b"0\r\n\r\n")

@@ -108,8 +108,10 @@ class Server:
             served.error = str(exc)
             reason = exc.reason(sees_fleet(request, self.config.auth.enabled))
             response = error_response(request.path, 503, reason)
-        except web.HTTPRequestEntityTooLarge:
-            response = body_too_large(request.path, self.config.limits.max_body_bytes)
+        except web.HTTPRequestEntityTooLarge as exc:
+            # aiohttp's own is the app's limit; a route's lower one says which it is.
+            limit = exc.limit if isinstance(exc, request_limits.BodyTooLarge) else None
+            response = body_too_large(request.path, limit or self.config.limits.max_body_bytes)
         except request_limits.Busy as exc:
             served.error = str(exc)
             response = error_response(request.path, 503, str(exc))

@@ -33,6 +33,7 @@ from proxy.connection import (
     VERSION_NOT_SUPPORTED,
     length_with_coding,
 )
+from proxy.usage.pipeline import MAX_FEEDBACK_BYTES
 from tests.support import Emulator, Proxy, ServerThread, slow_reader, small_send_buffers
 from tests.usage_services import read_bytes, wait_for
 
@@ -849,6 +850,39 @@ async def test_stalled_bodies_get_408_and_others_are_served(
     assert b"connection: close" in head_lines.lower()
     assert orjson.loads(body) == {"error": "request body stalled: no bytes received for 0.5s"}
     assert (await generate(stall_bound.url))["done"] is True
+
+
+@pytest.mark.parametrize(
+    ("head", "sent"),
+    [
+        # More than any rating arrives, and the rest of what the head declares never does.
+        (b"Content-Length: %d\r\n" % (4 * MAX_FEEDBACK_BYTES), b"x" * (MAX_FEEDBACK_BYTES + 1)),
+        # A client that waits for `100 Continue` before it sends any of a longer body.
+        (b"Content-Length: %d\r\nExpect: 100-continue\r\n" % (2 * MAX_FEEDBACK_BYTES), b""),
+    ],
+    ids=["sent", "expect"],
+)
+async def test_feedback_longer_than_any_rating_is_read_no_further(
+    stall_bound: Proxy, head: bytes, sent: bytes
+) -> None:
+    """A feedback body over `MAX_FEEDBACK_BYTES` is a 413 once that many bytes have come
+    (at once to a client waiting for `100 Continue`), not read on toward the body limit:
+    its client gets the 413 however much more it declared, not the stall's 408."""
+    sock = await connect(stall_bound.port)
+    try:
+        await asyncio.get_running_loop().sock_sendall(
+            sock,
+            b"POST /api/autoroute/feedback HTTP/1.1\r\nHost: localhost\r\n%b\r\n%b" % (head, sent),
+        )
+        answer = await read_until_closed(sock)
+    finally:
+        sock.close()
+    status, _, rest = answer.partition(b"\r\n")
+    assert status == b"HTTP/1.1 413 Request Entity Too Large", answer[:200]
+    body = rest.partition(b"\r\n\r\n")[2]
+    assert orjson.loads(body) == {
+        "error": f"request body too large (limit {MAX_FEEDBACK_BYTES} bytes)"
+    }
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import ollama
 
-from proxy.config import Health, Timeouts
+from proxy.config import Health, Limits, Timeouts
 from tests.support import Emulator, Proxy, ServerThread
 
 BLOCK = bytes(range(256)) * 4096  # 1 MiB
@@ -117,3 +117,22 @@ def test_ollama_client_creates_a_model_from_an_uploaded_blob(
     ]
     assert progress[-1] == "success"
     assert "custom:latest" in own_emulator.state.models
+
+
+async def test_an_upload_over_its_limit_is_a_413_naming_that_limit(
+    servers: ServerThread, own_emulator: Emulator
+) -> None:
+    """An upload longer than `limits.max_upload_bytes` is refused in Ollama's shape with
+    that limit, the one it went over, not the limit of the bodies the proxy reads."""
+    limit = 4 * len(BLOCK)
+    prx = Proxy(servers, [own_emulator.url], limits=Limits(max_upload_bytes=limit))
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{prx.url}/api/blobs/{digest()}", data=body()) as resp,
+        ):
+            status, doc = resp.status, await resp.json()
+    finally:
+        prx.stop()
+    assert (status, doc) == (413, {"error": f"request body too large (limit {limit} bytes)"})
+    assert digest() not in own_emulator.state.blobs

@@ -11,7 +11,7 @@ from proxy import go_json, go_requests
 from proxy.aiohttp_internals import state_get
 from proxy.auth import KEY_REQUEST, KeyState, sees_fleet
 from proxy.backends import BackendPool
-from proxy.errors import body_too_large, error_response
+from proxy.errors import error_response
 from proxy.limits import read_body
 from proxy.protocol import CLOUD_BACKEND_PREFIX, JSON
 from proxy.usage import event as ev
@@ -37,11 +37,10 @@ class UsageRoutes:
         # Read as every body the proxy reads, so that the same bytes mean the same here
         # and are refused in the same words (Go's decoding error) where they mean nothing.
         try:
-            body = await read_body(request, self.body_idle_seconds)
-            if len(body) > MAX_FEEDBACK_BYTES:
-                # No rating is this long, and reading megabytes of JSON holds the loop
-                # (the GIL) for every other client however it is read.
-                return body_too_large(request.path, MAX_FEEDBACK_BYTES)
+            # No rating is this long: a longer body is refused once that much of it has
+            # come, neither held toward the body limit nor parsed (reading megabytes of
+            # JSON holds the loop, the GIL, for every other client however it is read).
+            body = await read_body(request, self.body_idle_seconds, MAX_FEEDBACK_BYTES)
             doc, _ = await go_json.read_off_loop(body, self.max_json_values)
             if doc is None:
                 raise ValueError(go_requests.decode_refusal(request.path, body))
