@@ -75,7 +75,7 @@ from proxy.keep_alive import unloads
 from proxy.metrics import Metrics
 from proxy.outcome import OUTCOME, Served
 from proxy.protocol import JSON, JSON_V1, MODEL_HEADER, encoded, go_dumps
-from proxy.relay import Fallback, ModelGone, Relay
+from proxy.relay import Fallback, ModelGone, ModelUnreachable, Relay
 from proxy.routes import Route, find
 from selector_model.policy import unchosen_record
 
@@ -322,11 +322,14 @@ class Handlers:
         key: KeyState | None,
         fractional: bool,
         again: bool = False,
+        unreached: ModelUnreachable | None = None,
     ) -> web.StreamResponse:
         """`model` (`auto` or `auto:<profile>`, as the client wrote it) on a model-routed
         route, with `doc` as `model_routed` read it. A choice its backends turn out not
         to have (gone since their last list: `ModelGone`) is made once more (`again`),
-        without it."""
+        without it; so is one none of its backends could be reached for
+        (`ModelUnreachable`: `unreached`), whose 503 the client gets where no other
+        model can take the request."""
         path = request.path
         decided, served = request[OUTCOME].decided, request[OUTCOME].served
         route = decided.route
@@ -382,13 +385,16 @@ class Handlers:
                 user, scope = user_key(request), conversation_scope(request)
                 whose = conversation_owner(user, scope)
                 reading = await reading_off_loop(path, doc, len(body), whose)
+                among = only if unreached is None else self._reachable(only, unreached.tried)
                 try:
-                    choice = self.auto.decide(path, doc, profile, user, only, reading, scope)
+                    choice = self.auto.decide(path, doc, profile, user, among, reading, scope)
                 except NoBackend as none:
                     choice = await self.auto.decided_again(
-                        none, path, doc, profile, user, only, reading, scope
+                        none, path, doc, profile, user, among, reading, scope
                     )
             except AutoError as exc:
+                if unreached is not None:
+                    return unreached.answer()
                 # No model for the request: a capability none of the profile's models
                 # offers is Ollama's own refusal, which clients read.
                 return (
@@ -397,6 +403,8 @@ class Handlers:
                     or handler_error(path, exc.status, exc.answer(model))
                 )
             except NoBackend:
+                if unreached is not None:
+                    return unreached.answer()
                 if not stands_in(self.cloud, path, cloud_names):
                     raise
                 return await self._to_cloud(request, doc, sent, cloud_names, self.cloud, profile)
@@ -438,6 +446,18 @@ class Handlers:
         except ModelGone:
             doc["model"] = model
             return await self._auto(request, doc, body, sent, model, profile, key, fractional, True)
+        except ModelUnreachable as exc:
+            doc["model"] = model
+            return await self._auto(
+                request, doc, body, sent, model, profile, key, fractional, True, exc
+            )
+
+    def _reachable(self, only: frozenset[str] | None, tried: list[BackendState]) -> frozenset[str]:
+        """The models `auto` may choose among for an API key's list `only` (None: any)
+        that a backend other than the unreachable ones `tried` lists."""
+        others = [s for s in self.backends.states if s not in tried]
+        listed = frozenset().union(*(s.models or () for s in others))
+        return listed if only is None else listed & only
 
     async def _auto_load(
         self,

@@ -95,6 +95,24 @@ class ModelGone(Exception):
     chose the model, may choose again."""
 
 
+class ModelUnreachable(Exception):
+    """`forward`'s request, sent with `missing`, reached none of the backends that list
+    its model (`tried`: each connect refused or timed out, none left to try): nothing
+    reached the client, and the caller, which chose the model, may choose one another
+    backend lists; `answer` makes the client's answer where it cannot (the 503
+    `forward` gives)."""
+
+    def __init__(
+        self,
+        model: str,
+        tried: list[BackendState],
+        answer: Callable[[], web.StreamResponse],
+    ) -> None:
+        super().__init__(model)
+        self.tried = tried
+        self.answer = answer
+
+
 def missing_model(head: ResponseHead) -> bool:
     """Whether an answer to a request that runs a model is Ollama's 404 "model '…' not
     found" (JSON), not gin's 404 for a route it lacks (text)."""
@@ -286,7 +304,16 @@ class Relay:
                     if fallback is not None:
                         return await fallback()
                     if failures:
-                        return self._failed(request, outcome, failures, unreachable, exhausted)
+                        return self._unanswered(
+                            request,
+                            outcome,
+                            failures,
+                            unreachable,
+                            exhausted,
+                            missing,
+                            model,
+                            tried,
+                        )
                     raise  # answered where every NoBackend is (`Server.handle`)
             outcome.attempts += 1
             outcome.backend = state.label
@@ -363,7 +390,9 @@ class Relay:
                 if own_length or again or only is not None or len(tried) > retries:
                     if fallback is not None:
                         return await fallback()
-                    return self._failed(request, outcome, failures, unreachable, exhausted)
+                    return self._unanswered(
+                        request, outcome, failures, unreachable, exhausted, missing, model, tried
+                    )
                 continue
             except Exception as exc:
                 state.end(model)
@@ -417,6 +446,28 @@ class Relay:
                 outcome.cancelled = True
                 client.keep_alive = False
             return client.response()
+
+    def _unanswered(
+        self,
+        request: web.Request,
+        outcome: Served,
+        failures: list[tuple[str, str]],
+        unreachable: bool,
+        exhausted: bool,
+        missing: bool,
+        model: str | None,
+        tried: list[BackendState],
+    ) -> web.StreamResponse:
+        """`_failed`, but for a model the caller chose (`missing`) that no backend listing
+        it could be reached for: `ModelUnreachable`, for the caller to choose another.
+        Not where the proxy's own connections ran out: another model would find none."""
+        if missing and unreachable and not exhausted and model is not None:
+            raise ModelUnreachable(
+                model,
+                tried,
+                functools.partial(self._failed, request, outcome, failures, unreachable, exhausted),
+            )
+        return self._failed(request, outcome, failures, unreachable, exhausted)
 
     def _failed(
         self,

@@ -366,3 +366,41 @@ def test_a_stream_ended_short_keeps_its_connection_framed(
             assert more, after
             after += more
     assert after.startswith(b"HTTP/1.1 200 OK\r\n")
+
+
+async def test_auto_chooses_again_where_its_choice_cannot_be_reached(
+    servers: ServerThread,
+) -> None:
+    """`auto`'s choice whose only backend refuses the connect (its Ollama stopped since
+    the last health check: the circuit is still closed) is not the client's 503: it
+    named no model and nothing reached it, so `auto` chooses once more among the models
+    the other backend serves (not another of the stopped one's); the answer names the
+    model served."""
+    a = Emulator(servers, dataclasses.replace(FROZEN, models=("qwen2.5-coder:7b", "llama3.2:3b")))
+    b = Emulator(servers, dataclasses.replace(FROZEN, models=(CHAT,)))
+    proxy = Proxy(servers, [a.url, b.url], health=Health(interval_seconds=3600))
+    try:
+        await settled(a, b)
+        status, chosen, header = await auto_chat(proxy.url)
+        assert (status, header) == (200, chosen)
+        stopped, left = (a, b) if chosen in a.state.store else (b, a)
+        stopped.stop()
+        status, model, header = await auto_chat(proxy.url)
+    finally:
+        proxy.stop()
+        a.stop()
+        b.stop()
+    assert status == 200
+    assert model == header and model in left.state.store
+
+
+async def auto_chat(url: str) -> tuple[int, Any, str]:
+    """An `auto` chat's status, the model its answer names (None for an error) and the
+    one `X-Autoroute-Model` names."""
+    body = {"model": "auto", "messages": HI, "stream": False}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url + "/api/chat", json=body) as resp,
+    ):
+        doc = await resp.json()
+        return resp.status, doc.get("model"), resp.headers.get("X-Autoroute-Model", "")
