@@ -278,6 +278,12 @@ class Relay:
         exhausted = True  # every failure so far was the proxy's own (`ProxyExhausted`)
         retries = self.config.health.retries if body is not None else 0
         rechecked = False  # the backends that may be back were checked again
+
+        def unanswered() -> web.StreamResponse:
+            """The client's answer once no backend is left (`_failed`)."""
+            chosen = model if missing else None
+            return self._failed(request, outcome, failures, unreachable, exhausted, chosen, tried)
+
         while True:
             try:
                 state = only or self.backends.choose(model, tried, retry=bool(tried))
@@ -304,16 +310,7 @@ class Relay:
                     if fallback is not None:
                         return await fallback()
                     if failures:
-                        return self._unanswered(
-                            request,
-                            outcome,
-                            failures,
-                            unreachable,
-                            exhausted,
-                            missing,
-                            model,
-                            tried,
-                        )
+                        return unanswered()
                     raise  # answered where every NoBackend is (`Server.handle`)
             outcome.attempts += 1
             outcome.backend = state.label
@@ -390,9 +387,7 @@ class Relay:
                 if own_length or again or only is not None or len(tried) > retries:
                     if fallback is not None:
                         return await fallback()
-                    return self._unanswered(
-                        request, outcome, failures, unreachable, exhausted, missing, model, tried
-                    )
+                    return unanswered()
                 continue
             except Exception as exc:
                 state.end(model)
@@ -447,28 +442,6 @@ class Relay:
                 client.keep_alive = False
             return client.response()
 
-    def _unanswered(
-        self,
-        request: web.Request,
-        outcome: Served,
-        failures: list[tuple[str, str]],
-        unreachable: bool,
-        exhausted: bool,
-        missing: bool,
-        model: str | None,
-        tried: list[BackendState],
-    ) -> web.StreamResponse:
-        """`_failed`, but for a model the caller chose (`missing`) that no backend listing
-        it could be reached for: `ModelUnreachable`, for the caller to choose another.
-        Not where the proxy's own connections ran out: another model would find none."""
-        if missing and unreachable and not exhausted and model is not None:
-            raise ModelUnreachable(
-                model,
-                tried,
-                functools.partial(self._failed, request, outcome, failures, unreachable, exhausted),
-            )
-        return self._failed(request, outcome, failures, unreachable, exhausted)
-
     def _failed(
         self,
         request: web.Request,
@@ -476,13 +449,23 @@ class Relay:
         failures: list[tuple[str, str]],
         unreachable: bool,
         exhausted: bool,
+        chosen: str | None = None,
+        tried: Sequence[BackendState] = (),
     ) -> web.StreamResponse:
         """No answer from any backend tried: 503 when none could be reached (as when no
         backend is healthy; "server busy" when only the proxy's own connections ran
         out, as Ollama says of its own full queue), 502 when one was reached and
         misbehaved. `failures` says why, each (the operator's reason, a public one):
         the client reads the public ones unless it may see the fleet (`sees_fleet`);
-        the outcome keeps the other."""
+        the outcome keeps the other. A model the caller chose (`chosen`, sent with
+        `missing`) that none of the backends listing it (`tried`) could be reached for
+        is `ModelUnreachable` instead, for the caller to choose another; not where the
+        proxy's own connections ran out, which another model would find alike."""
+        if chosen is not None and unreachable and not exhausted:
+            answer = functools.partial(
+                self._failed, request, outcome, failures, unreachable, exhausted
+            )
+            raise ModelUnreachable(chosen, list(tried), answer)
         prefix = _BUSY if exhausted else "no healthy backend: " if unreachable else ""
         outcome.error = prefix + "; ".join(detailed for detailed, _ in failures)
         message = outcome.error
