@@ -6,12 +6,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
+import multiprocessing
 import random
 import socket
 import statistics
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 
 import orjson
@@ -73,21 +77,33 @@ async def in_flight(port: int) -> bool:
     )
 
 
-async def idle_connections(port: int, n: int, stop: asyncio.Event) -> None:
+async def idle_connections(port: int, n: int, stop: asyncio.Event, ready: asyncio.Event) -> None:
     conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(n)]
+    ready.set()
     await stop.wait()
     for _, w in conns:
         w.close()
 
 
 async def _trickle(
-    port: int, n: int, stop: asyncio.Event, opening: bytes, piece: bytes, every: float
+    port: int,
+    n: int,
+    stop: asyncio.Event,
+    ready: asyncio.Event,
+    opening: bytes,
+    piece: bytes,
+    every: float,
 ) -> None:
     """`n` connections that each send `opening`, then `piece` every `every` seconds
-    until `stop`: a request that never ends."""
+    until `stop`: a request that never ends. In place once all are open."""
+    opened = 0
 
     async def one() -> None:
+        nonlocal opened
         _, w = await asyncio.open_connection("127.0.0.1", port)
+        opened += 1
+        if opened == n:
+            ready.set()
         try:
             w.write(opening)
             while not stop.is_set():
@@ -102,17 +118,20 @@ async def _trickle(
     await asyncio.gather(*(one() for _ in range(n)))
 
 
-async def slow_heads(port: int, n: int, stop: asyncio.Event) -> None:
-    await _trickle(port, n, stop, b"POST /api/chat HTTP/1.1\r\nHost: x\r\n", b"X-A: b\r\n", 0.5)
+async def slow_heads(port: int, n: int, stop: asyncio.Event, ready: asyncio.Event) -> None:
+    opening = b"POST /api/chat HTTP/1.1\r\nHost: x\r\n"
+    await _trickle(port, n, stop, ready, opening, b"X-A: b\r\n", 0.5)
 
 
-async def slow_bodies(port: int, n: int, stop: asyncio.Event) -> None:
+async def slow_bodies(port: int, n: int, stop: asyncio.Event, ready: asyncio.Event) -> None:
     head = request("POST", "/api/chat", b"", [b"Content-Length: 1000000"], close=True)
     opening = head + b'{"model":"auto","messages":[{"role":"user","content":"'
-    await _trickle(port, n, stop, opening, b"a" * 100, 0.2)
+    await _trickle(port, n, stop, ready, opening, b"a" * 100, 0.2)
 
 
-async def large_bodies(port: int, n: int, stop: asyncio.Event, path: str = "/api/chat") -> None:
+async def large_bodies(
+    port: int, n: int, stop: asyncio.Event, ready: asyncio.Event, path: str = "/api/chat"
+) -> None:
     """Bodies of 8 MB whose prompt is over `limits.max_prompt_chars`, again and again."""
     big = orjson.dumps(
         {
@@ -123,14 +142,15 @@ async def large_bodies(port: int, n: int, stop: asyncio.Event, path: str = "/api
         }
     )
     raw = request("POST", path, big)
+    ready.set()
     while not stop.is_set():
         for answers, _, _ in await asyncio.gather(*(exchange(port, [raw], 60) for _ in range(n))):
             TALLY.add(answers)
 
 
-async def large_explains(port: int, n: int, stop: asyncio.Event) -> None:
+async def large_explains(port: int, n: int, stop: asyncio.Event, ready: asyncio.Event) -> None:
     """`large_bodies` to explain, which refuses what the inference routes' limits do."""
-    await large_bodies(port, n, stop, "/api/autoroute/explain")
+    await large_bodies(port, n, stop, ready, "/api/autoroute/explain")
 
 
 # A vision model of the emulator's: it takes the images of the passing bodies.
@@ -196,10 +216,11 @@ async def warm_passing(port: int) -> None:
         TALLY.add(answers)
 
 
-async def large_passing(port: int, n: int, stop: asyncio.Event) -> None:
+async def large_passing(port: int, n: int, stop: asyncio.Event, ready: asyncio.Event) -> None:
     """Bodies of 8 MB the limits pass (`passing_bodies`, each route in turn), again and
     again: read, routed and forwarded."""
     raws = [raw for _, raw in passing_bodies()]
+    ready.set()
     turn = 0
     while not stop.is_set():
         sent = [raws[(turn + i) % len(raws)] for i in range(n)]
@@ -208,17 +229,32 @@ async def large_passing(port: int, n: int, stop: asyncio.Event) -> None:
             TALLY.add(answers)
 
 
-async def held_bodies(port: int, n: int, stop: asyncio.Event) -> None:
+async def held_bodies(port: int, n: int, stop: asyncio.Event, ready: asyncio.Event) -> None:
     """Bodies of 8 MB sent but their last bytes: together past what the proxy holds at
-    once (`limits.max_held_body_bytes`), so later ones are refused, never the victim's."""
+    once (`limits.max_held_body_bytes`), so later ones are refused, never the victim's.
+    In place once every body is sent, or refused on the way: then they are held."""
     size = 8 << 20
     head = request("POST", "/api/chat", b"", [b"Content-Length: %d" % size])
+    body = b" " * (size - 10)
+    sent = 0
 
     async def one() -> None:
+        marked = False
+
+        def mark() -> None:  # this body sent whole, or refused
+            nonlocal sent, marked
+            if not marked:
+                marked = True
+                sent += 1
+                if sent == n:
+                    ready.set()
+
         try:
-            answers, _, _ = await exchange(port, [head, b" " * (size - 10), 600.0], 600)
+            answers, _, _ = await exchange(port, [head, body, mark, 600.0], 600)
         except (ConnectionError, OSError):
             return
+        finally:
+            mark()
         TALLY.add(answers)
 
     held = [asyncio.ensure_future(one()) for _ in range(n)]
@@ -228,7 +264,7 @@ async def held_bodies(port: int, n: int, stop: asyncio.Event) -> None:
     await asyncio.gather(*held, return_exceptions=True)
 
 
-async def unread_streams(port: int, n: int, stop: asyncio.Event) -> None:
+async def unread_streams(port: int, n: int, stop: asyncio.Event, ready: asyncio.Event) -> None:
     body = orjson.dumps({"model": MODEL, "prompt": "story", "options": {"num_predict": 100000}})
     socks = []
     for _ in range(n):
@@ -239,19 +275,22 @@ async def unread_streams(port: int, n: int, stop: asyncio.Event) -> None:
         sock.send(request("POST", "/api/generate", body))
         socks.append(sock)
     TALLY.unread += n
+    ready.set()
     await stop.wait()
     for sock in socks:
         sock.close()
 
 
-async def bombs(port: int, n: int, stop: asyncio.Event) -> None:
+async def bombs(port: int, n: int, stop: asyncio.Event, ready: asyncio.Event) -> None:
     raw = request("POST", "/api/chat", bomb(31), [b"Content-Encoding: gzip"])
+    ready.set()
     while not stop.is_set():
         for answers, _, _ in await asyncio.gather(*(exchange(port, [raw], 30) for _ in range(n))):
             TALLY.add(answers)
 
 
-Attack = Callable[[int, int, asyncio.Event], Awaitable[None]]
+# An attack on a port: `n` at once until `stop`, `ready` set once it is in place.
+Attack = Callable[[int, int, asyncio.Event, asyncio.Event], Awaitable[None]]
 # Each attack: its name, what it does, how many at once, and what is sent before it
 # starts (None: nothing).
 ATTACKS: list[tuple[str, Attack, int, Callable[[int], Awaitable[None]] | None]] = [
@@ -265,6 +304,66 @@ ATTACKS: list[tuple[str, Attack, int, Callable[[int], Awaitable[None]] | None]] 
     ("unread streams", unread_streams, 100, None),
     ("gzip bombs", bombs, 8, None),
 ]
+
+
+# How long an attack may take to be in place (its process started, its connections
+# open, its bodies sent) before the victim is timed all the same.
+IN_PLACE_SECONDS = 60.0
+# How long an attack may take to end once told to.
+END_SECONDS = 60.0
+
+
+@dataclass
+class Events:
+    """An attack's process and the probe, each waiting for the other: the process
+    `started`, the attack to `go`, the attack `ready` (in place), the attack to `stop`."""
+
+    started: EventType
+    go: EventType
+    ready: EventType
+    stop: EventType
+
+
+def _attack_process(index: int, port: int, events: Events, out: Connection) -> None:
+    """Attack `index` of `ATTACKS`, in a process of its own: what it spends (megabytes
+    written, hundreds of connections opened) stalls no loop the victim is timed in,
+    only the machine, as a client elsewhere would. Sends back what it read (`TALLY`)
+    and how it failed, if it did."""
+
+    async def run() -> str:
+        _, attack, n, _ = ATTACKS[index]
+        stop, ready = asyncio.Event(), asyncio.Event()
+        events.started.set()
+        await asyncio.to_thread(events.go.wait)
+        running = asyncio.ensure_future(attack(port, n, stop, ready))
+        in_place = asyncio.ensure_future(ready.wait())
+        await asyncio.wait([running, in_place], return_when=asyncio.FIRST_COMPLETED)
+        events.ready.set()
+        await asyncio.to_thread(events.stop.wait)
+        stop.set()
+        try:
+            await running
+        except Exception as exc:  # the probe reports it
+            return repr(exc)
+        return ""
+
+    failed = asyncio.run(run())
+    out.send((TALLY.answered, TALLY.unread, failed))
+
+
+def _ended(process: BaseProcess, results: Connection) -> tuple[list[tuple[str, int]], int, str]:
+    """What the attack's process sends back once stopped (`_attack_process`)."""
+    try:
+        if results.poll(END_SECONDS):
+            sent: tuple[list[tuple[str, int]], int, str] = results.recv()
+            return sent
+        return [], 0, f"no end after {END_SECONDS:g} s"
+    except EOFError:
+        return [], 0, f"its process exited with {process.exitcode}"
+    finally:
+        process.join(END_SECONDS)
+        if process.exitcode is None:
+            process.kill()
 
 
 @dataclass
@@ -291,15 +390,28 @@ async def exhaustion(
         f"exhaustion: victim alone: median {base * 1000:.1f} ms through the proxy, "
         f"{direct_base * 1000:.1f} ms straight to the emulator, over {rounds} chats"
     )
-    for name, attack, n, warm in ATTACKS:
+    spawn = multiprocessing.get_context("spawn")
+    for index, (name, _, n, warm) in enumerate(ATTACKS):
         if only and not any(word in name for word in only):
             continue
         if warm is not None:
             await warm(port)
-        stop = asyncio.Event()
+        events = Events(spawn.Event(), spawn.Event(), spawn.Event(), spawn.Event())
+        results, results_in = spawn.Pipe(duplex=False)
+        process = spawn.Process(
+            target=_attack_process, args=(index, port, events, results_in), daemon=True
+        )
+        process.start()
+        await asyncio.to_thread(events.started.wait, IN_PLACE_SECONDS)
         flight = asyncio.ensure_future(in_flight(port))
         await asyncio.sleep(0.2)
-        running = asyncio.ensure_future(attack(port, n, stop))
+        events.go.set()
+        began = time.monotonic()
+        if not await asyncio.to_thread(events.ready.wait, IN_PLACE_SECONDS):
+            problems.append(f"[exhaustion] {name}: not in place after {IN_PLACE_SECONDS:g} s")
+        in_place = time.monotonic() - began
+        # The attack in place, a second for what it set going to settle: the victim is
+        # timed against the attack as it stands, not the attack's start.
         await asyncio.sleep(1.0)
         rss_before = rss_kib(pids.proxy)
         cpu = cpu_seconds(pids.proxy), cpu_seconds(pids.emulator), time.monotonic()
@@ -309,11 +421,12 @@ async def exhaustion(
             (cpu_seconds(pids.proxy) - cpu[0]) / (time.monotonic() - cpu[2]),
             (cpu_seconds(pids.emulator) - cpu[1]) / (time.monotonic() - cpu[2]),
         )
-        stop.set()
-        try:
-            await asyncio.wait_for(running, 60)
-        except (TimeoutError, OSError) as exc:
-            problems.append(f"[exhaustion] {name}: attack did not end ({exc!r})")
+        events.stop.set()
+        answered, unread, failure = await asyncio.to_thread(_ended, process, results)
+        TALLY.answered += answered
+        TALLY.unread += unread
+        if failure:
+            problems.append(f"[exhaustion] {name}: attack did not end ({failure})")
         failed = sum(1 for t in during if t == float("inf"))
         ok = [t for t in during if t != float("inf")]
         ratio = statistics.median(ok) / base if ok else float("inf")
@@ -322,7 +435,8 @@ async def exhaustion(
             f"(worst {max(ok, default=0) / base:.2f}x, {failed} of {rounds} failed), "
             f"straight to the emulator {statistics.median(direct) / direct_base:.2f}x; "
             f"CPU proxy {spent[0]:.0%} emulator {spent[1]:.0%}; "
-            f"proxy RSS {rss_before // 1024} -> {rss_kib(pids.proxy) // 1024} MiB",
+            f"proxy RSS {rss_before // 1024} -> {rss_kib(pids.proxy) // 1024} MiB; "
+            f"in place in {in_place:.1f} s",
             flush=True,
         )
         if failed:

@@ -119,14 +119,14 @@ def parse_answers(data: bytes, head_requests: int = 0) -> tuple[list[Answer], by
 
 async def exchange(
     port: int,
-    pieces: list[bytes | float],
+    pieces: list[bytes | float | Callable[[], None]],
     seconds: float = 10.0,
     shut: bool = False,
     head_requests: int = 0,
 ) -> tuple[list[Answer], bytes, bool]:
-    """Send `pieces` (bytes, or a pause in seconds) on one connection, read until the
-    server closes it (or `seconds`): the answers, trailing bytes, and whether it
-    closed."""
+    """Send `pieces` (bytes, a pause in seconds, or a call once what comes before it is
+    sent) on one connection, read until the server closes it (or `seconds`): the
+    answers, trailing bytes, and whether it closed."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 24)
     received = bytearray()
     closed = False
@@ -142,6 +142,9 @@ async def exchange(
         for piece in pieces:
             if isinstance(piece, float):
                 await asyncio.sleep(piece)
+                continue
+            if callable(piece):
+                piece()
                 continue
             writer.write(piece)
             await writer.drain()
