@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import hostile_probe as hp
+from benchmarks.hostile_probe import exhaustion
 from tests.conftest import FROZEN
 from tests.support import Emulator, Proxy, ServerThread, file_usage
 
@@ -67,3 +68,29 @@ async def test_hostile_requests_get_clear_refusals_and_leave_the_proxy_whole(
     # Served and refused both, and requests relayed upstream: the probe reached each side.
     assert 200 in statuses and 400 in statuses, statuses
     assert report.served and recorder.requests
+
+
+async def test_an_exhaustion_attack_runs_in_a_process_of_its_own(
+    servers: ServerThread, tmp_path: Path
+) -> None:
+    # The victim is timed in this process's loop: an attack run here (megabytes built
+    # and written) would stall it, and the stall would be counted as the proxy's. Its
+    # answers reach this process only when it is stopped, and all of them then.
+    emulator = Emulator(servers, FROZEN)
+    prx = Proxy(servers, [emulator.url], usage=file_usage(tmp_path))
+    names = [name for name, *_ in exhaustion.ATTACKS]
+    before = len(exhaustion.TALLY.answered)
+    attack = exhaustion.Apart(names.index("gzip bombs"), prx.port)
+    try:
+        assert await attack.started()
+        assert await attack.go()
+        assert len(exhaustion.TALLY.answered) == before
+    finally:
+        failure = await attack.stop()
+        prx.stop()
+        emulator.stop()
+    assert failure == ""
+    answered = exhaustion.TALLY.answered[before:]
+    # A first round at least, every answer with the proxy's request id.
+    assert len(answered) >= exhaustion.ATTACKS[names.index("gzip bombs")][2]
+    assert all(rid for rid, _ in answered), answered

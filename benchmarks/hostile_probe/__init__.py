@@ -19,9 +19,10 @@ socket and checks every answer:
   more than one.
 
 Then resource exhaustion: idle connections, slow heads, slow bodies, many large bodies
-at once, streams whose client never reads, compressed bombs, each while a well-behaved
-client keeps sending requests; its latencies are printed as ratios against the same
-client with no attack, measured in the same run.
+at once, streams whose client never reads, compressed bombs, each from a process of its
+own while a well-behaved client keeps sending requests, timed once the attack is in
+place; its latencies are printed as ratios against the same client with no attack,
+measured in the same run.
 
     .venv/bin/python -m benchmarks.hostile_probe [--port 19100] [--no-exhaustion]
 

@@ -14,7 +14,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 
@@ -325,10 +324,8 @@ class Events:
 
 
 def _attack_process(index: int, port: int, events: Events, out: Connection) -> None:
-    """Attack `index` of `ATTACKS`, in a process of its own: what it spends (megabytes
-    written, hundreds of connections opened) stalls no loop the victim is timed in,
-    only the machine, as a client elsewhere would. Sends back what it read (`TALLY`)
-    and how it failed, if it did."""
+    """`Apart`'s process: attack `index` of `ATTACKS`, then what it read (`TALLY`) and
+    how it failed, if it did, sent back."""
 
     async def run() -> str:
         _, attack, n, _ = ATTACKS[index]
@@ -341,6 +338,7 @@ def _attack_process(index: int, port: int, events: Events, out: Connection) -> N
         events.ready.set()
         await asyncio.to_thread(events.stop.wait)
         stop.set()
+        in_place.cancel()
         try:
             await running
         except Exception as exc:  # the probe reports it
@@ -351,19 +349,49 @@ def _attack_process(index: int, port: int, events: Events, out: Connection) -> N
     out.send((TALLY.answered, TALLY.unread, failed))
 
 
-def _ended(process: BaseProcess, results: Connection) -> tuple[list[tuple[str, int]], int, str]:
-    """What the attack's process sends back once stopped (`_attack_process`)."""
-    try:
-        if results.poll(END_SECONDS):
-            sent: tuple[list[tuple[str, int]], int, str] = results.recv()
-            return sent
-        return [], 0, f"no end after {END_SECONDS:g} s"
-    except EOFError:
-        return [], 0, f"its process exited with {process.exitcode}"
-    finally:
-        process.join(END_SECONDS)
-        if process.exitcode is None:
-            process.kill()
+class Apart:
+    """Attack `index` of `ATTACKS` on `port`, in a process of its own: what it spends
+    (megabytes built and written, hundreds of connections opened) stalls no loop the
+    victim is timed in, only the machine, as a client elsewhere would."""
+
+    def __init__(self, index: int, port: int) -> None:
+        spawn = multiprocessing.get_context("spawn")
+        self.events = Events(spawn.Event(), spawn.Event(), spawn.Event(), spawn.Event())
+        self._results, results_in = spawn.Pipe(duplex=False)
+        self._process = spawn.Process(
+            target=_attack_process, args=(index, port, self.events, results_in), daemon=True
+        )
+        self._process.start()
+
+    async def started(self) -> bool:
+        """Whether the process is up (its imports done) within `IN_PLACE_SECONDS`."""
+        return await asyncio.to_thread(self.events.started.wait, IN_PLACE_SECONDS)
+
+    async def go(self) -> bool:
+        """Start the attack: whether it is in place within `IN_PLACE_SECONDS`."""
+        self.events.go.set()
+        return await asyncio.to_thread(self.events.ready.wait, IN_PLACE_SECONDS)
+
+    async def stop(self) -> str:
+        """End the attack: what it read joins `TALLY`; how it failed ("" if it did not)."""
+        self.events.stop.set()
+        answered, unread, failure = await asyncio.to_thread(self._ended)
+        TALLY.answered += answered
+        TALLY.unread += unread
+        return failure
+
+    def _ended(self) -> tuple[list[tuple[str, int]], int, str]:
+        try:
+            if self._results.poll(END_SECONDS):
+                sent: tuple[list[tuple[str, int]], int, str] = self._results.recv()
+                return sent
+            return [], 0, f"no end after {END_SECONDS:g} s"
+        except EOFError:
+            return [], 0, f"its process exited with {self._process.exitcode}"
+        finally:
+            self._process.join(END_SECONDS)
+            if self._process.exitcode is None:
+                self._process.kill()
 
 
 @dataclass
@@ -390,24 +418,18 @@ async def exhaustion(
         f"exhaustion: victim alone: median {base * 1000:.1f} ms through the proxy, "
         f"{direct_base * 1000:.1f} ms straight to the emulator, over {rounds} chats"
     )
-    spawn = multiprocessing.get_context("spawn")
     for index, (name, _, n, warm) in enumerate(ATTACKS):
         if only and not any(word in name for word in only):
             continue
         if warm is not None:
             await warm(port)
-        events = Events(spawn.Event(), spawn.Event(), spawn.Event(), spawn.Event())
-        results, results_in = spawn.Pipe(duplex=False)
-        process = spawn.Process(
-            target=_attack_process, args=(index, port, events, results_in), daemon=True
-        )
-        process.start()
-        await asyncio.to_thread(events.started.wait, IN_PLACE_SECONDS)
+        attack = Apart(index, port)
+        if not await attack.started():
+            problems.append(f"[exhaustion] {name}: no process after {IN_PLACE_SECONDS:g} s")
         flight = asyncio.ensure_future(in_flight(port))
         await asyncio.sleep(0.2)
-        events.go.set()
         began = time.monotonic()
-        if not await asyncio.to_thread(events.ready.wait, IN_PLACE_SECONDS):
+        if not await attack.go():
             problems.append(f"[exhaustion] {name}: not in place after {IN_PLACE_SECONDS:g} s")
         in_place = time.monotonic() - began
         # The attack in place, a second for what it set going to settle: the victim is
@@ -421,10 +443,7 @@ async def exhaustion(
             (cpu_seconds(pids.proxy) - cpu[0]) / (time.monotonic() - cpu[2]),
             (cpu_seconds(pids.emulator) - cpu[1]) / (time.monotonic() - cpu[2]),
         )
-        events.stop.set()
-        answered, unread, failure = await asyncio.to_thread(_ended, process, results)
-        TALLY.answered += answered
-        TALLY.unread += unread
+        failure = await attack.stop()
         if failure:
             problems.append(f"[exhaustion] {name}: attack did not end ({failure})")
         failed = sum(1 for t in during if t == float("inf"))
