@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import tracemalloc
 from collections.abc import Iterator
 from typing import Any
 
@@ -475,6 +476,40 @@ async def test_a_client_waiting_to_send_a_body_with_no_room_is_refused_uninvited
             assert held.held == taken
             await first.read()
     finally:
+        prx.stop()
+
+
+async def test_a_body_arriving_is_kept_as_it_came_not_copied(
+    servers: ServerThread, emulator: Emulator
+) -> None:
+    """While a body arrives, the proxy keeps the pieces that came, not a copy of them in
+    a buffer that grows with them: copying is work in the loop every other request
+    waits for, and many clients sending large bodies at once would have a small
+    request wait behind copying all they sent. The body is made whole once, at its
+    end."""
+    mib = 1024 * 1024
+    limits = Limits(max_body_bytes=4 * mib, max_held_body_bytes=8 * mib)
+    prx = Proxy(servers, [emulator.url], limits=limits)
+    held = prx.app[HELD_BODIES]
+    loop = asyncio.get_running_loop()
+    tracemalloc.start()
+    sending = socket.create_connection(("127.0.0.1", prx.port))
+    try:
+        sent = 3 * mib
+        await loop.run_in_executor(
+            None,
+            sending.sendall,
+            b"POST /api/chat HTTP/1.1\r\nHost: localhost\r\n"
+            b"Content-Length: %d\r\n\r\n{%b" % (4 * mib, b" " * (sent - 1)),
+        )
+        assert await wait_until(lambda: held.held == sent)
+        only_limits = tracemalloc.Filter(True, request_limits.__file__)
+        kept = tracemalloc.take_snapshot().filter_traces([only_limits]).statistics("filename")
+        # What the reading of the body allocated itself: a list of the pieces, no copy.
+        assert sum(stat.size for stat in kept) < mib // 8, kept
+    finally:
+        tracemalloc.stop()
+        sending.close()
         prx.stop()
 
 
