@@ -13,6 +13,8 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from aiohttp.streams import StreamReader
+from aiohttp.test_utils import make_mocked_request
 
 from proxy import auto, body_screen, go_json
 from proxy import limits as request_limits
@@ -511,6 +513,53 @@ async def test_a_body_arriving_is_kept_as_it_came_not_copied(
         tracemalloc.stop()
         sending.close()
         prx.stop()
+
+
+class _Reading:
+    """The side of a connection an aiohttp StreamReader tells to pause and resume."""
+
+    _reading_paused = False
+    connected = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self, **_: Any) -> None:
+        pass
+
+
+async def test_a_body_sent_in_tiny_pieces_holds_about_its_own_length() -> None:
+    """A body sent two bytes at a time, each piece read on its own, is held in about as
+    many bytes as it has: kept as separate objects, each piece would hold tens of bytes
+    for the two it counts against `max_held_body_bytes`, and clients dripping their
+    bodies would hold many times that limit."""
+    pieces = 20_000
+    side: Any = _Reading()
+    reader = StreamReader(side, 2**16, loop=asyncio.get_running_loop())
+    head = {"Content-Length": str(2 * pieces + 1)}
+    request = make_mocked_request("POST", "/api/chat", headers=head, payload=reader)
+    tracemalloc.start()
+    try:
+        reading = asyncio.create_task(request_limits.read_body(request, 60.0))
+        for i in range(pieces):
+            reader.feed_data(b"x" + bytes((i % 256,)))  # made here, as a socket makes each
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+        # What the pieces made here and the reading of them hold, not what else the
+        # process allocates meanwhile.
+        where = [
+            tracemalloc.Filter(True, __file__),
+            tracemalloc.Filter(True, request_limits.__file__),
+        ]
+        kept = tracemalloc.take_snapshot().filter_traces(where).statistics("filename")
+        held = sum(stat.size for stat in kept)
+        reader.feed_data(b"}")
+        reader.feed_eof()
+        body = await reading
+    finally:
+        tracemalloc.stop()
+    assert len(body) == 2 * pieces + 1 and body.endswith(b"x\x1f}")
+    assert held < 3 * 2 * pieces, held
 
 
 async def test_a_body_declared_over_the_size_limit_counts_for_the_limit_at_most(
