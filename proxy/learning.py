@@ -313,6 +313,7 @@ def _implicit(
     key = (
         answer.get("status"),
         bool(answer.get("error")),
+        outcome.refused(answer.get("error")),
         bool(answer.get("cancelled")),
         answer.get("done_reason"),
         autocomplete,

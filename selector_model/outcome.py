@@ -35,12 +35,17 @@ and a weight, the strength of the evidence:
   nothing at all where its rater rates answers (`estimated`).
 
 A request the client got a 4xx for (bad input, a model it may not use) ran no model:
-it has no outcome; nor has one the client left before its answer began. Outcomes of
-0.5 and above count as a success where a yes or no is needed (`success`).
+it has no outcome; nor has one the client left before its answer began, nor one Ollama
+refused for what the request itself says, though with a 500 (`refused`: a `format` that
+is no schema, an option of the wrong type, a template that does not parse or run), which
+any client can send at will: counted, one key could drive the estimate of every model
+`auto` chooses to 0 for everyone. Outcomes of 0.5 and above count as a success where a
+yes or no is needed (`success`).
 """
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -68,6 +73,25 @@ TRUNCATED_REASONS = frozenset({"length", "max_tokens"})
 # Who sent which prompt to which model name (`retry_key`).
 RetryKey = tuple[str, str, str, str]
 T = TypeVar("T")
+# The starts of Ollama's errors for a request it cannot run because of what the request
+# itself says, found before anything is generated, which it answers with a 500 at the
+# head, as it answers a runner that failed (`refused`). Its own messages: a runner that
+# stops, crashes or runs out of memory says otherwise, and still fails.
+_REFUSED = re.compile(
+    # llm/llama_server.go (Completion; Chat through llamaServerChatResponseFormat): a
+    # `format` neither "json" nor a JSON Schema object ("invalid format: %q; expected
+    # \"json\" or a valid JSON Schema object"), also the OpenAI routes' non-object schema.
+    r"invalid format: "
+    # api/types.go (Options.FromMap, from server/routes.go's scheduleRunner, answered by
+    # handleScheduleError with a 500): an option of the wrong type ("option %q must be
+    # of type integer", "... of an array of strings").
+    r'|option "(?:[^"\\]|\\.)*" must be of '
+    # Go's text/template, through template/template.go's Parse and Execute: the
+    # request's own `template` that does not parse, or a template that does not run on
+    # the request's values (server/routes.go's GenerateHandler, server/prompt.go's
+    # chatPrompt; a template named "" says "template: :1: ...").
+    r"|template: :"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,16 +109,25 @@ def rated(rating: float) -> Result:
     return Result(min(1.0, max(0.0, float(rating))), RATED, "rating")
 
 
+def refused(error: object) -> bool:
+    """Whether an answer's `error` (a usage event's `outcome.error`: the backend's
+    message) is Ollama's refusal of the request for what it says (`_REFUSED`), not a
+    model or runner that failed."""
+    return isinstance(error, str) and _REFUSED.match(error) is not None
+
+
 def implicit(
     outcome: Mapping[str, Any], retried: bool = False, autocomplete: bool = False
 ) -> Result | None:
     """The outcome of a usage event's `outcome` object without any rating, or None
-    when no model answered (a 4xx), the client left before the answer began, or it
-    cancelled an `autocomplete` (`autocompletes`)."""
+    when no model answered (a 4xx, or an error Ollama gives a request it cannot run:
+    `refused`), the client left before the answer began, or it cancelled an
+    `autocomplete` (`autocompletes`)."""
     status = outcome.get("status")
-    if outcome.get("cancelled") and not status:
+    error = outcome.get("error")
+    if (outcome.get("cancelled") and not status) or refused(error):
         return None
-    if outcome.get("error") or (isinstance(status, int) and status >= 500):
+    if error or (isinstance(status, int) and status >= 500):
         return Result(0.0, FAILED, "error")
     if isinstance(status, int) and status >= 400:
         return None

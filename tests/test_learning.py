@@ -1841,6 +1841,67 @@ async def test_a_client_that_leaves_before_the_answer_began_says_nothing_of_the_
     assert row["evidence"]["count"] == pytest.approx(outcome.COMPLETED)
 
 
+async def test_requests_ollama_cannot_run_say_nothing_of_the_model_auto_chose(
+    servers: ServerThread, tmp_path: Path
+) -> None:
+    """Ollama answers a 500 for a request it cannot run because of what the request says
+    (a `format` that is no schema, an option of the wrong type), before any generation:
+    any client can send them at will, so they count neither for nor against the model
+    `auto` chose, or one key could drive every model's estimate down for the whole team.
+    A runner that dies on its input still fails the model."""
+    emu = Emulator(
+        servers,
+        EmulatorSettings(models=MODELS, frozen_clock=True, chunk_delay_ms=0.0, crash_on="CRASH"),
+    )
+    usage = Usage(file_path=str(tmp_path / "events.jsonl"), spool_dir=str(tmp_path / "spool"))
+    prx = Proxy(servers, [emu.url], selector=_selector(tmp_path), usage=usage)
+    refused = [
+        ("/api/chat", {"format": 1}, 'invalid format: "1"; '),
+        ("/api/chat", {"options": {"num_ctx": "x"}}, 'option "num_ctx" must be of type'),
+        ("/api/generate", {"format": [1]}, 'invalid format: "[1]"; '),
+    ]
+    rounds = 6
+
+    async def counted(session: aiohttp.ClientSession, sent: int) -> float:
+        for _ in range(400):
+            if (await _status(session, prx.url))["learning"]["observed_requests"] >= sent:
+                break
+            await asyncio.sleep(0.05)
+        doc = await _explain(session, prx.url, _math(2))
+        return float(sum(row["evidence"]["count"] for row in doc["ranking"]))
+
+    try:
+        async with aiohttp.ClientSession() as session:
+            for i in range(rounds):
+                for path, fields, said in refused:
+                    body = {**_math(i), **fields}
+                    if path == "/api/generate":
+                        body = {"model": "auto", "stream": False, "prompt": f"Calculate {i} + 1."}
+                        body.update(fields)
+                    async with session.post(prx.url + path, json=body) as resp:
+                        assert resp.status == 500
+                        assert resp.headers["X-Autoroute-Model"] in MODELS
+                        assert (await resp.json())["error"].startswith(said)
+            await _ask(session, prx.url, _math(rounds))  # one completed answer
+            sent = rounds * len(refused) + 1
+            assert await counted(session, sent) == pytest.approx(outcome.COMPLETED)
+            dies = _math(rounds + 1)
+            dies["messages"][0]["content"] += " CRASH"  # the runner dies on it
+            async with session.post(prx.url + "/api/chat", json=dies) as resp:
+                assert resp.status == 500
+            assert await counted(session, sent + 1) == pytest.approx(
+                outcome.COMPLETED + outcome.FAILED
+            )
+    finally:
+        prx.stop()
+        emu.stop()
+    # What the events say, read as training and the A/B report read them: the same.
+    events = [orjson.loads(line) for line in (tmp_path / "events.jsonl").read_bytes().splitlines()]
+    assert len(events) == sent + 1
+    count = sum(row[3] for row in evidence_from_events(events).rows())
+    assert count == pytest.approx(outcome.COMPLETED + outcome.FAILED)
+
+
 async def test_an_autocomplete_cut_short_by_the_next_keystroke_says_nothing_of_the_model(
     servers: ServerThread, tmp_path: Path
 ) -> None:

@@ -7,6 +7,7 @@ import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from proxy import learning
 from selector_model import features, outcome, usage_event
 from tests.test_training import _event
 from training.data import usage_examples
@@ -58,6 +59,59 @@ def test_each_signal_and_a_rating_winning_over_them() -> None:
     assert graded({**base, "rating": 5}).value == 1.0  # clamped into [0, 1]
     assert graded(base, retried=True).source == "retried"
     assert graded({**base, "rating": 1}, retried=True).value == 1.0
+
+
+# Ollama's 500s for a request it cannot run because of what the request says (its
+# messages as its sources write them), and for a runner or model that failed.
+REFUSED_500S = [
+    'invalid format: "1"; expected "json" or a valid JSON Schema object',  # llm/llama_server.go
+    'invalid format: "[1,\\"x\\"]"; expected "json" or a valid JSON Schema object',
+    'option "num_ctx" must be of type integer',  # api/types.go Options.FromMap
+    'option "stop" must be of an array of strings',
+    'option "a\\"b" must be of type boolean',
+    'template: :1: unexpected "}" in operand',  # text/template, the request's template
+    'template: :1:12: executing "" at <.Messages>: range can\'t iterate over 1',
+]
+FAILED_500S = [
+    "llama runner process has terminated: exit status 2",
+    "model runner has unexpectedly stopped, this may be due to resource limitations or an "
+    "internal error, check ollama server logs for details",
+    "llama-server process has terminated: signal: killed",
+    "llama-server reported out-of-memory during startup: cudaMalloc failed",
+    "timed out waiting for llama-server to start - ",
+    "an error was encountered while running the model: GGML_ASSERT",
+    "llama-server template error: Conversation roles must alternate",
+    "unexpected server status: 3",
+]
+
+
+def test_an_error_ollama_gives_a_request_it_cannot_run_is_no_outcome() -> None:
+    """A 500 Ollama answers for what the request itself says (a `format` that is no
+    schema, an option of the wrong type, a template that does not parse or run) says
+    nothing of the model, as a 4xx does: any client can send one at will. A runner that
+    crashed, stopped or ran out of memory still fails the model, at the head or in a
+    stream that began."""
+    for error in REFUSED_500S:
+        for status in (500, 200):
+            assert outcome.of_event(answered("r", "x", status=status, error=error)) is None
+        assert outcome.refused(error), error
+        # Read alike by online learning, which keeps one result per answer's shape.
+        assert learning._implicit({"status": 500, "error": error}, False) == (None, None)
+    failed = outcome.Result(0.0, outcome.FAILED, "error")
+    for error in FAILED_500S:
+        assert not outcome.refused(error), error
+        for status in (500, 200):
+            assert outcome.of_event(answered("r", "x", status=status, error=error)) == failed
+        assert learning._implicit({"status": 500, "error": error}, False)[0] == failed
+    assert graded(answered("r", "x", status=500, error=None)) == failed  # said nothing
+    # A rating still wins: the client judged what it got.
+    refused = answered("r", "x", status=500, error=REFUSED_500S[0])
+    assert graded({**refused, "rating": 0}) == outcome.Result(0.0, outcome.RATED, "rating")
+    # Training makes no example of it, and one of the runner that died.
+    died = _event("Why is the sky blue?", "llama3.1:8b", 8.0, status=500, error=FAILED_500S[0])
+    cannot = _event("What is 2 + 2?", "llama3.1:8b", 8.0, status=500, error=REFUSED_500S[2])
+    examples, stats = usage_examples([usage_event.read(e) for e in (died, cannot)])
+    assert (len(examples), stats.used, stats.skipped_unanswered) == (1, 1, 1)
 
 
 def test_an_autocomplete_the_client_cancelled_has_no_outcome() -> None:
