@@ -442,6 +442,7 @@ class AutoRouter:
             learning.optimism,
             profile.max_loss,
             self.evidence,
+            learning.baseline_discount,
         )
         ranking, chosen, reason, propensity = (
             chose.ranking,

@@ -304,6 +304,10 @@ class Learning:
     # utility gains for what is not known of it, so that greedy choices try a model
     # little is known about (`selector_model.posterior.OPTIMISM`; 0: the posterior mean).
     optimism: float = 1.0
+    # The share of the evidence's corrections a learned choice discounts when it is
+    # compared with the choice without evidence (`selector_model.posterior._improves`;
+    # 0: none).
+    baseline_discount: float = 0.0
     # How often the evidence is written and (with PostgreSQL) every proxy's read back.
     sync_seconds: float = 2.0
     # Without usage.postgres_dsn: where the evidence is kept ("": learning.json

@@ -136,6 +136,18 @@ the more likely the less is known about it. The propensity of the choice is
 
 the latter estimated from `draws` Monte-Carlo draws, the one that chose included (an
 estimate, within about 1/sqrt(draws); never 0 for a choice Thompson made).
+
+With `baseline_discount` (`learning.baseline_discount`, 0 by default: off), the greedy
+choice leaves the choice without evidence only where the evidence says it beats it
+with each one's correction (blend less P) worth `1 - baseline_discount` of itself:
+the profile's own rule (`safe_greedy`: `max_loss`, `min_gain`, the anchors), applied
+to the two alone rated so, must still pick the learned one (`_improves`; a model with
+fewer than `JUDGED_AFTER` answers of its own is tried as optimism chose it). In the
+spirit of safe policy improvement against a baseline (SPIBB): a correction is a mean
+gap read off the prompts the model answered, which are not this prompt's kind of
+prompt within the kind (a model keeps the prompts where the others are rated low, and
+one whose P is 20 points off on the middle of its range may be right at its top), so
+a choice that rests on it against the selector's own is held to a stricter proof.
 """
 
 from __future__ import annotations
@@ -144,7 +156,7 @@ import math
 import operator
 from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -549,6 +561,39 @@ def _standings(
     return _Standings(known_prior_strength, optimism, share, by_name)
 
 
+def _named(ranking: Sequence[Scored], name: str) -> Scored:
+    """The candidate of `ranking` called `name`."""
+    for s in ranking:
+        if s.name == name:
+            return s
+    raise KeyError(name)
+
+
+def _improves(
+    challenger: Scored,
+    baseline: Scored,
+    discount: float,
+    rule: tuple[str, float, float, float, float, float],
+) -> bool:
+    """Whether the evidence says `challenger` beats `baseline`, the choice without
+    evidence, by the profile's own rule (`safe_greedy` with `rule`: its default model,
+    `min_gain`, unknown margin, prior strength, tolerance and `max_loss`) applied to the
+    two alone, each rated by its P plus `1 - discount` of the evidence's correction of
+    it (its blend less its P), without optimism. A challenger with fewer than
+    `JUDGED_AFTER` answers of its own is not judged yet: it is tried as the optimism
+    chose it."""
+    if challenger.evidence_count < JUDGED_AFTER:
+        return True
+    pair = []
+    for s in (challenger, baseline):
+        blend = s.p_success if s.blend is None else s.blend
+        kept = s.p_success + (1.0 - discount) * (blend - s.p_success)
+        utility = s.utility - s.optimism - blend + kept
+        pair.append(replace(s, blend=kept, utility=utility, optimism=0.0))
+    pair.sort(key=_UTILITY, reverse=True)
+    return safe_greedy(pair, *rule)[0].name == challenger.name
+
+
 def choose(
     ranking: list[Scored],
     evidence: Mapping[str, Sequence[float]],
@@ -565,6 +610,7 @@ def choose(
     optimism: float = OPTIMISM,
     max_loss: float = 0.0,
     store: Evidence | None = None,
+    baseline_discount: float = 0.0,
 ) -> Chosen:
     """The choice for one request from `rank`'s ranking (prior utilities, best first)
     and the evidence for the request's kind, model: (successes, count, expected), as
@@ -575,9 +621,10 @@ def choose(
     `evidence` is read from, for what is derived from it once per change of it (as
     `kinds` when that is one). With no evidence and no
     exploration this is `pick`'s greedy choice. See the module docstring."""
-    prior_choice, reason = safe_greedy(
+    prior_choice, prior_reason = safe_greedy(
         ranking, default_model, min_gain, unknown_margin, prior_strength, tolerance, max_loss
     )
+    reason = prior_reason
     blended = ranking
     every_kind = kinds.table if isinstance(kinds, Evidence) else kinds
     if evidence or every_kind:
@@ -650,6 +697,10 @@ def choose(
         )
         if greedy.name != prior_choice.name:
             reason = "learned"
+            baseline = _named(blended, prior_choice.name)
+            rule = (default_model, min_gain, unknown_margin, prior_strength, tolerance, max_loss)
+            if baseline_discount > 0 and not _improves(greedy, baseline, baseline_discount, rule):
+                greedy, reason = baseline, prior_reason
     else:
         greedy = prior_choice
     if exploration <= 0 or len(blended) < 2:

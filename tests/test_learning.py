@@ -345,6 +345,35 @@ def test_failures_where_the_selector_expected_them_do_not_bound_a_model_elsewher
     assert choice(2, 0.85) == "quick"
 
 
+def test_a_learned_choice_leaves_the_priors_only_with_its_corrections_discounted() -> None:
+    """The choice without evidence is a slow model the selector rates 25 points above a
+    quick one. The slow one answered a kind 20 points below its P, the quick one 7
+    above: read as they are, the two corrections make them alike, and cost gives the
+    kind to the quick one. Corrections read off other prompts are what a learned
+    choice rests on; with `baseline_discount` they count for half in the comparison
+    with the choice without evidence, and half of them does not undo a 25-point
+    lead: the slow model keeps the kind. Where the quick one answered as far above its
+    P as the slow one below, half of that does."""
+    rng = np.random.default_rng(0)
+    fleet = rank(["quick", "slow"], [0.60, 0.85], [1.2, 22.7], 0.004, set(), [0.0, 0.0])
+
+    def choice(quick_right: int, discount: float) -> tuple[str, str]:
+        evidence = Evidence()
+        for i in range(100):
+            evidence.update("math", "slow", float(i < 60), prior=0.80, margin=0.2)
+            evidence.update("math", "quick", float(i < quick_right), prior=0.55, margin=-0.2)
+        chose = choose(
+            fleet, evidence.of("math"), 0.0, rng, store=evidence, baseline_discount=discount
+        )
+        return chose.chosen.name, chose.reason
+
+    assert choice(62, 0.0) == ("quick", "learned")
+    assert choice(62, 0.5) == ("slow", "ml")
+    assert choice(90, 0.5) == ("quick", "learned")
+    # As the proxy's settings carry it to the decision.
+    assert Learning().baseline_discount == 0.0
+
+
 def test_a_model_poor_answers_dropped_is_retried_once_the_kind_is_decided_often() -> None:
     """Two models the selector rates alike: the first one tried answers a kind worse
     than expected over the answers it is judged on, and the second takes the kind. One

@@ -1,6 +1,7 @@
 """The replays' feedback: the proxy's online learner counts every rating; the
 once-per-prompt variant counts an answer of a model to a prompt once, its latest
-rating replacing the earlier ones in the evidence's sums."""
+rating replacing the earlier ones in the evidence's sums; the safe variant counts as the
+learner does and holds the router's choices to the choice without evidence."""
 
 from __future__ import annotations
 
@@ -80,3 +81,12 @@ def test_the_dataset_replays_take_the_feedback_of_the_command_line() -> None:
     )
     with pytest.raises(SystemExit):
         parsed.parse_args(["--feedback", "training.replay:no_such_learner"])
+
+
+def test_the_safe_variant_holds_the_choices_to_the_unlearned_one() -> None:
+    ratings = [(MATHS, A.ollama_name, 0.0), (MATHS, B.ollama_name, 1.0)]
+    safe = _fed(replay.safe_learner, ratings)
+    assert safe.config.learning.baseline_discount == replay.SAFE_DISCOUNT > 0
+    every = _fed(replay.online_learner, ratings)
+    assert every.config.learning.baseline_discount == 0.0
+    assert list(safe.evidence.rows()) == list(every.evidence.rows())

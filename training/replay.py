@@ -384,6 +384,20 @@ def online_learner(router: AutoRouter) -> Feedback:
     return feed
 
 
+# The share of the evidence's corrections `safe_learner`'s choices discount against the
+# choice without evidence (`learning.baseline_discount`).
+SAFE_DISCOUNT = 0.5
+
+
+def safe_learner(router: AutoRouter) -> Feedback:
+    """`online_learner`, with `router` leaving the choice without evidence only where
+    the evidence, its corrections worth `1 - SAFE_DISCOUNT` of themselves, says the
+    learned choice beats it (`learning.baseline_discount`, `posterior._improves`)."""
+    learning = replace(router.config.learning, baseline_discount=SAFE_DISCOUNT)
+    router.config = replace(router.config, learning=learning)
+    return online_learner(router)
+
+
 def once_per_prompt_learner(router: AutoRouter) -> Feedback:
     """`online_learner`, but an answer of a model to a prompt counts once: a later
     outcome of the same (prompt, model) replaces the earlier one in the evidence's sums
