@@ -697,10 +697,11 @@ def choose(
         )
         if greedy.name != prior_choice.name:
             reason = "learned"
-            baseline = _named(blended, prior_choice.name)
-            rule = (default_model, min_gain, unknown_margin, prior_strength, tolerance, max_loss)
-            if baseline_discount > 0 and not _improves(greedy, baseline, baseline_discount, rule):
-                greedy, reason = baseline, prior_reason
+            if baseline_discount > 0:
+                baseline = _named(blended, prior_choice.name)
+                rule = (default_model, min_gain, unknown_margin, prior_strength, tolerance)
+                if not _improves(greedy, baseline, baseline_discount, (*rule, max_loss)):
+                    greedy, reason = baseline, prior_reason
     else:
         greedy = prior_choice
     if exploration <= 0 or len(blended) < 2:
