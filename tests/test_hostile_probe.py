@@ -13,6 +13,7 @@ The whole probe, with the resource-exhaustion part (latency ratios under attack)
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Iterator
 from dataclasses import replace
@@ -22,8 +23,9 @@ import pytest
 
 from benchmarks import hostile_probe as hp
 from benchmarks.hostile_probe import exhaustion
+from proxy.config import Limits
 from tests.conftest import FROZEN
-from tests.support import Emulator, Proxy, ServerThread, file_usage
+from tests.support import Emulator, Proxy, ServerThread, file_usage, wait_until
 
 SAMPLE = 300
 
@@ -93,4 +95,50 @@ async def test_an_exhaustion_attack_runs_in_a_process_of_its_own(
     answered = exhaustion.TALLY.answered[before:]
     # A first round at least, every answer with the proxy's request id.
     assert len(answered) >= exhaustion.ATTACKS[names.index("gzip bombs")][2]
+    assert all(rid for rid, _ in answered), answered
+
+
+async def test_the_victim_alternates_between_the_proxy_and_the_emulator(
+    servers: ServerThread, tmp_path: Path
+) -> None:
+    # Its chats through the proxy and straight to the emulator are taken turn about,
+    # over the same stretch of an attack: the two ratios are then comparable. The
+    # recorder sees both: the victim's own requests name the host it names.
+    emulator = Emulator(servers, FROZEN)
+    recorder = hp.Recorder(emulator.port)
+    servers.call(recorder.start)
+    prx = Proxy(servers, [f"http://127.0.0.1:{recorder.port}"], usage=file_usage(tmp_path))
+    try:
+        through, straight = await exhaustion.victims(prx.port, recorder.port, 3)
+    finally:
+        prx.stop()
+        servers.call(recorder.stop)
+        emulator.stop()
+    assert len(through) == len(straight) == 3
+    assert float("inf") not in through + straight
+    chats = [up for up in recorder.requests if up.target == b"/api/chat"]
+    by_proxy = [(b"Host", b"localhost") not in up.headers for up in chats]
+    assert by_proxy == [True, False] * 3
+
+
+async def test_the_bodies_the_proxy_refuses_in_a_held_bodies_attack_are_tallied(
+    servers: ServerThread, emulator: Emulator
+) -> None:
+    # Room for one body of the attack's: the others are refused (503) while it is held,
+    # and those answers are checked with the others (`check_attack_usage`).
+    prx = Proxy(servers, [emulator.url], limits=Limits(max_held_body_bytes=12 << 20))
+    before = len(exhaustion.TALLY.answered)
+    stop, ready = asyncio.Event(), asyncio.Event()
+    attack = asyncio.ensure_future(exhaustion.held_bodies(prx.port, 3, stop, ready))
+    try:
+        await asyncio.wait_for(ready.wait(), 60)
+        await wait_until(lambda: len(exhaustion.TALLY.answered) - before >= 2)
+    finally:
+        stop.set()
+        await attack
+        prx.stop()
+    answered = exhaustion.TALLY.answered[before:]
+    # One body fits, so at least two are refused (more where one is refused before
+    # another's room is let go).
+    assert len(answered) >= 2 and {status for _, status in answered} == {503}, answered
     assert all(rid for rid, _ in answered), answered

@@ -40,8 +40,16 @@ async def victim_once(port: int) -> float:
     return time.perf_counter() - began
 
 
-async def victim(port: int, rounds: int) -> list[float]:
-    return [await victim_once(port) for _ in range(rounds)]
+async def victims(port: int, emulator_port: int, rounds: int) -> tuple[list[float], list[float]]:
+    """`rounds` chats through the proxy and as many straight to the emulator, taken turn
+    about: both over the same stretch, so that what an attack costs early on (a burst of
+    uploads) weighs on both alike. Their seconds, through the proxy and straight."""
+    through: list[float] = []
+    straight: list[float] = []
+    for _ in range(rounds):
+        through.append(await victim_once(port))
+        straight.append(await victim_once(emulator_port))
+    return through, straight
 
 
 @dataclass
@@ -231,7 +239,9 @@ async def large_passing(port: int, n: int, stop: asyncio.Event, ready: asyncio.E
 async def held_bodies(port: int, n: int, stop: asyncio.Event, ready: asyncio.Event) -> None:
     """Bodies of 8 MB sent but their last bytes: together past what the proxy holds at
     once (`limits.max_held_body_bytes`), so later ones are refused, never the victim's.
-    In place once every body is sent, or refused on the way: then they are held."""
+    In place once every body is sent, or refused on the way: then they are held. A
+    refused body's answer ends its exchange, and is tallied, when the proxy closes its
+    connection; a held one's exchange waits for an answer until the attack ends."""
     size = 8 << 20
     head = request("POST", "/api/chat", b"", [b"Content-Length: %d" % size])
     body = b" " * (size - 10)
@@ -249,7 +259,7 @@ async def held_bodies(port: int, n: int, stop: asyncio.Event, ready: asyncio.Eve
                     ready.set()
 
         try:
-            answers, _, _ = await exchange(port, [head, body, mark, 600.0], 600)
+            answers, _, _ = await exchange(port, [head, body, mark], 600)
         except (ConnectionError, OSError):
             return
         finally:
@@ -405,15 +415,16 @@ class Watched:
 async def exhaustion(
     port: int, emulator_port: int, pids: Watched, only: list[str], rounds: int = 15
 ) -> list[str]:
-    """Each attack in turn while the victim chats through the proxy, then straight to
-    the emulator (what the machine and the backend alone do to it); ratios against the
-    victim with no attack, CPU of each process over the attack, the proxy's RSS."""
+    """Each attack in turn while the victim chats through the proxy and straight to the
+    emulator by turns (`victims`; straight: what the machine and the backend alone do to
+    it); ratios against the victim with no attack, CPU of each process over the attack,
+    the proxy's RSS."""
     from benchmarks.servers import cpu_seconds, rss_kib
 
     problems: list[str] = []
-    await victim(port, 3)  # warm
-    base = statistics.median(await victim(port, rounds))
-    direct_base = statistics.median(await victim(emulator_port, rounds))
+    await victims(port, emulator_port, 3)  # warm
+    alone, direct_alone = await victims(port, emulator_port, rounds)
+    base, direct_base = statistics.median(alone), statistics.median(direct_alone)
     print(
         f"exhaustion: victim alone: median {base * 1000:.1f} ms through the proxy, "
         f"{direct_base * 1000:.1f} ms straight to the emulator, over {rounds} chats"
@@ -437,8 +448,7 @@ async def exhaustion(
         await asyncio.sleep(1.0)
         rss_before = rss_kib(pids.proxy)
         cpu = cpu_seconds(pids.proxy), cpu_seconds(pids.emulator), time.monotonic()
-        during = await victim(port, rounds)
-        direct = await victim(emulator_port, rounds)
+        during, direct = await victims(port, emulator_port, rounds)
         spent = (
             (cpu_seconds(pids.proxy) - cpu[0]) / (time.monotonic() - cpu[2]),
             (cpu_seconds(pids.emulator) - cpu[1]) / (time.monotonic() - cpu[2]),
