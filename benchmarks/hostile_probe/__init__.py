@@ -18,13 +18,19 @@ socket and checks every answer:
 - every served request on an inference route exactly one usage event, and no answer
   more than one.
 
-Then resource exhaustion: idle connections, slow heads, slow bodies, many large bodies
-at once, streams whose client never reads, compressed bombs, each from a process of its
-own while a well-behaved client keeps sending requests, timed once the attack is in
-place; its latencies are printed as ratios against the same client with no attack,
-measured in the same run.
+Then resource exhaustion (`exhaustion.ATTACKS`): idle connections, slow heads, slow
+bodies, 8 MB bodies the limits refuse (to the inference routes and to explain), 8 MB
+bodies they pass (pictures), 8 MB bodies held unfinished past what the proxy holds at
+once, streams whose client never reads, compressed bombs, each from a process of its
+own while a well-behaved client chats through the proxy and straight to the emulator by
+turns, timed once the attack is in place; its latencies are printed as ratios against
+the same client with no attack, measured in the same run.
 
     .venv/bin/python -m benchmarks.hostile_probe [--port 19100] [--no-exhaustion]
+        [--only CATEGORY|none] [--attacks WORD,...]
+
+`--attacks` keeps the attacks whose name holds one of the words (`large` names the
+refused 8 MB bodies, `passing` the passed ones, `held` the unfinished ones).
 
 `tests/test_hostile_probe.py` runs the first part (every case but the exhaustion ones)
 against an in-process proxy.
