@@ -111,16 +111,21 @@ def outcome_examples(
 ) -> tuple[list[Example], list[ModelSpec], int]:
     """The rows (`dataset_examples`) of `source`, an `OUTCOME_SETS` entry, for its
     models but those named in `without` (Ollama names, the models a held-out
-    evaluation keeps unseen), the models used, and how many prompts. A prompt that
-    holds the text of one of `test` (LLMRouter's test split: MMLU-Pro rewrites MMLU
-    questions LLMRouter also asks) is left out, so the test split stays unseen; then
-    `source.limit` of them are drawn with `seed`."""
-    outcomes = OUTCOME_SETS[source.kind]
-    models = [m for m in outcomes.models if m.ollama_name not in without]
-    held = [normalize(p.text) for p in test]
-    kept = [p for p in outcomes.load() if not _holds_any(normalize(p.text), held)]
-    prompts = outcome_files.drawn(kept, source.limit, seed)
+    evaluation keeps unseen), the models used, and how many prompts
+    (`outcome_prompts`)."""
+    prompts = outcome_prompts(source, test, seed)
+    models = _models_but(source, without)
     return dataset_examples(prompts, models, uniform_weight), models, len(prompts)
+
+
+def outcome_prompts(source: Source, test: Sequence[Prompt], seed: int) -> list[Prompt]:
+    """The prompts of `source`, an `OUTCOME_SETS` entry, trained on: a prompt that holds
+    the text of one of `test` (LLMRouter's test split: MMLU-Pro rewrites MMLU questions
+    LLMRouter also asks) is left out, so the test split stays unseen; then
+    `source.limit` of them are drawn with `seed`."""
+    held = [normalize(p.text) for p in test]
+    kept = [p for p in OUTCOME_SETS[source.kind].load() if not _holds_any(normalize(p.text), held)]
+    return outcome_files.drawn(kept, source.limit, seed)
 
 
 def rows_without(
@@ -128,15 +133,22 @@ def rows_without(
 ) -> Callable[[Collection[str]], list[Example]]:
     """The rows of `sources` (`OUTCOME_SETS` entries) without the models a held-out
     evaluation names (`outcome_examples`' `without`): what each of its folds trains on
-    beside LLMRouter's kept models."""
+    beside LLMRouter's kept models. The prompts are read, filtered and drawn once, not
+    again for each fold: only the models differ between folds."""
+    prompts = [(source, outcome_prompts(source, test, seed)) for source in sources]
 
     def rows(held: Collection[str]) -> list[Example]:
         out: list[Example] = []
-        for source in sources:
-            out += outcome_examples(source, uniform_weight, test, seed, held)[0]
+        for source, drawn in prompts:
+            out += dataset_examples(drawn, _models_but(source, held), uniform_weight)
         return out
 
     return rows
+
+
+def _models_but(source: Source, without: Collection[str]) -> list[ModelSpec]:
+    """The models of `source`, an `OUTCOME_SETS` entry, but those named in `without`."""
+    return [m for m in OUTCOME_SETS[source.kind].models if m.ollama_name not in without]
 
 
 def _holds_any(text: str, parts: Sequence[str]) -> bool:
