@@ -235,12 +235,12 @@ def demo_banner(config: Config) -> str:
 
 
 async def demo(config: Config) -> None:
+    """The demo's emulated backends and the proxy (`config`, a `demo_config`, whose
+    logging is set up)."""
     from proxy.app import create_app
     from proxy.emulator import EmulatorSettings
     from proxy.emulator import create_app as create_emulator
 
-    config = demo_config(config, terminal=sys.stderr.isatty())
-    logs.setup(config.logging.level, config.logging.json)
     runners = []
     for name, port, models in DEMO_BACKENDS:
         app = create_emulator(EmulatorSettings(models=models, speed_by_size=True))
@@ -553,14 +553,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     try:
-        config = config_module.load(args.config)
+        # What reading it logs (a variable it ignores) waits for the logging it sets up.
+        with logs.held() as held:
+            config = config_module.load(args.config)
         if args.command in ("serve", "demo"):
             # `profile --backend` names where to profile, not the proxy's backends.
             config = _with_flags(config, args)
+        if args.command == "demo":
+            config = demo_config(config, terminal=sys.stderr.isatty())
     except ConfigError as exc:
         print(f"autoroute: configuration error: {exc}", file=sys.stderr)
         return 2
     logs.setup(config.logging.level, config.logging.json)
+    logs.replay(held)
 
     if args.command == "keys":
         return keys_cli.run(config, args)

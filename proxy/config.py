@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import ipaddress
+import logging
 import os
 import socket
 from collections.abc import Mapping
@@ -28,6 +29,8 @@ from proxy.config_reading import ConfigError as ConfigError
 from proxy.config_reading import FromString, build, env_overrides, merge, read_yaml
 from proxy.keep_alive import keep_alive_seconds
 from selector_model.catalog import AREAS, SPECIALTIES
+
+log = logging.getLogger("autoroute.config")
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -837,10 +840,19 @@ def load(
     path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
 ) -> Config:
     """Load the configuration; `path=None` means `$AUTOROUTE_CONFIG` or `./config.yaml`
-    when present, else the built-in defaults."""
+    when present, else the built-in defaults. Each `AUTOROUTE_*` variable that names no
+    setting is a warning logged here, once a load (`env_overrides`); the CLI holds it
+    until its logging is set up (`logs.held`)."""
     environ = os.environ if environ is None else environ
     path = _config_path(path, environ)
-    overrides, sources = env_overrides(environ, Config)
+    overrides, sources, ignored = env_overrides(environ, Config)
+    for variable, why in sorted(ignored.items()):
+        log.warning(
+            "environment variable %s ignored: %s",
+            variable,
+            why,
+            extra={"fields": {"variable": variable}},
+        )
     data = read_yaml(Path(path)) if path is not None else {}
     try:
         return build(
@@ -862,7 +874,7 @@ def named(
     environ = os.environ if environ is None else environ
     path = _config_path(path, environ)
     try:
-        _, sources = env_overrides(environ, Config)
+        _, sources, _ = env_overrides(environ, Config)
         data = read_yaml(Path(path)) if path is not None else {}
     except ConfigError:
         return exc  # the file changed since it was loaded: its word is no longer known

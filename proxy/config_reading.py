@@ -1,6 +1,7 @@
 """Reading a configuration into typed sections: frozen dataclasses built from a mapping
 (the YAML file's, merged with what `AUTOROUTE_*` variables give), each value coerced to
-its field's type, and an unknown key or variable refused with the nearest known name.
+its field's type, and an unknown key refused with the nearest known name (a variable
+that names no setting is left out, with that name for a warning).
 
 It knows no section: `proxy.config` declares them and passes the root (`Config`) and
 the types whose list items may be written as one string.
@@ -158,35 +159,46 @@ def _coerce(hint: Any, value: Any, where: str, from_string: FromString) -> Any:
     return value
 
 
-def env_overrides(environ: Mapping[str, str], root: type) -> tuple[dict[str, Any], dict[str, str]]:
-    """The settings `AUTOROUTE_*` variables give, as a tree, and which variable gave
-    each (by dotted setting). A variable that names no setting of `root` is an error
-    about that variable: merged into the file's settings, it would read as a mistake in
-    the file."""
+def env_overrides(
+    environ: Mapping[str, str], root: type
+) -> tuple[dict[str, Any], dict[str, str], dict[str, str]]:
+    """The settings `AUTOROUTE_*` variables give, as a tree; which variable gave each (by
+    dotted setting); and each variable that names no setting of `root`, with why, for a
+    warning. Such a variable is left out, as Ollama leaves out the `OLLAMA_*` variables
+    it does not know: a process's environment holds variables no one set for it, and
+    Kubernetes gives every pod beside a Service named `autoroute` the Service's
+    (`AUTOROUTE_PORT`, `AUTOROUTE_SERVICE_HOST`, ...). A variable that names a setting
+    is that setting, its value checked as the file's."""
     tree: dict[str, Any] = {}
     sources: dict[str, str] = {}
+    ignored: dict[str, str] = {}
     for key, value in environ.items():
         if not key.startswith(ENV_PREFIX) or key in (ENV_PREFIX + "CONFIG", AIOHTTP_UNCHECKED_ENV):
             continue
         path = key[len(ENV_PREFIX) :].lower().split("__")
-        _check_env_path(key, path, root)
+        unnamed = _names_no_setting(path, root)
+        if unnamed is not None:
+            ignored[key] = unnamed
+            continue
         node = tree
         for part in path[:-1]:
             node = node.setdefault(part, {})
         node[path[-1]] = value
         sources[".".join(path)] = key
-    return tree, sources
+    return tree, sources, ignored
 
 
-def _check_env_path(variable: str, path: list[str], root: type) -> None:
+def _names_no_setting(path: list[str], root: type) -> str | None:
+    """Why the dotted `path` of a variable names no setting of `root`; None where it
+    names one."""
     hint: Any = root
     for depth, part in enumerate(path):
         if not part:
             # `AUTOROUTE_=x` or `AUTOROUTE_LISTEN__=x`: nothing to name, nor to suggest.
             after = f" after {'.'.join(path[:depth])}" if depth else ""
-            raise ConfigError(
-                f"environment variable {variable}: an empty setting name{after}; a setting is "
-                f"overridden as {ENV_PREFIX}<SECTION>__<KEY>, for example {ENV_PREFIX}LISTEN__PORT"
+            return (
+                f"an empty setting name{after}; a setting is overridden as "
+                f"{ENV_PREFIX}<SECTION>__<KEY>, for example {ENV_PREFIX}LISTEN__PORT"
             )
         if dataclasses.is_dataclass(hint):
             names = {f.name for f in dataclasses.fields(hint)}
@@ -195,17 +207,13 @@ def _check_env_path(variable: str, path: list[str], root: type) -> None:
                 render = ENV_PREFIX + (f"{prefix}__" if prefix else "") + "{}"
                 known = {name.upper() for name in names}
                 hint_text = _did_you_mean(part.upper(), known, render)
-                raise ConfigError(
-                    f"environment variable {variable}: no setting "
-                    f"{'.'.join(path[: depth + 1])}{hint_text}"
-                )
+                return f"no setting {'.'.join(path[: depth + 1])}{hint_text}"
             hint = get_type_hints(hint)[part]
         elif get_origin(hint) is dict:
             hint = get_args(hint)[1]
         else:
-            raise ConfigError(
-                f"environment variable {variable}: {'.'.join(path[:depth])} has no sub-settings"
-            )
+            return f"{'.'.join(path[:depth])} has no sub-settings"
+    return None
 
 
 def merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import logging.handlers
 import math
 import re
 import sys
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -56,6 +59,32 @@ def setup(level: str = "INFO", json: bool = True) -> None:
     # seconds for the whole outage; the Kafka sink reports its failures itself, once
     # per outage, and /metrics counts what spilled.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+
+
+@contextlib.contextmanager
+def held() -> Iterator[list[logging.LogRecord]]:
+    """The records logged inside, kept from the handlers of the moment (Python's last
+    resort before `setup`) for `replay` once `setup` has run: what reading the
+    configuration logs (a variable it ignores) reaches the operator in the format and
+    at the level that configuration sets, not as a line of its own before them."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    keeper = logging.handlers.BufferingHandler(capacity=sys.maxsize)
+    root.handlers[:] = [keeper]
+    root.setLevel(logging.DEBUG)  # `replay` leaves out what the set-up level does
+    try:
+        yield keeper.buffer
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+def replay(records: list[logging.LogRecord]) -> None:
+    """Log `records` (`held`) again, now through the handlers and levels `setup` set."""
+    for record in records:
+        logger = logging.getLogger(record.name)
+        if logger.isEnabledFor(record.levelno):
+            logger.handle(record)
 
 
 class AccessLog:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import socket
@@ -10,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import orjson
 import pytest
 
 from proxy import cli, config
@@ -259,12 +261,50 @@ def test_bad_logging_level_is_a_clear_error(
     )
 
 
-def test_environment_variable_typo_is_reported_as_that_variable(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+# What the kubelet gives every pod of a namespace with a Service named `autoroute`
+# (enableServiceLinks, on by default): Docker's link variables and the service's own.
+KUBERNETES = {
+    "AUTOROUTE_PORT": "tcp://10.0.0.1:11435",
+    "AUTOROUTE_PORT_11435_TCP": "tcp://10.0.0.1:11435",
+    "AUTOROUTE_PORT_11435_TCP_PROTO": "tcp",
+    "AUTOROUTE_PORT_11435_TCP_PORT": "11435",
+    "AUTOROUTE_PORT_11435_TCP_ADDR": "10.0.0.1",
+    "AUTOROUTE_SERVICE_HOST": "10.0.0.1",
+    "AUTOROUTE_SERVICE_PORT": "11435",
+}
+
+
+def _ignored(caplog: pytest.LogCaptureFixture, **environ: str) -> tuple[config.Config, list[str]]:
+    """The shipped configuration loaded with `environ`, and the warnings it logged."""
+    with caplog.at_level(logging.WARNING):
+        shipped = {"AUTOROUTE_CONFIG": str(ROOT / "config.yaml")}
+        loaded = config.load(None, environ={**shipped, **environ})
+    return loaded, [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_variables_of_a_kubernetes_service_named_autoroute_are_ignored_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    err = _environment_error(capsys, monkeypatch, "AUTOROUTE_LISTEN__PROT", "8080")
-    assert err == "no setting listen.prot; did you mean 'AUTOROUTE_LISTEN__PORT'?"
-    assert "config.yaml" not in err
+    """They name no setting, and no one set them for the proxy: the proxy starts, the
+    settings variables give still apply, and each of them is named once in a warning."""
+    loaded, warned = _ignored(caplog, **KUBERNETES, AUTOROUTE_LISTEN__PORT="9100")
+    assert loaded.listen.port == 9100
+    assert len(warned) == len(KUBERNETES)
+    for name in KUBERNETES:
+        (line,) = [w for w in warned if w.startswith(f"environment variable {name} ")]
+        setting = name.removeprefix("AUTOROUTE_").lower()
+        assert line.startswith(f"environment variable {name} ignored: no setting {setting}")
+
+
+def test_environment_variable_typo_is_a_warning_naming_the_variable_and_the_closest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    loaded, warned = _ignored(caplog, AUTOROUTE_LISTEN__PROT="8080")
+    assert loaded.listen.port == config.Listen().port
+    assert warned == [
+        "environment variable AUTOROUTE_LISTEN__PROT ignored: no setting listen.prot; "
+        "did you mean 'AUTOROUTE_LISTEN__PORT'?"
+    ]
 
 
 def test_environment_variable_bad_value_is_reported_as_that_variable(
@@ -279,15 +319,32 @@ def test_environment_variable_bad_value_is_reported_as_that_variable(
     assert err == "listen.port: expected int, got 'eleven'"
 
 
-def test_environment_variable_typo_in_a_nested_setting() -> None:
-    environ = {"AUTOROUTE_SELECTOR__PROFILES__FAST__COST_WEIGT": "1"}
-    with pytest.raises(config.ConfigError) as error:
-        config.load(None, environ={"AUTOROUTE_CONFIG": str(ROOT / "config.yaml"), **environ})
-    assert str(error.value) == (
-        "environment variable AUTOROUTE_SELECTOR__PROFILES__FAST__COST_WEIGT: no setting "
-        "selector.profiles.fast.cost_weigt; did you mean "
+def test_environment_variable_typo_in_a_nested_setting(caplog: pytest.LogCaptureFixture) -> None:
+    _, warned = _ignored(caplog, AUTOROUTE_SELECTOR__PROFILES__FAST__COST_WEIGT="1")
+    assert warned == [
+        "environment variable AUTOROUTE_SELECTOR__PROFILES__FAST__COST_WEIGT ignored: no "
+        "setting selector.profiles.fast.cost_weigt; did you mean "
         "'AUTOROUTE_SELECTOR__PROFILES__FAST__COST_WEIGHT'?"
-    )
+    ]
+
+
+def test_serve_logs_the_variables_it_ignores_once_as_its_log_lines(tmp_path: Path) -> None:
+    """`autoroute serve` in a pod beside a Service named `autoroute` goes on to listen
+    (here on a port in use, to stop at once): each variable of the Service's is one
+    warning among its JSON log lines, before the reason it stops."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        stderr = _serve_refused(
+            tmp_path, ["--port", str(port), "--backend", "http://127.0.0.1:9"], **KUBERNETES
+        )
+    *logged, last = stderr.splitlines()
+    assert last.startswith(f"autoroute serve: port {port} on 127.0.0.1 is already in use")
+    lines = [orjson.loads(line) for line in logged]
+    for name in KUBERNETES:
+        (line,) = [x for x in lines if f" {name} " in x["msg"]]
+        assert line["level"] == "warning" and line["variable"] == name, line
 
 
 def test_serve_on_a_port_in_use_names_it_and_what_moves_it(tmp_path: Path) -> None:
@@ -575,15 +632,23 @@ def test_usage_export_with_postgresql_down_says_which_database(
     ("variable", "after"),
     [("AUTOROUTE_", ""), ("AUTOROUTE_LISTEN__", " after listen"), ("AUTOROUTE___PORT", "")],
 )
-def test_environment_variable_with_an_empty_setting_name_says_so(variable: str, after: str) -> None:
+def test_environment_variable_with_an_empty_setting_name_says_so(
+    caplog: pytest.LogCaptureFixture, variable: str, after: str
+) -> None:
     """A variable with nothing (or nothing between two `__`) where a setting's name goes
-    names no setting: the error names the variable and what is missing in it."""
-    with pytest.raises(config.ConfigError) as error:
-        config.load(None, environ={"AUTOROUTE_CONFIG": str(ROOT / "config.yaml"), variable: "x"})
-    assert str(error.value) == (
-        f"environment variable {variable}: an empty setting name{after}; a setting is "
-        "overridden as AUTOROUTE_<SECTION>__<KEY>, for example AUTOROUTE_LISTEN__PORT"
-    )
+    names no setting: the warning names the variable and what is missing in it."""
+    _, warned = _ignored(caplog, **{variable: "x"})
+    assert warned == [
+        f"environment variable {variable} ignored: an empty setting name{after}; a setting "
+        "is overridden as AUTOROUTE_<SECTION>__<KEY>, for example AUTOROUTE_LISTEN__PORT"
+    ]
+
+
+def test_environment_variable_below_a_setting_names_none(caplog: pytest.LogCaptureFixture) -> None:
+    _, warned = _ignored(caplog, AUTOROUTE_LISTEN__PORT__TCP="1")
+    assert warned == [
+        "environment variable AUTOROUTE_LISTEN__PORT__TCP ignored: listen.port has no sub-settings"
+    ]
 
 
 def test_every_command_says_what_it_does_in_its_own_help() -> None:

@@ -5,9 +5,11 @@ operator's own model descriptions (`selector.models`) and the profiled results
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import yaml
 
 from proxy.config import Selector
@@ -18,7 +20,7 @@ from selector_model.catalog import Measured
 from selector_model.features import AREAS, Candidate
 from selector_model.profiling import store as profile_store
 from selector_model.profiling.store import AreaResult
-from training import replay
+from training import fleet_replay, replay
 from training.models import BY_OLLAMA_NAME, ModelSpec
 
 
@@ -117,3 +119,19 @@ def test_a_replay_reads_the_profiled_results(tmp_path: Path) -> None:
     assert replayed == proxy.candidate.areas
     math = dict(zip(AREAS, replayed, strict=True))["math"]
     assert 0.05 < math < published["math"]
+
+
+def test_a_replay_reads_its_configuration_beside_variables_that_name_no_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A replay started where a variable of the proxy's prefix names no setting (a
+    Kubernetes Service's, a made-up one) reads the configuration as the proxy does: the
+    variable is a warning, the settings the file and the variables give apply."""
+    monkeypatch.setenv("AUTOROUTE_CONFIG", str(_config(tmp_path, {"min_gain": 0.25})))
+    monkeypatch.setenv("AUTOROUTE_SERVICE_HOST", "10.0.0.1")
+    monkeypatch.setenv("AUTOROUTE_SELECTOR__DEFAULT_PROFILE", "fast")
+    with caplog.at_level(logging.WARNING):
+        shipped = fleet_replay.Shipped.load()
+    assert (shipped.selector.min_gain, shipped.selector.default_profile) == (0.25, "fast")
+    (warned,) = [r.getMessage() for r in caplog.records]
+    assert warned.startswith("environment variable AUTOROUTE_SERVICE_HOST ignored: no setting")
