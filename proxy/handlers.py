@@ -328,8 +328,9 @@ class Handlers:
         route, with `doc` as `model_routed` read it. A choice its backends turn out not
         to have (gone since their last list: `ModelGone`) is made once more (`again`),
         without it; so is one none of its backends could be reached for
-        (`ModelUnreachable`: `unreached`), whose 503 the client gets where no other
-        model can take the request."""
+        (`ModelUnreachable`: `unreached`), among the models other backends list, before
+        the cloud fallback stands in for it: where no other model can take the request,
+        the cloud answers in its place (`_unreached`), else the client gets its 503."""
         path = request.path
         decided, served = request[OUTCOME].decided, request[OUTCOME].served
         route = decided.route
@@ -394,7 +395,7 @@ class Handlers:
                     )
             except AutoError as exc:
                 if unreached is not None:
-                    return unreached.answer()
+                    return await self._unreached(request, doc, sent, unreached, cloud_names)
                 # No model for the request: a capability none of the profile's models
                 # offers is Ollama's own refusal, which clients read.
                 return (
@@ -404,7 +405,7 @@ class Handlers:
                 )
             except NoBackend:
                 if unreached is not None:
-                    return unreached.answer()
+                    return await self._unreached(request, doc, sent, unreached, cloud_names)
                 if not stands_in(self.cloud, path, cloud_names):
                     raise
                 return await self._to_cloud(request, doc, sent, cloud_names, self.cloud, profile)
@@ -430,7 +431,9 @@ class Handlers:
             if refused is not None:
                 return refused
         doc["model"] = spelled
-        names = (chosen, *cloud_names)
+        # What the cloud stands in for where the choice's backends fail: the choice,
+        # the one it was made in place of (`unreached`), the profile.
+        names = (chosen, *(() if unreached is None else (unreached.model,)), *cloud_names)
         routed: bytes | None = None
         if fractional:
             routed = await go_json.slow_off_loop(len(sent), go_json.as_written, sent, spelled)
@@ -451,6 +454,23 @@ class Handlers:
             return await self._auto(
                 request, doc, body, sent, model, profile, key, fractional, True, exc
             )
+
+    async def _unreached(
+        self,
+        request: web.Request,
+        doc: dict[str, Any],
+        sent: bytes,
+        unreached: ModelUnreachable,
+        cloud_names: tuple[str, ...],
+    ) -> web.StreamResponse:
+        """The answer where `auto` finds no model to choose in place of one none of whose
+        backends could be reached (`unreached`): the cloud's, where a provider stands in
+        for that model or the profile (`cloud_names`), as it would have for the model
+        chosen; else the 503 the relay gave."""
+        names = (unreached.model, *cloud_names)
+        if stands_in(self.cloud, request.path, names):
+            return await self._to_cloud(request, doc, sent, names, self.cloud)
+        return unreached.answer()
 
     def _reachable(self, only: frozenset[str] | None, tried: list[BackendState]) -> frozenset[str]:
         """The models `auto` may choose among for an API key's list `only` (None: any)

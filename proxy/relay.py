@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from itertools import compress
 from operator import itemgetter, not_
-from typing import Protocol
+from typing import Protocol, TypeGuard
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
@@ -109,6 +109,7 @@ class ModelUnreachable(Exception):
         answer: Callable[[], web.StreamResponse],
     ) -> None:
         super().__init__(model)
+        self.model = model
         self.tried = tried
         self.answer = answer
 
@@ -284,6 +285,17 @@ class Relay:
             chosen = model if missing else None
             return self._failed(request, outcome, failures, unreachable, exhausted, chosen, tried)
 
+        async def given_up() -> web.StreamResponse:
+            """After a failure, once no backend is left: the `fallback`'s answer, but
+            for a model the caller chose that no backend could be reached for, which
+            is `ModelUnreachable` (`unanswered`) as without a fallback: the caller
+            chooses a model other backends list before the fallback (the cloud's, paid
+            for) answers."""
+            chosen = model if missing else None
+            if fallback is None or _chooses_again(chosen, unreachable, exhausted):
+                return unanswered()
+            return await fallback()
+
         while True:
             try:
                 state = only or self.backends.choose(model, tried, retry=bool(tried))
@@ -307,10 +319,10 @@ class Relay:
                         # The backends that listed the model went while one answered
                         # it has none: that answer, Ollama's 404, is the client's.
                         return model_not_found(request.path, model)
+                    if failures:
+                        return await given_up()
                     if fallback is not None:
                         return await fallback()
-                    if failures:
-                        return unanswered()
                     raise  # answered where every NoBackend is (`Server.handle`)
             outcome.attempts += 1
             outcome.backend = state.label
@@ -385,9 +397,7 @@ class Relay:
                 again = suspect and _suspect(exc)
                 suspect = suspect or _suspect(exc)
                 if own_length or again or only is not None or len(tried) > retries:
-                    if fallback is not None:
-                        return await fallback()
-                    return unanswered()
+                    return await given_up()
                 continue
             except Exception as exc:
                 state.end(model)
@@ -461,7 +471,7 @@ class Relay:
         `missing`) that none of the backends listing it (`tried`) could be reached for
         is `ModelUnreachable` instead, for the caller to choose another; not where the
         proxy's own connections ran out, which another model would find alike."""
-        if chosen is not None and unreachable and not exhausted:
+        if _chooses_again(chosen, unreachable, exhausted):
             answer = functools.partial(
                 self._failed, request, outcome, failures, unreachable, exhausted
             )
@@ -597,6 +607,14 @@ class Relay:
         finally:
             outcome.body_bytes = client.body_bytes
             client.release()
+
+
+def _chooses_again(chosen: str | None, unreachable: bool, exhausted: bool) -> TypeGuard[str]:
+    """Whether a request that no backend answered is `ModelUnreachable`: its model one
+    the caller chose (`chosen`), none of its backends reached (`unreachable`), and not
+    for want of the proxy's own connections (`exhausted`), which another model would
+    find alike."""
+    return chosen is not None and unreachable and not exhausted
 
 
 def _suspect(exc: UpstreamError) -> bool:

@@ -49,6 +49,7 @@ from tests.support import (
     health_circuit,
     slow_reader,
 )
+from tests.test_route_faults import settled
 from tests.usage_services import Database, postgres_usage
 
 OPENAI_ENV = "CLOUD_TEST_OPENAI_KEY"
@@ -559,6 +560,48 @@ async def test_auto_falls_back_when_its_choice_fails_and_learns_nothing_from_it(
         assert decision["reason"] == "cloud" and decision["chosen"] in app.registry.models
     finally:
         proxy.stop()
+
+
+async def test_auto_chooses_a_model_another_backend_lists_before_the_cloud(
+    servers: ServerThread, cloud_server: StandIn
+) -> None:
+    """`auto`'s choice whose only backend refuses the connect (its Ollama stopped since
+    the last health check: the circuit is still closed) is decided again among the
+    models the other backends list, as without a cloud: a local model answers, and the
+    cloud, which costs money, only once no local model can."""
+    a = Emulator(servers, replace(FROZEN, models=("qwen2.5-coder:7b", "llama3.2:3b")))
+    b = Emulator(servers, replace(FROZEN, models=(LOCAL,)))
+    proxy = Proxy(
+        servers,
+        [a.url, b.url],
+        health=Health(interval_seconds=3600),
+        cloud=cloud_section(cloud_server.url),
+    )
+    body = {"model": "auto", "messages": MESSAGES, "stream": False}
+    try:
+        await settled(a, b)
+        status, headers, answer = await post(proxy.url + "/api/chat", body)
+        assert status == 200 and "X-Autoroute-Backend" not in headers, answer
+        stopped, left = (a, b) if headers["X-Autoroute-Model"] in a.state.store else (b, a)
+        stopped.stop()
+        status, headers, answer = await post(proxy.url + "/api/chat", body)
+        assert status == 200, answer
+        assert "X-Autoroute-Backend" not in headers, headers
+        assert headers["X-Autoroute-Model"] in left.state.store
+        assert orjson.loads(answer)["model"] == headers["X-Autoroute-Model"]
+        assert cloud_server.seen.bodies == []
+        left.stop()  # no local model left to choose: the cloud stands in
+        status, headers, answer = await post(proxy.url + "/api/chat", body)
+        assert status == 200, answer
+        assert (headers["X-Autoroute-Backend"], headers["X-Autoroute-Reason"]) == (
+            "cloud:openai",
+            "cloud",
+        )
+        assert len(cloud_server.seen.bodies) == 1
+    finally:
+        proxy.stop()
+        a.stop()
+        b.stop()
 
 
 async def test_the_served_model_is_the_one_the_client_sees(
