@@ -13,8 +13,9 @@ requests, failures and time to first byte side by side. A budget in milliseconds
 pass or fail with the machine's load; a ratio to the same run's baseline does not. Scripts that say
 `auto` name a model on the direct run. Every script also requires zero failed requests
 and every check held; a breached threshold makes this command exit non-zero. It refuses
-to start when a port it needs is in use (a demo still running would answer in place of
-the servers started here), and checks that the servers answering are the ones it started.
+to start when a port it needs is in use (a server still running there would answer in
+place of the servers started here), and checks that the servers answering are the ones
+it started.
 
 The soak runs every workload at once (`k6/soak.js`, 64 VUs) with slow readers beside
 it, after a one-minute warm-up of the same load, and compares the proxy's memory (RSS)
@@ -49,10 +50,12 @@ from benchmarks.servers import (
 from proxy.cli import DEMO_BACKENDS
 
 SCRIPTS = ROOT / "benchmarks" / "k6"
+# The demo's backends, each on a port of its own here (the demo takes free ones).
+BACKENDS = tuple(zip((11501, 11502), DEMO_BACKENDS, strict=True))
 # gpu-a serves every model the scripts name directly: its first (MODEL, and auto's
 # stand-in on direct runs) and qwen2.5-coder:7b (FIM_MODEL).
-DIRECT = f"http://127.0.0.1:{DEMO_BACKENDS[0][1]}"
-NAMED_MODEL = DEMO_BACKENDS[0][2][0]
+DIRECT = f"http://127.0.0.1:{BACKENDS[0][0]}"
+NAMED_MODEL = DEMO_BACKENDS[0][1][0]
 NAMED = {"AUTO_MODEL": NAMED_MODEL}
 SCRIPTS_RUN = ("passthrough", "chat_auto", "editor_mix", "openai_sse")
 
@@ -212,17 +215,15 @@ def main() -> int:
     parser.add_argument("--warmup-seconds", type=int, default=60)
     parser.add_argument("--slow-readers", type=int, default=8)
     args = parser.parse_args()
-    ensure_free(*(port for _, port, _ in DEMO_BACKENDS), args.port)
-    procs = [
-        servers.emulator(port, "--models", ",".join(models)) for _, port, models in DEMO_BACKENDS
-    ]
-    backends = ",".join(f"http://127.0.0.1:{port}" for _, port, _ in DEMO_BACKENDS)
+    ensure_free(*(port for port, _ in BACKENDS), args.port)
+    procs = [servers.emulator(port, "--models", ",".join(models)) for port, (_, models) in BACKENDS]
+    backends = ",".join(f"http://127.0.0.1:{port}" for port, _ in BACKENDS)
     proxy_proc = servers.proxy(
         args.port, {"AUTOROUTE_BACKENDS": backends, "AUTOROUTE_LOGGING__ACCESS": "false"}
     )
     procs.append(proxy_proc)
     try:
-        for _, port, _ in DEMO_BACKENDS:
+        for port, _ in BACKENDS:
             wait_ready(port)
         wait_ready(args.port, "/api/tags")
         proxy = f"http://127.0.0.1:{args.port}"

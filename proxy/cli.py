@@ -14,7 +14,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,15 +24,17 @@ from aiohttp import web
 
 from proxy import config as config_module
 from proxy import event_loop, keys_cli, logs
-from proxy.config import ENV_PREFIX, Backend, Config, ConfigError, state_dir
+from proxy.config import ENV_PREFIX, Backend, Config, ConfigError, Logging, state_dir
 
 log = logging.getLogger("autoroute")
 
 # The demo's two emulated backends: a small fast model, a coder, a large model and a
 # vision model, so that `auto` visibly picks differently per prompt and per profile.
+# Each listens on a port the system gives unless `--backend-ports` names one, so that
+# a port in use elsewhere, or another demo, does not keep it from starting.
 DEMO_BACKENDS = (
-    ("gpu-a", 11501, ("llama3.2:3b", "qwen2.5-coder:7b", "nomic-embed-text:latest")),
-    ("gpu-b", 11502, ("llama3.3:70b", "llava:7b")),
+    ("gpu-a", ("llama3.2:3b", "qwen2.5-coder:7b", "nomic-embed-text:latest")),
+    ("gpu-b", ("llama3.3:70b", "llava:7b")),
 )
 
 
@@ -172,11 +174,17 @@ async def serve_emulator(app: web.Application, host: str, port: int) -> None:
     await _serve_forever([runner])
 
 
-def demo_config(config: Config, terminal: bool = False) -> Config:
-    """The demo's configuration: its emulated backends, and usage events under its own
-    name (`$XDG_STATE_HOME/autoroute-demo/`), never into the file (or the databases)
-    that `serve` records real traffic in and training reads. On a terminal (`terminal`)
-    it logs readable text instead of JSON lines."""
+def demo_logging(config: Config, terminal: bool) -> Logging:
+    """The demo's logging: on a terminal (`terminal`), readable text instead of JSON
+    lines."""
+    return dataclasses.replace(config.logging, json=config.logging.json and not terminal)
+
+
+def demo_config(config: Config, ports: Sequence[int], terminal: bool = False) -> Config:
+    """The demo's configuration: its emulated backends (`DEMO_BACKENDS`, listening on
+    `ports`), its logging (`demo_logging`), and usage events under its own name
+    (`$XDG_STATE_HOME/autoroute-demo/`), never into the file (or the databases) that
+    `serve` records real traffic in and training reads."""
     own = state_dir("autoroute-demo") / "usage"
     usage = dataclasses.replace(
         config.usage,
@@ -185,12 +193,12 @@ def demo_config(config: Config, terminal: bool = False) -> Config:
         postgres_dsn=None,
         kafka_bootstrap=None,
     )
-    logging_ = dataclasses.replace(config.logging, json=config.logging.json and not terminal)
+    backends = tuple(
+        Backend(url=f"http://127.0.0.1:{port}", name=name)
+        for (name, _), port in zip(DEMO_BACKENDS, ports, strict=True)
+    )
     return dataclasses.replace(
-        config,
-        backends=tuple(Backend(url=f"http://127.0.0.1:{p}", name=n) for n, p, _ in DEMO_BACKENDS),
-        usage=usage,
-        logging=logging_,
+        config, backends=backends, usage=usage, logging=demo_logging(config, terminal)
     ).check()
 
 
@@ -206,14 +214,15 @@ def _chat_body(model: str, prompt: str) -> str:
 
 
 def demo_banner(config: Config) -> str:
-    """What the demo prints once it listens: where, which models, what to try."""
+    """What the demo prints once it listens (`config`, a `demo_config`): where, which
+    models, what to try."""
     address = f"http://{config.listen.host}:{config.listen.port}"
-    width = max(len(name) for name, _, _ in DEMO_BACKENDS)
+    width = max(len(name) for name, _ in DEMO_BACKENDS)
     backends = "\n".join(
-        f"  {name:<{width}}  http://127.0.0.1:{port}  {', '.join(models)}"
-        for name, port, models in DEMO_BACKENDS
+        f"  {name:<{width}}  {backend.url}  {', '.join(models)}"
+        for (name, models), backend in zip(DEMO_BACKENDS, config.backends, strict=True)
     )
-    large = DEMO_BACKENDS[1][2][0]
+    large = DEMO_BACKENDS[1][1][0]
     return (
         f"\nautoroute demo: the proxy is on {address}, in front of two emulated Ollama\n"
         f"backends (no GPU; the answers are made-up text):\n{backends}\n"
@@ -234,20 +243,23 @@ def demo_banner(config: Config) -> str:
     )
 
 
-async def demo(config: Config) -> None:
-    """The demo's emulated backends and the proxy (`config`, a `demo_config`, whose
-    logging is set up)."""
+async def demo(
+    config: Config, ports: Sequence[int] = (0,) * len(DEMO_BACKENDS), terminal: bool = False
+) -> None:
+    """The demo's emulated backends, on `ports` (0: one the system gives), and the
+    proxy in front of them, configured as `demo_config` makes `config` (its logging,
+    `demo_logging`, set up by the caller)."""
     from proxy.app import create_app
     from proxy.emulator import EmulatorSettings
     from proxy.emulator import create_app as create_emulator
 
     runners = []
-    for name, port, models in DEMO_BACKENDS:
+    for (_, models), port in zip(DEMO_BACKENDS, ports, strict=True):
         app = create_emulator(EmulatorSettings(models=models, speed_by_size=True))
         runners.append(await start_site(app, "127.0.0.1", port))
-        log.info(
-            "emulated backend %s on http://127.0.0.1:%d with %s", name, port, ", ".join(models)
-        )
+    config = demo_config(config, [runner.addresses[0][1] for runner in runners], terminal)
+    for (name, models), backend in zip(DEMO_BACKENDS, config.backends, strict=True):
+        log.info("emulated backend %s on %s with %s", name, backend.url, ", ".join(models))
     runners.append(
         await start_site(create_app(config), config.listen.host, config.listen.port, config)
     )
@@ -340,6 +352,18 @@ def _port(text: str) -> int:
     if not 1 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
     return port
+
+
+def _ports(count: int) -> Callable[[str], tuple[int, ...]]:
+    """An argparse type: `count` comma-separated ports (`_port`)."""
+
+    def ports(text: str) -> tuple[int, ...]:
+        given = tuple(_port(word.strip()) for word in text.split(","))
+        if len(given) != count:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {count} comma-separated ports")
+        return given
+
+    return ports
 
 
 def at_least(low: int) -> Callable[[str], int]:
@@ -438,6 +462,13 @@ def build_parser(training_cli: ModuleType | None) -> argparse.ArgumentParser:
     demo_parser = _command(commands, "demo", "run emulated backends and the proxy in front of them")
     _config_flag(demo_parser)
     demo_parser.add_argument("--port", type=_port, help="port the proxy listens on (listen.port)")
+    demo_parser.add_argument(
+        "--backend-ports",
+        type=_ports(len(DEMO_BACKENDS)),
+        default=(0,) * len(DEMO_BACKENDS),
+        metavar=",".join(name.upper() for name, _ in DEMO_BACKENDS),
+        help="ports of the emulated backends (default: free ones, which the demo prints)",
+    )
     emulated = "run an Ollama emulator (a stand-in GPU backend)"
     em = commands.add_parser("emulate", help=emulated, description=emulated)
     em.add_argument("--host", default="127.0.0.1")
@@ -520,8 +551,8 @@ def port_in_use_message(exc: PortInUse, command: str, config: Config) -> str:
         )
     else:
         message = (
-            f"autoroute {command}: port {exc.port} on {exc.host} (an emulated backend's) "
-            "is already in use"
+            f"autoroute {command}: port {exc.port} on {exc.host} (an emulated backend's, "
+            "--backend-ports) is already in use"
         )
     if command == "demo":
         message += "; another `autoroute demo` may be running"
@@ -559,12 +590,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("serve", "demo"):
             # `profile --backend` names where to profile, not the proxy's backends.
             config = _with_flags(config, args)
-        if args.command == "demo":
-            config = demo_config(config, terminal=sys.stderr.isatty())
     except ConfigError as exc:
         print(f"autoroute: configuration error: {exc}", file=sys.stderr)
         return 2
-    logs.setup(config.logging.level, config.logging.json)
+    terminal = sys.stderr.isatty()
+    logging_ = demo_logging(config, terminal) if args.command == "demo" else config.logging
+    logs.setup(logging_.level, logging_.json)
     logs.replay(held)
 
     if args.command == "keys":
@@ -580,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "serve":
         main_coro = serve(config)
     elif args.command == "demo":
-        main_coro = demo(config)
+        main_coro = demo(config, args.backend_ports, terminal)
     else:
         models = tuple(m.strip() for m in (args.models or "").split(",") if m.strip()) or None
         main_coro = emulate(args.host, args.port, models, args.chunk_ms)

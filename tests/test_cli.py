@@ -151,9 +151,19 @@ def test_serve_flags_win_over_file_and_environment(
         assert [b.url for b in cfg.backends] == ["http://10.0.0.1:11434", "http://10.0.0.2:11434"]
 
 
+def test_demo_backend_ports_flag_takes_one_port_a_backend() -> None:
+    args = build_parser(None).parse_args(["demo", "--backend-ports", "19251, 19252"])
+    cfg = cli.demo_config(config.load(None), args.backend_ports)
+    assert [b.url for b in cfg.backends] == ["http://127.0.0.1:19251", "http://127.0.0.1:19252"]
+    assert build_parser(None).parse_args(["demo"]).backend_ports == (0, 0)  # free ones
+    for wrong in ("19251", "19251,19252,19253", "19251,x", "19251,70000"):
+        with pytest.raises(SystemExit):
+            build_parser(None).parse_args(["demo", "--backend-ports", wrong])
+
+
 def test_demo_port_flag_moves_the_proxy() -> None:
     args = build_parser(None).parse_args(["demo", "--port", "11999"])
-    cfg = cli.demo_config(cli._with_flags(config.load(None), args))
+    cfg = cli.demo_config(cli._with_flags(config.load(None), args), args.backend_ports)
     assert cfg.listen.port == 11999
 
 
@@ -361,7 +371,7 @@ def test_serve_on_a_port_in_use_names_it_and_what_moves_it(tmp_path: Path) -> No
 
 def test_demo_port_in_use_says_another_demo_may_be_running() -> None:
     cfg = config.load(None)
-    proxy_port = cli.demo_config(cfg).listen.port
+    proxy_port = cli.demo_config(cfg, [18124, 18125]).listen.port
     assert cli.port_in_use_message(PortInUse("127.0.0.1", proxy_port), "demo", cfg) == (
         f"autoroute demo: port {proxy_port} on 127.0.0.1 is already in use; choose another "
         "with --port, listen.port in the config file or AUTOROUTE_LISTEN__PORT; "
@@ -369,8 +379,8 @@ def test_demo_port_in_use_says_another_demo_may_be_running() -> None:
     )
     backend_port = proxy_port + 1
     assert cli.port_in_use_message(PortInUse("127.0.0.1", backend_port), "demo", cfg) == (
-        f"autoroute demo: port {backend_port} on 127.0.0.1 (an emulated backend's) is already "
-        "in use; another `autoroute demo` may be running"
+        f"autoroute demo: port {backend_port} on 127.0.0.1 (an emulated backend's, "
+        "--backend-ports) is already in use; another `autoroute demo` may be running"
     )
 
 

@@ -158,7 +158,7 @@ def test_the_demo_records_usage_apart_from_serve() -> None:
             served.usage, postgres_dsn="postgresql://db/autoroute", kafka_bootstrap="k:9092"
         ),
     )
-    demo = demo_config(served)
+    demo = demo_config(served, [18124, 18125])
     serve_dir = Path(served.usage.file_path).parent
     for path in (demo.usage.file_path, demo.usage.spool_dir):
         assert not Path(path).is_relative_to(serve_dir), path

@@ -10,9 +10,9 @@ import os
 import pty
 import select
 import signal
-import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from proxy.cli import (
     DEMO_GENERAL_PROMPT,
     demo_banner,
     demo_config,
+    demo_logging,
 )
 from proxy.config import Config, Listen
 from proxy.emulator import EmulatorSettings
@@ -35,7 +36,7 @@ from proxy.logs import AccessLog
 from tests.support import PIXEL_PNG, Emulator, Proxy, ServerThread, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-DEMO_MODELS = [m for _, _, models in DEMO_BACKENDS for m in models]
+DEMO_MODELS = [m for _, models in DEMO_BACKENDS for m in models]
 
 
 def params_b(model: str) -> float:
@@ -50,7 +51,7 @@ def test_the_demo_backends_hold_a_small_a_large_a_coder_and_a_vision_model() -> 
     assert any(REGISTRY[m].has("insert") and dict(REGISTRY[m].skills)["code"] >= 0.8 for m in chat)
     assert any(REGISTRY[m].has("vision") for m in chat)
     # Each backend serves something the other does not.
-    first, second = (set(models) for _, _, models in DEMO_BACKENDS)
+    first, second = (set(models) for _, models in DEMO_BACKENDS)
     assert first - second and second - first
 
 
@@ -74,8 +75,8 @@ async def explain(url: str, body: dict[str, Any]) -> dict[str, Any]:
 def demo_proxy(servers: ServerThread, tmp_path: Path) -> Iterator[Proxy]:
     """The demo's backends (as emulators on free ports) behind a proxy with the demo's
     configuration."""
-    emulators = [Emulator(servers, EmulatorSettings(models=m)) for _, _, m in DEMO_BACKENDS]
-    demo = demo_config(Config(listen=Listen(port=free_port())))
+    emulators = [Emulator(servers, EmulatorSettings(models=m)) for _, m in DEMO_BACKENDS]
+    demo = demo_config(Config(listen=Listen(port=free_port())), [e.port for e in emulators])
     proxy = Proxy(servers, [e.url for e in emulators], selector=demo.selector)
     try:
         yield proxy
@@ -157,31 +158,24 @@ async def test_auto_chooses_differently_per_prompt_and_profile_on_the_demo(
 
 
 def test_the_banner_shows_auto_first_the_models_and_how_to_stop() -> None:
-    config = demo_config(Config(listen=Listen(port=18123)))
+    config = demo_config(Config(listen=Listen(port=18123)), [18124, 18125])
     banner = demo_banner(config)
     address = "http://127.0.0.1:18123"
     assert address in banner
-    for name, port, models in DEMO_BACKENDS:
+    for (name, models), port in zip(DEMO_BACKENDS, (18124, 18125), strict=True):
         line = next(x for x in banner.splitlines() if x.strip().startswith(name))
         assert f"http://127.0.0.1:{port}" in line and ", ".join(models) in line
     curls = [x.strip() for x in banner.splitlines() if x.strip().startswith("curl")]
     assert '"model": "auto"' in curls[0]  # auto comes first
     assert any(f"{address}/api/autoroute/explain" in c for c in curls)
-    assert any(f'"model": "{DEMO_BACKENDS[1][2][0]}"' in c for c in curls)
+    assert any(f'"model": "{DEMO_BACKENDS[1][1][0]}"' in c for c in curls)
     assert f"{address}/api/autoroute/dashboard" in banner
     assert banner.rstrip().endswith("Ctrl-C to stop.")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
 def test_autoroute_demo_prints_the_banner_and_logs_text_on_a_terminal(tmp_path: Path) -> None:
     """The real command: banner on stdout, readable log lines when stderr is a terminal,
     the auto example answered, Ctrl-C stops it."""
-    if not all(_port_free(port) for _, port, _ in DEMO_BACKENDS):
-        pytest.skip("another demo holds the demo's backend ports")
     port = free_port()
     env = {
         **os.environ,
@@ -223,12 +217,73 @@ def test_autoroute_demo_prints_the_banner_and_logs_text_on_a_terminal(tmp_path: 
     assert code == 0
 
 
+def _banner(proc: subprocess.Popen[str]) -> str:
+    """What a demo process printed up to the end of its banner."""
+    assert proc.stdout is not None
+    lines: list[str] = []
+    while not lines or lines[-1].strip() != "Ctrl-C to stop.":
+        line = proc.stdout.readline()
+        assert line, f"the demo ended before its banner: {''.join(lines)}"
+        lines.append(line)
+    return "".join(lines)
+
+
+def test_two_demos_run_side_by_side_each_with_backends_of_its_own(tmp_path: Path) -> None:
+    """`autoroute demo --port N` twice on one machine: each one's emulated backends take
+    ports of their own (free ones; the second's those `--backend-ports` asks for), and
+    what each banner says of them is where they are: the proxy behind it answers `auto`
+    from them."""
+    ports = (free_port(), free_port())
+    asked = [free_port() for _ in DEMO_BACKENDS]
+    flags = ([], ["--backend-ports", ",".join(map(str, asked))])
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "XDG_STATE_HOME": str(tmp_path)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "proxy.cli", "demo", "--port", str(port), *flag],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        for port, flag in zip(ports, flags, strict=True)
+    ]
+    try:
+        listed: dict[str, list[str]] = {}
+        for port, proc in zip(ports, procs, strict=True):
+            banner = _banner(proc)
+            assert f"the proxy is on http://127.0.0.1:{port}," in banner
+            for name, models in DEMO_BACKENDS:
+                line = next(x for x in banner.splitlines() if x.strip().startswith(name))
+                _, url, shown = line.split(maxsplit=2)
+                assert shown == ", ".join(models), line
+                listed[url] = list(models)
+            asked_auto = urllib.request.Request(
+                f"http://127.0.0.1:{port}/api/chat",
+                orjson.dumps(chat("auto", DEMO_CODE_PROMPT)),
+            )
+            with urllib.request.urlopen(asked_auto, timeout=60) as resp:
+                assert resp.headers["X-Autoroute-Model"] in DEMO_MODELS
+        assert len(listed) == 2 * len(DEMO_BACKENDS)  # four backends, each on its own port
+        assert list(listed)[len(DEMO_BACKENDS) :] == [f"http://127.0.0.1:{p}" for p in asked]
+        for url, models in listed.items():
+            with urllib.request.urlopen(url + "/api/tags", timeout=60) as resp:
+                tags = orjson.loads(resp.read())
+            assert sorted(m["name"] for m in tags["models"]) == sorted(models), url
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGINT)
+        codes = [proc.wait(30) for proc in procs]
+    assert codes == [0, 0]
+
+
 def test_the_demo_keeps_json_logs_off_a_terminal() -> None:
     config = Config()
-    assert demo_config(config, terminal=False).logging.json
-    assert not demo_config(config, terminal=True).logging.json
+    assert demo_logging(config, terminal=False).json
+    assert not demo_logging(config, terminal=True).json
+    assert not demo_config(config, [18124, 18125], terminal=True).logging.json
     quiet = dataclasses.replace(config, logging=dataclasses.replace(config.logging, json=False))
-    assert not demo_config(quiet, terminal=False).logging.json
+    assert not demo_logging(quiet, terminal=False).json
 
 
 def test_the_access_log_reads_as_text_when_json_is_off() -> None:
