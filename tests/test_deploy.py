@@ -65,6 +65,13 @@ def test_the_example_deployment_passes() -> None:
         ),
         (
             "compose.yaml",
+            "    AUTOROUTE_AUTH__POSTGRES_DSN",
+            "    AUTOROUTE_AUTH_POSTGRES_DSN",
+            "services.proxy-1: environment variable AUTOROUTE_AUTH_POSTGRES_DSN names no "
+            "setting (no setting auth_postgres_dsn",
+        ),
+        (
+            "compose.yaml",
             "  pgdata:\n",
             "",
             "named volume pgdata is not declared",
