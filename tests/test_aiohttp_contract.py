@@ -903,12 +903,18 @@ def test_check_version_reads_the_variable_as_every_setting_is_read(said: str) ->
         internals.check_version("3.15.0", {AIOHTTP_UNCHECKED_ENV: "off"})
 
 
-def test_the_override_is_no_setting() -> None:
-    """Every other AUTOROUTE_* variable names a setting, and an unknown one is an error."""
-    loaded = config.load(ROOT / "config.yaml", environ={AIOHTTP_UNCHECKED_ENV: "1"})
+def test_the_override_is_no_setting(caplog: pytest.LogCaptureFixture) -> None:
+    """The override is read where aiohttp is checked, not as a setting the configuration
+    warns it does not know, as it warns of any other AUTOROUTE_* variable naming none."""
+    with caplog.at_level(logging.WARNING):
+        loaded = config.load(ROOT / "config.yaml", environ={AIOHTTP_UNCHECKED_ENV: "1"})
     assert loaded == config.load(ROOT / "config.yaml", environ={})
-    with pytest.raises(config.ConfigError):
+    assert not caplog.records
+    with caplog.at_level(logging.WARNING):
         config.load(ROOT / "config.yaml", environ={"AUTOROUTE_AIOHTTP_CHECKED": "1"})
+    assert [r.getMessage() for r in caplog.records] == [
+        "environment variable AUTOROUTE_AIOHTTP_CHECKED ignored: no setting aiohttp_checked"
+    ]
 
 
 @pytest.mark.parametrize("unchecked", [False, True], ids=["stops", "warns"])
