@@ -17,6 +17,7 @@ from proxy import (
     experiments,
     go_json,
     go_merge,
+    go_readings,
     go_requests,
     go_types,
     openai_chat,
@@ -330,12 +331,12 @@ def repeated_key_reading(path: str, body: bytes) -> Repeated | None:
     request = layer[2] if layer is not None else go_requests.request_struct(path)
     if request is None:
         return None
-    read = go_json.read_repeated(body)
+    read = go_readings.read_repeated(body)
     message = go_requests.first_error(read, *request)
     if message is not None:
         return Repeated(message)
     merged = go_merge.go_decoded(read, request[0])
-    written = None if merged is None else go_json.written_as_read(merged)
+    written = None if merged is None else go_readings.written_as_read(merged)
     if written is None:
         return None
     # Read back as the proxy reads any body: the document it checks is the one the

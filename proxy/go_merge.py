@@ -4,7 +4,7 @@ Go's encoding/json does not keep the last value of a repeated key alone: it deco
 value in turn into what the earlier ones set (docs/design-notes.md, "A key given twice").
 The proxy forwards that document in place of its own reading (`auto_routes.repeated_keys`),
 so the backend runs what the proxy checked. Only a body `go_json.left_out` finds a value
-left out of comes here, read again by `go_json.read_repeated`.
+left out of comes here, read again by `go_readings.read_repeated`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from proxy.go_json import Pairs, holds_pairs
+from proxy.go_readings import Pairs, holds_pairs
 from proxy.go_types import taken_whole
 from selector_model.request_body import canonical_key, canonicalize
 
@@ -303,7 +303,7 @@ def _merged(how: Any, before: Any, value: Any, tails: _Tails) -> Any:
 
 
 def go_decoded(doc: Any, struct: str) -> dict[str, Any] | None:
-    """The document Go ends with decoding `doc` (`go_json.read_repeated`'s reading of a
+    """The document Go ends with decoding `doc` (`go_readings.read_repeated`'s reading of a
     body Go refuses nothing of, `go_requests.first_error`) into `struct`, where the body gives a key
     twice; canonical (`canonicalize`). Go does not keep the last value alone: a later
     null leaves a string, number or bool field as it was, a map field keeps the

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from proxy.go_json import NO_INPUT, Pairs
+from proxy.go_readings import NO_INPUT, Pairs
 from proxy.go_types import (
     GO_TYPE,
     Aborts,

@@ -14,13 +14,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from proxy.go_json import Pairs, decode_error
 from proxy.go_messages import (
     check_anthropic_message,
     check_message,
     check_openai_message,
     check_tool,
 )
+from proxy.go_readings import Pairs, decode_error
 from proxy.go_types import (
     GO_TYPE,
     Aborts,
@@ -161,7 +161,7 @@ _DECODED_AFRESH = frozenset({"messages", "[]anthropic.MessageParam"})
 
 
 def first_error(doc: Any, struct: str, fields: Mapping[str, str]) -> str | None:
-    """Go's error decoding `doc` (`go_json.read_repeated`'s reading of a body) into
+    """Go's error decoding `doc` (`go_readings.read_repeated`'s reading of a body) into
     `struct` (`check_fields`), where the body gives a key twice: encoding/json assigns
     each value in turn, the earlier ones too, saves the first type error and goes on
     (decode.go's saveError), and returns it at the end, unless an UnmarshalJSON's own

@@ -18,7 +18,8 @@ from typing import Any, NamedTuple, TypeVar
 
 import orjson
 
-from proxy.go_json import Pairs, WrittenFloat, holds_pairs, read_written, unread
+from proxy.go_deep import unread
+from proxy.go_readings import Pairs, WrittenFloat, holds_pairs, read_written
 from selector_model.request_body import canonical_key
 
 T = TypeVar("T")
@@ -38,7 +39,7 @@ class Unmarshals(str):
     """The kind (`go_requests.check_fields`) of a field whose type has an UnmarshalJSON
     of its own that takes the value as written, "raw" to any other reader: what
     `refusal` returns of the value as the reading holds it (an object that gives a key
-    twice a `go_json.Pairs`, which that UnmarshalJSON reads as Go would) is that
+    twice a `go_readings.Pairs`, which that UnmarshalJSON reads as Go would) is that
     UnmarshalJSON's error, which ends the decoding (`Aborts`)."""
 
     __slots__ = ("refusal",)
@@ -225,7 +226,7 @@ def beyond_error(text: str, struct: str, path: str, go_type: str) -> str:
 def checked(doc: Any, body: bytes, check: Callable[[Any], T]) -> T:
     """`check(doc)`, `doc` the reading of `body`; where it refuses a number that is no
     integer in an int field (`LiteralLost`), `check` of `body` read again keeping such
-    numbers as written (`go_json.read_written`), for Go's error naming it. Only a body
+    numbers as written (`go_readings.read_written`), for Go's error naming it. Only a body
     so refused is read twice."""
     try:
         return check(doc)
@@ -238,7 +239,7 @@ def checked(doc: Any, body: bytes, check: Callable[[Any], T]) -> T:
 
 def as_assigned(value: Any) -> Iterator[Any]:
     """`value` as the values Go's decoder assigns one after another, in the body's
-    order: an object of `go_json.read_repeated`'s that repeats a key (a `Pairs`) as
+    order: an object of `go_readings.read_repeated`'s that repeats a key (a `Pairs`) as
     objects of one key each, a pair's value in turn as its own; an array holding one
     as arrays of one element each (Go's errors name no index); anything else whole."""
     if isinstance(value, Pairs):
@@ -320,7 +321,7 @@ def check_struct(value: dict[str, Any], shape: Shape, path: str, struct: str | N
     `struct` names every error's struct in place of the innermost one, as the request
     does for what a message's own UnmarshalJSON decodes (`check_message`). `path` is ""
     for a struct json.Unmarshal decodes whole: its fields are named alone. A value the
-    reading holds none of (`go_json.unread`) is skipped: Go reads it, the proxy
+    reading holds none of (`go_deep.unread`) is skipped: Go reads it, the proxy
     cannot."""
     _run(_struct_steps(value, shape, path, struct))
 
@@ -551,8 +552,8 @@ def _properties_steps(value: Any, struct: str, path: str) -> _Steps:
     `NOT_AN_OBJECT`) and json.Unmarshal of each value in turn into an api.ToolProperty
     (null: the zero one). That decoding's first error, which the request's decoding
     puts in its context, ends the decoding (`Aborts`). Each level is looked at, as
-    deep as the reading holds values (`go_json.unread`): a few hundred levels at most
-    (`go_json.KEPT_DEPTH` in a body deeper than orjson writes), so that the paths
+    deep as the reading holds values (`go_deep.unread`): a few hundred levels at most
+    (`go_deep.KEPT_DEPTH` in a body deeper than orjson writes), so that the paths
     written on the way down cost little."""
     if not isinstance(value, dict):
         raise Aborts(NOT_AN_OBJECT)

@@ -35,7 +35,8 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Final
 
-from proxy.go_json import go_string, slow_off_loop
+from proxy.go_decoding import go_string
+from proxy.go_json import slow_off_loop
 from proxy.header_values import utf8
 
 # Ollama's messages (middleware/openai.go, TranscriptionMiddleware).

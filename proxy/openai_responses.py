@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from proxy import go_json
+from proxy import go_deep, go_json, go_readings
 from proxy.backends import RESPONSES_PATH, web_search_tool
-from proxy.go_json import Pairs
 from proxy.go_messages import parameters_refusal
+from proxy.go_readings import Pairs
 from proxy.go_requests import check_fields
 from proxy.go_types import (
     BodyError,
@@ -39,7 +39,7 @@ _RAW_FIELDS = frozenset({"content", "output"})
 
 def _pairs(value: dict[str, Any] | Pairs) -> Iterable[tuple[str, Any]]:
     """An object's keys and values in the body's order, every one of them where it
-    gives a key twice (a `Pairs`, `go_json.read_repeated`)."""
+    gives a key twice (a `Pairs`, `go_readings.read_repeated`)."""
     return value if isinstance(value, Pairs) else value.items()
 
 
@@ -279,12 +279,12 @@ RESPONSES_REQUEST = ("openai.ResponsesRequest", RESPONSES_FIELDS)
 def _arguments_refusal(arguments: Any) -> str | None:
     """FromResponsesRequest's json.Unmarshal of a function call's arguments (a string;
     an empty one is none) into an api.ToolCallFunctionArguments: a syntax error
-    (`go_json.unmarshal_error`: the string whole, bytes after its value too), or JSON
+    (`go_readings.unmarshal_error`: the string whole, bytes after its value too), or JSON
     the ordered map refuses (`check_arguments`), with Go's wording."""
     if not isinstance(arguments, str) or not arguments:
         return None
     text = arguments.encode()
-    error = go_json.unmarshal_error(text)
+    error = go_readings.unmarshal_error(text)
     if error is None:
         try:
             check_arguments(go_json.read(text)[0])
@@ -410,7 +410,7 @@ def _converted(tool: dict[str, Any]) -> list[dict[str, Any]]:
 def go_map(value: Any) -> Any:
     """A JSON value decoded into a Go `map[string]any` and marshalled again: every
     object's keys sorted, as encoding/json writes a map."""
-    return go_json.rebuilt(value, sort_keys=True)
+    return go_deep.rebuilt(value, sort_keys=True)
 
 
 def converted(doc: Any) -> dict[str, Any]:

@@ -21,10 +21,19 @@ from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy import auto_routes, go_json, go_requests, go_types
+from proxy import (
+    auto_routes,
+    go_decoding,
+    go_deep,
+    go_json,
+    go_readings,
+    go_requests,
+    go_types,
+)
 from proxy.auth import hash_key
 from proxy.config import ApiKey, Auth, Limits
 from proxy.emulator import wire as emulator_wire
+from proxy.go_syntax_errors import GO_READS_IT
 from proxy.routes import MODEL_ROUTED, ROUTES
 from tests.support import (
     Emulator,
@@ -379,12 +388,12 @@ def test_values_below_the_depth_read_are_forwarded_as_written() -> None:
     all (Go reads it there as it reads it in the client's body); what the proxy reads
     above it is read as Go reads it: the last of the keys that fold alike, and nothing
     after the first value."""
-    deep = _deeply(go_json.KEPT_DEPTH + 400, b'"\xff", {"Model": "z"}')
+    deep = _deeply(go_deep.KEPT_DEPTH + 400, b'"\xff", {"Model": "z"}')
     shallow = b'{"a": [' + b'{"b": ' * 3 + b"2" + b"}" * 3 + b"]}"
     body = b'{"model": "m", "Model": "n", "x": ' + deep + b', "y": ' + shallow + b"} trailing"
     doc, forwarded = go_json.read(body)
     assert doc["model"] == "n" and doc["y"] == orjson.loads(shallow)
-    kept = _deeply(go_json.KEPT_DEPTH - 1, deep[go_json.KEPT_DEPTH - 1 : -go_json.KEPT_DEPTH + 1])
+    kept = _deeply(go_deep.KEPT_DEPTH - 1, deep[go_deep.KEPT_DEPTH - 1 : -go_deep.KEPT_DEPTH + 1])
     assert forwarded == b'{"model":"n","x":' + kept + b',"y":' + orjson.dumps(doc["y"]) + b"}"
 
 
@@ -421,10 +430,10 @@ _DEEP_BODIES = [
     (b"[" * 3000 + b"1" + b"]" * 2999 + b"}", "invalid character '}' after array element"),
     (b"[" * 3000 + b"x" + b"[" * 8000, "invalid character 'x' looking for beginning of value"),
     (b"[" * 10_001 + b"]" * 10_001, "invalid character '[' exceeded max depth"),
-    (b"[" * 10_000 + b"]" * 10_000, go_json.GO_READS_IT),
+    (b"[" * 10_000 + b"]" * 10_000, GO_READS_IT),
     (b"[" * 10_000 + b"{" + b"}" + b"]" * 10_000, "invalid character '{' exceeded max depth"),
-    (_deeply(9_997, b'{"a": [1, "b", true, null, {}, []], "c": -1.5e3}'), go_json.GO_READS_IT),
-    (b" " + _deeply(5000) + b" trailing", go_json.GO_READS_IT),
+    (_deeply(9_997, b'{"a": [1, "b", true, null, {}, []], "c": -1.5e3}'), GO_READS_IT),
+    (b" " + _deeply(5000) + b" trailing", GO_READS_IT),
 ]
 
 
@@ -433,9 +442,9 @@ def test_a_body_too_deep_for_pythons_json_gets_gos_error(body: bytes, error: str
     """`decode_error` (and `first_value`, the emulator's reading) finds Go's error however
     deep it stands; the routed reading forwards a body Go refuses as sent, for the
     backend's own error, and reads one Go reads."""
-    assert go_json.decode_error(body) == error
+    assert go_readings.decode_error(body) == error
     doc, forwarded = go_json.read(body)
-    if error == go_json.GO_READS_IT:
+    if error == GO_READS_IT:
         assert doc is not None
     else:
         assert (doc, forwarded) == (None, body)
@@ -927,9 +936,9 @@ def test_each_byte_of_invalid_utf8_is_one_replacement(raw: bytes) -> None:
     """Invalid UTF-8 reads as Go reads it, one U+FFFD per byte of it, also where a
     large body is decoded a piece at a time (cut anywhere, a rune is never split)."""
     read = _go_runes(raw)
-    assert go_json.go_string(raw) == read
+    assert go_decoding.go_string(raw) == read
     for piece in (1, 2, 3, 5):
-        assert go_json._go_decode(raw, piece) == read
+        assert go_decoding._go_decode(raw, piece) == read
 
 
 def test_the_reading_matches_the_go_oracle() -> None:
@@ -1042,13 +1051,13 @@ def test_keys_only_renamed_are_not_read_again(monkeypatch: pytest.MonkeyPatch) -
     renamed = b'{"Model": "m", "PROMPT": "p", "Options": {"Top_K": 1}}'
     alike = b'{"model": "a", "Model": "b"}'
     read_again: list[bytes] = []
-    go_order = go_json._read_as_go
+    go_order = go_json.read_as_go
 
     def spy(body: bytes) -> Any:
         read_again.append(body)
         return go_order(body)
 
-    monkeypatch.setattr(go_json, "_read_as_go", spy)
+    monkeypatch.setattr(go_json, "read_as_go", spy)
     doc, _ = go_json.read(renamed)
     assert doc == {"model": "m", "prompt": "p", "options": {"Top_K": 1}}
     assert go_json.read(alike)[0] == {"model": "b"}
@@ -1236,7 +1245,7 @@ def test_a_top_level_number_go_ends_is_read(body: bytes) -> None:
     value and reads no further."""
     doc, _ = go_json.read(body)
     assert doc == float(body.split(b"x")[0].rstrip(b". "))
-    assert go_requests.decode_refusal("/api/chat", body) == go_json.GO_READS_IT
+    assert go_requests.decode_refusal("/api/chat", body) == GO_READS_IT
 
 
 @pytest.mark.parametrize(
@@ -1269,24 +1278,24 @@ def _emulators_refusal(body: bytes) -> str:
         return "EOF"
     except go_types.BodyError as exc:
         return str(exc)
-    return go_json.GO_READS_IT
+    return GO_READS_IT
 
 
 @given(st.lists(st.sampled_from(_PIECES), max_size=12).map(b"".join))
 @settings(max_examples=500, deadline=None)
 def test_the_emulator_refuses_a_body_as_the_proxy_does(body: bytes) -> None:
     """The emulator reads a body's first value with the proxy's reading
-    (`go_json.first_value`, its own numbers aside): the same error for a body Go
+    (`go_readings.first_value`, its own numbers aside): the same error for a body Go
     refuses, none for one it reads."""
-    assert _emulators_refusal(body) == go_json.decode_error(body)
+    assert _emulators_refusal(body) == go_readings.decode_error(body)
 
 
 def _deep_reading_refusal(body: bytes) -> str:
     try:
-        go_json._deep_values(body)
-    except go_json.NotJson as exc:
+        go_deep.deep_values(body)
+    except go_decoding.NotJson as exc:
         return exc.message
-    return go_json.GO_READS_IT
+    return GO_READS_IT
 
 
 @given(
@@ -1303,7 +1312,7 @@ def test_the_deep_reading_refuses_a_body_as_the_reading_does(
     the same words, and reads what it reads: here on bodies both can read."""
     closing = b"]" if opening == b"[" else b"}"
     wrapped = opening * depth + body + closing * depth
-    assert _deep_reading_refusal(wrapped) == go_json.decode_error(wrapped)
+    assert _deep_reading_refusal(wrapped) == go_readings.decode_error(wrapped)
 
 
 @pytest.mark.parametrize(
@@ -1318,7 +1327,7 @@ def test_the_deep_reading_refuses_a_body_as_the_reading_does(
     ],
 )
 def test_the_emulator_refuses_a_deep_or_odd_body_as_the_proxy_does(body: bytes) -> None:
-    assert _emulators_refusal(body) == go_json.decode_error(body)
+    assert _emulators_refusal(body) == go_readings.decode_error(body)
 
 
 @pytest.mark.parametrize("levels", [300, 4000])
@@ -1326,7 +1335,7 @@ def test_tool_properties_below_what_the_reading_holds_are_left_to_the_backend(
     levels: int,
 ) -> None:
     """A body deeper than orjson writes is read to `KEPT_DEPTH` levels, each value
-    below kept as written (`go_json.unread`): the proxy checks a tool's properties
+    below kept as written (`go_deep.unread`): the proxy checks a tool's properties
     down to there, every level of them, and refuses nothing below, which Go reads."""
     wrong = b'{"description": 1}'
     for shallow, refused in ((1, True), (20, True), (levels, False)):

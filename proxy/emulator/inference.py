@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy import go_json, go_requests, go_types
+from proxy import go_json, go_raw_message, go_requests, go_types
 from proxy.backends import CLOUD, INVALID_NAME, source, valid_name
 from proxy.go_requests import check_fields
 from proxy.go_types import BodyError
@@ -175,8 +175,8 @@ async def format_as_held(
     if format_taken(fmt):
         return None
     raw = await request.read()
-    held = await go_json.off_loop(len(raw), go_json.value_bytes, raw, path)
-    return go_escaped(go_json.compact(held)) if encoded and held is not None else held
+    held = await go_json.off_loop(len(raw), go_raw_message.value_bytes, raw, path)
+    return go_escaped(go_raw_message.compact(held)) if encoded and held is not None else held
 
 
 def _late_error(

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy import go_json, openai_responses
+from proxy import go_json, go_raw_message, openai_responses
 from proxy.go_types import BodyError
 from proxy.openai_responses import text_format
 from proxy.protocol import SSE
@@ -87,7 +87,7 @@ def _format_echo(fmt: Any, schema: orjson.Fragment | None) -> Any:
 
 async def _schema_as_written(request: web.Request, fmt: Any) -> orjson.Fragment | None:
     """The text format's schema (`fmt`, `text_format`'s) as Go writes a json.RawMessage
-    back: the bytes the client wrote, compacted (`go_json.compact`: `1.50`, `1E2` and a
+    back: the bytes the client wrote, compacted (`go_raw_message.compact`: `1.50`, `1E2` and a
     `\\u00e9` as they came), not a value it read. None where the format has no schema."""
     if not isinstance(fmt, dict) or "schema" not in fmt:
         return None
@@ -97,8 +97,8 @@ async def _schema_as_written(request: web.Request, fmt: Any) -> orjson.Fragment 
 
 
 def _schema_bytes(raw: bytes) -> bytes | None:
-    written = go_json.value_bytes(raw, _SCHEMA)
-    return None if written is None else go_json.compact(written)
+    written = go_raw_message.value_bytes(raw, _SCHEMA)
+    return None if written is None else go_raw_message.compact(written)
 
 
 _SCHEMA = ("text", "format", "schema")

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from proxy.go_json import unread
+from proxy.go_deep import unread
 
 from .catalog import ModelSpec
 
@@ -137,7 +137,7 @@ _SAMPLE_DEPTH = 32
 
 def _holds_unread(value: Any) -> bool:
     """Whether `value` holds a value nested deeper than the body's reading goes
-    (`go_json.unread`): thousands of levels, which as a tool call's arguments or an
+    (`go_deep.unread`): thousands of levels, which as a tool call's arguments or an
     answer would be thousands of tokens to make up; not a value to pick. A loop."""
     pending = [value]
     while pending:

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import orjson
 from aiohttp import web
 
-from proxy import go_json
+from proxy import go_decoding, go_deep, go_json, go_readings
 from proxy.go_merge import go_decoded
 from proxy.go_requests import first_error
 from proxy.go_types import BeyondADouble, BodyError, checked
@@ -54,7 +54,7 @@ def _go_number(obj: Any) -> Any:
 
 def _go_numbers(obj: Any) -> Any:
     """`obj` with each number in its objects and arrays as Go prints it (`_go_number`)."""
-    return go_json.rebuilt(obj, _go_number)
+    return go_deep.rebuilt(obj, _go_number)
 
 
 def json_bytes(
@@ -183,7 +183,7 @@ def _number(text: str) -> int | float | BeyondADouble:
     return int(text)
 
 
-_DECODER = go_json.go_decoder(_number)
+_DECODER = go_decoding.go_decoder(_number)
 
 
 async def read_json(request: web.Request) -> Any:
@@ -223,12 +223,12 @@ def _as_go_decodes(raw: bytes, doc: Any, struct: str, fields: dict[str, str]) ->
         written = b""  # nothing to compare with: `left_out` says so, and it is read again
     if not go_json.left_out(raw, written):
         return doc
-    repeated = go_json.read_repeated(raw)
+    repeated = go_readings.read_repeated(raw)
     message = first_error(repeated, struct, fields)
     if message is not None:
         raise BodyError(message)
     merged = go_decoded(repeated, struct)
-    ended = None if merged is None else go_json.written_as_read(merged)
+    ended = None if merged is None else go_readings.written_as_read(merged)
     return doc if ended is None else decode_json(ended)
 
 
@@ -240,19 +240,19 @@ async def as_go_decodes(request: web.Request, doc: Any, struct: str, fields: dic
 
 def read_whole(value: Any) -> Any:
     """`value`, of `decode_json`'s reading, with what it holds as written read too
-    (`go_json.whole`), in place."""
-    return go_json.whole(value, _DECODER)
+    (`go_readings.whole`), in place."""
+    return go_readings.whole(value, _DECODER)
 
 
 def decode_json(raw: bytes) -> Any:
     """Decode the first JSON value of a body like json.Decoder.Decode
-    (`go_json.first_value`); a number beyond a double is a
+    (`go_readings.first_value`); a number beyond a double is a
     `proxy.go_types.BeyondADouble`.
 
     Raises EOFError for an empty (or all-whitespace) body and BodyError otherwise."""
     try:
-        return go_json.first_value(raw, _DECODER)
-    except go_json.NotJson as exc:
+        return go_readings.first_value(raw, _DECODER)
+    except go_decoding.NotJson as exc:
         if exc.message == "EOF":
             raise EOFError from None
         raise BodyError(exc.message) from None
