@@ -27,7 +27,7 @@ RUN python3 -m venv /opt/autoroute \
     && chown autoroute:autoroute /var/lib/autoroute
 COPY config.yaml /etc/autoroute/config.yaml
 # Usage events, the usage spool and measured profiles live under
-# $XDG_STATE_HOME/autoroute (proxy/config.py state_dir): a volume keeps them
+# $XDG_STATE_HOME/autoroute (proxy/state_dir.py): a volume keeps them
 # across container restarts.
 ENV AUTOROUTE_CONFIG=/etc/autoroute/config.yaml \
     AUTOROUTE_LISTEN__HOST=0.0.0.0 \
@@ -39,6 +39,6 @@ EXPOSE 11435
 # Healthy means ready: /api/autoroute/ready answers 503 while no backend is usable.
 # Asked where the proxy listens, read as it reads it (the config file, then AUTOROUTE_*).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
-    CMD ["python3", "-c", "import urllib.request; from proxy.config import load; at = load().listen; host = '127.0.0.1' if at.host in ('0.0.0.0', '::', '') else at.host; host = '[%s]' % host if ':' in host else host; urllib.request.urlopen('http://%s:%d/api/autoroute/ready' % (host, at.port), timeout=2)"]
+    CMD ["python3", "-c", "import urllib.request; from proxy.config_loading import load; at = load().listen; host = '127.0.0.1' if at.host in ('0.0.0.0', '::', '') else at.host; host = '[%s]' % host if ':' in host else host; urllib.request.urlopen('http://%s:%d/api/autoroute/ready' % (host, at.port), timeout=2)"]
 ENTRYPOINT ["autoroute"]
 CMD ["serve"]

@@ -20,7 +20,8 @@ from aiohttp import web
 
 from proxy.backends import BackendPool
 from proxy.cli import freeze_loaded, start_site
-from proxy.config import Backend, Config
+from proxy.config import Config
+from proxy.config_serving import Backend
 from proxy.outcome import Served
 from proxy.relay import Relay
 

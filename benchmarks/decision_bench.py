@@ -38,7 +38,8 @@ from benchmarks.servers import PY, check_alive, ensure_free, loadgen, wait_ready
 from proxy.auto import AutoRouter
 from proxy.backends import BackendPool
 from proxy.cli import freeze_loaded
-from proxy.config import Backend, Config
+from proxy.config import Config
+from proxy.config_serving import Backend
 from proxy.emulator.catalog import CATALOG
 from proxy.registry import ModelInfo, Registry, model_info
 from selector_model import artifact as artifact_module

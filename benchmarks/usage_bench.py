@@ -22,7 +22,7 @@ import uvloop
 
 from benchmarks import servers
 from benchmarks.servers import Sample, check_alive, cpu_seconds, loadgen, wait_ready
-from proxy.config import Usage
+from proxy.config_services import Usage
 from proxy.outcome import Decided, Outcome, Served
 from proxy.usage import UsagePipeline
 from proxy.usage.event import Captured

@@ -25,7 +25,7 @@ from aiohttp import web
 from proxy import header_values
 from proxy.aiohttp_internals import state_get
 from proxy.backends import normalize_model
-from proxy.config import ApiKey, Auth
+from proxy.config_services import ApiKey, Auth
 from proxy.errors import error_response
 from proxy.routes import ADMIN, FULL, PUBLIC, SCRAPE, Route, find, runs_a_model
 from proxy.shared_limits import STREAMS_FULL, SharedDown, SharedLimits

@@ -19,7 +19,7 @@ from datetime import datetime
 import asyncpg
 
 from proxy.auth import Access, new_key
-from proxy.config import ApiKey, Auth
+from proxy.config_services import ApiKey, Auth
 from proxy.pg_migrations import apply
 
 log = logging.getLogger("autoroute.auth")

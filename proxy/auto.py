@@ -31,7 +31,8 @@ from proxy.backends import (
     valid_name,
     without_local,
 )
-from proxy.config import Config, Profile, Variant
+from proxy.config import Config
+from proxy.config_selector import Profile, Variant
 from proxy.continuations import Continuations, Conversation, Conversations, conversation
 from proxy.experiments import assign
 from proxy.memory import Memory, Terms

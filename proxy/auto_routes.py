@@ -46,7 +46,8 @@ from proxy.cloud import (
     stand_in_names,
     stands_in,
 )
-from proxy.config import Limits, Usage
+from proxy.config_services import Usage
+from proxy.config_serving import Limits
 from proxy.errors import ANTHROPIC_PATH, error_response, handler_error
 from proxy.keep_alive import unloads
 from proxy.learning import Learner

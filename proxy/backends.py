@@ -20,7 +20,8 @@ from urllib.parse import urlsplit
 import orjson
 
 from proxy import header_values, http11, ollama_answers, tasks
-from proxy.config import Backend, Config
+from proxy.config import Config
+from proxy.config_serving import Backend
 from proxy.multipart_form import go_trim_space
 from proxy.upstream import ConnectionPool, fetch
 from proxy.upstream_errors import ConnectFailed, ConnectTimedOut, ProxyExhausted, UpstreamError

@@ -38,7 +38,7 @@ from typing import Any
 from proxy import go_json
 from proxy import limits as request_limits
 from proxy.backends import searches_the_web
-from proxy.config import Limits
+from proxy.config_serving import Limits
 from proxy.usage.event import prompt_text
 
 # A body larger than this is screened in the worker. Handing one over is a copy

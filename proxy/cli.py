@@ -22,9 +22,11 @@ from urllib.parse import urlsplit
 import orjson
 from aiohttp import web
 
-from proxy import config as config_module
+from proxy import config_loading as config_module
 from proxy import event_loop, keys_cli, logs
-from proxy.config import ENV_PREFIX, Backend, Config, ConfigError, Logging, state_dir
+from proxy.config import ENV_PREFIX, Config, ConfigError
+from proxy.config_serving import Backend, Logging
+from proxy.state_dir import state_dir
 
 log = logging.getLogger("autoroute")
 

@@ -34,7 +34,8 @@ from proxy.cloud_translate import (
     cloud_body,
     read_request,
 )
-from proxy.config import CloudProvider, Config
+from proxy.config import Config
+from proxy.config_services import CloudProvider
 from proxy.errors import error_response, stream_error_line
 from proxy.limits import write_stalled
 from proxy.outcome import OUTCOME, Served

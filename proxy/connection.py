@@ -165,7 +165,8 @@ from proxy.aiohttp_internals import (
     transfer_encoding_refused,
 )
 from proxy.chunk_lines import ChunkLines
-from proxy.config import Config, Limits, Timeouts
+from proxy.config import Config
+from proxy.config_serving import Limits, Timeouts
 from proxy.errors import unserved_method
 from proxy.head_reads import HeadReads
 from proxy.limits import HEAD_TOO_LARGE_BODY

@@ -20,7 +20,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.config import Experiment, Usage, Variant
+from proxy.config_selector import Experiment, Variant
+from proxy.config_services import Usage
 from proxy.header_values import utf8
 from selector_model import outcome
 from selector_model.features import REQUEST_FEATURES, TASKS

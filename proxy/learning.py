@@ -53,7 +53,8 @@ import asyncpg
 import orjson
 
 from proxy import private_files
-from proxy.config import Learning, Usage
+from proxy.config_selector import Learning
+from proxy.config_services import Usage
 from proxy.pg_migrations import apply
 from proxy.usage.event import FEEDBACK, USAGE
 from proxy.usage.stats import FEEDBACK_JOIN

@@ -20,7 +20,7 @@ from aiohttp.abc import AbstractStreamWriter
 
 from proxy import expect, go_json
 from proxy.aiohttp_internals import client_transport, state_get, wait_drained, writing_paused
-from proxy.config import Limits
+from proxy.config_serving import Limits
 from proxy.errors import SERVER_BUSY, error_response
 from proxy.outcome import Served
 from selector_model import request_body

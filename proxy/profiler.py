@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from proxy.backends import entry_model, normalize_model
-from proxy.config import Config, without_userinfo
+from proxy.config import Config
+from proxy.config_serving import without_userinfo
 from selector_model.catalog.knowledge import AREAS
 from selector_model.profiling import store
 from selector_model.profiling import suite as suite_module

@@ -23,7 +23,7 @@ import math
 from typing import Any
 
 from proxy.cache.key import generates
-from proxy.config import Runners, keep_alive_bound
+from proxy.config_serving import Runners, keep_alive_bound
 from proxy.go_requests import option_int
 from proxy.keep_alive import parse as parse_keep_alive
 

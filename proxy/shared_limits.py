@@ -39,7 +39,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
-from proxy.config import Shared
+from proxy.config_services import Shared
 from proxy.tasks import cancellation_lost
 
 log = logging.getLogger("autoroute.shared")

@@ -5,7 +5,8 @@ with the same, and points the test at it."""
 from __future__ import annotations
 
 from proxy.auth import hash_key
-from proxy.config import ApiKey, Auth, Limits
+from proxy.config_services import ApiKey, Auth
+from proxy.config_serving import Limits
 
 KEY = "fuzz-admin-key"
 AUTH = Auth(keys=(ApiKey(sha256=hash_key(KEY), name="fuzz", role="admin"),))

@@ -26,7 +26,9 @@ from aiohttp import web
 
 from proxy import event_loop
 from proxy.app import create_app as create_proxy
-from proxy.config import Backend, Config, Listen, Timeouts, Usage
+from proxy.config import Config
+from proxy.config_services import Usage
+from proxy.config_serving import Backend, Listen, Timeouts
 from proxy.connection import ollama_runner
 from proxy.connection import runner as proxy_runner
 from proxy.emulator import STATE_KEY, EmulatorSettings, EmulatorState

@@ -34,7 +34,7 @@ from aiohttp.test_utils import make_mocked_request
 from aiohttp.web_protocol import RequestPayloadError
 
 from proxy import aiohttp_internals as internals
-from proxy import config
+from proxy import config_loading
 from proxy.aiohttp_internals import (
     HandlerRunner,
     awaiting_head,
@@ -907,11 +907,11 @@ def test_the_override_is_no_setting(caplog: pytest.LogCaptureFixture) -> None:
     """The override is read where aiohttp is checked, not as a setting the configuration
     warns it does not know, as it warns of any other AUTOROUTE_* variable naming none."""
     with caplog.at_level(logging.WARNING):
-        loaded = config.load(ROOT / "config.yaml", environ={AIOHTTP_UNCHECKED_ENV: "1"})
-    assert loaded == config.load(ROOT / "config.yaml", environ={})
+        loaded = config_loading.load(ROOT / "config.yaml", environ={AIOHTTP_UNCHECKED_ENV: "1"})
+    assert loaded == config_loading.load(ROOT / "config.yaml", environ={})
     assert not caplog.records
     with caplog.at_level(logging.WARNING):
-        config.load(ROOT / "config.yaml", environ={"AUTOROUTE_AIOHTTP_CHECKED": "1"})
+        config_loading.load(ROOT / "config.yaml", environ={"AUTOROUTE_AIOHTTP_CHECKED": "1"})
     assert [r.getMessage() for r in caplog.records] == [
         "environment variable AUTOROUTE_AIOHTTP_CHECKED ignored: no setting aiohttp_checked"
     ]

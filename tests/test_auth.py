@@ -20,19 +20,11 @@ from yarl import URL
 
 from proxy.app import APP_KEY
 from proxy.auth import hash_key, new_key
-from proxy.config import (
-    ApiKey,
-    Auth,
-    Backend,
-    ConfigError,
-    Experiment,
-    Health,
-    Profile,
-    Selector,
-    Usage,
-    Variant,
-)
-from proxy.config import load as load_config
+from proxy.config import ConfigError
+from proxy.config_loading import load as load_config
+from proxy.config_selector import Experiment, Profile, Selector, Variant
+from proxy.config_services import ApiKey, Auth, Usage
+from proxy.config_serving import Backend, Health
 from proxy.handlers import WEB_SEARCH_FORBIDDEN
 from tests.support import (
     AUTO_NAMES,
@@ -527,7 +519,8 @@ def test_keys_in_config_are_hashes(tmp_path: Path) -> None:
 
 def test_listening_beyond_loopback_without_keys_warns(caplog: pytest.LogCaptureFixture) -> None:
     from proxy.cli import _warn_if_exposed
-    from proxy.config import Config, Listen
+    from proxy.config import Config
+    from proxy.config_serving import Listen
 
     caplog.set_level(logging.WARNING, logger="autoroute")
     _warn_if_exposed(Config(listen=Listen(host="0.0.0.0")))

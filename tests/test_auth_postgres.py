@@ -23,8 +23,9 @@ from proxy import auth_store
 from proxy.app import APP_KEY
 from proxy.auth import hash_key, new_key
 from proxy.auth_store import KeyStore
-from proxy.config import ApiKey, Auth, Cache, ConfigError, Usage
-from proxy.config import load as load_config
+from proxy.config import ConfigError
+from proxy.config_loading import load as load_config
+from proxy.config_services import ApiKey, Auth, Cache, Usage
 from tests.support import (
     AUTO_NAMES,
     Emulator,

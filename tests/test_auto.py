@@ -21,7 +21,10 @@ from proxy.app import APP_KEY
 from proxy.auto import EMBEDDING_ONLY, AutoError, AutoRouter, profile_of
 from proxy.auto_routes import AutoRoutes
 from proxy.backends import BackendPool
-from proxy.config import Backend, Config, Health, ModelEntry, Profile, Selector, Usage
+from proxy.config import Config
+from proxy.config_selector import ModelEntry, Profile, Selector
+from proxy.config_services import Usage
+from proxy.config_serving import Backend, Health
 from proxy.registry import ModelInfo, Registry, model_info
 from proxy.routes import RANKED_PATHS
 from selector_model.catalog import AREAS, Catalog

@@ -23,7 +23,8 @@ import numpy as np
 import orjson
 import pytest
 
-from proxy.config import Profile, Selector, Usage
+from proxy.config_selector import Profile, Selector
+from proxy.config_services import Usage
 from proxy.emulator.catalog import CATALOG
 from proxy.registry import model_info
 from selector_model import features, onnx_session, outcome

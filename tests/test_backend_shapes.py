@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 
 from proxy.app import APP_KEY
-from proxy.config import Health
+from proxy.config_serving import Health
 from proxy.registry import ModelInfo
 from tests.conftest import FROZEN
 from tests.support import Emulator, Proxy, ServerThread, free_port, wait_until

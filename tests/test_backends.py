@@ -23,7 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy import upstream
 from proxy.app import APP_KEY
 from proxy.backends import BackendPool, StatusError
-from proxy.config import Backend, Config, Health, Timeouts
+from proxy.config import Config
+from proxy.config_serving import Backend, Health, Timeouts
 from proxy.emulator import EmulatorSettings
 from tests.conftest import FROZEN
 from tests.support import (
@@ -829,7 +830,7 @@ async def test_a_flapping_backend_never_loses_a_request(servers: ServerThread) -
     A's circuit opens while it is down and closes once it is back; every request
     either succeeds (on A, or on B after a failover) or gets Ollama's error shape, none
     hangs, and the proxy counted exactly the requests the clients sent."""
-    from proxy.config import Usage
+    from proxy.config_services import Usage
 
     a = Emulator(servers, dataclasses.replace(FROZEN, models=(SHARED,)))
     b = Emulator(servers, dataclasses.replace(FROZEN, models=(SHARED,)))

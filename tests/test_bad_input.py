@@ -11,7 +11,7 @@ import aiohttp
 import orjson
 import pytest
 
-from proxy.config import Limits
+from proxy.config_serving import Limits
 from tests.support import (
     Emulator,
     Proxy,

@@ -16,7 +16,7 @@ import pytest
 from multidict import CIMultiDict
 
 from proxy import body_screen, go_json
-from proxy.config import Limits
+from proxy.config_serving import Limits
 from proxy.usage.pipeline import MAX_COMMENT, MAX_FEEDBACK_BYTES
 from tests.support import (
     Emulator,

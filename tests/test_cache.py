@@ -25,7 +25,8 @@ from proxy import go_json, handlers
 from proxy.app import APP_KEY
 from proxy.cache import ResponseCache
 from proxy.cache.key import deterministic
-from proxy.config import ApiKey, Auth, Cache, Timeouts, Usage
+from proxy.config_services import ApiKey, Auth, Cache, Usage
+from proxy.config_serving import Timeouts
 from proxy.emulator import EmulatorSettings
 from proxy.http11 import dechunk
 from proxy.learning import decision_of

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from proxy import config, registry
+from proxy import config_loading, registry
 from proxy.config import ConfigError
 from selector_model.catalog import (
     AREAS,
@@ -1330,7 +1330,9 @@ def test_config_selector_models_feed_the_overrides(tmp_path: Path, catalog: Cata
         "    my-coder:latest: {like: 'qwen2.5-coder:7b'}\n"
         "    my-ft:latest: {areas: {code: 0.7}, params_b: 8}\n"
     )
-    cfg = config.load(path, environ={"AUTOROUTE_SELECTOR__MODELS__MY-FT:LATEST__AREAS__MATH": "0"})
+    cfg = config_loading.load(
+        path, environ={"AUTOROUTE_SELECTOR__MODELS__MY-FT:LATEST__AREAS__MATH": "0"}
+    )
     given = {name: entry.given() for name, entry in cfg.selector.models.items()}
     assert given == {
         "my-coder:latest": {"like": "qwen2.5-coder:7b"},
@@ -1339,11 +1341,11 @@ def test_config_selector_models_feed_the_overrides(tmp_path: Path, catalog: Cata
     configured = catalog.with_overrides(given)
     assert configured.lookup("my-ft").areas["math"] == 0.0
     assert configured.lookup("my-coder").neighbours == ("qwen2.5-coder:7b",)
-    assert config.load(ROOT / "config.yaml", environ={}).selector.models == {}
+    assert config_loading.load(ROOT / "config.yaml", environ={}).selector.models == {}
     bad = tmp_path / "bad.yaml"
     bad.write_text("selector: {models: {m: {areas: {coding: 0.5}}}}\n")
     with pytest.raises(ConfigError, match="unknown area"):
-        config.load(bad, environ={})
+        config_loading.load(bad, environ={})
 
 
 def test_every_library_name_has_one_latest_tag(catalog: Catalog) -> None:
@@ -1421,11 +1423,11 @@ def test_the_weights_context_places_a_model_of_no_known_family_nearer_its_result
 
 
 def test_config_names_a_catalogue_file_to_load(tmp_path: Path) -> None:
-    shipped = config.load(ROOT / "config.yaml", environ={}).selector.catalog
+    shipped = config_loading.load(ROOT / "config.yaml", environ={}).selector.catalog
     assert shipped == ""
     own = tmp_path / "models.yaml"
     own.write_text(DEFAULT_PATH.read_text().replace("name: qwen2.5:7b\n", "name: qwen2.5:7b-own\n"))
-    cfg = config.load(None, environ={"AUTOROUTE_SELECTOR__CATALOG": str(own)})
+    cfg = config_loading.load(None, environ={"AUTOROUTE_SELECTOR__CATALOG": str(own)})
     loaded = Catalog.load(Path(cfg.selector.catalog) if cfg.selector.catalog else None)
     assert loaded.resolve("qwen2.5:7b-own") == "qwen2.5:7b-own"
     # The shipped catalogue reads the unknown tag as a variant of qwen2.5:7b.

@@ -14,7 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from proxy import cli, config
+from proxy import cli, config, config_loading, config_serving
 from proxy.cli import PortInUse, build_parser, main
 from tests.support import free_port
 
@@ -144,7 +144,7 @@ def test_serve_flags_win_over_file_and_environment(
             ]
         )
         assert args.config == str(path)
-        loaded = config.load(args.config)
+        loaded = config_loading.load(args.config)
         assert loaded.listen.port == 9100  # the variable over the file
         cfg = cli._with_flags(loaded, args)
         assert (cfg.listen.host, cfg.listen.port) == ("0.0.0.0", 9200)
@@ -153,7 +153,7 @@ def test_serve_flags_win_over_file_and_environment(
 
 def test_demo_backend_ports_flag_takes_one_port_a_backend() -> None:
     args = build_parser(None).parse_args(["demo", "--backend-ports", "19251, 19252"])
-    cfg = cli.demo_config(config.load(None), args.backend_ports)
+    cfg = cli.demo_config(config_loading.load(None), args.backend_ports)
     assert [b.url for b in cfg.backends] == ["http://127.0.0.1:19251", "http://127.0.0.1:19252"]
     assert build_parser(None).parse_args(["demo"]).backend_ports == (0, 0)  # free ones
     for wrong in ("19251", "19251,19252,19253", "19251,x", "19251,70000"):
@@ -163,7 +163,7 @@ def test_demo_backend_ports_flag_takes_one_port_a_backend() -> None:
 
 def test_demo_port_flag_moves_the_proxy() -> None:
     args = build_parser(None).parse_args(["demo", "--port", "11999"])
-    cfg = cli.demo_config(cli._with_flags(config.load(None), args), args.backend_ports)
+    cfg = cli.demo_config(cli._with_flags(config_loading.load(None), args), args.backend_ports)
     assert cfg.listen.port == 11999
 
 
@@ -258,7 +258,7 @@ def test_unknown_section_suggests_the_closest(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("timeout: {}\n")
     with pytest.raises(config.ConfigError) as error:
-        config.load(path, environ={})
+        config_loading.load(path, environ={})
     assert str(error.value) == f"{path}: config: unknown key 'timeout'; did you mean 'timeouts'?"
 
 
@@ -288,7 +288,7 @@ def _ignored(caplog: pytest.LogCaptureFixture, **environ: str) -> tuple[config.C
     """The shipped configuration loaded with `environ`, and the warnings it logged."""
     with caplog.at_level(logging.WARNING):
         shipped = {"AUTOROUTE_CONFIG": str(ROOT / "config.yaml")}
-        loaded = config.load(None, environ={**shipped, **environ})
+        loaded = config_loading.load(None, environ={**shipped, **environ})
     return loaded, [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
 
 
@@ -310,7 +310,7 @@ def test_environment_variable_typo_is_a_warning_naming_the_variable_and_the_clos
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     loaded, warned = _ignored(caplog, AUTOROUTE_LISTEN__PROT="8080")
-    assert loaded.listen.port == config.Listen().port
+    assert loaded.listen.port == config_serving.Listen().port
     assert warned == [
         "environment variable AUTOROUTE_LISTEN__PROT ignored: no setting listen.prot; "
         "did you mean 'AUTOROUTE_LISTEN__PORT'?"
@@ -370,7 +370,7 @@ def test_serve_on_a_port_in_use_names_it_and_what_moves_it(tmp_path: Path) -> No
 
 
 def test_demo_port_in_use_says_another_demo_may_be_running() -> None:
-    cfg = config.load(None)
+    cfg = config_loading.load(None)
     proxy_port = cli.demo_config(cfg, [18124, 18125]).listen.port
     assert cli.port_in_use_message(PortInUse("127.0.0.1", proxy_port), "demo", cfg) == (
         f"autoroute demo: port {proxy_port} on 127.0.0.1 is already in use; choose another "

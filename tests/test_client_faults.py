@@ -26,7 +26,8 @@ import pytest
 from aiohttp import web
 from aiohttp.http_exceptions import LineTooLong
 
-from proxy.config import Limits, Timeouts, Usage
+from proxy.config_services import Usage
+from proxy.config_serving import Limits, Timeouts
 from proxy.connection import (
     BAD_REQUEST,
     HEAD_TOO_LARGE,

@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from proxy import header_values
 from proxy.app import APP_KEY
-from proxy.config import Cache, Health, Listen
+from proxy.config_services import Cache
+from proxy.config_serving import Health, Listen
 from proxy.logs import AccessLog
 from proxy.outcome import Decided, Outcome, Served
 from proxy.usage import event as ev

@@ -21,7 +21,7 @@ import ollama
 import pytest
 
 from proxy.auth import hash_key
-from proxy.config import ApiKey, Auth
+from proxy.config_services import ApiKey, Auth
 from tests.client_parity import Answers, async_outcome, auto_as_chosen, hosts, outcome
 from tests.support import AUTO_NAMES, PIXEL_PNG, WEATHER_TOOLS, Emulator, Proxy, ServerThread
 

@@ -19,16 +19,9 @@ from aiohttp import web
 
 from proxy.app import APP_KEY
 from proxy.auth import hash_key
-from proxy.config import (
-    ApiKey,
-    Auth,
-    Cloud,
-    CloudProvider,
-    Config,
-    ConfigError,
-    Health,
-    Timeouts,
-)
+from proxy.config import Config, ConfigError
+from proxy.config_services import ApiKey, Auth, Cloud, CloudProvider
+from proxy.config_serving import Health, Timeouts
 from tests.cloud_standin import (
     ANSWER,
     ANSWER_WORDS,

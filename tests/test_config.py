@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy import config
+from proxy import config, config_loading, config_selector, config_services, state_dir
 from proxy.cli import demo_config
 from proxy.config import ConfigError
 
@@ -21,14 +21,14 @@ def _refusal(tmp_path: Path, text: str) -> str:
     path = tmp_path / "c.yaml"
     path.write_text(text)
     with pytest.raises(ConfigError) as caught:
-        config.load(path, environ={})
+        config_loading.load(path, environ={})
     prefix = f"{path}: "
     assert str(caught.value).startswith(prefix), caught.value
     return str(caught.value).removeprefix(prefix)
 
 
 def test_defaults_listen_on_11435_and_forward_to_11434() -> None:
-    cfg = config.load(path=None, environ={"AUTOROUTE_CONFIG": str(ROOT / "config.yaml")})
+    cfg = config_loading.load(path=None, environ={"AUTOROUTE_CONFIG": str(ROOT / "config.yaml")})
     assert (cfg.listen.host, cfg.listen.port) == ("127.0.0.1", 11435)
     assert [b.url for b in cfg.backends] == ["http://127.0.0.1:11434"]
     assert cfg.routing.admin_target == "all"
@@ -38,8 +38,8 @@ def test_shipped_config_yaml_equals_builtin_defaults(tmp_path: Path) -> None:
     """config.yaml documents every key with its default: the two must not drift."""
     empty = tmp_path / "empty.yaml"
     empty.write_text("")
-    shipped = config.load(ROOT / "config.yaml", environ={})
-    builtin = config.load(empty, environ={})
+    shipped = config_loading.load(ROOT / "config.yaml", environ={})
+    builtin = config_loading.load(empty, environ={})
     assert [b.url for b in shipped.backends] == [b.url for b in builtin.backends]
     assert (shipped.listen, shipped.timeouts, shipped.limits, shipped.health) == (
         builtin.listen,
@@ -55,7 +55,7 @@ def test_shipped_config_yaml_equals_builtin_defaults(tmp_path: Path) -> None:
 def test_environment_overrides_file(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("listen: {port: 9000}\ntimeouts: {idle_read_seconds: 12}\n")
-    cfg = config.load(
+    cfg = config_loading.load(
         path,
         environ={
             "AUTOROUTE_LISTEN__PORT": "9100",
@@ -71,7 +71,7 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
 
 def test_ollama_host_is_not_read() -> None:
     environ = {"OLLAMA_HOST": "http://10.9.9.9:1234", "AUTOROUTE_CONFIG": str(ROOT / "config.yaml")}
-    cfg = config.load(path=None, environ=environ)
+    cfg = config_loading.load(path=None, environ=environ)
     assert all("10.9.9.9" not in b.url for b in cfg.backends)
 
 
@@ -81,14 +81,14 @@ def test_ollama_host_is_not_read() -> None:
 )
 def test_backend_equal_to_own_address_is_refused(backend: str) -> None:
     with pytest.raises(ConfigError, match="own address"):
-        config.load(
+        config_loading.load(
             path=None, environ={"AUTOROUTE_CONFIG": "/dev/null", "AUTOROUTE_BACKENDS": backend}
         )
 
 
 def test_wildcard_listen_refuses_loopback_backend_on_same_port() -> None:
     with pytest.raises(ConfigError, match="own address"):
-        config.load(
+        config_loading.load(
             path=None,
             environ={
                 "AUTOROUTE_CONFIG": "/dev/null",
@@ -99,7 +99,7 @@ def test_wildcard_listen_refuses_loopback_backend_on_same_port() -> None:
 
 
 def test_same_port_on_another_host_is_allowed() -> None:
-    cfg = config.load(
+    cfg = config_loading.load(
         path=None,
         environ={"AUTOROUTE_CONFIG": "/dev/null", "AUTOROUTE_BACKENDS": "http://192.0.2.10:11435"},
     )
@@ -130,11 +130,11 @@ def test_bad_configuration_names_the_key(tmp_path: Path, text: str, message: str
 
 def test_default_usage_paths_follow_xdg_state_home(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_STATE_HOME", "/srv/state")
-    assert config.Usage().file_path == "/srv/state/autoroute/usage/events.jsonl"
-    assert config.Usage().spool_dir == "/srv/state/autoroute/usage/spool"
+    assert config_services.Usage().file_path == "/srv/state/autoroute/usage/events.jsonl"
+    assert config_services.Usage().spool_dir == "/srv/state/autoroute/usage/spool"
     for unset in ("", "relative/dir"):  # the XDG specification ignores a relative one
         monkeypatch.setenv("XDG_STATE_HOME", unset)
-        assert config.state_dir() == Path.home() / ".local" / "state" / "autoroute"
+        assert state_dir.state_dir() == Path.home() / ".local" / "state" / "autoroute"
 
 
 def test_tests_never_write_into_the_real_usage_file() -> None:
@@ -143,7 +143,7 @@ def test_tests_never_write_into_the_real_usage_file() -> None:
     state_home = Path(os.environ["XDG_STATE_HOME"]).resolve()
     assert state_home.is_relative_to(Path(tempfile.gettempdir()).resolve())
     real = Path.home() / ".local" / "state" / "autoroute"
-    for cfg in (config.Config(), config.load(ROOT / "config.yaml", environ={})):
+    for cfg in (config.Config(), config_loading.load(ROOT / "config.yaml", environ={})):
         for path in (cfg.usage.file_path, cfg.usage.spool_dir):
             resolved = Path(path).expanduser().resolve()
             assert resolved.is_relative_to(state_home), path
@@ -151,7 +151,7 @@ def test_tests_never_write_into_the_real_usage_file() -> None:
 
 
 def test_the_demo_records_usage_apart_from_serve() -> None:
-    served = config.load(ROOT / "config.yaml", environ={})
+    served = config_loading.load(ROOT / "config.yaml", environ={})
     served = dataclasses.replace(
         served,
         usage=dataclasses.replace(
@@ -205,7 +205,9 @@ def test_values_no_setting_can_take_are_refused(tmp_path: Path, text: str, messa
 
 def test_a_section_given_as_a_plain_value_names_its_variable() -> None:
     with pytest.raises(ConfigError) as caught:
-        config.load(path=None, environ={"AUTOROUTE_CONFIG": "/dev/null", "AUTOROUTE_LISTEN": "5"})
+        config_loading.load(
+            path=None, environ={"AUTOROUTE_CONFIG": "/dev/null", "AUTOROUTE_LISTEN": "5"}
+        )
     assert str(caught.value) == (
         "environment variable AUTOROUTE_LISTEN: listen: expected a mapping, got str"
     )
@@ -238,14 +240,14 @@ def test_one_profile_setting_keeps_the_other_profiles_and_settings() -> None:
     """`AUTOROUTE_SELECTOR__PROFILES__FAST__DEFAULT_MODEL` (or a file naming only that)
     made `fast` the only profile, with the cost_weight of no profile: plain `auto`
     (balanced) then answered every request as a model that does not exist."""
-    cfg = config.load(
+    cfg = config_loading.load(
         path=None,
         environ={
             "AUTOROUTE_CONFIG": "/dev/null",
             "AUTOROUTE_SELECTOR__PROFILES__FAST__DEFAULT_MODEL": "llama3.2:3b",
         },
     )
-    builtin = config.Selector().profiles
+    builtin = config_selector.Selector().profiles
     assert set(cfg.selector.profiles) == set(builtin)
     fast = cfg.selector.profiles["fast"]
     assert fast == dataclasses.replace(builtin["fast"], default_model="llama3.2:3b")
@@ -257,15 +259,15 @@ def test_profiles_listed_in_the_file_replace_the_built_in_set(tmp_path: Path) ->
     keeps the built-in's values for what it leaves out."""
     path = tmp_path / "c.yaml"
     path.write_text("selector: {profiles: {balanced: {}, fast: {default_model: 'x:1b'}}}")
-    cfg = config.load(path, environ={})
-    builtin = config.Selector().profiles
+    cfg = config_loading.load(path, environ={})
+    builtin = config_selector.Selector().profiles
     assert cfg.selector.profiles == {
         "balanced": builtin["balanced"],
         "fast": dataclasses.replace(builtin["fast"], default_model="x:1b"),
     }
     path.write_text("selector: {profiles: {fast: {}}}")
     with pytest.raises(ConfigError, match="default_profile: 'balanced' is not a profile"):
-        config.load(path, environ={})
+        config_loading.load(path, environ={})
 
 
 @pytest.mark.parametrize(
@@ -310,7 +312,7 @@ def test_a_bad_value_from_a_variable_names_the_variable(
         variable: value,
     }
     with pytest.raises(ConfigError) as caught:
-        config.load(path=None, environ=environ)
+        config_loading.load(path=None, environ=environ)
     assert str(caught.value).startswith(f"environment variable {variable}: {message}")
 
 
@@ -326,8 +328,8 @@ def test_a_late_error_names_the_file_only_where_the_file_sets_its_key(tmp_path: 
     path = tmp_path / "c.yaml"
     path.write_text("selector: {catalog: /nowhere.yaml}\n")
     error = config.ConfigError("selector.catalog: /nowhere.yaml: gone", key="selector.catalog")
-    assert str(config.named(error, path, environ={})) == f"{path}: {error}"
+    assert str(config_loading.named(error, path, environ={})) == f"{path}: {error}"
     spool = config.ConfigError("usage.spool_dir: cannot use x", key="usage.spool_dir")
-    assert config.named(spool, path, environ={}) is spool
+    assert config_loading.named(spool, path, environ={}) is spool
     path.unlink()
-    assert config.named(error, path, environ={}) is error
+    assert config_loading.named(error, path, environ={}) is error

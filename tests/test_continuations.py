@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy.auth import hash_key
-from proxy.config import ApiKey, Auth
+from proxy.config_services import ApiKey, Auth
 from proxy.continuations import ENDING, Continuations, answered_ending, sent_ending
 from tests.support import Emulator, Proxy, ServerThread, bearer
 

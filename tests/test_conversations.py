@@ -13,7 +13,8 @@ import ollama
 import pytest
 
 from proxy.auth import hash_key
-from proxy.config import ApiKey, Auth, Health
+from proxy.config_services import ApiKey, Auth
+from proxy.config_serving import Health
 from proxy.continuations import Conversations, conversation
 from tests.support import Emulator, Proxy, ServerThread, bearer
 

@@ -17,7 +17,8 @@ import pytest
 from aiohttp.test_utils import make_mocked_request
 
 from proxy.auth import hash_key
-from proxy.config import ApiKey, Auth, Backend, Health, Usage
+from proxy.config_services import ApiKey, Auth, Usage
+from proxy.config_serving import Backend, Health
 from proxy.dashboard_series import BUCKET_SECONDS, BUCKETS, Recent
 from proxy.emulator import EmulatorSettings
 from proxy.outcome import Decided, Outcome, Served

@@ -29,7 +29,8 @@ from proxy.cli import (
     demo_config,
     demo_logging,
 )
-from proxy.config import Config, Listen
+from proxy.config import Config
+from proxy.config_serving import Listen
 from proxy.emulator import EmulatorSettings
 from proxy.emulator.catalog import REGISTRY
 from proxy.logs import AccessLog

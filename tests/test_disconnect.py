@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from proxy.app import APP_KEY
-from proxy.config import Timeouts
+from proxy.config_serving import Timeouts
 from proxy.emulator import EmulatorSettings
 from proxy.upstream import UpstreamConnection, dechunk
 from tests.support import Emulator, Proxy, ServerThread, slow_reader, small_send_buffers

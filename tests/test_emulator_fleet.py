@@ -17,7 +17,7 @@ import aiohttp
 import ollama
 import pytest
 
-from proxy.config import Profile, Selector
+from proxy.config_selector import Profile, Selector
 from proxy.emulator import EmulatorSettings, EmulatorState
 from proxy.emulator.catalog import REGISTRY
 from tests.support import PIXEL_PNG, Emulator, Proxy, ServerThread, free_port

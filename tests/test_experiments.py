@@ -15,7 +15,8 @@ import orjson
 import pytest
 
 from proxy import experiments
-from proxy.config import Experiment, Profile, Selector, Usage, Variant
+from proxy.config_selector import Experiment, Profile, Selector, Variant
+from proxy.config_services import Usage
 from selector_model import features
 from selector_model.usage_event import Answer, UsageEvent
 from tests.support import Emulator, Proxy, ServerThread, raw_request

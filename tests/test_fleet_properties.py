@@ -39,7 +39,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from proxy.app import APP_KEY
-from proxy.config import Health, Selector
+from proxy.config_selector import Selector
+from proxy.config_serving import Health
 from proxy.emulator import EmulatorSettings
 from proxy.emulator.catalog import template_for
 from proxy.emulator.synthesized import synthesize

@@ -46,7 +46,7 @@ from hypothesis import strategies as st
 from benchmarks.hostile_probe.checks import usage_ids
 from proxy.app import APP_KEY
 from proxy.auth import hash_key
-from proxy.config import ApiKey, Auth, Usage
+from proxy.config_services import ApiKey, Auth, Usage
 from proxy.emulator import EmulatorSettings
 from tests.support import Emulator, Proxy, ServerThread
 

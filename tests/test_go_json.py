@@ -31,7 +31,8 @@ from proxy import (
     go_types,
 )
 from proxy.auth import hash_key
-from proxy.config import ApiKey, Auth, Limits
+from proxy.config_services import ApiKey, Auth
+from proxy.config_serving import Limits
 from proxy.emulator import wire as emulator_wire
 from proxy.go_syntax_errors import GO_READS_IT
 from proxy.routes import MODEL_ROUTED, ROUTES

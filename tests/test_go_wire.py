@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from proxy.config import Limits, Timeouts
+from proxy.config_serving import Limits, Timeouts
 from proxy.connection import BAD_REQUEST
 from tests.support import Emulator, Proxy, ServerThread
 from tests.test_client_faults import (

@@ -23,7 +23,7 @@ import pytest
 
 from benchmarks import hostile_probe as hp
 from benchmarks.hostile_probe import exhaustion
-from proxy.config import Limits
+from proxy.config_serving import Limits
 from tests.conftest import FROZEN
 from tests.support import Emulator, Proxy, ServerThread, file_usage, wait_until
 

@@ -8,7 +8,7 @@ import itertools
 
 import pytest
 
-from proxy.config import Limits
+from proxy.config_serving import Limits
 from proxy.http11 import (
     MAX_HEAD_BYTES,
     Dechunker,

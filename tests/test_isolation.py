@@ -21,7 +21,8 @@ import pytest
 from proxy import final_chunk
 from proxy.app import APP_KEY
 from proxy.auth import hash_key
-from proxy.config import ApiKey, Auth, Health
+from proxy.config_services import ApiKey, Auth
+from proxy.config_serving import Health
 from proxy.outcome import Served
 from proxy.relay import ClientLeg
 from proxy.upstream import dechunk

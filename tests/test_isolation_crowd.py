@@ -28,7 +28,7 @@ import orjson
 import pytest
 
 from proxy.auth import hash_key
-from proxy.config import ApiKey, Auth, Cache, Cloud, CloudProvider
+from proxy.config_services import ApiKey, Auth, Cache, Cloud, CloudProvider
 from tests.cloud_standin import OPENAI_KEY, Seen, create_app
 from tests.conftest import FROZEN
 from tests.support import Emulator, Proxy, ServerThread, bearer, free_port

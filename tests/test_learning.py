@@ -24,7 +24,8 @@ import pytest
 from proxy import auth_store, learning
 from proxy.app import APP_KEY
 from proxy.auth import hash_key
-from proxy.config import ApiKey, Auth, Learning, Profile, Selector, Usage
+from proxy.config_selector import Learning, Profile, Selector
+from proxy.config_services import ApiKey, Auth, Usage
 from proxy.emulator import EmulatorSettings
 from proxy.learning import PER_ID, Learner, evidence_from_events
 from selector_model import outcome, posterior

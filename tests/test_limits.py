@@ -19,7 +19,7 @@ from aiohttp.test_utils import make_mocked_request
 from proxy import auto, body_screen, go_json
 from proxy import limits as request_limits
 from proxy.app import APP_KEY
-from proxy.config import Limits
+from proxy.config_serving import Limits
 from proxy.limits import HELD_BODIES, prompt_chars
 from selector_model import features, request_body
 from tests.support import (

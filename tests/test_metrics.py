@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.config import Health
+from proxy.config_serving import Health
 from proxy.routes import label_of
 from proxy.usage import event as usage_events
 from tests.support import Emulator, Proxy, ServerThread, file_usage

@@ -18,7 +18,8 @@ from aiohttp import web
 
 from proxy.app import APP_KEY
 from proxy.backends import BackendPool
-from proxy.config import Backend, Config, Health, Routing
+from proxy.config import Config
+from proxy.config_serving import Backend, Health, Routing
 from proxy.http11 import ResponseHead
 from proxy.model_changes import ChangeWatch, ModelChange, change_of
 from tests.conftest import FROZEN

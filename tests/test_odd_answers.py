@@ -19,7 +19,9 @@ from aiohttp import web
 
 from proxy.app import APP_KEY
 from proxy.backends import UNAVAILABLE_STATUSES
-from proxy.config import Cloud, CloudProvider, Health, Selector, Usage
+from proxy.config_selector import Selector
+from proxy.config_services import Cloud, CloudProvider, Usage
+from proxy.config_serving import Health
 from tests.support import Proxy, RawBackend, ServerThread, free_port, wait_until
 
 ODD = "llama3.2:3b"

@@ -213,7 +213,7 @@ def test_fast_takes_the_quickest_adequate_model_not_one_rated_to_fail() -> None:
     chat model rated 0.12 on a maths question where a 30B one is rated 0.97): its
     `max_loss` keeps out what may be more than that below, and within it the quickest
     still wins."""
-    from proxy.config import Selector
+    from proxy.config_selector import Selector
 
     fast = Selector().profiles["fast"]
     rng = random.Random(0)

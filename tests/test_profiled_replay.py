@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from proxy.config import Profile
+from proxy.config_selector import Profile
 from selector_model import artifact
 from selector_model.catalog import Catalog, Measured
 from selector_model.profiling import store

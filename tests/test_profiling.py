@@ -19,7 +19,9 @@ import orjson
 import pytest
 import yaml
 
-from proxy.config import Backend, Config, Health, Selector
+from proxy.config import Config
+from proxy.config_selector import Selector
+from proxy.config_serving import Backend, Health
 from proxy.emulator import EmulatorSettings
 from proxy.emulator.catalog import REGISTRY
 from proxy.emulator.skills import suite_answer

@@ -16,7 +16,9 @@ from proxy import registry as registry_module
 from proxy.app import APP_KEY
 from proxy.auto import AutoRouter
 from proxy.backends import BackendPool
-from proxy.config import Backend, Config, ConfigError, Health, ModelEntry
+from proxy.config import Config, ConfigError
+from proxy.config_selector import ModelEntry
+from proxy.config_serving import Backend, Health
 from proxy.emulator.catalog import template_for
 from proxy.registry import Registry, catalog_for, model_info
 from selector_model import features

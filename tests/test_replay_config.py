@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from proxy.config import Selector
-from proxy.config import load as load_config
+from proxy.config_loading import load as load_config
+from proxy.config_selector import Selector
 from proxy.registry import catalog_for, model_info
 from selector_model import artifact
 from selector_model.catalog import Measured

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from proxy.auto import AutoRouter
-from proxy.config import Profile
+from proxy.config_selector import Profile
 from selector_model import artifact
 from training import fleet_replay, replay
 from training.zeroeval_data import fleet

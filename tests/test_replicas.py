@@ -22,7 +22,7 @@ from multidict import CIMultiDict
 
 from proxy.app import APP_KEY
 from proxy.auth import KEY_HASH_CHARS, hash_key
-from proxy.config import ApiKey, Auth, Shared
+from proxy.config_services import ApiKey, Auth, Shared
 from proxy.shared_limits import STREAMS_FULL, SharedLimits
 from tests.support import Emulator, Proxy, ServerThread, bearer, free_port, running_stream
 from tests.usage_services import wait_for

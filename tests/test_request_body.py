@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from proxy.auto import EMBEDDING_ONLY
-from proxy.config import Limits
+from proxy.config_serving import Limits
 from proxy.usage.event import prompt_text
 from selector_model import request_body
 from tests.conftest import FROZEN

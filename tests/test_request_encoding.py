@@ -12,7 +12,7 @@ import pytest
 import zstandard
 
 from proxy import request_encoding
-from proxy.config import Limits
+from proxy.config_serving import Limits
 from proxy.protocol import MODEL_HEADER
 from tests.support import Emulator, Proxy, ServerThread, where_called
 

@@ -17,7 +17,7 @@ import aiohttp
 import orjson
 import pytest
 
-from proxy.config import Health, Timeouts
+from proxy.config_serving import Health, Timeouts
 from proxy.emulator.faults import FAULT_PATHS, SHOW
 from selector_model import outcome
 from tests.conftest import FROZEN

@@ -12,7 +12,7 @@ from aiohttp.test_utils import make_mocked_request
 
 from proxy import go_mux
 from proxy.auth import STREAM_SLOT, Access, hash_key
-from proxy.config import ApiKey, Auth
+from proxy.config_services import ApiKey, Auth
 from proxy.routes import (
     ADMIN,
     FULL,

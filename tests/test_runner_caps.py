@@ -18,8 +18,10 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from proxy.auth import hash_key
-from proxy.config import ApiKey, Auth, ConfigError, Runners
-from proxy.config import load as load_config
+from proxy.config import ConfigError
+from proxy.config_loading import load as load_config
+from proxy.config_services import ApiKey, Auth
+from proxy.config_serving import Runners
 from proxy.emulator.state import FROZEN_TIME_NS
 from proxy.runner_caps import CAPPED_HEADER
 from tests.support import Emulator, Proxy, ServerThread, bearer, free_port, pass_on

@@ -123,7 +123,9 @@ async def test_the_deadline_cuts_streams_before_aiohttp_waits_for_them(
 
     from proxy.app import create_app
     from proxy.cli import start_site
-    from proxy.config import Backend, Config, Timeouts, Usage
+    from proxy.config import Config
+    from proxy.config_services import Usage
+    from proxy.config_serving import Backend, Timeouts
     from proxy.emulator import EmulatorSettings
     from proxy.emulator import create_app as create_emulator
 

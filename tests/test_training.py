@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from proxy.config import Profile, Selector
+from proxy.config_selector import Profile, Selector
 from selector_model import features, onnx_session, outcome
 from selector_model.kind import kind_of
 from selector_model.onnx_session import ort

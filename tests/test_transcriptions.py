@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from proxy import multipart_form
 from proxy.auth import hash_key
-from proxy.config import ApiKey, Auth, Limits, Usage
+from proxy.config_services import ApiKey, Auth, Usage
+from proxy.config_serving import Limits
 from proxy.errors import error_body
 from proxy.multipart_form import (
     MODEL_REQUIRED,

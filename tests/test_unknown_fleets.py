@@ -32,7 +32,9 @@ from aiohttp import web
 from proxy.app import APP_KEY
 from proxy.auth import hash_key
 from proxy.auto_routes import LOST
-from proxy.config import ApiKey, Auth, Health, ModelEntry, Routing, Selector
+from proxy.config_selector import ModelEntry, Selector
+from proxy.config_services import ApiKey, Auth
+from proxy.config_serving import Health, Routing
 from proxy.emulator import EmulatorSettings
 from proxy.emulator.catalog import REGISTRY, ModelSpec, template_for
 from proxy.emulator.synthesized import synthesize

@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import ollama
 
-from proxy.config import Health, Limits, Timeouts
+from proxy.config_serving import Health, Limits, Timeouts
 from tests.support import Emulator, Proxy, ServerThread
 
 BLOCK = bytes(range(256)) * 4096  # 1 MiB

@@ -24,7 +24,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy import final_chunk, go_json
-from proxy.config import Limits, Usage
+from proxy.config_services import Usage
+from proxy.config_serving import Limits
 from proxy.emulator import EmulatorSettings
 from proxy.outcome import Decided, Outcome, Served
 from proxy.usage import event as ev

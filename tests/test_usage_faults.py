@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from proxy.app import APP_KEY
-from proxy.config import Usage
+from proxy.config_services import Usage
 from proxy.usage.runner import Record
 from selector_model import usage_event
 from tests.support import Emulator, Proxy, ServerThread, free_port

@@ -23,7 +23,7 @@ from aiokafka.errors import (  # type: ignore[import-untyped]
     NotLeaderForPartitionError,
 )
 
-from proxy.config import Usage
+from proxy.config_services import Usage
 from proxy.usage.kafka import KafkaSink
 from proxy.usage.migrations import MIGRATIONS
 from proxy.usage.runner import Record, SinkRunner

@@ -16,7 +16,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.auto import AutoRouter
 from proxy.backends import BackendPool
-from proxy.config import Backend, Config, ConfigError, Health, Profile, Selector, Warm
+from proxy.config import Config, ConfigError
+from proxy.config_selector import Profile, Selector, Warm
+from proxy.config_serving import Backend, Health
 from proxy.emulator import EmulatorSettings
 from proxy.keep_alive import keep_alive_seconds
 from proxy.memory import expiry_of

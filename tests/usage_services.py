@@ -26,7 +26,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from proxy.app import APP_KEY
-from proxy.config import Usage
+from proxy.config_services import Usage
 from tests.support import Proxy, free_port
 
 SHARED_PG = ("127.0.0.1", 5432)

@@ -19,9 +19,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from proxy.cli import at_least
-from proxy.config import Config, ConfigError, Selector, named, state_dir
-from proxy.config import load as load_config
+from proxy.config import Config, ConfigError
+from proxy.config_loading import load as load_config
+from proxy.config_loading import named
+from proxy.config_selector import Selector
 from proxy.registry import catalog_for
+from proxy.state_dir import state_dir
 from selector_model import artifact as artifact_module
 from training import pipeline, replay, report
 from training.data import DATA_DIR, load_llmrouter

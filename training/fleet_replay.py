@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from proxy.config import Profile, Selector
-from proxy.config import load as load_config
+from proxy.config_loading import load as load_config
+from proxy.config_selector import Profile, Selector
 from selector_model import artifact
 from training import export, profiled_replay, replay
 from training.data import Prompt

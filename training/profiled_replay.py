@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from proxy.backends import BackendPool
-from proxy.config import Profile, Selector
+from proxy.config_selector import Profile, Selector
 from proxy.registry import Registry
 from selector_model.catalog.knowledge import AREAS
 from selector_model.profiling import store

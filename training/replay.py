@@ -44,7 +44,9 @@ import orjson
 
 from proxy.auto import AutoRouter
 from proxy.backends import BackendPool
-from proxy.config import Backend, Config, Profile, Selector
+from proxy.config import Config
+from proxy.config_selector import Profile, Selector
+from proxy.config_serving import Backend
 from proxy.registry import ModelInfo, Registry
 from selector_model import features
 from selector_model.kind import kind_of

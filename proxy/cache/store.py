@@ -19,7 +19,7 @@ from aiocache import SimpleMemoryCache
 from aiocache.serializers import NullSerializer
 from prometheus_client import CollectorRegistry, Counter
 
-from proxy.config import Cache as CacheConfig
+from proxy.config_services import Cache as CacheConfig
 from proxy.http11 import ResponseHead
 from proxy.origins import PER_ORIGIN
 from proxy.outcome import Served

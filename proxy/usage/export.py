@@ -22,7 +22,7 @@ import asyncpg
 import orjson
 
 from proxy import private_files
-from proxy.config import Usage
+from proxy.config_services import Usage
 from proxy.usage.file_sink import feedback_path
 from proxy.usage.stats import FEEDBACK_JOIN
 from selector_model import usage_event

@@ -41,7 +41,7 @@ from aiokafka.errors import (  # type: ignore[import-untyped]
 )
 from aiokafka.partitioner import DefaultPartitioner  # type: ignore[import-untyped]
 
-from proxy.config import Usage
+from proxy.config_services import Usage
 from proxy.usage.event import FEEDBACK, USAGE
 from proxy.usage.runner import Record, Refused, record_id
 from selector_model.usage_event import Feedback, UsageEvent

@@ -24,7 +24,7 @@ import orjson
 from aiohttp import web
 
 from proxy import go_json, header_values, tasks
-from proxy.config import Usage
+from proxy.config_services import Usage
 from proxy.outcome import Outcome
 from proxy.routes import runs_a_model
 from proxy.usage import event as ev

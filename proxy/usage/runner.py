@@ -29,7 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol, TypeVar
 
-from proxy.config import ConfigError, Usage
+from proxy.config import ConfigError
+from proxy.config_services import Usage
 from proxy.usage.event import FEEDBACK, USAGE
 from proxy.usage.spool import Spool
 from selector_model import usage_event
