@@ -22,8 +22,7 @@ from urllib.parse import urlsplit
 import orjson
 from aiohttp import web
 
-from proxy import config_loading as config_module
-from proxy import event_loop, keys_cli, logs
+from proxy import config_loading, event_loop, keys_cli, logs
 from proxy.config import ENV_PREFIX, Config, ConfigError
 from proxy.config_serving import Backend, Logging
 from proxy.state_dir import state_dir
@@ -588,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # What reading it logs (a variable it ignores) waits for the logging it sets up.
         with logs.held() as held:
-            config = config_module.load(args.config)
+            config = config_loading.load(args.config)
         if args.command in ("serve", "demo"):
             # `profile --backend` names where to profile, not the proxy's backends.
             config = _with_flags(config, args)
@@ -622,7 +621,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         # A setting checked as the proxy starts (its catalogue read, its spool made).
         print(
-            f"autoroute: configuration error: {config_module.named(exc, args.config)}",
+            f"autoroute: configuration error: {config_loading.named(exc, args.config)}",
             file=sys.stderr,
         )
         return 2

@@ -3,8 +3,9 @@
 its field's type, and an unknown key refused with the nearest known name (a variable
 that names no setting is left out, with that name for a warning).
 
-It knows no section: `proxy.config` declares them and passes the root (`Config`) and
-the types whose list items may be written as one string.
+It knows no section: `proxy.config` and its `config_*` modules declare them, and
+`proxy.config_loading` passes the root (`Config`) and the types whose list items may be
+written as one string.
 """
 
 from __future__ import annotations
