@@ -86,6 +86,10 @@ def let_go(request: web.Request) -> None:
 # A piece of a body arriving that is kept as it came (`read_body`); shorter ones are
 # gathered into buffers of at least this length.
 _PIECE = 4096
+# A body at least this long is joined from its pieces in a thread (`_joined`): CPython
+# copies a join this long without the GIL, so the loop serves other clients meanwhile;
+# a shorter one it copies holding the GIL, which a thread would only delay.
+_JOINED_APART = 1024 * 1024
 
 
 class BodyTimeout(Exception):
@@ -138,8 +142,9 @@ async def read_body(request: web.Request, idle_seconds: float, limit: int = 0) -
     # Read as it comes, each piece counted as held once it is here. A body longer than
     # the limit is read up to it, then refused: it never holds more (a declared
     # terabyte is the limit's 413, not a busy 503). The pieces are kept as they came and
-    # joined once, at the end: copied into a buffer as they come, the body's bytes would
-    # be copied in the loop every other request waits for, and copied again at the end.
+    # joined once, at the end (a long body in a thread, `_joined`): copied into a buffer
+    # as they come, the body's bytes would be copied in the loop every other request
+    # waits for, and copied again at the end.
     # Pieces shorter than `_PIECE` are gathered into one buffer up to that length: kept
     # apart, a body sent a byte at a time would hold an object of tens of bytes for each
     # byte it counts against `max_held_body_bytes`.
@@ -152,7 +157,9 @@ async def read_body(request: web.Request, idle_seconds: float, limit: int = 0) -
         except TimeoutError:
             raise BodyTimeout(idle_seconds) from None
         if not piece:
-            return b"".join(pieces)
+            if received < _JOINED_APART:
+                return b"".join(pieces)
+            return await asyncio.to_thread(_joined, pieces)
         if len(piece) >= _PIECE:
             pieces.append(piece)
         elif pieces and isinstance(pieces[-1], bytearray) and len(pieces[-1]) < _PIECE:
@@ -164,6 +171,13 @@ async def read_body(request: web.Request, idle_seconds: float, limit: int = 0) -
             raise BodyTooLarge(limit, received)
         if held is not None:
             held.take(request, received)
+
+
+def _joined(pieces: list[bytes | bytearray]) -> bytes:
+    """The pieces of a long body joined, in a thread (`_JOINED_APART`). CPython lets the
+    GIL go for the copy only where every piece is a `bytes`: the short pieces gathered
+    into a bytearray are made `bytes` first, one at a time, each a short hold."""
+    return b"".join([bytes(piece) if type(piece) is bytearray else piece for piece in pieces])
 
 
 def write_stalled(idle_seconds: float) -> str:

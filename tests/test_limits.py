@@ -4,6 +4,7 @@ clear 4xx in Ollama's shape (OpenAI's on /v1), and the proxy serves on afterward
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 import threading
 import tracemalloc
@@ -13,6 +14,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from aiohttp import web
 from aiohttp.streams import StreamReader
 from aiohttp.test_utils import make_mocked_request
 
@@ -20,7 +22,7 @@ from proxy import auto, body_screen, go_json
 from proxy import limits as request_limits
 from proxy.app import APP_KEY
 from proxy.config_serving import Limits
-from proxy.limits import HELD_BODIES, prompt_chars
+from proxy.limits import HELD_BODIES, HeldBodies, prompt_chars
 from selector_model import features, request_body
 from tests.support import (
     Emulator,
@@ -603,3 +605,88 @@ async def test_a_body_declared_over_the_size_limit_counts_for_the_limit_at_most(
     finally:
         slow.close()
         prx.stop()
+
+
+def _pieces(total: int) -> list[bytes]:
+    """Pieces of a body as sockets hand them over: some of a byte or a few, some near the
+    gathering length, most of tens of kilobytes; random bytes, `total` of them."""
+    draw = random.Random(240)
+    sizes = (1, 7, 100, 4095, 4096, 5000, 16384, 65536, 70001)
+    pieces: list[bytes] = []
+    left = total
+    while left:
+        size = min(left, draw.choice(sizes))
+        pieces.append(draw.randbytes(size))
+        left -= size
+    return pieces
+
+
+async def _read_fed(
+    pieces: list[bytes], held: HeldBodies, limit: int = 0
+) -> tuple[asyncio.Task[bytes], web.Request]:
+    """`read_body` of a mocked request whose body arrives as `pieces`, one at a time,
+    under `held`: its task once every piece is fed, and the request."""
+    app = web.Application()
+    app[HELD_BODIES] = held
+    reader = StreamReader(_Reading(), 2**16, loop=asyncio.get_running_loop())
+    head = {"Content-Length": str(sum(map(len, pieces)))}
+    request = make_mocked_request(
+        "POST", "/api/chat", headers=head, payload=reader, app=app, client_max_size=64 << 20
+    )
+    reading = asyncio.create_task(request_limits.read_body(request, 60.0, limit))
+    for piece in pieces:
+        reader.feed_data(piece)
+        await asyncio.sleep(0)
+    reader.feed_eof()
+    return reading, request
+
+
+@pytest.mark.parametrize("total", [300_000, 3 << 20])
+async def test_a_body_in_many_pieces_is_read_byte_for_byte_and_counted_until_let_go(
+    total: int,
+) -> None:
+    """Pieces of every length, the short ones gathered into buffers: the body read is
+    the bytes sent, in order; the long one counts as held until the request is over."""
+    pieces = _pieces(total)
+    held = HeldBodies(64 << 20)
+    reading, request = await _read_fed(pieces, held)
+    assert await reading == b"".join(pieces)
+    assert held.held == (total if total > request_limits.HELD_FREELY else 0)
+    request_limits.let_go(request)
+    assert held.held == 0
+
+
+async def test_a_long_body_in_pieces_over_the_limit_is_refused() -> None:
+    """A route's limit is still the limit for a body long enough to be joined apart."""
+    held = HeldBodies(64 << 20)
+    reading, request = await _read_fed(_pieces(3 << 20), held, limit=2 << 20)
+    with pytest.raises(request_limits.BodyTooLarge):
+        await reading
+    request_limits.let_go(request)
+    assert held.held == 0
+
+
+async def test_a_long_bodys_pieces_are_joined_off_the_loops_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The join of a body of megabytes copies it whole: in a thread, where CPython copies
+    it without the GIL, not in the loop every other client waits for. A short body's is
+    joined at once, in the loop (no thread to wait for)."""
+    joined_in: list[int] = []
+    join = getattr(request_limits, "_joined", None)
+
+    def recording(pieces: list[bytes | bytearray]) -> bytes:
+        joined_in.append(threading.get_ident())
+        assert join is not None
+        return join(pieces)
+
+    monkeypatch.setattr(request_limits, "_joined", recording, raising=False)
+    short = _pieces(300_000)
+    reading, _ = await _read_fed(short, HeldBodies(0))
+    assert await reading == b"".join(short)
+    assert joined_in == []
+    long = _pieces(3 << 20)
+    reading, _ = await _read_fed(long, HeldBodies(0))
+    assert await reading == b"".join(long)
+    assert len(joined_in) == 1, "the long body was not joined apart"
+    assert joined_in[0] != threading.get_ident()
