@@ -2,14 +2,18 @@
 8 MB at once, through the proxy and straight to the emulator.
 
 Starts the emulator and the proxy in front of it, then, round after round, a process
-of its own sends `--clients` bodies at once (`hostile_probe`'s passing bodies: 8 MB
-pictures the limits pass, each route in turn) and waits for every answer, while this
+of its own sends `--clients` bodies of 8 MB at once and waits for every answer: with
+`--body refused` (the default) chats whose prompt is over `limits.max_prompt_chars`,
+read and refused by the proxy (`hostile_probe`'s large bodies); with `--body passing`
+`hostile_probe`'s passing bodies (pictures the limits pass, each route in turn), read,
+screened and forwarded. Each body is screened in the proxy's one worker, one after
+another, so a round lasts seconds after its uploads are in. Meanwhile this
 process times small streamed chats through the proxy and straight to the emulator,
 taken turn about, from the burst's start to its end. Each round prints the chats'
 median and worst as ratios to the median of the chats alone (no burst).
 
     python -m benchmarks.upload_burst                 # ports 19100 (proxy), 19101
-    python -m benchmarks.upload_burst --rounds 5 --clients 40
+    python -m benchmarks.upload_burst --rounds 5 --clients 40 --body passing
 """
 
 from __future__ import annotations
@@ -24,16 +28,22 @@ import time
 from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 
-from benchmarks.hostile_probe.exhaustion import passing_bodies, victim_once, victims, warm_passing
+from benchmarks.hostile_probe.exhaustion import (
+    over_the_prompt_limit,
+    passing_bodies,
+    victim_once,
+    victims,
+    warm_passing,
+)
 from benchmarks.hostile_probe.wire import exchange
 
 
 def _burst_process(
-    port: int, clients: int, go: EventType, ready: EventType, done: EventType
+    port: int, clients: int, body: str, go: EventType, ready: EventType, done: EventType
 ) -> None:
     """The burst's own process: its bodies built, then at each `go` all of them sent at
     once; `done` set once every answer is in."""
-    raws = [raw for _, raw in passing_bodies()]
+    raws = [raw for _, raw in passing_bodies()] if body == "passing" else [over_the_prompt_limit()]
 
     async def burst() -> None:
         await asyncio.gather(*(exchange(port, [raws[i % len(raws)]], 120) for i in range(clients)))
@@ -75,6 +85,7 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=19100, help="proxy; +1 the emulator")
     parser.add_argument("--clients", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--body", choices=["refused", "passing"], default="refused")
     args = parser.parse_args()
     port, emulator_port = args.port, args.port + 1
     work = Path(tempfile.mkdtemp(prefix="upload-burst-"))
@@ -93,7 +104,7 @@ def main() -> int:
     spawn = multiprocessing.get_context("spawn")
     go, ready, done = spawn.Event(), spawn.Event(), spawn.Event()
     sender = spawn.Process(
-        target=_burst_process, args=(port, args.clients, go, ready, done), daemon=True
+        target=_burst_process, args=(port, args.clients, args.body, go, ready, done), daemon=True
     )
     sender.start()
     try:
@@ -114,7 +125,7 @@ def main() -> int:
             ok = [t for t in through if t != float("inf")] or [float("inf")]
             direct_ok = [t for t in straight if t != float("inf")] or [float("inf")]
             print(
-                f"round {n + 1}: {args.clients} uploads in {lasted:.2f} s; "
+                f"round {n + 1}: {args.clients} {args.body} uploads in {lasted:.2f} s; "
                 f"through the proxy {len(through)} chats {_ms(through)} "
                 f"({statistics.median(ok) / base:.1f}x / {max(ok) / base:.1f}x alone); "
                 f"straight {_ms(straight)} "

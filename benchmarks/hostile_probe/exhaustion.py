@@ -136,10 +136,8 @@ async def slow_bodies(port: int, n: int, stop: asyncio.Event, ready: asyncio.Eve
     await _trickle(port, n, stop, ready, opening, b"a" * 100, 0.2)
 
 
-async def large_bodies(
-    port: int, n: int, stop: asyncio.Event, ready: asyncio.Event, path: str = "/api/chat"
-) -> None:
-    """Bodies of 8 MB whose prompt is over `limits.max_prompt_chars`, again and again."""
+def over_the_prompt_limit(path: str = "/api/chat") -> bytes:
+    """A request of 8 MB to `path` whose prompt is over `limits.max_prompt_chars`."""
     big = orjson.dumps(
         {
             "model": AUTO,
@@ -148,7 +146,14 @@ async def large_bodies(
             "stream": False,
         }
     )
-    raw = request("POST", path, big)
+    return request("POST", path, big)
+
+
+async def large_bodies(
+    port: int, n: int, stop: asyncio.Event, ready: asyncio.Event, path: str = "/api/chat"
+) -> None:
+    """Bodies of 8 MB whose prompt is over `limits.max_prompt_chars`, again and again."""
+    raw = over_the_prompt_limit(path)
     ready.set()
     while not stop.is_set():
         for answers, _, _ in await asyncio.gather(*(exchange(port, [raw], 60) for _ in range(n))):
