@@ -15,6 +15,7 @@ With `--learned`, part 1 decides (on both sides) with evidence for every kind of
 prompt and candidate, as a proxy that has learned from its traffic for a while does.
 
     python -m benchmarks.decision_bench [--quick] [--learned] [--baseline ../previous-checkout]
+        [--port 18534]
 """
 
 from __future__ import annotations
@@ -192,8 +193,8 @@ async def decision_breakdown(rounds: int) -> list[tuple[int, int, dict[str, floa
     return results
 
 
-def end_to_end(seconds: float, rounds: int) -> tuple[list[float], list[float]]:
-    emu_port, proxy_port = 18534, 18535
+def end_to_end(seconds: float, rounds: int, port: int) -> tuple[list[float], list[float]]:
+    emu_port, proxy_port = port, port + 1
     ensure_free(emu_port, proxy_port)
     procs = [
         servers.emulator(emu_port, "--chunk-ms", "5"),
@@ -280,6 +281,7 @@ def main() -> None:
     parser.add_argument(
         "--learned", action="store_true", help="decide with evidence for every kind and model"
     )
+    parser.add_argument("--port", type=int, default=18534, help="first of part 2's two ports")
     args = parser.parse_args()
     if args.learned:
         exec(learned_code(__name__), {})  # the same set-up as in a baseline's subprocess
@@ -316,7 +318,7 @@ def main() -> None:
             f"{n:>10} {size // 1024:>5}KB"
             + "".join(f" {stages[stage]:>8.1f}" for stage in (*STAGES, "rest"))
         )
-    named, auto = end_to_end(2.0 if args.quick else 6.0, 1 if args.quick else 3)
+    named, auto = end_to_end(2.0 if args.quick else 6.0, 1 if args.quick else 3, args.port)
     named.sort()
     auto.sort()
     p50n, p50a = named[len(named) // 2] * 1000, auto[len(auto) // 2] * 1000
