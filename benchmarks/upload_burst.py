@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import multiprocessing
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -138,6 +139,7 @@ def main() -> int:
     finally:
         sender.kill()
         servers.stop([proxy, emulator])
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
