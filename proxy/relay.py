@@ -280,20 +280,17 @@ class Relay:
         retries = self.config.health.retries if body is not None else 0
         rechecked = False  # the backends that may be back were checked again
 
-        def unanswered() -> web.StreamResponse:
-            """The client's answer once no backend is left (`_failed`)."""
-            chosen = model if missing else None
-            return self._failed(request, outcome, failures, unreachable, exhausted, chosen, tried)
-
         async def given_up() -> web.StreamResponse:
             """After a failure, once no backend is left: the `fallback`'s answer, but
             for a model the caller chose that no backend could be reached for, which
-            is `ModelUnreachable` (`unanswered`) as without a fallback: the caller
+            is `ModelUnreachable` (`_failed`) as without a fallback: the caller
             chooses a model other backends list before the fallback (the cloud's, paid
-            for) answers."""
+            for) answers. Without a fallback, `_failed`'s answer."""
             chosen = model if missing else None
             if fallback is None or _chooses_again(chosen, unreachable, exhausted):
-                return unanswered()
+                return self._failed(
+                    request, outcome, failures, unreachable, exhausted, chosen, tried
+                )
             return await fallback()
 
         while True:
