@@ -621,9 +621,9 @@ def choose(
     `evidence` is read from, for what is derived from it once per change of it (as
     `kinds` when that is one). With no evidence and no
     exploration this is `pick`'s greedy choice. See the module docstring."""
-    prior_choice, prior_reason = safe_greedy(
-        ranking, default_model, min_gain, unknown_margin, prior_strength, tolerance, max_loss
-    )
+    # The profile's rule, `safe_greedy`'s arguments after the ranking.
+    rule = (default_model, min_gain, unknown_margin, prior_strength, tolerance, max_loss)
+    prior_choice, prior_reason = safe_greedy(ranking, *rule)
     reason = prior_reason
     blended = ranking
     every_kind = kinds.table if isinstance(kinds, Evidence) else kinds
@@ -692,15 +692,12 @@ def choose(
                 )
             blended.append(s.blended(blend, means, model_means, bonus))
         blended.sort(key=_UTILITY, reverse=True)
-        greedy, reason = safe_greedy(
-            blended, default_model, min_gain, unknown_margin, prior_strength, tolerance, max_loss
-        )
+        greedy, reason = safe_greedy(blended, *rule)
         if greedy.name != prior_choice.name:
             reason = "learned"
             if baseline_discount > 0:
                 baseline = _named(blended, prior_choice.name)
-                rule = (default_model, min_gain, unknown_margin, prior_strength, tolerance)
-                if not _improves(greedy, baseline, baseline_discount, (*rule, max_loss)):
+                if not _improves(greedy, baseline, baseline_discount, rule):
                     greedy, reason = baseline, prior_reason
     else:
         greedy = prior_choice
