@@ -37,9 +37,10 @@ and a weight, the strength of the evidence:
 A request the client got a 4xx for (bad input, a model it may not use) ran no model:
 it has no outcome; nor has one the client left before its answer began, nor one Ollama
 refused for what the request itself says, though with a 500 (`refused`: a `format` that
-is no schema, an option of the wrong type, a template that does not parse or run), which
-any client can send at will: counted, one key could drive the estimate of every model
-`auto` chooses to 0 for everyone. Outcomes of 0.5 and above count as a success where a
+is no schema, an option of the wrong type, a template that does not parse or run, the
+model's chat template refusing the request's messages), which any client can send at
+will: counted, one key could drive the estimate of every model `auto` chooses to 0 for
+everyone. Outcomes of 0.5 and above count as a success where a
 yes or no is needed (`success`).
 """
 
@@ -91,6 +92,11 @@ _REFUSED = re.compile(
     # the request's values (server/routes.go's GenerateHandler, server/prompt.go's
     # chatPrompt; a template named "" says "template: :1: ...").
     r"|template: :"
+    # llm/llama_server.go (ApplyChatTemplate): the model's chat template, which
+    # llama-server runs, refusing the request's messages (roles that do not alternate,
+    # a system message it does not take): what the request says, as a Go template that
+    # does not run on it.
+    r"|llama-server template error: "
 )
 
 

@@ -71,6 +71,10 @@ REFUSED_500S = [
     'option "a\\"b" must be of type boolean',
     'template: :1: unexpected "}" in operand',  # text/template, the request's template
     'template: :1:12: executing "" at <.Messages>: range can\'t iterate over 1',
+    # llm/llama_server.go (ApplyChatTemplate): the model's chat template, run by
+    # llama-server, refusing the request's messages.
+    "llama-server template error: Conversation roles must alternate user/assistant/user/",
+    "llama-server template error: map[message:System role not supported type:server_error]",
 ]
 FAILED_500S = [
     "llama runner process has terminated: exit status 2",
@@ -80,7 +84,6 @@ FAILED_500S = [
     "llama-server reported out-of-memory during startup: cudaMalloc failed",
     "timed out waiting for llama-server to start - ",
     "an error was encountered while running the model: GGML_ASSERT",
-    "llama-server template error: Conversation roles must alternate",
     "unexpected server status: 3",
 ]
 
