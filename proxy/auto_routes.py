@@ -82,7 +82,8 @@ _DETAILS = {
 # explain returns it so that the meaning is where the numbers are.
 LEGEND = {
     "X-Autoroute-Model": (
-        "the model auto chose, or the cloud model that answers in its place (explain: model)"
+        "the model auto chose, or the cloud model that answers in its place (explain: "
+        "model); not on the proxy's own error answer, which no model gave"
     ),
     "X-Autoroute-Profile": "the profile used: auto is auto:<selector.default_profile>",
     "X-Autoroute-Reason": (

@@ -74,17 +74,11 @@ from proxy.fanout import Fanout
 from proxy.keep_alive import unloads
 from proxy.metrics import Metrics
 from proxy.outcome import OUTCOME, Served
-from proxy.protocol import JSON, JSON_V1, MODEL_HEADER, encoded, go_dumps
+from proxy.protocol import AUTOROUTE_HEADERS, JSON, JSON_V1, MODEL_HEADER, encoded, go_dumps
 from proxy.relay import Fallback, ModelGone, ModelUnreachable, Relay
 from proxy.routes import Route, find
 from selector_model.policy import unchosen_record
 
-AUTOROUTE_HEADERS = (
-    MODEL_HEADER,
-    "X-Autoroute-Profile",
-    "X-Autoroute-Reason",
-    "X-Autoroute-Score",
-)
 SHOW_PATH = "/api/show"
 CREATE_PATH = "/api/create"
 PULL_PATH = "/api/pull"

@@ -116,6 +116,15 @@ def count(value: object) -> int | None:
 REQUEST_ID_HEADER = "X-Request-Id"
 # The model that answers: the one named, auto's choice, or the cloud fallback's.
 MODEL_HEADER = "X-Autoroute-Model"
+# The model that answers and, for `auto`, its profile, why it was chosen and its score:
+# on an answer a backend (or the cloud) gave, never on the proxy's own error answer,
+# which no model gave (`Server.handle`).
+AUTOROUTE_HEADERS = (
+    MODEL_HEADER,
+    "X-Autoroute-Profile",
+    "X-Autoroute-Reason",
+    "X-Autoroute-Score",
+)
 # A cloud provider standing in, as usage events and stats name the backend: its
 # configured name, which the public health shows too.
 CLOUD_BACKEND_PREFIX = "cloud:"

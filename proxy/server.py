@@ -26,7 +26,7 @@ from proxy.hosts import HostCheck
 from proxy.metrics import Metrics
 from proxy.origins import ORIGIN, Origins
 from proxy.outcome import OUTCOME, Decided, Hook, Outcome, Served
-from proxy.protocol import REQUEST_ID_HEADER
+from proxy.protocol import AUTOROUTE_HEADERS, REQUEST_ID_HEADER
 from proxy.request_ids import RequestIds
 from proxy.routes import Router, find
 
@@ -134,8 +134,12 @@ class Server:
                 response.force_close()
             if response is not None and not response.prepared:
                 response.headers[REQUEST_ID_HEADER] = served.request_id
+                # The proxy's own error (no backend answered, or it refused the request):
+                # no model answered it, so none is named as the one that did.
+                own_error = response.status >= 400
                 for name, value in served.extra.items():
-                    response.headers[name] = value
+                    if not (own_error and name in AUTOROUTE_HEADERS):
+                        response.headers[name] = value
                 served.status = response.status
             key = state_get(request, KEY_REQUEST)
             if key is not None:

@@ -1477,6 +1477,32 @@ async def test_no_usable_backend_is_503_and_not_ready_while_health_stays_live(
         b.stop()
 
 
+async def test_an_answer_no_backend_gave_names_no_model(
+    servers: ServerThread, tmp_path: Path
+) -> None:
+    """The backend whose model `auto` chose went down after its last check: the proxy's
+    own 503 says so, and names no model in X-Autoroute-Model (nor why it was chosen),
+    as no model answered; the same as for a request naming that model."""
+    emulator = Emulator(servers, dataclasses.replace(FROZEN, models=("gemma2:9b",)))
+    health = Health(interval_seconds=3600, failure_threshold=1, open_seconds=3600)
+    proxy = Proxy(servers, [emulator.url], selector=selector(tmp_path), health=health)
+    try:
+        await health_becomes(proxy, "ok")
+        emulator.stop()
+        for model in ("auto", "auto:fast", "gemma2:9b"):
+            async with (
+                aiohttp.ClientSession() as session,
+                session.post(proxy.url + "/api/chat", json=chat(model, stream=False)) as resp,
+            ):
+                body = orjson.loads(await resp.read())
+                own = {k: v for k, v in resp.headers.items() if k.startswith("X-Autoroute-")}
+            assert resp.status == 503 and body["error"].startswith("no healthy backend: "), body
+            assert own == {}, (model, own)
+    finally:
+        proxy.stop()
+        emulator.stop()
+
+
 async def test_a_request_only_a_down_backends_model_serves_is_503_as_for_that_model(
     servers: ServerThread, tmp_path: Path
 ) -> None:
