@@ -1,5 +1,8 @@
-"""What the status page draws over time: requests, errors and time to first chunk in
-10-second buckets over the last minutes, and `auto`'s choices per profile.
+"""What the status page draws over time: requests, errors, refusals and time to first
+chunk in 10-second buckets over the last minutes, and `auto`'s choices per profile.
+Errors and refusals are as `selector_model.outcome` reads an answer (`failed`,
+`refusal`): a request refused for what it says or who sent it is no failure of the
+proxy or a backend, and a client that left before its answer began is neither.
 
 `Recent.finished` is a completion hook, run once per request: a bucket index, a few
 list stores, and a dict lookup for an `auto` decision. The buckets are a ring of
@@ -14,6 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from proxy.routes import METRICS_PATH, OWN_PREFIX
+from selector_model.outcome import failed, refusal
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -32,6 +36,7 @@ class Recent:
         self.period = [-1] * BUCKETS  # the bucket number each slot holds
         self.requests = [0] * BUCKETS
         self.errors = [0] * BUCKETS
+        self.refused = [0] * BUCKETS
         self.ttfc_count = [0] * BUCKETS
         self.ttfc_sum = [0.0] * BUCKETS
         self.ttfc_max = [0.0] * BUCKETS
@@ -48,16 +53,20 @@ class Recent:
             return
         decided, served = outcome.decided, outcome.served
         started, ended = decided.started, served.ended
-        status = served.final_status
         number = int(ended // BUCKET_SECONDS)
         slot = number % BUCKETS
         if self.period[slot] != number:
             self.period[slot] = number
-            self.requests[slot] = self.errors[slot] = self.ttfc_count[slot] = 0
+            self.requests[slot] = self.errors[slot] = self.refused[slot] = 0
+            self.ttfc_count[slot] = 0
             self.ttfc_sum[slot] = self.ttfc_max[slot] = 0.0
         self.requests[slot] += 1
-        if status >= 400 or served.error:
-            self.errors[slot] += 1
+        if served.status or not served.cancelled:
+            status, error = served.final_status, served.error
+            if failed(status, error):
+                self.errors[slot] += 1
+            elif refusal(status, error):
+                self.refused[slot] += 1
         if served.first_byte_at:
             ttfc = served.first_byte_at - started
             self.ttfc_count[slot] += 1
@@ -83,6 +92,7 @@ class Recent:
         start: list[float] = []
         requests: list[int] = []
         errors: list[int] = []
+        refused: list[int] = []
         ttfc_mean: list[float | None] = []
         ttfc_max: list[float | None] = []
         for number in range(current - BUCKETS + 1, current + 1):
@@ -91,6 +101,7 @@ class Recent:
             held = self.period[slot] == number
             requests.append(self.requests[slot] if held else 0)
             errors.append(self.errors[slot] if held else 0)
+            refused.append(self.refused[slot] if held else 0)
             count = self.ttfc_count[slot] if held else 0
             ttfc_mean.append(round(self.ttfc_sum[slot] / count * 1000, 3) if count else None)
             ttfc_max.append(round(self.ttfc_max[slot] * 1000, 3) if count else None)
@@ -115,6 +126,7 @@ class Recent:
                 "start": start,
                 "requests": requests,
                 "errors": errors,
+                "refused": refused,
                 "ttfc_ms_mean": ttfc_mean,
                 "ttfc_ms_max": ttfc_max,
             },

@@ -122,20 +122,35 @@ def refused(error: object) -> bool:
     return isinstance(error, str) and _REFUSED.match(error) is not None
 
 
+def refusal(status: object, error: object) -> bool:
+    """Whether an answer (its status and `error`) refused the request for what it says
+    or who sent it: a 4xx (bad input, a limit, a key, a model it may not use), or an
+    error Ollama gives a request it cannot run (`refused`). No model ran, and nothing
+    failed."""
+    return (isinstance(status, int) and 400 <= status < 500) or refused(error)
+
+
+def failed(status: object, error: object) -> bool:
+    """Whether an answer failed: an error or a 5xx (a backend, its model or the proxy
+    failed; a stream cut off), not a `refusal`."""
+    if refusal(status, error):
+        return False
+    return bool(error) or (isinstance(status, int) and status >= 500)
+
+
 def implicit(
     outcome: Mapping[str, Any], retried: bool = False, autocomplete: bool = False
 ) -> Result | None:
     """The outcome of a usage event's `outcome` object without any rating, or None
-    when no model answered (a 4xx, or an error Ollama gives a request it cannot run:
-    `refused`), the client left before the answer began, or it cancelled an
-    `autocomplete` (`autocompletes`)."""
+    when no model answered (a `refusal`), the client left before the answer began, or
+    it cancelled an `autocomplete` (`autocompletes`)."""
     status = outcome.get("status")
     error = outcome.get("error")
-    if (outcome.get("cancelled") and not status) or refused(error):
+    if outcome.get("cancelled") and not status:
         return None
-    if error or (isinstance(status, int) and status >= 500):
+    if failed(status, error):
         return Result(0.0, FAILED, "error")
-    if isinstance(status, int) and status >= 400:
+    if refusal(status, error):
         return None
     if outcome.get("cancelled"):
         return None if autocomplete else Result(0.0, FAILED, "cancelled")

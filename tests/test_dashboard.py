@@ -43,9 +43,12 @@ def _rgb(hex_color: str) -> tuple[int, int, int]:
     return (value >> 16) & 255, (value >> 8) & 255, value & 255
 
 
-# The page's own colours (dashboard.html's :root) for requests, errors and the mean
-# time to first chunk.
+# The page's own colours (dashboard.html's :root) for requests, errors, refusals and
+# the mean time to first chunk.
 REQUESTS_BLUE, ERRORS_RED, TTFC_PURPLE = _rgb("#3b6fd4"), _rgb("#c0392b"), _rgb("#7b3fc4")
+REFUSED_AMBER = _rgb("#e3a857")
+# What kills the runner of the emulators of `served` (`EmulatorSettings.crash_on`).
+CRASH = "CRASH-THE-RUNNER"
 
 
 def _call(
@@ -112,7 +115,7 @@ def _color_pixels(png: bytes, color: tuple[int, int, int], tolerance: int = 40) 
 def served(servers: ServerThread, tmp_path: Path) -> Iterator[tuple[Proxy, list[str]]]:
     """Two emulators, the first with its memory configured and a warm set of which one
     model fits, and a third backend nobody listens on (its circuit opens)."""
-    settings = EmulatorSettings(chunk_delay_ms=1.0)
+    settings = EmulatorSettings(chunk_delay_ms=1.0, crash_on=CRASH)
     emulators = [Emulator(servers, settings), Emulator(servers, settings)]
     gpu = Backend(url=emulators[0].url, name="gpu", vram_gb=6.0, warm=WARM)
     dead = f"http://127.0.0.1:{free_port()}"
@@ -131,6 +134,9 @@ def test_dashboard_in_chromium(
 ) -> None:
     prx, _ = served
     chosen = _traffic(prx.url)
+    # A runner that dies: an error, where the 404 of `_traffic` is a refusal.
+    crash = {"model": "llama3.2:3b", "prompt": CRASH, "stream": False}
+    assert _call(prx.url, "/api/generate", crash)[0] == 500
 
     def loaded() -> bool:
         doc = orjson.loads(_call(prx.url, "/api/autoroute/dashboard.json")[2])
@@ -212,9 +218,10 @@ def test_dashboard_in_chromium(
     requests_png = page.locator("#chart-requests svg").screenshot()
     assert _color_pixels(requests_png, REQUESTS_BLUE) > 0
     assert _color_pixels(requests_png, ERRORS_RED) > 0
+    assert _color_pixels(requests_png, REFUSED_AMBER) > 0
     ttfc_png = page.locator("#chart-ttfc svg").screenshot()
     assert _color_pixels(ttfc_png, TTFC_PURPLE) > 0
-    assert page.locator("#chart-requests rect").count() >= 2  # requests and errors
+    assert page.locator("#chart-requests rect").count() >= 3  # requests, errors, refusals
 
     # auto's choices: per profile, the model it chose and why.
     profiles = page.locator("#profiles").inner_text()
@@ -315,6 +322,36 @@ def test_recent_buckets_forget_what_the_ring_overwrote() -> None:
     assert [(c["profile"], c["model"], c["reason"], c["count"]) for c in choices] == [
         ("fast", "a:1", "ml", 1)
     ]
+
+
+def test_refusals_are_counted_apart_from_errors() -> None:
+    """The errors an operator reads are failures (a backend, a model or the proxy
+    failed: a 5xx, a stream cut off); a request refused for what it says or who sent it
+    (a 4xx, by the proxy or Ollama, or Ollama's 500 for a request it cannot run, as
+    `selector_model.outcome` reads them) is counted apart; a client that left before
+    its answer began is neither."""
+    recent = Recent()
+    now = time.perf_counter()
+    answers = [
+        Served("ok", status=200),
+        Served("not-found", status=404),
+        Served("limited", status=429, error="rate limit: 60 requests a minute"),
+        Served("slow-body", status=408, error="the request body took too long"),
+        Served("no-schema", status=500, error='invalid format: "1"; expected "json"'),
+        Served("died", status=500, error="llama runner process has terminated: exit status 2"),
+        Served("down", status=503, error="no healthy backend: gpu (connect refused)"),
+        Served("cut", status=200, error="gpu: connection reset mid-stream"),
+        Served("left", cancelled=True),
+    ]
+    for served in answers:
+        served.ended = now
+        recent.finished(
+            make_mocked_request("POST", "/api/chat"), Outcome(Decided(served.request_id), served)
+        )
+    series = recent.snapshot()["series"]
+    assert sum(series["requests"]) == len(answers)
+    assert sum(series["errors"]) == 3  # died, down, cut
+    assert sum(series["refused"]) == 4  # not-found, limited, slow-body, no-schema
 
 
 def test_a_choice_of_no_model_reads_as_such_in_chromium(
