@@ -12,10 +12,10 @@ direct run (k6's `http_req_waiting`: direct p50/p95 * --budget-ratio), and print
 requests, failures and time to first byte side by side. A budget in milliseconds would
 pass or fail with the machine's load; a ratio to the same run's baseline does not. Scripts that say
 `auto` name a model on the direct run. Every script also requires zero failed requests
-and every check held; a breached threshold makes this command exit non-zero. It refuses
-to start when a port it needs is in use (a server still running there would answer in
-place of the servers started here), and checks that the servers answering are the ones
-it started.
+and every check held; a breached threshold makes this command exit non-zero. Its
+servers listen on ports the system gives (`--port` sets the proxy's), so a demo or
+another run on the machine keeps none of them from starting, and it checks that the
+servers answering are the ones it started.
 
 The soak runs every workload at once (`k6/soak.js`, 64 VUs) with slow readers beside
 it, after a one-minute warm-up of the same load, and compares the proxy's memory (RSS)
@@ -41,20 +41,18 @@ from benchmarks.servers import (
     ROOT,
     RssWatch,
     check_alive,
-    ensure_free,
     k6_path,
     rss_kib,
     tail,
     wait_ready,
 )
 from proxy.cli import DEMO_BACKENDS
+from tests.support import free_port
 
 SCRIPTS = ROOT / "benchmarks" / "k6"
-# The demo's backends, each on a port of its own here (the demo takes free ones).
-BACKENDS = tuple(zip((11501, 11502), DEMO_BACKENDS, strict=True))
-# gpu-a serves every model the scripts name directly: its first (MODEL, and auto's
-# stand-in on direct runs) and qwen2.5-coder:7b (FIM_MODEL).
-DIRECT = f"http://127.0.0.1:{BACKENDS[0][0]}"
+# gpu-a, the first of the demo's backends, serves every model the scripts name
+# directly: its first (MODEL, and auto's stand-in on direct runs) and qwen2.5-coder:7b
+# (FIM_MODEL). The direct runs go to it.
 NAMED_MODEL = DEMO_BACKENDS[0][1][0]
 NAMED = {"AUTO_MODEL": NAMED_MODEL}
 SCRIPTS_RUN = ("passthrough", "chat_auto", "editor_mix", "openai_sse")
@@ -111,19 +109,19 @@ def line(script: str, via: str, code: int, s: dict[str, float], note: str = "") 
 HEADER = f"{'script':12} {'via':7} {'requests':>9} {'failed':>7} {'ttfb p50':>10} {'p95':>10}"
 
 
-def scripts(args: argparse.Namespace, proxy: str) -> int:
+def scripts(args: argparse.Namespace, proxy: str, direct: str) -> int:
     env = {"VUS": str(args.vus), "DURATION": args.duration, "MODEL": NAMED_MODEL}
     failed = 0
     print(HEADER)
     for script in SCRIPTS_RUN:
         if args.only and script not in args.only:
             continue
-        code, direct = run(script, DIRECT, {**env, **NAMED})
+        code, baseline = run(script, direct, {**env, **NAMED})
         failed |= code
-        print(line(script, "direct", code, direct))
+        print(line(script, "direct", code, baseline))
         budget = {
-            "TTFB_P50_MS": f"{direct['ttfb_p50_ms'] * args.budget_ratio:.3f}",
-            "TTFB_P95_MS": f"{direct['ttfb_p95_ms'] * args.budget_ratio:.3f}",
+            "TTFB_P50_MS": f"{baseline['ttfb_p50_ms'] * args.budget_ratio:.3f}",
+            "TTFB_P95_MS": f"{baseline['ttfb_p95_ms'] * args.budget_ratio:.3f}",
         }
         code, via_proxy = run(script, proxy, {**env, **budget})
         failed |= code
@@ -200,7 +198,7 @@ def soak(args: argparse.Namespace, proxy: str, proxy_pid: int) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--port", type=int, default=11435)
+    parser.add_argument("--port", type=int, help="the proxy's port (default: a free one)")
     parser.add_argument("--vus", type=int, default=16)
     parser.add_argument("--duration", default="20s")
     parser.add_argument("--only", choices=SCRIPTS_RUN, action="append")
@@ -215,22 +213,31 @@ def main() -> int:
     parser.add_argument("--warmup-seconds", type=int, default=60)
     parser.add_argument("--slow-readers", type=int, default=8)
     args = parser.parse_args()
-    ensure_free(*(port for port, _ in BACKENDS), args.port)
-    procs = [servers.emulator(port, "--models", ",".join(models)) for port, (_, models) in BACKENDS]
-    backends = ",".join(f"http://127.0.0.1:{port}" for port, _ in BACKENDS)
+    # The demo's backends, each on a port of this run's own, as the demo takes them.
+    ports = [free_port() for _ in DEMO_BACKENDS]
+    port = args.port or free_port()
+    procs = [
+        servers.emulator(p, "--models", ",".join(models))
+        for p, (_, models) in zip(ports, DEMO_BACKENDS, strict=True)
+    ]
+    backends = [f"http://127.0.0.1:{p}" for p in ports]
     proxy_proc = servers.proxy(
-        args.port, {"AUTOROUTE_BACKENDS": backends, "AUTOROUTE_LOGGING__ACCESS": "false"}
+        port, {"AUTOROUTE_BACKENDS": ",".join(backends), "AUTOROUTE_LOGGING__ACCESS": "false"}
     )
     procs.append(proxy_proc)
     try:
-        for port, _ in BACKENDS:
-            wait_ready(port)
-        wait_ready(args.port, "/api/tags")
-        proxy = f"http://127.0.0.1:{args.port}"
+        for p in ports:
+            wait_ready(p)
+        wait_ready(port, "/api/tags")
+        proxy = f"http://127.0.0.1:{port}"
         # Loads every model once and fills the registry, so neither side pays it timed.
         run("passthrough", proxy, {"VUS": "4", "DURATION": "3s", "MODEL": NAMED_MODEL})
-        failed = soak(args, proxy, proxy_proc.pid) if args.soak else scripts(args, proxy)
-        check_alive()  # numbers from servers that died mid-run are numbers of nothing
+        if args.soak:
+            failed = soak(args, proxy, proxy_proc.pid)
+        else:
+            failed = scripts(args, proxy, backends[0])
+        # Numbers from servers that died mid-run are numbers of nothing.
+        check_alive(*ports, port)
         return 1 if failed else 0
     finally:
         servers.stop(procs)
