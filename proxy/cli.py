@@ -254,16 +254,23 @@ async def demo(
     from proxy.emulator import EmulatorSettings
     from proxy.emulator import create_app as create_emulator
 
-    runners = []
-    for (_, models), port in zip(DEMO_BACKENDS, ports, strict=True):
-        app = create_emulator(EmulatorSettings(models=models, speed_by_size=True))
-        runners.append(await start_site(app, "127.0.0.1", port))
-    config = demo_config(config, [runner.addresses[0][1] for runner in runners], terminal)
-    for (name, models), backend in zip(DEMO_BACKENDS, config.backends, strict=True):
-        log.info("emulated backend %s on %s with %s", name, backend.url, ", ".join(models))
-    runners.append(
-        await start_site(create_app(config), config.listen.host, config.listen.port, config)
-    )
+    runners: list[web.AppRunner] = []
+    try:
+        for (_, models), port in zip(DEMO_BACKENDS, ports, strict=True):
+            app = create_emulator(EmulatorSettings(models=models, speed_by_size=True))
+            runners.append(await start_site(app, "127.0.0.1", port))
+        config = demo_config(config, [runner.addresses[0][1] for runner in runners], terminal)
+        for (name, models), backend in zip(DEMO_BACKENDS, config.backends, strict=True):
+            log.info("emulated backend %s on %s with %s", name, backend.url, ", ".join(models))
+        app = create_app(config)
+        runners.append(await start_site(app, config.listen.host, config.listen.port, config))
+    except BaseException:
+        # The demo cannot start (its proxy's port taken, a setting refused): the
+        # backends it started stop with it, listening for no one until the process
+        # is gone.
+        for runner in reversed(runners):
+            await runner.cleanup()
+        raise
     await _serve_forever(runners, lambda: print(demo_banner(config), flush=True))
 
 

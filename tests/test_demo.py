@@ -10,6 +10,7 @@ import os
 import pty
 import select
 import signal
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -25,6 +26,8 @@ from proxy.cli import (
     DEMO_BACKENDS,
     DEMO_CODE_PROMPT,
     DEMO_GENERAL_PROMPT,
+    PortInUse,
+    demo,
     demo_banner,
     demo_config,
     demo_logging,
@@ -276,6 +279,22 @@ def test_two_demos_run_side_by_side_each_with_backends_of_its_own(tmp_path: Path
             proc.send_signal(signal.SIGINT)
         codes = [proc.wait(30) for proc in procs]
     assert codes == [0, 0]
+
+
+async def test_a_demo_that_cannot_start_leaves_no_backend_listening() -> None:
+    """The proxy's port is taken: the demo stops with the port named (`PortInUse`), and
+    the emulated backends it started before it found out are no longer listening."""
+    asked = [free_port() for _ in DEMO_BACKENDS]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(PortInUse) as error:
+            await demo(Config(listen=Listen(port=port)), asked)
+    assert error.value.port == port
+    for backend in asked:
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection("127.0.0.1", backend)
 
 
 def test_the_demo_keeps_json_logs_off_a_terminal() -> None:
