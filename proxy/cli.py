@@ -15,14 +15,15 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 import orjson
 from aiohttp import web
 
-from proxy import config_loading, event_loop, keys_cli, logs
+from proxy import config_loading, dir_slots, event_loop, keys_cli, logs
 from proxy.config import ENV_PREFIX, Config, ConfigError
 from proxy.config_serving import Backend, Logging
 from proxy.state_dir import state_dir
@@ -37,6 +38,8 @@ DEMO_BACKENDS = (
     ("gpu-a", ("llama3.2:3b", "qwen2.5-coder:7b", "nomic-embed-text:latest")),
     ("gpu-b", ("llama3.3:70b", "llava:7b")),
 )
+# Demos that may run at once, each recording usage in a directory of its own.
+DEMO_SLOTS = 16
 
 
 class PortInUse(Exception):
@@ -181,12 +184,30 @@ def demo_logging(config: Config, terminal: bool) -> Logging:
     return dataclasses.replace(config.logging, json=config.logging.json and not terminal)
 
 
-def demo_config(config: Config, ports: Sequence[int], terminal: bool = False) -> Config:
+def demo_usage() -> tuple[Path, BinaryIO]:
+    """The directory this demo records usage in (its events, spool and what it learns),
+    one of `DEMO_SLOTS` under `$XDG_STATE_HOME/autoroute-demo/` that no other running
+    demo holds (`dir_slots`), and the lock that holds it while open: two demos at once
+    never write one file."""
+    base = state_dir("autoroute-demo")
+    claimed = dir_slots.claim(base, "usage", DEMO_SLOTS)
+    if claimed is None:
+        raise OSError(
+            f"{DEMO_SLOTS} demos are running, each recording usage in a directory of its "
+            f"own under {base}: stop one"
+        )
+    return claimed
+
+
+def demo_config(
+    config: Config, ports: Sequence[int], terminal: bool = False, usage_dir: Path | None = None
+) -> Config:
     """The demo's configuration: its emulated backends (`DEMO_BACKENDS`, listening on
-    `ports`), its logging (`demo_logging`), and usage events under its own name
-    (`$XDG_STATE_HOME/autoroute-demo/`), never into the file (or the databases) that
+    `ports`), its logging (`demo_logging`), and usage events in `usage_dir` (the one
+    `demo_usage` holds; by default the first of them, under its own name,
+    `$XDG_STATE_HOME/autoroute-demo/`), never into the file (or the databases) that
     `serve` records real traffic in and training reads."""
-    own = state_dir("autoroute-demo") / "usage"
+    own = usage_dir or state_dir("autoroute-demo") / "usage"
     usage = dataclasses.replace(
         config.usage,
         file_path=str(own / "events.jsonl"),
@@ -249,29 +270,33 @@ async def demo(
 ) -> None:
     """The demo's emulated backends, on `ports` (0: one the system gives), and the
     proxy in front of them, configured as `demo_config` makes `config` (its logging,
-    `demo_logging`, set up by the caller)."""
+    `demo_logging`, set up by the caller), recording usage in the directory
+    `demo_usage` holds for it while it runs."""
     from proxy.app import create_app
     from proxy.emulator import EmulatorSettings
     from proxy.emulator import create_app as create_emulator
 
-    runners: list[web.AppRunner] = []
-    try:
-        for (_, models), port in zip(DEMO_BACKENDS, ports, strict=True):
-            app = create_emulator(EmulatorSettings(models=models, speed_by_size=True))
-            runners.append(await start_site(app, "127.0.0.1", port))
-        config = demo_config(config, [runner.addresses[0][1] for runner in runners], terminal)
-        for (name, models), backend in zip(DEMO_BACKENDS, config.backends, strict=True):
-            log.info("emulated backend %s on %s with %s", name, backend.url, ", ".join(models))
-        app = create_app(config)
-        runners.append(await start_site(app, config.listen.host, config.listen.port, config))
-    except BaseException:
-        # The demo cannot start (its proxy's port taken, a setting refused): the
-        # backends it started stop with it, listening for no one until the process
-        # is gone.
-        for runner in reversed(runners):
-            await runner.cleanup()
-        raise
-    await _serve_forever(runners, lambda: print(demo_banner(config), flush=True))
+    usage, held = demo_usage()
+    with held:
+        runners: list[web.AppRunner] = []
+        try:
+            for (_, models), port in zip(DEMO_BACKENDS, ports, strict=True):
+                app = create_emulator(EmulatorSettings(models=models, speed_by_size=True))
+                runners.append(await start_site(app, "127.0.0.1", port))
+            listening = [runner.addresses[0][1] for runner in runners]
+            config = demo_config(config, listening, terminal, usage)
+            for (name, models), backend in zip(DEMO_BACKENDS, config.backends, strict=True):
+                log.info("emulated backend %s on %s with %s", name, backend.url, ", ".join(models))
+            app = create_app(config)
+            runners.append(await start_site(app, config.listen.host, config.listen.port, config))
+        except BaseException:
+            # The demo cannot start (its proxy's port taken, a setting refused): the
+            # backends it started stop with it, listening for no one until the process
+            # is gone.
+            for runner in reversed(runners):
+                await runner.cleanup()
+            raise
+        await _serve_forever(runners, lambda: print(demo_banner(config), flush=True))
 
 
 def _training_cli() -> ModuleType | None:

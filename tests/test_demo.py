@@ -236,7 +236,8 @@ def test_two_demos_run_side_by_side_each_with_backends_of_its_own(tmp_path: Path
     """`autoroute demo --port N` twice on one machine: each one's emulated backends take
     ports of their own (free ones; the second's those `--backend-ports` asks for), and
     what each banner says of them is where they are: the proxy behind it answers `auto`
-    from them."""
+    from them. Each records usage in a directory of its own (where its banner says),
+    under the demos' state directory: no file is written by both."""
     ports = (free_port(), free_port())
     asked = [free_port() for _ in DEMO_BACKENDS]
     flags = ([], ["--backend-ports", ",".join(map(str, asked))])
@@ -254,8 +255,14 @@ def test_two_demos_run_side_by_side_each_with_backends_of_its_own(tmp_path: Path
     ]
     try:
         listed: dict[str, list[str]] = {}
+        usage: list[Path] = []
         for port, proc in zip(ports, procs, strict=True):
             banner = _banner(proc)
+            usage += [
+                Path(x.removeprefix("Usage events: "))
+                for x in banner.splitlines()
+                if x.startswith("Usage events: ")
+            ]
             assert f"the proxy is on http://127.0.0.1:{port}," in banner
             for name, models in DEMO_BACKENDS:
                 line = next(x for x in banner.splitlines() if x.strip().startswith(name))
@@ -270,6 +277,8 @@ def test_two_demos_run_side_by_side_each_with_backends_of_its_own(tmp_path: Path
                 assert resp.headers["X-Autoroute-Model"] in DEMO_MODELS
         assert len(listed) == 2 * len(DEMO_BACKENDS)  # four backends, each on its own port
         assert list(listed)[len(DEMO_BACKENDS) :] == [f"http://127.0.0.1:{p}" for p in asked]
+        assert len({path.parent for path in usage}) == len(usage) == 2, usage
+        assert all(path.is_relative_to(tmp_path / "autoroute-demo") for path in usage), usage
         for url, models in listed.items():
             with urllib.request.urlopen(url + "/api/tags", timeout=60) as resp:
                 tags = orjson.loads(resp.read())

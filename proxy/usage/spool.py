@@ -20,7 +20,6 @@ from one I/O thread and, on overflow, from the event loop: a lock serialises the
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import threading
@@ -28,7 +27,7 @@ import time
 from pathlib import Path
 from typing import BinaryIO
 
-from proxy import private_files
+from proxy import dir_slots, private_files
 
 log = logging.getLogger("autoroute.usage")
 
@@ -60,19 +59,10 @@ class Spool:
         self._dirty = False
         base = Path(root).expanduser()
         private_files.make_dirs(base)
-        for slot in range(_SLOTS):
-            path = base / (name if slot == 0 else f"{name}.{slot}")
-            private_files.make_dirs(path)
-            lock = private_files.open_file(path / "lock", "a+b")  # held for the process's life
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                lock.close()
-                continue
-            self.dir, self._lock_file = path, lock
-            break
-        else:
+        claimed = dir_slots.claim(base, name, _SLOTS)  # held for the process's life
+        if claimed is None:
             raise SpoolBusy(f"every spool slot under {base} for {name} is in use")
+        self.dir, self._lock_file = claimed
         self._at = self._cursor()  # how far the sink has consumed; the file follows
         self._cursor_failing = False
         self.pending = self._count_pending()
