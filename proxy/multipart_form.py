@@ -216,25 +216,27 @@ def _consume_token(v: str) -> tuple[str, str]:
 
 
 def _consume_value(v: str) -> tuple[str, str]:
-    """A token or a quoted-string (unescaped); ("", v) when there is neither."""
+    """A token or a quoted-string (unescaped); ("", v) when there is neither. A
+    backslash escapes a tspecial only; before anything else it is itself (Go keeps the
+    unescaped backslashes of MSIE's `filename="C:\\dev\\a.wav"` so)."""
     if not v:
         return "", v
     if v[0] != '"':
         return _consume_token(v)
     out: list[str] = []
-    literal = False
-    for i, c in enumerate(v[1:], 1):
-        if literal:
-            out.append(c)
-            literal = False
-        elif c == '"':
+    i = 1
+    while i < len(v):
+        c = v[i]
+        if c == '"':
             return "".join(out), v[i + 1 :]
-        elif c == "\\":
-            literal = True
-        elif c not in "\r\n":
-            out.append(c)
-        else:
+        if c == "\\" and i + 1 < len(v) and v[i + 1] in _TSPECIALS:
+            out.append(v[i + 1])
+            i += 2
+            continue
+        if c in "\r\n":
             return "", v
+        out.append(c)
+        i += 1
     return "", v
 
 
@@ -274,10 +276,11 @@ def _consume_param(v: str) -> tuple[str, str, str]:
     rest = _lstrip_space(rest)
     if not rest.startswith("="):
         return "", "", v
-    value, rest = _consume_value(_lstrip_space(rest[1:]))
-    if not value:
+    rest = _lstrip_space(rest[1:])
+    value, after = _consume_value(rest)
+    if not value and after == rest:  # neither a token nor a quoted-string ("" is one)
         return "", "", v
-    return name, value, rest
+    return name, value, after
 
 
 def parse_media_type(v: str) -> tuple[str, dict[str, str]]:
@@ -285,7 +288,7 @@ def parse_media_type(v: str) -> tuple[str, dict[str, str]]:
     continuations joined); ValueError where Go returns an error."""
     semicolon = v.find(";")
     head = v if semicolon < 0 else v[:semicolon]
-    media = head.lower().strip(" \t\n\v\f\r")
+    media = go_trim_space(head.lower())
     kind, rest = _consume_token(media)
     if not kind:
         raise ValueError("mime: no media type")

@@ -125,8 +125,8 @@ def test_a_preamble_lf_line_ends_and_a_final_boundary_without_newline_are_read()
 
 
 def test_quoted_and_rfc2231_parameters_are_read_as_go_reads_them() -> None:
-    quoted = b'--XyZ\r\nContent-Disposition: form-data; name="mo\\del"\r\n\r\nq:1\r\n'
-    assert transcription_model(CT, "", form(quoted)) == "q:1"
+    quoted = b'--XyZ\r\nContent-Disposition: form-data; name="m\\"o\\\\"\r\n\r\nq:1\r\n'
+    assert read_form(CT, "", form(quoted)).value('m"o\\') == "q:1"
     encoded = b"--XyZ\r\nContent-Disposition: form-data; name*=utf-8''mod%65l\r\n\r\ne:1\r\n"
     assert transcription_model(CT, "", form(encoded)) == "e:1"
     continued = b"--XyZ\r\nContent-Disposition: form-data; name*0=mo; name*1=del;\r\n\r\nc:1\r\n"
@@ -138,6 +138,33 @@ def test_quoted_and_rfc2231_parameters_are_read_as_go_reads_them() -> None:
     assert refusal(CT, "", form(clash)) == MODEL_REQUIRED
     quoted_boundary = 'multipart/form-data; boundary="XyZ"'
     assert transcription_model(quoted_boundary, "", form(part("model", b"b:1"))) == "b:1"
+
+
+def test_a_backslash_escapes_only_a_separator_in_a_quoted_parameter() -> None:
+    """Go's consumeValue keeps a backslash before anything but a tspecial (MSIE sends
+    `filename="C:\\dev\\a.wav"` unescaped): `name="mo\\del"` names the field `mo\\del`,
+    not `model`, and the form's `model` is the next one."""
+    msie = b'--XyZ\r\nContent-Disposition: form-data; name="mo\\del"\r\n\r\nllama:1\r\n'
+    assert read_form(CT, "", form(msie)).value("mo\\del") == "llama:1"
+    assert transcription_model(CT, "", form(msie, part("model", b"qwen:1"))) == "qwen:1"
+    assert refusal(CT, "", form(msie)) == MODEL_REQUIRED
+
+
+def test_an_empty_quoted_parameter_is_a_parameter() -> None:
+    """Go's consumeMediaParam takes `filename=""` (an empty quoted-string) as a parameter
+    with no value: the part is a value named by its `name`, not a part skipped for a
+    Content-Disposition that does not parse."""
+    empty = b'--XyZ\r\nContent-Disposition: form-data; name="model"; filename=""\r\n\r\nq:1\r\n'
+    assert transcription_model(CT, "", form(empty, part("model", b"l:1"), FILE)) == "q:1"
+
+
+def test_a_disposition_is_trimmed_of_unicode_spaces_as_go_trims_it() -> None:
+    """ParseMediaType trims the media type with strings.TrimSpace, which takes U+00A0
+    and U+0085 as spaces too."""
+    for space in (b"\xc2\xa0", b"\xc2\x85"):
+        spaced = b"--XyZ\r\nContent-Disposition: " + space + b'form-data; name="model"\r\n\r\n'
+        body = form(spaced + b"q:1\r\n", part("model", b"l:1"), FILE)
+        assert transcription_model(CT, "", body) == "q:1", space
 
 
 def test_a_quoted_printable_value_is_decoded_as_go_decodes_it() -> None:
@@ -160,7 +187,8 @@ def test_a_quoted_printable_value_is_decoded_as_go_decodes_it() -> None:
         (None, b"", "request Content-Type isn't multipart/form-data"),
         ("application/json", b"{}", "request Content-Type isn't multipart/form-data"),
         ("multipart/form-data", b"", "no multipart boundary param in Content-Type"),
-        ('multipart/form-data; boundary=""', b"", "request Content-Type isn't multipart/form-data"),
+        # An empty quoted-string is a parameter: a boundary, empty.
+        ('multipart/form-data; boundary=""', b"", "multipart: boundary is empty"),
         # The body's boundary is not the header's: no delimiter line before the end.
         (
             "multipart/form-data; boundary=other",
@@ -372,6 +400,30 @@ async def test_a_key_with_a_model_list_transcribes_with_its_models_only(
         assert resp.status == 400
         refusal = orjson.loads(await resp.read())
     assert refusal["error"]["message"] == "invalid model name"
+
+
+async def test_a_key_with_a_model_list_reaches_no_other_model_through_form_quirks(
+    front: Proxy, fleet: tuple[Emulator, Emulator]
+) -> None:
+    """Forms whose first `model`, as Go's ParseMultipartForm reads it, is outside the
+    key's list, behind a field the key may use: the proxy reads the model Ollama will
+    run (the form goes to the backend as sent), and refuses it."""
+    msie = b'--XyZ\r\nContent-Disposition: form-data; name="mo\\del"\r\n\r\n'
+    empty = b'--XyZ\r\nContent-Disposition: form-data; name="model"; filename=""\r\n\r\n'
+    spaced = b'--XyZ\r\nContent-Disposition: \xc2\xa0form-data; name="model"\r\n\r\n'
+    bodies = (
+        form(msie + QWEN.encode() + b"\r\n", part("model", LLAMA.encode()), FILE),
+        form(empty + LLAMA.encode() + b"\r\n", part("model", QWEN.encode()), FILE),
+        form(spaced + LLAMA.encode() + b"\r\n", part("model", QWEN.encode()), FILE),
+    )
+    headers = {"Content-Type": CT, "Authorization": f"Bearer {LISTED}"}
+    async with aiohttp.ClientSession() as http:
+        for body in bodies:
+            async with http.post(front.url + PATH, data=body, headers=headers) as resp:
+                assert resp.status == 403, body
+                refusal = orjson.loads(await resp.read())
+            assert refusal["error"]["message"] == f"model '{LLAMA}' is not allowed for this API key"
+    assert counts(fleet) == (0, 0)  # nothing reached a backend
 
 
 async def test_each_transcription_is_one_usage_event(
