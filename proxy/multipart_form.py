@@ -309,7 +309,7 @@ def parse_media_type(v: str) -> tuple[str, dict[str, str]]:
             break
         name, value, rest = _consume_param(v)
         if not name:
-            if rest.strip(" \t\n\v\f\r") == ";":
+            if go_trim_space(rest) == ";":
                 break  # a trailing semicolon is ignored
             raise ValueError("mime: invalid media parameter")
         star = name.find("*")

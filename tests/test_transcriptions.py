@@ -159,12 +159,13 @@ def test_an_empty_quoted_parameter_is_a_parameter() -> None:
 
 
 def test_a_disposition_is_trimmed_of_unicode_spaces_as_go_trims_it() -> None:
-    """ParseMediaType trims the media type with strings.TrimSpace, which takes U+00A0
-    and U+0085 as spaces too."""
+    """ParseMediaType trims the media type, and what follows a trailing semicolon, with
+    strings.TrimSpace, which takes U+00A0 and U+0085 as spaces too."""
     for space in (b"\xc2\xa0", b"\xc2\x85"):
-        spaced = b"--XyZ\r\nContent-Disposition: " + space + b'form-data; name="model"\r\n\r\n'
-        body = form(spaced + b"q:1\r\n", part("model", b"l:1"), FILE)
-        assert transcription_model(CT, "", body) == "q:1", space
+        for disposition in (space + b'form-data; name="model"', b"form-data; name=model;" + space):
+            spaced = b"--XyZ\r\nContent-Disposition: " + disposition + b"\r\n\r\n"
+            body = form(spaced + b"q:1\r\n", part("model", b"l:1"), FILE)
+            assert transcription_model(CT, "", body) == "q:1", disposition
 
 
 def test_a_quoted_printable_value_is_decoded_as_go_decodes_it() -> None:
@@ -411,10 +412,13 @@ async def test_a_key_with_a_model_list_reaches_no_other_model_through_form_quirk
     msie = b'--XyZ\r\nContent-Disposition: form-data; name="mo\\del"\r\n\r\n'
     empty = b'--XyZ\r\nContent-Disposition: form-data; name="model"; filename=""\r\n\r\n'
     spaced = b'--XyZ\r\nContent-Disposition: \xc2\xa0form-data; name="model"\r\n\r\n'
+    ended = b"--XyZ\r\nContent-Disposition: form-data; name=model;\xc2\x85\r\n\r\n"
     bodies = (
         form(msie + QWEN.encode() + b"\r\n", part("model", LLAMA.encode()), FILE),
-        form(empty + LLAMA.encode() + b"\r\n", part("model", QWEN.encode()), FILE),
-        form(spaced + LLAMA.encode() + b"\r\n", part("model", QWEN.encode()), FILE),
+        *(
+            form(first + LLAMA.encode() + b"\r\n", part("model", QWEN.encode()), FILE)
+            for first in (empty, spaced, ended)
+        ),
     )
     headers = {"Content-Type": CT, "Authorization": f"Bearer {LISTED}"}
     async with aiohttp.ClientSession() as http:
