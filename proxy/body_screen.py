@@ -39,7 +39,7 @@ from proxy import go_json
 from proxy import limits as request_limits
 from proxy.backends import searches_the_web
 from proxy.config_serving import Limits
-from proxy.usage.event import prompt_text
+from proxy.usage_prompt import Prompt, joined, kept, prompt_text
 
 # A body larger than this is screened in the worker. Handing one over is a copy
 # through a pipe, and its answer may wait behind other large bodies there; the
@@ -67,30 +67,76 @@ _pool: ProcessPoolExecutor | None = None
 _resting_until = 0.0
 
 
+# The answer crosses to the proxy's process as a copy (pickle), which a thread of the
+# proxy's makes holding the GIL, and so the event loop, for as long as the copy takes:
+# it carries what the proxy reads, no text twice, no text the usage event does not keep.
 @dataclass(frozen=True, slots=True)
 class Refused:
     """What the handler takes of a body the limits refuse."""
 
     status: int
     message: str
-    # The prompt's texts joined as the usage event reads them (`prompt_text`).
-    prompt: str | None
+    # What the usage event keeps of the prompt's texts as it reads them (`prompt_text`).
+    prompt: Prompt
     offsite: bool  # `searches_the_web`
+
+
+# A piece of what is forwarded: bytes as written, or a span of the body sent.
+Piece = bytes | tuple[int, int]
 
 
 @dataclass(frozen=True, slots=True)
 class Read:
     """A body the limits pass, as the handler reads it (`go_json.read`): the document,
-    what is forwarded in place of the body (None: the body itself, as sent), and the
-    prompt's texts the limits counted (`limits.body_refusal`), every one of them."""
+    what is forwarded in place of the body (None: the body itself, as sent; else in
+    `_pieces`), and what the usage event keeps of the prompt's texts the limits counted
+    (`limits.body_refusal`), every one of them."""
 
     doc: dict[str, Any]
-    forwarded: bytes | None
-    texts: list[str]
+    forwarded: tuple[Piece, ...] | None
+    prompt: Prompt
 
     def body(self, sent: bytes) -> bytes:
         """What is forwarded of `sent`, the body this is the reading of."""
-        return sent if self.forwarded is None else self.forwarded
+        pieces = self.forwarded
+        if pieces is None:
+            return sent
+        view = memoryview(sent)
+        return b"".join(p if isinstance(p, bytes) else view[p[0] : p[1]] for p in pieces)
+
+
+# A run of this many bytes or more with no quote in what is forwarded (a long string's,
+# a picture's base64) goes back as its span in the body sent where that holds it as
+# written (`_pieces`), not as a second copy beside the document's.
+_SPANNED = 64 * 1024
+
+
+def _pieces(sent: bytes, written: bytes) -> tuple[Piece, ...]:
+    """`written` as bytes and spans of `sent`: each run of `_SPANNED` bytes or more with
+    no quote, a span where `sent` holds it as written. Runs are found by a look for a
+    quote every half of `_SPANNED` bytes, no byte read one by one; the search stops at
+    the first run `sent` writes otherwise (a client's escapes, its spaces in an array):
+    a search that finds nothing reads the body to its end, and one for each run of a
+    body made of them would cost a pass each."""
+    step = _SPANNED // 2
+    made: list[Piece] = []
+    done = start = at = 0  # in `written`, in `sent`, where `written` is looked at
+    while at < len(written):
+        if written.find(b'"', at, at + step) >= 0:
+            at += step
+            continue
+        run = max(done, written.rfind(b'"', done, at) + 1)
+        end = written.find(b'"', at + step)
+        end = len(written) if end < 0 else end
+        found = sent.find(memoryview(written)[run:end], start)
+        if found < 0:
+            break
+        if run > done:
+            made.append(written[done:run])
+        made.append((found, found + end - run))
+        done, start, at = end, found + end - run, end
+    made.append(written[done:])
+    return tuple(made)
 
 
 def screened(
@@ -100,10 +146,11 @@ def screened(
     limits: Limits,
     declines: Declines | None,
     rereads: Rereads | None,
+    log_prompts: bool = False,
 ) -> Refused | Read | None:
     """In the worker: the limits' refusal of `sent` as the handler reads it, or its
     reading where they pass it; None where the handler's reading may differ from this
-    one."""
+    one. The prompt's text comes back only with `log_prompts` (`usage.log_prompts`)."""
     try:
         quick = go_json.read_quickly(sent, max_values)
     except go_json.BodyError:
@@ -125,11 +172,13 @@ def screened(
     texts: list[str] = []
     refusal = request_limits.body_refusal(doc, limits, texts)
     if refusal is not None:
-        return Refused(*refusal, prompt_text(written), searches_the_web(path, doc))
+        prompt = kept(prompt_text(written), log_prompts)
+        return Refused(*refusal, prompt, searches_the_web(path, doc))
     if lost:
         return None
     # The body itself where the reading writes it as sent: not copied through the pipe.
-    return Read(doc, None if written == sent else written, texts)
+    forwarded = None if written == sent else _pieces(sent, written)
+    return Read(doc, forwarded, kept(joined(texts), log_prompts))
 
 
 def _quiet() -> None:
@@ -159,6 +208,7 @@ async def screen(
     limits: Limits,
     declines: Declines | None = None,
     rereads: Rereads | None = None,
+    log_prompts: bool = False,
 ) -> Refused | Read | None:
     """`screened` for a body over `SCREENED_BYTES`, in the worker; None at once for a
     smaller one, and where there is no worker (the handler then reads the body)."""
@@ -168,7 +218,7 @@ async def screen(
     loop = asyncio.get_running_loop()
     try:
         return await loop.run_in_executor(
-            pool, screened, path, sent, max_values, limits, declines, rereads
+            pool, screened, path, sent, max_values, limits, declines, rereads, log_prompts
         )
     except BrokenProcessPool:  # the worker died (killed, out of memory) or did not start
         _failed()

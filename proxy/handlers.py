@@ -225,11 +225,16 @@ class Handlers:
             # A large body is read in the worker (`body_screen`): one the limits refuse
             # is refused unread here, one they pass taken as read there.
             screened = await body_screen.screen(
-                path, sent, max_values, self.config.limits, rereads=merged_reading
+                path,
+                sent,
+                max_values,
+                self.config.limits,
+                rereads=merged_reading,
+                log_prompts=self.config.usage.log_prompts,
             )
             if isinstance(screened, body_screen.Refused):
                 decided.body, served.offsite = sent, screened.offsite
-                decided.prompt = [screened.prompt] if screened.prompt else []
+                decided.prompt = screened.prompt
                 return error_response(path, screened.status, screened.message)
             repeated = None
             if screened is not None:
@@ -257,7 +262,7 @@ class Handlers:
         route = decided.route
         served.offsite = searches_the_web(path, doc)
         if screened is not None:
-            decided.prompt = screened.texts  # the limits passed it in the worker
+            decided.prompt = screened.prompt  # the limits passed it in the worker
         elif isinstance(doc, dict):
             texts: list[str] = []
             refused = await request_limits.check_body(

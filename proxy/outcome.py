@@ -15,6 +15,7 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from proxy.routes import Route
+    from proxy.usage_prompt import Prompt
 
 
 class Records(Protocol):
@@ -45,8 +46,9 @@ class Decided:
     # The request body the proxy read (a reference, not a copy), for the usage event.
     body: bytes | None = None
     # The body's prompt texts (`selector_model.request_body.texts`) where the handler
-    # read them: the usage event's prompt then needs no second reading of the body.
-    prompt: list[str] | None = None
+    # read them, or what the usage event keeps of them where the worker read the body
+    # (`body_screen`): the usage event's prompt then needs no second reading of the body.
+    prompt: list[str] | Prompt | None = None
     # Set by `model: auto`: the decision and the request features it was made on.
     decision: dict[str, Any] | None = None
     features: list[float] | None = None

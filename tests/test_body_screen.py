@@ -6,6 +6,10 @@ backend and the usage event get is what a body read in the proxy gets."""
 
 from __future__ import annotations
 
+import base64
+import json
+import pickle
+import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -122,20 +126,34 @@ _LOOK = {"role": "user", "content": "what is this?"}
 _DATA_URL = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + _IMAGE}}
 
 
-@pytest.fixture
-def recorded(
-    servers: ServerThread, emulator: Emulator, tmp_path: Path
+def _recorder_behind(
+    servers: ServerThread, emulator: Emulator, tmp_path: Path, log_prompts: bool
 ) -> Iterator[tuple[Proxy, Recorder]]:
-    """`limited`'s proxy, in front of a recorder of what reaches the backend."""
+    """`limited`'s limits in a proxy in front of a recorder of what reaches the backend."""
     front = Recorder(emulator.url)
     port = free_port()
     runner = servers.serve(front.app, port)
-    usage = file_usage(tmp_path, log_prompts=True)
+    usage = file_usage(tmp_path, log_prompts=log_prompts)
     limits = Limits(max_messages=3, max_prompt_chars=100)
     prx = Proxy(servers, [f"http://127.0.0.1:{port}"], limits=limits, usage=usage)
     yield prx, front
     prx.stop()
     servers.stop(runner)
+
+
+@pytest.fixture
+def recorded(
+    servers: ServerThread, emulator: Emulator, tmp_path: Path
+) -> Iterator[tuple[Proxy, Recorder]]:
+    yield from _recorder_behind(servers, emulator, tmp_path, True)
+
+
+@pytest.fixture
+def unlogged(
+    servers: ServerThread, emulator: Emulator, tmp_path: Path
+) -> Iterator[tuple[Proxy, Recorder]]:
+    """`recorded` with prompts unlogged, as by default: the usage event keeps a digest."""
+    yield from _recorder_behind(servers, emulator, tmp_path, False)
 
 
 # What an answer says of its own request, and auto's score, which moves with what it
@@ -221,6 +239,71 @@ async def test_a_large_body_giving_a_key_twice_the_limits_pass_is_read_in_the_pr
     assert await _served(prx.url, "/api/generate", body) == as_read
     assert len(reads) == 2 * read_in_proxy
     assert front.seen[-1] == front.seen[-2]
+
+
+# A picture of the size a vision model's users send, as base64 (no character escaped).
+_PICTURE = base64.b64encode(random.Random(8).randbytes(3 << 16)).decode()
+# A prompt of megabytes, over `limits.max_prompt_chars` of `Limits(max_prompt_chars=100)`.
+_LONG_PROMPT = "a " * (1 << 20)
+# More than the pickled answer needs for a status, a message and a digest.
+_SMALL = 4096
+
+
+def test_the_workers_answer_carries_no_prompt_the_usage_event_does_not_keep() -> None:
+    """The worker's answer is made again in the proxy's process (unpickled) by a thread
+    that holds the event loop meanwhile: of a refused prompt of megabytes it carries
+    what the usage event keeps, its digest, with prompts unlogged (the default), not
+    the prompt; of a body forwarded otherwise than sent (a client's spaces), the
+    document and the bytes forwarded carry its picture once, not twice."""
+    limits = Limits(max_prompt_chars=100)
+    refused = orjson.dumps({"model": MODEL, "prompt": _LONG_PROMPT})
+    answer = body_screen.screened("/api/generate", refused, 0, limits, None, None)
+    assert isinstance(answer, body_screen.Refused)
+    assert len(pickle.dumps(answer)) < _SMALL, "the prompt crosses to the proxy's process"
+    # As Python's json writes it: spaces, so what is forwarded is not the body as sent.
+    doc = {"model": VISION, "prompt": "what is this?", "images": [_PICTURE], "stream": False}
+    sent = json.dumps(doc).encode()
+    read = body_screen.screened("/api/generate", sent, 0, limits, None, None)
+    assert isinstance(read, body_screen.Read)
+    assert read.doc == doc
+    assert read.body(sent) == go_json.read(sent)[1] != sent
+    beyond = len(pickle.dumps(read)) - len(pickle.dumps(read.doc))
+    assert beyond < _SMALL, "the picture crosses to the proxy's process twice"
+
+
+@pytest.mark.parametrize(
+    ("path", "doc"),
+    [
+        ("/api/generate", {"model": MODEL, "prompt": "x" * 101}),  # refused
+        ("/api/generate", {"model": VISION, "prompt": "what?", "images": [_PICTURE]}),
+        ("/api/chat", {"model": "auto", "messages": [{**_LOOK, "images": [_PICTURE]}]}),
+    ],
+)
+async def test_a_large_body_goes_as_read_in_the_proxy_with_prompts_unlogged(
+    unlogged: tuple[Proxy, Recorder],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    path: str,
+    doc: dict[str, Any],
+) -> None:
+    """The worker hands back a digest of the prompt, not its text, and a picture written
+    with a client's spaces as its place in the body sent: the answer, the bytes
+    forwarded and the usage event are still those of the body read in the proxy."""
+    prx, front = unlogged
+    body = json.dumps({**doc, "stream": False}).encode()  # spaces: not forwarded as sent
+    reads = where_called(monkeypatch, go_json, "read_quickly")
+    as_read = await _served(prx.url, path, body)
+    assert len(reads) == 1
+    monkeypatch.setattr(body_screen, "SCREENED_BYTES", 0)  # every body is large now
+    assert await _served(prx.url, path, body) == as_read
+    assert len(reads) == 1, "the body was read in the proxy's process"
+    forwarded = [sent for seen, sent in front.seen if seen == path]
+    assert len(forwarded) in (0, 2)
+    assert forwarded[:1] == forwarded[1:]
+    assert await wait_until(lambda: len(_events(tmp_path)) == 2)
+    unscreened, screened = _events(tmp_path)
+    assert screened["prompt_sha256"] and screened.get("prompt") is None
+    assert _of_the_body(screened) == _of_the_body(unscreened)
 
 
 EXPLAIN = "/api/autoroute/explain"

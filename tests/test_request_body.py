@@ -16,7 +16,7 @@ import pytest
 
 from proxy.auto import EMBEDDING_ONLY
 from proxy.config_serving import Limits
-from proxy.usage.event import prompt_text
+from proxy.usage_prompt import prompt_text
 from selector_model import request_body
 from tests.conftest import FROZEN
 from tests.support import PIXEL_PNG, Emulator, Proxy, ServerThread

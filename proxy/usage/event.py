@@ -15,11 +15,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from proxy import final_chunk, header_values
 from proxy.outcome import Outcome
-from selector_model import request_body
+from proxy.usage_prompt import Prompt, digest, joined, prompt_text
 from selector_model.features import SCHEMA_VERSION
 from selector_model.usage_event import Answer, Client, Features, Feedback, Logged, UsageEvent
 
@@ -88,28 +86,15 @@ def api_key_id(credential: str | None) -> str | None:
     return hashlib.sha256(header_values.utf8(token.strip())).hexdigest()[:16]
 
 
-def prompt_text(body: bytes | None) -> str | None:
-    """The prompt's texts (`request_body.texts`) joined by newlines."""
-    if not body:
-        return None
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(doc, dict):
-        return None
-    parts = list(request_body.texts(doc))
-    return "\n".join(parts) if parts else None
-
-
 def complete(c: Captured, log_prompts: bool) -> UsageEvent:
     d, o = c.outcome.decided, c.outcome.served
     decision = d.decision
-    parts = d.prompt
-    if parts is None:
-        prompt = prompt_text(d.body)
+    read = d.prompt
+    if isinstance(read, Prompt):
+        prompt, sha256 = read.text, read.sha256
     else:
-        prompt = "\n".join(parts) if parts else None  # as `prompt_text` joins them
+        prompt = prompt_text(d.body) if read is None else joined(read)
+        sha256 = digest(prompt)
     total_ms, ttfc_ms = c.outcome.ms()
     stats: dict[str, Any] = o.stats
     # What the last chunk said: done_reason a string, the counts integers (`final_chunk`).
@@ -145,7 +130,7 @@ def complete(c: Captured, log_prompts: bool) -> UsageEvent:
         decision=decision,
         features=Features(SCHEMA_VERSION, d.features) if d.features is not None else None,
         candidate=d.candidate,
-        prompt_sha256=hashlib.sha256(prompt.encode()).hexdigest() if prompt else None,
+        prompt_sha256=sha256,
         logged=Logged(prompt) if log_prompts else None,
         outcome=Answer(
             status=o.status,
