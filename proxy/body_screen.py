@@ -7,15 +7,15 @@ again would stop it most of the time. A body over `SCREENED_BYTES` is therefore 
 first in a worker process, which answers whether the limits refuse it (`check_body`:
 too many messages, a prompt too long) and what that request's answer and usage event
 need (`Refused`); for a body they pass, its reading as the handler's would be (`Read`:
-the document, the bytes forwarded, the prompt's texts), which the proxy then takes in
-place of reading the body itself: a copy of objects (pickle), not orjson's parse,
-canonical writing and checks over megabytes (a picture for a vision model is as large
-as any body a client may send). A body they refuse is answered so, never read in the
-proxy's process. A key given twice is read as Go merges it where the caller says how
-(`Rereads`), as the handler then reads it: refused there where the limits refuse what
-Go ends with, else read again in the proxy (the merged reading is more than the
-document: `auto_routes.Repeated`). Where the worker's reading may not be the
-handler's (a key given twice without that; a body explain refuses in its own words
+the document, the bytes forwarded, what the usage event keeps of the prompt), which the
+proxy then takes in place of reading the body itself: a copy of objects (pickle), not
+orjson's parse, canonical writing and checks over megabytes (a picture for a vision
+model is as large as any body a client may send). A body they refuse is answered so,
+never read in the proxy's process. A key given twice is read as Go merges it where the
+caller says how (`Rereads`), as the handler then reads it: refused there where the
+limits refuse what Go ends with, else read again in the proxy (the merged reading is
+more than the document: `auto_routes.Repeated`). Where the worker's reading may not be
+the handler's (a key given twice without that; a body explain refuses in its own words
 first; a document that is no object) it answers nothing, and the handler reads the
 body as ever, so the answers stay the handler's; so it does for a body only Go's
 slower way reads (`go_json.read_quickly`), which is then read once, not twice. A
