@@ -61,12 +61,11 @@ class Recent:
             self.ttfc_count[slot] = 0
             self.ttfc_sum[slot] = self.ttfc_max[slot] = 0.0
         self.requests[slot] += 1
-        if served.status or not served.cancelled:
-            status, error = served.final_status, served.error
-            if failed(status, error):
-                self.errors[slot] += 1
-            elif refusal(status, error):
-                self.refused[slot] += 1
+        status, error, cancelled = served.status, served.error, served.cancelled
+        if failed(status, error, cancelled):
+            self.errors[slot] += 1
+        elif refusal(status, error, cancelled):
+            self.refused[slot] += 1
         if served.first_byte_at:
             ttfc = served.first_byte_at - started
             self.ttfc_count[slot] += 1

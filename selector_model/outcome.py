@@ -122,20 +122,46 @@ def refused(error: object) -> bool:
     return isinstance(error, str) and _REFUSED.match(error) is not None
 
 
-def refusal(status: object, error: object) -> bool:
+def left(status: object, cancelled: object) -> bool:
+    """Whether the client left before its answer began (cancelled, no status): nothing of
+    the answer reached it, and it judged nothing of it. Neither a failure nor a
+    refusal."""
+    return bool(cancelled) and not status
+
+
+def refusal(status: object, error: object, cancelled: object = False) -> bool:
     """Whether an answer (its status and `error`) refused the request for what it says
     or who sent it: a 4xx (bad input, a limit, a key, a model it may not use), or an
     error Ollama gives a request it cannot run (`refused`). No model ran, and nothing
-    failed."""
+    failed. Not where the client `left` first."""
+    if left(status, cancelled):
+        return False
     return (isinstance(status, int) and 400 <= status < 500) or refused(error)
 
 
-def failed(status: object, error: object) -> bool:
+def failed(status: object, error: object, cancelled: object = False) -> bool:
     """Whether an answer failed: an error or a 5xx (a backend, its model or the proxy
-    failed; a stream cut off), not a `refusal`."""
-    if refusal(status, error):
+    failed; a stream cut off), or no status with the client still there (the proxy
+    failed before any answer: aiohttp answers its 500); not a `refusal`, nor an answer
+    the client `left` before it began. `failed_sql` is the same in SQL."""
+    if left(status, cancelled) or refusal(status, error):
         return False
-    return bool(error) or (isinstance(status, int) and status >= 500)
+    return bool(error) or not status or (isinstance(status, int) and status >= 500)
+
+
+def failed_sql(row: str) -> str:
+    """`failed` as a PostgreSQL boolean expression over the usage_events row `row` (a
+    table name or alias) by its columns `status`, `error` and `cancelled` (`status` and
+    `cancelled` are NOT NULL): `refused` by the same pattern, anchored as `re.match`
+    anchors it, in a dollar-quoted string, which takes it as it is."""
+    pattern = f"^(?:{_REFUSED.pattern})"
+    assert "$re$" not in pattern
+    status, error, cancelled = (f"{row}.{column}" for column in ("status", "error", "cancelled"))
+    gone = f"({cancelled} AND {status} = 0)"
+    refused_sql = f"coalesce({error} ~ $re${pattern}$re$, false)"
+    refusal_sql = f"({status} BETWEEN 400 AND 499 OR {refused_sql})"
+    answer_failed = f"(coalesce({error}, '') <> '' OR {status} = 0 OR {status} >= 500)"
+    return f"(NOT {gone} AND NOT {refusal_sql} AND {answer_failed})"
 
 
 def implicit(

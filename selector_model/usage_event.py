@@ -75,11 +75,6 @@ class Answer:
     bytes: int = 0
     cancelled: bool = False
 
-    @property
-    def failed(self) -> bool:
-        """An error, or no answer from a model (status 0) or from the proxy (4xx, 5xx)."""
-        return self.status >= 400 or self.status == 0 or self.error is not None
-
 
 @dataclass(slots=True)
 class Features:

@@ -197,7 +197,8 @@ async def test_events_reach_postgres_kafka_and_file_field_by_field(usage_proxy: 
         assert entry["requests"] == 2 and entry["errors"] == 0
         assert entry["tokens_per_s"] > 0 and entry["ttfc_ms"]["p50"] > 0
         missing_entry = next(m for m in stats["models"] if m["served_model"] == "no-such:model")
-        assert missing_entry["errors"] == 1
+        # Its 404 is a refusal (`selector_model.outcome.refusal`): no failure.
+        assert (missing_entry["requests"], missing_entry["errors"]) == (1, 0)
         sinks = stats["sinks"]
         assert set(sinks) == {"postgres", "kafka", "file"}
         for counters in sinks.values():

@@ -1,5 +1,7 @@
 """Per served model and backend: requests, errors, p50/p95 time to first chunk and total
-time, tokens/s, ratings. From PostgreSQL when configured, else from in-memory windows
+time, tokens/s, ratings. Errors are failures as `selector_model.outcome.failed` reads
+them (in SQL, `failed_sql`): not a refusal, nor a request its client left before its
+answer began. From PostgreSQL when configured, else from in-memory windows
 fed by the background writer (never by the handler). Over every key's requests, or over
 one API key's own (`whose`): what a key with a model list reads, since a row over every
 key's would show it other tenants' traffic on a model they share.
@@ -20,6 +22,7 @@ import asyncpg
 
 from proxy.backends import normalize_model
 from selector_model import usage_event
+from selector_model.outcome import failed, failed_sql
 from selector_model.usage_event import UsageEvent
 
 Key = tuple[str | None, str | None]
@@ -63,7 +66,7 @@ WHERE ts >= now() - make_interval(secs => $1) AND served_model IS NOT NULL AND p
 _QUERY = f"""
 SELECT coalesce(n.normal, u.served_model) AS served_model, u.backend,
        count(*) AS requests,
-       count(*) FILTER (WHERE u.status >= 400 OR u.status = 0 OR u.error IS NOT NULL) AS errors,
+       count(*) FILTER (WHERE {failed_sql("u")}) AS errors,
        count(*) FILTER (WHERE u.cancelled) AS cancelled,
        percentile_cont(0.5) WITHIN GROUP (ORDER BY u.ttfc_ms) AS ttfc_p50,
        percentile_cont(0.95) WITHIN GROUP (ORDER BY u.ttfc_ms) AS ttfc_p95,
@@ -174,7 +177,7 @@ class Sample:
     api_key: ApiKeyRef
     ttfc_ms: float | None
     total_ms: float
-    failed: bool
+    failed: bool  # `selector_model.outcome.failed`
     cancelled: bool
     eval_count: int | None
     eval_duration: int | None
@@ -187,7 +190,7 @@ class Sample:
             api_key,
             o.ttfc_ms,
             o.total_ms,
-            o.failed,
+            failed(o.status, o.error, o.cancelled),
             o.cancelled,
             o.eval_count,
             o.eval_duration,
