@@ -316,6 +316,7 @@ def _implicit(
         bool(answer.get("error")),
         outcome.refused(answer.get("error")),
         bool(answer.get("cancelled")),
+        bool(answer.get("unreached")),
         answer.get("done_reason"),
         autocomplete,
     )

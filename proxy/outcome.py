@@ -95,6 +95,10 @@ class Served:
     body_bytes: int = 0
     error: str = ""
     cancelled: bool = False
+    # The request reached no backend: the answer is the proxy's own, as none of the
+    # backends tried could be connected to, or none could take it (the usage event's
+    # `outcome.unreached`).
+    unreached: bool = False
     # The proxy's own headers on the answer (X-Autoroute-*), besides X-Request-Id.
     extra: dict[str, str] = field(default_factory=dict)
     # perf_counter() when the first body byte went to the client, if one did.

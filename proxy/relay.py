@@ -277,6 +277,8 @@ class Relay:
         failures: list[tuple[str, str]] = []  # (the operator's reason, a public one)
         unreachable = True  # every failure so far was a refused or timed-out connect
         exhausted = True  # every failure so far was the proxy's own (`ProxyExhausted`)
+        # Every failure so far left the request with no backend: one or the other.
+        unsent = True
         retries = self.config.health.retries if body is not None else 0
         rechecked = False  # the backends that may be back were checked again
 
@@ -289,7 +291,7 @@ class Relay:
             chosen = model if missing else None
             if fallback is None or _chooses_again(chosen, unreachable, exhausted):
                 return self._failed(
-                    request, outcome, failures, unreachable, exhausted, chosen, tried
+                    request, outcome, failures, unreachable, exhausted, unsent, chosen, tried
                 )
             return await fallback()
 
@@ -390,6 +392,7 @@ class Relay:
                 )
                 unreachable = unreachable and unreached
                 exhausted = exhausted and own
+                unsent = unsent and (unreached or own)
                 tried.append(state)
                 again = suspect and _suspect(exc)
                 suspect = suspect or _suspect(exc)
@@ -418,7 +421,7 @@ class Relay:
                 state.answered(head.status, model, outcome.offsite)
                 answered = f": answered {head.status}"
                 failures.append((state.label + answered, state.public_label + answered))
-                unreachable = exhausted = False
+                unreachable = exhausted = unsent = False
                 tried.append(state)
                 # A model the backend lacks ran nothing the request could have upset.
                 suspect = suspect or not (lacks or head.status in UNAVAILABLE_STATUSES)
@@ -456,6 +459,7 @@ class Relay:
         failures: list[tuple[str, str]],
         unreachable: bool,
         exhausted: bool,
+        unsent: bool,
         chosen: str | None = None,
         tried: Sequence[BackendState] = (),
     ) -> web.StreamResponse:
@@ -467,12 +471,18 @@ class Relay:
         the outcome keeps the other. A model the caller chose (`chosen`, sent with
         `missing`) that none of the backends listing it (`tried`) could be reached for
         is `ModelUnreachable` instead, for the caller to choose another; not where the
-        proxy's own connections ran out, which another model would find alike."""
+        proxy's own connections ran out, which another model would find alike. Where
+        the request reached none of them (`unsent`: each connect failed, or the proxy's
+        own connections ran out), no model ran: the outcome says so (`unreached`), and
+        `auto` learns nothing of the model from it. One a backend had, which then failed
+        (a reset, garbage, silence, a 5xx before a retry), it may have run: as a 5xx it
+        answered, a failure."""
         if _chooses_again(chosen, unreachable, exhausted):
             answer = functools.partial(
-                self._failed, request, outcome, failures, unreachable, exhausted
+                self._failed, request, outcome, failures, unreachable, exhausted, unsent
             )
             raise ModelUnreachable(chosen, list(tried), answer)
+        outcome.unreached = unsent
         prefix = _BUSY if exhausted else "no healthy backend: " if unreachable else ""
         outcome.error = prefix + "; ".join(detailed for detailed, _ in failures)
         message = outcome.error

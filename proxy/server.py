@@ -106,6 +106,7 @@ class Server:
                 response = await handler(request)
         except NoBackend as exc:
             served.error = str(exc)
+            served.unreached = True
             reason = exc.reason(sees_fleet(request, self.config.auth.enabled))
             response = error_response(request.path, 503, reason)
         except web.HTTPRequestEntityTooLarge as exc:

@@ -40,8 +40,14 @@ refused for what the request itself says, though with a 500 (`refused`: a `forma
 is no schema, an option of the wrong type, a template that does not parse or run, the
 model's chat template refusing the request's messages), which any client can send at
 will: counted, one key could drive the estimate of every model `auto` chooses to 0 for
-everyone. Outcomes of 0.5 and above count as a success where a
+everyone. Nor has the proxy's own answer to a request that reached no backend
+(`unreached`: none of the chosen model's backends could be connected to), rated or
+not: no model ran, and counted, an outage would lower the model's estimate for
+everyone after it ended. Outcomes of 0.5 and above count as a success where a
 yes or no is needed (`success`).
+
+A request failed (`failed`) or was refused (`refusal`) as the stats and the status page
+count it, whether or not a model ran: the proxy's 503 for an outage is a failure there.
 """
 
 from __future__ import annotations
@@ -164,15 +170,26 @@ def failed_sql(row: str) -> str:
     return f"(NOT {gone} AND NOT {refusal_sql} AND {answer_failed})"
 
 
+def unreached(outcome: Mapping[str, Any]) -> bool:
+    """Whether a usage event's `outcome` object says the request reached no backend:
+    the proxy answered it itself, none of the chosen model's backends connected to (or
+    its own connections out, or none to take it). No model ran: a failure of the fleet,
+    not of the model, which an outage would otherwise lower for everyone. A backend
+    that had the request and failed (a 5xx, a stream cut off, garbage, silence) still
+    fails it: that model may have run, and failed."""
+    return outcome.get("unreached") is True
+
+
 def implicit(
     outcome: Mapping[str, Any], retried: bool = False, autocomplete: bool = False
 ) -> Result | None:
     """The outcome of a usage event's `outcome` object without any rating, or None
-    when no model answered (a `refusal`), the client left before the answer began, or
-    it cancelled an `autocomplete` (`autocompletes`)."""
+    when no model answered (a `refusal`, a request that `unreached` any backend), the
+    client left before the answer began, or it cancelled an `autocomplete`
+    (`autocompletes`)."""
     status = outcome.get("status")
     error = outcome.get("error")
-    if outcome.get("cancelled") and not status:
+    if (outcome.get("cancelled") and not status) or unreached(outcome):
         return None
     if failed(status, error):
         return Result(0.0, FAILED, "error")
@@ -269,21 +286,28 @@ def replayed(event: Mapping[str, Any]) -> bool:
     return event.get("cache") == "hit"
 
 
+def _answer(event: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A usage event's `outcome` object ({} where it has none)."""
+    answer = event.get("outcome")
+    return answer if isinstance(answer, Mapping) else {}
+
+
 def no_evidence(event: Mapping[str, Any]) -> bool:
     """The event's answer says nothing new of the model it names as chosen: a replay
-    (`replayed`), or a cloud provider's (`provider`), which answered in place of the
-    local model `auto` chose, or with none chosen."""
-    return replayed(event) or bool(event.get("provider"))
+    (`replayed`), a cloud provider's (`provider`), which answered in place of the
+    local model `auto` chose, or with none chosen, or the proxy's own where the request
+    reached no backend (`unreached`), a rating of it included."""
+    return replayed(event) or bool(event.get("provider")) or unreached(_answer(event))
 
 
 def of_event(event: Mapping[str, Any], retried: bool = False) -> Result | None:
     """A usage event's outcome: its `rating` (`_rating`) when present, else the
-    implicit signals."""
+    implicit signals; none for a request that `unreached` any backend, rated or not:
+    no model answered it."""
+    answer = _answer(event)
     rating = _rating(event)
-    if rating is not None:
+    if rating is not None and not unreached(answer):
         return rated(rating)
-    outcome = event.get("outcome")
-    answer = outcome if isinstance(outcome, Mapping) else {}
     return implicit(answer, retried, autocompletes(event))
 
 

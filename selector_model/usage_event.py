@@ -74,6 +74,11 @@ class Answer:
     total_ms: float = 0.0
     bytes: int = 0
     cancelled: bool = False
+    # The request reached no backend: the status and error are the proxy's own, as none
+    # of the backends tried could be connected to (or the proxy's own connections ran
+    # out), or none could take it. No model ran. False in events written before it.
+    # Not a column: the stats count the answer a failure all the same.
+    unreached: bool = field(default=False, metadata=_NO_COLUMN)
 
 
 @dataclass(slots=True)

@@ -17,6 +17,7 @@ import openai
 import orjson
 import pytest
 
+from proxy import learning
 from proxy.app import APP_KEY
 from proxy.auto import EMBEDDING_ONLY, AutoError, AutoRouter, profile_of
 from proxy.auto_routes import AutoRoutes
@@ -27,6 +28,7 @@ from proxy.config_services import Usage
 from proxy.config_serving import Backend, Health
 from proxy.registry import ModelInfo, Registry, model_info
 from proxy.routes import RANKED_PATHS
+from selector_model import outcome
 from selector_model.catalog import AREAS, Catalog
 from selector_model.policy import SWITCH_Z
 from selector_model.profiling import store as profile_store
@@ -38,6 +40,8 @@ from tests.support import (
     Proxy,
     ServerThread,
     error_text,
+    file_usage,
+    free_port,
 )
 from tests.usage_services import events_of
 
@@ -1501,6 +1505,66 @@ async def test_an_answer_no_backend_gave_names_no_model(
     finally:
         proxy.stop()
         emulator.stop()
+
+
+async def test_a_model_whose_backends_no_request_reached_is_not_failed_by_it(
+    servers: ServerThread, tmp_path: Path
+) -> None:
+    """The backend of the model `auto` chose went down after its last check: the
+    proxy's own 503 says the request reached no backend (`unreached`), and what `auto`
+    learns counts it against no model. Its 500 while it was up (a runner that died)
+    fails the model."""
+    emulator = Emulator(servers, dataclasses.replace(FROZEN, models=("gemma2:9b",)))
+    health = Health(interval_seconds=3600, failure_threshold=100, open_seconds=3600)
+    usage = file_usage(tmp_path)
+    proxy = Proxy(servers, [emulator.url], selector=selector(tmp_path), health=health, usage=usage)
+    try:
+        await health_becomes(proxy, "ok")
+        ids = []
+        async with aiohttp.ClientSession() as session:
+            emulator.state.fault = "error500"
+            for expected in (500, 503):
+                async with session.post(
+                    proxy.url + "/api/chat", json=chat("auto", stream=False)
+                ) as resp:
+                    assert resp.status == expected, await resp.text()
+                    ids.append(resp.headers["X-Request-Id"])
+                emulator.stop()
+        died, down = await events_of(usage, *ids)
+    finally:
+        proxy.stop()
+        emulator.stop()
+    assert died["decision"]["chosen"] == down["decision"]["chosen"] == "gemma2:9b"
+    assert not died["outcome"].get("unreached")
+    assert outcome.of_event(died) == outcome.Result(0.0, outcome.FAILED, "error")
+    assert down["outcome"]["unreached"] is True, down
+    assert down["outcome"]["error"].startswith("no healthy backend: ")
+    assert outcome.of_event(down) is None and learning.decision_of(down) is None
+
+
+async def test_a_request_no_backend_could_take_reached_none(
+    servers: ServerThread, tmp_path: Path
+) -> None:
+    """A backend that cannot be connected to: the proxy's own 503 says the request
+    reached none (`unreached`), when its connect failed and, its circuit open, when
+    none could take it at all."""
+    usage = file_usage(tmp_path)
+    health = Health(interval_seconds=3600, failure_threshold=1, open_seconds=3600)
+    proxy = Proxy(servers, [f"http://127.0.0.1:{free_port()}"], usage=usage, health=health)
+    ids = []
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(2):
+                body = chat("gemma2:9b", stream=False)
+                async with session.post(proxy.url + "/api/chat", json=body) as resp:
+                    assert resp.status == 503, await resp.text()
+                    ids.append(resp.headers["X-Request-Id"])
+        events = await events_of(usage, *ids)
+    finally:
+        proxy.stop()
+    for event in events:
+        assert event["outcome"]["unreached"] is True, event
+        assert outcome.failed(event["outcome"]["status"], event["outcome"]["error"])
 
 
 async def test_a_request_only_a_down_backends_model_serves_is_503_as_for_that_model(

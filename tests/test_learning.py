@@ -786,6 +786,27 @@ def test_a_cloud_answer_is_no_evidence_about_a_local_model(tmp_path: Path) -> No
     assert evidence_from_events([{**_event("c1", 0, "a"), "rating": 0.0}]).size() == 1
 
 
+def test_an_answer_that_reached_no_backend_is_no_evidence_about_the_model(
+    tmp_path: Path,
+) -> None:
+    """The proxy's own 503 where none of the chosen model's backends could be reached
+    (`outcome.unreached`): no model ran, so an outage lowers no model's estimate, live
+    or rebuilt from the events, rated or not. A backend's own 503, or an event written
+    before events said whether the request reached a backend, still fails the model."""
+    evidence = Evidence()
+    learner = Learner(Learning(), Usage(file_path=str(tmp_path / "events.jsonl")), evidence)
+    down = "no healthy backend: gpu-a: connect refused"
+    unreached = _event("u1", 0, "a", status=503, error=down, unreached=True)
+    learner.observe("usage", unreached)
+    learner.observe("feedback", {"request_id": "u1", "rating": 0.0})
+    assert learner.observed == 0 and evidence.size() == 0
+    assert evidence_from_events([unreached, {**unreached, "rating": 0.0}]).size() == 0
+    answered = _event("b1", 10, "b", status=503, error="server busy")
+    assert evidence_from_events([answered]).of("math")["qwen2.5:7b"][0] == 0.0
+    before = _event("o1", 20, "c", status=503, error=down)
+    assert evidence_from_events([before]).of("math")["qwen2.5:7b"][0] == 0.0
+
+
 def test_the_unrated_answers_of_a_client_that_rates_count_for_nothing(tmp_path: Path) -> None:
     """A client that rates some answers and leaves others unrated (a benchmark's held
     prompts, a chat UI's unrated turns): its silence is an answer not rated, and counted

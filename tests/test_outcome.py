@@ -320,3 +320,21 @@ def test_an_answer_a_cloud_provider_gave_is_no_example_of_the_model_auto_chose()
     cloud = {**local, "request_id": "cloud", "provider": "openai", "backend": "cloud:openai"}
     examples, stats = usage_examples([usage_event.read(e) for e in (local, cloud)])
     assert (len(examples), stats.used, stats.skipped_unanswered) == (1, 1, 1)
+
+
+def test_an_answer_that_reached_no_backend_has_no_outcome() -> None:
+    """The proxy's own answer where the request reached no backend (`unreached`: none
+    of its backends could be connected to): no model ran, so it has no outcome, as a
+    refusal has none, whatever rating it got; training skips it. A backend that had the
+    request and failed (a 5xx, garbage, silence, a stream cut off) still fails it, and
+    an event written before events said so reads as one that reached a backend."""
+    down = answered("u", "x", status=503, error="no healthy backend: gpu: refused")
+    unreached = {**down, "outcome": {**down["outcome"], "unreached": True}}
+    assert outcome.implicit(unreached["outcome"]) is None
+    assert outcome.of_event(unreached) is None
+    assert outcome.of_event({**unreached, "rating": 0.0}) is None
+    assert outcome.no_evidence(unreached) and not outcome.no_evidence(down)
+    assert graded(down).source == "error"
+    assert usage_event.read(down).outcome.unreached is False
+    assert usage_event.read(unreached).outcome.unreached is True
+    assert outcome.failed(503, down["outcome"]["error"])  # the request failed all the same

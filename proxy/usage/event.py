@@ -141,6 +141,7 @@ def complete(c: Captured, log_prompts: bool) -> UsageEvent:
             total_ms=total_ms,
             bytes=o.body_bytes,
             cancelled=o.cancelled,
+            unreached=o.unreached,
         ),
     )
 
