@@ -44,8 +44,8 @@ def catalog() -> Catalog:
         ("qwen2.5:7b-instruct-q4_K_M", "qwen2.5:7b"),
         ("registry.ollama.ai/library/llama3.1:8b-instruct-fp16", "llama3.1:8b"),
         ("someone/llama3.1:70b-instruct-q8_0", "llama3.1:70b"),
-        ("qwen3:30b-a3b", "qwen3:30b"),
-        ("qwen3:30b-a3b-q4_K_M", "qwen3:30b"),
+        ("qwen3:30b-a3b", "qwen3:30b-a3b-thinking-2507"),
+        ("qwen3:30b-a3b-q4_K_M", "qwen3-30b-a3b:latest"),
         # A quantization is one word of the tag, whatever its underscores; a tag that
         # names a variant entry keeps it (the bare tag is another model).
         ("olmo-3:7b-instruct-q4_K_M", "olmo-3:7b-instruct"),
@@ -1906,3 +1906,27 @@ def test_the_digest_check_counts_a_profiled_catalogue_model(catalog: Catalog) ->
     models = {name: info(name) for name in ("qwen2.5:7b", "qwen2.5:14b")}
     assert models["qwen2.5:7b"].knowledge.origin == "profile"  # type: ignore[union-attr]
     assert registry._contradicted_digests(models) == {"sha256:" + "1" * 64}
+
+
+@pytest.mark.parametrize(
+    ("tag", "entry"),
+    [
+        ("qwen3:4b", "qwen3:4b-thinking-2507"),
+        ("qwen3:30b", "qwen3:30b-a3b-thinking-2507"),
+        ("qwen3:235b", "qwen3:235b-a22b-thinking-2507"),
+        # The April 2025 hybrid models keep their quantization tags.
+        ("qwen3:30b-a3b", "qwen3:30b-a3b-thinking-2507"),
+        ("qwen3:30b-a3b-q4_K_M", "qwen3-30b-a3b:latest"),
+        ("qwen3:235b-a22b-q8_0", "qwen3-235b-a22b:latest"),
+        ("Qwen/Qwen3-30B-A3B", "qwen3-30b-a3b:latest"),
+        ("qwen3:4b-q4_K_M", "qwen3-4b:latest"),
+        ("Qwen/Qwen3-4B", "qwen3-4b:latest"),
+        ("qwen3:latest", "qwen3:8b"),
+    ],
+)
+def test_bare_qwen3_tags_that_moved_to_2507_are_the_thinking_models(
+    catalog: Catalog, tag: str, entry: str
+) -> None:
+    # Ollama's bare qwen3 4b, 30b and 235b tags serve the Thinking-2507 weights, which
+    # think whatever `think` says; the hybrid model of April 2025 is another model.
+    assert catalog.lookup(tag).name == entry
