@@ -1930,3 +1930,14 @@ def test_bare_qwen3_tags_that_moved_to_2507_are_the_thinking_models(
     # Ollama's bare qwen3 4b, 30b and 235b tags serve the Thinking-2507 weights, which
     # think whatever `think` says; the hybrid model of April 2025 is another model.
     assert catalog.lookup(tag).name == entry
+
+
+def test_deepseek_r1_671b_is_the_0528_release(catalog: Catalog) -> None:
+    # Ollama's 671b tag serves DeepSeek-R1-0528; the January release's results belong to
+    # an entry of its own (runs of it, as Reasoning Gym's, look that one up).
+    assert catalog.sources("deepseek-r1:671b")["GPQA"].url == (
+        "https://huggingface.co/deepseek-ai/DeepSeek-R1-0528"
+    )
+    january = catalog.lookup("deepseek-r1:671b-0120")
+    assert catalog.sources(january.name)["GPQA"].value == 0.715
+    assert catalog.lookup("deepseek-r1:671b").released > january.released

@@ -71,7 +71,7 @@ def test_the_fleet_maps_to_ollama_names_the_catalogue_knows() -> None:
         assert spec.model_info().candidate.is_instruct
     # Mixtures of experts cost their active parameters, not their total.
     assert BY_OLLAMA_NAME["llama4:128x17b"].candidate().active_b == pytest.approx(17.0)
-    assert BY_OLLAMA_NAME["deepseek-r1:671b"].candidate().active_b == pytest.approx(37.0)
+    assert BY_OLLAMA_NAME["deepseek-r1:671b-0120"].candidate().active_b == pytest.approx(37.0)
 
 
 def test_the_replay_runs_a_fleet_of_the_users_choice(capsys: pytest.CaptureFixture[str]) -> None:

@@ -66,10 +66,10 @@ MODELS: tuple[ModelSpec, ...] = (
         ("tools", "vision"),
     ),
     _spec("qwen/qwq-32b", "qwq:32b", "qwen2", 32.8, 40960, 0.0, ("tools", "thinking")),
-    # Ollama's tag now serves R1-0528; the runs are of the January 2025 DeepSeek-R1.
+    # The runs are of the January 2025 DeepSeek-R1, which Ollama's 671b tag no longer serves.
     _spec(
         "deepseek/deepseek-r1",
-        "deepseek-r1:671b",
+        "deepseek-r1:671b-0120",
         "deepseek2",
         671.0,
         163840,
