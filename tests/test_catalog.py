@@ -1941,3 +1941,19 @@ def test_deepseek_r1_671b_is_the_0528_release(catalog: Catalog) -> None:
     january = catalog.lookup("deepseek-r1:671b-0120")
     assert catalog.sources(january.name)["GPQA"].value == 0.715
     assert catalog.lookup("deepseek-r1:671b").released > january.released
+
+
+@pytest.mark.parametrize(
+    ("name", "pretrained"),
+    [
+        ("llama4:16x17b", {"MMLU", "MBPP", "MATH"}),
+        ("llama4:128x17b", {"MMLU", "MBPP", "MATH"}),
+        ("mistral:7b", {"MMLU", "ARC-C", "HumanEval", "MBPP", "MATH", "GSM8K"}),
+    ],
+)
+def test_chat_entries_carry_no_pretrained_model_results(
+    catalog: Catalog, name: str, pretrained: set[str]
+) -> None:
+    # These makers publish the listed results for the pretrained model only; a chat
+    # model's areas there are imputed rather than read from another model's scores.
+    assert not pretrained & set(catalog.sources(name))
