@@ -19,6 +19,7 @@ from aiohttp import hdrs, web
 
 from proxy import (
     body_screen,
+    form_encoding,
     go_json,
     header_values,
     model_changes,
@@ -536,7 +537,8 @@ class Handlers:
 
     async def transcription(self, request: web.Request) -> web.StreamResponse:
         """`POST /v1/audio/transcriptions`: routed by the model Ollama's multipart form
-        names, read as Go reads it (`multipart_form`); the client's bytes go as sent.
+        names, read as Go reads it (`multipart_form`); the form goes on as the proxy
+        read it (`form_encoding`), never the client's bytes.
         What Ollama refuses before it knows the model (a form that does not parse, no
         model) is refused here with its 400; the rest (no file, an empty one, a model
         that is not there) is the backend's to answer, but where the proxy answers for
@@ -550,9 +552,10 @@ class Handlers:
         query = request.raw_path.partition("?")[2]
         content_type = request.headers.get(hdrs.CONTENT_TYPE)
         try:
-            model, no_audio = await multipart_form.transcription_off_loop(content_type, query, body)
+            read = await multipart_form.transcription_off_loop(content_type, query, body)
         except multipart_form.Refused as exc:
             return error_response(path, 400, str(exc))
+        model, no_audio = read.model, read.no_audio
         decided.model = header_values.text(model, header_values.MAX_MODEL_NAME) or ""
         profile = profile_of(model, self.config.selector.default_profile)
         if profile is not None:
@@ -569,7 +572,9 @@ class Handlers:
         if refused is not None:
             return refused
         served.model = model
-        return await self.relay.forward(request, served, body, model)
+        form = await go_json.slow_off_loop(len(body), form_encoding.written, read.form)
+        request[form_encoding.WRITTEN] = form
+        return await self.relay.forward(request, served, form.body, model)
 
     # `_local_or_cloud` and `_generate` only choose where a request goes: they return
     # that coroutine unawaited, so the handler awaits the relay with no frames between;

@@ -70,19 +70,40 @@ class Refused(Exception):
     """Ollama's 400 for this form: the message."""
 
 
+@dataclass(frozen=True, slots=True)
+class FilePart:
+    """A file part as `r.MultipartForm.File` keeps it: its content (a view into the body,
+    or its quoted-printable decoding: an upload is not copied to find the model beside
+    it), its `filename` parameter and its Content-Type."""
+
+    content: memoryview
+    filename: str
+    content_type: str
+
+
 @dataclass(slots=True)
 class Form:
-    """`r.Form` (query values first, then the parts' values) and `r.MultipartForm.File`
-    (each file part's content), by field name."""
+    """`r.Form` (query values first, then the parts' values), the query's own values,
+    and `r.MultipartForm.File`, by field name."""
 
     values: dict[str, list[str]] = field(default_factory=dict)
-    # Views into the body: an upload is not copied to find the model beside it.
-    files: dict[str, list[memoryview]] = field(default_factory=dict)
+    query: dict[str, list[str]] = field(default_factory=dict)
+    files: dict[str, list[FilePart]] = field(default_factory=dict)
 
     def value(self, name: str) -> str:
         """`FormValue`: the first value, "" for none."""
         values = self.values.get(name)
         return values[0] if values else ""
+
+
+@dataclass(frozen=True, slots=True)
+class Transcription:
+    """A transcription request as Ollama reads it: the model it runs, what it refuses
+    of the audio (`file_refusal`), and the whole form."""
+
+    model: str
+    no_audio: str | None
+    form: Form
 
 
 def file_refusal(form: Form) -> str | None:
@@ -92,13 +113,13 @@ def file_refusal(form: Form) -> str | None:
     files = form.files.get("file")
     if not files:
         return NO_FILE
-    return EMPTY_FILE if not files[0] else None
+    return EMPTY_FILE if not files[0].content else None
 
 
-def transcription(content_type: str | None, raw_query: str, body: bytes) -> tuple[str, str | None]:
-    """The model Ollama runs for this transcription request and what it refuses of the
-    request's audio (`file_refusal`), or `Refused` with the message of its 400: the
-    form does not parse, or it names no model."""
+def transcription(content_type: str | None, raw_query: str, body: bytes) -> Transcription:
+    """The model Ollama runs for this transcription request, what it refuses of the
+    request's audio and the form, or `Refused` with the message of its 400: the form
+    does not parse, or it names no model."""
     try:
         form = read_form(content_type, raw_query, body)
     except FormError as exc:
@@ -106,17 +127,17 @@ def transcription(content_type: str | None, raw_query: str, body: bytes) -> tupl
     model = form.value("model")
     if not model:
         raise Refused(MODEL_REQUIRED)
-    return model, file_refusal(form)
+    return Transcription(model, file_refusal(form), form)
 
 
 def transcription_model(content_type: str | None, raw_query: str, body: bytes) -> str:
     """The model of `transcription`."""
-    return transcription(content_type, raw_query, body)[0]
+    return transcription(content_type, raw_query, body).model
 
 
 async def transcription_off_loop(
     content_type: str | None, raw_query: str, body: bytes
-) -> tuple[str, str | None]:
+) -> Transcription:
     """`transcription`, for a request's handler: a large body is read in the slow
     readings' thread (a quoted-printable part decodes byte by byte in Python, most of a
     second for a few megabytes), so that a client can hold neither the event loop nor
@@ -127,7 +148,8 @@ async def transcription_off_loop(
 def read_form(content_type: str | None, raw_query: str, body: bytes) -> Form:
     """`ParseMultipartForm` on a request with these header, query and body."""
     form = Form()
-    query_error = _parse_query(raw_query, form.values)
+    query_error = _parse_query(raw_query, form.query)
+    form.values = {name: list(values) for name, values in form.query.items()}
     if not content_type:
         raise FormError(NOT_MULTIPART)
     try:
@@ -429,7 +451,8 @@ class _Parts:
             if len(content) <= file_budget:  # kept in memory, else on disk
                 file_budget -= len(content)
                 budget -= len(content)
-            form.files.setdefault(name, []).append(content)
+            file = FilePart(content, params["filename"], _header(headers, "content-type"))
+            form.files.setdefault(name, []).append(file)
 
     def _read_slice(self) -> tuple[bytes, bool]:
         """bufio's `ReadSlice('\\n')`: (line, at end of input); FormError when the line

@@ -35,6 +35,7 @@ from proxy.cache import Capture
 from proxy.config import Config
 from proxy.continuations import answered_ending
 from proxy.errors import SERVER_BUSY, error_response, model_not_found, stream_error_line
+from proxy.form_encoding import WRITTEN
 from proxy.http11 import Dechunker, ResponseHead, dechunk
 from proxy.limits import BodyTooLarge, client_took, drained_within, read_chunk
 from proxy.outcome import OUTCOME, Served
@@ -81,6 +82,8 @@ _EXHAUSTED = "the proxy has no connection left"
 _BUSY = SERVER_BUSY + ": "
 # Not forwarded with a body the proxy decoded (proxy/request_encoding.py).
 _ENCODING = frozenset({b"content-encoding"})
+# Not forwarded with a form the proxy wrote (`form_encoding`), which has its own type.
+_FORM_FIELDS = _ENCODING | {b"content-type"}
 _STREAM_TYPES = (NDJSON, SSE)
 _UPLOAD_CHUNK = 256 * 1024
 # What answers a request no local backend could (the cloud fallback), if anything does.
@@ -201,7 +204,12 @@ def request_head(
     minus `drop`, the proxy's own credentials when it checks keys, and minus the fields
     its Connection names: that connection's, as Connection itself is, RFC 9110 7.6.1),
     and the request's id; `body_length=None` streams the body."""
+    form = state_get(request, WRITTEN)
+    if form is not None:
+        drop = drop | _FORM_FIELDS
     headers = _forwarded(request.raw_headers, drop)
+    if form is not None:
+        headers = [*headers, (b"Content-Type", form.content_type.encode())]
     if request_id:
         headers = [*headers, (_REQUEST_ID, _wire(request_id))]
     target = request.raw_path
@@ -214,6 +222,9 @@ def request_head(
         # checks that host; a gateway in front of a backend may pick a site by it), and
         # the userinfo is the client's credential.
         target = request.rel_url.raw_path_qs
+    if form is not None:
+        path = target.partition("?")[0]
+        target = f"{path}?{form.query}" if form.query else path
     return http11.request_head(
         _wire(request.method),
         _wire(target),

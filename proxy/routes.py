@@ -95,7 +95,8 @@ ROUTES: tuple[Route, ...] = (
     Route("/v1/embeddings", POST, MODEL_ROUTED, inference=True, embedding=True),
     Route("/v1/responses", POST, MODEL_ROUTED, inference=True),
     Route("/v1/messages", POST, MODEL_ROUTED, inference=True),
-    # Names its model in a multipart form (`proxy.multipart_form`), the body as sent.
+    # Names its model in a multipart form (`proxy.multipart_form`), sent on as read
+    # (`proxy.form_encoding`).
     Route("/v1/audio/transcriptions", POST, "handlers.transcription", inference=True),
     # What no single backend can answer: one list from all of them.
     Route("/api/tags", READ, MERGED, merge="models"),

@@ -66,7 +66,8 @@ def test_the_form_field_names_the_model_and_the_file_is_a_file() -> None:
     body = form(part("model", b"llama3.1:8b"), FILE, part("language", b"en"))
     assert transcription_model(CT, "", body) == "llama3.1:8b"
     parsed = read_form(CT, "", body)
-    assert parsed.files == {"file": [AUDIO]}  # a lookalike of the boundary is content
+    # A lookalike of the boundary is content.
+    assert [file.content for file in parsed.files["file"]] == [AUDIO]
     assert parsed.values == {"model": ["llama3.1:8b"], "language": ["en"]}
 
 
@@ -361,7 +362,7 @@ async def test_a_transcription_reaches_the_backend_that_has_its_model(
     assert proxied.text == direct.text
 
 
-async def test_the_form_goes_as_sent_and_the_query_model_routes(
+async def test_the_query_model_routes_and_the_forms_other_fields_reach_ollama(
     front: Proxy, fleet: tuple[Emulator, Emulator]
 ) -> None:
     body = form(part("model", b"in-form"), part("response_format", b"text"), FILE)
@@ -408,7 +409,7 @@ async def test_a_key_with_a_model_list_reaches_no_other_model_through_form_quirk
 ) -> None:
     """Forms whose first `model`, as Go's ParseMultipartForm reads it, is outside the
     key's list, behind a field the key may use: the proxy reads the model Ollama will
-    run (the form goes to the backend as sent), and refuses it."""
+    run, and refuses it."""
     msie = b'--XyZ\r\nContent-Disposition: form-data; name="mo\\del"\r\n\r\n'
     empty = b'--XyZ\r\nContent-Disposition: form-data; name="model"; filename=""\r\n\r\n'
     spaced = b'--XyZ\r\nContent-Disposition: \xc2\xa0form-data; name="model"\r\n\r\n'
@@ -616,7 +617,9 @@ async def test_reading_a_large_form_holds_no_other_client(
     readings: list[tuple[int, bool]] = []
     read = multipart_form.transcription
 
-    def watched(content_type: str | None, raw_query: str, body: bytes) -> tuple[str, str | None]:
+    def watched(
+        content_type: str | None, raw_query: str, body: bytes
+    ) -> multipart_form.Transcription:
         readings.append((len(body), on_a_loop()))
         return read(content_type, raw_query, body)
 
