@@ -14,7 +14,9 @@ by that model, so it reads the form the same way:
   line ends so, part headers as `net/textproto` reads them, each body up to a
   `\\r\\n--boundary` followed by `--`, space, tab, CR, LF or the end. A part whose
   Content-Disposition is not `form-data` with a `name` is skipped; one with a
-  `filename` is a file, not a value. At most 1000 parts, and 35 MB of values.
+  `filename` is a file, not a value. At most 1000 parts, and 35 MB of values; a part's
+  header within what is left of those 35 MB, and of at most 10000 lines less those of
+  the files before it.
   A part sent `Content-Transfer-Encoding: quoted-printable` is decoded as Go's
   `quotedprintable.Reader` decodes it, its errors included.
 - `FormValue` is the first of `r.Form[key]`: the query's values come before the form's,
@@ -55,11 +57,14 @@ EOF: Final = "EOF"
 # multipart.Reader's bufio buffer: a line between parts longer than this fails.
 _PEEK_BUFFER: Final = 4096
 _MAX_PARTS: Final = 1000  # ReadForm's default (GODEBUG multipartmaxparts)
+# Header lines a part may have, less those of the files before it (multipartmaxheaders).
+_MAX_HEADERS: Final = 10000
 # textproto quotes at most this much of a header's first line that starts with a space.
 _INITIAL_LINE_LIMIT: Final = 80
 _MAX_MEMORY: Final = 25 << 20  # TranscriptionMiddleware's ParseMultipartForm(25 << 20)
 _MAP_ENTRY: Final = 200  # ReadForm's count for a map entry's overhead
 _FILE_HEADER: Final = 100  # and for a FileHeader
+_HEADER_MAP: Final = 400  # textproto's count for a MIMEHeader
 
 
 class FormError(Exception):
@@ -418,8 +423,9 @@ class _Parts:
         # over maxMemory, which go to disk).
         file_budget = _MAX_MEMORY
         budget = _MAX_MEMORY + (10 << 20)
+        max_headers = _MAX_HEADERS
         while self._next_part():
-            headers = self._headers()
+            headers = self._headers(budget, max_headers)
             if parts >= _MAX_PARTS:
                 raise FormError(TOO_LARGE)
             parts += 1
@@ -437,6 +443,8 @@ class _Parts:
                 continue
             content = self._content()
             if _header(headers, "content-transfer-encoding").lower() == "quoted-printable":
+                # NextPart decodes it and drops the field from the part's header.
+                headers = [(k, v) for k, v in headers if k != b"content-transfer-encoding"]
                 content = memoryview(_quoted_printable(bytes(content)))
             budget -= len(utf8(name)) + _MAP_ENTRY
             if not params.get("filename", ""):
@@ -448,6 +456,7 @@ class _Parts:
             budget -= _header_size(headers) + _MAP_ENTRY + _FILE_HEADER
             if budget < 0:
                 raise FormError(TOO_LARGE)
+            max_headers -= len(headers)  # a file keeps its header
             if len(content) <= file_budget:  # kept in memory, else on disk
                 file_budget -= len(content)
                 budget -= len(content)
@@ -521,31 +530,50 @@ class _Parts:
         self.pos = end + 1
         return line[:-1] if line.endswith(b"\r") else line
 
-    def _headers(self) -> list[tuple[bytes, bytes]]:
-        """textproto's `readMIMEHeader`: (key, value) in order."""
+    def _headers(self, max_memory: int, max_headers: int) -> list[tuple[bytes, bytes]]:
+        """textproto's `readMIMEHeader`: (key, value) in order. Too large past
+        `max_headers` lines, or past `max_memory` for the lines and what Go counts of
+        the header (400, and per key its length and 200, and the values)."""
         body, pos = self.body, self.pos
         if pos < len(body) and body[pos] in b" \t":
             first = self._line() or b""
             if len(first) > _INITIAL_LINE_LIMIT:
                 raise FormError(TOO_LARGE)
             raise FormError("malformed MIME header initial line: " + _text(first))
+        max_memory -= _HEADER_MAP
         headers: list[tuple[bytes, bytes]] = []
+        keys: set[bytes] = set()
         while True:
             line = self._line()
             if line is None:
                 raise FormError(EOF)
+            if len(line) > max_memory:
+                raise FormError(TOO_LARGE)
             if not line:
                 return headers
             if b":" not in line:
                 raise FormError("malformed MIME header: missing colon: " + go_quote(line))
             pieces = [_trim(line)]
+            # readContinuedLineSlice's own count: the first line's length comes off
+            # the limit and is counted again with what follows it.
+            size = len(pieces[0])
+            limit = max_memory - size
             while self.pos < len(body) and body[self.pos] in b" \t":
                 while self.pos < len(body) and body[self.pos] in b" \t":
                     self.pos += 1
+                size += 1
+                if size >= limit:
+                    raise FormError(TOO_LARGE)
                 more = self._line()
                 if more is None:
                     break
+                # Go reads a continuation up to what is left and breaks the line off
+                # there, where its buffered reads cut it, and reads on from that cut:
+                # a line that long is refused whole here.
+                if len(more) > limit - size:
+                    raise FormError(TOO_LARGE)
                 pieces.append(_trim(more))
+                size += len(pieces[-1])
             kv = b" ".join(pieces)
             key, _, value = kv.partition(b":")
             # textproto takes a key with a space (before the colon) but does not
@@ -554,7 +582,18 @@ class _Parts:
                 raise FormError("malformed MIME header line: " + _text(kv))
             if any((c < 0x20 and c != 0x09) or c == 0x7F for c in value):
                 raise FormError("malformed MIME header line: " + _text(kv))
-            headers.append((key.lower(), value.lstrip(b" \t")))
+            max_headers -= 1
+            if max_headers < 0:
+                raise FormError(TOO_LARGE)
+            value = value.lstrip(b" \t")
+            canonical = key if b" " in key else key.lower()
+            if canonical not in keys:
+                keys.add(canonical)
+                max_memory -= len(key) + _MAP_ENTRY
+            max_memory -= len(value)
+            if max_memory < 0:
+                raise FormError(TOO_LARGE)
+            headers.append((key.lower(), value))
 
     def _content(self) -> memoryview:
         """A part's body, up to its closing delimiter (`scanUntilBoundary` with the
@@ -614,7 +653,7 @@ def _header(headers: list[tuple[bytes, bytes]], name: str) -> str:
 
 def _header_size(headers: list[tuple[bytes, bytes]]) -> int:
     """ReadForm's `mimeHeaderSize`: 400, and per key its length, 200 and its values."""
-    size = 400
+    size = _HEADER_MAP
     keys: set[bytes] = set()
     for key, value in headers:
         if key not in keys:

@@ -316,6 +316,9 @@ def test_parse_media_type_bogus(given: str, error: str) -> None:
 # mime/multipart ---------------------------------------------------------------------
 
 _PEEK = 4096  # multipart's peekBufferSize
+# NextPart's limits on a part's header (maxMIMEHeaderSize, maxMIMEHeaders()).
+_NEXT_PART_HEADER_SIZE = 10 << 20
+_NEXT_PART_HEADERS = 10000
 _CT = "text/plain; charset=ISO-8859-1"
 Headers = dict[str, list[str]]
 
@@ -328,7 +331,7 @@ def _parts(sep: str, body: bytes) -> list[tuple[Headers, bytes]]:
     got: list[tuple[Headers, bytes]] = []
     while reader._next_part():
         headers: Headers = {}
-        for key, value in reader._headers():
+        for key, value in reader._headers(_NEXT_PART_HEADER_SIZE, _NEXT_PART_HEADERS):
             headers.setdefault(key.decode(), []).append(value.decode())
         content = bytes(reader._content())
         if headers.get("content-transfer-encoding", [""])[0].lower() == "quoted-printable":
@@ -729,3 +732,63 @@ def test_name_accessors(disposition: str, name: str, filename: str) -> None:
         assert (form.values, files) == ({}, {name: [filename]})
     else:
         assert (form.values, files) == ({name: ["v"]}, {})
+
+
+def _limits_form(values: int, files: int, extra_keys: int) -> bytes:
+    """TestReadFormLimits's form, as Go's multipart.Writer writes it (a part's header
+    fields sorted by name)."""
+    parts = [
+        f'--B\r\nContent-Disposition: form-data; name="field{i}"\r\n\r\nvalue {i}\r\n'
+        for i in range(values)
+    ]
+    for i in range(files):
+        fields = {
+            "Content-Disposition": f'form-data; name="file{i}"; filename="file{i}"',
+            "Content-Type": "application/octet-stream",
+            **{f"K{j}": "v" for j in range(extra_keys)},
+        }
+        head = "".join(f"{key}: {fields[key]}\r\n" for key in sorted(fields))
+        parts.append(f"--B\r\n{head}\r\nvalue {i}\r\n")
+    return ("".join(parts) + "--B--\r\n").encode()
+
+
+# TestReadFormLimits (formdata_test.go): (values, files, extra header keys per file,
+# refused). Its GODEBUG rows (multipartmaxparts, multipartmaxheaders) are left out:
+# Ollama runs with Go's defaults. Go reads these with ReadForm(1 << 10), Ollama with
+# 25 << 20: the parts' and headers' counts decide them either way.
+READ_FORM_LIMITS = [
+    (1000, 0, 0, False),
+    (1001, 0, 0, True),
+    (500, 500, 0, False),
+    (501, 500, 0, True),
+    (0, 1000, 0, False),
+    (0, 1001, 0, True),
+    (0, 1, 9998, False),  # plus Content-Disposition and Content-Type
+    (0, 1, 10000, True),
+]
+
+
+@pytest.mark.parametrize(("values", "files", "extra_keys", "refused"), READ_FORM_LIMITS)
+def test_read_form_limits(values: int, files: int, extra_keys: int, refused: bool) -> None:
+    body = _limits_form(values, files, extra_keys)
+    if not refused:
+        form = read_form("multipart/form-data; boundary=B", "", body)
+        assert (len(form.values), len(form.files)) == (values, files)
+        return
+    with pytest.raises(FormError) as caught:
+        read_form("multipart/form-data; boundary=B", "", body)
+    assert str(caught.value) == multipart_form.TOO_LARGE
+
+
+# TestReadFormEndlessHeaderLine: a header line (its name, its value, a continuation)
+# longer than all ReadForm may hold is too large. Go's reader is endless; here the line
+# is longer than Ollama's ParseMultipartForm(25 << 20) may hold, with its 10 MB more.
+@pytest.mark.parametrize("prefix", [b"X-", b"X-Header: ", b"X-Header: foo\r\n  "])
+def test_read_form_endless_header_line(prefix: bytes) -> None:
+    body = (
+        b'--boundary\r\nContent-Disposition: form-data; name="a"\r\n'
+        b"Content-Type: text/plain\r\n" + prefix + b"X" * (36 << 20) + b"\r\n\r\nv\r\n--boundary--"
+    )
+    with pytest.raises(FormError) as caught:
+        read_form("multipart/form-data; boundary=boundary", "", body)
+    assert str(caught.value) == multipart_form.TOO_LARGE
