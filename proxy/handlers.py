@@ -572,7 +572,8 @@ class Handlers:
         if refused is not None:
             return refused
         served.model = model
-        form = await go_json.slow_off_loop(len(body), form_encoding.written, read.form)
+        # A join and a search, in C: with the C readings, off the loop when large.
+        form = await go_json.off_loop(len(body), form_encoding.written, read.form)
         request[form_encoding.WRITTEN] = form
         return await self.relay.forward(request, served, form.body, model)
 
