@@ -55,7 +55,7 @@ def _standin(received: list[Received]) -> web.Application:
         received.append(Received(content_type, query, await request.read()))
         return web.json_response({"text": "heard"})
 
-    app = web.Application()
+    app = web.Application(client_max_size=64 << 20)
     app.router.add_get("/api/tags", tags)
     app.router.add_get("/api/ps", ps)
     app.router.add_post("/api/show", show)
@@ -187,3 +187,22 @@ def test_any_name_value_and_filename_are_written_back_as_read(name: str) -> None
     assert back.values == form.values
     assert back.query == form.query
     assert _files(back) == _files(form)
+
+
+async def test_a_large_upload_arrives_whole(recorded: tuple[Proxy, list[Received]]) -> None:
+    """Audio past the 25 MB Go keeps in memory (the rest on disk), with lookalikes of the
+    client's delimiter in it: the backend gets every byte, in a form of the proxy's."""
+    proxy, received = recorded
+    audio = (b"RIFF\r\n--XyZ-not\r\n" + bytes(range(256)) * 64) * 1800
+    assert len(audio) > 25 << 20
+    body = _model(_head('"model"')) + _file(audio) + b"--XyZ--\r\n"
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(proxy.url + PATH, data=body, headers={"Content-Type": CT}) as resp,
+    ):
+        assert resp.status == 200, await resp.read()
+    [got] = received
+    assert got.content_type != CT
+    arrived = read_form(got.content_type, got.query, got.body)
+    assert arrived.values == {"model": [LLAMA]}
+    assert [bytes(file.content) for file in arrived.files["file"]] == [audio]
