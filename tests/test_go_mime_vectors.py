@@ -792,3 +792,26 @@ def test_read_form_endless_header_line(prefix: bytes) -> None:
     with pytest.raises(FormError) as caught:
         read_form("multipart/form-data; boundary=boundary", "", body)
     assert str(caught.value) == multipart_form.TOO_LARGE
+
+
+def test_a_quoted_printable_files_header_counts_without_its_encoding() -> None:
+    """NextPart drops Content-Transfer-Encoding from a quoted-printable part's header
+    (multipart.go), so a file sent so counts one line less against the 10000 the files'
+    headers share: the next part may have the line it leaves."""
+
+    def file(i: int, extra: int, encoding: str = "") -> str:
+        fields = [f'Content-Disposition: form-data; name="f{i}"; filename="f{i}"']
+        fields += [f"K{j}: v" for j in range(extra)]
+        if encoding:
+            fields.append(f"Content-Transfer-Encoding: {encoding}")
+        return "--B\r\n" + "".join(f + "\r\n" for f in fields) + "\r\nvalue\r\n"
+
+    # 4999 lines kept of the first file's 5000: 5001 left for the second's.
+    body = (file(0, 4998, "quoted-printable") + file(1, 5000) + "--B--\r\n").encode()
+    form = read_form("multipart/form-data; boundary=B", "", body)
+    assert sorted(form.files) == ["f0", "f1"]
+    # Sent as it is, the first keeps all 5000: 5000 left, too few for 5001 lines.
+    body = (file(0, 4998, "8bit") + file(1, 5000) + "--B--\r\n").encode()
+    with pytest.raises(FormError) as caught:
+        read_form("multipart/form-data; boundary=B", "", body)
+    assert str(caught.value) == multipart_form.TOO_LARGE
