@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from proxy.routes import METRICS_PATH, OWN_PREFIX
-from selector_model.outcome import failed, refusal
+from selector_model.outcome import FAILURE, REFUSAL, judged
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -61,10 +61,10 @@ class Recent:
             self.ttfc_count[slot] = 0
             self.ttfc_sum[slot] = self.ttfc_max[slot] = 0.0
         self.requests[slot] += 1
-        status, error, cancelled = served.status, served.error, served.cancelled
-        if failed(status, error, cancelled):
+        verdict = judged(served.status, served.error, served.cancelled)
+        if verdict is FAILURE:
             self.errors[slot] += 1
-        elif refusal(status, error, cancelled):
+        elif verdict is REFUSAL:
             self.refused[slot] += 1
         if served.first_byte_at:
             ttfc = served.first_byte_at - started

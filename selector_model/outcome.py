@@ -135,24 +135,36 @@ def left(status: object, cancelled: object) -> bool:
     return bool(cancelled) and not status
 
 
-def refusal(status: object, error: object, cancelled: object = False) -> bool:
-    """Whether an answer (its status and `error`) refused the request for what it says
-    or who sent it: a 4xx (bad input, a limit, a key, a model it may not use), or an
-    error Ollama gives a request it cannot run (`refused`). No model ran, and nothing
-    failed. Not where the client `left` first."""
+REFUSAL = "refusal"
+FAILURE = "failure"
+
+
+def judged(status: object, error: object, cancelled: object = False) -> str | None:
+    """How an answer (its status, `error`, whether the client cancelled) counts, in one
+    reading: `REFUSAL` where it refused the request for what it says or who sent it (a
+    4xx: bad input, a limit, a key, a model it may not use; or an error Ollama gives a
+    request it cannot run, `refused`), so no model ran and nothing failed; `FAILURE`
+    where it failed (an error or a 5xx: a backend, its model or the proxy failed, a
+    stream cut off; or no status with the client still there: the proxy failed before
+    any answer, and aiohttp answers its 500); None for neither, an answer the client
+    `left` before it began included. `failed_sql` is the same in SQL."""
     if left(status, cancelled):
-        return False
-    return (isinstance(status, int) and 400 <= status < 500) or refused(error)
+        return None
+    if (isinstance(status, int) and 400 <= status < 500) or (error and refused(error)):
+        return REFUSAL
+    if error or not status or (isinstance(status, int) and status >= 500):
+        return FAILURE
+    return None
+
+
+def refusal(status: object, error: object, cancelled: object = False) -> bool:
+    """Whether an answer refused the request (`judged`)."""
+    return judged(status, error, cancelled) is REFUSAL
 
 
 def failed(status: object, error: object, cancelled: object = False) -> bool:
-    """Whether an answer failed: an error or a 5xx (a backend, its model or the proxy
-    failed; a stream cut off), or no status with the client still there (the proxy
-    failed before any answer: aiohttp answers its 500); not a `refusal`, nor an answer
-    the client `left` before it began. `failed_sql` is the same in SQL."""
-    if left(status, cancelled) or refusal(status, error):
-        return False
-    return bool(error) or not status or (isinstance(status, int) and status >= 500)
+    """Whether an answer failed (`judged`)."""
+    return judged(status, error, cancelled) is FAILURE
 
 
 def failed_sql(row: str) -> str:
@@ -189,11 +201,12 @@ def implicit(
     (`autocompletes`)."""
     status = outcome.get("status")
     error = outcome.get("error")
-    if (outcome.get("cancelled") and not status) or unreached(outcome):
+    if left(status, outcome.get("cancelled")) or unreached(outcome):
         return None
-    if failed(status, error):
+    verdict = judged(status, error)
+    if verdict is FAILURE:
         return Result(0.0, FAILED, "error")
-    if refusal(status, error):
+    if verdict is REFUSAL:
         return None
     if outcome.get("cancelled"):
         return None if autocomplete else Result(0.0, FAILED, "cancelled")
