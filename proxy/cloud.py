@@ -324,7 +324,7 @@ class CloudFallback:
         except TranslateError as exc:
             return Refusal(400, str(exc), kept=False)
         month = this_month()
-        spent_out = []
+        spent_out, budgets = [], []
         candidates = self._candidates(names)
         needs = chat.openai_only()
         if needs is not None:
@@ -341,14 +341,17 @@ class CloudFallback:
             except BudgetUnavailable as exc:
                 return Refusal(503, str(exc), "cloud budget store unavailable")
             if spent >= provider.monthly_token_budget:
-                spent_out.append(
-                    f"{name} {spent}/{provider.monthly_token_budget} tokens in {month}"
-                )
+                budget = provider.monthly_token_budget
+                spent_out.append(f"{name} {spent}/{budget} tokens in {month}")
+                budgets.append(f"{name} ({budget} tokens) in {month}")
                 continue
             key = os.environ.get(provider.key_env, "")
             return Standing(name, provider, model, key, chat, month, spent)
         error = "cloud fallback monthly token budget spent: " + "; ".join(spent_out)
-        return Refusal(503, error, budget=True)
+        # What was spent counts every key's requests: told, as the health tells it,
+        # only to a caller who sees the fleet; the others read each budget.
+        public = "cloud fallback monthly token budget spent: " + "; ".join(budgets)
+        return Refusal(503, error, public, budget=True)
 
     async def serve(self, request: web.Request, standing: Standing | Refusal) -> web.StreamResponse:
         """Answer `request` from the provider `chosen` named for it (`standing`), or

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from proxy.app import APP_KEY
 from proxy.auth import hash_key
+from proxy.cloud_budget import this_month
 from proxy.config import Config, ConfigError
 from proxy.config_services import ApiKey, Auth, Cloud, CloudProvider
 from proxy.config_serving import Health, Timeouts
@@ -827,6 +828,44 @@ async def test_with_keys_cloud_errors_are_detailed_only_to_a_key_that_sees_every
         got, _, answer = await post(proxy.url + "/api/chat", streamed, bearer(free))
         error = ndjson(answer)[-1]["error"]
         assert got == 200 and error.startswith("cloud openai failed mid-stream: ")
+    finally:
+        proxy.stop()
+
+
+async def test_with_keys_a_spent_budget_counts_tokens_only_to_a_key_that_sees_every_model(
+    servers: ServerThread, cloud_server: StandIn
+) -> None:
+    """The month's tokens count every key's requests, which the health shows only to a
+    key that may see every model: the refusal of a spent budget names the provider, its
+    budget and the month to a key with a model list, not what was spent."""
+    listed, free = "k-listed-2", "k-free-2"
+    auth = Auth(
+        keys=(
+            ApiKey(sha256=hash_key(listed), name="listed", models=(LOCAL,)),
+            ApiKey(sha256=hash_key(free), name="free"),
+        )
+    )
+    # One answer (5 + 6 tokens) goes past a budget of 10; the next is refused.
+    section = cloud_section(cloud_server.url, budget=10)
+    proxy = Proxy(servers, [dead_url()], cloud=section, auth=auth)
+    body = {"model": LOCAL, "messages": MESSAGES, "stream": False}
+    month = this_month()
+    try:
+        status, _, answer = await post(proxy.url + "/api/chat", body, bearer(free))
+        assert status == 200, answer
+        status, _, answer = await post(proxy.url + "/api/chat", body, bearer(listed))
+        assert (status, orjson.loads(answer)) == (
+            503,
+            {"error": f"cloud fallback monthly token budget spent: openai (10 tokens) in {month}"},
+        )
+        status, _, answer = await post(proxy.url + "/v1/chat/completions", body, bearer(listed))
+        assert status == 503 and "11" not in orjson.loads(answer)["error"]["message"]
+        status, _, answer = await post(proxy.url + "/api/chat", body, bearer(free))
+        assert (status, orjson.loads(answer)) == (
+            503,
+            {"error": f"cloud fallback monthly token budget spent: openai 11/10 tokens in {month}"},
+        )
+        assert len(cloud_server.seen.bodies) == 1
     finally:
         proxy.stop()
 
