@@ -296,10 +296,15 @@ def test_what_is_not_cacheable(caching: Proxy, own_emulator: Emulator) -> None:
     # A negative seed is no seed: Ollama's runners then draw a random one.
     unseeded = {**doc, "options": {"temperature": 0.7, "seed": -1}}
     tools = {**doc, "tools": [{"type": "function", "function": {"name": "f"}}]}
+    # Sampled as Go reads the body: the last of the keys that fold alike wins.
+    folded = {**doc, "Options": {"temperature": 0.7}}
+    folded_tools = {**doc, "Tools": tools["tools"]}
     for body, headers in (
         (sampled, {}),
         (unseeded, {}),
         (tools, {}),
+        (folded, {}),
+        (folded_tools, {}),
         (doc, {"Cache-Control": "no-cache"}),
         (doc, {"Cache-Control": "max-age=0, no-store"}),
     ):

@@ -764,6 +764,24 @@ def test_learner_takes_back_implicit_outcomes_when_a_rating_or_a_retry_comes(
     assert evidence.of("math")["qwen2.5:7b"] == pytest.approx(before)
 
 
+def test_an_answer_rated_again_and_again_weighs_one_rating(tmp_path: Path) -> None:
+    """An answer's ratings count as their mean, with one rating's weight: a client
+    sending a thousand ratings of one answer moves the estimate no further than one
+    rating does, live and rebuilt from the events (each carrying the mean of its
+    ratings, as the export and the stats read them)."""
+    evidence = Evidence()
+    learner = Learner(Learning(), Usage(file_path=str(tmp_path / "events.jsonl")), evidence)
+    learner.observe("usage", _event("r1", 0, "a"))
+    for _ in range(1000):
+        learner.observe("feedback", {"request_id": "r1", "rating": 0.0})
+    assert evidence.of("math")["qwen2.5:7b"][:2] == pytest.approx([0.0, outcome.RATED])
+    learner.observe("feedback", {"request_id": "r1", "rating": 1.0})
+    mean = 1.0 / 1001
+    assert evidence.of("math")["qwen2.5:7b"][:2] == pytest.approx([mean, outcome.RATED])
+    rebuilt = evidence_from_events([{**_event("r1", 0, "a"), "rating": mean}])
+    assert rebuilt.of("math")["qwen2.5:7b"] == pytest.approx(evidence.of("math")["qwen2.5:7b"])
+
+
 def test_a_cloud_answer_is_no_evidence_about_a_local_model(tmp_path: Path) -> None:
     """An answer a cloud provider gave (auto's choice failed, or the cloud answered in
     the profile's name) says nothing of the local model: the learner counts none, live
