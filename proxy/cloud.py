@@ -124,8 +124,6 @@ class Refusal:
     error: str
     # What a caller who may not see the fleet reads instead (`CloudFallback._said`).
     public: str | None = None
-    # Kept as the request's error (not a 400 of the client's own body).
-    kept: bool = True
     # The provider it counts against in autoroute_cloud_requests, with its result.
     counted: tuple[str, str] | None = None
     # Every provider's month spent (autoroute_cloud_budget_refusals).
@@ -322,7 +320,7 @@ class CloudFallback:
             # would answer another question.
             return Refusal(503, f"no local backend can serve this request and {exc}")
         except TranslateError as exc:
-            return Refusal(400, str(exc), kept=False)
+            return Refusal(400, str(exc))
         month = this_month()
         spent_out, budgets = [], []
         candidates = self._candidates(names)
@@ -372,8 +370,7 @@ class CloudFallback:
             self.requests.labels(*refusal.counted).inc()
         if refusal.budget:
             self.refused.inc()
-        if refusal.kept:
-            request[OUTCOME].served.error = refusal.error
+        request[OUTCOME].served.error = refusal.error
         return self.refusal_answer(request, refusal)
 
     def refusal_answer(self, request: web.Request, refusal: Refusal) -> web.Response:

@@ -64,13 +64,36 @@ def error_body(path: str, status: int, message: str) -> bytes:
     return go_dumps({"error": message})
 
 
+# The message of an answer the proxy writes itself, which `Server.handle` keeps as the
+# request's error where its handler kept none (`said`).
+MESSAGE = web.ResponseKey("autoroute_message", str)
+# The most of such a message kept: it may quote what the client sent (a model name, a
+# `format`, a number as written), as long as a body may be. Every refusal
+# `selector_model.outcome.refused` reads is told by its beginning, which the cut keeps.
+KEPT_ERROR_CHARS = 1024
+
+
+def carrying(response: web.Response, message: str) -> web.Response:
+    """`response`, an error answer the proxy writes itself, with its `message`."""
+    response[MESSAGE] = message
+    return response
+
+
+def said(response: web.StreamResponse) -> str:
+    """The message an answer the proxy wrote itself carries (`carrying`), cut to
+    `KEPT_ERROR_CHARS`: "" for any other answer."""
+    message: str = response.get(MESSAGE, "")
+    return message[:KEPT_ERROR_CHARS]
+
+
 def error_response(path: str, status: int, message: str) -> web.Response:
-    return web.Response(
+    response = web.Response(
         status=status,
         body=error_body(path, status, message),
         content_type=None,
         headers={"Content-Type": JSON},
     )
+    return carrying(response, message)
 
 
 def body_too_large(path: str, limit: int) -> web.Response:
@@ -87,7 +110,8 @@ def handler_error(path: str, status: int, message: str) -> web.Response:
     if not path.startswith("/v1/"):
         return error_response(path, status, message)
     body = error_body(path, status, message) + b"\n"
-    return web.Response(status=status, body=body, headers={"Content-Type": JSON_V1})
+    response = web.Response(status=status, body=body, headers={"Content-Type": JSON_V1})
+    return carrying(response, message)
 
 
 def model_not_found(path: str, model: str) -> web.Response:

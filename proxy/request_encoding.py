@@ -29,6 +29,7 @@ import zstandard
 from aiohttp import hdrs, web
 
 from proxy import go_json
+from proxy.errors import carrying
 from proxy.protocol import JSON, go_dumps
 
 ZSTD_PATHS: Final = frozenset(
@@ -58,9 +59,10 @@ class Undecodable(Exception):
     """A body that says zstd and is not: Ollama's 400."""
 
     def response(self) -> web.Response:
-        return web.Response(
+        response = web.Response(
             status=400, body=go_dumps({"error": str(self)}), headers={"Content-Type": JSON}
         )
+        return carrying(response, str(self))
 
 
 def _zstd(request: web.Request) -> bool:

@@ -21,7 +21,7 @@ from proxy.auth import KEY_REQUEST, Access, Admission, sees_fleet
 from proxy.backends import NoBackend
 from proxy.config import Config
 from proxy.connection import ClientConnection
-from proxy.errors import body_too_large, error_response
+from proxy.errors import body_too_large, error_response, said
 from proxy.hosts import HostCheck
 from proxy.metrics import Metrics
 from proxy.origins import ORIGIN, Origins
@@ -114,17 +114,14 @@ class Server:
             limit = exc.limit if isinstance(exc, request_limits.BodyTooLarge) else None
             response = body_too_large(request.path, limit or self.config.limits.max_body_bytes)
         except request_limits.Busy as exc:
-            served.error = str(exc)
             response = error_response(request.path, 503, str(exc))
             response.force_close()  # the body may still be on its way: never read it
         except request_limits.BodyTimeout as exc:
-            served.error = str(exc)
             response = error_response(request.path, 408, str(exc))
             response.force_close()  # the rest of the body may still come: never parse it
         except RequestPayloadError as exc:
             # A body whose framing broke (`aiohttp_internals.fail_open_body`): Ollama
             # answers the error its read of the body got, and nothing after it parses.
-            served.error = str(exc)
             response = error_response(request.path, 400, str(exc))
             response.force_close()
         except asyncio.CancelledError:
@@ -142,6 +139,11 @@ class Server:
                     if not (own_error and name in AUTOROUTE_HEADERS):
                         response.headers[name] = value
                 served.status = response.status
+                # The proxy's own error answer says why, in one place for every handler
+                # (`errors.carrying`): a handler that kept a fuller reason than the
+                # client reads (`NoBackend`'s, the relay's, the cloud's) keeps its own.
+                if not served.error:
+                    served.error = said(response)
             key = state_get(request, KEY_REQUEST)
             if key is not None:
                 decided.key_id, decided.key_hash = key.id, key.hash

@@ -17,7 +17,7 @@ import openai
 import orjson
 import pytest
 
-from proxy import learning
+from proxy import errors, learning
 from proxy.app import APP_KEY
 from proxy.auto import EMBEDDING_ONLY, AutoError, AutoRouter, profile_of
 from proxy.auto_routes import AutoRoutes
@@ -784,6 +784,41 @@ async def test_auto_load_refuses_what_ollama_refuses_of_any_model(
         )
         body = {"model": "auto", **generating, **fields, "stream": False}
         assert await post_raw(auto_proxy.url, path, orjson.dumps(body)) == (status, direct[1])
+
+
+async def test_the_proxys_own_error_answers_keep_their_message_as_the_requests_error(
+    auto_proxy: Proxy,
+) -> None:
+    """An error the proxy answers itself keeps its message as the usage event's error,
+    as a backend's answer keeps its own: `auto`'s load refused for an option of the
+    wrong type (Ollama's 500 for what the request says) is then read as a refusal
+    (`outcome.judged`), as the backend's same 500 is, not as a failure of the proxy.
+    A message quoting what the client sent (a number as written, of any length) is
+    kept bounded, its beginning as it is."""
+    # A load whose number Go cannot read as an int, quoted as written in its refusal.
+    huge = b'{"model": "auto", "context": [1' + b"0" * 5000 + b"]}"
+    asked = [
+        ("/api/generate", orjson.dumps({"model": "auto", "options": {"num_ctx": "x"}})),
+        ("/v1/chat/completions", orjson.dumps({"model": "auto:nope", "messages": [_OPENED]})),
+        ("/api/generate", huge),
+    ]
+    answers = []
+    async with aiohttp.ClientSession() as session:
+        for path, body in asked:
+            async with session.post(auto_proxy.url + path, data=body) as resp:
+                said = (await resp.json())["error"]
+                message = said if isinstance(said, str) else said["message"]
+                answers.append((resp.status, message, resp.headers["X-Request-Id"]))
+    events = await events_of(auto_proxy.config.usage, *(rid for *_, rid in answers))
+    verdicts = []
+    for (status, message, _), event in zip(answers, events, strict=True):
+        kept = event["outcome"]["error"]
+        assert (event["outcome"]["status"], kept) == (status, message[: len(kept or "")])
+        assert 0 < len(kept) <= errors.KEPT_ERROR_CHARS
+        verdicts.append(outcome.judged(status, kept))
+    assert [status for status, *_ in answers] == [500, 404, 400]
+    assert len(answers[2][1]) > errors.KEPT_ERROR_CHARS  # kept cut short
+    assert verdicts == [outcome.REFUSAL] * 3
 
 
 # Requests asking for thinking of `auto:coders`, none of whose models thinks, as Ollama
