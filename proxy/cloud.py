@@ -384,6 +384,9 @@ class CloudFallback:
         unkeyed = standing.unkeyed()
         if unkeyed is not None:
             return self._refused(request, unkeyed)
+        # The provider has the request: its answer is not the proxy's own. A refusal
+        # keeps what the local backends it stands in for said (`Served.unreached`).
+        served.unreached = False
         name, provider, model, key = standing.name, standing.provider, standing.model, standing.key
         chat, month = standing.chat, standing.month
         if provider.api == "openai":

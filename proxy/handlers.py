@@ -408,6 +408,7 @@ class Handlers:
                     return await self._unreached(request, doc, sent, unreached, cloud_names)
                 if not stands_in(self.cloud, path, cloud_names):
                     raise
+                served.unreached = True  # as `Server.handle` answers the NoBackend
                 return await self._to_cloud(request, doc, sent, cloud_names, self.cloud, profile)
             finally:
                 self.metrics.decision.observe(time.perf_counter() - deciding)
@@ -466,9 +467,11 @@ class Handlers:
         """The answer where `auto` finds no model to choose in place of one none of whose
         backends could be reached (`unreached`): the cloud's, where a provider stands in
         for that model or the profile (`cloud_names`), as it would have for the model
-        chosen; else the 503 the relay gave."""
+        chosen; else the 503 the relay gave. The request reached no backend, whichever
+        answers: the cloud's refusal fails no model, as that 503 fails none."""
         names = (unreached.model, *cloud_names)
         if stands_in(self.cloud, request.path, names):
+            request[OUTCOME].served.unreached = True
             return await self._to_cloud(request, doc, sent, names, self.cloud)
         return unreached.answer()
 
@@ -631,6 +634,7 @@ class Handlers:
         (`lists_locally_now`)."""
         if await lists_locally_now(self.backends, model):
             return await self._generate(request, served, doc, body, model, fallback)
+        served.unreached = True  # as the relay's NoBackend says (`Relay.forward`)
         return await fallback()
 
     def _generate(

@@ -96,8 +96,8 @@ class Served:
     error: str = ""
     cancelled: bool = False
     # The request reached no backend: the answer is the proxy's own, as none of the
-    # backends tried could be connected to, or none could take it (the usage event's
-    # `outcome.unreached`).
+    # backends tried could be connected to, or none could take it, or the cloud
+    # fallback's refusal in their place (the usage event's `outcome.unreached`).
     unreached: bool = False
     # The proxy's own headers on the answer (X-Autoroute-*), besides X-Request-Id.
     extra: dict[str, str] = field(default_factory=dict)

@@ -304,7 +304,15 @@ class Relay:
                 return self._failed(
                     request, outcome, failures, unreachable, exhausted, unsent, chosen, tried
                 )
-            return await fallback()
+            return await fall_back()
+
+        def fall_back() -> Awaitable[web.StreamResponse]:
+            """The `fallback`'s answer, the outcome saying whether the request reached
+            no backend (`unsent`), as `_failed`'s would: an answer of the proxy's own
+            in its place (the cloud's refusal) fails no model that never ran."""
+            assert fallback is not None
+            outcome.unreached = unsent
+            return fallback()
 
         while True:
             try:
@@ -332,7 +340,7 @@ class Relay:
                     if failures:
                         return await given_up()
                     if fallback is not None:
-                        return await fallback()
+                        return await fall_back()
                     raise  # answered where every NoBackend is (`Server.handle`)
             outcome.attempts += 1
             outcome.backend = state.label

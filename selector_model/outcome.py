@@ -185,7 +185,8 @@ def failed_sql(row: str) -> str:
 def unreached(outcome: Mapping[str, Any]) -> bool:
     """Whether a usage event's `outcome` object says the request reached no backend:
     the proxy answered it itself, none of the chosen model's backends connected to (or
-    its own connections out, or none to take it). No model ran: a failure of the fleet,
+    its own connections out, or none to take it), the cloud fallback's refusal (the
+    month's budget spent) included. No model ran: a failure of the fleet,
     not of the model, which an outage would otherwise lower for everyone. A backend
     that had the request and failed (a 5xx, a stream cut off, garbage, silence) still
     fails it: that model may have run, and failed."""

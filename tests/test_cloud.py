@@ -17,12 +17,14 @@ import orjson
 import pytest
 from aiohttp import web
 
+from proxy import learning
 from proxy.app import APP_KEY
 from proxy.auth import hash_key
 from proxy.cloud_budget import this_month
 from proxy.config import Config, ConfigError
 from proxy.config_services import ApiKey, Auth, Cloud, CloudProvider
 from proxy.config_serving import Health, Timeouts
+from selector_model import outcome
 from tests.cloud_standin import (
     ANSWER,
     ANSWER_WORDS,
@@ -552,6 +554,41 @@ async def test_auto_falls_back_when_its_choice_fails_and_learns_nothing_from_it(
         assert (last["provider"], last["backend"]) == ("openai", "cloud:openai")
         decision = last["decision"]
         assert decision["reason"] == "cloud" and decision["chosen"] in app.registry.models
+    finally:
+        proxy.stop()
+
+
+async def test_where_the_cloud_refuses_too_the_request_reached_no_backend(
+    servers: ServerThread, own_emulator: Emulator, cloud_server: StandIn
+) -> None:
+    """`auto`'s choice whose backends no request reaches any more (its Ollama stopped),
+    and the cloud standing in refuses as well (the month's budget spent): the client
+    gets the cloud's 503, and the usage event says what the proxy's 503 says without a
+    cloud: the request reached no backend (`unreached`), so `auto` learns nothing of
+    the model it chose, which never ran. So for a request naming a local model. The
+    request failed all the same, as the stats count it."""
+    section = cloud_section(cloud_server.url, budget=0)
+    proxy = Proxy(servers, [own_emulator.url], cloud=section)
+    app = proxy.app[APP_KEY]
+    events = Path(proxy.config.usage.file_path)
+    try:
+        chat = {"model": "auto", "messages": MESSAGES, "stream": False}
+        status, _, answer = await post(proxy.url + "/api/chat", chat)
+        assert status == 200, answer
+        own_emulator.stop()  # auto still lists its models: the relay finds it gone
+        for model in ("auto", LOCAL):
+            status, _, answer = await post(proxy.url + "/api/chat", {**chat, "model": model})
+            assert status == 503 and "budget" in orjson.loads(answer)["error"], answer
+        await wait_until(lambda: len(event_lines(events)) == 3)
+        _, chosen, named = [orjson.loads(line) for line in event_lines(events)]
+        assert chosen["decision"]["chosen"] in app.registry.models
+        assert named["requested_model"] == LOCAL
+        for event in (chosen, named):
+            said = event["outcome"]
+            assert (said["status"], said["unreached"]) == (503, True), event
+            assert "budget" in said["error"] and outcome.failed(503, said["error"])
+            assert outcome.of_event(event) is None and learning.decision_of(event) is None
+        assert cloud_server.seen.bodies == []
     finally:
         proxy.stop()
 
