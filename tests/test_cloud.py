@@ -46,7 +46,7 @@ from tests.support import (
     slow_reader,
 )
 from tests.test_route_faults import settled
-from tests.usage_services import Database, postgres_usage
+from tests.usage_services import Database, events_of, postgres_usage
 
 OPENAI_ENV = "CLOUD_TEST_OPENAI_KEY"
 ANTHROPIC_ENV = "CLOUD_TEST_ANTHROPIC_KEY"
@@ -591,6 +591,38 @@ async def test_where_the_cloud_refuses_too_the_request_reached_no_backend(
         assert cloud_server.seen.bodies == []
     finally:
         proxy.stop()
+
+
+async def test_where_a_backend_had_the_request_the_clouds_refusal_leaves_it_reached(
+    servers: ServerThread, cloud_server: StandIn
+) -> None:
+    """A backend had the request and answered that it takes no more work (Ollama's 503
+    of a full queue), and the cloud standing in refuses too (the month's budget spent):
+    the usage event does not say `unreached`, as the backend's own 503 without a cloud
+    does not: a backend that had the request then failed fails it."""
+    busy = web.Application()
+    busy.router.add_route("*", "/{tail:.*}", _busy_ollama)
+    port = free_port()
+    runner = servers.serve(lambda: busy, port)
+    section = cloud_section(cloud_server.url, budget=0)
+    proxy = Proxy(servers, [f"http://127.0.0.1:{port}"], cloud=section)
+    plain = Proxy(servers, [f"http://127.0.0.1:{port}"])
+    try:
+        said = []
+        for each in (proxy, plain):
+            status, headers, answer = await post(
+                each.url + "/api/chat", {"model": LOCAL, "messages": MESSAGES}
+            )
+            assert status == 503, answer
+            (event,) = await events_of(each.config.usage, headers["X-Request-ID"])
+            said.append(event["outcome"])
+        assert "budget" in said[0]["error"]
+        assert [answer["unreached"] for answer in said] == [False, False]
+        assert cloud_server.seen.bodies == []
+    finally:
+        proxy.stop()
+        plain.stop()
+        servers.stop(runner)
 
 
 async def test_auto_chooses_a_model_another_backend_lists_before_the_cloud(
