@@ -147,7 +147,8 @@ def judged(status: object, error: object, cancelled: object = False) -> str | No
     where it failed (an error or a 5xx: a backend, its model or the proxy failed, a
     stream cut off; or no status with the client still there: the proxy failed before
     any answer, and aiohttp answers its 500); None for neither, an answer the client
-    `left` before it began included. `failed_sql` is the same in SQL."""
+    `left` before it began included. `failed_sql` and `refusal_sql` are the same in
+    SQL."""
     if left(status, cancelled):
         return None
     if (isinstance(status, int) and 400 <= status < 500) or (error and refused(error)):
@@ -167,19 +168,34 @@ def failed(status: object, error: object, cancelled: object = False) -> bool:
     return judged(status, error, cancelled) is FAILURE
 
 
-def failed_sql(row: str) -> str:
-    """`failed` as a PostgreSQL boolean expression over the usage_events row `row` (a
-    table name or alias) by its columns `status`, `error` and `cancelled` (`status` and
-    `cancelled` are NOT NULL): `refused` by the same pattern, anchored as `re.match`
-    anchors it, in a dollar-quoted string, which takes it as it is."""
+def _verdict_sql(row: str) -> tuple[str, str, str]:
+    """`judged`'s parts as PostgreSQL boolean expressions over the usage_events row
+    `row` (a table name or alias) by its columns `status`, `error` and `cancelled`
+    (`status` and `cancelled` are NOT NULL): the client `left`, a refusal read alone,
+    an answer that failed read alone. `refused` by the same pattern, anchored as
+    `re.match` anchors it, in a dollar-quoted string, which takes it as it is."""
     pattern = f"^(?:{_REFUSED.pattern})"
     assert "$re$" not in pattern
     status, error, cancelled = (f"{row}.{column}" for column in ("status", "error", "cancelled"))
     gone = f"({cancelled} AND {status} = 0)"
     refused_sql = f"coalesce({error} ~ $re${pattern}$re$, false)"
-    refusal_sql = f"({status} BETWEEN 400 AND 499 OR {refused_sql})"
+    refusing = f"({status} BETWEEN 400 AND 499 OR {refused_sql})"
     answer_failed = f"(coalesce({error}, '') <> '' OR {status} = 0 OR {status} >= 500)"
-    return f"(NOT {gone} AND NOT {refusal_sql} AND {answer_failed})"
+    return gone, refusing, answer_failed
+
+
+def failed_sql(row: str) -> str:
+    """`failed` as a PostgreSQL boolean expression over the usage_events row `row`
+    (`_verdict_sql`)."""
+    gone, refusing, answer_failed = _verdict_sql(row)
+    return f"(NOT {gone} AND NOT {refusing} AND {answer_failed})"
+
+
+def refusal_sql(row: str) -> str:
+    """`refusal` as a PostgreSQL boolean expression over the usage_events row `row`
+    (`_verdict_sql`)."""
+    gone, refusing, _ = _verdict_sql(row)
+    return f"(NOT {gone} AND {refusing})"
 
 
 def unreached(outcome: Mapping[str, Any]) -> bool:

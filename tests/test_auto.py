@@ -794,7 +794,7 @@ async def test_the_proxys_own_error_answers_keep_their_message_as_the_requests_e
     wrong type (Ollama's 500 for what the request says) is then read as a refusal
     (`outcome.judged`), as the backend's same 500 is, not as a failure of the proxy.
     A message quoting what the client sent (a number as written, of any length) is
-    kept bounded, its beginning as it is."""
+    kept bounded, its beginning as it is. `/api/autoroute/stats` counts each a refusal."""
     # A load whose number Go cannot read as an int, quoted as written in its refusal.
     huge = b'{"model": "auto", "context": [1' + b"0" * 5000 + b"]}"
     asked = [
@@ -819,6 +819,14 @@ async def test_the_proxys_own_error_answers_keep_their_message_as_the_requests_e
     assert [status for status, *_ in answers] == [500, 404, 400]
     assert len(answers[2][1]) > errors.KEPT_ERROR_CHARS  # kept cut short
     assert verdicts == [outcome.REFUSAL] * 3
+    # The stats count them as refusals, none as an error.
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(auto_proxy.url + "/api/autoroute/stats") as resp,
+    ):
+        rows = (await resp.json())["models"]
+    counted = [sum(row[name] for row in rows) for name in ("requests", "refusals", "errors")]
+    assert counted == [3, 3, 0], rows
 
 
 # Requests asking for thinking of `auto:coders`, none of whose models thinks, as Ollama

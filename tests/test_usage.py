@@ -964,34 +964,37 @@ async def test_a_dispatch_stopped_while_events_are_made_off_the_loop_loses_none(
     assert event["request_id"] == "big" and event["outcome"]["status"] == 200
 
 
-# (status, error, cancelled) as usage events record them, and whether the request
-# failed by the one definition (`outcome.failed`): a refusal (a 4xx, Ollama's 500 for a
-# request it cannot run) is none, nor is a request its client left before its answer
-# began; a 5xx, an error a stream ended with, or no status with the client still there
-# (the proxy failed before any answer) is.
-_FAILURES: list[tuple[int, str | None, bool, bool]] = [
-    (200, None, False, False),
-    (200, None, True, False),  # left mid-answer: cancelled, not failed
-    (200, "gpu: connection reset mid-stream", False, True),
-    (200, "", False, False),
-    (404, None, False, False),
-    (429, "rate limit: 60 requests a minute", False, False),
-    (408, "the request body took too long", False, False),
-    (400, "invalid format: 1", False, False),
-    (500, 'invalid format: "1"; expected "json" or a valid JSON Schema object', False, False),
-    (500, 'option "num_ctx" must be of type integer', False, False),
-    (500, 'option "a\\"b" must be of type integer', False, False),
-    (500, "template: :1: unexpected EOF", False, False),
-    (500, "llama-server template error: roles must alternate", False, False),
-    (500, "llama runner process has terminated: exit status 2", False, True),
-    (500, "the model said: invalid format: 1", False, True),  # not at the start
-    (500, None, False, True),
-    (502, None, False, True),
-    (503, "no healthy backend: gpu (connect refused)", False, True),
-    (503, "no healthy backend: gpu (connect refused)", True, True),
-    (0, None, True, False),  # left before the answer began
-    (0, "gpu: connect refused", True, False),
-    (0, None, False, True),  # the proxy failed: aiohttp answered its 500
+# (status, error, cancelled) as usage events record them, and how the one definition
+# reads the answer (`outcome.judged`): a refusal (a 4xx, Ollama's 500 for a request it
+# cannot run) is no failure; a request its client left before its answer began is
+# neither; a 5xx, an error a stream ended with, or no status with the client still
+# there (the proxy failed before any answer) is a failure.
+_R, _F = outcome.REFUSAL, outcome.FAILURE
+_FAILURES: list[tuple[int, str | None, bool, str | None]] = [
+    (200, None, False, None),
+    (200, None, True, None),  # left mid-answer: cancelled, not failed
+    (200, "gpu: connection reset mid-stream", False, _F),
+    (200, "", False, None),
+    (404, None, False, _R),
+    (429, "rate limit: 60 requests a minute", False, _R),
+    (408, "the request body took too long", False, _R),
+    (400, "invalid format: 1", False, _R),
+    (400, None, True, _R),  # answered its refusal, then the client left
+    (500, 'invalid format: "1"; expected "json" or a valid JSON Schema object', False, _R),
+    (500, 'option "num_ctx" must be of type integer', False, _R),
+    (500, 'option "a\\"b" must be of type integer', False, _R),
+    (500, "template: :1: unexpected EOF", False, _R),
+    (500, "llama-server template error: roles must alternate", False, _R),
+    (500, "llama runner process has terminated: exit status 2", False, _F),
+    (500, "the model said: invalid format: 1", False, _F),  # not at the start
+    (500, None, False, _F),
+    (502, None, False, _F),
+    (503, "no healthy backend: gpu (connect refused)", False, _F),
+    (503, "no healthy backend: gpu (connect refused)", True, _F),
+    (0, None, True, None),  # left before the answer began
+    (0, "gpu: connect refused", True, None),
+    (0, "template: :1: unexpected EOF", True, None),  # left first: not even a refusal
+    (0, None, False, _F),  # the proxy failed: aiohttp answered its 500
 ]
 
 
@@ -1008,23 +1011,30 @@ def _failures(now: str) -> list[UsageEvent]:
     ]
 
 
+def _counted(verdict: str) -> int:
+    """How many answers of `_FAILURES` the one definition reads as `verdict`."""
+    return sum(expected is verdict for *_, expected in _FAILURES)
+
+
 def test_memory_stats_count_failures_as_the_one_definition_reads_them() -> None:
-    """`/api/autoroute/stats`' errors are `outcome.failed`'s: a refusal is no error, nor
-    is a request the client left before its answer began."""
+    """`/api/autoroute/stats`' errors are `outcome.failed`'s, its refusals
+    `outcome.refusal`'s: a refusal is no error, and a request the client left before
+    its answer began is neither."""
     for status, error, cancelled, expected in _FAILURES:
-        assert outcome.failed(status, error, cancelled) is expected, (status, error, cancelled)
+        assert outcome.judged(status, error, cancelled) is expected, (status, error, cancelled)
     stats = MemoryStats(window=100)
     for event in _failures(ev.rfc3339(datetime.now(UTC).timestamp())):
         stats.add(event)
     (row,) = stats.summary()
-    assert row["errors"] == sum(expected for *_, expected in _FAILURES)
+    assert (row["errors"], row["refusals"]) == (_counted(_F), _counted(_R))
 
 
 async def test_the_sql_of_a_failure_reads_each_answer_as_the_python_does(
     database: Database,
 ) -> None:
-    """`outcome.failed_sql` in PostgreSQL agrees with `outcome.failed` row by row, and the
-    stats from PostgreSQL count the errors the memory stats count."""
+    """`outcome.failed_sql` and `outcome.refusal_sql` in PostgreSQL agree with
+    `outcome.failed` and `outcome.refusal` row by row, and the stats from PostgreSQL
+    count the errors and refusals the memory stats count."""
     sink = PostgresSink(database.dsn, 2)
     try:
         events = _failures(ev.rfc3339(datetime.now(UTC).timestamp()))
@@ -1032,13 +1042,19 @@ async def test_the_sql_of_a_failure_reads_each_answer_as_the_python_does(
         pool = await sink.ensure_pool()
         async with pool.acquire() as conn:
             rows = await conn.fetch(
-                f"SELECT request_id, {outcome.failed_sql('u')} AS failed FROM usage_events u"
+                f"SELECT request_id, {outcome.failed_sql('u')} AS failed,"
+                f" {outcome.refusal_sql('u')} AS refusal FROM usage_events u"
             )
         (summary,) = await from_postgres(pool, 3600)
     finally:
         await sink.close()
-    read = {r["request_id"]: r["failed"] for r in rows}
+    read = {r["request_id"]: (r["failed"], r["refusal"]) for r in rows}
+    assert len(read) == len(events)
     for event in events:
         o = event.outcome
-        assert read[event.request_id] is outcome.failed(o.status, o.error, o.cancelled), o
-    assert summary["errors"] == sum(expected for *_, expected in _FAILURES)
+        python = (
+            outcome.failed(o.status, o.error, o.cancelled),
+            outcome.refusal(o.status, o.error, o.cancelled),
+        )
+        assert read[event.request_id] == python, o
+    assert (summary["errors"], summary["refusals"]) == (_counted(_F), _counted(_R))

@@ -1,7 +1,8 @@
-"""Per served model and backend: requests, errors, p50/p95 time to first chunk and total
-time, tokens/s, ratings. Errors are failures as `selector_model.outcome.failed` reads
-them (in SQL, `failed_sql`): not a refusal, nor a request its client left before its
-answer began. From PostgreSQL when configured, else from in-memory windows
+"""Per served model and backend: requests, errors, refusals, p50/p95 time to first chunk
+and total time, tokens/s, ratings. Errors are failures as `selector_model.outcome.failed`
+reads them (in SQL, `failed_sql`), refusals as `refusal` reads them (`refusal_sql`): a
+refusal is no error, and a request its client left before its answer began is neither.
+From PostgreSQL when configured, else from in-memory windows
 fed by the background writer (never by the handler). Over every key's requests, or over
 one API key's own (`whose`): what a key with a model list reads, since a row over every
 key's would show it other tenants' traffic on a model they share.
@@ -22,7 +23,7 @@ import asyncpg
 
 from proxy.backends import normalize_model
 from selector_model import usage_event
-from selector_model.outcome import failed, failed_sql
+from selector_model.outcome import FAILURE, REFUSAL, failed_sql, judged, refusal_sql
 from selector_model.usage_event import UsageEvent
 
 Key = tuple[str | None, str | None]
@@ -67,6 +68,7 @@ _QUERY = f"""
 SELECT coalesce(n.normal, u.served_model) AS served_model, u.backend,
        count(*) AS requests,
        count(*) FILTER (WHERE {failed_sql("u")}) AS errors,
+       count(*) FILTER (WHERE {refusal_sql("u")}) AS refusals,
        count(*) FILTER (WHERE u.cancelled) AS cancelled,
        percentile_cont(0.5) WITHIN GROUP (ORDER BY u.ttfc_ms) AS ttfc_p50,
        percentile_cont(0.95) WITHIN GROUP (ORDER BY u.ttfc_ms) AS ttfc_p95,
@@ -94,6 +96,7 @@ def _entry(
     *,
     requests: int,
     errors: int,
+    refusals: int,
     cancelled: int,
     ttfc: tuple[float | None, float | None],
     total: tuple[float | None, float | None],
@@ -107,6 +110,7 @@ def _entry(
         "backend": key[1],
         "requests": requests,
         "errors": errors,
+        "refusals": refusals,
         "cancelled": cancelled,
         "ttfc_ms": {"p50": ttfc[0], "p95": ttfc[1]},
         "total_ms": {"p50": total[0], "p95": total[1]},
@@ -144,6 +148,7 @@ async def from_postgres(
             (r["served_model"], r["backend"]),
             requests=r["requests"],
             errors=r["errors"],
+            refusals=r["refusals"],
             cancelled=r["cancelled"],
             ttfc=(r["ttfc_p50"], r["ttfc_p95"]),
             total=(r["total_p50"], r["total_p95"]),
@@ -178,6 +183,7 @@ class Sample:
     ttfc_ms: float | None
     total_ms: float
     failed: bool  # `selector_model.outcome.failed`
+    refused: bool  # `selector_model.outcome.refusal`
     cancelled: bool
     eval_count: int | None
     eval_duration: int | None
@@ -185,12 +191,14 @@ class Sample:
     @classmethod
     def of(cls, event: UsageEvent, api_key: ApiKeyRef) -> Sample:
         o = event.outcome
+        verdict = judged(o.status, o.error, o.cancelled)
         return cls(
             event.request_id,
             api_key,
             o.ttfc_ms,
             o.total_ms,
-            failed(o.status, o.error, o.cancelled),
+            verdict is FAILURE,
+            verdict is REFUSAL,
             o.cancelled,
             o.eval_count,
             o.eval_duration,
@@ -308,6 +316,7 @@ class MemoryStats:
                     key,
                     requests=len(window),
                     errors=sum(1 for e in window if e.failed),
+                    refusals=sum(1 for e in window if e.refused),
                     cancelled=sum(1 for e in window if e.cancelled),
                     ttfc=(_percentile(ttfc, 0.5), _percentile(ttfc, 0.95)),
                     total=(_percentile(total, 0.5), _percentile(total, 0.95)),
