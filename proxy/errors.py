@@ -16,6 +16,7 @@ from aiohttp import web
 from yarl import URL
 
 from proxy import go_mux
+from proxy.outcome import MAX_ERROR_CHARS
 from proxy.protocol import JSON, JSON_V1, go_dumps
 from proxy.routes import gin_allowed
 
@@ -67,10 +68,6 @@ def error_body(path: str, status: int, message: str) -> bytes:
 # The message of an answer the proxy writes itself, which `Server.handle` keeps as the
 # request's error where its handler kept none (`said`).
 MESSAGE = web.ResponseKey("autoroute_message", str)
-# The most of such a message kept: it may quote what the client sent (a model name, a
-# `format`, a number as written), as long as a body may be. Every refusal
-# `selector_model.outcome.refused` reads is told by its beginning, which the cut keeps.
-KEPT_ERROR_CHARS = 1024
 
 
 def carrying(response: web.Response, message: str) -> web.Response:
@@ -81,9 +78,9 @@ def carrying(response: web.Response, message: str) -> web.Response:
 
 def said(response: web.StreamResponse) -> str:
     """The message an answer the proxy wrote itself carries (`carrying`), cut to
-    `KEPT_ERROR_CHARS`: "" for any other answer."""
+    `MAX_ERROR_CHARS`: "" for any other answer."""
     message: str = response.get(MESSAGE, "")
-    return message[:KEPT_ERROR_CHARS]
+    return message[:MAX_ERROR_CHARS]
 
 
 def error_response(path: str, status: int, message: str) -> web.Response:

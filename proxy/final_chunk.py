@@ -16,6 +16,7 @@ import re
 
 import orjson
 
+from proxy.outcome import MAX_ERROR_CHARS
 from proxy.protocol import INT64_MAX
 
 # What `parse` can return, for those who store it (the usage events).
@@ -79,8 +80,6 @@ def parse(tail: bytes) -> dict[str, int | str]:
 _ERROR_LINE = b'{"error":'
 # What may follow the last line in the bytes relayed: chunk framing, the last chunk.
 _FRAMING = re.compile(rb"[\r\n0-9a-fA-F]*")
-# An error kept in a usage event: a backend's message, not a body.
-MAX_ERROR_CHARS = 1000
 
 
 def stream_error(tail: bytes) -> str | None:

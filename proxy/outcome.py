@@ -13,6 +13,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
+# The most of an error message a usage event keeps (`Served.error`): a message, not a
+# body. A backend's may quote what the client sent (a model name, a value as written),
+# and so may the proxy's own; every refusal `selector_model.outcome.refused` reads is
+# told by its beginning, which the cut keeps.
+MAX_ERROR_CHARS = 1000
+
 if TYPE_CHECKING:
     from proxy.routes import Route
     from proxy.usage_prompt import Prompt
@@ -93,7 +99,7 @@ class Served:
     status: int = 0
     attempts: int = 0
     body_bytes: int = 0
-    error: str = ""
+    error: str = ""  # at most MAX_ERROR_CHARS
     cancelled: bool = False
     # The request reached no backend: the answer is the proxy's own, as none of the
     # backends tried could be connected to, or none could take it, or the cloud

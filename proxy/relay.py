@@ -617,10 +617,11 @@ class Relay:
                         if client.content_type.startswith(SSE)
                         else final_chunk.stream_error(tail)
                     )
-                elif head.status >= 500:
-                    # The backend's own failure, relayed: the event keeps its message.
-                    # Not a 4xx's: no model answered it, and an error would count it
-                    # as the model's failure (`selector_model.outcome.implicit`).
+                elif head.status >= 400:
+                    # The backend's own error answer, relayed: the event keeps its
+                    # message, which tells a refusal of the request (any 4xx, Ollama's
+                    # 500 for a request it cannot run) from a failure of the model
+                    # (`selector_model.outcome.judged`).
                     failed = final_chunk.answer_error(tail, head.chunked)
                 if failed is not None:
                     outcome.error = failed

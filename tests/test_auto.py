@@ -17,7 +17,7 @@ import openai
 import orjson
 import pytest
 
-from proxy import errors, learning
+from proxy import learning
 from proxy.app import APP_KEY
 from proxy.auto import EMBEDDING_ONLY, AutoError, AutoRouter, profile_of
 from proxy.auto_routes import AutoRoutes
@@ -26,6 +26,7 @@ from proxy.config import Config
 from proxy.config_selector import ModelEntry, Profile, Selector
 from proxy.config_services import Usage
 from proxy.config_serving import Backend, Health
+from proxy.outcome import MAX_ERROR_CHARS
 from proxy.registry import ModelInfo, Registry, model_info
 from proxy.routes import RANKED_PATHS
 from selector_model import outcome
@@ -814,10 +815,10 @@ async def test_the_proxys_own_error_answers_keep_their_message_as_the_requests_e
     for (status, message, _), event in zip(answers, events, strict=True):
         kept = event["outcome"]["error"]
         assert (event["outcome"]["status"], kept) == (status, message[: len(kept or "")])
-        assert 0 < len(kept) <= errors.KEPT_ERROR_CHARS
+        assert 0 < len(kept) <= MAX_ERROR_CHARS
         verdicts.append(outcome.judged(status, kept))
     assert [status for status, *_ in answers] == [500, 404, 400]
-    assert len(answers[2][1]) > errors.KEPT_ERROR_CHARS  # kept cut short
+    assert len(answers[2][1]) > MAX_ERROR_CHARS  # kept cut short
     assert verdicts == [outcome.REFUSAL] * 3
     # The stats count them as refusals, none as an error.
     async with (

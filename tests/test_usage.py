@@ -807,7 +807,16 @@ _BAD_OPTIONS_ERROR = 'option "num_ctx" must be of type integer'
             {"model": MODEL, "messages": [{"role": "user", "content": "CRASH"}]},
             "llama runner process has terminated: exit status 2",
         ),
-        ("/api/generate", {"model": "no-such-model", "prompt": "hi"}, None),
+        (
+            "/api/generate",
+            {"model": "no-such-model", "prompt": "hi"},
+            "model 'no-such-model' not found",
+        ),
+        (
+            "/api/generate",
+            {"model": MODEL, "prompt": "hi", "think": True},
+            f'"{MODEL}" does not support thinking',
+        ),
         # The runner's errors before a stream's first line: a 500 the backend sends
         # chunked, as streamResponse flushes it.
         (
@@ -821,14 +830,15 @@ _BAD_OPTIONS_ERROR = 'option "num_ctx" must be of type integer'
             'invalid format: "\\"yaml\\""; expected "json" or a valid JSON Schema object',
         ),
     ],
-    ids=["whole", "stream", "openai", "404", "stream-crash", "stream-format"],
+    ids=["whole", "stream", "openai", "404", "400", "stream-crash", "stream-format"],
 )
 async def test_a_backends_failure_relayed_records_its_error(
-    servers: ServerThread, tmp_path: Path, path: str, body: dict[str, Any], error: str | None
+    servers: ServerThread, tmp_path: Path, path: str, body: dict[str, Any], error: str
 ) -> None:
-    """A 5xx the backend answered and the proxy relayed as it came: the usage event
-    records the backend's message (Ollama's `error`, OpenAI's `error.message`), not
-    only the status. A 4xx keeps none: no model answered it."""
+    """An error the backend answered (a 4xx or a 5xx) and the proxy relayed as it came:
+    the usage event records the backend's message (Ollama's `error`, OpenAI's
+    `error.message`), not only the status, which tells a refusal of the request from a
+    failure of the model."""
     crashing = EmulatorSettings(frozen_clock=True, crash_on="CRASH", models=(MODEL,))
     with _recorded_proxy(servers, tmp_path, crashing) as (proxy, usage):
         async with aiohttp.ClientSession(proxy.url) as http, http.post(path, json=body) as resp:
@@ -836,8 +846,7 @@ async def test_a_backends_failure_relayed_records_its_error(
             request_id = resp.headers["X-Request-Id"]
         (event,) = await events_of(usage, request_id)
         assert (event["outcome"]["status"], event["outcome"]["error"]) == (resp.status, error)
-        if error is not None:
-            assert resp.status == 500 and error_text(path, orjson.loads(answer)) == error
+        assert resp.status >= 400 and error_text(path, orjson.loads(answer)) == error
 
 
 async def test_a_stream_that_fails_before_its_answer_records_its_error_line(
