@@ -20,6 +20,7 @@ from selector_model.catalog import (
     Measured,
     ModelKnowledge,
     placement,
+    scales,
 )
 from selector_model.features import Candidate
 
@@ -974,6 +975,60 @@ def test_a_fallback_benchmark_counts_only_where_no_other_result_is() -> None:
     assert mapped.lookup("probe:7b").areas["knowledge"] == pytest.approx(0.6, abs=1e-3)
     filled = Catalog.from_data(_scales_data({"OLL-MMLU": 0.35, "MATH": 0.5}))
     assert filled.lookup("probe:7b").areas["knowledge"] == pytest.approx(0.7, abs=1e-3)
+
+
+def _line_through(pairs: list[tuple[float, float]], value: float) -> float:
+    """The least-squares line of y on x over `pairs`, read at `value` (unbounded)."""
+    slope, intercept = np.polyfit([x for x, _ in pairs], [y for _, y in pairs], 1)
+    return float(intercept + slope * value)
+
+
+def test_a_line_reads_no_steeper_beyond_its_fitted_values_than_the_way_to_the_bound() -> None:
+    """Beyond the values a line was fitted on, a result is read toward the bound of that
+    end: above them, along the line or the straight path from its last fitted point to a
+    perfect score on both, whichever is flatter, so that no result short of perfect
+    reads as perfect; below them, likewise toward chance on both. Within them the line
+    is the least-squares line, and the reading beyond is less certain than within."""
+    top = [(0.2, 0.5), (0.3, 0.65), (0.4, 0.75), (0.5, 0.9)]
+    scores = {f"m{i}": {"HumanEval": y, "LiveCodeBench": x} for i, (x, y) in enumerate(top)}
+    scores["within"], scores["beyond"] = {"LiveCodeBench": 0.45}, {"LiveCodeBench": 0.9}
+    code = {"HumanEval": "code", "LiveCodeBench": "code"}
+    areas, mapped, _ = scales.calibrate(scores, code, {})
+    edge = _line_through(top, 0.5)
+    assert _line_through(top, 0.9) > 1.0  # the line itself runs past the scale
+    assert areas["within"]["code"] == pytest.approx(_line_through(top, 0.45))
+    assert edge < areas["beyond"]["code"] < 1.0
+    assert areas["beyond"]["code"] == pytest.approx(edge + (1.0 - edge) * (0.9 - 0.5) / 0.5)
+    assert mapped["beyond"]["code"] > mapped["within"]["code"]
+    # MMLU-Pro's chance is 0.1 and MMLU's 0.25: a steep line fitted on MMLU-Pro in
+    # [0.5, 0.8] runs below MMLU's chance at 0.4, where the path to chance does not.
+    low = [(0.5, 0.3), (0.6, 0.5), (0.7, 0.7), (0.8, 0.9)]
+    scores = {f"m{i}": {"MMLU": y, "MMLU-Pro": x} for i, (x, y) in enumerate(low)}
+    scores["below"] = {"MMLU-Pro": 0.4}
+    knowledge = {"MMLU": "knowledge", "MMLU-Pro": "knowledge"}
+    areas, _, _ = scales.calibrate(scores, knowledge, {})
+    edge = _line_through(low, 0.5)
+    guess, floor = scales.CHANCE["MMLU-Pro"], scales.CHANCE["MMLU"]
+    expected = edge - (edge - floor) * (0.5 - 0.4) / (0.5 - guess)
+    assert _line_through(low, 0.4) < floor
+    assert areas["below"]["knowledge"] == pytest.approx(expected)
+    assert floor < areas["below"]["knowledge"] < edge
+
+
+def test_no_shipped_area_short_of_perfect_results_reads_as_perfect(catalog: Catalog) -> None:
+    """An area set by published results all below a perfect score is below one too, on
+    the area's scale; Llama 4 Maverick's code rests on its LiveCodeBench alone, read
+    beyond the values the line onto HumanEval was fitted on."""
+    checked = set()
+    for entry in catalog.entries():
+        sources = catalog.sources(entry.name)
+        for area in {s.area for s in sources.values()}:
+            results = [s.value for s in sources.values() if s.area == area]
+            if max(results) < 1.0:
+                checked.add((entry.name, area))
+                assert catalog.lookup(entry.name).areas[area] < 1.0, (entry.name, area)
+    maverick = {b for b, s in catalog.sources("llama4:128x17b").items() if s.area == "code"}
+    assert maverick == {"LiveCodeBench"} and ("llama4:128x17b", "code") in checked
 
 
 def test_records_round_trip(catalog: Catalog) -> None:

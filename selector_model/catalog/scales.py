@@ -3,7 +3,9 @@
 Model cards report different benchmarks for the same ability (MMLU, MMLU-Redux or
 MMLU-Pro for knowledge; GPQA, BBH or ARC-C for reasoning; GSM8K or MATH for math; ...).
 Each area keeps the scale of its first benchmark; another benchmark is mapped onto it by
-a line fitted over the models that report both, and only where it predicts that scale.
+a line fitted over the models that report both, and only where it predicts that scale;
+beyond the results it was fitted on, the line bends toward a perfect score (or chance)
+on both rather than reaching the scale's end before the benchmark does.
 A model's area is the mean of all its results there, each on the area's scale: one
 benchmark is one kind of item under one maker's protocol (MATH's competition problems,
 GSM8K's word problems), and two models a maker's MATH calls equal can stand 10 points
@@ -39,7 +41,9 @@ CHANCE = {"MMLU": 0.25, "MMLU-Redux": 0.25, "MMLU-Pro": 0.1, "GPQA": 0.25, "ARC-
 class _Line:
     """How one benchmark maps onto its area's scale, and how far off that mapping was
     on the models that report both (root-mean-square residual); `count`, `mean` and
-    `spread` (sum of squared deviations) describe the values it was fitted on."""
+    `spread` (sum of squared deviations) describe the values it was fitted on, `low`
+    and `high` their range, and `chance` and `floor` the benchmark's and the scale's
+    chance levels."""
 
     intercept: float
     slope: float
@@ -47,9 +51,32 @@ class _Line:
     count: int = 0
     mean: float = 0.0
     spread: float = 0.0
+    low: float = 0.0
+    high: float = 1.0
+    chance: float = 0.0
+    floor: float = 0.0
 
     def __call__(self, value: float) -> float:
-        return min(1.0, max(0.0, self.intercept + self.slope * value))
+        """The line read at `value`, on the scale. The pairs it was fitted on say how
+        the two benchmarks move together between `low` and `high` only; near the ends
+        of the scales they bend, as one saturates or falls to guessing before the
+        other, and a line carried on reaches a perfect score (or chance) on the scale
+        while the benchmark is far from it. So beyond its fitted values the line runs
+        no steeper than the straight path from its last fitted point to the point both
+        benchmarks share at that end: a perfect score on both above, chance on both
+        below. A result short of perfect then reads short of perfect, and a higher
+        result never reads lower."""
+        if value > self.high:
+            edge = self.intercept + self.slope * self.high
+            path = (1.0 - edge) / (1.0 - self.high) if self.high < 1.0 else 0.0
+            read = edge + min(self.slope, max(0.0, path)) * (value - self.high)
+        elif value < self.low:
+            edge = self.intercept + self.slope * self.low
+            path = (edge - self.floor) / (self.low - self.chance) if self.low > self.chance else 0.0
+            read = edge - min(self.slope, max(0.0, path)) * (self.low - value)
+        else:
+            read = self.intercept + self.slope * value
+        return min(1.0, max(0.0, read))
 
     def error_at(self, value: float) -> float:
         """The standard error of the line's prediction at `value`: the residual error,
@@ -113,6 +140,7 @@ def _lines(
     fitted over the entries that report both (none where it predicts the scale
     poorly), the identity for a benchmark declared on the same scale."""
     scale = scales_of(benchmarks)
+    floor = floors(benchmarks)
     lines: dict[str, _Line] = {}
     for bench, area in benchmarks.items():
         if bench == scale[area]:
@@ -123,7 +151,7 @@ def _lines(
         pairs = [
             (s[bench], s[scale[area]]) for s in scores.values() if bench in s and scale[area] in s
         ]
-        line = fit(pairs)
+        line = fit(pairs, CHANCE.get(bench, 0.0), floor[area])
         if line is not None:
             lines[bench] = line
     return lines
@@ -184,9 +212,11 @@ def floors(benchmarks: Mapping[str, str]) -> dict[str, float]:
     return {area: CHANCE.get(bench, 0.0) for area, bench in scales_of(benchmarks).items()}
 
 
-def fit(pairs: list[tuple[float, float]]) -> _Line | None:
-    """The least-squares line of y on x, or None when there are fewer than `MIN_PAIRS`
-    pairs or x explains less than MIN_FIT of y's variance."""
+def fit(pairs: list[tuple[float, float]], chance: float = 0.0, floor: float = 0.0) -> _Line | None:
+    """The least-squares line of y on x, read beyond the x it was fitted on toward a
+    perfect score or toward (`chance`, `floor`), the chance levels of x and y; or None
+    when there are fewer than `MIN_PAIRS` pairs or x explains less than MIN_FIT of y's
+    variance."""
     if len(pairs) < MIN_PAIRS:
         return None
     mean_x = sum(x for x, _ in pairs) / len(pairs)
@@ -200,7 +230,11 @@ def fit(pairs: list[tuple[float, float]]) -> _Line | None:
     residual = sum((y - intercept - slope * x) ** 2 for x, y in pairs)
     if slope <= 0 or 1.0 - residual / var_y < MIN_FIT:
         return None
-    return _Line(intercept, slope, math.sqrt(residual / len(pairs)), len(pairs), mean_x, var_x)
+    xs = [x for x, _ in pairs]
+    error = math.sqrt(residual / len(pairs))
+    return _Line(
+        intercept, slope, error, len(pairs), mean_x, var_x, min(xs), max(xs), chance, floor
+    )
 
 
 def size_slopes(
