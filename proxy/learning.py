@@ -9,7 +9,8 @@ path, and the request path never waits for any I/O of this module.
 
 What counts: each answered `auto` request's outcome by the one definition
 (`selector_model.outcome`). An outcome can change after the fact: a rating replaces
-the implicit signals about its request, the same prompt sent again soon fails the
+the implicit signals about its request and the ratings of it given before
+(`usage_event.rating_of`), the same prompt sent again soon fails the
 first answer, and more copies of it make a repetition, which fails none
 (`outcome.Repeats`). So the learner remembers, for the last `recent_requests` requests
 (oldest evicted), what it counted for each (kind, model, outcome) under the proxy's
@@ -247,8 +248,7 @@ class _Counted:
     api_key_hash: str | None = None
     request_id: str = ""  # the proxy's id of the request
     retried: bool = False
-    rating_sum: float = 0.0
-    ratings: int = 0
+    rating: float | None = None  # the latest rating it took (`rate`)
     applied: outcome.Result | None = None
     rater_rates: bool = False  # its rater rates answers (`outcome.estimated`)
     # Another proxy counted its rating in place of `rated_away` (`Learner._pg_rated`).
@@ -283,19 +283,19 @@ class _Counted:
         return usage_event.rating_counts(rater, self.api_key_id, rater_hash, self.api_key_hash)
 
     def rate(self, ratings: Iterable[_Rating]) -> None:
-        """Count the ratings this request `takes`."""
+        """Take the ratings this request `takes`, in the order given: each replaces the
+        one before (`usage_event.rating_of`, as the learner sees them come)."""
         for given in ratings:
             if self.takes(given):
-                self.rating_sum += given[0]
-                self.ratings += 1
+                self.rating = given[0]
 
     @property
     def rater(self) -> str:
         return outcome.rater_of(self.api_key_id, self.api_key_hash)
 
     def result(self) -> outcome.Result | None:
-        if self.ratings:
-            return outcome.rated(self.rating_sum / self.ratings)
+        if self.rating is not None:
+            return outcome.rated(self.rating)
         if self.rated_elsewhere:
             return self.rated_away
         implicit = self.if_retried if self.retried else self.implicit
@@ -426,7 +426,7 @@ class Learner:
         carries a rating, known to rate answers (`_rates`)."""
         self._count(counted)
         self._remember(ids, counted)
-        if counted.ratings:
+        if counted.rating is not None:
             self._rates(counted.rater)
 
     def _remember(self, ids: Iterable[str], counted: _Counted) -> None:
@@ -823,7 +823,7 @@ class Learner:
                     continue
                 counted = self._counted(decided, event)
                 counted.rate(ratings)
-                if not counted.ratings:
+                if counted.rating is None:
                     continue  # given with another key: it counts nowhere
                 # The proxy that served it counts `rated_away` of it once it reads its id
                 # in autoroute_rated (`_pg_rated`), whatever it counted before: only that

@@ -6,7 +6,7 @@ and a weight, the strength of the evidence:
 
 - An explicit rating, `POST /api/autoroute/feedback` with `rating` in [0, 1], wins over
   every implicit signal about the same request: a thumbs-up is 1, a thumbs-down 0
-  (several ratings of one request: their mean). Weight `RATED`.
+  (several ratings of one request: the latest, `usage_event.rating_of`). Weight `RATED`.
 - An error, or the client cancelling before the end: 0 (weight `FAILED`). Not a client
   that left before the answer began (no status: nothing of it reached the client, as
   when an editor cancels a completion at the next keystroke): it judged nothing of
@@ -279,8 +279,8 @@ def event_rater(event: Mapping[str, Any]) -> str:
 
 
 def _rating(event: Mapping[str, Any]) -> float | None:
-    """A usage event's `rating` (the mean of its feedback, as export and the PostgreSQL
-    join fill it in), None where it has none."""
+    """A usage event's `rating` (its feedback's latest, `usage_event.rating_of`, as export
+    and the PostgreSQL join fill it in), None where it has none."""
     rating = event.get("rating")
     if isinstance(rating, int | float) and not isinstance(rating, bool):
         return rating

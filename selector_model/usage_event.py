@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, Union, get_args, get_origin, get_type_hints
@@ -122,7 +122,8 @@ class UsageEvent:
     outcome: Answer = field(default_factory=Answer)
     # The cloud provider that answered (cloud fallback), null for a local backend.
     provider: str | None = None
-    # The mean of the request's feedback where a reader joined it; null as written.
+    # The request's rating (`rating_of` its feedback) where a reader joined it; null as
+    # written.
     rating: float | None = field(default=None, metadata=_NO_COLUMN)
     # The response cache: "hit" (answered from it, `backend` null), "miss" (cacheable,
     # answered by a backend), null (not cacheable, or no cache). Last: the fields
@@ -185,6 +186,20 @@ def rating_counts(
     if rater_hash is None and requester_hash is None:
         return rater == requester
     return rater_hash == requester_hash
+
+
+def rating_of(ratings: Iterable[Feedback]) -> float | None:
+    """The rating of a request, from the ratings that count for it (`rating_counts`):
+    the latest given (`ts`) replaces the earlier ones, as a user who changes their mind
+    (a thumbs-down by mistake, then up; a chat UI lets them) means the last, and however
+    many come they weigh one rating; None for none. Of ratings given at the same time
+    (two proxies' in one microsecond), the greatest `feedback_id`, so that every reader
+    takes the same. `ts` as the proxy writes it (RFC 3339, UTC, microseconds) orders as
+    text; one without (none is written so) is the oldest. `FEEDBACK_JOIN`
+    (`proxy.usage.stats`) is the same rule in SQL; the learner, seeing the ratings as
+    they are given, keeps the last it sees (`proxy.learning._Counted.rate`)."""
+    latest = max(ratings, key=lambda f: (f.ts, f.feedback_id), default=None)
+    return None if latest is None else latest.rating
 
 
 # Writing ---------------------------------------------------------------------------
@@ -382,7 +397,7 @@ class Row(Protocol):
 
 def from_row(row: Row) -> UsageEvent:
     """A usage event from a PostgreSQL row of `event` (decoded jsonb) and `rating`
-    (its feedback's mean, joined)."""
+    (its feedback's, `FEEDBACK_JOIN`)."""
     rating = row["rating"]
     return dataclasses.replace(read(row["event"]), rating=None if rating is None else float(rating))
 

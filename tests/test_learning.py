@@ -28,6 +28,7 @@ from proxy.config_selector import Learning, Profile, Selector
 from proxy.config_services import ApiKey, Auth, Usage
 from proxy.emulator import EmulatorSettings
 from proxy.learning import PER_ID, Learner, evidence_from_events
+from proxy.usage.export import from_files, from_postgres
 from selector_model import outcome, posterior
 from selector_model.catalogue_prior import CATALOGUE_SHARE, with_catalogue
 from selector_model.evidence import COLUMNS, Evidence
@@ -764,22 +765,50 @@ def test_learner_takes_back_implicit_outcomes_when_a_rating_or_a_retry_comes(
     assert evidence.of("math")["qwen2.5:7b"] == pytest.approx(before)
 
 
-def test_an_answer_rated_again_and_again_weighs_one_rating(tmp_path: Path) -> None:
-    """An answer's ratings count as their mean, with one rating's weight: a client
-    sending a thousand ratings of one answer moves the estimate no further than one
-    rating does, live and rebuilt from the events (each carrying the mean of its
-    ratings, as the export and the stats read them)."""
+def test_the_latest_rating_of_an_answer_replaces_the_earlier_ones(tmp_path: Path) -> None:
+    """A user who rates an answer again (a thumbs-down by mistake, then up, as a chat UI
+    lets them change it) means the latest: it replaces the earlier ratings with one
+    rating's weight, however many came (a thousand thumbs-down then one up leave the
+    up), live, waiting for its request, and rebuilt from the usage files (the latest by
+    when it was given, a spool's late replay of an earlier one included)."""
+    usage = Usage(file_path=str(tmp_path / "events.jsonl"))
     evidence = Evidence()
-    learner = Learner(Learning(), Usage(file_path=str(tmp_path / "events.jsonl")), evidence)
+    learner = Learner(Learning(), usage, evidence)
     learner.observe("usage", _event("r1", 0, "a"))
+    learner.observe("feedback", {"request_id": "r1", "rating": 0.0})
+    assert evidence.of("math")["qwen2.5:7b"][:2] == pytest.approx([0.0, outcome.RATED])
+    learner.observe("feedback", {"request_id": "r1", "rating": 1.0})
+    assert evidence.of("math")["qwen2.5:7b"][:2] == pytest.approx([1.0, outcome.RATED])
     for _ in range(1000):
         learner.observe("feedback", {"request_id": "r1", "rating": 0.0})
     assert evidence.of("math")["qwen2.5:7b"][:2] == pytest.approx([0.0, outcome.RATED])
     learner.observe("feedback", {"request_id": "r1", "rating": 1.0})
-    mean = 1.0 / 1001
-    assert evidence.of("math")["qwen2.5:7b"][:2] == pytest.approx([mean, outcome.RATED])
-    rebuilt = evidence_from_events([{**_event("r1", 0, "a"), "rating": mean}])
-    assert rebuilt.of("math")["qwen2.5:7b"] == pytest.approx(evidence.of("math")["qwen2.5:7b"])
+    assert evidence.of("math")["qwen2.5:7b"][:2] == pytest.approx([1.0, outcome.RATED])
+    # Rated twice before its request's event came: the latest counts.
+    learner.observe("feedback", {"request_id": "r2", "rating": 1.0})
+    learner.observe("feedback", {"request_id": "r2", "rating": 0.0})
+    learner.observe("usage", _event("r2", 10, "b"))
+    assert evidence.of("math")["qwen2.5:7b"][:2] == pytest.approx([1.0, 2 * outcome.RATED])
+
+    events = [_event("r1", 0, "a"), _event("r2", 10, "b")]
+    (tmp_path / "events.jsonl").write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
+    given = [
+        ("r1", 0.0, "2026-01-01T00:00:01.000000Z"),
+        ("r1", 1.0, "2026-01-01T00:00:03.000000Z"),
+        ("r1", 0.0, "2026-01-01T00:00:02.000000Z"),  # replayed from a spool, late
+        ("r2", 1.0, "2026-01-01T00:00:11.000000Z"),
+        ("r2", 0.0, "2026-01-01T00:00:12.000000Z"),
+    ]
+    (tmp_path / "events.feedback.jsonl").write_bytes(
+        b"".join(
+            orjson.dumps({"request_id": rid, "rating": rating, "ts": ts}) + b"\n"
+            for rid, rating, ts in given
+        )
+    )
+    read = from_files(usage.file_path, datetime.fromisoformat("2025-01-01T00:00:00+00:00"))
+    assert [e.rating for e in read] == [1.0, 0.0]
+    rebuilt = evidence_from_events(e.document() for e in read)
+    assert rebuilt.of("math")["qwen2.5:7b"][:2] == pytest.approx([1.0, 2 * outcome.RATED])
 
 
 def test_a_cloud_answer_is_no_evidence_about_a_local_model(tmp_path: Path) -> None:
@@ -1492,7 +1521,9 @@ async def test_a_clients_flood_of_ratings_leaves_another_clients_waiting_rating(
             assert "ann-chat-1" in learner.unmatched
             ann_http.headers["X-Request-Id"] = "ann-chat-1"
             await _ask(ann_http, prx.url, _math(0))
-            assert await wait_until(lambda: any(c.ratings for c in learner.carrying("ann-chat-1")))
+            assert await wait_until(
+                lambda: any(c.rating is not None for c in learner.carrying("ann-chat-1"))
+            )
     finally:
         prx.stop()
 
@@ -1779,6 +1810,49 @@ async def test_a_rating_given_through_either_proxy_counts_once(
     finally:
         one.stop()
         two.stop()
+
+
+@pytest.mark.postgres
+async def test_a_rating_given_again_replaces_the_earlier_one_everywhere(
+    servers: ServerThread, fleet: Emulator, database: Database, tmp_path: Path
+) -> None:
+    """A thumbs-down then a thumbs-up of one answer (the user changed their mind) leave
+    the thumbs-up, with one rating's weight: in what auto learns (rated through the
+    proxy that served it, or through another), in the stats, in the export, and in the
+    evidence rebuilt from the events and their feedback in PostgreSQL."""
+    usage = postgres_usage(database.dsn, tmp_path)
+    one = Proxy(servers, [fleet.url], selector=_selector(tmp_path), usage=usage)
+    two = Proxy(servers, [fleet.url], selector=_selector(tmp_path), usage=usage)
+    try:
+        async with aiohttp.ClientSession() as session:
+            taught: Taught = {}
+            for prompt, rater in ((0, one), (1, two)):
+                model, rid = await _ask(session, one.url, _math(prompt))
+                await _rate(session, rater.url, rid, 0.0)
+                down = {**taught, model: [*taught.get(model, []), 0.0]}
+                await _until_learned(session, rater.url, down, 1100)
+                await _rate(session, rater.url, rid, 1.0)
+                taught.setdefault(model, []).append(1.0)
+                await _until_learned(session, rater.url, taught, 1100)
+            for prx in (one, two):
+                await _until_learned(session, prx.url, taught, 1100)
+            async with session.get(one.url + "/api/autoroute/stats") as resp:
+                stats = await resp.json()
+            assert stats["source"] == "postgres"
+            rated = [m["ratings"] for m in stats["models"] if m["ratings"]["count"]]
+            assert sum(r["count"] for r in rated) == 2
+            assert all(r["mean"] == 1.0 for r in rated)
+    finally:
+        one.stop()
+        two.stop()
+    since = datetime.fromisoformat("2020-01-01T00:00:00+00:00")
+    assert [e.rating for e in await from_postgres(database.dsn, since)] == [1.0, 1.0]
+    await database.fetch("TRUNCATE autoroute_evidence")
+    doc, status = await _explained_on_restart(servers, fleet, tmp_path, usage, _math(1101))
+    assert status["rebuilt_from_events"] == 2
+    rows = {r["model"]: r["evidence"] for r in doc["ranking"]}
+    for model, ratings in taught.items():
+        assert (rows[model]["count"], rows[model]["mean"]) == (len(ratings), 1.0)
 
 
 async def test_an_unreadable_state_file_is_rebuilt_from_the_usage_files(tmp_path: Path) -> None:

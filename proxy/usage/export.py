@@ -2,9 +2,10 @@
 and analysis, from PostgreSQL when configured, else from the local JSONL files.
 
 Events come out in the shape they are written (`selector_model.usage_event`), with
-`rating` filled in (the mean of the request's feedback) when PostgreSQL has any. Parquet
-needs pyarrow (not a runtime dependency); nested objects become columns: `client.*`
-and `outcome.*` flattened, `decision` and `features` as JSON text (their keys vary).
+`rating` filled in (the request's latest rating, `usage_event.rating_of`) where it has
+any. Parquet needs pyarrow (not a runtime dependency); nested objects become columns:
+`client.*` and `outcome.*` flattened, `decision` and `features` as JSON text (their
+keys vary).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from proxy.config_services import Usage
 from proxy.usage.file_sink import feedback_path
 from proxy.usage.stats import FEEDBACK_JOIN
 from selector_model import usage_event
-from selector_model.usage_event import UsageEvent
+from selector_model.usage_event import Feedback, UsageEvent
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -87,12 +88,10 @@ def _jsonl_lines(path: Path) -> Iterator[bytes]:
 
 def from_files(path: str, since: datetime) -> list[UsageEvent]:
     base = Path(path).expanduser()
-    ratings: dict[str, list[tuple[float, str | None, str | None]]] = {}
+    ratings: dict[str, list[Feedback]] = {}
     for line in _jsonl_lines(feedback_path(base)):
         feedback = usage_event.parse_feedback_line(line)
-        ratings.setdefault(feedback.request_id, []).append(
-            (feedback.rating, feedback.api_key_id, feedback.api_key_hash)
-        )
+        ratings.setdefault(feedback.request_id, []).append(feedback)
     events, seen = [], set()
     for line in _jsonl_lines(base):
         event = usage_event.parse_line(line)
@@ -106,13 +105,13 @@ def from_files(path: str, since: datetime) -> list[UsageEvent]:
         if client_id and client_id != rid:
             given = given + ratings.get(client_id, [])
         key, key_hash = event.client.api_key_id, event.client.api_key_hash
-        counted = [
-            rating
-            for rating, rater, rater_hash in given
-            if usage_event.rating_counts(rater, key, rater_hash, key_hash)
-        ]
-        if counted:
-            event = replace(event, rating=sum(counted) / len(counted))
+        rating = usage_event.rating_of(
+            f
+            for f in given
+            if usage_event.rating_counts(f.api_key_id, key, f.api_key_hash, key_hash)
+        )
+        if rating is not None:
+            event = replace(event, rating=rating)
         events.append(event)
     return events
 

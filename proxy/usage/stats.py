@@ -42,14 +42,18 @@ def model_name(served_model: str | None, provider: str | None) -> str | None:
 # client saw in the answer): a rating by a client id a client reused rates each request
 # that carried it; with API keys, only a rating given with the request's own key counts
 # (`usage_event.rating_counts`: by the key's hash; by name only where neither row has
-# one). `u` is usage_events; `f.rating` the mean rating, or NULL.
+# one). Of those, the latest given replaces the earlier ones (`usage_event.rating_of`,
+# whose order this is: the time given, then the feedback id as text). `u` is
+# usage_events; `f.rating` the request's rating, or NULL.
 FEEDBACK_JOIN = """
-LEFT JOIN LATERAL (SELECT avg(fb.rating) AS rating FROM feedback fb
+LEFT JOIN LATERAL (SELECT fb.rating FROM feedback fb
                    WHERE (fb.request_id = u.request_id OR fb.request_id = u.client_request_id)
                      AND (fb.api_key_id IS NULL
                           OR fb.api_key_hash = u.api_key_hash
                           OR (fb.api_key_hash IS NULL AND u.api_key_hash IS NULL
                               AND fb.api_key_id = u.api_key_id))
+                   ORDER BY fb.ts DESC, fb.feedback_id COLLATE "C" DESC
+                   LIMIT 1
                   ) f ON true
 """
 
@@ -287,6 +291,8 @@ class MemoryStats:
         for rid in (request_id, *self.client_ids.get(request_id, ())):
             key = recent.get(rid)
             if key is not None and usage_event.rating_counts(rater, key[0], rater_hash, key[1]):
+                # Seen in the order given: the latest replaces the one before
+                # (`usage_event.rating_of`).
                 self.ratings[rid] = rating
 
     def summary(self, whose: ApiKeyRef | None = None) -> list[dict[str, Any]]:
