@@ -24,7 +24,10 @@ else ignored (a rebuild from the usage events counts it). What the proxy that se
 request counted of it, only that proxy knows (a retry it saw, who it knew to rate): a
 proxy that counts a rating of another's request writes its id to autoroute_rated, and
 the one that served it, reading it there, counts from then on what the rating took out
-(`_Counted.rated_away`).
+(`_Counted.rated_away`). With the id goes when the rating was given: a request rated
+again through another proxy (a user who changed their mind, behind a load balancer)
+has the latest rating counted once, the proxy that holds one given before giving it
+up on reading there of a later one (`_pg_rated`).
 
 Where it is kept: with the usage PostgreSQL DSN, a table of (kind, model, successes,
 count, expected, and the six sums of where the model stood, `evidence.COLUMNS`) that
@@ -43,6 +46,7 @@ import contextlib
 import logging
 import os
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -133,6 +137,16 @@ MIGRATIONS = (
         CREATE INDEX autoroute_rated_added_at ON autoroute_rated (added_at);
         """,
     ),
+    (
+        4,
+        "rated elsewhere: the latest",
+        # When the rating a proxy counts was given (`Feedback.ts`) and which proxy counts
+        # it: a proxy holding one given before gives it up (`Learner._pg_rated`). Null in
+        # rows written before, which every later rating replaces.
+        """
+        ALTER TABLE autoroute_rated ADD COLUMN rated_at text, ADD COLUMN proxy text;
+        """,
+    ),
 )
 _LOCK_KEY = 0x6175746F6C726E31  # "autolrn1": its own migrations, apart from usage's
 # Held by every write to autoroute_rated: one at a time, so that their ids rise in the
@@ -156,15 +170,26 @@ _TABLES = ("autoroute_evidence", "autoroute_rated")
 _MISSING = "SELECT " + " OR ".join(f"to_regclass('{t}') IS NULL" for t in _TABLES)
 _EMPTY = "SELECT NOT EXISTS (SELECT 1 FROM autoroute_evidence)"
 _EVENTS = f"SELECT u.event, f.rating FROM usage_events u {FEEDBACK_JOIN}"
-_ADD_RATED = (
-    "INSERT INTO autoroute_rated (request_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING"
-)
+# A request's row names the rating given last of those counted (its time, then the
+# proxy's name, as text: "C" orders as Python does): a later one takes the row, with a
+# new id, for the others to read.
+_ADD_RATED = """
+INSERT INTO autoroute_rated (request_id, rated_at, proxy)
+SELECT r, a, $3 FROM unnest($1::text[], $2::text[]) AS w(r, a)
+ON CONFLICT (request_id) DO UPDATE
+SET id = nextval(pg_get_serial_sequence('autoroute_rated', 'id')),
+    rated_at = excluded.rated_at, proxy = excluded.proxy, added_at = now()
+WHERE autoroute_rated.rated_at IS NULL
+   OR (excluded.rated_at COLLATE "C", excluded.proxy COLLATE "C")
+      > (autoroute_rated.rated_at COLLATE "C", autoroute_rated.proxy COLLATE "C")
+"""
 _OLD_RATED = "DELETE FROM autoroute_rated WHERE added_at < now() - make_interval(secs => $1)"
-_NEW_RATED = "SELECT id, request_id FROM autoroute_rated WHERE id > $1 ORDER BY id"
+_NEW_RATED = "SELECT id, request_id, rated_at, proxy FROM autoroute_rated WHERE id > $1 ORDER BY id"
 _LAST_RATED = "SELECT max(id) FROM autoroute_rated"
 _CARRYING = (
-    "SELECT request_id, client_request_id, event FROM usage_events "
-    "WHERE request_id = ANY($1::text[]) OR client_request_id = ANY($1::text[])"
+    "SELECT u.request_id, u.client_request_id, u.event, r.rated_at, r.proxy "
+    "FROM usage_events u LEFT JOIN autoroute_rated r ON r.request_id = u.request_id "
+    "WHERE u.request_id = ANY($1::text[]) OR u.client_request_id = ANY($1::text[])"
 )
 
 
@@ -218,10 +243,14 @@ def evidence_from_events(events: Iterable[Mapping[str, Any]]) -> Evidence:
 
 
 # A rating and who gave it: (rating, the API key's id, its hash, the client's address
-# where no key gave it, else "").
-_Rating = tuple[float, str | None, str | None, str]
-# Who gave a rating: its `_Rating` but the rating.
+# where no key gave it, else "", when it was given: `Feedback.ts`, "" where unsaid).
+_Rating = tuple[float, str | None, str | None, str, str]
+# Who gave a rating: its `_Rating` but the rating and its time (`_rater`).
 _Rater = tuple[str | None, str | None, str]
+
+
+def _rater(given: _Rating) -> _Rater:
+    return given[1:4]
 
 
 @dataclass(slots=True)
@@ -249,6 +278,9 @@ class _Counted:
     request_id: str = ""  # the proxy's id of the request
     retried: bool = False
     rating: float | None = None  # the latest rating it took (`rate`)
+    # When the latest rating this proxy knows of was given (`Feedback.ts`): its own
+    # (`rating`), or one another proxy counted (`rated_elsewhere`).
+    rated_at: str = ""
     applied: outcome.Result | None = None
     rater_rates: bool = False  # its rater rates answers (`outcome.estimated`)
     # Another proxy counted its rating in place of `rated_away` (`Learner._pg_rated`).
@@ -279,15 +311,19 @@ class _Counted:
     def takes(self, given: _Rating) -> bool:
         """Whether a rating counts for this request: not one given with another key
         than the request's (`usage_event.rating_counts`)."""
-        _, rater, rater_hash, _ = given
+        _, rater, rater_hash, _, _ = given
         return usage_event.rating_counts(rater, self.api_key_id, rater_hash, self.api_key_hash)
 
-    def rate(self, ratings: Iterable[_Rating]) -> None:
-        """Take the ratings this request `takes`, in the order given: each replaces the
-        one before (`usage_event.rating_of`, as the learner sees them come)."""
+    def rate(self, ratings: Iterable[_Rating]) -> bool:
+        """Take the ratings this request `takes`: each replaces the one before, unless
+        given before the latest this proxy knows of (`usage_event.rating_of`, as the
+        ratings come); whether one was taken."""
+        taken = False
         for given in ratings:
-            if self.takes(given):
-                self.rating = given[0]
+            if self.takes(given) and given[4] >= self.rated_at:
+                self.rating, self.rated_at = given[0], given[4]
+                taken = True
+        return taken
 
     @property
     def rater(self) -> str:
@@ -353,10 +389,12 @@ class Learner:
         # Who rates answers (`outcome.rater_of`; their unrated answers count for nothing,
         # `outcome.estimated`), the latest to rate last.
         self.rating: OrderedDict[str, None] = OrderedDict()
-        # With PostgreSQL: the requests another proxy served whose rating this one
-        # counted, to be written to autoroute_rated, and the last id read there.
-        self.rated_here: list[str] = []
+        # With PostgreSQL: the requests whose rating this one counted, with when the
+        # latest was given, to be written to autoroute_rated (`_announce`); the last id
+        # read there; this proxy's name in it.
+        self.rated_here: dict[str, str] = {}
         self.rated_read = 0
+        self.name = uuid.uuid4().hex
         self.dsn = usage.postgres_dsn
         self.state_file = self._state_path()
         self.store = "off" if not settings.enabled else ("postgres" if self.dsn else "file")
@@ -384,7 +422,9 @@ class Learner:
             self._event(doc)
         elif what == FEEDBACK:
             key = usage_event.key_of(doc)
-            self._feedback(str(doc.get("request_id")), (float(doc["rating"]), *key, client))
+            ts = doc.get("ts")
+            given = (float(doc["rating"]), *key, client, ts if isinstance(ts, str) else "")
+            self._feedback(str(doc.get("request_id")), given)
 
     def _event(self, event: Mapping[str, Any]) -> None:
         decided = decision_of(event)
@@ -428,6 +468,15 @@ class Learner:
         self._remember(ids, counted)
         if counted.rating is not None:
             self._rates(counted.rater)
+            self._announce(counted)
+
+    def _announce(self, counted: _Counted) -> None:
+        """With PostgreSQL, say at the next sync that this proxy counts a rating of
+        `counted` given at its `rated_at`: another proxy holding a rating of the same
+        request given before gives it up (`_pg_rated`), so that the latest counts once."""
+        if self.store == "postgres":
+            rid, at = counted.request_id, counted.rated_at
+            self.rated_here[rid] = max(at, self.rated_here.get(rid, at))
 
     def _remember(self, ids: Iterable[str], counted: _Counted) -> None:
         """`counted` under each of its ids, beside the other requests that carried it;
@@ -473,18 +522,19 @@ class Learner:
         taken = False
         for counted in self.carrying(request_id):
             if counted.takes(given):
-                counted.rate((given,))
-                self._count(counted)
+                if counted.rate((given,)):
+                    self._count(counted)
+                    self._announce(counted)
                 taken = True
         if taken:
             self._rates(outcome.rater_of(given[1], given[2]))
             return
         held = self.unmatched.setdefault(request_id, (time.monotonic(), []))[1]
-        rater = given[1:]
+        rater = _rater(given)
         if len(held) >= PER_ID:
             # A bounded number per id, as of requests (`_remember`): past it the
             # rater's own oldest goes, never a rating another key gave.
-            drop = next((i for i, r in enumerate(held) if r[1:] == rater), 0)
+            drop = next((i for i, r in enumerate(held) if _rater(r) == rater), 0)
             self._forget(request_id, (held.pop(drop),))
         held.append(given)
         waiting = self.raters.get(rater)
@@ -520,7 +570,7 @@ class Learner:
         """The oldest of the ratings `rater` has waiting, out of `unmatched`."""
         rid = next(iter(waiting.ids))
         held = self.unmatched[rid][1]
-        dropped = held.pop(next(i for i, r in enumerate(held) if r[1:] == rater))
+        dropped = held.pop(next(i for i, r in enumerate(held) if _rater(r) == rater))
         if not held:
             del self.unmatched[rid]
         self._forget(rid, (dropped,))
@@ -530,7 +580,7 @@ class Learner:
         against their raters."""
         raters = self.raters
         for given in ratings:
-            rater = given[1:]
+            rater = _rater(given)
             waiting = raters[rater]
             left = waiting.ids[rid] - 1
             if left:
@@ -759,31 +809,41 @@ class Learner:
         return self.stored and bool(await conn.fetchval(_EMPTY))
 
     async def _pg_rated(self, conn: asyncpg.Connection) -> None:
-        """Say which requests of other proxies this one counted a rating of, and take
-        what the others say of this one's: each such request counts `rated_away` here
-        from then on, in place of what this proxy counted of it (`_resolve_unmatched`
-        took that out), and its rater is one who rates."""
-        written, self.rated_here = self.rated_here, []
+        """Say which requests this one counted a rating of, and when it was given
+        (`_announce`), and take what the others say: a request of which another proxy
+        counts a rating given later than any this one took counts `rated_away` here from
+        then on (the proxy that served it: in place of what it counted of it, which the
+        other took out; another: nothing, as `_resolve_unmatched` counted it), and its
+        rater is one who rates."""
+        written, self.rated_here = self.rated_here, {}
         try:
             if written:
                 async with conn.transaction():
                     await conn.execute("SELECT pg_advisory_xact_lock($1)", _RATED_LOCK)
                     await conn.execute(_OLD_RATED, RATED_KEPT_SECONDS)
-                    await conn.execute(_ADD_RATED, written)
+                    await conn.execute(_ADD_RATED, list(written), list(written.values()), self.name)
         except BaseException:
-            self.rated_here[:0] = written  # written at the next sync
+            for rid, at in written.items():  # written at the next sync
+                self.rated_here[rid] = max(at, self.rated_here.get(rid, at))
             raise
         if not self.recent:  # none of this proxy's requests to find there (a start)
             self.rated_read = await conn.fetchval(_LAST_RATED) or self.rated_read
             return
         for row in await conn.fetch(_NEW_RATED, self.rated_read):
             self.rated_read = row["id"]
-            rid = row["request_id"]
+            rid, at, by = row["request_id"], row["rated_at"] or "", row["proxy"] or ""
+            if by == self.name:
+                continue
             for counted in self.carrying(rid):
-                if counted.request_id == rid and not counted.rated_elsewhere:
-                    counted.rated_elsewhere = True
-                    self._count(counted)
-                    self._rates(counted.rater)
+                if counted.request_id != rid:
+                    continue
+                if counted.rating is not None and (counted.rated_at, self.name) > (at, by):
+                    continue  # its own was given later: the other gives its up on reading it
+                counted.rating = None
+                counted.rated_at = max(counted.rated_at, at)
+                counted.rated_elsewhere = True
+                self._count(counted)
+                self._rates(counted.rater)
 
     async def _pg_reload(self, conn: asyncpg.Connection) -> None:
         totals = await conn.fetch(_TOTALS)
@@ -822,16 +882,18 @@ class Learner:
                 if decided is None:
                     continue
                 counted = self._counted(decided, event)
+                # A rating given later that another proxy counts stays (`_pg_rated`).
+                if row["proxy"] not in (None, self.name):
+                    counted.rated_at = row["rated_at"] or ""
                 counted.rate(ratings)
                 if counted.rating is None:
-                    continue  # given with another key: it counts nowhere
+                    continue  # given with another key, or before the one counted
                 # The proxy that served it counts `rated_away` of it once it reads its id
                 # in autoroute_rated (`_pg_rated`), whatever it counted before: only that
                 # is replaced here.
                 counted.applied = counted.rated_away
                 ids = (own, row["client_request_id"])
                 self._take(dict.fromkeys(i for i in ids if i), counted)
-                self.rated_here.append(own)
 
     def _wait_again(self) -> None:
         """The store is back: each rating waiting for its request waits

@@ -1040,7 +1040,9 @@ def _waiting_counted(learner: Learner) -> None:
     """The learner's count of waiting ratings, per rater and in all, is theirs."""
     held = [r for _, ratings in learner.unmatched.values() for r in ratings]
     assert learner.waiting == len(held)
-    assert {rater: w.count for rater, w in learner.raters.items()} == Counter(r[1:] for r in held)
+    assert {rater: w.count for rater, w in learner.raters.items()} == Counter(
+        learning._rater(r) for r in held
+    )
 
 
 @pytest.mark.parametrize("by", ["key", "client"])
@@ -1817,39 +1819,46 @@ async def test_a_rating_given_again_replaces_the_earlier_one_everywhere(
     servers: ServerThread, fleet: Emulator, database: Database, tmp_path: Path
 ) -> None:
     """A thumbs-down then a thumbs-up of one answer (the user changed their mind) leave
-    the thumbs-up, with one rating's weight: in what auto learns (rated through the
-    proxy that served it, or through another), in the stats, in the export, and in the
+    the thumbs-up, with one rating's weight: in what auto learns, however the two
+    ratings fall behind a load balancer (through the proxy that served the answer, or
+    through another, or one through each), in the stats, in the export, and in the
     evidence rebuilt from the events and their feedback in PostgreSQL."""
     usage = postgres_usage(database.dsn, tmp_path)
     one = Proxy(servers, [fleet.url], selector=_selector(tmp_path), usage=usage)
     two = Proxy(servers, [fleet.url], selector=_selector(tmp_path), usage=usage)
+    # (prompt, rated down through, then up through); one serves every answer.
+    steps = [(0, one, one), (1, two, two), (2, two, one), (3, one, two)]
     try:
         async with aiohttp.ClientSession() as session:
             taught: Taught = {}
-            for prompt, rater in ((0, one), (1, two)):
+            for prompt, down_by, up_by in steps:
                 model, rid = await _ask(session, one.url, _math(prompt))
-                await _rate(session, rater.url, rid, 0.0)
+                await _rate(session, down_by.url, rid, 0.0)
                 down = {**taught, model: [*taught.get(model, []), 0.0]}
-                await _until_learned(session, rater.url, down, 1100)
-                await _rate(session, rater.url, rid, 1.0)
+                await _until_learned(session, down_by.url, down, 1100)
+                await _rate(session, up_by.url, rid, 1.0)
                 taught.setdefault(model, []).append(1.0)
-                await _until_learned(session, rater.url, taught, 1100)
+                await _until_learned(session, up_by.url, taught, 1100)
             for prx in (one, two):
                 await _until_learned(session, prx.url, taught, 1100)
             async with session.get(one.url + "/api/autoroute/stats") as resp:
                 stats = await resp.json()
             assert stats["source"] == "postgres"
             rated = [m["ratings"] for m in stats["models"] if m["ratings"]["count"]]
-            assert sum(r["count"] for r in rated) == 2
+            assert sum(r["count"] for r in rated) == len(steps)
             assert all(r["mean"] == 1.0 for r in rated)
     finally:
         one.stop()
         two.stop()
+    rows = await database.fetch("SELECT model, successes, count FROM autoroute_evidence")
+    assert {r["model"]: (round(r["successes"], 6), round(r["count"], 6)) for r in rows} == {
+        model: (len(ratings), len(ratings)) for model, ratings in taught.items()
+    }
     since = datetime.fromisoformat("2020-01-01T00:00:00+00:00")
-    assert [e.rating for e in await from_postgres(database.dsn, since)] == [1.0, 1.0]
+    assert [e.rating for e in await from_postgres(database.dsn, since)] == [1.0] * len(steps)
     await database.fetch("TRUNCATE autoroute_evidence")
     doc, status = await _explained_on_restart(servers, fleet, tmp_path, usage, _math(1101))
-    assert status["rebuilt_from_events"] == 2
+    assert status["rebuilt_from_events"] == len(steps)
     rows = {r["model"]: r["evidence"] for r in doc["ranking"]}
     for model, ratings in taught.items():
         assert (rows[model]["count"], rows[model]["mean"]) == (len(ratings), 1.0)
