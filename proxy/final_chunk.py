@@ -3,7 +3,8 @@ and whether the stream ended as an answer that ran to its end does.
 
 Read from the tail of the response bytes the relay already forwarded (no second
 parse of the stream): Ollama's final NDJSON line (`done: true`, durations in
-nanoseconds) and the OpenAI shapes' `usage` and `finish_reason`. A whole
+nanoseconds), the OpenAI shapes' `usage` and `finish_reason`, and the token counts the
+Responses and Anthropic Messages shapes name `input_tokens` and `output_tokens`. A whole
 /api/generate answer ends with its `logprobs`, after the counters: the relay keeps
 the reads that held the counters (`COUNTERS_MARK`) for this too. A field the tail
 does not hold (a huge `context` array can push `done_reason`, before it, out of the
@@ -40,25 +41,33 @@ COUNTERS_MARK = b'_duration":'
 # (`parse`): read as absent, never as its first digits or as a number no sink stores
 # (`protocol.count`'s rule, on bytes).
 _WHOLE = rb"(\d{1,19})(?=[,}\s])"
-# Ollama's counters and the OpenAI shapes' token counts, in one pass over the tail:
-# a match of either is a quoted name and digits, so none hides another.
+# The token counts of Ollama's compatibility shapes, by their names there: OpenAI's
+# Chat Completions and Completions; Responses and Anthropic's Messages.
+_SHAPE_NAMES = {
+    b"prompt_tokens": "prompt_eval_count",
+    b"completion_tokens": "eval_count",
+    b"input_tokens": "prompt_eval_count",
+    b"output_tokens": "eval_count",
+}
+# Ollama's counters and the shapes' token counts, in one pass over the tail: a match
+# of either is a quoted name and digits, so none hides another.
 _INT_RE = re.compile(
-    rb'"('
-    + b"|".join(f.encode() for f in _INT_FIELDS)
-    + rb'|prompt_tokens|completion_tokens)":'
-    + _WHOLE
+    rb'"(' + b"|".join((*(f.encode() for f in _INT_FIELDS), *_SHAPE_NAMES)) + rb')":' + _WHOLE
 )
 # A reason is a short word ("stop", "tool_calls", "stop_sequence"); a longer run of
 # letters is a broken server's and read as absent, not kept in every usage event.
 _REASON_RE = re.compile(rb'"(?:done_reason|finish_reason|stop_reason)":"([a-z_]{1,32})"')
 _OLLAMA_NAMES = {f.encode(): f for f in _INT_FIELDS}
-_OPENAI_NAMES = {b"prompt_tokens": "prompt_eval_count", b"completion_tokens": "eval_count"}
 
 
 def parse(tail: bytes) -> dict[str, int | str]:
+    """The last of each count wins: a stream's earlier events may hold counts of part of
+    the answer or zeros (Ollama's Completions stream with `include_usage` gives every
+    chunk a `usage` of zeros before the last one's; Anthropic's `message_start` counts
+    no output, its `message_delta` the whole answer's)."""
     stats: dict[str, int | str] = {}
-    # The OpenAI shapes' counts stand in for Ollama's only where those are absent.
-    openai: dict[str, int] = {}
+    # The shapes' counts stand in for Ollama's only where those are absent.
+    shaped: dict[str, int] = {}
     for name, value in _INT_RE.findall(tail):
         number = int(value)
         if number > INT64_MAX:
@@ -67,8 +76,8 @@ def parse(tail: bytes) -> dict[str, int | str]:
         if field is not None:
             stats[field] = number
         else:
-            openai.setdefault(_OPENAI_NAMES[name], number)
-    for field, number in openai.items():
+            shaped[_SHAPE_NAMES[name]] = number
+    for field, number in shaped.items():
         stats.setdefault(field, number)
     reasons = _REASON_RE.findall(tail)
     if reasons:

@@ -60,7 +60,7 @@ def test_openai_usage_and_finish_reason() -> None:
 
 
 def test_ollama_counts_win_over_openai_ones_wherever_they_stand() -> None:
-    """Ollama's counters, the last of each, win; an OpenAI count, the first of each,
+    """Ollama's counters, the last of each, win; an OpenAI count, the last of each,
     stands in only for one Ollama's do not give, wherever in the tail either comes."""
     tail = (
         b'data: {"usage":{"prompt_tokens":7,"completion_tokens":3}}\n\n'
@@ -69,8 +69,32 @@ def test_ollama_counts_win_over_openai_ones_wherever_they_stand() -> None:
         b'{"eval_count":6}\n'
     )
     parsed = final_chunk.parse(tail)
-    assert parsed == {"eval_count": 6, "eval_duration": 1, "prompt_eval_count": 7}
+    assert parsed == {"eval_count": 6, "eval_duration": 1, "prompt_eval_count": 8}
     assert list(parsed) == ["eval_count", "eval_duration", "prompt_eval_count"]
+
+
+def test_responses_and_messages_counts_the_last_of_each() -> None:
+    """The Responses and Anthropic shapes name their counts `input_tokens` and
+    `output_tokens`, and a stream's earlier events count less than the whole answer
+    (Anthropic's `message_start` no output; its `message_delta` everything)."""
+    tail = (
+        b'event: message_start\ndata: {"type":"message_start","message":{"usage":'
+        b'{"input_tokens":12,"output_tokens":0}}}\n\n'
+        b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":'
+        b'"end_turn"},"usage":{"input_tokens":12,"output_tokens":5}}\n\n'
+        b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+    )
+    assert final_chunk.parse(tail) == {
+        "done_reason": "end_turn",
+        "prompt_eval_count": 12,
+        "eval_count": 5,
+    }
+    tail = (
+        b'data: {"response":{"usage":{"input_tokens":9,"output_tokens":4,"total_tokens":13,'
+        b'"input_tokens_details":{"cached_tokens":0},'
+        b'"output_tokens_details":{"reasoning_tokens":0}}},"type":"response.completed"}\n\n'
+    )
+    assert final_chunk.parse(tail) == {"prompt_eval_count": 9, "eval_count": 4}
 
 
 def test_nothing_to_read_gives_nothing() -> None:

@@ -753,6 +753,47 @@ async def test_a_client_leaving_an_sse_stream_is_a_cancellation_not_an_error(
         assert outcome.of_event(gone) == outcome.Result(0.0, outcome.FAILED, "cancelled")
 
 
+def _answer_counts(path: str, answer: bytes, streamed: bool) -> tuple[int, int]:
+    """The (prompt, output) token counts an answer on an SSE shape gives its client:
+    `usage` of the whole answer, or of its stream's last event that has one (Anthropic's
+    `message_delta` holds the whole answer's, its `message_start` the prompt's alone)."""
+    counts: dict[str, Any] = {}
+    docs = [orjson.loads(answer)] if not streamed else []
+    for line in answer.splitlines() if streamed else ():
+        data = line.removeprefix(b"data: ")
+        if data != line and data != b"[DONE]":
+            docs.append(orjson.loads(data))
+    for doc in docs:
+        usage = doc.get("usage") or (doc.get("response") or {}).get("usage")
+        counts = usage or counts
+    if path in ("/v1/responses", "/v1/messages"):
+        return counts["input_tokens"], counts["output_tokens"]
+    return counts["prompt_tokens"], counts["completion_tokens"]
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize("path", _SSE_PATHS)
+async def test_an_sse_shapes_token_counts_reach_its_usage_event(
+    servers: ServerThread, tmp_path: Path, path: str, streamed: bool
+) -> None:
+    """Each of Ollama's OpenAI and Anthropic shapes tells its client how many tokens the
+    prompt and the answer took, in its own names (`prompt_tokens` and
+    `completion_tokens`; `input_tokens` and `output_tokens` on Responses and
+    Messages): the usage event records those counts, as it does Ollama's own."""
+    body = _sse_request(path, 5)
+    body["stream"] = streamed
+    if streamed and path in ("/v1/chat/completions", "/v1/completions"):
+        body["stream_options"] = {"include_usage": True}
+    with _recorded_proxy(servers, tmp_path, EmulatorSettings(chunk_delay_ms=1)) as (proxy, usage):
+        async with aiohttp.ClientSession(proxy.url) as http, http.post(path, json=body) as resp:
+            assert resp.status == 200
+            prompt, output = _answer_counts(path, await resp.read(), streamed)
+            (event,) = await events_of(usage, resp.headers["X-Request-Id"])
+    assert prompt > 0 and output > 0
+    recorded = event["outcome"]
+    assert (recorded["prompt_eval_count"], recorded["eval_count"]) == (prompt, output)
+
+
 # The routes whose answers the emulator's faults cut (`proxy.emulator.faults.FAULT_PATHS`).
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
 async def test_an_sse_stream_the_backend_dropped_records_the_error(
