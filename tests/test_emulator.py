@@ -182,6 +182,28 @@ async def test_model_recommendations_are_ollamas_defaults(emu: Emu) -> None:
     assert (status, headers["Allow"]) == (405, "GET")
 
 
+async def test_v1_model_sends_a_cloud_name_to_ollama_com_and_reads_others_as_show(
+    emu: Emu,
+) -> None:
+    """GET /v1/models/:model (server/routes.go): cloudModelPathPassthroughMiddleware
+    sends a name that asks for the cloud to ollama.com as `/v1/models/<base>`, which
+    the emulated machine cannot reach: Go's client error as a 502 in gin's shape (no
+    OpenAI writer wraps the middleware's answer). Any other name reaches ShowHandler
+    through RetrieveMiddleware, which reads its source suffix: `:local` is the model
+    here (the id as asked), both suffixes its 400 in the OpenAI shape."""
+    cloud = (("gpt-oss:120b-cloud", "gpt-oss:120b"), ("llama3.1:8b:cloud", "llama3.1:8b"))
+    for name, base in cloud:
+        status, headers, body = await emu.post("/v1/models/" + name, method="GET")
+        unreached = f'Get "https://ollama.com:443/v1/models/{base}": dial tcp: lookup ollama.com'
+        assert (status, json.loads(body)) == (502, {"error": unreached + ": no such host"})
+        assert headers["Content-Type"] == "application/json; charset=utf-8"
+    status, _, body = await emu.post("/v1/models/llama3.1:8b:local", method="GET")
+    assert (status, json.loads(body)["id"]) == (200, "llama3.1:8b:local")
+    status, _, body = await emu.post("/v1/models/llama3.1:8b:local:cloud", method="GET")
+    message = json.loads(body)["error"]["message"]
+    assert status == 400 and message.startswith("use either :local or :cloud, not both")
+
+
 async def test_cross_origin_requests_as_ollamas_cors_middleware(emu: Emu) -> None:
     async def send(method: str, path: str, origin: str) -> tuple[int, dict[str, str], bytes]:
         async with emu.session.request(method, emu.url + path, headers={"Origin": origin}) as r:

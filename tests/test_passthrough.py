@@ -71,6 +71,8 @@ ENDPOINTS: list[tuple[str, str, Any]] = [
     ("HEAD", "/api/ps", None),
     ("GET", f"/v1/models/{MODEL}", None),
     ("GET", "/v1/models/no-such-model", None),
+    ("GET", f"/v1/models/{MODEL}:local", None),
+    ("GET", "/v1/models/gpt-oss:120b-cloud", None),
     ("POST", "/v1/chat/completions", {"model": MODEL, "messages": CHAT}),
     ("POST", "/v1/chat/completions", {"model": MODEL, "messages": CHAT, "stream": True}),
     (

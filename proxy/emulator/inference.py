@@ -227,10 +227,10 @@ def _keyable(obj: Any, depth: int = 0) -> Any:
     return obj
 
 
-def cloud_out_of_reach(path: str) -> Refusal:
-    """Ollama's answer to a request it sends to ollama.com (proxyCloudJSONRequest), which
-    the emulated machine cannot reach: Go's client error, as a 502."""
-    return Refusal(502, f'Post "{_CLOUD_URL}{path}": dial tcp: lookup ollama.com: no such host')
+def cloud_out_of_reach(path: str, method: str = "Post") -> Refusal:
+    """Ollama's answer to a request it sends to ollama.com (proxyCloudRequestWithPath),
+    which the emulated machine cannot reach: Go's client error, as a 502."""
+    return Refusal(502, f'{method} "{_CLOUD_URL}{path}": dial tcp: lookup ollama.com: no such host')
 
 
 # modelref.ErrConflictingSourceSuffix: a name with both source suffixes.

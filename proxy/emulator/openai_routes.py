@@ -16,12 +16,21 @@ import orjson
 from aiohttp import web
 
 from proxy import multipart_form, openai_chat
+from proxy.backends import CLOUD
 from proxy.go_requests import check_fields
 from proxy.go_types import BodyError
 from proxy.protocol import SSE
 
 from .engine import ClientGone, Piece
-from .inference import Prepared, Refusal, format_as_held, prepare_chat, prepare_generate
+from .inference import (
+    Prepared,
+    Refusal,
+    cloud_out_of_reach,
+    format_as_held,
+    parsed_ref,
+    prepare_chat,
+    prepare_generate,
+)
 from .native import ChatSink, LazyStream, embed_vectors, run_chat
 from .state import EmulatorState, request_digest, state_of
 from .textgen import vector_json
@@ -30,6 +39,7 @@ from .wire import (
     checked_off_loop,
     dumps,
     encoder_json,
+    error,
     gin_json,
     read_json,
     unix_of,
@@ -377,9 +387,20 @@ async def handle_models(request: web.Request) -> web.Response:
 
 
 async def handle_model(request: web.Request) -> web.Response:
+    """cloudModelPathPassthroughMiddleware, then RetrieveMiddleware and ShowHandler: a
+    name that asks for the cloud goes to ollama.com as `/v1/models/<base>` (its error
+    in gin's shape, before any OpenAI writer); any other is read as ShowHandler reads
+    it (`parsed_ref`), its errors in the OpenAI shape, its id the name as asked."""
     state = state_of(request)
     name = request.match_info["model"]
-    spec = state.find(name) if name else None
+    try:
+        base, asked = parsed_ref(name, empty_status=400, empty_msg="model is required")
+    except Refusal as exc:
+        return writer_error(exc.status, exc.message)
+    if asked == CLOUD:
+        refusal = cloud_out_of_reach(f"/v1/models/{base}", "Get")
+        return error(refusal.status, refusal.message)
+    spec = state.find(base)
     if spec is None:
         return writer_error(404, f"model '{name}' not found")
     return encoder_json(
