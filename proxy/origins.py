@@ -13,7 +13,10 @@ The proxy applies the same policy at admission, so a browser sees Ollama's answe
 every path, the proxy's own included, and a disallowed page reaches no backend and
 none of the proxy's endpoints. `listen.origins` plays the part of `OLLAMA_ORIGINS`.
 A relayed answer carries the backend's own CORS headers (the backend sees the same
-`Origin`); the proxy adds them to the answers it makes itself.
+`Origin`); the proxy adds them to the answers it makes itself. A page of the proxy's
+own site (its `Origin` the request's `Host`) is no cross-origin request, to Ollama
+whatever its name: its `Origin` does not reach the backend (`OWN_SITE`), which sees
+its own address as the host and would judge the page as one from another site.
 
 Beyond Ollama's policy, the proxy lets a page use its own headers: an allowed origin's
 answers expose `X-Request-Id` (the id a rating names) and the `X-Autoroute-*` headers
@@ -34,6 +37,8 @@ ORIGIN: Final = "Origin"
 # An allowed cross-origin request's response headers, for the answers the proxy makes
 # itself (its own, its errors, a replay from the response cache).
 CORS_HEADERS: Final = web.RequestKey("cors_headers", tuple[tuple[str, str], ...])
+# Set on a request from a page of the proxy's own site: its `Origin` is not forwarded.
+OWN_SITE: Final = web.RequestKey("autoroute_own_site", bool)
 # Response headers that answer one request's origin: never kept for another's.
 PER_ORIGIN = frozenset({"access-control-allow-origin", "vary"})
 
@@ -129,7 +134,8 @@ class Origins:
         otherwise."""
         host = request.host
         if origin in (f"http://{host}", f"https://{host}"):
-            return None  # the browser's own page: not a cross-origin request
+            request[OWN_SITE] = True  # the browser's own page: not a cross-origin request
+            return None
         # Only ASCII is echoed back in a header (aiohttp keeps bytes that are not UTF-8
         # as lone surrogates, which no header encoder takes).
         if not (origin.isascii() and self.allows(origin)):

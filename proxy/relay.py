@@ -84,6 +84,7 @@ _BUSY = SERVER_BUSY + ": "
 _ENCODING = frozenset({b"content-encoding"})
 # Not forwarded with a form the proxy wrote (`form_encoding`), which has its own type.
 _FORM_FIELDS = _ENCODING | {b"content-type"}
+_ORIGIN = frozenset({b"origin"})
 _STREAM_TYPES = (NDJSON, SSE)
 _UPLOAD_CHUNK = 256 * 1024
 # What answers a request no local backend could (the cloud fallback), if anything does.
@@ -202,11 +203,14 @@ def request_head(
     """The upstream request head: the request's target in origin form, the client's
     headers as it sent them (bytes) minus the ones the proxy does not forward (and
     minus `drop`, the proxy's own credentials when it checks keys, and minus the fields
-    its Connection names: that connection's, as Connection itself is, RFC 9110 7.6.1),
-    and the request's id; `body_length=None` streams the body."""
+    its Connection names: that connection's, as Connection itself is, RFC 9110 7.6.1,
+    and the `Origin` of a page of the proxy's own site, `origins.OWN_SITE`), and the
+    request's id; `body_length=None` streams the body."""
     form = state_get(request, WRITTEN)
     if form is not None:
         drop = drop | _FORM_FIELDS
+    if state_get(request, origins.OWN_SITE):
+        drop = drop | _ORIGIN
     headers = _forwarded(request.raw_headers, drop)
     if form is not None:
         headers = [*headers, (b"Content-Type", form.content_type.encode())]

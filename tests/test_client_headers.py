@@ -345,6 +345,29 @@ async def test_browsers_get_ollamas_cross_origin_answers(
     assert headers["Vary"] == "Origin"
 
 
+async def test_a_page_of_the_proxys_own_site_is_no_cross_origin_request_to_the_backend(
+    own_proxy: Proxy, own_emulator: Emulator
+) -> None:
+    """A page served from the site the client reaches the proxy by (its `Host`, as a
+    web server in front serves a web UI and the API on one name) sends its own
+    `Origin`: Ollama takes such a page as no cross-origin request, whatever its name,
+    and so does the proxy. The backend, which sees its own address as the host, must
+    not judge that origin against its own list: a name beyond Ollama's defaults would
+    be its 403."""
+    site = "ui.localhost:8080"  # a local name, which Ollama's host check lets in
+    chat = {"model": "qwen2.5:7b", "prompt": "hi", "stream": False}
+    for url in (own_emulator.url, own_proxy.url):
+        headers = {"Host": site, "Origin": f"http://{site}"}
+        async with aiohttp.ClientSession() as session:
+            for method, path, body in (
+                ("GET", "/api/version", None),
+                ("POST", "/api/generate", chat),
+            ):
+                async with session.request(method, url + path, json=body, headers=headers) as resp:
+                    assert resp.status == 200, (url, path, resp.status)
+                    assert "Access-Control-Allow-Origin" not in resp.headers, (url, path)
+
+
 @pytest.mark.parametrize(
     ("origins", "origin", "allowed"),
     [
