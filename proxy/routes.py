@@ -256,17 +256,16 @@ class Router:
         CONNECT is no route's, not even one taking every method: Ollama serves it on no
         path, and no backend is asked to open a tunnel. Outside `OWN_PREFIX` it gets
         Ollama's answer from `OLLAMA_ROUTES` (gin's 405 or 404), as does a method a
-        public route does not take (but OPTIONS, CORS's): a client without a key sends
-        no backend a body. Any other method goes to the backend, whose Ollama answers
-        it as its version does."""
+        public route does not take, OPTIONS too (a browser's preflight is answered
+        before any route, `proxy.origins`, as Ollama's CORS middleware answers it): a
+        client without a key sends no backend a body. Any other method goes to the
+        backend, whose Ollama answers it as its version does."""
         if route is not None and (
             method in route.methods or (not route.methods and method != "CONNECT")
         ):
             return self._handlers[route.path]
         if not path.startswith(OWN_PREFIX):
-            if method == "CONNECT" or (
-                route is not None and route.access == PUBLIC and method != "OPTIONS"
-            ):
+            if method == "CONNECT" or (route is not None and route.access == PUBLIC):
                 return self._gin_refusal
             return self._passthrough
         return self._not_found if route is None else self._method_not_allowed

@@ -219,8 +219,15 @@ async def test_a_method_ollama_does_not_serve_is_its_405_with_allow_through_the_
         status, headers, body = await raw_request(own_proxy.port, method, path, [])
         assert (status, body, headers["allow"]) == (405, b"405 method not allowed", allow.encode())
     # The public routes: gin's 405 from the proxy, no body of a client without a key
-    # sent on to a backend.
-    for method, path in (("POST", "/"), ("PUT", "/api/version"), ("DELETE", "/")):
+    # sent on to a backend; an OPTIONS too (a preflight, from another site, is answered
+    # before any route, and a page of the proxy's own site sends none).
+    for method, path in (
+        ("POST", "/"),
+        ("PUT", "/api/version"),
+        ("DELETE", "/"),
+        ("OPTIONS", "/"),
+        ("OPTIONS", "/api/version"),
+    ):
         asked = dict(own_emulator.state.requests)
         status, headers, body = await raw_request(
             own_proxy.port, method, path, [(b"Content-Type", b"application/json")], b"{}" * 9
