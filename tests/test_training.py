@@ -4,6 +4,7 @@ evaluation metrics and reproducibility. The full-size training is not run here."
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 from dataclasses import replace
@@ -11,10 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 
+from proxy.cli import main as autoroute
 from proxy.config_selector import Profile, Selector
-from selector_model import features, onnx_session, outcome
+from proxy.usage.file_sink import FileSink
+from proxy.usage.runner import Record
+from selector_model import features, onnx_session, outcome, usage_event
 from selector_model.kind import kind_of
 from selector_model.onnx_session import ort
 from training import cli, evaluate, export, mmlu_pro_data, pipeline, replay, zeroeval_replay
@@ -188,7 +193,11 @@ def test_usage_events_give_labels_weights_and_skips(tmp_path: Path) -> None:
 
 def _train_from_usage(tmp_path: Path, events: list[dict[str, Any]]) -> argparse.Namespace:
     """`autoroute train --quick` arguments for these events alone, in `tmp_path`."""
-    usage = _write_jsonl(tmp_path / "usage.jsonl", events)
+    return _train_from(_write_jsonl(tmp_path / "usage.jsonl", events), tmp_path)
+
+
+def _train_from(usage: Path, tmp_path: Path) -> argparse.Namespace:
+    """`autoroute train --quick --from usage`, its artifact and report in `tmp_path`."""
     return _parse(
         cli.add_train_arguments,
         [
@@ -205,17 +214,34 @@ def _train_from_usage(tmp_path: Path, events: list[dict[str, Any]]) -> argparse.
     )
 
 
+def _math_or_poems() -> list[tuple[bool, str]]:
+    """120 prompts, every other one math (True), the others poems."""
+    return [
+        (True, f"Solve the equation {i} + x = {i * 3} and calculate the remainder")
+        if i % 2 == 0
+        else (False, f"Write a short poem about the colour number {i}")
+        for i in range(120)
+    ]
+
+
+def _on_math(onnx_bytes: bytes) -> tuple[float, float]:
+    """The artifact's success of tiny:1b and of big:70b on a math request."""
+    sess = onnx_session.session(onnx_bytes)
+    request = features.request_features(
+        "/api/chat", {"messages": [{"role": "user", "content": "Solve 7 + x = 12, calculate"}]}
+    )
+    tiny = features.Candidate("tiny:1b", params_b=1.0, loaded=True)
+    big = features.Candidate("big:70b", params_b=70.0, loaded=True)
+    x = np.array(features.rows(request, [tiny, big]), dtype=np.float32)
+    p_tiny, p_big = export.onnx_predict(sess, x)
+    return float(p_tiny), float(p_big)
+
+
 def test_train_from_a_usage_file(tmp_path: Path) -> None:
     """A selector trained only on usage events learns which model served which kind of
     request well, and its artifact describes the models from the events."""
     events = []
-    for i in range(120):
-        math_prompt = i % 2 == 0
-        text = (
-            f"Solve the equation {i} + x = {i * 3} and calculate the remainder"
-            if math_prompt
-            else f"Write a short poem about the colour number {i}"
-        )
+    for math_prompt, text in _math_or_poems():
         events.append(_event(text, "tiny:1b", 1.0, status=500 if math_prompt else 200))
         events.append(_event(text, "big:70b", 70.0, propensity=0.5))
     args = _train_from_usage(tmp_path, events)
@@ -225,15 +251,97 @@ def test_train_from_a_usage_file(tmp_path: Path) -> None:
     assert [m["params_b"] for m in meta["models"]] == [1.0, 70.0]
     assert meta["training"]["sources"][0]["used"] == 240
     assert "usage/usage.jsonl" in meta["training_data_hashes"]
-    sess = onnx_session.session(onnx_bytes)
-    request = features.request_features(
-        "/api/chat", {"messages": [{"role": "user", "content": "Solve 7 + x = 12, calculate"}]}
-    )
-    tiny = features.Candidate("tiny:1b", params_b=1.0, loaded=True)
-    big = features.Candidate("big:70b", params_b=70.0, loaded=True)
-    x = np.array(features.rows(request, [tiny, big]), dtype=np.float32)
-    p_tiny, p_big = export.onnx_predict(sess, x)
+    p_tiny, p_big = _on_math(onnx_bytes)
     assert p_big > p_tiny
+
+
+def _written_by_the_file_sink(
+    path: Path, events: list[dict[str, Any]], ratings: list[usage_event.Feedback]
+) -> None:
+    """The events and then the ratings, as the proxy writes its usage file (`FileSink`:
+    the ratings in `events.feedback.jsonl` beside it), rotated every few events."""
+
+    async def write() -> None:
+        sink = FileSink(str(path), max_bytes=16_000, backups=100)
+        for event in events:
+            read = usage_event.read(event)
+            await sink.write([Record(read, read.line())])
+        for rating in ratings:
+            await sink.write([Record(rating, orjson.dumps(rating.document()))])
+        await sink.close()
+
+    asyncio.run(write())
+
+
+def _rating(event: dict[str, Any], rating: float, second: int) -> usage_event.Feedback:
+    return usage_event.Feedback(
+        feedback_id=f"f-{event['request_id']}-{second}",
+        request_id=event["request_id"],
+        rating=rating,
+        ts=f"2026-01-01T00:00:{second:02d}.000000Z",
+    )
+
+
+def _rated_usage(path: Path) -> tuple[list[dict[str, Any]], list[usage_event.Feedback]]:
+    """Answers that all completed, where only the users' ratings tell the models apart:
+    on math, the small model's are rated down (after a thumbs-up they changed their
+    mind about: the latest rating counts), the large one's up."""
+    events, ratings = [], []
+    for i, (math_prompt, text) in enumerate(_math_or_poems()):
+        arrived = {"ts": f"2026-01-01T00:00:00.{i:06d}Z"}  # as the proxy writes
+        tiny = _event(text, "tiny:1b", 1.0) | arrived
+        big = _event(text, "big:70b", 70.0, propensity=0.5) | arrived
+        events += [tiny, big]
+        if math_prompt:
+            ratings += [_rating(tiny, 1.0, 1), _rating(big, 1.0, 1), _rating(tiny, 0.0, 2)]
+    _written_by_the_file_sink(path, events, ratings)
+    return events, ratings
+
+
+def test_train_from_the_proxys_usage_file_learns_from_its_ratings(tmp_path: Path) -> None:
+    """`--from` the usage file the proxy writes (README: `train --from .../events.jsonl`)
+    reads its rotated files with it and joins each request's rating from the feedback
+    file beside it, by the rule every reader of the files applies
+    (`proxy.usage.export`): the ratings are the labels that tell the models apart."""
+    usage = tmp_path / "usage" / "events.jsonl"
+    _rated_usage(usage)
+    assert usage.with_name("events.jsonl.2").exists()  # rotated
+    assert cli.run_train(_train_from(usage, tmp_path)) == 0
+    onnx_bytes, meta = export.read_artifact(tmp_path / "art")
+    assert meta["training"]["sources"][0]["used"] == 240
+    hashed = meta["training_data_hashes"]
+    assert {"usage/events.jsonl", "usage/events.jsonl.1", "usage/events.feedback.jsonl"} <= set(
+        hashed
+    )
+    p_tiny, p_big = _on_math(onnx_bytes)
+    assert p_big > p_tiny
+
+
+def test_the_usage_file_and_its_export_give_the_same_rows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An exported file (`autoroute usage export`, the ratings in its lines) reads as it
+    always has, and as the usage file it was exported from; a rotated file named alone
+    has its ratings joined too."""
+    usage = tmp_path / "usage" / "events.jsonl"
+    _, ratings = _rated_usage(usage)
+    config = tmp_path / "c.yaml"
+    config.write_text(f"usage: {{file_path: {usage}}}\n")
+    exported = tmp_path / "export.jsonl"
+    argv = ["--config", str(config), "usage", "export", "--since", "2025-01-01"]
+    assert autoroute([*argv, "-o", str(exported)]) == 0
+    assert "exported 240 usage events" in capsys.readouterr().err
+    from_usage, stats = load_usage([usage])
+    assert stats.used == 240
+    assert load_usage([exported])[0] == from_usage
+    # Each of the 60 requests rated down, then up, then down again counts as rated down.
+    assert len({r.request_id for r in ratings if r.rating == 0.0}) == 60
+    assert sum(ex.label == 0.0 for ex in from_usage) == 60
+    rotated, _ = load_usage([usage.with_name("events.jsonl.1")])
+    assert rotated and all(ex in from_usage for ex in rotated)
+    assert any(ex.label == 0.0 for ex in rotated)
+    with pytest.raises(FileNotFoundError, match="no such usage file"):
+        load_usage([usage, usage.with_name("event.jsonl")])
 
 
 def test_training_on_one_outcome_class_is_refused_with_the_reason(

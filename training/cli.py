@@ -95,9 +95,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="dataset|mmlu-pro[:N]|zeroeval[:N]|FILE.jsonl|postgres://...",
         help="training data: 'dataset' (the bundled LLMRouter scores), 'mmlu-pro' or "
         "'zeroeval' (the bundled MMLU-Pro outcomes of 26 open models, ZeroEval's of 15; "
-        "':N' draws N of the questions with the seed), a usage JSON Lines file or a "
-        "PostgreSQL DSN (the usage events stored there); repeat to combine (default: "
-        "dataset)",
+        "':N' draws N of the questions with the seed), the proxy's usage file (its "
+        "rotated files and the ratings in the feedback file beside it read with it), a "
+        "file 'autoroute usage export' wrote, or a PostgreSQL DSN (the usage events "
+        "stored there, with their ratings); repeat to combine (default: dataset)",
     )
     parser.add_argument(
         "--out",

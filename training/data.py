@@ -6,16 +6,16 @@ in [0, 1] and a weight, whose features come from `selector_model.features` only.
 LLMRouter: each prompt's score per model is the label; test prompts whose text also
 occurs in train are dropped.
 
-Usage events (`selector_model.usage_event`, read from the proxy's JSON Lines file or
-from PostgreSQL): the request's feature vector as the proxy computed it, the model
-that answered as the selector saw it, and as label the event's outcome by the one
-definition of success (`selector_model.outcome`: a rating wins, else error,
-cancellation, the same prompt sent again soon, truncation, or a completed answer as a
-weak success), weighted by 1/propensity when the decision recorded one (exploration).
-Events recorded under another feature schema, malformed ones, duplicates (delivery is
-at least once), requests no model answered (a 4xx) and answers that are no evidence of
-the model chosen (a replay, a cloud provider's: `outcome.no_evidence`) are skipped and
-counted.
+Usage events (`selector_model.usage_event`, read from the proxy's usage file with
+the ratings beside it, from an exported file or from PostgreSQL): the request's
+feature vector as the proxy computed it, the model that answered as the selector saw
+it, and as label the event's outcome by the one definition of success
+(`selector_model.outcome`: a rating wins, else error, cancellation, the same prompt
+sent again soon, truncation, or a completed answer as a weak success), weighted by
+1/propensity when the decision recorded one (exploration). Events recorded under
+another feature schema, malformed ones, duplicates (delivery is at least once),
+requests no model answered (a 4xx) and answers that are no evidence of the model
+chosen (a replay, a cloud provider's: `outcome.no_evidence`) are skipped and counted.
 """
 
 from __future__ import annotations
@@ -23,14 +23,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
-from selector_model import features, outcome, usage_event
+from proxy.usage.export import file_events
+from selector_model import features, outcome
 from selector_model.usage_event import UsageEvent
 from training.models import BY_DATASET_NAME, ModelSpec
 
@@ -182,21 +183,18 @@ def usage_example(event: UsageEvent, result: outcome.Result) -> Example:
     )
 
 
-def _lines(paths: Iterable[Path]) -> Iterator[UsageEvent | None]:
-    """Each non-empty line's event; a line that is not a JSON object yields None."""
-    for path in paths:
-        with path.open("rb") as fh:
-            for line in fh:
-                if line.strip():
-                    try:
-                        yield usage_event.parse_line(line)
-                    except ValueError:
-                        yield None
-
-
 def load_usage(paths: Iterable[Path]) -> tuple[list[Example], UsageStats]:
-    """Examples from usage JSON Lines files (the proxy's local usage file)."""
-    return usage_examples(_lines(paths))
+    """Examples from usage JSON Lines files: the proxy's usage file, read as every
+    reader of it reads it (`proxy.usage.export.file_events`: its rotated files too, and
+    each request's rating from the feedback file beside it), or an exported file (the
+    ratings in its lines)."""
+    paths = list(paths)
+    for path in paths:
+        # The proxy's readers take a usage file not yet written as no events; a file
+        # named for training that is not there is a wrong name.
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such usage file")
+    return usage_examples(e for path in paths for e in file_events(path))
 
 
 def usage_examples(events: Iterable[UsageEvent | None]) -> tuple[list[Example], UsageStats]:

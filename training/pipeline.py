@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from proxy.usage.export import usage_files
 from selector_model import artifact, features, onnx_session
 from selector_model.usage_event import UsageEvent
 from training import (
@@ -51,8 +52,8 @@ class SchemaError(RuntimeError):
 
 @dataclass(frozen=True)
 class Source:
-    # "dataset" (LLMRouter's), the name of an `OUTCOME_SETS` entry, "usage" (a JSON
-    # Lines file) or "postgres"
+    # "dataset" (LLMRouter's), the name of an `OUTCOME_SETS` entry, "usage" (the
+    # proxy's usage file or an exported one, `training.data.load_usage`) or "postgres"
     kind: str
     path: Path | None = None
     dsn: str = ""
@@ -273,7 +274,8 @@ def build(
         usage, stats = load_usage(usage_paths)
         examples += usage
         for path in usage_paths:
-            hashes[f"usage/{path.name}"] = sha256(path)
+            for read in usage_files(path):
+                hashes[f"usage/{read.name}"] = sha256(read)
         source_meta.append(
             {"kind": "usage", "files": [str(p) for p in usage_paths], **stats_dict(stats)}
         )

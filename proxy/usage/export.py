@@ -74,33 +74,58 @@ async def from_postgres(dsn: str, since: datetime) -> list[UsageEvent]:
     return [usage_event.from_row(row) for row in rows]
 
 
-def _jsonl_lines(path: Path) -> Iterator[bytes]:
-    # Oldest first: events.jsonl.N ... events.jsonl.1, events.jsonl.
+def _rotations(path: Path) -> list[Path]:
+    """`path` and its rotated files, oldest first: events.jsonl.N ... events.jsonl.1,
+    events.jsonl."""
     rotated = sorted(
         (p for p in path.parent.glob(path.name + ".*") if p.suffix[1:].isdigit()),
         key=lambda p: -int(p.suffix[1:]),
     )
-    for file in [*rotated, path]:
-        if file.exists():
-            with open(file, "rb") as f:
-                yield from (line for line in f if line.strip())
+    return [file for file in [*rotated, path] if file.exists()]
 
 
-def from_files(path: str, since: datetime) -> list[UsageEvent]:
-    base = Path(path).expanduser()
+def _jsonl_lines(files: list[Path]) -> Iterator[bytes]:
+    for file in files:
+        with open(file, "rb") as f:
+            yield from (line for line in f if line.strip())
+
+
+def _usage_files(path: Path) -> tuple[list[Path], list[Path]]:
+    """The files of events and of ratings that make up the usage file `path` (as
+    `usage.file_path` names it, `FileSink` writes it): `path` and its rotations, and the
+    feedback file beside it and its rotations. `path` may name one rotation alone
+    (events.jsonl.2): its events only, with every rating of its usage file, as the
+    feedback file rotates on its own."""
+    if path.suffix[1:].isdigit():
+        return ([path] if path.exists() else []), _rotations(feedback_path(path.with_suffix("")))
+    return _rotations(path), _rotations(feedback_path(path))
+
+
+def usage_files(path: str | Path) -> list[Path]:
+    """Every file `file_events` reads for `path`: its events', then its ratings'."""
+    events, ratings = _usage_files(Path(path).expanduser())
+    return [*events, *ratings]
+
+
+def file_events(path: str | Path) -> Iterator[UsageEvent | None]:
+    """Each event of the usage file `path` (`_usage_files`), oldest first, as written
+    (a spool replay may write one twice), with `rating` set to its latest rating
+    (`usage_event.rating_of` of those that count for it, matched by either of its ids
+    as `FEEDBACK_JOIN` matches them) where the feedback file holds any; an event that
+    no rating beside it rates keeps the rating its line holds (an exported file's).
+    None for a line that is no usage event."""
+    event_files, rating_files = _usage_files(Path(path).expanduser())
     ratings: dict[str, list[Feedback]] = {}
-    for line in _jsonl_lines(feedback_path(base)):
+    for line in _jsonl_lines(rating_files):
         feedback = usage_event.parse_feedback_line(line)
         ratings.setdefault(feedback.request_id, []).append(feedback)
-    events, seen = [], set()
-    for line in _jsonl_lines(base):
-        event = usage_event.parse_line(line)
-        rid = event.request_id
-        if rid in seen or datetime.fromisoformat(event.ts) < since:
-            continue  # a spool replay can write an event twice: keep the first
-        seen.add(rid)
-        # By either id, as FEEDBACK_JOIN matches them.
-        client_id = event.client_request_id
+    for line in _jsonl_lines(event_files):
+        try:
+            event = usage_event.parse_line(line)
+        except ValueError:
+            yield None
+            continue
+        rid, client_id = event.request_id, event.client_request_id
         given = ratings.get(rid, [])
         if client_id and client_id != rid:
             given = given + ratings.get(client_id, [])
@@ -110,8 +135,20 @@ def from_files(path: str, since: datetime) -> list[UsageEvent]:
             for f in given
             if usage_event.rating_counts(f.api_key_id, key, f.api_key_hash, key_hash)
         )
-        if rating is not None:
-            event = replace(event, rating=rating)
+        yield event if rating is None else replace(event, rating=rating)
+
+
+def from_files(path: str, since: datetime) -> list[UsageEvent]:
+    """The usage file's events (`file_events`) from `since` on, each once; ValueError
+    for a line that is no usage event."""
+    events, seen = [], set()
+    for event in file_events(path):
+        if event is None:
+            raise ValueError(f"{path}: a line is not a usage event (a JSON object)")
+        rid = event.request_id
+        if rid in seen or datetime.fromisoformat(event.ts) < since:
+            continue  # a spool replay can write an event twice: keep the first
+        seen.add(rid)
         events.append(event)
     return events
 

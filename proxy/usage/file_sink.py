@@ -2,7 +2,9 @@
 
 `events.jsonl` holds usage events, one JSON object per line; `events.feedback.jsonl`
 beside it holds feedback. Rotation renames `events.jsonl` to `events.jsonl.1` (and
-shifts older ones up to `file_backups`), so training reads `events.jsonl*`.
+shifts older ones up to `file_backups`), so its readers (`proxy.usage.export.file_events`:
+export, training, the A/B report, learning's rebuild) read `events.jsonl*` and
+`events.feedback.jsonl*`.
 Writes happen in a worker thread: a batch is one `write` call, never on the loop.
 """
 
