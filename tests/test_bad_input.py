@@ -819,7 +819,9 @@ async def test_a_path_with_encoded_control_characters_is_answered_as_any_other(
     else:
         direct = await raw_request(emulator.port, "GET", path, [])
         assert (status, body) == (direct[0], direct[2])
-        assert status == 404
+        # A model's name with a line break is none Ollama can read (RetrieveMiddleware's
+        # ShowHandler: 400); another path with one is no route (gin's 404).
+        assert status == (400 if path.startswith("/v1/models/") else 404)
 
 
 @pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions", "/api/pull"])
