@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -22,7 +22,7 @@ import orjson
 from proxy import header_values, http11, ollama_answers, tasks
 from proxy.config import Config
 from proxy.config_serving import Backend
-from proxy.multipart_form import go_trim_space
+from proxy.multipart_form import go_quote, go_trim_space
 from proxy.upstream import ConnectionPool, fetch
 from proxy.upstream_errors import ConnectFailed, ConnectTimedOut, ProxyExhausted, UpstreamError
 
@@ -50,8 +50,9 @@ def _keep(read: dict[str, T], name: str, value: T) -> None:
 
 # What Ollama assumes of a name that leaves them out (types/model/name.go), and so
 # leaves out of the name it shows (`Name.DisplayShortest`).
-_DEFAULT_HOST = "registry.ollama.ai/"
-_DEFAULT_NAMESPACE = "library/"
+_HOST, _NAMESPACE, _TAG = "registry.ollama.ai", "library", "latest"
+_DEFAULT_HOST = _HOST + "/"
+_DEFAULT_NAMESPACE = _NAMESPACE + "/"
 
 
 def normalize_model(name: str) -> str:
@@ -145,8 +146,26 @@ def valid_name(name: str) -> bool:
     return valid
 
 
+def names_a_model(name: str) -> bool:
+    """Whether Ollama reads `name` as a model's name (parseAndValidateModelRef), and
+    not as its 400: trimmed, a source suffix (`source`) with no other under it, the
+    rest valid (`valid_name`)."""
+    base, asked = source(go_trim_space(name))
+    return not (asked and source(base)[1]) and valid_name(base)
+
+
 def _parses(name: str) -> bool:
     """`valid_name`, read anew."""
+    return all(
+        0 < len(part.encode()) <= longest and part[0] in _WORD and set(part) <= allowed
+        for part, (allowed, longest) in zip(_parts(name), _PARTS, strict=True)
+    )
+
+
+def _parts(name: str) -> tuple[str, str, str, str]:
+    """model.ParseName: host, namespace, model and tag of `name` (trimmed as Go trims
+    it), a scheme before the host left out, each part it leaves out Ollama's default
+    (`registry.ollama.ai`, `library`, `latest`)."""
     s = go_trim_space(name)
     host = namespace = tag = ""
     if s.rfind(":") > s.rfind("/"):
@@ -161,11 +180,51 @@ def _parses(name: str) -> bool:
         else:
             scheme, found, after = s.partition("://")
             host = after if found else scheme
-    parts = (host or "registry.ollama.ai", namespace or "library", model, tag or "latest")
-    return all(
-        0 < len(part.encode()) <= longest and part[0] in _WORD and set(part) <= allowed
-        for part, (allowed, longest) in zip(parts, _PARTS, strict=True)
-    )
+    return host or _HOST, namespace or _NAMESPACE, model, tag or _TAG
+
+
+def display_shortest(name: str, held: Iterable[str] = ()) -> str:
+    """The name ShowHandler gives a model it reads (`name`, as the request spells it):
+    its source suffix left out and the rest read as model.ParseName reads it
+    (`_parts`), each part spelled as the same part of a model the machine holds
+    (`held`: getExistingName, which compares them case-insensitively), then
+    Name.DisplayShortest, which leaves out a default host, and with it a default
+    namespace: `ghost` is `ghost:latest`, `Ghost` the same where a `ghost` is held,
+    `registry.ollama.ai/library/ghost:1` is `ghost:1`, `user/ghost` is
+    `user/ghost:latest`."""
+    parts = list(_parts(source(go_trim_space(name))[0]))
+    folded = [part.casefold() for part in parts]
+    for other in held:
+        for i, part in enumerate(_parts(other)):
+            if part.casefold() == folded[i]:
+                parts[i] = part
+    host, namespace, model, tag = parts
+    if host.casefold() != _HOST:
+        return f"{host}/{namespace}/{model}:{tag}"
+    if namespace.casefold() != _NAMESPACE:
+        return f"{namespace}/{model}:{tag}"
+    return f"{model}:{tag}"
+
+
+# The routes whose handler reads a name as ShowHandler does (RetrieveMiddleware sends
+# `/v1/models/<id>` there), and those that name a model they lack in
+# handleScheduleError's words (EmbedHandler and EmbeddingsHandler, found no manifest;
+# the OpenAI layer sends `/v1/embeddings` to the first).
+_SHOWS = "/api/show"
+_MODEL_PREFIX = "/v1/models/"
+_SCHEDULED = frozenset({"/api/embed", "/api/embeddings", "/v1/embeddings"})
+
+
+def not_found_message(path: str, name: str, held: Iterable[str] = ()) -> str:
+    """Ollama's words for a model it does not have, as the handler on `path` says them
+    of `name` (the name as the request spells it; `held`: the models the machine
+    holds): a show names it as it reads it (`display_shortest`), the embedding
+    handlers quote it and say to pull it, the others name it as asked."""
+    if path == _SHOWS or path.startswith(_MODEL_PREFIX):
+        return f"model '{display_shortest(name, held)}' not found"
+    if path in _SCHEDULED:
+        return f"model {go_quote(name.encode())} not found, try pulling it first"
+    return f"model '{name}' not found"
 
 
 RESPONSES_PATH = "/v1/responses"
@@ -626,6 +685,17 @@ class BackendPool:
         if not usable:
             raise self.unavailable()
         return usable[0]
+
+    def held(self, only: frozenset[str] | None = None) -> Iterator[str]:
+        """The names of the models the backends list, as their lists spell them; with
+        `only` (normalised names, an API key's list), those in it: the models a
+        machine with what the lists show holds, which Ollama's show names a model it
+        reads after (`display_shortest`)."""
+        for state in self.states:
+            for entry in state.tags:
+                name = str(entry.get("model") or entry.get("name") or "")
+                if only is None or normalize_model(name) in only:
+                    yield name
 
     def lists(self, model: str) -> bool:
         """Whether some usable backend lists `model`."""

@@ -9,6 +9,7 @@ import os
 import random
 import re
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -16,6 +17,7 @@ from aiohttp import web
 from yarl import URL
 
 from proxy import go_mux
+from proxy.backends import not_found_message
 from proxy.outcome import MAX_ERROR_CHARS
 from proxy.protocol import JSON, JSON_V1, go_dumps
 from proxy.routes import gin_allowed
@@ -111,10 +113,11 @@ def handler_error(path: str, status: int, message: str) -> web.Response:
     return carrying(response, message)
 
 
-def model_not_found(path: str, model: str) -> web.Response:
-    """Ollama's 404 for a model it does not have (`model` as the request names it), as
-    its handler writes it on `path`."""
-    return handler_error(path, 404, f"model '{model}' not found")
+def model_not_found(path: str, model: str, held: Iterable[str] = ()) -> web.Response:
+    """Ollama's 404 for a model it does not have (`model` as the request names it;
+    `held`: the models it has), as its handler writes it on `path`
+    (`not_found_message`)."""
+    return handler_error(path, 404, not_found_message(path, model, held))
 
 
 # The routes whose stream Ollama's OpenAI layer writes from the native one: what its

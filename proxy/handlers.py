@@ -53,9 +53,8 @@ from proxy.backends import (
     BackendPool,
     BackendState,
     NoBackend,
+    names_a_model,
     searches_the_web,
-    source,
-    valid_name,
 )
 from proxy.cache import ResponseCache
 from proxy.cache.key import cache_key, cacheable, generates, scope
@@ -141,6 +140,14 @@ def _shown_to(answer: bytes, models: frozenset[str]) -> bytes:
         return answer
     shown = without_foreign_parent(doc, models)
     return answer if shown is doc else go_dumps(shown)
+
+
+def _refuses(key: KeyState, model: str) -> bool:
+    """Whether `key` may not use the model `model` names: one off its list, named as
+    Ollama reads a name (`names_a_model`); any other name goes on to the backend,
+    whose 400 for it is the same for every key (`Handlers._named`)."""
+    # The name is checked only once refused: an allowed name needs no check.
+    return not key.allows_model(model) and names_a_model(model)
 
 
 class Handlers:
@@ -608,7 +615,7 @@ class Handlers:
             # A name Ollama cannot parse names no model (`_named`): the backend answers
             # it Ollama's 400, for every key, where a provider standing in for "*"
             # would answer any key whose list it is not on.
-            or not valid_name(source(model)[0])
+            or not names_a_model(model)
         ):
             return self._generate(request, served, doc, body, model, missing=missing)
 
@@ -704,13 +711,12 @@ class Handlers:
         """A model the client named: refused when its key may not use it (hidden on
         `/api/show`, `_model_hidden`); else, on an inference route, the answer's header
         names it as the client did, as the answer does. A name Ollama cannot parse
-        (`valid_name`) names no model on any key's list or any backend: it goes on for
+        (`names_a_model`) names no model on any key's list or any backend: it goes on for
         the backend's own 400, the same for every key, as Ollama checks a name before
         it looks for the model."""
-        # The name is checked only once refused: an allowed name needs no check.
-        if key is not None and not key.allows_model(model) and valid_name(source(model)[0]):
+        if key is not None and _refuses(key, model):
             if path == SHOW_PATH:
-                return self._model_hidden(path, model)
+                return self._model_hidden(path, model, key)
             return self._model_denied(path, model)
         named = header_values.model_name(model)
         if inference and named:
@@ -756,16 +762,17 @@ class Handlers:
     def _model_denied(path: str, model: str) -> web.Response:
         return error_response(path, 403, f"model '{model}' is not allowed for this API key")
 
-    @staticmethod
-    def _model_hidden(path: str, model: str) -> web.Response:
+    def _model_hidden(self, path: str, model: str, key: KeyState) -> web.Response:
         """A model outside the key's list on a route that describes models (`/api/show`,
         `/v1/models/<id>`): answered as Ollama answers for a model it does not have,
         404 "model 'x' not found", because the lists leave it out and a description
         must agree with the list (editors probe each name they hold). Running one is a
         403 instead (`_model_denied`): the caller asked for it by name and "not allowed
         for this API key" says what to fix. Neither tells whether the model exists:
-        both come before routing, for any name outside the list."""
-        return model_not_found(path, model)
+        both come before routing, for any name outside the list, and the name is
+        read against the models the key sees, as a machine holding only those reads
+        it."""
+        return model_not_found(path, model, self.backends.held(key.models))
 
     def _auto_entries(self, path: str, only: frozenset[str] | None = None) -> list[dict[str, Any]]:
         if not self.config.selector.list_in_tags:
@@ -813,8 +820,8 @@ class Handlers:
                     body = encoded({**entry, "id": name})
                     return web.Response(body=body, headers={"Content-Type": JSON_V1})
         key = request.get(KEY_REQUEST)
-        if key is not None and not key.allows_model(name):
-            return self._model_hidden(path, name)
+        if key is not None and _refuses(key, name):
+            return self._model_hidden(path, name, key)
         return await self.relay.forward(request, request[OUTCOME].served, b"", name)
 
     async def blobs(self, request: web.Request) -> web.StreamResponse:

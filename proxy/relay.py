@@ -340,7 +340,7 @@ class Relay:
                     if gone and model is not None:
                         # The backends that listed the model went while one answered
                         # it has none: that answer, Ollama's 404, is the client's.
-                        return model_not_found(request.path, model)
+                        return model_not_found(request.path, model, self.backends.held())
                     if failures:
                         return await given_up()
                     if fallback is not None:

@@ -630,8 +630,25 @@ async def test_a_model_made_from_another_names_no_parent_outside_the_keys_list(
         ("/v1/models/{}", lambda m: None),
     ],
 )
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        ("mistral:7b", "mistral:7b"),
+        # ShowHandler names the model as it reads it (getExistingName, DisplayShortest):
+        # each part spelled as a model the key sees spells it (the tag as qwen2.5:7b's),
+        # a default tag added, a source suffix left out.
+        ("MISTRAL:7B", "MISTRAL:7b"),
+        ("Mistral", "Mistral:latest"),
+        ("mistral:local", "mistral:latest"),
+    ],
+)
 async def test_describing_a_model_outside_the_list_answers_as_ollama_for_an_unknown_one(
-    guarded: Proxy, own_emulator: Emulator, path: str, body_of: Callable[[str], object]
+    guarded: Proxy,
+    own_emulator: Emulator,
+    path: str,
+    body_of: Callable[[str], object],
+    name: str,
+    shown: str,
 ) -> None:
     async def describe(base: str, model: str, key: str | None) -> tuple[int, str, bytes]:
         if "{}" in path:
@@ -640,14 +657,75 @@ async def test_describing_a_model_outside_the_list_answers_as_ollama_for_an_unkn
             status, headers, answer = await call(base, "POST", path, key, body_of(model))
         return status, headers["Content-Type"], answer
 
-    hidden = await describe(guarded.url, "mistral:7b", USER)
-    # What the backend itself says of a model it does not have, name for name.
-    unknown = await describe(own_emulator.url, "no-such:1", None)
+    hidden = await describe(guarded.url, name, USER)
+    # What the backend itself says of a model it does not have, name for name (its
+    # own name in the case of the one asked for).
+    mistral = name[: len("mistral")]
+    pairs = zip(mistral, "nosuchx", strict=True)
+    other = "".join(o.upper() if m.isupper() else o for m, o in pairs)
+    unknown = await describe(own_emulator.url, other + name[len(mistral) :], None)
     assert hidden[0] == unknown[0] == 404
-    assert hidden[1:] == (unknown[1], unknown[2].replace(b"no-such:1", b"mistral:7b"))
+    assert hidden[1:] == (unknown[1], unknown[2].replace(other.encode(), mistral.encode()))
+    error = orjson.loads(hidden[2])["error"]
+    message = error["message"] if isinstance(error, dict) else error
+    assert message == f"model '{shown}' not found"
     # Inside the list, and for a key without one, the model is described.
     assert (await describe(guarded.url, "llama3.1:8b", USER))[0] == 200
     assert (await describe(guarded.url, "mistral:7b", ADMIN))[0] == 200
+
+
+async def test_a_hidden_models_name_is_spelled_only_after_the_models_the_key_sees(
+    guarded: Proxy, own_emulator: Emulator
+) -> None:
+    """Ollama spells each part of a name it lacks as a model it holds spells it
+    (getExistingName): the backend, which holds llama3.3:70b, names `LLAMA3.3:70B` so.
+    The key that sees only ALLOWED gets the name as a machine holding only those would
+    give it, which says nothing of the models off its list."""
+    body = {"model": "LLAMA3.3:70B"}
+    status, _, answer = await call(guarded.url, "POST", "/api/show", ADMIN, body)
+    assert (status, orjson.loads(answer)["model_info"] is not None) == (200, True)
+    missing = {"model": "LLAMA3.3:7B"}
+    direct = await call(own_emulator.url, "POST", "/api/show", None, missing)
+    assert orjson.loads(direct[2]) == {"error": "model 'llama3.3:7b' not found"}
+    status, _, answer = await call(guarded.url, "POST", "/api/show", USER, body)
+    assert (status, orjson.loads(answer)) == (404, {"error": "model 'LLAMA3.3:70B' not found"})
+
+
+@pytest.mark.parametrize("path", ["/api/show", "/v1/models/{}"])
+async def test_a_name_ollama_cannot_read_gets_its_400_for_any_key(
+    guarded: Proxy, own_emulator: Emulator, path: str
+) -> None:
+    """A name model.ParseName cannot qualify names no model on any list: Ollama's 400
+    "invalid model name" for every key, as the backend answers it, not the 404 that
+    hides a model off the key's list."""
+    for name in ("bad!!", "m:.tag", "ok:local:cloud"):
+        if "{}" in path:
+            answers = [
+                await call(base, "GET", path.format(name), key)
+                for base, key in (
+                    (own_emulator.url, None),
+                    (guarded.url, USER),
+                    (guarded.url, ADMIN),
+                )
+            ]
+        else:
+            body = {"model": name}
+            answers = [
+                await call(base, "POST", path, key, body)
+                for base, key in (
+                    (own_emulator.url, None),
+                    (guarded.url, USER),
+                    (guarded.url, ADMIN),
+                )
+            ]
+        direct = answers[0]
+        assert direct[0] == 400, (name, direct)
+        for status, headers, answer in answers[1:]:
+            assert (status, headers["Content-Type"], answer) == (
+                direct[0],
+                direct[1]["Content-Type"],
+                direct[2],
+            ), name
 
 
 @pytest.mark.parametrize("path", ["/v1/models/", "/v1/models/llama3.1:8b/x"])

@@ -718,7 +718,45 @@ async def test_request_errors(emu: Emu) -> None:
         status, _, body = await emu.post("/api/chat", {"model": "x", "messages": [message]})
         assert (status, json.loads(body)["error"]) == (400, "json: cannot unmarshal " + error)
     status, _, body = await emu.post("/api/show", {"model": "ghost"})
-    assert (status, json.loads(body)) == (404, {"error": "model 'ghost' not found"})
+    assert (status, json.loads(body)) == (404, {"error": "model 'ghost:latest' not found"})
+
+
+async def test_each_handler_names_a_model_it_lacks_in_its_own_words(emu: Emu) -> None:
+    """ShowHandler (and `/v1/models/:model`, which RetrieveMiddleware sends there)
+    names a model it lacks as it reads the name: model.ParseName's parts, each spelled
+    as the same part of a model the machine holds (getExistingName: the tag `70B` as
+    llama3.3:70b's), the default host and namespace left out, the tag kept
+    (Name.DisplayShortest), a source suffix left out. EmbedHandler and
+    EmbeddingsHandler find no manifest and say so in handleScheduleError's words, the
+    name quoted as asked; generate and chat name it as asked."""
+    shown = [
+        ("ghost", "ghost:latest"),
+        ("Ghost:local", "Ghost:latest"),
+        ("library/ghost", "ghost:latest"),
+        ("registry.ollama.ai/library/ghost:1", "ghost:1"),
+        ("REGISTRY.OLLAMA.AI/LIBRARY/ghost", "ghost:latest"),
+        ("user/ghost", "user/ghost:latest"),
+        ("example.com:5000/user/ghost", "example.com:5000/user/ghost:latest"),
+        ("LLAMA3.1:70B", "llama3.1:70b"),
+    ]
+    for name, qualified in shown:
+        status, _, body = await emu.post("/api/show", {"model": name})
+        assert (status, json.loads(body)) == (404, {"error": f"model '{qualified}' not found"})
+        if "/" not in name:
+            status, _, body = await emu.post("/v1/models/" + name, method="GET")
+            message = json.loads(body)["error"]["message"]
+            assert (status, message) == (404, f"model '{qualified}' not found"), name
+    pulling = 'model "Ghost" not found, try pulling it first'
+    for path in ("/api/embed", "/api/embeddings", "/v1/embeddings"):
+        status, _, body = await emu.post(path, {"model": "Ghost", "input": "x"})
+        error = json.loads(body)["error"]
+        assert (status, error if path.startswith("/api") else error["message"]) == (404, pulling)
+    for path in ("/api/generate", "/api/chat", "/v1/chat/completions"):
+        chat = {"model": "Ghost", "messages": [{"role": "user", "content": "x"}]}
+        status, _, body = await emu.post(path, chat)
+        error = json.loads(body)["error"]
+        message = error if path.startswith("/api") else error["message"]
+        assert (status, message) == (404, "model 'Ghost' not found"), path
 
 
 async def test_names_are_judged_as_go_parses_them(emu: Emu) -> None:

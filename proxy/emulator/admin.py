@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.backends import CLOUD, INVALID_NAME, valid_name
+from proxy.backends import CLOUD, INVALID_NAME, not_found_message, valid_name
 from proxy.errors import gin_not_found
 from proxy.go_requests import SHOW_FIELDS
 from proxy.multipart_form import go_quote
@@ -245,7 +245,7 @@ async def handle_show(request: web.Request) -> web.Response:
         return error(refusal.status, refusal.message)
     spec = state.find(base)
     if spec is None:
-        return error(404, f"model '{base}' not found")
+        return error(404, not_found_message(request.path, base, state.store))
     agent = request.headers.get("User-Agent", "")
     return gin_json(200, show_body(spec, name, agent, state.settings.version))
 

@@ -14,7 +14,7 @@ import orjson
 from aiohttp import web
 
 from proxy import go_json, go_raw_message, go_requests, go_types
-from proxy.backends import CLOUD, INVALID_NAME, source, valid_name
+from proxy.backends import CLOUD, INVALID_NAME, not_found_message, source, valid_name
 from proxy.go_requests import check_fields
 from proxy.go_types import BodyError
 from proxy.keep_alive import parse as parse_keep_alive
@@ -270,7 +270,7 @@ def _lookup(
     base = model_ref(name, path, empty_status=empty_status, empty_msg=empty_msg)
     spec = state.find(base)
     if spec is None:
-        raise Refusal(404, f"model '{name}' not found")
+        raise Refusal(404, not_found_message(path, name, state.store))
     return spec
 
 

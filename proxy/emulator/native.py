@@ -18,6 +18,7 @@ import orjson
 from aiohttp import web
 
 from proxy.aiohttp_internals import defer_headers
+from proxy.backends import not_found_message
 from proxy.go_requests import (
     CHAT_FIELDS,
     EMBED_FIELDS,
@@ -448,7 +449,7 @@ async def embed_vectors(
         inputs = raw_input
     spec = state.find(base)
     if spec is None:
-        raise Refusal(404, f"model '{model}' not found")
+        raise Refusal(404, not_found_message("/api/embed", model, state.store))
     check_options(body.get("options"))
     gen = Generation(state, request, spec, plan_empty(), keep_alive_of(body), started)
     try:
@@ -543,7 +544,7 @@ async def handle_embeddings(request: web.Request) -> web.StreamResponse:
         base = model_ref(model, "/api/embeddings", empty_status=400, empty_msg="model is required")
         spec = state.find(base)
         if spec is None:
-            raise Refusal(404, f'model "{model}" not found, try pulling it first')
+            raise Refusal(404, not_found_message(request.path, model, state.store))
         check_options(body.get("options"))
         gen = Generation(state, request, spec, plan_empty(), keep_alive_of(body), time.monotonic())
         await gen.load()

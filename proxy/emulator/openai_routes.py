@@ -16,7 +16,7 @@ import orjson
 from aiohttp import web
 
 from proxy import multipart_form, openai_chat
-from proxy.backends import CLOUD
+from proxy.backends import CLOUD, not_found_message
 from proxy.go_requests import check_fields
 from proxy.go_types import BodyError
 from proxy.protocol import SSE
@@ -402,7 +402,7 @@ async def handle_model(request: web.Request) -> web.Response:
         return error(refusal.status, refusal.message)
     spec = state.find(base)
     if spec is None:
-        return writer_error(404, f"model '{name}' not found")
+        return writer_error(404, not_found_message(request.path, name, state.store))
     return encoder_json(
         200,
         {
