@@ -721,6 +721,22 @@ async def test_request_errors(emu: Emu) -> None:
     assert (status, json.loads(body)) == (404, {"error": "model 'ghost:latest' not found"})
 
 
+async def test_web_routes_are_out_of_reach_as_cloud_models_are(emu: Emu) -> None:
+    """Ollama sends `/api/experimental/web_*` and a cloud model's request to ollama.com
+    alike (proxyCloudRequestWithPath): the emulated machine, which cannot reach it,
+    answers both with Go's client error, a 502 naming the URL it tried."""
+    lookup = "dial tcp: lookup ollama.com: no such host"
+    cases = [
+        ("/api/experimental/web_search", {"query": "x"}, "/api/web_search"),
+        ("/api/experimental/web_fetch?a=1", {"url": "u"}, "/api/web_fetch?a=1"),
+        ("/api/chat", {"model": "gpt-oss:120b-cloud"}, "/api/chat"),
+    ]
+    for path, body, target in cases:
+        status, _, answer = await emu.post(path, body)
+        expected = f'Post "https://ollama.com:443{target}": {lookup}'
+        assert (status, json.loads(answer)) == (502, {"error": expected}), path
+
+
 async def test_each_handler_names_a_model_it_lacks_in_its_own_words(emu: Emu) -> None:
     """ShowHandler (and `/v1/models/:model`, which RetrieveMiddleware sends there)
     names a model it lacks as it reads the name: model.ParseName's parts, each spelled

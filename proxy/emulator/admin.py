@@ -580,9 +580,17 @@ async def handle_signout(request: web.Request) -> web.Response:
 
 
 async def handle_web_experimental(request: web.Request) -> web.Response:
+    """webExperimentalProxyHandler: a body sent on to ollama.com's `/api/web_search` or
+    `/api/web_fetch` (the query kept), through proxyCloudRequestWithPath as a cloud
+    model's request goes, so the emulated machine, which signs it with its key but
+    cannot reach ollama.com, answers it as it answers one (`cloud_out_of_reach`)."""
     if not (await request.read()).strip():
         return error(400, "missing request body")
-    return gin_json(401, {"error": "unauthorized", "signin_url": _signin_url()})
+    target = "/api/" + request.path.rsplit("/", 1)[1]
+    if request.query_string:
+        target += "?" + request.query_string
+    refusal = cloud_out_of_reach(target)
+    return error(refusal.status, refusal.message)
 
 
 # server/model_recommendations.go `defaultModelRecommendations`: what Ollama answers
