@@ -811,6 +811,31 @@ def test_the_latest_rating_of_an_answer_replaces_the_earlier_ones(tmp_path: Path
     assert rebuilt.of("math")["qwen2.5:7b"][:2] == pytest.approx([1.0, 2 * outcome.RATED])
 
 
+async def test_a_torn_line_in_the_usage_files_loses_no_other_evidence(tmp_path: Path) -> None:
+    """A crash cuts a write short and the next start appends after it: a rebuild skips
+    the one unreadable line it leaves (among the events, or the ratings) and learns from
+    every other, the ratings with them."""
+    usage = Usage(file_path=str(tmp_path / "events.jsonl"))
+    lines = [orjson.dumps(_event(f"r{n}", 10 * n, "abc"[n])) for n in range(3)]
+    (tmp_path / "events.jsonl").write_bytes(
+        lines[0] + b"\n" + lines[1][:50] + lines[1] + b"\n" + lines[2] + b"\n"
+    )
+    ratings = [
+        orjson.dumps({"request_id": rid, "rating": 1.0, "ts": f"2026-01-01T00:01:0{n}Z"})
+        for n, rid in enumerate(["r0", "r2"])
+    ]
+    (tmp_path / "events.feedback.jsonl").write_bytes(
+        ratings[0][:20] + ratings[0] + b"\n" + ratings[1] + b"\n"
+    )
+    evidence = Evidence()
+    learner = Learner(Learning(), usage, evidence)
+    await learner.start()
+    assert learner.error is None and learner.rebuilt == 2
+    read = [_event("r0", 0, "a"), {**_event("r2", 20, "c"), "rating": 1.0}]
+    expected = evidence_from_events(read).of("math")["qwen2.5:7b"]
+    assert evidence.of("math")["qwen2.5:7b"] == pytest.approx(expected)
+
+
 def test_a_cloud_answer_is_no_evidence_about_a_local_model(tmp_path: Path) -> None:
     """An answer a cloud provider gave (auto's choice failed, or the cloud answered in
     the profile's name) says nothing of the local model: the learner counts none, live

@@ -24,18 +24,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy import final_chunk, go_json
+from proxy.cli import main
 from proxy.config_services import Usage
 from proxy.config_serving import Limits
 from proxy.emulator import EmulatorSettings
 from proxy.outcome import Decided, Outcome, Served
 from proxy.usage import event as ev
+from proxy.usage.export import file_events
+from proxy.usage.file_sink import FileSink, feedback_path
 from proxy.usage.pipeline import UsagePipeline
 from proxy.usage.postgres import PostgresSink, _storable
 from proxy.usage.runner import BATCH_BYTES, Record, SinkRunner, spool_line
 from proxy.usage.spool import Spool
 from proxy.usage.stats import MAX_KEYS, MemoryStats, from_postgres
-from selector_model import outcome
-from selector_model.usage_event import Answer, Client, Logged, UsageEvent
+from selector_model import outcome, usage_event
+from selector_model.usage_event import Answer, Client, Feedback, Logged, UsageEvent
 from tests.support import (
     Emulator,
     Proxy,
@@ -106,6 +109,67 @@ def test_a_spool_replayed_to_its_end_keeps_no_record_on_disk(tmp_path: Path) -> 
     last = Spool(tmp_path, "sink", 1 << 20, "never", 1)
     assert last.pending == 1 and drain(last) == [b"u5"]
     last.close()
+
+
+def _stored(rid: str, second: int) -> bytes:
+    return usage_event.read({"request_id": rid, "ts": f"2026-01-01T00:00:{second:02d}Z"}).line()
+
+
+def _rating_line(rid: str, rating: float, second: int) -> bytes:
+    at = f"2026-01-01T00:01:{second:02d}Z"
+    given = Feedback(feedback_id=f"f-{rid}", request_id=rid, rating=rating, ts=at)
+    return orjson.dumps(given.document())
+
+
+def test_a_torn_line_in_the_usage_files_is_skipped_and_counted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash cuts a write short and the next start appends after it: the cut line,
+    glued to the line after it, is one unreadable line in the middle of the file (of
+    events or of ratings). Export gives every event it can read, with its rating, and
+    says on stderr how many lines it skipped."""
+    path = tmp_path / "events.jsonl"
+    events = [_stored(f"r{n}", n) for n in range(4)]
+    path.write_bytes(events[0] + b"\n" + events[1][:40] + events[2] + b"\n" + events[3] + b"\n")
+    ratings = [_rating_line("r0", 0.5, 0), _rating_line("r3", 1.0, 1)]
+    feedback_path(path).write_bytes(ratings[0][:30] + ratings[0] + b"\n" + ratings[1] + b"\n")
+    monkeypatch.setenv("AUTOROUTE_USAGE__FILE_PATH", str(path))
+    monkeypatch.setenv("AUTOROUTE_LOGGING__JSON", "false")
+    out = tmp_path / "export.jsonl"
+    assert main(["usage", "export", "--since", "2025-01-01", "-o", str(out)]) == 0
+    exported = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    assert [(e["request_id"], e["rating"]) for e in exported] == [("r0", None), ("r3", 1.0)]
+    err = capsys.readouterr().err
+    assert f"{path}: 2 lines are no usage event or rating: skipped" in err
+    assert "autoroute: exported 2 usage events" in err
+
+
+async def test_the_file_sink_ends_a_torn_last_line_before_it_appends(tmp_path: Path) -> None:
+    """A file a crash left ending mid-line gets a newline first: the torn tail stays one
+    unreadable line, the events written after it whole."""
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(_stored("r0", 0) + b"\n" + _stored("r1", 1)[:40])
+    feedback_path(path).write_bytes(_rating_line("r0", 0.5, 0)[:30])
+    sink = FileSink(str(path), max_bytes=1 << 20, backups=1)
+    event = usage_event.read({"request_id": "r2", "ts": "2026-01-01T00:00:02Z"})
+    rating = Feedback(request_id="r2", rating=1.0, ts="2026-01-01T00:01:02Z")
+    await sink.write([Record(event, event.line()), Record(rating, orjson.dumps(rating.document()))])
+    await sink.close()
+    read = list(file_events(path))
+    assert read[1] is None
+    assert [e.request_id if e else None for e in read] == ["r0", None, "r2"]
+    assert read[2] is not None and read[2].rating == 1.0
+    # A file that ends its last line, or is empty, gets no line of its own.
+    sink = FileSink(str(path), max_bytes=1 << 20, backups=1)
+    await sink.write([Record(event, event.line())])
+    await sink.close()
+    assert path.read_bytes().endswith(b"\n" + event.line() + b"\n" + event.line() + b"\n")
+    empty = tmp_path / "empty.jsonl"
+    empty.touch()
+    sink = FileSink(str(empty), max_bytes=1 << 20, backups=1)
+    await sink.write([Record(event, event.line())])
+    await sink.close()
+    assert empty.read_bytes() == event.line() + b"\n"
 
 
 @settings(max_examples=300, deadline=None)

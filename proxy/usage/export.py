@@ -10,6 +10,7 @@ keys vary).
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 from collections.abc import Iterator
@@ -28,6 +29,8 @@ from proxy.usage.file_sink import feedback_path
 from proxy.usage.stats import FEEDBACK_JOIN
 from selector_model import usage_event
 from selector_model.usage_event import Feedback, UsageEvent
+
+log = logging.getLogger("autoroute.usage")
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -113,16 +116,24 @@ def file_events(path: str | Path) -> Iterator[UsageEvent | None]:
     (`usage_event.rating_of` of those that count for it, matched by either of its ids
     as `FEEDBACK_JOIN` matches them) where the feedback file holds any; an event that
     no rating beside it rates keeps the rating its line holds (an exported file's).
-    None for a line that is no usage event."""
+    None for a line that is no usage event; a line of the feedback file that is no
+    rating is left out. A crash that cuts a write short leaves such a line (glued to the
+    next one written): the read goes on past it, and logs how many it met."""
     event_files, rating_files = _usage_files(Path(path).expanduser())
     ratings: dict[str, list[Feedback]] = {}
+    unreadable = 0
     for line in _jsonl_lines(rating_files):
-        feedback = usage_event.parse_feedback_line(line)
+        try:
+            feedback = usage_event.parse_feedback_line(line)
+        except ValueError:
+            unreadable += 1
+            continue
         ratings.setdefault(feedback.request_id, []).append(feedback)
     for line in _jsonl_lines(event_files):
         try:
             event = usage_event.parse_line(line)
         except ValueError:
+            unreadable += 1
             yield None
             continue
         rid, client_id = event.request_id, event.client_request_id
@@ -136,15 +147,17 @@ def file_events(path: str | Path) -> Iterator[UsageEvent | None]:
             if usage_event.rating_counts(f.api_key_id, key, f.api_key_hash, key_hash)
         )
         yield event if rating is None else replace(event, rating=rating)
+    if unreadable:
+        log.warning("%s: %d lines are no usage event or rating: skipped", path, unreadable)
 
 
 def from_files(path: str, since: datetime) -> list[UsageEvent]:
-    """The usage file's events (`file_events`) from `since` on, each once; ValueError
-    for a line that is no usage event."""
+    """The usage file's events (`file_events`) from `since` on, each once; a line that
+    is no usage event is skipped (`file_events` logs how many)."""
     events, seen = [], set()
     for event in file_events(path):
         if event is None:
-            raise ValueError(f"{path}: a line is not a usage event (a JSON object)")
+            continue
         rid = event.request_id
         if rid in seen or datetime.fromisoformat(event.ts) < since:
             continue  # a spool replay can write an event twice: keep the first

@@ -36,7 +36,13 @@ class _RotatingFile:
     def write(self, data: bytes) -> None:
         if self._file is None:
             private_files.make_dirs(self.path.parent)
-            self._file = private_files.open_file(self.path, "ab")  # open between batches
+            self._file = private_files.open_file(self.path, "a+b")  # open between batches
+            if self._file.tell():
+                self._file.seek(-1, os.SEEK_END)
+                if self._file.read(1) != b"\n":
+                    # A crash cut the last write short: its torn line ends here, one line
+                    # its readers skip, and the next event stays a line of its own.
+                    self._file.write(b"\n")
         if self._file.tell() and self._file.tell() + len(data) > self.max_bytes:
             self._rotate()
             assert self._file is not None
