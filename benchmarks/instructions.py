@@ -15,16 +15,22 @@ the artifact's reload check) are slowed to once an hour for every target alike.
 the context.
 
 `--old REV` (repeatable) measures the proxy of another git revision the same way,
-after this one, and prints this one's ratios to it.
+after this one, and prints this one's ratios to it. Each target runs in `--processes`
+processes, the targets taking turns (A B A B): two processes of the same code settle
+a few percent apart (the type cache and the adaptive interpreter specialise by where
+things land in memory), a spread no number of rounds in one process shows, so the
+medians pool every process's rounds and the spread between processes is printed
+beside them.
 
-    python -m benchmarks.instructions                 # about five minutes
-    python -m benchmarks.instructions --old e8bfb28   # about ten
+    python -m benchmarks.instructions                 # about ten minutes
+    python -m benchmarks.instructions --old e8bfb28   # about twenty
     python -m benchmarks.instructions --old main --old e8bfb28
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import os
 import re
@@ -206,6 +212,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=30, help="requests per run")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each length per model")
     parser.add_argument("--path", choices=(CHAT, GENERATE), default=CHAT)
+    parser.add_argument("--processes", type=int, default=2, help="processes per target")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         raise BenchmarkError("valgrind is not installed")
@@ -218,45 +225,66 @@ def main() -> None:
         **QUIET,
     }
     emu = emulator(EMULATOR_PORT, "--models", BACKEND_MODELS, "--chunk-ms", "5")
-    results: dict[str, dict[str, list[Split]]] = {}
+    # Per target, each process's splits by model.
+    results: dict[str, list[dict[str, list[Split]]]] = {"proxy": []}
     try:
         wait_ready(EMULATOR_PORT)
         print(
             f"callgrind: POST {args.path} streamed, one at a time; per model {args.rounds} rounds"
-            f" of {args.requests} requests of {SHORT}- and of {LONG}-chunk answers;"
-            " medians over the rounds",
+            f" of {args.requests} requests of {SHORT}- and of {LONG}-chunk answers in each of"
+            f" {args.processes} processes per target, the targets taking turns; medians over"
+            " every round",
             flush=True,
         )
-        results["proxy"] = measure(base, args.requests, args.rounds, args.path)
-        report("proxy", results["proxy"])
-        for rev in args.old:
-            with tempfile.TemporaryDirectory(prefix="autoroute-old-") as tmp:
-                env = base | old_tree(rev, Path(tmp))
-                results[rev] = measure(env, args.requests, args.rounds, args.path)
-            print(f"{rev}: the proxy of git revision {rev}")
-            report(rev, results[rev])
+        with contextlib.ExitStack() as trees:
+            envs = {"proxy": base}
+            for rev in args.old:
+                tmp = trees.enter_context(tempfile.TemporaryDirectory(prefix="autoroute-old-"))
+                envs[rev] = base | old_tree(rev, Path(tmp))
+                results[rev] = []
+            for process in range(args.processes):
+                for name, env in envs.items():
+                    print(f"{name}, process {process + 1}:", flush=True)
+                    results[name].append(measure(env, args.requests, args.rounds, args.path))
     finally:
         emu.terminate()
         emu.wait(10)
+    for name, processes in results.items():
+        if name != "proxy":
+            print(f"{name}: the proxy of git revision {name}")
+        report(name, processes)
     for rev in args.old:
         for model in MODELS:
-            new, old = median(results["proxy"][model]), median(results[rev][model])
+            new, old = pooled(results["proxy"], model), pooled(results[rev], model)
+            # Each process of the one against each of the other: how far apart the
+            # ratio of one pair of processes could have put it.
+            pairs = [
+                median(a[model]).request / median(b[model]).request
+                for a in results["proxy"]
+                for b in results[rev]
+            ]
             print(
-                f"proxy/{rev} {model}: per request {new.request / old.request:.3f}x,"
+                f"proxy/{rev} {model}: per request {new.request / old.request:.3f}x"
+                f" (process pairs {min(pairs):.3f}x to {max(pairs):.3f}x),"
                 f" per chunk {new.chunk / old.chunk:.3f}x,"
                 f" {SHOWN}-chunk stream {new.stream(SHOWN) / old.stream(SHOWN):.3f}x"
                 f" ({new.request - old.request:+,.0f} instructions per request)"
             )
 
 
-def report(name: str, splits: dict[str, list[Split]]) -> None:
-    for model, rounds in splits.items():
-        split = median(rounds)
-        low, high = min(s.request for s in rounds), max(s.request for s in rounds)
+def pooled(processes: list[dict[str, list[Split]]], model: str) -> Split:
+    """The median of `model`'s rounds over every process."""
+    return median([split for splits in processes for split in splits[model]])
+
+
+def report(name: str, processes: list[dict[str, list[Split]]]) -> None:
+    for model in MODELS:
+        split = pooled(processes, model)
+        each = [median(splits[model]).request for splits in processes]
         print(
             f"{name} {model}: per request {split.request:,.0f} instructions"
-            f" (rounds {low:,.0f} to {high:,.0f}), per chunk {split.chunk:,.0f},"
-            f" {SHOWN}-chunk stream {split.stream(SHOWN):,.0f}",
+            f" (processes' medians {min(each):,.0f} to {max(each):,.0f}),"
+            f" per chunk {split.chunk:,.0f}, {SHOWN}-chunk stream {split.stream(SHOWN):,.0f}",
             flush=True,
         )
 
