@@ -17,10 +17,9 @@ the context.
 `--old REV` (repeatable) measures the proxy of another git revision the same way,
 after this one, and prints this one's ratios to it. Each target runs in `--processes`
 processes, the targets taking turns (A B A B): two processes of the same code settle
-a few percent apart (the type cache and the adaptive interpreter specialise by where
-things land in memory), a spread no number of rounds in one process shows, so the
-medians pool every process's rounds and the spread between processes is printed
-beside them.
+a few percent apart (their type-lookup cache misses and interpreter work differ), a
+spread no number of rounds in one process shows, so the medians pool every process's
+rounds and the spread between processes is printed beside them.
 
     python -m benchmarks.instructions                 # about ten minutes
     python -m benchmarks.instructions --old e8bfb28   # about twenty
