@@ -475,8 +475,12 @@ class Learner:
         `counted` given at its `rated_at`: another proxy holding a rating of the same
         request given before gives it up (`_pg_rated`), so that the latest counts once."""
         if self.store == "postgres":
-            rid, at = counted.request_id, counted.rated_at
-            self.rated_here[rid] = max(at, self.rated_here.get(rid, at))
+            self._to_write(counted.request_id, counted.rated_at)
+
+    def _to_write(self, rid: str, at: str) -> None:
+        """`rid` rated here at `at`, for the next sync to write: the latest time said of
+        it since the last write."""
+        self.rated_here[rid] = max(at, self.rated_here.get(rid, at))
 
     def _remember(self, ids: Iterable[str], counted: _Counted) -> None:
         """`counted` under each of its ids, beside the other requests that carried it;
@@ -824,7 +828,7 @@ class Learner:
                     await conn.execute(_ADD_RATED, list(written), list(written.values()), self.name)
         except BaseException:
             for rid, at in written.items():  # written at the next sync
-                self.rated_here[rid] = max(at, self.rated_here.get(rid, at))
+                self._to_write(rid, at)
             raise
         if not self.recent:  # none of this proxy's requests to find there (a start)
             self.rated_read = await conn.fetchval(_LAST_RATED) or self.rated_read
